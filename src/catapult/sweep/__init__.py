@@ -1,0 +1,1 @@
+"""Sweeps: grids over config keys, executors (local, ensemble, ray)."""
