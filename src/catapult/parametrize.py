@@ -1,10 +1,481 @@
-"""SP / muP / SμPar for any module: roles, init, multipliers, per-layer LR groups. (stub)"""
+"""SP / muP / SμPar for any module: roles, init, multipliers, per-layer learning rates.
+
+Notation: width multiplier ``m_d = d / d_base``, density ``rho = 1 - sparsity`` and density
+multiplier ``m_rho = rho / rho_base``; ``sigma^2`` is the init variance the base model (width
+``d_base``, density ``rho_base``) uses, so at the base shape SP, muP and SμPar coincide.
+
+Every weight tensor plays one of three *roles*; everything else is a *vector*:
+
+=====================  ==========  ===================  ============================
+role                    SP          muP                  SμPar
+=====================  ==========  ===================  ============================
+input  init var         s^2         s^2                  s^2
+input  forward          x W         alpha_in x W         alpha_in x W
+hidden init var         s^2         s^2 / m_d            s^2 / (m_d m_rho)
+output forward          x W         alpha_out x W / m_d  alpha_out x W / m_d
+attention logits        /sqrt(dh)   / dh                 / dh
+=====================  ==========  ===================  ============================
+
+Learning-rate multipliers (``group["lr_mult"]``; the group's lr is ``lr * lr_mult``), see
+:func:`lr_multiplier`:
+
+=============================  =====  =========  ================  =====  ======  ===========
+tensor                          SP     muP Adam   SμPar Adam        SP     muP SGD SμPar SGD
+=============================  =====  =========  ================  =====  ======  ===========
+input weight (embeddings)       1      1          1                 1      m_d     m_d
+hidden weight                   1      1/m_d      1/(m_d m_rho)     1      1       1/m_rho
+output weight                   1      1          1                 1      m_d     m_d
+vector (biases, LayerNorm)      1      1          1                 1      m_d     m_d
+output bias                     1      1          1                 1      1       1
+=============================  =====  =========  ================  =====  ======  ===========
+
+The Adam columns are the SμPar paper's table. The SGD columns follow from the same
+requirement (every layer's output changes by Theta(1) per step as ``d`` grows) for this
+formulation, where the output multiplier is ``1/m_d`` and the output init variance is constant:
+backpropagated signals are Theta(1/d) per coordinate, so the "vector-like" tensors (input
+weights, width-sized biases and LayerNorm parameters, output weights) need ``lr * m_d``,
+hidden matrices need ``lr`` (their update is summed over ``d`` coordinates), and a hidden
+matrix with only ``rho * d`` live inputs per row needs ``lr / m_rho`` (SμPar's SGD rule). This
+is Tensor Programs V's muP for SGD (input weights and biases ``lr * fan_out``, hidden ``lr``,
+output weights with a ``1/fan_in`` multiplier ``lr * fan_in``) written relative to a base
+width; the output bias has a fixed fan-out and keeps ``lr``.
+
+Where the information lives (no metadata on tensors, so ``torch.save``, ``copy.deepcopy``,
+``torch.compile`` and FSDP see ordinary modules):
+
+* multipliers: plain ``float`` attributes ``multiplier`` / ``bias_multiplier`` of
+  :class:`ScaledLinear` / :class:`ScaledEmbedding` (not in ``state_dict``; they are part of the
+  architecture, recomputed by the constructor or by :func:`parametrize`);
+* sparsity masks: persistent ``mask`` buffers (in ``state_dict``), see :mod:`catapult.sparsity`;
+* roles: the module attribute ``catapult_role`` (``"input" | "hidden" | "output"``);
+* the model's parameterization: the root attribute ``catapult_spec`` (a :class:`ParamSpec`),
+  read by :func:`param_groups`.
+"""
 from __future__ import annotations
 
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Iterable, Mapping
 
-def param_groups(model, lr, optimizer="adam"):
-    raise NotImplementedError
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from catapult.sparsity import MaskedLinear, random_mask
+
+__all__ = [
+    "PARAMETRIZATIONS",
+    "ROLES",
+    "ParamSpec",
+    "ScaledLinear",
+    "ScaledEmbedding",
+    "init_variance",
+    "lr_multiplier",
+    "param_groups",
+    "parametrize",
+    "find_spec",
+    "infer_roles",
+]
+
+PARAMETRIZATIONS = ("sp", "mup", "supar")
+ROLES = ("input", "hidden", "output")
+# Kinds of tensors for the learning-rate table: the three roles for weights, plus vectors.
+TENSOR_KINDS = ("input", "hidden", "output", "vector", "output_bias")
+OPTIMIZER_FAMILIES = {"adam": "adam", "adamw": "adam", "gi-adam": "adam", "giadam": "adam",
+                      "radam": "adam", "sgd": "sgd"}
 
 
-def parametrize(module, *args, **kwargs):
-    raise NotImplementedError
+def check_parametrization(name: str) -> str:
+    """Validate a parameterization name; returns it."""
+    if name not in PARAMETRIZATIONS:
+        raise ValueError(f"parametrization must be one of {PARAMETRIZATIONS}; got {name!r}")
+    return name
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """How a model is parameterized (stored as the root attribute ``catapult_spec``).
+
+    ``lr_rule="table"``: per-layer learning rates from :func:`lr_multiplier`.
+    ``lr_rule="global"``: every tensor uses the global learning rate (``lr_mult = 1``); used by
+    the warmup paper's FCN muP, whose forward multipliers already encode the width scaling for
+    SGD (and which the paper also runs with Adam as "simple muP").
+    """
+
+    parametrization: str = "sp"
+    width_mult: float = 1.0
+    density_mult: float = 1.0
+    lr_rule: str = "table"
+
+
+def init_variance(parametrization: str, role: str, sigma2: float, *, width_mult: float = 1.0,
+                  density_mult: float = 1.0) -> float:
+    """Init variance of a weight with base variance ``sigma2`` (the SμPar table).
+
+    hidden: SP ``sigma2``, muP ``sigma2 / m_d``, SμPar ``sigma2 / (m_d * m_rho)``;
+    input and output: ``sigma2`` under every parameterization.
+    """
+    check_parametrization(parametrization)
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}; got {role!r}")
+    if role != "hidden" or parametrization == "sp":
+        return sigma2
+    if parametrization == "mup":
+        return sigma2 / width_mult
+    return sigma2 / (width_mult * density_mult)
+
+
+def optimizer_family(optimizer: str) -> str:
+    """``"adam"`` or ``"sgd"`` for an optimizer name (adam, adamw, gi-adam, radam, sgd)."""
+    key = str(optimizer).lower()
+    if key not in OPTIMIZER_FAMILIES:
+        raise ValueError(
+            f"optimizer must be one of {sorted(OPTIMIZER_FAMILIES)}; got {optimizer!r}"
+        )
+    return OPTIMIZER_FAMILIES[key]
+
+
+def lr_multiplier(parametrization: str, kind: str, optimizer: str = "adam", *,
+                  width_mult: float = 1.0, density_mult: float = 1.0) -> float:
+    """Learning-rate multiplier of one tensor kind (see the module docstring's table).
+
+    ``kind`` is ``"input" | "hidden" | "output"`` (weights), ``"vector"`` (biases of input and
+    hidden layers, LayerNorm parameters, any other parameter not owned by a role) or
+    ``"output_bias"``. Adam family: muP hidden ``1/m_d``, SμPar hidden ``1/(m_d m_rho)``, all
+    else 1. SGD: muP input/output/vector ``m_d``, hidden 1; SμPar hidden ``1/m_rho``; output
+    bias 1. SP: 1 everywhere.
+    """
+    check_parametrization(parametrization)
+    if kind not in TENSOR_KINDS:
+        raise ValueError(f"tensor kind must be one of {TENSOR_KINDS}; got {kind!r}")
+    family = optimizer_family(optimizer)
+    if parametrization == "sp":
+        return 1.0
+    if family == "adam":
+        if kind != "hidden":
+            return 1.0
+        return 1.0 / width_mult if parametrization == "mup" else 1.0 / (width_mult * density_mult)
+    # SGD
+    if kind == "hidden":
+        return 1.0 if parametrization == "mup" else 1.0 / density_mult
+    if kind == "output_bias":
+        return 1.0
+    return float(width_mult)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers with forward multipliers (plain float attributes) and optional sparsity masks.
+
+
+class ScaledLinear(MaskedLinear):
+    """``y = multiplier * x (W ⊙ M)^T + bias_multiplier * b``.
+
+    ``multiplier`` and ``bias_multiplier`` are plain floats (architecture, not state); ``M`` is
+    an optional persistent mask buffer (see :class:`catapult.sparsity.MaskedLinear`).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
+                 multiplier: float = 1.0, bias_multiplier: float | None = None,
+                 density: float = 1.0, mask_method: str = "exact",
+                 generator: torch.Generator | None = None, device=None, dtype=None) -> None:
+        super().__init__(in_features, out_features, bias, density=density,
+                         mask_method=mask_method, generator=generator, device=device,
+                         dtype=dtype)
+        self.multiplier = float(multiplier)
+        self.bias_multiplier = float(multiplier if bias_multiplier is None else bias_multiplier)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        weight = self.masked_weight()
+        scale, bias_scale = self.multiplier, self.bias_multiplier
+        if self.bias is None or bias_scale == scale:
+            out = F.linear(input, weight, self.bias)
+            return out if scale == 1.0 else out * scale
+        out = F.linear(input, weight)
+        out = out if scale == 1.0 else out * scale
+        return out + (self.bias if bias_scale == 1.0 else self.bias * bias_scale)
+
+    def extra_repr(self) -> str:
+        text = super().extra_repr()
+        if self.multiplier != 1.0:
+            text += f", multiplier={self.multiplier:.4g}"
+        if self.bias is not None and self.bias_multiplier != self.multiplier:
+            text += f", bias_multiplier={self.bias_multiplier:.4g}"
+        return text
+
+
+class ScaledEmbedding(nn.Embedding):
+    """``y = multiplier * E[idx]`` (``multiplier`` a plain float attribute)."""
+
+    multiplier: float = 1.0
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        out = super().forward(input)
+        return out if self.multiplier == 1.0 else out * self.multiplier
+
+    def extra_repr(self) -> str:
+        text = super().extra_repr()
+        return text if self.multiplier == 1.0 else f"{text}, multiplier={self.multiplier:.4g}"
+
+
+def _as_scaled_linear(layer: nn.Linear) -> ScaledLinear:
+    """Turn a plain ``nn.Linear`` / ``MaskedLinear`` into a :class:`ScaledLinear` in place."""
+    if isinstance(layer, ScaledLinear):
+        return layer
+    if type(layer) not in (nn.Linear, MaskedLinear):
+        raise TypeError(
+            f"parametrize() handles plain nn.Linear / nn.Embedding layers; got "
+            f"{type(layer).__name__} (its own forward would be lost): give it role None"
+        )
+    if type(layer) is nn.Linear:
+        layer.register_buffer("mask", None)
+    layer.__class__ = ScaledLinear
+    layer.multiplier = 1.0
+    layer.bias_multiplier = 1.0
+    return layer
+
+
+def _as_scaled_embedding(layer: nn.Embedding) -> ScaledEmbedding:
+    if isinstance(layer, ScaledEmbedding):
+        return layer
+    if type(layer) is not nn.Embedding:
+        raise TypeError(
+            f"parametrize() handles plain nn.Linear / nn.Embedding layers; got "
+            f"{type(layer).__name__} (its own forward would be lost): give it role None"
+        )
+    layer.__class__ = ScaledEmbedding
+    layer.multiplier = 1.0
+    return layer
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-layer learning-rate groups.
+
+
+def find_spec(model: nn.Module) -> ParamSpec | None:
+    """The :class:`ParamSpec` of ``model`` (also through ``torch.compile``'s wrapper), or None."""
+    spec = getattr(model, "catapult_spec", None)
+    if spec is None and hasattr(model, "_orig_mod"):
+        spec = getattr(model._orig_mod, "catapult_spec", None)
+    return spec
+
+
+def param_groups(model: nn.Module, lr: float, optimizer: str = "adam", *,
+                 weight_decay: float | None = None) -> list[dict]:
+    """Optimizer parameter groups with per-layer learning rates for ``model``'s parameterization.
+
+    Each group is ``{"name", "params", "lr": lr * lr_mult, "lr_mult"}`` (plus
+    ``"weight_decay"`` when ``weight_decay`` is given), ready for ``torch.optim.SGD/Adam/AdamW``
+    and :mod:`catapult.optim`; ``lr_mult`` comes from :func:`lr_multiplier` with the model's
+    ``catapult_spec`` (set by :class:`catapult.models.MLP`, :class:`catapult.models.GPT` and
+    :func:`parametrize`). A model without a spec is SP: one group per kind, all ``lr_mult = 1``.
+
+    Names are the tensor kinds: ``"input"``, ``"hidden"``, ``"output"`` (weights of modules with
+    that ``catapult_role``), ``"output_bias"``, and ``"vector"`` (biases of input/hidden layers,
+    LayerNorm parameters and any parameter not owned by a role). Shared (tied) parameters are
+    listed once, under the first module that owns them. Frozen parameters are skipped.
+
+    Weight decay (decision): when ``weight_decay`` is a number, tensors with ``ndim >= 2``
+    (weight matrices and embedding tables) get it and 1-D tensors (biases, LayerNorm) get 0.0,
+    the usual GPT-2 / nanoGPT practice. ``None`` leaves the optimizer's default everywhere.
+    """
+    family = optimizer_family(optimizer)
+    spec = find_spec(model) or ParamSpec("sp")
+    seen: set[int] = set()
+    order: list[tuple] = []
+    buckets: dict[tuple, list[torch.nn.Parameter]] = {}
+    unowned_matrices: list[str] = []
+    for module_name, module in model.named_modules():
+        role = getattr(module, "catapult_role", None)
+        for param_name, param in module.named_parameters(recurse=False):
+            if id(param) in seen or not param.requires_grad:
+                continue
+            seen.add(id(param))
+            if role is not None and param_name == "weight":
+                kind = role
+            elif role == "output" and param_name == "bias":
+                kind = "output_bias"
+            else:
+                kind = "vector"
+                if role is None and param.ndim >= 2 and spec.parametrization != "sp":
+                    unowned_matrices.append(f"{module_name}.{param_name}".lstrip("."))
+            if spec.lr_rule == "global":
+                mult = 1.0
+            else:
+                mult = lr_multiplier(spec.parametrization, kind, family,
+                                     width_mult=spec.width_mult,
+                                     density_mult=spec.density_mult)
+            decay = None if weight_decay is None else (weight_decay if param.ndim >= 2 else 0.0)
+            key = (kind, mult, decay)
+            if key not in buckets:
+                buckets[key] = []
+                order.append(key)
+            buckets[key].append(param)
+    if unowned_matrices:
+        warnings.warn(
+            "param_groups: these matrices have no catapult_role and are treated as vectors "
+            f"(lr_mult of 'vector'): {unowned_matrices[:8]}; give them a role with parametrize()",
+            stacklevel=2,
+        )
+    groups = []
+    used_names: dict[str, int] = {}
+    for key in order:
+        kind, mult, decay = key
+        count = used_names.get(kind, 0)
+        used_names[kind] = count + 1
+        group = {"name": kind if count == 0 else f"{kind}#{count}",
+                 "params": buckets[key], "lr": lr * mult, "lr_mult": mult}
+        if decay is not None:
+            group["weight_decay"] = decay
+        groups.append(group)
+    return groups
+
+
+# ---------------------------------------------------------------------------------------------
+# parametrize(): SP / muP / SμPar for a user's own model.
+
+
+def infer_roles(module: nn.Module) -> dict[str, str]:
+    """Default roles of ``module``'s ``nn.Linear`` / ``nn.Embedding`` layers, by registration order.
+
+    With embeddings: every ``nn.Embedding`` is ``"input"``, the last ``nn.Linear`` is
+    ``"output"``, the other Linears are ``"hidden"``. Without: the first Linear is ``"input"``,
+    the last ``"output"``, the rest ``"hidden"``. (Registration order is ``named_modules()``
+    order, usually the order of ``__init__``; override with ``roles=`` when it is not the
+    execution order.)
+    """
+    embeddings, linears = [], []
+    for name, sub in module.named_modules():
+        if isinstance(sub, nn.Embedding):
+            embeddings.append(name)
+        elif isinstance(sub, nn.Linear):
+            linears.append(name)
+    roles: dict[str, str] = {name: "input" for name in embeddings}
+    if not linears:
+        return roles
+    for name in linears:
+        roles[name] = "hidden"
+    if not embeddings:
+        roles[linears[0]] = "input"
+    roles[linears[-1]] = "output"
+    return roles
+
+
+def _layer_width(layer: nn.Module) -> int:
+    return layer.embedding_dim if isinstance(layer, nn.Embedding) else layer.out_features
+
+
+def _fan_in(layer: nn.Module) -> int:
+    return 1 if isinstance(layer, nn.Embedding) else layer.in_features
+
+
+def parametrize(
+    module: nn.Module,
+    parametrization: str = "mup",
+    *,
+    base_width: int | None = None,
+    width: int | None = None,
+    density: float = 1.0,
+    base_density: float = 1.0,
+    roles: Mapping[str, str | None] | None = None,
+    init_std: float | None = None,
+    gain: float = 1.0,
+    alpha_in: float = 1.0,
+    alpha_out: float = 1.0,
+    mask_method: str = "exact",
+    mask_seed: int | None = None,
+) -> nn.Module:
+    """Apply SP / muP / SμPar to a user's model **in place** and return it.
+
+    Roles (input / hidden / output) come from :func:`infer_roles`, overridden per layer by
+    ``roles={qualified_name: role}`` (``None`` leaves a layer untouched). Then, with
+    ``m_d = width / base_width`` (``width`` defaults to the output width of the first input
+    layer; ``base_width=None`` means ``m_d = 1``) and ``m_rho = density / base_density``:
+
+    * init (weights ``N(0, var)``, biases 0): with ``init_std`` given, ``s^2 = init_std^2`` for
+      every role, hidden layers scaled by :func:`init_variance`. With ``init_std=None``,
+      ``s^2 = gain^2 / fan_in_base`` per layer, the fan-in rule at the base shape
+      (``fan_in_base = fan_in / m_d`` for hidden and output layers, ``fan_in`` for input
+      layers; embeddings use ``s = gain``): hidden var = ``gain^2 / fan_in`` (muP) or
+      ``gain^2 / (fan_in * m_rho)`` (SμPar), output var ``gain^2 / fan_in_base``. Under SP,
+      ``var = gain^2 / fan_in`` for every layer. Tied weights are initialised once.
+    * multipliers: input layers ``alpha_in`` (weights only), output layers ``alpha_out / m_d``
+      (weights only, bias unscaled) for muP / SμPar; none for SP.
+    * masks: hidden layers get an exact-density random mask when ``density < 1`` (any
+      parameterization; SP and muP just do not correct for it).
+
+    Layers become :class:`ScaledLinear` / :class:`ScaledEmbedding` (same objects, same
+    parameters and ``state_dict`` keys, plus ``mask`` buffers for sparse layers); the root gets
+    ``catapult_spec`` so :func:`param_groups` gives the per-layer learning rates. Everything is
+    an ordinary attribute or buffer: ``copy.deepcopy``, ``state_dict`` and ``torch.compile`` work.
+    Masks are sampled from ``torch.Generator().manual_seed(mask_seed)`` (``mask_seed=None``
+    draws the seed from the global RNG, so ``torch.manual_seed`` makes the call deterministic).
+    """
+    check_parametrization(parametrization)
+    if parametrization == "sp" and (alpha_in != 1.0 or alpha_out != 1.0):
+        raise ValueError("alpha_in / alpha_out apply to mup and supar only; SP has no multipliers")
+    all_layers = {name: sub for name, sub in module.named_modules()}
+    layer_roles = infer_roles(module)
+    for name, role in (roles or {}).items():
+        if name not in all_layers or not isinstance(all_layers[name], (nn.Linear, nn.Embedding)):
+            raise ValueError(f"roles: {name!r} is not an nn.Linear / nn.Embedding of the module; "
+                             f"layers are {sorted(infer_roles(module))}")
+        if role is not None and role not in ROLES:
+            raise ValueError(f"roles[{name!r}] must be one of {ROLES} or None; got {role!r}")
+        layer_roles[name] = role
+    layer_roles = {name: role for name, role in layer_roles.items() if role is not None}
+    if not layer_roles:
+        raise ValueError("parametrize(): the module has no nn.Linear / nn.Embedding layer")
+
+    inputs = [name for name, role in layer_roles.items() if role == "input"]
+    if width is None:
+        source = inputs[0] if inputs else next(iter(layer_roles))
+        width = _layer_width(all_layers[source])
+    base = width if base_width is None else base_width
+    if base <= 0 or width <= 0:
+        raise ValueError(f"width and base_width must be positive; got {width}, {base_width}")
+    if not (0.0 < base_density <= 1.0):
+        raise ValueError(f"base_density must be in (0, 1]; got {base_density!r}")
+    width_mult = width / base
+    density_mult = density / base_density
+    if mask_seed is None:
+        mask_seed = int(torch.randint(0, 2**62, (1,)).item())
+    generator = torch.Generator().manual_seed(int(mask_seed))
+
+    initialised: set[int] = set()
+    for name, role in layer_roles.items():
+        layer = all_layers[name]
+        is_embedding = isinstance(layer, nn.Embedding)
+        layer = _as_scaled_embedding(layer) if is_embedding else _as_scaled_linear(layer)
+        layer.catapult_role = role
+        fan_in = _fan_in(layer)
+        if init_std is not None:
+            var = init_variance(parametrization, role, init_std**2, width_mult=width_mult,
+                                density_mult=density_mult)
+        elif parametrization == "sp" or role == "input":
+            var = gain**2 / fan_in
+        elif role == "hidden":
+            var = gain**2 / fan_in / (density_mult if parametrization == "supar" else 1.0)
+        else:  # output: the readout variance at the base width
+            var = gain**2 / (fan_in / width_mult)
+        with torch.no_grad():
+            if id(layer.weight) not in initialised:
+                layer.weight.normal_(0.0, math.sqrt(var))
+                initialised.add(id(layer.weight))
+            bias = getattr(layer, "bias", None)
+            if bias is not None and id(bias) not in initialised:
+                bias.zero_()
+                initialised.add(id(bias))
+        multiplier = 1.0
+        if parametrization != "sp" and role == "input":
+            multiplier = alpha_in
+        elif parametrization != "sp" and role == "output":
+            multiplier = alpha_out / width_mult
+        layer.multiplier = float(multiplier)
+        if not is_embedding:
+            layer.bias_multiplier = 1.0
+            if role == "hidden" and density < 1.0:
+                layer.set_mask(random_mask(layer.weight.shape, density, method=mask_method,
+                                           generator=generator))
+    module.catapult_spec = ParamSpec(parametrization, width_mult, density_mult, "table")
+    return module

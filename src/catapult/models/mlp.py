@@ -1,8 +1,221 @@
-"""The warmup paper's fully connected network. (stub)"""
+"""The warmup paper's fully connected network (FCN), in SP, muP and SμPar.
+
+``depth`` Linear layers: ``in_features -> width -> ... -> width -> out_features`` (``depth - 1``
+hidden activations of size ``width``), activation after every layer but the last, input
+flattened by the model (so ``(N, 3, 32, 32)`` images and ``(N, 64)`` vectors both work).
+Layer 0 is the *input* layer, layers ``1 .. depth-2`` are *hidden* (width x width), the last is
+the *readout* (``depth == 1``: a single readout layer). Weights ``N(0, var)``, biases 0.
+
+Parameterizations (``v_w = weight_var``, 2 for ReLU = He gain; ``n_in``, ``n_out`` the layer's
+fan-in and fan-out; a multiplier ``c`` means the layer computes ``c * (x W^T + b)`` in the
+warmup paper's form and ``c * x W^T + b`` in the table form):
+
+``"sp"`` -- standard parameterization (the paper's SP; He init):
+    input & hidden: var ``v_w / n_in``; readout: var ``1 / n_in``; no multipliers.
+
+``"mup"`` with ``base_width=None`` -- the warmup paper's muP (their public code):
+    input & hidden: var ``v_w / n_out``, multiplier ``sqrt(n_out / n_in)``;
+    readout: var ``1 / n_in``, multiplier ``sqrt(1 / n_in)``.
+    The effective input/hidden weight ``sqrt(n_out/n_in) W`` has variance ``v_w / n_in``, so the
+    forward pass at init equals SP's (the input layer's multiplier ``sqrt(width/in_features)``
+    is what keeps the first preactivations O(1)), while the readout's effective variance is
+    ``1 / n_in^2`` so the output starts at O(1/sqrt(width)). Under SGD with one global lr the
+    multipliers give muP's per-layer learning rates (input ``lr * width / in_features``,
+    hidden ``lr``, readout ``lr / width`` on the effective weights); with Adam it is the paper's
+    "simple muP". :func:`catapult.param_groups` therefore gives ``lr_mult = 1`` everywhere.
+
+``"mup"`` with ``base_width`` given, and ``"supar"`` -- the SμPar paper's table relative to a
+base model of width ``d_base = base_width`` and density ``rho_base = base_density``
+(``m_d = width / d_base``, ``m_rho = density / rho_base``; ``supar`` with ``base_width=None``
+uses ``d_base = width``):
+    input: var ``v_w / in_features``, multiplier ``alpha_in`` (bias not multiplied);
+    hidden: var ``v_w / (width * rho_base)`` (muP: the base variance ``v_w / (d_base rho_base)``
+    divided by ``m_d``) or ``v_w / (width * density)`` (SμPar: divided by ``m_d m_rho``, i.e.
+    He init on the live fan-in);
+    readout: var ``1 / d_base`` (the readout variance at the base width), multiplier
+    ``alpha_out / m_d`` (bias not multiplied).
+    At the base shape this is exactly SP. :func:`catapult.param_groups` gives the table's
+    per-layer learning rates (Adam: hidden ``lr / m_d`` or ``lr / (m_d m_rho)``).
+
+Sparsity (``density < 1``, any parameterization): the hidden (width x width) layers get static
+random masks with exactly ``round(density * width^2)`` nonzeros (``mask_method="exact"``) or
+Bernoulli masks; input and readout stay dense. Masks are drawn from their own generator seeded
+by ``mask_seed`` (default: drawn from the global RNG first), so with the same
+``torch.manual_seed`` the dense weights are identical across densities.
+
+The paper's reference FCN has no biases (``bias=False`` reproduces it); with ``bias=True`` they
+start at zero.
+"""
 from __future__ import annotations
 
+import math
+from typing import Sequence
+
+import torch
 import torch.nn as nn
+
+from catapult.parametrize import ParamSpec, ScaledLinear, check_parametrization
+from catapult.sparsity import random_mask
+
+__all__ = ["MLP", "ACTIVATIONS"]
+
+ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "gelu": nn.GELU,
+    "linear": nn.Identity,
+}
+INIT_DISTRIBUTIONS = ("normal", "trunc_normal")
+# Std of a standard normal truncated to [-2, 2]; Flax's truncated_normal initializers divide
+# by it so the truncated draw has exactly the requested variance.
+_TRUNC_STD = 0.87962566103423978
+
+
+def _init_weight_(weight: torch.Tensor, var: float, distribution: str) -> None:
+    std = math.sqrt(var)
+    with torch.no_grad():
+        if distribution == "normal":
+            weight.normal_(0.0, std)
+        else:
+            scale = std / _TRUNC_STD
+            nn.init.trunc_normal_(weight, 0.0, scale, -2.0 * scale, 2.0 * scale)
 
 
 class MLP(nn.Module):
-    pass
+    """The warmup paper's FCN; see the module docstring for every layer's rule.
+
+    Args:
+        in_features: size of one flattened input, or its shape (e.g. ``(3, 32, 32)``).
+        out_features: number of outputs (classes).
+        width: hidden width ``d``.
+        depth: number of Linear layers (``depth - 1`` hidden activations).
+        parametrization: ``"sp" | "mup" | "supar"``.
+        activation: ``"relu" | "tanh" | "gelu" | "linear"``.
+        bias: whether layers have (zero-initialised) biases.
+        base_width: base width ``d_base`` of the table form (``None``: warmup-paper form
+            for ``"mup"``; ``d_base = width`` for ``"supar"``).
+        density: fraction of kept weights in hidden layers (``1 - sparsity``).
+        base_density: density of the base model (``rho_base``).
+        alpha_in, alpha_out: input / output multipliers of the table form.
+        weight_var: ``v_w``, the input/hidden variance numerator (2 = He for ReLU).
+        init: ``"normal"`` or ``"trunc_normal"`` (truncated at 2 std and rescaled to the exact
+            variance, like the paper's Flax code).
+        mask_method: ``"exact" | "bernoulli"``; mask_seed: seed of the mask generator.
+    """
+
+    def __init__(
+        self,
+        in_features: int | Sequence[int],
+        out_features: int,
+        width: int = 512,
+        depth: int = 4,
+        *,
+        parametrization: str = "sp",
+        activation: str = "relu",
+        bias: bool = True,
+        base_width: int | None = None,
+        density: float = 1.0,
+        base_density: float = 1.0,
+        alpha_in: float = 1.0,
+        alpha_out: float = 1.0,
+        weight_var: float = 2.0,
+        init: str = "normal",
+        mask_method: str = "exact",
+        mask_seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(in_features, int):
+            in_features = math.prod(int(s) for s in in_features)
+        check_parametrization(parametrization)
+        for label, value in (("in_features", in_features), ("out_features", out_features),
+                             ("width", width), ("depth", depth)):
+            if int(value) != value or value < 1:
+                raise ValueError(f"MLP {label} must be a positive integer; got {value!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"MLP activation must be one of {sorted(ACTIVATIONS)}; "
+                             f"got {activation!r}")
+        if init not in INIT_DISTRIBUTIONS:
+            raise ValueError(f"MLP init must be one of {INIT_DISTRIBUTIONS}; got {init!r}")
+        if base_width is not None and base_width < 1:
+            raise ValueError(f"MLP base_width must be a positive integer or None; "
+                             f"got {base_width!r}")
+        if not (0.0 < density <= 1.0) or not (0.0 < base_density <= 1.0):
+            raise ValueError(f"MLP density and base_density must be in (0, 1]; "
+                             f"got {density!r}, {base_density!r}")
+        table_form = parametrization == "supar" or (parametrization == "mup"
+                                                    and base_width is not None)
+        if not table_form and (alpha_in != 1.0 or alpha_out != 1.0):
+            raise ValueError("MLP alpha_in / alpha_out apply to the table form only "
+                             "(parametrization='supar', or 'mup' with base_width)")
+
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.width, self.depth = int(width), int(depth)
+        self.parametrization = parametrization
+        self.base_width = base_width
+        self.density, self.base_density = float(density), float(base_density)
+        d_base = self.width if base_width is None else int(base_width)
+        width_mult = self.width / d_base
+        density_mult = self.density / self.base_density
+
+        # The mask seed is drawn before any weight so that weights do not depend on density.
+        if mask_seed is None:
+            mask_seed = int(torch.randint(0, 2**62, (1,)).item())
+        mask_generator = torch.Generator().manual_seed(int(mask_seed))
+
+        dims = [self.in_features] + [self.width] * (self.depth - 1) + [self.out_features]
+        layers = []
+        for index in range(self.depth):
+            fan_in, fan_out = dims[index], dims[index + 1]
+            role = ("output" if index == self.depth - 1
+                    else "input" if index == 0 else "hidden")
+            if parametrization == "sp":
+                var = (1.0 if role == "output" else weight_var) / fan_in
+                multiplier = bias_multiplier = 1.0
+            elif not table_form:  # the warmup paper's muP
+                if role == "output":
+                    var, multiplier = 1.0 / fan_in, math.sqrt(1.0 / fan_in)
+                else:
+                    var, multiplier = weight_var / fan_out, math.sqrt(fan_out / fan_in)
+                bias_multiplier = multiplier
+            else:  # SμPar-table muP / SμPar, relative to (d_base, rho_base)
+                bias_multiplier = 1.0
+                if role == "input":
+                    var, multiplier = weight_var / fan_in, alpha_in
+                elif role == "hidden":
+                    live = self.density if parametrization == "supar" else self.base_density
+                    var, multiplier = weight_var / (fan_in * live), 1.0
+                else:
+                    var, multiplier = 1.0 / d_base, alpha_out / width_mult
+            layer = ScaledLinear(fan_in, fan_out, bias=bias, multiplier=multiplier,
+                                 bias_multiplier=bias_multiplier)
+            _init_weight_(layer.weight, var, init)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+            if role == "hidden" and self.density < 1.0:
+                layer.set_mask(random_mask(layer.weight.shape, self.density,
+                                           method=mask_method, generator=mask_generator))
+            layer.catapult_role = role
+            layer.catapult_block = "logits" if role == "output" else role
+            layers.append(layer)
+        self.layers = nn.ModuleList(layers)
+        self.activation = ACTIVATIONS[activation]()
+        self.catapult_spec = ParamSpec(parametrization, width_mult, density_mult,
+                                       "table" if table_form else "global")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        if x.shape[1] != self.in_features:
+            raise ValueError(f"MLP expects inputs with {self.in_features} features per sample "
+                             f"(after flattening); got shape {tuple(x.shape)}")
+        for layer in self.layers[:-1]:
+            x = self.activation(layer(x))
+        return self.layers[-1](x)
+
+    def extra_repr(self) -> str:
+        text = f"parametrization={self.parametrization!r}"
+        if self.base_width is not None:
+            text += f", base_width={self.base_width}"
+        if self.density < 1.0 or self.base_density < 1.0:
+            text += f", density={self.density:g}, base_density={self.base_density:g}"
+        return text
+

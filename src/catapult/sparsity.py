@@ -1,0 +1,206 @@
+"""Static random unstructured sparsity for hidden projections (SμPar's setting).
+
+A sparse layer keeps a dense weight ``W`` and a fixed 0/1 mask ``M`` of the same shape and
+computes ``y = x (W ⊙ M)^T + b``. Because the forward pass only ever sees ``W ⊙ M``:
+
+* the gradient of the loss w.r.t. ``W`` is zero wherever ``M == 0``;
+* the weight itself is also multiplied by ``M`` once at construction, so the pruned entries
+  are exactly 0 in ``W``. Any optimizer whose update of a zero-gradient, zero-valued entry is
+  zero (SGD with or without momentum, Adam, AdamW -- decoupled decay of 0 is 0 --, GI-Adam)
+  therefore keeps them at 0 forever, and ``W`` can be exported as-is.
+
+The mask is a registered (persistent) buffer: it is saved by ``state_dict()``, restored
+exactly by ``load_state_dict()``, copied by ``copy.deepcopy`` and seen by ``torch.compile`` as
+an ordinary tensor. (The reference SμPar code re-samples masks on rebuild and does not save
+them; here a checkpoint restores the very same sparse network.)
+
+Mask sampling, for a matrix with ``n`` entries and density ``rho = 1 - sparsity``:
+
+* ``method="exact"`` (default): exactly ``k = max(1, floor(rho * n + 1/2))`` nonzeros (``rho*n``
+  rounded half up), placed at the first ``k`` positions of a random permutation of the ``n``
+  entries (``torch.randperm`` with the given generator). Every matrix has the same density,
+  so width/density sweeps are not blurred by sampling noise.
+* ``method="bernoulli"``: each entry is kept independently with probability ``rho``
+  (the reference code's choice; the count is Binomial(n, rho)).
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = [
+    "MASK_METHODS",
+    "random_mask",
+    "exact_nonzeros",
+    "MaskedLinear",
+    "sparsify_",
+    "masked_modules",
+    "model_density",
+]
+
+MASK_METHODS = ("exact", "bernoulli")
+
+
+def _check_density(density: float) -> float:
+    density = float(density)
+    if not (0.0 < density <= 1.0) or math.isnan(density):
+        raise ValueError(f"density must be in (0, 1] (density = 1 - sparsity); got {density!r}")
+    return density
+
+
+def exact_nonzeros(numel: int, density: float) -> int:
+    """Number of kept entries of an exact-density mask: ``max(1, floor(density * numel + 1/2))``."""
+    density = _check_density(density)
+    return max(1, min(numel, int(math.floor(density * numel + 0.5))))
+
+
+def random_mask(
+    shape: tuple[int, ...] | torch.Size,
+    density: float,
+    *,
+    method: str = "exact",
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """A random boolean mask of ``shape`` with the given density (fraction of ``True`` entries).
+
+    ``method="exact"``: exactly :func:`exact_nonzeros` ``(numel, density)`` entries are ``True``
+    (first entries of a ``torch.randperm`` permutation). ``method="bernoulli"``: i.i.d.
+    ``Bernoulli(density)`` entries. ``density == 1`` gives an all-``True`` mask without drawing
+    random numbers. Sampling happens on the CPU with ``generator`` (or the global CPU RNG), so a
+    seed gives the same mask on every device.
+    """
+    density = _check_density(density)
+    if method not in MASK_METHODS:
+        raise ValueError(f"mask method must be one of {MASK_METHODS}; got {method!r}")
+    shape = torch.Size(shape)
+    numel = shape.numel()
+    if density == 1.0:
+        mask = torch.ones(shape, dtype=torch.bool)
+    elif method == "exact":
+        keep = exact_nonzeros(numel, density)
+        order = torch.randperm(numel, generator=generator)
+        mask = torch.zeros(numel, dtype=torch.bool)
+        mask[order[:keep]] = True
+        mask = mask.view(shape)
+    else:
+        mask = torch.rand(shape, generator=generator) < density
+    return mask.to(device) if device is not None else mask
+
+
+class MaskedLinear(nn.Linear):
+    """``nn.Linear`` with a fixed sparsity mask: ``y = x (W ⊙ M)^T + b``.
+
+    ``mask`` is a persistent boolean buffer of the weight's shape, or ``None`` for a dense
+    layer (then this is exactly ``nn.Linear``). Construct it directly (``density`` < 1 samples
+    a mask with :func:`random_mask`) or convert an existing ``nn.Linear`` in place with
+    :func:`sparsify_`. The weight is multiplied by the mask when the mask is set, so pruned
+    entries are 0 in the parameter itself, and get zero gradient because the forward pass
+    uses ``W ⊙ M``.
+    """
+
+    mask: torch.Tensor | None
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        density: float = 1.0,
+        mask_method: str = "exact",
+        generator: torch.Generator | None = None,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.register_buffer("mask", None)
+        if _check_density(density) < 1.0:
+            self.set_mask(random_mask(self.weight.shape, density, method=mask_method,
+                                      generator=generator))
+
+    def set_mask(self, mask: torch.Tensor | None) -> None:
+        """Install ``mask`` (bool, weight-shaped; ``None`` = dense) and zero the pruned weights."""
+        if mask is None:
+            self.mask = None
+            return
+        if tuple(mask.shape) != tuple(self.weight.shape):
+            raise ValueError(
+                f"mask shape {tuple(mask.shape)} does not match weight shape "
+                f"{tuple(self.weight.shape)}"
+            )
+        self.mask = mask.to(device=self.weight.device, dtype=torch.bool)
+        self.apply_mask_()
+
+    @torch.no_grad()
+    def apply_mask_(self) -> None:
+        """Zero the pruned entries of the weight in place (``W <- W ⊙ M``); no-op when dense."""
+        if self.mask is not None:
+            self.weight.mul_(self.mask)
+
+    def masked_weight(self) -> torch.Tensor:
+        """``W ⊙ M`` (or ``W`` when dense): the matrix the forward pass uses."""
+        return self.weight if self.mask is None else self.weight * self.mask
+
+    @property
+    def density(self) -> float:
+        """Fraction of kept entries (1.0 when dense)."""
+        if self.mask is None:
+            return 1.0
+        return float(self.mask.sum()) / self.mask.numel()
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return F.linear(input, self.masked_weight(), self.bias)
+
+    def extra_repr(self) -> str:
+        text = super().extra_repr()
+        return text if self.mask is None else f"{text}, density={self.density:.4g}"
+
+
+def sparsify_(
+    linear: nn.Linear,
+    density: float,
+    *,
+    method: str = "exact",
+    generator: torch.Generator | None = None,
+    mask: torch.Tensor | None = None,
+) -> MaskedLinear:
+    """Make ``linear`` sparse **in place** and return it (now a :class:`MaskedLinear`).
+
+    The module object keeps its identity, its parameters (so optimizers and tied references
+    stay valid) and its ``state_dict`` keys (``weight``, ``bias``), gaining a ``mask`` buffer.
+    Only plain ``nn.Linear`` (or an existing ``MaskedLinear`` subclass instance) can be
+    converted, because a subclass's own ``forward`` would be lost. Pass ``mask`` to install a
+    given mask instead of sampling one.
+    """
+    if not isinstance(linear, MaskedLinear):
+        if type(linear) is not nn.Linear:
+            raise TypeError(
+                f"sparsify_ converts plain nn.Linear layers only; got {type(linear).__name__}"
+            )
+        linear.__class__ = MaskedLinear  # same object, same parameters, new forward
+        linear.register_buffer("mask", None)
+    if mask is None:
+        mask = random_mask(linear.weight.shape, density, method=method, generator=generator)
+    linear.set_mask(mask)
+    return linear
+
+
+def masked_modules(model: nn.Module) -> Iterator[tuple[str, MaskedLinear]]:
+    """``(name, module)`` for every :class:`MaskedLinear` of ``model`` that has a mask."""
+    for name, module in model.named_modules():
+        if isinstance(module, MaskedLinear) and module.mask is not None:
+            yield name, module
+
+
+def model_density(model: nn.Module) -> float:
+    """Kept fraction over all masked matrices of ``model`` (1.0 if none are masked)."""
+    kept = total = 0
+    for _, module in masked_modules(model):
+        kept += int(module.mask.sum())
+        total += module.mask.numel()
+    return 1.0 if total == 0 else kept / total
