@@ -1,13 +1,61 @@
-"""Curvature: top Hessian eigenvalue (sharpness) and instability thresholds. (stub)"""
+"""Curvature: top Hessian eigenvalue (sharpness), pre-conditioned sharpness, instability thresholds.
+
+Everything here is matrix-free: the Hessian ``H`` of ``loss_fn(model(x), y)`` with respect to all
+trainable parameters is only touched through Hessian-vector products (HVPs), and its top eigenpair
+is found by a Lanczos solver written on torch tensors (:func:`lanczos_top_eigenpair`), so it runs
+wherever the model runs (CPU or CUDA) and keeps its Krylov basis on that device.
+
+Nothing in this module changes a model's parameters, gradients, buffers or train/eval mode, an
+optimizer's state, or the global random number generators.
+"""
 from __future__ import annotations
 
+import contextlib
+import math
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+from torch.func import functional_call
+
+__all__ = [
+    "EigenEstimate",
+    "HessianOperator",
+    "lanczos_top_eigenpair",
+    "sharpness",
+    "preconditioned_sharpness",
+    "instability_threshold",
+    "HVP_MODES",
+]
+
+#: Accepted values of ``hvp=``. ``"auto"`` picks the mode measured fastest (see
+#: ``bench/bench_sharpness.py`` and the "Sharpness (issue 2)" section of ``bench/RESULTS.md``).
+HVP_MODES = ("auto", "double_backprop", "forward_over_reverse")
+
+# What "auto" resolves to, per device type. Measured by bench/bench_sharpness.py on the Fig. 1
+# FCN (4 Linear layers, width 512, 5000 x 3072 batch) on a 2-core CPU: double backprop, which
+# builds the gradient graph once and re-uses it for every HVP, beat forward-over-reverse, which
+# re-runs forward + backward with dual numbers for every HVP. No GPU measurement exists yet, so
+# CUDA uses the same choice.
+_AUTO_HVP = {"cpu": "double_backprop", "cuda": "double_backprop"}
 
 
 @dataclass
 class EigenEstimate:
+    """An estimate of the top eigenpair of a symmetric operator.
+
+    Attributes:
+        value: the eigenvalue estimate ``theta`` (largest algebraic Ritz value).
+        vector: unit-norm flat eigenvector estimate ``v`` (over all trainable parameters, in
+            ``model.parameters()`` order); pass it as ``init=`` to warm-start the next solve.
+        matvecs: operator applications (Hessian-vector products) spent.
+        converged: whether ``residual <= tol`` was reached within ``max_iter`` matvecs.
+        residual: relative eigen-residual ``||A v - theta v|| / |theta|`` (from the Lanczos
+            recurrence), ``nan`` if the operator produced non-finite numbers.
+    """
+
     value: float
     vector: torch.Tensor
     matvecs: int
@@ -15,13 +63,600 @@ class EigenEstimate:
     residual: float = float("nan")
 
 
-def sharpness(model, loss_fn, batch, *, tol=1e-3, max_iter=100, dtype=None, init=None, hvp="auto"):
-    raise NotImplementedError
+# --------------------------------------------------------------------------------------------
+# Lanczos
+# --------------------------------------------------------------------------------------------
 
 
-def preconditioned_sharpness(model, loss_fn, batch, optimizer, **kwargs):
-    raise NotImplementedError
+class _KrylovBasis:
+    """Orthonormal rows q_0..q_{m-1} kept on the vectors' device in blocks of ``block`` rows.
+
+    Blocks (rather than one pre-allocated matrix) keep memory proportional to the vectors
+    actually used, without the copy a growing single matrix would need.
+    """
+
+    def __init__(self, like: torch.Tensor, block: int = 8):
+        self.like = like
+        self.block = block
+        self.blocks: list[torch.Tensor] = []
+        self.size = 0
+
+    def _views(self) -> Iterator[torch.Tensor]:
+        left = self.size
+        for b in self.blocks:
+            rows = min(left, b.shape[0])
+            if rows <= 0:
+                return
+            yield b[:rows]
+            left -= rows
+
+    def append(self, q: torch.Tensor) -> None:
+        i, r = divmod(self.size, self.block)
+        if i == len(self.blocks):
+            self.blocks.append(self.like.new_empty((self.block, self.like.numel())))
+        self.blocks[i][r].copy_(q)
+        self.size += 1
+
+    def last(self) -> torch.Tensor:
+        i, r = divmod(self.size - 1, self.block)
+        return self.blocks[i][r]
+
+    def coefficients(self, w: torch.Tensor) -> torch.Tensor:
+        """Q w (one coefficient per basis vector)."""
+        return torch.cat([b @ w for b in self._views()])
+
+    def subtract(self, w: torch.Tensor, h: torch.Tensor) -> None:
+        """w <- w - Q^T h, in place."""
+        start = 0
+        for b in self._views():
+            w.addmv_(b.T, h[start:start + b.shape[0]], alpha=-1.0)
+            start += b.shape[0]
+
+    def combine(self, coeffs: torch.Tensor) -> torch.Tensor:
+        """Q^T C for C of shape (m,) or (m, k); returns (n,) or (k, n)."""
+        out, start = None, 0
+        for b in self._views():
+            c = coeffs[start:start + b.shape[0]]
+            part = c @ b if coeffs.dim() == 1 else c.T @ b
+            out = part if out is None else out.add_(part)
+            start += b.shape[0]
+        return out
+
+    def reset(self, rows: torch.Tensor) -> None:
+        """Replace the basis by the rows of ``rows`` (k, n), freeing blocks no longer needed."""
+        k = rows.shape[0]
+        self.blocks = self.blocks[: max(1, math.ceil((k + 1) / self.block))]
+        self.size = 0
+        for r in rows:
+            self.append(r)
 
 
-def instability_threshold(optimizer) -> float:
-    raise NotImplementedError
+def lanczos_top_eigenpair(
+    matvec: Callable[[torch.Tensor], torch.Tensor],
+    v0: torch.Tensor,
+    *,
+    tol: float = 1e-3,
+    max_iter: int = 100,
+    max_basis: int = 32,
+) -> EigenEstimate:
+    """Largest (algebraic) eigenvalue and its eigenvector of a symmetric operator ``A``.
+
+    Lanczos with full re-orthogonalisation (classical Gram-Schmidt, applied twice) and thick
+    restarts: from the unit start vector ``q_0 = v0/||v0||`` it builds an orthonormal Krylov basis
+    ``Q_m`` with ``A Q_m = Q_m T_m + beta_m q_m e_m^T``, ``T_m = Q_m^T A Q_m`` (tridiagonal, or
+    arrow-plus-tridiagonal after a restart). The Ritz pair ``(theta, v = Q_m s)`` from the top
+    eigenpair ``(theta, s)`` of ``T_m`` has eigen-residual ``||A v - theta v|| = |beta_m s_m|``,
+    read off the recurrence at no extra matvec. It stops when
+    ``|beta_m s_m| / |theta| <= tol`` (``converged=True``), when the Krylov space becomes
+    invariant (``beta_m`` at rounding level: ``theta`` is then exact), or after ``max_iter``
+    matvecs (``converged=False``). When the basis reaches ``max_basis`` vectors it keeps the
+    top ``max_basis // 2`` Ritz vectors plus ``q_m`` and continues (thick restart), so memory
+    stays at ``max_basis`` vectors of ``v0``'s size however many iterations run.
+
+    The basis lives on ``v0``'s device and dtype; per iteration only the two scalars
+    ``alpha = q^T A q`` and ``beta`` are copied to the host (the convergence test needs them).
+
+    Args:
+        matvec: ``v -> A v`` on flat tensors shaped like ``v0``; ``A`` must be symmetric.
+        v0: non-zero start vector (random, or the previous eigenvector for a warm start).
+        tol: relative eigen-residual to reach.
+        max_iter: maximum number of matvecs.
+        max_basis: maximum number of basis vectors kept (>= 2).
+
+    Returns:
+        :class:`EigenEstimate` (``residual`` is the relative residual above). If ``matvec``
+        returns non-finite numbers the estimate has ``value = nan`` and ``converged = False``
+        (a diverged model is a result, not a crash).
+    """
+    if not tol > 0:
+        raise ValueError(f"tol must be > 0, got {tol!r}")
+    if int(max_iter) != max_iter or max_iter < 1:
+        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+    if max_basis < 2:
+        raise ValueError(f"max_basis must be >= 2, got {max_basis!r}")
+    if v0.dim() != 1 or v0.numel() == 0:
+        raise ValueError(f"v0 must be a non-empty 1-D tensor, got shape {tuple(v0.shape)}")
+    if not v0.is_floating_point():
+        raise ValueError(f"v0 must be a floating-point tensor, got {v0.dtype}")
+    n = v0.numel()
+    norm0 = torch.linalg.vector_norm(v0)
+    norm0_host = float(norm0)
+    if not (math.isfinite(norm0_host) and norm0_host > 0):
+        raise ValueError("v0 must be finite and non-zero")
+
+    capacity = min(int(max_basis), n)
+    keep = max(1, capacity // 2)
+    eps = torch.finfo(v0.dtype).eps
+
+    basis = _KrylovBasis(v0)
+    basis.append(v0 / norm0)
+    T = np.zeros((capacity, capacity))  # projected matrix Q^T A Q on the host (tiny)
+    matvecs = 0
+    theta, s, rel = float("nan"), None, float("inf")
+    converged = False
+    while matvecs < max_iter:
+        j = basis.size - 1
+        q = basis.last()
+        w = matvec(q)
+        matvecs += 1
+        if w.shape != q.shape:
+            raise ValueError(f"matvec returned shape {tuple(w.shape)}, expected {tuple(q.shape)}")
+        w = w.to(q.dtype).clone()
+        # Full re-orthogonalisation, twice ("twice is enough"); h[j] is alpha_j.
+        h = basis.coefficients(w)
+        basis.subtract(w, h)
+        h2 = basis.coefficients(w)
+        basis.subtract(w, h2)
+        alpha_t = h[j] + h2[j]
+        beta_t = torch.linalg.vector_norm(w)
+        alpha, beta = torch.stack([alpha_t, beta_t.to(alpha_t.dtype)]).tolist()  # one sync
+        if not (math.isfinite(alpha) and math.isfinite(beta)):
+            theta, rel, converged, s = float("nan"), float("nan"), False, None
+            break
+        T[j, j] = alpha
+        ritz_values, ritz_vectors = np.linalg.eigh(T[: j + 1, : j + 1])
+        theta, s = float(ritz_values[-1]), ritz_vectors[:, -1]
+        scale = max(abs(ritz_values[0]), abs(ritz_values[-1]))
+        residual = abs(beta * float(s[-1]))
+        rel = residual / abs(theta) if theta != 0 else (0.0 if residual == 0 else float("inf"))
+        invariant = beta <= 10 * eps * max(scale, eps) * math.sqrt(n) or j + 1 == n
+        if rel <= tol or invariant:
+            converged = True
+            break
+        if matvecs == max_iter:
+            break
+        q_next = w.div_(beta)
+        if basis.size == capacity:
+            # Thick restart: keep the top `keep` Ritz vectors Y = Q S_k; then
+            # A Y = Y diag(theta_k) + beta q_next (S_k[-1])^T, so q_next couples to Y via beta*S_k[-1].
+            order = np.argsort(ritz_values)[::-1][:keep]
+            S_k = torch.as_tensor(np.ascontiguousarray(ritz_vectors[:, order]), dtype=q.dtype,
+                                  device=q.device)
+            Y = basis.combine(S_k)
+            q_next = q_next.clone()  # it may alias a block that reset() overwrites
+            basis.reset(Y)
+            del Y
+            basis.append(q_next)
+            T[:] = 0.0
+            T[np.arange(keep), np.arange(keep)] = ritz_values[order]
+            T[keep, :keep] = T[:keep, keep] = beta * ritz_vectors[-1, order]
+        else:
+            basis.append(q_next)
+            T[j + 1, j] = T[j, j + 1] = beta
+
+    if s is None:
+        vector = basis.last().clone() if math.isfinite(theta) else v0 / norm0
+        return EigenEstimate(theta, vector, matvecs, False, rel)
+    vector = basis.combine(torch.as_tensor(s, dtype=v0.dtype, device=v0.device))
+    vector /= torch.linalg.vector_norm(vector)
+    return EigenEstimate(theta, vector, matvecs, converged, rel)
+
+
+# --------------------------------------------------------------------------------------------
+# Hessian-vector products
+# --------------------------------------------------------------------------------------------
+
+
+def _resolve_dtype(dtype) -> torch.dtype | None:
+    if dtype is None:
+        return None
+    named = {"float32": torch.float32, "float64": torch.float64}
+    if isinstance(dtype, str):
+        if dtype not in named:
+            raise ValueError(f"dtype must be None, 'float32' or 'float64', got {dtype!r}")
+        return named[dtype]
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be None, torch.float32 or torch.float64, got {dtype!r}")
+    return dtype
+
+
+@contextlib.contextmanager
+def _fixed_rng(seed: int, device: torch.device):
+    """Seed the generator(s) a forward pass on ``device`` may draw from (dropout) and restore
+    the global RNG state afterwards, so every forward in one solve sees the same dropout mask
+    and the caller's random stream is untouched."""
+    cuda_devices = []
+    if device.type == "cuda":
+        cuda_devices = [device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=cuda_devices):
+        torch.default_generator.manual_seed(seed)
+        if cuda_devices:
+            with torch.cuda.device(cuda_devices[0]):
+                torch.cuda.manual_seed(seed)
+        yield
+
+
+class HessianOperator:
+    """``v -> H v``: the Hessian of ``loss_fn(model(x), y)`` at the model's current parameters.
+
+    ``H`` is taken with respect to all parameters with ``requires_grad`` (flattened in
+    ``model.parameters()`` order), on one fixed batch, in the mode (train/eval) the model is in.
+    The model is evaluated through :func:`torch.func.functional_call` on detached copies of its
+    parameters and on clones of its buffers, cast to ``dtype`` when given (together with the
+    floating-point inputs and targets), so the model's parameters, ``.grad``, buffers (e.g.
+    BatchNorm running statistics) and mode are never changed. Every forward pass runs with the
+    CPU/CUDA generator seeded with ``seed`` inside :func:`torch.random.fork_rng`: in train mode
+    with dropout ``H`` is the Hessian for one dropout mask, the same mask in every product, and
+    the global RNG state is left as it was.
+
+    Modes (``hvp=``):
+      * ``"double_backprop"``: ``g = autograd.grad(L, theta, create_graph=True)`` once, then
+        ``H v = autograd.grad(g, theta, grad_outputs=v)`` re-using that graph (one backward each).
+      * ``"forward_over_reverse"``: ``H v = jvp(grad(L), (theta,), (v,))`` with
+        :mod:`torch.func` (a forward + backward with dual numbers per product; no graph kept).
+      * ``"auto"``: the one measured faster (``_AUTO_HVP``; double backprop on CPU).
+
+    Attributes: ``numel``, ``dtype``, ``device``, ``mode`` (resolved hvp mode), ``loss`` (float),
+    ``gradient()`` (flat gradient at the current parameters, computed once), ``matvecs``.
+    """
+
+    def __init__(self, model: torch.nn.Module, loss_fn, batch, *, dtype=None, hvp: str = "auto",
+                 seed: int = 0):
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not callable(loss_fn):
+            raise TypeError("loss_fn must be callable as loss_fn(outputs, targets)")
+        if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+            raise ValueError("batch must be a pair (inputs, targets)")
+        if hvp not in HVP_MODES:
+            raise ValueError(f"hvp must be one of {HVP_MODES}, got {hvp!r}")
+        dtype = _resolve_dtype(dtype)
+        trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+        if not trainable:
+            raise ValueError("model has no parameters with requires_grad=True")
+        first = next(iter(trainable.values()))
+        self.device = first.device
+        self.dtype = dtype if dtype is not None else first.dtype
+        if not self.dtype.is_floating_point:
+            raise ValueError(f"parameters must be floating point, got {self.dtype}")
+        if hvp == "auto":
+            hvp = _AUTO_HVP.get(self.device.type, "double_backprop")
+        self.mode = hvp
+        self.seed = int(seed)
+        self.names = list(trainable)
+        self.shapes = [p.shape for p in trainable.values()]
+        self.sizes = [p.numel() for p in trainable.values()]
+        self.numel = sum(self.sizes)
+        self.matvecs = 0
+
+        def cast(t: torch.Tensor) -> torch.Tensor:
+            t = t.detach()
+            return t.to(self.dtype) if dtype is not None and t.is_floating_point() else t
+
+        # Detached (storage-sharing) leaves for the trainable parameters, frozen parameters as
+        # constants; buffers are cloned inside every forward (_loss), because train-mode
+        # BatchNorm updates them in place and torch.func forbids mutating captured tensors.
+        self._params = {n: cast(p) for n, p in trainable.items()}
+        self._frozen = {n: cast(p) for n, p in model.named_parameters() if not p.requires_grad}
+        self._buffers = {n: cast(b) for n, b in model.named_buffers()}
+        inputs, targets = batch
+        self._inputs = cast(inputs) if torch.is_tensor(inputs) else inputs
+        self._targets = cast(targets) if torch.is_tensor(targets) else targets
+        self._model, self._loss_fn = model, loss_fn
+        self._grad_flat: torch.Tensor | None = None
+        self.loss = float("nan")
+
+        if self.mode == "double_backprop":
+            # A fresh detached alias per leaf: requires_grad_ on it leaves the model's tensor alone.
+            leaves = {n: self._params[n].detach().requires_grad_(True) for n in self.names}
+            self._leaves = list(leaves.values())
+            with torch.enable_grad():
+                loss = self._loss(leaves)
+                grads = torch.autograd.grad(loss, self._leaves, create_graph=True,
+                                            allow_unused=True, materialize_grads=True)
+            self.loss = float(loss.detach())
+            self._grads = grads
+            self._grad_flat = torch.cat([g.detach().reshape(-1) for g in grads])
+            self._diff = [i for i, g in enumerate(grads) if g.requires_grad]
+        else:
+            self._grad_fn = torch.func.grad_and_value(self._loss)
+
+    def _loss(self, params: dict) -> torch.Tensor:
+        with _fixed_rng(self.seed, self.device):
+            buffers = {n: b.clone() for n, b in self._buffers.items()}
+            out = functional_call(self._model, {**self._frozen, **buffers, **params},
+                                  (self._inputs,))
+            loss = self._loss_fn(out, self._targets)
+        if not (torch.is_tensor(loss) and loss.numel() == 1):
+            raise ValueError("loss_fn must return a scalar tensor")
+        return loss.reshape(())
+
+    def split(self, v: torch.Tensor) -> list[torch.Tensor]:
+        """Flat vector -> list of views shaped like the trainable parameters."""
+        if v.shape != (self.numel,):
+            raise ValueError(f"expected a flat vector of {self.numel} elements (one per trainable "
+                             f"parameter entry), got shape {tuple(v.shape)}")
+        return [c.view(s) for c, s in zip(torch.split(v, self.sizes), self.shapes)]
+
+    def gradient(self) -> torch.Tensor:
+        """Flat gradient of the loss at the current parameters (computed once, cached)."""
+        if self._grad_flat is None:
+            with torch.enable_grad():
+                grads, loss = self._grad_fn(self._params)
+            self.loss = float(loss)
+            self._grad_flat = torch.cat([grads[n].reshape(-1) for n in self.names])
+        return self._grad_flat
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        """Return ``H v`` for a flat vector ``v`` (cast to the operator's dtype/device)."""
+        v = v.to(device=self.device, dtype=self.dtype)
+        parts = self.split(v)
+        self.matvecs += 1
+        if self.mode == "double_backprop":
+            if not self._diff:
+                return torch.zeros_like(v)
+            with torch.enable_grad():
+                hv = torch.autograd.grad([self._grads[i] for i in self._diff], self._leaves,
+                                         grad_outputs=[parts[i] for i in self._diff],
+                                         retain_graph=True, allow_unused=True,
+                                         materialize_grads=True)
+            return torch.cat([h.reshape(-1) for h in hv])
+        tangents = dict(zip(self.names, parts))
+        with torch.enable_grad(), warnings.catch_warnings():
+            # torch's forward-AD decompositions call the deprecated torch.jit.script on first use.
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated",
+                                    category=DeprecationWarning)
+            (grads, _), (hv, _) = torch.func.jvp(self._grad_fn, (self._params,), (tangents,))
+        if self._grad_flat is None:  # the primal output is the gradient: keep it for free
+            self._grad_flat = torch.cat([grads[n].reshape(-1) for n in self.names])
+        return torch.cat([hv[n].reshape(-1) for n in self.names])
+
+
+def _start_vector(init, n: int, dtype: torch.dtype, device: torch.device, seed: int):
+    if init is None:
+        gen = torch.Generator(device=device)
+        gen.manual_seed(int(seed))
+        return torch.randn(n, generator=gen, dtype=dtype, device=device)
+    if not torch.is_tensor(init):
+        raise TypeError(f"init must be a flat tensor (e.g. a previous est.vector), got "
+                        f"{type(init).__name__}")
+    if init.numel() != n:
+        raise ValueError(f"init has {init.numel()} elements but the model has {n} trainable "
+                         f"parameter entries")
+    v0 = init.detach().reshape(-1).to(device=device, dtype=dtype)
+    norm = float(torch.linalg.vector_norm(v0))
+    if not (math.isfinite(norm) and norm > 0):
+        raise ValueError("init must be finite and non-zero")
+    return v0
+
+
+def _check_solver_args(tol, max_iter):
+    if not (isinstance(tol, (int, float)) and tol > 0):
+        raise ValueError(f"tol must be a number > 0, got {tol!r}")
+    if not (isinstance(max_iter, int) and max_iter >= 1):
+        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+
+
+def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_iter: int = 100,
+              dtype=None, init: torch.Tensor | None = None, hvp: str = "auto", seed: int = 0,
+              max_basis: int = 32) -> EigenEstimate:
+    """Sharpness ``lambda_max(H)``: the top eigenvalue of the Hessian of the loss on one batch.
+
+    ``H = d^2 L / d theta^2`` with ``L = loss_fn(model(inputs), targets)``, ``batch = (inputs,
+    targets)``, ``theta`` = all parameters with ``requires_grad``. Found matrix-free by
+    :func:`lanczos_top_eigenpair` on Hessian-vector products (:class:`HessianOperator`), stopping
+    when the relative eigen-residual ``||H v - theta v|| / |theta| <= tol``. ``lambda_max`` is
+    the largest *algebraic* eigenvalue (not the largest in magnitude, which power iteration
+    finds when the Hessian has a large negative eigenvalue).
+
+    Train/eval mode: the Hessian is taken in whatever mode the caller left the model in, and
+    the mode is never changed. The loss whose stability matters is the one the optimizer
+    descends, i.e. the train-mode loss (BatchNorm with batch statistics); call ``model.eval()``
+    first for the curvature of the inference-mode loss. With dropout active, ``H`` is random
+    (it depends on the dropout mask): every forward pass of one call uses the same mask, drawn
+    from a generator seeded with ``seed`` (the global RNG is left untouched), so the solver sees
+    one fixed symmetric operator; another ``seed`` gives another mask.
+
+    Args:
+        model, loss_fn, batch: the loss ``loss_fn(model(inputs), targets)``.
+        tol: relative eigen-residual to reach (the eigenvalue itself is typically far more
+            accurate, ~ tol^2 * theta / gap).
+        max_iter: maximum Hessian-vector products.
+        dtype: ``None`` (the parameters' dtype), ``torch.float32`` or ``torch.float64``
+            (parameters, buffers and floating inputs/targets are cast for the computation only).
+        init: flat start vector, e.g. the previous ``est.vector`` (warm start); default a
+            standard normal vector from a private generator seeded with ``seed``.
+        hvp: ``"auto"``, ``"double_backprop"`` or ``"forward_over_reverse"`` (see
+            :class:`HessianOperator`).
+        seed: seeds the random start vector and the dropout mask.
+        max_basis: Krylov vectors kept in memory (thick restart beyond that).
+
+    Returns:
+        :class:`EigenEstimate` with ``value`` (float), ``vector`` (flat, on the model's device,
+        in the computation dtype), ``matvecs``, ``converged``, ``residual``. A non-finite loss
+        gives ``value = nan``, ``converged = False`` instead of an error.
+    """
+    _check_solver_args(tol, max_iter)
+    op = HessianOperator(model, loss_fn, batch, dtype=dtype, hvp=hvp, seed=seed)
+    v0 = _start_vector(init, op.numel, op.dtype, op.device, seed)
+    return lanczos_top_eigenpair(op, v0, tol=tol, max_iter=max_iter, max_basis=max_basis)
+
+
+# --------------------------------------------------------------------------------------------
+# Thresholds and pre-conditioned sharpness
+# --------------------------------------------------------------------------------------------
+
+
+def _is_gi_adam(optimizer) -> bool:
+    try:
+        from catapult.optim import GIAdam
+    except ImportError:  # pragma: no cover - the module ships with the package
+        return False
+    return isinstance(optimizer, GIAdam)
+
+
+def instability_threshold(optimizer: torch.optim.Optimizer, lr: float | None = None) -> float:
+    """The sharpness above which the optimizer's next steps become unstable, for learning rate lr.
+
+    From the linear stability of each update rule on a quadratic with curvature ``lambda``:
+
+    * SGD without momentum (gradient descent): ``2 / lr``.
+    * SGD with heavy-ball momentum ``b`` (torch's ``buf = b*buf + (1-d)*g``, dampening ``d``,
+      usually 0): ``(2 + 2b) / ((1 - d) lr)``; with ``nesterov=True``:
+      ``(2 + 2b) / ((1 + 2b) lr)``.
+    * Adam family (any optimizer whose param groups have ``"betas"``: Adam, AdamW, GIAdam,
+      RAdam, NAdam, ...), compared with the *pre-conditioned* sharpness:
+      ``(2 + 2 b1) / ((1 - b1) lr)`` (= 38/lr for b1 = 0.9).
+
+    ``lr`` defaults to the first param group's current ``lr`` (and ``momentum``/``betas`` are
+    read from the first group too). With per-group multipliers (``group["lr_mult"]``, as set by
+    :func:`catapult.param_groups`) the groups have different lrs: pass the lr you mean, or use
+    ``preconditioned_sharpness(..., scale_by_group_lr=True)``, which folds each group's
+    ``lr / lr_first_group`` into the operator so it is compared with this threshold directly.
+
+    Raises:
+        TypeError: for an optimizer of another kind (the message names it).
+        ValueError: for a non-positive lr.
+    """
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    if not optimizer.param_groups:
+        raise ValueError("optimizer has no param groups")
+    group = optimizer.param_groups[0]
+    lr = float(group["lr"] if lr is None else lr)
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0 for an instability threshold, got {lr}")
+    if "betas" in group:
+        b1 = float(group["betas"][0])
+        return (2.0 + 2.0 * b1) / ((1.0 - b1) * lr)
+    if isinstance(optimizer, torch.optim.SGD):
+        b = float(group.get("momentum", 0.0))
+        if b == 0.0:
+            return 2.0 / lr
+        if group.get("nesterov", False):
+            return (2.0 + 2.0 * b) / ((1.0 + 2.0 * b) * lr)
+        d = float(group.get("dampening", 0.0))
+        return (2.0 + 2.0 * b) / ((1.0 - d) * lr)
+    raise TypeError(f"instability_threshold: unsupported optimizer {type(optimizer).__name__}; "
+                    "supported: torch.optim.SGD (with or without momentum) and Adam-family "
+                    "optimizers (param groups with 'betas')")
+
+
+def _adam_preconditioner(optimizer, grad_flat: torch.Tensor, names, params,
+                         scale_by_group_lr: bool):
+    """Flat inverse square root of the next step's Adam preconditioner (0 off-optimizer)."""
+    gi_adam = _is_gi_adam(optimizer)
+    is_adam = isinstance(optimizer, torch.optim.Adam)
+    if not (is_adam or gi_adam):
+        raise TypeError(f"preconditioned_sharpness supports torch.optim.Adam, torch.optim.AdamW "
+                        f"and catapult.optim.GIAdam, got {type(optimizer).__name__}")
+    where = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            where[id(p)] = group
+    lr_ref = float(optimizer.param_groups[0]["lr"])
+    dtype, device = grad_flat.dtype, grad_flat.device
+    pieces, l2_pieces = [], []
+    has_l2 = False
+    offset = 0
+    for name, p in zip(names, params):
+        n = p.numel()
+        g = grad_flat[offset:offset + n].view(p.shape)
+        offset += n
+        group = where.get(id(p))
+        if group is None:  # not optimized: the step does not move it -> P^-1 = 0 there
+            pieces.append(torch.zeros(n, dtype=dtype, device=device))
+            l2_pieces.append(torch.zeros(n, dtype=dtype, device=device))
+            continue
+        b1, b2 = (float(b) for b in group["betas"])
+        eps = float(group["eps"])
+        wd = float(group.get("weight_decay", 0.0))
+        coupled_l2 = is_adam and not group.get("decoupled_weight_decay", False) and wd != 0.0
+        if coupled_l2:  # torch Adam adds weight_decay * theta to the gradient it feeds into v
+            g = g + wd * p.detach().to(dtype)
+            has_l2 = True
+        state = optimizer.state.get(p, {})
+        if "exp_avg_sq" in state:
+            t = float(state["step"])
+            v = state["exp_avg_sq"].detach().to(dtype)
+            v_next = b2 * v + (1.0 - b2) * g * g
+        else:
+            t = 0.0
+            # Adam: v_0 = 0.  GI-Adam: v_0 = g^2 of this gradient, so v_1 = g^2.
+            v_next = g * g if gi_adam else (1.0 - b2) * g * g
+        if group.get("amsgrad", False):
+            v_max = state.get("max_exp_avg_sq")
+            if v_max is not None:
+                v_next = torch.maximum(v_max.detach().to(dtype), v_next)
+        v_correction = (1.0 - b2 ** (t + 1)) if group.get("v_bias_correction", True) else 1.0
+        P = (1.0 - b1 ** (t + 1)) * (torch.sqrt(v_next / v_correction) + eps)
+        inv = 1.0 / P
+        if scale_by_group_lr:
+            inv = inv * (float(group["lr"]) / lr_ref)
+        pieces.append(torch.sqrt(inv).reshape(-1))
+        l2_pieces.append((inv * wd).reshape(-1) if coupled_l2 else torch.zeros(n, dtype=dtype,
+                                                                              device=device))
+    return torch.cat(pieces), (torch.cat(l2_pieces) if has_l2 else None)
+
+
+def preconditioned_sharpness(model: torch.nn.Module, loss_fn, batch,
+                             optimizer: torch.optim.Optimizer, *, tol: float = 1e-3,
+                             max_iter: int = 100, dtype=None, init: torch.Tensor | None = None,
+                             hvp: str = "auto", seed: int = 0, max_basis: int = 32,
+                             scale_by_group_lr: bool = False) -> EigenEstimate:
+    """Pre-conditioned sharpness ``lambda_max(P^-1 H)`` for Adam, AdamW and GI-Adam.
+
+    ``P`` is the diagonal preconditioner the optimizer's *next* step will apply, rebuilt from
+    its state without changing it: with ``g`` the gradient of the loss on ``batch``, ``t =
+    state["step"]`` (0 with no state yet), ``v = state["exp_avg_sq"]`` (0 with no state; for
+    GI-Adam with no state ``v_0 = g^2``, so ``v' = g^2``)::
+
+        v' = b2 * v + (1 - b2) * g^2
+        P  = (1 - b1^(t+1)) * (sqrt(v' / (1 - b2^(t+1))) + eps)
+
+    (GI-Adam groups with ``v_bias_correction=False`` skip the ``1 - b2^(t+1)`` division; with
+    ``amsgrad`` the running maximum of ``v`` is used.) ``P^-1 H`` is not symmetric; its
+    eigenvalues are those of the symmetric ``P^-1/2 H P^-1/2``, whose top eigenpair the Lanczos
+    solver finds (``est.vector`` is in those coordinates: ``P^1/2`` times a ``P^-1 H``
+    eigenvector). Compare with ``instability_threshold(optimizer)`` = ``(2+2 b1)/((1-b1) lr)``.
+
+    torch Adam with ``weight_decay`` (coupled L2) feeds ``g + wd * theta`` into ``v`` and descends
+    ``L + wd/2 ||theta||^2``; both are included (the operator becomes
+    ``P^-1/2 (H + wd I) P^-1/2``). Decoupled weight decay (AdamW, GI-Adam) is not curvature and is
+    left out. Parameters with ``requires_grad`` that belong to no param group are not moved by
+    the step and get ``P^-1 = 0``. ``scale_by_group_lr=True`` multiplies each group's block of
+    ``P^-1`` by ``group["lr"] / param_groups[0]["lr"]`` (per-group lr multipliers, e.g. muP).
+
+    Keyword arguments are those of :func:`sharpness`. Mode, dtype and RNG are handled the same
+    way; neither the model nor the optimizer state is changed.
+    """
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    if not (isinstance(optimizer, torch.optim.Adam) or _is_gi_adam(optimizer)):
+        raise TypeError(f"preconditioned_sharpness supports torch.optim.Adam, torch.optim.AdamW "
+                        f"and catapult.optim.GIAdam, got {type(optimizer).__name__}")
+    _check_solver_args(tol, max_iter)
+    op = HessianOperator(model, loss_fn, batch, dtype=dtype, hvp=hvp, seed=seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    with torch.no_grad():
+        d, l2 = _adam_preconditioner(optimizer, op.gradient(), op.names, params,
+                                     scale_by_group_lr)
+
+    def matvec(u: torch.Tensor) -> torch.Tensor:
+        out = op(d * u).mul_(d)
+        if l2 is not None:
+            out.addcmul_(l2, u)
+        return out
+
+    v0 = _start_vector(init, op.numel, op.dtype, op.device, seed)
+    return lanczos_top_eigenpair(matvec, v0, tol=tol, max_iter=max_iter, max_basis=max_basis)
