@@ -1,0 +1,255 @@
+"""GIAdam against an independent NumPy re-derivation of the update rule, plus torch.optim
+conventions: foreach == per-tensor, state_dict round trip, closure, schedules.attach."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from catapult.optim import GIAdam, GIAdamW, initial_second_moment
+from catapult.schedules import attach, warmup
+
+STEPS = 25
+
+
+def numpy_giadam(theta0, grads, lrs, *, b1, b2, eps, wd, v_bias_correction, a=1.0):
+    """GI-Adam written from the paper's equations, in float64 NumPy.
+
+    theta0: initial parameter; grads[t]: gradient at step t+1; lrs[t]: lr of step t+1.
+    v_0 = a * g_1^2, m_0 = 0; decoupled weight decay.
+    """
+    theta = np.array(theta0, dtype=np.float64)
+    m = np.zeros_like(theta)
+    v = a * grads[0] ** 2
+    trajectory = []
+    for t, (g, lr) in enumerate(zip(grads, lrs), start=1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g ** 2
+        m_hat = m / (1 - b1 ** t)
+        v_hat = v / (1 - b2 ** t) if v_bias_correction else v
+        theta = theta * (1 - lr * wd) - lr * m_hat / (np.sqrt(v_hat) + eps)
+        trajectory.append(theta.copy())
+    return trajectory, m, v
+
+
+def _grad_sequence(shape, seed):
+    rng = np.random.default_rng(seed)
+    # gradients of varied scale, including a near-zero entry regime, as in real training
+    return [rng.normal(size=shape) * 10.0 ** rng.uniform(-3, 1) for _ in range(STEPS)]
+
+
+@pytest.mark.parametrize("v_bias_correction", [True, False])
+@pytest.mark.parametrize("foreach", [False, True])
+def test_matches_numpy_two_groups_weight_decay_and_schedule(v_bias_correction, foreach):
+    rng = np.random.default_rng(0)
+    theta_a, theta_b = rng.normal(size=(3, 4)), rng.normal(size=(5,))
+    grads_a, grads_b = _grad_sequence((3, 4), 1), _grad_sequence((5,), 2)
+    pa = torch.nn.Parameter(torch.tensor(theta_a))
+    pb = torch.nn.Parameter(torch.tensor(theta_b))
+    opt = GIAdam([{"params": [pa]},
+                  {"params": [pb], "lr_mult": 0.5, "betas": (0.8, 0.99), "weight_decay": 0.3}],
+                 lr=1.0, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1,
+                 v_bias_correction=v_bias_correction, foreach=foreach)
+    schedule = warmup(0.05, 5, decay="cosine", total_steps=STEPS)
+    sched = attach(opt, schedule)
+    got_a, got_b = [], []
+    for t in range(STEPS):
+        pa.grad = torch.tensor(grads_a[t])
+        pb.grad = torch.tensor(grads_b[t])
+        opt.step()
+        sched.step()
+        got_a.append(pa.detach().numpy().copy())
+        got_b.append(pb.detach().numpy().copy())
+
+    lrs = [schedule(t) for t in range(STEPS)]
+    want_a, m_a, v_a = numpy_giadam(theta_a, grads_a, lrs, b1=0.9, b2=0.999, eps=1e-8, wd=0.1,
+                                    v_bias_correction=v_bias_correction)
+    want_b, m_b, v_b = numpy_giadam(theta_b, grads_b, [0.5 * lr for lr in lrs], b1=0.8, b2=0.99,
+                                    eps=1e-8, wd=0.3, v_bias_correction=v_bias_correction)
+    for t in range(STEPS):
+        np.testing.assert_allclose(got_a[t], want_a[t], rtol=1e-12, atol=1e-13)
+        np.testing.assert_allclose(got_b[t], want_b[t], rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(opt.state[pa]["exp_avg"].numpy(), m_a, rtol=1e-12)
+    np.testing.assert_allclose(opt.state[pa]["exp_avg_sq"].numpy(), v_a, rtol=1e-12)
+    np.testing.assert_allclose(opt.state[pb]["exp_avg_sq"].numpy(), v_b, rtol=1e-12)
+    assert float(opt.state[pb]["step"]) == STEPS
+
+
+def test_first_step_v_equals_grad_squared_and_size():
+    g = torch.tensor([3.0, -0.5, 1e-3], dtype=torch.float64)
+    p = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    opt = GIAdam([p], lr=0.1, betas=(0.9, 0.999), eps=0.0, v_bias_correction=False)
+    p.grad = g.clone()
+    opt.step()
+    torch.testing.assert_close(opt.state[p]["exp_avg_sq"], g * g, rtol=1e-14, atol=0)
+    # m_hat = g, v_hat = g^2: the first step is lr * sign(g)
+    torch.testing.assert_close(p.detach(), -0.1 * torch.sign(g), rtol=1e-14, atol=0)
+    # with v bias correction: an implicit warmup factor sqrt(1 - b2)
+    p2 = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    opt2 = GIAdam([p2], lr=0.1, eps=0.0, v_bias_correction=True)
+    p2.grad = g.clone()
+    opt2.step()
+    torch.testing.assert_close(p2.detach(), -0.1 * (1 - 0.999) ** 0.5 * torch.sign(g))
+
+
+def test_scaled_v0_matches_numpy():
+    theta = np.linspace(-1, 1, 6)
+    grads = _grad_sequence((6,), 3)
+    p = torch.nn.Parameter(torch.tensor(theta))
+    opt = GIAdam([p], lr=0.01, v0=4.0)
+    for g in grads:
+        p.grad = torch.tensor(g)
+        opt.step()
+    want, _, _ = numpy_giadam(theta, grads, [0.01] * STEPS, b1=0.9, b2=0.999, eps=1e-8, wd=0.0,
+                              v_bias_correction=True, a=4.0)
+    np.testing.assert_allclose(p.detach().numpy(), want[-1], rtol=1e-12)
+
+
+def test_v0_zero_is_exactly_torch_adamw():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    twin = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    twin.load_state_dict(model.state_dict())
+    ours = GIAdam(model.parameters(), lr=3e-3, weight_decay=0.05, v0=0.0, foreach=False)
+    ref = torch.optim.AdamW(twin.parameters(), lr=3e-3, weight_decay=0.05, foreach=False)
+    x, y = torch.randn(16, 4), torch.randn(16, 2)
+    for _ in range(10):
+        for m, o in ((model, ours), (twin, ref)):
+            o.zero_grad()
+            torch.nn.functional.mse_loss(m(x), y).backward()
+            o.step()
+    for p, q in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(p, q)
+    # and the state reads like torch Adam's
+    p0, q0 = next(model.parameters()), next(twin.parameters())
+    assert set(ours.state[p0]) == set(ref.state[q0]) == {"step", "exp_avg", "exp_avg_sq"}
+    assert type(ours.state[p0]["step"]) is type(ref.state[q0]["step"])
+    assert ours.state[p0]["step"].dtype == ref.state[q0]["step"].dtype
+    assert torch.equal(ours.state[p0]["exp_avg_sq"], ref.state[q0]["exp_avg_sq"])
+
+
+def _mixed_model(seed):
+    torch.manual_seed(seed)
+    return [torch.nn.Parameter(torch.randn(7, 3)), torch.nn.Parameter(torch.randn(3)),
+            torch.nn.Parameter(torch.randn(4, 2, dtype=torch.float64)),
+            torch.nn.Parameter(torch.randn(5))]   # the last one never gets a gradient
+
+
+@pytest.mark.parametrize("v0", ["grad", "random", 2.0])
+def test_foreach_identical_to_per_tensor(v0):
+    runs = []
+    for foreach in (False, True):
+        params = _mixed_model(0)
+        opt = GIAdam([{"params": params[:2]}, {"params": params[2:], "lr": 0.02}], lr=0.01,
+                     weight_decay=0.1, v0=v0, foreach=foreach, maximize=(v0 == 2.0))
+        gen = torch.Generator().manual_seed(5)
+        for _ in range(8):
+            for p in params[:3]:
+                p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+            opt.step()
+        runs.append((params, opt))
+    (p1, o1), (p2, o2) = runs
+    for a, b in zip(p1, p2):
+        assert torch.equal(a, b)
+        if a.grad is not None:
+            for key in ("exp_avg", "exp_avg_sq", "step"):
+                assert torch.equal(o1.state[a][key], o2.state[b][key])
+    assert len(o1.state[p1[3]]) == 0        # no gradient: no state, no update
+
+
+def test_random_v0_norm_positivity_and_determinism():
+    g = torch.randn(10, 10, dtype=torch.float64)
+    rng_before = torch.get_rng_state()
+    v = initial_second_moment(g, "random", seed=3)
+    assert torch.equal(torch.get_rng_state(), rng_before)        # global RNG untouched
+    assert (v >= 0).all() and (v > 0).float().mean() > 0.99
+    torch.testing.assert_close(v.norm(), (g * g).norm())
+    assert torch.equal(v, initial_second_moment(g, "random", seed=3))
+    assert not torch.equal(v, initial_second_moment(g, "random", seed=4))
+    assert not torch.allclose(v, g * g)
+    # per-parameter seeds: seed + position of the parameter across groups
+    params = [torch.nn.Parameter(torch.zeros(4)), torch.nn.Parameter(torch.zeros(4))]
+    opt = GIAdam([{"params": [params[0]]}, {"params": [params[1]]}], v0="random", seed=10)
+    grads = [torch.ones(4), torch.ones(4)]
+    for p, gr in zip(params, grads):
+        p.grad = gr
+    expected = [initial_second_moment(gr, "random", 10 + i) for i, gr in enumerate(grads)]
+    predicted = [opt.initial_exp_avg_sq(p, gr) for p, gr in zip(params, grads)]
+    opt.step()
+    b2 = 0.999
+    for p, gr, v0, pred in zip(params, grads, expected, predicted):
+        assert torch.equal(pred, v0)
+        torch.testing.assert_close(opt.state[p]["exp_avg_sq"], b2 * v0 + (1 - b2) * gr * gr)
+
+
+def test_state_dict_round_trip_continues_identically():
+    def make(seed):
+        torch.manual_seed(seed)
+        model = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.ReLU(), torch.nn.Linear(5, 1))
+        opt = GIAdam([{"params": model[0].parameters()},
+                      {"params": model[2].parameters(), "lr_mult": 0.1, "v0": 3.0}],
+                     lr=0.01, weight_decay=0.01, v_bias_correction=False)
+        return model, opt
+
+    x, y = torch.randn(20, 3), torch.randn(20, 1)
+
+    def train(model, opt, n):
+        for _ in range(n):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+
+    model, opt = make(0)
+    train(model, opt, 5)
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buf)
+    buf.seek(0)
+    ckpt = torch.load(buf, weights_only=True)
+    model2, opt2 = make(1)
+    model2.load_state_dict(ckpt["model"])
+    opt2.load_state_dict(ckpt["opt"])
+    assert opt2.param_groups[1]["v0"] == 3.0 and opt2.param_groups[0]["v_bias_correction"] is False
+    train(model, opt, 5)
+    train(model2, opt2, 5)
+    for p, q in zip(model.parameters(), model2.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_closure_is_called_and_its_loss_returned():
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    opt = GIAdam([p], lr=0.1)
+    calls = []
+
+    def closure():
+        calls.append(1)
+        opt.zero_grad()
+        loss = (p ** 2).sum()
+        loss.backward()
+        return loss
+
+    loss = opt.step(closure)
+    assert calls == [1]
+    assert loss.item() == pytest.approx(5.0)
+    # the gradient the closure computed was used: m_hat/sqrt(v_hat) = sign(g) scaled by the
+    # implicit warmup sqrt(1 - b2)
+    torch.testing.assert_close(p.detach(), torch.tensor([1.0, -2.0]) - 0.1 * (1 - 0.999) ** 0.5
+                               * torch.tensor([1.0, -1.0]), rtol=1e-5, atol=1e-6)
+
+
+def test_alias_and_bad_arguments():
+    assert GIAdamW is GIAdam
+    p = [torch.nn.Parameter(torch.zeros(2))]
+    with pytest.raises(ValueError, match="v0"):
+        GIAdam(p, v0="zeros")
+    with pytest.raises(ValueError, match="v0"):
+        GIAdam(p, v0=-1.0)
+    with pytest.raises(ValueError, match="v0"):
+        GIAdam([{"params": p, "v0": "nope"}])
+    with pytest.raises(ValueError, match="betas"):
+        GIAdam(p, betas=(0.9, 1.0))
+    with pytest.raises(ValueError, match="lr"):
+        GIAdam(p, lr=-1.0)
+    with pytest.raises(ValueError, match="weight_decay"):
+        GIAdam(p, weight_decay=-0.1)
