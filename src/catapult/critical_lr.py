@@ -1,11 +1,57 @@
-"""Critical learning rate from a loss catapult (warmup paper, Alg. 1-2). (stub)"""
+"""Critical learning rate from a loss catapult (warmup paper, App. B.2, Alg. 1-2).
+
+The critical learning rate ``lr_c`` is the smallest lr at which the optimizer's next step makes
+the loss go *up*: on a quadratic with top curvature ``lambda`` under GD, ``lr_c = 2 / lambda``.
+It is found with forward passes only, on one batch, along the direction ``u`` of the
+optimizer's next step (per unit learning rate)::
+
+    L0 = L(theta)
+    exponential search:  lr = lr_start; double lr while L(theta - lr u) < L0   (stop at lr_max)
+                         -> bracket [lower, upper] = [lr / 2, lr]
+    bisection:           while L(theta - upper u) > L0 + delta |L0|:
+                             mid = (lower + upper) / 2
+                             if L(theta - mid u) < L0: lower = mid  else: upper = mid
+    lr_c = upper         (lr_start if the loss already rises at lr_start)
+
+Nothing observable changes: parameters are restored bitwise from copies, buffers (e.g.
+BatchNorm running statistics) and the global RNG state (CPU, and CUDA when the model is there)
+are put back, ``.grad`` and the optimizer state are never written.
+"""
 from __future__ import annotations
 
+import math
+import numbers
+import warnings
 from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from catapult.optim import GIAdam
+
+__all__ = ["CriticalLR", "critical_lr", "next_step_direction", "probe_loss", "ModelSnapshot"]
+
+#: Safety limits of the search (a loss that keeps falling forever, a discontinuous loss).
+MAX_DOUBLINGS = 64
+MAX_BISECTIONS = 60
 
 
 @dataclass
 class CriticalLR:
+    """Result of :func:`critical_lr`.
+
+    Attributes:
+        lr: the critical learning rate ``lr_c`` (= ``upper``; ``lr_max`` when the loss still
+            fell there; ``lr_start`` when it rose already at ``lr_start``).
+        lower: the largest lr tried whose step lowered the loss (0.0 if none did).
+        upper: the smallest lr tried whose step did not lower the loss, with
+            ``L <= L0 + delta |L0|`` (``lr_max`` when capped; ``inf`` if no rise was ever found).
+        forward_passes: forward passes spent, including the one that gave ``loss0`` (and the
+            gradient).
+        loss0: ``L(theta)`` on the batch.
+    """
+
     lr: float
     lower: float
     upper: float
@@ -13,5 +59,309 @@ class CriticalLR:
     loss0: float
 
 
-def critical_lr(model, loss_fn, batch, optimizer, *, lr_start=1e-4, lr_max=None, delta=0.1):
-    raise NotImplementedError
+# --------------------------------------------------------------------------------------------
+# Side-effect-free forward passes
+# --------------------------------------------------------------------------------------------
+class ModelSnapshot:
+    """What a trial forward pass may change besides parameters -- buffers and the RNG -- kept
+    so it can be put back before every trial (same dropout masks, same BatchNorm statistics for
+    each evaluation) and at the end.
+
+    The RNG state saved is the CPU generator's, and every CUDA device's when the model has a
+    tensor on CUDA. Plain Python attributes that a custom module mutates in ``forward`` are not
+    covered.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        self.buffers = [(b, b.detach().clone()) for b in model.buffers()]
+        self.cpu_rng = torch.get_rng_state()
+        on_cuda = any(t.is_cuda for t in model.parameters()) or any(b.is_cuda for b, _ in self.buffers)
+        self.cuda_rng = torch.cuda.get_rng_state_all() if on_cuda else None
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Put buffers and RNG state back, bitwise."""
+        for buf, saved in self.buffers:
+            buf.copy_(saved)
+        torch.set_rng_state(self.cpu_rng)
+        if self.cuda_rng is not None:
+            torch.cuda.set_rng_state_all(self.cuda_rng)
+
+
+def _forward_loss(model: torch.nn.Module, loss_fn: Callable, batch: Sequence) -> Tensor:
+    inputs, targets = batch
+    return loss_fn(model(inputs), targets)
+
+
+def probe_loss(model: torch.nn.Module, loss_fn: Callable, batch: Sequence) -> float:
+    """``L(theta)`` on ``batch`` -- one forward pass in the model's current mode, under
+    ``torch.no_grad`` -- leaving buffers and the global RNG state as they were."""
+    snapshot = ModelSnapshot(model)
+    try:
+        with torch.no_grad():
+            return float(_forward_loss(model, loss_fn, batch))
+    finally:
+        snapshot.restore()
+
+
+# --------------------------------------------------------------------------------------------
+# The next step's direction
+# --------------------------------------------------------------------------------------------
+def _sgd_direction(p: Tensor, g: Tensor, group: dict, state: dict) -> Tensor:
+    # torch.optim.SGD: d = g + wd p; buf = b buf + (1 - dampening) d (buf = d on the first
+    # step); d = buf, or d + b buf with nesterov.
+    if group.get("maximize", False):
+        g = -g
+    wd = float(group.get("weight_decay", 0.0))
+    d = g.add(p, alpha=wd) if wd != 0 else g
+    momentum = float(group.get("momentum", 0.0))
+    if momentum != 0:
+        buf = state.get("momentum_buffer")
+        if buf is None:
+            buf = d
+        else:
+            buf = buf.mul(momentum).add_(d, alpha=1 - float(group.get("dampening", 0.0)))
+        d = d.add(buf, alpha=momentum) if group.get("nesterov", False) else buf
+    return d
+
+
+def _adam_direction(p: Tensor, g: Tensor, group: dict, state: dict, *, kind: str,
+                    optimizer: torch.optim.Optimizer) -> Tensor:
+    # Adam / AdamW / GIAdam / RAdam: next moments from the current state and this gradient,
+    # bias-corrected as the step will do; decoupled weight decay adds wd * p per unit lr.
+    if group.get("maximize", False):
+        g = -g
+    b1, b2 = (float(b) for b in group["betas"])
+    eps = float(group["eps"])
+    wd = float(group.get("weight_decay", 0.0))
+    decoupled = (kind == "giadam" or isinstance(optimizer, torch.optim.AdamW)
+                 or bool(group.get("decoupled_weight_decay", False)))
+    if wd != 0 and not decoupled:       # coupled L2: enters the moments
+        g = g.add(p, alpha=wd)
+    if state.get("exp_avg") is not None:
+        t = float(state["step"]) + 1
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+    else:                                # first step: m_0 = 0, v_0 = 0 (GI-Adam: its v0 rule)
+        t = 1.0
+        m = torch.zeros_like(p)
+        v = optimizer.initial_exp_avg_sq(p, g, group) if kind == "giadam" else torch.zeros_like(p)
+    m = m.lerp(g, 1 - b1)
+    v = v.mul(b2).addcmul_(g, g, value=1 - b2)
+    if group.get("amsgrad", False):
+        v_max = state.get("max_exp_avg_sq")
+        if v_max is not None:
+            v = torch.maximum(v_max, v)
+    bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
+    m_hat = m / bc1
+    if kind == "radam":
+        rho_inf = 2 / (1 - b2) - 1
+        rho_t = rho_inf - 2 * t * b2 ** t / bc2
+        if rho_t > 5:
+            rect = math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf
+                             / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+            u = m_hat * (rect * math.sqrt(bc2)) / (v.sqrt() + eps)
+        else:
+            u = m_hat
+    else:
+        v_correct = kind != "giadam" or group.get("v_bias_correction", True)
+        denom = v.sqrt() / math.sqrt(bc2) if v_correct else v.sqrt()
+        u = m_hat / denom.add_(eps)
+    if wd != 0 and decoupled:
+        u = u.add(p, alpha=wd)
+    return u
+
+
+def _kind(optimizer: torch.optim.Optimizer) -> str:
+    if isinstance(optimizer, GIAdam):
+        return "giadam"
+    if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+        return "adam"
+    if isinstance(optimizer, torch.optim.RAdam):
+        return "radam"
+    if isinstance(optimizer, torch.optim.SGD):
+        return "sgd"
+    raise NotImplementedError(
+        f"critical_lr: no update-direction rule for {type(optimizer).__name__}; supported: "
+        "torch.optim.SGD (momentum, nesterov, weight decay), Adam, AdamW, RAdam and "
+        "catapult.optim.GIAdam")
+
+
+@torch.no_grad()
+def next_step_direction(optimizer: torch.optim.Optimizer,
+                        grads: Mapping[Tensor, Tensor] | Iterable[tuple[Tensor, Tensor]]
+                        ) -> list[tuple[Tensor, Tensor]]:
+    """Direction of the optimizer's next step, per unit (base) learning rate.
+
+    Returns ``[(param, u), ...]`` for the optimizer's parameters that have a gradient in
+    ``grads`` (param -> gradient pairs, matched by identity); the next step would move
+    ``param`` to ``param - lr * u`` when the schedule's base lr is ``lr``. ``u`` includes the
+    group's ``lr_mult`` (a group's lr is ``lr * lr_mult``). Per optimizer, with ``g`` the
+    gradient and the state as it is now:
+
+    * SGD: ``g + wd theta``; heavy-ball momentum ``b``: ``b buf + (1 - dampening) d`` (``d`` if
+      there is no buffer yet); nesterov: ``d + b buf'``.
+    * Adam / AdamW: ``m_hat / (sqrt(v_hat) + eps)`` from ``m' = b1 m + (1 - b1) g``,
+      ``v' = b2 v + (1 - b2) g^2`` at step ``t + 1`` (coupled L2 folded into ``g``; AdamW adds
+      ``wd theta``); ``amsgrad`` uses ``max(v_max, v')``.
+    * GIAdam: the same with ``v_0`` from its ``v0`` rule on the first step and without the
+      ``v`` correction when ``v_bias_correction=False``; ``+ wd theta``.
+    * RAdam: rectified ``m_hat * r_t * sqrt(1 - b2^t) / (sqrt(v') + eps)`` when ``rho_t > 5``,
+      else ``m_hat``.
+
+    Nothing is written: the optimizer state is only read.
+
+    Raises:
+        NotImplementedError: for other optimizers (the message names it).
+    """
+    kind = _kind(optimizer)
+    pairs = grads.items() if isinstance(grads, Mapping) else grads
+    by_id = {id(p): g for p, g in pairs}
+    out = []
+    for group in optimizer.param_groups:
+        lr_mult = float(group.get("lr_mult", 1.0))
+        for p in group["params"]:
+            g = by_id.get(id(p))
+            if g is None:
+                continue
+            state = optimizer.state.get(p, {})     # .get: never create state entries
+            if kind == "sgd":
+                u = _sgd_direction(p, g, group, state)
+            else:
+                u = _adam_direction(p, g, group, state, kind=kind, optimizer=optimizer)
+            out.append((p, u * lr_mult if lr_mult != 1.0 else u))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The search
+# --------------------------------------------------------------------------------------------
+def _check_positive(name: str, value, *, allow_none: bool = False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value}")
+    return value
+
+
+def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
+                optimizer: torch.optim.Optimizer, *, lr_start: float = 1e-4,
+                lr_max: float | None = None, delta: float = 0.1) -> CriticalLR:
+    """Critical learning rate of the optimizer's next step on ``batch`` (paper Alg. 1-2).
+
+    With ``u`` = :func:`next_step_direction` (from this batch's gradient and the optimizer's
+    current state) and ``L(lr) = loss_fn(model(inputs), targets)`` at ``theta - lr u``::
+
+        L0 = L(0)
+        lr = lr_start; while L(lr) < L0: lower = lr; lr = 2 lr (capped at lr_max)
+        upper = lr; while L(upper) > L0 + delta |L0|:
+            mid = (lower + upper) / 2; if L(mid) < L0: lower = mid else: upper = mid
+        lr_c = upper
+
+    If the loss does not fall at ``lr_start``, ``lr_c = lr_start`` (``lower = 0``); if it still
+    falls at ``lr_max``, ``lr_c = lower = upper = lr_max``. A non-finite trial loss counts as a
+    rise. The returned lr is a *base* lr: a param group with ``lr_mult`` moves by
+    ``lr * lr_mult * u`` (the convention of ``catapult.schedules.attach``), so the result can
+    be fed straight into a schedule.
+
+    The model is evaluated in its current mode (train/eval); every trial forward pass runs
+    under ``torch.no_grad`` with the buffers and RNG state of the start, so dropout masks and
+    BatchNorm statistics are the same for all trials. Afterwards parameters (bitwise, from
+    copies), buffers, the RNG state, ``.grad`` and the optimizer state are as before.
+
+    Args:
+        model, loss_fn, batch: the loss ``loss_fn(model(inputs), targets)`` of ``batch =
+            (inputs, targets)``.
+        optimizer: whose next step is probed (SGD, Adam, AdamW, RAdam, GIAdam).
+        lr_start: first lr tried (paper: 1e-4, or ``lr_target / warmup_steps``).
+        lr_max: stop the exponential search here (e.g. ``lr_target``); None = no cap.
+        delta: relative loss rise accepted at ``upper`` (paper: 0.1 for SGD, ~0.01 for Adam).
+
+    Raises:
+        ValueError: bad arguments, or ``L0`` not finite (nothing to compare against).
+        NotImplementedError: an optimizer without a direction rule.
+    """
+    lr_start = _check_positive("lr_start", lr_start)
+    lr_max = _check_positive("lr_max", lr_max, allow_none=True)
+    delta = _check_positive("delta", delta)
+    if lr_max is not None and lr_start > lr_max:
+        raise ValueError(f"lr_start ({lr_start}) must be <= lr_max ({lr_max})")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    _kind(optimizer)                          # unsupported optimizer: fail before any work
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+    if not params:
+        raise ValueError("critical_lr: the optimizer has no parameters that require grad")
+
+    snapshot = ModelSnapshot(model)
+    originals: list[tuple[Tensor, Tensor]] = []
+    passes = 0
+    try:
+        # L0 and this batch's gradient: one forward (+ backward) pass; .grad is not touched.
+        with torch.enable_grad():
+            loss = _forward_loss(model, loss_fn, batch)
+            passes += 1
+            loss0 = float(loss.detach())
+            if not math.isfinite(loss0):
+                raise ValueError(f"critical_lr: the loss at the current parameters is {loss0}; "
+                                 "a critical learning rate needs a finite starting loss")
+            if not loss.requires_grad:
+                raise ValueError("critical_lr: the loss does not depend on any parameter of "
+                                 "the optimizer")
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+        del loss
+        direction = next_step_direction(
+            optimizer, {p: g for p, g in zip(params, grads) if g is not None})
+        originals = [(p, p.detach().clone()) for p, _ in direction]
+
+        def trial(lr: float) -> float:
+            nonlocal passes
+            snapshot.restore()
+            with torch.no_grad():
+                for (p, p0), (_, u) in zip(originals, direction):
+                    p.copy_(p0).add_(u, alpha=-lr)
+                value = float(_forward_loss(model, loss_fn, batch))
+            passes += 1
+            return value if math.isfinite(value) else math.inf
+
+        rise_tolerance = loss0 + delta * abs(loss0)
+
+        # 1. exponential search
+        lr = lr_start
+        loss_lr = trial(lr)
+        if not loss_lr < loss0:
+            return CriticalLR(lr_start, 0.0, lr_start, passes, loss0)
+        lower = lr
+        for _ in range(MAX_DOUBLINGS):
+            if lr_max is not None and lr >= lr_max:
+                return CriticalLR(lr_max, lr_max, lr_max, passes, loss0)
+            lr = 2.0 * lr if lr_max is None else min(2.0 * lr, lr_max)
+            loss_lr = trial(lr)
+            if not loss_lr < loss0:
+                break
+            lower = lr
+        else:
+            warnings.warn(f"critical_lr: the loss still falls at lr = {lower:g} after "
+                          f"{MAX_DOUBLINGS} doublings; returning upper = inf", RuntimeWarning,
+                          stacklevel=2)
+            return CriticalLR(lower, lower, math.inf, passes, loss0)
+        upper, loss_upper = lr, loss_lr
+
+        # 2. bisection until the loss at `upper` is within delta of L0
+        for _ in range(MAX_BISECTIONS):
+            if loss_upper <= rise_tolerance:
+                break
+            mid = 0.5 * (lower + upper)
+            loss_mid = trial(mid)
+            if loss_mid < loss0:
+                lower = mid
+            else:
+                upper, loss_upper = mid, loss_mid
+        return CriticalLR(upper, lower, upper, passes, loss0)
+    finally:
+        with torch.no_grad():
+            for p, p0 in originals:
+                p.copy_(p0)
+        snapshot.restore()

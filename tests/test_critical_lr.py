@@ -1,0 +1,297 @@
+"""critical_lr: closed forms on quadratics (GD and Adam/GI-Adam first steps), next-step
+directions against the optimizers' real steps, and "nothing changed" guarantees."""
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from catapult.critical_lr import CriticalLR, critical_lr, next_step_direction, probe_loss
+from catapult.optim import GIAdam
+
+
+class Point(torch.nn.Module):
+    """theta itself is the model output; the 'target' of the batch is the matrix A."""
+
+    def __init__(self, x):
+        super().__init__()
+        self.x = torch.nn.Parameter(torch.as_tensor(x, dtype=torch.float64).clone())
+
+    def forward(self, inputs):
+        return self.x
+
+
+def quadratic(out, A):
+    """L = 0.5 x^T A x"""
+    return 0.5 * out @ A @ out
+
+
+BATCH_INPUT = torch.zeros(1)
+
+
+def _rise_window(L0, b, c, delta):
+    """For L(lr) = L0 - b lr + c lr^2 / 2: (root of L = L0, root of L = L0 (1 + delta))."""
+    return 2 * b / c, (b + math.sqrt(b * b + 2 * c * delta * L0)) / c
+
+
+# --------------------------------------------------------------------------------------------
+# Closed forms
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("delta", [0.1, 0.01])
+def test_gd_on_top_eigenvector_gives_two_over_lambda(delta):
+    rng = np.random.default_rng(0)
+    Q, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+    lam = np.array([10.0, 3.0, 1.0, 0.5, 0.2, 0.1])
+    A = torch.tensor(Q @ np.diag(lam) @ Q.T)
+    model = Point(Q[:, 0] * 2.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    res = critical_lr(model, quadratic, (BATCH_INPUT, A), opt, delta=delta)
+    # L(lr) = L0 (1 - lr lambda)^2: rises above L0 at 2/lambda, above L0(1+delta) at
+    # (1 + sqrt(1 + delta)) / lambda; the search ends between the two.
+    assert 2 / 10.0 * (1 - 1e-9) <= res.lr <= (1 + math.sqrt(1 + delta)) / 10.0
+    assert res.lr == res.upper and res.lower < 2 / 10.0
+    assert res.loss0 == pytest.approx(0.5 * 10.0 * 4.0)
+    assert isinstance(res, CriticalLR)
+
+
+def test_gd_generic_point_matches_quadratic_roots():
+    rng = np.random.default_rng(1)
+    Q, _ = np.linalg.qr(rng.normal(size=(5, 5)))
+    A_np = Q @ np.diag([7.0, 2.0, 1.0, 0.3, 0.05]) @ Q.T
+    x = rng.normal(size=5)
+    model = Point(x)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    delta = 0.1
+    res = critical_lr(model, quadratic, (BATCH_INPUT, torch.tensor(A_np)), opt, delta=delta)
+    g = A_np @ x
+    L0, b, c = 0.5 * x @ A_np @ x, g @ g, g @ A_np @ g      # L(lr) = L0 - b lr + c lr^2 / 2
+    lo, hi = _rise_window(L0, b, c, delta)
+    assert lo <= res.upper <= hi
+    assert res.lower <= lo
+    assert 2 / 7.0 <= lo           # other directions still descend at 2 / lambda_max
+
+
+@pytest.mark.parametrize("variant", ["adam", "giadam", "giadam_no_vbc"])
+def test_first_adam_step_closed_form(variant):
+    # diagonal quadratic, first step: m_hat = g, v_hat = g^2 (Adam) or g^2 / (1 - b2)
+    # (GI-Adam with v bias correction), so u = s * g / (|g| + eps') ~ s * sign(g)
+    lam = np.array([50.0, 4.0, 1.0, 0.25])
+    x = np.array([0.3, -1.0, 2.0, -0.5])
+    A = torch.tensor(np.diag(lam))
+    model = Point(x)
+    b2 = 0.999
+    opt = {"adam": lambda p: torch.optim.Adam(p, lr=1.0),
+           "giadam": lambda p: GIAdam(p, lr=1.0),
+           "giadam_no_vbc": lambda p: GIAdam(p, lr=1.0, v_bias_correction=False)}[variant](
+        model.parameters())
+    delta = 0.01
+    res = critical_lr(model, quadratic, (BATCH_INPUT, A), opt, delta=delta)
+
+    g = lam * x
+    if variant == "giadam":      # sqrt(v_hat) = |g| / sqrt(1 - b2)
+        u = g / (np.abs(g) / math.sqrt(1 - b2) + 1e-8)
+    else:
+        u = g / (np.abs(g) + 1e-8)
+    L0, b, c = 0.5 * (lam * x * x).sum(), (lam * x * u).sum(), (lam * u * u).sum()
+    lo, hi = _rise_window(L0, b, c, delta)
+    assert lo <= res.upper <= hi
+    # eps -> 0 closed form: u = s sign(g), L(lr) = 0.5 sum lam (|x| - s lr)^2,
+    # root lr0 = 2 sum(lam |x|) / (s sum(lam))
+    s = math.sqrt(1 - b2) if variant == "giadam" else 1.0
+    sign_root = 2 * (lam * np.abs(x)).sum() / (s * lam.sum())
+    assert lo == pytest.approx(sign_root, rel=1e-6)
+    assert state_is_empty(opt)
+
+
+def state_is_empty(opt):
+    return all(len(s) == 0 for s in opt.state.values())
+
+
+def test_rise_at_lr_start_and_cap_at_lr_max():
+    A = torch.diag(torch.tensor([10.0, 1.0], dtype=torch.float64))
+    model = Point([1.0, 1.0])
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    res = critical_lr(model, quadratic, (BATCH_INPUT, A), opt, lr_start=0.5)
+    assert (res.lr, res.lower, res.upper, res.forward_passes) == (0.5, 0.0, 0.5, 2)
+    res = critical_lr(model, quadratic, (BATCH_INPUT, A), opt, lr_start=1e-3, lr_max=0.05)
+    assert (res.lr, res.lower, res.upper) == (0.05, 0.05, 0.05)
+    assert res.forward_passes == 1 + 1 + 6        # 1e-3 .. 0.032, then 0.05
+    with pytest.raises(ValueError, match="lr_start"):
+        critical_lr(model, quadratic, (BATCH_INPUT, A), opt, lr_start=1.0, lr_max=0.5)
+
+
+def test_forward_passes_are_counted():
+    calls = []
+
+    def counting_loss(out, A):
+        calls.append(1)
+        return quadratic(out, A)
+
+    A = torch.diag(torch.tensor([4.0, 1.0], dtype=torch.float64))
+    model = Point([1.0, -2.0])
+    opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
+    res = critical_lr(model, counting_loss, (BATCH_INPUT, A), opt, delta=0.01)
+    assert res.forward_passes == len(calls) > 10
+
+
+def test_lr_mult_scales_the_group_direction():
+    # two separable blocks; the sharp block (lambda = 8) has lr_mult 0.25, so its effective lr
+    # is lr / 4 and GD on it goes unstable at base lr 2 / (0.25 * 8) = 1, not 2 / 8
+    a = torch.nn.Parameter(torch.tensor([1.0], dtype=torch.float64))
+    b = torch.nn.Parameter(torch.tensor([1e-3], dtype=torch.float64))
+
+    class Two(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = a, b
+
+        def forward(self, inputs):
+            return 0.5 * 8.0 * self.a.square().sum() + 0.5 * 1.0 * self.b.square().sum()
+
+    opt = torch.optim.SGD([{"params": [a], "lr_mult": 0.25}, {"params": [b]}], lr=0.0)
+    res = critical_lr(Two(), lambda out, _: out, (BATCH_INPUT, None), opt, delta=0.01)
+    assert 1.0 <= res.lr <= 1.0 * 1.01
+
+
+# --------------------------------------------------------------------------------------------
+# Next-step direction == what the optimizer's step really does
+# --------------------------------------------------------------------------------------------
+OPTIMIZERS = {
+    "sgd": lambda ps: torch.optim.SGD(ps, lr=1e-3),
+    "sgd_momentum_wd": lambda ps: torch.optim.SGD(ps, lr=1e-3, momentum=0.9, weight_decay=0.1,
+                                                  dampening=0.2),
+    "sgd_nesterov": lambda ps: torch.optim.SGD(ps, lr=1e-3, momentum=0.8, nesterov=True),
+    "adam_l2_amsgrad": lambda ps: torch.optim.Adam(ps, lr=1e-3, weight_decay=0.1, amsgrad=True),
+    "adamw": lambda ps: torch.optim.AdamW(ps, lr=1e-3, weight_decay=0.3),
+    "radam": lambda ps: torch.optim.RAdam(ps, lr=1e-3, weight_decay=0.1),
+    "radam_decoupled": lambda ps: torch.optim.RAdam(ps, lr=1e-3, weight_decay=0.1,
+                                                    decoupled_weight_decay=True),
+    "giadam": lambda ps: GIAdam(ps, lr=1e-3, weight_decay=0.2),
+    "giadam_random_novbc": lambda ps: GIAdam(ps, lr=1e-3, v0="random", v_bias_correction=False),
+    "giadam_maximize": lambda ps: GIAdam(ps, lr=1e-3, v0=2.0, maximize=True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_direction_equals_real_step(name):
+    torch.manual_seed(0)
+    w1 = torch.nn.Parameter(torch.randn(4, 3, dtype=torch.float64))
+    w2 = torch.nn.Parameter(torch.randn(3, dtype=torch.float64))
+    groups = [{"params": [w1]}, {"params": [w2], "lr_mult": 0.5}]
+    opt = OPTIMIZERS[name](groups)
+    base_lr = 1e-3
+    for group in opt.param_groups:
+        group["lr"] = base_lr * group.get("lr_mult", 1.0)
+    for step in range(8):                     # RAdam: rho_t <= 5 early, > 5 from step 6
+        grads = {w1: torch.randn(4, 3, dtype=torch.float64), w2: torch.randn(3, dtype=torch.float64)}
+        predicted = dict((id(p), u) for p, u in next_step_direction(opt, grads))
+        before = {id(p): p.detach().clone() for p in (w1, w2)}
+        for p, g in grads.items():
+            p.grad = g
+        opt.step()
+        for p in (w1, w2):
+            moved = (before[id(p)] - p.detach()) / base_lr
+            torch.testing.assert_close(predicted[id(p)], moved, rtol=1e-7, atol=1e-9,
+                                       msg=f"{name}: step {step}")
+
+
+def test_unsupported_optimizer_is_named():
+    model = Point([1.0])
+    opt = torch.optim.Adagrad(model.parameters())
+    with pytest.raises(NotImplementedError, match="Adagrad"):
+        critical_lr(model, quadratic, (BATCH_INPUT, torch.eye(1, dtype=torch.float64)), opt)
+
+
+# --------------------------------------------------------------------------------------------
+# Nothing changes
+# --------------------------------------------------------------------------------------------
+def _net():
+    return torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(),
+                               torch.nn.Dropout(0.3), torch.nn.Linear(16, 3))
+
+
+def _setup():
+    torch.manual_seed(0)
+    model = _net()
+    opt = torch.optim.Adam([{"params": model[0].parameters()},
+                            {"params": model[4].parameters(), "lr_mult": 0.5},
+                            {"params": model[1].parameters()}], lr=1e-2)
+    x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
+    for _ in range(2):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    opt.zero_grad()
+    torch.nn.functional.cross_entropy(model(x[:8]), y[:8]).backward()   # stale grads present
+    return model, opt, (x, y)
+
+
+def test_nothing_changes():
+    model, opt, batch = _setup()
+    params = [p.detach().clone() for p in model.parameters()]
+    buffers = [b.clone() for b in model.buffers()]
+    grads = [p.grad.clone() for p in model.parameters()]
+    opt_state = copy.deepcopy(opt.state_dict())
+    rng = torch.get_rng_state()
+
+    res = critical_lr(model, torch.nn.functional.cross_entropy, batch, opt, delta=0.05)
+    assert 1e-4 < res.lr < 1e3 and res.forward_passes >= 3
+
+    assert model.training
+    for p, p0 in zip(model.parameters(), params):
+        assert torch.equal(p, p0)
+    for b, b0 in zip(model.buffers(), buffers):
+        assert torch.equal(b, b0)
+    for p, g0 in zip(model.parameters(), grads):
+        assert torch.equal(p.grad, g0)
+    state = opt.state_dict()
+    assert state["param_groups"] == opt_state["param_groups"]
+    assert state["state"].keys() == opt_state["state"].keys()
+    for k, entry in state["state"].items():
+        for key, value in entry.items():
+            assert torch.equal(value, opt_state["state"][k][key])
+    assert torch.equal(torch.get_rng_state(), rng)
+    drawn = torch.rand(5)
+
+    # a run that never called critical_lr draws the same numbers
+    _setup()
+    assert torch.equal(torch.rand(5), drawn)
+
+
+def test_trials_share_dropout_masks_so_result_is_reproducible():
+    model, opt, batch = _setup()
+    a = critical_lr(model, torch.nn.functional.cross_entropy, batch, opt)
+    b = critical_lr(model, torch.nn.functional.cross_entropy, batch, opt)
+    assert a == b
+
+
+def test_fresh_optimizer_state_is_not_created():
+    model = Point([1.0, 2.0])
+    opt = torch.optim.Adam(model.parameters())
+    critical_lr(model, quadratic, (BATCH_INPUT, torch.eye(2, dtype=torch.float64)), opt)
+    assert len(opt.state) == 0 and opt.state_dict()["state"] == {}
+
+
+def test_non_finite_initial_loss_is_an_error():
+    model = Point([1.0, 2.0])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = model.x.detach().clone()
+    with pytest.raises(ValueError, match="finite"):
+        critical_lr(model, lambda out, _: out.sum() * float("nan"), (BATCH_INPUT, None), opt)
+    with pytest.raises(ValueError, match="finite"):
+        critical_lr(model, lambda out, _: out.sum() + float("inf"), (BATCH_INPUT, None), opt)
+    assert torch.equal(model.x.detach(), before)
+
+
+def test_probe_loss_leaves_buffers_and_rng():
+    model, _, batch = _setup()
+    buffers = [b.clone() for b in model.buffers()]
+    rng = torch.get_rng_state()
+    value = probe_loss(model, torch.nn.functional.cross_entropy, batch)
+    assert math.isfinite(value)
+    assert torch.equal(torch.get_rng_state(), rng)
+    for b, b0 in zip(model.buffers(), buffers):
+        assert torch.equal(b, b0)
