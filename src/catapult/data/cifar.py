@@ -18,7 +18,6 @@ does not contain, so a tampered file cannot run code.
 """
 from __future__ import annotations
 
-import math
 import os
 import tarfile
 from dataclasses import dataclass
@@ -50,14 +49,12 @@ class _Format:
     train_files: tuple[str, ...]
     test_files: tuple[str, ...]
     meta_file: str
-    nominal_per_train_file: int
 
 
 _CIFAR10 = _Format("CIFAR-10", "cifar-10-batches-py", "cifar-10-python.tar.gz", CIFAR10_URL,
-                   tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",), "batches.meta",
-                   10_000)
+                   tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",), "batches.meta")
 _CIFAR100 = _Format("CIFAR-100", "cifar-100-python", "cifar-100-python.tar.gz", CIFAR100_URL,
-                    ("train",), ("test",), "meta", 50_000)
+                    ("train",), ("test",), "meta")
 
 
 # -- where the files are ------------------------------------------------------------------------

@@ -29,10 +29,15 @@ def standardize_per_sample(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     if x.ndim < 2:
         raise ValueError(f"standardize_per_sample expects (N, ...) with a sample dimension, got shape {tuple(x.shape)}")
     out_dtype = x.dtype if x.is_floating_point() else torch.float32
-    flat = x.reshape(x.shape[0], -1).to(torch.float64)
-    mean = flat.mean(dim=1, keepdim=True)
-    std = flat.std(dim=1, correction=0, keepdim=True).clamp_min(eps)
-    return ((flat - mean) / std).reshape(x.shape).to(out_dtype)
+    flat = x.reshape(x.shape[0], -1)
+    out = torch.empty(flat.shape, dtype=out_dtype, device=x.device)
+    rows = max(1, (1 << 22) // max(flat.shape[1], 1))  # float64 work in chunks of ~32 MB
+    for start in range(0, flat.shape[0], rows):
+        chunk = flat[start:start + rows].to(torch.float64)
+        mean = chunk.mean(dim=1, keepdim=True)
+        std = chunk.std(dim=1, correction=0, keepdim=True).clamp_min(eps)
+        out[start:start + rows] = (chunk - mean) / std
+    return out.reshape(x.shape)
 
 
 def _check_count(n: int | None, available: int, what: str, name: str) -> int:
