@@ -1,0 +1,241 @@
+"""Coordinate check: does each block's activation scale stay put as width or density changes?
+
+For every parameter value ``v`` (a width for muP, a density for SμPar) and seed, build
+``make_model(v)`` under ``torch.manual_seed(seed)``, train it for ``steps`` steps on the given
+batch(es), and record with forward hooks the mean absolute value of each block's output,
+
+    mean_abs = mean_{batch, positions, features} |block(x)|,
+
+during the forward pass of every step ``t = 0 .. steps-1`` (``t = 0`` is the model at init,
+step ``t`` sees the model after ``t`` updates). A correct parameterization gives curves that are
+flat in ``v`` on log-log axes; SP (and muP over density) shrink or grow by orders of magnitude.
+
+Blocks are found by the module attribute ``catapult_block`` (set by :class:`catapult.models.GPT`:
+``embedding``, ``attention``, ``mlp``, ``logits``; by :class:`catapult.models.MLP`: ``input``,
+``hidden``, ``logits``), else by ``catapult_role`` (from :func:`catapult.parametrize`; the
+output role is reported as ``logits``), or given explicitly as ``{module_name: block}``.
+Rows keep each module separately (``module``); plots and :func:`coord_slopes` average modules
+of the same block and the seeds.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Callable, Iterable, Mapping, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from catapult.parametrize import param_groups
+
+__all__ = ["coord_check", "coord_slopes", "plot_coord_check", "find_blocks",
+           "default_loss"]
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def default_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the last dimension (works for (N, C) and (B, T, V) outputs)."""
+    return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1))
+
+
+def find_blocks(model: nn.Module,
+                blocks: Mapping[str, str] | None = None) -> dict[str, tuple[nn.Module, str]]:
+    """``{module_name: (module, block)}`` to hook (see the module docstring for the rules)."""
+    modules = dict(model.named_modules())
+    if blocks is not None:
+        missing = [name for name in blocks if name not in modules]
+        if missing:
+            raise ValueError(f"coord_check blocks: no module named {missing} in the model")
+        return {name: (modules[name], block) for name, block in blocks.items()}
+    found = {name: (module, module.catapult_block) for name, module in modules.items()
+             if getattr(module, "catapult_block", None)}
+    if not found:
+        found = {name: (module, "logits" if module.catapult_role == "output"
+                        else module.catapult_role)
+                 for name, module in modules.items() if getattr(module, "catapult_role", None)}
+    if not found:
+        raise ValueError("coord_check: the model has no module with a catapult_block or "
+                         "catapult_role attribute; pass blocks={module_name: block_name}")
+    return found
+
+
+def _make_optimizer(model: nn.Module, lr: float, optimizer) -> torch.optim.Optimizer:
+    if callable(optimizer):
+        return optimizer(model)
+    name = str(optimizer).lower()
+    groups = param_groups(model, lr, optimizer=name)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr)
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=lr)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    raise ValueError(f"coord_check optimizer must be 'sgd', 'adam', 'adamw' or a callable "
+                     f"model -> optimizer; got {optimizer!r}")
+
+
+def coord_check(
+    make_model: Callable[[float], nn.Module],
+    values: Iterable[float],
+    *,
+    batch: Batch | Callable[[int], Batch],
+    steps: int = 10,
+    seeds: Sequence[int] = (0, 1, 2),
+    lr: float = 1e-2,
+    optimizer: str | Callable[[nn.Module], torch.optim.Optimizer] = "adam",
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    blocks: Mapping[str, str] | None = None,
+    device: torch.device | str | None = None,
+) -> list[dict]:
+    """Run the coordinate check; returns one row per (value, seed, step, module).
+
+    Each row is ``{"value", "seed", "step", "block", "module", "mean_abs", "loss"}``.
+
+    Args:
+        make_model: ``value -> model`` (called under ``torch.manual_seed(seed)``).
+        values: the widths or densities to compare.
+        batch: ``(inputs, targets)`` used at every step, or ``step -> (inputs, targets)``.
+        steps: number of training steps recorded (forward passes ``t = 0 .. steps-1``).
+        seeds: one run per seed and value.
+        lr, optimizer: ``"sgd" | "adam" | "adamw"`` with :func:`catapult.param_groups` (so
+            each model's own per-layer learning rates apply), or ``model -> optimizer``.
+        loss_fn: ``(outputs, targets) -> scalar``; default :func:`default_loss`.
+        blocks: ``{module_name: block}`` to override :func:`find_blocks`.
+        device: where to run (default: CPU / the model's device).
+
+    A run whose loss becomes non-finite keeps going; its rows carry the non-finite values.
+    """
+    if steps < 1:
+        raise ValueError(f"coord_check steps must be >= 1; got {steps}")
+    loss_fn = loss_fn or default_loss
+    rows: list[dict] = []
+    for value in values:
+        for seed in seeds:
+            torch.manual_seed(seed)
+            model = make_model(value)
+            if device is not None:
+                model = model.to(device)
+            model.train()
+            opt = _make_optimizer(model, lr, optimizer)
+            hooked = find_blocks(model, blocks)
+            current: dict[str, float] = {}
+
+            def record(name: str):
+                def hook(module, inputs, output):
+                    out = output[0] if isinstance(output, (tuple, list)) else output
+                    current[name] = out.detach().abs().float().mean().item()
+                return hook
+
+            handles = [module.register_forward_hook(record(name))
+                       for name, (module, _) in hooked.items()]
+            try:
+                for step in range(steps):
+                    inputs, targets = batch(step) if callable(batch) else batch
+                    if device is not None:
+                        inputs, targets = inputs.to(device), targets.to(device)
+                    current.clear()
+                    loss = loss_fn(model(inputs), targets)
+                    for name, (_, block) in hooked.items():
+                        rows.append({"value": float(value), "seed": int(seed), "step": step,
+                                     "block": block, "module": name,
+                                     "mean_abs": current.get(name, float("nan")),
+                                     "loss": float(loss.detach())})
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+            finally:
+                for handle in handles:
+                    handle.remove()
+    return rows
+
+
+def _averaged(rows: Iterable[dict]) -> dict[tuple[str, int], dict[float, list[float]]]:
+    """``{(block, step): {value: [per-seed means over the block's modules]}}``."""
+    per_seed: dict[tuple, list[float]] = defaultdict(list)
+    for row in rows:
+        per_seed[(row["block"], row["step"], row["value"], row["seed"])].append(row["mean_abs"])
+    table: dict[tuple[str, int], dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for (block, step, value, _), means in per_seed.items():
+        table[(block, step)][value].append(sum(means) / len(means))
+    return table
+
+
+def coord_slopes(rows: Iterable[dict]) -> dict[tuple[str, int], float]:
+    """Least-squares slope of ``log mean_abs`` vs ``log value`` per ``(block, step)``.
+
+    ``mean_abs`` is averaged over the block's modules and the seeds first. 0 = flat (what a
+    correct parameterization shows); SP over density shows clearly positive slopes. Entries
+    with non-finite or non-positive values are skipped (slope NaN if fewer than two remain).
+    """
+    slopes = {}
+    for key, by_value in _averaged(rows).items():
+        points = [(math.log(v), math.log(sum(m) / len(m))) for v, m in by_value.items()
+                  if v > 0 and all(math.isfinite(x) for x in m) and sum(m) > 0]
+        if len(points) < 2:
+            slopes[key] = float("nan")
+            continue
+        mx = sum(p[0] for p in points) / len(points)
+        my = sum(p[1] for p in points) / len(points)
+        sxx = sum((p[0] - mx) ** 2 for p in points)
+        sxy = sum((p[0] - mx) * (p[1] - my) for p in points)
+        slopes[key] = sxy / sxx if sxx > 0 else float("nan")
+    return slopes
+
+
+def plot_coord_check(rows: Sequence[dict], path=None, *, panels: str = "block",
+                     xlabel: str = "width", title: str | None = None):
+    """Log-log plot of mean |activation| vs value; returns the matplotlib ``Figure``.
+
+    ``panels="block"``: one panel per block, one line per step (darker = later);
+    ``panels="step"``: one panel per step, one line per block. Lines are the seed mean, the
+    band spans the seeds' min..max. Saved to ``path`` when given (no display needed: the
+    figure is drawn with the Agg canvas, never through pyplot).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    import matplotlib as mpl
+
+    if panels not in ("block", "step"):
+        raise ValueError(f"panels must be 'block' or 'step'; got {panels!r}")
+    table = _averaged(rows)
+    if not table:
+        raise ValueError("plot_coord_check: no rows to plot")
+    preferred = ["embedding", "input", "attention", "hidden", "mlp", "output", "logits"]
+    blocks = sorted(dict.fromkeys(key[0] for key in table),
+                    key=lambda b: (preferred.index(b) if b in preferred else len(preferred), b))
+    steps = sorted({key[1] for key in table})
+    panel_keys = blocks if panels == "block" else steps
+    line_keys = steps if panels == "block" else blocks
+    ncols = min(4, len(panel_keys))
+    nrows = math.ceil(len(panel_keys) / ncols)
+    fig = Figure(figsize=(3.6 * ncols, 3.0 * nrows), constrained_layout=True)
+    FigureCanvasAgg(fig)
+    cmap = mpl.colormaps["viridis"]
+    for index, panel in enumerate(panel_keys):
+        ax = fig.add_subplot(nrows, ncols, index + 1)
+        for j, line in enumerate(line_keys):
+            key = (panel, line) if panels == "block" else (line, panel)
+            if key not in table:
+                continue
+            values = sorted(table[key])
+            means = [sum(table[key][v]) / len(table[key][v]) for v in values]
+            color = cmap(j / max(1, len(line_keys) - 1))
+            label = f"step {line}" if panels == "block" else str(line)
+            ax.plot(values, means, marker="o", ms=3, color=color, label=label)
+            lows = [min(table[key][v]) for v in values]
+            highs = [max(table[key][v]) for v in values]
+            ax.fill_between(values, lows, highs, color=color, alpha=0.15, linewidth=0)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_title(str(panel) if panels == "block" else f"step {panel}")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("mean |activation|")
+        if index == 0:
+            ax.legend(fontsize=6)
+    if title:
+        fig.suptitle(title)
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig

@@ -1,0 +1,280 @@
+"""A small Pre-LN GPT (decoder-only Transformer) in SP, muP and SμPar.
+
+Read top to bottom: attention, feed-forward, block, model. Shapes: ``B`` batch, ``T`` sequence
+length (``<= context``), ``C = d_model``, ``H = n_heads``, ``dh = C / H``, ``V = vocab_size``.
+
+    x = alpha_in * (wte[idx] + position(T))             # "embedding" (dropout after)
+    for each block:  x = x + attn(ln_1(x));  x = x + mlp(ln_2(x))
+    logits = (alpha_out / m_d) * ln_f(x) W_out^T        # W_out = wte when tied
+
+Parameterization (``m_d = d_model / base_width``, ``m_rho = density / base_density``,
+``s = init_std``; the SμPar paper's table, see :mod:`catapult.parametrize`):
+
+=========================  ==================  ===================  ===================
+                            SP                  muP                  SμPar
+=========================  ==================  ===================  ===================
+token/position embedding    N(0, s^2)           N(0, s^2)            N(0, s^2)
+hidden matrices (QKV, attn  N(0, s^2)           N(0, s^2 / m_d)      N(0, s^2/(m_d m_rho))
+out, MLP in/out)
+residual projections        extra std factor 1/sqrt(2 n_layers) (GPT-2), all three
+unembedding (untied)        N(0, s^2)           N(0, s^2)            N(0, s^2)
+input multiplier            1                   alpha_in             alpha_in
+output multiplier           1                   alpha_out / m_d      alpha_out / m_d
+attention logits            q.k / sqrt(dh)      q.k / dh             q.k / dh
+=========================  ==================  ===================  ===================
+
+Biases start at 0, LayerNorm at (1, 0). Only the hidden matrices are sparse (``density < 1``,
+any parameterization): each of Q, K, V, the attention output and the two MLP matrices gets its
+own static random mask with exactly ``round(density * numel)`` nonzeros (``mask_method=
+"exact"``), stored as a ``mask`` buffer in the ``state_dict``. :func:`catapult.param_groups`
+gives the per-layer learning rates (Adam: hidden ``lr / m_d`` muP, ``lr / (m_d m_rho)`` SμPar).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from catapult.parametrize import ParamSpec, check_parametrization, init_variance
+from catapult.sparsity import MaskedLinear, random_mask
+
+__all__ = ["GPT", "CausalSelfAttention", "FeedForward", "Block", "sinusoidal_positions"]
+
+ACTIVATIONS = {
+    "gelu": nn.GELU,
+    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
+    "relu": nn.ReLU,
+}
+POSITIONS = ("learned", "sinusoidal")
+
+
+def sinusoidal_positions(context: int, d_model: int) -> torch.Tensor:
+    """``P[t, 2i] = sin(t / 10000^(2i/d))``, ``P[t, 2i+1] = cos(t / 10000^(2i/d))``, shape (T, d)."""
+    position = torch.arange(context, dtype=torch.float64).unsqueeze(1)
+    frequency = torch.exp(-math.log(10000.0) * torch.arange(0, d_model, 2, dtype=torch.float64)
+                          / d_model)
+    table = torch.zeros(context, d_model, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(position * frequency)
+    table[:, 1::2] = torch.cos(position * frequency[: d_model // 2])
+    return table.float()
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with fused QKV: softmax(q k^T * scale + causal) v."""
+
+    def __init__(self, d_model: int, n_heads: int, *, scale: float, bias: bool,
+                 dropout: float) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.scale = scale  # 1/sqrt(dh) (SP) or 1/dh (muP, SμPar)
+        self.dropout = dropout
+        self.qkv = MaskedLinear(d_model, 3 * d_model, bias=bias)
+        self.proj = MaskedLinear(d_model, d_model, bias=bias)
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        # (B, T, C) -> (B, H, T, dh)
+        q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2)
+                   for t in (q, k, v))
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, scale=self.scale,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.resid_dropout(self.proj(y))
+
+
+class FeedForward(nn.Module):
+    """Position-wise MLP: ``proj(act(fc(x)))`` with a 4x expansion."""
+
+    def __init__(self, d_model: int, *, activation: str, bias: bool, dropout: float) -> None:
+        super().__init__()
+        self.fc = MaskedLinear(d_model, 4 * d_model, bias=bias)
+        self.act = ACTIVATIONS[activation]()
+        self.proj = MaskedLinear(4 * d_model, d_model, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.proj(self.act(self.fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-LN residual block: ``x + attn(ln_1(x))``, then ``x + mlp(ln_2(x))``."""
+
+    def __init__(self, d_model: int, n_heads: int, *, scale: float, activation: str,
+                 bias: bool, dropout: float) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(d_model, bias=bias)
+        self.attn = CausalSelfAttention(d_model, n_heads, scale=scale, bias=bias,
+                                        dropout=dropout)
+        self.ln_2 = nn.LayerNorm(d_model, bias=bias)
+        self.mlp = FeedForward(d_model, activation=activation, bias=bias, dropout=dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    """Pre-LN GPT language model: ``forward(idx: LongTensor (B, T)) -> logits (B, T, V)``.
+
+    Args:
+        vocab_size, d_model, n_layers, n_heads, context: the usual sizes
+            (``d_model % n_heads == 0``; ``T <= context``).
+        parametrization: ``"sp" | "mup" | "supar"`` (module docstring's table).
+        base_width: ``d_base`` for ``m_d = d_model / d_base`` (``None``: ``d_base = d_model``).
+        density, base_density: kept fraction of the hidden matrices and of the base model's.
+        positions: ``"learned"`` (an embedding table, role input) or ``"sinusoidal"`` (fixed,
+            not in the ``state_dict``).
+        tie_embeddings: use the token embedding as the unembedding.
+        dropout: on embeddings, attention probabilities and residual branches.
+        init_std: ``s``; alpha_in, alpha_out: muP / SμPar multipliers (must be 1 under SP).
+        activation: ``"gelu" | "gelu_tanh" | "relu"``; bias: biases in Linear and LayerNorm.
+        mask_method: ``"exact" | "bernoulli"``; mask_seed: seed of the mask generator
+            (``None``: drawn from the global RNG before any weight).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        d_model: int = 128,
+        n_layers: int = 4,
+        n_heads: int = 4,
+        context: int = 64,
+        *,
+        parametrization: str = "sp",
+        base_width: int | None = None,
+        density: float = 1.0,
+        base_density: float = 1.0,
+        positions: str = "learned",
+        tie_embeddings: bool = False,
+        dropout: float = 0.0,
+        init_std: float = 0.02,
+        alpha_in: float = 1.0,
+        alpha_out: float = 1.0,
+        activation: str = "gelu",
+        bias: bool = True,
+        mask_method: str = "exact",
+        mask_seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        check_parametrization(parametrization)
+        for label, value in (("vocab_size", vocab_size), ("d_model", d_model),
+                             ("n_layers", n_layers), ("n_heads", n_heads), ("context", context)):
+            if int(value) != value or value < 1:
+                raise ValueError(f"GPT {label} must be a positive integer; got {value!r}")
+        if d_model % n_heads:
+            raise ValueError(f"GPT d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+        if positions not in POSITIONS:
+            raise ValueError(f"GPT positions must be one of {POSITIONS}; got {positions!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"GPT activation must be one of {sorted(ACTIVATIONS)}; "
+                             f"got {activation!r}")
+        if not (0.0 < density <= 1.0) or not (0.0 < base_density <= 1.0):
+            raise ValueError(f"GPT density and base_density must be in (0, 1]; "
+                             f"got {density!r}, {base_density!r}")
+        if parametrization == "sp" and (alpha_in != 1.0 or alpha_out != 1.0):
+            raise ValueError("GPT alpha_in / alpha_out apply to mup and supar only")
+        if base_width is not None and base_width < 1:
+            raise ValueError(f"GPT base_width must be a positive integer or None; "
+                             f"got {base_width!r}")
+        self.vocab_size, self.d_model, self.n_layers = vocab_size, d_model, n_layers
+        self.n_heads, self.context = n_heads, context
+        self.parametrization = parametrization
+        self.density, self.base_density = float(density), float(base_density)
+        width_mult = d_model / (d_model if base_width is None else base_width)
+        density_mult = self.density / self.base_density
+        d_head = d_model // n_heads
+        scale = 1.0 / math.sqrt(d_head) if parametrization == "sp" else 1.0 / d_head
+        # Plain-float multipliers: part of the architecture, not of the state_dict.
+        self.input_multiplier = 1.0 if parametrization == "sp" else float(alpha_in)
+        self.output_multiplier = 1.0 if parametrization == "sp" else alpha_out / width_mult
+
+        if mask_seed is None:  # drawn first so weights do not depend on density
+            mask_seed = int(torch.randint(0, 2**62, (1,)).item())
+        mask_generator = torch.Generator().manual_seed(int(mask_seed))
+
+        self.wte = nn.Embedding(vocab_size, d_model)
+        self.wte.catapult_role = "input"
+        if positions == "learned":
+            self.wpe = nn.Embedding(context, d_model)
+            self.wpe.catapult_role = "input"
+        else:
+            self.wpe = None
+            self.register_buffer("sinusoid", sinusoidal_positions(context, d_model),
+                                 persistent=False)
+        self.drop = nn.Dropout(dropout)
+        self.drop.catapult_block = "embedding"
+        self.blocks = nn.ModuleList(
+            Block(d_model, n_heads, scale=scale, activation=activation, bias=bias,
+                  dropout=dropout)
+            for _ in range(n_layers)
+        )
+        self.ln_f = nn.LayerNorm(d_model, bias=bias)
+        if tie_embeddings:
+            self.lm_head = None
+        else:
+            self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
+            self.lm_head.catapult_role = "output"
+        self.catapult_block = "logits"
+        self.catapult_spec = ParamSpec(parametrization, width_mult, density_mult, "table")
+
+        # ---- initialisation (module docstring's table) ----
+        hidden_std = math.sqrt(init_variance(parametrization, "hidden", init_std**2,
+                                             width_mult=width_mult, density_mult=density_mult))
+        residual_std = hidden_std / math.sqrt(2 * n_layers)
+        with torch.no_grad():
+            nn.init.normal_(self.wte.weight, 0.0, init_std)
+            if self.wpe is not None:
+                nn.init.normal_(self.wpe.weight, 0.0, init_std)
+            for block in self.blocks:
+                block.attn.catapult_block = "attention"
+                block.mlp.catapult_block = "mlp"
+                for layer, std in ((block.attn.qkv, hidden_std), (block.attn.proj, residual_std),
+                                   (block.mlp.fc, hidden_std), (block.mlp.proj, residual_std)):
+                    layer.catapult_role = "hidden"
+                    nn.init.normal_(layer.weight, 0.0, std)
+                    if layer.bias is not None:
+                        nn.init.zeros_(layer.bias)
+                    if self.density < 1.0:
+                        layer.set_mask(self._mask_for(layer, mask_method, mask_generator))
+            if self.lm_head is not None:
+                nn.init.normal_(self.lm_head.weight, 0.0, init_std)
+
+    def _mask_for(self, layer: MaskedLinear, method: str,
+                  generator: torch.Generator) -> torch.Tensor:
+        """Exact-density mask per matrix; the fused QKV gets one mask each for Q, K and V."""
+        if layer.out_features == 3 * self.d_model and layer.in_features == self.d_model:
+            shape = (self.d_model, self.d_model)
+            return torch.cat([random_mask(shape, self.density, method=method,
+                                          generator=generator) for _ in range(3)])
+        return random_mask(layer.weight.shape, self.density, method=method, generator=generator)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        if idx.ndim != 2:
+            raise ValueError(f"GPT expects token ids of shape (B, T); got {tuple(idx.shape)}")
+        T = idx.shape[1]
+        if T > self.context:
+            raise ValueError(f"GPT sequence length {T} exceeds context {self.context}")
+        if self.wpe is not None:
+            position = self.wpe(torch.arange(T, device=idx.device))
+        else:
+            position = self.sinusoid[:T]
+        x = self.wte(idx) + position
+        if self.input_multiplier != 1.0:
+            x = x * self.input_multiplier
+        x = self.drop(x)
+        for block in self.blocks:
+            x = block(x)
+        x = self.ln_f(x)
+        weight = self.wte.weight if self.lm_head is None else self.lm_head.weight
+        logits = F.linear(x, weight)
+        return logits if self.output_multiplier == 1.0 else logits * self.output_multiplier
+
+    def num_params(self) -> int:
+        """Number of distinct parameters (a tied unembedding counted once)."""
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,92 @@
+"""Coordinate check: SμPar is flat over density, SP shrinks; rows, slopes and plots."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from catapult.coord_check import coord_check, coord_slopes, find_blocks, plot_coord_check
+from catapult.models import GPT, MLP
+
+V = 64
+DENSITIES = [1 / 8, 1 / 2, 1.0]
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """Tiny models: one intra-op thread is faster, and much faster on a shared 2-core box."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _lm_batch():
+    idx = torch.randint(0, V, (8, 17), generator=torch.Generator().manual_seed(0))
+    return idx[:, :-1], idx[:, 1:]
+
+
+def test_gpt_supar_is_flat_over_density_and_sp_shrinks():
+    """The SμPar paper's Fig. 5 in miniature (d_model 128, 2 layers, Adam, 3 steps)."""
+    batch = _lm_batch()
+    slopes = {}
+    for param in ("sp", "supar"):
+        rows = coord_check(lambda rho: GPT(V, 128, 2, 4, 16, parametrization=param, density=rho),
+                           DENSITIES, batch=batch, steps=3, seeds=(0,), lr=1e-3)
+        slopes[param] = coord_slopes(rows)
+    for block in ("attention", "mlp"):
+        for step in range(3):
+            assert abs(slopes["supar"][(block, step)]) < 0.15, (block, step, slopes["supar"])
+            # SP: each sparse matrix scales its output by sqrt(rho), two in a row -> ~rho^1
+            assert slopes["sp"][(block, step)] > 0.6, (block, step, slopes["sp"])
+        assert abs(slopes["sp"][("embedding", 0)]) < 1e-6  # embeddings are dense
+
+
+def test_mlp_rows_and_mup_over_width():
+    x, y = torch.randn(32, 20), torch.randint(0, 5, (32,))
+    rows = coord_check(lambda w: MLP(20, 5, int(w), 3, parametrization="mup", base_width=32),
+                       [32, 128, 512], batch=(x, y), steps=2, seeds=(0, 1), lr=0.05,
+                       optimizer="sgd")
+    assert len(rows) == 3 * 2 * 2 * 3  # values x seeds x steps x modules
+    assert set(rows[0]) == {"value", "seed", "step", "block", "module", "mean_abs", "loss"}
+    assert {r["block"] for r in rows} == {"input", "hidden", "logits"}
+    slopes = coord_slopes(rows)
+    assert abs(slopes[("hidden", 0)]) < 0.1 and abs(slopes[("hidden", 1)]) < 0.2
+    assert slopes[("logits", 0)] == pytest.approx(-0.5, abs=0.2)  # muP output ~ 1/sqrt(width)
+    # the recorded value is the mean |output| of that module, checked by hand at step 0
+    torch.manual_seed(1)
+    model = MLP(20, 5, 128, 3, parametrization="mup", base_width=32)
+    expected = model.layers[0](x).abs().mean().item()
+    got = [r["mean_abs"] for r in rows
+           if r["value"] == 128 and r["seed"] == 1 and r["step"] == 0 and r["module"] == "layers.0"]
+    assert got == [pytest.approx(expected, rel=1e-6)]
+
+
+def test_blocks_explicit_and_errors(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    with pytest.raises(ValueError, match="blocks"):
+        find_blocks(model)
+    with pytest.raises(ValueError, match="no module named"):
+        find_blocks(model, {"5": "x"})
+    x, y = torch.randn(6, 4), torch.randint(0, 2, (6,))
+    rows = coord_check(lambda w: torch.nn.Sequential(torch.nn.Linear(4, int(w)), torch.nn.ReLU(),
+                                                     torch.nn.Linear(int(w), 2)),
+                       [8, 16], batch=lambda step: (x, y), steps=2, seeds=(0,),
+                       blocks={"0": "hidden", "2": "logits"}, optimizer="sgd", lr=0.1)
+    assert {r["module"] for r in rows} == {"0", "2"}
+    fig = plot_coord_check(rows, tmp_path / "cc.png", xlabel="width")
+    assert (tmp_path / "cc.png").stat().st_size > 1000
+    assert len(fig.axes) == 2
+    fig = plot_coord_check(rows, tmp_path / "steps.png", panels="step")
+    assert len(fig.axes) == 2 and (tmp_path / "steps.png").exists()
+    with pytest.raises(ValueError, match="steps"):
+        coord_check(lambda w: model, [1], batch=(x, y), steps=0)
+
+
+def test_a_diverging_run_is_recorded_not_raised():
+    x, y = torch.randn(16, 4) * 1e3, torch.randint(0, 2, (16,))
+    rows = coord_check(lambda w: MLP(4, 2, 16, 3), [16], batch=(x, y), steps=6, seeds=(0,),
+                       lr=1e6, optimizer="sgd")
+    assert len(rows) == 6 * 3
+    assert any(not math.isfinite(r["mean_abs"]) or r["mean_abs"] > 1e6 for r in rows)

@@ -1,0 +1,143 @@
+"""Pre-LN GPT: shapes, causality, the parameterization table, masks, multipliers."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import catapult
+from catapult.models import GPT
+from catapult.models.gpt import sinusoidal_positions
+
+V = 40
+
+
+def test_forward_backward_shapes_and_every_parameter_gets_a_gradient():
+    torch.manual_seed(0)
+    model = GPT(V, 32, 2, 4, 16)
+    idx = torch.randint(0, V, (3, 16))
+    logits = model(idx)
+    assert logits.shape == (3, 16, V)
+    F.cross_entropy(logits.reshape(-1, V), idx.reshape(-1)).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert model(idx[:, :5]).shape == (3, 5, V)
+
+
+@pytest.mark.parametrize("param", ["sp", "mup", "supar"])
+@pytest.mark.parametrize("positions", ["learned", "sinusoidal"])
+def test_causal_a_future_token_does_not_change_earlier_logits(param, positions):
+    torch.manual_seed(0)
+    model = GPT(V, 32, 2, 4, 16, parametrization=param, density=0.5, positions=positions,
+                base_width=16).eval()
+    idx = torch.randint(0, V, (2, 12))
+    changed = idx.clone()
+    changed[:, 7] = (idx[:, 7] + 1) % V
+    a, b = model(idx), model(changed)
+    torch.testing.assert_close(a[:, :7], b[:, :7], rtol=0, atol=0)
+    assert not torch.allclose(a[:, 7:], b[:, 7:])
+
+
+def test_init_follows_the_table_with_residual_scaling():
+    s, n_layers, d, d_base = 0.02, 2, 128, 32
+    for param, hidden_var in (("sp", s**2), ("mup", s**2 / 4), ("supar", s**2 / (4 * 0.5))):
+        torch.manual_seed(0)
+        model = GPT(V, d, n_layers, 4, 8, parametrization=param, base_width=d_base,
+                    density=0.5)
+        assert model.wte.weight.std().item() == pytest.approx(s, rel=0.05)
+        assert model.wpe.weight.std().item() == pytest.approx(s, rel=0.1)
+        assert model.lm_head.weight.std().item() == pytest.approx(s, rel=0.05)
+        attn, mlp = model.blocks[0].attn, model.blocks[0].mlp
+        for layer, var in ((attn.qkv, hidden_var), (mlp.fc, hidden_var),
+                           (attn.proj, hidden_var / (2 * n_layers)),
+                           (mlp.proj, hidden_var / (2 * n_layers))):
+            live = layer.weight[layer.mask]
+            assert live.var().item() == pytest.approx(var, rel=0.06), (param, layer)
+            assert torch.count_nonzero(layer.bias) == 0
+        assert torch.equal(model.blocks[1].ln_1.weight, torch.ones(d))
+
+
+def test_masks_are_exact_per_matrix_including_q_k_v():
+    torch.manual_seed(0)
+    model = GPT(V, 64, 1, 4, 8, parametrization="supar", density=0.3)
+    qkv = model.blocks[0].attn.qkv.mask.view(3, 64, 64)
+    assert qkv.sum(dim=(1, 2)).tolist() == [round(0.3 * 64 * 64)] * 3
+    assert int(model.blocks[0].mlp.fc.mask.sum()) == round(0.3 * 256 * 64)
+    assert model.wte.weight.count_nonzero() == model.wte.weight.numel()
+    dense = GPT(V, 64, 1, 4, 8)
+    assert dense.blocks[0].attn.qkv.mask is None and "blocks.0.attn.qkv.mask" not in dense.state_dict()
+
+
+def _attention_by_hand(attn, x, scale):
+    B, T, C = x.shape
+    H = attn.n_heads
+    q, k, v = (x @ attn.qkv.weight.T + attn.qkv.bias).split(C, dim=2)
+    q, k, v = (t.view(B, T, H, C // H).transpose(1, 2) for t in (q, k, v))
+    scores = (q @ k.transpose(-1, -2)) * scale
+    scores = scores.masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool), 1), -math.inf)
+    y = (scores.softmax(-1) @ v).transpose(1, 2).reshape(B, T, C)
+    return y @ attn.proj.weight.T + attn.proj.bias
+
+
+@pytest.mark.parametrize("param,power", [("sp", 0.5), ("mup", 1.0)])
+def test_attention_logit_scale(param, power):
+    torch.manual_seed(0)
+    model = GPT(V, 32, 1, 2, 8, parametrization=param, init_std=0.3)
+    attn = model.blocks[0].attn
+    with torch.no_grad():
+        attn.qkv.bias.normal_()
+        attn.proj.bias.normal_()
+    x = torch.randn(2, 8, 32)
+    torch.testing.assert_close(attn(x), _attention_by_hand(attn, x, 16 ** -power))
+
+
+def test_multipliers_and_tied_embeddings():
+    torch.manual_seed(0)
+    model = GPT(V, 64, 1, 2, 8, parametrization="mup", base_width=16, alpha_in=2.0,
+                alpha_out=3.0, tie_embeddings=True, positions="sinusoidal")
+    assert model.lm_head is None and model.output_multiplier == 3.0 / 4.0
+    idx = torch.randint(0, V, (2, 8))
+    captured = {}
+    model.drop.register_forward_hook(lambda m, i, o: captured.__setitem__("emb", o))
+    model.ln_f.register_forward_hook(lambda m, i, o: captured.__setitem__("h", o))
+    logits = model(idx)
+    emb = 2.0 * (model.wte.weight[idx] + sinusoidal_positions(8, 64))
+    torch.testing.assert_close(captured["emb"], emb)
+    torch.testing.assert_close(logits, 0.75 * captured["h"] @ model.wte.weight.T)
+    assert "sinusoid" not in model.state_dict()
+    untied = GPT(V, 64, 1, 2, 8, tie_embeddings=False)
+    assert untied.num_params() - GPT(V, 64, 1, 2, 8, tie_embeddings=True).num_params() == V * 64
+
+
+def test_sinusoidal_table():
+    table = sinusoidal_positions(5, 6)
+    assert table[3, 0] == pytest.approx(math.sin(3.0))
+    assert table[3, 1] == pytest.approx(math.cos(3.0))
+    assert table[2, 4] == pytest.approx(math.sin(2 / 10000 ** (4 / 6)))
+
+
+def test_param_groups_for_gpt():
+    torch.manual_seed(0)
+    model = GPT(V, 64, 2, 4, 8, parametrization="supar", base_width=16, density=0.5)
+    groups = {g["name"]: g for g in catapult.param_groups(model, 1e-2, "adam", weight_decay=0.1)}
+    assert groups["hidden"]["lr_mult"] == pytest.approx(1 / (4 * 0.5))
+    assert len(groups["hidden"]["params"]) == 8 and len(groups["input"]["params"]) == 2
+    assert groups["output"]["params"] == [model.lm_head.weight]
+    assert groups["vector"]["weight_decay"] == 0.0 and groups["hidden"]["weight_decay"] == 0.1
+    sgd = {g["name"]: g["lr_mult"] for g in catapult.param_groups(model, 1e-2, "sgd")}
+    assert sgd == {"input": 4.0, "vector": 4.0, "hidden": 2.0, "output": 4.0}
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="divisible"):
+        GPT(V, 30, 1, 4, 8)
+    with pytest.raises(ValueError, match="positions"):
+        GPT(V, 32, 1, 4, 8, positions="rope")
+    with pytest.raises(ValueError, match="alpha_in"):
+        GPT(V, 32, 1, 4, 8, alpha_in=2.0)
+    model = GPT(V, 32, 1, 4, 8)
+    with pytest.raises(ValueError, match="context"):
+        model(torch.zeros(1, 9, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"\(B, T\)"):
+        model(torch.zeros(9, dtype=torch.long))
