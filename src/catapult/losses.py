@@ -1,0 +1,94 @@
+"""Losses with the warmup paper's conventions, and accuracy.
+
+Every loss has the signature ``loss_fn(outputs, targets) -> scalar tensor``.
+``targets`` may be integer class labels (``int64``, shape ``outputs.shape[:-1]``) or floats of
+``outputs``' own shape (one-hot vectors, soft labels, regression targets).
+
+The MSE convention matters for curvature: sharpness is the top eigenvalue of the Hessian of
+*this* scalar, and the paper's numbers (e.g. ``lambda_0 ~ 50`` for the SP FCN on CIFAR-10) are
+for ``0.5 * mean over (batch x outputs)``, not for a sum or a plain mean.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _is_label_tensor(targets: torch.Tensor) -> bool:
+    return not (targets.is_floating_point() or targets.is_complex())
+
+
+def one_hot(labels: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """One-hot encode integer ``labels``: ``out[..., k] = 1.0 if labels[...] == k else 0.0``."""
+    return F.one_hot(labels.long(), num_classes).to(dtype)
+
+
+def mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Half mean squared error over every entry: ``L = 0.5 * mean_{i,k} (f_k(x_i) - y_ik)^2``.
+
+    The mean runs over the batch *and* the output dimension (``N * K`` terms). Integer
+    ``targets`` are class labels and become one-hot vectors ``y_ik = [k == label_i]``;
+    float ``targets`` must have ``outputs``' shape.
+    """
+    if _is_label_tensor(targets):
+        targets = one_hot(targets, outputs.shape[-1], outputs.dtype)
+    if targets.shape != outputs.shape:
+        raise ValueError(
+            f"mse: targets of shape {tuple(targets.shape)} do not match outputs of shape "
+            f"{tuple(outputs.shape)} (give integer labels or floats of the outputs' shape)"
+        )
+    return 0.5 * (outputs - targets.to(outputs.dtype)).pow(2).mean()
+
+
+def cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Softmax cross-entropy averaged over the batch: ``L = mean_i [-log softmax(f(x_i))_{y_i}]``.
+
+    ``outputs`` are logits ``(..., K)``; leading dimensions (batch, sequence) are flattened.
+    Integer ``targets`` are labels; float ``targets`` of ``outputs``' shape are class
+    probabilities: ``L = mean_i [-sum_k y_ik log softmax(f(x_i))_k]``.
+    """
+    num_classes = outputs.shape[-1]
+    logits = outputs.reshape(-1, num_classes)
+    if _is_label_tensor(targets):
+        return F.cross_entropy(logits, targets.reshape(-1).long())
+    if targets.shape != outputs.shape:
+        raise ValueError(
+            f"cross_entropy: targets of shape {tuple(targets.shape)} do not match outputs of "
+            f"shape {tuple(outputs.shape)} (give integer labels or probabilities of the outputs' shape)"
+        )
+    return F.cross_entropy(logits, targets.reshape(-1, num_classes).to(logits.dtype))
+
+
+LOSSES: dict[str, LossFn] = {
+    "mse": mse,
+    "cross_entropy": cross_entropy,
+}
+
+
+def get_loss(name: str) -> LossFn:
+    """The loss function registered under ``name`` (one of ``LOSSES``: ``mse``, ``cross_entropy``)."""
+    try:
+        return LOSSES[name]
+    except KeyError:
+        raise ValueError(f"unknown loss {name!r}; allowed: {', '.join(LOSSES)}") from None
+
+
+@torch.no_grad()
+def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> float:
+    """Fraction of rows whose arg-max output is the target class.
+
+    ``accuracy = mean_i [argmax_k f_k(x_i) == y_i]``; float ``targets`` (one-hot or
+    probabilities) count their own arg-max as the class.
+    """
+    predicted = outputs.reshape(-1, outputs.shape[-1]).argmax(dim=-1)
+    if _is_label_tensor(targets):
+        labels = targets.reshape(-1)
+    else:
+        labels = targets.reshape(-1, targets.shape[-1]).argmax(dim=-1)
+    if labels.numel() == 0:
+        return float("nan")
+    return (predicted == labels).double().mean().item()

@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+import torch
+
+from catapult.losses import LOSSES, accuracy, cross_entropy, get_loss, mse, one_hot
+
+
+def _numpy_logsoftmax(z):
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def test_mse_is_half_mean_over_batch_and_outputs_with_one_hot_labels():
+    gen = torch.Generator().manual_seed(0)
+    out = torch.randn(7, 5, generator=gen, dtype=torch.float64)
+    labels = torch.tensor([0, 4, 2, 2, 1, 3, 0])
+    y = np.zeros((7, 5))
+    y[np.arange(7), labels.numpy()] = 1.0
+    expected = 0.5 * np.sum((out.numpy() - y) ** 2) / (7 * 5)
+    assert mse(out, labels).item() == pytest.approx(expected, rel=1e-12)
+    # float targets of the outputs' shape are used as given
+    assert mse(out, torch.from_numpy(y)).item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_mse_hessian_wrt_outputs_is_identity_over_n_times_k():
+    # d^2 L / d out^2 = I / (N K): the convention that fixes the scale of lambda_0.
+    out = torch.zeros(3, 4, dtype=torch.float64)
+    hess = torch.autograd.functional.hessian(lambda o: mse(o, torch.tensor([1, 0, 3])), out)
+    assert torch.allclose(hess.reshape(12, 12), torch.eye(12, dtype=torch.float64) / 12)
+
+
+def test_mse_rejects_mismatched_float_targets():
+    with pytest.raises(ValueError, match="shape"):
+        mse(torch.zeros(3, 4), torch.zeros(3, 5))
+
+
+def test_cross_entropy_matches_numpy_for_labels_and_probabilities():
+    gen = torch.Generator().manual_seed(1)
+    out = torch.randn(6, 4, generator=gen, dtype=torch.float64)
+    labels = torch.tensor([3, 0, 1, 1, 2, 3])
+    logp = _numpy_logsoftmax(out.numpy())
+    expected = -logp[np.arange(6), labels.numpy()].mean()
+    assert cross_entropy(out, labels).item() == pytest.approx(expected, rel=1e-12)
+    probs = np.full((6, 4), 0.1)
+    probs[np.arange(6), labels.numpy()] = 0.7
+    expected_soft = -(probs * logp).sum(axis=1).mean()
+    assert cross_entropy(out, torch.from_numpy(probs)).item() == pytest.approx(expected_soft, rel=1e-12)
+
+
+def test_cross_entropy_flattens_sequence_dimensions():
+    gen = torch.Generator().manual_seed(2)
+    out = torch.randn(2, 3, 5, generator=gen)
+    tok = torch.randint(0, 5, (2, 3), generator=gen)
+    assert torch.allclose(cross_entropy(out, tok), cross_entropy(out.reshape(6, 5), tok.reshape(6)))
+
+
+def test_accuracy_counts_argmax_matches():
+    out = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
+    assert accuracy(out, torch.tensor([1, 0, 0, 0])) == pytest.approx(0.75)
+    assert accuracy(out, one_hot(torch.tensor([1, 1, 1, 1]), 2)) == pytest.approx(0.5)
+
+
+def test_get_loss_by_name_and_unknown_name_lists_allowed():
+    assert get_loss("mse") is mse and get_loss("cross_entropy") is cross_entropy
+    with pytest.raises(ValueError, match="mse, cross_entropy"):
+        get_loss("hinge")
+    assert set(LOSSES) == {"mse", "cross_entropy"}
