@@ -192,3 +192,40 @@ def test_mse_training_step_runs():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+
+def test_paper_mup_under_sgd_equals_per_layer_lrs_on_effective_weights():
+    """One SGD step with a global lr on the muP FCN == SP-form weights W_eff = c W stepped
+    with per-layer lr * c^2 (input lr*width/in, hidden lr, readout lr/width)."""
+    torch.manual_seed(0)
+    width, lr = 48, 0.3
+    model = MLP(IN, 10, width, 3, parametrization="mup").double()
+    x, y = torch.randn(16, IN, dtype=torch.float64), torch.randint(0, 10, (16,))
+    # the paper's muP multiplies the whole affine map, bias included
+    weights = [(layer.multiplier * layer.weight.detach()).requires_grad_()
+               for layer in model.layers]
+    biases = [(layer.multiplier * layer.bias.detach()).requires_grad_() for layer in model.layers]
+
+    def plain_forward(x):
+        h = x
+        for i, (w, b) in enumerate(zip(weights, biases)):
+            h = h @ w.T + b
+            if i < len(weights) - 1:
+                h = torch.relu(h)
+        return h
+
+    torch.testing.assert_close(model(x), plain_forward(x))
+    assert all(g["lr_mult"] == 1.0 for g in catapult.param_groups(model, lr, "sgd"))
+    F.cross_entropy(model(x), y).backward()
+    with torch.no_grad():
+        for p in model.parameters():  # plain SGD, one global lr
+            p -= lr * p.grad
+    F.cross_entropy(plain_forward(x), y).backward()
+    with torch.no_grad():
+        for layer, w, b in zip(model.layers, weights, biases):
+            c2 = layer.multiplier**2
+            w -= lr * c2 * w.grad
+            b -= lr * c2 * b.grad
+    assert [layer.multiplier**2 for layer in model.layers] == pytest.approx(
+        [width / IN, 1.0, 1.0 / width])
+    torch.testing.assert_close(model(x), plain_forward(x))
