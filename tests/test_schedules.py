@@ -188,3 +188,158 @@ def test_attach_rejects_bad_input():
         attach("sgd", warmup(1.0, 2))
     with pytest.raises(ValueError, match="lr=nan"):
         attach(opt, lambda t: float("nan"))
+
+
+# --------------------------------------------------------------------------------------------
+# catapult_warmup()
+# --------------------------------------------------------------------------------------------
+def test_catapult_warmup_closed_form():
+    f = schedules.catapult_warmup(1.0, 10, 0.25)
+    for t in range(20):
+        assert f(t) == pytest.approx(min(1.0, 0.25 + t / 10))
+    assert f(0) == 0.25 and f(7) == pytest.approx(0.95) and f(8) == 1.0
+    assert f.peak_step == 8                      # ceil(10 * (1 - 0.25))
+    # saves ~ T * lr_c / lr_target = 2.5 steps against warmup from 0 (which peaks at t = 9)
+    assert warmup(1.0, 10)(8) < 1.0
+    # target below the critical lr: target from the first step
+    g = schedules.catapult_warmup(0.1, 50, 0.3)
+    assert [g(t) for t in (0, 1, 100)] == [0.1, 0.1, 0.1]
+
+
+def test_catapult_warmup_accepts_result_and_decays():
+    from catapult.critical_lr import CriticalLR
+
+    res = CriticalLR(lr=0.25, lower=0.2, upper=0.25, forward_passes=12, loss0=1.0)
+    f = schedules.catapult_warmup(1.0, 10, res, decay="linear", total_steps=18, lr_final=0.0)
+    assert f(0) == 0.25
+    assert f(8) == 1.0                           # peak at t* = 8, decay over t = 8 .. 17
+    assert f(11) == pytest.approx(1.0 - 3 / 9)
+    assert f(17) == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="lr_critical"):
+        schedules.catapult_warmup(1.0, 10, -0.1)
+    with pytest.raises(ValueError, match="total_steps"):
+        schedules.catapult_warmup(1.0, 10, 0.1, decay="cosine")
+
+
+# --------------------------------------------------------------------------------------------
+# PersistentCatapultWarmup
+# --------------------------------------------------------------------------------------------
+def _mse(out, y):
+    return 0.5 * ((out - y) ** 2).mean()
+
+
+class TwoLayer(torch.nn.Module):
+    """f(x) = V relu(U x / sqrt(d)) / sqrt(width): the catapult regime of wide networks."""
+
+    def __init__(self, d, width, k):
+        super().__init__()
+        self.U = torch.nn.Parameter(torch.randn(width, d, dtype=torch.float64))
+        self.V = torch.nn.Parameter(torch.randn(k, width, dtype=torch.float64))
+
+    def forward(self, x):
+        h = torch.relu(x @ self.U.T / self.U.shape[1] ** 0.5)
+        return h @ self.V.T / self.V.shape[1] ** 0.5
+
+
+def _catapult_problem(seed=0, width=256):
+    torch.manual_seed(seed)
+    x = torch.randn(64, 16, dtype=torch.float64)
+    y = torch.nn.functional.one_hot(torch.randint(0, 4, (64,)), 4).double()
+    return TwoLayer(16, width, 4), (x, y)
+
+
+def _gd(model, batch, steps, *, lr=None, pcw=None):
+    """Full-batch GD; returns (losses, lrs); stops at a non-finite or exploded loss."""
+    opt = pcw.optimizer if pcw is not None else torch.optim.SGD(model.parameters(), lr=lr)
+    losses, lrs = [], []
+    for _ in range(steps):
+        loss = _mse(model(batch[0]), batch[1])
+        losses.append(loss.item())
+        if not math.isfinite(losses[-1]) or losses[-1] > 1e3 * losses[0]:
+            break
+        opt.zero_grad()
+        loss.backward()
+        lrs.append(pcw.step(batch, loss=loss) if pcw is not None else lr)
+        opt.step()
+    return losses, lrs
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models: one thread avoids oversubscription slowdowns on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_persistent_warmup_reaches_target_where_constant_lr_diverges(one_thread):
+    lr_target = 200.0                          # about 4x the critical lr at init (~52)
+    losses, _ = _gd(*_catapult_problem(), 200, lr=lr_target)
+    assert not (losses[-1] < 1e3 * losses[0]), "constant lr_target should diverge"
+    assert len(losses) < 10
+
+    model, batch = _catapult_problem()
+    pcw = schedules.PersistentCatapultWarmup(torch.optim.SGD(model.parameters(), lr=0.0), model,
+                                             _mse, lr_target)
+    losses, lrs = _gd(model, batch, 120, pcw=pcw)
+    assert len(losses) == 120 and pcw.done and pcw.lr == lr_target
+    assert lrs[0] < lr_target / 2              # starts near the critical lr ...
+    assert max(lrs) == lr_target               # ... never above the target
+    assert lrs[-1] == lr_target
+    assert losses[-1] < 1e-2 * losses[0]       # and trains
+    # searches happen only before the target is reached; their passes are all counted
+    assert pcw.searches == len(pcw.history) >= 3
+    assert pcw.forward_passes == sum(h["forward_passes"] for h in pcw.history)
+    assert all(h["step"] < 60 for h in pcw.history)
+
+
+def test_persistent_warmup_lr_mult_probe_and_state_dict():
+    def make():
+        model, batch = _catapult_problem(seed=1, width=64)
+        opt = torch.optim.SGD([{"params": [model.U], "lr_mult": 0.5}, {"params": [model.V]}],
+                              lr=0.0)
+        return model, batch, opt, schedules.PersistentCatapultWarmup(opt, model, _mse, 150.0)
+
+    def run(model, batch, opt, pcw, steps):
+        for _ in range(steps):
+            loss = _mse(model(batch[0]), batch[1])
+            opt.zero_grad()
+            loss.backward()
+            lr = pcw.step(batch)               # no loss given: probed (counted)
+            assert [g["lr"] for g in opt.param_groups] == [0.5 * lr, lr]
+            opt.step()
+
+    model, batch, opt, pcw = make()
+    run(model, batch, opt, pcw, 6)
+    probes = pcw.steps - 1                     # every call after the first probes the loss
+    assert pcw.forward_passes == sum(h["forward_passes"] for h in pcw.history) + probes
+
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "pcw": pcw.state_dict()},
+               buf)
+    buf.seek(0)
+    ckpt = torch.load(buf, weights_only=True)
+    model2, batch2, opt2, pcw2 = make()
+    model2.load_state_dict(ckpt["model"])
+    opt2.load_state_dict(ckpt["opt"])
+    pcw2.load_state_dict(ckpt["pcw"])
+    assert pcw2.state_dict() == pcw.state_dict()
+    run(model, batch, opt, pcw, 10)
+    run(model2, batch2, opt2, pcw2, 10)
+    assert pcw2.state_dict() == pcw.state_dict()
+    for p, q in zip(model.parameters(), model2.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_persistent_warmup_bad_arguments():
+    model, _ = _catapult_problem(width=8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    with pytest.raises(ValueError, match="lr_target"):
+        schedules.PersistentCatapultWarmup(opt, model, _mse, 0.0)
+    with pytest.raises(ValueError, match="lr_start"):
+        schedules.PersistentCatapultWarmup(opt, model, _mse, 1.0, lr_start=2.0)
+    with pytest.raises(TypeError, match="optimizer"):
+        schedules.PersistentCatapultWarmup(model, opt, _mse, 1.0)
+    with pytest.raises(KeyError, match="lr"):
+        schedules.PersistentCatapultWarmup(opt, model, _mse, 1.0).load_state_dict({})

@@ -25,15 +25,20 @@ from typing import Any, Callable
 
 import torch
 
+from catapult.critical_lr import CriticalLR, critical_lr, probe_loss
+
 __all__ = [
     "polynomial_warmup_factor",
     "decay_progress",
     "cosine_decay",
     "linear_decay",
     "WarmupSchedule",
+    "CatapultWarmupSchedule",
     "warmup",
+    "catapult_warmup",
     "ScheduleLR",
     "attach",
+    "PersistentCatapultWarmup",
     "DECAYS",
 ]
 
@@ -60,6 +65,8 @@ def decay_progress(t: int, start: int, total_steps: int) -> float:
     first uses the peak lr), 1 at the last step ``total_steps - 1`` and after it.
     """
     span = total_steps - 1 - start
+    if span <= 0:                       # no room to decay: the final value from `start` on
+        return 0.0 if t < start else 1.0
     return min(1.0, max(0.0, (t - start) / span))
 
 
@@ -212,6 +219,74 @@ def warmup(lr_target: float, warmup_steps: int, *, lr_init: float = 0.0, power: 
     return WarmupSchedule(lr_target, warmup_steps, lr_init, power, decay, total_steps, lr_final)
 
 
+@dataclass(frozen=True)
+class CatapultWarmupSchedule:
+    """Linear warmup that starts at the critical learning rate; call it with the step ``t``.
+
+    ``lr(t) = min(lr_target, lr_critical + lr_target * t / T)`` with ``T = warmup_steps``: step 0
+    uses ``lr_critical`` (capped at ``lr_target``), and ``lr_target`` is reached at
+    ``t* = ceil(T (1 - lr_critical / lr_target))`` -- about ``T lr_critical / lr_target`` steps
+    earlier than a warmup from 0. From ``t*`` on, the optional decay works as in
+    :class:`WarmupSchedule`: ``s(t) = clip((t - t*) / (total_steps - 1 - t*), 0, 1)``.
+    Build it with :func:`catapult_warmup`.
+    """
+
+    lr_target: float
+    warmup_steps: int
+    lr_critical: float
+    decay: str = "constant"
+    total_steps: int | None = None
+    lr_final: float | None = None
+
+    @property
+    def peak_step(self) -> int:
+        """``t*``: the first step that uses ``lr_target``."""
+        if self.lr_critical >= self.lr_target:
+            return 0
+        t = max(0, math.ceil((self.lr_target - self.lr_critical) * self.warmup_steps
+                             / self.lr_target))
+        # guard the ceil against rounding: t* is the first t with lr(t) == lr_target
+        while self._ramp(t) < self.lr_target:
+            t += 1
+        while t > 0 and self._ramp(t - 1) >= self.lr_target:
+            t -= 1
+        return t
+
+    def _ramp(self, t: int) -> float:
+        return self.lr_critical + self.lr_target * t / self.warmup_steps
+
+    def __call__(self, t: int) -> float:
+        t = _step(t)
+        peak = self.peak_step
+        if t < peak:
+            return self._ramp(t)
+        return _after_peak(t, self.lr_target, peak, self.decay, self.total_steps, self.lr_final)
+
+
+def catapult_warmup(lr_target: float, warmup_steps: int, lr_critical: float | CriticalLR, *,
+                    decay: str | None = None, total_steps: int | None = None,
+                    lr_final: float | None = None) -> CatapultWarmupSchedule:
+    """Catapult-initialised warmup ``t -> lr`` (warmup paper, Sec. 6).
+
+    ``lr(t) = min(lr_target, lr_critical + lr_target * t / T)``, ``T = warmup_steps``, where
+    ``lr_critical`` comes from :func:`catapult.critical_lr` at initialisation (a
+    :class:`~catapult.critical_lr.CriticalLR` result is accepted as is). Warmup starts where the
+    loss would catapult instead of at 0 and saves about ``T * lr_critical / lr_target`` steps;
+    with ``lr_target <= lr_critical`` the target is used from step 0. Optional ``decay``,
+    ``total_steps`` (> ``warmup_steps``) and ``lr_final`` (default ``lr_target / 10``) as in
+    :func:`warmup`, starting from the first step at ``lr_target``.
+    """
+    if isinstance(lr_critical, CriticalLR):
+        lr_critical = lr_critical.lr
+    lr_target = _real("lr_target", lr_target)
+    warmup_steps = _count("warmup_steps", warmup_steps)
+    lr_critical = _real("lr_critical", lr_critical)
+    decay, total_steps, lr_final = _check_decay(decay, total_steps, lr_final, lr_target,
+                                                warmup_steps)
+    return CatapultWarmupSchedule(lr_target, warmup_steps, lr_critical, decay, total_steps,
+                                  lr_final)
+
+
 # --------------------------------------------------------------------------------------------
 # Attaching a schedule to an optimizer
 # --------------------------------------------------------------------------------------------
@@ -272,3 +347,136 @@ def attach(optimizer: torch.optim.Optimizer, fn: Callable[[int], float]) -> Sche
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     return ScheduleLR(optimizer, fn)
+
+
+# --------------------------------------------------------------------------------------------
+# Persistent catapult warmup (paper Alg. 3)
+# --------------------------------------------------------------------------------------------
+class PersistentCatapultWarmup:
+    """Warmup without a warmup length: keep the lr at the critical lr of the latest "best" point.
+
+    Algorithm (warmup paper, Alg. 3), one call of :meth:`step` per training step, before
+    ``optimizer.step()``::
+
+        first call:   search from theta_0; lr = min(upper, lr_target); theta* = theta_0
+        while lr < lr_target:
+            if L(theta_t) < L(theta*):   search from theta_t; lr = min(upper, lr_target);
+                                         theta* = theta_t
+            else:                        keep lr
+        afterwards:   lr = lr_target
+
+    "search" is :func:`catapult.critical_lr` on the current batch with
+    ``lr_start`` (default ``min(1e-4, lr_target)``), ``lr_max = lr_target`` and ``delta``;
+    ``L(theta*)`` is that search's ``loss0``. The lr is a base lr: each param group gets
+    ``lr * group.get("lr_mult", 1.0)``. It never exceeds ``lr_target``; a search may also
+    *lower* it (the paper sets ``lr = upper``).
+
+    ``L(theta_t)``: pass the loss you already computed on this batch at the current parameters
+    (``pcw.step(batch, loss=loss)``, free); without it one extra forward pass (no grad, buffers
+    and RNG restored) is spent and counted. With full-batch GD the comparison is exact; with
+    minibatches it compares losses of different batches, so it is noisy (smaller ``delta``,
+    or a fixed probe batch, make it steadier).
+
+    Usage::
+
+        pcw = PersistentCatapultWarmup(optimizer, model, loss_fn, lr_target=0.5)
+        for batch in loader:
+            loss = loss_fn(model(batch[0]), batch[1])
+            optimizer.zero_grad(); loss.backward()
+            pcw.step(batch, loss=loss)      # sets the lr of this step
+            optimizer.step()
+
+    Attributes:
+        lr: current base lr (None before the first call).
+        done: True once ``lr == lr_target`` (no more searches or loss probes).
+        searches: number of critical-lr searches run.
+        forward_passes: forward passes spent by searches and loss probes.
+        history: one dict per search: step, lr, lower, upper, loss0, forward_passes.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module,
+                 loss_fn: Callable, lr_target: float, delta: float = 0.1, *,
+                 lr_start: float | None = None):
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got "
+                            f"{type(optimizer).__name__}")
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not callable(loss_fn):
+            raise TypeError("loss_fn must be callable: loss_fn(outputs, targets) -> scalar")
+        self.lr_target = _real("lr_target", lr_target, positive=True)
+        self.delta = _real("delta", delta, positive=True)
+        if lr_start is None:
+            lr_start = min(1e-4, self.lr_target)
+        self.lr_start = _real("lr_start", lr_start, positive=True)
+        if self.lr_start > self.lr_target:
+            raise ValueError(f"lr_start ({self.lr_start}) must be <= lr_target ({self.lr_target})")
+        self.optimizer, self.model, self.loss_fn = optimizer, model, loss_fn
+        self.lr: float | None = None
+        self.loss_ref: float | None = None
+        self.steps = 0
+        self.searches = 0
+        self.forward_passes = 0
+        self.history: list[dict[str, float]] = []
+
+    @property
+    def done(self) -> bool:
+        """The target lr has been reached; :meth:`step` only sets it from now on."""
+        return self.lr is not None and self.lr >= self.lr_target
+
+    def _search(self, batch) -> None:
+        result = critical_lr(self.model, self.loss_fn, batch, self.optimizer,
+                             lr_start=self.lr_start, lr_max=self.lr_target, delta=self.delta)
+        self.lr = min(result.upper, self.lr_target)
+        self.loss_ref = result.loss0
+        self.searches += 1
+        self.forward_passes += result.forward_passes
+        self.history.append(dict(step=self.steps, lr=self.lr, lower=result.lower,
+                                 upper=result.upper, loss0=result.loss0,
+                                 forward_passes=result.forward_passes))
+
+    def _apply(self) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr * float(group.get("lr_mult", 1.0))
+
+    def step(self, batch, loss: torch.Tensor | float | None = None) -> float:
+        """Decide this training step's lr, set it on the optimizer's groups, and return it.
+
+        Args:
+            batch: ``(inputs, targets)`` of this step (searches run on it).
+            loss: the loss at the current parameters on ``batch``, if already computed (saves a
+                forward pass); a non-finite loss never triggers a search.
+        """
+        if self.lr is None:
+            self._search(batch)
+        elif not self.done:
+            if loss is None:
+                current = probe_loss(self.model, self.loss_fn, batch)
+                self.forward_passes += 1
+            else:
+                current = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
+            if current < self.loss_ref:            # False for nan / inf
+                self._search(batch)
+        self._apply()
+        self.steps += 1
+        return self.lr
+
+    def state_dict(self) -> dict[str, Any]:
+        """Progress (plain Python values; safe for ``torch.load(weights_only=True)``)."""
+        return dict(lr=self.lr, loss_ref=self.loss_ref, steps=self.steps, searches=self.searches,
+                    forward_passes=self.forward_passes,
+                    history=[dict(entry) for entry in self.history])
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore progress from :meth:`state_dict` and set the groups' lr accordingly."""
+        missing = {"lr", "loss_ref", "steps", "searches", "forward_passes", "history"} - set(state_dict)
+        if missing:
+            raise KeyError(f"PersistentCatapultWarmup state_dict is missing {sorted(missing)}")
+        self.lr = state_dict["lr"]
+        self.loss_ref = state_dict["loss_ref"]
+        self.steps = int(state_dict["steps"])
+        self.searches = int(state_dict["searches"])
+        self.forward_passes = int(state_dict["forward_passes"])
+        self.history = [dict(entry) for entry in state_dict["history"]]
+        if self.lr is not None:
+            self._apply()
