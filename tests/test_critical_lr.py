@@ -52,7 +52,7 @@ def test_gd_on_top_eigenvector_gives_two_over_lambda(delta):
     # L(lr) = L0 (1 - lr lambda)^2: rises above L0 at 2/lambda, above L0(1+delta) at
     # (1 + sqrt(1 + delta)) / lambda; the search ends between the two.
     assert 2 / 10.0 * (1 - 1e-9) <= res.lr <= (1 + math.sqrt(1 + delta)) / 10.0
-    assert res.lr == res.upper and res.lower < 2 / 10.0
+    assert res.lr == res.upper and res.lower <= 2 / 10.0 * (1 + 1e-9)
     assert res.loss0 == pytest.approx(0.5 * 10.0 * 4.0)
     assert isinstance(res, CriticalLR)
 
@@ -295,3 +295,27 @@ def test_probe_loss_leaves_buffers_and_rng():
     assert torch.equal(torch.get_rng_state(), rng)
     for b, b0 in zip(model.buffers(), buffers):
         assert torch.equal(b, b0)
+
+
+def test_float32_ties_keep_the_search_going():
+    # L = 1 + 0.5 x^2 at x = 0.01 in float32: a step of lr = 1e-4 changes L by 1e-8, below
+    # float32 resolution at 1, so L(lr_start) == L0. That is no rise: the search must go on to
+    # the true critical lr 2 (where (1 - lr)^2 crosses 1) instead of returning lr_start.
+    model = Point([0.01])
+    model.float()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    res = critical_lr(model, lambda out, _: 1.0 + 0.5 * (out ** 2).sum(), (BATCH_INPUT, None),
+                      opt)
+    assert res.lower <= 2.0 <= res.upper == res.lr       # (delta |L0| = 0.1 ends it at once)
+    assert res.lower > 1.0
+
+
+def test_flat_loss_stops_at_lr_max_or_warns():
+    model = Point([0.0, 0.0])                         # at the minimum: u = 0, L constant
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    A = torch.eye(2, dtype=torch.float64)
+    res = critical_lr(model, quadratic, (BATCH_INPUT, A), opt, lr_max=1.0)
+    assert (res.lr, res.upper) == (1.0, 1.0)
+    with pytest.warns(RuntimeWarning, match="doublings"):
+        res = critical_lr(model, quadratic, (BATCH_INPUT, A), opt)
+    assert res.upper == math.inf and res.forward_passes == 2 + 64

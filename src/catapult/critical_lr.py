@@ -6,11 +6,11 @@ It is found with forward passes only, on one batch, along the direction ``u`` of
 optimizer's next step (per unit learning rate)::
 
     L0 = L(theta)
-    exponential search:  lr = lr_start; double lr while L(theta - lr u) < L0   (stop at lr_max)
+    exponential search:  lr = lr_start; double lr while L(theta - lr u) <= L0  (stop at lr_max)
                          -> bracket [lower, upper] = [lr / 2, lr]
     bisection:           while L(theta - upper u) > L0 + delta |L0|:
                              mid = (lower + upper) / 2
-                             if L(theta - mid u) < L0: lower = mid  else: upper = mid
+                             if L(theta - mid u) <= L0: lower = mid  else: upper = mid
     lr_c = upper         (lr_start if the loss already rises at lr_start)
 
 Nothing observable changes: parameters are restored bitwise from copies, buffers (e.g.
@@ -44,8 +44,8 @@ class CriticalLR:
     Attributes:
         lr: the critical learning rate ``lr_c`` (= ``upper``; ``lr_max`` when the loss still
             fell there; ``lr_start`` when it rose already at ``lr_start``).
-        lower: the largest lr tried whose step lowered the loss (0.0 if none did).
-        upper: the smallest lr tried whose step did not lower the loss, with
+        lower: the largest lr tried whose step did not raise the loss (0.0 if none).
+        upper: the smallest lr tried whose step raised the loss, with
             ``L <= L0 + delta |L0|`` (``lr_max`` when capped; ``inf`` if no rise was ever found).
         forward_passes: forward passes spent, including the one that gave ``loss0`` (and the
             gradient).
@@ -255,12 +255,16 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
     current state) and ``L(lr) = loss_fn(model(inputs), targets)`` at ``theta - lr u``::
 
         L0 = L(0)
-        lr = lr_start; while L(lr) < L0: lower = lr; lr = 2 lr (capped at lr_max)
+        lr = lr_start; while L(lr) <= L0: lower = lr; lr = 2 lr (capped at lr_max)
         upper = lr; while L(upper) > L0 + delta |L0|:
-            mid = (lower + upper) / 2; if L(mid) < L0: lower = mid else: upper = mid
+            mid = (lower + upper) / 2; if L(mid) <= L0: lower = mid else: upper = mid
         lr_c = upper
 
-    If the loss does not fall at ``lr_start``, ``lr_c = lr_start`` (``lower = 0``); if it still
+    A trial counts as a rise only when ``L > L0`` (the paper writes "double while L < L0"):
+    a tie -- a step too small to change a float32 loss -- keeps the search going instead of
+    stopping at ``lr_start``.
+
+    If the loss rises at ``lr_start``, ``lr_c = lr_start`` (``lower = 0``); if it still
     falls at ``lr_max``, ``lr_c = lower = upper = lr_max``. A non-finite trial loss counts as a
     rise. The returned lr is a *base* lr: a param group with ``lr_mult`` moves by
     ``lr * lr_mult * u`` (the convention of ``catapult.schedules.attach``), so the result can
@@ -331,7 +335,7 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
         # 1. exponential search
         lr = lr_start
         loss_lr = trial(lr)
-        if not loss_lr < loss0:
+        if loss_lr > loss0:
             return CriticalLR(lr_start, 0.0, lr_start, passes, loss0)
         lower = lr
         for _ in range(MAX_DOUBLINGS):
@@ -339,7 +343,7 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
                 return CriticalLR(lr_max, lr_max, lr_max, passes, loss0)
             lr = 2.0 * lr if lr_max is None else min(2.0 * lr, lr_max)
             loss_lr = trial(lr)
-            if not loss_lr < loss0:
+            if loss_lr > loss0:
                 break
             lower = lr
         else:
@@ -355,7 +359,7 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
                 break
             mid = 0.5 * (lower + upper)
             loss_mid = trial(mid)
-            if loss_mid < loss0:
+            if loss_mid <= loss0:
                 lower = mid
             else:
                 upper, loss_upper = mid, loss_mid
