@@ -1,0 +1,351 @@
+"""Phase diagrams (the warmup paper's Fig. 3/4) and per-cell trajectories from a sweep store.
+
+:func:`phase_grid` reduces a sweep's cells to a 2-D grid over two swept keys (other swept
+keys fixed by ``where`` or averaged over, e.g. seeds); :func:`plot_phase_diagram` draws it as
+a heatmap: diverged cells hatched ``xx`` on grey, failed cells hatched ``//`` on pink, cells not
+run yet blank, the best cell outlined, tick labels in the config's own units (``2^3/λ0``).
+:func:`plot_cell_trajectories` draws chosen cells' training loss, test accuracy and learning
+rate (and sharpness when measured) against the step.
+
+Everything uses ``matplotlib.figure.Figure`` directly (no pyplot state): safe headless.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import LogNorm, Normalize
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+__all__ = [
+    "PhaseGrid",
+    "phase_grid",
+    "plot_phase_diagram",
+    "plot_cell_trajectories",
+    "default_axes",
+    "resolve_axes",
+    "default_trajectory_cells",
+    "cell_label",
+    "higher_is_better",
+    "PLOT_METRICS",
+]
+
+#: Cell values a phase diagram can show (columns of the store's ``cells`` table).
+PLOT_METRICS = ("test_accuracy", "test_loss", "train_loss", "train_accuracy", "sharpness",
+                "best_test_accuracy", "best_test_loss", "best_train_loss", "lambda_0", "lr_target",
+                "wall_time_s")
+
+
+def higher_is_better(metric: str) -> bool:
+    """Accuracies are maximised; losses, sharpness and times minimised."""
+    return "accuracy" in metric
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _key(value: Any) -> str:
+    import json
+
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+@dataclass
+class PhaseGrid:
+    """A reduced 2-D grid: ``values[i, j]`` at ``y = y_values[i]``, ``x = x_values[j]`` (NaN if
+    no finished member), ``status[i][j]`` one of ``ok``, ``partial`` (some members diverged or
+    failed), ``diverged``, ``failed``, ``missing`` (not run yet), ``members[i][j]`` the cell
+    ids reduced into it, ``best`` the ``(i, j)`` of the best ``ok``/``partial`` cell."""
+
+    metric: str
+    x_key: str
+    y_key: str | None
+    x_labels: list[str]
+    y_labels: list[str]
+    x_values: list[Any]
+    y_values: list[Any]
+    values: np.ndarray
+    status: list[list[str]]
+    members: list[list[list[int]]]
+    best: tuple[int, int] | None
+    where: dict
+
+
+def default_axes(axes: Sequence[Mapping[str, Any]]) -> tuple[str, str | None]:
+    """``(x, y)``: x = ``optimizer.lr`` if swept else the first axis; y = ``schedule.warmup_steps``
+    if swept, else the next axis with more than one value (``None`` for a 1-D sweep)."""
+    keys = [a["key"] for a in axes]
+    if not keys:
+        raise ValueError("the sweep has no swept keys to plot")
+    x = "optimizer.lr" if "optimizer.lr" in keys else keys[0]
+    multi = [a["key"] for a in axes if a["key"] != x and len(a["values"]) > 1]
+    y = "schedule.warmup_steps" if "schedule.warmup_steps" in multi else (multi[0] if multi else None)
+    return x, y
+
+
+def resolve_axes(axes: Sequence[Mapping[str, Any]], x: str | None = None, y: str | None = None) -> tuple[str, str | None]:
+    """Fill in whichever of ``x``/``y`` is missing with :func:`default_axes`' choice, never the
+    same key twice (``y`` may stay ``None``: a one-row diagram)."""
+    dx, dy = default_axes(axes)
+    keys = [a["key"] for a in axes]
+    multi = [a["key"] for a in axes if len(a["values"]) > 1]
+    if x is None:
+        x = dx if dx != y else next((k for k in keys if k != y), None)
+    if y is None:
+        y = dy if dy not in (None, x) else next((k for k in multi if k != x), None)
+    return x, y
+
+
+def phase_grid(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[str, Any]], metric: str = "test_accuracy",
+               x: str | None = None, y: str | None = None, where: Mapping[str, Any] | None = None) -> PhaseGrid:
+    """Reduce store cells (:meth:`catapult.store.Store.cells`) to a :class:`PhaseGrid`.
+
+    Cells not matching ``where`` (dotted key -> value; a value may also be given as its label
+    or its text) are dropped; the remaining cells with the same ``(x, y)`` values are averaged
+    over their finished members (``finished`` and also ``diverged`` ones for metrics they have,
+    so lambda_0 shows everywhere; for every other metric only ``finished`` cells count).
+    """
+    if metric not in PLOT_METRICS:
+        raise ValueError(f"unknown metric {metric!r}; allowed: {', '.join(PLOT_METRICS)}")
+    by_key = {a["key"]: a for a in axes}
+    if x is None or y is None:
+        x, y = resolve_axes(axes, x, y)
+    for name, key in (("x", x), ("y", y)):
+        if key is not None and key not in by_key:
+            raise ValueError(f"--{name} {key!r} is not a swept key; swept keys: {', '.join(by_key)}")
+    if x is None:
+        raise ValueError("an x key is needed")
+    if y == x:
+        raise ValueError(f"x and y are both {x!r}; choose two different swept keys")
+    where = dict(where or {})
+    for key in where:
+        if key not in by_key:
+            raise ValueError(f"where: {key!r} is not a swept key; swept keys: {', '.join(by_key)}")
+        if key in (x, y):
+            raise ValueError(f"where: {key!r} is already a plot axis")
+
+    def matches(cell) -> bool:
+        for key, wanted in where.items():
+            have = cell["swept"].get(key)
+            axis = by_key[key]
+            label = dict(zip(map(_key, axis["values"]), axis["labels"])).get(_key(have), str(have))
+            if not (_key(have) == _key(wanted) or str(wanted) in (label, str(have))):
+                return False
+        return True
+
+    xa = by_key[x]
+    ya = by_key[y] if y is not None else {"values": [None], "labels": [""]}
+    xi = {_key(v): j for j, v in enumerate(xa["values"])}
+    yi = {_key(v): i for i, v in enumerate(ya["values"])}
+    ny, nx = len(ya["values"]), len(xa["values"])
+    members: list[list[list[dict]]] = [[[] for _ in range(nx)] for _ in range(ny)]
+    for cell in cells:
+        if not matches(cell):
+            continue
+        j = xi.get(_key(cell["swept"].get(x)))
+        i = yi.get(_key(cell["swept"].get(y))) if y is not None else 0
+        if i is None or j is None:
+            continue
+        members[i][j].append(cell)
+    if not any(m for row in members for m in row):
+        raise ValueError(f"no cells match where={where}")
+
+    values = np.full((ny, nx), np.nan)
+    status = [["missing"] * nx for _ in range(ny)]
+    counts_as_result = ("finished", "diverged") if metric in ("lambda_0",) else ("finished",)
+    for i in range(ny):
+        for j in range(nx):
+            group = members[i][j]
+            if not group:
+                continue
+            states = [c["status"] for c in group]
+            good = [c[metric] for c in group if c["status"] in counts_as_result and _finite(c.get(metric))]
+            if good:
+                values[i, j] = float(np.mean(good))
+                status[i][j] = "ok" if all(s == "finished" for s in states) else "partial"
+            elif "diverged" in states:
+                status[i][j] = "diverged"
+            elif "failed" in states:
+                status[i][j] = "failed"
+            elif all(s == "finished" for s in states):
+                status[i][j] = "ok"  # finished, but the metric was not measured
+    best = None
+    candidates = [(i, j) for i in range(ny) for j in range(nx) if np.isfinite(values[i, j])]
+    if candidates and metric not in ("lambda_0", "lr_target"):
+        pick = max if higher_is_better(metric) else min
+        best = pick(candidates, key=lambda ij: values[ij])
+    return PhaseGrid(metric, x, y, list(xa["labels"]), list(ya["labels"]), list(xa["values"]), list(ya["values"]),
+                     values, status, [[[c["id"] for c in m] for m in row] for row in members], best, where)
+
+
+def _save(fig: Figure, path: str | Path | None) -> None:
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        FigureCanvasAgg(fig)
+        fig.savefig(path, dpi=110)
+
+
+def _format_value(x: float, metric: str) -> str:
+    if "accuracy" in metric:
+        return f"{100 * x:.1f}" if abs(x) <= 1.0 else f"{x:.1f}"
+    return f"{x:.2g}"
+
+
+def plot_phase_diagram(grid: PhaseGrid, path: str | Path | None = None, *, title: str | None = None,
+                       annotate: bool | None = None) -> Figure:
+    """Heatmap of ``grid.values`` (x: ``grid.x_key``, y: ``grid.y_key``) in the config's units.
+
+    Diverged cells: grey with ``xx`` hatching; failed: pink with ``//``; not yet run: blank;
+    ``partial`` cells (some members diverged/failed) carry a ``*``; the best cell is outlined
+    in red and starred. Losses use a log colour scale when all values are positive. Values are
+    written in the cells when the grid is small (accuracy in %).
+    """
+    ny, nx = grid.values.shape
+    fig = Figure(figsize=(max(4.5, 0.75 * nx + 2.5), max(3.0, 0.55 * ny + 2.0)), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    finite = grid.values[np.isfinite(grid.values)]
+    use_log = "loss" in grid.metric and finite.size and finite.min() > 0 and finite.max() / finite.min() > 20
+    if finite.size:
+        lo, hi = float(finite.min()), float(finite.max())
+        if lo == hi:
+            lo, hi = (lo * 0.9, hi * 1.1) if lo > 0 else (lo - 1, hi + 1)
+        norm = LogNorm(lo, hi) if use_log else Normalize(lo, hi)
+    else:
+        norm = Normalize(0, 1)
+    cmap = "viridis" if higher_is_better(grid.metric) else "viridis_r"
+    masked = np.ma.masked_invalid(grid.values)
+    mesh = ax.pcolormesh(np.arange(nx + 1) - 0.5, np.arange(ny + 1) - 0.5, masked, cmap=cmap, norm=norm,
+                         edgecolors="white", linewidth=0.5)
+    cbar = fig.colorbar(mesh, ax=ax, shrink=0.9)
+    cbar.set_label(grid.metric + (" (%)" if "accuracy" in grid.metric and finite.size and finite.max() <= 1 else ""))
+    if "accuracy" in grid.metric and finite.size and finite.max() <= 1:
+        cbar.ax.yaxis.set_major_formatter(lambda v, _pos: f"{100 * v:.0f}")
+    annotate = (nx * ny <= 256) if annotate is None else annotate
+    styles = {"diverged": ("#bdbdbd", "xx"), "failed": ("#f4c2c2", "//")}
+    for i in range(ny):
+        for j in range(nx):
+            state = grid.status[i][j]
+            if state in styles:
+                face, hatch = styles[state]
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor=face, hatch=hatch, edgecolor="#555555",
+                                       linewidth=0.0))
+            elif annotate and np.isfinite(grid.values[i, j]):
+                v = grid.values[i, j]
+                rgba = mesh.cmap(norm(v))
+                light = 0.299 * rgba[0] + 0.587 * rgba[1] + 0.114 * rgba[2] < 0.5
+                text = _format_value(v, grid.metric) + ("*" if state == "partial" else "")
+                ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if light else "black")
+    if grid.best is not None:
+        i, j = grid.best
+        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.2))
+        ax.plot([j + 0.33], [i + 0.3], marker="*", color="red", markersize=9)
+    ax.set_xticks(range(nx))
+    ax.set_xticklabels(grid.x_labels, rotation=45 if nx > 6 else 0, ha="right" if nx > 6 else "center")
+    ax.set_yticks(range(ny))
+    ax.set_yticklabels(grid.y_labels if grid.y_key is not None else [""])
+    ax.set_xlim(-0.5, nx - 0.5)
+    ax.set_ylim(-0.5, ny - 0.5)
+    ax.set_xlabel(_axis_title(grid.x_key))
+    if grid.y_key is not None:
+        ax.set_ylabel(_axis_title(grid.y_key))
+    legend = [Rectangle((0, 0), 1, 1, facecolor=styles["diverged"][0], hatch="xx", edgecolor="#555555", label="diverged")]
+    if any(s == "failed" for row in grid.status for s in row):
+        legend.append(Rectangle((0, 0), 1, 1, facecolor=styles["failed"][0], hatch="//", edgecolor="#555555",
+                                label="failed"))
+    if grid.best is not None:
+        legend.append(Rectangle((0, 0), 1, 1, fill=False, edgecolor="red", linewidth=2, label="best"))
+    ax.legend(handles=legend, loc="upper left", bbox_to_anchor=(0.0, -0.16 if nx <= 6 else -0.28),
+              ncol=3, fontsize=7, frameon=False)
+    where = ", ".join(f"{k}={v}" for k, v in grid.where.items())
+    ax.set_title(title or f"{grid.metric}" + (f" ({where})" if where else ""), fontsize=10)
+    _save(fig, path)
+    return fig
+
+
+_AXIS_UNITS = {"optimizer.lr": "lr_trgt", "schedule.warmup_steps": "T_wrm"}
+
+
+def _axis_title(key: str) -> str:
+    alias = _AXIS_UNITS.get(key)
+    return f"{alias}  ({key})" if alias else key
+
+
+_SHORT = {"optimizer.lr": "lr", "schedule.warmup_steps": "T_wrm"}
+
+
+def cell_label(cell: Mapping[str, Any], axes: Sequence[Mapping[str, Any]] = ()) -> str:
+    """``"cell 7: lr=2^3/λ0, T_wrm=8"``: a cell's swept values in the config's units."""
+    labels = {a["key"]: dict(zip(map(_key, a["values"]), a["labels"])) for a in axes}
+    parts = [f"{_SHORT.get(k, k)}={labels.get(k, {}).get(_key(v), v)}" for k, v in cell["swept"].items()]
+    return f"cell {cell['id']}: " + ", ".join(parts)
+
+
+def default_trajectory_cells(cells: Sequence[Mapping[str, Any]], metric: str = "test_accuracy", limit: int = 4) -> list[int]:
+    """A few telling cells: the best finished one, the worst finished one, and the first
+    diverged ones (at most ``limit``)."""
+    finished = [c for c in cells if c["status"] == "finished" and _finite(c.get(metric))]
+    chosen: list[int] = []
+    if finished:
+        pick = max if higher_is_better(metric) else min
+        other = min if higher_is_better(metric) else max
+        chosen.append(pick(finished, key=lambda c: c[metric])["id"])
+        worst = other(finished, key=lambda c: c[metric])["id"]
+        if worst not in chosen:
+            chosen.append(worst)
+    for c in cells:
+        if len(chosen) >= limit:
+            break
+        if c["status"] == "diverged" and c["id"] not in chosen:
+            chosen.append(c["id"])
+    return chosen
+
+
+def plot_cell_trajectories(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path | None = None, *,
+                           statuses: Mapping[str, str] | None = None, title: str | None = None) -> Figure:
+    """Training loss (log), test accuracy and learning rate vs step for each labelled run
+    (``runs``: label -> per-step metric dicts), plus a sharpness panel (with ``2/lr``-type
+    thresholds dashed) when any run measured sharpness. A diverged run ends in an ``x``."""
+    statuses = dict(statuses or {})
+    with_sharpness = any(_finite(r.get("sharpness")) for rows in runs.values() for r in rows)
+    panels = ["train_loss", "test_accuracy", "lr"] + (["sharpness"] if with_sharpness else [])
+    fig = Figure(figsize=(4.0 * len(panels), 3.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = [fig.add_subplot(1, len(panels), k + 1) for k in range(len(panels))]
+    colors = [f"C{k % 10}" for k in range(len(runs))]
+    for (label, rows), color in zip(runs.items(), colors):
+        for ax, key in zip(axes, panels):
+            pts = [(r["step"], r[key]) for r in rows if _finite(r.get(key)) and (key == "test_accuracy" or r[key] > 0)]
+            if not pts:
+                continue
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, color=color, lw=1.3, label=label, marker="." if key == "test_accuracy" else None)
+            if key == "train_loss" and statuses.get(label) == "diverged":
+                ax.plot([xs[-1]], [ys[-1]], marker="x", color=color, markersize=9, mew=2)
+            if key == "sharpness":
+                thr = [(r["step"], r["threshold"]) for r in rows if _finite(r.get("threshold")) and r["threshold"] > 0]
+                if thr:
+                    tx, ty = zip(*thr)
+                    ax.plot(tx, ty, color=color, lw=1.0, ls="--")
+    titles = {"train_loss": "training loss", "test_accuracy": "test accuracy", "lr": "learning rate",
+              "sharpness": "sharpness (dashed: threshold)"}
+    for ax, key in zip(axes, panels):
+        ax.set_title(titles[key], fontsize=10)
+        ax.set_xlabel("step")
+        if key in ("train_loss", "sharpness") and ax.lines:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(len(handles), 2), fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    _save(fig, path)
+    return fig

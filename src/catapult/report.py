@@ -1,0 +1,181 @@
+"""A self-contained HTML report of a sweep store (``catapult report STORE``).
+
+One page that opens offline: phase diagrams (final test accuracy, test loss and training loss
+over the two default swept keys) and the trajectories of a few telling cells, embedded as
+base64 PNG ``data:`` URIs; the results table (one row per cell); the lambda_0 values; the
+sweep spec. No scripts, no external stylesheets, fonts or images.
+"""
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import yaml
+
+__all__ = ["build_report", "write_report", "figure_to_data_uri"]
+
+_CSS = """
+body { font-family: -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1200px;
+       color: #222; padding: 0 1em; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.8em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; font-size: 0.82em; }
+th, td { border: 1px solid #ddd; padding: 3px 7px; text-align: right; white-space: nowrap; }
+th { background: #f3f3f3; position: sticky; top: 0; }
+td.text { text-align: left; }
+tr.diverged td { background: #eeeeee; color: #777; }
+tr.failed td { background: #fde8e8; }
+tr.best td { font-weight: bold; background: #fff4d6; }
+.figs img { max-width: 100%; margin: 0.5em 0; border: 1px solid #eee; }
+pre { background: #f7f7f7; padding: 1em; overflow-x: auto; font-size: 0.85em; }
+.counts span { margin-right: 1.2em; }
+details { max-width: 40em; white-space: normal; text-align: left; }
+"""
+
+
+def figure_to_data_uri(fig) -> str:
+    """A matplotlib Figure as a ``data:image/png;base64,...`` URI."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _fmt(value: Any, key: str = "") -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        if "accuracy" in key:
+            return f"{100 * value:.2f}%"
+        return f"{value:.4g}"
+    return html.escape(str(value))
+
+
+def build_report(store, *, title: str | None = None, metric: str = "test_accuracy") -> str:
+    """The report's HTML text for an open :class:`catapult.store.Store`."""
+    from catapult.plots.phase import (cell_label, default_axes, default_trajectory_cells, phase_grid,
+                                      plot_cell_trajectories, plot_phase_diagram)
+
+    spec = store.spec()
+    axes = store.axes()
+    cells = store.cells()
+    counts = store.counts()
+    by_label = {a["key"]: dict(zip([json.dumps(v, sort_keys=True) for v in a["values"]], a["labels"])) for a in axes}
+    name = title or f"Sweep report: {store.path.name}"
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(name)}</title>"
+             f"<style>{_CSS}</style></head><body>", f"<h1>{html.escape(name)}</h1>"]
+    created = store.meta("created_at")
+    when = _dt.datetime.fromtimestamp(float(created)).strftime("%Y-%m-%d %H:%M") if created else "?"
+    total_time = sum(c["wall_time_s"] or 0.0 for c in cells)
+    parts.append(
+        f"<p>Store <code>{html.escape(str(store.path))}</code>, created {when}; {len(cells)} cells over "
+        + ", ".join(f"<code>{html.escape(a['key'])}</code> ({len(a['values'])})" for a in axes)
+        + f"; {total_time:.1f} s of training in all.</p>"
+    )
+    parts.append("<p class='counts'>" + "".join(
+        f"<span><b>{n}</b> {s}</span>" for s, n in counts.items() if n) + "</p>")
+
+    # ---- figures
+    parts.append("<h2>Phase diagrams</h2><div class='figs'>")
+    figures_made = False
+    best_id = None
+    if axes:
+        try:
+            x, y = default_axes(axes)
+            for m in ("test_accuracy", "test_loss", "train_loss"):
+                grid = phase_grid(cells, axes, m, x, y)
+                if m == metric and grid.best is not None:
+                    i, j = grid.best
+                    best_id = grid.members[i][j][0] if len(grid.members[i][j]) == 1 else None
+                if not np.isfinite(grid.values).any() and not any(
+                        s in ("diverged", "failed") for row in grid.status for s in row):
+                    continue
+                fig = plot_phase_diagram(grid, title=f"final {m}")
+                parts.append(f"<img alt='phase diagram of {m}' src='{figure_to_data_uri(fig)}'>")
+                figures_made = True
+        except ValueError as err:
+            parts.append(f"<p>No phase diagram: {html.escape(str(err))}</p>")
+    if not figures_made:
+        parts.append("<p>No finished cells yet.</p>")
+    parts.append("</div>")
+    chosen = default_trajectory_cells(cells, metric)
+    if chosen:
+        runs, statuses = {}, {}
+        for cid in chosen:
+            cell = next(c for c in cells if c["id"] == cid)
+            label = cell_label(cell, axes)
+            runs[label] = store.metrics(cid)
+            statuses[label] = cell["status"]
+        fig = plot_cell_trajectories(runs, statuses=statuses, title="trajectories: best, worst and first diverged cells")
+        parts.append("<h2>Trajectories</h2><div class='figs'>"
+                     f"<img alt='trajectories' src='{figure_to_data_uri(fig)}'></div>")
+
+    # ---- results table
+    from catapult.store import BEST_METRICS, FINAL_METRICS
+
+    keys = [a["key"] for a in axes]
+    metric_cols = [m for m in (*FINAL_METRICS, *BEST_METRICS) if any(c.get(m) is not None for c in cells)]
+    head = ["cell", *keys, "status", *metric_cols, "lambda_0", "lr_target", "steps", "time (s)", "error"]
+    parts.append("<h2>Results</h2><p>Final values are at the last step (test metrics from the last evaluation); "
+                 "best values are over the run. Accuracies in %.</p><table><tr>"
+                 + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>")
+    for c in cells:
+        cls = c["status"] if c["status"] in ("diverged", "failed") else ("best" if c["id"] == best_id else "")
+        row = [f"<td>{c['id']}</td>"]
+        row += [f"<td class='text'>{html.escape(_label(by_label, k, c['swept'].get(k)))}</td>" for k in keys]
+        row.append(f"<td class='text'>{html.escape(c['status'])}</td>")
+        row += [f"<td>{_fmt(c.get(m), m)}</td>" for m in metric_cols]
+        row += [f"<td>{_fmt(c.get('lambda_0'))}</td>", f"<td>{_fmt(c.get('lr_target'))}</td>",
+                f"<td>{_fmt(c.get('steps_completed'))}</td>", f"<td>{_fmt(c.get('wall_time_s'))}</td>"]
+        err = c.get("error")
+        row.append("<td class='text'>" + (f"<details><summary>{html.escape(err.splitlines()[0][:80])}</summary>"
+                                          f"<pre>{html.escape(err)}</pre></details>" if err else "") + "</td>")
+        parts.append(f"<tr class='{cls}'>" + "".join(row) + "</tr>")
+    parts.append("</table>")
+
+    # ---- lambda_0 and spec
+    lam = store.lambda0_table()
+    if lam:
+        parts.append("<h2>lambda_0 (sharpness at initialization)</h2><table><tr><th>key</th><th>seed</th>"
+                     "<th>lambda_0</th></tr>")
+        for row in lam:
+            inputs = json.loads(row["inputs_json"]) if row["inputs_json"] else {}
+            parts.append(f"<tr><td class='text'>{html.escape(row['key'])}</td><td>{_fmt(inputs.get('seed'))}</td>"
+                         f"<td>{_fmt(row['value'])}</td></tr>")
+        parts.append("</table>")
+    parts.append("<h2>Sweep spec</h2><pre>" + html.escape(yaml.safe_dump(
+        {**spec["base"], "sweep": spec["sweep"]}, sort_keys=False, default_flow_style=None)) + "</pre>")
+    parts.append(f"<p><small>catapult {html.escape(store.meta('catapult_version') or '')}, "
+                 f"spec sha256 {html.escape((store.meta('spec_hash') or '')[:16])}</small></p></body></html>")
+    return "\n".join(parts)
+
+
+def _label(by_label: Mapping[str, Mapping[str, str]], key: str, value: Any) -> str:
+    return by_label.get(key, {}).get(json.dumps(value, sort_keys=True), str(value))
+
+
+def write_report(store_path: str | Path, out: str | Path | None = None, **kwargs) -> Path:
+    """Write the report of the store at ``store_path`` to ``out`` (default: next to the store,
+    ``<store stem>.html``) and return the path."""
+    from catapult.store import Store
+
+    store_path = Path(store_path)
+    out = Path(out) if out is not None else store_path.with_suffix(".html")
+    with Store(store_path, create=False) as store:
+        text = build_report(store, **kwargs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    return out
+

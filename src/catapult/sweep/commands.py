@@ -1,0 +1,204 @@
+"""``catapult sweep | export | plot | report``: the sweep subcommands.
+
+::
+
+    catapult sweep CONFIG --store PATH [--executor local|ensemble|ray] [--ray-address ADDR]
+                   [--chunk-size N] [--threads N] [--dry-run] [key=value ...]
+    catapult export STORE [--format csv|parquet] --out FILE
+    catapult plot STORE [--metric test_accuracy] [--x KEY] [--y KEY] [--where KEY=VALUE ...]
+                  [--cells ID ...] [--out PNG] [--trajectories-out PNG]
+    catapult report STORE [--out FILE.html]
+
+Registered by ``catapult.cli`` through :func:`register` (module listed in ``cli.COMMANDS``).
+Until then, ``python -m catapult.sweep COMMAND ...`` runs the same commands.
+Exit codes: 0 success (diverged cells are results); 2 bad input (config, store holding a
+different sweep, missing optional dependency), with the problem on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+__all__ = ["register"]
+
+
+def register(subparsers) -> None:
+    """Add the ``sweep``, ``export``, ``plot`` and ``report`` subcommands."""
+    from catapult.cli import add_config_arguments
+    from catapult.sweep.executors import EXECUTORS
+
+    p = subparsers.add_parser(
+        "sweep", help="run (or resume) a grid sweep, e.g. a phase diagram, into a SQLite store",
+        description="Run every cell of the config's `sweep:` grid and record the results in one SQLite "
+                    "file. Rerunning the same command resumes: finished and diverged cells are kept, "
+                    "interrupted and failed ones are redone; a store holding a different sweep is refused. "
+                    "Grid syntax: lists, {log2: [start, stop, step]}, {range: [...]}, "
+                    "{log2_over_lambda0: [start, stop, step]} for optimizer.lr (lr_trgt = 2^x / lambda_0), "
+                    "and `seeds: [...]`. Overrides: base keys as for `train`, plus sweep.seeds=[...] and "
+                    "sweep.grid.<key>=[...].",
+    )
+    add_config_arguments(p)
+    p.add_argument("--store", metavar="PATH", help="SQLite store (default: runs/<name>/sweep.db)")
+    p.add_argument("--executor", choices=list(EXECUTORS), default="local",
+                   help="local: one cell after another here; ensemble: cells batched into one model; "
+                        "ray: cells as Ray tasks (pip install 'catapult[ray]')")
+    p.add_argument("--ray-address", metavar="ADDR",
+                   help="Ray cluster to use (e.g. ray://head:10001 or auto; default: a local instance)")
+    p.add_argument("--num-cpus", type=int, metavar="N", help="CPUs of a local Ray instance (default: all)")
+    p.add_argument("--chunk-size", type=int, default=1, metavar="N", help="cells per Ray task (default 1)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="torch threads per cell (default: torch's; 1 is fastest for small models on a busy CPU)")
+    p.add_argument("--dry-run", action="store_true", help="validate and list the cells, run nothing")
+    p.set_defaults(func=_sweep_command)
+
+    p = subparsers.add_parser("export", help="export a sweep store as a table (one row per cell)",
+                              description="One row per cell: cell_id, one column per swept key (its dotted "
+                                          "name), status, final metrics (train_loss, train_accuracy, test_loss, "
+                                          "test_accuracy, sharpness), best metrics, lambda_0, lr_target, ...")
+    p.add_argument("store", metavar="STORE", help="sweep store (SQLite file)")
+    p.add_argument("--format", choices=("csv", "parquet"), help="default: from --out's suffix, else csv")
+    p.add_argument("--out", metavar="FILE", required=True, help="output file")
+    p.set_defaults(func=_export_command)
+
+    from catapult.plots.phase import PLOT_METRICS
+
+    p = subparsers.add_parser("plot", help="phase-diagram heatmap and cell trajectories from a sweep store",
+                              description="Heatmap of a metric over two swept keys (diverged cells hatched, the "
+                                          "best cell outlined; other swept keys averaged over unless fixed with "
+                                          "--where) and the trajectories of chosen cells.")
+    p.add_argument("store", metavar="STORE", help="sweep store (SQLite file)")
+    p.add_argument("--metric", default="test_accuracy", choices=PLOT_METRICS, help="cell value (default: final test_accuracy)")
+    p.add_argument("--x", metavar="KEY", help="swept key on the x axis (default: optimizer.lr)")
+    p.add_argument("--y", metavar="KEY", help="swept key on the y axis (default: schedule.warmup_steps)")
+    p.add_argument("--where", nargs="*", default=[], metavar="KEY=VALUE", help="fix other swept keys, e.g. seed=0")
+    p.add_argument("--cells", nargs="*", type=int, metavar="ID",
+                   help="cells whose trajectories to draw (default: best, worst and first diverged)")
+    p.add_argument("--out", metavar="PNG", help="heatmap file (default: <store>_<metric>.png)")
+    p.add_argument("--trajectories-out", metavar="PNG", help="trajectories file (default: <store>_trajectories.png)")
+    p.set_defaults(func=_plot_command)
+
+    p = subparsers.add_parser("report", help="one self-contained HTML page for a sweep store",
+                              description="Phase diagrams and trajectories (embedded PNG), the results table and "
+                                          "the sweep spec in one HTML file that opens offline.")
+    p.add_argument("store", metavar="STORE", help="sweep store (SQLite file)")
+    p.add_argument("--out", metavar="FILE.html", help="default: <store>.html")
+    p.set_defaults(func=_report_command)
+
+
+def _fail(command: str, message: str) -> int:
+    print(f"catapult {command}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _sweep_command(args: argparse.Namespace) -> int:
+    from catapult.store import StoreError
+    from catapult.sweep.driver import run_sweep
+    from catapult.sweep.spec import expand, load_sweep
+
+    overrides = list(args.overrides)
+    if args.device:
+        overrides.append(f"device={args.device}")
+    base, spec = load_sweep(args.config, overrides)
+    store = Path(args.store) if args.store else Path("runs") / base["name"] / "sweep.db"
+    if args.dry_run:
+        cells = expand(base, spec)
+        print(f"{len(cells)} cells over {', '.join(spec.keys) or '(no swept keys)'}; all valid")
+        for c in cells:
+            print(f"  cell {c.id}: " + " ".join(f"{k}={v}" for k, v in c.swept.items()))
+        return 0
+    options: dict = {}
+    if args.threads is not None:
+        options["threads"] = args.threads
+    if args.executor == "ray":
+        options.update(address=args.ray_address, num_cpus=args.num_cpus, chunk_size=args.chunk_size)
+    elif args.ray_address or args.num_cpus or args.chunk_size != 1:
+        return _fail("sweep", "--ray-address, --num-cpus and --chunk-size need --executor ray")
+    try:
+        outcome = run_sweep(base, spec, store, executor=args.executor, executor_options=options,
+                            progress=args.progress)
+    except StoreError as err:
+        return _fail("sweep", str(err))
+    except ImportError as err:
+        return _fail("sweep", str(err))
+    c = outcome.counts
+    print(f"{outcome.total} cells: {c['finished']} finished, {c['diverged']} diverged, {c['failed']} failed "
+          f"({outcome.ran} run now, {outcome.reused} already in the store"
+          f"{', resumed' if outcome.mode == 'resumed' else ''}) in {outcome.wall_time_s:.1f} s")
+    print(f"store: {store}   next: catapult plot {store}  |  catapult report {store}  |  "
+          f"catapult export {store} --out results.csv")
+    return 0
+
+
+def _export_command(args: argparse.Namespace) -> int:
+    from catapult.store import Store, StoreError, write_csv, write_parquet
+
+    out = Path(args.out)
+    fmt = args.format or ("parquet" if out.suffix in (".parquet", ".pq") else "csv")
+    try:
+        with Store(args.store, create=False) as store:
+            store.spec()
+            path = write_parquet(store, out) if fmt == "parquet" else write_csv(store, out)
+    except (StoreError, ImportError) as err:
+        return _fail("export", str(err))
+    print(f"wrote {path}")
+    return 0
+
+
+def _parse_where(items) -> dict:
+    import yaml
+
+    where = {}
+    for text in items:
+        if "=" not in text:
+            raise ValueError(f"--where expects KEY=VALUE, got {text!r}")
+        key, raw = text.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        where[key.strip()] = value
+    return where
+
+
+def _plot_command(args: argparse.Namespace) -> int:
+    from catapult.plots.phase import (cell_label, default_trajectory_cells, phase_grid, plot_cell_trajectories,
+                                      plot_phase_diagram)
+    from catapult.store import Store, StoreError
+
+    store_path = Path(args.store)
+    stem = store_path.with_suffix("")
+    try:
+        with Store(store_path, create=False) as store:
+            axes = store.axes()
+            cells = store.cells()
+            grid = phase_grid(cells, axes, args.metric, args.x, args.y, where=_parse_where(args.where))
+            out = Path(args.out) if args.out else Path(f"{stem}_{args.metric}.png")
+            plot_phase_diagram(grid, out)
+            print(f"wrote {out}")
+            ids = args.cells if args.cells else default_trajectory_cells(cells, args.metric)
+            known = {c["id"]: c for c in cells}
+            missing = [i for i in ids if i not in known]
+            if missing:
+                return _fail("plot", f"no cells {missing} in {store_path} (ids 0..{len(cells) - 1})")
+            if ids:
+                runs = {cell_label(known[i], axes): store.metrics(i) for i in ids}
+                statuses = {label: known[i]["status"] for label, i in zip(runs, ids)}
+                traj = Path(args.trajectories_out) if args.trajectories_out else Path(f"{stem}_trajectories.png")
+                plot_cell_trajectories(runs, traj, statuses=statuses)
+                print(f"wrote {traj}")
+    except (StoreError, ValueError) as err:
+        return _fail("plot", str(err))
+    return 0
+
+
+def _report_command(args: argparse.Namespace) -> int:
+    from catapult.report import write_report
+    from catapult.store import StoreError
+
+    try:
+        out = write_report(args.store, args.out)
+    except StoreError as err:
+        return _fail("report", str(err))
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,243 @@
+"""The sweep driver: expand, open (or resume) the store, resolve lambda_0, run, record.
+
+:func:`run_sweep` is what ``catapult sweep`` does:
+
+1. expand the grid and validate every cell (:func:`catapult.sweep.spec.expand`), build the
+   executor (a missing optional dependency fails here): nothing is written before this;
+2. open the store: a new sweep writes its spec and one ``pending`` row per cell; the same
+   spec resumes (``running`` cells, i.e. interrupted ones, become ``pending`` again); a
+   different spec is refused (:class:`catapult.store.SpecChanged` names what changed);
+3. for cells still to run (pending, interrupted, failed): lambda_0 for each distinct
+   architecture/seed/data (:func:`catapult.sweep.lambda0.lambda0_key`), from the store's
+   cache or measured once and cached; each cell's ``"2^x/lambda0"`` becomes an absolute lr;
+4. hand the cells to the executor and record every result in its own transaction the
+   moment it arrives, updating one progress bar for the whole sweep.
+
+Finished and diverged cells are results and are never recomputed.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from catapult.store import DONE_STATUSES, Store
+from catapult.sweep.executors import Cell, CellResult, Executor, get_executor
+from catapult.sweep.lambda0 import lambda0_inputs, lambda0_key, measure_lambda0, needs_lambda0, resolve_cell_lr
+from catapult.sweep.spec import SweepSpec, expand, spec_document
+
+__all__ = ["run_sweep", "SweepOutcome", "SweepProgress", "axes_metadata"]
+
+
+@dataclass
+class SweepOutcome:
+    """What :func:`run_sweep` did: ``mode`` ``"new"``/``"resumed"``, ``counts`` per status
+    after the run, ``ran`` cells run now, ``reused`` results found in the store,
+    ``lambda0_measured`` lambda_0 measurements made now, ``wall_time_s``."""
+
+    store: Path
+    mode: str
+    total: int
+    counts: dict
+    ran: int
+    reused: int
+    lambda0_measured: int
+    wall_time_s: float
+    ran_ids: list = field(default_factory=list)
+
+
+def axes_metadata(spec: SweepSpec) -> list[dict]:
+    """Per-axis data stored with the sweep (for figures): key, values, labels, form, title."""
+    return [dict(key=a.key, values=list(a.values), labels=list(a.labels), form=a.form, title=a.title,
+                 exponents=list(a.exponents) if a.exponents is not None else None) for a in spec.axes]
+
+
+class SweepProgress:
+    """One progress display for the whole sweep: cells done / diverged / failed and an ETA.
+
+    ``mode``: ``"auto"`` (a tqdm bar on a terminal, plain lines otherwise), ``"bar"``,
+    ``"lines"`` or ``"none"``. Lines go to ``stream`` (stderr), one per finished cell.
+    """
+
+    def __init__(self, total: int, counts: Mapping[str, int], mode: str = "auto", stream=None, name: str = "sweep"):
+        self.stream = stream or sys.stderr
+        if mode in (None, "auto"):
+            mode = "bar" if getattr(self.stream, "isatty", lambda: False)() else "lines"
+        self.mode = mode
+        self.total = total
+        self.name = name
+        self.done = counts.get("finished", 0) + counts.get("diverged", 0)
+        self.diverged = counts.get("diverged", 0)
+        self.failed = 0
+        self.started = time.perf_counter()
+        self.ran = 0
+        self.bar = None
+        if self.mode == "bar":
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=self.done, desc=name, unit="cell", file=self.stream,
+                            dynamic_ncols=True)
+            self._postfix()
+
+    def _postfix(self) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"diverged {self.diverged}, failed {self.failed}", refresh=True)
+
+    def eta_seconds(self) -> float | None:
+        """Remaining cells x mean seconds per cell run so far in this session."""
+        if self.ran == 0:
+            return None
+        remaining = self.total - self.done - self.failed
+        return max(remaining, 0) * (time.perf_counter() - self.started) / self.ran
+
+    def message(self, text: str) -> None:
+        if self.mode == "bar" and self.bar is not None:
+            self.bar.write(text, file=self.stream)
+        elif self.mode == "lines":
+            print(text, file=self.stream, flush=True)
+
+    def update(self, cell_id: int, status: str, swept: Mapping[str, Any], result: Any = None) -> None:
+        self.ran += 1
+        if status in DONE_STATUSES:
+            self.done += 1
+            self.diverged += status == "diverged"
+        else:
+            self.failed += 1
+        if self.mode == "bar" and self.bar is not None:
+            self.bar.update(1)
+            self._postfix()
+            if status == "failed":
+                err = (getattr(result, "error", "") or "").splitlines()[:1]
+                self.bar.write(f"[{self.name}] cell {cell_id} failed: {err[0] if err else ''}", file=self.stream)
+        elif self.mode == "lines":
+            where = " ".join(f"{k}={v}" for k, v in swept.items())
+            eta = self.eta_seconds()
+            eta_text = "?" if eta is None else time.strftime("%H:%M:%S", time.gmtime(eta))
+            extra = ""
+            summary = getattr(result, "summary", None) or {}
+            if status == "finished" and summary.get("final_test_accuracy") is not None:
+                extra = f" test_acc {summary['final_test_accuracy']:.4f}"
+            elif status == "failed":
+                err = (getattr(result, "error", "") or "").splitlines()[:1]
+                extra = f": {err[0] if err else ''}"
+            print(f"[{self.name}] cell {cell_id} {status} ({where}){extra} | done {self.done}/{self.total}, "
+                  f"diverged {self.diverged}, failed {self.failed}, ETA {eta_text}", file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _failed(error: str) -> CellResult:
+    return CellResult("failed", [], {}, error=error)
+
+
+def run_sweep(
+    base: Mapping[str, Any],
+    spec: SweepSpec,
+    store_path: str | Path,
+    *,
+    executor: str | Executor = "local",
+    executor_options: Mapping[str, Any] | None = None,
+    run_fn: Callable[..., Any] | None = None,
+    lambda0_fn: Callable[[Mapping[str, Any]], float] | None = None,
+    progress: str = "auto",
+    stream=None,
+) -> SweepOutcome:
+    """Run (or resume) a sweep into the SQLite store at ``store_path``; see the module doc.
+
+    ``executor`` is a name in :data:`catapult.sweep.executors.EXECUTORS` (built with ``run_fn``
+    and ``executor_options``) or an :class:`Executor` instance. ``run_fn`` defaults to
+    :func:`catapult.train.run`; ``lambda0_fn(config) -> float`` to
+    :func:`catapult.sweep.lambda0.measure_lambda0`. Raises :class:`catapult.config.ConfigError`
+    for an invalid cell and :class:`catapult.store.SpecChanged` for a store holding another
+    sweep, both before any cell runs.
+    """
+    started = time.perf_counter()
+    cells = expand(base, spec)
+    by_id = {c.id: c for c in cells}
+    document = spec_document(base, spec)
+    if isinstance(executor, Executor):
+        engine = executor
+    else:
+        engine = get_executor(executor, run_fn=run_fn, **dict(executor_options or {}))
+    lambda0_fn = lambda0_fn or measure_lambda0
+    name = base.get("name") or "sweep"
+    try:
+        with Store(store_path) as store:
+            mode = store.open_sweep(document, cells, axes=axes_metadata(spec))
+            todo = store.todo()
+            counts = store.counts()
+            report = SweepProgress(len(cells), counts, progress, stream, name)
+            try:
+                # ---- lambda_0, once per architecture/seed/data
+                measured = 0
+                values: dict[str, float | None] = {}
+                errors: dict[str, str] = {}
+                runnable: list[Cell] = []
+                for cell_id in todo:
+                    cell = by_id[cell_id]
+                    lam = None
+                    if needs_lambda0(cell.config):
+                        key = lambda0_key(cell.config)
+                        if key not in values and key not in errors:
+                            cached = store.get_lambda0(key)
+                            if cached is None:
+                                seed = cell.config["seed"]
+                                report.message(f"[{name}] measuring lambda_0 (seed {seed}, key {key})")
+                                try:
+                                    cached = float(lambda0_fn(cell.config))
+                                except Exception as err:  # recorded as the cells' failure
+                                    errors[key] = f"measuring lambda_0 failed: {type(err).__name__}: {err}"
+                                    cached = None
+                                else:
+                                    measured += 1
+                                    if math.isfinite(cached) and cached > 0:
+                                        store.put_lambda0(key, cached, lambda0_inputs(cell.config))
+                                    else:
+                                        errors[key] = (f"lambda_0 = {cached!r} is not a positive finite number; "
+                                                       f"cannot resolve optimizer.lr={cell.config['optimizer']['lr']!r}")
+                                        cached = None
+                                report.message(f"[{name}] lambda_0 = {cached!r}" if cached is not None
+                                               else f"[{name}] {errors.get(key)}")
+                            values[key] = cached
+                        if key in errors:
+                            store.mark_running([cell_id])
+                            status = store.record(cell_id, _failed(errors[key]))
+                            report.update(cell_id, status, cell.swept, _failed(errors[key]))
+                            continue
+                        lam = values[key]
+                    runnable.append(Cell(cell.id, resolve_cell_lr(cell.config, lam), dict(cell.swept), lam))
+
+                # ---- run and record, one transaction per result
+                store.mark_running([c.id for c in runnable])
+                report.started = time.perf_counter()  # ETA from cell throughput, not lambda_0 time
+                lambdas = {c.id: c.lambda_0 for c in runnable}
+                expected = set(lambdas)
+                ran_ids = []
+                for cell_id, result in engine.run(runnable):
+                    if cell_id not in expected:
+                        raise RuntimeError(f"executor {engine.name!r} returned cell {cell_id}, which it was "
+                                           "not given or returned twice")
+                    expected.discard(cell_id)
+                    status = store.record(cell_id, result, lambda_0=lambdas[cell_id])
+                    ran_ids.append(cell_id)
+                    report.update(cell_id, status, by_id[cell_id].swept, result)
+                if expected:
+                    raise RuntimeError(f"executor {engine.name!r} never returned cells {sorted(expected)}; "
+                                       "they stay 'running' and a resume redoes them")
+            finally:
+                report.close()
+            final_counts = store.counts()
+    finally:
+        engine.close()
+    done_before = sum(counts.get(s, 0) for s in DONE_STATUSES)
+    return SweepOutcome(
+        store=Path(store_path), mode=mode, total=len(cells), counts=final_counts, ran=len(ran_ids),
+        reused=done_before, lambda0_measured=measured, wall_time_s=time.perf_counter() - started,
+        ran_ids=ran_ids,
+    )

@@ -1,0 +1,96 @@
+"""lambda_0 (sharpness at initialization), measured once per architecture, seed and data.
+
+The paper's phase diagrams put ``lr_trgt = 2^x / lambda_0`` on one axis: every cell of a row
+shares one lambda_0. A sweep measures it once per distinct :func:`lambda0_key` (and caches
+it in the store), then hands each cell an absolute learning rate ``c / lambda_0``, exactly the
+number :func:`catapult.train.run` would compute itself from ``"c/lambda0"``.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+from typing import Any, Mapping
+
+from catapult import config as cfg
+from catapult.sweep.spec import canonical_json
+
+__all__ = ["lambda0_key", "lambda0_inputs", "measure_lambda0", "needs_lambda0", "resolve_cell_lr"]
+
+
+def lambda0_inputs(config: Mapping[str, Any]) -> dict:
+    """The part of a config that lambda_0 depends on.
+
+    lambda_0 = top Hessian eigenvalue of the training loss at ``theta_0`` on batch 0 (engine
+    semantics, :mod:`catapult.train`), so it depends on the seed, device, dtype, data, model,
+    loss, batch size (batch 0) and the eigen-solver settings, and on nothing about the
+    optimizer, schedule or training length.
+    """
+    ev = config["eval"]
+    return {
+        "seed": config["seed"],
+        "device": config["device"],
+        "dtype": config["dtype"],
+        "data": copy.deepcopy(config["data"]),
+        "model": copy.deepcopy(config["model"]),
+        "loss": config["loss"],
+        "batch_size": config["train"]["batch_size"],
+        "solver": {k: ev[k] for k in ("sharpness_tol", "sharpness_max_iter", "sharpness_hvp", "sharpness_dtype")},
+    }
+
+
+def lambda0_key(config: Mapping[str, Any]) -> str:
+    """Cache key: sha256 (first 16 hex digits) of the canonical JSON of :func:`lambda0_inputs`."""
+    return hashlib.sha256(canonical_json(lambda0_inputs(config)).encode()).hexdigest()[:16]
+
+
+def needs_lambda0(config: Mapping[str, Any]) -> bool:
+    """True if the config's ``optimizer.lr`` is ``"<c>/lambda0"``."""
+    return cfg.lr_needs_lambda0(config["optimizer"]["lr"])
+
+
+def resolve_cell_lr(config: Mapping[str, Any], lambda_0: float | None) -> dict:
+    """A copy of ``config`` with ``optimizer.lr`` absolute: ``c / lambda_0`` for ``"c/lambda0"``
+    (the same float the engine computes), unchanged otherwise."""
+    out = copy.deepcopy(dict(config))
+    out["optimizer"] = dict(out["optimizer"])
+    out["optimizer"]["lr"] = cfg.resolve_lr(config["optimizer"]["lr"], lambda_0)
+    return out
+
+
+def measure_lambda0(config: Mapping[str, Any]) -> float:
+    """lambda_0 for a config, computed exactly as :func:`catapult.train.run` does before training.
+
+    Same seeds (``seeds(seed)``: init, data, sharpness start vector), same model build, batch 0
+    of the same :class:`~catapult.train.BatchStream`, Hessian sharpness with the config's
+    ``eval.sharpness_*`` solver settings from ``randn(P, generator=sharpness_seed)``, so the
+    value is bit-for-bit the engine's on the same device.
+    """
+    import numpy as np
+    import torch
+
+    from catapult import curvature, data as data_mod
+    from catapult import train
+    from catapult.losses import get_loss
+
+    config = cfg.validate(config)
+    device = train.resolve_device(config["device"])
+    dtype = getattr(torch, config["dtype"])
+    _, data_seed, sharpness_seed = train.seeds(config["seed"])
+    d = config["data"]
+    split = data_mod.load_dataset(d["name"], root=d["root"], n_train=d["n_train"], n_test=d["n_test"])
+    x = split.x_train.to(device=device, dtype=dtype)
+    y = split.y_train.to(device)
+    batches = train.BatchStream(x, y, config["train"]["batch_size"], data_seed)
+    in_features = int(np.prod(split.x_train.shape[1:]))
+    model = train.build_model(config, in_features, split.num_classes, device, dtype)
+    model.train()
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    start = torch.randn(n_params, generator=torch.Generator().manual_seed(sharpness_seed))
+    start = start.to(device=device, dtype=dtype)
+    ev = config["eval"]
+    est = curvature.sharpness(
+        model, get_loss(config["loss"]), batches.batch(0), init=start,
+        tol=ev["sharpness_tol"], max_iter=ev["sharpness_max_iter"], hvp=ev["sharpness_hvp"],
+        dtype=getattr(torch, ev["sharpness_dtype"]) if ev["sharpness_dtype"] else None,
+    )
+    return float(est.value)

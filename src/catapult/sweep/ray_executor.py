@@ -1,0 +1,126 @@
+"""The ``ray`` executor: chunks of cells as Ray tasks, on a local instance or a cluster.
+
+Each task runs ``chunk_size`` cells one after another (:func:`run_cell`, so one failing cell
+does not take its chunk down) and returns their results; the driver waits on all tasks with
+``ray.wait`` and yields each chunk's results the moment it lands, so the store (written by the
+driver alone) fills up as the sweep progresses.
+
+Lost workers: a task whose worker process or node dies is retried by Ray (``max_retries``
+system-failure retries); if Ray gives up, the driver submits the chunk again (``resubmits``
+times) before recording its cells as ``failed``. Either way a cell interrupted mid-run is
+redone from scratch, never half-recorded.
+
+Ray is optional: ``pip install 'catapult[ray]'``. With ``address=None`` a private local
+instance is started (bound to 127.0.0.1, no dashboard) and shut down by :meth:`close`;
+with an address (``"ray://host:10001"``, ``"host:6379"`` or ``"auto"``) the cluster must have
+catapult installed on every node (or pass ``init_kwargs={"runtime_env": ...}``).
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator, Sequence
+
+from catapult.sweep.executors import Cell, CellResult, Executor, RunFn, run_cell
+
+__all__ = ["RayExecutor", "import_ray"]
+
+
+def import_ray():
+    """``import ray`` with a clear message when the optional dependency is missing."""
+    try:
+        import ray
+    except ImportError:
+        raise ImportError("the ray executor needs Ray, an optional dependency: "
+                          "pip install 'catapult[ray]'") from None
+    return ray
+
+
+def _run_chunk(run_fn: RunFn, cells: Sequence[Cell], threads: int | None) -> list[tuple[int, CellResult]]:
+    """Body of one Ray task: the chunk's cells in order, each failure caught and recorded."""
+    return [(cell.id, run_cell(run_fn, cell, threads)) for cell in cells]
+
+
+class RayExecutor(Executor):
+    """Cells as Ray tasks (``chunk_size`` cells per task).
+
+    Options: ``address`` (``None`` = start a local instance), ``num_cpus`` (of a local
+    instance; default all), ``chunk_size`` (cells per task, default 1), ``cpus_per_task`` /
+    ``gpus_per_task`` (resources each task asks for), ``max_retries`` (Ray's retries of a task
+    whose worker died), ``resubmits`` (driver-side resubmissions after Ray gives up),
+    ``threads`` (torch threads per task; Ray's default is one per CPU the task asks for),
+    ``init_kwargs`` (more ``ray.init`` arguments).
+    """
+
+    name = "ray"
+
+    def __init__(self, run_fn: RunFn | None = None, *, address: str | None = None, num_cpus: int | None = None,
+                 chunk_size: int = 1, cpus_per_task: float = 1, gpus_per_task: float = 0,
+                 max_retries: int = 3, resubmits: int = 1, threads: int | None = None,
+                 init_kwargs: dict | None = None):
+        super().__init__(run_fn)
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.ray = import_ray()
+        self.address = address
+        self.num_cpus = num_cpus
+        self.chunk_size = int(chunk_size)
+        self.cpus_per_task = cpus_per_task
+        self.gpus_per_task = gpus_per_task
+        self.max_retries = int(max_retries)
+        self.resubmits = int(resubmits)
+        self.threads = threads
+        self.init_kwargs = dict(init_kwargs or {})
+        self._owns_ray = False
+
+    def _ensure_ray(self) -> None:
+        ray = self.ray
+        if ray.is_initialized():
+            return
+        kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        if self.address is None:
+            kwargs.update(num_cpus=self.num_cpus, _node_ip_address="127.0.0.1")
+        else:
+            kwargs.update(address=self.address)
+        kwargs.update(self.init_kwargs)
+        ray.init(**kwargs)
+        self._owns_ray = True
+
+    def run(self, cells: Sequence[Cell]) -> Iterator[tuple[int, CellResult]]:
+        ray = self.ray
+        cells = list(cells)
+        if not cells:
+            return
+        self._ensure_ray()
+        task = ray.remote(_run_chunk).options(
+            max_retries=self.max_retries, retry_exceptions=False,
+            num_cpus=self.cpus_per_task, num_gpus=self.gpus_per_task,
+        )
+        run_fn_ref = ray.put(self.run_fn)
+        chunks = [cells[i:i + self.chunk_size] for i in range(0, len(cells), self.chunk_size)]
+        pending: dict[Any, tuple[list[Cell], int]] = {}
+        for chunk in chunks:
+            pending[task.remote(run_fn_ref, chunk, self.threads)] = (chunk, 0)
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                chunk, resubmitted = pending.pop(ref)
+                try:
+                    results = ray.get(ref)
+                except ray.exceptions.RayTaskError as err:
+                    # the task body itself raised (e.g. run_fn could not be unpickled there)
+                    for cell in chunk:
+                        yield cell.id, CellResult("failed", [], {}, error=f"Ray task error: {err}")
+                    continue
+                except ray.exceptions.RayError as err:
+                    # worker or node lost and Ray's own retries used up: submit again
+                    if resubmitted < self.resubmits:
+                        pending[task.remote(run_fn_ref, chunk, self.threads)] = (chunk, resubmitted + 1)
+                        continue
+                    for cell in chunk:
+                        yield cell.id, CellResult("failed", [], {}, error=f"worker lost: {type(err).__name__}: {err}")
+                    continue
+                yield from results
+
+    def close(self) -> None:
+        if self._owns_ray and self.ray.is_initialized():
+            self.ray.shutdown()
+        self._owns_ray = False

@@ -1,0 +1,510 @@
+"""Sweep specs: a grid over dotted config keys, expanded into validated cells.
+
+A sweep config is an ordinary run config (see :mod:`catapult.config`) plus a top-level
+``sweep:`` section. Every other key is the *base* config that all cells share::
+
+    name: phase_digits
+    model: {name: mlp, width: 64, depth: 3, parametrization: sp}
+    optimizer: {name: sgd}
+    train: {steps: 300}
+    sweep:
+      grid:                                   # cartesian product, first key varies slowest
+        optimizer.lr: {log2_over_lambda0: [0, 6]}       # "2^0/lambda0" ... "2^6/lambda0"
+        schedule.warmup_steps: {log2: [0, 8, 2]}          # 1, 4, 16, 64, 256
+        model.activation: [relu, tanh]                    # an explicit list
+      seeds: [0, 1]                           # shorthand for a last axis `seed: [0, 1]`
+
+Axis values (each axis is one dotted config key -> one of):
+
+=============================================  ==============================================
+``[v1, v2, ...]``                              the values as listed (any type the key accepts)
+``{log2: [start, stop]}`` or                   ``2^x`` for ``x = start, start+step, ..., stop``
+``{log2: [start, stop, step]}``                (stop inclusive; step default 1); integral
+                                               powers >= 1 are ints, so integer keys work
+``{log2_over_lambda0: [start, stop(, step)]}`` the strings ``"2^x/lambda0"``: the paper's
+                                               ``lr_trgt = 2^x / lambda_0`` (lambda_0 = the
+                                               sharpness at init, measured once per
+                                               architecture, seed and data and cached)
+``{range: [start, stop(, step)]}``             ``start, start+step, ..., stop`` (inclusive)
+=============================================  ==============================================
+
+``start``/``stop``/``step`` may also be given as a mapping ``{start: 0, stop: 8, step: 2}``.
+Each axis also carries *labels* in the config's own units (``2^3``, ``2^3/λ0``), used on plot
+axes and in reports.
+
+:func:`load_sweep` reads such a file and applies ``key=value`` overrides (base keys as for
+``catapult train``; ``sweep.seeds=[0,1,2]`` and ``sweep.grid.<dotted key>=<axis>`` change the
+sweep), :func:`expand` validates *every* cell with :func:`catapult.config.validate` before any
+work and raises one :class:`~catapult.config.ConfigError` naming each bad cell and key.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import yaml
+
+from catapult import config as cfg
+
+__all__ = [
+    "Axis",
+    "SweepSpec",
+    "CellSpec",
+    "parse_sweep",
+    "load_sweep",
+    "expand",
+    "spec_document",
+    "canonical_json",
+    "spec_hash",
+    "set_dotted",
+    "get_dotted",
+    "diff_documents",
+    "AXIS_FORMS",
+]
+
+#: The mapping forms an axis may take (besides a plain list).
+AXIS_FORMS = ("log2", "log2_over_lambda0", "range")
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def canonical_json(value: Any) -> str:
+    """Deterministic JSON: sorted keys, no whitespace, tuples as lists (what spec hashes are of)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=True, default=str)
+
+
+def get_dotted(mapping: Mapping[str, Any], key: str) -> Any:
+    """``mapping["a"]["b"]`` for ``key = "a.b"`` (``KeyError`` if absent)."""
+    node: Any = mapping
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def set_dotted(mapping: dict, key: str, value: Any) -> None:
+    """Set ``mapping["a"]["b"] = value`` for ``key = "a.b"``, creating sections as needed."""
+    *sections, leaf = key.split(".")
+    node = mapping
+    for part in sections:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[leaf] = value
+
+
+def _fmt_number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+# --------------------------------------------------------------------------------------------
+# Axes
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One swept config key.
+
+    ``key`` is the dotted config key (``"optimizer.lr"``); ``values`` the config values of the
+    cells, in order; ``labels`` the same values in the config's own units (``"2^3/λ0"``), for
+    plots; ``form`` how the axis was written (``"list"``, ``"log2"``, ``"log2_over_lambda0"``,
+    ``"range"``); ``exponents`` the ``x`` of ``2^x`` for log axes (else ``None``).
+    """
+
+    key: str
+    values: tuple
+    labels: tuple[str, ...]
+    form: str = "list"
+    exponents: tuple[float, ...] | None = None
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    @property
+    def title(self) -> str:
+        """Axis title for a figure, in the config's units."""
+        if self.form == "log2_over_lambda0":
+            return f"{self.key}  (2^x / λ0)"
+        if self.form == "log2":
+            return f"{self.key}  (2^x)"
+        return self.key
+
+    def label_of(self, value: Any) -> str:
+        """The label of one of this axis's values."""
+        for v, lab in zip(self.values, self.labels):
+            if v == value:
+                return lab
+        return str(value)
+
+
+def _arange(bounds: Any, where: str) -> list[float]:
+    """Inclusive ``start, start+step, ..., stop`` from ``[start, stop(, step)]`` or a mapping."""
+    if isinstance(bounds, Mapping):
+        unknown = set(bounds) - {"start", "stop", "step"}
+        if unknown or "start" not in bounds or "stop" not in bounds:
+            raise ValueError(f"{where}: expected {{start: a, stop: b, step: s}} (step optional), got {bounds!r}")
+        start, stop, step = bounds["start"], bounds["stop"], bounds.get("step", 1)
+    elif isinstance(bounds, (list, tuple)) and len(bounds) in (2, 3):
+        start, stop, step = (list(bounds) + [1])[:3]
+    else:
+        raise ValueError(f"{where}: expected [start, stop] or [start, stop, step], got {bounds!r}")
+    try:
+        start, stop, step = (cfg._as_float(v, "a number") for v in (start, stop, step))
+    except ValueError:
+        raise ValueError(f"{where}: start, stop and step must be numbers, got {bounds!r}") from None
+    if not all(math.isfinite(v) for v in (start, stop, step)) or step <= 0:
+        raise ValueError(f"{where}: step must be a finite number > 0, got {bounds!r}")
+    if stop < start:
+        raise ValueError(f"{where}: stop ({_fmt_number(stop)}) is below start ({_fmt_number(start)})")
+    count = int(math.floor((stop - start) / step + 1e-9)) + 1
+    if count > 100_000:
+        raise ValueError(f"{where}: {count} values is too many for one axis")
+    return [start + i * step for i in range(count)]
+
+
+def _power_of_two(x: float) -> float | int:
+    value = 2.0 ** x
+    return int(value) if x >= 0 and float(x).is_integer() else value
+
+
+def _parse_axis(key: str, raw: Any) -> Axis:
+    where = f"sweep.grid.{key}"
+    if isinstance(raw, (list, tuple)):
+        if not raw:
+            raise ValueError(f"{where}: the list of values is empty")
+        values = tuple(raw)
+        return Axis(key, values, tuple(_value_label(v) for v in values), "list")
+    if isinstance(raw, Mapping):
+        if len(raw) != 1 or next(iter(raw)) not in AXIS_FORMS:
+            raise ValueError(f"{where}: expected a list of values or one of "
+                             + ", ".join(f"{{{form}: [start, stop, step]}}" for form in AXIS_FORMS)
+                             + f", got {raw!r}")
+        form, bounds = next(iter(raw.items()))
+        xs = _arange(bounds, f"{where}.{form}")
+        if form == "range":
+            values = tuple(int(x) if float(x).is_integer() else x for x in xs)
+            return Axis(key, values, tuple(_fmt_number(v) for v in values), "range")
+        if form == "log2":
+            values = tuple(_power_of_two(x) for x in xs)
+            return Axis(key, values, tuple(f"2^{_fmt_number(x)}" for x in xs), "log2", tuple(xs))
+        # log2_over_lambda0: only learning rates understand the "c/lambda0" grammar
+        values = tuple(f"2^{_fmt_number(x)}/lambda0" for x in xs)
+        return Axis(key, values, tuple(f"2^{_fmt_number(x)}/λ0" for x in xs), form, tuple(xs))
+    raise ValueError(f"{where}: expected a list of values or a mapping like {{log2: [0, 8]}}, got {raw!r}")
+
+
+_RELATIVE_LR = re.compile(r"^\s*(?P<c>[^/]+?)\s*/\s*lambda_?0\s*$", re.IGNORECASE)
+
+
+def _value_label(value: Any) -> str:
+    if isinstance(value, str):
+        m = _RELATIVE_LR.match(value)
+        return f"{m['c'].replace(' ', '')}/λ0" if m else value
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+# --------------------------------------------------------------------------------------------
+# The spec
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A parsed ``sweep:`` section: ``axes`` in order (the ``seeds`` shorthand is the last
+    axis, key ``seed``) and ``raw``, the section as normalized plain data (what is stored and
+    hashed)."""
+
+    axes: tuple[Axis, ...]
+    raw: dict = field(default_factory=dict)
+
+    @property
+    def keys(self) -> list[str]:
+        """The swept dotted keys, in axis order."""
+        return [axis.key for axis in self.axes]
+
+    @property
+    def size(self) -> int:
+        """Number of cells: the product of the axis lengths."""
+        return math.prod(len(axis) for axis in self.axes) if self.axes else 1
+
+    def axis(self, key: str) -> Axis:
+        for axis in self.axes:
+            if axis.key == key:
+                return axis
+        raise KeyError(f"{key!r} is not swept; swept keys: {', '.join(self.keys) or '(none)'}")
+
+
+def parse_sweep(section: Any) -> SweepSpec:
+    """Parse a ``sweep:`` mapping (``grid`` and/or ``seeds``) into a :class:`SweepSpec`.
+
+    Axis keys must be config keys (checked against :data:`catapult.config.SCHEMA`); values are
+    checked later, cell by cell, by :func:`expand`. Raises :class:`~catapult.config.ConfigError`
+    listing every problem with its ``sweep.*`` key.
+    """
+    problems: list[tuple[str, str]] = []
+    if section is None:
+        section = {}
+    if not isinstance(section, Mapping):
+        raise cfg.ConfigError([("sweep", f"expected a mapping with keys grid and seeds, got {section!r}")])
+    for key in section:
+        if key not in ("grid", "seeds"):
+            import difflib
+
+            match = difflib.get_close_matches(str(key), ["grid", "seeds"], n=1, cutoff=0.6)
+            hint = f" (did you mean 'sweep.{match[0]}'?)" if match else ""
+            problems.append((f"sweep.{key}", f"unknown key{hint}; valid keys here: grid, seeds"))
+    grid = section.get("grid") or {}
+    if not isinstance(grid, Mapping):
+        problems.append(("sweep.grid", f"expected a mapping of dotted config keys to values, got {grid!r}"))
+        grid = {}
+    axes: list[Axis] = []
+    raw_grid: dict[str, Any] = {}
+    for key, raw in grid.items():
+        key = str(key)
+        try:
+            option = cfg.get(key)
+        except KeyError:
+            problems.append((f"sweep.grid.{key}", _unknown_key(key)))
+            continue
+        del option
+        if key == "seed" and "seeds" in section:
+            problems.append((f"sweep.grid.{key}", "seed is swept by sweep.seeds; give it only once"))
+            continue
+        try:
+            axis = _parse_axis(key, raw)
+        except ValueError as err:
+            msg = str(err)
+            problems.append((f"sweep.grid.{key}", msg.split(": ", 1)[1] if msg.startswith("sweep.grid.") else msg))
+            continue
+        if axis.form == "log2_over_lambda0" and key != "optimizer.lr":
+            problems.append((f"sweep.grid.{key}", "log2_over_lambda0 gives learning rates \"2^x/lambda0\"; "
+                                                  "only optimizer.lr accepts them"))
+            continue
+        axes.append(axis)
+        raw_grid[key] = _plain(raw)
+    raw_out: dict[str, Any] = {"grid": raw_grid}
+    if "seeds" in section:
+        seeds = section["seeds"]
+        if not isinstance(seeds, (list, tuple)) or not seeds:
+            problems.append(("sweep.seeds", f"expected a non-empty list of integer seeds, got {seeds!r}"))
+        else:
+            axes.append(Axis("seed", tuple(seeds), tuple(str(s) for s in seeds), "list"))
+            raw_out["seeds"] = list(seeds)
+    for axis in axes:
+        if len(set(map(canonical_json, axis.values))) != len(axis.values):
+            problems.append((f"sweep.grid.{axis.key}" if axis.key != "seed" or "seeds" not in raw_out
+                             else "sweep.seeds", f"repeats a value: {list(axis.values)!r}"))
+    if problems:
+        raise cfg.ConfigError(problems)
+    return SweepSpec(tuple(axes), raw_out)
+
+
+def _unknown_key(key: str) -> str:
+    import difflib
+
+    leaves = cfg._leaf_keys()
+    match = difflib.get_close_matches(key, leaves, n=1, cutoff=0.6)
+    hint = f" (did you mean {match[0]!r}?)" if match else ""
+    return f"{key!r} is not a config key{hint}; a grid sweeps dotted config keys such as optimizer.lr"
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Loading a sweep config
+
+
+def _split_overrides(overrides: Iterable[str]) -> tuple[list[str], list[tuple[str, Any]]]:
+    base, sweep = [], []
+    for text in overrides:
+        key = text.split("=", 1)[0].strip()
+        if key == "sweep" or key.startswith("sweep."):
+            sweep.append(cfg.parse_override(text))
+        else:
+            base.append(text)
+    return base, sweep
+
+
+def _apply_sweep_overrides(section: dict, overrides: Sequence[tuple[str, Any]]) -> dict:
+    section = copy.deepcopy(section)
+    problems = []
+    for key, value in overrides:
+        if key == "sweep.seeds":
+            section["seeds"] = value
+        elif key.startswith("sweep.grid.") and len(key) > len("sweep.grid."):
+            section.setdefault("grid", {})
+            if section["grid"] is None:
+                section["grid"] = {}
+            section["grid"][key[len("sweep.grid."):]] = value
+        else:
+            problems.append((key, "a sweep override is sweep.seeds=[...] or sweep.grid.<dotted key>=<values>"))
+    if problems:
+        raise cfg.ConfigError(problems)
+    return section
+
+
+def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> tuple[dict, SweepSpec]:
+    """Read a sweep config: ``(base_config, spec)``.
+
+    The base config (everything but ``sweep:``) gets the non-``sweep.`` overrides and is
+    validated like a ``catapult train`` config (``name`` defaults to the file's stem); the
+    ``sweep:`` section gets the ``sweep.*`` overrides. Raises :class:`~catapult.config.ConfigError`.
+    Cells are validated by :func:`expand`.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise cfg.ConfigError([("<file>", f"config file not found: {path}")]) from None
+    except OSError as err:
+        raise cfg.ConfigError([("<file>", f"cannot read config file {path}: {err.strerror}")]) from None
+    try:
+        mapping = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise cfg.ConfigError([("<file>", f"{path} is not valid YAML: {err}")]) from None
+    if not isinstance(mapping, dict):
+        raise cfg.ConfigError([("<file>", f"{path} must hold a mapping of keys, got {type(mapping).__name__}")])
+    base_overrides, sweep_overrides = _split_overrides(overrides)
+    section = mapping.pop("sweep", None)
+    if section is not None and not isinstance(section, Mapping):
+        raise cfg.ConfigError([("sweep", f"expected a mapping with keys grid and seeds, got {section!r}")])
+    section = _apply_sweep_overrides(dict(section or {}), sweep_overrides)
+    problems: list[tuple[str, str]] = []
+    try:
+        spec = parse_sweep(section)
+    except cfg.ConfigError as err:
+        problems.extend(err.problems)
+        spec = None
+    base = None
+    try:
+        mapping = cfg.apply_overrides(mapping, base_overrides)
+        if mapping.get("name") is None:
+            mapping["name"] = re.sub(r"[^A-Za-z0-9_.+=-]", "_", path.stem) or "sweep"
+        base = cfg.validate(mapping)
+    except cfg.ConfigError as err:
+        problems.extend(err.problems)
+    if spec is not None:
+        overridden = {text.split("=", 1)[0].strip() for text in base_overrides}
+        for key in spec.keys:
+            if key in overridden:
+                problems.append((key, f"is swept by sweep.grid.{key}; override the axis instead "
+                                      f"(sweep.grid.{key}=[...])"))
+    if problems:
+        raise cfg.ConfigError(problems)
+    return base, spec
+
+
+# --------------------------------------------------------------------------------------------
+# Expansion
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """One grid point: ``id`` (0-based, grid order), ``config`` (validated, in the config's own
+    units, e.g. ``optimizer.lr = "2^3/lambda0"``) and ``swept`` (dotted key -> value)."""
+
+    id: int
+    config: dict
+    swept: dict
+
+
+def expand(base: Mapping[str, Any], spec: SweepSpec) -> list[CellSpec]:
+    """All cells of the grid, in order (first axis slowest), each validated.
+
+    Cell ``i`` is named ``<base name>-<i>``. Raises one :class:`~catapult.config.ConfigError`
+    listing every invalid cell, e.g. ``cell 3 (schedule.warmup_steps=0) schedule.warmup_steps:
+    ... out of range``, before any work starts.
+    """
+    cells: list[CellSpec] = []
+    problems: list[tuple[str, str]] = []
+    name = base.get("name") or "sweep"
+    for index, combo in enumerate(itertools.product(*(axis.values for axis in spec.axes))):
+        swept = {axis.key: value for axis, value in zip(spec.axes, combo)}
+        mapping = copy.deepcopy(dict(base))
+        for key, value in swept.items():
+            set_dotted(mapping, key, copy.deepcopy(value))
+        mapping["name"] = f"{name}-{index}"
+        try:
+            config = cfg.validate(mapping)
+        except cfg.ConfigError as err:
+            where = ", ".join(f"{k}={v}" for k, v in swept.items())
+            for key, msg in err.problems:
+                problems.append((f"cell {index} ({where}) {key}", msg))
+            continue
+        # keep the swept values as the config normalized them (e.g. 2000.0 -> 2000)
+        swept = {key: get_dotted(config, key) for key in swept}
+        cells.append(CellSpec(index, config, swept))
+    if problems:
+        if len(problems) > 20:
+            problems = problems[:20] + [("", f"... and {len(problems) - 20} more problems")]
+        raise cfg.ConfigError(problems)
+    return cells
+
+
+def spec_document(base: Mapping[str, Any], spec: SweepSpec) -> dict:
+    """What identifies a sweep (stored, hashed, compared on resume): the validated base config
+    without its ``name`` (renaming the file changes no result) and the normalized ``sweep:``."""
+    base_doc = {k: v for k, v in _plain(base).items() if k != "name"}
+    return {"base": base_doc, "sweep": spec.raw}
+
+
+def spec_hash(document: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON of a spec document."""
+    return hashlib.sha256(canonical_json(document).encode()).hexdigest()
+
+
+def _flatten_document(document: Mapping[str, Any]) -> dict[str, Any]:
+    """``{dotted key: value}`` for a spec document: base config keys as ``optimizer.lr``,
+    axes as ``sweep.grid.<key>`` (their specs are leaves), ``sweep.seeds``."""
+    flat: dict[str, Any] = {}
+
+    def walk(node: Mapping[str, Any], prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, Mapping) and value:
+                walk(value, f"{prefix}{key}.")
+            else:
+                flat[f"{prefix}{key}"] = value
+
+    walk(document.get("base", {}), "")
+    sweep = document.get("sweep", {})
+    for key, value in (sweep.get("grid") or {}).items():
+        flat[f"sweep.grid.{key}"] = value
+    if "seeds" in sweep:
+        flat["sweep.seeds"] = sweep["seeds"]
+    return flat
+
+
+def diff_documents(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """The differences between two spec documents (:func:`spec_document`), one line per key:
+    ``"optimizer.momentum: 0.0 -> 0.9"``, ``"sweep.grid.model.width: added [64, 128]"``,
+    ``"sweep.seeds: removed (was [0, 1])"``."""
+    a, b = _flatten_document(old), _flatten_document(new)
+    lines = []
+    for key in list(a) + [k for k in b if k not in a]:
+        if key not in b:
+            lines.append(f"{key}: removed (was {_short(a[key])})")
+        elif key not in a:
+            lines.append(f"{key}: added {_short(b[key])}")
+        elif canonical_json(a[key]) != canonical_json(b[key]):
+            lines.append(f"{key}: {_short(a[key])} -> {_short(b[key])}")
+    return lines
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,251 @@
+"""The SQLite result store: resume semantics, spec changes, failures, lambda_0 cache, export."""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import sqlite3
+
+import pytest
+
+from catapult import config as cfg
+from catapult.store import EXPORT_COLUMNS, SpecChanged, Store, write_csv, write_parquet
+from catapult.sweep import parse_sweep, run_sweep
+from catapult.sweep.lambda0 import lambda0_key
+
+from sweep_fakes import FakeLambda0, FakeRun, fake_accuracy
+
+
+def _sweep(lrs=("2^-3/lambda0", "2^-2/lambda0", "2^0/lambda0"), warm=(1, 8), seeds=(0, 1), steps=4, **base):
+    config = cfg.validate({"name": "t", "train": {"steps": steps}, **base})
+    spec = parse_sweep({"grid": {"optimizer.lr": list(lrs), "schedule.warmup_steps": list(warm)}, "seeds": list(seeds)})
+    return config, spec
+
+
+def _run(config, spec, path, run_fn, lambda0_fn=None, **kw):
+    return run_sweep(config, spec, path, run_fn=run_fn, lambda0_fn=lambda0_fn or FakeLambda0(), progress="none", **kw)
+
+
+def test_results_are_stored_per_cell_with_final_best_and_per_step_metrics(tmp_path):
+    config, spec = _sweep()
+    fake, lam = FakeRun(diverge_above=1.0), FakeLambda0()
+    out = _run(config, spec, tmp_path / "s.db", fake, lam)
+    assert out.total == 12 and out.ran == 12 and out.mode == "new"
+    # lambda_0 measured once per seed (same architecture and data), not once per cell
+    assert sorted(lam.calls) == [0, 1]
+    with Store(tmp_path / "s.db", create=False) as store:
+        cells = store.cells()
+        assert len(cells) == 12
+        for cell in cells:
+            lam0 = 2.0 + cell["swept"]["seed"]
+            lr = cfg.resolve_lr(cell["swept"]["optimizer.lr"], lam0)
+            warm = cell["swept"]["schedule.warmup_steps"]
+            assert cell["lambda_0"] == lam0 and cell["lr_target"] == pytest.approx(lr, rel=1e-15)
+            assert cell["config"]["optimizer"]["lr"] == cell["swept"]["optimizer.lr"]  # config's own units
+            rows = store.metrics(cell["id"])
+            if lr * 8 / min(warm, 8) > 1.0:
+                assert cell["status"] == "diverged" and cell["diverged_at"] == 2
+                assert cell["train_loss"] == math.inf and cell["test_accuracy"] is None
+                assert [r["step"] for r in rows] == [0, 1, 2]
+            else:
+                assert cell["status"] == "finished"
+                assert cell["test_accuracy"] == fake_accuracy(lr, warm, cell["swept"]["seed"])
+                assert cell["train_loss"] == pytest.approx(1 / (1 + 4 * lr))
+                assert cell["best_train_loss"] == cell["train_loss"]
+                assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
+                assert rows[4]["test_loss"] == pytest.approx(0.1 + lr) and rows[3]["test_loss"] is None
+        assert {c["status"] for c in cells} == {"finished", "diverged"}
+        assert store.get_lambda0(lambda0_key(cells[0]["config"])) == 2.0
+
+
+def test_rerun_never_recomputes_finished_or_diverged_cells(tmp_path):
+    config, spec = _sweep()
+    first = FakeRun()
+    _run(config, spec, tmp_path / "s.db", first)
+    with Store(tmp_path / "s.db", create=False) as store:
+        before = store.cells()
+    again, lam = FakeRun(), FakeLambda0()
+    out = _run(config, spec, tmp_path / "s.db", again, lam)
+    assert again.calls == [] and lam.calls == [] and out.ran == 0 and out.mode == "resumed"
+    with Store(tmp_path / "s.db", create=False) as store:
+        assert store.cells() == before
+
+
+def test_interrupted_cells_are_redone_and_only_they(tmp_path):
+    config, spec = _sweep()
+
+    class Interrupt(FakeRun):
+        def __call__(self, config, progress=None):
+            if len(self.calls) == 5:
+                raise KeyboardInterrupt  # the process is stopped mid-cell
+            return super().__call__(config, progress)
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(config, spec, tmp_path / "s.db", Interrupt())
+    with Store(tmp_path / "s.db", create=False) as store:
+        counts = store.counts()
+        done_ids = store.cell_ids(("finished", "diverged"))
+    assert len(done_ids) == 5 and counts["running"] == 7
+    resume = FakeRun()
+    out = _run(config, spec, tmp_path / "s.db", resume)
+    redone = sorted(c["name"] for c in resume.calls)
+    assert redone == sorted(f"t-{i}" for i in range(12) if i not in done_ids)
+    assert out.counts["finished"] + out.counts["diverged"] == 12 and out.reused == 5
+
+
+def test_a_failing_cell_is_recorded_and_the_sweep_goes_on_then_retried(tmp_path):
+    config = cfg.validate({"name": "t", "train": {"steps": 3}})
+    spec = parse_sweep({"grid": {"schedule.lr_init": [0.0, 0.01, 0.02], "optimizer.lr": [0.01]}})
+    out = _run(config, spec, tmp_path / "s.db", FakeRun(fail_lr_init=0.01))
+    assert out.counts == {"pending": 0, "running": 0, "finished": 2, "diverged": 0, "failed": 1}
+    with Store(tmp_path / "s.db", create=False) as store:
+        failed = store.cell(1)
+        assert failed["status"] == "failed"
+        assert failed["error"].startswith("RuntimeError: boom: injected failure")
+        assert "Traceback" in failed["error"] and store.metrics(1) == []
+    # failures are not results: a rerun retries only the failed cell
+    retry = FakeRun()
+    out = _run(config, spec, tmp_path / "s.db", retry)
+    assert [c["schedule"]["lr_init"] for c in retry.calls] == [0.01]
+    assert out.counts["finished"] == 3
+    with Store(tmp_path / "s.db", create=False) as store:
+        assert store.cell(1)["error"] is None and store.cell(1)["attempts"] == 2
+
+
+def test_a_changed_spec_is_refused_with_what_changed(tmp_path):
+    config, spec = _sweep()
+    _run(config, spec, tmp_path / "s.db", FakeRun())
+    changed_config, changed_spec = _sweep(lrs=("2^-3/lambda0", "2^1/lambda0"), steps=5)
+    fake = FakeRun()
+    with pytest.raises(SpecChanged) as info:
+        _run(changed_config, changed_spec, tmp_path / "s.db", fake)
+    assert fake.calls == []
+    assert info.value.changes == [
+        "train.steps: 4 -> 5",
+        'sweep.grid.optimizer.lr: ["2^-3/lambda0", "2^-2/lambda0", "2^0/lambda0"] -> ["2^-3/lambda0", "2^1/lambda0"]',
+    ]
+    assert "new --store path" in str(info.value)
+    with Store(tmp_path / "s.db", create=False) as store:  # untouched
+        assert store.counts()["finished"] + store.counts()["diverged"] == 12
+
+
+def test_lambda0_failure_fails_only_its_cells(tmp_path):
+    config, spec = _sweep(seeds=(0, 1))
+
+    def lambda0_fn(config):
+        if config["seed"] == 1:
+            return float("nan")
+        return 2.0
+
+    out = _run(config, spec, tmp_path / "s.db", FakeRun(), lambda0_fn)
+    assert out.counts["failed"] == 6
+    with Store(tmp_path / "s.db", create=False) as store:
+        for cell in store.cells():
+            if cell["swept"]["seed"] == 1:
+                assert cell["status"] == "failed" and "lambda_0 = nan" in cell["error"]
+            else:
+                assert cell["status"] in ("finished", "diverged")
+
+
+def test_every_result_is_committed_at_once(tmp_path):
+    """A reader sees each cell the moment it is recorded (so kill -9 cannot lose it)."""
+    config, spec = _sweep()
+    seen = []
+
+    class Peek(FakeRun):
+        def __call__(self, config, progress=None):
+            conn = sqlite3.connect(tmp_path / "s.db")
+            seen.append(conn.execute("SELECT COUNT(*) FROM cells WHERE status IN ('finished','diverged')").fetchone()[0])
+            conn.close()
+            return super().__call__(config, progress)
+
+    _run(config, spec, tmp_path / "s.db", Peek())
+    assert seen == list(range(12))
+
+
+def test_not_a_store_is_a_clear_error(tmp_path):
+    from catapult.store import StoreError
+
+    bogus = tmp_path / "x.db"
+    bogus.write_text("hello, not sqlite " * 100)
+    with pytest.raises(StoreError, match="not a catapult sweep store"):
+        Store(bogus, create=False)
+    with pytest.raises(FileNotFoundError):
+        Store(tmp_path / "missing.db", create=False)
+
+
+# ---- export
+
+
+def _exported_store(tmp_path):
+    config, spec = _sweep(steps=3)
+    _run(config, spec, tmp_path / "s.db", FakeRun())
+    return tmp_path / "s.db"
+
+
+def test_export_csv_has_one_row_per_cell_and_the_documented_columns(tmp_path):
+    path = _exported_store(tmp_path)
+    with Store(path, create=False) as store:
+        write_csv(store, tmp_path / "out.csv")
+        cells = store.cells()
+    with open(tmp_path / "out.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+        fh.seek(0)
+        header = next(csv.reader(fh))
+    assert header == ["cell_id", "optimizer.lr", "schedule.warmup_steps", "seed", *EXPORT_COLUMNS]
+    for needed in ("status", "train_loss", "test_loss", "test_accuracy"):
+        assert needed in header
+    assert len(rows) == len(cells) == 12
+    for row, cell in zip(rows, cells):
+        assert int(row["cell_id"]) == cell["id"]
+        assert row["optimizer.lr"] == cell["swept"]["optimizer.lr"]
+        assert int(row["schedule.warmup_steps"]) == cell["swept"]["schedule.warmup_steps"]
+        assert row["status"] == cell["status"]
+        assert float(row["train_loss"]) == cell["train_loss"]  # exact round trip
+        if cell["status"] == "finished":
+            assert float(row["test_accuracy"]) == cell["test_accuracy"]
+            assert float(row["test_loss"]) == cell["test_loss"]
+        else:
+            assert row["test_accuracy"] == "" and row["train_loss"] == "inf"
+
+
+def test_export_parquet_matches_csv(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    path = _exported_store(tmp_path)
+    with Store(path, create=False) as store:
+        write_parquet(store, tmp_path / "out.parquet")
+        cells = store.cells()
+    table = pq.read_table(tmp_path / "out.parquet")
+    assert table.column_names == ["cell_id", "optimizer.lr", "schedule.warmup_steps", "seed", *EXPORT_COLUMNS]
+    data = table.to_pydict()
+    assert data["cell_id"] == [c["id"] for c in cells]
+    assert data["optimizer.lr"] == [c["swept"]["optimizer.lr"] for c in cells]
+    assert data["status"] == [c["status"] for c in cells]
+    assert data["test_accuracy"] == [c["test_accuracy"] for c in cells]
+    assert data["train_loss"] == [c["train_loss"] for c in cells]
+
+
+def test_export_parquet_without_pyarrow_says_how_to_get_it(tmp_path, monkeypatch):
+    import builtins
+
+    path = _exported_store(tmp_path)
+    real_import = builtins.__import__
+
+    def no_pyarrow(name, *args, **kwargs):
+        if name == "pyarrow" or name.startswith("pyarrow."):
+            raise ImportError("No module named 'pyarrow'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_pyarrow)
+    with Store(path, create=False) as store, pytest.raises(ImportError, match=r"catapult\[parquet\]"):
+        write_parquet(store, tmp_path / "out.parquet")
+
+
+def test_export_command_line(tmp_path, capsys):
+    from catapult.sweep.__main__ import main
+
+    path = _exported_store(tmp_path)
+    assert main(["export", str(path), "--out", str(tmp_path / "e.csv")]) == 0
+    assert (tmp_path / "e.csv").read_text().startswith("cell_id,optimizer.lr,")
+    assert main(["export", str(tmp_path / "nope.db"), "--out", str(tmp_path / "e.csv")]) == 2
+    assert "store not found" in capsys.readouterr().err
