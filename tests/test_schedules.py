@@ -292,6 +292,8 @@ def test_persistent_warmup_reaches_target_where_constant_lr_diverges(one_thread)
     assert pcw.searches == len(pcw.history) >= 3
     assert pcw.forward_passes == sum(h["forward_passes"] for h in pcw.history)
     assert all(h["step"] < 60 for h in pcw.history)
+    # warm-started re-searches: a few doublings instead of ~20 from lr_start = 1e-4
+    assert pcw.forward_passes / pcw.searches < 12
 
 
 def test_persistent_warmup_lr_mult_probe_and_state_dict():
@@ -343,3 +345,39 @@ def test_persistent_warmup_bad_arguments():
         schedules.PersistentCatapultWarmup(model, opt, _mse, 1.0)
     with pytest.raises(KeyError, match="lr"):
         schedules.PersistentCatapultWarmup(opt, model, _mse, 1.0).load_state_dict({})
+
+
+class _Point(torch.nn.Module):
+    def __init__(self, x):
+        super().__init__()
+        self.x = torch.nn.Parameter(torch.tensor(x, dtype=torch.float64))
+
+    def forward(self, inputs):
+        return self.x
+
+
+def _quadratic(out, A):
+    return 0.5 * out @ A @ out
+
+
+@pytest.mark.parametrize("warm_start", [True, False])
+def test_persistent_warmup_research_can_lower_the_lr(warm_start):
+    # first batch: A = I (lr_c = 2); second batch: lower loss but curvature 10 (lr_c = 0.2).
+    # A warm re-search starting at the old lower bound (~2) sees the loss rise at once and
+    # must fall back to a search from lr_start.
+    model = _Point([0.1, 1.0])
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    pcw = schedules.PersistentCatapultWarmup(opt, model, _quadratic, 100.0, warm_start=warm_start)
+    inputs = torch.zeros(1)
+    lr = pcw.step((inputs, torch.eye(2, dtype=torch.float64)))
+    assert 2.0 <= lr <= 1 + math.sqrt(1.1)
+    sharp = torch.diag(torch.tensor([10.0, 0.0], dtype=torch.float64))
+    lr = pcw.step((inputs, sharp))             # probe: 0.05 < 0.505 -> re-search
+    assert 0.2 <= lr <= (1 + math.sqrt(1.1)) / 10
+    assert pcw.searches == 2 and opt.param_groups[0]["lr"] == lr
+    first, second = pcw.history
+    assert pcw.forward_passes == first["forward_passes"] + second["forward_passes"] + 1
+    if warm_start:      # 2 wasted passes (L0 and the rise at the warm start) before the fallback
+        cold = schedules.PersistentCatapultWarmup(opt, model, _quadratic, 100.0, warm_start=False)
+        cold.step((inputs, sharp))
+        assert second["forward_passes"] == cold.history[0]["forward_passes"] + 2
