@@ -268,7 +268,8 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
     falls at ``lr_max``, ``lr_c = lower = upper = lr_max``. A non-finite trial loss counts as a
     rise. The returned lr is a *base* lr: a param group with ``lr_mult`` moves by
     ``lr * lr_mult * u`` (the convention of ``catapult.schedules.attach``), so the result can
-    be fed straight into a schedule.
+    be fed straight into a schedule; the groups' current ``lr`` values play no part (groups
+    with different lrs but no ``lr_mult`` all move with the same trial lr).
 
     The model is evaluated in its current mode (train/eval); every trial forward pass runs
     under ``torch.no_grad`` with the buffers and RNG state of the start, so dropout masks and

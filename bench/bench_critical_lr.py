@@ -1,0 +1,96 @@
+"""Critical-lr search and persistent catapult warmup: what they find and what they cost.
+
+Problem: f(x) = V relu(U x / sqrt(d)) / sqrt(width), width 256, 64 Gaussian inputs (d = 16),
+one-hot targets (4 classes), MSE 0.5 * mean, full-batch GD, float64, seeds 0..3.
+
+Reports, per seed:
+* SGD: lr_c from ``critical_lr`` against 2 / lambda_0 (lambda_0 = ``catapult.sharpness``);
+* Adam / GI-Adam first step: lr_c (delta = 0.01) and the pre-conditioned sharpness;
+* ``PersistentCatapultWarmup`` to lr_target = 200 (~4 lr_c; constant 200 diverges): steps to
+  reach the target, searches, forward passes, with and without warm-started re-searches.
+
+Run: .venv/bin/python bench/bench_critical_lr.py   (about 10 s on one CPU core)
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from catapult import critical_lr, preconditioned_sharpness, schedules, sharpness
+from catapult.optim import GIAdam
+
+
+def mse(out, y):
+    return 0.5 * ((out - y) ** 2).mean()
+
+
+class TwoLayer(torch.nn.Module):
+    def __init__(self, d, width, k):
+        super().__init__()
+        self.U = torch.nn.Parameter(torch.randn(width, d, dtype=torch.float64))
+        self.V = torch.nn.Parameter(torch.randn(k, width, dtype=torch.float64))
+
+    def forward(self, x):
+        return torch.relu(x @ self.U.T / self.U.shape[1] ** 0.5) @ self.V.T / self.V.shape[1] ** 0.5
+
+
+def problem(seed):
+    torch.manual_seed(seed)
+    x = torch.randn(64, 16, dtype=torch.float64)
+    y = torch.nn.functional.one_hot(torch.randint(0, 4, (64,)), 4).double()
+    return TwoLayer(16, 256, 4), (x, y)
+
+
+def gd(model, batch, steps, *, lr=None, pcw=None):
+    opt = pcw.optimizer if pcw is not None else torch.optim.SGD(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = mse(model(batch[0]), batch[1])
+        losses.append(loss.item())
+        if not math.isfinite(losses[-1]) or losses[-1] > 1e3 * losses[0]:
+            return "diverged", losses
+        opt.zero_grad()
+        loss.backward()
+        if pcw is not None:
+            pcw.step(batch, loss=loss)
+        opt.step()
+    return "finished", losses
+
+
+def main():
+    torch.set_num_threads(1)
+    print("| seed | lambda_0 | 2/lambda_0 | SGD lr_c | lr_c*lambda_0/2 | passes "
+          "| Adam lr_c | GI-Adam lr_c | ratio | Adam P-sharp | GI-Adam P-sharp |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for seed in range(4):
+        model, batch = problem(seed)
+        lam = sharpness(model, mse, batch, tol=1e-6).value
+        sgd = critical_lr(model, mse, batch, torch.optim.SGD(model.parameters(), lr=0.0))
+        adam_opt, gi_opt = torch.optim.Adam(model.parameters()), GIAdam(model.parameters())
+        adam = critical_lr(model, mse, batch, adam_opt, delta=0.01)
+        gi = critical_lr(model, mse, batch, gi_opt, delta=0.01)
+        p_adam = preconditioned_sharpness(model, mse, batch, adam_opt, tol=1e-6).value
+        p_gi = preconditioned_sharpness(model, mse, batch, gi_opt, tol=1e-6).value
+        print(f"| {seed} | {lam:.4g} | {2 / lam:.4g} | {sgd.lr:.4g} | {sgd.lr * lam / 2:.2f} "
+              f"| {sgd.forward_passes} | {adam.lr:.4g} | {gi.lr:.4g} | {gi.lr / adam.lr:.1f} "
+              f"| {p_adam:.4g} | {p_gi:.4g} |")
+    print()
+    print("| seed | constant lr 200 | warm start | reached at step | searches | forward passes "
+          "| passes/search | loss step 0 -> 120 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for seed in range(4):
+        status, _ = gd(*problem(seed), 120, lr=200.0)
+        for warm in (False, True):
+            model, batch = problem(seed)
+            pcw = schedules.PersistentCatapultWarmup(torch.optim.SGD(model.parameters(), lr=0.0),
+                                                     model, mse, 200.0, warm_start=warm)
+            _, losses = gd(model, batch, 120, pcw=pcw)
+            reached = pcw.history[-1]["step"] if pcw.done else "never"
+            print(f"| {seed} | {status} | {warm} | {reached} | {pcw.searches} "
+                  f"| {pcw.forward_passes} | {pcw.forward_passes / pcw.searches:.1f} "
+                  f"| {losses[0]:.3g} -> {losses[-1]:.3g} |")
+
+
+if __name__ == "__main__":
+    main()
