@@ -330,7 +330,7 @@ def test_threshold_unknown_optimizer_errors():
 # ---------------------------------------------------------------------------- pre-conditioned
 
 
-def dense_preconditioned(model, loss_fn, batch, optimizer, gi_adam=False):
+def dense_preconditioned(model, loss_fn, batch, optimizer, gi_adam=False, gi_v0=1.0):
     """lambda_max(P^-1/2 (H + wd I) P^-1/2) re-derived in NumPy from the optimizer state."""
     H, g = dense_hessian(model, loss_fn, batch)
     H, g = H.numpy(), g.numpy().copy()
@@ -347,7 +347,7 @@ def dense_preconditioned(model, loss_fn, batch, optimizer, gi_adam=False):
         v = np.concatenate([s["exp_avg_sq"].double().reshape(-1).numpy() for s in state])
     else:
         t = 0.0
-        v = g ** 2 if gi_adam else np.zeros_like(g)
+        v = gi_v0 * g ** 2 if gi_adam else np.zeros_like(g)
     v_next = b2 * v + (1 - b2) * g ** 2
     if group.get("amsgrad") and state[0]:
         v_max = np.concatenate([s["max_exp_avg_sq"].double().reshape(-1).numpy() for s in state])
@@ -435,10 +435,17 @@ def _gi_adam(params, **kwargs):
 
 @pytest.mark.parametrize("steps", [0, 2])
 @pytest.mark.parametrize("v_bias_correction", [True, False])
-def test_preconditioned_sharpness_gi_adam(steps, v_bias_correction):
+@pytest.mark.parametrize("v0", ["grad", 4.0])
+def test_preconditioned_sharpness_gi_adam(steps, v_bias_correction, v0):
     model, batch = tiny_mlp(seed=7, dtype=torch.float64)
-    opt = _gi_adam(model.parameters(), lr=0.01, v_bias_correction=v_bias_correction)
+    kwargs = dict(lr=0.01, v_bias_correction=v_bias_correction)
+    if v0 != "grad":
+        kwargs["v0"] = v0
+    opt = _gi_adam(model.parameters(), **kwargs)
     adam_steps(model, mse, batch, opt, steps)
     est = preconditioned_sharpness(model, mse, batch, opt, tol=1e-10)
-    exact = dense_preconditioned(model, mse, batch, opt, gi_adam=True)
+    exact = dense_preconditioned(model, mse, batch, opt, gi_adam=True,
+                                 gi_v0=1.0 if v0 == "grad" else v0)
     assert est.value == pytest.approx(exact, rel=1e-8)
+    if steps == 0:
+        assert not opt.state  # nothing created

@@ -75,7 +75,7 @@ class _KrylovBasis:
     actually used, without the copy a growing single matrix would need.
     """
 
-    def __init__(self, like: torch.Tensor, block: int = 8):
+    def __init__(self, like: torch.Tensor, block: int = 4):
         self.like = like
         self.block = block
         self.blocks: list[torch.Tensor] = []
@@ -97,9 +97,12 @@ class _KrylovBasis:
         self.blocks[i][r].copy_(q)
         self.size += 1
 
-    def last(self) -> torch.Tensor:
-        i, r = divmod(self.size - 1, self.block)
+    def row(self, index: int) -> torch.Tensor:
+        i, r = divmod(index, self.block)
         return self.blocks[i][r]
+
+    def last(self) -> torch.Tensor:
+        return self.row(self.size - 1)
 
     def coefficients(self, w: torch.Tensor) -> torch.Tensor:
         """Q w (one coefficient per basis vector)."""
@@ -137,13 +140,14 @@ def lanczos_top_eigenpair(
     *,
     tol: float = 1e-3,
     max_iter: int = 100,
-    max_basis: int = 32,
+    max_basis: int = 20,
 ) -> EigenEstimate:
     """Largest (algebraic) eigenvalue and its eigenvector of a symmetric operator ``A``.
 
-    Lanczos with full re-orthogonalisation (classical Gram-Schmidt, applied twice) and thick
-    restarts: from the unit start vector ``q_0 = v0/||v0||`` it builds an orthonormal Krylov basis
-    ``Q_m`` with ``A Q_m = Q_m T_m + beta_m q_m e_m^T``, ``T_m = Q_m^T A Q_m`` (tridiagonal, or
+    Lanczos with full re-orthogonalisation (the three-term step, then one classical
+    Gram-Schmidt pass against the whole basis) and thick restarts: from the unit start vector
+    ``q_0 = v0/||v0||`` it builds an orthonormal Krylov basis ``Q_m`` with
+    ``A Q_m = Q_m T_m + beta_m q_m e_m^T``, ``T_m = Q_m^T A Q_m`` (tridiagonal, or
     arrow-plus-tridiagonal after a restart). The Ritz pair ``(theta, v = Q_m s)`` from the top
     eigenpair ``(theta, s)`` of ``T_m`` has eigen-residual ``||A v - theta v|| = |beta_m s_m|``,
     read off the recurrence at no extra matvec. It stops when
@@ -202,12 +206,18 @@ def lanczos_top_eigenpair(
         if w.shape != q.shape:
             raise ValueError(f"matvec returned shape {tuple(w.shape)}, expected {tuple(q.shape)}")
         w = w.to(q.dtype).clone()
-        # Full re-orthogonalisation, twice ("twice is enough"); h[j] is alpha_j.
+        # Lanczos step: subtract the known couplings T[i, j] (beta_{j-1} q_{j-1}, or after a
+        # restart the kept Ritz vectors), then alpha_j q_j ...
+        for i in np.flatnonzero(T[:j, j]):
+            w.add_(basis.row(int(i)), alpha=-float(T[i, j]))
+        alpha_t = torch.dot(q, w)
+        w.add_(q, alpha=-alpha_t)
+        # ... then one classical Gram-Schmidt pass against the whole basis (full
+        # re-orthogonalisation; w is already nearly orthogonal, so one pass suffices and each
+        # iteration reads the basis only twice -- at ~20 vectors that costs about one HVP).
         h = basis.coefficients(w)
         basis.subtract(w, h)
-        h2 = basis.coefficients(w)
-        basis.subtract(w, h2)
-        alpha_t = h[j] + h2[j]
+        alpha_t = alpha_t + h[j]
         beta_t = torch.linalg.vector_norm(w)
         alpha, beta = torch.stack([alpha_t, beta_t.to(alpha_t.dtype)]).tolist()  # one sync
         if not (math.isfinite(alpha) and math.isfinite(beta)):
@@ -228,12 +238,11 @@ def lanczos_top_eigenpair(
         q_next = w.div_(beta)
         if basis.size == capacity:
             # Thick restart: keep the top `keep` Ritz vectors Y = Q S_k; then
-            # A Y = Y diag(theta_k) + beta q_next (S_k[-1])^T, so q_next couples to Y via beta*S_k[-1].
+            # A Y = Y diag(theta_k) + beta q_next S_k[-1]^T: q_next couples to Y via beta S_k[-1].
             order = np.argsort(ritz_values)[::-1][:keep]
             S_k = torch.as_tensor(np.ascontiguousarray(ritz_vectors[:, order]), dtype=q.dtype,
                                   device=q.device)
             Y = basis.combine(S_k)
-            q_next = q_next.clone()  # it may alias a block that reset() overwrites
             basis.reset(Y)
             del Y
             basis.append(q_next)
@@ -244,9 +253,8 @@ def lanczos_top_eigenpair(
             basis.append(q_next)
             T[j + 1, j] = T[j, j + 1] = beta
 
-    if s is None:
-        vector = basis.last().clone() if math.isfinite(theta) else v0 / norm0
-        return EigenEstimate(theta, vector, matvecs, False, rel)
+    if s is None:  # the operator produced non-finite numbers
+        return EigenEstimate(float("nan"), v0 / norm0, matvecs, False, float("nan"))
     vector = basis.combine(torch.as_tensor(s, dtype=v0.dtype, device=v0.device))
     vector /= torch.linalg.vector_norm(vector)
     return EigenEstimate(theta, vector, matvecs, converged, rel)
@@ -449,7 +457,7 @@ def _check_solver_args(tol, max_iter):
 
 def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_iter: int = 100,
               dtype=None, init: torch.Tensor | None = None, hvp: str = "auto", seed: int = 0,
-              max_basis: int = 32) -> EigenEstimate:
+              max_basis: int = 20) -> EigenEstimate:
     """Sharpness ``lambda_max(H)``: the top eigenvalue of the Hessian of the loss on one batch.
 
     ``H = d^2 L / d theta^2`` with ``L = loss_fn(model(inputs), targets)``, ``batch = (inputs,
@@ -590,9 +598,15 @@ def _adam_preconditioner(optimizer, grad_flat: torch.Tensor, names, params,
             t = float(state["step"])
             v = state["exp_avg_sq"].detach().to(dtype)
             v_next = b2 * v + (1.0 - b2) * g * g
+        elif hasattr(optimizer, "initial_exp_avg_sq"):
+            # GI-Adam: v_0 from this gradient, as its first step would make it (v0="grad":
+            # v_0 = g^2, so v_1 = g^2; v0=a: a g^2; v0="random": its seeded random draw).
+            t = 0.0
+            v_first = optimizer.initial_exp_avg_sq(p, g, group).to(dtype)
+            v_next = b2 * v_first + (1.0 - b2) * g * g
         else:
             t = 0.0
-            # Adam: v_0 = 0.  GI-Adam: v_0 = g^2 of this gradient, so v_1 = g^2.
+            # Adam: v_0 = 0.  (A GI-Adam without initial_exp_avg_sq: v_0 = g^2.)
             v_next = g * g if gi_adam else (1.0 - b2) * g * g
         if group.get("amsgrad", False):
             v_max = state.get("max_exp_avg_sq")
@@ -612,14 +626,15 @@ def _adam_preconditioner(optimizer, grad_flat: torch.Tensor, names, params,
 def preconditioned_sharpness(model: torch.nn.Module, loss_fn, batch,
                              optimizer: torch.optim.Optimizer, *, tol: float = 1e-3,
                              max_iter: int = 100, dtype=None, init: torch.Tensor | None = None,
-                             hvp: str = "auto", seed: int = 0, max_basis: int = 32,
+                             hvp: str = "auto", seed: int = 0, max_basis: int = 20,
                              scale_by_group_lr: bool = False) -> EigenEstimate:
     """Pre-conditioned sharpness ``lambda_max(P^-1 H)`` for Adam, AdamW and GI-Adam.
 
     ``P`` is the diagonal preconditioner the optimizer's *next* step will apply, rebuilt from
     its state without changing it: with ``g`` the gradient of the loss on ``batch``, ``t =
     state["step"]`` (0 with no state yet), ``v = state["exp_avg_sq"]`` (0 with no state; for
-    GI-Adam with no state ``v_0 = g^2``, so ``v' = g^2``)::
+    GI-Adam with no state the ``v_0`` its first step would create from ``g``, via
+    ``optimizer.initial_exp_avg_sq``: ``v_0 = g^2`` by default, so ``v' = g^2``)::
 
         v' = b2 * v + (1 - b2) * g^2
         P  = (1 - b1^(t+1)) * (sqrt(v' / (1 - b2^(t+1))) + eps)

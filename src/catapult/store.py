@@ -14,6 +14,7 @@ Schema (``SCHEMA_VERSION`` 1)::
           attempts INTEGER,                  -- how often the cell was handed to an executor
           lambda_0 REAL, lr_target REAL,     -- sharpness at init; absolute target lr
           train_loss, train_accuracy, test_loss, test_accuracy, sharpness REAL,  -- final values
+                                             -- (test values and sharpness only when finished)
           best_train_loss, best_test_loss, best_test_accuracy REAL,               -- best values
           steps_completed INTEGER, diverged_at INTEGER,
           summary_json TEXT,                 -- the engine's summary dict
@@ -324,7 +325,7 @@ class Store:
         summary = dict(getattr(result, "summary", None) or {})
         error = getattr(result, "error", None)
         worker = getattr(result, "worker", None)
-        final = _final_metrics(metrics)
+        final = _final_metrics(metrics, status)
         best = _best_metrics(metrics)
         if lambda_0 is None:
             lambda_0 = summary.get("lambda_0")
@@ -379,15 +380,18 @@ def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def _final_metrics(metrics: Sequence[Mapping[str, Any]]) -> dict:
-    """Final values: train loss/accuracy of the last logged row; test loss/accuracy and
-    sharpness from the last row that has them."""
+def _final_metrics(metrics: Sequence[Mapping[str, Any]], status: str) -> dict:
+    """Final values: train loss/accuracy of the last logged row; for a finished run also test
+    loss/accuracy and sharpness from the last row that has them (a diverged run has no final
+    test values: its last evaluation was before it blew up and would flatter it)."""
     out: dict[str, Any] = {}
     if not metrics:
         return out
     last = metrics[-1]
     out["train_loss"] = last.get("train_loss")
     out["train_accuracy"] = last.get("train_accuracy")
+    if status != "finished":
+        return out
     for key in ("test_loss", "test_accuracy", "sharpness"):
         for row in reversed(metrics):
             if row.get(key) is not None:

@@ -3,7 +3,8 @@
 ::
 
     catapult sweep CONFIG --store PATH [--executor local|ensemble|ray] [--ray-address ADDR]
-                   [--chunk-size N] [--threads N] [--dry-run] [key=value ...]
+                   [--chunk-size N] [--threads N] [--device D] [--progress MODE] [--dry-run]
+                   [key=value ...]
     catapult export STORE [--format csv|parquet] --out FILE
     catapult plot STORE [--metric test_accuracy] [--x KEY] [--y KEY] [--where KEY=VALUE ...]
                   [--cells ID ...] [--out PNG] [--trajectories-out PNG]
@@ -47,8 +48,6 @@ def register(subparsers) -> None:
                    help="Ray cluster to use (e.g. ray://head:10001 or auto; default: a local instance)")
     p.add_argument("--num-cpus", type=int, metavar="N", help="CPUs of a local Ray instance (default: all)")
     p.add_argument("--chunk-size", type=int, default=1, metavar="N", help="cells per Ray task (default 1)")
-    p.add_argument("--threads", type=int, metavar="N",
-                   help="torch threads per cell (default: torch's; 1 is fastest for small models on a busy CPU)")
     p.add_argument("--dry-run", action="store_true", help="validate and list the cells, run nothing")
     p.set_defaults(func=_sweep_command)
 
@@ -108,8 +107,11 @@ def _sweep_command(args: argparse.Namespace) -> int:
             print(f"  cell {c.id}: " + " ".join(f"{k}={v}" for k, v in c.swept.items()))
         return 0
     options: dict = {}
-    if args.threads is not None:
-        options["threads"] = args.threads
+    threads = getattr(args, "threads", None)  # --threads comes with cli.add_config_arguments
+    if threads is not None:
+        if threads < 1:
+            return _fail("sweep", f"--threads must be >= 1, got {threads}")
+        options["threads"] = threads  # per cell, in this process or in each Ray worker
     if args.executor == "ray":
         options.update(address=args.ray_address, num_cpus=args.num_cpus, chunk_size=args.chunk_size)
     elif args.ray_address or args.num_cpus or args.chunk_size != 1:

@@ -214,12 +214,19 @@ def run_sweep(
                     runnable.append(Cell(cell.id, resolve_cell_lr(cell.config, lam), dict(cell.swept), lam))
 
                 # ---- run and record, one transaction per result
-                store.mark_running([c.id for c in runnable])
                 report.started = time.perf_counter()  # ETA from cell throughput, not lambda_0 time
                 lambdas = {c.id: c.lambda_0 for c in runnable}
                 expected = set(lambdas)
                 ran_ids = []
-                for cell_id, result in engine.run(runnable):
+
+                def handed_out():
+                    # a cell becomes 'running' when the executor takes it (lazily: the local
+                    # executor takes one at a time, so 'running' is the cell being trained)
+                    for c in runnable:
+                        store.mark_running([c.id])
+                        yield c
+
+                for cell_id, result in engine.run(handed_out()):
                     if cell_id not in expected:
                         raise RuntimeError(f"executor {engine.name!r} returned cell {cell_id}, which it was "
                                            "not given or returned twice")

@@ -5,12 +5,15 @@ one in :mod:`catapult.sweep.ensemble`)::
 
     class MyExecutor(Executor):
         name = "mine"
-        def run(self, cells: Sequence[Cell]) -> Iterator[tuple[int, CellResult]]:
+        def run(self, cells: Iterable[Cell]) -> Iterator[tuple[int, CellResult]]:
             ...  # yield (cell.id, result) for every cell, in any order, as each finishes
 
-* ``cells``: :class:`Cell` objects: ``id`` (int), ``config`` (a validated run config whose
-  ``optimizer.lr`` is already an absolute number: the driver resolved ``"c/lambda0"`` with the
-  cached lambda_0), ``swept`` (dotted key -> value, for display) and ``lambda_0``.
+* ``cells``: an iterable of :class:`Cell` objects, consumed lazily: taking a cell from it marks
+  it ``running`` in the store (so take cells when you start them, or all at once with
+  ``list(cells)`` when you must group them first). A cell has ``id`` (int), ``config`` (a
+  validated run config whose ``optimizer.lr`` is already an absolute number: the driver
+  resolved ``"c/lambda0"`` with the cached lambda_0), ``swept`` (dotted key -> value, for
+  display) and ``lambda_0``.
 * A result is a :class:`CellResult` or anything with ``status`` (``"finished"``,
   ``"diverged"`` or ``"failed"``), ``metrics`` (per-step dicts, keys
   :data:`catapult.train.METRIC_COLUMNS`) and ``summary`` (dict, as ``RunResult.summary``);
@@ -34,7 +37,7 @@ import socket
 import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 __all__ = [
     "Cell",
@@ -155,7 +158,7 @@ class Executor:
     def __init__(self, run_fn: RunFn | None = None):
         self.run_fn = run_fn or default_run_fn
 
-    def run(self, cells: Sequence[Cell]) -> Iterator[tuple[int, CellResult]]:
+    def run(self, cells: Iterable[Cell]) -> Iterator[tuple[int, CellResult]]:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -177,7 +180,7 @@ class LocalExecutor(Executor):
         super().__init__(run_fn)
         self.threads = threads
 
-    def run(self, cells: Sequence[Cell]) -> Iterator[tuple[int, CellResult]]:
+    def run(self, cells: Iterable[Cell]) -> Iterator[tuple[int, CellResult]]:
         for cell in cells:
             yield cell.id, run_cell(self.run_fn, cell, self.threads)
 

@@ -17,7 +17,7 @@ catapult installed on every node (or pass ``init_kwargs={"runtime_env": ...}``).
 """
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from catapult.sweep.executors import Cell, CellResult, Executor, RunFn, run_cell
 
@@ -84,7 +84,7 @@ class RayExecutor(Executor):
         ray.init(**kwargs)
         self._owns_ray = True
 
-    def run(self, cells: Sequence[Cell]) -> Iterator[tuple[int, CellResult]]:
+    def run(self, cells: Iterable[Cell]) -> Iterator[tuple[int, CellResult]]:
         ray = self.ray
         cells = list(cells)
         if not cells:

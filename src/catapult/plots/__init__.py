@@ -1,0 +1,8 @@
+"""Figures. Each function takes plain metrics (lists of per-step dicts, as in
+``RunResult.metrics`` or a ``metrics.csv`` read back) and returns a matplotlib ``Figure``,
+saving it when given a path. No pyplot global state is used, so plotting works headless."""
+from __future__ import annotations
+
+from catapult.plots.trajectories import plot_run, plot_trajectories
+
+__all__ = ["plot_run", "plot_trajectories"]

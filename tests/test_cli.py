@@ -1,0 +1,101 @@
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from catapult import cli
+
+TINY = """\
+name: tiny_cli
+data: {name: digits, n_train: 100, n_test: 50}
+model: {width: 16, depth: 3, parametrization: mup}
+optimizer: {lr: 0.5}
+schedule: {warmup_steps: 4}
+train: {steps: 8}
+eval: {sharpness_every: 4, test_every: 4}
+"""
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY)
+    return path
+
+
+def test_help_lists_every_registered_command():
+    proc = subprocess.run([sys.executable, "-m", "catapult.cli", "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0
+    for module in cli.COMMANDS:
+        assert module.rsplit(".", 1)[-1] in proc.stdout
+    assert "train" in proc.stdout and "demo" in proc.stdout
+
+
+def test_train_end_to_end_writes_the_run_directory(tiny_config, tmp_path, capsys):
+    out = tmp_path / "out"
+    # overrides may come after options
+    code = cli.main(["train", str(tiny_config), "--out", str(out), "--progress", "none", "train.steps=6",
+                     "--threads", "1"])
+    assert code == 0
+    files = {p.name for p in out.iterdir()}
+    assert files == {"config.yaml", "metrics.csv", "summary.json", "trajectories.png"}
+    with open(out / "metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["step"]) for r in rows] == list(range(7))
+    assert [r["sharpness"] != "" for r in rows] == [True, False, False, False, True, False, True]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["steps"] == 6 and summary["name"] == "tiny_cli"
+    assert (out / "trajectories.png").read_bytes().startswith(b"\x89PNG")
+    assert "tiny_cli: finished" in capsys.readouterr().out
+
+
+def test_default_run_directory_is_runs_slash_name(tiny_config, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["train", str(tiny_config), "name=named", "train.steps=2", "--progress", "none"]) == 0
+    assert (tmp_path / "runs" / "named" / "metrics.csv").exists()
+
+
+@pytest.mark.parametrize("override, key, expected", [
+    ("optimizer.name=sdg", "optimizer.name", "allowed values: sgd, adam, adamw"),
+    ("model.widht=3", "model.widht", "did you mean 'model.width'"),
+    ("train.steps=-1", "train.steps", ">= 0"),
+    ("optimizer.lr=fast", "optimizer.lr", "lambda0"),
+    ("loss=l1", "loss", "mse, cross_entropy"),
+])
+def test_bad_config_exits_2_names_the_key_and_writes_nothing(tiny_config, tmp_path, capsys, override, key,
+                                                            expected):
+    out = tmp_path / "never"
+    code = cli.main(["train", str(tiny_config), override, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert key in err and expected in err
+    assert not out.exists()
+
+
+def test_bad_key_inside_the_file_and_missing_file(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TINY + "optimiser: {lr: 1}\n")
+    assert cli.main(["train", str(bad), "--out", str(tmp_path / "x")]) == 2
+    assert "optimiser" in capsys.readouterr().err
+    assert cli.main(["train", str(tmp_path / "missing.yaml")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_data_problems_found_at_setup_also_write_nothing(tiny_config, tmp_path, capsys):
+    out = tmp_path / "never"
+    code = cli.main(["train", str(tiny_config), "train.batch_size=1000", "--out", str(out)])
+    assert code == 2 and "train.batch_size" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_console_script_entry_point_is_installed():
+    exe = Path(sys.executable).parent / "catapult"
+    if not exe.exists():
+        pytest.skip("package not installed with its console script")
+    proc = subprocess.run([str(exe), "train", "nonexistent.yaml"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "not found" in proc.stderr

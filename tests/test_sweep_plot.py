@@ -1,0 +1,82 @@
+"""Phase diagrams from a store: the reduced grid (against the fake's closed form) and PNG files."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from catapult import config as cfg
+from catapult.plots.phase import phase_grid, plot_cell_trajectories, plot_phase_diagram
+from catapult.store import Store
+from catapult.sweep import parse_sweep, run_sweep
+
+from sweep_fakes import FakeLambda0, FakeRun, fake_accuracy
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("plot") / "s.db"
+    config = cfg.validate({"name": "p", "train": {"steps": 3}})
+    spec = parse_sweep({"grid": {"optimizer.lr": {"log2_over_lambda0": [-3, 0]},
+                                 "schedule.warmup_steps": {"log2": [0, 3]}}, "seeds": [0, 1]})
+    run_sweep(config, spec, path, run_fn=FakeRun(diverge_above=1.0), lambda0_fn=lambda c: 2.0, progress="none")
+    return path
+
+
+def test_phase_grid_places_means_and_marks_diverged_and_best(store_path):
+    with Store(store_path, create=False) as store:
+        grid = phase_grid(store.cells(), store.axes(), "test_accuracy")
+    assert (grid.x_key, grid.y_key) == ("optimizer.lr", "schedule.warmup_steps")
+    assert grid.x_labels == ["2^-3/λ0", "2^-2/λ0", "2^-1/λ0", "2^0/λ0"]
+    assert grid.y_labels == ["2^0", "2^1", "2^2", "2^3"]
+    assert grid.values.shape == (4, 4)
+    for i, warm in enumerate([1, 2, 4, 8]):
+        for j, x in enumerate([-3, -2, -1, 0]):
+            lr = 2.0 ** x / 2.0
+            if lr * 8 / warm > 1.0:  # the fake's divergence rule
+                assert grid.status[i][j] == "diverged" and np.isnan(grid.values[i, j])
+            else:
+                assert grid.status[i][j] == "ok"
+                want = np.mean([fake_accuracy(lr, warm, s) for s in (0, 1)])  # averaged over seeds
+                assert grid.values[i, j] == pytest.approx(want)
+                assert len(grid.members[i][j]) == 2
+    finite = np.where(np.isfinite(grid.values), grid.values, -np.inf)
+    assert grid.best == np.unravel_index(np.argmax(finite), finite.shape)
+    # warmup widens the stable range in the fake, as in the paper
+    stable = [sum(s == "ok" for s in row) for row in grid.status]
+    assert stable == sorted(stable) and stable[0] < stable[-1]
+
+
+def test_where_selects_a_seed_and_losses_are_minimised(store_path):
+    with Store(store_path, create=False) as store:
+        grid = phase_grid(store.cells(), store.axes(), "test_loss", where={"seed": 1})
+        with pytest.raises(ValueError, match="not a swept key"):
+            phase_grid(store.cells(), store.axes(), "test_loss", x="model.width")
+        with pytest.raises(ValueError, match="unknown metric"):
+            phase_grid(store.cells(), store.axes(), "accuracy")
+    assert all(len(m) == 1 for row in grid.members for m in row)
+    finite = np.where(np.isfinite(grid.values), grid.values, np.inf)
+    assert grid.best == np.unravel_index(np.argmin(finite), finite.shape)
+
+
+def test_plot_files_are_pngs(store_path, tmp_path):
+    with Store(store_path, create=False) as store:
+        grid = phase_grid(store.cells(), store.axes(), "test_accuracy")
+        plot_phase_diagram(grid, tmp_path / "phase.png")
+        plot_cell_trajectories({"a": store.metrics(0), "b": store.metrics(15)}, tmp_path / "traj.png",
+                               statuses={"b": store.cell(15)["status"]})
+    for name in ("phase.png", "traj.png"):
+        data = (tmp_path / name).read_bytes()
+        assert data.startswith(PNG) and len(data) > 5000
+
+
+def test_plot_command_writes_heatmap_and_trajectories(store_path, tmp_path, capsys):
+    from catapult.sweep.__main__ import main
+
+    out, traj = tmp_path / "h.png", tmp_path / "t.png"
+    assert main(["plot", str(store_path), "--metric", "train_loss", "--where", "seed=0", "--cells", "0", "5",
+                 "--out", str(out), "--trajectories-out", str(traj)]) == 0
+    assert out.read_bytes().startswith(PNG) and traj.read_bytes().startswith(PNG)
+    assert main(["plot", str(store_path), "--cells", "99", "--out", str(out), "--trajectories-out", str(traj)]) == 2
+    assert "no cells [99]" in capsys.readouterr().err

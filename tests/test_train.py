@@ -1,0 +1,181 @@
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from catapult import config as C
+from catapult.data import load_dataset
+from catapult.losses import mse
+from catapult.train import (METRIC_COLUMNS, BatchStream, build_model, read_metrics, run, seeds)
+
+
+def tiny(**sections):
+    """A seconds-long config: digits subset, small MLP, GD."""
+    cfg = {
+        "name": "tiny",
+        "data": {"name": "digits", "n_train": 120, "n_test": 60},
+        "model": {"width": 16, "depth": 3, "parametrization": "sp"},
+        "optimizer": {"lr": 0.05},
+        "train": {"steps": 12},
+        "eval": {"sharpness_every": 0, "test_every": 5},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            cfg.setdefault(key, {}).update(value)
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def test_full_batch_gd_matches_a_hand_written_loop_and_the_schedule():
+    cfg = tiny(schedule={"warmup_steps": 4, "lr_init": 0.0}, optimizer={"lr": 0.2})
+    result = run(cfg, progress="none")
+    assert result.status == "finished"
+    assert [r["step"] for r in result.metrics] == list(range(13))  # steps + 1 rows
+
+    # Independent re-derivation: same init, plain theta <- theta - lr_t * grad, lr_t by formula.
+    full = C.validate(cfg)
+    split = load_dataset("digits", n_train=120, n_test=60)
+    model = build_model(full, 64, 10)
+    losses, lrs = [], []
+    for t in range(13):
+        lr_t = 0.2 * min(1.0, (t + 1) / 4)
+        loss = mse(model(split.x_train), split.y_train)
+        losses.append(loss.item())
+        lrs.append(lr_t)
+        model.zero_grad()
+        loss.backward()
+        with torch.no_grad():
+            for p in model.parameters():
+                p -= lr_t * p.grad
+    np.testing.assert_allclose([r["train_loss"] for r in result.metrics], losses, rtol=1e-5)
+    np.testing.assert_allclose([r["lr"] for r in result.metrics], lrs, rtol=1e-12)
+    np.testing.assert_allclose([r["threshold"] for r in result.metrics], [2 / lr for lr in lrs], rtol=1e-12)
+
+
+def test_test_metrics_every_m_steps_and_at_the_end():
+    result = run(tiny(), progress="none")
+    tested = [r["step"] for r in result.metrics if r["test_loss"] is not None]
+    assert tested == [0, 5, 10, 12]
+    assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in result.metrics if r["test_loss"] is not None)
+    assert result.summary["final_test_loss"] == result.metrics[-1]["test_loss"]
+
+
+def test_sharpness_at_the_right_steps_and_lambda0_is_the_exact_top_hessian_eigenvalue():
+    cfg = tiny(model={"width": 8, "depth": 2}, data={"n_train": 40},
+               eval={"sharpness_every": 5, "sharpness_tol": 1e-6, "sharpness_max_iter": 300},
+               dtype="float64", train={"steps": 12})
+    result = run(cfg, progress="none")
+    measured = [r["step"] for r in result.metrics if r["sharpness"] is not None]
+    assert measured == [0, 5, 10, 12]
+    assert all(r["sharpness_matvecs"] is None for r in result.metrics if r["sharpness"] is None)
+
+    full = C.validate(cfg)
+    split = load_dataset("digits", n_train=40, n_test=60)
+    model = build_model(full, 64, 10, dtype=torch.float64)
+    x, y = split.x_train.double(), split.y_train
+    params = tuple(p.detach() for p in model.parameters())
+    names = [n for n, _ in model.named_parameters()]
+
+    def loss_of(*flat):
+        out = torch.func.functional_call(model, dict(zip(names, flat)), (x,))
+        return mse(out, y)
+
+    blocks = torch.autograd.functional.hessian(loss_of, params)
+    sizes = [p.numel() for p in params]
+    dense = torch.cat([torch.cat([blocks[i][j].reshape(sizes[i], sizes[j]) for j in range(len(params))], 1)
+                       for i in range(len(params))], 0)
+    exact = torch.linalg.eigvalsh(dense)[-1].item()
+    assert result.summary["lambda_0"] == pytest.approx(exact, rel=1e-6)
+    assert result.metrics[0]["sharpness"] == result.summary["lambda_0"]
+
+
+def test_lr_relative_to_lambda0_is_resolved_from_the_measurement():
+    result = run(tiny(optimizer={"lr": "2^3/lambda0"}), progress="none")
+    s = result.summary
+    assert s["lambda_0"] > 0 and s["lr_target"] == pytest.approx(8.0 / s["lambda_0"], rel=1e-12)
+    assert s["lr_target_times_lambda_0"] == pytest.approx(8.0)
+    # sharpness_every = 0 still measures lambda_0 (needed for the lr) but logs no sharpness
+    assert all(r["sharpness"] is None for r in result.metrics)
+
+
+def test_divergence_is_a_result_not_an_exception():
+    result = run(tiny(optimizer={"lr": 1e4}, train={"steps": 50}), progress="none")
+    assert result.status == "diverged"
+    s = result.summary
+    last = result.metrics[-1]
+    assert s["diverged_at"] == last["step"] < 50 and s["steps_completed"] == s["diverged_at"]
+    assert not math.isfinite(last["train_loss"]) or last["train_loss"] > 1000 * result.metrics[0]["train_loss"]
+    assert all(math.isfinite(r["train_loss"]) and r["train_loss"] <= 1000 * result.metrics[0]["train_loss"]
+               for r in result.metrics[:-1])
+    # a tighter factor stops earlier
+    early = run(tiny(optimizer={"lr": 1e4}, train={"steps": 50, "divergence_factor": 2}), progress="none")
+    assert early.status == "diverged" and early.summary["diverged_at"] <= s["diverged_at"]
+
+
+def test_cpu_runs_are_bit_for_bit_reproducible_and_sharpness_does_not_perturb_training():
+    cfg = tiny(train={"steps": 15, "batch_size": 32}, optimizer={"lr": 0.1, "momentum": 0.9},
+               eval={"sharpness_every": 3, "test_every": 4})
+    a = run(cfg, progress="none")
+    b = run(cfg, progress="none")
+    assert a.metrics == b.metrics  # exact equality, NaN-free
+    no_sharpness = run({**cfg, "eval": {"sharpness_every": 0, "test_every": 4}}, progress="none")
+    assert [r["train_loss"] for r in a.metrics] == [r["train_loss"] for r in no_sharpness.metrics]
+    other_seed = run({**cfg, "seed": 1}, progress="none")
+    assert [r["train_loss"] for r in a.metrics] != [r["train_loss"] for r in other_seed.metrics]
+
+
+def test_minibatch_order_is_the_documented_permutation_stream():
+    x = torch.arange(10.0).reshape(10, 1)
+    y = torch.arange(10)
+    stream = BatchStream(x, y, batch_size=4, seed=123)
+    gen = torch.Generator().manual_seed(123)
+    perms = [torch.randperm(10, generator=gen) for _ in range(3)]
+    expected = [perms[0][:4], perms[0][4:8], perms[1][:4], perms[1][4:8], perms[2][:4]]
+    for t, idx in enumerate(expected):
+        _, yb = stream.batch(t)
+        assert torch.equal(yb, idx)
+    with pytest.raises(C.ConfigError, match="train.batch_size"):
+        BatchStream(x, y, batch_size=11, seed=0)
+
+
+def test_seeds_are_independent_streams():
+    assert len(set(seeds(0))) == 3 and seeds(0) == seeds(0) and seeds(0) != seeds(1)
+
+
+def test_run_directory_files(tmp_path):
+    out = tmp_path / "run"
+    result = run(tiny(eval={"sharpness_every": 4, "test_every": 5}), out_dir=out, progress="none")
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "metrics.csv", "summary.json", "trajectories.png"]
+    assert C.validate(yaml.safe_load((out / "config.yaml").read_text())) == result.config
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["lambda_0"] == pytest.approx(result.summary["lambda_0"])
+    with open(out / "metrics.csv", newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert tuple(rows[0]) == METRIC_COLUMNS and len(rows) == 13 + 1
+    sharp_col = METRIC_COLUMNS.index("sharpness")
+    assert [r[sharp_col] != "" for r in rows[1:]] == [t % 4 == 0 or t == 12 for t in range(13)]
+    back = read_metrics(out / "metrics.csv")
+    assert back == result.metrics  # floats round-trip exactly, empty cells -> None
+    assert (out / "trajectories.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_adam_runs_with_preconditioned_sharpness_and_its_threshold():
+    result = run(tiny(optimizer={"name": "adam", "lr": 1e-3}, eval={"sharpness_every": 6}), progress="none")
+    assert result.status == "finished" and result.summary["sharpness_kind"] == "preconditioned"
+    assert result.metrics[0]["threshold"] == pytest.approx(38 / result.metrics[0]["lr"])
+    # pre-conditioned sharpness of Adam at init is far above the Hessian's (~1/sqrt(v))
+    assert result.metrics[0]["sharpness"] > 10 * result.summary["lambda_0"]
+
+
+def test_bad_setup_writes_nothing(tmp_path):
+    out = tmp_path / "never"
+    with pytest.raises(C.ConfigError, match="train.batch_size"):
+        run(tiny(train={"batch_size": 500}), out_dir=out, progress="none")
+    with pytest.raises(C.ConfigError, match="model.width"):
+        run(tiny(model={"width": 0}), out_dir=out, progress="none")
+    assert not out.exists()
