@@ -644,8 +644,9 @@ def apply_overrides(mapping: Mapping[str, Any], overrides: Iterable[str]) -> dic
 def load_config(path: str | Path, overrides: Iterable[str] = ()) -> dict:
     """Read a YAML config, apply ``key=value`` overrides, validate, fill defaults.
 
-    ``name`` defaults to the file's stem. Raises :class:`ConfigError` for a missing or
-    unreadable file, bad YAML, or any invalid key/value.
+    ``name`` defaults to the file's stem. A ``sweep:`` section (what ``catapult sweep`` grids
+    over) is set aside, so a study config also trains as its base run. Raises
+    :class:`ConfigError` for a missing or unreadable file, bad YAML, or any invalid key/value.
     """
     path = Path(path)
     try:
@@ -662,6 +663,7 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> dict:
         mapping = {}
     if not isinstance(mapping, dict):
         raise ConfigError([("<file>", f"{path} must hold a mapping of keys, got {type(mapping).__name__}")])
+    mapping.pop("sweep", None)
     mapping = apply_overrides(mapping, overrides)
     if mapping.get("name") is None:
         mapping["name"] = re.sub(r"[^A-Za-z0-9_.+=-]", "_", path.stem) or "run"

@@ -1,0 +1,52 @@
+"""The README, tried as a new user would: its Python snippets run as written, in order, in a
+fresh interpreter, and the commands and configs it names exist."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def python_blocks(text: str) -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
+
+
+def test_readme_has_a_tour():
+    blocks = python_blocks(README)
+    assert len(blocks) >= 3
+    assert "make demo" in README and "make test" in README
+
+
+def test_readme_python_snippets_run_as_written(tmp_path):
+    # One interpreter for all blocks, as a reader pasting them one after another would.
+    script = "\n\n".join(python_blocks(README))
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    # The first snippet's claim: warmup drives the sharpness down from lambda_0 toward 2/lr_t.
+    values = [float(m) for m in re.findall(r"sharpness\s+([0-9.]+)\s+2/lr_t", proc.stdout)]
+    assert values and values[-1] < 0.5 * values[0], proc.stdout
+
+
+def test_commands_the_readme_names_exist():
+    from catapult import cli
+
+    parser = cli.build_parser()
+    registered = set(parser._subparsers._group_actions[0].choices)
+    named = set(re.findall(r"^\s+catapult ([a-z][a-z-]*) ", README, flags=re.M))
+    assert named, "the README names no commands"
+    assert named <= registered, named - registered
+
+
+@pytest.mark.parametrize("path", sorted(set(re.findall(r"(configs/[\w/.-]+\.yaml)", README))))
+def test_configs_the_readme_names_validate(path):
+    from catapult.config import load_config
+
+    assert (ROOT / path).is_file(), path
+    load_config(ROOT / path)
