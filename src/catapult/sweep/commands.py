@@ -3,7 +3,8 @@
 ::
 
     catapult sweep CONFIG --store PATH [--executor local|ensemble|ray] [--ray-address ADDR]
-                   [--chunk-size N] [--threads N] [--device D] [--progress MODE] [--dry-run]
+                   [--chunk-size N] [--ensemble-memory-mb MB] [--threads N] [--device D]
+                   [--progress MODE] [--dry-run]
                    [key=value ...]
     catapult export STORE [--format csv|parquet] --out FILE
     catapult plot STORE [--metric test_accuracy] [--x KEY] [--y KEY] [--where KEY=VALUE ...]
@@ -48,6 +49,9 @@ def register(subparsers) -> None:
                    help="Ray cluster to use (e.g. ray://head:10001 or auto; default: a local instance)")
     p.add_argument("--num-cpus", type=int, metavar="N", help="CPUs of a local Ray instance (default: all)")
     p.add_argument("--chunk-size", type=int, default=1, metavar="N", help="cells per Ray task (default 1)")
+    p.add_argument("--ensemble-memory-mb", type=float, metavar="MB",
+                   help="ensemble executor: memory budget of one batched chunk in MiB (default 2048); "
+                        "a group of cells larger than the budget trains in several chunks")
     p.add_argument("--dry-run", action="store_true", help="validate and list the cells, run nothing")
     p.set_defaults(func=_sweep_command)
 
@@ -116,6 +120,13 @@ def _sweep_command(args: argparse.Namespace) -> int:
         options.update(address=args.ray_address, num_cpus=args.num_cpus, chunk_size=args.chunk_size)
     elif args.ray_address or args.num_cpus or args.chunk_size != 1:
         return _fail("sweep", "--ray-address, --num-cpus and --chunk-size need --executor ray")
+    if args.executor == "ensemble":
+        if args.ensemble_memory_mb is not None:
+            if not args.ensemble_memory_mb > 0:
+                return _fail("sweep", f"--ensemble-memory-mb must be > 0, got {args.ensemble_memory_mb}")
+            options["memory_mb"] = args.ensemble_memory_mb
+    elif args.ensemble_memory_mb is not None:
+        return _fail("sweep", "--ensemble-memory-mb needs --executor ensemble")
     try:
         outcome = run_sweep(base, spec, store, executor=args.executor, executor_options=options,
                             progress=args.progress)

@@ -1,0 +1,877 @@
+"""The ``ensemble`` executor: many sweep cells trained as one batched model.
+
+Cells that share architecture, data and batch order but differ in per-member scalars
+(learning rate, warmup/schedule, init seed, momentum, Adam betas/eps, weight decay, run length,
+divergence factor, eval cadence) train *together*: the ``N`` members' MLP weights are stacked
+into tensors ``W_l`` of shape ``[N, out, in]`` and the forward pass is one matmul per layer
+(``x W_all^T`` over the shared input for layer 0, ``torch.bmm`` after), so a sweep of small
+models runs at matmul speed instead of paying Python/autograd overhead per cell.
+
+Exactness contract: each member reproduces :func:`catapult.train.run` for its cell (the step
+semantics in that module's docstring) to float tolerance (batched reductions round
+differently; nothing else differs):
+
+* init: every member's model is built by :func:`catapult.train.build_model` (its own
+  ``seeds(seed)[0]``, float32 on the CPU, then ``device``/``dtype``), masks included, and
+  stacked; batches come from one shared :class:`catapult.train.BatchStream` (members of a
+  group have the same ``data_seed``, or train full batch, where the seed does not matter);
+* lambda_0 / sharpness: a batched Lanczos (:func:`batched_lanczos`) that runs the
+  iteration of :func:`catapult.curvature.lanczos_top_eigenpair` for every member in lockstep
+  (same start vector ``randn(P, sharpness_seed)``, same full re-orthogonalisation, thick
+  restarts, per-member stopping test ``|beta s_m| / |theta| <= tol`` and ``max_iter``), on
+  batched Hessian-vector products (double backprop of ``sum_n L_n``, whose Hessian is
+  block-diagonal over members); Adam-family members get the pre-conditioned operator
+  ``P^-1/2 H P^-1/2`` of :func:`catapult.curvature.preconditioned_sharpness`
+  (``scale_by_group_lr=True``, coupled L2 for Adam). Warm starts, the reuse of the lambda_0
+  estimate at ``t = 0`` and the matvec counts follow ``run``;
+* optimizers: torch's SGD (heavy-ball momentum, coupled weight decay), Adam and AdamW update
+  rules written on the stacked tensors, each parameter at ``lr_t * lr_mult`` of its
+  :func:`catapult.param_groups` group; schedules are each cell's own
+  :func:`catapult.train.build_schedule`;
+* divergence (``train_loss_t`` not finite or ``> divergence_factor * train_loss_0``): the
+  member's row ``t`` is logged, its result is yielded at once and it is dropped from the
+  stacked tensors (frozen); the other members' arithmetic never mixes with it (per-member
+  matmuls, per-member loss terms), so their results do not change;
+* rows, thresholds (the member's own optimizer's :func:`catapult.train._threshold`) and the
+  summary (:func:`catapult.train._summarize`) are built exactly as ``run`` builds them.
+  ``summary["wall_time_s"]`` is the chunk's wall time divided by its number of members.
+
+Grouping: cells are grouped by their config with the per-member keys (:data:`PER_MEMBER_KEYS`)
+removed, plus the data seed for minibatch runs. A group is split into chunks whose estimated
+memory (:func:`member_bytes`: parameters, optimizer state, Lanczos basis, activations of the
+batch and the test set) fits ``memory_mb``; chunking changes nothing in the results.
+
+Fallback to the local path (one :func:`catapult.train.run` per cell, through ``run_fn``):
+cells the batched engine cannot reproduce -- any model other than ``mlp`` (e.g. GPT), an
+optimizer other than sgd/adam/adamw (GI-Adam, RAdam, ...), a warmup rule other than
+``linear``, ``eval.sharpness_dtype`` different from ``dtype``, a loss other than mse /
+cross_entropy, or a config key this module does not know set away from its default. If the
+batched engine itself raises on a chunk, that chunk's remaining cells are run locally as well.
+Every fallback is listed in :attr:`EnsembleExecutor.fallbacks` as ``(cell_id, reason)``.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from catapult import config as cfg
+from catapult.curvature import EigenEstimate
+from catapult.sweep.executors import Cell, CellResult, Executor, RunFn, _worker_name, run_cell, torch_threads
+from catapult.sweep.spec import canonical_json, get_dotted
+
+__all__ = [
+    "EnsembleExecutor",
+    "PER_MEMBER_KEYS",
+    "DEFAULT_MEMORY_MB",
+    "unsupported_reason",
+    "group_key",
+    "member_bytes",
+    "batched_lanczos",
+    "run_ensemble",
+]
+
+#: Default memory budget of one chunk (MiB), ``--ensemble-memory-mb``.
+DEFAULT_MEMORY_MB = 2048
+
+#: Dotted keys (or whole sections) that may differ between members of one batched group.
+PER_MEMBER_KEYS = (
+    "name",
+    "seed",
+    "optimizer.lr",
+    "optimizer.momentum",
+    "optimizer.betas",
+    "optimizer.eps",
+    "optimizer.weight_decay",
+    "schedule",
+    "train.steps",
+    "train.divergence_factor",
+    "eval.sharpness_every",
+    "eval.test_every",
+    "eval.sharpness_tol",
+    "eval.sharpness_max_iter",
+)
+
+#: Leaf config keys whose meaning the batched engine reproduces; any other key (added to the
+#: schema later) must be at its schema default for a cell to be batched.
+_KNOWN_KEYS = frozenset({
+    "name", "seed", "device", "dtype",
+    "data.name", "data.root", "data.n_train", "data.n_test",
+    "model.name", "model.width", "model.depth", "model.parametrization", "model.activation", "model.bias",
+    "model.init", "model.base_width", "model.density", "model.base_density",
+    "loss",
+    "optimizer.name", "optimizer.lr", "optimizer.momentum", "optimizer.betas", "optimizer.eps",
+    "optimizer.weight_decay",
+    "schedule.warmup", "schedule.warmup_steps", "schedule.lr_init", "schedule.power", "schedule.decay",
+    "schedule.lr_final",
+    "train.steps", "train.batch_size", "train.divergence_factor",
+    "eval.sharpness_every", "eval.sharpness_tol", "eval.sharpness_max_iter", "eval.sharpness_kind",
+    "eval.sharpness_hvp", "eval.sharpness_dtype", "eval.test_every",
+})
+_OPTIMIZERS = ("sgd", "adam", "adamw")
+_LOSSES = ("mse", "cross_entropy")
+
+
+# --------------------------------------------------------------------------------------------
+# Grouping and memory
+
+
+def _leaves(node: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in node.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            yield from _leaves(value, dotted + ".")
+        else:
+            yield dotted, value
+
+
+def unsupported_reason(config: Mapping[str, Any]) -> str | None:
+    """Why the batched engine cannot run ``config`` (a validated run config), or ``None``."""
+    if config["model"]["name"] != "mlp":
+        return f"model.name={config['model']['name']!r} (the ensemble batches the mlp only)"
+    if config["optimizer"]["name"] not in _OPTIMIZERS:
+        return f"optimizer.name={config['optimizer']['name']!r} (batched: {', '.join(_OPTIMIZERS)})"
+    if config["schedule"]["warmup"] != "linear":
+        return f"schedule.warmup={config['schedule']['warmup']!r} (batched: linear)"
+    if config["loss"] not in _LOSSES:
+        return f"loss={config['loss']!r} (batched: {', '.join(_LOSSES)})"
+    ev = config["eval"]
+    if ev["sharpness_dtype"] not in (None, config["dtype"]):
+        return f"eval.sharpness_dtype={ev['sharpness_dtype']!r} differs from dtype={config['dtype']!r}"
+    kind = ev["sharpness_kind"]
+    if kind == "preconditioned" and config["optimizer"]["name"] == "sgd" and ev["sharpness_every"] > 0:
+        return "eval.sharpness_kind=preconditioned with sgd (the local engine reports the error)"
+    for key, value in _leaves(config):
+        if key in _KNOWN_KEYS or key.startswith("sweep"):
+            continue
+        try:
+            default = cfg.get(key).default
+        except KeyError:
+            return f"unknown config key {key!r}"
+        if canonical_json(value) != canonical_json(default):
+            return f"{key}={value!r} (a setting the ensemble engine does not reproduce)"
+    return None
+
+
+def _data_seed(config: Mapping[str, Any]) -> int | None:
+    from catapult.train import seeds
+
+    return seeds(config["seed"])[1] if config["train"]["batch_size"] is not None else None
+
+
+def group_key(config: Mapping[str, Any]) -> str:
+    """Cells with equal keys train together: the config without :data:`PER_MEMBER_KEYS`,
+    plus the data seed when batches are drawn (minibatch SGD)."""
+    shared = copy.deepcopy(dict(config))
+    for key in PER_MEMBER_KEYS:
+        *sections, leaf = key.split(".")
+        node = shared
+        for part in sections:
+            node = node.get(part, {})
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    shared.pop("sweep", None)
+    shared["_data_seed"] = _data_seed(config)
+    return canonical_json(shared)
+
+
+def _layer_dims(config: Mapping[str, Any], in_features: int, out_features: int) -> list[int]:
+    m = config["model"]
+    return [in_features] + [m["width"]] * (m["depth"] - 1) + [out_features]
+
+
+def member_bytes(config: Mapping[str, Any], in_features: int, out_features: int, n_batch: int,
+                 n_test: int) -> int:
+    """Estimated peak bytes one member adds to a chunk.
+
+    ``P`` parameters x (param, grad, two optimizer states, mask, ``max_basis + 4`` Lanczos
+    vectors of the 20-vector basis, start/warm/preconditioner vectors, HVP graph ~3 copies)
+    plus activations: ``n_batch x sum(widths)`` x 8 (forward values, activation masks,
+    backward, and the double-backprop graph of a Hessian-vector product) and
+    ``n_test x sum(widths)`` x 2 for the test evaluation.
+    """
+    dims = _layer_dims(config, in_features, out_features)
+    bias = config["model"]["bias"]
+    n_params = sum(dims[i] * dims[i + 1] + (dims[i + 1] if bias else 0) for i in range(len(dims) - 1))
+    itemsize = 8 if config["dtype"] == "float64" else 4
+    sharp = config["eval"]["sharpness_every"] > 0 or cfg.lr_needs_lambda0(config["optimizer"]["lr"])
+    per_param = 5 + 4 + (20 + 4 if sharp else 0)
+    acts = sum(dims[1:])
+    return itemsize * (n_params * per_param + n_batch * acts * 8 + n_test * acts * 2)
+
+
+# --------------------------------------------------------------------------------------------
+# Batched Lanczos
+
+
+def batched_lanczos(matvec, v0: torch.Tensor, *, tol: Sequence[float], max_iter: Sequence[int],
+                    max_basis: int = 20) -> list[EigenEstimate]:
+    """Top eigenpairs of ``m`` symmetric operators at once, member by member the iteration of
+    :func:`catapult.curvature.lanczos_top_eigenpair`.
+
+    ``matvec(active, V)`` applies operators ``active`` (indices into ``0..m-1``) to the rows of
+    ``V`` (``[len(active), n]``) and returns ``[len(active), n]``. ``v0`` is ``[m, n]`` (non-zero
+    rows). All members start together, so their Krylov bases have the same size at every
+    iteration and restart at the same time (thick restart to the top ``max_basis // 2`` Ritz
+    vectors when the basis holds ``min(max_basis, n)``); only their stopping differs: member
+    ``k`` stops when ``|beta s_m| / |theta| <= tol[k]`` or the space is invariant
+    (``converged``), or after ``max_iter[k]`` matvecs, and is dropped from further products.
+    A member whose product is non-finite gets ``value = nan``, ``converged = False`` and its
+    normalised start vector. Returns one :class:`~catapult.curvature.EigenEstimate` per row.
+    """
+    m, n = v0.shape
+    capacity = min(int(max_basis), n)
+    keep = max(1, capacity // 2)
+    eps = torch.finfo(v0.dtype).eps
+    norm0 = torch.linalg.vector_norm(v0, dim=1)
+    start = v0 / norm0[:, None]
+    basis = v0.new_empty((m, capacity, n))
+    basis[:, 0] = start
+    T = np.zeros((m, capacity, capacity))
+    size, matvecs = 1, 0
+    active = np.arange(m)
+    results: list[EigenEstimate | None] = [None] * m
+    while len(active):
+        j = size - 1
+        q = basis[:, j]
+        w = matvec(active, q).to(q.dtype).clone()
+        matvecs += 1
+        if j > 0:
+            couple = torch.as_tensor(T[:, :j, j], dtype=q.dtype, device=q.device)
+            w.sub_(torch.bmm(couple[:, None, :], basis[:, :j]).squeeze(1))
+        alpha_t = (q * w).sum(dim=1)
+        w.sub_(alpha_t[:, None] * q)
+        h = torch.bmm(basis[:, :size], w[:, :, None]).squeeze(2)
+        w.sub_(torch.bmm(h[:, None, :], basis[:, :size]).squeeze(1))
+        alpha_t = alpha_t + h[:, j]
+        beta_t = torch.linalg.vector_norm(w, dim=1)
+        alphas, betas = torch.stack([alpha_t, beta_t.to(alpha_t.dtype)]).tolist()
+        finite = np.array([math.isfinite(a) and math.isfinite(b) for a, b in zip(alphas, betas)])
+        T[:, j, j] = np.where(finite, alphas, 0.0)
+        ritz_values, ritz_vectors = np.linalg.eigh(T[:, : j + 1, : j + 1])
+        done = np.zeros(len(active), dtype=bool)
+        for k in range(len(active)):
+            member = int(active[k])
+            if not finite[k]:
+                results[member] = EigenEstimate(float("nan"), start[k].clone(), matvecs, False, float("nan"))
+                done[k] = True
+                continue
+            beta = betas[k]
+            theta, s = float(ritz_values[k, -1]), ritz_vectors[k, :, -1]
+            scale = max(abs(ritz_values[k, 0]), abs(ritz_values[k, -1]))
+            residual = abs(beta * float(s[-1]))
+            rel = residual / abs(theta) if theta != 0 else (0.0 if residual == 0 else float("inf"))
+            invariant = beta <= 10 * eps * max(scale, eps) * math.sqrt(n) or j + 1 == n
+            converged = rel <= tol[member] or invariant
+            if converged or matvecs == max_iter[member]:
+                vector = torch.as_tensor(s, dtype=q.dtype, device=q.device) @ basis[k, :size]
+                vector /= torch.linalg.vector_norm(vector)
+                results[member] = EigenEstimate(theta, vector, matvecs, bool(converged), rel)
+                done[k] = True
+        if done.all():
+            break
+        betas_arr = np.asarray(betas)
+        q_next = w / beta_t[:, None]
+        if size == capacity:
+            for k in np.flatnonzero(~done):
+                order = np.argsort(ritz_values[k])[::-1][:keep]
+                S_k = torch.as_tensor(np.ascontiguousarray(ritz_vectors[k][:, order]), dtype=q.dtype,
+                                      device=q.device)
+                Y = S_k.T @ basis[k, :size]
+                basis[k, :keep] = Y
+                T[k] = 0.0
+                T[k, np.arange(keep), np.arange(keep)] = ritz_values[k][order]
+                T[k, keep, :keep] = T[k, :keep, keep] = betas_arr[k] * ritz_vectors[k][-1, order]
+            basis[:, keep] = q_next
+            size = keep + 1
+        else:
+            basis[:, size] = q_next
+            T[:, size, j] = T[:, j, size] = betas_arr
+            size += 1
+        if done.any():
+            stay = np.flatnonzero(~done)
+            sel = torch.as_tensor(stay, device=basis.device)
+            basis, start, T, active = basis[sel], start[sel], T[stay], active[stay]
+    return results  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------------------------
+# The batched engine
+
+
+@dataclass
+class _Member:
+    cell: Cell
+    config: dict
+    steps: int
+    sharpness_every: int
+    test_every: int
+    divergence_factor: float
+    tol: float
+    max_iter: int
+    lr_spec: Any
+    sharpness_seed: int
+    threshold_opt: torch.optim.Optimizer | None = None
+    lr_mult0: float = 1.0
+    lr_trgt: float | None = None
+    schedule: Any = None
+    lambda_0: float | None = None
+    lambda0_estimate: EigenEstimate | None = None
+    warm: torch.Tensor | None = None
+    metrics: list = field(default_factory=list)
+    loss_0: float | None = None
+    status: str = "finished"
+    diverged_at: int | None = None
+    matvecs_total: int = 0
+    measurements: int = 0
+    unconverged: int = 0
+    # per-parameter optimizer hyper-parameters (from the member's own torch optimizer groups)
+    hyper: list = field(default_factory=list)
+
+
+def _threshold_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """A one-parameter copy of ``optimizer``'s first group, for ``train._threshold``."""
+    group = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
+    return type(optimizer)([dict(group, params=[torch.zeros(1, requires_grad=True)])])
+
+
+class _Batch:
+    """The stacked state of the members still training (rows in the order of ``members``)."""
+
+    def __init__(self, members: list[_Member], models: list[torch.nn.Module], kind: str, loss: str,
+                 optimizer: str):
+        self.members = members
+        self.kind = kind
+        self.loss_name = loss
+        self.optimizer = optimizer
+        layers0 = models[0].layers
+        self.activation = models[0].activation
+        self.mults = [(float(l.multiplier), float(l.bias_multiplier)) for l in layers0]
+        self.has_bias = layers0[0].bias is not None
+        self.params: list[torch.Tensor] = []
+        self.masks: list[torch.Tensor | None] = []  # one per parameter (None for biases / dense)
+        for i, layer in enumerate(layers0):
+            self.params.append(torch.stack([m.layers[i].weight.detach() for m in models]).contiguous())
+            mask = layer.mask if getattr(layer, "mask", None) is not None else None
+            self.masks.append(torch.stack([m.layers[i].mask for m in models]).contiguous() if mask is not None else None)
+            if self.has_bias:
+                self.params.append(torch.stack([m.layers[i].bias.detach() for m in models]).contiguous())
+                self.masks.append(None)
+        self.shapes = [p.shape[1:] for p in self.params]
+        self.numels = [int(np.prod(s)) for s in self.shapes]
+        self.n_params = sum(self.numels)
+        self.state: dict[str, list[torch.Tensor | None]] = {}
+        self.step_count = 0
+        self.hp: list[dict[str, list[float]]] = []
+
+    def set_hyper(self) -> None:
+        """Per-parameter, per-member hyper-parameters (python floats) from ``member.hyper``."""
+        self.hp = [{key: [float(mb.hyper[k][key]) for mb in self.members] for key in self.members[0].hyper[k]}
+                   for k in range(len(self.params))]
+
+    def col(self, values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
+        """Per-member scalars (computed in double on the host) as ``[M, 1, ...]`` like ``like``."""
+        shape = (len(values),) + (1,) * (like.dim() - 1)
+        return torch.tensor(list(values), device=like.device, dtype=like.dtype).view(shape)
+
+    # ---- forward / loss
+    def forward(self, params: Sequence[torch.Tensor], masks: Sequence[torch.Tensor | None],
+                x: torch.Tensor) -> torch.Tensor:
+        """Outputs ``[M, B, C]`` of the stacked MLPs on a shared input ``x`` ``[B, ...]``."""
+        h = x.flatten(1)
+        shared = True
+        per_layer = 2 if self.has_bias else 1
+        n_layers = len(self.params) // per_layer
+        for i in range(n_layers):
+            W = params[i * per_layer]
+            if masks[i * per_layer] is not None:
+                W = W * masks[i * per_layer]
+            M, out_f, in_f = W.shape
+            if shared:
+                out = (h @ W.reshape(M * out_f, in_f).T).view(h.shape[0], M, out_f).transpose(0, 1)
+                shared = False
+            else:
+                out = torch.bmm(h, W.transpose(1, 2))
+            scale, bias_scale = self.mults[i]
+            b = params[i * per_layer + 1] if self.has_bias else None
+            if b is None or bias_scale == scale:
+                if b is not None:
+                    out = out + b[:, None, :]
+                if scale != 1.0:
+                    out = out * scale
+            else:
+                if scale != 1.0:
+                    out = out * scale
+                out = out + (b if bias_scale == 1.0 else b * bias_scale)[:, None, :]
+            h = self.activation(out) if i < n_layers - 1 else out
+        return h
+
+    def losses(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-member loss ``[M]`` (the formulas of :mod:`catapult.losses`)."""
+        M, B, C = out.shape
+        labels = not (y.is_floating_point() or y.is_complex())
+        if self.loss_name == "mse":
+            target = F.one_hot(y.long(), C).to(out.dtype) if labels else y.to(out.dtype)
+            return 0.5 * (out - target).pow(2).mean(dim=(1, 2))
+        flat = out.reshape(M * B, C)
+        if labels:
+            per = F.cross_entropy(flat, y.reshape(-1).long().repeat(M), reduction="none")
+        else:
+            per = F.cross_entropy(flat, y.reshape(-1, C).to(out.dtype).repeat(M, 1), reduction="none")
+        return per.view(M, B).mean(dim=1)
+
+    @staticmethod
+    def accuracies(out: torch.Tensor, y: torch.Tensor) -> list[float]:
+        if out.shape[1] == 0:
+            return [float("nan")] * out.shape[0]
+        predicted = out.argmax(dim=-1)
+        labels = y if not (y.is_floating_point() or y.is_complex()) else y.argmax(dim=-1)
+        return (predicted == labels.reshape(1, -1)).double().mean(dim=1).tolist()
+
+    def flat(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([t.reshape(t.shape[0], -1) for t in tensors], dim=1)
+
+    def split(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        parts = torch.split(flat, self.numels, dim=1)
+        return [p.reshape((flat.shape[0],) + tuple(s)) for p, s in zip(parts, self.shapes)]
+
+    # ---- compaction
+    def keep(self, rows: list[int]) -> None:
+        """Keep only members ``rows`` (positions), in that order."""
+        if len(rows) == len(self.members):
+            return
+        idx = torch.as_tensor(rows, dtype=torch.long, device=self.params[0].device)
+        self.members = [self.members[r] for r in rows]
+        self.params = [p[idx].contiguous() for p in self.params]
+        self.masks = [m[idx].contiguous() if m is not None else None for m in self.masks]
+        self.hp = [{k: [v[r] for r in rows] for k, v in e.items()} for e in self.hp]
+        self.state = {k: [s[idx].contiguous() if s is not None else None for s in v] for k, v in self.state.items()}
+
+    # ---- the optimizer update (torch's single-tensor rules on stacked tensors)
+    @torch.no_grad()
+    def update(self, grads: Sequence[torch.Tensor], lrs: Sequence[float]) -> None:
+        """One optimizer step of every member: ``lrs[m]`` is member m's ``lr_t``; parameter k of
+        member m moves at ``lrs[m] * lr_mult[k][m]``. Scalars are formed in double on the host,
+        as torch forms them from the python floats of its param groups."""
+        M = len(self.members)
+        if self.optimizer == "sgd":
+            bufs = self.state.setdefault("momentum_buffer", [None] * len(self.params))
+            for k, (p, g) in enumerate(zip(self.params, grads)):
+                hp = self.hp[k]
+                lr = self.col([lrs[m] * hp["lr_mult"][m] for m in range(M)], p)
+                if any(hp["weight_decay"]):
+                    g = g + self.col(hp["weight_decay"], p) * p
+                if bufs[k] is None:
+                    bufs[k] = g.clone()
+                else:
+                    # a member without momentum uses g itself (0 * buf + g == g exactly)
+                    bufs[k].mul_(self.col(hp["momentum"], p)).add_(g)
+                p.sub_(lr * bufs[k])
+            return
+        self.step_count += 1
+        t = self.step_count
+        avg = self.state.setdefault("exp_avg", [None] * len(self.params))
+        avg_sq = self.state.setdefault("exp_avg_sq", [None] * len(self.params))
+        decoupled = self.optimizer == "adamw"
+        for k, (p, g) in enumerate(zip(self.params, grads)):
+            hp = self.hp[k]
+            lr = [lrs[m] * hp["lr_mult"][m] for m in range(M)]
+            wd = hp["weight_decay"]
+            if any(wd):
+                if decoupled:
+                    p.mul_(self.col([1 - lr[m] * wd[m] for m in range(M)], p))
+                else:
+                    g = g + self.col(wd, p) * p
+            if avg[k] is None:
+                avg[k] = torch.zeros_like(p)
+                avg_sq[k] = torch.zeros_like(p)
+            b1, b2 = hp["beta1"], hp["beta2"]
+            avg[k].lerp_(g, self.col([1 - b for b in b1], p))
+            avg_sq[k].mul_(self.col(b2, p)).addcmul_(g, g * self.col([1 - b for b in b2], p))
+            step_size = self.col([lr[m] / (1 - b1[m] ** t) for m in range(M)], p)
+            bias2_sqrt = self.col([(1 - b ** t) ** 0.5 for b in b2], p)
+            denom = (avg_sq[k].sqrt() / bias2_sqrt).add_(self.col(hp["eps"], p))
+            p.sub_(step_size * (avg[k] / denom))
+
+    # ---- curvature
+    def preconditioner(self, rows: list[int], grads: Sequence[torch.Tensor], lrs: Sequence[float]):
+        """``(d, l2)``: flat ``P^-1/2`` (times each parameter's ``lr_mult / lr_mult_0``) and the
+        coupled-L2 rows ``P^-1 wd`` (Adam, not AdamW) of members ``rows``, the operator of
+        :func:`catapult.curvature.preconditioned_sharpness` with ``scale_by_group_lr=True``::
+
+            v' = b2 v + (1 - b2) g^2   (v = 0 before the first step),
+            P  = (1 - b1^(t+1)) (sqrt(v' / (1 - b2^(t+1))) + eps).
+        """
+        idx = torch.as_tensor(rows, dtype=torch.long, device=self.params[0].device)
+        t = self.step_count
+        d_parts, l2_parts = [], []
+        coupled = self.optimizer == "adam"
+        has_l2 = False
+        for k, (p, g) in enumerate(zip(self.params, grads)):
+            hp = {key: [v[r] for r in rows] for key, v in self.hp[k].items()}
+            p, g = p[idx], g[idx]
+            wd = hp["weight_decay"]
+            if coupled and any(wd):
+                g = g + self.col(wd, p) * p
+                has_l2 = True
+            b2 = self.col(hp["beta2"], p)
+            one_minus_b2 = self.col([1.0 - b for b in hp["beta2"]], p)
+            if t > 0:
+                v_next = b2 * self.state["exp_avg_sq"][k][idx] + one_minus_b2 * g * g
+            else:
+                v_next = one_minus_b2 * g * g
+            v_corr = self.col([1.0 - b ** (t + 1) for b in hp["beta2"]], p)
+            m_corr = self.col([1.0 - b ** (t + 1) for b in hp["beta1"]], p)
+            P = m_corr * (torch.sqrt(v_next / v_corr) + self.col(hp["eps"], p))
+            inv = 1.0 / P
+            ratio = [(lrs[r] * self.hp[k]["lr_mult"][r]) / (lrs[r] * self.members[r].lr_mult0) for r in rows]
+            if any(x != 1.0 for x in ratio):
+                inv = inv * self.col(ratio, p)
+            d_parts.append(torch.sqrt(inv).reshape(len(rows), -1))
+            l2_parts.append((inv * self.col(wd, p)).reshape(len(rows), -1))
+        return torch.cat(d_parts, dim=1), (torch.cat(l2_parts, dim=1) if has_l2 else None)
+
+    def sharpness(self, rows: list[int], x, y, inits: torch.Tensor, precond=None) -> list[EigenEstimate]:
+        """Batched (pre-conditioned) sharpness of members ``rows`` on the batch ``(x, y)``."""
+        graph: dict[str, Any] = {}
+
+        def build(local: np.ndarray) -> None:
+            sel = torch.as_tensor([rows[i] for i in local], dtype=torch.long, device=self.params[0].device)
+            leaves = [p.detach()[sel].requires_grad_(True) for p in self.params]
+            masks = [m[sel] if m is not None else None for m in self.masks]
+            with torch.enable_grad():
+                out = self.forward(leaves, masks, x)
+                total = self.losses(out, y).sum()
+                grads = torch.autograd.grad(total, leaves, create_graph=True)
+            graph.update(local=list(local), leaves=leaves, grads=grads)
+
+        build(np.arange(len(rows)))
+
+        def matvec(active: np.ndarray, V: torch.Tensor) -> torch.Tensor:
+            active = list(int(a) for a in active)
+            if active != graph["local"] and len(active) <= len(graph["local"]) // 2:
+                build(np.asarray(active))
+            pos = {a: i for i, a in enumerate(graph["local"])}
+            where = torch.as_tensor([pos[a] for a in active], dtype=torch.long, device=V.device)
+            sel = torch.as_tensor(active, dtype=torch.long, device=V.device)
+            U = V if precond is None else precond[0][sel] * V
+            full = V.new_zeros((len(graph["local"]), V.shape[1]))
+            full[where] = U
+            with torch.enable_grad():
+                hv = torch.autograd.grad(graph["grads"], graph["leaves"], grad_outputs=self.split(full),
+                                         retain_graph=True, allow_unused=True, materialize_grads=True)
+            out = self.flat(hv)[where]
+            if precond is not None:
+                out = out * precond[0][sel]
+                if precond[1] is not None:
+                    out = out + precond[1][sel] * V
+            return out
+
+        tol = [self.members[r].tol for r in rows]
+        max_iter = [self.members[r].max_iter for r in rows]
+        return batched_lanczos(matvec, inits, tol=tol, max_iter=max_iter)
+
+    @torch.no_grad()
+    def evaluate(self, rows: list[int], x: torch.Tensor, y: torch.Tensor, chunk: int = 8192):
+        """``[(loss, accuracy)]`` on ``(x, y)`` per member of ``rows`` (as ``train.evaluate``)."""
+        idx = torch.as_tensor(rows, dtype=torch.long, device=self.params[0].device)
+        params = [p[idx] for p in self.params]
+        masks = [m[idx] if m is not None else None for m in self.masks]
+        n = x.shape[0]
+        loss_tot = [0.0] * len(rows)
+        acc_tot = [0.0] * len(rows)
+        for start in range(0, n, chunk):
+            xb, yb = x[start:start + chunk], y[start:start + chunk]
+            out = self.forward(params, masks, xb)
+            losses = self.losses(out, yb).tolist()
+            accs = self.accuracies(out, yb)
+            for i in range(len(rows)):
+                loss_tot[i] += losses[i] * xb.shape[0]
+                acc_tot[i] += accs[i] * xb.shape[0]
+        return [(loss_tot[i] / n, acc_tot[i] / n) for i in range(len(rows))]
+
+
+def run_ensemble(cells: Sequence[Cell], *, threads: int | None = None) -> Iterator[tuple[int, CellResult]]:
+    """Train ``cells`` (one group: see :func:`group_key`) as one batched model; yields
+    ``(cell_id, CellResult)`` as each member finishes or diverges (see the module docstring)."""
+    from catapult import data as data_mod
+    from catapult import train
+    from catapult.train import METRIC_COLUMNS, _threshold
+
+    started = time.perf_counter()
+    configs = [cfg.validate(c.config) for c in cells]
+    c0 = configs[0]
+    device = train.resolve_device(c0["device"])
+    dtype = getattr(torch, c0["dtype"])
+    d = c0["data"]
+    split = data_mod.load_dataset(d["name"], root=d["root"], n_train=d["n_train"], n_test=d["n_test"])
+    x_train = split.x_train.to(device=device, dtype=dtype)
+    y_train = split.y_train.to(device)
+    x_test = split.x_test.to(device=device, dtype=dtype)
+    y_test = split.y_test.to(device)
+    in_features = int(np.prod(split.x_train.shape[1:]))
+    data_seed = train.seeds(c0["seed"])[1]
+    batches = train.BatchStream(x_train, y_train, c0["train"]["batch_size"], data_seed)
+    opt_name = c0["optimizer"]["name"]
+    kind = c0["eval"]["sharpness_kind"]
+    if kind == "auto":
+        kind = "preconditioned" if opt_name in train.ADAPTIVE else "hessian"
+    worker = _worker_name()
+
+    members: list[_Member] = []
+    models = []
+    for cell, config in zip(cells, configs):
+        _, _, sharp_seed = train.seeds(config["seed"])
+        ev = config["eval"]
+        members.append(_Member(
+            cell=cell, config=config, steps=config["train"]["steps"], sharpness_every=ev["sharpness_every"],
+            test_every=ev["test_every"], divergence_factor=config["train"]["divergence_factor"],
+            tol=ev["sharpness_tol"], max_iter=ev["sharpness_max_iter"],
+            lr_spec=cfg.parse_lr(config["optimizer"]["lr"]), sharpness_seed=sharp_seed))
+        model = train.build_model(config, in_features, split.num_classes, device, dtype)
+        model.train()
+        models.append(model)
+    batch = _Batch(members, models, kind, c0["loss"], opt_name)
+    n_params = batch.n_params
+
+    def result_of(mb: _Member, t_end: float) -> CellResult:
+        opt = mb.threshold_opt
+        summary = train._summarize(
+            mb.config, mb.metrics, status=mb.status, diverged_at=mb.diverged_at, lambda_0=mb.lambda_0,
+            lr_trgt=mb.lr_trgt, threshold_target=_threshold(opt, mb.lr_trgt * mb.lr_mult0),
+            n_params=n_params, device=device, sharpness_kind=kind, matvecs_total=mb.matvecs_total,
+            measurements=mb.measurements, unconverged=mb.unconverged,
+            wall_time=(t_end - started) / len(cells))
+        return CellResult(mb.status, mb.metrics, summary, worker=worker)
+
+    # ---- lambda_0 (Hessian sharpness at theta_0 on batch 0, from randn(P, sharpness_seed))
+    x0, y0 = batches.batch(0)
+    need = [i for i, mb in enumerate(members) if mb.sharpness_every > 0 or mb.lr_spec.relative]
+    starts = {}
+    for i, mb in enumerate(members):
+        if mb.sharpness_every > 0 or mb.lr_spec.relative:
+            v = torch.randn(n_params, generator=torch.Generator().manual_seed(mb.sharpness_seed))
+            starts[i] = v.to(device=device, dtype=dtype)
+            mb.warm = starts[i]
+    if need:
+        ests = batch.sharpness(need, x0, y0, torch.stack([starts[i] for i in need]))
+        for i, est in zip(need, ests):
+            mb = members[i]
+            mb.lambda0_estimate, mb.lambda_0 = est, float(est.value)
+            mb.matvecs_total += int(est.matvecs)
+            mb.unconverged += int(not est.converged)
+
+    # ---- per-member optimizer groups (lr_mult, hyper-parameters), schedules
+    failed: list[int] = []
+    for i, (mb, model) in enumerate(zip(members, models)):
+        try:
+            mb.lr_trgt = mb.lr_spec.resolve(mb.lambda_0)
+        except ValueError as err:
+            mb.status = "failed"
+            mb.metrics = [{"error": f"optimizer.lr={mb.config['optimizer']['lr']!r}: {err}"}]
+            failed.append(i)
+            mb.lr_trgt = 1.0
+        optimizer = train.build_optimizer(mb.config, model, mb.lr_trgt)
+        by_id = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+        mb.hyper = []
+        for p in model.parameters():
+            g = by_id[id(p)]
+            entry = {"lr_mult": float(g.get("lr_mult", 1.0)), "weight_decay": float(g.get("weight_decay", 0.0))}
+            if opt_name == "sgd":
+                if g.get("nesterov") or g.get("dampening", 0.0) or g.get("maximize"):
+                    raise ValueError("the ensemble reproduces SGD without nesterov/dampening/maximize only")
+                entry["momentum"] = float(g.get("momentum", 0.0))
+            else:
+                if g.get("amsgrad") or g.get("maximize"):
+                    raise ValueError("the ensemble reproduces Adam without amsgrad/maximize only")
+                entry.update(beta1=float(g["betas"][0]), beta2=float(g["betas"][1]), eps=float(g["eps"]))
+            mb.hyper.append(entry)
+        mb.lr_mult0 = float(optimizer.param_groups[0].get("lr_mult", 1.0))
+        mb.threshold_opt = _threshold_optimizer(optimizer)
+        if mb.status != "failed":
+            mb.schedule = train.build_schedule(mb.config, mb.lr_trgt)
+    batch.set_hyper()
+    del models
+    for i in failed:
+        err = members[i].metrics[0]["error"]
+        yield members[i].cell.id, CellResult("failed", [], {}, error=f"ValueError: {err}", worker=worker)
+    if failed:
+        batch.keep([r for r in range(len(members)) if r not in set(failed)])
+
+    # ---- the loop
+    t = 0
+    while batch.members:
+        mbs = batch.members
+        x, y = batches.batch(t)
+        lrs = [float(mb.schedule(t)) for mb in mbs]
+        rows = []
+        for mb, lr_t in zip(mbs, lrs):
+            row: dict[str, Any] = dict.fromkeys(METRIC_COLUMNS)
+            opt = mb.threshold_opt
+            opt.param_groups[0]["lr"] = lr_t * float(mb.lr_mult0)
+            row.update(step=t, lr=lr_t, threshold=_threshold(opt))
+            rows.append(row)
+        params = [p.detach().requires_grad_(True) for p in batch.params]
+        with torch.enable_grad():
+            out = batch.forward(params, batch.masks, x)
+            losses = batch.losses(out, y)
+        loss_list = losses.detach().tolist()
+        accs = batch.accuracies(out.detach(), y)
+        alive, gone = [], []
+        for r, (mb, row) in enumerate(zip(mbs, rows)):
+            loss_t = float(loss_list[r])
+            row["train_loss"], row["train_accuracy"] = loss_t, accs[r]
+            if t == 0:
+                mb.loss_0 = loss_t
+            if not math.isfinite(loss_t) or (mb.loss_0 > 0 and loss_t > mb.divergence_factor * mb.loss_0):
+                mb.status, mb.diverged_at = "diverged", t
+                mb.metrics.append(row)
+                gone.append(r)
+            else:
+                alive.append(r)
+        grads = None
+        if any(t < mbs[r].steps for r in alive):
+            sel = torch.as_tensor(alive, dtype=torch.long, device=losses.device)
+            grads = torch.autograd.grad(losses[sel].sum(), params)
+        del out, losses, params
+        # sharpness
+        sharp_rows = [r for r in alive if mbs[r].sharpness_every > 0
+                      and (t % mbs[r].sharpness_every == 0 or t == mbs[r].steps)]
+        measured = {}
+        reuse = [r for r in sharp_rows if t == 0 and kind == "hessian" and mbs[r].lambda0_estimate is not None]
+        for r in reuse:
+            measured[r] = mbs[r].lambda0_estimate
+        todo = [r for r in sharp_rows if r not in measured]
+        if todo:
+            inits = torch.stack([mbs[r].warm for r in todo])
+            precond = None
+            if kind == "preconditioned":
+                if grads is None:  # only final steps: gradient for the preconditioner
+                    params = [p.detach().requires_grad_(True) for p in batch.params]
+                    with torch.enable_grad():
+                        total = batch.losses(batch.forward(params, batch.masks, x), y)
+                        sel = torch.as_tensor(alive, dtype=torch.long, device=total.device)
+                        grads = torch.autograd.grad(total[sel].sum(), params)
+                    del params, total
+                precond = batch.preconditioner(todo, grads, lrs)
+            for r, est in zip(todo, batch.sharpness(todo, x, y, inits, precond)):
+                measured[r] = est
+                mbs[r].matvecs_total += int(est.matvecs)
+                mbs[r].unconverged += int(not est.converged)
+        for r, est in measured.items():
+            mbs[r].warm = est.vector
+            rows[r]["sharpness"] = float(est.value)
+            rows[r]["sharpness_matvecs"] = int(est.matvecs)
+            mbs[r].measurements += 1
+        # test
+        test_rows = [r for r in alive if t == mbs[r].steps or (mbs[r].test_every > 0 and t % mbs[r].test_every == 0)]
+        if test_rows:
+            for r, (tl, ta) in zip(test_rows, batch.evaluate(test_rows, x_test, y_test)):
+                rows[r]["test_loss"], rows[r]["test_accuracy"] = tl, ta
+        finished = []
+        for r in alive:
+            mbs[r].metrics.append(rows[r])
+            if t == mbs[r].steps:
+                finished.append(r)
+        now = time.perf_counter()
+        for r in gone + finished:
+            yield mbs[r].cell.id, result_of(mbs[r], now)
+        stay = [r for r in alive if r not in set(finished)]
+        if stay:
+            batch.update(grads, lrs)
+        batch.keep(stay)
+        t += 1
+
+
+# --------------------------------------------------------------------------------------------
+# The executor
+
+
+class EnsembleExecutor(Executor):
+    """Batched cells (see the module docstring); others through ``run_fn`` one by one.
+
+    Options: ``memory_mb`` (budget of one chunk, default :data:`DEFAULT_MEMORY_MB`),
+    ``max_members`` (cap on members per chunk, default none), ``threads`` (torch threads while
+    running). :attr:`fallbacks` lists ``(cell_id, reason)`` for every cell run locally.
+    """
+
+    name = "ensemble"
+
+    def __init__(self, run_fn: RunFn | None = None, *, memory_mb: float | None = None,
+                 max_members: int | None = None, threads: int | None = None):
+        super().__init__(run_fn)
+        memory_mb = DEFAULT_MEMORY_MB if memory_mb is None else memory_mb
+        if not memory_mb > 0:
+            raise ValueError(f"memory_mb must be > 0, got {memory_mb!r}")
+        if max_members is not None and max_members < 1:
+            raise ValueError(f"max_members must be >= 1, got {max_members!r}")
+        self.memory_mb = float(memory_mb)
+        self.max_members = max_members
+        self.threads = threads
+        self.fallbacks: list[tuple[int, str]] = []
+        self.chunks: list[list[int]] = []
+
+    def plan(self, cells: Sequence[Cell]) -> tuple[list[list[Cell]], list[tuple[Cell, str]]]:
+        """``(chunks, local)``: batched chunks (each within the memory budget) and the cells
+        to run locally with the reason."""
+        groups: dict[str, list[Cell]] = {}
+        local: list[tuple[Cell, str]] = []
+        for cell in cells:
+            try:
+                config = cfg.validate(cell.config)
+                reason = unsupported_reason(config)
+            except Exception as err:  # the local path reports it as the cell's failure
+                reason = f"{type(err).__name__}: {err}"
+            if reason is not None:
+                local.append((cell, reason))
+            else:
+                groups.setdefault(group_key(config), []).append(cell)
+        chunks: list[list[Cell]] = []
+        for members in groups.values():
+            size = self._chunk_size(cfg.validate(members[0].config), members)
+            chunks.extend(members[i:i + size] for i in range(0, len(members), size))
+        return chunks, local
+
+    def _chunk_size(self, config: Mapping[str, Any], members: Sequence[Cell]) -> int:
+        from catapult import data as data_mod
+
+        d = config["data"]
+        try:
+            split = data_mod.load_dataset(d["name"], root=d["root"], n_train=d["n_train"], n_test=d["n_test"])
+        except Exception:
+            return 1  # the run reports the error
+        n_train = split.x_train.shape[0]
+        batch = config["train"]["batch_size"] or n_train
+        per = member_bytes(config, int(np.prod(split.x_train.shape[1:])), split.num_classes, batch,
+                           split.x_test.shape[0])
+        size = max(1, int(self.memory_mb * 2**20 // per))
+        if self.max_members is not None:
+            size = min(size, self.max_members)
+        return min(size, len(members))
+
+    def run(self, cells: Iterable[Cell]) -> Iterator[tuple[int, CellResult]]:
+        cells = list(cells)
+        chunks, local = self.plan(cells)
+        for cell, reason in local:
+            self.fallbacks.append((cell.id, reason))
+            yield cell.id, run_cell(self.run_fn, cell, self.threads)
+        for chunk in chunks:
+            self.chunks.append([c.id for c in chunk])
+            done: set[int] = set()
+            try:
+                with torch_threads(self.threads):
+                    for cell_id, result in run_ensemble(chunk, threads=self.threads):
+                        done.add(cell_id)
+                        yield cell_id, result
+            except Exception as err:  # the batched engine failed: run the rest locally
+                reason = f"ensemble engine raised {type(err).__name__}: {err}"
+                for cell in chunk:
+                    if cell.id not in done:
+                        self.fallbacks.append((cell.id, reason))
+                        yield cell.id, run_cell(self.run_fn, cell, self.threads)

@@ -1,0 +1,211 @@
+"""The ``ensemble`` executor (cells trained as one batched model) reproduces the local engine
+(:func:`catapult.train.run`) cell by cell: per-step metrics, sharpness (batched Lanczos),
+statuses and summaries; a diverging member changes nothing for the others; memory-budget
+chunking changes nothing; cells it cannot batch fall back to the local path."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from catapult import config as cfg
+from catapult import train
+from catapult.curvature import lanczos_top_eigenpair
+from catapult.sweep.ensemble import EnsembleExecutor, batched_lanczos, group_key, unsupported_reason
+from catapult.sweep.executors import Cell
+
+BASE = {
+    "data": {"name": "digits", "n_train": 160, "n_test": 80},
+    "model": {"width": 24, "depth": 3, "parametrization": "sp"},
+    "train": {"steps": 24},
+    "eval": {"sharpness_every": 6, "test_every": 8, "sharpness_max_iter": 40},
+}
+# rel. tolerance of per-step numbers: batched reductions round differently from per-model ones
+RTOL = 2e-4
+
+
+def _cell(i, **over):
+    config = {**BASE, "name": f"c{i}", **over}
+    for key in ("optimizer", "schedule", "train", "eval", "model"):
+        if key in over:
+            config[key] = {**BASE.get(key, {}), **over[key]}
+    return Cell(i, cfg.validate(config))
+
+
+def _close(a, b, rtol=RTOL):
+    if a is None or b is None:
+        return a is None and b is None
+    if not math.isfinite(a):
+        return not math.isfinite(b)
+    return abs(a - b) <= rtol * max(abs(a), 1e-3)
+
+
+def _assert_same(local, ens, *, matvecs=True, rtol=RTOL):
+    assert ens.status == local.status
+    assert len(ens.metrics) == len(local.metrics)
+    for a, b in zip(local.metrics, ens.metrics):
+        for key in train.METRIC_COLUMNS:
+            if key == "sharpness_matvecs" and not matvecs:
+                assert (a[key] is None) == (b[key] is None)
+                continue
+            assert _close(a[key], b[key], rtol), (a["step"], key, a[key], b[key])
+    for key in ("status", "diverged_at", "steps_completed", "sharpness_measurements", "num_params", "sharpness_kind"):
+        assert ens.summary[key] == local.summary[key], key
+    for key in ("lambda_0", "lr_target", "threshold_target", "final_train_loss", "final_test_accuracy",
+                "final_sharpness"):
+        assert _close(local.summary[key], ens.summary[key], rtol), key
+
+
+def _run(cells, **options):
+    ex = EnsembleExecutor(**options)
+    results = dict(ex.run(cells))
+    assert sorted(results) == sorted(c.id for c in cells)
+    return ex, results
+
+
+def _sgd_grid(dtype="float32"):
+    cells, i = [], 0
+    for lr, T, mom, seed in [(0.05, 1, 0.0, 0), (0.4, 1, 0.9, 1), (0.4, 8, 0.0, 0), (1.5, 4, 0.5, 1),
+                             (60.0, 1, 0.0, 0), (0.2, 2, 0.0, 2)]:
+        cells.append(_cell(i, seed=seed, dtype=dtype, optimizer={"name": "sgd", "lr": lr, "momentum": mom,
+                                                    "weight_decay": 1e-3 if i % 2 else 0.0},
+                           schedule={"warmup_steps": T}))
+        i += 1
+    return cells
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float32", RTOL), ("float64", 1e-9)])
+def test_ensemble_equals_local_sgd_with_sharpness_and_divergence(dtype, rtol):
+    # float64 shows the agreement is exact up to rounding (float32 catapults amplify rounding)
+    cells = _sgd_grid(dtype)
+    ex, results = _run(cells)
+    assert ex.fallbacks == []
+    assert len(ex.chunks) == 1 and len(ex.chunks[0]) == len(cells)  # one batched model
+    statuses = []
+    for cell in cells:
+        local = train.run(cell.config, progress="none")
+        _assert_same(local, results[cell.id], rtol=rtol)
+        statuses.append(local.status)
+    assert "diverged" in statuses and "finished" in statuses
+    # sharpness was measured (lambda_0 reused at t=0, then warm-started Lanczos)
+    row = results[0].metrics[6]
+    assert row["sharpness"] is not None and row["sharpness_matvecs"] > 0
+
+
+def test_ensemble_equals_local_adam_mup_preconditioned():
+    # muP in the table form (base_width) gives per-group lr multipliers (hidden 1/m_d for Adam)
+    cells = []
+    for i, (name, lr, T, wd) in enumerate([("adam", 3e-3, 1, 0.0), ("adam", 1e-2, 8, 1e-2),
+                                           ("adamw", 3e-3, 4, 1e-1), ("adamw", 2e-2, 1, 0.0)]):
+        cells.append(_cell(i, seed=i, model={"parametrization": "mup", "base_width": 8},
+                           optimizer={"name": name, "lr": lr, "weight_decay": wd, "betas": [0.9, 0.99 if i % 2 else 0.999]},
+                           schedule={"warmup_steps": T}))
+    ex, results = _run(cells)
+    assert ex.fallbacks == []
+    assert len(ex.chunks) == 2  # adam and adamw are different groups
+    for cell in cells:
+        local = train.run(cell.config, progress="none")
+        assert local.summary["sharpness_kind"] == "preconditioned"
+        _assert_same(local, results[cell.id])
+
+
+def test_ensemble_minibatch_cross_entropy_cosine():
+    cells = [_cell(i, seed=0, loss="cross_entropy",
+                   train={"batch_size": 32, "steps": 20},
+                   optimizer={"name": "sgd", "lr": lr, "momentum": 0.9},
+                   schedule={"warmup_steps": 4, "decay": "cosine"})
+             for i, lr in enumerate([0.01, 0.05, 0.2])]
+    ex, results = _run(cells)
+    assert ex.fallbacks == [] and len(ex.chunks) == 1
+    for cell in cells:
+        _assert_same(train.run(cell.config, progress="none"), results[cell.id])
+
+
+def test_diverging_member_leaves_the_others_unchanged():
+    cells = _sgd_grid()
+    _, with_all = _run(cells)
+    diverging = [c.id for c in cells if with_all[c.id].status == "diverged"]
+    assert diverging == [4]
+    assert with_all[4].summary["diverged_at"] < BASE["train"]["steps"]
+    _, without = _run([c for c in cells if c.id != 4])
+    for cell in cells:
+        if cell.id == 4:
+            continue
+        a, b = without[cell.id], with_all[cell.id]
+        assert a.status == b.status
+        assert [r["train_loss"] for r in a.metrics] == pytest.approx([r["train_loss"] for r in b.metrics],
+                                                                     rel=1e-6)
+        assert [r["sharpness"] for r in a.metrics if r["sharpness"] is not None] == pytest.approx(
+            [r["sharpness"] for r in b.metrics if r["sharpness"] is not None], rel=1e-6)
+        assert [r["sharpness_matvecs"] for r in a.metrics] == [r["sharpness_matvecs"] for r in b.metrics]
+
+
+def test_memory_budget_chunks_give_identical_results():
+    cells = _sgd_grid()[:4]
+    ex_all, together = _run(cells)
+    ex_one, apart = _run(cells, memory_mb=1e-3)  # budget below one member: one member per chunk
+    assert [len(c) for c in ex_all.chunks] == [4]
+    assert [len(c) for c in ex_one.chunks] == [1, 1, 1, 1]
+    ex_two, pairs = _run(cells, max_members=2)
+    assert [len(c) for c in ex_two.chunks] == [2, 2]
+    for cell in cells:
+        for other in (apart, pairs):
+            _assert_same(together[cell.id], other[cell.id])
+
+
+def test_grouping_and_fallback():
+    a = _cell(0, seed=0, optimizer={"lr": 0.1}).config
+    b = _cell(1, seed=5, optimizer={"lr": 0.3, "momentum": 0.9}, schedule={"warmup_steps": 7}).config
+    assert group_key(a) == group_key(b)  # full batch: the seed only changes the init
+    c = _cell(2, seed=5, train={"batch_size": 16}).config
+    d = _cell(3, seed=0, train={"batch_size": 16}).config
+    assert group_key(c) != group_key(d)  # minibatch: different batch order
+    assert group_key(a) != group_key(_cell(4, model={"width": 32}).config)
+    assert unsupported_reason(a) is None
+    odd = _cell(5, eval={"sharpness_dtype": "float64"})
+    assert "sharpness_dtype" in unsupported_reason(odd.config)
+
+    calls = []
+
+    def fake_run(config, progress=None):
+        calls.append(config["name"])
+        return train.run(config, progress="none")
+
+    ex = EnsembleExecutor(run_fn=fake_run)
+    results = dict(ex.run([_cell(0, optimizer={"lr": 0.1}), odd]))
+    assert calls == ["c5"]
+    assert [cid for cid, _ in ex.fallbacks] == [5]
+    assert results[5].status == "finished" and results[0].status == "finished"
+
+
+@pytest.mark.parametrize("n, max_basis", [(12, 20), (60, 8)])
+def test_batched_lanczos_equals_single_lanczos_and_dense_truth(n, max_basis):
+    rng = np.random.default_rng(0)
+    mats, v0 = [], []
+    for k in range(4):
+        q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+        eig = np.sort(rng.standard_normal(n))
+        eig[-1] = 3.0 + k  # a gap, so the top pair is well defined
+        mats.append(torch.tensor((q * eig) @ q.T, dtype=torch.float64))
+        v0.append(torch.tensor(rng.standard_normal(n)))
+    A = torch.stack(mats)
+    V0 = torch.stack(v0)
+    tol = [1e-8, 1e-4, 1e-6, 1e-10]
+    max_iter = [200, 200, 7, 200]
+
+    def matvec(active, V):
+        return torch.bmm(A[torch.as_tensor(active)], V[:, :, None]).squeeze(2)
+
+    batched = batched_lanczos(matvec, V0, tol=tol, max_iter=max_iter, max_basis=max_basis)
+    for k in range(4):
+        single = lanczos_top_eigenpair(lambda v: A[k] @ v, V0[k], tol=tol[k], max_iter=max_iter[k],
+                                       max_basis=max_basis)
+        assert batched[k].matvecs == single.matvecs
+        assert batched[k].converged == single.converged
+        assert batched[k].value == pytest.approx(single.value, rel=1e-10)
+        assert torch.allclose(batched[k].vector.abs(), single.vector.abs(), atol=1e-8)
+        if single.converged:
+            assert batched[k].value == pytest.approx(np.linalg.eigvalsh(A[k].numpy())[-1], rel=1e-6)
+    assert not batched[2].converged and batched[2].matvecs == 7
