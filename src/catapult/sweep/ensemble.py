@@ -352,6 +352,7 @@ class _Batch:
         self.optimizer = optimizer
         layers0 = models[0].layers
         self.activation = models[0].activation
+        self.relu = type(self.activation) is torch.nn.ReLU
         self.mults = [(float(l.multiplier), float(l.bias_multiplier)) for l in layers0]
         self.has_bias = layers0[0].bias is not None
         self.params: list[torch.Tensor] = []
@@ -393,23 +394,24 @@ class _Batch:
             if masks[i * per_layer] is not None:
                 W = W * masks[i * per_layer]
             M, out_f, in_f = W.shape
-            if shared:
-                out = (h @ W.reshape(M * out_f, in_f).T).view(h.shape[0], M, out_f).transpose(0, 1)
-                shared = False
-            else:
-                out = torch.bmm(h, W.transpose(1, 2))
+            # layer 0 reads the shared input (expanded, not copied); bias and multipliers are
+            # fused into the batched GEMM: out = bias_scale * b + scale * h W^T
+            hb = h.expand(M, *h.shape) if shared else h
+            shared = False
             scale, bias_scale = self.mults[i]
             b = params[i * per_layer + 1] if self.has_bias else None
-            if b is None or bias_scale == scale:
-                if b is not None:
-                    out = out + b[:, None, :]
+            if b is None:
+                out = torch.bmm(hb, W.transpose(1, 2))
                 if scale != 1.0:
                     out = out * scale
             else:
-                if scale != 1.0:
-                    out = out * scale
-                out = out + (b if bias_scale == 1.0 else b * bias_scale)[:, None, :]
-            h = self.activation(out) if i < n_layers - 1 else out
+                out = torch.baddbmm(b[:, None, :], hb, W.transpose(1, 2), beta=bias_scale, alpha=scale)
+            if i == n_layers - 1:
+                h = out
+            elif self.relu:
+                h = torch.relu_(out)  # the GEMM's output is not saved for backward: in place is safe
+            else:
+                h = self.activation(out)
         return h
 
     def losses(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
