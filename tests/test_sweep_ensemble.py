@@ -209,3 +209,58 @@ def test_batched_lanczos_equals_single_lanczos_and_dense_truth(n, max_basis):
         if single.converged:
             assert batched[k].value == pytest.approx(np.linalg.eigvalsh(A[k].numpy())[-1], rel=1e-6)
     assert not batched[2].converged and batched[2].matvecs == 7
+
+
+class _Stream:
+    def __init__(self, tty):
+        self.tty, self.text = tty, []
+
+    def isatty(self):
+        return self.tty
+
+    def write(self, s):
+        self.text.append(s)
+
+    def flush(self):
+        pass
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_sweep_progress_shows_done_diverged_and_eta(tty):
+    from catapult.sweep.driver import SweepProgress
+
+    stream = _Stream(tty)
+    report = SweepProgress(4, {"finished": 1}, "auto", stream, name="demo")
+    assert report.mode == ("bar" if tty else "lines")
+    assert report.eta_seconds() is None  # nothing run yet in this session
+    report.update(1, "diverged", {"optimizer.lr": "2^5/lambda0"})
+    report.update(2, "finished", {"optimizer.lr": "2^1/lambda0"})
+    eta = report.eta_seconds()
+    assert eta is not None and eta >= 0  # one cell left, at the mean time per cell so far
+    report.close()
+    text = "".join(stream.text)
+    if tty:
+        assert "3/4" in text and "diverged 1" in text and "<" in text  # tqdm: elapsed<remaining
+    else:
+        lines = [line for line in text.splitlines() if line]
+        assert len(lines) == 2
+        assert "cell 1 diverged" in lines[0] and "done 2/4, diverged 1" in lines[0] and "ETA" in lines[0]
+        assert "done 3/4, diverged 1" in lines[1]
+
+
+@pytest.mark.parametrize("path, at_least", [("configs/smoke/phase_diagram.yaml", 12),
+                                            ("configs/sweeps/phase_small.yaml", 100),
+                                            ("configs/sweeps/fig3_fcn_cifar10.yaml", 100)])
+def test_phase_diagram_configs_expand_to_valid_cells(path, at_least):
+    from pathlib import Path
+
+    from catapult.sweep.spec import expand, load_sweep
+
+    root = Path(__file__).resolve().parents[1]
+    base, spec = load_sweep(root / path)
+    cells = expand(base, spec)
+    assert len(cells) >= at_least
+    assert "optimizer.lr" in spec.keys and "schedule.warmup_steps" in spec.keys
+    assert spec.axis("optimizer.lr").form == "log2_over_lambda0"
+    # every cell of these configs is one the ensemble executor batches
+    assert all(unsupported_reason(c.config) is None for c in cells)

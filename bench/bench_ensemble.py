@@ -1,0 +1,164 @@
+"""Ensemble executor vs local executor: cells per second, and FLOP/s vs the measured matmul peak.
+
+For each model and N (number of cells), the same N cells (different lr, warmup, init seed) run
+through :class:`catapult.sweep.ensemble.EnsembleExecutor` (one batched model per chunk) and,
+for the local rate, through :func:`catapult.train.run` one after another. Cells are
+independent, so the local rate (cells/s) is measured on ``--local-cells`` of them (default 8)
+and does not depend on N. Repetitions are interleaved (local, ensemble N=8, 32, 128, local,
+...) and medians reported, because the machine is shared.
+
+FLOPs are counted analytically per training step of one member: ``2 B sum_l(n_in n_out)``
+for the forward pass, twice that for the backward pass (weight and input gradients; the input
+layer's input gradient is skipped), plus the final test evaluation (``2 n_test sum_l``), with
+no sharpness (``eval.sharpness_every: 0``) so the count is exact. The peak is the median
+FLOP/s of a ``2048 x 2048`` float32 ``torch.matmul`` measured in the same run, on the same
+number of threads.
+
+Models: ``fcn512`` = the warmup paper's Fig. 1 FCN (width 512, depth 4, SP) on digits, full
+batch (1497 x 64); ``mlp64`` = width 64, depth 3, full batch; ``mlp64-b128`` = the same with
+minibatch SGD, batch 128 (the paper's Fig. 3 setting); ``mlp64-sharp`` = full batch with the
+sharpness measured every 5 steps (batched Lanczos vs per-cell Lanczos; FLOPs not counted).
+
+    .venv/bin/python bench/bench_ensemble.py               # ~5 min on 1 thread
+    .venv/bin/python bench/bench_ensemble.py --quick       # N = 8 only, 1 repetition
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+
+from catapult import config as cfg
+from catapult import train
+from catapult.sweep.ensemble import EnsembleExecutor
+from catapult.sweep.executors import Cell
+
+MODELS = {
+    "fcn512": dict(model={"width": 512, "depth": 4, "parametrization": "sp"}, train={"steps": 5}),
+    "mlp64": dict(model={"width": 64, "depth": 3, "parametrization": "sp"}, train={"steps": 20}),
+    "mlp64-b128": dict(model={"width": 64, "depth": 3, "parametrization": "sp"},
+                       train={"steps": 40, "batch_size": 128}),
+    "mlp64-sharp": dict(model={"width": 64, "depth": 3, "parametrization": "sp"}, train={"steps": 20},
+                        eval={"sharpness_every": 5}),
+}
+
+
+def make_cells(name: str, n: int) -> list[Cell]:
+    """``n`` cells of model ``name`` differing in lr, warmup and (full batch) init seed."""
+    spec = MODELS[name]
+    minibatch = spec["train"].get("batch_size") is not None
+    cells = []
+    for i in range(n):
+        config = {
+            "name": f"{name}-{i}", "seed": 0 if minibatch else i,
+            "data": {"name": "digits"}, "model": {"name": "mlp", **spec["model"]},
+            "optimizer": {"name": "sgd", "lr": 2e-3 * (1 + i % 8), "momentum": 0.9 if i % 2 else 0.0},
+            "schedule": {"warmup_steps": 1 + 4 * (i % 4)},
+            "train": spec["train"],
+            "eval": {"sharpness_every": 0, "test_every": 0, "sharpness_max_iter": 20, **spec.get("eval", {})},
+        }
+        cells.append(Cell(i, cfg.validate(config)))
+    return cells
+
+
+def flops_per_cell(cell: Cell) -> float:
+    """Training + final-test FLOPs of one cell (see the module docstring); 0 with sharpness."""
+    c = cell.config
+    if c["eval"]["sharpness_every"] > 0:
+        return 0.0
+    n_train, n_test, n_in, n_out = 1497, 300, 64, 10  # digits split sizes
+    dims = [n_in] + [c["model"]["width"]] * (c["model"]["depth"] - 1) + [n_out]
+    macs = [a * b for a, b in zip(dims[:-1], dims[1:])]
+    batch = c["train"]["batch_size"] or n_train
+    per_step = 2 * batch * (sum(macs) + 2 * sum(macs) - macs[0])
+    forward_step = 2 * batch * sum(macs)  # the last row's forward (no update)
+    return c["train"]["steps"] * per_step + forward_step + 2 * n_test * sum(macs)
+
+
+def matmul_peak(n: int = 2048, reps: int = 5) -> float:
+    """Median FLOP/s of an ``n x n`` float32 matmul."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / statistics.median(times)
+
+
+def time_local(cells: list[Cell]) -> float:
+    t0 = time.perf_counter()
+    for cell in cells:
+        result = train.run(cell.config, progress="none")
+        assert result.status == "finished", (cell.id, result.status)
+    return time.perf_counter() - t0
+
+
+def time_ensemble(cells: list[Cell]) -> tuple[float, list[int]]:
+    ex = EnsembleExecutor()
+    t0 = time.perf_counter()
+    results = dict(ex.run(cells))
+    elapsed = time.perf_counter() - t0
+    assert not ex.fallbacks and all(r.status == "finished" for r in results.values())
+    return elapsed, [len(c) for c in ex.chunks]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--n", nargs="*", type=int, default=[8, 32, 128])
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--local-cells", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="N = 8, one repetition")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.n, args.reps = [8], 1
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    # warm-up (imports, allocator, first-call costs) outside the timings
+    warm = make_cells("mlp64", 2)
+    time_local(warm[:1])
+    time_ensemble(warm)
+    peaks = [matmul_peak()]
+    print(f"torch {torch.__version__}, {args.threads} thread(s); matmul peak {peaks[0] / 1e9:.1f} GFLOP/s", flush=True)
+    rows = []
+    for name in args.models:
+        all_cells = make_cells(name, max(args.n))
+        local_cells = all_cells[: args.local_cells]
+        local_rates, ens_rates = [], {n: [] for n in args.n}
+        chunks = {}
+        for rep in range(args.reps):
+            local_rates.append(len(local_cells) / time_local(local_cells))
+            for n in args.n:
+                elapsed, chunks[n] = time_ensemble(all_cells[:n])
+                ens_rates[n].append(n / elapsed)
+            peaks.append(matmul_peak())
+            print(f"  {name} rep {rep}: local {local_rates[-1]:.2f} cells/s; ensemble "
+                  + ", ".join(f"N={n} {ens_rates[n][-1]:.2f}" for n in args.n), flush=True)
+        local = statistics.median(local_rates)
+        flops = flops_per_cell(all_cells[0])
+        for n in args.n:
+            ens = statistics.median(ens_rates[n])
+            rows.append(dict(model=name, n=n, local=local, ensemble=ens, speedup=ens / local, flops=flops,
+                             chunks=chunks[n]))
+    peak = statistics.median(peaks)
+    print(f"\nmatmul peak (median of {len(peaks)}): {peak / 1e9:.1f} GFLOP/s on {args.threads} thread(s); "
+          f"total bench time {time.perf_counter() - started:.0f} s\n")
+    print("| model | N | local cells/s | ensemble cells/s | speedup | local % of peak | ensemble % of peak | chunks |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        pct = (lambda rate: f"{100 * rate * r['flops'] / peak:.0f}%" if r["flops"] else "-")
+        chunk_text = f"{len(r['chunks'])} x {max(r['chunks'])}" if len(set(r["chunks"])) == 1 else \
+            f"{len(r['chunks'])} (max {max(r['chunks'])})"
+        print(f"| {r['model']} | {r['n']} | {r['local']:.2f} | {r['ensemble']:.2f} | {r['speedup']:.2f}x | "
+              f"{pct(r['local'])} | {pct(r['ensemble'])} | {chunk_text} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
