@@ -330,8 +330,24 @@ def test_threshold_unknown_optimizer_errors():
 # ---------------------------------------------------------------------------- pre-conditioned
 
 
+def _random_v0_numpy(g, model, seed):
+    """GI-Adam's v0="random" control re-derived per parameter: r_i ~ U[0,1) from a CPU
+    generator seeded with seed + i (i = parameter index), scaled to the norm of g_i^2."""
+    out, offset = [], 0
+    for i, p in enumerate(model.parameters()):
+        n = p.numel()
+        g2 = g[offset:offset + n] ** 2
+        offset += n
+        r = torch.rand(p.shape, generator=torch.Generator().manual_seed(seed + i),
+                       dtype=torch.float64).reshape(-1).numpy()
+        out.append(r * np.linalg.norm(g2) / np.linalg.norm(r))
+    return np.concatenate(out)
+
+
 def dense_preconditioned(model, loss_fn, batch, optimizer, gi_adam=False, gi_v0=1.0):
-    """lambda_max(P^-1/2 (H + wd I) P^-1/2) re-derived in NumPy from the optimizer state."""
+    """lambda_max(P^-1/2 (H + wd I) P^-1/2) re-derived in NumPy from the optimizer state.
+
+    ``gi_v0``: a number a (v_0 = a g^2) or ``"random"`` (see ``_random_v0_numpy``)."""
     H, g = dense_hessian(model, loss_fn, batch)
     H, g = H.numpy(), g.numpy().copy()
     theta = torch.cat([p.detach().double().reshape(-1) for p in model.parameters()]).numpy()
@@ -347,7 +363,10 @@ def dense_preconditioned(model, loss_fn, batch, optimizer, gi_adam=False, gi_v0=
         v = np.concatenate([s["exp_avg_sq"].double().reshape(-1).numpy() for s in state])
     else:
         t = 0.0
-        v = gi_v0 * g ** 2 if gi_adam else np.zeros_like(g)
+        if gi_adam and gi_v0 == "random":
+            v = _random_v0_numpy(g, model, group.get("seed", 0))
+        else:
+            v = gi_v0 * g ** 2 if gi_adam else np.zeros_like(g)
     v_next = b2 * v + (1 - b2) * g ** 2
     if group.get("amsgrad") and state[0]:
         v_max = np.concatenate([s["max_exp_avg_sq"].double().reshape(-1).numpy() for s in state])
@@ -435,12 +454,14 @@ def _gi_adam(params, **kwargs):
 
 @pytest.mark.parametrize("steps", [0, 2])
 @pytest.mark.parametrize("v_bias_correction", [True, False])
-@pytest.mark.parametrize("v0", ["grad", 4.0])
+@pytest.mark.parametrize("v0", ["grad", 4.0, "random"])
 def test_preconditioned_sharpness_gi_adam(steps, v_bias_correction, v0):
     model, batch = tiny_mlp(seed=7, dtype=torch.float64)
     kwargs = dict(lr=0.01, v_bias_correction=v_bias_correction)
     if v0 != "grad":
         kwargs["v0"] = v0
+    if v0 == "random":
+        kwargs["seed"] = 11
     opt = _gi_adam(model.parameters(), **kwargs)
     adam_steps(model, mse, batch, opt, steps)
     est = preconditioned_sharpness(model, mse, batch, opt, tol=1e-10)
