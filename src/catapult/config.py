@@ -337,6 +337,19 @@ def learning_rate(default, *, doc="") -> Option:
 
 _RUN_NAME = r"[A-Za-z0-9][A-Za-z0-9_.+=-]*"
 
+
+def _check_v0(value: Any) -> str | float:
+    """GI-Adam's ``optimizer.v0``: ``"grad"``, ``"random"`` or a number ``a >= 1`` (v_0 = a g^2)."""
+    if isinstance(value, str) and value.strip().lower() in ("grad", "random"):
+        return value.strip().lower()
+    if isinstance(value, str) and not _NUMBER_TEXT.match(value):
+        raise ValueError(f"{value!r} is not allowed; expected one of: grad, random, or a number a >= 1")
+    x = _as_float(value, "one of: grad, random, or a number a >= 1")
+    if not (math.isfinite(x) and x >= 1):
+        raise ValueError(f"{value!r} is out of range; expected grad, random, or a number a >= 1 "
+                         "(v_0 = a * g^2; the paper studies a >= 1)")
+    return x
+
 SCHEMA: dict[str, Any] = {
     "name": string(None, pattern=_RUN_NAME, nullable=True,
                    what="a run name of letters, digits and _ . + = - (used as a directory name)",
@@ -366,15 +379,28 @@ SCHEMA: dict[str, Any] = {
     },
     "loss": choice("mse", ("mse", "cross_entropy"), doc="mse = 0.5 * mean over (batch x outputs)"),
     "optimizer": {
-        "name": choice("sgd", ("sgd", "adam", "adamw"), doc="sgd = GD/SGD with optional heavy-ball momentum"),
+        "name": choice("sgd", ("sgd", "adam", "adamw", "radam", "gi-adam"),
+                       doc="sgd = GD/SGD with optional heavy-ball momentum; radam = torch.optim.RAdam; "
+                           "gi-adam = catapult.optim.GIAdam (v_0 = g^2; also spelled giadam)"),
         "lr": learning_rate(0.125, doc='lr_trgt: a number or "<c>/lambda0"'),
         "momentum": number(0.0, low=0.0, high=1.0, high_open=True, doc="heavy-ball momentum (sgd)"),
         "betas": numbers((0.9, 0.999), length=2, low=0.0, high=1.0, high_open=True, doc="Adam betas"),
         "eps": number(1e-8, low=0.0, doc="Adam epsilon"),
-        "weight_decay": number(0.0, low=0.0, doc="L2 (sgd, adam) or decoupled (adamw) weight decay"),
+        "weight_decay": number(0.0, low=0.0, doc="L2 (sgd, adam, radam) or decoupled (adamw, gi-adam) weight decay"),
+        "v0": Option("grad", lambda v: _check_v0(v), 'one of: grad, random, or a number a >= 1',
+                     doc='gi-adam only: v_0 = g^2 ("grad"), a random positive v_0 with the norm of '
+                         'g^2 ("random", the paper\'s control) or a * g^2'),
+        "v_bias_correction": boolean(True, doc="gi-adam only: divide v by 1 - b2^t (true: the paper's "
+                                               "code, an implicit warmup; false: the paper's text)"),
     },
     "schedule": {
-        "warmup": choice("linear", ("linear",), doc="warmup rule"),
+        "warmup": choice("linear", ("linear", "catapult", "persistent"),
+                         doc="linear = polynomial warmup from lr_init; catapult = linear warmup started at "
+                             "lr_c = critical_lr at step 0; persistent = PersistentCatapultWarmup (no T_wrm)"),
+        "delta": number(None, low=0.0, low_open=True, nullable=True,
+                        doc="catapult/persistent: loss rise accepted at lr_c (null = 0.1 for sgd, 0.01 for Adam-family)"),
+        "lr_start": number(None, low=0.0, low_open=True, nullable=True,
+                           doc="catapult/persistent: first lr of the critical-lr search (null = min(1e-4, lr_trgt))"),
         "warmup_steps": integer(1, low=1, doc="T_wrm; 1 = no warmup"),
         "lr_init": number(0.0, low=0.0, doc="lr at the start of warmup"),
         "power": number(1.0, low=0.0, low_open=True, doc="warmup exponent (1 = linear)"),
@@ -424,6 +450,64 @@ def _check_data_root(config: dict) -> Iterable[tuple[str, str]]:
 
 CHECKS.append(_check_decay)
 CHECKS.append(_check_data_root)
+
+
+def _with_aliases(option: Option, aliases: Mapping[str, str]) -> Option:
+    """``option`` that also accepts each alias (case-insensitive), stored as its canonical value."""
+    table = {k.lower(): v for k, v in aliases.items()}
+
+    def check(value):
+        if isinstance(value, str) and value.strip().lower() in table:
+            return table[value.strip().lower()]
+        return option.check(value)
+
+    return Option(option.default, check, option.kind, nullable=option.nullable, choices=option.choices,
+                  doc=option.doc)
+
+
+SCHEMA["optimizer"]["name"] = _with_aliases(SCHEMA["optimizer"]["name"], {"giadam": "gi-adam", "gi_adam": "gi-adam"})
+
+#: Optimizers whose curvature is the pre-conditioned sharpness (Adam, AdamW, GI-Adam).
+PRECONDITIONED_OPTIMIZERS = ("adam", "adamw", "gi-adam")
+
+
+def _check_adam_family(config: dict) -> Iterable[tuple[str, str]]:
+    """GI-Adam options only with gi-adam; pre-conditioned sharpness only where it is defined."""
+    opt = config["optimizer"]
+    if opt["name"] != "gi-adam":
+        for key in ("v0", "v_bias_correction"):
+            if opt[key] != SCHEMA["optimizer"][key].default:
+                yield (f"optimizer.{key}", f"is a GI-Adam option; set optimizer.name: gi-adam or remove "
+                                           f"optimizer.{key} (optimizer.name is {opt['name']!r})")
+    if config["eval"]["sharpness_kind"] == "preconditioned" and opt["name"] not in PRECONDITIONED_OPTIMIZERS:
+        yield ("eval.sharpness_kind", f"preconditioned needs optimizer.name one of: "
+                                      f"{', '.join(PRECONDITIONED_OPTIMIZERS)} (got {opt['name']!r}); "
+                                      f"use auto or hessian")
+
+
+def _check_catapult_warmup(config: dict) -> Iterable[tuple[str, str]]:
+    """Options that only one warmup rule reads must not be set for another."""
+    sched = config["schedule"]
+    rule = sched["warmup"]
+    if rule != "linear":
+        for key in ("lr_init", "power"):
+            if sched[key] != SCHEMA["schedule"][key].default:
+                yield (f"schedule.{key}", f"is only used by schedule.warmup: linear (warmup is {rule!r}, "
+                                          f"which starts at the critical lr); remove it")
+    if rule == "persistent" and sched["decay"] != "constant":
+        yield ("schedule.decay", "persistent warmup ends at lr_trgt and keeps it; use decay: constant")
+    if sched["lr_start"] is not None:
+        try:
+            lr = parse_lr(config["optimizer"]["lr"])
+        except ValueError:
+            return
+        if not lr.relative and sched["lr_start"] > lr.value:
+            yield ("schedule.lr_start", f"{sched['lr_start']:g} exceeds optimizer.lr ({lr.value:g}); "
+                                        "the search starts below lr_trgt")
+
+
+CHECKS.append(_check_adam_family)
+CHECKS.append(_check_catapult_warmup)
 
 
 

@@ -34,7 +34,11 @@ Step ``t = 0, 1, ..., steps`` (row ``t`` describes the parameters ``theta_t`` *b
 2. Forward on batch ``t`` in train mode: ``train_loss_t``, ``train_accuracy_t``.
 3. Divergence: if ``train_loss_t`` is not finite or ``> divergence_factor * train_loss_0``,
    row ``t`` is logged (loss, accuracy, lr only) and the run ends with status ``"diverged"``.
-4. Backward (``t < steps``): gradients of ``train_loss_t``.
+4. Backward (``t < steps``): gradients of ``train_loss_t``. With ``schedule.warmup:
+   persistent`` the :class:`~catapult.schedules.PersistentCatapultWarmup` is then called with
+   batch ``t`` and ``train_loss_t`` and sets ``lr_t`` (re-running the critical-lr search when the
+   loss fell below the last search's); row ``t`` logs that lr and its threshold. With
+   ``catapult`` the step-0 search ran once before the loop (``build_warmup``).
 5. Sharpness, if ``sharpness_every > 0`` and (``t % sharpness_every == 0`` or ``t == steps``):
    on batch ``t`` at ``theta_t``, warm-started from the previous measurement's eigenvector (at
    ``t = 0`` the lambda_0 estimate is reused, not recomputed). For Adam-family optimizers with
@@ -196,14 +200,30 @@ def _adamw(model, lr, o):
                              eps=o["eps"], weight_decay=o["weight_decay"])
 
 
+def _radam(model, lr, o):
+    return torch.optim.RAdam(_param_groups(model, lr, "adam"), lr=lr, betas=tuple(o["betas"]),
+                             eps=o["eps"], weight_decay=o["weight_decay"])
+
+
+def _gi_adam(model, lr, o):
+    from catapult.optim import GIAdam
+
+    return GIAdam(_param_groups(model, lr, "adam"), lr=lr, betas=tuple(o["betas"]), eps=o["eps"],
+                  weight_decay=o["weight_decay"], v_bias_correction=o["v_bias_correction"], v0=o["v0"])
+
+
 #: optimizer.name -> builder(model, lr_trgt, optimizer_config) -> torch.optim.Optimizer
 OPTIMIZERS: dict[str, Callable[[nn.Module, float, Mapping[str, Any]], torch.optim.Optimizer]] = {
     "sgd": _sgd,
     "adam": _adam,
     "adamw": _adamw,
+    "radam": _radam,
+    "gi-adam": _gi_adam,
 }
 #: Optimizers whose sharpness is the pre-conditioned one (``eval.sharpness_kind: auto``).
-ADAPTIVE = {"adam", "adamw"}
+#: RAdam is not here: its first steps are un-preconditioned momentum SGD and its later steps
+#: rescale the Adam step by a rectification factor, so ``auto`` gives the Hessian's sharpness.
+ADAPTIVE = {"adam", "adamw", "gi-adam"}
 
 
 def build_optimizer(config: Mapping[str, Any], model: nn.Module, lr: float) -> torch.optim.Optimizer:
@@ -233,8 +253,75 @@ WARMUPS: dict[str, Callable[[Mapping[str, Any], float, int], Callable[[int], flo
 
 
 def build_schedule(config: Mapping[str, Any], lr_trgt: float) -> Callable[[int], float]:
-    """``t -> lr_t`` for the config's schedule with target ``lr_trgt`` over ``train.steps``."""
-    return WARMUPS[config["schedule"]["warmup"]](config["schedule"], lr_trgt, config["train"]["steps"])
+    """``t -> lr_t`` for the config's schedule with target ``lr_trgt`` over ``train.steps``
+    (rules that need the model -- catapult, persistent -- go through :func:`build_warmup`)."""
+    rule = config["schedule"]["warmup"]
+    if rule not in WARMUPS:
+        raise ValueError(f"schedule.warmup={rule!r} needs the model and optimizer: use build_warmup")
+    return WARMUPS[rule](config["schedule"], lr_trgt, config["train"]["steps"])
+
+
+def search_delta(config: Mapping[str, Any]) -> float:
+    """``schedule.delta``, or the paper's default: 0.1 for SGD, 0.01 for Adam-family optimizers."""
+    delta = config["schedule"]["delta"]
+    if delta is not None:
+        return float(delta)
+    return 0.1 if config["optimizer"]["name"] == "sgd" else 0.01
+
+
+def search_lr_start(config: Mapping[str, Any], lr_trgt: float) -> float:
+    """``schedule.lr_start``, or ``min(1e-4, lr_trgt)``, capped at ``lr_trgt``."""
+    start = config["schedule"]["lr_start"]
+    return min(lr_trgt, 1e-4 if start is None else float(start))
+
+
+@dataclass
+class Warmup:
+    """What :func:`build_warmup` returns.
+
+    ``schedule``: ``t -> lr_t`` for :func:`catapult.schedules.attach`; ``persistent``: the
+    :class:`~catapult.schedules.PersistentCatapultWarmup` the loop calls every step (or None);
+    ``info``: scalars for the summary (``lr_critical``, ``lr_critical_lower``,
+    ``lr_critical_upper``, ``search_forward_passes``; empty for a linear warmup).
+    """
+
+    schedule: Callable[[int], float]
+    persistent: Any = None
+    info: dict = field(default_factory=dict)
+
+
+def build_warmup(config: Mapping[str, Any], lr_trgt: float, model: nn.Module, loss_fn, batch0,
+                 optimizer: torch.optim.Optimizer) -> Warmup:
+    """The config's warmup rule at ``lr_trgt``:
+
+    * ``linear``: :func:`build_schedule`.
+    * ``catapult``: ``lr_c = critical_lr(model, loss_fn, batch0, optimizer, lr_start,
+      lr_max=lr_trgt, delta)`` at step 0 (forward passes only, nothing changed), then
+      ``catapult_warmup(lr_trgt, warmup_steps, lr_c)`` with the config's decay:
+      ``lr(t) = min(lr_trgt, lr_c + lr_trgt t / T_wrm)``.
+    * ``persistent``: a ``PersistentCatapultWarmup(optimizer, model, loss_fn, lr_trgt, delta,
+      lr_start)``; the schedule reads its current lr (the engine calls ``persistent.step`` at
+      every step before the update, which may re-run the search).
+    """
+    from catapult import schedules
+    from catapult.critical_lr import critical_lr
+
+    sched, steps = config["schedule"], config["train"]["steps"]
+    rule = sched["warmup"]
+    if rule == "linear":
+        return Warmup(build_schedule(config, lr_trgt))
+    delta, lr_start = search_delta(config), search_lr_start(config, lr_trgt)
+    if rule == "catapult":
+        res = critical_lr(model, loss_fn, batch0, optimizer, lr_start=lr_start, lr_max=lr_trgt, delta=delta)
+        decay = sched["decay"]
+        fn = schedules.catapult_warmup(lr_trgt, sched["warmup_steps"], res.lr,
+                                       decay=None if decay == "constant" else decay,
+                                       total_steps=None if decay == "constant" else steps,
+                                       lr_final=sched["lr_final"])
+        return Warmup(fn, None, dict(lr_critical=res.lr, lr_critical_lower=res.lower,
+                                     lr_critical_upper=res.upper, search_forward_passes=res.forward_passes))
+    pcw = schedules.PersistentCatapultWarmup(optimizer, model, loss_fn, lr_trgt, delta, lr_start=lr_start)
+    return Warmup(lambda t: pcw.lr if pcw.lr is not None else lr_start, pcw, {})
 
 
 class BatchStream:
@@ -512,7 +599,8 @@ def run(config: Mapping[str, Any], *, out_dir: str | Path | None = None, progres
         raise ValueError(f"optimizer.lr={config['optimizer']['lr']!r}: {err}") from None
 
     optimizer = build_optimizer(config, model, lr_trgt)
-    schedule = build_schedule(config, lr_trgt)
+    warmup_rule = build_warmup(config, lr_trgt, model, loss_fn, batches.batch(0), optimizer)
+    schedule, persistent = warmup_rule.schedule, warmup_rule.persistent
     from catapult import schedules
 
     scheduler = schedules.attach(optimizer, schedule)
@@ -548,6 +636,9 @@ def run(config: Mapping[str, Any], *, out_dir: str | Path | None = None, progres
             if not final:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if persistent is not None:  # Alg. 3: this step's lr (may re-run the search)
+                    row["lr"] = float(persistent.step((x, y), loss=loss_t))
+                    row["threshold"] = _threshold(optimizer)
             del loss, outputs
 
             if sharpness_every > 0 and (t % sharpness_every == 0 or final):
@@ -584,6 +675,7 @@ def run(config: Mapping[str, Any], *, out_dir: str | Path | None = None, progres
         n_params=n_params, device=device, sharpness_kind=sharpness_kind, matvecs_total=matvecs_total,
         measurements=measurements, unconverged=unconverged, wall_time=time.perf_counter() - started,
     )
+    summary.update(_warmup_summary(config, metrics, lr_trgt, warmup_rule))
     if out_path is not None:
         (out_path / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2, allow_nan=False) + "\n")
         from catapult.plots import plot_run
@@ -591,6 +683,28 @@ def run(config: Mapping[str, Any], *, out_dir: str | Path | None = None, progres
         plot_run(metrics, out_path / "trajectories.png", title=config["name"], status=status,
                  threshold_label=threshold_label(config, sharpness_kind))
     return RunResult(status=status, metrics=metrics, summary=summary, config=config, model=model, out_dir=out_path)
+
+
+def _warmup_summary(config, metrics, lr_trgt: float, warmup_rule: Warmup) -> dict:
+    """Warmup scalars: ``warmup`` (the rule), ``lr_target_reached_at`` (first logged step whose
+    lr is ``lr_trgt`` to 1e-9 relative; None if never), ``lr_critical`` / ``_lower`` / ``_upper``
+    (catapult: the step-0 search; persistent: the first search), ``search_forward_passes``
+    (forward passes of all searches and loss probes; 0 for linear) and ``searches``."""
+    reached = next((r["step"] for r in metrics if r["lr"] is not None and r["lr"] >= lr_trgt * (1 - 1e-9)), None)
+    out = dict(warmup=config["schedule"]["warmup"], lr_target_reached_at=reached, lr_critical=None,
+               lr_critical_lower=None, lr_critical_upper=None, search_forward_passes=0, searches=0)
+    out.update(warmup_rule.info)
+    if warmup_rule.info:
+        out["searches"] = 1
+    pcw = warmup_rule.persistent
+    if pcw is not None:
+        out["searches"] = pcw.searches
+        out["search_forward_passes"] = pcw.forward_passes
+        if pcw.history:
+            first = pcw.history[0]
+            out.update(lr_critical=first["upper"], lr_critical_lower=first["lower"],
+                       lr_critical_upper=first["upper"])
+    return out
 
 
 def threshold_label(config: Mapping[str, Any], sharpness_kind: str) -> str:
@@ -693,6 +807,10 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         f"  final {fmt(summary['final_train_loss'])}",
         f"  test: loss {fmt(summary['final_test_loss'])}  accuracy {fmt(summary['final_test_accuracy'], '.4f')}",
     ]
+    if summary.get("warmup") in ("catapult", "persistent"):
+        lines.append(f"  {summary['warmup']} warmup: lr_c {fmt(summary['lr_critical'])}  lr_trgt reached at step "
+                     f"{fmt(summary['lr_target_reached_at'], 'd')}  searches {summary['searches']} "
+                     f"({summary['search_forward_passes']} forward passes)")
     if summary["sharpness_measurements"]:
         lines.append(f"  sharpness: final {fmt(summary['final_sharpness'])}  threshold at lr_trgt "
                      f"{fmt(summary['threshold_target'])}  catapult: {'yes' if summary['catapult'] else 'no'}")

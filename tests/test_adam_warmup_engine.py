@@ -1,0 +1,181 @@
+"""Engine + config for issue 3: gi-adam / radam optimizers, catapult and persistent warmups."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from catapult import config as C
+from catapult.critical_lr import critical_lr
+from catapult.losses import get_loss
+from catapult.optim import GIAdam
+from catapult.train import build_model, build_optimizer, run
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny(**sections):
+    cfg = {
+        "name": "tiny",
+        "data": {"name": "digits", "n_train": 120, "n_test": 60},
+        "model": {"width": 16, "depth": 3, "parametrization": "sp"},
+        "optimizer": {"lr": 0.05},
+        "train": {"steps": 12},
+        "eval": {"sharpness_every": 0, "test_every": 0},
+    }
+    for key, value in sections.items():
+        cfg.setdefault(key, {}).update(value) if isinstance(value, dict) else cfg.__setitem__(key, value)
+    return cfg
+
+
+def _error(mapping) -> C.ConfigError:
+    with pytest.raises(C.ConfigError) as info:
+        C.validate(mapping)
+    return info.value
+
+
+# ------------------------------------------------------------------------------------ config
+def test_optimizer_names_and_gi_adam_options():
+    for name in ("sgd", "adam", "adamw", "radam", "gi-adam"):
+        assert C.validate({"optimizer": {"name": name}})["optimizer"]["name"] == name
+    for alias in ("giadam", "GI-Adam", "gi_adam"):
+        assert C.validate({"optimizer": {"name": alias}})["optimizer"]["name"] == "gi-adam"
+    opt = C.validate({"optimizer": {"name": "gi-adam", "v0": "4", "v_bias_correction": False}})["optimizer"]
+    assert opt["v0"] == 4.0 and opt["v_bias_correction"] is False
+    assert C.validate({"optimizer": {"name": "gi-adam", "v0": "random"}})["optimizer"]["v0"] == "random"
+
+
+@pytest.mark.parametrize("mapping, key, words", [
+    ({"optimizer": {"name": "lion"}}, "optimizer.name", "gi-adam"),
+    ({"optimizer": {"name": "gi-adam", "v0": 0.5}}, "optimizer.v0", "a >= 1"),
+    ({"optimizer": {"name": "gi-adam", "v0": "zeros"}}, "optimizer.v0", "grad, random"),
+    ({"optimizer": {"name": "gi-adam", "v_bias_correction": "yes"}}, "optimizer.v_bias_correction", "true or false"),
+    ({"optimizer": {"name": "adam", "v0": 2}}, "optimizer.v0", "gi-adam"),
+    ({"optimizer": {"name": "adamw", "v_bias_correction": False}}, "optimizer.v_bias_correction", "gi-adam"),
+    ({"optimizer": {"name": "radam"}, "eval": {"sharpness_kind": "preconditioned"}}, "eval.sharpness_kind",
+     "adam, adamw, gi-adam"),
+    ({"schedule": {"warmup": "cosine"}}, "schedule.warmup", "persistent"),
+    ({"schedule": {"warmup": "catapult", "lr_init": 0.1}}, "schedule.lr_init", "linear"),
+    ({"schedule": {"warmup": "persistent", "decay": "cosine"}, "train": {"steps": 10}}, "schedule.decay",
+     "constant"),
+    ({"schedule": {"warmup": "catapult", "delta": 0}}, "schedule.delta", "> 0"),
+    ({"schedule": {"warmup": "catapult", "lr_start": 1.0}, "optimizer": {"lr": 0.1}}, "schedule.lr_start",
+     "optimizer.lr"),
+])
+def test_config_errors_name_the_key_and_what_is_allowed(mapping, key, words):
+    err = _error(mapping)
+    assert err.keys == [key]
+    assert words in str(err)
+
+
+# ------------------------------------------------------------------------------------ engine
+@pytest.mark.parametrize("name, kind", [("sgd", "hessian"), ("adam", "preconditioned"),
+                                        ("adamw", "preconditioned"), ("radam", "hessian"),
+                                        ("gi-adam", "preconditioned")])
+def test_engine_runs_each_optimizer_with_its_torch_class(name, kind):
+    cfg = C.validate(tiny(optimizer={"name": name, "lr": 0.01}, eval={"sharpness_every": 6}))
+    model = build_model(cfg, 64, 10)
+    expected = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
+                "radam": torch.optim.RAdam, "gi-adam": GIAdam}[name]
+    assert type(build_optimizer(cfg, model, 0.01)) is expected
+    result = run(cfg, progress="none")
+    assert result.status == "finished" and result.summary["sharpness_kind"] == kind
+    assert result.summary["final_train_loss"] < result.summary["initial_train_loss"]
+    if kind == "preconditioned":
+        assert result.metrics[0]["threshold"] == pytest.approx(38 / 0.01)
+
+
+def test_engine_gi_adam_matches_a_hand_written_gi_adam_loop():
+    cfg = tiny(optimizer={"name": "gi-adam", "lr": 0.01, "v0": 2, "v_bias_correction": False})
+    result = run(cfg, progress="none")
+    cfg = C.validate(cfg)
+    from catapult.data import load_dataset
+
+    split = load_dataset("digits", n_train=120, n_test=60)
+    x, y = split.x_train.float(), split.y_train
+    model = build_model(cfg, int(np.prod(x.shape[1:])), split.num_classes)
+    loss_fn = get_loss("mse")
+    # NumPy re-derivation of GI-Adam (v_0 = 2 g^2, no v bias correction) on each tensor
+    state = {}
+    losses = []
+    for t in range(1, 13):
+        model.zero_grad()
+        loss = loss_fn(model(x), y)
+        losses.append(float(loss.detach()))
+        loss.backward()
+        with torch.no_grad():
+            for p in model.parameters():
+                g = p.grad.double().numpy()
+                m, v = state.get(p, (np.zeros_like(g), 2.0 * g * g))
+                m = 0.9 * m + 0.1 * g
+                v = 0.999 * v + 0.001 * g * g
+                state[p] = (m, v)
+                step = 0.01 * (m / (1 - 0.9 ** t)) / (np.sqrt(v) + 1e-8)
+                p.sub_(torch.from_numpy(step).to(p.dtype))
+    assert [r["train_loss"] for r in result.metrics[:12]] == pytest.approx(losses, rel=1e-4)
+
+
+def test_catapult_warmup_in_the_engine_starts_at_the_critical_lr_and_reaches_the_target():
+    cfg = tiny(optimizer={"lr": "32/lambda0"}, schedule={"warmup": "catapult", "warmup_steps": 10},
+               data={"n_train": 256}, model={"width": 64})
+    result = run(cfg, progress="none")
+    s = result.summary
+    lr_trgt = s["lr_target"]
+    # the same search, done independently on the engine's initial model and batch 0
+    vcfg = C.validate(cfg)
+    from catapult.data import load_dataset
+
+    split = load_dataset("digits", n_train=256, n_test=60)
+    model = build_model(vcfg, 64, 10)
+    res = critical_lr(model, get_loss("mse"), (split.x_train.float(), split.y_train),
+                      torch.optim.SGD(model.parameters(), lr=lr_trgt), lr_start=1e-4, lr_max=lr_trgt,
+                      delta=0.1)
+    assert s["lr_critical"] == res.lr < lr_trgt
+    assert s["search_forward_passes"] == res.forward_passes and s["searches"] == 1
+    lrs = [r["lr"] for r in result.metrics]
+    assert lrs[0] == pytest.approx(res.lr)
+    expected = [min(lr_trgt, res.lr + lr_trgt * t / 10) for t in range(13)]
+    assert lrs == pytest.approx(expected)
+    reached = next(t for t, lr in enumerate(expected) if lr >= lr_trgt)
+    assert s["lr_target_reached_at"] == reached == math.ceil(10 * (1 - res.lr / lr_trgt))
+    assert max(lrs) == pytest.approx(lr_trgt)
+
+
+def _unstable(warmup, **schedule):
+    # SP digits MLP under full-batch GD at lr_trgt = 32/lambda_0 (~8x the critical lr at init)
+    return run({"name": f"unstable_{warmup}", "data": {"name": "digits", "n_train": 256, "n_test": 64},
+                "model": {"width": 64, "depth": 3, "parametrization": "sp"},
+                "optimizer": {"name": "sgd", "lr": "32/lambda0"},
+                "schedule": {"warmup": warmup, **schedule},
+                "train": {"steps": 100}, "eval": {"sharpness_every": 0, "test_every": 0}}, progress="none")
+
+
+def test_persistent_warmup_trains_where_the_constant_target_lr_diverges():
+    constant = _unstable("linear")
+    assert constant.status == "diverged" and constant.summary["diverged_at"] < 10
+    persistent = _unstable("persistent")
+    s = persistent.summary
+    assert persistent.status == "finished"
+    lr_trgt = s["lr_target"]
+    lrs = [r["lr"] for r in persistent.metrics]
+    assert lrs[0] == s["lr_critical"] < lr_trgt / 2        # starts at the critical lr
+    assert max(lrs) == lr_trgt and lrs[-1] == lr_trgt      # never above the target, reaches it
+    assert s["lr_target_reached_at"] == lrs.index(lr_trgt) < 50
+    assert s["searches"] >= 2 and s["search_forward_passes"] > s["searches"]
+    assert s["final_train_loss"] < 0.1 * s["initial_train_loss"]
+    # rows log the lr the update used, and its threshold 2/lr
+    assert all(r["threshold"] == pytest.approx(2 / r["lr"]) for r in persistent.metrics[:-1])
+
+
+def test_catapult_warmup_trains_where_the_constant_target_lr_diverges():
+    result = _unstable("catapult", warmup_steps=50)
+    s = result.summary
+    assert result.status == "finished"
+    assert s["lr_target_reached_at"] == math.ceil(50 * (1 - s["lr_critical"] / s["lr_target"]))
+    assert s["lr_target_reached_at"] < 50
