@@ -179,3 +179,24 @@ def test_catapult_warmup_trains_where_the_constant_target_lr_diverges():
     assert result.status == "finished"
     assert s["lr_target_reached_at"] == math.ceil(50 * (1 - s["lr_critical"] / s["lr_target"]))
     assert s["lr_target_reached_at"] < 50
+
+
+def test_adam_run_figure_plots_preconditioned_sharpness_against_38_over_lr(tmp_path):
+    from catapult.plots import plot_run
+    from catapult.train import threshold_label
+
+    cfg = tiny(optimizer={"name": "gi-adam", "lr": 0.01}, schedule={"warmup_steps": 6},
+               eval={"sharpness_every": 3})
+    result = run(cfg, out_dir=tmp_path / "run", progress="none")
+    assert (tmp_path / "run" / "trajectories.png").stat().st_size > 0
+    label = threshold_label(result.config, "preconditioned")
+    assert "38/lr_t" in label
+    fig = plot_run(result.metrics, preconditioned=True, threshold_label=label)
+    ax = fig.axes[1]
+    assert "P^{-1}H" in ax.get_ylabel() and "38/lr_t" in ax.get_title()
+    sharp, thresh = ax.get_lines()[:2]
+    measured = [r for r in result.metrics if r["sharpness"] is not None]
+    assert list(sharp.get_ydata()) == [r["sharpness"] for r in measured]
+    # the dashed curve is (2 + 2 b1) / ((1 - b1) lr_t) at every step of the warmup
+    assert list(thresh.get_ydata()) == pytest.approx([38 / r["lr"] for r in result.metrics])
+    assert [r["lr"] for r in result.metrics[:6]] == pytest.approx([0.01 * (t + 1) / 6 for t in range(6)])

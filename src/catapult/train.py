@@ -681,7 +681,8 @@ def run(config: Mapping[str, Any], *, out_dir: str | Path | None = None, progres
         from catapult.plots import plot_run
 
         plot_run(metrics, out_path / "trajectories.png", title=config["name"], status=status,
-                 threshold_label=threshold_label(config, sharpness_kind))
+                 threshold_label=threshold_label(config, sharpness_kind),
+                 preconditioned=sharpness_kind == "preconditioned")
     return RunResult(status=status, metrics=metrics, summary=summary, config=config, model=model, out_dir=out_path)
 
 
@@ -710,7 +711,10 @@ def _warmup_summary(config, metrics, lr_trgt: float, warmup_rule: Warmup) -> dic
 def threshold_label(config: Mapping[str, Any], sharpness_kind: str) -> str:
     """How the instability threshold of the config's optimizer reads in a figure legend."""
     if sharpness_kind == "preconditioned":
-        return "(2+2b1)/((1-b1) lr_t)"
+        b1 = float(config["optimizer"]["betas"][0])
+        return f"(2+2b1)/((1-b1) lr_t) = {(2 + 2 * b1) / (1 - b1):.3g}/lr_t"
+    if config["optimizer"]["name"] != "sgd":  # Adam-family rule, drawn beside the Hessian's sharpness
+        return "(2+2b1)/((1-b1) lr_t), the Adam rule (for the pre-conditioned sharpness)"
     if config["optimizer"]["name"] == "sgd" and config["optimizer"]["momentum"] > 0:
         return "(2+2b)/lr_t"
     return "2/lr_t"

@@ -51,6 +51,7 @@ def plot_trajectories(
     title: str | None = None,
     threshold_label: str = "2/lr_t",
     statuses: Mapping[str, str] | None = None,
+    preconditioned: bool = False,
 ) -> Figure:
     """Two panels, log-y: (a) training loss vs step, (b) sharpness vs step with each run's
     instability threshold (``2/lr_t`` for GD) dashed in the run's colour.
@@ -74,7 +75,11 @@ def plot_trajectories(
         xs, ys = _threshold_series(metrics)
         ax_sharp.plot(xs, ys, color=color, lw=1.0, ls="--", alpha=0.8)
     ax_loss.set(yscale="log", xlabel="step", ylabel="training loss", title="(a) loss")
-    ax_sharp.set(yscale="log", xlabel="step", ylabel="sharpness  $\\lambda_{max}(H)$",
+    # Adam family (Fig. 2): the pre-conditioned sharpness lambda_max(P^-1 H) against
+    # (2 + 2 b1) / ((1 - b1) lr_t), which is the rows' "threshold" column for those runs.
+    ylabel = ("pre-conditioned sharpness  $\\lambda_{max}(P^{-1}H)$" if preconditioned
+              else "sharpness  $\\lambda_{max}(H)$")
+    ax_sharp.set(yscale="log", xlabel="step", ylabel=ylabel,
                  title=f"(b) sharpness (dashed: {threshold_label})")
     _clip_threshold_axis(ax_sharp, runs)
     for ax in (ax_loss, ax_sharp):
@@ -102,8 +107,9 @@ def _clip_threshold_axis(ax, runs: Mapping[str, Metrics]) -> None:
 
 
 def plot_run(metrics: Metrics, path: str | Path | None = None, *, title: str | None = None,
-             status: str | None = None, threshold_label: str = "2/lr_t") -> Figure:
-    """:func:`plot_trajectories` for a single run."""
+             status: str | None = None, threshold_label: str = "2/lr_t",
+             preconditioned: bool = False) -> Figure:
+    """:func:`plot_trajectories` for a single run (``preconditioned``: Adam-family sharpness)."""
     label = title or "run"
     return plot_trajectories({label: metrics}, path, title=title, threshold_label=threshold_label,
-                             statuses={label: status} if status else None)
+                             statuses={label: status} if status else None, preconditioned=preconditioned)
