@@ -21,6 +21,7 @@ from catapult.config import ConfigError, load_config
 COMMANDS: list[str] = [
     "catapult.train",
     "catapult.demo",
+    "catapult.critical_lr_cli",
     "catapult.sweep.commands",
 ]
 

@@ -1,0 +1,102 @@
+"""`catapult critical-lr CONFIG`: end to end on a tiny config, checked against independent truth."""
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from catapult import config as C
+from catapult.cli import main
+from catapult.data import load_dataset
+from catapult.losses import get_loss
+from catapult.train import build_model
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "tiny",
+        "data": {"name": "digits", "n_train": 100, "n_test": 20},
+        "model": {"width": 8, "depth": 2, "parametrization": "sp"},
+        "optimizer": {"name": "sgd", "lr": "32/lambda0"},
+        "eval": {"sharpness_tol": 1e-6, "sharpness_dtype": "float64"},
+    }))
+    return path
+
+
+def _model_and_batch(path, **overrides):
+    cfg = C.load_config(path, [f"{k}={v}" for k, v in overrides.items()])
+    split = load_dataset("digits", n_train=100, n_test=20)
+    model = build_model(cfg, 64, 10)
+    return model, (split.x_train.float().flatten(1), split.y_train)
+
+
+def _flat_loss(model, batch):
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    sizes = [p.numel() for p in model.parameters()]
+    loss_fn = get_loss("mse")
+
+    def f(flat):
+        params = {n: t.reshape(s) for n, t, s in zip(names, flat.split(sizes), shapes)}
+        return loss_fn(torch.func.functional_call(model, params, (batch[0].double(),)), batch[1])
+
+    theta = torch.cat([p.detach().double().reshape(-1) for p in model.parameters()])
+    return f, theta
+
+
+def test_critical_lr_command_prints_lr_c_bracket_passes_and_2_over_lambda0(tiny_config, capsys):
+    assert main(["critical-lr", str(tiny_config), "--json", "--threads", "1"]) == 0
+    e = json.loads(capsys.readouterr().out)
+
+    model, batch = _model_and_batch(tiny_config)
+    f, theta = _flat_loss(model.double(), batch)
+    H = torch.autograd.functional.hessian(f, theta)
+    lam0 = float(torch.linalg.eigvalsh(H)[-1])
+    assert e["lambda_0"] == pytest.approx(lam0, rel=1e-6)
+    assert e["gd_estimate"] == pytest.approx(2 / lam0, rel=1e-6)
+    assert e["lr_target"] == pytest.approx(32 / lam0, rel=1e-6)
+
+    # the bracket, re-checked with plain GD steps in float64: L(lower) <= L0 < L(upper) <= L0 (1 + delta)
+    g = torch.func.grad(f)(theta)
+    L0 = float(f(theta))
+    assert e["loss0"] == pytest.approx(L0, rel=1e-5)
+    assert 0 < e["lower"] < e["upper"] == e["lr_critical"]
+    assert float(f(theta - e["lower"] * g)) <= L0 * (1 + 1e-5)
+    assert L0 < float(f(theta - e["upper"] * g)) <= L0 * (1 + 0.1) * (1 + 1e-5)
+    assert e["forward_passes"] > 2 and e["preconditioned_sharpness"] is None
+
+
+def test_critical_lr_command_human_output_and_adam_estimates(tiny_config, capsys):
+    assert main(["critical-lr", str(tiny_config), "optimizer.name=gi-adam", "optimizer.lr=0.01",
+                 "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "lr_c =" in out and "bracket [" in out and "forward passes" in out and "2/lambda_0 =" in out
+    assert "(2+2b1)/((1-b1) lambda_P0)" in out
+    assert main(["critical-lr", str(tiny_config), "optimizer.name=gi-adam", "optimizer.lr=0.01",
+                 "--json", "--threads", "1"]) == 0
+    gi = json.loads(capsys.readouterr().out)
+    assert main(["critical-lr", str(tiny_config), "optimizer.name=adam", "optimizer.lr=0.01",
+                 "--json", "--threads", "1"]) == 0
+    adam = json.loads(capsys.readouterr().out)
+    assert gi["threshold_estimate"] == pytest.approx(1.9 * gi["one_step_estimate"])
+    assert gi["threshold_estimate"] == pytest.approx(38 / gi["preconditioned_sharpness"])
+    # GI-Adam's first preconditioner is 1/sqrt(1 - b2) ~ 31.6 times Adam's (eps aside)
+    assert adam["preconditioned_sharpness"] / gi["preconditioned_sharpness"] == pytest.approx(
+        1 / np.sqrt(1 - 0.999), rel=0.05)
+
+
+@pytest.mark.parametrize("override, key", [("optimizer.name=adm", "optimizer.name"),
+                                           ("schedule.delta=-1", "schedule.delta"),
+                                           ("optimizer.v0=3", "optimizer.v0")])
+def test_bad_config_exits_2_and_names_the_key(tiny_config, capsys, override, key):
+    assert main(["critical-lr", str(tiny_config), override]) == 2
+    err = capsys.readouterr().err
+    assert "catapult critical-lr: error" in err and key in err
+
+
+def test_missing_config_exits_2(tmp_path, capsys):
+    assert main(["critical-lr", str(tmp_path / "nope.yaml")]) == 2
+    assert "not found" in capsys.readouterr().err
