@@ -1,4 +1,5 @@
-"""The training engine: one loop for full-batch GD, minibatch SGD (+momentum), Adam and AdamW.
+"""The training engine: one loop for full-batch GD, minibatch SGD (+momentum), Adam, AdamW,
+RAdam and GI-Adam, with linear, catapult-initialised or persistent catapult warmup.
 
 ``run(config, out_dir=None, progress=None) -> RunResult`` trains the model a config describes
 (see :mod:`catapult.config`) and records, per step, the training loss/accuracy and learning
