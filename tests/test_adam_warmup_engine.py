@@ -200,3 +200,27 @@ def test_adam_run_figure_plots_preconditioned_sharpness_against_38_over_lr(tmp_p
     # the dashed curve is (2 + 2 b1) / ((1 - b1) lr_t) at every step of the warmup
     assert list(thresh.get_ydata()) == pytest.approx([38 / r["lr"] for r in result.metrics])
     assert [r["lr"] for r in result.metrics[:6]] == pytest.approx([0.01 * (t + 1) / 6 for t in range(6)])
+
+
+def test_engine_gi_adam_random_v0_is_drawn_from_the_run_seed():
+    from catapult.train import seeds
+
+    def first_v(seed):
+        cfg = C.validate(tiny(seed=seed, optimizer={"name": "gi-adam", "lr": 0.01, "v0": "random"}))
+        model = build_model(cfg, 64, 10)
+        opt = build_optimizer(cfg, model, 0.01)
+        x = torch.randn(8, 64, generator=torch.Generator().manual_seed(1))
+        get_loss("mse")(model(x), torch.arange(8)).backward()
+        order = [p for group in opt.param_groups for p in group["params"]]   # GIAdam's index i
+        grads = [p.grad.clone() for p in order]
+        opt.step()
+        return [opt.state[p]["exp_avg_sq"] for p in order], grads
+
+    v, grads = first_v(3)
+    base = seeds(3)[0] % 2 ** 31
+    for i, (vi, g) in enumerate(zip(v, grads)):
+        r = torch.rand(g.shape, generator=torch.Generator().manual_seed(base + i), dtype=torch.float64).float()
+        v0 = r * (g * g).norm() / r.norm()
+        assert torch.allclose(vi, 0.999 * v0 + 0.001 * g * g, rtol=1e-5, atol=0)
+    v_other, _ = first_v(4)
+    assert not torch.allclose(v[0], v_other[0])

@@ -210,7 +210,8 @@ def _gi_adam(model, lr, o):
     from catapult.optim import GIAdam
 
     return GIAdam(_param_groups(model, lr, "adam"), lr=lr, betas=tuple(o["betas"]), eps=o["eps"],
-                  weight_decay=o["weight_decay"], v_bias_correction=o["v_bias_correction"], v0=o["v0"])
+                  weight_decay=o["weight_decay"], v_bias_correction=o["v_bias_correction"], v0=o["v0"],
+                  seed=int(o.get("_seed", 0)))  # v0="random": drawn from the run's init seed
 
 
 #: optimizer.name -> builder(model, lr_trgt, optimizer_config) -> torch.optim.Optimizer
@@ -228,8 +229,12 @@ ADAPTIVE = {"adam", "adamw", "gi-adam"}
 
 
 def build_optimizer(config: Mapping[str, Any], model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    """The config's optimizer over ``model``'s parameter groups at base learning rate ``lr``."""
-    return OPTIMIZERS[config["optimizer"]["name"]](model, lr, config["optimizer"])
+    """The config's optimizer over ``model``'s parameter groups at base learning rate ``lr``.
+
+    Builders get ``config["optimizer"]`` plus ``"_seed"`` = the run's init seed (GI-Adam draws
+    ``v0: random`` from it, so each ``seed`` gets its own random ``v_0``)."""
+    options = dict(config["optimizer"], _seed=seeds(config["seed"])[0] % (2 ** 31))
+    return OPTIMIZERS[config["optimizer"]["name"]](model, lr, options)
 
 
 def _linear_warmup(schedule_cfg: Mapping[str, Any], lr_trgt: float, steps: int) -> Callable[[int], float]:
