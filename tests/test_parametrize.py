@@ -192,3 +192,36 @@ def test_parametrized_model_compiles():
     assert torch.count_nonzero(model.fc1.weight.grad[model.fc1.mask]) > 0
     groups = catapult.param_groups(compiled, 1.0, "adam")
     assert {g["name"]: g["lr_mult"] for g in groups}["hidden"] == pytest.approx(1 / (4 * 0.5))
+
+
+@pytest.mark.parametrize("optimizer,table", [("adam", ADAM), ("sgd", SGD)])
+def test_ablations_take_one_half_of_supar_each(optimizer, table):
+    """The SμPar paper's ablations: supar_init = SμPar init + muP lr; supar_lr = muP init + SμPar lr."""
+    s2 = 0.02**2
+    kw = dict(width_mult=M_D, density_mult=M_RHO)
+    assert init_variance("supar_init", "hidden", s2, **kw) == pytest.approx(s2 / (M_D * M_RHO))
+    assert init_variance("supar_lr", "hidden", s2, **kw) == pytest.approx(s2 / M_D)
+    for kind, (_, mup, supar) in table.items():
+        assert lr_multiplier("supar_init", kind, optimizer, **kw) == pytest.approx(mup), kind
+        assert lr_multiplier("supar_lr", kind, optimizer, **kw) == pytest.approx(supar), kind
+
+
+@pytest.mark.parametrize("ablation", ["supar_init", "supar_lr"])
+def test_ablation_models_mix_the_mup_and_supar_models(ablation):
+    """Built models: the ablation's init equals one parent's, its lr groups the other's, and
+    its forward multipliers are muP's (which SμPar shares)."""
+    init_parent, lr_parent = ("supar", "mup") if ablation == "supar_init" else ("mup", "supar")
+    for build in (lambda p: catapult.models.MLP(12, 3, width=64, depth=3, parametrization=p, base_width=16,
+                                                density=0.5),
+                  lambda p: catapult.models.GPT(20, 32, 1, 2, 8, parametrization=p, base_width=8,
+                                                density=0.5, mask_seed=3)):
+        models = {}
+        for p in (ablation, init_parent, lr_parent):
+            torch.manual_seed(0)
+            models[p] = build(p)
+        for (name, a), (_, b) in zip(models[ablation].state_dict().items(),
+                                     models[init_parent].state_dict().items()):
+            assert torch.equal(a, b), name
+        groups = {g["name"]: g["lr_mult"] for g in catapult.param_groups(models[ablation], 1.0, "adam")}
+        assert groups == {g["name"]: g["lr_mult"] for g in catapult.param_groups(models[lr_parent], 1.0, "adam")}
+        assert groups["hidden"] != 1.0

@@ -22,6 +22,7 @@ COMMANDS: list[str] = [
     "catapult.train",
     "catapult.demo",
     "catapult.critical_lr_cli",
+    "catapult.coord_check_cli",
     "catapult.sweep.commands",
 ]
 

@@ -43,6 +43,8 @@ __all__ = [
     "defaults",
     "validate",
     "load_config",
+    "read_mapping",
+    "STUDY_SECTIONS",
     "apply_overrides",
     "parse_override",
     "dump_config",
@@ -359,23 +361,48 @@ SCHEMA: dict[str, Any] = {
                      doc="auto = cuda if available else cpu"),
     "dtype": choice("float32", ("float32", "float64"), doc="parameters, data and training arithmetic"),
     "data": {
-        "name": choice("digits", ("digits", "cifar10", "cifar100"), doc="dataset"),
+        "name": choice("digits", ("digits", "cifar10", "cifar100", "shakespeare", "text"),
+                       doc="dataset: digits/cifar10/cifar100 (images, model mlp); shakespeare "
+                           "(embedded) or text (your files at data.root) for the gpt"),
         "root": string(None, nullable=True, what="a path (directory or archive)",
-                       doc="where the dataset files are (cifar: a directory or the .tar.gz)"),
-        "n_train": integer(None, low=1, nullable=True, doc="first N training samples (null = all)"),
-        "n_test": integer(None, low=1, nullable=True, doc="first N test samples (null = all)"),
+                       doc="where the dataset files are (cifar: a directory or the .tar.gz; text: a "
+                           "file or a directory with wiki.train.raw / wiki.valid.raw or *.txt)"),
+        "n_train": integer(None, low=1, nullable=True,
+                           doc="first N training samples (text: N windows of data.context tokens; null = all)"),
+        "n_test": integer(None, low=1, nullable=True,
+                          doc="first N test samples (text: N validation windows; null = all)"),
+        "context": integer(64, low=1, doc="text only: tokens per window (the gpt's context)"),
+        "val_fraction": number(0.1, low=0.0, high=1.0, low_open=True, high_open=True,
+                               doc="text only: tail of the characters held out for validation "
+                                   "(unless the files have their own split)"),
     },
     "model": {
-        "name": choice("mlp", ("mlp",), doc="architecture"),
-        "width": integer(512, low=1, doc="hidden width"),
-        "depth": integer(4, low=1, doc="number of Linear layers"),
-        "parametrization": choice("mup", ("sp", "mup"), doc="init and multiplier rules"),
-        "activation": choice("relu", ("relu", "tanh", "gelu", "linear"), doc="hidden nonlinearity"),
+        "name": choice("mlp", ("mlp", "gpt"), doc="architecture: mlp (the warmup paper's FCN) or gpt "
+                                                   "(Pre-LN Transformer LM, text data)"),
+        "width": integer(512, low=1, doc="hidden width (gpt: d_model)"),
+        "depth": integer(4, low=1, doc="number of Linear layers (gpt: number of blocks)"),
+        "parametrization": choice("mup", ("sp", "mup", "supar", "supar_init", "supar_lr"),
+                                  doc="init and multiplier rules; supar_init / supar_lr are the SμPar "
+                                      "ablations (SμPar init + muP lr / muP init + SμPar lr)"),
+        "activation": choice("relu", ("relu", "tanh", "gelu", "linear"),
+                             doc="hidden nonlinearity (gpt: relu or gelu)"),
         "bias": boolean(True, doc="layers have (zero-initialized) biases; the paper's reference FCN has none"),
         "init": choice("normal", ("normal", "trunc_normal"), doc="weight init distribution"),
         "base_width": integer(None, low=1, nullable=True, doc="muP base width (null = the model's default)"),
         "density": number(1.0, low=0.0, high=1.0, low_open=True, doc="fraction of hidden weights kept"),
         "base_density": number(1.0, low=0.0, high=1.0, low_open=True, doc="density of the tuned proxy"),
+        "mask_method": choice("exact", ("exact", "bernoulli"),
+                              doc="sparsity masks: exactly round(density * n) nonzeros per matrix, or Bernoulli"),
+        "alpha_in": number(1.0, low=0.0, low_open=True,
+                           doc="muP/SμPar input multiplier (mlp: table form, i.e. supar* or mup with "
+                               "base_width; not used under sp)"),
+        "alpha_out": number(1.0, low=0.0, low_open=True,
+                            doc="muP/SμPar output multiplier, applied as alpha_out / m_d (not used under sp)"),
+        "init_std": number(None, low=0.0, low_open=True, nullable=True,
+                           doc="gpt only: base init std sigma (null = 0.02)"),
+        "n_heads": integer(4, low=1, doc="gpt only: attention heads (width must be divisible by it)"),
+        "positions": choice("learned", ("learned", "sinusoidal"), doc="gpt only: position encoding"),
+        "tie_embeddings": boolean(False, doc="gpt only: unembedding = token embedding"),
     },
     "loss": choice("mse", ("mse", "cross_entropy"), doc="mse = 0.5 * mean over (batch x outputs)"),
     "optimizer": {
@@ -448,8 +475,51 @@ def _check_data_root(config: dict) -> Iterable[tuple[str, str]]:
         yield ("data.root", "digits ship with scikit-learn and take no root; set data.root to null")
 
 
+def _check_model_data(config: dict) -> Iterable[tuple[str, str]]:
+    """Text data go with the gpt, images with the mlp; model options only where they apply."""
+    from catapult.data import TEXT_DATASETS
+
+    data, model = config["data"], config["model"]
+    text = data["name"] in TEXT_DATASETS
+    if text and model["name"] != "gpt":
+        yield ("model.name", f"data.name {data['name']!r} is text; it trains model.name: gpt")
+    if not text and model["name"] == "gpt":
+        yield ("data.name", f"model.name gpt trains on text: data.name one of {', '.join(TEXT_DATASETS)}")
+    if data["name"] == "text" and data["root"] is None:
+        yield ("data.root", "data.name text reads your files: set data.root to a text file or a directory "
+                            "with wiki.train.raw / wiki.valid.raw or *.txt")
+    if data["name"] == "shakespeare" and data["root"] is not None:
+        yield ("data.root", "shakespeare is embedded and takes no root; set data.root to null "
+                            "(or data.name: text for your own files)")
+    if not text:
+        for key in ("context", "val_fraction"):
+            if data[key] != SCHEMA["data"][key].default:
+                yield (f"data.{key}", f"is a text-data option (data.name is {data['name']!r}); remove it")
+    table_form = model["parametrization"].startswith("supar") or (
+        model["parametrization"] == "mup" and (model["base_width"] is not None or model["name"] == "gpt"))
+    # Under sp the multipliers are not used (so one study config can sweep sp, mup and supar);
+    # the mlp's muP without base_width is the warmup paper's form, which has none either.
+    if model["parametrization"] != "sp" and not table_form:
+        for key in ("alpha_in", "alpha_out"):
+            if model[key] != 1.0:
+                yield (f"model.{key}", "is a multiplier of the SμPar-table form: use parametrization "
+                                       "supar (or its ablations), or mup with model.base_width")
+    if model["name"] == "gpt":
+        if model["width"] % model["n_heads"]:
+            yield ("model.n_heads", f"{model['n_heads']} does not divide model.width ({model['width']})")
+        if model["activation"] not in ("relu", "gelu"):
+            yield ("model.activation", f"{model['activation']!r} is not a gpt activation; allowed: relu, gelu")
+        if model["init"] != "normal":
+            yield ("model.init", "the gpt initializes from a normal distribution; remove model.init")
+    else:
+        for key in ("init_std", "n_heads", "positions", "tie_embeddings"):
+            if model[key] != SCHEMA["model"][key].default:
+                yield (f"model.{key}", f"is a gpt option (model.name is {model['name']!r}); remove it")
+
+
 CHECKS.append(_check_decay)
 CHECKS.append(_check_data_root)
+CHECKS.append(_check_model_data)
 
 
 def _with_aliases(option: Option, aliases: Mapping[str, str]) -> Option:
@@ -725,13 +795,15 @@ def apply_overrides(mapping: Mapping[str, Any], overrides: Iterable[str]) -> dic
     return config
 
 
-def load_config(path: str | Path, overrides: Iterable[str] = ()) -> dict:
-    """Read a YAML config, apply ``key=value`` overrides, validate, fill defaults.
+#: Top-level sections that belong to a study command, not to the run: ``sweep:`` (read by
+#: ``catapult sweep``) and ``coord_check:`` (``catapult coord-check``). :func:`load_config`
+#: sets them aside, so a study config also trains as its base run.
+STUDY_SECTIONS = ("sweep", "coord_check")
 
-    ``name`` defaults to the file's stem. A ``sweep:`` section (what ``catapult sweep`` grids
-    over) is set aside, so a study config also trains as its base run. Raises
-    :class:`ConfigError` for a missing or unreadable file, bad YAML, or any invalid key/value.
-    """
+
+def read_mapping(path: str | Path) -> dict:
+    """The YAML mapping in ``path`` (empty file: ``{}``); :class:`ConfigError` naming the file
+    when it is missing, unreadable, not YAML or not a mapping."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -747,7 +819,20 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> dict:
         mapping = {}
     if not isinstance(mapping, dict):
         raise ConfigError([("<file>", f"{path} must hold a mapping of keys, got {type(mapping).__name__}")])
-    mapping.pop("sweep", None)
+    return mapping
+
+
+def load_config(path: str | Path, overrides: Iterable[str] = ()) -> dict:
+    """Read a YAML config, apply ``key=value`` overrides, validate, fill defaults.
+
+    ``name`` defaults to the file's stem. A ``sweep:`` section (what ``catapult sweep`` grids
+    over) is set aside, so a study config also trains as its base run. Raises
+    :class:`ConfigError` for a missing or unreadable file, bad YAML, or any invalid key/value.
+    """
+    path = Path(path)
+    mapping = read_mapping(path)
+    for section in STUDY_SECTIONS:
+        mapping.pop(section, None)
     mapping = apply_overrides(mapping, overrides)
     if mapping.get("name") is None:
         mapping["name"] = re.sub(r"[^A-Za-z0-9_.+=-]", "_", path.stem) or "run"

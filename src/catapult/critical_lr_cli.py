@@ -40,7 +40,7 @@ def estimate(config: Mapping[str, Any], *, cap: bool = False) -> dict:
     ``None`` where not applicable. The search starts at ``schedule.lr_start`` (default
     ``min(1e-4, lr_trgt)``) with ``schedule.delta`` (default 0.1 for sgd, 0.01 for Adam-family).
     """
-    from catapult import curvature, data as data_mod
+    from catapult import curvature
     from catapult.critical_lr import critical_lr
     from catapult.losses import get_loss
     from catapult import train
@@ -48,13 +48,11 @@ def estimate(config: Mapping[str, Any], *, cap: bool = False) -> dict:
     config = cfg.validate(config)
     device = train.resolve_device(config["device"])
     dtype = getattr(torch, config["dtype"])
-    d = config["data"]
-    split = data_mod.load_dataset(d["name"], root=d["root"], n_train=d["n_train"], n_test=d["n_test"])
-    x = split.x_train.to(device=device, dtype=dtype)
-    y = split.y_train.to(device)
-    batches = train.BatchStream(x, y, config["train"]["batch_size"], train.seeds(config["seed"])[1])
+    data = train.load_data(config, device, dtype)
+    batches = train.BatchStream(data.x_train, data.y_train, config["train"]["batch_size"],
+                                train.seeds(config["seed"])[1])
     batch = batches.batch(0)
-    model = train.build_model(config, int(np.prod(split.x_train.shape[1:])), split.num_classes, device, dtype)
+    model = train.build_model(config, data.in_features, data.num_classes, device, dtype)
     model.train()
     loss_fn = get_loss(config["loss"])
     ev = config["eval"]

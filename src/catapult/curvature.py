@@ -294,6 +294,16 @@ def _fixed_rng(seed: int, device: torch.device):
         yield
 
 
+def _math_attention():
+    """Context that restricts ``F.scaled_dot_product_attention`` to its math kernel (twice
+    differentiable); a no-op on torch builds without ``torch.nn.attention``."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch < 2.3
+        return contextlib.nullcontext()
+    return sdpa_kernel([SDPBackend.MATH])
+
+
 class HessianOperator:
     """``v -> H v``: the Hessian of ``loss_fn(model(x), y)`` at the model's current parameters.
 
@@ -380,7 +390,9 @@ class HessianOperator:
             self._grad_fn = torch.func.grad_and_value(self._loss)
 
     def _loss(self, params: dict) -> torch.Tensor:
-        with _fixed_rng(self.seed, self.device):
+        # Second derivatives need the math kernel of scaled_dot_product_attention: the fused
+        # (flash / memory-efficient) kernels have no double backward.
+        with _fixed_rng(self.seed, self.device), _math_attention():
             buffers = {n: b.clone() for n, b in self._buffers.items()}
             out = functional_call(self._model, {**self._frozen, **buffers, **params},
                                   (self._inputs,))

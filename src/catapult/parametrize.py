@@ -71,6 +71,8 @@ __all__ = [
     "ScaledLinear",
     "ScaledEmbedding",
     "init_variance",
+    "init_rule",
+    "lr_rule",
     "lr_multiplier",
     "param_groups",
     "parametrize",
@@ -78,7 +80,12 @@ __all__ = [
     "infer_roles",
 ]
 
-PARAMETRIZATIONS = ("sp", "mup", "supar")
+PARAMETRIZATIONS = ("sp", "mup", "supar", "supar_init", "supar_lr")
+#: The SμPar paper's ablations (Figs. 13-14) combine one half of SμPar with muP's other half:
+#: ``supar_init`` = SμPar init variances with muP learning rates, ``supar_lr`` = muP init with
+#: SμPar learning rates. Both keep muP's forward multipliers and attention scale.
+_INIT_RULE = {"sp": "sp", "mup": "mup", "supar": "supar", "supar_init": "supar", "supar_lr": "mup"}
+_LR_RULE = {"sp": "sp", "mup": "mup", "supar": "supar", "supar_init": "mup", "supar_lr": "supar"}
 ROLES = ("input", "hidden", "output")
 # Kinds of tensors for the learning-rate table: the three roles for weights, plus vectors.
 TENSOR_KINDS = ("input", "hidden", "output", "vector", "output_bias")
@@ -91,6 +98,20 @@ def check_parametrization(name: str) -> str:
     if name not in PARAMETRIZATIONS:
         raise ValueError(f"parametrization must be one of {PARAMETRIZATIONS}; got {name!r}")
     return name
+
+
+def init_rule(parametrization: str) -> str:
+    """Which column of the init table applies: ``"sp" | "mup" | "supar"``.
+
+    ``supar_init`` (ablation) inits like SμPar, ``supar_lr`` like muP."""
+    return _INIT_RULE[check_parametrization(parametrization)]
+
+
+def lr_rule(parametrization: str) -> str:
+    """Which column of the learning-rate table applies: ``"sp" | "mup" | "supar"``.
+
+    ``supar_init`` (ablation) takes muP's learning rates, ``supar_lr`` SμPar's."""
+    return _LR_RULE[check_parametrization(parametrization)]
 
 
 @dataclass(frozen=True)
@@ -114,9 +135,10 @@ def init_variance(parametrization: str, role: str, sigma2: float, *, width_mult:
     """Init variance of a weight with base variance ``sigma2`` (the SμPar table).
 
     hidden: SP ``sigma2``, muP ``sigma2 / m_d``, SμPar ``sigma2 / (m_d * m_rho)``;
-    input and output: ``sigma2`` under every parameterization.
+    input and output: ``sigma2`` under every parameterization. The ablations use
+    :func:`init_rule` (``supar_init``: SμPar's, ``supar_lr``: muP's).
     """
-    check_parametrization(parametrization)
+    parametrization = init_rule(parametrization)
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}; got {role!r}")
     if role != "hidden" or parametrization == "sp":
@@ -144,9 +166,10 @@ def lr_multiplier(parametrization: str, kind: str, optimizer: str = "adam", *,
     hidden layers, LayerNorm parameters, any other parameter not owned by a role) or
     ``"output_bias"``. Adam family: muP hidden ``1/m_d``, SμPar hidden ``1/(m_d m_rho)``, all
     else 1. SGD: muP input/output/vector ``m_d``, hidden 1; SμPar hidden ``1/m_rho``; output
-    bias 1. SP: 1 everywhere.
+    bias 1. SP: 1 everywhere. The ablations use :func:`lr_rule` (``supar_init``: muP's,
+    ``supar_lr``: SμPar's).
     """
-    check_parametrization(parametrization)
+    parametrization = lr_rule(parametrization)
     if kind not in TENSOR_KINDS:
         raise ValueError(f"tensor kind must be one of {TENSOR_KINDS}; got {kind!r}")
     family = optimizer_family(optimizer)
@@ -455,7 +478,7 @@ def parametrize(
         elif parametrization == "sp" or role == "input":
             var = gain**2 / fan_in
         elif role == "hidden":
-            var = gain**2 / fan_in / (density_mult if parametrization == "supar" else 1.0)
+            var = gain**2 / fan_in / (density_mult if init_rule(parametrization) == "supar" else 1.0)
         else:  # output: the readout variance at the base width
             var = gain**2 / (fan_in / width_mult)
         with torch.no_grad():

@@ -83,6 +83,8 @@ __all__ = [
     "seeds",
     "resolve_device",
     "build_model",
+    "load_data",
+    "RunData",
     "build_optimizer",
     "build_schedule",
     "BatchStream",
@@ -156,14 +158,80 @@ def _build_mlp(model_cfg: Mapping[str, Any], in_features: int, out_features: int
         base_density=model_cfg["base_density"],
         bias=model_cfg["bias"],
         init=model_cfg["init"],
+        mask_method=model_cfg["mask_method"],
     )
+    if model_cfg["parametrization"] != "sp":  # SP has no multipliers (not used there)
+        kwargs.update(alpha_in=model_cfg["alpha_in"], alpha_out=model_cfg["alpha_out"])
     if model_cfg["base_width"] is not None:
         kwargs["base_width"] = model_cfg["base_width"]
     return MLP(in_features, out_features, width=model_cfg["width"], depth=model_cfg["depth"], **kwargs)
 
 
-#: model.name -> builder(model_config, in_features, out_features) -> nn.Module
-MODELS: dict[str, Callable[[Mapping[str, Any], int, int], nn.Module]] = {"mlp": _build_mlp}
+def _build_gpt(model_cfg: Mapping[str, Any], context: int, vocab_size: int) -> nn.Module:
+    """The config's GPT: ``width`` = d_model, ``depth`` = blocks; ``context`` from the data."""
+    from catapult.models import GPT
+
+    kwargs = dict(
+        parametrization=model_cfg["parametrization"],
+        base_width=model_cfg["base_width"],
+        density=model_cfg["density"],
+        base_density=model_cfg["base_density"],
+        positions=model_cfg["positions"],
+        tie_embeddings=model_cfg["tie_embeddings"],
+        # SP has no multipliers: alpha_* are not used there (config.py documents this).
+        alpha_in=1.0 if model_cfg["parametrization"] == "sp" else model_cfg["alpha_in"],
+        alpha_out=1.0 if model_cfg["parametrization"] == "sp" else model_cfg["alpha_out"],
+        activation=model_cfg["activation"],
+        bias=model_cfg["bias"],
+        mask_method=model_cfg["mask_method"],
+    )
+    if model_cfg["init_std"] is not None:
+        kwargs["init_std"] = model_cfg["init_std"]
+    return GPT(vocab_size, d_model=model_cfg["width"], n_layers=model_cfg["depth"],
+               n_heads=model_cfg["n_heads"], context=context, **kwargs)
+
+
+#: model.name -> builder(model_config, in_features, out_features) -> nn.Module. For the mlp
+#: ``in_features`` is a flattened sample's size; for the gpt it is the context (tokens per
+#: window) and ``out_features`` the vocabulary size.
+MODELS: dict[str, Callable[[Mapping[str, Any], int, int], nn.Module]] = {"mlp": _build_mlp, "gpt": _build_gpt}
+
+
+@dataclass
+class RunData:
+    """A run's data on its device: train/test tensors, ``in_features`` (a flattened sample's
+    size; for token windows the context) and ``num_classes`` (for text: the vocabulary size)."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    in_features: int
+    num_classes: int
+
+
+def load_data(config: Mapping[str, Any], device: torch.device | str = "cpu",
+              dtype: torch.dtype = torch.float32) -> RunData:
+    """The config's ``data:`` section loaded and moved to ``device``; floating inputs are cast to
+    ``dtype`` (token ids stay int64). A missing file raises the loader's FileNotFoundError (it
+    says where it looked); other bad data settings (more samples than the data hold, an empty
+    file) raise :class:`~catapult.config.ConfigError` naming ``data``."""
+    from catapult import data as data_mod
+
+    d = config["data"]
+    try:
+        split = data_mod.load_dataset(d["name"], root=d["root"], n_train=d["n_train"], n_test=d["n_test"],
+                                      context=d["context"], val_fraction=d["val_fraction"])
+    except (ValueError, TypeError) as err:  # e.g. n_train larger than the data: name the section
+        if isinstance(err, cfg.ConfigError):
+            raise
+        raise cfg.ConfigError([("data", str(err))]) from None
+
+    def inputs(x: torch.Tensor) -> torch.Tensor:
+        return x.to(device=device, dtype=dtype) if x.is_floating_point() else x.to(device)
+
+    return RunData(inputs(split.x_train), split.y_train.to(device), inputs(split.x_test),
+                   split.y_test.to(device), int(np.prod(split.x_train.shape[1:])), int(split.num_classes))
 
 
 def build_model(config: Mapping[str, Any], in_features: int, out_features: int,
@@ -551,8 +619,6 @@ def run(config: Mapping[str, Any], *, out_dir: str | Path | None = None, progres
     is written if setup fails (bad config, missing data). ``progress``: ``None``/``"auto"`` (a
     bar on a terminal, plain lines otherwise), ``"bar"``, ``"lines"``, ``"none"`` or a bool.
     """
-    from catapult import curvature, data as data_mod
-
     config = cfg.validate(config)
     started = time.perf_counter()
     device = resolve_device(config["device"])
@@ -563,15 +629,10 @@ def run(config: Mapping[str, Any], *, out_dir: str | Path | None = None, progres
     lr_spec = cfg.parse_lr(config["optimizer"]["lr"])
 
     # ---- setup: everything that can fail on bad input happens before any file is written
-    d = config["data"]
-    split = data_mod.load_dataset(d["name"], root=d["root"], n_train=d["n_train"], n_test=d["n_test"])
-    x_train = split.x_train.to(device=device, dtype=dtype)
-    y_train = split.y_train.to(device)
-    x_test = split.x_test.to(device=device, dtype=dtype)
-    y_test = split.y_test.to(device)
-    in_features = int(np.prod(split.x_train.shape[1:]))
+    data = load_data(config, device, dtype)
+    x_train, y_train, x_test, y_test = data.x_train, data.y_train, data.x_test, data.y_test
     batches = BatchStream(x_train, y_train, train_cfg["batch_size"], data_seed)
-    model = build_model(config, in_features, split.num_classes, device, dtype)
+    model = build_model(config, data.in_features, data.num_classes, device, dtype)
     model.train()
     loss_fn = get_loss(config["loss"])
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)

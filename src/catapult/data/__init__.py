@@ -15,6 +15,7 @@ All loaders standardise each sample to zero mean and unit std by default and tak
 """
 from __future__ import annotations
 
+import functools
 import os
 
 from catapult.data.cifar import load_cifar10, load_cifar100
@@ -24,14 +25,23 @@ from catapult.data.split import Split, first_n, one_hot, standardize_per_sample
 from catapult.data import text
 
 __all__ = ["Split", "load_digits", "load_cifar10", "load_cifar100", "load_dataset", "DATASETS",
+           "IMAGE_DATASETS", "TEXT_DATASETS",
            "standardize_per_sample", "first_n", "one_hot", "UnsafePickleError", "text"]
 
-DATASETS = ("digits", "cifar10", "cifar100")
+#: Classification datasets (a `Split`) and text corpora (a `text.WindowSplit` of token windows).
+IMAGE_DATASETS = ("digits", "cifar10", "cifar100")
+TEXT_DATASETS = text.CORPORA
+DATASETS = IMAGE_DATASETS + TEXT_DATASETS
 
 
 def load_dataset(name: str, *, root: str | os.PathLike | None = None, n_train: int | None = None,
-                 n_test: int | None = None, **kwargs) -> Split:
-    """Load a classification dataset by name: ``"digits"``, ``"cifar10"`` or ``"cifar100"``.
+                 n_test: int | None = None, context: int = 64, val_fraction: float = 0.1,
+                 **kwargs) -> "Split | text.WindowSplit":
+    """Load a dataset by name: ``"digits"``, ``"cifar10"``, ``"cifar100"`` (a `Split`), or the
+    text corpora ``"shakespeare"`` (embedded) and ``"text"`` (``root`` = a file or WikiText-style
+    directory), which come as a `text.WindowSplit` of non-overlapping ``context``-token windows
+    (``n_train`` / ``n_test`` count windows; the test part is the validation text, the last
+    ``val_fraction`` of the characters unless the source has its own split).
 
     ``root`` locates CIFAR files (see `load_cifar10`); digits are embedded and take no root.
     ``n_train`` / ``n_test`` keep the first N samples. Extra keywords go to the loader
@@ -47,4 +57,24 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, n_train: i
         return load_cifar10(root, n_train, n_test, **kwargs)
     if name == "cifar100":
         return load_cifar100(root, n_train, n_test, **kwargs)
+    if name in TEXT_DATASETS:
+        return _corpus(name, root, val_fraction).windows(context, n_train, n_test)
     raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
+
+
+def _corpus(name: str, root, val_fraction: float) -> "text.TextCorpus":
+    """`text.load_corpus`, cached in this process (a sweep's cells share one tokenised corpus;
+    the key holds the files' modification times, so an edited file is read again)."""
+    stamp = None
+    if root is not None:
+        path = os.path.expanduser(str(root))
+        if os.path.isdir(path):
+            stamp = tuple(sorted((e.name, e.stat().st_mtime_ns) for e in os.scandir(path) if e.is_file()))
+        elif os.path.exists(path):
+            stamp = os.stat(path).st_mtime_ns
+    return _load_corpus_cached(name, None if root is None else str(root), float(val_fraction), stamp)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_corpus_cached(name, root, val_fraction, _stamp) -> "text.TextCorpus":
+    return text.load_corpus(name, root=root, val_fraction=val_fraction)

@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["CharVocab", "TextCorpus", "get_batch", "load_shakespeare", "load_text",
-           "load_corpus", "CORPORA", "SHAKESPEARE_CREDIT"]
+__all__ = ["CharVocab", "TextCorpus", "WindowSplit", "get_batch", "windows", "load_shakespeare",
+           "load_text", "load_corpus", "CORPORA", "SHAKESPEARE_CREDIT"]
 
 SHAKESPEARE_CREDIT = (
     "Shakespeare texts: Open Shakespeare (Open Knowledge Foundation, http://www.openshakespeare.org/), "
@@ -130,6 +130,62 @@ def get_batch(ids: torch.Tensor, batch_size: int, context: int, *,
     return x, y
 
 
+def windows(ids: torch.Tensor, context: int, n: int | None = None, *,
+            name: str = "the text") -> tuple[torch.Tensor, torch.Tensor]:
+    """Non-overlapping next-token windows of a token stream, in order.
+
+    Window ``i`` is ``x[i] = ids[i*T : i*T + T]`` and ``y[i] = ids[i*T + 1 : i*T + T + 1]``
+    (``T = context``); there are ``(len(ids) - 1) // T`` of them and ``n`` keeps the first ``n``
+    ("first N", like the image loaders). Both int64 of shape ``(n, T)``; views are not shared
+    with ``ids``. Too short a text, or more windows asked for than there are, is an error
+    naming the counts.
+    """
+    if ids.ndim != 1:
+        raise ValueError(f"windows: ids must be 1-D, got shape {tuple(ids.shape)}")
+    if context < 1:
+        raise ValueError(f"windows: context must be >= 1, got {context}")
+    available = (ids.shape[0] - 1) // context
+    if available < 1:
+        raise ValueError(f"{name}: a context of {context} needs more than {context} tokens, "
+                         f"it has {ids.shape[0]}")
+    if n is None:
+        n = available
+    elif n > available:
+        raise ValueError(f"{name}: asked for {n} windows of {context} tokens, but it holds only "
+                         f"{available}")
+    ids = ids.long()
+    x = ids[: n * context].reshape(n, context).clone()
+    y = ids[1: n * context + 1].reshape(n, context).clone()
+    return x, y
+
+
+@dataclass(repr=False)
+class WindowSplit:
+    """A corpus cut into next-token windows: the training engine's view of text data.
+
+    The same fields as :class:`catapult.data.Split`, with token ids instead of images:
+    ``x_*``, ``y_*`` are int64 ``(N, context)`` (``y`` is ``x`` shifted by one token), the test
+    part is the corpus' validation text, and ``num_classes`` is the vocabulary size (the
+    model's number of logits). ``vocab`` decodes ids back to text.
+    """
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    name: str
+    vocab: CharVocab
+
+    @property
+    def context(self) -> int:
+        return int(self.x_train.shape[1])
+
+    def __repr__(self) -> str:
+        return (f"WindowSplit(name={self.name!r}, vocab_size={self.num_classes}, "
+                f"x_train={tuple(self.x_train.shape)}, x_test={tuple(self.x_test.shape)})")
+
+
 @dataclass(repr=False)
 class TextCorpus:
     """A tokenised corpus: 1-D int64 id tensors per split and the vocabulary.
@@ -157,6 +213,13 @@ class TextCorpus:
         if ids is None:
             raise ValueError(f"{self.name} has no test text")
         return get_batch(ids, batch_size, context, generator=generator, device=device)
+
+    def windows(self, context: int, n_train: int | None = None,
+                n_test: int | None = None) -> WindowSplit:
+        """Train and validation text as :func:`windows` of ``context`` tokens (first N of each)."""
+        x_train, y_train = windows(self.train, context, n_train, name=f"{self.name} (train)")
+        x_test, y_test = windows(self.val, context, n_test, name=f"{self.name} (validation)")
+        return WindowSplit(x_train, y_train, x_test, y_test, self.vocab_size, self.name, self.vocab)
 
     def __repr__(self) -> str:
         test = "None" if self.test is None else str(self.test.shape[0])

@@ -125,7 +125,8 @@ class GPT(nn.Module):
     Args:
         vocab_size, d_model, n_layers, n_heads, context: the usual sizes
             (``d_model % n_heads == 0``; ``T <= context``).
-        parametrization: ``"sp" | "mup" | "supar"`` (module docstring's table).
+        parametrization: ``"sp" | "mup" | "supar"`` (module docstring's table), or the
+            ablations ``"supar_init"`` / ``"supar_lr"`` (:func:`catapult.parametrize.init_rule`).
         base_width: ``d_base`` for ``m_d = d_model / d_base`` (``None``: ``d_base = d_model``).
         density, base_density: kept fraction of the hidden matrices and of the base model's.
         positions: ``"learned"`` (an embedding table, role input) or ``"sinusoidal"`` (fixed,

@@ -54,7 +54,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from catapult.parametrize import ParamSpec, ScaledLinear, check_parametrization
+from catapult.parametrize import ParamSpec, ScaledLinear, check_parametrization, init_rule
 from catapult.sparsity import random_mask
 
 __all__ = ["MLP", "ACTIVATIONS"]
@@ -89,7 +89,9 @@ class MLP(nn.Module):
         out_features: number of outputs (classes).
         width: hidden width ``d``.
         depth: number of Linear layers (``depth - 1`` hidden activations).
-        parametrization: ``"sp" | "mup" | "supar"``.
+        parametrization: ``"sp" | "mup" | "supar"``, or the SμPar ablations
+            ``"supar_init"`` (SμPar init, muP learning rates) / ``"supar_lr"`` (muP init,
+            SμPar learning rates).
         activation: ``"relu" | "tanh" | "gelu" | "linear"``.
         bias: whether layers have (zero-initialised) biases.
         base_width: base width ``d_base`` of the table form (``None``: warmup-paper form
@@ -142,11 +144,11 @@ class MLP(nn.Module):
         if not (0.0 < density <= 1.0) or not (0.0 < base_density <= 1.0):
             raise ValueError(f"MLP density and base_density must be in (0, 1]; "
                              f"got {density!r}, {base_density!r}")
-        table_form = parametrization == "supar" or (parametrization == "mup"
-                                                    and base_width is not None)
+        table_form = parametrization.startswith("supar") or (parametrization == "mup"
+                                                             and base_width is not None)
         if not table_form and (alpha_in != 1.0 or alpha_out != 1.0):
             raise ValueError("MLP alpha_in / alpha_out apply to the table form only "
-                             "(parametrization='supar', or 'mup' with base_width)")
+                             "(parametrization='supar' and its ablations, or 'mup' with base_width)")
 
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.width, self.depth = int(width), int(depth)
@@ -182,7 +184,8 @@ class MLP(nn.Module):
                 if role == "input":
                     var, multiplier = weight_var / fan_in, alpha_in
                 elif role == "hidden":
-                    live = self.density if parametrization == "supar" else self.base_density
+                    live = (self.density if init_rule(parametrization) == "supar"
+                            else self.base_density)
                     var, multiplier = weight_var / (fan_in * live), 1.0
                 else:
                     var, multiplier = 1.0 / d_base, alpha_out / width_mult

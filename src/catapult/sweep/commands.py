@@ -1,4 +1,4 @@
-"""``catapult sweep | export | plot | report``: the sweep subcommands.
+"""``catapult sweep | export | plot | transfer | report``: the sweep subcommands.
 
 ::
 
@@ -9,6 +9,8 @@
     catapult export STORE [--format csv|parquet] --out FILE
     catapult plot STORE [--metric test_accuracy] [--x KEY] [--y KEY] [--where KEY=VALUE ...]
                   [--cells ID ...] [--out PNG] [--trajectories-out PNG]
+    catapult transfer STORE [--x optimizer.lr] [--series model.density] [--panel model.parametrization]
+                      [--metric test_loss] [--where KEY=VALUE ...] [--out PNG] [--json]
     catapult report STORE [--out FILE.html]
 
 Registered by ``catapult.cli`` through :func:`register` (module listed in ``cli.COMMANDS``).
@@ -26,7 +28,7 @@ __all__ = ["register"]
 
 
 def register(subparsers) -> None:
-    """Add the ``sweep``, ``export``, ``plot`` and ``report`` subcommands."""
+    """Add the ``sweep``, ``export``, ``plot``, ``transfer`` and ``report`` subcommands."""
     from catapult.cli import add_config_arguments
     from catapult.sweep.executors import EXECUTORS
 
@@ -80,6 +82,25 @@ def register(subparsers) -> None:
     p.add_argument("--out", metavar="PNG", help="heatmap file (default: <store>_<metric>.png)")
     p.add_argument("--trajectories-out", metavar="PNG", help="trajectories file (default: <store>_trajectories.png)")
     p.set_defaults(func=_plot_command)
+
+    from catapult.plots.transfer import TRANSFER_METRICS
+
+    p = subparsers.add_parser(
+        "transfer", help="hyperparameter-transfer curves (metric vs lr per density/width) from a sweep store",
+        description="One panel per --panel value (default model.parametrization), one curve per --series value "
+                    "(default model.density) of --metric (default final test_loss = validation loss) against "
+                    "--x (default optimizer.lr); prints the optimal x per series and how far it drifts, in "
+                    "log2 units (the SμPar paper's Figs. 6-7).")
+    p.add_argument("store", metavar="STORE", help="sweep store (SQLite file)")
+    p.add_argument("--x", default="optimizer.lr", metavar="KEY", help="swept hyperparameter (default optimizer.lr)")
+    p.add_argument("--series", default="model.density", metavar="KEY", help="one curve per value (default model.density)")
+    p.add_argument("--panel", default="model.parametrization", metavar="KEY",
+                   help="one panel per value (default model.parametrization)")
+    p.add_argument("--metric", default="test_loss", choices=TRANSFER_METRICS, help="default: final test_loss")
+    p.add_argument("--where", nargs="*", default=[], metavar="KEY=VALUE", help="fix other swept keys")
+    p.add_argument("--out", metavar="PNG", help="figure (default: <store>_transfer.png)")
+    p.add_argument("--json", action="store_true", help="print the optima and drifts as JSON instead of a table")
+    p.set_defaults(func=_transfer_command)
 
     p = subparsers.add_parser("report", help="one self-contained HTML page for a sweep store",
                               description="Phase diagrams and trajectories (embedded PNG), the results table and "
@@ -202,6 +223,35 @@ def _plot_command(args: argparse.Namespace) -> int:
                 print(f"wrote {traj}")
     except (StoreError, ValueError) as err:
         return _fail("plot", str(err))
+    return 0
+
+
+def _transfer_command(args: argparse.Namespace) -> int:
+    import json
+    import math
+
+    from catapult.plots.transfer import drift, optima, plot_transfer, transfer_curves, transfer_table
+    from catapult.store import Store, StoreError
+
+    store_path = Path(args.store)
+    try:
+        with Store(store_path, create=False) as store:
+            curves = transfer_curves(store.cells(), store.axes(), x=args.x, series=args.series, panel=args.panel,
+                                     metric=args.metric, where=_parse_where(args.where))
+    except (StoreError, ValueError) as err:
+        return _fail("transfer", str(err))
+    out = Path(args.out) if args.out else Path(f"{store_path.with_suffix('')}_transfer.png")
+    plot_transfer(curves, out, title=store_path.stem)
+    if args.json:
+        opt, moved = optima(curves), drift(curves)
+        print(json.dumps({"x": args.x, "series": curves.series_key, "panel": curves.panel_key, "metric": args.metric,
+                          "optima": {str(p): {str(s): (None if o is None else {"x": o[0], "metric": o[1]})
+                                              for s, o in by.items()} for p, by in opt.items()},
+                          "drift_log2": {str(p): (None if math.isnan(d) else d) for p, d in moved.items()}},
+                         indent=2))
+    else:
+        print(transfer_table(curves))
+    print(f"wrote {out}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 

@@ -104,7 +104,8 @@ _KNOWN_KEYS = frozenset({
     "name", "seed", "device", "dtype",
     "data.name", "data.root", "data.n_train", "data.n_test",
     "model.name", "model.width", "model.depth", "model.parametrization", "model.activation", "model.bias",
-    "model.init", "model.base_width", "model.density", "model.base_density",
+    "model.init", "model.base_width", "model.density", "model.base_density", "model.mask_method",
+    "model.alpha_in", "model.alpha_out",
     "loss",
     "optimizer.name", "optimizer.lr", "optimizer.momentum", "optimizer.betas", "optimizer.eps",
     "optimizer.weight_decay",
@@ -602,7 +603,6 @@ class _Batch:
 def run_ensemble(cells: Sequence[Cell], *, threads: int | None = None) -> Iterator[tuple[int, CellResult]]:
     """Train ``cells`` (one group: see :func:`group_key`) as one batched model; yields
     ``(cell_id, CellResult)`` as each member finishes or diverges (see the module docstring)."""
-    from catapult import data as data_mod
     from catapult import train
     from catapult.train import METRIC_COLUMNS, _threshold
 
@@ -611,13 +611,9 @@ def run_ensemble(cells: Sequence[Cell], *, threads: int | None = None) -> Iterat
     c0 = configs[0]
     device = train.resolve_device(c0["device"])
     dtype = getattr(torch, c0["dtype"])
-    d = c0["data"]
-    split = data_mod.load_dataset(d["name"], root=d["root"], n_train=d["n_train"], n_test=d["n_test"])
-    x_train = split.x_train.to(device=device, dtype=dtype)
-    y_train = split.y_train.to(device)
-    x_test = split.x_test.to(device=device, dtype=dtype)
-    y_test = split.y_test.to(device)
-    in_features = int(np.prod(split.x_train.shape[1:]))
+    data = train.load_data(c0, device, dtype)
+    x_train, y_train, x_test, y_test = data.x_train, data.y_train, data.x_test, data.y_test
+    in_features = data.in_features
     data_seed = train.seeds(c0["seed"])[1]
     batches = train.BatchStream(x_train, y_train, c0["train"]["batch_size"], data_seed)
     opt_name = c0["optimizer"]["name"]
@@ -636,7 +632,7 @@ def run_ensemble(cells: Sequence[Cell], *, threads: int | None = None) -> Iterat
             test_every=ev["test_every"], divergence_factor=config["train"]["divergence_factor"],
             tol=ev["sharpness_tol"], max_iter=ev["sharpness_max_iter"],
             lr_spec=cfg.parse_lr(config["optimizer"]["lr"]), sharpness_seed=sharp_seed))
-        model = train.build_model(config, in_features, split.num_classes, device, dtype)
+        model = train.build_model(config, in_features, data.num_classes, device, dtype)
         model.train()
         models.append(model)
     batch = _Batch(members, models, kind, c0["loss"], opt_name)
@@ -841,17 +837,15 @@ class EnsembleExecutor(Executor):
         return chunks, local
 
     def _chunk_size(self, config: Mapping[str, Any], members: Sequence[Cell]) -> int:
-        from catapult import data as data_mod
+        from catapult import train
 
-        d = config["data"]
         try:
-            split = data_mod.load_dataset(d["name"], root=d["root"], n_train=d["n_train"], n_test=d["n_test"])
+            data = train.load_data(config)
         except Exception:
             return 1  # the run reports the error
-        n_train = split.x_train.shape[0]
+        n_train = data.x_train.shape[0]
         batch = config["train"]["batch_size"] or n_train
-        per = member_bytes(config, int(np.prod(split.x_train.shape[1:])), split.num_classes, batch,
-                           split.x_test.shape[0])
+        per = member_bytes(config, data.in_features, data.num_classes, batch, data.x_test.shape[0])
         size = max(1, int(self.memory_mb * 2**20 // per))
         if self.max_members is not None:
             size = min(size, self.max_members)

@@ -68,7 +68,7 @@ def measure_lambda0(config: Mapping[str, Any]) -> float:
     import numpy as np
     import torch
 
-    from catapult import curvature, data as data_mod
+    from catapult import curvature
     from catapult import train
     from catapult.losses import get_loss
 
@@ -76,13 +76,9 @@ def measure_lambda0(config: Mapping[str, Any]) -> float:
     device = train.resolve_device(config["device"])
     dtype = getattr(torch, config["dtype"])
     _, data_seed, sharpness_seed = train.seeds(config["seed"])
-    d = config["data"]
-    split = data_mod.load_dataset(d["name"], root=d["root"], n_train=d["n_train"], n_test=d["n_test"])
-    x = split.x_train.to(device=device, dtype=dtype)
-    y = split.y_train.to(device)
-    batches = train.BatchStream(x, y, config["train"]["batch_size"], data_seed)
-    in_features = int(np.prod(split.x_train.shape[1:]))
-    model = train.build_model(config, in_features, split.num_classes, device, dtype)
+    data = train.load_data(config, device, dtype)
+    batches = train.BatchStream(data.x_train, data.y_train, config["train"]["batch_size"], data_seed)
+    model = train.build_model(config, data.in_features, data.num_classes, device, dtype)
     model.train()
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     start = torch.randn(n_params, generator=torch.Generator().manual_seed(sharpness_seed))

@@ -367,20 +367,11 @@ def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> tuple[dict, S
     Cells are validated by :func:`expand`.
     """
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise cfg.ConfigError([("<file>", f"config file not found: {path}")]) from None
-    except OSError as err:
-        raise cfg.ConfigError([("<file>", f"cannot read config file {path}: {err.strerror}")]) from None
-    try:
-        mapping = yaml.safe_load(text) or {}
-    except yaml.YAMLError as err:
-        raise cfg.ConfigError([("<file>", f"{path} is not valid YAML: {err}")]) from None
-    if not isinstance(mapping, dict):
-        raise cfg.ConfigError([("<file>", f"{path} must hold a mapping of keys, got {type(mapping).__name__}")])
+    mapping = cfg.read_mapping(path)
     base_overrides, sweep_overrides = _split_overrides(overrides)
     section = mapping.pop("sweep", None)
+    for other in cfg.STUDY_SECTIONS:
+        mapping.pop(other, None)
     if section is not None and not isinstance(section, Mapping):
         raise cfg.ConfigError([("sweep", f"expected a mapping with keys grid and seeds, got {section!r}")])
     section = _apply_sweep_overrides(dict(section or {}), sweep_overrides)

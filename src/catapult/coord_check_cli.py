@@ -1,0 +1,286 @@
+"""``catapult coord-check CONFIG``: the coordinate check of a run config, over widths, densities or both.
+
+The run config says what to build and train (model, data, loss, optimizer and its lr); a
+``coord_check:`` section says what to vary::
+
+    coord_check:
+      widths: [64, 128, 256, 512]          # model.width values (null: no width sweep)
+      densities: [1, 0.5, 0.25, 0.125]     # model.density values (null: no density sweep)
+      parametrizations: [sp, mup, supar]   # null: just model.parametrization
+      seeds: [0, 1, 2]
+      steps: 10                            # training steps recorded (t = 0 .. steps-1)
+
+For every parameterization, every axis given (``widths`` with the config's density,
+``densities`` with its width) and every seed, the model is built exactly as ``catapult train``
+builds it (same init seed rule, same masks, same per-layer learning rates), trained for
+``steps`` steps at the constant learning rate ``optimizer.lr`` (the schedule is not used: a
+coordinate check compares parameterizations at one lr) on the run's first ``steps`` training
+batches (the same batches for every model), and :func:`catapult.coord_check.coord_check`
+records each block's mean |output| at every step.
+
+Writes ``<out>/coord_check.csv`` (one row per parameterization, axis, value, seed, step and
+module: ``pandas.read_csv`` reads it), one figure per parameterization and axis
+(``coord_check_<axis>_<parametrization>.png``, log-log, one panel per block, one line per step),
+``config.yaml`` (the resolved run config and the ``coord_check`` section) and prints a table of
+the log-log slope of mean |activation| against the varied value per block at the first and last
+step: 0 means flat, what a correct parameterization shows.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from catapult import config as cfg
+
+__all__ = ["register", "parse_coord_check", "run_coord_check", "COORD_CHECK_DEFAULTS"]
+
+COORD_CHECK_DEFAULTS: dict[str, Any] = {
+    "widths": None,
+    "densities": None,
+    "parametrizations": None,
+    "seeds": [0, 1, 2],
+    "steps": 10,
+}
+CSV_COLUMNS = ("parametrization", "axis", "value", "seed", "step", "block", "module", "mean_abs", "loss")
+
+
+def _number_list(key: str, value: Any, *, integer: bool, low: float, high: float | None,
+                 problems: list) -> list | None:
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or not value:
+        problems.append((key, f"expected a non-empty list of numbers or null, got {value!r}"))
+        return None
+    out = []
+    for item in value:
+        option = (cfg.integer(None, low=int(low)) if integer
+                  else cfg.number(None, low=low, high=high, low_open=True))
+        try:
+            out.append(option.validate(item))
+        except Exception as err:  # _Invalid: message says what is allowed
+            problems.append((key, f"entry {item!r}: {err}"))
+    return out
+
+
+def parse_coord_check(section: Mapping[str, Any] | None) -> dict:
+    """Validate a ``coord_check:`` section (defaults filled); :class:`ConfigError` names each bad key."""
+    from catapult.parametrize import PARAMETRIZATIONS
+
+    if section is None:
+        section = {}
+    if not isinstance(section, Mapping):
+        raise cfg.ConfigError([("coord_check", f"expected a mapping with keys {', '.join(COORD_CHECK_DEFAULTS)}, "
+                                               f"got {section!r}")])
+    problems: list[tuple[str, str]] = []
+    unknown = [k for k in section if k not in COORD_CHECK_DEFAULTS]
+    for key in unknown:
+        problems.append((f"coord_check.{key}", f"unknown key; allowed: {', '.join(COORD_CHECK_DEFAULTS)}"))
+    out = dict(COORD_CHECK_DEFAULTS, **{k: v for k, v in section.items() if k not in unknown})
+    out["widths"] = _number_list("coord_check.widths", out["widths"], integer=True, low=1, high=None,
+                                 problems=problems)
+    out["densities"] = _number_list("coord_check.densities", out["densities"], integer=False, low=0.0,
+                                    high=1.0, problems=problems)
+    seeds = _number_list("coord_check.seeds", out["seeds"], integer=True, low=0, high=None, problems=problems)
+    if out["seeds"] is None:
+        problems.append(("coord_check.seeds", "expected a non-empty list of seeds (integers >= 0)"))
+    out["seeds"] = seeds
+    try:
+        out["steps"] = cfg.integer(10, low=1).validate(out["steps"])
+    except Exception as err:
+        problems.append(("coord_check.steps", str(err)))
+    params = out["parametrizations"]
+    if params is not None:
+        if isinstance(params, str):
+            params = [params]
+        if not isinstance(params, (list, tuple)) or not params:
+            problems.append(("coord_check.parametrizations", f"expected a list of {', '.join(PARAMETRIZATIONS)}"))
+        else:
+            bad = [p for p in params if p not in PARAMETRIZATIONS]
+            if bad:
+                problems.append(("coord_check.parametrizations",
+                                 f"{bad} not allowed; allowed values: {', '.join(PARAMETRIZATIONS)}"))
+            params = list(params)
+    out["parametrizations"] = params
+    if not problems and out["widths"] is None and out["densities"] is None:
+        problems.append(("coord_check", "set coord_check.widths, coord_check.densities or both"))
+    if problems:
+        raise cfg.ConfigError(problems)
+    return out
+
+
+def _split_overrides(overrides: Iterable[str]) -> tuple[list[str], list[str]]:
+    base, section = [], []
+    for text in overrides:
+        (section if text.strip().startswith("coord_check.") else base).append(text)
+    return base, section
+
+
+def load_coord_check(path: str | Path, overrides: Iterable[str] = ()) -> tuple[dict, dict]:
+    """``(run_config, coord_check_section)`` from a config file with ``key=value`` overrides
+    (``coord_check.<key>=...`` change the section). Everything is validated first, including
+    each model the check will build (an invalid width/density/parameterization is an error
+    naming the key), so nothing runs on bad input."""
+    base_overrides, section_overrides = _split_overrides(overrides)
+    mapping = cfg.read_mapping(path)
+    section = mapping.get("coord_check") or {}
+    if not isinstance(section, Mapping):
+        raise cfg.ConfigError([("coord_check", f"expected a mapping, got {section!r}")])
+    section = dict(section)
+    for text in section_overrides:
+        key, value = cfg.parse_override(text)
+        section[key.split(".", 1)[1]] = value
+    spec = parse_coord_check(section)
+    config = cfg.load_config(path, base_overrides)
+    if cfg.parse_lr(config["optimizer"]["lr"]).relative:
+        raise cfg.ConfigError([("optimizer.lr", f"{config['optimizer']['lr']!r}: a coordinate check compares "
+                                                "models at one absolute lr; give a number")])
+    problems = []
+    for parametrization, axis, value in _models(config, spec):
+        try:
+            cfg.validate(_variant(config, parametrization, axis, value))
+        except cfg.ConfigError as err:
+            where = f"coord_check.{'widths' if axis == 'width' else 'densities'}={value}"
+            problems.extend((f"{key} ({where}, {parametrization})", msg) for key, msg in err.problems)
+    if problems:
+        raise cfg.ConfigError(problems)
+    return config, spec
+
+
+def _axes(spec: Mapping[str, Any]) -> list[tuple[str, list]]:
+    axes = []
+    if spec["widths"] is not None:
+        axes.append(("width", spec["widths"]))
+    if spec["densities"] is not None:
+        axes.append(("density", spec["densities"]))
+    return axes
+
+
+def _models(config: Mapping[str, Any], spec: Mapping[str, Any]):
+    for parametrization in spec["parametrizations"] or [config["model"]["parametrization"]]:
+        for axis, values in _axes(spec):
+            for value in values:
+                yield parametrization, axis, value
+
+
+def _variant(config: Mapping[str, Any], parametrization: str, axis: str, value, seed: int | None = None) -> dict:
+    variant = copy.deepcopy(dict(config))
+    variant["model"] = dict(variant["model"], parametrization=parametrization, **{axis: value})
+    if seed is not None:
+        variant["seed"] = int(seed)
+    return variant
+
+
+def run_coord_check(config: Mapping[str, Any], spec: Mapping[str, Any], *, out_dir: str | Path | None = None,
+                    progress: bool = False) -> list[dict]:
+    """Run the check a validated ``(config, spec)`` describes; returns the rows (also written
+    to ``out_dir`` with the figures when given). See the module docstring."""
+    import torch
+
+    from catapult import train
+    from catapult.coord_check import coord_check, plot_coord_check
+    from catapult.losses import get_loss
+
+    device = train.resolve_device(config["device"])
+    dtype = getattr(torch, config["dtype"])
+    data = train.load_data(config, device, dtype)
+    steps = spec["steps"]
+    stream = train.BatchStream(data.x_train, data.y_train, config["train"]["batch_size"],
+                               train.seeds(config["seed"])[1])
+    batches = [stream.batch(t) for t in range(steps)]
+    loss_fn = get_loss(config["loss"])
+    lr = cfg.parse_lr(config["optimizer"]["lr"]).value
+    rows: list[dict] = []
+    for parametrization in spec["parametrizations"] or [config["model"]["parametrization"]]:
+        for axis, values in _axes(spec):
+            for seed in spec["seeds"]:
+                def make_model(value, _p=parametrization, _a=axis, _s=seed):
+                    variant = cfg.validate(_variant(config, _p, _a, value, _s))
+                    return train.build_model(variant, data.in_features, data.num_classes, device, dtype)
+
+                def make_optimizer(model, _p=parametrization, _s=seed):
+                    variant = cfg.validate(_variant(config, _p, "width", config["model"]["width"], _s))
+                    return train.build_optimizer(variant, model, lr)
+
+                part = coord_check(make_model, values, batch=lambda t: batches[t], steps=steps, seeds=[seed],
+                                   lr=lr, optimizer=make_optimizer, loss_fn=loss_fn)
+                for row in part:
+                    row.update(parametrization=parametrization, axis=axis)
+                rows.extend(part)
+                if progress:
+                    print(f"[coord-check] {parametrization} over {axis}: seed {seed} done", file=sys.stderr,
+                          flush=True)
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "coord_check.csv", "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()})
+        text = cfg.dump_config(config) + cfg.dump_config({"coord_check": dict(spec)})
+        (out / "config.yaml").write_text(text)
+        for parametrization, axis, part in _groups(rows):
+            plot_coord_check(part, out / f"coord_check_{axis}_{parametrization}.png", xlabel=axis,
+                             title=f"{config['name']}: {parametrization}, mean |activation| vs {axis}")
+    return rows
+
+
+def _groups(rows: list[dict]):
+    keys = list(dict.fromkeys((r["parametrization"], r["axis"]) for r in rows))
+    for parametrization, axis in keys:
+        yield parametrization, axis, [r for r in rows if r["parametrization"] == parametrization and r["axis"] == axis]
+
+
+def slope_table(rows: list[dict]) -> str:
+    """Markdown table: log-log slope of mean |activation| vs the varied value, per
+    (parameterization, axis, block), at the first and the last recorded step."""
+    from catapult.coord_check import coord_slopes
+
+    lines = ["| parametrization | axis | block | slope at step 0 | slope at last step |", "|---|---|---|---|---|"]
+    for parametrization, axis, part in _groups(rows):
+        slopes = coord_slopes(part)
+        last = max(step for _, step in slopes)
+        for block in dict.fromkeys(b for b, _ in slopes):
+            first_s, last_s = slopes.get((block, 0), math.nan), slopes.get((block, last), math.nan)
+            lines.append(f"| {parametrization} | {axis} | {block} | {first_s:+.3f} | {last_s:+.3f} |")
+    return "\n".join(lines)
+
+
+def register(subparsers) -> None:
+    """Add ``catapult coord-check``."""
+    from catapult.cli import add_config_arguments
+
+    p = subparsers.add_parser(
+        "coord-check", help="coordinate check: each block's activation scale over widths and/or densities",
+        description="Train each model of the config's coord_check: section (widths, densities, "
+                    "parametrizations, seeds) for a few steps at the constant optimizer.lr and record "
+                    "each block's mean |output| per step; writes coord_check.csv, one log-log figure per "
+                    "parametrization and axis, and prints the slopes (0 = flat = the scale is stable). "
+                    "Overrides: run keys as for `train`, plus coord_check.<key>=...",
+    )
+    add_config_arguments(p)
+    p.add_argument("--out", metavar="DIR", help="output directory (default: runs/<name>/)")
+    p.set_defaults(func=_command)
+
+
+def _command(args) -> int:
+    overrides = list(args.overrides)
+    if getattr(args, "device", None):
+        overrides.append(f"device={args.device}")
+    config, spec = load_coord_check(args.config, overrides)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise cfg.ConfigError([("--threads", f"must be >= 1, got {args.threads}")])
+        import torch
+
+        torch.set_num_threads(args.threads)
+    out = Path(args.out) if args.out else Path("runs") / config["name"]
+    rows = run_coord_check(config, spec, out_dir=out, progress=args.progress != "none")
+    print(slope_table(rows))
+    print(f"wrote {out}/ (coord_check.csv, config.yaml, "
+          f"{len(list(_groups(rows)))} figure(s) coord_check_<axis>_<parametrization>.png)")
+    return 0

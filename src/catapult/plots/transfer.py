@@ -1,0 +1,209 @@
+"""Hyperparameter-transfer curves (the SμPar paper's Figs. 6, 7, 13, 14) from a sweep store.
+
+A transfer study sweeps one hyperparameter ``x`` (the learning rate, the init std) for each
+value of a *series* key (density, width) under each *panel* value (parameterization). For
+every (panel, series) :func:`transfer_curves` gives the metric against ``x`` (mean over the
+other swept keys, e.g. seeds; diverged or failed cells are NaN), :func:`optima` the best ``x``
+on the grid, and :func:`drift` how far that optimum moves across the series, in log2 units:
+
+    drift(panel) = log2( max_s x*(panel, s) / min_s x*(panel, s) )
+
+A parameterization that transfers keeps ``drift`` within about one grid step (the SμPar
+paper: SμPar's optimal lr stays put from density 1 to 1/64 while SP's and muP's drift).
+:func:`plot_transfer` draws one panel per parameterization, one line per series value, the
+optimum of each marked; :func:`transfer_table` is the Markdown table of the optima.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+__all__ = ["TransferCurves", "transfer_curves", "optima", "drift", "plot_transfer", "transfer_table",
+           "TRANSFER_METRICS"]
+
+#: Cell metrics a transfer curve can show (lower is better for losses, higher for accuracies).
+TRANSFER_METRICS = ("test_loss", "train_loss", "best_test_loss", "best_train_loss", "test_accuracy",
+                    "train_accuracy", "best_test_accuracy")
+
+
+def _key(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+@dataclass
+class TransferCurves:
+    """``curves[panel][series] = [(x, metric or nan), ...]`` sorted by ``x``; ``x`` numeric
+    (for ``optimizer.lr`` the resolved learning rate, so ``c/lambda0`` sweeps work too)."""
+
+    metric: str
+    x_key: str
+    series_key: str | None
+    panel_key: str | None
+    curves: dict[Any, dict[Any, list[tuple[float, float]]]]
+
+    @property
+    def higher_is_better(self) -> bool:
+        return "accuracy" in self.metric
+
+
+def _x_value(cell: Mapping[str, Any], x_key: str) -> float:
+    value = cell["swept"].get(x_key)
+    if _finite(value):
+        return float(value)
+    if x_key == "optimizer.lr" and _finite(cell.get("lr_target")):
+        return float(cell["lr_target"])
+    raise ValueError(f"cell {cell['id']}: {x_key}={value!r} is not a number (and no resolved lr_target)")
+
+
+def transfer_curves(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[str, Any]], *,
+                    x: str = "optimizer.lr", series: str | None = "model.density",
+                    panel: str | None = "model.parametrization", metric: str = "test_loss",
+                    where: Mapping[str, Any] | None = None) -> TransferCurves:
+    """Group store cells (:meth:`catapult.store.Store.cells`) into transfer curves.
+
+    ``x``, ``series`` and ``panel`` must be swept keys (``series``/``panel`` may be None or a
+    key that is not swept: then one series/panel). Cells that do not match ``where`` are
+    dropped; cells with equal (panel, series, x) are averaged over their finished members
+    (a point with no finished member is NaN: diverged or failed).
+    """
+    if metric not in TRANSFER_METRICS:
+        raise ValueError(f"unknown metric {metric!r}; allowed: {', '.join(TRANSFER_METRICS)}")
+    swept = {a["key"] for a in axes}
+    if x not in swept:
+        raise ValueError(f"--x {x!r} is not a swept key; swept keys: {', '.join(sorted(swept))}")
+    series = series if series in swept else None
+    panel = panel if panel in swept else None
+    for key in (where or {}):
+        if key not in swept:
+            raise ValueError(f"where: {key!r} is not a swept key; swept keys: {', '.join(sorted(swept))}")
+    groups: dict[Any, dict[Any, dict[float, list[float]]]] = {}
+    for cell in cells:
+        if any(_key(cell["swept"].get(k)) != _key(v) and str(cell["swept"].get(k)) != str(v)
+               for k, v in (where or {}).items()):
+            continue
+        p = cell["swept"].get(panel) if panel else None
+        s = cell["swept"].get(series) if series else None
+        xv = _x_value(cell, x)
+        value = cell.get(metric) if cell["status"] == "finished" else None
+        bucket = groups.setdefault(p, {}).setdefault(s, {}).setdefault(xv, [])
+        bucket.append(float(value) if _finite(value) else math.nan)
+    if not groups:
+        raise ValueError(f"no cells match where={dict(where or {})}")
+    order = {a["key"]: [_key(v) for v in a["values"]] for a in axes}
+
+    def ordered(keys, axis):
+        if axis is None:
+            return list(keys)
+        rank = order[axis]
+        return sorted(keys, key=lambda k: rank.index(_key(k)) if _key(k) in rank else len(rank))
+
+    curves: dict[Any, dict[Any, list[tuple[float, float]]]] = {}
+    for p in ordered(groups, panel):
+        curves[p] = {}
+        for s in ordered(groups[p], series):
+            points = []
+            for xv in sorted(groups[p][s]):
+                vals = groups[p][s][xv]
+                # A point counts only if every member finished (a diverged seed is a failure).
+                points.append((xv, sum(vals) / len(vals) if all(math.isfinite(v) for v in vals) else math.nan))
+            curves[p][s] = points
+    return TransferCurves(metric, x, series, panel, curves)
+
+
+def optima(curves: TransferCurves) -> dict[Any, dict[Any, tuple[float, float] | None]]:
+    """``{panel: {series: (best x, its metric)}}`` on the grid (None when every point failed)."""
+    pick = max if curves.higher_is_better else min
+    out: dict[Any, dict[Any, tuple[float, float] | None]] = {}
+    for p, by_series in curves.curves.items():
+        out[p] = {}
+        for s, points in by_series.items():
+            good = [pt for pt in points if math.isfinite(pt[1])]
+            out[p][s] = pick(good, key=lambda pt: pt[1]) if good else None
+    return out
+
+
+def drift(curves: TransferCurves) -> dict[Any, float]:
+    """``{panel: log2(max_s x* / min_s x*)}``: how far the optimum moves across the series, in
+    log2 units (grid steps for a log2 grid); NaN when fewer than two series have an optimum."""
+    out = {}
+    for p, by_series in optima(curves).items():
+        xs = [o[0] for o in by_series.values() if o is not None and o[0] > 0]
+        out[p] = math.log2(max(xs) / min(xs)) if len(xs) >= 2 else math.nan
+    return out
+
+
+def _label(key: str | None, value: Any) -> str:
+    if key is None:
+        return "all"
+    short = key.split(".")[-1]
+    return f"{short}={value:g}" if isinstance(value, float) else f"{short}={value}"
+
+
+def transfer_table(curves: TransferCurves) -> str:
+    """Markdown: one row per panel, the optimal x per series value, and the drift in log2 units."""
+    opt, moved = optima(curves), drift(curves)
+    series_values = list(dict.fromkeys(s for by in curves.curves.values() for s in by))
+    head = [curves.panel_key or "panel"] + [_label(curves.series_key, s) for s in series_values]
+    lines = ["| " + " | ".join(head + [f"drift of best {curves.x_key} (log2)"]) + " |",
+             "|" + "---|" * (len(head) + 1)]
+    for p, by_series in opt.items():
+        cells = []
+        for s in series_values:
+            o = by_series.get(s)
+            cells.append("F" if o is None else f"{o[0]:.3g} ({o[1]:.4g})")
+        d = moved[p]
+        lines.append(f"| {p} | " + " | ".join(cells) + f" | {'-' if math.isnan(d) else f'{d:.1f}'} |")
+    return "\n".join(lines)
+
+
+def plot_transfer(curves: TransferCurves, path: str | Path | None = None, *, title: str | None = None) -> Figure:
+    """One panel per panel value: metric vs ``x`` (log2 axis), one line per series value
+    (darker = later in the sweep's order), each curve's optimum starred, failed points omitted."""
+    import matplotlib as mpl
+
+    panels = list(curves.curves)
+    ncols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig = Figure(figsize=(4.4 * ncols, 3.4 * nrows), constrained_layout=True)
+    FigureCanvasAgg(fig)
+    cmap = mpl.colormaps["viridis"]
+    opt = optima(curves)
+    finite = [v for by in curves.curves.values() for pts in by.values() for _, v in pts if math.isfinite(v)]
+    for index, p in enumerate(panels):
+        ax = fig.add_subplot(nrows, ncols, index + 1)
+        series = list(curves.curves[p])
+        for j, s in enumerate(series):
+            pts = [(xv, v) for xv, v in curves.curves[p][s] if math.isfinite(v)]
+            if not pts:
+                continue
+            color = cmap(j / max(1, len(series) - 1))
+            ax.plot([q[0] for q in pts], [q[1] for q in pts], marker="o", ms=3, color=color,
+                    label=_label(curves.series_key, s))
+            best = opt[p][s]
+            if best is not None:
+                ax.plot([best[0]], [best[1]], marker="*", ms=11, color=color, markeredgecolor="black")
+        ax.set_xscale("log", base=2)
+        if finite and not curves.higher_is_better:
+            lo = min(finite)
+            ax.set_ylim(lo - 0.05 * abs(lo), min(max(finite), lo + 3.0 * abs(lo) + 1e-12))
+        ax.set_title(_label(curves.panel_key, p) if curves.panel_key else (title or ""))
+        ax.set_xlabel(curves.x_key)
+        ax.set_ylabel(curves.metric)
+        ax.grid(alpha=0.3)
+        if index == 0:
+            ax.legend(fontsize=7)
+    if title and curves.panel_key:
+        fig.suptitle(title)
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig

@@ -1,0 +1,92 @@
+"""``catapult coord-check CONFIG``: validation before work, the files it writes, and the
+SμPar-flat / SP-shrinking result end to end through the real command."""
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+import yaml
+
+from catapult.cli import main
+from catapult.coord_check import coord_slopes
+
+TEXT = "".join(chr(97 + (i * 7 + i // 5) % 26) + (" " if i % 6 == 0 else "") for i in range(4000))
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _config(tmp_path, **coord):
+    (tmp_path / "corpus.txt").write_text(TEXT)
+    config = {
+        "name": "cc",
+        "data": {"name": "text", "root": str(tmp_path / "corpus.txt"), "context": 16, "n_train": 64, "n_test": 4},
+        "model": {"name": "gpt", "width": 64, "depth": 1, "n_heads": 2, "activation": "gelu"},
+        "loss": "cross_entropy",
+        "optimizer": {"name": "adam", "lr": 1e-3},
+        "train": {"batch_size": 8},
+        "coord_check": {"densities": [0.125, 0.5, 1.0], "parametrizations": ["sp", "supar"], "seeds": [0],
+                        "steps": 2, **coord},
+    }
+    path = tmp_path / "cc.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_coord_check_command_writes_csv_figures_and_shows_supar_flat(tmp_path, capsys):
+    path = _config(tmp_path)
+    out = tmp_path / "out"
+    assert main(["coord-check", str(path), "--out", str(out), "--progress", "none"]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"coord_check.csv", "config.yaml", "coord_check_density_sp.png", "coord_check_density_supar.png"} <= names
+    with open(out / "coord_check.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert set(rows[0]) == {"parametrization", "axis", "value", "seed", "step", "block", "module", "mean_abs", "loss"}
+    assert len(rows) == 2 * 3 * 2 * 4  # parametrizations x densities x steps x blocks (emb, attn, mlp, logits)
+    for row in rows:
+        row.update(value=float(row["value"]), mean_abs=float(row["mean_abs"]), seed=int(row["seed"]),
+                   step=int(row["step"]))
+    slopes = {p: coord_slopes([r for r in rows if r["parametrization"] == p]) for p in ("sp", "supar")}
+    for block in ("attention", "mlp"):
+        assert abs(slopes["supar"][(block, 0)]) < 0.15
+        assert slopes["sp"][(block, 0)] > 0.6
+    printed = capsys.readouterr().out
+    assert "| supar | density | attention |" in printed
+
+
+def test_coord_check_over_width_and_overrides(tmp_path):
+    path = _config(tmp_path, densities=None)
+    out = tmp_path / "w"
+    assert main(["coord-check", str(path), "coord_check.widths=[32,64]", "coord_check.parametrizations=[mup]",
+                 "--out", str(out), "--progress", "none"]) == 0
+    assert (out / "coord_check_width_mup.png").exists()
+    with open(out / "coord_check.csv") as fh:
+        widths = {float(r["value"]) for r in csv.DictReader(fh)}
+    assert widths == {32.0, 64.0}
+
+
+@pytest.mark.parametrize("override, key", [
+    (["coord_check.densities=[0, 0.5]"], "coord_check.densities"),
+    (["coord_check.colour=1"], "coord_check.colour"),
+    (["coord_check.parametrizations=[xp]"], "coord_check.parametrizations"),
+    (["coord_check.widths=[31]"], "model.n_heads"),           # a model the check would build is invalid
+    (["optimizer.lr=2/lambda0"], "optimizer.lr"),
+    (["coord_check.densities=null"], "coord_check"),
+])
+def test_bad_input_is_refused_before_any_work(tmp_path, capsys, override, key):
+    path = _config(tmp_path)
+    out = tmp_path / "never"
+    assert main(["coord-check", str(path), *override, "--out", str(out)]) == 2
+    assert key in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_train_ignores_the_coord_check_section(tmp_path):
+    path = _config(tmp_path)
+    assert main(["train", str(path), "train.steps=1", "--out", str(tmp_path / "run"), "--progress", "none"]) == 0
