@@ -12,12 +12,7 @@ from catapult.optim import GIAdam
 from catapult.train import build_model, build_optimizer, run
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tiny(**sections):

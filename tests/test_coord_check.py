@@ -13,13 +13,7 @@ V = 64
 DENSITIES = [1 / 8, 1 / 2, 1.0]
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny models: one intra-op thread is faster, and much faster on a shared 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _lm_batch():

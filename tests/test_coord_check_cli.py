@@ -14,12 +14,7 @@ from catapult.coord_check import coord_slopes
 TEXT = "".join(chr(97 + (i * 7 + i // 5) % 26) + (" " if i % 6 == 0 else "") for i in range(4000))
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _config(tmp_path, **coord):

@@ -24,12 +24,7 @@ TEXT = ("To be, or not to be, that is the question:\nWhether 'tis nobler in the 
         "The slings and arrows of outrageous fortune,\nOr to take arms against a sea of troubles\n") * 6
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture

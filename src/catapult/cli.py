@@ -50,6 +50,12 @@ def config_from_args(args: argparse.Namespace) -> dict:
     if getattr(args, "device", None):
         overrides.append(f"device={args.device}")
     config = load_config(args.config, overrides)
+    apply_threads(args)
+    return config
+
+
+def apply_threads(args: argparse.Namespace) -> None:
+    """``--threads N``: ``torch.set_num_threads(N)``; a value below 1 is a ConfigError."""
     threads = getattr(args, "threads", None)
     if threads is not None:
         if threads < 1:
@@ -57,7 +63,6 @@ def config_from_args(args: argparse.Namespace) -> dict:
         import torch
 
         torch.set_num_threads(threads)
-    return config
 
 
 def build_parser() -> argparse.ArgumentParser:

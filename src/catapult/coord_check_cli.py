@@ -272,12 +272,9 @@ def _command(args) -> int:
     if getattr(args, "device", None):
         overrides.append(f"device={args.device}")
     config, spec = load_coord_check(args.config, overrides)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise cfg.ConfigError([("--threads", f"must be >= 1, got {args.threads}")])
-        import torch
+    from catapult.cli import apply_threads
 
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     out = Path(args.out) if args.out else Path("runs") / config["name"]
     rows = run_coord_check(config, spec, out_dir=out, progress=args.progress != "none")
     print(slope_table(rows))
