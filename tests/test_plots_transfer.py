@@ -79,3 +79,6 @@ def test_transfer_command_on_a_real_sweep(tmp_path, capsys):
     assert set(out["optima"]["None"]) == {"1.0", "0.25"}
     assert (tmp_path / "tr.png").exists()
     assert main(["transfer", str(store), "--x", "model.width"]) == 2
+    assert main(["report", str(store), "--out", str(tmp_path / "r.html")]) == 0
+    page = (tmp_path / "r.html").read_text()
+    assert "Transfer of optimizer.lr across model.density" in page and "data:image/png;base64," in page

@@ -110,6 +110,7 @@ def build_report(store, *, title: str | None = None, metric: str = "test_accurac
     if not figures_made:
         parts.append("<p>No finished cells yet.</p>")
     parts.append("</div>")
+    parts.extend(_transfer_section(cells, axes))
     chosen = default_trajectory_cells(cells, metric)
     if chosen:
         runs, statuses = {}, {}
@@ -160,6 +161,34 @@ def build_report(store, *, title: str | None = None, metric: str = "test_accurac
     parts.append(f"<p><small>catapult {html.escape(store.meta('catapult_version') or '')}, "
                  f"spec sha256 {html.escape((store.meta('spec_hash') or '')[:16])}</small></p></body></html>")
     return "\n".join(parts)
+
+
+def _transfer_section(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[str, Any]]) -> list[str]:
+    """For a transfer study (a swept lr or init std, and a swept density or width): the
+    transfer curves per parameterization and the table of optima with their drift."""
+    from catapult.plots.transfer import plot_transfer, transfer_curves, transfer_table
+
+    multi = [a["key"] for a in axes if len(a["values"]) > 1]
+    x = next((k for k in ("optimizer.lr", "model.init_std") if k in multi), None)
+    series = next((k for k in ("model.density", "model.width") if k in multi), None)
+    if x is None or series is None:
+        return []
+    try:
+        curves = transfer_curves(cells, axes, x=x, series=series, metric="test_loss")
+    except ValueError as err:
+        return [f"<p>No transfer curves: {html.escape(str(err))}</p>"]
+    if not any(math.isfinite(v) for by in curves.curves.values() for pts in by.values() for _, v in pts):
+        return []
+    fig = plot_transfer(curves, title=f"final test_loss vs {x}, one curve per {series}")
+    rows = [line.strip().strip("|").split("|") for line in transfer_table(curves).splitlines()]
+    table = ["<table><tr>" + "".join(f"<th>{html.escape(c.strip())}</th>" for c in rows[0]) + "</tr>"]
+    table += ["<tr>" + "".join(f"<td class='text'>{html.escape(c.strip())}</td>" for c in row) + "</tr>"
+              for row in rows[2:]]
+    return [f"<h2>Transfer of {html.escape(x)} across {html.escape(series)}</h2>",
+            f"<p>Best {html.escape(x)} per {html.escape(series)} (its test loss in brackets; F = every point "
+            "failed) and how far it moves, log2(max/min).</p>",
+            "<div class='figs'>" f"<img alt='transfer curves' src='{figure_to_data_uri(fig)}'></div>",
+            "".join(table) + "</table>"]
 
 
 def _label(by_label: Mapping[str, Mapping[str, str]], key: str, value: Any) -> str:
