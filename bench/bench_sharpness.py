@@ -193,6 +193,10 @@ def memory_probe(what: str, n: int, param: str) -> dict:
     base = _status_kb("VmRSS")
     if what == "sharpness":
         sharpness(model, mse, batch, tol=1e-3)
+    elif what.startswith("sharpness_basis"):  # e.g. sharpness_basis4, sharpness_basis4_for
+        basis = int(what.split("_")[1][len("basis"):])
+        hvp = "forward_over_reverse" if what.endswith("_for") else "double_backprop"
+        sharpness(model, mse, batch, tol=1e-3, max_basis=basis, hvp=hvp)
     elif what == "sharpness_fp64":
         sharpness(model, mse, batch, tol=1e-3, dtype=torch.float64)
     elif what == "pyhessian":
@@ -217,6 +221,27 @@ def measure_memory(what: str, n: int, param: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+#: Memory-lean solver settings measured by --memory-only: (probe name, max_basis, hvp).
+LOW_MEMORY = [("sharpness", 20, "auto"), ("sharpness_basis6", 6, "double_backprop"),
+              ("sharpness_basis4", 4, "double_backprop"), ("sharpness_basis4_for", 4, "forward_over_reverse"),
+              ("sharpness_basis3_for", 3, "forward_over_reverse")]
+
+
+def memory_settings(model, batch, n: int, param: str) -> None:
+    """Peak memory (fresh process each) and HVPs / wall time to rel. error 1e-3 of the
+    memory-lean settings of ``sharpness`` against the defaults (max_basis 20, auto HVP)."""
+    ref = sharpness(model, mse, batch, tol=1e-10, max_iter=1000, dtype=torch.float64, max_basis=64)
+    train = measure_memory("train_step", n, param)["peak_above_base_mb"]
+    print(f"reference lambda_max = {ref.value:.10g}; train_step peak {train:.0f} MB")
+    print("\n| setting | peak RSS above set-up, MB | / train step | HVPs | wall s | rel. error |\n|---|---|---|---|---|---|")
+    for probe, basis, hvp in LOW_MEMORY:
+        mem = measure_memory(probe, n, param)["peak_above_base_mb"]
+        with Timer() as t:
+            est = sharpness(model, mse, batch, tol=1e-3, max_basis=basis, hvp=hvp)
+        print(f"| max_basis={basis}, hvp={hvp} | {mem:.0f} | {mem / train:.2f} | {est.matvecs} | "
+              f"{t.seconds:.2f} | {rel_err(est.value, ref.value):.1e} |", flush=True)
+
+
 # ------------------------------------------------------------------------------ main
 
 
@@ -229,6 +254,9 @@ def main(argv=None):
     parser.add_argument("--lr-factor", type=float, default=1.5,
                         help="GD lr = factor / lambda_0 in the warm-start run")
     parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-only", action="store_true",
+                        help="only the memory table, with the low-memory settings (max_basis, HVP mode) "
+                             "and their HVPs / wall time against the defaults")
     args = parser.parse_args(argv)
     n = args.n or (500 if args.quick else 5000)
     steps = args.steps or (5 if args.quick else 20)
@@ -242,6 +270,9 @@ def main(argv=None):
     model = make_model(args.param)
     batch = make_batch(n)
     n_params = sum(p.numel() for p in model.parameters())
+    if args.memory_only:
+        memory_settings(model, batch, n, args.param)
+        return
 
     # 1. Reference.
     with Timer() as t:

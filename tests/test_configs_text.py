@@ -1,4 +1,5 @@
-"""Every SμPar study config validates (every cell, every coord-check model) before any work."""
+"""Every text / GPT study config (SμPar studies, the warmup paper's Fig. 4) validates: every cell and
+every coord-check model, before any work."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,11 +9,12 @@ import pytest
 from catapult.config import read_mapping
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((ROOT / "configs" / "supar").glob("*.yaml"))
+SUPAR = sorted((ROOT / "configs" / "supar").glob("*.yaml"))
+CONFIGS = SUPAR + sorted((ROOT / "configs" / "sweeps").glob("fig4_gpt_*.yaml"))
 
 
 def test_there_are_small_and_paper_scale_configs():
-    names = {p.stem for p in CONFIGS}
+    names = {p.stem for p in SUPAR}
     for study in ("coord_check", "lr_transfer", "init_std", "width_transfer"):
         assert {f"{study}_small", f"{study}_paper"} <= names, study
 
