@@ -39,7 +39,10 @@ def test_coord_check_command_writes_csv_figures_and_shows_supar_flat(tmp_path, c
     out = tmp_path / "out"
     assert main(["coord-check", str(path), "--out", str(out), "--progress", "none"]) == 0
     names = {p.name for p in out.iterdir()}
-    assert {"coord_check.csv", "config.yaml", "coord_check_density_sp.png", "coord_check_density_supar.png"} <= names
+    assert {"coord_check.csv", "config.yaml", "coord_check_table.md", "coord_check_density_sp.png",
+            "coord_check_density_supar.png"} <= names
+    table = (out / "coord_check_table.md").read_text()
+    assert "| block | step | 0.125 | 0.5 | 1 |" in table and "| attention | 1 |" in table
     with open(out / "coord_check.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert set(rows[0]) == {"parametrization", "axis", "value", "seed", "step", "block", "module", "mean_abs", "loss"}

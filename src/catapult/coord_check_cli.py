@@ -21,7 +21,8 @@ records each block's mean |output| at every step.
 Writes ``<out>/coord_check.csv`` (one row per parameterization, axis, value, seed, step and
 module: ``pandas.read_csv`` reads it), one figure per parameterization and axis
 (``coord_check_<axis>_<parametrization>.png``, log-log, one panel per block, one line per step),
-``config.yaml`` (the resolved run config and the ``coord_check`` section) and prints a table of
+``config.yaml`` (the resolved run config and the ``coord_check`` section), ``coord_check_table.md``
+(mean |activation| per block and value at the first and last step, and the slopes), and prints a table of
 the log-log slope of mean |activation| against the varied value per block at the first and last
 step: 0 means flat, what a correct parameterization shows.
 """
@@ -226,6 +227,9 @@ def run_coord_check(config: Mapping[str, Any], spec: Mapping[str, Any], *, out_d
         for parametrization, axis, part in _groups(rows):
             plot_coord_check(part, out / f"coord_check_{axis}_{parametrization}.png", xlabel=axis,
                              title=f"{config['name']}: {parametrization}, mean |activation| vs {axis}")
+        (out / "coord_check_table.md").write_text(
+            "# Mean |activation| per block\n\n" + activation_table(rows)
+            + "\n# Log-log slope vs the varied value (0 = flat)\n\n" + slope_table(rows) + "\n")
     return rows
 
 
@@ -233,6 +237,36 @@ def _groups(rows: list[dict]):
     keys = list(dict.fromkeys((r["parametrization"], r["axis"]) for r in rows))
     for parametrization, axis in keys:
         yield parametrization, axis, [r for r in rows if r["parametrization"] == parametrization and r["axis"] == axis]
+
+
+_BLOCK_ORDER = ("embedding", "input", "attention", "hidden", "mlp", "output", "logits")
+
+
+def _block_order(blocks) -> list[str]:
+    """Blocks in forward order (embedding ... logits), unknown names last."""
+    unique = list(dict.fromkeys(blocks))
+    return sorted(unique, key=lambda b: (_BLOCK_ORDER.index(b) if b in _BLOCK_ORDER else len(_BLOCK_ORDER), b))
+
+
+def activation_table(rows: list[dict]) -> str:
+    """Markdown: mean |activation| (over seeds and the block's modules) per value, one row per
+    (parameterization, axis, block) at the first and the last recorded step."""
+    from catapult.coord_check import _averaged
+
+    lines = []
+    for parametrization, axis, part in _groups(rows):
+        table = _averaged(part)
+        steps = sorted({step for _, step in table})
+        values = sorted({v for by in table.values() for v in by})
+        lines += [f"\n{parametrization}, over {axis}:\n",
+                  "| block | step | " + " | ".join(f"{v:g}" for v in values) + " |",
+                  "|---|---|" + "---|" * len(values)]
+        for block in _block_order(b for b, _ in table):
+            for step in dict.fromkeys((steps[0], steps[-1])):
+                by = table.get((block, step), {})
+                cells = [f"{sum(by[v]) / len(by[v]):.3g}" if v in by else "" for v in values]
+                lines.append(f"| {block} | {step} | " + " | ".join(cells) + " |")
+    return "\n".join(lines).lstrip("\n") + "\n"
 
 
 def slope_table(rows: list[dict]) -> str:
@@ -244,7 +278,7 @@ def slope_table(rows: list[dict]) -> str:
     for parametrization, axis, part in _groups(rows):
         slopes = coord_slopes(part)
         last = max(step for _, step in slopes)
-        for block in dict.fromkeys(b for b, _ in slopes):
+        for block in _block_order(b for b, _ in slopes):
             first_s, last_s = slopes.get((block, 0), math.nan), slopes.get((block, last), math.nan)
             lines.append(f"| {parametrization} | {axis} | {block} | {first_s:+.3f} | {last_s:+.3f} |")
     return "\n".join(lines)
@@ -278,6 +312,6 @@ def _command(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / config["name"]
     rows = run_coord_check(config, spec, out_dir=out, progress=args.progress != "none")
     print(slope_table(rows))
-    print(f"wrote {out}/ (coord_check.csv, config.yaml, "
+    print(f"wrote {out}/ (coord_check.csv, coord_check_table.md, config.yaml, "
           f"{len(list(_groups(rows)))} figure(s) coord_check_<axis>_<parametrization>.png)")
     return 0
