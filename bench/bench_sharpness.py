@@ -222,9 +222,9 @@ def measure_memory(what: str, n: int, param: str) -> dict:
 
 
 #: Memory-lean solver settings measured by --memory-only: (probe name, max_basis, hvp).
-LOW_MEMORY = [("sharpness", 20, "auto"), ("sharpness_basis6", 6, "double_backprop"),
-              ("sharpness_basis4", 4, "double_backprop"), ("sharpness_basis4_for", 4, "forward_over_reverse"),
-              ("sharpness_basis3_for", 3, "forward_over_reverse")]
+LOW_MEMORY = [("sharpness_basis20", 20, "double_backprop"), ("sharpness_basis8", 8, "double_backprop"),
+              ("sharpness_basis6", 6, "double_backprop"), ("sharpness_basis4", 4, "double_backprop"),
+              ("sharpness_basis4_for", 4, "forward_over_reverse")]
 
 
 def memory_settings(model, batch, n: int, param: str) -> None:

@@ -227,7 +227,10 @@ def plot_phase_diagram(grid: PhaseGrid, path: str | Path | None = None, *, title
     cbar = fig.colorbar(mesh, ax=ax, shrink=0.9)
     cbar.set_label(grid.metric + (" (%)" if "accuracy" in grid.metric and finite.size and finite.max() <= 1 else ""))
     if "accuracy" in grid.metric and finite.size and finite.max() <= 1:
-        cbar.ax.yaxis.set_major_formatter(lambda v, _pos: f"{100 * v:.0f}")
+        # Enough decimals that neighbouring ticks differ (a range of one point needs tenths).
+        span = 100 * (float(finite.max()) - float(finite.min()))
+        digits = 0 if span >= 5 else 1 if span >= 0.5 else 2
+        cbar.ax.yaxis.set_major_formatter(lambda v, _pos: f"{100 * v:.{digits}f}")
     annotate = (nx * ny <= 256) if annotate is None else annotate
     styles = {"diverged": ("#bdbdbd", "xx"), "failed": ("#f4c2c2", "//")}
     for i in range(ny):
