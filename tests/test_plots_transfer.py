@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from catapult.cli import main
-from catapult.plots.transfer import drift, optima, plot_transfer, transfer_curves, transfer_table
+from catapult.plots.transfer import drift, optima, plot_transfer, shift, transfer_curves, transfer_table
 
 AXES = [{"key": "model.parametrization", "values": ["sp", "supar"], "labels": ["sp", "supar"]},
         {"key": "model.density", "values": [1.0, 0.25, 0.0625], "labels": ["1", "0.25", "0.0625"]},
@@ -43,11 +43,16 @@ def test_optima_and_drift_in_log2_units(tmp_path):
     assert [math.log2(opt["sp"][r][0]) for r in (1.0, 0.25, 0.0625)] == [-6, -5, -4]
     assert all(math.log2(opt["supar"][r][0]) == -6 for r in (1.0, 0.25, 0.0625))
     assert drift(curves) == {"sp": 2.0, "supar": 0.0}
+    assert shift(curves) == {"sp": 2.0, "supar": 0.0}
+    # cells not run yet are no points at all (not failures)
+    pending = [dict(c, status="pending", test_loss=None) if c["swept"]["model.density"] == 0.0625 else c
+               for c in _cells()]
+    assert set(transfer_curves(pending, AXES).curves["sp"]) == {1.0, 0.25}
     # a point with a diverged seed is a failure, not the other seed's value
     point = dict(curves.curves["sp"][1.0])[2.0**-3]
     assert math.isnan(point)
     table = transfer_table(curves)
-    assert "| sp |" in table and "| 2.0 |" in table and "| 0.0 |" in table
+    assert "| sp |" in table and "| 2.0 | 2.0 |" in table and "| 0.0 | 0.0 |" in table
     fig = plot_transfer(curves, tmp_path / "t.png")
     assert (tmp_path / "t.png").stat().st_size > 0 and len(fig.axes) == 2
     only = transfer_curves(_cells(), AXES, where={"seed": 1})

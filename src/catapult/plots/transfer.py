@@ -8,7 +8,9 @@ on the grid, and :func:`drift` how far that optimum moves across the series, in 
 
     drift(panel) = log2( max_s x*(panel, s) / min_s x*(panel, s) )
 
-A parameterization that transfers keeps ``drift`` within about one grid step (the SμPar
+and :func:`shift` the largest move away from the first series value's optimum (the dense
+model's, say): ``max_s |log2(x*(s) / x*(s_0))|``. A parameterization that transfers keeps
+``shift`` within about one grid step (the SμPar
 paper: SμPar's optimal lr stays put from density 1 to 1/64 while SP's and muP's drift).
 :func:`plot_transfer` draws one panel per parameterization, one line per series value, the
 optimum of each marked; :func:`transfer_table` is the Markdown table of the optima.
@@ -24,7 +26,7 @@ from typing import Any, Mapping, Sequence
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["TransferCurves", "transfer_curves", "optima", "drift", "plot_transfer", "transfer_table",
+__all__ = ["TransferCurves", "transfer_curves", "optima", "drift", "shift", "plot_transfer", "transfer_table",
            "TRANSFER_METRICS"]
 
 #: Cell metrics a transfer curve can show (lower is better for losses, higher for accuracies).
@@ -88,6 +90,8 @@ def transfer_curves(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[s
             raise ValueError(f"where: {key!r} is not a swept key; swept keys: {', '.join(sorted(swept))}")
     groups: dict[Any, dict[Any, dict[float, list[float]]]] = {}
     for cell in cells:
+        if cell["status"] not in ("finished", "diverged", "failed"):
+            continue  # not run yet (or interrupted): no point rather than a failed one
         if any(_key(cell["swept"].get(k)) != _key(v) and str(cell["swept"].get(k)) != str(v)
                for k, v in (where or {}).items()):
             continue
@@ -142,6 +146,18 @@ def drift(curves: TransferCurves) -> dict[Any, float]:
     return out
 
 
+def shift(curves: TransferCurves) -> dict[Any, float]:
+    """``{panel: max_s |log2(x*(s) / x*(s_0))|}``: the largest move of the optimum away from
+    the first series value's (e.g. the dense model's), in log2 units; NaN if s_0 has none."""
+    out = {}
+    for p, by_series in optima(curves).items():
+        first = next(iter(by_series.values()), None)
+        xs = [o[0] for o in by_series.values() if o is not None and o[0] > 0]
+        out[p] = (max(abs(math.log2(x / first[0])) for x in xs)
+                  if first is not None and first[0] > 0 and len(xs) >= 2 else math.nan)
+    return out
+
+
 def _label(key: str | None, value: Any) -> str:
     if key is None:
         return "all"
@@ -151,18 +167,21 @@ def _label(key: str | None, value: Any) -> str:
 
 def transfer_table(curves: TransferCurves) -> str:
     """Markdown: one row per panel, the optimal x per series value, and the drift in log2 units."""
-    opt, moved = optima(curves), drift(curves)
+    opt, moved, away = optima(curves), drift(curves), shift(curves)
     series_values = list(dict.fromkeys(s for by in curves.curves.values() for s in by))
     head = [curves.panel_key or "panel"] + [_label(curves.series_key, s) for s in series_values]
-    lines = ["| " + " | ".join(head + [f"drift of best {curves.x_key} (log2)"]) + " |",
-             "|" + "---|" * (len(head) + 1)]
+    first = _label(curves.series_key, series_values[0]) if series_values else "first"
+    lines = ["| " + " | ".join(head + [f"drift of best {curves.x_key} (log2, max/min)",
+                                       f"largest shift from {first} (log2)"]) + " |",
+             "|" + "---|" * (len(head) + 2)]
     for p, by_series in opt.items():
         cells = []
         for s in series_values:
             o = by_series.get(s)
             cells.append("F" if o is None else f"{o[0]:.3g} ({o[1]:.4g})")
-        d = moved[p]
-        lines.append(f"| {p} | " + " | ".join(cells) + f" | {'-' if math.isnan(d) else f'{d:.1f}'} |")
+        d, a = moved[p], away[p]
+        lines.append(f"| {p} | " + " | ".join(cells) + f" | {'-' if math.isnan(d) else f'{d:.1f}'} | "
+                     f"{'-' if math.isnan(a) else f'{a:.1f}'} |")
     return "\n".join(lines)
 
 

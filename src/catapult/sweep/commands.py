@@ -230,7 +230,7 @@ def _transfer_command(args: argparse.Namespace) -> int:
     import json
     import math
 
-    from catapult.plots.transfer import drift, optima, plot_transfer, transfer_curves, transfer_table
+    from catapult.plots.transfer import drift, optima, plot_transfer, shift, transfer_curves, transfer_table
     from catapult.store import Store, StoreError
 
     store_path = Path(args.store)
@@ -247,7 +247,8 @@ def _transfer_command(args: argparse.Namespace) -> int:
         print(json.dumps({"x": args.x, "series": curves.series_key, "panel": curves.panel_key, "metric": args.metric,
                           "optima": {str(p): {str(s): (None if o is None else {"x": o[0], "metric": o[1]})
                                               for s, o in by.items()} for p, by in opt.items()},
-                          "drift_log2": {str(p): (None if math.isnan(d) else d) for p, d in moved.items()}},
+                          "drift_log2": {str(p): (None if math.isnan(d) else d) for p, d in moved.items()},
+                          "shift_log2": {str(p): (None if math.isnan(d) else d) for p, d in shift(curves).items()}},
                          indent=2))
     else:
         print(transfer_table(curves))
