@@ -126,10 +126,10 @@ def test_first_n_and_one_hot():
 
 
 def test_load_dataset_registry(digits):
-    assert DATASETS == ("digits", "cifar10", "cifar100")
+    assert DATASETS == ("digits", "cifar10", "cifar100", "shakespeare", "text")
     small = load_dataset("digits", n_train=12, n_test=3)
     assert torch.equal(small.x_train, digits.x_train[:12]) and small.n_test == 3
-    with pytest.raises(ValueError, match="allowed: digits, cifar10, cifar100"):
+    with pytest.raises(ValueError, match="allowed: digits, cifar10, cifar100, shakespeare, text"):
         load_dataset("mnist")
     with pytest.raises(ValueError, match="takes no root"):
         load_dataset("digits", root="/somewhere")

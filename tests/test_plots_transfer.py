@@ -5,7 +5,6 @@ import json
 import math
 
 import pytest
-import torch
 import yaml
 
 from catapult.cli import main
@@ -61,8 +60,8 @@ def test_optima_and_drift_in_log2_units(tmp_path):
         transfer_curves(_cells(), AXES, x="model.width")
 
 
+@pytest.mark.usefixtures("single_thread")
 def test_transfer_command_on_a_real_sweep(tmp_path, capsys):
-    torch.set_num_threads(1)
     config = {
         "name": "tr",
         "data": {"name": "digits", "n_train": 200, "n_test": 100},

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from catapult.store import DONE_STATUSES, Store
-from catapult.sweep.executors import Cell, CellResult, Executor, get_executor
+from catapult.sweep.executors import Cell, CellResult, Executor, get_executor, torch_threads
 from catapult.sweep.lambda0 import lambda0_inputs, lambda0_key, measure_lambda0, needs_lambda0, resolve_cell_lr
 from catapult.sweep.spec import SweepSpec, expand, spec_document
 
@@ -190,7 +190,10 @@ def run_sweep(
                                 seed = cell.config["seed"]
                                 report.message(f"[{name}] measuring lambda_0 (seed {seed}, key {key})")
                                 try:
-                                    cached = float(lambda0_fn(cell.config))
+                                    # at the executor's thread count, so lambda_0 does not depend on
+                                    # the driver's (float reductions round differently per thread count)
+                                    with torch_threads(getattr(engine, "threads", None)):
+                                        cached = float(lambda0_fn(cell.config))
                                 except Exception as err:  # recorded as the cells' failure
                                     errors[key] = f"measuring lambda_0 failed: {type(err).__name__}: {err}"
                                     cached = None
