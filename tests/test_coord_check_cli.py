@@ -62,7 +62,7 @@ def test_coord_check_over_width_and_overrides(tmp_path):
     path = _config(tmp_path, densities=None)
     out = tmp_path / "w"
     assert main(["coord-check", str(path), "coord_check.widths=[32,64]", "coord_check.parametrizations=[mup]",
-                 "--out", str(out), "--progress", "none"]) == 0
+                 "--out", str(out), "--progress", "none", "--panels", "step"]) == 0
     assert (out / "coord_check_width_mup.png").exists()
     with open(out / "coord_check.csv") as fh:
         widths = {float(r["value"]) for r in csv.DictReader(fh)}

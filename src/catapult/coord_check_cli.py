@@ -176,7 +176,7 @@ def _variant(config: Mapping[str, Any], parametrization: str, axis: str, value, 
 
 
 def run_coord_check(config: Mapping[str, Any], spec: Mapping[str, Any], *, out_dir: str | Path | None = None,
-                    progress: bool = False) -> list[dict]:
+                    progress: bool = False, panels: str = "block") -> list[dict]:
     """Run the check a validated ``(config, spec)`` describes; returns the rows (also written
     to ``out_dir`` with the figures when given). See the module docstring."""
     import torch
@@ -225,7 +225,7 @@ def run_coord_check(config: Mapping[str, Any], spec: Mapping[str, Any], *, out_d
         text = cfg.dump_config(config) + cfg.dump_config({"coord_check": dict(spec)})
         (out / "config.yaml").write_text(text)
         for parametrization, axis, part in _groups(rows):
-            plot_coord_check(part, out / f"coord_check_{axis}_{parametrization}.png", xlabel=axis,
+            plot_coord_check(part, out / f"coord_check_{axis}_{parametrization}.png", xlabel=axis, panels=panels,
                              title=f"{config['name']}: {parametrization}, mean |activation| vs {axis}")
         (out / "coord_check_table.md").write_text(
             "# Mean |activation| per block\n\n" + activation_table(rows)
@@ -298,6 +298,9 @@ def register(subparsers) -> None:
     )
     add_config_arguments(p)
     p.add_argument("--out", metavar="DIR", help="output directory (default: runs/<name>/)")
+    p.add_argument("--panels", choices=("block", "step"), default="block",
+                   help="figure layout: one panel per block with a line per step (default), or one panel "
+                        "per step with a line per block")
     p.set_defaults(func=_command)
 
 
@@ -310,7 +313,7 @@ def _command(args) -> int:
 
     apply_threads(args)
     out = Path(args.out) if args.out else Path("runs") / config["name"]
-    rows = run_coord_check(config, spec, out_dir=out, progress=args.progress != "none")
+    rows = run_coord_check(config, spec, out_dir=out, progress=args.progress != "none", panels=args.panels)
     print(slope_table(rows))
     print(f"wrote {out}/ (coord_check.csv, coord_check_table.md, config.yaml, "
           f"{len(list(_groups(rows)))} figure(s) coord_check_<axis>_<parametrization>.png)")
