@@ -84,3 +84,20 @@ def test_a_diverging_run_is_recorded_not_raised():
                        lr=1e6, optimizer="sgd")
     assert len(rows) == 6 * 3
     assert any(not math.isfinite(r["mean_abs"]) or r["mean_abs"] > 1e6 for r in rows)
+
+
+def test_activation_table_and_block_order_from_known_rows():
+    from catapult.coord_check import activation_table, block_order
+
+    assert block_order(["logits", "zzz", "mlp", "embedding", "mlp"]) == ["embedding", "mlp", "logits", "zzz"]
+    rows = [{"value": v, "seed": s, "step": t, "block": b, "module": m, "mean_abs": x, "loss": 0.0}
+            for v, s, t, b, m, x in [
+                (1.0, 0, 0, "mlp", "a", 2.0), (1.0, 0, 0, "mlp", "b", 4.0),   # modules averaged: 3
+                (1.0, 1, 0, "mlp", "a", 5.0), (1.0, 1, 0, "mlp", "b", 5.0),   # seed 1: 5 -> seed mean 4
+                (0.5, 0, 0, "mlp", "a", 1.0), (0.5, 0, 0, "mlp", "b", 1.0),
+                (0.5, 0, 2, "mlp", "a", 7.0), (1.0, 0, 2, "mlp", "a", 8.0),
+                (1.0, 0, 0, "embedding", "e", 0.25)]]
+    lines = activation_table(rows).splitlines()
+    assert lines[0] == "| block | step | 0.5 | 1 |"
+    assert lines[2:] == ["| embedding | 0 |  | 0.25 |", "| embedding | 2 |  |  |",
+                         "| mlp | 0 | 1 | 4 |", "| mlp | 2 | 7 | 8 |"]

@@ -46,12 +46,17 @@ def config_from_args(args: argparse.Namespace) -> dict:
     Raises :class:`~catapult.config.ConfigError` naming each bad key; :func:`main` turns that
     into a message on stderr and exit code 2. Applies ``--threads`` (``torch.set_num_threads``).
     """
+    config = load_config(args.config, overrides_from_args(args))
+    apply_threads(args)
+    return config
+
+
+def overrides_from_args(args: argparse.Namespace) -> list[str]:
+    """The ``key=value`` overrides of the command line, with ``--device D`` as ``device=D``."""
     overrides = list(args.overrides)
     if getattr(args, "device", None):
         overrides.append(f"device={args.device}")
-    config = load_config(args.config, overrides)
-    apply_threads(args)
-    return config
+    return overrides
 
 
 def apply_threads(args: argparse.Namespace) -> None:

@@ -825,8 +825,9 @@ def read_mapping(path: str | Path) -> dict:
 def load_config(path: str | Path, overrides: Iterable[str] = ()) -> dict:
     """Read a YAML config, apply ``key=value`` overrides, validate, fill defaults.
 
-    ``name`` defaults to the file's stem. A ``sweep:`` section (what ``catapult sweep`` grids
-    over) is set aside, so a study config also trains as its base run. Raises
+    ``name`` defaults to the file's stem. The :data:`STUDY_SECTIONS` (``sweep:``, what
+    ``catapult sweep`` grids over, and ``coord_check:``) are set aside, so a study config also
+    trains as its base run. Raises
     :class:`ConfigError` for a missing or unreadable file, bad YAML, or any invalid key/value.
     """
     path = Path(path)

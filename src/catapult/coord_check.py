@@ -29,8 +29,11 @@ import torch.nn.functional as F
 
 from catapult.parametrize import param_groups
 
-__all__ = ["coord_check", "coord_slopes", "plot_coord_check", "find_blocks",
-           "default_loss"]
+__all__ = ["coord_check", "coord_slopes", "activation_table", "block_order", "plot_coord_check",
+           "find_blocks", "default_loss", "BLOCK_ORDER"]
+
+#: Forward order of the blocks (tables and figures list them so; unknown names go last).
+BLOCK_ORDER = ("embedding", "input", "attention", "hidden", "mlp", "output", "logits")
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -184,6 +187,28 @@ def coord_slopes(rows: Iterable[dict]) -> dict[tuple[str, int], float]:
     return slopes
 
 
+def block_order(blocks: Iterable[str]) -> list[str]:
+    """The distinct ``blocks`` in :data:`BLOCK_ORDER` (embedding ... logits), unknown names last."""
+    rank = {b: i for i, b in enumerate(BLOCK_ORDER)}
+    return sorted(dict.fromkeys(blocks), key=lambda b: (rank.get(b, len(rank)), b))
+
+
+def activation_table(rows: Iterable[dict]) -> str:
+    """Markdown: mean |activation| (over seeds and the block's modules) per value, one row per
+    block at the first and the last recorded step."""
+    table = _averaged(rows)
+    steps = sorted({step for _, step in table})
+    values = sorted({v for by in table.values() for v in by})
+    lines = ["| block | step | " + " | ".join(f"{v:g}" for v in values) + " |",
+             "|---|---|" + "---|" * len(values)]
+    for block in block_order(b for b, _ in table):
+        for step in dict.fromkeys((steps[0], steps[-1])):
+            by = table.get((block, step), {})
+            cells = [f"{sum(by[v]) / len(by[v]):.3g}" if v in by else "" for v in values]
+            lines.append(f"| {block} | {step} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot_coord_check(rows: Sequence[dict], path=None, *, panels: str = "block",
                      xlabel: str = "width", title: str | None = None):
     """Log-log plot of mean |activation| vs value; returns the matplotlib ``Figure``.
@@ -202,9 +227,7 @@ def plot_coord_check(rows: Sequence[dict], path=None, *, panels: str = "block",
     table = _averaged(rows)
     if not table:
         raise ValueError("plot_coord_check: no rows to plot")
-    preferred = ["embedding", "input", "attention", "hidden", "mlp", "output", "logits"]
-    blocks = sorted(dict.fromkeys(key[0] for key in table),
-                    key=lambda b: (preferred.index(b) if b in preferred else len(preferred), b))
+    blocks = block_order(key[0] for key in table)
     steps = sorted({key[1] for key in table})
     panel_keys = blocks if panels == "block" else steps
     line_keys = steps if panels == "block" else blocks

@@ -56,10 +56,9 @@ def _number_list(key: str, value: Any, *, integer: bool, low: float, high: float
     if not isinstance(value, (list, tuple)) or not value:
         problems.append((key, f"expected a non-empty list of numbers or null, got {value!r}"))
         return None
+    option = cfg.integer(None, low=int(low)) if integer else cfg.number(None, low=low, high=high, low_open=True)
     out = []
     for item in value:
-        option = (cfg.integer(None, low=int(low)) if integer
-                  else cfg.number(None, low=low, high=high, low_open=True))
         try:
             out.append(option.validate(item))
         except Exception as err:  # _Invalid: message says what is allowed
@@ -160,8 +159,12 @@ def _axes(spec: Mapping[str, Any]) -> list[tuple[str, list]]:
     return axes
 
 
+def _parametrizations(config: Mapping[str, Any], spec: Mapping[str, Any]) -> list[str]:
+    return spec["parametrizations"] or [config["model"]["parametrization"]]
+
+
 def _models(config: Mapping[str, Any], spec: Mapping[str, Any]):
-    for parametrization in spec["parametrizations"] or [config["model"]["parametrization"]]:
+    for parametrization in _parametrizations(config, spec):
         for axis, values in _axes(spec):
             for value in values:
                 yield parametrization, axis, value
@@ -195,16 +198,15 @@ def run_coord_check(config: Mapping[str, Any], spec: Mapping[str, Any], *, out_d
     loss_fn = get_loss(config["loss"])
     lr = cfg.parse_lr(config["optimizer"]["lr"]).value
     rows: list[dict] = []
-    for parametrization in spec["parametrizations"] or [config["model"]["parametrization"]]:
+    for parametrization in _parametrizations(config, spec):
         for axis, values in _axes(spec):
             for seed in spec["seeds"]:
                 def make_model(value, _p=parametrization, _a=axis, _s=seed):
                     variant = cfg.validate(_variant(config, _p, _a, value, _s))
                     return train.build_model(variant, data.in_features, data.num_classes, device, dtype)
 
-                def make_optimizer(model, _p=parametrization, _s=seed):
-                    variant = cfg.validate(_variant(config, _p, "width", config["model"]["width"], _s))
-                    return train.build_optimizer(variant, model, lr)
+                def make_optimizer(model, _s=seed):  # per-layer lrs come from the model itself
+                    return train.build_optimizer({**config, "seed": _s}, model, lr)
 
                 part = coord_check(make_model, values, batch=lambda t: batches[t], steps=steps, seeds=[seed],
                                    lr=lr, optimizer=make_optimizer, loss_fn=loss_fn)
@@ -228,7 +230,7 @@ def run_coord_check(config: Mapping[str, Any], spec: Mapping[str, Any], *, out_d
             plot_coord_check(part, out / f"coord_check_{axis}_{parametrization}.png", xlabel=axis, panels=panels,
                              title=f"{config['name']}: {parametrization}, mean |activation| vs {axis}")
         (out / "coord_check_table.md").write_text(
-            "# Mean |activation| per block\n\n" + activation_table(rows)
+            "# Mean |activation| per block\n\n" + activation_tables(rows)
             + "\n# Log-log slope vs the varied value (0 = flat)\n\n" + slope_table(rows) + "\n")
     return rows
 
@@ -239,46 +241,24 @@ def _groups(rows: list[dict]):
         yield parametrization, axis, [r for r in rows if r["parametrization"] == parametrization and r["axis"] == axis]
 
 
-_BLOCK_ORDER = ("embedding", "input", "attention", "hidden", "mlp", "output", "logits")
+def activation_tables(rows: list[dict]) -> str:
+    """Markdown: :func:`catapult.coord_check.activation_table` per (parameterization, axis)."""
+    from catapult.coord_check import activation_table
 
-
-def _block_order(blocks) -> list[str]:
-    """Blocks in forward order (embedding ... logits), unknown names last."""
-    unique = list(dict.fromkeys(blocks))
-    return sorted(unique, key=lambda b: (_BLOCK_ORDER.index(b) if b in _BLOCK_ORDER else len(_BLOCK_ORDER), b))
-
-
-def activation_table(rows: list[dict]) -> str:
-    """Markdown: mean |activation| (over seeds and the block's modules) per value, one row per
-    (parameterization, axis, block) at the first and the last recorded step."""
-    from catapult.coord_check import _averaged
-
-    lines = []
-    for parametrization, axis, part in _groups(rows):
-        table = _averaged(part)
-        steps = sorted({step for _, step in table})
-        values = sorted({v for by in table.values() for v in by})
-        lines += [f"\n{parametrization}, over {axis}:\n",
-                  "| block | step | " + " | ".join(f"{v:g}" for v in values) + " |",
-                  "|---|---|" + "---|" * len(values)]
-        for block in _block_order(b for b, _ in table):
-            for step in dict.fromkeys((steps[0], steps[-1])):
-                by = table.get((block, step), {})
-                cells = [f"{sum(by[v]) / len(by[v]):.3g}" if v in by else "" for v in values]
-                lines.append(f"| {block} | {step} | " + " | ".join(cells) + " |")
-    return "\n".join(lines).lstrip("\n") + "\n"
+    return "\n\n".join(f"{parametrization}, over {axis}:\n\n{activation_table(part)}"
+                       for parametrization, axis, part in _groups(rows)) + "\n"
 
 
 def slope_table(rows: list[dict]) -> str:
     """Markdown table: log-log slope of mean |activation| vs the varied value, per
     (parameterization, axis, block), at the first and the last recorded step."""
-    from catapult.coord_check import coord_slopes
+    from catapult.coord_check import block_order, coord_slopes
 
     lines = ["| parametrization | axis | block | slope at step 0 | slope at last step |", "|---|---|---|---|---|"]
     for parametrization, axis, part in _groups(rows):
         slopes = coord_slopes(part)
         last = max(step for _, step in slopes)
-        for block in _block_order(b for b, _ in slopes):
+        for block in block_order(b for b, _ in slopes):
             first_s, last_s = slopes.get((block, 0), math.nan), slopes.get((block, last), math.nan)
             lines.append(f"| {parametrization} | {axis} | {block} | {first_s:+.3f} | {last_s:+.3f} |")
     return "\n".join(lines)
@@ -305,12 +285,9 @@ def register(subparsers) -> None:
 
 
 def _command(args) -> int:
-    overrides = list(args.overrides)
-    if getattr(args, "device", None):
-        overrides.append(f"device={args.device}")
-    config, spec = load_coord_check(args.config, overrides)
-    from catapult.cli import apply_threads
+    from catapult.cli import apply_threads, overrides_from_args
 
+    config, spec = load_coord_check(args.config, overrides_from_args(args))
     apply_threads(args)
     out = Path(args.out) if args.out else Path("runs") / config["name"]
     rows = run_coord_check(config, spec, out_dir=out, progress=args.progress != "none", panels=args.panels)

@@ -21,7 +21,6 @@ import json
 import math
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 
 from catapult import config as cfg

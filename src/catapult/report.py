@@ -166,7 +166,7 @@ def build_report(store, *, title: str | None = None, metric: str = "test_accurac
 def _transfer_section(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[str, Any]]) -> list[str]:
     """For a transfer study (a swept lr or init std, and a swept density or width): the
     transfer curves per parameterization and the table of optima with their drift."""
-    from catapult.plots.transfer import plot_transfer, transfer_curves, transfer_table
+    from catapult.plots.transfer import optima_rows, plot_transfer, transfer_curves
 
     multi = [a["key"] for a in axes if len(a["values"]) > 1]
     x = next((k for k in ("optimizer.lr", "model.init_std") if k in multi), None)
@@ -180,13 +180,13 @@ def _transfer_section(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping
     if not any(math.isfinite(v) for by in curves.curves.values() for pts in by.values() for _, v in pts):
         return []
     fig = plot_transfer(curves, title=f"final test_loss vs {x}, one curve per {series}")
-    rows = [line.strip().strip("|").split("|") for line in transfer_table(curves).splitlines()]
-    table = ["<table><tr>" + "".join(f"<th>{html.escape(c.strip())}</th>" for c in rows[0]) + "</tr>"]
-    table += ["<tr>" + "".join(f"<td class='text'>{html.escape(c.strip())}</td>" for c in row) + "</tr>"
-              for row in rows[2:]]
+    header, rows = optima_rows(curves)
+    table = ["<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in header) + "</tr>"]
+    table += ["<tr>" + "".join(f"<td class='text'>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows]
     return [f"<h2>Transfer of {html.escape(x)} across {html.escape(series)}</h2>",
             f"<p>Best {html.escape(x)} per {html.escape(series)} (its test loss in brackets; F = every point "
-            "failed) and how far it moves, log2(max/min).</p>",
+            "failed), how far it moves, log2(max/min), and its largest move away from the first "
+            f"{html.escape(series)}'s optimum.</p>",
             "<div class='figs'>" f"<img alt='transfer curves' src='{figure_to_data_uri(fig)}'></div>",
             "".join(table) + "</table>"]
 

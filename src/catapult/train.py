@@ -148,6 +148,14 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def _multipliers(model_cfg: Mapping[str, Any]) -> dict[str, float]:
+    """``alpha_in`` / ``alpha_out`` for a model builder: 1 under SP, which has no multipliers
+    (the config ignores ``alpha_*`` there so one study config can sweep sp, mup and supar)."""
+    if model_cfg["parametrization"] == "sp":
+        return {"alpha_in": 1.0, "alpha_out": 1.0}
+    return {"alpha_in": model_cfg["alpha_in"], "alpha_out": model_cfg["alpha_out"]}
+
+
 def _build_mlp(model_cfg: Mapping[str, Any], in_features: int, out_features: int) -> nn.Module:
     from catapult.models import MLP
 
@@ -159,9 +167,8 @@ def _build_mlp(model_cfg: Mapping[str, Any], in_features: int, out_features: int
         bias=model_cfg["bias"],
         init=model_cfg["init"],
         mask_method=model_cfg["mask_method"],
+        **_multipliers(model_cfg),
     )
-    if model_cfg["parametrization"] != "sp":  # SP has no multipliers (not used there)
-        kwargs.update(alpha_in=model_cfg["alpha_in"], alpha_out=model_cfg["alpha_out"])
     if model_cfg["base_width"] is not None:
         kwargs["base_width"] = model_cfg["base_width"]
     return MLP(in_features, out_features, width=model_cfg["width"], depth=model_cfg["depth"], **kwargs)
@@ -178,12 +185,10 @@ def _build_gpt(model_cfg: Mapping[str, Any], context: int, vocab_size: int) -> n
         base_density=model_cfg["base_density"],
         positions=model_cfg["positions"],
         tie_embeddings=model_cfg["tie_embeddings"],
-        # SP has no multipliers: alpha_* are not used there (config.py documents this).
-        alpha_in=1.0 if model_cfg["parametrization"] == "sp" else model_cfg["alpha_in"],
-        alpha_out=1.0 if model_cfg["parametrization"] == "sp" else model_cfg["alpha_out"],
         activation=model_cfg["activation"],
         bias=model_cfg["bias"],
         mask_method=model_cfg["mask_method"],
+        **_multipliers(model_cfg),
     )
     if model_cfg["init_std"] is not None:
         kwargs["init_std"] = model_cfg["init_std"]

@@ -177,10 +177,6 @@ class WindowSplit:
     name: str
     vocab: CharVocab
 
-    @property
-    def context(self) -> int:
-        return int(self.x_train.shape[1])
-
     def __repr__(self) -> str:
         return (f"WindowSplit(name={self.name!r}, vocab_size={self.num_classes}, "
                 f"x_train={tuple(self.x_train.shape)}, x_test={tuple(self.x_test.shape)})")

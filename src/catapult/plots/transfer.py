@@ -27,6 +27,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 __all__ = ["TransferCurves", "transfer_curves", "optima", "drift", "shift", "plot_transfer", "transfer_table",
+           "optima_rows", "transfer_summary",
            "TRANSFER_METRICS"]
 
 #: Cell metrics a transfer curve can show (lower is better for losses, higher for accuracies).
@@ -165,24 +166,39 @@ def _label(key: str | None, value: Any) -> str:
     return f"{short}={value:g}" if isinstance(value, float) else f"{short}={value}"
 
 
-def transfer_table(curves: TransferCurves) -> str:
-    """Markdown: one row per panel, the optimal x per series value, and the drift in log2 units."""
+def optima_rows(curves: TransferCurves) -> tuple[list[str], list[list[str]]]:
+    """``(header, rows)`` of the optima table as text: one row per panel with the optimal x per
+    series value (``"x (metric)"``, ``F`` when every point failed), the drift and the shift."""
     opt, moved, away = optima(curves), drift(curves), shift(curves)
     series_values = list(dict.fromkeys(s for by in curves.curves.values() for s in by))
-    head = [curves.panel_key or "panel"] + [_label(curves.series_key, s) for s in series_values]
     first = _label(curves.series_key, series_values[0]) if series_values else "first"
-    lines = ["| " + " | ".join(head + [f"drift of best {curves.x_key} (log2, max/min)",
-                                       f"largest shift from {first} (log2)"]) + " |",
-             "|" + "---|" * (len(head) + 2)]
+    header = ([curves.panel_key or "panel"] + [_label(curves.series_key, s) for s in series_values]
+              + [f"drift of best {curves.x_key} (log2, max/min)", f"largest shift from {first} (log2)"])
+    rows = []
     for p, by_series in opt.items():
-        cells = []
-        for s in series_values:
-            o = by_series.get(s)
-            cells.append("F" if o is None else f"{o[0]:.3g} ({o[1]:.4g})")
-        d, a = moved[p], away[p]
-        lines.append(f"| {p} | " + " | ".join(cells) + f" | {'-' if math.isnan(d) else f'{d:.1f}'} | "
-                     f"{'-' if math.isnan(a) else f'{a:.1f}'} |")
-    return "\n".join(lines)
+        cells = ["F" if by_series.get(s) is None else f"{by_series[s][0]:.3g} ({by_series[s][1]:.4g})"
+                 for s in series_values]
+        rows.append([str(p), *cells, *("-" if math.isnan(v) else f"{v:.1f}" for v in (moved[p], away[p]))])
+    return header, rows
+
+
+def transfer_table(curves: TransferCurves) -> str:
+    """Markdown of :func:`optima_rows`."""
+    header, rows = optima_rows(curves)
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                     + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def transfer_summary(curves: TransferCurves) -> dict:
+    """The optima, drifts and shifts as plain JSON-ready data (NaN as None; keys as text)."""
+    def num(v: float):
+        return None if math.isnan(v) else v
+
+    return {"x": curves.x_key, "series": curves.series_key, "panel": curves.panel_key, "metric": curves.metric,
+            "optima": {str(p): {str(s): (None if o is None else {"x": o[0], "metric": o[1]}) for s, o in by.items()}
+                       for p, by in optima(curves).items()},
+            "drift_log2": {str(p): num(d) for p, d in drift(curves).items()},
+            "shift_log2": {str(p): num(d) for p, d in shift(curves).items()}}
 
 
 def plot_transfer(curves: TransferCurves, path: str | Path | None = None, *, title: str | None = None) -> Figure:

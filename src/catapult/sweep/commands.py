@@ -118,12 +118,10 @@ def _fail(command: str, message: str) -> int:
 def _sweep_command(args: argparse.Namespace) -> int:
     from catapult.store import StoreError
     from catapult.sweep.driver import run_sweep
+    from catapult.cli import overrides_from_args
     from catapult.sweep.spec import expand, load_sweep
 
-    overrides = list(args.overrides)
-    if args.device:
-        overrides.append(f"device={args.device}")
-    base, spec = load_sweep(args.config, overrides)
+    base, spec = load_sweep(args.config, overrides_from_args(args))
     store = Path(args.store) if args.store else Path("runs") / base["name"] / "sweep.db"
     if args.dry_run:
         cells = expand(base, spec)
@@ -228,9 +226,8 @@ def _plot_command(args: argparse.Namespace) -> int:
 
 def _transfer_command(args: argparse.Namespace) -> int:
     import json
-    import math
 
-    from catapult.plots.transfer import drift, optima, plot_transfer, shift, transfer_curves, transfer_table
+    from catapult.plots.transfer import plot_transfer, transfer_curves, transfer_summary, transfer_table
     from catapult.store import Store, StoreError
 
     store_path = Path(args.store)
@@ -242,16 +239,7 @@ def _transfer_command(args: argparse.Namespace) -> int:
         return _fail("transfer", str(err))
     out = Path(args.out) if args.out else Path(f"{store_path.with_suffix('')}_transfer.png")
     plot_transfer(curves, out, title=store_path.stem)
-    if args.json:
-        opt, moved = optima(curves), drift(curves)
-        print(json.dumps({"x": args.x, "series": curves.series_key, "panel": curves.panel_key, "metric": args.metric,
-                          "optima": {str(p): {str(s): (None if o is None else {"x": o[0], "metric": o[1]})
-                                              for s, o in by.items()} for p, by in opt.items()},
-                          "drift_log2": {str(p): (None if math.isnan(d) else d) for p, d in moved.items()},
-                          "shift_log2": {str(p): (None if math.isnan(d) else d) for p, d in shift(curves).items()}},
-                         indent=2))
-    else:
-        print(transfer_table(curves))
+    print(json.dumps(transfer_summary(curves), indent=2) if args.json else transfer_table(curves))
     print(f"wrote {out}", file=sys.stderr if args.json else sys.stdout)
     return 0
 

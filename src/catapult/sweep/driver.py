@@ -153,7 +153,9 @@ def run_sweep(
     ``executor`` is a name in :data:`catapult.sweep.executors.EXECUTORS` (built with ``run_fn``
     and ``executor_options``) or an :class:`Executor` instance. ``run_fn`` defaults to
     :func:`catapult.train.run`; ``lambda0_fn(config) -> float`` to
-    :func:`catapult.sweep.lambda0.measure_lambda0`. Raises :class:`catapult.config.ConfigError`
+    :func:`catapult.sweep.lambda0.measure_lambda0`, called here in the driver at the executor's
+    ``threads`` (if it has that attribute), so lambda_0 is the same number whichever executor
+    and driver thread count run the sweep. Raises :class:`catapult.config.ConfigError`
     for an invalid cell and :class:`catapult.store.SpecChanged` for a store holding another
     sweep, both before any cell runs.
     """

@@ -65,7 +65,6 @@ def measure_lambda0(config: Mapping[str, Any]) -> float:
     ``eval.sharpness_*`` solver settings from ``randn(P, generator=sharpness_seed)``, so the
     value is bit-for-bit the engine's on the same device.
     """
-    import numpy as np
     import torch
 
     from catapult import curvature
