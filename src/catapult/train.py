@@ -57,7 +57,6 @@ update) and ``summary["steps_completed"]`` updates.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import sys

@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 from catapult.store import DONE_STATUSES, Store
 from catapult.sweep.executors import Cell, CellResult, Executor, get_executor, torch_threads

@@ -64,7 +64,7 @@ import torch.nn.functional as F
 from catapult import config as cfg
 from catapult.curvature import EigenEstimate
 from catapult.sweep.executors import Cell, CellResult, Executor, RunFn, _worker_name, run_cell, torch_threads
-from catapult.sweep.spec import canonical_json, get_dotted
+from catapult.sweep.spec import canonical_json
 
 __all__ = [
     "EnsembleExecutor",
