@@ -276,3 +276,73 @@ def test_phase_diagram_configs_expand_to_valid_cells(path, at_least):
     assert spec.axis("optimizer.lr").form == "log2_over_lambda0"
     # every cell of these configs is one the ensemble executor batches
     assert all(unsupported_reason(c.config) is None for c in cells)
+
+
+def _stacked(loss, parametrization, density, activation, n=5):
+    """A ``_Batch`` of ``n`` float64 members (different seeds) on 50 digits, and the data."""
+    from catapult.sweep.ensemble import _Batch, _Member
+
+    configs = [cfg.validate({"name": f"m{i}", "seed": i, "dtype": "float64", "loss": loss,
+                             "data": {"name": "digits", "n_train": 50, "n_test": 20},
+                             "model": {"width": 12, "depth": 3, "parametrization": parametrization,
+                                       "base_width": 6, "density": density, "activation": activation}})
+               for i in range(n)]
+    data = train.load_data(configs[0], "cpu", torch.float64)
+    models = [train.build_model(c, data.in_features, data.num_classes, "cpu", torch.float64) for c in configs]
+    members = [_Member(cell=Cell(i, c), config=c, steps=1, sharpness_every=1, test_every=0, divergence_factor=1e3,
+                       tol=1e-3, max_iter=10, lr_spec=None, sharpness_seed=0) for i, c in enumerate(configs)]
+    return _Batch(members, models, "hessian", loss, "sgd"), data
+
+
+@pytest.mark.parametrize("loss, targets", [("mse", "labels"), ("cross_entropy", "labels"), ("cross_entropy", "soft")])
+@pytest.mark.parametrize("parametrization, density, activation", [("sp", 1.0, "relu"), ("mup", 1.0, "linear"),
+                                                                   ("supar", 0.5, "relu")])
+def test_hand_gradient_and_hvp_equal_autograd(loss, targets, parametrization, density, activation):
+    batch, data = _stacked(loss, parametrization, density, activation)
+    assert batch.hand
+    batch.group_bytes = 2 * 50 * 12 * 8  # sub-batches of 2 members (5 = 2 + 2 + 1)
+    assert batch.group_size(50) == 2
+    x, y = data.x_train, data.y_train
+    if targets == "soft":
+        y = torch.softmax(torch.randn(50, data.num_classes, dtype=torch.float64,
+                                      generator=torch.Generator().manual_seed(0)), dim=1) * 0.9
+    params = [p.detach().requires_grad_(True) for p in batch.params]
+    with torch.enable_grad():
+        losses = batch.losses(batch.forward(params, batch.masks, x), y)
+        grads = torch.autograd.grad(losses.sum(), params, create_graph=True)
+    hand_losses, accs, hand_grads = batch.loss_grads(x, y, True)
+    assert torch.allclose(hand_losses, losses.detach(), rtol=1e-12, atol=0)
+    assert accs == batch.accuracies(batch.forward(batch.params, batch.masks, x), y)
+    for a, b in zip(grads, hand_grads):
+        assert torch.allclose(a.detach(), b, rtol=1e-10, atol=1e-14)
+    V = torch.randn(5, batch.n_params, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    hv = batch.flat(torch.autograd.grad(grads, params, grad_outputs=batch.split(V), allow_unused=True,
+                                        materialize_grads=True))
+    state = batch.hvp_state(list(range(5)), x, y)
+    assert torch.allclose(batch.hvp(state, V), hv, rtol=1e-10, atol=1e-12)
+    sub = batch.hvp_select(state, [3, 0])  # the members still iterating, in Lanczos order
+    assert torch.allclose(batch.hvp(sub, V[[3, 0]]), hv[[3, 0]], rtol=1e-10, atol=1e-12)
+    assert _stacked(loss, "sp", 1.0, "tanh", n=2)[0].hand is False  # tanh keeps autograd
+
+
+def test_sub_batch_size_changes_nothing(monkeypatch):
+    # sub-batches of 1 member vs all members in one: same results to float64 rounding, with
+    # sharpness (HVP state cut down as members converge) and a diverging member
+    from catapult.sweep import ensemble
+
+    cells = _sgd_grid("float64")
+    runs = []
+    for group_bytes in (1, 2**40):
+        monkeypatch.setattr(ensemble, "_GROUP_BYTES", group_bytes)
+        runs.append(_run(cells)[1])
+    for cell in cells:
+        _assert_same(runs[0][cell.id], runs[1][cell.id], rtol=1e-9)
+
+
+def test_tanh_mlp_uses_autograd_and_equals_local():
+    cells = [_cell(i, seed=i, model={"activation": "tanh"}, optimizer={"name": "sgd", "lr": lr})
+             for i, lr in enumerate([0.1, 0.5])]
+    ex, results = _run(cells)
+    assert ex.fallbacks == []
+    for cell in cells:
+        _assert_same(train.run(cell.config, progress="none"), results[cell.id])
