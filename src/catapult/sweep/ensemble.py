@@ -881,9 +881,12 @@ class _Batch:
         return [(loss_tot[i] / n, acc_tot[i] / n) for i in range(len(rows))]
 
 
-def run_ensemble(cells: Sequence[Cell], *, threads: int | None = None) -> Iterator[tuple[int, CellResult]]:
+def run_ensemble(cells: Sequence[Cell], *, threads: int | None = None,
+                 data: Any = None) -> Iterator[tuple[int, CellResult]]:
     """Train ``cells`` (one group: see :func:`group_key`) as one batched model; yields
-    ``(cell_id, CellResult)`` as each member finishes or diverges (see the module docstring)."""
+    ``(cell_id, CellResult)`` as each member finishes or diverges (see the module docstring).
+    ``data``: the group's :func:`catapult.train.load_data` result on the CPU in float32, if
+    the caller has it (used when the run's device and dtype are those; else loaded again)."""
     from catapult import train
     from catapult.train import METRIC_COLUMNS, _threshold
 
@@ -892,7 +895,9 @@ def run_ensemble(cells: Sequence[Cell], *, threads: int | None = None) -> Iterat
     c0 = configs[0]
     device = train.resolve_device(c0["device"])
     dtype = getattr(torch, c0["dtype"])
-    data = train.load_data(c0, device, dtype)
+    if data is None or data.x_train.device != torch.device(device) or (
+            data.x_train.is_floating_point() and data.x_train.dtype != dtype):
+        data = train.load_data(c0, device, dtype)
     x_train, y_train, x_test, y_test = data.x_train, data.y_train, data.x_test, data.y_test
     in_features = data.in_features
     data_seed = train.seeds(c0["seed"])[1]
@@ -1102,6 +1107,7 @@ class EnsembleExecutor(Executor):
         self.threads = threads
         self.fallbacks: list[tuple[int, str]] = []
         self.chunks: list[list[int]] = []
+        self._data: dict[str, Any] = {}  # data section (JSON) -> train.load_data(config), from plan
 
     def plan(self, cells: Sequence[Cell]) -> tuple[list[list[Cell]], list[tuple[Cell, str]]]:
         """``(chunks, local)``: batched chunks (each within the memory budget) and the cells
@@ -1124,6 +1130,10 @@ class EnsembleExecutor(Executor):
             chunks.extend(members[i:i + size] for i in range(0, len(members), size))
         return chunks, local
 
+    @staticmethod
+    def _data_key(cell: Cell) -> str:
+        return canonical_json(cfg.validate(cell.config)["data"])
+
     def _chunk_size(self, config: Mapping[str, Any], members: Sequence[Cell]) -> int:
         from catapult import train
 
@@ -1131,6 +1141,8 @@ class EnsembleExecutor(Executor):
             data = train.load_data(config)
         except Exception:
             return 1  # the run reports the error
+        # kept for run_ensemble (one copy per data section): digits take ~0.1 s to load
+        self._data[canonical_json(config["data"])] = data
         n_train = data.x_train.shape[0]
         batch = config["train"]["batch_size"] or n_train
         per = member_bytes(config, data.in_features, data.num_classes, batch, data.x_test.shape[0])
@@ -1150,7 +1162,8 @@ class EnsembleExecutor(Executor):
             done: set[int] = set()
             try:
                 with torch_threads(self.threads):
-                    for cell_id, result in run_ensemble(chunk, threads=self.threads):
+                    for cell_id, result in run_ensemble(chunk, threads=self.threads,
+                                                        data=self._data.get(self._data_key(chunk[0]))):
                         done.add(cell_id)
                         yield cell_id, result
             except Exception as err:  # the batched engine failed: run the rest locally
@@ -1159,3 +1172,4 @@ class EnsembleExecutor(Executor):
                     if cell.id not in done:
                         self.fallbacks.append((cell.id, reason))
                         yield cell.id, run_cell(self.run_fn, cell, self.threads)
+        self._data.clear()
