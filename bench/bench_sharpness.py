@@ -193,10 +193,8 @@ def memory_probe(what: str, n: int, param: str) -> dict:
     base = _status_kb("VmRSS")
     if what == "sharpness":
         sharpness(model, mse, batch, tol=1e-3)
-    elif what.startswith("sharpness_basis"):  # e.g. sharpness_basis4, sharpness_basis4_for
-        basis = int(what.split("_")[1][len("basis"):])
-        hvp = "forward_over_reverse" if what.endswith("_for") else "double_backprop"
-        sharpness(model, mse, batch, tol=1e-3, max_basis=basis, hvp=hvp)
+    elif what.startswith("sharpness_basis"):  # e.g. sharpness_basis4, _basis4_for, _basis10_chunk1250
+        sharpness(model, mse, batch, tol=1e-3, **_setting(what))
     elif what == "sharpness_fp64":
         sharpness(model, mse, batch, tol=1e-3, dtype=torch.float64)
     elif what == "pyhessian":
@@ -221,10 +219,26 @@ def measure_memory(what: str, n: int, param: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-#: Memory-lean solver settings measured by --memory-only: (probe name, max_basis, hvp).
-LOW_MEMORY = [("sharpness_basis20", 20, "double_backprop"), ("sharpness_basis8", 8, "double_backprop"),
-              ("sharpness_basis6", 6, "double_backprop"), ("sharpness_basis4", 4, "double_backprop"),
-              ("sharpness_basis4_for", 4, "forward_over_reverse")]
+def _setting(probe: str) -> dict:
+    """``sharpness`` keyword arguments of a probe name ``sharpness_basis<B>[_chunk<C>][_for]``."""
+    kwargs = {"hvp": "double_backprop"}
+    for part in probe.split("_")[1:]:
+        if part.startswith("basis"):
+            kwargs["max_basis"] = int(part[len("basis"):])
+        elif part.startswith("chunk"):
+            kwargs["chunk_size"] = int(part[len("chunk"):])
+        elif part == "for":
+            kwargs["hvp"] = "forward_over_reverse"
+        else:
+            raise ValueError(probe)
+    return kwargs
+
+
+#: Memory-lean solver settings measured by --memory-only (probe names, parsed by _setting);
+#: chunk sizes are fractions of the batch so the list fits any --n.
+LOW_MEMORY = ["sharpness_basis20", "sharpness_basis8", "sharpness_basis6", "sharpness_basis4",
+              "sharpness_basis20_chunk/4", "sharpness_basis12_chunk/4", "sharpness_basis10_chunk/4",
+              "sharpness_basis10_chunk/2", "sharpness_basis8_chunk/8"]
 
 
 def memory_settings(model, batch, n: int, param: str) -> None:
@@ -234,11 +248,16 @@ def memory_settings(model, batch, n: int, param: str) -> None:
     train = measure_memory("train_step", n, param)["peak_above_base_mb"]
     print(f"reference lambda_max = {ref.value:.10g}; train_step peak {train:.0f} MB")
     print("\n| setting | peak RSS above set-up, MB | / train step | HVPs | wall s | rel. error |\n|---|---|---|---|---|---|")
-    for probe, basis, hvp in LOW_MEMORY:
+    for probe in LOW_MEMORY:
+        if "/" in probe:  # chunk/K = a K-th of the batch
+            head, k = probe.split("/")
+            probe = f"{head}{-(-n // int(k))}"
         mem = measure_memory(probe, n, param)["peak_above_base_mb"]
+        kwargs = _setting(probe)
         with Timer() as t:
-            est = sharpness(model, mse, batch, tol=1e-3, max_basis=basis, hvp=hvp)
-        print(f"| max_basis={basis}, hvp={hvp} | {mem:.0f} | {mem / train:.2f} | {est.matvecs} | "
+            est = sharpness(model, mse, batch, tol=1e-3, **kwargs)
+        label = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+        print(f"| {label} | {mem:.0f} | {mem / train:.2f} | {est.matvecs} | "
               f"{t.seconds:.2f} | {rel_err(est.value, ref.value):.1e} |", flush=True)
 
 

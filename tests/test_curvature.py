@@ -470,3 +470,97 @@ def test_preconditioned_sharpness_gi_adam(steps, v_bias_correction, v0):
     assert est.value == pytest.approx(exact, rel=1e-8)
     if steps == 0:
         assert not opt.state  # nothing created
+
+
+# ---------------------------------------------------------------------------- micro-batches
+
+
+def sum_mse(outputs, labels):
+    """A per-sample *sum* loss: chunks combine with weight 1."""
+    return 0.5 * ((outputs - F.one_hot(labels, outputs.shape[-1]).to(outputs.dtype)) ** 2).sum()
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("loss_fn", [cross_entropy, sum_mse], ids=["mean", "sum"])
+@pytest.mark.parametrize("chunk_size", [1, 5, 8])
+def test_chunked_hvp_matches_dense(mode, loss_fn, chunk_size):
+    model, batch = tiny_mlp(dtype=torch.float64)
+    H, g = dense_hessian(model, loss_fn, batch)
+    op = HessianOperator(model, loss_fn, batch, hvp=mode, chunk_size=chunk_size)
+    assert op.chunks == -(-16 // chunk_size)
+    v = torch.randn(H.shape[0], dtype=torch.float64)
+    torch.testing.assert_close(op(v), H @ v)
+    torch.testing.assert_close(op.gradient(), g)
+    with torch.no_grad():
+        loss = float(loss_fn(model(batch[0]), batch[1]))
+    assert op.loss == pytest.approx(loss, rel=1e-12)
+
+
+def test_chunk_size_at_least_the_batch_is_one_chunk():
+    model, batch = tiny_mlp()
+    assert HessianOperator(model, mse, batch, chunk_size=16).chunks == 1
+    assert HessianOperator(model, mse, batch, chunk_size=1000).chunks == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_chunked_sharpness_matches_dense_and_unchunked(dtype):
+    model, batch = tiny_mlp(dtype=dtype)
+    H, _ = dense_hessian(model, mse, batch)
+    exact = float(torch.linalg.eigvalsh(H)[-1])
+    whole = sharpness(model, mse, batch, tol=1e-6, max_iter=200)
+    chunked = sharpness(model, mse, batch, tol=1e-6, max_iter=200, chunk_size=6)
+    rel = 1e-4 if dtype == torch.float32 else 1e-9
+    assert chunked.value == pytest.approx(exact, rel=rel)
+    assert chunked.value == pytest.approx(whole.value, rel=rel)
+
+
+def test_chunked_preconditioned_sharpness_matches_unchunked():
+    model, batch = tiny_mlp(dtype=torch.float64)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(2):
+        opt.zero_grad()
+        mse(model(batch[0]), batch[1]).backward()
+        opt.step()
+    whole = preconditioned_sharpness(model, mse, batch, opt, tol=1e-8, max_iter=300)
+    chunked = preconditioned_sharpness(model, mse, batch, opt, tol=1e-8, max_iter=300,
+                                       chunk_size=3)
+    assert chunked.value == pytest.approx(whole.value, rel=1e-9)
+
+
+def test_chunking_refuses_what_it_cannot_split_exactly():
+    model, batch = tiny_mlp()
+
+    def rms(outputs, labels):  # not additive over samples
+        return mse(outputs, labels).sqrt()
+
+    with pytest.raises(ValueError, match="neither a mean nor a sum over samples"):
+        HessianOperator(model, rms, batch, chunk_size=4)
+    for bad in (0, -2, 2.5, True):
+        with pytest.raises(ValueError, match="chunk_size must be None or an integer"):
+            sharpness(model, mse, batch, chunk_size=bad)
+    with pytest.raises(ValueError, match="targets have 15"):
+        HessianOperator(model, mse, (batch[0], batch[1][:15]), chunk_size=4)
+    bn = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Linear(6, 3))
+    with pytest.raises(ValueError, match="'1' is a BatchNorm in train mode"):
+        HessianOperator(bn, mse, batch, chunk_size=4)
+    HessianOperator(bn.eval(), mse, batch, chunk_size=4)  # eval mode: samples are independent
+    drop = nn.Sequential(nn.Linear(4, 6), nn.Dropout(0.5), nn.Linear(6, 3))
+    with pytest.raises(ValueError, match="'1' is a Dropout in train mode"):
+        HessianOperator(drop, mse, batch, chunk_size=4)
+
+
+def test_krylov_basis_restart_in_place_equals_explicit_combination():
+    from catapult.curvature import _KrylovBasis
+
+    gen = torch.Generator().manual_seed(0)
+    Q = torch.randn(7, 50, generator=gen, dtype=torch.float64)
+    C = torch.randn(7, 3, generator=gen, dtype=torch.float64)
+    basis = _KrylovBasis(Q[0], block=2)
+    for row in Q:
+        basis.append(row)
+    basis.restart(C, columns=8)  # slices that do not divide n
+    assert basis.size == 3 and len(basis.blocks) == 2
+    for i in range(3):
+        torch.testing.assert_close(basis.row(i), C[:, i] @ Q)
+    basis.append(Q[6])
+    torch.testing.assert_close(basis.last(), Q[6])

@@ -116,22 +116,30 @@ class _KrylovBasis:
             start += b.shape[0]
 
     def combine(self, coeffs: torch.Tensor) -> torch.Tensor:
-        """Q^T C for C of shape (m,) or (m, k); returns (n,) or (k, n)."""
+        """Q^T c for coefficients c of shape (m,); returns (n,)."""
         out, start = None, 0
         for b in self._views():
-            c = coeffs[start:start + b.shape[0]]
-            part = c @ b if coeffs.dim() == 1 else c.T @ b
+            part = coeffs[start:start + b.shape[0]] @ b
             out = part if out is None else out.add_(part)
             start += b.shape[0]
         return out
 
-    def reset(self, rows: torch.Tensor) -> None:
-        """Replace the basis by the rows of ``rows`` (k, n), freeing blocks no longer needed."""
-        k = rows.shape[0]
+    def restart(self, coeffs: torch.Tensor, columns: int = 1 << 16) -> None:
+        """Replace the basis by its ``k`` combinations ``Q^T C`` (``C`` of shape (m, k), k < m)
+        in place, a slice of ``columns`` entries at a time, so a thick restart needs no second
+        basis (only an ``m x columns`` scratch); blocks no longer needed are freed."""
+        k = coeffs.shape[1]
+        n = self.like.numel()
+        rows = [self.row(i) for i in range(self.size)]
+        for start in range(0, n, columns):
+            stop = min(n, start + columns)
+            block = torch.stack([r[start:stop] for r in rows])     # (m, w): read all first ...
+            combined = coeffs.T @ block                            # (k, w)
+            for i in range(k):                                     # ... then overwrite rows < k
+                rows[i][start:stop].copy_(combined[i])
+        del rows
+        self.size = k
         self.blocks = self.blocks[: max(1, math.ceil((k + 1) / self.block))]
-        self.size = 0
-        for r in rows:
-            self.append(r)
 
 
 def lanczos_top_eigenpair(
@@ -141,6 +149,7 @@ def lanczos_top_eigenpair(
     tol: float = 1e-3,
     max_iter: int = 100,
     max_basis: int = 20,
+    _fresh_output: bool = False,
 ) -> EigenEstimate:
     """Largest (algebraic) eigenvalue and its eigenvector of a symmetric operator ``A``.
 
@@ -205,7 +214,11 @@ def lanczos_top_eigenpair(
         matvecs += 1
         if w.shape != q.shape:
             raise ValueError(f"matvec returned shape {tuple(w.shape)}, expected {tuple(q.shape)}")
-        w = w.to(q.dtype).clone()
+        # The step below works on w in place: copy it unless matvec is known to return a new
+        # tensor (the HVP operators here do; a user's matvec may return internal state).
+        w = w.to(q.dtype)
+        if not _fresh_output or w.data_ptr() == q.data_ptr():
+            w = w.clone()
         # Lanczos step: subtract the known couplings T[i, j] (beta_{j-1} q_{j-1}, or after a
         # restart the kept Ritz vectors), then alpha_j q_j ...
         for i in np.flatnonzero(T[:j, j]):
@@ -242,9 +255,7 @@ def lanczos_top_eigenpair(
             order = np.argsort(ritz_values)[::-1][:keep]
             S_k = torch.as_tensor(np.ascontiguousarray(ritz_vectors[:, order]), dtype=q.dtype,
                                   device=q.device)
-            Y = basis.combine(S_k)
-            basis.reset(Y)
-            del Y
+            basis.restart(S_k)
             basis.append(q_next)
             T[:] = 0.0
             T[np.arange(keep), np.arange(keep)] = ritz_values[order]
@@ -324,12 +335,26 @@ class HessianOperator:
         :mod:`torch.func` (a forward + backward with dual numbers per product; no graph kept).
       * ``"auto"``: the one measured faster (``_AUTO_HVP``; double backprop on CPU).
 
+    Micro-batches (``chunk_size``): with ``chunk_size=c`` smaller than the batch, the batch is cut
+    along dim 0 into chunks ``B_1..B_K`` of at most ``c`` samples and every product is summed
+    over them, ``H v = sum_k w_k H_k v`` (``H_k`` the Hessian of the chunk's loss), so at most
+    one chunk's graph is alive at a time: the HVP's working memory (activations and the
+    backward's saved tensors) shrinks by ``~K``, at the price of re-running the chunk's forward
+    and gradient in every product (double backprop then costs about a gradient more per
+    product). This is exact when the loss is a per-sample mean (``w_k = |B_k| / |B|``: MSE,
+    cross-entropy, token-mean LM losses) or a per-sample sum (``w_k = 1``); which one is
+    detected once, by comparing the full batch's loss with both combinations of the chunks'
+    losses, and any other loss is refused with a ``ValueError``. Train-mode BatchNorm and
+    dropout couple or re-draw samples per chunk, so they are refused too (call
+    ``model.eval()`` first).
+
     Attributes: ``numel``, ``dtype``, ``device``, ``mode`` (resolved hvp mode), ``loss`` (float),
-    ``gradient()`` (flat gradient at the current parameters, computed once), ``matvecs``.
+    ``gradient()`` (flat gradient at the current parameters, computed once), ``matvecs``,
+    ``chunks`` (number of micro-batches, 1 without ``chunk_size``).
     """
 
     def __init__(self, model: torch.nn.Module, loss_fn, batch, *, dtype=None, hvp: str = "auto",
-                 seed: int = 0):
+                 seed: int = 0, chunk_size: int | None = None):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not callable(loss_fn):
@@ -373,8 +398,14 @@ class HessianOperator:
         self._model, self._loss_fn = model, loss_fn
         self._grad_flat: torch.Tensor | None = None
         self.loss = float("nan")
+        # [(inputs, targets, weight)]; one entry = the whole batch, weight 1.
+        self._chunks = self._split_batch(chunk_size)
+        self.chunks = len(self._chunks)
 
-        if self.mode == "double_backprop":
+        if self.chunks > 1:
+            if self.mode == "forward_over_reverse":
+                self._grad_fn = torch.func.grad_and_value(self._loss)
+        elif self.mode == "double_backprop":
             # A fresh detached alias per leaf: requires_grad_ on it leaves the model's tensor alone.
             leaves = {n: self._params[n].detach().requires_grad_(True) for n in self.names}
             self._leaves = list(leaves.values())
@@ -383,20 +414,72 @@ class HessianOperator:
                 grads = torch.autograd.grad(loss, self._leaves, create_graph=True,
                                             allow_unused=True, materialize_grads=True)
             self.loss = float(loss.detach())
-            self._grads = grads
-            self._grad_flat = torch.cat([g.detach().reshape(-1) for g in grads])
+            self._grads = grads  # the flat gradient is made from these only when asked for
             self._diff = [i for i, g in enumerate(grads) if g.requires_grad]
         else:
             self._grad_fn = torch.func.grad_and_value(self._loss)
 
-    def _loss(self, params: dict) -> torch.Tensor:
+    def _split_batch(self, chunk_size):
+        """The micro-batches ``[(inputs, targets, weight)]`` (see the class docstring)."""
+        whole = [(self._inputs, self._targets, 1.0)]
+        if chunk_size is None:
+            return whole
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be None or an integer >= 1, got {chunk_size!r}")
+        x, y = self._inputs, self._targets
+        if not (torch.is_tensor(x) and torch.is_tensor(y) and x.dim() >= 1 and y.dim() >= 1):
+            raise ValueError("chunk_size needs the batch's inputs and targets to be tensors with a "
+                             "sample dimension (dim 0)")
+        n = x.shape[0]
+        if y.shape[0] != n:
+            raise ValueError(f"chunk_size: inputs have {n} samples (dim 0) but targets have "
+                             f"{y.shape[0]}")
+        if chunk_size >= n:
+            return whole
+        for name, module in self._model.named_modules():
+            if not module.training:
+                continue
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                raise ValueError(f"chunk_size: module {name!r} is a BatchNorm in train mode, whose "
+                                 f"batch statistics differ per chunk; call model.eval() or use "
+                                 f"chunk_size=None")
+            if isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p > 0:
+                raise ValueError(f"chunk_size: module {name!r} is a Dropout in train mode, whose mask "
+                                 f"would differ per chunk; call model.eval() or use chunk_size=None")
+        pieces = [(x[i:i + chunk_size], y[i:i + chunk_size]) for i in range(0, n, chunk_size)]
+        with torch.no_grad():
+            full = float(self._loss(self._params))
+            losses = [float(self._loss(self._params, xc, yc)) for xc, yc in pieces]
+        mean_w = [xc.shape[0] / n for xc, _ in pieces]
+        as_mean = sum(w * l for w, l in zip(mean_w, losses))
+        as_sum = sum(losses)
+        # well above the rounding of a float32/float64 batch sum, well below what a loss that is
+        # not additive over samples (e.g. a root-mean-square) typically shows between chunks
+        rtol = 5e-5 if self.dtype == torch.float32 else 1e-9
+
+        def close(a, b):
+            return abs(a - b) <= rtol * max(abs(a), abs(b), 1e-30)
+
+        if not math.isfinite(full) or close(full, as_mean):
+            weights = mean_w
+        elif close(full, as_sum):
+            weights = [1.0] * len(pieces)
+        else:
+            raise ValueError(f"chunk_size: loss_fn is neither a mean nor a sum over samples (full "
+                             f"batch {full:.6g}, chunks' mean {as_mean:.6g}, sum {as_sum:.6g}); "
+                             f"use chunk_size=None")
+        self.loss = full
+        return [(xc, yc, w) for (xc, yc), w in zip(pieces, weights)]
+
+    def _loss(self, params: dict, inputs=None, targets=None) -> torch.Tensor:
+        inputs = self._inputs if inputs is None else inputs
+        targets = self._targets if targets is None else targets
         # Second derivatives need the math kernel of scaled_dot_product_attention: the fused
         # (flash / memory-efficient) kernels have no double backward.
         with _fixed_rng(self.seed, self.device), _math_attention():
             buffers = {n: b.clone() for n, b in self._buffers.items()}
-            out = functional_call(self._model, {**self._frozen, **buffers, **params},
-                                  (self._inputs,))
-            loss = self._loss_fn(out, self._targets)
+            out = functional_call(self._model, {**self._frozen, **buffers, **params}, (inputs,))
+            loss = self._loss_fn(out, targets)
         if not (torch.is_tensor(loss) and loss.numel() == 1):
             raise ValueError("loss_fn must return a scalar tensor")
         return loss.reshape(())
@@ -410,18 +493,69 @@ class HessianOperator:
 
     def gradient(self) -> torch.Tensor:
         """Flat gradient of the loss at the current parameters (computed once, cached)."""
-        if self._grad_flat is None:
+        if self._grad_flat is None and self.chunks > 1:
+            flat = torch.zeros(self.numel, dtype=self.dtype, device=self.device)
+            for x, y, w in self._chunks:
+                leaves = [self._params[n].detach().requires_grad_(True) for n in self.names]
+                with torch.enable_grad():
+                    loss = self._loss(dict(zip(self.names, leaves)), x, y)
+                    grads = torch.autograd.grad(loss, leaves, allow_unused=True,
+                                                materialize_grads=True)
+                for out, g in zip(self.split(flat), grads):
+                    out.add_(g, alpha=w)
+            self._grad_flat = flat
+        elif self._grad_flat is None and self.mode == "double_backprop":
+            self._grad_flat = torch.cat([g.detach().reshape(-1) for g in self._grads])
+        elif self._grad_flat is None:
             with torch.enable_grad():
                 grads, loss = self._grad_fn(self._params)
             self.loss = float(loss)
             self._grad_flat = torch.cat([grads[n].reshape(-1) for n in self.names])
         return self._grad_flat
 
+    def _chunked_product(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """``sum_k w_k H_k v`` over the micro-batches, one chunk's graph alive at a time."""
+        out = torch.zeros(self.numel, dtype=self.dtype, device=self.device)
+        views = self.split(out)
+        tangents = dict(zip(self.names, parts))
+        for x, y, w in self._chunks:
+            if self.mode == "double_backprop":
+                leaves = [self._params[n].detach().requires_grad_(True) for n in self.names]
+                with torch.enable_grad():
+                    loss = self._loss(dict(zip(self.names, leaves)), x, y)
+                    grads = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True,
+                                                materialize_grads=True)
+                    diff = [i for i, g in enumerate(grads) if g.requires_grad]
+                    if not diff:
+                        continue
+                    hv = torch.autograd.grad([grads[i] for i in diff], leaves,
+                                             grad_outputs=[parts[i] for i in diff],
+                                             allow_unused=True, materialize_grads=True)
+                del grads, loss
+                pieces = hv
+            else:
+                def chunk_grad(params, x=x, y=y):
+                    grads, _ = torch.func.grad_and_value(
+                        lambda p: self._loss(p, x, y))(params)
+                    return grads
+
+                with torch.enable_grad(), warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated",
+                                            category=DeprecationWarning)
+                    _, hv = torch.func.jvp(chunk_grad, (self._params,), (tangents,))
+                pieces = [hv[n] for n in self.names]
+            for o, h in zip(views, pieces):
+                o.add_(h, alpha=w)
+            del pieces, hv
+        return out
+
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         """Return ``H v`` for a flat vector ``v`` (cast to the operator's dtype/device)."""
         v = v.to(device=self.device, dtype=self.dtype)
         parts = self.split(v)
         self.matvecs += 1
+        if self.chunks > 1:
+            return self._chunked_product(parts)
         if self.mode == "double_backprop":
             if not self._diff:
                 return torch.zeros_like(v)
@@ -469,7 +603,7 @@ def _check_solver_args(tol, max_iter):
 
 def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_iter: int = 100,
               dtype=None, init: torch.Tensor | None = None, hvp: str = "auto", seed: int = 0,
-              max_basis: int = 20) -> EigenEstimate:
+              max_basis: int = 20, chunk_size: int | None = None) -> EigenEstimate:
     """Sharpness ``lambda_max(H)``: the top eigenvalue of the Hessian of the loss on one batch.
 
     ``H = d^2 L / d theta^2`` with ``L = loss_fn(model(inputs), targets)``, ``batch = (inputs,
@@ -499,7 +633,17 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
         hvp: ``"auto"``, ``"double_backprop"`` or ``"forward_over_reverse"`` (see
             :class:`HessianOperator`).
         seed: seeds the random start vector and the dropout mask.
-        max_basis: Krylov vectors kept in memory (thick restart beyond that).
+        max_basis: Krylov vectors kept in memory (thick restart beyond that); each costs one
+            parameter-sized vector.
+        chunk_size: evaluate each HVP over micro-batches of at most this many samples (see
+            :class:`HessianOperator`): exact for per-sample mean or sum losses, less memory
+            (the HVP's working memory scales with the chunk, not the batch), about a gradient
+            more compute per HVP. ``None`` (default) = the whole batch in one graph.
+
+    Memory: the peak is about ``max_basis + 4`` parameter-sized vectors plus the HVP's working
+    memory (~2.6x a training step's activations on the whole batch, or on one chunk with
+    ``chunk_size``). ``max_basis=10, chunk_size=n/4`` keeps the Fig. 1 FCN's solve within 3x a
+    training step's peak (``bench/RESULTS.md``).
 
     Returns:
         :class:`EigenEstimate` with ``value`` (float), ``vector`` (flat, on the model's device,
@@ -507,9 +651,11 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
         gives ``value = nan``, ``converged = False`` instead of an error.
     """
     _check_solver_args(tol, max_iter)
-    op = HessianOperator(model, loss_fn, batch, dtype=dtype, hvp=hvp, seed=seed)
+    op = HessianOperator(model, loss_fn, batch, dtype=dtype, hvp=hvp, seed=seed,
+                         chunk_size=chunk_size)
     v0 = _start_vector(init, op.numel, op.dtype, op.device, seed)
-    return lanczos_top_eigenpair(op, v0, tol=tol, max_iter=max_iter, max_basis=max_basis)
+    return lanczos_top_eigenpair(op, v0, tol=tol, max_iter=max_iter, max_basis=max_basis,
+                                 _fresh_output=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -639,7 +785,8 @@ def preconditioned_sharpness(model: torch.nn.Module, loss_fn, batch,
                              optimizer: torch.optim.Optimizer, *, tol: float = 1e-3,
                              max_iter: int = 100, dtype=None, init: torch.Tensor | None = None,
                              hvp: str = "auto", seed: int = 0, max_basis: int = 20,
-                             scale_by_group_lr: bool = False) -> EigenEstimate:
+                             scale_by_group_lr: bool = False,
+                             chunk_size: int | None = None) -> EigenEstimate:
     """Pre-conditioned sharpness ``lambda_max(P^-1 H)`` for Adam, AdamW and GI-Adam.
 
     ``P`` is the diagonal preconditioner the optimizer's *next* step will apply, rebuilt from
@@ -673,7 +820,8 @@ def preconditioned_sharpness(model: torch.nn.Module, loss_fn, batch,
         raise TypeError(f"preconditioned_sharpness supports torch.optim.Adam, torch.optim.AdamW "
                         f"and catapult.optim.GIAdam, got {type(optimizer).__name__}")
     _check_solver_args(tol, max_iter)
-    op = HessianOperator(model, loss_fn, batch, dtype=dtype, hvp=hvp, seed=seed)
+    op = HessianOperator(model, loss_fn, batch, dtype=dtype, hvp=hvp, seed=seed,
+                         chunk_size=chunk_size)
     params = [p for p in model.parameters() if p.requires_grad]
     with torch.no_grad():
         d, l2 = _adam_preconditioner(optimizer, op.gradient(), op.names, params,
@@ -686,4 +834,5 @@ def preconditioned_sharpness(model: torch.nn.Module, loss_fn, batch,
         return out
 
     v0 = _start_vector(init, op.numel, op.dtype, op.device, seed)
-    return lanczos_top_eigenpair(matvec, v0, tol=tol, max_iter=max_iter, max_basis=max_basis)
+    return lanczos_top_eigenpair(matvec, v0, tol=tol, max_iter=max_iter, max_basis=max_basis,
+                                 _fresh_output=True)
