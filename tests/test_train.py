@@ -94,6 +94,22 @@ def test_sharpness_at_the_right_steps_and_lambda0_is_the_exact_top_hessian_eigen
     assert result.metrics[0]["sharpness"] == result.summary["lambda_0"]
 
 
+def test_memory_lean_solver_settings_give_the_same_sharpness_trajectory():
+    """eval.sharpness_chunk_size / sharpness_max_basis change memory, not the measured values."""
+    base = dict(model={"width": 8, "depth": 2}, data={"n_train": 40}, dtype="float64",
+                train={"steps": 10})
+    ev = {"sharpness_every": 5, "sharpness_tol": 1e-8, "sharpness_max_iter": 300}
+    plain = run(tiny(eval=ev, **base), progress="none")
+    lean = run(tiny(eval={**ev, "sharpness_chunk_size": 7, "sharpness_max_basis": 4}, **base),
+               progress="none")
+    a = [r["sharpness"] for r in plain.metrics if r["sharpness"] is not None]
+    b = [r["sharpness"] for r in lean.metrics if r["sharpness"] is not None]
+    assert len(a) == len(b) == 3
+    np.testing.assert_allclose(b, a, rtol=1e-7)
+    assert [r["train_loss"] for r in lean.metrics] == pytest.approx(
+        [r["train_loss"] for r in plain.metrics], rel=1e-12)
+
+
 def test_lr_relative_to_lambda0_is_resolved_from_the_measurement():
     result = run(tiny(optimizer={"lr": "2^3/lambda0"}), progress="none")
     s = result.summary

@@ -450,6 +450,11 @@ SCHEMA: dict[str, Any] = {
                                 doc="how Hessian-vector products are computed"),
         "sharpness_dtype": choice(None, ("float32", "float64"), nullable=True,
                                   doc="solver precision (null = the run's dtype)"),
+        "sharpness_max_basis": integer(20, low=2, doc="Krylov vectors kept (memory: one parameter-"
+                                       "sized vector each; thick restart beyond)"),
+        "sharpness_chunk_size": integer(None, low=1, nullable=True,
+                                        doc="HVPs over micro-batches of at most this many samples "
+                                            "(less memory, ~a gradient more per HVP; null = whole batch)"),
         "test_every": integer(100, low=0, doc="test loss/accuracy every m steps (0 = only at the end)"),
     },
 }

@@ -54,9 +54,7 @@ def estimate(config: Mapping[str, Any], *, cap: bool = False) -> dict:
     model = train.build_model(config, data.in_features, data.num_classes, device, dtype)
     model.train()
     loss_fn = get_loss(config["loss"])
-    ev = config["eval"]
-    solver = dict(tol=ev["sharpness_tol"], max_iter=ev["sharpness_max_iter"], hvp=ev["sharpness_hvp"],
-                  dtype=getattr(torch, ev["sharpness_dtype"]) if ev["sharpness_dtype"] else None)
+    solver = train.solver_options(config)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     start = torch.randn(n_params, generator=torch.Generator().manual_seed(train.seeds(config["seed"])[2]))
     start = start.to(device=device, dtype=dtype)

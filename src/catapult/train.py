@@ -581,13 +581,21 @@ class _Progress:
 # The engine
 
 
+def solver_options(config: Mapping[str, Any]) -> dict:
+    """Keyword arguments of :func:`catapult.sharpness` from a validated config's ``eval.sharpness_*``
+    keys (tol, max_iter, hvp, dtype, max_basis, chunk_size)."""
+    ev = config["eval"]
+    return dict(tol=ev["sharpness_tol"], max_iter=ev["sharpness_max_iter"], hvp=ev["sharpness_hvp"],
+                dtype=getattr(torch, ev["sharpness_dtype"]) if ev["sharpness_dtype"] else None,
+                max_basis=ev["sharpness_max_basis"], chunk_size=ev["sharpness_chunk_size"])
+
+
 def _sharpness_fn(config: Mapping[str, Any]):
     """Returns ``measure(model, loss_fn, batch, optimizer, init) -> EigenEstimate``."""
     from catapult import curvature
 
     ev = config["eval"]
-    kwargs = dict(tol=ev["sharpness_tol"], max_iter=ev["sharpness_max_iter"], hvp=ev["sharpness_hvp"],
-                  dtype=getattr(torch, ev["sharpness_dtype"]) if ev["sharpness_dtype"] else None)
+    kwargs = solver_options(config)
     kind = ev["sharpness_kind"]
     if kind == "auto":
         kind = "preconditioned" if config["optimizer"]["name"] in ADAPTIVE else "hessian"

@@ -23,7 +23,9 @@ def lambda0_inputs(config: Mapping[str, Any]) -> dict:
     lambda_0 = top Hessian eigenvalue of the training loss at ``theta_0`` on batch 0 (engine
     semantics, :mod:`catapult.train`), so it depends on the seed, device, dtype, data, model,
     loss, batch size (batch 0) and the eigen-solver settings, and on nothing about the
-    optimizer, schedule or training length.
+    optimizer, schedule or training length. The solver's memory settings
+    (``sharpness_max_basis``, ``sharpness_chunk_size``) change how the value is computed, not
+    the value (beyond ``sharpness_tol``), so they are not part of it.
     """
     ev = config["eval"]
     return {
@@ -82,10 +84,6 @@ def measure_lambda0(config: Mapping[str, Any]) -> float:
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     start = torch.randn(n_params, generator=torch.Generator().manual_seed(sharpness_seed))
     start = start.to(device=device, dtype=dtype)
-    ev = config["eval"]
-    est = curvature.sharpness(
-        model, get_loss(config["loss"]), batches.batch(0), init=start,
-        tol=ev["sharpness_tol"], max_iter=ev["sharpness_max_iter"], hvp=ev["sharpness_hvp"],
-        dtype=getattr(torch, ev["sharpness_dtype"]) if ev["sharpness_dtype"] else None,
-    )
+    est = curvature.sharpness(model, get_loss(config["loss"]), batches.batch(0), init=start,
+                              **train.solver_options(config))
     return float(est.value)
