@@ -5,7 +5,10 @@ Cells that share architecture, data and batch order but differ in per-member sca
 divergence factor, eval cadence) train *together*: the ``N`` members' MLP weights are stacked
 into tensors ``W_l`` of shape ``[N, out, in]`` and the forward pass is one matmul per layer
 (``x W_all^T`` over the shared input for layer 0, ``torch.bmm`` after), so a sweep of small
-models runs at matmul speed instead of paying Python/autograd overhead per cell.
+models runs at matmul speed instead of paying Python/autograd overhead per cell. For ReLU and
+identity MLPs the gradient and the Hessian-vector product are derived by hand on the stacked
+weights (no autograd graph) and run in cache-sized sub-batches of members
+(:meth:`_Batch.group_size`); other activations go through autograd.
 
 Exactness contract: each member reproduces :func:`catapult.train.run` for its cell (the step
 semantics in that module's docstring) to float tolerance (batched reductions round
@@ -19,8 +22,9 @@ differently; nothing else differs):
   iteration of :func:`catapult.curvature.lanczos_top_eigenpair` for every member in lockstep
   (same start vector ``randn(P, sharpness_seed)``, same full re-orthogonalisation, thick
   restarts, per-member stopping test ``|beta s_m| / |theta| <= tol`` and ``max_iter``), on
-  batched Hessian-vector products (double backprop of ``sum_n L_n``, whose Hessian is
-  block-diagonal over members); Adam-family members get the pre-conditioned operator
+  batched Hessian-vector products of ``sum_n L_n``, whose Hessian is block-diagonal over
+  members (the hand-derived R-operator for ReLU/identity MLPs, double backprop otherwise;
+  members that have stopped leave the product); Adam-family members get the pre-conditioned operator
   ``P^-1/2 H P^-1/2`` of :func:`catapult.curvature.preconditioned_sharpness`
   (``scale_by_group_lr=True``, coupled L2 for Adam). Warm starts, the reuse of the lambda_0
   estimate at ``t = 0`` and the matvec counts follow ``run``;
