@@ -155,19 +155,19 @@ def _multipliers(model_cfg: Mapping[str, Any]) -> dict[str, float]:
     return {"alpha_in": model_cfg["alpha_in"], "alpha_out": model_cfg["alpha_out"]}
 
 
+#: Constructor arguments the MLP and the GPT both take straight from ``model.*``.
+_COMMON_MODEL_KEYS = ("parametrization", "activation", "density", "base_density", "bias", "mask_method")
+
+
+def _common_kwargs(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The builders' shared keyword arguments: :data:`_COMMON_MODEL_KEYS` plus the multipliers."""
+    return {**{k: model_cfg[k] for k in _COMMON_MODEL_KEYS}, **_multipliers(model_cfg)}
+
+
 def _build_mlp(model_cfg: Mapping[str, Any], in_features: int, out_features: int) -> nn.Module:
     from catapult.models import MLP
 
-    kwargs = dict(
-        parametrization=model_cfg["parametrization"],
-        activation=model_cfg["activation"],
-        density=model_cfg["density"],
-        base_density=model_cfg["base_density"],
-        bias=model_cfg["bias"],
-        init=model_cfg["init"],
-        mask_method=model_cfg["mask_method"],
-        **_multipliers(model_cfg),
-    )
+    kwargs = dict(_common_kwargs(model_cfg), init=model_cfg["init"])
     if model_cfg["base_width"] is not None:
         kwargs["base_width"] = model_cfg["base_width"]
     return MLP(in_features, out_features, width=model_cfg["width"], depth=model_cfg["depth"], **kwargs)
@@ -177,18 +177,8 @@ def _build_gpt(model_cfg: Mapping[str, Any], context: int, vocab_size: int) -> n
     """The config's GPT: ``width`` = d_model, ``depth`` = blocks; ``context`` from the data."""
     from catapult.models import GPT
 
-    kwargs = dict(
-        parametrization=model_cfg["parametrization"],
-        base_width=model_cfg["base_width"],
-        density=model_cfg["density"],
-        base_density=model_cfg["base_density"],
-        positions=model_cfg["positions"],
-        tie_embeddings=model_cfg["tie_embeddings"],
-        activation=model_cfg["activation"],
-        bias=model_cfg["bias"],
-        mask_method=model_cfg["mask_method"],
-        **_multipliers(model_cfg),
-    )
+    kwargs = dict(_common_kwargs(model_cfg), base_width=model_cfg["base_width"],
+                  positions=model_cfg["positions"], tie_embeddings=model_cfg["tie_embeddings"])
     if model_cfg["init_std"] is not None:
         kwargs["init_std"] = model_cfg["init_std"]
     return GPT(vocab_size, d_model=model_cfg["width"], n_layers=model_cfg["depth"],

@@ -527,24 +527,29 @@ class _Batch:
             out = out * mass
         return out * (1.0 / B)
 
+    def _layer_grads(self, i: int, gW: torch.Tensor, g: torch.Tensor) -> list[torch.Tensor]:
+        """Layer ``i``'s parameter gradients ``[gb, gW]`` (``[gW]`` without bias) from the raw
+        weight product ``gW = g^T h_{i-1}`` and the output delta ``g``: both carry the layer's
+        multipliers (``out = c b + a h W^T``), in place on ``gW``."""
+        scale, bias_scale = self.mults[i]
+        if scale != 1.0:
+            gW.mul_(scale)
+        if not self.has_bias:
+            return [gW]
+        gb = g.sum(dim=1)
+        if bias_scale != 1.0:
+            gb.mul_(bias_scale)
+        return [gb, gW]
+
     def _backward(self, g: torch.Tensor, layers, hidden: list, x: torch.Tensor, out: list) -> None:
         """Backprop the output gradient ``g`` of one sub-batch; ``out`` receives the parameter
         gradients (each ``[S, ...]``, in the order of ``params``)."""
         grads = []
         for i in reversed(range(len(layers))):
-            W, b = layers[i]
-            scale, bias_scale = self.mults[i]
+            W, _ = layers[i]
+            scale = self.mults[i][0]
             prev = x.expand(g.shape[0], *x.shape) if i == 0 else hidden[i - 1]
-            gW = torch.bmm(g.transpose(1, 2), prev)
-            if scale != 1.0:
-                gW.mul_(scale)
-            if b is not None:
-                gb = g.sum(dim=1)
-                if bias_scale != 1.0:
-                    gb.mul_(bias_scale)
-                grads += [gb, gW]
-            else:
-                grads.append(gW)
+            grads += self._layer_grads(i, torch.bmm(g.transpose(1, 2), prev), g)
             if i > 0:
                 dh = torch.bmm(g, W)
                 if scale != 1.0:
@@ -677,24 +682,16 @@ class _Batch:
             # R(dh_{i-1}) = a_i (Rg_i W_i + g_i VW_i), Rg_{i-1} = act'(z_{i-1}) R(dh_{i-1})
             parts = []
             for i in reversed(range(n_layers)):
-                scale, bias_scale = self.mults[i]
+                scale = self.mults[i][0]
                 prev = xb if i == 0 else hidden[i - 1]
                 g = deltas[i]
                 RW = torch.bmm(Rg.transpose(1, 2), prev)
                 if i > 0:
                     RW.baddbmm_(g.transpose(1, 2), Rh[i - 1])
-                if scale != 1.0:
-                    RW.mul_(scale)
                 mask = state["masks"][i * per_layer]
                 if mask is not None:
                     RW.mul_(mask[s:e])
-                if self.has_bias:
-                    Rb = Rg.sum(dim=1)
-                    if bias_scale != 1.0:
-                        Rb.mul_(bias_scale)
-                    parts += [Rb, RW]
-                else:
-                    parts.append(RW)
+                parts += self._layer_grads(i, RW, Rg)
                 if i > 0:
                     Rdh = torch.bmm(Rg, W[i])
                     Rdh.baddbmm_(g, VW[i])
