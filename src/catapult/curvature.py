@@ -217,7 +217,7 @@ def lanczos_top_eigenpair(
         # The step below works on w in place: copy it unless matvec is known to return a new
         # tensor (the HVP operators here do; a user's matvec may return internal state).
         w = w.to(q.dtype)
-        if not _fresh_output or w.data_ptr() == q.data_ptr():
+        if not _fresh_output:
             w = w.clone()
         # Lanczos step: subtract the known couplings T[i, j] (beta_{j-1} q_{j-1}, or after a
         # restart the kept Ritz vectors), then alpha_j q_j ...
@@ -315,6 +315,15 @@ def _math_attention():
     return sdpa_kernel([SDPBackend.MATH])
 
 
+def _jvp(fn, primals: dict, tangents: dict):
+    """``torch.func.jvp(fn, (primals,), (tangents,))`` with grad mode on."""
+    with torch.enable_grad(), warnings.catch_warnings():
+        # torch's forward-AD decompositions call the deprecated torch.jit.script on first use.
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated",
+                                category=DeprecationWarning)
+        return torch.func.jvp(fn, (primals,), (tangents,))
+
+
 class HessianOperator:
     """``v -> H v``: the Hessian of ``loss_fn(model(x), y)`` at the model's current parameters.
 
@@ -402,21 +411,15 @@ class HessianOperator:
         self._chunks = self._split_batch(chunk_size)
         self.chunks = len(self._chunks)
 
-        if self.chunks > 1:
-            if self.mode == "forward_over_reverse":
-                self._grad_fn = torch.func.grad_and_value(self._loss)
-        elif self.mode == "double_backprop":
-            # A fresh detached alias per leaf: requires_grad_ on it leaves the model's tensor alone.
-            leaves = {n: self._params[n].detach().requires_grad_(True) for n in self.names}
-            self._leaves = list(leaves.values())
-            with torch.enable_grad():
-                loss = self._loss(leaves)
-                grads = torch.autograd.grad(loss, self._leaves, create_graph=True,
-                                            allow_unused=True, materialize_grads=True)
+        # With chunks, every product and the gradient are built chunk by chunk (_chunked_product,
+        # gradient); on the whole batch double backprop keeps one gradient graph for all products.
+        if self.chunks == 1 and self.mode == "double_backprop":
+            self._leaves, loss, grads = self._gradient_graph(self._inputs, self._targets,
+                                                             create_graph=True)
             self.loss = float(loss.detach())
             self._grads = grads  # the flat gradient is made from these only when asked for
             self._diff = [i for i, g in enumerate(grads) if g.requires_grad]
-        else:
+        elif self.chunks == 1:
             self._grad_fn = torch.func.grad_and_value(self._loss)
 
     def _split_batch(self, chunk_size):
@@ -471,6 +474,17 @@ class HessianOperator:
         self.loss = full
         return [(xc, yc, w) for (xc, yc), w in zip(pieces, weights)]
 
+    def _gradient_graph(self, inputs, targets, create_graph: bool):
+        """``(leaves, loss, grads)``: the loss on ``(inputs, targets)`` at fresh leaves (detached
+        aliases of the parameters, so ``requires_grad_`` leaves the model's tensors alone) and
+        its gradient, differentiable again when ``create_graph``."""
+        leaves = [self._params[n].detach().requires_grad_(True) for n in self.names]
+        with torch.enable_grad():
+            loss = self._loss(dict(zip(self.names, leaves)), inputs, targets)
+            grads = torch.autograd.grad(loss, leaves, create_graph=create_graph,
+                                        allow_unused=True, materialize_grads=True)
+        return leaves, loss, grads
+
     def _loss(self, params: dict, inputs=None, targets=None) -> torch.Tensor:
         inputs = self._inputs if inputs is None else inputs
         targets = self._targets if targets is None else targets
@@ -496,11 +510,7 @@ class HessianOperator:
         if self._grad_flat is None and self.chunks > 1:
             flat = torch.zeros(self.numel, dtype=self.dtype, device=self.device)
             for x, y, w in self._chunks:
-                leaves = [self._params[n].detach().requires_grad_(True) for n in self.names]
-                with torch.enable_grad():
-                    loss = self._loss(dict(zip(self.names, leaves)), x, y)
-                    grads = torch.autograd.grad(loss, leaves, allow_unused=True,
-                                                materialize_grads=True)
+                _, _, grads = self._gradient_graph(x, y, create_graph=False)
                 for out, g in zip(self.split(flat), grads):
                     out.add_(g, alpha=w)
             self._grad_flat = flat
@@ -520,33 +530,22 @@ class HessianOperator:
         tangents = dict(zip(self.names, parts))
         for x, y, w in self._chunks:
             if self.mode == "double_backprop":
-                leaves = [self._params[n].detach().requires_grad_(True) for n in self.names]
+                leaves, _, grads = self._gradient_graph(x, y, create_graph=True)
+                diff = [i for i, g in enumerate(grads) if g.requires_grad]
+                if not diff:
+                    continue
                 with torch.enable_grad():
-                    loss = self._loss(dict(zip(self.names, leaves)), x, y)
-                    grads = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True,
-                                                materialize_grads=True)
-                    diff = [i for i, g in enumerate(grads) if g.requires_grad]
-                    if not diff:
-                        continue
-                    hv = torch.autograd.grad([grads[i] for i in diff], leaves,
-                                             grad_outputs=[parts[i] for i in diff],
-                                             allow_unused=True, materialize_grads=True)
-                del grads, loss
-                pieces = hv
+                    pieces = torch.autograd.grad([grads[i] for i in diff], leaves,
+                                                 grad_outputs=[parts[i] for i in diff],
+                                                 allow_unused=True, materialize_grads=True)
+                del grads  # frees this chunk's graph before the next one is built
             else:
-                def chunk_grad(params, x=x, y=y):
-                    grads, _ = torch.func.grad_and_value(
-                        lambda p: self._loss(p, x, y))(params)
-                    return grads
-
-                with torch.enable_grad(), warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated",
-                                            category=DeprecationWarning)
-                    _, hv = torch.func.jvp(chunk_grad, (self._params,), (tangents,))
+                _, hv = _jvp(torch.func.grad(lambda p, x=x, y=y: self._loss(p, x, y)),
+                             self._params, tangents)
                 pieces = [hv[n] for n in self.names]
             for o, h in zip(views, pieces):
                 o.add_(h, alpha=w)
-            del pieces, hv
+            del pieces
         return out
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
@@ -565,12 +564,7 @@ class HessianOperator:
                                          retain_graph=True, allow_unused=True,
                                          materialize_grads=True)
             return torch.cat([h.reshape(-1) for h in hv])
-        tangents = dict(zip(self.names, parts))
-        with torch.enable_grad(), warnings.catch_warnings():
-            # torch's forward-AD decompositions call the deprecated torch.jit.script on first use.
-            warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated",
-                                    category=DeprecationWarning)
-            (grads, _), (hv, _) = torch.func.jvp(self._grad_fn, (self._params,), (tangents,))
+        (grads, _), (hv, _) = _jvp(self._grad_fn, self._params, dict(zip(self.names, parts)))
         if self._grad_flat is None:  # the primal output is the gradient: keep it for free
             self._grad_flat = torch.cat([grads[n].reshape(-1) for n in self.names])
         return torch.cat([hv[n].reshape(-1) for n in self.names])
