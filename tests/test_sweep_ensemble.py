@@ -340,8 +340,9 @@ def test_sub_batch_size_changes_nothing(monkeypatch):
 
 
 def test_tanh_mlp_uses_autograd_and_equals_local():
-    cells = [_cell(i, seed=i, model={"activation": "tanh"}, optimizer={"name": "sgd", "lr": lr})
-             for i, lr in enumerate([0.1, 0.5])]
+    """The autograd path (gradient, Hessian and pre-conditioned Adam operator) still equals local."""
+    cells = [_cell(i, seed=i, model={"activation": "tanh"}, optimizer={"name": name, "lr": lr})
+             for i, (name, lr) in enumerate([("sgd", 0.1), ("sgd", 0.5), ("adam", 3e-3), ("adam", 1e-2)])]
     ex, results = _run(cells)
     assert ex.fallbacks == []
     for cell in cells:

@@ -803,6 +803,8 @@ class _Batch:
         max_iter = [self.members[r].max_iter for r in rows]
 
         def operator(sel: torch.Tensor, V: torch.Tensor, hvp) -> torch.Tensor:
+            """The solver's operator from Hessian products ``hvp``: ``H v``, or with ``precond =
+            (d, l2)`` the pre-conditioned ``d * H(d * v) + l2 * v`` of members ``sel``."""
             if precond is None:
                 return hvp(V)
             out = hvp(precond[0][sel] * V) * precond[0][sel]
@@ -847,18 +849,16 @@ class _Batch:
             pos = {a: i for i, a in enumerate(graph["local"])}
             where = torch.as_tensor([pos[a] for a in active], dtype=torch.long, device=V.device)
             sel = torch.as_tensor(active, dtype=torch.long, device=V.device)
-            U = V if precond is None else precond[0][sel] * V
-            full = V.new_zeros((len(graph["local"]), V.shape[1]))
-            full[where] = U
-            with torch.enable_grad():
-                hv = torch.autograd.grad(graph["grads"], graph["leaves"], grad_outputs=self.split(full),
-                                         retain_graph=True, allow_unused=True, materialize_grads=True)
-            out = self.flat(hv)[where]
-            if precond is not None:
-                out = out * precond[0][sel]
-                if precond[1] is not None:
-                    out = out + precond[1][sel] * V
-            return out
+
+            def hvp(U: torch.Tensor) -> torch.Tensor:  # rows of the graph's members not asked: 0
+                full = U.new_zeros((len(graph["local"]), U.shape[1]))
+                full[where] = U
+                with torch.enable_grad():
+                    hv = torch.autograd.grad(graph["grads"], graph["leaves"], grad_outputs=self.split(full),
+                                             retain_graph=True, allow_unused=True, materialize_grads=True)
+                return self.flat(hv)[where]
+
+            return operator(sel, V, hvp)
 
         return batched_lanczos(matvec, inits, tol=tol, max_iter=max_iter)
 
