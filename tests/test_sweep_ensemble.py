@@ -347,3 +347,78 @@ def test_tanh_mlp_uses_autograd_and_equals_local():
     assert ex.fallbacks == []
     for cell in cells:
         _assert_same(train.run(cell.config, progress="none"), results[cell.id])
+
+
+def test_lanes_change_nothing_and_restore_torch_threads(monkeypatch):
+    # the hand-derived passes in 1 lane (threads=1) vs 3 lanes (threads=3, one torch thread
+    # each): same results to float64 rounding, sharpness and a diverging member included
+    from catapult.sweep import ensemble
+
+    monkeypatch.setattr(ensemble, "_GROUP_BYTES", 1)  # one member per sub-batch
+    cells = _sgd_grid("float64")
+    before = torch.get_num_threads()
+    runs = [_run(cells, threads=n)[1] for n in (1, 3)]
+    assert torch.get_num_threads() == before
+    for cell in cells:
+        _assert_same(runs[0][cell.id], runs[1][cell.id], rtol=1e-9)
+
+
+@pytest.mark.parametrize("members, group, lanes", [(5, 2, 1), (5, 2, 2), (32, 5, 2), (3, 10, 2), (1, 1, 4),
+                                                   (7, 7, 3), (0, 2, 2)])
+def test_sub_batches_cover_all_members_in_cache_sized_ranges(members, group, lanes):
+    from catapult.sweep.ensemble import _Lanes
+
+    batch, _ = _stacked("mse", "sp", 1.0, "relu", n=2)
+    batch.lanes = _Lanes(lanes)
+    try:
+        per = 50 * 12 * 8  # one member's largest activation on 50 samples, float64
+        batch.group_bytes = group * per
+        ranges = batch.sub_batches(members, 50)
+        # contiguous and complete, none larger than the group, none empty
+        assert [r for s, e in ranges for r in range(s, e)] == list(range(members))
+        assert all(0 < e - s <= group for s, e in ranges)
+        # every lane has work (when there are enough members), in even ranges
+        assert len(ranges) >= min(members, lanes)
+        if members >= lanes:
+            assert len(ranges) % lanes == 0 or len(ranges) == members
+        if ranges:
+            sizes = [e - s for s, e in ranges]
+            assert max(sizes) - min(sizes) <= 1
+    finally:
+        batch.lanes.close()
+
+
+def test_lanes_map_keeps_job_order_and_raises_job_errors():
+    from catapult.sweep.ensemble import _Lanes
+
+    lanes = _Lanes(2)
+    try:
+        ranges = [(i, i + 1) for i in range(20)]
+        assert lanes.map(lambda s, e: (s, torch.full((3,), float(s)).sum().item()), ranges) == \
+            [(i, 3.0 * i) for i in range(20)]
+
+        def fail(s, e):
+            if s == 7:
+                raise ValueError("job 7")
+            return s
+
+        with pytest.raises(ValueError, match="job 7"):
+            lanes.map(fail, ranges)
+    finally:
+        lanes.close()
+    assert _Lanes(1).map(lambda s, e: e - s, [(0, 2), (2, 5)]) == [2, 3]
+
+
+def test_l2_cache_size_read_from_sysfs_layout(tmp_path):
+    from catapult.sweep.ensemble import _l2_cache_bytes
+
+    for name, level, kind, size in [("index0", 1, "Data", "48K"), ("index1", 1, "Instruction", "32K"),
+                                    ("index2", 2, "Unified", "1024K"), ("index3", 3, "Unified", "32768K")]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "level").write_text(f"{level}\n")
+        (tmp_path / name / "type").write_text(f"{kind}\n")
+        (tmp_path / name / "size").write_text(f"{size}\n")
+    assert _l2_cache_bytes(root=tmp_path) == 2**20
+    (tmp_path / "index2" / "size").write_text("2M\n")
+    assert _l2_cache_bytes(root=tmp_path) == 2 * 2**20
+    assert _l2_cache_bytes(default=12345, root=tmp_path / "missing") == 12345
