@@ -21,6 +21,11 @@ sharpness measured every 5 steps (batched Lanczos vs per-cell Lanczos; FLOPs not
 
     .venv/bin/python bench/bench_ensemble.py               # ~5 min on 1 thread
     .venv/bin/python bench/bench_ensemble.py --quick       # N = 8 only, 1 repetition
+    .venv/bin/python bench/bench_ensemble.py --threads 2   # the goal's setting: both cores
+    .venv/bin/python bench/bench_ensemble.py --device cuda --reps 2   # on a GPU
+
+``--threads`` is the torch thread count of both engines (the ensemble runs its sub-batches in
+that many parallel lanes, one thread each; the local engine uses intra-op threads).
 """
 from __future__ import annotations
 
@@ -46,14 +51,14 @@ MODELS = {
 }
 
 
-def make_cells(name: str, n: int) -> list[Cell]:
+def make_cells(name: str, n: int, device: str = "cpu") -> list[Cell]:
     """``n`` cells of model ``name`` differing in lr, warmup and (full batch) init seed."""
     spec = MODELS[name]
     minibatch = spec["train"].get("batch_size") is not None
     cells = []
     for i in range(n):
         config = {
-            "name": f"{name}-{i}", "seed": 0 if minibatch else i,
+            "name": f"{name}-{i}", "seed": 0 if minibatch else i, "device": device,
             "data": {"name": "digits"}, "model": {"name": "mlp", **spec["model"]},
             "optimizer": {"name": "sgd", "lr": 2e-3 * (1 + i % 8), "momentum": 0.9 if i % 2 else 0.0},
             "schedule": {"warmup_steps": 1 + 4 * (i % 4)},
@@ -78,14 +83,23 @@ def flops_per_cell(cell: Cell) -> float:
     return c["train"]["steps"] * per_step + forward_step + 2 * n_test * sum(macs)
 
 
-def matmul_peak(n: int = 2048, reps: int = 5) -> float:
-    """Median FLOP/s of an ``n x n`` float32 matmul."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def matmul_peak(n: int = 2048, reps: int = 5, device: str = "cpu") -> float:
+    """Median FLOP/s of an ``n x n`` float32 matmul on ``device`` (TF32 as torch's default)."""
+    if device.startswith("cuda"):
+        n, reps = max(n, 8192), max(reps, 20)
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     a @ b
+    _sync(device)
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
         a @ b
+        _sync(device)
         times.append(time.perf_counter() - t0)
     return 2 * n ** 3 / statistics.median(times)
 
@@ -95,6 +109,7 @@ def time_local(cells: list[Cell]) -> float:
     for cell in cells:
         result = train.run(cell.config, progress="none")
         assert result.status == "finished", (cell.id, result.status)
+    _sync(cells[0].config["device"])
     return time.perf_counter() - t0
 
 
@@ -102,6 +117,7 @@ def time_ensemble(cells: list[Cell]) -> tuple[float, list[int]]:
     ex = EnsembleExecutor()
     t0 = time.perf_counter()
     results = dict(ex.run(cells))
+    _sync(cells[0].config["device"])
     elapsed = time.perf_counter() - t0
     assert not ex.fallbacks and all(r.status == "finished" for r in results.values())
     return elapsed, [len(c) for c in ex.chunks]
@@ -114,21 +130,25 @@ def main(argv=None) -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--local-cells", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
     parser.add_argument("--quick", action="store_true", help="N = 8, one repetition")
     args = parser.parse_args(argv)
     if args.quick:
         args.n, args.reps = [8], 1
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: torch {torch.__version__} sees no CUDA device")
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     # warm-up (imports, allocator, first-call costs) outside the timings
-    warm = make_cells("mlp64", 2)
+    warm = make_cells("mlp64", 2, args.device)
     time_local(warm[:1])
     time_ensemble(warm)
-    peaks = [matmul_peak()]
-    print(f"torch {torch.__version__}, {args.threads} thread(s); matmul peak {peaks[0] / 1e9:.1f} GFLOP/s", flush=True)
+    peaks = [matmul_peak(device=args.device)]
+    where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else f"{args.threads} thread(s)"
+    print(f"torch {torch.__version__}, {where}; matmul peak {peaks[0] / 1e9:.1f} GFLOP/s", flush=True)
     rows = []
     for name in args.models:
-        all_cells = make_cells(name, max(args.n))
+        all_cells = make_cells(name, max(args.n), args.device)
         local_cells = all_cells[: args.local_cells]
         local_rates, ens_rates = [], {n: [] for n in args.n}
         chunks = {}
@@ -137,7 +157,7 @@ def main(argv=None) -> int:
             for n in args.n:
                 elapsed, chunks[n] = time_ensemble(all_cells[:n])
                 ens_rates[n].append(n / elapsed)
-            peaks.append(matmul_peak())
+            peaks.append(matmul_peak(device=args.device))
             print(f"  {name} rep {rep}: local {local_rates[-1]:.2f} cells/s; ensemble "
                   + ", ".join(f"N={n} {ens_rates[n][-1]:.2f}" for n in args.n), flush=True)
         local = statistics.median(local_rates)
@@ -147,7 +167,7 @@ def main(argv=None) -> int:
             rows.append(dict(model=name, n=n, local=local, ensemble=ens, speedup=ens / local, flops=flops,
                              chunks=chunks[n]))
     peak = statistics.median(peaks)
-    print(f"\nmatmul peak (median of {len(peaks)}): {peak / 1e9:.1f} GFLOP/s on {args.threads} thread(s); "
+    print(f"\nmatmul peak (median of {len(peaks)}): {peak / 1e9:.1f} GFLOP/s on {where}; "
           f"total bench time {time.perf_counter() - started:.0f} s\n")
     print("| model | N | local cells/s | ensemble cells/s | speedup | local % of peak | ensemble % of peak | chunks |")
     print("|---|---|---|---|---|---|---|---|")

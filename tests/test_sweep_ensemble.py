@@ -223,6 +223,39 @@ def test_batched_lanczos_equals_single_lanczos_and_dense_truth(n, max_basis):
     assert not batched[2].converged and batched[2].matvecs == 7
 
 
+
+def test_batched_lanczos_nonfinite_member_leaves_the_others_unchanged():
+    # a member whose product turns nan at its 3rd matvec stops with value nan; the rows of the
+    # stopped members ride along (uncompacted while more than half still iterate) without
+    # changing the others' iterations
+    rng = np.random.default_rng(1)
+    n, m = 30, 7
+    mats = []
+    for k in range(m):
+        q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+        eig = np.sort(rng.standard_normal(n))
+        eig[-1] = 4.0 + k
+        mats.append(torch.tensor((q * eig) @ q.T, dtype=torch.float64))
+    A = torch.stack(mats)
+    V0 = torch.tensor(rng.standard_normal((m, n)))
+    tol = [1e-9, 1e-3, 1e-9, 1e-2, 1e-9, 1e-9, 1e-6]
+    calls = {"n": 0}
+
+    def matvec(active, V):
+        calls["n"] += 1
+        out = torch.bmm(A[torch.as_tensor(active)], V[:, :, None]).squeeze(2)
+        if calls["n"] >= 3 and 0 in list(active):
+            out[list(active).index(0)] = float("nan")
+        return out
+
+    batched = batched_lanczos(matvec, V0, tol=tol, max_iter=[200] * m, max_basis=10)
+    assert math.isnan(batched[0].value) and not batched[0].converged and batched[0].matvecs == 3
+    for k in range(1, m):
+        single = lanczos_top_eigenpair(lambda v: A[k] @ v, V0[k], tol=tol[k], max_iter=200, max_basis=10)
+        assert batched[k].matvecs == single.matvecs
+        assert batched[k].value == pytest.approx(single.value, rel=1e-10)
+        assert torch.allclose(batched[k].vector.abs(), single.vector.abs(), atol=1e-8)
+
 class _Stream:
     def __init__(self, tty):
         self.tty, self.text = tty, []
@@ -320,8 +353,10 @@ def test_hand_gradient_and_hvp_equal_autograd(loss, targets, parametrization, de
                                         materialize_grads=True))
     state = batch.hvp_state(list(range(5)), x, y)
     assert torch.allclose(batch.hvp(state, V), hv, rtol=1e-10, atol=1e-12)
-    sub = batch.hvp_select(state, [3, 0])  # the members still iterating, in Lanczos order
-    assert torch.allclose(batch.hvp(sub, V[[3, 0]]), hv[[3, 0]], rtol=1e-10, atol=1e-12)
+    for where in ([3, 0], [1, 2, 3], [4]):  # the members still iterating, in Lanczos order
+        assert torch.allclose(batch.hvp(state, V[where], where), hv[where], rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="3 vectors for 2 members"):
+        batch.hvp(state, V[:3], [0, 1])
     assert _stacked(loss, "sp", 1.0, "tanh", n=2)[0].hand is False  # tanh keeps autograd
 
 

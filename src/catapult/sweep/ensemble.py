@@ -139,10 +139,11 @@ def _l2_cache_bytes(default: int = 2**20, root: Path = Path("/sys/devices/system
 
 
 # Bytes of the largest activation of one sub-batch in the hand-derived passes
-# (_Batch.group_size): half a core's L2 cache, so the sub-batch's few live activations stay
+# (_Batch.group_size): 3/4 of a core's L2 cache, so the sub-batch's few live activations stay
 # close to it. Measured on a 1 MiB-L2 EPYC (bench/RESULTS.md): sub-batches of 1-2 members of
-# the width-64 MLP (0.3-1 MiB) ran 1.6x faster than 4-5 members (1.5-2 MiB), which fall out of L2.
-_GROUP_BYTES = _l2_cache_bytes() // 2
+# the width-64 MLP (0.3-1 MiB) ran 1.5x faster than 4-5 members (1.5-2 MiB), which fall out
+# of L2; and 2 members beat 1 once two lanes share the interpreter (fewer, larger ops).
+_GROUP_BYTES = 3 * _l2_cache_bytes() // 4
 # Layers with fewer outputs run their forward GEMM transposed (see _Batch.forward).
 _NARROW = 32
 _LOSSES = ("mse", "cross_entropy")
@@ -265,12 +266,21 @@ def batched_lanczos(matvec, v0: torch.Tensor, *, tol: Sequence[float], max_iter:
     basis[:, 0] = start
     T = np.zeros((m, capacity, capacity))
     size, matvecs = 1, 0
-    active = np.arange(m)
+    active = np.arange(m)  # the members still iterating ...
+    rows = np.arange(m)    # ... and their rows in basis / start / T
     results: list[EigenEstimate | None] = [None] * m
     while len(active):
         j = size - 1
         q = basis[:, j]
-        w = matvec(active, q).to(q.dtype).clone()
+        if len(rows) == basis.shape[0]:
+            w = matvec(active, q).to(q.dtype).clone()
+        else:
+            # rows of stopped members ride along in the (cheap) re-orthogonalisation until
+            # half of the rows have stopped, and are compacted away then: a gather of the
+            # whole basis at every stop costs more than the products at small n
+            where = torch.as_tensor(rows, device=q.device)
+            w = torch.zeros_like(q)
+            w[where] = matvec(active, q[where]).to(q.dtype)
         matvecs += 1
         if j > 0:
             couple = torch.as_tensor(T[:, :j, j], dtype=q.dtype, device=q.device)
@@ -284,15 +294,15 @@ def batched_lanczos(matvec, v0: torch.Tensor, *, tol: Sequence[float], max_iter:
         alphas, betas = torch.stack([alpha_t, beta_t.to(alpha_t.dtype)]).tolist()
         finite = np.array([math.isfinite(a) and math.isfinite(b) for a, b in zip(alphas, betas)])
         T[:, j, j] = np.where(finite, alphas, 0.0)
-        ritz_values, ritz_vectors = np.linalg.eigh(T[:, : j + 1, : j + 1])
+        ritz_values, ritz_vectors = np.linalg.eigh(T[rows, : j + 1, : j + 1])
         done = np.zeros(len(active), dtype=bool)
         for k in range(len(active)):
-            member = int(active[k])
-            if not finite[k]:
-                results[member] = EigenEstimate(float("nan"), start[k].clone(), matvecs, False, float("nan"))
+            member, r = int(active[k]), int(rows[k])
+            if not finite[r]:
+                results[member] = EigenEstimate(float("nan"), start[r].clone(), matvecs, False, float("nan"))
                 done[k] = True
                 continue
-            beta = betas[k]
+            beta = betas[r]
             theta, s = float(ritz_values[k, -1]), ritz_vectors[k, :, -1]
             scale = max(abs(ritz_values[k, 0]), abs(ritz_values[k, -1]))
             residual = abs(beta * float(s[-1]))
@@ -300,34 +310,38 @@ def batched_lanczos(matvec, v0: torch.Tensor, *, tol: Sequence[float], max_iter:
             invariant = beta <= 10 * eps * max(scale, eps) * math.sqrt(n) or j + 1 == n
             converged = rel <= tol[member] or invariant
             if converged or matvecs == max_iter[member]:
-                vector = torch.as_tensor(s, dtype=q.dtype, device=q.device) @ basis[k, :size]
+                vector = torch.as_tensor(s, dtype=q.dtype, device=q.device) @ basis[r, :size]
                 vector /= torch.linalg.vector_norm(vector)
                 results[member] = EigenEstimate(theta, vector, matvecs, bool(converged), rel)
                 done[k] = True
         if done.all():
             break
         betas_arr = np.asarray(betas)
-        q_next = w / beta_t[:, None]
+        # stopped rows may have beta = 0 (or nan): keep their (unused) next vector finite
+        q_next = w / torch.where(beta_t > 0, beta_t, torch.ones_like(beta_t))[:, None]
         if size == capacity:
             for k in np.flatnonzero(~done):
+                r = int(rows[k])
                 order = np.argsort(ritz_values[k])[::-1][:keep]
                 S_k = torch.as_tensor(np.ascontiguousarray(ritz_vectors[k][:, order]), dtype=q.dtype,
                                       device=q.device)
-                Y = S_k.T @ basis[k, :size]
-                basis[k, :keep] = Y
-                T[k] = 0.0
-                T[k, np.arange(keep), np.arange(keep)] = ritz_values[k][order]
-                T[k, keep, :keep] = T[k, :keep, keep] = betas_arr[k] * ritz_vectors[k][-1, order]
+                Y = S_k.T @ basis[r, :size]
+                basis[r, :keep] = Y
+                T[r] = 0.0
+                T[r, np.arange(keep), np.arange(keep)] = ritz_values[k][order]
+                T[r, keep, :keep] = T[r, :keep, keep] = betas_arr[r] * ritz_vectors[k][-1, order]
             basis[:, keep] = q_next
             size = keep + 1
         else:
             basis[:, size] = q_next
-            T[:, size, j] = T[:, j, size] = betas_arr
+            T[:, size, j] = T[:, j, size] = np.where(np.isfinite(betas_arr), betas_arr, 0.0)
             size += 1
         if done.any():
-            stay = np.flatnonzero(~done)
-            sel = torch.as_tensor(stay, device=basis.device)
-            basis, start, T, active = basis[sel], start[sel], T[stay], active[stay]
+            active, rows = active[~done], rows[~done]
+            if len(rows) <= basis.shape[0] // 2:
+                sel = torch.as_tensor(rows, device=basis.device)
+                basis, start, T = basis[sel], start[sel], T[rows]
+                rows = np.arange(len(rows))
     return results  # type: ignore[return-value]
 
 
@@ -680,37 +694,37 @@ class _Batch:
         return dict(rows=list(rows), W=[W for W, _ in layers], masks=masks, hidden=cat([h for h, _, _ in parts]),
                     deltas=cat([d for _, d, _ in parts]), curvature=curvature, x=xf)
 
-    @staticmethod
-    def hvp_select(state: dict, where: Sequence[int]) -> dict:
-        """``state`` restricted to its members at positions ``where``."""
-        idx = torch.as_tensor(list(where), dtype=torch.long, device=state["x"].device)
-        pick = (lambda t: t[idx] if t is not None else None)
-        curvature = state["curvature"]
-        if curvature is not None:
-            curvature = (pick(curvature[0]), curvature[1])
-        return dict(rows=[state["rows"][i] for i in where], W=[pick(W) for W in state["W"]],
-                    masks=[pick(m) for m in state["masks"]], hidden=[pick(h) for h in state["hidden"]],
-                    deltas=[pick(d) for d in state["deltas"]], curvature=curvature, x=state["x"])
-
-    def hvp(self, state: dict, V: torch.Tensor) -> torch.Tensor:
-        """Hessian-vector products ``H_m v_m`` (``[A, P]``) of the members of ``state`` (the
-        R-operator of the forward and backward pass, sub-batch by sub-batch): equal to the
-        double backprop of ``sum_m L_m`` to rounding."""
+    def hvp(self, state: dict, V: torch.Tensor, where: Sequence[int] | None = None) -> torch.Tensor:
+        """Hessian-vector products ``H_m v_m`` (``[A, P]``) of the members of ``state`` at
+        positions ``where`` (all, in order, by default; row ``a`` of ``V`` is member
+        ``where[a]``): the R-operator of the forward and backward pass, sub-batch by sub-batch,
+        equal to the double backprop of ``sum_m L_m`` to rounding. A sub-batch reads its
+        members' state as a view where they are adjacent and gathers only its own slice
+        otherwise, so members dropping out of a Lanczos run cost no copy of the whole state."""
         x = state["x"]
         per_layer = 2 if self.has_bias else 1
         n_layers = len(state["W"])
         out = V.new_empty(V.shape)
+        positions = list(range(V.shape[0])) if where is None else [int(w) for w in where]
+        if len(positions) != V.shape[0]:
+            raise ValueError(f"hvp: {V.shape[0]} vectors for {len(positions)} members")
 
         def one(s: int, e: int) -> None:
+            pos = positions[s:e]
+            if pos[-1] - pos[0] == e - s - 1 and pos == sorted(pos):
+                rows = slice(pos[0], pos[-1] + 1)
+            else:
+                rows = torch.as_tensor(pos, dtype=torch.long, device=x.device)
+            pick = (lambda t: t[rows] if t is not None else None)
             vs = self.split(V[s:e])
             VW, Vb = [], []
             for i in range(n_layers):
-                v, mask = vs[i * per_layer], state["masks"][i * per_layer]
-                VW.append(v * mask[s:e] if mask is not None else v)
+                v, mask = vs[i * per_layer], pick(state["masks"][i * per_layer])
+                VW.append(v * mask if mask is not None else v)
                 Vb.append(vs[i * per_layer + 1] if self.has_bias else None)
-            W = [w[s:e] for w in state["W"]]
-            hidden = [h[s:e] for h in state["hidden"]]
-            deltas = [d[s:e] for d in state["deltas"]]
+            W = [pick(w) for w in state["W"]]
+            hidden = [pick(h) for h in state["hidden"]]
+            deltas = [pick(d) for d in state["deltas"]]
             n = e - s
             xb = x.expand(n, *x.shape)
             # R-forward: Rz_i = a_i (h_{i-1} VW_i^T + Rh_{i-1} W_i^T) + c_i Vb_i
@@ -738,7 +752,7 @@ class _Batch:
                     R = Rz
             curvature = state["curvature"]
             if curvature is not None:
-                curvature = (curvature[0][s:e], curvature[1])
+                curvature = (pick(curvature[0]), curvature[1])
             Rg = self.dloss_hvp(R, curvature)
             # R-backward: R(dW_i) = a_i (Rg_i^T h_{i-1} + g_i^T Rh_{i-1}), R(db_i) = c_i sum Rg_i,
             # R(dh_{i-1}) = a_i (Rg_i W_i + g_i VW_i), Rg_{i-1} = act'(z_{i-1}) R(dh_{i-1})
@@ -752,7 +766,7 @@ class _Batch:
                     RW.baddbmm_(g.transpose(1, 2), Rh[i - 1])
                 mask = state["masks"][i * per_layer]
                 if mask is not None:
-                    RW.mul_(mask[s:e])
+                    RW.mul_(pick(mask))
                 parts += self._layer_grads(i, RW, Rg)
                 if i > 0:
                     Rdh = torch.bmm(Rg, W[i])
@@ -877,18 +891,14 @@ class _Batch:
             return out
 
         if self.hand:
-            # products for the members still iterating only: the state is cut down to them
-            # whenever one stops (a gather, far cheaper than a product)
-            current = {"local": list(range(len(rows))), "state": self.hvp_state(rows, x, y)}
+            # products for the members still iterating only (``active`` indexes ``rows``, the
+            # positions of the state)
+            state = self.hvp_state(rows, x, y)
 
             def hand_matvec(active: np.ndarray, V: torch.Tensor) -> torch.Tensor:
                 active = [int(a) for a in active]
-                if active != current["local"]:
-                    pos = {a: i for i, a in enumerate(current["local"])}
-                    current["state"] = self.hvp_select(current["state"], [pos[a] for a in active])
-                    current["local"] = active
                 sel = torch.as_tensor(active, dtype=torch.long, device=V.device)
-                return operator(sel, V, lambda U: self.hvp(current["state"], U))
+                return operator(sel, V, lambda U: self.hvp(state, U, active))
 
             return batched_lanczos(hand_matvec, inits, tol=tol, max_iter=max_iter)
 
