@@ -389,11 +389,40 @@ def test_lanes_change_nothing_and_restore_torch_threads(monkeypatch):
     # each): same results to float64 rounding, sharpness and a diverging member included
     from catapult.sweep import ensemble
 
+    import threading
+
+    seen = {"lanes": [], "threads": set(), "torch_threads": set()}
+
+    class SpyLanes(ensemble._Lanes):
+        def __init__(self, n):
+            super().__init__(n)
+            seen["lanes"].append(self.n)
+
+        def map(self, fn, ranges):
+            def spy(s, e):
+                seen["threads"].add(threading.get_ident())
+                seen["torch_threads"].add(torch.get_num_threads())
+                return fn(s, e)
+            return super().map(spy, ranges)
+
     monkeypatch.setattr(ensemble, "_GROUP_BYTES", 1)  # one member per sub-batch
+    monkeypatch.setattr(ensemble, "_Lanes", SpyLanes)
     cells = _sgd_grid("float64")
     before = torch.get_num_threads()
-    runs = [_run(cells, threads=n)[1] for n in (1, 3)]
+    runs = []
+    for n in (1, 3):
+        seen["threads"].clear()
+        runs.append(_run(cells, threads=n)[1])
+        # the jobs really ran in n lanes (a single job runs in the caller's thread)
+        assert seen["lanes"][-1] == n
+        assert len(seen["threads"] - {threading.main_thread().ident}) == (n if n > 1 else 0)
+    assert seen["torch_threads"] == {1}  # one torch thread per lane
     assert torch.get_num_threads() == before
+    # work that fits in fewer cache-sized sub-batches than lanes runs on torch's threads instead
+    monkeypatch.setattr(ensemble, "_GROUP_BYTES", 2**40)
+    seen["torch_threads"].clear()
+    _run(cells[:2], threads=2)
+    assert seen["lanes"][-1] == 1 and seen["torch_threads"] == {2}
     for cell in cells:
         _assert_same(runs[0][cell.id], runs[1][cell.id], rtol=1e-9)
 
@@ -457,3 +486,21 @@ def test_l2_cache_size_read_from_sysfs_layout(tmp_path):
     (tmp_path / "index2" / "size").write_text("2M\n")
     assert _l2_cache_bytes(root=tmp_path) == 2 * 2**20
     assert _l2_cache_bytes(default=12345, root=tmp_path / "missing") == 12345
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (bench/gpu_check.sh runs it)")
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_ensemble_equals_local_on_cuda(optimizer):
+    # on an accelerator all members form one sub-batch and no lanes run; float64 so the check
+    # is about the arithmetic, not TF32 or reduction order
+    if optimizer == "sgd":
+        cells = [_cell(c.id, **{**c.config, "device": "cuda", "dtype": "float64"}) for c in _sgd_grid()]
+    else:
+        cells = [_cell(i, seed=i, device="cuda", dtype="float64", optimizer={"name": "adam", "lr": lr})
+                 for i, lr in enumerate([3e-3, 1e-2, 3e-2])]
+    ex, results = _run(cells)
+    assert ex.fallbacks == []
+    for cell in cells:
+        local = train.run(cell.config, progress="none")
+        assert local.summary["device"].startswith("cuda")
+        _assert_same(local, results[cell.id], rtol=1e-9)

@@ -7,8 +7,10 @@ into tensors ``W_l`` of shape ``[N, out, in]`` and the forward pass is one matmu
 (``x W_all^T`` over the shared input for layer 0, ``torch.bmm`` after), so a sweep of small
 models runs at matmul speed instead of paying Python/autograd overhead per cell. For ReLU and
 identity MLPs the gradient and the Hessian-vector product are derived by hand on the stacked
-weights (no autograd graph) and run in cache-sized sub-batches of members
-(:meth:`_Batch.group_size`); other activations go through autograd.
+weights (no autograd graph) and run in sub-batches of members sized to the core's L2 cache
+(:meth:`_Batch.group_size`), side by side in ``threads`` lanes of one torch thread each on a
+multi-core CPU (:class:`_Lanes`); other activations go through autograd (on torch's intra-op
+threads).
 
 Exactness contract: each member reproduces :func:`catapult.train.run` for its cell (the step
 semantics in that module's docstring) to float tolerance (batched reductions round
@@ -960,6 +962,8 @@ def run_ensemble(cells: Sequence[Cell], *, threads: int | None = None,
                  data: Any = None) -> Iterator[tuple[int, CellResult]]:
     """Train ``cells`` (one group: see :func:`group_key`) as one batched model; yields
     ``(cell_id, CellResult)`` as each member finishes or diverges (see the module docstring).
+    ``threads``: lanes of the hand-derived passes on the CPU (default: torch's thread count);
+    torch runs at one thread while they are in use, and its count is restored at the end.
     ``data``: the group's :func:`catapult.train.load_data` result on the CPU in float32, if
     the caller has it (used when the run's device and dtype are those; else loaded again)."""
     from catapult import train
@@ -1009,8 +1013,13 @@ def run_ensemble(cells: Sequence[Cell], *, threads: int | None = None,
             wall_time=(t_end - started) / len(cells))
         return CellResult(mb.status, mb.metrics, summary, worker=worker)
 
-    # the hand-derived passes run their sub-batches in parallel lanes, one torch thread each
+    # the hand-derived passes run their sub-batches in parallel lanes, one torch thread each,
+    # when there are at least as many cache-sized sub-batches as lanes; smaller work (e.g. a
+    # minibatch of 128) runs as one sub-batch on torch's intra-op threads, which is faster there
     lanes = (threads or torch.get_num_threads()) if batch.hand and torch.device(device).type == "cpu" else 1
+    n_batch = c0["train"]["batch_size"] or x_train.shape[0]
+    if -(-len(members) // batch.group_size(n_batch)) < lanes:
+        lanes = 1
     batch.lanes = _Lanes(lanes)
     threads_before = torch.get_num_threads()
     if lanes > 1:
@@ -1173,8 +1182,10 @@ class EnsembleExecutor(Executor):
     """Batched cells (see the module docstring); others through ``run_fn`` one by one.
 
     Options: ``memory_mb`` (budget of one chunk, default :data:`DEFAULT_MEMORY_MB`),
-    ``max_members`` (cap on members per chunk, default none), ``threads`` (torch threads while
-    running). :attr:`fallbacks` lists ``(cell_id, reason)`` for every cell run locally.
+    ``max_members`` (cap on members per chunk, default none), ``threads`` (CPU threads while
+    running, default torch's current count: the hand-derived passes run that many lanes of
+    sub-batches with one torch thread each, everything else uses torch's intra-op threads).
+    :attr:`fallbacks` lists ``(cell_id, reason)`` for every cell run locally.
     """
 
     name = "ensemble"
