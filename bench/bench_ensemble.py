@@ -5,7 +5,8 @@ through :class:`catapult.sweep.ensemble.EnsembleExecutor` (one batched model per
 for the local rate, through :func:`catapult.train.run` one after another. Cells are
 independent, so the local rate (cells/s) is measured on ``--local-cells`` of them (default 8)
 and does not depend on N. Repetitions are interleaved (local, ensemble N=8, 32, 128, local,
-...) and medians reported, because the machine is shared.
+...) and medians reported, because the machine is shared; the speedup is the median of the
+per-repetition ratios (with their range).
 
 FLOPs are counted analytically per training step of one member: ``2 B sum_l(n_in n_out)``
 for the forward pass, twice that for the backward pass (weight and input gradients; the input
@@ -24,8 +25,7 @@ sharpness measured every 5 steps (batched Lanczos vs per-cell Lanczos; FLOPs not
     .venv/bin/python bench/bench_ensemble.py --threads 2   # the goal's setting: both cores
     .venv/bin/python bench/bench_ensemble.py --device cuda --reps 2   # on a GPU
 
-``--threads`` is the torch thread count of both engines (the ensemble runs its sub-batches in
-that many parallel lanes, one thread each; the local engine uses intra-op threads).
+``--threads`` is the torch thread count of both engines.
 """
 from __future__ import annotations
 
@@ -164,18 +164,23 @@ def main(argv=None) -> int:
         flops = flops_per_cell(all_cells[0])
         for n in args.n:
             ens = statistics.median(ens_rates[n])
-            rows.append(dict(model=name, n=n, local=local, ensemble=ens, speedup=ens / local, flops=flops,
-                             chunks=chunks[n]))
+            # the speedup is the median of each repetition's ratio: a shared or throttled host
+            # moves both engines' rates together within a repetition, far less across them
+            ratios = [e / l for e, l in zip(ens_rates[n], local_rates)]
+            rows.append(dict(model=name, n=n, local=local, ensemble=ens, speedup=statistics.median(ratios),
+                             spread=(min(ratios), max(ratios)), flops=flops, chunks=chunks[n]))
     peak = statistics.median(peaks)
     print(f"\nmatmul peak (median of {len(peaks)}): {peak / 1e9:.1f} GFLOP/s on {where}; "
           f"total bench time {time.perf_counter() - started:.0f} s\n")
-    print("| model | N | local cells/s | ensemble cells/s | speedup | local % of peak | ensemble % of peak | chunks |")
+    print("| model | N | local cells/s | ensemble cells/s | speedup (range) | local % of peak | ensemble % of peak "
+          "| chunks |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         pct = (lambda rate: f"{100 * rate * r['flops'] / peak:.0f}%" if r["flops"] else "-")
         chunk_text = f"{len(r['chunks'])} x {max(r['chunks'])}" if len(set(r["chunks"])) == 1 else \
             f"{len(r['chunks'])} (max {max(r['chunks'])})"
-        print(f"| {r['model']} | {r['n']} | {r['local']:.2f} | {r['ensemble']:.2f} | {r['speedup']:.2f}x | "
+        print(f"| {r['model']} | {r['n']} | {r['local']:.2f} | {r['ensemble']:.2f} | {r['speedup']:.2f}x "
+              f"({r['spread'][0]:.2f}-{r['spread'][1]:.2f}) | "
               f"{pct(r['local'])} | {pct(r['ensemble'])} | {chunk_text} |")
     return 0
 

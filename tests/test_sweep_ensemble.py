@@ -384,93 +384,18 @@ def test_tanh_mlp_uses_autograd_and_equals_local():
         _assert_same(train.run(cell.config, progress="none"), results[cell.id])
 
 
-def test_lanes_change_nothing_and_restore_torch_threads(monkeypatch):
-    # the hand-derived passes in 1 lane (threads=1) vs 3 lanes (threads=3, one torch thread
-    # each): same results to float64 rounding, sharpness and a diverging member included
-    from catapult.sweep import ensemble
-
-    import threading
-
-    seen = {"lanes": [], "threads": set(), "torch_threads": set()}
-
-    class SpyLanes(ensemble._Lanes):
-        def __init__(self, n):
-            super().__init__(n)
-            seen["lanes"].append(self.n)
-
-        def map(self, fn, ranges):
-            def spy(s, e):
-                seen["threads"].add(threading.get_ident())
-                seen["torch_threads"].add(torch.get_num_threads())
-                return fn(s, e)
-            return super().map(spy, ranges)
-
-    monkeypatch.setattr(ensemble, "_GROUP_BYTES", 1)  # one member per sub-batch
-    monkeypatch.setattr(ensemble, "_Lanes", SpyLanes)
-    cells = _sgd_grid("float64")
-    before = torch.get_num_threads()
-    runs = []
-    for n in (1, 3):
-        seen["threads"].clear()
-        runs.append(_run(cells, threads=n)[1])
-        # the jobs really ran in n lanes (a single job runs in the caller's thread)
-        assert seen["lanes"][-1] == n
-        assert len(seen["threads"] - {threading.main_thread().ident}) == (n if n > 1 else 0)
-    assert seen["torch_threads"] == {1}  # one torch thread per lane
-    assert torch.get_num_threads() == before
-    # work that fits in fewer cache-sized sub-batches than lanes runs on torch's threads instead
-    monkeypatch.setattr(ensemble, "_GROUP_BYTES", 2**40)
-    seen["torch_threads"].clear()
-    _run(cells[:2], threads=2)
-    assert seen["lanes"][-1] == 1 and seen["torch_threads"] == {2}
-    for cell in cells:
-        _assert_same(runs[0][cell.id], runs[1][cell.id], rtol=1e-9)
-
-
-@pytest.mark.parametrize("members, group, lanes", [(5, 2, 1), (5, 2, 2), (32, 5, 2), (3, 10, 2), (1, 1, 4),
-                                                   (7, 7, 3), (0, 2, 2)])
-def test_sub_batches_cover_all_members_in_cache_sized_ranges(members, group, lanes):
-    from catapult.sweep.ensemble import _Lanes
-
+@pytest.mark.parametrize("members, group", [(5, 2), (32, 5), (3, 10), (1, 1), (7, 7), (0, 2), (10, 4)])
+def test_sub_batches_cover_all_members_in_cache_sized_even_ranges(members, group):
     batch, _ = _stacked("mse", "sp", 1.0, "relu", n=2)
-    batch.lanes = _Lanes(lanes)
-    try:
-        per = 50 * 12 * 8  # one member's largest activation on 50 samples, float64
-        batch.group_bytes = group * per
-        ranges = batch.sub_batches(members, 50)
-        # contiguous and complete, none larger than the group, none empty
-        assert [r for s, e in ranges for r in range(s, e)] == list(range(members))
-        assert all(0 < e - s <= group for s, e in ranges)
-        # every lane has work (when there are enough members), in even ranges
-        assert len(ranges) >= min(members, lanes)
-        if members >= lanes:
-            assert len(ranges) % lanes == 0 or len(ranges) == members
-        if ranges:
-            sizes = [e - s for s, e in ranges]
-            assert max(sizes) - min(sizes) <= 1
-    finally:
-        batch.lanes.close()
-
-
-def test_lanes_map_keeps_job_order_and_raises_job_errors():
-    from catapult.sweep.ensemble import _Lanes
-
-    lanes = _Lanes(2)
-    try:
-        ranges = [(i, i + 1) for i in range(20)]
-        assert lanes.map(lambda s, e: (s, torch.full((3,), float(s)).sum().item()), ranges) == \
-            [(i, 3.0 * i) for i in range(20)]
-
-        def fail(s, e):
-            if s == 7:
-                raise ValueError("job 7")
-            return s
-
-        with pytest.raises(ValueError, match="job 7"):
-            lanes.map(fail, ranges)
-    finally:
-        lanes.close()
-    assert _Lanes(1).map(lambda s, e: e - s, [(0, 2), (2, 5)]) == [2, 3]
+    batch.group_bytes = group * 50 * 12 * 8  # ``group`` members' largest activation (50 samples, float64)
+    ranges = batch.sub_batches(members, 50)
+    # contiguous and complete, none larger than the group, none empty, as few as the group allows
+    assert [r for s, e in ranges for r in range(s, e)] == list(range(members))
+    assert all(0 < e - s <= group for s, e in ranges)
+    assert len(ranges) == -(-members // group)
+    if ranges:  # even: 10 members in groups of 4 are 4 + 3 + 3, not 4 + 4 + 2
+        sizes = [e - s for s, e in ranges]
+        assert max(sizes) - min(sizes) <= 1
 
 
 def test_l2_cache_size_read_from_sysfs_layout(tmp_path):
@@ -491,7 +416,7 @@ def test_l2_cache_size_read_from_sysfs_layout(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (bench/gpu_check.sh runs it)")
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_ensemble_equals_local_on_cuda(optimizer):
-    # on an accelerator all members form one sub-batch and no lanes run; float64 so the check
+    # on an accelerator all members form one sub-batch; float64 so the check
     # is about the arithmetic, not TF32 or reduction order
     if optimizer == "sgd":
         cells = [_cell(c.id, **{**c.config, "device": "cuda", "dtype": "float64"}) for c in _sgd_grid()]

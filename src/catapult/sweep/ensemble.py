@@ -8,9 +8,7 @@ into tensors ``W_l`` of shape ``[N, out, in]`` and the forward pass is one matmu
 models runs at matmul speed instead of paying Python/autograd overhead per cell. For ReLU and
 identity MLPs the gradient and the Hessian-vector product are derived by hand on the stacked
 weights (no autograd graph) and run in sub-batches of members sized to the core's L2 cache
-(:meth:`_Batch.group_size`), side by side in ``threads`` lanes of one torch thread each on a
-multi-core CPU (:class:`_Lanes`); other activations go through autograd (on torch's intra-op
-threads).
+(:meth:`_Batch.group_size`); other activations go through autograd.
 
 Exactness contract: each member reproduces :func:`catapult.train.run` for its cell (the step
 semantics in that module's docstring) to float tolerance (batched reductions round
@@ -60,7 +58,6 @@ from __future__ import annotations
 import copy
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -143,8 +140,8 @@ def _l2_cache_bytes(default: int = 2**20, root: Path = Path("/sys/devices/system
 # Bytes of the largest activation of one sub-batch in the hand-derived passes
 # (_Batch.group_size): 3/4 of a core's L2 cache, so the sub-batch's few live activations stay
 # close to it. Measured on a 1 MiB-L2 EPYC (bench/RESULTS.md): sub-batches of 1-2 members of
-# the width-64 MLP (0.3-1 MiB) ran 1.5x faster than 4-5 members (1.5-2 MiB), which fall out
-# of L2; and 2 members beat 1 once two lanes share the interpreter (fewer, larger ops).
+# the width-64 MLP (0.3-0.8 MiB) ran 1.6x faster than 4-5 members (1.5-4 MiB), which fall out
+# of L2; within 0.3-0.8 MiB the size made no difference, and larger means fewer ops.
 _GROUP_BYTES = 3 * _l2_cache_bytes() // 4
 # Layers with fewer outputs run their forward GEMM transposed (see _Batch.forward).
 _NARROW = 32
@@ -387,31 +384,9 @@ def _threshold_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimi
     return type(optimizer)([dict(group, params=[torch.zeros(1, requires_grad=True)])])
 
 
-class _Lanes:
-    """Runs independent jobs ``fn(start, end)`` on ``n`` threads; results in job order.
-
-    The hand-derived passes of a batch are independent per sub-batch of members, so on a
-    multi-core CPU they run side by side, each sub-batch's torch ops single-threaded in its lane
-    (the caller sets torch to one thread). At these sizes (GEMMs with an inner dimension of
-    ~64) that uses the cores far better than torch's intra-op threads inside each small GEMM:
-    1.4x from a second core for those, ~1.9x for lanes (bench/RESULTS.md). Jobs write disjoint
-    outputs, and each runs on one thread whichever lane takes it, so the results do not depend
-    on the number of lanes beyond how members are cut into sub-batches.
-    """
-
-    def __init__(self, n: int):
-        self.n = max(1, int(n))
-        self._pool = ThreadPoolExecutor(self.n, thread_name_prefix="catapult-lane") if self.n > 1 else None
-
-    def map(self, fn, ranges: Sequence[tuple[int, int]]) -> list:
-        if self._pool is None or len(ranges) <= 1:
-            return [fn(s, e) for s, e in ranges]
-        return list(self._pool.map(lambda r: fn(*r), ranges))
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+def _each(fn, ranges: Sequence[tuple[int, int]]) -> list:
+    """``[fn(start, end) for each range]``: the sub-batches of a hand-derived pass."""
+    return [fn(s, e) for s, e in ranges]
 
 
 class _Batch:
@@ -430,7 +405,6 @@ class _Batch:
         # activation's second derivative is zero, as autograd treats it); others use autograd
         self.hand = self.relu or type(self.activation) is torch.nn.Identity
         self.group_bytes = _GROUP_BYTES
-        self.lanes: _Lanes = _Lanes(1)
         self.mults = [(float(l.multiplier), float(l.bias_multiplier)) for l in layers0]
         self.has_bias = layers0[0].bias is not None
         self.params: list[torch.Tensor] = []
@@ -549,14 +523,11 @@ class _Batch:
         return max(1, int(self.group_bytes // per))
 
     def sub_batches(self, n_members: int, n_batch: int) -> list[tuple[int, int]]:
-        """``[(start, end)]`` member ranges of the hand-derived passes: :meth:`group_size`
-        members each, and at least one range per lane (so every lane has work), in as even
-        ranges as the count allows."""
+        """``[(start, end)]`` member ranges of the hand-derived passes: at most
+        :meth:`group_size` members each, in as even ranges as the count allows."""
         if n_members == 0:
             return []
         count = -(-n_members // self.group_size(n_batch))
-        lanes = self.lanes.n
-        count = min(n_members, -(-count // lanes) * lanes)
         base, extra = divmod(n_members, count)
         bounds = np.cumsum([0] + [base + (i < extra) for i in range(count)]).tolist()
         return list(zip(bounds[:-1], bounds[1:]))
@@ -661,7 +632,7 @@ class _Batch:
                     grads[k][s:e] = part
             return self.losses(out, y), self.accuracies(out, y)
 
-        done = self.lanes.map(one, self.sub_batches(M, xf.shape[0]))
+        done = _each(one, self.sub_batches(M, xf.shape[0]))
         return torch.cat([loss for loss, _ in done]), [a for _, accs in done for a in accs], grads
 
     def hvp_state(self, rows: list[int], x: torch.Tensor, y: torch.Tensor) -> dict:
@@ -688,7 +659,7 @@ class _Batch:
                 deltas.insert(0, self._act_grad(dh, hidden[i - 1]))
             return hidden, deltas, curvature
 
-        parts = self.lanes.map(one, self.sub_batches(len(rows), xf.shape[0]))
+        parts = _each(one, self.sub_batches(len(rows), xf.shape[0]))
         cat = (lambda lists: [torch.cat(ts) for ts in zip(*lists)])
         curvature = None
         if parts and parts[0][2] is not None:
@@ -778,7 +749,7 @@ class _Batch:
                     Rg = self._act_grad(Rdh, hidden[i - 1])
             torch.cat([t.reshape(n, -1) for t in reversed(parts)], dim=1, out=out[s:e])
 
-        self.lanes.map(one, self.sub_batches(V.shape[0], x.shape[0]))
+        _each(one, self.sub_batches(V.shape[0], x.shape[0]))
         return out
 
     # ---- compaction
@@ -962,8 +933,6 @@ def run_ensemble(cells: Sequence[Cell], *, threads: int | None = None,
                  data: Any = None) -> Iterator[tuple[int, CellResult]]:
     """Train ``cells`` (one group: see :func:`group_key`) as one batched model; yields
     ``(cell_id, CellResult)`` as each member finishes or diverges (see the module docstring).
-    ``threads``: lanes of the hand-derived passes on the CPU (default: torch's thread count);
-    torch runs at one thread while they are in use, and its count is restored at the end.
     ``data``: the group's :func:`catapult.train.load_data` result on the CPU in float32, if
     the caller has it (used when the run's device and dtype are those; else loaded again)."""
     from catapult import train
@@ -1013,165 +982,150 @@ def run_ensemble(cells: Sequence[Cell], *, threads: int | None = None,
             wall_time=(t_end - started) / len(cells))
         return CellResult(mb.status, mb.metrics, summary, worker=worker)
 
-    # the hand-derived passes run their sub-batches in parallel lanes, one torch thread each,
-    # when there are at least as many cache-sized sub-batches as lanes; smaller work (e.g. a
-    # minibatch of 128) runs as one sub-batch on torch's intra-op threads, which is faster there
-    lanes = (threads or torch.get_num_threads()) if batch.hand and torch.device(device).type == "cpu" else 1
-    n_batch = c0["train"]["batch_size"] or x_train.shape[0]
-    if -(-len(members) // batch.group_size(n_batch)) < lanes:
-        lanes = 1
-    batch.lanes = _Lanes(lanes)
-    threads_before = torch.get_num_threads()
-    if lanes > 1:
-        torch.set_num_threads(1)
-    try:
-        # ---- lambda_0 (Hessian sharpness at theta_0 on batch 0, from randn(P, sharpness_seed))
-        x0, y0 = batches.batch(0)
-        need = [i for i, mb in enumerate(members) if mb.sharpness_every > 0 or mb.lr_spec.relative]
-        starts = {}
-        for i, mb in enumerate(members):
-            if mb.sharpness_every > 0 or mb.lr_spec.relative:
-                v = torch.randn(n_params, generator=torch.Generator().manual_seed(mb.sharpness_seed))
-                starts[i] = v.to(device=device, dtype=dtype)
-                mb.warm = starts[i]
-        if need:
-            ests = batch.sharpness(need, x0, y0, torch.stack([starts[i] for i in need]))
-            for i, est in zip(need, ests):
-                mb = members[i]
-                mb.lambda0_estimate, mb.lambda_0 = est, float(est.value)
-                mb.matvecs_total += int(est.matvecs)
-                mb.unconverged += int(not est.converged)
+    # ---- lambda_0 (Hessian sharpness at theta_0 on batch 0, from randn(P, sharpness_seed))
+    x0, y0 = batches.batch(0)
+    need = [i for i, mb in enumerate(members) if mb.sharpness_every > 0 or mb.lr_spec.relative]
+    starts = {}
+    for i, mb in enumerate(members):
+        if mb.sharpness_every > 0 or mb.lr_spec.relative:
+            v = torch.randn(n_params, generator=torch.Generator().manual_seed(mb.sharpness_seed))
+            starts[i] = v.to(device=device, dtype=dtype)
+            mb.warm = starts[i]
+    if need:
+        ests = batch.sharpness(need, x0, y0, torch.stack([starts[i] for i in need]))
+        for i, est in zip(need, ests):
+            mb = members[i]
+            mb.lambda0_estimate, mb.lambda_0 = est, float(est.value)
+            mb.matvecs_total += int(est.matvecs)
+            mb.unconverged += int(not est.converged)
 
-        # ---- per-member optimizer groups (lr_mult, hyper-parameters), schedules
-        failed: list[int] = []
-        for i, (mb, model) in enumerate(zip(members, models)):
-            try:
-                mb.lr_trgt = mb.lr_spec.resolve(mb.lambda_0)
-            except ValueError as err:
-                mb.status = "failed"
-                mb.metrics = [{"error": f"optimizer.lr={mb.config['optimizer']['lr']!r}: {err}"}]
-                failed.append(i)
-                mb.lr_trgt = 1.0
-            optimizer = train.build_optimizer(mb.config, model, mb.lr_trgt)
-            by_id = {id(p): g for g in optimizer.param_groups for p in g["params"]}
-            mb.hyper = []
-            for p in model.parameters():
-                g = by_id[id(p)]
-                entry = {"lr_mult": float(g.get("lr_mult", 1.0)), "weight_decay": float(g.get("weight_decay", 0.0))}
-                if opt_name == "sgd":
-                    if g.get("nesterov") or g.get("dampening", 0.0) or g.get("maximize"):
-                        raise ValueError("the ensemble reproduces SGD without nesterov/dampening/maximize only")
-                    entry["momentum"] = float(g.get("momentum", 0.0))
-                else:
-                    if g.get("amsgrad") or g.get("maximize"):
-                        raise ValueError("the ensemble reproduces Adam without amsgrad/maximize only")
-                    entry.update(beta1=float(g["betas"][0]), beta2=float(g["betas"][1]), eps=float(g["eps"]))
-                mb.hyper.append(entry)
-            mb.lr_mult0 = float(optimizer.param_groups[0].get("lr_mult", 1.0))
-            mb.threshold_opt = _threshold_optimizer(optimizer)
-            if mb.status != "failed":
-                mb.schedule = train.build_schedule(mb.config, mb.lr_trgt)
-        batch.set_hyper()
-        del models
-        for i in failed:
-            err = members[i].metrics[0]["error"]
-            yield members[i].cell.id, CellResult("failed", [], {}, error=f"ValueError: {err}", worker=worker)
-        if failed:
-            batch.keep([r for r in range(len(members)) if r not in set(failed)])
-
-        # ---- the loop
-        t = 0
-        while batch.members:
-            mbs = batch.members
-            x, y = batches.batch(t)
-            lrs = [float(mb.schedule(t)) for mb in mbs]
-            rows = []
-            for mb, lr_t in zip(mbs, lrs):
-                row: dict[str, Any] = dict.fromkeys(METRIC_COLUMNS)
-                opt = mb.threshold_opt
-                opt.param_groups[0]["lr"] = lr_t * float(mb.lr_mult0)
-                row.update(step=t, lr=lr_t, threshold=_threshold(opt))
-                rows.append(row)
-            if batch.hand:  # loss and gradient in one hand-derived pass, before the divergence test
-                losses, accs, grads = batch.loss_grads(x, y, any(t < mb.steps for mb in mbs))
+    # ---- per-member optimizer groups (lr_mult, hyper-parameters), schedules
+    failed: list[int] = []
+    for i, (mb, model) in enumerate(zip(members, models)):
+        try:
+            mb.lr_trgt = mb.lr_spec.resolve(mb.lambda_0)
+        except ValueError as err:
+            mb.status = "failed"
+            mb.metrics = [{"error": f"optimizer.lr={mb.config['optimizer']['lr']!r}: {err}"}]
+            failed.append(i)
+            mb.lr_trgt = 1.0
+        optimizer = train.build_optimizer(mb.config, model, mb.lr_trgt)
+        by_id = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+        mb.hyper = []
+        for p in model.parameters():
+            g = by_id[id(p)]
+            entry = {"lr_mult": float(g.get("lr_mult", 1.0)), "weight_decay": float(g.get("weight_decay", 0.0))}
+            if opt_name == "sgd":
+                if g.get("nesterov") or g.get("dampening", 0.0) or g.get("maximize"):
+                    raise ValueError("the ensemble reproduces SGD without nesterov/dampening/maximize only")
+                entry["momentum"] = float(g.get("momentum", 0.0))
             else:
-                params = [p.detach().requires_grad_(True) for p in batch.params]
-                with torch.enable_grad():
-                    out = batch.forward(params, batch.masks, x)
-                    losses = batch.losses(out, y)
-                accs = batch.accuracies(out.detach(), y)
-            loss_list = losses.detach().tolist()
-            alive, gone = [], []
-            for r, (mb, row) in enumerate(zip(mbs, rows)):
-                loss_t = float(loss_list[r])
-                row["train_loss"], row["train_accuracy"] = loss_t, accs[r]
-                if t == 0:
-                    mb.loss_0 = loss_t
-                if not math.isfinite(loss_t) or (mb.loss_0 > 0 and loss_t > mb.divergence_factor * mb.loss_0):
-                    mb.status, mb.diverged_at = "diverged", t
-                    mb.metrics.append(row)
-                    gone.append(r)
-                else:
-                    alive.append(r)
-            if not batch.hand:
-                grads = None
-                if any(t < mbs[r].steps for r in alive):
-                    sel = torch.as_tensor(alive, dtype=torch.long, device=losses.device)
-                    grads = torch.autograd.grad(losses[sel].sum(), params)
-                del out, params
-            del losses
-            # sharpness
-            sharp_rows = [r for r in alive if mbs[r].sharpness_every > 0
-                          and (t % mbs[r].sharpness_every == 0 or t == mbs[r].steps)]
-            measured = {}
-            reuse = [r for r in sharp_rows if t == 0 and kind == "hessian" and mbs[r].lambda0_estimate is not None]
-            for r in reuse:
-                measured[r] = mbs[r].lambda0_estimate
-            todo = [r for r in sharp_rows if r not in measured]
-            if todo:
-                inits = torch.stack([mbs[r].warm for r in todo])
-                precond = None
-                if kind == "preconditioned":
-                    if grads is None and batch.hand:  # only final steps: gradient for the preconditioner
-                        grads = batch.loss_grads(x, y, True)[2]
-                    elif grads is None:
-                        params = [p.detach().requires_grad_(True) for p in batch.params]
-                        with torch.enable_grad():
-                            total = batch.losses(batch.forward(params, batch.masks, x), y)
-                            sel = torch.as_tensor(alive, dtype=torch.long, device=total.device)
-                            grads = torch.autograd.grad(total[sel].sum(), params)
-                        del params, total
-                    precond = batch.preconditioner(todo, grads, lrs)
-                for r, est in zip(todo, batch.sharpness(todo, x, y, inits, precond)):
-                    measured[r] = est
-                    mbs[r].matvecs_total += int(est.matvecs)
-                    mbs[r].unconverged += int(not est.converged)
-            for r, est in measured.items():
-                mbs[r].warm = est.vector
-                rows[r]["sharpness"] = float(est.value)
-                rows[r]["sharpness_matvecs"] = int(est.matvecs)
-                mbs[r].measurements += 1
-            # test
-            test_rows = [r for r in alive if t == mbs[r].steps or (mbs[r].test_every > 0 and t % mbs[r].test_every == 0)]
-            if test_rows:
-                for r, (tl, ta) in zip(test_rows, batch.evaluate(test_rows, x_test, y_test)):
-                    rows[r]["test_loss"], rows[r]["test_accuracy"] = tl, ta
-            finished = []
-            for r in alive:
-                mbs[r].metrics.append(rows[r])
-                if t == mbs[r].steps:
-                    finished.append(r)
-            now = time.perf_counter()
-            for r in gone + finished:
-                yield mbs[r].cell.id, result_of(mbs[r], now)
-            stay = [r for r in alive if r not in set(finished)]
-            if stay:
-                batch.update(grads, lrs)
-            batch.keep(stay)
-            t += 1
-    finally:
-        batch.lanes.close()
-        torch.set_num_threads(threads_before)
+                if g.get("amsgrad") or g.get("maximize"):
+                    raise ValueError("the ensemble reproduces Adam without amsgrad/maximize only")
+                entry.update(beta1=float(g["betas"][0]), beta2=float(g["betas"][1]), eps=float(g["eps"]))
+            mb.hyper.append(entry)
+        mb.lr_mult0 = float(optimizer.param_groups[0].get("lr_mult", 1.0))
+        mb.threshold_opt = _threshold_optimizer(optimizer)
+        if mb.status != "failed":
+            mb.schedule = train.build_schedule(mb.config, mb.lr_trgt)
+    batch.set_hyper()
+    del models
+    for i in failed:
+        err = members[i].metrics[0]["error"]
+        yield members[i].cell.id, CellResult("failed", [], {}, error=f"ValueError: {err}", worker=worker)
+    if failed:
+        batch.keep([r for r in range(len(members)) if r not in set(failed)])
+
+    # ---- the loop
+    t = 0
+    while batch.members:
+        mbs = batch.members
+        x, y = batches.batch(t)
+        lrs = [float(mb.schedule(t)) for mb in mbs]
+        rows = []
+        for mb, lr_t in zip(mbs, lrs):
+            row: dict[str, Any] = dict.fromkeys(METRIC_COLUMNS)
+            opt = mb.threshold_opt
+            opt.param_groups[0]["lr"] = lr_t * float(mb.lr_mult0)
+            row.update(step=t, lr=lr_t, threshold=_threshold(opt))
+            rows.append(row)
+        if batch.hand:  # loss and gradient in one hand-derived pass, before the divergence test
+            losses, accs, grads = batch.loss_grads(x, y, any(t < mb.steps for mb in mbs))
+        else:
+            params = [p.detach().requires_grad_(True) for p in batch.params]
+            with torch.enable_grad():
+                out = batch.forward(params, batch.masks, x)
+                losses = batch.losses(out, y)
+            accs = batch.accuracies(out.detach(), y)
+        loss_list = losses.detach().tolist()
+        alive, gone = [], []
+        for r, (mb, row) in enumerate(zip(mbs, rows)):
+            loss_t = float(loss_list[r])
+            row["train_loss"], row["train_accuracy"] = loss_t, accs[r]
+            if t == 0:
+                mb.loss_0 = loss_t
+            if not math.isfinite(loss_t) or (mb.loss_0 > 0 and loss_t > mb.divergence_factor * mb.loss_0):
+                mb.status, mb.diverged_at = "diverged", t
+                mb.metrics.append(row)
+                gone.append(r)
+            else:
+                alive.append(r)
+        if not batch.hand:
+            grads = None
+            if any(t < mbs[r].steps for r in alive):
+                sel = torch.as_tensor(alive, dtype=torch.long, device=losses.device)
+                grads = torch.autograd.grad(losses[sel].sum(), params)
+            del out, params
+        del losses
+        # sharpness
+        sharp_rows = [r for r in alive if mbs[r].sharpness_every > 0
+                      and (t % mbs[r].sharpness_every == 0 or t == mbs[r].steps)]
+        measured = {}
+        reuse = [r for r in sharp_rows if t == 0 and kind == "hessian" and mbs[r].lambda0_estimate is not None]
+        for r in reuse:
+            measured[r] = mbs[r].lambda0_estimate
+        todo = [r for r in sharp_rows if r not in measured]
+        if todo:
+            inits = torch.stack([mbs[r].warm for r in todo])
+            precond = None
+            if kind == "preconditioned":
+                if grads is None and batch.hand:  # only final steps: gradient for the preconditioner
+                    grads = batch.loss_grads(x, y, True)[2]
+                elif grads is None:
+                    params = [p.detach().requires_grad_(True) for p in batch.params]
+                    with torch.enable_grad():
+                        total = batch.losses(batch.forward(params, batch.masks, x), y)
+                        sel = torch.as_tensor(alive, dtype=torch.long, device=total.device)
+                        grads = torch.autograd.grad(total[sel].sum(), params)
+                    del params, total
+                precond = batch.preconditioner(todo, grads, lrs)
+            for r, est in zip(todo, batch.sharpness(todo, x, y, inits, precond)):
+                measured[r] = est
+                mbs[r].matvecs_total += int(est.matvecs)
+                mbs[r].unconverged += int(not est.converged)
+        for r, est in measured.items():
+            mbs[r].warm = est.vector
+            rows[r]["sharpness"] = float(est.value)
+            rows[r]["sharpness_matvecs"] = int(est.matvecs)
+            mbs[r].measurements += 1
+        # test
+        test_rows = [r for r in alive if t == mbs[r].steps or (mbs[r].test_every > 0 and t % mbs[r].test_every == 0)]
+        if test_rows:
+            for r, (tl, ta) in zip(test_rows, batch.evaluate(test_rows, x_test, y_test)):
+                rows[r]["test_loss"], rows[r]["test_accuracy"] = tl, ta
+        finished = []
+        for r in alive:
+            mbs[r].metrics.append(rows[r])
+            if t == mbs[r].steps:
+                finished.append(r)
+        now = time.perf_counter()
+        for r in gone + finished:
+            yield mbs[r].cell.id, result_of(mbs[r], now)
+        stay = [r for r in alive if r not in set(finished)]
+        if stay:
+            batch.update(grads, lrs)
+        batch.keep(stay)
+        t += 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -1182,10 +1136,8 @@ class EnsembleExecutor(Executor):
     """Batched cells (see the module docstring); others through ``run_fn`` one by one.
 
     Options: ``memory_mb`` (budget of one chunk, default :data:`DEFAULT_MEMORY_MB`),
-    ``max_members`` (cap on members per chunk, default none), ``threads`` (CPU threads while
-    running, default torch's current count: the hand-derived passes run that many lanes of
-    sub-batches with one torch thread each, everything else uses torch's intra-op threads).
-    :attr:`fallbacks` lists ``(cell_id, reason)`` for every cell run locally.
+    ``max_members`` (cap on members per chunk, default none), ``threads`` (torch threads while
+    running). :attr:`fallbacks` lists ``(cell_id, reason)`` for every cell run locally.
     """
 
     name = "ensemble"
