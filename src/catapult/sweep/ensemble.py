@@ -384,11 +384,6 @@ def _threshold_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimi
     return type(optimizer)([dict(group, params=[torch.zeros(1, requires_grad=True)])])
 
 
-def _each(fn, ranges: Sequence[tuple[int, int]]) -> list:
-    """``[fn(start, end) for each range]``: the sub-batches of a hand-derived pass."""
-    return [fn(s, e) for s, e in ranges]
-
-
 class _Batch:
     """The stacked state of the members still training (rows in the order of ``members``)."""
 
@@ -632,7 +627,7 @@ class _Batch:
                     grads[k][s:e] = part
             return self.losses(out, y), self.accuracies(out, y)
 
-        done = _each(one, self.sub_batches(M, xf.shape[0]))
+        done = [one(s, e) for s, e in self.sub_batches(M, xf.shape[0])]
         return torch.cat([loss for loss, _ in done]), [a for _, accs in done for a in accs], grads
 
     def hvp_state(self, rows: list[int], x: torch.Tensor, y: torch.Tensor) -> dict:
@@ -659,7 +654,7 @@ class _Batch:
                 deltas.insert(0, self._act_grad(dh, hidden[i - 1]))
             return hidden, deltas, curvature
 
-        parts = _each(one, self.sub_batches(len(rows), xf.shape[0]))
+        parts = [one(s, e) for s, e in self.sub_batches(len(rows), xf.shape[0])]
         cat = (lambda lists: [torch.cat(ts) for ts in zip(*lists)])
         curvature = None
         if parts and parts[0][2] is not None:
@@ -749,7 +744,8 @@ class _Batch:
                     Rg = self._act_grad(Rdh, hidden[i - 1])
             torch.cat([t.reshape(n, -1) for t in reversed(parts)], dim=1, out=out[s:e])
 
-        _each(one, self.sub_batches(V.shape[0], x.shape[0]))
+        for s, e in self.sub_batches(V.shape[0], x.shape[0]):
+            one(s, e)
         return out
 
     # ---- compaction
