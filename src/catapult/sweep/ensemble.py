@@ -588,21 +588,30 @@ class _Batch:
             gb.mul_(bias_scale)
         return [gb, gW]
 
-    def _backward(self, g: torch.Tensor, layers, hidden: list, x: torch.Tensor, out: list) -> None:
-        """Backprop the output gradient ``g`` of one sub-batch; ``out`` receives the parameter
-        gradients (each ``[S, ...]``, in the order of ``params``)."""
-        grads = []
-        for i in reversed(range(len(layers))):
-            W, _ = layers[i]
-            scale = self.mults[i][0]
-            prev = x.expand(g.shape[0], *x.shape) if i == 0 else hidden[i - 1]
-            grads += self._layer_grads(i, torch.bmm(g.transpose(1, 2), prev), g)
+    def _backprop(self, g: torch.Tensor, weights: Sequence[torch.Tensor],
+                  hidden: list) -> Iterator[tuple[int, torch.Tensor]]:
+        """Yields ``(i, g_i)``, the delta ``dL/dz_i`` of every layer of one sub-batch (masked
+        ``weights`` ``W_i``) from the last (``g``, the output gradient) to the first:
+        ``g_{i-1} = act'(z_{i-1}) * a_i g_i W_i``, computed once the caller has used ``g_i``
+        (so it is still in cache)."""
+        for i in reversed(range(len(weights))):
+            yield i, g
             if i > 0:
-                dh = torch.bmm(g, W)
+                dh = torch.bmm(g, weights[i])
+                scale = self.mults[i][0]
                 if scale != 1.0:
                     dh.mul_(scale)
                 g = self._act_grad(dh, hidden[i - 1])
-        out.extend(reversed(grads))
+
+    def _backward(self, g: torch.Tensor, weights: Sequence[torch.Tensor], hidden: list,
+                  x: torch.Tensor) -> list[torch.Tensor]:
+        """The parameter gradients of one sub-batch (each ``[S, ...]``, in the order of
+        ``params``) from its output gradient ``g``."""
+        grads = []
+        for i, g_i in self._backprop(g, weights, hidden):
+            prev = x.expand(g.shape[0], *x.shape) if i == 0 else hidden[i - 1]
+            grads += self._layer_grads(i, torch.bmm(g_i.transpose(1, 2), prev), g_i)
+        return grads[::-1]
 
     def loss_grads(self, x: torch.Tensor, y: torch.Tensor, need_grads: bool):
         """``(losses [M], accuracies, grads)`` of all members on ``(x, y)`` by the hand-derived
@@ -619,8 +628,8 @@ class _Batch:
             hidden: list = []
             out = self.forward(params, masks, xf, hidden)
             if need_grads:
-                parts: list = []
-                self._backward(self.dloss(out, y)[0], self._layers(params, masks), hidden, xf, parts)
+                weights = [W for W, _ in self._layers(params, masks)]
+                parts = self._backward(self.dloss(out, y)[0], weights, hidden, xf)
                 for k, part in enumerate(parts):
                     if masks[k] is not None:
                         part = part * masks[k]
@@ -645,13 +654,7 @@ class _Batch:
             out = self.forward([p[s:e] for p in params], [m[s:e] if m is not None else None for m in masks],
                                xf, hidden)
             g, curvature = self.dloss(out, y)
-            deltas = [g]
-            for i in reversed(range(1, len(layers))):
-                dh = torch.bmm(deltas[0], layers[i][0][s:e])
-                scale = self.mults[i][0]
-                if scale != 1.0:
-                    dh.mul_(scale)
-                deltas.insert(0, self._act_grad(dh, hidden[i - 1]))
+            deltas = [g_i for _, g_i in self._backprop(g, [W[s:e] for W, _ in layers], hidden)][::-1]
             return hidden, deltas, curvature
 
         parts = [one(s, e) for s, e in self.sub_batches(len(rows), xf.shape[0])]
@@ -659,7 +662,7 @@ class _Batch:
         curvature = None
         if parts and parts[0][2] is not None:
             curvature = (torch.cat([c[0] for _, _, c in parts]), parts[0][2][1])
-        return dict(rows=list(rows), W=[W for W, _ in layers], masks=masks, hidden=cat([h for h, _, _ in parts]),
+        return dict(W=[W for W, _ in layers], masks=masks, hidden=cat([h for h, _, _ in parts]),
                     deltas=cat([d for _, d, _ in parts]), curvature=curvature, x=xf)
 
     def hvp(self, state: dict, V: torch.Tensor, where: Sequence[int] | None = None) -> torch.Tensor:
@@ -1175,8 +1178,9 @@ class EnsembleExecutor(Executor):
         return chunks, local
 
     @staticmethod
-    def _data_key(cell: Cell) -> str:
-        return canonical_json(cfg.validate(cell.config)["data"])
+    def _data_key(config: Mapping[str, Any]) -> str:
+        """The key of :attr:`_data`: the validated config's data section."""
+        return canonical_json(config["data"])
 
     def _chunk_size(self, config: Mapping[str, Any], members: Sequence[Cell]) -> int:
         from catapult import train
@@ -1186,7 +1190,7 @@ class EnsembleExecutor(Executor):
         except Exception:
             return 1  # the run reports the error
         # kept for run_ensemble (one copy per data section): digits take ~0.1 s to load
-        self._data[canonical_json(config["data"])] = data
+        self._data[self._data_key(config)] = data
         n_train = data.x_train.shape[0]
         batch = config["train"]["batch_size"] or n_train
         per = member_bytes(config, data.in_features, data.num_classes, batch, data.x_test.shape[0])
@@ -1207,7 +1211,7 @@ class EnsembleExecutor(Executor):
             try:
                 with torch_threads(self.threads):
                     for cell_id, result in run_ensemble(chunk, threads=self.threads,
-                                                        data=self._data.get(self._data_key(chunk[0]))):
+                                                        data=self._data.get(self._data_key(cfg.validate(chunk[0].config)))):
                         done.add(cell_id)
                         yield cell_id, result
             except Exception as err:  # the batched engine failed: run the rest locally
