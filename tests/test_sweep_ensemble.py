@@ -374,6 +374,22 @@ def test_sub_batch_size_changes_nothing(monkeypatch):
         _assert_same(runs[0][cell.id], runs[1][cell.id], rtol=1e-9)
 
 
+
+def test_solver_memory_settings_are_batched_and_equal_local():
+    # a small Krylov basis (thick restarts in every Lanczos run) and the local engine's
+    # micro-batched HVPs: still one batched model, and the same numbers as local
+    cells = [_cell(c.id, **{**c.config, "eval": {**c.config["eval"], "sharpness_max_basis": 4,
+                                                  "sharpness_chunk_size": 50}})
+             for c in _sgd_grid("float64")]
+    ex, results = _run(cells)
+    assert ex.fallbacks == [] and len(ex.chunks) == 1
+    restarted = False
+    for cell in cells:
+        local = train.run(cell.config, progress="none")
+        _assert_same(local, results[cell.id], rtol=1e-9)
+        restarted |= any((row["sharpness_matvecs"] or 0) > 4 for row in local.metrics)
+    assert restarted  # some run needed more products than the basis holds
+
 def test_tanh_mlp_uses_autograd_and_equals_local():
     """The autograd path (gradient, Hessian and pre-conditioned Adam operator) still equals local."""
     cells = [_cell(i, seed=i, model={"activation": "tanh"}, optimizer={"name": name, "lr": lr})
@@ -429,3 +445,14 @@ def test_ensemble_equals_local_on_cuda(optimizer):
         local = train.run(cell.config, progress="none")
         assert local.summary["device"].startswith("cuda")
         _assert_same(local, results[cell.id], rtol=1e-9)
+
+
+def test_member_bytes_counts_the_configured_krylov_basis():
+    from catapult.sweep.ensemble import member_bytes
+
+    # width 24, depth 3, with biases, on 64 inputs and 10 classes: P by hand
+    n_params = (64 * 24 + 24) + (24 * 24 + 24) + (24 * 10 + 10)
+    sizes = {b: member_bytes(_cell(0, eval={"sharpness_max_basis": b}).config, 64, 10, 160, 80) for b in (8, 20)}
+    assert sizes[20] - sizes[8] == 12 * n_params * 4  # float32 vectors
+    no_sharpness = _cell(0, eval={"sharpness_every": 0, "sharpness_max_basis": 20}).config
+    assert member_bytes(no_sharpness, 64, 10, 160, 80) < sizes[8]

@@ -21,7 +21,7 @@ differently; nothing else differs):
 * lambda_0 / sharpness: a batched Lanczos (:func:`batched_lanczos`) that runs the
   iteration of :func:`catapult.curvature.lanczos_top_eigenpair` for every member in lockstep
   (same start vector ``randn(P, sharpness_seed)``, same full re-orthogonalisation, thick
-  restarts, per-member stopping test ``|beta s_m| / |theta| <= tol`` and ``max_iter``), on
+  restarts of an ``eval.sharpness_max_basis`` basis, per-member stopping test ``|beta s_m| / |theta| <= tol`` and ``max_iter``), on
   batched Hessian-vector products of ``sum_n L_n``, whose Hessian is block-diagonal over
   members (the hand-derived R-operator for ReLU/identity MLPs, double backprop otherwise;
   members that have stopped leave the product); Adam-family members get the pre-conditioned operator
@@ -118,7 +118,10 @@ _KNOWN_KEYS = frozenset({
     "schedule.lr_final",
     "train.steps", "train.batch_size", "train.divergence_factor",
     "eval.sharpness_every", "eval.sharpness_tol", "eval.sharpness_max_iter", "eval.sharpness_kind",
-    "eval.sharpness_hvp", "eval.sharpness_dtype", "eval.test_every",
+    "eval.sharpness_hvp", "eval.sharpness_dtype", "eval.test_every", "eval.sharpness_max_basis",
+    # a memory setting of the local engine (micro-batched HVPs, the same products to rounding);
+    # the ensemble bounds its own memory by sub-batches and chunks, so it is accepted, not used
+    "eval.sharpness_chunk_size",
 })
 _OPTIMIZERS = ("sgd", "adam", "adamw")
 
@@ -221,7 +224,8 @@ def member_bytes(config: Mapping[str, Any], in_features: int, out_features: int,
     """Estimated peak bytes one member adds to a chunk.
 
     ``P`` parameters x (param, grad, two optimizer states, mask, ``max_basis + 4`` Lanczos
-    vectors of the 20-vector basis, start/warm/preconditioner vectors, HVP graph ~3 copies)
+    vectors: the ``eval.sharpness_max_basis`` basis and start/warm/preconditioner vectors, HVP
+    graph ~3 copies)
     plus activations: ``n_batch x sum(widths)`` x 8 (forward values, activation masks,
     backward, and the double-backprop graph of a Hessian-vector product) and
     ``n_test x sum(widths)`` x 2 for the test evaluation.
@@ -231,7 +235,7 @@ def member_bytes(config: Mapping[str, Any], in_features: int, out_features: int,
     n_params = sum(dims[i] * dims[i + 1] + (dims[i + 1] if bias else 0) for i in range(len(dims) - 1))
     itemsize = 8 if config["dtype"] == "float64" else 4
     sharp = config["eval"]["sharpness_every"] > 0 or cfg.lr_needs_lambda0(config["optimizer"]["lr"])
-    per_param = 5 + 4 + (20 + 4 if sharp else 0)
+    per_param = 5 + 4 + (config["eval"]["sharpness_max_basis"] + 4 if sharp else 0)
     acts = sum(dims[1:])
     return itemsize * (n_params * per_param + n_batch * acts * 8 + n_test * acts * 2)
 
@@ -388,8 +392,9 @@ class _Batch:
     """The stacked state of the members still training (rows in the order of ``members``)."""
 
     def __init__(self, members: list[_Member], models: list[torch.nn.Module], kind: str, loss: str,
-                 optimizer: str):
+                 optimizer: str, max_basis: int = 20):
         self.members = members
+        self.max_basis = max_basis  # Krylov vectors of the batched Lanczos (eval.sharpness_max_basis)
         self.kind = kind
         self.loss_name = loss
         self.optimizer = optimizer
@@ -872,7 +877,7 @@ class _Batch:
                 sel = torch.as_tensor(active, dtype=torch.long, device=V.device)
                 return operator(sel, V, lambda U: self.hvp(state, U, active))
 
-            return batched_lanczos(hand_matvec, inits, tol=tol, max_iter=max_iter)
+            return batched_lanczos(hand_matvec, inits, tol=tol, max_iter=max_iter, max_basis=self.max_basis)
 
         graph: dict[str, Any] = {}
 
@@ -906,7 +911,7 @@ class _Batch:
 
             return operator(sel, V, hvp)
 
-        return batched_lanczos(matvec, inits, tol=tol, max_iter=max_iter)
+        return batched_lanczos(matvec, inits, tol=tol, max_iter=max_iter, max_basis=self.max_basis)
 
     @torch.no_grad()
     def evaluate(self, rows: list[int], x: torch.Tensor, y: torch.Tensor, chunk: int = 8192):
@@ -968,7 +973,7 @@ def run_ensemble(cells: Sequence[Cell], *, threads: int | None = None,
         model = train.build_model(config, in_features, data.num_classes, device, dtype)
         model.train()
         models.append(model)
-    batch = _Batch(members, models, kind, c0["loss"], opt_name)
+    batch = _Batch(members, models, kind, c0["loss"], opt_name, max_basis=c0["eval"]["sharpness_max_basis"])
     n_params = batch.n_params
 
     def result_of(mb: _Member, t_end: float) -> CellResult:
