@@ -21,11 +21,11 @@ differently; nothing else differs):
 * lambda_0 / sharpness: a batched Lanczos (:func:`batched_lanczos`) that runs the
   iteration of :func:`catapult.curvature.lanczos_top_eigenpair` for every member in lockstep
   (same start vector ``randn(P, sharpness_seed)``, same full re-orthogonalisation, thick
-  restarts of an ``eval.sharpness_max_basis`` basis, per-member stopping test ``|beta s_m| / |theta| <= tol`` and ``max_iter``), on
-  batched Hessian-vector products of ``sum_n L_n``, whose Hessian is block-diagonal over
-  members (the hand-derived R-operator for ReLU/identity MLPs, double backprop otherwise;
-  members that have stopped leave the product); Adam-family members get the pre-conditioned operator
-  ``P^-1/2 H P^-1/2`` of :func:`catapult.curvature.preconditioned_sharpness`
+  restarts of an ``eval.sharpness_max_basis`` basis, per-member stopping test
+  ``|beta s_m| / |theta| <= tol`` and ``max_iter``), on batched Hessian-vector products of
+  ``sum_n L_n``, whose Hessian is block-diagonal over members (the hand-derived R-operator for
+  ReLU/identity MLPs, double backprop otherwise; members that have stopped leave the product);
+  Adam-family members get the pre-conditioned operator ``P^-1/2 H P^-1/2`` of :func:`catapult.curvature.preconditioned_sharpness`
   (``scale_by_group_lr=True``, coupled L2 for Adam). Warm starts, the reuse of the lambda_0
   estimate at ``t = 0`` and the matvec counts follow ``run``;
 * optimizers: torch's SGD (heavy-ball momentum, coupled weight decay), Adam and AdamW update
