@@ -43,6 +43,8 @@ from catapult.sweep.executors import Cell
 
 MODELS = {
     "fcn512": dict(model={"width": 512, "depth": 4, "parametrization": "sp"}, train={"steps": 5}),
+    "fcn512-b128": dict(model={"width": 512, "depth": 4, "parametrization": "sp"},
+                        train={"steps": 20, "batch_size": 128}),
     "mlp64": dict(model={"width": 64, "depth": 3, "parametrization": "sp"}, train={"steps": 20}),
     "mlp64-b128": dict(model={"width": 64, "depth": 3, "parametrization": "sp"},
                        train={"steps": 40, "batch_size": 128}),

@@ -403,6 +403,7 @@ def test_tanh_mlp_uses_autograd_and_equals_local():
 @pytest.mark.parametrize("members, group", [(5, 2), (32, 5), (3, 10), (1, 1), (7, 7), (0, 2), (10, 4)])
 def test_sub_batches_cover_all_members_in_cache_sized_even_ranges(members, group):
     batch, _ = _stacked("mse", "sp", 1.0, "relu", n=2)
+    batch.threads = 1  # no rounding to the thread count (tested below)
     batch.group_bytes = group * 50 * 12 * 8  # ``group`` members' largest activation (50 samples, float64)
     ranges = batch.sub_batches(members, 50)
     # contiguous and complete, none larger than the group, none empty, as few as the group allows
@@ -412,6 +413,29 @@ def test_sub_batches_cover_all_members_in_cache_sized_even_ranges(members, group
     if ranges:  # even: 10 members in groups of 4 are 4 + 3 + 3, not 4 + 4 + 2
         sizes = [e - s for s, e in ranges]
         assert max(sizes) - min(sizes) <= 1
+
+
+@pytest.mark.parametrize("n, size, multiple", [(10, 4, 2), (9, 4, 2), (32, 3, 2), (5, 2, 2), (3, 2, 2), (1, 4, 2),
+                                               (7, 1, 2), (31, 8, 4), (13, 6, 3), (8, 8, 8), (0, 2, 2)])
+def test_sub_batch_ranges_hold_whole_multiples_of_the_thread_count(n, size, multiple):
+    from catapult.sweep.ensemble import _even_ranges
+
+    ranges = _even_ranges(n, size, multiple)
+    assert [r for s, e in ranges for r in range(s, e)] == list(range(n))
+    rounded = size - size % multiple if size >= multiple else size
+    sizes = [e - s for s, e in ranges]
+    assert all(0 < k <= rounded for k in sizes)
+    assert len(ranges) == -(-n // rounded)
+    if size >= multiple:  # a batched GEMM splits its batch over the threads: keep it balanced
+        assert all(k % multiple == 0 for k in sizes[:-1])
+
+
+def test_batch_with_two_threads_uses_even_sub_batches():
+    batch, _ = _stacked("mse", "sp", 1.0, "relu", n=2)
+    batch.threads = 2
+    batch.group_bytes = 3 * 50 * 12 * 8  # three members fit; two are taken
+    assert [e - s for s, e in batch.sub_batches(9, 50)] == [2, 2, 2, 2, 1]
+    assert [e - s for s, e in batch.sub_batches(6, 50)] == [2, 2, 2]
 
 
 def test_l2_cache_size_read_from_sysfs_layout(tmp_path):
@@ -456,3 +480,37 @@ def test_member_bytes_counts_the_configured_krylov_basis():
     assert sizes[20] - sizes[8] == 12 * n_params * 4  # float32 vectors
     no_sharpness = _cell(0, eval={"sharpness_every": 0, "sharpness_max_basis": 20}).config
     assert member_bytes(no_sharpness, 64, 10, 160, 80) < sizes[8]
+
+
+@pytest.mark.parametrize("optimizer", [{"name": "sgd", "lr": 0.4, "momentum": 0.9, "weight_decay": 1e-3},
+                                       {"name": "adam", "lr": 3e-3, "weight_decay": 1e-2},
+                                       {"name": "adamw", "lr": 3e-3, "weight_decay": 1e-1}])
+def test_update_fused_into_the_gradient_pass_is_bitwise_the_separate_update(optimizer, monkeypatch):
+    """Steps where no member measures anything apply each sub-batch's update right after its
+    gradient; steps that measure (test every step here) take the gradient of all members, then
+    update. Both must give the same training trajectory bit for bit, and the fused path must
+    really have run."""
+    from catapult.sweep import ensemble
+
+    fused_calls = []
+    original = ensemble._Batch.loss_grads
+
+    def spy(self, x, y, need_grads, step=None):
+        fused_calls.append(step is not None)
+        return original(self, x, y, need_grads, step=step)
+
+    monkeypatch.setattr(ensemble._Batch, "loss_grads", spy)
+    monkeypatch.setattr(ensemble, "_GROUP_BYTES", 2 * 160 * 24 * 4)  # sub-batches of 2 members (of 160 x 24)
+    runs = {}
+    for test_every in (0, 1):
+        cells = [_cell(i, seed=i, optimizer={**optimizer, "lr": optimizer["lr"] * (1 + i)},
+                       schedule={"warmup_steps": 1 + 3 * i}, train={"steps": 12},
+                       eval={"sharpness_every": 0, "test_every": test_every}) for i in range(5)]
+        fused_calls.clear()
+        ex = EnsembleExecutor(max_members=5)
+        ex_results = dict(ex.run(cells))
+        runs[test_every] = ({i: [row["train_loss"] for row in r.metrics] for i, r in ex_results.items()},
+                            list(fused_calls))
+    (fused_losses, fused_flags), (plain_losses, plain_flags) = runs[0], runs[1]
+    assert any(fused_flags) and not any(plain_flags)
+    assert fused_losses == plain_losses  # exact

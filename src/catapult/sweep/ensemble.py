@@ -352,6 +352,26 @@ def batched_lanczos(matvec, v0: torch.Tensor, *, tol: Sequence[float], max_iter:
 # The batched engine
 
 
+def _even_ranges(n: int, size: int, multiple: int = 1) -> list[tuple[int, int]]:
+    """``[(start, end)]`` covering ``range(n)`` in ``ceil(n / size)`` ranges of at most ``size``,
+    as even as the count allows (10 in ranges of at most 4: 4 + 3 + 3). With ``multiple`` > 1
+    (and ``size >= multiple``) ``size`` is first rounded down to a multiple of it and every
+    range but the last holds a multiple of it (10 by 4 in multiples of 2: 4 + 4 + 2)."""
+    if n == 0:
+        return []
+    size, multiple = max(1, size), max(1, multiple)
+    if size < multiple:
+        multiple = 1
+    size -= size % multiple
+    count = -(-n // size)
+    units, rest = divmod(n, multiple)
+    base, extra = divmod(units, count)
+    sizes = [(base + (i < extra)) * multiple for i in range(count)]
+    sizes[-1] += rest
+    bounds = np.cumsum([0] + sizes).tolist()
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
 @dataclass
 class _Member:
     cell: Cell
@@ -405,6 +425,9 @@ class _Batch:
         # activation's second derivative is zero, as autograd treats it); others use autograd
         self.hand = self.relu or type(self.activation) is torch.nn.Identity
         self.group_bytes = _GROUP_BYTES
+        # torch's CPU threads: a batched GEMM splits its batch over them, so sub-batches hold a
+        # multiple of this many members (3 members on 2 threads ran at ~2/3 of the speed of 2)
+        self.threads = torch.get_num_threads()
         self.mults = [(float(l.multiplier), float(l.bias_multiplier)) for l in layers0]
         self.has_bias = layers0[0].bias is not None
         self.params: list[torch.Tensor] = []
@@ -524,13 +547,10 @@ class _Batch:
 
     def sub_batches(self, n_members: int, n_batch: int) -> list[tuple[int, int]]:
         """``[(start, end)]`` member ranges of the hand-derived passes: at most
-        :meth:`group_size` members each, in as even ranges as the count allows."""
-        if n_members == 0:
-            return []
-        count = -(-n_members // self.group_size(n_batch))
-        base, extra = divmod(n_members, count)
-        bounds = np.cumsum([0] + [base + (i < extra) for i in range(count)]).tolist()
-        return list(zip(bounds[:-1], bounds[1:]))
+        :meth:`group_size` members each, in as even ranges as the count allows, each a
+        multiple of the CPU thread count where the size allows (see :func:`_even_ranges`)."""
+        cpu = self.params[0].device.type == "cpu"
+        return _even_ranges(n_members, self.group_size(n_batch), self.threads if cpu else 1)
 
     def _layers(self, params: Sequence[torch.Tensor], masks: Sequence[torch.Tensor | None]):
         """``[(W_hat, b)]`` per layer: masked weights and biases (``None`` without bias)."""
@@ -618,27 +638,36 @@ class _Batch:
             grads += self._layer_grads(i, torch.bmm(g_i.transpose(1, 2), prev), g_i)
         return grads[::-1]
 
-    def loss_grads(self, x: torch.Tensor, y: torch.Tensor, need_grads: bool):
+    def loss_grads(self, x: torch.Tensor, y: torch.Tensor, need_grads: bool,
+                   step: list[dict[str, Any]] | None = None):
         """``(losses [M], accuracies, grads)`` of all members on ``(x, y)`` by the hand-derived
         backward pass, sub-batch by sub-batch (:meth:`group_size`); ``grads`` (as
         ``torch.autograd.grad`` of ``sum_m L_m``, masks applied) is ``None`` unless
-        ``need_grads``."""
+        ``need_grads``.
+
+        With ``step`` (:meth:`step_scalars` of this step) each sub-batch's gradients are
+        applied by :meth:`apply_update` as soon as they are computed, while they are in cache,
+        and not returned (``grads`` is ``None``): the same arithmetic as :meth:`update` after
+        this call, for steps where nothing else needs the parameters before the update."""
         M = len(self.members)
         xf = x.flatten(1)
-        grads = [torch.empty_like(p) for p in self.params] if need_grads else None
+        fused = step is not None
+        grads = [torch.empty_like(p) for p in self.params] if need_grads and not fused else None
 
         def one(s: int, e: int):
             params = [p[s:e] for p in self.params]
             masks = [m[s:e] if m is not None else None for m in self.masks]
             hidden: list = []
             out = self.forward(params, masks, xf, hidden)
-            if need_grads:
+            if need_grads or fused:
                 weights = [W for W, _ in self._layers(params, masks)]
                 parts = self._backward(self.dloss(out, y)[0], weights, hidden, xf)
-                for k, part in enumerate(parts):
-                    if masks[k] is not None:
-                        part = part * masks[k]
-                    grads[k][s:e] = part
+                parts = [part * masks[k] if masks[k] is not None else part for k, part in enumerate(parts)]
+                if fused:
+                    self.apply_update(step, parts, s, e)
+                else:
+                    for k, part in enumerate(parts):
+                        grads[k][s:e] = part
             return self.losses(out, y), self.accuracies(out, y)
 
         done = [one(s, e) for s, e in self.sub_batches(M, xf.shape[0])]
@@ -771,48 +800,100 @@ class _Batch:
     # ---- the optimizer update (torch's single-tensor rules on stacked tensors)
     @torch.no_grad()
     def update(self, grads: Sequence[torch.Tensor], lrs: Sequence[float]) -> None:
-        """One optimizer step of every member: ``lrs[m]`` is member m's ``lr_t``; parameter k of
-        member m moves at ``lrs[m] * lr_mult[k][m]``. Scalars are formed in double on the host,
-        as torch forms them from the python floats of its param groups."""
+        """One optimizer step of every member from the stacked gradients ``grads``: ``lrs[m]``
+        is member m's ``lr_t``; parameter k of member m moves at ``lrs[m] * lr_mult[k][m]``.
+        Applied sub-batch by sub-batch (:meth:`apply_update`), so temporaries stay in cache."""
+        scalars = self.step_scalars(lrs)
+        for s, e in self.update_spans():
+            self.apply_update(scalars, [g[s:e] for g in grads], s, e)
+
+    def update_spans(self) -> list[tuple[int, int]]:
+        """Member ranges of :meth:`update`: on the CPU as many members as keep parameters,
+        gradients, optimizer state and a temporary (4 copies) within ``group_bytes``."""
         M = len(self.members)
+        if self.params[0].device.type != "cpu":
+            return _even_ranges(M, M)
+        per = 4 * self.n_params * self.params[0].element_size()
+        return _even_ranges(M, max(1, int(self.group_bytes // per)), self.threads)
+
+    @torch.no_grad()
+    def step_scalars(self, lrs: Sequence[float]) -> list[dict[str, Any]]:
+        """Starts one optimizer step of all members (allocates missing state, counts Adam's
+        step) and returns, per parameter, the step's per-member scalars as ``[M, 1, ...]``
+        columns for :meth:`apply_update`. Scalars are formed in double on the host, as torch
+        forms them from the python floats of its param groups::
+
+            SGD:   buf = g (first step) | momentum * buf + g;   p -= lr * buf
+            Adam:  m = lerp(m, g, 1 - b1);  v = b2 v + (1 - b2) g^2;
+                   p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+        with ``g = grad + wd * p`` (coupled L2: SGD, Adam) or ``p *= 1 - lr wd`` first (AdamW).
+        """
+        M = len(self.members)
+        out: list[dict[str, Any]] = []
         if self.optimizer == "sgd":
             bufs = self.state.setdefault("momentum_buffer", [None] * len(self.params))
-            for k, (p, g) in enumerate(zip(self.params, grads)):
+            for k, p in enumerate(self.params):
                 hp = self.hp[k]
-                lr = self.col([lrs[m] * hp["lr_mult"][m] for m in range(M)], p)
+                c: dict[str, Any] = {"lr": self.col([lrs[m] * hp["lr_mult"][m] for m in range(M)], p),
+                                     "momentum": self.col(hp["momentum"], p), "first": bufs[k] is None}
                 if any(hp["weight_decay"]):
-                    g = g + self.col(hp["weight_decay"], p) * p
+                    c["wd"] = self.col(hp["weight_decay"], p)
                 if bufs[k] is None:
-                    bufs[k] = g.clone()
-                else:
-                    # a member without momentum uses g itself (0 * buf + g == g exactly)
-                    bufs[k].mul_(self.col(hp["momentum"], p)).add_(g)
-                p.sub_(lr * bufs[k])
-            return
+                    bufs[k] = torch.empty_like(p)
+                out.append(c)
+            return out
         self.step_count += 1
         t = self.step_count
         avg = self.state.setdefault("exp_avg", [None] * len(self.params))
         avg_sq = self.state.setdefault("exp_avg_sq", [None] * len(self.params))
-        decoupled = self.optimizer == "adamw"
-        for k, (p, g) in enumerate(zip(self.params, grads)):
+        for k, p in enumerate(self.params):
             hp = self.hp[k]
             lr = [lrs[m] * hp["lr_mult"][m] for m in range(M)]
             wd = hp["weight_decay"]
+            b1, b2 = hp["beta1"], hp["beta2"]
+            c = {"one_minus_b1": self.col([1 - b for b in b1], p), "b2": self.col(b2, p),
+                 "one_minus_b2": self.col([1 - b for b in b2], p),
+                 "step_size": self.col([lr[m] / (1 - b1[m] ** t) for m in range(M)], p),
+                 "bias2_sqrt": self.col([(1 - b ** t) ** 0.5 for b in b2], p), "eps": self.col(hp["eps"], p)}
             if any(wd):
-                if decoupled:
-                    p.mul_(self.col([1 - lr[m] * wd[m] for m in range(M)], p))
+                if self.optimizer == "adamw":
+                    c["decay"] = self.col([1 - lr[m] * wd[m] for m in range(M)], p)
                 else:
-                    g = g + self.col(wd, p) * p
+                    c["wd"] = self.col(wd, p)
             if avg[k] is None:
                 avg[k] = torch.zeros_like(p)
                 avg_sq[k] = torch.zeros_like(p)
-            b1, b2 = hp["beta1"], hp["beta2"]
-            avg[k].lerp_(g, self.col([1 - b for b in b1], p))
-            avg_sq[k].mul_(self.col(b2, p)).addcmul_(g, g * self.col([1 - b for b in b2], p))
-            step_size = self.col([lr[m] / (1 - b1[m] ** t) for m in range(M)], p)
-            bias2_sqrt = self.col([(1 - b ** t) ** 0.5 for b in b2], p)
-            denom = (avg_sq[k].sqrt() / bias2_sqrt).add_(self.col(hp["eps"], p))
-            p.sub_(step_size * (avg[k] / denom))
+            out.append(c)
+        return out
+
+    @torch.no_grad()
+    def apply_update(self, scalars: list[dict[str, Any]], grads: Sequence[torch.Tensor], s: int, e: int) -> None:
+        """The step begun by :meth:`step_scalars` for members ``s:e`` (in place), from their
+        gradients ``grads`` (each ``[e - s, ...]``)."""
+        if self.optimizer == "sgd":
+            bufs = self.state["momentum_buffer"]
+            for k, (p, g) in enumerate(zip(self.params, grads)):
+                c, p, buf = scalars[k], self.params[k][s:e], bufs[k][s:e]
+                if "wd" in c:
+                    g = g + c["wd"][s:e] * p
+                if c["first"]:
+                    buf.copy_(g)
+                else:
+                    # a member without momentum uses g itself (0 * buf + g == g exactly)
+                    buf.mul_(c["momentum"][s:e]).add_(g)
+                p.sub_(c["lr"][s:e] * buf)
+            return
+        for k, g in enumerate(grads):
+            c, p = scalars[k], self.params[k][s:e]
+            avg, avg_sq = self.state["exp_avg"][k][s:e], self.state["exp_avg_sq"][k][s:e]
+            if "decay" in c:
+                p.mul_(c["decay"][s:e])
+            elif "wd" in c:
+                g = g + c["wd"][s:e] * p
+            avg.lerp_(g, c["one_minus_b1"][s:e])
+            avg_sq.mul_(c["b2"][s:e]).addcmul_(g, g * c["one_minus_b2"][s:e])
+            denom = (avg_sq.sqrt() / c["bias2_sqrt"][s:e]).add_(c["eps"][s:e])
+            p.sub_(c["step_size"][s:e] * (avg / denom))
 
     # ---- curvature
     def preconditioner(self, rows: list[int], grads: Sequence[torch.Tensor], lrs: Sequence[float]):
@@ -931,6 +1012,16 @@ class _Batch:
                 loss_tot[i] += losses[i] * xb.shape[0]
                 acc_tot[i] += accs[i] * xb.shape[0]
         return [(loss_tot[i] / n, acc_tot[i] / n) for i in range(len(rows))]
+
+
+def _sharpness_at(mb: _Member, t: int) -> bool:
+    """Whether member ``mb`` measures its sharpness at step ``t`` (as ``run``)."""
+    return mb.sharpness_every > 0 and (t % mb.sharpness_every == 0 or t == mb.steps)
+
+
+def _test_at(mb: _Member, t: int) -> bool:
+    """Whether member ``mb`` evaluates on the test set at step ``t`` (as ``run``)."""
+    return t == mb.steps or (mb.test_every > 0 and t % mb.test_every == 0)
 
 
 def run_ensemble(cells: Sequence[Cell], *, threads: int | None = None,
@@ -1053,7 +1144,14 @@ def run_ensemble(cells: Sequence[Cell], *, threads: int | None = None,
             opt.param_groups[0]["lr"] = lr_t * float(mb.lr_mult0)
             row.update(step=t, lr=lr_t, threshold=_threshold(opt))
             rows.append(row)
-        if batch.hand:  # loss and gradient in one hand-derived pass, before the divergence test
+        # fused step: when no member measures anything at t (sharpness, test, final step), each
+        # sub-batch's update is applied right after its gradient, which stays in cache (a member
+        # that diverges at t is updated too, and dropped below, as with the unfused update)
+        fused = batch.hand and all(t < mb.steps and not _sharpness_at(mb, t) and not _test_at(mb, t) for mb in mbs)
+        if fused:
+            losses, accs, _ = batch.loss_grads(x, y, True, step=batch.step_scalars(lrs))
+            grads = None
+        elif batch.hand:  # loss and gradient in one hand-derived pass, before the divergence test
             losses, accs, grads = batch.loss_grads(x, y, any(t < mb.steps for mb in mbs))
         else:
             params = [p.detach().requires_grad_(True) for p in batch.params]
@@ -1082,8 +1180,7 @@ def run_ensemble(cells: Sequence[Cell], *, threads: int | None = None,
             del out, params
         del losses
         # sharpness
-        sharp_rows = [r for r in alive if mbs[r].sharpness_every > 0
-                      and (t % mbs[r].sharpness_every == 0 or t == mbs[r].steps)]
+        sharp_rows = [r for r in alive if _sharpness_at(mbs[r], t)]
         measured = {}
         reuse = [r for r in sharp_rows if t == 0 and kind == "hessian" and mbs[r].lambda0_estimate is not None]
         for r in reuse:
@@ -1113,7 +1210,7 @@ def run_ensemble(cells: Sequence[Cell], *, threads: int | None = None,
             rows[r]["sharpness_matvecs"] = int(est.matvecs)
             mbs[r].measurements += 1
         # test
-        test_rows = [r for r in alive if t == mbs[r].steps or (mbs[r].test_every > 0 and t % mbs[r].test_every == 0)]
+        test_rows = [r for r in alive if _test_at(mbs[r], t)]
         if test_rows:
             for r, (tl, ta) in zip(test_rows, batch.evaluate(test_rows, x_test, y_test)):
                 rows[r]["test_loss"], rows[r]["test_accuracy"] = tl, ta
@@ -1126,7 +1223,7 @@ def run_ensemble(cells: Sequence[Cell], *, threads: int | None = None,
         for r in gone + finished:
             yield mbs[r].cell.id, result_of(mbs[r], now)
         stay = [r for r in alive if r not in set(finished)]
-        if stay:
+        if stay and not fused:
             batch.update(grads, lrs)
         batch.keep(stay)
         t += 1
