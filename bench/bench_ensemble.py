@@ -16,9 +16,14 @@ FLOP/s of a ``2048 x 2048`` float32 ``torch.matmul`` measured in the same run, o
 number of threads.
 
 Models: ``fcn512`` = the warmup paper's Fig. 1 FCN (width 512, depth 4, SP) on digits, full
-batch (1497 x 64); ``mlp64`` = width 64, depth 3, full batch; ``mlp64-b128`` = the same with
-minibatch SGD, batch 128 (the paper's Fig. 3 setting); ``mlp64-sharp`` = full batch with the
-sharpness measured every 5 steps (batched Lanczos vs per-cell Lanczos; FLOPs not counted).
+batch (1497 x 64, the Fig. 1 setting); ``fcn512-b128`` = the same FCN with minibatch SGD, batch
+128 (the Fig. 3 phase-diagram setting, as ``configs/sweeps/fig3_fcn_cifar10.yaml``); ``mlp64``
+= width 64, depth 3, full batch; ``mlp64-b128`` = the same with batch 128; ``mlp64-sharp`` =
+full batch with the sharpness measured every 5 steps (batched Lanczos vs per-cell Lanczos;
+FLOPs not counted).
+
+The ``ceiling`` column is ``1 / (local % of peak)``: the speedup an engine running the same
+FLOPs at the full matmul peak would have over the local one, an upper bound for any batching.
 
     .venv/bin/python bench/bench_ensemble.py               # ~5 min on 1 thread
     .venv/bin/python bench/bench_ensemble.py --quick       # N = 8 only, 1 repetition
@@ -175,15 +180,16 @@ def main(argv=None) -> int:
     print(f"\nmatmul peak (median of {len(peaks)}): {peak / 1e9:.1f} GFLOP/s on {where}; "
           f"total bench time {time.perf_counter() - started:.0f} s\n")
     print("| model | N | local cells/s | ensemble cells/s | speedup (range) | local % of peak | ensemble % of peak "
-          "| chunks |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| ceiling | chunks |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         pct = (lambda rate: f"{100 * rate * r['flops'] / peak:.0f}%" if r["flops"] else "-")
+        ceiling = f"{peak / (r['local'] * r['flops']):.1f}x" if r["flops"] else "-"
         chunk_text = f"{len(r['chunks'])} x {max(r['chunks'])}" if len(set(r["chunks"])) == 1 else \
             f"{len(r['chunks'])} (max {max(r['chunks'])})"
         print(f"| {r['model']} | {r['n']} | {r['local']:.2f} | {r['ensemble']:.2f} | {r['speedup']:.2f}x "
               f"({r['spread'][0]:.2f}-{r['spread'][1]:.2f}) | "
-              f"{pct(r['local'])} | {pct(r['ensemble'])} | {chunk_text} |")
+              f"{pct(r['local'])} | {pct(r['ensemble'])} | {ceiling} | {chunk_text} |")
     return 0
 
 

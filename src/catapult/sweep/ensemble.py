@@ -8,7 +8,9 @@ into tensors ``W_l`` of shape ``[N, out, in]`` and the forward pass is one matmu
 models runs at matmul speed instead of paying Python/autograd overhead per cell. For ReLU and
 identity MLPs the gradient and the Hessian-vector product are derived by hand on the stacked
 weights (no autograd graph) and run in sub-batches of members sized to the core's L2 cache
-(:meth:`_Batch.group_size`); other activations go through autograd.
+(:meth:`_Batch.group_size`) and cut in multiples of the thread count; on steps where no member
+measures anything, each sub-batch's optimizer update follows its gradient at once, so no
+full-size gradient is ever formed. Other activations go through autograd.
 
 Exactness contract: each member reproduces :func:`catapult.train.run` for its cell (the step
 semantics in that module's docstring) to float tolerance (batched reductions round
