@@ -506,11 +506,11 @@ class _Batch:
         return h
 
     @staticmethod
-    def mse_target(y: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """The MSE target ``[B, C]`` of labels or targets ``y`` for outputs ``out`` ``[M, B, C]``."""
+    def mse_target(y: torch.Tensor, n_classes: int, dtype: torch.dtype) -> torch.Tensor:
+        """The MSE target ``[B, C]`` of labels (one-hot) or targets ``y``."""
         if y.is_floating_point() or y.is_complex():
-            return y.to(out.dtype)
-        return F.one_hot(y.long(), out.shape[-1]).to(out.dtype)
+            return y.to(dtype)
+        return F.one_hot(y.long(), n_classes).to(dtype)
 
     def losses(self, out: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
         """Per-member loss ``[M]`` (the formulas of :mod:`catapult.losses`); ``target``: the
@@ -518,7 +518,7 @@ class _Batch:
         M, B, C = out.shape
         labels = not (y.is_floating_point() or y.is_complex())
         if self.loss_name == "mse":
-            target = self.mse_target(y, out) if target is None else target
+            target = self.mse_target(y, C, out.dtype) if target is None else target
             return 0.5 * (out - target).pow(2).mean(dim=(1, 2))
         flat = out.reshape(M * B, C)
         if labels:
@@ -587,7 +587,7 @@ class _Batch:
         M, B, C = out.shape
         labels = not (y.is_floating_point() or y.is_complex())
         if self.loss_name == "mse":
-            target = self.mse_target(y, out) if target is None else target
+            target = self.mse_target(y, C, out.dtype) if target is None else target
             return (out - target) * (1.0 / (B * C)), None
         p = torch.softmax(out, dim=-1)
         if labels:
@@ -664,7 +664,8 @@ class _Batch:
         M = len(self.members)
         xf = x.flatten(1)
         fused = step is not None
-        target: list[torch.Tensor] = []  # the MSE target, formed once for all sub-batches
+        n_classes = self.params[-2 if self.has_bias else -1].shape[1]
+        target = self.mse_target(y, n_classes, self.params[0].dtype) if self.loss_name == "mse" else None
         grads = [torch.empty_like(p) for p in self.params] if need_grads and not fused else None
 
         def one(s: int, e: int):
@@ -672,19 +673,16 @@ class _Batch:
             masks = [m[s:e] if m is not None else None for m in self.masks]
             hidden: list = []
             out = self.forward(params, masks, xf, hidden)
-            if not target and self.loss_name == "mse":
-                target.append(self.mse_target(y, out))
-            tgt = target[0] if target else None
             if need_grads or fused:
                 weights = [W for W, _ in self._layers(params, masks)]
-                parts = self._backward(self.dloss(out, y, tgt)[0], weights, hidden, xf)
+                parts = self._backward(self.dloss(out, y, target)[0], weights, hidden, xf)
                 parts = [part * masks[k] if masks[k] is not None else part for k, part in enumerate(parts)]
                 if fused:
                     self.apply_update(step, parts, s, e)
                 else:
                     for k, part in enumerate(parts):
                         grads[k][s:e] = part
-            return self.losses(out, y, tgt), self.accuracies(out, y)
+            return self.losses(out, y, target), self.accuracies(out, y)
 
         done = [one(s, e) for s, e in self.sub_batches(M, xf.shape[0])]
         return torch.cat([loss for loss, _ in done]), [a for _, accs in done for a in accs], grads
