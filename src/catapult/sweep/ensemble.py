@@ -14,7 +14,11 @@ full-size gradient is ever formed. Other activations go through autograd.
 
 Exactness contract: each member reproduces :func:`catapult.train.run` for its cell (the step
 semantics in that module's docstring) to float tolerance (batched reductions round
-differently; nothing else differs):
+differently; nothing else differs). Per step that is float rounding; over a run, a cell at the
+edge of stability (a catapult) amplifies it like any other perturbation: on
+``configs/smoke/phase_diagram.yaml`` in float32 the final training losses of the two executors
+differ by up to 16% in the largest-lr cells and by < 1e-6 in most, with the same statuses, while
+in float64 (``dtype=float64``) they agree to 3e-11 in every cell:
 
 * init: every member's model is built by :func:`catapult.train.build_model` (its own
   ``seeds(seed)[0]``, float32 on the CPU, then ``device``/``dtype``), masks included, and
