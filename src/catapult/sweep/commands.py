@@ -3,7 +3,7 @@
 ::
 
     catapult sweep CONFIG --store PATH [--executor local|ensemble|ray] [--ray-address ADDR]
-                   [--chunk-size N] [--ensemble-memory-mb MB] [--threads N] [--device D]
+                   [--chunk-size N] [--ensemble-memory-mb MB] [--workers N] [--threads N] [--device D]
                    [--progress MODE] [--dry-run]
                    [key=value ...]
     catapult export STORE [--format csv|parquet] --out FILE
@@ -54,6 +54,9 @@ def register(subparsers) -> None:
     p.add_argument("--ensemble-memory-mb", type=float, metavar="MB",
                    help="ensemble executor: memory budget of one batched chunk in MiB (default 2048); "
                         "a group of cells larger than the budget trains in several chunks")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="ensemble executor: N processes train chunks side by side (default 1); "
+                        "--threads is then per process (default: this machine's threads / N)")
     p.add_argument("--dry-run", action="store_true", help="validate and list the cells, run nothing")
     p.set_defaults(func=_sweep_command)
 
@@ -144,8 +147,14 @@ def _sweep_command(args: argparse.Namespace) -> int:
             if not args.ensemble_memory_mb > 0:
                 return _fail("sweep", f"--ensemble-memory-mb must be > 0, got {args.ensemble_memory_mb}")
             options["memory_mb"] = args.ensemble_memory_mb
+        if args.workers is not None:
+            if args.workers < 1:
+                return _fail("sweep", f"--workers must be >= 1, got {args.workers}")
+            options["workers"] = args.workers
     elif args.ensemble_memory_mb is not None:
         return _fail("sweep", "--ensemble-memory-mb needs --executor ensemble")
+    elif args.workers is not None:
+        return _fail("sweep", "--workers needs --executor ensemble")
     try:
         outcome = run_sweep(base, spec, store, executor=args.executor, executor_options=options,
                             progress=args.progress)

@@ -1264,34 +1264,99 @@ def run_ensemble(cells: Sequence[Cell], *, threads: int | None = None,
 # The executor
 
 
+def _run_chunk(chunk: Sequence[Cell], run_fn: RunFn, threads: int | None,
+               data: Any = None) -> Iterator[tuple[int, CellResult, str | None]]:
+    """One chunk through :func:`run_ensemble`; yields ``(cell_id, result, fallback)`` where
+    ``fallback`` is the reason a cell ran locally (through ``run_fn``) or ``None``. If the
+    batched engine raises, the chunk's remaining cells run locally."""
+    done: set[int] = set()
+    try:
+        with torch_threads(threads):
+            for cell_id, result in run_ensemble(chunk, threads=threads, data=data):
+                done.add(cell_id)
+                yield cell_id, result, None
+    except Exception as err:  # the batched engine failed: run the rest locally
+        reason = f"ensemble engine raised {type(err).__name__}: {err}"
+        for cell in chunk:
+            if cell.id not in done:
+                yield cell.id, run_cell(run_fn, cell, threads), reason
+
+
+#: a worker process's data per data section (:meth:`EnsembleExecutor._data_key`)
+_WORKER_DATA: dict[str, Any] = {}
+
+
+def _chunk_job(arg: tuple) -> Iterator[tuple[int, CellResult, str | None]]:
+    """Job of a worker process (:mod:`catapult.sweep.workers`): a batched chunk, or one cell
+    to run locally (``reason`` given), with the worker's cached data."""
+    from catapult import train
+
+    chunk, run_fn, threads, reason = arg
+    if reason is not None:
+        for cell in chunk:
+            yield cell.id, run_cell(run_fn, cell, threads), reason
+        return
+    key = EnsembleExecutor._data_key(cfg.validate(chunk[0].config))
+    if key not in _WORKER_DATA:
+        try:
+            _WORKER_DATA[key] = train.load_data(cfg.validate(chunk[0].config))
+        except Exception:
+            _WORKER_DATA[key] = None  # run_ensemble loads it again and reports the error
+    yield from _run_chunk(chunk, run_fn, threads, _WORKER_DATA[key])
+
+
 class EnsembleExecutor(Executor):
     """Batched cells (see the module docstring); others through ``run_fn`` one by one.
 
     Options: ``memory_mb`` (budget of one chunk, default :data:`DEFAULT_MEMORY_MB`),
     ``max_members`` (cap on members per chunk, default none), ``threads`` (torch threads while
-    running). :attr:`fallbacks` lists ``(cell_id, reason)`` for every cell run locally.
+    running; per worker with ``workers``), ``workers`` (processes that train chunks side by
+    side, default 1 = all in this process). :attr:`fallbacks` lists ``(cell_id, reason)`` for
+    every cell run locally.
+
+    With ``workers = k > 1`` each group of cells is cut into at least ``k`` chunks (members
+    dealt out in turn, so each chunk gets a share of the cells that diverge early), chunks and
+    local cells run in a :class:`catapult.sweep.workers.StreamPool` of ``k`` spawned processes
+    with ``threads`` (default: torch's threads here divided by ``k``) torch threads each, and
+    results stream back as members finish. Up to ``k`` chunks are in memory at once (``k *
+    memory_mb``). A worker that dies mid-chunk has the chunk's unfinished cells run once more in
+    a new process, then recorded as failed. The pool starts on first use (~1-2 s of imports
+    per process, in parallel) and lives until :meth:`close`; ``run_fn`` must be picklable.
     """
 
     name = "ensemble"
 
     def __init__(self, run_fn: RunFn | None = None, *, memory_mb: float | None = None,
-                 max_members: int | None = None, threads: int | None = None):
+                 max_members: int | None = None, threads: int | None = None, workers: int | None = None):
         super().__init__(run_fn)
         memory_mb = DEFAULT_MEMORY_MB if memory_mb is None else memory_mb
         if not memory_mb > 0:
             raise ValueError(f"memory_mb must be > 0, got {memory_mb!r}")
         if max_members is not None and max_members < 1:
             raise ValueError(f"max_members must be >= 1, got {max_members!r}")
+        workers = 1 if workers is None else workers
+        if not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+        if workers > 1:
+            import pickle
+
+            try:
+                pickle.dumps(self.run_fn)
+            except Exception as err:
+                raise ValueError(f"workers={workers} runs cells in worker processes, so run_fn must be "
+                                 f"picklable (a module-level function); {self.run_fn!r} is not: {err}") from None
         self.memory_mb = float(memory_mb)
         self.max_members = max_members
         self.threads = threads
+        self.workers = workers
         self.fallbacks: list[tuple[int, str]] = []
         self.chunks: list[list[int]] = []
         self._data: dict[str, Any] = {}  # data section (JSON) -> train.load_data(config), from plan
+        self._pool = None
 
     def plan(self, cells: Sequence[Cell]) -> tuple[list[list[Cell]], list[tuple[Cell, str]]]:
-        """``(chunks, local)``: batched chunks (each within the memory budget) and the cells
-        to run locally with the reason."""
+        """``(chunks, local)``: batched chunks (each within the memory budget, and at least
+        ``workers`` per group) and the cells to run locally with the reason."""
         groups: dict[str, list[Cell]] = {}
         local: list[tuple[Cell, str]] = []
         for cell in cells:
@@ -1307,7 +1372,11 @@ class EnsembleExecutor(Executor):
         chunks: list[list[Cell]] = []
         for members in groups.values():
             size = self._chunk_size(cfg.validate(members[0].config), members)
-            chunks.extend(members[i:i + size] for i in range(0, len(members), size))
+            if self.workers == 1:
+                chunks.extend(members[i:i + size] for i in range(0, len(members), size))
+                continue
+            count = max(-(-len(members) // size), min(self.workers, len(members)))
+            chunks.extend(members[i::count] for i in range(count))
         return chunks, local
 
     @staticmethod
@@ -1335,22 +1404,60 @@ class EnsembleExecutor(Executor):
     def run(self, cells: Iterable[Cell]) -> Iterator[tuple[int, CellResult]]:
         cells = list(cells)
         chunks, local = self.plan(cells)
+        if self.workers > 1:
+            yield from self._run_in_workers(chunks, local)
+            return
         for cell, reason in local:
             self.fallbacks.append((cell.id, reason))
             yield cell.id, run_cell(self.run_fn, cell, self.threads)
         for chunk in chunks:
             self.chunks.append([c.id for c in chunk])
-            done: set[int] = set()
-            try:
-                with torch_threads(self.threads):
-                    for cell_id, result in run_ensemble(chunk, threads=self.threads,
-                                                        data=self._data.get(self._data_key(cfg.validate(chunk[0].config)))):
-                        done.add(cell_id)
-                        yield cell_id, result
-            except Exception as err:  # the batched engine failed: run the rest locally
-                reason = f"ensemble engine raised {type(err).__name__}: {err}"
-                for cell in chunk:
-                    if cell.id not in done:
-                        self.fallbacks.append((cell.id, reason))
-                        yield cell.id, run_cell(self.run_fn, cell, self.threads)
+            data = self._data.get(self._data_key(cfg.validate(chunk[0].config)))
+            for cell_id, result, reason in _run_chunk(chunk, self.run_fn, self.threads, data):
+                if reason is not None:
+                    self.fallbacks.append((cell_id, reason))
+                yield cell_id, result
         self._data.clear()
+
+    def _run_in_workers(self, chunks: list[list[Cell]],
+                        local: list[tuple[Cell, str]]) -> Iterator[tuple[int, CellResult]]:
+        from catapult.sweep.workers import StreamPool
+
+        self._data.clear()  # the workers load their own
+        if self._pool is None:
+            threads = self.threads or max(1, torch.get_num_threads() // self.workers)
+            self._pool = StreamPool(self.workers, threads)
+        jobs: dict[int, tuple[list[Cell], str | None, int]] = {}  # key -> (cells, local reason, tries)
+
+        def submit(chunk: list[Cell], reason: str | None, tries: int) -> None:
+            key = len(jobs)
+            jobs[key] = (chunk, reason, tries)
+            self._pool.submit(key, _chunk_job, (chunk, self.run_fn, self._pool.threads, reason))
+
+        for chunk in chunks:  # the big jobs first, local cells fill the gaps
+            self.chunks.append([c.id for c in chunk])
+            submit(chunk, None, 1)
+        for cell, reason in local:
+            submit([cell], reason, 1)
+        delivered: set[int] = set()
+        for kind, key, value in self._pool.events():
+            if kind == "item":
+                cell_id, result, reason = value
+                delivered.add(cell_id)
+                if reason is not None:
+                    self.fallbacks.append((cell_id, reason))
+                yield cell_id, result
+            elif kind in ("error", "lost"):
+                chunk, reason, tries = jobs[key]
+                rest = [c for c in chunk if c.id not in delivered]
+                if kind == "lost" and tries < 2 and rest:
+                    submit(rest, reason, tries + 1)
+                    continue
+                for cell in rest:
+                    delivered.add(cell.id)
+                    yield cell.id, CellResult("failed", [], {}, error=f"ensemble worker: {value}")
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
