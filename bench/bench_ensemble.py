@@ -30,7 +30,9 @@ FLOPs at the full matmul peak would have over the local one, an upper bound for 
     .venv/bin/python bench/bench_ensemble.py --threads 2   # the goal's setting: both cores
     .venv/bin/python bench/bench_ensemble.py --device cuda --reps 2   # on a GPU
 
-``--threads`` is the torch thread count of both engines.
+``--threads`` is the torch thread count of both engines. With ``--workers K`` it is the count of
+each of the ensemble's K worker processes, and the local engine and the matmul peak get
+``K * threads``: ``--workers 2 --threads 1`` compares both cores with both cores.
 """
 from __future__ import annotations
 
@@ -120,8 +122,11 @@ def time_local(cells: list[Cell]) -> float:
     return time.perf_counter() - t0
 
 
-def time_ensemble(cells: list[Cell]) -> tuple[float, list[int]]:
-    ex = EnsembleExecutor()
+def time_ensemble(cells: list[Cell], ex: EnsembleExecutor | None = None) -> tuple[float, list[int]]:
+    """Seconds for ``cells`` through ``ex`` (a fresh one-process executor by default) and its
+    chunk sizes."""
+    ex = ex or EnsembleExecutor()
+    ex.fallbacks, ex.chunks = [], []
     t0 = time.perf_counter()
     results = dict(ex.run(cells))
     _sync(cells[0].config["device"])
@@ -139,19 +144,29 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
     parser.add_argument("--quick", action="store_true", help="N = 8, one repetition")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="ensemble worker processes (--threads each); the pool starts once, "
+                             "before the timings, and its start-up time is printed")
     args = parser.parse_args(argv)
     if args.quick:
         args.n, args.reps = [8], 1
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: torch {torch.__version__} sees no CUDA device")
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads * args.workers)  # the local engine's and the peak's
     started = time.perf_counter()
     # warm-up (imports, allocator, first-call costs) outside the timings
     warm = make_cells("mlp64", 2, args.device)
     time_local(warm[:1])
     time_ensemble(warm)
+    executor = None
+    if args.workers > 1:  # one pool for the whole run, as one sweep has
+        executor = EnsembleExecutor(workers=args.workers, threads=args.threads)
+        print(f"worker pool ({args.workers} processes) started and warm in "
+              f"{time_ensemble(make_cells('mlp64', 2 * args.workers, args.device), executor)[0]:.2f} s", flush=True)
     peaks = [matmul_peak(device=args.device)]
-    where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else f"{args.threads} thread(s)"
+    where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else (
+        f"{args.threads} thread(s)" if args.workers == 1 else
+        f"{args.threads * args.workers} thread(s), ensemble on {args.workers} workers x {args.threads}")
     print(f"torch {torch.__version__}, {where}; matmul peak {peaks[0] / 1e9:.1f} GFLOP/s", flush=True)
     rows = []
     for name in args.models:
@@ -162,7 +177,7 @@ def main(argv=None) -> int:
         for rep in range(args.reps):
             local_rates.append(len(local_cells) / time_local(local_cells))
             for n in args.n:
-                elapsed, chunks[n] = time_ensemble(all_cells[:n])
+                elapsed, chunks[n] = time_ensemble(all_cells[:n], executor)
                 ens_rates[n].append(n / elapsed)
             peaks.append(matmul_peak(device=args.device))
             print(f"  {name} rep {rep}: local {local_rates[-1]:.2f} cells/s; ensemble "
@@ -176,6 +191,8 @@ def main(argv=None) -> int:
             ratios = [e / l for e, l in zip(ens_rates[n], local_rates)]
             rows.append(dict(model=name, n=n, local=local, ensemble=ens, speedup=statistics.median(ratios),
                              spread=(min(ratios), max(ratios)), flops=flops, chunks=chunks[n]))
+    if executor is not None:
+        executor.close()
     peak = statistics.median(peaks)
     print(f"\nmatmul peak (median of {len(peaks)}): {peak / 1e9:.1f} GFLOP/s on {where}; "
           f"total bench time {time.perf_counter() - started:.0f} s\n")
