@@ -51,6 +51,10 @@ removed, plus the data seed for minibatch runs. A group is split into chunks who
 memory (:func:`member_bytes`: parameters, optimizer state, Lanczos basis, activations of the
 batch and the test set) fits ``memory_mb``; chunking changes nothing in the results.
 
+Worker processes (``workers=k``, ``catapult sweep --workers k``): chunks train side by side in
+``k`` spawned processes (:mod:`catapult.sweep.workers`), each group cut into at least ``k``
+chunks; results stream back to the driver, which alone writes the store.
+
 Fallback to the local path (one :func:`catapult.train.run` per cell, through ``run_fn``):
 cells the batched engine cannot reproduce -- any model other than ``mlp`` (e.g. GPT), an
 optimizer other than sgd/adam/adamw (GI-Adam, RAdam, ...), a warmup rule other than
@@ -1321,7 +1325,9 @@ class EnsembleExecutor(Executor):
     results stream back as members finish. Up to ``k`` chunks are in memory at once (``k *
     memory_mb``). A worker that dies mid-chunk has the chunk's unfinished cells run once more in
     a new process, then recorded as failed. The pool starts on first use (~1-2 s of imports
-    per process, in parallel) and lives until :meth:`close`; ``run_fn`` must be picklable.
+    per process, in parallel) and lives until :meth:`close`; ``run_fn`` must be picklable, and
+    a script that builds this executor needs an ``if __name__ == "__main__":`` guard (the
+    processes are spawned and import the main module).
     """
 
     name = "ensemble"
