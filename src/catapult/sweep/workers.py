@@ -63,6 +63,8 @@ def _exit_with_parent(parent_pid: int) -> None:
 def _worker_main(conn, parent_pid: int, threads: int | None) -> None:
     """A worker's loop: run each ``(key, fn, arg)`` received, send its items, until ``None``."""
     _exit_with_parent(parent_pid)
+    # Ctrl-C reaches the whole process group: the driver handles it (and stops the workers)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if threads is not None:
         import torch
 
@@ -121,17 +123,30 @@ class StreamPool:
             if worker is None or not worker.process.is_alive():
                 worker = self._workers[i] = _Worker(self._ctx, self.threads)
             if worker.job is None:
-                key, fn, arg = self._queue.popleft()
-                worker.conn.send((key, fn, arg))
-                worker.job = key
+                job = self._queue.popleft()
+                try:
+                    worker.conn.send(job)
+                except OSError:  # it died since the check: the job goes to a new process
+                    self._queue.appendleft(job)
+                    self._retire(worker)
+                    continue
+                worker.job = job[0]
 
     def events(self) -> Iterator[tuple[str, Any, Any]]:
         """Yields ``(kind, key, value)`` events until every submitted job has ended."""
+        failed_starts = 0
         while True:
             self._dispatch()
             busy = [w for w in self._workers if w is not None and w.job is not None]
             if not busy:
-                return
+                if not self._queue:
+                    return
+                failed_starts += 1  # every process died before taking a job: try fresh ones
+                if failed_starts > 3:
+                    raise RuntimeError("catapult worker processes die as they start; "
+                                       "run with workers=1 to see the error in this process")
+                continue
+            failed_starts = 0
             ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
             for worker in busy:
                 if worker.conn in ready or worker.process.sentinel in ready:
