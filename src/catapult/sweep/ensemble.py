@@ -1324,8 +1324,9 @@ class EnsembleExecutor(Executor):
     with ``threads`` (default: torch's threads here divided by ``k``) torch threads each, and
     results stream back as members finish. Up to ``k`` chunks are in memory at once (``k *
     memory_mb``). A worker that dies mid-chunk has the chunk's unfinished cells run once more in
-    a new process, then recorded as failed. The pool starts on first use (~1-2 s of imports
-    per process, in parallel) and lives until :meth:`close`; ``run_fn`` must be picklable, and
+    a new process, then recorded as failed. The pool starts on first use (imports and data in
+    every process: ~5 s on 2 busy cores) and lives until :meth:`close`, so it pays off on sweeps
+    of more than ~30 s; ``run_fn`` must be picklable, and
     a script that builds this executor needs an ``if __name__ == "__main__":`` guard (the
     processes are spawned and import the main module).
     """
