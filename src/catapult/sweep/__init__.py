@@ -8,7 +8,9 @@ resumable SQLite result store.
 Command line: ``catapult sweep CONFIG --store PATH``, ``catapult export``, ``catapult plot``,
 ``catapult report`` (:mod:`catapult.sweep.commands`). The spec syntax is documented in
 :mod:`catapult.sweep.spec`, the executor interface in :mod:`catapult.sweep.executors`, the
-store schema in :mod:`catapult.store`.
+store schema in :mod:`catapult.store`. Executors: :mod:`~catapult.sweep.executors` (local),
+:mod:`~catapult.sweep.ensemble` (cells batched into one model; its worker processes are
+:mod:`~catapult.sweep.workers`), :mod:`~catapult.sweep.ray_executor` (Ray).
 """
 from __future__ import annotations
 

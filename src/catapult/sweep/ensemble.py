@@ -837,7 +837,8 @@ class _Batch:
     def update(self, grads: Sequence[torch.Tensor], lrs: Sequence[float]) -> None:
         """One optimizer step of every member from the stacked gradients ``grads``: ``lrs[m]``
         is member m's ``lr_t``; parameter k of member m moves at ``lrs[m] * lr_mult[k][m]``.
-        Applied sub-batch by sub-batch (:meth:`apply_update`), so temporaries stay in cache."""
+        Applied span by span (:meth:`update_spans`, :meth:`apply_update`), so temporaries stay
+        in cache."""
         scalars = self.step_scalars(lrs)
         for s, e in self.update_spans():
             self.apply_update(scalars, [g[s:e] for g in grads], s, e)
@@ -1268,7 +1269,7 @@ def run_ensemble(cells: Sequence[Cell], *, threads: int | None = None,
 # The executor
 
 
-def _run_chunk(chunk: Sequence[Cell], run_fn: RunFn, threads: int | None,
+def _run_batched_chunk(chunk: Sequence[Cell], run_fn: RunFn, threads: int | None,
                data: Any = None) -> Iterator[tuple[int, CellResult, str | None]]:
     """One chunk through :func:`run_ensemble`; yields ``(cell_id, result, fallback)`` where
     ``fallback`` is the reason a cell ran locally (through ``run_fn``) or ``None``. If the
@@ -1300,13 +1301,14 @@ def _chunk_job(arg: tuple) -> Iterator[tuple[int, CellResult, str | None]]:
         for cell in chunk:
             yield cell.id, run_cell(run_fn, cell, threads), reason
         return
-    key = EnsembleExecutor._data_key(cfg.validate(chunk[0].config))
+    config = cfg.validate(chunk[0].config)
+    key = EnsembleExecutor._data_key(config)
     if key not in _WORKER_DATA:
         try:
-            _WORKER_DATA[key] = train.load_data(cfg.validate(chunk[0].config))
+            _WORKER_DATA[key] = train.load_data(config)
         except Exception:
             _WORKER_DATA[key] = None  # run_ensemble loads it again and reports the error
-    yield from _run_chunk(chunk, run_fn, threads, _WORKER_DATA[key])
+    yield from _run_batched_chunk(chunk, run_fn, threads, _WORKER_DATA[key])
 
 
 class EnsembleExecutor(Executor):
@@ -1420,7 +1422,7 @@ class EnsembleExecutor(Executor):
         for chunk in chunks:
             self.chunks.append([c.id for c in chunk])
             data = self._data.get(self._data_key(cfg.validate(chunk[0].config)))
-            for cell_id, result, reason in _run_chunk(chunk, self.run_fn, self.threads, data):
+            for cell_id, result, reason in _run_batched_chunk(chunk, self.run_fn, self.threads, data):
                 if reason is not None:
                     self.fallbacks.append((cell_id, reason))
                 yield cell_id, result

@@ -31,9 +31,10 @@ import signal
 import sys
 import threading
 import time
-import traceback
 from multiprocessing.connection import wait
 from typing import Any, Callable, Iterator
+
+from catapult.sweep.executors import _error_text
 
 __all__ = ["StreamPool"]
 
@@ -81,8 +82,7 @@ def _worker_main(conn, parent_pid: int, threads: int | None) -> None:
             for item in fn(arg):
                 conn.send(("item", key, item))
         except Exception as err:  # reported to the driver; the worker takes the next job
-            text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
-            conn.send(("error", key, f"{type(err).__name__}: {err}\n{text[-4000:]}"))
+            conn.send(("error", key, _error_text(err)))
         else:
             conn.send(("done", key, None))
 
