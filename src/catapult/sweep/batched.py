@@ -1,0 +1,339 @@
+"""A batched engine for any model the local engine trains, on :mod:`torch.func`.
+
+``run_batched(cells)`` trains sweep cells that differ only in per-member keys
+(:data:`catapult.sweep.ensemble.PER_MEMBER_KEYS`; cells are grouped by
+:func:`catapult.sweep.ensemble.group_key`) as one vectorised model, and yields each cell's
+result as it finishes or diverges. Unlike the ensemble's hand-derived MLP kernels it makes no
+assumption about the architecture: every member's model is built by
+:func:`catapult.train.build_model` (its own init seed and masks: the same initial weights as a
+local run), the members' parameters and buffers are stacked (:class:`StackedModel`), and the
+forward pass, loss, gradient (``vmap(grad)``) and Hessian-vector products (double backprop of
+the sum of the members' losses, block-diagonal over members) run under ``vmap`` of
+``functional_call``. MLPs and GPTs, every parametrization, sparse masks, MSE and cross-entropy.
+
+Exactness contract: each member reproduces :func:`catapult.train.run` for its cell -- the step
+semantics of that module's docstring -- up to float rounding (batched reductions round
+differently; nothing else differs):
+
+* data: one shared :class:`catapult.train.BatchStream` (members of a group have one data seed,
+  or train full batch);
+* lambda_0 and sharpness: :func:`catapult.sweep.ensemble.batched_lanczos` (the lockstep
+  iteration of the local Lanczos, per-member stopping) from each member's ``randn(P,
+  sharpness_seed)`` and then its previous eigenvector; the lambda_0 estimate is reused at
+  ``t = 0`` for the Hessian kind; matvec counts per member as ``run`` counts them. Adam-family
+  members with ``sharpness_kind: auto`` (or ``preconditioned``) measure
+  ``P^-1/2 (H + wd_L2) P^-1/2`` with the pre-conditioner of their next update;
+* the optimizer's hyper-parameters are read from each member's own torch optimizer
+  (:func:`catapult.train.build_optimizer`, per-group ``lr_mult``) and applied to the stacked
+  tensors (:class:`catapult.sweep.batched_optim.StackedOptimizer`); schedules are each member's
+  own :func:`catapult.train.build_warmup` rule;
+* warmups: ``linear`` and ``catapult`` (the step-0 critical-lr search runs on each member's own
+  model and optimizer before stacking: at ``theta_0`` with empty state, exactly as ``run``);
+* divergence: the member's row ``t`` is logged, its result yielded at once, and its rows are
+  dropped from every stacked tensor; no arithmetic mixes members, so the others do not change;
+* rows, thresholds (:func:`catapult.train._threshold` of the member's optimizer) and the summary
+  (:func:`catapult.train._summarize`, :func:`catapult.train._warmup_summary`) are built as
+  ``run`` builds them; ``wall_time_s`` is the group's wall time divided by its members.
+
+Cells :func:`batched_unsupported_reason` refuses, and groups whose batched run raises, run
+one by one through ``run_fn`` (default :func:`catapult.train.run`).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+
+from catapult import config as cfg
+from catapult.sweep.batched_model import StackedModel
+from catapult.sweep.batched_optim import SUPPORTED as _OPTIMIZERS
+from catapult.sweep.batched_optim import StackedOptimizer
+from catapult.sweep.ensemble import batched_lanczos, group_key
+from catapult.sweep.executors import Cell, CellResult, RunFn, _worker_name, default_run_fn, run_cell, torch_threads
+
+__all__ = ["run_batched", "batched_unsupported_reason", "run_group"]
+
+_LOSSES = ("mse", "cross_entropy")
+_WARMUPS = ("linear", "catapult")
+
+
+def batched_unsupported_reason(config: Mapping[str, Any]) -> str | None:
+    """Why :func:`run_batched` cannot reproduce ``config`` (a validated run config), or ``None``."""
+    from catapult import train
+
+    if config["model"]["name"] not in train.MODELS:
+        return f"model.name={config['model']['name']!r} has no builder"
+    if config["optimizer"]["name"] not in _OPTIMIZERS:
+        return f"optimizer.name={config['optimizer']['name']!r} (batched: {', '.join(_OPTIMIZERS)})"
+    if config["schedule"]["warmup"] not in _WARMUPS:
+        return f"schedule.warmup={config['schedule']['warmup']!r} (batched: {', '.join(_WARMUPS)})"
+    if config["loss"] not in _LOSSES:
+        return f"loss={config['loss']!r} (batched: {', '.join(_LOSSES)})"
+    ev = config["eval"]
+    kind = ev["sharpness_kind"]
+    if kind == "preconditioned" and config["optimizer"]["name"] not in train.ADAPTIVE and \
+            ev["sharpness_every"] > 0:
+        return (f"eval.sharpness_kind=preconditioned with {config['optimizer']['name']} "
+                "(the local engine reports the error)")
+    return None
+
+
+@dataclass
+class _Member:
+    """One cell's settings and its record while it trains."""
+
+    cell: Cell
+    config: dict
+    steps: int
+    sharpness_every: int
+    test_every: int
+    divergence_factor: float
+    tol: float
+    max_iter: int
+    lr_spec: Any
+    sharpness_seed: int
+    optimizer: Any = None       # its own torch optimizer (thresholds, hyper-parameters)
+    warmup: Any = None          # train.Warmup
+    lr_mult0: float = 1.0
+    lr_trgt: float | None = None
+    lambda_0: float | None = None
+    lambda0_estimate: Any = None
+    warm: torch.Tensor | None = None
+    metrics: list = field(default_factory=list)
+    loss_0: float | None = None
+    status: str = "finished"
+    diverged_at: int | None = None
+    matvecs_total: int = 0
+    measurements: int = 0
+    unconverged: int = 0
+
+    def sharpness_at(self, t: int) -> bool:
+        return self.sharpness_every > 0 and (t % self.sharpness_every == 0 or t == self.steps)
+
+    def test_at(self, t: int) -> bool:
+        return t == self.steps or (self.test_every > 0 and t % self.test_every == 0)
+
+
+def _sharpness_kind(config: Mapping[str, Any]) -> str:
+    from catapult import train
+
+    kind = config["eval"]["sharpness_kind"]
+    if kind == "auto":
+        kind = "preconditioned" if config["optimizer"]["name"] in train.ADAPTIVE else "hessian"
+    return kind
+
+
+def _sharpness(model: StackedModel, opt: StackedOptimizer | None, members: Sequence[_Member],
+               rows: Sequence[int], x, y, inits: torch.Tensor, dtype, max_basis: int,
+               preconditioned: bool) -> list:
+    """Top eigenpairs for members ``rows`` on ``(x, y)`` (batched Lanczos from ``inits``)."""
+    op = model.hessian(rows, x, y, dtype)
+    if preconditioned:
+        d, l2 = opt.preconditioner(rows, model.params, model.split(op.gradient))
+
+        def matvec(active, U):
+            sel = torch.as_tensor(list(active), dtype=torch.long, device=U.device)
+            ds = d.index_select(0, sel)
+            out = op.matvec(active, ds * U) * ds
+            if l2 is not None:
+                out = out + l2.index_select(0, sel) * U
+            return out
+    else:
+        matvec = op.matvec
+    return batched_lanczos(matvec, inits.to(op.dtype), tol=[members[r].tol for r in rows],
+                           max_iter=[members[r].max_iter for r in rows], max_basis=max_basis)
+
+
+def run_group(cells: Sequence[Cell], *, data: Any = None) -> Iterator[tuple[int, CellResult]]:
+    """Train ``cells`` (one group: equal :func:`~catapult.sweep.ensemble.group_key`) together;
+    yields ``(cell_id, CellResult)`` as each member finishes or diverges (module docstring)."""
+    from catapult import train
+    from catapult.losses import get_loss
+
+    started = time.perf_counter()
+    configs = [cfg.validate(c.config) for c in cells]
+    c0 = configs[0]
+    if len({group_key(c) for c in configs}) > 1:
+        raise ValueError("run_group: the cells differ beyond the per-member keys (see group_key)")
+    device = train.resolve_device(c0["device"])
+    dtype = getattr(torch, c0["dtype"])
+    ev0 = c0["eval"]
+    sdtype = getattr(torch, ev0["sharpness_dtype"]) if ev0["sharpness_dtype"] else None
+    if data is None:
+        data = train.load_data(c0, device, dtype)
+    x_test, y_test = data.x_test, data.y_test
+    batches = train.BatchStream(data.x_train, data.y_train, c0["train"]["batch_size"], train.seeds(c0["seed"])[1])
+    loss_fn = get_loss(c0["loss"])
+    kind = _sharpness_kind(c0)
+    max_basis = ev0["sharpness_max_basis"]
+    worker = _worker_name()
+
+    members: list[_Member] = []
+    models = []
+    for cell, config in zip(cells, configs):
+        ev = config["eval"]
+        members.append(_Member(
+            cell=cell, config=config, steps=config["train"]["steps"], sharpness_every=ev["sharpness_every"],
+            test_every=ev["test_every"], divergence_factor=config["train"]["divergence_factor"],
+            tol=ev["sharpness_tol"], max_iter=ev["sharpness_max_iter"],
+            lr_spec=cfg.parse_lr(config["optimizer"]["lr"]), sharpness_seed=train.seeds(config["seed"])[2]))
+        model = train.build_model(config, data.in_features, data.num_classes, device, dtype)
+        model.train()
+        models.append(model)
+    stacked = StackedModel(models, loss_fn)
+    n_params = stacked.numel
+
+    def result_of(mb: _Member, now: float) -> CellResult:
+        summary = train._summarize(
+            mb.config, mb.metrics, status=mb.status, diverged_at=mb.diverged_at, lambda_0=mb.lambda_0,
+            lr_trgt=mb.lr_trgt, threshold_target=train._threshold(mb.optimizer, mb.lr_trgt * mb.lr_mult0),
+            n_params=n_params, device=device, sharpness_kind=kind, matvecs_total=mb.matvecs_total,
+            measurements=mb.measurements, unconverged=mb.unconverged, wall_time=(now - started) / len(cells))
+        summary.update(train._warmup_summary(mb.config, mb.metrics, mb.lr_trgt, mb.warmup))
+        return CellResult(mb.status, mb.metrics, summary, worker=worker)
+
+    # ---- lambda_0: Hessian sharpness at theta_0 on batch 0 from randn(P, sharpness_seed)
+    x0, y0 = batches.batch(0)
+    need = [i for i, mb in enumerate(members) if mb.sharpness_every > 0 or mb.lr_spec.relative]
+    for i in need:
+        v = torch.randn(n_params, generator=torch.Generator().manual_seed(members[i].sharpness_seed))
+        members[i].warm = v.to(device=device, dtype=dtype)
+    if need:
+        inits = torch.stack([members[i].warm for i in need])
+        for i, est in zip(need, _sharpness(stacked, None, members, need, x0, y0, inits, sdtype, max_basis, False)):
+            mb = members[i]
+            mb.lambda0_estimate, mb.lambda_0 = est, float(est.value)
+            mb.matvecs_total += int(est.matvecs)
+            mb.unconverged += int(not est.converged)
+
+    # ---- each member's optimizer and warmup rule (catapult: its step-0 search, on its own model)
+    failed = []
+    for i, (mb, model) in enumerate(zip(members, models)):
+        try:
+            mb.lr_trgt = mb.lr_spec.resolve(mb.lambda_0)
+        except ValueError as err:
+            mb.status = "failed"
+            mb.metrics = [{"error": f"ValueError: optimizer.lr={mb.config['optimizer']['lr']!r}: {err}"}]
+            failed.append(i)
+            mb.lr_trgt = 1.0
+        mb.optimizer = train.build_optimizer(mb.config, model, mb.lr_trgt)
+        mb.lr_mult0 = float(mb.optimizer.param_groups[0].get("lr_mult", 1.0))
+        if mb.status != "failed":
+            mb.warmup = train.build_warmup(mb.config, mb.lr_trgt, model, loss_fn, (x0, y0), mb.optimizer)
+    opt = StackedOptimizer(c0["optimizer"]["name"], [mb.optimizer for mb in members], models, stacked.names)
+    del models
+    for i in failed:
+        yield members[i].cell.id, CellResult("failed", [], {}, error=members[i].metrics[0]["error"], worker=worker)
+    alive_rows = [i for i in range(len(members)) if i not in set(failed)]
+    active = [members[i] for i in alive_rows]
+    stacked.keep(alive_rows)
+    opt.keep(alive_rows)
+
+    # ---- the loop (train.run's steps 1-8, every member at once)
+    t = 0
+    while active:
+        x, y = batches.batch(t)
+        lrs = [float(mb.warmup.schedule(t)) for mb in active]
+        need_grads = any(t < mb.steps for mb in active)
+        losses, accs, grads = stacked.loss_and_grads(x, y, need_grads)
+        loss_list = losses.tolist()
+        rows, alive, gone = [], [], []
+        for r, (mb, lr_t) in enumerate(zip(active, lrs)):
+            row: dict[str, Any] = dict.fromkeys(train.METRIC_COLUMNS)
+            row.update(step=t, lr=lr_t, threshold=train._threshold(mb.optimizer, lr_t * mb.lr_mult0))
+            loss_t = float(loss_list[r])
+            row["train_loss"], row["train_accuracy"] = loss_t, accs[r]
+            rows.append(row)
+            if t == 0:
+                mb.loss_0 = loss_t
+            if not math.isfinite(loss_t) or (mb.loss_0 > 0 and loss_t > mb.divergence_factor * mb.loss_0):
+                mb.status, mb.diverged_at = "diverged", t
+                mb.metrics.append(row)
+                gone.append(r)
+            else:
+                alive.append(r)
+
+        # sharpness (the lambda_0 estimate stands for t = 0 with the Hessian kind)
+        measured = {}
+        todo = []
+        for r in alive:
+            mb = active[r]
+            if not mb.sharpness_at(t):
+                continue
+            if t == 0 and kind == "hessian" and mb.lambda0_estimate is not None:
+                measured[r] = mb.lambda0_estimate
+            else:
+                todo.append(r)
+        if todo:
+            inits = torch.stack([active[r].warm for r in todo])
+            ests = _sharpness(stacked, opt, active, todo, x, y, inits, sdtype, max_basis,
+                              kind == "preconditioned")
+            for r, est in zip(todo, ests):
+                measured[r] = est
+                active[r].matvecs_total += int(est.matvecs)
+                active[r].unconverged += int(not est.converged)
+        for r, est in measured.items():
+            mb = active[r]
+            mb.warm = est.vector
+            rows[r]["sharpness"] = float(est.value)
+            rows[r]["sharpness_matvecs"] = int(est.matvecs)
+            mb.measurements += 1
+
+        test_rows = [r for r in alive if active[r].test_at(t)]
+        if test_rows:
+            for r, (tl, ta) in zip(test_rows, stacked.evaluate(test_rows, x_test, y_test)):
+                rows[r]["test_loss"], rows[r]["test_accuracy"] = tl, ta
+
+        finished = []
+        for r in alive:
+            active[r].metrics.append(rows[r])
+            if t == active[r].steps:
+                finished.append(r)
+        now = time.perf_counter()
+        for r in sorted(gone + finished):
+            yield active[r].cell.id, result_of(active[r], now)
+        stay = [r for r in alive if r not in set(finished)]
+        if stay:
+            opt.step(stacked.params, grads, lrs)
+        stacked.keep(stay)
+        opt.keep(stay)
+        active = [active[r] for r in stay]
+        t += 1
+
+
+def run_batched(cells: Sequence[Cell], *, threads: int | None = None,
+                run_fn: RunFn | None = None) -> Iterator[tuple[int, CellResult]]:
+    """Train ``cells``: groups of batchable cells (equal
+    :func:`~catapult.sweep.ensemble.group_key`) together through :func:`run_group`, the others
+    one by one through ``run_fn`` (default :func:`catapult.train.run`); yields ``(cell_id,
+    CellResult)`` as each finishes. If a group's batched run raises, its cells not yet yielded
+    run through ``run_fn``. ``threads``: torch's CPU threads meanwhile."""
+    run_fn = run_fn or default_run_fn
+    groups: dict[str, list[Cell]] = {}
+    alone: list[Cell] = []
+    for cell in cells:
+        try:
+            config = cfg.validate(cell.config)
+        except Exception:  # run_fn reports the error as the cell's failure
+            alone.append(cell)
+            continue
+        if batched_unsupported_reason(config) is not None:
+            alone.append(cell)
+        else:
+            groups.setdefault(group_key(config), []).append(cell)
+    with torch_threads(threads):
+        for members in groups.values():
+            done: set[int] = set()
+            try:
+                for cell_id, result in run_group(members):
+                    done.add(cell_id)
+                    yield cell_id, result
+            except Exception:
+                for cell in members:
+                    if cell.id not in done:
+                        yield cell.id, run_cell(run_fn, cell)
+    for cell in alone:
+        yield cell.id, run_cell(run_fn, cell, threads)

@@ -1,0 +1,213 @@
+"""Stacked models on :mod:`torch.func`: ``N`` copies of one architecture with their own weights,
+evaluated as one vectorised function of the stacked parameters.
+
+Every member's module is built by the caller (e.g. with :func:`catapult.train.build_model`, so
+each has its own init seed and sparsity masks); their parameters and buffers are stacked into
+tensors with a leading member dimension ``[N, ...]`` and the first module serves as the
+architecture (``functional_call`` swaps its tensors for one member's)::
+
+    loss_n, out_n = loss_fn(f(theta_n, buffers_n; x), y)      for n = 1..N, under vmap
+    grad_n        = d loss_n / d theta_n                       (vmap of grad)
+    (H_n v_n)     = d/d theta_n <grad_n, v_n>                  (double backprop of sum_n loss_n)
+
+The members' Hessians are the diagonal blocks of the Hessian of ``sum_n loss_n`` (no member's
+loss depends on another's parameters), so one double backprop of that sum gives every member's
+Hessian-vector product at once, exactly as the local engine's
+:class:`catapult.curvature.HessianOperator` (``double_backprop`` mode) gives one member's.
+
+Attention runs on the math kernel of ``scaled_dot_product_attention`` everywhere: it is the
+kernel with a batching rule (the fused CPU kernel would fall back to a loop over members) and
+with a double backward; it computes the same function as the fused kernels.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Sequence
+
+import torch
+from torch.func import functional_call, grad_and_value, vmap
+
+__all__ = ["StackedModel", "math_attention"]
+
+
+def math_attention():
+    """Context restricting ``F.scaled_dot_product_attention`` to its math kernel."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch < 2.3: the default kernel choice
+        return contextlib.nullcontext()
+    return sdpa_kernel([SDPBackend.MATH])
+
+
+def _stack(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.stack([t.detach() for t in tensors]).contiguous()
+
+
+class StackedModel:
+    """``N`` members of one architecture as stacked tensors (see the module docstring).
+
+    ``params``: name -> ``[N, *shape]`` (the trainable parameters, in ``named_parameters()``
+    order, the order of the flat vectors of :mod:`catapult.curvature`); ``buffers``: name ->
+    ``[N, *shape]`` (masks, fixed position tables). ``loss_fn(outputs, targets)`` is the
+    local engine's loss. Rows of every tensor follow the member order; :meth:`keep` drops rows.
+    """
+
+    def __init__(self, models: Sequence[torch.nn.Module], loss_fn: Callable):
+        self.module = models[0]
+        self.loss_fn = loss_fn
+        named = [dict(m.named_parameters()) for m in models]
+        self.names = [n for n, p in self.module.named_parameters() if p.requires_grad]
+        self.frozen = {n: p.detach() for n, p in self.module.named_parameters() if not p.requires_grad}
+        self.params = {n: _stack([d[n] for d in named]) for n in self.names}
+        buffers = [dict(m.named_buffers()) for m in models]
+        self.buffers = {n: _stack([d[n] for d in buffers]) for n in buffers[0]}
+        self.shapes = [tuple(self.params[n].shape[1:]) for n in self.names]
+        self.sizes = [int(self.params[n][0].numel()) for n in self.names]
+        self.numel = sum(self.sizes)
+
+    @property
+    def members(self) -> int:
+        return next(iter(self.params.values())).shape[0]
+
+    def keep(self, rows: Sequence[int]) -> None:
+        """Keep the members ``rows`` (indices of the current rows, in that order)."""
+        if list(rows) == list(range(self.members)):
+            return
+        idx = torch.as_tensor(list(rows), dtype=torch.long, device=next(iter(self.params.values())).device)
+        self.params = {n: p.index_select(0, idx) for n, p in self.params.items()}
+        self.buffers = {n: b.index_select(0, idx) for n, b in self.buffers.items()}
+
+    # ---- flat vectors [M, P] <-> per-parameter [M, *shape]
+    def flat(self, tensors: dict[str, torch.Tensor] | Sequence[torch.Tensor]) -> torch.Tensor:
+        items = [tensors[n] for n in self.names] if isinstance(tensors, dict) else list(tensors)
+        return torch.cat([t.reshape(t.shape[0], -1) for t in items], dim=1)
+
+    def split(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        parts = torch.split(flat, self.sizes, dim=1)
+        return [p.reshape((flat.shape[0],) + s) for p, s in zip(parts, self.shapes)]
+
+    # ---- one member's loss (vmapped below)
+    def _member_loss(self, params: dict, buffers: dict, x: torch.Tensor, y: torch.Tensor):
+        out = functional_call(self.module, {**self.frozen, **buffers, **params}, (x,))
+        return self.loss_fn(out, y), out
+
+    def _cast(self, tensors: dict, rows, dtype) -> dict:
+        out = {}
+        for n, t in tensors.items():
+            t = t if rows is None else t.index_select(0, rows)
+            out[n] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
+        return out
+
+    def loss_and_grads(self, x: torch.Tensor, y: torch.Tensor, need_grads: bool
+                       ) -> tuple[torch.Tensor, list[float], dict[str, torch.Tensor] | None]:
+        """``(losses [N], accuracies, grads)`` of every member on the shared batch ``(x, y)``;
+        ``grads`` (name -> ``[N, *shape]``) only when ``need_grads``."""
+        with math_attention():
+            if need_grads:
+                fn = vmap(grad_and_value(self._member_loss, has_aux=True), in_dims=(0, 0, None, None))
+                grads, (losses, out) = fn(self.params, self.buffers, x, y)
+            else:
+                with torch.no_grad():
+                    losses, out = vmap(self._member_loss, in_dims=(0, 0, None, None))(
+                        self.params, self.buffers, x, y)
+                grads = None
+        return losses.detach(), accuracies(out.detach(), y), grads
+
+    @torch.no_grad()
+    def evaluate(self, rows: Sequence[int], x: torch.Tensor, y: torch.Tensor,
+                 chunk: int = 8192) -> list[tuple[float, float]]:
+        """``(loss, accuracy)`` per member of ``rows`` on ``(x, y)`` in eval mode, in chunks of
+        ``chunk`` rows combined as :func:`catapult.train.evaluate` combines them."""
+        idx = torch.as_tensor(list(rows), dtype=torch.long, device=x.device)
+        params, buffers = self._cast(self.params, idx, None), self._cast(self.buffers, idx, None)
+        was_training = self.module.training
+        self.module.eval()
+        try:
+            n = x.shape[0]
+            loss_tot = [0.0] * len(rows)
+            acc_tot = [0.0] * len(rows)
+            with math_attention():
+                for start in range(0, n, chunk):
+                    xb, yb = x[start:start + chunk], y[start:start + chunk]
+                    losses, out = vmap(self._member_loss, in_dims=(0, 0, None, None))(params, buffers, xb, yb)
+                    for i, (lv, av) in enumerate(zip(losses.tolist(), accuracies(out, yb))):
+                        loss_tot[i] += lv * xb.shape[0]
+                        acc_tot[i] += av * xb.shape[0]
+            return [(loss_tot[i] / n, acc_tot[i] / n) for i in range(len(rows))]
+        finally:
+            self.module.train(was_training)
+
+    def hessian(self, rows: Sequence[int], x: torch.Tensor, y: torch.Tensor,
+                dtype: torch.dtype | None = None) -> "StackedHessian":
+        """The Hessian operators of members ``rows`` on ``(x, y)`` (cast to ``dtype``)."""
+        return StackedHessian(self, rows, x, y, dtype)
+
+
+@torch.no_grad()
+def accuracies(out: torch.Tensor, y: torch.Tensor) -> list[float]:
+    """Per member (``out``: ``[M, ..., C]``) the :func:`catapult.losses.accuracy`."""
+    M, C = out.shape[0], out.shape[-1]
+    predicted = out.reshape(M, -1, C).argmax(dim=-1)
+    if y.is_floating_point() or y.is_complex():
+        labels = y.reshape(-1, y.shape[-1]).argmax(dim=-1)
+    else:
+        labels = y.reshape(-1)
+    if labels.numel() == 0:
+        return [float("nan")] * M
+    return (predicted == labels[None]).double().mean(dim=1).tolist()
+
+
+class StackedHessian:
+    """``V -> [H_m V_m]`` for a set of members on one batch, by double backprop of the sum of
+    their losses (block-diagonal over members). The gradient graph is built once for the
+    members asked; when at most half of them are still asked it is rebuilt for those only.
+
+    ``gradient`` ``[M, P]``: the members' flat gradients (in the operator's dtype) on the batch.
+    ``matvec(active, V)``: ``active`` indices into ``rows``, ``V`` ``[len(active), P]``.
+    """
+
+    def __init__(self, model: StackedModel, rows: Sequence[int], x, y, dtype):
+        self.model = model
+        self.rows = list(rows)
+        self.dtype = dtype if dtype is not None else next(iter(model.params.values())).dtype
+        self.x = x.to(dtype) if dtype is not None and x.is_floating_point() else x
+        self.y = y.to(dtype) if dtype is not None and y.is_floating_point() else y
+        self._build(list(range(len(self.rows))))
+        self.gradient = torch.cat([g.detach().reshape(g.shape[0], -1) for g in self._grads], dim=1)
+
+    def _build(self, local: list[int]) -> None:
+        """The gradient graph of the members ``local`` (indices into ``rows``)."""
+        dev = next(iter(self.model.params.values())).device
+        idx = torch.as_tensor([self.rows[i] for i in local], dtype=torch.long, device=dev)
+        params = self.model._cast(self.model.params, idx, self.dtype)
+        buffers = self.model._cast(self.model.buffers, idx, self.dtype)
+        self._leaves = [params[n].detach().requires_grad_(True) for n in self.model.names]
+        with torch.enable_grad(), math_attention():
+            losses, _ = vmap(self.model._member_loss, in_dims=(0, 0, None, None))(
+                dict(zip(self.model.names, self._leaves)), buffers, self.x, self.y)
+            self._grads = torch.autograd.grad(losses.sum(), self._leaves, create_graph=True,
+                                              allow_unused=True, materialize_grads=True)
+        self._diff = [i for i, g in enumerate(self._grads) if g.requires_grad]
+        self._local = local
+        self._where = {m: r for r, m in enumerate(local)}
+
+    def matvec(self, active: Sequence[int], V: torch.Tensor) -> torch.Tensor:
+        active = [int(a) for a in active]
+        if len(active) <= len(self._local) // 2:
+            self._build(active)
+        if not self._diff:
+            return torch.zeros_like(V)
+        n_graph = len(self._local)
+        pos = torch.as_tensor([self._where[a] for a in active], dtype=torch.long, device=V.device)
+        full = V.new_zeros((n_graph, V.shape[1])) if len(active) < n_graph else None
+        if full is not None:
+            full[pos] = V.to(self.dtype)
+            parts = self.model.split(full)
+        else:
+            parts = self.model.split(V.to(self.dtype))
+        with torch.enable_grad():
+            hv = torch.autograd.grad([self._grads[i] for i in self._diff], self._leaves,
+                                     grad_outputs=[parts[i] for i in self._diff], retain_graph=True,
+                                     allow_unused=True, materialize_grads=True)
+        out = torch.cat([h.reshape(n_graph, -1) for h in hv], dim=1)
+        return out if full is None else out[pos]
