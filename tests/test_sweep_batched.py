@@ -1,0 +1,152 @@
+"""The torch.func batched engine (:mod:`catapult.sweep.batched`) reproduces the local engine
+(:func:`catapult.train.run`) cell by cell in float64 to 1e-9: every step's loss, accuracy, lr,
+threshold, sharpness (and its matvec count), test numbers, status and the summary (lr_c for the
+catapult warmup), for MLPs and GPTs (masks, muP/SμPar), full batch and minibatch.
+
+Independent truth: each cell run alone by the local engine, which shares no code path with the
+batched one beyond the model builders and the schedules (its update is torch.optim's, its
+Hessian products are one model's double backprop, its Lanczos the single-vector one).
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from catapult import config as cfg
+from catapult import train
+from catapult.sweep.batched import batched_unsupported_reason, run_batched, run_group
+from catapult.sweep.ensemble import group_key
+from catapult.sweep.executors import Cell, CellResult
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+RTOL = 1e-9
+
+MLP = {
+    "data": {"name": "digits", "n_train": 64, "n_test": 32},
+    "model": {"name": "mlp", "width": 16, "depth": 3, "parametrization": "sp"},
+    "dtype": "float64",
+    "train": {"steps": 8},
+    "eval": {"sharpness_every": 3, "test_every": 4, "sharpness_max_iter": 30},
+}
+GPT = {
+    "data": {"name": "shakespeare", "context": 8, "n_train": 32, "n_test": 8},
+    "model": {"name": "gpt", "width": 16, "depth": 1, "n_heads": 2, "activation": "gelu"},
+    "loss": "cross_entropy",
+    "dtype": "float64",
+    "train": {"steps": 6, "batch_size": 8},
+    "eval": {"sharpness_every": 3, "test_every": 2, "sharpness_max_iter": 30},
+}
+
+
+def _cell(base, i, **over):
+    config = {**base, "name": f"c{i}", **over}
+    for key in ("optimizer", "schedule", "train", "eval", "model", "data"):
+        if key in over:
+            config[key] = {**base.get(key, {}), **over[key]}
+    return Cell(i, cfg.validate(config))
+
+
+def _close(a, b, rtol=RTOL):
+    if a is None or b is None:
+        return a is None and b is None
+    if isinstance(a, float) and not math.isfinite(a):
+        return not math.isfinite(b)
+    return abs(a - b) <= rtol * max(abs(a), 1e-3)
+
+
+def _assert_same(local, res: CellResult):
+    assert res.status == local.status
+    assert len(res.metrics) == len(local.metrics)
+    for a, b in zip(local.metrics, res.metrics):
+        for key in train.METRIC_COLUMNS:
+            if key in ("step", "sharpness_matvecs"):
+                assert a[key] == b[key], (a["step"], key, a[key], b[key])
+            else:
+                assert _close(a[key], b[key]), (a["step"], key, a[key], b[key])
+    for key in ("status", "diverged_at", "steps_completed", "sharpness_measurements", "sharpness_matvecs",
+                "num_params", "sharpness_kind", "warmup", "lr_target_reached_at", "searches",
+                "search_forward_passes", "catapult"):
+        assert res.summary[key] == local.summary[key], key
+    for key in ("lambda_0", "lr_target", "threshold_target", "final_train_loss", "final_test_loss",
+                "final_test_accuracy", "final_sharpness", "peak_sharpness", "lr_critical",
+                "lr_critical_lower", "lr_critical_upper"):
+        assert _close(local.summary[key], res.summary[key]), key
+
+
+def _check(cells):
+    """Run ``cells`` as one group and compare every cell with its local run."""
+    assert len({group_key(c.config) for c in cells}) == 1
+    results = dict(run_group(cells))
+    assert sorted(results) == sorted(c.id for c in cells)
+    locals_ = {}
+    for cell in cells:
+        locals_[cell.id] = local = train.run(cell.config, progress="none")
+        _assert_same(local, results[cell.id])
+    return locals_, results
+
+
+def test_mlp_sgd_full_batch_with_momentum_and_a_divergent_member():
+    # full batch: members may differ in seed (their own init, masks, start vectors)
+    cells = [_cell(MLP, i, seed=i, optimizer={"name": "sgd", "lr": lr, "momentum": mom, "weight_decay": wd},
+                   schedule={"warmup_steps": T}, train={"divergence_factor": 2.0})
+             for i, (lr, mom, wd, T) in enumerate([(0.1, 0.0, 0.0, 1), (0.5, 0.9, 1e-3, 3),
+                                                   (400.0, 0.0, 0.0, 1), ("2/lambda0", 0.5, 0.0, 2)])]
+    local, _ = _check(cells)
+    statuses = [local[c.id].status for c in cells]
+    assert statuses.count("diverged") == 1 and local[2].status == "diverged"
+    assert local[0].metrics[3]["sharpness"] is not None
+
+
+def test_mlp_adam_adamw_mup_minibatch_preconditioned():
+    # muP with a base width: per-group lr multipliers, in the update and the pre-conditioner
+    for name in ("adam", "adamw"):
+        cells = [_cell(MLP, i, seed=7, model={"parametrization": "mup", "base_width": 8},
+                       train={"batch_size": 16}, optimizer={"name": name, "lr": lr, "weight_decay": wd,
+                                                            "betas": [0.9, b2], "eps": 1e-4},
+                       schedule={"warmup_steps": T, "decay": "cosine"})
+                 for i, (lr, wd, b2, T) in enumerate([(3e-3, 0.0, 0.999, 1), (1e-2, 1e-2, 0.99, 4)])]
+        local, _ = _check(cells)
+        assert local[0].summary["sharpness_kind"] == "preconditioned"
+
+
+def test_gpt_sparse_supar_adamw_and_catapult_warmup():
+    # SμPar with density 0.5: per-member masks (buffers) and lr multipliers; the catapult warmup's
+    # step-0 search gives each member its own lr_c
+    cells = [_cell(GPT, i, model={"parametrization": "supar", "base_width": 8, "density": 0.5},
+                   optimizer={"name": "adamw", "lr": lr, "weight_decay": 0.01, "eps": 1e-4},
+                   schedule={"warmup": warmup, "warmup_steps": T})
+             for i, (lr, warmup, T) in enumerate([(1e-2, "linear", 3), (1e-1, "catapult", 4), (3e-1, "catapult", 2)])]
+    local, results = _check(cells)
+    assert local[1].summary["lr_critical"] is not None
+    assert results[2].summary["lr_critical"] == pytest.approx(local[2].summary["lr_critical"], rel=1e-12)
+
+
+def test_gpt_mup_sgd_hessian_sharpness_and_divergence():
+    cells = [_cell(GPT, i, model={"parametrization": "mup", "base_width": 8, "tie_embeddings": True,
+                                  "positions": "sinusoidal"},
+                   optimizer={"name": "sgd", "lr": lr, "momentum": 0.9},
+                   train={"divergence_factor": 1.5})
+             for i, lr in enumerate([0.05, 0.2, 1e4])]
+    local, _ = _check(cells)
+    assert local[2].status == "diverged" and local[0].status == "finished"
+
+
+def test_unsupported_and_fallback_through_run_fn():
+    persistent = _cell(MLP, 0, optimizer={"name": "sgd", "lr": 0.1}, schedule={"warmup": "persistent"})
+    radam = _cell(MLP, 1, optimizer={"name": "radam", "lr": 1e-3})
+    ok = _cell(MLP, 2, optimizer={"name": "sgd", "lr": 0.1}, eval={"sharpness_every": 0})
+    assert "persistent" in batched_unsupported_reason(persistent.config)
+    assert "radam" in batched_unsupported_reason(radam.config)
+    assert batched_unsupported_reason(ok.config) is None
+    calls = []
+
+    def run_fn(config, progress=None):
+        calls.append(config["name"])
+        return train.run(config, progress="none")
+
+    results = dict(run_batched([persistent, radam, ok], run_fn=run_fn))
+    assert sorted(calls) == ["c0", "c1"]  # the batchable cell did not go through run_fn
+    assert all(r.status == "finished" for r in results.values())
