@@ -134,12 +134,33 @@ def test_gpt_mup_sgd_hessian_sharpness_and_divergence():
     assert local[2].status == "diverged" and local[0].status == "finished"
 
 
+def test_mlp_radam_full_batch_hessian_sharpness():
+    # RAdam's auto sharpness is the Hessian's; its first steps are un-rectified (rho_t <= 5)
+    cells = [_cell(MLP, i, seed=i, optimizer={"name": "radam", "lr": lr, "weight_decay": wd},
+                   schedule={"warmup_steps": T}, train={"steps": 10})
+             for i, (lr, wd, T) in enumerate([(1e-2, 0.0, 1), (3e-2, 1e-2, 3)])]
+    local, _ = _check(cells)
+    assert local[0].summary["sharpness_kind"] == "hessian"
+
+
+@pytest.mark.parametrize("v0, bias_correction", [("grad", True), (2.0, False), ("random", True)])
+def test_mlp_gi_adam_v0_options_preconditioned(v0, bias_correction):
+    # full batch, so members differ in seed: v0="random" draws each member's own v_0
+    cells = [_cell(MLP, i, seed=i, optimizer={"name": "gi-adam", "lr": lr, "weight_decay": wd, "eps": 1e-4,
+                                              "v0": v0, "v_bias_correction": bias_correction,
+                                              "betas": [0.9, b2]},
+                   schedule={"warmup_steps": T}, eval={"sharpness_every": 2})
+             for i, (lr, wd, b2, T) in enumerate([(1e-2, 0.0, 0.999, 1), (3e-2, 1e-2, 0.99, 2)])]
+    local, _ = _check(cells)
+    assert local[0].summary["sharpness_kind"] == "preconditioned"
+
+
 def test_unsupported_and_fallback_through_run_fn():
     persistent = _cell(MLP, 0, optimizer={"name": "sgd", "lr": 0.1}, schedule={"warmup": "persistent"})
-    radam = _cell(MLP, 1, optimizer={"name": "radam", "lr": 1e-3})
+    radam = _cell(MLP, 1, optimizer={"name": "adam", "lr": 1e-3}, schedule={"warmup": "persistent"})
     ok = _cell(MLP, 2, optimizer={"name": "sgd", "lr": 0.1}, eval={"sharpness_every": 0})
     assert "persistent" in batched_unsupported_reason(persistent.config)
-    assert "radam" in batched_unsupported_reason(radam.config)
+    assert "persistent" in batched_unsupported_reason(radam.config)
     assert batched_unsupported_reason(ok.config) is None
     calls = []
 

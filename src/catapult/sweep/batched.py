@@ -24,9 +24,11 @@ differently; nothing else differs):
   members with ``sharpness_kind: auto`` (or ``preconditioned``) measure
   ``P^-1/2 (H + wd_L2) P^-1/2`` with the pre-conditioner of their next update;
 * the optimizer's hyper-parameters are read from each member's own torch optimizer
-  (:func:`catapult.train.build_optimizer`, per-group ``lr_mult``) and applied to the stacked
-  tensors (:class:`catapult.sweep.batched_optim.StackedOptimizer`); schedules are each member's
-  own :func:`catapult.train.build_warmup` rule;
+  (:func:`catapult.train.build_optimizer`, per-group ``lr_mult``) and its rule
+  (:mod:`catapult.optim.rules`: sgd with momentum/nesterov/weight decay, adam, adamw, radam,
+  gi-adam with every ``v0`` option) updates the stacked tensors
+  (:class:`catapult.sweep.batched_optim.StackedOptimizer`); schedules are each member's own
+  :func:`catapult.train.build_warmup` rule;
 * warmups: ``linear`` and ``catapult`` (the step-0 critical-lr search runs on each member's own
   model and optimizer before stacking: at ``theta_0`` with empty state, exactly as ``run``);
 * divergence: the member's row ``t`` is logged, its result yielded at once, and its rows are
@@ -72,12 +74,6 @@ def batched_unsupported_reason(config: Mapping[str, Any]) -> str | None:
         return f"schedule.warmup={config['schedule']['warmup']!r} (batched: {', '.join(_WARMUPS)})"
     if config["loss"] not in _LOSSES:
         return f"loss={config['loss']!r} (batched: {', '.join(_LOSSES)})"
-    ev = config["eval"]
-    kind = ev["sharpness_kind"]
-    if kind == "preconditioned" and config["optimizer"]["name"] not in train.ADAPTIVE and \
-            ev["sharpness_every"] > 0:
-        return (f"eval.sharpness_kind=preconditioned with {config['optimizer']['name']} "
-                "(the local engine reports the error)")
     return None
 
 

@@ -1,168 +1,224 @@
-"""The members' optimizers as one update on stacked parameters.
+"""The members' optimizers as one update of stacked parameters, through
+:mod:`catapult.optim.rules`.
 
 Each member's own torch optimizer (built by :func:`catapult.train.build_optimizer` on its own
-model) is read once for its hyper-parameters, parameter by parameter (its param group's
-``lr_mult``, ``weight_decay``, ``momentum``, ``betas``, ``eps``, ...), and they become columns
-``[N, 1, ...]`` that broadcast over the stacked parameter ``[N, *shape]``. The state uses
-torch's keys (``momentum_buffer``, ``exp_avg``, ``exp_avg_sq``) with a leading member dim; all
-members step together, so the step count ``t`` is one integer.
+model) is read once for its hyper-parameters, parameter by parameter (the param group's
+``lr_mult``, ``weight_decay``, ``momentum``, ``betas``, ``eps``, ...). A hyper-parameter equal
+in every member stays a Python number (the rules then do torch.optim's exact arithmetic);
+one that differs becomes a column ``[N, 1, ...]`` broadcasting over the stacked parameter
+``[N, *shape]`` (the rules' tensor form). The state is one :class:`catapult.optim.rules.State`
+whose tensors carry the member dim (all members step together).
 
-Update ``t`` (``lr`` = the member's ``lr_t * lr_mult`` of the parameter's group; torch's
-single-tensor formulas):
+Update ``t`` of member ``n``: ``rules.update(rule, ...)`` with ``lr = lr_t(n) * lr_mult`` of the
+parameter's group. Pre-conditioner (pre-conditioned sharpness): ``rules.preconditioner``,
+``P^-1`` scaled by ``lr_mult / lr_mult_0`` as :func:`catapult.curvature.preconditioned_sharpness`
+with ``scale_by_group_lr=True``, with ``wd P^-1`` for a coupled L2 term.
 
-* SGD: ``d = g + wd p``; ``buf = d`` (first step) else ``b buf + (1 - dampening) d``;
-  ``d = d + b buf`` (nesterov) or ``buf``; ``p -= lr d``.
-* Adam (coupled L2 ``g += wd p``) / AdamW (``p *= 1 - lr wd``): ``m = lerp(m, g, 1 - b1)``,
-  ``v = b2 v + (1 - b2) g^2``; ``p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``.
-
-The pre-conditioner for the pre-conditioned sharpness is that of
-:func:`catapult.curvature.preconditioned_sharpness` with ``scale_by_group_lr=True``.
+GI-Adam's ``v0="random"`` draws ``v_0`` from a seed per member and parameter (the member's
+optimizer's :meth:`~catapult.optim.GIAdam.initial_exp_avg_sq`), so it is set member by member
+at the first gradient and handed to the rules as state.
 """
 from __future__ import annotations
 
-import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
+
+from catapult.optim import rules
+from catapult.optim.registry import rule_for
 
 __all__ = ["StackedOptimizer", "SUPPORTED"]
 
 #: optimizer.name values this module updates
-SUPPORTED = ("sgd", "adam", "adamw")
+SUPPORTED = rules.RULES
+
+# hyper-parameters read from a param group (beyond lr_mult), per rule
+_KEYS = {
+    "sgd": ("weight_decay", "momentum", "dampening", "nesterov", "maximize"),
+    "adam": ("weight_decay", "beta1", "beta2", "eps", "amsgrad", "maximize", "decoupled_weight_decay"),
+    "radam": ("weight_decay", "beta1", "beta2", "eps", "maximize", "decoupled_weight_decay"),
+    "gi-adam": ("weight_decay", "beta1", "beta2", "eps", "maximize", "v_bias_correction", "v0"),
+}
+_KEYS["adamw"] = _KEYS["adam"]
 
 
-def _col(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
-    """Per-member scalars (Python floats) as ``[M, 1, ...]`` broadcasting over ``like``."""
+def _group_value(group: dict, key: str) -> Any:
+    if key in ("beta1", "beta2"):
+        return float(group["betas"][0 if key == "beta1" else 1])
+    return group.get(key, False if key in ("nesterov", "maximize", "amsgrad", "decoupled_weight_decay")
+                     else 0.0)
+
+
+def _col(values: Sequence[Any], like: torch.Tensor) -> torch.Tensor:
+    """Per-member scalars as ``[M, 1, ...]`` broadcasting over ``like`` (bools stay bools)."""
     shape = (len(values),) + (1,) * (like.dim() - 1)
+    if all(isinstance(v, bool) for v in values):
+        return torch.tensor(values, device=like.device).view(shape)
     return torch.tensor([float(v) for v in values], device=like.device, dtype=like.dtype).view(shape)
 
 
 class StackedOptimizer:
-    """The update of ``name`` for stacked parameters ``params`` (name -> ``[N, *shape]``).
+    """The update of rule ``name`` for stacked parameters (name -> ``[N, *shape]``).
 
     ``optimizers[i]`` / ``models[i]``: member ``i``'s torch optimizer over its own model, read
-    once for per-parameter hyper-parameters (matched by identity, in ``names`` order).
+    once for per-parameter hyper-parameters (parameters matched by identity, ``names`` order).
     """
 
     def __init__(self, name: str, optimizers: Sequence[torch.optim.Optimizer],
                  models: Sequence[torch.nn.Module], names: Sequence[str]):
         if name not in SUPPORTED:
             raise ValueError(f"the batched engine updates {SUPPORTED}, not {name!r}")
-        self.name = name
         self.names = list(names)
-        # hp[k][key] = [value per member] for parameter names[k]
-        self.hp: list[dict[str, list[float]]] = []
-        for k, pname in enumerate(self.names):
-            entry: dict[str, list[float]] = {}
-            for opt, model in zip(optimizers, models):
-                p = dict(model.named_parameters())[pname]
-                group = next(g for g in opt.param_groups if any(q is p for q in g["params"]))
-                values = {"lr_mult": float(group.get("lr_mult", 1.0)),
-                          "weight_decay": float(group.get("weight_decay", 0.0))}
-                if name == "sgd":
-                    if group.get("maximize"):
-                        raise ValueError("the batched engine reproduces SGD without maximize")
-                    values.update(momentum=float(group.get("momentum", 0.0)),
-                                  dampening=float(group.get("dampening", 0.0)),
-                                  nesterov=float(bool(group.get("nesterov", False))))
-                else:
-                    if group.get("amsgrad") or group.get("maximize"):
-                        raise ValueError("the batched engine reproduces Adam without amsgrad/maximize")
-                    values.update(beta1=float(group["betas"][0]), beta2=float(group["betas"][1]),
-                                  eps=float(group["eps"]))
-                for key, value in values.items():
-                    entry.setdefault(key, []).append(value)
-            self.hp.append(entry)
+        self.optimizers = list(optimizers)
+        self.member_params = [[dict(m.named_parameters())[n] for n in self.names] for m in models]
+        groups = [[next(g for g in opt.param_groups if any(q is p for q in g["params"])) for p in ps]
+                  for opt, ps in zip(optimizers, self.member_params)]
+        rule_names = {rule_for(opt, g) for opt, gs in zip(optimizers, groups) for g in gs}
+        if len(rule_names) != 1:
+            raise ValueError(f"members follow different update rules: {sorted(rule_names)}")
+        self.rule = rule_names.pop()
+        # values[key][k] = [value of member n for parameter k]
+        self.values: dict[str, list[list[Any]]] = {
+            key: [[_group_value(gs[k], key) for gs in groups] for k in range(len(self.names))]
+            for key in ("lr_mult",) + _KEYS[self.rule]}
+        self.values["lr_mult"] = [[float(gs[k].get("lr_mult", 1.0)) for gs in groups]
+                                  for k in range(len(self.names))]
         self.lr_mult0 = [float(opt.param_groups[0].get("lr_mult", 1.0)) for opt in optimizers]
-        self.state: dict[str, dict[str, torch.Tensor]] = {n: {} for n in self.names}
-        self.steps = 0  # updates taken (every member the same)
+        self.random_v0 = self.rule == "gi-adam" and any(
+            v == "random" for row in self.values["v0"] for v in row)
+        self.state: rules.State | None = None
+
+    @property
+    def steps(self) -> int:
+        return 0 if self.state is None else self.state.step
 
     def keep(self, rows: Sequence[int]) -> None:
         """Keep the members ``rows`` (indices of the current rows, in that order)."""
         rows = list(rows)
-        self.hp = [{key: [vals[r] for r in rows] for key, vals in entry.items()} for entry in self.hp]
+        self.values = {key: [[row[r] for r in rows] for row in per_param] for key, per_param in self.values.items()}
         self.lr_mult0 = [self.lr_mult0[r] for r in rows]
-        for st in self.state.values():
-            for key, t in st.items():
-                st[key] = t.index_select(0, torch.as_tensor(rows, dtype=torch.long, device=t.device))
+        self.optimizers = [self.optimizers[r] for r in rows]
+        self.member_params = [self.member_params[r] for r in rows]
+        if self.state is not None:
+            for field in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer"):
+                tensors = getattr(self.state, field)
+                if tensors is not None:
+                    setattr(self.state, field, [None if x is None else x.index_select(
+                        0, torch.as_tensor(rows, dtype=torch.long, device=x.device)) for x in tensors])
+
+    def _hp(self, likes: Sequence[torch.Tensor], rows: Sequence[int] | None = None,
+            lrs: Sequence[float] | None = None) -> dict[str, Any]:
+        """The rules' ``hp``: per hyper-parameter one number (equal in ``rows``) or one list
+        with a column per parameter; ``lr`` from the members' base ``lrs``."""
+        rows = list(range(len(self.lr_mult0))) if rows is None else list(rows)
+        hp: dict[str, Any] = {}
+        for key, per_param in self.values.items():
+            if key in ("lr_mult", "v0"):
+                continue
+            sub = [[row[r] for r in rows] for row in per_param]
+            flat = {v for row in sub for v in row}
+            hp[key] = flat.pop() if len(flat) == 1 else [_col(row, like) for row, like in zip(sub, likes)]
+        if "v0" in self.values:  # a group key: equal in every member ("random" handled apart)
+            hp["v0"] = self.values["v0"][0][0]
+        if lrs is not None:
+            hp["lr"] = [_col([lrs[i] * row[r] for i, r in enumerate(rows)], like)
+                        for row, like in zip(self.values["lr_mult"], likes)]
+        return hp
+
+    def _random_v0(self, grads: Sequence[torch.Tensor], rows: Sequence[int]) -> list[torch.Tensor]:
+        """GI-Adam ``v0="random"``: each member's own ``v_0`` from its optimizer."""
+        out = []
+        for k, g in enumerate(grads):
+            out.append(torch.stack([
+                self.optimizers[r].initial_exp_avg_sq(self.member_params[r][k], g[i]).to(g.dtype)
+                for i, r in enumerate(rows)]))
+        return out
 
     # ---- update
     @torch.no_grad()
     def step(self, params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor],
              lrs: Sequence[float]) -> None:
-        """One update of every member, in place; ``lrs``: the members' base lr ``lr_t``."""
-        self.steps += 1
-        t = self.steps
-        for k, name in enumerate(self.names):
-            p, g, hp, st = params[name], grads[name], self.hp[k], self.state[name]
-            lr = _col([a * m for a, m in zip(lrs, hp["lr_mult"])], p)
-            wd = _col(hp["weight_decay"], p)
-            if self.name == "sgd":
-                d = g + wd * p
-                mom = _col(hp["momentum"], p)
-                if any(hp["momentum"]):
-                    if "momentum_buffer" not in st:
-                        st["momentum_buffer"] = d.clone()
-                    else:
-                        st["momentum_buffer"] = st["momentum_buffer"] * mom + \
-                            d * _col([1 - x for x in hp["dampening"]], p)
-                    buf = st["momentum_buffer"]
-                    nest = _col(hp["nesterov"], p)
-                    d = torch.where(nest > 0, d + mom * buf, buf)
-                    d = torch.where(mom != 0, d, g + wd * p)
-                p.sub_(lr * d)
-                continue
-            b1, b2 = hp["beta1"], hp["beta2"]
-            if self.name == "adamw":
-                p.mul_(1 - lr * wd)
-            else:
-                g = g + wd * p
-            if "exp_avg" not in st:
-                st["exp_avg"] = torch.zeros_like(p)
-                st["exp_avg_sq"] = torch.zeros_like(p)
-            m, v = st["exp_avg"], st["exp_avg_sq"]
-            m.lerp_(g, _col([1 - b for b in b1], p))
-            v.mul_(_col(b2, p)).addcmul_(g, g * _col([1 - b for b in b2], p))
-            step_size = _col([a * mu / (1 - b ** t) for a, mu, b in zip(lrs, hp["lr_mult"], b1)], p)
-            denom = (v.sqrt() / _col([math.sqrt(1 - b ** t) for b in b2], p)).add_(_col(hp["eps"], p))
-            p.sub_(step_size * m / denom)
+        """One update of every member; ``params`` gets the new tensors. ``lrs``: base ``lr_t``."""
+        ps = [params[n] for n in self.names]
+        gs = [grads[n] for n in self.names]
+        hp = self._hp(ps, lrs=lrs)
+        if self.state is None:
+            self.state = rules.init(self.rule, ps, hp)
+            if self.random_v0:
+                self.state.exp_avg_sq = self._random_v0(gs, range(len(self.lr_mult0)))
+        new, self.state = rules.update(self.rule, ps, gs, self.state, hp)
+        for n, p in zip(self.names, new):
+            params[n] = p
 
     # ---- pre-conditioner of the next step
     @torch.no_grad()
     def preconditioner(self, rows: Sequence[int], params: dict[str, torch.Tensor],
                        grads: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(d, l2)``, flat ``[len(rows), P]``: ``d = P^-1/2`` of the members' next step and the
-        coupled-L2 term ``wd P^-1`` (``None`` without one), as
-        :func:`catapult.curvature.preconditioned_sharpness` builds them (``scale_by_group_lr``):
-
-            v' = b2 v + (1 - b2) g^2     (g += wd p for Adam's coupled L2; v = 0 before step 1)
-            P  = (1 - b1^(t+1)) (sqrt(v' / (1 - b2^(t+1))) + eps),  P^-1 scaled by lr_mult / lr_mult_0
-        """
-        if self.name == "sgd":
-            raise ValueError("the pre-conditioned sharpness is defined for Adam-family optimizers")
+        """``(d, l2)``, flat ``[len(rows), P]``: ``d = P^-1/2`` of the members' next step
+        (``P^-1`` scaled by ``lr_mult / lr_mult_0``) and the coupled-L2 term ``wd P^-1``
+        (``None`` without one), as :func:`catapult.curvature.preconditioned_sharpness` builds
+        them for members ``rows`` whose gradients (in the operator's dtype) are ``grads``."""
         rows = list(rows)
-        t = self.steps
+        dtype = grads[0].dtype
+        idx = torch.as_tensor(rows, dtype=torch.long, device=grads[0].device)
+        ps = [params[n].index_select(0, idx).to(dtype) for n in self.names]
+        hp = self._hp(grads, rows=rows)
+        state = None
+        if self.state is not None and self.state.step > 0:
+            state = rules.State(step=self.state.step, exp_avg_sq=[
+                None if v is None else v.index_select(0, idx).to(dtype) for v in self.state.exp_avg_sq],
+                max_exp_avg_sq=None if self.state.max_exp_avg_sq is None else [
+                    v.index_select(0, idx).to(dtype) for v in self.state.max_exp_avg_sq])
+        if state is None and self.random_v0:
+            # before the first step: v' = b2 v_0 + (1 - b2) g^2 with the members' own v_0
+            v0 = self._random_v0(grads, rows)
+            P = [self._gi_first_preconditioner(g, v, hp, k) for k, (g, v) in enumerate(zip(grads, v0))]
+        else:
+            P = rules.preconditioner(self.rule, grads, state, hp, params=ps)
+        if P is None:
+            raise ValueError(f"the pre-conditioned sharpness is not defined for {self.rule}")
         d_parts, l2_parts, has_l2 = [], [], False
-        for k, name in enumerate(self.names):
-            g = grads[k]
-            hp = {key: [vals[r] for r in rows] for key, vals in self.hp[k].items()}
-            idx = torch.as_tensor(rows, dtype=torch.long, device=g.device)
-            p = params[name].index_select(0, idx).to(g.dtype)
-            wd = _col(hp["weight_decay"], g)
-            coupled = self.name == "adam" and any(hp["weight_decay"])
-            if coupled:
-                g = g + wd * p
-                has_l2 = True
-            b2 = _col(hp["beta2"], g)
-            if "exp_avg_sq" in self.state[name]:
-                v = self.state[name]["exp_avg_sq"].index_select(0, idx).to(g.dtype)
-                v_next = b2 * v + (1 - b2) * g * g
-            else:
-                v_next = (1 - b2) * g * g
-            vc = _col([1 - b ** (t + 1) for b in hp["beta2"]], g)
-            bc1 = _col([1 - b ** (t + 1) for b in hp["beta1"]], g)
-            P = bc1 * (torch.sqrt(v_next / vc) + _col(hp["eps"], g))
-            inv = (1.0 / P) * _col([m / self.lr_mult0[r] for m, r in zip(hp["lr_mult"], rows)], g)
+        for k, (p_k, P_k) in enumerate(zip(ps, P)):
+            ratio = _col([self.values["lr_mult"][k][r] / self.lr_mult0[r] for r in rows], P_k)
+            inv = (1.0 / P_k) * ratio
             d_parts.append(torch.sqrt(inv).reshape(len(rows), -1))
-            l2_parts.append((inv * wd).reshape(len(rows), -1) if coupled else torch.zeros_like(g).reshape(len(rows), -1))
+            wd = rules.l2_coefficient(self.rule, hp, k)
+            if isinstance(wd, torch.Tensor) or wd != 0:
+                has_l2 = True
+                l2_parts.append((inv * wd).reshape(len(rows), -1))
+            else:
+                l2_parts.append(torch.zeros_like(inv).reshape(len(rows), -1))
         return torch.cat(d_parts, dim=1), (torch.cat(l2_parts, dim=1) if has_l2 else None)
+
+    def _gi_first_preconditioner(self, g: torch.Tensor, v0: torch.Tensor, hp: dict, k: int) -> torch.Tensor:
+        """GI-Adam's ``P`` before its first step from a given ``v_0`` (``rules.preconditioner``'s
+        formula at ``t = 0``): ``(1 - b1) (sqrt(v' / c) + eps)``, ``v' = b2 v_0 + (1 - b2) g^2``,
+        ``c = 1 - b2`` (1 without ``v_bias_correction``)."""
+        def value(key):
+            v = hp[key]
+            return v[k] if isinstance(v, list) else v
+
+        b1, b2, eps = value("beta1"), value("beta2"), value("eps")
+        v_next = b2 * v0 + (1.0 - b2) * g * g
+        c = (1.0 - b2) if value("v_bias_correction") else 1.0  # a group key: one value
+        return (1.0 - b1) * (torch.sqrt(v_next / c) + eps)
+
+    # ---- one member as torch state (for rules that run on a member's own optimizer)
+    def torch_state(self, row: int, k: int) -> dict[str, torch.Tensor]:
+        """Member ``row``'s torch optimizer state of parameter ``k`` (torch's keys)."""
+        st = self.state
+        if st is None or st.step == 0:
+            return {}
+        out: dict[str, Any] = {}
+        if self.rule == "sgd":
+            if st.momentum_buffer is not None and st.momentum_buffer[k] is not None:
+                out["momentum_buffer"] = st.momentum_buffer[k][row].clone()
+            return out
+        # torch.optim keeps "step" as a float32 tensor (float64 under a float64 default dtype)
+        scalar = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+        out["step"] = torch.tensor(float(st.step), dtype=scalar)
+        out["exp_avg"] = st.exp_avg[k][row].clone()
+        out["exp_avg_sq"] = st.exp_avg_sq[k][row].clone()
+        if st.max_exp_avg_sq is not None:
+            out["max_exp_avg_sq"] = st.max_exp_avg_sq[k][row].clone()
+        return out
