@@ -155,19 +155,33 @@ def test_mlp_gi_adam_v0_options_preconditioned(v0, bias_correction):
     assert local[0].summary["sharpness_kind"] == "preconditioned"
 
 
-def test_unsupported_and_fallback_through_run_fn():
-    persistent = _cell(MLP, 0, optimizer={"name": "sgd", "lr": 0.1}, schedule={"warmup": "persistent"})
-    radam = _cell(MLP, 1, optimizer={"name": "adam", "lr": 1e-3}, schedule={"warmup": "persistent"})
-    ok = _cell(MLP, 2, optimizer={"name": "sgd", "lr": 0.1}, eval={"sharpness_every": 0})
-    assert "persistent" in batched_unsupported_reason(persistent.config)
-    assert "persistent" in batched_unsupported_reason(radam.config)
-    assert batched_unsupported_reason(ok.config) is None
+def test_persistent_warmup_mlp_sgd_and_gpt_adam():
+    # Alg. 3: each member's searches run on its own module loaded with its stacked state
+    mlp = [_cell(MLP, i, seed=i, optimizer={"name": "sgd", "lr": lr, "momentum": mom},
+                 schedule={"warmup": "persistent"}, train={"steps": 10})
+           for i, (lr, mom) in enumerate([(2.0, 0.0), (8.0, 0.5)])]
+    local, _ = _check(mlp)
+    assert all(local[c.id].summary["searches"] >= 1 for c in mlp)
+    gpt = [_cell(GPT, i, optimizer={"name": "adam", "lr": lr, "eps": 1e-4}, schedule={"warmup": "persistent"},
+                 eval={"sharpness_every": 0})
+           for i, lr in enumerate([1e-1, 3e-1])]
+    _check(gpt)
+
+
+def test_run_batched_groups_cells_and_reports_bad_configs_through_run_fn():
+    # two groups (minibatch cells with different data seeds) and one cell whose config is invalid
+    cells = [_cell(MLP, i, seed=i // 2, train={"batch_size": 16}, optimizer={"name": "sgd", "lr": lr},
+                   eval={"sharpness_every": 0})
+             for i, lr in enumerate([0.05, 0.1, 0.05, 0.1])]
+    bad = Cell(9, {"model": {"width": -1}})
+    assert all(batched_unsupported_reason(c.config) is None for c in cells)
     calls = []
 
     def run_fn(config, progress=None):
-        calls.append(config["name"])
+        calls.append(config)
         return train.run(config, progress="none")
 
-    results = dict(run_batched([persistent, radam, ok], run_fn=run_fn))
-    assert sorted(calls) == ["c0", "c1"]  # the batchable cell did not go through run_fn
-    assert all(r.status == "finished" for r in results.values())
+    results = dict(run_batched(cells + [bad], run_fn=run_fn, threads=1))
+    assert len(calls) == 1 and results[9].status == "failed"  # only the bad cell went through run_fn
+    for cell in cells:
+        _assert_same(train.run(cell.config, progress="none"), results[cell.id])

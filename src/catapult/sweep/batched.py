@@ -29,8 +29,11 @@ differently; nothing else differs):
   gi-adam with every ``v0`` option) updates the stacked tensors
   (:class:`catapult.sweep.batched_optim.StackedOptimizer`); schedules are each member's own
   :func:`catapult.train.build_warmup` rule;
-* warmups: ``linear`` and ``catapult`` (the step-0 critical-lr search runs on each member's own
+* warmups: ``linear``; ``catapult`` (the step-0 critical-lr search runs on each member's own
   model and optimizer before stacking: at ``theta_0`` with empty state, exactly as ``run``);
+  ``persistent`` (each member's :class:`~catapult.schedules.PersistentCatapultWarmup` is called
+  at every step; until it is done, the member's own model and torch optimizer are first loaded
+  with its stacked parameters and state, so its searches see what ``run``'s see);
 * divergence: the member's row ``t`` is logged, its result yielded at once, and its rows are
   dropped from every stacked tensor; no arithmetic mixes members, so the others do not change;
 * rows, thresholds (:func:`catapult.train._threshold` of the member's optimizer) and the summary
@@ -59,7 +62,7 @@ from catapult.sweep.executors import Cell, CellResult, RunFn, _worker_name, defa
 __all__ = ["run_batched", "batched_unsupported_reason", "run_group"]
 
 _LOSSES = ("mse", "cross_entropy")
-_WARMUPS = ("linear", "catapult")
+_WARMUPS = ("linear", "catapult", "persistent")
 
 
 def batched_unsupported_reason(config: Mapping[str, Any]) -> str | None:
@@ -251,6 +254,17 @@ def run_group(cells: Sequence[Cell], *, data: Any = None) -> Iterator[tuple[int,
                 gone.append(r)
             else:
                 alive.append(r)
+
+        # persistent warmup (Alg. 3): this step's lr, on the member's own module when it may search
+        for r in alive:
+            pcw = active[r].warmup.persistent
+            if pcw is None or t >= active[r].steps:
+                continue
+            if not pcw.done:
+                opt.materialize(r, stacked.params)
+            lrs[r] = float(pcw.step((x, y), loss=rows[r]["train_loss"]))
+            rows[r]["lr"] = lrs[r]
+            rows[r]["threshold"] = train._threshold(active[r].optimizer, lrs[r] * active[r].lr_mult0)
 
         # sharpness (the lambda_0 estimate stands for t = 0 with the Hessian kind)
         measured = {}

@@ -222,3 +222,16 @@ class StackedOptimizer:
         if st.max_exp_avg_sq is not None:
             out["max_exp_avg_sq"] = st.max_exp_avg_sq[k][row].clone()
         return out
+
+    @torch.no_grad()
+    def materialize(self, row: int, params: dict[str, torch.Tensor]) -> None:
+        """Make member ``row``'s own model and torch optimizer hold its current stacked
+        parameters and state (for code that runs on one member's module, e.g. a search)."""
+        opt = self.optimizers[row]
+        for k, (name, p) in enumerate(zip(self.names, self.member_params[row])):
+            p.copy_(params[name][row])
+            opt.state.pop(p, None)
+            state = self.torch_state(row, k)
+            if state:
+                opt.state[p] = state
+
