@@ -181,7 +181,25 @@ def test_run_batched_groups_cells_and_reports_bad_configs_through_run_fn():
         calls.append(config)
         return train.run(config, progress="none")
 
-    results = dict(run_batched(cells + [bad], run_fn=run_fn, threads=1))
+    results = dict(run_batched(cells + [bad], run_fn=run_fn, threads=1, max_members=1))
     assert len(calls) == 1 and results[9].status == "failed"  # only the bad cell went through run_fn
     for cell in cells:
         _assert_same(train.run(cell.config, progress="none"), results[cell.id])
+
+
+def test_a_chunk_that_raises_runs_through_run_fn(monkeypatch):
+    import catapult.sweep.batched as batched
+
+    cells = [_cell(MLP, i, optimizer={"name": "sgd", "lr": 0.1}, eval={"sharpness_every": 0},
+                   train={"steps": 2}) for i in range(2)]
+
+    def broken(chunk):
+        yield chunk[0].id, CellResult("finished", [], {})
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(batched, "run_group", broken)
+    calls = []
+    with pytest.warns(RuntimeWarning, match="boom"):
+        results = dict(run_batched(cells, run_fn=lambda config, progress=None: calls.append(config["name"])
+                                   or train.run(config, progress="none")))
+    assert calls == ["c1"] and results[1].status == "finished" and len(results[1].metrics) == 3

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -314,13 +315,15 @@ def run_group(cells: Sequence[Cell], *, data: Any = None) -> Iterator[tuple[int,
         t += 1
 
 
-def run_batched(cells: Sequence[Cell], *, threads: int | None = None,
-                run_fn: RunFn | None = None) -> Iterator[tuple[int, CellResult]]:
+def run_batched(cells: Sequence[Cell], *, threads: int | None = None, run_fn: RunFn | None = None,
+                max_members: int | None = None) -> Iterator[tuple[int, CellResult]]:
     """Train ``cells``: groups of batchable cells (equal
-    :func:`~catapult.sweep.ensemble.group_key`) together through :func:`run_group`, the others
-    one by one through ``run_fn`` (default :func:`catapult.train.run`); yields ``(cell_id,
-    CellResult)`` as each finishes. If a group's batched run raises, its cells not yet yielded
-    run through ``run_fn``. ``threads``: torch's CPU threads meanwhile."""
+    :func:`~catapult.sweep.ensemble.group_key`) together through :func:`run_group`, in chunks
+    of at most ``max_members`` (all of a group by default; chunking changes no result), the
+    others one by one through ``run_fn`` (default :func:`catapult.train.run`); yields
+    ``(cell_id, CellResult)`` as each finishes. If a chunk's batched run raises, its cells not
+    yet yielded run through ``run_fn`` (with a :class:`RuntimeWarning` naming the error).
+    ``threads``: torch's CPU threads meanwhile."""
     run_fn = run_fn or default_run_fn
     groups: dict[str, list[Cell]] = {}
     alone: list[Cell] = []
@@ -334,15 +337,20 @@ def run_batched(cells: Sequence[Cell], *, threads: int | None = None,
             alone.append(cell)
         else:
             groups.setdefault(group_key(config), []).append(cell)
+    size = max(1, int(max_members)) if max_members else None
+    chunks = [members[i:i + (size or len(members))] for members in groups.values()
+              for i in range(0, len(members), size or len(members))]
     with torch_threads(threads):
-        for members in groups.values():
+        for chunk in chunks:
             done: set[int] = set()
             try:
-                for cell_id, result in run_group(members):
+                for cell_id, result in run_group(chunk):
                     done.add(cell_id)
                     yield cell_id, result
-            except Exception:
-                for cell in members:
+            except Exception as err:
+                warnings.warn(f"batched engine raised {type(err).__name__}: {err}; running "
+                              f"{len(chunk) - len(done)} cell(s) one by one", RuntimeWarning, stacklevel=2)
+                for cell in chunk:
                     if cell.id not in done:
                         yield cell.id, run_cell(run_fn, cell)
     for cell in alone:

@@ -95,6 +95,8 @@ class StackedOptimizer:
     def keep(self, rows: Sequence[int]) -> None:
         """Keep the members ``rows`` (indices of the current rows, in that order)."""
         rows = list(rows)
+        if rows == list(range(len(self.lr_mult0))):
+            return
         self.values = {key: [[row[r] for r in rows] for row in per_param] for key, per_param in self.values.items()}
         self.lr_mult0 = [self.lr_mult0[r] for r in rows]
         self.optimizers = [self.optimizers[r] for r in rows]
