@@ -11,12 +11,21 @@ alternate (local, batched, local, ...) and medians are reported, as the machine 
     .venv/bin/python bench/bench_batched.py --threads 2            # the issue's setting
     .venv/bin/python bench/bench_batched.py --threads 2 --quick     # 1 repetition
     .venv/bin/python bench/bench_batched.py --device cuda
+    .venv/bin/python bench/bench_batched.py --threads 2 --mlp mlp64   # + the ensemble's MLP kernels
+
+``--mlp NAME`` (a model of ``bench/bench_ensemble.py``) also times the same ``--cells`` MLP
+cells through the ensemble executor (hand-derived MLP kernels) and through this engine, to
+weigh the hand-derived fast path against the torch.func one. The line ``agreement`` gives the
+largest relative difference of the final training loss between the engines on the cells both
+ran (float32: rounding, amplified by catapults; 0 would be suspicious only in float64).
 """
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -24,6 +33,8 @@ from catapult import config as cfg
 from catapult import train
 from catapult.sweep.batched import run_batched
 from catapult.sweep.executors import Cell
+
+sys.path.insert(0, str(Path(__file__).parent))  # bench_ensemble's cells
 
 
 def grid(n_cells: int, steps: int, width: int, device: str, sharpness_every: int) -> list[Cell]:
@@ -57,6 +68,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="one repetition")
+    parser.add_argument("--mlp", default=None, help="also compare with the ensemble on this MLP model")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -65,24 +77,51 @@ def main() -> None:
     train.load_data(cells[0].config)  # warm the data cache and imports for both engines
     dict(run_batched(cells[:2], threads=args.threads))
 
-    local_rates, batched_rates = [], []
+    local_rates, batched_rates, diffs = [], [], []
     for _ in range(reps):
         t0 = time.perf_counter()
-        for cell in cells[:args.local_cells]:
-            train.run(cell.config, progress="none")
+        local_results = [train.run(cell.config, progress="none") for cell in cells[:args.local_cells]]
         local_rates.append(args.local_cells / (time.perf_counter() - t0))
         t0 = time.perf_counter()
         results = dict(run_batched(cells, threads=args.threads))
         batched_rates.append(len(cells) / (time.perf_counter() - t0))
         assert len(results) == len(cells)
+        for cell, local in zip(cells, local_results):
+            a, b = local.summary["final_train_loss"], results[cell.id].summary["final_train_loss"]
+            diffs.append(abs(a - b) / abs(a))
     local, batched = statistics.median(local_rates), statistics.median(batched_rates)
     print(f"GPT grid: {args.cells} cells (width {args.width}, depth 2, context 32, batch 16, "
           f"{args.steps} steps, adam, sharpness_every {args.sharpness_every}), "
           f"threads {torch.get_num_threads()}, device {args.device}, {reps} rep(s)")
     print(f"local   {local:8.3f} cells/s   (runs: {', '.join(f'{r:.3f}' for r in local_rates)})")
     print(f"batched {batched:8.3f} cells/s   (runs: {', '.join(f'{r:.3f}' for r in batched_rates)})")
-    print(f"speedup {batched / local:8.2f}x")
+    print(f"speedup {batched / local:8.2f}x   agreement: final train loss within {max(diffs):.2e} (relative)")
+    if args.mlp:
+        compare_mlp(args.mlp, args.cells, args.device, args.threads, reps)
 
+
+def compare_mlp(name: str, n: int, device: str, threads: int | None, reps: int) -> None:
+    """Cells/s of the ensemble executor (hand-derived MLP kernels) and of this engine on the
+    same ``n`` cells of ``bench_ensemble``'s model ``name``, alternating."""
+    from bench_ensemble import make_cells
+
+    from catapult.sweep.ensemble import EnsembleExecutor
+
+    cells = make_cells(name, n, device)
+    dict(EnsembleExecutor(threads=threads).run(cells[:2]))  # first-call costs (data, imports)
+    dict(run_batched(cells[:2], threads=threads))
+    ens_rates, fn_rates = [], []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        ex = EnsembleExecutor(threads=threads)
+        assert len(dict(ex.run(cells))) == n and not ex.fallbacks
+        ens_rates.append(n / (time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        assert len(dict(run_batched(cells, threads=threads))) == n
+        fn_rates.append(n / (time.perf_counter() - t0))
+    ens, fn = statistics.median(ens_rates), statistics.median(fn_rates)
+    print(f"MLP {name}: {n} cells, ensemble (hand-derived) {ens:.3f} cells/s, torch.func {fn:.3f} cells/s, "
+          f"hand-derived / torch.func = {ens / fn:.2f}x")
 
 if __name__ == "__main__":
     main()

@@ -90,14 +90,32 @@ def _check(cells):
 
 def test_mlp_sgd_full_batch_with_momentum_and_a_divergent_member():
     # full batch: members may differ in seed (their own init, masks, start vectors)
+    # members differ in run length and eval cadence too (per-member keys)
     cells = [_cell(MLP, i, seed=i, optimizer={"name": "sgd", "lr": lr, "momentum": mom, "weight_decay": wd},
-                   schedule={"warmup_steps": T}, train={"divergence_factor": 2.0})
-             for i, (lr, mom, wd, T) in enumerate([(0.1, 0.0, 0.0, 1), (0.5, 0.9, 1e-3, 3),
-                                                   (400.0, 0.0, 0.0, 1), ("2/lambda0", 0.5, 0.0, 2)])]
+                   schedule={"warmup_steps": T}, train={"divergence_factor": 2.0, "steps": steps},
+                   eval={"sharpness_every": every, "test_every": 4 - i % 2})
+             for i, (lr, mom, wd, T, steps, every) in enumerate([
+                 (0.1, 0.0, 0.0, 1, 8, 3), (0.5, 0.9, 1e-3, 3, 5, 2),
+                 (400.0, 0.0, 0.0, 1, 8, 3), ("2/lambda0", 0.5, 0.0, 2, 9, 4)])]
     local, _ = _check(cells)
     statuses = [local[c.id].status for c in cells]
     assert statuses.count("diverged") == 1 and local[2].status == "diverged"
     assert local[0].metrics[3]["sharpness"] is not None
+
+
+def test_float32_run_with_float64_sharpness():
+    # eval.sharpness_dtype: the Hessian of the float32 weights cast up; lambda_0 agrees to 1e-9,
+    # later steps to float32 rounding
+    cells = [_cell(MLP, i, seed=i, dtype="float32", optimizer={"name": "sgd", "lr": lr},
+                   eval={"sharpness_dtype": "float64", "sharpness_every": 2}, train={"steps": 4})
+             for i, lr in enumerate([0.1, 0.3])]
+    results = dict(run_group(cells))
+    for cell in cells:
+        local, res = train.run(cell.config, progress="none"), results[cell.id]
+        assert _close(local.summary["lambda_0"], res.summary["lambda_0"])
+        assert _close(local.metrics[0]["sharpness"], res.metrics[0]["sharpness"])
+        for a, b in zip(local.metrics, res.metrics):
+            assert _close(a["sharpness"], b["sharpness"], 1e-4) and _close(a["train_loss"], b["train_loss"], 1e-5)
 
 
 def test_mlp_adam_adamw_mup_minibatch_preconditioned():
