@@ -40,8 +40,16 @@ differently; nothing else differs):
   (:func:`catapult.train._summarize`, :func:`catapult.train._warmup_summary`) are built as
   ``run`` builds them; ``wall_time_s`` is the group's wall time divided by its members.
 
-Cells :func:`batched_unsupported_reason` refuses, and groups whose batched run raises, run
-one by one through ``run_fn`` (default :func:`catapult.train.run`).
+Settings that change only how the local engine computes the same numbers are accepted and
+computed this engine's way: ``eval.sharpness_hvp`` (products by double backprop whatever the
+mode) and ``eval.sharpness_chunk_size`` (no micro-batches: the HVP graph of the measuring
+members on the whole batch is alive during a measurement; bound memory with ``max_members``).
+``eval.sharpness_dtype`` is honoured (parameters, buffers and float inputs cast for the
+Hessian). Attention runs on the math kernel (the function the fused kernels compute).
+
+Cells :func:`batched_unsupported_reason` refuses (a ``model.name`` without a builder; the
+schema admits nothing else this engine cannot reproduce), and chunks whose batched run raises,
+run one by one through ``run_fn`` (default :func:`catapult.train.run`).
 """
 from __future__ import annotations
 
