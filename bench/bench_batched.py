@@ -11,11 +11,13 @@ alternate (local, batched, local, ...) and medians are reported, as the machine 
     .venv/bin/python bench/bench_batched.py --threads 2            # the issue's setting
     .venv/bin/python bench/bench_batched.py --threads 2 --quick     # 1 repetition
     .venv/bin/python bench/bench_batched.py --device cuda
-    .venv/bin/python bench/bench_batched.py --threads 2 --mlp mlp64   # + the ensemble's MLP kernels
+    .venv/bin/python bench/bench_batched.py --threads 2 --mlp mlp64   # the ensemble's MLP kernels
 
-``--mlp NAME`` (a model of ``bench/bench_ensemble.py``) also times the same ``--cells`` MLP
+``--mlp NAME`` (a model of ``bench/bench_ensemble.py``) instead times the same ``--cells`` MLP
 cells through the ensemble executor (hand-derived MLP kernels) and through this engine, to
-weigh the hand-derived fast path against the torch.func one. The line ``agreement`` gives the
+weigh the hand-derived fast path against the torch.func one. It runs alone, in a fresh process:
+after the GPT grid's large allocations the ensemble's cache-sized kernels ran ~25x slower in
+the same process (its temporaries are then mapped and faulted in afresh). The line ``agreement`` gives the
 largest relative difference of the final training loss between the engines on the cells both
 ran (float32: rounding, amplified by catapults; 0 would be suspicious only in float64).
 """
@@ -73,6 +75,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     reps = 1 if args.quick else args.reps
+    if args.mlp:
+        compare_mlp(args.mlp, args.cells, args.device, args.threads, reps)
+        return
     cells = grid(args.cells, args.steps, args.width, args.device, args.sharpness_every)
     train.load_data(cells[0].config)  # warm the data cache and imports for both engines
     dict(run_batched(cells[:2], threads=args.threads))
@@ -96,8 +101,6 @@ def main() -> None:
     print(f"local   {local:8.3f} cells/s   (runs: {', '.join(f'{r:.3f}' for r in local_rates)})")
     print(f"batched {batched:8.3f} cells/s   (runs: {', '.join(f'{r:.3f}' for r in batched_rates)})")
     print(f"speedup {batched / local:8.2f}x   agreement: final train loss within {max(diffs):.2e} (relative)")
-    if args.mlp:
-        compare_mlp(args.mlp, args.cells, args.device, args.threads, reps)
 
 
 def compare_mlp(name: str, n: int, device: str, threads: int | None, reps: int) -> None:

@@ -23,6 +23,8 @@ from catapult.sweep.executors import Cell, CellResult
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 RTOL = 1e-9
+# the same checks on a GPU where there is one
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
 
 MLP = {
     "data": {"name": "digits", "n_train": 64, "n_test": 32},
@@ -118,10 +120,11 @@ def test_float32_run_with_float64_sharpness():
             assert _close(a["sharpness"], b["sharpness"], 1e-4) and _close(a["train_loss"], b["train_loss"], 1e-5)
 
 
-def test_mlp_adam_adamw_mup_minibatch_preconditioned():
+@pytest.mark.parametrize("device", DEVICES)
+def test_mlp_adam_adamw_mup_minibatch_preconditioned(device):
     # muP with a base width: per-group lr multipliers, in the update and the pre-conditioner
     for name in ("adam", "adamw"):
-        cells = [_cell(MLP, i, seed=7, model={"parametrization": "mup", "base_width": 8},
+        cells = [_cell(MLP, i, seed=7, device=device, model={"parametrization": "mup", "base_width": 8},
                        train={"batch_size": 16}, optimizer={"name": name, "lr": lr, "weight_decay": wd,
                                                             "betas": [0.9, b2], "eps": 1e-4},
                        schedule={"warmup_steps": T, "decay": "cosine"})
@@ -130,10 +133,11 @@ def test_mlp_adam_adamw_mup_minibatch_preconditioned():
         assert local[0].summary["sharpness_kind"] == "preconditioned"
 
 
-def test_gpt_sparse_supar_adamw_and_catapult_warmup():
+@pytest.mark.parametrize("device", DEVICES)
+def test_gpt_sparse_supar_adamw_and_catapult_warmup(device):
     # SμPar with density 0.5: per-member masks (buffers) and lr multipliers; the catapult warmup's
     # step-0 search gives each member its own lr_c
-    cells = [_cell(GPT, i, model={"parametrization": "supar", "base_width": 8, "density": 0.5},
+    cells = [_cell(GPT, i, device=device, model={"parametrization": "supar", "base_width": 8, "density": 0.5},
                    optimizer={"name": "adamw", "lr": lr, "weight_decay": 0.01, "eps": 1e-4},
                    schedule={"warmup": warmup, "warmup_steps": T})
              for i, (lr, warmup, T) in enumerate([(1e-2, "linear", 3), (1e-1, "catapult", 4), (3e-1, "catapult", 2)])]

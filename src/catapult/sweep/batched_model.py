@@ -25,7 +25,7 @@ import contextlib
 from typing import Callable, Sequence
 
 import torch
-from torch.func import functional_call, grad_and_value, vmap
+from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
 __all__ = ["StackedModel", "math_attention"]
 
@@ -37,10 +37,6 @@ def math_attention():
     except ImportError:  # torch < 2.3: the default kernel choice
         return contextlib.nullcontext()
     return sdpa_kernel([SDPBackend.MATH])
-
-
-def _stack(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    return torch.stack([t.detach() for t in tensors]).contiguous()
 
 
 class StackedModel:
@@ -55,12 +51,11 @@ class StackedModel:
     def __init__(self, models: Sequence[torch.nn.Module], loss_fn: Callable):
         self.module = models[0]
         self.loss_fn = loss_fn
-        named = [dict(m.named_parameters()) for m in models]
         self.names = [n for n, p in self.module.named_parameters() if p.requires_grad]
         self.frozen = {n: p.detach() for n, p in self.module.named_parameters() if not p.requires_grad}
-        self.params = {n: _stack([d[n] for d in named]) for n in self.names}
-        buffers = [dict(m.named_buffers()) for m in models]
-        self.buffers = {n: _stack([d[n] for d in buffers]) for n in buffers[0]}
+        params, buffers = stack_module_state(list(models))  # checks the members' classes agree
+        self.params = {n: params[n].detach().contiguous() for n in self.names}
+        self.buffers = {n: b.detach().contiguous() for n, b in buffers.items()}
         self.shapes = [tuple(self.params[n].shape[1:]) for n in self.names]
         self.sizes = [int(self.params[n][0].numel()) for n in self.names]
         self.numel = sum(self.sizes)
