@@ -3,7 +3,6 @@ float64; per-member tensor hyperparameters against separate runs; preconditioner
 threshold against the real next step and closed forms; the registry."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 

@@ -271,14 +271,14 @@ def _adam_moments(rule: str, p: Tensor, g: Tensor, state: State | None, hp: Mapp
     return g, t, m, v, v_max
 
 
-def _radam_rect(b2: Any, t: int, bc2: Any):
-    """RAdam's ``(rho_t > 5, r_t)``: ``rho_inf = 2/(1-b2) - 1``,
+def _radam_rect2(b2: Any, t: int, bc2: Any):
+    """RAdam's ``(rho_t > 5, r_t^2)``: ``rho_inf = 2/(1-b2) - 1``,
     ``rho_t = rho_inf - 2 t b2^t / (1 - b2^t)``,
-    ``r_t = sqrt((rho_t-4)(rho_t-2) rho_inf / ((rho_inf-4)(rho_inf-2) rho_t))``."""
+    ``r_t^2 = (rho_t-4)(rho_t-2) rho_inf / ((rho_inf-4)(rho_inf-2) rho_t)`` (the caller takes
+    the root: torch.optim.RAdam with ``** 0.5``, the direction with ``math.sqrt``)."""
     rho_inf = 2 / (1 - b2) - 1
     rho_t = rho_inf - 2 * t * (b2 ** t) / bc2
-    rect = ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
-    return rho_t > 5.0, rect
+    return rho_t > 5.0, (rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)
 
 
 def update(rule: str, params: Sequence[Tensor], grads: Sequence[Tensor], state: State,
@@ -300,7 +300,7 @@ def update(rule: str, params: Sequence[Tensor], grads: Sequence[Tensor], state: 
       ``"random"``: seeded, see :func:`initial_second_moment`) set here on the first step,
       and ``sqrt(v)`` left undivided when ``v_bias_correction=False``.
     * ``radam`` (torch.optim.RAdam): Adam's moments; with ``m_hat = m / (1 - b1^t)`` and
-      ``rho_t``, ``r_t`` (see ``_radam_rect``): ``theta <- theta - lr m_hat r_t sqrt(1-b2^t) /
+      ``rho_t``, ``r_t`` (see ``_radam_rect2``): ``theta <- theta - lr m_hat r_t sqrt(1-b2^t) /
       (sqrt(v) + eps)`` when ``rho_t > 5``, else ``theta <- theta - lr m_hat``.
     """
     hp = _mapping(hp)
@@ -330,12 +330,12 @@ def update(rule: str, params: Sequence[Tensor], grads: Sequence[Tensor], state: 
         bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
         if rule == "radam":
             m_hat = m / bc1
-            ok, rect = _radam_rect(b2, t, bc2)
-            adaptive = (bc2 ** 0.5) / v.sqrt().add(eps)
-            if _is_tensor(ok):
-                step = torch.where(ok, m_hat * lr * adaptive * rect, m_hat * lr)
+            ok, rect2 = _radam_rect2(b2, t, bc2)
+            if _is_tensor(ok):        # r_t^2 < 0 where rho_t <= 5: NaN there, not selected
+                adaptive = (bc2 ** 0.5) / v.sqrt().add(eps)
+                step = torch.where(ok, m_hat * lr * adaptive * rect2 ** 0.5, m_hat * lr)
             elif ok:
-                step = m_hat * lr * adaptive * rect
+                step = m_hat * lr * ((bc2 ** 0.5) / v.sqrt().add(eps)) * rect2 ** 0.5
             else:
                 step = m_hat * lr
             new_params.append(p.add(step, alpha=-1.0))
@@ -441,12 +441,13 @@ def direction(rule: str, params: Sequence[Tensor], grads: Sequence[Tensor], stat
         bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
         m_hat = m / bc1
         if rule == "radam":
-            ok, rect = _radam_rect(b2, t, bc2)
-            rectified = m_hat * (rect * _sqrt(bc2)) / (v.sqrt() + eps)
-            if _is_tensor(ok):
-                u = torch.where(ok, rectified, m_hat)
+            ok, rect2 = _radam_rect2(b2, t, bc2)
+            if _is_tensor(ok):        # r_t^2 < 0 where rho_t <= 5: NaN there, not selected
+                u = torch.where(ok, m_hat * (rect2.sqrt() * _sqrt(bc2)) / (v.sqrt() + eps), m_hat)
+            elif ok:
+                u = m_hat * (math.sqrt(rect2) * _sqrt(bc2)) / (v.sqrt() + eps)
             else:
-                u = rectified if ok else m_hat
+                u = m_hat
         else:
             correct = rule != "gi-adam" or _hp(hp, "v_bias_correction", i, True)
             if _is_tensor(correct):
