@@ -147,13 +147,13 @@ def test_gi_adam_with_v0_zero_is_adamw():
 # --------------------------------------------------------------------------------------------
 # Per-member tensor hyperparameters: one call on a stack of 3 members == 3 separate calls
 # --------------------------------------------------------------------------------------------
-MEMBERS = [
-    dict(lr=0.1, momentum=0.9, weight_decay=0.01, betas=(0.9, 0.999), eps=1e-8, v0=1.0,
-         v_bias_correction=True),
-    dict(lr=0.03, momentum=0.5, weight_decay=0.0, betas=(0.8, 0.9), eps=1e-4, v0=2.0,
-         v_bias_correction=False),
-    dict(lr=0.2, momentum=0.0, weight_decay=0.1, betas=(0.95, 0.95), eps=1e-6, v0=0.5,
-         v_bias_correction=True),
+MEMBERS = [   # the last member has no momentum: with dampening, torch's buffer is d itself
+    dict(lr=0.1, momentum=0.9, dampening=0.0, weight_decay=0.01, betas=(0.9, 0.999), eps=1e-8,
+         v0=1.0, v_bias_correction=True),
+    dict(lr=0.03, momentum=0.5, dampening=0.2, weight_decay=0.0, betas=(0.8, 0.9), eps=1e-4,
+         v0=2.0, v_bias_correction=False),
+    dict(lr=0.2, momentum=0.0, dampening=0.5, weight_decay=0.1, betas=(0.95, 0.95), eps=1e-6,
+         v0=0.5, v_bias_correction=True),
 ]
 
 
@@ -164,7 +164,7 @@ def _stacked_hp(members, params):
         return torch.tensor(values, dtype=dtype).reshape(-1, *([1] * (p.dim() - 1)))
 
     hp = {}
-    for key in ("lr", "momentum", "weight_decay", "eps", "v0", "v_bias_correction"):
+    for key in ("lr", "momentum", "dampening", "weight_decay", "eps", "v0", "v_bias_correction"):
         hp[key] = [col([m[key] for m in members], p) for p in params]
     hp["beta1"] = [col([m["betas"][0] for m in members], p) for p in params]
     hp["beta2"] = [col([m["betas"][1] for m in members], p) for p in params]
@@ -177,7 +177,9 @@ def test_tensor_hyperparameters_equal_separate_runs(rule, nesterov):
     singles = [_params(seed) for seed in range(len(MEMBERS))]
     stack = [torch.stack([s[k] for s in singles]) for k in range(len(singles[0]))]
     hps = [dict(m, nesterov=nesterov) for m in MEMBERS]
-    hp = dict(_stacked_hp(MEMBERS, stack), nesterov=nesterov)
+    if nesterov:                                     # torch: nesterov needs dampening 0
+        hps = [dict(h, dampening=0.0) for h in hps]
+    hp = dict(_stacked_hp(hps, stack), nesterov=nesterov)
     states = [rules.init(rule, s, h) for s, h in zip(singles, hps)]
     stack_state = rules.init(rule, stack, hp)
     gen = torch.Generator().manual_seed(7)

@@ -22,7 +22,7 @@ its fields) with the keys below. A value may be
   ``N`` members along a leading dim and passes ``lr`` of shape ``(N, 1, 1)`` for a ``(N, a, b)``
   parameter; conditions on such a value (``rho_t > 5`` in RAdam, ``v_bias_correction``) are
   taken elementwise with ``torch.where``, and a tensor ``momentum``/``weight_decay`` is always
-  applied (a zero entry then gives the same step up to rounding);
+  applied (a zero entry then gives torch's step for that member up to rounding);
 * a Python ``list`` -- one value (number or tensor) per parameter, in ``params`` order (for
   shapes that differ between parameters, or for per-parameter ``lr_mult``s and GI-Adam seeds).
 
@@ -234,8 +234,10 @@ def _sgd_displacement(p: Tensor, g: Tensor, buf: Tensor | None, hp: Mapping[str,
     if buf is None:
         buf = torch.clone(d).detach()
     else:
-        buf = _add(buf * momentum if _is_tensor(momentum) else buf.mul(momentum), d,
-                   1 - _hp(hp, "dampening", i, 0.0))
+        dampening = _hp(hp, "dampening", i, 0.0)
+        buf = _add(buf * momentum if _is_tensor(momentum) else buf.mul(momentum), d, 1 - dampening)
+        if _is_tensor(momentum) and _nonzero(dampening):    # torch: no momentum -> buf = d
+            buf = torch.where(momentum == 0, d, buf)
     d = _add(d, buf, momentum) if _hp(hp, "nesterov", i, False) else buf
     return d, buf
 
@@ -480,4 +482,5 @@ def threshold(rule: str, hp: Any) -> Any:
         return 2.0 / lr
     if hp.get("nesterov", False):
         return (2.0 + 2.0 * b) / ((1.0 + 2.0 * b) * lr)
-    return (2.0 + 2.0 * b) / ((1.0 - hp.get("dampening", 0.0)) * lr)
+    heavy_ball = (2.0 + 2.0 * b) / ((1.0 - hp.get("dampening", 0.0)) * lr)
+    return torch.where(b == 0, 2.0 / lr, heavy_ball) if _is_tensor(b) else heavy_ball
