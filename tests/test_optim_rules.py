@@ -368,3 +368,13 @@ def test_registry_table():
     with pytest.raises(NotImplementedError, match="Adagrad"):
         registry.spec_for(torch.optim.Adagrad(p))
     assert isinstance(registry.get("radam").build(p, lr=0.1), torch.optim.RAdam)
+
+
+def test_config_lists_agree_with_the_registry():
+    """config (layer 0) may not import optim (layer 2), so its own name list is checked here."""
+    from catapult import config as cfg
+
+    listed = getattr(cfg, "PRECONDITIONED_OPTIMIZERS", None)
+    if listed is None:
+        pytest.skip("config has no PRECONDITIONED_OPTIMIZERS")
+    assert tuple(listed) == registry.preconditioned_names()
