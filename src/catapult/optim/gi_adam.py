@@ -146,8 +146,13 @@ class GIAdam(torch.optim.Optimizer):
         matter: ``v_0`` depends on ``g^2`` only).
         """
         group = self._find_group(param) if group is None else group
-        seed = group["seed"] + self._param_index(param) if group["v0"] == "random" else 0
-        return initial_second_moment(grad, group["v0"], seed)
+        return initial_second_moment(grad, group["v0"], self.v0_seed(param, group))
+
+    def v0_seed(self, param: Tensor, group: dict | None = None) -> int:
+        """Seed of ``param``'s ``v0="random"`` draw: ``group["seed"] + i``, ``i`` its position
+        across all param groups (0 for the other ``v0`` rules, which draw nothing)."""
+        group = self._find_group(param) if group is None else group
+        return group["seed"] + self._param_index(param) if group["v0"] == "random" else 0
 
     # ----------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -190,7 +195,7 @@ class GIAdam(torch.optim.Optimizer):
         hp = dict(lr=float(group["lr"]), betas=group["betas"], eps=group["eps"],
                   weight_decay=group["weight_decay"], v_bias_correction=group["v_bias_correction"],
                   v0=group["v0"], maximize=group["maximize"],
-                  seed=[group["seed"] + self._param_index(p) for p in params] if random_v0 else 0)
+                  seed=[self.v0_seed(p, group) for p in params] if random_v0 else 0)
         old = rules.State(step=step, exp_avg=[s["exp_avg"] for s in states],
                           exp_avg_sq=[s.get("exp_avg_sq") for s in states])
         new_params, new = rules.update("gi-adam", params, [p.grad for p in params], old, hp)

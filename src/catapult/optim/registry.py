@@ -111,7 +111,12 @@ def rule_for(optimizer: torch.optim.Optimizer, group: Mapping[str, Any] | None =
     return rule
 
 
-def hyperparameters(group: Mapping[str, Any]) -> dict[str, Any]:
+def hyperparameters(group: Mapping[str, Any], *, optimizer: torch.optim.Optimizer | None = None,
+                    param: torch.Tensor | None = None) -> dict[str, Any]:
     """A torch param group as the ``hp`` mapping of :mod:`~catapult.optim.rules` (all keys
-    but ``params``)."""
-    return {k: v for k, v in group.items() if k != "params"}
+    but ``params``). For a :class:`GIAdam` ``optimizer`` and one ``param`` of the group, ``seed``
+    becomes that parameter's ``v0="random"`` seed (:meth:`GIAdam.v0_seed`)."""
+    hp = {k: v for k, v in group.items() if k != "params"}
+    if isinstance(optimizer, GIAdam) and param is not None:
+        hp["seed"] = optimizer.v0_seed(param, group)
+    return hp

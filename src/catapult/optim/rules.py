@@ -22,7 +22,7 @@ its fields) with the keys below. A value may be
   ``N`` members along a leading dim and passes ``lr`` of shape ``(N, 1, 1)`` for a ``(N, a, b)``
   parameter; conditions on such a value (``rho_t > 5`` in RAdam, ``v_bias_correction``) are
   taken elementwise with ``torch.where``, and a tensor ``momentum``/``weight_decay`` is always
-  applied (a zero entry then gives the same step up to rounding);
+  applied (a zero entry then gives torch's step for that member up to rounding);
 * a Python ``list`` -- one value (number or tensor) per parameter, in ``params`` order (for
   shapes that differ between parameters, or for per-parameter ``lr_mult``s and GI-Adam seeds).
 
@@ -234,8 +234,10 @@ def _sgd_displacement(p: Tensor, g: Tensor, buf: Tensor | None, hp: Mapping[str,
     if buf is None:
         buf = torch.clone(d).detach()
     else:
-        buf = _add(buf * momentum if _is_tensor(momentum) else buf.mul(momentum), d,
-                   1 - _hp(hp, "dampening", i, 0.0))
+        dampening = _hp(hp, "dampening", i, 0.0)
+        buf = _add(buf * momentum if _is_tensor(momentum) else buf.mul(momentum), d, 1 - dampening)
+        if _is_tensor(momentum) and _nonzero(dampening):    # torch: no momentum -> buf = d
+            buf = torch.where(momentum == 0, d, buf)
     d = _add(d, buf, momentum) if _hp(hp, "nesterov", i, False) else buf
     return d, buf
 
@@ -271,14 +273,14 @@ def _adam_moments(rule: str, p: Tensor, g: Tensor, state: State | None, hp: Mapp
     return g, t, m, v, v_max
 
 
-def _radam_rect(b2: Any, t: int, bc2: Any):
-    """RAdam's ``(rho_t > 5, r_t)``: ``rho_inf = 2/(1-b2) - 1``,
+def _radam_rect2(b2: Any, t: int, bc2: Any):
+    """RAdam's ``(rho_t > 5, r_t^2)``: ``rho_inf = 2/(1-b2) - 1``,
     ``rho_t = rho_inf - 2 t b2^t / (1 - b2^t)``,
-    ``r_t = sqrt((rho_t-4)(rho_t-2) rho_inf / ((rho_inf-4)(rho_inf-2) rho_t))``."""
+    ``r_t^2 = (rho_t-4)(rho_t-2) rho_inf / ((rho_inf-4)(rho_inf-2) rho_t)`` (the caller takes
+    the root: torch.optim.RAdam with ``** 0.5``, the direction with ``math.sqrt``)."""
     rho_inf = 2 / (1 - b2) - 1
     rho_t = rho_inf - 2 * t * (b2 ** t) / bc2
-    rect = ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
-    return rho_t > 5.0, rect
+    return rho_t > 5.0, (rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)
 
 
 def update(rule: str, params: Sequence[Tensor], grads: Sequence[Tensor], state: State,
@@ -300,7 +302,7 @@ def update(rule: str, params: Sequence[Tensor], grads: Sequence[Tensor], state: 
       ``"random"``: seeded, see :func:`initial_second_moment`) set here on the first step,
       and ``sqrt(v)`` left undivided when ``v_bias_correction=False``.
     * ``radam`` (torch.optim.RAdam): Adam's moments; with ``m_hat = m / (1 - b1^t)`` and
-      ``rho_t``, ``r_t`` (see ``_radam_rect``): ``theta <- theta - lr m_hat r_t sqrt(1-b2^t) /
+      ``rho_t``, ``r_t`` (see ``_radam_rect2``): ``theta <- theta - lr m_hat r_t sqrt(1-b2^t) /
       (sqrt(v) + eps)`` when ``rho_t > 5``, else ``theta <- theta - lr m_hat``.
     """
     hp = _mapping(hp)
@@ -330,12 +332,12 @@ def update(rule: str, params: Sequence[Tensor], grads: Sequence[Tensor], state: 
         bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
         if rule == "radam":
             m_hat = m / bc1
-            ok, rect = _radam_rect(b2, t, bc2)
-            adaptive = (bc2 ** 0.5) / v.sqrt().add(eps)
-            if _is_tensor(ok):
-                step = torch.where(ok, m_hat * lr * adaptive * rect, m_hat * lr)
+            ok, rect2 = _radam_rect2(b2, t, bc2)
+            if _is_tensor(ok):        # r_t^2 < 0 where rho_t <= 5: NaN there, not selected
+                adaptive = (bc2 ** 0.5) / v.sqrt().add(eps)
+                step = torch.where(ok, m_hat * lr * adaptive * rect2 ** 0.5, m_hat * lr)
             elif ok:
-                step = m_hat * lr * adaptive * rect
+                step = m_hat * lr * ((bc2 ** 0.5) / v.sqrt().add(eps)) * rect2 ** 0.5
             else:
                 step = m_hat * lr
             new_params.append(p.add(step, alpha=-1.0))
@@ -441,12 +443,13 @@ def direction(rule: str, params: Sequence[Tensor], grads: Sequence[Tensor], stat
         bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
         m_hat = m / bc1
         if rule == "radam":
-            ok, rect = _radam_rect(b2, t, bc2)
-            rectified = m_hat * (rect * _sqrt(bc2)) / (v.sqrt() + eps)
-            if _is_tensor(ok):
-                u = torch.where(ok, rectified, m_hat)
+            ok, rect2 = _radam_rect2(b2, t, bc2)
+            if _is_tensor(ok):        # r_t^2 < 0 where rho_t <= 5: NaN there, not selected
+                u = torch.where(ok, m_hat * (rect2.sqrt() * _sqrt(bc2)) / (v.sqrt() + eps), m_hat)
+            elif ok:
+                u = m_hat * (math.sqrt(rect2) * _sqrt(bc2)) / (v.sqrt() + eps)
             else:
-                u = rectified if ok else m_hat
+                u = m_hat
         else:
             correct = rule != "gi-adam" or _hp(hp, "v_bias_correction", i, True)
             if _is_tensor(correct):
@@ -479,4 +482,5 @@ def threshold(rule: str, hp: Any) -> Any:
         return 2.0 / lr
     if hp.get("nesterov", False):
         return (2.0 + 2.0 * b) / ((1.0 + 2.0 * b) * lr)
-    return (2.0 + 2.0 * b) / ((1.0 - hp.get("dampening", 0.0)) * lr)
+    heavy_ball = (2.0 + 2.0 * b) / ((1.0 - hp.get("dampening", 0.0)) * lr)
+    return torch.where(b == 0, 2.0 / lr, heavy_ball) if _is_tensor(b) else heavy_ball
