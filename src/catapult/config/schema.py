@@ -63,6 +63,7 @@ def per_member_keys(model: type[BaseModel] = RunConfig) -> tuple[str, ...]:
                  if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("per_member"))
 
 
+@functools.lru_cache(maxsize=None)  # options are frozen: one per key is shared
 def get(key: str, model: type[BaseModel] = RunConfig) -> Option:
     """The :class:`Option` of the value at dotted ``key``, with its default and doc (``KeyError``
     if there is none, or if ``key`` is a section)."""
