@@ -92,22 +92,8 @@ __all__ = [
 DEFAULT_MEMORY_MB = 2048
 
 #: Dotted keys (or whole sections) that may differ between members of one batched group.
-PER_MEMBER_KEYS = (
-    "name",
-    "seed",
-    "optimizer.lr",
-    "optimizer.momentum",
-    "optimizer.betas",
-    "optimizer.eps",
-    "optimizer.weight_decay",
-    "schedule",
-    "train.steps",
-    "train.divergence_factor",
-    "eval.sharpness_every",
-    "eval.test_every",
-    "eval.sharpness_tol",
-    "eval.sharpness_max_iter",
-)
+# (declared on the config's fields: json_schema_extra={"per_member": True})
+PER_MEMBER_KEYS = cfg.per_member_keys()
 
 #: Leaf config keys whose meaning the batched engine reproduces; any other key (added to the
 #: schema later) must be at its schema default for a cell to be batched.
