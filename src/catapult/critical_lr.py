@@ -28,7 +28,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from catapult.optim import GIAdam
+from catapult.optim import registry, rules
 
 __all__ = ["CriticalLR", "critical_lr", "next_step_direction", "probe_loss", "ModelSnapshot"]
 
@@ -107,83 +107,16 @@ def probe_loss(model: torch.nn.Module, loss_fn: Callable, batch: Sequence) -> fl
 # --------------------------------------------------------------------------------------------
 # The next step's direction
 # --------------------------------------------------------------------------------------------
-def _sgd_direction(p: Tensor, g: Tensor, group: dict, state: dict) -> Tensor:
-    # torch.optim.SGD: d = g + wd p; buf = b buf + (1 - dampening) d (buf = d on the first
-    # step); d = buf, or d + b buf with nesterov.
-    if group.get("maximize", False):
-        g = -g
-    wd = float(group.get("weight_decay", 0.0))
-    d = g.add(p, alpha=wd) if wd != 0 else g
-    momentum = float(group.get("momentum", 0.0))
-    if momentum != 0:
-        buf = state.get("momentum_buffer")
-        if buf is None:
-            buf = d
-        else:
-            buf = buf.mul(momentum).add_(d, alpha=1 - float(group.get("dampening", 0.0)))
-        d = d.add(buf, alpha=momentum) if group.get("nesterov", False) else buf
-    return d
-
-
-def _adam_direction(p: Tensor, g: Tensor, group: dict, state: dict, *, kind: str,
-                    optimizer: torch.optim.Optimizer) -> Tensor:
-    # Adam / AdamW / GIAdam / RAdam: next moments from the current state and this gradient,
-    # bias-corrected as the step will do; decoupled weight decay adds wd * p per unit lr.
-    if group.get("maximize", False):
-        g = -g
-    b1, b2 = (float(b) for b in group["betas"])
-    eps = float(group["eps"])
-    wd = float(group.get("weight_decay", 0.0))
-    decoupled = (kind == "giadam" or isinstance(optimizer, torch.optim.AdamW)
-                 or bool(group.get("decoupled_weight_decay", False)))
-    if wd != 0 and not decoupled:       # coupled L2: enters the moments
-        g = g.add(p, alpha=wd)
-    if state.get("exp_avg") is not None:
-        t = float(state["step"]) + 1
-        m, v = state["exp_avg"], state["exp_avg_sq"]
-    else:                                # first step: m_0 = 0, v_0 = 0 (GI-Adam: its v0 rule)
-        t = 1.0
-        m = torch.zeros_like(p)
-        v = optimizer.initial_exp_avg_sq(p, g, group) if kind == "giadam" else torch.zeros_like(p)
-    m = m.lerp(g, 1 - b1)
-    v = v.mul(b2).addcmul_(g, g, value=1 - b2)
-    if group.get("amsgrad", False):
-        v_max = state.get("max_exp_avg_sq")
-        if v_max is not None:
-            v = torch.maximum(v_max, v)
-    bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
-    m_hat = m / bc1
-    if kind == "radam":
-        rho_inf = 2 / (1 - b2) - 1
-        rho_t = rho_inf - 2 * t * b2 ** t / bc2
-        if rho_t > 5:
-            rect = math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf
-                             / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
-            u = m_hat * (rect * math.sqrt(bc2)) / (v.sqrt() + eps)
-        else:
-            u = m_hat
-    else:
-        v_correct = kind != "giadam" or group.get("v_bias_correction", True)
-        denom = v.sqrt() / math.sqrt(bc2) if v_correct else v.sqrt()
-        u = m_hat / denom.add_(eps)
-    if wd != 0 and decoupled:
-        u = u.add(p, alpha=wd)
-    return u
-
-
-def _kind(optimizer: torch.optim.Optimizer) -> str:
-    if isinstance(optimizer, GIAdam):
-        return "giadam"
-    if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
-        return "adam"
-    if isinstance(optimizer, torch.optim.RAdam):
-        return "radam"
-    if isinstance(optimizer, torch.optim.SGD):
-        return "sgd"
-    raise NotImplementedError(
-        f"critical_lr: no update-direction rule for {type(optimizer).__name__}; supported: "
-        "torch.optim.SGD (momentum, nesterov, weight decay), Adam, AdamW, RAdam and "
-        "catapult.optim.GIAdam")
+def _rule_state(rule: str, state: dict) -> rules.State | None:
+    """One parameter's torch optimizer state as a :class:`catapult.optim.rules.State` (None
+    before its first step)."""
+    if rule == "sgd":
+        return rules.State(momentum_buffer=[state.get("momentum_buffer")])
+    if state.get("exp_avg") is None:
+        return None
+    return rules.State(step=int(float(state["step"])), exp_avg=[state["exp_avg"]],
+                       exp_avg_sq=[state["exp_avg_sq"]],
+                       max_exp_avg_sq=[state.get("max_exp_avg_sq")])
 
 
 @torch.no_grad()
@@ -208,12 +141,13 @@ def next_step_direction(optimizer: torch.optim.Optimizer,
     * RAdam: rectified ``m_hat * r_t * sqrt(1 - b2^t) / (sqrt(v') + eps)`` when ``rho_t > 5``,
       else ``m_hat``.
 
-    Nothing is written: the optimizer state is only read.
+    The formulas are :func:`catapult.optim.rules.direction`'s. Nothing is written: the
+    optimizer state is only read.
 
     Raises:
         NotImplementedError: for other optimizers (the message names it).
     """
-    kind = _kind(optimizer)
+    registry.spec_for(optimizer)          # NotImplementedError (naming it) for other classes
     pairs = grads.items() if isinstance(grads, Mapping) else grads
     by_id = {id(p): g for p, g in pairs}
     out = []
@@ -224,10 +158,9 @@ def next_step_direction(optimizer: torch.optim.Optimizer,
             if g is None:
                 continue
             state = optimizer.state.get(p, {})     # .get: never create state entries
-            if kind == "sgd":
-                u = _sgd_direction(p, g, group, state)
-            else:
-                u = _adam_direction(p, g, group, state, kind=kind, optimizer=optimizer)
+            rule = registry.rule_for(optimizer, group)
+            hp = registry.hyperparameters(group, optimizer=optimizer, param=p)
+            (u,) = rules.direction(rule, [p], [g], _rule_state(rule, state), hp)
             out.append((p, u * lr_mult if lr_mult != 1.0 else u))
     return out
 
@@ -295,7 +228,7 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
         raise ValueError(f"lr_start ({lr_start}) must be <= lr_max ({lr_max})")
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
-    _kind(optimizer)                          # unsupported optimizer: fail before any work
+    registry.spec_for(optimizer)              # unsupported optimizer: fail before any work
     params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
     if not params:
         raise ValueError("critical_lr: the optimizer has no parameters that require grad")

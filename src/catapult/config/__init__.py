@@ -41,9 +41,6 @@ from catapult.config.sections import (PRECONDITIONED_OPTIMIZERS, TEXT_DATASETS, 
 #: filled in): a read-only view derived from the models, for docs and tables.
 SCHEMA = schema()
 
-# Names other modules used from the hand-written schema this package replaces.
-_leaf_keys = leaf_keys
-_as_float = as_float
 
 __all__ = [
     "ConfigError", "InvalidValue",

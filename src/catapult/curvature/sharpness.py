@@ -15,6 +15,7 @@ import math
 import torch
 
 from catapult.curvature.hessian import HessianOperator
+from catapult.optim import registry, rules
 from catapult.curvature.lanczos import EigenEstimate, lanczos_top_eigenpair
 
 __all__ = ["sharpness", "preconditioned_sharpness", "instability_threshold"]
@@ -107,12 +108,16 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
 # --------------------------------------------------------------------------------------------
 
 
-def _is_gi_adam(optimizer) -> bool:
+def _preconditioned_spec(optimizer):
+    """The registry entry of an optimizer with a pre-conditioned sharpness, else TypeError."""
     try:
-        from catapult.optim import GIAdam
-    except ImportError:  # pragma: no cover - the module ships with the package
-        return False
-    return isinstance(optimizer, GIAdam)
+        spec = registry.spec_for(optimizer)
+    except NotImplementedError:
+        spec = None
+    if spec is None or not spec.preconditioned:
+        raise TypeError(f"preconditioned_sharpness supports torch.optim.Adam, torch.optim.AdamW "
+                        f"and catapult.optim.GIAdam, got {type(optimizer).__name__}")
+    return spec
 
 
 def instability_threshold(optimizer: torch.optim.Optimizer, lr: float | None = None) -> float:
@@ -147,16 +152,11 @@ def instability_threshold(optimizer: torch.optim.Optimizer, lr: float | None = N
     if not lr > 0:
         raise ValueError(f"lr must be > 0 for an instability threshold, got {lr}")
     if "betas" in group:
-        b1 = float(group["betas"][0])
-        return (2.0 + 2.0 * b1) / ((1.0 - b1) * lr)
+        return float(rules.threshold("adam", {"lr": lr, "betas": [float(b) for b in group["betas"]]}))
     if isinstance(optimizer, torch.optim.SGD):
-        b = float(group.get("momentum", 0.0))
-        if b == 0.0:
-            return 2.0 / lr
-        if group.get("nesterov", False):
-            return (2.0 + 2.0 * b) / ((1.0 + 2.0 * b) * lr)
-        d = float(group.get("dampening", 0.0))
-        return (2.0 + 2.0 * b) / ((1.0 - d) * lr)
+        return float(rules.threshold("sgd", {
+            "lr": lr, "momentum": float(group.get("momentum", 0.0)),
+            "dampening": float(group.get("dampening", 0.0)), "nesterov": group.get("nesterov", False)}))
     raise TypeError(f"instability_threshold: unsupported optimizer {type(optimizer).__name__}; "
                     "supported: torch.optim.SGD (with or without momentum) and Adam-family "
                     "optimizers (param groups with 'betas')")
@@ -164,12 +164,10 @@ def instability_threshold(optimizer: torch.optim.Optimizer, lr: float | None = N
 
 def _adam_preconditioner(optimizer, grad_flat: torch.Tensor, names, params,
                          scale_by_group_lr: bool):
-    """Flat inverse square root of the next step's Adam preconditioner (0 off-optimizer)."""
-    gi_adam = _is_gi_adam(optimizer)
-    is_adam = isinstance(optimizer, torch.optim.Adam)
-    if not (is_adam or gi_adam):
-        raise TypeError(f"preconditioned_sharpness supports torch.optim.Adam, torch.optim.AdamW "
-                        f"and catapult.optim.GIAdam, got {type(optimizer).__name__}")
+    """Flat inverse square root of the next step's Adam preconditioner (0 off-optimizer), and
+    the coupled-L2 rows ``P^-1 wd`` (None without coupled L2); ``P`` from
+    :func:`catapult.optim.rules.preconditioner`."""
+    _preconditioned_spec(optimizer)
     where = {}
     for group in optimizer.param_groups:
         for p in group["params"]:
@@ -188,34 +186,19 @@ def _adam_preconditioner(optimizer, grad_flat: torch.Tensor, names, params,
             pieces.append(torch.zeros(n, dtype=dtype, device=device))
             l2_pieces.append(torch.zeros(n, dtype=dtype, device=device))
             continue
-        b1, b2 = (float(b) for b in group["betas"])
-        eps = float(group["eps"])
-        wd = float(group.get("weight_decay", 0.0))
-        coupled_l2 = is_adam and not group.get("decoupled_weight_decay", False) and wd != 0.0
-        if coupled_l2:  # torch Adam adds weight_decay * theta to the gradient it feeds into v
-            g = g + wd * p.detach().to(dtype)
-            has_l2 = True
+        rule = registry.rule_for(optimizer, group)
+        hp = registry.hyperparameters(group, optimizer=optimizer, param=p)
+        wd = float(rules.l2_coefficient(rule, hp))
+        coupled_l2 = wd != 0.0  # torch Adam feeds g + wd * theta into v and descends L + wd/2 |theta|^2
+        has_l2 = has_l2 or coupled_l2
         state = optimizer.state.get(p, {})
+        rule_state = None
         if "exp_avg_sq" in state:
-            t = float(state["step"])
-            v = state["exp_avg_sq"].detach().to(dtype)
-            v_next = b2 * v + (1.0 - b2) * g * g
-        elif hasattr(optimizer, "initial_exp_avg_sq"):
-            # GI-Adam: v_0 from this gradient, as its first step would make it (v0="grad":
-            # v_0 = g^2, so v_1 = g^2; v0=a: a g^2; v0="random": its seeded random draw).
-            t = 0.0
-            v_first = optimizer.initial_exp_avg_sq(p, g, group).to(dtype)
-            v_next = b2 * v_first + (1.0 - b2) * g * g
-        else:
-            t = 0.0
-            # Adam: v_0 = 0.  (A GI-Adam without initial_exp_avg_sq: v_0 = g^2.)
-            v_next = g * g if gi_adam else (1.0 - b2) * g * g
-        if group.get("amsgrad", False):
             v_max = state.get("max_exp_avg_sq")
-            if v_max is not None:
-                v_next = torch.maximum(v_max.detach().to(dtype), v_next)
-        v_correction = (1.0 - b2 ** (t + 1)) if group.get("v_bias_correction", True) else 1.0
-        P = (1.0 - b1 ** (t + 1)) * (torch.sqrt(v_next / v_correction) + eps)
+            rule_state = rules.State(
+                step=int(float(state["step"])), exp_avg_sq=[state["exp_avg_sq"].detach().to(dtype)],
+                max_exp_avg_sq=[None if v_max is None else v_max.detach().to(dtype)])
+        (P,) = rules.preconditioner(rule, [g], rule_state, hp, params=[p.detach().to(dtype)])
         inv = 1.0 / P
         if scale_by_group_lr:
             inv = inv * (float(group["lr"]) / lr_ref)
@@ -260,9 +243,7 @@ def preconditioned_sharpness(model: torch.nn.Module, loss_fn, batch,
     """
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
-    if not (isinstance(optimizer, torch.optim.Adam) or _is_gi_adam(optimizer)):
-        raise TypeError(f"preconditioned_sharpness supports torch.optim.Adam, torch.optim.AdamW "
-                        f"and catapult.optim.GIAdam, got {type(optimizer).__name__}")
+    _preconditioned_spec(optimizer)
     _check_solver_args(tol, max_iter)
     op = HessianOperator(model, loss_fn, batch, dtype=dtype, hvp=hvp, seed=seed,
                          chunk_size=chunk_size)
@@ -280,4 +261,3 @@ def preconditioned_sharpness(model: torch.nn.Module, loss_fn, batch,
     v0 = _start_vector(init, op.numel, op.dtype, op.device, seed)
     return lanczos_top_eigenpair(matvec, v0, tol=tol, max_iter=max_iter, max_basis=max_basis,
                                  _fresh_output=True)
-

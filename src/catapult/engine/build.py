@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from catapult import config as cfg
 from catapult.losses import get_loss
+from catapult.optim import registry
 
 __all__ = [
     "Run", "build_run", "seeds", "resolve_device", "MODELS", "RunData", "load_data", "build_model",
@@ -147,46 +148,35 @@ def _param_groups(model: nn.Module, lr: float, kind: str) -> list[dict]:
     return param_groups(model, lr, optimizer=kind)
 
 
-def _sgd(model, lr, o):
-    return torch.optim.SGD(_param_groups(model, lr, "sgd"), lr=lr, momentum=o["momentum"],
-                           weight_decay=o["weight_decay"])
+def _optimizer_options(name: str, o: Mapping[str, Any]) -> dict[str, Any]:
+    """Constructor keywords of optimizer ``name`` from the ``optimizer`` config section."""
+    if registry.get(name).family == "sgd":
+        return dict(momentum=o["momentum"], weight_decay=o["weight_decay"])
+    options = dict(betas=tuple(o["betas"]), eps=o["eps"], weight_decay=o["weight_decay"])
+    if name == "gi-adam":   # v0="random": drawn from the run's init seed
+        options.update(v_bias_correction=o["v_bias_correction"], v0=o["v0"], seed=int(o.get("_seed", 0)))
+    return options
 
 
-def _adam(model, lr, o):
-    return torch.optim.Adam(_param_groups(model, lr, "adam"), lr=lr, betas=tuple(o["betas"]),
-                            eps=o["eps"], weight_decay=o["weight_decay"])
+def _builder(name: str) -> Callable[[nn.Module, float, Mapping[str, Any]], torch.optim.Optimizer]:
+    spec = registry.get(name)
 
+    def build(model: nn.Module, lr: float, o: Mapping[str, Any]) -> torch.optim.Optimizer:
+        return spec.build(_param_groups(model, lr, spec.family), lr=lr, **_optimizer_options(name, o))
 
-def _adamw(model, lr, o):
-    return torch.optim.AdamW(_param_groups(model, lr, "adam"), lr=lr, betas=tuple(o["betas"]),
-                             eps=o["eps"], weight_decay=o["weight_decay"])
-
-
-def _radam(model, lr, o):
-    return torch.optim.RAdam(_param_groups(model, lr, "adam"), lr=lr, betas=tuple(o["betas"]),
-                             eps=o["eps"], weight_decay=o["weight_decay"])
-
-
-def _gi_adam(model, lr, o):
-    from catapult.optim import GIAdam
-
-    return GIAdam(_param_groups(model, lr, "adam"), lr=lr, betas=tuple(o["betas"]), eps=o["eps"],
-                  weight_decay=o["weight_decay"], v_bias_correction=o["v_bias_correction"], v0=o["v0"],
-                  seed=int(o.get("_seed", 0)))  # v0="random": drawn from the run's init seed
+    build.__name__ = f"build_{name.replace('-', '_')}"
+    return build
 
 
 #: optimizer.name -> builder(model, lr_trgt, optimizer_config) -> torch.optim.Optimizer
+#: (the names and classes are catapult.optim.registry's).
 OPTIMIZERS: dict[str, Callable[[nn.Module, float, Mapping[str, Any]], torch.optim.Optimizer]] = {
-    "sgd": _sgd,
-    "adam": _adam,
-    "adamw": _adamw,
-    "radam": _radam,
-    "gi-adam": _gi_adam,
-}
-#: Optimizers whose sharpness is the pre-conditioned one (``eval.sharpness_kind: auto``).
-#: RAdam is not here: its first steps are un-preconditioned momentum SGD and its later steps
-#: rescale the Adam step by a rectification factor, so ``auto`` gives the Hessian's sharpness.
-ADAPTIVE = {"adam", "adamw", "gi-adam"}
+    name: _builder(name) for name in registry.names()}
+#: Optimizers whose sharpness is the pre-conditioned one (``eval.sharpness_kind: auto``):
+#: ``registry.preconditioned_names()``. RAdam is not there: its first steps are
+#: un-preconditioned momentum SGD and its later steps rescale the Adam step by a rectification
+#: factor, so ``auto`` gives the Hessian's sharpness.
+ADAPTIVE = set(registry.preconditioned_names())
 
 
 def build_optimizer(config: Mapping[str, Any], model: nn.Module, lr: float) -> torch.optim.Optimizer:

@@ -29,10 +29,10 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import Tensor
 
-__all__ = ["GIAdam", "GIAdamW", "initial_second_moment", "V0_CHOICES"]
+from catapult.optim import rules
+from catapult.optim.rules import V0_CHOICES, initial_second_moment
 
-#: String values accepted for ``v0`` (a number ``a >= 0`` is accepted too).
-V0_CHOICES = ("grad", "random")
+__all__ = ["GIAdam", "GIAdamW", "initial_second_moment", "V0_CHOICES"]
 
 
 def _scalar_dtype() -> torch.dtype:
@@ -51,32 +51,6 @@ def _check_v0(v0: Any) -> str | float:
     if not (math.isfinite(v0) and v0 >= 0):
         raise ValueError(f"v0 = a must be a finite number >= 0 (v_0 = a * g^2), got {v0}")
     return v0
-
-
-def initial_second_moment(grad: Tensor, v0: str | float, seed: int = 0) -> Tensor:
-    """The second moment ``v_0`` GI-Adam starts from, for a first gradient ``grad``.
-
-    * ``v0="grad"``: ``v_0 = g^2`` (so ``v_1 = b2 * v_0 + (1 - b2) * g^2 = g^2``);
-    * ``v0=a`` (a number): ``v_0 = a * g^2`` (the paper studies ``a >= 1``; ``a = 0`` is Adam);
-    * ``v0="random"`` (the paper's control): ``v_0 = r * ||g^2|| / ||r||`` with
-      ``r ~ U[0, 1)`` elementwise, drawn on the CPU from ``torch.Generator().manual_seed(seed)``
-      (independent of the global RNG and of the device), so ``v_0`` is positive and has the
-      Frobenius norm of ``g^2``.
-
-    Returns a new tensor shaped like ``grad``; nothing else is touched.
-    """
-    g2 = torch.mul(grad, grad)
-    if v0 == "grad":
-        return g2
-    if v0 == "random":
-        generator = torch.Generator(device="cpu").manual_seed(int(seed))
-        r = torch.rand(grad.shape, generator=generator, dtype=torch.float64)
-        r = r.to(device=grad.device, dtype=grad.dtype)
-        r_norm = r.norm()
-        if r_norm == 0:
-            return g2
-        return r.mul_(g2.norm() / r_norm)
-    return g2.mul_(float(v0))
 
 
 class GIAdam(torch.optim.Optimizer):
@@ -101,8 +75,9 @@ class GIAdam(torch.optim.Optimizer):
         v0: ``"grad"`` (``v_0 = g_1^2``), ``"random"`` (positive random ``v_0`` with the norm of
             ``g_1^2``; the paper's control) or a number ``a >= 0`` (``v_0 = a g_1^2``; the paper
             uses ``a >= 1``, ``a = 0`` is exactly Adam/AdamW).
-        foreach: use ``torch._foreach_*`` kernels (default: when all parameters are on CUDA).
-            Both paths perform the same arithmetic and give identical results.
+        foreach: accepted for torch.optim compatibility; the step is always
+            :func:`catapult.optim.rules.update`'s per-tensor arithmetic (the optimizer math is
+            written once), so ``foreach=True`` and ``False`` give identical results.
         maximize: ascend instead of descend.
         seed: base seed for ``v0="random"``; parameter number ``i`` (its position across all
             param groups) draws from ``torch.Generator().manual_seed(seed + i)``.
@@ -171,8 +146,13 @@ class GIAdam(torch.optim.Optimizer):
         matter: ``v_0`` depends on ``g^2`` only).
         """
         group = self._find_group(param) if group is None else group
-        seed = group["seed"] + self._param_index(param) if group["v0"] == "random" else 0
-        return initial_second_moment(grad, group["v0"], seed)
+        return initial_second_moment(grad, group["v0"], self.v0_seed(param, group))
+
+    def v0_seed(self, param: Tensor, group: dict | None = None) -> int:
+        """Seed of ``param``'s ``v0="random"`` draw: ``group["seed"] + i``, ``i`` its position
+        across all param groups (0 for the other ``v0`` rules, which draw nothing)."""
+        group = self._find_group(param) if group is None else group
+        return group["seed"] + self._param_index(param) if group["v0"] == "random" else 0
 
     # ----------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -184,7 +164,7 @@ class GIAdam(torch.optim.Optimizer):
                 loss = closure()
 
         for group in self.param_groups:
-            params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []
+            params = []
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -192,76 +172,44 @@ class GIAdam(torch.optim.Optimizer):
                     raise RuntimeError("GIAdam does not support sparse gradients")
                 if torch.is_complex(p):
                     raise RuntimeError("GIAdam does not support complex parameters")
-                grad = -p.grad if group["maximize"] else p.grad
                 state = self.state[p]
-                if len(state) == 0:
+                if len(state) == 0:     # v_0 is set by rules.update from this first gradient
                     state["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = self.initial_exp_avg_sq(p, grad, group)
                 params.append(p)
-                grads.append(grad)
-                exp_avgs.append(state["exp_avg"])
-                exp_avg_sqs.append(state["exp_avg_sq"])
-                steps.append(state["step"])
-            if not params:
-                continue
-            foreach = group["foreach"]
-            if foreach is None:
-                foreach = all(p.is_cuda for p in params)
-            update = _multi_tensor_giadam if foreach else _single_tensor_giadam
-            beta1, beta2 = group["betas"]
-            update(params, grads, exp_avgs, exp_avg_sqs, steps, lr=float(group["lr"]),
-                   beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
-                   v_bias_correction=group["v_bias_correction"])
+            # rules.State has one step count: parameters at different counts (one that missed
+            # a gradient earlier) are updated in separate calls
+            by_step: dict[int, list[Tensor]] = defaultdict(list)
+            for p in params:
+                by_step[int(self.state[p]["step"].item())].append(p)
+            for step, ps in by_step.items():
+                self._update(group, step, ps)
         return loss
+
+
+    def _update(self, group: dict, step: int, params: list[Tensor]) -> None:
+        """``rules.update("gi-adam", ...)`` for ``params`` (all at step count ``step``), written
+        back into the parameters and this optimizer's state tensors."""
+        states = [self.state[p] for p in params]
+        random_v0 = group["v0"] == "random"
+        hp = dict(lr=float(group["lr"]), betas=group["betas"], eps=group["eps"],
+                  weight_decay=group["weight_decay"], v_bias_correction=group["v_bias_correction"],
+                  v0=group["v0"], maximize=group["maximize"],
+                  seed=[self.v0_seed(p, group) for p in params] if random_v0 else 0)
+        old = rules.State(step=step, exp_avg=[s["exp_avg"] for s in states],
+                          exp_avg_sq=[s.get("exp_avg_sq") for s in states])
+        new_params, new = rules.update("gi-adam", params, [p.grad for p in params], old, hp)
+        for p, s, p_new, m, v in zip(params, states, new_params, new.exp_avg, new.exp_avg_sq):
+            p.copy_(p_new)
+            s["exp_avg"].copy_(m)
+            if s.get("exp_avg_sq") is None:
+                s["exp_avg_sq"] = v
+            else:
+                s["exp_avg_sq"].copy_(v)
+            s["step"] += 1
 
 
 #: GI-Adam's weight decay is already decoupled (AdamW-style), so GIAdamW is the same optimizer.
 GIAdamW = GIAdam
 
 
-# --------------------------------------------------------------------------------------------
-# The arithmetic, per tensor and with foreach kernels (same operations in the same order, the
-# order torch.optim.Adam uses, so v0=0 reproduces torch AdamW exactly).
-# --------------------------------------------------------------------------------------------
-def _single_tensor_giadam(params, grads, exp_avgs, exp_avg_sqs, steps, *, lr, beta1, beta2, eps,
-                          weight_decay, v_bias_correction):
-    for param, grad, exp_avg, exp_avg_sq, step_t in zip(params, grads, exp_avgs, exp_avg_sqs, steps):
-        step_t += 1
-        step = step_t.item()
-        if weight_decay != 0:
-            param.mul_(1 - lr * weight_decay)
-        exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        step_size = lr / (1 - beta1 ** step)
-        denom = exp_avg_sq.sqrt()
-        if v_bias_correction:
-            denom.div_((1 - beta2 ** step) ** 0.5)
-        denom.add_(eps)
-        param.addcdiv_(exp_avg, denom, value=-step_size)
-
-
-def _multi_tensor_giadam(params, grads, exp_avgs, exp_avg_sqs, steps, *, lr, beta1, beta2, eps,
-                         weight_decay, v_bias_correction):
-    # foreach kernels need tensors of one device and dtype per call
-    buckets: dict[tuple, list[int]] = defaultdict(list)
-    for i, p in enumerate(params):
-        buckets[(p.device, p.dtype)].append(i)
-    torch._foreach_add_(steps, 1)
-    for idx in buckets.values():
-        ps = [params[i] for i in idx]
-        gs = [grads[i] for i in idx]
-        ms = [exp_avgs[i] for i in idx]
-        vs = [exp_avg_sqs[i] for i in idx]
-        step_values = [steps[i].item() for i in idx]
-        if weight_decay != 0:
-            torch._foreach_mul_(ps, 1 - lr * weight_decay)
-        torch._foreach_lerp_(ms, gs, 1 - beta1)
-        torch._foreach_mul_(vs, beta2)
-        torch._foreach_addcmul_(vs, gs, gs, value=1 - beta2)
-        neg_step_sizes = [-(lr / (1 - beta1 ** s)) for s in step_values]
-        denoms = torch._foreach_sqrt(vs)
-        if v_bias_correction:
-            torch._foreach_div_(denoms, [(1 - beta2 ** s) ** 0.5 for s in step_values])
-        torch._foreach_add_(denoms, eps)
-        torch._foreach_addcdiv_(ps, ms, denoms, neg_step_sizes)

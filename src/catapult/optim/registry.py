@@ -1,0 +1,122 @@
+"""The one table of optimizers: name -> class, family, sharpness kind, update rule, threshold.
+
+Config names (``optimizer.name``), the training engine's builders, ``eval.sharpness_kind:
+auto`` and the curvature/critical-lr code all read this table, so adding an optimizer is one
+entry here plus its rule in :mod:`catapult.optim.rules`.
+
+``preconditioned``: whether the optimizer's sharpness is the pre-conditioned
+``lambda_max(P^-1 H)`` (Adam, AdamW, GI-Adam). RAdam is not: its first steps are
+un-preconditioned momentum SGD and its later steps rescale the Adam step by a rectification
+factor, so its natural curvature is the Hessian's sharpness.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Callable, Mapping
+
+import torch
+
+from catapult.optim import rules
+from catapult.optim.gi_adam import GIAdam
+
+__all__ = ["OptimizerSpec", "get", "names", "preconditioned_names", "rule_for", "spec_for",
+           "hyperparameters"]
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """One optimizer.
+
+    Attributes:
+        name: config name (``"sgd"``, ``"adam"``, ``"adamw"``, ``"radam"``, ``"gi-adam"``).
+        cls: the torch.optim-compatible class.
+        family: ``"sgd"`` or ``"adam"`` (which ``catapult.param_groups`` lr rules apply).
+        preconditioned: its sharpness is the pre-conditioned one.
+        rule: its name in :mod:`catapult.optim.rules`.
+        threshold: ``hp -> instability threshold`` (``rules.threshold`` for this rule).
+        aliases: other accepted spellings of ``name``.
+    """
+
+    name: str
+    cls: type
+    family: str
+    preconditioned: bool
+    rule: str
+    threshold: Callable[[Mapping[str, Any]], Any]
+    aliases: tuple[str, ...] = ()
+
+    def build(self, params, **options) -> torch.optim.Optimizer:
+        """``cls(params, **options)``."""
+        return self.cls(params, **options)
+
+
+def _spec(name, cls, family, preconditioned, aliases=()) -> OptimizerSpec:
+    return OptimizerSpec(name, cls, family, preconditioned, name, partial(rules.threshold, name),
+                         aliases)
+
+
+_SPECS: tuple[OptimizerSpec, ...] = (
+    _spec("sgd", torch.optim.SGD, "sgd", False),
+    _spec("adam", torch.optim.Adam, "adam", True),
+    _spec("adamw", torch.optim.AdamW, "adam", True),
+    _spec("radam", torch.optim.RAdam, "adam", False),
+    _spec("gi-adam", GIAdam, "adam", True, aliases=("giadam", "gi_adam")),
+)
+_BY_NAME = {s.name: s for s in _SPECS} | {a: s for s in _SPECS for a in s.aliases}
+
+
+def names() -> tuple[str, ...]:
+    """Canonical optimizer names, in table order."""
+    return tuple(s.name for s in _SPECS)
+
+
+def preconditioned_names() -> tuple[str, ...]:
+    """Names whose sharpness is pre-conditioned: ``("adam", "adamw", "gi-adam")``."""
+    return tuple(s.name for s in _SPECS if s.preconditioned)
+
+
+def get(name: str) -> OptimizerSpec:
+    """The entry for ``name`` (or an alias such as ``"giadam"``).
+
+    Raises:
+        KeyError: unknown name (the message lists the known ones).
+    """
+    try:
+        return _BY_NAME[name]
+    except (KeyError, TypeError):
+        raise KeyError(f"unknown optimizer {name!r}; known: {', '.join(names())}") from None
+
+
+def spec_for(optimizer: torch.optim.Optimizer) -> OptimizerSpec:
+    """The entry of an optimizer instance (AdamW before Adam: it is a subclass).
+
+    Raises:
+        NotImplementedError: for a class not in the table (the message names it).
+    """
+    for cls in (GIAdam, torch.optim.AdamW, torch.optim.Adam, torch.optim.RAdam, torch.optim.SGD):
+        if isinstance(optimizer, cls):
+            return next(s for s in _SPECS if s.cls is cls)
+    raise NotImplementedError(
+        f"no update rule for {type(optimizer).__name__}; supported: torch.optim.SGD, Adam, AdamW, "
+        "RAdam and catapult.optim.GIAdam")
+
+
+def rule_for(optimizer: torch.optim.Optimizer, group: Mapping[str, Any] | None = None) -> str:
+    """The :mod:`~catapult.optim.rules` rule one param group of ``optimizer`` follows: an Adam
+    group with ``decoupled_weight_decay=True`` follows ``"adamw"``."""
+    rule = spec_for(optimizer).rule
+    if rule == "adam" and group is not None and group.get("decoupled_weight_decay", False):
+        return "adamw"
+    return rule
+
+
+def hyperparameters(group: Mapping[str, Any], *, optimizer: torch.optim.Optimizer | None = None,
+                    param: torch.Tensor | None = None) -> dict[str, Any]:
+    """A torch param group as the ``hp`` mapping of :mod:`~catapult.optim.rules` (all keys
+    but ``params``). For a :class:`GIAdam` ``optimizer`` and one ``param`` of the group, ``seed``
+    becomes that parameter's ``v0="random"`` seed (:meth:`GIAdam.v0_seed`)."""
+    hp = {k: v for k, v in group.items() if k != "params"}
+    if isinstance(optimizer, GIAdam) and param is not None:
+        hp["seed"] = optimizer.v0_seed(param, group)
+    return hp
