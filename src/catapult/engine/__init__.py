@@ -2,6 +2,8 @@
 
 * :mod:`~catapult.engine.build`: :func:`build_run` -- a run's set-up, written once (device,
   dtype, seeds, data, batch stream, model, loss, lambda_0, optimizer, warmup rule);
+* :mod:`~catapult.engine.step`: the step semantics both engines share (row, divergence rule,
+  measurement cadence);
 * :mod:`~catapult.engine.loop`: :func:`run` -- the step semantics (its docstring is the
   contract a batched engine reproduces) and the local training loop;
 * :mod:`~catapult.engine.records`: the metrics rows, ``metrics.csv`` and the summary;

@@ -57,7 +57,6 @@ update) and ``summary["steps_completed"]`` updates.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +70,8 @@ from catapult.losses import accuracy
 from catapult.engine.build import build_run, threshold
 from catapult.engine.progress import Progress
 from catapult.engine.trajectories import plot_run
-from catapult.engine.records import (METRIC_COLUMNS, MetricsFile, json_safe, summarize, threshold_label,
+from catapult.engine.step import diverged, evaluates_test, measures_sharpness, new_row
+from catapult.engine.records import (MetricsFile, json_safe, summarize, threshold_label,
                                      warmup_summary)
 
 __all__ = ["RunResult", "run", "evaluate"]
@@ -167,8 +167,7 @@ def run(config: Mapping[str, Any], *, out_dir: str | Path | None = None, progres
             final = t == steps
             x, y = batches.batch(t)
             lr_t = float(schedule(t))
-            row: dict[str, Any] = dict.fromkeys(METRIC_COLUMNS)
-            row.update(step=t, lr=lr_t, threshold=threshold(optimizer))
+            row = new_row(t, lr_t, threshold(optimizer))
 
             outputs = model(x)
             loss = loss_fn(outputs, y)
@@ -176,7 +175,7 @@ def run(config: Mapping[str, Any], *, out_dir: str | Path | None = None, progres
             row["train_accuracy"] = accuracy(outputs, y)
             if t == 0:
                 loss_0 = loss_t
-            if not math.isfinite(loss_t) or (loss_0 > 0 and loss_t > divergence_factor * loss_0):
+            if diverged(loss_t, loss_0, divergence_factor):
                 status, diverged_at = "diverged", t
                 metrics.append(row)
                 if metrics_file is not None:
@@ -192,7 +191,7 @@ def run(config: Mapping[str, Any], *, out_dir: str | Path | None = None, progres
                     row["threshold"] = threshold(optimizer)
             del loss, outputs
 
-            if sharpness_every > 0 and (t % sharpness_every == 0 or final):
+            if measures_sharpness(t, sharpness_every, steps):
                 if t == 0 and rule.kind == "hessian" and lambda0_estimate is not None:
                     est = lambda0_estimate  # already counted
                 else:
@@ -204,7 +203,7 @@ def run(config: Mapping[str, Any], *, out_dir: str | Path | None = None, progres
                 row["sharpness_matvecs"] = int(est.matvecs)
                 measurements += 1
 
-            if final or (test_every > 0 and t % test_every == 0):
+            if evaluates_test(t, test_every, steps):
                 row["test_loss"], row["test_accuracy"] = evaluate(model, loss_fn, x_test, y_test)
 
             metrics.append(row)

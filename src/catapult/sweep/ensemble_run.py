@@ -4,7 +4,6 @@ measurements and records (see :mod:`catapult.sweep.ensemble` for the exactness c
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
@@ -14,6 +13,7 @@ import torch
 
 from catapult import config as cfg
 from catapult.curvature import EigenEstimate, batched_lanczos
+from catapult.engine.step import diverged, evaluates_test, measures_sharpness, new_row
 from catapult.sweep.executors import Cell, CellResult, worker_name
 
 from catapult.sweep.ensemble_kernels import MLPStack, even_ranges
@@ -280,12 +280,12 @@ class _Batch(MLPStack):
 
 def _sharpness_at(mb: _Member, t: int) -> bool:
     """Whether member ``mb`` measures its sharpness at step ``t`` (as ``run``)."""
-    return mb.sharpness_every > 0 and (t % mb.sharpness_every == 0 or t == mb.steps)
+    return measures_sharpness(t, mb.sharpness_every, mb.steps)
 
 
 def _test_at(mb: _Member, t: int) -> bool:
     """Whether member ``mb`` evaluates on the test set at step ``t`` (as ``run``)."""
-    return t == mb.steps or (mb.test_every > 0 and t % mb.test_every == 0)
+    return evaluates_test(t, mb.test_every, mb.steps)
 
 
 def run_ensemble(cells: Sequence[Cell], *, threads: int | None = None,
@@ -295,7 +295,7 @@ def run_ensemble(cells: Sequence[Cell], *, threads: int | None = None,
     ``data``: the group's :func:`catapult.engine.load_data` result on the CPU in float32, if
     the caller has it (used when the run's device and dtype are those; else loaded again)."""
     from catapult import engine as train
-    from catapult.engine import METRIC_COLUMNS, threshold
+    from catapult.engine import threshold
 
     started = time.perf_counter()
     configs = [cfg.validate(c.config) for c in cells]
@@ -403,10 +403,9 @@ def run_ensemble(cells: Sequence[Cell], *, threads: int | None = None,
         lrs = [float(mb.schedule(t)) for mb in mbs]
         rows = []
         for mb, lr_t in zip(mbs, lrs):
-            row: dict[str, Any] = dict.fromkeys(METRIC_COLUMNS)
             opt = mb.threshold_opt
             opt.param_groups[0]["lr"] = lr_t * float(mb.lr_mult0)
-            row.update(step=t, lr=lr_t, threshold=threshold(opt))
+            row = new_row(t, lr_t, threshold(opt))
             rows.append(row)
         # fused step: when no member measures anything at t (sharpness, test, final step), each
         # sub-batch's update is applied right after its gradient, which stays in cache (a member
@@ -430,7 +429,7 @@ def run_ensemble(cells: Sequence[Cell], *, threads: int | None = None,
             row["train_loss"], row["train_accuracy"] = loss_t, accs[r]
             if t == 0:
                 mb.loss_0 = loss_t
-            if not math.isfinite(loss_t) or (mb.loss_0 > 0 and loss_t > mb.divergence_factor * mb.loss_0):
+            if diverged(loss_t, mb.loss_0, mb.divergence_factor):
                 mb.status, mb.diverged_at = "diverged", t
                 mb.metrics.append(row)
                 gone.append(r)
