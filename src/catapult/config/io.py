@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel
 
 from catapult.config.errors import ConfigError
-from catapult.config.schema import _section_model, unknown_key, validate
+from catapult.config.schema import section_model, unknown_key, validate
 from catapult.config.sections import RunConfig
 
 __all__ = ["STUDY_SECTIONS", "parse_override", "apply_overrides", "read_mapping", "read_yaml", "key_positions",
@@ -63,7 +63,7 @@ def apply_overrides(mapping: Mapping[str, Any], overrides: Iterable[str],
             if part not in fields:
                 problems.append((key, unknown_key(key, fields, model, level=i)))
                 break
-            section = _section_model(fields[part])
+            section = section_model(fields[part])
             if i == len(parts) - 1:
                 if section is not None:
                     first = next(iter(section.model_fields))

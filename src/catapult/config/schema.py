@@ -24,7 +24,7 @@ __all__ = ["parse", "validate", "defaults", "get", "known_keys", "per_member_key
            "section_keys", "schema", "unknown_key"]
 
 
-def _section_model(field: FieldInfo) -> type[BaseModel] | None:
+def section_model(field: FieldInfo) -> type[BaseModel] | None:
     annotation = field.annotation
     return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
 
@@ -35,7 +35,7 @@ def _fields(model: type[BaseModel]) -> dict[str, FieldInfo]:
     out: dict[str, FieldInfo] = {}
     for name, field in model.model_fields.items():
         out[name] = field
-        sub = _section_model(field)
+        sub = section_model(field)
         if sub is not None:
             out.update({f"{name}.{key}": f for key, f in _fields(sub).items()})
     return out
@@ -43,12 +43,12 @@ def _fields(model: type[BaseModel]) -> dict[str, FieldInfo]:
 
 def leaf_keys(model: type[BaseModel] = RunConfig) -> list[str]:
     """The dotted keys of every value (not section) of ``model``, in declaration order."""
-    return [key for key, field in _fields(model).items() if _section_model(field) is None]
+    return [key for key, field in _fields(model).items() if section_model(field) is None]
 
 
 def section_keys(model: type[BaseModel] = RunConfig) -> list[str]:
     """The dotted keys of the sections (nested models) of ``model``."""
-    return [key for key, field in _fields(model).items() if _section_model(field) is not None]
+    return [key for key, field in _fields(model).items() if section_model(field) is not None]
 
 
 def known_keys(model: type[BaseModel] = RunConfig) -> frozenset[str]:
@@ -68,7 +68,7 @@ def get(key: str, model: type[BaseModel] = RunConfig) -> Option:
     """The :class:`Option` of the value at dotted ``key``, with its default and doc (``KeyError``
     if there is none, or if ``key`` is a section)."""
     field = _fields(model).get(key)
-    if field is None or _section_model(field) is not None:
+    if field is None or section_model(field) is not None:
         raise KeyError(key)
     option = next((m for m in field.metadata if isinstance(m, Option)), None)
     if option is None:
@@ -102,7 +102,7 @@ def unknown_key(dotted: str, siblings, model: type[BaseModel] = RunConfig, level
 def _model_at(model: type[BaseModel], path: tuple) -> type[BaseModel] | None:
     for part in path:
         field = model.model_fields.get(part) if isinstance(part, str) else None
-        model = _section_model(field) if field is not None else None
+        model = section_model(field) if field is not None else None
         if model is None:
             return None
     return model
@@ -131,7 +131,7 @@ def _schema_order(model: type[BaseModel] | None, loc: tuple) -> tuple[int, ...]:
         names = list(model.model_fields) if model is not None else []
         order.append(names.index(part) if part in names else -1)
         field = model.model_fields.get(part) if model is not None and part in names else None
-        model = _section_model(field) if field is not None else None
+        model = section_model(field) if field is not None else None
     return tuple(order)
 
 
