@@ -43,12 +43,15 @@ def _tests(module_name: str) -> dict[str, doctest.DocTest]:
 
 
 def _public_callables(module_name: str) -> list[str]:
-    """``__all__`` entries that are functions or classes defined in the module itself."""
+    """``__all__`` entries that are functions or classes defined in the module itself (not
+    aliases such as ``GIAdamW = GIAdam``, whose example is the original's)."""
     module = importlib.import_module(module_name)
     out = []
     for name in module.__all__:
         obj = getattr(module, name)
-        if (inspect.isfunction(obj) or inspect.isclass(obj)) and obj.__module__ == module_name:
+        if ((inspect.isfunction(obj) or inspect.isclass(obj)) and obj.__module__ == module_name
+                and obj.__name__ == name):
+
             out.append(name)
     return out
 
