@@ -267,7 +267,6 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
         Parameter containing:
         tensor([[0., 0.]], requires_grad=True)
     """
-
     lr_start = _check_positive("lr_start", lr_start)
     lr_max = _check_positive("lr_max", lr_max, allow_none=True)
     delta = _check_positive("delta", delta)

@@ -526,7 +526,6 @@ def parametrize(
         ['input', 'hidden', 'output']
 
     """
-
     check_parametrization(parametrization)
     if parametrization == "sp" and (alpha_in != 1.0 or alpha_out != 1.0):
         raise ValueError("alpha_in / alpha_out apply to mup and supar only; SP has no multipliers")

@@ -414,7 +414,6 @@ def attach(optimizer: torch.optim.Optimizer, fn: Callable[[int], float]) -> Sche
         >>> lrs
         [0.25, 0.5, 0.75, 1.0, 1.0]
     """
-
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     return ScheduleLR(optimizer, fn)
@@ -482,7 +481,6 @@ class PersistentCatapultWarmup:
         >>> opt.param_groups[0]["lr"]
         0.5078125
     """
-
 
     def __init__(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module,
                  loss_fn: Callable, lr_target: float, delta: float = 0.1, *,

@@ -148,7 +148,6 @@ class HessianOperator:
         (2, 'double_backprop', 1)
     """
 
-
     def __init__(self, model: torch.nn.Module, loss_fn, batch, *, dtype=None, hvp: str = "auto",
                  seed: int = 0, chunk_size: int | None = None):
         if not isinstance(model, torch.nn.Module):

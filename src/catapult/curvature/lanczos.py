@@ -290,7 +290,6 @@ def batched_lanczos(matvec, v0: torch.Tensor, *, tol: Sequence[float], max_iter:
         >>> [round(e.value, 6) for e in ests], [e.converged for e in ests]
         ([2.0, 5.0], [True, True])
     """
-
     m, n = v0.shape
     capacity = min(int(max_basis), n)
     keep = max(1, capacity // 2)

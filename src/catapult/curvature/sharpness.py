@@ -162,7 +162,6 @@ def instability_threshold(optimizer: torch.optim.Optimizer, lr: float | None = N
         >>> round(instability_threshold(torch.optim.Adam(w, lr=0.1)), 6)      # 38 / lr
         380.0
     """
-
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     if not optimizer.param_groups:
