@@ -372,7 +372,7 @@ def param_groups(model: nn.Module, lr: float, optimizer: str = "adam", *,
         ...                             torch.nn.Linear(16, 1))
         >>> _ = parametrize(model, "mup", base_width=4, mask_seed=0)
         >>> groups = param_groups(model, 0.01, "adam")
-        >>> [(g["name"], g["lr"]) for g in groups]
+        >>> [(g["name"], g["lr"]) for g in groups]  # doctest: +NORMALIZE_WHITESPACE
         [('input', 0.01), ('vector', 0.01), ('hidden', 0.0025), ('output', 0.01),
          ('output_bias', 0.01)]
         >>> optimizer = torch.optim.Adam(groups)
