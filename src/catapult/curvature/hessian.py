@@ -30,6 +30,12 @@ _AUTO_HVP = {"cpu": "double_backprop", "cuda": "double_backprop"}
 
 
 def resolve_dtype(dtype) -> torch.dtype | None:
+    """The computation dtype named by ``dtype``: None, a name or a torch dtype (float32/64).
+
+    Example:
+        >>> resolve_dtype("float64"), resolve_dtype(None)
+        (torch.float64, None)
+    """
     if dtype is None:
         return None
     named = {"float32": torch.float32, "float64": torch.float64}
@@ -46,7 +52,16 @@ def resolve_dtype(dtype) -> torch.dtype | None:
 def fixed_rng(seed: int, device: torch.device):
     """Seed the generator(s) a forward pass on ``device`` may draw from (dropout) and restore
     the global RNG state afterwards, so every forward in one solve sees the same dropout mask
-    and the caller's random stream is untouched."""
+    and the caller's random stream is untouched.
+
+    Example:
+        >>> with fixed_rng(0, torch.device("cpu")):
+        ...     first = torch.rand(3)
+        >>> with fixed_rng(0, torch.device("cpu")):
+        ...     second = torch.rand(3)
+        >>> torch.equal(first, second)
+        True
+    """
     cuda_devices = []
     if device.type == "cuda":
         cuda_devices = [device.index if device.index is not None else torch.cuda.current_device()]
@@ -60,7 +75,15 @@ def fixed_rng(seed: int, device: torch.device):
 
 def math_attention():
     """Context that restricts ``F.scaled_dot_product_attention`` to its math kernel (twice
-    differentiable); a no-op on torch builds without ``torch.nn.attention``."""
+    differentiable); a no-op on torch builds without ``torch.nn.attention``.
+
+    Example:
+        >>> q = torch.ones(1, 2, 4)
+        >>> with math_attention():
+        ...     out = torch.nn.functional.scaled_dot_product_attention(q, q, q)
+        >>> out.shape
+        torch.Size([1, 2, 4])
+    """
     try:
         from torch.nn.attention import SDPBackend, sdpa_kernel
     except ImportError:  # torch < 2.3
@@ -113,6 +136,16 @@ class HessianOperator:
     Attributes: ``numel``, ``dtype``, ``device``, ``mode`` (resolved hvp mode), ``loss`` (float),
     ``gradient()`` (flat gradient at the current parameters, computed once), ``matvecs``,
     ``chunks`` (number of micro-batches, 1 without ``chunk_size``).
+
+    Example: ``L(w) = mean((x w - y)^2)`` over two samples ``x = (2, 0), (0, 1)`` has the
+    Hessian ``2 x^T x / 2 = diag(4, 1)``:
+        >>> model = torch.nn.Linear(2, 1, bias=False)
+        >>> batch = (torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0], [0.0]]))
+        >>> H = HessianOperator(model, torch.nn.MSELoss(), batch)
+        >>> H(torch.tensor([1.0, 1.0]))
+        tensor([4., 1.])
+        >>> H.numel, H.mode, H.matvecs
+        (2, 'double_backprop', 1)
     """
 
     def __init__(self, model: torch.nn.Module, loss_fn, batch, *, dtype=None, hvp: str = "auto",

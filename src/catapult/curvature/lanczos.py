@@ -26,6 +26,12 @@ class EigenEstimate:
         converged: whether ``residual <= tol`` was reached within ``max_iter`` matvecs.
         residual: relative eigen-residual ``||A v - theta v|| / |theta|`` (from the Lanczos
             recurrence), ``nan`` if the operator produced non-finite numbers.
+
+    Example:
+        >>> est = EigenEstimate(value=4.0, vector=torch.tensor([1.0, 0.0]), matvecs=2,
+        ...                     converged=True)
+        >>> est.value, est.converged, est.residual
+        (4.0, True, nan)
     """
 
     value: float
@@ -152,6 +158,14 @@ def lanczos_top_eigenpair(
         :class:`EigenEstimate` (``residual`` is the relative residual above). If ``matvec``
         returns non-finite numbers the estimate has ``value = nan`` and ``converged = False``
         (a diverged model is a result, not a crash).
+
+    Example (the largest *algebraic* eigenvalue, 3, not the largest in magnitude, -5):
+        >>> A = torch.diag(torch.tensor([3.0, 1.0, -5.0], dtype=torch.float64))
+        >>> est = lanczos_top_eigenpair(lambda v: A @ v, torch.ones(3, dtype=torch.float64))
+        >>> round(est.value, 6), est.converged, est.matvecs
+        (3.0, True, 3)
+        >>> est.vector.abs().round(decimals=6)
+        tensor([1., 0., 0.], dtype=torch.float64)
     """
     if not tol > 0:
         raise ValueError(f"tol must be > 0, got {tol!r}")
@@ -265,6 +279,16 @@ def batched_lanczos(matvec, v0: torch.Tensor, *, tol: Sequence[float], max_iter:
     (``converged``), or after ``max_iter[k]`` matvecs, and is dropped from further products.
     A member whose product is non-finite gets ``value = nan``, ``converged = False`` and its
     normalised start vector. Returns one :class:`~catapult.curvature.EigenEstimate` per row.
+
+    Example (two diagonal operators, top eigenvalues 2 and 5):
+        >>> A = torch.stack([torch.diag(torch.tensor([2.0, 1.0, 0.5], dtype=torch.float64)),
+        ...                  torch.diag(torch.tensor([-1.0, 5.0, 3.0], dtype=torch.float64))])
+        >>> def matvec(active, V):
+        ...     return torch.einsum("kij,kj->ki", A[torch.as_tensor(active)], V)
+        >>> ests = batched_lanczos(matvec, torch.ones(2, 3, dtype=torch.float64),
+        ...                        tol=[1e-8, 1e-8], max_iter=[10, 10])
+        >>> [round(e.value, 6) for e in ests], [e.converged for e in ests]
+        ([2.0, 5.0], [True, True])
     """
     m, n = v0.shape
     capacity = min(int(max_basis), n)

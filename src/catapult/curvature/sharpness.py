@@ -94,6 +94,15 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
         :class:`EigenEstimate` with ``value`` (float), ``vector`` (flat, on the model's device,
         in the computation dtype), ``matvecs``, ``converged``, ``residual``. A non-finite loss
         gives ``value = nan``, ``converged = False`` instead of an error.
+
+    Example: ``L(w) = mean((x w - y)^2)`` over the samples ``x = (2, 0), (0, 1)`` has the
+    Hessian ``diag(4, 1)``, so the sharpness is 4 (and GD is stable up to ``lr = 2 / 4``):
+        >>> import torch
+        >>> model = torch.nn.Linear(2, 1, bias=False)
+        >>> batch = (torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0], [0.0]]))
+        >>> est = sharpness(model, torch.nn.MSELoss(), batch)
+        >>> round(est.value, 3), est.converged, est.vector.abs().round(decimals=3)
+        (4.0, True, tensor([1., 0.]))
     """
     _check_solver_args(tol, max_iter)
     op = HessianOperator(model, loss_fn, batch, dtype=dtype, hvp=hvp, seed=seed,
@@ -142,6 +151,16 @@ def instability_threshold(optimizer: torch.optim.Optimizer, lr: float | None = N
     Raises:
         TypeError: for an optimizer of another kind (the message names it).
         ValueError: for a non-positive lr.
+
+    Example:
+        >>> import torch
+        >>> w = [torch.nn.Parameter(torch.zeros(2))]
+        >>> instability_threshold(torch.optim.SGD(w, lr=0.1))                # 2 / lr
+        20.0
+        >>> round(instability_threshold(torch.optim.SGD(w, lr=0.1, momentum=0.9)), 6)
+        38.0
+        >>> round(instability_threshold(torch.optim.Adam(w, lr=0.1)), 6)      # 38 / lr
+        380.0
     """
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
@@ -240,6 +259,18 @@ def preconditioned_sharpness(model: torch.nn.Module, loss_fn, batch,
 
     Keyword arguments are those of :func:`sharpness`. Mode, dtype and RNG are handled the same
     way; neither the model nor the optimizer state is changed.
+
+    Example: Hessian ``diag(4, 1)`` (as in :func:`sharpness`) at ``w = 0`` with targets
+    ``(1, 1)``, gradient ``g = (-2, -1)``; Adam's first step has ``P = (1 - b1) |g| =
+    (0.2, 0.1)``, so ``P^-1 H = diag(20, 10)``:
+        >>> import torch
+        >>> model = torch.nn.Linear(2, 1, bias=False)
+        >>> _ = torch.nn.init.zeros_(model.weight)
+        >>> batch = (torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0], [1.0]]))
+        >>> opt = torch.optim.Adam(model.parameters(), lr=1.0)
+        >>> est = preconditioned_sharpness(model, torch.nn.MSELoss(), batch, opt)
+        >>> round(est.value, 3), round(instability_threshold(opt), 3)    # 38 / lr
+        (20.0, 38.0)
     """
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
