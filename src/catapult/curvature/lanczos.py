@@ -11,7 +11,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["EigenEstimate", "KrylovBasis", "lanczos_top_eigenpair", "batched_lanczos"]
+__all__ = [
+    "EigenEstimate", "KrylovBasis", "lanczos_top_eigenpair", "batched_lanczos",
+    # the Lanczos step both solvers share
+    "restart_sizes", "tridiagonal_update", "ritz_pairs", "top_ritz_pair", "relative_residual",
+    "krylov_invariant", "stop_test", "thick_restart",
+]
 
 
 @dataclass
