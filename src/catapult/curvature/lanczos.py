@@ -11,7 +11,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["EigenEstimate", "KrylovBasis", "lanczos_top_eigenpair", "batched_lanczos"]
+__all__ = [
+    "EigenEstimate", "KrylovBasis", "lanczos_top_eigenpair", "batched_lanczos",
+    # the Lanczos step both solvers share
+    "restart_sizes", "tridiagonal_update", "ritz_pairs", "top_ritz_pair", "relative_residual",
+    "krylov_invariant", "stop_test", "thick_restart",
+]
 
 
 @dataclass
@@ -39,6 +44,104 @@ class EigenEstimate:
     matvecs: int
     converged: bool
     residual: float = float("nan")
+
+
+# --------------------------------------------------------------------------------------------
+# Lanczos steps shared by the single and the batched solver
+# --------------------------------------------------------------------------------------------
+# Both solvers keep the projected matrix T = Q^T A Q on the host (numpy float64, at most
+# max_basis x max_basis per operator) and call these functions on it, so the two iterations are
+# the same arithmetic; only the basis updates on the device differ (one operator vs. a batch).
+
+
+def restart_sizes(max_basis: int, n: int) -> tuple[int, int]:
+    """Basis capacity and the number of Ritz vectors a thick restart keeps.
+
+    ``capacity = min(max_basis, n)`` (a Krylov space of ``R^n`` has at most ``n`` vectors) and
+    ``keep = max(1, capacity // 2)``.
+    """
+    capacity = min(int(max_basis), n)
+    return capacity, max(1, capacity // 2)
+
+
+def tridiagonal_update(T: np.ndarray, j: int, alpha, beta) -> np.ndarray:
+    """The projected matrix after Lanczos step ``j``, as a new array (``T`` is not modified).
+
+    Step ``j`` gives ``A q_j = sum_{i<j} T_ij q_i + alpha_j q_j + beta_j q_{j+1}``, so
+    ``T'[j, j] = alpha_j`` and, when ``j + 1 < T.shape[-1]`` (room for ``q_{j+1}``),
+    ``T'[j, j+1] = T'[j+1, j] = beta_j``. Leading dimensions of ``T`` are a batch of operators,
+    with ``alpha`` and ``beta`` broadcast over them (one value per operator).
+    """
+    T = np.array(T, dtype=np.float64)
+    T[..., j, j] = alpha
+    if j + 1 < T.shape[-1]:
+        T[..., j + 1, j] = beta
+        T[..., j, j + 1] = beta
+    return T
+
+
+def ritz_pairs(T: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ritz values (ascending) and unit eigenvectors (columns) of the leading ``size x size``
+    block ``T_m`` of the projected matrix: ``T_m S = S diag(theta)``, ``S^T S = I``
+    (``numpy.linalg.eigh``; leading dimensions of ``T`` are a batch)."""
+    return np.linalg.eigh(T[..., :size, :size])
+
+
+def top_ritz_pair(ritz_values: np.ndarray, ritz_vectors: np.ndarray) -> tuple[float, np.ndarray]:
+    """The largest algebraic Ritz pair ``(theta, s)`` of one operator's :func:`ritz_pairs`."""
+    return float(ritz_values[-1]), ritz_vectors[:, -1]
+
+
+def relative_residual(beta: float, s_last: float, theta: float) -> float:
+    """Relative eigen-residual of the Ritz pair ``(theta, v = Q_m s)``.
+
+    ``A Q_m = Q_m T_m + beta_m q_m e_m^T`` gives ``||A v - theta v|| = |beta_m s_m|``, so the
+    result is ``|beta_m s_m| / |theta|``; for ``theta = 0`` it is ``0`` when the residual is 0 and
+    ``inf`` otherwise.
+    """
+    residual = abs(beta * float(s_last))
+    if theta != 0:
+        return residual / abs(theta)
+    return 0.0 if residual == 0 else float("inf")
+
+
+def krylov_invariant(beta: float, ritz_values: np.ndarray, n: int, eps: float) -> bool:
+    """Whether the Krylov space is invariant under ``A`` (its Ritz values are then exact).
+
+    True when ``beta_m <= 10 eps max(|theta_min|, |theta_max|, eps) sqrt(n)`` (``beta_m`` at
+    rounding level relative to the spectrum seen so far) or the basis spans ``R^n``
+    (``m = n``); ``ritz_values`` ascending, ``m = len(ritz_values)``.
+    """
+    scale = max(abs(ritz_values[0]), abs(ritz_values[-1]))
+    return bool(beta <= 10 * eps * max(scale, eps) * math.sqrt(n) or len(ritz_values) == n)
+
+
+def stop_test(beta: float, ritz_values: np.ndarray, s: np.ndarray, *, tol: float, n: int,
+              eps: float) -> tuple[bool, float]:
+    """``(converged, rel)`` for the top Ritz pair ``(theta, s)`` after a Lanczos step:
+    ``rel = |beta_m s_m| / |theta|`` (:func:`relative_residual`), and ``converged`` when
+    ``rel <= tol`` or the Krylov space is invariant (:func:`krylov_invariant`)."""
+    rel = relative_residual(beta, s[-1], float(ritz_values[-1]))
+    return bool(rel <= tol or krylov_invariant(beta, ritz_values, n, eps)), rel
+
+
+def thick_restart(ritz_values: np.ndarray, ritz_vectors: np.ndarray, beta: float, keep: int,
+                  capacity: int) -> tuple[np.ndarray, np.ndarray]:
+    """Coefficients and projected matrix of a thick restart to the top ``keep`` Ritz vectors.
+
+    With ``S_k`` the eigenvectors of the ``keep`` largest Ritz values ``theta_k`` (columns, in
+    descending order of ``theta``), the new basis is ``Y = Q_m S_k`` followed by ``q_{m+1}``, and
+    ``A Y = Y diag(theta_k) + beta_m q_{m+1} S_k[-1]^T``: the new projected matrix (``capacity``
+    square, zero outside its leading ``keep + 1`` block) is the arrow matrix
+    ``[[diag(theta_k), c], [c^T, .]]`` with ``c = beta_m S_k[-1]``. Returns ``(S_k, T)``; the
+    caller forms ``Y`` from ``S_k`` (shape ``(m, keep)``) on its own basis.
+    """
+    order = np.argsort(ritz_values)[::-1][:keep]
+    kept = np.ascontiguousarray(ritz_vectors[:, order])
+    T = np.zeros((capacity, capacity))
+    T[np.arange(keep), np.arange(keep)] = ritz_values[order]
+    T[keep, :keep] = T[:keep, keep] = beta * ritz_vectors[-1, order]
+    return kept, T
 
 
 # --------------------------------------------------------------------------------------------
@@ -183,8 +286,7 @@ def lanczos_top_eigenpair(
     if not (math.isfinite(norm0_host) and norm0_host > 0):
         raise ValueError("v0 must be finite and non-zero")
 
-    capacity = min(int(max_basis), n)
-    keep = max(1, capacity // 2)
+    capacity, keep = restart_sizes(max_basis, n)
     eps = torch.finfo(v0.dtype).eps
 
     basis = KrylovBasis(v0)
@@ -222,33 +324,17 @@ def lanczos_top_eigenpair(
         if not (math.isfinite(alpha) and math.isfinite(beta)):
             theta, rel, converged, s = float("nan"), float("nan"), False, None
             break
-        T[j, j] = alpha
-        ritz_values, ritz_vectors = np.linalg.eigh(T[: j + 1, : j + 1])
-        theta, s = float(ritz_values[-1]), ritz_vectors[:, -1]
-        scale = max(abs(ritz_values[0]), abs(ritz_values[-1]))
-        residual = abs(beta * float(s[-1]))
-        rel = residual / abs(theta) if theta != 0 else (0.0 if residual == 0 else float("inf"))
-        invariant = beta <= 10 * eps * max(scale, eps) * math.sqrt(n) or j + 1 == n
-        if rel <= tol or invariant:
-            converged = True
-            break
-        if matvecs == max_iter:
+        T = tridiagonal_update(T, j, alpha, beta)
+        ritz_values, ritz_vectors = ritz_pairs(T, j + 1)
+        theta, s = top_ritz_pair(ritz_values, ritz_vectors)
+        converged, rel = stop_test(beta, ritz_values, s, tol=tol, n=n, eps=eps)
+        if converged or matvecs == max_iter:
             break
         q_next = w.div_(beta)
-        if basis.size == capacity:
-            # Thick restart: keep the top `keep` Ritz vectors Y = Q S_k; then
-            # A Y = Y diag(theta_k) + beta q_next S_k[-1]^T: q_next couples to Y via beta S_k[-1].
-            order = np.argsort(ritz_values)[::-1][:keep]
-            S_k = torch.as_tensor(np.ascontiguousarray(ritz_vectors[:, order]), dtype=q.dtype,
-                                  device=q.device)
-            basis.restart(S_k)
-            basis.append(q_next)
-            T[:] = 0.0
-            T[np.arange(keep), np.arange(keep)] = ritz_values[order]
-            T[keep, :keep] = T[:keep, keep] = beta * ritz_vectors[-1, order]
-        else:
-            basis.append(q_next)
-            T[j + 1, j] = T[j, j + 1] = beta
+        if basis.size == capacity:  # thick restart: the basis becomes Q S_k (then q_next)
+            S_k, T = thick_restart(ritz_values, ritz_vectors, beta, keep, capacity)
+            basis.restart(torch.as_tensor(S_k, dtype=q.dtype, device=q.device))
+        basis.append(q_next)
 
     if s is None:  # the operator produced non-finite numbers
         return EigenEstimate(float("nan"), v0 / norm0, matvecs, False, float("nan"))
@@ -258,11 +344,8 @@ def lanczos_top_eigenpair(
 
 
 # --------------------------------------------------------------------------------------------
-# Hessian-vector products
+# Batched Lanczos
 # --------------------------------------------------------------------------------------------
-
-
-
 
 
 def batched_lanczos(matvec, v0: torch.Tensor, *, tol: Sequence[float], max_iter: Sequence[int],
@@ -291,8 +374,7 @@ def batched_lanczos(matvec, v0: torch.Tensor, *, tol: Sequence[float], max_iter:
         ([2.0, 5.0], [True, True])
     """
     m, n = v0.shape
-    capacity = min(int(max_basis), n)
-    keep = max(1, capacity // 2)
+    capacity, keep = restart_sizes(max_basis, n)
     eps = torch.finfo(v0.dtype).eps
     norm0 = torch.linalg.vector_norm(v0, dim=1)
     start = v0 / norm0[:, None]
@@ -327,8 +409,9 @@ def batched_lanczos(matvec, v0: torch.Tensor, *, tol: Sequence[float], max_iter:
         beta_t = torch.linalg.vector_norm(w, dim=1)
         alphas, betas = torch.stack([alpha_t, beta_t.to(alpha_t.dtype)]).tolist()
         finite = np.array([math.isfinite(a) and math.isfinite(b) for a, b in zip(alphas, betas)])
-        T[:, j, j] = np.where(finite, alphas, 0.0)
-        ritz_values, ritz_vectors = np.linalg.eigh(T[rows, : j + 1, : j + 1])
+        # a non-finite member stops now; zeros keep its (unused) rows of T finite for eigh
+        T = tridiagonal_update(T, j, np.where(finite, alphas, 0.0), np.where(finite, betas, 0.0))
+        ritz_values, ritz_vectors = ritz_pairs(T[rows], j + 1)
         done = np.zeros(len(active), dtype=bool)
         for k in range(len(active)):
             member, r = int(active[k]), int(rows[k])
@@ -336,39 +419,26 @@ def batched_lanczos(matvec, v0: torch.Tensor, *, tol: Sequence[float], max_iter:
                 results[member] = EigenEstimate(float("nan"), start[r].clone(), matvecs, False, float("nan"))
                 done[k] = True
                 continue
-            beta = betas[r]
-            theta, s = float(ritz_values[k, -1]), ritz_vectors[k, :, -1]
-            scale = max(abs(ritz_values[k, 0]), abs(ritz_values[k, -1]))
-            residual = abs(beta * float(s[-1]))
-            rel = residual / abs(theta) if theta != 0 else (0.0 if residual == 0 else float("inf"))
-            invariant = beta <= 10 * eps * max(scale, eps) * math.sqrt(n) or j + 1 == n
-            converged = rel <= tol[member] or invariant
+            theta, s = top_ritz_pair(ritz_values[k], ritz_vectors[k])
+            converged, rel = stop_test(betas[r], ritz_values[k], s, tol=tol[member], n=n, eps=eps)
             if converged or matvecs == max_iter[member]:
                 vector = torch.as_tensor(s, dtype=q.dtype, device=q.device) @ basis[r, :size]
                 vector /= torch.linalg.vector_norm(vector)
-                results[member] = EigenEstimate(theta, vector, matvecs, bool(converged), rel)
+                results[member] = EigenEstimate(theta, vector, matvecs, converged, rel)
                 done[k] = True
         if done.all():
             break
-        betas_arr = np.asarray(betas)
         # stopped rows may have beta = 0 (or nan): keep their (unused) next vector finite
         q_next = w / torch.where(beta_t > 0, beta_t, torch.ones_like(beta_t))[:, None]
-        if size == capacity:
+        if size == capacity:  # thick restart of the members still iterating
             for k in np.flatnonzero(~done):
                 r = int(rows[k])
-                order = np.argsort(ritz_values[k])[::-1][:keep]
-                S_k = torch.as_tensor(np.ascontiguousarray(ritz_vectors[k][:, order]), dtype=q.dtype,
-                                      device=q.device)
-                Y = S_k.T @ basis[r, :size]
-                basis[r, :keep] = Y
-                T[r] = 0.0
-                T[r, np.arange(keep), np.arange(keep)] = ritz_values[k][order]
-                T[r, keep, :keep] = T[r, :keep, keep] = betas_arr[r] * ritz_vectors[k][-1, order]
+                S_k, T[r] = thick_restart(ritz_values[k], ritz_vectors[k], betas[r], keep, capacity)
+                basis[r, :keep] = torch.as_tensor(S_k, dtype=q.dtype, device=q.device).T @ basis[r, :size]
             basis[:, keep] = q_next
             size = keep + 1
         else:
             basis[:, size] = q_next
-            T[:, size, j] = T[:, j, size] = np.where(np.isfinite(betas_arr), betas_arr, 0.0)
             size += 1
         if done.any():
             active, rows = active[~done], rows[~done]
