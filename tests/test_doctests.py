@@ -24,6 +24,7 @@ MODULES = (
     "catapult.optim.gi_adam",
     "catapult.optim.registry",
     "catapult.optim.rules",
+    "catapult.engine.step",
 )
 
 # Public names without an example, and why.

@@ -59,6 +59,9 @@ def restart_sizes(max_basis: int, n: int) -> tuple[int, int]:
 
     ``capacity = min(max_basis, n)`` (a Krylov space of ``R^n`` has at most ``n`` vectors) and
     ``keep = max(1, capacity // 2)``.
+
+    >>> restart_sizes(20, 1000), restart_sizes(20, 6)
+    ((20, 10), (6, 3))
     """
     capacity = min(int(max_basis), n)
     return capacity, max(1, capacity // 2)
@@ -71,6 +74,11 @@ def tridiagonal_update(T: np.ndarray, j: int, alpha, beta) -> np.ndarray:
     ``T'[j, j] = alpha_j`` and, when ``j + 1 < T.shape[-1]`` (room for ``q_{j+1}``),
     ``T'[j, j+1] = T'[j+1, j] = beta_j``. Leading dimensions of ``T`` are a batch of operators,
     with ``alpha`` and ``beta`` broadcast over them (one value per operator).
+
+    >>> import numpy as np
+    >>> T = tridiagonal_update(np.zeros((3, 3)), 0, 2.0, 0.5)
+    >>> T.tolist()
+    [[2.0, 0.5, 0.0], [0.5, 0.0, 0.0], [0.0, 0.0, 0.0]]
     """
     T = np.array(T, dtype=np.float64)
     T[..., j, j] = alpha
@@ -83,12 +91,24 @@ def tridiagonal_update(T: np.ndarray, j: int, alpha, beta) -> np.ndarray:
 def ritz_pairs(T: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Ritz values (ascending) and unit eigenvectors (columns) of the leading ``size x size``
     block ``T_m`` of the projected matrix: ``T_m S = S diag(theta)``, ``S^T S = I``
-    (``numpy.linalg.eigh``; leading dimensions of ``T`` are a batch)."""
+    (``numpy.linalg.eigh``; leading dimensions of ``T`` are a batch).
+
+    >>> import numpy as np
+    >>> values, vectors = ritz_pairs(np.array([[2.0, 1.0], [1.0, 2.0]]), 2)
+    >>> values.round(6).tolist()
+    [1.0, 3.0]
+    """
     return np.linalg.eigh(T[..., :size, :size])
 
 
 def top_ritz_pair(ritz_values: np.ndarray, ritz_vectors: np.ndarray) -> tuple[float, np.ndarray]:
-    """The largest algebraic Ritz pair ``(theta, s)`` of one operator's :func:`ritz_pairs`."""
+    """The largest algebraic Ritz pair ``(theta, s)`` of one operator's :func:`ritz_pairs`.
+
+    >>> import numpy as np
+    >>> theta, s = top_ritz_pair(*ritz_pairs(np.diag([1.0, 5.0, 3.0]), 3))
+    >>> float(theta), np.abs(s).tolist()
+    (5.0, [0.0, 1.0, 0.0])
+    """
     return float(ritz_values[-1]), ritz_vectors[:, -1]
 
 
@@ -98,6 +118,9 @@ def relative_residual(beta: float, s_last: float, theta: float) -> float:
     ``A Q_m = Q_m T_m + beta_m q_m e_m^T`` gives ``||A v - theta v|| = |beta_m s_m|``, so the
     result is ``|beta_m s_m| / |theta|``; for ``theta = 0`` it is ``0`` when the residual is 0 and
     ``inf`` otherwise.
+
+    >>> relative_residual(0.5, 0.2, 4.0), relative_residual(0.0, 0.0, 0.0)
+    (0.025, 0.0)
     """
     residual = abs(beta * float(s_last))
     if theta != 0:
@@ -111,6 +134,10 @@ def krylov_invariant(beta: float, ritz_values: np.ndarray, n: int, eps: float) -
     True when ``beta_m <= 10 eps max(|theta_min|, |theta_max|, eps) sqrt(n)`` (``beta_m`` at
     rounding level relative to the spectrum seen so far) or the basis spans ``R^n``
     (``m = n``); ``ritz_values`` ascending, ``m = len(ritz_values)``.
+
+    >>> import numpy as np
+    >>> krylov_invariant(1e-20, np.array([1.0, 4.0]), 10, 1e-16), krylov_invariant(0.3, np.array([1.0, 4.0]), 10, 1e-16)
+    (True, False)
     """
     scale = max(abs(ritz_values[0]), abs(ritz_values[-1]))
     return bool(beta <= 10 * eps * max(scale, eps) * math.sqrt(n) or len(ritz_values) == n)
@@ -120,7 +147,13 @@ def stop_test(beta: float, ritz_values: np.ndarray, s: np.ndarray, *, tol: float
               eps: float) -> tuple[bool, float]:
     """``(converged, rel)`` for the top Ritz pair ``(theta, s)`` after a Lanczos step:
     ``rel = |beta_m s_m| / |theta|`` (:func:`relative_residual`), and ``converged`` when
-    ``rel <= tol`` or the Krylov space is invariant (:func:`krylov_invariant`)."""
+    ``rel <= tol`` or the Krylov space is invariant (:func:`krylov_invariant`).
+
+    >>> import numpy as np
+    >>> converged, rel = stop_test(0.01, np.array([1.0, 4.0]), np.array([0.0, 1.0]), tol=1e-3, n=10, eps=1e-16)
+    >>> bool(converged), rel
+    (False, 0.0025)
+    """
     rel = relative_residual(beta, s[-1], float(ritz_values[-1]))
     return bool(rel <= tol or krylov_invariant(beta, ritz_values, n, eps)), rel
 
@@ -135,6 +168,12 @@ def thick_restart(ritz_values: np.ndarray, ritz_vectors: np.ndarray, beta: float
     square, zero outside its leading ``keep + 1`` block) is the arrow matrix
     ``[[diag(theta_k), c], [c^T, .]]`` with ``c = beta_m S_k[-1]``. Returns ``(S_k, T)``; the
     caller forms ``Y`` from ``S_k`` (shape ``(m, keep)``) on its own basis.
+
+    >>> import numpy as np
+    >>> values, vectors = ritz_pairs(np.diag([1.0, 2.0, 3.0]), 3)
+    >>> S, T = thick_restart(values, vectors, 0.5, keep=1, capacity=3)
+    >>> np.abs(S).ravel().tolist(), T[:2, :2].tolist()
+    ([0.0, 0.0, 1.0], [[3.0, 0.5], [0.5, 0.0]])
     """
     order = np.argsort(ritz_values)[::-1][:keep]
     kept = np.ascontiguousarray(ritz_vectors[:, order])
