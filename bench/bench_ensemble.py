@@ -2,7 +2,7 @@
 
 For each model and N (number of cells), the same N cells (different lr, warmup, init seed) run
 through :class:`catapult.sweep.ensemble.EnsembleExecutor` (one batched model per chunk) and,
-for the local rate, through :func:`catapult.train.run` one after another. Cells are
+for the local rate, through :func:`catapult.engine.run` one after another. Cells are
 independent, so the local rate (cells/s) is measured on ``--local-cells`` of them (default 8)
 and does not depend on N. Repetitions are interleaved (local, ensemble N=8, 32, 128, local,
 ...) and medians reported, because the machine is shared; the speedup is the median of the
@@ -44,7 +44,7 @@ import time
 import torch
 
 from catapult import config as cfg
-from catapult import train
+from catapult import engine as train
 from catapult.sweep.ensemble import EnsembleExecutor
 from catapult.sweep.executors import Cell
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from catapult.store import Store
+from catapult.sweep.store import Store
 
 
 def _fmt(x, spec=".3g"):

@@ -1,5 +1,5 @@
 """Fakes shared by the sweep tests (not collected by pytest): a deterministic, instant
-stand-in for ``catapult.train.run`` that counts its calls."""
+stand-in for ``catapult.engine.run`` that counts its calls."""
 from __future__ import annotations
 
 import math

@@ -9,7 +9,7 @@ from catapult import config as C
 from catapult.critical_lr import critical_lr
 from catapult.losses import get_loss
 from catapult.optim import GIAdam
-from catapult.train import build_model, build_optimizer, run
+from catapult.engine import build_model, build_optimizer, run
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -178,7 +178,7 @@ def test_catapult_warmup_trains_where_the_constant_target_lr_diverges():
 
 def test_adam_run_figure_plots_preconditioned_sharpness_against_38_over_lr(tmp_path):
     from catapult.plots import plot_run
-    from catapult.train import threshold_label
+    from catapult.engine import threshold_label
 
     cfg = tiny(optimizer={"name": "gi-adam", "lr": 0.01}, schedule={"warmup_steps": 6},
                eval={"sharpness_every": 3})
@@ -198,7 +198,7 @@ def test_adam_run_figure_plots_preconditioned_sharpness_against_38_over_lr(tmp_p
 
 
 def test_engine_gi_adam_random_v0_is_drawn_from_the_run_seed():
-    from catapult.train import seeds
+    from catapult.engine import seeds
 
     def first_v(seed):
         cfg = C.validate(tiny(seed=seed, optimizer={"name": "gi-adam", "lr": 0.01, "v0": "random"}))

@@ -1,7 +1,9 @@
 import math
+from typing import Annotated, Literal
 
 import pytest
 import yaml
+from pydantic import Field
 
 from catapult import config as C
 from catapult.config import ConfigError, load_config, parse_lr, resolve_lr, validate
@@ -135,16 +137,27 @@ def test_missing_or_malformed_file(tmp_path):
         load_config(listy)
 
 
-def test_schema_is_extensible_by_tables():
-    saved = C.get("optimizer.name")
-    try:
-        C.add_choices("optimizer.name", "lion", "sgd")
-        assert validate({"optimizer": {"name": "lion"}})["optimizer"]["name"] == "lion"
-        assert "lion" in str(_error({"optimizer": {"name": "lamb"}}))
-        C.add_section("sweep", {"repeats": C.integer(1, low=1)})
-        assert validate({"sweep": {"repeats": 3}})["sweep"]["repeats"] == 3
-        assert _error({"sweep": {"repeats": 0}}).keys == ["sweep.repeats"]
-    finally:
-        C.add_option("optimizer.name", saved)
-        C.SCHEMA.pop("sweep", None)
+def test_schema_is_extensible_by_subclassing():
+    # the typed models replace add_choices/add_section: subclass a section (a wider Literal, a
+    # new field) and RunConfig, and validate with model=
+    class LionOptimizer(C.OptimizerConfig):
+        name: Annotated[Literal["sgd", "adam", "adamw", "radam", "gi-adam", "lion"], C.choice()] = "sgd"
+
+    class Repeats(C.Section):
+        repeats: Annotated[int, C.integer(low=1)] = 1
+
+    class Extended(C.RunConfig):
+        optimizer: LionOptimizer = Field(default_factory=LionOptimizer)
+        sweep: Repeats = Field(default_factory=Repeats)
+
+    assert validate({"optimizer": {"name": "lion"}}, model=Extended)["optimizer"]["name"] == "lion"
+    with pytest.raises(ConfigError, match="lion"):
+        validate({"optimizer": {"name": "lamb"}}, model=Extended)
+    assert validate({"sweep": {"repeats": 3}}, model=Extended)["sweep"]["repeats"] == 3
+    with pytest.raises(ConfigError) as info:
+        validate({"sweep": {"repeats": 0}}, model=Extended)
+    assert info.value.keys == ["sweep.repeats"]
+    assert C.get("sweep.repeats", Extended).default == 1
+    # the base config is untouched
     assert "lion" in str(_error({"optimizer": {"name": "lion"}}))
+    assert _error({"sweep": {"repeats": 3}}).keys == ["sweep"]

@@ -38,7 +38,7 @@ def test_config_validates(path, tmp_path):
             assert {c.swept["model.parametrization"] for c in cells} == {"sp", "mup", "supar", "supar_init",
                                                                        "supar_lr"}
     else:
-        from catapult.coord_check_cli import load_coord_check
+        from catapult.engine.coord_check_study import load_coord_check
 
         config, spec = load_coord_check(path, overrides)
         assert spec["densities"] and set(spec["parametrizations"]) == {"sp", "mup", "supar"}

@@ -10,7 +10,7 @@ from catapult import config as C
 from catapult.cli import main
 from catapult.data import load_dataset
 from catapult.losses import get_loss
-from catapult.train import build_model
+from catapult.engine import build_model
 
 
 @pytest.fixture

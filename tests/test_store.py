@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 
 from catapult import config as cfg
-from catapult.store import EXPORT_COLUMNS, SpecChanged, Store, write_csv, write_parquet
+from catapult.sweep.store import EXPORT_COLUMNS, SpecChanged, Store, write_csv, write_parquet
 from catapult.sweep import parse_sweep, run_sweep
 from catapult.sweep.lambda0 import lambda0_key
 
@@ -163,7 +163,7 @@ def test_every_result_is_committed_at_once(tmp_path):
 
 
 def test_not_a_store_is_a_clear_error(tmp_path):
-    from catapult.store import StoreError
+    from catapult.sweep.store import StoreError
 
     bogus = tmp_path / "x.db"
     bogus.write_text("hello, not sqlite " * 100)
@@ -241,7 +241,7 @@ def test_export_parquet_without_pyarrow_says_how_to_get_it(tmp_path, monkeypatch
 
 
 def test_export_command_line(tmp_path, capsys):
-    from catapult.sweep.__main__ import main
+    from catapult.cli import main
 
     path = _exported_store(tmp_path)
     assert main(["export", str(path), "--out", str(tmp_path / "e.csv")]) == 0

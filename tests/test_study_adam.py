@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from catapult.cli import main
-from catapult.store import Store
+from catapult.sweep.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,5 +1,5 @@
 """The ``ensemble`` executor (cells trained as one batched model) reproduces the local engine
-(:func:`catapult.train.run`) cell by cell: per-step metrics, sharpness (batched Lanczos),
+(:func:`catapult.engine.run`) cell by cell: per-step metrics, sharpness (batched Lanczos),
 statuses and summaries; a diverging member changes nothing for the others; memory-budget
 chunking changes nothing; cells it cannot batch fall back to the local path."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from catapult import config as cfg
-from catapult import train
+from catapult import engine as train
 from catapult.curvature import lanczos_top_eigenpair
 from catapult.sweep.ensemble import EnsembleExecutor, batched_lanczos, group_key, unsupported_reason
 from catapult.sweep.executors import Cell
@@ -313,7 +313,7 @@ def test_phase_diagram_configs_expand_to_valid_cells(path, at_least):
 
 def _stacked(loss, parametrization, density, activation, n=5):
     """A ``_Batch`` of ``n`` float64 members (different seeds) on 50 digits, and the data."""
-    from catapult.sweep.ensemble import _Batch, _Member
+    from catapult.sweep.ensemble_run import _Batch, _Member
 
     configs = [cfg.validate({"name": f"m{i}", "seed": i, "dtype": "float64", "loss": loss,
                              "data": {"name": "digits", "n_train": 50, "n_test": 20},
@@ -363,12 +363,12 @@ def test_hand_gradient_and_hvp_equal_autograd(loss, targets, parametrization, de
 def test_sub_batch_size_changes_nothing(monkeypatch):
     # sub-batches of 1 member vs all members in one: same results to float64 rounding, with
     # sharpness (HVP state cut down as members converge) and a diverging member
-    from catapult.sweep import ensemble
+    from catapult.sweep import ensemble_kernels
 
     cells = _sgd_grid("float64")
     runs = []
     for group_bytes in (1, 2**40):
-        monkeypatch.setattr(ensemble, "_GROUP_BYTES", group_bytes)
+        monkeypatch.setattr(ensemble_kernels, "_GROUP_BYTES", group_bytes)
         runs.append(_run(cells)[1])
     for cell in cells:
         _assert_same(runs[0][cell.id], runs[1][cell.id], rtol=1e-9)
@@ -418,7 +418,7 @@ def test_sub_batches_cover_all_members_in_cache_sized_even_ranges(members, group
 @pytest.mark.parametrize("n, size, multiple", [(10, 4, 2), (9, 4, 2), (32, 3, 2), (5, 2, 2), (3, 2, 2), (1, 4, 2),
                                                (7, 1, 2), (31, 8, 4), (13, 6, 3), (8, 8, 8), (0, 2, 2)])
 def test_sub_batch_ranges_hold_whole_multiples_of_the_thread_count(n, size, multiple):
-    from catapult.sweep.ensemble import _even_ranges
+    from catapult.sweep.ensemble_kernels import even_ranges as _even_ranges
 
     ranges = _even_ranges(n, size, multiple)
     assert [r for s, e in ranges for r in range(s, e)] == list(range(n))
@@ -439,7 +439,7 @@ def test_batch_with_two_threads_uses_even_sub_batches():
 
 
 def test_l2_cache_size_read_from_sysfs_layout(tmp_path):
-    from catapult.sweep.ensemble import _l2_cache_bytes
+    from catapult.sweep.ensemble_kernels import _l2_cache_bytes
 
     for name, level, kind, size in [("index0", 1, "Data", "48K"), ("index1", 1, "Instruction", "32K"),
                                     ("index2", 2, "Unified", "1024K"), ("index3", 3, "Unified", "32768K")]:
@@ -490,17 +490,17 @@ def test_update_fused_into_the_gradient_pass_is_bitwise_the_separate_update(opti
     gradient; steps that measure (test every step here) take the gradient of all members, then
     update. Both must give the same training trajectory bit for bit, and the fused path must
     really have run."""
-    from catapult.sweep import ensemble
+    from catapult.sweep import ensemble_kernels, ensemble_run
 
     fused_calls = []
-    original = ensemble._Batch.loss_grads
+    original = ensemble_run._Batch.loss_grads
 
     def spy(self, x, y, need_grads, step=None):
         fused_calls.append(step is not None)
         return original(self, x, y, need_grads, step=step)
 
-    monkeypatch.setattr(ensemble._Batch, "loss_grads", spy)
-    monkeypatch.setattr(ensemble, "_GROUP_BYTES", 2 * 160 * 24 * 4)  # sub-batches of 2 members (of 160 x 24)
+    monkeypatch.setattr(ensemble_run._Batch, "loss_grads", spy)
+    monkeypatch.setattr(ensemble_kernels, "_GROUP_BYTES", 2 * 160 * 24 * 4)  # sub-batches of 2 members (of 160 x 24)
     runs = {}
     for test_every in (0, 1):
         cells = [_cell(i, seed=i, optimizer={**optimizer, "lr": optimizer["lr"] * (1 + i)},

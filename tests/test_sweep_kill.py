@@ -27,7 +27,7 @@ CELLS = 20
 
 
 def _sweep_cmd(config, store):
-    return [sys.executable, "-m", "catapult.sweep", "sweep", str(config), "--store", str(store),
+    return [sys.executable, "-m", "catapult", "sweep", str(config), "--store", str(store),
             "--threads", "1", "--progress", "lines"]
 
 

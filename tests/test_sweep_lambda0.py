@@ -3,11 +3,11 @@ absolute lr reproduces the engine's own ``"2^x/lambda0"`` run exactly."""
 from __future__ import annotations
 
 from catapult import config as cfg
-from catapult import train
+from catapult import engine as train
 from catapult.sweep import parse_sweep, run_sweep
 from catapult.sweep.executors import LocalExecutor, torch_threads
 from catapult.sweep.lambda0 import lambda0_key, measure_lambda0
-from catapult.store import Store
+from catapult.sweep.store import Store
 
 TINY = {
     "name": "tiny",

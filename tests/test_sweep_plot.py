@@ -6,7 +6,7 @@ import pytest
 
 from catapult import config as cfg
 from catapult.plots.phase import phase_grid, plot_cell_trajectories, plot_phase_diagram
-from catapult.store import Store
+from catapult.sweep.store import Store
 from catapult.sweep import parse_sweep, run_sweep
 
 from sweep_fakes import FakeLambda0, FakeRun, fake_accuracy
@@ -72,7 +72,7 @@ def test_plot_files_are_pngs(store_path, tmp_path):
 
 
 def test_plot_command_writes_heatmap_and_trajectories(store_path, tmp_path, capsys):
-    from catapult.sweep.__main__ import main
+    from catapult.cli import main
 
     out, traj = tmp_path / "h.png", tmp_path / "t.png"
     assert main(["plot", str(store_path), "--metric", "train_loss", "--where", "seed=0", "--cells", "0", "5",

@@ -39,7 +39,7 @@ def crash_once(config, progress=None):
     if config["name"] == "ray-5" and not os.path.exists(marker):
         open(marker, "w").close()
         os._exit(1)
-    from catapult.train import run
+    from catapult.engine import run
     return run(config, progress=progress)
 
 
@@ -51,7 +51,7 @@ print(json.dumps({"ray_running_after": ray.is_initialized(), "pid": os.getpid()}
 
 
 def _table(path):
-    from catapult.store import Store
+    from catapult.sweep.store import Store
 
     with Store(path, create=False) as store:
         return {c["id"]: {"status": c["status"], "error": c["error"], "worker": c["worker"],

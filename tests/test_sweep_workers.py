@@ -185,7 +185,7 @@ def test_sweep_cli_with_two_workers(tmp_path):
             optimizer.lr: [0.05, 0.1, 0.2, 100.0]
             schedule.warmup_steps: [1, 8]
     """))
-    cmd = [sys.executable, "-m", "catapult.sweep", "sweep", str(config), "--store", str(tmp_path / "s.db"),
+    cmd = [sys.executable, "-m", "catapult", "sweep", str(config), "--store", str(tmp_path / "s.db"),
            "--executor", "ensemble", "--workers", "2", "--threads", "1", "--progress", "none"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

@@ -10,7 +10,7 @@ import yaml
 from catapult import config as C
 from catapult.data import load_dataset
 from catapult.losses import mse
-from catapult.train import (METRIC_COLUMNS, BatchStream, build_model, read_metrics, run, seeds)
+from catapult.engine import (METRIC_COLUMNS, BatchStream, build_model, read_metrics, run, seeds)
 
 
 def tiny(**sections):

@@ -18,7 +18,7 @@ from catapult import curvature
 from catapult.cli import main
 from catapult.data import load_dataset
 from catapult.losses import cross_entropy
-from catapult.train import BatchStream, build_model, load_data, run, seeds
+from catapult.engine import BatchStream, build_model, load_data, run, seeds
 
 TEXT = ("To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
         "The slings and arrows of outrageous fortune,\nOr to take arms against a sea of troubles\n") * 6

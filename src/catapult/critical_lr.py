@@ -50,6 +50,11 @@ class CriticalLR:
         forward_passes: forward passes spent, including the one that gave ``loss0`` (and the
             gradient).
         loss0: ``L(theta)`` on the batch.
+
+    Example:
+        >>> result = CriticalLR(lr=0.5, lower=0.25, upper=0.5, forward_passes=3, loss0=1.0)
+        >>> result.lr == result.upper
+        True
     """
 
     lr: float
@@ -70,6 +75,16 @@ class ModelSnapshot:
     The RNG state saved is the CPU generator's, and every CUDA device's when the model has a
     tensor on CUDA. Plain Python attributes that a custom module mutates in ``forward`` are not
     covered.
+
+    Example (a train-mode BatchNorm forward moves its running mean; restore puts it back):
+        >>> bn = torch.nn.BatchNorm1d(1)
+        >>> snapshot = ModelSnapshot(bn)
+        >>> _ = bn(torch.tensor([[1.0], [3.0]]))
+        >>> bn.running_mean                     # 0.1 * batch mean 2
+        tensor([0.2000])
+        >>> snapshot.restore()
+        >>> bn.running_mean
+        tensor([0.])
     """
 
     def __init__(self, model: torch.nn.Module):
@@ -95,7 +110,15 @@ def _forward_loss(model: torch.nn.Module, loss_fn: Callable, batch: Sequence) ->
 
 def probe_loss(model: torch.nn.Module, loss_fn: Callable, batch: Sequence) -> float:
     """``L(theta)`` on ``batch`` -- one forward pass in the model's current mode, under
-    ``torch.no_grad`` -- leaving buffers and the global RNG state as they were."""
+    ``torch.no_grad`` -- leaving buffers and the global RNG state as they were.
+
+    Example (``w = 0``: the loss is ``mean(y^2)``):
+        >>> model = torch.nn.Linear(2, 1, bias=False)
+        >>> _ = torch.nn.init.zeros_(model.weight)
+        >>> batch = (torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0], [2.0]]))
+        >>> probe_loss(model, torch.nn.MSELoss(), batch)
+        2.5
+    """
     snapshot = ModelSnapshot(model)
     try:
         with torch.no_grad():
@@ -146,6 +169,14 @@ def next_step_direction(optimizer: torch.optim.Optimizer,
 
     Raises:
         NotImplementedError: for other optimizers (the message names it).
+
+    Example (SGD moves along the gradient; Adam's first step along its sign):
+        >>> w = torch.nn.Parameter(torch.zeros(2))
+        >>> g = torch.tensor([4.0, -0.5])
+        >>> [u for _, u in next_step_direction(torch.optim.SGD([w], lr=0.1), {w: g})]
+        [tensor([ 4.0000, -0.5000])]
+        >>> [u.round(decimals=4) for _, u in next_step_direction(torch.optim.Adam([w]), {w: g})]
+        [tensor([ 1., -1.])]
     """
     registry.spec_for(optimizer)          # NotImplementedError (naming it) for other classes
     pairs = grads.items() if isinstance(grads, Mapping) else grads
@@ -220,6 +251,21 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
     Raises:
         ValueError: bad arguments, or ``L0`` not finite (nothing to compare against).
         NotImplementedError: an optimizer without a direction rule.
+
+    Example: GD on ``L(w) = mean((x w - y)^2)`` with ``x = (2, 0), (0, 1)`` (Hessian
+    ``diag(4, 1)``), from ``w = 0`` with ``y = (1, 0)``, whose gradient lies along the top
+    eigenvector: ``L(lr) = (4 lr - 1)^2 / 2`` rises above ``L0 = 1/2`` exactly for ``lr > 2 / 4``.
+    Doubling from 1/64 brackets ``[0.5, 1]``; bisection stops once ``L(upper) <= 1.1 L0``:
+        >>> model = torch.nn.Linear(2, 1, bias=False)
+        >>> _ = torch.nn.init.zeros_(model.weight)
+        >>> batch = (torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0], [0.0]]))
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> result = critical_lr(model, torch.nn.MSELoss(), batch, opt, lr_start=1 / 64)
+        >>> result.lower, result.lr, result.loss0
+        (0.5, 0.5078125, 0.5)
+        >>> model.weight                        # restored
+        Parameter containing:
+        tensor([[0., 0.]], requires_grad=True)
     """
     lr_start = _check_positive("lr_start", lr_start)
     lr_max = _check_positive("lr_max", lr_max, allow_none=True)

@@ -36,7 +36,7 @@ from typing import Any, Mapping, Sequence
 from catapult import config as cfg
 
 __all__ = ["PARAMETRIZATIONS", "WARMUP_STEPS", "LR_TARGET", "BASE_CONFIG", "demo_configs",
-           "write_configs", "run_demo", "report_table", "register"]
+           "write_configs", "run_demo", "report_table"]
 
 PARAMETRIZATIONS = ("mup", "sp")
 WARMUP_STEPS = (1, 16, 64, 256)
@@ -103,7 +103,7 @@ def _init_worker() -> None:
 
 
 def _run_one(config: dict, out_dir: str) -> tuple[str, dict, list[dict]]:
-    from catapult.train import run
+    from catapult.engine import run
 
     result = run(config, out_dir=out_dir, progress="none")
     return config["name"], result.summary, result.metrics
@@ -266,34 +266,3 @@ def _report(configs, table: str, figures: Sequence[Path], wall: float) -> str:
         "(the resolved config is also in each run directory).",
         "",
     ])
-
-
-# --------------------------------------------------------------------------------------------
-# Command line: `catapult demo [--out DIR] [--workers N] [--write-configs DIR]`
-
-
-def register(subparsers) -> None:
-    """Add the ``demo`` subcommand."""
-    p = subparsers.add_parser(
-        "demo",
-        help="the warmup-mechanisms study (Fig. 1) in miniature on embedded data (a few minutes on CPU)",
-        description=__doc__.split("\n\n")[1] if __doc__ else None,
-    )
-    p.add_argument("--out", default="runs/demo", metavar="DIR", help="output directory (default: runs/demo)")
-    p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="parallel processes, one torch thread each (default: min(2, CPUs))")
-    p.add_argument("--write-configs", metavar="DIR",
-                   help="only write the study's run configs as DIR/<name>.yaml and exit")
-    p.set_defaults(func=_demo_command)
-
-
-def _demo_command(args) -> int:
-    if args.write_configs:
-        for path in write_configs(args.write_configs):
-            print(path)
-        return 0
-    if args.workers is not None and args.workers < 1:
-        raise cfg.ConfigError([("--workers", f"must be >= 1, got {args.workers}")])
-    run_demo(args.out, workers=args.workers, echo=lambda line: print(line, flush=True))
-    return 0
-

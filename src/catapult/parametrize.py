@@ -94,7 +94,12 @@ OPTIMIZER_FAMILIES = {"adam": "adam", "adamw": "adam", "gi-adam": "adam", "giada
 
 
 def check_parametrization(name: str) -> str:
-    """Validate a parameterization name; returns it."""
+    """Validate a parameterization name; returns it.
+
+    Example:
+        >>> check_parametrization("supar")
+        'supar'
+    """
     if name not in PARAMETRIZATIONS:
         raise ValueError(f"parametrization must be one of {PARAMETRIZATIONS}; got {name!r}")
     return name
@@ -103,14 +108,24 @@ def check_parametrization(name: str) -> str:
 def init_rule(parametrization: str) -> str:
     """Which column of the init table applies: ``"sp" | "mup" | "supar"``.
 
-    ``supar_init`` (ablation) inits like SμPar, ``supar_lr`` like muP."""
+    ``supar_init`` (ablation) inits like SμPar, ``supar_lr`` like muP.
+
+    Example:
+        >>> init_rule("supar_init"), init_rule("supar_lr")
+        ('supar', 'mup')
+    """
     return _INIT_RULE[check_parametrization(parametrization)]
 
 
 def lr_rule(parametrization: str) -> str:
     """Which column of the learning-rate table applies: ``"sp" | "mup" | "supar"``.
 
-    ``supar_init`` (ablation) takes muP's learning rates, ``supar_lr`` SμPar's."""
+    ``supar_init`` (ablation) takes muP's learning rates, ``supar_lr`` SμPar's.
+
+    Example:
+        >>> lr_rule("supar_init"), lr_rule("supar_lr")
+        ('mup', 'supar')
+    """
     return _LR_RULE[check_parametrization(parametrization)]
 
 
@@ -122,6 +137,10 @@ class ParamSpec:
     ``lr_rule="global"``: every tensor uses the global learning rate (``lr_mult = 1``); used by
     the warmup paper's FCN muP, whose forward multipliers already encode the width scaling for
     SGD (and which the paper also runs with Adam as "simple muP").
+
+    Example:
+        >>> ParamSpec("mup", width_mult=4.0)
+        ParamSpec(parametrization='mup', width_mult=4.0, density_mult=1.0, lr_rule='table')
     """
 
     parametrization: str = "sp"
@@ -137,6 +156,14 @@ def init_variance(parametrization: str, role: str, sigma2: float, *, width_mult:
     hidden: SP ``sigma2``, muP ``sigma2 / m_d``, SμPar ``sigma2 / (m_d * m_rho)``;
     input and output: ``sigma2`` under every parameterization. The ablations use
     :func:`init_rule` (``supar_init``: SμPar's, ``supar_lr``: muP's).
+
+    Example (width 4x the base, half the base density):
+        >>> init_variance("mup", "hidden", 1.0, width_mult=4.0, density_mult=0.5)
+        0.25
+        >>> init_variance("supar", "hidden", 1.0, width_mult=4.0, density_mult=0.5)
+        0.5
+        >>> init_variance("supar", "output", 1.0, width_mult=4.0, density_mult=0.5)
+        1.0
     """
     parametrization = init_rule(parametrization)
     if role not in ROLES:
@@ -149,7 +176,12 @@ def init_variance(parametrization: str, role: str, sigma2: float, *, width_mult:
 
 
 def optimizer_family(optimizer: str) -> str:
-    """``"adam"`` or ``"sgd"`` for an optimizer name (adam, adamw, gi-adam, radam, sgd)."""
+    """``"adam"`` or ``"sgd"`` for an optimizer name (adam, adamw, gi-adam, radam, sgd).
+
+    Example:
+        >>> optimizer_family("gi-adam"), optimizer_family("SGD")
+        ('adam', 'sgd')
+    """
     key = str(optimizer).lower()
     if key not in OPTIMIZER_FAMILIES:
         raise ValueError(
@@ -168,6 +200,14 @@ def lr_multiplier(parametrization: str, kind: str, optimizer: str = "adam", *,
     else 1. SGD: muP input/output/vector ``m_d``, hidden 1; SμPar hidden ``1/m_rho``; output
     bias 1. SP: 1 everywhere. The ablations use :func:`lr_rule` (``supar_init``: muP's,
     ``supar_lr``: SμPar's).
+
+    Example (width 4x the base, half the base density):
+        >>> lr_multiplier("mup", "hidden", "adam", width_mult=4.0)
+        0.25
+        >>> lr_multiplier("supar", "hidden", "adam", width_mult=4.0, density_mult=0.5)
+        0.5
+        >>> lr_multiplier("mup", "input", "sgd", width_mult=4.0)
+        4.0
     """
     parametrization = lr_rule(parametrization)
     if kind not in TENSOR_KINDS:
@@ -196,6 +236,13 @@ class ScaledLinear(MaskedLinear):
 
     ``multiplier`` and ``bias_multiplier`` are plain floats (architecture, not state); ``M`` is
     an optional persistent mask buffer (see :class:`catapult.sparsity.MaskedLinear`).
+
+    Example:
+        >>> layer = ScaledLinear(2, 1, multiplier=0.5)
+        >>> with torch.no_grad():
+        ...     _ = layer.weight.fill_(1.0), layer.bias.fill_(1.0)
+        >>> layer(torch.tensor([[2.0, 4.0]])).item()      # 0.5 * (2 + 4 + 1)
+        3.5
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
@@ -228,7 +275,16 @@ class ScaledLinear(MaskedLinear):
 
 
 class ScaledEmbedding(nn.Embedding):
-    """``y = multiplier * E[idx]`` (``multiplier`` a plain float attribute)."""
+    """``y = multiplier * E[idx]`` (``multiplier`` a plain float attribute).
+
+    Example:
+        >>> embedding = ScaledEmbedding(3, 2)
+        >>> embedding.multiplier = 2.0
+        >>> with torch.no_grad():
+        ...     _ = embedding.weight.fill_(1.5)
+        >>> embedding(torch.tensor([0])).tolist()
+        [[3.0, 3.0]]
+    """
 
     multiplier: float = 1.0
 
@@ -276,7 +332,15 @@ def _as_scaled_embedding(layer: nn.Embedding) -> ScaledEmbedding:
 
 
 def find_spec(model: nn.Module) -> ParamSpec | None:
-    """The :class:`ParamSpec` of ``model`` (also through ``torch.compile``'s wrapper), or None."""
+    """The :class:`ParamSpec` of ``model`` (also through ``torch.compile``'s wrapper), or None.
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Linear(8, 1))
+        >>> find_spec(model) is None
+        True
+        >>> find_spec(parametrize(model, "mup", base_width=2))
+        ParamSpec(parametrization='mup', width_mult=4.0, density_mult=1.0, lr_rule='table')
+    """
     spec = getattr(model, "catapult_spec", None)
     if spec is None and hasattr(model, "_orig_mod"):
         spec = getattr(model._orig_mod, "catapult_spec", None)
@@ -301,6 +365,17 @@ def param_groups(model: nn.Module, lr: float, optimizer: str = "adam", *,
     Weight decay (decision): when ``weight_decay`` is a number, tensors with ``ndim >= 2``
     (weight matrices and embedding tables) get it and 1-D tensors (biases, LayerNorm) get 0.0,
     the usual GPT-2 / nanoGPT practice. ``None`` leaves the optimizer's default everywhere.
+
+    Example (muP at 4x the base width: Adam's hidden lr is ``lr / 4``):
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(),
+        ...                             torch.nn.Linear(16, 16), torch.nn.ReLU(),
+        ...                             torch.nn.Linear(16, 1))
+        >>> _ = parametrize(model, "mup", base_width=4, mask_seed=0)
+        >>> groups = param_groups(model, 0.01, "adam")
+        >>> [(g["name"], g["lr"]) for g in groups]  # doctest: +NORMALIZE_WHITESPACE
+        [('input', 0.01), ('vector', 0.01), ('hidden', 0.0025), ('output', 0.01),
+         ('output_bias', 0.01)]
+        >>> optimizer = torch.optim.Adam(groups)
     """
     family = optimizer_family(optimizer)
     spec = find_spec(model) or ParamSpec("sp")
@@ -366,6 +441,11 @@ def infer_roles(module: nn.Module) -> dict[str, str]:
     the last ``"output"``, the rest ``"hidden"``. (Registration order is ``named_modules()``
     order, usually the order of ``__init__``; override with ``roles=`` when it is not the
     execution order.)
+
+    Example:
+        >>> infer_roles(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(),
+        ...                                 torch.nn.Linear(8, 8), torch.nn.Linear(8, 1)))
+        {'0': 'input', '2': 'hidden', '3': 'output'}
     """
     embeddings, linears = [], []
     for name, sub in module.named_modules():
@@ -433,6 +513,18 @@ def parametrize(
     an ordinary attribute or buffer: ``copy.deepcopy``, ``state_dict`` and ``torch.compile`` work.
     Masks are sampled from ``torch.Generator().manual_seed(mask_seed)`` (``mask_seed=None``
     draws the seed from the global RNG, so ``torch.manual_seed`` makes the call deterministic).
+
+    Example (muP at width 16 for a base width 4, so ``m_d = 4``):
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(),
+        ...                             torch.nn.Linear(16, 16), torch.nn.ReLU(),
+        ...                             torch.nn.Linear(16, 1))
+        >>> model = parametrize(model, "mup", base_width=4)
+        >>> model[4]                             # readout multiplier alpha_out / m_d
+        ScaledLinear(in_features=16, out_features=1, bias=True, multiplier=0.25, bias_multiplier=1)
+        >>> [model[i].catapult_role for i in (0, 2, 4)]
+        ['input', 'hidden', 'output']
+
     """
     check_parametrization(parametrization)
     if parametrization == "sp" and (alpha_in != 1.0 or alpha_out != 1.0):

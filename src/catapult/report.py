@@ -64,7 +64,7 @@ def _fmt(value: Any, key: str = "") -> str:
 
 
 def build_report(store, *, title: str | None = None, metric: str = "test_accuracy") -> str:
-    """The report's HTML text for an open :class:`catapult.store.Store`."""
+    """The report's HTML text for an open :class:`catapult.sweep.store.Store`."""
     from catapult.plots.phase import (cell_label, default_axes, default_trajectory_cells, phase_grid,
                                       plot_cell_trajectories, plot_phase_diagram)
 
@@ -124,7 +124,7 @@ def build_report(store, *, title: str | None = None, metric: str = "test_accurac
                      f"<img alt='trajectories' src='{figure_to_data_uri(fig)}'></div>")
 
     # ---- results table
-    from catapult.store import BEST_METRICS, FINAL_METRICS
+    from catapult.sweep.store import BEST_METRICS, FINAL_METRICS
 
     keys = [a["key"] for a in axes]
     metric_cols = [m for m in (*FINAL_METRICS, *BEST_METRICS) if any(c.get(m) is not None for c in cells)]
@@ -198,7 +198,7 @@ def _label(by_label: Mapping[str, Mapping[str, str]], key: str, value: Any) -> s
 def write_report(store_path: str | Path, out: str | Path | None = None, **kwargs) -> Path:
     """Write the report of the store at ``store_path`` to ``out`` (default: next to the store,
     ``<store stem>.html``) and return the path."""
-    from catapult.store import Store
+    from catapult.sweep.store import Store
 
     store_path = Path(store_path)
     out = Path(out) if out is not None else store_path.with_suffix(".html")

@@ -54,6 +54,12 @@ def polynomial_warmup_factor(t: int, warmup_steps: int, power: float = 1.0) -> f
 
     ``factor(t) = min(1, ((t + 1) / T) ** power)`` with ``T = warmup_steps``; ``t`` is 0-based,
     so the target is first used by step ``T - 1`` and ``T = 1`` means no warmup.
+
+    Example:
+        >>> [polynomial_warmup_factor(t, 4) for t in range(5)]
+        [0.25, 0.5, 0.75, 1.0, 1.0]
+        >>> polynomial_warmup_factor(1, 4, power=2.0)      # ((1 + 1) / 4) ** 2
+        0.25
     """
     return min(1.0, ((t + 1) / warmup_steps) ** power)
 
@@ -63,6 +69,10 @@ def decay_progress(t: int, start: int, total_steps: int) -> float:
 
     ``s(t) = clip((t - start) / (total_steps - 1 - start), 0, 1)``: 0 at ``start`` (the step that
     first uses the peak lr), 1 at the last step ``total_steps - 1`` and after it.
+
+    Example:
+        >>> [decay_progress(t, 3, 8) for t in (2, 3, 5, 7, 9)]   # span 8 - 1 - 3 = 4 steps
+        [0.0, 0.0, 0.5, 1.0, 1.0]
     """
     span = total_steps - 1 - start
     if span <= 0:                       # no room to decay: the final value from `start` on
@@ -71,12 +81,22 @@ def decay_progress(t: int, start: int, total_steps: int) -> float:
 
 
 def cosine_decay(s: float, lr_start: float, lr_end: float) -> float:
-    """``lr(s) = lr_end + (lr_start - lr_end) * (1 + cos(pi * s)) / 2`` for progress ``s`` in [0, 1]."""
+    """``lr(s) = lr_end + (lr_start - lr_end) * (1 + cos(pi * s)) / 2`` for progress ``s`` in [0, 1].
+
+    Example:
+        >>> [round(cosine_decay(s, 1.0, 0.1), 3) for s in (0.0, 0.5, 1.0)]
+        [1.0, 0.55, 0.1]
+    """
     return lr_end + (lr_start - lr_end) * 0.5 * (1.0 + math.cos(math.pi * s))
 
 
 def linear_decay(s: float, lr_start: float, lr_end: float) -> float:
-    """``lr(s) = lr_start + (lr_end - lr_start) * s`` for progress ``s`` in [0, 1]."""
+    """``lr(s) = lr_start + (lr_end - lr_start) * s`` for progress ``s`` in [0, 1].
+
+    Example:
+        >>> [linear_decay(s, 1.0, 0.0) for s in (0.0, 0.25, 1.0)]
+        [1.0, 0.75, 0.0]
+    """
     return lr_start + (lr_end - lr_start) * s
 
 
@@ -165,6 +185,13 @@ class WarmupSchedule:
 
     so step ``T - 1`` is the first to use ``lr_target`` and the last step, ``total_steps - 1``,
     uses ``lr_final`` (as do any steps after it). Build it with :func:`warmup`.
+
+    Example (a frozen, printable dataclass):
+        >>> schedule = WarmupSchedule(lr_target=1.0, warmup_steps=4)
+        >>> schedule(1), schedule(10)
+        (0.5, 1.0)
+        >>> schedule == warmup(1.0, 4)
+        True
     """
 
     lr_target: float
@@ -209,6 +236,14 @@ def warmup(lr_target: float, warmup_steps: int, *, lr_init: float = 0.0, power: 
 
     Raises:
         TypeError / ValueError naming the bad argument.
+
+    Example:
+        >>> schedule = warmup(1.0, 4)
+        >>> [schedule(t) for t in range(6)]
+        [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+        >>> cosine = warmup(1.0, 2, decay="cosine", total_steps=5, lr_final=0.0)
+        >>> [round(cosine(t), 3) for t in range(5)]    # peak at step 1, lr_final at step 4
+        [0.5, 1.0, 0.75, 0.25, 0.0]
     """
     lr_target = _real("lr_target", lr_target)
     warmup_steps = _count("warmup_steps", warmup_steps)
@@ -229,6 +264,13 @@ class CatapultWarmupSchedule:
     earlier than a warmup from 0. From ``t*`` on, the optional decay works as in
     :class:`WarmupSchedule`: ``s(t) = clip((t - t*) / (total_steps - 1 - t*), 0, 1)``.
     Build it with :func:`catapult_warmup`.
+
+    Example:
+        >>> schedule = CatapultWarmupSchedule(lr_target=1.0, warmup_steps=8, lr_critical=0.25)
+        >>> schedule.peak_step                          # ceil(8 * (1 - 0.25 / 1.0))
+        6
+        >>> schedule(0), schedule(3), schedule(6)
+        (0.25, 0.625, 1.0)
     """
 
     lr_target: float
@@ -275,6 +317,11 @@ def catapult_warmup(lr_target: float, warmup_steps: int, lr_critical: float | Cr
     with ``lr_target <= lr_critical`` the target is used from step 0. Optional ``decay``,
     ``total_steps`` (> ``warmup_steps``) and ``lr_final`` (default ``lr_target / 10``) as in
     :func:`warmup`, starting from the first step at ``lr_target``.
+
+    Example (6 steps to the target instead of 8 for a warmup from 0):
+        >>> schedule = catapult_warmup(1.0, 8, lr_critical=0.25)
+        >>> [schedule(t) for t in range(8)]
+        [0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0, 1.0]
     """
     if isinstance(lr_critical, CriticalLR):
         lr_critical = lr_critical.lr
@@ -302,6 +349,16 @@ class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
     ``state_dict()`` holds the step counters only (``fn`` may be a closure and is not saved):
     rebuild the scheduler with the same ``fn``, then ``load_state_dict``; the groups' lr are
     then set for the restored step.
+
+    Example (a group with ``lr_mult = 0.5`` gets half the scheduled lr):
+        >>> import torch
+        >>> w = torch.nn.Parameter(torch.zeros(2))
+        >>> opt = torch.optim.SGD([{"params": [w], "lr_mult": 0.5}], lr=1.0)
+        >>> scheduler = ScheduleLR(opt, warmup(1.0, 4))
+        >>> opt.param_groups[0]["lr"]                   # fn(0) * 0.5
+        0.125
+        >>> scheduler.state_dict()["last_epoch"]
+        0
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, fn: Callable[[int], float],
@@ -343,6 +400,19 @@ def attach(optimizer: torch.optim.Optimizer, fn: Callable[[int], float]) -> Sche
 
     Each param group's lr becomes ``fn(t) * group.get("lr_mult", 1.0)``; the groups hold
     ``fn(0)`` as soon as this returns. Call ``scheduler.step()`` after each ``optimizer.step()``.
+
+    Example:
+        >>> import torch
+        >>> w = torch.nn.Parameter(torch.zeros(2))
+        >>> opt = torch.optim.SGD([w], lr=123.0)        # the schedule overrides this lr
+        >>> scheduler = attach(opt, warmup(1.0, 4))
+        >>> lrs = []
+        >>> for _ in range(5):
+        ...     lrs.append(opt.param_groups[0]["lr"])
+        ...     opt.step()
+        ...     scheduler.step()
+        >>> lrs
+        [0.25, 0.5, 0.75, 1.0, 1.0]
     """
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
@@ -396,6 +466,20 @@ class PersistentCatapultWarmup:
         searches: number of critical-lr searches run.
         forward_passes: forward passes spent by searches and loss probes.
         history: one dict per search: step, lr, lower, upper, loss0, forward_passes.
+
+    Example: GD on ``L(w) = mean((x w - y)^2)`` with ``x = diag(2, 1)``, top curvature 4, so the
+    critical lr is ``2 / 4 = 0.5``; the first call searches and sets the lr just above it:
+        >>> import torch
+        >>> model = torch.nn.Linear(2, 1, bias=False)
+        >>> _ = torch.nn.init.zeros_(model.weight)
+        >>> batch = (torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0], [0.0]]))
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        >>> pcw = PersistentCatapultWarmup(opt, model, torch.nn.MSELoss(), lr_target=1.0,
+        ...                                lr_start=1 / 64)
+        >>> pcw.step(batch), pcw.history[0]["lower"], pcw.done
+        (0.5078125, 0.5, False)
+        >>> opt.param_groups[0]["lr"]
+        0.5078125
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module,

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from catapult.data.safe_pickle import safe_loads
-from catapult.data.split import Split, _check_count, standardize_per_sample
+from catapult.data.split import Split, check_count, standardize_per_sample
 
 __all__ = ["load_cifar10", "load_cifar100", "CIFAR10_URL", "CIFAR100_URL", "DATA_ENV"]
 
@@ -225,7 +225,7 @@ def _read_part(source, fmt: _Format, files: tuple[str, ...], n: int | None, labe
     if not xs:  # n == 0
         return np.zeros((0, _PIXELS), np.uint8), np.zeros(0, np.int64)
     x, y = np.concatenate(xs), np.concatenate(ys)
-    _check_count(n, x.shape[0], what, dataset)
+    check_count(n, x.shape[0], what, dataset)
     return x[:n], y[:n]
 
 
@@ -239,7 +239,7 @@ def _to_inputs(data: np.ndarray, standardize: bool) -> torch.Tensor:
 def _load(fmt: _Format, name: str, root, n_train, n_test, standardize: bool, label_key: str,
           names_key: str, num_classes: int) -> Split:
     for what, n in (("n_train", n_train), ("n_test", n_test)):
-        _check_count(n, 10**9, what, name)  # type/sign check before touching any file
+        check_count(n, 10**9, what, name)  # type/sign check before touching any file
     source = _open_source(fmt, root)
     try:
         x_tr, y_tr = _read_part(source, fmt, fmt.train_files, n_train, label_key, num_classes,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from catapult.data.split import Split, _check_count, standardize_per_sample
+from catapult.data.split import Split, check_count, standardize_per_sample
 
 __all__ = ["load_digits", "DIGITS_N_TRAIN", "DIGITS_N_TEST"]
 
@@ -34,8 +34,8 @@ def load_digits(n_train: int | None = None, n_test: int | None = None, *,
     Returns inputs float32 of shape ``(N, 1, 8, 8)`` (one channel; models flatten to 64) and
     int64 labels 0..9. ``classes`` are ``("0", ..., "9")``.
     """
-    _check_count(n_train, DIGITS_N_TRAIN, "n_train", "digits (train)")
-    _check_count(n_test, DIGITS_N_TEST, "n_test", "digits (test)")
+    check_count(n_train, DIGITS_N_TRAIN, "n_train", "digits (train)")
+    check_count(n_test, DIGITS_N_TEST, "n_test", "digits (test)")
     from sklearn.datasets import load_digits as _sk_load_digits  # slow import, load lazily
 
     bunch = _sk_load_digits()

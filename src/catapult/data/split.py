@@ -40,7 +40,7 @@ def standardize_per_sample(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return out.reshape(x.shape)
 
 
-def _check_count(n: int | None, available: int, what: str, name: str) -> int:
+def check_count(n: int | None, available: int, what: str, name: str) -> int:
     """Validate a requested sample count `n` (None = all) against `available`."""
     if n is None:
         return available
@@ -55,7 +55,7 @@ def _check_count(n: int | None, available: int, what: str, name: str) -> int:
 
 def first_n(tensor: torch.Tensor, n: int | None, *, what: str = "n", name: str = "the data") -> torch.Tensor:
     """The first ``n`` rows of ``tensor`` (all when ``n`` is None); an error if there are fewer."""
-    return tensor[: _check_count(n, tensor.shape[0], what, name)]
+    return tensor[: check_count(n, tensor.shape[0], what, name)]
 
 
 def one_hot(labels: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -85,6 +85,24 @@ class GIAdam(torch.optim.Optimizer):
     State per parameter uses torch Adam's keys -- ``"step"`` (a scalar float tensor, like torch),
     ``"exp_avg"``, ``"exp_avg_sq"`` -- so code that reads Adam state works unchanged.
     Weight decay is already decoupled, so :data:`GIAdamW` is an alias of this class.
+
+    Example: with ``v_0 = g^2`` the first step is ``lr * sqrt(1 - b2) * sign(g)`` (Adam's is
+    ``lr * sign(g)``), i.e. ``0.1 * sqrt(0.001) = 0.00316`` here; without the ``v``
+    correction it is Adam's:
+        >>> w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+        >>> opt = GIAdam([w], lr=0.1)
+        >>> w.grad = torch.tensor([0.5, -4.0])
+        >>> opt.step()
+        >>> [round(x, 5) for x in w.tolist()]
+        [0.99684, -1.99684]
+        >>> opt.state[w]["exp_avg_sq"]          # v_1 = b2 g^2 + (1 - b2) g^2 = g^2
+        tensor([ 0.2500, 16.0000])
+        >>> w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+        >>> opt = GIAdam([w], lr=0.1, v_bias_correction=False)
+        >>> w.grad = torch.tensor([0.5, -4.0])
+        >>> opt.step()
+        >>> [round(x, 5) for x in w.tolist()]
+        [0.9, -1.9]
     """
 
     def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),

@@ -36,6 +36,13 @@ class OptimizerSpec:
         rule: its name in :mod:`catapult.optim.rules`.
         threshold: ``hp -> instability threshold`` (``rules.threshold`` for this rule).
         aliases: other accepted spellings of ``name``.
+
+    Example:
+        >>> spec = get("sgd")
+        >>> spec.family, spec.preconditioned, spec.threshold({"lr": 0.1})
+        ('sgd', False, 20.0)
+        >>> type(spec.build([torch.nn.Parameter(torch.zeros(2))], lr=0.1)).__name__
+        'SGD'
     """
 
     name: str
@@ -67,12 +74,22 @@ _BY_NAME = {s.name: s for s in _SPECS} | {a: s for s in _SPECS for a in s.aliase
 
 
 def names() -> tuple[str, ...]:
-    """Canonical optimizer names, in table order."""
+    """Canonical optimizer names, in table order.
+
+    Example:
+        >>> names()
+        ('sgd', 'adam', 'adamw', 'radam', 'gi-adam')
+    """
     return tuple(s.name for s in _SPECS)
 
 
 def preconditioned_names() -> tuple[str, ...]:
-    """Names whose sharpness is pre-conditioned: ``("adam", "adamw", "gi-adam")``."""
+    """Names whose sharpness is pre-conditioned: ``("adam", "adamw", "gi-adam")``.
+
+    Example:
+        >>> preconditioned_names()
+        ('adam', 'adamw', 'gi-adam')
+    """
     return tuple(s.name for s in _SPECS if s.preconditioned)
 
 
@@ -81,6 +98,10 @@ def get(name: str) -> OptimizerSpec:
 
     Raises:
         KeyError: unknown name (the message lists the known ones).
+
+    Example:
+        >>> get("giadam").name, get("giadam").cls.__name__
+        ('gi-adam', 'GIAdam')
     """
     try:
         return _BY_NAME[name]
@@ -93,6 +114,11 @@ def spec_for(optimizer: torch.optim.Optimizer) -> OptimizerSpec:
 
     Raises:
         NotImplementedError: for a class not in the table (the message names it).
+
+    Example:
+        >>> w = [torch.nn.Parameter(torch.zeros(2))]
+        >>> spec_for(torch.optim.AdamW(w)).name, spec_for(torch.optim.Adam(w)).name
+        ('adamw', 'adam')
     """
     for cls in (GIAdam, torch.optim.AdamW, torch.optim.Adam, torch.optim.RAdam, torch.optim.SGD):
         if isinstance(optimizer, cls):
@@ -104,7 +130,14 @@ def spec_for(optimizer: torch.optim.Optimizer) -> OptimizerSpec:
 
 def rule_for(optimizer: torch.optim.Optimizer, group: Mapping[str, Any] | None = None) -> str:
     """The :mod:`~catapult.optim.rules` rule one param group of ``optimizer`` follows: an Adam
-    group with ``decoupled_weight_decay=True`` follows ``"adamw"``."""
+    group with ``decoupled_weight_decay=True`` follows ``"adamw"``.
+
+    Example:
+        >>> opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(2))],
+        ...                        decoupled_weight_decay=True)
+        >>> rule_for(opt), rule_for(opt, opt.param_groups[0])
+        ('adam', 'adamw')
+    """
     rule = spec_for(optimizer).rule
     if rule == "adam" and group is not None and group.get("decoupled_weight_decay", False):
         return "adamw"
@@ -115,7 +148,14 @@ def hyperparameters(group: Mapping[str, Any], *, optimizer: torch.optim.Optimize
                     param: torch.Tensor | None = None) -> dict[str, Any]:
     """A torch param group as the ``hp`` mapping of :mod:`~catapult.optim.rules` (all keys
     but ``params``). For a :class:`GIAdam` ``optimizer`` and one ``param`` of the group, ``seed``
-    becomes that parameter's ``v0="random"`` seed (:meth:`GIAdam.v0_seed`)."""
+    becomes that parameter's ``v0="random"`` seed (:meth:`GIAdam.v0_seed`).
+
+    Example:
+        >>> opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1, momentum=0.9)
+        >>> hp = hyperparameters(opt.param_groups[0])
+        >>> hp["lr"], hp["momentum"], "params" in hp, round(rules.threshold("sgd", hp), 6)
+        (0.1, 0.9, False, 38.0)
+    """
     hp = {k: v for k, v in group.items() if k != "params"}
     if isinstance(optimizer, GIAdam) and param is not None:
         hp["seed"] = optimizer.v0_seed(param, group)

@@ -62,7 +62,12 @@ _REQUIRED = object()
 
 @dataclass
 class State:
-    """Optimizer state of one list of parameters (see the module docstring)."""
+    """Optimizer state of one list of parameters (see the module docstring).
+
+    Example:
+        >>> State(step=1, momentum_buffer=[torch.ones(2)])
+        State(step=1, exp_avg=None, exp_avg_sq=None, max_exp_avg_sq=None, momentum_buffer=[tensor([1., 1.])])
+    """
 
     step: int = 0
     exp_avg: list | None = None
@@ -148,7 +153,12 @@ def _decoupled(rule: str, hp: Mapping[str, Any], i: int) -> bool:
 def l2_coefficient(rule: str, hp: Any, i: int = 0) -> Any:
     """Coupled L2 coefficient of parameter ``i``: the ``wd`` with which ``g + wd theta`` enters
     the update (SGD, Adam, RAdam without ``decoupled_weight_decay``), i.e. the step descends
-    ``L + wd/2 ||theta||^2``; 0.0 for decoupled weight decay (AdamW, GI-Adam)."""
+    ``L + wd/2 ||theta||^2``; 0.0 for decoupled weight decay (AdamW, GI-Adam).
+
+    Example:
+        >>> l2_coefficient("adam", {"weight_decay": 0.01}), l2_coefficient("adamw", {"weight_decay": 0.01})
+        (0.01, 0.0)
+    """
     hp = _mapping(hp)
     if _check_rule(rule) != "sgd" and _decoupled(rule, hp, i):
         return 0.0
@@ -170,6 +180,14 @@ def initial_second_moment(grad: Tensor, v0: str | float | Tensor, seed: int = 0)
       Frobenius norm of ``g^2``.
 
     Returns a new tensor shaped like ``grad``; nothing else is touched.
+
+    Example:
+        >>> g = torch.tensor([1.0, -2.0])
+        >>> initial_second_moment(g, "grad"), initial_second_moment(g, 2.0)
+        (tensor([1., 4.]), tensor([2., 8.]))
+        >>> v0 = initial_second_moment(g, "random", seed=0)
+        >>> bool((v0 > 0).all()), round(float(v0.norm()), 4), round(float((g * g).norm()), 4)
+        (True, 4.1231, 4.1231)
     """
     g2 = torch.mul(grad, grad)
     if _is_tensor(v0):
@@ -201,6 +219,12 @@ def init(rule: str, params: Sequence[Tensor], hp: Any) -> State:
     Adam / AdamW / RAdam: ``m = v = 0`` (and ``v_max = 0`` with ``amsgrad``).
     GI-Adam: ``m = 0``, ``v = [None, ...]`` -- :func:`update` sets ``v_0`` from the first
     gradients (``v_0 = g_1^2`` by default, see :func:`initial_second_moment`).
+
+    Example:
+        >>> init("sgd", [torch.zeros(2)], {}).momentum_buffer
+        [None]
+        >>> init("adam", [torch.zeros(2)], {}).exp_avg_sq, init("gi-adam", [torch.zeros(2)], {}).exp_avg_sq
+        ([tensor([0., 0.])], [None])
     """
     hp = _mapping(hp)
     n = len(params)
@@ -304,6 +328,15 @@ def update(rule: str, params: Sequence[Tensor], grads: Sequence[Tensor], state: 
     * ``radam`` (torch.optim.RAdam): Adam's moments; with ``m_hat = m / (1 - b1^t)`` and
       ``rho_t``, ``r_t`` (see ``_radam_rect2``): ``theta <- theta - lr m_hat r_t sqrt(1-b2^t) /
       (sqrt(v) + eps)`` when ``rho_t > 5``, else ``theta <- theta - lr m_hat``.
+
+    Example (SGD moves by ``lr g``; Adam's first step by ``lr sign(g)``):
+        >>> theta, g = [torch.tensor([1.0, 2.0])], [torch.tensor([3.0, -0.5])]
+        >>> new, state = update("sgd", theta, g, init("sgd", theta, {}), {"lr": 0.1})
+        >>> new, state.step
+        ([tensor([0.7000, 2.0500])], 1)
+        >>> new, state = update("adam", theta, g, init("adam", theta, {}), {"lr": 0.1})
+        >>> new, state.exp_avg                  # m_1 = (1 - b1) g
+        ([tensor([0.9000, 2.1000])], [tensor([ 0.3000, -0.0500])])
     """
     hp = _mapping(hp)
     _check_rule(rule)
@@ -377,6 +410,12 @@ def preconditioner(rule: str, grads: Sequence[Tensor], state: State | None, hp: 
     (GI-Adam with ``v_bias_correction=False``: no ``1 - b2^(t+1)`` division), so the next
     step is ``theta - lr P^-1 m'``-like and ``lambda_max(P^-1 H)`` is compared with
     :func:`threshold`. The state is not modified.
+
+    Example (Adam before its first step: ``P = (1 - b1) |g|`` with ``eps = 0``):
+        >>> preconditioner("adam", [torch.tensor([2.0, -1.0])], None, {"eps": 0.0})
+        [tensor([0.2000, 0.1000])]
+        >>> preconditioner("sgd", [torch.tensor([2.0, -1.0])], None, {}) is None
+        True
     """
     hp = _mapping(hp)
     if _check_rule(rule) in ("sgd", "radam"):
@@ -426,6 +465,11 @@ def direction(rule: str, params: Sequence[Tensor], grads: Sequence[Tensor], stat
       ``m_hat``.
 
     Nothing is written; ``state=None`` means no step taken yet.
+
+    Example (heavy ball: ``u = b buf + g``):
+        >>> state = State(step=1, momentum_buffer=[torch.tensor([1.0, 1.0])])
+        >>> direction("sgd", [torch.zeros(2)], [torch.tensor([1.0, 0.0])], state, {"momentum": 0.9})
+        [tensor([1.9000, 0.9000])]
     """
     hp = _mapping(hp)
     _check_rule(rule)
@@ -471,6 +515,12 @@ def threshold(rule: str, hp: Any) -> Any:
       nesterov: ``(2 + 2b) / ((1 + 2b) lr)``.
     * Adam family (compared with the pre-conditioned sharpness):
       ``(2 + 2 b1) / ((1 - b1) lr)`` (38 / lr for b1 = 0.9).
+
+    Example:
+        >>> threshold("sgd", {"lr": 0.1}), round(threshold("adam", {"lr": 1.0}), 6)
+        (20.0, 38.0)
+        >>> threshold("sgd", {"lr": torch.tensor([0.1, 0.2])})      # one lr per member
+        tensor([20., 10.])
     """
     hp = _mapping(hp)
     lr = hp["lr"]

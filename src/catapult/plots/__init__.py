@@ -3,6 +3,6 @@
 saving it when given a path. No pyplot global state is used, so plotting works headless."""
 from __future__ import annotations
 
-from catapult.plots.trajectories import plot_run, plot_trajectories
+from catapult.engine.trajectories import plot_run, plot_trajectories
 
 __all__ = ["plot_run", "plot_trajectories"]

@@ -104,7 +104,7 @@ def resolve_axes(axes: Sequence[Mapping[str, Any]], x: str | None = None, y: str
 
 def phase_grid(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[str, Any]], metric: str = "test_accuracy",
                x: str | None = None, y: str | None = None, where: Mapping[str, Any] | None = None) -> PhaseGrid:
-    """Reduce store cells (:meth:`catapult.store.Store.cells`) to a :class:`PhaseGrid`.
+    """Reduce store cells (:meth:`catapult.sweep.store.Store.cells`) to a :class:`PhaseGrid`.
 
     Cells not matching ``where`` (dotted key -> value; a value may also be given as its label
     or its text) are dropped; the remaining cells with the same ``(x, y)`` values are averaged

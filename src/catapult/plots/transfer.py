@@ -72,7 +72,7 @@ def transfer_curves(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[s
                     x: str = "optimizer.lr", series: str | None = "model.density",
                     panel: str | None = "model.parametrization", metric: str = "test_loss",
                     where: Mapping[str, Any] | None = None) -> TransferCurves:
-    """Group store cells (:meth:`catapult.store.Store.cells`) into transfer curves.
+    """Group store cells (:meth:`catapult.sweep.store.Store.cells`) into transfer curves.
 
     ``x``, ``series`` and ``panel`` must be swept keys (``series``/``panel`` may be None or a
     key that is not swept: then one series/panel). Cells that do not match ``where`` are

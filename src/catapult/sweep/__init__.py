@@ -6,9 +6,9 @@ resumable SQLite result store.
     outcome = run_sweep(base, spec, "runs/phase.db", executor="local")
 
 Command line: ``catapult sweep CONFIG --store PATH``, ``catapult export``, ``catapult plot``,
-``catapult report`` (:mod:`catapult.sweep.commands`). The spec syntax is documented in
+``catapult report`` (:mod:`catapult.cli.sweep`). The spec syntax is documented in
 :mod:`catapult.sweep.spec`, the executor interface in :mod:`catapult.sweep.executors`, the
-store schema in :mod:`catapult.store`. Executors: :mod:`~catapult.sweep.executors` (local),
+store schema in :mod:`catapult.sweep.store`. Executors: :mod:`~catapult.sweep.executors` (local),
 :mod:`~catapult.sweep.ensemble` (cells batched into one model; its worker processes are
 :mod:`~catapult.sweep.workers`), :mod:`~catapult.sweep.ray_executor` (Ray).
 """

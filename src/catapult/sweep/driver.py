@@ -6,7 +6,7 @@
    executor (a missing optional dependency fails here): nothing is written before this;
 2. open the store: a new sweep writes its spec and one ``pending`` row per cell; the same
    spec resumes (``running`` cells, i.e. interrupted ones, become ``pending`` again); a
-   different spec is refused (:class:`catapult.store.SpecChanged` names what changed);
+   different spec is refused (:class:`catapult.sweep.store.SpecChanged` names what changed);
 3. for cells still to run (pending, interrupted, failed): lambda_0 for each distinct
    architecture/seed/data (:func:`catapult.sweep.lambda0.lambda0_key`), from the store's
    cache or measured once and cached; each cell's ``"2^x/lambda0"`` becomes an absolute lr;
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from catapult.store import DONE_STATUSES, Store
+from catapult.sweep.store import DONE_STATUSES, Store
 from catapult.sweep.executors import Cell, CellResult, Executor, get_executor, torch_threads
 from catapult.sweep.lambda0 import lambda0_inputs, lambda0_key, measure_lambda0, needs_lambda0, resolve_cell_lr
 from catapult.sweep.spec import SweepSpec, expand, spec_document
@@ -152,11 +152,11 @@ def run_sweep(
 
     ``executor`` is a name in :data:`catapult.sweep.executors.EXECUTORS` (built with ``run_fn``
     and ``executor_options``) or an :class:`Executor` instance. ``run_fn`` defaults to
-    :func:`catapult.train.run`; ``lambda0_fn(config) -> float`` to
+    :func:`catapult.engine.run`; ``lambda0_fn(config) -> float`` to
     :func:`catapult.sweep.lambda0.measure_lambda0`, called here in the driver at the executor's
     ``threads`` (if it has that attribute), so lambda_0 is the same number whichever executor
     and driver thread count run the sweep. Raises :class:`catapult.config.ConfigError`
-    for an invalid cell and :class:`catapult.store.SpecChanged` for a store holding another
+    for an invalid cell and :class:`catapult.sweep.store.SpecChanged` for a store holding another
     sweep, both before any cell runs.
     """
     started = time.perf_counter()

@@ -16,7 +16,7 @@ one in :mod:`catapult.sweep.ensemble`)::
   display) and ``lambda_0``.
 * A result is a :class:`CellResult` or anything with ``status`` (``"finished"``,
   ``"diverged"`` or ``"failed"``), ``metrics`` (per-step dicts, keys
-  :data:`catapult.train.METRIC_COLUMNS`) and ``summary`` (dict, as ``RunResult.summary``);
+  :data:`catapult.engine.METRIC_COLUMNS`) and ``summary`` (dict, as ``RunResult.summary``);
   optional ``error`` (str, for ``failed``) and ``worker`` (str).
 * Every cell must be yielded exactly once. A cell whose run raises is yielded as ``failed``
   with the error; it must not stop the others. A cell that is never yielded (the process was
@@ -24,7 +24,7 @@ one in :mod:`catapult.sweep.ensemble`)::
 * The driver alone writes the store, one transaction per yielded result, as soon as it is
   yielded: yield results as they finish, not all at the end.
 * ``run_fn`` (``run_fn(config, progress="none") -> RunResult-like``) is injectable so tests can
-  count or fake runs; it defaults to :func:`catapult.train.run`.
+  count or fake runs; it defaults to :func:`catapult.engine.run`.
 
 Executors are looked up by name in :data:`EXECUTORS` (``"module:Class"`` strings, imported on
 first use so optional dependencies stay optional).
@@ -78,13 +78,13 @@ RunFn = Callable[..., Any]
 
 
 def default_run_fn(config: Mapping[str, Any], progress: Any = "none") -> Any:
-    """:func:`catapult.train.run` without a run directory or per-run progress output."""
-    from catapult.train import run
+    """:func:`catapult.engine.run` without a run directory or per-run progress output."""
+    from catapult.engine import run
 
     return run(config, progress=progress)
 
 
-def _worker_name() -> str:
+def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -103,7 +103,7 @@ def to_cell_result(result: Any, worker: str | None = None) -> CellResult:
     )
 
 
-def _error_text(err: BaseException, limit: int = 4000) -> str:
+def error_text(err: BaseException, limit: int = 4000) -> str:
     tb = "".join(traceback.format_exception(type(err), err, err.__traceback__))
     head = f"{type(err).__name__}: {err}"
     tail = tb[-limit:]
@@ -137,12 +137,12 @@ def run_cell(run_fn: RunFn, cell: Cell, threads: int | None = None) -> CellResul
     ``KeyboardInterrupt``/``SystemExit`` propagate (the sweep stops; the cell stays ``running``
     and a resume redoes it). ``threads``: see :func:`torch_threads`.
     """
-    worker = _worker_name()
+    worker = worker_name()
     try:
         with torch_threads(threads):
             result = run_fn(cell.config, progress="none")
     except Exception as err:  # one cell's failure must not stop the sweep
-        return CellResult("failed", [], {}, error=_error_text(err), worker=worker)
+        return CellResult("failed", [], {}, error=error_text(err), worker=worker)
     out = to_cell_result(result, worker)
     if out.status not in ("finished", "diverged", "failed"):
         return CellResult("failed", out.metrics, out.summary,

@@ -3,7 +3,7 @@
 The paper's phase diagrams put ``lr_trgt = 2^x / lambda_0`` on one axis: every cell of a row
 shares one lambda_0. A sweep measures it once per distinct :func:`lambda0_key` (and caches
 it in the store), then hands each cell an absolute learning rate ``c / lambda_0``, exactly the
-number :func:`catapult.train.run` would compute itself from ``"c/lambda0"``.
+number :func:`catapult.engine.run` would compute itself from ``"c/lambda0"``.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def lambda0_inputs(config: Mapping[str, Any]) -> dict:
     """The part of a config that lambda_0 depends on.
 
     lambda_0 = top Hessian eigenvalue of the training loss at ``theta_0`` on batch 0 (engine
-    semantics, :mod:`catapult.train`), so it depends on the seed, device, dtype, data, model,
+    semantics, :mod:`catapult.engine.loop`), so it depends on the seed, device, dtype, data, model,
     loss, batch size (batch 0) and the eigen-solver settings, and on nothing about the
     optimizer, schedule or training length. The solver's memory settings
     (``sharpness_max_basis``, ``sharpness_chunk_size``) change how the value is computed, not
@@ -60,30 +60,13 @@ def resolve_cell_lr(config: Mapping[str, Any], lambda_0: float | None) -> dict:
 
 
 def measure_lambda0(config: Mapping[str, Any]) -> float:
-    """lambda_0 for a config, computed exactly as :func:`catapult.train.run` does before training.
+    """lambda_0 for a config, computed exactly as :func:`catapult.engine.run` does before training.
 
     Same seeds (``seeds(seed)``: init, data, sharpness start vector), same model build, batch 0
-    of the same :class:`~catapult.train.BatchStream`, Hessian sharpness with the config's
+    of the same :class:`~catapult.engine.BatchStream`, Hessian sharpness with the config's
     ``eval.sharpness_*`` solver settings from ``randn(P, generator=sharpness_seed)``, so the
     value is bit-for-bit the engine's on the same device.
     """
-    import torch
+    from catapult.engine import build_run
 
-    from catapult import curvature
-    from catapult import train
-    from catapult.losses import get_loss
-
-    config = cfg.validate(config)
-    device = train.resolve_device(config["device"])
-    dtype = getattr(torch, config["dtype"])
-    _, data_seed, sharpness_seed = train.seeds(config["seed"])
-    data = train.load_data(config, device, dtype)
-    batches = train.BatchStream(data.x_train, data.y_train, config["train"]["batch_size"], data_seed)
-    model = train.build_model(config, data.in_features, data.num_classes, device, dtype)
-    model.train()
-    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    start = torch.randn(n_params, generator=torch.Generator().manual_seed(sharpness_seed))
-    start = start.to(device=device, dtype=dtype)
-    est = curvature.sharpness(model, get_loss(config["loss"]), batches.batch(0), init=start,
-                              **train.solver_options(config))
-    return float(est.value)
+    return build_run(config).lambda_0

@@ -156,7 +156,7 @@ def _arange(bounds: Any, where: str) -> list[float]:
     else:
         raise ValueError(f"{where}: expected [start, stop] or [start, stop, step], got {bounds!r}")
     try:
-        start, stop, step = (cfg._as_float(v, "a number") for v in (start, stop, step))
+        start, stop, step = (cfg.as_float(v, "a number") for v in (start, stop, step))
     except ValueError:
         raise ValueError(f"{where}: start, stop and step must be numbers, got {bounds!r}") from None
     if not all(math.isfinite(v) for v in (start, stop, step)) or step <= 0:
@@ -310,7 +310,7 @@ def parse_sweep(section: Any) -> SweepSpec:
 def _unknown_key(key: str) -> str:
     import difflib
 
-    leaves = cfg._leaf_keys()
+    leaves = cfg.leaf_keys()
     match = difflib.get_close_matches(key, leaves, n=1, cutoff=0.6)
     hint = f" (did you mean {match[0]!r}?)" if match else ""
     return f"{key!r} is not a config key{hint}; a grid sweeps dotted config keys such as optimizer.lr"

@@ -34,7 +34,7 @@ import time
 from multiprocessing.connection import wait
 from typing import Any, Callable, Iterator
 
-from catapult.sweep.executors import _error_text
+from catapult.sweep.executors import error_text
 
 __all__ = ["StreamPool"]
 
@@ -82,7 +82,7 @@ def _worker_main(conn, parent_pid: int, threads: int | None) -> None:
             for item in fn(arg):
                 conn.send(("item", key, item))
         except Exception as err:  # reported to the driver; the worker takes the next job
-            conn.send(("error", key, _error_text(err)))
+            conn.send(("error", key, error_text(err)))
         else:
             conn.send(("done", key, None))
 

@@ -1,4 +1,4 @@
-"""``catapult critical-lr CONFIG [key=value ...]``: the loss-catapult critical learning rate at init.
+"""The loss-catapult critical learning rate at init of a run config (``catapult critical-lr``).
 
 Builds the config's model (same seeds and first batch as ``catapult train``) and optimizer at
 ``lr_trgt``, runs :func:`catapult.critical_lr` once on batch 0 and prints, side by side:
@@ -17,15 +17,12 @@ Nothing is trained and nothing is written (``--json`` prints the numbers as one 
 """
 from __future__ import annotations
 
-import json
 import math
 from typing import Any, Mapping
 
-import torch
-
 from catapult import config as cfg
 
-__all__ = ["estimate", "format_estimate", "register"]
+__all__ = ["estimate", "format_estimate"]
 
 
 def estimate(config: Mapping[str, Any], *, cap: bool = False) -> dict:
@@ -41,31 +38,15 @@ def estimate(config: Mapping[str, Any], *, cap: bool = False) -> dict:
     """
     from catapult import curvature
     from catapult.critical_lr import critical_lr
-    from catapult.losses import get_loss
-    from catapult import train
+    from catapult.engine.build import build_run, search_delta, search_lr_start, solver_options
 
-    config = cfg.validate(config)
-    device = train.resolve_device(config["device"])
-    dtype = getattr(torch, config["dtype"])
-    data = train.load_data(config, device, dtype)
-    batches = train.BatchStream(data.x_train, data.y_train, config["train"]["batch_size"],
-                                train.seeds(config["seed"])[1])
-    batch = batches.batch(0)
-    model = train.build_model(config, data.in_features, data.num_classes, device, dtype)
-    model.train()
-    loss_fn = get_loss(config["loss"])
-    solver = train.solver_options(config)
-    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    start = torch.randn(n_params, generator=torch.Generator().manual_seed(train.seeds(config["seed"])[2]))
-    start = start.to(device=device, dtype=dtype)
-    lambda_0 = float(curvature.sharpness(model, loss_fn, batch, init=start, **solver).value)
-    lr_spec = cfg.parse_lr(config["optimizer"]["lr"])
-    try:
-        lr_trgt = lr_spec.resolve(lambda_0)
-    except ValueError as err:
-        raise cfg.ConfigError([("optimizer.lr", str(err))]) from None
-    optimizer = train.build_optimizer(config, model, lr_trgt)
-    delta, lr_start = train.search_delta(config), train.search_lr_start(config, lr_trgt)
+    setup = build_run(config)
+    config, model, loss_fn, batch = setup.config, setup.model, setup.loss_fn, setup.batches.batch(0)
+    solver = solver_options(config)
+    lambda_0 = setup.lambda_0
+    lr_trgt = setup.lr_target
+    optimizer = setup.optimizer
+    delta, lr_start = search_delta(config), search_lr_start(config, lr_trgt)
     res = critical_lr(model, loss_fn, batch, optimizer, lr_start=lr_start,
                       lr_max=lr_trgt if cap else None, delta=delta)
     out = dict(name=config["name"], optimizer=config["optimizer"]["name"], lr_critical=res.lr,
@@ -102,33 +83,3 @@ def format_estimate(e: Mapping[str, Any]) -> str:
                      f"  one-step 2/((1-b1) lambda_P0) = {f(e['one_step_estimate'])}"
                      f"  threshold (2+2b1)/((1-b1) lambda_P0) = {f(e['threshold_estimate'])}")
     return "\n".join(lines)
-
-
-def register(subparsers) -> None:
-    """Add the ``critical-lr`` subcommand."""
-    from catapult.cli import add_config_arguments
-
-    p = subparsers.add_parser(
-        "critical-lr",
-        help="critical learning rate at init from a loss catapult (forward passes only), beside 2/lambda_0",
-        description="Run the critical-lr search (warmup paper Alg. 1-2) on the config's model at "
-                    "initialisation and print lr_c, its bracket and the forward passes, beside "
-                    "2/lambda_0 (and, for Adam-family optimizers, estimates from the pre-conditioned "
-                    "sharpness). Nothing is trained or written.",
-    )
-    add_config_arguments(p)
-    p.add_argument("--cap", action="store_true", help="stop the search at lr_trgt (as the catapult warmup does)")
-    p.add_argument("--json", action="store_true", help="print the numbers as one JSON object")
-    p.set_defaults(func=_command)
-
-
-def _command(args) -> int:
-    from catapult.cli import config_from_args
-
-    config = config_from_args(args)
-    e = estimate(config, cap=args.cap)
-    if args.json:
-        print(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in e.items()}))
-    else:
-        print(format_estimate(e))
-    return 0

@@ -1,4 +1,4 @@
-"""``catapult coord-check CONFIG``: the coordinate check of a run config, over widths, densities or both.
+"""The coordinate check of a run config, over widths, densities or both (``catapult coord-check``).
 
 The run config says what to build and train (model, data, loss, optimizer and its lr); a
 ``coord_check:`` section says what to vary::
@@ -37,7 +37,8 @@ from typing import Any, Iterable, Mapping
 
 from catapult import config as cfg
 
-__all__ = ["register", "parse_coord_check", "run_coord_check", "COORD_CHECK_DEFAULTS"]
+__all__ = ["parse_coord_check", "load_coord_check", "run_coord_check", "slope_table", "activation_tables",
+           "result_groups", "COORD_CHECK_DEFAULTS", "CSV_COLUMNS"]
 
 COORD_CHECK_DEFAULTS: dict[str, Any] = {
     "widths": None,
@@ -184,7 +185,7 @@ def run_coord_check(config: Mapping[str, Any], spec: Mapping[str, Any], *, out_d
     to ``out_dir`` with the figures when given). See the module docstring."""
     import torch
 
-    from catapult import train
+    from catapult import engine as train
     from catapult.coord_check import coord_check, plot_coord_check
     from catapult.losses import get_loss
 
@@ -226,7 +227,7 @@ def run_coord_check(config: Mapping[str, Any], spec: Mapping[str, Any], *, out_d
                 writer.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()})
         text = cfg.dump_config(config) + cfg.dump_config({"coord_check": dict(spec)})
         (out / "config.yaml").write_text(text)
-        for parametrization, axis, part in _groups(rows):
+        for parametrization, axis, part in result_groups(rows):
             plot_coord_check(part, out / f"coord_check_{axis}_{parametrization}.png", xlabel=axis, panels=panels,
                              title=f"{config['name']}: {parametrization}, mean |activation| vs {axis}")
         (out / "coord_check_table.md").write_text(
@@ -235,7 +236,7 @@ def run_coord_check(config: Mapping[str, Any], spec: Mapping[str, Any], *, out_d
     return rows
 
 
-def _groups(rows: list[dict]):
+def result_groups(rows: list[dict]):
     keys = list(dict.fromkeys((r["parametrization"], r["axis"]) for r in rows))
     for parametrization, axis in keys:
         yield parametrization, axis, [r for r in rows if r["parametrization"] == parametrization and r["axis"] == axis]
@@ -246,7 +247,7 @@ def activation_tables(rows: list[dict]) -> str:
     from catapult.coord_check import activation_table
 
     return "\n\n".join(f"{parametrization}, over {axis}:\n\n{activation_table(part)}"
-                       for parametrization, axis, part in _groups(rows)) + "\n"
+                       for parametrization, axis, part in result_groups(rows)) + "\n"
 
 
 def slope_table(rows: list[dict]) -> str:
@@ -255,43 +256,10 @@ def slope_table(rows: list[dict]) -> str:
     from catapult.coord_check import block_order, coord_slopes
 
     lines = ["| parametrization | axis | block | slope at step 0 | slope at last step |", "|---|---|---|---|---|"]
-    for parametrization, axis, part in _groups(rows):
+    for parametrization, axis, part in result_groups(rows):
         slopes = coord_slopes(part)
         last = max(step for _, step in slopes)
         for block in block_order(b for b, _ in slopes):
             first_s, last_s = slopes.get((block, 0), math.nan), slopes.get((block, last), math.nan)
             lines.append(f"| {parametrization} | {axis} | {block} | {first_s:+.3f} | {last_s:+.3f} |")
     return "\n".join(lines)
-
-
-def register(subparsers) -> None:
-    """Add ``catapult coord-check``."""
-    from catapult.cli import add_config_arguments
-
-    p = subparsers.add_parser(
-        "coord-check", help="coordinate check: each block's activation scale over widths and/or densities",
-        description="Train each model of the config's coord_check: section (widths, densities, "
-                    "parametrizations, seeds) for a few steps at the constant optimizer.lr and record "
-                    "each block's mean |output| per step; writes coord_check.csv, one log-log figure per "
-                    "parametrization and axis, and prints the slopes (0 = flat = the scale is stable). "
-                    "Overrides: run keys as for `train`, plus coord_check.<key>=...",
-    )
-    add_config_arguments(p)
-    p.add_argument("--out", metavar="DIR", help="output directory (default: runs/<name>/)")
-    p.add_argument("--panels", choices=("block", "step"), default="block",
-                   help="figure layout: one panel per block with a line per step (default), or one panel "
-                        "per step with a line per block")
-    p.set_defaults(func=_command)
-
-
-def _command(args) -> int:
-    from catapult.cli import apply_threads, overrides_from_args
-
-    config, spec = load_coord_check(args.config, overrides_from_args(args))
-    apply_threads(args)
-    out = Path(args.out) if args.out else Path("runs") / config["name"]
-    rows = run_coord_check(config, spec, out_dir=out, progress=args.progress != "none", panels=args.panels)
-    print(slope_table(rows))
-    print(f"wrote {out}/ (coord_check.csv, coord_check_table.md, config.yaml, "
-          f"{len(list(_groups(rows)))} figure(s) coord_check_<axis>_<parametrization>.png)")
-    return 0

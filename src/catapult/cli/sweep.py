@@ -13,8 +13,7 @@
                       [--metric test_loss] [--where KEY=VALUE ...] [--out PNG] [--json]
     catapult report STORE [--out FILE.html]
 
-Registered by ``catapult.cli`` through :func:`register` (module listed in ``cli.COMMANDS``).
-Until then, ``python -m catapult.sweep COMMAND ...`` runs the same commands.
+Registered by :mod:`catapult.cli` through :func:`register`.
 Exit codes: 0 success (diverged cells are results); 2 bad input (config, store holding a
 different sweep, missing optional dependency), with the problem on stderr.
 """
@@ -29,7 +28,7 @@ __all__ = ["register"]
 
 def register(subparsers) -> None:
     """Add the ``sweep``, ``export``, ``plot``, ``transfer`` and ``report`` subcommands."""
-    from catapult.cli import add_config_arguments
+    from catapult.cli.common import add_config_arguments
     from catapult.sweep.executors import EXECUTORS
 
     p = subparsers.add_parser(
@@ -119,9 +118,9 @@ def _fail(command: str, message: str) -> int:
 
 
 def _sweep_command(args: argparse.Namespace) -> int:
-    from catapult.store import StoreError
+    from catapult.sweep.store import StoreError
     from catapult.sweep.driver import run_sweep
-    from catapult.cli import overrides_from_args
+    from catapult.cli.common import overrides_from_args
     from catapult.sweep.spec import expand, load_sweep
 
     base, spec = load_sweep(args.config, overrides_from_args(args))
@@ -172,7 +171,7 @@ def _sweep_command(args: argparse.Namespace) -> int:
 
 
 def _export_command(args: argparse.Namespace) -> int:
-    from catapult.store import Store, StoreError, write_csv, write_parquet
+    from catapult.sweep.store import Store, StoreError, write_csv, write_parquet
 
     out = Path(args.out)
     fmt = args.format or ("parquet" if out.suffix in (".parquet", ".pq") else "csv")
@@ -205,7 +204,7 @@ def _parse_where(items) -> dict:
 def _plot_command(args: argparse.Namespace) -> int:
     from catapult.plots.phase import (cell_label, default_trajectory_cells, phase_grid, plot_cell_trajectories,
                                       plot_phase_diagram)
-    from catapult.store import Store, StoreError
+    from catapult.sweep.store import Store, StoreError
 
     store_path = Path(args.store)
     stem = store_path.with_suffix("")
@@ -237,7 +236,7 @@ def _transfer_command(args: argparse.Namespace) -> int:
     import json
 
     from catapult.plots.transfer import plot_transfer, transfer_curves, transfer_summary, transfer_table
-    from catapult.store import Store, StoreError
+    from catapult.sweep.store import Store, StoreError
 
     store_path = Path(args.store)
     try:
@@ -255,7 +254,7 @@ def _transfer_command(args: argparse.Namespace) -> int:
 
 def _report_command(args: argparse.Namespace) -> int:
     from catapult.report import write_report
-    from catapult.store import StoreError
+    from catapult.sweep.store import StoreError
 
     try:
         out = write_report(args.store, args.out)

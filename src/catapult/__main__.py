@@ -1,0 +1,6 @@
+"""``python -m catapult COMMAND ...``: the same as the ``catapult`` command."""
+import sys
+
+from catapult.cli import main
+
+sys.exit(main())

@@ -1,0 +1,83 @@
+"""The ``catapult`` command: one module per subcommand, each with ``register(subparsers)``,
+which adds its parser and sets ``func=handler`` (``handler(args) -> exit code``).
+
+Commands that read a run config use :mod:`catapult.cli.common`, so they all accept
+``key=value`` overrides after the config (anywhere on the line) and validate everything before
+any work.
+
+Exit codes: 0 success (a diverged run is a result, still 0); 2 bad input (config key/value,
+missing config or data file), with the problem on stderr and nothing written.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from catapult.cli import coord_check, critical_lr, demo, sweep, train
+from catapult.cli.common import add_config_arguments, apply_threads, config_from_args, overrides_from_args
+from catapult.config import ConfigError
+
+__all__ = ["main", "build_parser", "COMMANDS", "add_config_arguments", "config_from_args",
+           "overrides_from_args", "apply_threads"]
+
+#: The subcommand modules, in ``--help`` order.
+COMMANDS = (train, demo, critical_lr, coord_check, sweep)
+
+
+def build_parser(commands: Sequence = COMMANDS) -> argparse.ArgumentParser:
+    """The top-level parser with every subcommand of ``commands`` registered."""
+    from catapult import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="catapult",
+        description="Training dynamics at the edge of stability: sharpness, warmup, critical "
+                    "learning rates, GI-Adam and SμPar. Run `catapult COMMAND --help` for details.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for module in commands:
+        module.register(subparsers)
+    return parser
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    # Overrides may follow options (`train cfg.yaml --out d lr=1`); argparse's nargs="*"
+    # positional stops at the first option, so collect trailing key=value tokens here.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        overrides = [tok for tok in extra if "=" in tok and not tok.startswith("-")]
+        rest = [tok for tok in extra if tok not in overrides]
+        if rest or not hasattr(args, "overrides"):
+            parser.error("unrecognized arguments: " + " ".join(rest or extra))
+        args.overrides = list(args.overrides) + overrides
+    return args
+
+
+def main(argv: Sequence[str] | None = None, commands: Sequence = COMMANDS) -> int:
+    """Entry point of the ``catapult`` command; returns the exit code."""
+    parser = build_parser(commands)
+    args = _parse(parser, sys.argv[1:] if argv is None else list(argv))
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as err:
+        _error(args.command, f"invalid config: {err}" if len(err.problems) == 1 else str(err))
+        return 2
+    except FileNotFoundError as err:
+        _error(args.command, str(err))
+        return 2
+    except KeyboardInterrupt:
+        _error(args.command, "interrupted")
+        return 130
+
+
+def _error(command: str | None, message: str) -> None:
+    prefix = f"catapult {command}" if command else "catapult"
+    print(f"{prefix}: error: {message}", file=sys.stderr)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""What every config-driven command shares: ``CONFIG [key=value ...]`` arguments, loading and
+validating the config (exit code 2 on bad input, by :func:`catapult.cli.main`), ``--threads``."""
+from __future__ import annotations
+
+import argparse
+
+from catapult.config import ConfigError, load_config
+
+__all__ = ["add_config_arguments", "config_from_args", "overrides_from_args", "apply_threads"]
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """``CONFIG [key=value ...] [--device DEVICE] [--progress MODE]`` for a config-driven command."""
+    parser.add_argument("config", metavar="CONFIG", help="YAML run config")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="override config keys, e.g. optimizer.lr=32/lambda0 schedule.warmup_steps=64")
+    parser.add_argument("--device", help="cpu, cuda, cuda:N or auto (same as device=...)")
+    parser.add_argument("--progress", choices=("auto", "bar", "lines", "none"), default="auto",
+                        help="progress display (default: a bar on a terminal, plain lines otherwise)")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="torch CPU threads (default: torch's choice; 1 is fastest for small "
+                             "models on a busy machine)")
+
+
+def config_from_args(args: argparse.Namespace) -> dict:
+    """Load and validate ``args.config`` with ``args.overrides`` (and ``--device``) applied.
+
+    Raises :class:`~catapult.config.ConfigError` naming each bad key; :func:`main` turns that
+    into a message on stderr and exit code 2. Applies ``--threads`` (``torch.set_num_threads``).
+    """
+    config = load_config(args.config, overrides_from_args(args))
+    apply_threads(args)
+    return config
+
+
+def overrides_from_args(args: argparse.Namespace) -> list[str]:
+    """The ``key=value`` overrides of the command line, with ``--device D`` as ``device=D``."""
+    overrides = list(args.overrides)
+    if getattr(args, "device", None):
+        overrides.append(f"device={args.device}")
+    return overrides
+
+
+def apply_threads(args: argparse.Namespace) -> None:
+    """``--threads N``: ``torch.set_num_threads(N)``; a value below 1 is a ConfigError."""
+    threads = getattr(args, "threads", None)
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError([("--threads", f"must be >= 1, got {threads}")])
+        import torch
+
+        torch.set_num_threads(threads)

@@ -1,0 +1,36 @@
+"""``catapult coord-check CONFIG``: see :mod:`catapult.engine.coord_check_study`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from catapult.cli.common import add_config_arguments, apply_threads, overrides_from_args
+from catapult.engine.coord_check_study import load_coord_check, result_groups, run_coord_check, slope_table
+
+
+def register(subparsers) -> None:
+    """Add ``catapult coord-check``."""
+    p = subparsers.add_parser(
+        "coord-check", help="coordinate check: each block's activation scale over widths and/or densities",
+        description="Train each model of the config's coord_check: section (widths, densities, "
+                    "parametrizations, seeds) for a few steps at the constant optimizer.lr and record "
+                    "each block's mean |output| per step; writes coord_check.csv, one log-log figure per "
+                    "parametrization and axis, and prints the slopes (0 = flat = the scale is stable). "
+                    "Overrides: run keys as for `train`, plus coord_check.<key>=...",
+    )
+    add_config_arguments(p)
+    p.add_argument("--out", metavar="DIR", help="output directory (default: runs/<name>/)")
+    p.add_argument("--panels", choices=("block", "step"), default="block",
+                   help="figure layout: one panel per block with a line per step (default), or one panel "
+                        "per step with a line per block")
+    p.set_defaults(func=_command)
+
+
+def _command(args) -> int:
+    config, spec = load_coord_check(args.config, overrides_from_args(args))
+    apply_threads(args)
+    out = Path(args.out) if args.out else Path("runs") / config["name"]
+    rows = run_coord_check(config, spec, out_dir=out, progress=args.progress != "none", panels=args.panels)
+    print(slope_table(rows))
+    print(f"wrote {out}/ (coord_check.csv, coord_check_table.md, config.yaml, "
+          f"{len(list(result_groups(rows)))} figure(s) coord_check_<axis>_<parametrization>.png)")
+    return 0

@@ -1,0 +1,31 @@
+"""``catapult train CONFIG [key=value ...] [--out DIR] [--device DEVICE]``: one run (:func:`catapult.engine.run`)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from catapult.cli.common import add_config_arguments, config_from_args
+from catapult.engine import format_summary, run
+
+
+def register(subparsers) -> None:
+    """Add the ``train`` subcommand."""
+    p = subparsers.add_parser(
+        "train",
+        help="train one run from a YAML config",
+        description="Train one run from a YAML config. Writes runs/<name>/ (or --out DIR): "
+                    "config.yaml (resolved), metrics.csv, summary.json, trajectories.png.",
+    )
+    add_config_arguments(p)
+    p.add_argument("--out", metavar="DIR", help="run directory (default: runs/<name>)")
+    p.set_defaults(func=_train_command)
+
+
+def _train_command(args) -> int:
+    config = config_from_args(args)
+    out = Path(args.out) if args.out else Path("runs") / config["name"]
+    result = run(config, out_dir=out, progress=args.progress)
+    print(format_summary(result.summary))
+    print(f"wrote {out}/ (config.yaml, metrics.csv, summary.json, trajectories.png)")
+    return 0
+
+

@@ -1,0 +1,56 @@
+"""Run configs: typed sections, validation, ``key=value`` overrides and the ``c/lambda0`` lr grammar.
+
+A config is a nested mapping (usually a YAML file)::
+
+    name: fig1_mup
+    seed: 0
+    data:      {name: digits, n_train: null, ...}
+    model:     {name: mlp, width: 512, depth: 4, parametrization: mup, ...}
+    loss: mse
+    optimizer: {name: sgd, lr: 0.125, ...}      # lr may be "32/lambda0" or "2^5/lambda0"
+    schedule:  {warmup: linear, warmup_steps: 64, ...}
+    train:     {steps: 2000, batch_size: null, divergence_factor: 1000}
+    eval:      {sharpness_every: 10, test_every: 100, ...}
+
+The schema is the pydantic models of :mod:`catapult.config.sections` (:class:`RunConfig` and
+one model per section). :func:`validate` checks *every* key before any work starts: unknown
+keys (with a close-match suggestion), types, allowed values, numeric ranges and the cross-key
+:data:`CHECKS`; problems raise one :class:`ConfigError` naming each offending dotted key and
+what it accepts (and, from :func:`load_config`, the key's line and column in the file).
+:func:`validate` returns the completed plain dict; :func:`parse` the typed :class:`RunConfig`
+(``parse(m).optimizer.lr``). To extend the config, subclass a section (a wider ``Literal``, a
+new field) and :class:`RunConfig`, and pass it as ``model=``.
+
+This package is layer 0: it imports nothing else from catapult.
+"""
+from __future__ import annotations
+
+from catapult.config.checks import CHECKS
+from catapult.config.errors import ConfigError, InvalidValue
+from catapult.config.io import (STUDY_SECTIONS, apply_overrides, dump_config, key_positions, load_config,
+                                parse_override, read_mapping, read_yaml)
+from catapult.config.lr import LR, LR_GRAMMAR, learning_rate, lr_needs_lambda0, parse_lr, resolve_lr
+from catapult.config.options import Option, as_float, boolean, choice, integer, number, numbers, string
+from catapult.config.schema import (defaults, get, known_keys, leaf_keys, parse, per_member_keys, schema,
+                                    validate)
+from catapult.config.sections import (PRECONDITIONED_OPTIMIZERS, TEXT_DATASETS, DataConfig, EvalConfig,
+                                      ModelConfig, OptimizerConfig, RunConfig, ScheduleConfig, Section,
+                                      TrainConfig)
+
+#: The config's entries as nested dicts, section -> key -> :class:`Option` (default and doc
+#: filled in): a read-only view derived from the models, for docs and tables.
+SCHEMA = schema()
+
+
+__all__ = [
+    "ConfigError", "InvalidValue",
+    "RunConfig", "Section", "DataConfig", "ModelConfig", "OptimizerConfig", "ScheduleConfig", "TrainConfig",
+    "EvalConfig",
+    "parse", "validate", "defaults", "get", "known_keys", "per_member_keys", "leaf_keys", "schema", "SCHEMA",
+    "CHECKS",
+    "load_config", "read_mapping", "read_yaml", "key_positions", "STUDY_SECTIONS", "apply_overrides",
+    "parse_override", "dump_config",
+    "Option", "integer", "number", "choice", "string", "boolean", "numbers", "learning_rate", "as_float",
+    "LR", "LR_GRAMMAR", "parse_lr", "resolve_lr", "lr_needs_lambda0",
+    "PRECONDITIONED_OPTIMIZERS", "TEXT_DATASETS",
+]

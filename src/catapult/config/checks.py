@@ -1,0 +1,117 @@
+"""Cross-key checks: rules between keys that each validated on their own.
+
+Each check is ``check(config) -> iterable of (dotted_key, message)`` on the completed plain
+dict; :data:`CHECKS` lists them in the order :func:`catapult.config.validate` runs them.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+from catapult.config.lr import parse_lr
+from catapult.config.sections import (PRECONDITIONED_OPTIMIZERS, TEXT_DATASETS, DataConfig, ModelConfig,
+                                      OptimizerConfig, ScheduleConfig)
+
+__all__ = ["CHECKS"]
+
+Problems = Iterable[tuple[str, str]]
+
+
+def _default(section, key: str):
+    return section.model_fields[key].get_default(call_default_factory=True)
+
+
+def _check_decay(config: dict) -> Problems:
+    """A decay needs room after warmup; lr_final only means something with a decay."""
+    sched, steps = config["schedule"], config["train"]["steps"]
+    if sched["decay"] == "constant" and sched["lr_final"] is not None:
+        yield ("schedule.lr_final", "is only used with schedule.decay cosine or linear; set it to null "
+                                    "or choose a decay")
+    if sched["decay"] != "constant" and steps <= sched["warmup_steps"]:
+        yield ("schedule.decay", f"{sched['decay']} decay needs train.steps ({steps}) > "
+                                 f"schedule.warmup_steps ({sched['warmup_steps']})")
+
+
+def _check_data_root(config: dict) -> Problems:
+    if config["data"]["name"] == "digits" and config["data"]["root"] is not None:
+        yield ("data.root", "digits ship with scikit-learn and take no root; set data.root to null")
+
+
+def _check_model_data(config: dict) -> Problems:
+    """Text data go with the gpt, images with the mlp; model options only where they apply."""
+    data, model = config["data"], config["model"]
+    text = data["name"] in TEXT_DATASETS
+    if text and model["name"] != "gpt":
+        yield ("model.name", f"data.name {data['name']!r} is text; it trains model.name: gpt")
+    if not text and model["name"] == "gpt":
+        yield ("data.name", f"model.name gpt trains on text: data.name one of {', '.join(TEXT_DATASETS)}")
+    if data["name"] == "text" and data["root"] is None:
+        yield ("data.root", "data.name text reads your files: set data.root to a text file or a directory "
+                            "with wiki.train.raw / wiki.valid.raw or *.txt")
+    if data["name"] == "shakespeare" and data["root"] is not None:
+        yield ("data.root", "shakespeare is embedded and takes no root; set data.root to null "
+                            "(or data.name: text for your own files)")
+    if not text:
+        for key in ("context", "val_fraction"):
+            if data[key] != _default(DataConfig, key):
+                yield (f"data.{key}", f"is a text-data option (data.name is {data['name']!r}); remove it")
+    table_form = model["parametrization"].startswith("supar") or (
+        model["parametrization"] == "mup" and (model["base_width"] is not None or model["name"] == "gpt"))
+    # Under sp the multipliers are not used (so one study config can sweep sp, mup and supar);
+    # the mlp's muP without base_width is the warmup paper's form, which has none either.
+    if model["parametrization"] != "sp" and not table_form:
+        for key in ("alpha_in", "alpha_out"):
+            if model[key] != 1.0:
+                yield (f"model.{key}", "is a multiplier of the SμPar-table form: use parametrization "
+                                       "supar (or its ablations), or mup with model.base_width")
+    if model["name"] == "gpt":
+        if model["width"] % model["n_heads"]:
+            yield ("model.n_heads", f"{model['n_heads']} does not divide model.width ({model['width']})")
+        if model["activation"] not in ("relu", "gelu"):
+            yield ("model.activation", f"{model['activation']!r} is not a gpt activation; allowed: relu, gelu")
+        if model["init"] != "normal":
+            yield ("model.init", "the gpt initializes from a normal distribution; remove model.init")
+    else:
+        for key in ("init_std", "n_heads", "positions", "tie_embeddings"):
+            if model[key] != _default(ModelConfig, key):
+                yield (f"model.{key}", f"is a gpt option (model.name is {model['name']!r}); remove it")
+
+
+def _check_adam_family(config: dict) -> Problems:
+    """GI-Adam options only with gi-adam; pre-conditioned sharpness only where it is defined."""
+    opt = config["optimizer"]
+    if opt["name"] != "gi-adam":
+        for key in ("v0", "v_bias_correction"):
+            if opt[key] != _default(OptimizerConfig, key):
+                yield (f"optimizer.{key}", f"is a GI-Adam option; set optimizer.name: gi-adam or remove "
+                                           f"optimizer.{key} (optimizer.name is {opt['name']!r})")
+    if config["eval"]["sharpness_kind"] == "preconditioned" and opt["name"] not in PRECONDITIONED_OPTIMIZERS:
+        yield ("eval.sharpness_kind", f"preconditioned needs optimizer.name one of: "
+                                      f"{', '.join(PRECONDITIONED_OPTIMIZERS)} (got {opt['name']!r}); "
+                                      f"use auto or hessian")
+
+
+def _check_catapult_warmup(config: dict) -> Problems:
+    """Options that only one warmup rule reads must not be set for another."""
+    sched = config["schedule"]
+    rule = sched["warmup"]
+    if rule != "linear":
+        for key in ("lr_init", "power"):
+            if sched[key] != _default(ScheduleConfig, key):
+                yield (f"schedule.{key}", f"is only used by schedule.warmup: linear (warmup is {rule!r}, "
+                                          f"which starts at the critical lr); remove it")
+    if rule == "persistent" and sched["decay"] != "constant":
+        yield ("schedule.decay", "persistent warmup ends at lr_trgt and keeps it; use decay: constant")
+    if sched["lr_start"] is not None:
+        try:
+            lr = parse_lr(config["optimizer"]["lr"])
+        except ValueError:
+            return
+        if not lr.relative and sched["lr_start"] > lr.value:
+            yield ("schedule.lr_start", f"{sched['lr_start']:g} exceeds optimizer.lr ({lr.value:g}); "
+                                        "the search starts below lr_trgt")
+
+
+#: The cross-key checks, run in this order on a config whose keys validated individually.
+CHECKS: list[Callable[[dict], Problems]] = [
+    _check_decay, _check_data_root, _check_model_data, _check_adam_family, _check_catapult_warmup,
+]

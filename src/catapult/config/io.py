@@ -1,0 +1,179 @@
+"""Config files and command-line overrides: YAML in (with each key's line and column), YAML out,
+``key.sub=value`` overrides."""
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+from pydantic import BaseModel
+
+from catapult.config.errors import ConfigError
+from catapult.config.schema import section_model, unknown_key, validate
+from catapult.config.sections import RunConfig
+
+__all__ = ["STUDY_SECTIONS", "parse_override", "apply_overrides", "read_mapping", "read_yaml", "key_positions",
+           "load_config", "dump_config"]
+
+#: Top-level sections that belong to a study command, not to the run: ``sweep:`` (read by
+#: ``catapult sweep``) and ``coord_check:`` (``catapult coord-check``). :func:`load_config`
+#: sets them aside, so a study config also trains as its base run.
+STUDY_SECTIONS = ("sweep", "coord_check")
+
+_OVERRIDE_FORM = "an override must look like key=value (e.g. optimizer.lr=0.1)"
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split ``"key.sub=value"`` and read the value as a YAML scalar/list (``null``, ``1e-3``,
+    ``[0.9, 0.95]``, ``32/lambda0``). Raises :class:`ConfigError` on a malformed override."""
+    if "=" not in text:
+        raise ConfigError([(text, _OVERRIDE_FORM)])
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError([(text, _OVERRIDE_FORM)])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def apply_overrides(mapping: Mapping[str, Any], overrides: Iterable[str],
+                    model: type[BaseModel] = RunConfig) -> dict:
+    """Return a copy of ``mapping`` with each ``key.sub=value`` override set.
+
+    Keys are checked against the config's models here (unknown key -> :class:`ConfigError`
+    with a suggestion); values are checked later by :func:`~catapult.config.validate`.
+    """
+    config = copy.deepcopy(dict(mapping))
+    problems = []
+    for text in overrides:
+        try:
+            key, value = parse_override(text)
+        except ConfigError as err:
+            problems.extend(err.problems)
+            continue
+        parts = key.split(".")
+        node, section = config, model
+        for i, part in enumerate(parts):
+            fields = section.model_fields if section is not None else {}
+            if part not in fields:
+                problems.append((key, unknown_key(key, fields, model, level=i)))
+                break
+            section = section_model(fields[part])
+            if i == len(parts) - 1:
+                if section is not None:
+                    first = next(iter(section.model_fields))
+                    problems.append((key, f"is a section; set one of its keys, e.g. {key}.{first}=..."))
+                else:
+                    node[part] = value
+                break
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def key_positions(text: str) -> dict[str, tuple[int, int]]:
+    """Dotted key -> (line, column), both from 1, of each key in the YAML mapping ``text``."""
+    out: dict[str, tuple[int, int]] = {}
+
+    def walk(node: yaml.Node, prefix: str) -> None:
+        if not isinstance(node, yaml.MappingNode):
+            return
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                dotted = f"{prefix}{key_node.value}"
+                out[dotted] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+                walk(value_node, dotted + ".")
+
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if root is not None:
+        walk(root, "")
+    return out
+
+
+def read_yaml(path: str | Path) -> tuple[dict, dict[str, tuple[int, int]]]:
+    """The YAML mapping in ``path`` and its :func:`key_positions`; :class:`ConfigError` naming
+    the file when it is missing, unreadable, not YAML or not a mapping."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError([("<file>", f"config file not found: {path}")]) from None
+    except OSError as err:
+        raise ConfigError([("<file>", f"cannot read config file {path}: {err.strerror}")]) from None
+    try:
+        mapping = yaml.safe_load(text)
+    except yaml.YAMLError as err:  # its text says where: line and column
+        raise ConfigError([("<file>", f"{path} is not valid YAML: {err}")]) from None
+    if mapping is None:
+        mapping = {}
+    if not isinstance(mapping, dict):
+        raise ConfigError([("<file>", f"{path} must hold a mapping of keys, got {type(mapping).__name__}")])
+    return mapping, key_positions(text)
+
+
+def read_mapping(path: str | Path) -> dict:
+    """The YAML mapping in ``path`` (empty file: ``{}``); :class:`ConfigError` as :func:`read_yaml`."""
+    return read_yaml(path)[0]
+
+
+def _located(problems: Iterable[tuple[str, str]], positions: Mapping[str, tuple[int, int]],
+             file: str) -> list[tuple[str, str]]:
+    """Each problem whose key is in the file, with ``(file line L, column C)`` appended."""
+    out = []
+    for key, message in problems:
+        if key in positions:
+            line, column = positions[key]
+            message = f"{message} ({file} line {line}, column {column})"
+        out.append((key, message))
+    return out
+
+
+def load_config(path: str | Path, overrides: Iterable[str] = ()) -> dict:
+    """Read a YAML config, apply ``key=value`` overrides, validate, fill defaults.
+
+    ``name`` defaults to the file's stem. The :data:`STUDY_SECTIONS` (``sweep:``, what
+    ``catapult sweep`` grids over, and ``coord_check:``) are set aside, so a study config also
+    trains as its base run. Raises :class:`ConfigError` for a missing or unreadable file, bad
+    YAML, or any invalid key/value; a problem with a key written in the file names the key's
+    line and column there.
+    """
+    path = Path(path)
+    mapping, positions = read_yaml(path)
+    for section in STUDY_SECTIONS:
+        mapping.pop(section, None)
+    overrides = list(overrides)
+    mapping = apply_overrides(mapping, overrides)
+    # an overridden value did not come from the file: its problem has no place there
+    for text in overrides:
+        key = text.split("=", 1)[0].strip()
+        positions = {k: v for k, v in positions.items() if k != key and not k.startswith(key + ".")}
+    if mapping.get("name") is None:
+        mapping["name"] = re.sub(r"[^A-Za-z0-9_.+=-]", "_", path.stem) or "run"
+    try:
+        return validate(mapping)
+    except ConfigError as err:
+        raise ConfigError(_located(err.problems, positions, path.name)) from None
+
+
+def dump_config(config: Mapping[str, Any] | BaseModel) -> str:
+    """The config (a plain dict or a :class:`RunConfig`) as YAML, keys in schema order (what a
+    run writes as ``config.yaml``)."""
+    if isinstance(config, BaseModel):
+        config = config.model_dump()
+    return yaml.safe_dump(_plain(config), sort_keys=False, default_flow_style=None)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,229 @@
+"""The run config as typed pydantic models: one model per section, :class:`RunConfig` on top.
+
+Each field declares, in one place, its type (``Literal[...]`` lists a choice's values,
+``X | None`` makes it nullable), its check (an :class:`~catapult.config.options.Option` in
+``Annotated``, giving the error messages and numeric leniencies), its default, its doc
+(``description``) and, with ``json_schema_extra={"per_member": True}``, whether it may differ
+between the members of one batched group (:func:`catapult.config.per_member_keys`).
+Unknown keys are errors (``extra="forbid"``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from catapult.config.options import NUMBER_TEXT, Option, as_float, boolean, choice, integer, number, numbers, string
+from catapult.config.lr import learning_rate
+
+__all__ = ["Section", "DataConfig", "ModelConfig", "OptimizerConfig", "ScheduleConfig", "TrainConfig",
+           "EvalConfig", "RunConfig", "TEXT_DATASETS", "PRECONDITIONED_OPTIMIZERS", "RUN_NAME"]
+
+#: Datasets of tokens (trained by the gpt); the others are images (the mlp). Equals
+#: ``catapult.data.TEXT_DATASETS``, which a test checks: config may not import the data layer.
+TEXT_DATASETS = ("shakespeare", "text")
+
+#: Optimizers whose curvature is the pre-conditioned sharpness (Adam, AdamW, GI-Adam).
+PRECONDITIONED_OPTIMIZERS = ("adam", "adamw", "gi-adam")
+
+#: A run name: a directory name of letters, digits and ``_ . + = -``.
+RUN_NAME = r"[A-Za-z0-9][A-Za-z0-9_.+=-]*"
+
+DataName = Literal["digits", "cifar10", "cifar100", "shakespeare", "text"]
+ModelName = Literal["mlp", "gpt"]
+Parametrization = Literal["sp", "mup", "supar", "supar_init", "supar_lr"]
+Activation = Literal["relu", "tanh", "gelu", "linear"]
+OptimizerName = Literal["sgd", "adam", "adamw", "radam", "gi-adam"]
+Dtype = Literal["float32", "float64"]
+
+
+def _per_member() -> dict[str, Any]:
+    return {"per_member": True}
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors, values are checked on assignment too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    name: Annotated[DataName, choice()] = Field(
+        "digits", description="dataset: digits/cifar10/cifar100 (images, model mlp); shakespeare "
+                              "(embedded) or text (your files at data.root) for the gpt")
+    root: Annotated[str | None, string(what="a path (directory or archive)")] = Field(
+        None, description="where the dataset files are (cifar: a directory or the .tar.gz; text: a "
+                          "file or a directory with wiki.train.raw / wiki.valid.raw or *.txt)")
+    n_train: Annotated[int | None, integer(low=1)] = Field(
+        None, description="first N training samples (text: N windows of data.context tokens; null = all)")
+    n_test: Annotated[int | None, integer(low=1)] = Field(
+        None, description="first N test samples (text: N validation windows; null = all)")
+    context: Annotated[int, integer(low=1)] = Field(
+        64, description="text only: tokens per window (the gpt's context)")
+    val_fraction: Annotated[float, number(low=0.0, high=1.0, low_open=True, high_open=True)] = Field(
+        0.1, description="text only: tail of the characters held out for validation "
+                         "(unless the files have their own split)")
+
+
+class ModelConfig(Section):
+    name: Annotated[ModelName, choice()] = Field(
+        "mlp", description="architecture: mlp (the warmup paper's FCN) or gpt (Pre-LN Transformer LM, text data)")
+    width: Annotated[int, integer(low=1)] = Field(512, description="hidden width (gpt: d_model)")
+    depth: Annotated[int, integer(low=1)] = Field(
+        4, description="number of Linear layers (gpt: number of blocks)")
+    parametrization: Annotated[Parametrization, choice()] = Field(
+        "mup", description="init and multiplier rules; supar_init / supar_lr are the SμPar "
+                           "ablations (SμPar init + muP lr / muP init + SμPar lr)")
+    activation: Annotated[Activation, choice()] = Field(
+        "relu", description="hidden nonlinearity (gpt: relu or gelu)")
+    bias: Annotated[bool, boolean()] = Field(
+        True, description="layers have (zero-initialized) biases; the paper's reference FCN has none")
+    init: Annotated[Literal["normal", "trunc_normal"], choice()] = Field(
+        "normal", description="weight init distribution")
+    base_width: Annotated[int | None, integer(low=1)] = Field(
+        None, description="muP base width (null = the model's default)")
+    density: Annotated[float, number(low=0.0, high=1.0, low_open=True)] = Field(
+        1.0, description="fraction of hidden weights kept")
+    base_density: Annotated[float, number(low=0.0, high=1.0, low_open=True)] = Field(
+        1.0, description="density of the tuned proxy")
+    mask_method: Annotated[Literal["exact", "bernoulli"], choice()] = Field(
+        "exact", description="sparsity masks: exactly round(density * n) nonzeros per matrix, or Bernoulli")
+    alpha_in: Annotated[float, number(low=0.0, low_open=True)] = Field(
+        1.0, description="muP/SμPar input multiplier (mlp: table form, i.e. supar* or mup with "
+                         "base_width; not used under sp)")
+    alpha_out: Annotated[float, number(low=0.0, low_open=True)] = Field(
+        1.0, description="muP/SμPar output multiplier, applied as alpha_out / m_d (not used under sp)")
+    init_std: Annotated[float | None, number(low=0.0, low_open=True)] = Field(
+        None, description="gpt only: base init std sigma (null = 0.02)")
+    n_heads: Annotated[int, integer(low=1)] = Field(
+        4, description="gpt only: attention heads (width must be divisible by it)")
+    positions: Annotated[Literal["learned", "sinusoidal"], choice()] = Field(
+        "learned", description="gpt only: position encoding")
+    tie_embeddings: Annotated[bool, boolean()] = Field(
+        False, description="gpt only: unembedding = token embedding")
+
+
+
+_V0_KIND = "one of: grad, random, or a number a >= 1"
+
+
+def _check_v0(value: Any) -> str | float:
+    """GI-Adam's ``optimizer.v0``: ``"grad"``, ``"random"`` or a number ``a >= 1`` (v_0 = a g^2)."""
+    if isinstance(value, str) and value.strip().lower() in ("grad", "random"):
+        return value.strip().lower()
+    if isinstance(value, str) and not NUMBER_TEXT.match(value):
+        raise ValueError(f"{value!r} is not allowed; expected {_V0_KIND}")
+    x = as_float(value, _V0_KIND)
+    if not (math.isfinite(x) and x >= 1):
+        raise ValueError(f"{value!r} is out of range; expected grad, random, or a number a >= 1 "
+                         "(v_0 = a * g^2; the paper studies a >= 1)")
+    return x
+
+
+class OptimizerConfig(Section):
+    name: Annotated[OptimizerName, choice(aliases={"giadam": "gi-adam", "gi_adam": "gi-adam"})] = Field(
+        "sgd", description="sgd = GD/SGD with optional heavy-ball momentum; radam = torch.optim.RAdam; "
+                           "gi-adam = catapult.optim.GIAdam (v_0 = g^2; also spelled giadam)")
+    lr: Annotated[float | str, learning_rate()] = Field(
+        0.125, description='lr_trgt: a number or "<c>/lambda0"', json_schema_extra=_per_member())
+    momentum: Annotated[float, number(low=0.0, high=1.0, high_open=True)] = Field(
+        0.0, description="heavy-ball momentum (sgd)", json_schema_extra=_per_member())
+    betas: Annotated[list[float], numbers(length=2, low=0.0, high=1.0, high_open=True)] = Field(
+        default_factory=lambda: [0.9, 0.999], description="Adam betas", json_schema_extra=_per_member())
+    eps: Annotated[float, number(low=0.0)] = Field(
+        1e-8, description="Adam epsilon", json_schema_extra=_per_member())
+    weight_decay: Annotated[float, number(low=0.0)] = Field(
+        0.0, description="L2 (sgd, adam, radam) or decoupled (adamw, gi-adam) weight decay",
+        json_schema_extra=_per_member())
+    v0: Annotated[Literal["grad", "random"] | float, Option(None, _check_v0, _V0_KIND)] = Field(
+        "grad", description='gi-adam only: v_0 = g^2 ("grad"), a random positive v_0 with the norm of '
+                            'g^2 ("random", the paper\'s control) or a * g^2')
+    v_bias_correction: Annotated[bool, boolean()] = Field(
+        True, description="gi-adam only: divide v by 1 - b2^t (true: the paper's code, an implicit "
+                          "warmup; false: the paper's text)")
+
+
+class ScheduleConfig(Section):
+    warmup: Annotated[Literal["linear", "catapult", "persistent"], choice()] = Field(
+        "linear", description="linear = polynomial warmup from lr_init; catapult = linear warmup started at "
+                              "lr_c = critical_lr at step 0; persistent = PersistentCatapultWarmup (no T_wrm)")
+    delta: Annotated[float | None, number(low=0.0, low_open=True)] = Field(
+        None, description="catapult/persistent: loss rise accepted at lr_c (null = 0.1 for sgd, 0.01 for "
+                          "Adam-family)")
+    lr_start: Annotated[float | None, number(low=0.0, low_open=True)] = Field(
+        None, description="catapult/persistent: first lr of the critical-lr search (null = min(1e-4, lr_trgt))")
+    warmup_steps: Annotated[int, integer(low=1)] = Field(1, description="T_wrm; 1 = no warmup")
+    lr_init: Annotated[float, number(low=0.0)] = Field(0.0, description="lr at the start of warmup")
+    power: Annotated[float, number(low=0.0, low_open=True)] = Field(
+        1.0, description="warmup exponent (1 = linear)")
+    decay: Annotated[Literal["constant", "cosine", "linear"], choice()] = Field(
+        "constant", description="after warmup, until train.steps")
+    lr_final: Annotated[float | None, number(low=0.0)] = Field(
+        None, description="lr at the end of the decay (null = the schedule's default)")
+
+
+class TrainConfig(Section):
+    steps: Annotated[int, integer(low=0)] = Field(
+        2000, description="optimizer steps", json_schema_extra=_per_member())
+    batch_size: Annotated[int | None, integer(low=1)] = Field(None, description="null = full-batch GD")
+    divergence_factor: Annotated[float, number(low=1.0, low_open=True)] = Field(
+        1000.0, description="diverged if the loss is non-finite or > factor * initial loss",
+        json_schema_extra=_per_member())
+
+
+class EvalConfig(Section):
+    sharpness_every: Annotated[int, integer(low=0)] = Field(
+        10, description="measure sharpness every k steps (0 = never)", json_schema_extra=_per_member())
+    sharpness_tol: Annotated[float, number(low=0.0, low_open=True)] = Field(
+        1e-3, description="relative tolerance of the eigen-solver", json_schema_extra=_per_member())
+    sharpness_max_iter: Annotated[int, integer(low=1)] = Field(
+        100, description="most Hessian-vector products per measurement", json_schema_extra=_per_member())
+    sharpness_kind: Annotated[Literal["auto", "hessian", "preconditioned"], choice()] = Field(
+        "auto", description="auto = pre-conditioned for Adam-family optimizers, else the Hessian's")
+    sharpness_hvp: Annotated[Literal["auto", "double_backprop", "forward_over_reverse"], choice()] = Field(
+        "auto", description="how Hessian-vector products are computed")
+    sharpness_dtype: Annotated[Dtype | None, choice()] = Field(
+        None, description="solver precision (null = the run's dtype)")
+    sharpness_max_basis: Annotated[int, integer(low=2)] = Field(
+        20, description="Krylov vectors kept (memory: one parameter-sized vector each; thick restart beyond)")
+    sharpness_chunk_size: Annotated[int | None, integer(low=1)] = Field(
+        None, description="HVPs over micro-batches of at most this many samples "
+                          "(less memory, ~a gradient more per HVP; null = whole batch)")
+    test_every: Annotated[int, integer(low=0)] = Field(
+        100, description="test loss/accuracy every m steps (0 = only at the end)", json_schema_extra=_per_member())
+
+
+class RunConfig(Section):
+    """A whole run config. ``name`` is ``None`` only before :func:`catapult.config.parse`
+    completes it (to ``"run"``, or the config file's stem in :func:`~catapult.config.load_config`)."""
+
+    name: Annotated[str | None, string(pattern=RUN_NAME, what="a run name of letters, digits and _ . + = - "
+                                                              "(used as a directory name)")] = Field(
+        None, description="run name -> runs/<name>/ (default: the config file's stem)",
+        json_schema_extra=_per_member())
+    seed: Annotated[int, integer(low=0)] = Field(
+        0, description="seeds model init, batch order and the sharpness start vector",
+        json_schema_extra=_per_member())
+    device: Annotated[str, string(pattern=r"cpu|cuda|auto|cuda:\d+", what="one of: cpu, cuda, cuda:<n>, auto")] \
+        = Field("cpu", description="auto = cuda if available else cpu")
+    dtype: Annotated[Dtype, choice()] = Field("float32", description="parameters, data and training arithmetic")
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: Annotated[Literal["mse", "cross_entropy"], choice()] = Field(
+        "mse", description="mse = 0.5 * mean over (batch x outputs)")
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig, json_schema_extra=_per_member())
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_sections_are_empty(cls, value: Any) -> Any:
+        """``model: null`` (an empty YAML section) means every default of the section."""
+        if isinstance(value, dict):
+            sections = [k for k, f in cls.model_fields.items()
+                        if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)]
+            if any(value.get(k, 0) is None for k in sections):
+                value = {k: ({} if k in sections and v is None else v) for k, v in value.items()}
+        return value

@@ -1,0 +1,24 @@
+"""Curvature: top Hessian eigenvalue (sharpness), pre-conditioned sharpness, instability thresholds.
+
+Operators times algorithms: :mod:`~catapult.curvature.hessian` holds the matrix-free Hessian
+operator (Hessian-vector products), :mod:`~catapult.curvature.lanczos` the eigen-solvers (one
+operator, or many in lockstep for the batched engine), :mod:`~catapult.curvature.sharpness` the
+user-facing measurements built from them. Everything runs wherever the model runs (CPU or
+CUDA). Nothing here changes a model's parameters, gradients, buffers or train/eval mode, an
+optimizer's state, or the global random number generators.
+"""
+from catapult.curvature.hessian import HVP_MODES, HessianOperator
+from catapult.curvature.lanczos import EigenEstimate, KrylovBasis, batched_lanczos, lanczos_top_eigenpair
+from catapult.curvature.sharpness import instability_threshold, preconditioned_sharpness, sharpness
+
+__all__ = [
+    "EigenEstimate",
+    "HessianOperator",
+    "KrylovBasis",
+    "lanczos_top_eigenpair",
+    "batched_lanczos",
+    "sharpness",
+    "preconditioned_sharpness",
+    "instability_threshold",
+    "HVP_MODES",
+]

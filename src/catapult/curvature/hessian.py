@@ -1,0 +1,358 @@
+"""The Hessian of a model's loss as a matrix-free operator: Hessian-vector products by double
+backprop (the gradient graph built once) or forward-over-reverse (``torch.func``), in
+micro-batches when memory is short.
+
+Nothing here changes a model's parameters, gradients, buffers or train/eval mode, or the global
+random number generators.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+
+import torch
+from torch.func import functional_call
+
+__all__ = ["HVP_MODES", "HessianOperator", "resolve_dtype", "fixed_rng", "math_attention"]
+
+
+#: Accepted values of ``hvp=``. ``"auto"`` picks the mode measured fastest (see
+#: ``bench/bench_sharpness.py`` and the "Sharpness (issue 2)" section of ``bench/RESULTS.md``).
+HVP_MODES = ("auto", "double_backprop", "forward_over_reverse")
+
+# What "auto" resolves to, per device type. Measured by bench/bench_sharpness.py on the Fig. 1
+# FCN (4 Linear layers, width 512, 5000 x 3072 batch) on a 2-core CPU: double backprop, which
+# builds the gradient graph once and re-uses it for every HVP, beat forward-over-reverse, which
+# re-runs forward + backward with dual numbers for every HVP. No GPU measurement exists yet, so
+# CUDA uses the same choice.
+_AUTO_HVP = {"cpu": "double_backprop", "cuda": "double_backprop"}
+
+
+def resolve_dtype(dtype) -> torch.dtype | None:
+    """The computation dtype named by ``dtype``: None, a name or a torch dtype (float32/64).
+
+    Example:
+        >>> resolve_dtype("float64"), resolve_dtype(None)
+        (torch.float64, None)
+    """
+    if dtype is None:
+        return None
+    named = {"float32": torch.float32, "float64": torch.float64}
+    if isinstance(dtype, str):
+        if dtype not in named:
+            raise ValueError(f"dtype must be None, 'float32' or 'float64', got {dtype!r}")
+        return named[dtype]
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be None, torch.float32 or torch.float64, got {dtype!r}")
+    return dtype
+
+
+@contextlib.contextmanager
+def fixed_rng(seed: int, device: torch.device):
+    """Seed the generator(s) a forward pass on ``device`` may draw from (dropout) and restore
+    the global RNG state afterwards, so every forward in one solve sees the same dropout mask
+    and the caller's random stream is untouched.
+
+    Example:
+        >>> with fixed_rng(0, torch.device("cpu")):
+        ...     first = torch.rand(3)
+        >>> with fixed_rng(0, torch.device("cpu")):
+        ...     second = torch.rand(3)
+        >>> torch.equal(first, second)
+        True
+    """
+    cuda_devices = []
+    if device.type == "cuda":
+        cuda_devices = [device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=cuda_devices):
+        torch.default_generator.manual_seed(seed)
+        if cuda_devices:
+            with torch.cuda.device(cuda_devices[0]):
+                torch.cuda.manual_seed(seed)
+        yield
+
+
+def math_attention():
+    """Context that restricts ``F.scaled_dot_product_attention`` to its math kernel (twice
+    differentiable); a no-op on torch builds without ``torch.nn.attention``.
+
+    Example:
+        >>> q = torch.ones(1, 2, 4)
+        >>> with math_attention():
+        ...     out = torch.nn.functional.scaled_dot_product_attention(q, q, q)
+        >>> out.shape
+        torch.Size([1, 2, 4])
+    """
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch < 2.3
+        return contextlib.nullcontext()
+    return sdpa_kernel([SDPBackend.MATH])
+
+
+def _jvp(fn, primals: dict, tangents: dict):
+    """``torch.func.jvp(fn, (primals,), (tangents,))`` with grad mode on."""
+    with torch.enable_grad(), warnings.catch_warnings():
+        # torch's forward-AD decompositions call the deprecated torch.jit.script on first use.
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated",
+                                category=DeprecationWarning)
+        return torch.func.jvp(fn, (primals,), (tangents,))
+
+
+class HessianOperator:
+    """``v -> H v``: the Hessian of ``loss_fn(model(x), y)`` at the model's current parameters.
+
+    ``H`` is taken with respect to all parameters with ``requires_grad`` (flattened in
+    ``model.parameters()`` order), on one fixed batch, in the mode (train/eval) the model is in.
+    The model is evaluated through :func:`torch.func.functional_call` on detached copies of its
+    parameters and on clones of its buffers, cast to ``dtype`` when given (together with the
+    floating-point inputs and targets), so the model's parameters, ``.grad``, buffers (e.g.
+    BatchNorm running statistics) and mode are never changed. Every forward pass runs with the
+    CPU/CUDA generator seeded with ``seed`` inside :func:`torch.random.fork_rng`: in train mode
+    with dropout ``H`` is the Hessian for one dropout mask, the same mask in every product, and
+    the global RNG state is left as it was.
+
+    Modes (``hvp=``):
+      * ``"double_backprop"``: ``g = autograd.grad(L, theta, create_graph=True)`` once, then
+        ``H v = autograd.grad(g, theta, grad_outputs=v)`` re-using that graph (one backward each).
+      * ``"forward_over_reverse"``: ``H v = jvp(grad(L), (theta,), (v,))`` with
+        :mod:`torch.func` (a forward + backward with dual numbers per product; no graph kept).
+      * ``"auto"``: the one measured faster (``_AUTO_HVP``; double backprop on CPU).
+
+    Micro-batches (``chunk_size``): with ``chunk_size=c`` smaller than the batch, the batch is cut
+    along dim 0 into chunks ``B_1..B_K`` of at most ``c`` samples and every product is summed
+    over them, ``H v = sum_k w_k H_k v`` (``H_k`` the Hessian of the chunk's loss), so at most
+    one chunk's graph is alive at a time: the HVP's working memory (activations and the
+    backward's saved tensors) shrinks by ``~K``, at the price of re-running the chunk's forward
+    and gradient in every product (double backprop then costs about a gradient more per
+    product). This is exact when the loss is a per-sample mean (``w_k = |B_k| / |B|``: MSE,
+    cross-entropy, token-mean LM losses) or a per-sample sum (``w_k = 1``); which one is
+    detected once, by comparing the full batch's loss with both combinations of the chunks'
+    losses, and any other loss is refused with a ``ValueError``. Train-mode BatchNorm and
+    dropout couple or re-draw samples per chunk, so they are refused too (call
+    ``model.eval()`` first).
+
+    Attributes: ``numel``, ``dtype``, ``device``, ``mode`` (resolved hvp mode), ``loss`` (float),
+    ``gradient()`` (flat gradient at the current parameters, computed once), ``matvecs``,
+    ``chunks`` (number of micro-batches, 1 without ``chunk_size``).
+
+    Example: ``L(w) = mean((x w - y)^2)`` over two samples ``x = (2, 0), (0, 1)`` has the
+    Hessian ``2 x^T x / 2 = diag(4, 1)``:
+        >>> model = torch.nn.Linear(2, 1, bias=False)
+        >>> batch = (torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0], [0.0]]))
+        >>> H = HessianOperator(model, torch.nn.MSELoss(), batch)
+        >>> H(torch.tensor([1.0, 1.0]))
+        tensor([4., 1.])
+        >>> H.numel, H.mode, H.matvecs
+        (2, 'double_backprop', 1)
+    """
+
+    def __init__(self, model: torch.nn.Module, loss_fn, batch, *, dtype=None, hvp: str = "auto",
+                 seed: int = 0, chunk_size: int | None = None):
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not callable(loss_fn):
+            raise TypeError("loss_fn must be callable as loss_fn(outputs, targets)")
+        if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+            raise ValueError("batch must be a pair (inputs, targets)")
+        if hvp not in HVP_MODES:
+            raise ValueError(f"hvp must be one of {HVP_MODES}, got {hvp!r}")
+        dtype = resolve_dtype(dtype)
+        trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+        if not trainable:
+            raise ValueError("model has no parameters with requires_grad=True")
+        first = next(iter(trainable.values()))
+        self.device = first.device
+        self.dtype = dtype if dtype is not None else first.dtype
+        if not self.dtype.is_floating_point:
+            raise ValueError(f"parameters must be floating point, got {self.dtype}")
+        if hvp == "auto":
+            hvp = _AUTO_HVP.get(self.device.type, "double_backprop")
+        self.mode = hvp
+        self.seed = int(seed)
+        self.names = list(trainable)
+        self.shapes = [p.shape for p in trainable.values()]
+        self.sizes = [p.numel() for p in trainable.values()]
+        self.numel = sum(self.sizes)
+        self.matvecs = 0
+
+        def cast(t: torch.Tensor) -> torch.Tensor:
+            t = t.detach()
+            return t.to(self.dtype) if dtype is not None and t.is_floating_point() else t
+
+        # Detached (storage-sharing) leaves for the trainable parameters, frozen parameters as
+        # constants; buffers are cloned inside every forward (_loss), because train-mode
+        # BatchNorm updates them in place and torch.func forbids mutating captured tensors.
+        self._params = {n: cast(p) for n, p in trainable.items()}
+        self._frozen = {n: cast(p) for n, p in model.named_parameters() if not p.requires_grad}
+        self._buffers = {n: cast(b) for n, b in model.named_buffers()}
+        inputs, targets = batch
+        self._inputs = cast(inputs) if torch.is_tensor(inputs) else inputs
+        self._targets = cast(targets) if torch.is_tensor(targets) else targets
+        self._model, self._loss_fn = model, loss_fn
+        self._grad_flat: torch.Tensor | None = None
+        self.loss = float("nan")
+        # [(inputs, targets, weight)]; one entry = the whole batch, weight 1.
+        self._chunks = self._split_batch(chunk_size)
+        self.chunks = len(self._chunks)
+
+        # With chunks, every product and the gradient are built chunk by chunk (_chunked_product,
+        # gradient); on the whole batch double backprop keeps one gradient graph for all products.
+        if self.chunks == 1 and self.mode == "double_backprop":
+            self._leaves, loss, grads = self._gradient_graph(self._inputs, self._targets,
+                                                             create_graph=True)
+            self.loss = float(loss.detach())
+            self._grads = grads  # the flat gradient is made from these only when asked for
+            self._diff = [i for i, g in enumerate(grads) if g.requires_grad]
+        elif self.chunks == 1:
+            self._grad_fn = torch.func.grad_and_value(self._loss)
+
+    def _split_batch(self, chunk_size):
+        """The micro-batches ``[(inputs, targets, weight)]`` (see the class docstring)."""
+        whole = [(self._inputs, self._targets, 1.0)]
+        if chunk_size is None:
+            return whole
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be None or an integer >= 1, got {chunk_size!r}")
+        x, y = self._inputs, self._targets
+        if not (torch.is_tensor(x) and torch.is_tensor(y) and x.dim() >= 1 and y.dim() >= 1):
+            raise ValueError("chunk_size needs the batch's inputs and targets to be tensors with a "
+                             "sample dimension (dim 0)")
+        n = x.shape[0]
+        if y.shape[0] != n:
+            raise ValueError(f"chunk_size: inputs have {n} samples (dim 0) but targets have "
+                             f"{y.shape[0]}")
+        if chunk_size >= n:
+            return whole
+        for name, module in self._model.named_modules():
+            if not module.training:
+                continue
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                raise ValueError(f"chunk_size: module {name!r} is a BatchNorm in train mode, whose "
+                                 f"batch statistics differ per chunk; call model.eval() or use "
+                                 f"chunk_size=None")
+            if isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p > 0:
+                raise ValueError(f"chunk_size: module {name!r} is a Dropout in train mode, whose mask "
+                                 f"would differ per chunk; call model.eval() or use chunk_size=None")
+        pieces = [(x[i:i + chunk_size], y[i:i + chunk_size]) for i in range(0, n, chunk_size)]
+        with torch.no_grad():
+            full = float(self._loss(self._params))
+            losses = [float(self._loss(self._params, xc, yc)) for xc, yc in pieces]
+        mean_w = [xc.shape[0] / n for xc, _ in pieces]
+        as_mean = sum(w * l for w, l in zip(mean_w, losses))
+        as_sum = sum(losses)
+        # well above the rounding of a float32/float64 batch sum, well below what a loss that is
+        # not additive over samples (e.g. a root-mean-square) typically shows between chunks
+        rtol = 5e-5 if self.dtype == torch.float32 else 1e-9
+
+        def close(a, b):
+            return abs(a - b) <= rtol * max(abs(a), abs(b), 1e-30)
+
+        if not math.isfinite(full) or close(full, as_mean):
+            weights = mean_w
+        elif close(full, as_sum):
+            weights = [1.0] * len(pieces)
+        else:
+            raise ValueError(f"chunk_size: loss_fn is neither a mean nor a sum over samples (full "
+                             f"batch {full:.6g}, chunks' mean {as_mean:.6g}, sum {as_sum:.6g}); "
+                             f"use chunk_size=None")
+        self.loss = full
+        return [(xc, yc, w) for (xc, yc), w in zip(pieces, weights)]
+
+    def _gradient_graph(self, inputs, targets, create_graph: bool):
+        """``(leaves, loss, grads)``: the loss on ``(inputs, targets)`` at fresh leaves (detached
+        aliases of the parameters, so ``requires_grad_`` leaves the model's tensors alone) and
+        its gradient, differentiable again when ``create_graph``."""
+        leaves = [self._params[n].detach().requires_grad_(True) for n in self.names]
+        with torch.enable_grad():
+            loss = self._loss(dict(zip(self.names, leaves)), inputs, targets)
+            grads = torch.autograd.grad(loss, leaves, create_graph=create_graph,
+                                        allow_unused=True, materialize_grads=True)
+        return leaves, loss, grads
+
+    def _loss(self, params: dict, inputs=None, targets=None) -> torch.Tensor:
+        inputs = self._inputs if inputs is None else inputs
+        targets = self._targets if targets is None else targets
+        # Second derivatives need the math kernel of scaled_dot_product_attention: the fused
+        # (flash / memory-efficient) kernels have no double backward.
+        with fixed_rng(self.seed, self.device), math_attention():
+            buffers = {n: b.clone() for n, b in self._buffers.items()}
+            out = functional_call(self._model, {**self._frozen, **buffers, **params}, (inputs,))
+            loss = self._loss_fn(out, targets)
+        if not (torch.is_tensor(loss) and loss.numel() == 1):
+            raise ValueError("loss_fn must return a scalar tensor")
+        return loss.reshape(())
+
+    def split(self, v: torch.Tensor) -> list[torch.Tensor]:
+        """Flat vector -> list of views shaped like the trainable parameters."""
+        if v.shape != (self.numel,):
+            raise ValueError(f"expected a flat vector of {self.numel} elements (one per trainable "
+                             f"parameter entry), got shape {tuple(v.shape)}")
+        return [c.view(s) for c, s in zip(torch.split(v, self.sizes), self.shapes)]
+
+    def gradient(self) -> torch.Tensor:
+        """Flat gradient of the loss at the current parameters (computed once, cached)."""
+        if self._grad_flat is None and self.chunks > 1:
+            flat = torch.zeros(self.numel, dtype=self.dtype, device=self.device)
+            for x, y, w in self._chunks:
+                _, _, grads = self._gradient_graph(x, y, create_graph=False)
+                for out, g in zip(self.split(flat), grads):
+                    out.add_(g, alpha=w)
+            self._grad_flat = flat
+        elif self._grad_flat is None and self.mode == "double_backprop":
+            self._grad_flat = torch.cat([g.detach().reshape(-1) for g in self._grads])
+        elif self._grad_flat is None:
+            with torch.enable_grad():
+                grads, loss = self._grad_fn(self._params)
+            self.loss = float(loss)
+            self._grad_flat = torch.cat([grads[n].reshape(-1) for n in self.names])
+        return self._grad_flat
+
+    def _chunked_product(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """``sum_k w_k H_k v`` over the micro-batches, one chunk's graph alive at a time."""
+        out = torch.zeros(self.numel, dtype=self.dtype, device=self.device)
+        views = self.split(out)
+        tangents = dict(zip(self.names, parts))
+        for x, y, w in self._chunks:
+            if self.mode == "double_backprop":
+                leaves, _, grads = self._gradient_graph(x, y, create_graph=True)
+                diff = [i for i, g in enumerate(grads) if g.requires_grad]
+                if not diff:
+                    continue
+                with torch.enable_grad():
+                    pieces = torch.autograd.grad([grads[i] for i in diff], leaves,
+                                                 grad_outputs=[parts[i] for i in diff],
+                                                 allow_unused=True, materialize_grads=True)
+                del grads  # frees this chunk's graph before the next one is built
+            else:
+                _, hv = _jvp(torch.func.grad(lambda p, x=x, y=y: self._loss(p, x, y)),
+                             self._params, tangents)
+                pieces = [hv[n] for n in self.names]
+            for o, h in zip(views, pieces):
+                o.add_(h, alpha=w)
+            del pieces
+        return out
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        """Return ``H v`` for a flat vector ``v`` (cast to the operator's dtype/device)."""
+        v = v.to(device=self.device, dtype=self.dtype)
+        parts = self.split(v)
+        self.matvecs += 1
+        if self.chunks > 1:
+            return self._chunked_product(parts)
+        if self.mode == "double_backprop":
+            if not self._diff:
+                return torch.zeros_like(v)
+            with torch.enable_grad():
+                hv = torch.autograd.grad([self._grads[i] for i in self._diff], self._leaves,
+                                         grad_outputs=[parts[i] for i in self._diff],
+                                         retain_graph=True, allow_unused=True,
+                                         materialize_grads=True)
+            return torch.cat([h.reshape(-1) for h in hv])
+        (grads, _), (hv, _) = _jvp(self._grad_fn, self._params, dict(zip(self.names, parts)))
+        if self._grad_flat is None:  # the primal output is the gradient: keep it for free
+            self._grad_flat = torch.cat([grads[n].reshape(-1) for n in self.names])
+        return torch.cat([hv[n].reshape(-1) for n in self.names])
+
+

@@ -1,0 +1,488 @@
+"""Lanczos for the top eigenpair of a symmetric operator given by matrix-vector products:
+one operator (:func:`lanczos_top_eigenpair`) or ``m`` operators in lockstep
+(:func:`batched_lanczos`, the batched engine's solver).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = [
+    "EigenEstimate", "KrylovBasis", "lanczos_top_eigenpair", "batched_lanczos",
+    # the Lanczos step both solvers share
+    "restart_sizes", "tridiagonal_update", "ritz_pairs", "top_ritz_pair", "relative_residual",
+    "krylov_invariant", "stop_test", "thick_restart",
+]
+
+
+@dataclass
+class EigenEstimate:
+    """An estimate of the top eigenpair of a symmetric operator.
+
+    Attributes:
+        value: the eigenvalue estimate ``theta`` (largest algebraic Ritz value).
+        vector: unit-norm flat eigenvector estimate ``v`` (over all trainable parameters, in
+            ``model.parameters()`` order); pass it as ``init=`` to warm-start the next solve.
+        matvecs: operator applications (Hessian-vector products) spent.
+        converged: whether ``residual <= tol`` was reached within ``max_iter`` matvecs.
+        residual: relative eigen-residual ``||A v - theta v|| / |theta|`` (from the Lanczos
+            recurrence), ``nan`` if the operator produced non-finite numbers.
+
+    Example:
+        >>> est = EigenEstimate(value=4.0, vector=torch.tensor([1.0, 0.0]), matvecs=2,
+        ...                     converged=True)
+        >>> est.value, est.converged, est.residual
+        (4.0, True, nan)
+    """
+
+    value: float
+    vector: torch.Tensor
+    matvecs: int
+    converged: bool
+    residual: float = float("nan")
+
+
+# --------------------------------------------------------------------------------------------
+# Lanczos steps shared by the single and the batched solver
+# --------------------------------------------------------------------------------------------
+# Both solvers keep the projected matrix T = Q^T A Q on the host (numpy float64, at most
+# max_basis x max_basis per operator) and call these functions on it, so the two iterations are
+# the same arithmetic; only the basis updates on the device differ (one operator vs. a batch).
+
+
+def restart_sizes(max_basis: int, n: int) -> tuple[int, int]:
+    """Basis capacity and the number of Ritz vectors a thick restart keeps.
+
+    ``capacity = min(max_basis, n)`` (a Krylov space of ``R^n`` has at most ``n`` vectors) and
+    ``keep = max(1, capacity // 2)``.
+
+    >>> restart_sizes(20, 1000), restart_sizes(20, 6)
+    ((20, 10), (6, 3))
+    """
+    capacity = min(int(max_basis), n)
+    return capacity, max(1, capacity // 2)
+
+
+def tridiagonal_update(T: np.ndarray, j: int, alpha, beta) -> np.ndarray:
+    """The projected matrix after Lanczos step ``j``, as a new array (``T`` is not modified).
+
+    Step ``j`` gives ``A q_j = sum_{i<j} T_ij q_i + alpha_j q_j + beta_j q_{j+1}``, so
+    ``T'[j, j] = alpha_j`` and, when ``j + 1 < T.shape[-1]`` (room for ``q_{j+1}``),
+    ``T'[j, j+1] = T'[j+1, j] = beta_j``. Leading dimensions of ``T`` are a batch of operators,
+    with ``alpha`` and ``beta`` broadcast over them (one value per operator).
+
+    >>> import numpy as np
+    >>> T = tridiagonal_update(np.zeros((3, 3)), 0, 2.0, 0.5)
+    >>> T.tolist()
+    [[2.0, 0.5, 0.0], [0.5, 0.0, 0.0], [0.0, 0.0, 0.0]]
+    """
+    T = np.array(T, dtype=np.float64)
+    T[..., j, j] = alpha
+    if j + 1 < T.shape[-1]:
+        T[..., j + 1, j] = beta
+        T[..., j, j + 1] = beta
+    return T
+
+
+def ritz_pairs(T: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ritz values (ascending) and unit eigenvectors (columns) of the leading ``size x size``
+    block ``T_m`` of the projected matrix: ``T_m S = S diag(theta)``, ``S^T S = I``
+    (``numpy.linalg.eigh``; leading dimensions of ``T`` are a batch).
+
+    >>> import numpy as np
+    >>> values, vectors = ritz_pairs(np.array([[2.0, 1.0], [1.0, 2.0]]), 2)
+    >>> values.round(6).tolist()
+    [1.0, 3.0]
+    """
+    return np.linalg.eigh(T[..., :size, :size])
+
+
+def top_ritz_pair(ritz_values: np.ndarray, ritz_vectors: np.ndarray) -> tuple[float, np.ndarray]:
+    """The largest algebraic Ritz pair ``(theta, s)`` of one operator's :func:`ritz_pairs`.
+
+    >>> import numpy as np
+    >>> theta, s = top_ritz_pair(*ritz_pairs(np.diag([1.0, 5.0, 3.0]), 3))
+    >>> float(theta), np.abs(s).tolist()
+    (5.0, [0.0, 1.0, 0.0])
+    """
+    return float(ritz_values[-1]), ritz_vectors[:, -1]
+
+
+def relative_residual(beta: float, s_last: float, theta: float) -> float:
+    """Relative eigen-residual of the Ritz pair ``(theta, v = Q_m s)``.
+
+    ``A Q_m = Q_m T_m + beta_m q_m e_m^T`` gives ``||A v - theta v|| = |beta_m s_m|``, so the
+    result is ``|beta_m s_m| / |theta|``; for ``theta = 0`` it is ``0`` when the residual is 0 and
+    ``inf`` otherwise.
+
+    >>> relative_residual(0.5, 0.2, 4.0), relative_residual(0.0, 0.0, 0.0)
+    (0.025, 0.0)
+    """
+    residual = abs(beta * float(s_last))
+    if theta != 0:
+        return residual / abs(theta)
+    return 0.0 if residual == 0 else float("inf")
+
+
+def krylov_invariant(beta: float, ritz_values: np.ndarray, n: int, eps: float) -> bool:
+    """Whether the Krylov space is invariant under ``A`` (its Ritz values are then exact).
+
+    True when ``beta_m <= 10 eps max(|theta_min|, |theta_max|, eps) sqrt(n)`` (``beta_m`` at
+    rounding level relative to the spectrum seen so far) or the basis spans ``R^n``
+    (``m = n``); ``ritz_values`` ascending, ``m = len(ritz_values)``.
+
+    >>> import numpy as np
+    >>> krylov_invariant(1e-20, np.array([1.0, 4.0]), 10, 1e-16), krylov_invariant(0.3, np.array([1.0, 4.0]), 10, 1e-16)
+    (True, False)
+    """
+    scale = max(abs(ritz_values[0]), abs(ritz_values[-1]))
+    return bool(beta <= 10 * eps * max(scale, eps) * math.sqrt(n) or len(ritz_values) == n)
+
+
+def stop_test(beta: float, ritz_values: np.ndarray, s: np.ndarray, *, tol: float, n: int,
+              eps: float) -> tuple[bool, float]:
+    """``(converged, rel)`` for the top Ritz pair ``(theta, s)`` after a Lanczos step:
+    ``rel = |beta_m s_m| / |theta|`` (:func:`relative_residual`), and ``converged`` when
+    ``rel <= tol`` or the Krylov space is invariant (:func:`krylov_invariant`).
+
+    >>> import numpy as np
+    >>> converged, rel = stop_test(0.01, np.array([1.0, 4.0]), np.array([0.0, 1.0]), tol=1e-3, n=10, eps=1e-16)
+    >>> bool(converged), rel
+    (False, 0.0025)
+    """
+    rel = relative_residual(beta, s[-1], float(ritz_values[-1]))
+    return bool(rel <= tol or krylov_invariant(beta, ritz_values, n, eps)), rel
+
+
+def thick_restart(ritz_values: np.ndarray, ritz_vectors: np.ndarray, beta: float, keep: int,
+                  capacity: int) -> tuple[np.ndarray, np.ndarray]:
+    """Coefficients and projected matrix of a thick restart to the top ``keep`` Ritz vectors.
+
+    With ``S_k`` the eigenvectors of the ``keep`` largest Ritz values ``theta_k`` (columns, in
+    descending order of ``theta``), the new basis is ``Y = Q_m S_k`` followed by ``q_{m+1}``, and
+    ``A Y = Y diag(theta_k) + beta_m q_{m+1} S_k[-1]^T``: the new projected matrix (``capacity``
+    square, zero outside its leading ``keep + 1`` block) is the arrow matrix
+    ``[[diag(theta_k), c], [c^T, .]]`` with ``c = beta_m S_k[-1]``. Returns ``(S_k, T)``; the
+    caller forms ``Y`` from ``S_k`` (shape ``(m, keep)``) on its own basis.
+
+    >>> import numpy as np
+    >>> values, vectors = ritz_pairs(np.diag([1.0, 2.0, 3.0]), 3)
+    >>> S, T = thick_restart(values, vectors, 0.5, keep=1, capacity=3)
+    >>> np.abs(S).ravel().tolist(), T[:2, :2].tolist()
+    ([0.0, 0.0, 1.0], [[3.0, 0.5], [0.5, 0.0]])
+    """
+    order = np.argsort(ritz_values)[::-1][:keep]
+    kept = np.ascontiguousarray(ritz_vectors[:, order])
+    T = np.zeros((capacity, capacity))
+    T[np.arange(keep), np.arange(keep)] = ritz_values[order]
+    T[keep, :keep] = T[:keep, keep] = beta * ritz_vectors[-1, order]
+    return kept, T
+
+
+# --------------------------------------------------------------------------------------------
+# Lanczos
+# --------------------------------------------------------------------------------------------
+
+
+class KrylovBasis:
+    """Orthonormal rows q_0..q_{m-1} kept on the vectors' device in blocks of ``block`` rows.
+
+    Blocks (rather than one pre-allocated matrix) keep memory proportional to the vectors
+    actually used, without the copy a growing single matrix would need.
+    """
+
+    def __init__(self, like: torch.Tensor, block: int = 4):
+        self.like = like
+        self.block = block
+        self.blocks: list[torch.Tensor] = []
+        self.size = 0
+
+    def _views(self) -> Iterator[torch.Tensor]:
+        left = self.size
+        for b in self.blocks:
+            rows = min(left, b.shape[0])
+            if rows <= 0:
+                return
+            yield b[:rows]
+            left -= rows
+
+    def append(self, q: torch.Tensor) -> None:
+        i, r = divmod(self.size, self.block)
+        if i == len(self.blocks):
+            self.blocks.append(self.like.new_empty((self.block, self.like.numel())))
+        self.blocks[i][r].copy_(q)
+        self.size += 1
+
+    def row(self, index: int) -> torch.Tensor:
+        i, r = divmod(index, self.block)
+        return self.blocks[i][r]
+
+    def last(self) -> torch.Tensor:
+        return self.row(self.size - 1)
+
+    def coefficients(self, w: torch.Tensor) -> torch.Tensor:
+        """Q w (one coefficient per basis vector)."""
+        return torch.cat([b @ w for b in self._views()])
+
+    def subtract(self, w: torch.Tensor, h: torch.Tensor) -> None:
+        """w <- w - Q^T h, in place."""
+        start = 0
+        for b in self._views():
+            w.addmv_(b.T, h[start:start + b.shape[0]], alpha=-1.0)
+            start += b.shape[0]
+
+    def combine(self, coeffs: torch.Tensor) -> torch.Tensor:
+        """Q^T c for coefficients c of shape (m,); returns (n,)."""
+        out, start = None, 0
+        for b in self._views():
+            part = coeffs[start:start + b.shape[0]] @ b
+            out = part if out is None else out.add_(part)
+            start += b.shape[0]
+        return out
+
+    def restart(self, coeffs: torch.Tensor, columns: int = 1 << 16) -> None:
+        """Replace the basis by its ``k`` combinations ``Q^T C`` (``C`` of shape (m, k), k < m)
+        in place, a slice of ``columns`` entries at a time, so a thick restart needs no second
+        basis (only an ``m x columns`` scratch); blocks no longer needed are freed."""
+        k = coeffs.shape[1]
+        n = self.like.numel()
+        rows = [self.row(i) for i in range(self.size)]
+        for start in range(0, n, columns):
+            stop = min(n, start + columns)
+            block = torch.stack([r[start:stop] for r in rows])     # (m, w): read all first ...
+            combined = coeffs.T @ block                            # (k, w)
+            for i in range(k):                                     # ... then overwrite rows < k
+                rows[i][start:stop].copy_(combined[i])
+        del rows
+        self.size = k
+        self.blocks = self.blocks[: max(1, math.ceil((k + 1) / self.block))]
+
+
+def lanczos_top_eigenpair(
+    matvec: Callable[[torch.Tensor], torch.Tensor],
+    v0: torch.Tensor,
+    *,
+    tol: float = 1e-3,
+    max_iter: int = 100,
+    max_basis: int = 20,
+    _fresh_output: bool = False,
+) -> EigenEstimate:
+    """Largest (algebraic) eigenvalue and its eigenvector of a symmetric operator ``A``.
+
+    Lanczos with full re-orthogonalisation (the three-term step, then one classical
+    Gram-Schmidt pass against the whole basis) and thick restarts: from the unit start vector
+    ``q_0 = v0/||v0||`` it builds an orthonormal Krylov basis ``Q_m`` with
+    ``A Q_m = Q_m T_m + beta_m q_m e_m^T``, ``T_m = Q_m^T A Q_m`` (tridiagonal, or
+    arrow-plus-tridiagonal after a restart). The Ritz pair ``(theta, v = Q_m s)`` from the top
+    eigenpair ``(theta, s)`` of ``T_m`` has eigen-residual ``||A v - theta v|| = |beta_m s_m|``,
+    read off the recurrence at no extra matvec. It stops when
+    ``|beta_m s_m| / |theta| <= tol`` (``converged=True``), when the Krylov space becomes
+    invariant (``beta_m`` at rounding level: ``theta`` is then exact), or after ``max_iter``
+    matvecs (``converged=False``). When the basis reaches ``max_basis`` vectors it keeps the
+    top ``max_basis // 2`` Ritz vectors plus ``q_m`` and continues (thick restart), so memory
+    stays at ``max_basis`` vectors of ``v0``'s size however many iterations run.
+
+    The basis lives on ``v0``'s device and dtype; per iteration only the two scalars
+    ``alpha = q^T A q`` and ``beta`` are copied to the host (the convergence test needs them).
+
+    Args:
+        matvec: ``v -> A v`` on flat tensors shaped like ``v0``; ``A`` must be symmetric.
+        v0: non-zero start vector (random, or the previous eigenvector for a warm start).
+        tol: relative eigen-residual to reach.
+        max_iter: maximum number of matvecs.
+        max_basis: maximum number of basis vectors kept (>= 2).
+
+    Returns:
+        :class:`EigenEstimate` (``residual`` is the relative residual above). If ``matvec``
+        returns non-finite numbers the estimate has ``value = nan`` and ``converged = False``
+        (a diverged model is a result, not a crash).
+
+    Example (the largest *algebraic* eigenvalue, 3, not the largest in magnitude, -5):
+        >>> A = torch.diag(torch.tensor([3.0, 1.0, -5.0], dtype=torch.float64))
+        >>> est = lanczos_top_eigenpair(lambda v: A @ v, torch.ones(3, dtype=torch.float64))
+        >>> round(est.value, 6), est.converged, est.matvecs
+        (3.0, True, 3)
+        >>> est.vector.abs().round(decimals=6)
+        tensor([1., 0., 0.], dtype=torch.float64)
+    """
+    if not tol > 0:
+        raise ValueError(f"tol must be > 0, got {tol!r}")
+    if int(max_iter) != max_iter or max_iter < 1:
+        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+    if max_basis < 2:
+        raise ValueError(f"max_basis must be >= 2, got {max_basis!r}")
+    if v0.dim() != 1 or v0.numel() == 0:
+        raise ValueError(f"v0 must be a non-empty 1-D tensor, got shape {tuple(v0.shape)}")
+    if not v0.is_floating_point():
+        raise ValueError(f"v0 must be a floating-point tensor, got {v0.dtype}")
+    n = v0.numel()
+    norm0 = torch.linalg.vector_norm(v0)
+    norm0_host = float(norm0)
+    if not (math.isfinite(norm0_host) and norm0_host > 0):
+        raise ValueError("v0 must be finite and non-zero")
+
+    capacity, keep = restart_sizes(max_basis, n)
+    eps = torch.finfo(v0.dtype).eps
+
+    basis = KrylovBasis(v0)
+    basis.append(v0 / norm0)
+    T = np.zeros((capacity, capacity))  # projected matrix Q^T A Q on the host (tiny)
+    matvecs = 0
+    theta, s, rel = float("nan"), None, float("inf")
+    converged = False
+    while matvecs < max_iter:
+        j = basis.size - 1
+        q = basis.last()
+        w = matvec(q)
+        matvecs += 1
+        if w.shape != q.shape:
+            raise ValueError(f"matvec returned shape {tuple(w.shape)}, expected {tuple(q.shape)}")
+        # The step below works on w in place: copy it unless matvec is known to return a new
+        # tensor (the HVP operators here do; a user's matvec may return internal state).
+        w = w.to(q.dtype)
+        if not _fresh_output:
+            w = w.clone()
+        # Lanczos step: subtract the known couplings T[i, j] (beta_{j-1} q_{j-1}, or after a
+        # restart the kept Ritz vectors), then alpha_j q_j ...
+        for i in np.flatnonzero(T[:j, j]):
+            w.add_(basis.row(int(i)), alpha=-float(T[i, j]))
+        alpha_t = torch.dot(q, w)
+        w.add_(q, alpha=-alpha_t)
+        # ... then one classical Gram-Schmidt pass against the whole basis (full
+        # re-orthogonalisation; w is already nearly orthogonal, so one pass suffices and each
+        # iteration reads the basis only twice -- at ~20 vectors that costs about one HVP).
+        h = basis.coefficients(w)
+        basis.subtract(w, h)
+        alpha_t = alpha_t + h[j]
+        beta_t = torch.linalg.vector_norm(w)
+        alpha, beta = torch.stack([alpha_t, beta_t.to(alpha_t.dtype)]).tolist()  # one sync
+        if not (math.isfinite(alpha) and math.isfinite(beta)):
+            theta, rel, converged, s = float("nan"), float("nan"), False, None
+            break
+        T = tridiagonal_update(T, j, alpha, beta)
+        ritz_values, ritz_vectors = ritz_pairs(T, j + 1)
+        theta, s = top_ritz_pair(ritz_values, ritz_vectors)
+        converged, rel = stop_test(beta, ritz_values, s, tol=tol, n=n, eps=eps)
+        if converged or matvecs == max_iter:
+            break
+        q_next = w.div_(beta)
+        if basis.size == capacity:  # thick restart: the basis becomes Q S_k (then q_next)
+            S_k, T = thick_restart(ritz_values, ritz_vectors, beta, keep, capacity)
+            basis.restart(torch.as_tensor(S_k, dtype=q.dtype, device=q.device))
+        basis.append(q_next)
+
+    if s is None:  # the operator produced non-finite numbers
+        return EigenEstimate(float("nan"), v0 / norm0, matvecs, False, float("nan"))
+    vector = basis.combine(torch.as_tensor(s, dtype=v0.dtype, device=v0.device))
+    vector /= torch.linalg.vector_norm(vector)
+    return EigenEstimate(theta, vector, matvecs, converged, rel)
+
+
+# --------------------------------------------------------------------------------------------
+# Batched Lanczos
+# --------------------------------------------------------------------------------------------
+
+
+def batched_lanczos(matvec, v0: torch.Tensor, *, tol: Sequence[float], max_iter: Sequence[int],
+                    max_basis: int = 20) -> list[EigenEstimate]:
+    """Top eigenpairs of ``m`` symmetric operators at once, member by member the iteration of
+    :func:`catapult.curvature.lanczos_top_eigenpair`.
+
+    ``matvec(active, V)`` applies operators ``active`` (indices into ``0..m-1``) to the rows of
+    ``V`` (``[len(active), n]``) and returns ``[len(active), n]``. ``v0`` is ``[m, n]`` (non-zero
+    rows). All members start together, so their Krylov bases have the same size at every
+    iteration and restart at the same time (thick restart to the top ``max_basis // 2`` Ritz
+    vectors when the basis holds ``min(max_basis, n)``); only their stopping differs: member
+    ``k`` stops when ``|beta s_m| / |theta| <= tol[k]`` or the space is invariant
+    (``converged``), or after ``max_iter[k]`` matvecs, and is dropped from further products.
+    A member whose product is non-finite gets ``value = nan``, ``converged = False`` and its
+    normalised start vector. Returns one :class:`~catapult.curvature.EigenEstimate` per row.
+
+    Example (two diagonal operators, top eigenvalues 2 and 5):
+        >>> A = torch.stack([torch.diag(torch.tensor([2.0, 1.0, 0.5], dtype=torch.float64)),
+        ...                  torch.diag(torch.tensor([-1.0, 5.0, 3.0], dtype=torch.float64))])
+        >>> def matvec(active, V):
+        ...     return torch.einsum("kij,kj->ki", A[torch.as_tensor(active)], V)
+        >>> ests = batched_lanczos(matvec, torch.ones(2, 3, dtype=torch.float64),
+        ...                        tol=[1e-8, 1e-8], max_iter=[10, 10])
+        >>> [round(e.value, 6) for e in ests], [e.converged for e in ests]
+        ([2.0, 5.0], [True, True])
+    """
+    m, n = v0.shape
+    capacity, keep = restart_sizes(max_basis, n)
+    eps = torch.finfo(v0.dtype).eps
+    norm0 = torch.linalg.vector_norm(v0, dim=1)
+    start = v0 / norm0[:, None]
+    basis = v0.new_empty((m, capacity, n))
+    basis[:, 0] = start
+    T = np.zeros((m, capacity, capacity))
+    size, matvecs = 1, 0
+    active = np.arange(m)  # the members still iterating ...
+    rows = np.arange(m)    # ... and their rows in basis / start / T
+    results: list[EigenEstimate | None] = [None] * m
+    while len(active):
+        j = size - 1
+        q = basis[:, j]
+        if len(rows) == basis.shape[0]:
+            w = matvec(active, q).to(q.dtype).clone()
+        else:
+            # rows of stopped members ride along in the (cheap) re-orthogonalisation until
+            # half of the rows have stopped, and are compacted away then: a gather of the
+            # whole basis at every stop costs more than the products at small n
+            where = torch.as_tensor(rows, device=q.device)
+            w = torch.zeros_like(q)
+            w[where] = matvec(active, q[where]).to(q.dtype)
+        matvecs += 1
+        if j > 0:
+            couple = torch.as_tensor(T[:, :j, j], dtype=q.dtype, device=q.device)
+            w.sub_(torch.bmm(couple[:, None, :], basis[:, :j]).squeeze(1))
+        alpha_t = (q * w).sum(dim=1)
+        w.sub_(alpha_t[:, None] * q)
+        h = torch.bmm(basis[:, :size], w[:, :, None]).squeeze(2)
+        w.sub_(torch.bmm(h[:, None, :], basis[:, :size]).squeeze(1))
+        alpha_t = alpha_t + h[:, j]
+        beta_t = torch.linalg.vector_norm(w, dim=1)
+        alphas, betas = torch.stack([alpha_t, beta_t.to(alpha_t.dtype)]).tolist()
+        finite = np.array([math.isfinite(a) and math.isfinite(b) for a, b in zip(alphas, betas)])
+        # a non-finite member stops now; zeros keep its (unused) rows of T finite for eigh
+        T = tridiagonal_update(T, j, np.where(finite, alphas, 0.0), np.where(finite, betas, 0.0))
+        ritz_values, ritz_vectors = ritz_pairs(T[rows], j + 1)
+        done = np.zeros(len(active), dtype=bool)
+        for k in range(len(active)):
+            member, r = int(active[k]), int(rows[k])
+            if not finite[r]:
+                results[member] = EigenEstimate(float("nan"), start[r].clone(), matvecs, False, float("nan"))
+                done[k] = True
+                continue
+            theta, s = top_ritz_pair(ritz_values[k], ritz_vectors[k])
+            converged, rel = stop_test(betas[r], ritz_values[k], s, tol=tol[member], n=n, eps=eps)
+            if converged or matvecs == max_iter[member]:
+                vector = torch.as_tensor(s, dtype=q.dtype, device=q.device) @ basis[r, :size]
+                vector /= torch.linalg.vector_norm(vector)
+                results[member] = EigenEstimate(theta, vector, matvecs, converged, rel)
+                done[k] = True
+        if done.all():
+            break
+        # stopped rows may have beta = 0 (or nan): keep their (unused) next vector finite
+        q_next = w / torch.where(beta_t > 0, beta_t, torch.ones_like(beta_t))[:, None]
+        if size == capacity:  # thick restart of the members still iterating
+            for k in np.flatnonzero(~done):
+                r = int(rows[k])
+                S_k, T[r] = thick_restart(ritz_values[k], ritz_vectors[k], betas[r], keep, capacity)
+                basis[r, :keep] = torch.as_tensor(S_k, dtype=q.dtype, device=q.device).T @ basis[r, :size]
+            basis[:, keep] = q_next
+            size = keep + 1
+        else:
+            basis[:, size] = q_next
+            size += 1
+        if done.any():
+            active, rows = active[~done], rows[~done]
+            if len(rows) <= basis.shape[0] // 2:
+                sel = torch.as_tensor(rows, device=basis.device)
+                basis, start, T = basis[sel], start[sel], T[rows]
+                rows = np.arange(len(rows))
+    return results  # type: ignore[return-value]

@@ -1,0 +1,294 @@
+"""Sharpness: top Hessian eigenvalue (sharpness), pre-conditioned sharpness, instability thresholds.
+
+Everything here is matrix-free: the Hessian ``H`` of ``loss_fn(model(x), y)`` with respect to all
+trainable parameters is only touched through Hessian-vector products (HVPs), and its top eigenpair
+is found by a Lanczos solver written on torch tensors (:func:`lanczos_top_eigenpair`), so it runs
+wherever the model runs (CPU or CUDA) and keeps its Krylov basis on that device.
+
+Nothing in this module changes a model's parameters, gradients, buffers or train/eval mode, an
+optimizer's state, or the global random number generators.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from catapult.curvature.hessian import HessianOperator
+from catapult.optim import registry, rules
+from catapult.curvature.lanczos import EigenEstimate, lanczos_top_eigenpair
+
+__all__ = ["sharpness", "preconditioned_sharpness", "instability_threshold"]
+
+
+def _start_vector(init, n: int, dtype: torch.dtype, device: torch.device, seed: int):
+    if init is None:
+        gen = torch.Generator(device=device)
+        gen.manual_seed(int(seed))
+        return torch.randn(n, generator=gen, dtype=dtype, device=device)
+    if not torch.is_tensor(init):
+        raise TypeError(f"init must be a flat tensor (e.g. a previous est.vector), got "
+                        f"{type(init).__name__}")
+    if init.numel() != n:
+        raise ValueError(f"init has {init.numel()} elements but the model has {n} trainable "
+                         f"parameter entries")
+    v0 = init.detach().reshape(-1).to(device=device, dtype=dtype)
+    norm = float(torch.linalg.vector_norm(v0))
+    if not (math.isfinite(norm) and norm > 0):
+        raise ValueError("init must be finite and non-zero")
+    return v0
+
+
+def _check_solver_args(tol, max_iter):
+    if not (isinstance(tol, (int, float)) and tol > 0):
+        raise ValueError(f"tol must be a number > 0, got {tol!r}")
+    if not (isinstance(max_iter, int) and max_iter >= 1):
+        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+
+
+def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_iter: int = 100,
+              dtype=None, init: torch.Tensor | None = None, hvp: str = "auto", seed: int = 0,
+              max_basis: int = 20, chunk_size: int | None = None) -> EigenEstimate:
+    """Sharpness ``lambda_max(H)``: the top eigenvalue of the Hessian of the loss on one batch.
+
+    ``H = d^2 L / d theta^2`` with ``L = loss_fn(model(inputs), targets)``, ``batch = (inputs,
+    targets)``, ``theta`` = all parameters with ``requires_grad``. Found matrix-free by
+    :func:`lanczos_top_eigenpair` on Hessian-vector products (:class:`HessianOperator`), stopping
+    when the relative eigen-residual ``||H v - theta v|| / |theta| <= tol``. ``lambda_max`` is
+    the largest *algebraic* eigenvalue (not the largest in magnitude, which power iteration
+    finds when the Hessian has a large negative eigenvalue).
+
+    Train/eval mode: the Hessian is taken in whatever mode the caller left the model in, and
+    the mode is never changed. The loss whose stability matters is the one the optimizer
+    descends, i.e. the train-mode loss (BatchNorm with batch statistics); call ``model.eval()``
+    first for the curvature of the inference-mode loss. With dropout active, ``H`` is random
+    (it depends on the dropout mask): every forward pass of one call uses the same mask, drawn
+    from a generator seeded with ``seed`` (the global RNG is left untouched), so the solver sees
+    one fixed symmetric operator; another ``seed`` gives another mask.
+
+    Args:
+        model, loss_fn, batch: the loss ``loss_fn(model(inputs), targets)``.
+        tol: relative eigen-residual to reach (the eigenvalue itself is typically far more
+            accurate, ~ tol^2 * theta / gap).
+        max_iter: maximum Hessian-vector products.
+        dtype: ``None`` (the parameters' dtype), ``torch.float32`` or ``torch.float64``
+            (parameters, buffers and floating inputs/targets are cast for the computation only).
+        init: flat start vector, e.g. the previous ``est.vector`` (warm start); default a
+            standard normal vector from a private generator seeded with ``seed``.
+        hvp: ``"auto"``, ``"double_backprop"`` or ``"forward_over_reverse"`` (see
+            :class:`HessianOperator`).
+        seed: seeds the random start vector and the dropout mask.
+        max_basis: Krylov vectors kept in memory (thick restart beyond that); each costs one
+            parameter-sized vector.
+        chunk_size: evaluate each HVP over micro-batches of at most this many samples (see
+            :class:`HessianOperator`): exact for per-sample mean or sum losses, less memory
+            (the HVP's working memory scales with the chunk, not the batch), about a gradient
+            more compute per HVP. ``None`` (default) = the whole batch in one graph.
+
+    Memory: the peak is about ``max_basis + 4`` parameter-sized vectors plus the HVP's working
+    memory (~2.6x a training step's activations on the whole batch, or on one chunk with
+    ``chunk_size``). ``max_basis=10, chunk_size=n/4`` keeps the Fig. 1 FCN's solve within 3x a
+    training step's peak (``bench/RESULTS.md``).
+
+    Returns:
+        :class:`EigenEstimate` with ``value`` (float), ``vector`` (flat, on the model's device,
+        in the computation dtype), ``matvecs``, ``converged``, ``residual``. A non-finite loss
+        gives ``value = nan``, ``converged = False`` instead of an error.
+
+    Example: ``L(w) = mean((x w - y)^2)`` over the samples ``x = (2, 0), (0, 1)`` has the
+    Hessian ``diag(4, 1)``, so the sharpness is 4 (and GD is stable up to ``lr = 2 / 4``):
+        >>> import torch
+        >>> model = torch.nn.Linear(2, 1, bias=False)
+        >>> batch = (torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0], [0.0]]))
+        >>> est = sharpness(model, torch.nn.MSELoss(), batch)
+        >>> round(est.value, 3), est.converged, est.vector.abs().round(decimals=3)
+        (4.0, True, tensor([1., 0.]))
+    """
+    _check_solver_args(tol, max_iter)
+    op = HessianOperator(model, loss_fn, batch, dtype=dtype, hvp=hvp, seed=seed,
+                         chunk_size=chunk_size)
+    v0 = _start_vector(init, op.numel, op.dtype, op.device, seed)
+    return lanczos_top_eigenpair(op, v0, tol=tol, max_iter=max_iter, max_basis=max_basis,
+                                 _fresh_output=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Thresholds and pre-conditioned sharpness
+# --------------------------------------------------------------------------------------------
+
+
+def _preconditioned_spec(optimizer):
+    """The registry entry of an optimizer with a pre-conditioned sharpness, else TypeError."""
+    try:
+        spec = registry.spec_for(optimizer)
+    except NotImplementedError:
+        spec = None
+    if spec is None or not spec.preconditioned:
+        raise TypeError(f"preconditioned_sharpness supports torch.optim.Adam, torch.optim.AdamW "
+                        f"and catapult.optim.GIAdam, got {type(optimizer).__name__}")
+    return spec
+
+
+def instability_threshold(optimizer: torch.optim.Optimizer, lr: float | None = None) -> float:
+    """The sharpness above which the optimizer's next steps become unstable, for learning rate lr.
+
+    From the linear stability of each update rule on a quadratic with curvature ``lambda``:
+
+    * SGD without momentum (gradient descent): ``2 / lr``.
+    * SGD with heavy-ball momentum ``b`` (torch's ``buf = b*buf + (1-d)*g``, dampening ``d``,
+      usually 0): ``(2 + 2b) / ((1 - d) lr)``; with ``nesterov=True``:
+      ``(2 + 2b) / ((1 + 2b) lr)``.
+    * Adam family (any optimizer whose param groups have ``"betas"``: Adam, AdamW, GIAdam,
+      RAdam, NAdam, ...), compared with the *pre-conditioned* sharpness:
+      ``(2 + 2 b1) / ((1 - b1) lr)`` (= 38/lr for b1 = 0.9).
+
+    ``lr`` defaults to the first param group's current ``lr`` (and ``momentum``/``betas`` are
+    read from the first group too). With per-group multipliers (``group["lr_mult"]``, as set by
+    :func:`catapult.param_groups`) the groups have different lrs: pass the lr you mean, or use
+    ``preconditioned_sharpness(..., scale_by_group_lr=True)``, which folds each group's
+    ``lr / lr_first_group`` into the operator so it is compared with this threshold directly.
+
+    Raises:
+        TypeError: for an optimizer of another kind (the message names it).
+        ValueError: for a non-positive lr.
+
+    Example:
+        >>> import torch
+        >>> w = [torch.nn.Parameter(torch.zeros(2))]
+        >>> instability_threshold(torch.optim.SGD(w, lr=0.1))                # 2 / lr
+        20.0
+        >>> round(instability_threshold(torch.optim.SGD(w, lr=0.1, momentum=0.9)), 6)
+        38.0
+        >>> round(instability_threshold(torch.optim.Adam(w, lr=0.1)), 6)      # 38 / lr
+        380.0
+    """
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    if not optimizer.param_groups:
+        raise ValueError("optimizer has no param groups")
+    group = optimizer.param_groups[0]
+    lr = float(group["lr"] if lr is None else lr)
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0 for an instability threshold, got {lr}")
+    if "betas" in group:
+        return float(rules.threshold("adam", {"lr": lr, "betas": [float(b) for b in group["betas"]]}))
+    if isinstance(optimizer, torch.optim.SGD):
+        return float(rules.threshold("sgd", {
+            "lr": lr, "momentum": float(group.get("momentum", 0.0)),
+            "dampening": float(group.get("dampening", 0.0)), "nesterov": group.get("nesterov", False)}))
+    raise TypeError(f"instability_threshold: unsupported optimizer {type(optimizer).__name__}; "
+                    "supported: torch.optim.SGD (with or without momentum) and Adam-family "
+                    "optimizers (param groups with 'betas')")
+
+
+def _adam_preconditioner(optimizer, grad_flat: torch.Tensor, names, params,
+                         scale_by_group_lr: bool):
+    """Flat inverse square root of the next step's Adam preconditioner (0 off-optimizer), and
+    the coupled-L2 rows ``P^-1 wd`` (None without coupled L2); ``P`` from
+    :func:`catapult.optim.rules.preconditioner`."""
+    _preconditioned_spec(optimizer)
+    where = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            where[id(p)] = group
+    lr_ref = float(optimizer.param_groups[0]["lr"])
+    dtype, device = grad_flat.dtype, grad_flat.device
+    pieces, l2_pieces = [], []
+    has_l2 = False
+    offset = 0
+    for name, p in zip(names, params):
+        n = p.numel()
+        g = grad_flat[offset:offset + n].view(p.shape)
+        offset += n
+        group = where.get(id(p))
+        if group is None:  # not optimized: the step does not move it -> P^-1 = 0 there
+            pieces.append(torch.zeros(n, dtype=dtype, device=device))
+            l2_pieces.append(torch.zeros(n, dtype=dtype, device=device))
+            continue
+        rule = registry.rule_for(optimizer, group)
+        hp = registry.hyperparameters(group, optimizer=optimizer, param=p)
+        wd = float(rules.l2_coefficient(rule, hp))
+        coupled_l2 = wd != 0.0  # torch Adam feeds g + wd * theta into v and descends L + wd/2 |theta|^2
+        has_l2 = has_l2 or coupled_l2
+        state = optimizer.state.get(p, {})
+        rule_state = None
+        if "exp_avg_sq" in state:
+            v_max = state.get("max_exp_avg_sq")
+            rule_state = rules.State(
+                step=int(float(state["step"])), exp_avg_sq=[state["exp_avg_sq"].detach().to(dtype)],
+                max_exp_avg_sq=[None if v_max is None else v_max.detach().to(dtype)])
+        (P,) = rules.preconditioner(rule, [g], rule_state, hp, params=[p.detach().to(dtype)])
+        inv = 1.0 / P
+        if scale_by_group_lr:
+            inv = inv * (float(group["lr"]) / lr_ref)
+        pieces.append(torch.sqrt(inv).reshape(-1))
+        l2_pieces.append((inv * wd).reshape(-1) if coupled_l2 else torch.zeros(n, dtype=dtype,
+                                                                              device=device))
+    return torch.cat(pieces), (torch.cat(l2_pieces) if has_l2 else None)
+
+
+def preconditioned_sharpness(model: torch.nn.Module, loss_fn, batch,
+                             optimizer: torch.optim.Optimizer, *, tol: float = 1e-3,
+                             max_iter: int = 100, dtype=None, init: torch.Tensor | None = None,
+                             hvp: str = "auto", seed: int = 0, max_basis: int = 20,
+                             scale_by_group_lr: bool = False,
+                             chunk_size: int | None = None) -> EigenEstimate:
+    """Pre-conditioned sharpness ``lambda_max(P^-1 H)`` for Adam, AdamW and GI-Adam.
+
+    ``P`` is the diagonal preconditioner the optimizer's *next* step will apply, rebuilt from
+    its state without changing it: with ``g`` the gradient of the loss on ``batch``, ``t =
+    state["step"]`` (0 with no state yet), ``v = state["exp_avg_sq"]`` (0 with no state; for
+    GI-Adam with no state the ``v_0`` its first step would create from ``g``, via
+    ``optimizer.initial_exp_avg_sq``: ``v_0 = g^2`` by default, so ``v' = g^2``)::
+
+        v' = b2 * v + (1 - b2) * g^2
+        P  = (1 - b1^(t+1)) * (sqrt(v' / (1 - b2^(t+1))) + eps)
+
+    (GI-Adam groups with ``v_bias_correction=False`` skip the ``1 - b2^(t+1)`` division; with
+    ``amsgrad`` the running maximum of ``v`` is used.) ``P^-1 H`` is not symmetric; its
+    eigenvalues are those of the symmetric ``P^-1/2 H P^-1/2``, whose top eigenpair the Lanczos
+    solver finds (``est.vector`` is in those coordinates: ``P^1/2`` times a ``P^-1 H``
+    eigenvector). Compare with ``instability_threshold(optimizer)`` = ``(2+2 b1)/((1-b1) lr)``.
+
+    torch Adam with ``weight_decay`` (coupled L2) feeds ``g + wd * theta`` into ``v`` and descends
+    ``L + wd/2 ||theta||^2``; both are included (the operator becomes
+    ``P^-1/2 (H + wd I) P^-1/2``). Decoupled weight decay (AdamW, GI-Adam) is not curvature and is
+    left out. Parameters with ``requires_grad`` that belong to no param group are not moved by
+    the step and get ``P^-1 = 0``. ``scale_by_group_lr=True`` multiplies each group's block of
+    ``P^-1`` by ``group["lr"] / param_groups[0]["lr"]`` (per-group lr multipliers, e.g. muP).
+
+    Keyword arguments are those of :func:`sharpness`. Mode, dtype and RNG are handled the same
+    way; neither the model nor the optimizer state is changed.
+
+    Example: Hessian ``diag(4, 1)`` (as in :func:`sharpness`) at ``w = 0`` with targets
+    ``(1, 1)``, gradient ``g = (-2, -1)``; Adam's first step has ``P = (1 - b1) |g| =
+    (0.2, 0.1)``, so ``P^-1 H = diag(20, 10)``:
+        >>> import torch
+        >>> model = torch.nn.Linear(2, 1, bias=False)
+        >>> _ = torch.nn.init.zeros_(model.weight)
+        >>> batch = (torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0], [1.0]]))
+        >>> opt = torch.optim.Adam(model.parameters(), lr=1.0)
+        >>> est = preconditioned_sharpness(model, torch.nn.MSELoss(), batch, opt)
+        >>> round(est.value, 3), round(instability_threshold(opt), 3)    # 38 / lr
+        (20.0, 38.0)
+    """
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    _preconditioned_spec(optimizer)
+    _check_solver_args(tol, max_iter)
+    op = HessianOperator(model, loss_fn, batch, dtype=dtype, hvp=hvp, seed=seed,
+                         chunk_size=chunk_size)
+    params = [p for p in model.parameters() if p.requires_grad]
+    with torch.no_grad():
+        d, l2 = _adam_preconditioner(optimizer, op.gradient(), op.names, params,
+                                     scale_by_group_lr)
+
+    def matvec(u: torch.Tensor) -> torch.Tensor:
+        out = op(d * u).mul_(d)
+        if l2 is not None:
+            out.addcmul_(l2, u)
+        return out
+
+    v0 = _start_vector(init, op.numel, op.dtype, op.device, seed)
+    return lanczos_top_eigenpair(matvec, v0, tol=tol, max_iter=max_iter, max_basis=max_basis,
+                                 _fresh_output=True)

@@ -1,0 +1,28 @@
+"""The engine: one run, from a validated config to its records.
+
+* :mod:`~catapult.engine.build`: :func:`build_run` -- a run's set-up, written once (device,
+  dtype, seeds, data, batch stream, model, loss, lambda_0, optimizer, warmup rule);
+* :mod:`~catapult.engine.step`: the step semantics both engines share (row, divergence rule,
+  measurement cadence);
+* :mod:`~catapult.engine.loop`: :func:`run` -- the step semantics (its docstring is the
+  contract a batched engine reproduces) and the local training loop;
+* :mod:`~catapult.engine.records`: the metrics rows, ``metrics.csv`` and the summary;
+* :mod:`~catapult.engine.progress`, :mod:`~catapult.engine.trajectories`: a run's progress
+  display and its ``trajectories.png``.
+"""
+from catapult.engine.build import (ADAPTIVE, MODELS, OPTIMIZERS, WARMUPS, BatchStream, Run, RunData,
+                                   SharpnessRule, Warmup, build_model, build_optimizer, build_run,
+                                   build_schedule, build_warmup, load_data, resolve_device, search_delta,
+                                   search_lr_start, seeds, sharpness_rule, solver_options, threshold)
+from catapult.engine.loop import RunResult, evaluate, run
+from catapult.engine.records import (METRIC_COLUMNS, MetricsFile, format_summary, read_metrics, summarize,
+                                     threshold_label, warmup_summary, write_metrics)
+
+__all__ = [
+    "Run", "build_run", "run", "RunResult", "evaluate", "RunData", "BatchStream", "Warmup", "SharpnessRule",
+    "seeds", "resolve_device", "load_data", "build_model", "build_optimizer", "build_schedule", "build_warmup",
+    "search_delta", "search_lr_start", "sharpness_rule", "solver_options", "threshold",
+    "MODELS", "OPTIMIZERS", "ADAPTIVE", "WARMUPS",
+    "METRIC_COLUMNS", "MetricsFile", "write_metrics", "read_metrics", "summarize", "warmup_summary",
+    "threshold_label", "format_summary",
+]

@@ -1,0 +1,466 @@
+"""A run's set-up, written once: everything :func:`catapult.engine.run`, the batched engine,
+the sweep's lambda_0 cache, ``critical-lr`` and ``coord-check`` need before the first step.
+
+:func:`build_run` turns a validated config into a :class:`Run`: device, dtype, the three seeds,
+the data and the batch stream, the model, the loss, and -- built on first use, in that order of
+dependence -- the lambda_0 measurement, the target learning rate, the optimizer and the warmup
+rule. Every part that can fail on bad input (data files, shapes, the batch size) fails inside
+:func:`build_run`, before any file is written or any step is taken. The seeds, the model's
+initial weights and the start vector of the eigen-solver follow the rules in
+:mod:`catapult.engine.loop`'s docstring.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from catapult import config as cfg
+from catapult.losses import get_loss
+from catapult.optim import registry
+
+__all__ = [
+    "Run", "build_run", "seeds", "resolve_device", "MODELS", "RunData", "load_data", "build_model",
+    "OPTIMIZERS", "ADAPTIVE", "build_optimizer", "WARMUPS", "build_schedule", "search_delta",
+    "search_lr_start", "Warmup", "build_warmup", "BatchStream", "solver_options", "SharpnessRule",
+    "sharpness_rule", "threshold",
+]
+
+
+def seeds(seed: int) -> tuple[int, int, int]:
+    """``(init_seed, data_seed, sharpness_seed)``: independent streams derived from ``seed``."""
+    a, b, c = np.random.SeedSequence(seed).generate_state(3)
+    return int(a), int(b), int(c)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> ``cuda`` if available else ``cpu``; a CUDA device that is missing is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise cfg.ConfigError([("device", f"{name!r} requested but CUDA is not available; use cpu or auto")])
+    return device
+
+
+def _multipliers(model_cfg: Mapping[str, Any]) -> dict[str, float]:
+    """``alpha_in`` / ``alpha_out`` for a model builder: 1 under SP, which has no multipliers
+    (the config ignores ``alpha_*`` there so one study config can sweep sp, mup and supar)."""
+    if model_cfg["parametrization"] == "sp":
+        return {"alpha_in": 1.0, "alpha_out": 1.0}
+    return {"alpha_in": model_cfg["alpha_in"], "alpha_out": model_cfg["alpha_out"]}
+
+
+#: Constructor arguments the MLP and the GPT both take straight from ``model.*``.
+_COMMON_MODEL_KEYS = ("parametrization", "activation", "density", "base_density", "bias", "mask_method")
+
+
+def _common_kwargs(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The builders' shared keyword arguments: :data:`_COMMON_MODEL_KEYS` plus the multipliers."""
+    return {**{k: model_cfg[k] for k in _COMMON_MODEL_KEYS}, **_multipliers(model_cfg)}
+
+
+def _build_mlp(model_cfg: Mapping[str, Any], in_features: int, out_features: int) -> nn.Module:
+    from catapult.models import MLP
+
+    kwargs = dict(_common_kwargs(model_cfg), init=model_cfg["init"])
+    if model_cfg["base_width"] is not None:
+        kwargs["base_width"] = model_cfg["base_width"]
+    return MLP(in_features, out_features, width=model_cfg["width"], depth=model_cfg["depth"], **kwargs)
+
+
+def _build_gpt(model_cfg: Mapping[str, Any], context: int, vocab_size: int) -> nn.Module:
+    """The config's GPT: ``width`` = d_model, ``depth`` = blocks; ``context`` from the data."""
+    from catapult.models import GPT
+
+    kwargs = dict(_common_kwargs(model_cfg), base_width=model_cfg["base_width"],
+                  positions=model_cfg["positions"], tie_embeddings=model_cfg["tie_embeddings"])
+    if model_cfg["init_std"] is not None:
+        kwargs["init_std"] = model_cfg["init_std"]
+    return GPT(vocab_size, d_model=model_cfg["width"], n_layers=model_cfg["depth"],
+               n_heads=model_cfg["n_heads"], context=context, **kwargs)
+
+
+#: model.name -> builder(model_config, in_features, out_features) -> nn.Module. For the mlp
+#: ``in_features`` is a flattened sample's size; for the gpt it is the context (tokens per
+#: window) and ``out_features`` the vocabulary size.
+MODELS: dict[str, Callable[[Mapping[str, Any], int, int], nn.Module]] = {"mlp": _build_mlp, "gpt": _build_gpt}
+
+
+@dataclass
+class RunData:
+    """A run's data on its device: train/test tensors, ``in_features`` (a flattened sample's
+    size; for token windows the context) and ``num_classes`` (for text: the vocabulary size)."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    in_features: int
+    num_classes: int
+
+
+def load_data(config: Mapping[str, Any], device: torch.device | str = "cpu",
+              dtype: torch.dtype = torch.float32) -> RunData:
+    """The config's ``data:`` section loaded and moved to ``device``; floating inputs are cast to
+    ``dtype`` (token ids stay int64). A missing file raises the loader's FileNotFoundError (it
+    says where it looked); other bad data settings (more samples than the data hold, an empty
+    file) raise :class:`~catapult.config.ConfigError` naming ``data``."""
+    from catapult import data as data_mod
+
+    d = config["data"]
+    try:
+        split = data_mod.load_dataset(d["name"], root=d["root"], n_train=d["n_train"], n_test=d["n_test"],
+                                      context=d["context"], val_fraction=d["val_fraction"])
+    except (ValueError, TypeError) as err:  # e.g. n_train larger than the data: name the section
+        if isinstance(err, cfg.ConfigError):
+            raise
+        raise cfg.ConfigError([("data", str(err))]) from None
+
+    def inputs(x: torch.Tensor) -> torch.Tensor:
+        return x.to(device=device, dtype=dtype) if x.is_floating_point() else x.to(device)
+
+    return RunData(inputs(split.x_train), split.y_train.to(device), inputs(split.x_test),
+                   split.y_test.to(device), int(np.prod(split.x_train.shape[1:])), int(split.num_classes))
+
+
+def build_model(config: Mapping[str, Any], in_features: int, out_features: int,
+                device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> nn.Module:
+    """The config's model, initialized from ``seeds(config["seed"])[0]`` on the CPU in float32,
+    then moved to ``device``/``dtype`` (same initial weights on every device)."""
+    init_seed = seeds(config["seed"])[0]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed)
+        with torch.device("cpu"):
+            model = MODELS[config["model"]["name"]](config["model"], in_features, out_features)
+    model = model.float()
+    return model.to(device=device, dtype=dtype)
+
+
+def _param_groups(model: nn.Module, lr: float, kind: str) -> list[dict]:
+    """Per-layer groups (muP/SμPar LR multipliers in ``group["lr_mult"]``)."""
+    from catapult.parametrize import param_groups
+
+    return param_groups(model, lr, optimizer=kind)
+
+
+def _optimizer_options(name: str, o: Mapping[str, Any]) -> dict[str, Any]:
+    """Constructor keywords of optimizer ``name`` from the ``optimizer`` config section."""
+    if registry.get(name).family == "sgd":
+        return dict(momentum=o["momentum"], weight_decay=o["weight_decay"])
+    options = dict(betas=tuple(o["betas"]), eps=o["eps"], weight_decay=o["weight_decay"])
+    if name == "gi-adam":   # v0="random": drawn from the run's init seed
+        options.update(v_bias_correction=o["v_bias_correction"], v0=o["v0"], seed=int(o.get("_seed", 0)))
+    return options
+
+
+def _builder(name: str) -> Callable[[nn.Module, float, Mapping[str, Any]], torch.optim.Optimizer]:
+    spec = registry.get(name)
+
+    def build(model: nn.Module, lr: float, o: Mapping[str, Any]) -> torch.optim.Optimizer:
+        return spec.build(_param_groups(model, lr, spec.family), lr=lr, **_optimizer_options(name, o))
+
+    build.__name__ = f"build_{name.replace('-', '_')}"
+    return build
+
+
+#: optimizer.name -> builder(model, lr_trgt, optimizer_config) -> torch.optim.Optimizer
+#: (the names and classes are catapult.optim.registry's).
+OPTIMIZERS: dict[str, Callable[[nn.Module, float, Mapping[str, Any]], torch.optim.Optimizer]] = {
+    name: _builder(name) for name in registry.names()}
+#: Optimizers whose sharpness is the pre-conditioned one (``eval.sharpness_kind: auto``):
+#: ``registry.preconditioned_names()``. RAdam is not there: its first steps are
+#: un-preconditioned momentum SGD and its later steps rescale the Adam step by a rectification
+#: factor, so ``auto`` gives the Hessian's sharpness.
+ADAPTIVE = set(registry.preconditioned_names())
+
+
+def build_optimizer(config: Mapping[str, Any], model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """The config's optimizer over ``model``'s parameter groups at base learning rate ``lr``.
+
+    Builders get ``config["optimizer"]`` plus ``"_seed"`` = the run's init seed (GI-Adam draws
+    ``v0: random`` from it, so each ``seed`` gets its own random ``v_0``)."""
+    options = dict(config["optimizer"], _seed=seeds(config["seed"])[0] % (2 ** 31))
+    return OPTIMIZERS[config["optimizer"]["name"]](model, lr, options)
+
+
+def _linear_warmup(schedule_cfg: Mapping[str, Any], lr_trgt: float, steps: int) -> Callable[[int], float]:
+    from catapult import schedules
+
+    decay = schedule_cfg["decay"]
+    return schedules.warmup(
+        lr_trgt,
+        schedule_cfg["warmup_steps"],
+        lr_init=schedule_cfg["lr_init"],
+        power=schedule_cfg["power"],
+        decay=None if decay == "constant" else decay,
+        total_steps=None if decay == "constant" else steps,
+        lr_final=schedule_cfg["lr_final"],
+    )
+
+
+#: schedule.warmup -> builder(schedule_config, lr_trgt, total_steps) -> (step -> lr)
+WARMUPS: dict[str, Callable[[Mapping[str, Any], float, int], Callable[[int], float]]] = {
+    "linear": _linear_warmup,
+}
+
+
+def build_schedule(config: Mapping[str, Any], lr_trgt: float) -> Callable[[int], float]:
+    """``t -> lr_t`` for the config's schedule with target ``lr_trgt`` over ``train.steps``
+    (rules that need the model -- catapult, persistent -- go through :func:`build_warmup`)."""
+    rule = config["schedule"]["warmup"]
+    if rule not in WARMUPS:
+        raise ValueError(f"schedule.warmup={rule!r} needs the model and optimizer: use build_warmup")
+    return WARMUPS[rule](config["schedule"], lr_trgt, config["train"]["steps"])
+
+
+def search_delta(config: Mapping[str, Any]) -> float:
+    """``schedule.delta``, or the paper's default: 0.1 for SGD, 0.01 for Adam-family optimizers."""
+    delta = config["schedule"]["delta"]
+    if delta is not None:
+        return float(delta)
+    return 0.1 if config["optimizer"]["name"] == "sgd" else 0.01
+
+
+def search_lr_start(config: Mapping[str, Any], lr_trgt: float) -> float:
+    """``schedule.lr_start``, or ``min(1e-4, lr_trgt)``, capped at ``lr_trgt``."""
+    start = config["schedule"]["lr_start"]
+    return min(lr_trgt, 1e-4 if start is None else float(start))
+
+
+@dataclass
+class Warmup:
+    """What :func:`build_warmup` returns.
+
+    ``schedule``: ``t -> lr_t`` for :func:`catapult.schedules.attach`; ``persistent``: the
+    :class:`~catapult.schedules.PersistentCatapultWarmup` the loop calls every step (or None);
+    ``info``: scalars for the summary (``lr_critical``, ``lr_critical_lower``,
+    ``lr_critical_upper``, ``search_forward_passes``; empty for a linear warmup).
+    """
+
+    schedule: Callable[[int], float]
+    persistent: Any = None
+    info: dict = field(default_factory=dict)
+
+
+def build_warmup(config: Mapping[str, Any], lr_trgt: float, model: nn.Module, loss_fn, batch0,
+                 optimizer: torch.optim.Optimizer) -> Warmup:
+    """The config's warmup rule at ``lr_trgt``:
+
+    * ``linear``: :func:`build_schedule`.
+    * ``catapult``: ``lr_c = critical_lr(model, loss_fn, batch0, optimizer, lr_start,
+      lr_max=lr_trgt, delta)`` at step 0 (forward passes only, nothing changed), then
+      ``catapult_warmup(lr_trgt, warmup_steps, lr_c)`` with the config's decay:
+      ``lr(t) = min(lr_trgt, lr_c + lr_trgt t / T_wrm)``.
+    * ``persistent``: a ``PersistentCatapultWarmup(optimizer, model, loss_fn, lr_trgt, delta,
+      lr_start)``; the schedule reads its current lr (the engine calls ``persistent.step`` at
+      every step before the update, which may re-run the search).
+    """
+    from catapult import schedules
+    from catapult.critical_lr import critical_lr
+
+    sched, steps = config["schedule"], config["train"]["steps"]
+    rule = sched["warmup"]
+    if rule == "linear":
+        return Warmup(build_schedule(config, lr_trgt))
+    delta, lr_start = search_delta(config), search_lr_start(config, lr_trgt)
+    if rule == "catapult":
+        res = critical_lr(model, loss_fn, batch0, optimizer, lr_start=lr_start, lr_max=lr_trgt, delta=delta)
+        decay = sched["decay"]
+        fn = schedules.catapult_warmup(lr_trgt, sched["warmup_steps"], res.lr,
+                                       decay=None if decay == "constant" else decay,
+                                       total_steps=None if decay == "constant" else steps,
+                                       lr_final=sched["lr_final"])
+        return Warmup(fn, None, dict(lr_critical=res.lr, lr_critical_lower=res.lower,
+                                     lr_critical_upper=res.upper, search_forward_passes=res.forward_passes))
+    pcw = schedules.PersistentCatapultWarmup(optimizer, model, loss_fn, lr_trgt, delta, lr_start=lr_start)
+    return Warmup(lambda t: pcw.lr if pcw.lr is not None else lr_start, pcw, {})
+
+
+class BatchStream:
+    """The deterministic sequence of training batches (see the module docstring).
+
+    ``batch(t)`` must be called with ``t = 0, 1, 2, ...`` in order (or repeating the last ``t``).
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int | None, seed: int):
+        self.x, self.y = x, y
+        self.n = x.shape[0]
+        self.batch_size = batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        if batch_size is not None:
+            if batch_size > self.n:
+                raise cfg.ConfigError([("train.batch_size", f"{batch_size} exceeds the {self.n} training samples; "
+                                        "use at most that, or null for full-batch GD")])
+            self.per_epoch = self.n // batch_size
+        self._epoch = -1
+        self._perm: torch.Tensor | None = None
+        self._last: tuple[int, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def batch(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.batch_size is None:
+            return self.x, self.y
+        if self._last is not None and self._last[0] == t:
+            return self._last[1]
+        epoch, b = divmod(t, self.per_epoch)
+        while self._epoch < epoch:
+            self._perm = torch.randperm(self.n, generator=self.generator)
+            self._epoch += 1
+        if epoch != self._epoch:
+            raise ValueError("BatchStream.batch must be called with non-decreasing steps")
+        idx = self._perm[b * self.batch_size:(b + 1) * self.batch_size].to(self.x.device)
+        out = (self.x[idx], self.y[idx])
+        self._last = (t, out)
+        return out
+
+
+
+
+def solver_options(config: Mapping[str, Any]) -> dict:
+    """Keyword arguments of :func:`catapult.sharpness` from a validated config's ``eval.sharpness_*``
+    keys (tol, max_iter, hvp, dtype, max_basis, chunk_size)."""
+    ev = config["eval"]
+    return dict(tol=ev["sharpness_tol"], max_iter=ev["sharpness_max_iter"], hvp=ev["sharpness_hvp"],
+                dtype=getattr(torch, ev["sharpness_dtype"]) if ev["sharpness_dtype"] else None,
+                max_basis=ev["sharpness_max_basis"], chunk_size=ev["sharpness_chunk_size"])
+
+
+@dataclass(frozen=True)
+class SharpnessRule:
+    """How a run measures sharpness: ``kind`` is ``"hessian"`` or ``"preconditioned"``;
+    ``hessian(...)`` and ``measure(...)`` take ``(model, loss_fn, batch, optimizer, init)`` and
+    return an :class:`~catapult.curvature.EigenEstimate`; ``measure`` is the kind the run
+    reports (lambda_0 is always the Hessian's)."""
+
+    kind: str
+    hessian: Callable
+    measure: Callable
+
+
+def sharpness_rule(config: Mapping[str, Any]) -> SharpnessRule:
+    """The config's :class:`SharpnessRule` (``eval.sharpness_kind: auto`` means pre-conditioned
+    for the optimizers in :data:`ADAPTIVE`, the Hessian's otherwise)."""
+    from catapult import curvature
+
+    ev = config["eval"]
+    kwargs = solver_options(config)
+    kind = ev["sharpness_kind"]
+    if kind == "auto":
+        kind = "preconditioned" if config["optimizer"]["name"] in ADAPTIVE else "hessian"
+
+    def hessian(model, loss_fn, batch, optimizer, init):
+        return curvature.sharpness(model, loss_fn, batch, init=init, **kwargs)
+
+    def preconditioned(model, loss_fn, batch, optimizer, init):
+        return curvature.preconditioned_sharpness(model, loss_fn, batch, optimizer, init=init,
+                                                  scale_by_group_lr=True, **kwargs)
+
+    return SharpnessRule(kind, hessian, preconditioned if kind == "preconditioned" else hessian)
+
+
+def threshold(optimizer: torch.optim.Optimizer, lr: float | None = None) -> float:
+    """``instability_threshold`` at the first group's current lr (or ``lr``); ``inf`` at lr 0."""
+    from catapult.curvature import instability_threshold
+
+    current = optimizer.param_groups[0]["lr"] if lr is None else lr
+    return float(instability_threshold(optimizer, lr=current)) if current > 0 else math.inf
+
+
+# --------------------------------------------------------------------------------------------
+# The run builder
+
+
+@dataclass(eq=False)
+class Run:
+    """Everything a run is made of, built by :func:`build_run` from a validated config.
+
+    Built at once: ``config``, ``device``, ``dtype``, ``seeds`` (init, data, sharpness),
+    ``data`` (:class:`RunData`), ``batches`` (:class:`BatchStream`), ``model`` (in train mode),
+    ``loss_fn``, ``n_params``, ``sharpness`` (:class:`SharpnessRule`) and ``start_vector``
+    (``randn(P)`` from the sharpness seed, the eigen-solver's first start).
+
+    Built on first use (each once): ``lambda0_estimate`` (Hessian sharpness at ``theta_0`` on
+    batch 0 from ``start_vector``), ``lambda_0``, ``lr_target`` (``optimizer.lr`` resolved
+    against lambda_0 when it is ``"c/lambda0"``), ``optimizer`` (at ``lr_target``), ``warmup``
+    (:class:`Warmup`; a catapult warmup runs its critical-lr search here).
+    """
+
+    config: dict
+    device: torch.device
+    dtype: torch.dtype
+    seeds: tuple[int, int, int]
+    data: RunData
+    batches: BatchStream
+    model: nn.Module
+    loss_fn: Callable
+    n_params: int
+    sharpness: SharpnessRule
+    start_vector: torch.Tensor
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def _once(self, key: str, make: Callable[[], Any]) -> Any:
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    @property
+    def needs_lambda0(self) -> bool:
+        """Whether the run measures lambda_0: it tracks sharpness or its lr is ``c/lambda0``."""
+        return self.config["eval"]["sharpness_every"] > 0 or cfg.lr_needs_lambda0(self.config["optimizer"]["lr"])
+
+    @property
+    def lambda0_estimate(self):
+        """Hessian sharpness at initialisation on batch 0 (an ``EigenEstimate``)."""
+        return self._once("lambda0", lambda: self.sharpness.hessian(
+            self.model, self.loss_fn, self.batches.batch(0), None, self.start_vector))
+
+    @property
+    def lambda_0(self) -> float:
+        return float(self.lambda0_estimate.value)
+
+    @property
+    def lr_target(self) -> float:
+        """The target learning rate; a ``c/lambda0`` lr that cannot resolve is a ConfigError
+        naming ``optimizer.lr``."""
+        def resolve() -> float:
+            spec = cfg.parse_lr(self.config["optimizer"]["lr"])
+            try:
+                return spec.resolve(self.lambda_0 if spec.relative else None)
+            except ValueError as err:
+                raise cfg.ConfigError([("optimizer.lr", f"{self.config['optimizer']['lr']!r}: {err}")]) from None
+
+        return self._once("lr_target", resolve)
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self._once("optimizer", lambda: build_optimizer(self.config, self.model, self.lr_target))
+
+    @property
+    def warmup(self) -> "Warmup":
+        return self._once("warmup", lambda: build_warmup(self.config, self.lr_target, self.model, self.loss_fn,
+                                                         self.batches.batch(0), self.optimizer))
+
+
+def build_run(config: Mapping[str, Any]) -> Run:
+    """Validate ``config`` and build its :class:`Run` (data loaded, model initialised).
+
+    Raises :class:`~catapult.config.ConfigError` (or the data loader's FileNotFoundError) on
+    bad input, before any training work.
+    """
+    config = cfg.validate(config)
+    device = resolve_device(config["device"])
+    dtype = getattr(torch, config["dtype"])
+    run_seeds = seeds(config["seed"])
+    data = load_data(config, device, dtype)
+    batches = BatchStream(data.x_train, data.y_train, config["train"]["batch_size"], run_seeds[1])
+    model = build_model(config, data.in_features, data.num_classes, device, dtype)
+    model.train()
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    start = torch.randn(n_params, generator=torch.Generator().manual_seed(run_seeds[2]))
+    return Run(config=config, device=device, dtype=dtype, seeds=run_seeds, data=data, batches=batches,
+               model=model, loss_fn=get_loss(config["loss"]), n_params=n_params,
+               sharpness=sharpness_rule(config), start_vector=start.to(device=device, dtype=dtype))

@@ -1,0 +1,234 @@
+"""The training engine: one loop for full-batch GD, minibatch SGD (+momentum), Adam, AdamW,
+RAdam and GI-Adam, with linear, catapult-initialised or persistent catapult warmup.
+
+``run(config, out_dir=None, progress=None) -> RunResult`` trains the model a config describes
+(see :mod:`catapult.config`) and records, per step, the training loss/accuracy and learning
+rate; every ``eval.sharpness_every`` steps the sharpness; every ``eval.test_every`` steps and at
+the end the test loss/accuracy. A diverged run is a result (``status == "diverged"``), never an
+exception.
+
+Exact semantics (a batched-ensemble engine must reproduce these to float tolerance)
+------------------------------------------------------------------------------------
+Seeds. ``seed`` is expanded by ``numpy.random.SeedSequence(seed).generate_state(3)`` into three
+independent 32-bit seeds: ``init_seed`` (model init), ``data_seed`` (batch order),
+``sharpness_seed`` (the eigen-solver's first start vector). Each drives its own
+``torch.Generator`` (CPU); nothing reads or changes the global RNG.
+
+Init. Under ``torch.random.fork_rng`` with ``torch.manual_seed(init_seed)``, the model is built
+on the CPU in float32 (the same initial weights on every device; float64 runs start from the
+float32 weights cast up), then moved to ``device``/``dtype``. The data are cast to ``dtype``.
+
+Batches. Full-batch GD (``train.batch_size: null``): every step uses the whole training set in
+its stored order. Minibatch SGD with batch size ``B``: epoch ``e`` draws
+``perm_e = torch.randperm(n_train, generator=data_gen)`` (epochs in order, one draw each);
+batch ``b`` of the epoch is ``perm_e[b*B:(b+1)*B]``; the last incomplete batch is dropped.
+Step ``t`` uses the ``t``-th batch of that stream (epoch ``t // (n_train // B)``).
+
+lambda_0. If sharpness is measured at all (``sharpness_every > 0``) or the learning rate is
+``"<c>/lambda0"``, ``lambda_0 = sharpness(theta_0)`` on batch 0 (Hessian sharpness, started from
+``randn(P, generator=sharpness_gen)``) before the optimizer exists; ``lr_trgt = c/lambda_0``.
+
+Step ``t = 0, 1, ..., steps`` (row ``t`` describes the parameters ``theta_t`` *before* update ``t``):
+
+1. ``lr_t = schedule(t)`` is already set on the optimizer (the scheduler was created at
+   ``t = 0`` and stepped after every update), each group at ``lr_t * group["lr_mult"]``.
+2. Forward on batch ``t`` in train mode: ``train_loss_t``, ``train_accuracy_t``.
+3. Divergence: if ``train_loss_t`` is not finite or ``> divergence_factor * train_loss_0``,
+   row ``t`` is logged (loss, accuracy, lr only) and the run ends with status ``"diverged"``.
+4. Backward (``t < steps``): gradients of ``train_loss_t``. With ``schedule.warmup:
+   persistent`` the :class:`~catapult.schedules.PersistentCatapultWarmup` is then called with
+   batch ``t`` and ``train_loss_t`` and sets ``lr_t`` (re-running the critical-lr search when the
+   loss fell below the last search's); row ``t`` logs that lr and its threshold. With
+   ``catapult`` the step-0 search ran once before the loop (``build_warmup``).
+5. Sharpness, if ``sharpness_every > 0`` and (``t % sharpness_every == 0`` or ``t == steps``):
+   on batch ``t`` at ``theta_t``, warm-started from the previous measurement's eigenvector (at
+   ``t = 0`` the lambda_0 estimate is reused, not recomputed). For Adam-family optimizers with
+   ``eval.sharpness_kind: auto`` it is the pre-conditioned sharpness of the preconditioner the
+   update ``t`` is about to apply. It never changes parameters, gradients or optimizer state.
+6. Test, if (``test_every > 0`` and ``t % test_every == 0``) or ``t == steps``: loss and
+   accuracy on the whole test set in eval mode.
+7. Row ``t`` is logged; ``threshold_t = instability_threshold(optimizer)`` at the first param
+   group's lr ``lr_t * lr_mult`` (``2/lr_t`` for GD when every ``lr_mult`` is 1, as in the paper's muP).
+8. Update (``t < steps``): ``optimizer.step()``, then ``scheduler.step()`` (sets ``lr_{t+1}``).
+
+So ``metrics`` has ``steps + 1`` rows for a finished run (row ``steps`` = the final model, no
+update) and ``summary["steps_completed"]`` updates.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+
+from catapult import config as cfg
+from catapult.losses import accuracy
+from catapult.engine.build import build_run, threshold
+from catapult.engine.progress import Progress
+from catapult.engine.trajectories import plot_run
+from catapult.engine.step import diverged, evaluates_test, measures_sharpness, new_row
+from catapult.engine.records import (MetricsFile, json_safe, summarize, threshold_label,
+                                     warmup_summary)
+
+__all__ = ["RunResult", "run", "evaluate"]
+
+
+@dataclass
+class RunResult:
+    """What :func:`run` returns.
+
+    ``status`` is ``"finished"`` or ``"diverged"``; ``metrics`` one dict per logged step (keys
+    :data:`METRIC_COLUMNS`); ``summary`` the scalars also written to ``summary.json``;
+    ``config`` the validated config; ``model`` the final model; ``out_dir`` the run directory
+    (``None`` if nothing was written).
+    """
+
+    status: str
+    metrics: list[dict]
+    summary: dict
+    config: dict
+    model: nn.Module | None = None
+    out_dir: Path | None = None
+
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, chunk: int = 8192) -> tuple[float, float]:
+    """``(loss, accuracy)`` of ``model`` on ``(x, y)`` in eval mode, in chunks of ``chunk`` rows.
+
+    Both losses are means over rows (MSE also over the equal-sized output dim), so chunk means
+    are combined weighted by their row counts. The model's train/eval mode is restored.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        total_loss, total_correct, n = 0.0, 0.0, x.shape[0]
+        for start in range(0, n, chunk):
+            xb, yb = x[start:start + chunk], y[start:start + chunk]
+            out = model(xb)
+            total_loss += loss_fn(out, yb).item() * xb.shape[0]
+            total_correct += accuracy(out, yb) * xb.shape[0]
+        return total_loss / n, total_correct / n
+    finally:
+        model.train(was_training)
+
+
+
+
+def run(config: Mapping[str, Any], *, out_dir: str | Path | None = None, progress: Any = None) -> RunResult:
+    """Train the model ``config`` describes; see the module docstring for the exact step semantics.
+
+    The run is set up by :func:`~catapult.engine.build.build_run` (config validated and
+    completed with defaults, data, model, lambda_0, optimizer, warmup) before anything is
+    written. With ``out_dir`` the run directory gets ``config.yaml`` (resolved), ``metrics.csv``
+    (streamed), ``summary.json`` and ``trajectories.png`` (loss and sharpness vs step, with the
+    instability threshold). ``progress``: ``None``/``"auto"`` (a bar on a terminal, plain lines
+    otherwise), ``"bar"``, ``"lines"``, ``"none"`` or a bool.
+    """
+    started = time.perf_counter()
+    setup = build_run(config)
+    config, model, loss_fn, batches = setup.config, setup.model, setup.loss_fn, setup.batches
+    x_test, y_test = setup.data.x_test, setup.data.y_test
+    steps = config["train"]["steps"]
+    sharpness_every = config["eval"]["sharpness_every"]
+    rule = setup.sharpness
+    lambda0_estimate = setup.lambda0_estimate if setup.needs_lambda0 else None
+    lambda_0 = None if lambda0_estimate is None else float(lambda0_estimate.value)
+    lr_trgt = setup.lr_target
+    optimizer, warmup_rule = setup.optimizer, setup.warmup
+    schedule, persistent = warmup_rule.schedule, warmup_rule.persistent
+    from catapult import schedules
+
+    scheduler = schedules.attach(optimizer, schedule)
+    matvecs_total = 0 if lambda0_estimate is None else int(lambda0_estimate.matvecs)
+    unconverged = 0 if lambda0_estimate is None else int(not lambda0_estimate.converged)
+    measurements = 0
+    warm: torch.Tensor | None = setup.start_vector
+
+    out_path = Path(out_dir) if out_dir is not None else None
+    metrics_file = None
+    if out_path is not None:
+        out_path.mkdir(parents=True, exist_ok=True)
+        (out_path / "config.yaml").write_text(cfg.dump_config(config))
+        metrics_file = MetricsFile(out_path / "metrics.csv")
+
+    # ---- the loop
+    test_every = config["eval"]["test_every"]
+    divergence_factor = config["train"]["divergence_factor"]
+    reporter = Progress(progress, steps, config["name"])
+    metrics: list[dict] = []
+    status, diverged_at, loss_0 = "finished", None, None
+    try:
+        for t in range(steps + 1):
+            final = t == steps
+            x, y = batches.batch(t)
+            lr_t = float(schedule(t))
+            row = new_row(t, lr_t, threshold(optimizer))
+
+            outputs = model(x)
+            loss = loss_fn(outputs, y)
+            row["train_loss"] = loss_t = float(loss.item())
+            row["train_accuracy"] = accuracy(outputs, y)
+            if t == 0:
+                loss_0 = loss_t
+            if diverged(loss_t, loss_0, divergence_factor):
+                status, diverged_at = "diverged", t
+                metrics.append(row)
+                if metrics_file is not None:
+                    metrics_file.write(row)
+                reporter.update(row)
+                break
+
+            if not final:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if persistent is not None:  # Alg. 3: this step's lr (may re-run the search)
+                    row["lr"] = float(persistent.step((x, y), loss=loss_t))
+                    row["threshold"] = threshold(optimizer)
+            del loss, outputs
+
+            if measures_sharpness(t, sharpness_every, steps):
+                if t == 0 and rule.kind == "hessian" and lambda0_estimate is not None:
+                    est = lambda0_estimate  # already counted
+                else:
+                    est = rule.measure(model, loss_fn, (x, y), optimizer, warm)
+                    matvecs_total += int(est.matvecs)
+                    unconverged += int(not est.converged)
+                warm = est.vector
+                row["sharpness"] = float(est.value)
+                row["sharpness_matvecs"] = int(est.matvecs)
+                measurements += 1
+
+            if evaluates_test(t, test_every, steps):
+                row["test_loss"], row["test_accuracy"] = evaluate(model, loss_fn, x_test, y_test)
+
+            metrics.append(row)
+            if metrics_file is not None:
+                metrics_file.write(row)
+            reporter.update(row)
+
+            if not final:
+                optimizer.step()
+                scheduler.step()
+    finally:
+        reporter.close(status)
+        if metrics_file is not None:
+            metrics_file.close()
+
+    summary = summarize(
+        config, metrics, status=status, diverged_at=diverged_at, lambda_0=lambda_0, lr_trgt=lr_trgt,
+        threshold_target=threshold(optimizer, lr_trgt * optimizer.param_groups[0].get("lr_mult", 1.0)),
+        n_params=setup.n_params, device=setup.device, sharpness_kind=rule.kind, matvecs_total=matvecs_total,
+        measurements=measurements, unconverged=unconverged, wall_time=time.perf_counter() - started,
+    )
+    summary.update(warmup_summary(config, metrics, lr_trgt, warmup_rule))
+    if out_path is not None:
+        (out_path / "summary.json").write_text(json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n")
+        plot_run(metrics, out_path / "trajectories.png", title=config["name"], status=status,
+                 threshold_label=threshold_label(config, rule.kind),
+                 preconditioned=rule.kind == "preconditioned")
+    return RunResult(status=status, metrics=metrics, summary=summary, config=config, model=model, out_dir=out_path)

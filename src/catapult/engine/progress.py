@@ -1,0 +1,55 @@
+"""Progress display of one run: a tqdm bar on a terminal, plain lines otherwise, or nothing."""
+from __future__ import annotations
+
+import sys
+from typing import Any, Mapping
+
+__all__ = ["Progress"]
+
+
+class Progress:
+    """A tqdm bar on a terminal, plain lines (about 10 per run) otherwise, or nothing."""
+
+    def __init__(self, mode: Any, total: int, name: str):
+        if mode is None or mode == "auto":
+            mode = "bar" if sys.stderr.isatty() else "lines"
+        elif mode is True:
+            mode = "bar"
+        elif mode is False:
+            mode = "none"
+        if mode not in ("bar", "lines", "none"):
+            raise ValueError(f"progress must be None, 'auto', 'bar', 'lines', 'none' or a bool, got {mode!r}")
+        self.mode, self.total, self.name = mode, total, name
+        self.every = max(1, total // 10)
+        self.bar = None
+        if mode == "bar":
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=name, unit="step", dynamic_ncols=True, leave=True)
+        self.last_sharpness: float | None = None
+
+    def update(self, row: Mapping[str, Any]) -> None:
+        if row.get("sharpness") is not None:
+            self.last_sharpness = row["sharpness"]
+        t = row["step"]
+        if self.mode == "bar":
+            post = {"loss": f"{row['train_loss']:.3e}", "lr": f"{row['lr']:.2e}"}
+            if self.last_sharpness is not None:
+                post["sharp"] = f"{self.last_sharpness:.3g}"
+            self.bar.set_postfix(post, refresh=False)
+            if t > self.bar.n:
+                self.bar.update(t - self.bar.n)
+        elif self.mode == "lines" and (t % self.every == 0 or t == self.total):
+            text = f"[{self.name}] step {t}/{self.total} loss {row['train_loss']:.4e} acc {row['train_accuracy']:.3f} lr {row['lr']:.3e}"
+            if self.last_sharpness is not None:
+                text += f" sharpness {self.last_sharpness:.4g} (threshold {row['threshold']:.4g})"
+            if row.get("test_loss") is not None:
+                text += f" test_loss {row['test_loss']:.4e} test_acc {row['test_accuracy']:.3f}"
+            print(text, file=sys.stderr, flush=True)
+
+    def close(self, status: str) -> None:
+        if self.bar is not None:
+            self.bar.set_description(f"{self.name} ({status})")
+            self.bar.close()
+        elif self.mode == "lines":
+            print(f"[{self.name}] {status}", file=sys.stderr, flush=True)

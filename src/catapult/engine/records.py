@@ -1,0 +1,202 @@
+"""A run's records: the per-step metrics rows, ``metrics.csv``, and the summary scalars.
+
+Both engines (:mod:`catapult.engine.loop` and the batched one in :mod:`catapult.sweep`) build
+their rows with :data:`METRIC_COLUMNS` and their summaries with :func:`summarize` and
+:func:`warmup_summary`, so a cell's record does not depend on which engine trained it.
+"""
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from catapult.analysis import detect_catapults
+
+__all__ = ["METRIC_COLUMNS", "write_metrics", "read_metrics", "MetricsFile", "json_safe", "finite",
+           "summarize", "warmup_summary", "threshold_label", "format_summary"]
+
+#: values are ``None`` (empty cells in the CSV).
+METRIC_COLUMNS = (
+    "step",
+    "lr",
+    "threshold",
+    "train_loss",
+    "train_accuracy",
+    "sharpness",
+    "sharpness_matvecs",
+    "test_loss",
+    "test_accuracy",
+)
+_INT_COLUMNS = {"step", "sharpness_matvecs"}
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)  # round-trips exactly; inf/nan as "inf"/"nan" (pandas reads both)
+    return str(value)
+
+
+def write_metrics(rows: Iterable[Mapping[str, Any]], path: str | Path) -> None:
+    """Write rows as CSV with header :data:`METRIC_COLUMNS`; ``None`` -> empty cell."""
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(METRIC_COLUMNS)
+        for row in rows:
+            writer.writerow([_cell(row.get(c)) for c in METRIC_COLUMNS])
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """Read a ``metrics.csv`` back: ints for ``step``/``sharpness_matvecs``, floats otherwise,
+    ``None`` for empty cells (``pandas.read_csv`` reads the same file directly, with NaN)."""
+    rows = []
+    with open(path, newline="") as fh:
+        for raw in csv.DictReader(fh):
+            row = {}
+            for key, text in raw.items():
+                if text == "" or text is None:
+                    row[key] = None
+                elif key in _INT_COLUMNS:
+                    row[key] = int(text)
+                else:
+                    row[key] = float(text)
+            rows.append(row)
+    return rows
+
+
+class MetricsFile:
+    """Streams rows to ``metrics.csv`` as they are logged (a killed run keeps its rows)."""
+
+    def __init__(self, path: Path):
+        self.fh = open(path, "w", newline="")
+        self.writer = csv.writer(self.fh)
+        self.writer.writerow(METRIC_COLUMNS)
+
+    def write(self, row: Mapping[str, Any]) -> None:
+        self.writer.writerow([_cell(row.get(c)) for c in METRIC_COLUMNS])
+        self.fh.flush()
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+def json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+
+
+def finite(x: float | None) -> bool:
+    """``x`` is a number and finite (``None`` is not)."""
+    return x is not None and math.isfinite(x)
+
+
+def warmup_summary(config, metrics, lr_trgt: float, warmup_rule) -> dict:
+    """Warmup scalars: ``warmup`` (the rule), ``lr_target_reached_at`` (first logged step whose
+    lr is ``lr_trgt`` to 1e-9 relative; None if never), ``lr_critical`` / ``_lower`` / ``_upper``
+    (catapult: the step-0 search; persistent: the first search), ``search_forward_passes``
+    (forward passes of all searches and loss probes; 0 for linear) and ``searches``."""
+    reached = next((r["step"] for r in metrics if r["lr"] is not None and r["lr"] >= lr_trgt * (1 - 1e-9)), None)
+    out = dict(warmup=config["schedule"]["warmup"], lr_target_reached_at=reached, lr_critical=None,
+               lr_critical_lower=None, lr_critical_upper=None, search_forward_passes=0, searches=0)
+    out.update(warmup_rule.info)
+    if warmup_rule.info:
+        out["searches"] = 1
+    pcw = warmup_rule.persistent
+    if pcw is not None:
+        out["searches"] = pcw.searches
+        out["search_forward_passes"] = pcw.forward_passes
+        if pcw.history:
+            first = pcw.history[0]
+            out.update(lr_critical=first["upper"], lr_critical_lower=first["lower"],
+                       lr_critical_upper=first["upper"])
+    return out
+
+
+def threshold_label(config: Mapping[str, Any], sharpness_kind: str) -> str:
+    """How the instability threshold of the config's optimizer reads in a figure legend."""
+    if sharpness_kind == "preconditioned":
+        b1 = float(config["optimizer"]["betas"][0])
+        return f"(2+2b1)/((1-b1) lr_t) = {(2 + 2 * b1) / (1 - b1):.3g}/lr_t"
+    if config["optimizer"]["name"] != "sgd":  # Adam-family rule, drawn beside the Hessian's sharpness
+        return "(2+2b1)/((1-b1) lr_t), the Adam rule (for the pre-conditioned sharpness)"
+    if config["optimizer"]["name"] == "sgd" and config["optimizer"]["momentum"] > 0:
+        return "(2+2b)/lr_t"
+    return "2/lr_t"
+
+
+def summarize(config, metrics, *, status, diverged_at, lambda_0, lr_trgt, threshold_target, n_params, device,
+               sharpness_kind,
+               matvecs_total, measurements, unconverged, wall_time) -> dict:
+    """The run's scalars (``summary.json``). Non-finite numbers become ``null`` in the file."""
+    losses = [r["train_loss"] for r in metrics if finite(r["train_loss"])]
+    sharp = [(r["step"], r["sharpness"]) for r in metrics if r["sharpness"] is not None]
+    tests = [r for r in metrics if r["test_loss"] is not None]
+    last = metrics[-1] if metrics else {}
+    events = detect_catapults(metrics)
+    return {
+        "name": config["name"],
+        "status": status,
+        "diverged_at": diverged_at,
+        "steps": config["train"]["steps"],
+        "steps_completed": (diverged_at if diverged_at is not None else config["train"]["steps"]),
+        "lr": config["optimizer"]["lr"],
+        "lr_target": lr_trgt,
+        "lambda_0": lambda_0,
+        "lr_target_times_lambda_0": lr_trgt * lambda_0 if lambda_0 else None,
+        "threshold_target": threshold_target,
+        "initial_train_loss": losses[0] if losses else None,
+        "final_train_loss": last.get("train_loss"),
+        "peak_train_loss": max(losses) if losses else None,
+        "min_train_loss": min(losses) if losses else None,
+        "final_train_accuracy": last.get("train_accuracy"),
+        "final_test_loss": tests[-1]["test_loss"] if tests else None,
+        "final_test_accuracy": tests[-1]["test_accuracy"] if tests else None,
+        "best_test_accuracy": max(r["test_accuracy"] for r in tests) if tests else None,
+        "sharpness_kind": sharpness_kind,
+        "final_sharpness": sharp[-1][1] if sharp else None,
+        "peak_sharpness": max(v for _, v in sharp) if sharp else None,
+        "catapult": bool(events),
+        "catapults": [e.as_dict() for e in events],
+        "sharpness_measurements": measurements,
+        "sharpness_matvecs": matvecs_total,
+        "sharpness_unconverged": unconverged,
+        "num_params": n_params,
+        "device": str(device),
+        "dtype": config["dtype"],
+        "wall_time_s": wall_time,
+    }
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+    """A few human-readable lines about a run."""
+
+    def fmt(x, spec=".4g"):
+        return "-" if x is None else format(x, spec)
+
+    lines = [
+        f"{summary['name']}: {summary['status']}"
+        + (f" at step {summary['diverged_at']}" if summary["diverged_at"] is not None else "")
+        + f" after {summary['steps_completed']} steps ({summary['wall_time_s']:.1f} s)",
+        f"  lambda_0 {fmt(summary['lambda_0'])}  lr_trgt {fmt(summary['lr_target'])}"
+        f"  (lr_trgt * lambda_0 = {fmt(summary['lr_target_times_lambda_0'], '.3g')})",
+        f"  train loss: initial {fmt(summary['initial_train_loss'])}  peak {fmt(summary['peak_train_loss'])}"
+        f"  final {fmt(summary['final_train_loss'])}",
+        f"  test: loss {fmt(summary['final_test_loss'])}  accuracy {fmt(summary['final_test_accuracy'], '.4f')}",
+    ]
+    if summary.get("warmup") in ("catapult", "persistent"):
+        lines.append(f"  {summary['warmup']} warmup: lr_c {fmt(summary['lr_critical'])}  lr_trgt reached at step "
+                     f"{fmt(summary['lr_target_reached_at'], 'd')}  searches {summary['searches']} "
+                     f"({summary['search_forward_passes']} forward passes)")
+    if summary["sharpness_measurements"]:
+        lines.append(f"  sharpness: final {fmt(summary['final_sharpness'])}  threshold at lr_trgt "
+                     f"{fmt(summary['threshold_target'])}  catapult: {'yes' if summary['catapult'] else 'no'}")
+    return "\n".join(lines)

@@ -1,0 +1,206 @@
+"""The Lanczos step shared by the single and the batched solver, against NumPy re-derivations:
+the tridiagonal matrix and its eigenpairs (``numpy.linalg.eigh``), the residual identity
+``||A v - theta v|| = |beta_m s_m|`` on an explicit Krylov basis, and a thick restart whose
+projected matrix is ``Y^T A Y`` of the restarted basis and keeps the Ritz pairs exactly."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import catapult.curvature.lanczos as lanczos_module
+from catapult.curvature.lanczos import (
+    batched_lanczos,
+    krylov_invariant,
+    lanczos_top_eigenpair,
+    relative_residual,
+    restart_sizes,
+    ritz_pairs,
+    stop_test,
+    thick_restart,
+    top_ritz_pair,
+    tridiagonal_update,
+)
+
+
+def random_symmetric(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, n))
+    return (x + x.T) / 2
+
+
+def numpy_lanczos(A: np.ndarray, q0: np.ndarray, steps: int):
+    """Plain Lanczos with full re-orthogonalisation, written in NumPy for these tests:
+    returns Q (rows q_0..q_steps), alphas, betas with A q_j = b_{j-1} q_{j-1} + a_j q_j + b_j q_{j+1}."""
+    Q = [q0 / np.linalg.norm(q0)]
+    alphas, betas = [], []
+    for j in range(steps):
+        w = A @ Q[j]
+        alphas.append(float(Q[j] @ w))
+        B = np.array(Q)
+        w = w - B.T @ (B @ w)
+        w = w - B.T @ (B @ w)  # twice is enough
+        betas.append(float(np.linalg.norm(w)))
+        Q.append(w / betas[-1])
+    return np.array(Q), np.array(alphas), np.array(betas)
+
+
+def tridiagonal(alphas, betas) -> np.ndarray:
+    return np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
+
+
+def test_restart_sizes():
+    assert restart_sizes(20, 1000) == (20, 10)
+    assert restart_sizes(20, 7) == (7, 3)
+    assert restart_sizes(3, 100) == (3, 1)
+    assert restart_sizes(2, 100) == (2, 1)
+
+
+def test_tridiagonal_update_builds_the_tridiagonal_matrix_and_leaves_its_input():
+    rng = np.random.default_rng(0)
+    alphas, betas = rng.standard_normal(6), rng.random(6)
+    T = np.zeros((6, 6))
+    for j in range(6):
+        previous, snapshot = T, T.copy()
+        T = tridiagonal_update(previous, j, alphas[j], betas[j])
+        np.testing.assert_array_equal(previous, snapshot)  # a new array; the input is unchanged
+        # after step j the leading (j+1) block is tridiag(alpha_0..j, beta_0..j-1), coupled to j+1
+        np.testing.assert_array_equal(T[: j + 1, : j + 1], tridiagonal(alphas[: j + 1], betas[:j]))
+        if j + 1 < 6:
+            assert T[j + 1, j] == T[j, j + 1] == betas[j]
+    # the last step has no room for beta_5: T is exactly the 6x6 tridiagonal matrix
+    np.testing.assert_array_equal(T, tridiagonal(alphas, betas[:5]))
+
+
+def test_tridiagonal_update_batched_equals_one_operator_at_a_time():
+    rng = np.random.default_rng(1)
+    m, cap = 3, 5
+    alphas, betas = rng.standard_normal((cap, m)), rng.random((cap, m))
+    batched = np.zeros((m, cap, cap))
+    singles = [np.zeros((cap, cap)) for _ in range(m)]
+    for j in range(cap):
+        batched = tridiagonal_update(batched, j, alphas[j], betas[j])
+        singles = [tridiagonal_update(T, j, alphas[j, k], betas[j, k]) for k, T in enumerate(singles)]
+    np.testing.assert_array_equal(batched, np.stack(singles))
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 9])
+def test_ritz_pairs_are_the_eigenpairs_of_the_leading_block(size):
+    rng = np.random.default_rng(size)
+    alphas, betas = rng.standard_normal(9), rng.random(9)
+    T = np.zeros((9, 9))
+    for j in range(9):
+        T = tridiagonal_update(T, j, alphas[j], betas[j])
+    values, vectors = ritz_pairs(T, size)
+    block = tridiagonal(alphas[:size], betas[: size - 1])
+    np.testing.assert_allclose(values, np.linalg.eigvalsh(block), rtol=0, atol=1e-12)
+    assert np.all(np.diff(values) >= 0)  # ascending
+    np.testing.assert_allclose(block @ vectors, vectors * values, atol=1e-12)
+    np.testing.assert_allclose(vectors.T @ vectors, np.eye(size), atol=1e-12)
+    theta, s = top_ritz_pair(values, vectors)
+    assert theta == pytest.approx(np.linalg.eigvalsh(block).max(), rel=1e-12)
+    np.testing.assert_allclose(block @ s, theta * s, atol=1e-12)
+    # batched over a leading dimension: the same pairs per operator
+    bv, bV = ritz_pairs(np.stack([T, 2 * T]), size)
+    np.testing.assert_allclose(bv[1], 2 * values, atol=1e-12)
+    np.testing.assert_allclose(np.abs(bV[0]), np.abs(vectors), atol=1e-12)
+
+
+def test_lanczos_ritz_values_of_a_full_basis_are_the_eigenvalues():
+    A = random_symmetric(8, seed=2)
+    Q, alphas, betas = numpy_lanczos(A, np.ones(8), 8)
+    T = np.zeros((8, 8))
+    for j in range(8):
+        T = tridiagonal_update(T, j, alphas[j], betas[j])
+    np.testing.assert_allclose(T, Q[:8] @ A @ Q[:8].T, atol=1e-9)
+    values, _ = ritz_pairs(T, 8)
+    np.testing.assert_allclose(values, np.linalg.eigvalsh(A), atol=1e-9)
+
+
+@pytest.mark.parametrize("m", [2, 4, 7])
+def test_relative_residual_is_the_true_eigen_residual(m):
+    A = random_symmetric(30, seed=3)
+    Q, alphas, betas = numpy_lanczos(A, np.random.default_rng(4).standard_normal(30), m)
+    values, vectors = ritz_pairs(tridiagonal(alphas, betas[: m - 1]), m)
+    theta, s = top_ritz_pair(values, vectors)
+    v = Q[:m].T @ s
+    true_rel = np.linalg.norm(A @ v - theta * v) / abs(theta)
+    assert relative_residual(betas[m - 1], s[-1], theta) == pytest.approx(true_rel, rel=1e-9)
+
+
+def test_relative_residual_closed_forms():
+    assert relative_residual(2.0, -0.5, 4.0) == 0.25
+    assert relative_residual(2.0, 0.5, -4.0) == 0.25
+    assert relative_residual(0.0, 0.3, 0.0) == 0.0
+    assert relative_residual(1.0, 0.3, 0.0) == math.inf
+
+
+def test_stop_test_and_invariance():
+    eps = float(np.finfo(np.float64).eps)
+    values, s = np.array([-1.0, 2.0, 4.0]), np.array([0.0, 0.6, 0.8])
+    # rel = |0.5 * 0.8| / 4 = 0.1
+    assert stop_test(0.5, values, s, tol=0.1, n=100, eps=eps) == (True, 0.1)
+    assert stop_test(0.5, values, s, tol=0.0999, n=100, eps=eps) == (False, 0.1)
+    # invariant: beta at rounding level of the spectrum (scale 4) -> converged whatever tol
+    tiny = 10 * eps * 4.0 * math.sqrt(100)
+    assert krylov_invariant(tiny, values, 100, eps) and not krylov_invariant(2 * tiny, values, 100, eps)
+    assert stop_test(tiny, values, s, tol=1e-300, n=100, eps=eps)[0]
+    # a basis spanning R^n is invariant whatever beta
+    assert krylov_invariant(1.0, values, 3, eps) and not krylov_invariant(1.0, values, 4, eps)
+    # scale floors at eps: an all-zero spectrum is invariant only for beta <= 10 eps^2 sqrt(n)
+    zeros = np.zeros(2)
+    assert krylov_invariant(10 * eps * eps, zeros, 1, eps) and not krylov_invariant(1e-20, zeros, 1, eps)
+
+
+@pytest.mark.parametrize("m, keep", [(6, 3), (9, 4), (4, 1)])
+def test_thick_restart_is_the_projection_on_the_restarted_basis(m, keep):
+    n = 40
+    A = random_symmetric(n, seed=m)
+    Q, alphas, betas = numpy_lanczos(A, np.random.default_rng(5).standard_normal(n), m)
+    values, vectors = ritz_pairs(tridiagonal(alphas, betas[: m - 1]), m)
+    capacity = m
+    S_k, T_new = thick_restart(values, vectors, betas[m - 1], keep, capacity)
+    assert S_k.shape == (m, keep) and S_k.flags.c_contiguous and T_new.shape == (capacity, capacity)
+    # the kept columns are the top `keep` Ritz vectors, largest first, copied exactly
+    for i in range(keep):
+        np.testing.assert_array_equal(S_k[:, i], vectors[:, m - 1 - i])
+    # the restarted basis [Q S_k, q_m] is orthonormal and T_new is A projected onto it
+    Y = np.vstack([S_k.T @ Q[:m], Q[m]])
+    np.testing.assert_allclose(Y @ Y.T, np.eye(keep + 1), atol=1e-9)
+    projected = Y @ A @ Y.T
+    np.testing.assert_allclose(T_new[:keep + 1, :keep + 1][:, :keep], projected[:, :keep], atol=1e-9)
+    np.testing.assert_allclose(T_new[:keep, keep], projected[:keep, keep], atol=1e-9)
+    assert np.all(T_new[keep + 1:] == 0) and np.all(T_new[:, keep + 1:] == 0)
+    assert T_new[keep, keep] == 0  # alpha of q_m comes from the next step
+    # the restart keeps the Ritz pairs exactly: diag(theta_k), and the top one is (theta, e_0)
+    kept_values, kept_vectors = ritz_pairs(T_new, keep)
+    np.testing.assert_array_equal(kept_values, np.sort(values)[-keep:])
+    theta, s = top_ritz_pair(kept_values, kept_vectors)
+    assert theta == values[-1]
+    np.testing.assert_array_equal(np.abs(s), np.eye(keep)[0])
+    np.testing.assert_array_equal(np.abs(S_k @ s), np.abs(vectors[:, -1]))  # the same Ritz vector
+
+
+def test_both_solvers_take_their_steps_from_the_shared_functions(monkeypatch):
+    calls = {"stop_test": 0, "thick_restart": 0, "tridiagonal_update": 0}
+    for name in calls:
+        original = getattr(lanczos_module, name)
+
+        def counted(*args, _original=original, _name=name, **kwargs):
+            calls[_name] += 1
+            return _original(*args, **kwargs)
+        monkeypatch.setattr(lanczos_module, name, counted)
+    A = torch.tensor(random_symmetric(30, seed=6))
+    v0 = torch.ones(30, dtype=torch.float64)
+    single = lanczos_top_eigenpair(lambda v: A @ v, v0, tol=1e-10, max_iter=60, max_basis=4)
+    assert calls["stop_test"] == calls["tridiagonal_update"] == single.matvecs
+    assert calls["thick_restart"] > 0
+    before = dict(calls)
+    batched = batched_lanczos(lambda active, V: V @ A, v0[None].repeat(2, 1), tol=[1e-10, 1e-10],
+                              max_iter=[60, 60], max_basis=4)
+    assert calls["tridiagonal_update"] - before["tridiagonal_update"] == batched[0].matvecs
+    assert calls["stop_test"] - before["stop_test"] == 2 * batched[0].matvecs
+    assert calls["thick_restart"] - before["thick_restart"] == 2 * before["thick_restart"]
+    assert batched[0].value == pytest.approx(single.value, rel=1e-10) and batched[0].matvecs == single.matvecs
