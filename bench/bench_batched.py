@@ -4,7 +4,7 @@ The grid is the CPU-scale Fig. 4 setting (``configs/sweeps/fig4_gpt_small.yaml``
 SP, GELU, sinusoidal positions, embedded Shakespeare, minibatch Adam, cosine decay), shortened
 to ``--steps`` steps: ``--cells`` cells over ``lr x warmup_steps`` with one seed (one batched
 group). The batched engine (:func:`catapult.sweep.batched.run_batched`) trains all of them at
-once; the local engine (:func:`catapult.train.run`) trains ``--local-cells`` of them one after
+once; the local engine (:func:`catapult.engine.run`) trains ``--local-cells`` of them one after
 another (cells are independent, so its rate does not depend on the grid size). Repetitions
 alternate (local, batched, local, ...) and medians are reported, as the machine is shared.
 
@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from catapult import config as cfg
-from catapult import train
+from catapult import engine as train
 from catapult.sweep.batched import run_batched
 from catapult.sweep.executors import Cell
 

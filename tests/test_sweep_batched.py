@@ -1,5 +1,5 @@
 """The torch.func batched engine (:mod:`catapult.sweep.batched`) reproduces the local engine
-(:func:`catapult.train.run`) cell by cell in float64 to 1e-9: every step's loss, accuracy, lr,
+(:func:`catapult.engine.run`) cell by cell in float64 to 1e-9: every step's loss, accuracy, lr,
 threshold, sharpness (and its matvec count), test numbers, status and the summary (lr_c for the
 catapult warmup), for MLPs and GPTs (masks, muP/SμPar), full batch and minibatch.
 
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from catapult import config as cfg
-from catapult import train
+from catapult import engine as train
 from catapult.sweep.batched import batched_unsupported_reason, run_batched, run_group
 from catapult.sweep.ensemble import group_key
 from catapult.sweep.executors import Cell, CellResult

@@ -5,30 +5,30 @@
 :func:`catapult.sweep.ensemble.group_key`) as one vectorised model, and yields each cell's
 result as it finishes or diverges. Unlike the ensemble's hand-derived MLP kernels it makes no
 assumption about the architecture: every member's model is built by
-:func:`catapult.train.build_model` (its own init seed and masks: the same initial weights as a
+:func:`catapult.engine.build_model` (its own init seed and masks: the same initial weights as a
 local run), the members' parameters and buffers are stacked (:class:`StackedModel`), and the
 forward pass, loss, gradient (``vmap(grad)``) and Hessian-vector products (double backprop of
 the sum of the members' losses, block-diagonal over members) run under ``vmap`` of
 ``functional_call``. MLPs and GPTs, every parametrization, sparse masks, MSE and cross-entropy.
 
-Exactness contract: each member reproduces :func:`catapult.train.run` for its cell -- the step
+Exactness contract: each member reproduces :func:`catapult.engine.run` for its cell -- the step
 semantics of that module's docstring -- up to float rounding (batched reductions round
 differently; nothing else differs):
 
-* data: one shared :class:`catapult.train.BatchStream` (members of a group have one data seed,
+* data: one shared :class:`catapult.engine.BatchStream` (members of a group have one data seed,
   or train full batch);
-* lambda_0 and sharpness: :func:`catapult.sweep.ensemble.batched_lanczos` (the lockstep
+* lambda_0 and sharpness: :func:`catapult.curvature.batched_lanczos` (the lockstep
   iteration of the local Lanczos, per-member stopping) from each member's ``randn(P,
   sharpness_seed)`` and then its previous eigenvector; the lambda_0 estimate is reused at
   ``t = 0`` for the Hessian kind; matvec counts per member as ``run`` counts them. Adam-family
   members with ``sharpness_kind: auto`` (or ``preconditioned``) measure
   ``P^-1/2 (H + wd_L2) P^-1/2`` with the pre-conditioner of their next update;
 * the optimizer's hyper-parameters are read from each member's own torch optimizer
-  (:func:`catapult.train.build_optimizer`, per-group ``lr_mult``) and its rule
+  (:func:`catapult.engine.build_optimizer`, per-group ``lr_mult``) and its rule
   (:mod:`catapult.optim.rules`: sgd with momentum/nesterov/weight decay, adam, adamw, radam,
   gi-adam with every ``v0`` option) updates the stacked tensors
   (:class:`catapult.sweep.batched_optim.StackedOptimizer`); schedules are each member's own
-  :func:`catapult.train.build_warmup` rule;
+  :func:`catapult.engine.build_warmup` rule;
 * warmups: ``linear``; ``catapult`` (the step-0 critical-lr search runs on each member's own
   model and optimizer before stacking: at ``theta_0`` with empty state, exactly as ``run``);
   ``persistent`` (each member's :class:`~catapult.schedules.PersistentCatapultWarmup` is called
@@ -36,8 +36,8 @@ differently; nothing else differs):
   with its stacked parameters and state, so its searches see what ``run``'s see);
 * divergence: the member's row ``t`` is logged, its result yielded at once, and its rows are
   dropped from every stacked tensor; no arithmetic mixes members, so the others do not change;
-* rows, thresholds (:func:`catapult.train._threshold` of the member's optimizer) and the summary
-  (:func:`catapult.train._summarize`, :func:`catapult.train._warmup_summary`) are built as
+* rows, thresholds (:func:`catapult.engine.threshold` of the member's optimizer) and the summary
+  (:func:`catapult.engine.summarize`, :func:`catapult.engine.warmup_summary`) are built as
   ``run`` builds them; ``wall_time_s`` is the group's wall time divided by its members.
 
 Settings that change only how the local engine computes the same numbers are accepted and
@@ -49,11 +49,10 @@ Hessian). Attention runs on the math kernel (the function the fused kernels comp
 
 Cells :func:`batched_unsupported_reason` refuses (a ``model.name`` without a builder; the
 schema admits nothing else this engine cannot reproduce), and chunks whose batched run raises,
-run one by one through ``run_fn`` (default :func:`catapult.train.run`).
+run one by one through ``run_fn`` (default :func:`catapult.engine.run`).
 """
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -62,11 +61,13 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 
 from catapult import config as cfg
+from catapult.curvature import batched_lanczos
+from catapult.engine.step import diverged, evaluates_test, measures_sharpness, new_row
 from catapult.sweep.batched_model import StackedModel
-from catapult.sweep.batched_optim import SUPPORTED as _OPTIMIZERS
+from catapult.sweep.batched_optim import SUPPORTED as OPTIMIZERS
 from catapult.sweep.batched_optim import StackedOptimizer
-from catapult.sweep.ensemble import batched_lanczos, group_key
-from catapult.sweep.executors import Cell, CellResult, RunFn, _worker_name, default_run_fn, run_cell, torch_threads
+from catapult.sweep.ensemble import group_key
+from catapult.sweep.executors import Cell, CellResult, RunFn, default_run_fn, run_cell, torch_threads, worker_name
 
 __all__ = ["run_batched", "batched_unsupported_reason", "run_group"]
 
@@ -76,12 +77,12 @@ _WARMUPS = ("linear", "catapult", "persistent")
 
 def batched_unsupported_reason(config: Mapping[str, Any]) -> str | None:
     """Why :func:`run_batched` cannot reproduce ``config`` (a validated run config), or ``None``."""
-    from catapult import train
+    from catapult import engine
 
-    if config["model"]["name"] not in train.MODELS:
+    if config["model"]["name"] not in engine.MODELS:
         return f"model.name={config['model']['name']!r} has no builder"
-    if config["optimizer"]["name"] not in _OPTIMIZERS:
-        return f"optimizer.name={config['optimizer']['name']!r} (batched: {', '.join(_OPTIMIZERS)})"
+    if config["optimizer"]["name"] not in OPTIMIZERS:
+        return f"optimizer.name={config['optimizer']['name']!r} (batched: {', '.join(OPTIMIZERS)})"
     if config["schedule"]["warmup"] not in _WARMUPS:
         return f"schedule.warmup={config['schedule']['warmup']!r} (batched: {', '.join(_WARMUPS)})"
     if config["loss"] not in _LOSSES:
@@ -104,7 +105,7 @@ class _Member:
     lr_spec: Any
     sharpness_seed: int
     optimizer: Any = None       # its own torch optimizer (thresholds, hyper-parameters)
-    warmup: Any = None          # train.Warmup
+    warmup: Any = None          # engine.Warmup
     lr_mult0: float = 1.0
     lr_trgt: float | None = None
     lambda_0: float | None = None
@@ -119,18 +120,18 @@ class _Member:
     unconverged: int = 0
 
     def sharpness_at(self, t: int) -> bool:
-        return self.sharpness_every > 0 and (t % self.sharpness_every == 0 or t == self.steps)
+        return measures_sharpness(t, self.sharpness_every, self.steps)
 
     def test_at(self, t: int) -> bool:
-        return t == self.steps or (self.test_every > 0 and t % self.test_every == 0)
+        return evaluates_test(t, self.test_every, self.steps)
 
 
 def _sharpness_kind(config: Mapping[str, Any]) -> str:
-    from catapult import train
+    from catapult import engine
 
     kind = config["eval"]["sharpness_kind"]
     if kind == "auto":
-        kind = "preconditioned" if config["optimizer"]["name"] in train.ADAPTIVE else "hessian"
+        kind = "preconditioned" if config["optimizer"]["name"] in engine.ADAPTIVE else "hessian"
     return kind
 
 
@@ -158,7 +159,7 @@ def _sharpness(model: StackedModel, opt: StackedOptimizer | None, members: Seque
 def run_group(cells: Sequence[Cell], *, data: Any = None) -> Iterator[tuple[int, CellResult]]:
     """Train ``cells`` (one group: equal :func:`~catapult.sweep.ensemble.group_key`) together;
     yields ``(cell_id, CellResult)`` as each member finishes or diverges (module docstring)."""
-    from catapult import train
+    from catapult import engine
     from catapult.losses import get_loss
 
     started = time.perf_counter()
@@ -166,18 +167,18 @@ def run_group(cells: Sequence[Cell], *, data: Any = None) -> Iterator[tuple[int,
     c0 = configs[0]
     if len({group_key(c) for c in configs}) > 1:
         raise ValueError("run_group: the cells differ beyond the per-member keys (see group_key)")
-    device = train.resolve_device(c0["device"])
+    device = engine.resolve_device(c0["device"])
     dtype = getattr(torch, c0["dtype"])
     ev0 = c0["eval"]
     sdtype = getattr(torch, ev0["sharpness_dtype"]) if ev0["sharpness_dtype"] else None
     if data is None:
-        data = train.load_data(c0, device, dtype)
+        data = engine.load_data(c0, device, dtype)
     x_test, y_test = data.x_test, data.y_test
-    batches = train.BatchStream(data.x_train, data.y_train, c0["train"]["batch_size"], train.seeds(c0["seed"])[1])
+    batches = engine.BatchStream(data.x_train, data.y_train, c0["train"]["batch_size"], engine.seeds(c0["seed"])[1])
     loss_fn = get_loss(c0["loss"])
     kind = _sharpness_kind(c0)
     max_basis = ev0["sharpness_max_basis"]
-    worker = _worker_name()
+    worker = worker_name()
 
     members: list[_Member] = []
     models = []
@@ -187,20 +188,20 @@ def run_group(cells: Sequence[Cell], *, data: Any = None) -> Iterator[tuple[int,
             cell=cell, config=config, steps=config["train"]["steps"], sharpness_every=ev["sharpness_every"],
             test_every=ev["test_every"], divergence_factor=config["train"]["divergence_factor"],
             tol=ev["sharpness_tol"], max_iter=ev["sharpness_max_iter"],
-            lr_spec=cfg.parse_lr(config["optimizer"]["lr"]), sharpness_seed=train.seeds(config["seed"])[2]))
-        model = train.build_model(config, data.in_features, data.num_classes, device, dtype)
+            lr_spec=cfg.parse_lr(config["optimizer"]["lr"]), sharpness_seed=engine.seeds(config["seed"])[2]))
+        model = engine.build_model(config, data.in_features, data.num_classes, device, dtype)
         model.train()
         models.append(model)
     stacked = StackedModel(models, loss_fn)
     n_params = stacked.numel
 
     def result_of(mb: _Member, now: float) -> CellResult:
-        summary = train._summarize(
+        summary = engine.summarize(
             mb.config, mb.metrics, status=mb.status, diverged_at=mb.diverged_at, lambda_0=mb.lambda_0,
-            lr_trgt=mb.lr_trgt, threshold_target=train._threshold(mb.optimizer, mb.lr_trgt * mb.lr_mult0),
+            lr_trgt=mb.lr_trgt, threshold_target=engine.threshold(mb.optimizer, mb.lr_trgt * mb.lr_mult0),
             n_params=n_params, device=device, sharpness_kind=kind, matvecs_total=mb.matvecs_total,
             measurements=mb.measurements, unconverged=mb.unconverged, wall_time=(now - started) / len(cells))
-        summary.update(train._warmup_summary(mb.config, mb.metrics, mb.lr_trgt, mb.warmup))
+        summary.update(engine.warmup_summary(mb.config, mb.metrics, mb.lr_trgt, mb.warmup))
         return CellResult(mb.status, mb.metrics, summary, worker=worker)
 
     # ---- lambda_0: Hessian sharpness at theta_0 on batch 0 from randn(P, sharpness_seed)
@@ -227,10 +228,10 @@ def run_group(cells: Sequence[Cell], *, data: Any = None) -> Iterator[tuple[int,
             mb.metrics = [{"error": f"ValueError: optimizer.lr={mb.config['optimizer']['lr']!r}: {err}"}]
             failed.append(i)
             mb.lr_trgt = 1.0
-        mb.optimizer = train.build_optimizer(mb.config, model, mb.lr_trgt)
+        mb.optimizer = engine.build_optimizer(mb.config, model, mb.lr_trgt)
         mb.lr_mult0 = float(mb.optimizer.param_groups[0].get("lr_mult", 1.0))
         if mb.status != "failed":
-            mb.warmup = train.build_warmup(mb.config, mb.lr_trgt, model, loss_fn, (x0, y0), mb.optimizer)
+            mb.warmup = engine.build_warmup(mb.config, mb.lr_trgt, model, loss_fn, (x0, y0), mb.optimizer)
     opt = StackedOptimizer(c0["optimizer"]["name"], [mb.optimizer for mb in members], models, stacked.names)
     del models
     for i in failed:
@@ -240,7 +241,7 @@ def run_group(cells: Sequence[Cell], *, data: Any = None) -> Iterator[tuple[int,
     stacked.keep(alive_rows)
     opt.keep(alive_rows)
 
-    # ---- the loop (train.run's steps 1-8, every member at once)
+    # ---- the loop (engine.run's steps 1-8, every member at once)
     t = 0
     while active:
         x, y = batches.batch(t)
@@ -250,14 +251,13 @@ def run_group(cells: Sequence[Cell], *, data: Any = None) -> Iterator[tuple[int,
         loss_list = losses.tolist()
         rows, alive, gone = [], [], []
         for r, (mb, lr_t) in enumerate(zip(active, lrs)):
-            row: dict[str, Any] = dict.fromkeys(train.METRIC_COLUMNS)
-            row.update(step=t, lr=lr_t, threshold=train._threshold(mb.optimizer, lr_t * mb.lr_mult0))
+            row = new_row(t, lr_t, engine.threshold(mb.optimizer, lr_t * mb.lr_mult0))
             loss_t = float(loss_list[r])
             row["train_loss"], row["train_accuracy"] = loss_t, accs[r]
             rows.append(row)
             if t == 0:
                 mb.loss_0 = loss_t
-            if not math.isfinite(loss_t) or (mb.loss_0 > 0 and loss_t > mb.divergence_factor * mb.loss_0):
+            if diverged(loss_t, mb.loss_0, mb.divergence_factor):
                 mb.status, mb.diverged_at = "diverged", t
                 mb.metrics.append(row)
                 gone.append(r)
@@ -273,7 +273,7 @@ def run_group(cells: Sequence[Cell], *, data: Any = None) -> Iterator[tuple[int,
                 opt.materialize(r, stacked.params)
             lrs[r] = float(pcw.step((x, y), loss=rows[r]["train_loss"]))
             rows[r]["lr"] = lrs[r]
-            rows[r]["threshold"] = train._threshold(active[r].optimizer, lrs[r] * active[r].lr_mult0)
+            rows[r]["threshold"] = engine.threshold(active[r].optimizer, lrs[r] * active[r].lr_mult0)
 
         # sharpness (the lambda_0 estimate stands for t = 0 with the Hessian kind)
         measured = {}
@@ -328,7 +328,7 @@ def run_batched(cells: Sequence[Cell], *, threads: int | None = None, run_fn: Ru
     """Train ``cells``: groups of batchable cells (equal
     :func:`~catapult.sweep.ensemble.group_key`) together through :func:`run_group`, in chunks
     of at most ``max_members`` (all of a group by default; chunking changes no result), the
-    others one by one through ``run_fn`` (default :func:`catapult.train.run`); yields
+    others one by one through ``run_fn`` (default :func:`catapult.engine.run`); yields
     ``(cell_id, CellResult)`` as each finishes. If a chunk's batched run raises, its cells not
     yet yielded run through ``run_fn`` (with a :class:`RuntimeWarning` naming the error).
     ``threads``: torch's CPU threads meanwhile."""

@@ -1,7 +1,7 @@
 """Stacked models on :mod:`torch.func`: ``N`` copies of one architecture with their own weights,
 evaluated as one vectorised function of the stacked parameters.
 
-Every member's module is built by the caller (e.g. with :func:`catapult.train.build_model`, so
+Every member's module is built by the caller (e.g. with :func:`catapult.engine.build_model`, so
 each has its own init seed and sparsity masks); their parameters and buffers are stacked into
 tensors with a leading member dimension ``[N, ...]`` and the first module serves as the
 architecture (``functional_call`` swaps its tensors for one member's)::
@@ -112,7 +112,7 @@ class StackedModel:
     def evaluate(self, rows: Sequence[int], x: torch.Tensor, y: torch.Tensor,
                  chunk: int = 8192) -> list[tuple[float, float]]:
         """``(loss, accuracy)`` per member of ``rows`` on ``(x, y)`` in eval mode, in chunks of
-        ``chunk`` rows combined as :func:`catapult.train.evaluate` combines them."""
+        ``chunk`` rows combined as :func:`catapult.engine.evaluate` combines them."""
         idx = torch.as_tensor(list(rows), dtype=torch.long, device=x.device)
         params, buffers = self._cast(self.params, idx, None), self._cast(self.buffers, idx, None)
         was_training = self.module.training

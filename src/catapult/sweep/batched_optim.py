@@ -1,7 +1,7 @@
 """The members' optimizers as one update of stacked parameters, through
 :mod:`catapult.optim.rules`.
 
-Each member's own torch optimizer (built by :func:`catapult.train.build_optimizer` on its own
+Each member's own torch optimizer (built by :func:`catapult.engine.build_optimizer` on its own
 model) is read once for its hyper-parameters, parameter by parameter (the param group's
 ``lr_mult``, ``weight_decay``, ``momentum``, ``betas``, ``eps``, ...). A hyper-parameter equal
 in every member stays a Python number (the rules then do torch.optim's exact arithmetic);
