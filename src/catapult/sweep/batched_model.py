@@ -112,9 +112,9 @@ class StackedModel:
     def evaluate(self, rows: Sequence[int], x: torch.Tensor, y: torch.Tensor,
                  chunk: int = 8192) -> list[tuple[float, float]]:
         """``(loss, accuracy)`` per member of ``rows`` on ``(x, y)`` in eval mode, in chunks of
-        ``chunk`` rows combined as :func:`catapult.engine.evaluate` combines them."""
-        idx = torch.as_tensor(list(rows), dtype=torch.long, device=x.device)
-        params, buffers = self._cast(self.params, idx, None), self._cast(self.buffers, idx, None)
+        ``chunk`` rows combined as :func:`catapult.engine.evaluate` combines them. Members go
+        through in groups of :meth:`members_per_pass` (a test set is often much larger than a
+        training batch; a group's activations then stay near the cache)."""
         was_training = self.module.training
         self.module.eval()
         try:
@@ -124,13 +124,26 @@ class StackedModel:
             with math_attention():
                 for start in range(0, n, chunk):
                     xb, yb = x[start:start + chunk], y[start:start + chunk]
-                    losses, out = vmap(self._member_loss, in_dims=(0, 0, None, None))(params, buffers, xb, yb)
-                    for i, (lv, av) in enumerate(zip(losses.tolist(), accuracies(out, yb))):
-                        loss_tot[i] += lv * xb.shape[0]
-                        acc_tot[i] += av * xb.shape[0]
+                    group = self.members_per_pass(xb)
+                    for g in range(0, len(rows), group):
+                        idx = torch.as_tensor(list(rows[g:g + group]), dtype=torch.long, device=x.device)
+                        params, buffers = self._cast(self.params, idx, None), self._cast(self.buffers, idx, None)
+                        losses, out = vmap(self._member_loss, in_dims=(0, 0, None, None))(params, buffers, xb, yb)
+                        for i, (lv, av) in enumerate(zip(losses.tolist(), accuracies(out, yb)), start=g):
+                            loss_tot[i] += lv * xb.shape[0]
+                            acc_tot[i] += av * xb.shape[0]
             return [(loss_tot[i] / n, acc_tot[i] / n) for i in range(len(rows))]
         finally:
             self.module.train(was_training)
+
+    def members_per_pass(self, x: torch.Tensor, budget_bytes: int = 32 * 2**20) -> int:
+        """Members whose forward on ``x`` fits ``budget_bytes`` of one activation: estimated as
+        ``positions x widest parameter dim x itemsize`` per member (positions: rows, times the
+        sequence length for token ids)."""
+        positions = x.numel() if not x.is_floating_point() else x.shape[0]
+        widest = max(max(p.shape[1:], default=1) for p in self.params.values())
+        itemsize = next(iter(self.params.values())).element_size()
+        return max(1, budget_bytes // max(1, positions * widest * itemsize))
 
     def hessian(self, rows: Sequence[int], x: torch.Tensor, y: torch.Tensor,
                 dtype: torch.dtype | None = None) -> "StackedHessian":
