@@ -225,3 +225,18 @@ def test_a_chunk_that_raises_runs_through_run_fn(monkeypatch):
         results = dict(run_batched(cells, run_fn=lambda config, progress=None: calls.append(config["name"])
                                    or train.run(config, progress="none")))
     assert calls == ["c1"] and results[1].status == "finished" and len(results[1].metrics) == 3
+
+
+def test_stacked_evaluate_in_member_groups_equals_each_model_alone(monkeypatch):
+    from catapult.losses import get_loss
+    from catapult.sweep.batched_model import StackedModel
+
+    configs = [_cell(GPT, i, seed=i, model={"density": 0.5}).config for i in range(3)]
+    data = train.load_data(configs[0], "cpu", torch.float64)
+    models = [train.build_model(c, data.in_features, data.num_classes, "cpu", torch.float64) for c in configs]
+    stacked = StackedModel(models, get_loss("cross_entropy"))
+    monkeypatch.setattr(stacked, "members_per_pass", lambda x: 2)  # groups of 2 and 1
+    got = stacked.evaluate([2, 0, 1], data.x_test, data.y_test, chunk=5)
+    for (loss, acc), i in zip(got, [2, 0, 1]):
+        want = train.evaluate(models[i], get_loss("cross_entropy"), data.x_test, data.y_test, chunk=5)
+        assert _close(loss, want[0]) and acc == want[1]
