@@ -16,8 +16,9 @@ import torch
 
 from catapult import config as cfg
 from catapult import engine as train
-from catapult.sweep.batched import batched_unsupported_reason, run_batched, run_group
-from catapult.sweep.ensemble import group_key
+from catapult.sweep.batched import batched_unsupported_reason, run_group
+from catapult.sweep.ensemble import run_batched
+from catapult.sweep.grouping import group_key
 from catapult.sweep.executors import Cell, CellResult
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -211,20 +212,39 @@ def test_run_batched_groups_cells_and_reports_bad_configs_through_run_fn():
 
 def test_a_chunk_that_raises_runs_through_run_fn(monkeypatch):
     import catapult.sweep.batched as batched
+    from catapult.sweep.ensemble import EnsembleExecutor
 
     cells = [_cell(MLP, i, optimizer={"name": "sgd", "lr": 0.1}, eval={"sharpness_every": 0},
                    train={"steps": 2}) for i in range(2)]
 
-    def broken(chunk):
+    def broken(chunk, data=None):
         yield chunk[0].id, CellResult("finished", [], {})
         raise RuntimeError("boom")
 
     monkeypatch.setattr(batched, "run_group", broken)
     calls = []
-    with pytest.warns(RuntimeWarning, match="boom"):
-        results = dict(run_batched(cells, run_fn=lambda config, progress=None: calls.append(config["name"])
-                                   or train.run(config, progress="none")))
+    executor = EnsembleExecutor(lambda config, progress=None: calls.append(config["name"])
+                                or train.run(config, progress="none"), kernels=False)
+    results = dict(executor.run(cells))
     assert calls == ["c1"] and results[1].status == "finished" and len(results[1].metrics) == 3
+    assert executor.fallbacks == [(1, "ensemble engine raised RuntimeError: boom")]
+    assert executor.engines == {0: "func"}
+
+
+def test_the_executor_sends_what_the_kernels_cannot_reproduce_to_torch_func():
+    from catapult.sweep.ensemble import EnsembleExecutor
+
+    mlp_sgd = [_cell(MLP, i, optimizer={"name": "sgd", "lr": 0.1}, eval={"sharpness_every": 0},
+                     train={"steps": 2}) for i in range(2)]
+    mlp_radam = [_cell(MLP, i, optimizer={"name": "radam", "lr": 1e-3}, eval={"sharpness_every": 0},
+                       train={"steps": 2}) for i in range(2, 4)]
+    executor = EnsembleExecutor(kernels=True)
+    results = dict(executor.run(mlp_sgd + mlp_radam))
+    assert executor.engines == {0: "kernels", 1: "kernels", 2: "func", 3: "func"}
+    assert executor.fallbacks == [] and sorted(results) == [0, 1, 2, 3]
+    off = EnsembleExecutor(kernels=False)
+    list(off.run(mlp_sgd))
+    assert off.engines == {0: "func", 1: "func"}
 
 
 def test_stacked_evaluate_in_member_groups_equals_each_model_alone(monkeypatch):
@@ -240,3 +260,18 @@ def test_stacked_evaluate_in_member_groups_equals_each_model_alone(monkeypatch):
     for (loss, acc), i in zip(got, [2, 0, 1]):
         want = train.evaluate(models[i], get_loss("cross_entropy"), data.x_test, data.y_test, chunk=5)
         assert _close(loss, want[0]) and acc == want[1]
+
+
+def test_sweep_command_with_no_kernels_trains_on_torch_func(tmp_path, capsys):
+    from catapult.cli import main
+
+    config = tmp_path / "grid.yaml"
+    config.write_text("name: grid\ndata: {name: digits, n_train: 64, n_test: 32}\n"
+                      "model: {name: mlp, width: 16, depth: 3}\noptimizer: {name: sgd}\ntrain: {steps: 3}\n"
+                      "sweep: {grid: {optimizer.lr: [0.05, 0.1]}}\n")
+    store = tmp_path / "s.db"
+    assert main(["sweep", str(config), "--store", str(store), "--executor", "ensemble", "--no-kernels",
+                 "--progress", "none", "--threads", "1"]) == 0
+    assert "2 cells: 2 finished" in capsys.readouterr().out
+    assert main(["sweep", str(config), "--store", str(tmp_path / "t.db"), "--no-kernels"]) == 2
+    assert "--no-kernels needs --executor ensemble" in capsys.readouterr().err

@@ -185,11 +185,13 @@ def test_grouping_and_fallback():
         calls.append(config["name"])
         return train.run(config, progress="none")
 
+    # what the hand-derived kernels do not reproduce trains on the torch.func engine; only what
+    # no batched engine can run (here: a config that does not validate) runs through run_fn
     ex = EnsembleExecutor(run_fn=fake_run)
-    results = dict(ex.run([_cell(0, optimizer={"lr": 0.1}), odd]))
-    assert calls == ["c5"]
-    assert [cid for cid, _ in ex.fallbacks] == [5]
-    assert results[5].status == "finished" and results[0].status == "finished"
+    results = dict(ex.run([_cell(0, optimizer={"lr": 0.1}), odd, Cell(6, {"model": {"width": -1}})]))
+    assert calls == [] and ex.engines == {0: "kernels", 5: "func"}
+    assert [cid for cid, _ in ex.fallbacks] == [6] and "model.width" in ex.fallbacks[0][1]
+    assert results[5].status == "finished" and results[0].status == "finished" and results[6].status == "failed"
 
 
 @pytest.mark.parametrize("n, max_basis", [(12, 20), (60, 8)])

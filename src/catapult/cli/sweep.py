@@ -3,7 +3,7 @@
 ::
 
     catapult sweep CONFIG --store PATH [--executor local|ensemble|ray] [--ray-address ADDR]
-                   [--chunk-size N] [--ensemble-memory-mb MB] [--workers N] [--threads N] [--device D]
+                   [--chunk-size N] [--ensemble-memory-mb MB] [--no-kernels] [--workers N] [--threads N] [--device D]
                    [--progress MODE] [--dry-run]
                    [key=value ...]
     catapult export STORE [--format csv|parquet] --out FILE
@@ -53,6 +53,9 @@ def register(subparsers) -> None:
     p.add_argument("--ensemble-memory-mb", type=float, metavar="MB",
                    help="ensemble executor: memory budget of one batched chunk in MiB (default 2048); "
                         "a group of cells larger than the budget trains in several chunks")
+    p.add_argument("--no-kernels", action="store_true",
+                   help="ensemble: train every batchable cell on the torch.func engine, also the MLP "
+                        "cells the hand-derived kernels (the fast path) would take")
     p.add_argument("--workers", type=int, metavar="N",
                    help="ensemble executor: N processes train chunks side by side (default 1); "
                         "--threads is then per process (default: this machine's threads / N)")
@@ -146,6 +149,8 @@ def _sweep_command(args: argparse.Namespace) -> int:
             if not args.ensemble_memory_mb > 0:
                 return _fail("sweep", f"--ensemble-memory-mb must be > 0, got {args.ensemble_memory_mb}")
             options["memory_mb"] = args.ensemble_memory_mb
+        if args.no_kernels:
+            options["kernels"] = False
         if args.workers is not None:
             if args.workers < 1:
                 return _fail("sweep", f"--workers must be >= 1, got {args.workers}")
@@ -154,6 +159,8 @@ def _sweep_command(args: argparse.Namespace) -> int:
         return _fail("sweep", "--ensemble-memory-mb needs --executor ensemble")
     elif args.workers is not None:
         return _fail("sweep", "--workers needs --executor ensemble")
+    elif args.no_kernels:
+        return _fail("sweep", "--no-kernels needs --executor ensemble")
     try:
         outcome = run_sweep(base, spec, store, executor=args.executor, executor_options=options,
                             progress=args.progress)

@@ -24,7 +24,7 @@ from catapult.losses import get_loss
 from catapult.optim import registry
 
 __all__ = [
-    "Run", "build_run", "seeds", "resolve_device", "MODELS", "RunData", "load_data", "build_model",
+    "Run", "build_run", "seeds", "resolve_device", "MODELS", "RunData", "load_data", "load_data_once", "build_model",
     "OPTIMIZERS", "ADAPTIVE", "build_optimizer", "WARMUPS", "build_schedule", "search_delta",
     "search_lr_start", "Warmup", "build_warmup", "BatchStream", "solver_options", "SharpnessRule",
     "sharpness_rule", "threshold",
@@ -126,6 +126,16 @@ def load_data(config: Mapping[str, Any], device: torch.device | str = "cpu",
 
     return RunData(inputs(split.x_train), split.y_train.to(device), inputs(split.x_test),
                    split.y_test.to(device), int(np.prod(split.x_train.shape[1:])), int(split.num_classes))
+
+
+def load_data_once(config: Mapping[str, Any], data: RunData | None, device: torch.device | str = "cpu",
+                   dtype: torch.dtype = torch.float32) -> RunData:
+    """``data`` when it already is the config's data on ``device`` in ``dtype`` (a sweep loads a
+    group's data once), else :func:`load_data`."""
+    if data is None or data.x_train.device != torch.device(device) or (
+            data.x_train.is_floating_point() and data.x_train.dtype != dtype):
+        return load_data(config, device, dtype)
+    return data
 
 
 def build_model(config: Mapping[str, Any], in_features: int, out_features: int,

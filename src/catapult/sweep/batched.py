@@ -1,6 +1,6 @@
 """A batched engine for any model the local engine trains, on :mod:`torch.func`.
 
-``run_batched(cells)`` trains sweep cells that differ only in per-member keys
+:func:`run_group` trains sweep cells that differ only in per-member keys
 (:data:`catapult.sweep.ensemble.PER_MEMBER_KEYS`; cells are grouped by
 :func:`catapult.sweep.ensemble.group_key`) as one vectorised model, and yields each cell's
 result as it finishes or diverges. Unlike the ensemble's hand-derived MLP kernels it makes no
@@ -47,14 +47,14 @@ members on the whole batch is alive during a measurement; bound memory with ``ma
 ``eval.sharpness_dtype`` is honoured (parameters, buffers and float inputs cast for the
 Hessian). Attention runs on the math kernel (the function the fused kernels compute).
 
-Cells :func:`batched_unsupported_reason` refuses (a ``model.name`` without a builder; the
-schema admits nothing else this engine cannot reproduce), and chunks whose batched run raises,
-run one by one through ``run_fn`` (default :func:`catapult.engine.run`).
+Grouping, chunking and the local fallback (cells :func:`batched_unsupported_reason` refuses,
+chunks whose batched run raises) are the executor's: :class:`catapult.sweep.ensemble.EnsembleExecutor`
+sends a group here when the hand-derived MLP kernels do not reproduce it (or ``kernels=False``);
+:func:`catapult.sweep.ensemble.run_batched` is the same with every batchable cell here.
 """
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -66,10 +66,10 @@ from catapult.engine.step import diverged, evaluates_test, measures_sharpness, n
 from catapult.sweep.batched_model import StackedModel
 from catapult.sweep.batched_optim import SUPPORTED as OPTIMIZERS
 from catapult.sweep.batched_optim import StackedOptimizer
-from catapult.sweep.ensemble import group_key
-from catapult.sweep.executors import Cell, CellResult, RunFn, default_run_fn, run_cell, torch_threads, worker_name
+from catapult.sweep.grouping import group_key
+from catapult.sweep.executors import Cell, CellResult, worker_name
 
-__all__ = ["run_batched", "batched_unsupported_reason", "run_group"]
+__all__ = ["batched_unsupported_reason", "run_group"]
 
 _LOSSES = ("mse", "cross_entropy")
 _WARMUPS = ("linear", "catapult", "persistent")
@@ -171,8 +171,7 @@ def run_group(cells: Sequence[Cell], *, data: Any = None) -> Iterator[tuple[int,
     dtype = getattr(torch, c0["dtype"])
     ev0 = c0["eval"]
     sdtype = getattr(torch, ev0["sharpness_dtype"]) if ev0["sharpness_dtype"] else None
-    if data is None:
-        data = engine.load_data(c0, device, dtype)
+    data = engine.load_data_once(c0, data, device, dtype)
     x_test, y_test = data.x_test, data.y_test
     batches = engine.BatchStream(data.x_train, data.y_train, c0["train"]["batch_size"], engine.seeds(c0["seed"])[1])
     loss_fn = get_loss(c0["loss"])
@@ -321,45 +320,3 @@ def run_group(cells: Sequence[Cell], *, data: Any = None) -> Iterator[tuple[int,
         opt.keep(stay)
         active = [active[r] for r in stay]
         t += 1
-
-
-def run_batched(cells: Sequence[Cell], *, threads: int | None = None, run_fn: RunFn | None = None,
-                max_members: int | None = None) -> Iterator[tuple[int, CellResult]]:
-    """Train ``cells``: groups of batchable cells (equal
-    :func:`~catapult.sweep.ensemble.group_key`) together through :func:`run_group`, in chunks
-    of at most ``max_members`` (all of a group by default; chunking changes no result), the
-    others one by one through ``run_fn`` (default :func:`catapult.engine.run`); yields
-    ``(cell_id, CellResult)`` as each finishes. If a chunk's batched run raises, its cells not
-    yet yielded run through ``run_fn`` (with a :class:`RuntimeWarning` naming the error).
-    ``threads``: torch's CPU threads meanwhile."""
-    run_fn = run_fn or default_run_fn
-    groups: dict[str, list[Cell]] = {}
-    alone: list[Cell] = []
-    for cell in cells:
-        try:
-            config = cfg.validate(cell.config)
-        except Exception:  # run_fn reports the error as the cell's failure
-            alone.append(cell)
-            continue
-        if batched_unsupported_reason(config) is not None:
-            alone.append(cell)
-        else:
-            groups.setdefault(group_key(config), []).append(cell)
-    size = max(1, int(max_members)) if max_members else None
-    chunks = [members[i:i + (size or len(members))] for members in groups.values()
-              for i in range(0, len(members), size or len(members))]
-    with torch_threads(threads):
-        for chunk in chunks:
-            done: set[int] = set()
-            try:
-                for cell_id, result in run_group(chunk):
-                    done.add(cell_id)
-                    yield cell_id, result
-            except Exception as err:
-                warnings.warn(f"batched engine raised {type(err).__name__}: {err}; running "
-                              f"{len(chunk) - len(done)} cell(s) one by one", RuntimeWarning, stacklevel=2)
-                for cell in chunk:
-                    if cell.id not in done:
-                        yield cell.id, run_cell(run_fn, cell)
-    for cell in alone:
-        yield cell.id, run_cell(run_fn, cell, threads)

@@ -21,22 +21,14 @@ with a double backward; it computes the same function as the fused kernels.
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Callable, Sequence
 
 import torch
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
-__all__ = ["StackedModel", "math_attention"]
+from catapult.curvature.hessian import math_attention
 
-
-def math_attention():
-    """Context restricting ``F.scaled_dot_product_attention`` to its math kernel."""
-    try:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-    except ImportError:  # torch < 2.3: the default kernel choice
-        return contextlib.nullcontext()
-    return sdpa_kernel([SDPBackend.MATH])
+__all__ = ["StackedModel", "StackedHessian", "accuracies"]
 
 
 class StackedModel:

@@ -65,7 +65,6 @@ Every fallback is listed in :attr:`EnsembleExecutor.fallbacks` as ``(cell_id, re
 """
 from __future__ import annotations
 
-import copy
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
@@ -76,6 +75,7 @@ from catapult.sweep.executors import Cell, CellResult, Executor, RunFn, run_cell
 from catapult.sweep.spec import canonical_json
 from catapult.sweep.ensemble_kernels import LOSSES
 from catapult.sweep.ensemble_run import run_ensemble
+from catapult.sweep.grouping import PER_MEMBER_KEYS, group_key
 
 __all__ = [
     "EnsembleExecutor",
@@ -86,14 +86,18 @@ __all__ = [
     "member_bytes",
     "batched_lanczos",
     "run_ensemble",
+    "run_batched",
+    "ENGINES",
 ]
 
 #: Default memory budget of one chunk (MiB), ``--ensemble-memory-mb``.
 DEFAULT_MEMORY_MB = 2048
+#: Members per chunk of the torch.func engine (it has no activation-memory model for every
+#: architecture; ``max_members`` lowers it).
+FUNC_CHUNK_MEMBERS = 64
 
 #: Dotted keys (or whole sections) that may differ between members of one batched group.
 # (declared on the config's fields: json_schema_extra={"per_member": True})
-PER_MEMBER_KEYS = cfg.per_member_keys()
 
 #: Leaf config keys whose meaning the batched engine reproduces; any other key (added to the
 #: schema later) must be at its schema default for a cell to be batched.
@@ -159,28 +163,6 @@ def unsupported_reason(config: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _data_seed(config: Mapping[str, Any]) -> int | None:
-    from catapult.engine import seeds
-
-    return seeds(config["seed"])[1] if config["train"]["batch_size"] is not None else None
-
-
-def group_key(config: Mapping[str, Any]) -> str:
-    """Cells with equal keys train together: the config without :data:`PER_MEMBER_KEYS`,
-    plus the data seed when batches are drawn (minibatch SGD)."""
-    shared = copy.deepcopy(dict(config))
-    for key in PER_MEMBER_KEYS:
-        *sections, leaf = key.split(".")
-        node = shared
-        for part in sections:
-            node = node.get(part, {})
-        if isinstance(node, dict):
-            node.pop(leaf, None)
-    shared.pop("sweep", None)
-    shared["_data_seed"] = _data_seed(config)
-    return canonical_json(shared)
-
-
 def _layer_dims(config: Mapping[str, Any], in_features: int, out_features: int) -> list[int]:
     m = config["model"]
     return [in_features] + [m["width"]] * (m["depth"] - 1) + [out_features]
@@ -211,15 +193,25 @@ def member_bytes(config: Mapping[str, Any], in_features: int, out_features: int,
 # The executor
 
 
+#: The batched engines a chunk can run on: the hand-derived MLP kernels (the fast path) and
+#: the general torch.func engine.
+ENGINES = ("kernels", "func")
+
+
 def _run_batched_chunk(chunk: Sequence[Cell], run_fn: RunFn, threads: int | None,
-               data: Any = None) -> Iterator[tuple[int, CellResult, str | None]]:
-    """One chunk through :func:`run_ensemble`; yields ``(cell_id, result, fallback)`` where
-    ``fallback`` is the reason a cell ran locally (through ``run_fn``) or ``None``. If the
-    batched engine raises, the chunk's remaining cells run locally."""
+                       data: Any = None, engine: str = "kernels") -> Iterator[tuple[int, CellResult, str | None]]:
+    """One chunk through :func:`run_ensemble` (``engine="kernels"``) or
+    :func:`catapult.sweep.batched.run_group` (``"func"``); yields ``(cell_id, result,
+    fallback)`` where ``fallback`` is the reason a cell ran locally (through ``run_fn``) or
+    ``None``. If the batched engine raises, the chunk's remaining cells run locally."""
+    from catapult.sweep.batched import run_group
+
     done: set[int] = set()
     try:
         with torch_threads(threads):
-            for cell_id, result in run_ensemble(chunk, threads=threads, data=data):
+            members = (run_ensemble(chunk, threads=threads, data=data) if engine == "kernels"
+                       else run_group(chunk, data=data))
+            for cell_id, result in members:
                 done.add(cell_id)
                 yield cell_id, result, None
     except Exception as err:  # the batched engine failed: run the rest locally
@@ -238,7 +230,7 @@ def _chunk_job(arg: tuple) -> Iterator[tuple[int, CellResult, str | None]]:
     to run locally (``reason`` given), with the worker's cached data."""
     from catapult import engine as train
 
-    chunk, run_fn, threads, reason = arg
+    chunk, run_fn, threads, reason, engine = arg
     if reason is not None:
         for cell in chunk:
             yield cell.id, run_cell(run_fn, cell, threads), reason
@@ -250,7 +242,21 @@ def _chunk_job(arg: tuple) -> Iterator[tuple[int, CellResult, str | None]]:
             _WORKER_DATA[key] = train.load_data(config)
         except Exception:
             _WORKER_DATA[key] = None  # run_ensemble loads it again and reports the error
-    yield from _run_batched_chunk(chunk, run_fn, threads, _WORKER_DATA[key])
+    yield from _run_batched_chunk(chunk, run_fn, threads, _WORKER_DATA[key], engine)
+
+
+def run_batched(cells: Sequence[Cell], *, threads: int | None = None, run_fn: RunFn | None = None,
+                max_members: int | None = None) -> Iterator[tuple[int, CellResult]]:
+    """Train ``cells`` with the torch.func engine (:mod:`catapult.sweep.batched`) only: an
+    :class:`EnsembleExecutor` with ``kernels=False``. Groups of batchable cells train together
+    in chunks of at most ``max_members``; the others, and the cells of a chunk whose batched run
+    raises, run one by one through ``run_fn`` (default :func:`catapult.engine.run`). Yields
+    ``(cell_id, CellResult)`` as each finishes."""
+    executor = EnsembleExecutor(run_fn, threads=threads, max_members=max_members, kernels=False)
+    try:
+        yield from executor.run(cells)
+    finally:
+        executor.close()
 
 
 class EnsembleExecutor(Executor):
@@ -278,8 +284,10 @@ class EnsembleExecutor(Executor):
     name = "ensemble"
 
     def __init__(self, run_fn: RunFn | None = None, *, memory_mb: float | None = None,
-                 max_members: int | None = None, threads: int | None = None, workers: int | None = None):
+                 max_members: int | None = None, threads: int | None = None, workers: int | None = None,
+                 kernels: bool = True):
         super().__init__(run_fn)
+        self.kernels = bool(kernels)
         memory_mb = DEFAULT_MEMORY_MB if memory_mb is None else memory_mb
         if not memory_mb > 0:
             raise ValueError(f"memory_mb must be > 0, got {memory_mb!r}")
@@ -302,32 +310,41 @@ class EnsembleExecutor(Executor):
         self.workers = workers
         self.fallbacks: list[tuple[int, str]] = []
         self.chunks: list[list[int]] = []
+        self.engines: dict[int, str] = {}  # cell id -> the batched engine that trained it
         self._data: dict[str, Any] = {}  # data section (JSON) -> train.load_data(config), from plan
         self._pool = None
 
-    def plan(self, cells: Sequence[Cell]) -> tuple[list[list[Cell]], list[tuple[Cell, str]]]:
-        """``(chunks, local)``: batched chunks (each within the memory budget, and at least
-        ``workers`` per group) and the cells to run locally with the reason."""
-        groups: dict[str, list[Cell]] = {}
+    def plan(self, cells: Sequence[Cell]) -> tuple[list[tuple[str, list[Cell]]], list[tuple[Cell, str]]]:
+        """``(chunks, local)``: batched chunks as ``(engine, cells)`` (each within the memory
+        budget, and at least ``workers`` per group) and the cells to run locally with the
+        reason. A cell goes to the hand-derived kernels when they reproduce it (and
+        ``kernels`` is on), else to the torch.func engine when that does, else runs locally."""
+        from catapult.sweep.batched import batched_unsupported_reason
+
+        groups: dict[tuple[str, str], list[Cell]] = {}
         local: list[tuple[Cell, str]] = []
         for cell in cells:
             try:
                 config = cfg.validate(cell.config)
-                reason = unsupported_reason(config)
+                reason = unsupported_reason(config) if self.kernels else "kernels off"
+                engine = "kernels"
+                if reason is not None:
+                    engine, reason = "func", batched_unsupported_reason(config)
             except Exception as err:  # the local path reports it as the cell's failure
                 reason = f"{type(err).__name__}: {err}"
             if reason is not None:
                 local.append((cell, reason))
             else:
-                groups.setdefault(group_key(config), []).append(cell)
-        chunks: list[list[Cell]] = []
-        for members in groups.values():
-            size = self._chunk_size(cfg.validate(members[0].config), members)
-            if self.workers == 1:
-                chunks.extend(members[i:i + size] for i in range(0, len(members), size))
-                continue
-            count = max(-(-len(members) // size), min(self.workers, len(members)))
-            chunks.extend(members[i::count] for i in range(count))
+                groups.setdefault((engine, group_key(config)), []).append(cell)
+        chunks: list[tuple[str, list[Cell]]] = []
+        for (engine, _), members in groups.items():
+            size = self._chunk_size(cfg.validate(members[0].config), members, engine)
+            count = -(-len(members) // size)
+            if self.workers > 1:
+                count = max(count, min(self.workers, len(members)))
+                chunks.extend((engine, members[i::count]) for i in range(count))
+            else:
+                chunks.extend((engine, members[i:i + size]) for i in range(0, len(members), size))
         return chunks, local
 
     @staticmethod
@@ -335,7 +352,7 @@ class EnsembleExecutor(Executor):
         """The key of :attr:`_data`: the validated config's data section."""
         return canonical_json(config["data"])
 
-    def _chunk_size(self, config: Mapping[str, Any], members: Sequence[Cell]) -> int:
+    def _chunk_size(self, config: Mapping[str, Any], members: Sequence[Cell], engine: str = "kernels") -> int:
         from catapult import engine as train
 
         try:
@@ -346,8 +363,11 @@ class EnsembleExecutor(Executor):
         self._data[self._data_key(config)] = data
         n_train = data.x_train.shape[0]
         batch = config["train"]["batch_size"] or n_train
-        per = member_bytes(config, data.in_features, data.num_classes, batch, data.x_test.shape[0])
-        size = max(1, int(self.memory_mb * 2**20 // per))
+        if engine == "kernels":
+            per = member_bytes(config, data.in_features, data.num_classes, batch, data.x_test.shape[0])
+            size = max(1, int(self.memory_mb * 2**20 // per))
+        else:  # torch.func: no activation model for every architecture; max_members bounds it
+            size = FUNC_CHUNK_MEMBERS
         if self.max_members is not None:
             size = min(size, self.max_members)
         return min(size, len(members))
@@ -361,16 +381,18 @@ class EnsembleExecutor(Executor):
         for cell, reason in local:
             self.fallbacks.append((cell.id, reason))
             yield cell.id, run_cell(self.run_fn, cell, self.threads)
-        for chunk in chunks:
+        for engine, chunk in chunks:
             self.chunks.append([c.id for c in chunk])
             data = self._data.get(self._data_key(cfg.validate(chunk[0].config)))
-            for cell_id, result, reason in _run_batched_chunk(chunk, self.run_fn, self.threads, data):
+            for cell_id, result, reason in _run_batched_chunk(chunk, self.run_fn, self.threads, data, engine):
                 if reason is not None:
                     self.fallbacks.append((cell_id, reason))
+                else:
+                    self.engines[cell_id] = engine
                 yield cell_id, result
         self._data.clear()
 
-    def _run_in_workers(self, chunks: list[list[Cell]],
+    def _run_in_workers(self, chunks: list[tuple[str, list[Cell]]],
                         local: list[tuple[Cell, str]]) -> Iterator[tuple[int, CellResult]]:
         from catapult.sweep.workers import StreamPool
 
@@ -378,16 +400,17 @@ class EnsembleExecutor(Executor):
         if self._pool is None:
             threads = self.threads or max(1, torch.get_num_threads() // self.workers)
             self._pool = StreamPool(self.workers, threads)
-        jobs: dict[int, tuple[list[Cell], str | None, int]] = {}  # key -> (cells, local reason, tries)
+        # key -> (cells, local reason, tries, engine)
+        jobs: dict[int, tuple[list[Cell], str | None, int, str]] = {}
 
-        def submit(chunk: list[Cell], reason: str | None, tries: int) -> None:
+        def submit(chunk: list[Cell], reason: str | None, tries: int, engine: str = "kernels") -> None:
             key = len(jobs)
-            jobs[key] = (chunk, reason, tries)
-            self._pool.submit(key, _chunk_job, (chunk, self.run_fn, self._pool.threads, reason))
+            jobs[key] = (chunk, reason, tries, engine)
+            self._pool.submit(key, _chunk_job, (chunk, self.run_fn, self._pool.threads, reason, engine))
 
-        for chunk in chunks:  # the big jobs first, local cells fill the gaps
+        for engine, chunk in chunks:  # the big jobs first, local cells fill the gaps
             self.chunks.append([c.id for c in chunk])
-            submit(chunk, None, 1)
+            submit(chunk, None, 1, engine)
         for cell, reason in local:
             submit([cell], reason, 1)
         delivered: set[int] = set()
@@ -397,12 +420,14 @@ class EnsembleExecutor(Executor):
                 delivered.add(cell_id)
                 if reason is not None:
                     self.fallbacks.append((cell_id, reason))
+                elif jobs[key][1] is None:
+                    self.engines[cell_id] = jobs[key][3]
                 yield cell_id, result
             elif kind in ("error", "lost"):
-                chunk, reason, tries = jobs[key]
+                chunk, reason, tries, engine = jobs[key]
                 rest = [c for c in chunk if c.id not in delivered]
                 if kind == "lost" and tries < 2 and rest:
-                    submit(rest, reason, tries + 1)
+                    submit(rest, reason, tries + 1, engine)
                     continue
                 for cell in rest:
                     delivered.add(cell.id)
