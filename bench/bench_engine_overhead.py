@@ -32,13 +32,13 @@ host's load moves numerator and denominator together.
 The final training loss of all three must agree (the bench checks it to 1e-6 relative), so the
 timed work is the same.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_engine_overhead.py            # both cases, 6 reps (~8 min on a loaded 2-core host)
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_engine_overhead.py            # both cases, 6 reps (~5 min, loaded host)
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_engine_overhead.py --quick    # smoke test
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_engine_overhead.py --profile gd   # cProfile of the engine
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_engine_overhead.py --extras       # the step's extras, alone
 
 ``--extras`` times each thing the engine's step does beyond the bare loop (the threshold, the
-accuracy, the schedule, the metrics row, the per-layer param groups in ``optimizer.step()``)
+accuracy, the schedule, the metrics row, the param groups (parametrize.param_groups) in ``optimizer.step()``)
 alone, best of 7 in CPU time, as a share of the bare step: a noise-free account of the overhead.
 
 Cases: ``gd`` = the digits MLP (width 256, depth 4, SP, MSE), full-batch SGD (lr 0.05);
@@ -227,7 +227,7 @@ def engine_extras(case: str) -> list[tuple[str, float]]:
     """CPU microseconds per step of each thing the engine's step does beyond the bare loop's,
     timed alone (best of 7): the ``threshold`` call, ``accuracy`` on the step's outputs, the
     schedule lookup, ``scheduler.step()``, the metrics row, and the optimizer step over the
-    engine's per-layer param groups less the bare loop's one-group step. Then the bare loop's
+    engine's param groups (parametrize.param_groups) less the bare loop's one-group step. Then the bare loop's
     whole step (forward, loss, ``.item()``, backward, update) for scale."""
     from catapult import schedules
     from catapult.engine.records import METRIC_COLUMNS
@@ -306,7 +306,8 @@ def bench_case(case: str, reps: int, steps: int | None) -> dict:
                 per_step[name, "run", clock].append(run_s[i] / n_steps)
                 per_step[name, "step", clock].append(step_s[i])
         print(f"  {case} rep {rep}: " + ", ".join(
-            f"{k} run {1e3 * per_step[k, 'run', 'wall'][-1]:.3f} ms/step (cpu {1e3 * per_step[k, 'run', 'cpu'][-1]:.3f}) "
+            f"{k} run {1e3 * per_step[k, 'run', 'wall'][-1]:.3f} ms/step "
+            f"(cpu {1e3 * per_step[k, 'run', 'cpu'][-1]:.3f}) "
             f"median step {1e3 * per_step[k, 'step', 'wall'][-1]:.3f} (cpu {1e3 * per_step[k, 'step', 'cpu'][-1]:.3f})"
             for k in runners), flush=True)
     ref = losses["engine"]
@@ -347,7 +348,8 @@ def main(argv=None) -> int:
         for case in args.cases:
             extras = engine_extras(case)
             step = extras[-1][1]
-            print(f"\n{case}: CPU us per step (best of 7; the optimizer steps best of 15, alternating), share of the bare step\n\n| item | us | % of bare step |"
+            print(f"\n{case}: CPU us per step (best of 7; the optimizer steps best of 15, alternating), "
+                  "share of the bare step\n\n| item | us | % of bare step |"
                   "\n|---|---|---|")
             for name, us in extras:
                 print(f"| {name} | {us:.1f} | {100 * us / step:.2f}% |")
