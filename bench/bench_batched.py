@@ -3,7 +3,7 @@
 The grid is the CPU-scale Fig. 4 setting (``configs/sweeps/fig4_gpt_small.yaml``: Pre-LN GPT,
 SP, GELU, sinusoidal positions, embedded Shakespeare, minibatch Adam, cosine decay), shortened
 to ``--steps`` steps: ``--cells`` cells over ``lr x warmup_steps`` with one seed (one batched
-group). The batched engine (:func:`catapult.sweep.batched.run_batched`) trains all of them at
+group). The batched engine (:func:`catapult.sweep.ensemble.run_batched`, the torch.func path) trains all of them at
 once; the local engine (:func:`catapult.engine.run`) trains ``--local-cells`` of them one after
 another (cells are independent, so its rate does not depend on the grid size). Repetitions
 alternate (local, batched, local, ...) and medians are reported, as the machine is shared.
@@ -33,7 +33,7 @@ import torch
 
 from catapult import config as cfg
 from catapult import engine as train
-from catapult.sweep.batched import run_batched
+from catapult.sweep.ensemble import run_batched
 from catapult.sweep.executors import Cell
 
 sys.path.insert(0, str(Path(__file__).parent))  # bench_ensemble's cells

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks of the sweep issue in one prepared run (about 3-5 min on one H100/H200):
-#   1. the ensemble equals the local engine on CUDA (tests marked for a CUDA device), and
+#   1. the ensemble (hand-derived kernels and torch.func engine) equals the local engine on
+#      CUDA (tests marked for a CUDA device), and
 #   2. ensemble vs local cells/s on the GPU (the >= 30x goal), for N = 8, 32, 128.
 # Runs from the repository root with the machine's own python3 (torch with CUDA, numpy,
 # matplotlib, PyYAML, scikit-learn, tqdm and pytest installed); nothing is installed. Output
@@ -13,5 +14,6 @@ out="${OUT:-runs/gpu_check}"
 mkdir -p "$out"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')" | tee "$out/env.txt"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$out/env.txt" 2>/dev/null
-timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_sweep_ensemble.py -k cuda -rs 2>&1 | tee "$out/tests.txt"
+python3 -c "import pydantic" 2>/dev/null || echo "pydantic is missing on this machine: the config needs it (carry a venv or wheels)" | tee -a "$out/env.txt"
+timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_sweep_ensemble.py tests/test_sweep_batched.py -k cuda -rs 2>&1 | tee "$out/tests.txt"
 timeout 330 python3 bench/bench_ensemble.py --device cuda --reps 2 2>&1 | tee "$out/bench.txt"

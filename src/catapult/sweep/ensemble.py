@@ -1,6 +1,13 @@
 """The ``ensemble`` executor: many sweep cells trained as one batched model.
 
-Cells that share architecture, data and batch order but differ in per-member scalars
+Two batched engines, one executor. Each group of cells (:func:`catapult.sweep.grouping.group_key`)
+goes to the hand-derived MLP kernels below when they reproduce it (:func:`unsupported_reason`
+is None: the fast path), and otherwise to the general torch.func engine
+(:mod:`catapult.sweep.batched`: any model -- MLP, GPT --, every optimizer, every warmup, both
+sharpness kinds). ``kernels=False`` (``catapult sweep --no-kernels``) sends every group to the
+torch.func engine. :attr:`EnsembleExecutor.engines` records which engine trained each cell.
+
+The fast path. Cells that share architecture, data and batch order but differ in per-member scalars
 (learning rate, warmup/schedule, init seed, momentum, Adam betas/eps, weight decay, run length,
 divergence factor, eval cadence) train *together*: the ``N`` members' MLP weights are stacked
 into tensors ``W_l`` of shape ``[N, out, in]`` and the forward pass is one matmul per layer
@@ -55,13 +62,17 @@ Worker processes (``workers=k``, ``catapult sweep --workers k``): chunks train s
 ``k`` spawned processes (:mod:`catapult.sweep.workers`), each group cut into at least ``k``
 chunks; results stream back to the driver, which alone writes the store.
 
-Fallback to the local path (one :func:`catapult.engine.run` per cell, through ``run_fn``):
-cells the batched engine cannot reproduce -- any model other than ``mlp`` (e.g. GPT), an
-optimizer other than sgd/adam/adamw (GI-Adam, RAdam, ...), a warmup rule other than
-``linear``, ``eval.sharpness_dtype`` different from ``dtype``, a loss other than mse /
-cross_entropy, or a config key this module does not know set away from its default. If the
-batched engine itself raises on a chunk, that chunk's remaining cells are run locally as well.
-Every fallback is listed in :attr:`EnsembleExecutor.fallbacks` as ``(cell_id, reason)``.
+What the fast path leaves to the torch.func engine: any model other than ``mlp`` (e.g. GPT), an
+optimizer other than sgd/adam/adamw (GI-Adam, RAdam), a warmup rule other than ``linear``
+(catapult, persistent), ``eval.sharpness_dtype`` different from ``dtype``, or a config key the
+kernels do not know set away from its default.
+
+Fallback to the local path (one :func:`catapult.engine.run` per cell, through ``run_fn``): what
+no batched engine runs -- a config that does not validate (its failure is the local run's), a
+``model.name`` without a builder (:func:`catapult.sweep.batched.batched_unsupported_reason`) --
+and the remaining cells of a chunk whose batched engine raised. Cells of different
+architectures never share a group: each architecture is its own group. Every fallback is
+listed in :attr:`EnsembleExecutor.fallbacks` as ``(cell_id, reason)``.
 """
 from __future__ import annotations
 
