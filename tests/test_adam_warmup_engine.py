@@ -48,7 +48,7 @@ def test_optimizer_names_and_gi_adam_options():
 
 @pytest.mark.parametrize("mapping, key, words", [
     ({"optimizer": {"name": "lion"}}, "optimizer.name", "gi-adam"),
-    ({"optimizer": {"name": "gi-adam", "v0": 0.5}}, "optimizer.v0", "a >= 1"),
+    ({"optimizer": {"name": "gi-adam", "v0": -0.5}}, "optimizer.v0", "a >= 0"),
     ({"optimizer": {"name": "gi-adam", "v0": "zeros"}}, "optimizer.v0", "grad, random"),
     ({"optimizer": {"name": "gi-adam", "v_bias_correction": "yes"}}, "optimizer.v_bias_correction", "true or false"),
     ({"optimizer": {"name": "adam", "v0": 2}}, "optimizer.v0", "gi-adam"),

@@ -6,20 +6,27 @@ Commands that read a run config use :mod:`catapult.cli.common`, so they all acce
 any work.
 
 Exit codes: 0 success (a diverged run is a result, still 0); 2 bad input (config key/value,
-missing config or data file), with the problem on stderr and nothing written.
+missing, corrupt or hostile config or data file, an unusable run directory, a full disk),
+with a short message on stderr (at most :data:`MAX_MESSAGE` characters, no traceback) and no
+partial run directory left behind.
 """
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 from typing import Sequence
 
 from catapult.cli import coord_check, critical_lr, demo, sweep, train
 from catapult.cli.common import add_config_arguments, apply_threads, config_from_args, overrides_from_args
 from catapult.config import ConfigError
+from catapult.engine.loop import RunDirectoryError
 
 __all__ = ["main", "build_parser", "COMMANDS", "add_config_arguments", "config_from_args",
-           "overrides_from_args", "apply_threads"]
+           "overrides_from_args", "apply_threads", "MAX_MESSAGE"]
+
+#: The longest error message printed; a longer one is cut (it quotes some hostile input).
+MAX_MESSAGE = 4000
 
 #: The subcommand modules, in ``--help`` order.
 COMMANDS = (train, demo, critical_lr, coord_check, sweep)
@@ -69,6 +76,18 @@ def main(argv: Sequence[str] | None = None, commands: Sequence = COMMANDS) -> in
     except FileNotFoundError as err:
         _error(args.command, str(err))
         return 2
+    except RunDirectoryError as err:
+        _error(args.command, str(err))
+        return 2
+    except OSError as err:  # a full disk, a read-only directory, a directory where a file goes
+        where = f"{err.filename}: " if err.filename else ""
+        _error(args.command, f"{where}{err.strerror or err}")
+        return 2
+    except sqlite3.OperationalError as err:
+        if not any(word in str(err) for word in ("disk", "full", "readonly", "read-only")):
+            raise
+        _error(args.command, f"the store cannot be written: {err}")
+        return 2
     except KeyboardInterrupt:
         _error(args.command, "interrupted")
         return 130
@@ -76,6 +95,8 @@ def main(argv: Sequence[str] | None = None, commands: Sequence = COMMANDS) -> in
 
 def _error(command: str | None, message: str) -> None:
     prefix = f"catapult {command}" if command else "catapult"
+    if len(message) > MAX_MESSAGE:
+        message = message[:MAX_MESSAGE] + f" ... ({len(message) - MAX_MESSAGE:,} more characters)"
     print(f"{prefix}: error: {message}", file=sys.stderr)
 
 

@@ -16,14 +16,18 @@ def register(subparsers) -> None:
                     "config.yaml (resolved), metrics.csv, summary.json, trajectories.png.",
     )
     add_config_arguments(p)
-    p.add_argument("--out", metavar="DIR", help="run directory (default: runs/<name>)")
+    p.add_argument("--out", metavar="DIR", help="run directory (default: runs/<name>); one that holds "
+                                                "anything is refused unless --overwrite")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run files (config.yaml, metrics.csv, summary.json, trajectories.png) "
+                        "of an existing run directory")
     p.set_defaults(func=_train_command)
 
 
 def _train_command(args) -> int:
     config = config_from_args(args)
     out = Path(args.out) if args.out else Path("runs") / config["name"]
-    result = run(config, out_dir=out, progress=args.progress)
+    result = run(config, out_dir=out, progress=args.progress, overwrite=args.overwrite)
     print(format_summary(result.summary))
     print(f"wrote {out}/ (config.yaml, metrics.csv, summary.json, trajectories.png)")
     return 0

@@ -111,7 +111,33 @@ def _check_catapult_warmup(config: dict) -> Problems:
                                         "the search starts below lr_trgt")
 
 
+#: The largest finite value of each run dtype (``torch.finfo(dtype).max``; config imports no torch).
+DTYPE_MAX = {"float32": 3.4028234663852886e38, "float64": 1.7976931348623157e308}
+
+
+def _check_dtype_range(config: dict) -> Problems:
+    """Learning rates must be representable in the run's dtype: ``lr <= finfo(dtype).max``.
+
+    torch converts the lr to the parameters' dtype in every update, so ``1e39`` under float32
+    would fail (or turn into inf) at the first step, after the run directory was written. A
+    ``c/lambda0`` lr is checked here on ``c`` and, once lambda_0 is measured, on ``c/lambda_0``.
+    """
+    dtype = config["dtype"]
+    top = DTYPE_MAX[dtype]
+    try:
+        lr = parse_lr(config["optimizer"]["lr"])
+    except ValueError:
+        lr = None
+    values = [("optimizer.lr", None if lr is None else lr.value)]
+    values += [(f"schedule.{key}", config["schedule"][key]) for key in ("lr_init", "lr_final", "lr_start")]
+    for key, value in values:
+        if value is not None and abs(value) > top:
+            yield (key, f"{value:g} is beyond the range of {dtype} (max {top:.4g}); use a smaller value "
+                        f"or dtype: float64")
+
+
 #: The cross-key checks, run in this order on a config whose keys validated individually.
 CHECKS: list[Callable[[dict], Problems]] = [
     _check_decay, _check_data_root, _check_model_data, _check_adam_family, _check_catapult_warmup,
+    _check_dtype_range,
 ]

@@ -2,9 +2,21 @@
 from __future__ import annotations
 
 import difflib
+import reprlib
 from typing import Any, Collection, Iterable, Sequence
 
-__all__ = ["ConfigError", "InvalidValue", "describe", "suggest", "unknown_key_message"]
+__all__ = ["ConfigError", "InvalidValue", "describe", "short_repr", "suggest", "unknown_key_message",
+           "MAX_PROBLEMS", "MAX_LINE"]
+
+#: A ConfigError lists at most this many problems, each line cut to ``MAX_LINE`` characters:
+#: a hostile config must not turn into a megabyte of error text.
+MAX_PROBLEMS = 20
+MAX_LINE = 400
+
+# reprlib bounds the work as well as the text: a huge nested value is never fully formatted.
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict = 3, 6, 6, 6
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong = 80, 80, 40
 
 
 class ConfigError(ValueError):
@@ -21,7 +33,10 @@ class ConfigError(ValueError):
         super().__init__(self._format())
 
     def _format(self) -> str:
-        lines = [f"{key}: {msg}" if key else msg for key, msg in self.problems]
+        lines = [_cut(f"{_cut(key, 120)}: {msg}" if key else msg, MAX_LINE)
+                 for key, msg in self.problems[:MAX_PROBLEMS]]
+        if len(self.problems) > MAX_PROBLEMS:
+            lines.append(f"... and {len(self.problems) - MAX_PROBLEMS} more problems")
         if len(lines) == 1:
             return lines[0]
         return f"{len(lines)} problems in the config:\n" + "\n".join("  " + line for line in lines)
@@ -32,17 +47,29 @@ class ConfigError(ValueError):
         return [key for key, _ in self.problems]
 
 
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 4] + " ..."
+
+
 class InvalidValue(ValueError):
     """Raised by an option's check with a message saying what was wrong and what is allowed."""
 
 
 def describe(value: Any) -> str:
-    """``value`` as an error message shows it: its repr and its type, ``'many' (str)``."""
-    return f"{value!r} ({type(value).__name__})"
+    """``value`` as an error message shows it: its (bounded) repr and its type, ``'many' (str)``."""
+    return f"{short_repr(value)} ({type(value).__name__})"
+
+
+def short_repr(value: Any) -> str:
+    """``repr(value)`` bounded to a few dozen characters (``reprlib``: long strings, lists and
+    nesting are elided with ``...``), whatever the size of ``value``."""
+    return _REPR.repr(value)
 
 
 def suggest(word: str, candidates: Iterable[str]) -> str:
     """``" (did you mean 'x'?)"`` for the closest candidate (difflib ratio >= 0.6), else ``""``."""
+    if len(word) > 100:  # nothing that long is close to a config word; difflib is quadratic
+        return ""
     match = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
     return f" (did you mean {match[0]!r}?)" if match else ""
 
@@ -57,6 +84,8 @@ def unknown_key_message(dotted: str, siblings: Iterable[str], leaves: Sequence[s
     (keeping the rest of the key), a close full dotted key, the same leaf name in another
     section.
     """
+    if len(dotted) > 200:  # nothing that long is close to a key; difflib is quadratic
+        return "unknown key; valid keys here: " + ", ".join(siblings)
     parts = dotted.split(".")
     level = len(parts) - 1 if level is None else level
     siblings = list(siblings)

@@ -15,7 +15,7 @@ from catapult.config.schema import section_model, unknown_key, validate
 from catapult.config.sections import RunConfig
 
 __all__ = ["STUDY_SECTIONS", "parse_override", "apply_overrides", "read_mapping", "read_yaml", "key_positions",
-           "load_config", "dump_config"]
+           "load_config", "dump_config", "safe_yaml", "MAX_YAML_DEPTH", "MAX_YAML_NODES", "MAX_CONFIG_BYTES"]
 
 #: Top-level sections that belong to a study command, not to the run: ``sweep:`` (read by
 #: ``catapult sweep``) and ``coord_check:`` (``catapult coord-check``). :func:`load_config`
@@ -23,6 +23,68 @@ __all__ = ["STUDY_SECTIONS", "parse_override", "apply_overrides", "read_mapping"
 STUDY_SECTIONS = ("sweep", "coord_check")
 
 _OVERRIDE_FORM = "an override must look like key=value (e.g. optimizer.lr=0.1)"
+
+#: Bounds on what a config may be, so that a hostile file fails fast with a short message and
+#: bounded memory: nesting depth (a config is ~3 levels deep), the number of values the
+#: document holds once every alias is expanded (a "billion laughs" alias bomb names few nodes
+#: but expands to billions), and the file size.
+MAX_YAML_DEPTH = 50
+MAX_YAML_NODES = 100_000
+MAX_CONFIG_BYTES = 1_000_000
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses documents nested deeper than :data:`MAX_YAML_DEPTH` or
+    expanding (aliases counted at their full size) to more than :data:`MAX_YAML_NODES` values.
+
+    Both are counted while the node graph is composed, before any Python object is built, so
+    the refusal costs memory proportional to the text, not to its expansion.
+    """
+
+    def __init__(self, stream) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._expanded = 0                 # values seen so far, aliases expanded
+        self._sizes: dict[int, int] = {}   # id(node) -> its expanded size (for aliases)
+
+    def _count(self, n: int) -> None:
+        self._expanded += n
+        if self._expanded > MAX_YAML_NODES:
+            raise yaml.YAMLError(f"the document expands to more than {MAX_YAML_NODES:,} values "
+                                 f"(aliases counted in full: an alias bomb?); a config is far smaller")
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            node = super().compose_node(parent, index)  # raises for an undefined alias
+            if id(node) not in self._sizes:  # the alias sits inside its own anchor's value
+                raise yaml.YAMLError(f"a recursive alias (line {mark.line + 1}, column "
+                                     f"{mark.column + 1}) makes an infinite value")
+            self._count(self._sizes[id(node)])
+            return node
+        self._depth += 1
+        if self._depth > MAX_YAML_DEPTH:
+            mark = self.peek_event().start_mark
+            raise yaml.YAMLError(f"nested deeper than {MAX_YAML_DEPTH} levels (line {mark.line + 1}, "
+                                 f"column {mark.column + 1}); a config is a few levels deep")
+        before = self._expanded
+        node = super().compose_node(parent, index)
+        self._depth -= 1
+        self._count(1)
+        self._sizes[id(node)] = self._expanded - before
+        return node
+
+
+def safe_yaml(text: str) -> Any:
+    """``yaml.safe_load(text)`` within :data:`MAX_YAML_DEPTH` and :data:`MAX_YAML_NODES`
+    (``yaml.YAMLError`` beyond them)."""
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    except (ValueError, OverflowError) as err:  # a constructor's own error: a 5,000-digit int, 2024-13-45
+        raise yaml.YAMLError(f"a value cannot be read: {str(err)[:200]}") from None
+    finally:
+        loader.dispose()
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -35,9 +97,11 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not key:
         raise ConfigError([(text, _OVERRIDE_FORM)])
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = safe_yaml(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
+    except RecursionError:  # pragma: no cover - the loader's depth bound comes first
+        raise ConfigError([(key, "the value is nested too deeply")]) from None
     return key, value
 
 
@@ -92,7 +156,11 @@ def key_positions(text: str) -> dict[str, tuple[int, int]]:
                 out[dotted] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
                 walk(value_node, dotted + ".")
 
-    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    loader = _BoundedLoader(text)
+    try:
+        root = loader.get_single_node()
+    finally:
+        loader.dispose()
     if root is not None:
         walk(root, "")
     return out
@@ -103,20 +171,36 @@ def read_yaml(path: str | Path) -> tuple[dict, dict[str, tuple[int, int]]]:
     the file when it is missing, unreadable, not YAML or not a mapping."""
     path = Path(path)
     try:
-        text = path.read_text()
+        with open(path, "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError([("<file>", f"config file not found: {path}")]) from None
     except OSError as err:
         raise ConfigError([("<file>", f"cannot read config file {path}: {err.strerror}")]) from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError([("<file>", f"{path} is larger than {MAX_CONFIG_BYTES:,} bytes; a config is a "
+                                      f"short YAML file")])
     try:
-        mapping = yaml.safe_load(text)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise ConfigError([("<file>", f"{path} is not UTF-8 text (byte 0x{data[err.start]:02x} at line "
+                                      f"{line}); save it as UTF-8")]) from None
+    try:
+        mapping = safe_yaml(text)
+        positions = key_positions(text)
     except yaml.YAMLError as err:  # its text says where: line and column
-        raise ConfigError([("<file>", f"{path} is not valid YAML: {err}")]) from None
+        raise ConfigError([("<file>", f"{path} is not valid YAML: {_short_text(str(err))}")]) from None
     if mapping is None:
         mapping = {}
     if not isinstance(mapping, dict):
         raise ConfigError([("<file>", f"{path} must hold a mapping of keys, got {type(mapping).__name__}")])
-    return mapping, key_positions(text)
+    return mapping, positions
+
+
+def _short_text(text: str, limit: int = 500) -> str:
+    """``text`` cut to ``limit`` characters (a YAML error quotes the offending line)."""
+    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 def read_mapping(path: str | Path) -> dict:

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from catapult.config.errors import describe
+from catapult.config.errors import describe, short_repr
 from catapult.config.options import NUMBER_TEXT, Option
 
 __all__ = ["LR", "LR_GRAMMAR", "parse_lr", "resolve_lr", "lr_needs_lambda0", "learning_rate"]
@@ -38,11 +38,16 @@ LR_GRAMMAR = 'a number > 0, or "<c>/lambda0" with c a number > 0 or a power like
 
 
 def _parse_coefficient(text: str) -> float:
-    """``b^x`` (or ``b**x``) -> ``b ** x``; numeric text -> its value; anything else -> nan."""
+    """``b^x`` (or ``b**x``) -> ``b ** x``; numeric text -> its value; anything else, and a
+    power that is not a finite real number (``2^2000`` overflows, ``0^-1`` divides by zero,
+    ``1.2.3`` is no number) -> nan, which the caller refuses."""
     m = _POWER.match(text)
-    if m:
-        return float(m["b"]) ** float(m["x"])
-    return float(text) if NUMBER_TEXT.match(text) else float("nan")
+    try:
+        if m:
+            return float(m["b"]) ** float(m["x"])
+        return float(text) if NUMBER_TEXT.match(text) else float("nan")
+    except (OverflowError, ZeroDivisionError, ValueError):
+        return float("nan")
 
 
 def parse_lr(value: Any) -> LR:
@@ -60,17 +65,17 @@ def parse_lr(value: Any) -> LR:
         if m:
             c = _parse_coefficient(m["c"])
             if not (math.isfinite(c) and c > 0):
-                raise ValueError(f"expected {LR_GRAMMAR}, got {value!r}")
+                raise ValueError(f"expected {LR_GRAMMAR}, got {short_repr(value)}")
             return LR(c, relative=True)
         if not (NUMBER_TEXT.match(value) or _POWER.match(value)):
-            raise ValueError(f"expected {LR_GRAMMAR}, got {value!r}")
+            raise ValueError(f"expected {LR_GRAMMAR}, got {short_repr(value)}")
         x = _parse_coefficient(value)
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        x = float(value)
+        x = float(value) if isinstance(value, float) or abs(value) < 2 ** 1000 else math.inf
     else:
         raise ValueError(f"expected {LR_GRAMMAR}, got {describe(value)}")
     if not (math.isfinite(x) and x > 0):
-        raise ValueError(f"expected {LR_GRAMMAR}, got {value!r}")
+        raise ValueError(f"expected {LR_GRAMMAR}, got {short_repr(value)}")
     return LR(x)
 
 

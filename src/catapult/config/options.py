@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from pydantic_core import PydanticCustomError, core_schema
 
-from catapult.config.errors import InvalidValue, describe, suggest
+from catapult.config.errors import InvalidValue, describe, short_repr, suggest
 
 __all__ = ["Option", "integer", "number", "choice", "string", "boolean", "numbers", "as_float",
            "NUMBER_TEXT"]
@@ -103,7 +103,7 @@ def _check_range(x: float, low, high, low_open, high_open, kind: str, given: Any
     if (low is not None and (x < low or (low_open and x == low))) or (
         high is not None and (x > high or (high_open and x == high))
     ):
-        raise ValueError(f"{x if given is None else given!r} is out of range; expected {kind}")
+        raise ValueError(f"{short_repr(x if given is None else given)} is out of range; expected {kind}")
 
 
 NUMBER_TEXT = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
@@ -117,7 +117,10 @@ def as_float(value: Any, kind: str) -> float:
     if isinstance(value, bool):
         raise ValueError(f"expected {kind}, got {describe(value)}")
     if isinstance(value, (int, float)):
-        x = float(value)
+        try:
+            x = float(value)
+        except OverflowError:  # an int beyond any float: out of every range
+            x = math.inf if value > 0 else -math.inf
     elif isinstance(value, str) and (NUMBER_TEXT.match(value) or value.strip().lower() in ("inf", "+inf", ".inf")):
         x = float(value.strip().lstrip("+").replace(".inf", "inf"))
     else:
@@ -141,13 +144,20 @@ def integer(default=None, *, low=None, high=None, nullable=False, doc="") -> Opt
     return Option(default, check, kind, nullable=nullable, doc=doc)
 
 
-def number(default=None, *, low=None, high=None, low_open=False, high_open=False, nullable=False, doc="") -> Option:
-    """A real number in the given range (open or closed ends); numeric text like ``1e-3`` accepted."""
+def number(default=None, *, low=None, high=None, low_open=False, high_open=False, nullable=False,
+           allow_inf=False, doc="") -> Option:
+    """A real number in the given range (open or closed ends); numeric text like ``1e-3`` accepted.
+
+    Infinity (``.inf``, ``1e400``) is refused unless ``allow_inf``: a schedule or solver fed
+    ``inf`` would otherwise fail late, after the run directory was written.
+    """
     rng = _range_text(low, high, low_open, high_open)
-    kind = "a number" + (f" {rng}" if rng else "")
+    kind = ("a number" if allow_inf else "a finite number") + (f" {rng}" if rng else "")
 
     def check(value):
         x = as_float(value, kind)
+        if not allow_inf and math.isinf(x):
+            raise ValueError(f"{short_repr(value)} is not finite; expected {kind}")
         _check_range(x, low, high, low_open, high_open, kind, value)
         return x
 
@@ -173,8 +183,8 @@ def choice(default=None, values: Iterable[str] | None = None, *, aliases: Mappin
     def check(value):
         if isinstance(value, str) and value.strip().lower() in lookup:
             return lookup[value.strip().lower()]
-        hint = suggest(str(value), values)
-        raise ValueError(f"{value!r} is not allowed; allowed values: {', '.join(values)}{hint}")
+        hint = suggest(value if isinstance(value, str) else short_repr(value), values)
+        raise ValueError(f"{short_repr(value)} is not allowed; allowed values: {', '.join(values)}{hint}")
 
     return Option(default, check, kind, nullable=nullable, choices=values, doc=doc)
 

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from catapult.config.errors import short_repr
 from catapult.config.options import NUMBER_TEXT, Option, as_float, boolean, choice, integer, number, numbers, string
 from catapult.config.lr import learning_rate
 
@@ -105,19 +106,21 @@ class ModelConfig(Section):
 
 
 
-_V0_KIND = "one of: grad, random, or a number a >= 1"
+_V0_KIND = "one of: grad, random, or a finite number a >= 0"
 
 
 def _check_v0(value: Any) -> str | float:
-    """GI-Adam's ``optimizer.v0``: ``"grad"``, ``"random"`` or a number ``a >= 1`` (v_0 = a g^2)."""
+    """GI-Adam's ``optimizer.v0``: ``"grad"``, ``"random"`` or a finite number ``a >= 0``
+    (v_0 = a g^2), the range :class:`catapult.optim.GIAdam` accepts (a test holds them equal):
+    ``a = 0`` is AdamW, the paper's variants use ``a >= 1``."""
     if isinstance(value, str) and value.strip().lower() in ("grad", "random"):
         return value.strip().lower()
     if isinstance(value, str) and not NUMBER_TEXT.match(value):
-        raise ValueError(f"{value!r} is not allowed; expected {_V0_KIND}")
+        raise ValueError(f"{short_repr(value)} is not allowed; expected {_V0_KIND}")
     x = as_float(value, _V0_KIND)
-    if not (math.isfinite(x) and x >= 1):
-        raise ValueError(f"{value!r} is out of range; expected grad, random, or a number a >= 1 "
-                         "(v_0 = a * g^2; the paper studies a >= 1)")
+    if not (math.isfinite(x) and x >= 0):
+        raise ValueError(f"{short_repr(value)} is out of range; expected grad, random, or a finite number "
+                         "a >= 0 (v_0 = a * g^2; a = 0 is AdamW, the paper studies a >= 1)")
     return x
 
 
@@ -167,8 +170,9 @@ class TrainConfig(Section):
     steps: Annotated[int, integer(low=0)] = Field(
         2000, description="optimizer steps", json_schema_extra=_per_member())
     batch_size: Annotated[int | None, integer(low=1)] = Field(None, description="null = full-batch GD")
-    divergence_factor: Annotated[float, number(low=1.0, low_open=True)] = Field(
-        1000.0, description="diverged if the loss is non-finite or > factor * initial loss",
+    divergence_factor: Annotated[float, number(low=1.0, low_open=True, allow_inf=True)] = Field(
+        1000.0, description="diverged if the loss is non-finite or > factor * initial loss (.inf: only "
+                            "a non-finite loss)",
         json_schema_extra=_per_member())
 
 

@@ -40,8 +40,9 @@ def _start_vector(init, n: int, dtype: torch.dtype, device: torch.device, seed: 
 
 
 def _check_solver_args(tol, max_iter):
-    if not (isinstance(tol, (int, float)) and tol > 0):
-        raise ValueError(f"tol must be a number > 0, got {tol!r}")
+    # inf would stop after one matvec and call any start vector's Rayleigh quotient "converged"
+    if not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and 0 < tol < math.inf):
+        raise ValueError(f"tol must be a finite number > 0, got {tol!r}")
     if not (isinstance(max_iter, int) and max_iter >= 1):
         raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
 

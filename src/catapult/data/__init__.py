@@ -18,15 +18,16 @@ from __future__ import annotations
 import functools
 import os
 
-from catapult.data.cifar import load_cifar10, load_cifar100
+from catapult.data.cifar import CorruptDataError, load_cifar10, load_cifar100
 from catapult.data.digits import load_digits
-from catapult.data.safe_pickle import UnsafePickleError
+from catapult.data.safe_pickle import CorruptPickleError, UnsafePickleError
 from catapult.data.split import Split, first_n, one_hot, standardize_per_sample
 from catapult.data import text
 
 __all__ = ["Split", "load_digits", "load_cifar10", "load_cifar100", "load_dataset", "DATASETS",
            "IMAGE_DATASETS", "TEXT_DATASETS",
-           "standardize_per_sample", "first_n", "one_hot", "UnsafePickleError", "text"]
+           "standardize_per_sample", "first_n", "one_hot", "UnsafePickleError", "CorruptPickleError",
+           "CorruptDataError", "text"]
 
 #: Classification datasets (a `Split`) and text corpora (a `text.WindowSplit` of token windows).
 IMAGE_DATASETS = ("digits", "cifar10", "cifar100")

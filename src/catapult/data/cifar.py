@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,12 +31,21 @@ import torch
 from catapult.data.safe_pickle import safe_loads
 from catapult.data.split import Split, check_count, standardize_per_sample
 
-__all__ = ["load_cifar10", "load_cifar100", "CIFAR10_URL", "CIFAR100_URL", "DATA_ENV"]
+__all__ = ["load_cifar10", "load_cifar100", "CIFAR10_URL", "CIFAR100_URL", "DATA_ENV", "CorruptDataError"]
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 DATA_ENV = "CATAPULT_DATA"  # environment variable naming a default data directory
 _PIXELS = 3 * 32 * 32
+#: Bytes a batch pickle may take beyond its pixels (labels, file names, batch label) and the
+#: most a meta file may take: a file larger than its format allows is refused before it is read.
+_OVERHEAD_PER_ROW = 256
+_MAX_META_BYTES = 1_000_000
+_DECOMPRESS_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error)
+
+
+class CorruptDataError(ValueError):
+    """A data file or archive that is corrupt, truncated or larger than its format allows."""
 
 
 @dataclass(frozen=True)
@@ -49,12 +59,20 @@ class _Format:
     train_files: tuple[str, ...]
     test_files: tuple[str, ...]
     meta_file: str
+    rows: dict[str, int]  # file -> the most images it holds (the official count)
+
+    def max_bytes(self, name: str) -> int:
+        """The largest a file of this format may be: its rows' pixels plus a per-row allowance."""
+        if name not in self.rows:
+            return _MAX_META_BYTES
+        return self.rows[name] * (_PIXELS + _OVERHEAD_PER_ROW) + _MAX_META_BYTES
 
 
 _CIFAR10 = _Format("CIFAR-10", "cifar-10-batches-py", "cifar-10-python.tar.gz", CIFAR10_URL,
-                   tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",), "batches.meta")
+                   tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",), "batches.meta",
+                   {**{f"data_batch_{i}": 10_000 for i in range(1, 6)}, "test_batch": 10_000})
 _CIFAR100 = _Format("CIFAR-100", "cifar-100-python", "cifar-100-python.tar.gz", CIFAR100_URL,
-                    ("train",), ("test",), "meta")
+                    ("train",), ("test",), "meta", {"train": 50_000, "test": 10_000})
 
 
 # -- where the files are ------------------------------------------------------------------------
@@ -70,8 +88,14 @@ class _DirSource:
     def has(self, name: str) -> bool:
         return (self.directory / name).is_file()
 
+    def size(self, name: str) -> int:
+        return (self.directory / name).stat().st_size
+
     def read(self, name: str) -> bytes:
         return (self.directory / name).read_bytes()
+
+    def check_complete(self) -> None:
+        pass
 
     def close(self) -> None:
         pass
@@ -91,7 +115,12 @@ class _TarSource:
         # Map a batch file name to its member; accept "<dirname>/<file>" (official layout),
         # "./<dirname>/<file>" and a bare "<file>".
         self._members: dict[str, tarfile.TarInfo] = {}
-        for member in self._tar.getmembers():
+        try:
+            members = self._tar.getmembers()
+        except _DECOMPRESS_ERRORS as exc:
+            self._tar.close()
+            raise self._corrupt(exc) from None
+        for member in members:
             if not member.isfile():
                 continue
             parts = [p for p in member.name.split("/") if p not in ("", ".")]
@@ -101,14 +130,41 @@ class _TarSource:
     def describe(self, name: str) -> str:
         return f"{self.archive}::{self.dirname}/{name}"
 
+    def _corrupt(self, exc: BaseException) -> CorruptDataError:
+        return CorruptDataError(f"{self.archive}: the archive is corrupt or truncated ({type(exc).__name__}: "
+                                f"{str(exc)[:200]}); download it again")
+
     def has(self, name: str) -> bool:
         return name in self._members
 
+    def size(self, name: str) -> int:
+        return self._members[name].size
+
     def read(self, name: str) -> bytes:
-        fileobj = self._tar.extractfile(self._members[name])
-        assert fileobj is not None  # regular files always have a file object
-        with fileobj:
-            return fileobj.read()
+        try:
+            fileobj = self._tar.extractfile(self._members[name])
+            assert fileobj is not None  # regular files always have a file object
+            with fileobj:
+                data = fileobj.read()
+        except _DECOMPRESS_ERRORS as exc:
+            raise self._corrupt(exc) from None
+        if len(data) != self._members[name].size:
+            raise self._corrupt(EOFError(f"{name} ends after {len(data):,} of {self._members[name].size:,} bytes"))
+        return data
+
+    def check_complete(self) -> None:
+        """Raise if the member list ended early: tarfile stops without a word at a damaged header
+        after the first member, so a corrupt archive would read as one with files missing. A
+        complete archive ends in zero blocks; read what follows the last header to its end (which
+        also checks the gzip CRC)."""
+        fileobj = self._tar.fileobj
+        try:
+            fileobj.seek(self._tar.offset)
+            while chunk := fileobj.read(1 << 20):
+                if chunk.count(0) != len(chunk):
+                    raise tarfile.ReadError(f"a damaged header at offset {self._tar.offset:,}")
+        except _DECOMPRESS_ERRORS as exc:
+            raise self._corrupt(exc) from None
 
     def close(self) -> None:
         self._tar.close()
@@ -167,11 +223,12 @@ def _load_batch(source, fmt: _Format, name: str, label_key: str, num_classes: in
     """Read and validate one batch file: (uint8 array (N, 3072), int64 array (N,))."""
     where = source.describe(name)
     if not source.has(name):
+        source.check_complete()
         raise FileNotFoundError(
             f"{where} is missing: the {fmt.title} files are incomplete. Fetch {fmt.url} again "
             f"and pass the archive, or extract all of it under {fmt.dirname}/."
         )
-    obj = safe_loads(source.read(name), source=where)
+    obj = safe_loads(_read_checked(source, fmt, name), source=where)
     if not isinstance(obj, dict):
         raise ValueError(f"{where}: expected a pickled dict (a {fmt.title} batch), got {type(obj).__name__}")
     try:
@@ -180,11 +237,13 @@ def _load_batch(source, fmt: _Format, name: str, label_key: str, num_classes: in
         keys = sorted(k.decode() if isinstance(k, bytes) else str(k) for k in obj)
         raise ValueError(f"{where}: a {fmt.title} batch needs the keys 'data' and '{label_key}', "
                          f"found {keys}") from exc
+    rows = fmt.rows[name]
     if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
-            and data.shape[1] == _PIXELS):
+            and data.shape[1] == _PIXELS and data.shape[0] <= rows):
         desc = (f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray)
                 else type(data).__name__)
-        raise ValueError(f"{where}: 'data' must be a uint8 array of shape (N, {_PIXELS}), got {desc}")
+        raise ValueError(f"{where}: 'data' must be a uint8 array of shape (N, {_PIXELS}) with N <= {rows:,} "
+                         f"(the {fmt.title} format), got {desc}")
     try:
         labels = np.asarray(labels)
     except (ValueError, TypeError) as exc:
@@ -198,14 +257,26 @@ def _load_batch(source, fmt: _Format, name: str, label_key: str, num_classes: in
     return data, labels.astype(np.int64)
 
 
+def _read_checked(source, fmt: _Format, name: str) -> bytes:
+    """The bytes of file ``name``, refused unread if it is larger than its format allows (a
+    decompression bomb, or a batch claiming billions of rows)."""
+    size, limit = source.size(name), fmt.max_bytes(name)
+    if size > limit:
+        raise CorruptDataError(f"{source.describe(name)}: {size:,} bytes, more than a {fmt.title} "
+                               f"'{name}' file can be ({limit:,}); it is not an official file")
+    return source.read(name)
+
+
 def _load_names(source, fmt: _Format, key: str, num_classes: int) -> tuple[str, ...] | None:
     """Class names from the meta file, or None when it is absent or not as expected."""
     if not source.has(fmt.meta_file):
         return None
-    meta = safe_loads(source.read(fmt.meta_file), source=source.describe(fmt.meta_file))
+    meta = safe_loads(_read_checked(source, fmt, fmt.meta_file), source=source.describe(fmt.meta_file))
     try:
         names = _get(meta, key)
-    except (KeyError, TypeError):
+        if len(names) != num_classes:
+            return None
+    except (KeyError, TypeError, IndexError, ValueError, AttributeError):
         return None
     names = tuple(n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names)
     return names if len(names) == num_classes else None

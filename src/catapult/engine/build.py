@@ -439,9 +439,15 @@ class Run:
         def resolve() -> float:
             spec = cfg.parse_lr(self.config["optimizer"]["lr"])
             try:
-                return spec.resolve(self.lambda_0 if spec.relative else None)
+                lr = spec.resolve(self.lambda_0 if spec.relative else None)
             except ValueError as err:
                 raise cfg.ConfigError([("optimizer.lr", f"{self.config['optimizer']['lr']!r}: {err}")]) from None
+            top = torch.finfo(self.dtype).max
+            if not lr <= top:  # c/lambda_0 with a tiny lambda_0: torch would overflow at the first step
+                raise cfg.ConfigError([("optimizer.lr", f"{self.config['optimizer']['lr']!r} resolves to {lr:g} "
+                                                        f"(lambda_0 = {self.lambda_0:g}), beyond the range of "
+                                                        f"{self.config['dtype']} (max {top:.4g})")])
+            return lr
 
         return self._once("lr_target", resolve)
 

@@ -57,6 +57,7 @@ update) and ``summary["steps_completed"]`` updates.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,7 +75,53 @@ from catapult.engine.step import diverged, evaluates_test, measures_sharpness, n
 from catapult.engine.records import (MetricsFile, json_safe, summarize, threshold_label,
                                      warmup_summary)
 
-__all__ = ["RunResult", "run", "evaluate"]
+__all__ = ["RunResult", "run", "evaluate", "RUN_FILES", "RunDirectoryError", "check_out_dir"]
+
+#: The files a run writes into its directory (``--overwrite`` replaces exactly these).
+RUN_FILES = ("config.yaml", "metrics.csv", "summary.json", "trajectories.png")
+
+
+class RunDirectoryError(ValueError):
+    """The run directory cannot be used: a file is in the way, it holds an earlier run (and
+    ``overwrite`` is off), or it cannot be created or written."""
+
+
+def check_out_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
+    """``out_dir`` as a Path once it is known to be usable, before any work: a directory that is
+    new, empty, or (with ``overwrite``) holds anything; creatable and writable by us.
+
+    Raises :class:`RunDirectoryError` saying what is in the way.
+    """
+    path = Path(out_dir)
+    if path.exists() or path.is_symlink():
+        if not path.is_dir():
+            raise RunDirectoryError(f"{path} exists and is not a directory; choose another run directory")
+        if not overwrite and any(path.iterdir()):
+            raise RunDirectoryError(f"{path} already exists and is not empty (an earlier run?); pass --overwrite "
+                                    f"(overwrite=True) to replace its run files, or choose another directory")
+    ancestor = path.absolute()
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise RunDirectoryError(f"cannot create {path}: {ancestor} is a file, not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise RunDirectoryError(f"cannot write {path}: {ancestor} is not writable")
+    return path
+
+
+def _discard(path: Path, created: bool) -> None:
+    """Remove what a failed run wrote: the directory if this run created it, else its run files.
+    Best effort: the failure being reported matters more than a file that will not go."""
+    import shutil
+
+    if created:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    for name in RUN_FILES:
+        try:
+            (path / name).unlink()
+        except OSError:
+            pass
 
 
 @dataclass
@@ -119,7 +166,8 @@ def evaluate(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, chunk:
 
 
 
-def run(config: Mapping[str, Any], *, out_dir: str | Path | None = None, progress: Any = None) -> RunResult:
+def run(config: Mapping[str, Any], *, out_dir: str | Path | None = None, progress: Any = None,
+        overwrite: bool = False) -> RunResult:
     """Train the model ``config`` describes; see the module docstring for the exact step semantics.
 
     The run is set up by :func:`~catapult.engine.build.build_run` (config validated and
@@ -128,8 +176,30 @@ def run(config: Mapping[str, Any], *, out_dir: str | Path | None = None, progres
     (streamed), ``summary.json`` and ``trajectories.png`` (loss and sharpness vs step, with the
     instability threshold). ``progress``: ``None``/``"auto"`` (a bar on a terminal, plain lines
     otherwise), ``"bar"``, ``"lines"``, ``"none"`` or a bool.
+
+    ``out_dir`` is checked first (:func:`check_out_dir`): a directory holding anything is
+    refused unless ``overwrite``, which replaces its :data:`RUN_FILES`. A run that fails with an
+    exception (a full disk included) leaves no partial run directory: one it created is removed,
+    in one that existed its run files are.
     """
     started = time.perf_counter()
+    out_path = None if out_dir is None else check_out_dir(out_dir, overwrite)
+    if out_path is None:
+        return _run(config, None, progress, started, [])
+    created = not out_path.exists()
+    writing: list[bool] = []  # set once the run starts writing: a failure before leaves all as it was
+    try:
+        return _run(config, out_path, progress, started, writing)
+    except Exception:
+        if writing:
+            _discard(out_path, created)
+        raise
+
+
+def _run(config: Mapping[str, Any], out_path: Path | None, progress: Any, started: float,
+         writing: list[bool]) -> RunResult:
+    """:func:`run` once its run directory (if any) is known to be usable; appends to ``writing``
+    before it writes the first file."""
     setup = build_run(config)
     config, model, loss_fn, batches = setup.config, setup.model, setup.loss_fn, setup.batches
     x_test, y_test = setup.data.x_test, setup.data.y_test
@@ -149,10 +219,12 @@ def run(config: Mapping[str, Any], *, out_dir: str | Path | None = None, progres
     measurements = 0
     warm: torch.Tensor | None = setup.start_vector
 
-    out_path = Path(out_dir) if out_dir is not None else None
     metrics_file = None
     if out_path is not None:
+        writing.append(True)
         out_path.mkdir(parents=True, exist_ok=True)
+        for name in RUN_FILES:  # overwrite: nothing of the earlier run survives next to this one
+            (out_path / name).unlink(missing_ok=True)
         (out_path / "config.yaml").write_text(cfg.dump_config(config))
         metrics_file = MetricsFile(out_path / "metrics.csv")
 

@@ -66,10 +66,15 @@ __all__ = [
     "get_dotted",
     "diff_documents",
     "AXIS_FORMS",
+    "MAX_CELLS",
 ]
 
 #: The mapping forms an axis may take (besides a plain list).
 AXIS_FORMS = ("log2", "log2_over_lambda0", "range")
+
+#: The most cells one sweep may have. Cells are expanded (and each validated) in memory
+#: before any work, so the grid's size is checked first, from the axis lengths alone.
+MAX_CELLS = 100_000
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,13 +168,16 @@ def _arange(bounds: Any, where: str) -> list[float]:
         raise ValueError(f"{where}: step must be a finite number > 0, got {bounds!r}")
     if stop < start:
         raise ValueError(f"{where}: stop ({_fmt_number(stop)}) is below start ({_fmt_number(start)})")
-    count = int(math.floor((stop - start) / step + 1e-9)) + 1
-    if count > 100_000:
+    span = (stop - start) / step  # inf for [0, 1e300, 1e-300]: too many, not an OverflowError
+    count = int(math.floor(span + 1e-9)) + 1 if span <= MAX_CELLS else MAX_CELLS + 1
+    if count > MAX_CELLS:
         raise ValueError(f"{where}: {count} values is too many for one axis")
     return [start + i * step for i in range(count)]
 
 
 def _power_of_two(x: float) -> float | int:
+    if x > 1023:  # 2.0 ** x would raise OverflowError
+        raise ValueError(f"2^{_fmt_number(x)} is beyond the range of a float (at most 2^1023)")
     value = 2.0 ** x
     return int(value) if x >= 0 and float(x).is_integer() else value
 
@@ -302,6 +310,11 @@ def parse_sweep(section: Any) -> SweepSpec:
         if len(set(map(canonical_json, axis.values))) != len(axis.values):
             problems.append((f"sweep.grid.{axis.key}" if axis.key != "seed" or "seeds" not in raw_out
                              else "sweep.seeds", f"repeats a value: {list(axis.values)!r}"))
+    if not problems and math.prod(len(axis) for axis in axes) > MAX_CELLS:
+        sizes = " x ".join(f"{len(axis)} ({axis.key})" for axis in axes)
+        problems.append(("sweep", f"the grid has {math.prod(len(axis) for axis in axes):,} cells ({sizes}), "
+                                  f"more than the {MAX_CELLS:,} one sweep may have; use fewer values or "
+                                  f"split it into several sweeps"))
     if problems:
         raise cfg.ConfigError(problems)
     return SweepSpec(tuple(axes), raw_out)

@@ -1,0 +1,137 @@
+"""Every user error of ``catapult train`` is a short message and exit code 2, with no traceback
+and no partial run directory (issue 13)."""
+from __future__ import annotations
+
+import errno
+from types import SimpleNamespace
+
+import pytest
+
+from catapult import cli
+from catapult import config as C
+from catapult.engine import build_run, records
+from catapult.engine.loop import RUN_FILES, RunDirectoryError, run
+
+TINY = """\
+name: tiny_err
+data: {name: digits, n_train: 32, n_test: 16}
+model: {width: 8, depth: 2}
+train: {steps: 2}
+eval: {sharpness_every: 0, test_every: 0}
+"""
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY)
+    return path
+
+
+def _train(capsys, *argv) -> tuple[int, str]:
+    code = cli.main(["train", *map(str, argv), "--progress", "none", "--threads", "1"])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err) <= cli.MAX_MESSAGE + 200
+    return code, err
+
+
+def _bomb() -> str:
+    lines = ["a0: &a0 [" + ", ".join(["lol"] * 10) + "]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 6)]
+    return "\n".join(lines) + "\noptimizer: {lr: *a5}\n"
+
+
+@pytest.mark.parametrize("text, words", [
+    (b"name: \xff oops\n", "not UTF-8"),
+    (("a: " + "[" * 2000 + "]" * 2000 + "\n").encode(), "nested deeper"),
+    (_bomb().encode(), "alias bomb"),
+])
+def test_hostile_config_files_exit_2_with_a_short_message(tmp_path, capsys, text, words):
+    config = tmp_path / "bad.yaml"
+    config.write_bytes(text)
+    code, err = _train(capsys, config, "--out", tmp_path / "run")
+    assert code == 2 and words in err and len(err) < 1000
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("override, key", [
+    ("optimizer.lr=2^2000/lambda0", "optimizer.lr"), ("optimizer.lr=0^-1/lambda0", "optimizer.lr"),
+    ("optimizer.lr=1e39", "optimizer.lr"), ("schedule.lr_init=.inf", "schedule.lr_init"),
+    ("schedule.power=.inf", "schedule.power"),
+])
+def test_bad_values_are_refused_before_any_work(tiny, tmp_path, capsys, override, key):
+    code, err = _train(capsys, tiny, override, "--out", tmp_path / "run")
+    assert code == 2 and key in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_infinite_lr_final_is_refused_before_any_work(tiny, tmp_path, capsys):
+    code, err = _train(capsys, tiny, "schedule.lr_final=.inf", "schedule.decay=cosine",
+                       "schedule.warmup_steps=1", "--out", tmp_path / "run")
+    assert code == 2 and "schedule.lr_final" in err and not (tmp_path / "run").exists()
+
+
+def test_a_relative_lr_that_resolves_beyond_the_dtype_is_a_config_error(tiny):
+    setup = build_run(C.validate({**C.read_mapping(tiny), "optimizer": {"lr": "3e38/lambda0"}}))
+    setup._cache["lambda0"] = SimpleNamespace(value=0.5)
+    with pytest.raises(C.ConfigError, match="beyond the range of float32"):
+        setup.lr_target
+
+
+def test_out_pointing_at_a_file_is_refused(tiny, tmp_path, capsys):
+    target = tmp_path / "a_file"
+    target.write_text("mine")
+    code, err = _train(capsys, tiny, "--out", target)
+    assert code == 2 and "not a directory" in err and target.read_text() == "mine"
+    code, err = _train(capsys, tiny, "--out", target / "sub")
+    assert code == 2 and "is a file" in err
+
+
+def test_an_existing_run_directory_needs_overwrite(tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(capsys, tiny, "--out", out)[0] == 0
+    (out / "notes.txt").write_text("keep me")
+    (out / "summary.json").write_text("stale")
+    code, err = _train(capsys, tiny, "--out", out)
+    assert code == 2 and "--overwrite" in err and (out / "summary.json").read_text() == "stale"
+    assert _train(capsys, tiny, "--out", out, "--overwrite")[0] == 0
+    assert (out / "summary.json").read_text() != "stale" and (out / "notes.txt").read_text() == "keep me"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _train(capsys, tiny, "--out", empty)[0] == 0  # an empty directory is no earlier run
+
+
+def test_a_full_disk_is_a_message_and_leaves_no_run_directory(tiny, tmp_path, capsys, monkeypatch):
+    def full(self, row):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "metrics.csv"))
+
+    monkeypatch.setattr(records.MetricsFile, "write", full)
+    code, err = _train(capsys, tiny, "--out", tmp_path / "run")
+    assert code == 2 and "No space left on device" in err and "metrics.csv" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_that_fails_midway_removes_only_what_it_wrote(tiny, tmp_path, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("plot failed")
+
+    monkeypatch.setattr("catapult.engine.loop.plot_run", boom)
+    config = C.load_config(tiny)
+    with pytest.raises(RuntimeError):
+        run(config, out_dir=tmp_path / "new", progress="none")
+    assert not (tmp_path / "new").exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    with pytest.raises(RuntimeError):
+        run(config, out_dir=kept, progress="none", overwrite=True)
+    assert sorted(p.name for p in kept.iterdir()) == ["notes.txt"]
+    with pytest.raises(RunDirectoryError):
+        run(config, out_dir=kept, progress="none")
+    assert set(RUN_FILES) == {"config.yaml", "metrics.csv", "summary.json", "trajectories.png"}
+
+
+def test_a_long_message_is_cut(capsys):
+    cli._error("train", "x" * 100_000)
+    err = capsys.readouterr().err
+    assert len(err) < cli.MAX_MESSAGE + 200 and "more characters" in err

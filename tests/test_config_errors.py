@@ -1,0 +1,144 @@
+"""Hostile and careless configs are a short ConfigError, quickly, before any work (issue 13)."""
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+import torch
+
+from catapult import config as C
+from catapult.optim import GIAdam
+
+
+def _load_error(tmp_path, text: str | bytes, overrides=()) -> C.ConfigError:
+    path = tmp_path / "c.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    started = time.perf_counter()
+    with pytest.raises(C.ConfigError) as info:
+        C.load_config(path, overrides)
+    assert time.perf_counter() - started < 5
+    assert len(str(info.value)) < 2000
+    return info.value
+
+
+def test_a_config_that_is_not_utf8_names_the_encoding(tmp_path):
+    err = _load_error(tmp_path, b"name: \xff\xfe run\n")
+    assert "not UTF-8" in str(err) and "0xff" in str(err)
+
+
+def test_deeply_nested_yaml_is_refused_by_its_depth(tmp_path):
+    err = _load_error(tmp_path, "a: " + "[" * 3000 + "]" * 3000 + "\n")
+    assert f"nested deeper than {C.io.MAX_YAML_DEPTH}" in str(err)
+
+
+def _alias_bomb(levels: int, width: int, where: str = "optimizer: {lr: *a%d}") -> str:
+    lines = ["a0: &a0 [" + ", ".join(["lol"] * width) + "]"]
+    for i in range(1, levels):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * width) + "]")
+    return "\n".join(lines) + "\n" + where % (levels - 1) + "\n"
+
+
+def test_an_alias_bomb_is_refused_before_it_expands(tmp_path):
+    # 10^6 values once expanded: the old error message alone was megabytes
+    err = _load_error(tmp_path, _alias_bomb(6, 10))
+    assert "alias bomb" in str(err)
+    # a mapping bomb too (key_positions walked every expanded mapping)
+    text = "m0: &m0 {a: 1, b: 2, c: 3}\n" + "".join(
+        f"m{i}: &m{i} {{{', '.join(f'k{j}: *m{i - 1}' for j in range(10))}}}\n" for i in range(1, 7))
+    assert "alias bomb" in str(_load_error(tmp_path, text))
+
+
+def test_a_recursive_alias_is_refused(tmp_path):
+    assert "recursive alias" in str(_load_error(tmp_path, "a: &a [1, *a]\n"))
+
+
+def test_an_alias_bomb_in_an_override_is_a_short_message(tmp_path):
+    bomb = "[" + ", ".join(["&a [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]"] + ["*a"] * 9) + "]"
+    err = _load_error(tmp_path, "name: x\n", ["optimizer.lr=" + bomb])
+    assert err.keys == ["optimizer.lr"]
+
+
+def test_a_few_aliases_still_load(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("sweep: {b: &b [0.9, 0.99]}\noptimizer: {name: adam, betas: *b}\n")
+    assert C.load_config(path)["optimizer"]["betas"] == [0.9, 0.99]
+
+
+@pytest.mark.parametrize("lr", ["2^2000/lambda0", "0^-1/lambda0", "2^-2000/lambda0", "1.2.3^2/lambda0",
+                                "2**99999", "0^-1"])
+def test_lr_powers_that_are_no_finite_positive_number_are_config_errors(lr):
+    with pytest.raises(C.ConfigError) as info:
+        C.validate({"optimizer": {"lr": lr}})
+    assert info.value.keys == ["optimizer.lr"] and "lambda0" in str(info.value)
+
+
+def test_an_lr_beyond_the_dtype_is_refused_by_validation():
+    with pytest.raises(C.ConfigError) as info:
+        C.validate({"optimizer": {"lr": 1e39}})
+    assert info.value.keys == ["optimizer.lr"] and "float32" in str(info.value)
+    assert float(torch.finfo(torch.float32).max) == C.checks.DTYPE_MAX["float32"]
+    assert float(torch.finfo(torch.float64).max) == C.checks.DTYPE_MAX["float64"]
+    assert C.validate({"optimizer": {"lr": 1e39}, "dtype": "float64"})["optimizer"]["lr"] == 1e39
+    with pytest.raises(C.ConfigError, match="float32"):
+        C.validate({"optimizer": {"lr": "1e300/lambda0"}})
+    with pytest.raises(C.ConfigError) as info:
+        C.validate({"schedule": {"lr_init": 1e39, "warmup_steps": 2}})
+    assert info.value.keys == ["schedule.lr_init"]
+
+
+def test_an_integer_beyond_any_float_is_out_of_range():
+    huge = 10 ** 400
+    with pytest.raises(C.ConfigError) as info:
+        C.validate({"optimizer": {"lr": huge, "eps": huge}})
+    assert info.value.keys == ["optimizer.lr", "optimizer.eps"]
+    assert len(str(info.value)) < 1000
+
+
+def test_a_yaml_integer_too_long_to_read_is_a_config_error(tmp_path):
+    err = _load_error(tmp_path, "seed: " + "9" * 5000 + "\n")
+    assert "cannot be read" in str(err)
+
+
+@pytest.mark.parametrize("key, extra", [("lr_init", {}), ("power", {}),
+                                        ("lr_final", {"decay": "cosine", "warmup_steps": 2})])
+def test_infinite_schedule_values_are_refused_by_validation(key, extra):
+    with pytest.raises(C.ConfigError) as info:
+        C.validate({"schedule": {key: ".inf", **extra}, "train": {"steps": 4}})
+    assert info.value.keys == [f"schedule.{key}"] and "finite" in str(info.value)
+
+
+def test_only_the_divergence_factor_may_be_infinite():
+    assert C.validate({"train": {"divergence_factor": ".inf"}})["train"]["divergence_factor"] == math.inf
+    for key in ("optimizer.eps", "optimizer.weight_decay", "eval.sharpness_tol", "model.alpha_in"):
+        section, leaf = key.split(".")
+        with pytest.raises(C.ConfigError) as info:
+            C.validate({section: {leaf: math.inf}})
+        assert info.value.keys == [key]
+
+
+def test_gi_adam_accepts_exactly_the_v0_numbers_the_config_accepts():
+    probes = [-1.0, -1e-300, -0.0, 0, 0.0, 1e-300, 0.5, 1, 2.5, 1e300, math.inf, -math.inf, math.nan]
+    param = torch.nn.Parameter(torch.zeros(1))
+    for a in probes:
+        try:
+            C.validate({"optimizer": {"name": "gi-adam", "v0": a}})
+            config_ok = True
+        except C.ConfigError:
+            config_ok = False
+        try:
+            GIAdam([param], v0=a)
+            optimizer_ok = True
+        except (ValueError, TypeError):
+            optimizer_ok = False
+        assert config_ok == optimizer_ok, a
+
+
+def test_a_huge_value_is_shown_short_and_many_problems_are_capped():
+    value = list(range(10 ** 6))
+    with pytest.raises(C.ConfigError) as info:
+        C.validate({"optimizer": {"lr": value, "name": "x" * 10 ** 6}})
+    assert len(str(info.value)) < 1000
+    problems = [(f"k{i}", "bad " * 1000) for i in range(500)]
+    text = str(C.ConfigError(problems))
+    assert len(text) < 20 * (C.errors.MAX_LINE + 10) + 200 and "480 more problems" in text

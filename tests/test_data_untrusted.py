@@ -1,0 +1,166 @@
+"""Untrusted CIFAR files (issue 13): arrays only through NumPy's own pickling paths, sizes
+checked against the format before anything is allocated, legitimate protocol-5 / NumPy-2
+pickles accepted, corrupt archives reported as corrupt, and the CLI exits 2 without a traceback."""
+from __future__ import annotations
+
+import gzip
+import io
+import pickle
+import struct
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from catapult import cli
+from catapult.data import CorruptDataError, UnsafePickleError, load_cifar10
+from catapult.data.safe_pickle import safe_loads
+from test_data_cifar import make_cifar10, make_targz, py2_dumps
+
+
+def _unicode(text: str) -> bytes:
+    raw = text.encode()
+    return pickle.BINUNICODE + struct.pack("<I", len(raw)) + raw
+
+
+def _global(module: str, name: str) -> bytes:
+    return pickle.GLOBAL + f"{module}\n{name}\n".encode()
+
+
+def _tuple(*items: bytes) -> bytes:
+    return pickle.MARK + b"".join(items) + pickle.TUPLE
+
+
+def _int(n: int) -> bytes:
+    return pickle.BININT + struct.pack("<i", n)
+
+
+def _dict_pickle(data_value: bytes, labels: int = 0) -> bytes:
+    """``{b'data': <data_value>, b'labels': []}`` with ``data_value`` given as raw opcodes."""
+    return (pickle.PROTO + b"\x02" + pickle.EMPTY_DICT + pickle.MARK
+            + pickle.SHORT_BINBYTES + b"\x04data" + data_value
+            + pickle.SHORT_BINBYTES + b"\x06labels" + pickle.EMPTY_LIST
+            + pickle.SETITEMS + pickle.STOP)
+
+
+def _uint8_dtype() -> bytes:
+    return _global("numpy", "dtype") + _tuple(_unicode("u1")) + pickle.REDUCE
+
+
+def test_a_direct_call_of_numpy_ndarray_is_refused_unallocated():
+    # ndarray((20000, 3072), uint8): uninitialised heap memory under the old allow-list
+    payload = _dict_pickle(_global("numpy", "ndarray")
+                           + _tuple(_tuple(_int(20_000), _int(3072)), _uint8_dtype()) + pickle.REDUCE)
+    assert len(payload) < 240
+    with pytest.raises(UnsafePickleError, match="calls numpy.ndarray directly"):
+        safe_loads(payload, source="data_batch_1")
+
+
+def test_reconstruct_is_allowed_only_as_numpy_writes_it():
+    big = _global("numpy.core.multiarray", "_reconstruct") + _tuple(
+        _global("numpy", "ndarray"), _tuple(_int(20_000), _int(3072)), pickle.SHORT_BINBYTES + b"\x01b"
+    ) + pickle.REDUCE
+    with pytest.raises(UnsafePickleError, match="_reconstruct"):
+        safe_loads(_dict_pickle(big), source="x")
+    # the state must hold exactly prod(shape) * itemsize bytes
+    empty = _global("numpy.core.multiarray", "_reconstruct") + _tuple(
+        _global("numpy", "ndarray"), _tuple(_int(0)), pickle.SHORT_BINBYTES + b"\x01b") + pickle.REDUCE
+    state = _tuple(_int(1), _tuple(_int(10_000), _int(3072)), _uint8_dtype(), pickle.NEWFALSE,
+                   pickle.SHORT_BINBYTES + b"\x05hello")
+    with pytest.raises(UnsafePickleError, match="holds 5 bytes"):
+        safe_loads(_dict_pickle(empty + state + pickle.BUILD), source="x")
+
+
+@pytest.mark.parametrize("payload, words", [
+    (_global("builtins", "bytes") + _tuple(_int(1000)) + pickle.REDUCE, r"bytes\(\) with arguments"),
+    (_global("_codecs", "encode") + _tuple(_unicode("x"), _unicode("zlib")) + pickle.REDUCE, "latin1"),
+    (_global("numpy", "dtype") + _tuple(_unicode("O")) + pickle.REDUCE, "dtype 'O'"),
+])
+def test_other_allowed_globals_are_checked_too(payload, words):
+    with pytest.raises(UnsafePickleError, match=words):
+        safe_loads(_dict_pickle(payload), source="x")
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_pickles_numpy2_writes_load_at_every_protocol(tmp_path, protocol):
+    files = make_cifar10(tmp_path, lambda obj: pickle.dumps(obj, protocol=protocol))
+    split = load_cifar10(tmp_path, standardize=False)
+    want = np.concatenate([files[f"data_batch_{i}"][b"data"] for i in range(1, 6)])
+    np.testing.assert_array_equal((split.x_train.numpy() * 255).round().reshape(-1, 3072), want)
+    assert split.classes == tuple(f"class{k}" for k in range(10))
+    # arrays of other plain dtypes, either memory order, come back equal too
+    for array in (np.arange(12, dtype=">f8").reshape(3, 4), np.asfortranarray(np.ones((2, 3), np.int16))):
+        got = safe_loads(pickle.dumps({"a": array}, protocol=protocol))["a"]
+        np.testing.assert_array_equal(got, array)
+        assert got.dtype == array.dtype
+
+
+def test_a_batch_with_more_rows_than_the_format_is_refused(tmp_path):
+    make_cifar10(tmp_path)
+    target = tmp_path / "cifar-10-batches-py" / "test_batch"
+    target.write_bytes(py2_dumps({b"data": np.zeros((10_001, 3072), np.uint8), b"labels": [0] * 10_001}))
+    with pytest.raises(ValueError, match="N <= 10,000"):
+        load_cifar10(tmp_path)
+
+
+def test_a_file_larger_than_its_format_is_refused_unread(tmp_path):
+    make_cifar10(tmp_path)
+    target = tmp_path / "cifar-10-batches-py" / "data_batch_1"
+    with open(target, "r+b") as f:
+        f.truncate(10 ** 9)  # sparse: costs no disk
+    with pytest.raises(CorruptDataError, match="more than a CIFAR-10 'data_batch_1' file can be"):
+        load_cifar10(tmp_path)
+
+
+def _damaged_archive(tmp_path: Path) -> Path:
+    """A .tar.gz whose second member header is damaged (tarfile then stops without an error)."""
+    make_cifar10(tmp_path / "d")
+    plain = make_targz(tmp_path / "d" / "cifar-10-batches-py", tmp_path / "ok.tar.gz")
+    raw = bytearray(gzip.decompress(plain.read_bytes()))
+    with tarfile.open(fileobj=io.BytesIO(bytes(raw))) as tar:
+        second = tar.getmembers()[1].offset
+    raw[second + 148:second + 156] = b"garbage!"  # the header's checksum field
+    damaged = tmp_path / "cifar-10-python.tar.gz"
+    damaged.write_bytes(gzip.compress(bytes(raw)))
+    return damaged
+
+
+def test_a_damaged_archive_is_reported_as_corrupt_not_as_missing_files(tmp_path):
+    with pytest.raises(CorruptDataError, match="corrupt or truncated"):
+        load_cifar10(_damaged_archive(tmp_path))
+
+
+def test_a_truncated_archive_is_reported_as_corrupt(tmp_path):
+    make_cifar10(tmp_path / "d")
+    archive = make_targz(tmp_path / "d" / "cifar-10-batches-py", tmp_path / "a.tar.gz")
+    archive.write_bytes(archive.read_bytes()[:-200])
+    with pytest.raises(ValueError, match="corrupt or truncated|cannot be read as a tar archive"):
+        load_cifar10(archive)
+
+
+def test_a_truncated_batch_is_reported_as_truncated(tmp_path):
+    make_cifar10(tmp_path)
+    target = tmp_path / "cifar-10-batches-py" / "test_batch"
+    target.write_bytes(target.read_bytes()[:1000])
+    with pytest.raises(pickle.UnpicklingError, match="test_batch: not a valid pickle, the file is truncated"):
+        load_cifar10(tmp_path)
+
+
+def _cli(tmp_path, root: Path, capsys) -> tuple[int, str]:
+    config = tmp_path / "c.yaml"
+    config.write_text(f"data: {{name: cifar10, root: '{root}', n_train: 8, n_test: 4}}\n"
+                      "model: {width: 8, depth: 2}\ntrain: {steps: 1}\neval: {sharpness_every: 0}\n")
+    code = cli.main(["train", str(config), "--out", str(tmp_path / "run"), "--progress", "none"])
+    return code, capsys.readouterr().err
+
+
+def test_the_cli_reports_bad_cifar_files_with_exit_2(tmp_path, capsys):
+    code, err = _cli(tmp_path, _damaged_archive(tmp_path), capsys)
+    assert code == 2 and "corrupt or truncated" in err and len(err) < 2000
+    make_cifar10(tmp_path / "evil")
+    (tmp_path / "evil" / "cifar-10-batches-py" / "data_batch_1").write_bytes(_dict_pickle(
+        _global("numpy", "ndarray") + _tuple(_tuple(_int(10), _int(3072))) + pickle.REDUCE))
+    code, err = _cli(tmp_path, tmp_path / "evil", capsys)
+    assert code == 2 and "calls numpy.ndarray directly" in err and len(err) < 2000
+    assert not (tmp_path / "run").exists()

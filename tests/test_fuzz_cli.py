@@ -1,0 +1,147 @@
+"""Property test (hypothesis): whatever config file and ``key=value`` overrides a user, a careless
+user or an attacker gives ``catapult train``, it exits 0 or 2, prints no traceback, keeps its
+message under a few KB, leaves no partial run directory and finishes within seconds (issue 13).
+
+The CLI runs in-process (``catapult.cli.main``) on a tiny base run (digits, a 4-wide MLP, one
+step), and values of keys that size the work (widths, steps, sample counts) are kept small or
+invalid, so a *valid* example trains in milliseconds; the whole file stays within ~20 s. The
+trajectory plot (matplotlib, ~95% of a valid tiny run) is replaced by a stub that writes an
+empty file: what is fuzzed here is the input handling, and the plot has its own tests.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import time
+
+import pytest
+import yaml
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from catapult import cli  # noqa: E402
+from catapult import config as C  # noqa: E402
+
+BASE = {
+    "data": {"name": "digits", "n_train": 16, "n_test": 8},
+    "model": {"width": 4, "depth": 2},
+    "train": {"steps": 1},
+    "eval": {"sharpness_every": 0, "test_every": 0, "sharpness_max_iter": 3},
+}
+
+#: Keys whose valid values size the work: only small or invalid values are generated for them.
+SIZE_KEYS = {"model.width", "model.depth", "model.base_width", "model.n_heads", "train.steps",
+             "train.batch_size", "data.n_train", "data.n_test", "data.context", "schedule.warmup_steps",
+             "eval.sharpness_every", "eval.test_every", "eval.sharpness_max_iter", "eval.sharpness_max_basis",
+             "eval.sharpness_chunk_size"}
+KEYS = sorted(C.known_keys())
+MAX_ERR = 5000
+_COUNTER = itertools.count()
+
+hostile_text = st.sampled_from([
+    "", "null", "~", ".inf", "-.inf", ".nan", "1e39", "1e400", "-0", "2^2000/lambda0", "0^-1/lambda0",
+    "2^-1.5/lambda0", "32/lambda0", "1e300/lambda0", "lambda0", "/lambda0", "2^^3", "[", "]", "{", "{a: 1",
+    "&a [*a]", "*undefined", "!!python/object/apply:os.system ['true']", "!!binary AAAA", "2024-13-45",
+    "9" * 5000, "[" * 200 + "]" * 200, "x" * 20_000, "é∂ƒ\u202e", "\x00", "'unterminated", "yes", "no",
+    "cuda:99", "cpu", "float64", "gi-adam", "sgd", "supar", "cosine", "catapult", "persistent", "text",
+    "shakespeare", "cifar10", "gpt", "grad", "random",
+])
+numbers = st.one_of(st.integers(-10 ** 30, 10 ** 30), st.floats(allow_nan=True, allow_infinity=True),
+                    st.integers(-3, 5))
+leaf = st.one_of(numbers, hostile_text, st.text(max_size=30), st.booleans(), st.none())
+value = st.recursive(leaf, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                   st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+                     max_leaves=8)
+small_or_bad = st.one_of(st.integers(-2, 3), st.sampled_from(["1.5", "x", "-1", "1e30", ".inf", "[1]", ""]))
+
+
+@st.composite
+def override(draw) -> str:
+    key = draw(st.one_of(st.sampled_from(KEYS), st.sampled_from(KEYS).map(lambda k: k + "x"),
+                         st.text(min_size=0, max_size=12)))
+    if key in SIZE_KEYS:
+        text = str(draw(small_or_bad))
+    else:
+        raw = draw(st.one_of(hostile_text, value))
+        text = raw if isinstance(raw, str) else yaml.safe_dump(raw, default_flow_style=True).strip()
+    return f"{key}={text}"
+
+
+def _alias_bomb(levels: int, width: int) -> str:
+    lines = ["a0: &a0 [" + ", ".join(["x"] * width) + "]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * width) + "]" for i in range(1, levels)]
+    return "\n".join(lines) + f"\noptimizer: {{lr: *a{levels - 1}}}\n"
+
+
+@st.composite
+def config_file(draw) -> bytes:
+    kind = draw(st.sampled_from(["base", "mapping", "bytes", "bomb", "deep", "latin1"]))
+    if kind == "bytes":
+        return draw(st.binary(max_size=300))
+    if kind == "bomb":
+        return _alias_bomb(draw(st.integers(2, 9)), draw(st.integers(2, 12))).encode()
+    if kind == "deep":
+        depth = draw(st.integers(1, 3000))
+        return ("a: " + "[" * depth + "]" * depth + "\n").encode()
+    if kind == "latin1":
+        return "name: caf\u00e9\n".encode("latin1")
+    mapping = {k: dict(v) for k, v in BASE.items()}
+    if kind == "mapping":
+        for _ in range(draw(st.integers(1, 4))):
+            key = draw(st.sampled_from(KEYS))
+            section, _, leaf_key = key.rpartition(".")
+            node = mapping.setdefault(section, {}) if section else mapping
+            if not isinstance(node, dict):
+                break
+            node[leaf_key] = draw(small_or_bad if key in SIZE_KEYS else value)
+        if draw(st.booleans()):
+            mapping[draw(st.text(max_size=10))] = draw(value)
+    return yaml.safe_dump(mapping, allow_unicode=True).encode()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_plot_and_warm(tmp_path_factory):
+    """Stub the plot, and run the base config once so imports are not timed as an example."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("catapult.engine.loop.plot_run", lambda metrics, path, **kwargs: path.write_bytes(b""))
+        _check(tmp_path_factory.mktemp("warm"), yaml.safe_dump(BASE).encode(), [], limit=120)
+        yield
+
+
+def _check(tmp_dir, text: bytes, overrides: list[str], limit: float = 10) -> None:
+    n = next(_COUNTER)
+    path = tmp_dir / f"c{n}.yaml"
+    path.write_bytes(text)
+    out = tmp_dir / f"run{n}"
+    stdout, stderr = io.StringIO(), io.StringIO()
+    started = time.perf_counter()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = cli.main(["train", str(path), *overrides, "--out", str(out), "--progress", "none",
+                         "--threads", "1"])
+    elapsed = time.perf_counter() - started
+    err = stderr.getvalue()
+    assert code in (0, 2), (code, err[:500])
+    assert "Traceback" not in err and len(err) < MAX_ERR, err[:500]
+    assert elapsed < limit, (elapsed, overrides)
+    if code == 2:
+        assert err.startswith("catapult train: error: ") and not out.exists()
+
+
+FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+@FUZZ
+@given(overrides=st.lists(override(), max_size=4))
+def test_any_overrides_exit_0_or_2_with_a_short_message(tmp_path_factory, overrides):
+    text = yaml.safe_dump(BASE).encode()
+    _check(tmp_path_factory.getbasetemp(), text, overrides)
+
+
+@settings(FUZZ, max_examples=50)
+@given(text=config_file(), overrides=st.lists(override(), max_size=2))
+def test_any_config_file_exits_0_or_2_with_a_short_message(tmp_path_factory, text, overrides):
+    _check(tmp_path_factory.getbasetemp(), text, overrides)
