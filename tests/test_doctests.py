@@ -25,6 +25,7 @@ MODULES = (
     "catapult.optim.registry",
     "catapult.optim.rules",
     "catapult.engine.step",
+    "catapult.models.options",
 )
 
 # Public names without an example, and why.

@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from catapult import config as cfg
 from catapult.losses import get_loss
+from catapult.models import GPT, MLP
 from catapult.optim import registry
 
 __all__ = [
@@ -47,48 +48,10 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def _multipliers(model_cfg: Mapping[str, Any]) -> dict[str, float]:
-    """``alpha_in`` / ``alpha_out`` for a model builder: 1 under SP, which has no multipliers
-    (the config ignores ``alpha_*`` there so one study config can sweep sp, mup and supar)."""
-    if model_cfg["parametrization"] == "sp":
-        return {"alpha_in": 1.0, "alpha_out": 1.0}
-    return {"alpha_in": model_cfg["alpha_in"], "alpha_out": model_cfg["alpha_out"]}
-
-
-#: Constructor arguments the MLP and the GPT both take straight from ``model.*``.
-_COMMON_MODEL_KEYS = ("parametrization", "activation", "density", "base_density", "bias", "mask_method")
-
-
-def _common_kwargs(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The builders' shared keyword arguments: :data:`_COMMON_MODEL_KEYS` plus the multipliers."""
-    return {**{k: model_cfg[k] for k in _COMMON_MODEL_KEYS}, **_multipliers(model_cfg)}
-
-
-def _build_mlp(model_cfg: Mapping[str, Any], in_features: int, out_features: int) -> nn.Module:
-    from catapult.models import MLP
-
-    kwargs = dict(_common_kwargs(model_cfg), init=model_cfg["init"])
-    if model_cfg["base_width"] is not None:
-        kwargs["base_width"] = model_cfg["base_width"]
-    return MLP(in_features, out_features, width=model_cfg["width"], depth=model_cfg["depth"], **kwargs)
-
-
-def _build_gpt(model_cfg: Mapping[str, Any], context: int, vocab_size: int) -> nn.Module:
-    """The config's GPT: ``width`` = d_model, ``depth`` = blocks; ``context`` from the data."""
-    from catapult.models import GPT
-
-    kwargs = dict(_common_kwargs(model_cfg), base_width=model_cfg["base_width"],
-                  positions=model_cfg["positions"], tie_embeddings=model_cfg["tie_embeddings"])
-    if model_cfg["init_std"] is not None:
-        kwargs["init_std"] = model_cfg["init_std"]
-    return GPT(vocab_size, d_model=model_cfg["width"], n_layers=model_cfg["depth"],
-               n_heads=model_cfg["n_heads"], context=context, **kwargs)
-
-
 #: model.name -> builder(model_config, in_features, out_features) -> nn.Module. For the mlp
 #: ``in_features`` is a flattened sample's size; for the gpt it is the context (tokens per
 #: window) and ``out_features`` the vocabulary size.
-MODELS: dict[str, Callable[[Mapping[str, Any], int, int], nn.Module]] = {"mlp": _build_mlp, "gpt": _build_gpt}
+MODELS: dict[str, Callable[[Mapping[str, Any], int, int], nn.Module]] = {"mlp": MLP.from_config, "gpt": GPT.from_config}
 
 
 @dataclass

@@ -38,6 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from catapult.parametrize import ParamSpec, check_parametrization, init_variance
+from catapult.models.options import common_kwargs, section_dict
 from catapult.sparsity import MaskedLinear, random_mask
 
 __all__ = ["GPT", "CausalSelfAttention", "FeedForward", "Block", "sinusoidal_positions"]
@@ -254,6 +255,25 @@ class GPT(nn.Module):
             return torch.cat([random_mask(shape, self.density, method=method,
                                           generator=generator) for _ in range(3)])
         return random_mask(layer.weight.shape, self.density, method=method, generator=generator)
+
+    @classmethod
+    def from_config(cls, model_cfg, context: int, vocab_size: int) -> "GPT":
+        """The GPT a run config's ``model`` section describes (``width`` = d_model, ``depth`` =
+        blocks; a ``catapult.config.ModelConfig`` or its validated dict); ``context`` comes from
+        the data.
+
+        >>> from catapult.config import ModelConfig
+        >>> lm = GPT.from_config(ModelConfig(name="gpt", width=32, depth=2, n_heads=4), 16, 50)
+        >>> lm(torch.zeros(3, 16, dtype=torch.long)).shape
+        torch.Size([3, 16, 50])
+        """
+        m = section_dict(model_cfg)
+        kwargs = dict(common_kwargs(m), base_width=m["base_width"], positions=m["positions"],
+                      tie_embeddings=m["tie_embeddings"])
+        if m["init_std"] is not None:
+            kwargs["init_std"] = m["init_std"]
+        return cls(vocab_size, d_model=m["width"], n_layers=m["depth"], n_heads=m["n_heads"], context=context,
+                   **kwargs)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         if idx.ndim != 2:

@@ -55,6 +55,7 @@ import torch
 import torch.nn as nn
 
 from catapult.parametrize import ParamSpec, ScaledLinear, check_parametrization, init_rule
+from catapult.models.options import common_kwargs, section_dict
 from catapult.sparsity import random_mask
 
 __all__ = ["MLP", "ACTIVATIONS"]
@@ -204,6 +205,22 @@ class MLP(nn.Module):
         self.activation = ACTIVATIONS[activation]()
         self.catapult_spec = ParamSpec(parametrization, width_mult, density_mult,
                                        "table" if table_form else "global")
+
+    @classmethod
+    def from_config(cls, model_cfg, in_features: int, out_features: int) -> "MLP":
+        """The MLP a run config's ``model`` section describes (a ``catapult.config.ModelConfig``
+        or its validated dict), as nanoGPT builds a GPT from its ``GPTConfig``.
+
+        >>> from catapult.config import ModelConfig
+        >>> net = MLP.from_config(ModelConfig(width=32, depth=3, parametrization="mup"), 64, 10)
+        >>> [tuple(p.shape) for p in net.parameters() if p.dim() == 2]
+        [(32, 64), (32, 32), (10, 32)]
+        """
+        m = section_dict(model_cfg)
+        kwargs = dict(common_kwargs(m), init=m["init"])
+        if m["base_width"] is not None:
+            kwargs["base_width"] = m["base_width"]
+        return cls(in_features, out_features, width=m["width"], depth=m["depth"], **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)
