@@ -315,7 +315,8 @@ def test_phase_diagram_configs_expand_to_valid_cells(path, at_least):
 
 def _stacked(loss, parametrization, density, activation, n=5):
     """A ``_Batch`` of ``n`` float64 members (different seeds) on 50 digits, and the data."""
-    from catapult.sweep.ensemble_run import _Batch, _Member
+    from catapult.sweep.ensemble_run import _Batch
+    from catapult.sweep.member import Member as _Member
 
     configs = [cfg.validate({"name": f"m{i}", "seed": i, "dtype": "float64", "loss": loss,
                              "data": {"name": "digits", "n_train": 50, "n_test": 20},

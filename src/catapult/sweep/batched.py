@@ -55,18 +55,18 @@ sends a group here when the hand-derived MLP kernels do not reproduce it (or ``k
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
 from catapult import config as cfg
 from catapult.curvature import batched_lanczos
-from catapult.engine.step import diverged, evaluates_test, measures_sharpness, new_row
+from catapult.engine.step import diverged, new_row
 from catapult.sweep.batched_model import StackedModel
 from catapult.sweep.batched_optim import SUPPORTED as OPTIMIZERS
 from catapult.sweep.batched_optim import StackedOptimizer
 from catapult.sweep.grouping import group_key
+from catapult.sweep.member import Member
 from catapult.sweep.executors import Cell, CellResult, worker_name
 
 __all__ = ["batched_unsupported_reason", "run_group"]
@@ -90,42 +90,6 @@ def batched_unsupported_reason(config: Mapping[str, Any]) -> str | None:
     return None
 
 
-@dataclass
-class _Member:
-    """One cell's settings and its record while it trains."""
-
-    cell: Cell
-    config: dict
-    steps: int
-    sharpness_every: int
-    test_every: int
-    divergence_factor: float
-    tol: float
-    max_iter: int
-    lr_spec: Any
-    sharpness_seed: int
-    optimizer: Any = None       # its own torch optimizer (thresholds, hyper-parameters)
-    warmup: Any = None          # engine.Warmup
-    lr_mult0: float = 1.0
-    lr_trgt: float | None = None
-    lambda_0: float | None = None
-    lambda0_estimate: Any = None
-    warm: torch.Tensor | None = None
-    metrics: list = field(default_factory=list)
-    loss_0: float | None = None
-    status: str = "finished"
-    diverged_at: int | None = None
-    matvecs_total: int = 0
-    measurements: int = 0
-    unconverged: int = 0
-
-    def sharpness_at(self, t: int) -> bool:
-        return measures_sharpness(t, self.sharpness_every, self.steps)
-
-    def test_at(self, t: int) -> bool:
-        return evaluates_test(t, self.test_every, self.steps)
-
-
 def _sharpness_kind(config: Mapping[str, Any]) -> str:
     from catapult import engine
 
@@ -135,7 +99,7 @@ def _sharpness_kind(config: Mapping[str, Any]) -> str:
     return kind
 
 
-def _sharpness(model: StackedModel, opt: StackedOptimizer | None, members: Sequence[_Member],
+def _sharpness(model: StackedModel, opt: StackedOptimizer | None, members: Sequence[Member],
                rows: Sequence[int], x, y, inits: torch.Tensor, dtype, max_basis: int,
                preconditioned: bool) -> list:
     """Top eigenpairs for members ``rows`` on ``(x, y)`` (batched Lanczos from ``inits``)."""
@@ -179,36 +143,25 @@ def run_group(cells: Sequence[Cell], *, data: Any = None) -> Iterator[tuple[int,
     max_basis = ev0["sharpness_max_basis"]
     worker = worker_name()
 
-    members: list[_Member] = []
+    members: list[Member] = []
     models = []
     for cell, config in zip(cells, configs):
-        ev = config["eval"]
-        members.append(_Member(
-            cell=cell, config=config, steps=config["train"]["steps"], sharpness_every=ev["sharpness_every"],
-            test_every=ev["test_every"], divergence_factor=config["train"]["divergence_factor"],
-            tol=ev["sharpness_tol"], max_iter=ev["sharpness_max_iter"],
-            lr_spec=cfg.parse_lr(config["optimizer"]["lr"]), sharpness_seed=engine.seeds(config["seed"])[2]))
+        members.append(Member.of(cell, config))
         model = engine.build_model(config, data.in_features, data.num_classes, device, dtype)
         model.train()
         models.append(model)
     stacked = StackedModel(models, loss_fn)
     n_params = stacked.numel
 
-    def result_of(mb: _Member, now: float) -> CellResult:
-        summary = engine.summarize(
-            mb.config, mb.metrics, status=mb.status, diverged_at=mb.diverged_at, lambda_0=mb.lambda_0,
-            lr_trgt=mb.lr_trgt, threshold_target=engine.threshold(mb.optimizer, mb.lr_trgt * mb.lr_mult0),
-            n_params=n_params, device=device, sharpness_kind=kind, matvecs_total=mb.matvecs_total,
-            measurements=mb.measurements, unconverged=mb.unconverged, wall_time=(now - started) / len(cells))
-        summary.update(engine.warmup_summary(mb.config, mb.metrics, mb.lr_trgt, mb.warmup))
-        return CellResult(mb.status, mb.metrics, summary, worker=worker)
+    def result_of(mb: Member, now: float) -> CellResult:
+        return mb.result(n_params=n_params, device=device, sharpness_kind=kind,
+                         wall_time=(now - started) / len(cells), worker=worker)
 
     # ---- lambda_0: Hessian sharpness at theta_0 on batch 0 from randn(P, sharpness_seed)
     x0, y0 = batches.batch(0)
-    need = [i for i, mb in enumerate(members) if mb.sharpness_every > 0 or mb.lr_spec.relative]
+    need = [i for i, mb in enumerate(members) if mb.needs_lambda0]
     for i in need:
-        v = torch.randn(n_params, generator=torch.Generator().manual_seed(members[i].sharpness_seed))
-        members[i].warm = v.to(device=device, dtype=dtype)
+        members[i].warm = members[i].start_vector(n_params, device, dtype)
     if need:
         inits = torch.stack([members[i].warm for i in need])
         for i, est in zip(need, _sharpness(stacked, None, members, need, x0, y0, inits, sdtype, max_basis, False)):
@@ -250,7 +203,7 @@ def run_group(cells: Sequence[Cell], *, data: Any = None) -> Iterator[tuple[int,
         loss_list = losses.tolist()
         rows, alive, gone = [], [], []
         for r, (mb, lr_t) in enumerate(zip(active, lrs)):
-            row = new_row(t, lr_t, engine.threshold(mb.optimizer, lr_t * mb.lr_mult0))
+            row = new_row(t, lr_t, mb.threshold_at(lr_t))
             loss_t = float(loss_list[r])
             row["train_loss"], row["train_accuracy"] = loss_t, accs[r]
             rows.append(row)
@@ -272,7 +225,7 @@ def run_group(cells: Sequence[Cell], *, data: Any = None) -> Iterator[tuple[int,
                 opt.materialize(r, stacked.params)
             lrs[r] = float(pcw.step((x, y), loss=rows[r]["train_loss"]))
             rows[r]["lr"] = lrs[r]
-            rows[r]["threshold"] = engine.threshold(active[r].optimizer, lrs[r] * active[r].lr_mult0)
+            rows[r]["threshold"] = active[r].threshold_at(lrs[r])
 
         # sharpness (the lambda_0 estimate stands for t = 0 with the Hessian kind)
         measured = {}

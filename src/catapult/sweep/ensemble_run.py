@@ -5,7 +5,6 @@ measurements and records (see :mod:`catapult.sweep.ensemble` for the exactness c
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -15,40 +14,11 @@ from catapult import config as cfg
 from catapult.curvature import EigenEstimate, batched_lanczos
 from catapult.engine.step import diverged, evaluates_test, measures_sharpness, new_row
 from catapult.sweep.executors import Cell, CellResult, worker_name
+from catapult.sweep.member import Member
 
 from catapult.sweep.ensemble_kernels import MLPStack, even_ranges
 
 __all__ = ["run_ensemble"]
-
-
-@dataclass
-class _Member:
-    cell: Cell
-    config: dict
-    steps: int
-    sharpness_every: int
-    test_every: int
-    divergence_factor: float
-    tol: float
-    max_iter: int
-    lr_spec: Any
-    sharpness_seed: int
-    threshold_opt: torch.optim.Optimizer | None = None
-    lr_mult0: float = 1.0
-    lr_trgt: float | None = None
-    schedule: Any = None
-    lambda_0: float | None = None
-    lambda0_estimate: EigenEstimate | None = None
-    warm: torch.Tensor | None = None
-    metrics: list = field(default_factory=list)
-    loss_0: float | None = None
-    status: str = "finished"
-    diverged_at: int | None = None
-    matvecs_total: int = 0
-    measurements: int = 0
-    unconverged: int = 0
-    # per-parameter optimizer hyper-parameters (from the member's own torch optimizer groups)
-    hyper: list = field(default_factory=list)
 
 
 def _threshold_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
@@ -278,12 +248,12 @@ class _Batch(MLPStack):
         return [(loss_tot[i] / n, acc_tot[i] / n) for i in range(len(rows))]
 
 
-def _sharpness_at(mb: _Member, t: int) -> bool:
+def _sharpness_at(mb: Member, t: int) -> bool:
     """Whether member ``mb`` measures its sharpness at step ``t`` (as ``run``)."""
     return measures_sharpness(t, mb.sharpness_every, mb.steps)
 
 
-def _test_at(mb: _Member, t: int) -> bool:
+def _test_at(mb: Member, t: int) -> bool:
     """Whether member ``mb`` evaluates on the test set at step ``t`` (as ``run``)."""
     return evaluates_test(t, mb.test_every, mb.steps)
 
@@ -295,7 +265,6 @@ def run_ensemble(cells: Sequence[Cell], *, threads: int | None = None,
     ``data``: the group's :func:`catapult.engine.load_data` result on the CPU in float32, if
     the caller has it (used when the run's device and dtype are those; else loaded again)."""
     from catapult import engine as train
-    from catapult.engine import threshold
 
     started = time.perf_counter()
     configs = [cfg.validate(c.config) for c in cells]
@@ -313,43 +282,27 @@ def run_ensemble(cells: Sequence[Cell], *, threads: int | None = None,
         kind = "preconditioned" if opt_name in train.ADAPTIVE else "hessian"
     worker = worker_name()
 
-    members: list[_Member] = []
+    members: list[Member] = []
     models = []
     for cell, config in zip(cells, configs):
-        _, _, sharp_seed = train.seeds(config["seed"])
-        ev = config["eval"]
-        members.append(_Member(
-            cell=cell, config=config, steps=config["train"]["steps"], sharpness_every=ev["sharpness_every"],
-            test_every=ev["test_every"], divergence_factor=config["train"]["divergence_factor"],
-            tol=ev["sharpness_tol"], max_iter=ev["sharpness_max_iter"],
-            lr_spec=cfg.parse_lr(config["optimizer"]["lr"]), sharpness_seed=sharp_seed))
+        members.append(Member.of(cell, config))
         model = train.build_model(config, in_features, data.num_classes, device, dtype)
         model.train()
         models.append(model)
     batch = _Batch(members, models, kind, c0["loss"], opt_name, max_basis=c0["eval"]["sharpness_max_basis"])
     n_params = batch.n_params
 
-    def result_of(mb: _Member, t_end: float) -> CellResult:
-        opt = mb.threshold_opt
-        summary = train.summarize(
-            mb.config, mb.metrics, status=mb.status, diverged_at=mb.diverged_at, lambda_0=mb.lambda_0,
-            lr_trgt=mb.lr_trgt, threshold_target=threshold(opt, mb.lr_trgt * mb.lr_mult0),
-            n_params=n_params, device=device, sharpness_kind=kind, matvecs_total=mb.matvecs_total,
-            measurements=mb.measurements, unconverged=mb.unconverged,
-            wall_time=(t_end - started) / len(cells))
-        return CellResult(mb.status, mb.metrics, summary, worker=worker)
+    def result_of(mb: Member, t_end: float) -> CellResult:
+        return mb.result(n_params=n_params, device=device, sharpness_kind=kind,
+                         wall_time=(t_end - started) / len(cells), worker=worker)
 
     # ---- lambda_0 (Hessian sharpness at theta_0 on batch 0, from randn(P, sharpness_seed))
     x0, y0 = batches.batch(0)
-    need = [i for i, mb in enumerate(members) if mb.sharpness_every > 0 or mb.lr_spec.relative]
-    starts = {}
-    for i, mb in enumerate(members):
-        if mb.sharpness_every > 0 or mb.lr_spec.relative:
-            v = torch.randn(n_params, generator=torch.Generator().manual_seed(mb.sharpness_seed))
-            starts[i] = v.to(device=device, dtype=dtype)
-            mb.warm = starts[i]
+    need = [i for i, mb in enumerate(members) if mb.needs_lambda0]
+    for i in need:
+        members[i].warm = members[i].start_vector(n_params, device, dtype)
     if need:
-        ests = batch.sharpness(need, x0, y0, torch.stack([starts[i] for i in need]))
+        ests = batch.sharpness(need, x0, y0, torch.stack([members[i].warm for i in need]))
         for i, est in zip(need, ests):
             mb = members[i]
             mb.lambda0_estimate, mb.lambda_0 = est, float(est.value)
@@ -382,9 +335,9 @@ def run_ensemble(cells: Sequence[Cell], *, threads: int | None = None,
                 entry.update(beta1=float(g["betas"][0]), beta2=float(g["betas"][1]), eps=float(g["eps"]))
             mb.hyper.append(entry)
         mb.lr_mult0 = float(optimizer.param_groups[0].get("lr_mult", 1.0))
-        mb.threshold_opt = _threshold_optimizer(optimizer)
+        mb.optimizer = _threshold_optimizer(optimizer)
         if mb.status != "failed":
-            mb.schedule = train.build_schedule(mb.config, mb.lr_trgt)
+            mb.warmup = train.Warmup(train.build_schedule(mb.config, mb.lr_trgt))
     batch.set_hyper()
     del models
     for i in failed:
@@ -398,13 +351,8 @@ def run_ensemble(cells: Sequence[Cell], *, threads: int | None = None,
     while batch.members:
         mbs = batch.members
         x, y = batches.batch(t)
-        lrs = [float(mb.schedule(t)) for mb in mbs]
-        rows = []
-        for mb, lr_t in zip(mbs, lrs):
-            opt = mb.threshold_opt
-            opt.param_groups[0]["lr"] = lr_t * float(mb.lr_mult0)
-            row = new_row(t, lr_t, threshold(opt))
-            rows.append(row)
+        lrs = [float(mb.warmup.schedule(t)) for mb in mbs]
+        rows = [new_row(t, lr_t, mb.threshold_at(lr_t)) for mb, lr_t in zip(mbs, lrs)]
         # fused step: when no member measures anything at t (sharpness, test, final step), each
         # sub-batch's update is applied right after its gradient, which stays in cache (a member
         # that diverges at t is updated too, and dropped below, as with the unfused update)

@@ -1,0 +1,90 @@
+"""One cell of a batched group, shared by both batched engines (the hand-derived MLP kernels in
+:mod:`catapult.sweep.ensemble_run` and the torch.func engine in :mod:`catapult.sweep.batched`):
+its settings, its record while it trains, and its result, built as
+:func:`catapult.engine.run` builds it."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+
+from catapult import config as cfg
+from catapult.engine import seeds, summarize, threshold, warmup_summary
+from catapult.engine.step import evaluates_test, measures_sharpness
+from catapult.sweep.executors import Cell, CellResult
+
+__all__ = ["Member"]
+
+
+@dataclass
+class Member:
+    """One cell's settings and its record while it trains in a batched group."""
+
+    cell: Cell
+    config: dict
+    steps: int
+    sharpness_every: int
+    test_every: int
+    divergence_factor: float
+    tol: float
+    max_iter: int
+    lr_spec: Any
+    sharpness_seed: int
+    optimizer: Any = None       # its torch optimizer (thresholds, hyper-parameters), or a one-group copy
+    warmup: Any = None          # engine.Warmup: its lr schedule (and persistent search, if any)
+    lr_mult0: float = 1.0
+    lr_trgt: float | None = None
+    lambda_0: float | None = None
+    lambda0_estimate: Any = None
+    warm: torch.Tensor | None = None
+    metrics: list = field(default_factory=list)
+    loss_0: float | None = None
+    status: str = "finished"
+    diverged_at: int | None = None
+    matvecs_total: int = 0
+    measurements: int = 0
+    unconverged: int = 0
+    # per-parameter optimizer hyper-parameters (the kernels read them from the member's groups)
+    hyper: list = field(default_factory=list)
+
+    @classmethod
+    def of(cls, cell: Cell, config: Mapping[str, Any]) -> "Member":
+        """The member of ``cell`` with its validated ``config``."""
+        ev, tr = config["eval"], config["train"]
+        return cls(cell=cell, config=dict(config), steps=tr["steps"], sharpness_every=ev["sharpness_every"],
+                   test_every=ev["test_every"], divergence_factor=tr["divergence_factor"],
+                   tol=ev["sharpness_tol"], max_iter=ev["sharpness_max_iter"],
+                   lr_spec=cfg.parse_lr(config["optimizer"]["lr"]), sharpness_seed=seeds(config["seed"])[2])
+
+    @property
+    def needs_lambda0(self) -> bool:
+        """It tracks sharpness or its lr is ``c/lambda0`` (as :attr:`catapult.engine.Run.needs_lambda0`)."""
+        return self.sharpness_every > 0 or self.lr_spec.relative
+
+    def start_vector(self, n_params: int, device, dtype) -> torch.Tensor:
+        """``randn(P)`` from its sharpness seed: the eigen-solver's first start, as ``run``'s."""
+        v = torch.randn(n_params, generator=torch.Generator().manual_seed(self.sharpness_seed))
+        return v.to(device=device, dtype=dtype)
+
+    def sharpness_at(self, t: int) -> bool:
+        return measures_sharpness(t, self.sharpness_every, self.steps)
+
+    def test_at(self, t: int) -> bool:
+        return evaluates_test(t, self.test_every, self.steps)
+
+    def threshold_at(self, lr_t: float) -> float:
+        """The instability threshold of its optimizer at ``lr_t`` (its first group's multiplier)."""
+        return threshold(self.optimizer, lr_t * self.lr_mult0)
+
+    def result(self, *, n_params: int, device, sharpness_kind: str, wall_time: float,
+               worker: str | None) -> CellResult:
+        """Its :class:`~catapult.sweep.executors.CellResult`, the summary built as ``run`` builds it."""
+        summary = summarize(
+            self.config, self.metrics, status=self.status, diverged_at=self.diverged_at, lambda_0=self.lambda_0,
+            lr_trgt=self.lr_trgt, threshold_target=self.threshold_at(self.lr_trgt), n_params=n_params,
+            device=device, sharpness_kind=sharpness_kind, matvecs_total=self.matvecs_total,
+            measurements=self.measurements, unconverged=self.unconverged, wall_time=wall_time)
+        if self.warmup is not None:
+            summary.update(warmup_summary(self.config, self.metrics, self.lr_trgt, self.warmup))
+        return CellResult(self.status, self.metrics, summary, worker=worker)
