@@ -60,7 +60,7 @@ def _fmt(value: Any, key: str = "") -> str:
         if "accuracy" in key:
             return f"{100 * value:.2f}%"
         return f"{value:.4g}"
-    return html.escape(str(value))
+    return html.escape(str(value))  # everything from the store is text, never markup
 
 
 def build_report(store, *, title: str | None = None, metric: str = "test_accuracy") -> str:
@@ -71,7 +71,9 @@ def build_report(store, *, title: str | None = None, metric: str = "test_accurac
     spec = store.spec()
     axes = store.axes()
     cells = store.cells()
-    counts = store.counts()
+    counts = dict.fromkeys(("finished", "diverged", "failed", "interrupted", "running", "pending"), 0)
+    for c in cells:  # statuses as the cells carry them ('interrupted' included); store text: escaped below
+        counts[c["status"]] = counts.get(c["status"], 0) + 1
     by_label = {a["key"]: dict(zip([json.dumps(v, sort_keys=True) for v in a["values"]], a["labels"])) for a in axes}
     name = title or f"Sweep report: {store.path.name}"
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(name)}</title>"
@@ -85,7 +87,7 @@ def build_report(store, *, title: str | None = None, metric: str = "test_accurac
         + f"; {total_time:.1f} s of training in all.</p>"
     )
     parts.append("<p class='counts'>" + "".join(
-        f"<span><b>{n}</b> {s}</span>" for s, n in counts.items() if n) + "</p>")
+        f"<span><b>{n}</b> {html.escape(str(s))}</span>" for s, n in counts.items() if n) + "</p>")
 
     # ---- figures
     parts.append("<h2>Phase diagrams</h2><div class='figs'>")
@@ -134,9 +136,9 @@ def build_report(store, *, title: str | None = None, metric: str = "test_accurac
                  + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>")
     for c in cells:
         cls = c["status"] if c["status"] in ("diverged", "failed") else ("best" if c["id"] == best_id else "")
-        row = [f"<td>{c['id']}</td>"]
+        row = [f"<td>{_fmt(c['id'])}</td>"]
         row += [f"<td class='text'>{html.escape(_label(by_label, k, c['swept'].get(k)))}</td>" for k in keys]
-        row.append(f"<td class='text'>{html.escape(c['status'])}</td>")
+        row.append(f"<td class='text'>{html.escape(str(c['status']))}</td>")
         row += [f"<td>{_fmt(c.get(m), m)}</td>" for m in metric_cols]
         row += [f"<td>{_fmt(c.get('lambda_0'))}</td>", f"<td>{_fmt(c.get('lr_target'))}</td>",
                 f"<td>{_fmt(c.get('steps_completed'))}</td>", f"<td>{_fmt(c.get('wall_time_s'))}</td>"]
