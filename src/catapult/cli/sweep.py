@@ -15,15 +15,17 @@
 
 Registered by :mod:`catapult.cli` through :func:`register`.
 Exit codes: 0 success (diverged cells are results); 2 bad input (config, store holding a
-different sweep, missing optional dependency), with the problem on stderr.
+different sweep, not a store, missing optional dependency), with the problem on stderr; 130 Ctrl-C
+(the message gives the command that resumes the sweep).
 """
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
-__all__ = ["register"]
+__all__ = ["register", "resume_command"]
 
 
 def register(subparsers) -> None:
@@ -157,6 +159,11 @@ def _sweep_command(args: argparse.Namespace) -> int:
     try:
         outcome = run_sweep(base, spec, store, executor=args.executor, executor_options=options,
                             progress=args.progress)
+    except KeyboardInterrupt:
+        print(f"catapult sweep: interrupted. Finished cells are kept in {store}; the cells that were running "
+              f"read 'interrupted' (catapult export {shlex.quote(str(store))} --out cells.csv).\n"
+              f"Resume with:\n  {resume_command(args, store)}", file=sys.stderr)
+        return 130
     except StoreError as err:
         return _fail("sweep", str(err))
     except ImportError as err:
@@ -165,9 +172,26 @@ def _sweep_command(args: argparse.Namespace) -> int:
     print(f"{outcome.total} cells: {c['finished']} finished, {c['diverged']} diverged, {c['failed']} failed "
           f"({outcome.ran} run now, {outcome.reused} already in the store"
           f"{', resumed' if outcome.mode == 'resumed' else ''}) in {outcome.wall_time_s:.1f} s")
-    print(f"store: {store}   next: catapult plot {store}  |  catapult report {store}  |  "
-          f"catapult export {store} --out results.csv")
+    quoted = shlex.quote(str(store))
+    print(f"store: {store}   next: catapult plot {quoted}  |  catapult report {quoted}  |  "
+          f"catapult export {quoted} --out results.csv")
     return 0
+
+
+def resume_command(args: argparse.Namespace, store: Path) -> str:
+    """The ``catapult sweep`` command line that resumes this sweep: the same config, overrides
+    and executor options, with ``--store`` spelled out (shell-quoted)."""
+    words = ["catapult", "sweep", str(args.config), "--store", str(store)]
+    flags = [("--executor", "executor", "local"), ("--ray-address", "ray_address", None),
+             ("--num-cpus", "num_cpus", None), ("--chunk-size", "chunk_size", 1),
+             ("--ensemble-memory-mb", "ensemble_memory_mb", None), ("--workers", "workers", None),
+             ("--threads", "threads", None), ("--device", "device", None), ("--progress", "progress", "auto")]
+    for flag, name, default in flags:
+        value = getattr(args, name, default)
+        if value != default:
+            words += [flag, str(value)]
+    words += list(getattr(args, "overrides", []))
+    return shlex.join(words)
 
 
 def _export_command(args: argparse.Namespace) -> int:
