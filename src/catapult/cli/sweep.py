@@ -97,9 +97,10 @@ def register(subparsers) -> None:
                     "log2 units (the SμPar paper's Figs. 6-7).")
     p.add_argument("store", metavar="STORE", help="sweep store (SQLite file)")
     p.add_argument("--x", default="optimizer.lr", metavar="KEY", help="swept hyperparameter (default optimizer.lr)")
-    p.add_argument("--series", default="model.density", metavar="KEY", help="one curve per value (default model.density)")
-    p.add_argument("--panel", default="model.parametrization", metavar="KEY",
-                   help="one panel per value (default model.parametrization)")
+    p.add_argument("--series", metavar="KEY",
+                   help="one curve per value (default model.density, if swept); must be a swept key")
+    p.add_argument("--panel", metavar="KEY",
+                   help="one panel per value (default model.parametrization, if swept); must be a swept key")
     p.add_argument("--metric", default="test_loss", choices=TRANSFER_METRICS, help="default: final test_loss")
     p.add_argument("--where", nargs="*", default=[], metavar="KEY=VALUE", help="fix other swept keys")
     p.add_argument("--out", metavar="PNG", help="figure (default: <store>_transfer.png)")
@@ -227,7 +228,7 @@ def _parse_where(items) -> dict:
 
 def _plot_command(args: argparse.Namespace) -> int:
     from catapult.plots.phase import (cell_label, default_trajectory_cells, phase_grid, plot_cell_trajectories,
-                                      plot_phase_diagram)
+                                      plot_phase_diagram, unfinished_note)
     from catapult.sweep.store import Store, StoreError
 
     store_path = Path(args.store)
@@ -240,6 +241,9 @@ def _plot_command(args: argparse.Namespace) -> int:
             out = Path(args.out) if args.out else Path(f"{stem}_{args.metric}.png")
             plot_phase_diagram(grid, out)
             print(f"wrote {out}")
+            note = unfinished_note(grid)
+            if note:
+                print(f"catapult plot: warning: {note}", file=sys.stderr)
             ids = args.cells if args.cells else default_trajectory_cells(cells, args.metric)
             known = {c["id"]: c for c in cells}
             missing = [i for i in ids if i not in known]
@@ -259,20 +263,30 @@ def _plot_command(args: argparse.Namespace) -> int:
 def _transfer_command(args: argparse.Namespace) -> int:
     import json
 
-    from catapult.plots.transfer import plot_transfer, transfer_curves, transfer_summary, transfer_table
+    from catapult.plots.transfer import plot_transfer, transfer_curves, transfer_summary, transfer_table, unfinished_note
     from catapult.sweep.store import Store, StoreError
 
     store_path = Path(args.store)
     try:
         with Store(store_path, create=False) as store:
-            curves = transfer_curves(store.cells(), store.axes(), x=args.x, series=args.series, panel=args.panel,
-                                     metric=args.metric, where=_parse_where(args.where))
+            # an explicit --series/--panel must be swept (else every curve merges into one and
+            # PNGs overwrite each other); the defaults apply only where they are swept
+            axes = store.axes()
+            swept = {a["key"] for a in axes}
+            series = args.series if args.series is not None else ("model.density" if "model.density" in swept else None)
+            panel = (args.panel if args.panel is not None
+                     else ("model.parametrization" if "model.parametrization" in swept else None))
+            curves = transfer_curves(store.cells(), axes, x=args.x, series=series, panel=panel,
+                                     metric=args.metric, where=_parse_where(args.where), strict=True)
     except (StoreError, ValueError) as err:
         return _fail("transfer", str(err))
     out = Path(args.out) if args.out else Path(f"{store_path.with_suffix('')}_transfer.png")
     plot_transfer(curves, out, title=store_path.stem)
     print(json.dumps(transfer_summary(curves), indent=2) if args.json else transfer_table(curves))
     print(f"wrote {out}", file=sys.stderr if args.json else sys.stdout)
+    note = unfinished_note(curves)
+    if note:
+        print(f"catapult transfer: warning: {note}", file=sys.stderr)
     return 0
 
 
