@@ -1,5 +1,12 @@
 """The sweep result store: one SQLite file (stdlib ``sqlite3``, WAL journal).
 
+Identity: ``PRAGMA application_id`` = :data:`catapult.sweep.store_file.APPLICATION_ID`
+(``"CtPt"``); any other file is refused untouched (:mod:`catapult.sweep.store_file`). A store
+written by catapult 0.1.0 (application_id 0) is recognised by its tables; opening it for
+writing upgrades it in place: the application_id is set and the ``drivers``/``claims``
+tables are added (nothing else changes; catapult 0.1.0 can still read it). Readers
+(export, plot, transfer, report) open it read-only and leave it as it is.
+
 Schema (``SCHEMA_VERSION`` 1)::
 
     meta(key TEXT PRIMARY KEY, value TEXT)
@@ -24,10 +31,13 @@ Schema (``SCHEMA_VERSION`` 1)::
             extra_json TEXT,                 -- any other per-step keys
             PRIMARY KEY (cell_id, step))
     lambda0(key TEXT PRIMARY KEY, value REAL, inputs_json TEXT, measured_at REAL)
+    drivers(id, host, pid, started_at, heartbeat), claims(cell_id, driver, claimed_at)
+                                             -- who runs what: catapult.sweep.claims
 
 Durability: every result is written in its own transaction (the cell row and all its metric
 rows together), with ``synchronous=FULL``; a process killed at any moment (``kill -9``) leaves
-every committed cell intact and at worst one cell ``running``, which a resume redoes.
+every committed cell intact and at worst its claimed cells ``running`` with a dead holder,
+which read as ``interrupted`` and which a resume (or a concurrent driver) redoes.
 Non-finite floats: ``inf`` is stored as is, ``nan`` becomes NULL (SQLite has no NaN).
 """
 from __future__ import annotations
@@ -159,7 +169,10 @@ class Store:
             create_store_file(self.path, _DDL + CLAIMS_DDL)  # False: another driver made it first
         if self.path.is_dir():
             raise StoreError(f"{self.path} is a directory, not a catapult sweep store")
-        kind = identify(self.path)  # reads the header only: a foreign file stays untouched
+        try:
+            kind = identify(self.path)  # reads the header only: a foreign file stays untouched
+        except OSError as err:
+            raise StoreError(f"cannot read {self.path}: {err.strerror or err}") from None
         if kind == "foreign":
             raise StoreError(f"{self.path} is not a catapult sweep store (no catapult application_id "
                              f"{APPLICATION_ID:#x} in its SQLite header, and not a store of catapult 0.1.0); "
