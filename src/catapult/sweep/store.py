@@ -51,7 +51,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from catapult.sweep.claims import CLAIMS_DDL, driver_alive, new_driver_id
+from catapult.sweep.claims import CLAIMS_DDL, LEASE_S, driver_alive, new_driver_id
 from catapult.sweep.store_file import APPLICATION_ID, connect_readonly, create_store_file, identify
 
 __all__ = [
@@ -338,6 +338,9 @@ class Store:
         driver_id = new_driver_id()
         now = time.time()
         with self.transaction() as conn:
+            # forget drivers long dead (kill -9) that hold nothing: the table stays small
+            conn.execute("DELETE FROM drivers WHERE heartbeat < ? AND id NOT IN (SELECT driver FROM claims)",
+                         (now - 10 * LEASE_S,))
             conn.execute("INSERT INTO drivers(id, host, pid, started_at, heartbeat) VALUES (?, ?, ?, ?, ?)",
                          (driver_id, socket.gethostname(), os.getpid(), now, now))
         return driver_id
