@@ -38,6 +38,8 @@ def register(subparsers) -> None:
         description="Run every cell of the config's `sweep:` grid and record the results in one SQLite "
                     "file. Rerunning the same command resumes: finished and diverged cells are kept, "
                     "interrupted and failed ones are redone; a store holding a different sweep is refused. "
+                    "Several sweep processes (on one machine or several sharing the file) may run the same "
+                    "sweep on one store at once: each claims the cells it runs, so no cell runs twice. "
                     "Grid syntax: lists, {log2: [start, stop, step]}, {range: [...]}, "
                     "{log2_over_lambda0: [start, stop, step]} for optimizer.lr (lr_trgt = 2^x / lambda_0), "
                     "and `seeds: [...]`. Overrides: base keys as for `train`, plus sweep.seeds=[...] and "
