@@ -45,7 +45,8 @@ def _snapshot(store):
 
 def _done(store):
     try:
-        conn = sqlite3.connect(store, timeout=1)
+        # read-only: a plain connect would create an empty file, which the sweep refuses as foreign
+        conn = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=1)
         try:
             return conn.execute("SELECT COUNT(*) FROM cells WHERE status IN ('finished','diverged')").fetchone()[0]
         finally:

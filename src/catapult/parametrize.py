@@ -63,6 +63,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from catapult.sparsity import MaskedLinear, random_mask
+from catapult.parametrize_state import attach_spec
 
 __all__ = [
     "PARAMETRIZATIONS",
@@ -592,5 +593,5 @@ def parametrize(
             if role == "hidden" and density < 1.0:
                 layer.set_mask(random_mask(layer.weight.shape, density, method=mask_method,
                                            generator=generator))
-    module.catapult_spec = ParamSpec(parametrization, width_mult, density_mult, "table")
+    attach_spec(module, ParamSpec(parametrization, width_mult, density_mult, "table"))  # + state_dict record
     return module

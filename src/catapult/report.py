@@ -35,6 +35,7 @@ tr.best td { font-weight: bold; background: #fff4d6; }
 .figs img { max-width: 100%; margin: 0.5em 0; border: 1px solid #eee; }
 pre { background: #f7f7f7; padding: 1em; overflow-x: auto; font-size: 0.85em; }
 .counts span { margin-right: 1.2em; }
+.warning { background: #fff4d6; padding: 0.4em 0.8em; }
 details { max-width: 40em; white-space: normal; text-align: left; }
 """
 
@@ -60,18 +61,20 @@ def _fmt(value: Any, key: str = "") -> str:
         if "accuracy" in key:
             return f"{100 * value:.2f}%"
         return f"{value:.4g}"
-    return html.escape(str(value))
+    return html.escape(str(value))  # everything from the store is text, never markup
 
 
 def build_report(store, *, title: str | None = None, metric: str = "test_accuracy") -> str:
     """The report's HTML text for an open :class:`catapult.sweep.store.Store`."""
     from catapult.plots.phase import (cell_label, default_axes, default_trajectory_cells, phase_grid,
-                                      plot_cell_trajectories, plot_phase_diagram)
+                                      plot_cell_trajectories, plot_phase_diagram, unfinished_note)
 
     spec = store.spec()
     axes = store.axes()
     cells = store.cells()
-    counts = store.counts()
+    counts = dict.fromkeys(("finished", "diverged", "failed", "interrupted", "running", "pending"), 0)
+    for c in cells:  # statuses as the cells carry them ('interrupted' included); store text: escaped below
+        counts[c["status"]] = counts.get(c["status"], 0) + 1
     by_label = {a["key"]: dict(zip([json.dumps(v, sort_keys=True) for v in a["values"]], a["labels"])) for a in axes}
     name = title or f"Sweep report: {store.path.name}"
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(name)}</title>"
@@ -85,7 +88,7 @@ def build_report(store, *, title: str | None = None, metric: str = "test_accurac
         + f"; {total_time:.1f} s of training in all.</p>"
     )
     parts.append("<p class='counts'>" + "".join(
-        f"<span><b>{n}</b> {s}</span>" for s, n in counts.items() if n) + "</p>")
+        f"<span><b>{n}</b> {html.escape(str(s))}</span>" for s, n in counts.items() if n) + "</p>")
 
     # ---- figures
     parts.append("<h2>Phase diagrams</h2><div class='figs'>")
@@ -96,6 +99,9 @@ def build_report(store, *, title: str | None = None, metric: str = "test_accurac
             x, y = default_axes(axes)
             for m in ("test_accuracy", "test_loss", "train_loss"):
                 grid = phase_grid(cells, axes, m, x, y)
+                note = unfinished_note(grid) if m == metric else None
+                if note:
+                    parts.append(f"<p class='warning'><b>Unfinished:</b> {html.escape(note)}.</p>")
                 if m == metric and grid.best is not None:
                     i, j = grid.best
                     best_id = grid.members[i][j][0] if len(grid.members[i][j]) == 1 else None
@@ -134,9 +140,9 @@ def build_report(store, *, title: str | None = None, metric: str = "test_accurac
                  + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>")
     for c in cells:
         cls = c["status"] if c["status"] in ("diverged", "failed") else ("best" if c["id"] == best_id else "")
-        row = [f"<td>{c['id']}</td>"]
+        row = [f"<td>{_fmt(c['id'])}</td>"]
         row += [f"<td class='text'>{html.escape(_label(by_label, k, c['swept'].get(k)))}</td>" for k in keys]
-        row.append(f"<td class='text'>{html.escape(c['status'])}</td>")
+        row.append(f"<td class='text'>{html.escape(str(c['status']))}</td>")
         row += [f"<td>{_fmt(c.get(m), m)}</td>" for m in metric_cols]
         row += [f"<td>{_fmt(c.get('lambda_0'))}</td>", f"<td>{_fmt(c.get('lr_target'))}</td>",
                 f"<td>{_fmt(c.get('steps_completed'))}</td>", f"<td>{_fmt(c.get('wall_time_s'))}</td>"]
@@ -166,7 +172,7 @@ def build_report(store, *, title: str | None = None, metric: str = "test_accurac
 def _transfer_section(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[str, Any]]) -> list[str]:
     """For a transfer study (a swept lr or init std, and a swept density or width): the
     transfer curves per parameterization and the table of optima with their drift."""
-    from catapult.plots.transfer import optima_rows, plot_transfer, transfer_curves
+    from catapult.plots.transfer import optima_rows, plot_transfer, transfer_curves, unfinished_note
 
     multi = [a["key"] for a in axes if len(a["values"]) > 1]
     x = next((k for k in ("optimizer.lr", "model.init_std") if k in multi), None)
@@ -183,7 +189,9 @@ def _transfer_section(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping
     header, rows = optima_rows(curves)
     table = ["<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in header) + "</tr>"]
     table += ["<tr>" + "".join(f"<td class='text'>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows]
+    note = unfinished_note(curves)
     return [f"<h2>Transfer of {html.escape(x)} across {html.escape(series)}</h2>",
+            f"<p class='warning'><b>Unfinished:</b> {html.escape(note)}.</p>" if note else "",
             f"<p>Best {html.escape(x)} per {html.escape(series)} (its test loss in brackets; F = every point "
             "failed), how far it moves, log2(max/min), and its largest move away from the first "
             f"{html.escape(series)}'s optimum.</p>",

@@ -15,15 +15,17 @@
 
 Registered by :mod:`catapult.cli` through :func:`register`.
 Exit codes: 0 success (diverged cells are results); 2 bad input (config, store holding a
-different sweep, missing optional dependency), with the problem on stderr.
+different sweep, not a store, missing optional dependency), with the problem on stderr; 130 Ctrl-C
+(the message gives the command that resumes the sweep).
 """
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
-__all__ = ["register"]
+__all__ = ["register", "resume_command"]
 
 
 def register(subparsers) -> None:
@@ -36,6 +38,8 @@ def register(subparsers) -> None:
         description="Run every cell of the config's `sweep:` grid and record the results in one SQLite "
                     "file. Rerunning the same command resumes: finished and diverged cells are kept, "
                     "interrupted and failed ones are redone; a store holding a different sweep is refused. "
+                    "Several sweep processes (on one machine or several sharing the file) may run the same "
+                    "sweep on one store at once: each claims the cells it runs, so no cell runs twice. "
                     "Grid syntax: lists, {log2: [start, stop, step]}, {range: [...]}, "
                     "{log2_over_lambda0: [start, stop, step]} for optimizer.lr (lr_trgt = 2^x / lambda_0), "
                     "and `seeds: [...]`. Overrides: base keys as for `train`, plus sweep.seeds=[...] and "
@@ -98,9 +102,10 @@ def register(subparsers) -> None:
                     "log2 units (the SμPar paper's Figs. 6-7).")
     p.add_argument("store", metavar="STORE", help="sweep store (SQLite file)")
     p.add_argument("--x", default="optimizer.lr", metavar="KEY", help="swept hyperparameter (default optimizer.lr)")
-    p.add_argument("--series", default="model.density", metavar="KEY", help="one curve per value (default model.density)")
-    p.add_argument("--panel", default="model.parametrization", metavar="KEY",
-                   help="one panel per value (default model.parametrization)")
+    p.add_argument("--series", metavar="KEY",
+                   help="one curve per value (default model.density, if swept); must be a swept key")
+    p.add_argument("--panel", metavar="KEY",
+                   help="one panel per value (default model.parametrization, if swept); must be a swept key")
     p.add_argument("--metric", default="test_loss", choices=TRANSFER_METRICS, help="default: final test_loss")
     p.add_argument("--where", nargs="*", default=[], metavar="KEY=VALUE", help="fix other swept keys")
     p.add_argument("--out", metavar="PNG", help="figure (default: <store>_transfer.png)")
@@ -164,6 +169,11 @@ def _sweep_command(args: argparse.Namespace) -> int:
     try:
         outcome = run_sweep(base, spec, store, executor=args.executor, executor_options=options,
                             progress=args.progress)
+    except KeyboardInterrupt:
+        print(f"catapult sweep: interrupted. Finished cells are kept in {store}; the cells that were running "
+              f"read 'interrupted' (catapult export {shlex.quote(str(store))} --out cells.csv).\n"
+              f"Resume with:\n  {resume_command(args, store)}", file=sys.stderr)
+        return 130
     except StoreError as err:
         return _fail("sweep", str(err))
     except ImportError as err:
@@ -172,9 +182,26 @@ def _sweep_command(args: argparse.Namespace) -> int:
     print(f"{outcome.total} cells: {c['finished']} finished, {c['diverged']} diverged, {c['failed']} failed "
           f"({outcome.ran} run now, {outcome.reused} already in the store"
           f"{', resumed' if outcome.mode == 'resumed' else ''}) in {outcome.wall_time_s:.1f} s")
-    print(f"store: {store}   next: catapult plot {store}  |  catapult report {store}  |  "
-          f"catapult export {store} --out results.csv")
+    quoted = shlex.quote(str(store))
+    print(f"store: {store}   next: catapult plot {quoted}  |  catapult report {quoted}  |  "
+          f"catapult export {quoted} --out results.csv")
     return 0
+
+
+def resume_command(args: argparse.Namespace, store: Path) -> str:
+    """The ``catapult sweep`` command line that resumes this sweep: the same config, overrides
+    and executor options, with ``--store`` spelled out (shell-quoted)."""
+    words = ["catapult", "sweep", str(args.config), "--store", str(store)]
+    flags = [("--executor", "executor", "local"), ("--ray-address", "ray_address", None),
+             ("--num-cpus", "num_cpus", None), ("--chunk-size", "chunk_size", 1),
+             ("--ensemble-memory-mb", "ensemble_memory_mb", None), ("--workers", "workers", None),
+             ("--threads", "threads", None), ("--device", "device", None), ("--progress", "progress", "auto")]
+    for flag, name, default in flags:
+        value = getattr(args, name, default)
+        if value != default:
+            words += [flag, str(value)]
+    words += list(getattr(args, "overrides", []))
+    return shlex.join(words)
 
 
 def _export_command(args: argparse.Namespace) -> int:
@@ -210,7 +237,7 @@ def _parse_where(items) -> dict:
 
 def _plot_command(args: argparse.Namespace) -> int:
     from catapult.plots.phase import (cell_label, default_trajectory_cells, phase_grid, plot_cell_trajectories,
-                                      plot_phase_diagram)
+                                      plot_phase_diagram, unfinished_note)
     from catapult.sweep.store import Store, StoreError
 
     store_path = Path(args.store)
@@ -223,6 +250,9 @@ def _plot_command(args: argparse.Namespace) -> int:
             out = Path(args.out) if args.out else Path(f"{stem}_{args.metric}.png")
             plot_phase_diagram(grid, out)
             print(f"wrote {out}")
+            note = unfinished_note(grid)
+            if note:
+                print(f"catapult plot: warning: {note}", file=sys.stderr)
             ids = args.cells if args.cells else default_trajectory_cells(cells, args.metric)
             known = {c["id"]: c for c in cells}
             missing = [i for i in ids if i not in known]
@@ -242,20 +272,30 @@ def _plot_command(args: argparse.Namespace) -> int:
 def _transfer_command(args: argparse.Namespace) -> int:
     import json
 
-    from catapult.plots.transfer import plot_transfer, transfer_curves, transfer_summary, transfer_table
+    from catapult.plots.transfer import plot_transfer, transfer_curves, transfer_summary, transfer_table, unfinished_note
     from catapult.sweep.store import Store, StoreError
 
     store_path = Path(args.store)
     try:
         with Store(store_path, create=False) as store:
-            curves = transfer_curves(store.cells(), store.axes(), x=args.x, series=args.series, panel=args.panel,
-                                     metric=args.metric, where=_parse_where(args.where))
+            # an explicit --series/--panel must be swept (else every curve merges into one and
+            # PNGs overwrite each other); the defaults apply only where they are swept
+            axes = store.axes()
+            swept = {a["key"] for a in axes}
+            series = args.series if args.series is not None else ("model.density" if "model.density" in swept else None)
+            panel = (args.panel if args.panel is not None
+                     else ("model.parametrization" if "model.parametrization" in swept else None))
+            curves = transfer_curves(store.cells(), axes, x=args.x, series=series, panel=panel,
+                                     metric=args.metric, where=_parse_where(args.where), strict=True)
     except (StoreError, ValueError) as err:
         return _fail("transfer", str(err))
     out = Path(args.out) if args.out else Path(f"{store_path.with_suffix('')}_transfer.png")
     plot_transfer(curves, out, title=store_path.stem)
     print(json.dumps(transfer_summary(curves), indent=2) if args.json else transfer_table(curves))
     print(f"wrote {out}", file=sys.stderr if args.json else sys.stdout)
+    note = unfinished_note(curves)
+    if note:
+        print(f"catapult transfer: warning: {note}", file=sys.stderr)
     return 0
 
 

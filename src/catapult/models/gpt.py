@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from catapult.parametrize import ParamSpec, check_parametrization, init_variance
 from catapult.models.options import common_kwargs, section_dict
+from catapult.parametrize_state import attach_spec
 from catapult.sparsity import MaskedLinear, random_mask
 
 __all__ = ["GPT", "CausalSelfAttention", "FeedForward", "Block", "sinusoidal_positions"]
@@ -223,7 +224,7 @@ class GPT(nn.Module):
             self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
             self.lm_head.catapult_role = "output"
         self.catapult_block = "logits"
-        self.catapult_spec = ParamSpec(parametrization, width_mult, density_mult, "table")
+        attach_spec(self, ParamSpec(parametrization, width_mult, density_mult, "table"))  # + state_dict record
 
         # ---- initialisation (module docstring's table) ----
         hidden_std = math.sqrt(init_variance(parametrization, "hidden", init_std**2,

@@ -56,6 +56,7 @@ import torch.nn as nn
 
 from catapult.parametrize import ParamSpec, ScaledLinear, check_parametrization, init_rule
 from catapult.models.options import common_kwargs, section_dict
+from catapult.parametrize_state import attach_spec
 from catapult.sparsity import random_mask
 
 __all__ = ["MLP", "ACTIVATIONS"]
@@ -203,8 +204,8 @@ class MLP(nn.Module):
             layers.append(layer)
         self.layers = nn.ModuleList(layers)
         self.activation = ACTIVATIONS[activation]()
-        self.catapult_spec = ParamSpec(parametrization, width_mult, density_mult,
-                                       "table" if table_form else "global")
+        attach_spec(self, ParamSpec(parametrization, width_mult, density_mult,  # + state_dict record
+                                    "table" if table_form else "global"))
 
     @classmethod
     def from_config(cls, model_cfg, in_features: int, out_features: int) -> "MLP":

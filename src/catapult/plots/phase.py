@@ -12,7 +12,7 @@ Everything uses ``matplotlib.figure.Figure`` directly (no pyplot state): safe he
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -25,6 +25,8 @@ from matplotlib.patches import Rectangle
 __all__ = [
     "PhaseGrid",
     "phase_grid",
+    "unfinished_note",
+    "RESULT_STATUSES",
     "plot_phase_diagram",
     "plot_cell_trajectories",
     "default_axes",
@@ -61,7 +63,9 @@ class PhaseGrid:
     """A reduced 2-D grid: ``values[i, j]`` at ``y = y_values[i]``, ``x = x_values[j]`` (NaN if
     no finished member), ``status[i][j]`` one of ``ok``, ``partial`` (some members diverged or
     failed), ``diverged``, ``failed``, ``missing`` (not run yet), ``members[i][j]`` the cell
-    ids reduced into it, ``best`` the ``(i, j)`` of the best ``ok``/``partial`` cell."""
+    ids reduced into it, ``best`` the ``(i, j)`` of the best ``ok``/``partial`` cell,
+    ``unfinished`` the ids of matching cells with no result yet (pending, running, interrupted):
+    while there are any, ``best`` is the best of the finished cells only."""
 
     metric: str
     x_key: str
@@ -75,6 +79,7 @@ class PhaseGrid:
     members: list[list[list[int]]]
     best: tuple[int, int] | None
     where: dict
+    unfinished: list[int] = field(default_factory=list)
 
 
 def default_axes(axes: Sequence[Mapping[str, Any]]) -> tuple[str, str | None]:
@@ -180,8 +185,32 @@ def phase_grid(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[str, A
     if candidates and metric not in ("lambda_0", "lr_target"):
         pick = max if higher_is_better(metric) else min
         best = pick(candidates, key=lambda ij: values[ij])
+    unfinished = [c["id"] for row in members for m in row for c in m if c["status"] not in RESULT_STATUSES]
     return PhaseGrid(metric, x, y, list(xa["labels"]), list(ya["labels"]), list(xa["values"]), list(ya["values"]),
-                     values, status, [[[c["id"] for c in m] for m in row] for row in members], best, where)
+                     values, status, [[[c["id"] for c in m] for m in row] for row in members], best, where,
+                     unfinished)
+
+
+#: Statuses of a cell that has its result (or its final failure).
+RESULT_STATUSES = ("finished", "diverged", "failed")
+
+
+def unfinished_note(grid: PhaseGrid) -> str | None:
+    """``None`` when every cell of the grid has its result; otherwise how many are unfinished
+    and that the optimum rests on incomplete rows (naming it, and its own missing members)."""
+    if not grid.unfinished:
+        return None
+    total = sum(len(m) for row in grid.members for m in row)
+    text = f"{len(grid.unfinished)} of {total} cells are unfinished (pending, running or interrupted)"
+    if grid.best is None:
+        return text + "; no optimum yet"
+    i, j = grid.best
+    where = f"{grid.x_key}={grid.x_labels[j]}" + (f", {grid.y_key}={grid.y_labels[i]}" if grid.y_key else "")
+    own = [cid for cid in grid.members[i][j] if cid in set(grid.unfinished)]
+    text += f"; the best {grid.metric} ({where}) rests on incomplete rows: it is the best of the finished cells only"
+    if own:
+        text += f", and {len(own)} of its own {len(grid.members[i][j])} cells are unfinished"
+    return text
 
 
 def _save(fig: Figure, path: str | Path | None) -> None:

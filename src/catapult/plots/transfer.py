@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -27,7 +27,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 __all__ = ["TransferCurves", "transfer_curves", "optima", "drift", "shift", "plot_transfer", "transfer_table",
-           "optima_rows", "transfer_summary",
+           "optima_rows", "transfer_summary", "incomplete_optima", "unfinished_note",
            "TRANSFER_METRICS"]
 
 #: Cell metrics a transfer curve can show (lower is better for losses, higher for accuracies).
@@ -53,6 +53,9 @@ class TransferCurves:
     series_key: str | None
     panel_key: str | None
     curves: dict[Any, dict[Any, list[tuple[float, float]]]]
+    #: ``{(panel, series): number of matching cells with no result yet}`` (pending, running,
+    #: interrupted); a curve listed here, and so its optimum, rests on incomplete rows
+    unfinished: dict[tuple[Any, Any], int] = field(default_factory=dict)
 
     @property
     def higher_is_better(self) -> bool:
@@ -71,38 +74,48 @@ def _x_value(cell: Mapping[str, Any], x_key: str) -> float:
 def transfer_curves(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[str, Any]], *,
                     x: str = "optimizer.lr", series: str | None = "model.density",
                     panel: str | None = "model.parametrization", metric: str = "test_loss",
-                    where: Mapping[str, Any] | None = None) -> TransferCurves:
+                    where: Mapping[str, Any] | None = None, strict: bool = False) -> TransferCurves:
     """Group store cells (:meth:`catapult.sweep.store.Store.cells`) into transfer curves.
 
-    ``x``, ``series`` and ``panel`` must be swept keys (``series``/``panel`` may be None or a
-    key that is not swept: then one series/panel). Cells that do not match ``where`` are
-    dropped; cells with equal (panel, series, x) are averaged over their finished members
-    (a point with no finished member is NaN: diverged or failed).
+    ``x`` must be a swept key; ``series``/``panel`` may be None or a key that is not swept
+    (then one series/panel), but with ``strict=True`` (what the command line passes for an
+    explicit ``--series``/``--panel``) a key that is not swept is refused too, since it would
+    silently merge every curve into one. Cells that do not match ``where`` are dropped;
+    cells with equal (panel, series, x) are averaged over their finished members (a point
+    with no finished member is NaN: diverged or failed); cells with no result yet are
+    counted in :attr:`TransferCurves.unfinished`.
     """
     if metric not in TRANSFER_METRICS:
         raise ValueError(f"unknown metric {metric!r}; allowed: {', '.join(TRANSFER_METRICS)}")
     swept = {a["key"] for a in axes}
     if x not in swept:
         raise ValueError(f"--x {x!r} is not a swept key; swept keys: {', '.join(sorted(swept))}")
+    if strict:
+        for option, key in (("--series", series), ("--panel", panel)):
+            if key is not None and key not in swept:
+                raise ValueError(f"{option} {key!r} is not a swept key; swept keys: {', '.join(sorted(swept))}")
     series = series if series in swept else None
     panel = panel if panel in swept else None
     for key in (where or {}):
         if key not in swept:
             raise ValueError(f"where: {key!r} is not a swept key; swept keys: {', '.join(sorted(swept))}")
     groups: dict[Any, dict[Any, dict[float, list[float]]]] = {}
+    unfinished: dict[tuple[Any, Any], int] = {}
     for cell in cells:
-        if cell["status"] not in ("finished", "diverged", "failed"):
-            continue  # not run yet (or interrupted): no point rather than a failed one
         if any(_key(cell["swept"].get(k)) != _key(v) and str(cell["swept"].get(k)) != str(v)
                for k, v in (where or {}).items()):
             continue
         p = cell["swept"].get(panel) if panel else None
         s = cell["swept"].get(series) if series else None
+        if cell["status"] not in ("finished", "diverged", "failed"):
+            # not run yet (or interrupted): no point rather than a failed one, but counted
+            unfinished[(p, s)] = unfinished.get((p, s), 0) + 1
+            continue
         xv = _x_value(cell, x)
         value = cell.get(metric) if cell["status"] == "finished" else None
         bucket = groups.setdefault(p, {}).setdefault(s, {}).setdefault(xv, [])
         bucket.append(float(value) if _finite(value) else math.nan)
-    if not groups:
+    if not groups and not unfinished:
         raise ValueError(f"no cells match where={dict(where or {})}")
     order = {a["key"]: [_key(v) for v in a["values"]] for a in axes}
 
@@ -122,7 +135,24 @@ def transfer_curves(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[s
                 # A point counts only if every member finished (a diverged seed is a failure).
                 points.append((xv, sum(vals) / len(vals) if all(math.isfinite(v) for v in vals) else math.nan))
             curves[p][s] = points
-    return TransferCurves(metric, x, series, panel, curves)
+    return TransferCurves(metric, x, series, panel, curves, unfinished)
+
+
+def incomplete_optima(curves: TransferCurves) -> list[tuple[Any, Any, int]]:
+    """``[(panel, series, unfinished cells)]``: the curves whose optimum rests on incomplete
+    rows (some of their cells have no result yet), in plotting order."""
+    return [(p, s, n) for (p, s), n in curves.unfinished.items() if n]
+
+
+def unfinished_note(curves: TransferCurves) -> str | None:
+    """``None`` when every cell has its result; else how many are unfinished and which
+    optima (marked ``*`` in :func:`optima_rows`) rest on incomplete rows."""
+    rows = incomplete_optima(curves)
+    if not rows:
+        return None
+    which = "; ".join(f"{_label(curves.panel_key, p)} {_label(curves.series_key, s)} ({n})" for p, s, n in rows)
+    return (f"{sum(n for _, _, n in rows)} cells are unfinished (pending, running or interrupted); "
+            f"the optima marked * rest on incomplete rows: {which}")
 
 
 def optima(curves: TransferCurves) -> dict[Any, dict[Any, tuple[float, float] | None]]:
@@ -168,17 +198,27 @@ def _label(key: str | None, value: Any) -> str:
 
 def optima_rows(curves: TransferCurves) -> tuple[list[str], list[list[str]]]:
     """``(header, rows)`` of the optima table as text: one row per panel with the optimal x per
-    series value (``"x (metric)"``, ``F`` when every point failed), the drift and the shift."""
+    series value (``"x (metric)"``, ``F`` when every point failed, ``*`` when the curve has
+    unfinished cells: its optimum rests on incomplete rows), the drift and the shift."""
     opt, moved, away = optima(curves), drift(curves), shift(curves)
-    series_values = list(dict.fromkeys(s for by in curves.curves.values() for s in by))
+    series_values = list(dict.fromkeys([*(s for by in curves.curves.values() for s in by),
+                                        *(s for _, s in curves.unfinished)]))
     first = _label(curves.series_key, series_values[0]) if series_values else "first"
     header = ([curves.panel_key or "panel"] + [_label(curves.series_key, s) for s in series_values]
               + [f"drift of best {curves.x_key} (log2, max/min)", f"largest shift from {first} (log2)"])
     rows = []
-    for p, by_series in opt.items():
-        cells = ["F" if by_series.get(s) is None else f"{by_series[s][0]:.3g} ({by_series[s][1]:.4g})"
-                 for s in series_values]
-        rows.append([str(p), *cells, *("-" if math.isnan(v) else f"{v:.1f}" for v in (moved[p], away[p]))])
+    for p in dict.fromkeys([*opt, *(q for q, _ in curves.unfinished)]):
+        by_series = opt.get(p, {})
+
+        def text(s):
+            star = "*" if curves.unfinished.get((p, s)) else ""
+            if by_series.get(s) is None:
+                return "unfinished*" if star and not curves.curves.get(p, {}).get(s) else "F" + star
+            return f"{by_series[s][0]:.3g} ({by_series[s][1]:.4g}){star}"
+
+        cells = [text(s) for s in series_values]
+        rows.append([str(p), *cells, *("-" if math.isnan(v) else f"{v:.1f}"
+                                        for v in (moved.get(p, math.nan), away.get(p, math.nan)))])
     return header, rows
 
 
@@ -198,7 +238,10 @@ def transfer_summary(curves: TransferCurves) -> dict:
             "optima": {str(p): {str(s): (None if o is None else {"x": o[0], "metric": o[1]}) for s, o in by.items()}
                        for p, by in optima(curves).items()},
             "drift_log2": {str(p): num(d) for p, d in drift(curves).items()},
-            "shift_log2": {str(p): num(d) for p, d in shift(curves).items()}}
+            "shift_log2": {str(p): num(d) for p, d in shift(curves).items()},
+            "unfinished_cells": sum(curves.unfinished.values()),
+            "incomplete_optima": [{"panel": str(p), "series": str(s), "unfinished": n}
+                                  for p, s, n in incomplete_optima(curves)]}
 
 
 def plot_transfer(curves: TransferCurves, path: str | Path | None = None, *, title: str | None = None) -> Figure:

@@ -5,15 +5,21 @@
 1. expand the grid and validate every cell (:func:`catapult.sweep.spec.expand`), build the
    executor (a missing optional dependency fails here): nothing is written before this;
 2. open the store: a new sweep writes its spec and one ``pending`` row per cell; the same
-   spec resumes (``running`` cells, i.e. interrupted ones, become ``pending`` again); a
-   different spec is refused (:class:`catapult.sweep.store.SpecChanged` names what changed);
+   spec resumes; a different spec is refused (:class:`catapult.sweep.store.SpecChanged`
+   names what changed); this driver registers itself and keeps a heartbeat;
 3. for cells still to run (pending, interrupted, failed): lambda_0 for each distinct
    architecture/seed/data (:func:`catapult.sweep.lambda0.lambda0_key`), from the store's
    cache or measured once and cached; each cell's ``"2^x/lambda0"`` becomes an absolute lr;
-4. hand the cells to the executor and record every result in its own transaction the
-   moment it arrives, updating one progress bar for the whole sweep.
+4. hand the cells to the executor, each *claimed* atomically as it is handed out
+   (:meth:`catapult.sweep.store.Store.claim`), and record every result in its own
+   transaction the moment it arrives, updating one progress bar for the whole sweep;
+5. when no cell is left to claim but other drivers still hold some, wait for them, taking
+   over the cells of any driver that dies (kill -9), so the sweep is complete on return.
 
-Finished and diverged cells are results and are never recomputed.
+Any number of drivers may run the same sweep on one store: each cell is computed by one of
+them and recorded exactly once. Finished and diverged cells are results and are never
+recomputed; failed cells are retried once by a driver started after the failure. On an
+exception (Ctrl-C) the driver drops its claims: its unfinished cells read ``interrupted``.
 """
 from __future__ import annotations
 
@@ -24,8 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from catapult.sweep.claims import HEARTBEAT_S, Heartbeat
 from catapult.sweep.store import DONE_STATUSES, Store
-from catapult.sweep.executors import Cell, CellResult, Executor, get_executor, torch_threads
+from catapult.sweep.executors import Cell, CellResult, Executor, get_executor, torch_threads, worker_name
 from catapult.sweep.lambda0 import lambda0_inputs, lambda0_key, measure_lambda0, needs_lambda0, resolve_cell_lr
 from catapult.sweep.spec import SweepSpec, expand, spec_document
 
@@ -147,6 +154,8 @@ def run_sweep(
     lambda0_fn: Callable[[Mapping[str, Any]], float] | None = None,
     progress: str = "auto",
     stream=None,
+    poll_s: float = 1.0,
+    heartbeat_s: float = HEARTBEAT_S,
 ) -> SweepOutcome:
     """Run (or resume) a sweep into the SQLite store at ``store_path``; see the module doc.
 
@@ -157,7 +166,8 @@ def run_sweep(
     ``threads`` (if it has that attribute), so lambda_0 is the same number whichever executor
     and driver thread count run the sweep. Raises :class:`catapult.config.ConfigError`
     for an invalid cell and :class:`catapult.sweep.store.SpecChanged` for a store holding another
-    sweep, both before any cell runs.
+    sweep, both before any cell runs. ``poll_s``: how often to look at cells other drivers
+    hold while waiting for them; ``heartbeat_s``: see :class:`catapult.sweep.claims.Heartbeat`.
     """
     started = time.perf_counter()
     cells = expand(base, spec)
@@ -172,9 +182,13 @@ def run_sweep(
     try:
         with Store(store_path) as store:
             mode = store.open_sweep(document, cells, axes=axes_metadata(spec))
+            driver_id = store.register_driver()
+            since = time.time()  # failures recorded before this are retried, later ones are final
+            heartbeat = Heartbeat(store.path, driver_id, heartbeat_s)
             todo = store.todo()
             counts = store.counts()
             report = SweepProgress(len(cells), counts, progress, stream, name)
+            ran_ids: list[int] = []
             try:
                 # ---- lambda_0, once per architecture/seed/data
                 measured = 0
@@ -211,39 +225,70 @@ def run_sweep(
                                                else f"[{name}] {errors.get(key)}")
                             values[key] = cached
                         if key in errors:
-                            store.mark_running([cell_id])
-                            status = store.record(cell_id, _failed(errors[key]))
-                            report.update(cell_id, status, cell.swept, _failed(errors[key]))
+                            if store.claim(cell_id, driver_id, retry_failed_before=since):
+                                status = store.record(cell_id, _failed(errors[key]), driver_id=driver_id)
+                                if status is not None:
+                                    report.update(cell_id, status, cell.swept, _failed(errors[key]))
                             continue
                         lam = values[key]
                     runnable.append(Cell(cell.id, resolve_cell_lr(cell.config, lam), dict(cell.swept), lam))
 
-                # ---- run and record, one transaction per result
+                # ---- run and record, one transaction per result, in rounds: a round runs what
+                # this driver can claim; then it waits for cells other drivers hold (or took
+                # over from a dead one) until none is left
                 report.started = time.perf_counter()  # ETA from cell throughput, not lambda_0 time
                 lambdas = {c.id: c.lambda_0 for c in runnable}
-                expected = set(lambdas)
-                ran_ids = []
+                settled: set[int] = set()  # ids this driver ran or saw finished by another
+                waiting_said = False
+                while True:
+                    left = [c for c in runnable if c.id not in settled]
+                    claimed: set[int] = set()
+                    took = len(settled)
 
-                def handed_out():
-                    # a cell becomes 'running' when the executor takes it (lazily: the local
-                    # executor takes one at a time, so 'running' is the cell being trained)
-                    for c in runnable:
-                        store.mark_running([c.id])
-                        yield c
+                    def handed_out():
+                        # a cell is claimed when the executor takes it (lazily: the local executor
+                        # takes one at a time, so 'running' is the cell being trained)
+                        for c in left:
+                            if store.claim(c.id, driver_id, retry_failed_before=since, worker=worker_name()):
+                                claimed.add(c.id)
+                                yield c
 
-                for cell_id, result in engine.run(handed_out()):
-                    if cell_id not in expected:
-                        raise RuntimeError(f"executor {engine.name!r} returned cell {cell_id}, which it was "
-                                           "not given or returned twice")
-                    expected.discard(cell_id)
-                    status = store.record(cell_id, result, lambda_0=lambdas[cell_id])
-                    ran_ids.append(cell_id)
-                    report.update(cell_id, status, by_id[cell_id].swept, result)
-                if expected:
-                    raise RuntimeError(f"executor {engine.name!r} never returned cells {sorted(expected)}; "
-                                       "they stay 'running' and a resume redoes them")
+                    if left:
+                        for cell_id, result in engine.run(handed_out()):
+                            if cell_id not in claimed:
+                                raise RuntimeError(f"executor {engine.name!r} returned cell {cell_id}, which it "
+                                                   "was not given or returned twice")
+                            claimed.discard(cell_id)
+                            settled.add(cell_id)
+                            status = store.record(cell_id, result, lambda_0=lambdas[cell_id], driver_id=driver_id)
+                            if status is None:
+                                report.message(f"[{name}] cell {cell_id}: another driver took it over while "
+                                               "this one was unresponsive; its result there counts")
+                                continue
+                            ran_ids.append(cell_id)
+                            report.update(cell_id, status, by_id[cell_id].swept, result)
+                        if claimed:
+                            raise RuntimeError(f"executor {engine.name!r} never returned cells {sorted(claimed)}; "
+                                               "they stay unfinished and a resume redoes them")
+                    rows = {c["id"]: c for c in store.cells([c.id for c in left])}
+                    for c in left:
+                        row = rows[c.id]
+                        if row["status"] in DONE_STATUSES or (
+                                row["status"] == "failed" and (row["finished_at"] or 0.0) >= since):
+                            settled.add(c.id)
+                    others = [c.id for c in left if c.id not in settled]
+                    if not others:
+                        break
+                    if len(settled) == took:  # nothing to take now: the rest is held by live drivers
+                        if not waiting_said:
+                            report.message(f"[{name}] waiting for {len(others)} cells that other drivers "
+                                           "are running on this store")
+                            waiting_said = True
+                        time.sleep(poll_s)
             finally:
                 report.close()
+                heartbeat.stop()
+                store.release_driver(driver_id)
             final_counts = store.counts()
     finally:
         engine.close()

@@ -1,5 +1,12 @@
 """The sweep result store: one SQLite file (stdlib ``sqlite3``, WAL journal).
 
+Identity: ``PRAGMA application_id`` = :data:`catapult.sweep.store_file.APPLICATION_ID`
+(``"CtPt"``); any other file is refused untouched (:mod:`catapult.sweep.store_file`). A store
+written by catapult 0.1.0 (application_id 0) is recognised by its tables; opening it for
+writing upgrades it in place: the application_id is set and the ``drivers``/``claims``
+tables are added (nothing else changes; catapult 0.1.0 can still read it). Readers
+(export, plot, transfer, report) open it read-only and leave it as it is.
+
 Schema (``SCHEMA_VERSION`` 1)::
 
     meta(key TEXT PRIMARY KEY, value TEXT)
@@ -24,21 +31,28 @@ Schema (``SCHEMA_VERSION`` 1)::
             extra_json TEXT,                 -- any other per-step keys
             PRIMARY KEY (cell_id, step))
     lambda0(key TEXT PRIMARY KEY, value REAL, inputs_json TEXT, measured_at REAL)
+    drivers(id, host, pid, started_at, heartbeat), claims(cell_id, driver, claimed_at)
+                                             -- who runs what: catapult.sweep.claims
 
 Durability: every result is written in its own transaction (the cell row and all its metric
 rows together), with ``synchronous=FULL``; a process killed at any moment (``kill -9``) leaves
-every committed cell intact and at worst one cell ``running``, which a resume redoes.
+every committed cell intact and at worst its claimed cells ``running`` with a dead holder,
+which read as ``interrupted`` and which a resume (or a concurrent driver) redoes.
 Non-finite floats: ``inf`` is stored as is, ``nan`` becomes NULL (SQLite has no NaN).
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 import sqlite3
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+from catapult.sweep.claims import CLAIMS_DDL, LEASE_S, driver_alive, new_driver_id
+from catapult.sweep.store_file import APPLICATION_ID, connect_readonly, create_store_file, identify
 
 __all__ = [
     "Store",
@@ -134,31 +148,56 @@ def _json(value: Any) -> str:
 class Store:
     """A sweep's results in one SQLite file.
 
-    Only one process writes (the sweep driver); any number may read while it runs (WAL).
+    ``Store(path)`` opens for writing, creating the file if it does not exist; any number of
+    drivers may write one store at once, each running only the cells it claimed
+    (:mod:`catapult.sweep.claims`). ``Store(path, create=False)`` opens read-only (``mode=ro``,
+    the journal mode untouched), also a file the reader may not write. Either way a file that
+    is not a catapult store (no :data:`~catapult.sweep.store_file.APPLICATION_ID`) is refused
+    with :class:`StoreError` and left byte-for-byte unchanged. A store written by catapult
+    0.1.0 (application_id 0, recognised by its tables) is read as it is, and *upgraded* when
+    opened for writing: its application_id is set and the claims tables are added.
     Use as a context manager or call :meth:`close`.
     """
 
-    def __init__(self, path: str | Path, *, create: bool = True):
+    def __init__(self, path: str | Path, *, create: bool = True, readonly: bool | None = None):
         self.path = Path(path)
-        if not create and not self.path.exists():
-            raise FileNotFoundError(f"store not found: {self.path}")
-        if create:
+        self.readonly = (not create) if readonly is None else bool(readonly)
+        if not self.path.exists():
+            if not create:
+                raise FileNotFoundError(f"store not found: {self.path}")
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            create_store_file(self.path, _DDL + CLAIMS_DDL)  # False: another driver made it first
+        if self.path.is_dir():
+            raise StoreError(f"{self.path} is a directory, not a catapult sweep store")
         try:
-            self.conn = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
-            self.conn.row_factory = sqlite3.Row
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=FULL")
-            self.conn.execute("PRAGMA foreign_keys=ON")
-            if create:
+            kind = identify(self.path)  # reads the header only: a foreign file stays untouched
+        except OSError as err:
+            raise StoreError(f"cannot read {self.path}: {err.strerror or err}") from None
+        if kind == "foreign":
+            raise StoreError(f"{self.path} is not a catapult sweep store (no catapult application_id "
+                             f"{APPLICATION_ID:#x} in its SQLite header, and not a store of catapult 0.1.0); "
+                             "it was left unchanged. Give --store a new path or an existing store.")
+        self.legacy = kind == "legacy"
+        try:
+            if self.readonly:
+                self.conn = connect_readonly(self.path)
+            else:
+                self.conn = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute("PRAGMA synchronous=FULL")
+                self.conn.execute("PRAGMA foreign_keys=ON")
+                # a 0.1.0 store is upgraded in place: marked with the application_id and given
+                # the claims tables (its cells and results are kept as they are)
                 with self.transaction() as conn:
-                    for statement in _DDL.split(";"):
+                    if self.legacy:
+                        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                    for statement in (_DDL + CLAIMS_DDL).split(";"):
                         if statement.strip():
                             conn.execute(statement)
-            else:
-                self._check_is_store()
+            self.conn.row_factory = sqlite3.Row
+            self._check_is_store()
         except sqlite3.DatabaseError as err:
-            raise StoreError(f"{self.path} is not a catapult sweep store (SQLite says: {err})") from None
+            raise StoreError(f"{self.path} is not a usable catapult sweep store (SQLite says: {err})") from None
         version = self.meta("schema_version")
         if version is not None and int(version) > SCHEMA_VERSION:
             raise StoreError(f"{self.path} was written by a newer catapult (store schema {version}; "
@@ -168,6 +207,7 @@ class Store:
         tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if not {"meta", "cells", "metrics"} <= tables:
             raise StoreError(f"{self.path} is not a catapult sweep store (no meta/cells/metrics tables)")
+        self._has_claims = {"drivers", "claims"} <= tables
 
     # ---- plumbing
 
@@ -202,9 +242,9 @@ class Store:
 
         ``document`` is the spec document (:func:`catapult.sweep.spec.spec_document`), ``cells``
         the expanded cells (``.id``, ``.config``, ``.swept``), ``axes`` per-axis metadata for
-        figures. Returns ``"new"`` or ``"resumed"``. Resuming resets ``running`` cells (an
-        interrupted run) to ``pending``. A different spec raises :class:`SpecChanged` naming
-        each changed key; nothing is modified then.
+        figures. Returns ``"new"`` or ``"resumed"``. Interrupted (``running``, unclaimed) cells
+        are left as they are: :meth:`claim` hands them out again. A different spec raises
+        :class:`SpecChanged` naming each changed key; nothing is modified then.
         """
         from catapult import __version__
         from catapult.sweep.spec import canonical_json, diff_documents, spec_hash
@@ -233,7 +273,6 @@ class Store:
             if stored != digest:
                 old = json.loads(self.meta("spec_json"))
                 raise SpecChanged(self.path, diff_documents(old, json.loads(canonical_json(document))))
-            conn.execute("UPDATE cells SET status = 'pending' WHERE status = 'running'")
             return "resumed"
 
     def spec(self) -> dict:
@@ -260,22 +299,99 @@ class Store:
         """Cells a (resumed) sweep still has to run: pending, running (interrupted) or failed."""
         return self.cell_ids(("pending", "running", "failed"))
 
-    def counts(self) -> dict[str, int]:
-        """``{status: number of cells}`` for every status."""
+    def counts(self, *, interrupted: bool = False) -> dict[str, int]:
+        """``{status: number of cells}`` for every stored status. With ``interrupted=True``
+        also ``interrupted`` (``running`` cells no live driver holds), and ``running`` then
+        counts only the cells a live driver holds."""
         out = dict.fromkeys(STATUSES, 0)
         for status, n in self.conn.execute("SELECT status, COUNT(*) FROM cells GROUP BY status"):
             out[status] = n
+        if interrupted:
+            out["interrupted"] = len(self.interrupted_ids())
+            out["running"] -= out["interrupted"]
         return out
 
+    # ---- drivers and claims (see catapult.sweep.claims)
+
+    def _drivers(self) -> dict[str, sqlite3.Row]:
+        if not self._has_claims:
+            return {}
+        return {r["id"]: r for r in self.conn.execute("SELECT * FROM drivers")}
+
+    def _claims(self) -> dict[int, str]:
+        if not self._has_claims:
+            return {}
+        return {r[0]: r[1] for r in self.conn.execute("SELECT cell_id, driver FROM claims")}
+
+    def interrupted_ids(self) -> set[int]:
+        """``running`` cells that no live driver holds: their driver was stopped (Ctrl-C,
+        kill -9, a crash). A resumed or concurrent driver claims them again."""
+        drivers, claims = self._drivers(), self._claims()
+        now = time.time()
+        return {r[0] for r in self.conn.execute("SELECT id FROM cells WHERE status = 'running'")
+                if not driver_alive(drivers.get(claims.get(r[0])), now)}
+
+    def register_driver(self) -> str:
+        """Enter a new driver (this process) and return its id; see :mod:`catapult.sweep.claims`."""
+        import socket
+
+        driver_id = new_driver_id()
+        now = time.time()
+        with self.transaction() as conn:
+            # forget drivers long dead (kill -9) that hold nothing: the table stays small
+            conn.execute("DELETE FROM drivers WHERE heartbeat < ? AND id NOT IN (SELECT driver FROM claims)",
+                         (now - 10 * LEASE_S,))
+            conn.execute("INSERT INTO drivers(id, host, pid, started_at, heartbeat) VALUES (?, ?, ?, ?, ?)",
+                         (driver_id, socket.gethostname(), os.getpid(), now, now))
+        return driver_id
+
+    def release_driver(self, driver_id: str) -> None:
+        """Drop a driver and its claims (its ``running`` cells become ``interrupted``)."""
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM claims WHERE driver = ?", (driver_id,))
+            conn.execute("DELETE FROM drivers WHERE id = ?", (driver_id,))
+
+    def claim(self, cell_id: int, driver_id: str, *, retry_failed_before: float = 0.0,
+              worker: str | None = None) -> bool:
+        """Atomically take one cell for ``driver_id``; True if taken (then ``running``,
+        ``attempts += 1``). A cell can be taken when it is ``pending``; ``running`` with no
+        live holder (interrupted); or ``failed`` with ``finished_at < retry_failed_before``
+        (a failure from before this driver started: a failure in this session is final)."""
+        now = time.time()
+        with self.transaction() as conn:
+            row = conn.execute("SELECT status, finished_at FROM cells WHERE id = ?", (cell_id,)).fetchone()
+            if row is None:
+                raise KeyError(f"no cell {cell_id} in {self.path}")
+            status, finished_at = row[0], row[1]
+            holder = conn.execute("SELECT driver FROM claims WHERE cell_id = ?", (cell_id,)).fetchone()
+            if holder is not None and holder[0] != driver_id:
+                drow = conn.execute("SELECT * FROM drivers WHERE id = ?", (holder[0],)).fetchone()
+                if driver_alive(drow, now):
+                    return False
+            if status in DONE_STATUSES:
+                return False
+            if status == "failed" and not (finished_at is None or finished_at < retry_failed_before):
+                return False
+            conn.execute("INSERT OR REPLACE INTO claims(cell_id, driver, claimed_at) VALUES (?, ?, ?)",
+                         (cell_id, driver_id, now))
+            conn.execute("UPDATE cells SET status = 'running', attempts = attempts + 1, started_at = ?, "
+                         "worker = ? WHERE id = ?", (now, worker, cell_id))
+        return True
+
     def cells(self, ids: Iterable[int] | None = None) -> list[dict]:
-        """Cell rows as dicts (``config`` and ``swept`` and ``summary`` parsed), in grid order."""
+        """Cell rows as dicts (``config`` and ``swept`` and ``summary`` parsed), in grid order.
+        ``status`` is as stored, except that a ``running`` cell no live driver holds is
+        ``interrupted`` (see :meth:`interrupted_ids`)."""
         rows = self.conn.execute("SELECT * FROM cells ORDER BY id").fetchall()
         wanted = None if ids is None else set(ids)
+        interrupted = self.interrupted_ids()
         out = []
         for row in rows:
             if wanted is not None and row["id"] not in wanted:
                 continue
             d = dict(row)
+            if d["id"] in interrupted:
+                d["status"] = "interrupted"
             d["config"] = json.loads(d.pop("config_json"))
             d["swept"] = json.loads(d.pop("swept_json"))
             summary = d.pop("summary_json")
@@ -311,8 +427,13 @@ class Store:
                 "UPDATE cells SET status = 'running', attempts = attempts + 1, started_at = ?, worker = ? "
                 "WHERE id = ?", [(now, worker, i) for i in ids])
 
-    def record(self, cell_id: int, result: Any, *, lambda_0: float | None = None) -> str:
+    def record(self, cell_id: int, result: Any, *, lambda_0: float | None = None,
+               driver_id: str | None = None) -> str | None:
         """Write one cell's result in one transaction and return its status.
+
+        With ``driver_id``, only while that driver holds the cell's claim (which is then
+        released); otherwise nothing is written and ``None`` returned (the driver was taken
+        for dead and the cell handed to another: the cell is recorded once, by that one).
 
         ``result`` has ``status`` (``finished``/``diverged``/``failed``), ``metrics`` (per-step
         dicts) and ``summary`` (dict); optionally ``error`` (str) and ``worker``. Earlier metric
@@ -351,6 +472,11 @@ class Store:
         with self.transaction() as conn:
             if conn.execute("SELECT 1 FROM cells WHERE id = ?", (cell_id,)).fetchone() is None:
                 raise KeyError(f"no cell {cell_id} in {self.path}")
+            if driver_id is not None:
+                held = conn.execute("SELECT driver FROM claims WHERE cell_id = ?", (cell_id,)).fetchone()
+                if held is None or held[0] != driver_id:
+                    return None
+                conn.execute("DELETE FROM claims WHERE cell_id = ?", (cell_id,))
             conn.execute("DELETE FROM metrics WHERE cell_id = ?", (cell_id,))
             conn.executemany(
                 f"INSERT INTO metrics(cell_id, {', '.join(METRIC_COLUMNS)}, extra_json) "
@@ -421,72 +547,5 @@ def _metric_row(cell_id: int, row: Mapping[str, Any]) -> tuple:
     return (cell_id, *values, _json(extra) if extra else None)
 
 
-# --------------------------------------------------------------------------------------------
-# Export: one row per cell
-
-
-#: Columns after the swept keys in an export, in order.
-EXPORT_COLUMNS = ("status", *FINAL_METRICS, *BEST_METRICS, "lambda_0", "lr_target", "steps_completed",
-                  "diverged_at", "wall_time_s", "error")
-
-
-def export_table(store: Store) -> tuple[list[str], list[list[Any]]]:
-    """``(columns, rows)``: one row per cell: ``cell_id``, one column per swept key (its dotted
-    name, the value as in the config, e.g. ``"2^3/lambda0"``), then :data:`EXPORT_COLUMNS`
-    (final metrics ``train_loss``, ``train_accuracy``, ``test_loss``, ``test_accuracy``,
-    ``sharpness``; best values; lambda_0; absolute ``lr_target``; ...). Missing values are ``None``.
-    """
-    keys = [a["key"] for a in store.axes()]
-    cells = store.cells()
-    for cell in cells:
-        for key in cell["swept"]:
-            if key not in keys:
-                keys.append(key)
-    columns = ["cell_id", *keys, *EXPORT_COLUMNS]
-    rows = []
-    for cell in cells:
-        row = [cell["id"], *(cell["swept"].get(k) for k in keys)]
-        row += [cell.get(c) for c in EXPORT_COLUMNS]
-        rows.append(row)
-    return columns, rows
-
-
-def write_csv(store: Store, path: str | Path) -> Path:
-    """Write :func:`export_table` as CSV (empty cell for ``None``; floats round-trip exactly)."""
-    import csv
-
-    columns, rows = export_table(store)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(columns)
-        for row in rows:
-            writer.writerow(["" if v is None else (repr(v) if isinstance(v, float) else v) for v in row])
-    return path
-
-
-def write_parquet(store: Store, path: str | Path) -> Path:
-    """Write :func:`export_table` as Parquet (needs the optional ``pyarrow``). Swept columns
-    whose values mix numbers and strings are written as strings."""
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise ImportError("parquet export needs pyarrow, an optional dependency: "
-                          "pip install 'catapult[parquet]' (or export --format csv)") from None
-    columns, rows = export_table(store)
-    data = {}
-    for j, name in enumerate(columns):
-        values = [row[j] for row in rows]
-        kinds = {type(v) for v in values if v is not None}
-        if len(kinds) > 1 and not kinds <= {int, float}:
-            values = [None if v is None else str(v) for v in values]
-        elif kinds == {int, float}:
-            values = [None if v is None else float(v) for v in values]
-        data[name] = values
-    table = pa.table(data)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, str(path))
-    return path
+# the export (one row per cell) lives in its own module; its names are this module's too
+from catapult.sweep.store_export import EXPORT_COLUMNS, export_table, write_csv, write_parquet  # noqa: E402

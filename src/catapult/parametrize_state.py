@@ -1,0 +1,87 @@
+"""A parameterized model's ``state_dict`` says which parameterization and density it has, and
+loading it into a model with another parameterization or density is refused.
+
+The weights of an SP, muP and SμPar model of one shape have the same keys and shapes, and a
+sparse model's ``mask`` buffers load into a model of another density just as silently; but
+the multipliers and per-layer learning rates (not in the ``state_dict``) belong to the model
+they were built for. So :func:`attach_spec` (called by :func:`catapult.parametrize.parametrize`
+and the built-in models) registers two hooks:
+
+* saving: the module's entry in ``state_dict._metadata`` (where PyTorch keeps its per-module
+  ``version``; kept by ``torch.save`` / ``torch.load(weights_only=True)``) gains
+  ``"catapult": {"parametrization", "density", "width_mult", "density_mult", "lr_rule"}``;
+  the keys and tensors are unchanged;
+* loading: a ``state_dict`` whose record names another parameterization, or another density
+  (the fraction of live weights in the masked layers, ``1.0`` for a dense model), raises
+  :class:`ParametrizationMismatch` naming both, before any tensor is copied. A ``state_dict``
+  without a record (an older checkpoint, a plain ``dict`` copy) loads as before.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["ParametrizationMismatch", "attach_spec", "model_density", "state_record", "METADATA_KEY"]
+
+#: The key of the record in a module's ``state_dict._metadata`` entry.
+METADATA_KEY = "catapult"
+_HOOKED = "catapult_state_hooks"
+
+
+class ParametrizationMismatch(ValueError):
+    """A ``state_dict`` saved under one parameterization or density loaded into another."""
+
+
+def model_density(module: nn.Module) -> float:
+    """Fraction of live weights over every masked layer: ``sum(mask) / numel(mask)`` summed
+    over the ``mask`` buffers; ``1.0`` for a model without masks."""
+    live = total = 0
+    for sub in module.modules():
+        mask = getattr(sub, "mask", None)
+        if isinstance(mask, torch.Tensor):
+            live += int(torch.count_nonzero(mask))
+            total += mask.numel()
+    return live / total if total else 1.0
+
+
+def state_record(module: nn.Module) -> dict[str, Any]:
+    """What is saved with the weights of ``module`` (which has ``catapult_spec``)."""
+    spec = module.catapult_spec
+    return {"parametrization": spec.parametrization, "density": model_density(module),
+            "width_mult": float(spec.width_mult), "density_mult": float(spec.density_mult), "lr_rule": spec.lr_rule}
+
+
+def _describe(record: dict[str, Any]) -> str:
+    return f"parametrization {record.get('parametrization')!r}, density {record.get('density'):.6g}"
+
+
+def _save_hook(module: nn.Module, state_dict, prefix: str, local_metadata: dict) -> None:
+    if getattr(module, "catapult_spec", None) is not None:
+        local_metadata[METADATA_KEY] = state_record(module)
+
+
+def _load_hook(module: nn.Module, state_dict, prefix: str, local_metadata: dict, strict, missing_keys,
+               unexpected_keys, error_msgs) -> None:
+    saved = (local_metadata or {}).get(METADATA_KEY)
+    if not isinstance(saved, dict) or getattr(module, "catapult_spec", None) is None:
+        return
+    here = state_record(module)
+    same_density = abs(float(saved.get("density", here["density"])) - here["density"]) <= 1e-9
+    if saved.get("parametrization") != here["parametrization"] or not same_density:
+        raise ParametrizationMismatch(
+            f"this state_dict was saved from a model with {_describe(saved)}; the model it is loaded into "
+            f"has {_describe(here)}. Refusing to load it: build the model with the saved parametrization "
+            "and density, or load into a copy of the model it came from")
+
+
+def attach_spec(module: nn.Module, spec) -> nn.Module:
+    """Set ``module.catapult_spec = spec`` and register the save/load hooks (once per module);
+    returns ``module``."""
+    module.catapult_spec = spec
+    if not getattr(module, _HOOKED, False):
+        module.register_state_dict_post_hook(_save_hook)
+        module.register_load_state_dict_pre_hook(_load_hook)
+        setattr(module, _HOOKED, True)
+    return module

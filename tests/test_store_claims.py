@@ -1,0 +1,85 @@
+"""Cell claims at the API level: of two drivers claiming one cell exactly one gets it; a dead
+driver's claim (process gone, or heartbeat past the lease) is taken over; a driver that lost
+its claim cannot record the cell; a released driver's running cells read ``interrupted``."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+from catapult import config as cfg
+from catapult.sweep import parse_sweep
+from catapult.sweep.claims import LEASE_S
+from catapult.sweep.executors import CellResult
+from catapult.sweep.spec import expand, spec_document
+from catapult.sweep.store import Store
+
+
+def _store(path):
+    config = cfg.validate({"name": "c", "train": {"steps": 2}})
+    spec = parse_sweep({"grid": {"optimizer.lr": [0.01, 0.02, 0.04]}})
+    with Store(path) as store:
+        store.open_sweep(spec_document(config, spec), expand(config, spec))
+    return path
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _done(value=0.5):
+    return CellResult("finished", [{"step": 0, "train_loss": value}], {})
+
+
+def test_one_cell_one_claim_and_only_the_holder_records(tmp_path):
+    path = _store(tmp_path / "s.db")
+    with Store(path) as a, Store(path) as b:
+        da, db = a.register_driver(), b.register_driver()
+        assert a.claim(0, da) and not b.claim(0, db)
+        assert b.record(0, _done(), driver_id=db) is None  # b does not hold it: nothing written
+        assert a.cell(0)["status"] == "running" and a.cell(0)["attempts"] == 1
+        assert a.record(0, _done(), driver_id=da) == "finished"
+        assert not b.claim(0, db)  # a result is never run again
+        assert b.claim(1, db)
+
+
+def test_a_dead_drivers_claims_are_taken_over(tmp_path):
+    path = _store(tmp_path / "s.db")
+    with Store(path) as store:
+        gone, stale, live = store.register_driver(), store.register_driver(), store.register_driver()
+        assert store.claim(0, gone) and store.claim(1, stale)
+        store.conn.execute("UPDATE drivers SET pid = ? WHERE id = ?", (_dead_pid(), gone))  # kill -9'd
+        store.conn.execute("UPDATE drivers SET heartbeat = ? WHERE id = ?", (time.time() - 2 * LEASE_S, stale))
+        assert store.interrupted_ids() == {0, 1}
+        assert store.counts(interrupted=True)["interrupted"] == 2
+        assert [c["status"] for c in store.cells()] == ["interrupted", "interrupted", "pending"]
+        assert store.claim(0, live) and store.claim(1, live)
+        assert store.cell(0)["attempts"] == 2 and not store.interrupted_ids()
+        assert store.record(0, _done(), driver_id=gone) is None  # the dead one woke up: too late
+        assert store.record(0, _done(), driver_id=live) == "finished"
+
+
+def test_a_released_driver_leaves_interrupted_cells_for_the_next(tmp_path):
+    path = _store(tmp_path / "s.db")
+    with Store(path) as store:
+        first = store.register_driver()
+        assert store.claim(2, first)
+        store.release_driver(first)  # Ctrl-C
+    with Store(path, create=False) as reader:
+        assert reader.interrupted_ids() == {2}
+    with Store(path) as store:
+        second = store.register_driver()
+        assert store.claim(2, second)
+
+
+def test_a_failure_is_retried_by_a_later_driver_only(tmp_path):
+    path = _store(tmp_path / "s.db")
+    with Store(path) as store:
+        one, two = store.register_driver(), store.register_driver()
+        since = time.time()
+        assert store.claim(0, one, retry_failed_before=since)
+        assert store.record(0, CellResult("failed", [], {}, error="boom"), driver_id=one) == "failed"
+        assert not store.claim(0, two, retry_failed_before=since)  # failed in this session: final
+        assert store.claim(0, two, retry_failed_before=time.time() + 1)  # a driver started later retries

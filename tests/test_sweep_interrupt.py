@@ -1,0 +1,85 @@
+"""Ctrl-C of a real ``catapult sweep``: the message gives the exact command that resumes it,
+``export`` shows the cell that was cut off as ``interrupted``, and the command resumes."""
+from __future__ import annotations
+
+import csv
+import os
+import shlex
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = """
+name: ctrlc
+data: {name: digits, n_train: 96, n_test: 48}
+model: {name: mlp, width: 16, depth: 2, parametrization: sp}
+train: {steps: 30}
+eval: {sharpness_every: 0, test_every: 30, sharpness_max_iter: 20}
+sweep:
+  grid:
+    optimizer.lr: {log2_over_lambda0: [0, 2]}
+    schedule.warmup_steps: [1, 8]
+"""
+
+
+def _catapult(*words: str) -> list[str]:
+    return [sys.executable, "-m", "catapult", *words]
+
+
+def _running(store: Path) -> int:
+    try:
+        conn = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=5)
+        try:
+            return conn.execute("SELECT COUNT(*) FROM claims").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.OperationalError:
+        return 0
+
+
+@pytest.mark.slow
+def test_ctrl_c_says_how_to_resume_and_export_shows_interrupted(tmp_path):
+    config = tmp_path / "sweep.yaml"
+    config.write_text(textwrap.dedent(CONFIG))
+    store = tmp_path / "my store.db"  # a space: the printed command must quote it
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    cmd = _catapult("sweep", str(config), "--store", str(store), "--threads", "1", "--progress", "none",
+                    "train.steps=30")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not _running(store):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    resume = err.split("Resume with:\n", 1)[1].strip().splitlines()[0].strip()
+    expected = shlex.join(["catapult", "sweep", str(config), "--store", str(store), "--threads", "1",
+                           "--progress", "none", "train.steps=30"])
+    assert resume == expected
+
+    out = tmp_path / "cells.csv"
+    exported = subprocess.run(_catapult("export", str(store), "--out", str(out)), capture_output=True, text=True,
+                              env=env, timeout=120)
+    assert exported.returncode == 0, exported.stderr
+    statuses = [row["status"] for row in csv.DictReader(out.open())]
+    assert statuses.count("interrupted") == 1 and "running" not in statuses, statuses
+
+    words = shlex.split(resume)
+    done = subprocess.run(_catapult(*words[1:]), capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "6 cells:" in done.stdout and "resumed" in done.stdout
