@@ -200,6 +200,8 @@ def resume_command(args: argparse.Namespace, store: Path) -> str:
         value = getattr(args, name, default)
         if value != default:
             words += [flag, str(value)]
+    if getattr(args, "no_kernels", False):
+        words.append("--no-kernels")
     words += list(getattr(args, "overrides", []))
     return shlex.join(words)
 
@@ -222,13 +224,15 @@ def _export_command(args: argparse.Namespace) -> int:
 def _parse_where(items) -> dict:
     import yaml
 
+    from catapult.config import safe_yaml
+
     where = {}
     for text in items:
         if "=" not in text:
             raise ValueError(f"--where expects KEY=VALUE, got {text!r}")
         key, raw = text.split("=", 1)
         try:
-            value = yaml.safe_load(raw)
+            value = safe_yaml(raw)  # bounded: no alias bombs from the command line
         except yaml.YAMLError:
             value = raw
         where[key.strip()] = value
