@@ -224,7 +224,7 @@ def _export_command(args: argparse.Namespace) -> int:
 def _parse_where(items) -> dict:
     import yaml
 
-    from catapult.config import safe_yaml
+    from catapult.config.io import safe_yaml
 
     where = {}
     for text in items:
