@@ -105,7 +105,7 @@ def _init_worker() -> None:
 def _run_one(config: dict, out_dir: str) -> tuple[str, dict, list[dict]]:
     from catapult.engine import run
 
-    result = run(config, out_dir=out_dir, progress="none")
+    result = run(config, out_dir=out_dir, progress="none", overwrite=True)  # the demo owns its directory
     return config["name"], result.summary, result.metrics
 
 
