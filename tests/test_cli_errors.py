@@ -3,6 +3,7 @@ and no partial run directory (issue 13)."""
 from __future__ import annotations
 
 import errno
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -135,3 +136,30 @@ def test_a_long_message_is_cut(capsys):
     cli._error("train", "x" * 100_000)
     err = capsys.readouterr().err
     assert len(err) < cli.MAX_MESSAGE + 200 and "more characters" in err
+
+
+@pytest.mark.parametrize("command", ["export", "plot", "transfer", "report"])
+def test_an_output_file_that_is_a_directory_is_refused_before_any_work(command, tmp_path, capsys):
+    import shutil
+
+    from catapult.cli import main
+
+    store = tmp_path / "s.db"
+    shutil.copyfile(Path(__file__).parent / "data" / "store_v0.1.0.db", store)
+    before = store.read_bytes()
+    assert main([command, str(store), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "is a directory" in err and "Traceback" not in err
+    assert store.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["s.db"]
+
+
+def test_coord_check_out_that_is_a_file_is_refused_before_any_work(tmp_path, capsys):
+    from catapult.cli import main
+
+    in_the_way = tmp_path / "file"
+    in_the_way.write_text("mine")
+    root = Path(__file__).resolve().parents[1]
+    assert main(["coord-check", str(root / "configs" / "supar" / "coord_check_small.yaml"), "--out",
+                 str(in_the_way), "--progress", "none"]) == 2
+    captured = capsys.readouterr()
+    assert "not a directory" in captured.err and "seed" not in captured.err and in_the_way.read_text() == "mine"

@@ -6,7 +6,7 @@ import argparse
 
 from catapult.config import ConfigError, load_config
 
-__all__ = ["add_config_arguments", "config_from_args", "overrides_from_args", "apply_threads"]
+__all__ = ["add_config_arguments", "config_from_args", "overrides_from_args", "apply_threads", "check_out_file"]
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,3 +50,21 @@ def apply_threads(args: argparse.Namespace) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def check_out_file(option: str, path) -> None:
+    """Refuse, before any work, an output file path (``--out``) that is a directory or whose
+    folder does not exist or cannot be written: a ConfigError naming the option."""
+    import os
+    from pathlib import Path
+
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError([(option, f"{path} is a directory; give a file name")])
+    folder = path.absolute().parent
+    if not folder.is_dir():
+        raise ConfigError([(option, f"the folder {folder} does not exist")])
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError([(option, f"the folder {folder} is not writable")])

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from catapult.cli.common import add_config_arguments, apply_threads, overrides_from_args
+from catapult.engine.loop import check_out_dir
 from catapult.engine.coord_check_study import load_coord_check, result_groups, run_coord_check, slope_table
 
 
@@ -28,7 +29,7 @@ def register(subparsers) -> None:
 def _command(args) -> int:
     config, spec = load_coord_check(args.config, overrides_from_args(args))
     apply_threads(args)
-    out = Path(args.out) if args.out else Path("runs") / config["name"]
+    out = check_out_dir(Path(args.out) if args.out else Path("runs") / config["name"], overwrite=True)
     rows = run_coord_check(config, spec, out_dir=out, progress=args.progress != "none", panels=args.panels)
     print(slope_table(rows))
     print(f"wrote {out}/ (coord_check.csv, coord_check_table.md, config.yaml, "

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from catapult import demo
 from catapult.config import ConfigError
+from catapult.engine.loop import check_out_dir
 
 
 def register(subparsers) -> None:
@@ -27,6 +28,7 @@ def _demo_command(args) -> int:
         return 0
     if args.workers is not None and args.workers < 1:
         raise ConfigError([("--workers", f"must be >= 1, got {args.workers}")])
+    check_out_dir(args.out, overwrite=True)  # the demo owns its directory; a file in the way is not
     demo.run_demo(args.out, workers=args.workers, echo=lambda line: print(line, flush=True))
     return 0
 

@@ -25,6 +25,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from catapult.cli.common import check_out_file
+
 __all__ = ["register", "resume_command"]
 
 
@@ -207,6 +209,7 @@ def resume_command(args: argparse.Namespace, store: Path) -> str:
 
 
 def _export_command(args: argparse.Namespace) -> int:
+    check_out_file("--out", args.out)
     from catapult.sweep.store import Store, StoreError, write_csv, write_parquet
 
     out = Path(args.out)
@@ -240,6 +243,8 @@ def _parse_where(items) -> dict:
 
 
 def _plot_command(args: argparse.Namespace) -> int:
+    check_out_file("--out", args.out)
+    check_out_file("--trajectories-out", args.trajectories_out)
     from catapult.plots.phase import (cell_label, default_trajectory_cells, phase_grid, plot_cell_trajectories,
                                       plot_phase_diagram, unfinished_note)
     from catapult.sweep.store import Store, StoreError
@@ -274,6 +279,7 @@ def _plot_command(args: argparse.Namespace) -> int:
 
 
 def _transfer_command(args: argparse.Namespace) -> int:
+    check_out_file("--out", args.out)
     import json
 
     from catapult.plots.transfer import plot_transfer, transfer_curves, transfer_summary, transfer_table, unfinished_note
@@ -304,6 +310,7 @@ def _transfer_command(args: argparse.Namespace) -> int:
 
 
 def _report_command(args: argparse.Namespace) -> int:
+    check_out_file("--out", args.out)
     from catapult.report import write_report
     from catapult.sweep.store import StoreError
 
