@@ -163,3 +163,22 @@ def test_coord_check_out_that_is_a_file_is_refused_before_any_work(tmp_path, cap
                  str(in_the_way), "--progress", "none"]) == 2
     captured = capsys.readouterr()
     assert "not a directory" in captured.err and "seed" not in captured.err and in_the_way.read_text() == "mine"
+
+
+def test_a_store_on_a_full_disk_is_a_message_not_a_traceback(tmp_path, capsys, monkeypatch):
+    import sqlite3
+
+    from catapult.cli import main
+    from catapult.sweep.store import Store
+
+    def full(self, *args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(Store, "record", full)
+    config = tmp_path / "grid.yaml"
+    config.write_text("name: grid\ndata: {name: digits, n_train: 32, n_test: 16}\n"
+                      "model: {name: mlp, width: 8, depth: 2}\noptimizer: {name: sgd, lr: 0.1}\n"
+                      "train: {steps: 1}\neval: {sharpness_every: 0}\nsweep: {grid: {seed: [0]}}\n")
+    assert main(["sweep", str(config), "--store", str(tmp_path / "s.db"), "--progress", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "the store cannot be written: database or disk is full" in err and "Traceback" not in err
