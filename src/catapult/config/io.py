@@ -15,7 +15,7 @@ from catapult.config.schema import section_model, unknown_key, validate
 from catapult.config.sections import RunConfig
 
 __all__ = ["STUDY_SECTIONS", "parse_override", "apply_overrides", "read_mapping", "read_yaml", "key_positions",
-           "load_config", "dump_config", "safe_yaml", "MAX_YAML_DEPTH", "MAX_YAML_NODES", "MAX_CONFIG_BYTES"]
+           "load_config", "dump_config", "safe_yaml", "plain_data", "MAX_YAML_DEPTH", "MAX_YAML_NODES", "MAX_CONFIG_BYTES"]
 
 #: Top-level sections that belong to a study command, not to the run: ``sweep:`` (read by
 #: ``catapult sweep``) and ``coord_check:`` (``catapult coord-check``). :func:`load_config`
@@ -252,12 +252,14 @@ def dump_config(config: Mapping[str, Any] | BaseModel) -> str:
     run writes as ``config.yaml``)."""
     if isinstance(config, BaseModel):
         config = config.model_dump()
-    return yaml.safe_dump(_plain(config), sort_keys=False, default_flow_style=None)
+    return yaml.safe_dump(plain_data(config), sort_keys=False, default_flow_style=None)
 
 
-def _plain(value: Any) -> Any:
+def plain_data(value: Any) -> Any:
+    """``value`` with mappings as plain dicts (string keys) and tuples as lists: what YAML and
+    JSON write the same way everywhere."""
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain_data(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain_data(v) for v in value]
     return value

@@ -51,6 +51,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 
 from catapult import config as cfg
+from catapult.config.io import plain_data
 
 __all__ = [
     "Axis",
@@ -297,7 +298,7 @@ def parse_sweep(section: Any) -> SweepSpec:
                                                   "only optimizer.lr accepts them"))
             continue
         axes.append(axis)
-        raw_grid[key] = _plain(raw)
+        raw_grid[key] = plain_data(raw)
     raw_out: dict[str, Any] = {"grid": raw_grid}
     if "seeds" in section:
         seeds = section["seeds"]
@@ -327,14 +328,6 @@ def _unknown_key(key: str) -> str:
     match = difflib.get_close_matches(key, leaves, n=1, cutoff=0.6)
     hint = f" (did you mean {match[0]!r}?)" if match else ""
     return f"{key!r} is not a config key{hint}; a grid sweeps dotted config keys such as optimizer.lr"
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 # --------------------------------------------------------------------------------------------
@@ -462,7 +455,7 @@ def expand(base: Mapping[str, Any], spec: SweepSpec) -> list[CellSpec]:
 def spec_document(base: Mapping[str, Any], spec: SweepSpec) -> dict:
     """What identifies a sweep (stored, hashed, compared on resume): the validated base config
     without its ``name`` (renaming the file changes no result) and the normalized ``sweep:``."""
-    base_doc = {k: v for k, v in _plain(base).items() if k != "name"}
+    base_doc = {k: v for k, v in plain_data(base).items() if k != "name"}
     return {"base": base_doc, "sweep": spec.raw}
 
 
