@@ -159,27 +159,14 @@ def run_group(cells: Sequence[Cell], *, data: Any = None) -> Iterator[tuple[int,
 
     # ---- lambda_0: Hessian sharpness at theta_0 on batch 0 from randn(P, sharpness_seed)
     x0, y0 = batches.batch(0)
-    need = [i for i, mb in enumerate(members) if mb.needs_lambda0]
-    for i in need:
-        members[i].warm = members[i].start_vector(n_params, device, dtype)
-    if need:
-        inits = torch.stack([members[i].warm for i in need])
-        for i, est in zip(need, _sharpness(stacked, None, members, need, x0, y0, inits, sdtype, max_basis, False)):
-            mb = members[i]
-            mb.lambda0_estimate, mb.lambda_0 = est, float(est.value)
-            mb.matvecs_total += int(est.matvecs)
-            mb.unconverged += int(not est.converged)
+    Member.measure_lambda0(members, n_params, device, dtype, lambda rows, inits: _sharpness(
+        stacked, None, members, rows, x0, y0, inits, sdtype, max_basis, False))
 
     # ---- each member's optimizer and warmup rule (catapult: its step-0 search, on its own model)
     failed = []
     for i, (mb, model) in enumerate(zip(members, models)):
-        try:
-            mb.lr_trgt = mb.lr_spec.resolve(mb.lambda_0)
-        except ValueError as err:
-            mb.status = "failed"
-            mb.metrics = [{"error": f"ValueError: optimizer.lr={mb.config['optimizer']['lr']!r}: {err}"}]
+        if not mb.resolve_lr_target():
             failed.append(i)
-            mb.lr_trgt = 1.0
         mb.optimizer = engine.build_optimizer(mb.config, model, mb.lr_trgt)
         mb.lr_mult0 = float(mb.optimizer.param_groups[0].get("lr_mult", 1.0))
         if mb.status != "failed":
@@ -187,7 +174,7 @@ def run_group(cells: Sequence[Cell], *, data: Any = None) -> Iterator[tuple[int,
     opt = StackedOptimizer(c0["optimizer"]["name"], [mb.optimizer for mb in members], models, stacked.names)
     del models
     for i in failed:
-        yield members[i].cell.id, CellResult("failed", [], {}, error=members[i].metrics[0]["error"], worker=worker)
+        yield members[i].cell.id, members[i].failed_result(worker)
     alive_rows = [i for i in range(len(members)) if i not in set(failed)]
     active = [members[i] for i in alive_rows]
     stacked.keep(alive_rows)

@@ -298,27 +298,13 @@ def run_ensemble(cells: Sequence[Cell], *, threads: int | None = None,
 
     # ---- lambda_0 (Hessian sharpness at theta_0 on batch 0, from randn(P, sharpness_seed))
     x0, y0 = batches.batch(0)
-    need = [i for i, mb in enumerate(members) if mb.needs_lambda0]
-    for i in need:
-        members[i].warm = members[i].start_vector(n_params, device, dtype)
-    if need:
-        ests = batch.sharpness(need, x0, y0, torch.stack([members[i].warm for i in need]))
-        for i, est in zip(need, ests):
-            mb = members[i]
-            mb.lambda0_estimate, mb.lambda_0 = est, float(est.value)
-            mb.matvecs_total += int(est.matvecs)
-            mb.unconverged += int(not est.converged)
+    Member.measure_lambda0(members, n_params, device, dtype, lambda rows, inits: batch.sharpness(rows, x0, y0, inits))
 
     # ---- per-member optimizer groups (lr_mult, hyper-parameters), schedules
     failed: list[int] = []
     for i, (mb, model) in enumerate(zip(members, models)):
-        try:
-            mb.lr_trgt = mb.lr_spec.resolve(mb.lambda_0)
-        except ValueError as err:
-            mb.status = "failed"
-            mb.metrics = [{"error": f"optimizer.lr={mb.config['optimizer']['lr']!r}: {err}"}]
+        if not mb.resolve_lr_target():
             failed.append(i)
-            mb.lr_trgt = 1.0
         optimizer = train.build_optimizer(mb.config, model, mb.lr_trgt)
         by_id = {id(p): g for g in optimizer.param_groups for p in g["params"]}
         mb.hyper = []
@@ -341,8 +327,7 @@ def run_ensemble(cells: Sequence[Cell], *, threads: int | None = None,
     batch.set_hyper()
     del models
     for i in failed:
-        err = members[i].metrics[0]["error"]
-        yield members[i].cell.id, CellResult("failed", [], {}, error=f"ValueError: {err}", worker=worker)
+        yield members[i].cell.id, members[i].failed_result(worker)
     if failed:
         batch.keep([r for r in range(len(members)) if r not in set(failed)])
 

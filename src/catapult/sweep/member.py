@@ -67,6 +67,37 @@ class Member:
         v = torch.randn(n_params, generator=torch.Generator().manual_seed(self.sharpness_seed))
         return v.to(device=device, dtype=dtype)
 
+    def resolve_lr_target(self) -> bool:
+        """Set ``lr_trgt`` from its lr and lambda_0 (as ``run``); on a ``c/lambda0`` that cannot
+        resolve, mark it failed (``lr_trgt`` 1.0 keeps its optimizer buildable) and return False."""
+        try:
+            self.lr_trgt = self.lr_spec.resolve(self.lambda_0)
+            return True
+        except ValueError as err:
+            self.status, self.lr_trgt = "failed", 1.0
+            self.metrics = [{"error": f"ValueError: optimizer.lr={self.config['optimizer']['lr']!r}: {err}"}]
+            return False
+
+    def failed_result(self, worker: str | None) -> CellResult:
+        """The result of a member that could not start (see :meth:`resolve_lr_target`)."""
+        return CellResult("failed", [], {}, error=self.metrics[0]["error"], worker=worker)
+
+    @staticmethod
+    def measure_lambda0(members: list["Member"], n_params: int, device, dtype, solve) -> None:
+        """lambda_0 of the members that need it, as ``run`` measures it: each from its own
+        :meth:`start_vector`, by ``solve(rows, inits) -> [EigenEstimate]`` (the engine's batched
+        Hessian sharpness); the estimate is kept for reuse at ``t = 0`` and its matvecs counted."""
+        need = [i for i, mb in enumerate(members) if mb.needs_lambda0]
+        for i in need:
+            members[i].warm = members[i].start_vector(n_params, device, dtype)
+        if not need:
+            return
+        for i, est in zip(need, solve(need, torch.stack([members[i].warm for i in need]))):
+            mb = members[i]
+            mb.lambda0_estimate, mb.lambda_0 = est, float(est.value)
+            mb.matvecs_total += int(est.matvecs)
+            mb.unconverged += int(not est.converged)
+
     def sharpness_at(self, t: int) -> bool:
         return measures_sharpness(t, self.sharpness_every, self.steps)
 
