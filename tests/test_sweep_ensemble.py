@@ -314,8 +314,8 @@ def test_phase_diagram_configs_expand_to_valid_cells(path, at_least):
 
 
 def _stacked(loss, parametrization, density, activation, n=5):
-    """A ``_Batch`` of ``n`` float64 members (different seeds) on 50 digits, and the data."""
-    from catapult.sweep.ensemble_run import _Batch
+    """A ``KernelStack`` of ``n`` float64 members (different seeds) on 50 digits, and the data."""
+    from catapult.sweep.ensemble_run import KernelStack
     from catapult.sweep.member import Member as _Member
 
     configs = [cfg.validate({"name": f"m{i}", "seed": i, "dtype": "float64", "loss": loss,
@@ -327,7 +327,7 @@ def _stacked(loss, parametrization, density, activation, n=5):
     models = [train.build_model(c, data.in_features, data.num_classes, "cpu", torch.float64) for c in configs]
     members = [_Member(cell=Cell(i, c), config=c, steps=1, sharpness_every=1, test_every=0, divergence_factor=1e3,
                        tol=1e-3, max_iter=10, lr_spec=None, sharpness_seed=0) for i, c in enumerate(configs)]
-    return _Batch(members, models, "hessian", loss, "sgd"), data
+    return KernelStack(members, models, "hessian", loss), data
 
 
 @pytest.mark.parametrize("loss, targets", [("mse", "labels"), ("cross_entropy", "labels"), ("cross_entropy", "soft")])
@@ -496,13 +496,13 @@ def test_update_fused_into_the_gradient_pass_is_bitwise_the_separate_update(opti
     from catapult.sweep import ensemble_kernels, ensemble_run
 
     fused_calls = []
-    original = ensemble_run._Batch.loss_grads
+    original = ensemble_run.KernelStack.loss_grads
 
-    def spy(self, x, y, need_grads, step=None):
-        fused_calls.append(step is not None)
-        return original(self, x, y, need_grads, step=step)
+    def spy(self, x, y, need_grads, lrs=None):
+        fused_calls.append(lrs is not None)
+        return original(self, x, y, need_grads, lrs)
 
-    monkeypatch.setattr(ensemble_run._Batch, "loss_grads", spy)
+    monkeypatch.setattr(ensemble_run.KernelStack, "loss_grads", spy)
     monkeypatch.setattr(ensemble_kernels, "_GROUP_BYTES", 2 * 160 * 24 * 4)  # sub-batches of 2 members (of 160 x 24)
     runs = {}
     for test_every in (0, 1):

@@ -54,22 +54,19 @@ sends a group here when the hand-derived MLP kernels do not reproduce it (or ``k
 """
 from __future__ import annotations
 
-import time
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
-from catapult import config as cfg
 from catapult.curvature import batched_lanczos
-from catapult.engine.step import diverged, new_row
+from catapult.sweep.batched_loop import open_group, train_group
 from catapult.sweep.batched_model import StackedModel
 from catapult.sweep.batched_optim import SUPPORTED as OPTIMIZERS
 from catapult.sweep.batched_optim import StackedOptimizer
+from catapult.sweep.executors import Cell, CellResult
 from catapult.sweep.grouping import group_key
-from catapult.sweep.member import Member
-from catapult.sweep.executors import Cell, CellResult, worker_name
 
-__all__ = ["batched_unsupported_reason", "run_group"]
+__all__ = ["batched_unsupported_reason", "run_group", "FuncStack"]
 
 _LOSSES = ("mse", "cross_entropy")
 _WARMUPS = ("linear", "catapult", "persistent")
@@ -90,173 +87,70 @@ def batched_unsupported_reason(config: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _sharpness_kind(config: Mapping[str, Any]) -> str:
-    from catapult import engine
+class FuncStack:
+    """A :class:`StackedModel` and its :class:`StackedOptimizer` behind the stack interface of
+    :mod:`catapult.sweep.batched_loop` (the torch.func engine)."""
 
-    kind = config["eval"]["sharpness_kind"]
-    if kind == "auto":
-        kind = "preconditioned" if config["optimizer"]["name"] in engine.ADAPTIVE else "hessian"
-    return kind
+    fuses = False
 
+    def __init__(self, models: Sequence[torch.nn.Module], loss_fn, members: Sequence, *,
+                 sharpness_dtype: torch.dtype | None, max_basis: int):
+        self.model = StackedModel(models, loss_fn)
+        self.members = list(members)
+        self.names = self.model.names
+        self.n_params = self.model.numel
+        self.sharpness_dtype = sharpness_dtype
+        self.max_basis = max_basis
+        self.opt: StackedOptimizer | None = None
 
-def _sharpness(model: StackedModel, opt: StackedOptimizer | None, members: Sequence[Member],
-               rows: Sequence[int], x, y, inits: torch.Tensor, dtype, max_basis: int,
-               preconditioned: bool) -> list:
-    """Top eigenpairs for members ``rows`` on ``(x, y)`` (batched Lanczos from ``inits``)."""
-    op = model.hessian(rows, x, y, dtype)
-    if preconditioned:
-        d, l2 = opt.preconditioner(rows, model.params, model.split(op.gradient))
+    def loss_grads(self, x, y, need_grads: bool, lrs=None):
+        return self.model.loss_and_grads(x, y, need_grads)
 
-        def matvec(active, U):
-            sel = torch.as_tensor(list(active), dtype=torch.long, device=U.device)
-            ds = d.index_select(0, sel)
-            out = op.matvec(active, ds * U) * ds
-            if l2 is not None:
-                out = out + l2.index_select(0, sel) * U
-            return out
-    else:
-        matvec = op.matvec
-    return batched_lanczos(matvec, inits.to(op.dtype), tol=[members[r].tol for r in rows],
-                           max_iter=[members[r].max_iter for r in rows], max_basis=max_basis)
+    def step(self, grads: dict[str, torch.Tensor], lrs: Sequence[float]) -> None:
+        self.opt.step(self.model.params, grads, lrs)
+
+    def sharpness(self, rows: list[int], x, y, inits: torch.Tensor, *, preconditioned: bool,
+                  grads: Any = None, lrs: Sequence[float] | None = None) -> list:
+        """Top eigenpairs for members ``rows`` on ``(x, y)`` (batched Lanczos from ``inits``);
+        the pre-conditioner comes from the gradients of the Hessian's own pass (its dtype)."""
+        op = self.model.hessian(rows, x, y, self.sharpness_dtype)
+        if preconditioned:
+            d, l2 = self.opt.preconditioner(rows, self.model.params, self.model.split(op.gradient))
+
+            def matvec(active, U):
+                sel = torch.as_tensor(list(active), dtype=torch.long, device=U.device)
+                ds = d.index_select(0, sel)
+                out = op.matvec(active, ds * U) * ds
+                if l2 is not None:
+                    out = out + l2.index_select(0, sel) * U
+                return out
+        else:
+            matvec = op.matvec
+        return batched_lanczos(matvec, inits.to(op.dtype), tol=[self.members[r].tol for r in rows],
+                               max_iter=[self.members[r].max_iter for r in rows], max_basis=self.max_basis)
+
+    def evaluate(self, rows, x, y):
+        return self.model.evaluate(rows, x, y)
+
+    def keep(self, rows: list[int]) -> None:
+        self.members = [self.members[r] for r in rows]
+        self.model.keep(rows)
+        if self.opt is not None:
+            self.opt.keep(rows)
+
+    def materialize(self, row: int) -> None:
+        self.opt.materialize(row, self.model.params)
 
 
 def run_group(cells: Sequence[Cell], *, data: Any = None) -> Iterator[tuple[int, CellResult]]:
-    """Train ``cells`` (one group: equal :func:`~catapult.sweep.ensemble.group_key`) together;
+    """Train ``cells`` (one group: equal :func:`~catapult.sweep.ensemble.group_key`) together
+    as one :class:`FuncStack` in the batched loop (:func:`catapult.sweep.batched_loop.train_group`);
     yields ``(cell_id, CellResult)`` as each member finishes or diverges (module docstring)."""
-    from catapult import engine
-    from catapult.losses import get_loss
-
-    started = time.perf_counter()
-    configs = [cfg.validate(c.config) for c in cells]
-    c0 = configs[0]
-    if len({group_key(c) for c in configs}) > 1:
+    group = open_group(cells, data)
+    if len({group_key(c) for c in group.configs}) > 1:
         raise ValueError("run_group: the cells differ beyond the per-member keys (see group_key)")
-    device = engine.resolve_device(c0["device"])
-    dtype = getattr(torch, c0["dtype"])
-    ev0 = c0["eval"]
+    ev0 = group.config["eval"]
     sdtype = getattr(torch, ev0["sharpness_dtype"]) if ev0["sharpness_dtype"] else None
-    data = engine.load_data_once(c0, data, device, dtype)
-    x_test, y_test = data.x_test, data.y_test
-    batches = engine.BatchStream(data.x_train, data.y_train, c0["train"]["batch_size"], engine.seeds(c0["seed"])[1])
-    loss_fn = get_loss(c0["loss"])
-    kind = _sharpness_kind(c0)
-    max_basis = ev0["sharpness_max_basis"]
-    worker = worker_name()
-
-    members: list[Member] = []
-    models = []
-    for cell, config in zip(cells, configs):
-        members.append(Member.of(cell, config))
-        model = engine.build_model(config, data.in_features, data.num_classes, device, dtype)
-        model.train()
-        models.append(model)
-    stacked = StackedModel(models, loss_fn)
-    n_params = stacked.numel
-
-    def result_of(mb: Member, now: float) -> CellResult:
-        return mb.result(n_params=n_params, device=device, sharpness_kind=kind,
-                         wall_time=(now - started) / len(cells), worker=worker)
-
-    # ---- lambda_0: Hessian sharpness at theta_0 on batch 0 from randn(P, sharpness_seed)
-    x0, y0 = batches.batch(0)
-    Member.measure_lambda0(members, n_params, device, dtype, lambda rows, inits: _sharpness(
-        stacked, None, members, rows, x0, y0, inits, sdtype, max_basis, False))
-
-    # ---- each member's optimizer and warmup rule (catapult: its step-0 search, on its own model)
-    failed = []
-    for i, (mb, model) in enumerate(zip(members, models)):
-        if not mb.resolve_lr_target():
-            failed.append(i)
-        mb.optimizer = engine.build_optimizer(mb.config, model, mb.lr_trgt)
-        mb.lr_mult0 = float(mb.optimizer.param_groups[0].get("lr_mult", 1.0))
-        if mb.status != "failed":
-            mb.warmup = engine.build_warmup(mb.config, mb.lr_trgt, model, loss_fn, (x0, y0), mb.optimizer)
-    opt = StackedOptimizer(c0["optimizer"]["name"], [mb.optimizer for mb in members], models, stacked.names)
-    del models
-    for i in failed:
-        yield members[i].cell.id, members[i].failed_result(worker)
-    alive_rows = [i for i in range(len(members)) if i not in set(failed)]
-    active = [members[i] for i in alive_rows]
-    stacked.keep(alive_rows)
-    opt.keep(alive_rows)
-
-    # ---- the loop (engine.run's steps 1-8, every member at once)
-    t = 0
-    while active:
-        x, y = batches.batch(t)
-        lrs = [float(mb.warmup.schedule(t)) for mb in active]
-        need_grads = any(t < mb.steps for mb in active)
-        losses, accs, grads = stacked.loss_and_grads(x, y, need_grads)
-        loss_list = losses.tolist()
-        rows, alive, gone = [], [], []
-        for r, (mb, lr_t) in enumerate(zip(active, lrs)):
-            row = new_row(t, lr_t, mb.threshold_at(lr_t))
-            loss_t = float(loss_list[r])
-            row["train_loss"], row["train_accuracy"] = loss_t, accs[r]
-            rows.append(row)
-            if t == 0:
-                mb.loss_0 = loss_t
-            if diverged(loss_t, mb.loss_0, mb.divergence_factor):
-                mb.status, mb.diverged_at = "diverged", t
-                mb.metrics.append(row)
-                gone.append(r)
-            else:
-                alive.append(r)
-
-        # persistent warmup (Alg. 3): this step's lr, on the member's own module when it may search
-        for r in alive:
-            pcw = active[r].warmup.persistent
-            if pcw is None or t >= active[r].steps:
-                continue
-            if not pcw.done:
-                opt.materialize(r, stacked.params)
-            lrs[r] = float(pcw.step((x, y), loss=rows[r]["train_loss"]))
-            rows[r]["lr"] = lrs[r]
-            rows[r]["threshold"] = active[r].threshold_at(lrs[r])
-
-        # sharpness (the lambda_0 estimate stands for t = 0 with the Hessian kind)
-        measured = {}
-        todo = []
-        for r in alive:
-            mb = active[r]
-            if not mb.sharpness_at(t):
-                continue
-            if t == 0 and kind == "hessian" and mb.lambda0_estimate is not None:
-                measured[r] = mb.lambda0_estimate
-            else:
-                todo.append(r)
-        if todo:
-            inits = torch.stack([active[r].warm for r in todo])
-            ests = _sharpness(stacked, opt, active, todo, x, y, inits, sdtype, max_basis,
-                              kind == "preconditioned")
-            for r, est in zip(todo, ests):
-                measured[r] = est
-                active[r].matvecs_total += int(est.matvecs)
-                active[r].unconverged += int(not est.converged)
-        for r, est in measured.items():
-            mb = active[r]
-            mb.warm = est.vector
-            rows[r]["sharpness"] = float(est.value)
-            rows[r]["sharpness_matvecs"] = int(est.matvecs)
-            mb.measurements += 1
-
-        test_rows = [r for r in alive if active[r].test_at(t)]
-        if test_rows:
-            for r, (tl, ta) in zip(test_rows, stacked.evaluate(test_rows, x_test, y_test)):
-                rows[r]["test_loss"], rows[r]["test_accuracy"] = tl, ta
-
-        finished = []
-        for r in alive:
-            active[r].metrics.append(rows[r])
-            if t == active[r].steps:
-                finished.append(r)
-        now = time.perf_counter()
-        for r in sorted(gone + finished):
-            yield active[r].cell.id, result_of(active[r], now)
-        stay = [r for r in alive if r not in set(finished)]
-        if stay:
-            opt.step(stacked.params, grads, lrs)
-        stacked.keep(stay)
-        opt.keep(stay)
-        active = [active[r] for r in stay]
-        t += 1
+    stack = FuncStack(group.models, group.loss_fn, group.members, sharpness_dtype=sdtype,
+                      max_basis=ev0["sharpness_max_basis"])
+    yield from train_group(group, stack)

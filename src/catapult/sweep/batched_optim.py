@@ -49,6 +49,15 @@ def _group_value(group: dict, key: str) -> Any:
                      else 0.0)
 
 
+def _rows_of(hp: dict[str, Any], rows: slice) -> dict[str, Any]:
+    """``hp`` for members ``rows``: per-member columns (tensors, in lists) sliced, numbers kept."""
+    def cut(v):
+        if isinstance(v, list):
+            return [cut(x) for x in v]
+        return v[rows] if isinstance(v, torch.Tensor) and v.dim() > 0 else v
+    return {k: cut(v) for k, v in hp.items()}
+
+
 def _col(values: Sequence[Any], like: torch.Tensor) -> torch.Tensor:
     """Per-member scalars as ``[M, 1, ...]`` broadcasting over ``like`` (bools stay bools)."""
     shape = (len(values),) + (1,) * (like.dim() - 1)
@@ -87,6 +96,15 @@ class StackedOptimizer:
         self.random_v0 = self.rule == "gi-adam" and any(
             v == "random" for row in self.values["v0"] for v in row)
         self.state: rules.State | None = None
+
+    def forget_members(self) -> None:
+        """Drop the references to the members' own optimizers and parameters (read already),
+        so their modules can be freed; :meth:`materialize` and GI-Adam's ``v0="random"`` need
+        them."""
+        if self.random_v0:
+            raise ValueError("GI-Adam with v0='random' reads each member's own optimizer at its first step")
+        self.optimizers = [None] * len(self.optimizers)
+        self.member_params = [None] * len(self.member_params)
 
     @property
     def steps(self) -> int:
@@ -138,19 +156,80 @@ class StackedOptimizer:
 
     # ---- update
     @torch.no_grad()
-    def step(self, params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor],
+    def step(self, params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor] | Sequence[torch.Tensor],
              lrs: Sequence[float]) -> None:
-        """One update of every member; ``params`` gets the new tensors. ``lrs``: base ``lr_t``."""
+        """One update of every member, in place on ``params`` (name -> ``[N, *shape]``);
+        ``grads``: name -> ``[N, *shape]`` or a list in ``names`` order; ``lrs``: base ``lr_t``."""
         ps = [params[n] for n in self.names]
-        gs = [grads[n] for n in self.names]
-        hp = self._hp(ps, lrs=lrs)
+        gs = [grads[n] for n in self.names] if isinstance(grads, dict) else list(grads)
+        hp = self.begin_step(ps, lrs)
+        self.apply(hp, ps, gs, 0, len(self.lr_mult0))
+        self.end_step()
+
+    @torch.no_grad()
+    def begin_step(self, params: Sequence[torch.Tensor], lrs: Sequence[float]) -> dict[str, Any]:
+        """Start one update of every member (``params`` in ``names`` order): create the state
+        the rule keeps (full size, so :meth:`apply` can fill it member range by member range)
+        and return the step's ``hp`` for :meth:`apply`."""
+        hp = self._hp(params, lrs=lrs)
         if self.state is None:
-            self.state = rules.init(self.rule, ps, hp)
-            if self.random_v0:
-                self.state.exp_avg_sq = self._random_v0(gs, range(len(self.lr_mult0)))
-        new, self.state = rules.update(self.rule, ps, gs, self.state, hp)
-        for n, p in zip(self.names, new):
-            params[n] = p
+            self.state = rules.init(self.rule, params, hp)
+        st = self.state
+        # fields still None are created by the rule's first update; remember which, and give
+        # them full-size storage for the member ranges to write into
+        self._first = {}
+        for field in ("momentum_buffer", "exp_avg_sq"):
+            tensors = getattr(st, field)
+            if tensors is not None:
+                self._first[field] = [x is None for x in tensors]
+                setattr(st, field, [torch.empty_like(p) if x is None else x for x, p in zip(tensors, params)])
+        return hp
+
+    @torch.no_grad()
+    def apply(self, hp: dict[str, Any], params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
+              s: int, e: int) -> None:
+        """The update begun by :meth:`begin_step` for members ``s:e``: ``rules.update`` on
+        their rows of the parameters and state (``grads``: ``[e - s, ...]`` each), written back
+        in place. Member ranges of one step may come in any order, each once."""
+        st = self.state
+        rows = slice(s, e)
+
+        def part(field: str) -> list | None:
+            tensors = getattr(st, field)
+            if tensors is None:
+                return None
+            first = self._first.get(field, [False] * len(tensors))
+            return [None if f else x[rows] for x, f in zip(tensors, first)]
+
+        sub = rules.State(step=st.step, exp_avg=part("exp_avg"), exp_avg_sq=part("exp_avg_sq"),
+                          max_exp_avg_sq=part("max_exp_avg_sq"), momentum_buffer=part("momentum_buffer"))
+        if self.random_v0 and st.step == 0:
+            sub.exp_avg_sq = self._random_v0(grads, range(s, e))
+        new, sub = rules.update(self.rule, [p[rows] for p in params], list(grads), sub,
+                                _rows_of(hp, rows))
+        for p, q in zip(params, new):
+            p[rows].copy_(q)
+        for field in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer"):
+            full, part_new = getattr(st, field), getattr(sub, field)
+            if full is None or part_new is None:
+                continue
+            for k, (x, q) in enumerate(zip(full, part_new)):
+                if q is not None:
+                    x[rows].copy_(q)
+
+    def end_step(self) -> None:
+        """Finish the update begun by :meth:`begin_step` (every member range applied). State
+        the rule did not create on its first update (SGD without momentum) is dropped again."""
+        st = self.state
+        for field, first in self._first.items():
+            if all(first) and st.step == 0 and field == "momentum_buffer" and not self._momentum():
+                setattr(st, field, [None] * len(first))
+        st.step += 1
+        self._first = {}
+
+    def _momentum(self) -> bool:
+        """Whether any member's SGD keeps a momentum buffer."""
+        return any(float(v) != 0.0 for row in self.values.get("momentum", []) for v in row)
 
     # ---- pre-conditioner of the next step
     @torch.no_grad()

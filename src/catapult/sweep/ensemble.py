@@ -15,9 +15,13 @@ into tensors ``W_l`` of shape ``[N, out, in]`` and the forward pass is one matmu
 models runs at matmul speed instead of paying Python/autograd overhead per cell. For ReLU and
 identity MLPs the gradient and the Hessian-vector product are derived by hand on the stacked
 weights (no autograd graph) and run in sub-batches of members sized to the core's L2 cache
-(:meth:`_Batch.group_size`) and cut in multiples of the thread count; on steps where no member
+(:meth:`MLPStack.group_size`) and cut in multiples of the thread count; on steps where no member
 measures anything, each sub-batch's optimizer update follows its gradient at once, so no
 full-size gradient is ever formed. Other activations go through autograd.
+
+Both engines train in the one loop of :mod:`catapult.sweep.batched_loop`, over its stack
+interface (:class:`~catapult.sweep.ensemble_run.KernelStack`,
+:class:`~catapult.sweep.batched.FuncStack`).
 
 Exactness contract: each member reproduces :func:`catapult.engine.run` for its cell (the step
 semantics in that module's docstring) to float tolerance (batched reductions round
@@ -41,10 +45,11 @@ in float64 (``dtype=float64``) they agree to 3e-11 in every cell:
   Adam-family members get the pre-conditioned operator ``P^-1/2 H P^-1/2`` of :func:`catapult.curvature.preconditioned_sharpness`
   (``scale_by_group_lr=True``, coupled L2 for Adam). Warm starts, the reuse of the lambda_0
   estimate at ``t = 0`` and the matvec counts follow ``run``;
-* optimizers: torch's SGD (heavy-ball momentum, coupled weight decay), Adam and AdamW update
-  rules written on the stacked tensors, each parameter at ``lr_t * lr_mult`` of its
-  :func:`catapult.param_groups` group; schedules are each cell's own
-  :func:`catapult.engine.build_schedule`;
+* optimizers: the pure rules of :mod:`catapult.optim.rules` (SGD with momentum and weight
+  decay, Adam, AdamW) on the stacked tensors through
+  :class:`~catapult.sweep.batched_optim.StackedOptimizer`, each parameter at ``lr_t * lr_mult``
+  of its :func:`catapult.param_groups` group, member span by member span (in cache); schedules
+  are each cell's own :func:`catapult.engine.build_schedule`;
 * divergence (``train_loss_t`` not finite or ``> divergence_factor * train_loss_0``): the
   member's row ``t`` is logged, its result is yielded at once and it is dropped from the
   stacked tensors (frozen); the other members' arithmetic never mixes with it (per-member

@@ -2,13 +2,13 @@
 ``W_l`` of shape ``[N, out, in]``, with the forward pass, the gradient and the Hessian-vector
 product derived by hand on the stacked weights (ReLU and identity activations; others through
 autograd), in sub-batches of members sized to the core's L2 cache. :class:`MLPStack` holds the
-stacked weights and these kernels; :mod:`catapult.sweep.ensemble_run` adds the optimizer update,
-the sharpness and the loop.
+stacked weights and these kernels; :mod:`catapult.sweep.ensemble_run` adds the optimizer update
+and the sharpness behind the batched loop's stack interface.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -69,12 +69,11 @@ class MLPStack:
     """The stacked state of the members still training (rows in the order of ``members``)."""
 
     def __init__(self, members: list, models: list[torch.nn.Module], kind: str, loss: str,
-                 optimizer: str, max_basis: int = 20):
+                 max_basis: int = 20):
         self.members = members
         self.max_basis = max_basis  # Krylov vectors of the batched Lanczos (eval.sharpness_max_basis)
         self.kind = kind
         self.loss_name = loss
-        self.optimizer = optimizer
         layers0 = models[0].layers
         self.activation = models[0].activation
         self.relu = type(self.activation) is torch.nn.ReLU
@@ -99,19 +98,6 @@ class MLPStack:
         self.shapes = [p.shape[1:] for p in self.params]
         self.numels = [int(np.prod(s)) for s in self.shapes]
         self.n_params = sum(self.numels)
-        self.state: dict[str, list[torch.Tensor | None]] = {}
-        self.step_count = 0
-        self.hp: list[dict[str, list[float]]] = []
-
-    def set_hyper(self) -> None:
-        """Per-parameter, per-member hyper-parameters (python floats) from ``member.hyper``."""
-        self.hp = [{key: [float(mb.hyper[k][key]) for mb in self.members] for key in self.members[0].hyper[k]}
-                   for k in range(len(self.params))]
-
-    def col(self, values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
-        """Per-member scalars (computed in double on the host) as ``[M, 1, ...]`` like ``like``."""
-        shape = (len(values),) + (1,) * (like.dim() - 1)
-        return torch.tensor(list(values), device=like.device, dtype=like.dtype).view(shape)
 
     # ---- forward / loss
     def forward(self, params: Sequence[torch.Tensor], masks: Sequence[torch.Tensor | None],
@@ -305,20 +291,20 @@ class MLPStack:
             grads += self._layer_grads(i, torch.bmm(g_i.transpose(1, 2), prev), g_i)
         return grads[::-1]
 
-    def loss_grads(self, x: torch.Tensor, y: torch.Tensor, need_grads: bool,
-                   step: list[dict[str, Any]] | None = None):
+    def hand_loss_grads(self, x: torch.Tensor, y: torch.Tensor, need_grads: bool,
+                        update: Callable[[list, int, int], None] | None = None):
         """``(losses [M], accuracies, grads)`` of all members on ``(x, y)`` by the hand-derived
         backward pass, sub-batch by sub-batch (:meth:`group_size`); ``grads`` (as
         ``torch.autograd.grad`` of ``sum_m L_m``, masks applied) is ``None`` unless
         ``need_grads``.
 
-        With ``step`` (:meth:`step_scalars` of this step) each sub-batch's gradients are
-        applied by :meth:`apply_update` as soon as they are computed, while they are in cache,
-        and not returned (``grads`` is ``None``): the same arithmetic as :meth:`update` after
-        this call, for steps where nothing else needs the parameters before the update."""
+        With ``update`` each sub-batch's gradients go to ``update(grads, start, end)`` (an
+        optimizer step of members ``start:end``) as soon as they are computed, while they are
+        in cache, and are not returned (``grads`` is ``None``): the same arithmetic as an
+        update after this call, for steps where nothing else needs the parameters before it."""
         M = len(self.members)
         xf = x.flatten(1)
-        fused = step is not None
+        fused = update is not None
         n_classes = self.params[-2 if self.has_bias else -1].shape[1]
         target = self.mse_target(y, n_classes, self.params[0].dtype) if self.loss_name == "mse" else None
         grads = [torch.empty_like(p) for p in self.params] if need_grads and not fused else None
@@ -333,7 +319,7 @@ class MLPStack:
                 parts = self._backward(self.dloss(out, y, target)[0], weights, hidden, xf)
                 parts = [part * masks[k] if masks[k] is not None else part for k, part in enumerate(parts)]
                 if fused:
-                    self.apply_update(step, parts, s, e)
+                    update(parts, s, e)
                 else:
                     for k, part in enumerate(parts):
                         grads[k][s:e] = part
@@ -476,6 +462,4 @@ class MLPStack:
         self.members = [self.members[r] for r in rows]
         self.params = [p[idx].contiguous() for p in self.params]
         self.masks = [m[idx].contiguous() if m is not None else None for m in self.masks]
-        self.hp = [{k: [v[r] for r in rows] for k, v in e.items()} for e in self.hp]
-        self.state = {k: [s[idx].contiguous() if s is not None else None for s in v] for k, v in self.state.items()}
 

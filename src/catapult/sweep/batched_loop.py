@@ -1,0 +1,254 @@
+"""The one training loop of both batched engines, over a small "stack" interface.
+
+A group of sweep cells (one :func:`~catapult.sweep.grouping.group_key`) trains as one stack of
+``N`` members; :func:`train_group` runs :func:`catapult.engine.run`'s step semantics for every
+member at once (set-up, lambda_0, lr targets, optimizers and warmups, then per step: lr, loss,
+divergence, persistent warmup, sharpness, test, records, update) and yields each member's
+result as it finishes or diverges. What differs between the engines is only how the stacked
+model computes, behind :class:`Stack`:
+
+* the hand-derived MLP kernels (:class:`catapult.sweep.ensemble_run.KernelStack`), which can fuse
+  the optimizer update into the gradient pass (``fuses``);
+* the torch.func engine for any model (:class:`catapult.sweep.batched.FuncStack`).
+
+Both update through one :class:`~catapult.sweep.batched_optim.StackedOptimizer`, i.e. the pure
+rules of :mod:`catapult.optim.rules`. Members never mix: dropping one (``keep``) changes
+nothing in the others.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Protocol, Sequence
+
+import torch
+
+from catapult import config as cfg
+from catapult.engine.step import diverged, new_row
+from catapult.sweep.batched_optim import StackedOptimizer
+from catapult.sweep.executors import Cell, CellResult, worker_name
+from catapult.sweep.member import Member
+
+__all__ = ["Stack", "Group", "open_group", "sharpness_kind", "train_group", "threshold_copy"]
+
+
+class Stack(Protocol):
+    """The stacked members of one group, as the loop drives them. Rows follow the loop's
+    member order; ``rows`` arguments index the current rows."""
+
+    n_params: int
+    names: list[str]                    # parameter names, the order of flat vectors
+    fuses: bool                         # loss_grads can apply the update itself (lrs given)
+    opt: StackedOptimizer | None        # set by the loop once the members' optimizers exist
+
+    def loss_grads(self, x: torch.Tensor, y: torch.Tensor, need_grads: bool,
+                   lrs: Sequence[float] | None = None) -> tuple[torch.Tensor, list[float], Any]:
+        """``(losses [N], accuracies, grads)`` on the batch; with ``lrs`` (only when ``fuses``)
+        the update at those lrs is applied during the pass and ``grads`` is ``None``."""
+
+    def step(self, grads: Any, lrs: Sequence[float]) -> None:
+        """One optimizer update of every row from ``grads`` (as :meth:`loss_grads` returned)."""
+
+    def sharpness(self, rows: list[int], x: torch.Tensor, y: torch.Tensor, inits: torch.Tensor, *,
+                  preconditioned: bool, grads: Any = None, lrs: Sequence[float] | None = None) -> list:
+        """Top eigenpairs (``EigenEstimate``) of members ``rows`` on the batch from ``inits``."""
+
+    def evaluate(self, rows: list[int], x: torch.Tensor, y: torch.Tensor) -> list[tuple[float, float]]:
+        """``[(loss, accuracy)]`` of members ``rows`` on a test set."""
+
+    def keep(self, rows: list[int]) -> None:
+        """Keep rows ``rows`` only (parameters, masks, optimizer state), in that order."""
+
+    def materialize(self, row: int) -> None:
+        """Load member ``row``'s own module and torch optimizer with its stacked state."""
+
+
+@dataclass
+class Group:
+    """A group's shared set-up: configs, device, dtype, data, batch stream, members, models."""
+
+    cells: Sequence[Cell]
+    configs: list[dict]
+    device: torch.device
+    dtype: torch.dtype
+    data: Any
+    batches: Any
+    loss_fn: Callable
+    kind: str
+    members: list[Member]
+    models: list[torch.nn.Module] | None
+    worker: str | None
+    started: float
+
+    @property
+    def config(self) -> dict:
+        return self.configs[0]
+
+
+def sharpness_kind(config: dict) -> str:
+    """The config's sharpness kind with ``auto`` resolved as ``run`` resolves it."""
+    from catapult import engine
+
+    kind = config["eval"]["sharpness_kind"]
+    if kind == "auto":
+        kind = "preconditioned" if config["optimizer"]["name"] in engine.ADAPTIVE else "hessian"
+    return kind
+
+
+def open_group(cells: Sequence[Cell], data: Any = None) -> Group:
+    """Validate ``cells``, load the data (``data``: the group's :func:`catapult.engine.load_data`
+    result, if the caller has it) and build every member's model as ``run`` builds it."""
+    from catapult import engine
+    from catapult.losses import get_loss
+
+    started = time.perf_counter()
+    configs = [cfg.validate(c.config) for c in cells]
+    c0 = configs[0]
+    device = engine.resolve_device(c0["device"])
+    dtype = getattr(torch, c0["dtype"])
+    data = engine.load_data_once(c0, data, device, dtype)
+    batches = engine.BatchStream(data.x_train, data.y_train, c0["train"]["batch_size"], engine.seeds(c0["seed"])[1])
+    members, models = [], []
+    for cell, config in zip(cells, configs):
+        members.append(Member.of(cell, config))
+        model = engine.build_model(config, data.in_features, data.num_classes, device, dtype)
+        model.train()
+        models.append(model)
+    return Group(cells, configs, device, dtype, data, batches, get_loss(c0["loss"]), sharpness_kind(c0),
+                 members, models, worker_name(), started)
+
+
+def threshold_copy(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """A one-parameter copy of ``optimizer``'s first group: enough for
+    :func:`catapult.engine.threshold`, without holding the member's model."""
+    group = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
+    return type(optimizer)([dict(group, params=[torch.zeros(1, requires_grad=True)])])
+
+
+def _start(group: Group, stack: Stack, keep_models: bool) -> list[int]:
+    """lambda_0, lr targets, optimizers and warmups (as ``run``); returns the failed rows."""
+    from catapult import engine
+
+    members = group.members
+    x0, y0 = group.batches.batch(0)
+    Member.measure_lambda0(members, stack.n_params, group.device, group.dtype,
+                           lambda rows, inits: stack.sharpness(rows, x0, y0, inits, preconditioned=False))
+    failed = []
+    for i, (mb, model) in enumerate(zip(members, group.models)):
+        if not mb.resolve_lr_target():
+            failed.append(i)
+        mb.optimizer = engine.build_optimizer(mb.config, model, mb.lr_trgt)
+        mb.lr_mult0 = float(mb.optimizer.param_groups[0].get("lr_mult", 1.0))
+        if mb.status != "failed":  # catapult: the step-0 search on the member's own model
+            mb.warmup = engine.build_warmup(mb.config, mb.lr_trgt, model, group.loss_fn, (x0, y0), mb.optimizer)
+    stack.opt = StackedOptimizer(group.config["optimizer"]["name"], [mb.optimizer for mb in members],
+                                 group.models, stack.names)
+    if not keep_models:
+        stack.opt.forget_members()
+        for mb in members:
+            mb.optimizer = threshold_copy(mb.optimizer)
+    group.models = None
+    return failed
+
+
+def train_group(group: Group, stack: Stack, *, keep_models: bool = True) -> Iterator[tuple[int, CellResult]]:
+    """Train ``group`` on ``stack``; yields ``(cell_id, CellResult)`` as each member finishes
+    or diverges (``engine.run``'s steps, every member at once). ``keep_models=False`` lets the
+    members' own modules go once their optimizers have been read (the stack then never
+    needs them: no persistent warmup, no GI-Adam ``v0="random"``)."""
+    kind = group.kind
+    failed = _start(group, stack, keep_models)
+
+    def result_of(mb: Member, now: float) -> CellResult:
+        return mb.result(n_params=stack.n_params, device=group.device, sharpness_kind=kind,
+                         wall_time=(now - group.started) / len(group.cells), worker=group.worker)
+
+    for i in failed:
+        yield group.members[i].cell.id, group.members[i].failed_result(group.worker)
+    alive_rows = [i for i in range(len(group.members)) if i not in set(failed)]
+    active = [group.members[i] for i in alive_rows]
+    stack.keep(alive_rows)
+    x_test, y_test = group.data.x_test, group.data.y_test
+
+    t = 0
+    while active:
+        x, y = group.batches.batch(t)
+        lrs = [float(mb.warmup.schedule(t)) for mb in active]
+        # fused step: when no member measures anything at t (sharpness, test, final step), the
+        # stack may apply the update during the gradient pass (a member that diverges at t is
+        # updated too, and dropped below, as with the separate update)
+        fused = stack.fuses and all(t < mb.steps and not mb.sharpness_at(t) and not mb.test_at(t) for mb in active)
+        losses, accs, grads = stack.loss_grads(x, y, any(t < mb.steps for mb in active), lrs if fused else None)
+        loss_list = losses.tolist()
+        rows, alive, gone = [], [], []
+        for r, (mb, lr_t) in enumerate(zip(active, lrs)):
+            row = new_row(t, lr_t, mb.threshold_at(lr_t))
+            loss_t = float(loss_list[r])
+            row["train_loss"], row["train_accuracy"] = loss_t, accs[r]
+            rows.append(row)
+            if t == 0:
+                mb.loss_0 = loss_t
+            if diverged(loss_t, mb.loss_0, mb.divergence_factor):
+                mb.status, mb.diverged_at = "diverged", t
+                mb.metrics.append(row)
+                gone.append(r)
+            else:
+                alive.append(r)
+        del losses
+
+        # persistent warmup (Alg. 3): this step's lr, on the member's own module when it may search
+        for r in alive:
+            pcw = active[r].warmup.persistent
+            if pcw is None or t >= active[r].steps:
+                continue
+            if not pcw.done:
+                stack.materialize(r)
+            lrs[r] = float(pcw.step((x, y), loss=rows[r]["train_loss"]))
+            rows[r]["lr"] = lrs[r]
+            rows[r]["threshold"] = active[r].threshold_at(lrs[r])
+
+        # sharpness (the lambda_0 estimate stands for t = 0 with the Hessian kind)
+        measured = {}
+        todo = []
+        for r in alive:
+            mb = active[r]
+            if not mb.sharpness_at(t):
+                continue
+            if t == 0 and kind == "hessian" and mb.lambda0_estimate is not None:
+                measured[r] = mb.lambda0_estimate
+            else:
+                todo.append(r)
+        if todo:
+            inits = torch.stack([active[r].warm for r in todo])
+            ests = stack.sharpness(todo, x, y, inits, preconditioned=kind == "preconditioned", grads=grads, lrs=lrs)
+            for r, est in zip(todo, ests):
+                measured[r] = est
+                active[r].matvecs_total += int(est.matvecs)
+                active[r].unconverged += int(not est.converged)
+        for r, est in measured.items():
+            mb = active[r]
+            mb.warm = est.vector
+            rows[r]["sharpness"] = float(est.value)
+            rows[r]["sharpness_matvecs"] = int(est.matvecs)
+            mb.measurements += 1
+
+        test_rows = [r for r in alive if active[r].test_at(t)]
+        if test_rows:
+            for r, (tl, ta) in zip(test_rows, stack.evaluate(test_rows, x_test, y_test)):
+                rows[r]["test_loss"], rows[r]["test_accuracy"] = tl, ta
+
+        finished = []
+        for r in alive:
+            active[r].metrics.append(rows[r])
+            if t == active[r].steps:
+                finished.append(r)
+        now = time.perf_counter()
+        for r in sorted(gone + finished):
+            yield active[r].cell.id, result_of(active[r], now)
+        stay = [r for r in alive if r not in set(finished)]
+        if stay and not fused:
+            stack.step(grads, lrs)
+        del grads
+        stack.keep(stay)
+        active = [active[r] for r in stay]
+        t += 1
