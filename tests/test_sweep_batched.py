@@ -275,3 +275,28 @@ def test_sweep_command_with_no_kernels_trains_on_torch_func(tmp_path, capsys):
     assert "2 cells: 2 finished" in capsys.readouterr().out
     assert main(["sweep", str(config), "--store", str(tmp_path / "t.db"), "--no-kernels"]) == 2
     assert "--no-kernels needs --executor ensemble" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("hvp, chunk_size", [("forward_over_reverse", None), ("double_backprop", 24),
+                                             ("forward_over_reverse", 24)])
+def test_hvp_mode_and_micro_batches_are_honoured_and_equal_local(hvp, chunk_size, monkeypatch):
+    # eval.sharpness_hvp / sharpness_chunk_size: the local engine's product mode and micro-batches
+    # (64 samples in chunks of 24: 24 + 24 + 16, weights |B_k| / |B|); Adam's pre-conditioner
+    # uses the chunked gradient
+    from catapult.sweep.batched_model import StackedHessian
+
+    built = []
+    original = StackedHessian.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        built.append((self.mode, [x.shape[0] for x, _, _ in self.chunks]))
+
+    monkeypatch.setattr(StackedHessian, "__init__", spy)
+    cells = [_cell(MLP, i, seed=i, optimizer={"name": name, "lr": lr}, train={"steps": 2},
+                   eval={"sharpness_every": 2, "sharpness_hvp": hvp, "sharpness_chunk_size": chunk_size,
+                         "sharpness_max_iter": 15})
+             for i, (name, lr) in enumerate([("adam", 1e-2), ("adam", 3e-2)])]
+    _check(cells)
+    assert built and all(mode == hvp for mode, _ in built)
+    assert all(sizes == ([64] if chunk_size is None else [24, 24, 16]) for _, sizes in built)

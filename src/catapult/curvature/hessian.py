@@ -14,7 +14,7 @@ import warnings
 import torch
 from torch.func import functional_call
 
-__all__ = ["HVP_MODES", "HessianOperator", "resolve_dtype", "fixed_rng", "math_attention"]
+__all__ = ["HVP_MODES", "HessianOperator", "resolve_dtype", "resolve_hvp", "fixed_rng", "math_attention"]
 
 
 #: Accepted values of ``hvp=``. ``"auto"`` picks the mode measured fastest (see
@@ -27,6 +27,21 @@ HVP_MODES = ("auto", "double_backprop", "forward_over_reverse")
 # re-runs forward + backward with dual numbers for every HVP. No GPU measurement exists yet, so
 # CUDA uses the same choice.
 _AUTO_HVP = {"cpu": "double_backprop", "cuda": "double_backprop"}
+
+
+def resolve_hvp(hvp: str, device: torch.device | str) -> str:
+    """The product mode ``hvp`` (one of :data:`HVP_MODES`) names on ``device``: ``"auto"`` is
+    the mode measured faster there (``_AUTO_HVP``), the others are themselves.
+
+    Example:
+        >>> resolve_hvp("auto", "cpu"), resolve_hvp("forward_over_reverse", "cpu")
+        ('double_backprop', 'forward_over_reverse')
+    """
+    if hvp not in HVP_MODES:
+        raise ValueError(f"hvp must be one of {HVP_MODES}, got {hvp!r}")
+    if hvp == "auto":
+        return _AUTO_HVP.get(torch.device(device).type, "double_backprop")
+    return hvp
 
 
 def resolve_dtype(dtype) -> torch.dtype | None:
@@ -167,9 +182,7 @@ class HessianOperator:
         self.dtype = dtype if dtype is not None else first.dtype
         if not self.dtype.is_floating_point:
             raise ValueError(f"parameters must be floating point, got {self.dtype}")
-        if hvp == "auto":
-            hvp = _AUTO_HVP.get(self.device.type, "double_backprop")
-        self.mode = hvp
+        self.mode = hvp = resolve_hvp(hvp, self.device)
         self.seed = int(seed)
         self.names = list(trainable)
         self.shapes = [p.shape for p in trainable.values()]

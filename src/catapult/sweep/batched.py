@@ -40,11 +40,11 @@ differently; nothing else differs):
   (:func:`catapult.engine.summarize`, :func:`catapult.engine.warmup_summary`) are built as
   ``run`` builds them; ``wall_time_s`` is the group's wall time divided by its members.
 
-Settings that change only how the local engine computes the same numbers are accepted and
-computed this engine's way: ``eval.sharpness_hvp`` (products by double backprop whatever the
-mode) and ``eval.sharpness_chunk_size`` (no micro-batches: the HVP graph of the measuring
-members on the whole batch is alive during a measurement; bound memory with ``max_members``).
-``eval.sharpness_dtype`` is honoured (parameters, buffers and float inputs cast for the
+``eval.sharpness_hvp`` and ``eval.sharpness_chunk_size`` are honoured as the local engine
+honours them (:class:`~catapult.sweep.batched_model.StackedHessian`: double backprop with one
+graph, or forward-over-reverse under ``vmap``; micro-batches of ``chunk_size`` samples summed
+with weights ``|B_k| / |B|``, one chunk's graph alive at a time). ``eval.sharpness_dtype`` is
+honoured (parameters, buffers and float inputs cast for the
 Hessian). Attention runs on the math kernel (the function the fused kernels compute).
 
 Grouping, chunking and the local fallback (cells :func:`batched_unsupported_reason` refuses,
@@ -94,13 +94,15 @@ class FuncStack:
     fuses = False
 
     def __init__(self, models: Sequence[torch.nn.Module], loss_fn, members: Sequence, *,
-                 sharpness_dtype: torch.dtype | None, max_basis: int):
+                 sharpness_dtype: torch.dtype | None, max_basis: int, hvp: str = "auto",
+                 chunk_size: int | None = None):
         self.model = StackedModel(models, loss_fn)
         self.members = list(members)
         self.names = self.model.names
         self.n_params = self.model.numel
         self.sharpness_dtype = sharpness_dtype
         self.max_basis = max_basis
+        self.hvp, self.chunk_size = hvp, chunk_size
         self.opt: StackedOptimizer | None = None
 
     def loss_grads(self, x, y, need_grads: bool, lrs=None):
@@ -113,7 +115,7 @@ class FuncStack:
                   grads: Any = None, lrs: Sequence[float] | None = None) -> list:
         """Top eigenpairs for members ``rows`` on ``(x, y)`` (batched Lanczos from ``inits``);
         the pre-conditioner comes from the gradients of the Hessian's own pass (its dtype)."""
-        op = self.model.hessian(rows, x, y, self.sharpness_dtype)
+        op = self.model.hessian(rows, x, y, self.sharpness_dtype, hvp=self.hvp, chunk_size=self.chunk_size)
         if preconditioned:
             d, l2 = self.opt.preconditioner(rows, self.model.params, self.model.split(op.gradient))
 
@@ -152,5 +154,6 @@ def run_group(cells: Sequence[Cell], *, data: Any = None) -> Iterator[tuple[int,
     ev0 = group.config["eval"]
     sdtype = getattr(torch, ev0["sharpness_dtype"]) if ev0["sharpness_dtype"] else None
     stack = FuncStack(group.models, group.loss_fn, group.members, sharpness_dtype=sdtype,
-                      max_basis=ev0["sharpness_max_basis"])
+                      max_basis=ev0["sharpness_max_basis"], hvp=ev0["sharpness_hvp"],
+                      chunk_size=ev0["sharpness_chunk_size"])
     yield from train_group(group, stack)

@@ -24,9 +24,9 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
-from torch.func import functional_call, grad_and_value, stack_module_state, vmap
+from torch.func import functional_call, grad, grad_and_value, jvp, stack_module_state, vmap
 
-from catapult.curvature.hessian import math_attention
+from catapult.curvature.hessian import math_attention, resolve_hvp
 
 __all__ = ["StackedModel", "StackedHessian", "accuracies"]
 
@@ -138,9 +138,11 @@ class StackedModel:
         return max(1, budget_bytes // max(1, positions * widest * itemsize))
 
     def hessian(self, rows: Sequence[int], x: torch.Tensor, y: torch.Tensor,
-                dtype: torch.dtype | None = None) -> "StackedHessian":
-        """The Hessian operators of members ``rows`` on ``(x, y)`` (cast to ``dtype``)."""
-        return StackedHessian(self, rows, x, y, dtype)
+                dtype: torch.dtype | None = None, *, hvp: str = "auto",
+                chunk_size: int | None = None) -> "StackedHessian":
+        """The Hessian operators of members ``rows`` on ``(x, y)`` (cast to ``dtype``), by
+        products of mode ``hvp`` on micro-batches of ``chunk_size`` (see :class:`StackedHessian`)."""
+        return StackedHessian(self, rows, x, y, dtype, hvp=hvp, chunk_size=chunk_size)
 
 
 @torch.no_grad()
@@ -158,56 +160,119 @@ def accuracies(out: torch.Tensor, y: torch.Tensor) -> list[float]:
 
 
 class StackedHessian:
-    """``V -> [H_m V_m]`` for a set of members on one batch, by double backprop of the sum of
-    their losses (block-diagonal over members). The gradient graph is built once for the
-    members asked; when at most half of them are still asked it is rebuilt for those only.
+    """``V -> [H_m V_m]`` for a set of members on one batch (block-diagonal over members), in
+    the local engine's product modes and micro-batches (:class:`catapult.curvature.HessianOperator`):
+
+    * ``hvp="double_backprop"``: the gradient graph of the sum of the members' losses, built
+      once and re-used by every product; when at most half of the members are still asked it is
+      rebuilt for those only;
+    * ``hvp="forward_over_reverse"``: ``vmap`` over members of ``jvp(grad(L_m), theta_m, v_m)``,
+      no graph kept between products;
+    * ``chunk_size=c`` (smaller than the batch): the batch is cut along dim 0 into chunks of at
+      most ``c`` samples and every product (and the gradient) is ``sum_k (|B_k| / |B|) H_k v``:
+      exact for the batched engine's losses, per-sample means (MSE, cross-entropy, token mean).
 
     ``gradient`` ``[M, P]``: the members' flat gradients (in the operator's dtype) on the batch.
     ``matvec(active, V)``: ``active`` indices into ``rows``, ``V`` ``[len(active), P]``.
     """
 
-    def __init__(self, model: StackedModel, rows: Sequence[int], x, y, dtype):
+    def __init__(self, model: StackedModel, rows: Sequence[int], x, y, dtype, *, hvp: str = "auto",
+                 chunk_size: int | None = None):
         self.model = model
         self.rows = list(rows)
         self.dtype = dtype if dtype is not None else next(iter(model.params.values())).dtype
-        self.x = x.to(dtype) if dtype is not None and x.is_floating_point() else x
-        self.y = y.to(dtype) if dtype is not None and y.is_floating_point() else y
-        self._build(list(range(len(self.rows))))
-        self.gradient = torch.cat([g.detach().reshape(g.shape[0], -1) for g in self._grads], dim=1)
+        x = x.to(dtype) if dtype is not None and x.is_floating_point() else x
+        y = y.to(dtype) if dtype is not None and y.is_floating_point() else y
+        self.mode = resolve_hvp(hvp, x.device)
+        n = x.shape[0]
+        if chunk_size is None or chunk_size >= n:
+            self.chunks = [(x, y, 1.0)]
+        else:
+            self.chunks = [(x[i:i + chunk_size], y[i:i + chunk_size], min(chunk_size, n - i) / n)
+                           for i in range(0, n, chunk_size)]
+        self._graph: dict | None = None
+        if len(self.chunks) == 1 and self.mode == "double_backprop":
+            self._graph = self._build(list(range(len(self.rows))), x, y)
+            grads = self._graph["grads"]
+            self.gradient = torch.cat([g.detach().reshape(g.shape[0], -1) for g in grads], dim=1)
+        else:
+            self.gradient = self._chunked_gradient()
 
-    def _build(self, local: list[int]) -> None:
-        """The gradient graph of the members ``local`` (indices into ``rows``)."""
+    def _inputs(self, local: Sequence[int]) -> tuple[dict, dict]:
+        """Parameters and buffers of members ``local`` (indices into ``rows``), cast."""
         dev = next(iter(self.model.params.values())).device
         idx = torch.as_tensor([self.rows[i] for i in local], dtype=torch.long, device=dev)
-        params = self.model._cast(self.model.params, idx, self.dtype)
-        buffers = self.model._cast(self.model.buffers, idx, self.dtype)
-        self._leaves = [params[n].detach().requires_grad_(True) for n in self.model.names]
+        return self.model._cast(self.model.params, idx, self.dtype), self.model._cast(self.model.buffers, idx, self.dtype)
+
+    def _build(self, local: list[int], x, y) -> dict:
+        """The gradient graph of members ``local`` (indices into ``rows``) on ``(x, y)``."""
+        params, buffers = self._inputs(local)
+        leaves = [params[n].detach().requires_grad_(True) for n in self.model.names]
         with torch.enable_grad(), math_attention():
             losses, _ = vmap(self.model._member_loss, in_dims=(0, 0, None, None))(
-                dict(zip(self.model.names, self._leaves)), buffers, self.x, self.y)
-            self._grads = torch.autograd.grad(losses.sum(), self._leaves, create_graph=True,
-                                              allow_unused=True, materialize_grads=True)
-        self._diff = [i for i, g in enumerate(self._grads) if g.requires_grad]
-        self._local = local
-        self._where = {m: r for r, m in enumerate(local)}
+                dict(zip(self.model.names, leaves)), buffers, x, y)
+            grads = torch.autograd.grad(losses.sum(), leaves, create_graph=True,
+                                        allow_unused=True, materialize_grads=True)
+        return dict(local=local, where={m: r for r, m in enumerate(local)}, leaves=leaves, grads=grads,
+                    diff=[i for i, g in enumerate(grads) if g.requires_grad])
 
-    def matvec(self, active: Sequence[int], V: torch.Tensor) -> torch.Tensor:
-        active = [int(a) for a in active]
-        if len(active) <= len(self._local) // 2:
-            self._build(active)
-        if not self._diff:
+    def _chunked_gradient(self) -> torch.Tensor:
+        """``sum_k w_k grad L_k`` of every member, chunk by chunk (no graph kept)."""
+        params, buffers = self._inputs(range(len(self.rows)))
+        out = None
+        with math_attention():
+            for x, y, w in self.chunks:
+                grads, _ = vmap(grad_and_value(self.model._member_loss, has_aux=True),
+                                in_dims=(0, 0, None, None))(params, buffers, x, y)
+                flat = self.model.flat(grads).detach()
+                out = flat * w if out is None else out.add_(flat, alpha=w)
+        return out
+
+    def _graph_product(self, graph: dict, active: list[int], V: torch.Tensor) -> torch.Tensor:
+        """Products of members ``active`` from a gradient graph holding (at least) them."""
+        if not graph["diff"]:
             return torch.zeros_like(V)
-        n_graph = len(self._local)
-        pos = torch.as_tensor([self._where[a] for a in active], dtype=torch.long, device=V.device)
+        n_graph = len(graph["local"])
+        pos = torch.as_tensor([graph["where"][a] for a in active], dtype=torch.long, device=V.device)
         full = V.new_zeros((n_graph, V.shape[1])) if len(active) < n_graph else None
         if full is not None:
-            full[pos] = V.to(self.dtype)
+            full[pos] = V
             parts = self.model.split(full)
         else:
-            parts = self.model.split(V.to(self.dtype))
+            parts = self.model.split(V)
         with torch.enable_grad():
-            hv = torch.autograd.grad([self._grads[i] for i in self._diff], self._leaves,
-                                     grad_outputs=[parts[i] for i in self._diff], retain_graph=True,
+            hv = torch.autograd.grad([graph["grads"][i] for i in graph["diff"]], graph["leaves"],
+                                     grad_outputs=[parts[i] for i in graph["diff"]], retain_graph=True,
                                      allow_unused=True, materialize_grads=True)
         out = torch.cat([h.reshape(n_graph, -1) for h in hv], dim=1)
         return out if full is None else out[pos]
+
+    def _jvp_product(self, active: list[int], V: torch.Tensor, x, y) -> torch.Tensor:
+        """Forward-over-reverse products of members ``active`` on ``(x, y)``."""
+        params, buffers = self._inputs(active)
+        tangents = dict(zip(self.model.names, self.model.split(V)))
+
+        def member_hvp(p, b, v):
+            grad_fn = grad(lambda q: self.model._member_loss(q, b, x, y)[0])
+            return jvp(grad_fn, (p,), (v,))[1]
+
+        with math_attention():
+            hv = vmap(member_hvp)(params, buffers, tangents)
+        return self.model.flat(hv)
+
+    def matvec(self, active: Sequence[int], V: torch.Tensor) -> torch.Tensor:
+        active = [int(a) for a in active]
+        V = V.to(self.dtype)
+        if self._graph is not None:  # double backprop on the whole batch: one graph
+            if len(active) <= len(self._graph["local"]) // 2:
+                x, y, _ = self.chunks[0]
+                self._graph = self._build(active, x, y)
+            return self._graph_product(self._graph, active, V)
+        out = None
+        for x, y, w in self.chunks:
+            if self.mode == "double_backprop":
+                part = self._graph_product(self._build(active, x, y), active, V)
+            else:
+                part = self._jvp_product(active, V, x, y)
+            out = part * w if out is None else out.add_(part, alpha=w)
+        return out
