@@ -49,3 +49,102 @@ def test_member_whose_lr_target_cannot_resolve_fails_alone(engine, monkeypatch):
             for key, value in a.items():
                 assert value == b[key] if value is None else value == pytest.approx(b[key], rel=1e-12), (a["step"], key)
         assert results[i].summary["lr_target"] == pytest.approx(alone[i].summary["lr_target"], rel=1e-12)
+
+
+# ---- the torch.func engine's memory model (catapult.sweep.batched_memory)
+
+MEM = {"data": {"name": "digits", "n_train": 40, "n_test": 10},
+       "model": {"name": "mlp", "width": 12, "depth": 3}, "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
+       "train": {"batch_size": 20}, "eval": {"sharpness_every": 5}}
+
+
+def _mem_config(**over):
+    return cfg.validate({**MEM, **over})
+
+
+def test_saved_activations_of_an_mlp_by_hand():
+    # depth 3, width w, batch B, C classes, MSE: autograd keeps each hidden activation once (the
+    # ReLU's output is the next layer's input) and the output's residual for the square: the
+    # batch, weights and biases are not counted
+    from catapult import engine
+    from catapult.losses import get_loss
+    from catapult.sweep.batched_memory import saved_activation_elements
+
+    config = _mem_config()
+    data = engine.load_data(config)
+    model = engine.build_model(config, data.in_features, data.num_classes)
+    B, w, C = 20, 12, data.num_classes
+    x, y = data.x_train[:B], data.y_train[:B]
+    assert saved_activation_elements(model, get_loss("mse"), x, y) == 2 * B * w + B * C
+
+
+def test_func_chunk_members_against_a_hand_computation(monkeypatch):
+    from catapult import engine
+    from catapult.sweep import ensemble
+    from catapult.sweep.batched_memory import CUDA_FRACTION, chunk_members, memory_budget
+
+    config = _mem_config()
+    data = engine.load_data(config)
+    B, w, C, D = 20, 12, data.num_classes, data.in_features
+    P = (D * w + w) + (w * w + w) + (w * C + C)
+    A = 2 * B * w + B * C
+    # float32; SGD with momentum: 1 state tensor; sharpness measured with the default 20-vector basis
+    per = 4 * (P * (3 + 2 * 1) + 2 * A) + 4 * (P * (20 + 7) + 3 * A)
+    assert chunk_members(config, data, 10 * per + 5) == (10, per)
+    assert chunk_members(config, data, per - 1) == (1, per)  # at least one member
+    # micro-batched HVPs (chunk_size 5 of 20 samples) keep a quarter of the HVP's activations
+    chunked = _mem_config(eval={"sharpness_every": 5, "sharpness_chunk_size": 5})
+    assert chunk_members(chunked, data, 10**9)[1] == per - 4 * 3 * A + int(4 * 3 * A / 4)
+    # budgets: a fraction of the RAM on the CPU, the free memory (with headroom) on CUDA
+    assert memory_budget("cpu", 0.25, total_ram=64 * 2**30) == 16 * 2**30
+    assert memory_budget("cuda", 0.25, cuda_free=10 * 2**30) == int(10 * 2**30 * CUDA_FRACTION)
+    with pytest.raises(ValueError, match="fraction"):
+        memory_budget("cpu", 0.0)
+    # the executor cuts a group into chunks of that many members (per worker)
+    monkeypatch.setattr(ensemble, "memory_budget", lambda device, fraction: 3 * per + 1)
+    cells = [Cell(i, cfg.validate({**MEM, "name": f"c{i}", "optimizer": {"name": "sgd", "lr": 0.01 * (1 + i),
+                                                                          "momentum": 0.9}}))
+             for i in range(7)]
+    chunks, local = ensemble.EnsembleExecutor(kernels=False).plan(cells)
+    assert local == [] and [len(c) for _, c in chunks] == [3, 3, 1]
+    chunks, _ = ensemble.EnsembleExecutor(kernels=False, max_members=2).plan(cells)
+    assert [len(c) for _, c in chunks] == [2, 2, 2, 1]
+
+
+# ---- any architecture: a conv net with BatchNorm through the torch.func engine
+
+class _TinyConv(torch.nn.Module):
+    """Conv -> BatchNorm -> ReLU -> pool -> linear on 8 x 8 digits: nothing MLP- or GPT-like."""
+
+    def __init__(self, out_features: int):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(4)
+        self.head = torch.nn.Linear(4 * 4 * 4, out_features)
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.conv(x.reshape(-1, 1, 8, 8))))
+        return self.head(torch.nn.functional.avg_pool2d(h, 2).flatten(1))
+
+
+def test_conv_net_with_batchnorm_equals_local(monkeypatch):
+    from catapult.sweep.batched_memory import chunk_members
+
+    # BatchNorm's running statistics are per-member buffers updated by every training forward;
+    # the test loss (eval mode) reads them, so equal test losses show they were kept per member
+    from catapult import engine
+
+    monkeypatch.setitem(engine.MODELS, "mlp", lambda model, n_in, n_out: _TinyConv(n_out))
+    base = {**BASE, "train": {"steps": 4, "batch_size": 16}}
+    cells = [Cell(i, cfg.validate({**base, "name": f"c{i}", "optimizer": {"name": "sgd", "lr": lr, "momentum": 0.5}}))
+             for i, lr in enumerate([0.3, 0.1])]
+    results = dict(run_group(cells))
+    for cell in cells:
+        local = engine.run(cell.config, progress="none")
+        assert results[cell.id].status == local.status == "finished"
+        for a, b in zip(local.metrics, results[cell.id].metrics):
+            for key in ("train_loss", "sharpness", "test_loss", "test_accuracy"):
+                assert (a[key] is None and b[key] is None) or b[key] == pytest.approx(a[key], rel=1e-9), key
+    assert any(row["test_loss"] is not None for row in results[0].metrics)
+    data = engine.load_data(cells[0].config)
+    assert chunk_members(cells[0].config, data, 2**30)[0] >= 1  # the memory model measures it too

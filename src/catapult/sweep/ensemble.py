@@ -60,8 +60,13 @@ in float64 (``dtype=float64``) they agree to 3e-11 in every cell:
 
 Grouping: cells are grouped by their config with the per-member keys (:data:`PER_MEMBER_KEYS`)
 removed, plus the data seed for minibatch runs. A group is split into chunks whose estimated
-memory (:func:`member_bytes`: parameters, optimizer state, Lanczos basis, activations of the
-batch and the test set) fits ``memory_mb``; chunking changes nothing in the results.
+memory fits the budget; chunking changes nothing in the results. Hand-kernel chunks:
+:func:`member_bytes` (parameters, optimizer state, Lanczos basis, activations of the batch and
+the test set) against ``memory_mb``. torch.func chunks: one member's parameters, buffers and the
+activations autograd saves on one batch, measured for any architecture
+(:func:`catapult.sweep.batched_memory.chunk_members`), against the device's budget
+(:func:`catapult.sweep.batched_memory.memory_budget`: free CUDA memory, or
+``func_memory_fraction`` of the RAM).
 
 Worker processes (``workers=k``, ``catapult sweep --workers k``): chunks train side by side in
 ``k`` spawned processes (:mod:`catapult.sweep.workers`), each group cut into at least ``k``
@@ -92,6 +97,7 @@ from catapult.sweep.spec import canonical_json
 from catapult.sweep.ensemble_kernels import LOSSES
 from catapult.sweep.ensemble_run import run_ensemble
 from catapult.sweep.grouping import PER_MEMBER_KEYS, group_key
+from catapult.sweep.batched_memory import DEFAULT_FRACTION, chunk_members, memory_budget
 
 __all__ = [
     "EnsembleExecutor",
@@ -108,9 +114,6 @@ __all__ = [
 
 #: Default memory budget of one chunk (MiB), ``--ensemble-memory-mb``.
 DEFAULT_MEMORY_MB = 2048
-#: Members per chunk of the torch.func engine (it has no activation-memory model for every
-#: architecture; ``max_members`` lowers it).
-FUNC_CHUNK_MEMBERS = 64
 
 #: Dotted keys (or whole sections) that may differ between members of one batched group.
 # (declared on the config's fields: json_schema_extra={"per_member": True})
@@ -278,7 +281,10 @@ def run_batched(cells: Sequence[Cell], *, threads: int | None = None, run_fn: Ru
 class EnsembleExecutor(Executor):
     """Batched cells (see the module docstring); others through ``run_fn`` one by one.
 
-    Options: ``memory_mb`` (budget of one chunk, default :data:`DEFAULT_MEMORY_MB`),
+    Options: ``memory_mb`` (budget of one hand-kernel chunk, default :data:`DEFAULT_MEMORY_MB`),
+    ``func_memory_fraction`` (share of the machine's RAM a torch.func chunk may plan for on the
+    CPU, default :data:`catapult.sweep.batched_memory.DEFAULT_FRACTION`; on CUDA the device's
+    free memory is the budget, see :mod:`catapult.sweep.batched_memory`), divided by ``workers``,
     ``max_members`` (cap on members per chunk, default none), ``threads`` (torch threads while
     running; per worker with ``workers``), ``workers`` (processes that train chunks side by
     side, default 1 = all in this process). :attr:`fallbacks` lists ``(cell_id, reason)`` for
@@ -301,9 +307,12 @@ class EnsembleExecutor(Executor):
 
     def __init__(self, run_fn: RunFn | None = None, *, memory_mb: float | None = None,
                  max_members: int | None = None, threads: int | None = None, workers: int | None = None,
-                 kernels: bool = True):
+                 kernels: bool = True, func_memory_fraction: float = DEFAULT_FRACTION):
         super().__init__(run_fn)
         self.kernels = bool(kernels)
+        if not (isinstance(func_memory_fraction, (int, float)) and 0 < func_memory_fraction <= 1):
+            raise ValueError(f"func_memory_fraction must be in (0, 1], got {func_memory_fraction!r}")
+        self.func_memory_fraction = float(func_memory_fraction)
         memory_mb = DEFAULT_MEMORY_MB if memory_mb is None else memory_mb
         if not memory_mb > 0:
             raise ValueError(f"memory_mb must be > 0, got {memory_mb!r}")
@@ -382,8 +391,13 @@ class EnsembleExecutor(Executor):
         if engine == "kernels":
             per = member_bytes(config, data.in_features, data.num_classes, batch, data.x_test.shape[0])
             size = max(1, int(self.memory_mb * 2**20 // per))
-        else:  # torch.func: no activation model for every architecture; max_members bounds it
-            size = FUNC_CHUNK_MEMBERS
+        else:  # torch.func: measured per-member bytes against the device's budget, per worker
+            budget = memory_budget(train.resolve_device(config["device"]), self.func_memory_fraction)
+            try:
+                size = chunk_members(config, data, budget // self.workers)[0]
+            except Exception:
+                return 1  # the run reports the error
+
         if self.max_members is not None:
             size = min(size, self.max_members)
         return min(size, len(members))
