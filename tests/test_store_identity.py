@@ -161,3 +161,32 @@ def test_store_api_refuses_a_foreign_file_for_writing(tmp_path):
     with pytest.raises(StoreError, match="left unchanged"):
         Store(other)
     assert _digest(other) == before
+
+
+def test_a_reader_leaves_no_wal_or_shm_files_beside_a_wal_store(tmp_path):
+    # a store in WAL mode (as drivers leave it) with no writer connected: export, plot, report
+    # and the Store API read it without creating -wal/-shm files beside it (SQLite's mode=ro
+    # reader of a WAL database creates both, empty, and leaves them)
+    path = _store(tmp_path / "s.db")
+    assert _journal_byte(path) == 2 and _siblings(path) == ["s.db"]
+    before = _digest(path)
+    sqlite_files = (lambda: [name for name in _siblings(path) if name.startswith("s.db")])
+    for command in ("export", "plot", "report"):
+        out = tmp_path / "out" / command
+        out.mkdir(parents=True)
+        assert main(COMMANDS[command](path, out)) == 0, command
+        assert not any(name.endswith(("-wal", "-shm")) for name in _siblings(path)), command
+    with Store(path, create=False) as store:
+        assert len(store.cells()) == 4
+    assert sqlite_files() == ["s.db"] and _digest(path) == before
+
+
+def test_a_reader_beside_a_running_writer_sees_its_commits(tmp_path):
+    # a writer connected (its -wal holds commits not yet in the main file): the reader reads
+    # through the WAL, so it sees them
+    path = _store(tmp_path / "s.db")
+    with Store(path) as writer:
+        writer.conn.execute("INSERT INTO meta(key, value) VALUES ('probe', 'x')")
+        assert Path(f"{path}-wal").exists()
+        with Store(path, create=False) as reader:
+            assert reader.meta("probe") == "x"

@@ -11,9 +11,10 @@ A store written by catapult 0.1.0 has application_id 0; it is recognised by its 
 ``immutable`` connection that creates no ``-wal``/``-shm`` files. Opened for writing it is
 upgraded in place (the application_id is set; see :class:`catapult.sweep.store.Store`).
 
-Readers connect with ``mode=ro`` (``file:...?mode=ro`` URI) and never set the journal mode.
-A store in a directory the reader cannot write (where SQLite cannot create the WAL index) is
-read ``immutable``: the committed state at that moment.
+Readers (:func:`connect_readonly`) never write and never set the journal mode, and create no
+``-wal``/``-shm`` files: with no writer connected (no ``-wal`` file) they read the main file
+``immutable``; beside a running writer they read ``mode=ro`` through its WAL index. A store in a
+directory the reader cannot write is read ``immutable``: the committed state at that moment.
 """
 from __future__ import annotations
 
@@ -80,9 +81,20 @@ def identify(path: str | Path) -> str:
 
 
 def connect_readonly(path: str | Path, timeout: float = 30.0) -> sqlite3.Connection:
-    """A read-only connection (``mode=ro``); ``immutable`` where SQLite cannot set up its WAL
-    index because the directory is not writable (then no writer can be running there either)."""
+    """A read-only connection that creates no file beside the store.
+
+    * No ``-wal`` file beside it: no writer is connected (the last one to close checkpoints
+      every commit into the main file and removes the ``-wal``), so the main file is the whole
+      store; it is read ``immutable`` -- in WAL mode a ``mode=ro`` reader would otherwise create
+      empty ``-wal`` and ``-shm`` files, and leave them, beside a store it did not write.
+    * A ``-wal`` file: a writer is running (or was killed), and commits may still be in it; the
+      store is read ``mode=ro`` through SQLite's WAL index, or ``immutable`` where SQLite cannot
+      set that index up because the directory is not writable (then no writer runs there).
+    """
     path = Path(path)
+    if not Path(f"{path}-wal").exists():
+        return sqlite3.connect(_uri(path, mode="ro", immutable="1"), uri=True, timeout=timeout,
+                               isolation_level=None)
     conn = sqlite3.connect(_uri(path, mode="ro"), uri=True, timeout=timeout, isolation_level=None)
     try:
         conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
