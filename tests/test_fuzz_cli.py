@@ -1,5 +1,7 @@
 """Property test (hypothesis): whatever config file and ``key=value`` overrides a user, a careless
-user or an attacker gives ``catapult train``, it exits 0 or 2, prints no traceback, keeps its
+user or an attacker gives ``catapult train`` (or ``catapult sweep``: grids of every form, seeds,
+``sweep.grid.<key>=`` overrides; validated with ``--dry-run``, and tiny sweeps really run on the
+local and ensemble executors), it exits 0 or 2, prints no traceback, keeps its
 message under a few KB, leaves no partial run directory and finishes within seconds (issue 13).
 
 The CLI runs in-process (``catapult.cli.main``) on a tiny base run (digits, a 4-wide MLP, one
@@ -145,3 +147,99 @@ def test_any_overrides_exit_0_or_2_with_a_short_message(tmp_path_factory, overri
 @given(text=config_file(), overrides=st.lists(override(), max_size=2))
 def test_any_config_file_exits_0_or_2_with_a_short_message(tmp_path_factory, text, overrides):
     _check(tmp_path_factory.getbasetemp(), text, overrides)
+
+
+# ---- catapult sweep: grids, seeds and sweep overrides
+
+def _grid_axis(draw, key: str):
+    """One axis of a grid: a list, ``{log2: ...}``, ``{range: ...}``, ``{log2_over_lambda0: ...}``
+    or anything hostile; bounds and steps stay small so a valid grid has a few cells."""
+    bound = st.one_of(st.integers(-3, 3), st.sampled_from([0.5, -0.5, 1e30, float("inf"), float("nan"), "x", None]))
+    form = draw(st.sampled_from(["list", "log2", "range", "log2_over_lambda0", "hostile"]))
+    if form == "list":
+        element = small_or_bad if key in SIZE_KEYS else st.one_of(leaf, hostile_text)
+        return draw(st.lists(element, min_size=0, max_size=3))
+    if form == "hostile":
+        return draw(st.one_of(value, hostile_text))
+    return {form: draw(st.lists(bound, min_size=0, max_size=4))}
+
+
+#: valid axes (so that about half the generated grids are valid and expand)
+SANE_AXES = {
+    "optimizer.lr": [[0.1, "1/lambda0"], {"log2_over_lambda0": [0, 2]}, {"log2": [-3, -1]}, ["2^-1/lambda0"]],
+    "schedule.warmup_steps": [[1, 2], {"range": [1, 3]}],
+    "model.width": [[2, 4]], "optimizer.name": [["sgd", "adam"], ["gi-adam"]], "seed": [[0, 1]],
+    "model.parametrization": [["sp", "mup"]], "optimizer.momentum": [{"range": [0, 0.9, 0.45]}],
+}
+
+
+@st.composite
+def sweep_section(draw) -> dict:
+    grid = {}
+    for _ in range(draw(st.integers(0, 2))):
+        if draw(st.booleans()):
+            key = draw(st.sampled_from(sorted(SANE_AXES)))
+            grid[key] = draw(st.sampled_from(SANE_AXES[key]))
+            continue
+        key = draw(st.one_of(st.sampled_from(KEYS + ["optimizer.lr", "schedule.warmup_steps"]),
+                             st.text(max_size=10)))
+        grid[key] = _grid_axis(draw, key)
+    section: dict = {"grid": grid}
+    if draw(st.booleans()):
+        section["seeds"] = draw(st.one_of(st.lists(st.integers(0, 3), min_size=1, max_size=3, unique=True),
+                                          st.lists(st.integers(-2, 3), max_size=3), value))
+    if draw(st.integers(0, 9)) == 9:
+        section[draw(st.text(max_size=6))] = draw(value)
+    return section
+
+
+@st.composite
+def sweep_override(draw) -> str:
+    kind = draw(st.sampled_from(["base", "grid", "seeds"]))
+    if kind == "base":
+        return draw(override())
+    if kind == "seeds":
+        raw = draw(st.one_of(st.lists(st.integers(-2, 3), max_size=3), value, hostile_text))
+    else:
+        key = draw(st.sampled_from(KEYS + ["optimizer.lr"]))
+        raw = _grid_axis(draw, key)
+    text = raw if isinstance(raw, str) else yaml.safe_dump(raw, default_flow_style=True).strip()
+    return f"sweep.seeds={text}" if kind == "seeds" else f"sweep.grid.{key}={text}"
+
+
+def _check_sweep(tmp_dir, document: dict | bytes, overrides: list[str], flags: list[str], limit: float = 10) -> int:
+    n = next(_COUNTER)
+    path = tmp_dir / f"s{n}.yaml"
+    path.write_bytes(document if isinstance(document, bytes) else yaml.safe_dump(document, allow_unicode=True).encode())
+    store = tmp_dir / f"s{n}.db"
+    stdout, stderr = io.StringIO(), io.StringIO()
+    started = time.perf_counter()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = cli.main(["sweep", str(path), *overrides, "--store", str(store), "--progress", "none",
+                         "--threads", "1", *flags])
+    elapsed = time.perf_counter() - started
+    err = stderr.getvalue()
+    assert code in (0, 2), (code, err[:500])
+    assert "Traceback" not in err and len(err) < MAX_ERR, err[:500]
+    assert elapsed < limit, (elapsed, overrides)
+    if code == 2:
+        assert err.startswith("catapult sweep: error: ") and not store.exists(), err[:500]
+    return code
+
+
+@settings(FUZZ, max_examples=40)
+@given(section=sweep_section(), overrides=st.lists(sweep_override(), max_size=1))
+def test_any_sweep_grid_exits_0_or_2_with_a_short_message(tmp_path_factory, section, overrides):
+    # validated and expanded (--dry-run lists the cells): every grid form, hostile values, seeds
+    _check_sweep(tmp_path_factory.getbasetemp(), {**BASE, "sweep": section}, overrides, ["--dry-run"])
+
+
+@settings(FUZZ, max_examples=12)
+@given(lrs=st.lists(st.one_of(st.sampled_from([0.05, 0.5, 1e3, "1/lambda0", "2^3/lambda0"]), small_or_bad),
+                    min_size=1, max_size=2),
+       seeds=st.lists(st.integers(0, 2), max_size=2, unique=True),
+       executor=st.sampled_from(["local", "ensemble"]), overrides=st.lists(override(), max_size=1))
+def test_small_sweeps_run_and_exit_0_or_2(tmp_path_factory, lrs, seeds, executor, overrides):
+    # really run (tiny cells, both executors): diverging and failing cells are results, not errors
+    section = {"grid": {"optimizer.lr": lrs}, **({"seeds": seeds} if seeds else {})}
+    _check_sweep(tmp_path_factory.getbasetemp(), {**BASE, "sweep": section}, overrides, ["--executor", executor])
