@@ -10,7 +10,10 @@ one that differs becomes a column ``[N, 1, ...]`` broadcasting over the stacked 
 whose tensors carry the member dim (all members step together).
 
 Update ``t`` of member ``n``: ``rules.update(rule, ...)`` with ``lr = lr_t(n) * lr_mult`` of the
-parameter's group. Pre-conditioner (pre-conditioned sharpness): ``rules.preconditioner``,
+parameter's group, on the rows of any range of members at a time (:meth:`StackedOptimizer.begin_step`,
+:meth:`~StackedOptimizer.apply` per range, :meth:`~StackedOptimizer.end_step`; the hand-derived
+kernels apply each cache-sized sub-batch's update right after its gradient), written back in
+place. Pre-conditioner (pre-conditioned sharpness): ``rules.preconditioner``,
 ``P^-1`` scaled by ``lr_mult / lr_mult_0`` as :func:`catapult.curvature.preconditioned_sharpness`
 with ``scale_by_group_lr=True``, with ``wd P^-1`` for a coupled L2 term.
 
@@ -96,6 +99,7 @@ class StackedOptimizer:
         self.random_v0 = self.rule == "gi-adam" and any(
             v == "random" for row in self.values["v0"] for v in row)
         self.state: rules.State | None = None
+        self._first: dict[str, list[bool]] = {}  # state fields the step in progress creates
 
     def forget_members(self) -> None:
         """Drop the references to the members' own optimizers and parameters (read already),
