@@ -16,6 +16,7 @@ import contextlib
 import io
 import itertools
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -113,23 +114,29 @@ def _no_plot_and_warm(tmp_path_factory):
         yield
 
 
-def _check(tmp_dir, text: bytes, overrides: list[str], limit: float = 10) -> None:
-    n = next(_COUNTER)
-    path = tmp_dir / f"c{n}.yaml"
-    path.write_bytes(text)
-    out = tmp_dir / f"run{n}"
+def _run_cli(command: str, argv: list[str], overrides: list[str], limit: float, left: Path) -> int:
+    """``catapult COMMAND argv...`` in-process: exit 0 or 2, no traceback, a short message,
+    within ``limit`` seconds, and on exit 2 the message's prefix and nothing at ``left``."""
     stdout, stderr = io.StringIO(), io.StringIO()
     started = time.perf_counter()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        code = cli.main(["train", str(path), *overrides, "--out", str(out), "--progress", "none",
-                         "--threads", "1"])
+        code = cli.main([command, *argv, "--progress", "none", "--threads", "1"])
     elapsed = time.perf_counter() - started
     err = stderr.getvalue()
     assert code in (0, 2), (code, err[:500])
     assert "Traceback" not in err and len(err) < MAX_ERR, err[:500]
     assert elapsed < limit, (elapsed, overrides)
     if code == 2:
-        assert err.startswith("catapult train: error: ") and not out.exists()
+        assert err.startswith(f"catapult {command}: error: ") and not left.exists(), err[:500]
+    return code
+
+
+def _check(tmp_dir, text: bytes, overrides: list[str], limit: float = 10) -> None:
+    n = next(_COUNTER)
+    path = tmp_dir / f"c{n}.yaml"
+    path.write_bytes(text)
+    out = tmp_dir / f"run{n}"
+    _run_cli("train", [str(path), *overrides, "--out", str(out)], overrides, limit, out)
 
 
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,
@@ -207,24 +214,12 @@ def sweep_override(draw) -> str:
     return f"sweep.seeds={text}" if kind == "seeds" else f"sweep.grid.{key}={text}"
 
 
-def _check_sweep(tmp_dir, document: dict | bytes, overrides: list[str], flags: list[str], limit: float = 10) -> int:
+def _check_sweep(tmp_dir, document: dict, overrides: list[str], flags: list[str], limit: float = 10) -> int:
     n = next(_COUNTER)
     path = tmp_dir / f"s{n}.yaml"
-    path.write_bytes(document if isinstance(document, bytes) else yaml.safe_dump(document, allow_unicode=True).encode())
+    path.write_bytes(yaml.safe_dump(document, allow_unicode=True).encode())
     store = tmp_dir / f"s{n}.db"
-    stdout, stderr = io.StringIO(), io.StringIO()
-    started = time.perf_counter()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        code = cli.main(["sweep", str(path), *overrides, "--store", str(store), "--progress", "none",
-                         "--threads", "1", *flags])
-    elapsed = time.perf_counter() - started
-    err = stderr.getvalue()
-    assert code in (0, 2), (code, err[:500])
-    assert "Traceback" not in err and len(err) < MAX_ERR, err[:500]
-    assert elapsed < limit, (elapsed, overrides)
-    if code == 2:
-        assert err.startswith("catapult sweep: error: ") and not store.exists(), err[:500]
-    return code
+    return _run_cli("sweep", [str(path), *overrides, "--store", str(store), *flags], overrides, limit, store)
 
 
 @settings(FUZZ, max_examples=40)

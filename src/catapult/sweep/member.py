@@ -1,5 +1,6 @@
 """One cell of a batched group, shared by both batched engines (the hand-derived MLP kernels in
-:mod:`catapult.sweep.ensemble_run` and the torch.func engine in :mod:`catapult.sweep.batched`):
+:mod:`catapult.sweep.ensemble_run` and the torch.func engine in :mod:`catapult.sweep.batched`,
+trained by the one loop of :mod:`catapult.sweep.batched_loop`):
 its settings, its record while it trains, and its result, built as
 :func:`catapult.engine.run` builds it."""
 from __future__ import annotations
@@ -31,7 +32,7 @@ class Member:
     max_iter: int
     lr_spec: Any
     sharpness_seed: int
-    optimizer: Any = None       # its torch optimizer (thresholds, hyper-parameters), or a one-group copy
+    optimizer: Any = None       # its torch optimizer (thresholds, hyper-parameters), or a one-parameter copy
     warmup: Any = None          # engine.Warmup: its lr schedule (and persistent search, if any)
     lr_mult0: float = 1.0
     lr_trgt: float | None = None
@@ -45,8 +46,6 @@ class Member:
     matvecs_total: int = 0
     measurements: int = 0
     unconverged: int = 0
-    # per-parameter optimizer hyper-parameters (the kernels read them from the member's groups)
-    hyper: list = field(default_factory=list)
 
     @classmethod
     def of(cls, cell: Cell, config: Mapping[str, Any]) -> "Member":
