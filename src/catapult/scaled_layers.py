@@ -33,10 +33,40 @@ import torch.nn.functional as F
 from catapult.sparsity import MaskedLinear
 
 __all__ = ["ScaledLinear", "ScaledEmbedding", "ScaledConv2d", "WEIGHT_LAYERS", "as_scaled",
-           "fan_in", "fan_out", "layer_width"]
+           "fan_in", "fan_out", "layer_width", "init_weight_", "INIT_DISTRIBUTIONS", "TRUNC_STD"]
+
+#: Weight init distributions of the built-in models (``model.init``).
+INIT_DISTRIBUTIONS = ("normal", "trunc_normal")
+#: Std of a standard normal truncated to [-2, 2]; Flax's truncated_normal initializers divide
+#: by it so the truncated draw has exactly the requested variance.
+TRUNC_STD = 0.87962566103423978
 
 #: Module types whose ``weight`` takes a role (input / hidden / output) in :mod:`catapult.parametrize`.
 WEIGHT_LAYERS = (nn.Linear, nn.Embedding, nn.Conv2d)
+
+
+def init_weight_(weight: torch.Tensor, var: float, distribution: str = "normal") -> torch.Tensor:
+    """Fill ``weight`` in place with zero-mean draws of variance ``var``.
+
+    ``"normal"``: ``N(0, var)``. ``"trunc_normal"``: ``N(0, s^2)`` truncated to ``[-2s, 2s]``
+    with ``s = sqrt(var) / TRUNC_STD``, so the truncated draw has variance exactly ``var`` (the
+    warmup paper's Flax code).
+
+    Example:
+        >>> w = init_weight_(torch.empty(200_000), 4.0, "trunc_normal")
+        >>> round(w.var().item(), 1), bool(w.abs().max() <= 2 * 2.0 / TRUNC_STD)
+        (4.0, True)
+    """
+    if distribution not in INIT_DISTRIBUTIONS:
+        raise ValueError(f"init must be one of {INIT_DISTRIBUTIONS}; got {distribution!r}")
+    std = math.sqrt(var)
+    with torch.no_grad():
+        if distribution == "normal":
+            weight.normal_(0.0, std)
+        else:
+            scale = std / TRUNC_STD
+            nn.init.trunc_normal_(weight, 0.0, scale, -2.0 * scale, 2.0 * scale)
+    return weight
 
 
 def fan_in(layer: nn.Module) -> int:
