@@ -141,6 +141,8 @@ class WRN(nn.Module):
         bias: whether the readout has a bias (zero init).
         weight_var: ``v_w`` of the convs (2 = He for ReLU).
         init: ``"normal"`` or ``"trunc_normal"``.
+        channels: the stem's output channels ``c`` (16 in WRN; the groups are ``c k``, ``2 c k``,
+            ``4 c k`` wide); smaller values give tiny test networks.
 
     Example (WRN-10-1 on 8x8 digits, flat or shaped):
         >>> _ = torch.manual_seed(0)
@@ -152,11 +154,12 @@ class WRN(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, depth: int = 16, widen: int = 4, *,
                  parametrization: str = "sp", norm: str = "layer", base_widen: int | None = None,
                  alpha_in: float = 1.0, alpha_out: float = 1.0, bias: bool = True,
-                 weight_var: float = 2.0, init: str = "normal") -> None:
+                 weight_var: float = 2.0, init: str = "normal", channels: int = STEM_CHANNELS) -> None:
         super().__init__()
         check_parametrization(parametrization)
         n_blocks = wrn_blocks_per_group(depth)
-        for label, value in (("in_channels", in_channels), ("num_classes", num_classes), ("widen", widen)):
+        for label, value in (("in_channels", in_channels), ("num_classes", num_classes), ("widen", widen),
+                             ("channels", channels)):
             if int(value) != value or value < 1:
                 raise ValueError(f"WRN {label} must be a positive integer; got {value!r}")
         if norm != "layer":
@@ -176,14 +179,15 @@ class WRN(nn.Module):
         self._width_mult = self.widen / (self.widen if base_widen is None else int(base_widen))
         self._alpha_in, self._weight_var, self._init = float(alpha_in), float(weight_var), init
 
-        self.stem = self._conv(self.in_channels, STEM_CHANNELS, 3, 1, "input")
-        self.stem_norm = ChannelLayerNorm(STEM_CHANNELS)
-        blocks, channels = [], STEM_CHANNELS
+        stem_channels = int(channels)
+        self.stem = self._conv(self.in_channels, stem_channels, 3, 1, "input")
+        self.stem_norm = ChannelLayerNorm(stem_channels)
+        blocks, channels = [], stem_channels
         for group, stride in enumerate((1, 2, 2)):
-            width = STEM_CHANNELS * self.widen * 2 ** group
+            width = stem_channels * self.widen * 2 ** group
             for b in range(n_blocks):
                 s = stride if b == 0 else 1
-                role = "input" if channels == STEM_CHANNELS else "hidden"   # fan-in fixed as k grows
+                role = "input" if group == 0 and b == 0 else "hidden"   # reads the stem: fan-in fixed as k grows
                 conv1 = self._conv(channels, width, 3, s, role)
                 conv2 = self._conv(width, width, 3, 1, "hidden")
                 shortcut = None if (s == 1 and channels == width) else self._conv(channels, width, 1, s, role)
