@@ -5,8 +5,12 @@ bench/figures/fig3_wrn_small.png.
 Per panel (SP / muP x MSE / cross-entropy), per T_wrm and seed, the *divergence boundary* is the
 smallest ``x`` of ``lr_trgt = 2^x / lambda_0`` whose run diverged (the engine's rule: a
 non-finite loss or > 1000 x the initial loss); a seed with no diverged cell in the grid has its
-boundary recorded as "> x_max". Printed: each seed's boundary, their mean and range, and the
-mean best test accuracy at each x (finished runs only).
+boundary recorded as "> x_max". With cross-entropy a run at a too-large lr often does not blow
+up but collapses to a constant output (finite loss, chance accuracy), so a second boundary is
+printed: the *failure boundary*, the smallest ``x`` whose run diverged or ended with a best test
+accuracy below 1.5x chance (0.15 for 10 classes: the paper's failure rule for its Adam study).
+Printed: each seed's boundaries, their mean and range, and the mean best test accuracy at each
+x (finished runs only).
 
     catapult sweep configs/warmup/fig3_wrn_small.yaml --store runs/fig3_wrn_small.db --executor ensemble --workers 3 --threads 1
     PYTHONPATH=src python bench/fig3_wrn_small.py runs/fig3_wrn_small.db
@@ -59,6 +63,8 @@ def main(argv=None) -> None:
     warmups = sorted({int(c["schedule.warmup_steps"]) for c in cells})
     runs = defaultdict(dict)   # (param, loss, T) -> {seed: {x: (status, best_acc)}}
     for c in cells:
+        if c["status"] not in ("finished", "diverged"):   # not run yet (or failed): left out, counted as missing
+            continue
         key = (c["model.parametrization"], c["loss"], int(c["schedule.warmup_steps"]))
         acc = c.get("best_test_accuracy") or c.get("test_accuracy") or ""
         runs[key].setdefault(int(c["seed"]), {})[exponent(c["optimizer.lr"])] = (
@@ -69,18 +75,21 @@ def main(argv=None) -> None:
         print(f"\n{param} / {loss}")
         for T in warmups:
             seeds = runs.get((param, loss, T), {})
-            bounds, texts = [], []
-            for seed, row in sorted(seeds.items()):
-                missing = [x for x in xs if x not in row]
-                div = [x for x in xs if row.get(x, ("",))[0] == "diverged"]
-                b = min(div) if div else math.inf
-                bounds.append(b)
-                texts.append(f"seed {seed}: {'>' + format(xs[-1], 'g') if b == math.inf else format(b, 'g')}"
-                             + (f" ({len(missing)} cells missing)" if missing else ""))
-            finite = [b for b in bounds if b != math.inf]
-            summary = (f"mean {statistics.mean(bounds):.2f}, range {min(bounds):g}-{max(bounds):g}"
-                       if bounds and len(finite) == len(bounds) else "some seeds never diverged in the grid")
-            print(f"  T_wrm={T:4d}: boundary x  [{'; '.join(texts)}]  {summary}")
+            for label, failed in (("divergence", lambda r: r[0] == "diverged"),
+                                  ("failure", lambda r: r[0] == "diverged" or not r[1] >= 1.5 / 10)):
+                bounds, texts = [], []
+                for seed in sorted({int(c["seed"]) for c in cells}):
+                    row = seeds.get(seed, {})
+                    missing = [x for x in xs if x not in row]
+                    bad = [x for x in xs if x in row and failed(row[x])]
+                    b = min(bad) if bad else math.inf
+                    bounds.append(b)
+                    texts.append(f"seed {seed}: {'>' + format(xs[-1], 'g') if b == math.inf else format(b, 'g')}"
+                                 + (f" ({len(missing)} cells missing)" if missing else ""))
+                finite = [b for b in bounds if b != math.inf]
+                summary = (f"mean {statistics.mean(bounds):.2f}, range {min(bounds):g}-{max(bounds):g}"
+                           if bounds and len(finite) == len(bounds) else "some seeds never reached it in the grid")
+                print(f"  T_wrm={T:4d}: {label} boundary x  [{'; '.join(texts)}]  {summary}")
             frac = [statistics.mean([seeds[s][x][0] == "diverged" for s in seeds if x in seeds[s]] or [math.nan])
                     for x in xs]
             accs = []
