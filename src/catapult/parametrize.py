@@ -40,6 +40,10 @@ is Tensor Programs V's muP for SGD (input weights and biases ``lr * fan_out``, h
 output weights with a ``1/fan_in`` multiplier ``lr * fan_in``) written relative to a base
 width; the output bias has a fixed fan-out and keeps ``lr``.
 
+Layers: ``nn.Linear``, ``nn.Conv2d`` and ``nn.Embedding`` weights take roles; a conv's fan-in
+is ``C_in * k_h * k_w`` and its width ``out_channels`` (the layer classes and fan rules are in
+:mod:`catapult.scaled_layers`; :class:`catapult.models.WRN` has the conv table).
+
 Where the information lives (no metadata on tensors, so ``torch.save``, ``copy.deepcopy``,
 ``torch.compile`` and FSDP see ordinary modules):
 
@@ -60,10 +64,11 @@ from typing import Mapping
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from catapult.sparsity import MaskedLinear, random_mask
+from catapult.sparsity import random_mask
 from catapult.parametrize_state import attach_spec
+from catapult.scaled_layers import (WEIGHT_LAYERS, ScaledConv2d, ScaledEmbedding, ScaledLinear, as_scaled,
+                                    fan_in as layer_fan_in, layer_width)
 
 __all__ = [
     "PARAMETRIZATIONS",
@@ -71,6 +76,7 @@ __all__ = [
     "ParamSpec",
     "ScaledLinear",
     "ScaledEmbedding",
+    "ScaledConv2d",
     "init_variance",
     "init_rule",
     "lr_rule",
@@ -229,106 +235,6 @@ def lr_multiplier(parametrization: str, kind: str, optimizer: str = "adam", *,
 
 
 # ---------------------------------------------------------------------------------------------
-# Layers with forward multipliers (plain float attributes) and optional sparsity masks.
-
-
-class ScaledLinear(MaskedLinear):
-    """``y = multiplier * x (W ⊙ M)^T + bias_multiplier * b``.
-
-    ``multiplier`` and ``bias_multiplier`` are plain floats (architecture, not state); ``M`` is
-    an optional persistent mask buffer (see :class:`catapult.sparsity.MaskedLinear`).
-
-    Example:
-        >>> layer = ScaledLinear(2, 1, multiplier=0.5)
-        >>> with torch.no_grad():
-        ...     _ = layer.weight.fill_(1.0), layer.bias.fill_(1.0)
-        >>> layer(torch.tensor([[2.0, 4.0]])).item()      # 0.5 * (2 + 4 + 1)
-        3.5
-    """
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
-                 multiplier: float = 1.0, bias_multiplier: float | None = None,
-                 density: float = 1.0, mask_method: str = "exact",
-                 generator: torch.Generator | None = None, device=None, dtype=None) -> None:
-        super().__init__(in_features, out_features, bias, density=density,
-                         mask_method=mask_method, generator=generator, device=device,
-                         dtype=dtype)
-        self.multiplier = float(multiplier)
-        self.bias_multiplier = float(multiplier if bias_multiplier is None else bias_multiplier)
-
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        weight = self.masked_weight()
-        scale, bias_scale = self.multiplier, self.bias_multiplier
-        if self.bias is None or bias_scale == scale:
-            out = F.linear(input, weight, self.bias)
-            return out if scale == 1.0 else out * scale
-        out = F.linear(input, weight)
-        out = out if scale == 1.0 else out * scale
-        return out + (self.bias if bias_scale == 1.0 else self.bias * bias_scale)
-
-    def extra_repr(self) -> str:
-        text = super().extra_repr()
-        if self.multiplier != 1.0:
-            text += f", multiplier={self.multiplier:.4g}"
-        if self.bias is not None and self.bias_multiplier != self.multiplier:
-            text += f", bias_multiplier={self.bias_multiplier:.4g}"
-        return text
-
-
-class ScaledEmbedding(nn.Embedding):
-    """``y = multiplier * E[idx]`` (``multiplier`` a plain float attribute).
-
-    Example:
-        >>> embedding = ScaledEmbedding(3, 2)
-        >>> embedding.multiplier = 2.0
-        >>> with torch.no_grad():
-        ...     _ = embedding.weight.fill_(1.5)
-        >>> embedding(torch.tensor([0])).tolist()
-        [[3.0, 3.0]]
-    """
-
-    multiplier: float = 1.0
-
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        out = super().forward(input)
-        return out if self.multiplier == 1.0 else out * self.multiplier
-
-    def extra_repr(self) -> str:
-        text = super().extra_repr()
-        return text if self.multiplier == 1.0 else f"{text}, multiplier={self.multiplier:.4g}"
-
-
-def _as_scaled_linear(layer: nn.Linear) -> ScaledLinear:
-    """Turn a plain ``nn.Linear`` / ``MaskedLinear`` into a :class:`ScaledLinear` in place."""
-    if isinstance(layer, ScaledLinear):
-        return layer
-    if type(layer) not in (nn.Linear, MaskedLinear):
-        raise TypeError(
-            f"parametrize() handles plain nn.Linear / nn.Embedding layers; got "
-            f"{type(layer).__name__} (its own forward would be lost): give it role None"
-        )
-    if type(layer) is nn.Linear:
-        layer.register_buffer("mask", None)
-    layer.__class__ = ScaledLinear
-    layer.multiplier = 1.0
-    layer.bias_multiplier = 1.0
-    return layer
-
-
-def _as_scaled_embedding(layer: nn.Embedding) -> ScaledEmbedding:
-    if isinstance(layer, ScaledEmbedding):
-        return layer
-    if type(layer) is not nn.Embedding:
-        raise TypeError(
-            f"parametrize() handles plain nn.Linear / nn.Embedding layers; got "
-            f"{type(layer).__name__} (its own forward would be lost): give it role None"
-        )
-    layer.__class__ = ScaledEmbedding
-    layer.multiplier = 1.0
-    return layer
-
-
-# ---------------------------------------------------------------------------------------------
 # Per-layer learning-rate groups.
 
 
@@ -435,11 +341,13 @@ def param_groups(model: nn.Module, lr: float, optimizer: str = "adam", *,
 
 
 def infer_roles(module: nn.Module) -> dict[str, str]:
-    """Default roles of ``module``'s ``nn.Linear`` / ``nn.Embedding`` layers, by registration order.
+    """Default roles of ``module``'s ``nn.Linear`` / ``nn.Conv2d`` / ``nn.Embedding`` layers, by
+    registration order.
 
-    With embeddings: every ``nn.Embedding`` is ``"input"``, the last ``nn.Linear`` is
-    ``"output"``, the other Linears are ``"hidden"``. Without: the first Linear is ``"input"``,
-    the last ``"output"``, the rest ``"hidden"``. (Registration order is ``named_modules()``
+    With embeddings: every ``nn.Embedding`` is ``"input"``, the last ``nn.Linear`` (or conv) is
+    ``"output"``, the other Linears and convs are ``"hidden"``. Without: the first Linear or conv
+    is ``"input"``, the last ``"output"``, the rest ``"hidden"`` (a conv's fan-in is
+    ``C_in * k_h * k_w``: :func:`catapult.scaled_layers.fan_in`). (Registration order is ``named_modules()``
     order, usually the order of ``__init__``; override with ``roles=`` when it is not the
     execution order.)
 
@@ -452,7 +360,7 @@ def infer_roles(module: nn.Module) -> dict[str, str]:
     for name, sub in module.named_modules():
         if isinstance(sub, nn.Embedding):
             embeddings.append(name)
-        elif isinstance(sub, nn.Linear):
+        elif isinstance(sub, (nn.Linear, nn.Conv2d)):
             linears.append(name)
     roles: dict[str, str] = {name: "input" for name in embeddings}
     if not linears:
@@ -463,14 +371,6 @@ def infer_roles(module: nn.Module) -> dict[str, str]:
         roles[linears[0]] = "input"
     roles[linears[-1]] = "output"
     return roles
-
-
-def _layer_width(layer: nn.Module) -> int:
-    return layer.embedding_dim if isinstance(layer, nn.Embedding) else layer.out_features
-
-
-def _fan_in(layer: nn.Module) -> int:
-    return 1 if isinstance(layer, nn.Embedding) else layer.in_features
 
 
 def parametrize(
@@ -508,7 +408,7 @@ def parametrize(
     * masks: hidden layers get an exact-density random mask when ``density < 1`` (any
       parameterization; SP and muP just do not correct for it).
 
-    Layers become :class:`ScaledLinear` / :class:`ScaledEmbedding` (same objects, same
+    Layers become :class:`ScaledLinear` / :class:`ScaledConv2d` / :class:`ScaledEmbedding` (same objects, same
     parameters and ``state_dict`` keys, plus ``mask`` buffers for sparse layers); the root gets
     ``catapult_spec`` so :func:`param_groups` gives the per-layer learning rates. Everything is
     an ordinary attribute or buffer: ``copy.deepcopy``, ``state_dict`` and ``torch.compile`` work.
@@ -533,20 +433,20 @@ def parametrize(
     all_layers = {name: sub for name, sub in module.named_modules()}
     layer_roles = infer_roles(module)
     for name, role in (roles or {}).items():
-        if name not in all_layers or not isinstance(all_layers[name], (nn.Linear, nn.Embedding)):
-            raise ValueError(f"roles: {name!r} is not an nn.Linear / nn.Embedding of the module; "
+        if name not in all_layers or not isinstance(all_layers[name], WEIGHT_LAYERS):
+            raise ValueError(f"roles: {name!r} is not an nn.Linear / nn.Conv2d / nn.Embedding of the module; "
                              f"layers are {sorted(infer_roles(module))}")
         if role is not None and role not in ROLES:
             raise ValueError(f"roles[{name!r}] must be one of {ROLES} or None; got {role!r}")
         layer_roles[name] = role
     layer_roles = {name: role for name, role in layer_roles.items() if role is not None}
     if not layer_roles:
-        raise ValueError("parametrize(): the module has no nn.Linear / nn.Embedding layer")
+        raise ValueError("parametrize(): the module has no nn.Linear / nn.Conv2d / nn.Embedding layer")
 
     inputs = [name for name, role in layer_roles.items() if role == "input"]
     if width is None:
         source = inputs[0] if inputs else next(iter(layer_roles))
-        width = _layer_width(all_layers[source])
+        width = layer_width(all_layers[source])
     base = width if base_width is None else base_width
     if base <= 0 or width <= 0:
         raise ValueError(f"width and base_width must be positive; got {width}, {base_width}")
@@ -562,9 +462,12 @@ def parametrize(
     for name, role in layer_roles.items():
         layer = all_layers[name]
         is_embedding = isinstance(layer, nn.Embedding)
-        layer = _as_scaled_embedding(layer) if is_embedding else _as_scaled_linear(layer)
+        if density < 1.0 and role == "hidden" and isinstance(layer, nn.Conv2d):
+            raise ValueError(f"parametrize(): sparsity masks are for Linear layers; {name!r} is a "
+                             "hidden nn.Conv2d (use density=1.0 or give it role None)")
+        layer = as_scaled(layer)
         layer.catapult_role = role
-        fan_in = _fan_in(layer)
+        fan_in = layer_fan_in(layer)
         if init_std is not None:
             var = init_variance(parametrization, role, init_std**2, width_mult=width_mult,
                                 density_mult=density_mult)
@@ -590,7 +493,7 @@ def parametrize(
         layer.multiplier = float(multiplier)
         if not is_embedding:
             layer.bias_multiplier = 1.0
-            if role == "hidden" and density < 1.0:
+            if role == "hidden" and density < 1.0 and isinstance(layer, ScaledLinear):
                 layer.set_mask(random_mask(layer.weight.shape, density, method=mask_method,
                                            generator=generator))
     attach_spec(module, ParamSpec(parametrization, width_mult, density_mult, "table"))  # + state_dict record

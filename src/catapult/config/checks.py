@@ -136,8 +136,34 @@ def _check_dtype_range(config: dict) -> Problems:
                         f"or dtype: float64")
 
 
+def _check_wrn_and_augment(config: dict) -> Problems:
+    """The wrn's own keys (depth 6n+4, dense, relu, widen instead of width); augmentation only
+    for minibatch training of images (full-batch GD studies run on the fixed data: refused, not
+    ignored, so a config never claims augmentation it did not get)."""
+    data, model = config["data"], config["model"]
+    if model["name"] == "wrn":
+        depth = model["depth"]
+        if depth < 10 or (depth - 4) % 6:
+            yield ("model.depth", f"wrn depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 40, ...); got {depth}")
+        if model["density"] != 1.0 or model["base_density"] != 1.0:
+            yield ("model.density", "the wrn's convolutions are dense: density and base_density must be 1")
+        if model["activation"] != "relu":
+            yield ("model.activation", f"the wrn uses relu; got {model['activation']!r}")
+        if model["width"] != _default(ModelConfig, "width"):
+            yield ("model.width", "is not a wrn option: the wrn's widths are 16k, 32k, 64k with k = model.widen")
+    elif model["widen"] != _default(ModelConfig, "widen"):
+        yield ("model.widen", f"is a wrn option (model.name is {model['name']!r}); remove it")
+    augment = data.get("augment") or {}
+    on = [k for k in ("flip", "crop", "mixup") if augment.get(k)]
+    if on and data["name"] in TEXT_DATASETS:
+        yield ("data.augment", f"augments images; data.name {data['name']!r} is text: remove data.augment")
+    elif on and config["train"]["batch_size"] is None:
+        yield ("data.augment", f"{', '.join(on)} set with full-batch GD (train.batch_size null): augmentation "
+                               "is for minibatch training; remove data.augment or set train.batch_size")
+
+
 #: The cross-key checks, run in this order on a config whose keys validated individually.
 CHECKS: list[Callable[[dict], Problems]] = [
     _check_decay, _check_data_root, _check_model_data, _check_adam_family, _check_catapult_warmup,
-    _check_dtype_range,
+    _check_dtype_range, _check_wrn_and_augment,
 ]

@@ -18,7 +18,7 @@ from catapult.config.errors import short_repr
 from catapult.config.options import NUMBER_TEXT, Option, as_float, boolean, choice, integer, number, numbers, string
 from catapult.config.lr import learning_rate
 
-__all__ = ["Section", "DataConfig", "ModelConfig", "OptimizerConfig", "ScheduleConfig", "TrainConfig",
+__all__ = ["Section", "AugmentConfig", "DataConfig", "ModelConfig", "OptimizerConfig", "ScheduleConfig", "TrainConfig",
            "EvalConfig", "RunConfig", "TEXT_DATASETS", "PRECONDITIONED_OPTIMIZERS", "RUN_NAME"]
 
 #: Datasets of tokens (trained by the gpt); the others are images (the mlp). Equals
@@ -32,7 +32,7 @@ PRECONDITIONED_OPTIMIZERS = ("adam", "adamw", "gi-adam")
 RUN_NAME = r"[A-Za-z0-9][A-Za-z0-9_.+=-]*"
 
 DataName = Literal["digits", "cifar10", "cifar100", "shakespeare", "text"]
-ModelName = Literal["mlp", "gpt"]
+ModelName = Literal["mlp", "gpt", "wrn"]
 Parametrization = Literal["sp", "mup", "supar", "supar_init", "supar_lr"]
 Activation = Literal["relu", "tanh", "gelu", "linear"]
 OptimizerName = Literal["sgd", "adam", "adamw", "radam", "gi-adam"]
@@ -47,6 +47,20 @@ class Section(BaseModel):
     """A config section: unknown keys are errors, values are checked on assignment too."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AugmentConfig(Section):
+    """Training-time augmentation of image batches (:class:`catapult.data.Augment`): per sample,
+    on the device, from the run's data seed; minibatch training only."""
+
+    flip: Annotated[bool, boolean()] = Field(
+        False, description="random horizontal flip of each training image (probability 1/2)")
+    crop: Annotated[int, integer(low=0)] = Field(
+        0, description="pad each side with this many zero pixels and crop a random window of the original "
+                       "size (0 = off; CIFAR: 4; 8x8 digits: 1, the same 1/8 of the side)")
+    mixup: Annotated[float, number(low=0.0)] = Field(
+        0.0, description="mixup: each sample mixes with a random partner at weight lam ~ Beta(a, a), labels "
+                         "too (0 = off)")
 
 
 class DataConfig(Section):
@@ -65,14 +79,19 @@ class DataConfig(Section):
     val_fraction: Annotated[float, number(low=0.0, high=1.0, low_open=True, high_open=True)] = Field(
         0.1, description="text only: tail of the characters held out for validation "
                          "(unless the files have their own split)")
+    augment: AugmentConfig = Field(
+        default_factory=AugmentConfig, description="images, minibatch training only: flip, crop, mixup")
 
 
 class ModelConfig(Section):
     name: Annotated[ModelName, choice()] = Field(
-        "mlp", description="architecture: mlp (the warmup paper's FCN) or gpt (Pre-LN Transformer LM, text data)")
+        "mlp", description="architecture: mlp (the warmup paper's FCN), wrn (WideResNet-depth-widen with "
+                           "LayerNorm) or gpt (Pre-LN Transformer LM, text data)")
     width: Annotated[int, integer(low=1)] = Field(512, description="hidden width (gpt: d_model)")
     depth: Annotated[int, integer(low=1)] = Field(
-        4, description="number of Linear layers (gpt: number of blocks)")
+        4, description="number of Linear layers (gpt: number of blocks; wrn: 6n+4, e.g. 16)")
+    widen: Annotated[int, integer(low=1)] = Field(
+        4, description="wrn only: widen factor k (group widths 16k, 32k, 64k)")
     parametrization: Annotated[Parametrization, choice()] = Field(
         "mup", description="init and multiplier rules; supar_init / supar_lr are the SμPar "
                            "ablations (SμPar init + muP lr / muP init + SμPar lr)")
@@ -83,7 +102,7 @@ class ModelConfig(Section):
     init: Annotated[Literal["normal", "trunc_normal"], choice()] = Field(
         "normal", description="weight init distribution")
     base_width: Annotated[int | None, integer(low=1)] = Field(
-        None, description="muP base width (null = the model's default)")
+        None, description="muP base width (null = the model's default; wrn: the base widen factor)")
     density: Annotated[float, number(low=0.0, high=1.0, low_open=True)] = Field(
         1.0, description="fraction of hidden weights kept")
     base_density: Annotated[float, number(low=0.0, high=1.0, low_open=True)] = Field(

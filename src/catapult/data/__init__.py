@@ -10,7 +10,8 @@ int64 labels; see `catapult.data.split`):
 * ``load_dataset(name, root=..., n_train=..., n_test=...)``: the same by name.
 
 All loaders standardise each sample to zero mean and unit std by default and take the first
-``n_train`` / ``n_test`` samples. Text corpora for language models live in
+``n_train`` / ``n_test`` samples. `Augment` (`catapult.data.augment`) flips, pad-crops and mixes
+up training batches per sample on their device (``data.augment`` in a run config). Text corpora for language models live in
 `catapult.data.text` (`load_shakespeare`, `load_text`, `load_corpus`).
 """
 from __future__ import annotations
@@ -18,13 +19,14 @@ from __future__ import annotations
 import functools
 import os
 
+from catapult.data.augment import Augment
 from catapult.data.cifar import CorruptDataError, load_cifar10, load_cifar100
 from catapult.data.digits import load_digits
 from catapult.data.safe_pickle import CorruptPickleError, UnsafePickleError
 from catapult.data.split import Split, first_n, one_hot, standardize_per_sample
 from catapult.data import text
 
-__all__ = ["Split", "load_digits", "load_cifar10", "load_cifar100", "load_dataset", "DATASETS",
+__all__ = ["Split", "Augment", "load_digits", "load_cifar10", "load_cifar100", "load_dataset", "DATASETS",
            "IMAGE_DATASETS", "TEXT_DATASETS",
            "standardize_per_sample", "first_n", "one_hot", "UnsafePickleError", "CorruptPickleError",
            "CorruptDataError", "text"]

@@ -11,7 +11,7 @@
   display and its ``trajectories.png``.
 """
 from catapult.engine.build import (ADAPTIVE, MODELS, OPTIMIZERS, WARMUPS, BatchStream, Run, RunData,
-                                   SharpnessRule, Warmup, build_model, build_optimizer, build_run,
+                                   SharpnessRule, Warmup, batch_stream, build_augment, build_model, build_optimizer, build_run,
                                    build_schedule, build_warmup, load_data, load_data_once, resolve_device, search_delta,
                                    search_lr_start, seeds, sharpness_rule, solver_options, threshold)
 from catapult.engine.loop import RunResult, evaluate, run
@@ -19,7 +19,8 @@ from catapult.engine.records import (METRIC_COLUMNS, MetricsFile, format_summary
                                      threshold_label, warmup_summary, write_metrics)
 
 __all__ = [
-    "Run", "build_run", "run", "RunResult", "evaluate", "RunData", "BatchStream", "Warmup", "SharpnessRule",
+    "Run", "build_run", "run", "RunResult", "evaluate", "RunData", "BatchStream", "batch_stream", "build_augment",
+    "Warmup", "SharpnessRule",
     "seeds", "resolve_device", "load_data", "load_data_once", "build_model", "build_optimizer", "build_schedule", "build_warmup",
     "search_delta", "search_lr_start", "sharpness_rule", "solver_options", "threshold",
     "MODELS", "OPTIMIZERS", "ADAPTIVE", "WARMUPS",

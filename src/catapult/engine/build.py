@@ -21,13 +21,13 @@ import torch.nn as nn
 
 from catapult import config as cfg
 from catapult.losses import get_loss
-from catapult.models import GPT, MLP
+from catapult.models import GPT, MLP, WRN
 from catapult.optim import registry
 
 __all__ = [
     "Run", "build_run", "seeds", "resolve_device", "MODELS", "RunData", "load_data", "load_data_once", "build_model",
     "OPTIMIZERS", "ADAPTIVE", "build_optimizer", "WARMUPS", "build_schedule", "search_delta",
-    "search_lr_start", "Warmup", "build_warmup", "BatchStream", "solver_options", "SharpnessRule",
+    "search_lr_start", "Warmup", "build_warmup", "BatchStream", "batch_stream", "build_augment", "solver_options", "SharpnessRule",
     "sharpness_rule", "threshold",
 ]
 
@@ -49,9 +49,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 #: model.name -> builder(model_config, in_features, out_features) -> nn.Module. For the mlp
-#: ``in_features`` is a flattened sample's size; for the gpt it is the context (tokens per
-#: window) and ``out_features`` the vocabulary size.
-MODELS: dict[str, Callable[[Mapping[str, Any], int, int], nn.Module]] = {"mlp": MLP.from_config, "gpt": GPT.from_config}
+#: ``in_features`` is a flattened sample's size (the wrn reads its channels from it: 64 = 1x8x8,
+#: 3072 = 3x32x32); for the gpt it is the context (tokens per window) and ``out_features`` the
+#: vocabulary size.
+MODELS: dict[str, Callable[[Mapping[str, Any], int, int], nn.Module]] = {
+    "mlp": MLP.from_config, "gpt": GPT.from_config, "wrn": WRN.from_config}
 
 
 @dataclass
@@ -258,9 +260,14 @@ class BatchStream:
     """The deterministic sequence of training batches (see the module docstring).
 
     ``batch(t)`` must be called with ``t = 0, 1, 2, ...`` in order (or repeating the last ``t``).
+    With ``augment`` (a :class:`catapult.data.Augment`, minibatches only), batch ``t`` is
+    ``augment(x[idx], y[idx], step=t)``: a function of the data seed and ``t``.
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int | None, seed: int):
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int | None, seed: int, augment=None):
+        if augment is not None and augment.active and batch_size is None:
+            raise cfg.ConfigError([("data.augment", "augmentation is for minibatch training; set train.batch_size")])
+        self.augment = augment if augment is not None and augment.active else None
         self.x, self.y = x, y
         self.n = x.shape[0]
         self.batch_size = batch_size
@@ -287,10 +294,37 @@ class BatchStream:
             raise ValueError("BatchStream.batch must be called with non-decreasing steps")
         idx = self._perm[b * self.batch_size:(b + 1) * self.batch_size].to(self.x.device)
         out = (self.x[idx], self.y[idx])
+        if self.augment is not None:
+            out = self.augment(*out, step=t)
         self._last = (t, out)
         return out
 
 
+
+def build_augment(config: Mapping[str, Any], data: RunData, seed: int):
+    """The config's ``data.augment`` as a :class:`catapult.data.Augment` seeded by ``seed`` (the
+    run's data seed), or None when it is off. Images too small for the crop are a ConfigError
+    naming ``data.augment.crop``."""
+    from catapult.data import Augment
+
+    a = config["data"].get("augment") or {}
+    augment = Augment(flip=bool(a.get("flip", False)), crop=int(a.get("crop", 0)), mixup=float(a.get("mixup", 0.0)),
+                      num_classes=data.num_classes, seed=int(seed))
+    if not augment.active:
+        return None
+    try:
+        augment.check_images(tuple(data.x_train.shape))
+    except ValueError as err:
+        raise cfg.ConfigError([("data.augment.crop", str(err))]) from None
+    return augment
+
+
+def batch_stream(config: Mapping[str, Any], data: RunData) -> BatchStream:
+    """The run's :class:`BatchStream`: ``train.batch_size``, the data seed ``seeds(seed)[1]`` for
+    the batch order and for ``data.augment`` (:func:`build_augment`)."""
+    data_seed = seeds(config["seed"])[1]
+    return BatchStream(data.x_train, data.y_train, config["train"]["batch_size"], data_seed,
+                       build_augment(config, data, data_seed))
 
 
 def solver_options(config: Mapping[str, Any]) -> dict:
@@ -435,7 +469,7 @@ def build_run(config: Mapping[str, Any]) -> Run:
     dtype = getattr(torch, config["dtype"])
     run_seeds = seeds(config["seed"])
     data = load_data(config, device, dtype)
-    batches = BatchStream(data.x_train, data.y_train, config["train"]["batch_size"], run_seeds[1])
+    batches = batch_stream(config, data)
     model = build_model(config, data.in_features, data.num_classes, device, dtype)
     model.train()
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)

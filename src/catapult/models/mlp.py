@@ -57,6 +57,7 @@ import torch.nn as nn
 from catapult.parametrize import ParamSpec, ScaledLinear, check_parametrization, init_rule
 from catapult.models.options import common_kwargs, section_dict
 from catapult.parametrize_state import attach_spec
+from catapult.scaled_layers import INIT_DISTRIBUTIONS, init_weight_
 from catapult.sparsity import random_mask
 
 __all__ = ["MLP", "ACTIVATIONS"]
@@ -67,21 +68,6 @@ ACTIVATIONS = {
     "gelu": nn.GELU,
     "linear": nn.Identity,
 }
-INIT_DISTRIBUTIONS = ("normal", "trunc_normal")
-# Std of a standard normal truncated to [-2, 2]; Flax's truncated_normal initializers divide
-# by it so the truncated draw has exactly the requested variance.
-_TRUNC_STD = 0.87962566103423978
-
-
-def _init_weight_(weight: torch.Tensor, var: float, distribution: str) -> None:
-    std = math.sqrt(var)
-    with torch.no_grad():
-        if distribution == "normal":
-            weight.normal_(0.0, std)
-        else:
-            scale = std / _TRUNC_STD
-            nn.init.trunc_normal_(weight, 0.0, scale, -2.0 * scale, 2.0 * scale)
-
 
 class MLP(nn.Module):
     """The warmup paper's FCN; see the module docstring for every layer's rule.
@@ -193,7 +179,7 @@ class MLP(nn.Module):
                     var, multiplier = 1.0 / d_base, alpha_out / width_mult
             layer = ScaledLinear(fan_in, fan_out, bias=bias, multiplier=multiplier,
                                  bias_multiplier=bias_multiplier)
-            _init_weight_(layer.weight, var, init)
+            init_weight_(layer.weight, var, init)
             if layer.bias is not None:
                 nn.init.zeros_(layer.bias)
             if role == "hidden" and self.density < 1.0:

@@ -107,7 +107,7 @@ def open_group(cells: Sequence[Cell], data: Any = None) -> Group:
     device = engine.resolve_device(c0["device"])
     dtype = getattr(torch, c0["dtype"])
     data = engine.load_data_once(c0, data, device, dtype)
-    batches = engine.BatchStream(data.x_train, data.y_train, c0["train"]["batch_size"], engine.seeds(c0["seed"])[1])
+    batches = engine.batch_stream(c0, data)   # the run's batch order and data.augment
     members, models = [], []
     for cell, config in zip(cells, configs):
         members.append(Member.of(cell, config))

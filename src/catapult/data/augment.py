@@ -1,0 +1,151 @@
+"""Training-time image augmentation, per sample and on the batch's own device (torch ops only).
+
+:class:`Augment` maps a training batch ``(x, y)`` (images ``(N, C, H, W)``, integer labels) to an
+augmented one, in this order, each sample independently:
+
+1. **flip** -- with probability 1/2, ``x[n] <- x[n, :, :, ::-1]`` (horizontal mirror);
+2. **crop** ``p`` -- pad ``p`` zero pixels on every side and cut an ``H x W`` window at a
+   uniformly random offset ``(i, j) in {0..2p}^2``: a random translation by up to ``p`` pixels,
+   with zeros (the per-sample mean, since loaders standardise each sample) shifted in.
+   CIFAR's usual ``p = 4`` is 1/8 of a 32-pixel side; on the 8x8 digits the same fraction is
+   ``p = 1`` (a digit moved by 4 of its 8 pixels loses half of its strokes);
+3. **mixup** ``a`` -- sample ``n`` is mixed with a random partner ``pi(n)`` (a random
+   permutation of the batch) at its own weight ``lam_n ~ Beta(a, a)``:
+   ``x[n] <- lam_n x[n] + (1 - lam_n) x[pi(n)]``, and the labels become the soft targets
+   ``y[n] <- lam_n e_{y_n} + (1 - lam_n) e_{y_pi(n)}`` (rows of ``(N, K)`` in ``x``'s dtype;
+   both losses and the accuracy take such targets, see :mod:`catapult.losses`).
+
+Determinism: every random draw (flip bits, offsets, permutation, weights) comes from
+``numpy.random.default_rng([seed, step])`` on the CPU, so the augmentation of step ``t`` is a
+pure function of ``(seed, t)`` -- the same on CPU and GPU, whatever the order batches are asked
+for -- and only the O(N) parameters cross to the device; the pixel work runs there.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["Augment", "flip_images", "pad_crop_images", "mixup_batch"]
+
+
+def flip_images(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """``x[n]`` mirrored along its width where ``flip[n]`` is true, unchanged elsewhere.
+
+    Example:
+        >>> x = torch.arange(4.0).reshape(2, 1, 1, 2)
+        >>> flip_images(x, torch.tensor([True, False])).flatten().tolist()
+        [1.0, 0.0, 2.0, 3.0]
+    """
+    return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+
+
+def pad_crop_images(x: torch.Tensor, pad: int, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``out[n] = zero_pad(x[n], pad)[:, rows[n] : rows[n] + H, cols[n] : cols[n] + W]``.
+
+    ``rows``, ``cols``: integer offsets in ``0..2 pad`` (``pad`` = no shift).
+
+    Example (shift a 1x3 image one pixel right, zeros come in on the left):
+        >>> x = torch.tensor([[[[1.0, 2.0, 3.0]]]])
+        >>> pad_crop_images(x, 1, torch.tensor([1]), torch.tensor([0])).flatten().tolist()
+        [0.0, 1.0, 2.0]
+    """
+    n, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    r = rows.view(n, 1) + torch.arange(h, device=x.device)          # (N, H)
+    q = cols.view(n, 1) + torch.arange(w, device=x.device)          # (N, W)
+    return padded[torch.arange(n, device=x.device).view(n, 1, 1, 1), torch.arange(c, device=x.device).view(1, c, 1, 1),
+                  r.view(n, 1, h, 1), q.view(n, 1, 1, w)]
+
+
+def mixup_batch(x: torch.Tensor, targets: torch.Tensor, partner: torch.Tensor,
+                lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(lam x + (1 - lam) x[partner], lam t + (1 - lam) t[partner])`` per sample (``t``: float
+    targets of shape ``(N, K)``).
+
+    Example:
+        >>> x, t = torch.tensor([[0.0], [4.0]]), torch.eye(2)
+        >>> xm, tm = mixup_batch(x, t, torch.tensor([1, 0]), torch.tensor([0.75, 1.0]))
+        >>> xm.flatten().tolist(), tm.tolist()
+        ([1.0, 4.0], [[0.75, 0.25], [0.0, 1.0]])
+    """
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    lam_x = lam.to(x.dtype).view(shape)
+    lam_t = lam.to(targets.dtype).view(-1, 1)
+    return (lam_x * x + (1 - lam_x) * x[partner],
+            lam_t * targets + (1 - lam_t) * targets[partner])
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Flip, pad-and-crop and mixup of training batches (see the module docstring).
+
+    Args:
+        flip: random horizontal flips.
+        crop: pad-and-crop margin ``p`` in pixels (0 = off).
+        mixup: Beta parameter ``a`` (0 = off).
+        num_classes: ``K``, for mixup's soft targets.
+        seed: the stream's seed (the engine uses the run's data seed).
+
+    Example:
+        >>> aug = Augment(flip=True, crop=1, mixup=0.4, num_classes=10, seed=3)
+        >>> x, y = torch.randn(6, 1, 8, 8), torch.arange(6)
+        >>> xa, ya = aug(x, y, step=0)
+        >>> xa.shape, ya.shape, bool(torch.allclose(ya.sum(1), torch.ones(6)))
+        (torch.Size([6, 1, 8, 8]), torch.Size([6, 10]), True)
+        >>> bool(torch.equal(aug(x, y, step=0)[0], xa)), bool(torch.equal(aug(x, y, step=1)[0], xa))
+        (True, False)
+    """
+
+    flip: bool = False
+    crop: int = 0
+    mixup: float = 0.0
+    num_classes: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if int(self.crop) != self.crop or self.crop < 0:
+            raise ValueError(f"augment crop must be an integer >= 0; got {self.crop!r}")
+        if not (self.mixup >= 0.0):
+            raise ValueError(f"augment mixup must be >= 0; got {self.mixup!r}")
+        if self.mixup > 0 and not self.num_classes:
+            raise ValueError("augment mixup needs num_classes (for the soft targets)")
+
+    @property
+    def active(self) -> bool:
+        """Whether any augmentation is on."""
+        return bool(self.flip or self.crop or self.mixup)
+
+    def check_images(self, shape: tuple[int, ...]) -> None:
+        """Raise ValueError unless a batch of ``shape`` can be augmented: ``(N, C, H, W)`` with
+        ``crop <= min(H, W)``."""
+        if len(shape) != 4:
+            raise ValueError(f"augment works on images (N, C, H, W); got samples of shape {tuple(shape[1:])}")
+        if self.crop > min(shape[2], shape[3]):
+            raise ValueError(f"augment crop {self.crop} exceeds the {shape[2]}x{shape[3]} image side "
+                             f"(CIFAR: 4; 8x8 digits: 1)")
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The augmented batch of training step ``step``."""
+        if not self.active:
+            return x, y
+        self.check_images(tuple(x.shape))
+        n = x.shape[0]
+        rng = np.random.default_rng([int(self.seed), int(step)])
+        flips = rng.random(n) < 0.5
+        offsets = rng.integers(0, 2 * int(self.crop) + 1, size=(2, n))
+        partner = rng.permutation(n)
+        lam = rng.beta(self.mixup, self.mixup, size=n) if self.mixup > 0 else None
+        device = x.device
+        if self.flip:
+            x = flip_images(x, torch.as_tensor(flips, device=device))
+        if self.crop:
+            x = pad_crop_images(x, int(self.crop), torch.as_tensor(offsets[0], device=device),
+                                torch.as_tensor(offsets[1], device=device))
+        if lam is not None:
+            targets = y if y.is_floating_point() else F.one_hot(y.long(), int(self.num_classes)).to(x.dtype)
+            x, y = mixup_batch(x, targets, torch.as_tensor(partner, device=device),
+                               torch.as_tensor(lam, device=device))
+        return x, y

@@ -1,0 +1,87 @@
+"""data.augment: flip, pad-and-crop and mixup against NumPy re-derivations, determinism per
+(seed, step), the engine's batch stream, and the config rules (exit 2 with the key named)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from catapult import config as cfg
+from catapult import engine as train
+from catapult.cli import main
+from catapult.data import Augment
+
+
+def _numpy_augment(x: np.ndarray, y: np.ndarray, aug: Augment, step: int):
+    """The module docstring's definition, written with NumPy loops (same draws, same order)."""
+    rng = np.random.default_rng([aug.seed, step])
+    n, c, h, w = x.shape
+    flips = rng.random(n) < 0.5
+    offsets = rng.integers(0, 2 * aug.crop + 1, size=(2, n))
+    partner = rng.permutation(n)
+    lam = rng.beta(aug.mixup, aug.mixup, size=n) if aug.mixup > 0 else None
+    out = x.copy()
+    for i in range(n):
+        img = out[i][:, :, ::-1] if (aug.flip and flips[i]) else out[i]
+        if aug.crop:
+            p = aug.crop
+            padded = np.zeros((c, h + 2 * p, w + 2 * p), x.dtype)
+            padded[:, p:p + h, p:p + w] = img
+            img = padded[:, offsets[0, i]:offsets[0, i] + h, offsets[1, i]:offsets[1, i] + w]
+        out[i] = img
+    if lam is None:
+        return out, y
+    onehot = np.eye(aug.num_classes)[y]
+    mixed = np.stack([lam[i] * out[i] + (1 - lam[i]) * out[partner[i]] for i in range(n)])
+    targets = np.stack([lam[i] * onehot[i] + (1 - lam[i]) * onehot[partner[i]] for i in range(n)])
+    return mixed, targets
+
+
+@pytest.mark.parametrize("flip, crop, mixup", [(True, 0, 0.0), (False, 2, 0.0), (True, 1, 0.7), (False, 0, 1.0)])
+def test_augment_equals_the_numpy_definition(flip, crop, mixup):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(9, 2, 5, 6, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 4, (9,), generator=gen)
+    aug = Augment(flip=flip, crop=crop, mixup=mixup, num_classes=4, seed=11)
+    xa, ya = aug(x, y, step=5)
+    xn, yn = _numpy_augment(x.numpy(), y.numpy(), aug, 5)
+    np.testing.assert_allclose(xa.numpy(), xn, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(ya.numpy(), yn, rtol=1e-12, atol=1e-12)
+
+
+def test_each_sample_is_augmented_independently_and_deterministically():
+    x = torch.arange(64.0).reshape(1, 1, 8, 8).repeat(400, 1, 1, 1)
+    y = torch.zeros(400, dtype=torch.long)
+    aug = Augment(flip=True, crop=1, seed=3)
+    a, _ = aug(x, y, step=0)
+    assert torch.equal(a, aug(x, y, step=0)[0])
+    assert not torch.equal(a, aug(x, y, step=1)[0])
+    assert not torch.equal(a, Augment(flip=True, crop=1, seed=4)(x, y, step=0)[0])
+    distinct = {tuple(img.flatten().tolist()) for img in a}
+    assert len(distinct) == 18                 # 2 flips x 3 x 3 offsets, all reached
+
+
+def test_the_run_batch_stream_augments_minibatches_from_the_data_seed():
+    config = cfg.validate({"data": {"name": "digits", "n_train": 40, "augment": {"flip": True, "crop": 1}},
+                           "model": {"width": 8, "depth": 2}, "train": {"batch_size": 10, "steps": 3}})
+    data = train.load_data(config)
+    stream = train.batch_stream(config, data)
+    plain = train.BatchStream(data.x_train, data.y_train, 10, train.seeds(config["seed"])[1])
+    aug = Augment(flip=True, crop=1, num_classes=data.num_classes, seed=train.seeds(config["seed"])[1])
+    for t in range(5):
+        x, y = plain.batch(t)
+        xa, ya = stream.batch(t)
+        assert torch.equal(xa, aug(x, y, step=t)[0]) and torch.equal(ya, y)
+
+
+@pytest.mark.parametrize("override, key", [
+    (["train.batch_size=null", "data.augment.flip=true"], "data.augment"),
+    (["data.augment.crop=9"], "data.augment.crop"),
+    (["data.augment.mixup=-1"], "data.augment.mixup"),
+])
+def test_bad_augment_settings_exit_2_naming_the_key(tmp_path, capsys, override, key):
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {name: digits, n_train: 32, n_test: 16}\nmodel: {width: 8, depth: 2}\n"
+                    "train: {steps: 1, batch_size: 8}\neval: {sharpness_every: 0}\n")
+    assert main(["train", str(path), *override, "--out", str(tmp_path / "run"), "--progress", "none"]) == 2
+    assert key in capsys.readouterr().err

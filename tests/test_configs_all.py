@@ -1,0 +1,56 @@
+"""Every shipped config under configs/ validates: a sweep config expands into cells that each
+validate (:func:`catapult.sweep.spec.expand`), a coord-check config loads, a run config loads."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from catapult import config as cfg
+from catapult.engine.coord_check_study import load_coord_check
+from catapult.sweep.spec import expand, load_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+
+
+def test_there_are_configs_and_the_wrn_paper_configs_are_among_them():
+    names = {p.name for p in CONFIGS}
+    assert {"fig3_wrn_paper.yaml", "fig3_wrn_small.yaml", "table1_wrn_paper.yaml", "table1_wrn_small.yaml",
+            "fig1_mup_paper.yaml", "fig1_sp_paper.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(ROOT / "configs")) for p in CONFIGS])
+def test_config_validates(path):
+    top = yaml.safe_load(path.read_text())
+    data = top.get("data") or {}
+    # a config for the user's own text files names no root: the user gives it (checked when read)
+    overrides = ["data.root=user_text"] if data.get("name") == "text" and data.get("root") is None else []
+    if "sweep" in top:
+        base, spec = load_sweep(path, overrides)
+        cells = expand(base, spec)
+        assert cells and all(c.config["name"] for c in cells)
+    elif "coord_check" in top:
+        load_coord_check(path, overrides)
+    else:
+        assert cfg.load_config(path, overrides)["name"]
+
+
+def test_the_wrn_paper_configs_say_what_the_paper_ran():
+    base, spec = load_sweep(ROOT / "configs/warmup/fig3_wrn_paper.yaml")
+    cells = expand(base, spec)
+    c = cells[0].config
+    assert (c["model"]["name"], c["model"]["depth"], c["model"]["widen"], c["model"]["init"]) == ("wrn", 16, 4,
+                                                                                                  "trunc_normal")
+    assert c["train"] == {**c["train"], "batch_size": 128, "steps": 100000}
+    assert c["data"]["augment"]["flip"] and c["data"]["augment"]["crop"] == 4 and c["data"]["augment"]["mixup"] > 0
+    assert c["schedule"]["decay"] == "cosine" and c["optimizer"]["name"] == "sgd"
+    panels = {(x.config["model"]["parametrization"], x.config["loss"]) for x in cells}
+    assert panels == {("sp", "mse"), ("sp", "cross_entropy"), ("mup", "mse"), ("mup", "cross_entropy")}
+    adam = {x.config["optimizer"]["name"] for x in expand(*load_sweep(ROOT / "configs/adam/table1_wrn_paper.yaml"))}
+    assert adam == {"adam", "gi-adam", "radam"}
+    mup = cfg.load_config(ROOT / "configs/warmup/fig1_mup_paper.yaml")
+    sp = cfg.load_config(ROOT / "configs/warmup/fig1_sp_paper.yaml")
+    assert (mup["optimizer"]["lr"], sp["optimizer"]["lr"]) == (0.125, "32/lambda0")
+    assert mup["data"]["n_train"] == sp["data"]["n_train"] == 5000 and mup["train"]["batch_size"] is None

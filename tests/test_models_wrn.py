@@ -1,0 +1,164 @@
+"""catapult.models.WRN: shapes, the init/multiplier table, per-layer lrs, config entry, sharpness
+against the exact dense Hessian (float64), and the batched engine against local runs.
+
+Independent truth: variances and fans from the formulas in the docstring re-derived here,
+``torch.autograd.functional.hessian`` for the exact Hessian, and each sweep cell run alone by the
+local engine.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from catapult import config as cfg
+from catapult import engine as train
+from catapult.curvature import preconditioned_sharpness, sharpness
+from catapult.critical_lr import critical_lr
+from catapult.losses import cross_entropy, mse
+from catapult.models import WRN
+from catapult.parametrize import param_groups
+from catapult.sweep.batched import run_group
+from catapult.sweep.executors import Cell
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def _tiny(parametrization="sp", channels=2, **kw):
+    torch.manual_seed(0)
+    return WRN(1, 3, depth=10, widen=1, channels=channels, parametrization=parametrization, **kw)
+
+
+def test_shapes_any_input_size_flat_or_images():
+    torch.manual_seed(0)
+    net = WRN(3, 10, depth=10, widen=1, channels=4)
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert net(torch.randn(2, 3, 12, 12)).shape == (2, 10)
+    digits = WRN(1, 10, depth=10, widen=1, channels=4)
+    x = torch.randn(2, 1, 8, 8)
+    assert torch.equal(digits(x), digits(x.flatten(1)))
+    with pytest.raises(ValueError, match="6n \\+ 4"):
+        WRN(1, 10, depth=12)
+    with pytest.raises(ValueError, match="square images"):
+        digits(torch.randn(2, 60))
+
+
+def test_layer_count_and_widths_of_wrn_16_4():
+    torch.manual_seed(0)
+    net = WRN(3, 10, depth=16, widen=4)
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    # stem + 3 groups x 2 blocks x 2 convs + 3 projection shortcuts (16->64, 64->128, 128->256)
+    assert len(convs) == 1 + 12 + 3
+    assert [c.out_channels for c in convs if c.kernel_size == (1, 1)] == [64, 128, 256]
+    assert net.readout.in_features == 256
+    assert [m.catapult_role for m in convs].count("input") == 3   # stem, block 1's conv1 and shortcut
+
+
+@pytest.mark.parametrize("init", ["normal", "trunc_normal"])
+def test_init_variances_and_multipliers_follow_the_table(init):
+    torch.manual_seed(0)
+    sp = WRN(3, 10, depth=10, widen=4, parametrization="sp", init=init)
+    torch.manual_seed(0)
+    mup = WRN(3, 10, depth=10, widen=4, parametrization="mup", init=init)
+    hidden_sp, hidden_mup = sp.blocks[1].conv2, mup.blocks[1].conv2      # 128 -> 128, 3x3
+    n_in = n_out = 128 * 9
+    assert hidden_sp.weight.var().item() == pytest.approx(2 / n_in, rel=0.03)
+    assert hidden_mup.multiplier == pytest.approx(math.sqrt(n_out / n_in))
+    stem = mup.stem                                                        # 3 -> 16
+    assert stem.multiplier == pytest.approx(math.sqrt(16 * 9 / (3 * 9)))
+    effective = (stem.multiplier * stem.weight).var().item()             # = SP's 2 / n_in
+    assert effective == pytest.approx(2 / 27, rel=0.25)
+    assert mup.readout.multiplier == pytest.approx(1 / math.sqrt(256))
+    assert sp.readout.multiplier == 1.0 and sp.readout.weight.var().item() == pytest.approx(1 / 256, rel=0.1)
+    if init == "trunc_normal":
+        s = math.sqrt(2 / n_in) / 0.87962566103423978
+        assert hidden_sp.weight.abs().max().item() <= 2 * s + 1e-7
+
+
+def test_learning_rate_groups_paper_form_global_and_table_form_per_layer():
+    torch.manual_seed(0)
+    paper = WRN(1, 10, depth=10, widen=2, parametrization="mup")
+    assert {g["lr_mult"] for g in param_groups(paper, 0.1, "sgd")} == {1.0}
+    table = WRN(1, 10, depth=10, widen=4, parametrization="mup", base_widen=1)
+    adam = {g["name"]: g["lr_mult"] for g in param_groups(table, 0.1, "adam")}
+    assert adam["hidden"] == 0.25 and adam["input"] == 1.0 and adam["output"] == 1.0
+    sgd = {g["name"]: g["lr_mult"] for g in param_groups(table, 0.1, "sgd")}
+    assert sgd == {"input": 4.0, "vector": 4.0, "hidden": 1.0, "output": 4.0, "output_bias": 1.0}
+    assert table.readout.multiplier == 0.25
+    assert table.readout.weight.var().item() == pytest.approx(4 / 256, rel=0.15)   # 1 / n_in_base
+
+
+def test_config_entry_and_its_errors():
+    config = cfg.validate({"model": {"name": "wrn", "depth": 10, "widen": 1}, "train": {"batch_size": 32}})
+    data = train.load_data(config)
+    net = train.build_model(config, data.in_features, data.num_classes)
+    assert isinstance(net, WRN) and net.in_channels == 1
+    bad = [({"model": {"name": "wrn", "depth": 12}}, "model.depth"),
+           ({"model": {"name": "wrn", "depth": 16, "width": 64}}, "model.width"),
+           ({"model": {"name": "wrn", "depth": 16, "density": 0.5}}, "model.density"),
+           ({"model": {"name": "mlp", "widen": 2}}, "model.widen")]
+    for config, key in bad:
+        with pytest.raises(cfg.ConfigError) as err:
+            cfg.validate(config)
+        assert key in str(err.value)
+
+
+def test_sharpness_equals_the_top_eigenvalue_of_the_exact_hessian_float64():
+    net = _tiny("mup", channels=1).double()      # 354 parameters
+    x = torch.randn(6, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    params = dict(net.named_parameters())
+    names, shapes = list(params), [p.shape for p in params.values()]
+    flat0 = torch.cat([p.detach().flatten() for p in params.values()])
+
+    def loss_of(flat):
+        out, i = {}, 0
+        for name, shape in zip(names, shapes):
+            n = math.prod(shape)
+            out[name] = flat[i:i + n].view(shape)
+            i += n
+        return cross_entropy(torch.func.functional_call(net, out, (x,)), y)
+
+    dense = torch.autograd.functional.hessian(loss_of, flat0)
+    top = torch.linalg.eigvalsh(dense)[-1].item()
+    est = sharpness(net, cross_entropy, (x, y), tol=1e-10, max_iter=400, max_basis=60)
+    assert est.value == pytest.approx(top, rel=1e-7)
+
+
+def test_preconditioned_sharpness_and_critical_lr_run_on_a_wrn():
+    net = _tiny("sp").double()
+    x = torch.randn(8, 1, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    y = torch.arange(8) % 3
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    pre = preconditioned_sharpness(net, mse, (x, y), opt, tol=1e-6, max_iter=200)
+    assert math.isfinite(pre.value) and pre.value > 0
+    before = [p.detach().clone() for p in net.parameters()]
+    res = critical_lr(net, mse, (x, y), torch.optim.SGD(net.parameters(), lr=0.1), lr_start=1e-3, lr_max=1e3)
+    assert 1e-3 <= res.lr <= 1e3 and res.lower <= res.upper
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))   # forward passes only
+
+
+WRN_CELL = {"data": {"name": "digits", "n_train": 48, "n_test": 16,
+                     "augment": {"flip": True, "crop": 1, "mixup": 0.5}},
+            "model": {"name": "wrn", "depth": 10, "widen": 1, "parametrization": "mup", "init": "trunc_normal"},
+            "dtype": "float64", "loss": "cross_entropy",
+            "optimizer": {"name": "sgd", "momentum": 0.9},
+            "train": {"steps": 3, "batch_size": 16},
+            "eval": {"sharpness_every": 2, "test_every": 2, "sharpness_max_iter": 8}}
+
+
+def test_batched_members_equal_their_local_runs_with_augmentation():
+    cells = [Cell(i, cfg.validate({**WRN_CELL, "name": f"c{i}", "optimizer": {**WRN_CELL["optimizer"], "lr": lr}}))
+             for i, lr in enumerate([0.05, 0.2])]
+    batched = dict(run_group(cells))
+    for cell in cells:
+        local = train.run(cell.config, out_dir=None)
+        res = batched[cell.id]
+        assert res.status == local.status
+        for a, b in zip(local.metrics, res.metrics):
+            for key in ("train_loss", "train_accuracy", "sharpness", "test_loss"):
+                if a[key] is None:
+                    assert b[key] is None
+                else:
+                    assert b[key] == pytest.approx(a[key], rel=1e-9), (a["step"], key)
