@@ -162,3 +162,23 @@ def test_batched_members_equal_their_local_runs_with_augmentation():
                     assert b[key] is None
                 else:
                     assert b[key] == pytest.approx(a[key], rel=1e-9), (a["step"], key)
+
+
+def test_parametrize_gives_a_users_convs_roles_and_conv_fan_in():
+    from catapult.parametrize import infer_roles, parametrize
+    from catapult.scaled_layers import ScaledConv2d
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3), torch.nn.ReLU(), torch.nn.Conv2d(64, 64, 3),
+                              torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(64 * 4 * 4, 10))
+    assert infer_roles(net) == {"0": "input", "2": "hidden", "5": "output"}
+    parametrize(net, "mup", base_width=16, mask_seed=0)            # m_d = 64 / 16 = 4
+    assert isinstance(net[2], ScaledConv2d) and net[2].catapult_role == "hidden"
+    assert net[2].weight.var().item() == pytest.approx(1 / (64 * 9), rel=0.05)   # gain^2 / (C_in k^2)
+    assert net[0].weight.var().item() == pytest.approx(1 / 27, rel=0.15)
+    assert net[5].multiplier == 0.25
+    x = torch.randn(2, 3, 8, 8)
+    assert net(x).shape == (2, 10)
+    with pytest.raises(ValueError, match="sparsity masks are for Linear"):
+        parametrize(torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Conv2d(4, 4, 3), torch.nn.Flatten(),
+                                        torch.nn.Linear(4, 2)), "supar", density=0.5, mask_seed=0)
