@@ -148,3 +148,16 @@ def test_conv_net_with_batchnorm_equals_local(monkeypatch):
     assert any(row["test_loss"] is not None for row in results[0].metrics)
     data = engine.load_data(cells[0].config)
     assert chunk_members(cells[0].config, data, 2**30)[0] >= 1  # the memory model measures it too
+
+
+def test_member_groups_of_the_test_pass_follow_the_widest_activation():
+    # the conv net's widest activation per sample is the conv output, 4 channels x 8 x 8 = 256
+    # elements (wider than any parameter dimension): groups of members are sized by it
+    from catapult.losses import get_loss
+    from catapult.sweep.batched_model import StackedModel
+
+    stacked = StackedModel([_TinyConv(10).double() for _ in range(3)], get_loss("mse"))
+    x = torch.zeros(50, 64, dtype=torch.float64)
+    assert stacked.widest_activation(x) == 4 * 8 * 8
+    assert stacked.members_per_pass(x, budget_bytes=2 * 50 * 256 * 8) == 2
+    assert stacked.members_per_pass(x, budget_bytes=50 * 256 * 8 - 1) == 1

@@ -129,13 +129,40 @@ class StackedModel:
             self.module.train(was_training)
 
     def members_per_pass(self, x: torch.Tensor, budget_bytes: int = 32 * 2**20) -> int:
-        """Members whose forward on ``x`` fits ``budget_bytes`` of one activation: estimated as
-        ``positions x widest parameter dim x itemsize`` per member (positions: rows, times the
-        sequence length for token ids)."""
-        positions = x.numel() if not x.is_floating_point() else x.shape[0]
-        widest = max(max(p.shape[1:], default=1) for p in self.params.values())
+        """Members whose forward on ``x`` fits ``budget_bytes`` of one activation: ``rows x
+        widest x itemsize`` per member, with ``widest`` the largest output of any submodule
+        per input row (:meth:`widest_activation`: channels x height x width for a conv layer,
+        positions x width for a sequence model), measured once."""
         itemsize = next(iter(self.params.values())).element_size()
-        return max(1, budget_bytes // max(1, positions * widest * itemsize))
+        per = max(1, x.shape[0] * self.widest_activation(x) * itemsize)
+        return max(1, budget_bytes // per)
+
+    @torch.no_grad()
+    def widest_activation(self, x: torch.Tensor) -> int:
+        """Elements of the largest submodule output for one row of ``x`` (member 0, eval mode,
+        forward hooks; measured on the first call and cached): any architecture's widest
+        activation per sample, for sizing member groups."""
+        if getattr(self, "_widest", None) is None:
+            sizes: list[int] = []
+
+            def record(module, inputs, output):
+                if torch.is_tensor(output):
+                    sizes.append(output.numel())
+
+            hooks = [m.register_forward_hook(record) for m in self.module.modules()]
+            was_training = self.module.training
+            self.module.eval()  # no batch-norm statistics updated by the measurement
+            try:
+                first = {**self.frozen, **{n: b[0] for n, b in self.buffers.items()},
+                         **{n: p[0] for n, p in self.params.items()}}
+                with math_attention():
+                    functional_call(self.module, first, (x[:1],))
+            finally:
+                for h in hooks:
+                    h.remove()
+                self.module.train(was_training)
+            self._widest = max(sizes, default=1)
+        return self._widest
 
     def hessian(self, rows: Sequence[int], x: torch.Tensor, y: torch.Tensor,
                 dtype: torch.dtype | None = None, *, hvp: str = "auto",
