@@ -26,7 +26,7 @@ from catapult.optim import registry
 
 __all__ = [
     "Run", "build_run", "seeds", "resolve_device", "MODELS", "RunData", "load_data", "load_data_once", "build_model",
-    "OPTIMIZERS", "ADAPTIVE", "build_optimizer", "WARMUPS", "build_schedule", "search_delta",
+    "lambda0_batches", "OPTIMIZERS", "ADAPTIVE", "build_optimizer", "WARMUPS", "build_schedule", "search_delta",
     "search_lr_start", "Warmup", "build_warmup", "BatchStream", "solver_options", "SharpnessRule",
     "sharpness_rule", "threshold",
 ]
@@ -293,6 +293,16 @@ class BatchStream:
 
 
 
+def lambda0_batches(data: "RunData", config: Mapping[str, Any], data_seed: int) -> list:
+    """The training batches lambda_0 averages over: batches ``0 .. k-1`` of the run's batch order
+    (``k = lambda0_batch_count(config)``; full batch: the whole training set once)."""
+    from catapult.engine.step import lambda0_batch_count
+
+    stream = BatchStream(data.x_train, data.y_train, config["train"]["batch_size"], data_seed)
+    k = 1 if config["train"]["batch_size"] is None else lambda0_batch_count(config)
+    return [stream.batch(t) for t in range(k)]
+
+
 def solver_options(config: Mapping[str, Any]) -> dict:
     """Keyword arguments of :func:`catapult.sharpness` from a validated config's ``eval.sharpness_*``
     keys (tol, max_iter, hvp, dtype, max_basis, chunk_size)."""
@@ -392,8 +402,25 @@ class Run:
             self.model, self.loss_fn, self.batches.batch(0), None, self.start_vector))
 
     @property
+    def lambda0_estimates(self) -> list:
+        """The ``k = lambda0_batch_count(config)`` estimates lambda_0 averages: batch 0's
+        (:attr:`lambda0_estimate`), then batches ``1 .. k-1`` of the run's batch order (a fresh
+        :class:`BatchStream` with the data seed, so training's stream is untouched), each
+        warm-started from batch 0's eigenvector."""
+        def measure() -> list:
+            first = self.lambda0_estimate
+            out = [first]
+            for batch in lambda0_batches(self.data, self.config, self.seeds[1])[1:]:
+                out.append(self.sharpness.hessian(self.model, self.loss_fn, batch, None, first.vector))
+            return out
+
+        return self._once("lambda0_all", measure)
+
+    @property
     def lambda_0(self) -> float:
-        return float(self.lambda0_estimate.value)
+        """``mean_b lambda_max(H_b(theta_0))`` over :attr:`lambda0_estimates` (the paper: 10 batches)."""
+        values = [float(e.value) for e in self.lambda0_estimates]
+        return float(sum(values) / len(values))
 
     @property
     def lr_target(self) -> float:

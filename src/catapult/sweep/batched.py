@@ -159,8 +159,11 @@ def run_group(cells: Sequence[Cell], *, data: Any = None) -> Iterator[tuple[int,
 
     # ---- lambda_0: Hessian sharpness at theta_0 on batch 0 from randn(P, sharpness_seed)
     x0, y0 = batches.batch(0)
+    lam_batches = engine.lambda0_batches(data, c0, engine.seeds(c0["seed"])[1])
     Member.measure_lambda0(members, n_params, device, dtype, lambda rows, inits: _sharpness(
-        stacked, None, members, rows, x0, y0, inits, sdtype, max_basis, False))
+        stacked, None, members, rows, x0, y0, inits, sdtype, max_basis, False),
+        solve_on=lambda t: (lambda rows, inits: _sharpness(stacked, None, members, rows, *lam_batches[t], inits,
+                                                           sdtype, max_basis, False)))
 
     # ---- each member's optimizer and warmup rule (catapult: its step-0 search, on its own model)
     failed = []

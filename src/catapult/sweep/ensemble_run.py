@@ -298,7 +298,9 @@ def run_ensemble(cells: Sequence[Cell], *, threads: int | None = None,
 
     # ---- lambda_0 (Hessian sharpness at theta_0 on batch 0, from randn(P, sharpness_seed))
     x0, y0 = batches.batch(0)
-    Member.measure_lambda0(members, n_params, device, dtype, lambda rows, inits: batch.sharpness(rows, x0, y0, inits))
+    lam_batches = train.lambda0_batches(data, c0, train.seeds(c0["seed"])[1])
+    Member.measure_lambda0(members, n_params, device, dtype, lambda rows, inits: batch.sharpness(rows, x0, y0, inits),
+                           solve_on=lambda t: (lambda rows, inits: batch.sharpness(rows, *lam_batches[t], inits)))
 
     # ---- per-member optimizer groups (lr_mult, hyper-parameters), schedules
     failed: list[int] = []

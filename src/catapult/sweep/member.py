@@ -83,7 +83,7 @@ class Member:
         return CellResult("failed", [], {}, error=self.metrics[0]["error"], worker=worker)
 
     @staticmethod
-    def measure_lambda0(members: list["Member"], n_params: int, device, dtype, solve) -> None:
+    def measure_lambda0(members: list["Member"], n_params: int, device, dtype, solve, solve_on=None) -> None:
         """lambda_0 of the members that need it, as ``run`` measures it: each from its own
         :meth:`start_vector`, by ``solve(rows, inits) -> [EigenEstimate]`` (the engine's batched
         Hessian sharpness); the estimate is kept for reuse at ``t = 0`` and its matvecs counted."""
@@ -97,6 +97,24 @@ class Member:
             mb.lambda0_estimate, mb.lambda_0 = est, float(est.value)
             mb.matvecs_total += int(est.matvecs)
             mb.unconverged += int(not est.converged)
+        # lambda_0 averaged over batches 0 .. k-1 (eval.lambda0_batches), as Run.lambda_0:
+        # ``solve_on(t)`` solves on batch t, each member warm-started from its batch-0 vector
+        if solve_on is None:
+            return
+        from catapult.engine.step import lambda0_batch_count
+
+        counts = {i: (1 if members[i].config["train"]["batch_size"] is None
+                      else lambda0_batch_count(members[i].config)) for i in need}
+        values = {i: [members[i].lambda_0] for i in need}
+        for t in range(1, max(counts.values())):
+            rows = [i for i in need if counts[i] > t]
+            inits = torch.stack([members[i].lambda0_estimate.vector for i in rows])
+            for i, est in zip(rows, solve_on(t)(rows, inits)):
+                values[i].append(float(est.value))
+                members[i].matvecs_total += int(est.matvecs)
+                members[i].unconverged += int(not est.converged)
+        for i in need:
+            members[i].lambda_0 = float(sum(values[i]) / len(values[i]))
 
     def sharpness_at(self, t: int) -> bool:
         return measures_sharpness(t, self.sharpness_every, self.steps)
@@ -118,4 +136,4 @@ class Member:
             measurements=self.measurements, unconverged=self.unconverged, wall_time=wall_time)
         if self.warmup is not None:
             summary.update(warmup_summary(self.config, self.metrics, self.lr_trgt, self.warmup))
-        return CellResult(self.status, self.metrics, summary, worker=worker)
+        return CellResult(summary["status"], self.metrics, summary, worker=worker)  # the paper's accuracy rule

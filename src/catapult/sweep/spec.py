@@ -456,7 +456,22 @@ def spec_document(base: Mapping[str, Any], spec: SweepSpec) -> dict:
     """What identifies a sweep (stored, hashed, compared on resume): the validated base config
     without its ``name`` (renaming the file changes no result) and the normalized ``sweep:``."""
     base_doc = {k: v for k, v in plain_data(base).items() if k != "name"}
+    _drop_keys_without_effect(base_doc, spec)
     return {"base": base_doc, "sweep": spec.raw}
+
+
+def _drop_keys_without_effect(base_doc: dict, spec: SweepSpec) -> None:
+    """Leave out of the spec document the keys added in 0.4 where they change nothing for this
+    sweep, so a store written before they existed resumes: ``eval.lambda0_batches`` in a
+    full-batch sweep (lambda_0 is one batch either way) and ``train.accuracy_failure`` (auto
+    or off) in an sgd sweep (the rule covers Adam-family optimizers only)."""
+    swept = set(spec.keys)
+    train, ev = base_doc.get("train", {}), base_doc.get("eval", {})
+    if train.get("batch_size") is None and "train.batch_size" not in swept and "eval.lambda0_batches" not in swept:
+        ev.pop("lambda0_batches", None)
+    if (base_doc.get("optimizer", {}).get("name") == "sgd" and "optimizer.name" not in swept
+            and train.get("accuracy_failure") in ("auto", "off") and "train.accuracy_failure" not in swept):
+        train.pop("accuracy_failure", None)
 
 
 def spec_hash(document: Mapping[str, Any]) -> str:

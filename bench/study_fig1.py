@@ -1,0 +1,104 @@
+"""Fig. 1 of the warmup paper at small scale: which embedded settings start in sharpness
+reduction and which in progressive sharpening, and when the loss spikes relative to the step
+where the sharpness crosses 2/lr_t.
+
+    nice -n 10 python bench/study_fig1.py search  --out bench/figures/fig1_search.csv   # part 1
+    nice -n 10 python bench/study_fig1.py catapult --out bench/figures/fig1_catapult.png  # part 2
+
+Part 1 (the search). Full-batch GD on the embedded digits (first ``n_train`` images), MSE
+(0.5 * mean) or cross-entropy, FCN without biases, for every (parametrization, width, depth,
+loss) of the grid below and 3 seeds, at a *small* constant lr ``c / lambda_0`` (c = 0.5, well
+inside the stable region, so that the sharpness moves by the dynamics, not by a catapult).
+Measure ``r = lambda_T / lambda_0`` after T steps. The paper's claim (its Fig. 1 and Sec. 3):
+muP starts in *sharpness reduction* (r < 1), SP in *progressive sharpening* (r > 1).
+The criterion was fixed before looking at the results: a setting "shows the regime" when all
+3 seeds agree on the side of 1 by more than 5% (r < 0.95 or r > 1.05).
+
+Part 2 (catapults). For one muP and one SP setting, linear warmup to a large target
+(muP: lr_trgt = 1/8 as in the paper, scaled to lambda_0 if needed; SP: 32/lambda_0), sharpness
+every step: the first step ``t_cross`` with ``lambda_t > 2/lr_t``, the first loss spike
+``t_spike`` (``L_t > 1.1 L_{t-1}`` after ``t_cross - 20``), and the lag ``t_spike - t_cross``,
+over 3 seeds.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from catapult.engine import run
+
+SEEDS = (0, 1, 2)
+
+
+def base_config(param, width, depth, loss, *, lr, steps, warmup=1, every=20, seed=0, n_train=500):
+    return {
+        "name": f"fig1_{param}_w{width}_d{depth}_{loss}_s{seed}",
+        "seed": seed,
+        "data": {"name": "digits", "n_train": n_train, "n_test": 300},
+        "model": {"name": "mlp", "width": width, "depth": depth, "parametrization": param, "bias": False},
+        "loss": loss,
+        "optimizer": {"name": "sgd", "lr": lr},
+        "schedule": {"warmup": "linear", "warmup_steps": warmup},
+        "train": {"steps": steps, "batch_size": None},
+        "eval": {"sharpness_every": every, "test_every": 0, "sharpness_tol": 1e-3},
+    }
+
+
+def ratio(metrics, steps):
+    sharp = [(r["step"], r["sharpness"]) for r in metrics if r["sharpness"] is not None]
+    lam0 = sharp[0][1]
+    at = [v for s, v in sharp if s <= steps]
+    return at[-1] / lam0, min(v for _, v in sharp) / lam0, max(v for _, v in sharp) / lam0
+
+
+def search(out: Path, steps: int) -> None:
+    grid = list(itertools.product(("mup", "sp"), (64, 256, 512), (2, 4, 6), ("mse", "cross_entropy")))
+    rows = []
+    started = time.time()
+    for param, width, depth, loss in grid:
+        rs = []
+        for seed in SEEDS:
+            res = run(base_config(param, width, depth, loss, lr="0.5/lambda0", steps=steps, seed=seed), progress="none")
+            r_end, r_min, r_max = ratio(res.metrics, steps)
+            rs.append((r_end, r_min, r_max, res.summary["lambda_0"]))
+        ends = [r[0] for r in rs]
+        verdict = ("reduction" if all(e < 0.95 for e in ends) else
+                   "sharpening" if all(e > 1.05 for e in ends) else "flat/mixed")
+        row = dict(param=param, width=width, depth=depth, loss=loss,
+                   lambda0_mean=statistics.mean(r[3] for r in rs),
+                   ratio_mean=statistics.mean(ends), ratio_std=statistics.stdev(ends),
+                   ratio_min_mean=statistics.mean(r[1] for r in rs), verdict=verdict)
+        rows.append(row)
+        print(f"{param:4s} w{width:5d} d{depth} {loss:13s} lambda0 {row['lambda0_mean']:9.4g} "
+              f"lambda_T/lambda_0 {row['ratio_mean']:.3f} ± {row['ratio_std']:.3f}  {verdict}"
+              f"   [{time.time() - started:.0f}s]", flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("part", choices=["search", "catapult"])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--steps", type=int, default=100)
+    a = p.parse_args(argv)
+    torch.set_num_threads(1)
+    if a.part == "search":
+        search(a.out, a.steps)
+    else:
+        catapult(a.out, a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
