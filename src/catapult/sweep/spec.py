@@ -12,7 +12,7 @@ A sweep config is an ordinary run config (see :mod:`catapult.config`) plus a top
         optimizer.lr: {log2_over_lambda0: [0, 6]}       # "2^0/lambda0" ... "2^6/lambda0"
         schedule.warmup_steps: {log2: [0, 8, 2]}          # 1, 4, 16, 64, 256
         model.activation: [relu, tanh]                    # an explicit list
-      seeds: [0, 1]                           # shorthand for a last axis `seed: [0, 1]`
+      seeds: 3                                # a last axis `seed: [0, 1, 2]` (or a list: [0, 1])
 
 Axis values (each axis is one dotted config key -> one of):
 
@@ -33,7 +33,7 @@ Each axis also carries *labels* in the config's own units (``2^3``, ``2^3/λ0``)
 axes and in reports.
 
 :func:`load_sweep` reads such a file and applies ``key=value`` overrides (base keys as for
-``catapult train``; ``sweep.seeds=[0,1,2]`` and ``sweep.grid.<dotted key>=<axis>`` change the
+``catapult train``; ``sweep.seeds=3``, ``sweep.seeds=[0,1,2]`` and ``sweep.grid.<dotted key>=<axis>`` change the
 sweep), :func:`expand` validates *every* cell with :func:`catapult.config.validate` before any
 work and raises one :class:`~catapult.config.ConfigError` naming each bad cell and key.
 """
@@ -300,13 +300,26 @@ def parse_sweep(section: Any) -> SweepSpec:
         axes.append(axis)
         raw_grid[key] = plain_data(raw)
     raw_out: dict[str, Any] = {"grid": raw_grid}
+    raw_count = None
     if "seeds" in section:
         seeds = section["seeds"]
-        if not isinstance(seeds, (list, tuple)) or not seeds:
-            problems.append(("sweep.seeds", f"expected a non-empty list of integer seeds, got {seeds!r}"))
+        if isinstance(seeds, int) and not isinstance(seeds, bool):
+            # ``seeds: K`` repeats every cell with the seeds 0 .. K-1
+            if not 1 <= seeds <= MAX_CELLS:
+                problems.append(("sweep.seeds", f"expected a number of seeds K >= 1 (seeds 0 .. K-1) or a list "
+                                                f"of integer seeds, got {seeds!r}"))
+                seeds = None
+            else:
+                raw_count = seeds
+                seeds = list(range(seeds))
+        if seeds is None:
+            pass
+        elif not isinstance(seeds, (list, tuple)) or not seeds:
+            problems.append(("sweep.seeds", f"expected a number of seeds K >= 1 or a non-empty list of integer "
+                                            f"seeds, got {seeds!r}"))
         else:
             axes.append(Axis("seed", tuple(seeds), tuple(str(s) for s in seeds), "list"))
-            raw_out["seeds"] = list(seeds)
+            raw_out["seeds"] = raw_count if raw_count is not None else list(seeds)
     for axis in axes:
         if len(set(map(canonical_json, axis.values))) != len(axis.values):
             problems.append((f"sweep.grid.{axis.key}" if axis.key != "seed" or "seeds" not in raw_out
