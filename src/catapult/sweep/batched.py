@@ -61,7 +61,7 @@ import torch
 
 from catapult import config as cfg
 from catapult.curvature import batched_lanczos
-from catapult.engine.step import diverged, new_row
+from catapult.engine.step import diverged, new_row, output_collapsed
 from catapult.sweep.batched_model import StackedModel
 from catapult.sweep.batched_optim import SUPPORTED as OPTIMIZERS
 from catapult.sweep.batched_optim import StackedOptimizer
@@ -253,6 +253,9 @@ def run_group(cells: Sequence[Cell], *, data: Any = None) -> Iterator[tuple[int,
             active[r].metrics.append(rows[r])
             if t == active[r].steps:
                 finished.append(r)
+        if finished:  # the collapse rule on the final batch (engine.step.output_collapsed), as run
+            for r, out in zip(finished, stacked.outputs(finished, x, y)):
+                active[r].collapsed = output_collapsed(out)
         now = time.perf_counter()
         for r in sorted(gone + finished):
             yield active[r].cell.id, result_of(active[r], now)

@@ -12,7 +12,7 @@ import torch
 
 from catapult import config as cfg
 from catapult.curvature import EigenEstimate, batched_lanczos
-from catapult.engine.step import diverged, evaluates_test, measures_sharpness, new_row
+from catapult.engine.step import diverged, evaluates_test, measures_sharpness, new_row, output_collapsed
 from catapult.sweep.executors import Cell, CellResult, worker_name
 from catapult.sweep.member import Member
 
@@ -415,6 +415,13 @@ def run_ensemble(cells: Sequence[Cell], *, threads: int | None = None,
             mbs[r].metrics.append(rows[r])
             if t == mbs[r].steps:
                 finished.append(r)
+        if finished:  # the collapse rule on the final batch (engine.step.output_collapsed), as run
+            with torch.no_grad():
+                idx = torch.as_tensor(finished, dtype=torch.long, device=batch.params[0].device)
+                out = batch.forward([p[idx] for p in batch.params],
+                                    [m[idx] if m is not None else None for m in batch.masks], x)
+            for r, member_out in zip(finished, out):
+                mbs[r].collapsed = output_collapsed(member_out)
         now = time.perf_counter()
         for r in gone + finished:
             yield mbs[r].cell.id, result_of(mbs[r], now)

@@ -42,6 +42,7 @@ class Member:
     loss_0: float | None = None
     status: str = "finished"
     diverged_at: int | None = None
+    collapsed: bool = False     # the collapse rule at its final step (engine.step.output_collapsed)
     matvecs_total: int = 0
     measurements: int = 0
     unconverged: int = 0
@@ -126,6 +127,14 @@ class Member:
         """The instability threshold of its optimizer at ``lr_t`` (its first group's multiplier)."""
         return threshold(self.optimizer, lr_t * self.lr_mult0)
 
+    def _lambda0_batches(self) -> int | None:
+        """How many batches its lambda_0 averages (as ``run`` records it), ``None`` if not measured."""
+        from catapult.engine.step import lambda0_batch_count
+
+        if not self.needs_lambda0:
+            return None
+        return 1 if self.config["train"]["batch_size"] is None else lambda0_batch_count(self.config)
+
     def result(self, *, n_params: int, device, sharpness_kind: str, wall_time: float,
                worker: str | None) -> CellResult:
         """Its :class:`~catapult.sweep.executors.CellResult`, the summary built as ``run`` builds it."""
@@ -133,7 +142,8 @@ class Member:
             self.config, self.metrics, status=self.status, diverged_at=self.diverged_at, lambda_0=self.lambda_0,
             lr_trgt=self.lr_trgt, threshold_target=self.threshold_at(self.lr_trgt), n_params=n_params,
             device=device, sharpness_kind=sharpness_kind, matvecs_total=self.matvecs_total,
-            measurements=self.measurements, unconverged=self.unconverged, wall_time=wall_time)
+            measurements=self.measurements, unconverged=self.unconverged, wall_time=wall_time,
+            collapsed=self.collapsed, lambda0_batches=self._lambda0_batches())
         if self.warmup is not None:
             summary.update(warmup_summary(self.config, self.metrics, self.lr_trgt, self.warmup))
         return CellResult(summary["status"], self.metrics, summary, worker=worker)  # the paper's accuracy rule
