@@ -101,3 +101,19 @@ def test_critical_lr_rtol_bounds_the_distance_to_the_one_step_critical_lr():
     assert (plain.lr - lr_star) / lr_star > 1e-2  # the delta stop alone is looser
     with pytest.raises(ValueError, match="rtol"):
         critical_lr(model, torch.nn.MSELoss(), (x, y), opt, rtol=-1.0)
+
+
+def test_engine_lr_scaled_kind_measures_the_lr_scaled_sharpness_and_is_sgd_only():
+    from catapult import config as C
+    from catapult.engine import run
+
+    cfg = {"data": {"name": "digits", "n_train": 64, "n_test": 20},
+           "model": {"width": 8, "depth": 3, "parametrization": "supar", "density": 0.5, "base_width": 4},
+           "optimizer": {"lr": 0.05}, "train": {"steps": 1},
+           "eval": {"sharpness_every": 1, "sharpness_kind": "lr_scaled", "sharpness_tol": 1e-6, "test_every": 0}}
+    res = run(cfg, progress="none")
+    raw = run({**cfg, "eval": {**cfg["eval"], "sharpness_kind": "hessian"}}, progress="none")
+    assert res.summary["sharpness_kind"] == "lr_scaled"
+    assert res.metrics[1]["sharpness"] != pytest.approx(raw.metrics[1]["sharpness"], rel=1e-3)
+    with pytest.raises(C.ConfigError, match="eval.sharpness_kind"):
+        C.validate({**cfg, "optimizer": {"name": "adam"}})

@@ -189,8 +189,10 @@ class EvalConfig(Section):
         1e-3, description="relative tolerance of the eigen-solver", json_schema_extra=_per_member())
     sharpness_max_iter: Annotated[int, integer(low=1)] = Field(
         100, description="most Hessian-vector products per measurement", json_schema_extra=_per_member())
-    sharpness_kind: Annotated[Literal["auto", "hessian", "preconditioned"], choice()] = Field(
-        "auto", description="auto = pre-conditioned for Adam-family optimizers, else the Hessian's")
+    sharpness_kind: Annotated[Literal["auto", "hessian", "preconditioned", "lr_scaled"], choice()] = Field(
+        "auto", description="auto = pre-conditioned for Adam-family optimizers, else the Hessian's; lr_scaled "
+                            "(sgd) = lambda_max(M^1/2 H M^1/2), M = the groups' lr multipliers, the sharpness "
+                            "that 2/lr of the first group bounds when the groups' lrs differ")
     sharpness_hvp: Annotated[Literal["auto", "double_backprop", "forward_over_reverse"], choice()] = Field(
         "auto", description="how Hessian-vector products are computed")
     sharpness_dtype: Annotated[Dtype | None, choice()] = Field(

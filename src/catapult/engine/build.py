@@ -342,7 +342,13 @@ def sharpness_rule(config: Mapping[str, Any]) -> SharpnessRule:
         return curvature.preconditioned_sharpness(model, loss_fn, batch, optimizer, init=init,
                                                   scale_by_group_lr=True, **kwargs)
 
-    return SharpnessRule(kind, hessian, preconditioned if kind == "preconditioned" else hessian)
+    def lr_scaled(model, loss_fn, batch, optimizer, init):
+        from catapult.optim.thresholds import lr_scaled_sharpness
+
+        return lr_scaled_sharpness(model, loss_fn, batch, optimizer, init=init, **kwargs)
+
+    measure = {"preconditioned": preconditioned, "lr_scaled": lr_scaled}.get(kind, hessian)
+    return SharpnessRule(kind, hessian, measure)
 
 
 def threshold(optimizer: torch.optim.Optimizer, lr: float | None = None) -> float:

@@ -87,6 +87,8 @@ def batched_unsupported_reason(config: Mapping[str, Any]) -> str | None:
         return f"schedule.warmup={config['schedule']['warmup']!r} (batched: {', '.join(_WARMUPS)})"
     if config["loss"] not in _LOSSES:
         return f"loss={config['loss']!r} (batched: {', '.join(_LOSSES)})"
+    if config["eval"]["sharpness_kind"] == "lr_scaled" and config["eval"]["sharpness_every"] > 0:
+        return "eval.sharpness_kind=lr_scaled (measured by the local engine only)"
     return None
 
 
