@@ -83,6 +83,12 @@ def load_data(config: Mapping[str, Any], device: torch.device | str = "cpu",
         if isinstance(err, cfg.ConfigError):
             raise
         raise cfg.ConfigError([("data", str(err))]) from None
+    except FileNotFoundError as err:  # say it in the config's words: the key to set
+        if d["name"] in ("digits", "shakespeare"):
+            raise
+        raise FileNotFoundError(f"{err}\nIn a config or on the command line that is the key data.root, e.g. "
+                                f"`catapult train CONFIG data.name={d['name']} data.root=/path/to/the/files` "
+                                f"(or data.name=digits for the embedded data).") from None
 
     def inputs(x: torch.Tensor) -> torch.Tensor:
         return x.to(device=device, dtype=dtype) if x.is_floating_point() else x.to(device)
