@@ -42,7 +42,7 @@ def base_config(param, width, depth, loss, *, lr, steps, warmup=1, every=20, see
     return {
         "name": f"fig1_{param}_w{width}_d{depth}_{loss}_s{seed}",
         "seed": seed,
-        "data": {"name": "digits", "n_train": n_train, "n_test": 300},
+        "data": {"name": "digits", "n_train": n_train, "n_test": None if n_train is None else 300},
         "model": {"name": "mlp", "width": width, "depth": depth, "parametrization": param, "bias": False},
         "loss": loss,
         "optimizer": {"name": "sgd", "lr": lr},
@@ -85,6 +85,75 @@ def search(out: Path, steps: int) -> None:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
+
+
+def crossing_and_spike(metrics):
+    """``(t_cross, t_spike)``: the first measured step with ``lambda_t > threshold_t`` (2/lr_t), and
+    the start of the first loss spike (:func:`catapult.analysis.detect_catapults`'s rule:
+    ``L_t > 1.5 x`` the running minimum) at or after ``t_cross - 20``; ``None`` where absent."""
+    t_cross = next((r["step"] for r in metrics if r["sharpness"] is not None and r["threshold"] is not None
+                    and r["sharpness"] > r["threshold"]), None)
+    if t_cross is None:
+        return None, None
+    low, t_spike = math.inf, None
+    for r in metrics:
+        loss = r["train_loss"]
+        if loss is None:
+            continue
+        if r["step"] >= t_cross - 20 and (not math.isfinite(loss) or loss > 1.5 * low):
+            t_spike = r["step"]
+            break
+        low = min(low, loss)
+    return t_cross, t_spike
+
+
+def catapult(out: Path, args) -> None:
+    """Part 2: demo settings (width 256, depth 4, MSE, all digits), T_wrm = 64, sharpness every step."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    settings = {"mup": 16.0, "sp": "32/lambda0"}
+    fig = Figure(figsize=(11, 6.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, 2)
+    lines = ["| setting | seed | lambda_0 | t_cross (lambda_t > 2/lr_t) | t_spike (L > 1.5 min) | lag | lambda_0 -> min over steps < t_cross |",
+             "|---|---|---|---|---|---|---|"]
+    lags = {}
+    for col, (param, lr) in enumerate(settings.items()):
+        for seed in SEEDS:
+            config = base_config(param, 256, 4, "mse", lr=lr, steps=args.steps, warmup=64, every=1, seed=seed,
+                                 n_train=None)
+            config["eval"]["test_every"] = 0
+            res = run(config, progress="none")
+            m = res.metrics
+            t_cross, t_spike = crossing_and_spike(m)
+            lam0 = res.summary["lambda_0"]
+            before = [r["sharpness"] for r in m if r["sharpness"] is not None and (t_cross is None or r["step"] < t_cross)]
+            lag = None if t_cross is None or t_spike is None else t_spike - t_cross
+            lags.setdefault(param, []).append(lag)
+            lines.append(f"| {param} lr={lr} | {seed} | {lam0:.4g} | {t_cross} | {t_spike} | {lag} | "
+                         f"{min(before) / lam0:.3f} |")
+            steps = [r["step"] for r in m]
+            axes[0][col].plot(steps, [r["train_loss"] for r in m], lw=1, label=f"seed {seed}")
+            axes[1][col].plot(steps, [r["sharpness"] for r in m], lw=1, label=f"seed {seed}")
+            axes[1][col].plot(steps, [r["threshold"] for r in m], lw=0.8, ls="--", color="k")
+            if t_cross is not None:
+                axes[1][col].axvline(t_cross, color=f"C{seed}", lw=0.6, ls=":")
+            print(lines[-1], flush=True)
+        axes[0][col].set(yscale="log", title=f"{param.upper() if param == 'sp' else 'muP'}: training loss "
+                                             f"(lr_trgt={lr}, T_wrm=64)", xlabel="step")
+        axes[1][col].set(yscale="log", title="sharpness (dashed: 2/lr_t; dotted: t_cross)", xlabel="step")
+        lam = [r["sharpness"] for r in m if r["sharpness"]]
+        axes[1][col].set_ylim(min(lam) / 2, max(lam) * 4)
+        axes[0][col].legend(fontsize=8)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    print("\n".join(lines))
+    for param, values in lags.items():
+        got = [v for v in values if v is not None]
+        if got:
+            print(f"{param}: lag t_spike - t_cross = {statistics.mean(got):.1f} ± "
+                  f"{statistics.stdev(got) if len(got) > 1 else 0:.1f} steps over {len(got)} seeds")
 
 
 def main(argv=None):

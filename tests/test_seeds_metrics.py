@@ -54,6 +54,29 @@ def test_export_aggregate_gives_mean_std_and_n_seeds(tmp_path):
         assert float(row["best_test_accuracy_std"]) == pytest.approx(statistics.stdev(mine), abs=1e-12)
     # seeds differ: the three runs of a cell are not copies
     assert len({c["train_loss"] for c in cells if c["optimizer.lr"] == rows[0]["optimizer.lr"]}) == 3
+    # the phase diagram, transfer curves and report show the spread over seeds
+    from catapult.plots.phase import phase_grid, plot_phase_diagram
+    from catapult.plots.transfer import plot_transfer, transfer_curves, transfer_summary
+    from catapult.report import build_report
+    from catapult.sweep.store import Store
+
+    with Store(store, create=False) as st:
+        grid = phase_grid(st.cells(), st.axes(), "best_test_accuracy", x="optimizer.lr", y="seed")
+        assert grid.counts.max() == 1  # seed is the y axis here: one member per cell
+        grid = phase_grid(st.cells(), st.axes(), "best_test_accuracy", x="optimizer.lr", y=None)
+        lr0 = [c for c in cells if c["optimizer.lr"] == rows[0]["optimizer.lr"]]
+        assert grid.counts[0, 0] == 3
+        assert grid.spread[0, 0] == pytest.approx(statistics.stdev(float(c["best_test_accuracy"]) for c in lr0))
+        fig = plot_phase_diagram(grid)
+        assert any("±" in t.get_text() for t in fig.axes[0].texts) and "3 seeds" in fig.axes[0].get_title()
+        curves = transfer_curves(st.cells(), st.axes(), x="optimizer.lr", series=None, panel=None,
+                                 metric="test_accuracy")
+        (_, sd, n), = curves.spread[None][None][:1]
+        assert n == 3 and sd == pytest.approx(statistics.stdev(float(c["test_accuracy"]) for c in lr0))
+        assert transfer_summary(curves)["spread"]["None"]["None"][0]["n"] == 3
+        assert plot_transfer(curves).axes[0].collections  # the ± std band
+        page = build_report(st)
+    assert "Over seeds (mean ± std)" in page
 
 
 def test_summary_has_best_and_final_test_loss_and_accuracy():
