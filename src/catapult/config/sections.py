@@ -178,8 +178,7 @@ class TrainConfig(Section):
     accuracy_failure: Annotated[Literal["auto", "on", "off"], choice()] = Field(
         "auto", description="the paper's second failure rule: a run whose final training accuracy is below "
                             "1.5 x chance (image data) is 'diverged'; auto = on for Adam-family "
-                            "optimizers (adam, adamw, radam, gi-adam), off for sgd",
-        json_schema_extra=_per_member())
+                            "optimizers (adam, adamw, radam, gi-adam), off for sgd")
 
 
 class EvalConfig(Section):
