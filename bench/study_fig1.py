@@ -108,7 +108,7 @@ def crossing_and_spike(metrics):
 
 
 def catapult(out: Path, args) -> None:
-    """Part 2: demo settings (width 256, depth 4, MSE, all digits), T_wrm = 64, sharpness every step."""
+    """Part 2: demo settings (width 256, depth 4, MSE, digits), T_wrm = 64, sharpness every ``--every`` steps."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -121,8 +121,8 @@ def catapult(out: Path, args) -> None:
     lags = {}
     for col, (param, lr) in enumerate(settings.items()):
         for seed in SEEDS:
-            config = base_config(param, 256, 4, "mse", lr=lr, steps=args.steps, warmup=64, every=1, seed=seed,
-                                 n_train=None)
+            config = base_config(param, 256, 4, "mse", lr=lr, steps=args.steps, warmup=64, every=args.every,
+                                 seed=seed, n_train=args.n_train)
             config["eval"]["test_every"] = 0
             res = run(config, progress="none")
             m = res.metrics
@@ -161,6 +161,8 @@ def main(argv=None):
     p.add_argument("part", choices=["search", "catapult"])
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--every", type=int, default=1, help="catapult: sharpness every k steps")
+    p.add_argument("--n-train", type=int, default=None, help="catapult: first N digits (default all)")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     if a.part == "search":
