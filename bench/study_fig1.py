@@ -119,6 +119,7 @@ def catapult(out: Path, args) -> None:
     lines = ["| setting | seed | lambda_0 | t_cross (lambda_t > 2/lr_t) | t_spike (L > 1.5 min) | lag | lambda_0 -> min over steps < t_cross |",
              "|---|---|---|---|---|---|---|"]
     lags = {}
+    dump = []
     for col, (param, lr) in enumerate(settings.items()):
         for seed in SEEDS:
             config = base_config(param, 256, 4, "mse", lr=lr, steps=args.steps, warmup=64, every=args.every,
@@ -135,7 +136,9 @@ def catapult(out: Path, args) -> None:
                          f"{min(before) / lam0:.3f} |")
             steps = [r["step"] for r in m]
             axes[0][col].plot(steps, [r["train_loss"] for r in m], lw=1, label=f"seed {seed}")
-            axes[1][col].plot(steps, [r["sharpness"] for r in m], lw=1, label=f"seed {seed}")
+            measured = [(r["step"], r["sharpness"]) for r in m if r["sharpness"] is not None]
+            axes[1][col].plot([q[0] for q in measured], [q[1] for q in measured], lw=1, label=f"seed {seed}")
+            dump.append({"param": param, "seed": seed, "metrics": m})
             axes[1][col].plot(steps, [r["threshold"] for r in m], lw=0.8, ls="--", color="k")
             if t_cross is not None:
                 axes[1][col].axvline(t_cross, color=f"C{seed}", lw=0.6, ls=":")
@@ -148,6 +151,9 @@ def catapult(out: Path, args) -> None:
         axes[0][col].legend(fontsize=8)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
+    import json
+
+    out.with_suffix(".json").write_text(json.dumps(dump, default=lambda x: None))
     print("\n".join(lines))
     for param, values in lags.items():
         got = [v for v in values if v is not None]
