@@ -474,16 +474,18 @@ def spec_document(base: Mapping[str, Any], spec: SweepSpec) -> dict:
 
 
 def _drop_keys_without_effect(base_doc: dict, spec: SweepSpec) -> None:
-    """Leave out of the spec document the keys added in 0.4 where they change nothing for this
-    sweep, so a store written before they existed resumes: ``eval.lambda0_batches`` in a
-    full-batch sweep (lambda_0 is one batch either way) and ``train.accuracy_failure`` (auto
-    or off) in an sgd sweep (the rule covers Adam-family optimizers only)."""
+    """Leave out of the spec document the keys added in issue 14 where they give the behaviour of
+    the versions before them, so a store written then resumes (with the earlier rule spelled out
+    where the default changed): ``eval.lambda0_batches`` when lambda_0 is one batch (full batch,
+    or ``1``), ``train.accuracy_failure`` when it is ``off`` or (``auto``) the sweep is sgd only."""
     swept = set(spec.keys)
     train, ev = base_doc.get("train", {}), base_doc.get("eval", {})
-    if train.get("batch_size") is None and "train.batch_size" not in swept and "eval.lambda0_batches" not in swept:
+    if "eval.lambda0_batches" not in swept and "train.batch_size" not in swept and (
+            train.get("batch_size") is None or ev.get("lambda0_batches") == 1):
         ev.pop("lambda0_batches", None)
-    if (base_doc.get("optimizer", {}).get("name") == "sgd" and "optimizer.name" not in swept
-            and train.get("accuracy_failure") in ("auto", "off") and "train.accuracy_failure" not in swept):
+    rule = train.get("accuracy_failure")
+    if "train.accuracy_failure" not in swept and (rule == "off" or (
+            rule == "auto" and base_doc.get("optimizer", {}).get("name") == "sgd" and "optimizer.name" not in swept)):
         train.pop("accuracy_failure", None)
 
 
