@@ -21,7 +21,9 @@ def tiny(**sections):
         "data": {"name": "digits", "n_train": 120, "n_test": 60},
         "model": {"width": 16, "depth": 3, "parametrization": "sp"},
         "optimizer": {"lr": 0.05},
-        "train": {"steps": 12},
+        # 12 steps are too few for the paper's "final accuracy >= 1.5x chance" rule; these tests
+        # are about the mechanics (tests/test_seeds_metrics.py tests the rule)
+        "train": {"steps": 12, "accuracy_failure": "off"},
         "eval": {"sharpness_every": 0, "test_every": 0},
     }
     for key, value in sections.items():

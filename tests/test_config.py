@@ -19,7 +19,7 @@ def test_defaults_fill_every_key_and_validation_is_idempotent():
     cfg = validate({})
     assert cfg["optimizer"] == {"name": "sgd", "lr": 0.125, "momentum": 0.0, "betas": [0.9, 0.999],
                                 "eps": 1e-8, "weight_decay": 0.0, "v0": "grad", "v_bias_correction": True}
-    assert cfg["train"]["batch_size"] is None and cfg["train"]["divergence_factor"] == 1000
+    assert cfg["train"]["batch_size"] is None and cfg["train"]["divergence_factor"] == math.inf
     assert cfg["schedule"]["warmup_steps"] == 1 and cfg["loss"] == "mse" and cfg["name"] == "run"
     assert validate(cfg) == cfg
     # round trip through the YAML a run writes

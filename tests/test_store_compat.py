@@ -13,7 +13,9 @@ OLD_STORE = Path(__file__).parent / "data" / "store_v0.1.0.db"
 ROOT = Path(__file__).resolve().parents[1]
 # The command that wrote the file (run with the old code's `python -m catapult.sweep`).
 OVERRIDES = ["sweep.grid.optimizer.lr={log2_over_lambda0: [1, 6]}", "sweep.grid.schedule.warmup_steps=[1, 16]",
-             "train.steps=20", "data.n_train=64", "data.n_test=32"]
+             "train.steps=20", "data.n_train=64", "data.n_test=32",
+             # that version's divergence rule (today's default is the paper's: a non-finite loss only)
+             "train.divergence_factor=1000"]
 
 
 def _copy(tmp_path: Path) -> Path:

@@ -28,8 +28,8 @@ def _cells(ids):
 def test_member_whose_lr_target_cannot_resolve_fails_alone(engine, monkeypatch):
     measure = Member.measure_lambda0
 
-    def measure_then_spoil(members, *args):
-        measure(members, *args)
+    def measure_then_spoil(members, *args, **kwargs):
+        measure(members, *args, **kwargs)
         for mb in members:
             if mb.cell.id == 1:  # as a Hessian with no positive curvature would give
                 mb.lambda_0 = 0.0

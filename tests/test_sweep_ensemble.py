@@ -71,7 +71,8 @@ def _sgd_grid(dtype="float32"):
                              (60.0, 1, 0.0, 0), (0.2, 2, 0.0, 2)]:
         cells.append(_cell(i, seed=seed, dtype=dtype, optimizer={"name": "sgd", "lr": lr, "momentum": mom,
                                                     "weight_decay": 1e-3 if i % 2 else 0.0},
-                           schedule={"warmup_steps": T}))
+                           schedule={"warmup_steps": T},
+                           train={"divergence_factor": 1000.0}))  # the 1000 x L0 rule: lr 60 diverges
         i += 1
     return cells
 

@@ -89,7 +89,8 @@ def test_invalid_cells_are_all_named_before_any_work():
     ({"grid": {"model.width": [8, 8]}}, "sweep.grid.model.width", "repeats a value"),
     ({"grid": {"seed": [0]}, "seeds": [1]}, "sweep.grid.seed", "only once"),
     ({"seed": [0, 1]}, "sweep.seed", "did you mean 'sweep.seeds'"),
-    ({"seeds": 3}, "sweep.seeds", "list of integer seeds"),
+    ({"seeds": "three"}, "sweep.seeds", "list of integer seeds"),
+    ({"seeds": 0}, "sweep.seeds", "number of seeds K >= 1"),
 ])
 def test_bad_sweep_sections_name_the_key(section, key, words):
     with pytest.raises(cfg.ConfigError) as info:

@@ -197,8 +197,10 @@ def _figures(out: Path, configs, summaries, metrics) -> list[Path]:
         lr = runs[0]["optimizer"]["lr"]
         labels = {c["name"]: f"T_wrm={c['schedule']['warmup_steps']}" for c in runs}
         path = out / f"fig1_{param}.png"
+        lr_text = str(lr).replace("/lambda0", "/λ0") if isinstance(lr, str) else f"{float(lr):g}"
         title = (f"{'muP' if param == 'mup' else 'SP'}: FCN width {runs[0]['model']['width']}, depth "
-                 f"{runs[0]['model']['depth']}, GD, MSE, digits; lr_trgt = {lr}")
+                 f"{runs[0]['model']['depth']}; full-batch GD on MSE, digits; lr_trgt = {lr_text}, "
+                 f"linear warmup over T_wrm steps")
         plot_trajectories({labels[c["name"]]: metrics[c["name"]] for c in runs}, path, title=title,
                           statuses={labels[c["name"]]: summaries[c["name"]]["status"] for c in runs})
         figures.append(path)

@@ -116,6 +116,7 @@ def build_report(store, *, title: str | None = None, metric: str = "test_accurac
     if not figures_made:
         parts.append("<p>No finished cells yet.</p>")
     parts.append("</div>")
+    parts.extend(_seeds_section(store, axes))
     parts.extend(_transfer_section(cells, axes))
     chosen = default_trajectory_cells(cells, metric)
     if chosen:
@@ -167,6 +168,31 @@ def build_report(store, *, title: str | None = None, metric: str = "test_accurac
     parts.append(f"<p><small>catapult {html.escape(store.meta('catapult_version') or '')}, "
                  f"spec sha256 {html.escape((store.meta('spec_hash') or '')[:16])}</small></p></body></html>")
     return "\n".join(parts)
+
+
+def _seeds_section(store, axes: Sequence[Mapping[str, Any]]) -> list[str]:
+    """With a ``seed`` axis (``sweep.seeds``): one row per cell over its seeds, mean ± sample std
+    of the paper's metrics (:func:`catapult.sweep.store_export.aggregate_table`)."""
+    if not any(a["key"] == "seed" and len(a["values"]) > 1 for a in axes):
+        return []
+    from catapult.sweep.store_export import aggregate_table
+
+    columns, rows = aggregate_table(store)
+    keys = columns[:columns.index("n_seeds")]
+    shown = ("best_test_accuracy", "test_accuracy", "best_test_loss", "train_loss")
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in [*keys, "seeds (finished/diverged)", *shown])
+    out = ["<h2>Over seeds (mean ± std)</h2><table><tr>" + head + "</tr>"]
+    at = {c: j for j, c in enumerate(columns)}
+    for row in rows:
+        cells = [f"<td class='text'>{html.escape(str(row[at[k]]))}</td>" for k in keys]
+        cells.append(f"<td>{row[at['n_seeds']]} ({row[at['n_finished']]}/{row[at['n_diverged']]})</td>")
+        for m in shown:
+            mean, sd = row[at[f"{m}_mean"]], row[at[f"{m}_std"]]
+            text = "-" if mean is None else f"{_fmt(mean, m)} ± {_fmt(sd, m)}"
+            cells.append(f"<td>{text}</td>")
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    out.append("</table>")
+    return out
 
 
 def _transfer_section(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[str, Any]]) -> list[str]:

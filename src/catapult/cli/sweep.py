@@ -6,7 +6,7 @@
                    [--chunk-size N] [--ensemble-memory-mb MB] [--no-kernels] [--workers N] [--threads N] [--device D]
                    [--progress MODE] [--dry-run]
                    [key=value ...]
-    catapult export STORE [--format csv|parquet] --out FILE
+    catapult export STORE [--format csv|parquet] [--aggregate] --out FILE
     catapult plot STORE [--metric test_accuracy] [--x KEY] [--y KEY] [--where KEY=VALUE ...]
                   [--cells ID ...] [--out PNG] [--trajectories-out PNG]
     catapult transfer STORE [--x optimizer.lr] [--series model.density] [--panel model.parametrization]
@@ -75,6 +75,8 @@ def register(subparsers) -> None:
     p.add_argument("store", metavar="STORE", help="sweep store (SQLite file)")
     p.add_argument("--format", choices=("csv", "parquet"), help="default: from --out's suffix, else csv")
     p.add_argument("--out", metavar="FILE", required=True, help="output file")
+    p.add_argument("--aggregate", action="store_true",
+                   help="one row per cell over seeds (sweep.seeds): <metric>_mean, <metric>_std, n_seeds")
     p.set_defaults(func=_export_command)
 
     from catapult.plots.phase import PLOT_METRICS
@@ -217,7 +219,9 @@ def _export_command(args: argparse.Namespace) -> int:
     try:
         with Store(args.store, create=False) as store:
             store.spec()
-            path = write_parquet(store, out) if fmt == "parquet" else write_csv(store, out)
+            agg = bool(getattr(args, "aggregate", False))
+            path = (write_parquet(store, out, aggregate=agg) if fmt == "parquet"
+                    else write_csv(store, out, aggregate=agg))
     except (StoreError, ImportError) as err:
         return _fail("export", str(err))
     print(f"wrote {path}")

@@ -9,7 +9,7 @@ A config is a nested mapping (usually a YAML file)::
     loss: mse
     optimizer: {name: sgd, lr: 0.125, ...}      # lr may be "32/lambda0" or "2^5/lambda0"
     schedule:  {warmup: linear, warmup_steps: 64, ...}
-    train:     {steps: 2000, batch_size: null, divergence_factor: 1000}
+    train:     {steps: 2000, batch_size: null, divergence_factor: .inf, accuracy_failure: auto}
     eval:      {sharpness_every: 10, test_every: 100, ...}
 
 The schema is the pydantic models of :mod:`catapult.config.sections` (:class:`RunConfig` and

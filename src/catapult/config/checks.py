@@ -88,6 +88,9 @@ def _check_adam_family(config: dict) -> Problems:
         yield ("eval.sharpness_kind", f"preconditioned needs optimizer.name one of: "
                                       f"{', '.join(PRECONDITIONED_OPTIMIZERS)} (got {opt['name']!r}); "
                                       f"use auto or hessian")
+    if config["eval"]["sharpness_kind"] == "lr_scaled" and opt["name"] != "sgd":
+        yield ("eval.sharpness_kind", f"lr_scaled is the (S)GD sharpness for per-group learning rates; it needs "
+                                      f"optimizer.name: sgd (got {opt['name']!r}); use auto or preconditioned")
 
 
 def _check_catapult_warmup(config: dict) -> Problems:

@@ -190,9 +190,14 @@ class TrainConfig(Section):
         2000, description="optimizer steps", json_schema_extra=_per_member())
     batch_size: Annotated[int | None, integer(low=1)] = Field(None, description="null = full-batch GD")
     divergence_factor: Annotated[float, number(low=1.0, low_open=True, allow_inf=True)] = Field(
-        1000.0, description="diverged if the loss is non-finite or > factor * initial loss (.inf: only "
-                            "a non-finite loss)",
+        math.inf, description="diverged if the loss is non-finite or > factor * initial loss (.inf, the "
+                              "default: only a non-finite loss, the paper's rule; 1000: the 1000 x L0 rule "
+                              "of catapult <= 0.3)",
         json_schema_extra=_per_member())
+    accuracy_failure: Annotated[Literal["auto", "on", "off"], choice()] = Field(
+        "auto", description="the paper's second failure rule: a run whose final training accuracy is below "
+                            "1.5 x chance (image data) is 'diverged'; auto = on for Adam-family "
+                            "optimizers (adam, adamw, radam, gi-adam), off for sgd")
 
 
 class EvalConfig(Section):
@@ -202,8 +207,10 @@ class EvalConfig(Section):
         1e-3, description="relative tolerance of the eigen-solver", json_schema_extra=_per_member())
     sharpness_max_iter: Annotated[int, integer(low=1)] = Field(
         100, description="most Hessian-vector products per measurement", json_schema_extra=_per_member())
-    sharpness_kind: Annotated[Literal["auto", "hessian", "preconditioned"], choice()] = Field(
-        "auto", description="auto = pre-conditioned for Adam-family optimizers, else the Hessian's")
+    sharpness_kind: Annotated[Literal["auto", "hessian", "preconditioned", "lr_scaled"], choice()] = Field(
+        "auto", description="auto = pre-conditioned for Adam-family optimizers, else the Hessian's; lr_scaled "
+                            "(sgd) = lambda_max(M^1/2 H M^1/2), M = the groups' lr multipliers, the sharpness "
+                            "that 2/lr of the first group bounds when the groups' lrs differ")
     sharpness_hvp: Annotated[Literal["auto", "double_backprop", "forward_over_reverse"], choice()] = Field(
         "auto", description="how Hessian-vector products are computed")
     sharpness_dtype: Annotated[Dtype | None, choice()] = Field(
@@ -213,6 +220,9 @@ class EvalConfig(Section):
     sharpness_chunk_size: Annotated[int | None, integer(low=1)] = Field(
         None, description="HVPs over micro-batches of at most this many samples "
                           "(less memory, ~a gradient more per HVP; null = whole batch)")
+    lambda0_batches: Annotated[int | None, integer(low=1)] = Field(
+        None, description="lambda_0 = mean sharpness at init over the first k training batches (the paper: "
+                          "10); null = 10 for minibatch runs, 1 for full batch")
     test_every: Annotated[int, integer(low=0)] = Field(
         100, description="test loss/accuracy every m steps (0 = only at the end)", json_schema_extra=_per_member())
 

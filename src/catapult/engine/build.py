@@ -26,7 +26,7 @@ from catapult.optim import registry
 
 __all__ = [
     "Run", "build_run", "seeds", "resolve_device", "MODELS", "RunData", "load_data", "load_data_once", "build_model",
-    "OPTIMIZERS", "ADAPTIVE", "build_optimizer", "WARMUPS", "build_schedule", "search_delta",
+    "lambda0_batches", "OPTIMIZERS", "ADAPTIVE", "build_optimizer", "WARMUPS", "build_schedule", "search_delta",
     "search_lr_start", "Warmup", "build_warmup", "BatchStream", "batch_stream", "build_augment", "solver_options", "SharpnessRule",
     "sharpness_rule", "threshold",
 ]
@@ -85,6 +85,12 @@ def load_data(config: Mapping[str, Any], device: torch.device | str = "cpu",
         if isinstance(err, cfg.ConfigError):
             raise
         raise cfg.ConfigError([("data", str(err))]) from None
+    except FileNotFoundError as err:  # say it in the config's words: the key to set
+        if d["name"] in ("digits", "shakespeare"):
+            raise
+        raise FileNotFoundError(f"{err}\nIn a config or on the command line that is the key data.root, e.g. "
+                                f"`catapult train CONFIG data.name={d['name']} data.root=/path/to/the/files` "
+                                f"(or data.name=digits for the embedded data).") from None
 
     def inputs(x: torch.Tensor) -> torch.Tensor:
         return x.to(device=device, dtype=dtype) if x.is_floating_point() else x.to(device)
@@ -327,6 +333,16 @@ def batch_stream(config: Mapping[str, Any], data: RunData) -> BatchStream:
                        build_augment(config, data, data_seed))
 
 
+def lambda0_batches(data: "RunData", config: Mapping[str, Any], data_seed: int) -> list:
+    """The training batches lambda_0 averages over: batches ``0 .. k-1`` of the run's batch order
+    (``k = lambda0_batch_count(config)``; full batch: the whole training set once)."""
+    from catapult.engine.step import lambda0_batch_count
+
+    stream = BatchStream(data.x_train, data.y_train, config["train"]["batch_size"], data_seed)
+    k = 1 if config["train"]["batch_size"] is None else lambda0_batch_count(config)
+    return [stream.batch(t) for t in range(k)]
+
+
 def solver_options(config: Mapping[str, Any]) -> dict:
     """Keyword arguments of :func:`catapult.sharpness` from a validated config's ``eval.sharpness_*``
     keys (tol, max_iter, hvp, dtype, max_basis, chunk_size)."""
@@ -366,7 +382,13 @@ def sharpness_rule(config: Mapping[str, Any]) -> SharpnessRule:
         return curvature.preconditioned_sharpness(model, loss_fn, batch, optimizer, init=init,
                                                   scale_by_group_lr=True, **kwargs)
 
-    return SharpnessRule(kind, hessian, preconditioned if kind == "preconditioned" else hessian)
+    def lr_scaled(model, loss_fn, batch, optimizer, init):
+        from catapult.optim.thresholds import lr_scaled_sharpness
+
+        return lr_scaled_sharpness(model, loss_fn, batch, optimizer, init=init, **kwargs)
+
+    measure = {"preconditioned": preconditioned, "lr_scaled": lr_scaled}.get(kind, hessian)
+    return SharpnessRule(kind, hessian, measure)
 
 
 def threshold(optimizer: torch.optim.Optimizer, lr: float | None = None) -> float:
@@ -426,8 +448,25 @@ class Run:
             self.model, self.loss_fn, self.batches.batch(0), None, self.start_vector))
 
     @property
+    def lambda0_estimates(self) -> list:
+        """The ``k = lambda0_batch_count(config)`` estimates lambda_0 averages: batch 0's
+        (:attr:`lambda0_estimate`), then batches ``1 .. k-1`` of the run's batch order (a fresh
+        :class:`BatchStream` with the data seed, so training's stream is untouched), each
+        warm-started from batch 0's eigenvector."""
+        def measure() -> list:
+            first = self.lambda0_estimate
+            out = [first]
+            for batch in lambda0_batches(self.data, self.config, self.seeds[1])[1:]:
+                out.append(self.sharpness.hessian(self.model, self.loss_fn, batch, None, first.vector))
+            return out
+
+        return self._once("lambda0_all", measure)
+
+    @property
     def lambda_0(self) -> float:
-        return float(self.lambda0_estimate.value)
+        """``mean_b lambda_max(H_b(theta_0))`` over :attr:`lambda0_estimates` (the paper: 10 batches)."""
+        values = [float(e.value) for e in self.lambda0_estimates]
+        return float(sum(values) / len(values))
 
     @property
     def lr_target(self) -> float:

@@ -25,16 +25,19 @@ batch ``b`` of the epoch is ``perm_e[b*B:(b+1)*B]``; the last incomplete batch i
 Step ``t`` uses the ``t``-th batch of that stream (epoch ``t // (n_train // B)``).
 
 lambda_0. If sharpness is measured at all (``sharpness_every > 0``) or the learning rate is
-``"<c>/lambda0"``, ``lambda_0 = sharpness(theta_0)`` on batch 0 (Hessian sharpness, started from
-``randn(P, generator=sharpness_gen)``) before the optimizer exists; ``lr_trgt = c/lambda_0``.
+``"<c>/lambda0"``, ``lambda_0`` = the mean Hessian sharpness at ``theta_0`` over batches ``0 .. k-1``
+(``k = eval.lambda0_batches``; null: 10 for minibatch runs as in the paper, 1 for full batch),
+batch 0's started from ``randn(P, generator=sharpness_gen)``, the others from batch 0's
+eigenvector, before the optimizer exists; ``lr_trgt = c/lambda_0``.
 
 Step ``t = 0, 1, ..., steps`` (row ``t`` describes the parameters ``theta_t`` *before* update ``t``):
 
 1. ``lr_t = schedule(t)`` is already set on the optimizer (the scheduler was created at
    ``t = 0`` and stepped after every update), each group at ``lr_t * group["lr_mult"]``.
 2. Forward on batch ``t`` in train mode: ``train_loss_t``, ``train_accuracy_t``.
-3. Divergence: if ``train_loss_t`` is not finite or ``> divergence_factor * train_loss_0``,
-   row ``t`` is logged (loss, accuracy, lr only) and the run ends with status ``"diverged"``.
+3. Divergence: if ``train_loss_t`` is not finite or ``> divergence_factor * train_loss_0``
+   (default ``.inf``: only a non-finite loss, the paper's rule), row ``t`` is logged (loss,
+   accuracy, lr only) and the run ends with status ``"diverged"``.
 4. Backward (``t < steps``): gradients of ``train_loss_t``. With ``schedule.warmup:
    persistent`` the :class:`~catapult.schedules.PersistentCatapultWarmup` is then called with
    batch ``t`` and ``train_loss_t`` and sets ``lr_t`` (re-running the critical-lr search when the
@@ -50,6 +53,11 @@ Step ``t = 0, 1, ..., steps`` (row ``t`` describes the parameters ``theta_t`` *b
 7. Row ``t`` is logged; ``threshold_t = instability_threshold(optimizer)`` at the first param
    group's lr ``lr_t * lr_mult`` (``2/lr_t`` for GD when every ``lr_mult`` is 1, as in the paper's muP).
 8. Update (``t < steps``): ``optimizer.step()``, then ``scheduler.step()`` (sets ``lr_{t+1}``).
+
+After the loop (:func:`~catapult.engine.step.final_status`): a finished run whose final training
+accuracy is below 1.5x chance is ``"diverged"`` when ``train.accuracy_failure`` applies (auto:
+Adam-family optimizers), and one whose outputs on the final batch are all the same
+(:func:`~catapult.engine.step.output_collapsed`) is ``"collapsed"``.
 
 So ``metrics`` has ``steps + 1`` rows for a finished run (row ``steps`` = the final model, no
 update) and ``summary["steps_completed"]`` updates.
@@ -71,7 +79,7 @@ from catapult.losses import accuracy
 from catapult.engine.build import build_run, threshold
 from catapult.engine.progress import Progress
 from catapult.engine.trajectories import plot_run
-from catapult.engine.step import diverged, evaluates_test, measures_sharpness, new_row
+from catapult.engine.step import diverged, evaluates_test, measures_sharpness, new_row, output_collapsed
 from catapult.engine.records import (MetricsFile, json_safe, summarize, threshold_label,
                                      warmup_summary)
 
@@ -128,7 +136,7 @@ def _discard(path: Path, created: bool) -> None:
 class RunResult:
     """What :func:`run` returns.
 
-    ``status`` is ``"finished"`` or ``"diverged"``; ``metrics`` one dict per logged step (keys
+    ``status`` is ``"finished"``, ``"diverged"`` or ``"collapsed"``; ``metrics`` one dict per logged step (keys
     :data:`METRIC_COLUMNS`); ``summary`` the scalars also written to ``summary.json``;
     ``config`` the validated config; ``model`` the final model; ``out_dir`` the run directory
     (``None`` if nothing was written).
@@ -207,15 +215,16 @@ def _run(config: Mapping[str, Any], out_path: Path | None, progress: Any, starte
     sharpness_every = config["eval"]["sharpness_every"]
     rule = setup.sharpness
     lambda0_estimate = setup.lambda0_estimate if setup.needs_lambda0 else None
-    lambda_0 = None if lambda0_estimate is None else float(lambda0_estimate.value)
+    lambda_0 = None if lambda0_estimate is None else setup.lambda_0
     lr_trgt = setup.lr_target
     optimizer, warmup_rule = setup.optimizer, setup.warmup
     schedule, persistent = warmup_rule.schedule, warmup_rule.persistent
     from catapult import schedules
 
     scheduler = schedules.attach(optimizer, schedule)
-    matvecs_total = 0 if lambda0_estimate is None else int(lambda0_estimate.matvecs)
-    unconverged = 0 if lambda0_estimate is None else int(not lambda0_estimate.converged)
+    lambda0_all = setup.lambda0_estimates if setup.needs_lambda0 else []
+    matvecs_total = sum(int(e.matvecs) for e in lambda0_all)
+    unconverged = sum(int(not e.converged) for e in lambda0_all)
     measurements = 0
     warm: torch.Tensor | None = setup.start_vector
 
@@ -233,7 +242,7 @@ def _run(config: Mapping[str, Any], out_path: Path | None, progress: Any, starte
     divergence_factor = config["train"]["divergence_factor"]
     reporter = Progress(progress, steps, config["name"])
     metrics: list[dict] = []
-    status, diverged_at, loss_0 = "finished", None, None
+    status, diverged_at, loss_0, collapsed = "finished", None, None, False
     try:
         for t in range(steps + 1):
             final = t == steps
@@ -255,6 +264,8 @@ def _run(config: Mapping[str, Any], out_path: Path | None, progress: Any, starte
                 reporter.update(row)
                 break
 
+            if final:  # the collapse rule: one output for every input of the final batch
+                collapsed = output_collapsed(outputs)
             if not final:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -296,7 +307,9 @@ def _run(config: Mapping[str, Any], out_path: Path | None, progress: Any, starte
         threshold_target=threshold(optimizer, lr_trgt * optimizer.param_groups[0].get("lr_mult", 1.0)),
         n_params=setup.n_params, device=setup.device, sharpness_kind=rule.kind, matvecs_total=matvecs_total,
         measurements=measurements, unconverged=unconverged, wall_time=time.perf_counter() - started,
+        collapsed=collapsed, lambda0_batches=len(lambda0_all) or None,
     )
+    status = summary["status"]  # the paper's accuracy rule and the collapse rule (engine.step.final_status)
     summary.update(warmup_summary(config, metrics, lr_trgt, warmup_rule))
     if out_path is not None:
         (out_path / "summary.json").write_text(json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n")

@@ -135,16 +135,33 @@ def threshold_label(config: Mapping[str, Any], sharpness_kind: str) -> str:
 
 def summarize(config, metrics, *, status, diverged_at, lambda_0, lr_trgt, threshold_target, n_params, device,
                sharpness_kind,
-               matvecs_total, measurements, unconverged, wall_time) -> dict:
-    """The run's scalars (``summary.json``). Non-finite numbers become ``null`` in the file."""
+               matvecs_total, measurements, unconverged, wall_time, collapsed: bool = False,
+              lambda0_batches: int | None = None) -> dict:
+    """The run's scalars (``summary.json``). Non-finite numbers become ``null`` in the file.
+
+    ``status`` is the loop's (``finished``/``diverged``); the summary's is
+    :func:`~catapult.engine.step.final_status` of it (the paper's accuracy rule, ``collapsed``),
+    with ``failure`` saying which rule failed the run (``None`` if none did).
+    """
     losses = [r["train_loss"] for r in metrics if finite(r["train_loss"])]
     sharp = [(r["step"], r["sharpness"]) for r in metrics if r["sharpness"] is not None]
     tests = [r for r in metrics if r["test_loss"] is not None]
     last = metrics[-1] if metrics else {}
+    from catapult.engine.step import failure_of, final_status  # step imports this module's columns
+
     events = detect_catapults(metrics)
+    failure = None
+    if status == "diverged" and last.get("train_loss") is not None:
+        failure = failure_of(last["train_loss"], losses[0] if losses else None,
+                             config["train"]["divergence_factor"])
+    else:
+        status, failure = final_status(status, last.get("train_accuracy"), config, collapsed)
+    finite_tests = [r for r in tests if finite(r["test_loss"])]
     return {
         "name": config["name"],
         "status": status,
+        "failure": failure,
+        "collapsed": bool(collapsed),
         "diverged_at": diverged_at,
         "steps": config["train"]["steps"],
         "steps_completed": (diverged_at if diverged_at is not None else config["train"]["steps"]),
@@ -161,6 +178,8 @@ def summarize(config, metrics, *, status, diverged_at, lambda_0, lr_trgt, thresh
         "final_test_loss": tests[-1]["test_loss"] if tests else None,
         "final_test_accuracy": tests[-1]["test_accuracy"] if tests else None,
         "best_test_accuracy": max(r["test_accuracy"] for r in tests) if tests else None,
+        "best_test_loss": min(r["test_loss"] for r in finite_tests) if finite_tests else None,
+        "lambda0_batches": lambda0_batches,
         "sharpness_kind": sharpness_kind,
         "final_sharpness": sharp[-1][1] if sharp else None,
         "peak_sharpness": max(v for _, v in sharp) if sharp else None,
@@ -185,12 +204,14 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     lines = [
         f"{summary['name']}: {summary['status']}"
         + (f" at step {summary['diverged_at']}" if summary["diverged_at"] is not None else "")
+        + (f" ({summary['failure']})" if summary.get("failure") else "")
         + f" after {summary['steps_completed']} steps ({summary['wall_time_s']:.1f} s)",
         f"  lambda_0 {fmt(summary['lambda_0'])}  lr_trgt {fmt(summary['lr_target'])}"
         f"  (lr_trgt * lambda_0 = {fmt(summary['lr_target_times_lambda_0'], '.3g')})",
         f"  train loss: initial {fmt(summary['initial_train_loss'])}  peak {fmt(summary['peak_train_loss'])}"
         f"  final {fmt(summary['final_train_loss'])}",
-        f"  test: loss {fmt(summary['final_test_loss'])}  accuracy {fmt(summary['final_test_accuracy'], '.4f')}",
+        f"  test: loss {fmt(summary['final_test_loss'])}  accuracy {fmt(summary['final_test_accuracy'], '.4f')}"
+        f"  (best: loss {fmt(summary.get('best_test_loss'))}  accuracy {fmt(summary['best_test_accuracy'], '.4f')})",
     ]
     if summary.get("warmup") in ("catapult", "persistent"):
         lines.append(f"  {summary['warmup']} warmup: lr_c {fmt(summary['lr_critical'])}  lr_trgt reached at step "

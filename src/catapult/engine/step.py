@@ -6,11 +6,22 @@ batched engine applies exactly the local rule to each member.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Mapping
 
 from catapult.engine.records import METRIC_COLUMNS
 
-__all__ = ["new_row", "diverged", "measures_sharpness", "evaluates_test"]
+__all__ = ["new_row", "diverged", "measures_sharpness", "evaluates_test", "lambda0_batch_count",
+           "chance_accuracy", "ADAM_FAMILY", "accuracy_rule_applies", "failure_of", "final_status",
+           "output_collapsed", "COLLAPSE_RTOL"]
+
+#: Optimizers the paper's accuracy failure rule covers (``train.accuracy_failure: auto``).
+ADAM_FAMILY = ("adam", "adamw", "radam", "gi-adam")
+
+#: Classes of the image datasets (the accuracy rule's chance level is ``1 / classes``).
+_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100}
+
+#: Relative spread below which a network's output counts as constant (see :func:`output_collapsed`).
+COLLAPSE_RTOL = 1e-6
 
 
 def new_row(t: int, lr: float, threshold: float) -> dict[str, Any]:
@@ -27,6 +38,8 @@ def new_row(t: int, lr: float, threshold: float) -> dict[str, Any]:
 
 def diverged(loss_t: float, loss_0: float, factor: float) -> bool:
     """The divergence rule: ``L_t`` is not finite, or ``L_t > factor * L_0`` (when ``L_0 > 0``).
+    ``factor = inf`` (the default ``train.divergence_factor``) is the paper's rule: only a
+    non-finite loss.
 
     >>> diverged(float("nan"), 1.0, 1000), diverged(2000.0, 1.0, 1000), diverged(999.0, 1.0, 1000)
     (True, True, False)
@@ -50,3 +63,83 @@ def evaluates_test(t: int, every: int, steps: int) -> bool:
     ([10], [0, 5, 10])
     """
     return t == steps or (every > 0 and t % every == 0)
+
+
+def lambda0_batch_count(config: Mapping[str, Any]) -> int:
+    """``k`` of ``lambda_0 = mean_{b < k} lambda_max(H_b(theta_0))``: ``eval.lambda0_batches``, or
+    (null) 10 for minibatch runs (the paper averages over 10 batches) and 1 for full batch.
+
+    >>> lambda0_batch_count({"train": {"batch_size": None}, "eval": {"lambda0_batches": None}})
+    1
+    >>> lambda0_batch_count({"train": {"batch_size": 32}, "eval": {"lambda0_batches": None}})
+    10
+    """
+    k = config["eval"].get("lambda0_batches")
+    if k is not None:
+        return int(k)
+    return 1 if config["train"]["batch_size"] is None else 10
+
+
+def chance_accuracy(config: Mapping[str, Any]) -> float | None:
+    """``1 / classes`` for the image datasets, ``None`` for text (no accuracy rule there)."""
+    classes = _CLASSES.get(config["data"]["name"])
+    return None if classes is None else 1.0 / classes
+
+
+def accuracy_rule_applies(config: Mapping[str, Any]) -> bool:
+    """``train.accuracy_failure``: on, off, or (auto) on for :data:`ADAM_FAMILY` optimizers, on image data."""
+    mode = config["train"].get("accuracy_failure", "off")
+    on = mode == "on" or (mode == "auto" and config["optimizer"]["name"] in ADAM_FAMILY)
+    return on and chance_accuracy(config) is not None
+
+
+def failure_of(loss_t: float, loss_0: float | None, factor: float) -> str:
+    """Why :func:`diverged` fired: ``"non_finite_loss"`` or ``"loss_above_factor"``.
+
+    >>> failure_of(float("inf"), 1.0, 10.0), failure_of(11.0, 1.0, 10.0)
+    ('non_finite_loss', 'loss_above_factor')
+    """
+    return "non_finite_loss" if not math.isfinite(loss_t) else "loss_above_factor"
+
+
+def final_status(status: str, final_train_accuracy: float | None, config: Mapping[str, Any],
+                 collapsed: bool = False) -> tuple[str, str | None]:
+    """``(status, failure)`` of a run once its loop ended with ``status``.
+
+    The paper's rules, in order: a run that ``"diverged"`` stays so; a finished run to which
+    :func:`accuracy_rule_applies` and whose final training accuracy is ``< 1.5 * chance`` is
+    ``"diverged"`` (failure ``"final_accuracy_below_1.5x_chance"``); a finished run whose network
+    output is constant across inputs (``collapsed``) is ``"collapsed"``; otherwise ``"finished"``.
+
+    >>> c = {"data": {"name": "digits"}, "optimizer": {"name": "adam"}, "train": {"accuracy_failure": "auto"}}
+    >>> final_status("finished", 0.14, c), final_status("finished", 0.16, c)
+    (('diverged', 'final_accuracy_below_1.5x_chance'), ('finished', None))
+    >>> final_status("finished", 0.9, c, collapsed=True)
+    ('collapsed', None)
+    """
+    if status != "finished":
+        return status, None
+    chance = chance_accuracy(config)
+    if accuracy_rule_applies(config) and (final_train_accuracy is None or final_train_accuracy < 1.5 * chance):
+        return "diverged", "final_accuracy_below_1.5x_chance"
+    if collapsed:
+        return "collapsed", None
+    return "finished", None
+
+
+def output_collapsed(outputs, rtol: float = COLLAPSE_RTOL) -> bool:
+    """The network maps every input to the same output: ``max_j std_i out[i, j] <= rtol * max |out|``
+    (over the rows ``i`` of a batch, the output units ``j``; all-zero outputs count as collapsed).
+    A batch of one row cannot tell, and is not collapsed. Works on a tensor or a nested list.
+
+    >>> output_collapsed([[1.0, 2.0], [1.0, 2.0]]), output_collapsed([[1.0, 2.0], [1.0, 2.1]])
+    (True, False)
+    """
+    import torch
+
+    out = torch.as_tensor(outputs).detach().double()
+    out = out.reshape(out.shape[0], -1) if out.dim() > 1 else out.reshape(-1, 1)
+    if out.shape[0] < 2 or not bool(torch.isfinite(out).all()):
+        return False
+    spread = float(out.std(dim=0, unbiased=False).max())
+    return spread <= rtol * float(out.abs().max())

@@ -44,6 +44,22 @@ def _threshold_series(metrics: Metrics) -> tuple[list[float], list[float]]:
     return xs, ys
 
 
+#: The loss axis shows at most this factor above the largest starting loss; higher points (a
+#: diverging run) are drawn at the top edge with a triangle, so one blow-up does not flatten
+#: every other curve.
+LOSS_CLIP_FACTOR = 100.0
+
+
+def loss_axis_top(runs: Mapping[str, Metrics], factor: float = LOSS_CLIP_FACTOR) -> float | None:
+    """The loss axis' upper limit: ``factor`` x the largest finite initial loss of the runs, or
+    the largest finite loss if that is lower (``None`` with no finite loss)."""
+    starts = [ys[0] for metrics in runs.values() for ys in [_series(metrics, "train_loss")[1]] if ys]
+    highest = [max(ys) for metrics in runs.values() for ys in [_series(metrics, "train_loss")[1]] if ys]
+    if not starts:
+        return None
+    return min(factor * max(starts), max(highest)) * 1.5
+
+
 def plot_trajectories(
     runs: Mapping[str, Metrics],
     path: str | Path | None = None,
@@ -57,30 +73,69 @@ def plot_trajectories(
     instability threshold (``2/lr_t`` for GD) dashed in the run's colour.
 
     ``runs`` maps a legend label to that run's metrics. ``statuses`` (label -> status) marks
-    diverged runs with an ``x`` at their last logged loss. Saved to ``path`` (PNG etc.) if given.
+    diverged runs with an ``x`` at their last logged loss. Every catapult
+    (:func:`catapult.analysis.detect_catapults`) is marked with a circle at its loss peak and at
+    the sharpness before it. The loss axis is clipped at :func:`loss_axis_top`; points above are
+    drawn on the top edge as triangles (the legend says "clipped"). A run without sharpness
+    measurements says "sharpness not measured" in the legend (and in the panel when no run has
+    any). Saved to ``path`` (PNG etc.) if given.
     """
+    from catapult.analysis import detect_catapults
+
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     FigureCanvasAgg(fig)
     ax_loss, ax_sharp = fig.subplots(1, 2)
     colors = [f"C{i % 10}" for i in range(len(runs))]
+    top = loss_axis_top(runs)
+    any_sharpness, any_clipped, any_catapult = False, False, False
     for color, (label, metrics) in zip(colors, runs.items()):
         status = (statuses or {}).get(label)
-        legend = label + (" (diverged)" if status == "diverged" else "")
+        sx, sy = _series(metrics, "sharpness")
+        legend = label + (f" ({status})" if status in ("diverged", "collapsed") else "")
+        if not sx:
+            legend += ", sharpness not measured"
         xs, ys = _series(metrics, "train_loss")
-        ax_loss.plot(xs, ys, color=color, lw=1.2, label=legend)
+        shown = [min(y, top) if top else y for y in ys]
+        ax_loss.plot(xs, shown, color=color, lw=1.2, label=legend)
+        over = [(x, top) for x, y in zip(xs, ys) if top and y > top]
+        if over:
+            any_clipped = True
+            ax_loss.plot([x for x, _ in over], [y for _, y in over], "^", color=color, ms=6, clip_on=False)
         if status == "diverged" and xs:
-            ax_loss.plot(xs[-1], ys[-1], "x", color=color, ms=8)
-        xs, ys = _series(metrics, "sharpness")
-        ax_sharp.plot(xs, ys, color=color, lw=1.2, marker="." if len(xs) < 60 else None, ms=3, label=legend)
+            ax_loss.plot(xs[-1], shown[-1], "x", color=color, ms=8)
+        for event in detect_catapults(metrics):
+            any_catapult = True
+            ax_loss.plot(event.peak, min(event.loss_peak, top) if top else event.loss_peak, "o", mfc="none",
+                         mec=color, ms=10, mew=1.5)
+            if _finite(event.sharpness_before) and event.sharpness_before > 0:
+                ax_sharp.plot(event.start, event.sharpness_before, "o", mfc="none", mec=color, ms=10, mew=1.5)
+        if sx:
+            any_sharpness = True
+            ax_sharp.plot(sx, sy, color=color, lw=1.2, marker="." if len(sx) < 60 else None, ms=3, label=legend)
         xs, ys = _threshold_series(metrics)
         ax_sharp.plot(xs, ys, color=color, lw=1.0, ls="--", alpha=0.8)
-    ax_loss.set(yscale="log", xlabel="step", ylabel="training loss", title="(a) loss")
+    loss_title = "(a) training loss"
+    notes = []
+    if any_catapult:
+        notes.append("o = catapult")
+    if any_clipped:
+        notes.append(f"▲ = above {top:.3g}, clipped")
+    if notes:
+        loss_title += "  (" + ", ".join(notes) + ")"
+    ax_loss.set(yscale="log", xlabel="step", ylabel="training loss", title=loss_title)
+    if top:
+        bottom = min((min(ys) for m in runs.values() for ys in [_series(m, "train_loss")[1]] if ys), default=None)
+        if bottom is not None and bottom < top:
+            ax_loss.set_ylim(bottom / 1.5, top)
     # Adam family (Fig. 2): the pre-conditioned sharpness lambda_max(P^-1 H) against
     # (2 + 2 b1) / ((1 - b1) lr_t), which is the rows' "threshold" column for those runs.
     ylabel = ("pre-conditioned sharpness  $\\lambda_{max}(P^{-1}H)$" if preconditioned
               else "sharpness  $\\lambda_{max}(H)$")
     ax_sharp.set(yscale="log", xlabel="step", ylabel=ylabel,
                  title=f"(b) sharpness (dashed: {threshold_label})")
+    if not any_sharpness:
+        ax_sharp.text(0.5, 0.5, "sharpness not measured\n(eval.sharpness_every: 0)", transform=ax_sharp.transAxes,
+                      ha="center", va="center", fontsize=11, color="0.35")
     _clip_threshold_axis(ax_sharp, runs)
     for ax in (ax_loss, ax_sharp):
         ax.grid(True, which="major", alpha=0.3)

@@ -80,16 +80,21 @@ class PhaseGrid:
     best: tuple[int, int] | None
     where: dict
     unfinished: list[int] = field(default_factory=list)
+    #: sample std over the cell's seeds/members with a value (NaN for one or none), and how many
+    spread: np.ndarray | None = None
+    counts: np.ndarray | None = None
 
 
 def default_axes(axes: Sequence[Mapping[str, Any]]) -> tuple[str, str | None]:
     """``(x, y)``: x = ``optimizer.lr`` if swept else the first axis; y = ``schedule.warmup_steps``
-    if swept, else the next axis with more than one value (``None`` for a 1-D sweep)."""
-    keys = [a["key"] for a in axes]
+    if swept, else the next axis with more than one value (``None`` for a 1-D sweep). The
+    ``seed`` axis (``sweep.seeds``) is never chosen: cells are averaged over it."""
+    keys = [a["key"] for a in axes if a["key"] != "seed"] or [a["key"] for a in axes]
     if not keys:
         raise ValueError("the sweep has no swept keys to plot")
     x = "optimizer.lr" if "optimizer.lr" in keys else keys[0]
-    multi = [a["key"] for a in axes if a["key"] != x and len(a["values"]) > 1]
+    # seeds are averaged (mean ± std in the cells), never a default axis
+    multi = [a["key"] for a in axes if a["key"] not in (x, "seed") and len(a["values"]) > 1]
     y = "schedule.warmup_steps" if "schedule.warmup_steps" in multi else (multi[0] if multi else None)
     return x, y
 
@@ -98,8 +103,8 @@ def resolve_axes(axes: Sequence[Mapping[str, Any]], x: str | None = None, y: str
     """Fill in whichever of ``x``/``y`` is missing with :func:`default_axes`' choice, never the
     same key twice (``y`` may stay ``None``: a one-row diagram)."""
     dx, dy = default_axes(axes)
-    keys = [a["key"] for a in axes]
-    multi = [a["key"] for a in axes if len(a["values"]) > 1]
+    keys = [a["key"] for a in axes if a["key"] != "seed"]
+    multi = [a["key"] for a in axes if len(a["values"]) > 1 and a["key"] != "seed"]
     if x is None:
         x = dx if dx != y else next((k for k in keys if k != y), None)
     if y is None:
@@ -163,7 +168,9 @@ def phase_grid(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[str, A
 
     values = np.full((ny, nx), np.nan)
     status = [["missing"] * nx for _ in range(ny)]
-    counts_as_result = ("finished", "diverged") if metric in ("lambda_0",) else ("finished",)
+    spread = np.full((ny, nx), np.nan)
+    counts = np.zeros((ny, nx), dtype=int)
+    counts_as_result = ("finished", "diverged", "collapsed") if metric in ("lambda_0",) else ("finished", "collapsed")
     for i in range(ny):
         for j in range(nx):
             group = members[i][j]
@@ -173,6 +180,9 @@ def phase_grid(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[str, A
             good = [c[metric] for c in group if c["status"] in counts_as_result and _finite(c.get(metric))]
             if good:
                 values[i, j] = float(np.mean(good))
+                counts[i, j] = len(good)
+                if len(good) > 1:
+                    spread[i, j] = float(np.std(good, ddof=1))
                 status[i][j] = "ok" if all(s == "finished" for s in states) else "partial"
             elif "diverged" in states:
                 status[i][j] = "diverged"
@@ -188,11 +198,11 @@ def phase_grid(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[str, A
     unfinished = [c["id"] for row in members for m in row for c in m if c["status"] not in RESULT_STATUSES]
     return PhaseGrid(metric, x, y, list(xa["labels"]), list(ya["labels"]), list(xa["values"]), list(ya["values"]),
                      values, status, [[[c["id"] for c in m] for m in row] for row in members], best, where,
-                     unfinished)
+                     unfinished, spread, counts)
 
 
 #: Statuses of a cell that has its result (or its final failure).
-RESULT_STATUSES = ("finished", "diverged", "failed")
+RESULT_STATUSES = ("finished", "diverged", "failed", "collapsed")
 
 
 def unfinished_note(grid: PhaseGrid) -> str | None:
@@ -274,6 +284,9 @@ def plot_phase_diagram(grid: PhaseGrid, path: str | Path | None = None, *, title
                 rgba = mesh.cmap(norm(v))
                 light = 0.299 * rgba[0] + 0.587 * rgba[1] + 0.114 * rgba[2] < 0.5
                 text = _format_value(v, grid.metric) + ("*" if state == "partial" else "")
+                sd = None if grid.spread is None else grid.spread[i, j]
+                if sd is not None and np.isfinite(sd):  # seeds: mean and sample std
+                    text += "\n±" + _format_value(sd, grid.metric)
                 ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if light else "black")
     if grid.best is not None:
         i, j = grid.best
@@ -297,7 +310,9 @@ def plot_phase_diagram(grid: PhaseGrid, path: str | Path | None = None, *, title
     ax.legend(handles=legend, loc="upper left", bbox_to_anchor=(0.0, -0.16 if nx <= 6 else -0.28),
               ncol=3, fontsize=7, frameon=False)
     where = ", ".join(f"{k}={v}" for k, v in grid.where.items())
-    ax.set_title(title or f"{grid.metric}" + (f" ({where})" if where else ""), fontsize=10)
+    seeds = "" if grid.counts is None or grid.counts.max() <= 1 else \
+        f"; mean ± std over up to {int(grid.counts.max())} seeds"
+    ax.set_title(title or f"{grid.metric}" + (f" ({where})" if where else "") + seeds, fontsize=10)
     _save(fig, path)
     return fig
 

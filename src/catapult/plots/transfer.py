@@ -56,6 +56,9 @@ class TransferCurves:
     #: ``{(panel, series): number of matching cells with no result yet}`` (pending, running,
     #: interrupted); a curve listed here, and so its optimum, rests on incomplete rows
     unfinished: dict[tuple[Any, Any], int] = field(default_factory=dict)
+    #: ``spread[panel][series] = [(x, sample std over seeds, n), ...]`` parallel to ``curves``
+    #: (std NaN for a single seed or a failed point)
+    spread: dict[Any, dict[Any, list[tuple[float, float, int]]]] = field(default_factory=dict)
 
     @property
     def higher_is_better(self) -> bool:
@@ -126,16 +129,23 @@ def transfer_curves(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[s
         return sorted(keys, key=lambda k: rank.index(_key(k)) if _key(k) in rank else len(rank))
 
     curves: dict[Any, dict[Any, list[tuple[float, float]]]] = {}
+    spread: dict[Any, dict[Any, list[tuple[float, float, int]]]] = {}
     for p in ordered(groups, panel):
-        curves[p] = {}
+        curves[p], spread[p] = {}, {}
         for s in ordered(groups[p], series):
-            points = []
+            points, spreads = [], []
             for xv in sorted(groups[p][s]):
                 vals = groups[p][s][xv]
                 # A point counts only if every member finished (a diverged seed is a failure).
-                points.append((xv, sum(vals) / len(vals) if all(math.isfinite(v) for v in vals) else math.nan))
+                ok = all(math.isfinite(v) for v in vals)
+                mean = sum(vals) / len(vals) if ok else math.nan
+                points.append((xv, mean))
+                sd = (math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
+                      if ok and len(vals) > 1 else math.nan)
+                spreads.append((xv, sd, len(vals)))
             curves[p][s] = points
-    return TransferCurves(metric, x, series, panel, curves, unfinished)
+            spread[p][s] = spreads
+    return TransferCurves(metric, x, series, panel, curves, unfinished, spread)
 
 
 def incomplete_optima(curves: TransferCurves) -> list[tuple[Any, Any, int]]:
@@ -214,7 +224,9 @@ def optima_rows(curves: TransferCurves) -> tuple[list[str], list[list[str]]]:
             star = "*" if curves.unfinished.get((p, s)) else ""
             if by_series.get(s) is None:
                 return "unfinished*" if star and not curves.curves.get(p, {}).get(s) else "F" + star
-            return f"{by_series[s][0]:.3g} ({by_series[s][1]:.4g}){star}"
+            sd = next((d for xv, d, _ in curves.spread.get(p, {}).get(s, []) if xv == by_series[s][0]), math.nan)
+            pm = f" ± {sd:.2g}" if math.isfinite(sd) else ""
+            return f"{by_series[s][0]:.3g} ({by_series[s][1]:.4g}{pm}){star}"
 
         cells = [text(s) for s in series_values]
         rows.append([str(p), *cells, *("-" if math.isnan(v) else f"{v:.1f}"
@@ -239,6 +251,8 @@ def transfer_summary(curves: TransferCurves) -> dict:
                        for p, by in optima(curves).items()},
             "drift_log2": {str(p): num(d) for p, d in drift(curves).items()},
             "shift_log2": {str(p): num(d) for p, d in shift(curves).items()},
+            "spread": {str(p): {str(s): [{"x": xv, "std": num(sd), "n": n} for xv, sd, n in pts]
+                                for s, pts in by.items()} for p, by in curves.spread.items()},
             "unfinished_cells": sum(curves.unfinished.values()),
             "incomplete_optima": [{"panel": str(p), "series": str(s), "unfinished": n}
                                   for p, s, n in incomplete_optima(curves)]}
@@ -267,6 +281,11 @@ def plot_transfer(curves: TransferCurves, path: str | Path | None = None, *, tit
             color = cmap(j / max(1, len(series) - 1))
             ax.plot([q[0] for q in pts], [q[1] for q in pts], marker="o", ms=3, color=color,
                     label=_label(curves.series_key, s))
+            band = [(xv, v, sd) for (xv, v), (_, sd, _n) in zip(curves.curves[p][s], curves.spread.get(p, {}).get(s, []))
+                    if math.isfinite(v) and math.isfinite(sd)]
+            if band:  # seeds: mean ± sample std
+                ax.fill_between([b[0] for b in band], [b[1] - b[2] for b in band], [b[1] + b[2] for b in band],
+                                color=color, alpha=0.2, linewidth=0)
             best = opt[p][s]
             if best is not None:
                 ax.plot([best[0]], [best[1]], marker="*", ms=11, color=color, markeredgecolor="black")

@@ -84,6 +84,8 @@ def batched_unsupported_reason(config: Mapping[str, Any]) -> str | None:
         return f"schedule.warmup={config['schedule']['warmup']!r} (batched: {', '.join(_WARMUPS)})"
     if config["loss"] not in _LOSSES:
         return f"loss={config['loss']!r} (batched: {', '.join(_LOSSES)})"
+    if config["eval"]["sharpness_kind"] == "lr_scaled" and config["eval"]["sharpness_every"] > 0:
+        return "eval.sharpness_kind=lr_scaled (measured by the local engine only)"
     return None
 
 
@@ -142,6 +144,9 @@ class FuncStack:
 
     def materialize(self, row: int) -> None:
         self.opt.materialize(row, self.model.params)
+
+    def outputs(self, rows: list[int], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.model.outputs(rows, x, y)
 
 
 def run_group(cells: Sequence[Cell], *, data: Any = None) -> Iterator[tuple[int, CellResult]]:

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 import torch
 
 from catapult import config as cfg
-from catapult.engine.step import diverged, new_row
+from catapult.engine.step import diverged, new_row, output_collapsed
 from catapult.sweep.batched_optim import StackedOptimizer
 from catapult.sweep.executors import Cell, CellResult, worker_name
 from catapult.sweep.member import Member
@@ -61,6 +61,10 @@ class Stack(Protocol):
 
     def materialize(self, row: int) -> None:
         """Load member ``row``'s own module and torch optimizer with its stacked state."""
+
+    def outputs(self, rows: list[int], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The network outputs ``[len(rows), batch, ...]`` of members ``rows`` on ``x`` (for the
+        collapse rule, :func:`catapult.engine.step.output_collapsed`)."""
 
 
 @dataclass
@@ -131,8 +135,12 @@ def _start(group: Group, stack: Stack, keep_models: bool) -> list[int]:
 
     members = group.members
     x0, y0 = group.batches.batch(0)
+    # lambda_0 averaged over batches 0 .. k-1 (eval.lambda0_batches), as Run.lambda_0
+    lam_batches = engine.lambda0_batches(group.data, group.config, engine.seeds(group.config["seed"])[1])
     Member.measure_lambda0(members, stack.n_params, group.device, group.dtype,
-                           lambda rows, inits: stack.sharpness(rows, x0, y0, inits, preconditioned=False))
+                           lambda rows, inits: stack.sharpness(rows, x0, y0, inits, preconditioned=False),
+                           solve_on=lambda t: (lambda rows, inits: stack.sharpness(
+                               rows, *lam_batches[t], inits, preconditioned=False)))
     failed = []
     for i, (mb, model) in enumerate(zip(members, group.models)):
         if not mb.resolve_lr_target():
@@ -242,6 +250,9 @@ def train_group(group: Group, stack: Stack, *, keep_models: bool = True) -> Iter
             active[r].metrics.append(rows[r])
             if t == active[r].steps:
                 finished.append(r)
+        if finished:  # the collapse rule on the final batch, as run applies it
+            for r, out in zip(finished, stack.outputs(finished, x, y)):
+                active[r].collapsed = output_collapsed(out)
         now = time.perf_counter()
         for r in sorted(gone + finished):
             yield active[r].cell.id, result_of(active[r], now)

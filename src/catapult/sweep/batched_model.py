@@ -128,6 +128,15 @@ class StackedModel:
         finally:
             self.module.train(was_training)
 
+    @torch.no_grad()
+    def outputs(self, rows: Sequence[int], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The network outputs ``[len(rows), batch, ...]`` of members ``rows`` on ``x`` (train
+        mode, as the training forward; for the collapse rule)."""
+        idx = torch.as_tensor(list(rows), dtype=torch.long, device=x.device)
+        params, buffers = self._cast(self.params, idx, None), self._cast(self.buffers, idx, None)
+        with math_attention():
+            return vmap(self._member_loss, in_dims=(0, 0, None, None))(params, buffers, x, y)[1]
+
     def members_per_pass(self, x: torch.Tensor, budget_bytes: int = 32 * 2**20) -> int:
         """Members whose forward on ``x`` fits ``budget_bytes`` of one activation: ``rows x
         widest x itemsize`` per member, with ``widest`` the largest output of any submodule

@@ -131,7 +131,8 @@ _KNOWN_KEYS = frozenset({
     "optimizer.weight_decay",
     "schedule.warmup", "schedule.warmup_steps", "schedule.lr_init", "schedule.power", "schedule.decay",
     "schedule.lr_final",
-    "train.steps", "train.batch_size", "train.divergence_factor",
+    "train.steps", "train.batch_size", "train.divergence_factor", "train.accuracy_failure",
+    "eval.lambda0_batches",
     "eval.sharpness_every", "eval.sharpness_tol", "eval.sharpness_max_iter", "eval.sharpness_kind",
     "eval.sharpness_hvp", "eval.sharpness_dtype", "eval.test_every", "eval.sharpness_max_basis",
     # a memory setting of the local engine (micro-batched HVPs, the same products to rounding);
@@ -168,6 +169,8 @@ def unsupported_reason(config: Mapping[str, Any]) -> str | None:
     if ev["sharpness_dtype"] not in (None, config["dtype"]):
         return f"eval.sharpness_dtype={ev['sharpness_dtype']!r} differs from dtype={config['dtype']!r}"
     kind = ev["sharpness_kind"]
+    if kind == "lr_scaled" and ev["sharpness_every"] > 0:
+        return "eval.sharpness_kind=lr_scaled (measured by the local engine only)"
     if kind == "preconditioned" and config["optimizer"]["name"] == "sgd" and ev["sharpness_every"] > 0:
         return "eval.sharpness_kind=preconditioned with sgd (the local engine reports the error)"
     for key, value in _leaves(config):

@@ -84,6 +84,12 @@ class KernelStack(MLPStack):
     def materialize(self, row: int) -> None:
         raise NotImplementedError("the hand-derived kernels train no persistent warmup")
 
+    @torch.no_grad()
+    def outputs(self, rows: list[int], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The network outputs ``[len(rows), batch, classes]`` of members ``rows`` on ``x``."""
+        idx = torch.as_tensor(rows, dtype=torch.long, device=self.params[0].device)
+        return self.forward([p[idx] for p in self.params], [m[idx] if m is not None else None for m in self.masks], x)
+
     # ---- curvature
     def sharpness(self, rows: list[int], x, y, inits: torch.Tensor, *, preconditioned: bool,
                   grads: Sequence[torch.Tensor] | None = None,

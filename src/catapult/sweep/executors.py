@@ -144,7 +144,7 @@ def run_cell(run_fn: RunFn, cell: Cell, threads: int | None = None) -> CellResul
     except Exception as err:  # one cell's failure must not stop the sweep
         return CellResult("failed", [], {}, error=error_text(err), worker=worker)
     out = to_cell_result(result, worker)
-    if out.status not in ("finished", "diverged", "failed"):
+    if out.status not in ("finished", "diverged", "failed", "collapsed"):
         return CellResult("failed", out.metrics, out.summary,
                           error=f"run_fn returned status {out.status!r}", worker=worker)
     return out

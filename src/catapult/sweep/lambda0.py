@@ -12,6 +12,7 @@ import hashlib
 from typing import Any, Mapping
 
 from catapult import config as cfg
+from catapult.engine.step import lambda0_batch_count
 from catapult.sweep.spec import canonical_json
 
 __all__ = ["lambda0_key", "lambda0_inputs", "measure_lambda0", "needs_lambda0", "resolve_cell_lr"]
@@ -20,7 +21,9 @@ __all__ = ["lambda0_key", "lambda0_inputs", "measure_lambda0", "needs_lambda0", 
 def lambda0_inputs(config: Mapping[str, Any]) -> dict:
     """The part of a config that lambda_0 depends on.
 
-    lambda_0 = top Hessian eigenvalue of the training loss at ``theta_0`` on batch 0 (engine
+    lambda_0 = top Hessian eigenvalue of the training loss at ``theta_0`` on batch 0, averaged
+    over batches ``0 .. k-1`` for minibatch runs (``eval.lambda0_batches``; part of the key only
+    when k > 1, so full-batch keys are those of earlier versions) (engine
     semantics, :mod:`catapult.engine.loop`), so it depends on the seed, device, dtype, data, model,
     loss, batch size (batch 0) and the eigen-solver settings, and on nothing about the
     optimizer, schedule or training length. The solver's memory settings
@@ -37,6 +40,8 @@ def lambda0_inputs(config: Mapping[str, Any]) -> dict:
         "loss": config["loss"],
         "batch_size": config["train"]["batch_size"],
         "solver": {k: ev[k] for k in ("sharpness_tol", "sharpness_max_iter", "sharpness_hvp", "sharpness_dtype")},
+        **({} if lambda0_batch_count(config) == 1 or config["train"]["batch_size"] is None
+           else {"lambda0_batches": lambda0_batch_count(config)}),
     }
 
 

@@ -43,6 +43,7 @@ class Member:
     loss_0: float | None = None
     status: str = "finished"
     diverged_at: int | None = None
+    collapsed: bool = False     # the collapse rule at its final step (engine.step.output_collapsed)
     matvecs_total: int = 0
     measurements: int = 0
     unconverged: int = 0
@@ -82,7 +83,7 @@ class Member:
         return CellResult("failed", [], {}, error=self.metrics[0]["error"], worker=worker)
 
     @staticmethod
-    def measure_lambda0(members: list["Member"], n_params: int, device, dtype, solve) -> None:
+    def measure_lambda0(members: list["Member"], n_params: int, device, dtype, solve, solve_on=None) -> None:
         """lambda_0 of the members that need it, as ``run`` measures it: each from its own
         :meth:`start_vector`, by ``solve(rows, inits) -> [EigenEstimate]`` (the engine's batched
         Hessian sharpness); the estimate is kept for reuse at ``t = 0`` and its matvecs counted."""
@@ -96,6 +97,24 @@ class Member:
             mb.lambda0_estimate, mb.lambda_0 = est, float(est.value)
             mb.matvecs_total += int(est.matvecs)
             mb.unconverged += int(not est.converged)
+        # lambda_0 averaged over batches 0 .. k-1 (eval.lambda0_batches), as Run.lambda_0:
+        # ``solve_on(t)`` solves on batch t, each member warm-started from its batch-0 vector
+        if solve_on is None:
+            return
+        from catapult.engine.step import lambda0_batch_count
+
+        counts = {i: (1 if members[i].config["train"]["batch_size"] is None
+                      else lambda0_batch_count(members[i].config)) for i in need}
+        values = {i: [members[i].lambda_0] for i in need}
+        for t in range(1, max(counts.values())):
+            rows = [i for i in need if counts[i] > t]
+            inits = torch.stack([members[i].lambda0_estimate.vector for i in rows])
+            for i, est in zip(rows, solve_on(t)(rows, inits)):
+                values[i].append(float(est.value))
+                members[i].matvecs_total += int(est.matvecs)
+                members[i].unconverged += int(not est.converged)
+        for i in need:
+            members[i].lambda_0 = float(sum(values[i]) / len(values[i]))
 
     def sharpness_at(self, t: int) -> bool:
         return measures_sharpness(t, self.sharpness_every, self.steps)
@@ -107,6 +126,14 @@ class Member:
         """The instability threshold of its optimizer at ``lr_t`` (its first group's multiplier)."""
         return threshold(self.optimizer, lr_t * self.lr_mult0)
 
+    def _lambda0_batches(self) -> int | None:
+        """How many batches its lambda_0 averages (as ``run`` records it), ``None`` if not measured."""
+        from catapult.engine.step import lambda0_batch_count
+
+        if not self.needs_lambda0:
+            return None
+        return 1 if self.config["train"]["batch_size"] is None else lambda0_batch_count(self.config)
+
     def result(self, *, n_params: int, device, sharpness_kind: str, wall_time: float,
                worker: str | None) -> CellResult:
         """Its :class:`~catapult.sweep.executors.CellResult`, the summary built as ``run`` builds it."""
@@ -114,7 +141,8 @@ class Member:
             self.config, self.metrics, status=self.status, diverged_at=self.diverged_at, lambda_0=self.lambda_0,
             lr_trgt=self.lr_trgt, threshold_target=self.threshold_at(self.lr_trgt), n_params=n_params,
             device=device, sharpness_kind=sharpness_kind, matvecs_total=self.matvecs_total,
-            measurements=self.measurements, unconverged=self.unconverged, wall_time=wall_time)
+            measurements=self.measurements, unconverged=self.unconverged, wall_time=wall_time,
+            collapsed=self.collapsed, lambda0_batches=self._lambda0_batches())
         if self.warmup is not None:
             summary.update(warmup_summary(self.config, self.metrics, self.lr_trgt, self.warmup))
-        return CellResult(self.status, self.metrics, summary, worker=worker)
+        return CellResult(summary["status"], self.metrics, summary, worker=worker)  # the paper's accuracy rule

@@ -12,7 +12,7 @@ A sweep config is an ordinary run config (see :mod:`catapult.config`) plus a top
         optimizer.lr: {log2_over_lambda0: [0, 6]}       # "2^0/lambda0" ... "2^6/lambda0"
         schedule.warmup_steps: {log2: [0, 8, 2]}          # 1, 4, 16, 64, 256
         model.activation: [relu, tanh]                    # an explicit list
-      seeds: [0, 1]                           # shorthand for a last axis `seed: [0, 1]`
+      seeds: 3                                # a last axis `seed: [0, 1, 2]` (or a list: [0, 1])
 
 Axis values (each axis is one dotted config key -> one of):
 
@@ -33,7 +33,7 @@ Each axis also carries *labels* in the config's own units (``2^3``, ``2^3/λ0``)
 axes and in reports.
 
 :func:`load_sweep` reads such a file and applies ``key=value`` overrides (base keys as for
-``catapult train``; ``sweep.seeds=[0,1,2]`` and ``sweep.grid.<dotted key>=<axis>`` change the
+``catapult train``; ``sweep.seeds=3``, ``sweep.seeds=[0,1,2]`` and ``sweep.grid.<dotted key>=<axis>`` change the
 sweep), :func:`expand` validates *every* cell with :func:`catapult.config.validate` before any
 work and raises one :class:`~catapult.config.ConfigError` naming each bad cell and key.
 """
@@ -300,13 +300,26 @@ def parse_sweep(section: Any) -> SweepSpec:
         axes.append(axis)
         raw_grid[key] = plain_data(raw)
     raw_out: dict[str, Any] = {"grid": raw_grid}
+    raw_count = None
     if "seeds" in section:
         seeds = section["seeds"]
-        if not isinstance(seeds, (list, tuple)) or not seeds:
-            problems.append(("sweep.seeds", f"expected a non-empty list of integer seeds, got {seeds!r}"))
+        if isinstance(seeds, int) and not isinstance(seeds, bool):
+            # ``seeds: K`` repeats every cell with the seeds 0 .. K-1
+            if not 1 <= seeds <= MAX_CELLS:
+                problems.append(("sweep.seeds", f"expected a number of seeds K >= 1 (seeds 0 .. K-1) or a list "
+                                                f"of integer seeds, got {seeds!r}"))
+                seeds = None
+            else:
+                raw_count = seeds
+                seeds = list(range(seeds))
+        if seeds is None:
+            pass
+        elif not isinstance(seeds, (list, tuple)) or not seeds:
+            problems.append(("sweep.seeds", f"expected a number of seeds K >= 1 or a non-empty list of integer "
+                                            f"seeds, got {seeds!r}"))
         else:
             axes.append(Axis("seed", tuple(seeds), tuple(str(s) for s in seeds), "list"))
-            raw_out["seeds"] = list(seeds)
+            raw_out["seeds"] = raw_count if raw_count is not None else list(seeds)
     for axis in axes:
         if len(set(map(canonical_json, axis.values))) != len(axis.values):
             problems.append((f"sweep.grid.{axis.key}" if axis.key != "seed" or "seeds" not in raw_out
@@ -456,7 +469,34 @@ def spec_document(base: Mapping[str, Any], spec: SweepSpec) -> dict:
     """What identifies a sweep (stored, hashed, compared on resume): the validated base config
     without its ``name`` (renaming the file changes no result) and the normalized ``sweep:``."""
     base_doc = {k: v for k, v in plain_data(base).items() if k != "name"}
+    _drop_keys_without_effect(base_doc, spec)
     return {"base": base_doc, "sweep": spec.raw}
+
+
+def _drop_keys_without_effect(base_doc: dict, spec: SweepSpec) -> None:
+    """Leave out of the spec document the keys added after a store's version where they give the
+    behaviour of the versions before them, so a store written then resumes (with the earlier
+    rule spelled out where a default changed). Issue 14: ``eval.lambda0_batches`` when lambda_0
+    is one batch (full batch, or ``1``), ``train.accuracy_failure`` when it is ``off`` or
+    (``auto``) the sweep is sgd only, ``model.widen`` unless the model is a WRN, ``data.augment``
+    when every augmentation is off. A key the sweep varies always stays."""
+    swept = set(spec.keys)
+    train, ev = base_doc.get("train", {}), base_doc.get("eval", {})
+    model, data = base_doc.get("model", {}), base_doc.get("data", {})
+
+    def drop(section: dict, name: str, key: str, neutral: bool) -> None:
+        if neutral and not any(k == key or k.startswith(key + ".") for k in swept):
+            section.pop(name, None)
+
+    drop(ev, "lambda0_batches", "eval.lambda0_batches", "train.batch_size" not in swept and (
+        train.get("batch_size") is None or ev.get("lambda0_batches") == 1))
+    rule = train.get("accuracy_failure")
+    drop(train, "accuracy_failure", "train.accuracy_failure", rule == "off" or (
+        rule == "auto" and base_doc.get("optimizer", {}).get("name") == "sgd" and "optimizer.name" not in swept))
+    drop(model, "widen", "model.widen", model.get("name") != "wrn" and "model.name" not in swept)
+    augment = data.get("augment") or {}
+    drop(data, "augment", "data.augment", not augment.get("flip") and not augment.get("crop")
+         and not augment.get("mixup"))
 
 
 def spec_hash(document: Mapping[str, Any]) -> str:

@@ -74,7 +74,7 @@ SCHEMA_VERSION = 1
 #: Every status a cell can have. ``pending``/``running`` cells are (re)done by a resume;
 #: ``failed`` cells too (a failure is not a result); ``finished``/``diverged`` are results.
 STATUSES = ("pending", "running", "finished", "diverged", "failed")
-DONE_STATUSES = ("finished", "diverged")
+DONE_STATUSES = ("finished", "diverged", "collapsed")  # collapsed: stored as finished, see record()
 #: Final values (last logged step; test values from the last evaluation).
 FINAL_METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "sharpness")
 #: Best values over the run: min train/test loss, max test accuracy (the paper's cell value).
@@ -396,6 +396,8 @@ class Store:
             d["swept"] = json.loads(d.pop("swept_json"))
             summary = d.pop("summary_json")
             d["summary"] = json.loads(summary) if summary else None
+            if d["status"] == "finished" and (d["summary"] or {}).get("status") == "collapsed":
+                d["status"] = "collapsed"
             out.append(d)
         return out
 
@@ -440,8 +442,14 @@ class Store:
         rows of the cell (from an interrupted attempt) are replaced.
         """
         status = getattr(result, "status", None)
-        if status not in ("finished", "diverged", "failed"):
-            raise ValueError(f"cell {cell_id}: result status must be finished, diverged or failed, got {status!r}")
+        if status not in ("finished", "diverged", "failed", "collapsed"):
+            raise ValueError(f"cell {cell_id}: result status must be finished, diverged, collapsed or failed, "
+                             f"got {status!r}")
+        # a collapsed run is a result: its status column says finished (the column's CHECK is that
+        # of stores written before "collapsed" existed) and its summary says collapsed, which
+        # cells() reports
+        reported = status
+        status = "finished" if status == "collapsed" else status
         metrics = list(getattr(result, "metrics", None) or [])
         summary = dict(getattr(result, "summary", None) or {})
         error = getattr(result, "error", None)
@@ -483,7 +491,7 @@ class Store:
                 f"VALUES ({', '.join('?' * (len(METRIC_COLUMNS) + 2))})", rows)
             conn.execute(f"UPDATE cells SET {', '.join(f'{k} = ?' for k in values)} WHERE id = ?",
                          [*values.values(), cell_id])
-        return status
+        return reported
 
     # ---- lambda_0 cache
 

@@ -1,15 +1,19 @@
-"""Export a sweep store as a table: one row per cell (CSV, or Parquet with ``pyarrow``).
+"""Export a sweep store as a table: one row per cell (CSV, or Parquet with ``pyarrow``), or with
+``aggregate=True`` one row per cell *over seeds* (``sweep.seeds``): ``<metric>_mean``,
+``<metric>_std`` and ``n_seeds``.
 
 A ``running`` cell that no live driver holds is exported with status ``interrupted``.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from catapult.sweep.store import BEST_METRICS, FINAL_METRICS
 
-__all__ = ["EXPORT_COLUMNS", "export_table", "write_csv", "write_parquet"]
+__all__ = ["EXPORT_COLUMNS", "AGGREGATE_METRICS", "export_table", "aggregate_table", "mean_std", "write_csv",
+           "write_parquet"]
 
 
 #: Columns after the swept keys in an export, in order.
@@ -38,11 +42,73 @@ def export_table(store) -> tuple[list[str], list[list[Any]]]:
     return columns, rows
 
 
-def write_csv(store, path: str | Path) -> Path:
-    """Write :func:`export_table` as CSV (empty cell for ``None``; floats round-trip exactly)."""
+#: Columns :func:`aggregate_table` averages over seeds.
+AGGREGATE_METRICS = (*FINAL_METRICS, *BEST_METRICS, "lambda_0", "lr_target", "steps_completed")
+
+
+def mean_std(values: Sequence[Any]) -> tuple[float | None, float | None, int]:
+    """``(mean, std, n)`` of the finite numbers in ``values`` (``None``/NaN/inf/non-numbers
+    skipped); ``std`` is the sample standard deviation ``sqrt(sum (x - mean)^2 / (n - 1))``, 0.0
+    for one value; ``(None, None, 0)`` for none.
+
+    >>> mean_std([1.0, 2.0, 3.0, None, float("nan")])
+    (2.0, 1.0, 3)
+    """
+    xs = [float(v) for v in values
+          if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
+    if not xs:
+        return None, None, 0
+    mean = math.fsum(xs) / len(xs)
+    std = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+    return mean, std, len(xs)
+
+
+def aggregate_table(store) -> tuple[list[str], list[list[Any]]]:
+    """``(columns, rows)``: one row per cell of the grid *without* its ``seed`` axis, in grid order:
+    the swept keys but ``seed``, ``n_seeds`` (cells with a result: finished, collapsed or
+    diverged), ``n_finished``, ``n_diverged``, ``n_collapsed``, ``status`` (the seeds' common
+    status, or ``mixed``), then for each of :data:`AGGREGATE_METRICS` ``<metric>_mean``,
+    ``<metric>_std`` (sample std over seeds, :func:`mean_std`) and ``<metric>_n`` (seeds that
+    have a finite value: a diverged seed has no test metrics). A store without a seed axis gives
+    one row per cell with ``n_seeds = 1`` and std 0.
+    """
+    columns, rows = export_table(store)
+    keys = [c for c in columns[1:columns.index("status")] if c != "seed"]
+    index = {c: j for j, c in enumerate(columns)}
+    groups: dict[str, list[list[Any]]] = {}
+    order: list[str] = []
+    import json
+
+    for row in rows:
+        key = json.dumps([row[index[k]] for k in keys], default=str)
+        if key not in groups:
+            groups[key] = []
+            order.append(key)
+        groups[key].append(row)
+    out_columns = [*keys, "n_seeds", "n_finished", "n_diverged", "n_collapsed", "status"]
+    for m in AGGREGATE_METRICS:
+        out_columns += [f"{m}_mean", f"{m}_std", f"{m}_n"]
+    out_rows = []
+    for key in order:
+        members = groups[key]
+        statuses = [r[index["status"]] for r in members]
+        done = [r for r, st in zip(members, statuses) if st in ("finished", "diverged", "collapsed")]
+        common = set(statuses)
+        row = [members[0][index[k]] for k in keys]
+        row += [len(done), statuses.count("finished"), statuses.count("diverged"), statuses.count("collapsed"),
+                common.pop() if len(common) == 1 else "mixed"]
+        for m in AGGREGATE_METRICS:
+            row += list(mean_std([r[index[m]] for r in done]))
+        out_rows.append(row)
+    return out_columns, out_rows
+
+
+def write_csv(store, path: str | Path, *, aggregate: bool = False) -> Path:
+    """Write :func:`export_table` (or, with ``aggregate``, :func:`aggregate_table`) as CSV
+    (empty cell for ``None``; floats round-trip exactly)."""
     import csv
 
-    columns, rows = export_table(store)
+    columns, rows = aggregate_table(store) if aggregate else export_table(store)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as fh:
@@ -53,16 +119,16 @@ def write_csv(store, path: str | Path) -> Path:
     return path
 
 
-def write_parquet(store, path: str | Path) -> Path:
-    """Write :func:`export_table` as Parquet (needs the optional ``pyarrow``). Swept columns
-    whose values mix numbers and strings are written as strings."""
+def write_parquet(store, path: str | Path, *, aggregate: bool = False) -> Path:
+    """Write :func:`export_table` (or :func:`aggregate_table`) as Parquet (needs the optional
+    ``pyarrow``). Swept columns whose values mix numbers and strings are written as strings."""
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
         raise ImportError("parquet export needs pyarrow, an optional dependency: "
                           "pip install 'catapult[parquet]' (or export --format csv)") from None
-    columns, rows = export_table(store)
+    columns, rows = aggregate_table(store) if aggregate else export_table(store)
     data = {}
     for j, name in enumerate(columns):
         values = [row[j] for row in rows]

@@ -1,0 +1,181 @@
+"""Fig. 1 of the warmup paper at small scale: which embedded settings start in sharpness
+reduction and which in progressive sharpening, and when the loss spikes relative to the step
+where the sharpness crosses 2/lr_t.
+
+    nice -n 10 python bench/study_fig1.py search  --out bench/figures/fig1_search.csv   # part 1
+    nice -n 10 python bench/study_fig1.py catapult --out bench/figures/fig1_catapult.png  # part 2
+
+Part 1 (the search). Full-batch GD on the embedded digits (first ``n_train`` images), MSE
+(0.5 * mean) or cross-entropy, FCN without biases, for every (parametrization, width, depth,
+loss) of the grid below and 3 seeds, at a *small* constant lr ``c / lambda_0`` (c = 0.5, well
+inside the stable region, so that the sharpness moves by the dynamics, not by a catapult).
+Measure ``r = lambda_T / lambda_0`` after T steps. The paper's claim (its Fig. 1 and Sec. 3):
+muP starts in *sharpness reduction* (r < 1), SP in *progressive sharpening* (r > 1).
+The criterion was fixed before looking at the results: a setting "shows the regime" when all
+3 seeds agree on the side of 1 by more than 5% (r < 0.95 or r > 1.05).
+
+Part 2 (catapults). For one muP and one SP setting, linear warmup to a large target
+(muP: lr_trgt = 1/8 as in the paper, scaled to lambda_0 if needed; SP: 32/lambda_0), sharpness
+every step: the first step ``t_cross`` with ``lambda_t > 2/lr_t``, the first loss spike
+``t_spike`` (``L_t > 1.1 L_{t-1}`` after ``t_cross - 20``), and the lag ``t_spike - t_cross``,
+over 3 seeds.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from catapult.engine import run
+
+SEEDS = (0, 1, 2)
+
+
+def base_config(param, width, depth, loss, *, lr, steps, warmup=1, every=20, seed=0, n_train=500):
+    return {
+        "name": f"fig1_{param}_w{width}_d{depth}_{loss}_s{seed}",
+        "seed": seed,
+        "data": {"name": "digits", "n_train": n_train, "n_test": None if n_train is None else 300},
+        "model": {"name": "mlp", "width": width, "depth": depth, "parametrization": param, "bias": False},
+        "loss": loss,
+        "optimizer": {"name": "sgd", "lr": lr},
+        "schedule": {"warmup": "linear", "warmup_steps": warmup},
+        "train": {"steps": steps, "batch_size": None},
+        "eval": {"sharpness_every": every, "test_every": 0, "sharpness_tol": 1e-3},
+    }
+
+
+def ratio(metrics, steps):
+    sharp = [(r["step"], r["sharpness"]) for r in metrics if r["sharpness"] is not None]
+    lam0 = sharp[0][1]
+    at = [v for s, v in sharp if s <= steps]
+    return at[-1] / lam0, min(v for _, v in sharp) / lam0, max(v for _, v in sharp) / lam0
+
+
+def search(out: Path, steps: int) -> None:
+    grid = list(itertools.product(("mup", "sp"), (64, 256, 512), (2, 4, 6), ("mse", "cross_entropy")))
+    rows = []
+    started = time.time()
+    for param, width, depth, loss in grid:
+        rs = []
+        for seed in SEEDS:
+            res = run(base_config(param, width, depth, loss, lr="0.5/lambda0", steps=steps, seed=seed), progress="none")
+            r_end, r_min, r_max = ratio(res.metrics, steps)
+            rs.append((r_end, r_min, r_max, res.summary["lambda_0"]))
+        ends = [r[0] for r in rs]
+        verdict = ("reduction" if all(e < 0.95 for e in ends) else
+                   "sharpening" if all(e > 1.05 for e in ends) else "flat/mixed")
+        row = dict(param=param, width=width, depth=depth, loss=loss,
+                   lambda0_mean=statistics.mean(r[3] for r in rs),
+                   ratio_mean=statistics.mean(ends), ratio_std=statistics.stdev(ends),
+                   ratio_min_mean=statistics.mean(r[1] for r in rs), verdict=verdict)
+        rows.append(row)
+        print(f"{param:4s} w{width:5d} d{depth} {loss:13s} lambda0 {row['lambda0_mean']:9.4g} "
+              f"lambda_T/lambda_0 {row['ratio_mean']:.3f} ± {row['ratio_std']:.3f}  {verdict}"
+              f"   [{time.time() - started:.0f}s]", flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def crossing_and_spike(metrics):
+    """``(t_cross, t_spike)``: the first measured step with ``lambda_t > threshold_t`` (2/lr_t), and
+    the start of the first loss spike (:func:`catapult.analysis.detect_catapults`'s rule:
+    ``L_t > 1.5 x`` the running minimum) at or after ``t_cross - 20``; ``None`` where absent."""
+    t_cross = next((r["step"] for r in metrics if r["sharpness"] is not None and r["threshold"] is not None
+                    and r["sharpness"] > r["threshold"]), None)
+    if t_cross is None:
+        return None, None
+    low, t_spike = math.inf, None
+    for r in metrics:
+        loss = r["train_loss"]
+        if loss is None:
+            continue
+        if r["step"] >= t_cross - 20 and (not math.isfinite(loss) or loss > 1.5 * low):
+            t_spike = r["step"]
+            break
+        low = min(low, loss)
+    return t_cross, t_spike
+
+
+def catapult(out: Path, args) -> None:
+    """Part 2: demo settings (width 256, depth 4, MSE, digits), T_wrm = 64, sharpness every ``--every`` steps."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    settings = {"mup": 16.0, "sp": "32/lambda0"}
+    fig = Figure(figsize=(11, 6.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, 2)
+    lines = ["| setting | seed | lambda_0 | t_cross (lambda_t > 2/lr_t) | t_spike (L > 1.5 min) | lag | lambda_0 -> min over steps < t_cross |",
+             "|---|---|---|---|---|---|---|"]
+    lags = {}
+    dump = []
+    for col, (param, lr) in enumerate(settings.items()):
+        for seed in SEEDS:
+            config = base_config(param, 256, 4, "mse", lr=lr, steps=args.steps, warmup=64, every=args.every,
+                                 seed=seed, n_train=args.n_train)
+            config["eval"]["test_every"] = 0
+            res = run(config, progress="none")
+            m = res.metrics
+            t_cross, t_spike = crossing_and_spike(m)
+            lam0 = res.summary["lambda_0"]
+            before = [r["sharpness"] for r in m if r["sharpness"] is not None and (t_cross is None or r["step"] < t_cross)]
+            lag = None if t_cross is None or t_spike is None else t_spike - t_cross
+            lags.setdefault(param, []).append(lag)
+            lines.append(f"| {param} lr={lr} | {seed} | {lam0:.4g} | {t_cross} | {t_spike} | {lag} | "
+                         f"{min(before) / lam0:.3f} |")
+            steps = [r["step"] for r in m]
+            axes[0][col].plot(steps, [r["train_loss"] for r in m], lw=1, label=f"seed {seed}")
+            measured = [(r["step"], r["sharpness"]) for r in m if r["sharpness"] is not None]
+            axes[1][col].plot([q[0] for q in measured], [q[1] for q in measured], lw=1, label=f"seed {seed}")
+            dump.append({"param": param, "seed": seed, "metrics": m})
+            axes[1][col].plot(steps, [r["threshold"] for r in m], lw=0.8, ls="--", color="k")
+            if t_cross is not None:
+                axes[1][col].axvline(t_cross, color=f"C{seed}", lw=0.6, ls=":")
+            print(lines[-1], flush=True)
+        axes[0][col].set(yscale="log", title=f"{param.upper() if param == 'sp' else 'muP'}: training loss "
+                                             f"(lr_trgt={lr}, T_wrm=64)", xlabel="step")
+        axes[1][col].set(yscale="log", title="sharpness (dashed: 2/lr_t; dotted: t_cross)", xlabel="step")
+        lam = [r["sharpness"] for r in m if r["sharpness"]]
+        axes[1][col].set_ylim(min(lam) / 2, max(lam) * 4)
+        axes[0][col].legend(fontsize=8)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    import json
+
+    out.with_suffix(".json").write_text(json.dumps(dump, default=lambda x: None))
+    print("\n".join(lines))
+    for param, values in lags.items():
+        got = [v for v in values if v is not None]
+        if got:
+            print(f"{param}: lag t_spike - t_cross = {statistics.mean(got):.1f} ± "
+                  f"{statistics.stdev(got) if len(got) > 1 else 0:.1f} steps over {len(got)} seeds")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("part", choices=["search", "catapult"])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--every", type=int, default=1, help="catapult: sharpness every k steps")
+    p.add_argument("--n-train", type=int, default=None, help="catapult: first N digits (default all)")
+    a = p.parse_args(argv)
+    torch.set_num_threads(1)
+    if a.part == "search":
+        search(a.out, a.steps)
+    else:
+        catapult(a.out, a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

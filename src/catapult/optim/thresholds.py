@@ -1,0 +1,122 @@
+"""Instability thresholds where one learning rate is not the whole story: per-group lr
+multipliers under (S)GD, and RAdam's un-rectified first steps (issue 14's formula audit).
+
+Per-group learning rates. With param groups at ``lr_i = lr * m_i`` (muP/SμPar ``lr_mult``), GD
+is ``theta <- theta - lr M g`` with ``M = diag(m_i)`` (one ``m_i`` per parameter, from its
+group). On a quadratic with Hessian ``H`` the step's error map is ``I - lr M H``; it is stable iff
+``lr * lambda_max(M H) < 2``. ``M H`` is similar to the symmetric ``M^1/2 H M^1/2``, so the
+threshold to compare with ``2 / lr`` (the first group's when ``m_0 = 1``) is
+
+    lr_scaled sharpness = lambda_max(M^1/2 H M^1/2)        (P^-1 H with P = diag(1 / m_i)),
+
+not ``lambda_max(H)``: a hidden layer at ``lr / m_rho`` with ``m_rho < 1`` is *more* unstable
+than the raw sharpness says. :func:`lr_scaled_sharpness` measures it with the same Lanczos
+solver and Hessian-vector products as :func:`catapult.sharpness`.
+
+RAdam (torch.optim.RAdam, Liu et al. 2020). With ``rho_inf = 2 / (1 - b2) - 1`` and
+``rho_t = rho_inf - 2 t b2^t / (1 - b2^t)``, step ``t`` is un-rectified while ``rho_t <= 5``:
+``theta <- theta - lr m_t / (1 - b1^t)``, EMA momentum SGD without any pre-conditioner, whose
+linear stability on the Hessian is that of heavy ball with momentum ``b1`` at lr ``(1 - b1) lr``:
+``lambda_max(H) < (2 + 2 b1) / ((1 - b1) lr)``. Afterwards the step is Adam's scaled by the
+rectification ``r_t``: pre-conditioned sharpness against ``(2 + 2 b1) / ((1 - b1) r_t lr)``.
+:func:`radam_threshold` returns which sharpness applies at step ``t`` and its threshold.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+__all__ = ["group_lr_multipliers", "lr_scaled_sharpness", "radam_rho", "radam_rectified",
+           "radam_rectification", "radam_threshold"]
+
+
+def group_lr_multipliers(optimizer: torch.optim.Optimizer, params) -> torch.Tensor:
+    """Flat ``m`` (one entry per scalar parameter of ``params``, in order): each parameter's group
+    lr relative to the first group's (``lr_i / lr_0``; ``lr_mult_i / lr_mult_0`` when the groups
+    carry ``lr_mult``); 0 for a parameter no group holds (the step does not move it)."""
+    groups = optimizer.param_groups
+    first = groups[0]
+    where = {id(p): g for g in groups for p in g["params"]}
+
+    def rel(g) -> float:
+        if "lr_mult" in g and "lr_mult" in first:
+            return float(g["lr_mult"]) / float(first["lr_mult"])
+        return float(g["lr"]) / float(first["lr"]) if float(first["lr"]) > 0 else 1.0
+
+    out = []
+    for p in params:
+        g = where.get(id(p))
+        out.append(torch.full((p.numel(),), 0.0 if g is None else rel(g), dtype=torch.float64))
+    return torch.cat(out)
+
+
+def lr_scaled_sharpness(model: torch.nn.Module, loss_fn, batch, optimizer: torch.optim.Optimizer, *,
+                        tol: float = 1e-3, max_iter: int = 100, dtype=None, init: torch.Tensor | None = None,
+                        hvp: str = "auto", seed: int = 0, max_basis: int = 20, chunk_size: int | None = None):
+    """``lambda_max(M^1/2 H M^1/2)`` with ``M = diag(lr_i / lr_0)`` (see the module docstring): the
+    sharpness to compare with the first group's ``instability_threshold`` (``2/lr_0``,
+    ``(2 + 2b)/lr_0``) when the groups' learning rates differ. Equals ``catapult.sharpness`` when
+    every group has the first one's lr. Returns an :class:`~catapult.curvature.EigenEstimate`;
+    the model, its gradients and the optimizer are not changed."""
+    from catapult.curvature import HessianOperator, lanczos_top_eigenpair
+
+    op = HessianOperator(model, loss_fn, batch, dtype=dtype, hvp=hvp, seed=seed, chunk_size=chunk_size)
+    params = [p for p in model.parameters() if p.requires_grad]
+    root = torch.sqrt(group_lr_multipliers(optimizer, params)).to(device=op.device, dtype=op.dtype)
+
+    def matvec(v: torch.Tensor) -> torch.Tensor:
+        return root * op(root * v)
+
+    if init is None:
+        gen = torch.Generator().manual_seed(seed)
+        init = torch.randn(op.numel, generator=gen, dtype=torch.float64)
+    v0 = init.to(device=op.device, dtype=op.dtype).clone()
+    return lanczos_top_eigenpair(matvec, v0, tol=tol, max_iter=max_iter, max_basis=max_basis)
+
+
+def radam_rho(t: int, beta2: float) -> float:
+    """``rho_t = rho_inf - 2 t b2^t / (1 - b2^t)``, ``rho_inf = 2 / (1 - b2) - 1`` (t >= 1).
+
+    >>> round(radam_rho(1, 0.999), 9)
+    1.0
+    """
+    rho_inf = 2.0 / (1.0 - beta2) - 1.0
+    return rho_inf - 2.0 * t * beta2 ** t / (1.0 - beta2 ** t)
+
+
+def radam_rectified(t: int, beta2: float) -> bool:
+    """Whether RAdam's step ``t`` applies the adaptive (rectified) update: ``rho_t > 5``.
+
+    >>> [t for t in range(1, 9) if not radam_rectified(t, 0.999)]
+    [1, 2, 3, 4, 5]
+    """
+    return radam_rho(t, beta2) > 5.0
+
+
+def radam_rectification(t: int, beta2: float) -> float:
+    """``r_t = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))`` when
+    rectified (``nan`` otherwise)."""
+    rho_inf = 2.0 / (1.0 - beta2) - 1.0
+    rho = radam_rho(t, beta2)
+    if rho <= 5.0:
+        return math.nan
+    return math.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
+
+
+def radam_threshold(lr: float, betas: Any, t: int) -> tuple[str, float]:
+    """``(kind, threshold)`` for RAdam's step ``t`` (1-based, torch's count): ``("hessian",
+    (2 + 2 b1) / ((1 - b1) lr))`` while un-rectified (EMA-momentum SGD), else
+    ``("preconditioned", (2 + 2 b1) / ((1 - b1) r_t lr))``.
+
+    >>> radam_threshold(0.1, (0.9, 0.999), 1)[0], round(radam_threshold(0.1, (0.9, 0.999), 1)[1], 6)
+    ('hessian', 380.0)
+    >>> radam_threshold(0.1, (0.9, 0.999), 6)[0]
+    'preconditioned'
+    """
+    b1, b2 = float(betas[0]), float(betas[1])
+    base = (2.0 + 2.0 * b1) / ((1.0 - b1) * lr)
+    if not radam_rectified(t, b2):
+        return "hessian", base
+    return "preconditioned", base / radam_rectification(t, b2)

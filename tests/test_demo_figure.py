@@ -1,0 +1,47 @@
+"""The demo's Fig. 1 figure stays readable: catapults marked, a diverging run clipped with a
+marker, "sharpness not measured" said when it was not."""
+from __future__ import annotations
+
+import math
+
+from catapult.engine.trajectories import LOSS_CLIP_FACTOR, loss_axis_top, plot_trajectories
+
+
+def _catapult_run():
+    rows = []
+    for t in range(40):
+        loss = 1.0 / (1 + t) if t < 20 else (5.0 if t in (20, 21) else 0.02)
+        sharp = 10.0 if t <= 20 else 4.0
+        rows.append({"step": t, "train_loss": loss, "sharpness": sharp if t % 2 == 0 else None,
+                     "lr": 0.1, "threshold": 20.0})
+    return rows
+
+
+def _diverging_run():
+    return [{"step": t, "train_loss": 1.0 * 10 ** (t / 2), "sharpness": None, "lr": 0.1, "threshold": 20.0}
+            for t in range(14)] + [{"step": 14, "train_loss": math.inf, "sharpness": None, "lr": 0.1,
+                                    "threshold": 20.0}]
+
+
+def _markers(ax, marker):
+    return [line for line in ax.get_lines() if line.get_marker() == marker]
+
+
+def test_diverging_run_is_clipped_and_catapults_are_marked():
+    runs = {"T=64": _catapult_run(), "T=1": _diverging_run()}
+    fig = plot_trajectories(runs, statuses={"T=64": "finished", "T=1": "diverged"})
+    ax_loss, ax_sharp = fig.axes
+    top = loss_axis_top(runs)
+    assert top == LOSS_CLIP_FACTOR * 1.0 * 1.5  # 1e6 would flatten the other curve
+    assert ax_loss.get_ylim()[1] == top
+    assert _markers(ax_loss, "^")  # clipped points of the diverging run, on the top edge
+    assert len(_markers(ax_loss, "o")) == 1 and len(_markers(ax_sharp, "o")) == 1  # the catapult
+    assert "catapult" in ax_loss.get_title() and "clipped" in ax_loss.get_title()
+    labels = [t.get_text() for t in ax_loss.get_legend().get_texts()]
+    assert "T=1 (diverged), sharpness not measured" in labels
+
+
+def test_no_sharpness_is_said_in_the_panel():
+    fig = plot_trajectories({"run": _diverging_run()[:5]})
+    texts = [t.get_text() for t in fig.axes[1].texts]
+    assert any("sharpness not measured" in t for t in texts)

@@ -1,0 +1,119 @@
+"""Issue 14's formula audit: per-group lr thresholds (lr-scaled sharpness), RAdam's
+un-rectified first steps, critical_lr's bracket tolerance -- each against a closed form."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from catapult.critical_lr import critical_lr
+from catapult.optim.thresholds import (group_lr_multipliers, lr_scaled_sharpness, radam_rectified,
+                                       radam_threshold)
+
+
+def _exact_hessian(model, loss_fn, batch):
+    names = [n for n, _ in model.named_parameters()]
+    params = dict(model.named_parameters())
+    sizes = [p.numel() for p in params.values()]
+    flat0 = torch.cat([p.detach().reshape(-1) for p in params.values()])
+
+    def loss_of(flat):
+        named = {n: c.reshape(params[n].shape) for n, c in zip(names, torch.split(flat, sizes))}
+        return loss_fn(torch.func.functional_call(model, named, (batch[0],)), batch[1])
+
+    return torch.func.hessian(loss_of)(flat0)
+
+
+def test_lr_scaled_sharpness_is_the_top_eigenvalue_of_m_half_h_m_half():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3)).double()
+    batch = (torch.randn(16, 5, dtype=torch.float64), torch.randn(16, 3, dtype=torch.float64))
+    loss_fn = torch.nn.MSELoss()
+    first, second = list(model[0].parameters()), list(model[2].parameters())
+    opt = torch.optim.SGD([{"params": first, "lr": 0.1, "lr_mult": 1.0},
+                           {"params": second, "lr": 0.4, "lr_mult": 4.0}], lr=0.1)
+    H = _exact_hessian(model, loss_fn, batch)
+    m = group_lr_multipliers(opt, list(model.parameters()))
+    assert m.tolist() == [1.0] * 24 + [4.0] * 15
+    root = m.sqrt()
+    truth = float(torch.linalg.eigvalsh(root[:, None] * H * root[None, :])[-1])
+    est = lr_scaled_sharpness(model, loss_fn, batch, opt, tol=1e-10, max_iter=200)
+    assert est.value == pytest.approx(truth, rel=1e-8)
+    raw = float(torch.linalg.eigvalsh(H)[-1])
+    assert truth > 1.5 * raw  # the raw sharpness would misplace the edge here
+
+
+def test_gd_with_group_lrs_is_stable_exactly_below_two_over_the_lr_scaled_sharpness():
+    # L(a, b) = 0.5 [a b] A [a b]^T, a at lr, b at 4 lr: the edge is lr * lambda_max(M A) = 2
+    A = torch.tensor([[2.0, 0.6], [0.6, 1.0]], dtype=torch.float64)
+    M = torch.diag(torch.tensor([1.0, 4.0], dtype=torch.float64))
+    edge = 2.0 / float(torch.linalg.eigvals(M @ A).real.max())
+    assert edge < 2.0 / float(torch.linalg.eigvalsh(A)[-1])
+
+    def final_norm(lr):
+        a = torch.nn.Parameter(torch.tensor([1.0], dtype=torch.float64))
+        b = torch.nn.Parameter(torch.tensor([1.0], dtype=torch.float64))
+        opt = torch.optim.SGD([{"params": [a], "lr": lr}, {"params": [b], "lr": 4 * lr}], lr=lr)
+        for _ in range(400):
+            opt.zero_grad()
+            theta = torch.cat([a, b])
+            (0.5 * theta @ A @ theta).backward()
+            opt.step()
+        return float(torch.cat([a, b]).detach().norm())
+
+    assert final_norm(0.98 * edge) < 1e-2 and final_norm(1.02 * edge) > 1e2
+
+
+def test_radam_first_steps_are_unpreconditioned_momentum_sgd():
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(6, dtype=torch.float64))
+    scales = torch.tensor([1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0], dtype=torch.float64)
+    opt = torch.optim.RAdam([w], lr=1e-3, betas=(0.9, 0.999))
+    m = torch.zeros_like(w)
+    for t in range(1, 8):
+        before = w.detach().clone()
+        opt.zero_grad()
+        (0.5 * (scales * w ** 2).sum()).backward()
+        g = w.grad.detach().clone()
+        opt.step()
+        m = 0.9 * m + 0.1 * g
+        sgd_like = before - 1e-3 * m / (1 - 0.9 ** t)
+        assert torch.allclose(w.detach(), sgd_like, rtol=0, atol=1e-15) == (not radam_rectified(t, 0.999))
+    kind, thr = radam_threshold(1e-3, (0.9, 0.999), 1)
+    assert kind == "hessian" and thr == pytest.approx(38.0 / 1e-3)
+
+
+def test_critical_lr_rtol_bounds_the_distance_to_the_one_step_critical_lr():
+    # L(w) = mean((x w - y)^2) with Hessian diag(4, 1)*... from w = 0 and a gradient mixing both
+    # eigen-directions: L(w - lr g) < L(w) exactly for lr < lr* = 2 g.g / g.H.g
+    x = torch.tensor([[2.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    y = torch.tensor([[1.0], [3.0]], dtype=torch.float64)
+    model = torch.nn.Linear(2, 1, bias=False).double()
+    torch.nn.init.zeros_(model.weight)
+    H = 2 * x.T @ x / 2
+    g = -(2 * x.T @ y / 2).reshape(-1)
+    lr_star = float(2 * g @ g / (g @ H @ g))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    plain = critical_lr(model, torch.nn.MSELoss(), (x, y), opt, lr_start=1 / 64)
+    for rtol in (1e-2, 1e-5):
+        res = critical_lr(model, torch.nn.MSELoss(), (x, y), opt, lr_start=1 / 64, rtol=rtol)
+        assert res.lower <= lr_star <= res.upper == res.lr
+        assert 0 <= (res.lr - lr_star) / lr_star <= rtol
+    assert (plain.lr - lr_star) / lr_star > 1e-2  # the delta stop alone is looser
+    with pytest.raises(ValueError, match="rtol"):
+        critical_lr(model, torch.nn.MSELoss(), (x, y), opt, rtol=-1.0)
+
+
+def test_engine_lr_scaled_kind_measures_the_lr_scaled_sharpness_and_is_sgd_only():
+    from catapult import config as C
+    from catapult.engine import run
+
+    cfg = {"data": {"name": "digits", "n_train": 64, "n_test": 20},
+           "model": {"width": 8, "depth": 3, "parametrization": "supar", "density": 0.5, "base_width": 4},
+           "optimizer": {"lr": 0.05}, "train": {"steps": 1},
+           "eval": {"sharpness_every": 1, "sharpness_kind": "lr_scaled", "sharpness_tol": 1e-6, "test_every": 0}}
+    res = run(cfg, progress="none")
+    raw = run({**cfg, "eval": {**cfg["eval"], "sharpness_kind": "hessian"}}, progress="none")
+    assert res.summary["sharpness_kind"] == "lr_scaled"
+    assert res.metrics[1]["sharpness"] != pytest.approx(raw.metrics[1]["sharpness"], rel=1e-3)
+    with pytest.raises(C.ConfigError, match="eval.sharpness_kind"):
+        C.validate({**cfg, "optimizer": {"name": "adam"}})
