@@ -81,13 +81,23 @@ def lambda0_batch_count(config: Mapping[str, Any]) -> int:
 
 
 def chance_accuracy(config: Mapping[str, Any]) -> float | None:
-    """``1 / classes`` for the image datasets, ``None`` for text (no accuracy rule there)."""
+    """``1 / classes`` for the image datasets, ``None`` for text (no accuracy rule there).
+
+    >>> chance_accuracy({"data": {"name": "cifar100"}}), chance_accuracy({"data": {"name": "text"}})
+    (0.01, None)
+    """
     classes = _CLASSES.get(config["data"]["name"])
     return None if classes is None else 1.0 / classes
 
 
 def accuracy_rule_applies(config: Mapping[str, Any]) -> bool:
-    """``train.accuracy_failure``: on, off, or (auto) on for :data:`ADAM_FAMILY` optimizers, on image data."""
+    """``train.accuracy_failure``: on, off, or (auto) on for :data:`ADAM_FAMILY` optimizers, on image data.
+
+    >>> rule = lambda opt, data="digits": {"train": {"accuracy_failure": "auto"},
+    ...                                    "optimizer": {"name": opt}, "data": {"name": data}}
+    >>> accuracy_rule_applies(rule("adam")), accuracy_rule_applies(rule("sgd")), accuracy_rule_applies(rule("adam", "text"))
+    (True, False, False)
+    """
     mode = config["train"].get("accuracy_failure", "off")
     on = mode == "on" or (mode == "auto" and config["optimizer"]["name"] in ADAM_FAMILY)
     return on and chance_accuracy(config) is not None
