@@ -65,6 +65,15 @@ class DataConfig(Section):
     val_fraction: Annotated[float, number(low=0.0, high=1.0, low_open=True, high_open=True)] = Field(
         0.1, description="text only: tail of the characters held out for validation "
                          "(unless the files have their own split)")
+    # -- tokens (issue 15) --
+    tokenizer: Annotated[Literal["char", "bpe"], choice()] = Field(
+        "char", description="text only: char = one id per character; bpe = byte-level BPE trained on the "
+                            "training split (Hugging Face tokenizers), saved as JSON and reused")
+    vocab_size: Annotated[int, integer(low=257)] = Field(
+        4096, description="text with tokenizer bpe: vocabulary size (256 byte symbols + merges; the papers: 4096)")
+    cache_dir: Annotated[str | None, string(what="a directory path")] = Field(
+        None, description="text with tokenizer bpe: where the tokenizer JSON and the uint16 token arrays go "
+                          "(null = beside data.root if writable, else $CATAPULT_CACHE or ~/.cache/catapult/tokens)")
 
 
 class ModelConfig(Section):

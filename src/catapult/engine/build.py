@@ -78,7 +78,8 @@ def load_data(config: Mapping[str, Any], device: torch.device | str = "cpu",
     d = config["data"]
     try:
         split = data_mod.load_dataset(d["name"], root=d["root"], n_train=d["n_train"], n_test=d["n_test"],
-                                      context=d["context"], val_fraction=d["val_fraction"])
+                                      context=d["context"], val_fraction=d["val_fraction"],
+                                      tokenizer=d["tokenizer"], vocab_size=d["vocab_size"], cache_dir=d["cache_dir"])
     except (ValueError, TypeError) as err:  # e.g. n_train larger than the data: name the section
         if isinstance(err, cfg.ConfigError):
             raise
