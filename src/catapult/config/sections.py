@@ -18,7 +18,7 @@ from catapult.config.errors import short_repr
 from catapult.config.options import NUMBER_TEXT, Option, as_float, boolean, choice, integer, number, numbers, string
 from catapult.config.lr import learning_rate
 
-__all__ = ["Section", "DataConfig", "ModelConfig", "OptimizerConfig", "ScheduleConfig", "TrainConfig",
+__all__ = ["Section", "DataConfig", "SparsityConfig", "ModelConfig", "OptimizerConfig", "ScheduleConfig", "TrainConfig",
            "EvalConfig", "RunConfig", "TEXT_DATASETS", "PRECONDITIONED_OPTIMIZERS", "RUN_NAME"]
 
 #: Datasets of tokens (trained by the gpt); the others are images (the mlp). Equals
@@ -76,6 +76,23 @@ class DataConfig(Section):
                           "(null = beside data.root if writable, else $CATAPULT_CACHE or ~/.cache/catapult/tokens)")
 
 
+class SparsityConfig(Section):
+    """``model.sparsity``: how the masks of the hidden matrices evolve (``model.density`` is the
+    density they have, or for gmp reach; see :mod:`catapult.sparsity.dynamic`)."""
+
+    method: Annotated[Literal["static", "rigl", "gmp"], choice()] = Field(
+        "static", description="static = masks fixed at init; rigl = drop by |W|, regrow by |grad| (density kept); "
+                              "gmp = gradual magnitude pruning from dense to model.density (cubic schedule)")
+    update_every: Annotated[int, integer(low=1)] = Field(
+        100, description="rigl/gmp: steps between mask updates")
+    drop_fraction: Annotated[float, number(low=0.0, high=1.0, low_open=True)] = Field(
+        0.3, description="rigl: initial drop fraction alpha (cosine-decayed to 0 at end_fraction)")
+    start_fraction: Annotated[float, number(low=0.0, high=1.0)] = Field(
+        0.0, description="gmp: pruning starts at this fraction of train.steps")
+    end_fraction: Annotated[float, number(low=0.0, high=1.0, low_open=True)] = Field(
+        0.75, description="rigl/gmp: no mask updates after this fraction of train.steps")
+
+
 class ModelConfig(Section):
     name: Annotated[ModelName, choice()] = Field(
         "mlp", description="architecture: mlp (the warmup paper's FCN) or gpt (Pre-LN Transformer LM, text data)")
@@ -112,6 +129,12 @@ class ModelConfig(Section):
         "learned", description="gpt only: position encoding")
     tie_embeddings: Annotated[bool, boolean()] = Field(
         False, description="gpt only: unembedding = token embedding")
+    sparsity: SparsityConfig = Field(
+        default_factory=SparsityConfig, description="mask dynamics (static, rigl, gmp); model.density is the "
+                                                    "(final) density")
+    final_norm: Annotated[bool, boolean()] = Field(
+        True, description="gpt only: a final LayerNorm before the unembedding (false: none, the warmup "
+                          "paper's variant with a ~100x larger initial sharpness)")
 
 
 

@@ -49,7 +49,9 @@ Step ``t = 0, 1, ..., steps`` (row ``t`` describes the parameters ``theta_t`` *b
    accuracy on the whole test set in eval mode.
 7. Row ``t`` is logged; ``threshold_t = instability_threshold(optimizer)`` at the first param
    group's lr ``lr_t * lr_mult`` (``2/lr_t`` for GD when every ``lr_mult`` is 1, as in the paper's muP).
-8. Update (``t < steps``): ``optimizer.step()``, then ``scheduler.step()`` (sets ``lr_{t+1}``).
+8. Update (``t < steps``): ``optimizer.step()``; with dynamic sparsity (``model.sparsity.method``
+   rigl/gmp) the :class:`~catapult.sparsity.MaskUpdater` then updates the masks if ``t`` is an
+   update step and re-applies them; then ``scheduler.step()`` (sets ``lr_{t+1}``).
 
 So ``metrics`` has ``steps + 1`` rows for a finished run (row ``steps`` = the final model, no
 update) and ``summary["steps_completed"]`` updates.
@@ -210,6 +212,7 @@ def _run(config: Mapping[str, Any], out_path: Path | None, progress: Any, starte
     lambda_0 = None if lambda0_estimate is None else float(lambda0_estimate.value)
     lr_trgt = setup.lr_target
     optimizer, warmup_rule = setup.optimizer, setup.warmup
+    mask_updater = setup.mask_updater  # dynamic sparsity (model.sparsity.method rigl/gmp), else None
     schedule, persistent = warmup_rule.schedule, warmup_rule.persistent
     from catapult import schedules
 
@@ -285,6 +288,8 @@ def _run(config: Mapping[str, Any], out_path: Path | None, progress: Any, starte
 
             if not final:
                 optimizer.step()
+                if mask_updater is not None:
+                    mask_updater.step(t, optimizer)
                 scheduler.step()
     finally:
         reporter.close(status)

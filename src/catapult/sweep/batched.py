@@ -87,6 +87,8 @@ def batched_unsupported_reason(config: Mapping[str, Any]) -> str | None:
         return f"schedule.warmup={config['schedule']['warmup']!r} (batched: {', '.join(_WARMUPS)})"
     if config["loss"] not in _LOSSES:
         return f"loss={config['loss']!r} (batched: {', '.join(_LOSSES)})"
+    if config["model"].get("sparsity", {}).get("method", "static") != "static":  # masks change per member
+        return f"model.sparsity.method={config['model']['sparsity']['method']!r} (batched: static masks only)"
     return None
 
 
