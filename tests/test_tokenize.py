@@ -37,10 +37,12 @@ def test_byte_level_bpe_round_trips_any_text_and_learns_merges():
 
 
 def test_chunked_encoding_equals_whole_text_encoding():
-    vocab = train_bpe([TRAIN], vocab_size=300)
-    body = TRAIN + "  \n\n   indented\n \nx\n" * 50
+    body = TRAIN + "  \n\n   indented\n \nx\nthem?\n\nCLOWN.\nI have\n\n\n" * 200
+    vocab = train_bpe([body], vocab_size=300)
+    assert len(vocab.encode("\n\n")) == 1  # merges whitespace runs: where a cut falls matters
     whole = np.array(vocab.tokenizer.encode(body, add_special_tokens=False).ids)
-    assert np.array_equal(vocab.encode_array(body, chunk_chars=37).astype(np.int64), whole)
+    for chunk in range(5, 80, 3):  # cut points land everywhere in the repeated pattern
+        assert np.array_equal(vocab.encode_array(body, chunk_chars=chunk).astype(np.int64), whole), chunk
 
 
 def test_bpe_corpus_is_trained_on_train_only_saved_beside_the_data_and_reused(tmp_path):

@@ -92,9 +92,9 @@ class BPEVocab:
         """Ids of ``text`` as a 1-D array of :attr:`dtype`.
 
         Long texts are cut into pieces of about ``chunk_chars`` characters, encoded as a batch
-        (the library's threads). A cut is placed only right after a newline whose next character
-        is not whitespace: the byte-level pre-tokenizer splits there anyway and BPE never merges
-        across pre-tokens, so the ids equal those of encoding the whole text at once
+        (the library's threads). A cut is placed only right after a newline between two
+        non-whitespace characters: the byte-level pre-tokenizer splits there anyway and BPE never
+        merges across pre-tokens, so the ids equal those of encoding the whole text at once
         (a test checks it)."""
         pieces = list(_cut(text, chunk_chars))
         encodings = self.tokenizer.encode_batch(pieces, add_special_tokens=False)
@@ -126,9 +126,9 @@ def _cut(text: str, chunk_chars: int) -> Iterable[str]:
     start, n = 0, len(text)
     while n - start > chunk_chars:
         at = start + chunk_chars
-        while True:
+        while True:  # a lone newline between non-spaces: one pre-token whether or not the text ends there
             at = text.find("\n", at)
-            if at < 0 or at + 1 >= n or not text[at + 1].isspace():
+            if at < 0 or at + 1 >= n or not (text[at + 1].isspace() or text[at - 1].isspace()):
                 break
             at += 1
         if at < 0 or at + 1 >= n:
