@@ -206,6 +206,9 @@ class TrainConfig(Section):
         1000.0, description="diverged if the loss is non-finite or > factor * initial loss (.inf: only "
                             "a non-finite loss)",
         json_schema_extra=_per_member())
+    compile: Annotated[bool, boolean()] = Field(
+        False, description="run the training forward/backward through torch.compile (the local engine; "
+                           "curvature and test evaluation use the plain model)")
 
 
 class EvalConfig(Section):

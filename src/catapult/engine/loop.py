@@ -213,6 +213,7 @@ def _run(config: Mapping[str, Any], out_path: Path | None, progress: Any, starte
     lr_trgt = setup.lr_target
     optimizer, warmup_rule = setup.optimizer, setup.warmup
     mask_updater = setup.mask_updater  # dynamic sparsity (model.sparsity.method rigl/gmp), else None
+    forward = torch.compile(model) if config["train"].get("compile") else model  # same parameters
     schedule, persistent = warmup_rule.schedule, warmup_rule.persistent
     from catapult import schedules
 
@@ -244,7 +245,7 @@ def _run(config: Mapping[str, Any], out_path: Path | None, progress: Any, starte
             lr_t = float(schedule(t))
             row = new_row(t, lr_t, threshold(optimizer))
 
-            outputs = model(x)
+            outputs = forward(x)
             loss = loss_fn(outputs, y)
             row["train_loss"] = loss_t = float(loss.item())
             row["train_accuracy"] = accuracy(outputs, y)
