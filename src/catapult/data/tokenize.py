@@ -97,7 +97,9 @@ class BPEVocab:
         merges across pre-tokens, so the ids equal those of encoding the whole text at once
         (a test checks it)."""
         pieces = list(_cut(text, chunk_chars))
-        encodings = self.tokenizer.encode_batch(pieces, add_special_tokens=False)
+        # encode_batch_fast (tokenizers >= 0.21) skips the character offsets, which are not needed here
+        encode = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
+        encodings = encode(pieces, add_special_tokens=False)
         out = np.empty(sum(len(e.ids) for e in encodings), dtype=self.dtype)
         at = 0
         for e in encodings:
