@@ -30,7 +30,7 @@ def unigram_loss(base) -> float:
     the loss of a model that learned token frequencies and nothing else."""
     from catapult.engine import build_run
 
-    setup = build_run(dict(base, train=dict(base["train"], steps=0)))
+    setup = build_run(dict(base, train=dict(base["train"], steps=2)))
     counts = np.bincount(setup.data.y_train.reshape(-1).numpy(), minlength=setup.data.num_classes) + 1.0
     p = counts / counts.sum()
     return float(-np.log(p[setup.data.y_test.reshape(-1).numpy()]).mean())
@@ -70,6 +70,25 @@ def run_cells(xs, final_norms, seeds, warmups):
                             out.write(json.dumps(rec) + "\n")
                             out.flush()
                             print(rec, flush=True)
+
+
+def table(unigram: float) -> None:
+    """Markdown table: per cell mean ± std over seeds of the final test loss and of the largest
+    training loss, and how many seeds spiked (max train loss > 1.2 x initial) or ended above the
+    unigram loss (learned no more than token frequencies)."""
+    rows = [json.loads(l) for l in OUT.read_text().splitlines()]
+    keys = sorted({(r["final_norm"], r["x"], r["warmup_steps"], r["optimizer"]) for r in rows},
+                  key=lambda k: (not k[0], k[1], k[2], k[3]))
+    print("| final LN | x (lr) | T_wrm | optimizer | test loss | max train loss | spiked | above unigram | seeds |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for fn, x, warm, opt in keys:
+        cell = [r for r in rows if (r["final_norm"], r["x"], r["warmup_steps"], r["optimizer"]) == (fn, x, warm, opt)]
+        test = np.array([r["test_loss"] if r["test_loss"] is not None else math.inf for r in cell])
+        peak = np.array([r["max_train_loss"] for r in cell])
+        spiked = sum(r["max_train_loss"] > 1.2 * r["initial_loss"] for r in cell)
+        above = int((test > unigram).sum())
+        print(f"| {fn} | {x} ({1e-4 * 2 ** (x / 2):.4g}) | {warm} | {opt} | {test.mean():.3f} ± {test.std(ddof=1):.3f} | "
+              f"{peak.mean():.2f} ± {peak.std(ddof=1):.2f} | {spiked}/{len(cell)} | {above}/{len(cell)} | {len(cell)} |")
 
 
 def plot(unigram: float | None):
@@ -126,6 +145,7 @@ def main():
     raw.pop("sweep")
     u = unigram_loss(raw)
     print(f"unigram loss of the test windows: {u:.4f}")
+    table(u)
     plot(u)
 
 
