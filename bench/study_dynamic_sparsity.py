@@ -28,6 +28,8 @@ def main() -> None:
     args = ap.parse_args()
     cells = defaultdict(list)
     for row in csv.DictReader(open(args.csv)):
+        if row["status"] not in ("finished", "diverged"):  # not run (yet)
+            continue
         loss = float(row["test_loss"]) if row["status"] == "finished" and row["test_loss"] else math.inf
         key = (row["model.sparsity.method"], row["model.parametrization"], float(row["model.density"]),
                float(row["optimizer.lr"]))
@@ -43,7 +45,9 @@ def main() -> None:
     for ax, (method, param) in zip(axes[0], groups):
         optima = {}
         for density in sorted({k[2] for k in cells if k[:2] == (method, param)}, reverse=True):
-            lrs = sorted(k[3] for k in cells if k[:3] == (method, param, density))
+            lrs = sorted(k[3] for k in cells if k[:3] == (method, param, density) and len(cells[k]) >= 3)
+            if not lrs:
+                continue
             vals = [np.array(cells[(method, param, density, lr)]) for lr in lrs]
             mean = np.array([v.mean() for v in vals])
             best = lrs[int(np.argmin(mean))]
@@ -54,6 +58,8 @@ def main() -> None:
             x = np.log2(lrs)
             line, = ax.plot(x, mean, "o-", label=f"density {density:g}")
             ax.fill_between(x, [v.min() for v in vals], [v.max() for v in vals], color=line.get_color(), alpha=0.2)
+        if not optima:
+            continue
         drift = max(math.log2(v) for v in optima.values()) - min(math.log2(v) for v in optima.values())
         print(f"| {method} | {param} | drift of the optimum across densities | | {drift:.0f} log2 units |")
         ax.set_title(f"{method}, {param}")
