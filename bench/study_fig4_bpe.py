@@ -121,7 +121,7 @@ def plot(unigram: float | None):
         for i in range(2):
             axes[i][j].set_xlabel("x in lr = 1e-4 * 2^(x/2)")
         axes[0][j].legend(fontsize=8)
-    fig.suptitle("Fig. 4 at CPU scale: GPT on Shakespeare BPE-4096, 300 steps, cosine decay")
+    fig.suptitle("Fig. 4, CPU scale: GPT, Shakespeare BPE-4096, 300 steps", fontsize=10)
     fig.tight_layout()
     FIG.parent.mkdir(exist_ok=True)
     fig.savefig(FIG, dpi=110)
