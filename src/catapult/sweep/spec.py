@@ -455,7 +455,9 @@ def expand(base: Mapping[str, Any], spec: SweepSpec) -> list[CellSpec]:
 def spec_document(base: Mapping[str, Any], spec: SweepSpec) -> dict:
     """What identifies a sweep (stored, hashed, compared on resume): the validated base config
     without its ``name`` (renaming the file changes no result) and the normalized ``sweep:``."""
-    base_doc = {k: v for k, v in plain_data(base).items() if k != "name"}
+    from catapult.config.sections import drop_added_defaults  # keys added later, at their default
+
+    base_doc = drop_added_defaults({k: v for k, v in plain_data(base).items() if k != "name"})
     return {"base": base_doc, "sweep": spec.raw}
 
 
