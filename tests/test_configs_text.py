@@ -37,6 +37,10 @@ def test_config_validates(path, tmp_path):
             assert densities == {1.0, 0.5, 0.25, 0.125, 0.0625, 0.03125, 0.015625}  # sparsity 0 .. .984375
             assert {c.swept["model.parametrization"] for c in cells} == {"sp", "mup", "supar", "supar_init",
                                                                        "supar_lr"}
+    elif "coord_check" not in path.stem:  # one run (e.g. fig3_610m_paper for train-ddp)
+        from catapult.config import load_config
+
+        assert load_config(path, overrides)["model"]["name"] == "gpt"
     else:
         from catapult.engine.coord_check_study import load_coord_check
 

@@ -165,8 +165,29 @@ def _check_wrn_and_augment(config: dict) -> Problems:
                                "is for minibatch training; remove data.augment or set train.batch_size")
 
 
+def _check_text_tokens(config: dict) -> Problems:
+    """Tokenizer keys (issue 15) only for text data; mask dynamics only where there are masks."""
+    data, model = config["data"], config["model"]
+    if data["name"] not in TEXT_DATASETS:
+        for key in ("tokenizer", "vocab_size", "cache_dir"):
+            if data[key] != _default(DataConfig, key):
+                yield (f"data.{key}", f"is a text-data option (data.name is {data['name']!r}); remove it")
+    elif data["tokenizer"] == "char":
+        for key in ("vocab_size", "cache_dir"):
+            if data[key] != _default(DataConfig, key):
+                yield (f"data.{key}", "is a BPE option; set data.tokenizer: bpe or remove it")
+    method = model["sparsity"]["method"]
+    if method != "static" and model["density"] >= 1.0:
+        yield ("model.sparsity.method", f"{method} changes masks: set model.density < 1 (the density kept, or "
+                                        "for gmp reached)")
+    if method == "gmp" and model["name"] != "gpt":
+        yield ("model.sparsity.method", "gmp prunes from dense and is available for model.name: gpt; use rigl")
+    if model["name"] != "gpt" and not model["final_norm"]:
+        yield ("model.final_norm", f"is a gpt option (model.name is {model['name']!r}); remove it")
+
+
 #: The cross-key checks, run in this order on a config whose keys validated individually.
 CHECKS: list[Callable[[dict], Problems]] = [
     _check_decay, _check_data_root, _check_model_data, _check_adam_family, _check_catapult_warmup,
-    _check_dtype_range, _check_wrn_and_augment,
+    _check_dtype_range, _check_wrn_and_augment, _check_text_tokens,
 ]

@@ -18,8 +18,8 @@ from catapult.config.errors import short_repr
 from catapult.config.options import NUMBER_TEXT, Option, as_float, boolean, choice, integer, number, numbers, string
 from catapult.config.lr import learning_rate
 
-__all__ = ["Section", "AugmentConfig", "DataConfig", "ModelConfig", "OptimizerConfig", "ScheduleConfig", "TrainConfig",
-           "EvalConfig", "RunConfig", "TEXT_DATASETS", "PRECONDITIONED_OPTIMIZERS", "RUN_NAME"]
+__all__ = ["Section", "AugmentConfig", "DataConfig", "SparsityConfig", "ModelConfig", "OptimizerConfig", "ScheduleConfig", "TrainConfig",
+           "EvalConfig", "RunConfig", "TEXT_DATASETS", "PRECONDITIONED_OPTIMIZERS", "RUN_NAME", "added_defaults", "drop_added_defaults"]
 
 #: Datasets of tokens (trained by the gpt); the others are images (the mlp). Equals
 #: ``catapult.data.TEXT_DATASETS``, which a test checks: config may not import the data layer.
@@ -41,6 +41,12 @@ Dtype = Literal["float32", "float64"]
 
 def _per_member() -> dict[str, Any]:
     return {"per_member": True}
+
+
+def _added(**extra: Any) -> dict[str, Any]:
+    """Schema extra of a key added after sweeps were first stored: at its default it is left out of
+    a sweep's identity (:func:`drop_added_defaults`), so stores written before it still resume."""
+    return {"added": True, **extra}
 
 
 class Section(BaseModel):
@@ -80,7 +86,37 @@ class DataConfig(Section):
         0.1, description="text only: tail of the characters held out for validation "
                          "(unless the files have their own split)")
     augment: AugmentConfig = Field(
-        default_factory=AugmentConfig, description="images, minibatch training only: flip, crop, mixup")
+        default_factory=AugmentConfig, description="images, minibatch training only: flip, crop, mixup",
+        json_schema_extra=_added())
+    # -- tokens (issue 15) --
+    tokenizer: Annotated[Literal["char", "bpe"], choice()] = Field(
+        "char", description="text only: char = one id per character; bpe = byte-level BPE trained on the "
+                            "training split (Hugging Face tokenizers), saved as JSON and reused",
+        json_schema_extra=_added())
+    vocab_size: Annotated[int, integer(low=257)] = Field(
+        4096, description="text with tokenizer bpe: vocabulary size (256 byte symbols + merges; the papers: 4096)",
+        json_schema_extra=_added())
+    cache_dir: Annotated[str | None, string(what="a directory path")] = Field(
+        None, description="text with tokenizer bpe: where the tokenizer JSON and the uint16 token arrays go "
+                          "(null = beside data.root if writable, else $CATAPULT_CACHE or ~/.cache/catapult/tokens)",
+        json_schema_extra=_added())
+
+
+class SparsityConfig(Section):
+    """``model.sparsity``: how the masks of the hidden matrices evolve (``model.density`` is the
+    density they have, or for gmp reach; see :mod:`catapult.sparsity.dynamic`)."""
+
+    method: Annotated[Literal["static", "rigl", "gmp"], choice()] = Field(
+        "static", description="static = masks fixed at init; rigl = drop by |W|, regrow by |grad| (density kept); "
+                              "gmp = gradual magnitude pruning from dense to model.density (cubic schedule)")
+    update_every: Annotated[int, integer(low=1)] = Field(
+        100, description="rigl/gmp: steps between mask updates")
+    drop_fraction: Annotated[float, number(low=0.0, high=1.0, low_open=True)] = Field(
+        0.3, description="rigl: initial drop fraction alpha (cosine-decayed to 0 at end_fraction)")
+    start_fraction: Annotated[float, number(low=0.0, high=1.0)] = Field(
+        0.0, description="gmp: pruning starts at this fraction of train.steps")
+    end_fraction: Annotated[float, number(low=0.0, high=1.0, low_open=True)] = Field(
+        0.75, description="rigl/gmp: no mask updates after this fraction of train.steps")
 
 
 class ModelConfig(Section):
@@ -91,7 +127,7 @@ class ModelConfig(Section):
     depth: Annotated[int, integer(low=1)] = Field(
         4, description="number of Linear layers (gpt: number of blocks; wrn: 6n+4, e.g. 16)")
     widen: Annotated[int, integer(low=1)] = Field(
-        4, description="wrn only: widen factor k (group widths 16k, 32k, 64k)")
+        4, description="wrn only: widen factor k (group widths 16k, 32k, 64k)", json_schema_extra=_added())
     parametrization: Annotated[Parametrization, choice()] = Field(
         "mup", description="init and multiplier rules; supar_init / supar_lr are the SμPar "
                            "ablations (SμPar init + muP lr / muP init + SμPar lr)")
@@ -122,6 +158,12 @@ class ModelConfig(Section):
         "learned", description="gpt only: position encoding")
     tie_embeddings: Annotated[bool, boolean()] = Field(
         False, description="gpt only: unembedding = token embedding")
+    sparsity: SparsityConfig = Field(
+        default_factory=SparsityConfig, description="mask dynamics (static, rigl, gmp); model.density is the "
+                                                    "(final) density", json_schema_extra=_added())
+    final_norm: Annotated[bool, boolean()] = Field(
+        True, description="gpt only: a final LayerNorm before the unembedding (false: none, the warmup "
+                          "paper's variant with a ~100x larger initial sharpness)", json_schema_extra=_added())
 
 
 
@@ -198,6 +240,9 @@ class TrainConfig(Section):
         "auto", description="the paper's second failure rule: a run whose final training accuracy is below "
                             "1.5 x chance (image data) is 'diverged'; auto = on for Adam-family "
                             "optimizers (adam, adamw, radam, gi-adam), off for sgd")
+    compile: Annotated[bool, boolean()] = Field(
+        False, description="run the training forward/backward through torch.compile (the local engine; "
+                           "curvature and test evaluation use the plain model)", json_schema_extra=_added())
 
 
 class EvalConfig(Section):
@@ -260,3 +305,38 @@ class RunConfig(Section):
             if any(value.get(k, 0) is None for k in sections):
                 value = {k: ({} if k in sections and v is None else v) for k, v in value.items()}
         return value
+
+
+def added_defaults(section: type[BaseModel] | None = None, prefix: str = "") -> dict[str, Any]:
+    """``{dotted key: default}`` of every key marked added (``json_schema_extra={"added": True}``);
+    a marked section's default is its whole default mapping.
+
+    >>> added_defaults()["data.tokenizer"], added_defaults()["model.sparsity"]["method"]
+    ('char', 'static')
+    """
+    section = RunConfig if section is None else section
+    out: dict[str, Any] = {}
+    for key, f in section.model_fields.items():
+        extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
+        default = f.get_default(call_default_factory=True)
+        if extra.get("added"):
+            out[prefix + key] = default.model_dump() if isinstance(default, BaseModel) else default
+        elif isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel):
+            out.update(added_defaults(f.annotation, f"{prefix}{key}."))
+    return out
+
+
+def drop_added_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a plain config dict without the :func:`added_defaults` keys that hold their
+    default (a sweep's identity: a store written before those keys existed stays the same sweep)."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in config.items()}
+    for dotted, default in added_defaults().items():
+        *path, leaf = dotted.split(".")
+        node = out
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+            if node is None:
+                break
+        if isinstance(node, dict) and leaf in node and node[leaf] == default:
+            del node[leaf]
+    return out

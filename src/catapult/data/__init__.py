@@ -39,12 +39,15 @@ DATASETS = IMAGE_DATASETS + TEXT_DATASETS
 
 def load_dataset(name: str, *, root: str | os.PathLike | None = None, n_train: int | None = None,
                  n_test: int | None = None, context: int = 64, val_fraction: float = 0.1,
+                 tokenizer: str = "char", vocab_size: int = 4096, cache_dir: str | os.PathLike | None = None,
                  **kwargs) -> "Split | text.WindowSplit":
     """Load a dataset by name: ``"digits"``, ``"cifar10"``, ``"cifar100"`` (a `Split`), or the
     text corpora ``"shakespeare"`` (embedded) and ``"text"`` (``root`` = a file or WikiText-style
     directory), which come as a `text.WindowSplit` of non-overlapping ``context``-token windows
     (``n_train`` / ``n_test`` count windows; the test part is the validation text, the last
-    ``val_fraction`` of the characters unless the source has its own split).
+    ``val_fraction`` of the characters unless the source has its own split), tokenised by
+    ``tokenizer`` (``"char"``, or ``"bpe"``: byte-level BPE with ``vocab_size`` ids, trained once
+    and cached with the token arrays in ``cache_dir``; see `text.load_bpe_corpus`).
 
     ``root`` locates CIFAR files (see `load_cifar10`); digits are embedded and take no root.
     ``n_train`` / ``n_test`` keep the first N samples. Extra keywords go to the loader
@@ -61,11 +64,12 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, n_train: i
     if name == "cifar100":
         return load_cifar100(root, n_train, n_test, **kwargs)
     if name in TEXT_DATASETS:
-        return _corpus(name, root, val_fraction).windows(context, n_train, n_test)
+        return _corpus(name, root, val_fraction, tokenizer, vocab_size, cache_dir).windows(context, n_train, n_test)
     raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
 
 
-def _corpus(name: str, root, val_fraction: float) -> "text.TextCorpus":
+def _corpus(name: str, root, val_fraction: float, tokenizer: str = "char", vocab_size: int = 4096,
+            cache_dir=None) -> "text.TextCorpus":
     """`text.load_corpus`, cached in this process (a sweep's cells share one tokenised corpus;
     the key holds the files' modification times, so an edited file is read again)."""
     stamp = None
@@ -75,9 +79,12 @@ def _corpus(name: str, root, val_fraction: float) -> "text.TextCorpus":
             stamp = tuple(sorted((e.name, e.stat().st_mtime_ns) for e in os.scandir(path) if e.is_file()))
         elif os.path.exists(path):
             stamp = os.stat(path).st_mtime_ns
-    return _load_corpus_cached(name, None if root is None else str(root), float(val_fraction), stamp)
+    return _load_corpus_cached(name, None if root is None else str(root), float(val_fraction), stamp, tokenizer,
+                               int(vocab_size), None if cache_dir is None else str(cache_dir))
 
 
 @functools.lru_cache(maxsize=4)
-def _load_corpus_cached(name, root, val_fraction, _stamp) -> "text.TextCorpus":
-    return text.load_corpus(name, root=root, val_fraction=val_fraction)
+def _load_corpus_cached(name, root, val_fraction, _stamp, tokenizer="char", vocab_size=4096,
+                        cache_dir=None) -> "text.TextCorpus":
+    return text.load_corpus(name, root=root, val_fraction=val_fraction, tokenizer=tokenizer,
+                            vocab_size=vocab_size, cache_dir=cache_dir)

@@ -10,7 +10,9 @@
 * `load_text`: a user's own raw text: one file, or a directory with WikiText's
   ``wiki.train.raw`` / ``wiki.valid.raw`` / ``wiki.test.raw`` or with ``*.txt`` files.
 
-Tokenisation is by character (`CharVocab`): ids ``0..len(chars)-1`` are the characters seen
+Tokenisation is by character (`CharVocab`, ``tokenizer="char"``) or byte-level BPE
+(`load_bpe_corpus`, ``tokenizer="bpe"``; :mod:`catapult.data.tokenize`, cached as memory-mapped
+arrays by :mod:`catapult.data.token_cache`). By character: ids ``0..len(chars)-1`` are the characters seen
 in the *training* text sorted by code point, and one extra id, ``unk_id = len(chars)``, is
 reserved for characters the training text never shows (so ``vocab.size = len(chars) + 1``).
 Validation/test characters unseen in training map to ``unk_id`` (``encode(..., strict=True)``
@@ -29,8 +31,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from catapult.data import token_cache
+from catapult.data.tokenize import TOKENIZERS, BPEVocab, bpe_file_name, fingerprint, load_or_train_bpe
+
 __all__ = ["CharVocab", "TextCorpus", "WindowSplit", "get_batch", "windows", "load_shakespeare",
-           "load_text", "load_corpus", "CORPORA", "SHAKESPEARE_CREDIT"]
+           "load_text", "load_corpus", "CORPORA", "SHAKESPEARE_CREDIT", "load_bpe_corpus", "text_splits",
+           "source_files", "corpus_key", "TOKENIZERS"]
 
 SHAKESPEARE_CREDIT = (
     "Shakespeare texts: Open Shakespeare (Open Knowledge Foundation, http://www.openshakespeare.org/), "
@@ -153,9 +159,9 @@ def windows(ids: torch.Tensor, context: int, n: int | None = None, *,
     elif n > available:
         raise ValueError(f"{name}: asked for {n} windows of {context} tokens, but it holds only "
                          f"{available}")
-    ids = ids.long()
-    x = ids[: n * context].reshape(n, context).clone()
-    y = ids[1: n * context + 1].reshape(n, context).clone()
+    used = ids[: n * context + 1].long()  # slice first: a memory-mapped corpus stays unread beyond it
+    x = used[: n * context].reshape(n, context).clone()
+    y = used[1: n * context + 1].reshape(n, context).clone()
     return x, y
 
 
@@ -175,7 +181,7 @@ class WindowSplit:
     y_test: torch.Tensor
     num_classes: int
     name: str
-    vocab: CharVocab
+    vocab: "CharVocab | BPEVocab"
 
     def __repr__(self) -> str:
         return (f"WindowSplit(name={self.name!r}, vocab_size={self.num_classes}, "
@@ -191,7 +197,7 @@ class TextCorpus:
 
     train: torch.Tensor
     val: torch.Tensor
-    vocab: CharVocab
+    vocab: "CharVocab | BPEVocab"
     name: str
     test: torch.Tensor | None = None
 
@@ -261,6 +267,43 @@ def _corpus(name: str, train: str, val: str, test: str | None = None) -> TextCor
                       test=None if test is None else vocab.encode(test))
 
 
+def text_splits(path_or_dir: str | os.PathLike, *, val_fraction: float = 0.1,
+                encoding: str = "utf-8", name: str | None = None) -> tuple[str, str, str, str | None]:
+    """``(name, train, val, test)`` texts of a user's files, split as `load_text` describes."""
+    _check_fraction(val_fraction)
+    path = Path(path_or_dir).expanduser()
+    if path.is_file():
+        text = _read(path, encoding)
+        return (name or path.stem, *_tail_split(text, val_fraction, str(path)), None)
+    if not path.is_dir():
+        raise FileNotFoundError(f"load_text: {path} does not exist (expected a text file or a "
+                                f"directory with {', '.join(WIKITEXT_FILES)} or *.txt files)")
+    name = name or path.name
+    train_file, valid_file, test_file = (path / f for f in WIKITEXT_FILES)
+    if train_file.is_file():
+        train = _read(train_file, encoding)
+        test = _read(test_file, encoding) if test_file.is_file() else None
+        if valid_file.is_file():
+            return name, train, _read(valid_file, encoding), test
+        return (name, *_tail_split(train, val_fraction, str(train_file)), test)
+    txt_files = sorted(path.glob("*.txt"))
+    if not txt_files:
+        raise FileNotFoundError(f"load_text: {path} holds neither {WIKITEXT_FILES[0]} nor any *.txt "
+                                f"file (looked for {train_file} and {path / '*.txt'})")
+    text = _join([_read(f, encoding) for f in txt_files])
+    return (name, *_tail_split(text, val_fraction, str(path)), None)
+
+
+def source_files(path_or_dir: str | os.PathLike) -> list[Path]:
+    """The files `text_splits` reads for ``path_or_dir`` (existing ones only)."""
+    path = Path(path_or_dir).expanduser()
+    if path.is_file():
+        return [path]
+    if (path / WIKITEXT_FILES[0]).is_file():
+        return [path / f for f in WIKITEXT_FILES if (path / f).is_file()]
+    return sorted(path.glob("*.txt")) if path.is_dir() else []
+
+
 def load_text(path_or_dir: str | os.PathLike, *, val_fraction: float = 0.1,
               encoding: str = "utf-8", name: str | None = None) -> TextCorpus:
     """A character-level corpus from raw text files a user has.
@@ -271,28 +314,7 @@ def load_text(path_or_dir: str | os.PathLike, *, val_fraction: float = 0.1,
     files (concatenated in sorted name order, then split). The vocabulary is built from the
     training text. Raises FileNotFoundError / ValueError naming a missing or empty file.
     """
-    _check_fraction(val_fraction)
-    path = Path(path_or_dir).expanduser()
-    if path.is_file():
-        text = _read(path, encoding)
-        return _corpus(name or path.stem, *_tail_split(text, val_fraction, str(path)))
-    if not path.is_dir():
-        raise FileNotFoundError(f"load_text: {path} does not exist (expected a text file or a "
-                                f"directory with {', '.join(WIKITEXT_FILES)} or *.txt files)")
-    name = name or path.name
-    train_file, valid_file, test_file = (path / f for f in WIKITEXT_FILES)
-    if train_file.is_file():
-        train = _read(train_file, encoding)
-        test = _read(test_file, encoding) if test_file.is_file() else None
-        if valid_file.is_file():
-            return _corpus(name, train, _read(valid_file, encoding), test)
-        return _corpus(name, *_tail_split(train, val_fraction, str(train_file)), test)
-    txt_files = sorted(path.glob("*.txt"))
-    if not txt_files:
-        raise FileNotFoundError(f"load_text: {path} holds neither {WIKITEXT_FILES[0]} nor any *.txt "
-                                f"file (looked for {train_file} and {path / '*.txt'})")
-    text = _join([_read(f, encoding) for f in txt_files])
-    return _corpus(name, *_tail_split(text, val_fraction, str(path)))
+    return _corpus(*text_splits(path_or_dir, val_fraction=val_fraction, encoding=encoding, name=name))
 
 
 def shakespeare_files() -> list[Path]:
@@ -330,18 +352,79 @@ def load_shakespeare(*, val_fraction: float = 0.1) -> TextCorpus:
 CORPORA = ("shakespeare", "text")
 
 
-def load_corpus(name: str, *, root: str | os.PathLike | None = None,
-                val_fraction: float = 0.1) -> TextCorpus:
-    """Corpus registry: ``"shakespeare"`` (embedded; takes no root) or ``"text"`` (``root`` is a
-    file or directory for `load_text`)."""
+def _check_source(name: str, root) -> None:
+    if name == "shakespeare" and root is not None:
+        raise ValueError("the shakespeare corpus is embedded and takes no root (got root="
+                         f"{str(root)!r}); use name='text' for your own files")
+    if name == "text" and root is None:
+        raise ValueError("corpus 'text' needs root: a text file or a directory with "
+                         "wiki.train.raw / wiki.valid.raw / wiki.test.raw or *.txt")
+    if name not in CORPORA:
+        raise ValueError(f"unknown corpus {name!r}; allowed: {', '.join(CORPORA)}")
+
+
+def corpus_key(name: str, root: str | os.PathLike | None, val_fraction: float) -> str:
+    """A key of a corpus' source that needs no reading: the corpus name, ``val_fraction`` and each
+    source file's name and size (user files: also the modification time, so an edited file gets
+    a new tokenizer and new arrays)."""
     if name == "shakespeare":
-        if root is not None:
-            raise ValueError("the shakespeare corpus is embedded and takes no root (got root="
-                             f"{str(root)!r}); use name='text' for your own files")
+        stamp = [(f.name, f.stat().st_size) for f in shakespeare_files()]
+    else:
+        stamp = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in source_files(root)]
+        if not stamp:
+            text_splits(root, val_fraction=val_fraction)  # raises the reader's FileNotFoundError
+    return fingerprint(name, float(val_fraction), *stamp)
+
+
+def load_bpe_corpus(name: str, *, root: str | os.PathLike | None = None, val_fraction: float = 0.1,
+                    vocab_size: int = 4096, cache_dir: str | os.PathLike | None = None) -> TextCorpus:
+    """A corpus as byte-level BPE tokens, tokenised once and then memory-mapped.
+
+    The texts and splits are those of `load_shakespeare` / `load_text`. In the cache directory
+    (`catapult.data.token_cache.cache_dir`: ``cache_dir``, else beside ``root`` if writable,
+    else the user cache) live ``bpe-v<V>-<key>.json`` (the tokenizer, trained on the training
+    text only, `load_or_train_bpe`) and ``<name>.<split>.bpe-v<V>-<key>.npy`` (uint16 ids) with
+    ``key = corpus_key(name, root, val_fraction)``. When they all exist nothing is read but
+    them; the id tensors map the files (``torch.uint16``; `windows` / `get_batch` cast the
+    slices they take to int64).
+    """
+    _check_source(name, root)
+    _check_fraction(val_fraction)
+    key = corpus_key(name, root, val_fraction)
+    directory = token_cache.cache_dir(root, cache_dir)
+    tokenizer_key = f"bpe-v{int(vocab_size)}-{key}"
+    tokenizer_file = directory / bpe_file_name(vocab_size, key)
+    files = {split: directory / token_cache.token_file_name(name, split, tokenizer_key)
+             for split in ("train", "val", "test")}
+    if tokenizer_file.is_file() and files["train"].is_file() and files["val"].is_file():
+        vocab = BPEVocab.load(tokenizer_file)
+        ids = {s: token_cache.as_tensor(token_cache.load_array(f)) for s, f in files.items() if f.is_file()}
+        return TextCorpus(train=ids["train"], val=ids["val"], vocab=vocab, name=name, test=ids.get("test"))
+    if name == "shakespeare":
+        text = _join([_read(f, "utf-8") for f in shakespeare_files()])
+        texts = dict(zip(("train", "val"), _tail_split(text, val_fraction, "shakespeare")))
+    else:
+        _, train, val, test = text_splits(root, val_fraction=val_fraction)
+        texts = {"train": train, "val": val, **({} if test is None else {"test": test})}
+    vocab = load_or_train_bpe(texts["train"], vocab_size, directory, key)
+    ids = {s: token_cache.as_tensor(token_cache.cached_array(files[s], lambda t=t: vocab.encode_array(t)))
+           for s, t in texts.items()}
+    return TextCorpus(train=ids["train"], val=ids["val"], vocab=vocab, name=name, test=ids.get("test"))
+
+
+def load_corpus(name: str, *, root: str | os.PathLike | None = None, val_fraction: float = 0.1,
+                tokenizer: str = "char", vocab_size: int = 4096,
+                cache_dir: str | os.PathLike | None = None) -> TextCorpus:
+    """Corpus registry: ``"shakespeare"`` (embedded; takes no root) or ``"text"`` (``root`` is a
+    file or directory for `load_text`), tokenised by ``tokenizer``: ``"char"`` (`CharVocab`) or
+    ``"bpe"`` (`load_bpe_corpus` with ``vocab_size`` and ``cache_dir``)."""
+    _check_source(name, root)
+    if tokenizer == "bpe":
+        return load_bpe_corpus(name, root=root, val_fraction=val_fraction, vocab_size=vocab_size,
+                               cache_dir=cache_dir)
+    if tokenizer != "char":
+        raise ValueError(f"unknown tokenizer {tokenizer!r}; allowed: {', '.join(TOKENIZERS)}")
+    if name == "shakespeare":
         return load_shakespeare(val_fraction=val_fraction)
-    if name == "text":
-        if root is None:
-            raise ValueError("corpus 'text' needs root: a text file or a directory with "
-                             "wiki.train.raw / wiki.valid.raw / wiki.test.raw or *.txt")
-        return load_text(root, val_fraction=val_fraction)
-    raise ValueError(f"unknown corpus {name!r}; allowed: {', '.join(CORPORA)}")
+    return load_text(root, val_fraction=val_fraction)
+

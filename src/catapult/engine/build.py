@@ -28,7 +28,7 @@ __all__ = [
     "Run", "build_run", "seeds", "resolve_device", "MODELS", "RunData", "load_data", "load_data_once", "build_model",
     "lambda0_batches", "OPTIMIZERS", "ADAPTIVE", "build_optimizer", "WARMUPS", "build_schedule", "search_delta",
     "search_lr_start", "Warmup", "build_warmup", "BatchStream", "batch_stream", "build_augment", "solver_options", "SharpnessRule",
-    "sharpness_rule", "threshold",
+    "sharpness_rule", "threshold", "build_mask_updater",
 ]
 
 
@@ -80,7 +80,8 @@ def load_data(config: Mapping[str, Any], device: torch.device | str = "cpu",
     d = config["data"]
     try:
         split = data_mod.load_dataset(d["name"], root=d["root"], n_train=d["n_train"], n_test=d["n_test"],
-                                      context=d["context"], val_fraction=d["val_fraction"])
+                                      context=d["context"], val_fraction=d["val_fraction"],
+                                      tokenizer=d["tokenizer"], vocab_size=d["vocab_size"], cache_dir=d["cache_dir"])
     except (ValueError, TypeError) as err:  # e.g. n_train larger than the data: name the section
         if isinstance(err, cfg.ConfigError):
             raise
@@ -492,9 +493,30 @@ class Run:
         return self._once("optimizer", lambda: build_optimizer(self.config, self.model, self.lr_target))
 
     @property
+    def mask_updater(self):
+        """The :class:`~catapult.sparsity.MaskUpdater` of ``model.sparsity`` (None when the
+        model has no masks): the loop calls ``mask_updater.step(t, optimizer)`` after every update."""
+        return self._once("mask_updater", lambda: build_mask_updater(self.config, self.model))
+
+    @property
     def warmup(self) -> "Warmup":
         return self._once("warmup", lambda: build_warmup(self.config, self.lr_target, self.model, self.loss_fn,
                                                          self.batches.batch(0), self.optimizer))
+
+
+def build_mask_updater(config: Mapping[str, Any], model: nn.Module):
+    """``model.sparsity`` as a :class:`~catapult.sparsity.MaskUpdater` over ``train.steps``
+    (``T_end = end_fraction * steps``, GMP's ``t_0 = start_fraction * steps``); None without masks
+    or with static masks."""
+    from catapult.sparsity import MaskUpdater, masked_modules
+
+    sp, steps = config["model"]["sparsity"], config["train"]["steps"]
+    if sp["method"] == "static" or next(masked_modules(model), None) is None:
+        return None
+    return MaskUpdater(model, sp["method"], final_density=config["model"]["density"],
+                       update_every=sp["update_every"], drop_fraction=sp["drop_fraction"],
+                       end_step=int(round(sp["end_fraction"] * steps)),
+                       start_step=int(round(sp["start_fraction"] * steps)))
 
 
 def build_run(config: Mapping[str, Any]) -> Run:

@@ -52,7 +52,9 @@ Step ``t = 0, 1, ..., steps`` (row ``t`` describes the parameters ``theta_t`` *b
    accuracy on the whole test set in eval mode.
 7. Row ``t`` is logged; ``threshold_t = instability_threshold(optimizer)`` at the first param
    group's lr ``lr_t * lr_mult`` (``2/lr_t`` for GD when every ``lr_mult`` is 1, as in the paper's muP).
-8. Update (``t < steps``): ``optimizer.step()``, then ``scheduler.step()`` (sets ``lr_{t+1}``).
+8. Update (``t < steps``): ``optimizer.step()``; with dynamic sparsity (``model.sparsity.method``
+   rigl/gmp) the :class:`~catapult.sparsity.MaskUpdater` then updates the masks if ``t`` is an
+   update step and re-applies them; then ``scheduler.step()`` (sets ``lr_{t+1}``).
 
 After the loop (:func:`~catapult.engine.step.final_status`): a finished run whose final training
 accuracy is below 1.5x chance is ``"diverged"`` when ``train.accuracy_failure`` applies (auto:
@@ -218,6 +220,8 @@ def _run(config: Mapping[str, Any], out_path: Path | None, progress: Any, starte
     lambda_0 = None if lambda0_estimate is None else setup.lambda_0
     lr_trgt = setup.lr_target
     optimizer, warmup_rule = setup.optimizer, setup.warmup
+    mask_updater = setup.mask_updater  # dynamic sparsity (model.sparsity.method rigl/gmp), else None
+    forward = torch.compile(model) if config["train"].get("compile") else model  # same parameters
     schedule, persistent = warmup_rule.schedule, warmup_rule.persistent
     from catapult import schedules
 
@@ -250,7 +254,7 @@ def _run(config: Mapping[str, Any], out_path: Path | None, progress: Any, starte
             lr_t = float(schedule(t))
             row = new_row(t, lr_t, threshold(optimizer))
 
-            outputs = model(x)
+            outputs = forward(x)
             loss = loss_fn(outputs, y)
             row["train_loss"] = loss_t = float(loss.item())
             row["train_accuracy"] = accuracy(outputs, y)
@@ -296,6 +300,8 @@ def _run(config: Mapping[str, Any], out_path: Path | None, progress: Any, starte
 
             if not final:
                 optimizer.step()
+                if mask_updater is not None:
+                    mask_updater.step(t, optimizer)
                 scheduler.step()
     finally:
         reporter.close(status)

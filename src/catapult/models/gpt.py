@@ -139,6 +139,11 @@ class GPT(nn.Module):
         activation: ``"gelu" | "gelu_tanh" | "relu"``; bias: biases in Linear and LayerNorm.
         mask_method: ``"exact" | "bernoulli"``; mask_seed: seed of the mask generator
             (``None``: drawn from the global RNG before any weight).
+        final_norm: the final LayerNorm ``ln_f`` before the unembedding (``False``: identity,
+            the warmup paper's variant whose initial sharpness is ~100x larger).
+        mask_density: density of the masks drawn at init when it differs from ``density``
+            (which the parametrization uses): ``1.0`` gives all-ones masks for gradual
+            magnitude pruning to ``density``. ``None``: ``density``.
     """
 
     def __init__(
@@ -163,6 +168,8 @@ class GPT(nn.Module):
         bias: bool = True,
         mask_method: str = "exact",
         mask_seed: int | None = None,
+        final_norm: bool = True,
+        mask_density: float | None = None,
     ) -> None:
         super().__init__()
         check_parametrization(parametrization)
@@ -217,7 +224,7 @@ class GPT(nn.Module):
                   dropout=dropout)
             for _ in range(n_layers)
         )
-        self.ln_f = nn.LayerNorm(d_model, bias=bias)
+        self.ln_f = nn.LayerNorm(d_model, bias=bias) if final_norm else nn.Identity()
         if tie_embeddings:
             self.lm_head = None
         else:
@@ -243,19 +250,21 @@ class GPT(nn.Module):
                     nn.init.normal_(layer.weight, 0.0, std)
                     if layer.bias is not None:
                         nn.init.zeros_(layer.bias)
-                    if self.density < 1.0:
-                        layer.set_mask(self._mask_for(layer, mask_method, mask_generator))
+                    if mask_density is not None or self.density < 1.0:
+                        layer.set_mask(self._mask_for(layer, mask_method, mask_generator, mask_density))
             if self.lm_head is not None:
                 nn.init.normal_(self.lm_head.weight, 0.0, init_std)
 
     def _mask_for(self, layer: MaskedLinear, method: str,
-                  generator: torch.Generator) -> torch.Tensor:
+                  generator: torch.Generator, density: float | None = None) -> torch.Tensor:
         """Exact-density mask per matrix; the fused QKV gets one mask each for Q, K and V."""
+        density = self.density if density is None else density
         if layer.out_features == 3 * self.d_model and layer.in_features == self.d_model:
+            layer.catapult_mask_parts = 3  # dynamic sparsity keeps Q, K and V's counts apart too
             shape = (self.d_model, self.d_model)
-            return torch.cat([random_mask(shape, self.density, method=method,
+            return torch.cat([random_mask(shape, density, method=method,
                                           generator=generator) for _ in range(3)])
-        return random_mask(layer.weight.shape, self.density, method=method, generator=generator)
+        return random_mask(layer.weight.shape, density, method=method, generator=generator)
 
     @classmethod
     def from_config(cls, model_cfg, context: int, vocab_size: int) -> "GPT":
@@ -270,7 +279,10 @@ class GPT(nn.Module):
         """
         m = section_dict(model_cfg)
         kwargs = dict(common_kwargs(m), base_width=m["base_width"], positions=m["positions"],
-                      tie_embeddings=m["tie_embeddings"])
+                      tie_embeddings=m["tie_embeddings"], final_norm=m.get("final_norm", True))
+        sparsity = m.get("sparsity") or {}
+        if sparsity.get("method") == "gmp" and m["density"] < 1.0:  # pruned gradually from dense
+            kwargs["mask_density"] = 1.0
         if m["init_std"] is not None:
             kwargs["init_std"] = m["init_std"]
         return cls(vocab_size, d_model=m["width"], n_layers=m["depth"], n_heads=m["n_heads"], context=context,

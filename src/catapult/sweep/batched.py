@@ -86,6 +86,8 @@ def batched_unsupported_reason(config: Mapping[str, Any]) -> str | None:
         return f"loss={config['loss']!r} (batched: {', '.join(_LOSSES)})"
     if config["eval"]["sharpness_kind"] == "lr_scaled" and config["eval"]["sharpness_every"] > 0:
         return "eval.sharpness_kind=lr_scaled (measured by the local engine only)"
+    if config["model"].get("sparsity", {}).get("method", "static") != "static":  # masks change per member
+        return f"model.sparsity.method={config['model']['sparsity']['method']!r} (batched: static masks only)"
     return None
 
 

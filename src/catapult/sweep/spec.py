@@ -468,35 +468,28 @@ def expand(base: Mapping[str, Any], spec: SweepSpec) -> list[CellSpec]:
 def spec_document(base: Mapping[str, Any], spec: SweepSpec) -> dict:
     """What identifies a sweep (stored, hashed, compared on resume): the validated base config
     without its ``name`` (renaming the file changes no result) and the normalized ``sweep:``."""
-    base_doc = {k: v for k, v in plain_data(base).items() if k != "name"}
+    from catapult.config.sections import drop_added_defaults  # keys added later, at their default
+
+    base_doc = drop_added_defaults({k: v for k, v in plain_data(base).items() if k != "name"})
     _drop_keys_without_effect(base_doc, spec)
     return {"base": base_doc, "sweep": spec.raw}
 
 
 def _drop_keys_without_effect(base_doc: dict, spec: SweepSpec) -> None:
-    """Leave out of the spec document the keys added after a store's version where they give the
-    behaviour of the versions before them, so a store written then resumes (with the earlier
-    rule spelled out where a default changed). Issue 14: ``eval.lambda0_batches`` when lambda_0
-    is one batch (full batch, or ``1``), ``train.accuracy_failure`` when it is ``off`` or
-    (``auto``) the sweep is sgd only, ``model.widen`` unless the model is a WRN, ``data.augment``
-    when every augmentation is off. A key the sweep varies always stays."""
+    """Leave out of the spec document the issue-14 keys whose default changed behaviour, where
+    they give the behaviour of the versions before them, so a store written then resumes (with
+    the earlier rule spelled out): ``eval.lambda0_batches`` when lambda_0 is one batch (full
+    batch, or ``1``), ``train.accuracy_failure`` when it is ``off`` or (``auto``) the sweep is sgd
+    only. (Keys added at a neutral default are dropped by ``config.drop_added_defaults``.)"""
     swept = set(spec.keys)
     train, ev = base_doc.get("train", {}), base_doc.get("eval", {})
-    model, data = base_doc.get("model", {}), base_doc.get("data", {})
-
-    def drop(section: dict, name: str, key: str, neutral: bool) -> None:
-        if neutral and not any(k == key or k.startswith(key + ".") for k in swept):
-            section.pop(name, None)
-
-    drop(ev, "lambda0_batches", "eval.lambda0_batches", "train.batch_size" not in swept and (
-        train.get("batch_size") is None or ev.get("lambda0_batches") == 1))
+    if "eval.lambda0_batches" not in swept and "train.batch_size" not in swept and (
+            train.get("batch_size") is None or ev.get("lambda0_batches") == 1):
+        ev.pop("lambda0_batches", None)
     rule = train.get("accuracy_failure")
-    drop(train, "accuracy_failure", "train.accuracy_failure", rule == "off" or (
-        rule == "auto" and base_doc.get("optimizer", {}).get("name") == "sgd" and "optimizer.name" not in swept))
-    drop(model, "widen", "model.widen", model.get("name") != "wrn" and "model.name" not in swept)
-    augment = data.get("augment") or {}
-    drop(data, "augment", "data.augment", not augment.get("flip") and not augment.get("crop")
-         and not augment.get("mixup"))
+    if "train.accuracy_failure" not in swept and (rule == "off" or (
+            rule == "auto" and base_doc.get("optimizer", {}).get("name") == "sgd" and "optimizer.name" not in swept)):
+        train.pop("accuracy_failure", None)
 
 
 def spec_hash(document: Mapping[str, Any]) -> str:

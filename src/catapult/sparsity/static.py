@@ -1,4 +1,4 @@
-"""Static random unstructured sparsity for hidden projections (SμPar's setting).
+"""Static random unstructured sparsity (dynamic masks: :mod:`catapult.sparsity.dynamic`) for hidden projections (SμPar's setting).
 
 A sparse layer keeps a dense weight ``W`` and a fixed 0/1 mask ``M`` of the same shape and
 computes ``y = x (W ⊙ M)^T + b``. Because the forward pass only ever sees ``W ⊙ M``:
@@ -104,6 +104,11 @@ class MaskedLinear(nn.Linear):
     """
 
     mask: torch.Tensor | None
+    #: Keep ``dL/d(W ⊙ M)`` of the last backward pass in ``dense_grad`` (RigL's grow score; the
+    #: weight's own gradient is that times ``M``, zero where pruned). Off unless a
+    #: :class:`~catapult.sparsity.MaskUpdater` for RigL turns it on.
+    capture_dense_grad: bool = False
+    dense_grad: torch.Tensor | None = None
 
     def __init__(
         self,
@@ -154,7 +159,13 @@ class MaskedLinear(nn.Linear):
         return float(self.mask.sum()) / self.mask.numel()
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return F.linear(input, self.masked_weight(), self.bias)
+        weight = self.masked_weight()
+        if self.capture_dense_grad and self.mask is not None and weight.requires_grad:
+            weight.register_hook(self._keep_dense_grad)
+        return F.linear(input, weight, self.bias)
+
+    def _keep_dense_grad(self, grad: torch.Tensor) -> None:
+        self.dense_grad = grad.detach()
 
     def extra_repr(self) -> str:
         text = super().extra_repr()

@@ -1,0 +1,75 @@
+"""Does the optimal lr transfer across density under dynamic sparsity (SμPar Fig. 12)?
+
+Reads ``catapult export STORE --out CSV`` of a ``configs/supar/dynamic_sparsity_small.yaml``
+sweep (any subset of its grid), and prints per (method, parametrization, density) the mean ±
+std over seeds of the final validation loss at each lr, the lr of the lowest mean, and the
+drift of that optimum between the densities in log2 units; plots the curves with min-max bands.
+
+    catapult sweep configs/supar/dynamic_sparsity_small.yaml --store runs/dyn.db --threads 1 \\
+        'sweep.grid.model.sparsity.method=[rigl]' 'sweep.grid.model.parametrization=[sp,supar]' \\
+        'sweep.grid.model.density=[0.5,0.0625]' 'sweep.grid.optimizer.lr=[0.0009765625,0.00390625,0.015625,0.0625]'
+    catapult export runs/dyn.db --out runs/dyn.csv
+    .venv/bin/python bench/study_dynamic_sparsity.py runs/dyn.csv --out bench/figures/supar_rigl_small.png
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+from collections import defaultdict
+
+import numpy as np
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("csv")
+    ap.add_argument("--out", default="bench/figures/supar_rigl_small.png")
+    args = ap.parse_args()
+    cells = defaultdict(list)
+    for row in csv.DictReader(open(args.csv)):
+        if row["status"] not in ("finished", "diverged"):  # not run (yet)
+            continue
+        loss = float(row["test_loss"]) if row["status"] == "finished" and row["test_loss"] else math.inf
+        key = (row["model.sparsity.method"], row["model.parametrization"], float(row["model.density"]),
+               float(row["optimizer.lr"]))
+        cells[key].append(loss)
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted({k[:2] for k in cells})
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False)
+    print("| method | parametrization | density | lr: mean ± std (n) ... | optimal lr |")
+    print("|---|---|---|---|---|")
+    for ax, (method, param) in zip(axes[0], groups):
+        optima = {}
+        for density in sorted({k[2] for k in cells if k[:2] == (method, param)}, reverse=True):
+            lrs = sorted(k[3] for k in cells if k[:3] == (method, param, density) and len(cells[k]) >= 3)
+            if not lrs:
+                continue
+            vals = [np.array(cells[(method, param, density, lr)]) for lr in lrs]
+            mean = np.array([v.mean() for v in vals])
+            best = lrs[int(np.argmin(mean))]
+            optima[density] = best
+            text = ", ".join(f"2^{math.log2(lr):.0f}: {v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0:.3f} "
+                             f"({len(v)})" for lr, v in zip(lrs, vals))
+            print(f"| {method} | {param} | {density:g} | {text} | 2^{math.log2(best):.0f} |")
+            x = np.log2(lrs)
+            line, = ax.plot(x, mean, "o-", label=f"density {density:g}")
+            ax.fill_between(x, [v.min() for v in vals], [v.max() for v in vals], color=line.get_color(), alpha=0.2)
+        if not optima:
+            continue
+        drift = max(math.log2(v) for v in optima.values()) - min(math.log2(v) for v in optima.values())
+        print(f"| {method} | {param} | drift of the optimum across densities | | {drift:.0f} log2 units |")
+        ax.set_title(f"{method}, {param}")
+        ax.set_xlabel("log2 lr")
+        ax.set_ylabel("final validation loss (mean, min-max band)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=110)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

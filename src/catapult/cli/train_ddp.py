@@ -1,0 +1,52 @@
+"""``torchrun --nproc_per_node=N -m catapult train-ddp CONFIG [key=value ...] --out DIR``: one
+model trained data-parallel across processes (:func:`catapult.engine.distributed.train_ddp`)
+from pre-tokenised ``*.npy`` shards at ``data.root``."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from catapult.cli.common import add_config_arguments, config_from_args
+
+
+def register(subparsers) -> None:
+    """Add the ``train-ddp`` subcommand."""
+    p = subparsers.add_parser(
+        "train-ddp",
+        help="train one GPT data-parallel across processes (start with torchrun)",
+        description="Train one GPT with torch.distributed DDP from *.npy token shards at data.root "
+                    "(data.vocab_size ids); train.batch_size is the global batch. Start with "
+                    "torchrun --nproc_per_node=N -m catapult train-ddp CONFIG ...; rank 0 writes "
+                    "DIR/metrics.csv and DIR/model.pt.",
+    )
+    add_config_arguments(p)
+    p.add_argument("--out", metavar="DIR", help="output directory (default: runs/<name>)")
+    p.add_argument("--backend", choices=("auto", "nccl", "gloo"), default="auto",
+                   help="process-group backend (auto: nccl with CUDA, else gloo)")
+    p.set_defaults(func=_command)
+
+
+def _command(args) -> int:
+    import torch
+    import torch.distributed as dist
+
+    from catapult.engine.distributed import train_ddp
+
+    config = config_from_args(args)
+    out = Path(args.out) if args.out else Path("runs") / config["name"]
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    started = False
+    if world > 1 and not dist.is_initialized():
+        backend = args.backend if args.backend != "auto" else ("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group(backend)
+        started = True
+    try:
+        result = train_ddp(config, out_dir=out)
+    finally:
+        if started:
+            dist.destroy_process_group()
+    if int(os.environ.get("RANK", "0")) == 0:
+        last = result.losses[-1] if result.losses else float("nan")
+        print(f"train-ddp: {len(result.losses)} steps on {world} process(es), final train loss {last:.4f}, "
+              f"{result.tokens_per_second:,.0f} tokens/s; wrote {out}/ (metrics.csv, model.pt)")
+    return 0

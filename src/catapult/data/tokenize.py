@@ -1,0 +1,200 @@
+"""Byte-level BPE tokenizers (Hugging Face ``tokenizers``), trained on a corpus' training split.
+
+The warmup paper's Fig. 4 and the SμPar paper train on BPE tokens (vocabulary 4,096). A
+:class:`BPEVocab` wraps a byte-level BPE ``tokenizers.Tokenizer``:
+
+* byte-level pre-tokenisation (GPT-2 style: every byte has a symbol), so any text encodes,
+  nothing is unknown, and ``decode(encode(s)) == s`` for every string ``s``;
+* trained with ``BpeTrainer(vocab_size, initial_alphabet = the 256 byte symbols)`` on the
+  *training* text only (validation/test text never shapes the merges);
+* saved as one JSON file (the ``tokenizers`` format) and reused: :func:`load_or_train_bpe`
+  trains only when the file for this (corpus fingerprint, vocabulary size) does not exist yet.
+  The file name holds both (``bpe-v4096-<fingerprint>.json``), so a changed corpus or
+  vocabulary size trains a new file; an existing file is never overwritten (it is created with
+  an exclusive link, so two processes racing both end up reading the same complete file).
+
+``BPEVocab`` has the interface of :class:`catapult.data.text.CharVocab` the engine uses:
+``size``, ``encode(text) -> int64 tensor``, ``decode(ids) -> str``.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+
+__all__ = ["BPEVocab", "train_bpe", "load_or_train_bpe", "bpe_file_name", "fingerprint", "TOKENIZERS"]
+
+#: ``data.tokenizer`` values.
+TOKENIZERS = ("char", "bpe")
+
+
+def _require_tokenizers():
+    try:
+        import tokenizers
+    except ModuleNotFoundError as exc:  # a declared dependency; say how to get it
+        raise ModuleNotFoundError("data.tokenizer: bpe needs the Hugging Face 'tokenizers' package: "
+                                  "pip install tokenizers") from exc
+    return tokenizers
+
+
+def fingerprint(*parts: object) -> str:
+    """A short stable key of ``parts``: the first 16 hex digits of sha256 over their ``repr``,
+    each part's ``str`` encoded in UTF-8 and separated by NUL (``str`` of a ``bytes`` part is its
+    repr; pass text as ``str``)."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(str(part).encode("utf-8", errors="surrogatepass"))
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def bpe_file_name(vocab_size: int, key: str) -> str:
+    """``bpe-v<vocab_size>-<key>.json``: the tokenizer file for a corpus key and vocabulary size."""
+    return f"bpe-v{int(vocab_size)}-{key}.json"
+
+
+class BPEVocab:
+    """A byte-level BPE vocabulary: ``encode(text) -> int64 ids``, ``decode(ids) -> text``.
+
+    ``size`` is the number of ids (``tokenizer.get_vocab_size()``; at most the requested
+    vocabulary size: a small corpus may run out of merges first). ``path`` is the JSON file it
+    was loaded from or saved to (``None`` if neither).
+    """
+
+    def __init__(self, tokenizer, path: str | os.PathLike | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.path = None if path is None else Path(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "BPEVocab":
+        """Read a tokenizer JSON file (the ``tokenizers`` library's format)."""
+        tokenizers = _require_tokenizers()
+        try:
+            return cls(tokenizers.Tokenizer.from_file(str(path)), path)
+        except Exception as exc:  # the library raises a bare Exception on a malformed file
+            raise ValueError(f"{path}: not a tokenizers JSON file ({exc})") from None
+
+    @property
+    def size(self) -> int:
+        return int(self.tokenizer.get_vocab_size())
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The smallest unsigned integer type that holds every id: uint16 up to 65,536 ids."""
+        return np.dtype(np.uint16 if self.size <= 2 ** 16 else np.uint32)
+
+    def encode_array(self, text: str, *, chunk_chars: int = 1 << 20) -> np.ndarray:
+        """Ids of ``text`` as a 1-D array of :attr:`dtype`.
+
+        Long texts are cut into pieces of about ``chunk_chars`` characters, encoded as a batch
+        (the library's threads). A cut is placed only right after a newline between two
+        non-whitespace characters: the byte-level pre-tokenizer splits there anyway and BPE never
+        merges across pre-tokens, so the ids equal those of encoding the whole text at once
+        (a test checks it)."""
+        pieces = list(_cut(text, chunk_chars))
+        # encode_batch_fast (tokenizers >= 0.21) skips the character offsets, which are not needed here
+        encode = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
+        encodings = encode(pieces, add_special_tokens=False)
+        out = np.empty(sum(len(e.ids) for e in encodings), dtype=self.dtype)
+        at = 0
+        for e in encodings:
+            out[at: at + len(e.ids)] = e.ids
+            at += len(e.ids)
+        return out
+
+    def encode(self, text: str) -> torch.Tensor:
+        """Ids of ``text``, a 1-D int64 tensor."""
+        return torch.from_numpy(self.encode_array(text).astype(np.int64))
+
+    def decode(self, ids) -> str:
+        """The text of a sequence of ids (tensor, array or list); out-of-range ids raise ValueError."""
+        ids = np.asarray(ids.cpu() if isinstance(ids, torch.Tensor) else ids, dtype=np.int64).reshape(-1)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.size):
+            raise ValueError(f"BPEVocab.decode: ids must lie in [0, {self.size - 1}], got [{ids.min()}, {ids.max()}]")
+        return self.tokenizer.decode(ids.tolist(), skip_special_tokens=False)
+
+    def __repr__(self) -> str:
+        return f"BPEVocab(size={self.size}, path={None if self.path is None else str(self.path)!r})"
+
+
+def _cut(text: str, chunk_chars: int) -> Iterable[str]:
+    """``text`` in consecutive pieces of >= ``chunk_chars`` characters (the last may be shorter),
+    each cut right after a ``"\\n"`` whose next character is not whitespace."""
+    start, n = 0, len(text)
+    while n - start > chunk_chars:
+        at = start + chunk_chars
+        while True:  # a lone newline between non-spaces: one pre-token whether or not the text ends there
+            at = text.find("\n", at)
+            if at < 0 or at + 1 >= n or not (text[at + 1].isspace() or text[at - 1].isspace()):
+                break
+            at += 1
+        if at < 0 or at + 1 >= n:
+            break
+        yield text[start: at + 1]
+        start = at + 1
+    yield text[start:]
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int = 4096) -> BPEVocab:
+    """A byte-level BPE vocabulary of (at most) ``vocab_size`` ids trained on ``texts``.
+
+    ``vocab_size`` must be at least 257 (the 256 byte symbols plus one merge). The trainer
+    starts from the full byte alphabet, so every byte has an id even if the text never shows it.
+    """
+    if int(vocab_size) != vocab_size or vocab_size < 257:
+        raise ValueError(f"vocab_size must be an integer >= 257 (256 byte symbols + merges); got {vocab_size!r}")
+    tk = _require_tokenizers()
+    tokenizer = tk.Tokenizer(tk.models.BPE())
+    tokenizer.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = tk.decoders.ByteLevel()
+    trainer = tk.trainers.BpeTrainer(vocab_size=int(vocab_size), show_progress=False,
+                                     initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet(),
+                                     special_tokens=[])
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return BPEVocab(tokenizer)
+
+
+def _lines(text: str, per: int = 1 << 16) -> Iterable[str]:
+    """``text`` in pieces of about ``per`` characters cut at newlines (for the trainer's threads)."""
+    yield from _cut(text, per)
+
+
+def save_new(vocab: BPEVocab, path: str | os.PathLike) -> bool:
+    """Write ``vocab`` to ``path`` unless a file is already there; True if this call wrote it.
+
+    The JSON goes to a temporary file in the same directory and is then hard-linked into place
+    (``os.link`` fails if ``path`` exists), so a reader never sees half a file and an existing
+    file is never replaced."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        vocab.tokenizer.save(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a shared data directory wants readable files
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        vocab.path = path
+        return True
+    finally:
+        os.unlink(tmp)
+
+
+def load_or_train_bpe(train_text: str, vocab_size: int, directory: str | os.PathLike, key: str) -> BPEVocab:
+    """The BPE vocabulary for corpus ``key`` in ``directory``: loaded from
+    ``directory / bpe_file_name(vocab_size, key)`` when that file exists, else trained on
+    ``train_text`` and saved there (:func:`save_new`: never overwriting another file)."""
+    path = Path(directory) / bpe_file_name(vocab_size, key)
+    if path.is_file():
+        return BPEVocab.load(path)
+    vocab = train_bpe(_lines(train_text), vocab_size)
+    if not save_new(vocab, path):  # another process won the race: use its (identical) file
+        return BPEVocab.load(path)
+    return vocab

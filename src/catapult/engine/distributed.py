@@ -1,0 +1,198 @@
+"""One model across processes: data-parallel training (``torch.distributed`` DDP) from token
+shards in local files, started by ``torchrun`` (``catapult train-ddp``).
+
+Data. ``data.root`` is a directory of pre-tokenised shards: ``*.npy`` 1-D uint16/uint32 arrays
+(for example the ``<corpus>.train.bpe-v<V>-<key>.npy`` files of
+:mod:`catapult.data.token_cache`, or one file per shard of a larger corpus), read memory-mapped
+in sorted name order as one stream of ``N`` tokens (a window may span two shards: shards are
+consecutive pieces of one corpus). A file named ``*valid*`` / ``*val.*`` / ``*test*`` holds
+out text: the stream is the other files. ``data.vocab_size`` is the model's vocabulary; an id
+at or beyond it is an error naming the shard.
+
+Batches. ``train.batch_size`` is the *global* batch ``B`` (``B % world_size == 0``). Step ``t``
+draws ``B`` window starts ``s ~ Uniform{0..N - T - 1}`` from ``torch.Generator`` seeded with
+``(data_seed, t)`` -- the same on every rank -- and rank ``r`` takes rows
+``[r B/W, (r+1) B/W)``. The union of the ranks' batches is therefore the batch one process
+draws with ``world_size = 1``, and since DDP averages gradients over ranks and each rank's loss
+is its rows' mean, every rank takes the step one process takes on the union batch
+(``tests/test_distributed_train.py`` checks parameters equal to float64 precision).
+
+Model, optimizer, lr schedule and dynamic sparsity are the run config's
+(:func:`~catapult.engine.build.build_model` on every rank from the same seed, so the initial
+weights agree; DDP also broadcasts rank 0's). Rank 0 writes ``metrics.csv`` (step, lr, train
+loss = the mean over the global batch) and ``model.pt`` (the final ``state_dict``).
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from catapult import config as cfg
+from catapult.engine.build import build_mask_updater, build_model, build_optimizer, build_schedule, seeds
+
+__all__ = ["TokenShards", "global_batch_rows", "train_ddp", "DDPResult"]
+
+_HELD_OUT = ("valid", "val.", "test")
+
+
+class TokenShards:
+    """Memory-mapped ``*.npy`` token shards as one stream (module docstring)."""
+
+    def __init__(self, root: str | os.PathLike, vocab_size: int | None = None) -> None:
+        root = Path(root).expanduser()
+        files = sorted(root.glob("*.npy")) if root.is_dir() else [root]
+        files = [f for f in files if not any(h in f.name for h in _HELD_OUT)] or files
+        if not files or not files[0].is_file():
+            raise FileNotFoundError(f"data.root {root}: no *.npy token shards there")
+        self.files = files
+        self.arrays = []
+        for f in files:
+            a = np.load(f, mmap_mode="r", allow_pickle=False)
+            if a.ndim != 1 or a.dtype.kind not in "ui":
+                raise ValueError(f"{f}: expected a 1-D integer token array, got {a.dtype} {a.shape}")
+            self.arrays.append(a)
+        self.offsets = np.concatenate([[0], np.cumsum([len(a) for a in self.arrays])])
+        self.vocab_size = vocab_size
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def window(self, start: int, length: int) -> np.ndarray:
+        """Tokens ``[start, start + length)`` of the stream (across shard borders), int64."""
+        out, at, end = [], start, start + length
+        while at < end:
+            i = int(np.searchsorted(self.offsets, at, side="right") - 1)
+            stop = min(end, int(self.offsets[i + 1]))
+            out.append(np.asarray(self.arrays[i][at - self.offsets[i]: stop - self.offsets[i]], dtype=np.int64))
+            at = stop
+        ids = np.concatenate(out)
+        if self.vocab_size is not None and ids.size and ids.max() >= self.vocab_size:
+            raise ValueError(f"token id {int(ids.max())} in {self.files} is >= data.vocab_size {self.vocab_size}")
+        return ids
+
+    def batch(self, rows: np.ndarray, starts: torch.Tensor, context: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, y)`` int64 ``(len(rows), context)`` for the given rows of the global starts."""
+        windows = np.stack([self.window(int(starts[r]), context + 1) for r in rows])
+        w = torch.from_numpy(windows)
+        return w[:, :-1], w[:, 1:]
+
+
+def global_batch_rows(batch_size: int, rank: int, world_size: int) -> np.ndarray:
+    """Rank ``rank``'s rows ``[r B/W, (r+1) B/W)`` of the global batch (``B % W == 0``)."""
+    if batch_size % world_size:
+        raise cfg.ConfigError([("train.batch_size", f"the global batch {batch_size} must be divisible by the "
+                                                    f"number of processes ({world_size})")])
+    per = batch_size // world_size
+    return np.arange(rank * per, (rank + 1) * per)
+
+
+def _starts(n_tokens: int, context: int, batch_size: int, data_seed: int, t: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(int(data_seed) * 1_000_003 + t)
+    return torch.randint(n_tokens - context - 1, (batch_size,), generator=gen)
+
+
+def _average_dense_grads(updater, world: int) -> None:
+    """All-reduce the masked layers' captured dense gradients to their mean over ranks (DDP
+    averages only the parameters' gradients)."""
+    for layer in updater.layers:
+        grad = getattr(layer.module, "dense_grad", None)
+        if grad is not None:
+            grad = grad.clone()
+            dist.all_reduce(grad)
+            layer.module.dense_grad = grad / world
+
+
+@dataclass
+class DDPResult:
+    """What :func:`train_ddp` returns on every rank: the final ``model`` (unwrapped), the
+    global-batch train ``losses`` per step and ``tokens_per_second`` (all ranks together)."""
+
+    model: nn.Module
+    losses: list[float]
+    tokens_per_second: float
+
+
+def train_ddp(config: Mapping[str, Any], *, out_dir: str | os.PathLike | None = None,
+              device: torch.device | str | None = None) -> DDPResult:
+    """Train the config's GPT on the token shards at ``data.root`` with data parallelism.
+
+    Runs inside an initialised process group (``torchrun`` sets it up; see
+    :func:`catapult.cli.train_ddp`) or, without one, as a single process. Loss: mean
+    cross-entropy over the global batch; the lr follows the config's schedule (linear warmup
+    rules only: a catapult search would need the whole batch on one process).
+    """
+    config = cfg.validate(config)
+    if config["model"]["name"] != "gpt" or config["loss"] != "cross_entropy":
+        raise cfg.ConfigError([("model.name", "distributed training trains the gpt with loss cross_entropy")])
+    if config["schedule"]["warmup"] != "linear":
+        raise cfg.ConfigError([("schedule.warmup", "distributed training supports the linear warmup rule")])
+    if config["train"]["batch_size"] is None:
+        raise cfg.ConfigError([("train.batch_size", "distributed training needs a global batch size")])
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    device = torch.device(device or (f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available()
+                                     and config["device"] != "cpu" else "cpu"))
+    dtype = getattr(torch, config["dtype"])
+    d = config["data"]
+    shards = TokenShards(d["root"], d["vocab_size"])
+    context, batch_size, steps = d["context"], config["train"]["batch_size"], config["train"]["steps"]
+    rows = global_batch_rows(batch_size, rank, world)
+    model = build_model(config, context, d["vocab_size"], device, dtype)
+    model.train()
+    updater = build_mask_updater(config, model)
+    wrapped = nn.parallel.DistributedDataParallel(model) if distributed else model
+    lr_target = float(cfg.parse_lr(config["optimizer"]["lr"]).resolve(None))
+    optimizer = build_optimizer(config, model, lr_target)
+    schedule = build_schedule(config, lr_target)
+    data_seed = seeds(config["seed"])[1]
+    log = None
+    if out_dir is not None and rank == 0:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        log = open(Path(out_dir) / "metrics.csv", "w", newline="")
+        writer = csv.writer(log)
+        writer.writerow(["step", "lr", "train_loss"])
+    losses: list[float] = []
+    started = time.perf_counter()
+    try:
+        for t in range(steps):
+            lr = float(schedule(t))
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group.get("lr_mult", 1.0)
+            x, y = shards.batch(rows, _starts(len(shards), context, batch_size, data_seed, t), context)
+            x, y = x.to(device), y.to(device)
+            logits = wrapped(x)
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if updater is not None:
+                if distributed and updater.is_update_step(t):  # RigL's grow score: the union batch's gradient
+                    _average_dense_grads(updater, world)
+                updater.step(t, optimizer)
+            mean = loss.detach().clone()
+            if distributed:
+                dist.all_reduce(mean)
+                mean /= world
+            losses.append(float(mean))
+            if not math.isfinite(losses[-1]):
+                break
+            if log is not None:
+                writer.writerow([t, lr, losses[-1]])
+    finally:
+        if log is not None:
+            log.close()
+    seconds = time.perf_counter() - started
+    if out_dir is not None and rank == 0:
+        torch.save(model.state_dict(), Path(out_dir) / "model.pt")
+    return DDPResult(model, losses, batch_size * context * len(losses) / max(seconds, 1e-9))

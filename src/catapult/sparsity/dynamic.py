@@ -1,0 +1,214 @@
+"""Dynamic sparsity: masks that change during training (SμPar paper, Fig. 12).
+
+Two rules update the masks of a model's :class:`~catapult.sparsity.MaskedLinear` layers after
+the optimizer step of selected steps ``t`` (``t > 0``, ``t % update_every == 0``):
+
+* **RigL** (Evci et al., 2020), for ``t < T_end``: with drop fraction
+  ``f_t = (alpha / 2) (1 + cos(pi t / T_end))`` (cosine decay from ``alpha``) and, per mask part,
+  ``k = floor(f_t * n_active)``:
+  drop the ``k`` active weights of smallest ``|W|``, then grow the ``k`` inactive weights (the
+  just-dropped ones included) of largest dense gradient ``|dL/d(W ⊙ M)|`` of the step's batch.
+  The count of active weights never changes, so the density is kept exactly.
+* **GMP**, gradual magnitude pruning (Zhu & Gupta, 2017), for ``t_0 <= t <= T_end``: the
+  density target ``d_t = d_f + (d_0 - d_f) (1 - (t - t_0) / (T_end - t_0))^3`` (cubic, from
+  ``d_0 = 1`` down to the final ``d_f``); per mask part the active weights of smallest ``|W|``
+  are pruned until ``exact_nonzeros(numel, d_t)`` remain. Nothing regrows; at ``T_end`` the
+  density is exactly ``d_f``'s static count.
+
+A *mask part* is a block of rows with its own exact count: the whole matrix, or each of Q, K
+and V of a fused attention projection (``module.catapult_mask_parts = 3``), as the static
+masks do.
+
+Optimizer state. A grown weight starts at 0 and so does every per-entry optimizer state of
+its position (``momentum_buffer``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``: any state
+tensor of the weight's shape); a dropped weight is set to 0 with its state zeroed too, so that
+a leftover momentum cannot move it. The per-parameter step count is kept (Adam's bias
+correction then treats a grown entry like one whose moments decayed to 0). After *every*
+optimizer step the updater re-applies the masks (``W <- W ⊙ M``), so a masked weight is exactly
+0 under any optimizer, including ones with decoupled weight decay or leftover moments.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+
+from catapult.sparsity.static import MaskedLinear, exact_nonzeros, masked_modules
+
+__all__ = ["DYNAMIC_METHODS", "rigl_drop_fraction", "gmp_density", "MaskUpdater", "rigl_update", "prune_to",
+           "reset_state_"]
+
+#: ``model.sparsity.method`` values: ``static`` (masks fixed at init) and the dynamic rules.
+DYNAMIC_METHODS = ("static", "rigl", "gmp")
+
+
+def rigl_drop_fraction(t: int, alpha: float, end_step: int) -> float:
+    """``(alpha / 2) (1 + cos(pi t / T_end))`` for ``t < T_end``, else 0.
+
+    >>> rigl_drop_fraction(0, 0.3, 100), rigl_drop_fraction(50, 0.3, 100), rigl_drop_fraction(100, 0.3, 100)
+    (0.3, 0.15000000000000002, 0.0)
+    """
+    if t >= end_step:
+        return 0.0
+    return 0.5 * alpha * (1.0 + math.cos(math.pi * t / end_step))
+
+
+def gmp_density(t: int, final_density: float, start_step: int, end_step: int,
+                initial_density: float = 1.0) -> float:
+    """``d_f + (d_0 - d_f) (1 - (t - t_0) / (T_end - t_0))^3``, clamped to ``[t_0, T_end]``.
+
+    >>> gmp_density(0, 0.1, 0, 10), gmp_density(10, 0.1, 0, 10), round(gmp_density(5, 0.1, 0, 10), 4)
+    (1.0, 0.1, 0.2125)
+    """
+    if end_step <= start_step:
+        return final_density if t >= end_step else initial_density
+    progress = min(1.0, max(0.0, (t - start_step) / (end_step - start_step)))
+    return final_density + (initial_density - final_density) * (1.0 - progress) ** 3
+
+
+def _parts(module: MaskedLinear) -> int:
+    return int(getattr(module, "catapult_mask_parts", 1))
+
+
+def _row_blocks(tensor: torch.Tensor, parts: int) -> list[torch.Tensor]:
+    """``tensor`` split into ``parts`` equal row blocks (views), each flattened."""
+    return [block.reshape(-1) for block in tensor.chunk(parts, dim=0)]
+
+
+def rigl_update(weight: torch.Tensor, mask: torch.Tensor, dense_grad: torch.Tensor,
+                fraction: float) -> torch.Tensor:
+    """One RigL step on one flat mask part: the new mask (same count of ``True``).
+
+    Drop the ``k = floor(fraction * n_active)`` active entries of smallest ``|weight|``, then
+    grow the ``k`` inactive entries (after the drop) of largest ``|dense_grad|``. Ties break
+    by index order of ``torch.topk``."""
+    active = int(mask.sum())
+    k = int(math.floor(fraction * active))
+    if k == 0 or active == mask.numel():
+        return mask.clone()
+    inf = torch.tensor(math.inf, dtype=weight.dtype, device=weight.device)
+    keep_score = torch.where(mask, weight.abs(), inf)          # smallest k active are dropped
+    drop = torch.topk(keep_score, k, largest=False).indices
+    new = mask.clone()
+    new[drop] = False
+    grow_score = torch.where(new, -inf, dense_grad.abs().to(weight.dtype))
+    grow = torch.topk(grow_score, k, largest=True).indices
+    new[grow] = True
+    return new
+
+
+def prune_to(weight: torch.Tensor, mask: torch.Tensor, keep: int) -> torch.Tensor:
+    """The mask with only the ``keep`` active entries of largest ``|weight|`` (if more are active)."""
+    if int(mask.sum()) <= keep:
+        return mask.clone()
+    score = torch.where(mask, weight.abs(), torch.tensor(-math.inf, dtype=weight.dtype, device=weight.device))
+    new = torch.zeros_like(mask)
+    new[torch.topk(score, keep, largest=True).indices] = True
+    return new
+
+
+@dataclass
+class _Layer:
+    name: str
+    module: MaskedLinear
+
+
+class MaskUpdater:
+    """Updates the masks of ``model`` by ``method`` (module docstring); call :meth:`step` after
+    every ``optimizer.step()`` with the step index ``t`` that update belonged to.
+
+    Args:
+        method: ``"static"`` (only re-applies masks), ``"rigl"`` or ``"gmp"``.
+        final_density: GMP's ``d_f`` (RigL keeps the masks' initial counts).
+        update_every: ``ΔT`` steps between mask updates.
+        end_step: ``T_end``: no update at ``t >= T_end`` (RigL) / ``t > T_end`` (GMP).
+        drop_fraction: RigL's ``alpha``. start_step: GMP's ``t_0``.
+    RigL needs dense gradients: the updater turns on ``capture_dense_grad`` of every masked
+    layer (the layer keeps ``dL/d(W ⊙ M)`` of its last backward pass in ``dense_grad``).
+    """
+
+    def __init__(self, model: nn.Module, method: str = "static", *, final_density: float = 1.0,
+                 update_every: int = 100, end_step: int = 0, drop_fraction: float = 0.3,
+                 start_step: int = 0) -> None:
+        if method not in DYNAMIC_METHODS:
+            raise ValueError(f"sparsity method must be one of {DYNAMIC_METHODS}; got {method!r}")
+        if update_every < 1:
+            raise ValueError(f"update_every must be >= 1; got {update_every!r}")
+        self.method, self.final_density = method, float(final_density)
+        self.update_every, self.end_step = int(update_every), int(end_step)
+        self.drop_fraction, self.start_step = float(drop_fraction), int(start_step)
+        self.layers = [_Layer(n, m) for n, m in masked_modules(model)]
+        self.updates = 0
+        for layer in self.layers:
+            layer.module.capture_dense_grad = method == "rigl"
+
+    def is_update_step(self, t: int) -> bool:
+        """Whether the masks change after step ``t``'s optimizer update."""
+        if self.method == "static" or t <= 0 or t % self.update_every:
+            return False
+        if self.method == "rigl":
+            return t < self.end_step
+        return self.start_step <= t <= self.end_step
+
+    def density_at(self, t: int) -> float | None:
+        """GMP's target density after step ``t`` (None for other methods)."""
+        if self.method != "gmp":
+            return None
+        return gmp_density(t, self.final_density, self.start_step, self.end_step)
+
+    @torch.no_grad()
+    def step(self, t: int, optimizer: torch.optim.Optimizer | None = None) -> bool:
+        """After update ``t``: change the masks if ``t`` is an update step (resetting the
+        optimizer state of every entry that changed), then re-apply all masks. True if masks changed."""
+        changed_any = False
+        if self.is_update_step(t):
+            for layer in self.layers:
+                changed_any |= self._update_layer(layer.module, t, optimizer)
+            self.updates += 1
+        for layer in self.layers:
+            layer.module.apply_mask_()
+        return changed_any
+
+    def _update_layer(self, module: MaskedLinear, t: int, optimizer) -> bool:
+        parts = _parts(module)
+        weight, mask = module.weight.detach(), module.mask
+        new_mask = mask.clone()
+        if self.method == "rigl":
+            grad = getattr(module, "dense_grad", None)
+            if grad is None:
+                raise RuntimeError(f"RigL needs the dense gradient of {module!r}: call step() after backward()")
+            fraction = rigl_drop_fraction(t, self.drop_fraction, self.end_step)
+            for w, m, g, out in zip(_row_blocks(weight, parts), _row_blocks(mask, parts),
+                                    _row_blocks(grad, parts), _row_blocks(new_mask, parts)):
+                out.copy_(rigl_update(w, m, g, fraction))
+        else:
+            density = self.density_at(t)
+            for w, m, out in zip(_row_blocks(weight, parts), _row_blocks(mask, parts), _row_blocks(new_mask, parts)):
+                out.copy_(prune_to(w, m, exact_nonzeros(m.numel(), density)))
+        changed = new_mask != mask
+        if not bool(changed.any()):
+            return False
+        grown = new_mask & ~mask
+        module.weight.data.masked_fill_(grown, 0.0)   # grown weights start at 0
+        module.mask = new_mask
+        module.apply_mask_()                          # dropped weights become 0
+        if optimizer is not None:
+            reset_state_(optimizer, module.weight, changed)
+        return True
+
+    def densities(self) -> Iterator[tuple[str, float]]:
+        """``(layer name, density)`` of every masked layer."""
+        for layer in self.layers:
+            yield layer.name, layer.module.density
+
+
+@torch.no_grad()
+def reset_state_(optimizer: torch.optim.Optimizer, param: torch.Tensor, where: torch.Tensor) -> None:
+    """Zero, at the entries ``where``, every optimizer state tensor of ``param`` that has its shape."""
+    state = optimizer.state.get(param, {})
+    for value in state.values():
+        if isinstance(value, torch.Tensor) and value.shape == param.shape:
+            value.masked_fill_(where, 0)

@@ -1,0 +1,78 @@
+"""Data-parallel training: 2 CPU processes on gloo over loopback end with the parameters one
+process reaches on the union batch (float64), from *.npy token shards."""
+from __future__ import annotations
+
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from catapult.engine.distributed import TokenShards, global_batch_rows, train_ddp
+
+VOCAB = 257
+
+
+def _config(root, steps=4):
+    return dict(seed=3, dtype="float64",
+                data=dict(name="text", root=str(root), tokenizer="bpe", vocab_size=VOCAB, context=8),
+                model=dict(name="gpt", width=16, depth=1, n_heads=2, density=0.5,
+                           sparsity=dict(method="rigl", update_every=2, end_fraction=1.0)),
+                loss="cross_entropy", optimizer=dict(name="adam", lr=3e-3),
+                schedule=dict(warmup_steps=2), train=dict(steps=steps, batch_size=8))
+
+
+def _shards(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        np.save(tmp_path / f"part{i}.npy", rng.integers(0, VOCAB, 700).astype(np.uint16))
+    np.save(tmp_path / "wiki.valid.npy", np.full(50, VOCAB + 5, dtype=np.uint16))  # held out: never read
+    return tmp_path
+
+
+def _worker(rank, world, port, root, out):
+    import torch.distributed as dist
+
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        result = train_ddp(_config(root))
+        torch.save({"params": [p.detach() for p in result.model.parameters()], "losses": result.losses},
+                   f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_shards_are_one_stream_and_rows_split_the_global_batch(tmp_path):
+    root = _shards(tmp_path)
+    shards = TokenShards(root, VOCAB)
+    assert len(shards) == 1400 and [f.name for f in shards.files] == ["part0.npy", "part1.npy"]
+    stream = np.concatenate([np.load(root / "part0.npy"), np.load(root / "part1.npy")]).astype(np.int64)
+    assert np.array_equal(shards.window(695, 10), stream[695:705])  # across the shard border
+    assert np.array_equal(np.concatenate([global_batch_rows(8, r, 2) for r in range(2)]), np.arange(8))
+    with pytest.raises(ValueError, match="vocab_size"):
+        TokenShards(root, 10).window(0, 50)
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
+def test_two_gloo_processes_match_one_process_on_the_union_batch(tmp_path):
+    (tmp_path / "shards").mkdir()
+    root = _shards(tmp_path / "shards")
+    single = train_ddp(_config(root))
+    mp.start_processes(_worker, args=(2, _free_port(), str(root), str(tmp_path)), nprocs=2, join=True,
+                       start_method="spawn")  # spawn: a fork after torch started its threads can deadlock
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        assert got["losses"] == pytest.approx(single.losses, rel=1e-9, abs=1e-9)
+        for a, b in zip(got["params"], single.model.parameters()):
+            torch.testing.assert_close(a, b.detach(), rtol=0, atol=1e-6)
+    # and the step did something: parameters moved from the init
+    assert single.losses[0] != single.losses[-1]

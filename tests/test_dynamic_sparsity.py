@@ -1,0 +1,144 @@
+"""Dynamic sparsity (RigL, GMP): the rules against hand-computed masks, exact densities, masked
+weights that stay zero under every optimizer, grown weights starting at 0 with reset state."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from catapult.config import ConfigError, validate
+from catapult.models import GPT
+from catapult.optim import registry
+from catapult.sparsity import (MaskUpdater, exact_nonzeros, gmp_density, masked_modules, prune_to,
+                               rigl_drop_fraction, rigl_update)
+
+
+def test_rigl_update_drops_smallest_weights_and_grows_largest_gradients():
+    w = torch.tensor([0.5, -0.1, 0.0, 0.3, 0.0, -0.9, 0.0, 0.05])
+    m = torch.tensor([1, 1, 0, 1, 0, 1, 0, 1], dtype=torch.bool)
+    g = torch.tensor([9.0, 0.0, 0.2, 0.0, -3.0, 0.0, 1.0, 0.0])
+    new = rigl_update(w, m, g, fraction=0.4)  # 5 active -> k = 2
+    # drop |w| smallest active: 0.05 (idx 7), -0.1 (idx 1); grow |g| largest inactive: idx 4 (3.0), 6 (1.0)
+    expected = torch.tensor([1, 0, 0, 1, 1, 1, 1, 0], dtype=torch.bool)
+    assert torch.equal(new, expected) and int(new.sum()) == int(m.sum())
+
+
+def test_rigl_may_regrow_a_just_dropped_entry_and_k_zero_changes_nothing():
+    w = torch.tensor([0.01, 1.0, 0.0])
+    m = torch.tensor([True, True, False])
+    new = rigl_update(w, m, torch.tensor([5.0, 0.0, 1.0]), fraction=0.5)  # k = 1: drop idx 0, regrow idx 0
+    assert torch.equal(new, m)
+    assert torch.equal(rigl_update(w, m, torch.ones(3), fraction=0.1), m)
+
+
+def test_schedules_closed_forms():
+    assert rigl_drop_fraction(0, 0.3, 100) == pytest.approx(0.3)
+    assert rigl_drop_fraction(25, 0.3, 100) == pytest.approx(0.15 * (1 + math.cos(math.pi / 4)))
+    assert rigl_drop_fraction(100, 0.3, 100) == 0.0
+    for t in range(0, 21):
+        expected = 0.2 + 0.8 * (1 - min(1, max(0, (t - 5) / 10))) ** 3
+        assert gmp_density(t, 0.2, 5, 15) == pytest.approx(expected)
+    w = torch.tensor([0.3, -2.0, 0.1, 0.0, 1.0])
+    m = torch.tensor([True, True, True, False, True])
+    assert torch.equal(prune_to(w, m, 2), torch.tensor([False, True, False, False, True]))
+
+
+def _counts(model):
+    """Active entries per mask part (Q, K, V separately)."""
+    out = {}
+    for name, module in masked_modules(model):
+        parts = getattr(module, "catapult_mask_parts", 1)
+        out[name] = [int(b.sum()) for b in module.mask.chunk(parts, dim=0)]
+    return out
+
+
+def _model(density=0.5, **kw):
+    torch.manual_seed(0)
+    return GPT(50, d_model=16, n_layers=1, n_heads=2, context=8, density=density, mask_seed=1, **kw).double()
+
+
+def _train(model, optimizer, updater, steps, check):
+    gen = torch.Generator().manual_seed(0)
+    for t in range(steps):
+        x = torch.randint(0, 50, (4, 8), generator=gen)
+        loss = torch.nn.functional.cross_entropy(model(x).flatten(0, 1), torch.roll(x, 1, 1).flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        before = {n: m.mask.clone() for n, m in masked_modules(model)}
+        updater.step(t, optimizer)
+        check(t, before)
+
+
+OPTIMIZERS = {"sgd": dict(momentum=0.9, weight_decay=1e-2), "adam": dict(weight_decay=1e-2),
+              "adamw": dict(weight_decay=1e-1), "radam": dict(weight_decay=1e-2), "gi-adam": dict(weight_decay=1e-1)}
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_rigl_keeps_density_exactly_and_masked_weights_zero(name):
+    model = _model()
+    counts = _counts(model)
+    optimizer = registry.get(name).build(model.parameters(), lr=1e-2, **OPTIMIZERS[name])
+    updater = MaskUpdater(model, "rigl", update_every=2, end_step=12, drop_fraction=0.5)
+    changed_steps = []
+
+    def check(t, before):
+        assert _counts(model) == counts  # the count of every part is the init's, exactly
+        for n, module in masked_modules(model):
+            assert torch.all(module.weight[~module.mask] == 0)  # masked weights are exactly 0
+            grown = module.mask & ~before[n]
+            if grown.any():
+                changed_steps.append(t)
+                assert torch.all(module.weight[grown] == 0)  # grown weights start at 0 ...
+                for value in optimizer.state[module.weight].values():
+                    if torch.is_tensor(value) and value.shape == module.weight.shape:
+                        assert torch.all(value[grown] == 0)  # ... with zero optimizer state
+
+    _train(model, optimizer, updater, 14, check)
+    assert set(changed_steps) and set(changed_steps) <= {2, 4, 6, 8, 10}  # updates at t % 2 == 0, t < 12
+
+
+def test_gmp_reaches_the_final_density_exactly_without_regrowth():
+    model = _model(density=0.25, mask_density=1.0)
+    assert all(module.mask.all() for _, module in masked_modules(model))  # starts dense
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    updater = MaskUpdater(model, "gmp", final_density=0.25, update_every=2, start_step=2, end_step=10)
+
+    def check(t, before):
+        for n, module in masked_modules(model):
+            assert not torch.any(module.mask & ~before[n])  # pruned entries never come back
+            assert torch.all(module.weight[~module.mask] == 0)
+            if updater.is_update_step(t):
+                parts = getattr(module, "catapult_mask_parts", 1)
+                for block in module.mask.chunk(parts, dim=0):
+                    assert int(block.sum()) == exact_nonzeros(block.numel(), gmp_density(t, 0.25, 2, 10))
+
+    _train(model, optimizer, updater, 12, check)
+    static = _model(density=0.25)
+    assert _counts(model) == _counts(static)  # the static mask's exact counts at the end
+
+
+def test_config_keys_and_the_engine_loop(tmp_path):
+    from catapult.engine import run
+
+    (tmp_path / "t.txt").write_text("the quick brown fox jumps over the lazy dog\n" * 40)
+    config = dict(data=dict(name="text", root=str(tmp_path / "t.txt"), context=8, n_train=32, n_test=4),
+                  model=dict(name="gpt", width=16, depth=1, n_heads=2, density=0.5,
+                             sparsity=dict(method="rigl", update_every=2, end_fraction=1.0)),
+                  loss="cross_entropy", optimizer=dict(name="adam", lr=1e-2), train=dict(steps=6, batch_size=8),
+                  eval=dict(sharpness_every=0, test_every=0))
+    result = run(config, progress="none")
+    assert result.status == "finished"
+    for _, module in masked_modules(result.model):
+        parts = getattr(module, "catapult_mask_parts", 1)
+        for block in module.mask.chunk(parts, dim=0):
+            assert int(block.sum()) == exact_nonzeros(block.numel(), 0.5)
+        assert torch.all(module.weight[~module.mask] == 0)
+    with pytest.raises(ConfigError, match="model.sparsity.method"):
+        validate(dict(config, model=dict(config["model"], density=1.0)))
+    with pytest.raises(ConfigError, match="model.sparsity.method"):
+        validate(dict(config, model=dict(config["model"], sparsity=dict(method="pruned"))))
+    old = validate(dict(config, model=dict(name="gpt", width=16, depth=1, n_heads=2, density=0.5)))
+    assert old["model"]["sparsity"]["method"] == "static"  # old configs keep static masks

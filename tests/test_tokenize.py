@@ -1,0 +1,116 @@
+"""BPE tokens: byte-level round trips, training on the training split only, the JSON file saved
+beside the data and reused (never overwritten), uint16 memory-mapped token arrays, config keys."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from catapult.config import ConfigError, validate
+from catapult.data import load_dataset, text
+from catapult.data.token_cache import cache_dir, save_array
+from catapult.data.tokenize import BPEVocab, bpe_file_name, load_or_train_bpe, train_bpe
+
+TRAIN = ("the cat sat on the mat. the dog sat on the log.\n" * 30 +
+         "thematic mathematics: the theory of the thing.\n" * 30)
+VALID = "the cat and the dog. Zürich ✓ naïve — 日本\n" * 3   # characters training never shows
+TEST = "the mat and the log\n" * 5
+
+
+def _wikitext(tmp_path):
+    for name, body in (("wiki.train.raw", TRAIN), ("wiki.valid.raw", VALID), ("wiki.test.raw", TEST)):
+        (tmp_path / name).write_text(body, encoding="utf-8")
+    return tmp_path
+
+
+def test_byte_level_bpe_round_trips_any_text_and_learns_merges():
+    vocab = train_bpe([TRAIN], vocab_size=300)
+    assert 256 < vocab.size <= 300
+    for s in (TRAIN, VALID, "", "\x00\x7f\ufffd 🙂\n\n  x"):
+        ids = vocab.encode(s)
+        assert ids.dtype == torch.int64 and vocab.decode(ids) == s
+    assert len(vocab.encode("the the the")) < len("the the the".encode())  # merges compress
+    assert vocab.encode_array("abc").dtype == np.uint16
+
+
+def test_chunked_encoding_equals_whole_text_encoding():
+    body = TRAIN + "  \n\n   indented\n \nx\nthem?\n\nCLOWN.\nI have\n\n\n" * 200
+    vocab = train_bpe([body], vocab_size=300)
+    assert len(vocab.encode("\n\n")) == 1  # merges whitespace runs: where a cut falls matters
+    whole = np.array(vocab.tokenizer.encode(body, add_special_tokens=False).ids)
+    for chunk in range(5, 80, 3):  # cut points land everywhere in the repeated pattern
+        assert np.array_equal(vocab.encode_array(body, chunk_chars=chunk).astype(np.int64), whole), chunk
+
+
+def test_bpe_corpus_is_trained_on_train_only_saved_beside_the_data_and_reused(tmp_path):
+    root = _wikitext(tmp_path)
+    corpus = text.load_corpus("text", root=root, tokenizer="bpe", vocab_size=300)
+    [tok_file] = root.glob("bpe-v300-*.json")
+    arrays = sorted(p.name.split(".")[1] for p in root.glob("text.*.npy"))
+    assert arrays == ["test", "train", "val"]
+    assert corpus.train.dtype == torch.uint16 and corpus.vocab.size <= 300
+    # the merges come from the training text: a tokenizer trained on it alone gives the same ids
+    alone = train_bpe([TRAIN], vocab_size=300)
+    assert torch.equal(corpus.val.long(), alone.encode(VALID)) and corpus.vocab.decode(corpus.test) == TEST
+    saved = np.load(root / f"text.train.{tok_file.stem}.npy")
+    assert saved.dtype == np.uint16 and np.array_equal(saved, alone.encode_array(TRAIN))
+    # reused: a second load reads the files (a changed tokenizer file would show)
+    before = {p: p.stat().st_mtime_ns for p in root.iterdir()}
+    again = text.load_corpus("text", root=root, tokenizer="bpe", vocab_size=300)
+    assert {p: p.stat().st_mtime_ns for p in root.iterdir()} == before
+    assert torch.equal(again.train, corpus.train) and again.vocab.path == tok_file
+    # another vocabulary size is another file; the first is left alone
+    text.load_corpus("text", root=root, tokenizer="bpe", vocab_size=280)
+    assert len(list(root.glob("bpe-v*.json"))) == 2 and tok_file.stat().st_mtime_ns == before[tok_file]
+
+
+def test_an_existing_file_is_never_overwritten(tmp_path):
+    target = tmp_path / bpe_file_name(300, "k")
+    target.write_text(json.dumps({"not": "ours"}))
+    with pytest.raises(ValueError, match="not a tokenizers JSON"):
+        load_or_train_bpe(TRAIN, 300, tmp_path, "k")
+    assert json.loads(target.read_text()) == {"not": "ours"}
+    array_file = tmp_path / "a.npy"
+    array_file.write_bytes(b"mine")
+    assert save_array(np.arange(3, dtype=np.uint16), array_file) is False and array_file.read_bytes() == b"mine"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_cache_dir_rules(tmp_path, monkeypatch):
+    monkeypatch.setenv("CATAPULT_CACHE", str(tmp_path / "user"))
+    assert cache_dir(tmp_path) == tmp_path
+    (tmp_path / "f.txt").write_text("x")
+    assert cache_dir(tmp_path / "f.txt") == tmp_path
+    assert cache_dir(None) == tmp_path / "user" and cache_dir(tmp_path, tmp_path / "c") == tmp_path / "c"
+    if os.geteuid() != 0:  # root writes anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        assert cache_dir(ro) == tmp_path / "user"
+
+
+def test_config_keys_and_windows(tmp_path):
+    root = _wikitext(tmp_path)
+    split = load_dataset("text", root=root, context=8, n_train=4, tokenizer="bpe", vocab_size=300)
+    assert split.num_classes <= 300 and split.x_train.dtype == torch.int64 and split.x_train.shape == (4, 8)
+    assert torch.equal(split.x_train[:, 1:], split.y_train[:, :-1])
+    cfg = validate(dict(data=dict(name="text", root=str(root), tokenizer="bpe", vocab_size=300),
+                        model=dict(name="gpt", width=16, n_heads=2), loss="cross_entropy"))
+    assert cfg["data"]["tokenizer"] == "bpe" and cfg["data"]["vocab_size"] == 300
+    for bad, key in ((dict(tokenizer="wordpiece"), "data.tokenizer"), (dict(tokenizer="bpe", vocab_size=100),
+                                                                      "data.vocab_size"),
+                     (dict(vocab_size=300), "data.vocab_size")):
+        with pytest.raises(ConfigError, match=key):
+            validate(dict(data=dict(name="text", root=str(root), **bad), model=dict(name="gpt", width=16, n_heads=2),
+                          loss="cross_entropy"))
+    with pytest.raises(ConfigError, match="data.tokenizer"):
+        validate(dict(data=dict(name="digits", tokenizer="bpe")))
+
+
+def test_vocab_file_loads_back_as_the_same_tokenizer(tmp_path):
+    vocab = load_or_train_bpe(TRAIN, 300, tmp_path, "key")
+    loaded = BPEVocab.load(tmp_path / bpe_file_name(300, "key"))
+    assert loaded.size == vocab.size and torch.equal(loaded.encode(VALID), vocab.encode(VALID))
