@@ -36,6 +36,8 @@ class EigenEstimate:
             of the operator has ``|lambda - value| <= error_bound * |value|`` (the relative
             residual, Bauer-Fike/Krylov-Weinberg; it bounds the error against ``lambda_max``
             once the solver has found the top eigenvalue); what ``tol`` is compared with.
+        coarse_matvecs: products on sub-batches spent on the start vector
+            (:mod:`catapult.curvature.coarse`), not counted in ``matvecs``.
 
     Example:
         >>> est = EigenEstimate(value=4.0, vector=torch.tensor([1.0, 0.0]), matvecs=2,
@@ -50,6 +52,7 @@ class EigenEstimate:
     converged: bool
     residual: float = float("nan")
     error_bound: float = float("nan")
+    coarse_matvecs: int = 0
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,11 +14,47 @@ import math
 
 import torch
 
+from catapult.curvature import distributed as dist_ops
+from catapult.curvature.coarse import coarse_levels, coarse_start_vector
 from catapult.curvature.hessian import HessianOperator
 from catapult.optim import registry, rules
 from catapult.curvature.lanczos import EigenEstimate, lanczos_top_eigenpair
 
-__all__ = ["sharpness", "preconditioned_sharpness", "instability_threshold"]
+__all__ = ["sharpness", "preconditioned_sharpness", "instability_threshold", "MEMORY_SETTINGS",
+           "build_operator"]
+
+#: Named memory settings: ``"fast"`` (default: the whole batch in one graph, 20 Krylov vectors)
+#: and ``"lean"`` (HVPs over 4 micro-batches, ``chunk_size = ceil(n / 4)``, and 10 Krylov
+#: vectors: peak memory <= 3x a training step's on the Fig. 1 FCN, ``bench/RESULTS.md``, for
+#: ~1.3x the wall time). An explicit ``chunk_size`` / ``max_basis`` overrides the setting.
+MEMORY_SETTINGS = {"fast": {"chunks": 1, "max_basis": 20}, "lean": {"chunks": 4, "max_basis": 10}}
+
+
+def _memory_setting(memory: str, batch, chunk_size, max_basis):
+    """``(chunk_size, max_basis)`` for a named memory setting and explicit overrides."""
+    if memory not in MEMORY_SETTINGS:
+        raise ValueError(f"memory must be one of {sorted(MEMORY_SETTINGS)}, got {memory!r}")
+    setting = MEMORY_SETTINGS[memory]
+    if max_basis is None:
+        max_basis = setting["max_basis"]
+    inputs = batch[0] if isinstance(batch, (tuple, list)) and batch else None
+    if chunk_size is None and setting["chunks"] > 1 and torch.is_tensor(inputs) and inputs.dim():
+        chunk_size = max(1, math.ceil(inputs.shape[0] / setting["chunks"]))
+    return chunk_size, max_basis
+
+
+def build_operator(model, loss_fn, batch, *, dtype=None, hvp="auto", seed=0, chunk_size=None,
+                   distributed=False):
+    """The Hessian operator of :func:`sharpness` (with ``distributed=True``: the union of the
+    ranks' shards, :class:`~catapult.curvature.distributed.DistributedOperator`)."""
+    if distributed:
+        dist_ops.require_process_group()
+        model = dist_ops.unwrap_ddp(model)
+    op = HessianOperator(model, loss_fn, batch, dtype=dtype, hvp=hvp, seed=seed,
+                         chunk_size=chunk_size)
+    if distributed:
+        op = dist_ops.DistributedOperator(op, dist_ops.shard_weight(batch, op.device))
+    return op
 
 
 def _start_vector(init, n: int, dtype: torch.dtype, device: torch.device, seed: int):
@@ -49,7 +85,8 @@ def _check_solver_args(tol, max_iter):
 
 def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_iter: int = 100,
               dtype=None, init: torch.Tensor | None = None, hvp: str = "auto", seed: int = 0,
-              max_basis: int = 20, chunk_size: int | None = None) -> EigenEstimate:
+              max_basis: int | None = None, chunk_size: int | None = None, memory: str = "fast",
+              coarse="auto", distributed: bool = False) -> EigenEstimate:
     """Sharpness ``lambda_max(H)``: the top eigenvalue of the Hessian of the loss on one batch.
 
     ``H = d^2 L / d theta^2`` with ``L = loss_fn(model(inputs), targets)``, ``batch = (inputs,
@@ -76,15 +113,28 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
             (parameters, buffers and floating inputs/targets are cast for the computation only).
         init: flat start vector, e.g. the previous ``est.vector`` (warm start); default a
             standard normal vector from a private generator seeded with ``seed``.
-        hvp: ``"auto"``, ``"double_backprop"`` or ``"forward_over_reverse"`` (see
+        hvp: ``"auto"``, ``"double_backprop"``, ``"forward_over_reverse"`` or
+            ``"finite_difference"`` (two gradients per product, no double backward; see
             :class:`HessianOperator`).
         seed: seeds the random start vector and the dropout mask.
         max_basis: Krylov vectors kept in memory (thick restart beyond that); each costs one
-            parameter-sized vector.
+            parameter-sized vector. ``None``: 20 (``memory="fast"``) or 10 (``"lean"``).
         chunk_size: evaluate each HVP over micro-batches of at most this many samples (see
             :class:`HessianOperator`): exact for per-sample mean or sum losses, less memory
             (the HVP's working memory scales with the chunk, not the batch), about a gradient
             more compute per HVP. ``None`` (default) = the whole batch in one graph.
+        memory: ``"fast"`` (default, speed first) or ``"lean"`` (4 micro-batches and 10 Krylov
+            vectors: within 3x a training step's peak memory); see :data:`MEMORY_SETTINGS`.
+        coarse: start vector from solves on nested sub-batches (:mod:`catapult.curvature.coarse`):
+            ``"auto"`` (default; only without ``init``, for batches of >= 256 samples, not with
+            ``distributed``), ``None`` (a random start), or ``(divisor, tol)`` levels. The
+            answer and its ``tol`` are the full batch's; ``est.coarse_matvecs`` counts the
+            cheaper sub-batch products.
+        distributed: inside an initialised ``torch.distributed`` process group, ``batch`` is
+            this rank's shard and the Hessian is that of the union's loss (a mean over
+            samples: products all-reduced with weights ``|B_r| / |B|``); every rank gets the
+            same estimate. Works with a plain or a DDP-wrapped model
+            (:mod:`catapult.curvature.distributed`).
 
     Memory: the peak is about ``max_basis + 4`` parameter-sized vectors plus the HVP's working
     memory (~2.6x a training step's activations on the whole batch, or on one chunk with
@@ -106,11 +156,21 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
         (4.0, True, tensor([1., 0.]))
     """
     _check_solver_args(tol, max_iter)
-    op = HessianOperator(model, loss_fn, batch, dtype=dtype, hvp=hvp, seed=seed,
-                         chunk_size=chunk_size)
+    chunk_size, max_basis = _memory_setting(memory, batch, chunk_size, max_basis)
+    op = build_operator(model, loss_fn, batch, dtype=dtype, hvp=hvp, seed=seed,
+                        chunk_size=chunk_size, distributed=distributed)
     v0 = _start_vector(init, op.numel, op.dtype, op.device, seed)
-    return lanczos_top_eigenpair(op, v0, tol=tol, max_iter=max_iter, max_basis=max_basis,
-                                 _fresh_output=True)
+    if distributed and init is not None:
+        dist_ops.broadcast_vector(v0)
+    levels = [] if (init is not None or distributed) else coarse_levels(batch, coarse)
+    coarse_products = 0
+    if levels:
+        v0, coarse_products = coarse_start_vector(model, loss_fn, batch, v0, levels, dtype=dtype,
+                                                  hvp=hvp, seed=seed, max_basis=max_basis)
+    est = lanczos_top_eigenpair(op, v0, tol=tol, max_iter=max_iter, max_basis=max_basis,
+                                _fresh_output=True)
+    est.coarse_matvecs = coarse_products
+    return est
 
 
 # --------------------------------------------------------------------------------------------
@@ -231,9 +291,10 @@ def _adam_preconditioner(optimizer, grad_flat: torch.Tensor, names, params,
 def preconditioned_sharpness(model: torch.nn.Module, loss_fn, batch,
                              optimizer: torch.optim.Optimizer, *, tol: float = 1e-3,
                              max_iter: int = 100, dtype=None, init: torch.Tensor | None = None,
-                             hvp: str = "auto", seed: int = 0, max_basis: int = 20,
+                             hvp: str = "auto", seed: int = 0, max_basis: int | None = None,
                              scale_by_group_lr: bool = False,
-                             chunk_size: int | None = None) -> EigenEstimate:
+                             chunk_size: int | None = None, memory: str = "fast",
+                             distributed: bool = False) -> EigenEstimate:
     """Pre-conditioned sharpness ``lambda_max(P^-1 H)`` for Adam, AdamW and GI-Adam.
 
     ``P`` is the diagonal preconditioner the optimizer's *next* step will apply, rebuilt from
@@ -258,8 +319,9 @@ def preconditioned_sharpness(model: torch.nn.Module, loss_fn, batch,
     the step and get ``P^-1 = 0``. ``scale_by_group_lr=True`` multiplies each group's block of
     ``P^-1`` by ``group["lr"] / param_groups[0]["lr"]`` (per-group lr multipliers, e.g. muP).
 
-    Keyword arguments are those of :func:`sharpness`. Mode, dtype and RNG are handled the same
-    way; neither the model nor the optimizer state is changed.
+    Keyword arguments are those of :func:`sharpness` (``distributed=True`` reduces the gradient
+    too, so ``P`` is built from the union's gradient; no ``coarse`` start here). Mode, dtype and
+    RNG are handled the same way; neither the model nor the optimizer state is changed.
 
     Example: Hessian ``diag(4, 1)`` (as in :func:`sharpness`) at ``w = 0`` with targets
     ``(1, 1)``, gradient ``g = (-2, -1)``; Adam's first step has ``P = (1 - b1) |g| =
@@ -277,8 +339,11 @@ def preconditioned_sharpness(model: torch.nn.Module, loss_fn, batch,
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     _preconditioned_spec(optimizer)
     _check_solver_args(tol, max_iter)
-    op = HessianOperator(model, loss_fn, batch, dtype=dtype, hvp=hvp, seed=seed,
-                         chunk_size=chunk_size)
+    chunk_size, max_basis = _memory_setting(memory, batch, chunk_size, max_basis)
+    op = build_operator(model, loss_fn, batch, dtype=dtype, hvp=hvp, seed=seed,
+                        chunk_size=chunk_size, distributed=distributed)
+    if distributed:
+        model = dist_ops.unwrap_ddp(model)
     params = [p for p in model.parameters() if p.requires_grad]
     with torch.no_grad():
         d, l2 = _adam_preconditioner(optimizer, op.gradient(), op.names, params,
@@ -291,5 +356,7 @@ def preconditioned_sharpness(model: torch.nn.Module, loss_fn, batch,
         return out
 
     v0 = _start_vector(init, op.numel, op.dtype, op.device, seed)
+    if distributed and init is not None:
+        dist_ops.broadcast_vector(v0)
     return lanczos_top_eigenpair(matvec, v0, tol=tol, max_iter=max_iter, max_basis=max_basis,
                                  _fresh_output=True)
