@@ -21,7 +21,8 @@ from catapult.optim import registry, rules
 from catapult.curvature.lanczos import EigenEstimate, lanczos_top_eigenpair
 
 __all__ = ["sharpness", "preconditioned_sharpness", "instability_threshold", "MEMORY_SETTINGS",
-           "build_operator"]
+           "build_operator", "adam_preconditioner", "PreconditionedOperator", "check_solver_args",
+           "start_vector", "memory_setting"]
 
 #: Named memory settings: ``"fast"`` (default: the whole batch in one graph, 20 Krylov vectors)
 #: and ``"lean"`` (HVPs over 4 micro-batches, ``chunk_size = ceil(n / 4)``, and 10 Krylov
@@ -30,7 +31,7 @@ __all__ = ["sharpness", "preconditioned_sharpness", "instability_threshold", "ME
 MEMORY_SETTINGS = {"fast": {"chunks": 1, "max_basis": 20}, "lean": {"chunks": 4, "max_basis": 10}}
 
 
-def _memory_setting(memory: str, batch, chunk_size, max_basis):
+def memory_setting(memory: str, batch, chunk_size, max_basis):
     """``(chunk_size, max_basis)`` for a named memory setting and explicit overrides."""
     if memory not in MEMORY_SETTINGS:
         raise ValueError(f"memory must be one of {sorted(MEMORY_SETTINGS)}, got {memory!r}")
@@ -57,7 +58,7 @@ def build_operator(model, loss_fn, batch, *, dtype=None, hvp="auto", seed=0, chu
     return op
 
 
-def _start_vector(init, n: int, dtype: torch.dtype, device: torch.device, seed: int):
+def start_vector(init, n: int, dtype: torch.dtype, device: torch.device, seed: int):
     if init is None:
         gen = torch.Generator(device=device)
         gen.manual_seed(int(seed))
@@ -75,7 +76,7 @@ def _start_vector(init, n: int, dtype: torch.dtype, device: torch.device, seed: 
     return v0
 
 
-def _check_solver_args(tol, max_iter):
+def check_solver_args(tol, max_iter):
     # inf would stop after one matvec and call any start vector's Rayleigh quotient "converged"
     if not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and 0 < tol < math.inf):
         raise ValueError(f"tol must be a finite number > 0, got {tol!r}")
@@ -155,11 +156,11 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
         >>> round(est.value, 3), est.converged, est.vector.abs().round(decimals=3)
         (4.0, True, tensor([1., 0.]))
     """
-    _check_solver_args(tol, max_iter)
-    chunk_size, max_basis = _memory_setting(memory, batch, chunk_size, max_basis)
+    check_solver_args(tol, max_iter)
+    chunk_size, max_basis = memory_setting(memory, batch, chunk_size, max_basis)
     op = build_operator(model, loss_fn, batch, dtype=dtype, hvp=hvp, seed=seed,
                         chunk_size=chunk_size, distributed=distributed)
-    v0 = _start_vector(init, op.numel, op.dtype, op.device, seed)
+    v0 = start_vector(init, op.numel, op.dtype, op.device, seed)
     if distributed and init is not None:
         dist_ops.broadcast_vector(v0)
     levels = [] if (init is not None or distributed) else coarse_levels(batch, coarse)
@@ -288,6 +289,29 @@ def _adam_preconditioner(optimizer, grad_flat: torch.Tensor, names, params,
     return torch.cat(pieces), (torch.cat(l2_pieces) if has_l2 else None)
 
 
+def adam_preconditioner(model, optimizer, op, scale_by_group_lr: bool = False):
+    """``(d, l2)``: the flat ``P^-1/2`` of the optimizer's next step and the coupled-L2 rows
+    ``P^-1 wd`` (or None) at ``op``'s gradient (see :func:`preconditioned_sharpness`)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    with torch.no_grad():
+        return _adam_preconditioner(optimizer, op.gradient(), op.names, params, scale_by_group_lr)
+
+
+class PreconditionedOperator:
+    """``u -> d * (H (d * u)) + l2 * u``: the symmetric ``P^-1/2 (H + wd I) P^-1/2`` from a
+    Hessian operator ``op`` and :func:`adam_preconditioner`'s ``(d, l2)``."""
+
+    def __init__(self, op, d: torch.Tensor, l2: torch.Tensor | None):
+        self.op, self.d, self.l2 = op, d, l2
+        self.numel, self.dtype, self.device = op.numel, op.dtype, op.device
+
+    def __call__(self, u: torch.Tensor) -> torch.Tensor:
+        out = self.op(self.d * u).mul_(self.d)
+        if self.l2 is not None:
+            out.addcmul_(self.l2, u)
+        return out
+
+
 def preconditioned_sharpness(model: torch.nn.Module, loss_fn, batch,
                              optimizer: torch.optim.Optimizer, *, tol: float = 1e-3,
                              max_iter: int = 100, dtype=None, init: torch.Tensor | None = None,
@@ -338,24 +362,16 @@ def preconditioned_sharpness(model: torch.nn.Module, loss_fn, batch,
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     _preconditioned_spec(optimizer)
-    _check_solver_args(tol, max_iter)
-    chunk_size, max_basis = _memory_setting(memory, batch, chunk_size, max_basis)
+    check_solver_args(tol, max_iter)
+    chunk_size, max_basis = memory_setting(memory, batch, chunk_size, max_basis)
     op = build_operator(model, loss_fn, batch, dtype=dtype, hvp=hvp, seed=seed,
                         chunk_size=chunk_size, distributed=distributed)
     if distributed:
         model = dist_ops.unwrap_ddp(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    with torch.no_grad():
-        d, l2 = _adam_preconditioner(optimizer, op.gradient(), op.names, params,
-                                     scale_by_group_lr)
+    d, l2 = adam_preconditioner(model, optimizer, op, scale_by_group_lr)
 
-    def matvec(u: torch.Tensor) -> torch.Tensor:
-        out = op(d * u).mul_(d)
-        if l2 is not None:
-            out.addcmul_(l2, u)
-        return out
-
-    v0 = _start_vector(init, op.numel, op.dtype, op.device, seed)
+    matvec = PreconditionedOperator(op, d, l2)
+    v0 = start_vector(init, op.numel, op.dtype, op.device, seed)
     if distributed and init is not None:
         dist_ops.broadcast_vector(v0)
     return lanczos_top_eigenpair(matvec, v0, tol=tol, max_iter=max_iter, max_basis=max_basis,
