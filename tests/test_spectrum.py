@@ -166,7 +166,7 @@ def test_coarse_start_lean_memory_and_distributed_flag_keep_the_answer():
         catapult.sharpness(model, loss_fn, batch, distributed=True)
 
 
-@pytest.mark.parametrize("dtype, bound", [(torch.float64, 1e-7), (torch.float32, 3e-2)])
+@pytest.mark.parametrize("dtype, bound", [(torch.float64, 1e-9), (torch.float32, 1e-3)])
 def test_finite_difference_hvp_error(dtype, bound):
     model, loss_fn, batch = small_problem(seed=7)
     H = dense_hessian(model, loss_fn, batch)
@@ -175,7 +175,7 @@ def test_finite_difference_hvp_error(dtype, bound):
     op = HessianOperator(model, loss_fn, batch, hvp="finite_difference", dtype=dtype)
     approx = op(v.to(dtype)).double().numpy()
     err = np.linalg.norm(approx - exact) / np.linalg.norm(exact)
-    # measured: ~3e-10 (float64, h = 6e-6), ~2e-3 (float32, h = 4.9e-3)
+    # measured over 5 vectors: <= 5.0e-11 (float64, h = 6.1e-6), <= 2.5e-5 (float32, h = 4.9e-3)
     assert err < bound
     est = catapult.sharpness(model, loss_fn, batch, tol=1e-8, hvp="finite_difference",
                              dtype=torch.float64)

@@ -123,8 +123,8 @@ class HessianOperator:
         float32: the step balancing the ``O(h^2)`` truncation against the ``O(eps / h)``
         rounding): two plain gradients per product, no second-order graph, for setups without
         double backward (some sharded or fused kernels). Its error is ``O(h^2 ||D^3 L||)``
-        plus rounding, measured in ``tests/test_spectrum.py`` (~1e-7 relative in float64 on a
-        small MLP).
+        plus rounding: measured relative error of ``H v`` on a small tanh MLP
+        (``tests/test_spectrum.py``) <= 5e-11 in float64 and <= 2.5e-5 in float32.
       * ``"auto"``: the one measured faster (``_AUTO_HVP``; double backprop on CPU).
 
     Micro-batches (``chunk_size``): with ``chunk_size=c`` smaller than the batch, the batch is cut
