@@ -185,8 +185,10 @@ class EvalConfig(Section):
         100, description="most Hessian-vector products per measurement", json_schema_extra=_per_member())
     sharpness_kind: Annotated[Literal["auto", "hessian", "preconditioned"], choice()] = Field(
         "auto", description="auto = pre-conditioned for Adam-family optimizers, else the Hessian's")
-    sharpness_hvp: Annotated[Literal["auto", "double_backprop", "forward_over_reverse"], choice()] = Field(
-        "auto", description="how Hessian-vector products are computed")
+    sharpness_hvp: Annotated[Literal["auto", "double_backprop", "forward_over_reverse",
+                                     "finite_difference"], choice()] = Field(
+        "auto", description="how Hessian-vector products are computed (finite_difference: two "
+                            "gradients per product, no double backward)")
     sharpness_dtype: Annotated[Dtype | None, choice()] = Field(
         None, description="solver precision (null = the run's dtype)")
     sharpness_max_basis: Annotated[int, integer(low=2)] = Field(
@@ -194,6 +196,16 @@ class EvalConfig(Section):
     sharpness_chunk_size: Annotated[int | None, integer(low=1)] = Field(
         None, description="HVPs over micro-batches of at most this many samples "
                           "(less memory, ~a gradient more per HVP; null = whole batch)")
+    # issue 16: named memory setting and spectrum logging on the sharpness cadence
+    sharpness_memory: Annotated[Literal["fast", "lean"], choice()] = Field(
+        "fast", description="fast = speed first; lean = HVPs over 4 micro-batches and at most 10 "
+                            "Krylov vectors (peak memory <= 3x a training step on the Fig. 1 FCN)")
+    spectrum_top_k: Annotated[int, integer(low=0)] = Field(
+        0, description="log the top-k eigenvalues (eig_1..eig_k, same kind as sharpness) at every "
+                       "sharpness measurement (0 = off)")
+    trace_matvecs: Annotated[int, integer(low=0)] = Field(
+        0, description="log the trace (hessian_trace, Hutch++ with this many products, same kind "
+                       "as sharpness) at every sharpness measurement (0 = off; else >= 3)")
     test_every: Annotated[int, integer(low=0)] = Field(
         100, description="test loss/accuracy every m steps (0 = only at the end)", json_schema_extra=_per_member())
 

@@ -288,7 +288,8 @@ def hutch_plus_plus(matvec, n: int, matvecs: int, *, dtype=torch.float64, device
 
 def hessian_trace(model, loss_fn, batch, *, matvecs: int = 100, curvature: str = "hessian",
                   optimizer=None, dtype=None, hvp: str = "auto", seed: int = 0,
-                  chunk_size: int | None = None, distributed: bool = False) -> float:
+                  chunk_size: int | None = None, distributed: bool = False,
+                  scale_by_group_lr: bool = False) -> float:
     """``tr(H)`` (or of the Gauss-Newton matrix, or pre-conditioned ``tr(P^-1 A)`` with an
     Adam-family ``optimizer``) by :func:`hutch_plus_plus` with ``matvecs`` products.
 
@@ -300,7 +301,7 @@ def hessian_trace(model, loss_fn, batch, *, matvecs: int = 100, curvature: str =
     """
     op = curvature_operator(model, loss_fn, batch, curvature=curvature, optimizer=optimizer,
                             dtype=dtype, hvp=hvp, seed=seed, chunk_size=chunk_size,
-                            distributed=distributed)
+                            distributed=distributed, scale_by_group_lr=scale_by_group_lr)
     return hutch_plus_plus(op, op.numel, matvecs, dtype=op.dtype, device=op.device, seed=seed)
 
 
