@@ -66,21 +66,23 @@ def coarse_levels(batch, coarse) -> list[tuple[int, float]]:
 
 def coarse_start_vector(model, loss_fn, batch, v0: torch.Tensor, levels, *, dtype=None,
                         hvp: str = "auto", seed: int = 0, max_basis: int = 20,
-                        max_iter: int = 100) -> tuple[torch.Tensor, int]:
-    """``(vector, products)``: ``v0`` carried through the top-eigenvector solves on the first
-    ``m`` samples of each level (``levels`` from :func:`coarse_levels`), coarsest first.
+                        max_iter: int = 100) -> tuple[torch.Tensor, int, float]:
+    """``(vector, products, cost)``: ``v0`` carried through the top-eigenvector solves on the
+    first ``m`` samples of each level (``levels`` from :func:`coarse_levels`), coarsest first.
 
-    ``products`` counts the sub-batch Hessian-vector products (each costs about ``m / n`` of a
-    full-batch one when per-sample compute dominates).
+    ``products`` counts the sub-batch Hessian-vector products; ``cost`` weighs each by its
+    level's ``m / n`` (full-batch-equivalent products when per-sample compute dominates).
     """
     inputs, targets = batch
-    vector, products = v0, 0
+    n = inputs.shape[0]
+    vector, products, cost = v0, 0, 0.0
     for m, tol in levels:
         op = HessianOperator(model, loss_fn, (inputs[:m], targets[:m]), dtype=dtype, hvp=hvp,
                              seed=seed)
         est = lanczos_top_eigenpair(op, vector, tol=tol, max_iter=max_iter, max_basis=max_basis,
                                     _fresh_output=True)
         products += est.matvecs
+        cost += est.matvecs * m / n
         if est.vector.isfinite().all() and est.converged:
             vector = est.vector
-    return vector, products
+    return vector, products, cost

@@ -37,7 +37,8 @@ class EigenEstimate:
             residual, Bauer-Fike/Krylov-Weinberg; it bounds the error against ``lambda_max``
             once the solver has found the top eigenvalue); what ``tol`` is compared with.
         coarse_matvecs: products on sub-batches spent on the start vector
-            (:mod:`catapult.curvature.coarse`), not counted in ``matvecs``.
+            (:mod:`catapult.curvature.coarse`), not counted in ``matvecs``; ``coarse_cost``
+            weighs each by its sub-batch's share of the samples (full-batch-equivalent products).
 
     Example:
         >>> est = EigenEstimate(value=4.0, vector=torch.tensor([1.0, 0.0]), matvecs=2,
@@ -53,6 +54,7 @@ class EigenEstimate:
     residual: float = float("nan")
     error_bound: float = float("nan")
     coarse_matvecs: int = 0
+    coarse_cost: float = 0.0
 
 
 # --------------------------------------------------------------------------------------------

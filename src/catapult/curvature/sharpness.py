@@ -164,13 +164,13 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
     if distributed and init is not None:
         dist_ops.broadcast_vector(v0)
     levels = [] if (init is not None or distributed) else coarse_levels(batch, coarse)
-    coarse_products = 0
+    coarse_products, coarse_cost = 0, 0.0
     if levels:
-        v0, coarse_products = coarse_start_vector(model, loss_fn, batch, v0, levels, dtype=dtype,
+        v0, coarse_products, coarse_cost = coarse_start_vector(model, loss_fn, batch, v0, levels, dtype=dtype,
                                                   hvp=hvp, seed=seed, max_basis=max_basis)
     est = lanczos_top_eigenpair(op, v0, tol=tol, max_iter=max_iter, max_basis=max_basis,
                                 _fresh_output=True)
-    est.coarse_matvecs = coarse_products
+    est.coarse_matvecs, est.coarse_cost = coarse_products, coarse_cost
     return est
 
 
