@@ -44,7 +44,7 @@ def test_per_member_declaration_equals_the_old_constant():
 def test_known_keys_are_the_leaves_of_the_default_config():
     known = C.known_keys()
     assert known == frozenset(_leaves(C.defaults()))
-    assert "optimizer.lr" in known and "schedule" not in known and len(known) == 56
+    assert "optimizer.lr" in known and "schedule" not in known and len(known) == 59
     assert C.leaf_keys() == list(_leaves(C.defaults()))  # declaration order
     for key in known:  # each leaf has its check, default and doc
         option = C.get(key)
