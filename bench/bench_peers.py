@@ -124,11 +124,37 @@ def run_curvlinops(model, loss, batch, seed):
     return value, count[0], t.seconds, t.cpu
 
 
+def spectrum_figure(path: str) -> None:
+    """Top-5, Hutch++ trace and SLQ density of the Hessian and the Gauss-Newton matrix of the
+    FCN on 1,000 inputs; the densities go to ``path`` (one panel each)."""
+    from catapult import hessian_trace, spectral_density, top_eigenpairs
+    from catapult.plots import plot_spectral_density
+
+    model, loss, batch = problem("fcn1000")
+    for curvature in ("hessian", "ggn"):
+        with Timer() as t:
+            eig = top_eigenpairs(model, loss, batch, k=5, curvature=curvature)
+            trace = hessian_trace(model, loss, batch, matvecs=60, curvature=curvature)
+            dens = spectral_density(model, loss, batch, runs=4, steps=30, curvature=curvature)
+        print(f"{curvature}: top-5 {[round(v, 3) for v in eig.values]} ({eig.matvecs} products), "
+              f"trace {trace:.4g} (Hutch++, 60 products), SLQ 4 x 30 products; "
+              f"{t.cpu:.1f} CPU s", flush=True)
+        out = path.replace(".png", f"_{curvature}.png")
+        plot_spectral_density(dens, out, title=f"Fig. 1 FCN, n=1000: {curvature} spectrum (SLQ)")
+        print(f"figure: {out}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--problems", default="fcn1000,fcn2500,gpt")
+    parser.add_argument("--spectrum-figure", default=None,
+                        help="instead: top-5, trace and SLQ density of the FCN (Hessian and GGN), "
+                             "figures at this path (suffixed _hessian / _ggn)")
     args = parser.parse_args(argv)
+    if args.spectrum_figure:
+        spectrum_figure(args.spectrum_figure)
+        return
     import hessian_eigenthings
     import curvlinops
     import scipy

@@ -72,6 +72,14 @@ def coarse_start_vector(model, loss_fn, batch, v0: torch.Tensor, levels, *, dtyp
 
     ``products`` counts the sub-batch Hessian-vector products; ``cost`` weighs each by its
     level's ``m / n`` (full-batch-equivalent products when per-sample compute dominates).
+
+    Example (one level on the first 2 of 4 samples, which already hold the top direction):
+        >>> model = torch.nn.Linear(2, 1, bias=False)
+        >>> x = torch.tensor([[2.0, 0.0], [0.0, 1.0], [0.0, 1.0], [0.0, 1.0]])
+        >>> v, products, cost = coarse_start_vector(model, torch.nn.MSELoss(), (x, torch.zeros(4, 1)),
+        ...                                         torch.ones(2), [(2, 1e-6)])
+        >>> v.abs().round(decimals=4), products, cost
+        (tensor([1., 0.]), 2, 1.0)
     """
     inputs, targets = batch
     n = inputs.shape[0]

@@ -32,7 +32,12 @@ MEMORY_SETTINGS = {"fast": {"chunks": 1, "max_basis": 20}, "lean": {"chunks": 4,
 
 
 def memory_setting(memory: str, batch, chunk_size, max_basis):
-    """``(chunk_size, max_basis)`` for a named memory setting and explicit overrides."""
+    """``(chunk_size, max_basis)`` for a named memory setting and explicit overrides.
+
+    >>> batch = (torch.zeros(10, 2), torch.zeros(10))
+    >>> memory_setting("lean", batch, None, None), memory_setting("fast", batch, None, None)
+    ((3, 10), (None, 20))
+    """
     if memory not in MEMORY_SETTINGS:
         raise ValueError(f"memory must be one of {sorted(MEMORY_SETTINGS)}, got {memory!r}")
     setting = MEMORY_SETTINGS[memory]
@@ -47,7 +52,13 @@ def memory_setting(memory: str, batch, chunk_size, max_basis):
 def build_operator(model, loss_fn, batch, *, dtype=None, hvp="auto", seed=0, chunk_size=None,
                    distributed=False):
     """The Hessian operator of :func:`sharpness` (with ``distributed=True``: the union of the
-    ranks' shards, :class:`~catapult.curvature.distributed.DistributedOperator`)."""
+    ranks' shards, :class:`~catapult.curvature.distributed.DistributedOperator`).
+
+    >>> model = torch.nn.Linear(2, 1, bias=False)
+    >>> batch = (torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0], [0.0]]))
+    >>> build_operator(model, torch.nn.MSELoss(), batch)(torch.tensor([1.0, 1.0]))
+    tensor([4., 1.])
+    """
     if distributed:
         dist_ops.require_process_group()
         model = dist_ops.unwrap_ddp(model)
@@ -59,6 +70,14 @@ def build_operator(model, loss_fn, batch, *, dtype=None, hvp="auto", seed=0, chu
 
 
 def start_vector(init, n: int, dtype: torch.dtype, device: torch.device, seed: int):
+    """The solver's start vector: ``init`` flattened and cast (checked: finite, non-zero, one
+    entry per trainable parameter entry), or a standard normal vector seeded with ``seed``.
+
+    >>> start_vector(torch.tensor([[1.0, 2.0]]), 2, torch.float64, torch.device("cpu"), 0)
+    tensor([1., 2.], dtype=torch.float64)
+    >>> start_vector(None, 3, torch.float32, torch.device("cpu"), 0).shape
+    torch.Size([3])
+    """
     if init is None:
         gen = torch.Generator(device=device)
         gen.manual_seed(int(seed))
@@ -77,6 +96,14 @@ def start_vector(init, n: int, dtype: torch.dtype, device: torch.device, seed: i
 
 
 def check_solver_args(tol, max_iter):
+    """Raise a ValueError unless ``tol`` is finite and > 0 and ``max_iter`` an integer >= 1.
+
+    >>> check_solver_args(1e-3, 10)
+    >>> check_solver_args(0.0, 10)
+    Traceback (most recent call last):
+    ...
+    ValueError: tol must be a finite number > 0, got 0.0
+    """
     # inf would stop after one matvec and call any start vector's Rayleigh quotient "converged"
     if not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and 0 < tol < math.inf):
         raise ValueError(f"tol must be a finite number > 0, got {tol!r}")
@@ -291,7 +318,17 @@ def _adam_preconditioner(optimizer, grad_flat: torch.Tensor, names, params,
 
 def adam_preconditioner(model, optimizer, op, scale_by_group_lr: bool = False):
     """``(d, l2)``: the flat ``P^-1/2`` of the optimizer's next step and the coupled-L2 rows
-    ``P^-1 wd`` (or None) at ``op``'s gradient (see :func:`preconditioned_sharpness`)."""
+    ``P^-1 wd`` (or None) at ``op``'s gradient (see :func:`preconditioned_sharpness`).
+
+    Example (as in :func:`preconditioned_sharpness`: ``P = (0.2, 0.1)`` on Adam's first step):
+        >>> model = torch.nn.Linear(2, 1, bias=False)
+        >>> _ = torch.nn.init.zeros_(model.weight)
+        >>> batch = (torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0], [1.0]]))
+        >>> opt = torch.optim.Adam(model.parameters(), lr=1.0)
+        >>> d, l2 = adam_preconditioner(model, opt, build_operator(model, torch.nn.MSELoss(), batch))
+        >>> (d ** 2).round(decimals=3), l2
+        (tensor([ 5., 10.]), None)
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     with torch.no_grad():
         return _adam_preconditioner(optimizer, op.gradient(), op.names, params, scale_by_group_lr)
@@ -299,7 +336,15 @@ def adam_preconditioner(model, optimizer, op, scale_by_group_lr: bool = False):
 
 class PreconditionedOperator:
     """``u -> d * (H (d * u)) + l2 * u``: the symmetric ``P^-1/2 (H + wd I) P^-1/2`` from a
-    Hessian operator ``op`` and :func:`adam_preconditioner`'s ``(d, l2)``."""
+    Hessian operator ``op`` and :func:`adam_preconditioner`'s ``(d, l2)``.
+
+    Example (``H = diag(4, 1)``, ``d = (1, 2)``: ``d H d = diag(4, 4)``):
+        >>> model = torch.nn.Linear(2, 1, bias=False)
+        >>> batch = (torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0], [0.0]]))
+        >>> H = build_operator(model, torch.nn.MSELoss(), batch)
+        >>> PreconditionedOperator(H, torch.tensor([1.0, 2.0]), None)(torch.tensor([1.0, 1.0]))
+        tensor([4., 4.])
+    """
 
     def __init__(self, op, d: torch.Tensor, l2: torch.Tensor | None):
         self.op, self.d, self.l2 = op, d, l2

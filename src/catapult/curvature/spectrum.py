@@ -88,7 +88,14 @@ def curvature_operator(model, loss_fn, batch, *, curvature: str = "hessian", opt
     """The symmetric operator the spectrum functions work on: the Hessian
     (:func:`~catapult.curvature.sharpness.build_operator`) or the Gauss-Newton matrix
     (:class:`GaussNewtonOperator`), pre-conditioned as ``P^-1/2 A P^-1/2`` when an Adam-family
-    ``optimizer`` is given (:func:`~catapult.curvature.sharpness.adam_preconditioner`)."""
+    ``optimizer`` is given (:func:`~catapult.curvature.sharpness.adam_preconditioner`).
+
+    Example (a linear model: Gauss-Newton matrix = Hessian = ``diag(4, 1)``):
+        >>> model = torch.nn.Linear(2, 1, bias=False)
+        >>> batch = (torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0], [0.0]]))
+        >>> curvature_operator(model, torch.nn.MSELoss(), batch, curvature="ggn")(torch.ones(2))
+        tensor([4., 1.])
+    """
     if curvature not in CURVATURES:
         raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
     if curvature == "hessian":
@@ -116,7 +123,12 @@ def curvature_operator(model, loss_fn, batch, *, curvature: str = "hessian", opt
 class Eigenpairs:
     """Top-k eigenpairs. ``values`` (floats, largest first), ``vectors`` (``(k, n)``, unit rows,
     orthonormal), ``matvecs``, ``converged`` (all ``k``), ``residuals`` (relative eigen-residual
-    ``||A v_i - theta_i v_i|| / |theta_i|`` of each pair)."""
+    ``||A v_i - theta_i v_i|| / |theta_i|`` of each pair).
+
+    >>> eig = Eigenpairs([2.0, 1.0], torch.eye(2), matvecs=2, converged=True, residuals=[0.0, 0.0])
+    >>> eig.values[0], eig.vectors.shape
+    (2.0, torch.Size([2, 2]))
+    """
 
     values: list
     vectors: torch.Tensor
@@ -308,7 +320,12 @@ def hessian_trace(model, loss_fn, batch, *, matvecs: int = 100, curvature: str =
 @dataclass
 class SpectralDensity:
     """Smoothed eigenvalue density ``grid``/``density`` (numpy arrays; ``density`` integrates to
-    ~1 over the grid) and the quadrature ``nodes``/``weights`` (``runs x steps``) it came from."""
+    ~1 over the grid) and the quadrature ``nodes``/``weights`` (``runs x steps``) it came from.
+
+    >>> d = SpectralDensity(np.zeros(3), np.ones(3), np.ones((1, 1)), np.ones((1, 1)), 0.1)
+    >>> d.grid.shape, d.sigma
+    ((3,), 0.1)
+    """
 
     grid: np.ndarray
     density: np.ndarray
