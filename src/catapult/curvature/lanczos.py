@@ -243,9 +243,10 @@ class KrylovBasis:
     actually used, without the copy a growing single matrix would need.
     """
 
-    def __init__(self, like: torch.Tensor, block: int = 4):
+    def __init__(self, like: torch.Tensor, block: int = 4, capacity: int | None = None):
         self.like = like
         self.block = block
+        self.capacity = capacity  # the last block holds only the rows up to it (lean memory)
         self.blocks: list[torch.Tensor] = []
         self.size = 0
 
@@ -261,7 +262,10 @@ class KrylovBasis:
     def append(self, q: torch.Tensor) -> None:
         i, r = divmod(self.size, self.block)
         if i == len(self.blocks):
-            self.blocks.append(self.like.new_empty((self.block, self.like.numel())))
+            rows = self.block
+            if self.capacity is not None:
+                rows = max(1, min(rows, self.capacity - i * self.block))
+            self.blocks.append(self.like.new_empty((rows, self.like.numel())))
         self.blocks[i][r].copy_(q)
         self.size += 1
 
@@ -376,7 +380,7 @@ def lanczos_top_eigenpair(
     capacity, keep = restart_sizes(max_basis, n)
     eps = torch.finfo(v0.dtype).eps
 
-    basis = KrylovBasis(v0)
+    basis = KrylovBasis(v0, capacity=capacity)
     basis.append(v0 / norm0)
     T = np.zeros((capacity, capacity))  # projected matrix Q^T A Q on the host (tiny)
     matvecs = 0
