@@ -16,6 +16,8 @@ Measured in one run (so the ratios share the machine's load):
   5. peak memory of one sharpness call vs one training step (each in a fresh subprocess).
 
 Usage:  .venv/bin/python bench/bench_sharpness.py [--quick] [--n 5000] [--steps 20]
+        [--warm-only]  (reference + section 4 only; issue 16)
+        [--memory-only [--named-memory]]  (memory of the solver's settings; memory="fast"/"lean")
 Prints Markdown tables (the ones in bench/RESULTS.md, section "Sharpness (issue 2)").
 """
 from __future__ import annotations
