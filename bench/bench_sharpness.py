@@ -16,6 +16,8 @@ Measured in one run (so the ratios share the machine's load):
   5. peak memory of one sharpness call vs one training step (each in a fresh subprocess).
 
 Usage:  .venv/bin/python bench/bench_sharpness.py [--quick] [--n 5000] [--steps 20]
+        [--warm-only]  (reference + section 4 only; issue 16)
+        [--memory-only [--named-memory]]  (memory of the solver's settings; memory="fast"/"lean")
 Prints Markdown tables (the ones in bench/RESULTS.md, section "Sharpness (issue 2)").
 """
 from __future__ import annotations
@@ -193,6 +195,8 @@ def memory_probe(what: str, n: int, param: str) -> dict:
     base = _status_kb("VmRSS")
     if what == "sharpness":
         sharpness(model, mse, batch, tol=1e-3)
+    elif what in ("sharpness_fast", "sharpness_lean"):  # the named memory settings (issue 16)
+        sharpness(model, mse, batch, tol=1e-3, memory=what.split("_")[1])
     elif what.startswith("sharpness_basis"):  # e.g. sharpness_basis4, _basis4_for, _basis10_chunk1250
         sharpness(model, mse, batch, tol=1e-3, **_setting(what))
     elif what == "sharpness_fp64":
@@ -220,7 +224,10 @@ def measure_memory(what: str, n: int, param: str) -> dict:
 
 
 def _setting(probe: str) -> dict:
-    """``sharpness`` keyword arguments of a probe name ``sharpness_basis<B>[_chunk<C>][_for]``."""
+    """``sharpness`` keyword arguments of a probe name ``sharpness_basis<B>[_chunk<C>][_for]``
+    or ``sharpness_fast`` / ``sharpness_lean`` (the named memory settings)."""
+    if probe in ("sharpness_fast", "sharpness_lean"):
+        return {"memory": probe.split("_")[1]}
     kwargs = {"hvp": "double_backprop"}
     for part in probe.split("_")[1:]:
         if part.startswith("basis"):
@@ -241,14 +248,14 @@ LOW_MEMORY = ["sharpness_basis20", "sharpness_basis8", "sharpness_basis6", "shar
               "sharpness_basis10_chunk/2", "sharpness_basis8_chunk/8"]
 
 
-def memory_settings(model, batch, n: int, param: str) -> None:
+def memory_settings(model, batch, n: int, param: str, probes=None) -> None:
     """Peak memory (fresh process each) and HVPs / wall time to rel. error 1e-3 of the
     memory-lean settings of ``sharpness`` against the defaults (max_basis 20, auto HVP)."""
     ref = sharpness(model, mse, batch, tol=1e-10, max_iter=1000, dtype=torch.float64, max_basis=64)
     train = measure_memory("train_step", n, param)["peak_above_base_mb"]
     print(f"reference lambda_max = {ref.value:.10g}; train_step peak {train:.0f} MB")
     print("\n| setting | peak RSS above set-up, MB | / train step | HVPs | wall s | rel. error |\n|---|---|---|---|---|---|")
-    for probe in LOW_MEMORY:
+    for probe in probes or LOW_MEMORY:
         if "/" in probe:  # chunk/K = a K-th of the batch
             head, k = probe.split("/")
             probe = f"{head}{-(-n // int(k))}"
@@ -263,6 +270,53 @@ def memory_settings(model, batch, n: int, param: str) -> None:
 
 # ------------------------------------------------------------------------------ main
 
+def warm_vs_cold(args, ref, batch, steps):
+    """Section 4: warm vs cold start inside full-batch GD, sharpness every step. Cold = a
+    seeded random start (``coarse=None``); the warm chain's first call has no previous vector
+    and uses the default start (``coarse="auto"``: its sub-batch products are reported in
+    full-batch equivalents)."""
+    lam0 = ref.value
+    lr = args.lr_factor / lam0
+    train_model = make_model(args.param)
+    opt = torch.optim.SGD(train_model.parameters(), lr=lr)
+    cold_hvps, warm_hvps, cold_s, warm_s, worst = [], [], 0.0, 0.0, 0.0
+    cold_cpu = warm_cpu = 0.0
+    prev = None
+    for step in range(steps):
+        with Timer() as t:
+            cold = sharpness(train_model, mse, batch, tol=1e-3, coarse=None)
+        cold_s += t.seconds
+        cold_cpu += t.cpu
+        with Timer() as t:
+            warm = sharpness(train_model, mse, batch, tol=1e-3, init=prev)
+        warm_s += t.seconds
+        warm_cpu += t.cpu
+        prev = warm.vector
+        cold_hvps.append(cold.matvecs)
+        warm_hvps.append(warm.matvecs + warm.coarse_cost)
+        worst = max(worst, rel_err(warm.value, cold.value))
+        opt.zero_grad()
+        loss = mse(train_model(batch[0]), batch[1])
+        loss.backward()
+        opt.step()
+        print(f"step {step}: loss {loss.item():.4f} sharpness cold {cold.value:.5g} "
+              f"({cold.matvecs}) warm {warm.value:.5g} ({warm.matvecs} + coarse {warm.coarse_matvecs} "
+              f"= {warm.coarse_cost:.2f} full-batch equivalents)", flush=True)
+    print(f"\nwarm vs cold, GD lr = {args.lr_factor:g}/lambda_0 = {lr:.4g}, {steps} steps, "
+          f"sharpness every step, tol 1e-3:")
+    print("| start | HVPs total | HVPs per call (steps 1..) | wall s | CPU s | "
+          "max rel. diff warm vs cold |")
+    print("|---|---|---|---|---|---|")
+    tail = max(1, steps - 1)
+    print(f"| cold (seeded random) | {sum(cold_hvps)} | {sum(cold_hvps[1:]) / tail:.1f} | "
+          f"{cold_s:.1f} | {cold_cpu:.1f} | |")
+    print(f"| warm (previous vector) | {sum(warm_hvps):.1f} | {sum(warm_hvps[1:]) / tail:.1f} | "
+          f"{warm_s:.1f} | {warm_cpu:.1f} | {worst:.1e} |")
+    print(f"cold/warm HVP ratio: {sum(cold_hvps) / sum(warm_hvps):.2f} overall (the warm chain's "
+          f"first call: coarse-to-fine start), {sum(cold_hvps[1:]) / max(1, sum(warm_hvps[1:])):.2f} on "
+          f"steps 1..{steps - 1}", flush=True)
+
+
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -273,6 +327,10 @@ def main(argv=None):
     parser.add_argument("--lr-factor", type=float, default=1.5,
                         help="GD lr = factor / lambda_0 in the warm-start run")
     parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--named-memory", action="store_true",
+                        help="with --memory-only: only memory='fast' and memory='lean'")
+    parser.add_argument("--warm-only", action="store_true",
+                        help="only the reference and the warm vs cold table (issue 16)")
     parser.add_argument("--memory-only", action="store_true",
                         help="only the memory table, with the low-memory settings (max_basis, HVP mode) "
                              "and their HVPs / wall time against the defaults")
@@ -290,7 +348,8 @@ def main(argv=None):
     batch = make_batch(n)
     n_params = sum(p.numel() for p in model.parameters())
     if args.memory_only:
-        memory_settings(model, batch, n, args.param)
+        memory_settings(model, batch, n, args.param,
+                        ["sharpness_fast", "sharpness_lean"] if args.named_memory else None)
         return
 
     # 1. Reference.
@@ -299,6 +358,10 @@ def main(argv=None):
                         max_basis=64)
     print(f"reference lambda_max = {ref.value:.10g} (fp64 Lanczos tol 1e-10: {ref.matvecs} HVPs, "
           f"{t.seconds:.1f} s, converged={ref.converged}); {n_params} parameters", flush=True)
+
+    if args.warm_only:
+        warm_vs_cold(args, ref, batch, steps)
+        return
 
     # 2. HVP modes.
     modes = time_hvp_modes(model, batch, repeats=3 if args.quick else 5)
@@ -363,46 +426,7 @@ def main(argv=None):
         print(f"PyHessian with an oracle stop: {oracle[2] / ours[2]:.1f}x the HVPs, "
               f"{oracle[3] / ours[3]:.1f}x the wall time, {oracle[4] / ours[4]:.1f}x the CPU time")
 
-    # 4. Warm vs cold inside GD.
-    lam0 = ref.value
-    lr = args.lr_factor / lam0
-    train_model = make_model(args.param)
-    opt = torch.optim.SGD(train_model.parameters(), lr=lr)
-    cold_hvps, warm_hvps, cold_s, warm_s, worst = [], [], 0.0, 0.0, 0.0
-    cold_cpu = warm_cpu = 0.0
-    prev = None
-    for step in range(steps):
-        with Timer() as t:
-            cold = sharpness(train_model, mse, batch, tol=1e-3)
-        cold_s += t.seconds
-        cold_cpu += t.cpu
-        with Timer() as t:
-            warm = sharpness(train_model, mse, batch, tol=1e-3, init=prev)
-        warm_s += t.seconds
-        warm_cpu += t.cpu
-        prev = warm.vector
-        cold_hvps.append(cold.matvecs)
-        warm_hvps.append(warm.matvecs)
-        worst = max(worst, rel_err(warm.value, cold.value))
-        opt.zero_grad()
-        loss = mse(train_model(batch[0]), batch[1])
-        loss.backward()
-        opt.step()
-        print(f"step {step}: loss {loss.item():.4f} sharpness cold {cold.value:.5g} "
-              f"({cold.matvecs}) warm {warm.value:.5g} ({warm.matvecs})", flush=True)
-    print(f"\nwarm vs cold, GD lr = {args.lr_factor:g}/lambda_0 = {lr:.4g}, {steps} steps, "
-          f"sharpness every step, tol 1e-3:")
-    print("| start | HVPs total | HVPs per call (steps 1..) | wall s | CPU s | "
-          "max rel. diff warm vs cold |")
-    print("|---|---|---|---|---|---|")
-    tail = max(1, steps - 1)
-    print(f"| cold (seeded random) | {sum(cold_hvps)} | {sum(cold_hvps[1:]) / tail:.1f} | "
-          f"{cold_s:.1f} | {cold_cpu:.1f} | |")
-    print(f"| warm (previous vector) | {sum(warm_hvps)} | {sum(warm_hvps[1:]) / tail:.1f} | "
-          f"{warm_s:.1f} | {warm_cpu:.1f} | {worst:.1e} |")
-    print(f"cold/warm HVP ratio: {sum(cold_hvps) / sum(warm_hvps):.2f} overall (first call of the "
-          f"warm chain is cold), {sum(cold_hvps[1:]) / max(1, sum(warm_hvps[1:])):.2f} on "
-          f"steps 1..{steps - 1}", flush=True)
+    warm_vs_cold(args, ref, batch, steps)
 
     # 5. Memory.
     print("\n| operation (fresh process each) | peak RSS above set-up, MB |\n|---|---|")

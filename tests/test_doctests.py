@@ -19,6 +19,8 @@ MODULES = (
     "catapult.curvature.hessian",
     "catapult.curvature.lanczos",
     "catapult.curvature.sharpness",
+    "catapult.curvature.spectrum",
+    "catapult.curvature.coarse",
     "catapult.critical_lr",
     "catapult.parametrize",
     "catapult.optim.gi_adam",

@@ -5,9 +5,14 @@ GI-Adam, and SP / muP / SμPar parameterizations. See the README for a tour.
 """
 from catapult.curvature import (
     EigenEstimate,
+    Eigenpairs,
+    SpectralDensity,
+    hessian_trace,
     instability_threshold,
     preconditioned_sharpness,
     sharpness,
+    spectral_density,
+    top_eigenpairs,
 )
 from catapult.critical_lr import CriticalLR, critical_lr
 from catapult.parametrize import param_groups, parametrize
@@ -20,6 +25,11 @@ __all__ = [
     "sharpness",
     "preconditioned_sharpness",
     "instability_threshold",
+    "top_eigenpairs",
+    "hessian_trace",
+    "spectral_density",
+    "Eigenpairs",
+    "SpectralDensity",
     "CriticalLR",
     "critical_lr",
     "param_groups",

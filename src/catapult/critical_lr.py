@@ -28,6 +28,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from catapult.curvature import distributed as dist_ops
 from catapult.optim import registry, rules
 
 __all__ = ["CriticalLR", "critical_lr", "next_step_direction", "probe_loss", "ModelSnapshot"]
@@ -210,9 +211,24 @@ def _check_positive(name: str, value, *, allow_none: bool = False):
     return value
 
 
+def _shard_reducer(model, batch):
+    """``loss -> sum_r w_r loss_r`` over the ranks (``.weight`` = this rank's ``w_r``)."""
+    dist_ops.require_process_group()
+    device = next(dist_ops.unwrap_ddp(model).parameters()).device
+    weight = dist_ops.shard_weight(batch, device)
+
+    def reduce(value: Tensor) -> float:
+        t = value.detach().to(torch.float64).reshape(1).mul(weight)
+        return float(dist_ops.all_reduce_sum(t))
+
+    reduce.weight = weight
+    return reduce
+
+
 def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
                 optimizer: torch.optim.Optimizer, *, lr_start: float = 1e-4,
-                lr_max: float | None = None, delta: float = 0.1, rtol: float | None = None) -> CriticalLR:
+                lr_max: float | None = None, delta: float = 0.1, rtol: float | None = None,
+                distributed: bool = False) -> CriticalLR:
     """Critical learning rate of the optimizer's next step on ``batch`` (paper Alg. 1-2).
 
     With ``u`` = :func:`next_step_direction` (from this batch's gradient and the optimizer's
@@ -247,6 +263,10 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
         lr_start: first lr tried (paper: 1e-4, or ``lr_target / warmup_steps``).
         lr_max: stop the exponential search here (e.g. ``lr_target``); None = no cap.
         delta: relative loss rise accepted at ``upper`` (paper: 0.1 for SGD, ~0.01 for Adam).
+        distributed: inside an initialised ``torch.distributed`` process group, ``batch`` is this
+            rank's shard: the loss (a mean over samples) and its gradient are the union's
+            (shard-size-weighted, all-reduced), so every rank finds the same ``lr``; a DDP wrapper
+            is unwrapped.
         rtol: bracket tolerance. ``None`` (default) is the paper's stop above. A number
             bisects until ``upper - lower <= rtol * lower`` as well (and the delta test), so
             that the returned ``lr = upper`` is within ``rtol`` (relative, from above) of the
@@ -296,6 +316,11 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
     if not params:
         raise ValueError("critical_lr: the optimizer has no parameters that require grad")
 
+    # distributed: batch is this rank's shard; the union's loss (a mean over samples) and its
+    # gradient are the shard-size-weighted sums, all-reduced (catapult.curvature.distributed)
+    reduce = _shard_reducer(model, batch) if distributed else None
+    if distributed:
+        model = dist_ops.unwrap_ddp(model)
     snapshot = ModelSnapshot(model)
     originals: list[tuple[Tensor, Tensor]] = []
     passes = 0
@@ -304,7 +329,7 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
         with torch.enable_grad():
             loss = _forward_loss(model, loss_fn, batch)
             passes += 1
-            loss0 = float(loss.detach())
+            loss0 = float(loss.detach()) if reduce is None else reduce(loss.detach())
             if not math.isfinite(loss0):
                 raise ValueError(f"critical_lr: the loss at the current parameters is {loss0}; "
                                  "a critical learning rate needs a finite starting loss")
@@ -313,6 +338,9 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
                                  "the optimizer")
             grads = torch.autograd.grad(loss, params, allow_unused=True)
         del loss
+        if reduce is not None:
+            grads = [None if g is None else dist_ops.all_reduce_sum(g.mul(reduce.weight))
+                     for g in grads]
         direction = next_step_direction(
             optimizer, {p: g for p, g in zip(params, grads) if g is not None})
         originals = [(p, p.detach().clone()) for p, _ in direction]
@@ -323,7 +351,8 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
             with torch.no_grad():
                 for (p, p0), (_, u) in zip(originals, direction):
                     p.copy_(p0).add_(u, alpha=-lr)
-                value = float(_forward_loss(model, loss_fn, batch))
+                value = _forward_loss(model, loss_fn, batch)
+                value = float(value) if reduce is None else reduce(value)
             passes += 1
             return value if math.isfinite(value) else math.inf
 

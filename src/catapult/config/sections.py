@@ -256,8 +256,10 @@ class EvalConfig(Section):
         "auto", description="auto = pre-conditioned for Adam-family optimizers, else the Hessian's; lr_scaled "
                             "(sgd) = lambda_max(M^1/2 H M^1/2), M = the groups' lr multipliers, the sharpness "
                             "that 2/lr of the first group bounds when the groups' lrs differ")
-    sharpness_hvp: Annotated[Literal["auto", "double_backprop", "forward_over_reverse"], choice()] = Field(
-        "auto", description="how Hessian-vector products are computed")
+    sharpness_hvp: Annotated[Literal["auto", "double_backprop", "forward_over_reverse",
+                                     "finite_difference"], choice()] = Field(
+        "auto", description="how Hessian-vector products are computed (finite_difference: two "
+                            "gradients per product, no double backward)")
     sharpness_dtype: Annotated[Dtype | None, choice()] = Field(
         None, description="solver precision (null = the run's dtype)")
     sharpness_max_basis: Annotated[int, integer(low=2)] = Field(
@@ -268,6 +270,17 @@ class EvalConfig(Section):
     lambda0_batches: Annotated[int | None, integer(low=1)] = Field(
         None, description="lambda_0 = mean sharpness at init over the first k training batches (the paper: "
                           "10); null = 10 for minibatch runs, 1 for full batch")
+    # issue 16: named memory setting and spectrum logging on the sharpness cadence
+    sharpness_memory: Annotated[Literal["fast", "lean"], choice()] = Field(
+        "fast", description="fast = speed first; lean = HVPs over 4 micro-batches and at most 10 "
+                            "Krylov vectors (peak memory <= 3x a training step on the Fig. 1 FCN)",
+        json_schema_extra=_added())
+    spectrum_top_k: Annotated[int, integer(low=0)] = Field(
+        0, description="log the top-k eigenvalues (eig_1..eig_k, same kind as sharpness) at every "
+                       "sharpness measurement (0 = off)", json_schema_extra=_added())
+    trace_matvecs: Annotated[int, integer(low=0)] = Field(
+        0, description="log the trace (hessian_trace, Hutch++ with this many products, same kind "
+                       "as sharpness) at every sharpness measurement (0 = off; else >= 3)", json_schema_extra=_added())
     test_every: Annotated[int, integer(low=0)] = Field(
         100, description="test loss/accuracy every m steps (0 = only at the end)", json_schema_extra=_per_member())
 

@@ -3,13 +3,19 @@
 Operators times algorithms: :mod:`~catapult.curvature.hessian` holds the matrix-free Hessian
 operator (Hessian-vector products), :mod:`~catapult.curvature.lanczos` the eigen-solvers (one
 operator, or many in lockstep for the batched engine), :mod:`~catapult.curvature.sharpness` the
-user-facing measurements built from them. Everything runs wherever the model runs (CPU or
+user-facing measurements built from them, :mod:`~catapult.curvature.spectrum` top-k, trace and
+density (Hessian or Gauss-Newton), :mod:`~catapult.curvature.coarse` coarse-to-fine start
+vectors and :mod:`~catapult.curvature.distributed` the all-reduced operator for
+``distributed=True``. Everything runs wherever the model runs (CPU or
 CUDA). Nothing here changes a model's parameters, gradients, buffers or train/eval mode, an
 optimizer's state, or the global random number generators.
 """
 from catapult.curvature.hessian import HVP_MODES, HessianOperator
 from catapult.curvature.lanczos import EigenEstimate, KrylovBasis, batched_lanczos, lanczos_top_eigenpair
-from catapult.curvature.sharpness import instability_threshold, preconditioned_sharpness, sharpness
+from catapult.curvature.sharpness import (MEMORY_SETTINGS, instability_threshold,
+                                          preconditioned_sharpness, sharpness)
+from catapult.curvature.spectrum import (Eigenpairs, GaussNewtonOperator, SpectralDensity,
+                                         hessian_trace, spectral_density, top_eigenpairs)
 
 __all__ = [
     "EigenEstimate",
@@ -21,4 +27,11 @@ __all__ = [
     "preconditioned_sharpness",
     "instability_threshold",
     "HVP_MODES",
+    "MEMORY_SETTINGS",
+    "top_eigenpairs",
+    "hessian_trace",
+    "spectral_density",
+    "Eigenpairs",
+    "SpectralDensity",
+    "GaussNewtonOperator",
 ]

@@ -14,14 +14,70 @@ import math
 
 import torch
 
+from catapult.curvature import distributed as dist_ops
+from catapult.curvature.coarse import coarse_levels, coarse_start_vector
 from catapult.curvature.hessian import HessianOperator
 from catapult.optim import registry, rules
 from catapult.curvature.lanczos import EigenEstimate, lanczos_top_eigenpair
 
-__all__ = ["sharpness", "preconditioned_sharpness", "instability_threshold"]
+__all__ = ["sharpness", "preconditioned_sharpness", "instability_threshold", "MEMORY_SETTINGS",
+           "build_operator", "adam_preconditioner", "PreconditionedOperator", "check_solver_args",
+           "start_vector", "memory_setting"]
+
+#: Named memory settings: ``"fast"`` (default: the whole batch in one graph, 20 Krylov vectors)
+#: and ``"lean"`` (HVPs over 4 micro-batches, ``chunk_size = ceil(n / 4)``, and 10 Krylov
+#: vectors: peak memory <= 3x a training step's on the Fig. 1 FCN, ``bench/RESULTS.md``, for
+#: ~1.3x the wall time). An explicit ``chunk_size`` / ``max_basis`` overrides the setting.
+MEMORY_SETTINGS = {"fast": {"chunks": 1, "max_basis": 20}, "lean": {"chunks": 4, "max_basis": 10}}
 
 
-def _start_vector(init, n: int, dtype: torch.dtype, device: torch.device, seed: int):
+def memory_setting(memory: str, batch, chunk_size, max_basis):
+    """``(chunk_size, max_basis)`` for a named memory setting and explicit overrides.
+
+    >>> batch = (torch.zeros(10, 2), torch.zeros(10))
+    >>> memory_setting("lean", batch, None, None), memory_setting("fast", batch, None, None)
+    ((3, 10), (None, 20))
+    """
+    if memory not in MEMORY_SETTINGS:
+        raise ValueError(f"memory must be one of {sorted(MEMORY_SETTINGS)}, got {memory!r}")
+    setting = MEMORY_SETTINGS[memory]
+    if max_basis is None:
+        max_basis = setting["max_basis"]
+    inputs = batch[0] if isinstance(batch, (tuple, list)) and batch else None
+    if chunk_size is None and setting["chunks"] > 1 and torch.is_tensor(inputs) and inputs.dim():
+        chunk_size = max(1, math.ceil(inputs.shape[0] / setting["chunks"]))
+    return chunk_size, max_basis
+
+
+def build_operator(model, loss_fn, batch, *, dtype=None, hvp="auto", seed=0, chunk_size=None,
+                   distributed=False):
+    """The Hessian operator of :func:`sharpness` (with ``distributed=True``: the union of the
+    ranks' shards, :class:`~catapult.curvature.distributed.DistributedOperator`).
+
+    >>> model = torch.nn.Linear(2, 1, bias=False)
+    >>> batch = (torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0], [0.0]]))
+    >>> build_operator(model, torch.nn.MSELoss(), batch)(torch.tensor([1.0, 1.0]))
+    tensor([4., 1.])
+    """
+    if distributed:
+        dist_ops.require_process_group()
+        model = dist_ops.unwrap_ddp(model)
+    op = HessianOperator(model, loss_fn, batch, dtype=dtype, hvp=hvp, seed=seed,
+                         chunk_size=chunk_size)
+    if distributed:
+        op = dist_ops.DistributedOperator(op, dist_ops.shard_weight(batch, op.device))
+    return op
+
+
+def start_vector(init, n: int, dtype: torch.dtype, device: torch.device, seed: int):
+    """The solver's start vector: ``init`` flattened and cast (checked: finite, non-zero, one
+    entry per trainable parameter entry), or a standard normal vector seeded with ``seed``.
+
+    >>> start_vector(torch.tensor([[1.0, 2.0]]), 2, torch.float64, torch.device("cpu"), 0)
+    tensor([1., 2.], dtype=torch.float64)
+    >>> start_vector(None, 3, torch.float32, torch.device("cpu"), 0).shape
+    torch.Size([3])
+    """
     if init is None:
         gen = torch.Generator(device=device)
         gen.manual_seed(int(seed))
@@ -39,7 +95,15 @@ def _start_vector(init, n: int, dtype: torch.dtype, device: torch.device, seed: 
     return v0
 
 
-def _check_solver_args(tol, max_iter):
+def check_solver_args(tol, max_iter):
+    """Raise a ValueError unless ``tol`` is finite and > 0 and ``max_iter`` an integer >= 1.
+
+    >>> check_solver_args(1e-3, 10)
+    >>> check_solver_args(0.0, 10)
+    Traceback (most recent call last):
+    ...
+    ValueError: tol must be a finite number > 0, got 0.0
+    """
     # inf would stop after one matvec and call any start vector's Rayleigh quotient "converged"
     if not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and 0 < tol < math.inf):
         raise ValueError(f"tol must be a finite number > 0, got {tol!r}")
@@ -49,7 +113,8 @@ def _check_solver_args(tol, max_iter):
 
 def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_iter: int = 100,
               dtype=None, init: torch.Tensor | None = None, hvp: str = "auto", seed: int = 0,
-              max_basis: int = 20, chunk_size: int | None = None) -> EigenEstimate:
+              max_basis: int | None = None, chunk_size: int | None = None, memory: str = "fast",
+              coarse="auto", distributed: bool = False) -> EigenEstimate:
     """Sharpness ``lambda_max(H)``: the top eigenvalue of the Hessian of the loss on one batch.
 
     ``H = d^2 L / d theta^2`` with ``L = loss_fn(model(inputs), targets)``, ``batch = (inputs,
@@ -76,15 +141,28 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
             (parameters, buffers and floating inputs/targets are cast for the computation only).
         init: flat start vector, e.g. the previous ``est.vector`` (warm start); default a
             standard normal vector from a private generator seeded with ``seed``.
-        hvp: ``"auto"``, ``"double_backprop"`` or ``"forward_over_reverse"`` (see
+        hvp: ``"auto"``, ``"double_backprop"``, ``"forward_over_reverse"`` or
+            ``"finite_difference"`` (two gradients per product, no double backward; see
             :class:`HessianOperator`).
         seed: seeds the random start vector and the dropout mask.
         max_basis: Krylov vectors kept in memory (thick restart beyond that); each costs one
-            parameter-sized vector.
+            parameter-sized vector. ``None``: 20 (``memory="fast"``) or 10 (``"lean"``).
         chunk_size: evaluate each HVP over micro-batches of at most this many samples (see
             :class:`HessianOperator`): exact for per-sample mean or sum losses, less memory
             (the HVP's working memory scales with the chunk, not the batch), about a gradient
             more compute per HVP. ``None`` (default) = the whole batch in one graph.
+        memory: ``"fast"`` (default, speed first) or ``"lean"`` (4 micro-batches and 10 Krylov
+            vectors: within 3x a training step's peak memory); see :data:`MEMORY_SETTINGS`.
+        coarse: start vector from solves on nested sub-batches (:mod:`catapult.curvature.coarse`):
+            ``"auto"`` (default; only without ``init``, for batches of >= 256 samples, not with
+            ``distributed``), ``None`` (a random start), or ``(divisor, tol)`` levels. The
+            answer and its ``tol`` are the full batch's; ``est.coarse_matvecs`` counts the
+            cheaper sub-batch products.
+        distributed: inside an initialised ``torch.distributed`` process group, ``batch`` is
+            this rank's shard and the Hessian is that of the union's loss (a mean over
+            samples: products all-reduced with weights ``|B_r| / |B|``); every rank gets the
+            same estimate. Works with a plain or a DDP-wrapped model
+            (:mod:`catapult.curvature.distributed`).
 
     Memory: the peak is about ``max_basis + 4`` parameter-sized vectors plus the HVP's working
     memory (~2.6x a training step's activations on the whole batch, or on one chunk with
@@ -105,12 +183,22 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
         >>> round(est.value, 3), est.converged, est.vector.abs().round(decimals=3)
         (4.0, True, tensor([1., 0.]))
     """
-    _check_solver_args(tol, max_iter)
-    op = HessianOperator(model, loss_fn, batch, dtype=dtype, hvp=hvp, seed=seed,
-                         chunk_size=chunk_size)
-    v0 = _start_vector(init, op.numel, op.dtype, op.device, seed)
-    return lanczos_top_eigenpair(op, v0, tol=tol, max_iter=max_iter, max_basis=max_basis,
-                                 _fresh_output=True)
+    check_solver_args(tol, max_iter)
+    chunk_size, max_basis = memory_setting(memory, batch, chunk_size, max_basis)
+    op = build_operator(model, loss_fn, batch, dtype=dtype, hvp=hvp, seed=seed,
+                        chunk_size=chunk_size, distributed=distributed)
+    v0 = start_vector(init, op.numel, op.dtype, op.device, seed)
+    if distributed and init is not None:
+        dist_ops.broadcast_vector(v0)
+    levels = [] if (init is not None or distributed) else coarse_levels(batch, coarse)
+    coarse_products, coarse_cost = 0, 0.0
+    if levels:
+        v0, coarse_products, coarse_cost = coarse_start_vector(model, loss_fn, batch, v0, levels, dtype=dtype,
+                                                  hvp=hvp, seed=seed, max_basis=max_basis)
+    est = lanczos_top_eigenpair(op, v0, tol=tol, max_iter=max_iter, max_basis=max_basis,
+                                _fresh_output=True)
+    est.coarse_matvecs, est.coarse_cost = coarse_products, coarse_cost
+    return est
 
 
 # --------------------------------------------------------------------------------------------
@@ -228,12 +316,54 @@ def _adam_preconditioner(optimizer, grad_flat: torch.Tensor, names, params,
     return torch.cat(pieces), (torch.cat(l2_pieces) if has_l2 else None)
 
 
+def adam_preconditioner(model, optimizer, op, scale_by_group_lr: bool = False):
+    """``(d, l2)``: the flat ``P^-1/2`` of the optimizer's next step and the coupled-L2 rows
+    ``P^-1 wd`` (or None) at ``op``'s gradient (see :func:`preconditioned_sharpness`).
+
+    Example (as in :func:`preconditioned_sharpness`: ``P = (0.2, 0.1)`` on Adam's first step):
+        >>> model = torch.nn.Linear(2, 1, bias=False)
+        >>> _ = torch.nn.init.zeros_(model.weight)
+        >>> batch = (torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0], [1.0]]))
+        >>> opt = torch.optim.Adam(model.parameters(), lr=1.0)
+        >>> d, l2 = adam_preconditioner(model, opt, build_operator(model, torch.nn.MSELoss(), batch))
+        >>> (d ** 2).round(decimals=3), l2
+        (tensor([ 5., 10.]), None)
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    with torch.no_grad():
+        return _adam_preconditioner(optimizer, op.gradient(), op.names, params, scale_by_group_lr)
+
+
+class PreconditionedOperator:
+    """``u -> d * (H (d * u)) + l2 * u``: the symmetric ``P^-1/2 (H + wd I) P^-1/2`` from a
+    Hessian operator ``op`` and :func:`adam_preconditioner`'s ``(d, l2)``.
+
+    Example (``H = diag(4, 1)``, ``d = (1, 2)``: ``d H d = diag(4, 4)``):
+        >>> model = torch.nn.Linear(2, 1, bias=False)
+        >>> batch = (torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0], [0.0]]))
+        >>> H = build_operator(model, torch.nn.MSELoss(), batch)
+        >>> PreconditionedOperator(H, torch.tensor([1.0, 2.0]), None)(torch.tensor([1.0, 1.0]))
+        tensor([4., 4.])
+    """
+
+    def __init__(self, op, d: torch.Tensor, l2: torch.Tensor | None):
+        self.op, self.d, self.l2 = op, d, l2
+        self.numel, self.dtype, self.device = op.numel, op.dtype, op.device
+
+    def __call__(self, u: torch.Tensor) -> torch.Tensor:
+        out = self.op(self.d * u).mul_(self.d)
+        if self.l2 is not None:
+            out.addcmul_(self.l2, u)
+        return out
+
+
 def preconditioned_sharpness(model: torch.nn.Module, loss_fn, batch,
                              optimizer: torch.optim.Optimizer, *, tol: float = 1e-3,
                              max_iter: int = 100, dtype=None, init: torch.Tensor | None = None,
-                             hvp: str = "auto", seed: int = 0, max_basis: int = 20,
+                             hvp: str = "auto", seed: int = 0, max_basis: int | None = None,
                              scale_by_group_lr: bool = False,
-                             chunk_size: int | None = None) -> EigenEstimate:
+                             chunk_size: int | None = None, memory: str = "fast",
+                             distributed: bool = False) -> EigenEstimate:
     """Pre-conditioned sharpness ``lambda_max(P^-1 H)`` for Adam, AdamW and GI-Adam.
 
     ``P`` is the diagonal preconditioner the optimizer's *next* step will apply, rebuilt from
@@ -258,8 +388,9 @@ def preconditioned_sharpness(model: torch.nn.Module, loss_fn, batch,
     the step and get ``P^-1 = 0``. ``scale_by_group_lr=True`` multiplies each group's block of
     ``P^-1`` by ``group["lr"] / param_groups[0]["lr"]`` (per-group lr multipliers, e.g. muP).
 
-    Keyword arguments are those of :func:`sharpness`. Mode, dtype and RNG are handled the same
-    way; neither the model nor the optimizer state is changed.
+    Keyword arguments are those of :func:`sharpness` (``distributed=True`` reduces the gradient
+    too, so ``P`` is built from the union's gradient; no ``coarse`` start here). Mode, dtype and
+    RNG are handled the same way; neither the model nor the optimizer state is changed.
 
     Example: Hessian ``diag(4, 1)`` (as in :func:`sharpness`) at ``w = 0`` with targets
     ``(1, 1)``, gradient ``g = (-2, -1)``; Adam's first step has ``P = (1 - b1) |g| =
@@ -276,20 +407,17 @@ def preconditioned_sharpness(model: torch.nn.Module, loss_fn, batch,
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     _preconditioned_spec(optimizer)
-    _check_solver_args(tol, max_iter)
-    op = HessianOperator(model, loss_fn, batch, dtype=dtype, hvp=hvp, seed=seed,
-                         chunk_size=chunk_size)
-    params = [p for p in model.parameters() if p.requires_grad]
-    with torch.no_grad():
-        d, l2 = _adam_preconditioner(optimizer, op.gradient(), op.names, params,
-                                     scale_by_group_lr)
+    check_solver_args(tol, max_iter)
+    chunk_size, max_basis = memory_setting(memory, batch, chunk_size, max_basis)
+    op = build_operator(model, loss_fn, batch, dtype=dtype, hvp=hvp, seed=seed,
+                        chunk_size=chunk_size, distributed=distributed)
+    if distributed:
+        model = dist_ops.unwrap_ddp(model)
+    d, l2 = adam_preconditioner(model, optimizer, op, scale_by_group_lr)
 
-    def matvec(u: torch.Tensor) -> torch.Tensor:
-        out = op(d * u).mul_(d)
-        if l2 is not None:
-            out.addcmul_(l2, u)
-        return out
-
-    v0 = _start_vector(init, op.numel, op.dtype, op.device, seed)
+    matvec = PreconditionedOperator(op, d, l2)
+    v0 = start_vector(init, op.numel, op.dtype, op.device, seed)
+    if distributed and init is not None:
+        dist_ops.broadcast_vector(v0)
     return lanczos_top_eigenpair(matvec, v0, tol=tol, max_iter=max_iter, max_basis=max_basis,
                                  _fresh_output=True)

@@ -348,9 +348,14 @@ def solver_options(config: Mapping[str, Any]) -> dict:
     """Keyword arguments of :func:`catapult.sharpness` from a validated config's ``eval.sharpness_*``
     keys (tol, max_iter, hvp, dtype, max_basis, chunk_size)."""
     ev = config["eval"]
+    memory = ev.get("sharpness_memory", "fast")
+    max_basis = ev["sharpness_max_basis"]
+    if memory == "lean":  # lean caps the basis at its setting's size
+        from catapult.curvature import MEMORY_SETTINGS
+        max_basis = min(max_basis, MEMORY_SETTINGS["lean"]["max_basis"])
     return dict(tol=ev["sharpness_tol"], max_iter=ev["sharpness_max_iter"], hvp=ev["sharpness_hvp"],
                 dtype=getattr(torch, ev["sharpness_dtype"]) if ev["sharpness_dtype"] else None,
-                max_basis=ev["sharpness_max_basis"], chunk_size=ev["sharpness_chunk_size"])
+                max_basis=max_basis, chunk_size=ev["sharpness_chunk_size"], memory=memory)
 
 
 @dataclass(frozen=True)
@@ -363,6 +368,7 @@ class SharpnessRule:
     kind: str
     hessian: Callable
     measure: Callable
+    spectrum: Callable | None = None  # (model, loss_fn, batch, optimizer) -> row entries
 
 
 def sharpness_rule(config: Mapping[str, Any]) -> SharpnessRule:
@@ -383,13 +389,33 @@ def sharpness_rule(config: Mapping[str, Any]) -> SharpnessRule:
         return curvature.preconditioned_sharpness(model, loss_fn, batch, optimizer, init=init,
                                                   scale_by_group_lr=True, **kwargs)
 
+    top_k, trace_matvecs = int(ev.get("spectrum_top_k", 0)), int(ev.get("trace_matvecs", 0))
+
+    def spectrum(model, loss_fn, batch, optimizer):
+        """eig_1..eig_k and hessian_trace (of P^-1/2 H P^-1/2 when kind is pre-conditioned)."""
+        opt = optimizer if kind == "preconditioned" else None
+        row = {}
+        common = dict(dtype=kwargs["dtype"], hvp=kwargs["hvp"], chunk_size=kwargs["chunk_size"])
+        if top_k:
+            eig = curvature.top_eigenpairs(model, loss_fn, batch, k=top_k, tol=kwargs["tol"],
+                                           max_iter=max(kwargs["max_iter"], 3 * top_k),
+                                           optimizer=opt, scale_by_group_lr=opt is not None,
+                                           memory=kwargs["memory"], **common)
+            row.update({f"eig_{i + 1}": float(v) for i, v in enumerate(eig.values)})
+        if trace_matvecs:
+            row["hessian_trace"] = float(curvature.hessian_trace(
+                model, loss_fn, batch, matvecs=max(3, trace_matvecs), optimizer=opt,
+                scale_by_group_lr=opt is not None, **common))
+        return row
+
     def lr_scaled(model, loss_fn, batch, optimizer, init):
         from catapult.optim.thresholds import lr_scaled_sharpness
 
-        return lr_scaled_sharpness(model, loss_fn, batch, optimizer, init=init, **kwargs)
+        lean = {k: v for k, v in kwargs.items() if k != "memory"}   # the basis cap is in max_basis
+        return lr_scaled_sharpness(model, loss_fn, batch, optimizer, init=init, **lean)
 
     measure = {"preconditioned": preconditioned, "lr_scaled": lr_scaled}.get(kind, hessian)
-    return SharpnessRule(kind, hessian, measure)
+    return SharpnessRule(kind, hessian, measure, spectrum if (top_k or trace_matvecs) else None)
 
 
 def threshold(optimizer: torch.optim.Optimizer, lr: float | None = None) -> float:

@@ -289,6 +289,8 @@ def _run(config: Mapping[str, Any], out_path: Path | None, progress: Any, starte
                 row["sharpness"] = float(est.value)
                 row["sharpness_matvecs"] = int(est.matvecs)
                 measurements += 1
+                if rule.spectrum is not None:  # eval.spectrum_top_k / eval.trace_matvecs
+                    row.update(rule.spectrum(model, loss_fn, (x, y), optimizer))
 
             if evaluates_test(t, test_every, steps):
                 row["test_loss"], row["test_accuracy"] = evaluate(model, loss_fn, x_test, y_test)

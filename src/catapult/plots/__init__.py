@@ -4,5 +4,6 @@ saving it when given a path. No pyplot global state is used, so plotting works h
 from __future__ import annotations
 
 from catapult.engine.trajectories import plot_run, plot_trajectories
+from catapult.plots.spectrum import plot_spectral_density
 
-__all__ = ["plot_run", "plot_trajectories"]
+__all__ = ["plot_run", "plot_trajectories", "plot_spectral_density"]

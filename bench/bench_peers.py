@@ -1,0 +1,207 @@
+"""Benchmark: catapult.sharpness vs the maintained peers, one run, same machine load.
+
+Peers (the ``bench`` extra: ``pip install -e .[bench]``):
+  * hessian-eigenthings 1.0 (``lanczos(HessianOperator, k=1, which="LA", max_iter=m)``): a fixed
+    number ``m`` of Lanczos steps, each HVP re-building the gradient graph. Its users must pick
+    ``m``; it is given its *best* ``m`` here: per seed, the smallest ``m`` whose eigenvalue is
+    within the target of the reference (an oracle no user has), timed on that run alone.
+  * curvlinops 3 (``HessianLinearOperator(...).to_scipy()``) + ``scipy.sparse.linalg.eigsh``
+    (ARPACK, ``k=1, which="LA", tol``; eigsh's ``tol`` is the relative accuracy of the eigenvalue).
+
+Problems: the warmup paper's Fig. 1 FCN (3072-512x3-10, SP) with ``nn.MSELoss()`` (mean over
+batch x outputs, one-hot targets) on 1,000 and 2,500 seeded per-sample-standardised Gaussian
+inputs of CIFAR shape; a small GPT (``catapult.models.GPT``: vocab 65, d_model 64, 2 layers, 4
+heads, context 32) with token cross-entropy on 16 seeded random sequences. The reference
+``lambda_max`` is ours in float64 at tol 1e-10. Every solver runs in float32 from a seeded
+random start; ``--seeds`` seeds each.
+
+Reported per problem: eigenvalue, relative error, HVPs, wall and CPU seconds (mean over seeds),
+and ``ours / peer`` wall-time ratios (the issue's target is <= 0.5).
+
+Usage:  OMP_NUM_THREADS=1 .venv/bin/python bench/bench_peers.py [--seeds 3] [--problems fcn1000,fcn2500,gpt]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_sharpness import make_batch, make_model  # noqa: E402  (same FCN problem)
+
+from catapult.curvature import sharpness  # noqa: E402
+from catapult.curvature.hessian import math_attention  # noqa: E402
+
+TARGET = 1e-3
+
+
+class Timer:
+    def __enter__(self):
+        self.t0, self.c0 = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.t0
+        self.cpu = time.process_time() - self.c0
+
+
+class FlatLogits(nn.Module):
+    """GPT logits (B, T, V) -> (B*T, V), so one nn.CrossEntropyLoss serves every solver."""
+
+    def __init__(self, gpt):
+        super().__init__()
+        self.gpt = gpt
+
+    def forward(self, idx):
+        out = self.gpt(idx)
+        return out.reshape(-1, out.shape[-1])
+
+
+def problem(name: str):
+    """(model, loss module, (inputs, targets)) with float targets for MSE."""
+    if name.startswith("fcn"):
+        n = int(name[3:])
+        model = make_model("sp")
+        x, y = make_batch(n)
+        return model, nn.MSELoss(), (x, F.one_hot(y, 10).float())
+    if name == "gpt":
+        from catapult.models import GPT
+        torch.manual_seed(0)
+        gpt = GPT(65, d_model=64, n_layers=2, n_heads=4, context=32)
+        gen = torch.Generator().manual_seed(0)
+        tokens = torch.randint(0, 65, (16, 33), generator=gen)
+        return FlatLogits(gpt), nn.CrossEntropyLoss(), (tokens[:, :-1], tokens[:, 1:].reshape(-1))
+    raise SystemExit(f"unknown problem {name!r}")
+
+
+def run_ours(model, loss, batch, seed):
+    with Timer() as t:
+        est = sharpness(model, loss, batch, tol=TARGET, seed=seed)
+    return est.value, est.matvecs, t.seconds, t.cpu
+
+
+def run_eigenthings(model, loss, batch, seed, ref, max_m=60):
+    """Smallest max_iter within TARGET of ref (scanned upward); that run's numbers."""
+    import hessian_eigenthings as he
+
+    def loss_of(m, b):
+        return loss(m(b[0]), b[1])
+
+    op = he.HessianOperator(model, [batch], loss_of)
+    for m in range(2, max_m + 1):
+        with Timer() as t:
+            res = he.lanczos(op, k=1, max_iter=m, which="LA", seed=seed)
+        value = float(res.eigenvalues[0])
+        if abs(value - ref) / abs(ref) <= TARGET:
+            return value, m, t.seconds, t.cpu
+    return value, max_m, t.seconds, t.cpu
+
+
+def run_curvlinops(model, loss, batch, seed):
+    from curvlinops import HessianLinearOperator
+    from scipy.sparse.linalg import eigsh
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    count = [0]
+    with Timer() as t:
+        H = HessianLinearOperator(model, loss, params, [batch]).to_scipy(np.float32)
+        inner = H.matvec
+
+        def matvec(v):
+            count[0] += 1
+            return inner(v)
+
+        from scipy.sparse.linalg import LinearOperator
+        op = LinearOperator(H.shape, matvec=matvec, dtype=np.float32)
+        v0 = np.random.default_rng(seed).standard_normal(H.shape[0]).astype(np.float32)
+        value = float(eigsh(op, k=1, which="LA", tol=TARGET, v0=v0, return_eigenvectors=False)[0])
+    return value, count[0], t.seconds, t.cpu
+
+
+def spectrum_figure(path: str) -> None:
+    """Top-5, Hutch++ trace and SLQ density of the Hessian and the Gauss-Newton matrix of the
+    FCN on 1,000 inputs; the densities go to ``path`` (one panel each)."""
+    from catapult import hessian_trace, spectral_density, top_eigenpairs
+    from catapult.plots import plot_spectral_density
+
+    model, loss, batch = problem("fcn1000")
+    for curvature in ("hessian", "ggn"):
+        with Timer() as t:
+            eig = top_eigenpairs(model, loss, batch, k=5, curvature=curvature)
+            trace = hessian_trace(model, loss, batch, matvecs=60, curvature=curvature)
+            dens = spectral_density(model, loss, batch, runs=4, steps=30, curvature=curvature)
+        print(f"{curvature}: top-5 {[round(v, 3) for v in eig.values]} ({eig.matvecs} products), "
+              f"trace {trace:.4g} (Hutch++, 60 products), SLQ 4 x 30 products; "
+              f"{t.cpu:.1f} CPU s", flush=True)
+        out = path.replace(".png", f"_{curvature}.png")
+        plot_spectral_density(dens, out, title=f"Fig. 1 FCN, n=1000: {curvature} spectrum (SLQ)")
+        print(f"figure: {out}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--problems", default="fcn1000,fcn2500,gpt")
+    parser.add_argument("--spectrum-figure", default=None,
+                        help="instead: top-5, trace and SLQ density of the FCN (Hessian and GGN), "
+                             "figures at this path (suffixed _hessian / _ggn)")
+    args = parser.parse_args(argv)
+    if args.spectrum_figure:
+        spectrum_figure(args.spectrum_figure)
+        return
+    import hessian_eigenthings
+    import curvlinops
+    import scipy
+    print(f"# bench_peers: torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"hessian-eigenthings {hessian_eigenthings.__version__}, curvlinops "
+          f"{getattr(curvlinops, '__version__', '3')}, scipy {scipy.__version__}, "
+          f"load avg at start {os.getloadavg()[0]:.2f}", flush=True)
+    summary = []
+    for name in args.problems.split(","):
+        model, loss, batch = problem(name)
+        n_params = sum(p.numel() for p in model.parameters())
+        with Timer() as t:
+            ref = sharpness(model, loss, batch, tol=1e-10, max_iter=1000, dtype=torch.float64,
+                            max_basis=64).value
+        print(f"\n## {name}: {n_params} parameters, reference lambda_max {ref:.8g} "
+              f"({t.seconds:.1f} s)", flush=True)
+        rows = {"catapult.sharpness tol 1e-3": [], "hessian-eigenthings, best max_iter": [],
+                "curvlinops + eigsh tol 1e-3": []}
+        for seed in range(args.seeds):
+            # interleaved per seed so the three share the machine's load
+            rows["catapult.sharpness tol 1e-3"].append(run_ours(model, loss, batch, seed))
+            # the peers need the twice-differentiable (math) attention kernel, as ours uses
+            with math_attention():
+                rows["hessian-eigenthings, best max_iter"].append(
+                    run_eigenthings(model, loss, batch, seed, ref))
+                rows["curvlinops + eigsh tol 1e-3"].append(run_curvlinops(model, loss, batch, seed))
+            for label, r in rows.items():
+                v, k, s, c = r[-1]
+                print(f"  seed {seed} {label}: {v:.6g} err {abs(v - ref) / abs(ref):.1e} "
+                      f"HVPs {k} wall {s:.2f} s CPU {c:.2f} s", flush=True)
+        print("\n| solver | rel. error (max) | HVPs (per seed) | wall s (mean) | CPU s (mean) | "
+              "ours / solver, wall | ours / solver, CPU |\n|---|---|---|---|---|---|---|")
+        ours = rows["catapult.sharpness tol 1e-3"]
+        ow, oc = np.mean([r[2] for r in ours]), np.mean([r[3] for r in ours])
+        for label, r in rows.items():
+            err = max(abs(x[0] - ref) / abs(ref) for x in r)
+            w, c = np.mean([x[2] for x in r]), np.mean([x[3] for x in r])
+            print(f"| {label} | {err:.1e} | {', '.join(str(x[1]) for x in r)} | {w:.2f} | "
+                  f"{c:.2f} | {ow / w:.2f} | {oc / c:.2f} |")
+            if label != "catapult.sharpness tol 1e-3":
+                summary.append((name, label, ow / w, oc / c))
+    print("\n| problem | peer | ours / peer, wall | ours / peer, CPU | target <= 0.5 |\n"
+          "|---|---|---|---|---|")
+    for name, label, w, c in summary:
+        print(f"| {name} | {label} | {w:.2f} | {c:.2f} | {'met' if w <= 0.5 else 'NOT met'} |")
+    print(f"\nload avg at end {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""The engine logs top-k eigenvalues and the trace on its sharpness cadence (eval.spectrum_top_k,
+eval.trace_matvecs), and eval.sharpness_memory: lean keeps the measured sharpness."""
+import math
+
+import pytest
+
+from catapult import config as C
+from catapult.engine import run
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def tiny(optimizer, **ev):
+    return C.validate({
+        "name": "tiny",
+        "data": {"name": "digits", "n_train": 120, "n_test": 60},
+        "model": {"width": 16, "depth": 3, "parametrization": "sp"},
+        "optimizer": {"name": optimizer, "lr": 0.01},
+        "train": {"steps": 7},
+        "eval": {"sharpness_every": 6, "test_every": 0, "sharpness_tol": 1e-6, **ev},
+    })
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_engine_logs_top_k_and_trace_with_sharpness(optimizer):
+    result = run(tiny(optimizer, spectrum_top_k=2, trace_matvecs=6), progress="none")
+    measured = [row for row in result.metrics if row.get("sharpness") is not None]
+    assert measured
+    for row in measured:
+        # the top eigenvalue of the same operator (Hessian, or P^-1/2 H P^-1/2 for Adam)
+        assert row["eig_1"] == pytest.approx(row["sharpness"], rel=1e-4)
+        assert row["eig_1"] >= row["eig_2"]
+        assert math.isfinite(row["hessian_trace"])
+    assert all("eig_1" not in row for row in result.metrics if row.get("sharpness") is None)
+
+
+def test_lean_memory_setting_gives_the_same_sharpness():
+    fast = run(tiny("sgd"), progress="none").metrics
+    lean = run(tiny("sgd", sharpness_memory="lean"), progress="none").metrics
+    for a, b in zip(fast, lean):
+        if a.get("sharpness") is not None:
+            assert b["sharpness"] == pytest.approx(a["sharpness"], rel=1e-5)
+    with pytest.raises(C.ConfigError):
+        tiny("sgd", sharpness_memory="small")

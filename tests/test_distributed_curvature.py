@@ -1,0 +1,89 @@
+"""distributed=True: 2 CPU processes on gloo over loopback, each with its shard, give what one
+process gives on the union of the shards (float64, to 1e-6), for a plain and a DDP model."""
+import os
+import socket
+import tempfile
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn as nn
+
+import catapult
+
+SHARDS = (10, 6)  # unequal shards: the all-reduce must weight them by size
+
+
+def problem():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2)).double()
+    x = torch.randn(sum(SHARDS), 3, dtype=torch.float64)
+    y = torch.randn(sum(SHARDS), 2, dtype=torch.float64)
+    return model, nn.MSELoss(), (x, y)
+
+
+def adam_after_one_step(model, loss_fn, batch):
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    loss_fn(model(batch[0]), batch[1]).backward()
+    opt.step()
+    opt.zero_grad()
+    return opt
+
+
+def measure(model, loss_fn, batch, opt, distributed):
+    kw = {"distributed": True} if distributed else {}
+    out = {
+        "sharpness": catapult.sharpness(model, loss_fn, batch, tol=1e-10, **kw).value,
+        "preconditioned": catapult.preconditioned_sharpness(model, loss_fn, batch, opt,
+                                                            tol=1e-10, **kw).value,
+        "top3": catapult.top_eigenpairs(model, loss_fn, batch, k=3, tol=1e-10, **kw).values,
+        "critical_lr": catapult.critical_lr(model, loss_fn, batch, opt, lr_start=1e-3,
+                                            **kw).lr,
+    }
+    return out
+
+
+def worker(rank, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        torch.set_num_threads(1)
+        model, loss_fn, (x, y) = problem()
+        # the optimizer state comes from a full-batch step, identical on every rank
+        opt = adam_after_one_step(model, loss_fn, (x, y))
+        lo = sum(SHARDS[:rank])
+        shard = (x[lo:lo + SHARDS[rank]], y[lo:lo + SHARDS[rank]])
+        plain = measure(model, loss_fn, shard, opt, True)
+        ddp = nn.parallel.DistributedDataParallel(model)
+        wrapped = measure(ddp, loss_fn, shard, opt, True)
+        torch.save({"plain": plain, "ddp": wrapped}, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
+def test_two_gloo_ranks_equal_one_process_on_the_union():
+    model, loss_fn, batch = problem()
+    opt = adam_after_one_step(model, loss_fn, batch)
+    single = measure(model, loss_fn, batch, opt, False)
+    with tempfile.TemporaryDirectory() as out_dir:
+        mp.spawn(worker, args=(free_port(), out_dir), nprocs=2, join=True)
+        results = [torch.load(os.path.join(out_dir, f"rank{r}.pt")) for r in range(2)]
+    for res in results:
+        for flavour in ("plain", "ddp"):
+            got = res[flavour]
+            for key in ("sharpness", "preconditioned", "critical_lr"):
+                assert got[key] == pytest.approx(single[key], rel=1e-6), (flavour, key)
+            np.testing.assert_allclose(got["top3"], single["top3"], rtol=1e-6)
+    # and the shards alone differ, so the test can fail
+    shard = (batch[0][:SHARDS[0]], batch[1][:SHARDS[0]])
+    alone = catapult.sharpness(model, loss_fn, shard, tol=1e-10).value
+    assert abs(alone - single["sharpness"]) > 1e-3 * abs(single["sharpness"])

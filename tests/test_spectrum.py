@@ -1,0 +1,183 @@
+"""Spectrum, coarse start, lean memory and finite-difference HVPs against dense float64 truth.
+
+The truth is the dense Hessian (``torch.autograd.functional.hessian`` of the loss as a function
+of the flat parameter vector) or the dense Gauss-Newton matrix ``J^T H_L J`` (Jacobian and
+output Hessian by ``torch.autograd.functional``) of small MLPs, eigendecomposed by
+``numpy.linalg.eigh``.
+"""
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from torch.func import functional_call
+
+import catapult
+from catapult.curvature import HessianOperator, GaussNewtonOperator
+from catapult.curvature.spectrum import hutch_plus_plus, lanczos_quadrature
+
+
+def small_problem(n=24, seed=0, out=3, width=6):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(4, width), nn.Tanh(), nn.Linear(width, out)).double()
+    x = torch.randn(n, 4, dtype=torch.float64)
+    y = torch.randn(n, out, dtype=torch.float64)
+    return model, nn.MSELoss(), (x, y)
+
+
+def flat_loss(model, loss_fn, batch):
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    sizes = [p.numel() for p in model.parameters()]
+
+    def params_of(flat):
+        return {n: c.view(s) for n, c, s in zip(names, torch.split(flat, sizes), shapes)}
+
+    def f(flat):
+        return loss_fn(functional_call(model, params_of(flat), (batch[0],)), batch[1])
+
+    def outputs(flat):
+        return functional_call(model, params_of(flat), (batch[0],))
+
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    return f, outputs, theta
+
+
+def dense_hessian(model, loss_fn, batch):
+    f, _, theta = flat_loss(model, loss_fn, batch)
+    return torch.autograd.functional.hessian(f, theta, vectorize=True).numpy()
+
+
+def dense_ggn(model, loss_fn, batch):
+    _, outputs, theta = flat_loss(model, loss_fn, batch)
+    out = outputs(theta).detach()
+    J = torch.autograd.functional.jacobian(outputs, theta, vectorize=True).reshape(out.numel(), -1)
+    HL = torch.autograd.functional.hessian(lambda o: loss_fn(o.view(out.shape), batch[1]),
+                                           out.reshape(-1))
+    return (J.T @ HL @ J).numpy()
+
+
+def test_top_eigenpairs_hessian_matches_dense():
+    model, loss_fn, batch = small_problem()
+    H = dense_hessian(model, loss_fn, batch)
+    w, V = np.linalg.eigh(H)
+    eig = catapult.top_eigenpairs(model, loss_fn, batch, k=4, tol=1e-10, max_basis=16)
+    assert eig.converged
+    np.testing.assert_allclose(eig.values, w[::-1][:4], rtol=1e-8, atol=1e-10)
+    for i in range(4):  # eigenvectors up to sign
+        overlap = abs(float(eig.vectors[i].numpy() @ V[:, -1 - i]))
+        assert overlap == pytest.approx(1.0, abs=1e-6)
+
+
+def test_top_eigenpairs_ggn_matches_dense_and_operator_products():
+    model, loss_fn, batch = small_problem(seed=1)
+    G = dense_ggn(model, loss_fn, batch)
+    v = torch.randn(G.shape[0], dtype=torch.float64)
+    op = GaussNewtonOperator(model, loss_fn, batch)
+    np.testing.assert_allclose(op(v).numpy(), G @ v.numpy(), rtol=1e-10, atol=1e-12)
+    eig = catapult.top_eigenpairs(model, loss_fn, batch, k=3, tol=1e-10, curvature="ggn")
+    np.testing.assert_allclose(eig.values, np.linalg.eigvalsh(G)[::-1][:3], rtol=1e-8)
+
+
+def test_top_eigenpairs_restarts_with_a_small_basis():
+    # max_basis 8 for k=3 forces thick restarts; the answer must not change
+    model, loss_fn, batch = small_problem(seed=2)
+    truth = np.linalg.eigvalsh(dense_hessian(model, loss_fn, batch))[::-1][:3]
+    eig = catapult.top_eigenpairs(model, loss_fn, batch, k=3, tol=1e-9, max_basis=8,
+                                  max_iter=400)
+    assert eig.converged and eig.matvecs > 8
+    np.testing.assert_allclose(eig.values, truth, rtol=1e-7)
+
+
+def test_preconditioned_top_eigenpairs_and_trace_match_dense_adam():
+    model, loss_fn, batch = small_problem(seed=3, width=3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2, betas=(0.9, 0.99), eps=1e-8)
+    loss_fn(model(batch[0]), batch[1]).backward()
+    opt.step()
+    opt.zero_grad()
+    # the next step's P from the formula (App. of the paper), independently of the library
+    f, _, theta = flat_loss(model, loss_fn, batch)
+    g = torch.autograd.functional.jacobian(f, theta).numpy()
+    v = np.concatenate([opt.state[p]["exp_avg_sq"].reshape(-1).numpy() for p in model.parameters()])
+    b1, b2, t = 0.9, 0.99, 2
+    v_next = b2 * v + (1 - b2) * g ** 2
+    P = (1 - b1 ** t) * (np.sqrt(v_next / (1 - b2 ** t)) + 1e-8)
+    H = dense_hessian(model, loss_fn, batch)
+    A = H / np.sqrt(P)[:, None] / np.sqrt(P)[None, :]
+    truth = np.linalg.eigvalsh(A)[::-1]
+    eig = catapult.top_eigenpairs(model, loss_fn, batch, k=2, tol=1e-10, optimizer=opt)
+    np.testing.assert_allclose(eig.values, truth[:2], rtol=1e-7)
+    n = H.shape[0]
+    trace = catapult.hessian_trace(model, loss_fn, batch, matvecs=3 * n, optimizer=opt)
+    assert trace == pytest.approx(float(np.trace(A)), rel=1e-8)  # Q spans R^n: exact
+
+
+def test_hutch_plus_plus_is_exact_on_the_span_and_unbiased_enough():
+    model, loss_fn, batch = small_problem(seed=4, width=3)
+    H = dense_hessian(model, loss_fn, batch)
+    n = H.shape[0]
+    assert catapult.hessian_trace(model, loss_fn, batch, matvecs=3 * n) == pytest.approx(
+        float(np.trace(H)), rel=1e-9)
+    A = torch.as_tensor(H)
+    # few products: the mean over seeds is close to the truth (a biased estimator would not be)
+    estimates = [hutch_plus_plus(lambda v: A @ v, n, 12, seed=s) for s in range(40)]
+    spread = np.std(estimates) / np.sqrt(len(estimates))
+    assert abs(np.mean(estimates) - np.trace(H)) < 4 * spread + 1e-9
+
+
+def test_lanczos_quadrature_reproduces_moments_and_density_integrates_to_one():
+    model, loss_fn, batch = small_problem(seed=5)
+    H = dense_hessian(model, loss_fn, batch)
+    A = torch.as_tensor(H)
+    v = torch.randn(H.shape[0], dtype=torch.float64)
+    nodes, weights = lanczos_quadrature(lambda u: A @ u, v, 6)
+    u = v.numpy() / np.linalg.norm(v.numpy())
+    for p in range(1, 12):  # Gauss quadrature with 6 nodes is exact to degree 11
+        moment = u @ np.linalg.matrix_power(H, p) @ u
+        assert float(weights @ nodes ** p) == pytest.approx(moment, rel=1e-7, abs=1e-10)
+    dens = catapult.spectral_density(model, loss_fn, batch, runs=3, steps=10)
+    integral = float(np.sum(dens.density) * (dens.grid[1] - dens.grid[0]))
+    assert integral == pytest.approx(1.0, abs=1e-3)
+    assert dens.nodes.max() == pytest.approx(np.linalg.eigvalsh(H)[-1], rel=1e-4)
+
+
+def test_sharpness_error_bound_covers_the_actual_error():
+    # tol 1e-2 stops early enough for a visible error; the reported bound must cover it
+    for seed in range(4):
+        model, loss_fn, batch = small_problem(seed=10 + seed)
+        top = np.linalg.eigvalsh(dense_hessian(model, loss_fn, batch))[-1]
+        est = catapult.sharpness(model, loss_fn, batch, tol=1e-2, seed=seed)
+        assert est.converged
+        assert abs(est.value - top) / abs(top) <= est.error_bound
+
+
+def test_coarse_start_lean_memory_and_distributed_flag_keep_the_answer():
+    model, loss_fn, batch = small_problem(n=256, seed=6, width=3)
+    top = np.linalg.eigvalsh(dense_hessian(model, loss_fn, batch))[-1]
+    est = catapult.sharpness(model, loss_fn, batch, tol=1e-9)            # coarse="auto"
+    assert est.coarse_matvecs > 0
+    assert est.value == pytest.approx(top, rel=1e-10)
+    cold = catapult.sharpness(model, loss_fn, batch, tol=1e-9, coarse=None)
+    assert cold.coarse_matvecs == 0 and cold.value == pytest.approx(top, rel=1e-10)
+    lean = catapult.sharpness(model, loss_fn, batch, tol=1e-9, memory="lean")
+    assert lean.value == pytest.approx(top, rel=1e-10)
+    with pytest.raises(ValueError, match="memory"):
+        catapult.sharpness(model, loss_fn, batch, memory="small")
+    with pytest.raises(ValueError, match="process group"):
+        catapult.sharpness(model, loss_fn, batch, distributed=True)
+
+
+@pytest.mark.parametrize("dtype, bound", [(torch.float64, 1e-9), (torch.float32, 1e-3)])
+def test_finite_difference_hvp_error(dtype, bound):
+    model, loss_fn, batch = small_problem(seed=7)
+    H = dense_hessian(model, loss_fn, batch)
+    v = torch.randn(H.shape[0], dtype=torch.float64)
+    exact = H @ v.numpy()
+    op = HessianOperator(model, loss_fn, batch, hvp="finite_difference", dtype=dtype)
+    approx = op(v.to(dtype)).double().numpy()
+    err = np.linalg.norm(approx - exact) / np.linalg.norm(exact)
+    # measured over 5 vectors: <= 5.0e-11 (float64, h = 6.1e-6), <= 2.5e-5 (float32, h = 4.9e-3)
+    assert err < bound
+    if dtype == torch.float64:
+        est = catapult.sharpness(model, loss_fn, batch, tol=1e-8, hvp="finite_difference",
+                                 dtype=dtype)
+        assert est.value == pytest.approx(np.linalg.eigvalsh(H)[-1], rel=1e-7)
