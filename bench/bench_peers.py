@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 import torch
@@ -33,22 +32,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_sharpness import make_batch, make_model  # noqa: E402  (same FCN problem)
+from bench_sharpness import Timer, make_batch, make_model  # noqa: E402  (same FCN problem, same clock)
 
 from catapult.curvature import sharpness  # noqa: E402
 from catapult.curvature.hessian import math_attention  # noqa: E402
 
 TARGET = 1e-3
-
-
-class Timer:
-    def __enter__(self):
-        self.t0, self.c0 = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc):
-        self.seconds = time.perf_counter() - self.t0
-        self.cpu = time.process_time() - self.c0
 
 
 class FlatLogits(nn.Module):

@@ -3,11 +3,8 @@ lambda_0 averaged over k batches, collapsed runs."""
 from __future__ import annotations
 
 import csv
-import math
 import statistics
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
