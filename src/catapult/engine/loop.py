@@ -82,7 +82,7 @@ from catapult.engine.build import build_run, threshold
 from catapult.engine.progress import Progress
 from catapult.engine.trajectories import plot_run
 from catapult.engine.step import diverged, evaluates_test, measures_sharpness, new_row, output_collapsed
-from catapult.engine.records import (MetricsFile, json_safe, summarize, threshold_label,
+from catapult.engine.records import (MetricsFile, metric_columns, json_safe, summarize, threshold_label,
                                      warmup_summary)
 
 __all__ = ["RunResult", "run", "evaluate", "RUN_FILES", "RunDirectoryError", "check_out_dir"]
@@ -239,7 +239,7 @@ def _run(config: Mapping[str, Any], out_path: Path | None, progress: Any, starte
         for name in RUN_FILES:  # overwrite: nothing of the earlier run survives next to this one
             (out_path / name).unlink(missing_ok=True)
         (out_path / "config.yaml").write_text(cfg.dump_config(config))
-        metrics_file = MetricsFile(out_path / "metrics.csv")
+        metrics_file = MetricsFile(out_path / "metrics.csv", metric_columns(config))
 
     # ---- the loop
     test_every = config["eval"]["test_every"]

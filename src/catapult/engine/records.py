@@ -9,11 +9,11 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from catapult.analysis import detect_catapults
 
-__all__ = ["METRIC_COLUMNS", "write_metrics", "read_metrics", "MetricsFile", "json_safe", "finite",
+__all__ = ["METRIC_COLUMNS", "metric_columns", "write_metrics", "read_metrics", "MetricsFile", "json_safe", "finite",
            "summarize", "warmup_summary", "threshold_label", "format_summary"]
 
 #: values are ``None`` (empty cells in the CSV).
@@ -31,6 +31,23 @@ METRIC_COLUMNS = (
 _INT_COLUMNS = {"step", "sharpness_matvecs"}
 
 
+def metric_columns(config: Mapping[str, Any] | None = None) -> tuple[str, ...]:
+    """The ``metrics.csv`` header of a run: :data:`METRIC_COLUMNS`, then the spectrum it logs on
+    its sharpness cadence (``eig_1 .. eig_k`` for ``eval.spectrum_top_k = k``, ``hessian_trace``
+    for ``eval.trace_matvecs > 0``).
+
+    >>> metric_columns({"eval": {"spectrum_top_k": 2, "trace_matvecs": 10}})[-3:]
+    ('eig_1', 'eig_2', 'hessian_trace')
+    >>> metric_columns() == METRIC_COLUMNS
+    True
+    """
+    ev = (config or {}).get("eval", {})
+    extra = [f"eig_{i + 1}" for i in range(int(ev.get("spectrum_top_k") or 0))]
+    if int(ev.get("trace_matvecs") or 0) > 0:
+        extra.append("hessian_trace")
+    return METRIC_COLUMNS + tuple(extra)
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return ""
@@ -39,13 +56,14 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def write_metrics(rows: Iterable[Mapping[str, Any]], path: str | Path) -> None:
-    """Write rows as CSV with header :data:`METRIC_COLUMNS`; ``None`` -> empty cell."""
+def write_metrics(rows: Iterable[Mapping[str, Any]], path: str | Path,
+                  columns: Sequence[str] = METRIC_COLUMNS) -> None:
+    """Write rows as CSV with header ``columns`` (:func:`metric_columns`); ``None`` -> empty cell."""
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(METRIC_COLUMNS)
+        writer.writerow(columns)
         for row in rows:
-            writer.writerow([_cell(row.get(c)) for c in METRIC_COLUMNS])
+            writer.writerow([_cell(row.get(c)) for c in columns])
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -69,13 +87,14 @@ def read_metrics(path: str | Path) -> list[dict]:
 class MetricsFile:
     """Streams rows to ``metrics.csv`` as they are logged (a killed run keeps its rows)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, columns: Sequence[str] = METRIC_COLUMNS):
+        self.columns = tuple(columns)
         self.fh = open(path, "w", newline="")
         self.writer = csv.writer(self.fh)
-        self.writer.writerow(METRIC_COLUMNS)
+        self.writer.writerow(self.columns)
 
     def write(self, row: Mapping[str, Any]) -> None:
-        self.writer.writerow([_cell(row.get(c)) for c in METRIC_COLUMNS])
+        self.writer.writerow([_cell(row.get(c)) for c in self.columns])
         self.fh.flush()
 
     def close(self) -> None:
