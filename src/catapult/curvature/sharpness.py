@@ -15,6 +15,7 @@ import math
 import torch
 
 from catapult.curvature import distributed as dist_ops
+from catapult.curvature import lean
 from catapult.curvature.coarse import coarse_levels, coarse_start_vector
 from catapult.curvature.hessian import HessianOperator
 from catapult.optim import registry, rules
@@ -25,28 +26,53 @@ __all__ = ["sharpness", "preconditioned_sharpness", "instability_threshold", "ME
            "start_vector", "memory_setting"]
 
 #: Named memory settings: ``"fast"`` (default: the whole batch in one graph, 20 Krylov vectors)
-#: and ``"lean"`` (HVPs over 4 micro-batches, ``chunk_size = ceil(n / 4)``, and 10 Krylov
-#: vectors: peak memory <= 3x a training step's on the Fig. 1 FCN, ``bench/RESULTS.md``, for
-#: ~1.3x the wall time). An explicit ``chunk_size`` / ``max_basis`` overrides the setting.
-MEMORY_SETTINGS = {"fast": {"chunks": 1, "max_basis": 20}, "lean": {"chunks": 4, "max_basis": 10}}
+#: and ``"lean"`` (micro-batches and a Krylov basis of 3-10 vectors sized from the problem by
+#: :func:`catapult.curvature.lean.lean_sizes`, so the predicted peak memory is <= 3x a training
+#: step's; ``bench/RESULTS.md``). An explicit ``chunk_size`` overrides the setting; with
+#: ``"lean"`` an explicit ``max_basis`` is a cap on the sized basis.
+MEMORY_SETTINGS = {"fast": {"chunks": 1, "max_basis": 20},
+                   "lean": {"chunks": "sized", "max_basis": lean.LEAN_MAX_BASIS}}
 
 
-def memory_setting(memory: str, batch, chunk_size, max_basis):
+def memory_setting(memory: str, batch, chunk_size, max_basis, model=None, loss_fn=None, seed=0):
     """``(chunk_size, max_basis)`` for a named memory setting and explicit overrides.
 
-    >>> batch = (torch.zeros(10, 2), torch.zeros(10))
-    >>> memory_setting("lean", batch, None, None), memory_setting("fast", batch, None, None)
-    ((3, 10), (None, 20))
+    ``"lean"`` sizes both from the problem (:func:`catapult.curvature.lean.lean_sizes`, with
+    ``P`` = trainable parameter count x element size and ``A`` =
+    :func:`~catapult.curvature.lean.activation_bytes`): ``m`` micro-batches with ``A / m <= P``
+    and the largest basis ``B <= 10`` with ``(B + 7) P + A / m <= 3 (P + A)``. Where no ``B >= 3``
+    fits, it warns (RuntimeWarning) and uses ``B = 3``. Without a model (or a tensor batch) it
+    falls back to 4 micro-batches and 10 vectors.
+
+    >>> model = torch.nn.Linear(2, 1, bias=False)   # P = 8 bytes, A = 40 bytes (n = 10)
+    >>> batch = (torch.zeros(10, 2), torch.zeros(10, 1))
+    >>> memory_setting("lean", batch, None, None, model, torch.nn.MSELoss())  # m=8, B=(144-56-5)//8
+    (2, 10)
+    >>> memory_setting("fast", batch, None, None)
+    (None, 20)
     """
     if memory not in MEMORY_SETTINGS:
         raise ValueError(f"memory must be one of {sorted(MEMORY_SETTINGS)}, got {memory!r}")
     setting = MEMORY_SETTINGS[memory]
-    if max_basis is None:
-        max_basis = setting["max_basis"]
+    if memory == "fast":
+        return chunk_size, setting["max_basis"] if max_basis is None else max_basis
     inputs = batch[0] if isinstance(batch, (tuple, list)) and batch else None
-    if chunk_size is None and setting["chunks"] > 1 and torch.is_tensor(inputs) and inputs.dim():
-        chunk_size = max(1, math.ceil(inputs.shape[0] / setting["chunks"]))
-    return chunk_size, max_basis
+    if not (torch.is_tensor(inputs) and inputs.dim()):
+        return chunk_size, lean.LEAN_MAX_BASIS if max_basis is None else max_basis
+    n = inputs.shape[0]
+    if model is None:  # no model to size from: the setting measured on the Fig. 1 FCN
+        chunks, basis = 4, lean.LEAN_MAX_BASIS
+    else:
+        model = dist_ops.unwrap_ddp(model)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        param_bytes = sum(p.numel() for p in trainable) * trainable[0].element_size()
+        act_bytes = lean.activation_bytes(model, loss_fn, batch, seed=seed)
+        chunks, basis, fits = lean.lean_sizes(param_bytes, act_bytes, n)
+        if not fits:
+            lean.warn_unfit(n, param_bytes, act_bytes)
+    if chunk_size is None and chunks > 1:
+        chunk_size = max(1, math.ceil(n / chunks))
+    return chunk_size, basis if max_basis is None else min(basis, max_basis)
 
 
 def build_operator(model, loss_fn, batch, *, dtype=None, hvp="auto", seed=0, chunk_size=None,
@@ -146,13 +172,18 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
             :class:`HessianOperator`).
         seed: seeds the random start vector and the dropout mask.
         max_basis: Krylov vectors kept in memory (thick restart beyond that); each costs one
-            parameter-sized vector. ``None``: 20 (``memory="fast"``) or 10 (``"lean"``).
+            parameter-sized vector. ``None``: 20 (``memory="fast"``) or sized from the problem
+            (3-10, ``"lean"``, where an explicit value is a cap).
         chunk_size: evaluate each HVP over micro-batches of at most this many samples (see
             :class:`HessianOperator`): exact for per-sample mean or sum losses, less memory
             (the HVP's working memory scales with the chunk, not the batch), about a gradient
             more compute per HVP. ``None`` (default) = the whole batch in one graph.
-        memory: ``"fast"`` (default, speed first) or ``"lean"`` (4 micro-batches and 10 Krylov
-            vectors: within 3x a training step's peak memory); see :data:`MEMORY_SETTINGS`.
+        memory: ``"fast"`` (default, speed first) or ``"lean"`` (micro-batches and a Krylov
+            basis sized from the parameter count and the batch's activations so the predicted
+            peak is within 3x a training step's; a RuntimeWarning and the minimum basis of 3
+            where that cannot be met); see :func:`memory_setting` and
+            :func:`catapult.curvature.lean.lean_sizes`. ``tol`` is kept: a smaller basis costs
+            more products (restarts), not a looser answer.
         coarse: start vector from solves on nested sub-batches (:mod:`catapult.curvature.coarse`):
             ``"auto"`` (default; only without ``init``, for batches of >= 256 samples, not with
             ``distributed``), ``None`` (a random start), or ``(divisor, tol)`` levels. The
@@ -166,8 +197,8 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
 
     Memory: the peak is about ``max_basis + 4`` parameter-sized vectors plus the HVP's working
     memory (~2.6x a training step's activations on the whole batch, or on one chunk with
-    ``chunk_size``). ``max_basis=10, chunk_size=n/4`` keeps the Fig. 1 FCN's solve within 3x a
-    training step's peak (``bench/RESULTS.md``).
+    ``chunk_size``). ``memory="lean"`` sizes both to stay within 3x a training step's peak
+    where possible (``bench/RESULTS.md``).
 
     Returns:
         :class:`EigenEstimate` with ``value`` (float), ``vector`` (flat, on the model's device,
@@ -184,7 +215,8 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
         (4.0, True, tensor([1., 0.]))
     """
     check_solver_args(tol, max_iter)
-    chunk_size, max_basis = memory_setting(memory, batch, chunk_size, max_basis)
+    chunk_size, max_basis = memory_setting(memory, batch, chunk_size, max_basis, model, loss_fn,
+                                           seed)
     op = build_operator(model, loss_fn, batch, dtype=dtype, hvp=hvp, seed=seed,
                         chunk_size=chunk_size, distributed=distributed)
     v0 = start_vector(init, op.numel, op.dtype, op.device, seed)
@@ -408,7 +440,8 @@ def preconditioned_sharpness(model: torch.nn.Module, loss_fn, batch,
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     _preconditioned_spec(optimizer)
     check_solver_args(tol, max_iter)
-    chunk_size, max_basis = memory_setting(memory, batch, chunk_size, max_basis)
+    chunk_size, max_basis = memory_setting(memory, batch, chunk_size, max_basis, model, loss_fn,
+                                           seed)
     op = build_operator(model, loss_fn, batch, dtype=dtype, hvp=hvp, seed=seed,
                         chunk_size=chunk_size, distributed=distributed)
     if distributed:
