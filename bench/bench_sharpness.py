@@ -18,6 +18,7 @@ Measured in one run (so the ratios share the machine's load):
 Usage:  .venv/bin/python bench/bench_sharpness.py [--quick] [--n 5000] [--steps 20]
         [--warm-only]  (reference + section 4 only; issue 16)
         [--memory-only [--named-memory]]  (memory of the solver's settings; memory="fast"/"lean")
+        [--lean-ratios 1000,2500,5000]  (memory="lean" peak / training step at each n)
 Prints Markdown tables (the ones in bench/RESULTS.md, section "Sharpness (issue 2)").
 """
 from __future__ import annotations
@@ -193,10 +194,13 @@ def memory_probe(what: str, n: int, param: str) -> dict:
     except OSError:
         method = "ru_maxrss (not reset: upper bound)"
     base = _status_kb("VmRSS")
+    extra = {}
     if what == "sharpness":
         sharpness(model, mse, batch, tol=1e-3)
     elif what in ("sharpness_fast", "sharpness_lean"):  # the named memory settings (issue 16)
-        sharpness(model, mse, batch, tol=1e-3, memory=what.split("_")[1])
+        est = sharpness(model, mse, batch, tol=1e-3, memory=what.split("_")[1])
+        extra = {"matvecs": est.matvecs, "coarse_matvecs": est.coarse_matvecs,
+                 "value": est.value, "converged": est.converged}
     elif what.startswith("sharpness_basis"):  # e.g. sharpness_basis4, _basis4_for, _basis10_chunk1250
         sharpness(model, mse, batch, tol=1e-3, **_setting(what))
     elif what == "sharpness_fp64":
@@ -211,7 +215,7 @@ def memory_probe(what: str, n: int, param: str) -> dict:
         raise ValueError(what)
     peak = _status_kb("VmHWM")
     return {"what": what, "peak_above_base_mb": (peak - base) / 1024, "base_mb": base / 1024,
-            "method": method}
+            "method": method, **extra}
 
 
 def measure_memory(what: str, n: int, param: str) -> dict:
@@ -246,6 +250,26 @@ def _setting(probe: str) -> dict:
 LOW_MEMORY = ["sharpness_basis20", "sharpness_basis8", "sharpness_basis6", "sharpness_basis4",
               "sharpness_basis20_chunk/4", "sharpness_basis12_chunk/4", "sharpness_basis10_chunk/4",
               "sharpness_basis10_chunk/2", "sharpness_basis8_chunk/8"]
+
+
+def lean_ratios(sizes, param: str) -> None:
+    """Peak memory of ``memory="lean"`` over a training step's (fresh process each) at each batch
+    size, with the sizes lean chose (issue 16: <= 3x wherever its rule says it fits)."""
+    import warnings
+    from catapult.curvature.sharpness import memory_setting
+
+    print("| n | lean chunk_size, max_basis | predicted fit | train step MB | lean MB | "
+          "lean / train | HVPs (+ coarse) |\n|---|---|---|---|---|---|---|")
+    for n in sizes:
+        model, batch = make_model(param), make_batch(n)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            chunk, basis = memory_setting("lean", batch, None, None, model, mse)
+        train = measure_memory("train_step", n, param)["peak_above_base_mb"]
+        lean = measure_memory("sharpness_lean", n, param)
+        print(f"| {n} | {chunk}, {basis} | {'no (warned)' if caught else 'yes'} | {train:.1f} | "
+              f"{lean['peak_above_base_mb']:.0f} | {lean['peak_above_base_mb'] / train:.2f} | "
+              f"{lean['matvecs']} (+ {lean['coarse_matvecs']}) |", flush=True)
 
 
 def memory_settings(model, batch, n: int, param: str, probes=None) -> None:
@@ -334,7 +358,12 @@ def main(argv=None):
     parser.add_argument("--memory-only", action="store_true",
                         help="only the memory table, with the low-memory settings (max_basis, HVP mode) "
                              "and their HVPs / wall time against the defaults")
+    parser.add_argument("--lean-ratios", default=None, metavar="N1,N2,...",
+                        help="only memory='lean' peak / training-step peak at these batch sizes")
     args = parser.parse_args(argv)
+    if args.lean_ratios:
+        lean_ratios([int(v) for v in args.lean_ratios.split(",")], args.param)
+        return
     n = args.n or (500 if args.quick else 5000)
     steps = args.steps or (5 if args.quick else 20)
     if args.memory_probe:
