@@ -39,15 +39,16 @@ def memory_setting(memory: str, batch, chunk_size, max_basis, model=None, loss_f
 
     ``"lean"`` sizes both from the problem (:func:`catapult.curvature.lean.lean_sizes`, with
     ``P`` = trainable parameter count x element size and ``A`` =
-    :func:`~catapult.curvature.lean.activation_bytes`): ``m`` micro-batches with ``A / m <= P``
-    and the largest basis ``B <= 10`` with ``(B + 7) P + A / m <= 3 (P + A)``. Where no ``B >= 3``
-    fits, it warns (RuntimeWarning) and uses ``B = 3``. Without a model (or a tensor batch) it
+    :func:`~catapult.curvature.lean.activation_bytes`, with ``L`` its largest tensor): ``m``
+    micro-batches with ``A / m <= P / 2`` and the largest basis ``B <= 10`` with
+    ``(B + 8) P + 2.6 A / m' <= 3 (P + A + L)`` (``m' = min(m, 4)`` for >= 256 samples). Where
+    no ``B >= 3`` fits, it warns (RuntimeWarning) and uses ``B = 3``. Without a model (or a tensor batch) it
     falls back to 4 micro-batches and 10 vectors.
 
-    >>> model = torch.nn.Linear(2, 1, bias=False)   # P = 8 bytes, A = 40 bytes (n = 10)
+    >>> model = torch.nn.Linear(2, 1, bias=False)   # P = 8, A = L = 40 bytes (n = 10)
     >>> batch = (torch.zeros(10, 2), torch.zeros(10, 1))
-    >>> memory_setting("lean", batch, None, None, model, torch.nn.MSELoss())  # m=8, B=(144-56-5)//8
-    (2, 10)
+    >>> memory_setting("lean", batch, None, None, model, torch.nn.MSELoss())  # m=10 (cap n)
+    (1, 10)
     >>> memory_setting("fast", batch, None, None)
     (None, 20)
     """
@@ -66,8 +67,8 @@ def memory_setting(memory: str, batch, chunk_size, max_basis, model=None, loss_f
         model = dist_ops.unwrap_ddp(model)
         trainable = [p for p in model.parameters() if p.requires_grad]
         param_bytes = sum(p.numel() for p in trainable) * trainable[0].element_size()
-        act_bytes = lean.activation_bytes(model, loss_fn, batch, seed=seed)
-        chunks, basis, fits = lean.lean_sizes(param_bytes, act_bytes, n)
+        act_bytes, largest = lean.activation_bytes(model, loss_fn, batch, seed=seed)
+        chunks, basis, fits = lean.lean_sizes(param_bytes, act_bytes, largest, n)
         if not fits:
             lean.warn_unfit(n, param_bytes, act_bytes)
     if chunk_size is None and chunks > 1:
