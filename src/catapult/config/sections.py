@@ -272,8 +272,9 @@ class EvalConfig(Section):
                           "10); null = 10 for minibatch runs, 1 for full batch")
     # issue 16: named memory setting and spectrum logging on the sharpness cadence
     sharpness_memory: Annotated[Literal["fast", "lean"], choice()] = Field(
-        "fast", description="fast = speed first; lean = HVPs over 4 micro-batches and at most 10 "
-                            "Krylov vectors (peak memory <= 3x a training step on the Fig. 1 FCN)",
+        "fast", description="fast = speed first; lean = micro-batches and 3-10 Krylov vectors "
+                            "sized from the model and batch so the predicted peak memory is <= 3x "
+                            "a training step (a warning where that cannot be met)",
         json_schema_extra=_added())
     spectrum_top_k: Annotated[int, integer(low=0)] = Field(
         0, description="log the top-k eigenvalues (eig_1..eig_k, same kind as sharpness) at every "
