@@ -42,6 +42,16 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def agreed_minimum(value: int, device=None) -> int:
+    """The smallest ``value`` over the ranks (every rank must call it): settings each rank sizes
+    from its own shard, such as the lean Krylov basis, must agree, or the ranks' product counts
+    (each an all-reduce) would differ and the collective calls would not pair up."""
+    import torch.distributed as dist
+    t = torch.tensor([int(value)], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t.item())
+
+
 def shard_weight(batch, device=None) -> float:
     """``w_r = |B_r| / |B|``: this rank's share of the union's samples (dim 0 of the inputs).
 

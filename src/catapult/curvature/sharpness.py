@@ -34,7 +34,8 @@ MEMORY_SETTINGS = {"fast": {"chunks": 1, "max_basis": 20},
                    "lean": {"chunks": "sized", "max_basis": lean.LEAN_MAX_BASIS}}
 
 
-def memory_setting(memory: str, batch, chunk_size, max_basis, model=None, loss_fn=None, seed=0):
+def memory_setting(memory: str, batch, chunk_size, max_basis, model=None, loss_fn=None, seed=0,
+                   distributed=False):
     """``(chunk_size, max_basis)`` for a named memory setting and explicit overrides.
 
     ``"lean"`` sizes both from the problem (:func:`catapult.curvature.lean.lean_sizes`, with
@@ -43,7 +44,9 @@ def memory_setting(memory: str, batch, chunk_size, max_basis, model=None, loss_f
     micro-batches with ``A / m <= P / 2`` and the largest basis ``B <= 10`` with
     ``(B + 8) P + 2.6 A / m' <= 3 (P + A + L)`` (``m' = min(m, 4)`` for >= 256 samples). Where
     no ``B >= 3`` fits, it warns (RuntimeWarning) and uses ``B = 3``. Without a model (or a tensor batch) it
-    falls back to 4 micro-batches and 10 vectors.
+    falls back to 4 micro-batches and 10 vectors. With ``distributed=True`` every rank sizes
+    from its own shard and then takes the ranks' smallest basis (the ranks must run the same
+    number of products; micro-batches stay per rank).
 
     >>> model = torch.nn.Linear(2, 1, bias=False)   # P = 8, A = L = 40 bytes (n = 10)
     >>> batch = (torch.zeros(10, 2), torch.zeros(10, 1))
@@ -71,6 +74,8 @@ def memory_setting(memory: str, batch, chunk_size, max_basis, model=None, loss_f
         chunks, basis, fits = lean.lean_sizes(param_bytes, act_bytes, largest, n)
         if not fits:
             lean.warn_unfit(n, param_bytes, act_bytes)
+    if distributed:
+        basis = dist_ops.agreed_minimum(basis, device=inputs.device)
     if chunk_size is None and chunks > 1:
         chunk_size = max(1, math.ceil(n / chunks))
     return chunk_size, basis if max_basis is None else min(basis, max_basis)
@@ -217,7 +222,7 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
     """
     check_solver_args(tol, max_iter)
     chunk_size, max_basis = memory_setting(memory, batch, chunk_size, max_basis, model, loss_fn,
-                                           seed)
+                                           seed, distributed)
     op = build_operator(model, loss_fn, batch, dtype=dtype, hvp=hvp, seed=seed,
                         chunk_size=chunk_size, distributed=distributed)
     v0 = start_vector(init, op.numel, op.dtype, op.device, seed)
@@ -442,7 +447,7 @@ def preconditioned_sharpness(model: torch.nn.Module, loss_fn, batch,
     _preconditioned_spec(optimizer)
     check_solver_args(tol, max_iter)
     chunk_size, max_basis = memory_setting(memory, batch, chunk_size, max_basis, model, loss_fn,
-                                           seed)
+                                           seed, distributed)
     op = build_operator(model, loss_fn, batch, dtype=dtype, hvp=hvp, seed=seed,
                         chunk_size=chunk_size, distributed=distributed)
     if distributed:

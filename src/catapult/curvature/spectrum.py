@@ -243,7 +243,7 @@ def top_eigenpairs(model, loss_fn, batch, k: int = 5, *, tol: float = 1e-3, init
         [4.0, 1.0]
     """
     check_solver_args(tol, max_iter)
-    chunk_size, basis = memory_setting(memory, batch, chunk_size, max_basis, model, loss_fn, seed)
+    chunk_size, basis = memory_setting(memory, batch, chunk_size, max_basis, model, loss_fn, seed, distributed)
     op = curvature_operator(model, loss_fn, batch, curvature=curvature, optimizer=optimizer,
                             dtype=dtype, hvp=hvp, seed=seed, chunk_size=chunk_size,
                             distributed=distributed, scale_by_group_lr=scale_by_group_lr)
