@@ -94,6 +94,26 @@ def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> float:
     return argmax_hits(flat, labels.to(flat.device)) / labels.numel()
 
 
+def loss_and_accuracy(loss: torch.Tensor, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
+    """``(float(loss), accuracy(outputs, targets))`` with one device-to-host copy per call.
+
+    On the CPU (no copy to save) it is exactly those two calls. On an accelerator the arg-max
+    hits are counted on the device and read back with the loss in one ``tolist()`` (one
+    synchronisation per training step, not three); the values are the same (a float32 loss is
+    exact in float64, and the count is an integer).
+    """
+    if outputs.device.type == "cpu":
+        return float(loss.item()), accuracy(outputs, targets)
+    flat = outputs.detach().reshape(-1, outputs.shape[-1])
+    labels = targets.reshape(-1) if _is_label_tensor(targets) else \
+        targets.reshape(-1, targets.shape[-1]).argmax(dim=-1)
+    if labels.numel() == 0:
+        return float(loss.item()), float("nan")
+    hits = (flat.argmax(dim=-1) == labels).sum()
+    value, count = torch.stack([loss.detach().double(), hits.double()]).tolist()
+    return value, count / labels.numel()
+
+
 def argmax_hits(logits: torch.Tensor, labels: torch.Tensor) -> int:
     """``sum_i [argmax_k logits[i, k] == labels[i]]`` (torch's argmax: the first maximum, a NaN
     counting as the maximum), without an arg-max over every row.

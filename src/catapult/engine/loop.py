@@ -77,7 +77,7 @@ import torch
 import torch.nn as nn
 
 from catapult import config as cfg
-from catapult.losses import accuracy
+from catapult.losses import accuracy, loss_and_accuracy
 from catapult.engine.build import build_run, threshold
 from catapult.engine.progress import Progress
 from catapult.engine.trajectories import plot_run
@@ -256,8 +256,8 @@ def _run(config: Mapping[str, Any], out_path: Path | None, progress: Any, starte
 
             outputs = forward(x)
             loss = loss_fn(outputs, y)
-            row["train_loss"] = loss_t = float(loss.item())
-            row["train_accuracy"] = accuracy(outputs, y)
+            loss_t, row["train_accuracy"] = loss_and_accuracy(loss, outputs, y)  # one host sync
+            row["train_loss"] = loss_t
             if t == 0:
                 loss_0 = loss_t
             if diverged(loss_t, loss_0, divergence_factor):
