@@ -73,3 +73,16 @@ def test_metrics_file_flushes_first_row_then_on_its_cadence_and_at_close(tmp_pat
         every.write({"step": t})
         assert [r["step"] for r in read_metrics(tmp_path / "m2.csv")] == list(range(t + 1))
     every.close()
+
+
+def test_loss_and_accuracy_one_sync_path_equals_two_reads():
+    from catapult.losses import loss_and_accuracy
+
+    g = torch.Generator().manual_seed(2)
+    for dtype in (torch.float32, torch.float64):
+        logits = torch.randint(0, 3, (4, 9, 5), generator=g).to(dtype)
+        labels = torch.randint(0, 5, (4, 9), generator=g)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 5), labels.reshape(-1))
+        two = (float(loss.item()), reference_accuracy(logits, labels))
+        assert loss_and_accuracy(loss, logits, labels, one_sync=True) == two
+        assert loss_and_accuracy(loss, logits, labels, one_sync=False) == two

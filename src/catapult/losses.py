@@ -94,15 +94,18 @@ def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> float:
     return argmax_hits(flat, labels.to(flat.device)) / labels.numel()
 
 
-def loss_and_accuracy(loss: torch.Tensor, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
+def loss_and_accuracy(loss: torch.Tensor, outputs: torch.Tensor, targets: torch.Tensor,
+                      one_sync: bool | None = None) -> tuple[float, float]:
     """``(float(loss), accuracy(outputs, targets))`` with one device-to-host copy per call.
 
     On the CPU (no copy to save) it is exactly those two calls. On an accelerator the arg-max
     hits are counted on the device and read back with the loss in one ``tolist()`` (one
     synchronisation per training step, not three); the values are the same (a float32 loss is
-    exact in float64, and the count is an integer).
+    exact in float64, and the count is an integer). ``one_sync`` forces either way (None: by device).
     """
-    if outputs.device.type == "cpu":
+    if one_sync is None:
+        one_sync = outputs.device.type != "cpu"
+    if not one_sync:
         return float(loss.item()), accuracy(outputs, targets)
     flat = outputs.detach().reshape(-1, outputs.shape[-1])
     labels = targets.reshape(-1) if _is_label_tensor(targets) else \
