@@ -184,7 +184,8 @@ def run(config: Mapping[str, Any], *, out_dir: str | Path | None = None, progres
     completed with defaults, data, model, lambda_0, optimizer, warmup) before anything is
     written. With ``out_dir`` the run directory gets ``config.yaml`` (resolved), ``metrics.csv``
     (streamed; flushed on the first row, then at most once a second
-    (``records.METRICS_FLUSH_SECONDS``) and at the end, so a killed run keeps its rows up to the last flush), ``summary.json`` and ``trajectories.png`` (loss and sharpness vs step, with the
+    (``records.METRICS_FLUSH_SECONDS``) and at the end, so a killed run keeps its rows up to the
+    last flush), ``summary.json`` and ``trajectories.png`` (loss and sharpness vs step, with the
     instability threshold). ``progress``: ``None``/``"auto"`` (a bar on a terminal, plain lines
     otherwise), ``"bar"``, ``"lines"``, ``"none"`` or a bool.
 
