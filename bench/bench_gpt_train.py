@@ -7,7 +7,10 @@ constant lr, no sharpness, test loss only at the end. Timed: the run minus its `
 (data and model set-up, which the bare loop also does not time). The bare loop: the same
 ``build_run`` (same model, same initial weights, same batch stream), ``torch.optim.Adam``, per
 step forward, cross-entropy, backward, step, ``loss.item()`` (the engine logs the loss), then
-the final forward and test evaluation. Both clocks: wall and process CPU time
+the final forward and test evaluation (loss only). What the bare loop leaves out and the engine
+does: the training accuracy of every step, rows, the lr scheduler (4 param groups, all at lr_mult
+1, vs one), the final row's loss/accuracy, the collapse check, the test accuracy and the summary.
+Both clocks: wall and process CPU time
 (``time.process_time``, with one torch thread the steadier figure on a shared host). Each
 repetition runs engine, bare, [engine with ``train.compile: true``] in alternating order; the
 ratios are per repetition, median and range printed. The final train losses must agree.

@@ -77,7 +77,7 @@ import torch
 import torch.nn as nn
 
 from catapult import config as cfg
-from catapult.losses import accuracy
+from catapult.losses import accuracy, loss_and_accuracy
 from catapult.engine.build import build_run, threshold
 from catapult.engine.progress import Progress
 from catapult.engine.trajectories import plot_run
@@ -183,7 +183,9 @@ def run(config: Mapping[str, Any], *, out_dir: str | Path | None = None, progres
     The run is set up by :func:`~catapult.engine.build.build_run` (config validated and
     completed with defaults, data, model, lambda_0, optimizer, warmup) before anything is
     written. With ``out_dir`` the run directory gets ``config.yaml`` (resolved), ``metrics.csv``
-    (streamed), ``summary.json`` and ``trajectories.png`` (loss and sharpness vs step, with the
+    (streamed; flushed on the first row, then at most once a second
+    (``records.METRICS_FLUSH_SECONDS``) and at the end, so a killed run keeps its rows up to the
+    last flush), ``summary.json`` and ``trajectories.png`` (loss and sharpness vs step, with the
     instability threshold). ``progress``: ``None``/``"auto"`` (a bar on a terminal, plain lines
     otherwise), ``"bar"``, ``"lines"``, ``"none"`` or a bool.
 
@@ -256,8 +258,8 @@ def _run(config: Mapping[str, Any], out_path: Path | None, progress: Any, starte
 
             outputs = forward(x)
             loss = loss_fn(outputs, y)
-            row["train_loss"] = loss_t = float(loss.item())
-            row["train_accuracy"] = accuracy(outputs, y)
+            loss_t, row["train_accuracy"] = loss_and_accuracy(loss, outputs, y)  # one host sync
+            row["train_loss"] = loss_t
             if t == 0:
                 loss_0 = loss_t
             if diverged(loss_t, loss_0, divergence_factor):

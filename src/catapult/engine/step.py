@@ -147,9 +147,28 @@ def output_collapsed(outputs, rtol: float = COLLAPSE_RTOL) -> bool:
     """
     import torch
 
-    out = torch.as_tensor(outputs).detach().double()
+    out = torch.as_tensor(outputs).detach()
     out = out.reshape(out.shape[0], -1) if out.dim() > 1 else out.reshape(-1, 1)
-    if out.shape[0] < 2 or not bool(torch.isfinite(out).all()):
+    if out.shape[0] < 2:
+        return False
+    if out.is_floating_point() and _clearly_spread(out, rtol):
+        return False
+    out = out.double()
+    if not bool(torch.isfinite(out).all()):
         return False
     spread = float(out.std(dim=0, unbiased=False).max())
     return spread <= rtol * float(out.abs().max())
+
+
+def _clearly_spread(out, rtol: float) -> bool:
+    """A cheap proof that ``out`` (n x m, n >= 2, its own dtype) is not collapsed, skipping the
+    float64 copy and column stds of :func:`output_collapsed` (~90 ms on a 512 x 4096 GPT batch).
+
+    Samuelson's inequality bounds every deviation from a column's mean by ``sqrt(n - 1)`` times its
+    (population) std, so a collapsed ``out`` has ``max_ij |out_ij - out_0j| <= 2 sqrt(n-1) rtol A``
+    (``A = max |out|``, exact in any dtype). Twice that bound leaves room for the rounding of the
+    differences. Non-finite values make a comparison False, leaving the decision to the exact rule.
+    """
+    spread = float((out - out[:1]).abs().amax())
+    bound = 4.0 * math.sqrt(out.shape[0] - 1) * rtol * float(out.abs().amax())
+    return bool(spread > bound and math.isfinite(spread) and math.isfinite(bound))
