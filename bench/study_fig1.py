@@ -162,9 +162,98 @@ def catapult(out: Path, args) -> None:
                   f"{statistics.stdev(got) if len(got) > 1 else 0:.1f} steps over {len(got)} seeds")
 
 
+def top_hessian_eig(model, loss_fn, x, y, v=None, iters=40):
+    """Largest Hessian eigenvalue of ``L(theta)`` by power iteration on ``H v`` (double backward),
+    ``lambda = v^T H v`` with ``v <- Hv/||Hv||``; returns ``(lambda, v)`` for a warm start."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss_fn(model(x), y), params, create_graph=True)
+    if v is None:
+        v = [torch.randn(p.shape, generator=torch.Generator().manual_seed(123), dtype=p.dtype) for p in params]
+    norm = math.sqrt(sum(float((t * t).sum()) for t in v))
+    v = [t / norm for t in v]
+    lam = 0.0
+    for _ in range(iters):
+        hv = torch.autograd.grad(grads, params, v, retain_graph=True)
+        lam = sum(float((a * b).sum()) for a, b in zip(hv, v))
+        norm = math.sqrt(sum(float((t * t).sum()) for t in hv))
+        v = [t / norm for t in hv]
+    return lam, v
+
+
+def tiled_features(x, n_features=3072):
+    """Digits tiled to ``n_features`` (repeat the 64 pixels), then standardised per sample:
+    ``x_i <- (x_i - mean_j x_ij) / std_j x_ij`` (CIFAR-like input size and per-input scale)."""
+    reps = -(-n_features // x.shape[1])
+    t = x.repeat(1, reps)[:, :n_features]
+    return (t - t.mean(1, keepdim=True)) / t.std(1, keepdim=True).clamp_min(1e-8)
+
+
+def output_scale_run(param, scale, seed, *, width=256, depth=4, loss="mse", steps=100, c=0.5, tiled=False):
+    """One full-batch GD run with the readout weights multiplied by ``scale`` at init; lr = c/lambda_0.
+    Returns (rms output at init, lambda_0, lambda_T / lambda_0, rms input entry, input features)."""
+    from catapult.engine.build import build_model, build_optimizer, build_run
+
+    setup = build_run(base_config(param, width, depth, loss, lr=0.1, steps=steps, seed=seed))
+    x, y = setup.data.x_train.flatten(1), setup.data.y_train
+    model = setup.model
+    if tiled:
+        x = tiled_features(x)
+        torch.manual_seed(seed)
+        model = build_model(setup.config, x.shape[1], setup.data.num_classes, setup.device, setup.dtype)
+    out_layer = [m for m in model.modules() if getattr(m, "catapult_role", None) == "output"][-1]
+    with torch.no_grad():
+        out_layer.weight.mul_(scale)
+        f0 = float(model(x).pow(2).mean().sqrt())
+    lam0, v = top_hessian_eig(model, setup.loss_fn, x, y)
+    opt = build_optimizer(setup.config, model, c / lam0)
+    for _ in range(steps):
+        opt.zero_grad()
+        setup.loss_fn(model(x), y).backward()
+        opt.step()
+    lam_t, _ = top_hessian_eig(model, setup.loss_fn, x, y, v)
+    return f0, lam0, lam_t / lam0, float(x.pow(2).mean().sqrt()), x.shape[1]
+
+
+def output_scale(out: Path, steps: int) -> None:
+    """Hypothesis test: the regime (r < 1 or r > 1) is set by the output scale at init."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    scales = (1 / 16, 1 / 4, 1.0, 4.0, 16.0)
+    cases = [(p, s, False) for p in ("mup", "sp") for s in scales] + [(p, 1.0, True) for p in ("mup", "sp")]
+    rows = []
+    for param, scale, tiled in cases:
+        got = [output_scale_run(param, scale, seed, steps=steps, tiled=tiled) for seed in SEEDS]
+        row = dict(param=param, scale=scale, tiled=tiled, in_features=got[0][4], x_rms=got[0][3],
+                   f0_mean=statistics.mean(g[0] for g in got), f0_std=statistics.stdev(g[0] for g in got),
+                   lam0_mean=statistics.mean(g[1] for g in got), lam0_std=statistics.stdev(g[1] for g in got),
+                   r_mean=statistics.mean(g[2] for g in got), r_std=statistics.stdev(g[2] for g in got))
+        rows.append(row)
+        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_suffix(".csv"), "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    fig = Figure(figsize=(6, 4.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for param, marker in (("mup", "o"), ("sp", "s")):
+        for tiled in (False, True):
+            sel = [r for r in rows if r["param"] == param and r["tiled"] == tiled]
+            ax.errorbar([r["f0_mean"] for r in sel], [r["r_mean"] for r in sel], yerr=[r["r_std"] for r in sel],
+                        marker=marker, ls="-" if not tiled else "none", mfc="none" if tiled else None,
+                        label=f"{'muP' if param == 'mup' else 'SP'}{' tiled 3072' if tiled else ' digits 64'}")
+    ax.axhline(1, color="k", lw=0.7, ls="--")
+    ax.set(xscale="log", yscale="log", xlabel="rms output at init (readout x s, s = 1/16..16)",
+           ylabel="r = lambda_100 / lambda_0", title="w256 d4 MSE, GD lr=0.5/lambda_0, 3 seeds")
+    ax.legend(fontsize=8)
+    fig.savefig(out, dpi=100)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser()
-    p.add_argument("part", choices=["search", "catapult"])
+    p.add_argument("part", choices=["search", "catapult", "output_scale"])
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--every", type=int, default=1, help="catapult: sharpness every k steps")
@@ -173,6 +262,8 @@ def main(argv=None):
     torch.set_num_threads(1)
     if a.part == "search":
         search(a.out, a.steps)
+    elif a.part == "output_scale":
+        output_scale(a.out, a.steps)
     else:
         catapult(a.out, a)
 
