@@ -219,7 +219,7 @@ def output_scale(out: Path, steps: int) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    scales = (1 / 16, 1 / 4, 1.0, 4.0, 16.0)
+    scales = tuple(2.0 ** k for k in range(-4, 5))
     cases = [(p, s, False) for p in ("mup", "sp") for s in scales] + [(p, 1.0, True) for p in ("mup", "sp")]
     rows = []
     for param, scale, tiled in cases:
@@ -245,7 +245,7 @@ def output_scale(out: Path, steps: int) -> None:
                         marker=marker, ls="-" if not tiled else "none", mfc="none" if tiled else None,
                         label=f"{'muP' if param == 'mup' else 'SP'}{' tiled 3072' if tiled else ' digits 64'}")
     ax.axhline(1, color="k", lw=0.7, ls="--")
-    ax.set(xscale="log", yscale="log", xlabel="rms output at init (readout x s, s = 1/16..16)",
+    ax.set(xscale="log", yscale="log", xlabel="rms output at init (readout x s, s = 2^-4..2^4)",
            ylabel="r = lambda_100 / lambda_0", title="w256 d4 MSE, GD lr=0.5/lambda_0, 3 seeds")
     ax.legend(fontsize=8)
     fig.savefig(out, dpi=100)
