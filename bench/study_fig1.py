@@ -4,6 +4,7 @@ where the sharpness crosses 2/lr_t.
 
     nice -n 10 python bench/study_fig1.py search  --out bench/figures/fig1_search.csv   # part 1
     nice -n 10 python bench/study_fig1.py catapult --out bench/figures/fig1_catapult.png  # part 2
+    nice -n 10 python bench/study_fig1.py output_scale --out bench/figures/fig1_output_scale.png  # part 3
 
 Part 1 (the search). Full-batch GD on the embedded digits (first ``n_train`` images), MSE
 (0.5 * mean) or cross-entropy, FCN without biases, for every (parametrization, width, depth,
@@ -19,6 +20,10 @@ Part 2 (catapults). For one muP and one SP setting, linear warmup to a large tar
 every step: the first step ``t_cross`` with ``lambda_t > 2/lr_t``, the first loss spike
 ``t_spike`` (``L_t > 1.1 L_{t-1}`` after ``t_cross - 20``), and the lag ``t_spike - t_cross``,
 over 3 seeds.
+
+Part 3 (output scale). Width 256, depth 4, MSE, the part-1 protocol, with the readout weights
+multiplied at init by ``s = 2^-4 .. 2^4`` in muP and SP (and, at s = 1, the digits tiled to 3072
+features standardised per sample): is ``r`` set by the rms output at init?
 """
 from __future__ import annotations
 
