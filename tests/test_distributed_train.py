@@ -76,3 +76,26 @@ def test_two_gloo_processes_match_one_process_on_the_union_batch(tmp_path):
             torch.testing.assert_close(a, b.detach(), rtol=0, atol=1e-6)
     # and the step did something: parameters moved from the init
     assert single.losses[0] != single.losses[-1]
+
+
+def test_train_ddp_command_writes_a_new_directory_and_refuses_one_in_use(tmp_path, capsys):
+    import yaml
+
+    from catapult.cli import main
+
+    (tmp_path / "shards").mkdir()
+    root = _shards(tmp_path / "shards")
+    config = tmp_path / "ddp.yaml"
+    config.write_text(yaml.safe_dump(_config(root, steps=2)))
+    out = tmp_path / "run"
+    assert main(["train-ddp", str(config), "--out", str(out)]) == 0   # one process, no torchrun
+    assert (out / "metrics.csv").exists() and (out / "model.pt").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "metrics.csv").write_text("a user's file\n")
+    capsys.readouterr()
+    assert main(["train-ddp", str(config), "--out", str(mine)]) == 2       # before any work
+    assert "--overwrite" in capsys.readouterr().err
+    assert (mine / "metrics.csv").read_text() == "a user's file\n" and not (mine / "model.pt").exists()
+    assert main(["train-ddp", str(config), "--out", str(mine), "--overwrite"]) == 0
+    assert (mine / "model.pt").exists()

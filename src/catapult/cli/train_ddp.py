@@ -20,7 +20,10 @@ def register(subparsers) -> None:
                     "DIR/metrics.csv and DIR/model.pt.",
     )
     add_config_arguments(p)
-    p.add_argument("--out", metavar="DIR", help="output directory (default: runs/<name>)")
+    p.add_argument("--out", metavar="DIR", help="output directory (default: runs/<name>); one that holds "
+                                                "anything is refused unless --overwrite")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace metrics.csv and model.pt of an existing output directory")
     p.add_argument("--backend", choices=("auto", "nccl", "gloo"), default="auto",
                    help="process-group backend (auto: nccl with CUDA, else gloo)")
     p.set_defaults(func=_command)
@@ -32,8 +35,12 @@ def _command(args) -> int:
 
     from catapult.engine.distributed import train_ddp
 
+    from catapult.engine.loop import check_out_dir
+
     config = config_from_args(args)
     out = Path(args.out) if args.out else Path("runs") / config["name"]
+    if int(os.environ.get("RANK", "0")) == 0:  # the writer checks, before any work (exit 2 if in the way)
+        check_out_dir(out, overwrite=args.overwrite)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     started = False
     if world > 1 and not dist.is_initialized():
