@@ -156,7 +156,14 @@ def _leaves(node: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, An
 
 
 def unsupported_reason(config: Mapping[str, Any]) -> str | None:
-    """Why the batched engine cannot run ``config`` (a validated run config), or ``None``."""
+    """Why the hand-kernel engine cannot run ``config`` (a validated run config), or ``None``:
+    whatever the torch.func engine cannot reproduce (its
+    :func:`~catapult.sweep.batched.batched_unsupported_reason`), then the kernels' own limits."""
+    from catapult.sweep.batched import batched_unsupported_reason
+
+    reason = batched_unsupported_reason(config)
+    if reason is not None:
+        return reason
     if config["model"]["name"] != "mlp":
         return f"model.name={config['model']['name']!r} (the ensemble batches the mlp only)"
     if config["optimizer"]["name"] not in _OPTIMIZERS:
@@ -169,8 +176,6 @@ def unsupported_reason(config: Mapping[str, Any]) -> str | None:
     if ev["sharpness_dtype"] not in (None, config["dtype"]):
         return f"eval.sharpness_dtype={ev['sharpness_dtype']!r} differs from dtype={config['dtype']!r}"
     kind = ev["sharpness_kind"]
-    if kind == "lr_scaled" and ev["sharpness_every"] > 0:
-        return "eval.sharpness_kind=lr_scaled (measured by the local engine only)"
     if kind == "preconditioned" and config["optimizer"]["name"] == "sgd" and ev["sharpness_every"] > 0:
         return "eval.sharpness_kind=preconditioned with sgd (the local engine reports the error)"
     for key, value in _leaves(config):
