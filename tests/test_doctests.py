@@ -21,6 +21,7 @@ MODULES = (
     "catapult.curvature.sharpness",
     "catapult.curvature.spectrum",
     "catapult.curvature.coarse",
+    "catapult.curvature.lean",
     "catapult.critical_lr",
     "catapult.parametrize",
     "catapult.optim.gi_adam",

@@ -66,12 +66,16 @@ def coarse_levels(batch, coarse) -> list[tuple[int, float]]:
 
 def coarse_start_vector(model, loss_fn, batch, v0: torch.Tensor, levels, *, dtype=None,
                         hvp: str = "auto", seed: int = 0, max_basis: int = 20,
-                        max_iter: int = 100) -> tuple[torch.Tensor, int, float]:
+                        max_iter: int = 100, operator_options: dict | None = None,
+                        solve=None) -> tuple[torch.Tensor, int, float]:
     """``(vector, products, cost)``: ``v0`` carried through the top-eigenvector solves on the
     first ``m`` samples of each level (``levels`` from :func:`coarse_levels`), coarsest first.
 
     ``products`` counts the sub-batch Hessian-vector products; ``cost`` weighs each by its
     level's ``m / n`` (full-batch-equivalent products when per-sample compute dominates).
+    ``operator_options`` are further :class:`HessianOperator` arguments (``memory="lean"``:
+    its micro-batches, no retained graph); ``solve(op, v, tol=, max_iter=)`` replaces the solver
+    (``memory="lean"``: :func:`catapult.curvature.lean.lean_top_eigenpair`).
 
     Example (one level on the first 2 of 4 samples, which already hold the top direction):
         >>> model = torch.nn.Linear(2, 1, bias=False)
@@ -86,9 +90,12 @@ def coarse_start_vector(model, loss_fn, batch, v0: torch.Tensor, levels, *, dtyp
     vector, products, cost = v0, 0, 0.0
     for m, tol in levels:
         op = HessianOperator(model, loss_fn, (inputs[:m], targets[:m]), dtype=dtype, hvp=hvp,
-                             seed=seed)
-        est = lanczos_top_eigenpair(op, vector, tol=tol, max_iter=max_iter, max_basis=max_basis,
-                                    _fresh_output=True)
+                             seed=seed, **(operator_options or {}))
+        if solve is not None:
+            est = solve(op, vector, tol=tol, max_iter=max_iter)
+        else:
+            est = lanczos_top_eigenpair(op, vector, tol=tol, max_iter=max_iter,
+                                        max_basis=max_basis, _fresh_output=True)
         products += est.matvecs
         cost += est.matvecs * m / n
         if est.vector.isfinite().all() and est.converged:

@@ -12,6 +12,7 @@ import math
 import warnings
 
 import torch
+from torch.autograd.graph import get_gradient_edge
 from torch.func import functional_call
 
 __all__ = ["HVP_MODES", "HessianOperator", "resolve_dtype", "resolve_hvp", "fixed_rng", "math_attention"]
@@ -115,6 +116,20 @@ def _jvp(fn, primals: dict, tangents: dict):
         return torch.func.jvp(fn, (primals,), (tangents,))
 
 
+def _backward_into(leaves, views, edges, grad_outputs, retain_graph: bool) -> None:
+    """Backward from ``edges`` with ``grad_outputs``, adding each leaf's gradient into its view
+    (``leaf.grad = view``: autograd accumulates in place when not building a graph)."""
+    for leaf, view in zip(leaves, views):
+        leaf.grad = view
+    try:
+        with torch.enable_grad():
+            torch.autograd.backward(edges, grad_tensors=grad_outputs, inputs=leaves,
+                                    retain_graph=retain_graph)
+    finally:
+        for leaf in leaves:
+            leaf.grad = None
+
+
 class HessianOperator:
     """``v -> H v``: the Hessian of ``loss_fn(model(x), y)`` at the model's current parameters.
 
@@ -155,6 +170,10 @@ class HessianOperator:
     dropout couple or re-draw samples per chunk, so they are refused too (call
     ``model.eval()`` first).
 
+    ``retain_graph=False`` (double backprop only): the whole batch's gradient graph is not kept
+    between products either; every product rebuilds it as one micro-batch would, so the
+    operator holds no parameter-sized state between products (``memory="lean"``).
+
     Attributes: ``numel``, ``dtype``, ``device``, ``mode`` (resolved hvp mode), ``loss`` (float),
     ``gradient()`` (flat gradient at the current parameters, computed once), ``matvecs``,
     ``chunks`` (number of micro-batches, 1 without ``chunk_size``).
@@ -171,7 +190,7 @@ class HessianOperator:
     """
 
     def __init__(self, model: torch.nn.Module, loss_fn, batch, *, dtype=None, hvp: str = "auto",
-                 seed: int = 0, chunk_size: int | None = None):
+                 seed: int = 0, chunk_size: int | None = None, retain_graph: bool = True):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not callable(loss_fn):
@@ -218,8 +237,14 @@ class HessianOperator:
         self.chunks = len(self._chunks)
 
         # With chunks, every product and the gradient are built chunk by chunk (_chunked_product,
-        # gradient); on the whole batch double backprop keeps one gradient graph for all products.
-        if self.chunks == 1 and self.mode == "double_backprop":
+        # gradient); on the whole batch double backprop keeps one gradient graph for all products
+        # (unless retain_graph=False: then the whole batch is one chunk, rebuilt per product).
+        self._per_product = self.chunks > 1 or (self.mode == "double_backprop"
+                                                 and not retain_graph)
+        if self.chunks == 1 and self._per_product:
+            with torch.no_grad():
+                self.loss = float(self._loss(self._params))
+        elif self.chunks == 1 and self.mode == "double_backprop":
             self._leaves, loss, grads = self._gradient_graph(self._inputs, self._targets,
                                                              create_graph=True)
             self.loss = float(loss.detach())
@@ -280,16 +305,59 @@ class HessianOperator:
         self.loss = full
         return [(xc, yc, w) for (xc, yc), w in zip(pieces, weights)]
 
-    def _gradient_graph(self, inputs, targets, create_graph: bool):
+    def _gradient_graph(self, inputs, targets, create_graph: bool, scale: float = 1.0):
         """``(leaves, loss, grads)``: the loss on ``(inputs, targets)`` at fresh leaves (detached
         aliases of the parameters, so ``requires_grad_`` leaves the model's tensors alone) and
-        its gradient, differentiable again when ``create_graph``."""
+        the gradient of ``scale`` times it, differentiable again when ``create_graph``."""
         leaves = [self._params[n].detach().requires_grad_(True) for n in self.names]
         with torch.enable_grad():
             loss = self._loss(dict(zip(self.names, leaves)), inputs, targets)
-            grads = torch.autograd.grad(loss, leaves, create_graph=create_graph,
-                                        allow_unused=True, materialize_grads=True)
+            grads = torch.autograd.grad(loss if scale == 1.0 else loss * scale, leaves,
+                                        create_graph=create_graph, allow_unused=True,
+                                        materialize_grads=True)
         return leaves, loss, grads
+
+    def accumulate(self, v: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``out += H v`` in place (``out`` flat, in the operator's dtype; returned).
+
+        In double-backprop mode the product is never formed apart from ``out``: the leaves'
+        ``.grad`` are views of ``out``, so autograd adds each parameter block's product into it
+        as soon as that block is computed, and a micro-batch's gradient tensors are dropped
+        before its second backward (only their graph, by
+        :func:`torch.autograd.graph.get_gradient_edge`, is kept), with the micro-batch weight
+        folded into its loss. The working memory is then the largest parameter block plus the
+        graph, instead of two or three parameter-sized vectors (the gradient, the product and
+        the sum). Other modes add ``self(v)``. Counts one product.
+
+        >>> model = torch.nn.Linear(2, 1, bias=False)
+        >>> batch = (torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0], [0.0]]))
+        >>> H = HessianOperator(model, torch.nn.MSELoss(), batch, chunk_size=1)
+        >>> H.accumulate(torch.tensor([1.0, 1.0]), torch.tensor([10.0, 20.0]))
+        tensor([14., 21.])
+        """
+        if out.shape != (self.numel,) or out.dtype != self.dtype:
+            raise ValueError(f"out must be a flat {self.dtype} vector of {self.numel} elements, "
+                             f"got {out.dtype} of shape {tuple(out.shape)}")
+        if self.mode != "double_backprop":
+            return out.add_(self(v))
+        v = v.to(device=self.device, dtype=self.dtype)
+        parts, views = self.split(v), self.split(out)
+        self.matvecs += 1
+        if not self._per_product:
+            if self._diff:
+                edges = [get_gradient_edge(self._grads[i]) for i in self._diff]
+                _backward_into(self._leaves, views, edges, [parts[i] for i in self._diff],
+                               retain_graph=True)
+            return out
+        for x, y, w in self._chunks:
+            leaves, _, grads = self._gradient_graph(x, y, create_graph=True, scale=w)
+            diff = [i for i, g in enumerate(grads) if g.requires_grad]
+            edges = [get_gradient_edge(grads[i]) for i in diff]
+            del grads  # the graph stays alive through the edges; the gradient values are freed
+            if edges:
+                _backward_into(leaves, views, edges, [parts[i] for i in diff],
+                               retain_graph=False)
+        return out
 
     def _loss(self, params: dict, inputs=None, targets=None) -> torch.Tensor:
         inputs = self._inputs if inputs is None else inputs
@@ -313,7 +381,7 @@ class HessianOperator:
 
     def gradient(self) -> torch.Tensor:
         """Flat gradient of the loss at the current parameters (computed once, cached)."""
-        if self._grad_flat is None and self.chunks > 1:
+        if self._grad_flat is None and self._per_product:
             flat = torch.zeros(self.numel, dtype=self.dtype, device=self.device)
             for x, y, w in self._chunks:
                 _, _, grads = self._gradient_graph(x, y, create_graph=False)
@@ -387,7 +455,7 @@ class HessianOperator:
         self.matvecs += 1
         if self.mode == "finite_difference":
             return self._finite_difference_product(v)
-        if self.chunks > 1:
+        if self._per_product:
             return self._chunked_product(parts)
         if self.mode == "double_backprop":
             if not self._diff:

@@ -23,14 +23,17 @@ from __future__ import annotations
 import math
 import warnings
 
+import numpy as np
 import torch
 from torch.func import functional_call
 
 from catapult.curvature.coarse import COARSE_MIN_SAMPLES
 from catapult.curvature.hessian import fixed_rng
+from catapult.curvature.lanczos import (EigenEstimate, krylov_invariant, relative_residual,
+                                        ritz_pairs, top_ritz_pair)
 
 __all__ = ["lean_sizes", "activation_bytes", "LEAN_RATIO", "LEAN_MIN_BASIS", "LEAN_MAX_BASIS",
-           "LEAN_OVERHEAD_VECTORS", "LEAN_HVP_ACTIVATIONS"]
+           "LEAN_OVERHEAD_VECTORS", "LEAN_HVP_ACTIVATIONS", "lean_top_eigenpair"]
 
 #: The promise: predicted peak <= LEAN_RATIO x a training step's.
 LEAN_RATIO = 3
@@ -121,3 +124,129 @@ def warn_unfit(n: int, param_bytes: int, act_bytes: int) -> None:
         f"{param_bytes / 2**20:.1f} MiB: the solver needs >= {LEAN_MIN_BASIS + LEAN_OVERHEAD_VECTORS} "
         f"parameter-sized vectors; predicted by catapult.curvature.lean.lean_sizes); using the minimum basis of {LEAN_MIN_BASIS}", RuntimeWarning,
         stacklevel=4)
+
+
+def _apply(matvec, v: torch.Tensor, out: torch.Tensor) -> None:
+    """``out += A v``, in place through ``matvec.accumulate`` where the operator has it."""
+    accumulate = getattr(matvec, "accumulate", None)
+    if accumulate is not None:
+        accumulate(v, out)
+    else:
+        out.add_(matvec(v).to(out.dtype))
+
+
+def lean_top_eigenpair(matvec, v0: torch.Tensor, *, tol: float = 1e-3, max_iter: int = 100,
+                       overwrite: bool = False) -> EigenEstimate:
+    """Top (algebraic) eigenpair of a symmetric operator holding three vectors of ``v0``'s size
+    and no Krylov basis: ``memory="lean"``'s solver.
+
+    A cycle runs Lanczos's three-term recurrence twice from the same unit start ``q_0``:
+
+    1. **coefficients**: ``w = A q_j - beta_{j-1} q_{j-1}`` is built in the buffer that held
+       ``q_{j-1}`` (an operator with ``accumulate(v, out)``, such as
+       :meth:`~catapult.curvature.HessianOperator.accumulate`, adds ``A q_j`` into it without
+       a temporary), then ``alpha_j q_j`` is removed (twice, against rounding) and
+       ``q_{j+1} = w / beta_j``. Only ``alpha_j, beta_j`` are kept (the tridiagonal ``T_m``);
+       it stops when the top Ritz pair ``(theta, s)`` of ``T_m`` has
+       ``|beta_m s_m| / |theta| <= tol``, the space is invariant, or the products left would
+       not pay for the second pass;
+    2. **Ritz vector**: the same recurrence with the stored coefficients rebuilds
+       ``q_0 .. q_{m-1}`` and accumulates ``y = sum_j s_j q_j`` (``m - 1`` products);
+    3. **check**: one product ``A y``; the value is the Rayleigh quotient ``y^T A y`` of the
+       unit ``y`` and the residual ``||A y - theta y|| / |theta|`` is the one actually
+       certified (``converged`` when ``<= tol``). Without re-orthogonalisation the basis loses
+       orthogonality once a Ritz value converges, so the recurrence's residual estimate can be
+       optimistic; the check catches that, and the next cycle starts from ``y``.
+
+    Held: ``q_0``, ``q_j``, ``w`` in pass 1; ``q_j``, ``w``, ``y`` in pass 2 (``q_0``'s buffer
+    is reused). ``overwrite=True`` makes ``v0`` itself that buffer, and the returned vector is
+    written back into it (``est.vector is v0``), so a caller that holds its start vector pays
+    nothing extra for it; otherwise ``v0`` is copied first. A cycle costs ``2 m`` products for ``m`` Lanczos steps, about twice
+    :func:`~catapult.curvature.lanczos_top_eigenpair`'s, in exchange for its basis of up to
+    ``max_basis`` vectors. ``error_bound`` = ``residual`` (the residual bound).
+
+    Example (the largest *algebraic* eigenvalue, 3):
+        >>> A = torch.diag(torch.tensor([3.0, 1.0, -5.0, 0.5], dtype=torch.float64))
+        >>> est = lean_top_eigenpair(lambda v: A @ v, torch.ones(4, dtype=torch.float64), tol=1e-8)
+        >>> round(est.value, 6), est.converged, est.residual <= 1e-8
+        (3.0, True, True)
+        >>> est.vector.abs().round(decimals=6)
+        tensor([1., 0., 0., 0.], dtype=torch.float64)
+    """
+    if not tol > 0:
+        raise ValueError(f"tol must be > 0, got {tol!r}")
+    if int(max_iter) != max_iter or max_iter < 2:
+        raise ValueError(f"max_iter must be an integer >= 2 (a Lanczos step and the check), "
+                         f"got {max_iter!r}")
+    if v0.dim() != 1 or v0.numel() == 0 or not v0.is_floating_point():
+        raise ValueError(f"v0 must be a non-empty 1-D floating-point tensor, got {v0.dtype} of "
+                         f"shape {tuple(v0.shape)}")
+    n = v0.numel()
+    eps = float(torch.finfo(v0.dtype).eps)
+    norm = float(torch.linalg.vector_norm(v0))
+    if not (math.isfinite(norm) and norm > 0):
+        raise ValueError("v0 must be finite and non-zero")
+    home = v0 if overwrite else v0.clone()  # q_0's buffer, and the result's
+    del v0
+    q0 = home.div_(norm)
+    matvecs = 0
+    best = None
+    while max_iter - matvecs >= 2:
+        budget = max_iter - matvecs
+        # -- pass 1: the coefficients of T_m
+        q, w = q0.clone(), torch.zeros_like(q0)
+        alphas, betas = [], []
+        while True:
+            _apply(matvec, q, w)
+            matvecs += 1
+            a = torch.dot(q, w)
+            w.add_(q, alpha=-float(a))
+            c = torch.dot(q, w)
+            w.add_(q, alpha=-float(c))
+            alpha, beta = torch.stack([a + c, torch.linalg.vector_norm(w)]).tolist()
+            if not (math.isfinite(alpha) and math.isfinite(beta)):
+                return EigenEstimate(float("nan"), home, matvecs, False, float("nan"))
+            alphas.append(alpha)
+            betas.append(beta)
+            m = len(alphas)
+            T = np.diag(alphas) + np.diag(betas[:-1], 1) + np.diag(betas[:-1], -1)
+            values, vectors = ritz_pairs(T, m)
+            theta, s = top_ritz_pair(values, vectors)
+            estimate = relative_residual(beta, s[-1], theta)
+            if (estimate <= tol or krylov_invariant(beta, values, n, eps)
+                    or 2 * (m + 1) > budget or beta == 0.0):
+                break
+            w.div_(beta)          # q_{j+1}
+            q.mul_(-beta)         # -beta_j q_j: the next product is added to it
+            q, w = w, q
+        del q
+        # -- pass 2: y = sum_j s_j q_j with the stored coefficients
+        q, q0 = q0, None
+        w.zero_()
+        y = q * float(s[0])
+        for j in range(m - 1):
+            _apply(matvec, q, w)
+            matvecs += 1
+            w.add_(q, alpha=-alphas[j]).div_(betas[j])
+            q.mul_(-betas[j])
+            q, w = w, q
+            y.add_(q, alpha=float(s[j + 1]))
+        del q, w
+        # -- check: the residual of (y^T A y, y), computed, not estimated
+        y.div_(torch.linalg.vector_norm(y))
+        Ay = torch.zeros_like(y)
+        _apply(matvec, y, Ay)
+        matvecs += 1
+        value = float(torch.dot(y, Ay))
+        residual = float(torch.linalg.vector_norm(Ay.add_(y, alpha=-value)))
+        del Ay
+        if not (math.isfinite(value) and math.isfinite(residual)):
+            return EigenEstimate(float("nan"), home.copy_(y), matvecs, False, float("nan"))
+        rel = relative_residual(residual, 1.0, value)
+        best = EigenEstimate(value, home, matvecs, rel <= tol, rel, rel)
+        q0 = home.copy_(y)  # the result; and the next cycle's start
+        del y
+        if best.converged:
+            break
+    best.matvecs = matvecs
+    return best

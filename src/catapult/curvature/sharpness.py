@@ -10,6 +10,7 @@ optimizer's state, or the global random number generators.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -35,7 +36,7 @@ MEMORY_SETTINGS = {"fast": {"chunks": 1, "max_basis": 20},
 
 
 def memory_setting(memory: str, batch, chunk_size, max_basis, model=None, loss_fn=None, seed=0,
-                   distributed=False):
+                   distributed=False, basis_free=False):
     """``(chunk_size, max_basis)`` for a named memory setting and explicit overrides.
 
     ``"lean"`` sizes both from the problem (:func:`catapult.curvature.lean.lean_sizes`, with
@@ -46,7 +47,8 @@ def memory_setting(memory: str, batch, chunk_size, max_basis, model=None, loss_f
     no ``B >= 3`` fits, it warns (RuntimeWarning) and uses ``B = 3``. Without a model (or a tensor batch) it
     falls back to 4 micro-batches and 10 vectors. With ``distributed=True`` every rank sizes
     from its own shard and then takes the ranks' smallest basis (the ranks must run the same
-    number of products; micro-batches stay per rank).
+    number of products; micro-batches stay per rank). ``basis_free=True`` (the basis-free
+    solver of :func:`sharpness`'s ``"lean"``) sizes only the micro-batches and never warns.
 
     >>> model = torch.nn.Linear(2, 1, bias=False)   # P = 8, A = L = 40 bytes (n = 10)
     >>> batch = (torch.zeros(10, 2), torch.zeros(10, 1))
@@ -72,7 +74,7 @@ def memory_setting(memory: str, batch, chunk_size, max_basis, model=None, loss_f
         param_bytes = sum(p.numel() for p in trainable) * trainable[0].element_size()
         act_bytes, largest = lean.activation_bytes(model, loss_fn, batch, seed=seed)
         chunks, basis, fits = lean.lean_sizes(param_bytes, act_bytes, largest, n)
-        if not fits:
+        if not fits and not basis_free:
             lean.warn_unfit(n, param_bytes, act_bytes)
     if distributed:
         basis = dist_ops.agreed_minimum(basis, device=inputs.device)
@@ -82,7 +84,7 @@ def memory_setting(memory: str, batch, chunk_size, max_basis, model=None, loss_f
 
 
 def build_operator(model, loss_fn, batch, *, dtype=None, hvp="auto", seed=0, chunk_size=None,
-                   distributed=False):
+                   distributed=False, retain_graph=True):
     """The Hessian operator of :func:`sharpness` (with ``distributed=True``: the union of the
     ranks' shards, :class:`~catapult.curvature.distributed.DistributedOperator`).
 
@@ -95,7 +97,7 @@ def build_operator(model, loss_fn, batch, *, dtype=None, hvp="auto", seed=0, chu
         dist_ops.require_process_group()
         model = dist_ops.unwrap_ddp(model)
     op = HessianOperator(model, loss_fn, batch, dtype=dtype, hvp=hvp, seed=seed,
-                         chunk_size=chunk_size)
+                         chunk_size=chunk_size, retain_graph=retain_graph)
     if distributed:
         op = dist_ops.DistributedOperator(op, dist_ops.shard_weight(batch, op.device))
     return op
@@ -221,20 +223,31 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
         (4.0, True, tensor([1., 0.]))
     """
     check_solver_args(tol, max_iter)
+    basis_free = memory == "lean" and max_basis is None  # lean's solver: lean.lean_top_eigenpair
     chunk_size, max_basis = memory_setting(memory, batch, chunk_size, max_basis, model, loss_fn,
-                                           seed, distributed)
+                                           seed, distributed, basis_free=basis_free)
+    # lean: no gradient graph kept between products either (lean.lean_top_eigenpair)
+    options = {"chunk_size": chunk_size, "retain_graph": False} if basis_free else None
     op = build_operator(model, loss_fn, batch, dtype=dtype, hvp=hvp, seed=seed,
-                        chunk_size=chunk_size, distributed=distributed)
+                        chunk_size=chunk_size, distributed=distributed,
+                        retain_graph=not basis_free)
     v0 = start_vector(init, op.numel, op.dtype, op.device, seed)
+    if basis_free and init is not None:
+        v0 = v0.clone()  # the solver works in v0's buffer; init may alias it
     if distributed and init is not None:
         dist_ops.broadcast_vector(v0)
     levels = [] if (init is not None or distributed) else coarse_levels(batch, coarse)
     coarse_products, coarse_cost = 0, 0.0
     if levels:
-        v0, coarse_products, coarse_cost = coarse_start_vector(model, loss_fn, batch, v0, levels, dtype=dtype,
-                                                  hvp=hvp, seed=seed, max_basis=max_basis)
-    est = lanczos_top_eigenpair(op, v0, tol=tol, max_iter=max_iter, max_basis=max_basis,
-                                _fresh_output=True)
+        v0, coarse_products, coarse_cost = coarse_start_vector(
+            model, loss_fn, batch, v0, levels, dtype=dtype, hvp=hvp, seed=seed,
+            max_basis=max_basis, operator_options=options,
+            solve=functools.partial(lean.lean_top_eigenpair, overwrite=True) if basis_free else None)
+    if basis_free:
+        est = lean.lean_top_eigenpair(op, v0, tol=tol, max_iter=max(max_iter, 2), overwrite=True)
+    else:
+        est = lanczos_top_eigenpair(op, v0, tol=tol, max_iter=max_iter, max_basis=max_basis,
+                                    _fresh_output=True)
     est.coarse_matvecs, est.coarse_cost = coarse_products, coarse_cost
     return est
 
