@@ -212,3 +212,41 @@ def test_ggn_micro_batches_refuse_what_the_hessian_refuses():
     model, loss_fn, batch = small_problem(seed=9)
     with pytest.raises(ValueError, match="neither a mean nor a sum"):
         GaussNewtonOperator(model, lambda o, t: ((o - t) ** 2).mean().sqrt(), batch, chunk_size=5)
+
+
+@pytest.mark.parametrize("max_basis", [2, 5])
+def test_bounded_basis_quadrature_matches_full_reorthogonalisation_and_dense(max_basis):
+    # SLQ needs only T's coefficients: with a ring of 2 or 5 vectors (ghost copies of converged
+    # outliers appear) the quadrature still reproduces u^T H^p u of the dense Hessian, and the
+    # smoothed density equals the fully re-orthogonalised one
+    model, loss_fn, batch = small_problem(n=40, seed=11, width=12)
+    H = dense_hessian(model, loss_fn, batch)
+    eigs, V = np.linalg.eigh(H)
+    A = HessianOperator(model, loss_fn, batch)
+    steps = 60  # long enough for lambda_max to converge and, without full re-orth., reappear
+    v = torch.randn(H.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    full = lanczos_quadrature(A, v, steps)
+    part = lanczos_quadrature(A, v, steps, max_basis)
+    c2 = (V.T @ (v.numpy() / np.linalg.norm(v.numpy()))) ** 2
+    for p in (1, 2, 4, 8):
+        exact = float(np.sum(c2 * eigs ** p))
+        scale = float(np.sum(c2 * np.abs(eigs) ** p))
+        for nodes, weights in (full, part):
+            assert abs(float(weights @ nodes ** p) - exact) <= 1e-9 * scale
+    def copies(nodes):
+        return int(np.sum(np.abs(nodes - eigs[-1]) < 1e-6 * eigs[-1]))
+
+    assert copies(full[0]) == 1 and copies(part[0]) == 2  # a ghost: orthogonality was lost
+    assert part[0].max() == pytest.approx(eigs[-1], rel=1e-10)
+    assert part[0].min() >= eigs[0] - 1e-9 * abs(eigs[-1])  # nodes stay inside the spectrum
+    dens_full = catapult.spectral_density(model, loss_fn, batch, runs=2, steps=steps,
+                                          max_basis=None, sigma=0.05)
+    dens_part = catapult.spectral_density(model, loss_fn, batch, runs=2, steps=steps,
+                                          max_basis=max_basis, sigma=0.05)
+    grid = np.linspace(eigs[0] - 1, eigs[-1] + 1, 4000)
+    smooth = [np.exp(-0.5 * ((grid[:, None] - d.nodes.ravel()) / 0.05) ** 2) @ d.weights.ravel()
+              for d in (dens_full, dens_part)]
+    l1 = np.sum(np.abs(smooth[0] - smooth[1])) * (grid[1] - grid[0]) / (2 * 0.05 * np.sqrt(2 * np.pi))
+    assert l1 < 1e-6
+    with pytest.raises(ValueError, match="max_basis"):
+        lanczos_quadrature(A, v, steps, 1)
