@@ -22,6 +22,7 @@ MODULES = (
     "catapult.curvature.spectrum",
     "catapult.curvature.coarse",
     "catapult.curvature.lean",
+    "catapult.curvature.distributed",
     "catapult.critical_lr",
     "catapult.parametrize",
     "catapult.optim.gi_adam",

@@ -12,17 +12,92 @@ one process would return on the union (up to the summation order of the reductio
 A DistributedDataParallel wrapper is unwrapped (``model.module``): its parameters are the
 wrapped module's, and its forward hooks would expect a ``loss.backward()`` that the HVPs never
 call.
+
+Example: each rank passes its shard, e.g. ``(x[rank::world], y[rank::world])``; here one
+process (a gloo group of world size 1, :func:`single_process_group`, on 127.0.0.1) holds the
+whole batch of the quadratic whose Hessian is ``diag(4, 1)`` (gradient ``(-2, -1)`` at
+``w = 0``, so Adam's first step has ``P = (0.2, 0.1)`` and ``P^-1 H = diag(20, 10)``; plain
+GD's loss along ``-g`` rises above ``L0`` past ``lr = 10/17 = 0.588``). Launched with
+``torchrun`` on ``R`` processes, the same lines give every rank the answer for the union of
+the shards.
+
+    >>> import catapult
+    >>> model = torch.nn.Linear(2, 1, bias=False)
+    >>> _ = torch.nn.init.zeros_(model.weight)
+    >>> batch = (torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0], [1.0]]))
+    >>> loss_fn = torch.nn.MSELoss()
+    >>> adam = torch.optim.Adam(model.parameters(), lr=1.0)
+    >>> with single_process_group():
+    ...     ddp = torch.nn.parallel.DistributedDataParallel(model)   # a DDP wrapper is fine too
+    ...     sharp = catapult.sharpness(ddp, loss_fn, batch, tol=1e-6, distributed=True)
+    ...     lean = catapult.sharpness(model, loss_fn, batch, tol=1e-6, memory="lean",
+    ...                               distributed=True)
+    ...     pre = catapult.preconditioned_sharpness(model, loss_fn, batch, adam, distributed=True)
+    ...     top2 = catapult.top_eigenpairs(model, loss_fn, batch, k=2, distributed=True)
+    ...     lr = catapult.critical_lr(model, loss_fn, batch, torch.optim.SGD(model.parameters(), lr=0.1),
+    ...                               lr_start=1 / 64, distributed=True)
+    >>> round(sharp.value, 4), round(lean.value, 4), [round(v, 4) for v in top2.values]
+    (4.0, 4.0, [4.0, 1.0])
+    >>> round(pre.value, 3), lr.lower <= 10 / 17 <= lr.lr
+    (20.0, True)
 """
 from __future__ import annotations
+
+import contextlib
+import os
+import sys
 
 import torch
 
 __all__ = ["require_process_group", "unwrap_ddp", "shard_weight", "all_reduce_sum",
-           "DistributedOperator", "broadcast_vector"]
+           "agreed_minimum", "DistributedOperator", "broadcast_vector", "single_process_group"]
+
+
+@contextlib.contextmanager
+def single_process_group(backend: str = "gloo"):
+    """A ``torch.distributed`` process group of world size 1 in this process, for examples,
+    tests and single-machine debugging of ``distributed=True`` code: a ``TCPStore`` on
+    127.0.0.1 on a free port (no ``MASTER_ADDR``/``MASTER_PORT`` needed), destroyed on exit.
+    On Linux, ``GLOO_SOCKET_IFNAME`` is ``lo`` during set-up unless already set. Refuses to
+    run inside an already initialised group (``ValueError``).
+
+    >>> import torch.distributed as dist
+    >>> with single_process_group():
+    ...     dist.get_world_size(), all_reduce_sum(torch.ones(2)).tolist()
+    (1, [1.0, 1.0])
+    >>> dist.is_initialized()
+    False
+    """
+    import torch.distributed as dist
+    if not dist.is_available():
+        raise ValueError("torch.distributed is not available in this torch build")
+    if dist.is_initialized():
+        raise ValueError("single_process_group: a process group is already initialised")
+    store = dist.TCPStore("127.0.0.1", 0, 1, is_master=True)
+    unset = sys.platform.startswith("linux") and "GLOO_SOCKET_IFNAME" not in os.environ
+    if unset:
+        os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    try:
+        dist.init_process_group(backend, store=store, rank=0, world_size=1)
+    finally:
+        if unset:
+            del os.environ["GLOO_SOCKET_IFNAME"]
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
 
 
 def require_process_group() -> None:
-    """Raise a ValueError unless a ``torch.distributed`` process group is initialised."""
+    """Raise a ValueError unless a ``torch.distributed`` process group is initialised.
+
+    >>> with single_process_group():
+    ...     require_process_group()
+    >>> require_process_group()
+    Traceback (most recent call last):
+    ...
+    ValueError: distributed=True needs an initialised torch.distributed process group (torch.distributed.init_process_group) on every rank
+    """
     import torch.distributed as dist
     if not (dist.is_available() and dist.is_initialized()):
         raise ValueError("distributed=True needs an initialised torch.distributed process group "
@@ -30,13 +105,25 @@ def require_process_group() -> None:
 
 
 def unwrap_ddp(model: torch.nn.Module) -> torch.nn.Module:
-    """``model.module`` for a DistributedDataParallel wrapper, else ``model``."""
+    """``model.module`` for a DistributedDataParallel wrapper, else ``model``.
+
+    >>> model = torch.nn.Linear(2, 1)
+    >>> with single_process_group():
+    ...     ddp = torch.nn.parallel.DistributedDataParallel(model)
+    ...     unwrap_ddp(ddp) is model, unwrap_ddp(model) is model
+    (True, True)
+    """
     from torch.nn.parallel import DistributedDataParallel
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """``t`` summed over ranks, in place (returned for chaining)."""
+    """``t`` summed over ranks, in place (returned for chaining).
+
+    >>> with single_process_group():      # one rank: the sum is the tensor itself
+    ...     all_reduce_sum(torch.tensor([1.5, 2.0]))
+    tensor([1.5000, 2.0000])
+    """
     import torch.distributed as dist
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
@@ -45,7 +132,12 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 def agreed_minimum(value: int, device=None) -> int:
     """The smallest ``value`` over the ranks (every rank must call it): settings each rank sizes
     from its own shard, such as the lean Krylov basis, must agree, or the ranks' product counts
-    (each an all-reduce) would differ and the collective calls would not pair up."""
+    (each an all-reduce) would differ and the collective calls would not pair up.
+
+    >>> with single_process_group():
+    ...     agreed_minimum(7)
+    7
+    """
     import torch.distributed as dist
     t = torch.tensor([int(value)], dtype=torch.int64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
@@ -56,6 +148,10 @@ def shard_weight(batch, device=None) -> float:
     """``w_r = |B_r| / |B|``: this rank's share of the union's samples (dim 0 of the inputs).
 
     Gathered with one all-reduce of the shard sizes; every rank must call it.
+
+    >>> with single_process_group():      # one rank holds every sample
+    ...     shard_weight((torch.zeros(6, 2), torch.zeros(6)))
+    1.0
     """
     inputs = batch[0]
     if not (torch.is_tensor(inputs) and inputs.dim() >= 1):
@@ -69,7 +165,12 @@ def shard_weight(batch, device=None) -> float:
 
 
 def broadcast_vector(v: torch.Tensor) -> torch.Tensor:
-    """Rank 0's ``v`` on every rank (so a warm start agrees everywhere), in place."""
+    """Rank 0's ``v`` on every rank (so a warm start agrees everywhere), in place.
+
+    >>> with single_process_group():
+    ...     broadcast_vector(torch.tensor([3.0, 4.0]))
+    tensor([3., 4.])
+    """
     import torch.distributed as dist
     dist.broadcast(v, src=0)
     return v
@@ -81,6 +182,16 @@ class DistributedOperator:
     ``op`` is a local :class:`~catapult.curvature.HessianOperator` (or any operator with
     ``numel``, ``dtype``, ``device``, ``loss`` and ``gradient()``); ``weight`` is this rank's
     :func:`shard_weight`. ``loss`` and ``gradient()`` are reduced the same way.
+
+    Example (one rank: the union is this shard, ``H = diag(4, 1)``):
+        >>> from catapult.curvature import HessianOperator
+        >>> model = torch.nn.Linear(2, 1, bias=False)
+        >>> batch = (torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0], [0.0]]))
+        >>> with single_process_group():
+        ...     H = DistributedOperator(HessianOperator(model, torch.nn.MSELoss(), batch),
+        ...                             shard_weight(batch))
+        ...     H(torch.tensor([1.0, 1.0])), H.matvecs
+        (tensor([4., 1.]), 1)
     """
 
     def __init__(self, op, weight: float):
