@@ -197,10 +197,14 @@ def memory_probe(what: str, n: int, param: str) -> dict:
     extra = {}
     if what == "sharpness":
         sharpness(model, mse, batch, tol=1e-3)
-    elif what in ("sharpness_fast", "sharpness_lean"):  # the named memory settings (issue 16)
-        est = sharpness(model, mse, batch, tol=1e-3, memory=what.split("_")[1])
+    elif what in ("sharpness_fast", "sharpness_lean", "sharpness_leanfd"):  # issue 16
+        kwargs = {"memory": "lean", "hvp": "finite_difference"} if what.endswith("fd") else \
+            {"memory": what.split("_")[1]}
+        with Timer() as t:
+            est = sharpness(model, mse, batch, tol=1e-3, **kwargs)
         extra = {"matvecs": est.matvecs, "coarse_matvecs": est.coarse_matvecs,
-                 "value": est.value, "converged": est.converged}
+                 "value": est.value, "converged": est.converged, "cpu": t.cpu,
+                 "seconds": t.seconds}
     elif what.startswith("sharpness_basis"):  # e.g. sharpness_basis4, _basis4_for, _basis10_chunk1250
         sharpness(model, mse, batch, tol=1e-3, **_setting(what))
     elif what == "sharpness_fp64":
@@ -253,23 +257,24 @@ LOW_MEMORY = ["sharpness_basis20", "sharpness_basis8", "sharpness_basis6", "shar
 
 
 def lean_ratios(sizes, param: str) -> None:
-    """Peak memory of ``memory="lean"`` over a training step's (fresh process each) at each batch
-    size, with the sizes lean chose (issue 16: <= 3x wherever its rule says it fits)."""
-    import warnings
+    """Peak memory of ``sharpness(memory="lean")`` (basis-free solver, double-backprop and
+    finite-difference products) and of the default ``memory="fast"`` over a training step's
+    (fresh process each) at each batch size (issue 16: <= 3x), with products and CPU seconds
+    of the call (one call, in the probe process), and the relative difference of the values."""
     from catapult.curvature.sharpness import memory_setting
 
-    print("| n | lean chunk_size, max_basis | predicted fit | train step MB | lean MB | "
-          "lean / train | HVPs (+ coarse) |\n|---|---|---|---|---|---|---|")
+    print("| n | lean chunk_size | train step MB | setting | peak MB | / train step | "
+          "HVPs (+ coarse) | CPU s | value |\n|---|---|---|---|---|---|---|---|---|")
     for n in sizes:
         model, batch = make_model(param), make_batch(n)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            chunk, basis = memory_setting("lean", batch, None, None, model, mse)
+        chunk, _ = memory_setting("lean", batch, None, None, model, mse, basis_free=True)
         train = measure_memory("train_step", n, param)["peak_above_base_mb"]
-        lean = measure_memory("sharpness_lean", n, param)
-        print(f"| {n} | {chunk}, {basis} | {'no (warned)' if caught else 'yes'} | {train:.1f} | "
-              f"{lean['peak_above_base_mb']:.0f} | {lean['peak_above_base_mb'] / train:.2f} | "
-              f"{lean['matvecs']} (+ {lean['coarse_matvecs']}) |", flush=True)
+        for probe, label in (("sharpness_lean", "lean"), ("sharpness_leanfd", "lean, finite diff."),
+                             ("sharpness_fast", "fast (default)")):
+            r = measure_memory(probe, n, param)
+            print(f"| {n} | {chunk} | {train:.1f} | {label} | {r['peak_above_base_mb']:.0f} | "
+                  f"{r['peak_above_base_mb'] / train:.2f} | {r['matvecs']} (+ {r['coarse_matvecs']}) | "
+                  f"{r['cpu']:.1f} | {r['value']:.6g} |", flush=True)
 
 
 def memory_settings(model, batch, n: int, param: str, probes=None) -> None:

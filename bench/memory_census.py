@@ -6,7 +6,7 @@ lists every live allocation of at least ``--min-mb`` with the innermost ``catapu
 line, function) that made it, grouped. Sizes are also given in parameter-sized vectors (``P``).
 
 Usage:  OMP_NUM_THREADS=1 .venv/bin/python bench/memory_census.py --n 1000 [--memory lean]
-        [--what sharpness|train_step] [--min-mb 1]
+        [--what sharpness|train_step] [--min-mb 1] [--hvp auto|finite_difference] [--coarse none]
 """
 from __future__ import annotations
 
@@ -77,6 +77,7 @@ def main(argv=None):
     parser.add_argument("--what", default="sharpness")
     parser.add_argument("--min-mb", type=float, default=1.0)
     parser.add_argument("--coarse", default="auto")
+    parser.add_argument("--hvp", default="auto")
     args = parser.parse_args(argv)
     model, batch = make_model("sp"), make_batch(args.n)
     P = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -89,7 +90,8 @@ def main(argv=None):
             opt.step()
         else:
             est = catapult.sharpness(model, mse, batch, tol=1e-3, memory=args.memory,
-                                     coarse=None if args.coarse == "none" else "auto")
+                                     coarse=None if args.coarse == "none" else "auto",
+                                     hvp=args.hvp)
             print(f"matvecs {est.matvecs} (+{est.coarse_matvecs}), value {est.value:.6g}")
 
     import warnings

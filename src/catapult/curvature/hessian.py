@@ -327,7 +327,10 @@ class HessianOperator:
         :func:`torch.autograd.graph.get_gradient_edge`, is kept), with the micro-batch weight
         folded into its loss. The working memory is then the largest parameter block plus the
         graph, instead of two or three parameter-sized vectors (the gradient, the product and
-        the sum). Other modes add ``self(v)``. Counts one product.
+        the sum). In finite-difference mode the two gradients are accumulated the same way,
+        ``+g(theta + h u)`` then ``-g(theta - h u)`` (both scaled by ``||v|| / 2h``), from one
+        shifted copy of the parameters moved in place between them. Forward-over-reverse adds
+        ``self(v)``. Counts one product.
 
         >>> model = torch.nn.Linear(2, 1, bias=False)
         >>> batch = (torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0], [0.0]]))
@@ -338,11 +341,14 @@ class HessianOperator:
         if out.shape != (self.numel,) or out.dtype != self.dtype:
             raise ValueError(f"out must be a flat {self.dtype} vector of {self.numel} elements, "
                              f"got {out.dtype} of shape {tuple(out.shape)}")
-        if self.mode != "double_backprop":
+        if self.mode not in ("double_backprop", "finite_difference"):
             return out.add_(self(v))
         v = v.to(device=self.device, dtype=self.dtype)
         parts, views = self.split(v), self.split(out)
         self.matvecs += 1
+        if self.mode == "finite_difference":
+            self._finite_difference_into(parts, views, float(torch.linalg.vector_norm(v)))
+            return out
         if not self._per_product:
             if self._diff:
                 edges = [get_gradient_edge(self._grads[i]) for i in self._diff]
@@ -447,6 +453,35 @@ class HessianOperator:
         plus = self._gradient_at(step)
         minus = self._gradient_at([-c for c in step])
         return plus.sub_(minus).mul_(norm / (2.0 * h))
+
+    def _finite_difference_into(self, parts, views, norm: float) -> None:
+        """``views += (g(theta + h u) - g(theta - h u)) / 2h * ||v||`` through ``.grad``
+        accumulation (see :meth:`accumulate`), ``u = v / ||v||``."""
+        if norm == 0:
+            return
+        h = float(torch.finfo(self.dtype).eps) ** (1.0 / 3.0)
+        scale = norm / (2.0 * h)
+        with torch.no_grad():
+            leaves = [self._params[n].add(c, alpha=h / norm) for n, c in zip(self.names, parts)]
+        for sign in (1.0, -1.0):
+            for leaf in leaves:
+                leaf.requires_grad_(True)
+            for x, y, w in self._chunks:
+                for leaf, view in zip(leaves, views):
+                    leaf.grad = view
+                try:
+                    with torch.enable_grad():
+                        loss = self._loss(dict(zip(self.names, leaves)), x, y)
+                        torch.autograd.backward(loss * (sign * w * scale), inputs=leaves)
+                finally:
+                    for leaf in leaves:
+                        leaf.grad = None
+            if sign > 0:  # theta + h u -> theta - h u, in place
+                with torch.no_grad():
+                    for leaf, c in zip(leaves, parts):
+                        leaf.requires_grad_(False)
+                        leaf.add_(c, alpha=-2.0 * h / norm)
+        del leaves
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         """Return ``H v`` for a flat vector ``v`` (cast to the operator's dtype/device)."""

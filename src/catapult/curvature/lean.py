@@ -1,12 +1,25 @@
-"""Problem-sized ``memory="lean"``: micro-batches and Krylov basis chosen so that a sharpness
-solve's predicted peak memory stays within 3x a training step's (issue 16).
+"""``memory="lean"``: curvature within 3x a training step's peak memory (issue 16).
 
-Memory model (bytes above the set-up state, which already holds the model and the batch):
+Two parts:
 
-* training step: ``T = P + A + L`` -- the gradients (``P`` = one parameter-sized vector), the
-  activations autograd saves for one forward/backward on the whole batch (``A``) and, during
-  backward, the gradient of the largest saved activation (``L``);
-* lean solve: ``(B + C) P + k A / m'`` -- ``B`` Krylov vectors, ``C = 8`` further
+* **the top eigenpair** (:func:`catapult.sharpness`, :func:`catapult.preconditioned_sharpness`)
+  by :func:`lean_top_eigenpair`, a Lanczos solver that keeps no Krylov basis (three
+  parameter-sized vectors), on a :class:`~catapult.curvature.HessianOperator` that keeps no
+  gradient graph between products (``retain_graph=False``), adds each product into the
+  solver's vector in place (:meth:`~catapult.curvature.HessianOperator.accumulate`) and runs
+  over ``m`` micro-batches sized below. Peak ``~4 P + 2.6 A / m'`` (``P`` one parameter-sized
+  vector, ``A`` the training step's saved activations); measured 1.0-2.8x a training step on
+  the Fig. 1 FCN (``bench/RESULTS.md``, issue 16, section 3c).
+* **the top-k and the thick-restart solver** (:func:`catapult.top_eigenpairs`, or an explicit
+  ``max_basis``) keep a basis, sized by :func:`lean_sizes` from the memory model below.
+
+Memory model of the basis solvers (bytes above the set-up state, which already holds the model
+and the batch):
+
+* training step: ``T = P + A + L`` -- the gradients (``P``), the activations autograd saves for
+  one forward/backward on the whole batch (``A``) and, during backward, the gradient of the
+  largest saved activation (``L``);
+* lean solve with a basis: ``(B + C) P + k A / m'`` -- ``B`` Krylov vectors, ``C = 8`` further
   parameter-sized vectors (the HVP's output, the chunk's gradient and its graph, the start and
   Ritz vectors, restart work space) and the HVP's working memory, ``k = 2.6`` times the
   activations of one micro-batch of ``m`` (``m' = min(m, 4)`` for batches of >= 256 samples,

@@ -27,10 +27,12 @@ __all__ = ["sharpness", "preconditioned_sharpness", "instability_threshold", "ME
            "start_vector", "memory_setting"]
 
 #: Named memory settings: ``"fast"`` (default: the whole batch in one graph, 20 Krylov vectors)
-#: and ``"lean"`` (micro-batches and a Krylov basis of 3-10 vectors sized from the problem by
-#: :func:`catapult.curvature.lean.lean_sizes`, so the predicted peak memory is <= 3x a training
-#: step's; ``bench/RESULTS.md``). An explicit ``chunk_size`` overrides the setting; with
-#: ``"lean"`` an explicit ``max_basis`` is a cap on the sized basis.
+#: and ``"lean"`` (micro-batches sized from the problem by
+#: :func:`catapult.curvature.lean.lean_sizes`; the top eigenpair by the basis-free
+#: :func:`catapult.curvature.lean.lean_top_eigenpair`, the top-k by a Krylov basis of 3-10
+#: vectors sized there, so the peak memory is <= 3x a training step's; ``bench/RESULTS.md``).
+#: An explicit ``chunk_size`` overrides the setting; with ``"lean"`` an explicit ``max_basis``
+#: is a cap on the sized basis (and selects the thick-restart solver with that basis).
 MEMORY_SETTINGS = {"fast": {"chunks": 1, "max_basis": 20},
                    "lean": {"chunks": "sized", "max_basis": lean.LEAN_MAX_BASIS}}
 
@@ -180,18 +182,21 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
             :class:`HessianOperator`).
         seed: seeds the random start vector and the dropout mask.
         max_basis: Krylov vectors kept in memory (thick restart beyond that); each costs one
-            parameter-sized vector. ``None``: 20 (``memory="fast"``) or sized from the problem
-            (3-10, ``"lean"``, where an explicit value is a cap).
+            parameter-sized vector. ``None``: 20 (``memory="fast"``) or no basis at all
+            (``"lean"``'s basis-free solver; an explicit value there selects the thick-restart
+            solver with a basis sized from the problem, 3-10, capped by it).
         chunk_size: evaluate each HVP over micro-batches of at most this many samples (see
             :class:`HessianOperator`): exact for per-sample mean or sum losses, less memory
             (the HVP's working memory scales with the chunk, not the batch), about a gradient
             more compute per HVP. ``None`` (default) = the whole batch in one graph.
-        memory: ``"fast"`` (default, speed first) or ``"lean"`` (micro-batches and a Krylov
-            basis sized from the parameter count and the batch's activations so the predicted
-            peak is within 3x a training step's; a RuntimeWarning and the minimum basis of 3
-            where that cannot be met); see :func:`memory_setting` and
-            :func:`catapult.curvature.lean.lean_sizes`. ``tol`` is kept: a smaller basis costs
-            more products (restarts), not a looser answer.
+        memory: ``"fast"`` (default, speed first) or ``"lean"``: micro-batches sized from the
+            parameter count and the batch's activations (:func:`memory_setting`), no gradient
+            graph kept between products, products accumulated in place
+            (:meth:`HessianOperator.accumulate`) and the basis-free solver
+            :func:`catapult.curvature.lean.lean_top_eigenpair` (three parameter-sized vectors;
+            about twice the products). Measured peak 1.0-2.8x a training step's on the Fig. 1
+            FCN at 5000-1000 samples (``bench/RESULTS.md``, issue 16, 3c). ``tol`` is kept: the
+            returned residual is computed from ``A y``, not estimated.
         coarse: start vector from solves on nested sub-batches (:mod:`catapult.curvature.coarse`):
             ``"auto"`` (default; only without ``init``, for batches of >= 256 samples, not with
             ``distributed``), ``None`` (a random start), or ``(divisor, tol)`` levels. The
@@ -205,8 +210,8 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
 
     Memory: the peak is about ``max_basis + 4`` parameter-sized vectors plus the HVP's working
     memory (~2.6x a training step's activations on the whole batch, or on one chunk with
-    ``chunk_size``). ``memory="lean"`` sizes both to stay within 3x a training step's peak
-    where possible (``bench/RESULTS.md``).
+    ``chunk_size``). ``memory="lean"`` holds about 4 parameter-sized vectors plus one
+    micro-batch's working memory (``bench/RESULTS.md``).
 
     Returns:
         :class:`EigenEstimate` with ``value`` (float), ``vector`` (flat, on the model's device,
@@ -459,10 +464,12 @@ def preconditioned_sharpness(model: torch.nn.Module, loss_fn, batch,
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     _preconditioned_spec(optimizer)
     check_solver_args(tol, max_iter)
+    basis_free = memory == "lean" and max_basis is None  # as in sharpness
     chunk_size, max_basis = memory_setting(memory, batch, chunk_size, max_basis, model, loss_fn,
-                                           seed, distributed)
+                                           seed, distributed, basis_free=basis_free)
     op = build_operator(model, loss_fn, batch, dtype=dtype, hvp=hvp, seed=seed,
-                        chunk_size=chunk_size, distributed=distributed)
+                        chunk_size=chunk_size, distributed=distributed,
+                        retain_graph=not basis_free)
     if distributed:
         model = dist_ops.unwrap_ddp(model)
     d, l2 = adam_preconditioner(model, optimizer, op, scale_by_group_lr)
@@ -471,5 +478,7 @@ def preconditioned_sharpness(model: torch.nn.Module, loss_fn, batch,
     v0 = start_vector(init, op.numel, op.dtype, op.device, seed)
     if distributed and init is not None:
         dist_ops.broadcast_vector(v0)
+    if basis_free:
+        return lean.lean_top_eigenpair(matvec, v0, tol=tol, max_iter=max(max_iter, 2))
     return lanczos_top_eigenpair(matvec, v0, tol=tol, max_iter=max_iter, max_basis=max_basis,
                                  _fresh_output=True)

@@ -438,11 +438,12 @@ def spectral_density(model, loss_fn, batch, *, runs: int = 8, steps: int = 40,
     recurrence: 3 parameter-sized vectors whatever ``steps``, instead of ``steps + 1`` (41 by
     default: 330 MB for the 2.1M-parameter Fig. 1 FCN, ~16x its training step). On dense
     eigendecompositions of a small MLP (``bench/bench_slq.py``, ``bench/RESULTS.md`` issue 16,
-    section 4b) the densities with 2, 5, 10, 20 vectors and with full re-orthogonalisation differ
-    by < 1e-6 in L1 (float64 and float32), the quadrature moments by < 1e-6 relative, while the
-    sampling error of 8 vectors is ~4e-2: the bounded basis costs no measurable accuracy. What
-    it changes is the nodes: converged outliers reappear as ghost copies sharing their weight
-    (up to 4 copies of ``lambda_max`` at 80 steps), so read eigenvalues from
+    section 4b: 80 steps) the densities with 2, 5, 10, 20 vectors and with full
+    re-orthogonalisation differ by <= 3e-7 (float64) and <= 4e-6 (float32) in L1, and the
+    quadrature moments ``u^T H^p u`` (p <= 8) are as accurate (1e-14 / 6e-7 relative), while
+    the sampling error of 8 vectors is ~3e-2: the bounded basis costs no measurable accuracy.
+    What it changes is the nodes: converged outliers reappear as ghost copies sharing their
+    weight (up to 6 copies of ``lambda_max`` at 80 steps in float32), so read eigenvalues from
     :func:`top_eigenpairs`, not from ``nodes``, or pass ``max_basis=None``.
 
     Example (two eigenvalues, half the mass each):
