@@ -349,10 +349,9 @@ def solver_options(config: Mapping[str, Any]) -> dict:
     keys (tol, max_iter, hvp, dtype, max_basis, chunk_size)."""
     ev = config["eval"]
     memory = ev.get("sharpness_memory", "fast")
-    max_basis = ev["sharpness_max_basis"]
-    if memory == "lean":  # lean caps the basis at its setting's size
-        from catapult.curvature import MEMORY_SETTINGS
-        max_basis = min(max_basis, MEMORY_SETTINGS["lean"]["max_basis"])
+    # lean's sharpness keeps no Krylov basis (catapult.curvature.lean.lean_top_eigenpair): the
+    # basis size does not apply to it
+    max_basis = None if memory == "lean" else ev["sharpness_max_basis"]
     return dict(tol=ev["sharpness_tol"], max_iter=ev["sharpness_max_iter"], hvp=ev["sharpness_hvp"],
                 dtype=getattr(torch, ev["sharpness_dtype"]) if ev["sharpness_dtype"] else None,
                 max_basis=max_basis, chunk_size=ev["sharpness_chunk_size"], memory=memory)
