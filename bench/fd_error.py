@@ -28,8 +28,8 @@ def main():
     vectors = [torch.randn(exact.numel, generator=gen, dtype=torch.float64) for _ in range(5)]
     vectors = [v / v.norm() for v in vectors] + [top]
     print(f"lambda_max = {lam:.6g}")
-    print("| dtype | h | ||error|| / ||H v||, random (max of 5) | ||error|| / lambda_max, random "
-          "(max) | ||error|| / lambda_max, top eigenvector |")
+    print("| dtype | h | norm(error) / norm(H v), random unit v (max of 5) | norm(error) / "
+          "lambda_max, random (max) | norm(error) / lambda_max, v = top eigenvector |")
     print("|---|---|---|---|---|")
     for dtype in (torch.float32, torch.float64):
         fd = HessianOperator(model, mse, batch, dtype=dtype, hvp="finite_difference")
