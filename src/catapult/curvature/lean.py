@@ -174,9 +174,10 @@ def lean_top_eigenpair(matvec, v0: torch.Tensor, *, tol: float = 1e-3, max_iter:
     Held: ``q_0``, ``q_j``, ``w`` in pass 1; ``q_j``, ``w``, ``y`` in pass 2 (``q_0``'s buffer
     is reused). ``overwrite=True`` makes ``v0`` itself that buffer, and the returned vector is
     written back into it (``est.vector is v0``), so a caller that holds its start vector pays
-    nothing extra for it; otherwise ``v0`` is copied first. A cycle costs ``2 m`` products for ``m`` Lanczos steps, about twice
-    :func:`~catapult.curvature.lanczos_top_eigenpair`'s, in exchange for its basis of up to
-    ``max_basis`` vectors. ``error_bound`` = ``residual`` (the residual bound).
+    nothing extra for it; otherwise ``v0`` is copied first. A cycle costs ``2 m`` products for
+    ``m`` Lanczos steps, about twice :func:`~catapult.curvature.lanczos_top_eigenpair`'s, in
+    exchange for its basis of up to ``max_basis`` vectors. ``error_bound`` = ``residual`` (the
+    residual bound). ``max_iter`` (>= 2) counts every product of every pass.
 
     Example (the largest *algebraic* eigenvalue, 3):
         >>> A = torch.diag(torch.tensor([3.0, 1.0, -5.0, 0.5], dtype=torch.float64))
