@@ -73,7 +73,7 @@ def test_config_errors_name_the_key_and_what_is_allowed(mapping, key, words):
 
 # ------------------------------------------------------------------------------------ engine
 @pytest.mark.parametrize("name, kind", [("sgd", "hessian"), ("adam", "preconditioned"),
-                                        ("adamw", "preconditioned"), ("radam", "hessian"),
+                                        ("adamw", "preconditioned"), ("radam", "hessian_then_preconditioned"),
                                         ("gi-adam", "preconditioned")])
 def test_engine_runs_each_optimizer_with_its_torch_class(name, kind):
     cfg = C.validate(tiny(optimizer={"name": name, "lr": 0.01}, eval={"sharpness_every": 6}))

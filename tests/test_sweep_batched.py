@@ -157,13 +157,31 @@ def test_gpt_mup_sgd_hessian_sharpness_and_divergence():
     assert local[2].status == "diverged" and local[0].status == "finished"
 
 
-def test_mlp_radam_full_batch_hessian_sharpness():
-    # RAdam's auto sharpness is the Hessian's; its first steps are un-rectified (rho_t <= 5)
+def test_mlp_supar_sgd_lr_scaled_sharpness():
+    # SμPar with SGD: the groups' lrs differ, so auto measures lambda_max(M^1/2 H M^1/2) in the
+    # batched engine too (M = each member's lr_mult / its first group's)
+    cells = [_cell(MLP, i, seed=i, model={"parametrization": "supar", "base_width": 8, "density": 0.5},
+                   optimizer={"name": "sgd", "lr": lr, "momentum": mom}, schedule={"warmup_steps": T})
+             for i, (lr, mom, T) in enumerate([(0.05, 0.0, 1), (0.2, 0.9, 3)])]
+    assert all(batched_unsupported_reason(c.config) is None for c in cells)
+    local, results = _check(cells)
+    assert local[0].summary["sharpness_kind"] == results[0].summary["sharpness_kind"] == "lr_scaled"
+
+
+def test_mlp_radam_full_batch_sharpness_switches_at_rectification():
+    # RAdam's auto sharpness is the Hessian's while its next update is un-rectified (rho_t <= 5:
+    # torch steps 1-5 at b2 = 0.999, rows 0-4), the pre-conditioned one after (rows >= 5)
     cells = [_cell(MLP, i, seed=i, optimizer={"name": "radam", "lr": lr, "weight_decay": wd},
                    schedule={"warmup_steps": T}, train={"steps": 10})
              for i, (lr, wd, T) in enumerate([(1e-2, 0.0, 1), (3e-2, 1e-2, 3)])]
-    local, _ = _check(cells)
-    assert local[0].summary["sharpness_kind"] == "hessian"
+    local, results = _check(cells)
+    assert local[0].summary["sharpness_kind"] == "hessian_then_preconditioned"
+    for cell in cells:
+        kinds = {r["step"]: r.get("sharpness_kind") for r in local[cell.id].metrics if r["sharpness"] is not None}
+        assert kinds == {0: "hessian", 3: "hessian", 6: "preconditioned", 9: "preconditioned",
+                         10: "preconditioned"}
+        assert kinds == {r["step"]: r.get("sharpness_kind") for r in results[cell.id].metrics
+                         if r["sharpness"] is not None}
 
 
 @pytest.mark.parametrize("v0, bias_correction", [("grad", True), (2.0, False), ("random", True)])

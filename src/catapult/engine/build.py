@@ -11,7 +11,6 @@ initial weights and the start vector of the eigen-solver follow the rules in
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -23,6 +22,7 @@ from catapult import config as cfg
 from catapult.losses import get_loss
 from catapult.models import GPT, MLP, WRN
 from catapult.optim import registry
+from catapult.engine.sharpness_rule import ADAPTIVE, SharpnessRule, sharpness_rule, solver_options, threshold
 
 __all__ = [
     "Run", "build_run", "seeds", "resolve_device", "MODELS", "RunData", "load_data", "load_data_once", "build_model",
@@ -154,11 +154,6 @@ def _builder(name: str) -> Callable[[nn.Module, float, Mapping[str, Any]], torch
 #: (the names and classes are catapult.optim.registry's).
 OPTIMIZERS: dict[str, Callable[[nn.Module, float, Mapping[str, Any]], torch.optim.Optimizer]] = {
     name: _builder(name) for name in registry.names()}
-#: Optimizers whose sharpness is the pre-conditioned one (``eval.sharpness_kind: auto``):
-#: ``registry.preconditioned_names()``. RAdam is not there: its first steps are
-#: un-preconditioned momentum SGD and its later steps rescale the Adam step by a rectification
-#: factor, so ``auto`` gives the Hessian's sharpness.
-ADAPTIVE = set(registry.preconditioned_names())
 
 
 def build_optimizer(config: Mapping[str, Any], model: nn.Module, lr: float) -> torch.optim.Optimizer:
@@ -344,88 +339,6 @@ def lambda0_batches(data: "RunData", config: Mapping[str, Any], data_seed: int) 
     return [stream.batch(t) for t in range(k)]
 
 
-def solver_options(config: Mapping[str, Any]) -> dict:
-    """Keyword arguments of :func:`catapult.sharpness` from a validated config's ``eval.sharpness_*``
-    keys (tol, max_iter, hvp, dtype, max_basis, chunk_size)."""
-    ev = config["eval"]
-    memory = ev.get("sharpness_memory", "fast")
-    max_basis = ev["sharpness_max_basis"]
-    if memory == "lean":  # lean caps the basis at its setting's size
-        from catapult.curvature import MEMORY_SETTINGS
-        max_basis = min(max_basis, MEMORY_SETTINGS["lean"]["max_basis"])
-    return dict(tol=ev["sharpness_tol"], max_iter=ev["sharpness_max_iter"], hvp=ev["sharpness_hvp"],
-                dtype=getattr(torch, ev["sharpness_dtype"]) if ev["sharpness_dtype"] else None,
-                max_basis=max_basis, chunk_size=ev["sharpness_chunk_size"], memory=memory)
-
-
-@dataclass(frozen=True)
-class SharpnessRule:
-    """How a run measures sharpness: ``kind`` is ``"hessian"`` or ``"preconditioned"``;
-    ``hessian(...)`` and ``measure(...)`` take ``(model, loss_fn, batch, optimizer, init)`` and
-    return an :class:`~catapult.curvature.EigenEstimate`; ``measure`` is the kind the run
-    reports (lambda_0 is always the Hessian's)."""
-
-    kind: str
-    hessian: Callable
-    measure: Callable
-    spectrum: Callable | None = None  # (model, loss_fn, batch, optimizer) -> row entries
-
-
-def sharpness_rule(config: Mapping[str, Any]) -> SharpnessRule:
-    """The config's :class:`SharpnessRule` (``eval.sharpness_kind: auto`` means pre-conditioned
-    for the optimizers in :data:`ADAPTIVE`, the Hessian's otherwise)."""
-    from catapult import curvature
-
-    ev = config["eval"]
-    kwargs = solver_options(config)
-    kind = ev["sharpness_kind"]
-    if kind == "auto":
-        kind = "preconditioned" if config["optimizer"]["name"] in ADAPTIVE else "hessian"
-
-    def hessian(model, loss_fn, batch, optimizer, init):
-        return curvature.sharpness(model, loss_fn, batch, init=init, **kwargs)
-
-    def preconditioned(model, loss_fn, batch, optimizer, init):
-        return curvature.preconditioned_sharpness(model, loss_fn, batch, optimizer, init=init,
-                                                  scale_by_group_lr=True, **kwargs)
-
-    top_k, trace_matvecs = int(ev.get("spectrum_top_k", 0)), int(ev.get("trace_matvecs", 0))
-
-    def spectrum(model, loss_fn, batch, optimizer):
-        """eig_1..eig_k and hessian_trace (of P^-1/2 H P^-1/2 when kind is pre-conditioned)."""
-        opt = optimizer if kind == "preconditioned" else None
-        row = {}
-        common = dict(dtype=kwargs["dtype"], hvp=kwargs["hvp"], chunk_size=kwargs["chunk_size"])
-        if top_k:
-            eig = curvature.top_eigenpairs(model, loss_fn, batch, k=top_k, tol=kwargs["tol"],
-                                           max_iter=max(kwargs["max_iter"], 3 * top_k),
-                                           optimizer=opt, scale_by_group_lr=opt is not None,
-                                           memory=kwargs["memory"], **common)
-            row.update({f"eig_{i + 1}": float(v) for i, v in enumerate(eig.values)})
-        if trace_matvecs:
-            row["hessian_trace"] = float(curvature.hessian_trace(
-                model, loss_fn, batch, matvecs=max(3, trace_matvecs), optimizer=opt,
-                scale_by_group_lr=opt is not None, **common))
-        return row
-
-    def lr_scaled(model, loss_fn, batch, optimizer, init):
-        from catapult.optim.thresholds import lr_scaled_sharpness
-
-        lean = {k: v for k, v in kwargs.items() if k != "memory"}   # the basis cap is in max_basis
-        return lr_scaled_sharpness(model, loss_fn, batch, optimizer, init=init, **lean)
-
-    measure = {"preconditioned": preconditioned, "lr_scaled": lr_scaled}.get(kind, hessian)
-    return SharpnessRule(kind, hessian, measure, spectrum if (top_k or trace_matvecs) else None)
-
-
-def threshold(optimizer: torch.optim.Optimizer, lr: float | None = None) -> float:
-    """``instability_threshold`` at the first group's current lr (or ``lr``); ``inf`` at lr 0."""
-    from catapult.curvature import instability_threshold
-
-    current = optimizer.param_groups[0]["lr"] if lr is None else lr
-    return float(instability_threshold(optimizer, lr=current)) if current > 0 else math.inf
-
-
 # --------------------------------------------------------------------------------------------
 # The run builder
 
@@ -563,4 +476,4 @@ def build_run(config: Mapping[str, Any]) -> Run:
     start = torch.randn(n_params, generator=torch.Generator().manual_seed(run_seeds[2]))
     return Run(config=config, device=device, dtype=dtype, seeds=run_seeds, data=data, batches=batches,
                model=model, loss_fn=get_loss(config["loss"]), n_params=n_params,
-               sharpness=sharpness_rule(config), start_vector=start.to(device=device, dtype=dtype))
+               sharpness=sharpness_rule(config, model), start_vector=start.to(device=device, dtype=dtype))
