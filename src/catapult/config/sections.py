@@ -217,6 +217,10 @@ class ScheduleConfig(Section):
                           "Adam-family)")
     lr_start: Annotated[float | None, number(low=0.0, low_open=True)] = Field(
         None, description="catapult/persistent: first lr of the critical-lr search (null = min(1e-4, lr_trgt))")
+    rtol: Annotated[float | None, number(low=0.0, high=1.0, low_open=True, high_open=True)] = Field(
+        None, description="critical-lr search (catapult/persistent warmup, catapult critical-lr): bisect until "
+                          "upper - lower <= rtol * lower as well, so lr_c is within rtol above the one-step "
+                          "critical lr (null = the paper's delta stop only)", json_schema_extra=_added())
     warmup_steps: Annotated[int, integer(low=1)] = Field(1, description="T_wrm; 1 = no warmup")
     lr_init: Annotated[float, number(low=0.0)] = Field(0.0, description="lr at the start of warmup")
     power: Annotated[float, number(low=0.0, low_open=True)] = Field(

@@ -27,7 +27,7 @@ from catapult.engine.sharpness_rule import ADAPTIVE, SharpnessRule, sharpness_ru
 __all__ = [
     "Run", "build_run", "seeds", "resolve_device", "MODELS", "RunData", "load_data", "load_data_once", "build_model",
     "lambda0_batches", "OPTIMIZERS", "ADAPTIVE", "build_optimizer", "WARMUPS", "build_schedule", "search_delta",
-    "search_lr_start", "Warmup", "build_warmup", "BatchStream", "batch_stream", "build_augment", "solver_options", "SharpnessRule",
+    "search_lr_start", "search_rtol", "Warmup", "build_warmup", "BatchStream", "batch_stream", "build_augment", "solver_options", "SharpnessRule",
     "sharpness_rule", "threshold", "build_mask_updater",
 ]
 
@@ -203,6 +203,12 @@ def search_delta(config: Mapping[str, Any]) -> float:
     return 0.1 if config["optimizer"]["name"] == "sgd" else 0.01
 
 
+def search_rtol(config: Mapping[str, Any]) -> float | None:
+    """``schedule.rtol``: the critical-lr search's bracket tolerance (None: the delta stop only)."""
+    rtol = config["schedule"].get("rtol")
+    return None if rtol is None else float(rtol)
+
+
 def search_lr_start(config: Mapping[str, Any], lr_trgt: float) -> float:
     """``schedule.lr_start``, or ``min(1e-4, lr_trgt)``, capped at ``lr_trgt``."""
     start = config["schedule"]["lr_start"]
@@ -230,7 +236,7 @@ def build_warmup(config: Mapping[str, Any], lr_trgt: float, model: nn.Module, lo
 
     * ``linear``: :func:`build_schedule`.
     * ``catapult``: ``lr_c = critical_lr(model, loss_fn, batch0, optimizer, lr_start,
-      lr_max=lr_trgt, delta)`` at step 0 (forward passes only, nothing changed), then
+      lr_max=lr_trgt, delta, rtol)`` at step 0 (forward passes only, nothing changed), then
       ``catapult_warmup(lr_trgt, warmup_steps, lr_c)`` with the config's decay:
       ``lr(t) = min(lr_trgt, lr_c + lr_trgt t / T_wrm)``.
     * ``persistent``: a ``PersistentCatapultWarmup(optimizer, model, loss_fn, lr_trgt, delta,
@@ -246,7 +252,8 @@ def build_warmup(config: Mapping[str, Any], lr_trgt: float, model: nn.Module, lo
         return Warmup(build_schedule(config, lr_trgt))
     delta, lr_start = search_delta(config), search_lr_start(config, lr_trgt)
     if rule == "catapult":
-        res = critical_lr(model, loss_fn, batch0, optimizer, lr_start=lr_start, lr_max=lr_trgt, delta=delta)
+        res = critical_lr(model, loss_fn, batch0, optimizer, lr_start=lr_start, lr_max=lr_trgt, delta=delta,
+                          rtol=search_rtol(config))
         decay = sched["decay"]
         fn = schedules.catapult_warmup(lr_trgt, sched["warmup_steps"], res.lr,
                                        decay=None if decay == "constant" else decay,
@@ -254,7 +261,8 @@ def build_warmup(config: Mapping[str, Any], lr_trgt: float, model: nn.Module, lo
                                        lr_final=sched["lr_final"])
         return Warmup(fn, None, dict(lr_critical=res.lr, lr_critical_lower=res.lower,
                                      lr_critical_upper=res.upper, search_forward_passes=res.forward_passes))
-    pcw = schedules.PersistentCatapultWarmup(optimizer, model, loss_fn, lr_trgt, delta, lr_start=lr_start)
+    pcw = schedules.PersistentCatapultWarmup(optimizer, model, loss_fn, lr_trgt, delta, lr_start=lr_start,
+                                             rtol=search_rtol(config))
     return Warmup(lambda t: pcw.lr if pcw.lr is not None else lr_start, pcw, {})
 
 
