@@ -163,3 +163,13 @@ def test_radam_preconditioned_sharpness_is_that_of_torchs_rectified_step():
     opt.step()                                                # torch's rectified step
     after = torch.cat([p.detach().reshape(-1) for p in params])
     assert torch.allclose(before - after, 1e-3 * _r(t, b2) * m_next / P, rtol=1e-10, atol=1e-15)
+
+
+def test_radam_metrics_csv_has_the_kind_column_and_reads_back(tmp_path):
+    config = _with(RADAM, optimizer={"name": "radam", "lr": 1e-3}, train={"steps": 7},
+                   eval={"sharpness_every": 3, "sharpness_tol": 1e-3})
+    res = engine.run(config, out_dir=tmp_path / "run", progress="none")
+    back = engine.read_metrics(tmp_path / "run" / "metrics.csv")
+    assert [r.get("sharpness_kind") for r in res.metrics] == [r["sharpness_kind"] for r in back] == \
+        ["hessian", None, None, "hessian", None, None, "preconditioned", "preconditioned"]
+    assert "sharpness_kind" not in engine.metric_columns(_with(config, eval={"sharpness_every": 0}))

@@ -37,11 +37,11 @@ def metric_columns(config: Mapping[str, Any] | None = None) -> tuple[str, ...]:
     """The ``metrics.csv`` header of a run: :data:`METRIC_COLUMNS`, then the spectrum it logs on
     its sharpness cadence (``eig_1 .. eig_k`` for ``eval.spectrum_top_k = k``, ``hessian_trace``
     for ``eval.trace_matvecs > 0``), then ``sharpness_kind`` (``hessian`` / ``preconditioned``
-    per measured row) where the kind changes during the run (RAdam with ``auto``).
+    per measured row) where the kind changes during the run (RAdam with ``auto`` measuring sharpness).
 
     >>> metric_columns({"eval": {"spectrum_top_k": 2, "trace_matvecs": 10}})[-3:]
     ('eig_1', 'eig_2', 'hessian_trace')
-    >>> metric_columns({"optimizer": {"name": "radam"}, "eval": {"sharpness_kind": "auto"}})[-1]
+    >>> metric_columns({"optimizer": {"name": "radam"}, "eval": {"sharpness_kind": "auto", "sharpness_every": 5}})[-1]
     'sharpness_kind'
     >>> metric_columns() == METRIC_COLUMNS
     True
@@ -50,7 +50,8 @@ def metric_columns(config: Mapping[str, Any] | None = None) -> tuple[str, ...]:
     extra = [f"eig_{i + 1}" for i in range(int(ev.get("spectrum_top_k") or 0))]
     if int(ev.get("trace_matvecs") or 0) > 0:
         extra.append("hessian_trace")
-    if (config or {}).get("optimizer", {}).get("name") == "radam" and ev.get("sharpness_kind") == "auto":
+    if ((config or {}).get("optimizer", {}).get("name") == "radam" and ev.get("sharpness_kind") == "auto"
+            and int(ev.get("sharpness_every") or 0) > 0):
         extra.append(STEP_KIND_COLUMN)
     return METRIC_COLUMNS + tuple(extra)
 
