@@ -147,7 +147,8 @@ def test_gpt_sparse_supar_adamw_and_catapult_warmup(device):
     assert results[2].summary["lr_critical"] == pytest.approx(local[2].summary["lr_critical"], rel=1e-12)
 
 
-def test_gpt_mup_sgd_hessian_sharpness_and_divergence():
+def test_gpt_mup_sgd_lr_scaled_sharpness_and_divergence():
+    # muP with a base width: SGD's groups have different lrs, so auto is the lr-scaled kind
     cells = [_cell(GPT, i, model={"parametrization": "mup", "base_width": 8, "tie_embeddings": True,
                                   "positions": "sinusoidal"},
                    optimizer={"name": "sgd", "lr": lr, "momentum": 0.9},
@@ -155,6 +156,7 @@ def test_gpt_mup_sgd_hessian_sharpness_and_divergence():
              for i, lr in enumerate([0.05, 0.2, 1e4])]
     local, _ = _check(cells)
     assert local[2].status == "diverged" and local[0].status == "finished"
+    assert local[0].summary["sharpness_kind"] == "lr_scaled"
 
 
 def test_mlp_supar_sgd_lr_scaled_sharpness():
