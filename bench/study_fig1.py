@@ -5,13 +5,20 @@ where the sharpness crosses 2/lr_t.
     nice -n 10 python bench/study_fig1.py search  --out bench/figures/fig1_search.csv   # part 1
     nice -n 10 python bench/study_fig1.py catapult --out bench/figures/fig1_catapult.png  # part 2
     nice -n 10 python bench/study_fig1.py output_scale --out bench/figures/fig1_output_scale.png  # part 3
+    nice -n 10 python bench/study_fig1.py paper_setting --out bench/figures/fig1_paper_setting.png  # part 4
+    nice -n 10 python bench/study_fig1.py paper_setting --cases warmup --steps 1024 --every 32 \
+        --out bench/figures/fig1_paper_warmup.png                                        # part 4, full warmup
+
+Which regime the paper assigns (its Sec. 4.1, cases C1/C2): muP (small initial output) starts
+in *progressive sharpening* (top row of its Fig. 1), SP in *sharpness reduction* (bottom row).
 
 Part 1 (the search). Full-batch GD on the embedded digits (first ``n_train`` images), MSE
 (0.5 * mean) or cross-entropy, FCN without biases, for every (parametrization, width, depth,
 loss) of the grid below and 3 seeds, at a *small* constant lr ``c / lambda_0`` (c = 0.5, well
 inside the stable region, so that the sharpness moves by the dynamics, not by a catapult).
-Measure ``r = lambda_T / lambda_0`` after T steps. The paper's claim (its Fig. 1 and Sec. 3):
-muP starts in *sharpness reduction* (r < 1), SP in *progressive sharpening* (r > 1).
+Measure ``r = lambda_T / lambda_0`` after T steps. The paper's claim (its Fig. 1 and Sec. 4.1):
+muP starts in *progressive sharpening* (r > 1), SP in *sharpness reduction* (r < 1); issue 14
+quoted it the other way round.
 The criterion was fixed before looking at the results: a setting "shows the regime" when all
 3 seeds agree on the side of 1 by more than 5% (r < 0.95 or r > 1.05).
 
@@ -299,7 +306,10 @@ def paper_setting_run(param, seed, *, width, bias, init, lr_rule, warmup, steps=
         for g, m in zip(opt.param_groups, mults):
             g["lr"] = lr_t * m
         opt.zero_grad()
-        setup.loss_fn(model(x), y).backward()
+        loss = setup.loss_fn(model(x), y)
+        if not math.isfinite(float(loss.detach())):
+            break
+        loss.backward()
         opt.step()
         if (t + 1) % every == 0:
             lam, v = top_hessian_eig(model, setup.loss_fn, x, y, v)
@@ -311,18 +321,23 @@ def paper_setting_run(param, seed, *, width, bias, init, lr_rule, warmup, steps=
     return lam0, r, t_cross, lr_trgt, track
 
 
-def paper_setting(out: Path, steps: int) -> None:
-    """Part 4: the regime in the authors' own FCN and under the paper's Fig. 1 learning rates."""
+def paper_setting(out: Path, steps: int, cases: str = "all", every: int = 0) -> None:
+    """Part 4: the regime in the authors' own FCN and under the paper's Fig. 1 learning rates.
+    ``cases``: "all", "const" (constant-lr cases) or "warmup" (the T_wrm=1024 ones); ``every``:
+    sharpness every k steps (0: 25 for constant lr, 10 for warmup)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     rows, curves = [], {}
     started, cpu0 = time.time(), time.process_time()
     for label, width, bias, init, rule, warmup in PAPER_CASES:
+        if cases != "all" and (cases == "warmup") != (warmup > 1):
+            continue
         for param in ("mup", "sp"):
             for lr_rule in (PAPER_LRS[param] if rule == "paper" else (rule,)):
                 got = [paper_setting_run(param, seed, width=width, bias=bias, init=init, lr_rule=lr_rule,
-                                         warmup=warmup, steps=steps, every=10 if warmup > 1 else 25)
+                                         warmup=warmup, steps=steps,
+                                         every=every or (10 if warmup > 1 else 25))
                        for seed in SEEDS]
                 rs = [g[1] for g in got]
                 crosses = [g[2] for g in got]
@@ -351,6 +366,8 @@ def paper_setting(out: Path, steps: int) -> None:
                 ax.plot([q[0] for q in tr], [q[1] for q in tr], color=f"C{i}", lw=1, marker=".",
                         label=f"{label}, lr_trgt={lr_txt}" if j == 0 else None)
         ax.axhline(1, color="k", lw=0.7, ls="--")
+        if cases == "warmup":
+            ax.set_xscale("log")
         ax.set(yscale="log", xlabel="GD step", title=f"{'muP' if param == 'mup' else 'SP'}: lambda_t / lambda_0 "
                "(3 seeds)")
         ax.legend(fontsize=7)
@@ -364,6 +381,7 @@ def main(argv=None):
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--every", type=int, default=1, help="catapult: sharpness every k steps")
+    p.add_argument("--cases", choices=["all", "const", "warmup"], default="all", help="paper_setting: which cases")
     p.add_argument("--n-train", type=int, default=None, help="catapult: first N digits (default all)")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -372,7 +390,7 @@ def main(argv=None):
     elif a.part == "output_scale":
         output_scale(a.out, a.steps)
     elif a.part == "paper_setting":
-        paper_setting(a.out, a.steps)
+        paper_setting(a.out, a.steps, a.cases, a.every if a.every != 1 else 0)
     else:
         catapult(a.out, a)
 
