@@ -5,13 +5,20 @@ where the sharpness crosses 2/lr_t.
     nice -n 10 python bench/study_fig1.py search  --out bench/figures/fig1_search.csv   # part 1
     nice -n 10 python bench/study_fig1.py catapult --out bench/figures/fig1_catapult.png  # part 2
     nice -n 10 python bench/study_fig1.py output_scale --out bench/figures/fig1_output_scale.png  # part 3
+    nice -n 10 python bench/study_fig1.py paper_setting --out bench/figures/fig1_paper_setting.png  # part 4
+    nice -n 10 python bench/study_fig1.py paper_setting --cases warmup --steps 1024 --every 32 \
+        --out bench/figures/fig1_paper_warmup.png                                        # part 4, full warmup
+
+Which regime the paper assigns (its Sec. 4.1, cases C1/C2): muP (small initial output) starts
+in *progressive sharpening* (top row of its Fig. 1), SP in *sharpness reduction* (bottom row).
 
 Part 1 (the search). Full-batch GD on the embedded digits (first ``n_train`` images), MSE
 (0.5 * mean) or cross-entropy, FCN without biases, for every (parametrization, width, depth,
 loss) of the grid below and 3 seeds, at a *small* constant lr ``c / lambda_0`` (c = 0.5, well
 inside the stable region, so that the sharpness moves by the dynamics, not by a catapult).
-Measure ``r = lambda_T / lambda_0`` after T steps. The paper's claim (its Fig. 1 and Sec. 3):
-muP starts in *sharpness reduction* (r < 1), SP in *progressive sharpening* (r > 1).
+Measure ``r = lambda_T / lambda_0`` after T steps. The paper's claim (its Fig. 1 and Sec. 4.1):
+muP starts in *progressive sharpening* (r > 1), SP in *sharpness reduction* (r < 1); issue 14
+quoted it the other way round.
 The criterion was fixed before looking at the results: a setting "shows the regime" when all
 3 seeds agree on the side of 1 by more than 5% (r < 0.95 or r > 1.05).
 
@@ -24,6 +31,15 @@ over 3 seeds.
 Part 3 (output scale). Width 256, depth 4, MSE, the part-1 protocol, with the readout weights
 multiplied at init by ``s = 2^-4 .. 2^4`` in muP and SP (and, at s = 1, the digits tiled to 3072
 features standardised per sample): is ``r`` set by the rms output at init?
+
+Part 4 (paper setting). The authors' FCN as released (github.com/dayal-kalra/why-warmup,
+``vision/mechanisms``: zero-initialised biases carrying the layer multiplier, truncated-normal
+init, per-sample standardised inputs, one-hot targets, MSE ``0.5 * mean``), width 256 and 512,
+depth 4, first 500 digits, 3 seeds: ``r = lambda_100 / lambda_0`` at constant ``0.5 / lambda_0``,
+and under the paper's own Fig. 1 learning rates with the long warmup ``T_wrm = 1024`` whose
+trajectories the paper reads the natural trend from (muP: ``lr_trgt = 1/lambda_0`` as its
+App. D.5 says, and ``1/8`` as its caption says; SP: ``32 / lambda_0``); there ``r`` is taken at the
+last measured step before ``lambda_t > 2 / lr_t`` (or at step 100 when it never crosses).
 """
 from __future__ import annotations
 
@@ -256,12 +272,116 @@ def output_scale(out: Path, steps: int) -> None:
     fig.savefig(out, dpi=100)
 
 
+#: Part 4 cases: (label, width, bias, init, lr rule, T_wrm). Lr rules: ("c", c) is
+#: ``c / lambda_0``; ("abs", v) is the absolute ``v`` (the paper's muP 1/8).
+PAPER_CASES = (
+    ("ours as built (no bias, normal init)", 256, False, "normal", ("c", 0.5), 1),
+    ("authors' FCN (zero bias, trunc-normal)", 256, True, "trunc_normal", ("c", 0.5), 1),
+    ("authors' FCN, width 512", 512, True, "trunc_normal", ("c", 0.5), 1),
+    ("authors' FCN, paper lr, T_wrm=1024", 256, True, "trunc_normal", "paper", 1024),
+)
+#: The paper's Fig. 1 target lrs per parametrization (App. D.5 and the caption for muP).
+PAPER_LRS = {"mup": (("c", 1.0), ("abs", 0.125)), "sp": (("c", 32.0),)}
+
+
+def paper_setting_run(param, seed, *, width, bias, init, lr_rule, warmup, steps=100, every=10):
+    """Full-batch GD on the first 500 digits with linear warmup ``lr_t = lr_trgt * min(1, (t+1)/T_wrm)``
+    (the authors' schedule: step t+1 at update t), sharpness every ``every`` steps. Returns
+    ``(lambda_0, r, t_cross, lr_trgt, [(step, lambda_t / lambda_0)])`` with ``r`` the last measured
+    ``lambda_t / lambda_0`` before the first ``lambda_t > 2 / lr_t`` (step ``steps`` if none)."""
+    from catapult.engine.build import build_optimizer, build_run
+
+    config = base_config(param, width, 4, "mse", lr=0.1, steps=steps, seed=seed)
+    config["model"].update(bias=bias, init=init)
+    setup = build_run(config)
+    x, y, model = setup.data.x_train.flatten(1), setup.data.y_train, setup.model
+    lam0, v = top_hessian_eig(model, setup.loss_fn, x, y)
+    kind, value = lr_rule
+    lr_trgt = value / lam0 if kind == "c" else value
+    opt = build_optimizer(setup.config, model, lr_trgt)
+    mults = [g["lr"] / lr_trgt for g in opt.param_groups]
+    track, r, t_cross = [(0, 1.0)], 1.0, None
+    for t in range(steps):
+        lr_t = lr_trgt * min(1.0, (t + 1) / warmup)
+        for g, m in zip(opt.param_groups, mults):
+            g["lr"] = lr_t * m
+        opt.zero_grad()
+        loss = setup.loss_fn(model(x), y)
+        if not math.isfinite(float(loss.detach())):
+            break
+        loss.backward()
+        opt.step()
+        if (t + 1) % every == 0:
+            lam, v = top_hessian_eig(model, setup.loss_fn, x, y, v)
+            track.append((t + 1, lam / lam0))
+            if t_cross is None and lam > 2.0 / lr_t:
+                t_cross = t + 1
+            if t_cross is None:
+                r = lam / lam0
+    return lam0, r, t_cross, lr_trgt, track
+
+
+def paper_setting(out: Path, steps: int, cases: str = "all", every: int = 0) -> None:
+    """Part 4: the regime in the authors' own FCN and under the paper's Fig. 1 learning rates.
+    ``cases``: "all", "const" (constant-lr cases) or "warmup" (the T_wrm=1024 ones); ``every``:
+    sharpness every k steps (0: 25 for constant lr, 10 for warmup)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows, curves = [], {}
+    started, cpu0 = time.time(), time.process_time()
+    for label, width, bias, init, rule, warmup in PAPER_CASES:
+        if cases != "all" and (cases == "warmup") != (warmup > 1):
+            continue
+        for param in ("mup", "sp"):
+            for lr_rule in (PAPER_LRS[param] if rule == "paper" else (rule,)):
+                got = [paper_setting_run(param, seed, width=width, bias=bias, init=init, lr_rule=lr_rule,
+                                         warmup=warmup, steps=steps,
+                                         every=every or (10 if warmup > 1 else 25))
+                       for seed in SEEDS]
+                rs = [g[1] for g in got]
+                crosses = [g[2] for g in got]
+                lr_txt = f"{lr_rule[1]:g}/lambda0" if lr_rule[0] == "c" else f"{lr_rule[1]:g}"
+                row = dict(case=label, param=param, width=width, bias=bias, init=init, lr_trgt=lr_txt,
+                           T_wrm=warmup, lam0_mean=statistics.mean(g[0] for g in got),
+                           lam0_std=statistics.stdev(g[0] for g in got),
+                           lr_trgt_lam0_mean=statistics.mean(g[3] * g[0] for g in got),
+                           r_mean=statistics.mean(rs), r_std=statistics.stdev(rs),
+                           r_min=min(rs), r_max=max(rs), t_cross=";".join(str(c) for c in crosses))
+                rows.append(row)
+                curves[(label, param, lr_txt)] = [g[4] for g in got]
+                print(" | ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+                      + f"   [{time.time() - started:.0f}s wall, {time.process_time() - cpu0:.0f}s cpu]", flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_suffix(".csv"), "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, param in zip(axes, ("mup", "sp")):
+        for i, ((label, p, lr_txt), tracks) in enumerate(k for k in curves.items() if k[0][1] == param):
+            for j, tr in enumerate(tracks):
+                ax.plot([q[0] for q in tr], [q[1] for q in tr], color=f"C{i}", lw=1, marker=".",
+                        label=f"{label}, lr_trgt={lr_txt}" if j == 0 else None)
+        ax.axhline(1, color="k", lw=0.7, ls="--")
+        if cases == "warmup":
+            ax.set_xscale("log")
+        ax.set(yscale="log", xlabel="GD step", title=f"{'muP' if param == 'mup' else 'SP'}: lambda_t / lambda_0 "
+               "(3 seeds)")
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("lambda_t / lambda_0")
+    fig.savefig(out, dpi=100)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser()
-    p.add_argument("part", choices=["search", "catapult", "output_scale"])
+    p.add_argument("part", choices=["search", "catapult", "output_scale", "paper_setting"])
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--every", type=int, default=1, help="catapult: sharpness every k steps")
+    p.add_argument("--cases", choices=["all", "const", "warmup"], default="all", help="paper_setting: which cases")
     p.add_argument("--n-train", type=int, default=None, help="catapult: first N digits (default all)")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -269,6 +389,8 @@ def main(argv=None):
         search(a.out, a.steps)
     elif a.part == "output_scale":
         output_scale(a.out, a.steps)
+    elif a.part == "paper_setting":
+        paper_setting(a.out, a.steps, a.cases, a.every if a.every != 1 else 0)
     else:
         catapult(a.out, a)
 

@@ -73,7 +73,7 @@ def test_config_errors_name_the_key_and_what_is_allowed(mapping, key, words):
 
 # ------------------------------------------------------------------------------------ engine
 @pytest.mark.parametrize("name, kind", [("sgd", "hessian"), ("adam", "preconditioned"),
-                                        ("adamw", "preconditioned"), ("radam", "hessian"),
+                                        ("adamw", "preconditioned"), ("radam", "hessian_then_preconditioned"),
                                         ("gi-adam", "preconditioned")])
 def test_engine_runs_each_optimizer_with_its_torch_class(name, kind):
     cfg = C.validate(tiny(optimizer={"name": name, "lr": 0.01}, eval={"sharpness_every": 6}))
@@ -221,3 +221,17 @@ def test_engine_gi_adam_random_v0_is_drawn_from_the_run_seed():
         assert torch.allclose(vi, 0.999 * v0 + 0.001 * g * g, rtol=1e-5, atol=0)
     v_other, _ = first_v(4)
     assert not torch.allclose(v[0], v_other[0])
+
+
+@pytest.mark.parametrize("warmup", ["catapult", "persistent"])
+def test_schedule_rtol_reaches_the_warmups_critical_lr_search(warmup):
+    # the step-0 search (catapult) and every search (persistent) bisect until the bracket is
+    # within schedule.rtol of its lower end; without rtol the paper's delta stop is looser here
+    def config(**schedule):
+        return tiny(optimizer={"lr": "128/lambda0"}, schedule={"warmup": warmup, **schedule}, train={"steps": 4})
+
+    tight, plain = run(config(rtol=1e-4), progress="none"), run(config(), progress="none")
+    lower, upper = tight.summary["lr_critical_lower"], tight.summary["lr_critical_upper"]
+    assert 0 < lower <= upper <= lower * (1 + 1e-4) and upper < tight.summary["lr_target"]
+    assert plain.summary["lr_critical_upper"] - plain.summary["lr_critical_lower"] > 1e-4 * plain.summary["lr_critical_lower"]
+    assert tight.summary["search_forward_passes"] > plain.summary["search_forward_passes"]

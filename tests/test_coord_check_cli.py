@@ -87,3 +87,36 @@ def test_bad_input_is_refused_before_any_work(tmp_path, capsys, override, key):
 def test_train_ignores_the_coord_check_section(tmp_path):
     path = _config(tmp_path)
     assert main(["train", str(path), "train.steps=1", "--out", str(tmp_path / "run"), "--progress", "none"]) == 0
+
+
+def test_coord_check_applies_data_augment_as_training_does(tmp_path):
+    # with data.augment, the recorded step-t loss is the model's loss on catapult train's
+    # (augmented) batch t; the same every time (per seed), and not the un-augmented batch's
+    import torch
+
+    from catapult import engine
+
+    base = {"name": "aug", "data": {"name": "digits", "n_train": 64, "n_test": 8,
+                                    "augment": {"flip": True, "crop": 1, "mixup": 0.4}},
+            "model": {"width": 16, "depth": 3}, "optimizer": {"name": "sgd", "lr": 0.05},
+            "train": {"batch_size": 16}}
+    path = tmp_path / "aug.yaml"
+    path.write_text(yaml.safe_dump({**base, "coord_check": {"widths": [8, 16], "seeds": [0], "steps": 2}}))
+
+    def rows(name, *overrides):
+        assert main(["coord-check", str(path), *overrides, "--out", str(tmp_path / name), "--progress", "none"]) == 0
+        with open(tmp_path / name / "coord_check.csv") as fh:
+            return [(int(r["step"]), float(r["value"]), r["module"], float(r["loss"]), float(r["mean_abs"]))
+                    for r in csv.DictReader(fh)]
+
+    augmented, again = rows("a"), rows("b")
+    assert augmented == again
+    plain = rows("c", "data.augment.flip=false", "data.augment.crop=0", "data.augment.mixup=0")
+    assert [r[3] for r in augmented] != [r[3] for r in plain]
+    for width in (8, 16):
+        setup = engine.build_run({**base, "model": {**base["model"], "width": width}})
+        x, y = setup.batches.batch(0)
+        with torch.no_grad():
+            loss0 = float(setup.loss_fn(setup.model(x), y))
+        recorded = {r[3] for r in augmented if r[0] == 0 and r[1] == width}
+        assert len(recorded) == 1 and recorded.pop() == pytest.approx(loss0, rel=1e-6)

@@ -88,8 +88,41 @@ def test_critical_lr_command_human_output_and_adam_estimates(tiny_config, capsys
         1 / np.sqrt(1 - 0.999), rel=0.05)
 
 
+def test_schedule_rtol_bounds_lr_c_above_the_one_step_critical_lr(tiny_config, capsys):
+    # schedule.rtol reaches critical_lr: lr_c within rtol above lr* = sup{lr: L(theta - lr g) <= L0},
+    # lr* found here by a float64 scan and bisection of plain GD steps
+    rtol = 1e-3
+    assert main(["critical-lr", str(tiny_config), "dtype=float64", f"schedule.rtol={rtol}", "--json",
+                 "--threads", "1"]) == 0
+    e = json.loads(capsys.readouterr().out)
+    assert e["rtol"] == rtol and e["upper"] - e["lower"] <= rtol * e["lower"]
+    model, batch = _model_and_batch(tiny_config)
+    f, theta = _flat_loss(model.double(), batch)
+    g = torch.func.grad(f)(theta)
+    L0 = float(f(theta))
+    grid = np.linspace(0, 2 * e["upper"], 2001)[1:]
+    first = next(lr for lr in grid if float(f(theta - lr * g)) > L0)   # the first rise on the ray
+    lo, hi = first - grid[0], first
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if float(f(theta - mid * g)) <= L0 else (lo, mid)
+    assert 0 <= (e["lr_critical"] - lo) / lo <= rtol * (1 + 1e-6)
+    assert main(["critical-lr", str(tiny_config), "dtype=float64", "--json", "--threads", "1"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert plain["rtol"] is None and plain["forward_passes"] < e["forward_passes"]
+    assert "rtol 0.001" in _human(tiny_config, capsys, f"schedule.rtol={rtol}")
+
+
+def _human(path, capsys, *overrides):
+    assert main(["critical-lr", str(path), *overrides, "--threads", "1"]) == 0
+    return capsys.readouterr().out
+
+
 @pytest.mark.parametrize("override, key", [("optimizer.name=adm", "optimizer.name"),
                                            ("schedule.delta=-1", "schedule.delta"),
+                                           ("schedule.rtol=0", "schedule.rtol"),
+                                           ("schedule.rtol=1.5", "schedule.rtol"),
+                                           ("schedule.rtol=tight", "schedule.rtol"),
                                            ("optimizer.v0=3", "optimizer.v0")])
 def test_bad_config_exits_2_and_names_the_key(tiny_config, capsys, override, key):
     assert main(["critical-lr", str(tiny_config), override]) == 2

@@ -104,6 +104,40 @@ def test_config_entry_and_its_errors():
         assert key in str(err.value)
 
 
+def test_model_channels_sets_the_base_channels_and_is_wrn_only(capsys, tmp_path):
+    # model.channels = c: stem c, groups c k, 2 c k, 4 c k; the parameter count of WRN-10-k
+    # written out: stem conv + LN, per group a block of two 3x3 convs (+ LN each) and a 1x1
+    # projection (+ LN), readout with bias
+    config = cfg.validate({"model": {"name": "wrn", "depth": 10, "widen": 2, "channels": 3},
+                           "train": {"batch_size": 32}})
+    assert config["model"]["channels"] == 3
+    net = train.build_model(config, 64, 10)
+    c, k = 3, 2
+    assert net.stem.out_channels == c and net.readout.in_features == 4 * c * k
+    widths, count, prev = [c * k, 2 * c * k, 4 * c * k], 9 * c + 2 * c, c
+    for w in widths:
+        count += 9 * prev * w + 9 * w * w + 4 * w + prev * w + 2 * w
+        prev = w
+    count += prev * 10 + 10
+    assert sum(p.numel() for p in net.parameters()) == count
+    default = train.build_model(cfg.validate({"model": {"name": "wrn", "depth": 10, "widen": 2},
+                                              "train": {"batch_size": 32}}), 64, 10)
+    assert default.stem.out_channels == 16                      # the paper's WRN
+    for model, words in [({"name": "mlp", "channels": 8}, "is a wrn option"),
+                         ({"name": "wrn", "depth": 10, "channels": 0}, ">= 1"),
+                         ({"name": "wrn", "depth": 10, "channels": 2.5}, "integer")]:
+        with pytest.raises(cfg.ConfigError) as err:
+            cfg.validate({"model": model, "train": {"batch_size": 32}})
+        assert err.value.keys == ["model.channels"] and words in str(err.value)
+    from catapult.cli import main
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text("data: {name: digits, n_train: 32, n_test: 8}\ntrain: {steps: 1}\n")
+    assert main(["train", str(path), "model.channels=8", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "model.channels" in err and "wrn option" in err and not (tmp_path / "run").exists()
+
+
 def test_sharpness_equals_the_top_eigenvalue_of_the_exact_hessian_float64():
     net = _tiny("mup", channels=1).double()      # 354 parameters
     x = torch.randn(6, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))

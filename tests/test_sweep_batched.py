@@ -147,7 +147,8 @@ def test_gpt_sparse_supar_adamw_and_catapult_warmup(device):
     assert results[2].summary["lr_critical"] == pytest.approx(local[2].summary["lr_critical"], rel=1e-12)
 
 
-def test_gpt_mup_sgd_hessian_sharpness_and_divergence():
+def test_gpt_mup_sgd_lr_scaled_sharpness_and_divergence():
+    # muP with a base width: SGD's groups have different lrs, so auto is the lr-scaled kind
     cells = [_cell(GPT, i, model={"parametrization": "mup", "base_width": 8, "tie_embeddings": True,
                                   "positions": "sinusoidal"},
                    optimizer={"name": "sgd", "lr": lr, "momentum": 0.9},
@@ -155,15 +156,35 @@ def test_gpt_mup_sgd_hessian_sharpness_and_divergence():
              for i, lr in enumerate([0.05, 0.2, 1e4])]
     local, _ = _check(cells)
     assert local[2].status == "diverged" and local[0].status == "finished"
+    assert local[0].summary["sharpness_kind"] == "lr_scaled"
 
 
-def test_mlp_radam_full_batch_hessian_sharpness():
-    # RAdam's auto sharpness is the Hessian's; its first steps are un-rectified (rho_t <= 5)
-    cells = [_cell(MLP, i, seed=i, optimizer={"name": "radam", "lr": lr, "weight_decay": wd},
+def test_mlp_supar_sgd_lr_scaled_sharpness():
+    # SμPar with SGD: the groups' lrs differ, so auto measures lambda_max(M^1/2 H M^1/2) in the
+    # batched engine too (M = each member's lr_mult / its first group's)
+    cells = [_cell(MLP, i, seed=i, model={"parametrization": "supar", "base_width": 8, "density": 0.5},
+                   optimizer={"name": "sgd", "lr": lr, "momentum": mom}, schedule={"warmup_steps": T})
+             for i, (lr, mom, T) in enumerate([(0.05, 0.0, 1), (0.2, 0.9, 3)])]
+    assert all(batched_unsupported_reason(c.config) is None for c in cells)
+    local, results = _check(cells)
+    assert local[0].summary["sharpness_kind"] == results[0].summary["sharpness_kind"] == "lr_scaled"
+
+
+def test_mlp_radam_full_batch_sharpness_switches_at_rectification():
+    # RAdam's auto sharpness is the Hessian's while its next update is un-rectified (rho_t <= 5:
+    # torch steps 1-5 at b2 = 0.999, rows 0-4), the pre-conditioned one after (rows >= 5)
+    # (b2 = 0.6 is never rectified: rho_inf = 4; the loop measures each kind's members apart)
+    cells = [_cell(MLP, i, seed=i, optimizer={"name": "radam", "lr": lr, "weight_decay": wd, "betas": [0.9, b2]},
                    schedule={"warmup_steps": T}, train={"steps": 10})
-             for i, (lr, wd, T) in enumerate([(1e-2, 0.0, 1), (3e-2, 1e-2, 3)])]
-    local, _ = _check(cells)
-    assert local[0].summary["sharpness_kind"] == "hessian"
+             for i, (lr, wd, T, b2) in enumerate([(1e-2, 0.0, 1, 0.999), (3e-2, 1e-2, 3, 0.9), (1e-2, 0.0, 2, 0.6)])]
+    local, results = _check(cells)
+    assert local[0].summary["sharpness_kind"] == "hessian_then_preconditioned"
+    for cell in cells:
+        kinds = {r["step"]: r.get("sharpness_kind") for r in local[cell.id].metrics if r["sharpness"] is not None}
+        late = "hessian" if cell.id == 2 else "preconditioned"
+        assert kinds == {0: "hessian", 3: "hessian", 6: late, 9: late, 10: late}
+        assert kinds == {r["step"]: r.get("sharpness_kind") for r in results[cell.id].metrics
+                         if r["sharpness"] is not None}
 
 
 @pytest.mark.parametrize("v0, bias_correction", [("grad", True), (2.0, False), ("random", True)])

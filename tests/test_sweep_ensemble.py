@@ -124,6 +124,20 @@ def test_ensemble_equals_local_supar_sparse_mlp():
         _assert_same(train.run(cell.config, progress="none"), results[cell.id])
 
 
+def test_ensemble_equals_local_supar_sgd_lr_scaled():
+    # SμPar with SGD: per-group lrs, so auto measures the lr-scaled sharpness; the hand kernels
+    # apply M^1/2 around their Hessian products
+    cells = [_cell(i, seed=i, dtype="float64", model={"parametrization": "supar", "base_width": 8},
+                   optimizer={"name": "sgd", "lr": lr, "momentum": mom}, schedule={"warmup_steps": T})
+             for i, (lr, mom, T) in enumerate([(0.05, 0.0, 1), (0.3, 0.9, 4)])]
+    ex, results = _run(cells)
+    assert ex.fallbacks == [] and set(ex.engines.values()) == {"kernels"}
+    for cell in cells:
+        local = train.run(cell.config, progress="none")
+        assert local.summary["sharpness_kind"] == "lr_scaled"
+        _assert_same(local, results[cell.id], rtol=1e-9)
+
+
 def test_ensemble_minibatch_cross_entropy_cosine():
     cells = [_cell(i, seed=0, loss="cross_entropy",
                    train={"batch_size": 32, "steps": 20},

@@ -436,7 +436,8 @@ class PersistentCatapultWarmup:
         afterwards:   lr = lr_target
 
     "search" is :func:`catapult.critical_lr` on the current batch with
-    ``lr_start`` (default ``min(1e-4, lr_target)``), ``lr_max = lr_target`` and ``delta``;
+    ``lr_start`` (default ``min(1e-4, lr_target)``), ``lr_max = lr_target``, ``delta`` and
+    ``rtol`` (None: the paper's stop);
     ``L(theta*)`` is that search's ``loss0``. With ``warm_start=True`` (default; beyond the
     paper) a re-search starts its doubling from the previous search's ``lower`` instead of
     ``lr_start`` and falls back to ``lr_start`` only if the loss already rises there: the same
@@ -484,7 +485,7 @@ class PersistentCatapultWarmup:
 
     def __init__(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module,
                  loss_fn: Callable, lr_target: float, delta: float = 0.1, *,
-                 lr_start: float | None = None, warm_start: bool = True):
+                 lr_start: float | None = None, warm_start: bool = True, rtol: float | None = None):
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got "
                             f"{type(optimizer).__name__}")
@@ -500,6 +501,7 @@ class PersistentCatapultWarmup:
         if self.lr_start > self.lr_target:
             raise ValueError(f"lr_start ({self.lr_start}) must be <= lr_target ({self.lr_target})")
         self.warm_start = bool(warm_start)
+        self.rtol = None if rtol is None else _real("rtol", rtol, positive=True)
         self.optimizer, self.model, self.loss_fn = optimizer, model, loss_fn
         self.lr: float | None = None
         self.loss_ref: float | None = None
@@ -515,7 +517,7 @@ class PersistentCatapultWarmup:
 
     def _critical_lr(self, batch, lr_start: float):
         return critical_lr(self.model, self.loss_fn, batch, self.optimizer, lr_start=lr_start,
-                           lr_max=self.lr_target, delta=self.delta)
+                           lr_max=self.lr_target, delta=self.delta, rtol=self.rtol)
 
     def _search(self, batch) -> None:
         passes = 0

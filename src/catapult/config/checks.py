@@ -140,7 +140,7 @@ def _check_dtype_range(config: dict) -> Problems:
 
 
 def _check_wrn_and_augment(config: dict) -> Problems:
-    """The wrn's own keys (depth 6n+4, dense, relu, widen instead of width); augmentation only
+    """The wrn's own keys (depth 6n+4, dense, relu, widen and channels instead of width); augmentation only
     for minibatch training of images (full-batch GD studies run on the fixed data: refused, not
     ignored, so a config never claims augmentation it did not get)."""
     data, model = config["data"], config["model"]
@@ -154,8 +154,10 @@ def _check_wrn_and_augment(config: dict) -> Problems:
             yield ("model.activation", f"the wrn uses relu; got {model['activation']!r}")
         if model["width"] != _default(ModelConfig, "width"):
             yield ("model.width", "is not a wrn option: the wrn's widths are 16k, 32k, 64k with k = model.widen")
-    elif model["widen"] != _default(ModelConfig, "widen"):
-        yield ("model.widen", f"is a wrn option (model.name is {model['name']!r}); remove it")
+    else:
+        for key in ("widen", "channels"):
+            if model[key] != _default(ModelConfig, key):
+                yield (f"model.{key}", f"is a wrn option (model.name is {model['name']!r}); remove it")
     augment = data.get("augment") or {}
     on = [k for k in ("flip", "crop", "mixup") if augment.get(k)]
     if on and data["name"] in TEXT_DATASETS:

@@ -128,6 +128,9 @@ class ModelConfig(Section):
         4, description="number of Linear layers (gpt: number of blocks; wrn: 6n+4, e.g. 16)")
     widen: Annotated[int, integer(low=1)] = Field(
         4, description="wrn only: widen factor k (group widths 16k, 32k, 64k)", json_schema_extra=_added())
+    channels: Annotated[int, integer(low=1)] = Field(
+        16, description="wrn only: base channels c, the stem's output (the paper's WRN: 16; group widths "
+                        "c k, 2 c k, 4 c k; smaller values give small test networks)", json_schema_extra=_added())
     parametrization: Annotated[Parametrization, choice()] = Field(
         "mup", description="init and multiplier rules; supar_init / supar_lr are the SμPar "
                            "ablations (SμPar init + muP lr / muP init + SμPar lr)")
@@ -217,6 +220,10 @@ class ScheduleConfig(Section):
                           "Adam-family)")
     lr_start: Annotated[float | None, number(low=0.0, low_open=True)] = Field(
         None, description="catapult/persistent: first lr of the critical-lr search (null = min(1e-4, lr_trgt))")
+    rtol: Annotated[float | None, number(low=0.0, high=1.0, low_open=True, high_open=True)] = Field(
+        None, description="critical-lr search (catapult/persistent warmup, catapult critical-lr): bisect until "
+                          "upper - lower <= rtol * lower as well, so lr_c is within rtol above the one-step "
+                          "critical lr (null = the paper's delta stop only)", json_schema_extra=_added())
     warmup_steps: Annotated[int, integer(low=1)] = Field(1, description="T_wrm; 1 = no warmup")
     lr_init: Annotated[float, number(low=0.0)] = Field(0.0, description="lr at the start of warmup")
     power: Annotated[float, number(low=0.0, low_open=True)] = Field(
@@ -253,9 +260,12 @@ class EvalConfig(Section):
     sharpness_max_iter: Annotated[int, integer(low=1)] = Field(
         100, description="most Hessian-vector products per measurement", json_schema_extra=_per_member())
     sharpness_kind: Annotated[Literal["auto", "hessian", "preconditioned", "lr_scaled"], choice()] = Field(
-        "auto", description="auto = pre-conditioned for Adam-family optimizers, else the Hessian's; lr_scaled "
-                            "(sgd) = lambda_max(M^1/2 H M^1/2), M = the groups' lr multipliers, the sharpness "
-                            "that 2/lr of the first group bounds when the groups' lrs differ")
+        "auto", description="auto = pre-conditioned for adam/adamw/gi-adam; radam: the Hessian's while its update "
+                            "is un-rectified, then pre-conditioned (rows say which); sgd: lr_scaled when the "
+                            "param groups' lrs differ (muP with base_width, SμPar; before issue 14's wiring auto "
+                            "gave the Hessian's there), else the Hessian's. lr_scaled (sgd) = "
+                            "lambda_max(M^1/2 H M^1/2), M = the groups' lr multipliers relative to the first "
+                            "group's: the sharpness that 2/lr of the first group bounds")
     sharpness_hvp: Annotated[Literal["auto", "double_backprop", "forward_over_reverse",
                                      "finite_difference"], choice()] = Field(
         "auto", description="how Hessian-vector products are computed (finite_difference: two "

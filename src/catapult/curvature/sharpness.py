@@ -268,9 +268,10 @@ def _preconditioned_spec(optimizer):
         spec = registry.spec_for(optimizer)
     except NotImplementedError:
         spec = None
-    if spec is None or not spec.preconditioned:
-        raise TypeError(f"preconditioned_sharpness supports torch.optim.Adam, torch.optim.AdamW "
-                        f"and catapult.optim.GIAdam, got {type(optimizer).__name__}")
+    if spec is None or not (spec.preconditioned or spec.rule == "radam"):
+        raise TypeError(f"preconditioned_sharpness supports torch.optim.Adam, torch.optim.AdamW, "
+                        f"catapult.optim.GIAdam and (once rectified) torch.optim.RAdam, got "
+                        f"{type(optimizer).__name__}")
     return spec
 
 
@@ -362,8 +363,12 @@ def _adam_preconditioner(optimizer, grad_flat: torch.Tensor, names, params,
             rule_state = rules.State(
                 step=int(float(state["step"])), exp_avg_sq=[state["exp_avg_sq"].detach().to(dtype)],
                 max_exp_avg_sq=[None if v_max is None else v_max.detach().to(dtype)])
-        (P,) = rules.preconditioner(rule, [g], rule_state, hp, params=[p.detach().to(dtype)])
-        inv = 1.0 / P
+        P = rules.preconditioner(rule, [g], rule_state, hp, params=[p.detach().to(dtype)])
+        if P is None:  # RAdam before rectification
+            raise ValueError("RAdam's next step is un-rectified (momentum SGD): it applies no "
+                             "pre-conditioner; measure the Hessian's sharpness "
+                             "(catapult.optim.thresholds.radam_threshold says which applies)")
+        inv = 1.0 / P[0]
         if scale_by_group_lr:
             inv = inv * (float(group["lr"]) / lr_ref)
         pieces.append(torch.sqrt(inv).reshape(-1))

@@ -13,7 +13,7 @@
 from catapult.engine.build import (ADAPTIVE, MODELS, OPTIMIZERS, WARMUPS, BatchStream, Run, RunData,
                                    SharpnessRule, Warmup, batch_stream, build_augment, build_model, build_optimizer, build_run,
                                    build_schedule, build_warmup, lambda0_batches, load_data, load_data_once, resolve_device, search_delta,
-                                   search_lr_start, seeds, sharpness_rule, solver_options, threshold)
+                                   search_lr_start, search_rtol, seeds, sharpness_rule, solver_options, threshold)
 from catapult.engine.loop import RunResult, evaluate, run
 from catapult.engine.records import (METRIC_COLUMNS, MetricsFile, metric_columns, format_summary, read_metrics, summarize,
                                      threshold_label, warmup_summary, write_metrics)
@@ -22,7 +22,7 @@ __all__ = [
     "Run", "build_run", "run", "RunResult", "evaluate", "RunData", "BatchStream", "batch_stream", "build_augment",
     "Warmup", "SharpnessRule",
     "seeds", "resolve_device", "load_data", "load_data_once", "build_model", "build_optimizer", "build_schedule", "build_warmup",
-    "lambda0_batches", "search_delta", "search_lr_start", "sharpness_rule", "solver_options", "threshold",
+    "lambda0_batches", "search_delta", "search_lr_start", "search_rtol", "sharpness_rule", "solver_options", "threshold",
     "MODELS", "OPTIMIZERS", "ADAPTIVE", "WARMUPS",
     "METRIC_COLUMNS", "metric_columns", "MetricsFile", "write_metrics", "read_metrics", "summarize", "warmup_summary",
     "threshold_label", "format_summary",

@@ -11,7 +11,6 @@ initial weights and the start vector of the eigen-solver follow the rules in
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -23,11 +22,12 @@ from catapult import config as cfg
 from catapult.losses import get_loss
 from catapult.models import GPT, MLP, WRN
 from catapult.optim import registry
+from catapult.engine.sharpness_rule import ADAPTIVE, SharpnessRule, sharpness_rule, solver_options, threshold
 
 __all__ = [
     "Run", "build_run", "seeds", "resolve_device", "MODELS", "RunData", "load_data", "load_data_once", "build_model",
     "lambda0_batches", "OPTIMIZERS", "ADAPTIVE", "build_optimizer", "WARMUPS", "build_schedule", "search_delta",
-    "search_lr_start", "Warmup", "build_warmup", "BatchStream", "batch_stream", "build_augment", "solver_options", "SharpnessRule",
+    "search_lr_start", "search_rtol", "Warmup", "build_warmup", "BatchStream", "batch_stream", "build_augment", "solver_options", "SharpnessRule",
     "sharpness_rule", "threshold", "build_mask_updater",
 ]
 
@@ -154,11 +154,6 @@ def _builder(name: str) -> Callable[[nn.Module, float, Mapping[str, Any]], torch
 #: (the names and classes are catapult.optim.registry's).
 OPTIMIZERS: dict[str, Callable[[nn.Module, float, Mapping[str, Any]], torch.optim.Optimizer]] = {
     name: _builder(name) for name in registry.names()}
-#: Optimizers whose sharpness is the pre-conditioned one (``eval.sharpness_kind: auto``):
-#: ``registry.preconditioned_names()``. RAdam is not there: its first steps are
-#: un-preconditioned momentum SGD and its later steps rescale the Adam step by a rectification
-#: factor, so ``auto`` gives the Hessian's sharpness.
-ADAPTIVE = set(registry.preconditioned_names())
 
 
 def build_optimizer(config: Mapping[str, Any], model: nn.Module, lr: float) -> torch.optim.Optimizer:
@@ -208,6 +203,12 @@ def search_delta(config: Mapping[str, Any]) -> float:
     return 0.1 if config["optimizer"]["name"] == "sgd" else 0.01
 
 
+def search_rtol(config: Mapping[str, Any]) -> float | None:
+    """``schedule.rtol``: the critical-lr search's bracket tolerance (None: the delta stop only)."""
+    rtol = config["schedule"].get("rtol")
+    return None if rtol is None else float(rtol)
+
+
 def search_lr_start(config: Mapping[str, Any], lr_trgt: float) -> float:
     """``schedule.lr_start``, or ``min(1e-4, lr_trgt)``, capped at ``lr_trgt``."""
     start = config["schedule"]["lr_start"]
@@ -235,7 +236,7 @@ def build_warmup(config: Mapping[str, Any], lr_trgt: float, model: nn.Module, lo
 
     * ``linear``: :func:`build_schedule`.
     * ``catapult``: ``lr_c = critical_lr(model, loss_fn, batch0, optimizer, lr_start,
-      lr_max=lr_trgt, delta)`` at step 0 (forward passes only, nothing changed), then
+      lr_max=lr_trgt, delta, rtol)`` at step 0 (forward passes only, nothing changed), then
       ``catapult_warmup(lr_trgt, warmup_steps, lr_c)`` with the config's decay:
       ``lr(t) = min(lr_trgt, lr_c + lr_trgt t / T_wrm)``.
     * ``persistent``: a ``PersistentCatapultWarmup(optimizer, model, loss_fn, lr_trgt, delta,
@@ -251,7 +252,8 @@ def build_warmup(config: Mapping[str, Any], lr_trgt: float, model: nn.Module, lo
         return Warmup(build_schedule(config, lr_trgt))
     delta, lr_start = search_delta(config), search_lr_start(config, lr_trgt)
     if rule == "catapult":
-        res = critical_lr(model, loss_fn, batch0, optimizer, lr_start=lr_start, lr_max=lr_trgt, delta=delta)
+        res = critical_lr(model, loss_fn, batch0, optimizer, lr_start=lr_start, lr_max=lr_trgt, delta=delta,
+                          rtol=search_rtol(config))
         decay = sched["decay"]
         fn = schedules.catapult_warmup(lr_trgt, sched["warmup_steps"], res.lr,
                                        decay=None if decay == "constant" else decay,
@@ -259,7 +261,8 @@ def build_warmup(config: Mapping[str, Any], lr_trgt: float, model: nn.Module, lo
                                        lr_final=sched["lr_final"])
         return Warmup(fn, None, dict(lr_critical=res.lr, lr_critical_lower=res.lower,
                                      lr_critical_upper=res.upper, search_forward_passes=res.forward_passes))
-    pcw = schedules.PersistentCatapultWarmup(optimizer, model, loss_fn, lr_trgt, delta, lr_start=lr_start)
+    pcw = schedules.PersistentCatapultWarmup(optimizer, model, loss_fn, lr_trgt, delta, lr_start=lr_start,
+                                             rtol=search_rtol(config))
     return Warmup(lambda t: pcw.lr if pcw.lr is not None else lr_start, pcw, {})
 
 
@@ -342,87 +345,6 @@ def lambda0_batches(data: "RunData", config: Mapping[str, Any], data_seed: int) 
     stream = BatchStream(data.x_train, data.y_train, config["train"]["batch_size"], data_seed)
     k = 1 if config["train"]["batch_size"] is None else lambda0_batch_count(config)
     return [stream.batch(t) for t in range(k)]
-
-
-def solver_options(config: Mapping[str, Any]) -> dict:
-    """Keyword arguments of :func:`catapult.sharpness` from a validated config's ``eval.sharpness_*``
-    keys (tol, max_iter, hvp, dtype, max_basis, chunk_size)."""
-    ev = config["eval"]
-    memory = ev.get("sharpness_memory", "fast")
-    # lean's sharpness keeps no Krylov basis (catapult.curvature.lean.lean_top_eigenpair): the
-    # basis size does not apply to it
-    max_basis = None if memory == "lean" else ev["sharpness_max_basis"]
-    return dict(tol=ev["sharpness_tol"], max_iter=ev["sharpness_max_iter"], hvp=ev["sharpness_hvp"],
-                dtype=getattr(torch, ev["sharpness_dtype"]) if ev["sharpness_dtype"] else None,
-                max_basis=max_basis, chunk_size=ev["sharpness_chunk_size"], memory=memory)
-
-
-@dataclass(frozen=True)
-class SharpnessRule:
-    """How a run measures sharpness: ``kind`` is ``"hessian"`` or ``"preconditioned"``;
-    ``hessian(...)`` and ``measure(...)`` take ``(model, loss_fn, batch, optimizer, init)`` and
-    return an :class:`~catapult.curvature.EigenEstimate`; ``measure`` is the kind the run
-    reports (lambda_0 is always the Hessian's)."""
-
-    kind: str
-    hessian: Callable
-    measure: Callable
-    spectrum: Callable | None = None  # (model, loss_fn, batch, optimizer) -> row entries
-
-
-def sharpness_rule(config: Mapping[str, Any]) -> SharpnessRule:
-    """The config's :class:`SharpnessRule` (``eval.sharpness_kind: auto`` means pre-conditioned
-    for the optimizers in :data:`ADAPTIVE`, the Hessian's otherwise)."""
-    from catapult import curvature
-
-    ev = config["eval"]
-    kwargs = solver_options(config)
-    kind = ev["sharpness_kind"]
-    if kind == "auto":
-        kind = "preconditioned" if config["optimizer"]["name"] in ADAPTIVE else "hessian"
-
-    def hessian(model, loss_fn, batch, optimizer, init):
-        return curvature.sharpness(model, loss_fn, batch, init=init, **kwargs)
-
-    def preconditioned(model, loss_fn, batch, optimizer, init):
-        return curvature.preconditioned_sharpness(model, loss_fn, batch, optimizer, init=init,
-                                                  scale_by_group_lr=True, **kwargs)
-
-    top_k, trace_matvecs = int(ev.get("spectrum_top_k", 0)), int(ev.get("trace_matvecs", 0))
-
-    def spectrum(model, loss_fn, batch, optimizer):
-        """eig_1..eig_k and hessian_trace (of P^-1/2 H P^-1/2 when kind is pre-conditioned)."""
-        opt = optimizer if kind == "preconditioned" else None
-        row = {}
-        common = dict(dtype=kwargs["dtype"], hvp=kwargs["hvp"], chunk_size=kwargs["chunk_size"])
-        if top_k:
-            eig = curvature.top_eigenpairs(model, loss_fn, batch, k=top_k, tol=kwargs["tol"],
-                                           max_iter=max(kwargs["max_iter"], 3 * top_k),
-                                           optimizer=opt, scale_by_group_lr=opt is not None,
-                                           memory=kwargs["memory"], **common)
-            row.update({f"eig_{i + 1}": float(v) for i, v in enumerate(eig.values)})
-        if trace_matvecs:
-            row["hessian_trace"] = float(curvature.hessian_trace(
-                model, loss_fn, batch, matvecs=max(3, trace_matvecs), optimizer=opt,
-                scale_by_group_lr=opt is not None, **common))
-        return row
-
-    def lr_scaled(model, loss_fn, batch, optimizer, init):
-        from catapult.optim.thresholds import lr_scaled_sharpness
-
-        lean = {k: v for k, v in kwargs.items() if k != "memory"}   # the basis cap is in max_basis
-        return lr_scaled_sharpness(model, loss_fn, batch, optimizer, init=init, **lean)
-
-    measure = {"preconditioned": preconditioned, "lr_scaled": lr_scaled}.get(kind, hessian)
-    return SharpnessRule(kind, hessian, measure, spectrum if (top_k or trace_matvecs) else None)
-
-
-def threshold(optimizer: torch.optim.Optimizer, lr: float | None = None) -> float:
-    """``instability_threshold`` at the first group's current lr (or ``lr``); ``inf`` at lr 0."""
-    from catapult.curvature import instability_threshold
-
-    current = optimizer.param_groups[0]["lr"] if lr is None else lr
-    return float(instability_threshold(optimizer, lr=current)) if current > 0 else math.inf
 
 
 # --------------------------------------------------------------------------------------------
@@ -562,4 +484,4 @@ def build_run(config: Mapping[str, Any]) -> Run:
     start = torch.randn(n_params, generator=torch.Generator().manual_seed(run_seeds[2]))
     return Run(config=config, device=device, dtype=dtype, seeds=run_seeds, data=data, batches=batches,
                model=model, loss_fn=get_loss(config["loss"]), n_params=n_params,
-               sharpness=sharpness_rule(config), start_vector=start.to(device=device, dtype=dtype))
+               sharpness=sharpness_rule(config, model), start_vector=start.to(device=device, dtype=dtype))

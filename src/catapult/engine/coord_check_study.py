@@ -15,8 +15,9 @@ For every parameterization, every axis given (``widths`` with the config's densi
 builds it (same init seed rule, same masks, same per-layer learning rates), trained for
 ``steps`` steps at the constant learning rate ``optimizer.lr`` (the schedule is not used: a
 coordinate check compares parameterizations at one lr) on the run's first ``steps`` training
-batches (the same batches for every model), and :func:`catapult.coord_check.coord_check`
-records each block's mean |output| at every step.
+batches (the same batches for every model: ``catapult train``'s, augmented as training augments
+them when ``data.augment`` is set, per sample from the data seed), and
+:func:`catapult.coord_check.coord_check` records each block's mean |output| at every step.
 
 Writes ``<out>/coord_check.csv`` (one row per parameterization, axis, value, seed, step and
 module: ``pandas.read_csv`` reads it), one figure per parameterization and axis
@@ -193,8 +194,7 @@ def run_coord_check(config: Mapping[str, Any], spec: Mapping[str, Any], *, out_d
     dtype = getattr(torch, config["dtype"])
     data = train.load_data(config, device, dtype)
     steps = spec["steps"]
-    stream = train.BatchStream(data.x_train, data.y_train, config["train"]["batch_size"],
-                               train.seeds(config["seed"])[1])
+    stream = train.batch_stream(config, data)   # catapult train's batch order and data.augment
     batches = [stream.batch(t) for t in range(steps)]
     loss_fn = get_loss(config["loss"])
     lr = cfg.parse_lr(config["optimizer"]["lr"]).value

@@ -29,16 +29,17 @@ def estimate(config: Mapping[str, Any], *, cap: bool = False) -> dict:
     """Critical-lr search at initialisation for ``config`` (validated here), with curvature estimates.
 
     Returns a dict: ``lr_critical``, ``lower``, ``upper``, ``forward_passes``, ``loss0``,
-    ``delta``, ``lr_start``, ``lr_max`` (``lr_trgt`` with ``cap`` else None), ``lr_target``,
+    ``delta``, ``rtol``, ``lr_start``, ``lr_max`` (``lr_trgt`` with ``cap`` else None), ``lr_target``,
     ``lambda_0``, ``gd_estimate`` (``2/lambda_0``), ``lr_critical_times_lambda_0``, and for
     Adam-family optimizers ``preconditioned_sharpness`` (``lambda_P0``), ``one_step_estimate``
     (``2/((1-b1) lambda_P0)``) and ``threshold_estimate`` (``(2+2b1)/((1-b1) lambda_P0)``);
     ``None`` where not applicable. The search starts at ``schedule.lr_start`` (default
-    ``min(1e-4, lr_trgt)``) with ``schedule.delta`` (default 0.1 for sgd, 0.01 for Adam-family).
+    ``min(1e-4, lr_trgt)``) with ``schedule.delta`` (default 0.1 for sgd, 0.01 for Adam-family)
+    and ``schedule.rtol`` (default null: no bracket tolerance).
     """
     from catapult import curvature
     from catapult.critical_lr import critical_lr
-    from catapult.engine.build import build_run, search_delta, search_lr_start, solver_options
+    from catapult.engine.build import build_run, search_delta, search_lr_start, search_rtol, solver_options
 
     setup = build_run(config)
     config, model, loss_fn, batch = setup.config, setup.model, setup.loss_fn, setup.batches.batch(0)
@@ -46,12 +47,12 @@ def estimate(config: Mapping[str, Any], *, cap: bool = False) -> dict:
     lambda_0 = setup.lambda_0
     lr_trgt = setup.lr_target
     optimizer = setup.optimizer
-    delta, lr_start = search_delta(config), search_lr_start(config, lr_trgt)
+    delta, lr_start, rtol = search_delta(config), search_lr_start(config, lr_trgt), search_rtol(config)
     res = critical_lr(model, loss_fn, batch, optimizer, lr_start=lr_start,
-                      lr_max=lr_trgt if cap else None, delta=delta)
+                      lr_max=lr_trgt if cap else None, delta=delta, rtol=rtol)
     out = dict(name=config["name"], optimizer=config["optimizer"]["name"], lr_critical=res.lr,
                lower=res.lower, upper=res.upper, forward_passes=res.forward_passes, loss0=res.loss0,
-               delta=delta, lr_start=lr_start, lr_max=lr_trgt if cap else None, lr_target=lr_trgt,
+               delta=delta, rtol=rtol, lr_start=lr_start, lr_max=lr_trgt if cap else None, lr_target=lr_trgt,
                lambda_0=lambda_0, gd_estimate=2.0 / lambda_0 if lambda_0 > 0 else None,
                lr_critical_times_lambda_0=res.lr * lambda_0 if math.isfinite(res.lr) else None,
                preconditioned_sharpness=None, one_step_estimate=None, threshold_estimate=None)
@@ -73,7 +74,8 @@ def format_estimate(e: Mapping[str, Any]) -> str:
 
     lines = [
         f"{e['name']} ({e['optimizer']}): lr_c = {f(e['lr_critical'])}  bracket [{f(e['lower'])}, {f(e['upper'])}]"
-        f"  forward passes {e['forward_passes']}  (delta {e['delta']:g}, lr_start {e['lr_start']:g}"
+        f"  forward passes {e['forward_passes']}  (delta {e['delta']:g}"
+        + (f", rtol {e['rtol']:g}" if e.get("rtol") is not None else "") + f", lr_start {e['lr_start']:g}"
         + (f", capped at lr_trgt {e['lr_max']:.4g})" if e["lr_max"] is not None else ")"),
         f"  lambda_0 = {f(e['lambda_0'])}  2/lambda_0 = {f(e['gd_estimate'])}"
         f"  lr_c * lambda_0 = {f(e['lr_critical_times_lambda_0'])}  lr_trgt = {f(e['lr_target'])}",

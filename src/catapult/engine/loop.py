@@ -45,13 +45,18 @@ Step ``t = 0, 1, ..., steps`` (row ``t`` describes the parameters ``theta_t`` *b
    ``catapult`` the step-0 search ran once before the loop (``build_warmup``).
 5. Sharpness, if ``sharpness_every > 0`` and (``t % sharpness_every == 0`` or ``t == steps``):
    on batch ``t`` at ``theta_t``, warm-started from the previous measurement's eigenvector (at
-   ``t = 0`` the lambda_0 estimate is reused, not recomputed). For Adam-family optimizers with
-   ``eval.sharpness_kind: auto`` it is the pre-conditioned sharpness of the preconditioner the
-   update ``t`` is about to apply. It never changes parameters, gradients or optimizer state.
+   ``t = 0`` the lambda_0 estimate is reused, not recomputed). With ``eval.sharpness_kind: auto``
+   (:mod:`catapult.engine.sharpness_rule`) it is, for Adam-family optimizers, the pre-conditioned
+   sharpness of the preconditioner the update ``t`` is about to apply; for RAdam the Hessian's
+   while update ``t`` is un-rectified and the pre-conditioned one after (the row's
+   ``sharpness_kind`` says which); for SGD whose groups' lrs differ (muP table form, SμPar)
+   ``lambda_max(M^1/2 H M^1/2)``, ``M`` the lr multipliers relative to the first group's.
+   It never changes parameters, gradients or optimizer state.
 6. Test, if (``test_every > 0`` and ``t % test_every == 0``) or ``t == steps``: loss and
    accuracy on the whole test set in eval mode.
 7. Row ``t`` is logged; ``threshold_t = instability_threshold(optimizer)`` at the first param
-   group's lr ``lr_t * lr_mult`` (``2/lr_t`` for GD when every ``lr_mult`` is 1, as in the paper's muP).
+   group's lr ``lr_t * lr_mult`` (``2/lr_t`` for GD when every ``lr_mult`` is 1, as in the paper's muP);
+   RAdam's is ``radam_threshold`` of its update ``t`` (:func:`catapult.engine.threshold` with ``step``).
 8. Update (``t < steps``): ``optimizer.step()``; with dynamic sparsity (``model.sparsity.method``
    rigl/gmp) the :class:`~catapult.sparsity.MaskUpdater` then updates the masks if ``t`` is an
    update step and re-applies them; then ``scheduler.step()`` (sets ``lr_{t+1}``).
@@ -79,6 +84,7 @@ import torch.nn as nn
 from catapult import config as cfg
 from catapult.losses import accuracy, loss_and_accuracy
 from catapult.engine.build import build_run, threshold
+from catapult.engine.sharpness_rule import STEP_KIND_COLUMN
 from catapult.engine.progress import Progress
 from catapult.engine.trajectories import plot_run
 from catapult.engine.step import diverged, evaluates_test, measures_sharpness, new_row, output_collapsed
@@ -254,7 +260,7 @@ def _run(config: Mapping[str, Any], out_path: Path | None, progress: Any, starte
             final = t == steps
             x, y = batches.batch(t)
             lr_t = float(schedule(t))
-            row = new_row(t, lr_t, threshold(optimizer))
+            row = new_row(t, lr_t, threshold(optimizer, step=t))
 
             outputs = forward(x)
             loss = loss_fn(outputs, y)
@@ -277,22 +283,25 @@ def _run(config: Mapping[str, Any], out_path: Path | None, progress: Any, starte
                 loss.backward()
                 if persistent is not None:  # Alg. 3: this step's lr (may re-run the search)
                     row["lr"] = float(persistent.step((x, y), loss=loss_t))
-                    row["threshold"] = threshold(optimizer)
+                    row["threshold"] = threshold(optimizer, step=t)
             del loss, outputs
 
             if measures_sharpness(t, sharpness_every, steps):
-                if t == 0 and rule.kind == "hessian" and lambda0_estimate is not None:
+                kind_t = rule.kind_at(optimizer, t)  # RAdam: hessian until update t is rectified
+                if t == 0 and kind_t == "hessian" and lambda0_estimate is not None:
                     est = lambda0_estimate  # already counted
                 else:
-                    est = rule.measure(model, loss_fn, (x, y), optimizer, warm)
+                    est = rule.measure(model, loss_fn, (x, y), optimizer, warm, kind=kind_t)
                     matvecs_total += int(est.matvecs)
                     unconverged += int(not est.converged)
                 warm = est.vector
                 row["sharpness"] = float(est.value)
                 row["sharpness_matvecs"] = int(est.matvecs)
                 measurements += 1
+                if kind_t != rule.kind:  # a kind that changes during the run: say which
+                    row[STEP_KIND_COLUMN] = kind_t
                 if rule.spectrum is not None:  # eval.spectrum_top_k / eval.trace_matvecs
-                    row.update(rule.spectrum(model, loss_fn, (x, y), optimizer))
+                    row.update(rule.spectrum(model, loss_fn, (x, y), optimizer, kind=kind_t))
 
             if evaluates_test(t, test_every, steps):
                 row["test_loss"], row["test_accuracy"] = evaluate(model, loss_fn, x_test, y_test)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from catapult.analysis import detect_catapults
+from catapult.engine.sharpness_rule import RADAM_KIND, STEP_KIND_COLUMN
 
 __all__ = ["METRIC_COLUMNS", "metric_columns", "write_metrics", "read_metrics", "MetricsFile", "json_safe", "finite",
            "summarize", "warmup_summary", "threshold_label", "format_summary"]
@@ -35,10 +36,13 @@ _INT_COLUMNS = {"step", "sharpness_matvecs"}
 def metric_columns(config: Mapping[str, Any] | None = None) -> tuple[str, ...]:
     """The ``metrics.csv`` header of a run: :data:`METRIC_COLUMNS`, then the spectrum it logs on
     its sharpness cadence (``eig_1 .. eig_k`` for ``eval.spectrum_top_k = k``, ``hessian_trace``
-    for ``eval.trace_matvecs > 0``).
+    for ``eval.trace_matvecs > 0``), then ``sharpness_kind`` (``hessian`` / ``preconditioned``
+    per measured row) where the kind changes during the run (RAdam with ``auto`` measuring sharpness).
 
     >>> metric_columns({"eval": {"spectrum_top_k": 2, "trace_matvecs": 10}})[-3:]
     ('eig_1', 'eig_2', 'hessian_trace')
+    >>> metric_columns({"optimizer": {"name": "radam"}, "eval": {"sharpness_kind": "auto", "sharpness_every": 5}})[-1]
+    'sharpness_kind'
     >>> metric_columns() == METRIC_COLUMNS
     True
     """
@@ -46,6 +50,9 @@ def metric_columns(config: Mapping[str, Any] | None = None) -> tuple[str, ...]:
     extra = [f"eig_{i + 1}" for i in range(int(ev.get("spectrum_top_k") or 0))]
     if int(ev.get("trace_matvecs") or 0) > 0:
         extra.append("hessian_trace")
+    if ((config or {}).get("optimizer", {}).get("name") == "radam" and ev.get("sharpness_kind") == "auto"
+            and int(ev.get("sharpness_every") or 0) > 0):
+        extra.append(STEP_KIND_COLUMN)
     return METRIC_COLUMNS + tuple(extra)
 
 
@@ -68,8 +75,9 @@ def write_metrics(rows: Iterable[Mapping[str, Any]], path: str | Path,
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    """Read a ``metrics.csv`` back: ints for ``step``/``sharpness_matvecs``, floats otherwise,
-    ``None`` for empty cells (``pandas.read_csv`` reads the same file directly, with NaN)."""
+    """Read a ``metrics.csv`` back: ints for ``step``/``sharpness_matvecs``, text for
+    ``sharpness_kind``, floats otherwise, ``None`` for empty cells (``pandas.read_csv`` reads
+    the same file directly, with NaN)."""
     rows = []
     with open(path, newline="") as fh:
         for raw in csv.DictReader(fh):
@@ -79,6 +87,8 @@ def read_metrics(path: str | Path) -> list[dict]:
                     row[key] = None
                 elif key in _INT_COLUMNS:
                     row[key] = int(text)
+                elif key == STEP_KIND_COLUMN:
+                    row[key] = text
                 else:
                     row[key] = float(text)
             rows.append(row)
@@ -160,6 +170,11 @@ def threshold_label(config: Mapping[str, Any], sharpness_kind: str) -> str:
     if sharpness_kind == "preconditioned":
         b1 = float(config["optimizer"]["betas"][0])
         return f"(2+2b1)/((1-b1) lr_t) = {(2 + 2 * b1) / (1 - b1):.3g}/lr_t"
+    if sharpness_kind == RADAM_KIND:
+        return "RAdam: (2+2b1)/((1-b1) lr_t) (Hessian) until rectified, then / r_t (pre-conditioned)"
+    if sharpness_kind == "lr_scaled":
+        return "2/lr_t of the first group (lr-scaled sharpness)" + (
+            "" if config["optimizer"]["momentum"] == 0 else ", (2+2b)/lr_t with momentum")
     if config["optimizer"]["name"] != "sgd":  # Adam-family rule, drawn beside the Hessian's sharpness
         return "(2+2b1)/((1-b1) lr_t), the Adam rule (for the pre-conditioned sharpness)"
     if config["optimizer"]["name"] == "sgd" and config["optimizer"]["momentum"] > 0:

@@ -229,7 +229,7 @@ class WRN(nn.Module):
     @classmethod
     def from_config(cls, model_cfg, in_features: int | Sequence[int], out_features: int) -> "WRN":
         """The WRN a run config's ``model`` section describes (``name: wrn``, ``depth``, ``widen``,
-        ``parametrization``, ``base_width`` = ``k_base``, ``alpha_*``, ``bias``, ``init``).
+        ``channels``, ``parametrization``, ``base_width`` = ``k_base``, ``alpha_*``, ``bias``, ``init``).
 
         ``in_features`` is a sample's shape ``(C, H, W)`` or its flattened size; a size is read
         as 1 channel when it is a perfect square (64 = 1x8x8) and as 3 channels when a third of
@@ -239,13 +239,15 @@ class WRN(nn.Module):
         >>> net = WRN.from_config(ModelConfig(name="wrn", depth=10, widen=2), 3072, 10)
         >>> net.in_channels, net.readout.in_features
         (3, 128)
+        >>> WRN.from_config(ModelConfig(name="wrn", depth=10, widen=2, channels=4), 64, 10).readout.in_features
+        32
         """
         m = section_dict(model_cfg)
         sp = m["parametrization"] == "sp"
         return cls(input_channels(in_features), out_features, depth=m["depth"], widen=m["widen"],
                    parametrization=m["parametrization"], base_widen=m["base_width"],
                    alpha_in=1.0 if sp else m["alpha_in"], alpha_out=1.0 if sp else m["alpha_out"],
-                   bias=m["bias"], init=m["init"])
+                   bias=m["bias"], init=m["init"], channels=m.get("channels", STEM_CHANNELS))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2:

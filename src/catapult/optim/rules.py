@@ -398,7 +398,8 @@ def update(rule: str, params: Sequence[Tensor], grads: Sequence[Tensor], state: 
 def preconditioner(rule: str, grads: Sequence[Tensor], state: State | None, hp: Any, *,
                    params: Sequence[Tensor] | None = None) -> list[Tensor] | None:
     """The diagonal preconditioner ``P`` the *next* Adam step applies, one tensor per
-    parameter; ``None`` for ``sgd`` and ``radam`` (no fixed preconditioner; see the registry).
+    parameter; ``None`` for ``sgd``, and for ``radam`` while its next step is un-rectified
+    (``rho_{t+1} <= 5``: EMA-momentum SGD, no preconditioner).
 
     With ``t = state.step`` (0 with no state), ``g`` the gradient (``+ wd theta`` for Adam's
     coupled L2 -- then ``params`` is required), ``v`` the state's second moment (before the
@@ -409,7 +410,11 @@ def preconditioner(rule: str, grads: Sequence[Tensor], state: State | None, hp: 
 
     (GI-Adam with ``v_bias_correction=False``: no ``1 - b2^(t+1)`` division), so the next
     step is ``theta - lr P^-1 m'``-like and ``lambda_max(P^-1 H)`` is compared with
-    :func:`threshold`. The state is not modified.
+    :func:`threshold`. RAdam's rectified step is ``theta - lr r P^-1 m'`` with its ``eps``
+    inside the correction, ``P = (1 - b1^(t+1)) (sqrt(v') + eps) / sqrt(1 - b2^(t+1))``; the
+    rectification ``r`` is left to the threshold (:func:`catapult.optim.thresholds.radam_threshold`
+    divides by it). With per-member ``beta2`` columns the members must agree on whether the
+    step is rectified (``ValueError`` otherwise). The state is not modified.
 
     Example (Adam before its first step: ``P = (1 - b1) |g|`` with ``eps = 0``):
         >>> preconditioner("adam", [torch.tensor([2.0, -1.0])], None, {"eps": 0.0})
@@ -418,11 +423,13 @@ def preconditioner(rule: str, grads: Sequence[Tensor], state: State | None, hp: 
         True
     """
     hp = _mapping(hp)
-    if _check_rule(rule) in ("sgd", "radam"):
+    if _check_rule(rule) == "sgd":
         return None
     out = []
     first = state is None or state.step == 0
     t = 0.0 if first else float(state.step)
+    if rule == "radam" and not _radam_next_rectified(hp, len(grads), int(t) + 1):
+        return None
     for i, g in enumerate(grads):
         b1, b2 = _hp(hp, "beta1", i), _hp(hp, "beta2", i)
         eps, wd = _hp(hp, "eps", i, 1e-8), _hp(hp, "weight_decay", i, 0.0)
@@ -446,8 +453,24 @@ def preconditioner(rule: str, grads: Sequence[Tensor], state: State | None, hp: 
             v_correction = _where(correct, 1.0 - b2 ** (t + 1), 1.0, g)
         else:
             v_correction = (1.0 - b2 ** (t + 1)) if correct else 1.0
+        if rule == "radam":  # eps added before the correction: (sqrt(v') + eps) / sqrt(1 - b2^t)
+            eps = eps / _sqrt(v_correction)
         out.append((1.0 - b1 ** (t + 1)) * (torch.sqrt(v_next / v_correction) + eps))
     return out
+
+
+def _radam_next_rectified(hp: Mapping[str, Any], n: int, t: int) -> bool:
+    """Whether RAdam's step ``t`` is rectified for every parameter (``rho_t > 5``); ``ValueError``
+    when per-member ``beta2`` columns disagree."""
+    verdicts = set()
+    for i in range(n):
+        b2 = _hp(hp, "beta2", i)
+        ok, _ = _radam_rect2(b2, t, 1 - b2 ** t)
+        verdicts.update(ok.flatten().tolist() if _is_tensor(ok) else [bool(ok)])
+    if len(verdicts) > 1:
+        raise ValueError(f"preconditioner: RAdam's step {t} is rectified for some members only "
+                         "(their beta2 differ); ask for each kind apart")
+    return verdicts == {True}
 
 
 def direction(rule: str, params: Sequence[Tensor], grads: Sequence[Tensor], state: State | None,

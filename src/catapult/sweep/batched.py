@@ -20,9 +20,11 @@ differently; nothing else differs):
 * lambda_0 and sharpness: :func:`catapult.curvature.batched_lanczos` (the lockstep
   iteration of the local Lanczos, per-member stopping) from each member's ``randn(P,
   sharpness_seed)`` and then its previous eigenvector; the lambda_0 estimate is reused at
-  ``t = 0`` for the Hessian kind; matvec counts per member as ``run`` counts them. Adam-family
-  members with ``sharpness_kind: auto`` (or ``preconditioned``) measure
-  ``P^-1/2 (H + wd_L2) P^-1/2`` with the pre-conditioner of their next update;
+  ``t = 0`` for the Hessian kind; matvec counts per member as ``run`` counts them. The kind is
+  :mod:`catapult.engine.sharpness_rule`'s, per member and row: Adam-family members with
+  ``sharpness_kind: auto`` (or ``preconditioned``), and RAdam once rectified, measure
+  ``P^-1/2 (H + wd_L2) P^-1/2`` with the pre-conditioner of their next update; SGD members
+  whose groups' lrs differ (``auto``, or ``lr_scaled``) ``M^1/2 H M^1/2``;
 * the optimizer's hyper-parameters are read from each member's own torch optimizer
   (:func:`catapult.engine.build_optimizer`, per-group ``lr_mult``) and its rule
   (:mod:`catapult.optim.rules`: sgd with momentum/nesterov/weight decay, adam, adamw, radam,
@@ -84,8 +86,6 @@ def batched_unsupported_reason(config: Mapping[str, Any]) -> str | None:
         return f"schedule.warmup={config['schedule']['warmup']!r} (batched: {', '.join(_WARMUPS)})"
     if config["loss"] not in _LOSSES:
         return f"loss={config['loss']!r} (batched: {', '.join(_LOSSES)})"
-    if config["eval"]["sharpness_kind"] == "lr_scaled" and config["eval"]["sharpness_every"] > 0:
-        return "eval.sharpness_kind=lr_scaled (measured by the local engine only)"
     if config["model"].get("sparsity", {}).get("method", "static") != "static":  # masks change per member
         return f"model.sparsity.method={config['model']['sparsity']['method']!r} (batched: static masks only)"
     return None
@@ -115,13 +115,18 @@ class FuncStack:
     def step(self, grads: dict[str, torch.Tensor], lrs: Sequence[float]) -> None:
         self.opt.step(self.model.params, grads, lrs)
 
-    def sharpness(self, rows: list[int], x, y, inits: torch.Tensor, *, preconditioned: bool,
+    def sharpness(self, rows: list[int], x, y, inits: torch.Tensor, *, kind: str = "hessian",
                   grads: Any = None, lrs: Sequence[float] | None = None) -> list:
-        """Top eigenpairs for members ``rows`` on ``(x, y)`` (batched Lanczos from ``inits``);
-        the pre-conditioner comes from the gradients of the Hessian's own pass (its dtype)."""
+        """Top eigenpairs of ``kind`` (hessian, preconditioned, lr_scaled) for members ``rows``
+        on ``(x, y)`` (batched Lanczos from ``inits``); the pre-conditioner comes from the
+        gradients of the Hessian's own pass (its dtype), lr_scaled's ``M^1/2`` from the
+        optimizer's ``lr_mult`` (:meth:`~catapult.sweep.batched_optim.StackedOptimizer.lr_scale`)."""
         op = self.model.hessian(rows, x, y, self.sharpness_dtype, hvp=self.hvp, chunk_size=self.chunk_size)
-        if preconditioned:
-            d, l2 = self.opt.preconditioner(rows, self.model.params, self.model.split(op.gradient))
+        if kind in ("preconditioned", "lr_scaled"):
+            if kind == "lr_scaled":
+                d, l2 = self.opt.lr_scale(rows, self.model.params, op.dtype)
+            else:
+                d, l2 = self.opt.preconditioner(rows, self.model.params, self.model.split(op.gradient))
 
             def matvec(active, U):
                 sel = torch.as_tensor(list(active), dtype=torch.long, device=U.device)

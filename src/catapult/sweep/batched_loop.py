@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 import torch
 
 from catapult import config as cfg
+from catapult.engine.sharpness_rule import STEP_KIND_COLUMN, step_kind
 from catapult.engine.step import diverged, new_row, output_collapsed
 from catapult.sweep.batched_optim import StackedOptimizer
 from catapult.sweep.executors import Cell, CellResult, worker_name
@@ -50,8 +51,9 @@ class Stack(Protocol):
         """One optimizer update of every row from ``grads`` (as :meth:`loss_grads` returned)."""
 
     def sharpness(self, rows: list[int], x: torch.Tensor, y: torch.Tensor, inits: torch.Tensor, *,
-                  preconditioned: bool, grads: Any = None, lrs: Sequence[float] | None = None) -> list:
-        """Top eigenpairs (``EigenEstimate``) of members ``rows`` on the batch from ``inits``."""
+                  kind: str = "hessian", grads: Any = None, lrs: Sequence[float] | None = None) -> list:
+        """Top eigenpairs (``EigenEstimate``) of members ``rows`` on the batch from ``inits``, of
+        ``kind``: ``hessian``, ``preconditioned`` or ``lr_scaled`` (one fixed kind per call)."""
 
     def evaluate(self, rows: list[int], x: torch.Tensor, y: torch.Tensor) -> list[tuple[float, float]]:
         """``[(loss, accuracy)]`` of members ``rows`` on a test set."""
@@ -89,14 +91,12 @@ class Group:
         return self.configs[0]
 
 
-def sharpness_kind(config: dict) -> str:
-    """The config's sharpness kind with ``auto`` resolved as ``run`` resolves it."""
-    from catapult import engine
+def sharpness_kind(config: dict, model: torch.nn.Module) -> str:
+    """The config's sharpness kind with ``auto`` resolved as ``run`` resolves it (``model``: a
+    member's; the members of a group share the model keys, so their lr multipliers)."""
+    from catapult.engine.sharpness_rule import resolve_kind
 
-    kind = config["eval"]["sharpness_kind"]
-    if kind == "auto":
-        kind = "preconditioned" if config["optimizer"]["name"] in engine.ADAPTIVE else "hessian"
-    return kind
+    return resolve_kind(config, model)
 
 
 def open_group(cells: Sequence[Cell], data: Any = None) -> Group:
@@ -118,7 +118,7 @@ def open_group(cells: Sequence[Cell], data: Any = None) -> Group:
         model = engine.build_model(config, data.in_features, data.num_classes, device, dtype)
         model.train()
         models.append(model)
-    return Group(cells, configs, device, dtype, data, batches, get_loss(c0["loss"]), sharpness_kind(c0),
+    return Group(cells, configs, device, dtype, data, batches, get_loss(c0["loss"]), sharpness_kind(c0, models[0]),
                  members, models, worker_name(), started)
 
 
@@ -138,9 +138,8 @@ def _start(group: Group, stack: Stack, keep_models: bool) -> list[int]:
     # lambda_0 averaged over batches 0 .. k-1 (eval.lambda0_batches), as Run.lambda_0
     lam_batches = engine.lambda0_batches(group.data, group.config, engine.seeds(group.config["seed"])[1])
     Member.measure_lambda0(members, stack.n_params, group.device, group.dtype,
-                           lambda rows, inits: stack.sharpness(rows, x0, y0, inits, preconditioned=False),
-                           solve_on=lambda t: (lambda rows, inits: stack.sharpness(
-                               rows, *lam_batches[t], inits, preconditioned=False)))
+                           lambda rows, inits: stack.sharpness(rows, x0, y0, inits),
+                           solve_on=lambda t: (lambda rows, inits: stack.sharpness(rows, *lam_batches[t], inits)))
     failed = []
     for i, (mb, model) in enumerate(zip(members, group.models)):
         if not mb.resolve_lr_target():
@@ -190,7 +189,7 @@ def train_group(group: Group, stack: Stack, *, keep_models: bool = True) -> Iter
         loss_list = losses.tolist()
         rows, alive, gone = [], [], []
         for r, (mb, lr_t) in enumerate(zip(active, lrs)):
-            row = new_row(t, lr_t, mb.threshold_at(lr_t))
+            row = new_row(t, lr_t, mb.threshold_at(lr_t, t))
             loss_t = float(loss_list[r])
             row["train_loss"], row["train_accuracy"] = loss_t, accs[r]
             rows.append(row)
@@ -213,31 +212,35 @@ def train_group(group: Group, stack: Stack, *, keep_models: bool = True) -> Iter
                 stack.materialize(r)
             lrs[r] = float(pcw.step((x, y), loss=rows[r]["train_loss"]))
             rows[r]["lr"] = lrs[r]
-            rows[r]["threshold"] = active[r].threshold_at(lrs[r])
+            rows[r]["threshold"] = active[r].threshold_at(lrs[r], t)
 
-        # sharpness (the lambda_0 estimate stands for t = 0 with the Hessian kind)
-        measured = {}
-        todo = []
+        # sharpness, of each member's kind at t (RAdam: hessian until rectified); the lambda_0
+        # estimate stands for t = 0 with the Hessian kind
+        measured, kinds = {}, {}
+        todo: dict[str, list[int]] = {}
         for r in alive:
             mb = active[r]
             if not mb.sharpness_at(t):
                 continue
-            if t == 0 and kind == "hessian" and mb.lambda0_estimate is not None:
+            kinds[r] = step_kind(kind, mb.optimizer, t)
+            if t == 0 and kinds[r] == "hessian" and mb.lambda0_estimate is not None:
                 measured[r] = mb.lambda0_estimate
             else:
-                todo.append(r)
-        if todo:
-            inits = torch.stack([active[r].warm for r in todo])
-            ests = stack.sharpness(todo, x, y, inits, preconditioned=kind == "preconditioned", grads=grads, lrs=lrs)
-            for r, est in zip(todo, ests):
+                todo.setdefault(kinds[r], []).append(r)
+        for kind_t, todo_rows in todo.items():
+            inits = torch.stack([active[r].warm for r in todo_rows])
+            ests = stack.sharpness(todo_rows, x, y, inits, kind=kind_t, grads=grads, lrs=lrs)
+            for r, est in zip(todo_rows, ests):
                 measured[r] = est
                 active[r].matvecs_total += int(est.matvecs)
                 active[r].unconverged += int(not est.converged)
-        for r, est in measured.items():
+        for r, est in sorted(measured.items()):
             mb = active[r]
             mb.warm = est.vector
             rows[r]["sharpness"] = float(est.value)
             rows[r]["sharpness_matvecs"] = int(est.matvecs)
+            if kinds[r] != kind:  # a kind that changes during the run: say which (as run does)
+                rows[r][STEP_KIND_COLUMN] = kinds[r]
             mb.measurements += 1
 
         test_rows = [r for r in alive if active[r].test_at(t)]

@@ -288,6 +288,21 @@ class StackedOptimizer:
         c = (1.0 - b2) if value("v_bias_correction") else 1.0  # a group key: one value
         return (1.0 - b1) * (torch.sqrt(v_next / c) + eps)
 
+    def lr_scale(self, rows: Sequence[int], params: dict[str, torch.Tensor],
+                 dtype: torch.dtype) -> tuple[torch.Tensor, None]:
+        """``(d, None)``, ``d`` flat ``[len(rows), P]``: ``M^1/2`` of members ``rows``, each entry
+        ``sqrt(lr_mult / lr_mult_0)`` of its parameter's group, so ``d * H(d * v)`` is the
+        operator of :func:`catapult.optim.thresholds.lr_scaled_sharpness` (no pre-conditioner,
+        no L2 term)."""
+        rows = list(rows)
+        parts = []
+        for k, name in enumerate(self.names):
+            p = params[name]
+            ratio = torch.tensor([self.values["lr_mult"][k][r] / self.lr_mult0[r] for r in rows],
+                                 dtype=dtype, device=p.device)
+            parts.append(ratio.sqrt()[:, None].expand(len(rows), p[0].numel()))
+        return torch.cat(parts, dim=1), None
+
     # ---- one member as torch state (for rules that run on a member's own optimizer)
     def torch_state(self, row: int, k: int) -> dict[str, torch.Tensor]:
         """Member ``row``'s torch optimizer state of parameter ``k`` (torch's keys)."""

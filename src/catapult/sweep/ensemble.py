@@ -43,7 +43,8 @@ in float64 (``dtype=float64``) they agree to 3e-11 in every cell:
   ``sum_n L_n``, whose Hessian is block-diagonal over members (the hand-derived R-operator for
   ReLU/identity MLPs, double backprop otherwise; members that have stopped leave the product);
   Adam-family members get the pre-conditioned operator ``P^-1/2 H P^-1/2`` of :func:`catapult.curvature.preconditioned_sharpness`
-  (``scale_by_group_lr=True``, coupled L2 for Adam). Warm starts, the reuse of the lambda_0
+  (``scale_by_group_lr=True``, coupled L2 for Adam), SGD members with per-group lrs the
+  lr-scaled ``M^1/2 H M^1/2`` (:mod:`catapult.engine.sharpness_rule`). Warm starts, the reuse of the lambda_0
   estimate at ``t = 0`` and the matvec counts follow ``run``;
 * optimizers: the pure rules of :mod:`catapult.optim.rules` (SGD with momentum and weight
   decay, Adam, AdamW) on the stacked tensors through

@@ -91,14 +91,18 @@ class KernelStack(MLPStack):
         return self.forward([p[idx] for p in self.params], [m[idx] if m is not None else None for m in self.masks], x)
 
     # ---- curvature
-    def sharpness(self, rows: list[int], x, y, inits: torch.Tensor, *, preconditioned: bool,
+    def sharpness(self, rows: list[int], x, y, inits: torch.Tensor, *, kind: str = "hessian",
                   grads: Sequence[torch.Tensor] | None = None,
                   lrs: Sequence[float] | None = None) -> list[EigenEstimate]:
-        """Batched (pre-conditioned) sharpness of members ``rows`` on the batch ``(x, y)``; the
-        pre-conditioner is the optimizer's (:meth:`StackedOptimizer.preconditioner`) from the
-        step's gradients ``grads`` (computed here when the loop has none: final steps)."""
+        """Batched sharpness of ``kind`` (hessian, preconditioned, lr_scaled) of members ``rows``
+        on the batch ``(x, y)``; the pre-conditioner is the optimizer's
+        (:meth:`StackedOptimizer.preconditioner`) from the step's gradients ``grads`` (computed
+        here when the loop has none: final steps), lr_scaled's ``M^1/2`` its
+        :meth:`~StackedOptimizer.lr_scale`."""
         precond = None
-        if preconditioned:
+        if kind == "lr_scaled":
+            precond = self.opt.lr_scale(rows, dict(zip(self.names, self.params)), inits.dtype)
+        elif kind == "preconditioned":
             if grads is None:
                 grads = self.loss_grads(x, y, True)[2]
             idx = torch.as_tensor(rows, dtype=torch.long, device=self.params[0].device)

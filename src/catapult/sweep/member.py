@@ -122,9 +122,10 @@ class Member:
     def test_at(self, t: int) -> bool:
         return evaluates_test(t, self.test_every, self.steps)
 
-    def threshold_at(self, lr_t: float) -> float:
-        """The instability threshold of its optimizer at ``lr_t`` (its first group's multiplier)."""
-        return threshold(self.optimizer, lr_t * self.lr_mult0)
+    def threshold_at(self, lr_t: float, step: int | None = None) -> float:
+        """The instability threshold of its optimizer at ``lr_t`` (its first group's multiplier);
+        with ``step`` the row's own (RAdam: :func:`catapult.engine.threshold`)."""
+        return threshold(self.optimizer, lr_t * self.lr_mult0, step)
 
     def _lambda0_batches(self) -> int | None:
         """How many batches its lambda_0 averages (as ``run`` records it), ``None`` if not measured."""

@@ -1,0 +1,184 @@
+"""Which sharpness a run measures and which instability threshold it is compared with, step by
+step: ``eval.sharpness_kind`` resolved (``auto``), the measurement itself, and the threshold
+of each row. Both engines (:mod:`catapult.engine.loop` and the batched one in
+:mod:`catapult.sweep`) read these, so a cell's record does not depend on its engine.
+
+``eval.sharpness_kind: auto`` (:func:`resolve_kind`):
+
+* Adam, AdamW, GI-Adam (:data:`ADAPTIVE`): ``preconditioned``, ``lambda_max(P^-1 H)`` of the
+  pre-conditioner the next update applies, against ``(2 + 2 b1) / ((1 - b1) lr)``;
+* RAdam: :data:`RADAM_KIND`, i.e. per row (:func:`step_kind`) the Hessian's sharpness while
+  the update about to be applied is un-rectified (``rho_t <= 5``: EMA-momentum SGD), the
+  pre-conditioned one afterwards, each against :func:`catapult.optim.thresholds.radam_threshold`;
+* SGD whose param groups' learning rates differ (the muP table form, SμPar:
+  ``lr_mult`` not all equal): ``lr_scaled``, ``lambda_max(M^1/2 H M^1/2)`` with
+  ``M = diag(lr_i / lr_0)``, the sharpness that ``2 / lr_0`` of the first group bounds;
+* SGD with one learning rate for every group: ``hessian`` (``lambda_max(H)``).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import torch
+import torch.nn as nn
+
+from catapult.optim import registry
+
+__all__ = ["ADAPTIVE", "RADAM_KIND", "solver_options", "SharpnessRule", "sharpness_rule", "resolve_kind",
+           "group_lrs_differ", "step_kind", "threshold", "STEP_KIND_COLUMN"]
+
+#: Optimizers whose sharpness is the pre-conditioned one (``eval.sharpness_kind: auto``):
+#: ``registry.preconditioned_names()``. RAdam is not there: it switches (:data:`RADAM_KIND`).
+ADAPTIVE = set(registry.preconditioned_names())
+
+#: ``auto``'s kind for RAdam: ``hessian`` while its next update is un-rectified, then
+#: ``preconditioned`` (:func:`step_kind`); the rows measured say which (:data:`STEP_KIND_COLUMN`).
+RADAM_KIND = "hessian_then_preconditioned"
+
+#: The metrics column naming the kind a row's sharpness (and threshold) is, in runs whose kind
+#: changes during the run (:data:`RADAM_KIND`).
+STEP_KIND_COLUMN = "sharpness_kind"
+
+
+def solver_options(config: Mapping[str, Any]) -> dict:
+    """Keyword arguments of :func:`catapult.sharpness` from a validated config's ``eval.sharpness_*``
+    keys (tol, max_iter, hvp, dtype, max_basis, chunk_size)."""
+    ev = config["eval"]
+    memory = ev.get("sharpness_memory", "fast")
+    # lean's sharpness keeps no Krylov basis (catapult.curvature.lean.lean_top_eigenpair): the
+    # basis size does not apply to it
+    max_basis = None if memory == "lean" else ev["sharpness_max_basis"]
+    return dict(tol=ev["sharpness_tol"], max_iter=ev["sharpness_max_iter"], hvp=ev["sharpness_hvp"],
+                dtype=getattr(torch, ev["sharpness_dtype"]) if ev["sharpness_dtype"] else None,
+                max_basis=max_basis, chunk_size=ev["sharpness_chunk_size"], memory=memory)
+
+
+def group_lrs_differ(model: nn.Module, optimizer_name: str) -> bool:
+    """Whether the param groups :func:`catapult.param_groups` gives ``model`` for the family of
+    ``optimizer_name`` (the groups the engine's optimizer gets) have different ``lr_mult``."""
+    from catapult.parametrize import param_groups
+
+    with warnings.catch_warnings():  # the optimizer's own grouping warns, once
+        warnings.simplefilter("ignore")
+        groups = param_groups(model, 1.0, optimizer=registry.get(optimizer_name).family)
+    return len({float(g["lr_mult"]) for g in groups}) > 1
+
+
+def resolve_kind(config: Mapping[str, Any], model: nn.Module | None) -> str:
+    """``eval.sharpness_kind`` with ``auto`` resolved (module docstring); ``model`` (the run's)
+    decides SGD's kind: ``lr_scaled`` when its groups' learning rates differ."""
+    kind = config["eval"]["sharpness_kind"]
+    if kind != "auto":
+        return kind
+    name = config["optimizer"]["name"]
+    if name in ADAPTIVE:
+        return "preconditioned"
+    if name == "radam":
+        return RADAM_KIND
+    if model is None:
+        raise ValueError("resolve_kind: eval.sharpness_kind auto with sgd needs the run's model")
+    return "lr_scaled" if group_lrs_differ(model, name) else "hessian"
+
+
+def step_kind(kind: str, optimizer: torch.optim.Optimizer, t: int) -> str:
+    """The kind measured at row ``t`` (before update ``t``, torch's step ``t + 1``): ``kind``,
+    or for :data:`RADAM_KIND` ``"hessian"`` / ``"preconditioned"`` as that update is
+    un-rectified / rectified (``optimizer``'s first group's ``beta2``)."""
+    if kind != RADAM_KIND:
+        return kind
+    from catapult.optim.thresholds import radam_rectified
+
+    return "preconditioned" if radam_rectified(t + 1, float(optimizer.param_groups[0]["betas"][1])) else "hessian"
+
+
+def threshold(optimizer: torch.optim.Optimizer, lr: float | None = None, step: int | None = None) -> float:
+    """``instability_threshold`` at the first group's current lr (or ``lr``); ``inf`` at lr 0.
+
+    With ``step`` (the row, i.e. before update ``step``) an RAdam optimizer gets its step's own
+    threshold, :func:`catapult.optim.thresholds.radam_threshold` at torch's step ``step + 1``:
+    the momentum-SGD one while un-rectified (the same value as Adam's rule), the Adam rule over
+    the rectification ``r_t`` afterwards."""
+    from catapult.curvature import instability_threshold
+
+    current = optimizer.param_groups[0]["lr"] if lr is None else lr
+    if not current > 0:
+        return math.inf
+    if step is not None and isinstance(optimizer, torch.optim.RAdam):
+        from catapult.optim.thresholds import radam_threshold
+
+        return float(radam_threshold(current, optimizer.param_groups[0]["betas"], step + 1)[1])
+    return float(instability_threshold(optimizer, lr=current))
+
+
+@dataclass(frozen=True)
+class SharpnessRule:
+    """How a run measures sharpness: ``kind`` is ``"hessian"``, ``"preconditioned"``,
+    ``"lr_scaled"`` or :data:`RADAM_KIND`; ``hessian(...)`` and ``measure(...)`` take ``(model,
+    loss_fn, batch, optimizer, init)`` and return an :class:`~catapult.curvature.EigenEstimate`;
+    ``measure`` is the kind the run reports (``kind=`` one of the fixed kinds overrides it: the
+    row's :func:`step_kind`); lambda_0 is always the Hessian's."""
+
+    kind: str
+    hessian: Callable
+    measure: Callable
+    spectrum: Callable | None = None  # (model, loss_fn, batch, optimizer[, kind]) -> row entries
+
+    def kind_at(self, optimizer: torch.optim.Optimizer, t: int) -> str:
+        """The kind measured at row ``t`` (:func:`step_kind`)."""
+        return step_kind(self.kind, optimizer, t)
+
+
+def sharpness_rule(config: Mapping[str, Any], model: nn.Module | None = None) -> SharpnessRule:
+    """The config's :class:`SharpnessRule`, ``auto`` resolved by :func:`resolve_kind` (``model``:
+    the run's, for SGD's per-group learning rates)."""
+    from catapult import curvature
+
+    ev = config["eval"]
+    kwargs = solver_options(config)
+    kind = resolve_kind(config, model)
+
+    def hessian(model, loss_fn, batch, optimizer, init):
+        return curvature.sharpness(model, loss_fn, batch, init=init, **kwargs)
+
+    def preconditioned(model, loss_fn, batch, optimizer, init):
+        return curvature.preconditioned_sharpness(model, loss_fn, batch, optimizer, init=init,
+                                                  scale_by_group_lr=True, **kwargs)
+
+    def lr_scaled(model, loss_fn, batch, optimizer, init):
+        from catapult.optim.thresholds import lr_scaled_sharpness
+
+        lean = {k: v for k, v in kwargs.items() if k != "memory"}
+        if lean["max_basis"] is None:  # memory: lean; this solver keeps a basis: lean's cap
+            from catapult.curvature import MEMORY_SETTINGS
+            lean["max_basis"] = min(ev["sharpness_max_basis"], MEMORY_SETTINGS["lean"]["max_basis"])
+        return lr_scaled_sharpness(model, loss_fn, batch, optimizer, init=init, **lean)
+
+    solvers = {"hessian": hessian, "preconditioned": preconditioned, "lr_scaled": lr_scaled}
+
+    def measure(model, loss_fn, batch, optimizer, init, kind: str | None = None):
+        return solvers.get(kind or rule_kind, hessian)(model, loss_fn, batch, optimizer, init)
+
+    rule_kind = kind if kind in solvers else "hessian"
+    top_k, trace_matvecs = int(ev.get("spectrum_top_k", 0)), int(ev.get("trace_matvecs", 0))
+
+    def spectrum(model, loss_fn, batch, optimizer, kind: str | None = None):
+        """eig_1..eig_k and hessian_trace (of P^-1/2 H P^-1/2 when the kind is pre-conditioned)."""
+        opt = optimizer if (kind or rule_kind) == "preconditioned" else None
+        row = {}
+        common = dict(dtype=kwargs["dtype"], hvp=kwargs["hvp"], chunk_size=kwargs["chunk_size"])
+        if top_k:
+            eig = curvature.top_eigenpairs(model, loss_fn, batch, k=top_k, tol=kwargs["tol"],
+                                           max_iter=max(kwargs["max_iter"], 3 * top_k),
+                                           optimizer=opt, scale_by_group_lr=opt is not None,
+                                           memory=kwargs["memory"], **common)
+            row.update({f"eig_{i + 1}": float(v) for i, v in enumerate(eig.values)})
+        if trace_matvecs:
+            row["hessian_trace"] = float(curvature.hessian_trace(
+                model, loss_fn, batch, matvecs=max(3, trace_matvecs), optimizer=opt,
+                scale_by_group_lr=opt is not None, **common))
+        return row
+
+    return SharpnessRule(kind, hessian, measure, spectrum if (top_k or trace_matvecs) else None)
