@@ -190,11 +190,13 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
             where that cannot be met); see :func:`memory_setting` and
             :func:`catapult.curvature.lean.lean_sizes`. ``tol`` is kept: a smaller basis costs
             more products (restarts), not a looser answer.
-        coarse: start vector from solves on nested sub-batches (:mod:`catapult.curvature.coarse`):
-            ``"auto"`` (default; only without ``init``, for batches of >= 256 samples, not with
-            ``distributed``), ``None`` (a random start), or ``(divisor, tol)`` levels. The
-            answer and its ``tol`` are the full batch's; ``est.coarse_matvecs`` counts the
-            cheaper sub-batch products.
+        coarse: start vector from solves on cheaper operators (:mod:`catapult.curvature.coarse`):
+            ``"auto"`` (default; only without ``init``, not with ``distributed``: nested
+            sub-batches for batches of >= 256 samples, else the whole batch with one-sided
+            finite-difference products, one gradient each), ``None`` (a random start), or
+            ``(divisor, tol)`` levels (``divisor`` an integer >= 2 or ``"finite_difference"``).
+            The answer and its ``tol`` are the exact full batch's; ``est.coarse_matvecs``
+            counts the cheaper products.
         distributed: inside an initialised ``torch.distributed`` process group, ``batch`` is
             this rank's shard and the Hessian is that of the union's loss (a mean over
             samples: products all-reduced with weights ``|B_r| / |B|``); every rank gets the
@@ -231,8 +233,9 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
     levels = [] if (init is not None or distributed) else coarse_levels(batch, coarse)
     coarse_products, coarse_cost = 0, 0.0
     if levels:
-        v0, coarse_products, coarse_cost = coarse_start_vector(model, loss_fn, batch, v0, levels, dtype=dtype,
-                                                  hvp=hvp, seed=seed, max_basis=max_basis)
+        v0, coarse_products, coarse_cost = coarse_start_vector(
+            model, loss_fn, batch, v0, levels, dtype=dtype, hvp=hvp, seed=seed,
+            max_basis=max_basis, op=op)
     est = lanczos_top_eigenpair(op, v0, tol=tol, max_iter=max_iter, max_basis=max_basis,
                                 _fresh_output=True)
     est.coarse_matvecs, est.coarse_cost = coarse_products, coarse_cost
