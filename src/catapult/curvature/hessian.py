@@ -157,7 +157,8 @@ class HessianOperator:
 
     Attributes: ``numel``, ``dtype``, ``device``, ``mode`` (resolved hvp mode), ``loss`` (float),
     ``gradient()`` (flat gradient at the current parameters, computed once), ``matvecs``,
-    ``chunks`` (number of micro-batches, 1 without ``chunk_size``).
+    ``chunks`` (number of micro-batches, 1 without ``chunk_size``), ``forward_difference(v)``
+    (a one-sided difference approximation of ``H v`` from one gradient, for start vectors).
 
     Example: ``L(w) = mean((x w - y)^2)`` over two samples ``x = (2, 0), (0, 1)`` has the
     Hessian ``2 x^T x / 2 = diag(4, 1)``:
