@@ -14,8 +14,9 @@ import torch.nn as nn
 import catapult
 from catapult.curvature import HessianOperator
 from catapult.curvature.hessian import math_attention
-from catapult.curvature.coarse import (FINITE_DIFFERENCE, FINITE_DIFFERENCE_COST,
-                                       coarse_levels, coarse_start_vector)
+from catapult.curvature.coarse import (FINITE_DIFFERENCE, FINITE_DIFFERENCE_CONSISTENCY,
+                                       FINITE_DIFFERENCE_COST, coarse_levels,
+                                       coarse_start_vector, difference_consistency)
 from catapult.models import GPT
 from test_spectrum import dense_hessian, small_problem
 
@@ -114,3 +115,27 @@ def test_coarse_levels_parse_and_refuse():
         coarse_levels(({"a": x}, y), ((4, 1e-3),))
     with pytest.raises(ValueError, match="coarse must be"):
         coarse_levels((x, y), "fine")
+
+
+def test_finite_difference_level_is_skipped_across_kinks():
+    # a ReLU MLP in float32 (step h = 3.5e-4): forward and backward differences disagree
+    # (kinks; measured gap ~2e2), so the level is skipped after its two check gradients and the
+    # solve is the cold one from the same random start
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
+                          nn.Linear(256, 10))
+    batch = (torch.randn(128, 32), torch.randint(0, 10, (128,)))
+    loss_fn = nn.CrossEntropyLoss()
+    op = HessianOperator(model, loss_fn, batch)
+    v = torch.randn(op.numel, generator=torch.Generator().manual_seed(0))
+    gap, _ = difference_consistency(op, v)
+    assert gap > FINITE_DIFFERENCE_CONSISTENCY
+    auto = catapult.sharpness(model, loss_fn, batch, tol=1e-3)
+    cold = catapult.sharpness(model, loss_fn, batch, tol=1e-3, coarse=None)
+    assert auto.coarse_matvecs == 2 and auto.matvecs == cold.matvecs
+    assert auto.value == cold.value and auto.converged
+    # smooth (tanh) losses pass the check, in float32 too
+    smooth, loss_fn, batch = small_problem(seed=3)
+    op = HessianOperator(smooth, loss_fn, batch, dtype=torch.float32)
+    gap, _ = difference_consistency(op, torch.ones(op.numel))
+    assert gap < FINITE_DIFFERENCE_CONSISTENCY
