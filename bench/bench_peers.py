@@ -15,8 +15,10 @@ heads, context 32) with token cross-entropy on 16 seeded random sequences. The r
 ``lambda_max`` is ours in float64 at tol 1e-10. Every solver runs in float32 from a seeded
 random start; ``--seeds`` seeds each.
 
-Reported per problem: eigenvalue, relative error, HVPs, wall and CPU seconds (mean over seeds),
-and ``ours / peer`` wall-time ratios (the issue's target is <= 0.5).
+Reported per problem: eigenvalue, relative error, HVPs (ours: exact products, "+ k" the cheaper
+products of its coarse start: sub-batch or finite-difference), wall and CPU seconds (mean over
+seeds), ``ours / peer`` wall-time ratios (the issue's target is <= 0.5), and the CPU cost of one
+call of each kind of product.
 
 Usage:  OMP_NUM_THREADS=1 .venv/bin/python bench/bench_peers.py [--seeds 3] [--problems fcn1000,fcn2500,gpt]
 """
@@ -72,7 +74,31 @@ def problem(name: str):
 def run_ours(model, loss, batch, seed):
     with Timer() as t:
         est = sharpness(model, loss, batch, tol=TARGET, seed=seed)
-    return est.value, est.matvecs, t.seconds, t.cpu
+    return est.value, est.matvecs, t.seconds, t.cpu, est.coarse_matvecs
+
+
+def product_costs(model, loss, batch, reps=7):
+    """Median CPU ms of one graph build, one exact product and one difference product of ours,
+    and one hessian-eigenthings product (which re-builds the graph), interleaved."""
+    import hessian_eigenthings as he
+    from catapult.curvature import HessianOperator
+
+    op = HessianOperator(model, loss, batch)
+    v = torch.randn(op.numel, generator=torch.Generator().manual_seed(0))
+    op.gradient()
+    peer = he.HessianOperator(model, [batch], lambda m, b: loss(m(b[0]), b[1]))
+    kinds = {"ours: build (forward + backward with graph)": lambda: HessianOperator(model, loss, batch),
+             "ours: exact product": lambda: op(v),
+             "ours: difference product (one gradient)": lambda: op.forward_difference(v),
+             "hessian-eigenthings: product": lambda: peer.matvec(v)}
+    times = {k: [] for k in kinds}
+    with math_attention():
+        for r in range(reps):
+            for k, f in (kinds.items() if r % 2 else reversed(kinds.items())):
+                with Timer() as t:
+                    f()
+                times[k].append(t.cpu)
+    return {k: 1e3 * float(np.median(x)) for k, x in times.items()}
 
 
 def run_eigenthings(model, loss, batch, seed, ref, max_m=60):
@@ -171,9 +197,10 @@ def main(argv=None):
                     run_eigenthings(model, loss, batch, seed, ref))
                 rows["curvlinops + eigsh tol 1e-3"].append(run_curvlinops(model, loss, batch, seed))
             for label, r in rows.items():
-                v, k, s, c = r[-1]
+                v, k, s, c = r[-1][:4]
+                extra = f" (+ {r[-1][4]} coarse)" if len(r[-1]) > 4 else ""
                 print(f"  seed {seed} {label}: {v:.6g} err {abs(v - ref) / abs(ref):.1e} "
-                      f"HVPs {k} wall {s:.2f} s CPU {c:.2f} s", flush=True)
+                      f"HVPs {k}{extra} wall {s:.2f} s CPU {c:.2f} s", flush=True)
         print("\n| solver | rel. error (max) | HVPs (per seed) | wall s (mean) | CPU s (mean) | "
               "ours / solver, wall | ours / solver, CPU |\n|---|---|---|---|---|---|---|")
         ours = rows["catapult.sharpness tol 1e-3"]
@@ -181,10 +208,14 @@ def main(argv=None):
         for label, r in rows.items():
             err = max(abs(x[0] - ref) / abs(ref) for x in r)
             w, c = np.mean([x[2] for x in r]), np.mean([x[3] for x in r])
-            print(f"| {label} | {err:.1e} | {', '.join(str(x[1]) for x in r)} | {w:.2f} | "
+            counts = ", ".join(str(x[1]) + (f" (+{x[4]})" if len(x) > 4 else "") for x in r)
+            print(f"| {label} | {err:.1e} | {counts} | {w:.2f} | "
                   f"{c:.2f} | {ow / w:.2f} | {oc / c:.2f} |")
             if label != "catapult.sharpness tol 1e-3":
                 summary.append((name, label, ow / w, oc / c))
+        costs = product_costs(model, loss, batch)
+        print("\nCPU ms per call (median of 7, interleaved): " + "; ".join(
+            f"{k} {v:.1f}" for k, v in costs.items()), flush=True)
     print("\n| problem | peer | ours / peer, wall | ours / peer, CPU | target <= 0.5 |\n"
           "|---|---|---|---|---|")
     for name, label, w, c in summary:

@@ -1,81 +1,154 @@
-"""Coarse-to-fine start vectors: the top eigenvector of the Hessian on nested sub-batches.
+"""Coarse-to-fine start vectors: the top eigenvector of cheaper approximations of the Hessian.
 
 A cold Lanczos solve spends most of its products turning a random vector into one that lives in
-the Hessian's top (outlier) eigenspace. On a large batch that work can be done on sub-batches:
-the Hessian of the loss on the first ``n/16`` samples already has nearly the same outlier
-eigenspace as on all ``n`` (its bulk differs, its outliers move by ``O(1/sqrt(m))``), and its
-products cost ``~1/16`` as much when per-sample compute dominates. The vector found there starts
-the solve on ``n/4`` samples, whose vector starts the full-batch solve. The final answer and its
-stopping test (``tol``) are those of the full-batch solve only: a coarse level changes where
-Lanczos starts, never what it certifies.
+the Hessian's top (outlier) eigenspace. That work can be done on cheaper operators:
+
+* **Sub-batches** (large batches): the Hessian of the loss on the first ``n/16`` samples already
+  has nearly the same outlier eigenspace as on all ``n`` (its bulk differs, its outliers move by
+  ``O(1/sqrt(m))``), and its products cost ``~1/16`` as much when per-sample compute dominates.
+  The vector found there starts the solve on ``n/4`` samples, whose vector starts the
+  full-batch solve.
+* **Finite differences** (small batches, where a sub-batch costs nearly as much as the whole
+  batch): the whole batch's Hessian with one-sided difference products
+  (:meth:`~catapult.curvature.HessianOperator.forward_difference`: one gradient each, about half
+  an exact product, relative error ~1e-3 in float32). Lanczos on it converges like on the exact
+  Hessian down to near its error, so its vector leaves only the last few exact products.
+
+The final answer and its stopping test (``tol``) are those of the exact full-batch solve only: a
+coarse level changes where Lanczos starts, never what it certifies.
 
 Nothing here changes a model's parameters, gradients, buffers or train/eval mode, or the global
 random number generators.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from catapult.curvature.hessian import HessianOperator
 from catapult.curvature.lanczos import lanczos_top_eigenpair
 
-__all__ = ["COARSE_MIN_SAMPLES", "COARSE_LEVELS", "coarse_levels", "coarse_start_vector"]
+__all__ = ["COARSE_MIN_SAMPLES", "COARSE_LEVELS", "SMALL_BATCH_LEVELS", "FINITE_DIFFERENCE",
+           "FINITE_DIFFERENCE_COST", "FINITE_DIFFERENCE_MAX_ITER", "FINITE_DIFFERENCE_CONSISTENCY",
+           "coarse_levels", "difference_consistency", "coarse_start_vector"]
 
-#: Batches with fewer samples (dim 0) get no coarse levels under ``coarse="auto"``: products on
-#: a few samples cost nearly as much as on the whole batch there (per-call overhead dominates),
-#: so the coarse solve costs more than it saves (the small GPT of ``bench/bench_peers.py``).
+#: Batches with fewer samples (dim 0) get no sub-batch levels under ``coarse="auto"`` (they get
+#: :data:`SMALL_BATCH_LEVELS`): products on a few samples cost nearly as much as on the whole
+#: batch there (per-call overhead dominates), so a sub-batch solve costs more than it saves (the
+#: small GPT of ``bench/bench_peers.py``).
 COARSE_MIN_SAMPLES = 256
 #: ``(divisor, tol)`` of each coarse level, coarsest first: the sub-batch is the first
 #: ``n // divisor`` samples. Measured on the Fig. 1 FCN at n = 1000 (bench/RESULTS.md, issue 16).
 COARSE_LEVELS = ((16, 3e-3), (4, 3e-3))
+#: The level name of a solve on the whole batch with one-sided difference products.
+FINITE_DIFFERENCE = "finite_difference"
+#: ``coarse="auto"`` below :data:`COARSE_MIN_SAMPLES` samples (or without a tensor batch): one
+#: finite-difference level, to a residual of 3e-3: near the products' error (2e-3 relative on the
+#: small GPT's top eigenvector in float32), it leaves 3 exact products there (tols 2e-3 .. 1e-2
+#: measured, 2-5 exact products; bench/RESULTS.md, issue 16).
+SMALL_BATCH_LEVELS = ((FINITE_DIFFERENCE, 3e-3),)
+#: Full-batch-equivalent cost counted per difference product (one gradient vs a product's two
+#: passes) in ``coarse_cost``.
+FINITE_DIFFERENCE_COST = 0.5
+#: Products a finite-difference level may spend: where the products' error keeps Lanczos above
+#: the level's tol, its best vector so far is used.
+FINITE_DIFFERENCE_MAX_ITER = 30
+#: A finite-difference level is skipped when its forward and backward differences along the
+#: start vector differ by more than this (relative): the loss is not smooth at the scale of the
+#: step (ReLU kinks: measured 2e2 on a ReLU MLP, where the differences describe no Hessian),
+#: while smooth losses differ by twice the truncation error (~1e-2 at most measured: tanh MLP,
+#: small GPT).
+FINITE_DIFFERENCE_CONSISTENCY = 0.1
 
 
-def coarse_levels(batch, coarse) -> list[tuple[int, float]]:
-    """The ``(samples, tol)`` of the coarse solves for ``batch`` under ``coarse``.
+def coarse_levels(batch, coarse) -> list[tuple[int | str, float]]:
+    """The ``(samples, tol)`` of the coarse solves for ``batch`` under ``coarse``, with
+    ``samples`` = :data:`FINITE_DIFFERENCE` for a finite-difference level on the whole batch.
 
     ``coarse`` is ``None`` (none), ``"auto"`` (:data:`COARSE_LEVELS` when the batch's inputs and
     targets are tensors sharing a sample dimension of at least :data:`COARSE_MIN_SAMPLES`, else
-    none) or a sequence of ``(divisor, tol)`` pairs.
+    :data:`SMALL_BATCH_LEVELS`) or a sequence of ``(divisor, tol)`` pairs, where ``divisor`` is
+    an integer >= 2 (the first ``n // divisor`` samples) or :data:`FINITE_DIFFERENCE`.
 
     >>> x, y = torch.zeros(1000, 3), torch.zeros(1000)
     >>> coarse_levels((x, y), "auto"), coarse_levels((x[:100], y[:100]), "auto")
-    ([(62, 0.003), (250, 0.003)], [])
+    ([(62, 0.003), (250, 0.003)], [('finite_difference', 0.003)])
     """
     if coarse is None:
         return []
     inputs, targets = batch
-    if not (torch.is_tensor(inputs) and torch.is_tensor(targets) and inputs.dim() >= 1
+    n = None
+    if (torch.is_tensor(inputs) and torch.is_tensor(targets) and inputs.dim() >= 1
             and targets.dim() >= 1 and inputs.shape[0] == targets.shape[0]):
-        if coarse == "auto":
-            return []
-        raise ValueError("coarse levels need the batch's inputs and targets to be tensors with a "
-                         "common sample dimension (dim 0)")
-    n = inputs.shape[0]
-    if coarse == "auto":
-        if n < COARSE_MIN_SAMPLES:
-            return []
-        coarse = COARSE_LEVELS
-    levels = []
+        n = inputs.shape[0]
+    if isinstance(coarse, str):
+        if coarse != "auto":
+            raise ValueError(f"coarse must be 'auto', None or (divisor, tol) pairs, got {coarse!r}")
+        coarse = COARSE_LEVELS if n is not None and n >= COARSE_MIN_SAMPLES else SMALL_BATCH_LEVELS
+    levels: list[tuple[int | str, float]] = []
     for divisor, tol in coarse:
-        if not (isinstance(divisor, int) and divisor >= 2 and tol > 0):
-            raise ValueError(f"coarse levels must be (divisor >= 2, tol > 0) pairs, got "
-                             f"{(divisor, tol)!r}")
+        if not (isinstance(tol, (int, float)) and tol > 0):
+            raise ValueError(f"coarse levels need a tol > 0, got {(divisor, tol)!r}")
+        if divisor == FINITE_DIFFERENCE:
+            levels.append((FINITE_DIFFERENCE, float(tol)))
+            continue
+        if not (isinstance(divisor, int) and not isinstance(divisor, bool) and divisor >= 2):
+            raise ValueError(f"coarse levels must be (divisor >= 2, tol > 0) or "
+                             f"('{FINITE_DIFFERENCE}', tol) pairs, got {(divisor, tol)!r}")
+        if n is None:
+            raise ValueError("coarse sub-batch levels need the batch's inputs and targets to be "
+                             "tensors with a common sample dimension (dim 0)")
         levels.append((max(1, n // divisor), float(tol)))
     return levels
 
 
+def difference_consistency(op, v: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """``(gap, forward)``: the relative gap ``||F+ - F-|| / ||(F+ + F-) / 2||`` between the
+    forward and backward differences ``F+ = (g(theta + h u) - g(theta)) / h`` and
+    ``F- = (g(theta) - g(theta - h u)) / h`` along ``u = v / ||v||``, and ``F+`` (scaled by
+    ``||v||``, as :meth:`~catapult.curvature.HessianOperator.forward_difference` returns it).
+    For a smooth loss the gap is ``~ h ||D^3 L[u, u]|| / ||H u||`` (small); across kinks it is
+    large. Two gradients.
+
+    Example (a quadratic: no gap):
+        >>> model = torch.nn.Linear(2, 1, bias=False)
+        >>> batch = (torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0], [0.0]]))
+        >>> op = HessianOperator(model, torch.nn.MSELoss(), batch, dtype=torch.float64)
+        >>> gap, forward = difference_consistency(op, torch.tensor([1.0, 1.0], dtype=torch.float64))
+        >>> gap < 1e-6, forward.round(decimals=5)
+        (True, tensor([4., 1.], dtype=torch.float64))
+    """
+    forward = op.forward_difference(v)
+    backward = op.forward_difference(-v).neg_()
+    mean = float(torch.linalg.vector_norm(forward + backward)) / 2
+    gap = float(torch.linalg.vector_norm(forward - backward))
+    if not (math.isfinite(gap) and math.isfinite(mean)):
+        return float("nan"), forward
+    return (gap / mean if mean > 0 else (0.0 if gap == 0 else float("inf"))), forward
+
+
 def coarse_start_vector(model, loss_fn, batch, v0: torch.Tensor, levels, *, dtype=None,
                         hvp: str = "auto", seed: int = 0, max_basis: int = 20,
-                        max_iter: int = 100, operator_options: dict | None = None,
+                        max_iter: int = 100, op=None, operator_options: dict | None = None,
                         solve=None) -> tuple[torch.Tensor, int, float]:
-    """``(vector, products, cost)``: ``v0`` carried through the top-eigenvector solves on the
-    first ``m`` samples of each level (``levels`` from :func:`coarse_levels`), coarsest first.
+    """``(vector, products, cost)``: ``v0`` carried through the top-eigenvector solves of each
+    level (``levels`` from :func:`coarse_levels`), in order: on the first ``m`` samples, or on the
+    whole batch with difference products (``op``, the whole batch's
+    :class:`~catapult.curvature.HessianOperator`, built here when not given; its gradient is
+    the differences' base point).
 
-    ``products`` counts the sub-batch Hessian-vector products; ``cost`` weighs each by its
-    level's ``m / n`` (full-batch-equivalent products when per-sample compute dominates).
-    ``operator_options`` are further :class:`HessianOperator` arguments (``memory="lean"``:
-    its micro-batches, no retained graph); ``solve(op, v, tol=, max_iter=)`` replaces the solver
-    (``memory="lean"``: :func:`catapult.curvature.lean.lean_top_eigenpair`).
+    A sub-batch level's vector is used when its solve converged; a finite-difference level's
+    whenever it is finite (after at most :data:`FINITE_DIFFERENCE_MAX_ITER` products). A
+    finite-difference level first checks :func:`difference_consistency` along its start vector
+    (one extra gradient; its forward difference is the solve's first product) and is skipped
+    when the gap exceeds :data:`FINITE_DIFFERENCE_CONSISTENCY` (a non-smooth loss).
+    ``products`` counts the levels' products; ``cost`` weighs each by its level's ``m / n``, or
+    :data:`FINITE_DIFFERENCE_COST` for a difference product (full-batch-equivalent products).
+    ``operator_options`` are further :class:`HessianOperator` arguments for the sub-batch
+    operators (``memory="lean"``: its micro-batches, no retained graph); ``solve(op, v, tol=,
+    max_iter=)`` replaces their solver (``memory="lean"``:
+    :func:`catapult.curvature.lean.lean_top_eigenpair`).
 
     Example (one level on the first 2 of 4 samples, which already hold the top direction):
         >>> model = torch.nn.Linear(2, 1, bias=False)
@@ -86,15 +159,41 @@ def coarse_start_vector(model, loss_fn, batch, v0: torch.Tensor, levels, *, dtyp
         (tensor([1., 0.]), 2, 1.0)
     """
     inputs, targets = batch
-    n = inputs.shape[0]
     vector, products, cost = v0, 0, 0.0
     for m, tol in levels:
-        op = HessianOperator(model, loss_fn, (inputs[:m], targets[:m]), dtype=dtype, hvp=hvp,
-                             seed=seed, **(operator_options or {}))
+        if m == FINITE_DIFFERENCE:
+            if op is None:
+                op = HessianOperator(model, loss_fn, batch, dtype=dtype, hvp=hvp, seed=seed,
+                                     **(operator_options or {}))
+            start = vector.to(device=op.device, dtype=op.dtype)
+            start = start / torch.linalg.vector_norm(start)
+            gap, first = difference_consistency(op, start)
+            products += 1  # the backward difference; the forward one is the solve's first product
+            cost += FINITE_DIFFERENCE_COST
+            if not gap <= FINITE_DIFFERENCE_CONSISTENCY:
+                products += 1
+                cost += FINITE_DIFFERENCE_COST
+                continue
+            cached = [first]
+
+            def product(u, cached=cached, op=op):
+                return cached.pop() if cached else op.forward_difference(u)
+
+            est = lanczos_top_eigenpair(product, start, tol=tol,
+                                        max_iter=min(max_iter, FINITE_DIFFERENCE_MAX_ITER),
+                                        max_basis=max_basis, _fresh_output=True)
+            products += est.matvecs
+            cost += est.matvecs * FINITE_DIFFERENCE_COST
+            if est.vector.isfinite().all() and math.isfinite(est.value):
+                vector = est.vector
+            continue
+        n = inputs.shape[0]
+        sub = HessianOperator(model, loss_fn, (inputs[:m], targets[:m]), dtype=dtype, hvp=hvp,
+                              seed=seed, **(operator_options or {}))
         if solve is not None:
-            est = solve(op, vector, tol=tol, max_iter=max_iter)
+            est = solve(sub, vector, tol=tol, max_iter=max_iter)
         else:
-            est = lanczos_top_eigenpair(op, vector, tol=tol, max_iter=max_iter,
+            est = lanczos_top_eigenpair(sub, vector, tol=tol, max_iter=max_iter,
                                         max_basis=max_basis, _fresh_output=True)
         products += est.matvecs
         cost += est.matvecs * m / n

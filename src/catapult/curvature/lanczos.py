@@ -36,9 +36,10 @@ class EigenEstimate:
             of the operator has ``|lambda - value| <= error_bound * |value|`` (the relative
             residual, Bauer-Fike/Krylov-Weinberg; it bounds the error against ``lambda_max``
             once the solver has found the top eigenvalue); what ``tol`` is compared with.
-        coarse_matvecs: products on sub-batches spent on the start vector
-            (:mod:`catapult.curvature.coarse`), not counted in ``matvecs``; ``coarse_cost``
-            weighs each by its sub-batch's share of the samples (full-batch-equivalent products).
+        coarse_matvecs: products on sub-batches or by finite differences spent on the start
+            vector (:mod:`catapult.curvature.coarse`), not counted in ``matvecs``;
+            ``coarse_cost`` weighs each by its sub-batch's share of the samples, or 1/2 for a
+            difference product (full-batch-equivalent products).
 
     Example:
         >>> est = EigenEstimate(value=4.0, vector=torch.tensor([1.0, 0.0]), matvecs=2,

@@ -197,11 +197,15 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
             about twice the products). Measured peak 1.0-2.8x a training step's on the Fig. 1
             FCN at 5000-1000 samples (``bench/RESULTS.md``, issue 16, 3c). ``tol`` is kept: the
             returned residual is computed from ``A y``, not estimated.
-        coarse: start vector from solves on nested sub-batches (:mod:`catapult.curvature.coarse`):
-            ``"auto"`` (default; only without ``init``, for batches of >= 256 samples, not with
-            ``distributed``), ``None`` (a random start), or ``(divisor, tol)`` levels. The
-            answer and its ``tol`` are the full batch's; ``est.coarse_matvecs`` counts the
-            cheaper sub-batch products.
+        coarse: start vector from solves on cheaper operators (:mod:`catapult.curvature.coarse`):
+            ``"auto"`` (default; only without ``init``, not with ``distributed``: nested
+            sub-batches for batches of >= 256 samples, else the whole batch with one-sided
+            finite-difference products, one gradient each, skipped after two gradients where the
+            loss is not smooth at the difference step, e.g. ReLU kinks in float32), ``None`` (a
+            random start), or
+            ``(divisor, tol)`` levels (``divisor`` an integer >= 2 or ``"finite_difference"``).
+            The answer and its ``tol`` are the exact full batch's; ``est.coarse_matvecs``
+            counts the cheaper products.
         distributed: inside an initialised ``torch.distributed`` process group, ``batch`` is
             this rank's shard and the Hessian is that of the union's loss (a mean over
             samples: products all-reduced with weights ``|B_r| / |B|``); every rank gets the
@@ -246,7 +250,7 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
     if levels:
         v0, coarse_products, coarse_cost = coarse_start_vector(
             model, loss_fn, batch, v0, levels, dtype=dtype, hvp=hvp, seed=seed,
-            max_basis=max_basis, operator_options=options,
+            max_basis=max_basis, op=op, operator_options=options,
             solve=functools.partial(lean.lean_top_eigenpair, overwrite=True) if basis_free else None)
     if basis_free:
         est = lean.lean_top_eigenpair(op, v0, tol=tol, max_iter=max(max_iter, 2), overwrite=True)
