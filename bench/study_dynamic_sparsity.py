@@ -52,16 +52,16 @@ def main() -> None:
             mean = np.array([v.mean() for v in vals])
             best = lrs[int(np.argmin(mean))]
             optima[density] = best
-            text = ", ".join(f"2^{math.log2(lr):.0f}: {v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0:.3f} "
+            text = ", ".join(f"2^{math.log2(lr):g}: {v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0:.3f} "
                              f"({len(v)})" for lr, v in zip(lrs, vals))
-            print(f"| {method} | {param} | {density:g} | {text} | 2^{math.log2(best):.0f} |")
+            print(f"| {method} | {param} | {density:g} | {text} | 2^{math.log2(best):g} |")
             x = np.log2(lrs)
             line, = ax.plot(x, mean, "o-", label=f"density {density:g}")
             ax.fill_between(x, [v.min() for v in vals], [v.max() for v in vals], color=line.get_color(), alpha=0.2)
         if not optima:
             continue
         drift = max(math.log2(v) for v in optima.values()) - min(math.log2(v) for v in optima.values())
-        print(f"| {method} | {param} | drift of the optimum across densities | | {drift:.0f} log2 units |")
+        print(f"| {method} | {param} | drift of the optimum across densities | | {drift:g} log2 units |")
         ax.set_title(f"{method}, {param}")
         ax.set_xlabel("log2 lr")
         ax.set_ylabel("final validation loss (mean, min-max band)")

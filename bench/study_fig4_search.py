@@ -159,6 +159,9 @@ def cmd_heatmap(args) -> None:
     import matplotlib.pyplot as plt
 
     rows = load(args.out, args.tag)
+    if args.x:
+        keep = {float(v) for v in args.x.split(",")}
+        rows = [r for r in rows if r["x"] in keep]
     opts = list(dict.fromkeys(r["optimizer"] for r in rows))
     xs = sorted({r["x"] for r in rows})
     warms = sorted({r["warmup_steps"] for r in rows})
@@ -208,6 +211,46 @@ def cmd_heatmap(args) -> None:
                   f"{mean:.2f} ± {sd:.2f} | {lr_of(mean):.3g} |")
 
 
+def cmd_mechanism(args) -> None:
+    """The first ``--steps`` updates at constant lr_trgt (no warmup, no decay) of Adam and GI-Adam
+    from the same init and batches: per step the training loss, the gradient norm relative to
+    step 0's, and the RMS update per element relative to lr (Adam's first step: 1; GI-Adam's with
+    the v bias correction: sqrt(1 - b2) = 0.032)."""
+    import torch
+
+    from catapult.engine.build import build_optimizer, build_run
+
+    cfg0 = base_config(args.set)
+    cfg0["seed"] = args.seed
+    lr = lr_of(args.x)
+    print(f"x = {args.x:g} (lr {lr:.4g}), overrides {args.set}")
+    print("| optimizer | " + " | ".join(f"step {t}" for t in args.show) + " |")
+    print("|---|" + "---|" * len(args.show))
+    for opt in ("adam", "gi-adam"):
+        c = copy.deepcopy(cfg0)
+        c["optimizer"].update(name=opt, lr=lr)
+        setup = build_run(c)
+        model, optim = setup.model, build_optimizer(setup.config, setup.model, lr)
+        params = [p for p in model.parameters() if p.requires_grad]
+        rows = []
+        g0 = None
+        for t in range(args.steps):
+            x, y = setup.batches.batch(t)
+            optim.zero_grad()
+            loss = setup.loss_fn(model(x), y)
+            loss.backward()
+            g = torch.sqrt(sum((p.grad ** 2).sum() for p in params)).item()
+            g0 = g if g0 is None else g0
+            before = [p.detach().clone() for p in params]
+            optim.step()
+            n = sum(p.numel() for p in params)
+            upd = math.sqrt(sum(((p.detach() - b) ** 2).sum().item() for p, b in zip(params, before)) / n)
+            rows.append((loss.item(), g / g0, upd / lr))
+        cells = [f"{rows[t][0]:.3g} / {rows[t][1]:.3g} / {rows[t][2]:.3g}" for t in args.show]
+        print(f"| {opt} | " + " | ".join(cells) + " |")
+    print("(each cell: training loss / gradient norm over step 0's / RMS update per element over lr)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -226,9 +269,18 @@ def main() -> None:
     p.add_argument("--tag", required=True)
     p.add_argument("--fig", required=True)
     p.add_argument("--title", default="")
+    p.add_argument("--x", default="", help="only these x (comma-separated; default: all)")
     p.add_argument("--out", default=str(DEFAULT_OUT))
+    p = sub.add_parser("mechanism")
+    p.add_argument("--set", action="append", default=[])
+    p.add_argument("--x", type=float, default=20.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=31)
+    p.add_argument("--show", default="0,1,2,5,10,20,30")
     args = ap.parse_args()
-    {"run": cmd_run, "table": cmd_table, "heatmap": cmd_heatmap}[args.cmd](args)
+    if args.cmd == "mechanism":
+        args.show = [int(v) for v in args.show.split(",")]
+    {"run": cmd_run, "table": cmd_table, "heatmap": cmd_heatmap, "mechanism": cmd_mechanism}[args.cmd](args)
 
 
 if __name__ == "__main__":
