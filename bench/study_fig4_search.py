@@ -190,8 +190,8 @@ def cmd_heatmap(args) -> None:
         ax.set_yticks(range(len(warms)), [str(w) for w in warms])
         ax.set_xlabel("x in lr_trgt = 1e-4 * 2^(x/2)")
         ax.set_ylabel("T_wrm")
-        ax.set_title(f"{opt}: final test loss, mean of {len(seeds)} seeds, each clipped at {vmax:.2f}\n"
-                     f"(x = seeds that failed: test loss >= unigram {uni:.2f})", fontsize=9)
+        ax.set_title(f"{opt}: final test loss, mean of {len(seeds)} seeds\n(each clipped at {vmax:.2f}; "
+                     f"x = a failed seed:\ntest loss >= unigram loss {uni:.2f})", fontsize=9)
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.9, label="test loss (clipped)")
     if args.title:
         fig.suptitle(args.title, fontsize=9, y=1.06)
