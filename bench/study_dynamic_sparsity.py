@@ -21,12 +21,34 @@ from collections import defaultdict
 import numpy as np
 
 
+def fitted_optimum(lrs: list[float], by_seed: dict[int, dict[float, float]], window: float = 2.0) -> list[float]:
+    """Per seed, the log2 lr at the vertex of a least-squares parabola through that seed's final
+    losses at the lrs within ``window`` log2 units of the lowest mean loss (the argmin if the
+    parabola opens downwards or its vertex leaves that window)."""
+    means = [np.mean([by_seed[s][lr] for s in by_seed if lr in by_seed[s]]) for lr in lrs]
+    centre = math.log2(lrs[int(np.argmin(means))])
+    near = [lr for lr in lrs if abs(math.log2(lr) - centre) <= window]
+    out = []
+    for s, losses in sorted(by_seed.items()):
+        pts = [(math.log2(lr), losses[lr]) for lr in near if lr in losses and math.isfinite(losses[lr])]
+        if len(pts) < 3:
+            continue
+        x, y = np.array(pts).T
+        a, b, _ = np.polyfit(x, y, 2)
+        vertex = -b / (2 * a) if a > 0 else math.nan
+        if not (a > 0 and x.min() <= vertex <= x.max()):
+            vertex = x[int(np.argmin(y))]
+        out.append(float(vertex))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("csv")
     ap.add_argument("--out", default="bench/figures/supar_rigl_small.png")
     args = ap.parse_args()
     cells = defaultdict(list)
+    seeds = defaultdict(dict)
     for row in csv.DictReader(open(args.csv)):
         if row["status"] not in ("finished", "diverged"):  # not run (yet)
             continue
@@ -34,6 +56,7 @@ def main() -> None:
         key = (row["model.sparsity.method"], row["model.parametrization"], float(row["model.density"]),
                float(row["optimizer.lr"]))
         cells[key].append(loss)
+        seeds[key[:3]].setdefault(int(row["seed"]), {})[key[3]] = loss
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -43,7 +66,7 @@ def main() -> None:
     print("| method | parametrization | density | lr: mean ± std (n) ... | optimal lr |")
     print("|---|---|---|---|---|")
     for ax, (method, param) in zip(axes[0], groups):
-        optima = {}
+        optima, fitted = {}, {}
         for density in sorted({k[2] for k in cells if k[:2] == (method, param)}, reverse=True):
             lrs = sorted(k[3] for k in cells if k[:3] == (method, param, density) and len(cells[k]) >= 3)
             if not lrs:
@@ -52,16 +75,24 @@ def main() -> None:
             mean = np.array([v.mean() for v in vals])
             best = lrs[int(np.argmin(mean))]
             optima[density] = best
-            text = ", ".join(f"2^{math.log2(lr):.0f}: {v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0:.3f} "
+            fits = fitted_optimum(lrs, seeds[(method, param, density)])
+            fitted[density] = fits
+            text = ", ".join(f"2^{math.log2(lr):g}: {v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0:.3f} "
                              f"({len(v)})" for lr, v in zip(lrs, vals))
-            print(f"| {method} | {param} | {density:g} | {text} | 2^{math.log2(best):.0f} |")
+            print(f"| {method} | {param} | {density:g} | {text} | 2^{math.log2(best):g}; fitted "
+                  f"{np.mean(fits):.2f} ± {np.std(fits, ddof=1) if len(fits) > 1 else 0:.2f} |")
             x = np.log2(lrs)
             line, = ax.plot(x, mean, "o-", label=f"density {density:g}")
             ax.fill_between(x, [v.min() for v in vals], [v.max() for v in vals], color=line.get_color(), alpha=0.2)
         if not optima:
             continue
         drift = max(math.log2(v) for v in optima.values()) - min(math.log2(v) for v in optima.values())
-        print(f"| {method} | {param} | drift of the optimum across densities | | {drift:.0f} log2 units |")
+        fm = {d: np.mean(v) for d, v in fitted.items() if v}
+        fs = {d: (np.std(v, ddof=1) if len(v) > 1 else 0.0) for d, v in fitted.items() if v}
+        dense, sparse = max(fm), min(fm)
+        print(f"| {method} | {param} | drift of the optimum across densities | | argmin {drift:g} log2 units; "
+              f"fitted, density {sparse:g} minus {dense:g}: {fm[sparse] - fm[dense]:+.2f} ± "
+              f"{math.hypot(fs[sparse], fs[dense]):.2f} |")
         ax.set_title(f"{method}, {param}")
         ax.set_xlabel("log2 lr")
         ax.set_ylabel("final validation loss (mean, min-max band)")
