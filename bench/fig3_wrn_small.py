@@ -130,8 +130,8 @@ def main(argv=None) -> None:
             ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel("fraction of seeds failed\n(diverged or best test acc < 0.15)")
     axes[1, 0].set_ylabel("best test accuracy\n(finished runs, mean over seeds)")
-    if axes[0, -1].get_legend_handles_labels()[0]:
-        axes[0, -1].legend(fontsize=7, loc="lower right")
+    if axes[0, 0].get_legend_handles_labels()[0]:
+        axes[0, 0].legend(fontsize=7, loc="lower right")
     fig.suptitle(f"WRN-10-1 on the digits, SGD batch 64, {'/'.join(map(str, steps))} steps, {len(seeds_all)} seeds: "
                  f"failure vs lr_trgt for each warmup length")
     fig.tight_layout()

@@ -7,7 +7,9 @@
   accuracy, mean ± sample std over the seeds, per (optimizer, T_wrm) x lr_trgt; ``F`` where a
   seed failed by the paper's rule (status diverged: a non-finite loss, or the Adam-family final
   training accuracy < 1.5x chance; the engine applies it); ``F k/3`` when k of 3 seeds failed.
-  The failure boundary of a row is its largest lr_trgt at which no seed failed.
+  The failure boundary of a row is its largest lr_trgt at which no seed failed; the smallest
+  lr_trgt at which some seed failed is printed beside it (they differ where failures are
+  scattered: a chaotic seed inside the stable range).
 * fig5 (configs/warmup/fig5_steps_saved.yaml, warmup in {linear, catapult}, sweep.seeds=3):
   steps to reach ``--target`` x the initial loss, per seed; steps saved by catapult warmup =
   linear's steps - (catapult's steps + its search's forward passes / 2), mean ± std over seeds,
@@ -43,21 +45,24 @@ def table1(store: Store, out: Path) -> str:
         groups[(cfg["optimizer"]["name"], cfg["schedule"]["warmup_steps"], cfg["optimizer"]["lr"])].append(c)
     rows = sorted({(o, t) for o, t, _ in groups})
     lrs = sorted({lr for _, _, lr in groups})
-    head = "| optimizer | T_wrm | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " | largest lr with no failed seed |"
-    lines = [head, "|" + "---|" * (len(lrs) + 3)]
-    fig = Figure(figsize=(5 + 1.1 * len(lrs), 1 + 0.5 * len(rows)), layout="constrained")
+    head = ("| optimizer | T_wrm | " + " | ".join(f"lr {lr:g}" for lr in lrs)
+            + " | largest lr with no failed seed | smallest lr with a failed seed |")
+    lines = [head, "|" + "---|" * (len(lrs) + 4)]
+    fig = Figure(figsize=(9 + 1.1 * len(lrs), 1.5 + 0.45 * len(rows)), layout="constrained")
     FigureCanvasAgg(fig)
-    ax = fig.subplots()
+    ax, bax = fig.subplots(1, 2, width_ratios=[2.5, 1])
     import numpy as np
 
     grid = np.full((len(rows), len(lrs)), np.nan)
+    boundary = {}  # optimizer -> [(T_wrm, largest lr with no failed seed)]
     for i, (opt, T) in enumerate(rows):
-        cells, ok_lrs = [], []
+        cells, ok_lrs, bad_lrs = [], [], []
         for j, lr in enumerate(lrs):
             members = groups.get((opt, T, lr), [])
             failed = [c for c in members if c["status"] != "finished"]
             accs = [c["best_test_accuracy"] for c in members if c["status"] == "finished"]
             if failed:
+                bad_lrs.append(lr)
                 cells.append("F" if len(failed) == len(members) else f"F {len(failed)}/{len(members)}; "
                              + _ms(accs, scale=100))
             else:
@@ -66,6 +71,8 @@ def table1(store: Store, out: Path) -> str:
                 grid[i, j] = 100 * statistics.mean(accs)
         lines.append(f"| {opt} | {T} | " + " | ".join(cells) + f" | {max(ok_lrs):g} |" if ok_lrs else
                      f"| {opt} | {T} | " + " | ".join(cells) + " | - |")
+        lines[-1] += f" {min(bad_lrs):g} |" if bad_lrs else f" > {max(lrs):g} |"
+        boundary.setdefault(opt, []).append((T, max(ok_lrs) if ok_lrs else math.nan))
     mesh = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", aspect="auto")
     for i in range(len(rows)):
         for j in range(len(lrs)):
@@ -76,6 +83,12 @@ def table1(store: Store, out: Path) -> str:
     ax.set_xlabel("lr_trgt")
     ax.set_title("best test accuracy (%), mean over 3 seeds; F = a seed failed (paper's rule)", fontsize=9)
     fig.colorbar(mesh, ax=ax)
+    for k, (opt, pts) in enumerate(sorted(boundary.items())):
+        bax.plot([t for t, _ in pts], [b for _, b in pts], marker="o", color=f"C{k}", label=opt)
+    bax.set(xscale="log", yscale="log", xlabel="T_wrm", ylabel="largest lr_trgt with no failed seed",
+            title="failure boundary")
+    bax.legend(fontsize=8)
+    bax.grid(alpha=0.3)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
     return "\n".join(lines)
