@@ -34,8 +34,9 @@ def _ms(values, spec=".1f", scale=1.0):
     xs = [v * scale for v in values if v is not None and math.isfinite(v)]
     if not xs:
         return "-"
-    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
-    return f"{statistics.mean(xs):{spec}} ± {sd:{spec}}"
+    if len(xs) == 1:
+        return f"{xs[0]:{spec}} (1 seed)"
+    return f"{statistics.mean(xs):{spec}} ± {statistics.stdev(xs):{spec}}"
 
 
 def table1(store: Store, out: Path) -> str:
