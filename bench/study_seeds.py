@@ -125,16 +125,18 @@ def fig5(store: Store, out: Path, target: float) -> str:
                 est.append(key[1] * min(lrc, lrt) / lrt - passes / 2)
         lines.append(f"| {key[0]} | {key[1]} | {len(saved)} | {_ms(lin)} | {_ms(cat)} | {_ms(saved)} | {_ms(est)} |")
     keys = sorted({k for k, _ in curves})
-    fig = Figure(figsize=(4 * len(keys), 3.5), layout="constrained")
+    ncols = min(3, len(keys))
+    nrows = -(-len(keys) // ncols)
+    fig = Figure(figsize=(4.5 * ncols, 3.5 * nrows), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(keys), squeeze=False)[0]
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax, key in zip(axes, keys):
         for rule, color in (("linear", "C0"), ("catapult", "C1")):
             for n, m in enumerate(curves.get((key, rule), [])):
                 pts = [(r["step"], r["train_loss"]) for r in m if r["train_loss"] and math.isfinite(r["train_loss"])]
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, lw=1, alpha=0.8,
                         label=rule if n == 0 else None)
-        ax.set(yscale="log", xlabel="step", ylabel="training loss", title=f"lr_trgt={key[0]}, T_wrm={key[1]} (3 seeds)")
+        ax.set(yscale="log", xlabel="step", ylabel="training loss", title=f"lr_trgt={key[0]}, T_wrm={key[1]} ({len(curves.get((key, 'linear'), []))} seeds)")
         ax.legend(fontsize=8)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
