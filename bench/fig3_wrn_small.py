@@ -18,7 +18,11 @@ accuracy (mean ± std over seeds) at the largest x where no seed failed.
     catapult sweep configs/warmup/fig3_wrn_small.yaml --store runs/fig3_wrn_small_const.db --executor local \\
         --threads 1 schedule.decay=constant "sweep.grid.schedule.warmup_steps=[128]" \\
         "sweep.grid.optimizer.lr={log2_over_lambda0: [5, 10]}"
-    PYTHONPATH=src python bench/fig3_wrn_small.py runs/fig3_wrn_small.db runs/fig3_wrn_small_const.db
+    catapult sweep configs/warmup/fig3_wrn_small.yaml --store runs/fig3_wrn_small_const32.db --executor local \\
+        --threads 1 schedule.decay=constant "sweep.grid.schedule.warmup_steps=[32]" \\
+        "sweep.grid.optimizer.lr={log2_over_lambda0: [4, 9]}"
+    PYTHONPATH=src python bench/fig3_wrn_small.py runs/fig3_wrn_small.db runs/fig3_wrn_small_const.db \\
+        runs/fig3_wrn_small_const32.db
 """
 from __future__ import annotations
 
