@@ -20,7 +20,11 @@ batch (1497 x 64, the Fig. 1 setting); ``fcn512-b128`` = the same FCN with minib
 128 (the Fig. 3 phase-diagram setting, as ``configs/sweeps/fig3_fcn_cifar10.yaml``); ``mlp64``
 = width 64, depth 3, full batch; ``mlp64-b128`` = the same with batch 128; ``mlp64-sharp`` =
 full batch with the sharpness measured every 5 steps (batched Lanczos vs per-cell Lanczos;
-FLOPs not counted).
+FLOPs not counted); ``wrn10-b64`` = the small-WRN phase diagram's cells
+(``configs/warmup/fig3_wrn_small.yaml``: WRN-10-1 with LayerNorm on the digits, batch 64, crop +
+mixup, SGD without momentum, linear warmup then cosine), which go to the torch.func engine; its
+FLOPs are counted by ``torch.utils.flop_counter`` (convolutions and matmuls, forward and
+backward, as the MLP's analytic count), not derived by hand.
 
 The ``ceiling`` column is ``1 / (local % of peak)``: the speedup an engine running the same
 FLOPs at the full matmul peak would have over the local one, an upper bound for any batching.
@@ -29,6 +33,7 @@ FLOPs at the full matmul peak would have over the local one, an upper bound for 
     .venv/bin/python bench/bench_ensemble.py --quick       # N = 8 only, 1 repetition
     .venv/bin/python bench/bench_ensemble.py --threads 2   # the goal's setting: both cores
     .venv/bin/python bench/bench_ensemble.py --device cuda --reps 2   # on a GPU
+    .venv/bin/python bench/bench_ensemble.py --models wrn10-b64 --n 32 64 --reps 3 --clock cpu   # small-WRN phase diagram
 
 ``--threads`` is the torch thread count of both engines. With ``--workers K`` it is the count of
 each of the ensemble's K worker processes, and the local engine and the matmul peak get
@@ -57,6 +62,13 @@ MODELS = {
                        train={"steps": 40, "batch_size": 128}),
     "mlp64-sharp": dict(model={"width": 64, "depth": 3, "parametrization": "sp"}, train={"steps": 20},
                         eval={"sharpness_every": 5}),
+    # the small-WRN phase diagram's cells (configs/warmup/fig3_wrn_small.yaml): WRN-10-1, LayerNorm,
+    # batch 64, crop + mixup, MSE; one chunk = one seed's lr x T_wrm grid (the group a sweep batches)
+    "wrn10-b64": dict(model={"name": "wrn", "depth": 10, "widen": 1, "init": "trunc_normal",
+                             "parametrization": "sp"},
+                      train={"steps": 20, "batch_size": 64}, momentum=False,
+                      data={"augment": {"flip": False, "crop": 1, "mixup": 0.2}},
+                      schedule={"warmup": "linear", "lr_init": 0.0, "decay": "cosine"}),
 }
 
 
@@ -68,9 +80,10 @@ def make_cells(name: str, n: int, device: str = "cpu") -> list[Cell]:
     for i in range(n):
         config = {
             "name": f"{name}-{i}", "seed": 0 if minibatch else i, "device": device,
-            "data": {"name": "digits"}, "model": {"name": "mlp", **spec["model"]},
-            "optimizer": {"name": "sgd", "lr": 2e-3 * (1 + i % 8), "momentum": 0.9 if i % 2 else 0.0},
-            "schedule": {"warmup_steps": 1 + 4 * (i % 4)},
+            "data": {"name": "digits", **spec.get("data", {})}, "model": {"name": "mlp", **spec["model"]},
+            "optimizer": {"name": "sgd", "lr": 2e-3 * (1 + i % 8),
+                          "momentum": 0.9 if i % 2 and spec.get("momentum", True) else 0.0},
+            "schedule": {"warmup_steps": 1 + 4 * (i % 4), **spec.get("schedule", {})},
             "train": spec["train"],
             "eval": {"sharpness_every": 0, "test_every": 0, "sharpness_max_iter": 20, **spec.get("eval", {})},
         }
@@ -83,6 +96,8 @@ def flops_per_cell(cell: Cell) -> float:
     c = cell.config
     if c["eval"]["sharpness_every"] > 0:
         return 0.0
+    if c["model"]["name"] != "mlp":
+        return counted_flops(c)
     n_train, n_test, n_in, n_out = 1497, 300, 64, 10  # digits split sizes
     dims = [n_in] + [c["model"]["width"]] * (c["model"]["depth"] - 1) + [n_out]
     macs = [a * b for a, b in zip(dims[:-1], dims[1:])]
@@ -90,6 +105,37 @@ def flops_per_cell(cell: Cell) -> float:
     per_step = 2 * batch * (sum(macs) + 2 * sum(macs) - macs[0])
     forward_step = 2 * batch * sum(macs)  # the last row's forward (no update)
     return c["train"]["steps"] * per_step + forward_step + 2 * n_test * sum(macs)
+
+
+def counted_flops(config) -> float:
+    """Training + final-test FLOPs of one cell of any model, counted by
+    ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and convolutions, forward and
+    backward) on one step's forward + backward and on the test set's forward pass; element-wise
+    ops (LayerNorm, ReLU, the update) are not counted, as in the MLP's analytic count."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    data = train.load_data(config)
+    model = train.build_model(config, data.in_features, data.num_classes)
+    batch = config["train"]["batch_size"] or len(data.x_train)
+    x, y = data.x_train[:batch], data.y_train[:batch]
+    with FlopCounterMode(display=False) as step:
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+    with FlopCounterMode(display=False) as forward, torch.no_grad():
+        model(x)
+    with FlopCounterMode(display=False) as test, torch.no_grad():
+        model(data.x_test)
+    return (config["train"]["steps"] * step.get_total_flops() + forward.get_total_flops()
+            + test.get_total_flops())
+
+
+#: the clock of every timing: ``time.perf_counter`` (wall, default) or ``time.process_time``
+#: (``--clock cpu``: this process's CPU seconds, the steady figure on a shared host; one process,
+#: so not with ``--workers``)
+CLOCK = {"clock": time.perf_counter}
+
+
+def clock() -> float:
+    return CLOCK["clock"]()
 
 
 def _sync(device: str) -> None:
@@ -106,20 +152,20 @@ def matmul_peak(n: int = 2048, reps: int = 5, device: str = "cpu") -> float:
     _sync(device)
     times = []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = clock()
         a @ b
         _sync(device)
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return 2 * n ** 3 / statistics.median(times)
 
 
 def time_local(cells: list[Cell]) -> float:
-    t0 = time.perf_counter()
+    t0 = clock()
     for cell in cells:
         result = train.run(cell.config, progress="none")
         assert result.status == "finished", (cell.id, result.status)
     _sync(cells[0].config["device"])
-    return time.perf_counter() - t0
+    return clock() - t0
 
 
 def time_ensemble(cells: list[Cell], ex: EnsembleExecutor | None = None) -> tuple[float, list[int]]:
@@ -127,10 +173,10 @@ def time_ensemble(cells: list[Cell], ex: EnsembleExecutor | None = None) -> tupl
     chunk sizes."""
     ex = ex or EnsembleExecutor()
     ex.fallbacks, ex.chunks = [], []
-    t0 = time.perf_counter()
+    t0 = clock()
     results = dict(ex.run(cells))
     _sync(cells[0].config["device"])
-    elapsed = time.perf_counter() - t0
+    elapsed = clock() - t0
     assert not ex.fallbacks and all(r.status == "finished" for r in results.values())
     return elapsed, [len(c) for c in ex.chunks]
 
@@ -147,7 +193,14 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=1,
                         help="ensemble worker processes (--threads each); the pool starts once, "
                              "before the timings, and its start-up time is printed")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall (default) or cpu: this process's CPU seconds for every rate and the "
+                             "peak (one process and CPU only: the figure to read on a loaded host)")
     args = parser.parse_args(argv)
+    if args.clock == "cpu":
+        if args.workers > 1 or args.device != "cpu":
+            parser.error("--clock cpu times this process on the CPU: not with --workers > 1 or a GPU")
+        CLOCK["clock"] = time.process_time
     if args.quick:
         args.n, args.reps = [8], 1
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -194,7 +247,7 @@ def main(argv=None) -> int:
     if executor is not None:
         executor.close()
     peak = statistics.median(peaks)
-    print(f"\nmatmul peak (median of {len(peaks)}): {peak / 1e9:.1f} GFLOP/s on {where}; "
+    print(f"\n{args.clock} clock; matmul peak (median of {len(peaks)}): {peak / 1e9:.1f} GFLOP/s on {where}; "
           f"total bench time {time.perf_counter() - started:.0f} s\n")
     print("| model | N | local cells/s | ensemble cells/s | speedup (range) | local % of peak | ensemble % of peak "
           "| ceiling | chunks |")

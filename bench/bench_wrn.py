@@ -17,6 +17,7 @@ and the sharpness of WRN-16-4 on a batch (HVPs and seconds to tol 1e-3).
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python bench/bench_wrn.py                 # batch 16, n 64 (CPU)
     OMP_NUM_THREADS=1 PYTHONPATH=src python bench/bench_wrn.py --quick         # smoke test
+    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/bench_wrn.py --only sharpness --n 1000 --chunk 125
     PYTHONPATH=src python bench/bench_wrn.py --device cuda --batch 128 --n 1000 --steps 50   # GPU
 """
 from __future__ import annotations
@@ -108,7 +109,7 @@ def bench_augment(batch: int, device: str, bare_step: float) -> None:
           f"{100 * best / bare_step:.2f}% of the bare step")
 
 
-def bench_sharpness(n: int, device: str) -> None:
+def bench_sharpness(n: int, device: str, chunk: int | None = None) -> None:
     torch.manual_seed(0)
     model = WRN(3, 10, depth=16, widen=4, parametrization="sp").to(device)
     gen = torch.Generator().manual_seed(1)
@@ -116,16 +117,25 @@ def bench_sharpness(n: int, device: str) -> None:
     y = torch.randint(0, 10, (n,), generator=gen).to(device)
     n_params = sum(p.numel() for p in model.parameters())
     start_w, start_c = time.perf_counter(), time.process_time()
-    mse(model(x), y).backward()
+    step = chunk or n
+    for i in range(0, n, step):  # one gradient of the mean loss, over the same micro-batches
+        (mse(model(x[i:i + step]), y[i:i + step]) * (len(x[i:i + step]) / n)).backward()
     grad_w, grad_c = time.perf_counter() - start_w, time.process_time() - start_c
     model.zero_grad(set_to_none=True)
     start_w, start_c = time.perf_counter(), time.process_time()
-    est = sharpness(model, mse, (x, y), tol=1e-3, max_iter=100, seed=0)
+    est = sharpness(model, mse, (x, y), tol=1e-3, max_iter=100, seed=0, chunk_size=chunk)
     wall, cpu = time.perf_counter() - start_w, time.process_time() - start_c
     print(f"sharpness WRN-16-4 ({n_params:,} parameters), n = {n}, MSE, fp32, tol 1e-3: lambda_max "
           f"{est.value:.5g}, {est.matvecs} HVPs, converged {est.converged}, residual {est.residual:.2e}, "
           f"{wall:.1f} s wall, {cpu:.1f} s CPU ({wall / max(est.matvecs, 1):.2f} s per HVP; one gradient "
-          f"{grad_w:.2f} s wall, {grad_c:.2f} s CPU)")
+          f"{grad_w:.2f} s wall, {grad_c:.2f} s CPU); chunk {chunk}, coarse matvecs "
+          f"{getattr(est, 'coarse_matvecs', 0)}, peak RSS {peak_rss_gib():.2f} GiB")
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident memory (Linux ``ru_maxrss`` is in KiB)."""
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def main(argv=None) -> None:
@@ -134,16 +144,22 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=8, help="steps per timed run")
     parser.add_argument("--reps", type=int, default=4, help="repetitions (ratio per repetition)")
     parser.add_argument("--n", type=int, default=64, help="inputs of the sharpness batch (the paper-scale figure: 1000)")
+    parser.add_argument("--chunk", type=int, default=None,
+                        help="sharpness micro-batch (HVPs over chunks; ~30 MB per sample per chunk on CPU)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true", help="batch 4, 3 steps, 2 reps, n 8")
+    parser.add_argument("--only", choices=["step", "sharpness"], default=None,
+                        help="run one part (step = step + augment; sharpness alone takes ~25 min CPU at n 1000)")
     args = parser.parse_args(argv)
     if args.quick:
         args.batch, args.steps, args.reps, args.n = 4, 3, 2, 8
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), device {args.device}; batch "
           f"{args.batch}, {args.steps} steps x {args.reps} reps; sharpness n = {args.n}", flush=True)
-    bare_step, _ = bench_step(args.batch, args.steps, args.reps, args.device)
-    bench_augment(args.batch, args.device, bare_step)
-    bench_sharpness(args.n, args.device)
+    if args.only in (None, "step"):
+        bare_step, _ = bench_step(args.batch, args.steps, args.reps, args.device)
+        bench_augment(args.batch, args.device, bare_step)
+    if args.only in (None, "sharpness"):
+        bench_sharpness(args.n, args.device, args.chunk)
 
 
 if __name__ == "__main__":

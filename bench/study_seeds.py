@@ -7,7 +7,9 @@
   accuracy, mean ± sample std over the seeds, per (optimizer, T_wrm) x lr_trgt; ``F`` where a
   seed failed by the paper's rule (status diverged: a non-finite loss, or the Adam-family final
   training accuracy < 1.5x chance; the engine applies it); ``F k/3`` when k of 3 seeds failed.
-  The failure boundary of a row is its largest lr_trgt at which no seed failed.
+  The failure boundary of a row is its largest lr_trgt at which no seed failed; the smallest
+  lr_trgt at which some seed failed is printed beside it (they differ where failures are
+  scattered: a chaotic seed inside the stable range).
 * fig5 (configs/warmup/fig5_steps_saved.yaml, warmup in {linear, catapult}, sweep.seeds=3):
   steps to reach ``--target`` x the initial loss, per seed; steps saved by catapult warmup =
   linear's steps - (catapult's steps + its search's forward passes / 2), mean ± std over seeds,
@@ -32,8 +34,9 @@ def _ms(values, spec=".1f", scale=1.0):
     xs = [v * scale for v in values if v is not None and math.isfinite(v)]
     if not xs:
         return "-"
-    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
-    return f"{statistics.mean(xs):{spec}} ± {sd:{spec}}"
+    if len(xs) == 1:
+        return f"{xs[0]:{spec}} (1 seed)"
+    return f"{statistics.mean(xs):{spec}} ± {statistics.stdev(xs):{spec}}"
 
 
 def table1(store: Store, out: Path) -> str:
@@ -43,21 +46,24 @@ def table1(store: Store, out: Path) -> str:
         groups[(cfg["optimizer"]["name"], cfg["schedule"]["warmup_steps"], cfg["optimizer"]["lr"])].append(c)
     rows = sorted({(o, t) for o, t, _ in groups})
     lrs = sorted({lr for _, _, lr in groups})
-    head = "| optimizer | T_wrm | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " | largest lr with no failed seed |"
-    lines = [head, "|" + "---|" * (len(lrs) + 3)]
-    fig = Figure(figsize=(5 + 1.1 * len(lrs), 1 + 0.5 * len(rows)), layout="constrained")
+    head = ("| optimizer | T_wrm | " + " | ".join(f"lr {lr:g}" for lr in lrs)
+            + " | largest lr with no failed seed | smallest lr with a failed seed |")
+    lines = [head, "|" + "---|" * (len(lrs) + 4)]
+    fig = Figure(figsize=(9 + 1.1 * len(lrs), 1.5 + 0.45 * len(rows)), layout="constrained")
     FigureCanvasAgg(fig)
-    ax = fig.subplots()
+    ax, bax = fig.subplots(1, 2, width_ratios=[2.5, 1])
     import numpy as np
 
     grid = np.full((len(rows), len(lrs)), np.nan)
+    boundary = {}  # optimizer -> [(T_wrm, largest lr with no failed seed)]
     for i, (opt, T) in enumerate(rows):
-        cells, ok_lrs = [], []
+        cells, ok_lrs, bad_lrs = [], [], []
         for j, lr in enumerate(lrs):
             members = groups.get((opt, T, lr), [])
             failed = [c for c in members if c["status"] != "finished"]
             accs = [c["best_test_accuracy"] for c in members if c["status"] == "finished"]
             if failed:
+                bad_lrs.append(lr)
                 cells.append("F" if len(failed) == len(members) else f"F {len(failed)}/{len(members)}; "
                              + _ms(accs, scale=100))
             else:
@@ -66,6 +72,8 @@ def table1(store: Store, out: Path) -> str:
                 grid[i, j] = 100 * statistics.mean(accs)
         lines.append(f"| {opt} | {T} | " + " | ".join(cells) + f" | {max(ok_lrs):g} |" if ok_lrs else
                      f"| {opt} | {T} | " + " | ".join(cells) + " | - |")
+        lines[-1] += f" {min(bad_lrs):g} |" if bad_lrs else f" > {max(lrs):g} |"
+        boundary.setdefault(opt, []).append((T, max(ok_lrs) if ok_lrs else math.nan))
     mesh = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", aspect="auto")
     for i in range(len(rows)):
         for j in range(len(lrs)):
@@ -76,6 +84,12 @@ def table1(store: Store, out: Path) -> str:
     ax.set_xlabel("lr_trgt")
     ax.set_title("best test accuracy (%), mean over 3 seeds; F = a seed failed (paper's rule)", fontsize=9)
     fig.colorbar(mesh, ax=ax)
+    for k, (opt, pts) in enumerate(sorted(boundary.items())):
+        bax.plot([t for t, _ in pts], [b for _, b in pts], marker="o", color=f"C{k}", label=opt)
+    bax.set(xscale="log", yscale="log", xlabel="T_wrm", ylabel="largest lr_trgt with no failed seed",
+            title="failure boundary")
+    bax.legend(fontsize=8)
+    bax.grid(alpha=0.3)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
     return "\n".join(lines)
@@ -111,16 +125,18 @@ def fig5(store: Store, out: Path, target: float) -> str:
                 est.append(key[1] * min(lrc, lrt) / lrt - passes / 2)
         lines.append(f"| {key[0]} | {key[1]} | {len(saved)} | {_ms(lin)} | {_ms(cat)} | {_ms(saved)} | {_ms(est)} |")
     keys = sorted({k for k, _ in curves})
-    fig = Figure(figsize=(4 * len(keys), 3.5), layout="constrained")
+    ncols = min(3, len(keys))
+    nrows = -(-len(keys) // ncols)
+    fig = Figure(figsize=(4.5 * ncols, 3.5 * nrows), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(keys), squeeze=False)[0]
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax, key in zip(axes, keys):
         for rule, color in (("linear", "C0"), ("catapult", "C1")):
             for n, m in enumerate(curves.get((key, rule), [])):
                 pts = [(r["step"], r["train_loss"]) for r in m if r["train_loss"] and math.isfinite(r["train_loss"])]
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, lw=1, alpha=0.8,
                         label=rule if n == 0 else None)
-        ax.set(yscale="log", xlabel="step", ylabel="training loss", title=f"lr_trgt={key[0]}, T_wrm={key[1]} (3 seeds)")
+        ax.set(yscale="log", xlabel="step", ylabel="training loss", title=f"lr_trgt={key[0]}, T_wrm={key[1]} ({len(curves.get((key, 'linear'), []))} seeds)")
         ax.legend(fontsize=8)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
