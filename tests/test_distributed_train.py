@@ -99,3 +99,55 @@ def test_train_ddp_command_writes_a_new_directory_and_refuses_one_in_use(tmp_pat
     assert (mine / "metrics.csv").read_text() == "a user's file\n" and not (mine / "model.pt").exists()
     assert main(["train-ddp", str(config), "--out", str(mine), "--overwrite"]) == 0
     assert (mine / "model.pt").exists()
+
+
+def _text_config(root, cache):
+    config = _config(root, steps=3)
+    config["data"].update(cache_dir=str(cache), vocab_size=300)
+    config["model"].pop("sparsity")
+    return config
+
+
+def _text_worker(rank, world, port, root, bad_root, cache, out):
+    import torch.distributed as dist
+
+    from catapult.config import ConfigError
+
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        try:  # rank 0 reads the bad shard; every rank raises its error
+            train_ddp(_text_config(bad_root, cache))
+            error = None
+        except ConfigError as exc:
+            error = str(exc)
+        result = train_ddp(_text_config(root, cache))
+        torch.save({"params": [p.detach() for p in result.model.parameters()], "losses": result.losses,
+                    "error": error}, f"{out}/text_rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # ~40 s on a loaded 2-core host: two spawned interpreters importing torch
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
+def test_two_gloo_processes_train_from_jsonl_text_shards(tmp_path):
+    import json
+
+    root, bad = tmp_path / "text", tmp_path / "bad"
+    root.mkdir()
+    bad.mkdir()
+    rng = np.random.default_rng(1)
+    words = ["to", "be", "or", "not", "that", "is", "the", "question", "whether", "tis", "nobler"]
+    for i in range(2):
+        docs = [" ".join(rng.choice(words, 30)) for _ in range(12)]
+        (root / f"part{i}.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    (bad / "part0.jsonl").write_text('{"text": "fine"}\n{"text": 5}\n')
+    single = train_ddp(_text_config(root, tmp_path / "cache1"))   # its own cache: the spawned run tokenises anew
+    mp.start_processes(_text_worker, args=(2, _free_port(), str(root), str(bad), str(tmp_path / "cache2"),
+                                           str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+    for rank in range(2):
+        got = torch.load(tmp_path / f"text_rank{rank}.pt")
+        assert "part0.jsonl:2" in got["error"]
+        assert got["losses"] == pytest.approx(single.losses, rel=1e-9, abs=1e-9)
+        for a, b in zip(got["params"], single.model.parameters()):
+            torch.testing.assert_close(a, b.detach(), rtol=0, atol=1e-6)

@@ -1,6 +1,7 @@
 """``torchrun --nproc_per_node=N -m catapult train-ddp CONFIG [key=value ...] --out DIR``: one
 model trained data-parallel across processes (:func:`catapult.engine.distributed.train_ddp`)
-from pre-tokenised ``*.npy`` shards at ``data.root``."""
+from token shards at ``data.root``: pre-tokenised ``*.npy`` arrays, or ``*.jsonl`` / ``*.parquet``
+text tokenised once into the token cache (:mod:`catapult.data.text_shards`)."""
 from __future__ import annotations
 
 import os
@@ -14,8 +15,9 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "train-ddp",
         help="train one GPT data-parallel across processes (start with torchrun)",
-        description="Train one GPT with torch.distributed DDP from *.npy token shards at data.root "
-                    "(data.vocab_size ids); train.batch_size is the global batch. Start with "
+        description="Train one GPT with torch.distributed DDP from token shards at data.root: *.npy "
+                    "token arrays, or *.jsonl / *.parquet text (field / column data.text_key) tokenised "
+                    "once with a byte-level BPE of data.vocab_size ids; train.batch_size is the global batch. Start with "
                     "torchrun --nproc_per_node=N -m catapult train-ddp CONFIG ...; rank 0 writes "
                     "DIR/metrics.csv and DIR/model.pt.",
     )

@@ -100,6 +100,10 @@ class DataConfig(Section):
         None, description="text with tokenizer bpe: where the tokenizer JSON and the uint16 token arrays go "
                           "(null = beside data.root if writable, else $CATAPULT_CACHE or ~/.cache/catapult/tokens)",
         json_schema_extra=_added())
+    text_key: Annotated[str, string(pattern=r".+", what="a non-empty JSON field / parquet column name")] = Field(
+        "text", description="train-ddp text shards: the JSON field (*.jsonl, one object a line) or the "
+                            "string column (*.parquet) that holds each document's text",
+        json_schema_extra=_added())
 
 
 class SparsityConfig(Section):

@@ -1,13 +1,22 @@
 """One model across processes: data-parallel training (``torch.distributed`` DDP) from token
 shards in local files, started by ``torchrun`` (``catapult train-ddp``).
 
-Data. ``data.root`` is a directory of pre-tokenised shards: ``*.npy`` 1-D uint16/uint32 arrays
-(for example the ``<corpus>.train.bpe-v<V>-<key>.npy`` files of
-:mod:`catapult.data.token_cache`, or one file per shard of a larger corpus), read memory-mapped
-in sorted name order as one stream of ``N`` tokens (a window may span two shards: shards are
-consecutive pieces of one corpus). A file named ``*valid*`` / ``*val.*`` / ``*test*`` holds
-out text: the stream is the other files. ``data.vocab_size`` is the model's vocabulary; an id
-at or beyond it is an error naming the shard.
+Data. ``data.root`` is a directory of shards (or one shard file), either
+
+* text: ``*.jsonl`` (one JSON object a line, its ``data.text_key`` field the document) or
+  ``*.parquet`` (a string column ``data.text_key``), tokenised once with a byte-level BPE of
+  ``data.vocab_size`` ids into the token cache (:mod:`catapult.data.text_shards`); a directory
+  with any text shard is read as text; or
+* pre-tokenised: ``*.npy`` 1-D uint16/uint32 arrays (for example the
+  ``<corpus>.train.bpe-v<V>-<key>.npy`` files of :mod:`catapult.data.token_cache`, or one file
+  per shard of a larger corpus);
+
+read memory-mapped in sorted name order as one stream of ``N`` tokens (a window may span two
+shards: shards are consecutive pieces of one corpus). A file named ``*valid*`` / ``*val.*`` /
+``*test*`` holds out text: the stream is the other files. ``data.vocab_size`` is the model's
+vocabulary; an id at or beyond it is an error naming the shard. Under ``torchrun`` rank 0
+tokenises text shards while the other ranks wait, then every rank maps the same files; a bad
+file (one naming the file and line or column) stops every rank with the same error.
 
 Batches. ``train.batch_size`` is the *global* batch ``B`` (``B % world_size == 0``). Step ``t``
 draws ``B`` window starts ``s ~ Uniform{0..N - T - 1}`` from ``torch.Generator`` seeded with
@@ -39,28 +48,41 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from catapult import config as cfg
+from catapult.data.text_shards import is_held_out, text_shard_files, tokenize_text_shards
 from catapult.engine.build import build_mask_updater, build_model, build_optimizer, build_schedule, seeds
 
 __all__ = ["TokenShards", "global_batch_rows", "train_ddp", "DDPResult"]
 
-_HELD_OUT = ("valid", "val.", "test")
-
-
 class TokenShards:
-    """Memory-mapped ``*.npy`` token shards as one stream (module docstring)."""
+    """Memory-mapped token shards as one stream (module docstring): ``*.npy`` arrays, or
+    ``*.jsonl`` / ``*.parquet`` text tokenised once (``text_key``, ``cache_dir``: the
+    ``data.`` keys). ``files`` are the arrays read, ``sources`` the shard files they came from."""
 
-    def __init__(self, root: str | os.PathLike, vocab_size: int | None = None) -> None:
+    def __init__(self, root: str | os.PathLike, vocab_size: int | None = None, *, text_key: str = "text",
+                 cache_dir: str | os.PathLike | None = None) -> None:
         root = Path(root).expanduser()
-        files = sorted(root.glob("*.npy")) if root.is_dir() else [root]
-        files = [f for f in files if not any(h in f.name for h in _HELD_OUT)] or files
-        if not files or not files[0].is_file():
-            raise FileNotFoundError(f"data.root {root}: no *.npy token shards there")
-        self.files = files
+        texts = text_shard_files(root)
+        if texts:
+            if vocab_size is None:
+                raise cfg.ConfigError([("data.vocab_size", "text shards need a vocabulary size for the tokenizer")])
+            _, arrays = tokenize_text_shards(root, vocab_size=vocab_size, text_key=text_key, cache_dir=cache_dir)
+            pairs = [(s, a) for s, a in zip(texts, arrays) if not is_held_out(s)] or list(zip(texts, arrays))
+        else:
+            files = sorted(root.glob("*.npy")) if root.is_dir() else [root]
+            pairs = [(f, f) for f in files if not is_held_out(f)] or [(f, f) for f in files]
+        if not pairs or not pairs[0][1].is_file():
+            raise FileNotFoundError(f"data.root {root}: no *.npy token shards or *.jsonl / *.parquet text shards there")
+        self.sources = [s for s, _ in pairs]
+        self.files = [f for _, f in pairs]
         self.arrays = []
-        for f in files:
-            a = np.load(f, mmap_mode="r", allow_pickle=False)
+        for f in self.files:
+            try:
+                a = np.load(f, mmap_mode="r", allow_pickle=False)
+            except (ValueError, OSError, EOFError) as exc:
+                raise cfg.ConfigError([("data.root", f"{f}: not a readable .npy token array ({exc})")]) from None
             if a.ndim != 1 or a.dtype.kind not in "ui":
-                raise ValueError(f"{f}: expected a 1-D integer token array, got {a.dtype} {a.shape}")
+                raise cfg.ConfigError([("data.root", f"{f}: expected a 1-D integer token array, "
+                                                     f"got {a.dtype} {a.shape}")])
             self.arrays.append(a)
         self.offsets = np.concatenate([[0], np.cumsum([len(a) for a in self.arrays])])
         self.vocab_size = vocab_size
@@ -100,6 +122,30 @@ def global_batch_rows(batch_size: int, rank: int, world_size: int) -> np.ndarray
 def _starts(n_tokens: int, context: int, batch_size: int, data_seed: int, t: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(int(data_seed) * 1_000_003 + t)
     return torch.randint(n_tokens - context - 1, (batch_size,), generator=gen)
+
+
+def _open_shards(d: Mapping[str, Any], rank: int, distributed: bool) -> TokenShards:
+    """The config's shards on this rank. Rank 0 opens them first (tokenising text shards into
+    the cache) while the others wait; its error, if any, is raised on every rank."""
+    def open_() -> TokenShards:
+        return TokenShards(d["root"], d["vocab_size"], text_key=d["text_key"], cache_dir=d["cache_dir"])
+
+    shards, problem = None, None
+    if rank == 0:
+        try:
+            shards = open_()
+        except (cfg.ConfigError, FileNotFoundError) as exc:
+            problem = exc
+    if distributed:
+        box = [None if problem is None else (type(problem).__name__, str(problem),
+                                              getattr(problem, "problems", None))]
+        dist.broadcast_object_list(box, src=0)
+        if box[0] is not None and problem is None:
+            kind, message, problems = box[0]
+            problem = cfg.ConfigError(problems) if kind == "ConfigError" else FileNotFoundError(message)
+    if problem is not None:
+        raise problem
+    return shards if shards is not None else open_()
 
 
 def _average_dense_grads(updater, world: int) -> None:
@@ -145,8 +191,11 @@ def train_ddp(config: Mapping[str, Any], *, out_dir: str | os.PathLike | None = 
                                      and config["device"] != "cpu" else "cpu"))
     dtype = getattr(torch, config["dtype"])
     d = config["data"]
-    shards = TokenShards(d["root"], d["vocab_size"])
+    shards = _open_shards(d, rank, distributed)
     context, batch_size, steps = d["context"], config["train"]["batch_size"], config["train"]["steps"]
+    if len(shards) < context + 2:
+        raise cfg.ConfigError([("data.root", f"{len(shards)} training tokens in {d['root']}: fewer than "
+                                             f"data.context + 2 = {context + 2}")])
     rows = global_batch_rows(batch_size, rank, world)
     model = build_model(config, context, d["vocab_size"], device, dtype)
     model.train()

@@ -1,0 +1,77 @@
+"""Seed statistics of a SμPar transfer sweep (``catapult export`` CSVs): the optimum per seed.
+
+``catapult transfer`` takes the optimum of the seed-mean curve. This adds what a single optimum
+hides: for every (panel, series) the optimum ``x*`` of each seed's own curve, their mean ± std in
+log2 units, and the shift of the mean optimum from the first series value (density 1, the
+smallest width). Cells that diverged or failed count as +inf loss. Prints one Markdown table.
+
+    python bench/study_supar_bpe.py runs/bpe/lr_main.csv [runs/bpe/lr_abl.csv] --x optimizer.lr --series model.density
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+from collections import defaultdict
+
+import numpy as np
+
+
+def _num(v: str) -> float:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return math.inf
+    return x if math.isfinite(x) else math.inf
+
+
+def load(paths, x_key, series_key, panel_key, metric):
+    """``{panel: {series: {seed: {x: metric}}}}``."""
+    out = defaultdict(lambda: defaultdict(lambda: defaultdict(dict)))
+    for path in paths:
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                value = _num(row[metric]) if row["status"] == "finished" else math.inf
+                out[row[panel_key]][float(row[series_key])][int(row["seed"])][float(row[x_key])] = value
+    return out
+
+
+def fmt_log2(x: float) -> str:
+    return f"2^{math.log2(x):g}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("csv", nargs="+")
+    ap.add_argument("--x", default="optimizer.lr")
+    ap.add_argument("--series", default="model.density")
+    ap.add_argument("--panel", default="model.parametrization")
+    ap.add_argument("--metric", default="test_loss")
+    ap.add_argument("--descending", action="store_true", help="series in descending order (density 1 first)")
+    args = ap.parse_args()
+    data = load(args.csv, args.x, args.series, args.panel, args.metric)
+    print(f"| {args.panel} | {args.series} | optimum of the seed-mean curve | loss there (mean ± std) | "
+          f"per-seed optima (log2) | their mean ± std (log2) | shift of the mean-curve optimum (log2) | edge |")
+    print("|---|---|---|---|---|---|---|---|")
+    for panel in data:
+        series = sorted(data[panel], reverse=args.series == "model.density" or args.descending)
+        first = None
+        for s in series:
+            seeds = data[panel][s]
+            xs = sorted(set().union(*(seeds[k].keys() for k in seeds)))
+            curves = np.array([[seeds[k].get(x, math.inf) for x in xs] for k in sorted(seeds)])
+            with np.errstate(invalid="ignore"):
+                mean = curves.mean(axis=0)
+                std = curves.std(axis=0, ddof=1) if len(curves) > 1 else np.full(len(xs), math.nan)
+            i = int(np.argmin(mean))
+            per_seed = [math.log2(xs[int(np.argmin(c))]) for c in curves]
+            opt = math.log2(xs[i])
+            first = opt if first is None else first
+            edge = "low edge" if i == 0 else "high edge" if i == len(xs) - 1 else ""
+            print(f"| {panel} | {s:g} | {fmt_log2(xs[i])} | {mean[i]:.3f} ± {std[i]:.3f} | "
+                  f"{', '.join(f'{p:g}' for p in per_seed)} | {np.mean(per_seed):.2f} ± "
+                  f"{np.std(per_seed, ddof=1) if len(per_seed) > 1 else math.nan:.2f} | {opt - first:+g} | {edge} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""Text shards in local files -- jsonl and parquet -- tokenised once into memory-mapped arrays.
+
+``catapult train-ddp`` reads a corpus from a directory of shards (:class:`TokenShards` in
+:mod:`catapult.engine.distributed`). Besides pre-tokenised ``*.npy`` arrays, a shard may be text:
+
+* ``*.jsonl``: one JSON object per line with a string field ``data.text_key`` (default
+  ``"text"``; other fields are ignored, blank lines skipped), UTF-8;
+* ``*.parquet``: a string column ``data.text_key`` (read with ``pyarrow``: ``pip install
+  'catapult[parquet]'``).
+
+A directory that holds any text shard is read as text (its ``*.npy`` files are then not shards:
+they may be this module's own cache). Files whose name contains ``valid`` / ``val.`` / ``test``
+are held out (:func:`is_held_out`); the others, in sorted name order, are the training stream.
+
+Tokenising (:func:`tokenize_text_shards`): a byte-level BPE vocabulary of ``data.vocab_size``
+ids (:mod:`catapult.data.tokenize`) is trained on the training shards' documents, then every
+shard is encoded document by document, each document followed by the ids of a blank line
+(``"\\n\\n"``, the separator between documents; there is no special end-of-text id), into one
+uint16/uint32 array per shard. Tokenizer and arrays go to the token cache
+(:func:`catapult.data.token_cache.cache_dir`: ``data.cache_dir``, else beside the data if
+writable, else the user cache) under names holding a key of the shards' names, sizes and
+modification times, the text key and the vocabulary size: a later run only maps them.
+
+A bad file raises :class:`~catapult.config.ConfigError` on ``data.root`` naming the file and the
+line (jsonl) or the column and row (parquet); the CLI turns it into exit code 2.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from catapult.config import ConfigError
+from catapult.data import token_cache
+from catapult.data.tokenize import BPEVocab, bpe_file_name, fingerprint, save_new, train_bpe
+
+__all__ = ["TEXT_SUFFIXES", "HELD_OUT", "is_held_out", "text_shard_files", "iter_texts",
+           "tokenize_text_shards", "DOCUMENT_SEPARATOR"]
+
+#: File endings read as text shards.
+TEXT_SUFFIXES = (".jsonl", ".parquet")
+#: A shard whose file name contains one of these holds out text (validation / test).
+HELD_OUT = ("valid", "val.", "test")
+#: Text appended to every document before it is encoded.
+DOCUMENT_SEPARATOR = "\n\n"
+_BATCH_DOCS = 1024
+
+
+def is_held_out(path: str | os.PathLike) -> bool:
+    """Whether a shard file holds out text (its name contains ``valid``, ``val.`` or ``test``)."""
+    return any(h in Path(path).name for h in HELD_OUT)
+
+
+def text_shard_files(root: str | os.PathLike) -> list[Path]:
+    """The ``*.jsonl`` / ``*.parquet`` files at ``root`` (a directory: sorted by name; a file: itself)."""
+    root = Path(root).expanduser()
+    if root.is_dir():
+        return sorted(f for f in root.iterdir() if f.is_file() and f.suffix in TEXT_SUFFIXES)
+    return [root] if root.suffix in TEXT_SUFFIXES and root.is_file() else []
+
+
+def _bad(path: Path, where: str, what: str) -> ConfigError:
+    return ConfigError([("data.root", f"{path}{where}: {what}")])
+
+
+def _jsonl_texts(path: Path, key: str) -> Iterator[str]:
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise _bad(path, f":{number}", f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise _bad(path, f":{number}", f"not a JSON object ({exc.msg}, column {exc.colno})") from None
+            if not isinstance(record, dict):
+                raise _bad(path, f":{number}", f"a JSON {type(record).__name__}, expected an object "
+                                               f"with a {key!r} field")
+            if key not in record:
+                raise _bad(path, f":{number}", f"no {key!r} field (data.text_key; the line has "
+                                               f"{', '.join(map(repr, list(record)[:5])) or 'no fields'})")
+            text = record[key]
+            if not isinstance(text, str):
+                raise _bad(path, f":{number}", f"field {key!r} holds {type(text).__name__}, expected a string")
+            yield text
+
+
+def _parquet_texts(path: Path, key: str) -> Iterator[str]:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ModuleNotFoundError:
+        raise _bad(path, "", "reading parquet shards needs pyarrow: pip install 'catapult[parquet]'") from None
+    try:
+        table = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise _bad(path, "", f"not a readable parquet file ({exc})") from None
+    names = table.schema_arrow.names
+    if key not in names:
+        raise _bad(path, "", f"no column {key!r} (data.text_key; columns: {', '.join(map(repr, names[:10]))})")
+    kind = table.schema_arrow.field(key).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise _bad(path, f", column {key!r}", f"type {kind}, expected a string column")
+    row = 0
+    for batch in table.iter_batches(columns=[key], batch_size=_BATCH_DOCS):
+        values = batch.column(0).to_pylist()
+        for i, text in enumerate(values):
+            if text is None:
+                raise _bad(path, f", column {key!r}, row {row + i}", "null, expected a string")
+        yield from values
+        row += len(values)
+
+
+def iter_texts(path: str | os.PathLike, key: str = "text") -> Iterator[str]:
+    """The documents of one text shard, in file order (jsonl lines / parquet rows)."""
+    path = Path(path)
+    return _parquet_texts(path, key) if path.suffix == ".parquet" else _jsonl_texts(path, key)
+
+
+def _encode_shard(vocab: BPEVocab, path: Path, key: str) -> np.ndarray:
+    encode = getattr(vocab.tokenizer, "encode_batch_fast", vocab.tokenizer.encode_batch)
+    parts: list[np.ndarray] = []
+    batch: list[str] = []
+
+    def flush() -> None:
+        for e in encode(batch, add_special_tokens=False):
+            parts.append(np.asarray(e.ids, dtype=vocab.dtype))
+        batch.clear()
+
+    for text in iter_texts(path, key):
+        batch.append(text + DOCUMENT_SEPARATOR)
+        if len(batch) >= _BATCH_DOCS:
+            flush()
+    flush()
+    return np.concatenate(parts) if parts else np.empty(0, dtype=vocab.dtype)
+
+
+def tokenize_text_shards(root: str | os.PathLike, *, vocab_size: int, text_key: str = "text",
+                         cache_dir: str | os.PathLike | None = None) -> tuple[BPEVocab, list[Path]]:
+    """Tokenise the text shards at ``root`` once (module docstring); return the vocabulary and
+    the ``.npy`` file of every shard, in :func:`text_shard_files` order (held-out ones included).
+
+    Files already in the cache are not rewritten (:func:`catapult.data.token_cache.save_array`),
+    so processes may race: each ends up mapping the same complete files."""
+    files = text_shard_files(root)
+    if not files:
+        raise ConfigError([("data.root", f"{root}: no {' / '.join('*' + s for s in TEXT_SUFFIXES)} text shards")])
+    training = [f for f in files if not is_held_out(f)] or files
+    stamp = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    key = fingerprint("text-shards", text_key, *stamp)
+    directory = token_cache.cache_dir(root, cache_dir)
+    tokenizer_file = directory / bpe_file_name(vocab_size, key)
+    if tokenizer_file.is_file():
+        vocab = BPEVocab.load(tokenizer_file)
+    else:
+        problems: list[ConfigError] = []
+
+        def documents() -> Iterator[str]:  # an error raised inside the trainer's iteration is kept, then re-raised
+            try:
+                for f in training:
+                    yield from iter_texts(f, text_key)
+            except ConfigError as exc:
+                problems.append(exc)
+
+        vocab = train_bpe(documents(), vocab_size)
+        if problems:
+            raise problems[0]
+        if not save_new(vocab, tokenizer_file):
+            vocab = BPEVocab.load(tokenizer_file)
+    tokenizer_key = f"bpe-v{int(vocab_size)}-{key}"
+    arrays = []
+    for f in files:
+        out = directory / token_cache.token_file_name(f.name, "tokens", tokenizer_key)
+        token_cache.cached_array(out, lambda f=f: _encode_shard(vocab, f, text_key))
+        arrays.append(out)
+    return vocab, arrays

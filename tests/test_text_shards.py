@@ -1,0 +1,133 @@
+"""Text shards (jsonl, parquet) for train-ddp: tokenised once into the token cache, then read
+like *.npy shards; bad files stop the command with exit 2 naming the file and line / column."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from catapult.config import ConfigError
+from catapult.data import text_shards
+from catapult.engine.distributed import TokenShards
+
+VOCAB = 300
+DOCS_A = ["First shard, first document.", "Second document: with ünïcode and\nnewlines.", ""]
+DOCS_B = ["Parquet document one.", "Parquet document two, a little longer than one."]
+DOCS_VALID = ["held-out text that never enters the stream"]
+
+
+def _jsonl(path, docs, key="text"):
+    path.write_text("".join(json.dumps({key: d, "id": i}) + "\n" for i, d in enumerate(docs)), encoding="utf-8")
+
+
+def _parquet(path, docs, key="text"):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    pq.write_table(pa.table({key: docs, "n": list(range(len(docs)))}), path, row_group_size=1)
+
+
+def _corpus(root, key="text"):
+    root.mkdir(exist_ok=True)
+    _jsonl(root / "a.jsonl", DOCS_A, key)
+    _parquet(root / "b.parquet", DOCS_B, key)
+    _jsonl(root / "wiki.valid.jsonl", DOCS_VALID, key)
+    return root
+
+
+def test_text_shards_are_the_documents_encoded_in_order(tmp_path):
+    root = _corpus(tmp_path / "data")
+    cache = tmp_path / "cache"
+    shards = TokenShards(root, VOCAB, cache_dir=cache)
+    assert [f.name for f in shards.sources] == ["a.jsonl", "b.parquet"]           # held-out file left out
+    stream = shards.window(0, len(shards))
+    # independent truth: the saved tokenizer JSON, loaded by the tokenizers library itself
+    import tokenizers
+    (tok_file,) = cache.glob("bpe-v300-*.json")
+    tok = tokenizers.Tokenizer.from_file(str(tok_file))
+    expected = [i for d in DOCS_A + DOCS_B for i in tok.encode(d + "\n\n", add_special_tokens=False).ids]
+    assert stream.tolist() == expected
+    # byte-level BPE decodes back to the text: the documents, each followed by a blank line
+    assert tok.decode(stream.tolist()) == "".join(d + "\n\n" for d in DOCS_A + DOCS_B)
+    assert stream.max() < VOCAB and all(a.dtype == np.uint16 for a in shards.arrays)
+    # a window across the shard border equals the stream's slice
+    n_a = len(shards.arrays[0])
+    assert shards.window(n_a - 3, 6).tolist() == expected[n_a - 3: n_a + 3]
+
+
+def test_second_open_maps_the_cache_without_reading_text(tmp_path, monkeypatch):
+    root = _corpus(tmp_path / "data")
+    first = TokenShards(root, VOCAB, cache_dir=tmp_path / "cache").window(0, 20)
+
+    def no_text(*args, **kwargs):
+        raise AssertionError("text read again")
+
+    monkeypatch.setattr(text_shards, "iter_texts", no_text)
+    monkeypatch.setattr(text_shards, "train_bpe", no_text)
+    again = TokenShards(root, VOCAB, cache_dir=tmp_path / "cache")
+    assert np.array_equal(again.window(0, 20), first)
+
+
+def test_text_key_names_the_field_and_the_column(tmp_path):
+    root = _corpus(tmp_path / "data", key="body")
+    shards = TokenShards(root, VOCAB, text_key="body", cache_dir=tmp_path / "cache")
+    assert len(shards) > 20
+    with pytest.raises(ConfigError, match=r"a\.jsonl:1: no 'text' field"):
+        TokenShards(root, VOCAB, cache_dir=tmp_path / "cache2")
+
+
+@pytest.mark.parametrize("content, where", [
+    ('{"text": "fine"}\n{"text": "also fine"}\n{"text": oops}\n', r"bad\.jsonl:3: not a JSON object"),
+    ('{"text": "fine"}\n["a", "list"]\n', r"bad\.jsonl:2: a JSON list"),
+    ('{"text": "fine"}\n\n{"txt": "typo"}\n', r"bad\.jsonl:3: no 'text' field"),
+    ('{"text": 12}\n', r"bad\.jsonl:1: field 'text' holds int"),
+])
+def test_bad_jsonl_names_the_file_and_line(tmp_path, content, where):
+    (tmp_path / "bad.jsonl").write_text(content)
+    with pytest.raises(ConfigError, match=where):
+        TokenShards(tmp_path, VOCAB, cache_dir=tmp_path / "cache")
+
+
+def test_bad_parquet_names_the_file_and_column(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    cases = {
+        "nocol": (pa.table({"body": ["x"]}), r"nocol\.parquet: no column 'text'"),
+        "ints": (pa.table({"text": [1, 2]}), r"ints\.parquet, column 'text': type int64"),
+        "nulls": (pa.table({"text": ["a", None, "c"]}), r"nulls\.parquet, column 'text', row 1: null"),
+    }
+    for name, (table, where) in cases.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        pq.write_table(table, folder / f"{name}.parquet")
+        with pytest.raises(ConfigError, match=where):
+            TokenShards(folder, VOCAB, cache_dir=tmp_path / "cache")
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "junk.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(ConfigError, match=r"junk\.parquet: not a readable parquet file"):
+        TokenShards(tmp_path / "junk", VOCAB, cache_dir=tmp_path / "cache")
+
+
+def _ddp_config(root, cache, steps=2):
+    return dict(seed=1, data=dict(name="text", root=str(root), tokenizer="bpe", vocab_size=VOCAB, context=4,
+                                  cache_dir=str(cache)),
+                model=dict(name="gpt", width=16, depth=1, n_heads=2), loss="cross_entropy",
+                optimizer=dict(name="adam", lr=1e-3), schedule=dict(warmup_steps=1),
+                train=dict(steps=steps, batch_size=4))
+
+
+def test_train_ddp_command_trains_from_text_shards_and_exits_2_on_a_bad_one(tmp_path, capsys):
+    from catapult.cli import main
+
+    root = _corpus(tmp_path / "data")
+    config = tmp_path / "ddp.yaml"
+    config.write_text(yaml.safe_dump(_ddp_config(root, tmp_path / "cache")))
+    assert main(["train-ddp", str(config), "--out", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "model.pt").exists()
+    assert len(list((tmp_path / "cache").glob("*.tokens.bpe-v300-*.npy"))) == 3   # held-out file tokenised too
+    (root / "c.jsonl").write_text('{"text": "ok"}\n{"text": "broken\n')
+    capsys.readouterr()
+    assert main(["train-ddp", str(config), "--out", str(tmp_path / "run2")]) == 2
+    err = capsys.readouterr().err
+    assert "c.jsonl:2" in err and "Traceback" not in err and not (tmp_path / "run2" / "model.pt").exists()
