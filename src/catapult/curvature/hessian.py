@@ -176,7 +176,8 @@ class HessianOperator:
       * ``"double_backprop"``: ``g = autograd.grad(L, theta, create_graph=True)`` once, then
         ``H v = autograd.grad(g, theta, grad_outputs=v)`` re-using that graph (one backward each).
       * ``"forward_over_reverse"``: ``H v = jvp(grad(L), (theta,), (v,))`` with
-        :mod:`torch.func` (a forward + backward with dual numbers per product; no graph kept).
+        :mod:`torch.func` (a forward + backward with dual numbers per product; no graph kept;
+        floating targets get a zero tangent, see :func:`jvp_of_gradient`).
       * ``"finite_difference"``: ``H v ~ (g(theta + h u) - g(theta - h u)) / (2 h) * ||v||``
         with ``u = v / ||v||``, ``h = eps^(1/3)`` of the dtype (6.1e-6 in float64, 4.9e-3 in
         float32: the step balancing the ``O(h^2)`` truncation against the ``O(eps / h)``
