@@ -15,7 +15,8 @@ import torch
 from torch.autograd.graph import get_gradient_edge
 from torch.func import functional_call
 
-__all__ = ["HVP_MODES", "HessianOperator", "resolve_dtype", "resolve_hvp", "fixed_rng", "math_attention"]
+__all__ = ["HVP_MODES", "HessianOperator", "resolve_dtype", "resolve_hvp", "fixed_rng", "math_attention",
+           "jvp_of_gradient"]
 
 
 #: Accepted values of ``hvp=``. ``"auto"`` picks the mode measured fastest (see
@@ -107,13 +108,41 @@ def math_attention():
     return sdpa_kernel([SDPBackend.MATH])
 
 
-def _jvp(fn, primals: dict, tangents: dict):
-    """``torch.func.jvp(fn, (primals,), (tangents,))`` with grad mode on."""
+def jvp_of_gradient(grad_fn, params: dict, tangents: dict, inputs, targets):
+    """``torch.func.jvp`` of ``p -> grad_fn(p, inputs, targets)`` at ``params`` along
+    ``tangents`` (grad mode on): ``(primal output, tangent output)``; for ``grad_fn`` a
+    :func:`torch.func.grad` of a loss in its first argument the tangent output is ``H v``.
+
+    Floating-point tensor ``targets`` enter the ``jvp`` as a second primal with a materialised
+    zero tangent instead of being closed over. A closed-over tensor gets an efficient
+    ZeroTensor tangent inside forward AD, and some torch derivative formulas write into theirs
+    in place: ``F.mse_loss`` / ``nn.MSELoss`` with ``reduction="mean"`` (the forward-AD formula
+    of ``mse_loss_backward`` divides ``2 * target_t * grad`` in place) raises "ZeroTensors are
+    immutable" (pytorch/pytorch#123996, torch <= 2.15). The zero tangent adds nothing to the
+    product (``d/dy grad L`` times 0) and costs one targets-sized tensor. Inputs stay closed
+    over: a tangent there would cost a tangent pass through the first layer.
+
+    Example (``L(w) = mean((x w - y)^2)``, Hessian ``2 x^T x / 2 = diag(4, 1)``):
+        >>> x, y = torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([1.0, 0.0])
+        >>> loss = lambda p, x, y: torch.nn.functional.mse_loss(x @ p["w"], y)
+        >>> _, hv = jvp_of_gradient(torch.func.grad(loss), {"w": torch.zeros(2)},
+        ...                         {"w": torch.ones(2)}, x, y)
+        >>> hv["w"]
+        tensor([4., 1.])
+    """
+    if torch.is_tensor(targets) and targets.is_floating_point():
+        def call(p, t):
+            return grad_fn(p, inputs, t)
+        primals, directions = (params, targets), (tangents, torch.zeros_like(targets))
+    else:
+        def call(p):
+            return grad_fn(p, inputs, targets)
+        primals, directions = (params,), (tangents,)
     with torch.enable_grad(), warnings.catch_warnings():
         # torch's forward-AD decompositions call the deprecated torch.jit.script on first use.
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated",
                                 category=DeprecationWarning)
-        return torch.func.jvp(fn, (primals,), (tangents,))
+        return torch.func.jvp(call, primals, directions)
 
 
 def _backward_into(leaves, views, edges, grad_outputs, retain_graph: bool) -> None:
@@ -147,7 +176,8 @@ class HessianOperator:
       * ``"double_backprop"``: ``g = autograd.grad(L, theta, create_graph=True)`` once, then
         ``H v = autograd.grad(g, theta, grad_outputs=v)`` re-using that graph (one backward each).
       * ``"forward_over_reverse"``: ``H v = jvp(grad(L), (theta,), (v,))`` with
-        :mod:`torch.func` (a forward + backward with dual numbers per product; no graph kept).
+        :mod:`torch.func` (a forward + backward with dual numbers per product; no graph kept;
+        floating targets get a zero tangent, see :func:`jvp_of_gradient`).
       * ``"finite_difference"``: ``H v ~ (g(theta + h u) - g(theta - h u)) / (2 h) * ||v||``
         with ``u = v / ||v||``, ``h = eps^(1/3)`` of the dtype (6.1e-6 in float64, 4.9e-3 in
         float32: the step balancing the ``O(h^2)`` truncation against the ``O(eps / h)``
@@ -421,8 +451,8 @@ class HessianOperator:
                                                  allow_unused=True, materialize_grads=True)
                 del grads  # frees this chunk's graph before the next one is built
             else:
-                _, hv = _jvp(torch.func.grad(lambda p, x=x, y=y: self._loss(p, x, y)),
-                             self._params, tangents)
+                _, hv = jvp_of_gradient(torch.func.grad(self._loss), self._params, tangents,
+                                        x, y)
                 pieces = [hv[n] for n in self.names]
             for o, h in zip(views, pieces):
                 o.add_(h, alpha=w)
@@ -531,7 +561,9 @@ class HessianOperator:
                                          retain_graph=True, allow_unused=True,
                                          materialize_grads=True)
             return torch.cat([h.reshape(-1) for h in hv])
-        (grads, _), (hv, _) = _jvp(self._grad_fn, self._params, dict(zip(self.names, parts)))
+        (grads, _), (hv, _) = jvp_of_gradient(self._grad_fn, self._params,
+                                              dict(zip(self.names, parts)), self._inputs,
+                                              self._targets)
         if self._grad_flat is None:  # the primal output is the gradient: keep it for free
             self._grad_flat = torch.cat([grads[n].reshape(-1) for n in self.names])
         return torch.cat([hv[n].reshape(-1) for n in self.names])

@@ -24,9 +24,9 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
-from torch.func import functional_call, grad, grad_and_value, jvp, stack_module_state, vmap
+from torch.func import functional_call, grad, grad_and_value, stack_module_state, vmap
 
-from catapult.curvature.hessian import math_attention, resolve_hvp
+from catapult.curvature.hessian import jvp_of_gradient, math_attention, resolve_hvp
 
 __all__ = ["StackedModel", "StackedHessian", "accuracies"]
 
@@ -289,8 +289,8 @@ class StackedHessian:
         tangents = dict(zip(self.model.names, self.model.split(V)))
 
         def member_hvp(p, b, v):
-            grad_fn = grad(lambda q: self.model._member_loss(q, b, x, y)[0])
-            return jvp(grad_fn, (p,), (v,))[1]
+            grad_fn = grad(lambda q, xs, ys: self.model._member_loss(q, b, xs, ys)[0])
+            return jvp_of_gradient(grad_fn, p, v, x, y)[1]
 
         with math_attention():
             hv = vmap(member_hvp)(params, buffers, tangents)

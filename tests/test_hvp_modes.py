@@ -1,0 +1,186 @@
+"""Every Hessian-vector product mode against the dense float64 Hessian, on torch's own losses.
+
+Regression for ``hvp="forward_over_reverse"`` with ``nn.MSELoss``: torch's forward-AD formula of
+``mse_loss_backward`` (``reduction="mean"``) wrote in place into the efficient ZeroTensor tangent
+of a target closed over by ``torch.func.jvp`` ("ZeroTensors are immutable",
+pytorch/pytorch#123996); :func:`catapult.curvature.hessian.jvp_of_gradient` gives floating
+targets a materialised zero tangent. The truth is ``torch.autograd.functional.hessian`` of the
+loss as a function of the flat parameter vector (row by row, reverse over reverse), and
+``numpy.linalg.eigh`` of it.
+"""
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from torch.func import functional_call
+
+import catapult
+from catapult.curvature import HVP_MODES, HessianOperator, preconditioned_sharpness, top_eigenpairs
+from catapult.optim.thresholds import lr_scaled_sharpness
+
+
+class WithUnused(nn.Module):
+    """A tanh MLP with a parameter the forward never touches (its Hessian rows are zero)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+        self.unused = nn.Linear(2, 2)
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def problem(kind: str):
+    torch.manual_seed(0)
+    n = 10
+    x = torch.randn(n, 3, dtype=torch.float64)
+    if kind == "unused":
+        model = WithUnused().double()
+    else:
+        model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    if kind == "cross_entropy":
+        return model, nn.CrossEntropyLoss(), (x, torch.randint(0, 2, (n,)))
+    if kind == "soft_cross_entropy":  # float (probability) targets
+        return model, nn.CrossEntropyLoss(), (x, torch.softmax(torch.randn(n, 2, dtype=torch.float64), 1))
+    return model, nn.MSELoss(), (x, torch.randn(n, 2, dtype=torch.float64))
+
+
+KINDS = ["mse", "cross_entropy", "soft_cross_entropy", "unused"]
+
+
+def dense_hessian(model, loss_fn, batch) -> torch.Tensor:
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    sizes = [p.numel() for p in model.parameters()]
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    def f(flat):
+        params = {n: c.view(s) for n, c, s in zip(names, torch.split(flat, sizes), shapes)}
+        return loss_fn(functional_call(model, params, (batch[0],)), batch[1])
+
+    return torch.autograd.functional.hessian(f, theta)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("mode", HVP_MODES)
+def test_hvp_matches_dense_hessian(kind, mode):
+    model, loss_fn, batch = problem(kind)
+    H = dense_hessian(model, loss_fn, batch)
+    op = HessianOperator(model, loss_fn, batch, hvp=mode)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        v = torch.randn(op.numel, generator=gen, dtype=torch.float64)
+        want = H @ v
+        err = torch.linalg.vector_norm(op(v) - want) / torch.linalg.vector_norm(want)
+        assert err <= 1e-10, (mode, kind, float(err))
+    if kind == "unused":  # the unused parameter's rows and columns are zero
+        assert torch.count_nonzero(H[-6:]) == 0 and torch.count_nonzero(H[:, -6:]) == 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("mode", HVP_MODES)
+def test_chunked_hvp_matches_dense_hessian(kind, mode):
+    """Micro-batches run the same product modes chunk by chunk (their own jvp call)."""
+    model, loss_fn, batch = problem(kind)
+    H = dense_hessian(model, loss_fn, batch)
+    op = HessianOperator(model, loss_fn, batch, hvp=mode, chunk_size=4)
+    assert op.chunks == 3
+    v = torch.randn(op.numel, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    want = H @ v
+    for got in (op(v), op.accumulate(v, torch.zeros_like(v))):
+        assert torch.linalg.vector_norm(got - want) <= 1e-10 * torch.linalg.vector_norm(want)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("mode", HVP_MODES)
+def test_sharpness_matches_dense_top_eigenvalue(kind, mode):
+    model, loss_fn, batch = problem(kind)
+    top = float(np.linalg.eigvalsh(dense_hessian(model, loss_fn, batch).numpy())[-1])
+    est = catapult.sharpness(model, loss_fn, batch, hvp=mode, tol=1e-8, max_iter=200)
+    assert est.converged
+    assert abs(est.value - top) <= 1e-9 * abs(top), (mode, kind, est.value, top)
+
+
+def test_float32_model_with_float64_dtype_forward_over_reverse():
+    """The colleague's report: a float32 model measured with ``dtype=torch.float64``."""
+    model, loss_fn, batch = problem("mse")
+    batch32 = (batch[0].float(), batch[1].float())
+    model32 = copy.deepcopy(model).float()
+    # the truth at the float32 parameters and data, which float64 represents exactly
+    exact = (batch32[0].double(), batch32[1].double())
+    top = float(np.linalg.eigvalsh(dense_hessian(copy.deepcopy(model32).double(), loss_fn,
+                                                 exact).numpy())[-1])
+    est = catapult.sharpness(model32, loss_fn, batch32, hvp="forward_over_reverse",
+                             dtype=torch.float64, tol=1e-8, max_iter=200)
+    assert abs(est.value - top) <= 1e-9 * abs(top)
+
+
+def test_jvp_of_gradient_with_mse_loss_against_closed_form():
+    """``L(w) = mean((X w - t)^2)`` has ``H = 2 X^T X / n`` for every ``w``."""
+    from catapult.curvature.hessian import jvp_of_gradient
+
+    gen = torch.Generator().manual_seed(3)
+    X = torch.randn(5, 4, generator=gen, dtype=torch.float64)
+    t = torch.randn(5, generator=gen, dtype=torch.float64)
+    w, v = torch.randn(4, generator=gen, dtype=torch.float64), torch.randn(4, generator=gen, dtype=torch.float64)
+    loss = lambda p, x, y: nn.functional.mse_loss(x @ p["w"], y)  # noqa: E731
+    g, hv = jvp_of_gradient(torch.func.grad(loss), {"w": w}, {"w": v}, X, t)
+    torch.testing.assert_close(hv["w"], 2 * X.T @ (X @ v) / 5, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g["w"], 2 * X.T @ (X @ w - t) / 5, rtol=1e-12, atol=1e-12)
+
+
+def test_preconditioned_sharpness_forward_over_reverse():
+    """Adam's first step: ``P = (1 - b1) (|g| + eps)``; truth ``eig(P^-1/2 H P^-1/2)``."""
+    model, loss_fn, batch = problem("mse")
+    H = dense_hessian(model, loss_fn, batch)
+    params = list(model.parameters())
+    g = torch.cat([t.reshape(-1) for t in
+                   torch.autograd.grad(loss_fn(model(batch[0]), batch[1]), params)])
+    opt = torch.optim.Adam(params, lr=0.01)
+    b1, eps = opt.param_groups[0]["betas"][0], opt.param_groups[0]["eps"]
+    d = ((1 - b1) * (g.abs() + eps)).rsqrt()
+    top = float(np.linalg.eigvalsh((d[:, None] * H * d[None, :]).numpy())[-1])
+    est = preconditioned_sharpness(model, loss_fn, batch, opt, hvp="forward_over_reverse",
+                                   tol=1e-8, max_iter=200)
+    assert abs(est.value - top) <= 1e-8 * abs(top), (est.value, top)
+
+
+def test_top_eigenpairs_forward_over_reverse():
+    model, loss_fn, batch = problem("mse")
+    want = np.linalg.eigvalsh(dense_hessian(model, loss_fn, batch).numpy())[::-1][:3]
+    eig = top_eigenpairs(model, loss_fn, batch, k=3, hvp="forward_over_reverse", tol=1e-8)
+    np.testing.assert_allclose(eig.values, want, rtol=1e-8)
+
+
+def test_lr_scaled_sharpness_forward_over_reverse():
+    """One param group: ``M = I``, the sharpness itself."""
+    model, loss_fn, batch = problem("mse")
+    top = float(np.linalg.eigvalsh(dense_hessian(model, loss_fn, batch).numpy())[-1])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    est = lr_scaled_sharpness(model, loss_fn, batch, opt, hvp="forward_over_reverse",
+                              tol=1e-8, max_iter=200)
+    assert abs(est.value - top) <= 1e-9 * abs(top)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 4])
+@pytest.mark.parametrize("mode", ["double_backprop", "forward_over_reverse"])
+def test_stacked_hessian_with_mse_loss(mode, chunk_size):
+    """The batched engine's products (``vmap`` over members of the same jvp) with
+    ``nn.MSELoss``: member ``m``'s block equals its own dense Hessian times ``v_m``."""
+    from catapult.sweep.batched_model import StackedHessian, StackedModel
+
+    members = []
+    for seed in range(2):
+        torch.manual_seed(seed)
+        members.append(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double())
+    _, loss_fn, (x, y) = problem("mse")
+    stacked = StackedModel(members, loss_fn)
+    op = StackedHessian(stacked, [0, 1], x, y, torch.float64, hvp=mode, chunk_size=chunk_size)
+    V = torch.randn(2, 26, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    got = op.matvec([0, 1], V)
+    for m, model in enumerate(members):
+        want = dense_hessian(model, loss_fn, (x, y)) @ V[m]
+        assert torch.linalg.vector_norm(got[m] - want) <= 1e-10 * torch.linalg.vector_norm(want)
