@@ -59,6 +59,15 @@ from catapult.engine import run
 SEEDS = (0, 1, 2)
 
 
+def write_rows(out, rows):
+    """``rows`` (dicts with the same keys) to ``out`` with a ``.csv`` suffix."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_suffix(".csv"), "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
 def base_config(param, width, depth, loss, *, lr, steps, warmup=1, every=20, seed=0, n_train=500):
     return {
         "name": f"fig1_{param}_w{width}_d{depth}_{loss}_s{seed}",
@@ -251,11 +260,7 @@ def output_scale(out: Path, steps: int) -> None:
                    r_mean=statistics.mean(g[2] for g in got), r_std=statistics.stdev(g[2] for g in got))
         rows.append(row)
         print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.with_suffix(".csv"), "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_rows(out, rows)
     fig = Figure(figsize=(6, 4.2), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
@@ -352,11 +357,7 @@ def paper_setting(out: Path, steps: int, cases: str = "all", every: int = 0) -> 
                 curves[(label, param, lr_txt)] = [g[4] for g in got]
                 print(" | ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
                       + f"   [{time.time() - started:.0f}s wall, {time.process_time() - cpu0:.0f}s cpu]", flush=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.with_suffix(".csv"), "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_rows(out, rows)
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2, sharey=True)
