@@ -130,7 +130,7 @@ def cmd_table(args) -> None:
     for tag in tags:
         rs = [r for r in rows if r["tag"] == tag]
         keys = sorted({(r["optimizer"], r["warmup_steps"], r["x"]) for r in rs})
-        sets = " ".join(s.split(".")[-1] for s in rs[0]["sets"])
+        sets = " ".join(s.split("=", 1)[0].split(".")[-1] + "=" + s.split("=", 1)[1] for s in rs[0]["sets"])
         for opt, warm, x in keys:
             cell = [r for r in rs if (r["optimizer"], r["warmup_steps"], r["x"]) == (opt, warm, x)]
             test = np.array([r["test_loss"] if r["test_loss"] is not None else math.inf for r in cell])
