@@ -87,6 +87,30 @@ def test_lr_scaled_sharpness_against_two_over_lr_is_the_exact_linear_stability(f
         assert raw > row["threshold"]
 
 
+def test_lr_scaled_rows_log_the_spectrum_and_trace_of_m_half_h_m_half():
+    # eval.spectrum_top_k / eval.trace_matvecs follow the row's kind: under lr_scaled their
+    # eig_i and hessian_trace are M^1/2 H M^1/2's, so eig_1 is the row's sharpness
+    small = _with(SUPAR_SGD, model={"width": 4})
+    setup = build_run(small)
+    assert setup.sharpness.kind == "lr_scaled"
+    H = _dense_hessian(setup.model, setup.loss_fn, setup.batches.batch(0))
+    n = H.shape[0]
+    root = (_group_lrs(setup.optimizer, setup.model) / float(setup.optimizer.param_groups[0]["lr"])).sqrt()
+    A = root[:, None] * H * root[None, :]
+    truth = torch.linalg.eigvalsh(A).flip(0)[:3].tolist()
+    config = _with(small, eval={"spectrum_top_k": 3, "trace_matvecs": 3 * n})  # Hutch++'s Q spans R^n: exact
+    row = engine.run(config, progress="none").metrics[0]
+    assert [row[f"eig_{i}"] for i in (1, 2, 3)] == pytest.approx(truth, rel=1e-7)
+    assert row["sharpness"] == pytest.approx(row["eig_1"], rel=1e-7)
+    assert row["hessian_trace"] == pytest.approx(float(torch.trace(A)), rel=1e-8)
+    assert abs(float(torch.trace(A)) - float(torch.trace(H))) > 1e-3 * float(torch.trace(H))
+    # sharpness_kind: hessian keeps every column the raw Hessian's
+    raw = engine.run(_with(config, eval={"sharpness_kind": "hessian"}), progress="none").metrics[0]
+    assert [raw[f"eig_{i}"] for i in (1, 2, 3)] == pytest.approx(torch.linalg.eigvalsh(H).flip(0)[:3].tolist(), rel=1e-7)
+    assert raw["sharpness"] == pytest.approx(raw["eig_1"], rel=1e-7)
+    assert raw["hessian_trace"] == pytest.approx(float(torch.trace(H)), rel=1e-8)
+
+
 # ------------------------------------------------------------------------------------ RAdam
 def _first_rectified_step(beta2: float, horizon: int = 100) -> int | None:
     """torch's first rectified step (1-based): rho_t > 5, rho_t written out here in NumPy."""

@@ -111,6 +111,31 @@ def test_preconditioned_top_eigenpairs_and_trace_match_dense_adam():
     assert trace == pytest.approx(float(np.trace(A)), rel=1e-8)  # Q spans R^n: exact
 
 
+def test_sgd_group_lr_top_eigenpairs_and_trace_are_of_m_half_h_m_half():
+    # SGD with per-group lrs (a muP table's form): with scale_by_group_lr the operator is
+    # M^1/2 H M^1/2, M = diag(lr_i / lr_0), the lr_scaled sharpness's; without it, H itself
+    model, loss_fn, batch = small_problem(seed=5, width=3)
+    first, second = model[0], model[2]
+    opt = torch.optim.SGD([{"params": [first.weight], "lr": 0.1}, {"params": [first.bias], "lr": 0.4},
+                           {"params": [second.weight, second.bias], "lr": 0.025}])
+    m = np.concatenate([np.full(first.weight.numel(), 1.0), np.full(first.bias.numel(), 4.0),
+                        np.full(second.weight.numel() + second.bias.numel(), 0.25)])
+    H = dense_hessian(model, loss_fn, batch)
+    A = np.sqrt(m)[:, None] * H * np.sqrt(m)[None, :]
+    truth = np.linalg.eigvalsh(A)[::-1]
+    eig = catapult.top_eigenpairs(model, loss_fn, batch, k=3, tol=1e-10, optimizer=opt,
+                                  scale_by_group_lr=True)
+    np.testing.assert_allclose(eig.values, truth[:3], rtol=1e-7)
+    assert abs(truth[0] - np.linalg.eigvalsh(H)[-1]) > 1e-2 * truth[0]  # not H's spectrum
+    n = H.shape[0]
+    trace = catapult.hessian_trace(model, loss_fn, batch, matvecs=3 * n, optimizer=opt,
+                                   scale_by_group_lr=True)
+    assert trace == pytest.approx(float(np.trace(A)), rel=1e-8)  # Q spans R^n: exact
+    assert float(np.trace(A)) == pytest.approx(float(m @ np.diag(H)), rel=1e-12)
+    raw = catapult.top_eigenpairs(model, loss_fn, batch, k=2, tol=1e-10, optimizer=opt)
+    np.testing.assert_allclose(raw.values, np.linalg.eigvalsh(H)[::-1][:2], rtol=1e-7)
+
+
 def test_hutch_plus_plus_is_exact_on_the_span_and_unbiased_enough():
     model, loss_fn, batch = small_problem(seed=4, width=3)
     H = dense_hessian(model, loss_fn, batch)

@@ -399,6 +399,34 @@ def adam_preconditioner(model, optimizer, op, scale_by_group_lr: bool = False):
         return _adam_preconditioner(optimizer, op.gradient(), op.names, params, scale_by_group_lr)
 
 
+def step_preconditioner(model, optimizer, op, scale_by_group_lr: bool = False):
+    """``(d, l2)`` of ``optimizer``'s next step for :class:`PreconditionedOperator`: an
+    Adam-family optimizer's :func:`adam_preconditioner`; for SGD (no pre-conditioner, ``P = I``)
+    ``d = 1`` on the parameters it holds (0 elsewhere), times ``M^1/2`` with
+    ``scale_by_group_lr`` (``M = diag(lr_i / lr_0)``,
+    :func:`catapult.optim.thresholds.group_lr_multipliers`): the operator ``M^1/2 H M^1/2`` of
+    the ``lr_scaled`` sharpness. ``l2`` is None for SGD (its sharpness is the loss's Hessian's).
+
+    Example (SGD, the second group at half the first group's lr: ``d^2 = (1, 0.5)``):
+        >>> model = torch.nn.Linear(2, 1, bias=True)
+        >>> opt = torch.optim.SGD([{"params": [model.weight], "lr": 0.2},
+        ...                        {"params": [model.bias], "lr": 0.1}])
+        >>> batch = (torch.eye(2), torch.zeros(2, 1))
+        >>> d, l2 = step_preconditioner(model, opt, build_operator(model, torch.nn.MSELoss(), batch), True)
+        >>> (d ** 2).round(decimals=4).tolist(), l2
+        ([1.0, 1.0, 0.5], None)
+    """
+    if registry.spec_for(optimizer).family != "sgd":
+        return adam_preconditioner(model, optimizer, op, scale_by_group_lr)
+    from catapult.optim.thresholds import group_lr_multipliers
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    m = group_lr_multipliers(optimizer, params)
+    if not scale_by_group_lr:
+        m = (m > 0).to(m.dtype)
+    return m.sqrt().to(device=op.device, dtype=op.dtype), None
+
+
 class PreconditionedOperator:
     """``u -> d * (H (d * u)) + l2 * u``: the symmetric ``P^-1/2 (H + wd I) P^-1/2`` from a
     Hessian operator ``op`` and :func:`adam_preconditioner`'s ``(d, l2)``.

@@ -1,6 +1,7 @@
 """The spectrum of the Hessian or the Gauss-Newton matrix: top-k eigenpairs (thick-restart
 Lanczos), the trace (Hutch++) and the spectral density (stochastic Lanczos quadrature), each
-optionally pre-conditioned by an Adam-family optimizer's next step (``P^-1/2 A P^-1/2``).
+optionally pre-conditioned by an Adam-family optimizer's next step (``P^-1/2 A P^-1/2``) or
+scaled by SGD's per-group learning rates (``M^1/2 A M^1/2``).
 
 Same calling convention as :func:`catapult.sharpness`; ``curvature="hessian" | "ggn"``.
 Nothing here changes a model's parameters, gradients, buffers or train/eval mode, an
@@ -17,9 +18,9 @@ import torch
 from catapult.curvature import distributed as dist_ops
 from catapult.curvature.hessian import HessianOperator, fixed_rng, math_attention
 from catapult.curvature.lanczos import krylov_invariant, restart_sizes, ritz_pairs
-from catapult.curvature.sharpness import (PreconditionedOperator, adam_preconditioner,
-                                          build_operator, check_solver_args, memory_setting,
-                                          start_vector)
+from catapult.curvature.sharpness import (PreconditionedOperator, build_operator,
+                                          check_solver_args, memory_setting, start_vector,
+                                          step_preconditioner)
 
 __all__ = ["CURVATURES", "GaussNewtonOperator", "Eigenpairs", "SpectralDensity",
            "curvature_operator", "lanczos_top_k", "top_eigenpairs", "hutch_plus_plus",
@@ -119,8 +120,10 @@ def curvature_operator(model, loss_fn, batch, *, curvature: str = "hessian", opt
                        distributed: bool = False, scale_by_group_lr: bool = False):
     """The symmetric operator the spectrum functions work on: the Hessian
     (:func:`~catapult.curvature.sharpness.build_operator`) or the Gauss-Newton matrix
-    (:class:`GaussNewtonOperator`), pre-conditioned as ``P^-1/2 A P^-1/2`` when an Adam-family
-    ``optimizer`` is given (:func:`~catapult.curvature.sharpness.adam_preconditioner`).
+    (:class:`GaussNewtonOperator`), pre-conditioned as ``P^-1/2 A P^-1/2`` when an
+    ``optimizer`` is given (:func:`~catapult.curvature.sharpness.step_preconditioner`: Adam's
+    next step; for SGD with ``scale_by_group_lr`` ``P^-1 = M = diag(lr_i / lr_0)``, the
+    ``lr_scaled`` operator ``M^1/2 A M^1/2``).
 
     Example (a linear model: Gauss-Newton matrix = Hessian = ``diag(4, 1)``):
         >>> model = torch.nn.Linear(2, 1, bias=False)
@@ -142,7 +145,7 @@ def curvature_operator(model, loss_fn, batch, *, curvature: str = "hessian", opt
         if distributed:
             op = dist_ops.DistributedOperator(op, dist_ops.shard_weight(batch, op.device))
     if optimizer is not None:
-        d, l2 = adam_preconditioner(dist_ops.unwrap_ddp(model), optimizer, op, scale_by_group_lr)
+        d, l2 = step_preconditioner(dist_ops.unwrap_ddp(model), optimizer, op, scale_by_group_lr)
         op = PreconditionedOperator(op, d, l2)
     return op
 
@@ -262,7 +265,9 @@ def top_eigenpairs(model, loss_fn, batch, k: int = 5, *, tol: float = 1e-3, init
     matrix) of ``loss_fn(model(inputs), targets)`` on ``batch``, by :func:`lanczos_top_k`.
 
     With an Adam-family ``optimizer`` the operator is ``P^-1/2 A P^-1/2`` (the pre-conditioned
-    spectrum, as in :func:`catapult.preconditioned_sharpness`; vectors in those coordinates).
+    spectrum, as in :func:`catapult.preconditioned_sharpness`; vectors in those coordinates);
+    with SGD and ``scale_by_group_lr`` it is ``M^1/2 A M^1/2``, ``M = diag(lr_i / lr_0)`` (the
+    lr-scaled spectrum, as in :func:`catapult.optim.thresholds.lr_scaled_sharpness`).
     ``init``: a flat start vector (e.g. a previous top eigenvector); ``distributed``,
     ``memory``, ``chunk_size``, ``dtype``, ``hvp``, ``seed`` as in :func:`catapult.sharpness`.
 
@@ -336,7 +341,8 @@ def hessian_trace(model, loss_fn, batch, *, matvecs: int = 100, curvature: str =
                   chunk_size: int | None = None, distributed: bool = False,
                   scale_by_group_lr: bool = False) -> float:
     """``tr(H)`` (or of the Gauss-Newton matrix, or pre-conditioned ``tr(P^-1 A)`` with an
-    Adam-family ``optimizer``) by :func:`hutch_plus_plus` with ``matvecs`` products.
+    ``optimizer``: Adam-family, or SGD with ``scale_by_group_lr`` for ``tr(M A)``, as in
+    :func:`top_eigenpairs`) by :func:`hutch_plus_plus` with ``matvecs`` products.
 
     Example (``tr diag(4, 1) = 5``; exact here as the space has 2 dimensions):
         >>> model = torch.nn.Linear(2, 1, bias=False)

@@ -165,8 +165,9 @@ def sharpness_rule(config: Mapping[str, Any], model: nn.Module | None = None) ->
     top_k, trace_matvecs = int(ev.get("spectrum_top_k", 0)), int(ev.get("trace_matvecs", 0))
 
     def spectrum(model, loss_fn, batch, optimizer, kind: str | None = None):
-        """eig_1..eig_k and hessian_trace (of P^-1/2 H P^-1/2 when the kind is pre-conditioned)."""
-        opt = optimizer if (kind or rule_kind) == "preconditioned" else None
+        """eig_1..eig_k and hessian_trace of the operator whose top eigenvalue the row's sharpness
+        is: P^-1/2 H P^-1/2 (preconditioned), M^1/2 H M^1/2 (lr_scaled), else H."""
+        opt = optimizer if (kind or rule_kind) in ("preconditioned", "lr_scaled") else None
         row = {}
         common = dict(dtype=kwargs["dtype"], hvp=kwargs["hvp"], chunk_size=kwargs["chunk_size"])
         if top_k:

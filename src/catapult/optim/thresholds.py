@@ -61,14 +61,10 @@ def lr_scaled_sharpness(model: torch.nn.Module, loss_fn, batch, optimizer: torch
     every group has the first one's lr. Returns an :class:`~catapult.curvature.EigenEstimate`;
     the model, its gradients and the optimizer are not changed."""
     from catapult.curvature import HessianOperator, lanczos_top_eigenpair
+    from catapult.curvature.sharpness import PreconditionedOperator, step_preconditioner
 
     op = HessianOperator(model, loss_fn, batch, dtype=dtype, hvp=hvp, seed=seed, chunk_size=chunk_size)
-    params = [p for p in model.parameters() if p.requires_grad]
-    root = torch.sqrt(group_lr_multipliers(optimizer, params)).to(device=op.device, dtype=op.dtype)
-
-    def matvec(v: torch.Tensor) -> torch.Tensor:
-        return root * op(root * v)
-
+    matvec = PreconditionedOperator(op, *step_preconditioner(model, optimizer, op, scale_by_group_lr=True))
     if init is None:
         gen = torch.Generator().manual_seed(seed)
         init = torch.randn(op.numel, generator=gen, dtype=torch.float64)
