@@ -4,12 +4,13 @@ block is dead after ReLU), the sharpness vs 2/lr_t just before, and the dead fra
 train accuracy; per (panel, T_wrm) the failure boundary per seed on the CSV's x grid. Also draws
 bench/figures/fig3_mupce_diag.png (sharpness and dead-channel fraction against step for T_wrm=128).
 
-    PYTHONPATH=src python bench/fig3_mupce_summary.py bench/figures/fig3_mupce_diag_T1.csv \\
-        bench/figures/fig3_mupce_diag_T128.csv
+    PYTHONPATH=src python bench/fig3_mupce_summary.py bench/figures/fig3_mupce_diag_T1.csv.gz \\
+        bench/figures/fig3_mupce_diag_T128.csv.gz
 """
 from __future__ import annotations
 
 import csv
+import gzip
 import math
 import statistics as st
 import sys
@@ -31,7 +32,7 @@ def ms(v):
 def main(paths):
     runs = defaultdict(list)
     for p in paths:
-        for r in csv.DictReader(open(p)):
+        for r in csv.DictReader(gzip.open(p, "rt") if p.endswith(".gz") else open(p)):
             runs[(r["panel"], int(r["twrm"]), float(r["x"]), int(r["seed"]))].append(r)
     cells = defaultdict(list)
     for (panel, tw, x, seed), rs in runs.items():
@@ -82,6 +83,7 @@ def main(paths):
         ax[0].semilogy([s[0] for s in sh], [s[2] for s in sh], ls=":", color=ln.get_color())
         ax[1].plot([int(r["t"]) for r in rs], [float(r["dead_channels_last"]) for r in rs], color=ln.get_color(),
                    label=f"x={x:g}")
+    ax[0].axhline(0.1 / 64, color="k", lw=0.6, ls="--")  # CE Hessian of the readout bias at a uniform output: (1/10) x multiplier^2 (1/64)
     ax[0].set(xlabel="step", ylabel="batch Hessian sharpness (solid), 2/lr_t (dotted)",
               title="muP + CE, T_wrm = 128, seed 0")
     ax[1].set(xlabel="step", ylabel="fraction of dead channels, last block", title="feature death")
