@@ -43,8 +43,11 @@ def cell_config(base: dict, par: str, loss: str, twrm: int, x: float, seed: int,
     return cfg
 
 
-def run_cell(cfg: dict, sharp_every: int) -> tuple[dict, list[dict]]:
+def run_cell(cfg: dict, sharp_every: int, out_mult: float = 1.0) -> tuple[dict, list[dict]]:
     setup = build_run(cfg)
+    if out_mult != 1.0:  # probe only: scale the readout's weight and bias multipliers before lambda_0 is measured
+        setup.model.readout.multiplier *= out_mult
+        setup.model.readout.bias_multiplier *= out_mult
     cfg_v = setup.config
     model, loss_fn, batches = setup.model, setup.loss_fn, setup.batches
     lam0, lr_trgt = setup.lambda_0, setup.lr_target
@@ -114,6 +117,8 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--decay", default="cosine")
     ap.add_argument("--sharp-every", type=int, default=0)
+    ap.add_argument("--out-mult", type=float, default=1.0,
+                    help="multiply the readout's multipliers by this at init (a probe; 8 = SP's output scale at widen 1)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     base = load_config(a.config)
@@ -125,7 +130,7 @@ def main(argv=None) -> None:
             for x in a.x:
                 for seed in a.seeds:
                     cfg = cell_config(base, par, loss, twrm, x, seed, a.steps, a.decay)
-                    info, rows = run_cell(cfg, a.sharp_every)
+                    info, rows = run_cell(cfg, a.sharp_every, a.out_mult)
                     best = max(r["acc"] for r in rows)
                     sh = [r for r in rows if "sharpness" in r]
                     post = [r for r in sh if r["t"] >= twrm]
@@ -140,7 +145,7 @@ def main(argv=None) -> None:
                         msg += f" | t={r['t']}: sharp={r['sharpness']:.4g} 2/lr={r['edge']:.4g}"
                     print(msg, flush=True)
                     for r in rows:
-                        allrows.append({"panel": panel, "twrm": twrm, "x": x, "seed": seed,
+                        allrows.append({"panel": panel, "out_mult": a.out_mult, "twrm": twrm, "x": x, "seed": seed,
                                         "lambda_0": info["lambda_0"], "status": info["status"], **r})
     if a.out:
         keys = sorted({k for r in allrows for k in r}, key=lambda k: list(allrows[0]).index(k) if k in allrows[0] else 99)
