@@ -17,27 +17,17 @@ from catapult.curvature.hessian import math_attention
 from catapult.curvature.coarse import (FINITE_DIFFERENCE, FINITE_DIFFERENCE_CONSISTENCY,
                                        FINITE_DIFFERENCE_COST, coarse_levels,
                                        coarse_start_vector, difference_consistency)
+from catapult.losses import cross_entropy
 from catapult.models import GPT
 from test_spectrum import dense_hessian, small_problem
 
 
-class FlatLogits(nn.Module):
-    """GPT logits (B, T, V) -> (B*T, V) for one nn.CrossEntropyLoss."""
-
-    def __init__(self, gpt):
-        super().__init__()
-        self.gpt = gpt
-
-    def forward(self, idx):
-        out = self.gpt(idx)
-        return out.reshape(-1, out.shape[-1])
-
-
 def tiny_gpt(seed=0, n=4):
     torch.manual_seed(seed)
-    model = FlatLogits(GPT(7, d_model=8, n_layers=1, n_heads=2, context=5)).double()
+    model = GPT(7, d_model=8, n_layers=1, n_heads=2, context=5).double()
     tokens = torch.randint(0, 7, (n, 6), generator=torch.Generator().manual_seed(seed))
-    return model, nn.CrossEntropyLoss(), (tokens[:, :-1], tokens[:, 1:].reshape(-1))
+    # the library's token cross-entropy takes (B, T, V) logits and (B, T) labels
+    return model, cross_entropy, (tokens[:, :-1], tokens[:, 1:])
 
 
 @pytest.mark.parametrize("dtype, bound", [(torch.float64, 1e-7), (torch.float32, 5e-3)])
