@@ -61,6 +61,11 @@ def worker(rank, port, out_dir):
         ddp = nn.parallel.DistributedDataParallel(model)
         wrapped = measure(ddp, loss_fn, shard, opt, True)
         torch.save({"plain": plain, "ddp": wrapped}, os.path.join(out_dir, f"rank{rank}.pt"))
+        # orderly teardown: DDP's reducer goes while the group is alive, and no rank destroys the
+        # group while the other still has collectives in flight (a rank once aborted at exit
+        # with "terminate called without an active exception" in a loaded full-suite run)
+        del ddp
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -50,8 +50,10 @@ def test_ctrl_c_says_how_to_resume_and_export_shows_interrupted(tmp_path):
     config.write_text(textwrap.dedent(CONFIG))
     store = tmp_path / "my store.db"  # a space: the printed command must quote it
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    # 400 steps a cell: long enough that the whole sweep cannot finish between seeing the first
+    # claim and the SIGINT, even on a loaded host (with 30 steps it once did, and exited 0)
     cmd = _catapult("sweep", str(config), "--store", str(store), "--threads", "1", "--progress", "none",
-                    "train.steps=30")
+                    "train.steps=400")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.monotonic() + 120
@@ -69,7 +71,7 @@ def test_ctrl_c_says_how_to_resume_and_export_shows_interrupted(tmp_path):
     assert "Traceback" not in err
     resume = err.split("Resume with:\n", 1)[1].strip().splitlines()[0].strip()
     expected = shlex.join(["catapult", "sweep", str(config), "--store", str(store), "--threads", "1",
-                           "--progress", "none", "train.steps=30"])
+                           "--progress", "none", "train.steps=400"])
     assert resume == expected
 
     out = tmp_path / "cells.csv"
