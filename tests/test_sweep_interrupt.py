@@ -64,8 +64,8 @@ def test_ctrl_c_says_how_to_resume_and_export_shows_interrupted(tmp_path):
     config.write_text(textwrap.dedent(CONFIG))
     store = tmp_path / "my store.db"  # a space: the printed command must quote it
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    # 400 steps a cell: long enough that the whole sweep cannot finish between seeing the first
-    # claim and the SIGINT, even on a loaded host (with 30 steps it once did, and exited 0)
+    # 400 steps a cell (~0.5 s): the SIGINT lands inside a running cell, not in the sweep's last
+    # moments, even on a loaded host
     cmd = _catapult("sweep", str(config), "--store", str(store), "--threads", "1", "--progress", "none",
                     "train.steps=400")
     # the child gets SIGINT as a terminal's Ctrl-C would deliver it: unblocked and with its default
