@@ -19,15 +19,19 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import sys
 
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.func import functional_call
 
-import catapult
 from catapult.curvature import HessianOperator
 from catapult.curvature.spectrum import lanczos_quadrature
+
+# the dense float64 truth the tests use (torch.autograd.functional, nothing from catapult)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+from dense_curvature import dense_hessian  # noqa: E402
 
 
 def problem(seed: int, n: int = 128):
@@ -36,19 +40,6 @@ def problem(seed: int, n: int = 128):
                           nn.Linear(32, 4)).double()
     return model, nn.MSELoss(), (torch.randn(n, 16, dtype=torch.float64),
                                  torch.randn(n, 4, dtype=torch.float64))
-
-
-def dense_hessian(model, loss_fn, batch) -> np.ndarray:
-    names = [k for k, _ in model.named_parameters()]
-    shapes = [p.shape for p in model.parameters()]
-    sizes = [p.numel() for p in model.parameters()]
-    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-
-    def f(flat):
-        params = {k: c.view(s) for k, c, s in zip(names, torch.split(flat, sizes), shapes)}
-        return loss_fn(functional_call(model, params, (batch[0],)), batch[1])
-
-    return torch.autograd.functional.hessian(f, theta, vectorize=True).numpy()
 
 
 def smoothed(grid, nodes, weights, sigma):
@@ -64,7 +55,7 @@ def measure(args):
     results = {}  # (dtype, b) -> list of per-seed stats
     for seed in range(args.seeds):
         model, loss_fn, batch = problem(seed)
-        H = dense_hessian(model, loss_fn, batch)
+        H = dense_hessian(model, loss_fn, batch).numpy()
         eigs, V = np.linalg.eigh(H)
         top = eigs[-1]
         sigma = 0.01 * (eigs[-1] - eigs[0])

@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.func import functional_call
+
+from dense_curvature import dense_gradient, dense_hessian
 
 from catapult.curvature import (
     HessianOperator,
@@ -37,26 +38,6 @@ def tiny_mlp(seed=0, dtype=torch.float32):
     x = torch.randn(16, 4, dtype=dtype)
     y = torch.randint(0, 3, (16,))
     return model, (x, y)
-
-
-def dense_hessian(model, loss_fn, batch):
-    """Exact fp64 Hessian over the trainable parameters (model.parameters() order) and gradient."""
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
-    params = [p for p in model.parameters() if p.requires_grad]
-    shapes, sizes = [p.shape for p in params], [p.numel() for p in params]
-    x, y = batch
-    x = x.double() if x.is_floating_point() else x
-    y = y.double() if y.is_floating_point() else y
-    buffers = {n: b.double() if b.is_floating_point() else b for n, b in model.named_buffers()}
-
-    def loss_of(flat):
-        ps = {n: c.view(s) for n, c, s in zip(names, torch.split(flat, sizes), shapes)}
-        return loss_fn(functional_call(model, {**buffers, **ps}, (x,)), y)
-
-    flat = torch.cat([p.detach().double().reshape(-1) for p in params])
-    H = torch.autograd.functional.hessian(loss_of, flat)
-    g = torch.autograd.functional.jacobian(loss_of, flat)
-    return H, g
 
 
 class Quadratic(nn.Module):
@@ -89,7 +70,7 @@ def spectrum_matrix(eigenvalues, seed=0):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 def test_sharpness_matches_dense_hessian(mode, loss_fn, dtype):
     model, batch = tiny_mlp()
-    H, _ = dense_hessian(model, loss_fn, batch)
+    H = dense_hessian(model, loss_fn, batch)
     exact = torch.linalg.eigvalsh(H)[-1].item()
     tol = 1e-5 if dtype == torch.float32 else 1e-10
     est = sharpness(model, loss_fn, batch, tol=tol, dtype=dtype, hvp=mode)
@@ -103,7 +84,7 @@ def test_sharpness_matches_dense_hessian(mode, loss_fn, dtype):
 
 def test_fp32_model_evaluated_in_fp64():
     model, batch = tiny_mlp()
-    H, _ = dense_hessian(model, mse, batch)
+    H = dense_hessian(model, mse, batch)
     est = sharpness(model, mse, batch, tol=1e-11, dtype=torch.float64)
     assert est.value == pytest.approx(torch.linalg.eigvalsh(H)[-1].item(), rel=1e-9)
     assert next(model.parameters()).dtype == torch.float32
@@ -111,7 +92,7 @@ def test_fp32_model_evaluated_in_fp64():
 
 def test_default_tol_gives_accurate_value():
     model, batch = tiny_mlp(seed=1)
-    H, _ = dense_hessian(model, mse, batch)
+    H = dense_hessian(model, mse, batch)
     exact = torch.linalg.eigvalsh(H)[-1].item()
     est = sharpness(model, mse, batch, dtype=torch.float64)  # tol = 1e-3 on the residual
     assert est.converged
@@ -235,13 +216,13 @@ def test_dropout_mask_fixed_within_a_call():
     # ... and it equals the exact Hessian for that mask: reproduce the mask by seeding.
     with torch.random.fork_rng():
         torch.manual_seed(5)
-        H, _ = dense_hessian(model, mse, (x, y))
+        H = dense_hessian(model, mse, (x, y))
     assert a.value == pytest.approx(torch.linalg.eigvalsh(H)[-1].item(), rel=1e-9)
 
 
 def test_hessian_operator_matches_dense():
     model, batch = tiny_mlp(dtype=torch.float64)
-    H, g = dense_hessian(model, cross_entropy, batch)
+    H, g = dense_hessian(model, cross_entropy, batch), dense_gradient(model, cross_entropy, batch)
     v = torch.randn(H.shape[0], dtype=torch.float64)
     for mode in MODES:
         op = HessianOperator(model, cross_entropy, batch, hvp=mode)
@@ -348,7 +329,7 @@ def dense_preconditioned(model, loss_fn, batch, optimizer, gi_adam=False, gi_v0=
     """lambda_max(P^-1/2 (H + wd I) P^-1/2) re-derived in NumPy from the optimizer state.
 
     ``gi_v0``: a number a (v_0 = a g^2) or ``"random"`` (see ``_random_v0_numpy``)."""
-    H, g = dense_hessian(model, loss_fn, batch)
+    H, g = dense_hessian(model, loss_fn, batch), dense_gradient(model, loss_fn, batch)
     H, g = H.numpy(), g.numpy().copy()
     theta = torch.cat([p.detach().double().reshape(-1) for p in model.parameters()]).numpy()
     group = optimizer.param_groups[0]
@@ -428,7 +409,7 @@ def test_preconditioned_scale_by_group_lr():
     opt = torch.optim.Adam([{"params": first, "lr": 0.01}, {"params": second, "lr": 0.0025}])
     plain = preconditioned_sharpness(model, mse, batch, opt, tol=1e-10)
     scaled = preconditioned_sharpness(model, mse, batch, opt, tol=1e-10, scale_by_group_lr=True)
-    H, g = dense_hessian(model, mse, batch)
+    H, g = dense_hessian(model, mse, batch), dense_gradient(model, mse, batch)
     P = (1 - 0.9) * (np.sqrt(g.numpy() ** 2) + 1e-8)
     n0 = sum(p.numel() for p in first)
     ratio = np.ones_like(P)
@@ -485,7 +466,7 @@ def sum_mse(outputs, labels):
 @pytest.mark.parametrize("chunk_size", [1, 5, 8])
 def test_chunked_hvp_matches_dense(mode, loss_fn, chunk_size):
     model, batch = tiny_mlp(dtype=torch.float64)
-    H, g = dense_hessian(model, loss_fn, batch)
+    H, g = dense_hessian(model, loss_fn, batch), dense_gradient(model, loss_fn, batch)
     op = HessianOperator(model, loss_fn, batch, hvp=mode, chunk_size=chunk_size)
     assert op.chunks == -(-16 // chunk_size)
     v = torch.randn(H.shape[0], dtype=torch.float64)
@@ -505,7 +486,7 @@ def test_chunk_size_at_least_the_batch_is_one_chunk():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 def test_chunked_sharpness_matches_dense_and_unchunked(dtype):
     model, batch = tiny_mlp(dtype=dtype)
-    H, _ = dense_hessian(model, mse, batch)
+    H = dense_hessian(model, mse, batch)
     exact = float(torch.linalg.eigvalsh(H)[-1])
     whole = sharpness(model, mse, batch, tol=1e-6, max_iter=200)
     chunked = sharpness(model, mse, batch, tol=1e-6, max_iter=200, chunk_size=6)

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from torch.func import functional_call
+
+from dense_curvature import dense_hessian
 
 import catapult
 from catapult.curvature import HVP_MODES, HessianOperator, preconditioned_sharpness, top_eigenpairs
@@ -49,19 +50,6 @@ def problem(kind: str):
 
 
 KINDS = ["mse", "cross_entropy", "soft_cross_entropy", "unused"]
-
-
-def dense_hessian(model, loss_fn, batch) -> torch.Tensor:
-    names = [n for n, _ in model.named_parameters()]
-    shapes = [p.shape for p in model.parameters()]
-    sizes = [p.numel() for p in model.parameters()]
-    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-
-    def f(flat):
-        params = {n: c.view(s) for n, c, s in zip(names, torch.split(flat, sizes), shapes)}
-        return loss_fn(functional_call(model, params, (batch[0],)), batch[1])
-
-    return torch.autograd.functional.hessian(f, theta)
 
 
 @pytest.mark.parametrize("kind", KINDS)

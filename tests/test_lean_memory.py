@@ -7,6 +7,8 @@ import pytest
 import torch
 from torch import nn
 
+from dense_curvature import dense_hessian
+
 import catapult
 from catapult.curvature import HessianOperator
 from catapult.curvature.lean import activation_bytes, lean_sizes, lean_top_eigenpair
@@ -59,17 +61,7 @@ def test_lean_warns_and_uses_the_minimum_when_3x_cannot_be_met():
 def dense_eigenvalues(model, loss_fn, batch):
     """Eigenvalues (ascending) of the dense float64 Hessian (independent of the library's
     operators)."""
-    names = [n for n, _ in model.named_parameters()]
-    shapes = [p.shape for p in model.parameters()]
-    sizes = [p.numel() for p in model.parameters()]
-    theta = torch.cat([p.detach().double().reshape(-1) for p in model.parameters()])
-    x, y = batch[0].double(), batch[1].double()
-
-    def f(flat):
-        params = {n: c.view(s) for n, c, s in zip(names, torch.split(flat, sizes), shapes)}
-        return loss_fn(torch.func.functional_call(model.double(), params, (x,)), y)
-
-    return np.linalg.eigvalsh(torch.autograd.functional.hessian(f, theta).numpy())
+    return np.linalg.eigvalsh(dense_hessian(model, loss_fn, batch).numpy())
 
 
 def test_lean_and_fast_agree_on_the_top_eigenvalue_within_tol():

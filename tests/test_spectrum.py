@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from torch.func import functional_call
+
+from dense_curvature import dense_hessian, flat_loss
 
 import catapult
 from catapult.curvature import HessianOperator, GaussNewtonOperator
@@ -24,29 +25,6 @@ def small_problem(n=24, seed=0, out=3, width=6):
     return model, nn.MSELoss(), (x, y)
 
 
-def flat_loss(model, loss_fn, batch):
-    names = [n for n, _ in model.named_parameters()]
-    shapes = [p.shape for p in model.parameters()]
-    sizes = [p.numel() for p in model.parameters()]
-
-    def params_of(flat):
-        return {n: c.view(s) for n, c, s in zip(names, torch.split(flat, sizes), shapes)}
-
-    def f(flat):
-        return loss_fn(functional_call(model, params_of(flat), (batch[0],)), batch[1])
-
-    def outputs(flat):
-        return functional_call(model, params_of(flat), (batch[0],))
-
-    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-    return f, outputs, theta
-
-
-def dense_hessian(model, loss_fn, batch):
-    f, _, theta = flat_loss(model, loss_fn, batch)
-    return torch.autograd.functional.hessian(f, theta, vectorize=True).numpy()
-
-
 def dense_ggn(model, loss_fn, batch):
     _, outputs, theta = flat_loss(model, loss_fn, batch)
     out = outputs(theta).detach()
@@ -58,7 +36,7 @@ def dense_ggn(model, loss_fn, batch):
 
 def test_top_eigenpairs_hessian_matches_dense():
     model, loss_fn, batch = small_problem()
-    H = dense_hessian(model, loss_fn, batch)
+    H = dense_hessian(model, loss_fn, batch).numpy()
     w, V = np.linalg.eigh(H)
     eig = catapult.top_eigenpairs(model, loss_fn, batch, k=4, tol=1e-10, max_basis=16)
     assert eig.converged
@@ -81,7 +59,7 @@ def test_top_eigenpairs_ggn_matches_dense_and_operator_products():
 def test_top_eigenpairs_restarts_with_a_small_basis():
     # max_basis 8 for k=3 forces thick restarts; the answer must not change
     model, loss_fn, batch = small_problem(seed=2)
-    truth = np.linalg.eigvalsh(dense_hessian(model, loss_fn, batch))[::-1][:3]
+    truth = np.linalg.eigvalsh(dense_hessian(model, loss_fn, batch).numpy())[::-1][:3]
     eig = catapult.top_eigenpairs(model, loss_fn, batch, k=3, tol=1e-9, max_basis=8,
                                   max_iter=400)
     assert eig.converged and eig.matvecs > 8
@@ -101,7 +79,7 @@ def test_preconditioned_top_eigenpairs_and_trace_match_dense_adam():
     b1, b2, t = 0.9, 0.99, 2
     v_next = b2 * v + (1 - b2) * g ** 2
     P = (1 - b1 ** t) * (np.sqrt(v_next / (1 - b2 ** t)) + 1e-8)
-    H = dense_hessian(model, loss_fn, batch)
+    H = dense_hessian(model, loss_fn, batch).numpy()
     A = H / np.sqrt(P)[:, None] / np.sqrt(P)[None, :]
     truth = np.linalg.eigvalsh(A)[::-1]
     eig = catapult.top_eigenpairs(model, loss_fn, batch, k=2, tol=1e-10, optimizer=opt)
@@ -120,7 +98,7 @@ def test_sgd_group_lr_top_eigenpairs_and_trace_are_of_m_half_h_m_half():
                            {"params": [second.weight, second.bias], "lr": 0.025}])
     m = np.concatenate([np.full(first.weight.numel(), 1.0), np.full(first.bias.numel(), 4.0),
                         np.full(second.weight.numel() + second.bias.numel(), 0.25)])
-    H = dense_hessian(model, loss_fn, batch)
+    H = dense_hessian(model, loss_fn, batch).numpy()
     A = np.sqrt(m)[:, None] * H * np.sqrt(m)[None, :]
     truth = np.linalg.eigvalsh(A)[::-1]
     eig = catapult.top_eigenpairs(model, loss_fn, batch, k=3, tol=1e-10, optimizer=opt,
@@ -138,7 +116,7 @@ def test_sgd_group_lr_top_eigenpairs_and_trace_are_of_m_half_h_m_half():
 
 def test_hutch_plus_plus_is_exact_on_the_span_and_unbiased_enough():
     model, loss_fn, batch = small_problem(seed=4, width=3)
-    H = dense_hessian(model, loss_fn, batch)
+    H = dense_hessian(model, loss_fn, batch).numpy()
     n = H.shape[0]
     assert catapult.hessian_trace(model, loss_fn, batch, matvecs=3 * n) == pytest.approx(
         float(np.trace(H)), rel=1e-9)
@@ -151,7 +129,7 @@ def test_hutch_plus_plus_is_exact_on_the_span_and_unbiased_enough():
 
 def test_lanczos_quadrature_reproduces_moments_and_density_integrates_to_one():
     model, loss_fn, batch = small_problem(seed=5)
-    H = dense_hessian(model, loss_fn, batch)
+    H = dense_hessian(model, loss_fn, batch).numpy()
     A = torch.as_tensor(H)
     v = torch.randn(H.shape[0], dtype=torch.float64)
     nodes, weights = lanczos_quadrature(lambda u: A @ u, v, 6)
@@ -169,7 +147,7 @@ def test_sharpness_error_bound_covers_the_actual_error():
     # tol 1e-2 stops early enough for a visible error; the reported bound must cover it
     for seed in range(4):
         model, loss_fn, batch = small_problem(seed=10 + seed)
-        top = np.linalg.eigvalsh(dense_hessian(model, loss_fn, batch))[-1]
+        top = np.linalg.eigvalsh(dense_hessian(model, loss_fn, batch).numpy())[-1]
         est = catapult.sharpness(model, loss_fn, batch, tol=1e-2, seed=seed)
         assert est.converged
         assert abs(est.value - top) / abs(top) <= est.error_bound
@@ -177,7 +155,7 @@ def test_sharpness_error_bound_covers_the_actual_error():
 
 def test_coarse_start_lean_memory_and_distributed_flag_keep_the_answer():
     model, loss_fn, batch = small_problem(n=256, seed=6, width=3)
-    top = np.linalg.eigvalsh(dense_hessian(model, loss_fn, batch))[-1]
+    top = np.linalg.eigvalsh(dense_hessian(model, loss_fn, batch).numpy())[-1]
     est = catapult.sharpness(model, loss_fn, batch, tol=1e-9)            # coarse="auto"
     assert est.coarse_matvecs > 0
     assert est.value == pytest.approx(top, rel=1e-10)
@@ -194,7 +172,7 @@ def test_coarse_start_lean_memory_and_distributed_flag_keep_the_answer():
 @pytest.mark.parametrize("dtype, bound", [(torch.float64, 1e-9), (torch.float32, 1e-3)])
 def test_finite_difference_hvp_error(dtype, bound):
     model, loss_fn, batch = small_problem(seed=7)
-    H = dense_hessian(model, loss_fn, batch)
+    H = dense_hessian(model, loss_fn, batch).numpy()
     v = torch.randn(H.shape[0], dtype=torch.float64)
     exact = H @ v.numpy()
     op = HessianOperator(model, loss_fn, batch, hvp="finite_difference", dtype=dtype)
@@ -245,7 +223,7 @@ def test_bounded_basis_quadrature_matches_full_reorthogonalisation_and_dense(max
     # outliers appear) the quadrature still reproduces u^T H^p u of the dense Hessian, and the
     # smoothed density equals the fully re-orthogonalised one
     model, loss_fn, batch = small_problem(n=40, seed=11, width=12)
-    H = dense_hessian(model, loss_fn, batch)
+    H = dense_hessian(model, loss_fn, batch).numpy()
     eigs, V = np.linalg.eigh(H)
     A = HessianOperator(model, loss_fn, batch)
     steps = 60  # long enough for lambda_max to converge and, without full re-orth., reappear
