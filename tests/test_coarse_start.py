@@ -1,7 +1,7 @@
 """Coarse start vectors (sub-batch and finite-difference levels) against dense float64 truth.
 
 The truth is the dense Hessian of the loss as a function of the flat parameter vector
-(``tests/test_spectrum.py``'s ``dense_hessian``), eigendecomposed by ``numpy.linalg.eigh``. A
+(``tests/dense_curvature.py``'s ``dense_hessian``), eigendecomposed by ``numpy.linalg.eigh``. A
 coarse level only moves the start vector: the exact solve's promise (``error_bound`` >= the
 actual relative error of the top eigenvalue, ``error_bound <= tol`` when converged) must hold
 whatever the level did.
@@ -19,7 +19,8 @@ from catapult.curvature.coarse import (FINITE_DIFFERENCE, FINITE_DIFFERENCE_CONS
                                        coarse_start_vector, difference_consistency)
 from catapult.losses import cross_entropy
 from catapult.models import GPT
-from test_spectrum import dense_hessian, small_problem
+from dense_curvature import dense_hessian
+from test_spectrum import small_problem
 
 
 def tiny_gpt(seed=0, n=4):
@@ -33,7 +34,7 @@ def tiny_gpt(seed=0, n=4):
 @pytest.mark.parametrize("dtype, bound", [(torch.float64, 1e-7), (torch.float32, 5e-3)])
 def test_forward_difference_product_error(dtype, bound):
     model, loss_fn, batch = small_problem(seed=7)
-    H = dense_hessian(model, loss_fn, batch)
+    H = dense_hessian(model, loss_fn, batch).numpy()
     op = HessianOperator(model, loss_fn, batch, dtype=dtype)
     for seed in range(3):
         v = torch.randn(H.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
@@ -53,7 +54,7 @@ def test_finite_difference_start_keeps_the_tol_promise(problem):
     for seed in range(3):
         model, loss_fn, batch = tiny_gpt(seed) if problem == "gpt" else small_problem(seed=20 + seed)
         with math_attention():  # the fused attention kernels have no double backward
-            top = np.linalg.eigvalsh(dense_hessian(model, loss_fn, batch))[-1]
+            top = np.linalg.eigvalsh(dense_hessian(model, loss_fn, batch).numpy())[-1]
         for tol, dtype in [(1e-2, torch.float64), (1e-3, torch.float64), (1e-3, torch.float32)]:
             est = catapult.sharpness(model, loss_fn, batch, tol=tol, seed=seed, dtype=dtype)
             assert est.coarse_matvecs > 0
@@ -66,7 +67,7 @@ def test_finite_difference_start_keeps_the_tol_promise(problem):
 
 def test_finite_difference_level_with_other_product_modes_and_chunks():
     model, loss_fn, batch = small_problem(n=24, seed=5)
-    top = np.linalg.eigvalsh(dense_hessian(model, loss_fn, batch))[-1]
+    top = np.linalg.eigvalsh(dense_hessian(model, loss_fn, batch).numpy())[-1]
     levels = ((4, 1e-2), (FINITE_DIFFERENCE, 1e-2))  # a sub-batch level, then differences
     # (hvp="forward_over_reverse" fails on this MSE problem with or without a coarse level:
     # "ZeroTensors are immutable" inside torch.func.jvp, on main too; not tested here)
@@ -83,7 +84,7 @@ def test_finite_difference_level_with_other_product_modes_and_chunks():
 def test_finite_difference_level_finds_the_top_eigenvector():
     # the level alone (no exact solve) already points along the top eigenvector
     model, loss_fn, batch = small_problem(n=24, seed=3)
-    H = dense_hessian(model, loss_fn, batch)
+    H = dense_hessian(model, loss_fn, batch).numpy()
     u = np.linalg.eigh(H)[1][:, -1]
     v0 = torch.randn(H.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     v, products, cost = coarse_start_vector(model, loss_fn, batch, v0, [(FINITE_DIFFERENCE, 1e-6)])
