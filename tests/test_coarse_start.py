@@ -69,9 +69,9 @@ def test_finite_difference_level_with_other_product_modes_and_chunks():
     model, loss_fn, batch = small_problem(n=24, seed=5)
     top = np.linalg.eigvalsh(dense_hessian(model, loss_fn, batch).numpy())[-1]
     levels = ((4, 1e-2), (FINITE_DIFFERENCE, 1e-2))  # a sub-batch level, then differences
-    # (hvp="forward_over_reverse" fails on this MSE problem with or without a coarse level:
-    # "ZeroTensors are immutable" inside torch.func.jvp, on main too; not tested here)
-    for kwargs in [{"hvp": "finite_difference"}, {"chunk_size": 5}, {"coarse": levels}]:
+    for kwargs in [{"hvp": "finite_difference"}, {"chunk_size": 5}, {"coarse": levels},
+                   {"hvp": "forward_over_reverse"}, {"hvp": "forward_over_reverse", "coarse": levels},
+                   {"coarse": levels[1]}]:  # one bare pair is one level
         est = catapult.sharpness(model, loss_fn, batch, tol=1e-8, **kwargs)
         assert est.converged and est.coarse_matvecs > 0
         assert est.value == pytest.approx(top, rel=1e-7)
@@ -99,7 +99,9 @@ def test_coarse_levels_parse_and_refuse():
     assert coarse_levels((x, y), ((4, 1e-2), ("finite_difference", 2e-3))) == [
         (25, 1e-2), (FINITE_DIFFERENCE, 2e-3)]
     assert coarse_levels((x, y), None) == []
-    for bad in [((1, 1e-3),), (("fd", 1e-3),), ((True, 1e-3),), (("finite_difference", 0.0),)]:
+    assert coarse_levels((x, y), (4, 1e-2)) == [(25, 1e-2)]  # one bare pair is one level
+    for bad in [((1, 1e-3),), (("fd", 1e-3),), ((True, 1e-3),), (("finite_difference", 0.0),),
+                ((4, 1e-3, 2),), (4,)]:
         with pytest.raises(ValueError, match="coarse levels"):
             coarse_levels((x, y), bad)
     with pytest.raises(ValueError, match="sample dimension"):

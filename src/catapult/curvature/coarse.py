@@ -68,7 +68,8 @@ def coarse_levels(batch, coarse) -> list[tuple[int | str, float]]:
 
     ``coarse`` is ``None`` (none), ``"auto"`` (:data:`COARSE_LEVELS` when the batch's inputs and
     targets are tensors sharing a sample dimension of at least :data:`COARSE_MIN_SAMPLES`, else
-    :data:`SMALL_BATCH_LEVELS`) or a sequence of ``(divisor, tol)`` pairs, where ``divisor`` is
+    :data:`SMALL_BATCH_LEVELS`) or a sequence of ``(divisor, tol)`` pairs (one pair alone is one
+    level), where ``divisor`` is
     an integer >= 2 (the first ``n // divisor`` samples) or :data:`FINITE_DIFFERENCE`.
 
     >>> x, y = torch.zeros(1000, 3), torch.zeros(1000)
@@ -86,8 +87,14 @@ def coarse_levels(batch, coarse) -> list[tuple[int | str, float]]:
         if coarse != "auto":
             raise ValueError(f"coarse must be 'auto', None or (divisor, tol) pairs, got {coarse!r}")
         coarse = COARSE_LEVELS if n is not None and n >= COARSE_MIN_SAMPLES else SMALL_BATCH_LEVELS
+    if (isinstance(coarse, tuple) and len(coarse) == 2 and isinstance(coarse[0], (int, str))
+            and isinstance(coarse[1], (int, float))):
+        coarse = [coarse]  # one level given as a bare pair
     levels: list[tuple[int | str, float]] = []
-    for divisor, tol in coarse:
+    for level in coarse:
+        if not (isinstance(level, (tuple, list)) and len(level) == 2):
+            raise ValueError(f"coarse levels must be (divisor, tol) pairs, got {level!r}")
+        divisor, tol = level
         if not (isinstance(tol, (int, float)) and tol > 0):
             raise ValueError(f"coarse levels need a tol > 0, got {(divisor, tol)!r}")
         if divisor == FINITE_DIFFERENCE:
