@@ -51,6 +51,8 @@ def _command(args) -> int:
         started = True
     try:
         result = train_ddp(config, out_dir=out)
+        if started:  # every rank past its DDP teardown before the group goes (the documented order)
+            dist.barrier()
     finally:
         if started:
             dist.destroy_process_group()
