@@ -251,6 +251,43 @@ def cmd_mechanism(args) -> None:
     print("(each cell: training loss / gradient norm over step 0's / RMS update per element over lr)")
 
 
+def cmd_sharpness(args) -> None:
+    """The paper's quantities at initialisation, per ``model.init_std``: the sharpness
+    ``lambda_0`` (top Hessian eigenvalue of the first training batch's loss) and the
+    pre-conditioned sharpness ``lambda^P_0`` that Adam's and GI-Adam's first step would see,
+    as a multiple of their stability threshold ``(2 + 2 b1) / ((1 - b1) lr)`` at ``--x``."""
+    import numpy as np
+
+    import catapult
+    from catapult.engine.build import build_optimizer, build_run
+
+    lr = lr_of(args.x)
+    print(f"x = {args.x:g} (lr {lr:.4g}), overrides {args.set}, seeds {args.seeds}")
+    print("| init_std | lambda_0 | Adam lambda^P_0 | GI-Adam lambda^P_0 | Adam lambda^P_0 lr / 38 | GI-Adam lambda^P_0 lr / 38 |")
+    print("|---|---|---|---|---|---|")
+    for std in args.init_stds:
+        rows = []
+        for seed in args.seeds:
+            cfg = base_config(args.set + [f"model.init_std={std}"])
+            cfg["seed"] = seed
+            row = []
+            for opt in ("adam", "gi-adam"):
+                c = copy.deepcopy(cfg)
+                c["optimizer"].update(name=opt, lr=lr)
+                setup = build_run(c)
+                batch = setup.batches.batch(0)
+                if opt == "adam":
+                    row.append(catapult.sharpness(setup.model, setup.loss_fn, batch, tol=1e-3).value)
+                optim = build_optimizer(setup.config, setup.model, lr)
+                row.append(catapult.preconditioned_sharpness(setup.model, setup.loss_fn, batch, optim,
+                                                             tol=1e-3).value)
+                threshold = catapult.instability_threshold(optim)
+            rows.append(row + [row[1] / threshold, row[2] / threshold])
+        a = np.array(rows)
+        cells = [f"{m:.4g} ± {s:.2g}" for m, s in zip(a.mean(0), a.std(0, ddof=1) if len(a) > 1 else 0 * a[0])]
+        print(f"| {std:g} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -277,10 +314,19 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=31)
     p.add_argument("--show", default="0,1,2,5,10,20,30")
+    p = sub.add_parser("sharpness")
+    p.add_argument("--set", action="append", default=[])
+    p.add_argument("--x", type=float, default=20.0)
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--init-stds", default="0.02,0.125")
     args = ap.parse_args()
+    if args.cmd == "sharpness":
+        args.seeds = [int(v) for v in args.seeds.split(",")]
+        args.init_stds = [float(v) for v in args.init_stds.split(",")]
     if args.cmd == "mechanism":
         args.show = [int(v) for v in args.show.split(",")]
-    {"run": cmd_run, "table": cmd_table, "heatmap": cmd_heatmap, "mechanism": cmd_mechanism}[args.cmd](args)
+    {"run": cmd_run, "table": cmd_table, "heatmap": cmd_heatmap, "mechanism": cmd_mechanism,
+     "sharpness": cmd_sharpness}[args.cmd](args)
 
 
 if __name__ == "__main__":
