@@ -190,3 +190,38 @@ def test_a_model_too_large_to_build_is_a_config_error(tiny, tmp_path, capsys, wi
     code, err = _train(capsys, tiny, f"model.width={width}", "--out", tmp_path / "run")
     assert code == 2 and "model.width" in err and words in err and len(err.splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def _damaged_store(tmp_path) -> Path:
+    """A real store whose pages past the header page (meta, its index, cells) are garbage."""
+    from catapult.sweep.store import Store
+
+    path = tmp_path / "damaged.db"
+    Store(path).close()
+    with open(path, "r+b") as fh:
+        fh.seek(4096)
+        fh.write(b"\xde\xad" * 2048 * 3)
+    return path
+
+
+@pytest.mark.parametrize("command", ["export", "plot", "transfer", "report"])
+def test_a_store_damaged_past_its_header_is_a_message_not_a_traceback(command, tmp_path, capsys):
+    # the header (application_id) is intact, so the damage shows only when a page is read
+    store = _damaged_store(tmp_path)
+    assert cli.main([command, str(store), "--out", str(tmp_path / "out.png")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "damaged.db" in err and "malformed" in err
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_a_store_damaged_in_its_metrics_is_a_message_not_a_traceback(tmp_path, capsys):
+    # meta and cells read fine; the damage shows only once the metrics are read, mid-command
+    store = tmp_path / "late.db"
+    store.write_bytes((Path(__file__).parent / "data" / "store_v0.1.0.db").read_bytes())
+    with open(store, "r+b") as fh:
+        fh.seek(4096 * 4)  # page 5: the metrics table's root
+        fh.write(b"\xde\xad" * 2048)
+    assert cli.main(["report", str(store), "--out", str(tmp_path / "r.html")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "late.db is a damaged SQLite file" in err
+    assert not (tmp_path / "r.html").exists()

@@ -88,6 +88,10 @@ def main(argv: Sequence[str] | None = None, commands: Sequence = COMMANDS) -> in
             raise
         _error(args.command, f"the store cannot be written: {err}")
         return 2
+    except sqlite3.DatabaseError as err:  # a store damaged past its header: its pages fail when read
+        where = getattr(args, "store", None) or "the store"
+        _error(args.command, f"{where} is a damaged SQLite file (SQLite says: {err})")
+        return 2
     except KeyboardInterrupt:
         _error(args.command, "interrupted")
         return 130
