@@ -225,3 +225,44 @@ def test_a_store_damaged_in_its_metrics_is_a_message_not_a_traceback(tmp_path, c
     err = capsys.readouterr().err
     assert "Traceback" not in err and "late.db is a damaged SQLite file" in err
     assert not (tmp_path / "r.html").exists()
+
+
+def _legacy_store(tmp_path) -> Path:
+    """A copy of the catapult 0.1.0 store (swept: optimizer.lr, schedule.warmup_steps)."""
+    store = tmp_path / "s.db"
+    store.write_bytes((Path(__file__).parent / "data" / "store_v0.1.0.db").read_bytes())
+    return store
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["plot", "--out", "fig.txt"], "--out"),
+    (["plot", "--trajectories-out", "fig.xyz"], "--trajectories-out"),
+    (["transfer", "--out", "fig.xyz"], "--out"),
+])
+def test_a_figure_file_matplotlib_cannot_write_is_refused_before_any_work(tmp_path, capsys, argv, option):
+    # matplotlib refuses the suffix only when it saves, after the work, with a bare ValueError
+    store = _legacy_store(tmp_path)
+    command, *flags = argv
+    flags[-1] = str(tmp_path / flags[-1])
+    assert cli.main([command, str(store), *flags]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and option in err and "cannot write a figure" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.db"]
+
+
+def test_plot_refuses_unknown_cells_before_writing_the_heatmap(tmp_path, capsys):
+    store = _legacy_store(tmp_path)
+    assert cli.main(["plot", str(store), "--cells", "99", "--out", str(tmp_path / "h.png")]) == 2
+    assert "no cells [99]" in capsys.readouterr().err
+    assert not (tmp_path / "h.png").exists()
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--panel", "optimizer.lr"], "--x and --panel are both 'optimizer.lr'"),
+    (["--series", "schedule.warmup_steps", "--panel", "schedule.warmup_steps"], "--series and --panel"),
+])
+def test_transfer_refuses_one_key_in_two_roles(tmp_path, capsys, flags, words):
+    store = _legacy_store(tmp_path)
+    assert cli.main(["transfer", str(store), *flags, "--out", str(tmp_path / "t.png")]) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err and not (tmp_path / "t.png").exists()

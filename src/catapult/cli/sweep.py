@@ -25,7 +25,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from catapult.cli.common import check_out_file
+from catapult.cli.common import check_image_file, check_out_file
 
 __all__ = ["register", "resume_command"]
 
@@ -247,8 +247,8 @@ def _parse_where(items) -> dict:
 
 
 def _plot_command(args: argparse.Namespace) -> int:
-    check_out_file("--out", args.out)
-    check_out_file("--trajectories-out", args.trajectories_out)
+    check_image_file("--out", args.out)
+    check_image_file("--trajectories-out", args.trajectories_out)
     from catapult.plots.phase import (cell_label, default_trajectory_cells, phase_grid, plot_cell_trajectories,
                                       plot_phase_diagram, unfinished_note)
     from catapult.sweep.store import Store, StoreError
@@ -260,17 +260,17 @@ def _plot_command(args: argparse.Namespace) -> int:
             axes = store.axes()
             cells = store.cells()
             grid = phase_grid(cells, axes, args.metric, args.x, args.y, where=_parse_where(args.where))
+            ids = args.cells if args.cells else default_trajectory_cells(cells, args.metric)
+            known = {c["id"]: c for c in cells}
+            missing = [i for i in ids if i not in known]
+            if missing:  # before the heatmap is written: a refused command writes nothing
+                return _fail("plot", f"no cells {missing} in {store_path} (ids 0..{len(cells) - 1})")
             out = Path(args.out) if args.out else Path(f"{stem}_{args.metric}.png")
             plot_phase_diagram(grid, out)
             print(f"wrote {out}")
             note = unfinished_note(grid)
             if note:
                 print(f"catapult plot: warning: {note}", file=sys.stderr)
-            ids = args.cells if args.cells else default_trajectory_cells(cells, args.metric)
-            known = {c["id"]: c for c in cells}
-            missing = [i for i in ids if i not in known]
-            if missing:
-                return _fail("plot", f"no cells {missing} in {store_path} (ids 0..{len(cells) - 1})")
             if ids:
                 runs = {cell_label(known[i], axes): store.metrics(i) for i in ids}
                 statuses = {label: known[i]["status"] for label, i in zip(runs, ids)}
@@ -283,7 +283,7 @@ def _plot_command(args: argparse.Namespace) -> int:
 
 
 def _transfer_command(args: argparse.Namespace) -> int:
-    check_out_file("--out", args.out)
+    check_image_file("--out", args.out)
     import json
 
     from catapult.plots.transfer import plot_transfer, transfer_curves, transfer_summary, transfer_table, unfinished_note
@@ -296,9 +296,9 @@ def _transfer_command(args: argparse.Namespace) -> int:
             # PNGs overwrite each other); the defaults apply only where they are swept
             axes = store.axes()
             swept = {a["key"] for a in axes}
-            series = args.series if args.series is not None else ("model.density" if "model.density" in swept else None)
+            series = args.series if args.series is not None else _default_role("model.density", swept, args.x)
             panel = (args.panel if args.panel is not None
-                     else ("model.parametrization" if "model.parametrization" in swept else None))
+                     else _default_role("model.parametrization", swept, args.x, series))
             curves = transfer_curves(store.cells(), axes, x=args.x, series=series, panel=panel,
                                      metric=args.metric, where=_parse_where(args.where), strict=True)
     except (StoreError, ValueError) as err:
@@ -311,6 +311,12 @@ def _transfer_command(args: argparse.Namespace) -> int:
     if note:
         print(f"catapult transfer: warning: {note}", file=sys.stderr)
     return 0
+
+
+def _default_role(key: str, swept: set, *taken) -> str | None:
+    """A default --series/--panel: ``key`` if it is swept and no other role has it (--x
+    model.density leaves the default series empty rather than refused)."""
+    return key if key in swept and key not in taken else None
 
 
 def _report_command(args: argparse.Namespace) -> int:
