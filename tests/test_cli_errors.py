@@ -266,3 +266,22 @@ def test_transfer_refuses_one_key_in_two_roles(tmp_path, capsys, flags, words):
     assert cli.main(["transfer", str(store), *flags, "--out", str(tmp_path / "t.png")]) == 2
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err and not (tmp_path / "t.png").exists()
+
+
+GRID = TINY.replace("name: tiny_err", "name: grid_err") + "sweep: {grid: {seed: [0, 1]}}\n"
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--executor", "ray", "--chunk-size", "0"], "--chunk-size must be >= 1"),
+    (["--executor", "ray", "--num-cpus", "-1"], "--num-cpus must be >= 1"),
+    (["--executor", "ensemble", "--ensemble-memory-mb", "inf"], "--ensemble-memory-mb must be a finite"),
+    (["--threads", "0", "--dry-run"], "--threads must be >= 1"),
+])
+def test_bad_sweep_flags_are_refused_before_the_store_or_ray_starts(tmp_path, capsys, flags, words):
+    # Ray refused these only once started (a traceback), after the store file was created
+    config = tmp_path / "grid.yaml"
+    config.write_text(GRID)
+    store = tmp_path / "s.db"
+    assert cli.main(["sweep", str(config), "--store", str(store), "--progress", "none", *flags]) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err and not store.exists()

@@ -135,6 +135,9 @@ def _sweep_command(args: argparse.Namespace) -> int:
     from catapult.cli.common import overrides_from_args
     from catapult.sweep.spec import expand, load_sweep
 
+    options = _executor_options(args)  # flags first: a bad one is refused before the store is touched
+    if isinstance(options, str):
+        return _fail("sweep", options)
     base, spec = load_sweep(args.config, overrides_from_args(args))
     store = Path(args.store) if args.store else Path("runs") / base["name"] / "sweep.db"
     if args.dry_run:
@@ -143,33 +146,6 @@ def _sweep_command(args: argparse.Namespace) -> int:
         for c in cells:
             print(f"  cell {c.id}: " + " ".join(f"{k}={v}" for k, v in c.swept.items()))
         return 0
-    options: dict = {}
-    threads = getattr(args, "threads", None)  # --threads comes with cli.add_config_arguments
-    if threads is not None:
-        if threads < 1:
-            return _fail("sweep", f"--threads must be >= 1, got {threads}")
-        options["threads"] = threads  # per cell, in this process or in each Ray worker
-    if args.executor == "ray":
-        options.update(address=args.ray_address, num_cpus=args.num_cpus, chunk_size=args.chunk_size)
-    elif args.ray_address or args.num_cpus or args.chunk_size != 1:
-        return _fail("sweep", "--ray-address, --num-cpus and --chunk-size need --executor ray")
-    if args.executor == "ensemble":
-        if args.ensemble_memory_mb is not None:
-            if not args.ensemble_memory_mb > 0:
-                return _fail("sweep", f"--ensemble-memory-mb must be > 0, got {args.ensemble_memory_mb}")
-            options["memory_mb"] = args.ensemble_memory_mb
-        if args.no_kernels:
-            options["kernels"] = False
-        if args.workers is not None:
-            if args.workers < 1:
-                return _fail("sweep", f"--workers must be >= 1, got {args.workers}")
-            options["workers"] = args.workers
-    elif args.ensemble_memory_mb is not None:
-        return _fail("sweep", "--ensemble-memory-mb needs --executor ensemble")
-    elif args.workers is not None:
-        return _fail("sweep", "--workers needs --executor ensemble")
-    elif args.no_kernels:
-        return _fail("sweep", "--no-kernels needs --executor ensemble")
     try:
         outcome = run_sweep(base, spec, store, executor=args.executor, executor_options=options,
                             progress=args.progress)
@@ -190,6 +166,44 @@ def _sweep_command(args: argparse.Namespace) -> int:
     print(f"store: {store}   next: catapult plot {quoted}  |  catapult report {quoted}  |  "
           f"catapult export {quoted} --out results.csv")
     return 0
+
+
+def _executor_options(args: argparse.Namespace) -> dict | str:
+    """The executor options of the flags, or what is wrong with them (a message naming the
+    flag): checked before any work, since Ray and the ensemble start only once the sweep runs."""
+    import math
+
+    options: dict = {}
+    threads = getattr(args, "threads", None)  # --threads comes with cli.add_config_arguments
+    if threads is not None:
+        if threads < 1:
+            return f"--threads must be >= 1, got {threads}"
+        options["threads"] = threads  # per cell, in this process or in each Ray worker
+    if args.executor == "ray":
+        for flag, value in (("--num-cpus", args.num_cpus), ("--chunk-size", args.chunk_size)):
+            if value is not None and value < 1:
+                return f"{flag} must be >= 1, got {value}"
+        options.update(address=args.ray_address, num_cpus=args.num_cpus, chunk_size=args.chunk_size)
+    elif args.ray_address or args.num_cpus or args.chunk_size != 1:
+        return "--ray-address, --num-cpus and --chunk-size need --executor ray"
+    if args.executor == "ensemble":
+        if args.ensemble_memory_mb is not None:
+            if not (args.ensemble_memory_mb > 0 and math.isfinite(args.ensemble_memory_mb)):
+                return f"--ensemble-memory-mb must be a finite number > 0, got {args.ensemble_memory_mb}"
+            options["memory_mb"] = args.ensemble_memory_mb
+        if args.no_kernels:
+            options["kernels"] = False
+        if args.workers is not None:
+            if args.workers < 1:
+                return f"--workers must be >= 1, got {args.workers}"
+            options["workers"] = args.workers
+    elif args.ensemble_memory_mb is not None:
+        return "--ensemble-memory-mb needs --executor ensemble"
+    elif args.workers is not None:
+        return "--workers needs --executor ensemble"
+    elif args.no_kernels:
+        return "--no-kernels needs --executor ensemble"
+    return options
 
 
 def resume_command(args: argparse.Namespace, store: Path) -> str:
