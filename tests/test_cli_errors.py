@@ -285,3 +285,15 @@ def test_bad_sweep_flags_are_refused_before_the_store_or_ray_starts(tmp_path, ca
     assert cli.main(["sweep", str(config), "--store", str(store), "--progress", "none", *flags]) == 2
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err and not store.exists()
+
+
+def test_train_ddp_without_a_data_root_names_the_key(tmp_path, capsys):
+    # a built-in corpus has no root: the shard reader got None and raised a TypeError
+    config = Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "fig4_gpt_small_bpe.yaml"
+    assert cli.main(["train-ddp", str(config), "train.steps=2", "--out", str(tmp_path / "run"),
+                     "--progress", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "data.root" in err and "Traceback" not in err and not (tmp_path / "run").exists()
+    assert cli.main(["train-ddp", str(config), "data.name=text", f"data.root={tmp_path / 'nowhere'}",
+                     "--out", str(tmp_path / "run"), "--progress", "none"]) == 2
+    assert "nowhere does not exist" in capsys.readouterr().err
