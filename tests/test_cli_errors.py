@@ -297,3 +297,17 @@ def test_train_ddp_without_a_data_root_names_the_key(tmp_path, capsys):
     assert cli.main(["train-ddp", str(config), "data.name=text", f"data.root={tmp_path / 'nowhere'}",
                      "--out", str(tmp_path / "run"), "--progress", "none"]) == 2
     assert "nowhere does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, words", [
+    ("name: [unclosed\n  foo: : :\n", "line 2, column 6: expected ',' or ']', but got ':'"),
+    ('a: "open\n', "line 2, column 1: found unexpected end of stream"),
+    ("a: 1\n\tb: 2\n", "line 2, column 1: found character '\\t'"),
+])
+def test_a_yaml_syntax_error_is_one_line_naming_file_line_and_column(tmp_path, capsys, text, words):
+    # PyYAML's text spans several lines, quoting "<unicode string>" with a caret under the column
+    config = tmp_path / "broken.yaml"
+    config.write_text(text)
+    code, err = _train(capsys, config, "--out", tmp_path / "run")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "broken.yaml is not valid YAML" in err and words in err and "<unicode string>" not in err

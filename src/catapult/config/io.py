@@ -15,7 +15,8 @@ from catapult.config.schema import section_model, unknown_key, validate
 from catapult.config.sections import RunConfig
 
 __all__ = ["STUDY_SECTIONS", "parse_override", "apply_overrides", "read_mapping", "read_yaml", "key_positions",
-           "load_config", "dump_config", "safe_yaml", "plain_data", "MAX_YAML_DEPTH", "MAX_YAML_NODES", "MAX_CONFIG_BYTES"]
+           "load_config", "dump_config", "safe_yaml", "yaml_problem", "plain_data", "MAX_YAML_DEPTH",
+           "MAX_YAML_NODES", "MAX_CONFIG_BYTES"]
 
 #: Top-level sections that belong to a study command, not to the run: ``sweep:`` (read by
 #: ``catapult sweep``) and ``coord_check:`` (``catapult coord-check``). :func:`load_config`
@@ -189,13 +190,30 @@ def read_yaml(path: str | Path) -> tuple[dict, dict[str, tuple[int, int]]]:
     try:
         mapping = safe_yaml(text)
         positions = key_positions(text)
-    except yaml.YAMLError as err:  # its text says where: line and column
-        raise ConfigError([("<file>", f"{path} is not valid YAML: {_short_text(str(err))}")]) from None
+    except yaml.YAMLError as err:
+        raise ConfigError([("<file>", f"{path} is not valid YAML: {yaml_problem(err)}")]) from None
     if mapping is None:
         mapping = {}
     if not isinstance(mapping, dict):
         raise ConfigError([("<file>", f"{path} must hold a mapping of keys, got {type(mapping).__name__}")])
     return mapping, positions
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error on one line: ``line L, column C: <problem> (<context> at line L, column C)``.
+
+    PyYAML's own text spans several lines and quotes the document as ``"<unicode string>"``
+    with a caret under the offending column; one line keeps the message a message."""
+    if not isinstance(err, yaml.MarkedYAMLError) or err.problem is None:
+        return _short_text(" ".join(str(err).split()))
+
+    def at(mark) -> str:
+        return f"line {mark.line + 1}, column {mark.column + 1}"
+
+    text = f"{at(err.problem_mark)}: {err.problem}" if err.problem_mark else err.problem
+    if err.context:
+        text += f" ({err.context} at {at(err.context_mark)})" if err.context_mark else f" ({err.context})"
+    return _short_text(" ".join(text.split()))
 
 
 def _short_text(text: str, limit: int = 500) -> str:
