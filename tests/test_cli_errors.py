@@ -311,3 +311,12 @@ def test_a_yaml_syntax_error_is_one_line_naming_file_line_and_column(tmp_path, c
     code, err = _train(capsys, config, "--out", tmp_path / "run")
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "broken.yaml is not valid YAML" in err and words in err and "<unicode string>" not in err
+
+
+def test_a_key_written_twice_is_refused_not_silently_overridden(tmp_path, capsys):
+    # YAML keeps the last `optimizer:` mapping: lr 0.5 would be dropped without a word
+    config = tmp_path / "twice.yaml"
+    config.write_text(TINY + "optimizer: {lr: 0.5}\noptimizer: {name: adam}\n")
+    code, err = _train(capsys, config, "--out", tmp_path / "run")
+    assert code == 2 and "optimizer: written twice in twice.yaml (line 6 and line 7)" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()

@@ -144,17 +144,24 @@ def apply_overrides(mapping: Mapping[str, Any], overrides: Iterable[str],
     return config
 
 
-def key_positions(text: str) -> dict[str, tuple[int, int]]:
-    """Dotted key -> (line, column), both from 1, of each key in the YAML mapping ``text``."""
+def key_positions(text: str, duplicates: list | None = None) -> dict[str, tuple[int, int]]:
+    """Dotted key -> (line, column), both from 1, of each key in the YAML mapping ``text``.
+
+    A key written twice in one mapping is appended to ``duplicates`` (when given) as
+    ``(dotted, first position, second position)``: YAML keeps the last silently."""
     out: dict[str, tuple[int, int]] = {}
 
     def walk(node: yaml.Node, prefix: str) -> None:
         if not isinstance(node, yaml.MappingNode):
             return
+        seen: dict[str, tuple[int, int]] = {}  # this mapping's keys: a repeated section is one duplicate
         for key_node, value_node in node.value:
             if isinstance(key_node, yaml.ScalarNode):
                 dotted = f"{prefix}{key_node.value}"
-                out[dotted] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+                position = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+                if dotted in seen and duplicates is not None:
+                    duplicates.append((dotted, seen[dotted], position))
+                out[dotted] = seen[dotted] = position
                 walk(value_node, dotted + ".")
 
     loader = _BoundedLoader(text)
@@ -187,11 +194,15 @@ def read_yaml(path: str | Path) -> tuple[dict, dict[str, tuple[int, int]]]:
         line = data[:err.start].count(b"\n") + 1
         raise ConfigError([("<file>", f"{path} is not UTF-8 text (byte 0x{data[err.start]:02x} at line "
                                       f"{line}); save it as UTF-8")]) from None
+    duplicates: list = []
     try:
         mapping = safe_yaml(text)
-        positions = key_positions(text)
+        positions = key_positions(text, duplicates)
     except yaml.YAMLError as err:
         raise ConfigError([("<file>", f"{path} is not valid YAML: {yaml_problem(err)}")]) from None
+    if duplicates:  # the earlier value would be dropped without a word
+        raise ConfigError([(key, f"written twice in {path.name} (line {first[0]} and line {second[0]}); "
+                                 f"keep one") for key, first, second in duplicates])
     if mapping is None:
         mapping = {}
     if not isinstance(mapping, dict):
