@@ -320,3 +320,17 @@ def test_a_key_written_twice_is_refused_not_silently_overridden(tmp_path, capsys
     code, err = _train(capsys, config, "--out", tmp_path / "run")
     assert code == 2 and "optimizer: written twice in twice.yaml (line 6 and line 7)" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_a_file_where_a_folder_is_needed_is_named_as_such(tmp_path, capsys):
+    # mkdir's "File exists" named the file but not the problem
+    in_the_way = tmp_path / "afile"
+    in_the_way.write_text("mine")
+    config = tmp_path / "grid.yaml"
+    config.write_text(GRID)
+    assert cli.main(["sweep", str(config), "--store", str(in_the_way / "s.db"), "--progress", "none"]) == 2
+    assert f"{in_the_way} is a file where a directory is needed" in capsys.readouterr().err
+    store = _legacy_store(tmp_path)
+    assert cli.main(["export", str(store), "--out", str(in_the_way / "x.csv")]) == 2
+    assert f"--out: {in_the_way} is a file, not a folder" in capsys.readouterr().err
+    assert in_the_way.read_text() == "mine"

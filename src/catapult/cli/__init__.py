@@ -80,8 +80,7 @@ def main(argv: Sequence[str] | None = None, commands: Sequence = COMMANDS) -> in
         _error(args.command, str(err))
         return 2
     except OSError as err:  # a full disk, a read-only directory, a directory where a file goes
-        where = f"{err.filename}: " if err.filename else ""
-        _error(args.command, f"{where}{err.strerror or err}")
+        _error(args.command, _os_problem(err))
         return 2
     except sqlite3.OperationalError as err:
         if not any(word in str(err) for word in ("disk", "full", "readonly", "read-only")):
@@ -95,6 +94,16 @@ def main(argv: Sequence[str] | None = None, commands: Sequence = COMMANDS) -> in
     except KeyboardInterrupt:
         _error(args.command, "interrupted")
         return 130
+
+
+def _os_problem(err: OSError) -> str:
+    """``err`` as ``FILE: what`` (mkdir through a file says "File exists": say it is a file)."""
+    from pathlib import Path
+
+    if isinstance(err, FileExistsError) and err.filename and Path(err.filename).is_file():
+        return f"{err.filename} is a file where a directory is needed"
+    where = f"{err.filename}: " if err.filename else ""
+    return f"{where}{err.strerror or err}"
 
 
 def _error(command: str | None, message: str) -> None:

@@ -65,6 +65,8 @@ def check_out_file(option: str, path) -> None:
     if path.is_dir():
         raise ConfigError([(option, f"{path} is a directory; give a file name")])
     folder = path.absolute().parent
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError([(option, f"{folder} is a file, not a folder")])
     if not folder.is_dir():
         raise ConfigError([(option, f"the folder {folder} does not exist")])
     if not os.access(folder, os.W_OK | os.X_OK):
