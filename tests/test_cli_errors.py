@@ -182,3 +182,155 @@ def test_a_store_on_a_full_disk_is_a_message_not_a_traceback(tmp_path, capsys, m
     assert main(["sweep", str(config), "--store", str(tmp_path / "s.db"), "--progress", "none"]) == 2
     err = capsys.readouterr().err
     assert "the store cannot be written: database or disk is full" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("width, words", [(10**9, "GiB"), (10**25, "overflows")])
+def test_a_model_too_large_to_build_is_a_config_error(tiny, tmp_path, capsys, width, words):
+    # torch's allocation failure is a C++ traceback; the user gave a width, so name it
+    code, err = _train(capsys, tiny, f"model.width={width}", "--out", tmp_path / "run")
+    assert code == 2 and "model.width" in err and words in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def _damaged_store(tmp_path) -> Path:
+    """A real store whose pages past the header page (meta, its index, cells) are garbage."""
+    from catapult.sweep.store import Store
+
+    path = tmp_path / "damaged.db"
+    Store(path).close()
+    with open(path, "r+b") as fh:
+        fh.seek(4096)
+        fh.write(b"\xde\xad" * 2048 * 3)
+    return path
+
+
+@pytest.mark.parametrize("command", ["export", "plot", "transfer", "report"])
+def test_a_store_damaged_past_its_header_is_a_message_not_a_traceback(command, tmp_path, capsys):
+    # the header (application_id) is intact, so the damage shows only when a page is read
+    store = _damaged_store(tmp_path)
+    assert cli.main([command, str(store), "--out", str(tmp_path / "out.png")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "damaged.db" in err and "malformed" in err
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_a_store_damaged_in_its_metrics_is_a_message_not_a_traceback(tmp_path, capsys):
+    # meta and cells read fine; the damage shows only once the metrics are read, mid-command
+    store = tmp_path / "late.db"
+    store.write_bytes((Path(__file__).parent / "data" / "store_v0.1.0.db").read_bytes())
+    with open(store, "r+b") as fh:
+        fh.seek(4096 * 4)  # page 5: the metrics table's root
+        fh.write(b"\xde\xad" * 2048)
+    assert cli.main(["report", str(store), "--out", str(tmp_path / "r.html")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "late.db is a damaged SQLite file" in err
+    assert not (tmp_path / "r.html").exists()
+
+
+def _legacy_store(tmp_path) -> Path:
+    """A copy of the catapult 0.1.0 store (swept: optimizer.lr, schedule.warmup_steps)."""
+    store = tmp_path / "s.db"
+    store.write_bytes((Path(__file__).parent / "data" / "store_v0.1.0.db").read_bytes())
+    return store
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["plot", "--out", "fig.txt"], "--out"),
+    (["plot", "--trajectories-out", "fig.xyz"], "--trajectories-out"),
+    (["transfer", "--out", "fig.xyz"], "--out"),
+])
+def test_a_figure_file_matplotlib_cannot_write_is_refused_before_any_work(tmp_path, capsys, argv, option):
+    # matplotlib refuses the suffix only when it saves, after the work, with a bare ValueError
+    store = _legacy_store(tmp_path)
+    command, *flags = argv
+    flags[-1] = str(tmp_path / flags[-1])
+    assert cli.main([command, str(store), *flags]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and option in err and "cannot write a figure" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.db"]
+
+
+def test_plot_refuses_unknown_cells_before_writing_the_heatmap(tmp_path, capsys):
+    store = _legacy_store(tmp_path)
+    assert cli.main(["plot", str(store), "--cells", "99", "--out", str(tmp_path / "h.png")]) == 2
+    assert "no cells [99]" in capsys.readouterr().err
+    assert not (tmp_path / "h.png").exists()
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--panel", "optimizer.lr"], "--x and --panel are both 'optimizer.lr'"),
+    (["--series", "schedule.warmup_steps", "--panel", "schedule.warmup_steps"], "--series and --panel"),
+])
+def test_transfer_refuses_one_key_in_two_roles(tmp_path, capsys, flags, words):
+    store = _legacy_store(tmp_path)
+    assert cli.main(["transfer", str(store), *flags, "--out", str(tmp_path / "t.png")]) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err and not (tmp_path / "t.png").exists()
+
+
+GRID = TINY.replace("name: tiny_err", "name: grid_err") + "sweep: {grid: {seed: [0, 1]}}\n"
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--executor", "ray", "--chunk-size", "0"], "--chunk-size must be >= 1"),
+    (["--executor", "ray", "--num-cpus", "-1"], "--num-cpus must be >= 1"),
+    (["--executor", "ensemble", "--ensemble-memory-mb", "inf"], "--ensemble-memory-mb must be a finite"),
+    (["--threads", "0", "--dry-run"], "--threads must be >= 1"),
+])
+def test_bad_sweep_flags_are_refused_before_the_store_or_ray_starts(tmp_path, capsys, flags, words):
+    # Ray refused these only once started (a traceback), after the store file was created
+    config = tmp_path / "grid.yaml"
+    config.write_text(GRID)
+    store = tmp_path / "s.db"
+    assert cli.main(["sweep", str(config), "--store", str(store), "--progress", "none", *flags]) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err and not store.exists()
+
+
+def test_train_ddp_without_a_data_root_names_the_key(tmp_path, capsys):
+    # a built-in corpus has no root: the shard reader got None and raised a TypeError
+    config = Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "fig4_gpt_small_bpe.yaml"
+    assert cli.main(["train-ddp", str(config), "train.steps=2", "--out", str(tmp_path / "run"),
+                     "--progress", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "data.root" in err and "Traceback" not in err and not (tmp_path / "run").exists()
+    assert cli.main(["train-ddp", str(config), "data.name=text", f"data.root={tmp_path / 'nowhere'}",
+                     "--out", str(tmp_path / "run"), "--progress", "none"]) == 2
+    assert "nowhere does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, words", [
+    ("name: [unclosed\n  foo: : :\n", "line 2, column 6: expected ',' or ']', but got ':'"),
+    ('a: "open\n', "line 2, column 1: found unexpected end of stream"),
+    ("a: 1\n\tb: 2\n", "line 2, column 1: found character '\\t'"),
+])
+def test_a_yaml_syntax_error_is_one_line_naming_file_line_and_column(tmp_path, capsys, text, words):
+    # PyYAML's text spans several lines, quoting "<unicode string>" with a caret under the column
+    config = tmp_path / "broken.yaml"
+    config.write_text(text)
+    code, err = _train(capsys, config, "--out", tmp_path / "run")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "broken.yaml is not valid YAML" in err and words in err and "<unicode string>" not in err
+
+
+def test_a_key_written_twice_is_refused_not_silently_overridden(tmp_path, capsys):
+    # YAML keeps the last `optimizer:` mapping: lr 0.5 would be dropped without a word
+    config = tmp_path / "twice.yaml"
+    config.write_text(TINY + "optimizer: {lr: 0.5}\noptimizer: {name: adam}\n")
+    code, err = _train(capsys, config, "--out", tmp_path / "run")
+    assert code == 2 and "optimizer: written twice in twice.yaml (line 6 and line 7)" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_a_file_where_a_folder_is_needed_is_named_as_such(tmp_path, capsys):
+    # mkdir's "File exists" named the file but not the problem
+    in_the_way = tmp_path / "afile"
+    in_the_way.write_text("mine")
+    config = tmp_path / "grid.yaml"
+    config.write_text(GRID)
+    assert cli.main(["sweep", str(config), "--store", str(in_the_way / "s.db"), "--progress", "none"]) == 2
+    assert f"{in_the_way} is a file where a directory is needed" in capsys.readouterr().err
+    store = _legacy_store(tmp_path)
+    assert cli.main(["export", str(store), "--out", str(in_the_way / "x.csv")]) == 2
+    assert f"--out: {in_the_way} is a file, not a folder" in capsys.readouterr().err
+    assert in_the_way.read_text() == "mine"

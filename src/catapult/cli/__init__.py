@@ -80,17 +80,30 @@ def main(argv: Sequence[str] | None = None, commands: Sequence = COMMANDS) -> in
         _error(args.command, str(err))
         return 2
     except OSError as err:  # a full disk, a read-only directory, a directory where a file goes
-        where = f"{err.filename}: " if err.filename else ""
-        _error(args.command, f"{where}{err.strerror or err}")
+        _error(args.command, _os_problem(err))
         return 2
     except sqlite3.OperationalError as err:
         if not any(word in str(err) for word in ("disk", "full", "readonly", "read-only")):
             raise
         _error(args.command, f"the store cannot be written: {err}")
         return 2
+    except sqlite3.DatabaseError as err:  # a store damaged past its header: its pages fail when read
+        where = getattr(args, "store", None) or "the store"
+        _error(args.command, f"{where} is a damaged SQLite file (SQLite says: {err})")
+        return 2
     except KeyboardInterrupt:
         _error(args.command, "interrupted")
         return 130
+
+
+def _os_problem(err: OSError) -> str:
+    """``err`` as ``FILE: what`` (mkdir through a file says "File exists": say it is a file)."""
+    from pathlib import Path
+
+    if isinstance(err, FileExistsError) and err.filename and Path(err.filename).is_file():
+        return f"{err.filename} is a file where a directory is needed"
+    where = f"{err.filename}: " if err.filename else ""
+    return f"{where}{err.strerror or err}"
 
 
 def _error(command: str | None, message: str) -> None:

@@ -6,7 +6,8 @@ import argparse
 
 from catapult.config import ConfigError, load_config
 
-__all__ = ["add_config_arguments", "config_from_args", "overrides_from_args", "apply_threads", "check_out_file"]
+__all__ = ["add_config_arguments", "config_from_args", "overrides_from_args", "apply_threads", "check_out_file",
+           "check_image_file"]
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,7 +65,26 @@ def check_out_file(option: str, path) -> None:
     if path.is_dir():
         raise ConfigError([(option, f"{path} is a directory; give a file name")])
     folder = path.absolute().parent
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError([(option, f"{folder} is a file, not a folder")])
     if not folder.is_dir():
         raise ConfigError([(option, f"the folder {folder} does not exist")])
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ConfigError([(option, f"the folder {folder} is not writable")])
+
+
+def check_image_file(option: str, path) -> None:
+    """:func:`check_out_file`, and a suffix matplotlib can write (none means PNG): a figure
+    file otherwise fails only once the figure is drawn, after the work, as a ValueError."""
+    check_out_file(option, path)
+    if path is None:
+        return
+    from pathlib import Path
+
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    suffix = Path(path).suffix.lower().lstrip(".")
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if suffix and suffix not in formats:
+        raise ConfigError([(option, f"cannot write a figure as .{suffix}; use one of "
+                                    f"{', '.join('.' + f for f in sorted(formats))}")])

@@ -25,7 +25,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from catapult.cli.common import check_out_file
+from catapult.cli.common import check_image_file, check_out_file
 
 __all__ = ["register", "resume_command"]
 
@@ -135,6 +135,9 @@ def _sweep_command(args: argparse.Namespace) -> int:
     from catapult.cli.common import overrides_from_args
     from catapult.sweep.spec import expand, load_sweep
 
+    options = _executor_options(args)  # flags first: a bad one is refused before the store is touched
+    if isinstance(options, str):
+        return _fail("sweep", options)
     base, spec = load_sweep(args.config, overrides_from_args(args))
     store = Path(args.store) if args.store else Path("runs") / base["name"] / "sweep.db"
     if args.dry_run:
@@ -143,33 +146,6 @@ def _sweep_command(args: argparse.Namespace) -> int:
         for c in cells:
             print(f"  cell {c.id}: " + " ".join(f"{k}={v}" for k, v in c.swept.items()))
         return 0
-    options: dict = {}
-    threads = getattr(args, "threads", None)  # --threads comes with cli.add_config_arguments
-    if threads is not None:
-        if threads < 1:
-            return _fail("sweep", f"--threads must be >= 1, got {threads}")
-        options["threads"] = threads  # per cell, in this process or in each Ray worker
-    if args.executor == "ray":
-        options.update(address=args.ray_address, num_cpus=args.num_cpus, chunk_size=args.chunk_size)
-    elif args.ray_address or args.num_cpus or args.chunk_size != 1:
-        return _fail("sweep", "--ray-address, --num-cpus and --chunk-size need --executor ray")
-    if args.executor == "ensemble":
-        if args.ensemble_memory_mb is not None:
-            if not args.ensemble_memory_mb > 0:
-                return _fail("sweep", f"--ensemble-memory-mb must be > 0, got {args.ensemble_memory_mb}")
-            options["memory_mb"] = args.ensemble_memory_mb
-        if args.no_kernels:
-            options["kernels"] = False
-        if args.workers is not None:
-            if args.workers < 1:
-                return _fail("sweep", f"--workers must be >= 1, got {args.workers}")
-            options["workers"] = args.workers
-    elif args.ensemble_memory_mb is not None:
-        return _fail("sweep", "--ensemble-memory-mb needs --executor ensemble")
-    elif args.workers is not None:
-        return _fail("sweep", "--workers needs --executor ensemble")
-    elif args.no_kernels:
-        return _fail("sweep", "--no-kernels needs --executor ensemble")
     try:
         outcome = run_sweep(base, spec, store, executor=args.executor, executor_options=options,
                             progress=args.progress)
@@ -190,6 +166,44 @@ def _sweep_command(args: argparse.Namespace) -> int:
     print(f"store: {store}   next: catapult plot {quoted}  |  catapult report {quoted}  |  "
           f"catapult export {quoted} --out results.csv")
     return 0
+
+
+def _executor_options(args: argparse.Namespace) -> dict | str:
+    """The executor options of the flags, or what is wrong with them (a message naming the
+    flag): checked before any work, since Ray and the ensemble start only once the sweep runs."""
+    import math
+
+    options: dict = {}
+    threads = getattr(args, "threads", None)  # --threads comes with cli.add_config_arguments
+    if threads is not None:
+        if threads < 1:
+            return f"--threads must be >= 1, got {threads}"
+        options["threads"] = threads  # per cell, in this process or in each Ray worker
+    if args.executor == "ray":
+        for flag, value in (("--num-cpus", args.num_cpus), ("--chunk-size", args.chunk_size)):
+            if value is not None and value < 1:
+                return f"{flag} must be >= 1, got {value}"
+        options.update(address=args.ray_address, num_cpus=args.num_cpus, chunk_size=args.chunk_size)
+    elif args.ray_address or args.num_cpus or args.chunk_size != 1:
+        return "--ray-address, --num-cpus and --chunk-size need --executor ray"
+    if args.executor == "ensemble":
+        if args.ensemble_memory_mb is not None:
+            if not (args.ensemble_memory_mb > 0 and math.isfinite(args.ensemble_memory_mb)):
+                return f"--ensemble-memory-mb must be a finite number > 0, got {args.ensemble_memory_mb}"
+            options["memory_mb"] = args.ensemble_memory_mb
+        if args.no_kernels:
+            options["kernels"] = False
+        if args.workers is not None:
+            if args.workers < 1:
+                return f"--workers must be >= 1, got {args.workers}"
+            options["workers"] = args.workers
+    elif args.ensemble_memory_mb is not None:
+        return "--ensemble-memory-mb needs --executor ensemble"
+    elif args.workers is not None:
+        return "--workers needs --executor ensemble"
+    elif args.no_kernels:
+        return "--no-kernels needs --executor ensemble"
+    return options
 
 
 def resume_command(args: argparse.Namespace, store: Path) -> str:
@@ -247,8 +261,8 @@ def _parse_where(items) -> dict:
 
 
 def _plot_command(args: argparse.Namespace) -> int:
-    check_out_file("--out", args.out)
-    check_out_file("--trajectories-out", args.trajectories_out)
+    check_image_file("--out", args.out)
+    check_image_file("--trajectories-out", args.trajectories_out)
     from catapult.plots.phase import (cell_label, default_trajectory_cells, phase_grid, plot_cell_trajectories,
                                       plot_phase_diagram, unfinished_note)
     from catapult.sweep.store import Store, StoreError
@@ -260,17 +274,17 @@ def _plot_command(args: argparse.Namespace) -> int:
             axes = store.axes()
             cells = store.cells()
             grid = phase_grid(cells, axes, args.metric, args.x, args.y, where=_parse_where(args.where))
+            ids = args.cells if args.cells else default_trajectory_cells(cells, args.metric)
+            known = {c["id"]: c for c in cells}
+            missing = [i for i in ids if i not in known]
+            if missing:  # before the heatmap is written: a refused command writes nothing
+                return _fail("plot", f"no cells {missing} in {store_path} (ids 0..{len(cells) - 1})")
             out = Path(args.out) if args.out else Path(f"{stem}_{args.metric}.png")
             plot_phase_diagram(grid, out)
             print(f"wrote {out}")
             note = unfinished_note(grid)
             if note:
                 print(f"catapult plot: warning: {note}", file=sys.stderr)
-            ids = args.cells if args.cells else default_trajectory_cells(cells, args.metric)
-            known = {c["id"]: c for c in cells}
-            missing = [i for i in ids if i not in known]
-            if missing:
-                return _fail("plot", f"no cells {missing} in {store_path} (ids 0..{len(cells) - 1})")
             if ids:
                 runs = {cell_label(known[i], axes): store.metrics(i) for i in ids}
                 statuses = {label: known[i]["status"] for label, i in zip(runs, ids)}
@@ -283,7 +297,7 @@ def _plot_command(args: argparse.Namespace) -> int:
 
 
 def _transfer_command(args: argparse.Namespace) -> int:
-    check_out_file("--out", args.out)
+    check_image_file("--out", args.out)
     import json
 
     from catapult.plots.transfer import plot_transfer, transfer_curves, transfer_summary, transfer_table, unfinished_note
@@ -296,9 +310,9 @@ def _transfer_command(args: argparse.Namespace) -> int:
             # PNGs overwrite each other); the defaults apply only where they are swept
             axes = store.axes()
             swept = {a["key"] for a in axes}
-            series = args.series if args.series is not None else ("model.density" if "model.density" in swept else None)
+            series = args.series if args.series is not None else _default_role("model.density", swept, args.x)
             panel = (args.panel if args.panel is not None
-                     else ("model.parametrization" if "model.parametrization" in swept else None))
+                     else _default_role("model.parametrization", swept, args.x, series))
             curves = transfer_curves(store.cells(), axes, x=args.x, series=series, panel=panel,
                                      metric=args.metric, where=_parse_where(args.where), strict=True)
     except (StoreError, ValueError) as err:
@@ -311,6 +325,12 @@ def _transfer_command(args: argparse.Namespace) -> int:
     if note:
         print(f"catapult transfer: warning: {note}", file=sys.stderr)
     return 0
+
+
+def _default_role(key: str, swept: set, *taken) -> str | None:
+    """A default --series/--panel: ``key`` if it is swept and no other role has it (--x
+    model.density leaves the default series empty rather than refused)."""
+    return key if key in swept and key not in taken else None
 
 
 def _report_command(args: argparse.Namespace) -> int:

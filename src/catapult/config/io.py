@@ -15,7 +15,8 @@ from catapult.config.schema import section_model, unknown_key, validate
 from catapult.config.sections import RunConfig
 
 __all__ = ["STUDY_SECTIONS", "parse_override", "apply_overrides", "read_mapping", "read_yaml", "key_positions",
-           "load_config", "dump_config", "safe_yaml", "plain_data", "MAX_YAML_DEPTH", "MAX_YAML_NODES", "MAX_CONFIG_BYTES"]
+           "load_config", "dump_config", "safe_yaml", "yaml_problem", "plain_data", "MAX_YAML_DEPTH",
+           "MAX_YAML_NODES", "MAX_CONFIG_BYTES"]
 
 #: Top-level sections that belong to a study command, not to the run: ``sweep:`` (read by
 #: ``catapult sweep``) and ``coord_check:`` (``catapult coord-check``). :func:`load_config`
@@ -143,17 +144,24 @@ def apply_overrides(mapping: Mapping[str, Any], overrides: Iterable[str],
     return config
 
 
-def key_positions(text: str) -> dict[str, tuple[int, int]]:
-    """Dotted key -> (line, column), both from 1, of each key in the YAML mapping ``text``."""
+def key_positions(text: str, duplicates: list | None = None) -> dict[str, tuple[int, int]]:
+    """Dotted key -> (line, column), both from 1, of each key in the YAML mapping ``text``.
+
+    A key written twice in one mapping is appended to ``duplicates`` (when given) as
+    ``(dotted, first position, second position)``: YAML keeps the last silently."""
     out: dict[str, tuple[int, int]] = {}
 
     def walk(node: yaml.Node, prefix: str) -> None:
         if not isinstance(node, yaml.MappingNode):
             return
+        seen: dict[str, tuple[int, int]] = {}  # this mapping's keys: a repeated section is one duplicate
         for key_node, value_node in node.value:
             if isinstance(key_node, yaml.ScalarNode):
                 dotted = f"{prefix}{key_node.value}"
-                out[dotted] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+                position = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+                if dotted in seen and duplicates is not None:
+                    duplicates.append((dotted, seen[dotted], position))
+                out[dotted] = seen[dotted] = position
                 walk(value_node, dotted + ".")
 
     loader = _BoundedLoader(text)
@@ -186,16 +194,37 @@ def read_yaml(path: str | Path) -> tuple[dict, dict[str, tuple[int, int]]]:
         line = data[:err.start].count(b"\n") + 1
         raise ConfigError([("<file>", f"{path} is not UTF-8 text (byte 0x{data[err.start]:02x} at line "
                                       f"{line}); save it as UTF-8")]) from None
+    duplicates: list = []
     try:
         mapping = safe_yaml(text)
-        positions = key_positions(text)
-    except yaml.YAMLError as err:  # its text says where: line and column
-        raise ConfigError([("<file>", f"{path} is not valid YAML: {_short_text(str(err))}")]) from None
+        positions = key_positions(text, duplicates)
+    except yaml.YAMLError as err:
+        raise ConfigError([("<file>", f"{path} is not valid YAML: {yaml_problem(err)}")]) from None
+    if duplicates:  # the earlier value would be dropped without a word
+        raise ConfigError([(key, f"written twice in {path.name} (line {first[0]} and line {second[0]}); "
+                                 f"keep one") for key, first, second in duplicates])
     if mapping is None:
         mapping = {}
     if not isinstance(mapping, dict):
         raise ConfigError([("<file>", f"{path} must hold a mapping of keys, got {type(mapping).__name__}")])
     return mapping, positions
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error on one line: ``line L, column C: <problem> (<context> at line L, column C)``.
+
+    PyYAML's own text spans several lines and quotes the document as ``"<unicode string>"``
+    with a caret under the offending column; one line keeps the message a message."""
+    if not isinstance(err, yaml.MarkedYAMLError) or err.problem is None:
+        return _short_text(" ".join(str(err).split()))
+
+    def at(mark) -> str:
+        return f"line {mark.line + 1}, column {mark.column + 1}"
+
+    text = f"{at(err.problem_mark)}: {err.problem}" if err.problem_mark else err.problem
+    if err.context:
+        text += f" ({err.context} at {at(err.context_mark)})" if err.context_mark else f" ({err.context})"
+    return _short_text(" ".join(text.split()))
 
 
 def _short_text(text: str, limit: int = 500) -> str:

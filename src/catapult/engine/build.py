@@ -115,12 +115,41 @@ def build_model(config: Mapping[str, Any], in_features: int, out_features: int,
     """The config's model, initialized from ``seeds(config["seed"])[0]`` on the CPU in float32,
     then moved to ``device``/``dtype`` (same initial weights on every device)."""
     init_seed = seeds(config["seed"])[0]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(init_seed)
-        with torch.device("cpu"):
-            model = MODELS[config["model"]["name"]](config["model"], in_features, out_features)
-    model = model.float()
-    return model.to(device=device, dtype=dtype)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(init_seed)
+            with torch.device("cpu"):
+                model = MODELS[config["model"]["name"]](config["model"], in_features, out_features)
+        model = model.float()
+        return model.to(device=device, dtype=dtype)
+    except (MemoryError, RuntimeError, TypeError, OverflowError) as err:
+        if not _is_size_error(err):
+            raise
+        # a width/depth no machine holds is bad input: say which keys, not a torch traceback
+        m = config["model"]
+        raise cfg.ConfigError([("model", f"a model of width {m['width']} and depth {m['depth']} cannot be "
+                                         f"built here ({_size_reason(err)}); reduce model.width or model.depth")]) from None
+
+
+def _is_size_error(err: BaseException) -> bool:
+    """Whether ``err`` is torch refusing a tensor size: out of memory, or a size beyond int64."""
+    if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(err)
+    return any(words in text for words in ("can't allocate memory", "Overflow when unpacking", "out of memory"))
+
+
+def _size_reason(err: BaseException) -> str:
+    """What torch's size error says, in a few words (its own text is a long C++ message)."""
+    import re
+
+    text = str(err)
+    found = re.search(r"allocate (\d+) bytes", text)
+    if found:
+        return f"one tensor needs {int(found.group(1)) / 2**30:,.1f} GiB"
+    if "Overflow" in text:
+        return "a tensor size overflows int64"
+    return "out of memory"
 
 
 def _param_groups(model: nn.Module, lr: float, kind: str) -> list[dict]:

@@ -70,6 +70,8 @@ class TokenShards:
         else:
             files = sorted(root.glob("*.npy")) if root.is_dir() else [root]
             pairs = [(f, f) for f in files if not is_held_out(f)] or [(f, f) for f in files]
+        if not root.exists():
+            raise FileNotFoundError(f"data.root {root} does not exist")
         if not pairs or not pairs[0][1].is_file():
             raise FileNotFoundError(f"data.root {root}: no *.npy token shards or *.jsonl / *.parquet text shards there")
         self.sources = [s for s, _ in pairs]
@@ -185,6 +187,9 @@ def train_ddp(config: Mapping[str, Any], *, out_dir: str | os.PathLike | None = 
         raise cfg.ConfigError([("schedule.warmup", "distributed training supports the linear warmup rule")])
     if config["train"]["batch_size"] is None:
         raise cfg.ConfigError([("train.batch_size", "distributed training needs a global batch size")])
+    if config["data"]["root"] is None:  # the built-in corpora are not sharded token streams
+        raise cfg.ConfigError([("data.root", "distributed training reads token shards: set data.root to a "
+                                             "directory of *.npy, *.jsonl or *.parquet shards")])
     distributed = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     device = torch.device(device or (f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available()

@@ -97,6 +97,12 @@ def transfer_curves(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[s
         for option, key in (("--series", series), ("--panel", panel)):
             if key is not None and key not in swept:
                 raise ValueError(f"{option} {key!r} is not a swept key; swept keys: {', '.join(sorted(swept))}")
+        # one key on two roles draws one point per curve (or one curve per panel): no transfer to read
+        roles = [(o, k) for o, k in (("--x", x), ("--series", series), ("--panel", panel)) if k is not None]
+        for i, (option, key) in enumerate(roles):
+            for other, same in roles[i + 1:]:
+                if key == same:
+                    raise ValueError(f"{option} and {other} are both {key!r}; choose different swept keys")
     series = series if series in swept else None
     panel = panel if panel in swept else None
     for key in (where or {}):

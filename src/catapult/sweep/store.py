@@ -196,9 +196,9 @@ class Store:
                             conn.execute(statement)
             self.conn.row_factory = sqlite3.Row
             self._check_is_store()
+            version = self.meta("schema_version")  # the first read of a page: a damaged file fails here
         except sqlite3.DatabaseError as err:
             raise StoreError(f"{self.path} is not a usable catapult sweep store (SQLite says: {err})") from None
-        version = self.meta("schema_version")
         if version is not None and int(version) > SCHEMA_VERSION:
             raise StoreError(f"{self.path} was written by a newer catapult (store schema {version}; "
                              f"this one reads {SCHEMA_VERSION})")
