@@ -158,8 +158,11 @@ def test_an_old_store_is_read_as_it_is_and_upgraded_when_written(tmp_path):
 def test_store_api_refuses_a_foreign_file_for_writing(tmp_path):
     other = _foreign(tmp_path / "other.db")
     before = _digest(other)
-    with pytest.raises(StoreError, match="left unchanged"):
+    with pytest.raises(StoreError, match="left unchanged. Give --store a new path"):
         Store(other)
+    # readers (export, plot, transfer, report) take the store as an argument, not --store
+    with pytest.raises(StoreError, match="left unchanged. Give the path of a sweep store"):
+        Store(other, create=False)
     assert _digest(other) == before
 
 

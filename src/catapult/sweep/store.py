@@ -176,7 +176,8 @@ class Store:
         if kind == "foreign":
             raise StoreError(f"{self.path} is not a catapult sweep store (no catapult application_id "
                              f"{APPLICATION_ID:#x} in its SQLite header, and not a store of catapult 0.1.0); "
-                             "it was left unchanged. Give --store a new path or an existing store.")
+                             "it was left unchanged. " + ("Give --store a new path or an existing store."
+                                                          if create else "Give the path of a sweep store."))
         self.legacy = kind == "legacy"
         try:
             if self.readonly:
