@@ -75,6 +75,8 @@ def test_coord_check_over_width_and_overrides(tmp_path):
     (["coord_check.widths=[31]"], "model.n_heads"),           # a model the check would build is invalid
     (["optimizer.lr=2/lambda0"], "optimizer.lr"),
     (["coord_check.densities=null"], "coord_check"),
+    (["coord_check=1"], "coord_check: expected a mapping"),   # not "unknown key"
+    (["coord_check=1", "coord_check.widths=[32]"], "coord_check: expected a mapping"),
 ])
 def test_bad_input_is_refused_before_any_work(tmp_path, capsys, override, key):
     path = _config(tmp_path)

@@ -117,7 +117,8 @@ def parse_coord_check(section: Mapping[str, Any] | None) -> dict:
 def _split_overrides(overrides: Iterable[str]) -> tuple[list[str], list[str]]:
     base, section = [], []
     for text in overrides:
-        (section if text.strip().startswith("coord_check.") else base).append(text)
+        key = text.split("=", 1)[0].strip()
+        (section if key == "coord_check" or key.startswith("coord_check.") else base).append(text)
     return base, section
 
 
@@ -129,12 +130,17 @@ def load_coord_check(path: str | Path, overrides: Iterable[str] = ()) -> tuple[d
     base_overrides, section_overrides = _split_overrides(overrides)
     mapping = cfg.read_mapping(path)
     section = mapping.get("coord_check") or {}
+    for text in section_overrides:
+        key, value = cfg.parse_override(text)
+        if key == "coord_check":  # the whole section at once
+            section = value
+            continue
+        if not isinstance(section, Mapping):
+            break  # refused below
+        section = {**section, key.split(".", 1)[1]: value}
     if not isinstance(section, Mapping):
         raise cfg.ConfigError([("coord_check", f"expected a mapping, got {section!r}")])
     section = dict(section)
-    for text in section_overrides:
-        key, value = cfg.parse_override(text)
-        section[key.split(".", 1)[1]] = value
     spec = parse_coord_check(section)
     config = cfg.load_config(path, base_overrides)
     if cfg.parse_lr(config["optimizer"]["lr"]).relative:
