@@ -334,3 +334,19 @@ def test_a_file_where_a_folder_is_needed_is_named_as_such(tmp_path, capsys):
     assert cli.main(["export", str(store), "--out", str(in_the_way / "x.csv")]) == 2
     assert f"--out: {in_the_way} is a file, not a folder" in capsys.readouterr().err
     assert in_the_way.read_text() == "mine"
+
+
+@pytest.mark.parametrize("argv, written", [
+    (["plot", "--out", "heat", "--trajectories-out", "traj"], ["heat.png", "traj.png"]),
+    (["transfer", "--out", "curves"], ["curves.png"]),
+])
+def test_a_figure_name_without_suffix_is_written_and_reported_as_png(tmp_path, capsys, monkeypatch, argv, written):
+    # matplotlib adds .png to such a name; the command must name the file it really wrote
+    store = _legacy_store(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    command, *flags = argv
+    assert cli.main([command, str(store), *flags]) == 0
+    out = capsys.readouterr().out
+    for name in written:
+        assert (tmp_path / name).is_file() and f"wrote {name}\n" in out
+    assert not any((tmp_path / name.removesuffix(".png")).exists() for name in written)

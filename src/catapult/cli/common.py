@@ -7,7 +7,7 @@ import argparse
 from catapult.config import ConfigError, load_config
 
 __all__ = ["add_config_arguments", "config_from_args", "overrides_from_args", "apply_threads", "check_out_file",
-           "check_image_file"]
+           "check_image_file", "figure_path"]
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -88,3 +88,12 @@ def check_image_file(option: str, path) -> None:
     if suffix and suffix not in formats:
         raise ConfigError([(option, f"cannot write a figure as .{suffix}; use one of "
                                     f"{', '.join('.' + f for f in sorted(formats))}")])
+
+
+def figure_path(path):
+    """``path`` as a ``Path``, with ``.png`` added when it has no suffix: what matplotlib
+    writes for such a name, so the command can print the file it wrote."""
+    from pathlib import Path
+
+    path = Path(path)
+    return path if path.suffix else path.with_name(path.name + ".png")

@@ -25,7 +25,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from catapult.cli.common import check_image_file, check_out_file
+from catapult.cli.common import check_image_file, check_out_file, figure_path
 
 __all__ = ["register", "resume_command"]
 
@@ -279,7 +279,7 @@ def _plot_command(args: argparse.Namespace) -> int:
             missing = [i for i in ids if i not in known]
             if missing:  # before the heatmap is written: a refused command writes nothing
                 return _fail("plot", f"no cells {missing} in {store_path} (ids 0..{len(cells) - 1})")
-            out = Path(args.out) if args.out else Path(f"{stem}_{args.metric}.png")
+            out = figure_path(args.out) if args.out else Path(f"{stem}_{args.metric}.png")
             plot_phase_diagram(grid, out)
             print(f"wrote {out}")
             note = unfinished_note(grid)
@@ -288,7 +288,8 @@ def _plot_command(args: argparse.Namespace) -> int:
             if ids:
                 runs = {cell_label(known[i], axes): store.metrics(i) for i in ids}
                 statuses = {label: known[i]["status"] for label, i in zip(runs, ids)}
-                traj = Path(args.trajectories_out) if args.trajectories_out else Path(f"{stem}_trajectories.png")
+                traj = (figure_path(args.trajectories_out) if args.trajectories_out
+                        else Path(f"{stem}_trajectories.png"))
                 plot_cell_trajectories(runs, traj, statuses=statuses)
                 print(f"wrote {traj}")
     except (StoreError, ValueError) as err:
@@ -317,7 +318,7 @@ def _transfer_command(args: argparse.Namespace) -> int:
                                      metric=args.metric, where=_parse_where(args.where), strict=True)
     except (StoreError, ValueError) as err:
         return _fail("transfer", str(err))
-    out = Path(args.out) if args.out else Path(f"{store_path.with_suffix('')}_transfer.png")
+    out = figure_path(args.out) if args.out else Path(f"{store_path.with_suffix('')}_transfer.png")
     plot_transfer(curves, out, title=store_path.stem)
     print(json.dumps(transfer_summary(curves), indent=2) if args.json else transfer_table(curves))
     print(f"wrote {out}", file=sys.stderr if args.json else sys.stdout)
