@@ -163,3 +163,13 @@ def test_config_imports_no_other_catapult_package():
             for name in names:
                 assert not name.startswith("catapult") or name.startswith("catapult.config"), (path, name)
         assert len(path.read_text().splitlines()) < 600, path
+
+
+def test_an_integer_above_two_to_the_53_is_kept_exactly():
+    # through a float, 12345678901234567891 would become ...7892 (or ...7168): another seed
+    from catapult.config import validate
+
+    big = 12345678901234567891
+    assert float(big) != big
+    assert validate({"seed": big})["seed"] == big
+    assert validate({"seed": "2e3"})["seed"] == 2000  # numeric text still accepted

@@ -135,9 +135,12 @@ def integer(default=None, *, low=None, high=None, nullable=False, doc="") -> Opt
     kind = "an integer" + (f" {_range_text(low, high, False, False)}" if low is not None or high is not None else "")
 
     def check(value):
-        x = as_float(value, kind)
-        if not math.isfinite(x) or x != int(x):
-            raise ValueError(f"expected {kind}, got {describe(value)}")
+        if isinstance(value, int) and not isinstance(value, bool):
+            x = value  # exact: a float would round integers above 2**53 (a seed would change)
+        else:
+            x = as_float(value, kind)
+            if not math.isfinite(x) or x != int(x):
+                raise ValueError(f"expected {kind}, got {describe(value)}")
         _check_range(x, low, high, False, False, kind, value)
         return int(x)
 
