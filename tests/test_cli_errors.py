@@ -350,3 +350,14 @@ def test_a_figure_name_without_suffix_is_written_and_reported_as_png(tmp_path, c
     for name in written:
         assert (tmp_path / name).is_file() and f"wrote {name}\n" in out
     assert not any((tmp_path / name.removesuffix(".png")).exists() for name in written)
+
+
+def test_export_refuses_a_format_that_contradicts_the_file_name(tmp_path, capsys):
+    store = _legacy_store(tmp_path)
+    out = tmp_path / "cells.csv"
+    assert cli.main(["export", str(store), "--format", "parquet", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--format parquet does not match --out cells.csv" in err and "Traceback" not in err
+    assert not out.exists()
+    assert cli.main(["export", str(store), "--format", "csv", "--out", str(out)]) == 0  # agreeing: fine
+    assert out.read_text().startswith("cell_id,")

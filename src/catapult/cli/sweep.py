@@ -229,7 +229,11 @@ def _export_command(args: argparse.Namespace) -> int:
     from catapult.sweep.store import Store, StoreError, write_csv, write_parquet
 
     out = Path(args.out)
-    fmt = args.format or ("parquet" if out.suffix in (".parquet", ".pq") else "csv")
+    named = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}.get(out.suffix.lower())
+    if args.format and named and args.format != named:  # a .csv name holding parquet bytes misleads
+        return _fail("export", f"--format {args.format} does not match --out {out.name}; "
+                               f"name the file .{'parquet' if args.format == 'parquet' else 'csv'}")
+    fmt = args.format or named or "csv"
     try:
         with Store(args.store, create=False) as store:
             store.spec()
