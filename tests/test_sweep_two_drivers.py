@@ -30,10 +30,10 @@ sweep:
 CELLS = 12
 
 
-def _start(config: Path, store: Path, log: Path) -> subprocess.Popen:
+def _start(config: Path, store: Path, log: Path, *overrides: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     cmd = [sys.executable, "-m", "catapult", "sweep", str(config), "--store", str(store), "--threads", "1",
-           "--progress", "lines"]
+           "--progress", "lines", *overrides]
     return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
 
 
@@ -105,9 +105,11 @@ def test_kill_9_of_either_driver_and_the_other_completes_the_sweep(tmp_path, vic
     config.write_text(textwrap.dedent(CONFIG))
     store = tmp_path / "s.db"
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
-    procs = [_start(config, store, logs[0])]
+    # 400 steps a cell (~1 s): with 30, the first driver once ran all 12 cells before the second
+    # had started and claimed one (a clean-clone CI run on a quiet host, 2026-12-02)
+    procs = [_start(config, store, logs[0], "train.steps=400")]
     time.sleep(0.5)
-    procs.append(_start(config, store, logs[1]))
+    procs.append(_start(config, store, logs[1], "train.steps=400"))
     killed, survivor = procs[victim], procs[1 - victim]
     try:
         deadline = time.monotonic() + 180
