@@ -49,4 +49,7 @@ def test_configs_the_readme_names_validate(path):
     from catapult.config import load_config
 
     assert (ROOT / path).is_file(), path
-    load_config(ROOT / path)
+    # with the key=value overrides the README's commands give it (a paper config's data.root)
+    overrides = sorted({tok for line in README.splitlines() if path in line
+                        for tok in line.split() if re.fullmatch(r"[a-z_][\w.]*=\S+", tok)})
+    load_config(ROOT / path, overrides)
