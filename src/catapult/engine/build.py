@@ -11,6 +11,7 @@ initial weights and the start vector of the eigen-solver follow the rules in
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -141,8 +142,6 @@ def _is_size_error(err: BaseException) -> bool:
 
 def _size_reason(err: BaseException) -> str:
     """What torch's size error says, in a few words (its own text is a long C++ message)."""
-    import re
-
     text = str(err)
     found = re.search(r"allocate (\d+) bytes", text)
     if found:

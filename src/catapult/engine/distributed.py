@@ -61,6 +61,8 @@ class TokenShards:
     def __init__(self, root: str | os.PathLike, vocab_size: int | None = None, *, text_key: str = "text",
                  cache_dir: str | os.PathLike | None = None) -> None:
         root = Path(root).expanduser()
+        if not root.exists():  # before any listing or tokenising: the plain reason
+            raise FileNotFoundError(f"data.root {root} does not exist")
         texts = text_shard_files(root)
         if texts:
             if vocab_size is None:
@@ -70,8 +72,6 @@ class TokenShards:
         else:
             files = sorted(root.glob("*.npy")) if root.is_dir() else [root]
             pairs = [(f, f) for f in files if not is_held_out(f)] or [(f, f) for f in files]
-        if not root.exists():
-            raise FileNotFoundError(f"data.root {root} does not exist")
         if not pairs or not pairs[0][1].is_file():
             raise FileNotFoundError(f"data.root {root}: no *.npy token shards or *.jsonl / *.parquet text shards there")
         self.sources = [s for s, _ in pairs]
