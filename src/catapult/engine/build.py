@@ -11,6 +11,7 @@ initial weights and the start vector of the eigen-solver follow the rules in
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -26,7 +27,7 @@ from catapult.optim import registry
 from catapult.engine.sharpness_rule import ADAPTIVE, SharpnessRule, sharpness_rule, solver_options, threshold
 
 __all__ = [
-    "Run", "build_run", "seeds", "resolve_device", "MODELS", "RunData", "load_data", "load_data_once", "build_model",
+    "Run", "build_run", "seeds", "resolve_device", "MODELS", "RunData", "load_data", "load_data_once", "build_model", "model_parameters",
     "lambda0_batches", "OPTIMIZERS", "ADAPTIVE", "build_optimizer", "WARMUPS", "build_schedule", "search_delta",
     "search_lr_start", "search_rtol", "Warmup", "build_warmup", "BatchStream", "batch_stream", "build_augment", "solver_options", "SharpnessRule",
     "sharpness_rule", "threshold", "build_mask_updater",
@@ -111,12 +112,74 @@ def load_data_once(config: Mapping[str, Any], data: RunData | None, device: torc
     return data
 
 
+#: Two depths per model family between which, and beyond, each extra unit of depth adds the same
+#: tensors (mlp: a hidden layer from depth 2; gpt: a block; wrn: one block per group, 6 depths).
+_PROBE_DEPTHS = {"mlp": (2, 3), "gpt": (1, 2), "wrn": (10, 16)}
+
+
+def model_parameters(config: Mapping[str, Any], in_features: int, out_features: int) -> int:
+    """How many parameters the config's model has, found without building it: the model is built
+    dense on the ``meta`` device (no storage) at the two depths of ``_PROBE_DEPTHS`` and the count
+    extrapolated linearly in depth, which is exact since each extra layer or block is the same. So a
+    mistyped ``model.depth=1000000`` is measured in milliseconds, not built for minutes.
+
+    Example:
+        >>> from catapult.config import validate
+        >>> config = validate({"model": {"name": "mlp", "width": 10, "depth": 30}})
+        >>> model_parameters(config, 4, 2) == 4 * 10 + 28 * 10 * 10 + 10 * 2
+        True
+    """
+    model_cfg = {**config["model"], "density": 1.0}  # masks are buffers: no parameter count change
+    name, depth = model_cfg["name"], int(model_cfg["depth"])
+    low, high = _PROBE_DEPTHS.get(name, (depth, depth))
+
+    def count(at_depth: int) -> int:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            model = MODELS[name]({**model_cfg, "depth": at_depth}, in_features, out_features)
+        return sum(p.numel() for p in model.parameters())
+
+    if depth <= high:
+        return count(depth)
+    at_low, at_high = count(low), count(high)
+    return at_high + (at_high - at_low) * (depth - high) // (high - low)
+
+
+def _memory_bytes(device: torch.device) -> int | None:
+    """Total memory of ``device`` (the machine's RAM for the CPU), or None where unknown."""
+    try:
+        if device.type == "cuda":
+            return int(torch.cuda.get_device_properties(device).total_memory)
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError, RuntimeError):
+        return None
+
+
 def build_model(config: Mapping[str, Any], in_features: int, out_features: int,
                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> nn.Module:
     """The config's model, initialized from ``seeds(config["seed"])[0]`` on the CPU in float32,
-    then moved to ``device``/``dtype`` (same initial weights on every device)."""
+    then moved to ``device``/``dtype`` (same initial weights on every device).
+
+    A model whose weights alone exceed the memory of the CPU or of ``device``
+    (:func:`model_parameters`) is a :class:`~catapult.config.ConfigError` naming ``model.width`` and
+    ``model.depth``, raised before anything is allocated."""
     init_seed = seeds(config["seed"])[0]
+    m = config["model"]
     try:
+        needed = 4 * model_parameters(config, in_features, out_features)  # float32
+        # built on the CPU in float32, then cast and moved: the CPU holds the larger of the two
+        target, final = torch.device(device), needed * torch.finfo(dtype).bits // 32
+        needs = [(torch.device("cpu"), max(needed, final) if target.type == "cpu" else needed)]
+        if target.type != "cpu":
+            needs.append((target, final))
+        for where, size in needs:
+            have = _memory_bytes(where)
+            if have is not None and size > have:
+                owner = "this machine's" if where.type == "cpu" else f"{where}'s"
+                across = "widen" if m["name"] == "wrn" else "width"  # the wrn's width key is its widen factor
+                raise cfg.ConfigError([("model", f"model.{across}={m[across]} and model.depth={m['depth']} make a "
+                                                 f"model of {size / 2**30:,.1f} GiB, more than {owner} "
+                                                 f"{have / 2**30:,.1f} GiB of memory; reduce model.{across} or "
+                                                 f"model.depth")])
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(init_seed)
             with torch.device("cpu"):
@@ -127,7 +190,6 @@ def build_model(config: Mapping[str, Any], in_features: int, out_features: int,
         if not _is_size_error(err):
             raise
         # a width/depth no machine holds is bad input: say which keys, not a torch traceback
-        m = config["model"]
         raise cfg.ConfigError([("model", f"a model of width {m['width']} and depth {m['depth']} cannot be "
                                          f"built here ({_size_reason(err)}); reduce model.width or model.depth")]) from None
 
