@@ -46,7 +46,7 @@ def test_lean_sizes_match_the_hand_computation(n, expected):
         assert memory_setting("lean", batch, None, None, model, loss_fn) == expected
     # an explicit max_basis caps the sized basis; an explicit chunk_size wins
     assert memory_setting("lean", batch, 7, 2, model, loss_fn) == (7, min(2, expected[1]))
-    assert memory_setting("fast", batch, None, None, model, loss_fn) == (None, 20)  # unchanged
+    assert memory_setting("fast", batch, None, None, model, loss_fn) == (None, 32)  # unchanged
 
 
 def test_lean_warns_and_uses_the_minimum_when_3x_cannot_be_met():
