@@ -154,35 +154,47 @@ def _memory_bytes(device: torch.device) -> int | None:
         return None
 
 
+def _across(model: Mapping[str, Any]) -> str:
+    """The model key that sets its width: ``widen`` for the wrn, ``width`` otherwise."""
+    return "widen" if model["name"] == "wrn" else "width"
+
+
+def _check_fits(config: Mapping[str, Any], in_features: int, out_features: int, device: torch.device,
+                dtype: torch.dtype) -> None:
+    """Raise :class:`~catapult.config.ConfigError` when the model's weights alone exceed the
+    memory of the CPU, where it is built in float32, or of ``device`` in ``dtype``."""
+    try:
+        needed = 4 * model_parameters(config, in_features, out_features)  # float32
+    except NotImplementedError:  # a layer the meta device cannot build: no estimate, no check
+        return
+    # built on the CPU in float32, then cast and moved: the CPU holds the larger of the two
+    final = needed * torch.finfo(dtype).bits // 32
+    needs = [(torch.device("cpu"), max(needed, final) if device.type == "cpu" else needed)]
+    if device.type != "cpu":
+        needs.append((device, final))
+    m, across = config["model"], _across(config["model"])
+    for where, size in needs:
+        have = _memory_bytes(where)
+        if have is not None and size > have:
+            owner = "this machine's" if where.type == "cpu" else f"{where}'s"
+            raise cfg.ConfigError([("model", f"model.{across}={m[across]} and model.depth={m['depth']} make a "
+                                             f"model of {size / 2**30:,.1f} GiB, more than {owner} "
+                                             f"{have / 2**30:,.1f} GiB of memory; reduce model.{across} or "
+                                             f"model.depth")])
+
+
 def build_model(config: Mapping[str, Any], in_features: int, out_features: int,
                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> nn.Module:
     """The config's model, initialized from ``seeds(config["seed"])[0]`` on the CPU in float32,
     then moved to ``device``/``dtype`` (same initial weights on every device).
 
     A model whose weights alone exceed the memory of the CPU or of ``device``
-    (:func:`model_parameters`) is a :class:`~catapult.config.ConfigError` naming ``model.width`` and
-    ``model.depth``, raised before anything is allocated."""
+    (:func:`model_parameters`) is a :class:`~catapult.config.ConfigError` naming its width and
+    depth keys, raised before anything is allocated."""
     init_seed = seeds(config["seed"])[0]
-    m = config["model"]
+    m, across = config["model"], _across(config["model"])
     try:
-        try:
-            needed = 4 * model_parameters(config, in_features, out_features)  # float32
-        except NotImplementedError:  # a layer the meta device cannot build: no estimate, no check
-            needed = 0
-        # built on the CPU in float32, then cast and moved: the CPU holds the larger of the two
-        target, final = torch.device(device), needed * torch.finfo(dtype).bits // 32
-        needs = [(torch.device("cpu"), max(needed, final) if target.type == "cpu" else needed)]
-        if target.type != "cpu":
-            needs.append((target, final))
-        for where, size in needs:
-            have = _memory_bytes(where)
-            if have is not None and size > have:
-                owner = "this machine's" if where.type == "cpu" else f"{where}'s"
-                across = "widen" if m["name"] == "wrn" else "width"  # the wrn's width key is its widen factor
-                raise cfg.ConfigError([("model", f"model.{across}={m[across]} and model.depth={m['depth']} make a "
-                                                 f"model of {size / 2**30:,.1f} GiB, more than {owner} "
-                                                 f"{have / 2**30:,.1f} GiB of memory; reduce model.{across} or "
-                                                 f"model.depth")])
+        _check_fits(config, in_features, out_features, torch.device(device), dtype)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(init_seed)
             with torch.device("cpu"):
@@ -193,8 +205,9 @@ def build_model(config: Mapping[str, Any], in_features: int, out_features: int,
         if not _is_size_error(err):
             raise
         # a width/depth no machine holds is bad input: say which keys, not a torch traceback
-        raise cfg.ConfigError([("model", f"a model of width {m['width']} and depth {m['depth']} cannot be "
-                                         f"built here ({_size_reason(err)}); reduce model.width or model.depth")]) from None
+        raise cfg.ConfigError([("model", f"a model of {across} {m[across]} and depth {m['depth']} cannot be "
+                                         f"built here ({_size_reason(err)}); reduce model.{across} or "
+                                         f"model.depth")]) from None
 
 
 def _is_size_error(err: BaseException) -> bool:

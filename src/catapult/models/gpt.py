@@ -205,7 +205,7 @@ class GPT(nn.Module):
         self.output_multiplier = 1.0 if parametrization == "sp" else alpha_out / width_mult
 
         if mask_seed is None:  # drawn first so weights do not depend on density
-            mask_seed = int(torch.randint(0, 2**62, (1,), device="cpu").item())
+            mask_seed = int(torch.randint(0, 2**62, (1,), device="cpu").item())  # cpu: also under a meta probe
         mask_generator = torch.Generator().manual_seed(int(mask_seed))
 
         self.wte = nn.Embedding(vocab_size, d_model)

@@ -149,7 +149,7 @@ class MLP(nn.Module):
 
         # The mask seed is drawn before any weight so that weights do not depend on density.
         if mask_seed is None:
-            mask_seed = int(torch.randint(0, 2**62, (1,), device="cpu").item())
+            mask_seed = int(torch.randint(0, 2**62, (1,), device="cpu").item())  # cpu: also under a meta probe
         mask_generator = torch.Generator().manual_seed(int(mask_seed))
 
         dims = [self.in_features] + [self.width] * (self.depth - 1) + [self.out_features]
