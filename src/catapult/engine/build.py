@@ -154,9 +154,12 @@ def _memory_bytes(device: torch.device) -> int | None:
         return None
 
 
-def _across(model: Mapping[str, Any]) -> str:
-    """The model key that sets its width: ``widen`` for the wrn, ``width`` otherwise."""
-    return "widen" if model["name"] == "wrn" else "width"
+def _too_large(model: Mapping[str, Any], why: str) -> cfg.ConfigError:
+    """The error for a model no machine here holds, naming its width key (``widen`` for the wrn)
+    and ``model.depth``."""
+    across = "widen" if model["name"] == "wrn" else "width"
+    return cfg.ConfigError([("model", f"model.{across}={model[across]} and model.depth={model['depth']} {why}; "
+                                      f"reduce model.{across} or model.depth")])
 
 
 def _check_fits(config: Mapping[str, Any], in_features: int, out_features: int, device: torch.device,
@@ -172,15 +175,12 @@ def _check_fits(config: Mapping[str, Any], in_features: int, out_features: int, 
     needs = [(torch.device("cpu"), max(needed, final) if device.type == "cpu" else needed)]
     if device.type != "cpu":
         needs.append((device, final))
-    m, across = config["model"], _across(config["model"])
     for where, size in needs:
         have = _memory_bytes(where)
         if have is not None and size > have:
             owner = "this machine's" if where.type == "cpu" else f"{where}'s"
-            raise cfg.ConfigError([("model", f"model.{across}={m[across]} and model.depth={m['depth']} make a "
-                                             f"model of {size / 2**30:,.1f} GiB, more than {owner} "
-                                             f"{have / 2**30:,.1f} GiB of memory; reduce model.{across} or "
-                                             f"model.depth")])
+            raise _too_large(config["model"], f"make a model of {size / 2**30:,.1f} GiB, more than {owner} "
+                                              f"{have / 2**30:,.1f} GiB of memory")
 
 
 def build_model(config: Mapping[str, Any], in_features: int, out_features: int,
@@ -192,7 +192,6 @@ def build_model(config: Mapping[str, Any], in_features: int, out_features: int,
     (:func:`model_parameters`) is a :class:`~catapult.config.ConfigError` naming its width and
     depth keys, raised before anything is allocated."""
     init_seed = seeds(config["seed"])[0]
-    m, across = config["model"], _across(config["model"])
     try:
         _check_fits(config, in_features, out_features, torch.device(device), dtype)
         with torch.random.fork_rng(devices=[]):
@@ -205,9 +204,7 @@ def build_model(config: Mapping[str, Any], in_features: int, out_features: int,
         if not _is_size_error(err):
             raise
         # a width/depth no machine holds is bad input: say which keys, not a torch traceback
-        raise cfg.ConfigError([("model", f"a model of {across} {m[across]} and depth {m['depth']} cannot be "
-                                         f"built here ({_size_reason(err)}); reduce model.{across} or "
-                                         f"model.depth")]) from None
+        raise _too_large(config["model"], f"cannot be built here ({_size_reason(err)})") from None
 
 
 def _is_size_error(err: BaseException) -> bool:
