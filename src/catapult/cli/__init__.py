@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sqlite3
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from catapult.cli import coord_check, critical_lr, demo, sweep, train, train_ddp
@@ -98,8 +99,6 @@ def main(argv: Sequence[str] | None = None, commands: Sequence = COMMANDS) -> in
 
 def _os_problem(err: OSError) -> str:
     """``err`` as ``FILE: what`` (mkdir through a file says "File exists": say it is a file)."""
-    from pathlib import Path
-
     if isinstance(err, FileExistsError) and err.filename and Path(err.filename).is_file():
         return f"{err.filename} is a file where a directory is needed"
     where = f"{err.filename}: " if err.filename else ""

@@ -3,6 +3,8 @@ validating the config (exit code 2 on bad input, by :func:`catapult.cli.main`), 
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 from catapult.config import ConfigError, load_config
 
@@ -56,9 +58,6 @@ def apply_threads(args: argparse.Namespace) -> None:
 def check_out_file(option: str, path) -> None:
     """Refuse, before any work, an output file path (``--out``) that is a directory or whose
     folder does not exist or cannot be written: a ConfigError naming the option."""
-    import os
-    from pathlib import Path
-
     if path is None:
         return
     path = Path(path)
@@ -79,9 +78,7 @@ def check_image_file(option: str, path) -> None:
     check_out_file(option, path)
     if path is None:
         return
-    from pathlib import Path
-
-    from matplotlib.backend_bases import FigureCanvasBase
+    from matplotlib.backend_bases import FigureCanvasBase  # lazily: matplotlib is slow to import
 
     suffix = Path(path).suffix.lower().lstrip(".")
     formats = FigureCanvasBase.get_supported_filetypes()
@@ -93,7 +90,5 @@ def check_image_file(option: str, path) -> None:
 def figure_path(path):
     """``path`` as a ``Path``, with ``.png`` added when it has no suffix: what matplotlib
     writes for such a name, so the command can print the file it wrote."""
-    from pathlib import Path
-
     path = Path(path)
     return path if path.suffix else path.with_name(path.name + ".png")
