@@ -150,10 +150,24 @@ def test_any_overrides_exit_0_or_2_with_a_short_message(tmp_path_factory, overri
     _check(tmp_path_factory.getbasetemp(), text, overrides)
 
 
+#: BASE as overrides, for a file that sets nothing: an empty (or null, or comment-only) YAML file is
+#: a valid all-defaults config, i.e. the paper's FCN for 2,001 steps (minutes), not a quick one.
+TINY = [f"{section}.{key}={value}" for section, keys in BASE.items() for key, value in keys.items()]
+
+
+def _sets_nothing(text: bytes) -> bool:
+    try:
+        return yaml.safe_load(text) in (None, {})
+    except Exception:  # noqa: BLE001 (anything unparsable sets something wrong, checked by the CLI)
+        return False
+
+
 @settings(FUZZ, max_examples=50)
 @given(text=config_file(), overrides=st.lists(override(), max_size=2))
 def test_any_config_file_exits_0_or_2_with_a_short_message(tmp_path_factory, text, overrides):
-    _check(tmp_path_factory.getbasetemp(), text, overrides)
+    # which bytes hypothesis draws depends on its seed (the test file's path among others): an
+    # empty file came up in one checkout and not in another
+    _check(tmp_path_factory.getbasetemp(), text, [*TINY, *overrides] if _sets_nothing(text) else overrides)
 
 
 # ---- catapult sweep: grids, seeds and sweep overrides
