@@ -84,3 +84,70 @@ def test_a_model_too_large_for_the_gpu_names_the_gpu(monkeypatch):
     build._check_fits(config, 4, 2, torch.device("cuda:0"), torch.float32)  # fits
     with pytest.raises(ConfigError, match="more than cuda:0's"):
         build._check_fits(config, 4, 2, torch.device("cuda:0"), torch.float64)
+
+
+# ---- check_model_fits: refused from the config alone, before any data is loaded
+
+
+@pytest.mark.parametrize("model, n_in, n_out", CASES, ids=lambda c: str(c) if isinstance(c, int) else
+                         "-".join(f"{k}={v}" for k, v in c.items()))
+def test_one_feature_and_one_class_give_a_lower_bound_on_the_count(model, n_in, n_out):
+    # what makes a refusal by check_model_fits never wrong, whatever data the model trains on
+    config = _config(model)
+    assert 0 < model_parameters(config, 1, 1) <= model_parameters(config, n_in, n_out)
+
+
+def test_the_size_checks_examples_run():
+    import doctest
+
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    for function in (model_parameters, build.check_model_fits):
+        for test in doctest.DocTestFinder().find(function, function.__name__, globs={function.__name__: function}):
+            runner.run(test)
+    assert runner.summarize(verbose=False).attempted >= 4 and runner.summarize(verbose=False).failed == 0
+
+
+def test_a_run_with_a_model_too_large_is_refused_before_its_data_is_loaded(monkeypatch):
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was loaded")
+
+    monkeypatch.setattr(build, "load_data", no_data)
+    with pytest.raises(ConfigError, match=r"model\.width=1000000 and model\.depth=1000 make a model of"):
+        build.build_run({"model": {"name": "mlp", "width": 10**6, "depth": 1000}})
+
+
+def _grid(tmp_path, depths):
+    from catapult.sweep.spec import load_sweep
+
+    path = tmp_path / "grid.yaml"
+    path.write_text("name: grid\ndata: {name: digits, n_train: 32, n_test: 16}\n"
+                    "model: {name: mlp, width: 100000, depth: 2}\noptimizer: {name: sgd, lr: 0.1}\n"
+                    f"train: {{steps: 1}}\neval: {{sharpness_every: 0}}\nsweep: {{grid: {{model.depth: {depths}}}}}\n")
+    return load_sweep(path)
+
+
+def test_a_sweep_refuses_every_cell_too_large_before_writing_its_store(tmp_path):
+    from catapult.sweep import run_sweep
+    from sweep_fakes import FakeRun
+
+    base, spec = _grid(tmp_path, [2, 10**6, 10**7])
+    fake = FakeRun()
+    with pytest.raises(ConfigError) as refused:
+        run_sweep(base, spec, tmp_path / "s.db", run_fn=fake, progress="none")
+    keys = [key for key, _ in refused.value.problems]
+    assert keys == ["cell 1 (model.depth=1000000) model", "cell 2 (model.depth=10000000) model"]
+    assert not (tmp_path / "s.db").exists() and fake.calls == []
+
+
+def test_a_sweep_on_other_machines_leaves_the_check_to_them(tmp_path):
+    # a cluster's machines may hold what this one cannot: the cell runs (here, a fake) and is recorded
+    from catapult.sweep import run_sweep
+    from catapult.sweep.executors import LocalExecutor
+    from sweep_fakes import FakeRun
+
+    base, spec = _grid(tmp_path, [10**6])
+    fake = FakeRun()
+    elsewhere = LocalExecutor(fake)
+    elsewhere.runs_here = False
+    outcome = run_sweep(base, spec, tmp_path / "s.db", executor=elsewhere, progress="none")
+    assert outcome.counts.get("finished") == 1 and len(fake.calls) == 1

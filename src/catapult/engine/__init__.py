@@ -11,7 +11,7 @@
   display and its ``trajectories.png``.
 """
 from catapult.engine.build import (ADAPTIVE, MODELS, OPTIMIZERS, WARMUPS, BatchStream, Run, RunData,
-                                   SharpnessRule, Warmup, batch_stream, build_augment, build_model, build_optimizer, build_run,
+                                   SharpnessRule, Warmup, batch_stream, build_augment, build_model, check_model_fits, build_optimizer, build_run,
                                    build_schedule, build_warmup, lambda0_batches, load_data, load_data_once, resolve_device, search_delta,
                                    search_lr_start, search_rtol, seeds, sharpness_rule, solver_options, threshold)
 from catapult.engine.loop import RunResult, evaluate, run
@@ -21,7 +21,7 @@ from catapult.engine.records import (METRIC_COLUMNS, MetricsFile, metric_columns
 __all__ = [
     "Run", "build_run", "run", "RunResult", "evaluate", "RunData", "BatchStream", "batch_stream", "build_augment",
     "Warmup", "SharpnessRule",
-    "seeds", "resolve_device", "load_data", "load_data_once", "build_model", "build_optimizer", "build_schedule", "build_warmup",
+    "seeds", "resolve_device", "load_data", "load_data_once", "build_model", "check_model_fits", "build_optimizer", "build_schedule", "build_warmup",
     "lambda0_batches", "search_delta", "search_lr_start", "search_rtol", "sharpness_rule", "solver_options", "threshold",
     "MODELS", "OPTIMIZERS", "ADAPTIVE", "WARMUPS",
     "METRIC_COLUMNS", "metric_columns", "MetricsFile", "write_metrics", "read_metrics", "summarize", "warmup_summary",

@@ -27,7 +27,7 @@ from catapult.optim import registry
 from catapult.engine.sharpness_rule import ADAPTIVE, SharpnessRule, sharpness_rule, solver_options, threshold
 
 __all__ = [
-    "Run", "build_run", "seeds", "resolve_device", "MODELS", "RunData", "load_data", "load_data_once", "build_model", "model_parameters",
+    "Run", "build_run", "seeds", "resolve_device", "MODELS", "RunData", "load_data", "load_data_once", "build_model", "model_parameters", "check_model_fits",
     "lambda0_batches", "OPTIMIZERS", "ADAPTIVE", "build_optimizer", "WARMUPS", "build_schedule", "search_delta",
     "search_lr_start", "search_rtol", "Warmup", "build_warmup", "BatchStream", "batch_stream", "build_augment", "solver_options", "SharpnessRule",
     "sharpness_rule", "threshold", "build_mask_updater",
@@ -125,7 +125,7 @@ def model_parameters(config: Mapping[str, Any], in_features: int, out_features: 
 
     Example:
         >>> from catapult.config import validate
-        >>> config = validate({"model": {"name": "mlp", "width": 10, "depth": 30}})
+        >>> config = validate({"model": {"name": "mlp", "width": 10, "depth": 30, "bias": False}})
         >>> model_parameters(config, 4, 2) == 4 * 10 + 28 * 10 * 10 + 10 * 2
         True
     """
@@ -181,6 +181,23 @@ def _check_fits(config: Mapping[str, Any], in_features: int, out_features: int, 
             owner = "this machine's" if where.type == "cpu" else f"{where}'s"
             raise _too_large(config["model"], f"make a model of {size / 2**30:,.1f} GiB, more than {owner} "
                                               f"{have / 2**30:,.1f} GiB of memory")
+
+
+def check_model_fits(config: Mapping[str, Any], device: torch.device | str = "cpu") -> None:
+    """Raise :class:`~catapult.config.ConfigError` when the config's model cannot fit in the memory
+    of the CPU (or ``device``) whatever data it trains on, before any data is loaded: the model is
+    counted with one input feature and one class, which every dataset has at least, so the count is
+    a lower bound and a refusal here is never wrong. :func:`build_model` checks again with the
+    data's shapes.
+
+    Example:
+        >>> from catapult.config import validate
+        >>> check_model_fits(validate({"model": {"name": "mlp", "width": 10**6, "depth": 10**3}}))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        catapult.config.errors.ConfigError: model: model.width=1000000 and model.depth=1000 make a model of ...
+    """
+    _check_fits(config, 1, 1, torch.device(device), getattr(torch, config["dtype"]))
 
 
 def build_model(config: Mapping[str, Any], in_features: int, out_features: int,
@@ -579,6 +596,7 @@ def build_run(config: Mapping[str, Any]) -> Run:
     device = resolve_device(config["device"])
     dtype = getattr(torch, config["dtype"])
     run_seeds = seeds(config["seed"])
+    check_model_fits(config, device)  # before loading data: a mistyped width fails in milliseconds
     data = load_data(config, device, dtype)
     batches = batch_stream(config, data)
     model = build_model(config, data.in_features, data.num_classes, device, dtype)

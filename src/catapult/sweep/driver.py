@@ -3,7 +3,9 @@
 :func:`run_sweep` is what ``catapult sweep`` does:
 
 1. expand the grid and validate every cell (:func:`catapult.sweep.spec.expand`), build the
-   executor (a missing optional dependency fails here): nothing is written before this;
+   executor (a missing optional dependency fails here), and, where the executor runs cells on
+   this machine, refuse cells whose model cannot fit its memory whatever the data: nothing is
+   written before this;
 2. open the store: a new sweep writes its spec and one ``pending`` row per cell; the same
    spec resumes; a different spec is refused (:class:`catapult.sweep.store.SpecChanged`
    names what changed); this driver registers itself and keeps a heartbeat;
@@ -30,11 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from catapult import config as cfg
+from catapult.engine.build import check_model_fits
 from catapult.sweep.claims import HEARTBEAT_S, Heartbeat
 from catapult.sweep.store import DONE_STATUSES, Store
 from catapult.sweep.executors import Cell, CellResult, Executor, get_executor, torch_threads, worker_name
 from catapult.sweep.lambda0 import lambda0_inputs, lambda0_key, measure_lambda0, needs_lambda0, resolve_cell_lr
-from catapult.sweep.spec import SweepSpec, expand, spec_document
+from catapult.sweep.spec import CellSpec, SweepSpec, canonical_json, cell_problems, cells_error, expand, spec_document
 
 __all__ = ["run_sweep", "SweepOutcome", "SweepProgress", "axes_metadata"]
 
@@ -143,6 +147,27 @@ def _failed(error: str) -> CellResult:
     return CellResult("failed", [], {}, error=error)
 
 
+def _refuse_models_too_large(cells: list[CellSpec]) -> None:
+    """Raise one :class:`~catapult.config.ConfigError` naming every cell whose model cannot fit
+    in this machine's memory whatever data it trains on (:func:`catapult.engine.check_model_fits`,
+    a lower bound from the config alone), before the store is written or any data loaded; each
+    distinct model section is counted once."""
+    problems: list[tuple[str, str]] = []
+    verdicts: dict[str, cfg.ConfigError | None] = {}
+    for cell in cells:
+        key = canonical_json([cell.config["model"], cell.config["dtype"]])
+        if key not in verdicts:
+            try:
+                check_model_fits(cell.config)
+                verdicts[key] = None
+            except cfg.ConfigError as err:
+                verdicts[key] = err
+        if verdicts[key] is not None:
+            problems += cell_problems(cell.id, cell.swept, verdicts[key])
+    if problems:
+        raise cells_error(problems)
+
+
 def run_sweep(
     base: Mapping[str, Any],
     spec: SweepSpec,
@@ -177,6 +202,8 @@ def run_sweep(
         engine = executor
     else:
         engine = get_executor(executor, run_fn=run_fn, **dict(executor_options or {}))
+    if engine.runs_here:
+        _refuse_models_too_large(cells)
     lambda0_fn = lambda0_fn or measure_lambda0
     name = base.get("name") or "sweep"
     try:

@@ -154,6 +154,9 @@ class Executor:
     """Base class: runs cells and yields ``(cell_id, result)`` as they finish (see module doc)."""
 
     name = "base"
+    #: whether cells run on this machine (in this process or its children), so a model too large
+    #: for this machine's memory can be refused before the sweep starts
+    runs_here = True
 
     def __init__(self, run_fn: RunFn | None = None):
         self.run_fn = run_fn or default_run_fn

@@ -61,6 +61,7 @@ class RayExecutor(Executor):
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.ray = import_ray()
         self.address = address
+        self.runs_here = address is None  # a cluster's machines may hold more than this one
         self.num_cpus = num_cpus
         self.chunk_size = int(chunk_size)
         self.cpus_per_task = cpus_per_task

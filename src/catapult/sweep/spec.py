@@ -60,6 +60,8 @@ __all__ = [
     "parse_sweep",
     "load_sweep",
     "expand",
+    "cell_problems",
+    "cells_error",
     "spec_document",
     "canonical_json",
     "spec_hash",
@@ -451,18 +453,28 @@ def expand(base: Mapping[str, Any], spec: SweepSpec) -> list[CellSpec]:
         try:
             config = cfg.validate(mapping)
         except cfg.ConfigError as err:
-            where = ", ".join(f"{k}={v}" for k, v in swept.items())
-            for key, msg in err.problems:
-                problems.append((f"cell {index} ({where}) {key}", msg))
+            problems += cell_problems(index, swept, err)
             continue
         # keep the swept values as the config normalized them (e.g. 2000.0 -> 2000)
         swept = {key: get_dotted(config, key) for key in swept}
         cells.append(CellSpec(index, config, swept))
     if problems:
-        if len(problems) > 20:
-            problems = problems[:20] + [("", f"... and {len(problems) - 20} more problems")]
-        raise cfg.ConfigError(problems)
+        raise cells_error(problems)
     return cells
+
+
+def cell_problems(index: int, swept: Mapping[str, Any], err: cfg.ConfigError) -> list[tuple[str, str]]:
+    """``err``'s problems, each key prefixed with the cell it belongs to: ``cell 3 (a=1, b=2) key``."""
+    where = ", ".join(f"{k}={v}" for k, v in swept.items())
+    return [(f"cell {index} ({where}) {key}", msg) for key, msg in err.problems]
+
+
+def cells_error(problems: list[tuple[str, str]], shown: int = 20) -> cfg.ConfigError:
+    """One :class:`~catapult.config.ConfigError` for the problems of many cells, the first ``shown``
+    listed and the rest counted (a 168-cell grid with one bad key is one line, not 168)."""
+    if len(problems) > shown:
+        problems = problems[:shown] + [("", f"... and {len(problems) - shown} more problems")]
+    return cfg.ConfigError(problems)
 
 
 def spec_document(base: Mapping[str, Any], spec: SweepSpec) -> dict:
