@@ -184,10 +184,11 @@ def test_a_store_on_a_full_disk_is_a_message_not_a_traceback(tmp_path, capsys, m
     assert "the store cannot be written: database or disk is full" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("width, words", [(10**9, "GiB"), (10**25, "overflows")])
-def test_a_model_too_large_to_build_is_a_config_error(tiny, tmp_path, capsys, width, words):
+@pytest.mark.parametrize("width, depth, words", [(10**9, 2, "GiB"), (10**25, 2, "overflows"),
+                                                 (10**11, 3, "overflows")])  # width**2 elements > int64
+def test_a_model_too_large_to_build_is_a_config_error(tiny, tmp_path, capsys, width, depth, words):
     # torch's allocation failure is a C++ traceback; the user gave a width, so name it
-    code, err = _train(capsys, tiny, f"model.width={width}", "--out", tmp_path / "run")
+    code, err = _train(capsys, tiny, f"model.width={width}", f"model.depth={depth}", "--out", tmp_path / "run")
     assert code == 2 and "model.width" in err and words in err and len(err.splitlines()) == 1
     assert not (tmp_path / "run").exists()
 

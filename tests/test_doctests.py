@@ -29,6 +29,7 @@ MODULES = (
     "catapult.optim.registry",
     "catapult.optim.rules",
     "catapult.engine.step",
+    "catapult.engine.model_size",
     "catapult.models.options",
 )
 

@@ -6,7 +6,8 @@ import torch
 
 from catapult.config import ConfigError, validate
 from catapult.engine import MODELS, build, build_model
-from catapult.engine.build import model_parameters
+from catapult.engine import model_size
+from catapult.engine.model_size import model_parameters
 
 CASES = [
     # (model section, in_features, out_features): in = flattened input (mlp, wrn) or context (gpt)
@@ -68,7 +69,7 @@ def test_the_memory_check_counts_the_dtype_it_casts_to(dtype, refused, monkeypat
     # a machine with room for the float32 weights and one byte more: float64 weights do not fit
     config = _config({"name": "mlp", "width": 8, "depth": 3})
     weights = 4 * sum(p.numel() for p in build_model(config, 4, 2).parameters())
-    monkeypatch.setattr(build, "_memory_bytes", lambda device: weights + 1)
+    monkeypatch.setattr(model_size, "_memory_bytes", lambda device: weights + 1)
     if refused:
         with pytest.raises(ConfigError, match="more than this machine's"):
             build_model(config, 4, 2, dtype=dtype)
@@ -80,10 +81,10 @@ def test_a_model_too_large_for_the_gpu_names_the_gpu(monkeypatch):
     # the CPU builds it (plenty of RAM), the GPU cannot hold it in float64; no CUDA needed here
     config = _config({"name": "mlp", "width": 8, "depth": 3})
     weights = 4 * sum(p.numel() for p in build_model(config, 4, 2).parameters())
-    monkeypatch.setattr(build, "_memory_bytes", lambda device: 10**12 if device.type == "cpu" else weights + 1)
-    build._check_fits(config, 4, 2, torch.device("cuda:0"), torch.float32)  # fits
+    monkeypatch.setattr(model_size, "_memory_bytes", lambda device: 10**12 if device.type == "cpu" else weights + 1)
+    model_size.check_fits(config, 4, 2, torch.device("cuda:0"), torch.float32)  # fits
     with pytest.raises(ConfigError, match="more than cuda:0's"):
-        build._check_fits(config, 4, 2, torch.device("cuda:0"), torch.float64)
+        model_size.check_fits(config, 4, 2, torch.device("cuda:0"), torch.float64)
 
 
 # ---- check_model_fits: refused from the config alone, before any data is loaded
@@ -95,16 +96,6 @@ def test_one_feature_and_one_class_give_a_lower_bound_on_the_count(model, n_in, 
     # what makes a refusal by check_model_fits never wrong, whatever data the model trains on
     config = _config(model)
     assert 0 < model_parameters(config, 1, 1) <= model_parameters(config, n_in, n_out)
-
-
-def test_the_size_checks_examples_run():
-    import doctest
-
-    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
-    for function in (model_parameters, build.check_model_fits):
-        for test in doctest.DocTestFinder().find(function, function.__name__, globs={function.__name__: function}):
-            runner.run(test)
-    assert runner.summarize(verbose=False).attempted >= 4 and runner.summarize(verbose=False).failed == 0
 
 
 def test_a_run_with_a_model_too_large_is_refused_before_its_data_is_loaded(monkeypatch):
@@ -151,3 +142,4 @@ def test_a_sweep_on_other_machines_leaves_the_check_to_them(tmp_path):
     elsewhere.runs_here = False
     outcome = run_sweep(base, spec, tmp_path / "s.db", executor=elsewhere, progress="none")
     assert outcome.counts.get("finished") == 1 and len(fake.calls) == 1
+

@@ -11,8 +11,6 @@ initial weights and the start vector of the eigen-solver follow the rules in
 """
 from __future__ import annotations
 
-import os
-import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -22,8 +20,8 @@ import torch.nn as nn
 
 from catapult import config as cfg
 from catapult.losses import get_loss
-from catapult.models import GPT, MLP, WRN
 from catapult.optim import registry
+from catapult.engine.model_size import MODELS, check_fits, check_model_fits, model_parameters, size_error
 from catapult.engine.sharpness_rule import ADAPTIVE, SharpnessRule, sharpness_rule, solver_options, threshold
 
 __all__ = [
@@ -48,14 +46,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise cfg.ConfigError([("device", f"{name!r} requested but CUDA is not available; use cpu or auto")])
     return device
-
-
-#: model.name -> builder(model_config, in_features, out_features) -> nn.Module. For the mlp
-#: ``in_features`` is a flattened sample's size (the wrn reads its channels from it: 64 = 1x8x8,
-#: 3072 = 3x32x32); for the gpt it is the context (tokens per window) and ``out_features`` the
-#: vocabulary size.
-MODELS: dict[str, Callable[[Mapping[str, Any], int, int], nn.Module]] = {
-    "mlp": MLP.from_config, "gpt": GPT.from_config, "wrn": WRN.from_config}
 
 
 @dataclass
@@ -112,94 +102,6 @@ def load_data_once(config: Mapping[str, Any], data: RunData | None, device: torc
     return data
 
 
-#: Two depths per model family between which, and beyond, each extra unit of depth adds the same
-#: tensors (mlp: a hidden layer from depth 2; gpt: a block; wrn: one block per group, 6 depths).
-_PROBE_DEPTHS = {"mlp": (2, 3), "gpt": (1, 2), "wrn": (10, 16)}
-
-
-def model_parameters(config: Mapping[str, Any], in_features: int, out_features: int) -> int:
-    """How many parameters the config's model has, found without building it: the model is built
-    dense on the ``meta`` device (no storage) at the two depths of ``_PROBE_DEPTHS`` and the count
-    extrapolated linearly in depth, which is exact since each extra layer or block is the same. So a
-    mistyped ``model.depth=1000000`` is measured in milliseconds, not built for minutes.
-
-    Example:
-        >>> from catapult.config import validate
-        >>> config = validate({"model": {"name": "mlp", "width": 10, "depth": 30, "bias": False}})
-        >>> model_parameters(config, 4, 2) == 4 * 10 + 28 * 10 * 10 + 10 * 2
-        True
-    """
-    model_cfg = {**config["model"], "density": 1.0}  # masks are buffers: no parameter count change
-    name, depth = model_cfg["name"], int(model_cfg["depth"])
-    low, high = _PROBE_DEPTHS.get(name, (depth, depth))
-
-    def count(at_depth: int) -> int:
-        with torch.random.fork_rng(devices=[]), torch.device("meta"):
-            model = MODELS[name]({**model_cfg, "depth": at_depth}, in_features, out_features)
-        return sum(p.numel() for p in model.parameters())
-
-    if depth <= high:
-        return count(depth)
-    at_low, at_high = count(low), count(high)
-    return at_high + (at_high - at_low) * (depth - high) // (high - low)
-
-
-def _memory_bytes(device: torch.device) -> int | None:
-    """Total memory of ``device`` (the machine's RAM for the CPU), or None where unknown."""
-    try:
-        if device.type == "cuda":
-            return int(torch.cuda.get_device_properties(device).total_memory)
-        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
-    except (AttributeError, ValueError, OSError, RuntimeError):
-        return None
-
-
-def _too_large(model: Mapping[str, Any], why: str) -> cfg.ConfigError:
-    """The error for a model no machine here holds, naming its width key (``widen`` for the wrn)
-    and ``model.depth``."""
-    across = "widen" if model["name"] == "wrn" else "width"
-    return cfg.ConfigError([("model", f"model.{across}={model[across]} and model.depth={model['depth']} {why}; "
-                                      f"reduce model.{across} or model.depth")])
-
-
-def _check_fits(config: Mapping[str, Any], in_features: int, out_features: int, device: torch.device,
-                dtype: torch.dtype) -> None:
-    """Raise :class:`~catapult.config.ConfigError` when the model's weights alone exceed the
-    memory of the CPU, where it is built in float32, or of ``device`` in ``dtype``."""
-    try:
-        needed = 4 * model_parameters(config, in_features, out_features)  # float32
-    except NotImplementedError:  # a layer the meta device cannot build: no estimate, no check
-        return
-    # built on the CPU in float32, then cast and moved: the CPU holds the larger of the two
-    final = needed * torch.finfo(dtype).bits // 32
-    needs = [(torch.device("cpu"), max(needed, final) if device.type == "cpu" else needed)]
-    if device.type != "cpu":
-        needs.append((device, final))
-    for where, size in needs:
-        have = _memory_bytes(where)
-        if have is not None and size > have:
-            owner = "this machine's" if where.type == "cpu" else f"{where}'s"
-            raise _too_large(config["model"], f"make a model of {size / 2**30:,.1f} GiB, more than {owner} "
-                                              f"{have / 2**30:,.1f} GiB of memory")
-
-
-def check_model_fits(config: Mapping[str, Any], device: torch.device | str = "cpu") -> None:
-    """Raise :class:`~catapult.config.ConfigError` when the config's model cannot fit in the memory
-    of the CPU (or ``device``) whatever data it trains on, before any data is loaded: the model is
-    counted with one input feature and one class, which every dataset has at least, so the count is
-    a lower bound and a refusal here is never wrong. :func:`build_model` checks again with the
-    data's shapes.
-
-    Example:
-        >>> from catapult.config import validate
-        >>> check_model_fits(validate({"model": {"name": "mlp", "width": 10**6, "depth": 10**3}}))  # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-        ...
-        catapult.config.errors.ConfigError: model: model.width=1000000 and model.depth=1000 make a model of ...
-    """
-    _check_fits(config, 1, 1, torch.device(device), getattr(torch, config["dtype"]))
-
-
 def build_model(config: Mapping[str, Any], in_features: int, out_features: int,
                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> nn.Module:
     """The config's model, initialized from ``seeds(config["seed"])[0]`` on the CPU in float32,
@@ -210,7 +112,7 @@ def build_model(config: Mapping[str, Any], in_features: int, out_features: int,
     depth keys, raised before anything is allocated."""
     init_seed = seeds(config["seed"])[0]
     try:
-        _check_fits(config, in_features, out_features, torch.device(device), dtype)
+        check_fits(config, in_features, out_features, torch.device(device), dtype)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(init_seed)
             with torch.device("cpu"):
@@ -218,29 +120,7 @@ def build_model(config: Mapping[str, Any], in_features: int, out_features: int,
         model = model.float()
         return model.to(device=device, dtype=dtype)
     except (MemoryError, RuntimeError, TypeError, OverflowError) as err:
-        if not _is_size_error(err):
-            raise
-        # a width/depth no machine holds is bad input: say which keys, not a torch traceback
-        raise _too_large(config["model"], f"cannot be built here ({_size_reason(err)})") from None
-
-
-def _is_size_error(err: BaseException) -> bool:
-    """Whether ``err`` is torch refusing a tensor size: out of memory, or a size beyond int64."""
-    if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
-        return True
-    text = str(err)
-    return any(words in text for words in ("can't allocate memory", "Overflow when unpacking", "out of memory"))
-
-
-def _size_reason(err: BaseException) -> str:
-    """What torch's size error says, in a few words (its own text is a long C++ message)."""
-    text = str(err)
-    found = re.search(r"allocate (\d+) bytes", text)
-    if found:
-        return f"one tensor needs {int(found.group(1)) / 2**30:,.1f} GiB"
-    if "Overflow" in text:
-        return "a tensor size overflows int64"
-    return "out of memory"
+        raise size_error(config["model"], err) from None
 
 
 def _param_groups(model: nn.Module, lr: float, kind: str) -> list[dict]:

@@ -125,8 +125,8 @@ def _split_overrides(overrides: Iterable[str]) -> tuple[list[str], list[str]]:
 def load_coord_check(path: str | Path, overrides: Iterable[str] = ()) -> tuple[dict, dict]:
     """``(run_config, coord_check_section)`` from a config file with ``key=value`` overrides
     (``coord_check.<key>=...`` change the section). Everything is validated first, including
-    each model the check will build (an invalid width/density/parameterization is an error
-    naming the key), so nothing runs on bad input."""
+    each model the check will build (an invalid width/density/parameterization, or a model too
+    large for this machine, is an error naming the key), so nothing runs on bad input."""
     base_overrides, section_overrides = _split_overrides(overrides)
     mapping = cfg.read_mapping(path)
     section = mapping.get("coord_check") or {}
@@ -146,10 +146,12 @@ def load_coord_check(path: str | Path, overrides: Iterable[str] = ()) -> tuple[d
     if cfg.parse_lr(config["optimizer"]["lr"]).relative:
         raise cfg.ConfigError([("optimizer.lr", f"{config['optimizer']['lr']!r}: a coordinate check compares "
                                                 "models at one absolute lr; give a number")])
+    from catapult.engine.build import check_model_fits  # torch, only once the config is read
+
     problems = []
     for parametrization, axis, value in _models(config, spec):
-        try:
-            cfg.validate(_variant(config, parametrization, axis, value))
+        try:  # valid, and small enough for this machine's memory whatever the data
+            check_model_fits(cfg.validate(_variant(config, parametrization, axis, value)))
         except cfg.ConfigError as err:
             where = f"coord_check.{'widths' if axis == 'width' else 'densities'}={value}"
             problems.extend((f"{key} ({where}, {parametrization})", msg) for key, msg in err.problems)

@@ -1,0 +1,160 @@
+"""A model's size from its config, without building it, and the checks that refuse a model this
+machine cannot hold before anything is allocated or any data loaded.
+
+:func:`model_parameters` builds the config's model on the ``meta`` device at two small depths and
+extrapolates in depth; :func:`check_model_fits` compares a lower bound of that count (one input
+feature, one class) with the memory of the CPU or the device. Torch's own size errors (out of
+memory, a shape past int64) become :func:`size_error`'s :class:`~catapult.config.ConfigError`
+naming the width and depth keys. :data:`MODELS` is the registry of builders both the count and
+:func:`catapult.engine.build.build_model` use.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Callable, Mapping
+
+import torch
+import torch.nn as nn
+
+from catapult import config as cfg
+from catapult.models import GPT, MLP, WRN
+
+__all__ = ["MODELS", "model_parameters", "check_fits", "check_model_fits", "size_error"]
+
+
+#: model.name -> builder(model_config, in_features, out_features) -> nn.Module. For the mlp
+#: ``in_features`` is a flattened sample's size (the wrn reads its channels from it: 64 = 1x8x8,
+#: 3072 = 3x32x32); for the gpt it is the context (tokens per window) and ``out_features`` the
+#: vocabulary size.
+MODELS: dict[str, Callable[[Mapping[str, Any], int, int], nn.Module]] = {
+    "mlp": MLP.from_config, "gpt": GPT.from_config, "wrn": WRN.from_config}
+
+
+#: Two depths per model family between which, and beyond, each extra unit of depth adds the same
+#: tensors (mlp: a hidden layer from depth 2; gpt: a block; wrn: one block per group, 6 depths).
+_PROBE_DEPTHS = {"mlp": (2, 3), "gpt": (1, 2), "wrn": (10, 16)}
+
+
+def model_parameters(config: Mapping[str, Any], in_features: int, out_features: int) -> int:
+    """How many parameters the config's model has, found without building it: the model is built
+    dense on the ``meta`` device (no storage) at the two depths of ``_PROBE_DEPTHS`` and the count
+    extrapolated linearly in depth, which is exact since each extra layer or block is the same. So a
+    mistyped ``model.depth=1000000`` is measured in milliseconds, not built for minutes.
+
+    Example:
+        >>> from catapult.config import validate
+        >>> config = validate({"model": {"name": "mlp", "width": 10, "depth": 30, "bias": False}})
+        >>> model_parameters(config, 4, 2) == 4 * 10 + 28 * 10 * 10 + 10 * 2
+        True
+    """
+    model_cfg = {**config["model"], "density": 1.0}  # masks are buffers: no parameter count change
+    name, depth = model_cfg["name"], int(model_cfg["depth"])
+    low, high = _PROBE_DEPTHS.get(name, (depth, depth))
+
+    def count(at_depth: int) -> int:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            model = MODELS[name]({**model_cfg, "depth": at_depth}, in_features, out_features)
+        return sum(p.numel() for p in model.parameters())
+
+    if depth <= high:
+        return count(depth)
+    at_low, at_high = count(low), count(high)
+    return at_high + (at_high - at_low) * (depth - high) // (high - low)
+
+
+def _memory_bytes(device: torch.device) -> int | None:
+    """Total memory of ``device`` (the machine's RAM for the CPU), or None where unknown."""
+    try:
+        if device.type == "cuda":
+            return int(torch.cuda.get_device_properties(device).total_memory)
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError, RuntimeError):
+        return None
+
+
+def _too_large(model: Mapping[str, Any], why: str) -> cfg.ConfigError:
+    """The error for a model no machine here holds, naming its width key (``widen`` for the wrn)
+    and ``model.depth``."""
+    across = "widen" if model["name"] == "wrn" else "width"
+    return cfg.ConfigError([("model", f"model.{across}={model[across]} and model.depth={model['depth']} {why}; "
+                                      f"reduce model.{across} or model.depth")])
+
+
+def check_fits(config: Mapping[str, Any], in_features: int, out_features: int, device: torch.device,
+                dtype: torch.dtype) -> None:
+    """Raise :class:`~catapult.config.ConfigError` when the model's weights alone exceed the
+    memory of the CPU, where it is built in float32, or of ``device`` in ``dtype``.
+
+    Example:
+        >>> from catapult.config import validate
+        >>> config = validate({"model": {"name": "mlp", "width": 10, "depth": 3}})
+        >>> check_fits(config, 4, 2, torch.device("cpu"), torch.float64)   # 192 parameters: fits
+        >>> check_fits(validate({"model": {"name": "mlp", "width": 10**5, "depth": 10**3}}), 4, 2,
+        ...            torch.device("cpu"), torch.float32)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        catapult.config.errors.ConfigError: model: model.width=100000 and model.depth=1000 make a model of 37,178.8 GiB, ...
+    """
+    try:
+        needed = 4 * model_parameters(config, in_features, out_features)  # float32
+    except NotImplementedError:  # a layer the meta device cannot build: no estimate, no check
+        return
+    except (RuntimeError, TypeError, OverflowError) as err:  # a shape past int64, even on meta
+        raise size_error(config["model"], err) from None
+    # built on the CPU in float32, then cast and moved: the CPU holds the larger of the two
+    final = needed * torch.finfo(dtype).bits // 32
+    needs = [(torch.device("cpu"), max(needed, final) if device.type == "cpu" else needed)]
+    if device.type != "cpu":
+        needs.append((device, final))
+    for where, size in needs:
+        have = _memory_bytes(where)
+        if have is not None and size > have:
+            owner = "this machine's" if where.type == "cpu" else f"{where}'s"
+            raise _too_large(config["model"], f"make a model of {size / 2**30:,.1f} GiB, more than {owner} "
+                                              f"{have / 2**30:,.1f} GiB of memory")
+
+
+def check_model_fits(config: Mapping[str, Any], device: torch.device | str = "cpu") -> None:
+    """Raise :class:`~catapult.config.ConfigError` when the config's model cannot fit in the memory
+    of the CPU (or ``device``) whatever data it trains on, before any data is loaded: the model is
+    counted with one input feature and one class, which every dataset has at least, so the count is
+    a lower bound and a refusal here is never wrong. :func:`catapult.engine.build.build_model` checks again with the
+    data's shapes.
+
+    Example:
+        >>> from catapult.config import validate
+        >>> check_model_fits(validate({"model": {"name": "mlp", "width": 10**6, "depth": 10**3}}))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        catapult.config.errors.ConfigError: model: model.width=1000000 and model.depth=1000 make a model of ...
+    """
+    check_fits(config, 1, 1, torch.device(device), getattr(torch, config["dtype"]))
+
+
+#: Words of torch's errors for a tensor size it cannot hold or even compute.
+_SIZE_ERROR_WORDS = ("can't allocate memory", "out of memory", "Overflow when unpacking",
+                     "Storage size calculation overflowed")
+
+
+def size_error(model: Mapping[str, Any], err: BaseException) -> BaseException:
+    """A width/depth no machine holds is bad input: the :class:`~catapult.config.ConfigError`
+    naming the keys for torch's size error ``err`` (out of memory, or a size beyond int64, with
+    the bytes it asked for where it says), not a traceback; any other error is re-raised.
+
+    Example:
+        >>> err = RuntimeError("Storage size calculation overflowed with sizes=[99999999999, 99999999999]")
+        >>> print(size_error({"name": "mlp", "width": 99999999999, "depth": 3}, err))
+        model: model.width=99999999999 and model.depth=3 cannot be built here (a tensor size overflows int64); reduce model.width or model.depth
+    """
+    text = str(err)
+    if not (isinstance(err, (MemoryError, torch.OutOfMemoryError)) or any(w in text for w in _SIZE_ERROR_WORDS)):
+        raise err
+    found = re.search(r"allocate (\d+) bytes", text)
+    if found:
+        reason = f"one tensor needs {int(found.group(1)) / 2**30:,.1f} GiB"
+    elif "verflow" in text:
+        reason = "a tensor size overflows int64"
+    else:
+        reason = "out of memory"
+    return _too_large(model, f"cannot be built here ({reason})")
