@@ -142,3 +142,14 @@ def test_a_huge_value_is_shown_short_and_many_problems_are_capped():
     problems = [(f"k{i}", "bad " * 1000) for i in range(500)]
     text = str(C.ConfigError(problems))
     assert len(text) < 20 * (C.errors.MAX_LINE + 10) + 200 and "480 more problems" in text
+
+
+@pytest.mark.parametrize("value, valid", [(0, True), (1, False), (2, False), (3, True), (30, True), (-1, False),
+                                          ("abc", False)])
+def test_trace_matvecs_is_off_or_enough_for_hutchpp(value, valid):
+    # 1 and 2 used to run silently as 3: the config now says what catapult.hessian_trace accepts
+    if valid:
+        assert C.validate({"eval": {"trace_matvecs": value}})["eval"]["trace_matvecs"] == value
+        return
+    with pytest.raises(C.ConfigError, match=r"eval\.trace_matvecs: expected 0 \(off\) or an integer >= 3"):
+        C.validate({"eval": {"trace_matvecs": value}})

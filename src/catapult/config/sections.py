@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from catapult.config.errors import short_repr
+from catapult.config.errors import describe, short_repr
 from catapult.config.options import NUMBER_TEXT, Option, as_float, boolean, choice, integer, number, numbers, string
 from catapult.config.lr import learning_rate
 
@@ -256,6 +256,22 @@ class TrainConfig(Section):
                            "curvature and test evaluation use the plain model)", json_schema_extra=_added())
 
 
+_TRACE_MATVECS_KIND = "0 (off) or an integer >= 3"
+_count = integer(low=0).check
+
+
+def _check_trace_matvecs(value: Any) -> int:
+    """``eval.trace_matvecs``: 0 (off), or Hutch++'s product count, at least 3 (a third each for
+    the sketch, its projection and the Hutchinson rest), as :func:`catapult.hessian_trace` needs."""
+    try:
+        n = _count(value)
+    except ValueError:
+        n = None
+    if n is None or n in (1, 2):
+        raise ValueError(f"expected {_TRACE_MATVECS_KIND} (Hutch++ splits its products in three), got {describe(value)}")
+    return n
+
+
 class EvalConfig(Section):
     sharpness_every: Annotated[int, integer(low=0)] = Field(
         10, description="measure sharpness every k steps (0 = never)", json_schema_extra=_per_member())
@@ -293,7 +309,7 @@ class EvalConfig(Section):
     spectrum_top_k: Annotated[int, integer(low=0)] = Field(
         0, description="log the top-k eigenvalues (eig_1..eig_k, same kind as sharpness) at every "
                        "sharpness measurement (0 = off)", json_schema_extra=_added())
-    trace_matvecs: Annotated[int, integer(low=0)] = Field(
+    trace_matvecs: Annotated[int, Option(None, _check_trace_matvecs, _TRACE_MATVECS_KIND)] = Field(
         0, description="log the trace (hessian_trace, Hutch++ with this many products, same kind "
                        "as sharpness) at every sharpness measurement (0 = off; else >= 3)", json_schema_extra=_added())
     test_every: Annotated[int, integer(low=0)] = Field(

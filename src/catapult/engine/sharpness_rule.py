@@ -178,7 +178,7 @@ def sharpness_rule(config: Mapping[str, Any], model: nn.Module | None = None) ->
             row.update({f"eig_{i + 1}": float(v) for i, v in enumerate(eig.values)})
         if trace_matvecs:
             row["hessian_trace"] = float(curvature.hessian_trace(
-                model, loss_fn, batch, matvecs=max(3, trace_matvecs), optimizer=opt,
+                model, loss_fn, batch, matvecs=trace_matvecs, optimizer=opt,
                 scale_by_group_lr=opt is not None, **common))
         return row
 
