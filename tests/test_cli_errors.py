@@ -362,3 +362,16 @@ def test_export_refuses_a_format_that_contradicts_the_file_name(tmp_path, capsys
     assert not out.exists()
     assert cli.main(["export", str(store), "--format", "csv", "--out", str(out)]) == 0  # agreeing: fine
     assert out.read_text().startswith("cell_id,")
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_a_store_sqlite_cannot_open_is_a_message_not_a_traceback(tmp_path, capsys):
+    # SQLite refuses a file under /proc even for root (and any folder it may not write, for others)
+    config = tmp_path / "grid.yaml"
+    config.write_text("name: grid\ndata: {name: digits, n_train: 32, n_test: 16}\n"
+                      "model: {name: mlp, width: 8, depth: 2}\noptimizer: {name: sgd, lr: 0.1}\n"
+                      "train: {steps: 1}\neval: {sharpness_every: 0}\nsweep: {grid: {seed: [0]}}\n")
+    assert cli.main(["sweep", str(config), "--store", "/proc/self/catapult-test.db", "--progress", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "the store /proc/self/catapult-test.db cannot be opened: unable to open database file" in err
+    assert "Traceback" not in err

@@ -84,6 +84,9 @@ def main(argv: Sequence[str] | None = None, commands: Sequence = COMMANDS) -> in
         _error(args.command, _os_problem(err))
         return 2
     except sqlite3.OperationalError as err:
+        if "unable to open" in str(err):  # a folder SQLite may not create files in (/proc, permissions)
+            _error(args.command, f"the store {getattr(args, 'store', None) or ''} cannot be opened: {err}")
+            return 2
         if not any(word in str(err) for word in ("disk", "full", "readonly", "read-only")):
             raise
         _error(args.command, f"the store cannot be written: {err}")
