@@ -236,7 +236,8 @@ def _read(path: Path, encoding: str) -> str:
     try:
         text = path.read_text(encoding=encoding)
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not valid {encoding} text ({exc}); pass encoding=...") from exc
+        raise ValueError(f"{path}: not valid {encoding} text ({exc}); re-save it as {encoding} "
+                         f"(from Python, load_text(..., encoding=...) reads other encodings)") from exc
     if not text:
         raise ValueError(f"{path}: the file is empty")
     return text
