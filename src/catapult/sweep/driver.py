@@ -203,7 +203,11 @@ def run_sweep(
     else:
         engine = get_executor(executor, run_fn=run_fn, **dict(executor_options or {}))
     if engine.runs_here:
-        _refuse_models_too_large(cells)
+        try:
+            _refuse_models_too_large(cells)
+        except cfg.ConfigError:
+            engine.close()
+            raise
     lambda0_fn = lambda0_fn or measure_lambda0
     name = base.get("name") or "sweep"
     try:
