@@ -62,7 +62,7 @@ FINITE_DIFFERENCE_MAX_ITER = 30
 FINITE_DIFFERENCE_CONSISTENCY = 0.1
 
 
-def coarse_levels(batch, coarse) -> list[tuple[int | str, float]]:
+def coarse_levels(batch, coarse, tol: float | None = None) -> list[tuple[int | str, float]]:
     """The ``(samples, tol)`` of the coarse solves for ``batch`` under ``coarse``, with
     ``samples`` = :data:`FINITE_DIFFERENCE` for a finite-difference level on the whole batch.
 
@@ -72,9 +72,16 @@ def coarse_levels(batch, coarse) -> list[tuple[int | str, float]]:
     level), where ``divisor`` is
     an integer >= 2 (the first ``n // divisor`` samples) or :data:`FINITE_DIFFERENCE`.
 
+    ``tol``, the whole solve's tolerance: under ``"auto"`` no level stops finer than it needs to,
+    at the larger of its own tol and ``tol`` (a start vector much better than the answer is asked
+    to be only costs products: at tol 1e-2 and 3e-2, 14-32% less CPU time, bench/RESULTS.md,
+    issue 16). Levels given explicitly keep their tols.
+
     >>> x, y = torch.zeros(1000, 3), torch.zeros(1000)
     >>> coarse_levels((x, y), "auto"), coarse_levels((x[:100], y[:100]), "auto")
     ([(62, 0.003), (250, 0.003)], [('finite_difference', 0.003)])
+    >>> coarse_levels((x, y), "auto", tol=1e-3), coarse_levels((x, y), "auto", tol=1e-2)
+    ([(62, 0.003), (250, 0.003)], [(62, 0.01), (250, 0.01)])
     """
     if coarse is None:
         return []
@@ -87,6 +94,7 @@ def coarse_levels(batch, coarse) -> list[tuple[int | str, float]]:
         if coarse != "auto":
             raise ValueError(f"coarse must be 'auto', None or (divisor, tol) pairs, got {coarse!r}")
         coarse = COARSE_LEVELS if n is not None and n >= COARSE_MIN_SAMPLES else SMALL_BATCH_LEVELS
+        coarse = [(divisor, max(level_tol, tol or 0.0)) for divisor, level_tol in coarse]
     if (isinstance(coarse, tuple) and len(coarse) == 2 and isinstance(coarse[0], (int, str))
             and isinstance(coarse[1], (int, float))):
         coarse = [coarse]  # one level given as a bare pair

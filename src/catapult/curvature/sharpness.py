@@ -203,7 +203,8 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
             ``"auto"`` (default; only without ``init``, not with ``distributed``: nested
             sub-batches for batches of >= 256 samples, else the whole batch with one-sided
             finite-difference products, one gradient each, skipped after two gradients where the
-            loss is not smooth at the difference step, e.g. ReLU kinks in float32), ``None`` (a
+            loss is not smooth at the difference step, e.g. ReLU kinks in float32; each level
+            stops at a residual of 3e-3, or at ``tol`` where that is looser), ``None`` (a
             random start), or
             ``(divisor, tol)`` levels (``divisor`` an integer >= 2 or ``"finite_difference"``).
             The answer and its ``tol`` are the exact full batch's; ``est.coarse_matvecs``
@@ -247,7 +248,7 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
         v0 = v0.clone()  # the solver works in v0's buffer; init may alias it
     if distributed and init is not None:
         dist_ops.broadcast_vector(v0)
-    levels = [] if (init is not None or distributed) else coarse_levels(batch, coarse)
+    levels = [] if (init is not None or distributed) else coarse_levels(batch, coarse, tol)
     coarse_products, coarse_cost = 0, 0.0
     if levels:
         v0, coarse_products, coarse_cost = coarse_start_vector(
