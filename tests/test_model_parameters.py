@@ -1,6 +1,8 @@
-"""``model_parameters``: a model's size from its config without building it (meta-device probes at
-two depths, extrapolated), checked against the count of the model actually built; and a depth or
-width no machine holds is refused by ``build_model`` in milliseconds, naming the keys."""
+"""``catapult.engine.model_size``: a model's size from its config without building it (meta-device
+probes at two depths, extrapolated), checked against the count of the model actually built; a depth
+or width no machine holds is refused by ``build_model`` in milliseconds, naming the keys; and
+``check_model_fits`` refuses it from the config alone, before ``build_run`` loads data and before
+``run_sweep`` writes its store (except on machines elsewhere)."""
 import pytest
 import torch
 

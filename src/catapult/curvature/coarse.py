@@ -74,8 +74,8 @@ def coarse_levels(batch, coarse, tol: float | None = None) -> list[tuple[int | s
 
     ``tol``, the whole solve's tolerance: under ``"auto"`` no level stops finer than it needs to,
     at the larger of its own tol and ``tol`` (a start vector much better than the answer is asked
-    to be only costs products: at tol 1e-2 and 3e-2, 14-32% less CPU time, bench/RESULTS.md,
-    issue 16). Levels given explicitly keep their tols.
+    to be only costs products: at tol 1e-2 and 3e-2, 11-28% less CPU time, bench/RESULTS.md,
+    issue 16, 1b). Levels given explicitly keep their tols.
 
     >>> x, y = torch.zeros(1000, 3), torch.zeros(1000)
     >>> coarse_levels((x, y), "auto"), coarse_levels((x[:100], y[:100]), "auto")

@@ -146,7 +146,7 @@ def load_coord_check(path: str | Path, overrides: Iterable[str] = ()) -> tuple[d
     if cfg.parse_lr(config["optimizer"]["lr"]).relative:
         raise cfg.ConfigError([("optimizer.lr", f"{config['optimizer']['lr']!r}: a coordinate check compares "
                                                 "models at one absolute lr; give a number")])
-    from catapult.engine.build import check_model_fits  # torch, only once the config is read
+    from catapult.engine.model_size import check_model_fits  # torch, only once the config is read
 
     problems = []
     for parametrization, axis, value in _models(config, spec):

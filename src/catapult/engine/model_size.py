@@ -82,7 +82,7 @@ def _too_large(model: Mapping[str, Any], why: str) -> cfg.ConfigError:
 
 
 def check_fits(config: Mapping[str, Any], in_features: int, out_features: int, device: torch.device,
-                dtype: torch.dtype) -> None:
+               dtype: torch.dtype) -> None:
     """Raise :class:`~catapult.config.ConfigError` when the model's weights alone exceed the
     memory of the CPU, where it is built in float32, or of ``device`` in ``dtype``.
 
@@ -119,12 +119,13 @@ def check_model_fits(config: Mapping[str, Any], device: torch.device | str = "cp
     """Raise :class:`~catapult.config.ConfigError` when the config's model cannot fit in the memory
     of the CPU (or ``device``) whatever data it trains on, before any data is loaded: the model is
     counted with one input feature and one class, which every dataset has at least, so the count is
-    a lower bound and a refusal here is never wrong. :func:`catapult.engine.build.build_model` checks again with the
-    data's shapes.
+    a lower bound and a refusal here is never wrong. :func:`catapult.engine.build.build_model`
+    checks again with the data's shapes.
 
     Example:
         >>> from catapult.config import validate
-        >>> check_model_fits(validate({"model": {"name": "mlp", "width": 10**6, "depth": 10**3}}))  # doctest: +ELLIPSIS
+        >>> huge = validate({"model": {"name": "mlp", "width": 10**6, "depth": 10**3}})
+        >>> check_model_fits(huge)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
         catapult.config.errors.ConfigError: model: model.width=1000000 and model.depth=1000 make a model of ...

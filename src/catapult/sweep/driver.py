@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from catapult import config as cfg
-from catapult.engine.build import check_model_fits
+from catapult.engine.model_size import check_model_fits
 from catapult.sweep.claims import HEARTBEAT_S, Heartbeat
 from catapult.sweep.store import DONE_STATUSES, Store
 from catapult.sweep.executors import Cell, CellResult, Executor, get_executor, torch_threads, worker_name
