@@ -66,6 +66,26 @@ def test_top_eigenpairs_restarts_with_a_small_basis():
     np.testing.assert_allclose(eig.values, truth, rtol=1e-7)
 
 
+@pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_top_eigenpairs_past_the_rank_converge_on_the_zero_eigenvalues(dtype, atol):
+    # a linear model on 20 inputs of 100 features, 2 outputs: H = I_2 (x) [X 1]^T [X 1] / 20 has
+    # rank 40 of 202 and every eigenvalue twice. k = 60 asks for 20 zeros: the Krylov space from
+    # one start vector is invariant after ~22 products, so the solver must go on from fresh
+    # directions (it used to run to max_iter on rounding noise) and judge the zeros by their
+    # absolute residual (a relative one never falls under tol)
+    torch.manual_seed(0)
+    model = nn.Linear(100, 2).double()
+    x, y = torch.randn(20, 100, dtype=torch.float64), torch.randn(20, 2, dtype=torch.float64)
+    truth = np.linalg.eigvalsh(dense_hessian(model, nn.MSELoss(), (x, y)).numpy())[::-1]
+    assert np.sum(truth > 1e-10) == 40
+    eig = catapult.top_eigenpairs(model, nn.MSELoss(), (x, y), k=60, dtype=dtype)
+    assert eig.converged and eig.matvecs <= 80
+    np.testing.assert_allclose(eig.values, truth[:60], rtol=0, atol=atol * truth[0])
+    assert max(eig.residuals) <= 1e-3
+    V = eig.vectors.double()
+    np.testing.assert_allclose((V @ V.T).numpy(), np.eye(60), atol=1e-5)
+
+
 def test_preconditioned_top_eigenpairs_and_trace_match_dense_adam():
     model, loss_fn, batch = small_problem(seed=3, width=3)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2, betas=(0.9, 0.99), eps=1e-8)

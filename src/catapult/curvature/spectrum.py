@@ -179,12 +179,20 @@ def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_it
 
     Lanczos with full re-orthogonalisation (two classical Gram-Schmidt passes) builds
     ``A Q_m = Q_m T_m + r e_m^T``; the Ritz pairs ``(theta_i, Q_m s_i)`` have residuals
-    ``||r|| |s_{m,i}|``. It stops when the ``k`` largest have ``||r|| |s_{m,i}| <= tol
-    |theta_i|``, when the space is invariant, or after ``max_iter`` products. When the basis
+    ``||r|| |s_{m,i}|``. It stops when each of the ``k`` largest has ``||r|| |s_{m,i}| <= tol
+    max(|theta_i|, floor / tol)``, ``floor = 100 eps max_j |theta_j|`` (``eps`` of the dtype),
+    or after ``max_iter`` products. The floor is what the arithmetic can resolve: below it an
+    eigenvalue (a zero one of a rank-deficient Hessian, say) is judged by its absolute residual,
+    since a relative one would never fall under ``tol``. ``residuals`` are relative to the same
+    ``max(|theta_i|, floor / tol)``. When the Krylov space becomes invariant before ``k`` pairs
+    have converged (``k`` above the rank, or repeated eigenvalues), the next basis vector is a
+    seeded random one orthogonal to the basis, not the rounding noise of ``r``. When the basis
     holds ``max_basis`` (default ``max(2k + 10, 20)``) vectors it restarts from the top
     ``max(k + 2, max_basis // 2)`` Ritz vectors (``T`` becomes arrow-shaped; the projections are
     recomputed as ``Q^T A Q`` entries from the recurrence), so memory stays at ``max_basis``
-    vectors.
+    vectors. Like every single-vector Krylov method it may return one copy of an eigenvalue of
+    multiplicity ``> 1`` where ``k`` asks for more, when the pairs converge before the space is
+    invariant.
 
     Example:
         >>> A = torch.diag(torch.tensor([5.0, 3.0, 1.0, -2.0], dtype=torch.float64))
@@ -224,12 +232,20 @@ def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_it
         values, vectors = ritz_pairs(T, size)
         order = np.argsort(values)[::-1]
         top = order[:min(k, size)]
-        residuals = [abs(beta * vectors[-1, i]) / max(abs(values[i]), 1e-300) for i in top]
-        if size >= k and (max(residuals) <= tol or krylov_invariant(beta, values, n, eps)):
+        scale = max(100 * eps * float(np.max(np.abs(values))) / tol, 1e-300)
+        residuals = [abs(beta * vectors[-1, i]) / max(abs(values[i]), scale) for i in top]
+        if size >= k and max(residuals) <= tol:
             converged = True
             break
         if matvecs == max_iter or size == n:
+            converged = size == n and size >= k
             break
+        if krylov_invariant(beta, values, n, eps):
+            # w is rounding noise now: dividing it by beta would amplify the basis' own
+            # directions back in (measured: ||A q|| 1e-15 -> 5.65 in 8 steps on a rank-42
+            # Hessian); a fresh direction finds the rest of the spectrum (ARPACK does the same)
+            w = fresh_direction(Q[:size], matvecs)
+            beta = float(torch.linalg.vector_norm(w))
         q_next = w / beta
         if size == capacity:  # thick restart to the top `keep` Ritz vectors, then q_next
             kept = order[:keep]
@@ -254,6 +270,21 @@ def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_it
     V = V / torch.linalg.vector_norm(V, dim=1, keepdim=True)
     return Eigenpairs([float(values[i]) for i in order], V, matvecs, converged,
                       [float(r) for r in residuals])
+
+
+def fresh_direction(Q: torch.Tensor, seed: int) -> torch.Tensor:
+    """A seeded random vector orthogonal to the rows of ``Q`` (two Gram-Schmidt passes), drawn
+    on the CPU so every device and every rank of a process group draws the same one.
+
+    >>> Q = torch.eye(3, dtype=torch.float64)[:2]
+    >>> fresh_direction(Q, 0)[:2].abs().max().item() < 1e-12
+    True
+    """
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(Q.shape[1], generator=gen, dtype=torch.float64).to(device=Q.device, dtype=Q.dtype)
+    for _ in range(2):
+        w = w - (Q @ w) @ Q
+    return w
 
 
 def top_eigenpairs(model, loss_fn, batch, k: int = 5, *, tol: float = 1e-3, init=None,
