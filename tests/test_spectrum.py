@@ -138,13 +138,39 @@ def test_hutch_plus_plus_is_exact_on_the_span_and_unbiased_enough():
     model, loss_fn, batch = small_problem(seed=4, width=3)
     H = dense_hessian(model, loss_fn, batch).numpy()
     n = H.shape[0]
-    assert catapult.hessian_trace(model, loss_fn, batch, matvecs=3 * n) == pytest.approx(
-        float(np.trace(H)), rel=1e-9)
+    # matvecs >= n: the exact trace from the n unit-vector products (not 3n products, nor an
+    # n x matvecs sketch: 10**9 once tried to allocate 154 GB)
+    calls = []
+    op = HessianOperator(model, loss_fn, batch)
+    exact = hutch_plus_plus(lambda v: calls.append(1) or op(v), n, 10**9)
+    assert exact == pytest.approx(float(np.trace(H)), rel=1e-12) and len(calls) == n
+    assert catapult.hessian_trace(model, loss_fn, batch, matvecs=n) == pytest.approx(
+        float(np.trace(H)), rel=1e-12)
+    # Hutch++ is exact when its sketch (matvecs // 3 = 5 vectors) spans A's range: rank 4 here
+    w, V = np.linalg.eigh(H)
+    low = torch.as_tensor((V[:, -4:] * w[-4:]) @ V[:, -4:].T)
+    assert 15 < n
+    assert hutch_plus_plus(lambda v: low @ v, n, 15) == pytest.approx(float(w[-4:].sum()), rel=1e-9)
     A = torch.as_tensor(H)
     # few products: the mean over seeds is close to the truth (a biased estimator would not be)
     estimates = [hutch_plus_plus(lambda v: A @ v, n, 12, seed=s) for s in range(40)]
     spread = np.std(estimates) / np.sqrt(len(estimates))
     assert abs(np.mean(estimates) - np.trace(H)) < 4 * spread + 1e-9
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda m, l, b: catapult.spectral_density(m, l, b, sigma=-1.0), "sigma must be"),
+    (lambda m, l, b: catapult.spectral_density(m, l, b, sigma=float("nan")), "sigma must be"),
+    (lambda m, l, b: catapult.spectral_density(m, l, b, grid_points=1), "grid_points must be"),
+    (lambda m, l, b: catapult.sharpness(m, l, (b[0][:0], b[1][:0])), "batch is empty"),
+    (lambda m, l, b: catapult.top_eigenpairs(m, l, (b[0][:0], b[1][:0])), "batch is empty"),
+    (lambda m, l, b: catapult.hessian_trace(m, l, (b[0][:0], b[1][:0])), "batch is empty"),
+])
+def test_spectrum_arguments_are_checked_before_any_product(call, message):
+    # a negative sigma drew a reversed grid and an empty batch reported a curvature of 0.0
+    model, loss_fn, batch = small_problem(seed=6, width=3)
+    with pytest.raises(ValueError, match=message):
+        call(model, loss_fn, batch)
 
 
 def test_lanczos_quadrature_reproduces_moments_and_density_integrates_to_one():

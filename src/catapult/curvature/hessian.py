@@ -258,6 +258,9 @@ class HessianOperator:
         self._frozen = {n: cast(p) for n, p in model.named_parameters() if not p.requires_grad}
         self._buffers = {n: cast(b) for n, b in model.named_buffers()}
         inputs, targets = batch
+        if torch.is_tensor(inputs) and inputs.dim() > 0 and inputs.shape[0] == 0:
+            # the mean loss of no samples is nan and its curvature nothing: say so, not 0.0
+            raise ValueError("batch is empty: its inputs have 0 samples")
         self._inputs = cast(inputs) if torch.is_tensor(inputs) else inputs
         self._targets = cast(targets) if torch.is_tensor(targets) else targets
         self._model, self._loss_fn = model, loss_fn

@@ -343,7 +343,8 @@ def hutch_plus_plus(matvec, n: int, matvecs: int, *, dtype=torch.float64, device
     ``tr(A) ~ tr(Q^T A Q) + tr(G^T (I - QQ^T) A (I - QQ^T) G) / cols(G)``: exact on the
     dominant subspace, Hutchinson on the rest (variance ``O(1/matvecs^2)`` for a fast-decaying
     spectrum instead of ``O(1/matvecs)``). Needs ``matvecs >= 3``; memory ``~matvecs``
-    parameter-sized vectors.
+    parameter-sized vectors. With ``matvecs >= n`` the trace is exact instead, from the ``n``
+    products ``A e_i`` (fewer than asked, and one vector at a time).
 
     Example (exact when ``Q`` spans the whole space):
         >>> A = torch.diag(torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64))
@@ -352,6 +353,14 @@ def hutch_plus_plus(matvec, n: int, matvecs: int, *, dtype=torch.float64, device
     """
     if not (isinstance(matvecs, int) and matvecs >= 3):
         raise ValueError(f"matvecs must be an integer >= 3, got {matvecs!r}")
+    if matvecs >= n:
+        unit = torch.zeros(n, dtype=dtype, device=device)
+        total = 0.0
+        for i in range(n):
+            unit[i] = 1.0
+            total += float(matvec(unit)[i])
+            unit[i] = 0.0
+        return total
     gen = torch.Generator().manual_seed(int(seed))
     s = matvecs // 3
     g_cols = matvecs - 2 * s
@@ -492,6 +501,10 @@ def spectral_density(model, loss_fn, batch, *, runs: int = 8, steps: int = 40,
     """
     if not (isinstance(runs, int) and runs >= 1 and isinstance(steps, int) and steps >= 1):
         raise ValueError(f"runs and steps must be integers >= 1, got {runs!r}, {steps!r}")
+    if not (isinstance(grid_points, int) and grid_points >= 2):
+        raise ValueError(f"grid_points must be an integer >= 2, got {grid_points!r}")
+    if sigma is not None and not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"sigma must be None or a finite number > 0, got {sigma!r}")
     op = curvature_operator(model, loss_fn, batch, curvature=curvature, optimizer=optimizer,
                             dtype=dtype, hvp=hvp, seed=seed, chunk_size=chunk_size,
                             distributed=distributed)
