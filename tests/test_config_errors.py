@@ -153,3 +153,25 @@ def test_trace_matvecs_is_off_or_enough_for_hutchpp(value, valid):
         return
     with pytest.raises(C.ConfigError, match=r"eval\.trace_matvecs: expected 0 \(off\) or an integer >= 3"):
         C.validate({"eval": {"trace_matvecs": value}})
+
+
+def test_more_eigenvalues_than_parameters_is_refused_when_the_run_is_built(tmp_path, capsys):
+    # the digits MLP of width 8, depth 2 has 64*8 + 8*10 + 8 + 10 = 610 parameters: asking 700
+    # eigenvalues failed with a traceback at the first sharpness step; now exit 2 before training
+    from catapult.cli import main
+    from catapult.engine import build_run
+
+    raw = {"data": {"name": "digits"}, "model": {"name": "mlp", "width": 8, "depth": 2},
+           "train": {"steps": 3}, "eval": {"sharpness_every": 1, "spectrum_top_k": 700}}
+    with pytest.raises(C.ConfigError, match=r"eval\.spectrum_top_k: 700 eigenvalues asked of a "
+                                            r"model with 610 trainable parameters; at most 610"):
+        build_run(raw)
+    raw["eval"]["spectrum_top_k"] = 610
+    assert build_run(raw).n_params == 610
+    path = tmp_path / "top.yaml"
+    path.write_text("data: {name: digits}\nmodel: {name: mlp, width: 8, depth: 2}\n"
+                    "eval: {sharpness_every: 1, spectrum_top_k: 611}\n")
+    assert main(["train", str(path), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "eval.spectrum_top_k: 611" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()

@@ -268,6 +268,25 @@ def test_the_executor_sends_what_the_kernels_cannot_reproduce_to_torch_func():
     assert off.engines == {0: "func", 1: "func"}
 
 
+def test_cells_logging_the_spectrum_run_locally_with_their_columns():
+    # the torch.func engine computes the top eigenvalue only: it used to drop eval.spectrum_top_k
+    # and eval.trace_matvecs without a word, and the cells' eig_i / hessian_trace columns with them
+    from catapult.sweep.ensemble import EnsembleExecutor
+
+    cells = [_cell(MLP, i, optimizer={"name": "sgd", "lr": 0.1}, train={"steps": 2},
+                   eval={"sharpness_every": 1, "spectrum_top_k": 2, "trace_matvecs": 3})
+             for i in range(2)]
+    assert "eval.spectrum_top_k=2" in batched_unsupported_reason(cells[0].config)
+    executor = EnsembleExecutor(lambda config, progress=None: train.run(config, progress="none"),
+                                kernels=True)
+    results = dict(executor.run(cells))
+    assert executor.engines == {} and sorted(results) == [0, 1]
+    for res in results.values():
+        assert res.status == "finished"
+        assert all(math.isfinite(row["eig_2"]) and math.isfinite(row["hessian_trace"])
+                   for row in res.metrics)
+
+
 def test_stacked_evaluate_in_member_groups_equals_each_model_alone(monkeypatch):
     from catapult.losses import get_loss
     from catapult.sweep.batched_model import StackedModel

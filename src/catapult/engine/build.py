@@ -482,6 +482,10 @@ def build_run(config: Mapping[str, Any]) -> Run:
     model = build_model(config, data.in_features, data.num_classes, device, dtype)
     model.train()
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    top_k = config["eval"].get("spectrum_top_k") or 0
+    if top_k > n_params:  # the Hessian has n_params eigenvalues: say so now, not at step 0's log
+        raise cfg.ConfigError(f"{top_k} eigenvalues asked of a model with {n_params} trainable "
+                              f"parameters; at most {n_params}", key="eval.spectrum_top_k")
     start = torch.randn(n_params, generator=torch.Generator().manual_seed(run_seeds[2]))
     return Run(config=config, device=device, dtype=dtype, seeds=run_seeds, data=data, batches=batches,
                model=model, loss_fn=get_loss(config["loss"]), n_params=n_params,

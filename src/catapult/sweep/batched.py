@@ -88,6 +88,9 @@ def batched_unsupported_reason(config: Mapping[str, Any]) -> str | None:
         return f"loss={config['loss']!r} (batched: {', '.join(_LOSSES)})"
     if config["model"].get("sparsity", {}).get("method", "static") != "static":  # masks change per member
         return f"model.sparsity.method={config['model']['sparsity']['method']!r} (batched: static masks only)"
+    for key in ("spectrum_top_k", "trace_matvecs"):  # the members' spectra are not computed here
+        if config["eval"].get(key):
+            return f"eval.{key}={config['eval'][key]} (batched: the top eigenvalue only)"
     return None
 
 
