@@ -289,10 +289,12 @@ class KrylovBasis:
             start += b.shape[0]
 
     def combine(self, coeffs: torch.Tensor) -> torch.Tensor:
-        """Q^T c for coefficients c of shape (m,); returns (n,)."""
+        """Q^T c for coefficients c of shape (m,), returns (n,); or Q^T C for C of shape (m, k),
+        returns (k, n) (rows = the combinations), reading the basis once."""
         out, start = None, 0
         for b in self._views():
-            part = coeffs[start:start + b.shape[0]] @ b
+            c = coeffs[start:start + b.shape[0]]
+            part = c @ b if c.dim() == 1 else c.T @ b
             out = part if out is None else out.add_(part)
             start += b.shape[0]
         return out

@@ -17,7 +17,8 @@ import torch
 
 from catapult.curvature import distributed as dist_ops
 from catapult.curvature.hessian import HessianOperator, fixed_rng, math_attention
-from catapult.curvature.lanczos import krylov_invariant, restart_sizes, ritz_pairs
+from catapult.curvature.lanczos import (KrylovBasis, krylov_invariant, restart_sizes, ritz_pairs,
+                                       thick_restart, tridiagonal_update)
 from catapult.curvature.sharpness import (PreconditionedOperator, build_operator,
                                           check_solver_args, memory_setting, start_vector,
                                           step_preconditioner)
@@ -209,27 +210,47 @@ def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_it
         raise ValueError(f"max_basis must be >= k + 2 = {k + 2}, got {max_basis!r}")
     keep = min(capacity - 1, max(k + 2, capacity // 2))
     eps = torch.finfo(v0.dtype).eps
-    Q = v0.new_zeros((capacity, n))
-    Q[0] = v0 / torch.linalg.vector_norm(v0)
+    basis = KrylovBasis(v0, capacity=capacity)
+    basis.append(v0 / torch.linalg.vector_norm(v0))
     T = np.zeros((capacity, capacity))
-    size, matvecs = 1, 0
+    matvecs = 0
     values = vectors = None
     converged = False
     residuals = [math.inf] * k
     while matvecs < max_iter:
-        j = size - 1
-        w = matvec(Q[j]).to(Q.dtype)
+        j = basis.size - 1
+        q = basis.last()
+        w = matvec(q).to(q.dtype).clone()
         matvecs += 1
-        for _ in range(2):  # full re-orthogonalisation, twice is enough
-            h = Q[:size] @ w
-            w = w - h @ Q[:size]
-            if _ == 0:
-                coupling = h.detach().cpu().double().numpy()
-        T[:size, j] = T[j, :size] = coupling
-        beta = float(torch.linalg.vector_norm(w))
-        if not (math.isfinite(beta) and np.isfinite(coupling).all()):
+        # the Lanczos step of lanczos_top_eigenpair: the known couplings (beta_{j-1} q_{j-1},
+        # or the arrow of a restart) and alpha_j q_j, then Gram-Schmidt against the basis;
+        # a second pass only where the first removed most of w (the DGKS test, eta = 1/sqrt 2):
+        # k pairs need an orthogonal basis, one pass a step keeps it (a second reads it again)
+        for i in np.flatnonzero(T[:j, j]):
+            w.add_(basis.row(int(i)), alpha=-float(T[i, j]))
+        alpha_t = torch.dot(q, w)
+        w.add_(q, alpha=-alpha_t)
+        for _ in range(2):
+            before = torch.linalg.vector_norm(w)
+            h = basis.coefficients(w)
+            basis.subtract(w, h)
+            alpha_t = alpha_t + h[j]
+            after = torch.linalg.vector_norm(w)
+            if not float(after) < float(before) / math.sqrt(2):
+                break
+        alpha, beta = float(alpha_t), float(after)
+        if not (math.isfinite(alpha) and math.isfinite(beta)):
             break
+        size = basis.size
+        T = tridiagonal_update(T, j, alpha, beta)  # beta lands outside the leading size x size
         values, vectors = ritz_pairs(T, size)
+        invariant = krylov_invariant(beta, values, n, eps)
+        if invariant and size < capacity:
+            # w is rounding noise: dividing it by beta would amplify the basis' own directions
+            # back in (measured: ||A q|| 1e-15 -> 5.65 in 8 steps on a rank-40 Hessian, and a
+            # spurious eigenvalue). Its coupling is dropped (rounding level) and a fresh
+            # direction finds the rest of the spectrum (ARPACK does the same).
+            T[j, j + 1] = T[j + 1, j] = 0.0
         order = np.argsort(values)[::-1]
         top = order[:min(k, size)]
         scale = max(100 * eps * float(np.max(np.abs(values))) / tol, 1e-300)
@@ -240,51 +261,38 @@ def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_it
         if matvecs == max_iter or size == n:
             converged = size == n and size >= k
             break
-        if krylov_invariant(beta, values, n, eps):
-            # w is rounding noise now: dividing it by beta would amplify the basis' own
-            # directions back in (measured: ||A q|| 1e-15 -> 5.65 in 8 steps on a rank-42
-            # Hessian); a fresh direction finds the rest of the spectrum (ARPACK does the same)
-            w = fresh_direction(Q[:size], matvecs)
-            beta = float(torch.linalg.vector_norm(w))
-        q_next = w / beta
+        q_next = fresh_direction(basis, matvecs) if invariant else w.div_(beta)
         if size == capacity:  # thick restart to the top `keep` Ritz vectors, then q_next
-            kept = order[:keep]
-            S = torch.as_tensor(np.ascontiguousarray(vectors[:, kept]), dtype=Q.dtype,
-                                device=Q.device)
-            Q[:keep] = S.T @ Q[:size]
-            T = np.zeros((capacity, capacity))
-            T[np.arange(keep), np.arange(keep)] = values[kept]
-            T[keep, :keep] = T[:keep, keep] = beta * vectors[-1, kept]
-            size = keep
-        Q[size] = q_next
-        size += 1
-        # the couplings of q_next with the basis are known (arrow/tridiagonal): the next step
-        # recomputes them by projection anyway, so T's new row is simply overwritten there
+            S_k, T = thick_restart(values, vectors, 0.0 if invariant else beta, keep, capacity)
+            basis.restart(torch.as_tensor(S_k, dtype=q.dtype, device=q.device))
+        basis.append(q_next)
     if values is None:
         return Eigenpairs([float("nan")] * k, v0.new_full((k, n), float("nan")), matvecs, False,
                           [float("nan")] * k)
-    m = len(values)
     order = np.argsort(values)[::-1][:k]
-    S = torch.as_tensor(np.ascontiguousarray(vectors[:, order]), dtype=Q.dtype, device=Q.device)
-    V = S.T @ Q[:m]
+    S = torch.as_tensor(np.ascontiguousarray(vectors[:, order]), dtype=v0.dtype, device=v0.device)
+    V = basis.combine(S)
     V = V / torch.linalg.vector_norm(V, dim=1, keepdim=True)
     return Eigenpairs([float(values[i]) for i in order], V, matvecs, converged,
                       [float(r) for r in residuals])
 
 
-def fresh_direction(Q: torch.Tensor, seed: int) -> torch.Tensor:
-    """A seeded random vector orthogonal to the rows of ``Q`` (two Gram-Schmidt passes), drawn
-    on the CPU so every device and every rank of a process group draws the same one.
+def fresh_direction(basis: KrylovBasis, seed: int) -> torch.Tensor:
+    """A seeded random unit vector orthogonal to ``basis`` (two Gram-Schmidt passes), drawn on
+    the CPU so every device and every rank of a process group draws the same one.
 
-    >>> Q = torch.eye(3, dtype=torch.float64)[:2]
-    >>> fresh_direction(Q, 0)[:2].abs().max().item() < 1e-12
-    True
+    >>> basis = KrylovBasis(torch.zeros(3, dtype=torch.float64))
+    >>> basis.append(torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64))
+    >>> v = fresh_direction(basis, 0)
+    >>> abs(float(v[0])) < 1e-12, round(float(torch.linalg.vector_norm(v)), 12)
+    (True, 1.0)
     """
     gen = torch.Generator().manual_seed(seed)
-    w = torch.randn(Q.shape[1], generator=gen, dtype=torch.float64).to(device=Q.device, dtype=Q.dtype)
+    like = basis.like
+    w = torch.randn(like.numel(), generator=gen, dtype=torch.float64).to(device=like.device, dtype=like.dtype)
     for _ in range(2):
-        w = w - (Q @ w) @ Q
-    return w
+        basis.subtract(w, basis.coefficients(w))
+    return w.div_(torch.linalg.vector_norm(w))
 
 
 def top_eigenpairs(model, loss_fn, batch, k: int = 5, *, tol: float = 1e-3, init=None,
