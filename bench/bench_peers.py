@@ -31,7 +31,13 @@ import argparse
 import os
 import sys
 
-import numpy as np
+# scipy's OpenBLAS threads keep spinning for a while after eigsh returns; with more than one
+# torch thread they took a core from the next solver in the interleave (ours, the next seed):
+# measured at 2 threads, the GPT's ratio 0.99-1.05 with them against 0.68 without (RESULTS,
+# issue 16, 1c). The BLAS work of every solver here is tiny, so one BLAS thread costs nothing.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402  (after the BLAS thread setting)
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
