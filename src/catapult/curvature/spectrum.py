@@ -178,8 +178,10 @@ def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_it
                   max_basis: int | None = None) -> Eigenpairs:
     """The ``k`` largest (algebraic) eigenpairs of a symmetric operator by thick-restart Lanczos.
 
-    Lanczos with full re-orthogonalisation (two classical Gram-Schmidt passes) builds
-    ``A Q_m = Q_m T_m + r e_m^T``; the Ritz pairs ``(theta_i, Q_m s_i)`` have residuals
+    Lanczos with full re-orthogonalisation (the step of
+    :func:`~catapult.curvature.lanczos_top_eigenpair`, then a classical Gram-Schmidt pass
+    against the whole basis, and a second where the first removed most of the vector: the DGKS
+    test) builds ``A Q_m = Q_m T_m + r e_m^T``; the Ritz pairs ``(theta_i, Q_m s_i)`` have residuals
     ``||r|| |s_{m,i}|``. It stops when each of the ``k`` largest has ``||r|| |s_{m,i}| <= tol
     max(|theta_i|, floor / tol)``, ``floor = 100 eps max_j |theta_j|`` (``eps`` of the dtype),
     or after ``max_iter`` products. The floor is what the arithmetic can resolve: below it an
