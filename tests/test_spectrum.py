@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dense_curvature import dense_hessian, flat_loss
 
 import catapult
 from catapult.curvature import HessianOperator, GaussNewtonOperator
-from catapult.curvature.spectrum import hutch_plus_plus, lanczos_quadrature
+from catapult.curvature.spectrum import hutch_plus_plus, lanczos_quadrature, lanczos_top_k
 
 
 def small_problem(n=24, seed=0, out=3, width=6):
@@ -84,6 +86,35 @@ def test_top_eigenpairs_past_the_rank_converge_on_the_zero_eigenvalues(dtype, at
     assert max(eig.residuals) <= 1e-3
     V = eig.vectors.double()
     np.testing.assert_allclose((V @ V.T).numpy(), np.eye(60), atol=1e-5)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(data=st.data(), n=st.integers(3, 40), double=st.booleans())
+def test_top_k_on_rank_deficient_operators_with_repeated_eigenvalues(data, n, double):
+    # spectra a Hessian can have: low rank, zeros, eigenvalues repeated (I (x) A structure), scales
+    # from 1e-2 to 1e2; any k, tol and basis size. Every returned value must lie within its
+    # promised residual of a true eigenvalue (or within the floor 100 eps |lambda|_max), the top
+    # one must be lambda_max, and the vectors orthonormal
+    rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 32 - 1)))
+    rank = data.draw(st.integers(1, n))
+    distinct = rng.normal(size=rank) * 10.0 ** rng.uniform(-2, 2)
+    values = np.concatenate([np.repeat(distinct, rng.integers(1, 4, size=rank)), np.zeros(n)])[:n]
+    Q, _ = np.linalg.qr(rng.normal(size=(n, n)))
+    dtype = torch.float64 if double else torch.float32
+    A = torch.tensor((Q * values) @ Q.T, dtype=dtype)
+    truth = np.sort(np.linalg.eigvalsh(A.double().numpy()))[::-1]
+    k = data.draw(st.integers(1, n))
+    tol = 10.0 ** data.draw(st.floats(-6, -2))
+    max_basis = data.draw(st.one_of(st.none(), st.integers(k + 2, 2 * k + 4)))
+    eig = lanczos_top_k(lambda v: A @ v, torch.tensor(rng.normal(size=n), dtype=dtype), k, tol=tol,
+                        max_iter=20 * n, max_basis=max_basis)
+    floor = 100 * torch.finfo(dtype).eps * abs(truth).max()
+    assert eig.converged
+    for value in eig.values:
+        assert min(abs(truth - value)) <= 1.01 * max(tol * abs(value), floor) + 1e-12 * abs(truth).max()
+    assert abs(eig.values[0] - truth[0]) <= 1.01 * max(tol * abs(truth[0]), floor) + 1e-12 * abs(truth).max()
+    V = eig.vectors.double()
+    np.testing.assert_allclose((V @ V.T).numpy(), np.eye(k), atol=1e-3)
 
 
 def test_preconditioned_top_eigenpairs_and_trace_match_dense_adam():
