@@ -138,9 +138,11 @@ def run_eigenthings(model, loss, batch, seed, ref, max_m=60):
     return value, max_m, t.seconds, t.cpu
 
 
-def run_curvlinops(model, loss, batch, seed):
+def run_curvlinops(model, loss, batch, seed, k=1):
+    """curvlinops' Hessian through ``eigsh(k, which="LA", tol=TARGET)``: ``(value, products, wall,
+    CPU)``, with ``value`` the top eigenvalue for ``k=1`` and the list of ``k`` values else."""
     from curvlinops import HessianLinearOperator
-    from scipy.sparse.linalg import eigsh
+    from scipy.sparse.linalg import LinearOperator, eigsh
 
     params = [p for p in model.parameters() if p.requires_grad]
     count = [0]
@@ -152,11 +154,10 @@ def run_curvlinops(model, loss, batch, seed):
             count[0] += 1
             return inner(v)
 
-        from scipy.sparse.linalg import LinearOperator
         op = LinearOperator(H.shape, matvec=matvec, dtype=np.float32)
         v0 = np.random.default_rng(seed).standard_normal(H.shape[0]).astype(np.float32)
-        value = float(eigsh(op, k=1, which="LA", tol=TARGET, v0=v0, return_eigenvectors=False)[0])
-    return value, count[0], t.seconds, t.cpu
+        values = [float(x) for x in eigsh(op, k=k, which="LA", tol=TARGET, v0=v0, return_eigenvectors=False)]
+    return (values[0] if k == 1 else values), count[0], t.seconds, t.cpu
 
 
 def spectrum_figure(path: str) -> None:

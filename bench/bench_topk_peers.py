@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_peers import TARGET, problem  # noqa: E402  (the same problems)
+from bench_peers import TARGET, problem, run_curvlinops  # noqa: E402  (the same problems, the same eigsh)
 from bench_sharpness import Timer  # noqa: E402  (the same clock)
 
 from catapult import top_eigenpairs  # noqa: E402
@@ -74,25 +74,6 @@ def run_eigenthings(model, loss, batch, k, seed, ref, max_m=400):
     return attempt(best)[:4]
 
 
-def run_curvlinops(model, loss, batch, k, seed):
-    from curvlinops import HessianLinearOperator
-    from scipy.sparse.linalg import LinearOperator, eigsh
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    count = [0]
-    with Timer() as t:
-        H = HessianLinearOperator(model, loss, params, [batch]).to_scipy(np.float32)
-
-        def matvec(v):
-            count[0] += 1
-            return H.matvec(v)
-
-        op = LinearOperator(H.shape, matvec=matvec, dtype=np.float32)
-        v0 = np.random.default_rng(seed).standard_normal(H.shape[0]).astype(np.float32)
-        values = eigsh(op, k=k, which="LA", tol=TARGET, v0=v0, return_eigenvectors=False)
-    return [float(x) for x in values], count[0], t.seconds, t.cpu
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
@@ -118,7 +99,7 @@ def main(argv=None):
             rows[labels[0]].append(run_ours(model, loss, batch, args.k, seed))
             with math_attention():  # the peers need the twice-differentiable attention kernel
                 rows[labels[1]].append(run_eigenthings(model, loss, batch, args.k, seed, ref))
-                rows[labels[2]].append(run_curvlinops(model, loss, batch, args.k, seed))
+                rows[labels[2]].append(run_curvlinops(model, loss, batch, seed, k=args.k))
             for label in labels:
                 values, count, wall, cpu = rows[label][-1]
                 print(f"  seed {seed} {label}: max rel. err {worst_error(values, ref):.1e} "

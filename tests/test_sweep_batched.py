@@ -281,6 +281,8 @@ def test_cells_logging_the_spectrum_run_locally_with_their_columns():
                                 kernels=True)
     results = dict(executor.run(cells))
     assert executor.engines == {} and sorted(results) == [0, 1]
+    assert [(i, reason.split(" ")[0]) for i, reason in executor.fallbacks] == [
+        (0, "eval.spectrum_top_k=2"), (1, "eval.spectrum_top_k=2")]
     for res in results.values():
         assert res.status == "finished"
         assert all(math.isfinite(row["eig_2"]) and math.isfinite(row["hessian_trace"])

@@ -13,8 +13,8 @@ import torch
 
 __all__ = [
     "EigenEstimate", "KrylovBasis", "lanczos_top_eigenpair", "batched_lanczos",
-    # the Lanczos step both solvers share
-    "restart_sizes", "tridiagonal_update", "ritz_pairs", "top_ritz_pair", "relative_residual",
+    # the Lanczos step the solvers share (this module's and catapult.curvature.spectrum's top-k)
+    "lanczos_step", "restart_sizes", "tridiagonal_update", "ritz_pairs", "top_ritz_pair", "relative_residual",
     "krylov_invariant", "eigenvalue_error_bound", "stop_test", "thick_restart",
 ]
 
@@ -299,6 +299,24 @@ class KrylovBasis:
             start += b.shape[0]
         return out
 
+    def fresh_direction(self, seed: int) -> torch.Tensor:
+        """A seeded random unit vector orthogonal to the basis (two Gram-Schmidt passes), drawn
+        on the CPU so every device and every rank of a process group draws the same one: where
+        the Krylov space has become invariant, the direction to go on from.
+
+        >>> basis = KrylovBasis(torch.zeros(3, dtype=torch.float64))
+        >>> basis.append(torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64))
+        >>> v = basis.fresh_direction(0)
+        >>> abs(float(v[0])) < 1e-12, round(float(torch.linalg.vector_norm(v)), 12)
+        (True, 1.0)
+        """
+        gen = torch.Generator().manual_seed(seed)
+        w = torch.randn(self.like.numel(), generator=gen, dtype=torch.float64)
+        w = w.to(device=self.like.device, dtype=self.like.dtype)
+        for _ in range(2):
+            self.subtract(w, self.coefficients(w))
+        return w.div_(torch.linalg.vector_norm(w))
+
     def restart(self, coeffs: torch.Tensor, columns: int = 1 << 16) -> None:
         """Replace the basis by its ``k`` combinations ``Q^T C`` (``C`` of shape (m, k), k < m)
         in place, a slice of ``columns`` entries at a time, so a thick restart needs no second
@@ -315,6 +333,43 @@ class KrylovBasis:
         del rows
         self.size = k
         self.blocks = self.blocks[: max(1, math.ceil((k + 1) / self.block))]
+
+
+def lanczos_step(basis: KrylovBasis, T: np.ndarray, w: torch.Tensor, *,
+                 dgks: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(alpha_j, beta_j)`` as 0-d tensors, with ``w = A q_j`` turned in place into
+    ``beta_j q_{j+1}`` (``q_j`` = ``basis.last()``, ``j = basis.size - 1``).
+
+    Subtracts the known couplings ``T[i, j]`` (``beta_{j-1} q_{j-1}``, or after a thick restart
+    the kept Ritz vectors), then ``alpha_j q_j``, then makes one classical Gram-Schmidt pass
+    against the whole basis (full re-orthogonalisation: ``w`` is nearly orthogonal already, so
+    one pass suffices for one eigenpair and each step reads the basis twice). With ``dgks`` a
+    second pass follows where the first removed most of ``w`` (``||w|| < ||w_before|| / sqrt 2``,
+    Daniel-Gragg-Kaufman-Stewart): ``k`` eigenpairs need the basis orthogonal to rounding; the
+    test costs a host sync per pass.
+
+    >>> basis = KrylovBasis(torch.zeros(2, dtype=torch.float64))
+    >>> basis.append(torch.tensor([1.0, 0.0], dtype=torch.float64))
+    >>> w = torch.tensor([2.0, 3.0], dtype=torch.float64)   # A q_0 for A = [[2, 3], [3, 1]]
+    >>> alpha, beta = lanczos_step(basis, np.zeros((2, 2)), w)
+    >>> float(alpha), float(beta), w.tolist()
+    (2.0, 3.0, [0.0, 3.0])
+    """
+    j = basis.size - 1
+    q = basis.last()
+    for i in np.flatnonzero(T[:j, j]):
+        w.add_(basis.row(int(i)), alpha=-float(T[i, j]))
+    alpha = torch.dot(q, w)
+    w.add_(q, alpha=-alpha)
+    for _ in range(2 if dgks else 1):
+        before = torch.linalg.vector_norm(w) if dgks else None
+        h = basis.coefficients(w)
+        basis.subtract(w, h)
+        alpha = alpha + h[j]
+        beta = torch.linalg.vector_norm(w)
+        if not dgks or not float(beta) < float(before) / math.sqrt(2):
+            break
+    return alpha, beta
 
 
 def lanczos_top_eigenpair(
@@ -401,19 +456,7 @@ def lanczos_top_eigenpair(
         w = w.to(q.dtype)
         if not _fresh_output:
             w = w.clone()
-        # Lanczos step: subtract the known couplings T[i, j] (beta_{j-1} q_{j-1}, or after a
-        # restart the kept Ritz vectors), then alpha_j q_j ...
-        for i in np.flatnonzero(T[:j, j]):
-            w.add_(basis.row(int(i)), alpha=-float(T[i, j]))
-        alpha_t = torch.dot(q, w)
-        w.add_(q, alpha=-alpha_t)
-        # ... then one classical Gram-Schmidt pass against the whole basis (full
-        # re-orthogonalisation; w is already nearly orthogonal, so one pass suffices and each
-        # iteration reads the basis only twice -- at ~20 vectors that costs about one HVP).
-        h = basis.coefficients(w)
-        basis.subtract(w, h)
-        alpha_t = alpha_t + h[j]
-        beta_t = torch.linalg.vector_norm(w)
+        alpha_t, beta_t = lanczos_step(basis, T, w)  # at ~20 vectors it costs about one HVP
         alpha, beta = torch.stack([alpha_t, beta_t.to(alpha_t.dtype)]).tolist()  # one sync
         if not (math.isfinite(alpha) and math.isfinite(beta)):
             theta, rel, bound, converged, s = float("nan"), float("nan"), float("nan"), False, None

@@ -17,8 +17,8 @@ import torch
 
 from catapult.curvature import distributed as dist_ops
 from catapult.curvature.hessian import HessianOperator, fixed_rng, math_attention
-from catapult.curvature.lanczos import (KrylovBasis, krylov_invariant, restart_sizes, ritz_pairs,
-                                       thick_restart, tridiagonal_update)
+from catapult.curvature.lanczos import (KrylovBasis, krylov_invariant, lanczos_step, restart_sizes,
+                                       ritz_pairs, thick_restart, tridiagonal_update)
 from catapult.curvature.sharpness import (PreconditionedOperator, build_operator,
                                           check_solver_args, memory_setting, start_vector,
                                           step_preconditioner)
@@ -224,23 +224,9 @@ def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_it
         q = basis.last()
         w = matvec(q).to(q.dtype).clone()
         matvecs += 1
-        # the Lanczos step of lanczos_top_eigenpair: the known couplings (beta_{j-1} q_{j-1},
-        # or the arrow of a restart) and alpha_j q_j, then Gram-Schmidt against the basis;
-        # a second pass only where the first removed most of w (the DGKS test, eta = 1/sqrt 2):
-        # k pairs need an orthogonal basis, one pass a step keeps it (a second reads it again)
-        for i in np.flatnonzero(T[:j, j]):
-            w.add_(basis.row(int(i)), alpha=-float(T[i, j]))
-        alpha_t = torch.dot(q, w)
-        w.add_(q, alpha=-alpha_t)
-        for _ in range(2):
-            before = torch.linalg.vector_norm(w)
-            h = basis.coefficients(w)
-            basis.subtract(w, h)
-            alpha_t = alpha_t + h[j]
-            after = torch.linalg.vector_norm(w)
-            if not float(after) < float(before) / math.sqrt(2):
-                break
-        alpha, beta = float(alpha_t), float(after)
+        # k pairs need a basis orthogonal to rounding: a second Gram-Schmidt pass where DGKS asks
+        alpha_t, beta_t = lanczos_step(basis, T, w, dgks=True)
+        alpha, beta = float(alpha_t), float(beta_t)
         if not (math.isfinite(alpha) and math.isfinite(beta)):
             break
         size = basis.size
@@ -255,15 +241,16 @@ def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_it
             T[j, j + 1] = T[j + 1, j] = 0.0
         order = np.argsort(values)[::-1]
         top = order[:min(k, size)]
-        scale = max(100 * eps * float(np.max(np.abs(values))) / tol, 1e-300)
-        residuals = [abs(beta * vectors[-1, i]) / max(abs(values[i]), scale) for i in top]
+        # relative to |theta_i|, or to floor / tol below it (floor = 100 eps |theta|_max)
+        smallest = max(100 * eps * float(np.max(np.abs(values))) / tol, 1e-300)
+        residuals = [abs(beta * vectors[-1, i]) / max(abs(values[i]), smallest) for i in top]
         if size >= k and max(residuals) <= tol:
             converged = True
             break
         if matvecs == max_iter or size == n:
             converged = size == n and size >= k
             break
-        q_next = fresh_direction(basis, matvecs) if invariant else w.div_(beta)
+        q_next = basis.fresh_direction(matvecs) if invariant else w.div_(beta)
         if size == capacity:  # thick restart to the top `keep` Ritz vectors, then q_next
             S_k, T = thick_restart(values, vectors, 0.0 if invariant else beta, keep, capacity)
             basis.restart(torch.as_tensor(S_k, dtype=q.dtype, device=q.device))
@@ -277,24 +264,6 @@ def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_it
     V = V / torch.linalg.vector_norm(V, dim=1, keepdim=True)
     return Eigenpairs([float(values[i]) for i in order], V, matvecs, converged,
                       [float(r) for r in residuals])
-
-
-def fresh_direction(basis: KrylovBasis, seed: int) -> torch.Tensor:
-    """A seeded random unit vector orthogonal to ``basis`` (two Gram-Schmidt passes), drawn on
-    the CPU so every device and every rank of a process group draws the same one.
-
-    >>> basis = KrylovBasis(torch.zeros(3, dtype=torch.float64))
-    >>> basis.append(torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64))
-    >>> v = fresh_direction(basis, 0)
-    >>> abs(float(v[0])) < 1e-12, round(float(torch.linalg.vector_norm(v)), 12)
-    (True, 1.0)
-    """
-    gen = torch.Generator().manual_seed(seed)
-    like = basis.like
-    w = torch.randn(like.numel(), generator=gen, dtype=torch.float64).to(device=like.device, dtype=like.dtype)
-    for _ in range(2):
-        basis.subtract(w, basis.coefficients(w))
-    return w.div_(torch.linalg.vector_norm(w))
 
 
 def top_eigenpairs(model, loss_fn, batch, k: int = 5, *, tol: float = 1e-3, init=None,
