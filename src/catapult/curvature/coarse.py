@@ -153,6 +153,10 @@ def coarse_start_vector(model, loss_fn, batch, v0: torch.Tensor, levels, *, dtyp
     :class:`~catapult.curvature.HessianOperator`, built here when not given; its gradient is
     the differences' base point).
 
+    Levels run plain Lanczos (``reorthogonalize=False``): a start vector needs no orthogonal
+    basis, and a sub-batch product is cheap next to a Gram-Schmidt pass over the full-size
+    basis (Fig. 1 FCN: the same products and answers, 7-9% less time; the two GPTs: the same
+    product counts, one fewer on one seed; bench/RESULTS.md, issue 16, 1d).
     A sub-batch level's vector is used when its solve converged; a finite-difference level's
     whenever it is finite (after at most :data:`FINITE_DIFFERENCE_MAX_ITER` products). A
     finite-difference level first checks :func:`difference_consistency` along its start vector
@@ -196,7 +200,8 @@ def coarse_start_vector(model, loss_fn, batch, v0: torch.Tensor, levels, *, dtyp
 
             est = lanczos_top_eigenpair(product, start, tol=tol,
                                         max_iter=min(max_iter, FINITE_DIFFERENCE_MAX_ITER),
-                                        max_basis=max_basis, _fresh_output=True)
+                                        max_basis=max_basis, reorthogonalize=False,
+                                        _fresh_output=True)
             products += est.matvecs
             cost += est.matvecs * FINITE_DIFFERENCE_COST
             if est.vector.isfinite().all() and math.isfinite(est.value):
@@ -209,7 +214,8 @@ def coarse_start_vector(model, loss_fn, batch, v0: torch.Tensor, levels, *, dtyp
             est = solve(sub, vector, tol=tol, max_iter=max_iter)
         else:
             est = lanczos_top_eigenpair(sub, vector, tol=tol, max_iter=max_iter,
-                                        max_basis=max_basis, _fresh_output=True)
+                                        max_basis=max_basis, reorthogonalize=False,
+                                        _fresh_output=True)
         products += est.matvecs
         cost += est.matvecs * m / n
         if est.vector.isfinite().all() and est.converged:

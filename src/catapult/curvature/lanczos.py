@@ -336,7 +336,8 @@ class KrylovBasis:
 
 
 def lanczos_step(basis: KrylovBasis, T: np.ndarray, w: torch.Tensor, *,
-                 dgks: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                 dgks: bool = False, reorthogonalize: bool = True,
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(alpha_j, beta_j)`` as 0-d tensors, with ``w = A q_j`` turned in place into
     ``beta_j q_{j+1}`` (``q_j`` = ``basis.last()``, ``j = basis.size - 1``).
 
@@ -347,6 +348,7 @@ def lanczos_step(basis: KrylovBasis, T: np.ndarray, w: torch.Tensor, *,
     second pass follows where the first removed most of ``w`` (``||w|| < ||w_before|| / sqrt 2``,
     Daniel-Gragg-Kaufman-Stewart): ``k`` eigenpairs need the basis orthogonal to rounding; the
     test costs a host sync per pass.
+    ``reorthogonalize=False`` skips the pass (plain Lanczos).
 
     >>> basis = KrylovBasis(torch.zeros(2, dtype=torch.float64))
     >>> basis.append(torch.tensor([1.0, 0.0], dtype=torch.float64))
@@ -361,6 +363,8 @@ def lanczos_step(basis: KrylovBasis, T: np.ndarray, w: torch.Tensor, *,
         w.add_(basis.row(int(i)), alpha=-float(T[i, j]))
     alpha = torch.dot(q, w)
     w.add_(q, alpha=-alpha)
+    if not reorthogonalize:
+        return alpha, torch.linalg.vector_norm(w)
     for _ in range(2 if dgks else 1):
         before = torch.linalg.vector_norm(w) if dgks else None
         h = basis.coefficients(w)
@@ -379,6 +383,7 @@ def lanczos_top_eigenpair(
     tol: float = 1e-3,
     max_iter: int = 100,
     max_basis: int = 20,
+    reorthogonalize: bool = True,
     _fresh_output: bool = False,
 ) -> EigenEstimate:
     """Largest (algebraic) eigenvalue and its eigenvector of a symmetric operator ``A``.
@@ -405,6 +410,9 @@ def lanczos_top_eigenpair(
         tol: relative eigen-residual to reach (a bound on the eigenvalue error).
         max_iter: maximum number of matvecs.
         max_basis: maximum number of basis vectors kept (>= 2).
+        reorthogonalize: ``False``: plain Lanczos, no Gram-Schmidt pass (for start vectors:
+            orthogonality is lost only along converged Ritz pairs (Paige), adding copies of
+            them, not error to the top pair).
 
     Returns:
         :class:`EigenEstimate` (``residual`` is the relative residual above). If ``matvec``
@@ -456,7 +464,7 @@ def lanczos_top_eigenpair(
         w = w.to(q.dtype)
         if not _fresh_output:
             w = w.clone()
-        alpha_t, beta_t = lanczos_step(basis, T, w)  # at ~20 vectors it costs about one HVP
+        alpha_t, beta_t = lanczos_step(basis, T, w, reorthogonalize=reorthogonalize)
         alpha, beta = torch.stack([alpha_t, beta_t.to(alpha_t.dtype)]).tolist()  # one sync
         if not (math.isfinite(alpha) and math.isfinite(beta)):
             theta, rel, bound, converged, s = float("nan"), float("nan"), float("nan"), False, None
