@@ -314,9 +314,29 @@ def test_sweep_command_with_no_kernels_trains_on_torch_func(tmp_path, capsys):
     store = tmp_path / "s.db"
     assert main(["sweep", str(config), "--store", str(store), "--executor", "ensemble", "--no-kernels",
                  "--progress", "none", "--threads", "1"]) == 0
-    assert "2 cells: 2 finished" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "2 cells: 2 finished" in out and "local engine" not in out
     assert main(["sweep", str(config), "--store", str(tmp_path / "t.db"), "--no-kernels"]) == 2
     assert "--no-kernels needs --executor ensemble" in capsys.readouterr().err
+
+
+def test_sweep_command_says_which_cells_ran_on_the_local_engine_and_why(tmp_path, capsys):
+    # the summary used to be silent: a user asking for --executor ensemble could not tell that
+    # the spectrum cells had run one at a time (the reason was only in EnsembleExecutor.fallbacks)
+    from catapult.cli import main
+
+    config = tmp_path / "grid.yaml"
+    config.write_text("name: grid\ndata: {name: digits, n_train: 64, n_test: 32}\n"
+                      "model: {name: mlp, width: 16, depth: 3}\noptimizer: {name: sgd}\ntrain: {steps: 2}\n"
+                      "eval: {sharpness_every: 1, spectrum_top_k: 2}\n"
+                      "sweep: {grid: {optimizer.lr: [0.05, 0.1, 0.2]}}\n")
+    assert main(["sweep", str(config), "--store", str(tmp_path / "s.db"), "--executor", "ensemble",
+                 "--progress", "none", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "3 cells: 3 finished" in out
+    line = next(x for x in out.splitlines() if "local engine" in x)
+    assert line.startswith("3 cells ran on the local engine, not batched (cells 0, 1, 2): ")
+    assert "eval.spectrum_top_k=2" in line
 
 
 @pytest.mark.parametrize("hvp, chunk_size", [("forward_over_reverse", None), ("double_backprop", 24),

@@ -162,10 +162,27 @@ def _sweep_command(args: argparse.Namespace) -> int:
     print(f"{outcome.total} cells: {c['finished']} finished, {c['diverged']} diverged, {c['failed']} failed "
           f"({outcome.ran} run now, {outcome.reused} already in the store"
           f"{', resumed' if outcome.mode == 'resumed' else ''}) in {outcome.wall_time_s:.1f} s")
+    for reason, ids in _fallback_groups(outcome.fallbacks):
+        print(f"{len(ids)} cell{'s' if len(ids) > 1 else ''} ran on the local engine, not batched "
+              f"({_id_list(ids)}): {reason}")
     quoted = shlex.quote(str(store))
     print(f"store: {store}   next: catapult plot {quoted}  |  catapult report {quoted}  |  "
           f"catapult export {quoted} --out results.csv")
     return 0
+
+
+def _fallback_groups(fallbacks) -> list[tuple[str, list[int]]]:
+    """``(reason, cell ids)`` of the cells an executor ran on its fallback engine, one entry per
+    reason, in the order first seen."""
+    groups: dict[str, list[int]] = {}
+    for cell_id, reason in fallbacks:
+        groups.setdefault(reason, []).append(cell_id)
+    return [(reason, sorted(ids)) for reason, ids in groups.items()]
+
+
+def _id_list(ids: list[int], shown: int = 8) -> str:
+    listed = ", ".join(str(i) for i in ids[:shown])
+    return f"cell{'s' if len(ids) > 1 else ''} {listed}" + (f" and {len(ids) - shown} more" if len(ids) > shown else "")
 
 
 def _executor_options(args: argparse.Namespace) -> dict | str:

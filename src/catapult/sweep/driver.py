@@ -47,7 +47,9 @@ __all__ = ["run_sweep", "SweepOutcome", "SweepProgress", "axes_metadata"]
 class SweepOutcome:
     """What :func:`run_sweep` did: ``mode`` ``"new"``/``"resumed"``, ``counts`` per status
     after the run, ``ran`` cells run now, ``reused`` results found in the store,
-    ``lambda0_measured`` lambda_0 measurements made now, ``wall_time_s``."""
+    ``lambda0_measured`` lambda_0 measurements made now, ``wall_time_s``; ``fallbacks`` the
+    ``(cell_id, reason)`` of cells an executor ran another way than asked (the ensemble
+    executor's cells on the local engine)."""
 
     store: Path
     mode: str
@@ -58,6 +60,7 @@ class SweepOutcome:
     lambda0_measured: int
     wall_time_s: float
     ran_ids: list = field(default_factory=list)
+    fallbacks: list = field(default_factory=list)
 
 
 def axes_metadata(spec: SweepSpec) -> list[dict]:
@@ -323,9 +326,10 @@ def run_sweep(
             final_counts = store.counts()
     finally:
         engine.close()
+    fallbacks = list(getattr(engine, "fallbacks", []))
     done_before = sum(counts.get(s, 0) for s in DONE_STATUSES)
     return SweepOutcome(
         store=Path(store_path), mode=mode, total=len(cells), counts=final_counts, ran=len(ran_ids),
         reused=done_before, lambda0_measured=measured, wall_time_s=time.perf_counter() - started,
-        ran_ids=ran_ids,
+        ran_ids=ran_ids, fallbacks=fallbacks,
     )
