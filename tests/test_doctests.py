@@ -17,7 +17,9 @@ import torch
 MODULES = (
     "catapult.schedules",
     "catapult.curvature.hessian",
+    "catapult.curvature.krylov",
     "catapult.curvature.lanczos",
+    "catapult.curvature.top_k",
     "catapult.curvature.sharpness",
     "catapult.curvature.spectrum",
     "catapult.curvature.coarse",
@@ -34,11 +36,7 @@ MODULES = (
 )
 
 # Public names without an example, and why.
-NO_EXAMPLE = {
-    # internal building block of the Lanczos solvers, exported for the batched engine; its
-    # file is being refactored elsewhere, so only the solvers' docstrings carry examples
-    "catapult.curvature.lanczos.KrylovBasis",
-}
+NO_EXAMPLE: set[str] = set()
 
 OPTIONFLAGS = doctest.NORMALIZE_WHITESPACE
 

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import catapult.curvature.lanczos as lanczos_module
@@ -212,11 +212,13 @@ def test_both_solvers_take_their_steps_from_the_shared_functions(monkeypatch):
 @given(seed=st.integers(0, 2**31 - 1), n=st.integers(8, 160), shape=st.sampled_from(
     ["normal", "outlier cluster", "small gap"]), max_basis=st.sampled_from([4, 8, 32]),
     tol=st.sampled_from([1e-2, 3e-3, 1e-4]), double=st.booleans())
+# n vectors without the pass need not span R^n (this one claimed convergence at 10x its tol)
+@example(seed=445, n=8, shape="outlier cluster", max_basis=8, tol=1e-4, double=False)
 def test_plain_lanczos_keeps_its_residual_promise(seed, n, shape, max_basis, tol, double):
     """``reorthogonalize=False`` (the coarse levels' start vectors): no Gram-Schmidt pass, thick
     restarts included. Where it says converged, the returned pair's true relative residual
-    ``||A v - theta v|| / |theta|`` (float64, from the dense matrix) is within ``tol``, and with a
-    well separated top eigenvalue ``theta`` is that eigenvalue."""
+    ``||A v - theta v|| / |theta|`` (float64, from the dense matrix) is within ``tol``, and where
+    ``tol`` is well under the top eigenvalue's gap ``theta`` is that eigenvalue."""
     rng = np.random.default_rng(seed)
     values = {"normal": rng.standard_normal(n),
               "outlier cluster": np.concatenate([rng.standard_normal(n - 3),
@@ -237,7 +239,9 @@ def test_plain_lanczos_keeps_its_residual_promise(seed, n, shape, max_basis, tol
     slack = 0.0 if double else 1e-5  # float32 products
     assert true_residual <= 1.1 * tol + slack
     top = np.sort(values)[::-1]
-    if shape == "small gap":  # lambda_1 = 1.02 alone above the bulk in [-1, 1]
+    if shape == "small gap" and tol < 1e-3:
+        # lambda_1 = 1.02 alone above the bulk in [-1, 1]: a residual well under the 2% gap
+        # tells it from the bulk's top (at tol 1e-2 the top Ritz value may still be that one)
         assert abs(est.value - top[0]) <= 2 * tol * abs(top[0]) + slack
 
 

@@ -5,15 +5,17 @@ one operator (:func:`lanczos_top_eigenpair`) or ``m`` operators in lockstep
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from catapult.curvature.krylov import KrylovBasis
+
 __all__ = [
     "EigenEstimate", "KrylovBasis", "lanczos_top_eigenpair", "batched_lanczos",
-    # the Lanczos step the solvers share (this module's and catapult.curvature.spectrum's top-k)
+    # the Lanczos step and its pieces (KrylovBasis from catapult.curvature.krylov)
     "lanczos_step", "restart_sizes", "tridiagonal_update", "ritz_pairs", "top_ritz_pair", "relative_residual",
     "krylov_invariant", "eigenvalue_error_bound", "stop_test", "thick_restart",
 ]
@@ -237,117 +239,15 @@ def thick_restart(ritz_values: np.ndarray, ritz_vectors: np.ndarray, beta: float
 # --------------------------------------------------------------------------------------------
 
 
-class KrylovBasis:
-    """Orthonormal rows q_0..q_{m-1} kept on the vectors' device in blocks of ``block`` rows.
-
-    Blocks (rather than one pre-allocated matrix) keep memory proportional to the vectors
-    actually used, without the copy a growing single matrix would need.
-    """
-
-    def __init__(self, like: torch.Tensor, block: int = 4, capacity: int | None = None):
-        self.like = like
-        self.block = block
-        self.capacity = capacity  # the last block holds only the rows up to it (lean memory)
-        self.blocks: list[torch.Tensor] = []
-        self.size = 0
-
-    def _views(self) -> Iterator[torch.Tensor]:
-        left = self.size
-        for b in self.blocks:
-            rows = min(left, b.shape[0])
-            if rows <= 0:
-                return
-            yield b[:rows]
-            left -= rows
-
-    def append(self, q: torch.Tensor) -> None:
-        i, r = divmod(self.size, self.block)
-        if i == len(self.blocks):
-            rows = self.block
-            if self.capacity is not None:
-                rows = max(1, min(rows, self.capacity - i * self.block))
-            self.blocks.append(self.like.new_empty((rows, self.like.numel())))
-        self.blocks[i][r].copy_(q)
-        self.size += 1
-
-    def row(self, index: int) -> torch.Tensor:
-        i, r = divmod(index, self.block)
-        return self.blocks[i][r]
-
-    def last(self) -> torch.Tensor:
-        return self.row(self.size - 1)
-
-    def coefficients(self, w: torch.Tensor) -> torch.Tensor:
-        """Q w (one coefficient per basis vector)."""
-        return torch.cat([b @ w for b in self._views()])
-
-    def subtract(self, w: torch.Tensor, h: torch.Tensor) -> None:
-        """w <- w - Q^T h, in place."""
-        start = 0
-        for b in self._views():
-            w.addmv_(b.T, h[start:start + b.shape[0]], alpha=-1.0)
-            start += b.shape[0]
-
-    def combine(self, coeffs: torch.Tensor) -> torch.Tensor:
-        """Q^T c for coefficients c of shape (m,), returns (n,); or Q^T C for C of shape (m, k),
-        returns (k, n) (rows = the combinations), reading the basis once."""
-        out, start = None, 0
-        for b in self._views():
-            c = coeffs[start:start + b.shape[0]]
-            part = c @ b if c.dim() == 1 else c.T @ b
-            out = part if out is None else out.add_(part)
-            start += b.shape[0]
-        return out
-
-    def fresh_direction(self, seed: int) -> torch.Tensor:
-        """A seeded random unit vector orthogonal to the basis (two Gram-Schmidt passes), drawn
-        on the CPU so every device and every rank of a process group draws the same one: where
-        the Krylov space has become invariant, the direction to go on from.
-
-        >>> basis = KrylovBasis(torch.zeros(3, dtype=torch.float64))
-        >>> basis.append(torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64))
-        >>> v = basis.fresh_direction(0)
-        >>> abs(float(v[0])) < 1e-12, round(float(torch.linalg.vector_norm(v)), 12)
-        (True, 1.0)
-        """
-        gen = torch.Generator().manual_seed(seed)
-        w = torch.randn(self.like.numel(), generator=gen, dtype=torch.float64)
-        w = w.to(device=self.like.device, dtype=self.like.dtype)
-        for _ in range(2):
-            self.subtract(w, self.coefficients(w))
-        return w.div_(torch.linalg.vector_norm(w))
-
-    def restart(self, coeffs: torch.Tensor, columns: int = 1 << 16) -> None:
-        """Replace the basis by its ``k`` combinations ``Q^T C`` (``C`` of shape (m, k), k < m)
-        in place, a slice of ``columns`` entries at a time, so a thick restart needs no second
-        basis (only an ``m x columns`` scratch); blocks no longer needed are freed."""
-        k = coeffs.shape[1]
-        n = self.like.numel()
-        rows = [self.row(i) for i in range(self.size)]
-        for start in range(0, n, columns):
-            stop = min(n, start + columns)
-            block = torch.stack([r[start:stop] for r in rows])     # (m, w): read all first ...
-            combined = coeffs.T @ block                            # (k, w)
-            for i in range(k):                                     # ... then overwrite rows < k
-                rows[i][start:stop].copy_(combined[i])
-        del rows
-        self.size = k
-        self.blocks = self.blocks[: max(1, math.ceil((k + 1) / self.block))]
-
-
 def lanczos_step(basis: KrylovBasis, T: np.ndarray, w: torch.Tensor, *,
-                 dgks: bool = False, reorthogonalize: bool = True,
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+                 reorthogonalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """``(alpha_j, beta_j)`` as 0-d tensors, with ``w = A q_j`` turned in place into
     ``beta_j q_{j+1}`` (``q_j`` = ``basis.last()``, ``j = basis.size - 1``).
 
     Subtracts the known couplings ``T[i, j]`` (``beta_{j-1} q_{j-1}``, or after a thick restart
     the kept Ritz vectors), then ``alpha_j q_j``, then makes one classical Gram-Schmidt pass
     against the whole basis (full re-orthogonalisation: ``w`` is nearly orthogonal already, so
-    one pass suffices for one eigenpair and each step reads the basis twice). With ``dgks`` a
-    second pass follows where the first removed most of ``w`` (``||w|| < ||w_before|| / sqrt 2``,
-    Daniel-Gragg-Kaufman-Stewart): ``k`` eigenpairs need the basis orthogonal to rounding; the
-    test costs a host sync per pass.
+    one pass suffices for one eigenpair and each step reads the basis twice).
     ``reorthogonalize=False`` skips the pass (plain Lanczos).
 
     >>> basis = KrylovBasis(torch.zeros(2, dtype=torch.float64))
@@ -363,17 +263,11 @@ def lanczos_step(basis: KrylovBasis, T: np.ndarray, w: torch.Tensor, *,
         w.add_(basis.row(int(i)), alpha=-float(T[i, j]))
     alpha = torch.dot(q, w)
     w.add_(q, alpha=-alpha)
-    if not reorthogonalize:
-        return alpha, torch.linalg.vector_norm(w)
-    for _ in range(2 if dgks else 1):
-        before = torch.linalg.vector_norm(w) if dgks else None
+    if reorthogonalize:
         h = basis.coefficients(w)
         basis.subtract(w, h)
         alpha = alpha + h[j]
-        beta = torch.linalg.vector_norm(w)
-        if not dgks or not float(beta) < float(before) / math.sqrt(2):
-            break
-    return alpha, beta
+    return alpha, torch.linalg.vector_norm(w)
 
 
 def lanczos_top_eigenpair(
@@ -473,7 +367,9 @@ def lanczos_top_eigenpair(
         ritz_values, ritz_vectors = ritz_pairs(T, j + 1)
         theta, s = top_ritz_pair(ritz_values, ritz_vectors)
         rel = relative_residual(beta, s[-1], theta)
-        converged, bound = stop_test(beta, ritz_values, s, tol=tol, n=n, eps=eps,
+        # without the pass, n vectors need not span R^n: only a small beta says invariant
+        converged, bound = stop_test(beta, ritz_values, s, tol=tol, eps=eps,
+                                     n=n if reorthogonalize else n + 1 + j,
                                      ritz_vectors=ritz_vectors)
         if converged or matvecs == max_iter:
             break

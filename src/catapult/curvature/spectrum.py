@@ -17,8 +17,7 @@ import torch
 
 from catapult.curvature import distributed as dist_ops
 from catapult.curvature.hessian import HessianOperator, fixed_rng, math_attention
-from catapult.curvature.lanczos import (KrylovBasis, krylov_invariant, lanczos_step, restart_sizes,
-                                       ritz_pairs, thick_restart, tridiagonal_update)
+from catapult.curvature.top_k import Eigenpairs, lanczos_top_k
 from catapult.curvature.sharpness import (PreconditionedOperator, build_operator,
                                           check_solver_args, memory_setting, start_vector,
                                           step_preconditioner)
@@ -154,116 +153,6 @@ def curvature_operator(model, loss_fn, batch, *, curvature: str = "hessian", opt
 # --------------------------------------------------------------------------------------------
 # Top-k eigenpairs
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Eigenpairs:
-    """Top-k eigenpairs. ``values`` (floats, largest first), ``vectors`` (``(k, n)``, unit rows,
-    orthonormal), ``matvecs``, ``converged`` (all ``k``), ``residuals`` (relative eigen-residual
-    ``||A v_i - theta_i v_i|| / |theta_i|`` of each pair).
-
-    >>> eig = Eigenpairs([2.0, 1.0], torch.eye(2), matvecs=2, converged=True, residuals=[0.0, 0.0])
-    >>> eig.values[0], eig.vectors.shape
-    (2.0, torch.Size([2, 2]))
-    """
-
-    values: list
-    vectors: torch.Tensor
-    matvecs: int
-    converged: bool
-    residuals: list
-
-
-def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_iter: int = 300,
-                  max_basis: int | None = None) -> Eigenpairs:
-    """The ``k`` largest (algebraic) eigenpairs of a symmetric operator by thick-restart Lanczos.
-
-    Lanczos with full re-orthogonalisation (the step of
-    :func:`~catapult.curvature.lanczos_top_eigenpair`, then a classical Gram-Schmidt pass
-    against the whole basis, and a second where the first removed most of the vector: the DGKS
-    test) builds ``A Q_m = Q_m T_m + r e_m^T``; the Ritz pairs ``(theta_i, Q_m s_i)`` have residuals
-    ``||r|| |s_{m,i}|``. It stops when each of the ``k`` largest has ``||r|| |s_{m,i}| <= tol
-    max(|theta_i|, floor / tol)``, ``floor = 100 eps max_j |theta_j|`` (``eps`` of the dtype),
-    or after ``max_iter`` products. The floor is what the arithmetic can resolve: below it an
-    eigenvalue (a zero one of a rank-deficient Hessian, say) is judged by its absolute residual,
-    since a relative one would never fall under ``tol``. ``residuals`` are relative to the same
-    ``max(|theta_i|, floor / tol)``. When the Krylov space becomes invariant before ``k`` pairs
-    have converged (``k`` above the rank, or repeated eigenvalues), the next basis vector is a
-    seeded random one orthogonal to the basis, not the rounding noise of ``r``. When the basis
-    holds ``max_basis`` (default ``max(2k + 10, 20)``) vectors it restarts from the top
-    ``max(k + 2, max_basis // 2)`` Ritz vectors (``T`` becomes arrow-shaped; the projections are
-    recomputed as ``Q^T A Q`` entries from the recurrence), so memory stays at ``max_basis``
-    vectors. Like every single-vector Krylov method it may return one copy of an eigenvalue of
-    multiplicity ``> 1`` where ``k`` asks for more, when the pairs converge before the space is
-    invariant.
-
-    Example:
-        >>> A = torch.diag(torch.tensor([5.0, 3.0, 1.0, -2.0], dtype=torch.float64))
-        >>> eig = lanczos_top_k(lambda v: A @ v, torch.ones(4, dtype=torch.float64), 2)
-        >>> [round(x, 6) for x in eig.values], eig.converged
-        ([5.0, 3.0], True)
-    """
-    n = v0.numel()
-    if not (isinstance(k, int) and 1 <= k <= n):
-        raise ValueError(f"k must be an integer in [1, {n}], got {k!r}")
-    capacity = max_basis if max_basis is not None else max(2 * k + 10, 20)
-    capacity, _ = restart_sizes(capacity, n)
-    if capacity < min(n, k + 2):
-        raise ValueError(f"max_basis must be >= k + 2 = {k + 2}, got {max_basis!r}")
-    keep = min(capacity - 1, max(k + 2, capacity // 2))
-    eps = torch.finfo(v0.dtype).eps
-    basis = KrylovBasis(v0, capacity=capacity)
-    basis.append(v0 / torch.linalg.vector_norm(v0))
-    T = np.zeros((capacity, capacity))
-    matvecs = 0
-    values = vectors = None
-    converged = False
-    residuals = [math.inf] * k
-    while matvecs < max_iter:
-        j = basis.size - 1
-        q = basis.last()
-        w = matvec(q).to(q.dtype).clone()
-        matvecs += 1
-        # k pairs need a basis orthogonal to rounding: a second Gram-Schmidt pass where DGKS asks
-        alpha_t, beta_t = lanczos_step(basis, T, w, dgks=True)
-        alpha, beta = float(alpha_t), float(beta_t)
-        if not (math.isfinite(alpha) and math.isfinite(beta)):
-            break
-        size = basis.size
-        T = tridiagonal_update(T, j, alpha, beta)  # beta lands outside the leading size x size
-        values, vectors = ritz_pairs(T, size)
-        invariant = krylov_invariant(beta, values, n, eps)
-        if invariant and size < capacity:
-            # w is rounding noise: dividing it by beta would amplify the basis' own directions
-            # back in (measured: ||A q|| 1e-15 -> 5.65 in 8 steps on a rank-40 Hessian, and a
-            # spurious eigenvalue). Its coupling is dropped (rounding level) and a fresh
-            # direction finds the rest of the spectrum (ARPACK does the same).
-            T[j, j + 1] = T[j + 1, j] = 0.0
-        order = np.argsort(values)[::-1]
-        top = order[:min(k, size)]
-        # relative to |theta_i|, or to floor / tol below it (floor = 100 eps |theta|_max)
-        smallest = max(100 * eps * float(np.max(np.abs(values))) / tol, 1e-300)
-        residuals = [abs(beta * vectors[-1, i]) / max(abs(values[i]), smallest) for i in top]
-        if size >= k and max(residuals) <= tol:
-            converged = True
-            break
-        if matvecs == max_iter or size == n:
-            converged = size == n and size >= k
-            break
-        q_next = basis.fresh_direction(matvecs) if invariant else w.div_(beta)
-        if size == capacity:  # thick restart to the top `keep` Ritz vectors, then q_next
-            S_k, T = thick_restart(values, vectors, 0.0 if invariant else beta, keep, capacity)
-            basis.restart(torch.as_tensor(S_k, dtype=q.dtype, device=q.device))
-        basis.append(q_next)
-    if values is None:
-        return Eigenpairs([float("nan")] * k, v0.new_full((k, n), float("nan")), matvecs, False,
-                          [float("nan")] * k)
-    order = np.argsort(values)[::-1][:k]
-    S = torch.as_tensor(np.ascontiguousarray(vectors[:, order]), dtype=v0.dtype, device=v0.device)
-    V = basis.combine(S)
-    V = V / torch.linalg.vector_norm(V, dim=1, keepdim=True)
-    return Eigenpairs([float(values[i]) for i in order], V, matvecs, converged,
-                      [float(r) for r in residuals])
 
 
 def top_eigenpairs(model, loss_fn, batch, k: int = 5, *, tol: float = 1e-3, init=None,

@@ -1,0 +1,136 @@
+"""The orthonormal basis of a Krylov solver, kept on the vectors' device: append, Gram-Schmidt
+against it (one pass, or with the DGKS second pass), combinations (Ritz vectors), fresh
+directions where the space is invariant, and thick restarts in place. Shared by the top
+eigenpair (:mod:`catapult.curvature.lanczos`) and the top-k solver
+(:mod:`catapult.curvature.top_k`).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+
+__all__ = ["KrylovBasis"]
+
+
+class KrylovBasis:
+    """Orthonormal rows q_0..q_{m-1} kept on the vectors' device in blocks of ``block`` rows.
+
+    Blocks (rather than one pre-allocated matrix) keep memory proportional to the vectors
+    actually used, without the copy a growing single matrix would need.
+
+    >>> basis = KrylovBasis(torch.zeros(3, dtype=torch.float64))
+    >>> basis.append(torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64))
+    >>> w = torch.tensor([2.0, 0.0, 1.0], dtype=torch.float64)
+    >>> basis.orthogonalize(w).tolist(), w.tolist()   # the coefficient, and w without q_0
+    ([2.0], [0.0, 0.0, 1.0])
+    """
+
+    def __init__(self, like: torch.Tensor, block: int = 4, capacity: int | None = None):
+        self.like = like
+        self.block = block
+        self.capacity = capacity  # the last block holds only the rows up to it (lean memory)
+        self.blocks: list[torch.Tensor] = []
+        self.size = 0
+
+    def _views(self) -> Iterator[torch.Tensor]:
+        left = self.size
+        for b in self.blocks:
+            rows = min(left, b.shape[0])
+            if rows <= 0:
+                return
+            yield b[:rows]
+            left -= rows
+
+    def append(self, q: torch.Tensor) -> None:
+        i, r = divmod(self.size, self.block)
+        if i == len(self.blocks):
+            rows = self.block
+            if self.capacity is not None:
+                rows = max(1, min(rows, self.capacity - i * self.block))
+            self.blocks.append(self.like.new_empty((rows, self.like.numel())))
+        self.blocks[i][r].copy_(q)
+        self.size += 1
+
+    def row(self, index: int) -> torch.Tensor:
+        i, r = divmod(index, self.block)
+        return self.blocks[i][r]
+
+    def last(self) -> torch.Tensor:
+        return self.row(self.size - 1)
+
+    def coefficients(self, w: torch.Tensor) -> torch.Tensor:
+        """Q w (one coefficient per basis vector)."""
+        return torch.cat([b @ w for b in self._views()])
+
+    def subtract(self, w: torch.Tensor, h: torch.Tensor) -> None:
+        """w <- w - Q^T h, in place."""
+        start = 0
+        for b in self._views():
+            w.addmv_(b.T, h[start:start + b.shape[0]], alpha=-1.0)
+            start += b.shape[0]
+
+    def combine(self, coeffs: torch.Tensor) -> torch.Tensor:
+        """Q^T c for coefficients c of shape (m,), returns (n,); or Q^T C for C of shape (m, k),
+        returns (k, n) (rows = the combinations), reading the basis once."""
+        out, start = None, 0
+        for b in self._views():
+            c = coeffs[start:start + b.shape[0]]
+            part = c @ b if c.dim() == 1 else c.T @ b
+            out = part if out is None else out.add_(part)
+            start += b.shape[0]
+        return out
+
+    def orthogonalize(self, w: torch.Tensor) -> torch.Tensor:
+        """``Q^T w`` removed from ``w`` in place: classical Gram-Schmidt, and a second pass where
+        the first removed most of ``w`` (``||w|| < ||w_before|| / sqrt 2``, the
+        Daniel-Gragg-Kaufman-Stewart test): the basis stays orthogonal to rounding, which ``k``
+        eigenpairs need. Returns the coefficients, summed over the passes (one host sync per
+        pass)."""
+        before = float(torch.linalg.vector_norm(w))
+        total = None
+        for _ in range(2):
+            h = self.coefficients(w)
+            self.subtract(w, h)
+            total = h if total is None else total + h
+            after = float(torch.linalg.vector_norm(w))
+            if not after < before / math.sqrt(2):
+                break
+            before = after
+        return total
+
+    def fresh_direction(self, seed: int) -> torch.Tensor:
+        """A seeded random unit vector orthogonal to the basis (two Gram-Schmidt passes), drawn
+        on the CPU so every device and every rank of a process group draws the same one: where
+        the Krylov space has become invariant, the direction to go on from.
+
+        >>> basis = KrylovBasis(torch.zeros(3, dtype=torch.float64))
+        >>> basis.append(torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64))
+        >>> v = basis.fresh_direction(0)
+        >>> abs(float(v[0])) < 1e-12, round(float(torch.linalg.vector_norm(v)), 12)
+        (True, 1.0)
+        """
+        gen = torch.Generator().manual_seed(seed)
+        w = torch.randn(self.like.numel(), generator=gen, dtype=torch.float64)
+        w = w.to(device=self.like.device, dtype=self.like.dtype)
+        for _ in range(2):
+            self.subtract(w, self.coefficients(w))
+        return w.div_(torch.linalg.vector_norm(w))
+
+    def restart(self, coeffs: torch.Tensor, columns: int = 1 << 16) -> None:
+        """Replace the basis by its ``k`` combinations ``Q^T C`` (``C`` of shape (m, k), k < m)
+        in place, a slice of ``columns`` entries at a time, so a thick restart needs no second
+        basis (only an ``m x columns`` scratch); blocks no longer needed are freed."""
+        k = coeffs.shape[1]
+        n = self.like.numel()
+        rows = [self.row(i) for i in range(self.size)]
+        for start in range(0, n, columns):
+            stop = min(n, start + columns)
+            block = torch.stack([r[start:stop] for r in rows])     # (m, w): read all first ...
+            combined = coeffs.T @ block                            # (k, w)
+            for i in range(k):                                     # ... then overwrite rows < k
+                rows[i][start:stop].copy_(combined[i])
+        del rows
+        self.size = k
+        self.blocks = self.blocks[: max(1, math.ceil((k + 1) / self.block))]
