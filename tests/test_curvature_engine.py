@@ -55,3 +55,25 @@ def test_metrics_csv_holds_the_logged_spectrum(tmp_path):
     for got, want in zip(rows, result.metrics):
         for key in ("eig_1", "eig_2", "hessian_trace"):
             assert got[key] == want.get(key)  # repr round-trips floats exactly; None when not measured
+
+
+def test_spectrum_block_size_logs_every_copy_of_a_repeated_top_eigenvalue():
+    # one Linear layer under MSE: H = c I_10 (x) X^T X whatever the weights, so its top eigenvalue
+    # is there 10 times. Three start vectors log three copies (one start vector logged 3.327,
+    # 3.327, 0.546 here: the rest of the eigenspace out of its Krylov space)
+    def linear(**ev):
+        return C.validate({
+            "name": "linear", "dtype": "float64",
+            "data": {"name": "digits", "n_train": 120, "n_test": 60},
+            "model": {"width": 16, "depth": 1, "parametrization": "sp"},
+            "optimizer": {"name": "sgd", "lr": 0.01}, "train": {"steps": 2},
+            "eval": {"sharpness_every": 1, "test_every": 0, "sharpness_tol": 1e-8,
+                     "spectrum_top_k": 3, **ev}})
+    rows = [r for r in run(linear(spectrum_block_size=3), progress="none").metrics if "eig_1" in r]
+    assert len(rows) == 3
+    for row in rows:
+        assert row["eig_2"] == pytest.approx(row["eig_1"], rel=1e-6)
+        assert row["eig_3"] == pytest.approx(row["eig_1"], rel=1e-6)
+        assert row["eig_1"] == pytest.approx(row["sharpness"], rel=1e-6)
+    with pytest.raises(C.ConfigError):
+        linear(spectrum_block_size=0)

@@ -117,6 +117,46 @@ def test_top_k_on_rank_deficient_operators_with_repeated_eigenvalues(data, n, do
     np.testing.assert_allclose((V @ V.T).numpy(), np.eye(k), atol=1e-3)
 
 
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(data=st.data(), n=st.integers(4, 60), block=st.integers(1, 4))
+def test_block_lanczos_finds_every_copy_of_eigenvalues_repeated_up_to_its_block_size(data, n, block):
+    # one start vector sees one copy of each eigenvalue; a block of b sees up to b: with every
+    # multiplicity <= b the top k values are exactly the dense ones, copies included, with or
+    # without thick restarts (max_basis), and the vectors orthonormal eigenvectors
+    rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 32 - 1)))
+    distinct = np.cumsum(rng.uniform(0.05, 1.0, size=n))[::-1] * rng.choice([-1.0, 1.0])
+    values = np.repeat(distinct, rng.integers(1, block + 1, size=n))[:n]
+    Q, _ = np.linalg.qr(rng.normal(size=(n, n)))
+    A = torch.tensor((Q * values) @ Q.T)
+    truth = np.sort(np.linalg.eigvalsh(A.numpy()))[::-1]
+    k = data.draw(st.integers(1, n))
+    max_basis = data.draw(st.one_of(st.none(), st.integers(k + 2 * block, 2 * k + 4 * block)))
+    eig = lanczos_top_k(lambda v: A @ v, torch.tensor(rng.normal(size=n)), k, tol=1e-8,
+                        max_iter=100 * n, max_basis=max_basis, block_size=block,
+                        seed=data.draw(st.integers(0, 100)))
+    assert eig.converged
+    np.testing.assert_allclose(eig.values, truth[:k], rtol=0, atol=1e-6 * abs(truth).max())
+    V = eig.vectors
+    np.testing.assert_allclose((V @ V.T).numpy(), np.eye(k), atol=1e-6)
+    residual = torch.linalg.vector_norm(V @ A - torch.tensor(eig.values)[:, None] * V, dim=1)
+    assert float(residual.max()) <= 1e-6 * abs(truth).max()
+
+
+def test_top_eigenpairs_of_a_linear_model_with_three_outputs_under_mse():
+    # H = (2 / (N d)) I_3 (x) [X 1]^T [X 1]: every eigenvalue three times, in closed form
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 3).double()
+    x = torch.randn(40, 6, dtype=torch.float64) * torch.linspace(0.5, 2.0, 6, dtype=torch.float64)
+    batch = (x, torch.randn(40, 3, dtype=torch.float64))
+    X1 = torch.cat([x, torch.ones(40, 1, dtype=torch.float64)], 1)
+    gram = np.sort(np.linalg.eigvalsh((X1.T @ X1).numpy() * 2 / (40 * 3)))[::-1]
+    truth = np.repeat(gram, 3)
+    eig = catapult.top_eigenpairs(model, torch.nn.MSELoss(), batch, k=7, tol=1e-8, block_size=3)
+    np.testing.assert_allclose(eig.values, truth[:7], rtol=1e-7)
+    with pytest.raises(ValueError, match="block_size must be an integer >= 1"):
+        catapult.top_eigenpairs(model, torch.nn.MSELoss(), batch, k=2, block_size=0)
+
+
 def test_preconditioned_top_eigenpairs_and_trace_match_dense_adam():
     model, loss_fn, batch = small_problem(seed=3, width=3)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2, betas=(0.9, 0.99), eps=1e-8)

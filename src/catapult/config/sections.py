@@ -309,6 +309,10 @@ class EvalConfig(Section):
     spectrum_top_k: Annotated[int, integer(low=0)] = Field(
         0, description="log the top-k eigenvalues (eig_1..eig_k, same kind as sharpness) at every "
                        "sharpness measurement (0 = off)", json_schema_extra=_added())
+    spectrum_block_size: Annotated[int, integer(low=1)] = Field(
+        1, description="start vectors of the top-k solve: every copy of an eigenvalue of multiplicity "
+                       "up to this is found (1 = one copy; a linear model with d outputs under MSE has "
+                       "each eigenvalue d times), for ~1.5-4x the products", json_schema_extra=_added())
     trace_matvecs: Annotated[int, Option(None, _check_trace_matvecs, _TRACE_MATVECS_KIND)] = Field(
         0, description="log the trace (hessian_trace, Hutch++ with this many products, same kind "
                        "as sharpness) at every sharpness measurement (0 = off; else >= 3)", json_schema_extra=_added())

@@ -23,8 +23,9 @@ class KrylovBasis:
     >>> basis = KrylovBasis(torch.zeros(3, dtype=torch.float64))
     >>> basis.append(torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64))
     >>> w = torch.tensor([2.0, 0.0, 1.0], dtype=torch.float64)
-    >>> basis.orthogonalize(w).tolist(), w.tolist()   # the coefficient, and w without q_0
-    ([2.0], [0.0, 0.0, 1.0])
+    >>> h, norm = basis.orthogonalize(w)   # the coefficient, and w without q_0
+    >>> h.tolist(), norm, w.tolist()
+    ([2.0], 1.0, [0.0, 0.0, 1.0])
     """
 
     def __init__(self, like: torch.Tensor, block: int = 4, capacity: int | None = None):
@@ -82,12 +83,12 @@ class KrylovBasis:
             start += b.shape[0]
         return out
 
-    def orthogonalize(self, w: torch.Tensor) -> torch.Tensor:
+    def orthogonalize(self, w: torch.Tensor) -> tuple[torch.Tensor, float]:
         """``Q^T w`` removed from ``w`` in place: classical Gram-Schmidt, and a second pass where
         the first removed most of ``w`` (``||w|| < ||w_before|| / sqrt 2``, the
         Daniel-Gragg-Kaufman-Stewart test): the basis stays orthogonal to rounding, which ``k``
-        eigenpairs need. Returns the coefficients, summed over the passes (one host sync per
-        pass)."""
+        eigenpairs need. Returns the coefficients, summed over the passes, and ``||w||`` after
+        (one host sync per pass)."""
         before = float(torch.linalg.vector_norm(w))
         total = None
         for _ in range(2):
@@ -98,7 +99,7 @@ class KrylovBasis:
             if not after < before / math.sqrt(2):
                 break
             before = after
-        return total
+        return total, after
 
     def fresh_direction(self, seed: int) -> torch.Tensor:
         """A seeded random unit vector orthogonal to the basis (two Gram-Schmidt passes), drawn

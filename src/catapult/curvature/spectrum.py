@@ -159,9 +159,14 @@ def top_eigenpairs(model, loss_fn, batch, k: int = 5, *, tol: float = 1e-3, init
                    max_iter: int = 300, curvature: str = "hessian", optimizer=None, dtype=None,
                    hvp: str = "auto", seed: int = 0, max_basis: int | None = None,
                    chunk_size: int | None = None, memory: str = "fast",
-                   distributed: bool = False, scale_by_group_lr: bool = False) -> Eigenpairs:
+                   distributed: bool = False, scale_by_group_lr: bool = False,
+                   block_size: int = 1) -> Eigenpairs:
     """The ``k`` largest eigenpairs of the Hessian (or ``curvature="ggn"``: the Gauss-Newton
     matrix) of ``loss_fn(model(inputs), targets)`` on ``batch``, by :func:`lanczos_top_k`.
+
+    ``block_size=b`` finds every copy of an eigenvalue of multiplicity up to ``b``, for ~1.5-4x
+    the products; the default single start vector sees one copy of each (a linear model with
+    ``d`` outputs under MSE has every eigenvalue ``d`` times).
 
     With an Adam-family ``optimizer`` the operator is ``P^-1/2 A P^-1/2`` (the pre-conditioned
     spectrum, as in :func:`catapult.preconditioned_sharpness`; vectors in those coordinates);
@@ -180,6 +185,8 @@ def top_eigenpairs(model, loss_fn, batch, k: int = 5, *, tol: float = 1e-3, init
         [4.0, 1.0]
     """
     check_solver_args(tol, max_iter)
+    if not (isinstance(block_size, int) and not isinstance(block_size, bool) and block_size >= 1):
+        raise ValueError(f"block_size must be an integer >= 1, got {block_size!r}")
     chunk_size, basis = memory_setting(memory, batch, chunk_size, max_basis, model, loss_fn, seed, distributed)
     op = curvature_operator(model, loss_fn, batch, curvature=curvature, optimizer=optimizer,
                             dtype=dtype, hvp=hvp, seed=seed, chunk_size=chunk_size,
@@ -187,9 +194,10 @@ def top_eigenpairs(model, loss_fn, batch, k: int = 5, *, tol: float = 1e-3, init
     v0 = start_vector(init, op.numel, op.dtype, op.device, seed)
     if distributed and init is not None:
         dist_ops.broadcast_vector(v0)
-    if max_basis is None:
-        basis = max(2 * k + 10, basis)
-    return lanczos_top_k(op, v0, k, tol=tol, max_iter=max_iter, max_basis=basis)
+    if max_basis is None:  # room for the pending block on top of the single-vector default
+        basis = max(2 * k + 10, basis) + block_size - 1
+    return lanczos_top_k(op, v0, k, tol=tol, max_iter=max_iter, max_basis=basis,
+                         block_size=block_size, seed=seed)
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,10 +13,13 @@ A block of ``b`` start vectors spans up to ``b`` directions of each eigenspace, 
 eigenvalue of multiplicity ``<= b`` is found with all its copies. Each step multiplies the
 ``b`` newest basis vectors and orthogonalises the products against the whole basis (full
 re-orthogonalisation, a second pass where the DGKS test asks); the coefficients are the columns
-of the projected matrix ``M = Q^T A Q``, built column by column, so the relation
-``A Q_m = Q_m M_m + Q_next E`` holds by construction through thick restarts (which keep the top
-Ritz vectors and the pending block). The Ritz pair ``(theta, Q_m s)`` has residual
-``||E s||``, read off ``M`` at no extra product.
+of the projected matrix ``M = Q^T A Q``, built column by column, and the remainders, made
+orthonormal among themselves (``R = Q_next^T (A Q_m - Q_m M_m)``), are the next block. So
+``A Q_m = Q_m M_m + Q_next E`` holds by construction, through thick restarts too (to the top
+Ritz vectors ``Y = Q_m S``, with ``E S`` as their couplings), and the Ritz pair
+``(theta, Q_m s)`` has residual ``||E s||``, read off ``M`` at no extra product. With one
+vector this is the familiar Lanczos with full re-orthogonalisation (same products, same values
+as the tridiagonal form, measured on the GPT's top 5).
 """
 from __future__ import annotations
 
@@ -49,6 +52,26 @@ class Eigenpairs:
     residuals: list
 
 
+def _orthonormal_block(vectors: list[torch.Tensor], norms: list[float],
+                       floor: float) -> tuple[list[torch.Tensor], np.ndarray]:
+    """``(Q, R)`` with ``vectors[i] = sum_p R[p, i] Q[p]`` (Gram-Schmidt, twice), dropping a
+    vector whose remainder is under ``floor``: ``R`` has ``len(Q)`` rows. ``norms`` are the
+    vectors' norms (used where nothing is subtracted); ``vectors`` are used as scratch."""
+    basis: list[torch.Tensor] = []
+    R = np.zeros((len(vectors), len(vectors)))
+    for i, w in enumerate(vectors):
+        for _ in range(2):
+            for p, q in enumerate(basis):
+                c = float(torch.dot(q, w))
+                w.add_(q, alpha=-c)
+                R[p, i] += c
+        norm = norms[i] if not basis else float(torch.linalg.vector_norm(w))
+        if norm > floor:
+            R[len(basis), i] = norm
+            basis.append(w.div_(norm))
+    return basis, R[:len(basis)]
+
+
 def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_iter: int = 300,
                   max_basis: int | None = None, block_size: int = 1, seed: int = 0) -> Eigenpairs:
     """The ``k`` largest (algebraic) eigenpairs of a symmetric operator by thick-restart
@@ -56,20 +79,20 @@ def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_it
 
     The start block is ``v0`` and ``block_size - 1`` seeded random directions orthogonal to it
     (drawn on the CPU: every device and every rank draws the same ones). Each step multiplies
-    the newest block, and ``M[:, i] = Q^T A q_i`` collects the Gram-Schmidt coefficients of each
-    product (``M[p, i] = ||w_i||`` for the direction ``q_p = w_i / ||w_i||`` it adds). Products
-    at rounding level (an invariant direction: ``k`` above the rank, say) add a fresh seeded
-    direction instead, with no coupling. Ritz pairs ``(theta_i, Q_m s_i)`` of the complete
-    leading ``m x m`` part of ``M`` (symmetrised) have residuals ``||M[m:, :m] s_i||``. It stops
+    the newest block; ``M[:, i] = Q^T A q_i`` collects the Gram-Schmidt coefficients of each
+    product, and the remainders, orthonormalised, are the next block (their coefficients the
+    rows ``M[m:, :]``). A remainder at rounding level (an invariant direction: ``k`` above the
+    rank, say) is replaced by a fresh seeded direction, with no coupling. Ritz pairs
+    ``(theta_i, Q_m s_i)`` of ``M_m`` (symmetrised) have residuals ``||M[m:, :m] s_i||``. It stops
     when each of the ``k`` largest has residual ``<= tol max(|theta_i|, floor / tol)``,
     ``floor = 100 eps max |theta|`` (what the arithmetic resolves: below it an eigenvalue, a zero
     one of a rank-deficient Hessian say, is judged by its absolute residual, since a relative one
     would never fall under ``tol``; ``residuals`` are relative to the same); or after
     ``max_iter`` products (a block is finished, so up to ``block_size - 1`` more); or when the
-    basis spans ``R^n`` (exact). When the basis would pass ``max_basis`` vectors (default
-    ``max(2k + 10, 20) + block_size - 1``) it restarts from the top ``max(k + block_size,
-    (max_basis - block_size) // 2)`` Ritz vectors plus the pending block, so memory stays at
-    ``max_basis`` vectors.
+    basis spans ``R^n`` (exact). When the next block would take the basis past ``max_basis``
+    vectors (default ``max(2k + 10, 20) + block_size - 1``; at least ``k + block_size + 1``) it
+    first restarts from the top ``min(max_basis - block_size, max(k + block_size + 1,
+    max_basis // 2))`` Ritz vectors, so memory stays at ``max_basis`` vectors (and one block).
 
     ``block_size=1`` is single-vector Lanczos, the fastest where no eigenvalue repeats: a block
     of ``b`` costs ~1.5-4x the products (bench/RESULTS.md, issue 16, 4d).
@@ -90,9 +113,9 @@ def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_it
         raise ValueError(f"block_size must be an integer >= 1, got {block_size!r}")
     b = min(block_size, n)
     capacity = min(n, max_basis if max_basis is not None else max(2 * k + 10, 20) + b - 1)
-    if capacity < min(n, k + 2 * b):
-        raise ValueError(f"max_basis must be >= k + 2 block_size = {k + 2 * b}, got {max_basis!r}")
-    keep = min(capacity - b, max(k + b, (capacity - b) // 2))
+    if capacity < min(n, k + b + 1):
+        raise ValueError(f"max_basis must be >= k + block_size + 1 = {k + b + 1}, got {max_basis!r}")
+    keep = min(capacity - b, max(k + b + 1, capacity // 2))
     eps = torch.finfo(v0.dtype).eps
     basis = KrylovBasis(v0, capacity=capacity)
     basis.append(v0 / torch.linalg.vector_norm(v0))
@@ -100,62 +123,73 @@ def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_it
     while basis.size < b:
         basis.append(basis.fresh_direction(seed * 7919 + fresh))
         fresh += 1
-    M = np.zeros((capacity, capacity))
+    M = np.zeros((capacity + b, capacity + b))  # Q^T A Q, and the couplings of the next block
     done, matvecs, scale = 0, 0, 0.0
     values = vectors = None
     converged, residuals = False, [math.inf] * k
     while True:
-        block = range(done, basis.size)
-        products = []
+        block = range(done, basis.size)  # the newest directions, whose products are due
+        products, norms, finite = [], [], True
         for i in block:
-            w = matvec(basis.row(i)).to(v0.dtype).clone()
+            products.append(matvec(basis.row(i)).to(v0.dtype).clone())
             matvecs += 1
-            scale = max(scale, float(torch.linalg.vector_norm(w)))
-            products.append(w)
-        if not all(bool(w.isfinite().all()) for w in products):
+        for i, w in zip(block, products):  # w becomes the residual r_i = A q_i - Q M[:, i]
+            # the large components first (Lanczos' local recurrence: A q_i lies mostly in the
+            # span of this block and the vectors coupled to it, the block before or the kept
+            # Ritz vectors, whose coefficients M[i, p] = q_p^T A q_i are known), then the
+            # whole basis, so the DGKS test asks for a second full pass only where rounding needs it
+            for p in np.flatnonzero(M[i, :block.start]):
+                w.add_(basis.row(int(p)), alpha=-M[i, p])
+                M[p, i] += M[i, p]
+            for p in block:
+                c = float(torch.dot(basis.row(p), w))
+                w.add_(basis.row(p), alpha=-c)
+                M[p, i] += c
+            h, norm = basis.orthogonalize(w)
+            norms.append(norm)
+            M[:basis.size, i] += h.double().cpu().numpy()
+            finite = math.isfinite(norm) and bool(np.isfinite(M[:basis.size, i]).all())
+            if not finite:  # a non-finite product (a diverged model): a result, not a crash
+                break
+            # ||A q_i|| by Pythagoras, the scale that tells an invariant direction
+            scale = max(scale, math.sqrt(float(M[:basis.size, i] @ M[:basis.size, i]) + norm ** 2))
+        if not finite:
             values = None
             break
-        for i, w in zip(block, products):  # each product against the basis, which grows
-            h = basis.orthogonalize(w).double().cpu().numpy()
-            M[:basis.size, i] += h
-            norm = float(torch.linalg.vector_norm(w))
-            if basis.size < n and basis.size < capacity:
-                if norm <= 10 * eps * max(scale, eps) * math.sqrt(n):  # invariant direction
-                    basis.append(basis.fresh_direction(seed * 7919 + fresh))
-                    fresh += 1
-                else:
-                    M[basis.size, i] = norm
-                    basis.append(w.div_(norm))
-        done = block.stop
-        size = basis.size
-        M_m = (M[:done, :done] + M[:done, :done].T) / 2
-        values, vectors = np.linalg.eigh(M_m)
-        E = M[done:size, :done]
+        done = size = basis.size
+        # the residuals orthonormalised among themselves, r_i = sum_p R[p, i] q_new_p; one at
+        # rounding level is an invariant direction and adds none
+        new, R = _orthonormal_block(products, norms, 10 * eps * max(scale, eps) * math.sqrt(n))
+        M[size:size + len(new), block.start:size] = R
+        values, vectors = np.linalg.eigh((M[:done, :done] + M[:done, :done].T) / 2)
         order = np.argsort(values)[::-1]
         top = order[:min(k, done)]
+        E = M[done:done + len(new), :done]
         smallest = max(100 * eps * float(np.max(np.abs(values))) / tol, 1e-300)
         residuals = [float(np.linalg.norm(E @ vectors[:, i])) / max(abs(values[i]), smallest)
                      for i in top]
         if done >= k and max(residuals) <= tol:
             converged = True
             break
-        if done == n or size == done:  # the basis spans R^n (or nothing is left to add)
+        if done == n:  # the basis spans R^n: exact
             converged = done >= k
             break
         if matvecs >= max_iter:
             break
-        if capacity < n and size + (size - done) > capacity:
-            # thick restart: the top Ritz vectors (done - 1 >= k of them at most) + pending block
-            pending, kept = size - done, min(keep, done - 1)
+        adding = min(len(block), n - size)  # the next block: new directions, then fresh ones
+        if size + adding > capacity:  # thick restart to the top Ritz vectors, before adding
+            kept = min(keep, capacity - adding)
             S = vectors[:, order[:kept]]
-            C = np.zeros((size, kept + pending))
-            C[:done, :kept] = S
-            C[done:, kept:] = np.eye(pending)
-            basis.restart(torch.as_tensor(C, dtype=v0.dtype, device=v0.device))
+            basis.restart(torch.as_tensor(S, dtype=v0.dtype, device=v0.device))
             M = np.zeros_like(M)
             M[:kept, :kept] = np.diag(values[order[:kept]])
-            M[kept:kept + pending, :kept] = E @ S
+            M[kept:kept + len(new), :kept] = R @ S[block.start:size]
             done = kept
+        for q in new:
+            basis.append(q)
+        while basis.size < done + adding:  # invariant directions: fresh seeded ones, uncoupled
+            basis.append(basis.fresh_direction(seed * 7919 + fresh))
+            fresh += 1
     if values is None:
         return Eigenpairs([float("nan")] * k, v0.new_full((k, n), float("nan")), matvecs, False,
                           [float("nan")] * k)

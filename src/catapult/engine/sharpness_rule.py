@@ -174,7 +174,8 @@ def sharpness_rule(config: Mapping[str, Any], model: nn.Module | None = None) ->
             eig = curvature.top_eigenpairs(model, loss_fn, batch, k=top_k, tol=kwargs["tol"],
                                            max_iter=max(kwargs["max_iter"], 3 * top_k),
                                            optimizer=opt, scale_by_group_lr=opt is not None,
-                                           memory=kwargs["memory"], **common)
+                                           memory=kwargs["memory"],
+                                           block_size=int(ev.get("spectrum_block_size", 1)), **common)
             row.update({f"eig_{i + 1}": float(v) for i, v in enumerate(eig.values)})
         if trace_matvecs:
             row["hessian_trace"] = float(curvature.hessian_trace(
