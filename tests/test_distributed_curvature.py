@@ -41,6 +41,9 @@ def measure(model, loss_fn, batch, opt, distributed):
         "preconditioned": catapult.preconditioned_sharpness(model, loss_fn, batch, opt,
                                                             tol=1e-10, **kw).value,
         "top3": catapult.top_eigenpairs(model, loss_fn, batch, k=3, tol=1e-10, **kw).values,
+        # a block's seeded start directions are drawn alike on every rank
+        "top3_block": catapult.top_eigenpairs(model, loss_fn, batch, k=3, tol=1e-10, block_size=2,
+                                              **kw).values,
         "critical_lr": catapult.critical_lr(model, loss_fn, batch, opt, lr_start=1e-3,
                                             **kw).lr,
     }
@@ -90,6 +93,7 @@ def test_two_gloo_ranks_equal_one_process_on_the_union():
             for key in ("sharpness", "lean", "preconditioned", "critical_lr"):
                 assert got[key] == pytest.approx(single[key], rel=1e-6), (flavour, key)
             np.testing.assert_allclose(got["top3"], single["top3"], rtol=1e-6)
+            np.testing.assert_allclose(got["top3_block"], single["top3_block"], rtol=1e-6)
     # and the shards alone differ, so the test can fail
     shard = (batch[0][:SHARDS[0]], batch[1][:SHARDS[0]])
     alone = catapult.sharpness(model, loss_fn, shard, tol=1e-10).value

@@ -164,8 +164,8 @@ def top_eigenpairs(model, loss_fn, batch, k: int = 5, *, tol: float = 1e-3, init
     """The ``k`` largest eigenpairs of the Hessian (or ``curvature="ggn"``: the Gauss-Newton
     matrix) of ``loss_fn(model(inputs), targets)`` on ``batch``, by :func:`lanczos_top_k`.
 
-    ``block_size=b`` finds every copy of an eigenvalue of multiplicity up to ``b``, for ~1.5-4x
-    the products; the default single start vector sees one copy of each (a linear model with
+    ``block_size=b`` finds every copy of an eigenvalue of multiplicity up to ``b``, for 1.1-1.6x
+    the products at ``b`` = 2-3; the default single start vector may see one copy of each (a linear model with
     ``d`` outputs under MSE has every eigenvalue ``d`` times).
 
     With an Adam-family ``optimizer`` the operator is ``P^-1/2 A P^-1/2`` (the pre-conditioned

@@ -95,7 +95,8 @@ def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_it
     max_basis // 2))`` Ritz vectors, so memory stays at ``max_basis`` vectors (and one block).
 
     ``block_size=1`` is single-vector Lanczos, the fastest where no eigenvalue repeats: a block
-    of ``b`` costs ~1.5-4x the products (bench/RESULTS.md, issue 16, 4d).
+    of 2 costs 1.1-1.3x the products, of 3 1.3-1.6x (top 5 of the FCN and the GPT;
+    bench/RESULTS.md, issue 16, 4d).
 
     Example (a double top eigenvalue: one start vector sees one copy):
         >>> A = torch.diag(torch.tensor([5.0, 5.0, 3.0, 1.0, -2.0], dtype=torch.float64))
