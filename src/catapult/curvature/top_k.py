@@ -120,7 +120,7 @@ def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_it
     eps = torch.finfo(v0.dtype).eps
     basis = KrylovBasis(v0, capacity=capacity)
     basis.append(v0 / torch.linalg.vector_norm(v0))
-    fresh = 0
+    fresh = 0  # fresh directions drawn so far: draw `fresh` of seed s uses seed 7919 s + fresh
     while basis.size < b:
         basis.append(basis.fresh_direction(seed * 7919 + fresh))
         fresh += 1
