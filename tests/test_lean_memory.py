@@ -179,3 +179,26 @@ def test_finite_difference_accumulate_and_lean_keep_tol():
                              hvp="finite_difference", dtype=torch.float32, max_iter=400)
     assert est.converged and abs(est.value - eigs[-1]) <= (est.error_bound + 1e-4) * abs(est.value)
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_lean_top_eigenpairs_keeps_its_sized_basis(monkeypatch):
+    # the README's promise: top_eigenpairs under "lean" keeps the basis lean sizes (here 10
+    # vectors), or the k + block_size + 1 the pairs need; it used to widen it to 2k + 10
+    from catapult.curvature import krylov
+
+    model, loss_fn, batch = mlp(256, seed=2)
+    _, lean_basis = memory_setting("lean", batch, None, None, model, loss_fn)
+    peak = {"size": 0}
+    append = krylov.KrylovBasis.append
+
+    def counted(self, q):
+        append(self, q)
+        peak["size"] = max(peak["size"], self.size)
+    monkeypatch.setattr(krylov.KrylovBasis, "append", counted)
+    truth = dense_eigenvalues(model, loss_fn, batch)[::-1][:5]
+    for k, block, want in ((5, 1, max(lean_basis, 7)), (9, 2, max(lean_basis, 12))):
+        peak["size"] = 0
+        eig = catapult.top_eigenpairs(model, loss_fn, batch, k=k, tol=1e-8, max_iter=3000,
+                                      memory="lean", block_size=block)
+        assert eig.converged and peak["size"] == want
+        np.testing.assert_allclose(eig.values[:5], truth, rtol=1e-7)

@@ -194,8 +194,10 @@ def top_eigenpairs(model, loss_fn, batch, k: int = 5, *, tol: float = 1e-3, init
     v0 = start_vector(init, op.numel, op.dtype, op.device, seed)
     if distributed and init is not None:
         dist_ops.broadcast_vector(v0)
-    if max_basis is None:  # room for the pending block on top of the single-vector default
-        basis = max(2 * k + 10, basis) + block_size - 1
+    if max_basis is None:
+        # lean: its sized basis, or the least k pairs need; fast: room for restarts to pay
+        basis = (max(basis, k + block_size + 1) if memory == "lean"
+                 else max(2 * k + 10, basis) + block_size - 1)
     return lanczos_top_k(op, v0, k, tol=tol, max_iter=max_iter, max_basis=basis,
                          block_size=block_size, seed=seed)
 
