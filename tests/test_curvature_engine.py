@@ -75,5 +75,9 @@ def test_spectrum_block_size_logs_every_copy_of_a_repeated_top_eigenvalue():
         assert row["eig_2"] == pytest.approx(row["eig_1"], rel=1e-6)
         assert row["eig_3"] == pytest.approx(row["eig_1"], rel=1e-6)
         assert row["eig_1"] == pytest.approx(row["sharpness"], rel=1e-6)
-    with pytest.raises(C.ConfigError):
+    with pytest.raises(C.ConfigError, match="eval.spectrum_block_size"):
         linear(spectrum_block_size=0)
+    with pytest.raises(C.ConfigError, match=r"eval\.spectrum_block_size: at most eval\.spectrum_top_k = 3"):
+        linear(spectrum_block_size=4)
+    with pytest.raises(C.ConfigError, match="set eval.spectrum_top_k or remove it"):
+        linear(spectrum_block_size=2, spectrum_top_k=0)

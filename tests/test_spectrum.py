@@ -130,7 +130,8 @@ def test_block_lanczos_finds_every_copy_of_eigenvalues_repeated_up_to_its_block_
     A = torch.tensor((Q * values) @ Q.T)
     truth = np.sort(np.linalg.eigvalsh(A.numpy()))[::-1]
     k = data.draw(st.integers(1, n))
-    max_basis = data.draw(st.one_of(st.none(), st.integers(k + 2 * block, 2 * k + 4 * block)))
+    block = min(block, k)  # a block of k finds k copies: all the top k asks for
+    max_basis = data.draw(st.one_of(st.none(), st.integers(k + block + 1, 2 * k + 4 * block)))
     eig = lanczos_top_k(lambda v: A @ v, torch.tensor(rng.normal(size=n)), k, tol=1e-8,
                         max_iter=100 * n, max_basis=max_basis, block_size=block,
                         seed=data.draw(st.integers(0, 100)))
@@ -153,8 +154,9 @@ def test_top_eigenpairs_of_a_linear_model_with_three_outputs_under_mse():
     truth = np.repeat(gram, 3)
     eig = catapult.top_eigenpairs(model, torch.nn.MSELoss(), batch, k=7, tol=1e-8, block_size=3)
     np.testing.assert_allclose(eig.values, truth[:7], rtol=1e-7)
-    with pytest.raises(ValueError, match="block_size must be an integer >= 1"):
-        catapult.top_eigenpairs(model, torch.nn.MSELoss(), batch, k=2, block_size=0)
+    for bad in (0, 3, 1.5):
+        with pytest.raises(ValueError, match=r"block_size must be an integer in \[1, k = 2\]"):
+            catapult.top_eigenpairs(model, torch.nn.MSELoss(), batch, k=2, block_size=bad)
 
 
 def test_preconditioned_top_eigenpairs_and_trace_match_dense_adam():

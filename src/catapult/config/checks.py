@@ -188,8 +188,21 @@ def _check_text_tokens(config: dict) -> Problems:
         yield ("model.final_norm", f"is a gpt option (model.name is {model['name']!r}); remove it")
 
 
+def _check_spectrum(config: dict) -> Problems:
+    """``eval.spectrum_block_size`` is the top-k solve's block: it needs that solve, and a block
+    of ``k`` already finds ``k`` copies of an eigenvalue (a larger one only costs products and
+    parameter-sized vectors)."""
+    ev = config["eval"]
+    block, k = ev["spectrum_block_size"], ev["spectrum_top_k"]
+    if block != 1 and not k:
+        yield ("eval.spectrum_block_size", "sets the block of the top-k solve: set eval.spectrum_top_k or remove it")
+    elif k and block > k:
+        yield ("eval.spectrum_block_size", f"at most eval.spectrum_top_k = {k} (a block of k finds k copies "
+                                           f"of an eigenvalue); got {block}")
+
+
 #: The cross-key checks, run in this order on a config whose keys validated individually.
 CHECKS: list[Callable[[dict], Problems]] = [
     _check_decay, _check_data_root, _check_model_data, _check_adam_family, _check_catapult_warmup,
-    _check_dtype_range, _check_wrn_and_augment, _check_text_tokens,
+    _check_dtype_range, _check_wrn_and_augment, _check_text_tokens, _check_spectrum,
 ]

@@ -311,7 +311,8 @@ class EvalConfig(Section):
                        "sharpness measurement (0 = off)", json_schema_extra=_added())
     spectrum_block_size: Annotated[int, integer(low=1)] = Field(
         1, description="start vectors of the top-k solve: every copy of an eigenvalue of multiplicity "
-                       "up to this is found (1 = one copy; a linear model with d outputs under MSE has "
+                       "up to this is found, at most spectrum_top_k (1 = one copy; a linear model with d "
+                       "outputs under MSE has "
                        "each eigenvalue d times), for 1.1-1.3x the products at 2, 1.3-1.6x at 3", json_schema_extra=_added())
     trace_matvecs: Annotated[int, Option(None, _check_trace_matvecs, _TRACE_MATVECS_KIND)] = Field(
         0, description="log the trace (hessian_trace, Hutch++ with this many products, same kind "

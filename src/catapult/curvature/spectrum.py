@@ -185,8 +185,9 @@ def top_eigenpairs(model, loss_fn, batch, k: int = 5, *, tol: float = 1e-3, init
         [4.0, 1.0]
     """
     check_solver_args(tol, max_iter)
-    if not (isinstance(block_size, int) and not isinstance(block_size, bool) and block_size >= 1):
-        raise ValueError(f"block_size must be an integer >= 1, got {block_size!r}")
+    if not (isinstance(block_size, int) and not isinstance(block_size, bool) and 1 <= block_size <= k):
+        raise ValueError(f"block_size must be an integer in [1, k = {k}] (a block of k finds k copies "
+                         f"of an eigenvalue), got {block_size!r}")
     chunk_size, basis = memory_setting(memory, batch, chunk_size, max_basis, model, loss_fn, seed, distributed)
     op = curvature_operator(model, loss_fn, batch, curvature=curvature, optimizer=optimizer,
                             dtype=dtype, hvp=hvp, seed=seed, chunk_size=chunk_size,

@@ -75,7 +75,8 @@ def _orthonormal_block(vectors: list[torch.Tensor], norms: list[float],
 def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_iter: int = 300,
                   max_basis: int | None = None, block_size: int = 1, seed: int = 0) -> Eigenpairs:
     """The ``k`` largest (algebraic) eigenpairs of a symmetric operator by thick-restart
-    (block) Lanczos, with every copy of an eigenvalue of multiplicity ``<= block_size``.
+    (block) Lanczos, with every copy of an eigenvalue of multiplicity ``<= block_size``
+    (``1 <= block_size <= k``: a block of ``k`` already finds ``k`` copies).
 
     The start block is ``v0`` and ``block_size - 1`` seeded random directions orthogonal to it
     (drawn on the CPU: every device and every rank draws the same ones). Each step multiplies
@@ -110,9 +111,10 @@ def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_it
     n = v0.numel()
     if not (isinstance(k, int) and 1 <= k <= n):
         raise ValueError(f"k must be an integer in [1, {n}], got {k!r}")
-    if not (isinstance(block_size, int) and not isinstance(block_size, bool) and block_size >= 1):
-        raise ValueError(f"block_size must be an integer >= 1, got {block_size!r}")
-    b = min(block_size, n)
+    if not (isinstance(block_size, int) and not isinstance(block_size, bool) and 1 <= block_size <= k):
+        raise ValueError(f"block_size must be an integer in [1, k = {k}] (a block of k finds k copies "
+                         f"of an eigenvalue), got {block_size!r}")
+    b = block_size
     capacity = min(n, max_basis if max_basis is not None else max(2 * k + 10, 20) + b - 1)
     if capacity < min(n, k + b + 1):
         raise ValueError(f"max_basis must be >= k + block_size + 1 = {k + b + 1}, got {max_basis!r}")
