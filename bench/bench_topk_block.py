@@ -9,7 +9,11 @@ what it finds.
    (closed form, float64), top 6 at ``tol=1e-6`` from seeds 0-2: the largest error against the
    closed form, per block size.
 
+3. With ``--peers``: top 5 at ``tol=1e-3`` against scipy's block solver, ``lobpcg`` (block 5,
+   ``largest=True``), on curvlinops' Hessian operator (the ``bench`` extra), seeds 0-2.
+
 Usage:  OMP_NUM_THREADS=1 .venv/bin/python bench/bench_topk_block.py [--problems fcn1000,gpt]
+        OMP_NUM_THREADS=1 .venv/bin/python bench/bench_topk_block.py --peers --problems gpt
 """
 from __future__ import annotations
 
@@ -18,13 +22,16 @@ import os
 import sys
 import time
 
-import numpy as np
-import torch
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # scipy's spinning BLAS threads: see bench_peers.py
+
+import numpy as np  # noqa: E402  (after the BLAS thread setting)
+import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_peers import problem  # noqa: E402  (the same problems)
 
 import catapult  # noqa: E402
+from catapult.curvature.hessian import math_attention  # noqa: E402
 
 
 def cost(names: list[str], blocks=(1, 2, 3), seeds=3) -> None:
@@ -70,10 +77,69 @@ def multiplicity(blocks=(1, 2, 3), seeds=3) -> None:
         print(f"| {b} | {np.round(first, 4).tolist()} | {max(errors):.1e} | {', '.join(map(str, products))} |")
 
 
+def run_lobpcg(model, loss, batch, seed, k, tol):
+    """scipy's block solver, ``lobpcg(largest=True)``, on curvlinops' Hessian operator from a
+    seeded random block of ``k``: ``(values, products, CPU s, converged)``. Its ``tol`` is on each
+    residual norm ``||A x - lambda x||`` (absolute), so the caller passes ``tol * lambda``."""
+    import warnings
+
+    from curvlinops import HessianLinearOperator
+    from scipy.sparse.linalg import LinearOperator, lobpcg
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    dtype = np.float64 if params[0].dtype == torch.float64 else np.float32
+    count = [0]
+    start = time.process_time()
+    H = HessianLinearOperator(model, loss, params, [batch]).to_scipy(dtype)
+
+    def matmat(X):
+        count[0] += X.shape[1]
+        return np.stack([H.matvec(X[:, j]) for j in range(X.shape[1])], axis=1)
+
+    op = LinearOperator(H.shape, matvec=lambda v: matmat(v[:, None])[:, 0], matmat=matmat, dtype=dtype)
+    X = np.random.default_rng(seed).standard_normal((H.shape[0], k)).astype(dtype)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        values, _ = lobpcg(op, X, tol=tol, maxiter=500, largest=True)
+    converged = not any("not reach" in str(w.message) or "Exited" in str(w.message) for w in caught)
+    return sorted(map(float, values), reverse=True), count[0], time.process_time() - start, converged
+
+
+def peers(names: list[str], seeds=3) -> None:
+    """Top 5 at tol 1e-3: ours (block 1 and 5) against scipy's lobpcg (block 5) on curvlinops."""
+    print("| problem | solver | products per seed | CPU s per call (mean) | max rel. error of the 5 | converged |")
+    print("|---|---|---|---|---|---|")
+    for name in names:
+        model, loss, batch = problem(name)
+        ref = catapult.top_eigenpairs(model, loss, batch, k=5, tol=1e-8, max_iter=2000,
+                                      dtype=torch.float64).values
+        rows = {"ours, block_size 1": [], "ours, block_size 5": [], "lobpcg (scipy), block 5": []}
+        for seed in range(seeds):
+            for label in rows:
+                if label.startswith("ours"):
+                    start = time.process_time()
+                    eig = catapult.top_eigenpairs(model, loss, batch, k=5, tol=1e-3, seed=seed,
+                                                  block_size=int(label[-1]))
+                    got = (eig.values, eig.matvecs, time.process_time() - start, eig.converged)
+                else:
+                    with math_attention():  # the peer's forward-over-reverse needs it
+                        got = run_lobpcg(model, loss, batch, seed, 5, 1e-3 * ref[0])
+                rows[label].append(got)
+        for label, got in rows.items():
+            error = max(abs(v - r) / abs(r) for g in got for v, r in zip(g[0], ref))
+            print(f"| {name} | {label} | {', '.join(str(g[1]) for g in got)} | "
+                  f"{np.mean([g[2] for g in got]):.2f} | {error:.1e} | {all(g[3] for g in got)} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--problems", default="fcn1000,gpt")
+    parser.add_argument("--peers", action="store_true",
+                        help="instead: top 5 against scipy's lobpcg on curvlinops' operator (the bench extra)")
     args = parser.parse_args()
+    if args.peers:
+        peers(args.problems.split(","))
+        return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.2f}")
     multiplicity()
     print()
