@@ -1,7 +1,7 @@
 """The spectrum of the Hessian or the Gauss-Newton matrix: top-k eigenpairs (thick-restart
-Lanczos), the trace (Hutch++) and the spectral density (stochastic Lanczos quadrature), each
-optionally pre-conditioned by an Adam-family optimizer's next step (``P^-1/2 A P^-1/2``) or
-scaled by SGD's per-group learning rates (``M^1/2 A M^1/2``).
+block Lanczos, :mod:`catapult.curvature.top_k`), the trace (Hutch++) and the spectral density
+(stochastic Lanczos quadrature), each optionally pre-conditioned by an Adam-family optimizer's
+next step (``P^-1/2 A P^-1/2``) or scaled by SGD's per-group learning rates (``M^1/2 A M^1/2``).
 
 Same calling convention as :func:`catapult.sharpness`; ``curvature="hessian" | "ggn"``.
 Nothing here changes a model's parameters, gradients, buffers or train/eval mode, an
