@@ -245,7 +245,7 @@ def test_plain_lanczos_keeps_its_residual_promise(seed, n, shape, max_basis, tol
         assert abs(est.value - top[0]) <= 2 * tol * abs(top[0]) + slack
 
 
-def test_plain_lanczos_reads_the_basis_only_for_its_couplings():
+def test_plain_lanczos_step_is_the_three_term_recurrence():
     """Same start, same top eigenvalue, with and without the Gram-Schmidt pass; one plain step
     is the three-term recurrence alone: ``alpha = q^T A q``, ``beta = ||A q - alpha q||``."""
     A = torch.tensor(random_symmetric(60, seed=3))

@@ -102,7 +102,7 @@ class KrylovBasis:
         return total, after
 
     def fresh_direction(self, seed: int) -> torch.Tensor:
-        """A seeded random unit vector orthogonal to the basis (two Gram-Schmidt passes), drawn
+        """A seeded random unit vector orthogonal to the basis (:meth:`orthogonalize`), drawn
         on the CPU so every device and every rank of a process group draws the same one: where
         the Krylov space has become invariant, the direction to go on from.
 
@@ -115,9 +115,7 @@ class KrylovBasis:
         gen = torch.Generator().manual_seed(seed)
         w = torch.randn(self.like.numel(), generator=gen, dtype=torch.float64)
         w = w.to(device=self.like.device, dtype=self.like.dtype)
-        for _ in range(2):
-            self.subtract(w, self.coefficients(w))
-        return w.div_(torch.linalg.vector_norm(w))
+        return w.div_(self.orthogonalize(w)[1])
 
     def restart(self, coeffs: torch.Tensor, columns: int = 1 << 16) -> None:
         """Replace the basis by its ``k`` combinations ``Q^T C`` (``C`` of shape (m, k), k < m)

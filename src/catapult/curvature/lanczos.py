@@ -17,7 +17,7 @@ __all__ = [
     "EigenEstimate", "KrylovBasis", "lanczos_top_eigenpair", "batched_lanczos",
     # the Lanczos step and its pieces (KrylovBasis from catapult.curvature.krylov)
     "lanczos_step", "restart_sizes", "tridiagonal_update", "ritz_pairs", "top_ritz_pair", "relative_residual",
-    "krylov_invariant", "eigenvalue_error_bound", "stop_test", "thick_restart",
+    "rounding_level", "krylov_invariant", "eigenvalue_error_bound", "stop_test", "thick_restart",
 ]
 
 
@@ -142,6 +142,16 @@ def relative_residual(beta: float, s_last: float, theta: float) -> float:
     return 0.0 if residual == 0 else float("inf")
 
 
+def rounding_level(scale: float, n: int, eps: float) -> float:
+    """``10 eps max(scale, eps) sqrt(n)``: a remainder this small, next to products of size
+    ``scale`` in ``R^n``, is rounding noise (the Krylov space is invariant along it).
+
+    >>> f"{rounding_level(4.0, 100, 1e-16):.1e}"
+    '4.0e-14'
+    """
+    return 10 * eps * max(scale, eps) * math.sqrt(n)
+
+
 def krylov_invariant(beta: float, ritz_values: np.ndarray, n: int, eps: float) -> bool:
     """Whether the Krylov space is invariant under ``A`` (its Ritz values are then exact).
 
@@ -154,7 +164,7 @@ def krylov_invariant(beta: float, ritz_values: np.ndarray, n: int, eps: float) -
     (True, False)
     """
     scale = max(abs(ritz_values[0]), abs(ritz_values[-1]))
-    return bool(beta <= 10 * eps * max(scale, eps) * math.sqrt(n) or len(ritz_values) == n)
+    return bool(beta <= rounding_level(scale, n, eps) or len(ritz_values) == n)
 
 
 def eigenvalue_error_bound(beta: float, ritz_values: np.ndarray, ritz_vectors: np.ndarray) -> float:

@@ -17,7 +17,7 @@ import torch
 
 from catapult.curvature import distributed as dist_ops
 from catapult.curvature.hessian import HessianOperator, fixed_rng, math_attention
-from catapult.curvature.top_k import Eigenpairs, lanczos_top_k
+from catapult.curvature.top_k import Eigenpairs, check_block_size, lanczos_top_k
 from catapult.curvature.sharpness import (PreconditionedOperator, build_operator,
                                           check_solver_args, memory_setting, start_vector,
                                           step_preconditioner)
@@ -185,9 +185,7 @@ def top_eigenpairs(model, loss_fn, batch, k: int = 5, *, tol: float = 1e-3, init
         [4.0, 1.0]
     """
     check_solver_args(tol, max_iter)
-    if not (isinstance(block_size, int) and not isinstance(block_size, bool) and 1 <= block_size <= k):
-        raise ValueError(f"block_size must be an integer in [1, k = {k}] (a block of k finds k copies "
-                         f"of an eigenvalue), got {block_size!r}")
+    check_block_size(block_size, k)  # before the operator's graph is built
     chunk_size, basis = memory_setting(memory, batch, chunk_size, max_basis, model, loss_fn, seed, distributed)
     op = curvature_operator(model, loss_fn, batch, curvature=curvature, optimizer=optimizer,
                             dtype=dtype, hvp=hvp, seed=seed, chunk_size=chunk_size,

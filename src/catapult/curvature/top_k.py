@@ -30,8 +30,9 @@ import numpy as np
 import torch
 
 from catapult.curvature.krylov import KrylovBasis
+from catapult.curvature.lanczos import rounding_level
 
-__all__ = ["Eigenpairs", "lanczos_top_k"]
+__all__ = ["Eigenpairs", "check_block_size", "lanczos_top_k"]
 
 
 @dataclass
@@ -50,6 +51,21 @@ class Eigenpairs:
     matvecs: int
     converged: bool
     residuals: list
+
+
+def check_block_size(block_size, k: int) -> None:
+    """Raise ValueError unless ``1 <= block_size <= k`` (an integer): a block of ``k`` already
+    finds ``k`` copies of an eigenvalue, a larger one only costs products and vectors.
+
+    >>> check_block_size(2, 5)
+    >>> check_block_size(6, 5)
+    Traceback (most recent call last):
+    ...
+    ValueError: block_size must be an integer in [1, k = 5] (a block of k finds k copies of an eigenvalue), got 6
+    """
+    if not (isinstance(block_size, int) and not isinstance(block_size, bool) and 1 <= block_size <= k):
+        raise ValueError(f"block_size must be an integer in [1, k = {k}] (a block of k finds k copies "
+                         f"of an eigenvalue), got {block_size!r}")
 
 
 def _orthonormal_block(vectors: list[torch.Tensor], norms: list[float],
@@ -111,9 +127,7 @@ def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_it
     n = v0.numel()
     if not (isinstance(k, int) and 1 <= k <= n):
         raise ValueError(f"k must be an integer in [1, {n}], got {k!r}")
-    if not (isinstance(block_size, int) and not isinstance(block_size, bool) and 1 <= block_size <= k):
-        raise ValueError(f"block_size must be an integer in [1, k = {k}] (a block of k finds k copies "
-                         f"of an eigenvalue), got {block_size!r}")
+    check_block_size(block_size, k)
     b = block_size
     capacity = min(n, max_basis if max_basis is not None else max(2 * k + 10, 20) + b - 1)
     if capacity < min(n, k + b + 1):
@@ -162,7 +176,7 @@ def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_it
         done = size = basis.size
         # the residuals orthonormalised among themselves, r_i = sum_p R[p, i] q_new_p; one at
         # rounding level is an invariant direction and adds none
-        new, R = _orthonormal_block(products, norms, 10 * eps * max(scale, eps) * math.sqrt(n))
+        new, R = _orthonormal_block(products, norms, rounding_level(scale, n, eps))
         M[size:size + len(new), block.start:size] = R
         values, vectors = np.linalg.eigh((M[:done, :done] + M[:done, :done].T) / 2)
         order = np.argsort(values)[::-1]
