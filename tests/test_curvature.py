@@ -250,6 +250,10 @@ def test_bad_arguments_are_named():
         sharpness(model, mse, batch, tol=0)
     with pytest.raises(ValueError, match="batch must be a pair"):
         sharpness(model, mse, batch[0])
+    with pytest.raises(ValueError, match="max_iter must be an integer >= 1, got True"):
+        sharpness(model, mse, batch, max_iter=True)
+    with pytest.raises(ValueError, match="seed must be an integer, got 'a'"):
+        sharpness(model, mse, batch, seed="a")
 
 
 # ---------------------------------------------------------------------------- thresholds

@@ -157,6 +157,11 @@ def test_top_eigenpairs_of_a_linear_model_with_three_outputs_under_mse():
     for bad in (0, 3, 1.5):
         with pytest.raises(ValueError, match=r"block_size must be an integer in \[1, k = 2\]"):
             catapult.top_eigenpairs(model, torch.nn.MSELoss(), batch, k=2, block_size=bad)
+    # k is named for itself (not through the block it bounds), up to the 21 parameters; a bool
+    # is not a count
+    for bad in (0, -1, 22, 2.5, True):
+        with pytest.raises(ValueError, match=rf"k must be an integer in \[1, 21\], got {bad!r}"):
+            catapult.top_eigenpairs(model, torch.nn.MSELoss(), batch, k=bad)
 
 
 def test_preconditioned_top_eigenpairs_and_trace_match_dense_adam():
@@ -235,6 +240,8 @@ def test_hutch_plus_plus_is_exact_on_the_span_and_unbiased_enough():
     (lambda m, l, b: catapult.spectral_density(m, l, b, sigma=-1.0), "sigma must be"),
     (lambda m, l, b: catapult.spectral_density(m, l, b, sigma=float("nan")), "sigma must be"),
     (lambda m, l, b: catapult.spectral_density(m, l, b, grid_points=1), "grid_points must be"),
+    (lambda m, l, b: catapult.spectral_density(m, l, b, runs=True), "runs and steps must be"),
+    (lambda m, l, b: catapult.hessian_trace(m, l, b, matvecs=True), "matvecs must be"),
     (lambda m, l, b: catapult.sharpness(m, l, (b[0][:0], b[1][:0])), "batch is empty"),
     (lambda m, l, b: catapult.top_eigenpairs(m, l, (b[0][:0], b[1][:0])), "batch is empty"),
     (lambda m, l, b: catapult.hessian_trace(m, l, (b[0][:0], b[1][:0])), "batch is empty"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import warnings
 
 import torch
@@ -230,6 +231,8 @@ class HessianOperator:
             raise ValueError("batch must be a pair (inputs, targets)")
         if hvp not in HVP_MODES:
             raise ValueError(f"hvp must be one of {HVP_MODES}, got {hvp!r}")
+        if not (isinstance(seed, numbers.Integral) and not isinstance(seed, bool)):
+            raise ValueError(f"seed must be an integer, got {seed!r}")
         dtype = resolve_dtype(dtype)
         trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
         if not trainable:

@@ -145,7 +145,7 @@ def check_solver_args(tol, max_iter):
     # inf would stop after one matvec and call any start vector's Rayleigh quotient "converged"
     if not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and 0 < tol < math.inf):
         raise ValueError(f"tol must be a finite number > 0, got {tol!r}")
-    if not (isinstance(max_iter, int) and max_iter >= 1):
+    if not (isinstance(max_iter, int) and not isinstance(max_iter, bool) and max_iter >= 1):
         raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
 
 

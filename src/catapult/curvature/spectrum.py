@@ -17,7 +17,7 @@ import torch
 
 from catapult.curvature import distributed as dist_ops
 from catapult.curvature.hessian import HessianOperator, fixed_rng, math_attention
-from catapult.curvature.top_k import Eigenpairs, check_block_size, lanczos_top_k
+from catapult.curvature.top_k import Eigenpairs, check_block_size, check_k, lanczos_top_k
 from catapult.curvature.sharpness import (PreconditionedOperator, build_operator,
                                           check_solver_args, memory_setting, start_vector,
                                           step_preconditioner)
@@ -185,7 +185,11 @@ def top_eigenpairs(model, loss_fn, batch, k: int = 5, *, tol: float = 1e-3, init
         [4.0, 1.0]
     """
     check_solver_args(tol, max_iter)
-    check_block_size(block_size, k)  # before the operator's graph is built
+    # k and the block first, before the operator's graph is built (k, then the block it bounds)
+    trainable = (sum(p.numel() for p in model.parameters() if p.requires_grad)
+                 if isinstance(model, torch.nn.Module) else 0)
+    check_k(k, trainable or None)  # no parameters at all: the operator says so
+    check_block_size(block_size, k)
     chunk_size, basis = memory_setting(memory, batch, chunk_size, max_basis, model, loss_fn, seed, distributed)
     op = curvature_operator(model, loss_fn, batch, curvature=curvature, optimizer=optimizer,
                             dtype=dtype, hvp=hvp, seed=seed, chunk_size=chunk_size,
@@ -376,7 +380,7 @@ def spectral_density(model, loss_fn, batch, *, runs: int = 8, steps: int = 40,
         >>> sorted(set(dens.nodes.round(4).ravel().tolist())), round(float(dens.weights.sum()) / 4, 6)
         ([1.0, 4.0], 1.0)
     """
-    if not (isinstance(runs, int) and runs >= 1 and isinstance(steps, int) and steps >= 1):
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in (runs, steps)):
         raise ValueError(f"runs and steps must be integers >= 1, got {runs!r}, {steps!r}")
     if not (isinstance(grid_points, int) and grid_points >= 2):
         raise ValueError(f"grid_points must be an integer >= 2, got {grid_points!r}")

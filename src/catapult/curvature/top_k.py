@@ -32,7 +32,7 @@ import torch
 from catapult.curvature.krylov import KrylovBasis
 from catapult.curvature.lanczos import rounding_level
 
-__all__ = ["Eigenpairs", "check_block_size", "lanczos_top_k"]
+__all__ = ["Eigenpairs", "check_block_size", "check_k", "lanczos_top_k"]
 
 
 @dataclass
@@ -51,6 +51,21 @@ class Eigenpairs:
     matvecs: int
     converged: bool
     residuals: list
+
+
+def check_k(k, n: int | None) -> None:
+    """Raise ValueError unless ``k`` is an integer in ``[1, n]`` (``n`` eigenvalues exist;
+    ``n=None``: no upper bound known yet; a bool is not a count).
+
+    >>> check_k(3, 10)
+    >>> check_k(0, 10)
+    Traceback (most recent call last):
+    ...
+    ValueError: k must be an integer in [1, 10], got 0
+    """
+    if not (isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= (k if n is None else n)):
+        raise ValueError(f"k must be an integer in [1, {'the parameter count' if n is None else n}], "
+                         f"got {k!r}")
 
 
 def check_block_size(block_size, k: int) -> None:
@@ -125,8 +140,7 @@ def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_it
         ([5.0, 5.0], True)
     """
     n = v0.numel()
-    if not (isinstance(k, int) and 1 <= k <= n):
-        raise ValueError(f"k must be an integer in [1, {n}], got {k!r}")
+    check_k(k, n)
     check_block_size(block_size, k)
     b = block_size
     capacity = min(n, max_basis if max_basis is not None else max(2 * k + 10, 20) + b - 1)
