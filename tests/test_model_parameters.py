@@ -145,3 +145,34 @@ def test_a_sweep_on_other_machines_leaves_the_check_to_them(tmp_path):
     outcome = run_sweep(base, spec, tmp_path / "s.db", executor=elsewhere, progress="none")
     assert outcome.counts.get("finished") == 1 and len(fake.calls) == 1
 
+
+
+def test_a_sweep_refuses_more_eigenvalues_than_parameters_before_writing_its_store(tmp_path, capsys):
+    # the digits MLP of width 8, depth 2 has 610 parameters (64*8 + 8*10 + 8 + 10); with one input
+    # feature and one class it has 25, so spectrum_top_k = 100 and 700 need the data's shapes:
+    # 100 passes, 700 is refused, before the store exists or a cell runs (it used to fail each cell)
+    from catapult.cli import main
+    from catapult.sweep import run_sweep
+    from catapult.sweep.spec import load_sweep
+    from sweep_fakes import FakeRun
+
+    path = tmp_path / "grid.yaml"
+    path.write_text("name: grid\ndata: {name: digits, n_train: 32, n_test: 16}\n"
+                    "model: {name: mlp, width: 8, depth: 2}\noptimizer: {name: sgd, lr: 0.1}\n"
+                    "train: {steps: 1}\neval: {sharpness_every: 1}\n"
+                    "sweep: {grid: {eval.spectrum_top_k: [2, 100, 610, 611, 700]}}\n")
+    base, spec = load_sweep(path)
+    assert model_parameters(base, 1, 1) == 25 < 100
+    fake = FakeRun()
+    with pytest.raises(ConfigError) as refused:
+        run_sweep(base, spec, tmp_path / "s.db", run_fn=fake, progress="none")
+    assert refused.value.problems == [
+        ("cell 3 (eval.spectrum_top_k=611) eval.spectrum_top_k",
+         "611 eigenvalues asked of a model with 610 trainable parameters; at most 610"),
+        ("cell 4 (eval.spectrum_top_k=700) eval.spectrum_top_k",
+         "700 eigenvalues asked of a model with 610 trainable parameters; at most 610")]
+    assert not (tmp_path / "s.db").exists() and fake.calls == []
+    assert main(["sweep", str(path), "--store", str(tmp_path / "cli.db")]) == 2
+    err = capsys.readouterr().err
+    assert "cell 3 (eval.spectrum_top_k=611) eval.spectrum_top_k" in err and "Traceback" not in err
+    assert not (tmp_path / "cli.db").exists()

@@ -21,7 +21,8 @@ import torch.nn as nn
 from catapult import config as cfg
 from catapult.losses import get_loss
 from catapult.optim import registry
-from catapult.engine.model_size import MODELS, check_fits, check_model_fits, model_parameters, size_error
+from catapult.engine.model_size import (MODELS, check_fits, check_model_fits, check_spectrum_fits,
+                                        model_parameters, size_error)
 from catapult.engine.sharpness_rule import ADAPTIVE, SharpnessRule, sharpness_rule, solver_options, threshold
 
 __all__ = [
@@ -482,10 +483,7 @@ def build_run(config: Mapping[str, Any]) -> Run:
     model = build_model(config, data.in_features, data.num_classes, device, dtype)
     model.train()
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    top_k = config["eval"].get("spectrum_top_k") or 0
-    if top_k > n_params:  # the Hessian has n_params eigenvalues: say so now, not at step 0's log
-        raise cfg.ConfigError(f"{top_k} eigenvalues asked of a model with {n_params} trainable "
-                              f"parameters; at most {n_params}", key="eval.spectrum_top_k")
+    check_spectrum_fits(config, n_params)  # the Hessian has n_params eigenvalues: now, not at step 0
     start = torch.randn(n_params, generator=torch.Generator().manual_seed(run_seeds[2]))
     return Run(config=config, device=device, dtype=dtype, seeds=run_seeds, data=data, batches=batches,
                model=model, loss_fn=get_loss(config["loss"]), n_params=n_params,

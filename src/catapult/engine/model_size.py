@@ -20,7 +20,7 @@ import torch.nn as nn
 from catapult import config as cfg
 from catapult.models import GPT, MLP, WRN
 
-__all__ = ["MODELS", "model_parameters", "check_fits", "check_model_fits", "size_error"]
+__all__ = ["MODELS", "model_parameters", "check_fits", "check_model_fits", "check_spectrum_fits", "size_error"]
 
 
 #: model.name -> builder(model_config, in_features, out_features) -> nn.Module. For the mlp
@@ -131,6 +131,24 @@ def check_model_fits(config: Mapping[str, Any], device: torch.device | str = "cp
         catapult.config.errors.ConfigError: model: model.width=1000000 and model.depth=1000 make a model of ...
     """
     check_fits(config, 1, 1, torch.device(device), getattr(torch, config["dtype"]))
+
+
+def check_spectrum_fits(config: Mapping[str, Any], n_params: int) -> None:
+    """Raise :class:`~catapult.config.ConfigError` naming ``eval.spectrum_top_k`` when it asks
+    more eigenvalues of the Hessian than the model's ``n_params`` (trainable) parameters give.
+
+    Example:
+        >>> from catapult.config import validate
+        >>> check_spectrum_fits(validate({"eval": {"sharpness_every": 1, "spectrum_top_k": 5}}), 5)
+        >>> check_spectrum_fits(validate({"eval": {"sharpness_every": 1, "spectrum_top_k": 6}}), 5)
+        Traceback (most recent call last):
+        ...
+        catapult.config.errors.ConfigError: eval.spectrum_top_k: 6 eigenvalues asked of a model with 5 trainable parameters; at most 5
+    """
+    top_k = config["eval"].get("spectrum_top_k") or 0
+    if top_k > n_params:
+        raise cfg.ConfigError(f"{top_k} eigenvalues asked of a model with {n_params} trainable "
+                              f"parameters; at most {n_params}", key="eval.spectrum_top_k")
 
 
 #: Words of torch's errors for a tensor size it cannot hold or even compute.

@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from catapult import config as cfg
-from catapult.engine.model_size import check_model_fits
+from catapult.engine.build import load_data
+from catapult.engine.model_size import check_model_fits, check_spectrum_fits, model_parameters
 from catapult.sweep.claims import HEARTBEAT_S, Heartbeat
 from catapult.sweep.store import DONE_STATUSES, Store
 from catapult.sweep.executors import Cell, CellResult, Executor, get_executor, torch_threads, worker_name
@@ -150,13 +151,17 @@ def _failed(error: str) -> CellResult:
     return CellResult("failed", [], {}, error=error)
 
 
-def _refuse_models_too_large(cells: list[CellSpec]) -> None:
+def _refuse_impossible_cells(cells: list[CellSpec]) -> None:
     """Raise one :class:`~catapult.config.ConfigError` naming every cell whose model cannot fit
     in this machine's memory whatever data it trains on (:func:`catapult.engine.check_model_fits`,
-    a lower bound from the config alone), before the store is written or any data loaded; each
-    distinct model section is counted once."""
+    a lower bound from the config alone), or that asks more Hessian eigenvalues
+    (``eval.spectrum_top_k``) than its model has parameters, before the store is written or any
+    cell runs; each distinct model section is counted once. The eigenvalue count needs the
+    data's shapes only where it exceeds the count at one input feature and one class (a lower
+    bound): only then is that cell's data loaded, once per data section."""
     problems: list[tuple[str, str]] = []
     verdicts: dict[str, cfg.ConfigError | None] = {}
+    shapes: dict[str, tuple[int, int] | None] = {}
     for cell in cells:
         key = canonical_json([cell.config["model"], cell.config["dtype"]])
         if key not in verdicts:
@@ -165,10 +170,36 @@ def _refuse_models_too_large(cells: list[CellSpec]) -> None:
                 verdicts[key] = None
             except cfg.ConfigError as err:
                 verdicts[key] = err
-        if verdicts[key] is not None:
-            problems += cell_problems(cell.id, cell.swept, verdicts[key])
+        err = verdicts[key] or _spectrum_problem(cell.config, shapes)
+        if err is not None:
+            problems += cell_problems(cell.id, cell.swept, err)
     if problems:
         raise cells_error(problems)
+
+
+def _spectrum_problem(config: Mapping[str, Any], shapes: dict) -> cfg.ConfigError | None:
+    """:func:`catapult.engine.check_spectrum_fits`'s error for ``config``, or None; ``shapes``
+    caches ``(in_features, classes)`` per data section (None: the data did not load, which the
+    cell itself then reports)."""
+    top_k = config["eval"].get("spectrum_top_k") or 0
+    try:
+        if not top_k or top_k <= model_parameters(config, 1, 1):
+            return None
+        data_key = canonical_json(config["data"])
+        if data_key not in shapes:
+            try:
+                data = load_data(config)
+                shapes[data_key] = (data.in_features, data.num_classes)
+            except Exception:  # noqa: BLE001  (a data problem is the cell's own error to report)
+                shapes[data_key] = None
+        if shapes[data_key] is None:
+            return None
+        check_spectrum_fits(config, model_parameters(config, *shapes[data_key]))
+    except cfg.ConfigError as err:
+        return err
+    except (NotImplementedError, RuntimeError, TypeError, OverflowError):  # no count: no check
+        return None
+    return None
 
 
 def run_sweep(
@@ -207,7 +238,7 @@ def run_sweep(
         engine = get_executor(executor, run_fn=run_fn, **dict(executor_options or {}))
     if engine.runs_here:
         try:
-            _refuse_models_too_large(cells)
+            _refuse_impossible_cells(cells)
         except cfg.ConfigError:
             engine.close()
             raise
