@@ -166,7 +166,8 @@ def top_eigenpairs(model, loss_fn, batch, k: int = 5, *, tol: float = 1e-3, init
 
     ``block_size=b`` finds every copy of an eigenvalue of multiplicity up to ``b``, for 1.1-1.6x
     the products at ``b`` = 2-3; the default single start vector may see one copy of each (a linear model with
-    ``d`` outputs under MSE has every eigenvalue ``d`` times).
+    ``d`` outputs under MSE has every eigenvalue ``d`` times). An eigenvalue that comes back ``b``
+    times may repeat more often: a larger block (and ``k``) counts its copies.
 
     With an Adam-family ``optimizer`` the operator is ``P^-1/2 A P^-1/2`` (the pre-conditioned
     spectrum, as in :func:`catapult.preconditioned_sharpness`; vectors in those coordinates);
