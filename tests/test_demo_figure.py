@@ -45,3 +45,22 @@ def test_no_sharpness_is_said_in_the_panel():
     fig = plot_trajectories({"run": _diverging_run()[:5]})
     texts = [t.get_text() for t in fig.axes[1].texts]
     assert any("sharpness not measured" in t for t in texts)
+
+
+def test_a_run_that_logged_its_spectrum_gets_a_third_panel(tmp_path):
+    # eval.spectrum_top_k / eval.trace_matvecs columns: eig_1 .. eig_k and hessian_trace, on the
+    # sharpness cadence (empty between); eigenvalues may be negative, so the axis is linear
+    rows = _catapult_run()
+    for row in rows:
+        measured = row["sharpness"] is not None
+        row.update({"eig_1": row["sharpness"], "eig_2": 0.5 * row["sharpness"] if measured else None,
+                    "eig_3": -1.0 if measured else None, "hessian_trace": 30.0 if measured else None})
+    fig = plot_trajectories({"run": rows}, tmp_path / "t.png")
+    ax_loss, ax_sharp, ax_spec, ax_trace = fig.axes
+    assert "top 3 eigenvalues" in ax_spec.get_title() and ax_spec.get_yscale() == "linear"
+    drawn = [list(line.get_ydata()) for line in ax_spec.get_lines()]
+    assert drawn == [[10.0] * 11 + [4.0] * 9, [5.0] * 11 + [2.0] * 9, [-1.0] * 20]
+    assert [list(line.get_ydata()) for line in ax_trace.get_lines()] == [[30.0] * 20]
+    assert "trace" in ax_trace.get_ylabel() and (tmp_path / "t.png").stat().st_size > 0
+    # without those columns: the two panels as before
+    assert len(plot_trajectories({"run": _catapult_run()}).axes) == 2

@@ -3,7 +3,8 @@
 Input is one or more runs' metrics: sequences of per-step mappings with keys ``step``,
 ``train_loss``, ``sharpness`` (``None``/NaN where not measured) and either ``threshold``
 (the optimizer's instability threshold at that step, e.g. ``2/lr_t`` for GD) or ``lr``
-(then ``2/lr`` is drawn).
+(then ``2/lr`` is drawn). Runs that log the spectrum (``eig_1 .. eig_k``, ``hessian_trace``:
+``eval.spectrum_top_k``, ``eval.trace_matvecs``) get a third panel with it.
 """
 from __future__ import annotations
 
@@ -70,7 +71,8 @@ def plot_trajectories(
     preconditioned: bool = False,
 ) -> Figure:
     """Two panels, log-y: (a) training loss vs step, (b) sharpness vs step with each run's
-    instability threshold (``2/lr_t`` for GD) dashed in the run's colour.
+    instability threshold (``2/lr_t`` for GD) dashed in the run's colour; and (c), where a run
+    logged them, its top-k eigenvalues (``eig_1`` darkest) and Hessian trace (right axis).
 
     ``runs`` maps a legend label to that run's metrics. ``statuses`` (label -> status) marks
     diverged runs with an ``x`` at their last logged loss. Every catapult
@@ -82,9 +84,11 @@ def plot_trajectories(
     """
     from catapult.analysis import detect_catapults
 
-    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    spectra = {label: _spectrum_keys(metrics) for label, metrics in runs.items()}
+    with_spectrum = any(eigs or trace for eigs, trace in spectra.values())
+    fig = Figure(figsize=(16, 4.2) if with_spectrum else (11, 4.2), layout="constrained")
     FigureCanvasAgg(fig)
-    ax_loss, ax_sharp = fig.subplots(1, 2)
+    ax_loss, ax_sharp, *ax_spectrum = fig.subplots(1, 3 if with_spectrum else 2)
     colors = [f"C{i % 10}" for i in range(len(runs))]
     top = loss_axis_top(runs)
     any_sharpness, any_clipped, any_catapult = False, False, False
@@ -137,7 +141,9 @@ def plot_trajectories(
         ax_sharp.text(0.5, 0.5, "sharpness not measured\n(eval.sharpness_every: 0)", transform=ax_sharp.transAxes,
                       ha="center", va="center", fontsize=11, color="0.35")
     _clip_threshold_axis(ax_sharp, runs)
-    for ax in (ax_loss, ax_sharp):
+    if ax_spectrum:
+        _spectrum_panel(ax_spectrum[0], runs, spectra, colors)
+    for ax in (ax_loss, ax_sharp, *ax_spectrum):
         ax.grid(True, which="major", alpha=0.3)
     if runs:
         ax_loss.legend(fontsize=8, loc="best")
@@ -147,6 +153,39 @@ def plot_trajectories(
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=110)
     return fig
+
+
+def _spectrum_keys(metrics: Metrics) -> tuple[list[str], bool]:
+    """``(["eig_1", ...], has_trace)``: the spectrum columns with at least one finite value."""
+    keys = sorted({k for row in metrics for k in row if k.startswith("eig_") and k[4:].isdigit()},
+                  key=lambda k: int(k[4:]))
+    eigs = [k for k in keys if _series(metrics, k, positive=False)[0]]
+    return eigs, bool(_series(metrics, "hessian_trace", positive=False)[0])
+
+
+def _spectrum_panel(ax, runs: Mapping[str, Metrics], spectra: Mapping[str, tuple[list[str], bool]],
+                    colors: list[str]) -> None:
+    """(c): each run's ``eig_i`` in its colour, fading with ``i`` (linear axis: eigenvalues may
+    be negative), and its ``hessian_trace`` dashed on a right-hand axis."""
+    trace_ax = None
+    for color, (label, metrics) in zip(colors, runs.items()):
+        eigs, has_trace = spectra[label]
+        for i, key in enumerate(eigs):
+            xs, ys = _series(metrics, key, positive=False)
+            ax.plot(xs, ys, color=color, lw=1.2, alpha=max(1.0 - 0.6 * i / max(len(eigs) - 1, 1), 0.3),
+                    marker="." if len(xs) < 60 else None, ms=3,
+                    label=f"{label}: eig_1 .. eig_{len(eigs)}" if i == 0 and len(runs) > 1 else None)
+        if has_trace:
+            trace_ax = trace_ax or ax.twinx()
+            xs, ys = _series(metrics, "hessian_trace", positive=False)
+            trace_ax.plot(xs, ys, color=color if len(runs) > 1 else "0.25", lw=1.0, ls="--")
+    top_k = max((len(eigs) for eigs, _ in spectra.values()), default=0)
+    title = f"(c) top {top_k} eigenvalues (eig_1 darkest)" if top_k else "(c) spectrum"
+    ax.set(xlabel="step", ylabel="eigenvalue of H" if top_k else "", title=title)
+    if trace_ax is not None:
+        trace_ax.set_ylabel("Hessian trace (dashed, Hutch++)")
+    if len(runs) > 1 and top_k:
+        ax.legend(fontsize=8, loc="best")
 
 
 def _clip_threshold_axis(ax, runs: Mapping[str, Metrics]) -> None:
