@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip
 # is already satisfied and pip never pulls a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: demo test venv clean
+.PHONY: demo test bench venv clean
 
 $(VENV)/.base:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,14 @@ $(VENV)/.installed-test: $(VENV)/.base pyproject.toml
 	$(PIP) install -q -e ".[test]"
 	touch $@
 
+# The peers of bench/bench_peers.py (the bench extra). torch stays the pinned build: curvlinops'
+# dependency backpack needs torchvision, whose newest release would pull a newer CUDA torch. The
+# torchvision pip then picks is PyPI's CUDA build, which does not import beside a CPU torch; none
+# of the benchmarks imports it (backpack does so lazily, for features they do not use).
+$(VENV)/.installed-bench: $(VENV)/.base pyproject.toml
+	$(PIP) install -q -e ".[bench]" "$(TORCH_PIN)"
+	touch $@
+
 venv: $(VENV)/.installed
 
 demo: $(VENV)/.installed
@@ -32,6 +40,11 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(PY) -m pytest
+
+# Issue 16's speed table: catapult.sharpness against hessian-eigenthings and curvlinops + eigsh
+# (~10 min on 2 cores; bench/RESULTS.md, "Curvature beyond the peers").
+bench: $(VENV)/.installed-bench
+	OMP_NUM_THREADS=1 $(PY) bench/bench_peers.py --seeds 3
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

@@ -1,6 +1,9 @@
 """Benchmark: catapult.sharpness vs the maintained peers, one run, same machine load.
 
-Peers (the ``bench`` extra: ``pip install -e .[bench]``):
+Peers (the ``bench`` extra; ``make bench`` installs it and runs this script at one thread. By
+hand: ``pip install -e ".[bench]" torch==2.13.0``, naming the installed torch so that pip keeps
+it: curvlinops' dependency backpack needs torchvision, whose newest release would pull a newer
+CUDA build of torch):
   * hessian-eigenthings 1.0 (``lanczos(HessianOperator, k=1, which="LA", max_iter=m)``): a fixed
     number ``m`` of Lanczos steps, each HVP re-building the gradient graph. Its users must pick
     ``m``; it is given its *best* ``m`` here: per seed, the smallest ``m`` whose eigenvalue is
