@@ -248,3 +248,44 @@ def test_export_command_line(tmp_path, capsys):
     assert (tmp_path / "e.csv").read_text().startswith("cell_id,optimizer.lr,")
     assert main(["export", str(tmp_path / "nope.db"), "--out", str(tmp_path / "e.csv")]) == 2
     assert "store not found" in capsys.readouterr().err
+
+
+def test_export_has_the_last_logged_spectrum_of_cells_that_log_it(tmp_path):
+    # eval.spectrum_top_k / eval.trace_matvecs cells log eig_i and hessian_trace on their sharpness
+    # steps (the metrics' extra columns); the export gives each cell's last logged values, and the
+    # aggregate their mean over seeds. Here eig_1 = 10 + t, eig_2 = 5 + t, trace = 100 t at the
+    # even steps t with a finite loss: last t = 4 in a finished cell of 4 steps, 0 in one that
+    # diverged at step 2.
+    from catapult.sweep.store_export import aggregate_table
+
+    fake = FakeRun(diverge_above=1.0)
+
+    def run_fn(config, progress=None):
+        result = fake(config, progress)
+        for row in result.metrics:
+            if row["step"] % 2 == 0 and math.isfinite(row["train_loss"]):
+                row.update(eig_1=10.0 + row["step"], eig_2=5.0 + row["step"], hessian_trace=100.0 * row["step"])
+        return result
+
+    config, spec = _sweep(eval={"sharpness_every": 2, "spectrum_top_k": 2, "trace_matvecs": 10})
+    _run(config, spec, tmp_path / "s.db", run_fn)
+    with Store(tmp_path / "s.db", create=False) as store:
+        write_csv(store, tmp_path / "out.csv")
+        columns, rows = aggregate_table(store)
+    with open(tmp_path / "out.csv", newline="") as fh:
+        exported = list(csv.DictReader(fh))
+    assert list(exported[0])[-3:] == ["eig_1", "eig_2", "hessian_trace"]
+    for row in exported:
+        last = 4 if row["status"] == "finished" else 0
+        assert (float(row["eig_1"]), float(row["eig_2"]), float(row["hessian_trace"])) == \
+            (10.0 + last, 5.0 + last, 100.0 * last)
+    assert columns[-9:] == [f"{m}_{s}" for m in ("eig_1", "eig_2", "hessian_trace") for s in ("mean", "std", "n")]
+    finished = [r for r in rows if r[columns.index("status")] == "finished"]
+    assert finished and all(r[-9:-6] == [14.0, 0.0, 2] for r in finished)  # both seeds: eig_1 = 14
+    # a sweep that logs no spectrum keeps the documented columns only
+    config, spec = _sweep()
+    _run(config, spec, tmp_path / "plain.db", FakeRun())
+    with Store(tmp_path / "plain.db", create=False) as store:
+        write_csv(store, tmp_path / "plain.csv")
+    with open(tmp_path / "plain.csv", newline="") as fh:
+        assert next(csv.reader(fh))[-1] == "error"

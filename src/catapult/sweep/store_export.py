@@ -2,7 +2,9 @@
 ``aggregate=True`` one row per cell *over seeds* (``sweep.seeds``): ``<metric>_mean``,
 ``<metric>_std`` and ``n_seeds``.
 
-A ``running`` cell that no live driver holds is exported with status ``interrupted``.
+A ``running`` cell that no live driver holds is exported with status ``interrupted``. Sweeps
+that log the spectrum (``eval.spectrum_top_k``, ``eval.trace_matvecs``) gain the last logged
+``eig_1 .. eig_k`` and ``hessian_trace`` of each cell as columns (and their means over seeds).
 """
 from __future__ import annotations
 
@@ -12,8 +14,8 @@ from typing import Any, Sequence
 
 from catapult.sweep.store import BEST_METRICS, FINAL_METRICS
 
-__all__ = ["EXPORT_COLUMNS", "AGGREGATE_METRICS", "export_table", "aggregate_table", "mean_std", "write_csv",
-           "write_parquet"]
+__all__ = ["EXPORT_COLUMNS", "AGGREGATE_METRICS", "export_table", "aggregate_table", "mean_std", "spectrum_columns",
+           "write_csv", "write_parquet"]
 
 
 #: Columns after the swept keys in an export, in order.
@@ -25,7 +27,8 @@ def export_table(store) -> tuple[list[str], list[list[Any]]]:
     """``(columns, rows)``: one row per cell: ``cell_id``, one column per swept key (its dotted
     name, the value as in the config, e.g. ``"2^3/lambda0"``), then :data:`EXPORT_COLUMNS`
     (final metrics ``train_loss``, ``train_accuracy``, ``test_loss``, ``test_accuracy``,
-    ``sharpness``; best values; lambda_0; absolute ``lr_target``; ...). Missing values are ``None``.
+    ``sharpness``; best values; lambda_0; absolute ``lr_target``; ...), then, where cells logged
+    the spectrum, :func:`spectrum_columns` (last logged values). Missing values are ``None``.
     """
     keys = [a["key"] for a in store.axes()]
     cells = store.cells()
@@ -33,13 +36,43 @@ def export_table(store) -> tuple[list[str], list[list[Any]]]:
         for key in cell["swept"]:
             if key not in keys:
                 keys.append(key)
-    columns = ["cell_id", *keys, *EXPORT_COLUMNS]
+    spectra = {cell["id"]: _last_spectrum(store, cell) for cell in cells}
+    extra = spectrum_columns(spectra.values())
+    columns = ["cell_id", *keys, *EXPORT_COLUMNS, *extra]
     rows = []
     for cell in cells:
         row = [cell["id"], *(cell["swept"].get(k) for k in keys)]
         row += [cell.get(c) for c in EXPORT_COLUMNS]
+        row += [spectra[cell["id"]].get(c) for c in extra]
         rows.append(row)
     return columns, rows
+
+
+def _last_spectrum(store, cell: dict) -> dict[str, float]:
+    """The last logged value of each spectrum column (``eig_i``, ``hessian_trace``) of ``cell``;
+    empty for a cell whose config logs none (its metrics are then not read)."""
+    ev = (cell.get("config") or {}).get("eval") or {}
+    if not (ev.get("spectrum_top_k") or ev.get("trace_matvecs")):
+        return {}
+    last: dict[str, float] = {}
+    for row in store.metrics(cell["id"]):
+        for key, value in row.items():
+            if (key == "hessian_trace" or (key.startswith("eig_") and key[4:].isdigit())) \
+                    and isinstance(value, (int, float)) and math.isfinite(value):
+                last[key] = value
+    return last
+
+
+def spectrum_columns(spectra) -> list[str]:
+    """``eig_1 .. eig_K`` (``K`` the largest index any cell logged) then ``hessian_trace`` where
+    any cell logged it.
+
+    >>> spectrum_columns([{}, {"eig_2": 1.0, "eig_1": 2.0}, {"hessian_trace": 9.0}])
+    ['eig_1', 'eig_2', 'hessian_trace']
+    """
+    found = {key for spectrum in spectra for key in spectrum}
+    top = max((int(k[4:]) for k in found if k.startswith("eig_")), default=0)
+    return [f"eig_{i}" for i in range(1, top + 1)] + (["hessian_trace"] if "hessian_trace" in found else [])
 
 
 #: Columns :func:`aggregate_table` averages over seeds.
@@ -69,7 +102,8 @@ def aggregate_table(store) -> tuple[list[str], list[list[Any]]]:
     diverged), ``n_finished``, ``n_diverged``, ``n_collapsed``, ``status`` (the seeds' common
     status, or ``mixed``), then for each of :data:`AGGREGATE_METRICS` ``<metric>_mean``,
     ``<metric>_std`` (sample std over seeds, :func:`mean_std`) and ``<metric>_n`` (seeds that
-    have a finite value: a diverged seed has no test metrics). A store without a seed axis gives
+    have a finite value: a diverged seed has no test metrics); the spectrum columns of
+    :func:`export_table` likewise. A store without a seed axis gives
     one row per cell with ``n_seeds = 1`` and std 0.
     """
     columns, rows = export_table(store)
@@ -85,8 +119,9 @@ def aggregate_table(store) -> tuple[list[str], list[list[Any]]]:
             groups[key] = []
             order.append(key)
         groups[key].append(row)
+    metrics = [*AGGREGATE_METRICS, *columns[index["error"] + 1:]]  # + the spectrum columns
     out_columns = [*keys, "n_seeds", "n_finished", "n_diverged", "n_collapsed", "status"]
-    for m in AGGREGATE_METRICS:
+    for m in metrics:
         out_columns += [f"{m}_mean", f"{m}_std", f"{m}_n"]
     out_rows = []
     for key in order:
@@ -97,7 +132,7 @@ def aggregate_table(store) -> tuple[list[str], list[list[Any]]]:
         row = [members[0][index[k]] for k in keys]
         row += [len(done), statuses.count("finished"), statuses.count("diverged"), statuses.count("collapsed"),
                 common.pop() if len(common) == 1 else "mixed"]
-        for m in AGGREGATE_METRICS:
+        for m in metrics:
             row += list(mean_std([r[index[m]] for r in done]))
         out_rows.append(row)
     return out_columns, out_rows
