@@ -256,6 +256,7 @@ def test_export_has_the_last_logged_spectrum_of_cells_that_log_it(tmp_path):
     # aggregate their mean over seeds. Here eig_1 = 10 + t, eig_2 = 5 + t, trace = 100 t at the
     # even steps t with a finite loss: last t = 4 in a finished cell of 4 steps, 0 in one that
     # diverged at step 2.
+    from catapult.report import build_report
     from catapult.sweep.store_export import aggregate_table
 
     fake = FakeRun(diverge_above=1.0)
@@ -272,6 +273,7 @@ def test_export_has_the_last_logged_spectrum_of_cells_that_log_it(tmp_path):
     with Store(tmp_path / "s.db", create=False) as store:
         write_csv(store, tmp_path / "out.csv")
         columns, rows = aggregate_table(store)
+        page = build_report(store)
     with open(tmp_path / "out.csv", newline="") as fh:
         exported = list(csv.DictReader(fh))
     assert list(exported[0])[-3:] == ["eig_1", "eig_2", "hessian_trace"]
@@ -282,10 +284,13 @@ def test_export_has_the_last_logged_spectrum_of_cells_that_log_it(tmp_path):
     assert columns[-9:] == [f"{m}_{s}" for m in ("eig_1", "eig_2", "hessian_trace") for s in ("mean", "std", "n")]
     finished = [r for r in rows if r[columns.index("status")] == "finished"]
     assert finished and all(r[-9:-6] == [14.0, 0.0, 2] for r in finished)  # both seeds: eig_1 = 14
+    # the report's results table shows them too
+    assert "<th>eig_2</th><th>hessian_trace</th>" in page and "<td>14</td>" in page
     # a sweep that logs no spectrum keeps the documented columns only
     config, spec = _sweep()
     _run(config, spec, tmp_path / "plain.db", FakeRun())
     with Store(tmp_path / "plain.db", create=False) as store:
         write_csv(store, tmp_path / "plain.csv")
+        assert "eig_1" not in build_report(store)
     with open(tmp_path / "plain.csv", newline="") as fh:
         assert next(csv.reader(fh))[-1] == "error"

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from catapult.sweep.store import BEST_METRICS, FINAL_METRICS
 
-__all__ = ["EXPORT_COLUMNS", "AGGREGATE_METRICS", "export_table", "aggregate_table", "mean_std", "spectrum_columns",
+__all__ = ["EXPORT_COLUMNS", "AGGREGATE_METRICS", "export_table", "aggregate_table", "mean_std", "last_spectrum", "spectrum_columns",
            "write_csv", "write_parquet"]
 
 
@@ -36,7 +36,7 @@ def export_table(store) -> tuple[list[str], list[list[Any]]]:
         for key in cell["swept"]:
             if key not in keys:
                 keys.append(key)
-    spectra = {cell["id"]: _last_spectrum(store, cell) for cell in cells}
+    spectra = {cell["id"]: last_spectrum(store, cell) for cell in cells}
     extra = spectrum_columns(spectra.values())
     columns = ["cell_id", *keys, *EXPORT_COLUMNS, *extra]
     rows = []
@@ -48,7 +48,7 @@ def export_table(store) -> tuple[list[str], list[list[Any]]]:
     return columns, rows
 
 
-def _last_spectrum(store, cell: dict) -> dict[str, float]:
+def last_spectrum(store, cell: dict) -> dict[str, float]:
     """The last logged value of each spectrum column (``eig_i``, ``hessian_trace``) of ``cell``;
     empty for a cell whose config logs none (its metrics are then not read)."""
     ev = (cell.get("config") or {}).get("eval") or {}
