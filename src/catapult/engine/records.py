@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from catapult.analysis import detect_catapults
 from catapult.engine.sharpness_rule import RADAM_KIND, STEP_KIND_COLUMN
 
-__all__ = ["METRIC_COLUMNS", "metric_columns", "write_metrics", "read_metrics", "MetricsFile", "json_safe", "finite",
+__all__ = ["METRIC_COLUMNS", "metric_columns", "is_spectrum_column", "write_metrics", "read_metrics", "MetricsFile", "json_safe", "finite",
            "summarize", "warmup_summary", "threshold_label", "format_summary"]
 
 #: values are ``None`` (empty cells in the CSV).
@@ -54,6 +54,16 @@ def metric_columns(config: Mapping[str, Any] | None = None) -> tuple[str, ...]:
             and int(ev.get("sharpness_every") or 0) > 0):
         extra.append(STEP_KIND_COLUMN)
     return METRIC_COLUMNS + tuple(extra)
+
+
+def is_spectrum_column(key: str) -> bool:
+    """Whether ``key`` is one of the spectrum columns of :func:`metric_columns` (``eig_<i>``,
+    ``hessian_trace``).
+
+    >>> [is_spectrum_column(k) for k in ("eig_3", "hessian_trace", "eig_x", "sharpness")]
+    [True, True, False, False]
+    """
+    return key == "hessian_trace" or (key.startswith("eig_") and key[4:].isdigit())
 
 
 def _cell(value: Any) -> str:

@@ -15,6 +15,8 @@ from typing import Any, Mapping, Sequence
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from catapult.engine.records import is_spectrum_column
+
 Metrics = Sequence[Mapping[str, Any]]
 
 
@@ -157,7 +159,7 @@ def plot_trajectories(
 
 def _spectrum_keys(metrics: Metrics) -> tuple[list[str], bool]:
     """``(["eig_1", ...], has_trace)``: the spectrum columns with at least one finite value."""
-    keys = sorted({k for row in metrics for k in row if k.startswith("eig_") and k[4:].isdigit()},
+    keys = sorted({k for row in metrics for k in row if is_spectrum_column(k) and k != "hessian_trace"},
                   key=lambda k: int(k[4:]))
     eigs = [k for k in keys if _series(metrics, k, positive=False)[0]]
     return eigs, bool(_series(metrics, "hessian_trace", positive=False)[0])

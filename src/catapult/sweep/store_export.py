@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from catapult.engine.records import is_spectrum_column
 from catapult.sweep.store import BEST_METRICS, FINAL_METRICS
 
 __all__ = ["EXPORT_COLUMNS", "AGGREGATE_METRICS", "export_table", "aggregate_table", "mean_std", "last_spectrum", "spectrum_columns",
@@ -57,8 +58,7 @@ def last_spectrum(store, cell: dict) -> dict[str, float]:
     last: dict[str, float] = {}
     for row in store.metrics(cell["id"]):
         for key, value in row.items():
-            if (key == "hessian_trace" or (key.startswith("eig_") and key[4:].isdigit())) \
-                    and isinstance(value, (int, float)) and math.isfinite(value):
+            if is_spectrum_column(key) and isinstance(value, (int, float)) and math.isfinite(value):
                 last[key] = value
     return last
 
