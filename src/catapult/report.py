@@ -137,8 +137,6 @@ def build_report(store, *, title: str | None = None, metric: str = "test_accurac
     keys = [a["key"] for a in axes]
     metric_cols = [m for m in (*FINAL_METRICS, *BEST_METRICS) if any(c.get(m) is not None for c in cells)]
     spectra = {c["id"]: last_spectrum(store, c) for c in cells}  # eval.spectrum_top_k / trace_matvecs
-    for c in cells:
-        c.update(spectra[c["id"]])
     metric_cols += spectrum_columns(spectra.values())
     head = ["cell", *keys, "status", *metric_cols, "lambda_0", "lr_target", "steps", "time (s)", "error"]
     parts.append("<h2>Results</h2><p>Final values are at the last step (test metrics from the last evaluation); "
@@ -149,7 +147,7 @@ def build_report(store, *, title: str | None = None, metric: str = "test_accurac
         row = [f"<td>{_fmt(c['id'])}</td>"]
         row += [f"<td class='text'>{html.escape(_label(by_label, k, c['swept'].get(k)))}</td>" for k in keys]
         row.append(f"<td class='text'>{html.escape(str(c['status']))}</td>")
-        row += [f"<td>{_fmt(c.get(m), m)}</td>" for m in metric_cols]
+        row += [f"<td>{_fmt(c.get(m, spectra[c['id']].get(m)), m)}</td>" for m in metric_cols]
         row += [f"<td>{_fmt(c.get('lambda_0'))}</td>", f"<td>{_fmt(c.get('lr_target'))}</td>",
                 f"<td>{_fmt(c.get('steps_completed'))}</td>", f"<td>{_fmt(c.get('wall_time_s'))}</td>"]
         err = c.get("error")
