@@ -71,7 +71,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("export", help="export a sweep store as a table (one row per cell)",
                               description="One row per cell: cell_id, one column per swept key (its dotted "
                                           "name), status, final metrics (train_loss, train_accuracy, test_loss, "
-                                          "test_accuracy, sharpness), best metrics, lambda_0, lr_target, ...")
+                                          "test_accuracy, sharpness), best metrics, lambda_0, lr_target, ...; cells that "
+                                          "logged the spectrum add their last eig_1..eig_k and hessian_trace")
     p.add_argument("store", metavar="STORE", help="sweep store (SQLite file)")
     p.add_argument("--format", choices=("csv", "parquet"), help="default: from --out's suffix, else csv")
     p.add_argument("--out", metavar="FILE", required=True, help="output file")

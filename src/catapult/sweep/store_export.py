@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from catapult.engine.records import is_spectrum_column
+from catapult.engine.records import is_spectrum_column, metric_columns
 from catapult.sweep.store import BEST_METRICS, FINAL_METRICS
 
 __all__ = ["EXPORT_COLUMNS", "AGGREGATE_METRICS", "export_table", "aggregate_table", "mean_std", "last_spectrum", "spectrum_columns",
@@ -52,13 +52,14 @@ def export_table(store) -> tuple[list[str], list[list[Any]]]:
 def last_spectrum(store, cell: dict) -> dict[str, float]:
     """The last logged value of each spectrum column (``eig_i``, ``hessian_trace``) of ``cell``;
     empty for a cell whose config logs none (its metrics are then not read)."""
-    ev = (cell.get("config") or {}).get("eval") or {}
-    if not (ev.get("spectrum_top_k") or ev.get("trace_matvecs")):
+    logged = [c for c in metric_columns(cell.get("config")) if is_spectrum_column(c)]
+    if not logged:
         return {}
     last: dict[str, float] = {}
     for row in store.metrics(cell["id"]):
-        for key, value in row.items():
-            if is_spectrum_column(key) and isinstance(value, (int, float)) and math.isfinite(value):
+        for key in logged:
+            value = row.get(key)
+            if isinstance(value, (int, float)) and math.isfinite(value):
                 last[key] = value
     return last
 
@@ -119,7 +120,7 @@ def aggregate_table(store) -> tuple[list[str], list[list[Any]]]:
             groups[key] = []
             order.append(key)
         groups[key].append(row)
-    metrics = [*AGGREGATE_METRICS, *columns[index["error"] + 1:]]  # + the spectrum columns
+    metrics = [*AGGREGATE_METRICS, *(c for c in columns if is_spectrum_column(c))]
     out_columns = [*keys, "n_seeds", "n_finished", "n_diverged", "n_collapsed", "status"]
     for m in metrics:
         out_columns += [f"{m}_mean", f"{m}_std", f"{m}_n"]
