@@ -250,15 +250,10 @@ def test_export_command_line(tmp_path, capsys):
     assert "store not found" in capsys.readouterr().err
 
 
-def test_export_has_the_last_logged_spectrum_of_cells_that_log_it(tmp_path):
-    # eval.spectrum_top_k / eval.trace_matvecs cells log eig_i and hessian_trace on their sharpness
-    # steps (the metrics' extra columns); the export gives each cell's last logged values, and the
-    # aggregate their mean over seeds. Here eig_1 = 10 + t, eig_2 = 5 + t, trace = 100 t at the
-    # even steps t with a finite loss: last t = 4 in a finished cell of 4 steps, 0 in one that
-    # diverged at step 2.
-    from catapult.report import build_report
-    from catapult.sweep.store_export import aggregate_table
-
+def _spectrum_stores(tmp_path):
+    """A sweep whose cells log the spectrum, and one that logs none. eig_1 = 10 + t, eig_2 = 5 + t,
+    trace = 100 t at the even steps t with a finite loss: the last t is 4 in a finished cell of 4
+    steps, 0 in one that diverged at step 2."""
     fake = FakeRun(diverge_above=1.0)
 
     def run_fn(config, progress=None):
@@ -270,7 +265,20 @@ def test_export_has_the_last_logged_spectrum_of_cells_that_log_it(tmp_path):
 
     config, spec = _sweep(eval={"sharpness_every": 2, "spectrum_top_k": 2, "trace_matvecs": 10})
     _run(config, spec, tmp_path / "s.db", run_fn)
-    with Store(tmp_path / "s.db", create=False) as store:
+    config, spec = _sweep()
+    _run(config, spec, tmp_path / "plain.db", FakeRun())
+    return tmp_path / "s.db", tmp_path / "plain.db"
+
+
+def test_export_has_the_last_logged_spectrum_of_cells_that_log_it(tmp_path):
+    # eval.spectrum_top_k / eval.trace_matvecs cells log eig_i and hessian_trace on their sharpness
+    # steps (the metrics' extra columns); the export gives each cell's last logged values, and the
+    # aggregate their mean over seeds
+    from catapult.report import build_report
+    from catapult.sweep.store_export import aggregate_table
+
+    logged, plain = _spectrum_stores(tmp_path)
+    with Store(logged, create=False) as store:
         write_csv(store, tmp_path / "out.csv")
         columns, rows = aggregate_table(store)
         page = build_report(store)
@@ -287,10 +295,35 @@ def test_export_has_the_last_logged_spectrum_of_cells_that_log_it(tmp_path):
     # the report's results table shows them too
     assert "<th>eig_2</th><th>hessian_trace</th>" in page and "<td>14</td>" in page
     # a sweep that logs no spectrum keeps the documented columns only
-    config, spec = _sweep()
-    _run(config, spec, tmp_path / "plain.db", FakeRun())
-    with Store(tmp_path / "plain.db", create=False) as store:
+    with Store(plain, create=False) as store:
         write_csv(store, tmp_path / "plain.csv")
         assert "eig_1" not in build_report(store)
     with open(tmp_path / "plain.csv", newline="") as fh:
         assert next(csv.reader(fh))[-1] == "error"
+
+
+def test_plot_shows_the_last_logged_spectrum(tmp_path, capsys):
+    # catapult plot --metric eig_<i> / hessian_trace: the heatmap of each cell's last logged value
+    # (means over seeds); refused, exit 2 and nothing written, where no cell logged it
+    from catapult.cli import main
+    from catapult.plots.phase import phase_grid
+    from catapult.sweep.store_export import last_spectrum
+
+    logged, plain = _spectrum_stores(tmp_path)
+    with Store(logged, create=False) as store:
+        cells = [{**c, **last_spectrum(store, c)} for c in store.cells()]
+        grid = phase_grid(cells, store.axes(), "eig_2")
+    ok = [(i, j) for i, row in enumerate(grid.status) for j, s in enumerate(row) if s == "ok"]
+    assert ok and all(grid.values[ij] == 9.0 for ij in ok)  # eig_2 = 5 + 4 in both seeds
+    assert any(s == "diverged" for row in grid.status for s in row)
+    out = tmp_path / "eig.png"
+    assert main(["plot", str(logged), "--metric", "hessian_trace", "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for store, metric, need in ((logged, "eig_3", "eval.spectrum_top_k >= 3"),
+                                (plain, "hessian_trace", "eval.trace_matvecs > 0")):
+        assert main(["plot", str(store), "--metric", metric, "--out", str(tmp_path / "no.png")]) == 2
+        assert f"logged {metric} (it needs {need})" in capsys.readouterr().err
+    assert not (tmp_path / "no.png").exists()
+    with pytest.raises(SystemExit) as exit_:
+        main(["plot", str(logged), "--metric", "eig_0"])
+    assert exit_.value.code == 2 and "unknown metric 'eig_0'" in capsys.readouterr().err

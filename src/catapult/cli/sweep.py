@@ -80,14 +80,16 @@ def register(subparsers) -> None:
                    help="one row per cell over seeds (sweep.seeds): <metric>_mean, <metric>_std, n_seeds")
     p.set_defaults(func=_export_command)
 
-    from catapult.plots.phase import PLOT_METRICS
-
     p = subparsers.add_parser("plot", help="phase-diagram heatmap and cell trajectories from a sweep store",
                               description="Heatmap of a metric over two swept keys (diverged cells hatched, the "
                                           "best cell outlined; other swept keys averaged over unless fixed with "
                                           "--where) and the trajectories of chosen cells.")
     p.add_argument("store", metavar="STORE", help="sweep store (SQLite file)")
-    p.add_argument("--metric", default="test_accuracy", choices=PLOT_METRICS, help="cell value (default: final test_accuracy)")
+    p.add_argument("--metric", default="test_accuracy", type=_plot_metric, metavar="METRIC",
+                   help="cell value (default: final test_accuracy): test_accuracy, test_loss, train_loss, "
+                        "train_accuracy, sharpness, best_test_accuracy, best_test_loss, best_train_loss, lambda_0, "
+                        "lr_target, wall_time_s, or the last logged eig_<i> / hessian_trace of sweeps that log "
+                        "the spectrum (eval.spectrum_top_k, eval.trace_matvecs)")
     p.add_argument("--x", metavar="KEY", help="swept key on the x axis (default: optimizer.lr)")
     p.add_argument("--y", metavar="KEY", help="swept key on the y axis (default: schedule.warmup_steps)")
     p.add_argument("--where", nargs="*", default=[], metavar="KEY=VALUE", help="fix other swept keys, e.g. seed=0")
@@ -123,6 +125,15 @@ def register(subparsers) -> None:
     p.add_argument("store", metavar="STORE", help="sweep store (SQLite file)")
     p.add_argument("--out", metavar="FILE.html", help="default: <store>.html")
     p.set_defaults(func=_report_command)
+
+
+def _plot_metric(text: str) -> str:
+    from catapult.plots.phase import check_plot_metric
+
+    try:
+        return check_plot_metric(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _fail(command: str, message: str) -> int:
@@ -287,7 +298,9 @@ def _plot_command(args: argparse.Namespace) -> int:
     check_image_file("--trajectories-out", args.trajectories_out)
     from catapult.plots.phase import (cell_label, default_trajectory_cells, phase_grid, plot_cell_trajectories,
                                       plot_phase_diagram, unfinished_note)
+    from catapult.engine.records import is_spectrum_column
     from catapult.sweep.store import Store, StoreError
+    from catapult.sweep.store_export import last_spectrum
 
     store_path = Path(args.store)
     stem = store_path.with_suffix("")
@@ -295,6 +308,12 @@ def _plot_command(args: argparse.Namespace) -> int:
         with Store(store_path, create=False) as store:
             axes = store.axes()
             cells = store.cells()
+            if is_spectrum_column(args.metric):
+                cells = [{**cell, **last_spectrum(store, cell)} for cell in cells]
+                if not any(args.metric in cell for cell in cells):
+                    setting = ("eval.trace_matvecs > 0" if args.metric == "hessian_trace"
+                               else f"eval.spectrum_top_k >= {args.metric[4:]}")
+                    return _fail("plot", f"no cell of {store_path} logged {args.metric} (it needs {setting})")
             grid = phase_grid(cells, axes, args.metric, args.x, args.y, where=_parse_where(args.where))
             ids = args.cells if args.cells else default_trajectory_cells(cells, args.metric)
             known = {c["id"]: c for c in cells}

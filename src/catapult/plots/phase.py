@@ -12,6 +12,7 @@ Everything uses ``matplotlib.figure.Figure`` directly (no pyplot state): safe he
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -21,6 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+
 
 __all__ = [
     "PhaseGrid",
@@ -35,12 +37,30 @@ __all__ = [
     "cell_label",
     "higher_is_better",
     "PLOT_METRICS",
+    "check_plot_metric",
 ]
 
 #: Cell values a phase diagram can show (columns of the store's ``cells`` table).
 PLOT_METRICS = ("test_accuracy", "test_loss", "train_loss", "train_accuracy", "sharpness",
                 "best_test_accuracy", "best_test_loss", "best_train_loss", "lambda_0", "lr_target",
                 "wall_time_s")
+
+
+def check_plot_metric(metric: str) -> str:
+    """``metric`` if a phase diagram can show it: one of :data:`PLOT_METRICS`, or a spectrum
+    column (``eig_<i>``, ``hessian_trace``: the last value a cell logged, with
+    ``eval.spectrum_top_k`` / ``eval.trace_matvecs``); else ``ValueError`` naming the choices.
+
+    >>> check_plot_metric("eig_2")
+    'eig_2'
+    >>> check_plot_metric("eig_0")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown metric 'eig_0'; allowed: test_accuracy, test_loss, train_loss, train_accuracy, sharpness, best_test_accuracy, best_test_loss, best_train_loss, lambda_0, lr_target, wall_time_s, eig_<i> (i >= 1), hessian_trace
+    """
+    if metric in PLOT_METRICS or re.fullmatch(r"eig_[1-9][0-9]*|hessian_trace", metric):
+        return metric
+    raise ValueError(f"unknown metric {metric!r}; allowed: {', '.join(PLOT_METRICS)}, eig_<i> (i >= 1), hessian_trace")
 
 
 def higher_is_better(metric: str) -> bool:
@@ -121,8 +141,7 @@ def phase_grid(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[str, A
     over their finished members (``finished`` and also ``diverged`` ones for metrics they have,
     so lambda_0 shows everywhere; for every other metric only ``finished`` cells count).
     """
-    if metric not in PLOT_METRICS:
-        raise ValueError(f"unknown metric {metric!r}; allowed: {', '.join(PLOT_METRICS)}")
+    check_plot_metric(metric)
     by_key = {a["key"]: a for a in axes}
     if x is None or y is None:
         x, y = resolve_axes(axes, x, y)

@@ -49,7 +49,7 @@ def rigl_drop_fraction(t: int, alpha: float, end_step: int) -> float:
     """``(alpha / 2) (1 + cos(pi t / T_end))`` for ``t < T_end``, else 0.
 
     >>> rigl_drop_fraction(0, 0.3, 100), rigl_drop_fraction(50, 0.3, 100), rigl_drop_fraction(100, 0.3, 100)
-    (0.3, 0.15000000000000002, 0.0)
+    (0.3, 0.15, 0.0)
     """
     if t >= end_step:
         return 0.0
