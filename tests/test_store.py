@@ -316,6 +316,7 @@ def test_plot_shows_the_last_logged_spectrum(tmp_path, capsys):
     ok = [(i, j) for i, row in enumerate(grid.status) for j, s in enumerate(row) if s == "ok"]
     assert ok and all(grid.values[ij] == 9.0 for ij in ok)  # eig_2 = 5 + 4 in both seeds
     assert any(s == "diverged" for row in grid.status for s in row)
+    assert grid.best is None  # a curvature measure has no "best" cell to outline
     out = tmp_path / "eig.png"
     assert main(["plot", str(logged), "--metric", "hessian_trace", "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

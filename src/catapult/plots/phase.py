@@ -46,6 +46,11 @@ PLOT_METRICS = ("test_accuracy", "test_loss", "train_loss", "train_accuracy", "s
                 "wall_time_s")
 
 
+_SPECTRUM = re.compile(r"eig_[1-9][0-9]*|hessian_trace")
+# measures of the set-up or of curvature, not objectives: no cell of theirs is "best"
+_NO_OPTIMUM = ("lambda_0", "lr_target", "sharpness")
+
+
 def check_plot_metric(metric: str) -> str:
     """``metric`` if a phase diagram can show it: one of :data:`PLOT_METRICS`, or a spectrum
     column (``eig_<i>``, ``hessian_trace``: the last value a cell logged, with
@@ -58,7 +63,7 @@ def check_plot_metric(metric: str) -> str:
     ...
     ValueError: unknown metric 'eig_0'; allowed: test_accuracy, test_loss, train_loss, train_accuracy, sharpness, best_test_accuracy, best_test_loss, best_train_loss, lambda_0, lr_target, wall_time_s, eig_<i> (i >= 1), hessian_trace
     """
-    if metric in PLOT_METRICS or re.fullmatch(r"eig_[1-9][0-9]*|hessian_trace", metric):
+    if metric in PLOT_METRICS or _SPECTRUM.fullmatch(metric):
         return metric
     raise ValueError(f"unknown metric {metric!r}; allowed: {', '.join(PLOT_METRICS)}, eig_<i> (i >= 1), hessian_trace")
 
@@ -140,6 +145,8 @@ def phase_grid(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[str, A
     or its text) are dropped; the remaining cells with the same ``(x, y)`` values are averaged
     over their finished members (``finished`` and also ``diverged`` ones for metrics they have,
     so lambda_0 shows everywhere; for every other metric only ``finished`` cells count).
+    ``best`` is ``None`` for measures rather than objectives (``lambda_0``, ``lr_target``,
+    ``sharpness``, ``eig_<i>``, ``hessian_trace``).
     """
     check_plot_metric(metric)
     by_key = {a["key"]: a for a in axes}
@@ -211,7 +218,7 @@ def phase_grid(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[str, A
                 status[i][j] = "ok"  # finished, but the metric was not measured
     best = None
     candidates = [(i, j) for i in range(ny) for j in range(nx) if np.isfinite(values[i, j])]
-    if candidates and metric not in ("lambda_0", "lr_target"):
+    if candidates and metric not in _NO_OPTIMUM and not _SPECTRUM.fullmatch(metric):
         pick = max if higher_is_better(metric) else min
         best = pick(candidates, key=lambda ij: values[ij])
     unfinished = [c["id"] for row in members for m in row for c in m if c["status"] not in RESULT_STATUSES]
