@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -60,10 +61,10 @@ def is_spectrum_column(key: str) -> bool:
     """Whether ``key`` is one of the spectrum columns of :func:`metric_columns` (``eig_<i>``,
     ``hessian_trace``).
 
-    >>> [is_spectrum_column(k) for k in ("eig_3", "hessian_trace", "eig_x", "sharpness")]
-    [True, True, False, False]
+    >>> [is_spectrum_column(k) for k in ("eig_3", "hessian_trace", "eig_0", "eig_x", "sharpness")]
+    [True, True, False, False, False]
     """
-    return key == "hessian_trace" or (key.startswith("eig_") and key[4:].isdigit())
+    return re.fullmatch(r"eig_[1-9][0-9]*|hessian_trace", key) is not None
 
 
 def _cell(value: Any) -> str:

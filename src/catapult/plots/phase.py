@@ -12,7 +12,6 @@ Everything uses ``matplotlib.figure.Figure`` directly (no pyplot state): safe he
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -22,6 +21,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+
+from catapult.engine.records import is_spectrum_column
 
 
 __all__ = [
@@ -46,7 +47,6 @@ PLOT_METRICS = ("test_accuracy", "test_loss", "train_loss", "train_accuracy", "s
                 "wall_time_s")
 
 
-_SPECTRUM = re.compile(r"eig_[1-9][0-9]*|hessian_trace")
 # measures of the set-up or of curvature, not objectives: no cell of theirs is "best"
 _NO_OPTIMUM = ("lambda_0", "lr_target", "sharpness")
 
@@ -63,7 +63,7 @@ def check_plot_metric(metric: str) -> str:
     ...
     ValueError: unknown metric 'eig_0'; allowed: test_accuracy, test_loss, train_loss, train_accuracy, sharpness, best_test_accuracy, best_test_loss, best_train_loss, lambda_0, lr_target, wall_time_s, eig_<i> (i >= 1), hessian_trace
     """
-    if metric in PLOT_METRICS or _SPECTRUM.fullmatch(metric):
+    if metric in PLOT_METRICS or is_spectrum_column(metric):
         return metric
     raise ValueError(f"unknown metric {metric!r}; allowed: {', '.join(PLOT_METRICS)}, eig_<i> (i >= 1), hessian_trace")
 
@@ -218,7 +218,7 @@ def phase_grid(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[str, A
                 status[i][j] = "ok"  # finished, but the metric was not measured
     best = None
     candidates = [(i, j) for i in range(ny) for j in range(nx) if np.isfinite(values[i, j])]
-    if candidates and metric not in _NO_OPTIMUM and not _SPECTRUM.fullmatch(metric):
+    if candidates and metric not in _NO_OPTIMUM and not is_spectrum_column(metric):
         pick = max if higher_is_better(metric) else min
         best = pick(candidates, key=lambda ij: values[ij])
     unfinished = [c["id"] for row in members for m in row for c in m if c["status"] not in RESULT_STATUSES]
