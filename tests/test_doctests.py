@@ -3,7 +3,8 @@
 Every public function and class (``__all__``) of the modules below carries a short example with
 a checked, deterministic result (closed forms: a quadratic model whose Hessian is known, SGD's
 ``2 / lr`` threshold, warmup fractions); this runs them with :mod:`doctest` and fails on any
-mismatch, and also fails when a module or a public name has no example at all.
+mismatch, and also fails when a module or a public name has no example at all. The examples of
+every other module of the package run too.
 """
 from __future__ import annotations
 
@@ -63,8 +64,8 @@ def _public_callables(module_name: str) -> list[str]:
 
 
 def _modules_with_examples() -> list[str]:
-    """Every module of the package whose docstrings hold an example (``__main__`` modules, which
-    run the command line on import, have none)."""
+    """Every module of the package whose docstrings hold an example (``__main__`` modules are
+    skipped: importing one runs the command line)."""
     import catapult
 
     names = [m.name for m in pkgutil.walk_packages(catapult.__path__, "catapult.")

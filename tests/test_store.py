@@ -312,11 +312,15 @@ def test_plot_shows_the_last_logged_spectrum(tmp_path, capsys):
     logged, plain = _spectrum_stores(tmp_path)
     with Store(logged, create=False) as store:
         cells = [{**c, **last_spectrum(store, c)} for c in store.cells()]
-        grid = phase_grid(cells, store.axes(), "eig_2")
+        axes = store.axes()
+        grid = phase_grid(cells, axes, "eig_2")
     ok = [(i, j) for i, row in enumerate(grid.status) for j, s in enumerate(row) if s == "ok"]
     assert ok and all(grid.values[ij] == 9.0 for ij in ok)  # eig_2 = 5 + 4 in both seeds
     assert any(s == "diverged" for row in grid.status for s in row)
     assert grid.best is None  # a curvature measure has no "best" cell to outline
+    as_sharpness = [{**c, "sharpness": c.get("eig_1")} for c in cells]
+    assert phase_grid(as_sharpness, axes, "sharpness").best is None
+    assert phase_grid(as_sharpness, axes, "test_loss").best is not None
     out = tmp_path / "eig.png"
     assert main(["plot", str(logged), "--metric", "hessian_trace", "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -82,7 +82,7 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("plot", help="phase-diagram heatmap and cell trajectories from a sweep store",
                               description="Heatmap of a metric over two swept keys (diverged cells hatched, the "
-                                          "best cell outlined; other swept keys averaged over unless fixed with "
+                                          "best cell of an objective outlined; other swept keys averaged over unless fixed with "
                                           "--where) and the trajectories of chosen cells.")
     p.add_argument("store", metavar="STORE", help="sweep store (SQLite file)")
     p.add_argument("--metric", default="test_accuracy", type=_plot_metric, metavar="METRIC",
@@ -298,7 +298,7 @@ def _plot_command(args: argparse.Namespace) -> int:
     check_image_file("--trajectories-out", args.trajectories_out)
     from catapult.plots.phase import (cell_label, default_trajectory_cells, phase_grid, plot_cell_trajectories,
                                       plot_phase_diagram, unfinished_note)
-    from catapult.engine.records import is_spectrum_column
+    from catapult.engine.records import is_spectrum_column, spectrum_setting
     from catapult.sweep.store import Store, StoreError
     from catapult.sweep.store_export import last_spectrum
 
@@ -311,9 +311,8 @@ def _plot_command(args: argparse.Namespace) -> int:
             if is_spectrum_column(args.metric):
                 cells = [{**cell, **last_spectrum(store, cell)} for cell in cells]
                 if not any(args.metric in cell for cell in cells):
-                    setting = ("eval.trace_matvecs > 0" if args.metric == "hessian_trace"
-                               else f"eval.spectrum_top_k >= {args.metric[4:]}")
-                    return _fail("plot", f"no cell of {store_path} logged {args.metric} (it needs {setting})")
+                    return _fail("plot", f"no cell of {store_path} logged {args.metric} "
+                                         f"(it needs {spectrum_setting(args.metric)})")
             grid = phase_grid(cells, axes, args.metric, args.x, args.y, where=_parse_where(args.where))
             ids = args.cells if args.cells else default_trajectory_cells(cells, args.metric)
             known = {c["id"]: c for c in cells}

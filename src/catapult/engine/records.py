@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from catapult.analysis import detect_catapults
 from catapult.engine.sharpness_rule import RADAM_KIND, STEP_KIND_COLUMN
 
-__all__ = ["METRIC_COLUMNS", "metric_columns", "is_spectrum_column", "write_metrics", "read_metrics", "MetricsFile", "json_safe", "finite",
+__all__ = ["METRIC_COLUMNS", "metric_columns", "is_spectrum_column", "spectrum_setting", "write_metrics", "read_metrics", "MetricsFile", "json_safe", "finite",
            "summarize", "warmup_summary", "threshold_label", "format_summary"]
 
 #: values are ``None`` (empty cells in the CSV).
@@ -65,6 +65,17 @@ def is_spectrum_column(key: str) -> bool:
     [True, True, False, False, False]
     """
     return re.fullmatch(r"eig_[1-9][0-9]*|hessian_trace", key) is not None
+
+
+def spectrum_setting(key: str) -> str:
+    """The config setting under which :func:`metric_columns` logs the spectrum column ``key``.
+
+    >>> spectrum_setting("eig_3"), spectrum_setting("hessian_trace")
+    ('eval.spectrum_top_k >= 3', 'eval.trace_matvecs > 0')
+    """
+    if not is_spectrum_column(key):
+        raise ValueError(f"{key!r} is not a spectrum column (eig_<i>, hessian_trace)")
+    return "eval.trace_matvecs > 0" if key == "hessian_trace" else f"eval.spectrum_top_k >= {key[4:]}"
 
 
 def _cell(value: Any) -> str:
