@@ -3,7 +3,8 @@
 :func:`phase_grid` reduces a sweep's cells to a 2-D grid over two swept keys (other swept
 keys fixed by ``where`` or averaged over, e.g. seeds); :func:`plot_phase_diagram` draws it as
 a heatmap: diverged cells hatched ``xx`` on grey, failed cells hatched ``//`` on pink, cells not
-run yet blank, the best cell of an objective (not of lambda_0, sharpness or the spectrum) outlined, tick labels in the config's own units (``2^3/λ0``).
+run yet blank, the best cell of an objective (not of lambda_0, sharpness or the spectrum)
+outlined, tick labels in the config's own units (``2^3/λ0``).
 :func:`plot_cell_trajectories` draws chosen cells' training loss, test accuracy and learning
 rate (and sharpness when measured) against the step.
 
