@@ -129,7 +129,7 @@ def test_a_run_that_fails_midway_removes_only_what_it_wrote(tiny, tmp_path, monk
     assert sorted(p.name for p in kept.iterdir()) == ["notes.txt"]
     with pytest.raises(RunDirectoryError):
         run(config, out_dir=kept, progress="none")
-    assert set(RUN_FILES) == {"config.yaml", "metrics.csv", "summary.json", "trajectories.png"}
+    assert set(RUN_FILES) == {"config.yaml", "metrics.csv", "summary.json", "trajectories.png", "model.pt"}
 
 
 def test_a_long_message_is_cut(capsys):

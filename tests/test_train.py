@@ -173,7 +173,10 @@ def test_seeds_are_independent_streams():
 def test_run_directory_files(tmp_path):
     out = tmp_path / "run"
     result = run(tiny(eval={"sharpness_every": 4, "test_every": 5}), out_dir=out, progress="none")
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "metrics.csv", "summary.json", "trajectories.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "metrics.csv", "model.pt", "summary.json",
+                                                     "trajectories.png"]
+    saved, final = torch.load(out / "model.pt", weights_only=True), result.model.state_dict()
+    assert list(saved) == list(final) and all(torch.equal(saved[k], final[k]) for k in final)
     assert C.validate(yaml.safe_load((out / "config.yaml").read_text())) == result.config
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["lambda_0"] == pytest.approx(result.summary["lambda_0"])

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from catapult.cli import coord_check, critical_lr, demo, sweep, train, train_ddp
+from catapult.cli import coord_check, critical_lr, demo, spectrum, sweep, train, train_ddp
 from catapult.cli.common import add_config_arguments, apply_threads, config_from_args, overrides_from_args
 from catapult.config import ConfigError
 from catapult.engine.loop import RunDirectoryError
@@ -30,7 +30,7 @@ __all__ = ["main", "build_parser", "COMMANDS", "add_config_arguments", "config_f
 MAX_MESSAGE = 4000
 
 #: The subcommand modules, in ``--help`` order.
-COMMANDS = (train, demo, critical_lr, coord_check, sweep, train_ddp)
+COMMANDS = (train, demo, critical_lr, spectrum, coord_check, sweep, train_ddp)
 
 
 def build_parser(commands: Sequence = COMMANDS) -> argparse.ArgumentParser:

@@ -13,13 +13,15 @@ def register(subparsers) -> None:
         "train",
         help="train one run from a YAML config",
         description="Train one run from a YAML config. Writes runs/<name>/ (or --out DIR): "
-                    "config.yaml (resolved), metrics.csv, summary.json, trajectories.png.",
+                    "config.yaml (resolved), metrics.csv, summary.json, trajectories.png and "
+                    "model.pt (the final state_dict; `catapult spectrum --weights` reads it).",
     )
     add_config_arguments(p)
     p.add_argument("--out", metavar="DIR", help="run directory (default: runs/<name>); one that holds "
                                                 "anything is refused unless --overwrite")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace the run files (config.yaml, metrics.csv, summary.json, trajectories.png) "
+                   help="replace the run files (config.yaml, metrics.csv, summary.json, trajectories.png, "
+                        "model.pt) "
                         "of an existing run directory")
     p.set_defaults(func=_train_command)
 
@@ -29,7 +31,7 @@ def _train_command(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / config["name"]
     result = run(config, out_dir=out, progress=args.progress, overwrite=args.overwrite)
     print(format_summary(result.summary))
-    print(f"wrote {out}/ (config.yaml, metrics.csv, summary.json, trajectories.png)")
+    print(f"wrote {out}/ (config.yaml, metrics.csv, summary.json, trajectories.png, model.pt)")
     return 0
 
 

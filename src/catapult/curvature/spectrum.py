@@ -353,13 +353,15 @@ def spectral_density(model, loss_fn, batch, *, runs: int = 8, steps: int = 40,
                      curvature: str = "hessian", optimizer=None, grid_points: int = 1000,
                      sigma: float | None = None, dtype=None, hvp: str = "auto", seed: int = 0,
                      chunk_size: int | None = None, max_basis: int | None = 2,
-                     distributed: bool = False) -> SpectralDensity:
+                     distributed: bool = False, scale_by_group_lr: bool = False) -> SpectralDensity:
     """Eigenvalue density of the Hessian (or Gauss-Newton, or pre-conditioned) by stochastic
     Lanczos quadrature (Ghorbani, Krishnan & Xiao 2019): ``runs`` Rademacher vectors,
     :func:`lanczos_quadrature` of ``steps`` steps each, and the density
     ``phi(x) = (1/runs) sum_r sum_j w_rj N(x; theta_rj, sigma^2)`` on ``grid_points`` points
     spanning the nodes +- 3 sigma (default ``sigma`` = 1% of the nodes' range). Costs
     ``runs * steps`` products. Plot with :func:`catapult.plots.plot_spectral_density`.
+    ``optimizer`` and ``scale_by_group_lr`` choose the pre-conditioned operator as in
+    :func:`top_eigenpairs`.
 
     Memory: ``max_basis`` Lanczos vectors are kept for re-orthogonalisation (see
     :func:`lanczos_quadrature`; ``None`` = all ``steps``). The default, 2, is the three-term
@@ -389,7 +391,7 @@ def spectral_density(model, loss_fn, batch, *, runs: int = 8, steps: int = 40,
         raise ValueError(f"sigma must be None or a finite number > 0, got {sigma!r}")
     op = curvature_operator(model, loss_fn, batch, curvature=curvature, optimizer=optimizer,
                             dtype=dtype, hvp=hvp, seed=seed, chunk_size=chunk_size,
-                            distributed=distributed)
+                            distributed=distributed, scale_by_group_lr=scale_by_group_lr)
     gen = torch.Generator().manual_seed(int(seed))
     nodes, weights = [], []
     for _ in range(runs):

@@ -94,7 +94,7 @@ from catapult.engine.records import (MetricsFile, metric_columns, json_safe, sum
 __all__ = ["RunResult", "run", "evaluate", "RUN_FILES", "RunDirectoryError", "check_out_dir"]
 
 #: The files a run writes into its directory (``--overwrite`` replaces exactly these).
-RUN_FILES = ("config.yaml", "metrics.csv", "summary.json", "trajectories.png")
+RUN_FILES = ("config.yaml", "metrics.csv", "summary.json", "trajectories.png", "model.pt")
 
 
 class RunDirectoryError(ValueError):
@@ -191,9 +191,10 @@ def run(config: Mapping[str, Any], *, out_dir: str | Path | None = None, progres
     written. With ``out_dir`` the run directory gets ``config.yaml`` (resolved), ``metrics.csv``
     (streamed; flushed on the first row, then at most once a second
     (``records.METRICS_FLUSH_SECONDS``) and at the end, so a killed run keeps its rows up to the
-    last flush), ``summary.json`` and ``trajectories.png`` (loss and sharpness vs step, with the
-    instability threshold). ``progress``: ``None``/``"auto"`` (a bar on a terminal, plain lines
-    otherwise), ``"bar"``, ``"lines"``, ``"none"`` or a bool.
+    last flush), ``summary.json``, ``trajectories.png`` (loss and sharpness vs step, with the
+    instability threshold) and ``model.pt`` (the final ``state_dict``, for
+    ``catapult spectrum --weights``). ``progress``: ``None``/``"auto"`` (a bar on a terminal,
+    plain lines otherwise), ``"bar"``, ``"lines"``, ``"none"`` or a bool.
 
     ``out_dir`` is checked first (:func:`check_out_dir`): a directory holding anything is
     refused unless ``overwrite``, which replaces its :data:`RUN_FILES`. A run that fails with an
@@ -332,6 +333,7 @@ def _run(config: Mapping[str, Any], out_path: Path | None, progress: Any, starte
     summary.update(warmup_summary(config, metrics, lr_trgt, warmup_rule))
     if out_path is not None:
         (out_path / "summary.json").write_text(json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n")
+        torch.save(model.state_dict(), out_path / "model.pt")  # the final weights: `catapult spectrum --weights`
         plot_run(metrics, out_path / "trajectories.png", title=config["name"], status=status,
                  threshold_label=threshold_label(config, rule.kind),
                  preconditioned=rule.kind == "preconditioned")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -9,9 +10,13 @@ from matplotlib.figure import Figure
 __all__ = ["plot_spectral_density"]
 
 
-def plot_spectral_density(density, path=None, *, title: str | None = None, log: bool = True) -> Figure:
+def plot_spectral_density(density, path=None, *, title: str | None = None, log: bool = True,
+                          marks: Sequence[float] = (), marks_label: str = "top eigenvalues") -> Figure:
     """Plot ``density.grid`` against ``density.density`` (log scale by default: the bulk near 0
-    and the few outliers differ by orders of magnitude) and save to ``path`` when given."""
+    and the few outliers differ by orders of magnitude) and save to ``path`` when given.
+
+    ``marks``: eigenvalues drawn as dashed vertical lines (e.g. :func:`catapult.top_eigenpairs`'
+    values, which the smoothed density blurs), labelled ``marks_label``."""
     fig = Figure(figsize=(5, 3.2))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
@@ -19,11 +24,15 @@ def plot_spectral_density(density, path=None, *, title: str | None = None, log: 
     if log:
         y = y + 1e-12 * max(float(y.max()), 1e-300)  # a log axis cannot show exact zeros
         ax.set_yscale("log")
-    ax.plot(density.grid, y, lw=1.2)
+    ax.plot(density.grid, y, lw=1.2, label="density (SLQ)")
+    for i, value in enumerate(marks):
+        ax.axvline(float(value), color="C3", ls="--", lw=0.8, label=marks_label if i == 0 else None)
+    if len(marks):
+        ax.legend(fontsize=8)
     ax.set_xlabel("eigenvalue")
     ax.set_ylabel("density")
     if title:
-        ax.set_title(title)
+        ax.set_title(title, fontsize=9)
     fig.tight_layout()
     if path is not None:
         fig.savefig(Path(path))

@@ -1,0 +1,165 @@
+"""The curvature spectrum of a run config's model (``catapult spectrum``).
+
+Builds the config's model and data (the same seeds and first batch as ``catapult train``),
+optionally loads trained weights (the ``model.pt`` a ``catapult train`` or ``train-ddp`` run
+directory holds), and measures on batch 0, with the config's ``eval.sharpness_*`` solver
+settings:
+
+* the top-``k`` eigenvalues (:func:`catapult.top_eigenpairs`), with the products spent and
+  whether every pair converged to ``eval.sharpness_tol``;
+* the trace (:func:`catapult.hessian_trace`, Hutch++);
+* the spectral density (:func:`catapult.spectral_density`, stochastic Lanczos quadrature).
+
+``curvature="ggn"`` takes the Gauss-Newton matrix instead of the Hessian; ``preconditioned``
+(Adam-family optimizers) the operator ``P^-1/2 H P^-1/2`` of the optimizer's first step, as
+``catapult critical-lr`` does. Nothing is trained and nothing is written.
+
+Weights are read with ``torch.load(..., weights_only=True)``, PyTorch's restricted unpickler
+(tensors and plain containers only), and checked against the model (names, shapes, finite
+values) before any product is taken.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from catapult import config as cfg
+
+__all__ = ["measure_spectrum", "load_weights", "format_spectrum"]
+
+
+def load_weights(model: nn.Module, path: str | Path, *, key: str = "weights") -> None:
+    """Load the ``state_dict`` saved at ``path`` into ``model``.
+
+    Refuses, with a :class:`~catapult.config.ConfigError` naming ``key`` and the problem, a
+    missing file, a file that is not a tensor dictionary (anything but tensors and plain
+    containers is refused by ``weights_only``), missing or unexpected entries, a shape that
+    differs from the model's, and non-finite values (a diverged run's weights). A
+    ``DistributedDataParallel`` state (every name prefixed ``module.``) is accepted.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise cfg.ConfigError([(key, f"{path}: no such file" if not path.exists() else f"{path} is not a file")])
+    try:
+        with warnings.catch_warnings():  # e.g. a pickle protocol torch.save does not write
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a text file, a foreign or hostile pickle, a truncated archive
+        # torch's own message suggests weights_only=False, which would run the file's code: not quoted
+        why = (": it holds objects other than tensors, refused unread" if "Weights only load failed" in str(err)
+               else "")
+        raise cfg.ConfigError([(key, f"{path} is not a state_dict written by torch.save{why}")]) from None
+    if not (isinstance(state, Mapping) and state
+            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())):
+        raise cfg.ConfigError([(key, f"{path} holds no state_dict (a mapping of names to tensors)")])
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        parts = ([f"missing {', '.join(missing[:4])}" + (" ..." if len(missing) > 4 else "")] if missing else []) + \
+                ([f"unexpected {', '.join(unexpected[:4])}" + (" ..." if len(unexpected) > 4 else "")]
+                 if unexpected else [])
+        raise cfg.ConfigError([(key, f"{path} does not fit the config's model: {'; '.join(parts)}")])
+    for name, mine in own.items():
+        if tuple(state[name].shape) != tuple(mine.shape):
+            raise cfg.ConfigError([(key, f"{path}: {name} has shape {tuple(state[name].shape)}, the config's "
+                                         f"model has {tuple(mine.shape)}")])
+        if state[name].is_floating_point() and not bool(torch.isfinite(state[name]).all()):
+            raise cfg.ConfigError([(key, f"{path}: {name} holds non-finite values (weights of a diverged run?)")])
+    model.load_state_dict(state)
+
+
+def measure_spectrum(config: Mapping[str, Any], *, weights: str | Path | None = None, top_k: int = 5,
+                     trace_matvecs: int = 100, density_runs: int = 8, density_steps: int = 40,
+                     curvature: str = "hessian", preconditioned: bool = False) -> dict:
+    """Top-``k`` eigenvalues, trace and spectral density of ``config``'s model on batch 0.
+
+    ``top_k``, ``trace_matvecs`` or ``density_runs`` of 0 skip that measurement. Bad arguments
+    (a negative count, an unknown curvature, ``preconditioned`` with a non-Adam optimizer or
+    with ``weights``, whose file holds no optimizer state) are a ConfigError before the model is
+    built. Returns a dict: ``name``, ``curvature``, ``preconditioned``, ``weights``,
+    ``batch_size``, ``n_params``, ``eigenvalues`` (largest first), ``eigen_matvecs``,
+    ``converged``, ``trace``, ``trace_matvecs``, ``density`` (the
+    :class:`~catapult.curvature.spectrum.SpectralDensity`, or None), ``density_runs``,
+    ``density_steps``.
+    """
+    from catapult import curvature as curv
+    from catapult.curvature.spectrum import CURVATURES
+    from catapult.engine.build import build_run
+    from catapult.engine.sharpness_rule import solver_options
+
+    problems = [(f"--{name.replace('_', '-')}", f"must be an integer >= 0, got {value!r}")
+                for name, value in (("top_k", top_k), ("trace_matvecs", trace_matvecs),
+                                    ("density_runs", density_runs))
+                if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0)]
+    if not (isinstance(density_steps, int) and not isinstance(density_steps, bool) and density_steps >= 1):
+        problems.append(("--density-steps", f"must be an integer >= 1, got {density_steps!r}"))
+    if curvature not in CURVATURES:
+        problems.append(("--curvature", f"must be one of {', '.join(CURVATURES)}, got {curvature!r}"))
+    config = cfg.validate(config)
+    if preconditioned and config["optimizer"]["name"] not in cfg.PRECONDITIONED_OPTIMIZERS:
+        problems.append(("--preconditioned", f"needs an Adam-family optimizer "
+                                             f"({', '.join(sorted(cfg.PRECONDITIONED_OPTIMIZERS))}), "
+                                             f"the config has optimizer.name={config['optimizer']['name']}"))
+    if preconditioned and weights is not None:
+        problems.append(("--preconditioned", "cannot go with --weights: the weights file holds no optimizer "
+                                             "state, so the preconditioner would be a fresh optimizer's"))
+    if problems:
+        raise cfg.ConfigError(problems)
+
+    setup = build_run(config)
+    config, model, loss_fn, batch = setup.config, setup.model, setup.loss_fn, setup.batches.batch(0)
+    if top_k > setup.n_params:
+        raise cfg.ConfigError([("--top-k", f"{top_k} exceeds the model's {setup.n_params} parameters")])
+    if weights is not None:
+        load_weights(model, weights, key="--weights")
+    solver = solver_options(config)
+    common = dict(dtype=solver["dtype"], hvp=solver["hvp"], chunk_size=solver["chunk_size"], curvature=curvature)
+    optimizer = setup.optimizer if preconditioned else None
+    common["scale_by_group_lr"] = preconditioned  # as the engine and critical-lr measure it
+    out: dict[str, Any] = dict(name=config["name"], curvature=curvature, preconditioned=bool(preconditioned),
+                               weights=None if weights is None else str(weights), batch_size=int(batch[0].shape[0]),
+                               n_params=setup.n_params, eigenvalues=[], eigen_matvecs=0, converged=None,
+                               trace=None, trace_matvecs=trace_matvecs, density=None,
+                               density_runs=density_runs, density_steps=density_steps)
+    if top_k:
+        eig = curv.top_eigenpairs(model, loss_fn, batch, k=top_k, tol=solver["tol"],
+                                  max_iter=max(solver["max_iter"], 3 * top_k), optimizer=optimizer,
+                                  memory=solver["memory"], **common)
+        out.update(eigenvalues=[float(v) for v in eig.values], eigen_matvecs=int(eig.matvecs),
+                   converged=bool(eig.converged))
+    if trace_matvecs:
+        out["trace"] = float(curv.hessian_trace(model, loss_fn, batch, matvecs=trace_matvecs,
+                                                optimizer=optimizer, **common))
+    if density_runs:
+        out["density"] = curv.spectral_density(model, loss_fn, batch, runs=density_runs, steps=density_steps,
+                                               optimizer=optimizer, **common)
+    return out
+
+
+def format_spectrum(s: Mapping[str, Any]) -> str:
+    """Human-readable lines for :func:`measure_spectrum`'s result."""
+    what = {"hessian": "Hessian", "ggn": "Gauss-Newton matrix"}[s["curvature"]]
+    if s["preconditioned"]:
+        what = f"pre-conditioned {what} (P^-1/2 A P^-1/2, the first Adam step's P)"
+    where = f"weights {s['weights']}" if s["weights"] else "initialisation"
+    lines = [f"{s['name']}: {what} at {where}, batch 0 ({s['batch_size']} samples, {s['n_params']:,} parameters)"]
+    if s["eigenvalues"]:
+        values = ", ".join(f"{v:.6g}" for v in s["eigenvalues"])
+        lines.append(f"  top {len(s['eigenvalues'])} eigenvalues: {values}  ({s['eigen_matvecs']} products, "
+                     f"{'converged' if s['converged'] else 'NOT converged: raise eval.sharpness_max_iter'})")
+    if s["trace"] is not None:
+        lines.append(f"  trace (Hutch++, {s['trace_matvecs']} products): {s['trace']:.6g}")
+    dens = s["density"]
+    if dens is not None:
+        nodes = dens.nodes[dens.weights > 0] if dens.weights.size else dens.nodes
+        low, high = (float(nodes.min()), float(nodes.max())) if nodes.size else (math.nan, math.nan)
+        lines.append(f"  spectral density (SLQ, {s['density_runs']} runs x {s['density_steps']} steps): "
+                     f"quadrature nodes in [{low:.4g}, {high:.4g}]")
+    return "\n".join(lines)

@@ -1,0 +1,179 @@
+"""``catapult spectrum``: the config's model's top eigenvalues, trace and density, at
+initialisation or from a run's ``model.pt``, against the dense float64 Hessian and Gauss-Newton
+matrix of the same model on the same batch; and its refusals (exit 2, before any product)."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+
+import pytest
+import torch
+import yaml
+
+from catapult import cli
+from catapult.config import ConfigError
+from catapult.engine import run
+from catapult.engine.build import build_run
+from catapult.engine.spectrum_study import load_weights, measure_spectrum
+from dense_curvature import dense_hessian, flat_loss
+
+# 64 inputs x 3 + 3, then 3 x 10 + 10: 235 parameters, float64 so the solver's answers
+# can be held to 1e-6 of the dense truth
+CONFIG = dict(name="tiny_spectrum", seed=0, dtype="float64", data=dict(name="digits", n_train=48, n_test=16),
+              model=dict(name="mlp", width=3, depth=2, parametrization="sp"), loss="mse",
+              optimizer=dict(name="sgd", lr=0.5), train=dict(steps=20),
+              eval=dict(sharpness_every=0, test_every=20, sharpness_tol=1e-8, sharpness_max_iter=300))
+
+
+def _dense(config, weights=None, curvature="hessian"):
+    """(eigenvalues descending, trace) of the dense float64 curvature of the config's model on
+    batch 0, after loading ``weights``."""
+    setup = build_run(config)
+    if weights is not None:
+        setup.model.load_state_dict(torch.load(weights, weights_only=True))
+    batch = setup.batches.batch(0)
+    if curvature == "hessian":
+        matrix = dense_hessian(setup.model, setup.loss_fn, batch)
+    else:  # J^T H_out J, H_out the loss's Hessian in the outputs
+        _, outputs_of, theta = flat_loss(setup.model, setup.loss_fn, batch)
+        out = outputs_of(theta).detach()
+        jac = torch.autograd.functional.jacobian(outputs_of, theta).reshape(out.numel(), -1)
+        y = batch[1]
+        h_out = torch.autograd.functional.hessian(lambda o: setup.loss_fn(o.reshape(out.shape), y),
+                                                  out.reshape(-1))
+        matrix = jac.T @ h_out @ jac
+    values = torch.linalg.eigvalsh(matrix).flip(0)
+    return values, float(torch.trace(matrix))
+
+
+def test_at_init_the_eigenvalues_and_trace_are_the_dense_hessians():
+    values, trace = _dense(CONFIG)
+    n = len(values)
+    s = measure_spectrum(CONFIG, top_k=3, trace_matvecs=n, density_runs=2, density_steps=10)
+    assert s["n_params"] == n == 235 and s["batch_size"] == 48 and s["converged"]
+    assert s["eigenvalues"] == pytest.approx(values[:3].tolist(), rel=1e-6)
+    assert s["trace"] == pytest.approx(trace, rel=1e-9)  # matvecs >= n: Hutch++ takes the exact diagonal
+    dens = s["density"]
+    assert float(torch.trapezoid(torch.from_numpy(dens.density), torch.from_numpy(dens.grid))) == \
+        pytest.approx(1.0, abs=1e-2)
+    # the density's quadrature nodes lie in the spectrum
+    assert dens.nodes.max() <= values[0] + 1e-6 and dens.nodes.min() >= values[-1] - 1e-6
+
+
+def test_gauss_newton_spectrum_is_the_dense_ggn():
+    values, trace = _dense(CONFIG, curvature="ggn")
+    s = measure_spectrum(CONFIG, top_k=2, trace_matvecs=len(values), density_runs=0, curvature="ggn")
+    assert s["eigenvalues"] == pytest.approx(values[:2].tolist(), rel=1e-6)
+    assert s["trace"] == pytest.approx(trace, rel=1e-9) and s["density"] is None
+
+
+def test_trained_weights_from_the_run_directory(tmp_path):
+    result = run(CONFIG, out_dir=tmp_path / "run", progress="none")
+    weights = tmp_path / "run" / "model.pt"
+    values, _ = _dense(CONFIG, weights)
+    s = measure_spectrum(CONFIG, weights=weights, top_k=2, trace_matvecs=0, density_runs=0)
+    assert s["eigenvalues"] == pytest.approx(values[:2].tolist(), rel=1e-6)
+    # and those are the trained model's, not the initial one's
+    at_init, _ = _dense(CONFIG)
+    assert abs(values[0] - at_init[0]) > 1e-3 * abs(at_init[0])
+    setup = build_run(CONFIG)  # the model the run ended with, on the same batch
+    trained = torch.linalg.eigvalsh(dense_hessian(result.model, setup.loss_fn, setup.batches.batch(0)))
+    assert s["eigenvalues"][0] == pytest.approx(float(trained[-1]), rel=1e-6)
+
+
+def test_a_ddp_state_dict_loads_too(tmp_path):
+    model = build_run(CONFIG).model
+    state = {f"module.{k}": v + 1 for k, v in model.state_dict().items()}
+    torch.save(state, tmp_path / "ddp.pt")
+    load_weights(model, tmp_path / "ddp.pt")
+    assert all(torch.equal(model.state_dict()[k[7:]], v) for k, v in state.items())
+
+
+def test_the_command_prints_json_and_draws_the_density(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(CONFIG))
+    assert cli.main(["spectrum", str(path), "--top-k", "2", "--trace-matvecs", "9", "--density-runs", "2",
+                     "--density-steps", "8", "--json", "--plot", str(tmp_path / "d")]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    values, _ = _dense(CONFIG)
+    assert doc["eigenvalues"] == pytest.approx(values[:2].tolist(), rel=1e-6)
+    assert doc["trace_matvecs"] == 9 and len(doc["density"]["grid"]) == len(doc["density"]["density"]) == 1000
+    assert (tmp_path / "d.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the defaults come from the config's eval.spectrum_top_k / eval.trace_matvecs when set
+    assert cli.main(["spectrum", str(path), "eval.spectrum_top_k=4", "--density-runs", "0",
+                     "--trace-matvecs", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "top 4 eigenvalues" in out and "trace" not in out and "density" not in out
+
+
+def _hostile_pickle(path):
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {path}.ran",))
+    path.write_bytes(pickle.dumps({"layers.0.weight": Payload()}))
+
+
+@pytest.mark.parametrize("case", ["missing", "text", "hostile", "shape", "entries", "nan", "list"])
+def test_bad_weights_exit_2_naming_the_problem(case, tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(CONFIG))
+    state = build_run(CONFIG).model.state_dict()
+    weights = tmp_path / "w.pt"
+    first = next(iter(state))
+    if case == "text":
+        weights.write_text("not weights")
+    elif case == "hostile":
+        _hostile_pickle(weights)
+    elif case == "shape":
+        torch.save({**state, first: torch.zeros(2, 2)}, weights)
+    elif case == "entries":
+        torch.save({k: v for k, v in state.items() if k != first} | {"extra.weight": torch.zeros(1)}, weights)
+    elif case == "nan":
+        torch.save({**state, first: torch.full_like(state[first], float("nan"))}, weights)
+    elif case == "list":
+        torch.save([1, 2], weights)
+    assert cli.main(["spectrum", str(path), "--weights", str(weights)]) == 2
+    err = capsys.readouterr().err
+    assert "--weights" in err and "Traceback" not in err and len(err.splitlines()) == 1
+    expected = {"missing": "no such file", "text": "not a state_dict", "hostile": "objects other than tensors",
+                "shape": f"{first} has shape (2, 2)", "entries": f"missing {first}; unexpected extra.weight",
+                "nan": "non-finite", "list": "holds no state_dict"}[case]
+    assert expected in err
+    assert "weights_only" not in err  # torch's advice to load with weights_only=False is not passed on
+    assert not (tmp_path / "w.pt.ran").exists()
+
+
+@pytest.mark.parametrize("argv, key", [
+    (["--top-k", "-1"], "--top-k"),
+    (["--density-steps", "0"], "--density-steps"),
+    (["--preconditioned"], "--preconditioned"),                  # sgd has no preconditioner
+    (["--plot", "x.png", "--density-runs", "0"], "--plot"),
+    (["--plot", "no/such/dir/x.png"], "--plot"),
+    (["--top-k", "236"], "--top-k"),                              # more than the 235 parameters
+])
+def test_bad_options_exit_2_before_any_product(argv, key, tmp_path, capsys, monkeypatch):
+    import catapult
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(CONFIG))
+    monkeypatch.setattr(catapult.curvature, "top_eigenpairs", lambda *a, **k: pytest.fail("solver ran"))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["spectrum", str(path), *argv]) == 2
+    err = capsys.readouterr().err
+    assert key in err and "Traceback" not in err
+
+
+def test_preconditioned_is_the_adam_first_step_operator_and_refused_with_weights(tmp_path):
+    import catapult
+
+    adam = {**CONFIG, "optimizer": dict(name="adam", lr=1e-2)}
+    s = measure_spectrum(adam, top_k=1, trace_matvecs=0, density_runs=0, preconditioned=True)
+    setup = build_run(adam)
+    ref = catapult.preconditioned_sharpness(setup.model, setup.loss_fn, setup.batches.batch(0), setup.optimizer,
+                                            scale_by_group_lr=True, tol=1e-8, max_iter=300)
+    assert s["preconditioned"] and s["eigenvalues"][0] == pytest.approx(ref.value, rel=1e-6)
+    assert s["eigenvalues"][0] != pytest.approx(measure_spectrum(adam, top_k=1, trace_matvecs=0,
+                                                                 density_runs=0)["eigenvalues"][0], rel=1e-2)
+    with pytest.raises(ConfigError, match="--preconditioned"):
+        measure_spectrum(adam, weights=tmp_path / "w.pt", preconditioned=True)
