@@ -11,7 +11,11 @@ from collections.abc import Iterator
 
 import torch
 
-__all__ = ["KrylovBasis"]
+__all__ = ["KrylovBasis", "FRESH_DRAWS"]
+
+#: Random draws :meth:`KrylovBasis.fresh_direction` makes before it gives up (each one lies
+#: in the basis' span with probability zero, unless the basis spans the space).
+FRESH_DRAWS = 16
 
 
 class KrylovBasis:
@@ -113,9 +117,19 @@ class KrylovBasis:
         (True, 1.0)
         """
         gen = torch.Generator().manual_seed(seed)
-        w = torch.randn(self.like.numel(), generator=gen, dtype=torch.float64)
-        w = w.to(device=self.like.device, dtype=self.like.dtype)
-        return w.div_(self.orthogonalize(w)[1])
+        floor = math.sqrt(torch.finfo(self.like.dtype).eps)
+        for _ in range(FRESH_DRAWS):
+            w = torch.randn(self.like.numel(), generator=gen, dtype=torch.float64)
+            w = w.to(device=self.like.device, dtype=self.like.dtype)
+            before = float(torch.linalg.vector_norm(w))
+            after = self.orthogonalize(w)[1]
+            # a draw (numerically) in the basis' span leaves only rounding, which is not
+            # orthogonal to the basis: e.g. the solver's own start vector, when it was drawn
+            # from the same seed (seed 0 on the CPU); draw again from the same generator
+            if after > floor * before:
+                return w.div_(after)
+        raise RuntimeError(f"no direction orthogonal to the {self.size} basis vectors in "
+                           f"{FRESH_DRAWS} draws: the basis spans the space")
 
     def restart(self, coeffs: torch.Tensor, columns: int = 1 << 16) -> None:
         """Replace the basis by its ``k`` combinations ``Q^T C`` (``C`` of shape (m, k), k < m)
