@@ -15,6 +15,7 @@ import warnings
 import torch
 from torch.autograd.graph import get_gradient_edge
 from torch.func import functional_call
+from torch.utils._pytree import tree_map
 
 __all__ = ["HVP_MODES", "HessianOperator", "resolve_dtype", "resolve_hvp", "fixed_rng", "math_attention",
            "jvp_of_gradient"]
@@ -167,11 +168,12 @@ class HessianOperator:
     ``model.parameters()`` order), on one fixed batch, in the mode (train/eval) the model is in.
     The model is evaluated through :func:`torch.func.functional_call` on detached copies of its
     parameters and on clones of its buffers, cast to ``dtype`` when given (together with the
-    floating-point inputs and targets), so the model's parameters, ``.grad``, buffers (e.g.
-    BatchNorm running statistics) and mode are never changed. Every forward pass runs with the
-    CPU/CUDA generator seeded with ``seed`` inside :func:`torch.random.fork_rng`: in train mode
-    with dropout ``H`` is the Hessian for one dropout mask, the same mask in every product, and
-    the global RNG state is left as it was.
+    floating-point inputs and targets, tensors nested in tuples, lists and dicts included), so
+    the model's parameters, ``.grad``, buffers (e.g. BatchNorm running statistics) and mode are
+    never changed. Every forward pass runs with the CPU/CUDA generator seeded with ``seed``
+    inside :func:`torch.random.fork_rng`: in train mode with dropout ``H`` is the Hessian for
+    one dropout mask, the same mask in every product, and the global RNG state is left as it
+    was.
 
     Modes (``hvp=``):
       * ``"double_backprop"``: ``g = autograd.grad(L, theta, create_graph=True)`` once, then
@@ -264,8 +266,9 @@ class HessianOperator:
         if torch.is_tensor(inputs) and inputs.dim() > 0 and inputs.shape[0] == 0:
             # the mean loss of no samples is nan and its curvature nothing: say so, not 0.0
             raise ValueError("batch is empty: its inputs have 0 samples")
-        self._inputs = cast(inputs) if torch.is_tensor(inputs) else inputs
-        self._targets = cast(targets) if torch.is_tensor(targets) else targets
+        # tensors nested in tuples, lists and dicts (a model taking several inputs) are cast too
+        self._inputs = tree_map(lambda t: cast(t) if torch.is_tensor(t) else t, inputs)
+        self._targets = tree_map(lambda t: cast(t) if torch.is_tensor(t) else t, targets)
         self._model, self._loss_fn = model, loss_fn
         self._grad_flat: torch.Tensor | None = None
         self.loss = float("nan")
