@@ -313,6 +313,8 @@ def lanczos_quadrature(matvec, v: torch.Tensor, steps: int,
     affected (measured against dense eigendecompositions in ``bench/RESULTS.md``, issue 16,
     section 4b).
 
+    A product that is not finite (nan or inf) raises a ValueError.
+
     Example (the nodes of a 2x2 operator from 2 steps are its eigenvalues):
         >>> A = torch.tensor([[2.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
         >>> nodes, weights = lanczos_quadrature(lambda v: A @ v, torch.tensor([1.0, 0.0], dtype=torch.float64), 2)
@@ -340,6 +342,10 @@ def lanczos_quadrature(matvec, v: torch.Tensor, steps: int,
             if _ == 0:
                 T[j, j] = float(h[j % kept])
         beta = float(torch.linalg.vector_norm(w))
+        if not (math.isfinite(beta) and math.isfinite(T[j, j])):
+            # numpy's eigh of a nan T fails with "Eigenvalues did not converge"
+            raise ValueError(f"product {j + 1} of the Lanczos quadrature is not finite (a loss "
+                             f"or curvature that is nan or inf: a diverged model?)")
         if j + 1 == steps or beta <= 1e3 * torch.finfo(Q.dtype).eps * max(1.0, abs(T[j, j])):
             m = j + 1
             break
@@ -375,6 +381,9 @@ def spectral_density(model, loss_fn, batch, *, runs: int = 8, steps: int = 40,
     What it changes is the nodes: converged outliers reappear as ghost copies sharing their
     weight (up to 6 copies of ``lambda_max`` at 80 steps in float32), so read eigenvalues from
     :func:`top_eigenpairs`, not from ``nodes``, or pass ``max_basis=None``.
+
+    Raises a ValueError where the products are not finite (a nan or inf loss or curvature):
+    there is no density to draw.
 
     Example (two eigenvalues, half the mass each):
         >>> model = torch.nn.Linear(2, 1, bias=False)
