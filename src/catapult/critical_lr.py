@@ -285,7 +285,8 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
     guaranteed bound.
 
     Raises:
-        ValueError: bad arguments, or ``L0`` not finite (nothing to compare against).
+        ValueError: bad arguments, ``L0`` not finite (nothing to compare against), a loss
+            that is not a scalar, or one that depends on none of the optimizer's parameters.
         NotImplementedError: an optimizer without a direction rule.
 
     Example: GD on ``L(w) = mean((x w - y)^2)`` with ``x = (2, 0), (0, 1)`` (Hessian
@@ -329,6 +330,10 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
         with torch.enable_grad():
             loss = _forward_loss(model, loss_fn, batch)
             passes += 1
+            if not (torch.is_tensor(loss) and loss.numel() == 1):
+                raise ValueError("critical_lr: loss_fn must return a scalar tensor, got "
+                                 + (f"shape {tuple(loss.shape)}" if torch.is_tensor(loss)
+                                    else type(loss).__name__))
             loss0 = float(loss.detach()) if reduce is None else reduce(loss.detach())
             if not math.isfinite(loss0):
                 raise ValueError(f"critical_lr: the loss at the current parameters is {loss0}; "
@@ -343,6 +348,9 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
                      for g in grads]
         direction = next_step_direction(
             optimizer, {p: g for p, g in zip(params, grads) if g is not None})
+        if not direction:  # e.g. the optimizer of another model: no trial would move the loss
+            raise ValueError("critical_lr: the loss does not depend on any parameter of "
+                             "the optimizer")
         originals = [(p, p.detach().clone()) for p, _ in direction]
 
         def trial(lr: float) -> float:

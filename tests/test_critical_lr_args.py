@@ -1,0 +1,38 @@
+"""critical_lr refuses, with a message, a loss that does not depend on the optimizer's
+parameters (it doubled the lr 64 times and returned ~1.8e15 with a warning) and a loss that is
+not a scalar (it failed converting the loss to a float)."""
+import pytest
+import torch
+import torch.nn as nn
+
+import catapult
+
+
+def problem():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 1))
+    return model, (torch.randn(6, 2), torch.randn(6, 1))
+
+
+def test_an_optimizer_of_another_model_is_refused():
+    model, batch = problem()
+    other = torch.optim.SGD(nn.Linear(2, 1).parameters(), lr=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match="does not depend on any parameter of the optimizer"):
+        catapult.critical_lr(model, nn.MSELoss(), batch, other)
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+
+
+def test_a_loss_that_is_not_a_scalar_is_named():
+    model, batch = problem()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"loss_fn must return a scalar tensor, got shape \(6, 1\)"):
+        catapult.critical_lr(model, nn.MSELoss(reduction="none"), batch, opt)
+
+
+def test_a_one_element_loss_is_a_scalar():
+    model, batch = problem()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    a = catapult.critical_lr(model, nn.MSELoss(), batch, opt)
+    b = catapult.critical_lr(model, lambda o, t: nn.functional.mse_loss(o, t).reshape(1), batch, opt)
+    assert a == b
