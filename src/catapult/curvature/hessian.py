@@ -147,15 +147,28 @@ def jvp_of_gradient(grad_fn, params: dict, tangents: dict, inputs, targets):
         return torch.func.jvp(call, primals, directions)
 
 
+def _attach_grads(leaves, views) -> None:
+    """``leaf.grad = view``, or a zero gradient where the dtypes differ (a model mixing float32
+    and float64 parameters), added into the view afterwards by :func:`_flush_grads`."""
+    for leaf, view in zip(leaves, views):
+        leaf.grad = view if view.dtype == leaf.dtype else torch.zeros_like(leaf)
+
+
+def _flush_grads(leaves, views) -> None:
+    for leaf, view in zip(leaves, views):
+        if leaf.grad is not None and leaf.grad is not view:
+            view.add_(leaf.grad)
+
+
 def _backward_into(leaves, views, edges, grad_outputs, retain_graph: bool) -> None:
     """Backward from ``edges`` with ``grad_outputs``, adding each leaf's gradient into its view
     (``leaf.grad = view``: autograd accumulates in place when not building a graph)."""
-    for leaf, view in zip(leaves, views):
-        leaf.grad = view
+    _attach_grads(leaves, views)
     try:
         with torch.enable_grad():
             torch.autograd.backward(edges, grad_tensors=grad_outputs, inputs=leaves,
                                     retain_graph=retain_graph)
+        _flush_grads(leaves, views)
     finally:
         for leaf in leaves:
             leaf.grad = None
@@ -260,6 +273,9 @@ class HessianOperator:
         # constants; buffers are cloned inside every forward (_loss), because train-mode
         # BatchNorm updates them in place and torch.func forbids mutating captured tensors.
         self._params = {n: cast(p) for n, p in trainable.items()}
+        # finite differences' rounding unit: the coarsest dtype (without dtype= they may mix)
+        self._eps = max(float(torch.finfo(d).eps)
+                        for d in {self.dtype, *(t.dtype for t in self._params.values())})
         self._frozen = {n: cast(p) for n, p in model.named_parameters() if not p.requires_grad}
         self._buffers = {n: cast(b) for n, b in model.named_buffers()}
         inputs, targets = batch
@@ -470,19 +486,21 @@ class HessianOperator:
 
     def _point(self, v: torch.Tensor, scale: float) -> torch.Tensor:
         """Flat ``theta + scale * v``."""
-        return torch.cat([self._params[n].reshape(-1) for n in self.names]).add_(v, alpha=scale)
+        return torch.cat([self._params[n].reshape(-1).to(self.dtype)
+                          for n in self.names]).add_(v, alpha=scale)
 
     def _gradient_at(self, point: torch.Tensor) -> torch.Tensor:
         """Flat gradient at the flat parameter vector ``point`` (summed over the micro-batches)."""
         views = self.split(point)
         flat = None
         for x, y, w in self._chunks:
-            leaves = [c.detach().requires_grad_(True) for c in views]
+            leaves = [c.detach().to(self._params[n].dtype).requires_grad_(True)
+                      for n, c in zip(self.names, views)]
             with torch.enable_grad():
                 loss = self._loss(dict(zip(self.names, leaves)), x, y)
                 grads = torch.autograd.grad(loss, leaves, allow_unused=True,
                                             materialize_grads=True)
-            g = torch.cat([g.reshape(-1) for g in grads])
+            g = torch.cat([g.reshape(-1).to(self.dtype) for g in grads])
             if flat is None:
                 flat = g if w == 1.0 else g.mul_(w)
             else:
@@ -494,7 +512,7 @@ class HessianOperator:
         norm = float(torch.linalg.vector_norm(v))
         if norm == 0:
             return torch.zeros_like(v)
-        h = float(torch.finfo(self.dtype).eps) ** (1.0 / 3.0)
+        h = self._eps ** (1.0 / 3.0)
         plus = self._gradient_at(self._point(v, h / norm))
         minus = self._gradient_at(self._point(v, -h / norm))
         return plus.sub_(minus).mul_(norm / (2.0 * h))
@@ -504,20 +522,21 @@ class HessianOperator:
         accumulation (see :meth:`accumulate`), ``u = v / ||v||``."""
         if norm == 0:
             return
-        h = float(torch.finfo(self.dtype).eps) ** (1.0 / 3.0)
+        h = self._eps ** (1.0 / 3.0)
         scale = norm / (2.0 * h)
         with torch.no_grad():
-            leaves = [self._params[n].add(c, alpha=h / norm) for n, c in zip(self.names, parts)]
+            leaves = [self._params[n].add(c.to(self._params[n].dtype), alpha=h / norm)
+                      for n, c in zip(self.names, parts)]
         for sign in (1.0, -1.0):
             for leaf in leaves:
                 leaf.requires_grad_(True)
             for x, y, w in self._chunks:
-                for leaf, view in zip(leaves, views):
-                    leaf.grad = view
+                _attach_grads(leaves, views)
                 try:
                     with torch.enable_grad():
                         loss = self._loss(dict(zip(self.names, leaves)), x, y)
                         torch.autograd.backward(loss * (sign * w * scale), inputs=leaves)
+                    _flush_grads(leaves, views)
                 finally:
                     for leaf in leaves:
                         leaf.grad = None
@@ -548,7 +567,7 @@ class HessianOperator:
         norm = float(torch.linalg.vector_norm(v))
         if norm == 0:
             return torch.zeros_like(v)
-        h = float(torch.finfo(self.dtype).eps) ** 0.5
+        h = self._eps ** 0.5
         shifted = self._gradient_at(self._point(v, h / norm))
         return shifted.sub_(self.gradient()).mul_(norm / h)
 

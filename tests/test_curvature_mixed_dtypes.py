@@ -1,0 +1,56 @@
+"""A model whose trainable parameters mix float32 and float64 (without ``dtype=``): every HVP
+mode, micro-batches, the finite-difference coarse start and ``memory="lean"`` agree with the
+dense float64 Hessian, instead of failing inside the model or in autograd."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from dense_curvature import dense_hessian
+
+import catapult
+
+
+class Mixed(nn.Module):
+    """A float32 Linear feeding a float64 one (or the other way round); the inputs come in the
+    first layer's dtype and the hidden layer is cast to the second's, as written."""
+
+    def __init__(self, first64: bool):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 2)
+        (self.a if first64 else self.b).double()
+        self.second = torch.float32 if first64 else torch.float64
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x)).to(self.second))
+
+
+def mse(out, y):
+    return nn.functional.mse_loss(out.double(), y.double())
+
+
+@pytest.mark.parametrize("first64", [False, True], ids=["f32-f64", "f64-f32"])
+@pytest.mark.parametrize("kwargs, rel", [
+    ({}, 1e-5),                                              # coarse: forward differences
+    ({"coarse": None, "hvp": "finite_difference"}, 1e-4),
+    ({"coarse": None, "memory": "lean"}, 1e-5),              # products accumulated in place
+    ({"memory": "lean"}, 1e-5),
+    ({"coarse": None, "chunk_size": 2}, 1e-5),
+])
+def test_mixed_dtype_parameters_match_dense(first64, kwargs, rel):
+    # "mat1 and mat2 must have the same dtype" (forward differences promoted a float32 block to
+    # float64) and "attempting to assign a gradient with dtype 'float' to a tensor with
+    # grad_dtype 'Double'" (lean)
+    torch.manual_seed(0)
+    model = Mixed(first64)
+    x = torch.randn(5, 3, dtype=torch.float64 if first64 else torch.float32)
+    batch = (x, torch.randn(5, 2, dtype=torch.float64))
+    exact = copy.deepcopy(model).double()   # the truth: the same function in float64
+    exact.second = torch.float64
+    truth = np.linalg.eigvalsh(dense_hessian(exact, mse, batch).numpy())[-1]
+    est = catapult.sharpness(model, mse, batch, tol=1e-6, **kwargs)
+    assert est.converged
+    assert est.value == pytest.approx(truth, rel=rel)
+    assert model.a.weight.dtype == (torch.float64 if first64 else torch.float32)
