@@ -1,6 +1,7 @@
 """critical_lr refuses, with a message, a loss that does not depend on the optimizer's
 parameters (it doubled the lr 64 times and returned ~1.8e15 with a warning) and a loss that is
-not a scalar (it failed converting the loss to a float)."""
+not a scalar (it failed converting the loss to a float); its trials leave the model's
+parameters unwritten."""
 import pytest
 import torch
 import torch.nn as nn
@@ -36,3 +37,21 @@ def test_a_one_element_loss_is_a_scalar():
     a = catapult.critical_lr(model, nn.MSELoss(), batch, opt)
     b = catapult.critical_lr(model, lambda o, t: nn.functional.mse_loss(o, t).reshape(1), batch, opt)
     assert a == b
+
+
+def test_a_graph_the_caller_holds_survives_and_outside_parameters_are_restored():
+    # trials wrote the parameters in place: "one of the variables needed for gradient
+    # computation has been modified by an inplace operation" on the caller's next backward
+    model, batch = problem()
+    scale = nn.Parameter(torch.tensor(1.5))   # a loss_fn's own parameter, outside the model
+    opt = torch.optim.SGD([*model.parameters(), scale], lr=0.1)
+
+    def loss_fn(out, y):
+        return nn.functional.mse_loss(out * scale, y)
+
+    pending = nn.functional.mse_loss(model(batch[0]), batch[1])   # saves the model's weights
+    versions = [p._version for p in model.parameters()]
+    result = catapult.critical_lr(model, loss_fn, batch, opt)
+    pending.backward()
+    assert [p._version for p in model.parameters()] == versions
+    assert scale.item() == 1.5 and result.lower < result.lr < float("inf")

@@ -13,9 +13,11 @@ optimizer's next step (per unit learning rate)::
                              if L(theta - mid u) <= L0: lower = mid  else: upper = mid
     lr_c = upper         (lr_start if the loss already rises at lr_start)
 
-Nothing observable changes: parameters are restored bitwise from copies, buffers (e.g.
-BatchNorm running statistics) and the global RNG state (CPU, and CUDA when the model is there)
-are put back, ``.grad`` and the optimizer state are never written.
+Nothing observable changes: the model's parameters are never written (trials are functional
+calls on shifted copies, so a graph the caller holds stays valid; parameters of the optimizer
+outside the model are restored bitwise from copies), buffers (e.g. BatchNorm running
+statistics) and the global RNG state (CPU, and CUDA when the model is there) are put back,
+``.grad`` and the optimizer state are never written.
 """
 from __future__ import annotations
 
@@ -351,15 +353,23 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
         if not direction:  # e.g. the optimizer of another model: no trial would move the loss
             raise ValueError("critical_lr: the loss does not depend on any parameter of "
                              "the optimizer")
-        originals = [(p, p.detach().clone()) for p, _ in direction]
+        # the model's parameters are shifted functionally (writing them in place would bump
+        # their version counters and break a graph the caller still holds); only parameters
+        # outside the model (a loss_fn's own) are written in place and restored from copies
+        owned = {id(p): name for name, p in model.named_parameters()}
+        shifted = [(owned[id(p)], p, u) for p, u in direction if id(p) in owned]
+        in_place = [(p, u) for p, u in direction if id(p) not in owned]
+        originals = [(p, p.detach().clone()) for p, _ in in_place]
 
         def trial(lr: float) -> float:
             nonlocal passes
             snapshot.restore()
             with torch.no_grad():
-                for (p, p0), (_, u) in zip(originals, direction):
+                for (p, p0), (_, u) in zip(originals, in_place):
                     p.copy_(p0).add_(u, alpha=-lr)
-                value = _forward_loss(model, loss_fn, batch)
+                params = {name: torch.add(p.detach(), u, alpha=-lr) for name, p, u in shifted}
+                inputs, targets = batch
+                value = loss_fn(torch.func.functional_call(model, params, (inputs,)), targets)
                 value = float(value) if reduce is None else reduce(value)
             passes += 1
             return value if math.isfinite(value) else math.inf
