@@ -83,13 +83,15 @@ def measure_spectrum(config: Mapping[str, Any], *, weights: str | Path | None = 
     ``top_k``, ``trace_matvecs`` or ``density_runs`` of 0 skip that measurement. Bad arguments
     (a negative count, an unknown curvature, ``preconditioned`` with a non-Adam optimizer or
     with ``weights``, whose file holds no optimizer state) are a ConfigError before the model is
-    built. Returns a dict: ``name``, ``curvature``, ``preconditioned``, ``weights``,
+    built; so are weights that do not fit the model (:func:`load_weights`) and a non-finite loss
+    on batch 0, before any product. Returns a dict: ``name``, ``curvature``, ``preconditioned``, ``weights``,
     ``batch_size``, ``n_params``, ``eigenvalues`` (largest first), ``eigen_matvecs``,
     ``converged``, ``trace``, ``trace_matvecs``, ``density`` (the
     :class:`~catapult.curvature.spectrum.SpectralDensity`, or None), ``density_runs``,
     ``density_steps``.
     """
     from catapult import curvature as curv
+    from catapult.critical_lr import probe_loss
     from catapult.curvature.spectrum import CURVATURES
     from catapult.engine.build import build_run
     from catapult.engine.sharpness_rule import solver_options
@@ -119,6 +121,10 @@ def measure_spectrum(config: Mapping[str, Any], *, weights: str | Path | None = 
         raise cfg.ConfigError([("--top-k", f"{top_k} exceeds the model's {setup.n_params} parameters")])
     if weights is not None:
         load_weights(model, weights, key="--weights")
+    loss = probe_loss(model, loss_fn, batch)
+    if not math.isfinite(loss):  # no curvature to measure: refused rather than a spectrum of NaNs
+        raise cfg.ConfigError([("--weights" if weights is not None else "model",
+                                f"the loss on batch 0 is {loss}: the model's outputs are not finite")])
     solver = solver_options(config)
     common = dict(dtype=solver["dtype"], hvp=solver["hvp"], chunk_size=solver["chunk_size"], curvature=curvature)
     optimizer = setup.optimizer if preconditioned else None
