@@ -375,3 +375,21 @@ def test_a_store_sqlite_cannot_open_is_a_message_not_a_traceback(tmp_path, capsy
     err = capsys.readouterr().err
     assert "the store /proc/self/catapult-test.db cannot be opened: unable to open database file" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("executor", ["local", "ensemble"])
+def test_a_sweep_on_a_cuda_this_machine_lacks_is_refused_before_the_store(tmp_path, capsys, monkeypatch, executor):
+    # each cell failed on its own (exit 0, a store of 'failed' cells) where train refuses with exit 2
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    config = tmp_path / "grid.yaml"
+    config.write_text(GRID)
+    store = tmp_path / "s.db"
+    argv = ["sweep", str(config), "--store", str(store), "--progress", "none", "--executor", executor]
+    assert cli.main([*argv, "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert "device: 'cuda' requested but CUDA is not available" in err and len(err.splitlines()) == 1
+    assert "Traceback" not in err and not store.exists()
+    assert cli.main([*argv, "sweep.grid.device=[cpu, 'cuda:1']"]) == 2  # a swept device names its cells
+    err = capsys.readouterr().err
+    assert "cell 1 (seed=0, device=cuda:1) device: 'cuda:1' requested" in err and "cell 0 " not in err
+    assert not store.exists()

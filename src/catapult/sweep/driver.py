@@ -4,8 +4,8 @@
 
 1. expand the grid and validate every cell (:func:`catapult.sweep.spec.expand`), build the
    executor (a missing optional dependency fails here), and, where the executor runs cells on
-   this machine, refuse cells whose model cannot fit its memory whatever the data: nothing is
-   written before this;
+   this machine, refuse cells that ask a CUDA device it lacks or whose model cannot fit its
+   memory whatever the data: nothing is written before this;
 2. open the store: a new sweep writes its spec and one ``pending`` row per cell; the same
    spec resumes; a different spec is refused (:class:`catapult.sweep.store.SpecChanged`
    names what changed); this driver registers itself and keeps a heartbeat;
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from catapult import config as cfg
-from catapult.engine.build import load_data
+from catapult.engine.build import load_data, resolve_device
 from catapult.engine.model_size import check_model_fits, check_spectrum_fits, model_parameters
 from catapult.sweep.claims import HEARTBEAT_S, Heartbeat
 from catapult.sweep.store import DONE_STATUSES, Store
@@ -152,8 +152,8 @@ def _failed(error: str) -> CellResult:
 
 
 def _refuse_impossible_cells(cells: list[CellSpec]) -> None:
-    """Raise one :class:`~catapult.config.ConfigError` naming every cell whose model cannot fit
-    in this machine's memory whatever data it trains on (:func:`catapult.engine.check_model_fits`,
+    """Raise one :class:`~catapult.config.ConfigError` naming every cell that asks a CUDA device
+    this machine does not have, or whose model cannot fit in this machine's memory whatever data it trains on (:func:`catapult.engine.check_model_fits`,
     a lower bound from the config alone), or that asks more Hessian eigenvalues
     (``eval.spectrum_top_k``) than its model has parameters, before the store is written or any
     cell runs; each distinct model section is counted once. The eigenvalue count needs the
@@ -162,7 +162,21 @@ def _refuse_impossible_cells(cells: list[CellSpec]) -> None:
     problems: list[tuple[str, str]] = []
     verdicts: dict[str, cfg.ConfigError | None] = {}
     shapes: dict[str, tuple[int, int] | None] = {}
+    devices: dict[str, cfg.ConfigError | None] = {}  # a missing CUDA fails every cell that asks it
     for cell in cells:
+        name = cell.config["device"]
+        if name not in devices:
+            try:
+                resolve_device(name)
+                devices[name] = None
+            except cfg.ConfigError as err:
+                devices[name] = err
+        if devices[name] is not None:
+            if "device" in cell.swept:
+                problems += cell_problems(cell.id, cell.swept, devices[name])
+            elif devices[name].problems[0] not in problems:  # the base config's: said once
+                problems += devices[name].problems
+            continue
         key = canonical_json([cell.config["model"], cell.config["dtype"]])
         if key not in verdicts:
             try:
