@@ -393,3 +393,22 @@ def test_a_sweep_on_a_cuda_this_machine_lacks_is_refused_before_the_store(tmp_pa
     err = capsys.readouterr().err
     assert "cell 1 (seed=0, device=cuda:1) device: 'cuda:1' requested" in err and "cell 0 " not in err
     assert not store.exists()
+
+
+@pytest.mark.parametrize("argv, target", [
+    (["export", "s.db", "--out", "s.db"], "s.db"),             # a CSV was written over the store it read
+    (["report", "s.db", "--out", "s.db"], "s.db"),
+    (["report", "s.html"], "s.html"),                          # the default <store>.html is the store
+    (["plot", "s.db", "--out", "other.png"], "other.png"),     # another sweep's store, whatever its name
+    (["transfer", "s.db", "--out", "other.png"], "other.png"),
+])
+def test_an_output_file_that_is_a_sqlite_store_is_refused_unchanged(tmp_path, capsys, monkeypatch, argv, target):
+    _legacy_store(tmp_path)
+    (tmp_path / "s.html").write_bytes((tmp_path / "s.db").read_bytes())
+    (tmp_path / "other.png").write_bytes((tmp_path / "s.db").read_bytes())
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"--out: {target} is an SQLite database (a sweep store?)" in err and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

@@ -56,8 +56,9 @@ def apply_threads(args: argparse.Namespace) -> None:
 
 
 def check_out_file(option: str, path) -> None:
-    """Refuse, before any work, an output file path (``--out``) that is a directory or whose
-    folder does not exist or cannot be written: a ConfigError naming the option."""
+    """Refuse, before any work, an output file path (``--out``) that is a directory, an SQLite
+    database (the store being read, or another), or whose folder does not exist or cannot be
+    written: a ConfigError naming the option."""
     if path is None:
         return
     path = Path(path)
@@ -70,6 +71,18 @@ def check_out_file(option: str, path) -> None:
         raise ConfigError([(option, f"the folder {folder} does not exist")])
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ConfigError([(option, f"the folder {folder} is not writable")])
+    if _is_sqlite(path):  # `export s.db --out s.db` wrote the table over the store it read
+        raise ConfigError([(option, f"{path} is an SQLite database (a sweep store?) that would be overwritten; "
+                                    f"give a new file name")])
+
+
+def _is_sqlite(path: Path) -> bool:
+    """Whether ``path`` is an existing file with SQLite's header (a sweep store, this one or another)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(16) == b"SQLite format 3\x00"
+    except OSError:  # missing, or not ours to read: nothing of it is overwritten by this check
+        return False
 
 
 def check_image_file(option: str, path) -> None:

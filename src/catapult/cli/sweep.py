@@ -375,7 +375,8 @@ def _default_role(key: str, swept: set, *taken) -> str | None:
 
 
 def _report_command(args: argparse.Namespace) -> int:
-    check_out_file("--out", args.out)
+    # the default, <store>.html, is the store itself for a store named x.html
+    check_out_file("--out", args.out if args.out is not None else Path(args.store).with_suffix(".html"))
     from catapult.report import write_report
     from catapult.sweep.store import StoreError
 
