@@ -124,3 +124,35 @@ def test_coord_check_applies_data_augment_as_training_does(tmp_path):
             loss0 = float(setup.loss_fn(setup.model(x), y))
         recorded = {r[3] for r in augmented if r[0] == 0 and r[1] == width}
         assert len(recorded) == 1 and recorded.pop() == pytest.approx(loss0, rel=1e-6)
+
+
+MLP_CHECK = """\
+name: mlp_cc
+data: {name: digits, n_train: 32, n_test: 8}
+model: {name: mlp, width: 8, depth: 2}
+optimizer: {name: sgd, lr: 0.1}
+train: {batch_size: 8}
+coord_check: {widths: [4, 8], parametrizations: [mup], seeds: [0], steps: 1}
+"""
+
+
+def test_coord_check_writes_over_its_own_output_only(tmp_path, capsys):
+    # a folder it did not write (the config's own, as config.yaml; a train run) had its files replaced
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("# my config\n" + MLP_CHECK)
+    before = (mine / "config.yaml").read_text()
+    assert main(["coord-check", str(mine / "config.yaml"), "--out", str(mine), "--progress", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "mine is not a directory `catapult coord-check` wrote (it holds config.yaml)" in err
+    assert (mine / "config.yaml").read_text() == before and [p.name for p in mine.iterdir()] == ["config.yaml"]
+    run = tmp_path / "run"
+    assert main(["train", str(mine / "config.yaml"), "train.steps=1", "--out", str(run), "--progress", "none"]) == 0
+    written = {p.name: p.read_bytes() for p in run.iterdir()}
+    assert main(["coord-check", str(mine / "config.yaml"), "--out", str(run), "--progress", "none"]) == 2
+    assert "metrics.csv" in capsys.readouterr().err and {p.name: p.read_bytes() for p in run.iterdir()} == written
+    out = tmp_path / "cc"
+    for _ in range(2):  # its own directory: a rerun replaces what the first wrote
+        assert main(["coord-check", str(mine / "config.yaml"), "--out", str(out), "--progress", "none"]) == 0
+    assert {p.name for p in out.iterdir()} == {"coord_check.csv", "coord_check_table.md", "config.yaml",
+                                               "coord_check_width_mup.png"}

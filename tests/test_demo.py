@@ -1,7 +1,12 @@
 """``catapult demo`` regenerates its own run directories: a second ``make demo`` must not stop at
-the "existing run directory" guard that protects ``catapult train`` outputs."""
+the "existing run directory" guard that protects ``catapult train`` outputs; a directory it did
+not write is refused before any work."""
 from __future__ import annotations
 
+import pytest
+
+from catapult import cli
+from catapult import demo as demo_module
 from catapult.demo import _run_one
 
 
@@ -13,4 +18,27 @@ def test_a_demo_run_writes_over_its_own_earlier_output(tmp_path):
     first = _run_one(config, str(out))
     second = _run_one(config, str(out))
     assert first[1]["final_train_loss"] == second[1]["final_train_loss"]
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "metrics.csv", "model.pt", "summary.json", "trajectories.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "metrics.csv", "model.pt", "summary.json",
+                                                     "trajectories.png"]
+
+
+@pytest.mark.parametrize("entries, ours", [
+    ({}, True),
+    ({"fig1_sp_T1/": None, "fig1_sp.png": b"png", "report.md": b"# demo"}, True),  # an earlier demo
+    ({"fig1_sp_T1/": None}, True),                                                # an interrupted one
+    ({"report.md": b"my notes"}, False),                                          # no run of the demo
+    ({"fig1_sp_T1/": None, "notes.txt": b"mine"}, False),
+    ({"config.yaml": b"name: x\n", "metrics.csv": b"step\n"}, False),             # a train run
+])
+def test_the_demo_writes_only_into_a_directory_it_wrote(tmp_path, capsys, monkeypatch, entries, ours):
+    ran = []
+    monkeypatch.setattr(demo_module, "run_demo", lambda out, **kwargs: ran.append(out))
+    out = tmp_path / "out"
+    out.mkdir()
+    for name, data in entries.items():
+        (out / name).mkdir() if data is None else (out / name).write_bytes(data)
+    before = sorted(p.name for p in out.iterdir())
+    assert cli.main(["demo", "--out", str(out)]) == (0 if ours else 2)
+    assert ran == ([str(out)] if ours else []) and sorted(p.name for p in out.iterdir()) == before
+    if not ours:
+        assert "is not a directory `catapult demo` wrote" in capsys.readouterr().err

@@ -9,7 +9,7 @@ from pathlib import Path
 from catapult.config import ConfigError, load_config
 
 __all__ = ["add_config_arguments", "config_from_args", "overrides_from_args", "apply_threads", "check_out_file",
-           "check_image_file", "figure_path"]
+           "check_image_file", "figure_path", "check_study_dir"]
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -105,3 +105,24 @@ def figure_path(path):
     writes for such a name, so the command can print the file it wrote."""
     path = Path(path)
     return path if path.suffix else path.with_name(path.name + ".png")
+
+
+def check_study_dir(command: str, out, owned, marker) -> Path:
+    """``out`` as a usable output directory of a study command that replaces its own files
+    there (``coord-check``, ``demo``): new, empty, or one this command wrote before, i.e. one
+    where ``marker(entry)`` holds for some entry and ``owned(entry)`` for every entry. Anything
+    else (a user's folder, a ``train`` run of the same name, the folder of the config itself)
+    is a :class:`~catapult.engine.loop.RunDirectoryError` (exit 2) before any work: its files
+    would be overwritten."""
+    from catapult.engine.loop import RunDirectoryError, check_out_dir
+
+    path = check_out_dir(out, overwrite=True)
+    entries = list(path.iterdir()) if path.is_dir() else []
+    if entries:
+        foreign = sorted(entry.name for entry in entries if not owned(entry))
+        if foreign or not any(marker(entry) for entry in entries):
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            shown = shown or ", ".join(sorted(entry.name for entry in entries)[:3])
+            raise RunDirectoryError(f"{path} is not a directory `catapult {command}` wrote (it holds {shown}); "
+                                    f"choose a new or empty --out directory rather than overwrite files there")
+    return path

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from catapult.cli.common import add_config_arguments, apply_threads, overrides_from_args
-from catapult.engine.loop import check_out_dir
+from catapult.cli.common import add_config_arguments, apply_threads, check_study_dir, overrides_from_args
 from catapult.engine.coord_check_study import load_coord_check, result_groups, run_coord_check, slope_table
 
 
@@ -29,9 +28,16 @@ def register(subparsers) -> None:
 def _command(args) -> int:
     config, spec = load_coord_check(args.config, overrides_from_args(args))
     apply_threads(args)
-    out = check_out_dir(Path(args.out) if args.out else Path("runs") / config["name"], overwrite=True)
+    out = check_study_dir("coord-check", Path(args.out) if args.out else Path("runs") / config["name"],
+                          owned=_owned, marker=lambda entry: entry.name == "coord_check.csv")
     rows = run_coord_check(config, spec, out_dir=out, progress=args.progress != "none", panels=args.panels)
     print(slope_table(rows))
     print(f"wrote {out}/ (coord_check.csv, coord_check_table.md, config.yaml, "
           f"{len(list(result_groups(rows)))} figure(s) coord_check_<axis>_<parametrization>.png)")
     return 0
+
+
+def _owned(entry: Path) -> bool:
+    """Whether ``entry`` is a file coord-check writes (so a rerun may replace it)."""
+    return entry.is_file() and (entry.name in ("coord_check.csv", "coord_check_table.md", "config.yaml")
+                                or (entry.name.startswith("coord_check_") and entry.suffix == ".png"))

@@ -1,9 +1,11 @@
 """``catapult demo [--out DIR] [--workers N] [--write-configs DIR]``: see :mod:`catapult.demo`."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from catapult import demo
+from catapult.cli.common import check_study_dir
 from catapult.config import ConfigError
-from catapult.engine.loop import check_out_dir
 
 
 def register(subparsers) -> None:
@@ -28,7 +30,16 @@ def _demo_command(args) -> int:
         return 0
     if args.workers is not None and args.workers < 1:
         raise ConfigError([("--workers", f"must be >= 1, got {args.workers}")])
-    check_out_dir(args.out, overwrite=True)  # the demo owns its directory; a file in the way is not
+    runs = {c["name"] for c in demo.demo_configs()}  # the demo owns the directory it wrote, nothing else
+    check_study_dir("demo", args.out, owned=lambda entry: _owned(entry, runs),
+                    marker=lambda entry: entry.is_dir() and entry.name in runs)
     demo.run_demo(args.out, workers=args.workers, echo=lambda line: print(line, flush=True))
     return 0
 
+
+
+def _owned(entry: Path, runs: set) -> bool:
+    """Whether ``entry`` is something ``catapult demo`` writes: a run directory, a figure, the report."""
+    if entry.is_dir():
+        return entry.name in runs
+    return entry.is_file() and (entry.name == "report.md" or (entry.name.startswith("fig1_") and entry.suffix == ".png"))
