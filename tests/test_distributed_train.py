@@ -151,3 +151,23 @@ def test_two_gloo_processes_train_from_jsonl_text_shards(tmp_path):
         assert got["losses"] == pytest.approx(single.losses, rel=1e-9, abs=1e-9)
         for a, b in zip(got["params"], single.model.parameters()):
             torch.testing.assert_close(a, b.detach(), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad, words", [(VOCAB, f"token id {VOCAB} at index 650"), (-1, "token id -1 at index 650")])
+def test_a_token_id_out_of_range_is_refused_before_any_step(tmp_path, capsys, bad, words):
+    # the id was found only when a batch window hit it: a ValueError / IndexError traceback mid-run
+    import yaml
+
+    from catapult.cli import main
+
+    ids = np.random.default_rng(0).integers(0, VOCAB, 700).astype(np.int32)
+    ids[650] = bad
+    (tmp_path / "shards").mkdir()
+    np.save(tmp_path / "shards" / "part0.npy", ids)
+    config = tmp_path / "ddp.yaml"
+    config.write_text(yaml.safe_dump(_config(tmp_path / "shards", steps=2)))
+    out = tmp_path / "run"
+    assert main(["train-ddp", str(config), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "data.root" in err and "part0.npy" in err and words in err and "Traceback" not in err
+    assert not out.exists()

@@ -59,7 +59,7 @@ class TokenShards:
     ``data.`` keys). ``files`` are the arrays read, ``sources`` the shard files they came from."""
 
     def __init__(self, root: str | os.PathLike, vocab_size: int | None = None, *, text_key: str = "text",
-                 cache_dir: str | os.PathLike | None = None) -> None:
+                 cache_dir: str | os.PathLike | None = None, check_ids: bool = True) -> None:
         root = Path(root).expanduser()
         if not root.exists():  # before any listing or tokenising: the plain reason
             raise FileNotFoundError(f"data.root {root} does not exist")
@@ -85,6 +85,8 @@ class TokenShards:
             if a.ndim != 1 or a.dtype.kind not in "ui":
                 raise cfg.ConfigError([("data.root", f"{f}: expected a 1-D integer token array, "
                                                      f"got {a.dtype} {a.shape}")])
+            if check_ids and not texts:  # before any step: an id out of range failed mid-run, a traceback
+                _check_token_ids(f, a, vocab_size)
             self.arrays.append(a)
         self.offsets = np.concatenate([[0], np.cumsum([len(a) for a in self.arrays])])
         self.vocab_size = vocab_size
@@ -112,6 +114,23 @@ class TokenShards:
         return w[:, :-1], w[:, 1:]
 
 
+def _check_token_ids(path: Path, array: np.ndarray, vocab_size: int | None) -> None:
+    """A ConfigError on ``data.root`` naming ``path`` if a token id of ``array`` is negative or
+    ``>= vocab_size``: one pass over the (memory-mapped) array, in chunks."""
+    if not array.size or (array.dtype.kind == "u" and vocab_size is not None
+                          and np.iinfo(array.dtype).max < vocab_size):
+        return  # no id this dtype can hold is out of range
+    chunk = 1 << 24
+    for at in range(0, array.size, chunk):
+        part = array[at:at + chunk]
+        low, high = int(part.min()), int(part.max())
+        if low < 0 or (vocab_size is not None and high >= vocab_size):
+            bad = low if low < 0 else high
+            index = at + int(np.argmax(part == bad))
+            raise cfg.ConfigError([("data.root", f"{path}: token id {bad} at index {index} is outside "
+                                                 f"0 .. data.vocab_size - 1 = {(vocab_size or 0) - 1}")])
+
+
 def global_batch_rows(batch_size: int, rank: int, world_size: int) -> np.ndarray:
     """Rank ``rank``'s rows ``[r B/W, (r+1) B/W)`` of the global batch (``B % W == 0``)."""
     if batch_size % world_size:
@@ -129,8 +148,9 @@ def _starts(n_tokens: int, context: int, batch_size: int, data_seed: int, t: int
 def _open_shards(d: Mapping[str, Any], rank: int, distributed: bool) -> TokenShards:
     """The config's shards on this rank. Rank 0 opens them first (tokenising text shards into
     the cache) while the others wait; its error, if any, is raised on every rank."""
-    def open_() -> TokenShards:
-        return TokenShards(d["root"], d["vocab_size"], text_key=d["text_key"], cache_dir=d["cache_dir"])
+    def open_(check_ids: bool = True) -> TokenShards:
+        return TokenShards(d["root"], d["vocab_size"], text_key=d["text_key"], cache_dir=d["cache_dir"],
+                           check_ids=check_ids)
 
     shards, problem = None, None
     if rank == 0:
@@ -147,7 +167,7 @@ def _open_shards(d: Mapping[str, Any], rank: int, distributed: bool) -> TokenSha
             problem = cfg.ConfigError(problems) if kind == "ConfigError" else FileNotFoundError(message)
     if problem is not None:
         raise problem
-    return shards if shards is not None else open_()
+    return shards if shards is not None else open_(check_ids=False)  # rank 0 checked the ids
 
 
 def _average_dense_grads(updater, world: int) -> None:
