@@ -80,3 +80,11 @@ def test_plot_command_writes_heatmap_and_trajectories(store_path, tmp_path, caps
     assert out.read_bytes().startswith(PNG) and traj.read_bytes().startswith(PNG)
     assert main(["plot", str(store_path), "--cells", "99", "--out", str(out), "--trajectories-out", str(traj)]) == 2
     assert "no cells [99]" in capsys.readouterr().err
+
+
+def test_a_y_that_takes_the_only_non_seed_key_asks_for_an_x():
+    # "an x key is needed" named neither the option nor what to give it
+    axes = [{"key": "optimizer.lr", "values": [0.1, 1.0]}, {"key": "seed", "values": [0, 1]}]
+    with pytest.raises(ValueError, match=r"--y 'optimizer.lr' leaves no swept key for the x axis; give --x KEY "
+                                         r"\(swept keys: optimizer.lr, seed\)"):
+        phase_grid([], axes, "test_accuracy", y="optimizer.lr")

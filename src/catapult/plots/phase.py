@@ -155,8 +155,9 @@ def phase_grid(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[str, A
     for name, key in (("x", x), ("y", y)):
         if key is not None and key not in by_key:
             raise ValueError(f"--{name} {key!r} is not a swept key; swept keys: {', '.join(by_key)}")
-    if x is None:
-        raise ValueError("an x key is needed")
+    if x is None:  # --y took the only swept key the default x may be (seed never is one)
+        raise ValueError(f"--y {y!r} leaves no swept key for the x axis; give --x KEY "
+                         f"(swept keys: {', '.join(by_key)})")
     if y == x:
         raise ValueError(f"x and y are both {x!r}; choose two different swept keys")
     where = dict(where or {})
