@@ -412,3 +412,17 @@ def test_an_output_file_that_is_a_sqlite_store_is_refused_unchanged(tmp_path, ca
     err = capsys.readouterr().err
     assert f"--out: {target} is an SQLite database (a sweep store?)" in err and "Traceback" not in err
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+@pytest.mark.parametrize("command", ["train", "critical-lr", "sweep"])
+def test_more_threads_than_the_machine_can_start_is_refused(tiny, tmp_path, capsys, command):
+    # torch.set_num_threads(100000): libgomp failed to create the threads (exit 1) or segfaulted
+    from catapult.cli.common import max_threads
+
+    argv = [command, str(tiny), "--threads", str(max_threads() + 1), "--progress", "none"]
+    store = tmp_path / "s.db"
+    argv += {"train": ["--out", str(tmp_path / "run")], "critical-lr": [], "sweep": ["--store", str(store)]}[command]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"--threads {max_threads() + 1} is more than" in err.replace("--threads: ", "--threads ")
+    assert "Traceback" not in err and not (tmp_path / "run").exists() and not store.exists()

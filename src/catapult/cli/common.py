@@ -9,7 +9,7 @@ from pathlib import Path
 from catapult.config import ConfigError, load_config
 
 __all__ = ["add_config_arguments", "config_from_args", "overrides_from_args", "apply_threads", "check_out_file",
-           "check_image_file", "figure_path", "check_study_dir"]
+           "check_image_file", "figure_path", "check_study_dir", "threads_problem", "max_threads"]
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,12 +44,31 @@ def overrides_from_args(args: argparse.Namespace) -> list[str]:
     return overrides
 
 
+def max_threads() -> int:
+    """The most ``--threads`` accepted: 4 per CPU of this machine, at least 64. Far more made
+    OpenMP fail to create its threads (a segfault, or libgomp's message and exit code 1)."""
+    return max(64, 4 * (os.cpu_count() or 1))
+
+
+def threads_problem(threads: int | None) -> str | None:
+    """What is wrong with a ``--threads`` value (below 1, above :func:`max_threads`), or None."""
+    if threads is None:
+        return None
+    if threads < 1:
+        return f"must be >= 1, got {threads}"
+    if threads > max_threads():
+        return f"{threads} is more than this machine's {os.cpu_count()} CPUs can use (at most {max_threads()})"
+    return None
+
+
 def apply_threads(args: argparse.Namespace) -> None:
-    """``--threads N``: ``torch.set_num_threads(N)``; a value below 1 is a ConfigError."""
+    """``--threads N``: ``torch.set_num_threads(N)``; a value below 1 or above
+    :func:`max_threads` is a ConfigError."""
     threads = getattr(args, "threads", None)
     if threads is not None:
-        if threads < 1:
-            raise ConfigError([("--threads", f"must be >= 1, got {threads}")])
+        problem = threads_problem(threads)
+        if problem:
+            raise ConfigError([("--threads", problem)])
         import torch
 
         torch.set_num_threads(threads)

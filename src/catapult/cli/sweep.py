@@ -25,7 +25,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from catapult.cli.common import check_image_file, check_out_file, figure_path
+from catapult.cli.common import check_image_file, check_out_file, figure_path, threads_problem
 
 __all__ = ["register", "resume_command"]
 
@@ -205,8 +205,9 @@ def _executor_options(args: argparse.Namespace) -> dict | str:
     options: dict = {}
     threads = getattr(args, "threads", None)  # --threads comes with cli.add_config_arguments
     if threads is not None:
-        if threads < 1:
-            return f"--threads must be >= 1, got {threads}"
+        problem = threads_problem(threads)
+        if problem:
+            return f"--threads {problem}"
         options["threads"] = threads  # per cell, in this process or in each Ray worker
     if args.executor == "ray":
         for flag, value in (("--num-cpus", args.num_cpus), ("--chunk-size", args.chunk_size)):
