@@ -414,6 +414,25 @@ def test_an_output_file_that_is_a_sqlite_store_is_refused_unchanged(tmp_path, ca
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
+@pytest.mark.parametrize("argv", [
+    ["export", "s.db", "--out", "sweep.yaml"],                 # the config: a CSV would replace it
+    ["report", "s.db", "--out", "notes.txt"],
+])
+def test_an_existing_file_of_another_kind_is_not_replaced(tmp_path, capsys, monkeypatch, argv):
+    _legacy_store(tmp_path)
+    (tmp_path / argv[-1]).write_text("mine\n")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"--out: {argv[-1]} exists and is not a" in err and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    # an earlier output of the command's own kind is written again
+    out = "cells.csv" if argv[0] == "export" else "page.html"
+    (tmp_path / out).write_text("earlier\n")
+    assert cli.main([*argv[:-1], out]) == 0 and (tmp_path / out).read_text() != "earlier\n"
+
+
 @pytest.mark.parametrize("command", ["train", "critical-lr", "sweep"])
 def test_more_threads_than_the_machine_can_start_is_refused(tiny, tmp_path, capsys, command):
     # torch.set_num_threads(100000): libgomp failed to create the threads (exit 1) or segfaulted

@@ -74,10 +74,14 @@ def apply_threads(args: argparse.Namespace) -> None:
         torch.set_num_threads(threads)
 
 
-def check_out_file(option: str, path) -> None:
+def check_out_file(option: str, path, replaces: tuple[str, ...] | None = None) -> None:
     """Refuse, before any work, an output file path (``--out``) that is a directory, an SQLite
     database (the store being read, or another), or whose folder does not exist or cannot be
-    written: a ConfigError naming the option."""
+    written: a ConfigError naming the option.
+
+    ``replaces``: the suffixes of the files the command writes (e.g. ``(".html",)``). An existing
+    file is replaced only when its suffix is one of them, so an earlier output can be written
+    again, while ``--out config.yaml`` (a file the command did not write) is refused."""
     if path is None:
         return
     path = Path(path)
@@ -93,6 +97,9 @@ def check_out_file(option: str, path) -> None:
     if _is_sqlite(path):  # `export s.db --out s.db` wrote the table over the store it read
         raise ConfigError([(option, f"{path} is an SQLite database (a sweep store?) that would be overwritten; "
                                     f"give a new file name")])
+    if replaces is not None and path.is_file() and path.suffix.lower() not in replaces:
+        raise ConfigError([(option, f"{path} exists and is not a {' / '.join(replaces)} file this command "
+                                    f"writes; give a new file name")])
 
 
 def _is_sqlite(path: Path) -> bool:

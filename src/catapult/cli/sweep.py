@@ -255,7 +255,7 @@ def resume_command(args: argparse.Namespace, store: Path) -> str:
 
 
 def _export_command(args: argparse.Namespace) -> int:
-    check_out_file("--out", args.out)
+    check_out_file("--out", args.out, replaces=(".csv", ".parquet", ".pq"))
     from catapult.sweep.store import Store, StoreError, write_csv, write_parquet
 
     out = Path(args.out)
@@ -377,7 +377,8 @@ def _default_role(key: str, swept: set, *taken) -> str | None:
 
 def _report_command(args: argparse.Namespace) -> int:
     # the default, <store>.html, is the store itself for a store named x.html
-    check_out_file("--out", args.out if args.out is not None else Path(args.store).with_suffix(".html"))
+    check_out_file("--out", args.out if args.out is not None else Path(args.store).with_suffix(".html"),
+                   replaces=(".html", ".htm"))
     from catapult.report import write_report
     from catapult.sweep.store import StoreError
 
