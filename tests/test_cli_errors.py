@@ -393,6 +393,8 @@ def test_a_sweep_on_a_cuda_this_machine_lacks_is_refused_before_the_store(tmp_pa
     err = capsys.readouterr().err
     assert "cell 1 (seed=0, device=cuda:1) device: 'cuda:1' requested" in err and "cell 0 " not in err
     assert not store.exists()
+    assert cli.main([*argv, "--device", "cuda", "--dry-run"]) == 2  # it said "all valid"
+    assert "CUDA is not available" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, target", [

@@ -154,6 +154,10 @@ def _sweep_command(args: argparse.Namespace) -> int:
     store = Path(args.store) if args.store else Path("runs") / base["name"] / "sweep.db"
     if args.dry_run:
         cells = expand(base, spec)
+        if not args.ray_address:  # the checks a run makes on this machine (a cluster's machines may differ)
+            from catapult.sweep.driver import refuse_impossible_cells
+
+            refuse_impossible_cells(cells)
         print(f"{len(cells)} cells over {', '.join(spec.keys) or '(no swept keys)'}; all valid")
         for c in cells:
             print(f"  cell {c.id}: " + " ".join(f"{k}={v}" for k, v in c.swept.items()))

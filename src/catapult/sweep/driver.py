@@ -41,7 +41,7 @@ from catapult.sweep.executors import Cell, CellResult, Executor, get_executor, t
 from catapult.sweep.lambda0 import lambda0_inputs, lambda0_key, measure_lambda0, needs_lambda0, resolve_cell_lr
 from catapult.sweep.spec import CellSpec, SweepSpec, canonical_json, cell_problems, cells_error, expand, spec_document
 
-__all__ = ["run_sweep", "SweepOutcome", "SweepProgress", "axes_metadata"]
+__all__ = ["run_sweep", "SweepOutcome", "SweepProgress", "axes_metadata", "refuse_impossible_cells"]
 
 
 @dataclass
@@ -151,7 +151,7 @@ def _failed(error: str) -> CellResult:
     return CellResult("failed", [], {}, error=error)
 
 
-def _refuse_impossible_cells(cells: list[CellSpec]) -> None:
+def refuse_impossible_cells(cells: list[CellSpec]) -> None:
     """Raise one :class:`~catapult.config.ConfigError` naming every cell that asks a CUDA device
     this machine does not have, or whose model cannot fit in this machine's memory whatever data it trains on (:func:`catapult.engine.check_model_fits`,
     a lower bound from the config alone), or that asks more Hessian eigenvalues
@@ -252,7 +252,7 @@ def run_sweep(
         engine = get_executor(executor, run_fn=run_fn, **dict(executor_options or {}))
     if engine.runs_here:
         try:
-            _refuse_impossible_cells(cells)
+            refuse_impossible_cells(cells)
         except cfg.ConfigError:
             engine.close()
             raise
