@@ -448,10 +448,11 @@ def parametrize(
         source = inputs[0] if inputs else next(iter(layer_roles))
         width = layer_width(all_layers[source])
     base = width if base_width is None else base_width
-    if base <= 0 or width <= 0:
+    if not (base > 0 and width > 0):  # written so that NaN is refused too
         raise ValueError(f"width and base_width must be positive; got {width}, {base_width}")
-    if not (0.0 < base_density <= 1.0):
-        raise ValueError(f"base_density must be in (0, 1]; got {base_density!r}")
+    for label, value in (("density", density), ("base_density", base_density)):
+        if not (0.0 < value <= 1.0):
+            raise ValueError(f"{label} must be in (0, 1] (density = 1 - sparsity); got {value!r}")
     width_mult = width / base
     density_mult = density / base_density
     if mask_seed is None:
