@@ -30,3 +30,30 @@ def test_density_is_checked_even_without_hidden_layers():
 def test_a_nan_base_width_is_a_value_error_naming_it():
     with pytest.raises(ValueError, match="base_width must be positive"):
         catapult.parametrize(mlp(), "mup", base_width=float("nan"))
+
+
+def _lrs(model: nn.Module) -> dict[str, float]:
+    return {g["name"]: g["lr"] for g in catapult.param_groups(model, 0.01, "adam")}
+
+
+def test_param_groups_of_a_data_parallel_model_are_the_wrapped_models():
+    torch.manual_seed(0)
+    model = catapult.models.MLP(4, 2, width=64, depth=3, parametrization="mup", base_width=16)
+    assert _lrs(model)["hidden"] == pytest.approx(0.01 / 4)           # muP Adam: lr / m_d
+    assert _lrs(nn.DataParallel(model)) == _lrs(model)                # it was lr everywhere (SP)
+    user = catapult.parametrize(mlp(64), "mup", base_width=16)
+    assert _lrs(nn.DataParallel(user)) == _lrs(user)
+
+
+def test_param_groups_of_a_ddp_model_are_the_wrapped_models(tmp_path):
+    import torch.distributed as dist
+    model = catapult.models.MLP(4, 2, width=64, depth=3, parametrization="supar", base_width=16,
+                                density=0.5, mask_seed=0)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        ddp = nn.parallel.DistributedDataParallel(model)
+        assert _lrs(ddp) == _lrs(model)
+        assert _lrs(ddp)["hidden"] == pytest.approx(0.01 / (4 * 0.5))  # SμPar Adam: lr / (m_d m_rho)
+    finally:
+        dist.destroy_process_group()
+

@@ -239,7 +239,10 @@ def lr_multiplier(parametrization: str, kind: str, optimizer: str = "adam", *,
 
 
 def find_spec(model: nn.Module) -> ParamSpec | None:
-    """The :class:`ParamSpec` of ``model`` (also through ``torch.compile``'s wrapper), or None.
+    """The :class:`ParamSpec` of ``model``, or None. Wrappers are looked through:
+    ``torch.compile``'s (``_orig_mod``) and those that keep the model as ``.module``
+    (``DistributedDataParallel``, ``DataParallel``, FSDP), so ``param_groups(ddp_model, lr)``
+    gives the wrapped model's learning rates.
 
     Example:
         >>> model = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Linear(8, 1))
@@ -248,10 +251,17 @@ def find_spec(model: nn.Module) -> ParamSpec | None:
         >>> find_spec(parametrize(model, "mup", base_width=2))
         ParamSpec(parametrization='mup', width_mult=4.0, density_mult=1.0, lr_rule='table')
     """
-    spec = getattr(model, "catapult_spec", None)
-    if spec is None and hasattr(model, "_orig_mod"):
-        spec = getattr(model._orig_mod, "catapult_spec", None)
-    return spec
+    for _ in range(8):  # a few nested wrappers at most (e.g. compiled DDP)
+        spec = getattr(model, "catapult_spec", None)
+        if spec is not None:
+            return spec
+        inner = getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            inner = getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            return None
+        model = inner
+    return None
 
 
 def param_groups(model: nn.Module, lr: float, optimizer: str = "adam", *,
