@@ -57,3 +57,27 @@ def test_param_groups_of_a_ddp_model_are_the_wrapped_models(tmp_path):
     finally:
         dist.destroy_process_group()
 
+
+
+class PaddedLM(nn.Module):
+    def __init__(self, tied: bool = False):
+        super().__init__()
+        self.emb = nn.Embedding(10, 16, padding_idx=0)
+        self.fc = nn.Linear(16, 16)
+        self.out = nn.Linear(16, 10, bias=False)
+        if tied:
+            self.out.weight = self.emb.weight
+
+    def forward(self, idx):
+        return self.out(torch.relu(self.fc(self.emb(idx))))
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"init_std": 0.02}])
+@pytest.mark.parametrize("tied", [False, True])
+def test_an_embeddings_padding_row_stays_zero(kwargs, tied):
+    torch.manual_seed(0)
+    model = catapult.parametrize(PaddedLM(tied), "mup", base_width=4, **kwargs)
+    # The padding row gets no gradient: a non-zero row drawn here would be a fixed random "pad"
+    # vector for ever (it was N(0, var) like the other rows).
+    assert torch.count_nonzero(model.emb.weight[0]) == 0
+    assert torch.count_nonzero(model.emb.weight[1:]) == 9 * 16

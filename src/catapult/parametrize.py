@@ -412,7 +412,8 @@ def parametrize(
       (``fan_in_base = fan_in / m_d`` for hidden and output layers, ``fan_in`` for input
       layers; embeddings use ``s = gain``): hidden var = ``gain^2 / fan_in`` (muP) or
       ``gain^2 / (fan_in * m_rho)`` (SμPar), output var ``gain^2 / fan_in_base``. Under SP,
-      ``var = gain^2 / fan_in`` for every layer. Tied weights are initialised once.
+      ``var = gain^2 / fan_in`` for every layer. Tied weights are initialised once; an
+      embedding's ``padding_idx`` row is left at 0 (it gets no gradient, so it stays 0).
     * multipliers: input layers ``alpha_in`` (weights only), output layers ``alpha_out / m_d``
       (weights only, bias unscaled) for muP / SμPar; none for SP.
     * masks: hidden layers get an exact-density random mask when ``density < 1`` (any
@@ -492,6 +493,8 @@ def parametrize(
             if id(layer.weight) not in initialised:
                 layer.weight.normal_(0.0, math.sqrt(var))
                 initialised.add(id(layer.weight))
+            if is_embedding and layer.padding_idx is not None:  # the pad row stays 0, as nn.Embedding makes it
+                layer.weight[layer.padding_idx].zero_()
             bias = getattr(layer, "bias", None)
             if bias is not None and id(bias) not in initialised:
                 bias.zero_()
