@@ -81,3 +81,33 @@ def test_an_embeddings_padding_row_stays_zero(kwargs, tied):
     # vector for ever (it was N(0, var) like the other rows).
     assert torch.count_nonzero(model.emb.weight[0]) == 0
     assert torch.count_nonzero(model.emb.weight[1:]) == 9 * 16
+
+
+def test_parametrizing_again_dense_after_sparse_is_refused_not_left_half_sparse():
+    torch.manual_seed(0)
+    model = catapult.parametrize(mlp(32), "supar", base_width=8, density=0.25)
+    # It kept the density-0.25 masks under a spec saying density_mult = 1 (dense init and lrs).
+    with pytest.raises(ValueError, match=r"already have sparsity masks \(density 0.25\).*density=1.0"):
+        catapult.parametrize(model, "supar", base_width=8)
+    assert model.catapult_spec.density_mult == 0.25                   # refused before any change
+    again = catapult.parametrize(model, "supar", base_width=8, density=0.5)   # a new density is fine
+    assert again[2].density == 0.5 and again.catapult_spec.density_mult == 0.5
+
+
+def test_a_sparsified_layers_pruned_weights_stay_zero_after_parametrize():
+    from catapult.sparsity import sparsify_
+    torch.manual_seed(0)
+    model = mlp(32)
+    sparsify_(model[0], 0.5, generator=torch.Generator().manual_seed(0))   # a sparse input layer
+    catapult.parametrize(model, "mup", base_width=8)
+    assert torch.count_nonzero(model[0].weight[~model[0].mask]) == 0  # it was re-drawn dense
+    assert torch.equal(model[0].weight != 0, model[0].mask)
+
+
+def test_a_refused_hidden_conv_mask_leaves_the_model_untouched():
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3), nn.Flatten(), nn.Linear(4, 2))
+    before = [p.clone() for p in net.parameters()]
+    with pytest.raises(ValueError, match="hidden nn.Conv2d"):
+        catapult.parametrize(net, "supar", density=0.5)
+    assert type(net[0]) is nn.Conv2d                                  # it was a ScaledConv2d, re-drawn
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))

@@ -383,6 +383,29 @@ def infer_roles(module: nn.Module) -> dict[str, str]:
     return roles
 
 
+def _check_masks(layers: Mapping[str, nn.Module], roles: Mapping[str, str], density: float) -> None:
+    """Refuse what parametrize() cannot do, before it changes any layer: masks on a hidden conv,
+    and hidden layers that already carry sparse masks while ``density == 1`` (from an earlier
+    ``parametrize(..., density<1)`` or ``sparsify_``: they would stay while the init, the
+    ``catapult_spec`` and the learning rates assume dense layers)."""
+    kept = total = 0
+    sparse = []
+    for name, role in roles.items():
+        layer = layers[name]
+        if density < 1.0 and role == "hidden" and isinstance(layer, nn.Conv2d):
+            raise ValueError(f"parametrize(): sparsity masks are for Linear layers; {name!r} is a "
+                             "hidden nn.Conv2d (use density=1.0 or give it role None)")
+        mask = getattr(layer, "mask", None)
+        if density == 1.0 and role == "hidden" and isinstance(mask, torch.Tensor) and not bool(mask.all()):
+            sparse.append(name)
+            kept, total = kept + int(mask.sum()), total + mask.numel()
+    if sparse:
+        raise ValueError(
+            f"parametrize(): hidden layers {sparse[:4]} already have sparsity masks (density {kept / total:.4g}) "
+            "but density=1.0; pass the density to draw masks for (and correct for), or make them dense "
+            "first with layer.set_mask(None)")
+
+
 def parametrize(
     module: nn.Module,
     parametrization: str = "mup",
@@ -470,13 +493,12 @@ def parametrize(
         mask_seed = int(torch.randint(0, 2**62, (1,)).item())
     generator = torch.Generator().manual_seed(int(mask_seed))
 
+    _check_masks(all_layers, layer_roles, density)  # before any layer changes
+
     initialised: set[int] = set()
     for name, role in layer_roles.items():
         layer = all_layers[name]
         is_embedding = isinstance(layer, nn.Embedding)
-        if density < 1.0 and role == "hidden" and isinstance(layer, nn.Conv2d):
-            raise ValueError(f"parametrize(): sparsity masks are for Linear layers; {name!r} is a "
-                             "hidden nn.Conv2d (use density=1.0 or give it role None)")
         layer = as_scaled(layer)
         layer.catapult_role = role
         fan_in = layer_fan_in(layer)
@@ -495,6 +517,8 @@ def parametrize(
                 initialised.add(id(layer.weight))
             if is_embedding and layer.padding_idx is not None:  # the pad row stays 0, as nn.Embedding makes it
                 layer.weight[layer.padding_idx].zero_()
+            if getattr(layer, "mask", None) is not None:  # a layer sparsified before: pruned entries stay 0
+                layer.apply_mask_()
             bias = getattr(layer, "bias", None)
             if bias is not None and id(bias) not in initialised:
                 bias.zero_()
