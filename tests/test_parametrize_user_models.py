@@ -111,3 +111,18 @@ def test_a_refused_hidden_conv_mask_leaves_the_model_untouched():
         catapult.parametrize(net, "supar", density=0.5)
     assert type(net[0]) is nn.Conv2d                                  # it was a ScaledConv2d, re-drawn
     assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
+
+
+def test_without_an_input_layer_the_width_is_the_readouts_input_width():
+    net = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
+    catapult.parametrize(net, "mup", base_width=64, roles={"0": None})  # a user's own first layer
+    # m_d = 256 / 64 = 4 and the readout multiplier 1 / m_d; it took the 10 classes as the width
+    # (m_d = 10 / 64, multiplier 6.4).
+    assert net.catapult_spec.width_mult == 4.0 and net[2].multiplier == 0.25
+    assert catapult.parametrize(nn.Linear(256, 10), "mup", base_width=64).catapult_spec.width_mult == 4.0
+    convs = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 32, 3), nn.Conv2d(32, 5, 1))
+    catapult.parametrize(convs, "mup", base_width=8, roles={"0": None, "1": None})
+    assert convs.catapult_spec.width_mult == 4.0
+    hidden_first = nn.Sequential(nn.Linear(3, 16), nn.Linear(16, 48), nn.Linear(48, 2))
+    catapult.parametrize(hidden_first, "mup", base_width=12, roles={"0": None})  # hidden 16 -> 48
+    assert hidden_first.catapult_spec.width_mult == 4.0

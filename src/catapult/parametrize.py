@@ -383,6 +383,20 @@ def infer_roles(module: nn.Module) -> dict[str, str]:
     return roles
 
 
+def _default_width(layers: Mapping[str, nn.Module], roles: Mapping[str, str]) -> int:
+    """The width ``m_d`` is measured in: the output width of the first input layer, else of the
+    first hidden layer; a model with readouts only has the readout's input width (not its
+    number of outputs, which does not grow with the model)."""
+    for wanted in ("input", "hidden"):
+        for name, role in roles.items():
+            if role == wanted:
+                return layer_width(layers[name])
+    readout = layers[next(iter(roles))]
+    if isinstance(readout, nn.Conv2d):
+        return readout.in_channels
+    return readout.embedding_dim if isinstance(readout, nn.Embedding) else readout.in_features
+
+
 def _check_masks(layers: Mapping[str, nn.Module], roles: Mapping[str, str], density: float) -> None:
     """Refuse what parametrize() cannot do, before it changes any layer: masks on a hidden conv,
     and hidden layers that already carry sparse masks while ``density == 1`` (from an earlier
@@ -427,7 +441,8 @@ def parametrize(
     Roles (input / hidden / output) come from :func:`infer_roles`, overridden per layer by
     ``roles={qualified_name: role}`` (``None`` leaves a layer untouched). Then, with
     ``m_d = width / base_width`` (``width`` defaults to the output width of the first input
-    layer; ``base_width=None`` means ``m_d = 1``) and ``m_rho = density / base_density``:
+    layer, else of the first hidden layer, else the readout's input width; ``base_width=None``
+    means ``m_d = 1``) and ``m_rho = density / base_density``:
 
     * init (weights ``N(0, var)``, biases 0): with ``init_std`` given, ``s^2 = init_std^2`` for
       every role, hidden layers scaled by :func:`init_variance`. With ``init_std=None``,
@@ -477,10 +492,8 @@ def parametrize(
     if not layer_roles:
         raise ValueError("parametrize(): the module has no nn.Linear / nn.Conv2d / nn.Embedding layer")
 
-    inputs = [name for name, role in layer_roles.items() if role == "input"]
     if width is None:
-        source = inputs[0] if inputs else next(iter(layer_roles))
-        width = layer_width(all_layers[source])
+        width = _default_width(all_layers, layer_roles)
     base = width if base_width is None else base_width
     if not (base > 0 and width > 0):  # written so that NaN is refused too
         raise ValueError(f"width and base_width must be positive; got {width}, {base_width}")
