@@ -138,6 +138,13 @@ def test_inputs_are_flattened_and_bad_shapes_are_named():
     assert len(MLP(64, 10, 32, 5).layers) == 5
 
 
+@pytest.mark.parametrize("shape", [(64,), ()])
+def test_an_unbatched_input_is_a_value_error_naming_the_shape(shape):
+    # One sample without its batch axis was an IndexError from flatten(1) ("Dimension out of range").
+    with pytest.raises(ValueError, match=r"batch \(N, \.\.\.\).*unsqueeze"):
+        MLP(64, 10, 32, 3)(torch.randn(shape))
+
+
 def test_constructor_rejects_bad_arguments():
     with pytest.raises(ValueError, match="parametrization"):
         MLP(8, 2, parametrization="ntk")

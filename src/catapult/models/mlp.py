@@ -210,6 +210,9 @@ class MLP(nn.Module):
         return cls(in_features, out_features, width=m["width"], depth=m["depth"], **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 2:
+            raise ValueError(f"MLP expects a batch (N, ...) of inputs; got shape {tuple(x.shape)} "
+                             "(one sample: x.unsqueeze(0))")
         x = x.flatten(1)
         if x.shape[1] != self.in_features:
             raise ValueError(f"MLP expects inputs with {self.in_features} features per sample "
