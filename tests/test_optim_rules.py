@@ -380,3 +380,29 @@ def test_config_lists_agree_with_the_registry():
     if listed is None:
         pytest.skip("config has no PRECONDITIONED_OPTIMIZERS")
     assert tuple(listed) == registry.preconditioned_names()
+
+
+def _nadam_growth(lr: float) -> float:
+    """Per-step growth of |x| under torch NAdam on L = x^2 / 2 with a frozen preconditioner
+    (eps = 1 >> sqrt(v)) and mu_t = b1 (momentum_decay large), after the bias corrections fade."""
+    x = torch.nn.Parameter(torch.tensor([1e-100], dtype=torch.float64))
+    opt = torch.optim.NAdam([x], lr=lr, eps=1.0, momentum_decay=1e4)
+    sizes = []
+    for _ in range(300):
+        opt.zero_grad()
+        (0.5 * x ** 2).sum().backward()
+        opt.step()
+        sizes.append(max(abs(float(x.detach())), 1e-300))
+    return (sizes[-1] / sizes[199]) ** 0.01
+
+
+def test_instability_threshold_refuses_nadam():
+    from catapult.curvature import instability_threshold
+
+    # NAdam (lambda/P = 1 here) turns unstable near (2 + 2 b1) / ((1 + 2 b1)(1 - b1)) = 13.6,
+    # far below Adam's 38 that instability_threshold used to return for it
+    assert _nadam_growth(13.0) < 1.0 < _nadam_growth(20.0)
+    with pytest.raises(TypeError, match="NAdam"):
+        instability_threshold(torch.optim.NAdam(_params(), lr=0.1))
+    # Adamax keeps Adam's (heavy-ball EMA over a diagonal preconditioner) rule
+    assert instability_threshold(torch.optim.Adamax(_params(), lr=0.1)) == pytest.approx(380.0)

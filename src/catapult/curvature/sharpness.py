@@ -292,8 +292,10 @@ def instability_threshold(optimizer: torch.optim.Optimizer, lr: float | None = N
       usually 0): ``(2 + 2b) / ((1 - d) lr)``; with ``nesterov=True``:
       ``(2 + 2b) / ((1 + 2b) lr)``.
     * Adam family (any optimizer whose param groups have ``"betas"``: Adam, AdamW, GIAdam,
-      RAdam, NAdam, ...), compared with the *pre-conditioned* sharpness:
-      ``(2 + 2 b1) / ((1 - b1) lr)`` (= 38/lr for b1 = 0.9).
+      RAdam, Adamax, ...), compared with the *pre-conditioned* sharpness:
+      ``(2 + 2 b1) / ((1 - b1) lr)`` (= 38/lr for b1 = 0.9). ``torch.optim.NAdam`` is refused:
+      its Nesterov step ``b1 m + (1 - b1) g`` has ``(2 + 2 b1) / ((1 + 2 b1)(1 - b1) lr)``
+      (2.8x lower at b1 = 0.9) once ``mu_t`` reaches ``b1``, and a step-dependent one before.
 
     ``lr`` defaults to the first param group's current ``lr`` (and ``momentum``/``betas`` are
     read from the first group too). With per-group multipliers (``group["lr_mult"]``, as set by
@@ -323,6 +325,10 @@ def instability_threshold(optimizer: torch.optim.Optimizer, lr: float | None = N
     lr = float(group["lr"] if lr is None else lr)
     if not lr > 0:
         raise ValueError(f"lr must be > 0 for an instability threshold, got {lr}")
+    if isinstance(optimizer, torch.optim.NAdam):
+        raise TypeError("instability_threshold: torch.optim.NAdam is not supported: its Nesterov "
+                        "momentum mu_t changes with the step, so Adam's (2 + 2 b1) / ((1 - b1) lr) "
+                        "does not apply (it is (2 + 2 b1) / ((1 + 2 b1)(1 - b1) lr) once mu_t = b1)")
     if "betas" in group:
         return float(rules.threshold("adam", {"lr": lr, "betas": [float(b) for b in group["betas"]]}))
     if isinstance(optimizer, torch.optim.SGD):
