@@ -381,3 +381,20 @@ def test_persistent_warmup_research_can_lower_the_lr(warm_start):
         cold = schedules.PersistentCatapultWarmup(opt, model, _quadratic, 100.0, warm_start=False)
         cold.step((inputs, sharp))
         assert second["forward_passes"] == cold.history[0]["forward_passes"] + 2
+
+
+def test_tensor_lr_is_filled_in_place_not_replaced():
+    # torch.optim accepts lr as a tensor (for torch.compile / capturable steps, which keep
+    # reading that tensor); the schedulers must update it in place, as torch's own ones do
+    f = warmup(1.0, 4)
+    opt = torch.optim.SGD([{"params": [torch.nn.Parameter(torch.zeros(2))], "lr_mult": 0.5}],
+                          lr=torch.tensor(0.01))
+    lr = opt.param_groups[0]["lr"]
+    sched = attach(opt, f)
+    sched.load_state_dict({**sched.state_dict(), "last_epoch": 2})
+    assert opt.param_groups[0]["lr"] is lr and float(lr) == pytest.approx(0.5 * f(2))
+    assert sched.get_last_lr()[0] is not lr and float(sched.get_last_lr()[0]) == float(lr)
+    pcw = schedules.PersistentCatapultWarmup(opt, torch.nn.Linear(2, 1), torch.nn.MSELoss(),
+                                             lr_target=1.0)
+    pcw.load_state_dict({**pcw.state_dict(), "lr": 0.3})
+    assert opt.param_groups[0]["lr"] is lr and float(lr) == pytest.approx(0.15)

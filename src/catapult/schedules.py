@@ -337,6 +337,15 @@ def catapult_warmup(lr_target: float, warmup_steps: int, lr_critical: float | Cr
 # --------------------------------------------------------------------------------------------
 # Attaching a schedule to an optimizer
 # --------------------------------------------------------------------------------------------
+def _set_group_lr(group: dict, lr: float) -> None:
+    """``group["lr"] = lr``, filled in place when the group holds a tensor lr (as torch's own
+    schedulers do): a compiled or CUDA-graph-captured ``optimizer.step`` keeps reading it."""
+    if isinstance(group["lr"], torch.Tensor):
+        group["lr"].fill_(lr)
+    else:
+        group["lr"] = lr
+
+
 class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
     """A ``torch.optim`` scheduler that sets ``group["lr"] = fn(t) * group.get("lr_mult", 1.0)``.
 
@@ -389,10 +398,10 @@ class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the step counters and set every group's lr for the restored step."""
         self.__dict__.update({k: v for k, v in state_dict.items() if k not in ("optimizer", "fn")})
-        values = self.get_lr()
-        for group, lr in zip(self.optimizer.param_groups, values):
-            group["lr"] = lr
-        self._last_lr = values
+        for group, lr in zip(self.optimizer.param_groups, self.get_lr()):
+            _set_group_lr(group, lr)
+        self._last_lr = [g["lr"].clone() if isinstance(g["lr"], torch.Tensor) else g["lr"]
+                         for g in self.optimizer.param_groups]
 
 
 def attach(optimizer: torch.optim.Optimizer, fn: Callable[[int], float]) -> ScheduleLR:
@@ -543,7 +552,7 @@ class PersistentCatapultWarmup:
 
     def _apply(self) -> None:
         for group in self.optimizer.param_groups:
-            group["lr"] = self.lr * float(group.get("lr_mult", 1.0))
+            _set_group_lr(group, self.lr * float(group.get("lr_mult", 1.0)))
 
     def step(self, batch, loss: torch.Tensor | float | None = None) -> float:
         """Decide this training step's lr, set it on the optimizer's groups, and return it.
