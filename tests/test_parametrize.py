@@ -224,3 +224,18 @@ def test_ablation_models_mix_the_mup_and_supar_models(ablation):
         groups = {g["name"]: g["lr_mult"] for g in catapult.param_groups(models[ablation], 1.0, "adam")}
         assert groups == {g["name"]: g["lr_mult"] for g in catapult.param_groups(models[lr_parent], 1.0, "adam")}
         assert groups["hidden"] != 1.0
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(lr=-0.1), ValueError, "lr must be a finite number >= 0, got -0.1"),
+    (dict(lr=float("nan")), ValueError, "lr must be a finite number >= 0"),
+    (dict(lr=float("inf")), ValueError, "lr must be a finite number >= 0"),
+    (dict(lr="0.1"), TypeError, "lr must be a real number"),
+    (dict(lr=0.1, weight_decay=-0.01), ValueError, "weight_decay must be a finite number >= 0"),
+    (dict(lr=0.1, weight_decay=float("nan")), ValueError, "weight_decay must be a finite"),
+])
+def test_param_groups_rejects_bad_lr_and_weight_decay(kwargs, error, match):
+    # torch.optim validates only its default lr, so a group's negative lr would ascend silently
+    with pytest.raises(error, match=match):
+        catapult.param_groups(nn.Linear(3, 3), **kwargs)
+    assert catapult.param_groups(nn.Linear(3, 3), 0)[0]["lr"] == 0.0

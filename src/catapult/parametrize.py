@@ -295,6 +295,16 @@ def param_groups(model: nn.Module, lr: float, optimizer: str = "adam", *,
         >>> optimizer = torch.optim.Adam(groups)
     """
     family = optimizer_family(optimizer)
+    # torch.optim checks only its default lr, not a group's: a bad value would train silently
+    for name, value in (("lr", lr), ("weight_decay", 0.0 if weight_decay is None else weight_decay)):
+        try:
+            number = None if isinstance(value, (bool, str)) else float(value)
+        except (TypeError, ValueError, RuntimeError):
+            number = None
+        if number is None:
+            raise TypeError(f"param_groups: {name} must be a real number, got {value!r}")
+        if not (math.isfinite(number) and number >= 0):
+            raise ValueError(f"param_groups: {name} must be a finite number >= 0, got {value}")
     spec = find_spec(model) or ParamSpec("sp")
     seen: set[int] = set()
     order: list[tuple] = []
