@@ -296,6 +296,10 @@ def instability_threshold(optimizer: torch.optim.Optimizer, lr: float | None = N
       ``(2 + 2 b1) / ((1 - b1) lr)`` (= 38/lr for b1 = 0.9). ``torch.optim.NAdam`` is refused:
       its Nesterov step ``b1 m + (1 - b1) g`` has ``(2 + 2 b1) / ((1 + 2 b1)(1 - b1) lr)``
       (2.8x lower at b1 = 0.9) once ``mu_t`` reaches ``b1``, and a step-dependent one before.
+      For RAdam this is the threshold of its un-rectified steps; a rectified step ``t`` scales
+      the update by ``r_t``, so its threshold is ``(2 + 2 b1) / ((1 - b1) r_t lr)``:
+      :func:`catapult.optim.thresholds.radam_threshold` (``lr, betas, t``) gives it, as the
+      training engine uses.
 
     ``lr`` defaults to the first param group's current ``lr`` (and ``momentum``/``betas`` are
     read from the first group too). With per-group multipliers (``group["lr_mult"]``, as set by
