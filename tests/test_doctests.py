@@ -17,7 +17,9 @@ import pytest
 import torch
 
 MODULES = (
-    "catapult.schedules",
+    "catapult.schedules.functions",
+    "catapult.schedules.scheduler",
+    "catapult.schedules.persistent",
     "catapult.curvature.hessian",
     "catapult.curvature.krylov",
     "catapult.curvature.lanczos",

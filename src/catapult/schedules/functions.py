@@ -1,0 +1,316 @@
+"""Schedules as pure functions ``lr(t) -> float`` of the optimizer steps already taken:
+:func:`warmup` (polynomial warmup, then constant, cosine or linear decay) and
+:func:`catapult_warmup` (linear warmup from a measured critical learning rate), and the small
+building blocks they compose, each with its formula in the docstring.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any
+
+from catapult.critical_lr import CriticalLR
+
+__all__ = [
+    "polynomial_warmup_factor",
+    "decay_progress",
+    "cosine_decay",
+    "linear_decay",
+    "WarmupSchedule",
+    "CatapultWarmupSchedule",
+    "warmup",
+    "catapult_warmup",
+    "DECAYS",
+]
+
+#: Allowed values of ``decay`` (``None`` means ``"constant"``).
+DECAYS = ("constant", "cosine", "linear")
+
+
+# --------------------------------------------------------------------------------------------
+# Pure building blocks
+# --------------------------------------------------------------------------------------------
+def polynomial_warmup_factor(t: int, warmup_steps: int, power: float = 1.0) -> float:
+    """Fraction of the way from ``lr_init`` to ``lr_target`` at step ``t``.
+
+    ``factor(t) = min(1, ((t + 1) / T) ** power)`` with ``T = warmup_steps``; ``t`` is 0-based,
+    so the target is first used by step ``T - 1`` and ``T = 1`` means no warmup.
+
+    Example:
+        >>> [polynomial_warmup_factor(t, 4) for t in range(5)]
+        [0.25, 0.5, 0.75, 1.0, 1.0]
+        >>> polynomial_warmup_factor(1, 4, power=2.0)      # ((1 + 1) / 4) ** 2
+        0.25
+    """
+    return min(1.0, ((t + 1) / warmup_steps) ** power)
+
+
+def decay_progress(t: int, start: int, total_steps: int) -> float:
+    """How far step ``t`` is through a decay that runs from step ``start`` to ``total_steps - 1``.
+
+    ``s(t) = clip((t - start) / (total_steps - 1 - start), 0, 1)``: 0 at ``start`` (the step that
+    first uses the peak lr), 1 at the last step ``total_steps - 1`` and after it.
+
+    Example:
+        >>> [decay_progress(t, 3, 8) for t in (2, 3, 5, 7, 9)]   # span 8 - 1 - 3 = 4 steps
+        [0.0, 0.0, 0.5, 1.0, 1.0]
+    """
+    span = total_steps - 1 - start
+    if span <= 0:                       # no room to decay: the final value from `start` on
+        return 0.0 if t < start else 1.0
+    return min(1.0, max(0.0, (t - start) / span))
+
+
+def cosine_decay(s: float, lr_start: float, lr_end: float) -> float:
+    """``lr(s) = lr_end + (lr_start - lr_end) * (1 + cos(pi * s)) / 2`` for progress ``s`` in [0, 1].
+
+    Example:
+        >>> [round(cosine_decay(s, 1.0, 0.1), 3) for s in (0.0, 0.5, 1.0)]
+        [1.0, 0.55, 0.1]
+    """
+    return lr_end + (lr_start - lr_end) * 0.5 * (1.0 + math.cos(math.pi * s))
+
+
+def linear_decay(s: float, lr_start: float, lr_end: float) -> float:
+    """``lr(s) = lr_start + (lr_end - lr_start) * s`` for progress ``s`` in [0, 1].
+
+    Example:
+        >>> [linear_decay(s, 1.0, 0.0) for s in (0.0, 0.25, 1.0)]
+        [1.0, 0.75, 0.0]
+    """
+    return lr_start + (lr_end - lr_start) * s
+
+
+_DECAY_FNS = {"cosine": cosine_decay, "linear": linear_decay}
+
+
+# --------------------------------------------------------------------------------------------
+# Argument checks (clear errors that name the argument)
+# --------------------------------------------------------------------------------------------
+def _real(name: str, value: Any, *, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if positive and value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return value
+
+
+def _count(name: str, value: Any, *, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _step(t: Any) -> int:
+    if isinstance(t, bool) or not isinstance(t, numbers.Integral):
+        raise TypeError(f"step t must be an integer, got {t!r}")
+    if t < 0:
+        raise ValueError(f"step t must be >= 0 (optimizer steps already taken), got {t}")
+    return int(t)
+
+
+def _check_decay(decay, total_steps, lr_final, lr_target, warmup_steps):
+    """Validate the decay arguments; return (decay, total_steps, lr_final) normalised."""
+    if decay is None:
+        decay = "constant"
+    if decay not in DECAYS:
+        raise ValueError(f"decay must be None or one of {DECAYS}, got {decay!r}")
+    if decay == "constant":
+        if lr_final is not None:
+            raise ValueError(
+                "lr_final is only used with decay='cosine' or 'linear'; got "
+                f"lr_final={lr_final!r} with decay={decay!r}")
+        if total_steps is not None:  # accepted (the run length) but not needed
+            total_steps = _count("total_steps", total_steps)
+        return decay, total_steps, None
+    if total_steps is None:
+        raise ValueError(f"decay={decay!r} needs total_steps (the last step is total_steps - 1)")
+    total_steps = _count("total_steps", total_steps)
+    if total_steps <= warmup_steps:
+        raise ValueError(
+            f"total_steps ({total_steps}) must be > warmup_steps ({warmup_steps}) for "
+            f"decay={decay!r}: the decay runs from step warmup_steps - 1 to total_steps - 1")
+    lr_final = lr_target / 10.0 if lr_final is None else _real("lr_final", lr_final)
+    return decay, total_steps, lr_final
+
+
+def _after_peak(t: int, lr_peak: float, peak_step: int, decay: str, total_steps, lr_final) -> float:
+    """The lr at step ``t >= peak_step`` of a schedule that peaks at ``lr_peak``."""
+    if decay == "constant":
+        return lr_peak
+    s = decay_progress(t, peak_step, total_steps)
+    return _DECAY_FNS[decay](s, lr_peak, lr_final)
+
+
+# --------------------------------------------------------------------------------------------
+# Schedules
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class WarmupSchedule:
+    """Polynomial warmup then constant / cosine / linear decay; call it with the step ``t``.
+
+    With ``T = warmup_steps``::
+
+        t <= T - 1:  lr(t) = lr_init + (lr_target - lr_init) * min(1, ((t + 1) / T) ** power)
+        t >= T - 1:  constant: lr(t) = lr_target
+                     cosine:   lr(t) = cosine_decay(s(t), lr_target, lr_final)
+                     linear:   lr(t) = linear_decay(s(t), lr_target, lr_final)
+                     s(t) = clip((t - (T - 1)) / (total_steps - T), 0, 1)
+
+    so step ``T - 1`` is the first to use ``lr_target`` and the last step, ``total_steps - 1``,
+    uses ``lr_final`` (as do any steps after it). Build it with :func:`warmup`.
+
+    Example (a frozen, printable dataclass):
+        >>> schedule = WarmupSchedule(lr_target=1.0, warmup_steps=4)
+        >>> schedule(1), schedule(10)
+        (0.5, 1.0)
+        >>> schedule == warmup(1.0, 4)
+        True
+    """
+
+    lr_target: float
+    warmup_steps: int
+    lr_init: float = 0.0
+    power: float = 1.0
+    decay: str = "constant"
+    total_steps: int | None = None
+    lr_final: float | None = None
+
+    def __call__(self, t: int) -> float:
+        t = _step(t)
+        peak = self.warmup_steps - 1
+        if t < peak:
+            factor = polynomial_warmup_factor(t, self.warmup_steps, self.power)
+            return self.lr_init + (self.lr_target - self.lr_init) * factor
+        return _after_peak(t, self.lr_target, peak, self.decay, self.total_steps, self.lr_final)
+
+
+def warmup(lr_target: float, warmup_steps: int, *, lr_init: float = 0.0, power: float = 1.0,
+           decay: str | None = None, total_steps: int | None = None,
+           lr_final: float | None = None) -> WarmupSchedule:
+    """Warmup schedule ``t -> lr`` (``t`` = optimizer steps already taken, 0-based).
+
+    ``lr(t) = lr_init + (lr_target - lr_init) * min(1, ((t + 1) / T) ** power)`` with
+    ``T = warmup_steps`` (``T = 1``: constant ``lr_target`` from the first step); after warmup
+    the lr stays at ``lr_target`` (``decay=None`` or ``"constant"``) or decays to ``lr_final``
+    by a cosine or linear curve that reaches ``lr_final`` at the last step,
+    ``t = total_steps - 1`` (see :class:`WarmupSchedule`).
+
+    Args:
+        lr_target: peak learning rate (``lr_trgt``), >= 0.
+        warmup_steps: ``T_wrm`` >= 1.
+        lr_init: learning rate extrapolated to ``t = -1`` (step 0 uses
+            ``lr_init + (lr_target - lr_init) / T``), >= 0.
+        power: exponent ``k`` > 0 of the polynomial warmup (1 = linear).
+        decay: ``None`` / ``"constant"``, ``"cosine"`` or ``"linear"``.
+        total_steps: number of optimizer steps of the run; required (and > ``warmup_steps``)
+            when decaying, accepted and ignored otherwise.
+        lr_final: lr at the last step when decaying; default ``lr_target / 10`` (the warmup
+            paper's reference code). Must be ``None`` without decay.
+
+    Raises:
+        TypeError / ValueError naming the bad argument.
+
+    Example:
+        >>> schedule = warmup(1.0, 4)
+        >>> [schedule(t) for t in range(6)]
+        [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+        >>> cosine = warmup(1.0, 2, decay="cosine", total_steps=5, lr_final=0.0)
+        >>> [round(cosine(t), 3) for t in range(5)]    # peak at step 1, lr_final at step 4
+        [0.5, 1.0, 0.75, 0.25, 0.0]
+    """
+    lr_target = _real("lr_target", lr_target)
+    warmup_steps = _count("warmup_steps", warmup_steps)
+    lr_init = _real("lr_init", lr_init)
+    power = _real("power", power, positive=True)
+    decay, total_steps, lr_final = _check_decay(decay, total_steps, lr_final, lr_target,
+                                                warmup_steps)
+    return WarmupSchedule(lr_target, warmup_steps, lr_init, power, decay, total_steps, lr_final)
+
+
+@dataclass(frozen=True)
+class CatapultWarmupSchedule:
+    """Linear warmup that starts at the critical learning rate; call it with the step ``t``.
+
+    ``lr(t) = min(lr_target, lr_critical + lr_target * t / T)`` with ``T = warmup_steps``: step 0
+    uses ``lr_critical`` (capped at ``lr_target``), and ``lr_target`` is reached at
+    ``t* = ceil(T (1 - lr_critical / lr_target))`` -- about ``T lr_critical / lr_target`` steps
+    earlier than a warmup from 0. From ``t*`` on, the optional decay works as in
+    :class:`WarmupSchedule`: ``s(t) = clip((t - t*) / (total_steps - 1 - t*), 0, 1)``.
+    Build it with :func:`catapult_warmup`.
+
+    Example:
+        >>> schedule = CatapultWarmupSchedule(lr_target=1.0, warmup_steps=8, lr_critical=0.25)
+        >>> schedule.peak_step                          # ceil(8 * (1 - 0.25 / 1.0))
+        6
+        >>> schedule(0), schedule(3), schedule(6)
+        (0.25, 0.625, 1.0)
+    """
+
+    lr_target: float
+    warmup_steps: int
+    lr_critical: float
+    decay: str = "constant"
+    total_steps: int | None = None
+    lr_final: float | None = None
+
+    @property
+    def peak_step(self) -> int:
+        """``t*``: the first step that uses ``lr_target``."""
+        if self.lr_critical >= self.lr_target:
+            return 0
+        t = max(0, math.ceil((self.lr_target - self.lr_critical) * self.warmup_steps
+                             / self.lr_target))
+        # guard the ceil against rounding: t* is the first t with lr(t) == lr_target
+        while self._ramp(t) < self.lr_target:
+            t += 1
+        while t > 0 and self._ramp(t - 1) >= self.lr_target:
+            t -= 1
+        return t
+
+    def _ramp(self, t: int) -> float:
+        return self.lr_critical + self.lr_target * t / self.warmup_steps
+
+    def __call__(self, t: int) -> float:
+        t = _step(t)
+        peak = self.peak_step
+        if t < peak:
+            return self._ramp(t)
+        return _after_peak(t, self.lr_target, peak, self.decay, self.total_steps, self.lr_final)
+
+
+def catapult_warmup(lr_target: float, warmup_steps: int, lr_critical: float | CriticalLR, *,
+                    decay: str | None = None, total_steps: int | None = None,
+                    lr_final: float | None = None) -> CatapultWarmupSchedule:
+    """Catapult-initialised warmup ``t -> lr`` (warmup paper, Sec. 6).
+
+    ``lr(t) = min(lr_target, lr_critical + lr_target * t / T)``, ``T = warmup_steps``, where
+    ``lr_critical`` comes from :func:`catapult.critical_lr` at initialisation (a
+    :class:`~catapult.critical_lr.CriticalLR` result is accepted as is). Warmup starts where the
+    loss would catapult instead of at 0 and saves about ``T * lr_critical / lr_target`` steps;
+    with ``lr_target <= lr_critical`` the target is used from step 0. Optional ``decay``,
+    ``total_steps`` (> ``warmup_steps``) and ``lr_final`` (default ``lr_target / 10``) as in
+    :func:`warmup`, starting from the first step at ``lr_target``.
+
+    Example (6 steps to the target instead of 8 for a warmup from 0):
+        >>> schedule = catapult_warmup(1.0, 8, lr_critical=0.25)
+        >>> [schedule(t) for t in range(8)]
+        [0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0, 1.0]
+    """
+    if isinstance(lr_critical, CriticalLR):
+        lr_critical = lr_critical.lr
+    lr_target = _real("lr_target", lr_target)
+    warmup_steps = _count("warmup_steps", warmup_steps)
+    lr_critical = _real("lr_critical", lr_critical)
+    decay, total_steps, lr_final = _check_decay(decay, total_steps, lr_final, lr_target,
+                                                warmup_steps)
+    return CatapultWarmupSchedule(lr_target, warmup_steps, lr_critical, decay, total_steps,
+                                  lr_final)

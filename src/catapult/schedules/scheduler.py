@@ -1,0 +1,105 @@
+"""Driving a ``torch.optim`` optimizer with a schedule function: :func:`attach` returns a
+``torch.optim.lr_scheduler.LRScheduler`` that applies each param group's ``lr_mult``."""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+
+__all__ = ["ScheduleLR", "attach"]
+
+# --------------------------------------------------------------------------------------------
+# Attaching a schedule to an optimizer
+# --------------------------------------------------------------------------------------------
+def _set_group_lr(group: dict, lr: float) -> None:
+    """``group["lr"] = lr``, filled in place when the group holds a tensor lr (as torch's own
+    schedulers do): a compiled or CUDA-graph-captured ``optimizer.step`` keeps reading it."""
+    if isinstance(group["lr"], torch.Tensor):
+        group["lr"].fill_(lr)
+    else:
+        group["lr"] = lr
+
+
+class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
+    """A ``torch.optim`` scheduler that sets ``group["lr"] = fn(t) * group.get("lr_mult", 1.0)``.
+
+    ``t`` (``last_epoch``) counts ``scheduler.step()`` calls; construction already sets the
+    groups to ``fn(0)``, so call ``optimizer.step()`` then ``scheduler.step()`` each iteration
+    and optimizer step ``t`` uses ``fn(t)``. Per-group ``lr_mult`` (set by
+    ``catapult.param_groups`` for muP / SμPar) is re-applied at every step, so the schedule is
+    relative to each group's multiplier.
+
+    ``state_dict()`` holds the step counters only (``fn`` may be a closure and is not saved):
+    rebuild the scheduler with the same ``fn``, then ``load_state_dict``; the groups' lr are
+    then set for the restored step.
+
+    Example (a group with ``lr_mult = 0.5`` gets half the scheduled lr):
+        >>> import torch
+        >>> from catapult.schedules import warmup
+        >>> w = torch.nn.Parameter(torch.zeros(2))
+        >>> opt = torch.optim.SGD([{"params": [w], "lr_mult": 0.5}], lr=1.0)
+        >>> scheduler = ScheduleLR(opt, warmup(1.0, 4))
+        >>> opt.param_groups[0]["lr"]                   # fn(0) * 0.5
+        0.125
+        >>> scheduler.state_dict()["last_epoch"]
+        0
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, fn: Callable[[int], float],
+                 last_epoch: int = -1):
+        if not callable(fn):
+            raise TypeError(f"fn must be a callable step -> lr, got {fn!r}")
+        self.fn = fn
+        super().__init__(optimizer, last_epoch)
+
+    def _lr_at(self, t: int) -> float:
+        lr = self.fn(t)
+        if isinstance(lr, torch.Tensor):
+            lr = lr.item()
+        lr = float(lr)
+        if not math.isfinite(lr) or lr < 0:
+            raise ValueError(f"schedule returned lr={lr} at step {t}; expected a finite value >= 0")
+        return lr
+
+    def get_lr(self) -> list[float]:
+        """``[fn(t) * lr_mult for each param group]`` with ``t = last_epoch``."""
+        lr = self._lr_at(self.last_epoch)
+        return [lr * float(group.get("lr_mult", 1.0)) for group in self.optimizer.param_groups]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Scheduler state without the optimizer and the schedule function."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("optimizer", "fn")}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the step counters and set every group's lr for the restored step."""
+        self.__dict__.update({k: v for k, v in state_dict.items() if k not in ("optimizer", "fn")})
+        for group, lr in zip(self.optimizer.param_groups, self.get_lr()):
+            _set_group_lr(group, lr)
+        self._last_lr = [g["lr"].clone() if isinstance(g["lr"], torch.Tensor) else g["lr"]
+                         for g in self.optimizer.param_groups]
+
+
+def attach(optimizer: torch.optim.Optimizer, fn: Callable[[int], float]) -> ScheduleLR:
+    """Drive ``optimizer`` with the schedule ``fn``: returns a :class:`ScheduleLR`.
+
+    Each param group's lr becomes ``fn(t) * group.get("lr_mult", 1.0)``; the groups hold
+    ``fn(0)`` as soon as this returns. Call ``scheduler.step()`` after each ``optimizer.step()``.
+
+    Example:
+        >>> import torch
+        >>> from catapult.schedules import warmup
+        >>> w = torch.nn.Parameter(torch.zeros(2))
+        >>> opt = torch.optim.SGD([w], lr=123.0)        # the schedule overrides this lr
+        >>> scheduler = attach(opt, warmup(1.0, 4))
+        >>> lrs = []
+        >>> for _ in range(5):
+        ...     lrs.append(opt.param_groups[0]["lr"])
+        ...     opt.step()
+        ...     scheduler.step()
+        >>> lrs
+        [0.25, 0.5, 0.75, 1.0, 1.0]
+    """
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    return ScheduleLR(optimizer, fn)
