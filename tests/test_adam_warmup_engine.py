@@ -235,3 +235,21 @@ def test_schedule_rtol_reaches_the_warmups_critical_lr_search(warmup):
     assert 0 < lower <= upper <= lower * (1 + 1e-4) and upper < tight.summary["lr_target"]
     assert plain.summary["lr_critical_upper"] - plain.summary["lr_critical_lower"] > 1e-4 * plain.summary["lr_critical_lower"]
     assert tight.summary["search_forward_passes"] > plain.summary["search_forward_passes"]
+
+
+@pytest.mark.parametrize("warmup", ["linear", "catapult", "persistent"])
+def test_a_non_finite_initial_loss_is_diverged_at_step_0_under_every_warmup(warmup):
+    # A GPT whose init overflows float32 has L(theta_0) = nan: the run diverges at step 0, a
+    # result. The catapult warmup's step-0 critical-lr search raised ValueError instead (a crash
+    # in `catapult train`, a "failed" cell that a sweep reruns on every resume).
+    config = C.validate({
+        "name": "nan_init", "data": {"name": "shakespeare", "tokenizer": "char", "context": 8,
+                                     "n_train": 32, "n_test": 16},
+        "model": {"name": "gpt", "width": 16, "depth": 1, "n_heads": 2, "init_std": 1e30},
+        "loss": "cross_entropy", "optimizer": {"name": "adam", "lr": 0.01},
+        "schedule": {"warmup": warmup, "warmup_steps": 2}, "train": {"steps": 3, "batch_size": 8},
+        "eval": {"sharpness_every": 0, "test_every": 0}})
+    result = run(config, progress="none")
+    assert result.status == "diverged" and result.summary["failure"] == "non_finite_loss"
+    assert result.summary["diverged_at"] == 0 and len(result.metrics) == 1
+    assert not math.isfinite(result.metrics[0]["train_loss"])

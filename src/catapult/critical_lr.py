@@ -33,11 +33,16 @@ from torch import Tensor
 from catapult.curvature import distributed as dist_ops
 from catapult.optim import registry, rules
 
-__all__ = ["CriticalLR", "critical_lr", "next_step_direction", "probe_loss", "ModelSnapshot"]
+__all__ = ["CriticalLR", "NonFiniteLossError", "critical_lr", "next_step_direction", "probe_loss", "ModelSnapshot"]
 
 #: Safety limits of the search (a loss that keeps falling forever, a discontinuous loss).
 MAX_DOUBLINGS = 64
 MAX_BISECTIONS = 60
+
+
+class NonFiniteLossError(ValueError):
+    """:func:`critical_lr` was asked about parameters whose loss is not finite: there is no
+    critical learning rate to find (a training run at them diverges before its first update)."""
 
 
 @dataclass
@@ -338,7 +343,7 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
                                     else type(loss).__name__))
             loss0 = float(loss.detach()) if reduce is None else reduce(loss.detach())
             if not math.isfinite(loss0):
-                raise ValueError(f"critical_lr: the loss at the current parameters is {loss0}; "
+                raise NonFiniteLossError(f"critical_lr: the loss at the current parameters is {loss0}; "
                                  "a critical learning rate needs a finite starting loss")
             if not loss.requires_grad:
                 raise ValueError("critical_lr: the loss does not depend on any parameter of "

@@ -239,13 +239,14 @@ def build_warmup(config: Mapping[str, Any], lr_trgt: float, model: nn.Module, lo
     * ``catapult``: ``lr_c = critical_lr(model, loss_fn, batch0, optimizer, lr_start,
       lr_max=lr_trgt, delta, rtol)`` at step 0 (forward passes only, nothing changed), then
       ``catapult_warmup(lr_trgt, warmup_steps, lr_c)`` with the config's decay:
-      ``lr(t) = min(lr_trgt, lr_c + lr_trgt t / T_wrm)``.
+      ``lr(t) = min(lr_trgt, lr_c + lr_trgt t / T_wrm)``. Where ``L(theta_0)`` is not finite there is
+      no ``lr_c`` (the run diverges at step 0, a result): the schedule starts at ``lr_start``.
     * ``persistent``: a ``PersistentCatapultWarmup(optimizer, model, loss_fn, lr_trgt, delta,
       lr_start)``; the schedule reads its current lr (the engine calls ``persistent.step`` at
       every step before the update, which may re-run the search).
     """
     from catapult import schedules
-    from catapult.critical_lr import critical_lr
+    from catapult.critical_lr import NonFiniteLossError, critical_lr
 
     sched, steps = config["schedule"], config["train"]["steps"]
     rule = sched["warmup"]
@@ -253,13 +254,18 @@ def build_warmup(config: Mapping[str, Any], lr_trgt: float, model: nn.Module, lo
         return Warmup(build_schedule(config, lr_trgt))
     delta, lr_start = search_delta(config), search_lr_start(config, lr_trgt)
     if rule == "catapult":
-        res = critical_lr(model, loss_fn, batch0, optimizer, lr_start=lr_start, lr_max=lr_trgt, delta=delta,
-                          rtol=search_rtol(config))
+        try:
+            res = critical_lr(model, loss_fn, batch0, optimizer, lr_start=lr_start, lr_max=lr_trgt, delta=delta,
+                              rtol=search_rtol(config))
+        except NonFiniteLossError:  # L(theta_0) is not finite: the run diverges at step 0, before any
+            res = None              # update, as under linear and persistent warmup; it logs lr_start
         decay = sched["decay"]
-        fn = schedules.catapult_warmup(lr_trgt, sched["warmup_steps"], res.lr,
+        fn = schedules.catapult_warmup(lr_trgt, sched["warmup_steps"], lr_start if res is None else res.lr,
                                        decay=None if decay == "constant" else decay,
                                        total_steps=None if decay == "constant" else steps,
                                        lr_final=sched["lr_final"])
+        if res is None:
+            return Warmup(fn)
         return Warmup(fn, None, dict(lr_critical=res.lr, lr_critical_lower=res.lower,
                                      lr_critical_upper=res.upper, search_forward_passes=res.forward_passes))
     pcw = schedules.PersistentCatapultWarmup(optimizer, model, loss_fn, lr_trgt, delta, lr_start=lr_start,
