@@ -133,3 +133,16 @@ def test_bad_config_exits_2_and_names_the_key(tiny_config, capsys, override, key
 def test_missing_config_exits_2(tmp_path, capsys):
     assert main(["critical-lr", str(tmp_path / "nope.yaml")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_a_non_finite_initial_loss_exits_2_naming_the_model(capsys):
+    # init_std 1e30 overflows the GPT's logits: there is no finite loss to search from
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "supar" / "dynamic_sparsity_small.yaml"
+    code = main(["critical-lr", str(config), "data.tokenizer=char", "data.n_train=64", "data.n_test=16",
+                 "data.context=8", "model.width=16", "model.n_heads=2", "schedule.decay=constant",
+                 "model.sparsity.method=static", "model.init_std=1e30", "optimizer.lr=0.01"])
+    err = capsys.readouterr().err
+    assert code == 2 and "model: critical_lr: the loss at the current parameters is nan" in err
+    assert "Traceback" not in err

@@ -42,7 +42,19 @@ MAX_BISECTIONS = 60
 
 class NonFiniteLossError(ValueError):
     """:func:`critical_lr` was asked about parameters whose loss is not finite: there is no
-    critical learning rate to find (a training run at them diverges before its first update)."""
+    critical learning rate to find (a training run at them diverges before its first update).
+    A ``ValueError``, so code that caught that before still does.
+
+    Example (a weight of ``inf``: the loss is ``nan``):
+        >>> model = torch.nn.Linear(1, 1, bias=False)
+        >>> _ = torch.nn.init.constant_(model.weight, float("inf"))
+        >>> batch = (torch.zeros(2, 1), torch.ones(2, 1))
+        >>> try:
+        ...     critical_lr(model, torch.nn.MSELoss(), batch, torch.optim.SGD(model.parameters(), lr=0.1))
+        ... except NonFiniteLossError as err:
+        ...     print(type(err).__mro__[1].__name__, "-", str(err)[:42])
+        ValueError - critical_lr: the loss at the current param
+    """
 
 
 @dataclass

@@ -38,7 +38,7 @@ def estimate(config: Mapping[str, Any], *, cap: bool = False) -> dict:
     and ``schedule.rtol`` (default null: no bracket tolerance).
     """
     from catapult import curvature
-    from catapult.critical_lr import critical_lr
+    from catapult.critical_lr import NonFiniteLossError, critical_lr
     from catapult.engine.build import build_run, search_delta, search_lr_start, search_rtol, solver_options
 
     setup = build_run(config)
@@ -48,8 +48,11 @@ def estimate(config: Mapping[str, Any], *, cap: bool = False) -> dict:
     lr_trgt = setup.lr_target
     optimizer = setup.optimizer
     delta, lr_start, rtol = search_delta(config), search_lr_start(config, lr_trgt), search_rtol(config)
-    res = critical_lr(model, loss_fn, batch, optimizer, lr_start=lr_start,
-                      lr_max=lr_trgt if cap else None, delta=delta, rtol=rtol)
+    try:
+        res = critical_lr(model, loss_fn, batch, optimizer, lr_start=lr_start,
+                          lr_max=lr_trgt if cap else None, delta=delta, rtol=rtol)
+    except NonFiniteLossError as err:  # nothing to search from: the config's model, not a crash
+        raise cfg.ConfigError([("model", f"{err} (the run would diverge at step 0)")]) from None
     out = dict(name=config["name"], optimizer=config["optimizer"]["name"], lr_critical=res.lr,
                lower=res.lower, upper=res.upper, forward_passes=res.forward_passes, loss0=res.loss0,
                delta=delta, rtol=rtol, lr_start=lr_start, lr_max=lr_trgt if cap else None, lr_target=lr_trgt,
