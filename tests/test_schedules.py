@@ -221,6 +221,14 @@ def test_catapult_warmup_accepts_result_and_decays():
         schedules.catapult_warmup(1.0, 10, 0.1, decay="cosine")
 
 
+def test_a_catapult_warmup_that_peaks_at_the_last_step_uses_lr_target_there():
+    # lr_critical 0.2, T = 4: the ramp 0.2 + t/4 reaches 1 at t* = 4, the last of 5 steps; the
+    # decay has no room, so step 4 uses lr_target (it used lr_final: lr_target was never used)
+    f = schedules.catapult_warmup(1.0, 4, 0.2, decay="cosine", total_steps=5, lr_final=0.0)
+    assert f.peak_step == 4
+    assert [f(t) for t in range(6)] == pytest.approx([0.2, 0.45, 0.7, 0.95, 1.0, 0.0])
+
+
 # --------------------------------------------------------------------------------------------
 # PersistentCatapultWarmup
 # --------------------------------------------------------------------------------------------

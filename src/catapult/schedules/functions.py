@@ -50,15 +50,19 @@ def decay_progress(t: int, start: int, total_steps: int) -> float:
     """How far step ``t`` is through a decay that runs from step ``start`` to ``total_steps - 1``.
 
     ``s(t) = clip((t - start) / (total_steps - 1 - start), 0, 1)``: 0 at ``start`` (the step that
-    first uses the peak lr), 1 at the last step ``total_steps - 1`` and after it.
+    first uses the peak lr), 1 at the last step ``total_steps - 1`` and after it. With no room to
+    decay (``start`` is the last step, or later) ``s`` is 0 up to ``start`` and 1 after it: the
+    peak is used once, at ``start`` (a catapult warmup can peak at the last step).
 
     Example:
         >>> [decay_progress(t, 3, 8) for t in (2, 3, 5, 7, 9)]   # span 8 - 1 - 3 = 4 steps
         [0.0, 0.0, 0.5, 1.0, 1.0]
+        >>> [decay_progress(t, 4, 5) for t in (3, 4, 5)]         # the peak is the last step
+        [0.0, 0.0, 1.0]
     """
     span = total_steps - 1 - start
-    if span <= 0:                       # no room to decay: the final value from `start` on
-        return 0.0 if t < start else 1.0
+    if span <= 0:                       # no room to decay: the peak at `start`, the final value after
+        return 0.0 if t <= start else 1.0
     return min(1.0, max(0.0, (t - start) / span))
 
 
