@@ -92,7 +92,9 @@ _DECAY_FNS = {"cosine": cosine_decay, "linear": linear_decay}
 # --------------------------------------------------------------------------------------------
 # Argument checks (clear errors that name the argument)
 # --------------------------------------------------------------------------------------------
-def _real(name: str, value: Any, *, positive: bool = False) -> float:
+def checked_real(name: str, value: Any, *, positive: bool = False) -> float:
+    """``value`` as a float once it is a finite real (``> 0`` with ``positive``, else ``>= 0``):
+    a TypeError or ValueError naming ``name`` otherwise (the schedules' argument check)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {value!r}")
     value = float(value)
@@ -142,7 +144,7 @@ def _check_decay(decay, total_steps, lr_final, lr_target, warmup_steps):
         raise ValueError(
             f"total_steps ({total_steps}) must be > warmup_steps ({warmup_steps}) for "
             f"decay={decay!r}: the decay runs from step warmup_steps - 1 to total_steps - 1")
-    lr_final = lr_target / 10.0 if lr_final is None else _real("lr_final", lr_final)
+    lr_final = lr_target / 10.0 if lr_final is None else checked_real("lr_final", lr_final)
     return decay, total_steps, lr_final
 
 
@@ -231,10 +233,10 @@ def warmup(lr_target: float, warmup_steps: int, *, lr_init: float = 0.0, power: 
         >>> [round(cosine(t), 3) for t in range(5)]    # peak at step 1, lr_final at step 4
         [0.5, 1.0, 0.75, 0.25, 0.0]
     """
-    lr_target = _real("lr_target", lr_target)
+    lr_target = checked_real("lr_target", lr_target)
     warmup_steps = _count("warmup_steps", warmup_steps)
-    lr_init = _real("lr_init", lr_init)
-    power = _real("power", power, positive=True)
+    lr_init = checked_real("lr_init", lr_init)
+    power = checked_real("power", power, positive=True)
     decay, total_steps, lr_final = _check_decay(decay, total_steps, lr_final, lr_target,
                                                 warmup_steps)
     return WarmupSchedule(lr_target, warmup_steps, lr_init, power, decay, total_steps, lr_final)
@@ -311,9 +313,9 @@ def catapult_warmup(lr_target: float, warmup_steps: int, lr_critical: float | Cr
     """
     if isinstance(lr_critical, CriticalLR):
         lr_critical = lr_critical.lr
-    lr_target = _real("lr_target", lr_target)
+    lr_target = checked_real("lr_target", lr_target)
     warmup_steps = _count("warmup_steps", warmup_steps)
-    lr_critical = _real("lr_critical", lr_critical)
+    lr_critical = checked_real("lr_critical", lr_critical)
     decay, total_steps, lr_final = _check_decay(decay, total_steps, lr_final, lr_target,
                                                 warmup_steps)
     return CatapultWarmupSchedule(lr_target, warmup_steps, lr_critical, decay, total_steps,

@@ -6,8 +6,8 @@ from typing import Any, Callable
 import torch
 
 from catapult.critical_lr import critical_lr, probe_loss
-from catapult.schedules.functions import _real
-from catapult.schedules.scheduler import _set_group_lr
+from catapult.schedules.functions import checked_real
+from catapult.schedules.scheduler import set_group_lr
 
 __all__ = ["PersistentCatapultWarmup"]
 
@@ -85,15 +85,15 @@ class PersistentCatapultWarmup:
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not callable(loss_fn):
             raise TypeError("loss_fn must be callable: loss_fn(outputs, targets) -> scalar")
-        self.lr_target = _real("lr_target", lr_target, positive=True)
-        self.delta = _real("delta", delta, positive=True)
+        self.lr_target = checked_real("lr_target", lr_target, positive=True)
+        self.delta = checked_real("delta", delta, positive=True)
         if lr_start is None:
             lr_start = min(1e-4, self.lr_target)
-        self.lr_start = _real("lr_start", lr_start, positive=True)
+        self.lr_start = checked_real("lr_start", lr_start, positive=True)
         if self.lr_start > self.lr_target:
             raise ValueError(f"lr_start ({self.lr_start}) must be <= lr_target ({self.lr_target})")
         self.warm_start = bool(warm_start)
-        self.rtol = None if rtol is None else _real("rtol", rtol, positive=True)
+        self.rtol = None if rtol is None else checked_real("rtol", rtol, positive=True)
         self.optimizer, self.model, self.loss_fn = optimizer, model, loss_fn
         self.lr: float | None = None
         self.loss_ref: float | None = None
@@ -135,7 +135,7 @@ class PersistentCatapultWarmup:
 
     def _apply(self) -> None:
         for group in self.optimizer.param_groups:
-            _set_group_lr(group, self.lr * float(group.get("lr_mult", 1.0)))
+            set_group_lr(group, self.lr * float(group.get("lr_mult", 1.0)))
 
     def step(self, batch, loss: torch.Tensor | float | None = None) -> float:
         """Decide this training step's lr, set it on the optimizer's groups, and return it.

@@ -12,7 +12,7 @@ __all__ = ["ScheduleLR", "attach"]
 # --------------------------------------------------------------------------------------------
 # Attaching a schedule to an optimizer
 # --------------------------------------------------------------------------------------------
-def _set_group_lr(group: dict, lr: float) -> None:
+def set_group_lr(group: dict, lr: float) -> None:
     """``group["lr"] = lr``, filled in place when the group holds a tensor lr (as torch's own
     schedulers do): a compiled or CUDA-graph-captured ``optimizer.step`` keeps reading it."""
     if isinstance(group["lr"], torch.Tensor):
@@ -75,7 +75,7 @@ class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
         """Restore the step counters and set every group's lr for the restored step."""
         self.__dict__.update({k: v for k, v in state_dict.items() if k not in ("optimizer", "fn")})
         for group, lr in zip(self.optimizer.param_groups, self.get_lr()):
-            _set_group_lr(group, lr)
+            set_group_lr(group, lr)
         self._last_lr = [g["lr"].clone() if isinstance(g["lr"], torch.Tensor) else g["lr"]
                          for g in self.optimizer.param_groups]
 
