@@ -54,6 +54,9 @@ def test_optima_and_drift_in_log2_units(tmp_path):
     assert "| sp |" in table and "| 2.0 | 2.0 |" in table and "| 0.0 | 0.0 |" in table
     fig = plot_transfer(curves, tmp_path / "t.png")
     assert (tmp_path / "t.png").stat().st_size > 0 and len(fig.axes) == 2
+    # without a panel key the one panel is "all", as in the figure (the table said "None")
+    one = transfer_curves([c for c in _cells() if c["swept"]["model.parametrization"] == "sp"], AXES, panel=None)
+    assert "| all |" in transfer_table(one) and "None" not in transfer_table(one)
     only = transfer_curves(_cells(), AXES, where={"seed": 1})
     assert optima(only)["sp"][1.0][1] == pytest.approx(1.01)
     with pytest.raises(ValueError, match="not a swept key"):

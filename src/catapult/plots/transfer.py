@@ -235,7 +235,7 @@ def optima_rows(curves: TransferCurves) -> tuple[list[str], list[list[str]]]:
             return f"{by_series[s][0]:.3g} ({by_series[s][1]:.4g}{pm}){star}"
 
         cells = [text(s) for s in series_values]
-        rows.append([str(p), *cells, *("-" if math.isnan(v) else f"{v:.1f}"
+        rows.append([_label(None, p) if curves.panel_key is None else str(p), *cells, *("-" if math.isnan(v) else f"{v:.1f}"
                                         for v in (moved.get(p, math.nan), away.get(p, math.nan)))])
     return header, rows
 
