@@ -27,7 +27,7 @@ import torch.nn as nn
 
 from catapult.optim import registry
 
-__all__ = ["ADAPTIVE", "RADAM_KIND", "solver_options", "SharpnessRule", "sharpness_rule", "resolve_kind",
+__all__ = ["ADAPTIVE", "RADAM_KIND", "solver_options", "curvature_options", "spectrum_estimates", "SharpnessRule", "sharpness_rule", "resolve_kind",
            "group_lrs_differ", "step_kind", "threshold", "STEP_KIND_COLUMN"]
 
 #: Optimizers whose sharpness is the pre-conditioned one (``eval.sharpness_kind: auto``):
@@ -54,6 +54,41 @@ def solver_options(config: Mapping[str, Any]) -> dict:
     return dict(tol=ev["sharpness_tol"], max_iter=ev["sharpness_max_iter"], hvp=ev["sharpness_hvp"],
                 dtype=getattr(torch, ev["sharpness_dtype"]) if ev["sharpness_dtype"] else None,
                 max_basis=max_basis, chunk_size=ev["sharpness_chunk_size"], memory=memory)
+
+
+def curvature_options(config: Mapping[str, Any], optimizer: torch.optim.Optimizer | None = None,
+                      curvature: str = "hessian") -> dict:
+    """Keyword arguments every spectrum function (:func:`catapult.top_eigenpairs`,
+    :func:`catapult.hessian_trace`, :func:`catapult.spectral_density`) takes from a validated
+    config: its ``eval.sharpness_*`` dtype, HVP mode and micro-batch size, the ``curvature``, and
+    with an ``optimizer`` the pre-conditioned (Adam family) or lr-scaled (SGD) operator, each
+    group's lr folded in as the engine measures it."""
+    kwargs = solver_options(config)
+    return dict(dtype=kwargs["dtype"], hvp=kwargs["hvp"], chunk_size=kwargs["chunk_size"], curvature=curvature,
+                optimizer=optimizer, scale_by_group_lr=optimizer is not None)
+
+
+def spectrum_estimates(config: Mapping[str, Any], model: nn.Module, loss_fn, batch, *, top_k: int,
+                       trace_matvecs: int, optimizer: torch.optim.Optimizer | None = None,
+                       curvature: str = "hessian"):
+    """``(eigenpairs, trace)`` on ``batch`` with the config's solver settings: the ``top_k``
+    largest eigenpairs (:func:`catapult.top_eigenpairs`, to ``eval.sharpness_tol``, with at least
+    ``3 k`` products and blocks of ``eval.spectrum_block_size``) and the Hutch++ trace with
+    ``trace_matvecs`` products; ``None`` for a count of 0. Operator as in
+    :func:`curvature_options`. The engine's spectrum columns and ``catapult spectrum`` both
+    measure this way."""
+    from catapult import curvature as curv
+
+    kwargs, common = solver_options(config), curvature_options(config, optimizer, curvature)
+    eig = trace = None
+    if top_k:
+        block = min(int(config["eval"].get("spectrum_block_size", 1)), top_k)
+        eig = curv.top_eigenpairs(model, loss_fn, batch, k=top_k, tol=kwargs["tol"],
+                                  max_iter=max(kwargs["max_iter"], 3 * top_k), memory=kwargs["memory"],
+                                  block_size=block, **common)
+    if trace_matvecs:
+        trace = float(curv.hessian_trace(model, loss_fn, batch, matvecs=trace_matvecs, **common))
+    return eig, trace
 
 
 def group_lrs_differ(model: nn.Module, optimizer_name: str) -> bool:
@@ -168,19 +203,11 @@ def sharpness_rule(config: Mapping[str, Any], model: nn.Module | None = None) ->
         """eig_1..eig_k and hessian_trace of the operator whose top eigenvalue the row's sharpness
         is: P^-1/2 H P^-1/2 (preconditioned), M^1/2 H M^1/2 (lr_scaled), else H."""
         opt = optimizer if (kind or rule_kind) in ("preconditioned", "lr_scaled") else None
-        row = {}
-        common = dict(dtype=kwargs["dtype"], hvp=kwargs["hvp"], chunk_size=kwargs["chunk_size"])
-        if top_k:
-            eig = curvature.top_eigenpairs(model, loss_fn, batch, k=top_k, tol=kwargs["tol"],
-                                           max_iter=max(kwargs["max_iter"], 3 * top_k),
-                                           optimizer=opt, scale_by_group_lr=opt is not None,
-                                           memory=kwargs["memory"],
-                                           block_size=int(ev.get("spectrum_block_size", 1)), **common)
-            row.update({f"eig_{i + 1}": float(v) for i, v in enumerate(eig.values)})
-        if trace_matvecs:
-            row["hessian_trace"] = float(curvature.hessian_trace(
-                model, loss_fn, batch, matvecs=trace_matvecs, optimizer=opt,
-                scale_by_group_lr=opt is not None, **common))
+        eig, trace = spectrum_estimates(config, model, loss_fn, batch, top_k=top_k,
+                                        trace_matvecs=trace_matvecs, optimizer=opt)
+        row = {} if eig is None else {f"eig_{i + 1}": float(v) for i, v in enumerate(eig.values)}
+        if trace is not None:
+            row["hessian_trace"] = trace
         return row
 
     return SharpnessRule(kind, hessian, measure, spectrum if (top_k or trace_matvecs) else None)

@@ -94,7 +94,7 @@ def measure_spectrum(config: Mapping[str, Any], *, weights: str | Path | None = 
     from catapult.critical_lr import probe_loss
     from catapult.curvature.spectrum import CURVATURES
     from catapult.engine.build import build_run
-    from catapult.engine.sharpness_rule import solver_options
+    from catapult.engine.sharpness_rule import curvature_options, spectrum_estimates
 
     problems = [(f"--{name.replace('_', '-')}", f"must be an integer >= 0, got {value!r}")
                 for name, value in (("top_k", top_k), ("trace_matvecs", trace_matvecs),
@@ -125,27 +125,20 @@ def measure_spectrum(config: Mapping[str, Any], *, weights: str | Path | None = 
     if not math.isfinite(loss):  # no curvature to measure: refused rather than a spectrum of NaNs
         raise cfg.ConfigError([("--weights" if weights is not None else "model",
                                 f"the loss on batch 0 is {loss}: the model's outputs are not finite")])
-    solver = solver_options(config)
-    common = dict(dtype=solver["dtype"], hvp=solver["hvp"], chunk_size=solver["chunk_size"], curvature=curvature)
     optimizer = setup.optimizer if preconditioned else None
-    common["scale_by_group_lr"] = preconditioned  # as the engine and critical-lr measure it
     out: dict[str, Any] = dict(name=config["name"], curvature=curvature, preconditioned=bool(preconditioned),
                                weights=None if weights is None else str(weights), batch_size=int(batch[0].shape[0]),
                                n_params=setup.n_params, eigenvalues=[], eigen_matvecs=0, converged=None,
                                trace=None, trace_matvecs=trace_matvecs, density=None,
                                density_runs=density_runs, density_steps=density_steps)
-    if top_k:
-        eig = curv.top_eigenpairs(model, loss_fn, batch, k=top_k, tol=solver["tol"],
-                                  max_iter=max(solver["max_iter"], 3 * top_k), optimizer=optimizer,
-                                  memory=solver["memory"], **common)
+    eig, out["trace"] = spectrum_estimates(config, model, loss_fn, batch, top_k=top_k, trace_matvecs=trace_matvecs,
+                                           optimizer=optimizer, curvature=curvature)
+    if eig is not None:
         out.update(eigenvalues=[float(v) for v in eig.values], eigen_matvecs=int(eig.matvecs),
                    converged=bool(eig.converged))
-    if trace_matvecs:
-        out["trace"] = float(curv.hessian_trace(model, loss_fn, batch, matvecs=trace_matvecs,
-                                                optimizer=optimizer, **common))
     if density_runs:
         out["density"] = curv.spectral_density(model, loss_fn, batch, runs=density_runs, steps=density_steps,
-                                               optimizer=optimizer, **common)
+                                               **curvature_options(config, optimizer, curvature))
     return out
 
 
