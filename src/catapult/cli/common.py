@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from catapult.config import ConfigError, load_config
+from catapult.sweep.store_file import SQLITE_MAGIC
 
 __all__ = ["add_config_arguments", "config_from_args", "overrides_from_args", "apply_threads", "check_out_file",
            "check_image_file", "figure_path", "check_study_dir", "threads_problem", "max_threads"]
@@ -106,7 +107,7 @@ def _is_sqlite(path: Path) -> bool:
     """Whether ``path`` is an existing file with SQLite's header (a sweep store, this one or another)."""
     try:
         with open(path, "rb") as fh:
-            return fh.read(16) == b"SQLite format 3\x00"
+            return fh.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
     except OSError:  # missing, or not ours to read: nothing of it is overwritten by this check
         return False
 
