@@ -23,7 +23,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                         help="progress display (default: a bar on a terminal, plain lines otherwise)")
     parser.add_argument("--threads", type=int, metavar="N",
                         help="torch CPU threads (default: torch's choice; 1 is fastest for small "
-                             "models on a busy machine)")
+                             "models on a busy machine; at most 4 per CPU, or 64)")
 
 
 def config_from_args(args: argparse.Namespace) -> dict:
