@@ -26,6 +26,7 @@ MODULES = (
     "catapult.curvature.top_k",
     "catapult.curvature.sharpness",
     "catapult.curvature.spectrum",
+    "catapult.curvature.ggn",
     "catapult.curvature.coarse",
     "catapult.curvature.lean",
     "catapult.curvature.distributed",

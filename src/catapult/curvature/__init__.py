@@ -4,7 +4,7 @@ Operators times algorithms: :mod:`~catapult.curvature.hessian` holds the matrix-
 operator (Hessian-vector products), :mod:`~catapult.curvature.lanczos` the eigen-solvers (one
 operator, or many in lockstep for the batched engine), :mod:`~catapult.curvature.sharpness` the
 user-facing measurements built from them, :mod:`~catapult.curvature.spectrum` top-k, trace and
-density (Hessian or Gauss-Newton), :mod:`~catapult.curvature.coarse` coarse-to-fine start
+density (Hessian or Gauss-Newton, :mod:`~catapult.curvature.ggn`), :mod:`~catapult.curvature.coarse` coarse-to-fine start
 vectors and :mod:`~catapult.curvature.distributed` the all-reduced operator for
 ``distributed=True``. Everything runs wherever the model runs (CPU or
 CUDA). Nothing here changes a model's parameters, gradients, buffers or train/eval mode, an

@@ -18,13 +18,14 @@ import torch
 from catapult.curvature import distributed as dist_ops
 from catapult.curvature import lean
 from catapult.curvature.coarse import coarse_levels, coarse_start_vector
+from catapult.curvature.ggn import CURVATURES, GaussNewtonOperator
 from catapult.curvature.hessian import HessianOperator
 from catapult.optim import registry, rules
 from catapult.curvature.lanczos import EigenEstimate, lanczos_top_eigenpair
 
 __all__ = ["sharpness", "preconditioned_sharpness", "instability_threshold", "MEMORY_SETTINGS",
            "build_operator", "adam_preconditioner", "PreconditionedOperator", "check_solver_args",
-           "start_vector", "memory_setting"]
+           "start_vector", "memory_setting", "check_curvature"]
 
 #: Named memory settings: ``"fast"`` (default: the whole batch in one graph, up to 32 Krylov
 #: vectors, allocated as the solve grows: a clustered top spectrum, the project's GPT on BPE text,
@@ -87,24 +88,44 @@ def memory_setting(memory: str, batch, chunk_size, max_basis, model=None, loss_f
     return chunk_size, basis if max_basis is None else min(basis, max_basis)
 
 
-def build_operator(model, loss_fn, batch, *, dtype=None, hvp="auto", seed=0, chunk_size=None,
-                   distributed=False, retain_graph=True):
-    """The Hessian operator of :func:`sharpness` (with ``distributed=True``: the union of the
-    ranks' shards, :class:`~catapult.curvature.distributed.DistributedOperator`).
+def build_operator(model, loss_fn, batch, *, curvature="hessian", dtype=None, hvp="auto", seed=0,
+                   chunk_size=None, distributed=False, retain_graph=True):
+    """The operator of :func:`sharpness`: the Hessian (:class:`HessianOperator`), or with
+    ``curvature="ggn"`` the Gauss-Newton matrix (:class:`GaussNewtonOperator`, which takes no
+    ``hvp`` mode or ``retain_graph``: its products are exact ``J^T H_L J``); with
+    ``distributed=True``, that of the union of the ranks' shards
+    (:class:`~catapult.curvature.distributed.DistributedOperator`).
 
     >>> model = torch.nn.Linear(2, 1, bias=False)
     >>> batch = (torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0], [0.0]]))
     >>> build_operator(model, torch.nn.MSELoss(), batch)(torch.tensor([1.0, 1.0]))
     tensor([4., 1.])
     """
+    check_curvature(curvature)
     if distributed:
         dist_ops.require_process_group()
         model = dist_ops.unwrap_ddp(model)
-    op = HessianOperator(model, loss_fn, batch, dtype=dtype, hvp=hvp, seed=seed,
-                         chunk_size=chunk_size, retain_graph=retain_graph)
+    if curvature == "ggn":
+        op = GaussNewtonOperator(model, loss_fn, batch, dtype=dtype, seed=seed,
+                                 chunk_size=chunk_size)
+    else:
+        op = HessianOperator(model, loss_fn, batch, dtype=dtype, hvp=hvp, seed=seed,
+                             chunk_size=chunk_size, retain_graph=retain_graph)
     if distributed:
         op = dist_ops.DistributedOperator(op, dist_ops.shard_weight(batch, op.device))
     return op
+
+
+def check_curvature(curvature) -> None:
+    """Refuse a ``curvature=`` that is not one of :data:`CURVATURES`.
+
+    >>> check_curvature("fisher")
+    Traceback (most recent call last):
+        ...
+    ValueError: curvature must be one of ('hessian', 'ggn'), got 'fisher'
+    """
+    if not isinstance(curvature, str) or curvature not in CURVATURES:
+        raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
 
 
 def start_vector(init, n: int, dtype: torch.dtype, device: torch.device, seed: int):
@@ -152,7 +173,8 @@ def check_solver_args(tol, max_iter):
 def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_iter: int = 100,
               dtype=None, init: torch.Tensor | None = None, hvp: str = "auto", seed: int = 0,
               max_basis: int | None = None, chunk_size: int | None = None, memory: str = "fast",
-              coarse="auto", distributed: bool = False) -> EigenEstimate:
+              coarse="auto", distributed: bool = False,
+              curvature: str = "hessian") -> EigenEstimate:
     """Sharpness ``lambda_max(H)``: the top eigenvalue of the Hessian of the loss on one batch.
 
     ``H = d^2 L / d theta^2`` with ``L = loss_fn(model(inputs), targets)``, ``batch = (inputs,
@@ -214,6 +236,12 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
             samples: products all-reduced with weights ``|B_r| / |B|``); every rank gets the
             same estimate. Works with a plain or a DDP-wrapped model
             (:mod:`catapult.curvature.distributed`).
+        curvature: ``"hessian"`` (default) or ``"ggn"``: the top eigenvalue of the Gauss-Newton
+            matrix ``G = J^T H_L J`` (:class:`~catapult.curvature.ggn.GaussNewtonOperator`)
+            instead, the same as ``top_eigenpairs(k=1, curvature="ggn")`` but with this
+            function's solvers and ``memory`` settings. ``hvp`` does not apply, and there are no
+            coarse levels (``coarse="auto"`` means none; explicit levels are refused): they are
+            Hessian solves.
 
     Memory: the peak is about ``max_basis + 4`` parameter-sized vectors plus the HVP's working
     memory (~2.6x a training step's activations on the whole batch, or on one chunk with
@@ -235,20 +263,25 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
         (4.0, True, tensor([1., 0.]))
     """
     check_solver_args(tol, max_iter)
+    check_curvature(curvature)
+    if curvature == "ggn" and coarse not in (None, "auto"):
+        raise ValueError("coarse levels are Hessian solves: use coarse=None (or 'auto') with "
+                         "curvature='ggn'")
     basis_free = memory == "lean" and max_basis is None  # lean's solver: lean.lean_top_eigenpair
     chunk_size, max_basis = memory_setting(memory, batch, chunk_size, max_basis, model, loss_fn,
                                            seed, distributed, basis_free=basis_free)
     # lean: no gradient graph kept between products either (lean.lean_top_eigenpair)
     options = {"chunk_size": chunk_size, "retain_graph": False} if basis_free else None
-    op = build_operator(model, loss_fn, batch, dtype=dtype, hvp=hvp, seed=seed,
-                        chunk_size=chunk_size, distributed=distributed,
+    op = build_operator(model, loss_fn, batch, curvature=curvature, dtype=dtype, hvp=hvp,
+                        seed=seed, chunk_size=chunk_size, distributed=distributed,
                         retain_graph=not basis_free)
     v0 = start_vector(init, op.numel, op.dtype, op.device, seed)
     if basis_free and init is not None:
         v0 = v0.clone()  # the solver works in v0's buffer; init may alias it
     if distributed and init is not None:
         dist_ops.broadcast_vector(v0)
-    levels = [] if (init is not None or distributed) else coarse_levels(batch, coarse, tol)
+    levels = ([] if (init is not None or distributed or curvature == "ggn")
+              else coarse_levels(batch, coarse, tol))
     coarse_products, coarse_cost = 0, 0.0
     if levels:
         v0, coarse_products, coarse_cost = coarse_start_vector(
@@ -469,7 +502,8 @@ def preconditioned_sharpness(model: torch.nn.Module, loss_fn, batch,
                              hvp: str = "auto", seed: int = 0, max_basis: int | None = None,
                              scale_by_group_lr: bool = False,
                              chunk_size: int | None = None, memory: str = "fast",
-                             distributed: bool = False) -> EigenEstimate:
+                             distributed: bool = False,
+                             curvature: str = "hessian") -> EigenEstimate:
     """Pre-conditioned sharpness ``lambda_max(P^-1 H)`` for Adam, AdamW and GI-Adam.
 
     ``P`` is the diagonal preconditioner the optimizer's *next* step will apply, rebuilt from
@@ -495,7 +529,8 @@ def preconditioned_sharpness(model: torch.nn.Module, loss_fn, batch,
     ``P^-1`` by ``group["lr"] / param_groups[0]["lr"]`` (per-group lr multipliers, e.g. muP).
 
     Keyword arguments are those of :func:`sharpness` (``distributed=True`` reduces the gradient
-    too, so ``P`` is built from the union's gradient; no ``coarse`` start here). Mode, dtype and
+    too, so ``P`` is built from the union's gradient; no ``coarse`` start here;
+    ``curvature="ggn"`` puts the Gauss-Newton matrix in place of ``H``). Mode, dtype and
     RNG are handled the same way; neither the model nor the optimizer state is changed.
 
     Example: Hessian ``diag(4, 1)`` (as in :func:`sharpness`) at ``w = 0`` with targets
@@ -514,11 +549,12 @@ def preconditioned_sharpness(model: torch.nn.Module, loss_fn, batch,
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     _preconditioned_spec(optimizer)
     check_solver_args(tol, max_iter)
+    check_curvature(curvature)
     basis_free = memory == "lean" and max_basis is None  # as in sharpness
     chunk_size, max_basis = memory_setting(memory, batch, chunk_size, max_basis, model, loss_fn,
                                            seed, distributed, basis_free=basis_free)
-    op = build_operator(model, loss_fn, batch, dtype=dtype, hvp=hvp, seed=seed,
-                        chunk_size=chunk_size, distributed=distributed,
+    op = build_operator(model, loss_fn, batch, curvature=curvature, dtype=dtype, hvp=hvp,
+                        seed=seed, chunk_size=chunk_size, distributed=distributed,
                         retain_graph=not basis_free)
     if distributed:
         model = dist_ops.unwrap_ddp(model)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from catapult.curvature import distributed as dist_ops
-from catapult.curvature.hessian import HessianOperator, fixed_rng, math_attention
+from catapult.curvature.ggn import CURVATURES, GaussNewtonOperator
 from catapult.curvature.top_k import Eigenpairs, check_block_size, check_k, lanczos_top_k
 from catapult.curvature.sharpness import (PreconditionedOperator, build_operator,
                                           check_solver_args, memory_setting, start_vector,
@@ -25,95 +25,6 @@ from catapult.curvature.sharpness import (PreconditionedOperator, build_operator
 __all__ = ["CURVATURES", "GaussNewtonOperator", "Eigenpairs", "SpectralDensity",
            "curvature_operator", "lanczos_top_k", "top_eigenpairs", "hutch_plus_plus",
            "hessian_trace", "lanczos_quadrature", "spectral_density"]
-
-CURVATURES = ("hessian", "ggn")
-
-
-class GaussNewtonOperator(HessianOperator):
-    """``v -> G v`` with ``G = J^T H_L J``: ``J`` the Jacobian of the model's outputs with
-    respect to the trainable parameters, ``H_L`` the Hessian of ``loss_fn`` with respect to the
-    outputs (positive semi-definite for convex losses: MSE, cross-entropy).
-
-    Each product is ``J v`` (reverse-over-reverse: the derivative of ``u -> J^T u`` along
-    ``v``), ``w = H_L J v`` (double backprop through the loss alone) and ``J^T w`` (a backward).
-    Without ``chunk_size`` one forward graph is kept for all products. Model handling (dtype,
-    mode, dropout mask, buffers) is that of :class:`HessianOperator`, and so are micro-batches
-    (``chunk_size``): for a loss that is a per-sample mean (or sum) over chunks ``B_k`` with
-    weights ``w_k`` (detected as there), ``H_L`` is block-diagonal, so
-    ``G v = sum_k w_k J_k^T H_{L_k} J_k v`` exactly; each product then rebuilds one chunk's
-    forward graph at a time (its working memory scales with the chunk, at the price of a forward
-    per chunk and product).
-
-    Example: for a linear model the Gauss-Newton matrix is the Hessian, ``diag(4, 1)``, with or
-    without micro-batches:
-        >>> model = torch.nn.Linear(2, 1, bias=False)
-        >>> batch = (torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0], [0.0]]))
-        >>> GaussNewtonOperator(model, torch.nn.MSELoss(), batch)(torch.tensor([1.0, 1.0]))
-        tensor([4., 1.])
-        >>> G = GaussNewtonOperator(model, torch.nn.MSELoss(), batch, chunk_size=1)
-        >>> G(torch.tensor([1.0, 1.0])), G.chunks
-        (tensor([4., 1.]), 2)
-    """
-
-    def __init__(self, model, loss_fn, batch, *, dtype=None, seed: int = 0,
-                 chunk_size: int | None = None):
-        super().__init__(model, loss_fn, batch, dtype=dtype, hvp="forward_over_reverse",
-                         seed=seed, chunk_size=chunk_size)
-        self.mode = "gauss_newton"
-        if self.chunks == 1:
-            self._graph = self._forward_graph(self._inputs, self._targets)
-            self.loss = float(self._graph[-1].detach())
-
-    def _forward_graph(self, inputs, targets):
-        """``(leaves, out, dummy, jt, out_leaf, out_grad, loss)`` on one (micro-)batch: the
-        outputs' graph, ``J^T dummy`` differentiable in ``dummy``, and the loss's gradient in
-        the outputs, differentiable again."""
-        leaves = [self._params[n].detach().requires_grad_(True) for n in self.names]
-        params = dict(zip(self.names, leaves))
-        with torch.enable_grad(), fixed_rng(self.seed, self.device), math_attention():
-            buffers = {n: b.clone() for n, b in self._buffers.items()}
-            out = torch.func.functional_call(self._model, {**self._frozen, **buffers, **params},
-                                             (inputs,))
-            dummy = torch.zeros_like(out, requires_grad=True)
-            jt = torch.autograd.grad(out, leaves, dummy, create_graph=True, allow_unused=True,
-                                     materialize_grads=True)
-            out_leaf = out.detach().requires_grad_(True)
-            loss = self._loss_fn(out_leaf, targets)
-            out_grad = torch.autograd.grad(loss, out_leaf, create_graph=True)[0]
-        return leaves, out, dummy, jt, out_leaf, out_grad, loss
-
-    @staticmethod
-    def _product(graph, parts: list[torch.Tensor]) -> list[torch.Tensor]:
-        """``J^T H_L J v`` on one graph of :meth:`_forward_graph`, per parameter."""
-        leaves, out, dummy, jt, out_leaf, out_grad, _ = graph
-        with torch.enable_grad():
-            diff = [i for i, g in enumerate(jt) if g.requires_grad]
-            if not diff:  # the outputs do not depend on the parameters
-                return [torch.zeros_like(p) for p in parts]
-            jv = torch.autograd.grad([jt[i] for i in diff], dummy, [parts[i] for i in diff],
-                                     retain_graph=True)[0]
-            if out_grad.requires_grad:
-                w = torch.autograd.grad(out_grad, out_leaf, jv, retain_graph=True)[0]
-            else:  # a loss linear in the outputs has H_L = 0
-                w = torch.zeros_like(jv)
-            return list(torch.autograd.grad(out, leaves, w, retain_graph=True,
-                                            allow_unused=True, materialize_grads=True))
-
-    def __call__(self, v: torch.Tensor) -> torch.Tensor:
-        v = v.to(device=self.device, dtype=self.dtype)
-        parts = self.split(v)
-        self.matvecs += 1
-        if self.chunks == 1:
-            return torch.cat([o.reshape(-1) for o in self._product(self._graph, parts)])
-        result = torch.zeros(self.numel, dtype=self.dtype, device=self.device)
-        views = self.split(result)
-        for x, y, weight in self._chunks:
-            graph = self._forward_graph(x, y)
-            for o, piece in zip(views, self._product(graph, parts)):
-                o.add_(piece, alpha=weight)
-            del graph  # frees this chunk's graph before the next one is built
-        return result
-
 
 def curvature_operator(model, loss_fn, batch, *, curvature: str = "hessian", optimizer=None,
                        dtype=None, hvp: str = "auto", seed: int = 0, chunk_size=None,
@@ -131,19 +42,8 @@ def curvature_operator(model, loss_fn, batch, *, curvature: str = "hessian", opt
         >>> curvature_operator(model, torch.nn.MSELoss(), batch, curvature="ggn")(torch.ones(2))
         tensor([4., 1.])
     """
-    if curvature not in CURVATURES:
-        raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
-    if curvature == "hessian":
-        op = build_operator(model, loss_fn, batch, dtype=dtype, hvp=hvp, seed=seed,
-                            chunk_size=chunk_size, distributed=distributed)
-    else:
-        if distributed:
-            dist_ops.require_process_group()
-            model = dist_ops.unwrap_ddp(model)
-        op = GaussNewtonOperator(model, loss_fn, batch, dtype=dtype, seed=seed,
-                                 chunk_size=chunk_size)
-        if distributed:
-            op = dist_ops.DistributedOperator(op, dist_ops.shard_weight(batch, op.device))
+    op = build_operator(model, loss_fn, batch, curvature=curvature, dtype=dtype, hvp=hvp,
+                        seed=seed, chunk_size=chunk_size, distributed=distributed)
     if optimizer is not None:
         d, l2 = step_preconditioner(dist_ops.unwrap_ddp(model), optimizer, op, scale_by_group_lr)
         op = PreconditionedOperator(op, d, l2)
