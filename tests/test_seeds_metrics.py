@@ -86,6 +86,20 @@ def test_summary_has_best_and_final_test_loss_and_accuracy():
     assert s["final_test_loss"] == tests[-1]["test_loss"] and s["final_test_accuracy"] == tests[-1]["test_accuracy"]
 
 
+def test_a_diverged_run_has_no_final_test_metrics_or_sharpness_as_in_the_store():
+    # lr 1e4 diverges within a few steps, after the step-0 evaluation (test and sharpness); that
+    # evaluation predates the blow-up, so it is no "final" value (the store leaves it blank too)
+    res = run(tiny(optimizer={"lr": 1e4}, eval={"sharpness_every": 2, "test_every": 2}),
+              progress="none")
+    s = res.summary
+    assert s["status"] == "diverged" and s["diverged_at"] is not None
+    tests = [r for r in res.metrics if r["test_loss"] is not None]
+    assert tests and tests[0]["step"] == 0  # there was an evaluation to flatter the run
+    assert s["final_test_loss"] is None and s["final_test_accuracy"] is None
+    assert s["final_sharpness"] is None and s["peak_sharpness"] is not None
+    assert s["best_test_accuracy"] == max(r["test_accuracy"] for r in tests)
+
+
 def _exact_top_eigenvalue(model, loss_fn, batch) -> float:
     """lambda_max of the Hessian formed in float64 by torch.func.hessian, eigvalsh."""
     names = [n for n, _ in model.named_parameters()]

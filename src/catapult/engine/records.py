@@ -212,7 +212,9 @@ def summarize(config, metrics, *, status, diverged_at, lambda_0, lr_trgt, thresh
 
     ``status`` is the loop's (``finished``/``diverged``); the summary's is
     :func:`~catapult.engine.step.final_status` of it (the paper's accuracy rule, ``collapsed``),
-    with ``failure`` saying which rule failed the run (``None`` if none did).
+    with ``failure`` saying which rule failed the run (``None`` if none did). A diverged run has
+    no final test loss, test accuracy or sharpness (``None``, as in the sweep store): its last
+    evaluation came before it blew up and would flatter it; its best and peak values stay.
     """
     losses = [r["train_loss"] for r in metrics if finite(r["train_loss"])]
     sharp = [(r["step"], r["sharpness"]) for r in metrics if r["sharpness"] is not None]
@@ -228,6 +230,7 @@ def summarize(config, metrics, *, status, diverged_at, lambda_0, lr_trgt, thresh
     else:
         status, failure = final_status(status, last.get("train_accuracy"), config, collapsed)
     finite_tests = [r for r in tests if finite(r["test_loss"])]
+    final_tests, final_sharp = ([], []) if status == "diverged" else (tests, sharp)
     return {
         "name": config["name"],
         "status": status,
@@ -246,13 +249,13 @@ def summarize(config, metrics, *, status, diverged_at, lambda_0, lr_trgt, thresh
         "peak_train_loss": max(losses) if losses else None,
         "min_train_loss": min(losses) if losses else None,
         "final_train_accuracy": last.get("train_accuracy"),
-        "final_test_loss": tests[-1]["test_loss"] if tests else None,
-        "final_test_accuracy": tests[-1]["test_accuracy"] if tests else None,
+        "final_test_loss": final_tests[-1]["test_loss"] if final_tests else None,
+        "final_test_accuracy": final_tests[-1]["test_accuracy"] if final_tests else None,
         "best_test_accuracy": max(r["test_accuracy"] for r in tests) if tests else None,
         "best_test_loss": min(r["test_loss"] for r in finite_tests) if finite_tests else None,
         "lambda0_batches": lambda0_batches,
         "sharpness_kind": sharpness_kind,
-        "final_sharpness": sharp[-1][1] if sharp else None,
+        "final_sharpness": final_sharp[-1][1] if final_sharp else None,
         "peak_sharpness": max(v for _, v in sharp) if sharp else None,
         "catapult": bool(events),
         "catapults": [e.as_dict() for e in events],
