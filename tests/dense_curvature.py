@@ -1,12 +1,14 @@
 """The tests' independent truth for curvature: the loss as a function of the flat vector of
 trainable parameters, and its dense float64 Hessian and gradient by ``torch.autograd.functional``
-(nothing from ``catapult``). Shared by the curvature, spectrum, HVP-mode and lean-memory tests.
+(nothing from ``catapult``), the dense Gauss-Newton matrix and Adam's next-step
+preconditioner. Shared by the curvature, spectrum, HVP-mode and lean-memory tests.
 
 Parameters (those with ``requires_grad``, in ``model.parameters()`` order), floating buffers,
 inputs and targets are cast to float64 for the computation; the model itself is not changed.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch.func import functional_call
 
@@ -46,3 +48,29 @@ def dense_gradient(model, loss_fn, batch) -> torch.Tensor:
     """The exact float64 gradient of the loss over the trainable parameters."""
     loss_of, _, theta = flat_loss(model, loss_fn, batch)
     return torch.autograd.functional.jacobian(loss_of, theta)
+
+
+def dense_ggn(model, loss_fn, batch):
+    """The exact float64 Gauss-Newton matrix ``J^T H_L J`` (NumPy): ``J`` the Jacobian of the
+    outputs over the trainable parameters, ``H_L`` the Hessian of the loss in the outputs."""
+    _, outputs, theta = flat_loss(model, loss_fn, batch)
+    out = outputs(theta).detach()
+    J = torch.autograd.functional.jacobian(outputs, theta, vectorize=True).reshape(out.numel(), -1)
+    HL = torch.autograd.functional.hessian(lambda o: loss_fn(o.view(out.shape), batch[1]),
+                                           out.reshape(-1))
+    return (J.T @ HL @ J).numpy()
+
+
+def adam_next_preconditioner(model, loss_fn, batch, optimizer):
+    """The diagonal ``P`` (NumPy) of torch Adam's next step, from the formula: with ``g`` the
+    dense gradient on ``batch``, ``t`` the steps taken and ``v`` the state's ``exp_avg_sq``
+    (one param group, every parameter stepped at least once),
+    ``P = (1 - b1^(t+1)) (sqrt((b2 v + (1 - b2) g^2) / (1 - b2^(t+1))) + eps)``."""
+    group = optimizer.param_groups[0]
+    (b1, b2), eps = group["betas"], group["eps"]
+    params = [p for p in model.parameters() if p.requires_grad]
+    t = float(optimizer.state[params[0]]["step"])
+    g = dense_gradient(model, loss_fn, batch).numpy()
+    v = np.concatenate([optimizer.state[p]["exp_avg_sq"].double().reshape(-1).numpy()
+                        for p in params])
+    return (1 - b1 ** (t + 1)) * (np.sqrt((b2 * v + (1 - b2) * g ** 2) / (1 - b2 ** (t + 1))) + eps)

@@ -12,7 +12,7 @@ import torch.nn as nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dense_curvature import dense_hessian, flat_loss
+from dense_curvature import adam_next_preconditioner, dense_ggn, dense_hessian
 
 import catapult
 from catapult.curvature import HessianOperator, GaussNewtonOperator
@@ -25,15 +25,6 @@ def small_problem(n=24, seed=0, out=3, width=6):
     x = torch.randn(n, 4, dtype=torch.float64)
     y = torch.randn(n, out, dtype=torch.float64)
     return model, nn.MSELoss(), (x, y)
-
-
-def dense_ggn(model, loss_fn, batch):
-    _, outputs, theta = flat_loss(model, loss_fn, batch)
-    out = outputs(theta).detach()
-    J = torch.autograd.functional.jacobian(outputs, theta, vectorize=True).reshape(out.numel(), -1)
-    HL = torch.autograd.functional.hessian(lambda o: loss_fn(o.view(out.shape), batch[1]),
-                                           out.reshape(-1))
-    return (J.T @ HL @ J).numpy()
 
 
 def test_top_eigenpairs_hessian_matches_dense():
@@ -171,12 +162,7 @@ def test_preconditioned_top_eigenpairs_and_trace_match_dense_adam():
     opt.step()
     opt.zero_grad()
     # the next step's P from the formula (App. of the paper), independently of the library
-    f, _, theta = flat_loss(model, loss_fn, batch)
-    g = torch.autograd.functional.jacobian(f, theta).numpy()
-    v = np.concatenate([opt.state[p]["exp_avg_sq"].reshape(-1).numpy() for p in model.parameters()])
-    b1, b2, t = 0.9, 0.99, 2
-    v_next = b2 * v + (1 - b2) * g ** 2
-    P = (1 - b1 ** t) * (np.sqrt(v_next / (1 - b2 ** t)) + 1e-8)
+    P = adam_next_preconditioner(model, loss_fn, batch, opt)
     H = dense_hessian(model, loss_fn, batch).numpy()
     A = H / np.sqrt(P)[:, None] / np.sqrt(P)[None, :]
     truth = np.linalg.eigvalsh(A)[::-1]
