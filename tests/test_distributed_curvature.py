@@ -36,6 +36,7 @@ def measure(model, loss_fn, batch, opt, distributed):
     kw = {"distributed": True} if distributed else {}
     out = {
         "sharpness": catapult.sharpness(model, loss_fn, batch, tol=1e-10, **kw).value,
+        "ggn": catapult.sharpness(model, loss_fn, batch, tol=1e-10, curvature="ggn", **kw).value,
         # lean sizes its basis per shard; the ranks take the smallest so their products pair up
         "lean": catapult.sharpness(model, loss_fn, batch, tol=1e-10, max_iter=1000, memory="lean", **kw).value,
         "preconditioned": catapult.preconditioned_sharpness(model, loss_fn, batch, opt,
@@ -90,7 +91,7 @@ def test_two_gloo_ranks_equal_one_process_on_the_union():
     for res in results:
         for flavour in ("plain", "ddp"):
             got = res[flavour]
-            for key in ("sharpness", "lean", "preconditioned", "critical_lr"):
+            for key in ("sharpness", "ggn", "lean", "preconditioned", "critical_lr"):
                 assert got[key] == pytest.approx(single[key], rel=1e-6), (flavour, key)
             np.testing.assert_allclose(got["top3"], single["top3"], rtol=1e-6)
             np.testing.assert_allclose(got["top3_block"], single["top3_block"], rtol=1e-6)
