@@ -253,3 +253,37 @@ def test_alias_and_bad_arguments():
         GIAdam(p, lr=-1.0)
     with pytest.raises(ValueError, match="weight_decay"):
         GIAdam(p, weight_decay=-0.1)
+
+
+def test_bad_options_are_refused_in_param_groups_and_flags_too():
+    p, q = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    # a string flag is truthy: "no" used to mean v_bias_correction=True, "false" maximize=True
+    with pytest.raises(TypeError, match="v_bias_correction"):
+        GIAdam([p], v_bias_correction="no")
+    with pytest.raises(TypeError, match="maximize"):
+        GIAdam([p], maximize="false")
+    with pytest.raises(TypeError, match="foreach"):
+        GIAdam([p], foreach="yes")
+    with pytest.raises(ValueError, match="betas"):
+        GIAdam([p], betas=None)
+    with pytest.raises(ValueError, match="eps"):
+        GIAdam([p], eps=float("inf"))
+    # a group's own options get the constructor's checks (b2 = 1 divided by 1 - b2^t = 0)
+    with pytest.raises(ValueError, match="param group 1: Invalid betas"):
+        GIAdam([{"params": [p]}, {"params": [q], "betas": (0.9, 1.0)}])
+    with pytest.raises(TypeError, match="param group 0: v_bias_correction"):
+        GIAdam([{"params": [p], "v_bias_correction": "false"}])
+    opt = GIAdam([p], lr=0.1)
+    for bad, match in (({"lr": -0.1}, "lr"), ({"lr": float("nan")}, "lr"),
+                       ({"weight_decay": -1.0}, "weight_decay"), ({"eps": "1e-8"}, "eps"),
+                       ({"seed": 1.5}, "seed"), ({"v0": "zeros"}, "v0"),
+                       ({"maximize": "yes"}, "maximize")):
+        with pytest.raises((TypeError, ValueError), match=f"param group 1: .*{match}"):
+            opt.add_param_group({"params": [q], **bad})
+    assert len(opt.param_groups) == 1
+    # good group options are kept (a tensor lr stays the tensor a scheduler fills in place)
+    lr = torch.tensor(0.5)
+    opt.add_param_group({"params": [q], "lr": lr, "betas": [0.8, 0.99], "v_bias_correction": 0})
+    group = opt.param_groups[1]
+    assert group["lr"] is lr and group["betas"] == (0.8, 0.99)
+    assert group["v_bias_correction"] is False

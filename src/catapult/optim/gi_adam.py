@@ -53,6 +53,65 @@ def _check_v0(v0: Any) -> str | float:
     return v0
 
 
+_OPTIONS = ("lr", "betas", "eps", "weight_decay", "v_bias_correction", "v0", "foreach",
+            "maximize", "seed")
+
+
+def _check_flag(name: str, value: Any, where: str, *, allow_none: bool = False) -> bool | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or (isinstance(value, numbers.Integral) and value in (0, 1)):
+        return bool(value)
+    raise TypeError(f"{where}{name} must be True or False{' or None' if allow_none else ''}, "
+                    f"got {value!r}")
+
+
+def _checked_options(options: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """The options in ``options`` (constructor arguments, or the ones a param group sets
+    itself: then ``where`` names the group), checked and normalised; a group's tensor ``lr``
+    stays a tensor (schedulers fill it in place)."""
+    out = dict(options)
+    if "lr" in out:
+        lr = out["lr"]
+        if isinstance(lr, Tensor) and lr.numel() == 1:
+            lr = lr.item()
+        if isinstance(lr, bool) or not (isinstance(lr, numbers.Real) and math.isfinite(lr)
+                                        and lr >= 0):
+            raise ValueError(f"{where}Invalid learning rate lr={lr!r}: need a finite number >= 0")
+        if not (where and isinstance(out["lr"], Tensor)):
+            out["lr"] = float(lr)
+    for name in ("eps", "weight_decay"):
+        if name in out:
+            x = out[name]
+            if isinstance(x, bool) or not (isinstance(x, numbers.Real) and math.isfinite(x)
+                                           and x >= 0):
+                raise ValueError(f"{where}Invalid {name}={x!r}: need a finite number >= 0")
+            out[name] = float(x)
+    if "betas" in out:
+        betas = out["betas"]
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2
+                and all(isinstance(b, numbers.Real) and not isinstance(b, bool) and 0.0 <= b < 1.0
+                        for b in betas)):
+            raise ValueError(f"{where}Invalid betas={betas!r}: need two numbers in [0, 1)")
+        out["betas"] = (float(betas[0]), float(betas[1]))
+    for name in ("v_bias_correction", "maximize"):
+        if name in out:
+            out[name] = _check_flag(name, out[name], where)
+    if "foreach" in out:
+        out["foreach"] = _check_flag("foreach", out["foreach"], where, allow_none=True)
+    if "v0" in out:
+        try:
+            out["v0"] = _check_v0(out["v0"])
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"{where}{err}") from None
+    if "seed" in out:
+        seed = out["seed"]
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise TypeError(f"{where}seed must be an integer, got {seed!r}")
+        out["seed"] = int(seed)
+    return out
+
+
 class GIAdam(torch.optim.Optimizer):
     """Adam whose second moment starts at ``v0 * g_1^2`` (GI-Adam), with decoupled weight decay.
 
@@ -109,21 +168,10 @@ class GIAdam(torch.optim.Optimizer):
                  eps: float = 1e-8, weight_decay: float = 0.0, v_bias_correction: bool = True,
                  v0: str | float = "grad", *, foreach: bool | None = None, maximize: bool = False,
                  seed: int = 0):
-        if isinstance(lr, Tensor):
-            lr = lr.item()
-        if not (isinstance(lr, numbers.Real) and math.isfinite(lr) and lr >= 0):
-            raise ValueError(f"Invalid learning rate lr={lr!r}: need a finite number >= 0")
-        if not (isinstance(eps, numbers.Real) and eps >= 0):
-            raise ValueError(f"Invalid eps={eps!r}: need a number >= 0")
-        if len(betas) != 2 or not all(isinstance(b, numbers.Real) and 0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"Invalid betas={betas!r}: need two numbers in [0, 1)")
-        if not (isinstance(weight_decay, numbers.Real) and weight_decay >= 0):
-            raise ValueError(f"Invalid weight_decay={weight_decay!r}: need a number >= 0")
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise TypeError(f"seed must be an integer, got {seed!r}")
-        defaults = dict(lr=float(lr), betas=(float(betas[0]), float(betas[1])), eps=float(eps),
-                        weight_decay=float(weight_decay), v_bias_correction=bool(v_bias_correction),
-                        v0=_check_v0(v0), foreach=foreach, maximize=bool(maximize), seed=int(seed))
+        defaults = _checked_options(dict(
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+            v_bias_correction=v_bias_correction, v0=v0, foreach=foreach, maximize=maximize,
+            seed=seed))
         super().__init__(params, defaults)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -138,9 +186,12 @@ class GIAdam(torch.optim.Optimizer):
                     p_state["step"] = torch.tensor(float(p_state["step"]), dtype=_scalar_dtype())
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """torch.optim's ``add_param_group``, plus a check of a group's own ``v0``."""
-        if "v0" in param_group:
-            param_group["v0"] = _check_v0(param_group["v0"])
+        """torch.optim's ``add_param_group``, plus the constructor's checks of the options a
+        group sets itself (``lr``, ``betas``, ``eps``, ``weight_decay``, ``v0``, the flags)."""
+        if isinstance(param_group, dict):
+            where = f"param group {len(self.param_groups)}: "
+            param_group.update(_checked_options(
+                {k: v for k, v in param_group.items() if k in _OPTIONS}, where))
         super().add_param_group(param_group)
 
     # ----------------------------------------------------------------------------------------
