@@ -287,3 +287,31 @@ def test_bad_options_are_refused_in_param_groups_and_flags_too():
     group = opt.param_groups[1]
     assert group["lr"] is lr and group["betas"] == (0.8, 0.99)
     assert group["v_bias_correction"] is False
+
+
+@pytest.mark.parametrize("unsupported", ["sparse", "complex"])
+def test_a_refused_step_leaves_no_state_behind(unsupported):
+    from catapult.critical_lr import next_step_direction
+
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    if unsupported == "sparse":
+        emb = torch.nn.Embedding(3, 2, sparse=True)
+        other = emb.weight
+        emb(torch.tensor([1])).sum().backward()
+    else:
+        other = torch.nn.Parameter(torch.zeros(2, dtype=torch.complex64))
+        other.grad = torch.ones(2, dtype=torch.complex64)
+    opt = GIAdam([w, other], lr=0.1)
+    w.grad = torch.tensor([0.5, -4.0])
+    with pytest.raises(RuntimeError, match=unsupported):
+        opt.step()
+    assert opt.state_dict()["state"] == {}
+    assert torch.equal(w.detach(), torch.tensor([1.0, -2.0]))
+    # still a fresh optimizer: the next step (and its prediction) is GI-Adam's first,
+    # lr sqrt(1 - b2) sign(g) (v_1 = g^2, bias-corrected)
+    other.grad = None
+    first = 0.1 * (1 - 0.999) ** 0.5 * torch.tensor([-1.0, 1.0])
+    ((_, u),) = next_step_direction(opt, {w: w.grad})
+    torch.testing.assert_close(-0.1 * u, first)
+    opt.step()
+    torch.testing.assert_close(w.detach(), torch.tensor([1.0, -2.0]) + first)

@@ -232,15 +232,18 @@ class GIAdam(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
 
+        # refused before any state is made: a half-made state (no exp_avg_sq) would outlive
+        # the error (state_dict, critical_lr's direction)
+        for p in (p for group in self.param_groups for p in group["params"]):
+            if p.grad is not None and p.grad.is_sparse:
+                raise RuntimeError("GIAdam does not support sparse gradients")
+            if p.grad is not None and torch.is_complex(p):
+                raise RuntimeError("GIAdam does not support complex parameters")
         for group in self.param_groups:
             params = []
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("GIAdam does not support sparse gradients")
-                if torch.is_complex(p):
-                    raise RuntimeError("GIAdam does not support complex parameters")
                 state = self.state[p]
                 if len(state) == 0:     # v_0 is set by rules.update from this first gradient
                     state["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
