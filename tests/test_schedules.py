@@ -180,6 +180,58 @@ def test_attach_state_dict_round_trip():
     assert sched.get_last_lr() == sched2.get_last_lr()
 
 
+@pytest.mark.parametrize("composite", ["SequentialLR", "ChainedScheduler"])
+def test_attach_inside_torch_composite_schedulers_resumes_as_uninterrupted(composite):
+    # the lr after the milestone is ExponentialLR's; loading the attached scheduler's state
+    # set it back to fn(t) * lr_mult (SequentialLR: twice the lr for the rest of the run)
+    f = warmup(1.0, 4)
+    x = torch.randn(5, 3)
+
+    def make():
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 2)
+        opt = torch.optim.SGD([{"params": model.parameters(), "lr_mult": 0.5}], lr=1.0)
+        first = attach(opt, f)
+        second = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.5)
+        if composite == "SequentialLR":
+            sched = torch.optim.lr_scheduler.SequentialLR(opt, [first, second], milestones=[4])
+        else:
+            sched = torch.optim.lr_scheduler.ChainedScheduler([first, second])
+        return model, opt, sched
+
+    def run(model, opt, sched, steps):
+        lrs = []
+        for _ in range(steps):
+            lrs.append([g["lr"] for g in opt.param_groups])
+            _train_step(model, opt, sched, x)
+        return lrs
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")     # SequentialLR's own step(0) deprecation warning
+        model, opt, sched = make()
+        want = run(model, opt, sched, 10)
+        model2, opt2, sched2 = make()
+        run(model2, opt2, sched2, 6)
+        buf = io.BytesIO()
+        torch.save({"model": model2.state_dict(), "opt": opt2.state_dict(),
+                    "sched": sched2.state_dict()}, buf)
+        buf.seek(0)
+        ckpt = torch.load(buf, weights_only=True)
+        model3, opt3, sched3 = make()       # the documented order: scheduler, optimizer, counters
+        model3.load_state_dict(ckpt["model"])
+        opt3.load_state_dict(ckpt["opt"])
+        sched3.load_state_dict(ckpt["sched"])
+        got = run(model3, opt3, sched3, 4)
+    # closed forms after the warmup: SequentialLR hands over to ExponentialLR (from the
+    # optimizer's initial lr 1, 0.5 per step); ChainedScheduler halves f(t) * lr_mult = 0.5
+    decay = [[0.5 ** (t - 4) if composite == "SequentialLR" else 0.25] for t in range(6, 10)]
+    assert want[6:] == decay
+    assert got == want[6:]
+    for p, q in zip(model.parameters(), model3.parameters()):
+        assert torch.equal(p, q)
+    assert sched3.get_last_lr() == sched.get_last_lr()
+
+
 def test_attach_rejects_bad_input():
     _, opt = _two_group_sgd()
     with pytest.raises(TypeError, match="callable"):
@@ -399,7 +451,9 @@ def test_tensor_lr_is_filled_in_place_not_replaced():
                           lr=torch.tensor(0.01))
     lr = opt.param_groups[0]["lr"]
     sched = attach(opt, f)
-    sched.load_state_dict({**sched.state_dict(), "last_epoch": 2})
+    for _ in range(2):
+        opt.step()
+        sched.step()
     assert opt.param_groups[0]["lr"] is lr and float(lr) == pytest.approx(0.5 * f(2))
     assert sched.get_last_lr()[0] is not lr and float(sched.get_last_lr()[0]) == float(lr)
     pcw = schedules.PersistentCatapultWarmup(opt, torch.nn.Linear(2, 1), torch.nn.MSELoss(),

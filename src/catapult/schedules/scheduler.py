@@ -30,9 +30,11 @@ class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
     ``catapult.param_groups`` for muP / SμPar) is re-applied at every step, so the schedule is
     relative to each group's multiplier.
 
-    ``state_dict()`` holds the step counters only (``fn`` may be a closure and is not saved):
-    rebuild the scheduler with the same ``fn``, then ``load_state_dict``; the groups' lr are
-    then set for the restored step.
+    ``state_dict()`` holds the step counters only (``fn`` may be a closure and is not saved).
+    To resume, as with torch's schedulers: rebuild the scheduler with the same ``fn`` (this sets
+    the groups to ``fn(0)``), then ``optimizer.load_state_dict`` (restores the groups' lr) and
+    ``scheduler.load_state_dict`` (restores the counters and leaves the lr alone, so that
+    inside ``SequentialLR`` / ``ChainedScheduler`` the lr another scheduler set survives).
 
     Example (a group with ``lr_mult = 0.5`` gets half the scheduled lr):
         >>> import torch
@@ -72,12 +74,8 @@ class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
         return {k: v for k, v in self.__dict__.items() if k not in ("optimizer", "fn")}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the step counters and set every group's lr for the restored step."""
+        """Restore the step counters (the optimizer's own ``load_state_dict`` restores the lr)."""
         self.__dict__.update({k: v for k, v in state_dict.items() if k not in ("optimizer", "fn")})
-        for group, lr in zip(self.optimizer.param_groups, self.get_lr()):
-            set_group_lr(group, lr)
-        self._last_lr = [g["lr"].clone() if isinstance(g["lr"], torch.Tensor) else g["lr"]
-                         for g in self.optimizer.param_groups]
 
 
 def attach(optimizer: torch.optim.Optimizer, fn: Callable[[int], float]) -> ScheduleLR:
