@@ -7,6 +7,8 @@ import io
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from catapult.optim import GIAdam, GIAdamW, initial_second_moment
 from catapult.schedules import attach, warmup
@@ -315,3 +317,33 @@ def test_a_refused_step_leaves_no_state_behind(unsupported):
     torch.testing.assert_close(-0.1 * u, first)
     opt.step()
     torch.testing.assert_close(w.detach(), torch.tensor([1.0, -2.0]) + first)
+
+
+_FINITE = st.floats(-1e3, 1e3, allow_nan=False, allow_subnormal=False)
+
+
+@settings(max_examples=80, deadline=None, derandomize=True, database=None)
+@given(n=st.integers(1, 4), steps=st.integers(1, 6), data=st.data(), lr=st.floats(0, 2),
+       b1=st.floats(0, 0.999), b2=st.floats(0, 0.9999), eps=st.floats(1e-12, 1),
+       wd=st.floats(0, 1), v_bias_correction=st.booleans(),
+       a=st.one_of(st.just("grad"), st.floats(0, 10)), maximize=st.booleans())
+def test_matches_numpy_under_fuzzed_hyperparameters(n, steps, data, lr, b1, b2, eps, wd,
+                                                     v_bias_correction, a, maximize):
+    """Edges the fixed cases miss: b1 or b2 = 0, a = 0 (Adam), eps ~ |g|, lr * wd ~ 1,
+    gradients spanning six orders of magnitude, maximize (numpy_giadam descends -g)."""
+    theta0 = np.array(data.draw(st.lists(_FINITE, min_size=n, max_size=n)))
+    grads = [np.array(data.draw(st.lists(_FINITE, min_size=n, max_size=n))) for _ in range(steps)]
+    p = torch.nn.Parameter(torch.tensor(theta0))
+    opt = GIAdam([p], lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd,
+                 v_bias_correction=v_bias_correction, v0=a, maximize=maximize)
+    for g in grads:
+        p.grad = torch.tensor(g)
+        opt.step()
+    sign = -1.0 if maximize else 1.0
+    want, m, v = numpy_giadam(theta0, [sign * g for g in grads], [lr] * steps, b1=b1, b2=b2,
+                              eps=eps, wd=wd, v_bias_correction=v_bias_correction,
+                              a=1.0 if a == "grad" else a)
+    np.testing.assert_allclose(p.detach().numpy(), want[-1], rtol=1e-9,
+                               atol=1e-9 * (1 + np.abs(want[-1]).max()))
+    np.testing.assert_allclose(opt.state[p]["exp_avg"].numpy(), m, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(opt.state[p]["exp_avg_sq"].numpy(), v, rtol=1e-9, atol=1e-12)
