@@ -347,3 +347,24 @@ def test_matches_numpy_under_fuzzed_hyperparameters(n, steps, data, lr, b1, b2, 
                                atol=1e-9 * (1 + np.abs(want[-1]).max()))
     np.testing.assert_allclose(opt.state[p]["exp_avg"].numpy(), m, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(opt.state[p]["exp_avg_sq"].numpy(), v, rtol=1e-9, atol=1e-12)
+
+
+def test_torch_adam_flags_at_their_off_values_switch_over_unchanged():
+    # code written for torch Adam passes these; at their off values GIAdam(v0=0) is still
+    # exactly AdamW, and turning one on is refused by name
+    flags = dict(amsgrad=False, capturable=False, differentiable=False, fused=None, foreach=False,
+                 weight_decay=0.01)
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(5))
+    twin = torch.nn.Parameter(w.detach().clone())
+    ours = GIAdam([w], lr=1e-2, v0=0.0, **flags)
+    ref = torch.optim.AdamW([twin], lr=1e-2, **flags)
+    for step in range(3):
+        for p, o in ((w, ours), (twin, ref)):
+            p.grad = torch.arange(5.0) - step
+            o.step()
+    assert torch.equal(w, twin)
+    for name, value in (("amsgrad", True), ("capturable", True), ("differentiable", True),
+                        ("fused", True), ("fused", "no")):
+        with pytest.raises(ValueError, match=rf"GIAdam does not support {name}={value!r}"):
+            GIAdam([w], **{name: value})

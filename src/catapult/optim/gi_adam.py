@@ -140,6 +140,9 @@ class GIAdam(torch.optim.Optimizer):
         maximize: ascend instead of descend.
         seed: base seed for ``v0="random"``; parameter number ``i`` (its position across all
             param groups) draws from ``torch.Generator().manual_seed(seed + i)``.
+        amsgrad, capturable, differentiable, fused: torch Adam's flags, accepted at their off
+            values (``False``; ``fused`` also ``None``) so that code written for torch Adam runs
+            unchanged; any other value is refused (not implemented).
 
     State per parameter uses torch Adam's keys -- ``"step"`` (a scalar float tensor, like torch),
     ``"exp_avg"``, ``"exp_avg_sq"`` -- so code that reads Adam state works unchanged.
@@ -167,7 +170,16 @@ class GIAdam(torch.optim.Optimizer):
     def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, v_bias_correction: bool = True,
                  v0: str | float = "grad", *, foreach: bool | None = None, maximize: bool = False,
-                 seed: int = 0):
+                 seed: int = 0, amsgrad: bool = False, capturable: bool = False,
+                 differentiable: bool = False, fused: bool | None = None):
+        # torch Adam's other flags, so code that passes them at their off values switches over
+        # unchanged; what they would turn on is not implemented here, and says so
+        for name, value, off in (("amsgrad", amsgrad, (False,)), ("capturable", capturable, (False,)),
+                                 ("differentiable", differentiable, (False,)),
+                                 ("fused", fused, (False, None))):
+            if value not in off or not isinstance(value, (bool, type(None))):
+                raise ValueError(f"GIAdam does not support {name}={value!r} (accepted only "
+                                 f"{' or '.join(map(repr, off))}, for torch.optim.Adam compatibility)")
         defaults = _checked_options(dict(
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
             v_bias_correction=v_bias_correction, v0=v0, foreach=foreach, maximize=maximize,
