@@ -405,6 +405,14 @@ def test_persistent_warmup_bad_arguments():
         schedules.PersistentCatapultWarmup(model, opt, _mse, 1.0)
     with pytest.raises(KeyError, match="lr"):
         schedules.PersistentCatapultWarmup(opt, model, _mse, 1.0).load_state_dict({})
+    # progress saved under another target or delta is not silently mixed into this warmup
+    saved = schedules.PersistentCatapultWarmup(opt, model, _mse, 1.0, delta=0.1).state_dict()
+    for other, key in (({"lr_target": 2.0}, "lr_target"), ({"delta": 0.2}, "delta")):
+        target = schedules.PersistentCatapultWarmup(opt, model, _mse, other.get("lr_target", 1.0),
+                                                    delta=other.get("delta", 0.1))
+        with pytest.raises(ValueError, match=rf"saved with {key}="):
+            target.load_state_dict(saved)
+    schedules.PersistentCatapultWarmup(opt, model, _mse, 1.0, delta=0.1).load_state_dict(saved)
 
 
 class _Point(torch.nn.Module):

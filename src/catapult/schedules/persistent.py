@@ -160,16 +160,25 @@ class PersistentCatapultWarmup:
         return self.lr
 
     def state_dict(self) -> dict[str, Any]:
-        """Progress (plain Python values; safe for ``torch.load(weights_only=True)``)."""
+        """Progress (plain Python values; safe for ``torch.load(weights_only=True)``), with the
+        settings it was made under (``lr_target``, ``delta``), which :meth:`load_state_dict`
+        checks."""
         return dict(lr=self.lr, loss_ref=self.loss_ref, steps=self.steps, searches=self.searches,
                     forward_passes=self.forward_passes,
-                    history=[dict(entry) for entry in self.history])
+                    history=[dict(entry) for entry in self.history],
+                    lr_target=self.lr_target, delta=self.delta)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore progress from :meth:`state_dict` and set the groups' lr accordingly."""
         missing = {"lr", "loss_ref", "steps", "searches", "forward_passes", "history"} - set(state_dict)
         if missing:
             raise KeyError(f"PersistentCatapultWarmup state_dict is missing {sorted(missing)}")
+        # progress made towards another target (or with another catapult threshold) would mix
+        # two warmups; a state_dict saved before these keys existed is taken as it is
+        for key in ("lr_target", "delta"):
+            if key in state_dict and state_dict[key] != getattr(self, key):
+                raise ValueError(f"PersistentCatapultWarmup state_dict was saved with {key}="
+                                 f"{state_dict[key]!r}, this warmup has {key}={getattr(self, key)!r}")
         self.lr = state_dict["lr"]
         self.loss_ref = state_dict["loss_ref"]
         self.steps = int(state_dict["steps"])
