@@ -1,0 +1,61 @@
+"""bench/RESULTS.md, read as a reader who reruns it would: commands recorded under older defaults
+restore those defaults (the recorded lambda_0 comes back)."""
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = (ROOT / "bench" / "RESULTS.md").read_text()
+OVERRIDE = re.compile(r"[a-z_][\w.]*=.+")
+SUBCOMMANDS = ("sweep", "train", "coord-check")
+
+
+def sections(text: str) -> list[tuple[str, str]]:
+    """(heading, body) for every markdown heading."""
+    parts = re.split(r"^(#+ .*)$", text, flags=re.M)
+    return [(parts[i], parts[i + 1]) for i in range(1, len(parts) - 1, 2)]
+
+
+def commands(body: str) -> list[tuple[str, str, list[str]]]:
+    """(subcommand, config, overrides) of each catapult command in the body's indented blocks;
+    continuation lines joined, `NAME='value'` shell variables of the body substituted."""
+    lines, joined = body.splitlines(), []
+    for line in lines:
+        if joined and joined[-1].endswith("\\"):
+            joined[-1] = joined[-1][:-1] + " " + line.strip()
+        elif line.startswith("    "):
+            joined.append(line.strip())
+    variables = dict(re.findall(r"\b([A-Z])='([^']*)'", body))
+    out = []
+    for line in joined:
+        for name, value in variables.items():
+            line = line.replace("$" + name, value)
+        try:
+            tokens = shlex.split(line, comments=True)
+        except ValueError:
+            continue
+        for i, tok in enumerate(tokens[:-2]):
+            if tok.endswith("catapult") and tokens[i + 1] in SUBCOMMANDS and tokens[i + 2].startswith("configs/"):
+                rest = tokens[i + 3:]
+                rest = rest[:rest.index("&")] if "&" in rest else rest
+                out.append((tokens[i + 1], tokens[i + 2], [t for t in rest if OVERRIDE.fullmatch(t)]))
+    return out
+
+
+def test_phase_small_command_measures_the_recorded_lambda0():
+    # The issue-4 table lists lambda_0 per panel; the recorded command must measure the same value
+    # (the default lambda_0 rule changed after the run: mean over 10 batches instead of batch 0).
+    from catapult.sweep.lambda0 import measure_lambda0
+    from catapult.sweep.spec import expand, load_sweep
+
+    heading = next(h for h, _ in sections(RESULTS) if h.startswith("## Phase diagram, small scale"))
+    body = dict(sections(RESULTS))[heading]
+    overrides = next(ov for sub, p, ov in commands(body) if p == "configs/sweeps/phase_small.yaml")
+    recorded = float(re.search(r"^\| sp \| mse \| ([0-9.]+) \|", body, flags=re.M).group(1))
+    cell = expand(*load_sweep(ROOT / "configs/sweeps/phase_small.yaml", overrides))[0]
+    assert (cell.config["model"]["parametrization"], cell.config["loss"]) == ("sp", "mse")
+    assert measure_lambda0(cell.config) == pytest.approx(recorded, rel=1e-3)
