@@ -1,5 +1,7 @@
-"""bench/RESULTS.md, read as a reader who reruns it would: commands recorded under older defaults
-restore those defaults (the recorded lambda_0 comes back)."""
+"""bench/RESULTS.md, read as a reader who reruns it would: every `catapult sweep|train|coord-check`
+command it records validates with its overrides, a study whose heading gives its cell count
+expands to that count, and commands recorded under older defaults restore those defaults (the
+recorded lambda_0 comes back)."""
 from __future__ import annotations
 
 import re
@@ -44,6 +46,47 @@ def commands(body: str) -> list[tuple[str, str, list[str]]]:
                 rest = rest[:rest.index("&")] if "&" in rest else rest
                 out.append((tokens[i + 1], tokens[i + 2], [t for t in rest if OVERRIDE.fullmatch(t)]))
     return out
+
+
+ALL = [(heading, *cmd) for heading, body in sections(RESULTS) for cmd in commands(body)]
+
+
+def test_results_records_catapult_commands():
+    assert len(ALL) >= 30, len(ALL)
+    assert {sub for _, sub, _, _ in ALL} >= {"sweep", "coord-check"}
+
+
+@pytest.mark.parametrize("heading,sub,path,overrides", ALL,
+                         ids=[f"{i}-{sub}-{Path(p).stem}" for i, (_, sub, p, _) in enumerate(ALL)])
+def test_recorded_command_validates(heading, sub, path, overrides):
+    from catapult.config import load_config
+    from catapult.engine.coord_check_study import load_coord_check
+    from catapult.sweep.spec import expand, load_sweep
+
+    assert (ROOT / path).is_file(), path
+    if sub == "sweep":
+        assert expand(*load_sweep(ROOT / path, overrides))
+    elif sub == "coord-check":
+        load_coord_check(ROOT / path, overrides)
+    else:
+        load_config(ROOT / path, overrides)
+
+
+COUNTED = [(heading, path, int(n)) for heading, _ in sections(RESULTS)
+           for path, n in re.findall(r"(configs/[\w/.-]+\.yaml), (\d+) (?:cells|runs)", heading)]
+
+
+def test_headings_with_cell_counts_are_found():
+    assert len(COUNTED) >= 6, COUNTED
+
+
+@pytest.mark.parametrize("heading,path,n", COUNTED, ids=[f"{Path(p).stem}-{n}" for _, p, n in COUNTED])
+def test_recorded_sweep_expands_to_the_cells_its_heading_counts(heading, path, n):
+    from catapult.sweep.spec import expand, load_sweep
+
+    body = dict(sections(RESULTS))[heading]
+    first = next(ov for sub, p, ov in commands(body) if sub == "sweep" and p == path)
+    assert len(expand(*load_sweep(ROOT / path, first))) == n
 
 
 def test_phase_small_command_measures_the_recorded_lambda0():
