@@ -1,7 +1,7 @@
 """bench/RESULTS.md, read as a reader who reruns it would: every `catapult sweep|train|coord-check`
 command it records validates with its overrides, a study whose heading gives its cell count
 expands to that count, and commands recorded under older defaults restore those defaults (the
-recorded lambda_0 comes back)."""
+recorded lambda_0 and divergence step come back)."""
 from __future__ import annotations
 
 import re
@@ -102,3 +102,48 @@ def test_phase_small_command_measures_the_recorded_lambda0():
     cell = expand(*load_sweep(ROOT / "configs/sweeps/phase_small.yaml", overrides))[0]
     assert (cell.config["model"]["parametrization"], cell.config["loss"]) == ("sp", "mse")
     assert measure_lambda0(cell.config) == pytest.approx(recorded, rel=1e-3)
+
+
+def test_fig5_check_command_diverges_at_the_recorded_step():
+    # "(checked: `catapult train ... optimizer.lr=2^4/lambda0` diverges at step 4; 2^5 at step 2"
+    import torch
+
+    from catapult.config import load_config
+    from catapult.engine import run
+
+    text = re.sub(r"\s+", " ", RESULTS)
+    m = re.search(r"`catapult train (configs/warmup/fig5_steps_saved\.yaml[^`]*)` diverges at step (\d+)", text)
+    assert m, "the Fig. 5 divergence check is not recorded"
+    tokens = m.group(1).split()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        summary = run(load_config(ROOT / tokens[0], tokens[1:])).summary
+    finally:
+        torch.set_num_threads(threads)
+    assert summary["status"] == "diverged"
+    assert summary["diverged_at"] == int(m.group(2))
+
+
+def test_fig2_command_stops_adam_without_warmup_at_the_recorded_step():
+    # The single-seed Fig. 2 table: "| adam | 1 | diverged (step 1) | ..."
+    import torch
+
+    from catapult.engine import run
+    from catapult.sweep.spec import expand, load_sweep
+
+    path = "configs/adam/fig2_mechanisms.yaml"
+    heading = next(h for h, _ in sections(RESULTS) if path in h)
+    body = dict(sections(RESULTS))[heading]
+    overrides = next(ov for sub, p, ov in commands(body) if p == path)
+    step = int(re.search(r"^\| adam \| 1 \| diverged \(step (\d+)\) \|", body, flags=re.M).group(1))
+    cell = next(c for c in expand(*load_sweep(ROOT / path, overrides))
+                if c.config["optimizer"]["name"] == "adam" and c.config["schedule"]["warmup_steps"] == 1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        summary = run(cell.config).summary
+    finally:
+        torch.set_num_threads(threads)
+    assert summary["status"] == "diverged"
+    assert summary["diverged_at"] == step
