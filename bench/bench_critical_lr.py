@@ -13,6 +13,7 @@ Run: .venv/bin/python bench/bench_critical_lr.py   (about 10 s on one CPU core)
 """
 from __future__ import annotations
 
+import argparse
 import math
 
 import torch
@@ -93,4 +94,5 @@ def main():
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # --help only
     main()

@@ -9,11 +9,12 @@ bench/figures/fig3_mupce_diag.png (sharpness and dead-channel fraction against s
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import gzip
 import math
 import statistics as st
-import sys
+from pathlib import Path
 from collections import defaultdict
 
 import matplotlib
@@ -29,7 +30,7 @@ def ms(v):
     return f"{st.mean(v):.3g} ± {st.pstdev(v):.2g}" if len(v) > 1 else f"{v[0]:.3g}"
 
 
-def main(paths):
+def main(paths, out="bench/figures/fig3_mupce_diag.png"):
     runs = defaultdict(list)
     for p in paths:
         for r in csv.DictReader(gzip.open(p, "rt") if p.endswith(".gz") else open(p)):
@@ -89,8 +90,15 @@ def main(paths):
     ax[1].set(xlabel="step", ylabel="fraction of dead channels, last block", title="feature death")
     ax[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig("bench/figures/fig3_mupce_diag.png", dpi=110)
+    fig.savefig(out, dpi=110)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("csv", nargs="+", help="bench/fig3_mupce_diag.py CSVs (.csv or .csv.gz)")
+    parser.add_argument("--out", default="bench/figures/fig3_mupce_diag.png", help="figure path")
+    args = parser.parse_args()
+    missing = [p for p in args.csv if not Path(p).is_file()]
+    if missing:
+        parser.error(f"no such file: {', '.join(missing)}")
+    main(args.csv, args.out)

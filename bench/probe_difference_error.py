@@ -16,6 +16,8 @@ Usage:  OMP_NUM_THREADS=1 .venv/bin/python bench/probe_difference_error.py
 """
 from __future__ import annotations
 
+import argparse
+
 import os
 import sys
 
@@ -56,4 +58,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # --help only
     main()

@@ -10,6 +10,7 @@ Usage:  .venv/bin/python bench/probe_threads.py [fcn1000|gpt]
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
@@ -52,4 +53,6 @@ def main(name: str = "gpt") -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:2])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("problem", nargs="?", default="gpt", choices=["fcn1000", "gpt"])
+    main(parser.parse_args().problem)
