@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 
 import torch
 
@@ -59,8 +60,14 @@ def gd(model, batch, steps, *, lr=None, pcw=None):
     return "finished", losses
 
 
+def mean_sd(values) -> str:
+    """``mean ± sample std`` (n - 1) of ``values``."""
+    return f"{statistics.mean(values):.4g} ± {statistics.stdev(values):.2g}"
+
+
 def main():
     torch.set_num_threads(1)
+    ratios, passes, gi_ratios, p_ratios = [], [], [], []
     print("| seed | lambda_0 | 2/lambda_0 | SGD lr_c | lr_c*lambda_0/2 | passes "
           "| Adam lr_c | GI-Adam lr_c | ratio | Adam P-sharp | GI-Adam P-sharp |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -73,13 +80,22 @@ def main():
         gi = critical_lr(model, mse, batch, gi_opt, delta=0.01)
         p_adam = preconditioned_sharpness(model, mse, batch, adam_opt, tol=1e-6).value
         p_gi = preconditioned_sharpness(model, mse, batch, gi_opt, tol=1e-6).value
+        ratios.append(sgd.lr * lam / 2)
+        passes.append(sgd.forward_passes)
+        gi_ratios.append(gi.lr / adam.lr)
+        p_ratios.append(p_adam / p_gi)
         print(f"| {seed} | {lam:.4g} | {2 / lam:.4g} | {sgd.lr:.4g} | {sgd.lr * lam / 2:.2f} "
               f"| {sgd.forward_passes} | {adam.lr:.4g} | {gi.lr:.4g} | {gi.lr / adam.lr:.1f} "
               f"| {p_adam:.4g} | {p_gi:.4g} |")
+    print(f"\nOver the 4 seeds (mean ± std): SGD lr_c * lambda_0 / 2 = {mean_sd(ratios)}, "
+          f"forward passes {mean_sd(passes)}; GI-Adam / Adam first-step lr_c = {mean_sd(gi_ratios)} "
+          f"(1/sqrt(1-b2) = {1 / math.sqrt(1 - 0.999):.4g}); Adam / GI-Adam P-sharpness = "
+          f"{mean_sd(p_ratios)}")
     print()
     print("| seed | constant lr 200 | warm start | reached at step | searches | forward passes "
           "| passes/search | loss step 0 -> 120 |")
     print("|---|---|---|---|---|---|---|---|")
+    reached_at, per_search = {False: [], True: []}, {False: [], True: []}
     for seed in range(4):
         status, _ = gd(*problem(seed), 120, lr=200.0)
         for warm in (False, True):
@@ -88,9 +104,18 @@ def main():
                                                      model, mse, 200.0, warm_start=warm)
             _, losses = gd(model, batch, 120, pcw=pcw)
             reached = pcw.history[-1]["step"] if pcw.done else "never"
+            if pcw.done:
+                reached_at[warm].append(reached)
+            per_search[warm].append(pcw.forward_passes / pcw.searches)
             print(f"| {seed} | {status} | {warm} | {reached} | {pcw.searches} "
                   f"| {pcw.forward_passes} | {pcw.forward_passes / pcw.searches:.1f} "
                   f"| {losses[0]:.3g} -> {losses[-1]:.3g} |")
+
+    for warm in (False, True):
+        print(f"\nwarm start {warm} (mean ± std over the seeds that reached 200): reached at step "
+              f"{mean_sd(reached_at[warm])} ({len(reached_at[warm])} of 4 seeds), forward passes per "
+              f"search {mean_sd(per_search[warm])}", end="")
+    print()
 
 
 if __name__ == "__main__":
