@@ -76,3 +76,21 @@ def test_plot_transfer_and_report_say_how_many_cells_are_unfinished(tmp_path, ca
     page = (tmp_path / "r.html").read_text()
     assert "<b>1</b> interrupted" in page and "<b>1</b> pending" in page
     assert page.count("Unfinished:") == 2 and "2 of 6 cells are unfinished" in page
+
+
+def test_transfer_counts_a_collapsed_cell_as_a_result_not_as_unfinished(tmp_path, capsys):
+    # a collapsed run is stored as finished with summary status "collapsed" (Store.record);
+    # it has its result, so transfer neither warns about it nor drops its point (as plot does)
+    store = _store(tmp_path / "s.db")
+    conn = sqlite3.connect(store, isolation_level=None)
+    cid, summary = next((i, json.loads(s)) for i, sw, s in
+                        conn.execute("SELECT id, swept_json, summary_json FROM cells ORDER BY id")
+                        if json.loads(sw) == {"optimizer.lr": 0.01, "model.density": 0.5})
+    conn.execute("UPDATE cells SET summary_json = ? WHERE id = ?", (json.dumps({**summary, "status": "collapsed"}), cid))
+    conn.close()
+    assert main(["transfer", str(store), "--out", str(tmp_path / "t.png"), "--json"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert summary["unfinished_cells"] == 0 and summary["incomplete_optima"] == []
+    assert "unfinished" not in captured.err
+    assert summary["optima"]["None"]["0.5"]["x"] == 0.01  # FakeRun's test loss 0.1 + lr: the collapsed cell's 0.11

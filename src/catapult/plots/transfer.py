@@ -84,8 +84,8 @@ def transfer_curves(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[s
     (then one series/panel), but with ``strict=True`` (what the command line passes for an
     explicit ``--series``/``--panel``) a key that is not swept is refused too, since it would
     silently merge every curve into one. Cells that do not match ``where`` are dropped;
-    cells with equal (panel, series, x) are averaged over their finished members (a point
-    with no finished member is NaN: diverged or failed); cells with no result yet are
+    cells with equal (panel, series, x) are averaged over their finished (or collapsed) members
+    (a point with no such member is NaN: diverged or failed); cells with no result yet are
     counted in :attr:`TransferCurves.unfinished`.
     """
     if metric not in TRANSFER_METRICS:
@@ -116,12 +116,13 @@ def transfer_curves(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[s
             continue
         p = cell["swept"].get(panel) if panel else None
         s = cell["swept"].get(series) if series else None
-        if cell["status"] not in ("finished", "diverged", "failed"):
+        if cell["status"] not in ("finished", "diverged", "failed", "collapsed"):
             # not run yet (or interrupted): no point rather than a failed one, but counted
             unfinished[(p, s)] = unfinished.get((p, s), 0) + 1
             continue
         xv = _x_value(cell, x)
-        value = cell.get(metric) if cell["status"] == "finished" else None
+        # a collapsed run finished (the store keeps it as finished): its metric counts, as in the phase grid
+        value = cell.get(metric) if cell["status"] in ("finished", "collapsed") else None
         bucket = groups.setdefault(p, {}).setdefault(s, {}).setdefault(xv, [])
         bucket.append(float(value) if _finite(value) else math.nan)
     if not groups and not unfinished:
