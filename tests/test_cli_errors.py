@@ -447,3 +447,23 @@ def test_more_threads_than_the_machine_can_start_is_refused(tiny, tmp_path, caps
     err = capsys.readouterr().err
     assert f"--threads {max_threads() + 1} is more than" in err.replace("--threads: ", "--threads ")
     assert "Traceback" not in err and not (tmp_path / "run").exists() and not store.exists()
+
+
+@pytest.mark.parametrize("argv, start", [
+    (["export", "s.db", "--out", "notes.txt"], "catapult export: error: --out: notes.txt exists"),
+    (["report", "s.db", "--out", "notes.txt"], "catapult report: error: --out: notes.txt exists"),
+    (["demo", "--workers", "0"], "catapult demo: error: --workers: must be >= 1"),
+])
+def test_a_bad_option_is_named_as_the_option_not_as_an_invalid_config(tmp_path, capsys, monkeypatch, argv, start):
+    # export, report and demo read no config: "invalid config: --out: ..." sent the user to look for one
+    _legacy_store(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine\n")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(start) and "config" not in err
+
+
+def test_a_bad_config_key_is_still_an_invalid_config(tiny, tmp_path, capsys):
+    code, err = _train(capsys, tiny, "optimizer.lrr=1", "--out", tmp_path / "run")
+    assert code == 2 and err.startswith("catapult train: error: invalid config: optimizer.lrr: unknown key")

@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None, commands: Sequence = COMMANDS) -> in
     try:
         return int(args.func(args) or 0)
     except ConfigError as err:
-        _error(args.command, f"invalid config: {err}" if len(err.problems) == 1 else str(err))
+        _error(args.command, _config_problem(err))
         return 2
     except FileNotFoundError as err:
         _error(args.command, str(err))
@@ -98,6 +98,15 @@ def main(argv: Sequence[str] | None = None, commands: Sequence = COMMANDS) -> in
     except KeyboardInterrupt:
         _error(args.command, "interrupted")
         return 130
+
+
+def _config_problem(err: ConfigError) -> str:
+    """``err`` as printed: one problem with a config key is an ``invalid config``; one with a
+    command-line option (``--out``, ``--workers``: commands such as ``export`` read no config)
+    is named as the option alone."""
+    if len(err.problems) != 1:
+        return str(err)
+    return str(err) if err.problems[0][0].startswith("-") else f"invalid config: {err}"
 
 
 def _os_problem(err: OSError) -> str:
