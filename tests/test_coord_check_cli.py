@@ -156,3 +156,17 @@ def test_coord_check_writes_over_its_own_output_only(tmp_path, capsys):
         assert main(["coord-check", str(mine / "config.yaml"), "--out", str(out), "--progress", "none"]) == 0
     assert {p.name for p in out.iterdir()} == {"coord_check.csv", "coord_check_table.md", "config.yaml",
                                                "coord_check_width_mup.png"}
+
+
+def test_a_rerun_leaves_no_figure_of_the_earlier_check(tmp_path):
+    # rerun with fewer parametrizations: the earlier run's supar figure stayed beside a CSV without supar rows
+    path = _config(tmp_path, densities=[0.5, 1.0], steps=1)
+    out = tmp_path / "out"
+    assert main(["coord-check", str(path), "--out", str(out), "--progress", "none"]) == 0
+    assert (out / "coord_check_density_supar.png").is_file()
+    assert main(["coord-check", str(path), "--out", str(out), "--progress", "none",
+                 "coord_check.parametrizations=[sp]"]) == 0
+    with open(out / "coord_check.csv") as fh:
+        groups = {(r["axis"], r["parametrization"]) for r in csv.DictReader(fh)}
+    assert groups == {("density", "sp")}
+    assert {p.name for p in out.glob("*.png")} == {f"coord_check_{a}_{p}.png" for a, p in groups}

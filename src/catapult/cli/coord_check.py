@@ -30,7 +30,13 @@ def _command(args) -> int:
     apply_threads(args)
     out = check_study_dir("coord-check", Path(args.out) if args.out else Path("runs") / config["name"],
                           owned=_owned, marker=lambda entry: entry.name == "coord_check.csv")
+    earlier = set(out.glob("coord_check_*.png")) if out.is_dir() else set()  # all its own (checked above)
     rows = run_coord_check(config, spec, out_dir=out, progress=args.progress != "none", panels=args.panels)
+    # a figure of an earlier check this one did not redraw (another parametrization or axis)
+    # would sit beside a coord_check.csv that no longer holds its rows
+    drawn = {out / f"coord_check_{axis}_{parametrization}.png" for parametrization, axis, _ in result_groups(rows)}
+    for stale in earlier - drawn:
+        stale.unlink()
     print(slope_table(rows))
     print(f"wrote {out}/ (coord_check.csv, coord_check_table.md, config.yaml, "
           f"{len(list(result_groups(rows)))} figure(s) coord_check_<axis>_<parametrization>.png)")
