@@ -2,6 +2,8 @@
 validate (:func:`catapult.sweep.spec.expand`), a coord-check config loads, a run config loads."""
 from __future__ import annotations
 
+import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -54,3 +56,45 @@ def test_the_wrn_paper_configs_say_what_the_paper_ran():
     sp = cfg.load_config(ROOT / "configs/warmup/fig1_sp_paper.yaml")
     assert (mup["optimizer"]["lr"], sp["optimizer"]["lr"]) == (0.125, "32/lambda0")
     assert mup["data"]["n_train"] == sp["data"]["n_train"] == 5000 and mup["train"]["batch_size"] is None
+
+
+_SUBCOMMANDS = "train|train-ddp|demo|critical-lr|spectrum|coord-check|sweep|export|plot|transfer|report"
+
+
+def _header_commands(text: str) -> list[str]:
+    """The ``catapult <command> ...`` lines of a config's comments (``\\``-continued lines joined,
+    a trailing ``# remark`` and a closing backtick cut)."""
+    found, pending = [], ""
+    for line in text.splitlines():
+        if not line.lstrip().startswith("#"):
+            pending = ""
+            continue
+        body = (pending + " " + line.lstrip()[1:].strip()).strip()
+        pending = ""
+        if body.endswith("\\"):
+            pending = body[:-1]
+            continue
+        match = re.search(rf"\bcatapult (?:{_SUBCOMMANDS}) .*", body)
+        if match:
+            found.append(re.split(r"\s#\s|`", match.group(0))[0].rstrip(" &"))
+    return found
+
+
+COMMANDS = [(path, command) for path in CONFIGS for command in _header_commands(path.read_text())]
+
+
+def test_the_configs_say_how_to_run_them():
+    assert len(COMMANDS) > 40 and {p.name for p, _ in COMMANDS} >= {"phase_diagram.yaml", "fig4_gpt_small_bpe.yaml"}
+
+
+@pytest.mark.parametrize("path, command", COMMANDS, ids=[f"{p.name}: {c[:60]}" for p, c in COMMANDS])
+def test_a_command_in_a_config_header_is_one_the_command_line_accepts(path, command, capsys):
+    # `catapult export STORE --aggregate` (no --out, which export requires) was in two headers
+    from catapult.cli import build_parser
+
+    argv = shlex.split(command)[1:]
+    try:
+        _, extra = build_parser().parse_known_args(argv)
+    except SystemExit:
+        pytest.fail(f"{path.name}: `{command}` is refused: {capsys.readouterr().err.strip().splitlines()[-1]}")
+    assert all("=" in token and not token.startswith("-") for token in extra), (command, extra)
