@@ -134,3 +134,17 @@ def test_a_config_has_the_cells_its_documentation_says(path, cells, where):
     data = yaml.safe_load(path.read_text()).get("data") or {}
     overrides = ["data.root=user_text"] if data.get("name") == "text" and data.get("root") is None else []
     assert len(expand(*load_sweep(path, overrides))) == cells, where
+
+
+def test_a_coord_check_config_trains_the_models_its_readme_says():
+    # configs/supar/README.md said 90 models for coord_check_small.yaml: (4 widths + 5 densities)
+    # x 3 parametrizations x 3 seeds is 81
+    readme = ROOT / "configs/supar/README.md"
+    rows = [[c.strip() for c in row.strip().strip("|").split("|")] for row in readme.read_text().splitlines()]
+    claims = [(readme.parent / cols[0].strip("`"), int(m.group(1))) for cols in rows if len(cols) > 2
+              for m in [re.match(r"(\d+) models\b", cols[-1])] if m]
+    assert claims
+    for path, models in claims:
+        _, spec = load_coord_check(path)
+        axes = len(spec["widths"] or []) + len(spec["densities"] or [])
+        assert axes * len(spec["parametrizations"]) * len(spec["seeds"]) == models, path.name
