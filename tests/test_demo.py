@@ -42,3 +42,23 @@ def test_the_demo_writes_only_into_a_directory_it_wrote(tmp_path, capsys, monkey
     assert ran == ([str(out)] if ours else []) and sorted(p.name for p in out.iterdir()) == before
     if not ours:
         assert "is not a directory `catapult demo` wrote" in capsys.readouterr().err
+
+
+def test_write_configs_replaces_only_the_configs_it_wrote(tmp_path, capsys):
+    # a user's own fig1_sp_T64.yaml in the directory was overwritten without a word
+    out = tmp_path / "cfgs"
+    assert cli.main(["demo", "--write-configs", str(out)]) == 0
+    written = sorted(p.name for p in out.iterdir())
+    assert len(written) == 8 and "fig1_sp_T64.yaml" in written
+    (out / "fig1_sp_T1.yaml").write_text("# earlier\n")
+    mine = "# my own variant\nname: fig1_sp_T64\noptimizer: {name: sgd, lr: 64/lambda0}\n"
+    (out / "fig1_sp_T64.yaml").write_text(mine)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert cli.main(["demo", "--write-configs", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--write-configs" in err and "fig1_sp_T1.yaml, fig1_sp_T64.yaml" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before   # nothing written, not even ours
+    (out / "fig1_sp_T1.yaml").unlink()
+    (out / "fig1_sp_T64.yaml").unlink()
+    assert cli.main(["demo", "--write-configs", str(out)]) == 0        # its own earlier files: replaced
+    assert sorted(p.name for p in out.iterdir()) == written
