@@ -100,3 +100,17 @@ def test_console_script_entry_point_is_installed():
         pytest.skip("package not installed with its console script")
     proc = subprocess.run([str(exe), "train", "nonexistent.yaml"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "not found" in proc.stderr
+
+
+def test_sweep_help_says_which_chunks_the_ensemble_memory_budget_sizes(capsys):
+    # the help said the budget sizes every batched chunk; EnsembleExecutor applies memory_mb to the
+    # hand-kernel (MLP) chunks only and sizes torch.func chunks from batched_memory.memory_budget
+    # (free GPU memory, or DEFAULT_FRACTION of the RAM)
+    from catapult.sweep.batched_memory import DEFAULT_FRACTION
+
+    with pytest.raises(SystemExit):
+        cli.main(["sweep", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    option = text[text.index("--ensemble-memory-mb MB ensemble executor"):text.index("--no-kernels ensemble")]
+    assert "hand-derived kernels (the MLP cells they cover; default 2048)" in option and "torch.func chunks" in option
+    assert DEFAULT_FRACTION == 0.25 and "a quarter of the RAM" in option

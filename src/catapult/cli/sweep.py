@@ -57,8 +57,10 @@ def register(subparsers) -> None:
     p.add_argument("--num-cpus", type=int, metavar="N", help="CPUs of a local Ray instance (default: all)")
     p.add_argument("--chunk-size", type=int, default=1, metavar="N", help="cells per Ray task (default 1)")
     p.add_argument("--ensemble-memory-mb", type=float, metavar="MB",
-                   help="ensemble executor: memory budget of one batched chunk in MiB (default 2048); "
-                        "a group of cells larger than the budget trains in several chunks")
+                   help="ensemble executor: memory budget in MiB of one chunk on the hand-derived "
+                        "kernels (the MLP cells they cover; default 2048); a group of cells larger than the budget "
+                        "trains in several chunks. torch.func chunks (any other cell, or --no-kernels) "
+                        "are sized to the free GPU memory, or a quarter of the RAM on the CPU")
     p.add_argument("--no-kernels", action="store_true",
                    help="ensemble: train every batchable cell on the torch.func engine, also the MLP "
                         "cells the hand-derived kernels (the fast path) would take")
