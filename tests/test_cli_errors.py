@@ -467,3 +467,23 @@ def test_a_bad_option_is_named_as_the_option_not_as_an_invalid_config(tmp_path, 
 def test_a_bad_config_key_is_still_an_invalid_config(tiny, tmp_path, capsys):
     code, err = _train(capsys, tiny, "optimizer.lrr=1", "--out", tmp_path / "run")
     assert code == 2 and err.startswith("catapult train: error: invalid config: optimizer.lrr: unknown key")
+
+
+def test_a_sweep_without_its_cifar_files_is_refused_before_the_store(tmp_path, capsys):
+    # the sweep wrote its store and recorded every cell 'failed' (lambda_0 could not load the
+    # data), exit 0, without a word under --progress none; catapult train on the same config exits 2
+    from test_data_cifar import make_cifar10
+
+    config = tmp_path / "cifar_sweep.yaml"
+    config.write_text("name: cifar_sweep\ndata: {name: cifar10, n_train: 8, n_test: 6}\n"
+                      "model: {width: 8, depth: 2}\noptimizer: {lr: 2/lambda0}\ntrain: {steps: 2}\n"
+                      "eval: {sharpness_every: 0, test_every: 0}\nsweep: {grid: {schedule.warmup_steps: [1, 2]}}\n")
+    store = tmp_path / "s.db"
+    argv = ["sweep", str(config), "--store", str(store), "--progress", "none", "--threads", "1"]
+    assert cli.main([*argv, f"data.root={tmp_path / 'cifar'}"]) == 2
+    err = capsys.readouterr().err
+    assert "CIFAR-10 not found" in err and str(tmp_path / "cifar") in err and "Traceback" not in err
+    assert not store.exists()
+    make_cifar10(tmp_path / "cifar")
+    assert cli.main([*argv, f"data.root={tmp_path / 'cifar'}"]) == 0
+    assert "2 cells: 2 finished" in capsys.readouterr().out

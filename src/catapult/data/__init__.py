@@ -20,13 +20,13 @@ import functools
 import os
 
 from catapult.data.augment import Augment
-from catapult.data.cifar import CorruptDataError, load_cifar10, load_cifar100
+from catapult.data.cifar import CorruptDataError, find_cifar, load_cifar10, load_cifar100
 from catapult.data.digits import load_digits
 from catapult.data.safe_pickle import CorruptPickleError, UnsafePickleError
 from catapult.data.split import Split, first_n, one_hot, standardize_per_sample
 from catapult.data import text
 
-__all__ = ["Split", "Augment", "load_digits", "load_cifar10", "load_cifar100", "load_dataset", "DATASETS",
+__all__ = ["Split", "Augment", "load_digits", "load_cifar10", "load_cifar100", "find_cifar", "load_dataset", "DATASETS",
            "IMAGE_DATASETS", "TEXT_DATASETS",
            "standardize_per_sample", "first_n", "one_hot", "UnsafePickleError", "CorruptPickleError",
            "CorruptDataError", "text"]

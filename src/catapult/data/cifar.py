@@ -31,7 +31,7 @@ import torch
 from catapult.data.safe_pickle import safe_loads
 from catapult.data.split import Split, check_count, standardize_per_sample
 
-__all__ = ["load_cifar10", "load_cifar100", "CIFAR10_URL", "CIFAR100_URL", "DATA_ENV", "CorruptDataError"]
+__all__ = ["load_cifar10", "load_cifar100", "find_cifar", "CIFAR10_URL", "CIFAR100_URL", "DATA_ENV", "CorruptDataError"]
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
@@ -325,6 +325,16 @@ def _load(fmt: _Format, name: str, root, n_train, n_test, standardize: bool, lab
         x_test=_to_inputs(x_te, standardize), y_test=torch.from_numpy(y_te),
         num_classes=num_classes, name=name, classes=classes,
     )
+
+
+def find_cifar(name: str, root: str | os.PathLike | None = None) -> None:
+    """Check that the files of ``name`` (``"cifar10"`` or ``"cifar100"``) are found at ``root``
+    as `load_cifar10` / `load_cifar100` look for them, without reading them: raises the
+    FileNotFoundError those raise (every path looked at and the download URL)."""
+    formats = {"cifar10": _CIFAR10, "cifar100": _CIFAR100}
+    if name not in formats:
+        raise ValueError(f"find_cifar: name must be one of {', '.join(formats)}, got {name!r}")
+    _open_source(formats[name], root).close()
 
 
 def load_cifar10(root: str | os.PathLike | None = None, n_train: int | None = None,

@@ -41,7 +41,8 @@ from catapult.sweep.executors import Cell, CellResult, Executor, get_executor, t
 from catapult.sweep.lambda0 import lambda0_inputs, lambda0_key, measure_lambda0, needs_lambda0, resolve_cell_lr
 from catapult.sweep.spec import CellSpec, SweepSpec, canonical_json, cell_problems, cells_error, expand, spec_document
 
-__all__ = ["run_sweep", "SweepOutcome", "SweepProgress", "axes_metadata", "refuse_impossible_cells"]
+__all__ = ["run_sweep", "SweepOutcome", "SweepProgress", "axes_metadata", "refuse_impossible_cells",
+           "refuse_missing_data"]
 
 
 @dataclass
@@ -191,6 +192,21 @@ def refuse_impossible_cells(cells: list[CellSpec]) -> None:
         raise cells_error(problems)
 
 
+def refuse_missing_data(cells: list[CellSpec]) -> None:
+    """Raise the CIFAR loader's FileNotFoundError (every path looked at, where to get the files)
+    when this machine lacks the files a cell trains on, before the store is written: every cell
+    of that data would fail, lambda_0 first. Each (name, root) is looked up once; nothing is read."""
+    from catapult.data import find_cifar
+
+    seen: set[tuple[str, str | None]] = set()
+    for cell in cells:
+        data = cell.config["data"]
+        key = (data["name"], data["root"])
+        if data["name"] in ("cifar10", "cifar100") and key not in seen:
+            seen.add(key)
+            find_cifar(data["name"], data["root"])
+
+
 def _spectrum_problem(config: Mapping[str, Any], shapes: dict) -> cfg.ConfigError | None:
     """:func:`catapult.engine.check_spectrum_fits`'s error for ``config``, or None; ``shapes``
     caches ``(in_features, classes)`` per data section (None: the data did not load, which the
@@ -253,7 +269,8 @@ def run_sweep(
     if engine.runs_here:
         try:
             refuse_impossible_cells(cells)
-        except cfg.ConfigError:
+            refuse_missing_data(cells)
+        except (cfg.ConfigError, FileNotFoundError):
             engine.close()
             raise
     lambda0_fn = lambda0_fn or measure_lambda0
