@@ -487,3 +487,20 @@ def test_a_sweep_without_its_cifar_files_is_refused_before_the_store(tmp_path, c
     make_cifar10(tmp_path / "cifar")
     assert cli.main([*argv, f"data.root={tmp_path / 'cifar'}"]) == 0
     assert "2 cells: 2 finished" in capsys.readouterr().out
+
+
+def test_a_reader_of_stdout_that_goes_away_is_no_input_error(tmp_path, capsys, monkeypatch):
+    # `catapult sweep CONFIG --dry-run | head -1` printed "catapult sweep: error: Broken pipe" and
+    # exited 2, the code of bad input
+    class ClosedPipe:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    config = tmp_path / "grid.yaml"
+    config.write_text(TINY + "sweep: {grid: {optimizer.lr: [0.1, 0.2]}}\n")
+    monkeypatch.setattr("sys.stdout", ClosedPipe())
+    assert cli.main(["sweep", str(config), "--dry-run", "--store", str(tmp_path / "s.db")]) == 141
+    assert capsys.readouterr().err == "" and not (tmp_path / "s.db").exists()

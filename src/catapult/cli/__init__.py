@@ -8,11 +8,13 @@ any work.
 Exit codes: 0 success (a diverged run is a result, still 0); 2 bad input (config key/value,
 missing, corrupt or hostile config or data file, an unusable run directory, a full disk),
 with a short message on stderr (at most :data:`MAX_MESSAGE` characters, no traceback) and no
-partial run directory left behind.
+partial run directory left behind; 141 (128 + SIGPIPE, no message) when the reader of stdout
+went away, as in ``catapult sweep CONFIG --dry-run | head``.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sqlite3
 import sys
 from pathlib import Path
@@ -80,6 +82,9 @@ def main(argv: Sequence[str] | None = None, commands: Sequence = COMMANDS) -> in
     except RunDirectoryError as err:
         _error(args.command, str(err))
         return 2
+    except BrokenPipeError:  # whoever read stdout stopped (`catapult sweep --dry-run | head`): no error of the input
+        _detach_stdout()
+        return 141
     except OSError as err:  # a full disk, a read-only directory, a directory where a file goes
         _error(args.command, _os_problem(err))
         return 2
@@ -98,6 +103,21 @@ def main(argv: Sequence[str] | None = None, commands: Sequence = COMMANDS) -> in
     except KeyboardInterrupt:
         _error(args.command, "interrupted")
         return 130
+
+
+def _detach_stdout() -> None:
+    """Point stdout at the null device, so that the interpreter's flush at exit does not hit the
+    closed pipe again (and print "Exception ignored ... BrokenPipeError")."""
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # a stdout without a file descriptor (captured)
+        pass
 
 
 def _config_problem(err: ConfigError) -> str:
