@@ -162,7 +162,7 @@ def build_report(store, *, title: str | None = None, metric: str = "test_accurac
         parts.append("<h2>lambda_0 (sharpness at initialization)</h2><table><tr><th>key</th><th>seed</th>"
                      "<th>lambda_0</th></tr>")
         for row in lam:
-            inputs = json.loads(row["inputs_json"]) if row["inputs_json"] else {}
+            inputs = store.json_field(row["inputs_json"] or None, f"lambda0 {row['key']!r} inputs_json") or {}
             parts.append(f"<tr><td class='text'>{html.escape(row['key'])}</td><td>{_fmt(inputs.get('seed'))}</td>"
                          f"<td>{_fmt(row['value'])}</td></tr>")
         parts.append("</table>")

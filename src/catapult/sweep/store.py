@@ -200,6 +200,8 @@ class Store:
             version = self.meta("schema_version")  # the first read of a page: a damaged file fails here
         except sqlite3.DatabaseError as err:
             raise StoreError(f"{self.path} is not a usable catapult sweep store (SQLite says: {err})") from None
+        if version is not None and not version.isdigit():
+            raise StoreError(f"{self.path} is damaged: its schema_version {version[:40]!r} is not a number")
         if version is not None and int(version) > SCHEMA_VERSION:
             raise StoreError(f"{self.path} was written by a newer catapult (store schema {version}; "
                              f"this one reads {SCHEMA_VERSION})")
@@ -231,6 +233,21 @@ class Store:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def json_field(self, text: str | None, what: str, kind: type = dict) -> Any:
+        """``text`` (a JSON column of this store) parsed, or ``None`` for ``None``; a value that
+        is not JSON, or not of ``kind``, is a :class:`StoreError` naming ``what`` (a damaged or
+        hand-edited store is refused with a message, not a traceback from its consumer)."""
+        if text is None:
+            return None
+        try:
+            value = json.loads(text)
+        except (TypeError, ValueError, RecursionError) as err:
+            raise StoreError(f"{self.path} is damaged: {what} is not valid JSON ({err})") from None
+        if not isinstance(value, kind):
+            raise StoreError(f"{self.path} is damaged: {what} is a JSON {type(value).__name__}, "
+                             f"not a {kind.__name__}")
+        return value
 
     def meta(self, key: str) -> str | None:
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -272,7 +289,7 @@ class Store:
                 )
                 return "new"
             if stored != digest:
-                old = json.loads(self.meta("spec_json"))
+                old = self.json_field(self.meta("spec_json"), "meta spec_json")
                 raise SpecChanged(self.path, diff_documents(old, json.loads(canonical_json(document))))
             return "resumed"
 
@@ -281,12 +298,20 @@ class Store:
         text = self.meta("spec_json")
         if text is None:
             raise StoreError(f"{self.path} holds no sweep yet")
-        return json.loads(text)
+        spec = self.json_field(text, "meta spec_json")
+        for part in ("base", "sweep"):
+            if not isinstance(spec.get(part), dict):
+                raise StoreError(f"{self.path} is damaged: meta spec_json has no {part!r} mapping")
+        return spec
 
     def axes(self) -> list[dict]:
         """Per-axis metadata: ``[{key, values, labels, form, title}, ...]`` in axis order."""
-        text = self.meta("axes_json")
-        return json.loads(text) if text else []
+        axes = self.json_field(self.meta("axes_json") or "[]", "meta axes_json", list)
+        if not all(isinstance(a, dict) and isinstance(a.get("key"), str) and isinstance(a.get("values"), list)
+                   and isinstance(a.get("labels"), list) and len(a["labels"]) == len(a["values"]) for a in axes):
+            raise StoreError(f"{self.path} is damaged: meta axes_json is not a list of axes "
+                             "(each a key with its values and as many labels)")
+        return axes
 
     def cell_ids(self, statuses: Iterable[str] | None = None) -> list[int]:
         """Ids of the cells with one of ``statuses`` (all cells if ``None``), in grid order."""
@@ -393,10 +418,10 @@ class Store:
             d = dict(row)
             if d["id"] in interrupted:
                 d["status"] = "interrupted"
-            d["config"] = json.loads(d.pop("config_json"))
-            d["swept"] = json.loads(d.pop("swept_json"))
-            summary = d.pop("summary_json")
-            d["summary"] = json.loads(summary) if summary else None
+            where = f"cell {d['id']}"
+            d["config"] = self.json_field(d.pop("config_json"), f"{where} config_json")
+            d["swept"] = self.json_field(d.pop("swept_json"), f"{where} swept_json")
+            d["summary"] = self.json_field(d.pop("summary_json") or None, f"{where} summary_json")
             if d["status"] == "finished" and (d["summary"] or {}).get("status") == "collapsed":
                 d["status"] = "collapsed"
             out.append(d)
@@ -416,7 +441,7 @@ class Store:
             d.pop("cell_id")
             extra = d.pop("extra_json")
             if extra:
-                d.update(json.loads(extra))
+                d.update(self.json_field(extra, f"cell {cell_id} step {d['step']} extra_json"))
             out.append(d)
         return out
 
