@@ -40,3 +40,20 @@ def test_an_old_store_resumes_with_nothing_to_run(tmp_path, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "0 run now, 12 already in the store" in out, out
+
+
+def test_an_old_store_of_another_sweep_is_refused_and_left_as_it_was(tmp_path, capsys):
+    # given by mistake to another sweep, the old store was upgraded in place (application_id,
+    # new tables) before the spec check refused it: a file changed by a command that did nothing
+    import hashlib
+
+    from catapult.sweep.store_file import identify
+
+    store = _copy(tmp_path)
+    before = hashlib.sha256(store.read_bytes()).hexdigest()
+    code = main(["sweep", str(ROOT / "configs" / "smoke" / "phase_diagram.yaml"), "--store", str(store),
+                 "--threads", "1", "--progress", "none", *OVERRIDES, "train.steps=21"])
+    assert code == 2
+    assert "holds a different sweep" in capsys.readouterr().err
+    assert hashlib.sha256(store.read_bytes()).hexdigest() == before and identify(store) == "legacy"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.db"]

@@ -37,6 +37,7 @@ from catapult.engine.build import load_data, resolve_device
 from catapult.engine.model_size import check_model_fits, check_spectrum_fits, model_parameters
 from catapult.sweep.claims import HEARTBEAT_S, Heartbeat
 from catapult.sweep.store import DONE_STATUSES, Store
+from catapult.sweep.store_file import identify
 from catapult.sweep.executors import Cell, CellResult, Executor, get_executor, torch_threads, worker_name
 from catapult.sweep.lambda0 import lambda0_inputs, lambda0_key, measure_lambda0, needs_lambda0, resolve_cell_lr
 from catapult.sweep.spec import CellSpec, SweepSpec, canonical_json, cell_problems, cells_error, expand, spec_document
@@ -276,6 +277,11 @@ def run_sweep(
     lambda0_fn = lambda0_fn or measure_lambda0
     name = base.get("name") or "sweep"
     try:
+        # another sweep's store is refused before it is opened for writing (which upgrades a
+        # store of catapult 0.1.0); any other file is refused by the writer's own check
+        if Path(store_path).is_file() and identify(store_path) != "foreign":
+            with Store(store_path, create=False) as existing:
+                existing.check_spec(document)
         with Store(store_path) as store:
             mode = store.open_sweep(document, cells, axes=axes_metadata(spec))
             driver_id = store.register_driver()

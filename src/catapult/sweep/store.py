@@ -265,11 +265,11 @@ class Store:
         :class:`SpecChanged` naming each changed key; nothing is modified then.
         """
         from catapult import __version__
-        from catapult.sweep.spec import canonical_json, diff_documents, spec_hash
+        from catapult.sweep.spec import canonical_json, spec_hash
 
         digest = spec_hash(document)
         with self.transaction() as conn:
-            stored = self.meta("spec_hash")
+            stored = self.check_spec(document)
             if stored is None:
                 n = conn.execute("SELECT COUNT(*) FROM cells").fetchone()[0]
                 if n:
@@ -288,10 +288,20 @@ class Store:
                     [(c.id, _json(c.config), _json(c.swept)) for c in cells],
                 )
                 return "new"
-            if stored != digest:
-                old = self.json_field(self.meta("spec_json"), "meta spec_json")
-                raise SpecChanged(self.path, diff_documents(old, json.loads(canonical_json(document))))
             return "resumed"
+
+    def check_spec(self, document: Mapping[str, Any]) -> str | None:
+        """Raise :class:`SpecChanged` if this store holds a sweep other than ``document``'s;
+        return the stored spec hash (``None``: no sweep yet). Reads only, so a store opened with
+        ``create=False`` can be checked before it is opened for writing (which upgrades a store
+        of catapult 0.1.0): a store of another sweep, given by mistake, is left as it was."""
+        from catapult.sweep.spec import canonical_json, diff_documents, spec_hash
+
+        stored = self.meta("spec_hash")
+        if stored is not None and stored != spec_hash(document):
+            old = self.json_field(self.meta("spec_json"), "meta spec_json")
+            raise SpecChanged(self.path, diff_documents(old, json.loads(canonical_json(document))))
+        return stored
 
     def spec(self) -> dict:
         """The stored spec document (``{"base": ..., "sweep": ...}``)."""
