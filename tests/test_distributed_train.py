@@ -171,3 +171,24 @@ def test_a_token_id_out_of_range_is_refused_before_any_step(tmp_path, capsys, ba
     err = capsys.readouterr().err
     assert "data.root" in err and "part0.npy" in err and words in err and "Traceback" not in err
     assert not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available() and torch.distributed.is_nccl_available(),
+                    reason="this machine can run nccl")
+def test_train_ddp_backend_nccl_without_cuda_exits_2_before_any_work(tmp_path, capsys, monkeypatch):
+    # under torchrun every rank raised "Distributed package doesn't have NCCL built in" (or no
+    # GPU) from init_process_group: a traceback per rank, exit 1
+    import yaml
+
+    from catapult.cli import main
+
+    (tmp_path / "shards").mkdir()
+    config = tmp_path / "ddp.yaml"
+    config.write_text(yaml.safe_dump(_config(_shards(tmp_path / "shards"), steps=2)))
+    monkeypatch.setenv("WORLD_SIZE", "2")   # as torchrun sets it (no group is started: refused first)
+    monkeypatch.setenv("RANK", "0")
+    out = tmp_path / "run"
+    assert main(["train-ddp", str(config), "--out", str(out), "--backend", "nccl"]) == 2
+    err = capsys.readouterr().err
+    assert "--backend" in err and "nccl" in err and "gloo" in err and "Traceback" not in err
+    assert not out.exists()

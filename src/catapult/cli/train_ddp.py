@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from catapult.cli.common import add_config_arguments, config_from_args
+from catapult.config import ConfigError
 
 
 def register(subparsers) -> None:
@@ -32,7 +33,6 @@ def register(subparsers) -> None:
 
 
 def _command(args) -> int:
-    import torch
     import torch.distributed as dist
 
     from catapult.engine.distributed import train_ddp
@@ -41,12 +41,14 @@ def _command(args) -> int:
 
     config = config_from_args(args)
     out = Path(args.out) if args.out else Path("runs") / config["name"]
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    backend = None
+    if world > 1 and not (dist.is_available() and dist.is_initialized()):  # every rank, before any work
+        backend = _backend(args.backend)
     if int(os.environ.get("RANK", "0")) == 0:  # the writer checks, before any work (exit 2 if in the way)
         check_out_dir(out, overwrite=args.overwrite)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
     started = False
-    if world > 1 and not dist.is_initialized():
-        backend = args.backend if args.backend != "auto" else ("nccl" if torch.cuda.is_available() else "gloo")
+    if backend is not None:
         dist.init_process_group(backend)
         started = True
     try:
@@ -61,3 +63,22 @@ def _command(args) -> int:
         print(f"train-ddp: {len(result.losses)} steps on {world} process(es), final train loss {last:.4f}, "
               f"{result.tokens_per_second:,.0f} tokens/s; wrote {out}/ (metrics.csv, model.pt)")
     return 0
+
+
+def _backend(choice: str) -> str:
+    """The process-group backend ``--backend choice`` names (auto: nccl with CUDA, else gloo), or
+    a ConfigError naming ``--backend`` when this machine's torch cannot run it (it was a
+    RuntimeError traceback from ``init_process_group`` on every rank)."""
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        raise ConfigError([("--backend", "this torch is built without torch.distributed; "
+                                         "run train-ddp without torchrun (one process)")])
+    backend = choice if choice != "auto" else ("nccl" if torch.cuda.is_available() else "gloo")
+    if backend == "nccl" and not (dist.is_nccl_available() and torch.cuda.is_available()):
+        why = "no CUDA GPU is visible" if dist.is_nccl_available() else "this torch is built without NCCL"
+        raise ConfigError([("--backend", f"nccl needs CUDA GPUs and NCCL, and {why}; use --backend gloo")])
+    if backend == "gloo" and not dist.is_gloo_available():
+        raise ConfigError([("--backend", "this torch is built without gloo; use --backend nccl on CUDA GPUs")])
+    return backend
