@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from catapult import config as cfg
 from catapult.sweep import parse_sweep
 from catapult.sweep.claims import LEASE_S
@@ -83,3 +85,44 @@ def test_a_failure_is_retried_by_a_later_driver_only(tmp_path):
         assert store.record(0, CellResult("failed", [], {}, error="boom"), driver_id=one) == "failed"
         assert not store.claim(0, two, retry_failed_before=since)  # failed in this session: final
         assert store.claim(0, two, retry_failed_before=time.time() + 1)  # a driver started later retries
+
+
+def _pid_namespace_ok() -> str | None:
+    import shutil
+
+    if shutil.which("unshare") is None:
+        return "needs `unshare`"
+    probe = subprocess.run(["unshare", "-p", "-f", "-m", "--mount-proc", "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return f"cannot create a PID namespace here ({probe.stderr.strip()[:200]})"
+    return None
+
+
+CHECK_FROM_ANOTHER_PID_NAMESPACE = """
+import json, sys
+from catapult.sweep.store import Store
+with Store(sys.argv[1], create=False) as store:
+    print(json.dumps(sorted(store.interrupted_ids())))
+"""
+
+
+def test_a_live_driver_is_not_taken_for_dead_from_another_pid_namespace(tmp_path):
+    # a container with the host's name (docker --network host, a hostNetwork pod) sees another pid
+    # space: the host's driver pid did not exist there, so its running cells read interrupted at
+    # once and were taken over and computed again while it ran them
+    import json
+
+    reason = _pid_namespace_ok()
+    if reason:
+        pytest.skip(reason)
+    path = _store(tmp_path / "s.db")
+    with Store(path) as store:
+        driver = store.register_driver()  # this process: alive, heartbeat fresh
+        assert store.claim(0, driver)
+        assert store.interrupted_ids() == set()  # seen from here: alive
+        script = tmp_path / "check.py"
+        script.write_text(CHECK_FROM_ANOTHER_PID_NAMESPACE)
+        out = subprocess.run(["unshare", "-p", "-f", "-m", "--mount-proc", sys.executable, str(script), str(path)],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert json.loads(out.stdout) == []  # alive there too, until its lease runs out

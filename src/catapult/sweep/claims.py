@@ -13,7 +13,9 @@ A result is recorded only while its driver still holds the claim, so each cell f
 
 A driver is *alive* when its heartbeat is younger than :data:`LEASE_S` and, on this host, its
 process still exists (a ``kill -9``'d driver on this machine is noticed at once; one on
-another machine when its lease runs out). The claims of a dead driver may be taken over.
+another machine when its lease runs out). "This host" is :func:`host_id`: the hostname and
+the PID namespace, since a pid means nothing in another one (a container sharing the host's
+name, e.g. ``docker --network host`` or a Kubernetes ``hostNetwork`` pod). The claims of a dead driver may be taken over.
 A cell that is ``running`` with no live claim was *interrupted* (Ctrl-C, kill -9).
 """
 from __future__ import annotations
@@ -27,7 +29,8 @@ import uuid
 from pathlib import Path
 from typing import Mapping
 
-__all__ = ["CLAIMS_DDL", "LEASE_S", "HEARTBEAT_S", "new_driver_id", "pid_alive", "driver_alive", "Heartbeat"]
+__all__ = ["CLAIMS_DDL", "LEASE_S", "HEARTBEAT_S", "new_driver_id", "host_id", "pid_alive", "driver_alive",
+           "Heartbeat"]
 
 #: A driver whose heartbeat is older than this (seconds) is dead; its claims can be taken.
 LEASE_S = 60.0
@@ -48,6 +51,16 @@ CREATE TABLE IF NOT EXISTS claims (
 def new_driver_id() -> str:
     """``host:pid:random`` -- unique even when a pid is reused."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def host_id() -> str:
+    """Where this process's pids mean something: ``"hostname"``, with `` pid:[inode]`` (its PID
+    namespace) where ``/proc`` shows it. Two drivers compare pids only when this is equal."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return socket.gethostname()
+    return f"{socket.gethostname()} {namespace}"
 
 
 def pid_alive(pid: int) -> bool:
@@ -75,7 +88,7 @@ def driver_alive(row: Mapping | None, now: float | None = None, lease_s: float |
     now = time.time() if now is None else now
     if now - float(row["heartbeat"]) > (LEASE_S if lease_s is None else lease_s):
         return False
-    if row["host"] == socket.gethostname():
+    if row["host"] == host_id():
         return pid_alive(int(row["pid"]))
     return True
 

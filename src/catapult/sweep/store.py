@@ -51,7 +51,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from catapult.sweep.claims import CLAIMS_DDL, LEASE_S, driver_alive, new_driver_id
+from catapult.sweep.claims import CLAIMS_DDL, LEASE_S, driver_alive, host_id, new_driver_id
 from catapult.sweep.store_file import APPLICATION_ID, connect_readonly, create_store_file, identify
 
 __all__ = [
@@ -369,8 +369,6 @@ class Store:
 
     def register_driver(self) -> str:
         """Enter a new driver (this process) and return its id; see :mod:`catapult.sweep.claims`."""
-        import socket
-
         driver_id = new_driver_id()
         now = time.time()
         with self.transaction() as conn:
@@ -378,7 +376,7 @@ class Store:
             conn.execute("DELETE FROM drivers WHERE heartbeat < ? AND id NOT IN (SELECT driver FROM claims)",
                          (now - 10 * LEASE_S,))
             conn.execute("INSERT INTO drivers(id, host, pid, started_at, heartbeat) VALUES (?, ?, ?, ?, ?)",
-                         (driver_id, socket.gethostname(), os.getpid(), now, now))
+                         (driver_id, host_id(), os.getpid(), now, now))
         return driver_id
 
     def release_driver(self, driver_id: str) -> None:
