@@ -332,3 +332,27 @@ def test_plot_shows_the_last_logged_spectrum(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["plot", str(logged), "--metric", "eig_0"])
     assert exit_.value.code == 2 and "unknown metric 'eig_0'" in capsys.readouterr().err
+
+
+def test_a_lambda0_another_driver_stored_first_is_the_one_every_cell_uses(tmp_path):
+    # two sweeps on one store measure lambda_0 at once; the later measurement (another thread
+    # count or CPU rounds differently) replaced the first in the cache while the cells of each
+    # driver resolved their lr with their own: one phase diagram over two lambda_0 values
+    config, spec = _sweep(seeds=(0,))
+    path = tmp_path / "s.db"
+
+    def lambda0_racing_another_driver(cell_config):
+        with Store(path) as other:  # the other driver stores 2.5 while this one measures
+            other.put_lambda0(lambda0_key(cell_config), 2.5)
+        return 2.0 + 1e-7
+
+    _run(config, spec, path, FakeRun(diverge_above=1.0), lambda0_racing_another_driver)
+    with Store(path, create=False) as store:
+        cells = store.cells()
+        assert store.get_lambda0(lambda0_key(cells[0]["config"])) == 2.5
+        for cell in cells:
+            assert cell["lambda_0"] == 2.5
+            assert cell["lr_target"] == pytest.approx(cfg.resolve_lr(cell["swept"]["optimizer.lr"], 2.5), rel=1e-15)
+    with Store(tmp_path / "t.db") as store:  # the first value stored is kept and returned
+        assert store.put_lambda0("k", 3.0) == 3.0 and store.put_lambda0("k", 4.0) == 3.0
+        assert store.get_lambda0("k") == 3.0

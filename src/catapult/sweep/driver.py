@@ -318,7 +318,8 @@ def run_sweep(
                                 else:
                                     measured += 1
                                     if math.isfinite(cached) and cached > 0:
-                                        store.put_lambda0(key, cached, lambda0_inputs(cell.config))
+                                        # another driver may have stored its measurement first
+                                        cached = store.put_lambda0(key, cached, lambda0_inputs(cell.config))
                                     else:
                                         errors[key] = (f"lambda_0 = {cached!r} is not a positive finite number; "
                                                        f"cannot resolve optimizer.lr={cell.config['optimizer']['lr']!r}")

@@ -534,11 +534,15 @@ class Store:
         row = self.conn.execute("SELECT value FROM lambda0 WHERE key = ?", (key,)).fetchone()
         return None if row is None else float(row[0])
 
-    def put_lambda0(self, key: str, value: float, inputs: Mapping[str, Any] | None = None) -> None:
-        """Cache one lambda_0 (its own transaction)."""
+    def put_lambda0(self, key: str, value: float, inputs: Mapping[str, Any] | None = None) -> float:
+        """Cache one lambda_0 (its own transaction) and return the cached value: the first one
+        stored wins, so a driver that measured the same key at once with another (a concurrent
+        sweep on this store, whose thread count or CPU may round differently) resolves its cells'
+        lr with the value every other cell of the sweep uses."""
         with self.transaction() as conn:
-            conn.execute("INSERT OR REPLACE INTO lambda0(key, value, inputs_json, measured_at) VALUES (?, ?, ?, ?)",
+            conn.execute("INSERT OR IGNORE INTO lambda0(key, value, inputs_json, measured_at) VALUES (?, ?, ?, ?)",
                          (key, float(value), _json(inputs) if inputs is not None else None, time.time()))
+            return float(conn.execute("SELECT value FROM lambda0 WHERE key = ?", (key,)).fetchone()[0])
 
     def lambda0_table(self) -> list[dict]:
         return [dict(r) for r in self.conn.execute("SELECT key, value, inputs_json, measured_at FROM lambda0")]
