@@ -82,6 +82,9 @@ def test_text_key_names_the_field_and_the_column(tmp_path):
     ('{"text": "fine"}\n["a", "list"]\n', r"bad\.jsonl:2: a JSON list"),
     ('{"text": "fine"}\n\n{"txt": "typo"}\n', r"bad\.jsonl:3: no 'text' field"),
     ('{"text": 12}\n', r"bad\.jsonl:1: field 'text' holds int"),
+    ('{"text": "fine"}\n' + "[" * 100_000 + "]" * 100_000 + "\n", r"bad\.jsonl:2: not a JSON object \(nested too deeply"),
+    ('{"text": "x", "n": ' + "1" * 5000 + "}\n", r"bad\.jsonl:1: not a JSON object \(Exceeds the limit"),
+    ('{"text": "fine"}\n{"text": "a\\ud800b"}\n', r"bad\.jsonl:2: field 'text' holds a lone surrogate \('\\ud800'\)"),
 ])
 def test_bad_jsonl_names_the_file_and_line(tmp_path, content, where):
     (tmp_path / "bad.jsonl").write_text(content)

@@ -79,6 +79,10 @@ def _jsonl_texts(path: Path, key: str) -> Iterator[str]:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise _bad(path, f":{number}", f"not a JSON object ({exc.msg}, column {exc.colno})") from None
+            except ValueError as exc:  # json's own limits: an integer of more than 4,300 digits
+                raise _bad(path, f":{number}", f"not a JSON object ({str(exc).split(':')[0][:80]})") from None
+            except RecursionError:
+                raise _bad(path, f":{number}", "not a JSON object (nested too deeply)") from None
             if not isinstance(record, dict):
                 raise _bad(path, f":{number}", f"a JSON {type(record).__name__}, expected an object "
                                                f"with a {key!r} field")
@@ -88,6 +92,11 @@ def _jsonl_texts(path: Path, key: str) -> Iterator[str]:
             text = record[key]
             if not isinstance(text, str):
                 raise _bad(path, f":{number}", f"field {key!r} holds {type(text).__name__}, expected a string")
+            try:  # JSON's \ud800 escapes decode to lone surrogates, which no tokenizer can encode
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise _bad(path, f":{number}", f"field {key!r} holds a lone surrogate "
+                                               f"({ascii(text[exc.start])}), not Unicode text") from None
             yield text
 
 
