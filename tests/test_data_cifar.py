@@ -271,3 +271,14 @@ def test_corrupt_or_wrong_batches_name_the_file(tmp_path):
     bogus.write_bytes(b"hello")
     with pytest.raises(ValueError, match="cannot be read as a tar archive"):
         load_cifar10(bogus)
+
+
+def test_a_meta_file_with_names_that_are_not_utf8_gives_no_class_names(tmp_path):
+    # the meta file is optional: one not as expected leaves `classes` None (the data still load);
+    # a name that is not UTF-8 raised a UnicodeDecodeError naming no file instead
+    files = make_cifar10(tmp_path)
+    meta = tmp_path / "cifar-10-batches-py" / "batches.meta"
+    meta.write_bytes(py2_dumps({b"label_names": [b"\xff\xfe"] * 10}))
+    split = load_cifar10(tmp_path)
+    assert split.classes is None
+    np.testing.assert_array_equal(split.y_test.numpy(), files["test_batch"][b"labels"])

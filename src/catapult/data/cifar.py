@@ -276,9 +276,9 @@ def _load_names(source, fmt: _Format, key: str, num_classes: int) -> tuple[str, 
         names = _get(meta, key)
         if len(names) != num_classes:
             return None
-    except (KeyError, TypeError, IndexError, ValueError, AttributeError):
+        names = tuple(n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names)
+    except (KeyError, TypeError, IndexError, ValueError, AttributeError):  # ValueError: a name not UTF-8
         return None
-    names = tuple(n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names)
     return names if len(names) == num_classes else None
 
 
