@@ -149,6 +149,7 @@ def test_bad_weights_exit_2_naming_the_problem(case, tmp_path, capsys):
 @pytest.mark.parametrize("argv, key", [
     (["--top-k", "-1"], "--top-k"),
     (["--density-steps", "0"], "--density-steps"),
+    (["--trace-matvecs", "2"], "--trace-matvecs"),                # Hutch++ needs 3 (a traceback)
     (["--preconditioned"], "--preconditioned"),                  # sgd has no preconditioner
     (["--plot", "x.png", "--density-runs", "0"], "--plot"),
     (["--plot", "no/such/dir/x.png"], "--plot"),

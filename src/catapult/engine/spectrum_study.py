@@ -100,6 +100,8 @@ def measure_spectrum(config: Mapping[str, Any], *, weights: str | Path | None = 
                 for name, value in (("top_k", top_k), ("trace_matvecs", trace_matvecs),
                                     ("density_runs", density_runs))
                 if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0)]
+    if type(trace_matvecs) is int and trace_matvecs in (1, 2):  # Hutch++ splits its products in three
+        problems.append(("--trace-matvecs", f"must be 0 (skip) or an integer >= 3, got {trace_matvecs!r}"))
     if not (isinstance(density_steps, int) and not isinstance(density_steps, bool) and density_steps >= 1):
         problems.append(("--density-steps", f"must be an integer >= 1, got {density_steps!r}"))
     if curvature not in CURVATURES:
