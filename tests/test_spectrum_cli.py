@@ -114,7 +114,8 @@ def _hostile_pickle(path):
     path.write_bytes(pickle.dumps({"layers.0.weight": Payload()}))
 
 
-@pytest.mark.parametrize("case", ["missing", "text", "hostile", "shape", "entries", "nan", "list", "overflow"])
+@pytest.mark.parametrize("case", ["missing", "text", "hostile", "shape", "entries", "nan", "list", "overflow",
+                                  "sparse", "meta", "complex"])
 def test_bad_weights_exit_2_naming_the_problem(case, tmp_path, capsys):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(CONFIG))
@@ -135,12 +136,20 @@ def test_bad_weights_exit_2_naming_the_problem(case, tmp_path, capsys):
         torch.save([1, 2], weights)
     elif case == "overflow":  # finite weights whose outputs are not: the loss is inf
         torch.save({k: torch.full_like(v, 1e300) for k, v in state.items()}, weights)
+    elif case == "sparse":  # these three were a traceback from load_state_dict or the first product
+        torch.save({**state, first: state[first].to_sparse()}, weights)
+    elif case == "meta":
+        torch.save({**state, first: state[first].to("meta")}, weights)
+    elif case == "complex":  # the imaginary part was dropped without a word
+        torch.save({**state, first: state[first] * (1 + 1j)}, weights)
     assert cli.main(["spectrum", str(path), "--weights", str(weights)]) == 2
     err = capsys.readouterr().err
     assert "--weights" in err and "Traceback" not in err and len(err.splitlines()) == 1
     expected = {"missing": "no such file", "text": "not a state_dict", "hostile": "objects other than tensors",
                 "shape": f"{first} has shape (2, 2)", "entries": f"missing {first}; unexpected extra.weight",
-                "nan": "non-finite", "list": "holds no state_dict", "overflow": "the loss on batch 0 is"}[case]
+                "nan": "non-finite", "list": "holds no state_dict", "overflow": "the loss on batch 0 is",
+                "sparse": f"{first} is a sparse tensor", "meta": f"{first} is a meta (data-less) tensor",
+                "complex": f"{first} is a complex tensor"}[case]
     assert expected in err
     assert "weights_only" not in err  # torch's advice to load with weights_only=False is not passed on
     assert not (tmp_path / "w.pt.ran").exists()

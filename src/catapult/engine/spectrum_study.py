@@ -57,6 +57,11 @@ def load_weights(model: nn.Module, path: str | Path, *, key: str = "weights") ->
     if not (isinstance(state, Mapping) and state
             and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())):
         raise cfg.ConfigError([(key, f"{path} holds no state_dict (a mapping of names to tensors)")])
+    for name, tensor in state.items():  # what torch.save of a model's state_dict never holds, refused before use
+        kind = ("sparse" if tensor.layout != torch.strided else "quantized" if tensor.is_quantized
+                else "meta (data-less)" if tensor.is_meta else "complex" if tensor.is_complex() else None)
+        if kind:
+            raise cfg.ConfigError([(key, f"{path}: {name} is a {kind} tensor; a model's weights are dense real tensors")])
     if all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     own = model.state_dict()
