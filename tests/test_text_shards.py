@@ -134,3 +134,30 @@ def test_train_ddp_command_trains_from_text_shards_and_exits_2_on_a_bad_one(tmp_
     assert main(["train-ddp", str(config), "--out", str(tmp_path / "run2")]) == 2
     err = capsys.readouterr().err
     assert "c.jsonl:2" in err and "Traceback" not in err and not (tmp_path / "run2" / "model.pt").exists()
+
+
+@pytest.mark.parametrize("damage, words", [
+    ("tokenizer", r"data\.root: .*bpe-v300-\w+\.json: not a tokenizers JSON file"),
+    ("ids", r"data\.root: .*a\.jsonl\.tokens\.bpe-v300-\w+\.npy: token id 65000 is beyond the tokenizer's \d+ ids"),
+    ("array", r"data\.root: .*a\.jsonl\.tokens\.bpe-v300-\w+\.npy: not a readable \.npy token array"),
+])
+def test_a_damaged_token_cache_is_a_config_error(tmp_path, damage, words):
+    # each was a ValueError traceback out of train-ddp (the ids one mid-run, at the first batch)
+    root = _corpus(tmp_path / "data")
+    cache = tmp_path / "cache"
+    shards = TokenShards(root, VOCAB, cache_dir=cache)
+    assert shards.arrays[0].max() < VOCAB
+    if damage == "tokenizer":
+        [tok_file] = cache.glob("bpe-v300-*.json")
+        tok_file.write_text("garbage")
+    else:
+        [array] = cache.glob("a.jsonl.tokens.*.npy")
+        ids = np.load(array).copy()
+        ids[3] = 65000  # no embedding row: this failed at the first batch that drew it
+        array.unlink()
+        if damage == "ids":
+            np.save(array, ids)
+        else:
+            array.write_bytes(b"x")
+    with pytest.raises(ConfigError, match=words):
+        TokenShards(root, VOCAB, cache_dir=cache)

@@ -114,3 +114,30 @@ def test_vocab_file_loads_back_as_the_same_tokenizer(tmp_path):
     vocab = load_or_train_bpe(TRAIN, 300, tmp_path, "key")
     loaded = BPEVocab.load(tmp_path / bpe_file_name(300, "key"))
     assert loaded.size == vocab.size and torch.equal(loaded.encode(VALID), vocab.encode(VALID))
+
+
+@pytest.mark.parametrize("damage, words", [
+    ("ids", r"text\.train\.bpe-v300-\w+\.npy: token id 299 is beyond the tokenizer's \d+ ids"),
+    ("empty tokenizer", r"bpe-v300-\w+\.json: a tokenizer of 0 ids, not a byte-level BPE of at most 300"),
+])
+def test_a_damaged_token_cache_is_a_config_error_before_training(tmp_path, damage, words):
+    # both were a traceback: an embedding IndexError mid-run, a GPT with vocab_size 0
+    from catapult.engine.build import load_data
+
+    root = _wikitext(tmp_path)
+    first = text.load_corpus("text", root=root, tokenizer="bpe", vocab_size=300)
+    assert first.vocab.size < 300
+    if damage == "ids":
+        [train] = root.glob("text.train.*.npy")
+        ids = np.load(train).copy()
+        ids[7] = 299  # < 300 = data.vocab_size, but no id of this tokenizer
+        train.unlink()
+        np.save(train, ids)
+    else:
+        [tok_file] = root.glob("bpe-v300-*.json")
+        tok_file.write_text(json.dumps({"version": "1.0", "model": {"type": "BPE", "vocab": {}, "merges": []}}))
+    config = validate({"data": {"name": "text", "root": str(root), "tokenizer": "bpe", "vocab_size": 300,
+                                "context": 8}, "model": {"name": "gpt", "width": 8, "depth": 1, "n_heads": 1},
+                       "loss": "cross_entropy"})
+    with pytest.raises(ConfigError, match=words):
+        load_data(config)

@@ -398,8 +398,9 @@ def load_bpe_corpus(name: str, *, root: str | os.PathLike | None = None, val_fra
     files = {split: directory / token_cache.token_file_name(name, split, tokenizer_key)
              for split in ("train", "val", "test")}
     if tokenizer_file.is_file() and files["train"].is_file() and files["val"].is_file():
-        vocab = BPEVocab.load(tokenizer_file)
-        ids = {s: token_cache.as_tensor(token_cache.load_array(f)) for s, f in files.items() if f.is_file()}
+        vocab = BPEVocab.load(tokenizer_file, vocab_size)
+        ids = {s: token_cache.as_tensor(token_cache.load_array(f, vocab.size)) for s, f in files.items()
+               if f.is_file()}
         return TextCorpus(train=ids["train"], val=ids["val"], vocab=vocab, name=name, test=ids.get("test"))
     if name == "shakespeare":
         text = _join([_read(f, "utf-8") for f in shakespeare_files()])
@@ -408,7 +409,7 @@ def load_bpe_corpus(name: str, *, root: str | os.PathLike | None = None, val_fra
         _, train, val, test = text_splits(root, val_fraction=val_fraction)
         texts = {"train": train, "val": val, **({} if test is None else {"test": test})}
     vocab = load_or_train_bpe(texts["train"], vocab_size, directory, key)
-    ids = {s: token_cache.as_tensor(token_cache.cached_array(files[s], lambda t=t: vocab.encode_array(t)))
+    ids = {s: token_cache.as_tensor(token_cache.cached_array(files[s], lambda t=t: vocab.encode_array(t), vocab.size))
            for s, t in texts.items()}
     return TextCorpus(train=ids["train"], val=ids["val"], vocab=vocab, name=name, test=ids.get("test"))
 

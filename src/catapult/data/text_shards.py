@@ -166,7 +166,7 @@ def tokenize_text_shards(root: str | os.PathLike, *, vocab_size: int, text_key: 
     directory = token_cache.cache_dir(root, cache_dir)
     tokenizer_file = directory / bpe_file_name(vocab_size, key)
     if tokenizer_file.is_file():
-        vocab = BPEVocab.load(tokenizer_file)
+        vocab = _from_cache(lambda: BPEVocab.load(tokenizer_file, vocab_size))
     else:
         problems: list[ConfigError] = []
 
@@ -181,11 +181,21 @@ def tokenize_text_shards(root: str | os.PathLike, *, vocab_size: int, text_key: 
         if problems:
             raise problems[0]
         if not save_new(vocab, tokenizer_file):
-            vocab = BPEVocab.load(tokenizer_file)
+            vocab = _from_cache(lambda: BPEVocab.load(tokenizer_file, vocab_size))
     tokenizer_key = f"bpe-v{int(vocab_size)}-{key}"
     arrays = []
     for f in files:
         out = directory / token_cache.token_file_name(f.name, "tokens", tokenizer_key)
-        token_cache.cached_array(out, lambda f=f: _encode_shard(vocab, f, text_key))
+        _from_cache(lambda: token_cache.cached_array(out, lambda f=f: _encode_shard(vocab, f, text_key), vocab.size))
         arrays.append(out)
     return vocab, arrays
+
+
+def _from_cache(read):
+    """``read()``; a damaged cache file (its ValueError names it) as a ConfigError on ``data.root``."""
+    try:
+        return read()
+    except ConfigError:  # a bad shard, found while tokenising
+        raise
+    except ValueError as exc:
+        raise ConfigError([("data.root", str(exc))]) from None

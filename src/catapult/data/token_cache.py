@@ -74,23 +74,32 @@ def save_array(array: np.ndarray, path: str | os.PathLike) -> bool:
         os.unlink(tmp)
 
 
-def load_array(path: str | os.PathLike) -> np.ndarray:
-    """The ``.npy`` file at ``path``, memory-mapped read-only; a bad file raises ValueError naming it."""
+def load_array(path: str | os.PathLike, vocab_size: int | None = None) -> np.ndarray:
+    """The ``.npy`` file at ``path``, memory-mapped read-only; a bad file, or with ``vocab_size`` an
+    id at or beyond it (one pass over the map, in chunks), raises ValueError naming it."""
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise ValueError(f"{path}: not a readable .npy token array ({exc}); delete it to re-tokenise") from None
     if array.ndim != 1 or array.dtype not in (np.uint16, np.uint32):
         raise ValueError(f"{path}: expected a 1-D uint16/uint32 token array, got {array.dtype} {array.shape}")
+    if vocab_size is not None:  # a damaged cache: an id the model has no embedding for failed mid-run
+        for at in range(0, array.size, 1 << 24):
+            high = int(array[at:at + (1 << 24)].max())
+            if high >= vocab_size:
+                raise ValueError(f"{path}: token id {high} is beyond the tokenizer's {vocab_size} ids; "
+                                 f"delete it to re-tokenise")
     return array
 
 
-def cached_array(path: str | os.PathLike, make: Callable[[], np.ndarray]) -> np.ndarray:
-    """The memory-mapped array at ``path``; if there is none, ``make()`` it and save it first."""
+def cached_array(path: str | os.PathLike, make: Callable[[], np.ndarray],
+                 vocab_size: int | None = None) -> np.ndarray:
+    """The memory-mapped array at ``path``; if there is none, ``make()`` it and save it first
+    (:func:`load_array`'s check with ``vocab_size``)."""
     path = Path(path)
     if not path.is_file():
         save_array(make(), path)
-    return load_array(path)
+    return load_array(path, vocab_size)
 
 
 def as_tensor(array: np.ndarray) -> torch.Tensor:

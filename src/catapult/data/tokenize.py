@@ -71,13 +71,19 @@ class BPEVocab:
         self.path = None if path is None else Path(path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "BPEVocab":
-        """Read a tokenizer JSON file (the ``tokenizers`` library's format)."""
+    def load(cls, path: str | os.PathLike, vocab_size: int | None = None) -> "BPEVocab":
+        """Read a tokenizer JSON file (the ``tokenizers`` library's format). With ``vocab_size``
+        (the size it was trained for) a file of fewer than 256 ids (not byte-level) or more than
+        ``vocab_size`` is a ValueError naming it: a damaged cache, not the tokenizer asked for."""
         tokenizers = _require_tokenizers()
         try:
-            return cls(tokenizers.Tokenizer.from_file(str(path)), path)
+            vocab = cls(tokenizers.Tokenizer.from_file(str(path)), path)
         except Exception as exc:  # the library raises a bare Exception on a malformed file
             raise ValueError(f"{path}: not a tokenizers JSON file ({exc})") from None
+        if vocab_size is not None and not 256 <= vocab.size <= vocab_size:
+            raise ValueError(f"{path}: a tokenizer of {vocab.size} ids, not a byte-level BPE of at most "
+                             f"{vocab_size}; delete it to retrain")
+        return vocab
 
     @property
     def size(self) -> int:
@@ -193,8 +199,8 @@ def load_or_train_bpe(train_text: str, vocab_size: int, directory: str | os.Path
     ``train_text`` and saved there (:func:`save_new`: never overwriting another file)."""
     path = Path(directory) / bpe_file_name(vocab_size, key)
     if path.is_file():
-        return BPEVocab.load(path)
+        return BPEVocab.load(path, vocab_size)
     vocab = train_bpe(_lines(train_text), vocab_size)
     if not save_new(vocab, path):  # another process won the race: use its (identical) file
-        return BPEVocab.load(path)
+        return BPEVocab.load(path, vocab_size)
     return vocab
