@@ -3,6 +3,7 @@ like *.npy shards; bad files stop the command with exit 2 naming the file and li
 from __future__ import annotations
 
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -161,3 +162,21 @@ def test_a_damaged_token_cache_is_a_config_error(tmp_path, damage, words):
             array.write_bytes(b"x")
     with pytest.raises(ConfigError, match=words):
         TokenShards(root, VOCAB, cache_dir=cache)
+
+
+@pytest.mark.parametrize("name", ["a.npy", "a.jsonl"])
+def test_a_file_that_is_not_npy_is_refused_without_advice_to_unpickle_it(tmp_path, name):
+    # NumPy's message says to load such a file with allow_pickle=True, which would run its code
+    root = tmp_path / "data"
+    root.mkdir()
+    cache = tmp_path / "cache"
+    if name == "a.jsonl":  # the token cache's array of a text shard, damaged
+        _jsonl(root / name, DOCS_A)
+        TokenShards(root, VOCAB, cache_dir=cache)
+        [array] = cache.glob("a.jsonl.tokens.*.npy")
+        array.write_bytes(pickle.dumps([1, 2, 3]))
+    else:  # a pre-tokenised shard of the user's
+        (root / name).write_bytes(pickle.dumps(np.arange(10)))
+    with pytest.raises(ConfigError, match="NumPy would read it as a pickle, refused unread") as info:
+        TokenShards(root, VOCAB, cache_dir=cache)
+    assert "allow_pickle" not in str(info.value)

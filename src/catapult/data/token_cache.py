@@ -22,7 +22,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-__all__ = ["cache_dir", "user_cache_dir", "save_array", "cached_array", "as_tensor", "token_file_name"]
+__all__ = ["cache_dir", "user_cache_dir", "save_array", "cached_array", "as_tensor", "token_file_name",
+           "npy_problem"]
 
 
 def user_cache_dir() -> Path:
@@ -80,7 +81,7 @@ def load_array(path: str | os.PathLike, vocab_size: int | None = None) -> np.nda
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise ValueError(f"{path}: not a readable .npy token array ({exc}); delete it to re-tokenise") from None
+        raise ValueError(f"{path}: not a readable .npy token array ({npy_problem(exc)}); delete it to re-tokenise") from None
     if array.ndim != 1 or array.dtype not in (np.uint16, np.uint32):
         raise ValueError(f"{path}: expected a 1-D uint16/uint32 token array, got {array.dtype} {array.shape}")
     if vocab_size is not None:  # a damaged cache: an id the model has no embedding for failed mid-run
@@ -90,6 +91,15 @@ def load_array(path: str | os.PathLike, vocab_size: int | None = None) -> np.nda
                 raise ValueError(f"{path}: token id {high} is beyond the tokenizer's {vocab_size} ids; "
                                  f"delete it to re-tokenise")
     return array
+
+
+def npy_problem(exc: BaseException) -> str:
+    """Why ``np.load(..., allow_pickle=False)`` refused a file, in short. NumPy's own text for a file
+    of pickled objects advises loading it with ``allow_pickle=True``, which would run its code: not
+    passed on."""
+    if "allow_pickle" in str(exc):
+        return "not a .npy file: NumPy would read it as a pickle, refused unread"
+    return str(exc)[:200]
 
 
 def cached_array(path: str | os.PathLike, make: Callable[[], np.ndarray],

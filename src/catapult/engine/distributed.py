@@ -49,6 +49,7 @@ import torch.nn.functional as F
 
 from catapult import config as cfg
 from catapult.data.text_shards import is_held_out, text_shard_files, tokenize_text_shards
+from catapult.data.token_cache import npy_problem
 from catapult.engine.build import build_mask_updater, build_model, build_optimizer, build_schedule, seeds
 
 __all__ = ["TokenShards", "global_batch_rows", "train_ddp", "DDPResult"]
@@ -81,7 +82,8 @@ class TokenShards:
             try:
                 a = np.load(f, mmap_mode="r", allow_pickle=False)
             except (ValueError, OSError, EOFError) as exc:
-                raise cfg.ConfigError([("data.root", f"{f}: not a readable .npy token array ({exc})")]) from None
+                raise cfg.ConfigError([("data.root", f"{f}: not a readable .npy token array "
+                                                     f"({npy_problem(exc)})")]) from None
             if a.ndim != 1 or a.dtype.kind not in "ui":
                 raise cfg.ConfigError([("data.root", f"{f}: expected a 1-D integer token array, "
                                                      f"got {a.dtype} {a.shape}")])
