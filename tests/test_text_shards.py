@@ -180,3 +180,21 @@ def test_a_file_that_is_not_npy_is_refused_without_advice_to_unpickle_it(tmp_pat
     with pytest.raises(ConfigError, match="NumPy would read it as a pickle, refused unread") as info:
         TokenShards(root, VOCAB, cache_dir=cache)
     assert "allow_pickle" not in str(info.value)
+
+
+@pytest.mark.parametrize("compression", ["none", "snappy"])
+def test_a_parquet_file_damaged_inside_a_page_names_the_file(tmp_path, compression):
+    # the footer reads fine; the damage shows when the page is read: a bare OSError (snappy) naming
+    # no file, or a UnicodeDecodeError traceback out of train-ddp (invalid UTF-8 in a string)
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    path = tmp_path / "bad.parquet"
+    docs = [f"document number {i:04d} " * 20 for i in range(300)]
+    pq.write_table(pa.table({"text": docs}), path, compression=compression)
+    data = bytearray(path.read_bytes())
+    at = data.find(b"document number 0150") if compression == "none" else len(data) // 2
+    assert at > 0
+    data[at:at + 64] = b"\xff" * 64
+    path.write_bytes(bytes(data))
+    with pytest.raises(ConfigError, match=r"bad\.parquet, column 'text', rows from 0: corrupt"):
+        list(text_shards.iter_texts(path))

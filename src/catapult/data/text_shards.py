@@ -116,9 +116,15 @@ def _parquet_texts(path: Path, key: str) -> Iterator[str]:
     kind = table.schema_arrow.field(key).type
     if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
         raise _bad(path, f", column {key!r}", f"type {kind}, expected a string column")
-    row = 0
-    for batch in table.iter_batches(columns=[key], batch_size=_BATCH_DOCS):
-        values = batch.column(0).to_pylist()
+    row, batches = 0, table.iter_batches(columns=[key], batch_size=_BATCH_DOCS)
+    while True:
+        try:  # a damaged page shows only when read: a decompression OSError, invalid UTF-8 in a string
+            batch = next(batches, None)
+            values = [] if batch is None else batch.column(0).to_pylist()
+        except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
+            raise _bad(path, f", column {key!r}, rows from {row}", f"corrupt ({str(exc)[:120]})") from None
+        if batch is None:
+            break
         for i, text in enumerate(values):
             if text is None:
                 raise _bad(path, f", column {key!r}, row {row + i}", "null, expected a string")
