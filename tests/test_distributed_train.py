@@ -101,6 +101,28 @@ def test_train_ddp_command_writes_a_new_directory_and_refuses_one_in_use(tmp_pat
     assert (mine / "model.pt").exists()
 
 
+def test_train_ddp_overwrite_replaces_links_and_never_writes_through_them(tmp_path):
+    # with --overwrite, metrics.csv / model.pt links to files outside the run were written through
+    import yaml
+
+    from catapult.cli import main
+
+    (tmp_path / "shards").mkdir()
+    config = tmp_path / "ddp.yaml"
+    config.write_text(yaml.safe_dump(_config(_shards(tmp_path / "shards"), steps=2)))
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in ("metrics.csv", "model.pt"):
+        (tmp_path / f"user_{name}").write_text("a user's file\n")
+        (out / name).symlink_to(tmp_path / f"user_{name}")
+    assert main(["train-ddp", str(config), "--out", str(out), "--overwrite"]) == 0
+    for name in ("metrics.csv", "model.pt"):
+        assert (tmp_path / f"user_{name}").read_text() == "a user's file\n"
+        assert (out / name).is_file() and not (out / name).is_symlink()
+    assert (out / "metrics.csv").read_text().splitlines()[0] == "step,lr,train_loss"
+    assert set(torch.load(out / "model.pt", weights_only=True))  # a state_dict
+
+
 def _text_config(root, cache):
     config = _config(root, steps=3)
     config["data"].update(cache_dir=str(cache), vocab_size=300)

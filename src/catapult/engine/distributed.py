@@ -235,6 +235,8 @@ def train_ddp(config: Mapping[str, Any], *, out_dir: str | os.PathLike | None = 
     log = None
     if out_dir is not None and rank == 0:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
+        for name in ("metrics.csv", "model.pt"):  # --overwrite: replaced, never written through a link
+            (Path(out_dir) / name).unlink(missing_ok=True)
         log = open(Path(out_dir) / "metrics.csv", "w", newline="")
         writer = csv.writer(log)
         writer.writerow(["step", "lr", "train_loss"])
