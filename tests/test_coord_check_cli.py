@@ -136,6 +136,20 @@ coord_check: {widths: [4, 8], parametrizations: [mup], seeds: [0], steps: 1}
 """
 
 
+def test_coord_check_never_writes_through_a_link_in_its_output(tmp_path, capsys):
+    # an earlier output with config.yaml linked to the user's config: the rerun wrote through the link
+    user = tmp_path / "my.yaml"
+    user.write_text("# my config\n" + MLP_CHECK)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "coord_check.csv").write_text("width\n")
+    (out / "config.yaml").symlink_to(user)
+    assert main(["coord-check", str(user), "--out", str(out), "--progress", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "out is not a directory `catapult coord-check` wrote (it holds config.yaml)" in err
+    assert user.read_text() == "# my config\n" + MLP_CHECK and (out / "config.yaml").is_symlink()
+
+
 def test_coord_check_writes_over_its_own_output_only(tmp_path, capsys):
     # a folder it did not write (the config's own, as config.yaml; a train run) had its files replaced
     mine = tmp_path / "mine"

@@ -44,6 +44,19 @@ def test_the_demo_writes_only_into_a_directory_it_wrote(tmp_path, capsys, monkey
         assert "is not a directory `catapult demo` wrote" in capsys.readouterr().err
 
 
+def test_the_demo_never_writes_through_a_link_in_its_directory(tmp_path, capsys, monkeypatch):
+    # report.md linked to the user's notes: an earlier demo's directory, so the rerun wrote through it
+    monkeypatch.setattr(demo_module, "run_demo", lambda out, **kwargs: pytest.fail("the demo ran"))
+    notes = tmp_path / "notes.md"
+    notes.write_text("my notes\n")
+    out = tmp_path / "out"
+    (out / "fig1_sp_T1").mkdir(parents=True)
+    (out / "report.md").symlink_to(notes)
+    assert cli.main(["demo", "--out", str(out)]) == 2
+    assert "is not a directory `catapult demo` wrote (it holds report.md)" in capsys.readouterr().err
+    assert notes.read_text() == "my notes\n"
+
+
 def test_write_configs_replaces_only_the_configs_it_wrote(tmp_path, capsys):
     # a user's own fig1_sp_T64.yaml in the directory was overwritten without a word
     out = tmp_path / "cfgs"

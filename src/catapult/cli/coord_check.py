@@ -44,6 +44,9 @@ def _command(args) -> int:
 
 
 def _owned(entry: Path) -> bool:
-    """Whether ``entry`` is a file coord-check writes (so a rerun may replace it)."""
+    """Whether ``entry`` is a file coord-check writes (so a rerun may replace it); a link is not
+    (the file written would be the one it points to)."""
+    if entry.is_symlink():
+        return False
     return entry.is_file() and (entry.name in ("coord_check.csv", "coord_check_table.md", "config.yaml")
                                 or (entry.name.startswith("coord_check_") and entry.suffix == ".png"))

@@ -39,7 +39,10 @@ def _demo_command(args) -> int:
 
 
 def _owned(entry: Path, runs: set) -> bool:
-    """Whether ``entry`` is something ``catapult demo`` writes: a run directory, a figure, the report."""
+    """Whether ``entry`` is something ``catapult demo`` writes: a run directory, a figure, the report
+    (a link is not: the file written would be the one it points to)."""
+    if entry.is_symlink():
+        return False
     if entry.is_dir():
         return entry.name in runs
     return entry.is_file() and (entry.name == "report.md" or (entry.name.startswith("fig1_") and entry.suffix == ".png"))
