@@ -239,3 +239,20 @@ def test_param_groups_rejects_bad_lr_and_weight_decay(kwargs, error, match):
     with pytest.raises(error, match=match):
         catapult.param_groups(nn.Linear(3, 3), **kwargs)
     assert catapult.param_groups(nn.Linear(3, 3), 0)[0]["lr"] == 0.0
+
+
+def test_density_multiplier_is_relative_to_the_base_density():
+    """m_rho = density / base_density (the SμPar table), not the density itself: at density 0.25
+    over a base density 0.5 the hidden init variance is 1 / (fan_in * 0.5) and SμPar's Adam hidden
+    lr multiplier 1 / (m_d * 0.5)."""
+    torch.manual_seed(0)
+    model = catapult.parametrize(TinyMLP(width=512), "supar", base_width=128, density=0.25,
+                                 base_density=0.5)
+    assert model.catapult_spec == ParamSpec("supar", 4.0, 0.5, "table")
+    live = model.b.weight[model.b.mask]
+    assert int(model.b.mask.sum()) == round(0.25 * 512 * 512)      # masks draw the density itself
+    assert live.var().item() == pytest.approx(1 / (512 * 0.5), rel=0.06)
+    groups = {g["name"]: g for g in catapult.param_groups(model, 1e-3, "adam")}
+    assert groups["hidden"]["lr_mult"] == pytest.approx(1 / (4.0 * 0.5))
+    groups = {g["name"]: g for g in catapult.param_groups(model, 1e-3, "sgd")}
+    assert groups["hidden"]["lr_mult"] == pytest.approx(1 / 0.5)
