@@ -406,3 +406,34 @@ def test_instability_threshold_refuses_nadam():
         instability_threshold(torch.optim.NAdam(_params(), lr=0.1))
     # Adamax keeps Adam's (heavy-ball EMA over a diagonal preconditioner) rule
     assert instability_threshold(torch.optim.Adamax(_params(), lr=0.1)) == pytest.approx(380.0)
+
+
+def test_amsgrad_preconditioner_uses_the_running_maximum_of_v():
+    """After a large gradient then small ones, v has decayed below max_exp_avg_sq, so the next
+    amsgrad step divides by sqrt(v_max): P (and the direction) must follow torch's real step.
+    (With random gradients v only grows over a few steps, so max(v_max, v') == v' there.)"""
+    options = dict(lr=0.01, betas=(0.9, 0.5), eps=1e-6, amsgrad=True)
+    theta0 = [torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)]
+    torch_params = [theta0[0].clone().requires_grad_(True)]
+    opt = torch.optim.Adam(torch_params, foreach=False, **options)
+    for scale in (10.0, 0.1, 0.1, 0.1):
+        torch_params[0].grad = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64) * scale
+        opt.step()
+    ref = opt.state[torch_params[0]]
+    assert bool((ref["max_exp_avg_sq"] > 4 * ref["exp_avg_sq"]).all())      # the case at hand
+    theta = [torch_params[0].detach().clone()]
+    grads = [torch.tensor([0.3, 0.2, -0.1], dtype=torch.float64)]
+    state = _rule_state(opt, torch_params, "adam")
+    P = rules.preconditioner("adam", grads, state, options, params=theta)
+    u = rules.direction("adam", theta, grads, state, options)
+    # the closed form, from torch's state: v' = b2 v + (1 - b2) g^2, P = (1 - b1^t)(sqrt(max(v_max, v') / (1 - b2^t)) + eps)
+    t = int(ref["step"]) + 1
+    v_next = torch.maximum(ref["max_exp_avg_sq"], 0.5 * ref["exp_avg_sq"] + 0.5 * grads[0] ** 2)
+    expected = (1 - 0.9 ** t) * ((v_next / (1 - 0.5 ** t)).sqrt() + 1e-6)
+    assert torch.allclose(P[0], expected, rtol=1e-12, atol=0)
+    torch_params[0].grad = grads[0].clone()
+    opt.step()
+    step = theta[0] - torch_params[0].detach()
+    assert torch.allclose(step, options["lr"] * opt.state[torch_params[0]]["exp_avg"] / P[0],
+                          rtol=1e-10, atol=0)
+    assert torch.allclose(step / options["lr"], u[0], rtol=1e-10, atol=0)
