@@ -61,6 +61,22 @@ def test_init_variances_and_multipliers_follow_the_rules(param, base_width, widt
         assert torch.count_nonzero(layer.bias) == 0
 
 
+@pytest.mark.parametrize("param", ["mup", "supar"])
+def test_hidden_variance_uses_the_base_density(param):
+    """With base_density = 0.5 the table-form hidden variance is v_w / (width * rho_base) (muP)
+    or v_w / (width * density) (SμPar), on the live weights; the other layers as at rho_base = 1."""
+    torch.manual_seed(0)
+    model = MLP(IN, OUT, 512, 4, parametrization=param, base_width=128, density=0.25,
+                base_density=0.5)
+    rules = _expected_rules(param, 512, 4, 128, density=0.25, base_density=0.5)
+    for layer, (var, mult, _) in zip(model.layers, rules):
+        w = layer.weight.detach().double()
+        w = w if layer.mask is None else w[layer.mask]
+        assert _rel(w.var().item(), var) < 0.06, (layer, w.var().item(), var)
+        assert layer.multiplier == pytest.approx(mult)
+    assert rules[1][0] == pytest.approx(2.0 / (512 * (0.5 if param == "mup" else 0.25)))
+
+
 def test_supar_hidden_variance_counts_live_weights_only():
     torch.manual_seed(0)
     model = MLP(IN, OUT, 512, 4, parametrization="supar", base_width=128, density=0.25)
