@@ -216,3 +216,22 @@ def test_parametrize_gives_a_users_convs_roles_and_conv_fan_in():
     with pytest.raises(ValueError, match="sparsity masks are for Linear"):
         parametrize(torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Conv2d(4, 4, 3), torch.nn.Flatten(),
                                         torch.nn.Linear(4, 2)), "supar", density=0.5, mask_seed=0)
+
+
+def test_grouped_conv_fan_in_counts_one_group_and_parametrize_uses_it():
+    """A grouped (e.g. depthwise) conv sums in_channels / groups * k^2 inputs into one output --
+    the size of one filter, weight[0] -- so its hidden init variance is gain^2 / that."""
+    from catapult.parametrize import parametrize
+    from catapult.scaled_layers import fan_in, fan_out
+
+    for conv in (torch.nn.Conv2d(16, 32, 3, groups=4), torch.nn.Conv2d(64, 64, (3, 5), groups=64)):
+        assert fan_in(conv) == conv.weight[0].numel() == conv.in_channels // conv.groups * conv.weight[0, 0].numel()
+        # one input channel reaches the out_channels / groups filters of its group, k^2 taps each
+        assert fan_out(conv) == conv.out_channels // conv.groups * conv.weight[0, 0].numel()
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3), torch.nn.ReLU(),
+                              torch.nn.Conv2d(64, 64, 3, groups=8), torch.nn.ReLU(),
+                              torch.nn.Flatten(), torch.nn.Linear(64 * 4 * 4, 10))
+    parametrize(net, "mup", base_width=16, mask_seed=0)
+    assert net[2].catapult_role == "hidden"
+    assert net[2].weight.var().item() == pytest.approx(1 / (8 * 9), rel=0.1)   # 64 / 8 inputs, 3x3
