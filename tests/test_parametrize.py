@@ -256,3 +256,23 @@ def test_density_multiplier_is_relative_to_the_base_density():
     assert groups["hidden"]["lr_mult"] == pytest.approx(1 / (4.0 * 0.5))
     groups = {g["name"]: g for g in catapult.param_groups(model, 1e-3, "sgd")}
     assert groups["hidden"]["lr_mult"] == pytest.approx(1 / 0.5)
+
+
+def test_scaled_layers_apply_a_bias_multiplier_of_its_own():
+    """y = multiplier * x W^T + bias_multiplier * b (Linear) and the same for Conv2d, also when
+    the bias multiplier is neither 1 nor the weight multiplier (the built-in models use only
+    those two, which take shortcuts)."""
+    from catapult.scaled_layers import ScaledConv2d
+
+    torch.manual_seed(0)
+    layer = ScaledLinear(3, 2, multiplier=0.5, bias_multiplier=3.0)
+    with torch.no_grad():
+        layer.bias.normal_()
+    x = torch.randn(4, 3)
+    torch.testing.assert_close(layer(x), 0.5 * x @ layer.weight.T + 3.0 * layer.bias)
+    conv = ScaledConv2d(2, 3, 3, padding=1, multiplier=0.25, bias_multiplier=2.0)
+    with torch.no_grad():
+        conv.bias.normal_()
+    img = torch.randn(1, 2, 5, 5)
+    expected = 0.25 * torch.nn.functional.conv2d(img, conv.weight, padding=1) + 2.0 * conv.bias.view(1, 3, 1, 1)
+    torch.testing.assert_close(conv(img), expected)
