@@ -468,3 +468,22 @@ def test_tensor_lr_is_filled_in_place_not_replaced():
                                              lr_target=1.0)
     pcw.load_state_dict({**pcw.state_dict(), "lr": 0.3})
     assert opt.param_groups[0]["lr"] is lr and float(lr) == pytest.approx(0.15)
+
+
+def test_persistent_warmup_searches_again_only_on_a_strictly_lower_loss():
+    """Alg. 3 re-searches when L(theta_t) < L(theta*): an equal loss (a step too small to move a
+    float32 loss, or no step at all) keeps the lr and spends no forward pass."""
+    model = torch.nn.Linear(2, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    batch = (torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0], [0.0]]))
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    pcw = schedules.PersistentCatapultWarmup(opt, model, torch.nn.MSELoss(), lr_target=1.0,
+                                             lr_start=1 / 64)
+    lr = pcw.step(batch)
+    assert pcw.loss_ref == 0.5 and pcw.searches == 1                 # L(0) = (1 + 0) / 2
+    passes = pcw.forward_passes
+    assert pcw.step(batch, loss=0.5) == lr                           # equal: no search
+    assert pcw.step(batch) == lr                                     # probed, still 0.5
+    assert pcw.searches == 1 and pcw.forward_passes == passes + 1    # only the probe
+    pcw.step(batch, loss=0.25)                                       # lower: search again
+    assert pcw.searches == 2
