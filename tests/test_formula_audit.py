@@ -42,6 +42,23 @@ def test_lr_scaled_sharpness_is_the_top_eigenvalue_of_m_half_h_m_half():
     assert truth > 1.5 * raw  # the raw sharpness would misplace the edge here
 
 
+def test_a_parameter_no_group_holds_has_multiplier_zero_in_the_lr_scaled_sharpness():
+    """GD never moves a parameter outside the optimizer: its row of M is 0, so the lr-scaled
+    sharpness is lambda_max of H restricted to the optimized parameters (M = diag(1, 0))."""
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3)).double()
+    batch = (torch.randn(16, 5, dtype=torch.float64), torch.randn(16, 3, dtype=torch.float64))
+    loss_fn = torch.nn.MSELoss()
+    opt = torch.optim.SGD(model[0].parameters(), lr=0.1)         # model[2] is not optimized
+    m = group_lr_multipliers(opt, list(model.parameters()))
+    assert m.tolist() == [1.0] * 24 + [0.0] * 15
+    H = _exact_hessian(model, loss_fn, batch)
+    truth = float(torch.linalg.eigvalsh(H[:24, :24])[-1])
+    assert float(torch.linalg.eigvalsh(H)[-1]) > 1.2 * truth      # the frozen block would matter
+    est = lr_scaled_sharpness(model, loss_fn, batch, opt, tol=1e-10, max_iter=200)
+    assert est.value == pytest.approx(truth, rel=1e-8)
+
+
 def test_gd_with_group_lrs_is_stable_exactly_below_two_over_the_lr_scaled_sharpness():
     # L(a, b) = 0.5 [a b] A [a b]^T, a at lr, b at 4 lr: the edge is lr * lambda_max(M A) = 2
     A = torch.tensor([[2.0, 0.6], [0.6, 1.0]], dtype=torch.float64)
