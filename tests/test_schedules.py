@@ -487,3 +487,29 @@ def test_persistent_warmup_searches_again_only_on_a_strictly_lower_loss():
     assert pcw.searches == 1 and pcw.forward_passes == passes + 1    # only the probe
     pcw.step(batch, loss=0.25)                                       # lower: search again
     assert pcw.searches == 2
+
+
+def test_persistent_warmup_moves_theta_star_and_warm_starts_from_the_last_lower():
+    """L(w) = ((2 w1 - 1)^2 + w2^2) / 2 (x = diag(2, 1), y = (1, 0)): curvature 4 along the
+    gradient, so lr_c = 2/4 and L(theta - lr u) = L0 exactly at lr = 0.5 (no rise), above it for
+    larger lr. A re-search from a better point makes that point theta* (loss_ref = its loss), and
+    with warm_start its doubling starts at the previous lower end, 0.5: trials 0.5 and 1.0 instead
+    of 1/64 ... 1/2 and 1.0, five forward passes fewer than the first search."""
+    model = torch.nn.Linear(2, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    batch = (torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0], [0.0]]))
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    pcw = schedules.PersistentCatapultWarmup(opt, model, torch.nn.MSELoss(), lr_target=1.0,
+                                             lr_start=1 / 64)
+    pcw.step(batch)
+    first = pcw.history[0]
+    assert (first["lower"], first["loss0"]) == (0.5, 0.5)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[0.25, 0.0]]))           # L = (2 * 0.25 - 1)^2 / 2 = 0.125
+    pcw.step(batch)                                               # probed 0.125 < 0.5: search
+    second = pcw.history[1]
+    assert pcw.searches == 2 and pcw.loss_ref == second["loss0"] == 0.125
+    assert (second["lower"], second["upper"]) == (first["lower"], first["upper"])
+    assert second["forward_passes"] == first["forward_passes"] - 5
+    pcw.step(batch, loss=0.3)                                     # below 0.5, above theta*'s 0.125
+    assert pcw.searches == 2
