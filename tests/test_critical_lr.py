@@ -319,3 +319,27 @@ def test_flat_loss_stops_at_lr_max_or_warns():
     with pytest.warns(RuntimeWarning, match="doublings"):
         res = critical_lr(model, quadratic, (BATCH_INPUT, A), opt)
     assert res.upper == math.inf and res.forward_passes == 2 + 64
+
+
+def _diag_problem():
+    """GD on L(w) = ((2 w1 - 1)^2 + w2^2) / 2 from w = 0: u = (-2, 0), L(lr) = (4 lr - 1)^2 / 2,
+    which rises above L0 = 1/2 exactly for lr > lr* = 2/4; every trial lr is dyadic, so every
+    loss below is exact in float32."""
+    model = torch.nn.Linear(2, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    batch = (torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0], [0.0]]))
+    return model, batch, torch.optim.SGD(model.parameters(), lr=0.1)
+
+
+def test_the_delta_tolerance_uses_the_magnitude_of_a_negative_loss():
+    """Stop once L(upper) <= L0 + delta |L0|. With L shifted by -1, L0 = -1/2 and the tolerance
+    is -0.45: from [0.5, 1] the bisection visits 0.75, 0.625, 0.5625, 0.53125, 0.515625 (losses
+    1, 0.125, -0.219, -0.367, -0.436, all above -0.45) and stops at 0.5078125 (-0.468), the
+    same lr as for the unshifted loss (L0 = 1/2, tolerance 0.55)."""
+    model, batch, opt = _diag_problem()
+    mse = torch.nn.MSELoss()
+    res = critical_lr(model, lambda out, y: mse(out, y) - 1.0, batch, opt, lr_start=1 / 64)
+    assert (res.loss0, res.lower, res.lr) == (-0.5, 0.5, 0.5078125)
+    # L0 + 7 doublings (1/64 ... 1) + 6 bisections
+    assert res.forward_passes == 1 + 7 + 6
+
