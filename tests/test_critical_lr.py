@@ -343,3 +343,12 @@ def test_the_delta_tolerance_uses_the_magnitude_of_a_negative_loss():
     # L0 + 7 doublings (1/64 ... 1) + 6 bisections
     assert res.forward_passes == 1 + 7 + 6
 
+
+def test_rtol_bounds_the_distance_from_above_relative_to_the_exact_critical_lr():
+    """lr* = 0.5 exactly and every bisection keeps lower = 0.5, so upper = 0.5 + 0.5 / 2^k. With
+    rtol = 0.06 (delta large enough not to matter) the bound (upper - lr*) / lr* <= rtol first
+    holds at k = 5: upper = 0.515625 (k = 4, 0.53125, is 6.25 % above lr*)."""
+    model, batch, opt = _diag_problem()
+    res = critical_lr(model, torch.nn.MSELoss(), batch, opt, lr_start=1 / 64, delta=10.0, rtol=0.06)
+    assert (res.lower, res.lr) == (0.5, 0.515625)
+    assert (res.lr - 0.5) / 0.5 <= 0.06
