@@ -383,3 +383,20 @@ def test_hutch_plus_plus_spends_exactly_its_products_and_is_unbiased_when_they_d
     spread = np.std(estimates) / np.sqrt(len(estimates))
     assert abs(np.mean(estimates) - truth) < 4 * spread + 1e-9
     assert spread < 0.02 * truth                                   # a bias of 1/3 of the rest shows
+
+
+def test_spectral_density_is_the_documented_gaussian_smoothing_of_its_nodes():
+    """phi(x) = (1/runs) sum_rj w_rj N(x; theta_rj, sigma^2), default sigma = 1 % of the nodes'
+    range, on grid_points points from min - 3 sigma to max + 3 sigma: re-derived in NumPy from the
+    returned nodes and weights."""
+    model, loss_fn, batch = small_problem(seed=5)
+    dens = catapult.spectral_density(model, loss_fn, batch, runs=3, steps=10, grid_points=257)
+    lo, hi = dens.nodes.min(), dens.nodes.max()
+    sigma = 0.01 * (hi - lo)
+    assert dens.sigma == pytest.approx(sigma, rel=1e-12)
+    grid = np.linspace(lo - 3 * sigma, hi + 3 * sigma, 257)
+    np.testing.assert_allclose(dens.grid, grid, rtol=1e-12, atol=1e-12 * (hi - lo))
+    gauss = np.exp(-((grid[:, None] - dens.nodes.ravel()[None, :]) / sigma) ** 2 / 2) / (
+        sigma * np.sqrt(2 * np.pi))
+    np.testing.assert_allclose(dens.density, gauss @ dens.weights.ravel() / 3, rtol=1e-10,
+                               atol=1e-12 * dens.density.max())
