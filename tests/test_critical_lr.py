@@ -352,3 +352,12 @@ def test_rtol_bounds_the_distance_from_above_relative_to_the_exact_critical_lr()
     res = critical_lr(model, torch.nn.MSELoss(), batch, opt, lr_start=1 / 64, delta=10.0, rtol=0.06)
     assert (res.lower, res.lr) == (0.5, 0.515625)
     assert (res.lr - 0.5) / 0.5 <= 0.06
+
+
+def test_doubling_is_capped_at_lr_max_when_it_is_not_a_power_of_two_times_lr_start():
+    """lr_start = 0.15, lr_max = 0.4, lr* = 0.5: trials 0.15, 0.3 and min(0.6, 0.4) = 0.4 all
+    lower the loss, so lr_c = lower = upper = lr_max after 1 + 3 forward passes; no trial lr
+    (0.6) beyond lr_max is tried or returned."""
+    model, batch, opt = _diag_problem()
+    res = critical_lr(model, torch.nn.MSELoss(), batch, opt, lr_start=0.15, lr_max=0.4)
+    assert (res.lr, res.lower, res.upper, res.forward_passes) == (0.4, 0.4, 0.4, 4)
