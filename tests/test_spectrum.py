@@ -400,3 +400,18 @@ def test_spectral_density_is_the_documented_gaussian_smoothing_of_its_nodes():
         sigma * np.sqrt(2 * np.pi))
     np.testing.assert_allclose(dens.density, gauss @ dens.weights.ravel() / 3, rtol=1e-10,
                                atol=1e-12 * dens.density.max())
+
+
+def test_a_quadrature_that_ends_early_pads_with_zero_weight():
+    """H = diag(4, 1) has 2 dimensions: 5 steps end after 2 and the 3 padded nodes carry no
+    weight, so each run's weights still sum to 1 (a probability measure) and the two
+    eigenvalues keep half the mass each."""
+    model = torch.nn.Linear(2, 1, bias=False)
+    batch = (torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0], [0.0]]))
+    dens = catapult.spectral_density(model, torch.nn.MSELoss(), batch, runs=3, steps=5)
+    assert dens.nodes.shape == dens.weights.shape == (3, 5)
+    np.testing.assert_allclose(dens.weights.sum(axis=1), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(dens.weights[:, 2:], 0.0, atol=0)
+    for value in (1.0, 4.0):
+        mass = dens.weights[np.isclose(dens.nodes, value)].sum() / 3
+        assert mass == pytest.approx(0.5, rel=1e-5)        # float32 model
