@@ -513,3 +513,21 @@ def test_persistent_warmup_moves_theta_star_and_warm_starts_from_the_last_lower(
     assert second["forward_passes"] == first["forward_passes"] - 5
     pcw.step(batch, loss=0.3)                                     # below 0.5, above theta*'s 0.125
     assert pcw.searches == 2
+
+
+def test_persistent_warmup_does_not_repeat_a_search_from_lr_start():
+    """When the last search rose already at lr_start (lower = 0), the warm start would begin at
+    lr_start itself: the re-search is the plain one, L0 plus one trial (2 forward passes) on
+    L(w) = ((2 w1 - 1)^2 + w2^2) / 2, where every lr above 2/4 raises the loss -- not that search
+    twice."""
+    model = torch.nn.Linear(2, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    batch = (torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0], [0.0]]))
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    pcw = schedules.PersistentCatapultWarmup(opt, model, torch.nn.MSELoss(), lr_target=1.0,
+                                             lr_start=0.75)
+    assert pcw.step(batch) == 0.75 and pcw.history[0]["lower"] == 0.0
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[0.25, 0.0]]))           # L = 0.125 < 0.5: re-search
+    assert pcw.step(batch, loss=0.125) == 0.75
+    assert pcw.searches == 2 and pcw.history[1]["forward_passes"] == 2
