@@ -102,6 +102,27 @@ def test_an_existing_run_directory_needs_overwrite(tiny, tmp_path, capsys):
     assert _train(capsys, tiny, "--out", empty)[0] == 0  # an empty directory is no earlier run
 
 
+def test_overwrite_never_replaces_a_users_own_files(tiny, tmp_path, capsys):
+    # --out given as the user's own folder (here the one holding the config): --overwrite would
+    # have replaced its config.yaml; a run file that is a link would be written through
+    mine = tmp_path / "project"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("# my config, with comments\nsweep: {}\n")
+    code, err = _train(capsys, tiny, "--out", mine, "--overwrite")
+    assert code == 2 and "not an earlier run's directory" in err and "config.yaml" in err
+    assert (mine / "config.yaml").read_text().startswith("# my config")
+    assert sorted(p.name for p in mine.iterdir()) == ["config.yaml"]  # refused before any work
+    out = tmp_path / "run"
+    assert _train(capsys, tiny, "--out", out)[0] == 0
+    elsewhere = tmp_path / "elsewhere.png"
+    elsewhere.write_text("a user's figure")
+    (out / "trajectories.png").unlink()
+    (out / "trajectories.png").symlink_to(elsewhere)
+    code, err = _train(capsys, tiny, "--out", out, "--overwrite")
+    assert code == 2 and "trajectories.png (not a plain file)" in err
+    assert elsewhere.read_text() == "a user's figure"
+
+
 def test_a_full_disk_is_a_message_and_leaves_no_run_directory(tiny, tmp_path, capsys, monkeypatch):
     def full(self, row):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "metrics.csv"))

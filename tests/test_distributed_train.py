@@ -101,8 +101,9 @@ def test_train_ddp_command_writes_a_new_directory_and_refuses_one_in_use(tmp_pat
     assert (mine / "model.pt").exists()
 
 
-def test_train_ddp_overwrite_replaces_links_and_never_writes_through_them(tmp_path):
-    # with --overwrite, metrics.csv / model.pt links to files outside the run were written through
+def test_train_ddp_overwrite_refuses_links_and_never_writes_through_them(tmp_path, capsys):
+    # with --overwrite, metrics.csv / model.pt links to files outside the run were written
+    # through; a link is not a file the run wrote, so the directory is refused before any work
     import yaml
 
     from catapult.cli import main
@@ -115,10 +116,16 @@ def test_train_ddp_overwrite_replaces_links_and_never_writes_through_them(tmp_pa
     for name in ("metrics.csv", "model.pt"):
         (tmp_path / f"user_{name}").write_text("a user's file\n")
         (out / name).symlink_to(tmp_path / f"user_{name}")
-    assert main(["train-ddp", str(config), "--out", str(out), "--overwrite"]) == 0
+    assert main(["train-ddp", str(config), "--out", str(out), "--overwrite"]) == 2
+    assert "not a plain file" in capsys.readouterr().err
     for name in ("metrics.csv", "model.pt"):
         assert (tmp_path / f"user_{name}").read_text() == "a user's file\n"
-        assert (out / name).is_file() and not (out / name).is_symlink()
+        assert (out / name).is_symlink()
+    # an earlier run's own files are replaced
+    for name in ("metrics.csv", "model.pt"):
+        (out / name).unlink()
+        (out / name).write_text("stale\n")
+    assert main(["train-ddp", str(config), "--out", str(out), "--overwrite"]) == 0
     assert (out / "metrics.csv").read_text().splitlines()[0] == "step,lr,train_loss"
     assert set(torch.load(out / "model.pt", weights_only=True))  # a state_dict
 

@@ -143,7 +143,7 @@ def check_study_dir(command: str, out, owned, marker) -> Path:
     would be overwritten."""
     from catapult.engine.loop import RunDirectoryError, check_out_dir
 
-    path = check_out_dir(out, overwrite=True)
+    path = check_out_dir(out, overwrite=True, replaces=())  # ownership is judged below
     entries = list(path.iterdir()) if path.is_dir() else []
     if entries:
         foreign = sorted(entry.name for entry in entries if not owned(entry))

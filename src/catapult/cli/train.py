@@ -21,8 +21,8 @@ def register(subparsers) -> None:
                                                 "anything is refused unless --overwrite")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run files (config.yaml, metrics.csv, summary.json, trajectories.png, "
-                        "model.pt) "
-                        "of an existing run directory")
+                        "model.pt) of an earlier run's directory; a folder whose files of those names "
+                        "are not a run's (no metrics.csv or summary.json, or links) is refused")
     p.set_defaults(func=_train_command)
 
 

@@ -46,7 +46,7 @@ def _command(args) -> int:
     if world > 1 and not (dist.is_available() and dist.is_initialized()):  # every rank, before any work
         backend = _backend(args.backend)
     if int(os.environ.get("RANK", "0")) == 0:  # the writer checks, before any work (exit 2 if in the way)
-        check_out_dir(out, overwrite=args.overwrite)
+        check_out_dir(out, overwrite=args.overwrite, replaces=("metrics.csv", "model.pt"))
     started = False
     if backend is not None:
         dist.init_process_group(backend)

@@ -91,7 +91,7 @@ from catapult.engine.step import diverged, evaluates_test, measures_sharpness, n
 from catapult.engine.records import (MetricsFile, metric_columns, json_safe, summarize, threshold_label,
                                      warmup_summary)
 
-__all__ = ["RunResult", "run", "evaluate", "RUN_FILES", "RunDirectoryError", "check_out_dir"]
+__all__ = ["RunResult", "run", "evaluate", "RUN_FILES", "RUN_MARKERS", "RunDirectoryError", "check_out_dir"]
 
 #: The files a run writes into its directory (``--overwrite`` replaces exactly these).
 RUN_FILES = ("config.yaml", "metrics.csv", "summary.json", "trajectories.png", "model.pt")
@@ -102,9 +102,19 @@ class RunDirectoryError(ValueError):
     ``overwrite`` is off), or it cannot be created or written."""
 
 
-def check_out_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
+#: Files only a run writes: a directory holding one of them is an earlier run's.
+RUN_MARKERS = ("metrics.csv", "summary.json")
+
+
+def check_out_dir(out_dir: str | Path, overwrite: bool = False, *,
+                  replaces: tuple[str, ...] = RUN_FILES) -> Path:
     """``out_dir`` as a Path once it is known to be usable, before any work: a directory that is
-    new, empty, or (with ``overwrite``) holds anything; creatable and writable by us.
+    new, empty, or (with ``overwrite``) an earlier run's; creatable and writable by us.
+
+    ``overwrite`` replaces the files named in ``replaces`` (a run's :data:`RUN_FILES`; callers
+    that judge ownership themselves pass ``()``), so where the directory holds any of them it
+    must be an earlier run's (it holds one of :data:`RUN_MARKERS`) and none of them may be a
+    link: a user's own ``config.yaml`` in a folder given as ``--out`` is never replaced.
 
     Raises :class:`RunDirectoryError` saying what is in the way.
     """
@@ -115,6 +125,14 @@ def check_out_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
         if not overwrite and any(path.iterdir()):
             raise RunDirectoryError(f"{path} already exists and is not empty (an earlier run?); pass --overwrite "
                                     f"(overwrite=True) to replace its run files, or choose another directory")
+        present = [path / name for name in replaces if (path / name).exists() or (path / name).is_symlink()]
+        links = [p.name for p in present if p.is_symlink() or not p.is_file()]
+        if overwrite and present and (links or not any(p.name in RUN_MARKERS for p in present)):
+            what = (f"{', '.join(links)} (not a plain file)" if links
+                    else f"{', '.join(p.name for p in present)} but no {' or '.join(RUN_MARKERS)}")
+            raise RunDirectoryError(f"{path} is not an earlier run's directory (it holds {what}); "
+                                    f"--overwrite replaces only a run's own files: choose a new or "
+                                    f"empty directory")
     ancestor = path.absolute()
     while not ancestor.exists():
         ancestor = ancestor.parent
