@@ -470,15 +470,21 @@ def test_tensor_lr_is_filled_in_place_not_replaced():
     assert opt.param_groups[0]["lr"] is lr and float(lr) == pytest.approx(0.15)
 
 
-def test_persistent_warmup_searches_again_only_on_a_strictly_lower_loss():
-    """Alg. 3 re-searches when L(theta_t) < L(theta*): an equal loss (a step too small to move a
-    float32 loss, or no step at all) keeps the lr and spends no forward pass."""
+def _quadratic_warmup(lr_start=1 / 64):
+    """``L(w) = ((2 w1 - 1)^2 + w2^2) / 2`` at ``w = 0`` (x = diag(2, 1), y = (1, 0), MSE) with a
+    persistent warmup to 1.0 from ``lr_start``: ``(model, batch, pcw)``."""
     model = torch.nn.Linear(2, 1, bias=False)
     torch.nn.init.zeros_(model.weight)
     batch = (torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0], [0.0]]))
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    pcw = schedules.PersistentCatapultWarmup(opt, model, torch.nn.MSELoss(), lr_target=1.0,
-                                             lr_start=1 / 64)
+    return model, batch, schedules.PersistentCatapultWarmup(opt, model, torch.nn.MSELoss(),
+                                                            lr_target=1.0, lr_start=lr_start)
+
+
+def test_persistent_warmup_searches_again_only_on_a_strictly_lower_loss():
+    """Alg. 3 re-searches when L(theta_t) < L(theta*): an equal loss (a step too small to move a
+    float32 loss, or no step at all) keeps the lr and spends no forward pass."""
+    model, batch, pcw = _quadratic_warmup()
     lr = pcw.step(batch)
     assert pcw.loss_ref == 0.5 and pcw.searches == 1                 # L(0) = (1 + 0) / 2
     passes = pcw.forward_passes
@@ -495,12 +501,7 @@ def test_persistent_warmup_moves_theta_star_and_warm_starts_from_the_last_lower(
     larger lr. A re-search from a better point makes that point theta* (loss_ref = its loss), and
     with warm_start its doubling starts at the previous lower end, 0.5: trials 0.5 and 1.0 instead
     of 1/64 ... 1/2 and 1.0, five forward passes fewer than the first search."""
-    model = torch.nn.Linear(2, 1, bias=False)
-    torch.nn.init.zeros_(model.weight)
-    batch = (torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0], [0.0]]))
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    pcw = schedules.PersistentCatapultWarmup(opt, model, torch.nn.MSELoss(), lr_target=1.0,
-                                             lr_start=1 / 64)
+    model, batch, pcw = _quadratic_warmup()
     pcw.step(batch)
     first = pcw.history[0]
     assert (first["lower"], first["loss0"]) == (0.5, 0.5)
@@ -520,12 +521,7 @@ def test_persistent_warmup_does_not_repeat_a_search_from_lr_start():
     lr_start itself: the re-search is the plain one, L0 plus one trial (2 forward passes) on
     L(w) = ((2 w1 - 1)^2 + w2^2) / 2, where every lr above 2/4 raises the loss -- not that search
     twice."""
-    model = torch.nn.Linear(2, 1, bias=False)
-    torch.nn.init.zeros_(model.weight)
-    batch = (torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0], [0.0]]))
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    pcw = schedules.PersistentCatapultWarmup(opt, model, torch.nn.MSELoss(), lr_target=1.0,
-                                             lr_start=0.75)
+    model, batch, pcw = _quadratic_warmup(lr_start=0.75)
     assert pcw.step(batch) == 0.75 and pcw.history[0]["lower"] == 0.0
     with torch.no_grad():
         model.weight.copy_(torch.tensor([[0.25, 0.0]]))           # L = 0.125 < 0.5: re-search
