@@ -17,6 +17,12 @@ another machine when its lease runs out). "This host" is :func:`host_id`: the ho
 the PID namespace, since a pid means nothing in another one (a container sharing the host's
 name, e.g. ``docker --network host`` or a Kubernetes ``hostNetwork`` pod). The claims of a dead driver may be taken over.
 A cell that is ``running`` with no live claim was *interrupted* (Ctrl-C, kill -9).
+
+Drivers on other machines must reach the store through a filesystem whose locks SQLite can
+trust: the store runs in WAL mode, which needs shared memory between its users and does not
+work over a network filesystem (NFS, SMB; https://www.sqlite.org/wal.html), where two drivers
+could corrupt the file. Across machines, run one driver with ``--ray-address`` instead: the
+cells go to the cluster and only the driver writes the store.
 """
 from __future__ import annotations
 
