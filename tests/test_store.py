@@ -138,6 +138,8 @@ def test_lambda0_failure_fails_only_its_cells(tmp_path):
 
     out = _run(config, spec, tmp_path / "s.db", FakeRun(), lambda0_fn)
     assert out.counts["failed"] == 6
+    # the outcome tells them apart from cells that ran (it said "6 failed (6 run now, ...)")
+    assert out.unresolved == 6 and out.ran == 6
     with Store(tmp_path / "s.db", create=False) as store:
         for cell in store.cells():
             if cell["swept"]["seed"] == 1:

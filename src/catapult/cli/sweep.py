@@ -179,7 +179,9 @@ def _sweep_command(args: argparse.Namespace) -> int:
     c = outcome.counts
     print(f"{outcome.total} cells: {c['finished']} finished, {c['diverged']} diverged, {c['failed']} failed "
           f"({outcome.ran} run now, {outcome.reused} already in the store"
-          f"{', resumed' if outcome.mode == 'resumed' else ''}) in {outcome.wall_time_s:.1f} s")
+          + (f", {outcome.unresolved} failed without running: lambda_0 could not be measured"
+             if outcome.unresolved else "")
+          + f"{', resumed' if outcome.mode == 'resumed' else ''}) in {outcome.wall_time_s:.1f} s")
     for reason, ids in _fallback_groups(outcome.fallbacks):
         print(f"{len(ids)} cell{'s' if len(ids) > 1 else ''} ran on the local engine, not batched "
               f"({_id_list(ids)}): {reason}")

@@ -50,7 +50,8 @@ __all__ = ["run_sweep", "SweepOutcome", "SweepProgress", "axes_metadata", "refus
 class SweepOutcome:
     """What :func:`run_sweep` did: ``mode`` ``"new"``/``"resumed"``, ``counts`` per status
     after the run, ``ran`` cells run now, ``reused`` results found in the store,
-    ``lambda0_measured`` lambda_0 measurements made now, ``wall_time_s``; ``fallbacks`` the
+    ``lambda0_measured`` lambda_0 measurements made now, ``wall_time_s``; ``unresolved`` cells
+    recorded ``failed`` now without running (their lambda_0 could not be measured); ``fallbacks`` the
     ``(cell_id, reason)`` of cells an executor ran another way than asked (the ensemble
     executor's cells on the local engine)."""
 
@@ -64,6 +65,7 @@ class SweepOutcome:
     wall_time_s: float
     ran_ids: list = field(default_factory=list)
     fallbacks: list = field(default_factory=list)
+    unresolved: int = 0
 
 
 def axes_metadata(spec: SweepSpec) -> list[dict]:
@@ -291,6 +293,7 @@ def run_sweep(
             counts = store.counts()
             report = SweepProgress(len(cells), counts, progress, stream, name)
             ran_ids: list[int] = []
+            unresolved = 0
             try:
                 # ---- lambda_0, once per architecture/seed/data
                 measured = 0
@@ -331,6 +334,7 @@ def run_sweep(
                             if store.claim(cell_id, driver_id, retry_failed_before=since):
                                 status = store.record(cell_id, _failed(errors[key]), driver_id=driver_id)
                                 if status is not None:
+                                    unresolved += 1
                                     report.update(cell_id, status, cell.swept, _failed(errors[key]))
                             continue
                         lam = values[key]
@@ -400,5 +404,5 @@ def run_sweep(
     return SweepOutcome(
         store=Path(store_path), mode=mode, total=len(cells), counts=final_counts, ran=len(ran_ids),
         reused=done_before, lambda0_measured=measured, wall_time_s=time.perf_counter() - started,
-        ran_ids=ran_ids, fallbacks=fallbacks,
+        ran_ids=ran_ids, fallbacks=fallbacks, unresolved=unresolved,
     )
