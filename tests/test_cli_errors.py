@@ -525,3 +525,33 @@ def test_a_reader_of_stdout_that_goes_away_is_no_input_error(tmp_path, capsys, m
     monkeypatch.setattr("sys.stdout", ClosedPipe())
     assert cli.main(["sweep", str(config), "--dry-run", "--store", str(tmp_path / "s.db")]) == 141
     assert capsys.readouterr().err == "" and not (tmp_path / "s.db").exists()
+
+
+def test_a_bad_or_unreachable_ray_address_is_refused_before_the_store(tmp_path, capsys):
+    # ray.init retried such an address for minutes, and only after the store was written and
+    # its cells claimed; the form is checked with the flags, reachability before the store
+    import socket
+
+    from catapult.sweep.ray_executor import ray_address_endpoint
+
+    assert ray_address_endpoint("ray://head:10001") == ("head", 10001)
+    assert ray_address_endpoint("[::1]:6379") == ("::1", 6379)
+    assert ray_address_endpoint("auto") is None and ray_address_endpoint("local") is None
+    for bad in ("head", "head:", "head:0", "head:70000", "ray://head:1/x", ":6379"):
+        with pytest.raises(ValueError, match="is not auto, local, host:port or ray://host:port"):
+            ray_address_endpoint(bad)
+    with socket.socket() as s:  # a port nothing listens on: bound, then released
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "s.yaml"
+    config.write_text("name: s\ndata: {name: digits, n_train: 32, n_test: 16}\nmodel: {width: 8, depth: 2}\n"
+                      "train: {steps: 1}\neval: {sharpness_every: 0, test_every: 0}\n"
+                      "sweep: {grid: {optimizer.lr: [0.1, 0.2]}}\n")
+    store = tmp_path / "s.db"
+    for address, message in (("head", "--ray-address 'head' is not auto"),
+                             (f"127.0.0.1:{port}", f"--ray-address cannot reach 127.0.0.1:{port}")):
+        code = cli.main(["sweep", str(config), "--store", str(store), "--executor", "ray",
+                         "--ray-address", address, "--progress", "none"])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err, err
+        assert not store.exists()

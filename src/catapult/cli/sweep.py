@@ -154,6 +154,12 @@ def _sweep_command(args: argparse.Namespace) -> int:
         return _fail("sweep", options)
     base, spec = load_sweep(args.config, overrides_from_args(args))
     store = Path(args.store) if args.store else Path("runs") / base["name"] / "sweep.db"
+    if args.ray_address and not args.dry_run:  # before the store: Ray would retry it for minutes
+        from catapult.sweep.ray_executor import ray_address_problem
+
+        problem = ray_address_problem(args.ray_address)
+        if problem:
+            return _fail("sweep", f"--ray-address {problem}")
     if args.dry_run:
         cells = expand(base, spec)
         if not args.ray_address:  # the checks a run makes on this machine (a cluster's machines may differ)
@@ -221,6 +227,13 @@ def _executor_options(args: argparse.Namespace) -> dict | str:
         for flag, value in (("--num-cpus", args.num_cpus), ("--chunk-size", args.chunk_size)):
             if value is not None and value < 1:
                 return f"{flag} must be >= 1, got {value}"
+        if args.ray_address:
+            from catapult.sweep.ray_executor import ray_address_endpoint
+
+            try:
+                ray_address_endpoint(args.ray_address)
+            except ValueError as err:
+                return f"--ray-address {err}"
         options.update(address=args.ray_address, num_cpus=args.num_cpus, chunk_size=args.chunk_size)
     elif args.ray_address or args.num_cpus or args.chunk_size != 1:
         return "--ray-address, --num-cpus and --chunk-size need --executor ray"

@@ -17,11 +17,56 @@ catapult installed on every node (or pass ``init_kwargs={"runtime_env": ...}``).
 """
 from __future__ import annotations
 
+import socket
 from typing import Any, Iterable, Iterator, Sequence
 
 from catapult.sweep.executors import Cell, CellResult, Executor, RunFn, run_cell
 
-__all__ = ["RayExecutor", "import_ray"]
+__all__ = ["RayExecutor", "import_ray", "ray_address_endpoint", "ray_address_problem"]
+
+#: Seconds :func:`ray_address_problem` waits for the cluster's port to answer.
+CONNECT_TIMEOUT_S = 5.0
+
+
+def ray_address_endpoint(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of a cluster address (``"ray://host:10001"`` or ``"host:6379"``),
+    ``None`` for ``"auto"`` / ``"local"`` (Ray finds those itself); a ValueError for anything
+    else.
+
+    >>> ray_address_endpoint("ray://head:10001"), ray_address_endpoint("10.0.0.2:6379")
+    (('head', 10001), ('10.0.0.2', 6379))
+    >>> ray_address_endpoint("auto") is None
+    True
+    >>> ray_address_endpoint("head")
+    Traceback (most recent call last):
+        ...
+    ValueError: 'head' is not auto, local, host:port or ray://host:port
+    """
+    if address in ("auto", "local"):
+        return None
+    rest = address[len("ray://"):] if address.startswith("ray://") else address
+    host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in rest:
+        raise ValueError(f"{address!r} is not auto, local, host:port or ray://host:port")
+    return host.strip("[]"), int(port)
+
+
+def ray_address_problem(address: str, timeout: float = CONNECT_TIMEOUT_S) -> str | None:
+    """What is wrong with a cluster address, found before any work, or ``None``: its form
+    (:func:`ray_address_endpoint`), or that nothing answers on its port within ``timeout``
+    seconds (``ray.init`` itself retries such an address for minutes, and only once the sweep's
+    store is written and its cells are claimed). One TCP connection, closed at once."""
+    try:
+        endpoint = ray_address_endpoint(address)
+    except ValueError as err:
+        return str(err)
+    if endpoint is None:
+        return None
+    try:
+        with socket.create_connection(endpoint, timeout=timeout):
+            return None
+    except OSError as err:
+        return f"cannot reach {endpoint[0]}:{endpoint[1]} ({err.strerror or err})"
 
 
 def import_ray():
