@@ -99,3 +99,37 @@ def test_two_gloo_ranks_equal_one_process_on_the_union():
     shard = (batch[0][:SHARDS[0]], batch[1][:SHARDS[0]])
     alone = catapult.sharpness(model, loss_fn, shard, tol=1e-10).value
     assert abs(alone - single["sharpness"]) > 1e-3 * abs(single["sharpness"])
+
+
+def empty_shard_worker(rank, port, out_dir):
+    # rank 1 passes an empty shard: it used to fail alone ("batch is empty") while rank 0 saw
+    # only gloo's "connection reset"; now both raise the same message naming rank 1
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        torch.set_num_threads(1)
+        model, loss_fn, (x, y) = problem()
+        shard = (x, y) if rank == 0 else (x[:0], y[:0])
+        messages = {}
+        for name, call in (("sharpness", lambda: catapult.sharpness(model, loss_fn, shard, distributed=True)),
+                           ("ggn", lambda: catapult.top_eigenpairs(model, loss_fn, shard, k=1, curvature="ggn",
+                                                                   distributed=True))):
+            try:
+                call()
+                messages[name] = None
+            except ValueError as err:
+                messages[name] = str(err)
+        torch.save(messages, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
+def test_an_empty_shard_is_refused_on_every_rank_alike():
+    with tempfile.TemporaryDirectory() as out_dir:
+        mp.spawn(empty_shard_worker, args=(free_port(), out_dir), nprocs=2, join=True)
+        results = [torch.load(os.path.join(out_dir, f"rank{r}.pt")) for r in range(2)]
+    for messages in results:
+        for message in messages.values():
+            assert message == "distributed=True: the shard of rank 1 holds no samples; give every rank some"

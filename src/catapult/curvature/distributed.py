@@ -154,7 +154,9 @@ def agreed_minimum(value: int, device=None) -> int:
 def shard_weight(batch, device=None) -> float:
     """``w_r = |B_r| / |B|``: this rank's share of the union's samples (dim 0 of the inputs).
 
-    Gathered with one all-reduce of the shard sizes; every rank must call it.
+    Gathered with one all-reduce of the shard sizes; every rank must call it. A rank with an
+    empty shard makes every rank raise the same ValueError naming it (its loss would be a mean
+    over nothing; left to fail on that rank alone, the others saw only a broken connection).
 
     >>> with single_process_group():      # one rank holds every sample
     ...     shard_weight((torch.zeros(6, 2), torch.zeros(6)))
@@ -164,11 +166,17 @@ def shard_weight(batch, device=None) -> float:
     if not (torch.is_tensor(inputs) and inputs.dim() >= 1):
         raise ValueError("distributed=True needs the batch's inputs to be a tensor with a sample "
                          "dimension (dim 0), to weight the shards by their sizes")
+    import torch.distributed as dist
+
     local = int(inputs.shape[0])
-    total = all_reduce_sum(torch.tensor([float(local)], dtype=torch.float64, device=device))
-    if not float(total) > 0:
-        raise ValueError("distributed=True: the shards hold no samples")
-    return local / float(total)
+    sizes = torch.zeros(dist.get_world_size(), dtype=torch.float64, device=device)
+    sizes[dist.get_rank()] = float(local)
+    sizes = all_reduce_sum(sizes).tolist()
+    empty = [rank for rank, size in enumerate(sizes) if size == 0]
+    if empty:
+        raise ValueError(f"distributed=True: the shard of rank{'s' if len(empty) > 1 else ''} "
+                         f"{', '.join(map(str, empty))} holds no samples; give every rank some")
+    return local / sum(sizes)
 
 
 def broadcast_vector(v: torch.Tensor) -> torch.Tensor:

@@ -105,6 +105,9 @@ def build_operator(model, loss_fn, batch, *, curvature="hessian", dtype=None, hv
     if distributed:
         dist_ops.require_process_group()
         model = dist_ops.unwrap_ddp(model)
+        params = [p for p in model.parameters()] if isinstance(model, torch.nn.Module) else []
+        # every rank, before its operator: an empty shard is refused on all ranks alike
+        weight = dist_ops.shard_weight(batch, params[0].device if params else None)
     if curvature == "ggn":
         op = GaussNewtonOperator(model, loss_fn, batch, dtype=dtype, seed=seed,
                                  chunk_size=chunk_size)
@@ -112,7 +115,7 @@ def build_operator(model, loss_fn, batch, *, curvature="hessian", dtype=None, hv
         op = HessianOperator(model, loss_fn, batch, dtype=dtype, hvp=hvp, seed=seed,
                              chunk_size=chunk_size, retain_graph=retain_graph)
     if distributed:
-        op = dist_ops.DistributedOperator(op, dist_ops.shard_weight(batch, op.device))
+        op = dist_ops.DistributedOperator(op, weight)
     return op
 
 
