@@ -75,6 +75,9 @@ def load_weights(model: nn.Module, path: str | Path, *, key: str = "weights") ->
         if tuple(state[name].shape) != tuple(mine.shape):
             raise cfg.ConfigError([(key, f"{path}: {name} has shape {tuple(state[name].shape)}, the config's "
                                          f"model has {tuple(mine.shape)}")])
+        if mine.is_floating_point() != state[name].is_floating_point():  # load_state_dict would cast it
+            raise cfg.ConfigError([(key, f"{path}: {name} is {state[name].dtype}, the config's model has "
+                                         f"{mine.dtype}")])
         if state[name].is_floating_point() and not bool(torch.isfinite(state[name]).all()):
             raise cfg.ConfigError([(key, f"{path}: {name} holds non-finite values (weights of a diverged run?)")])
     model.load_state_dict(state)
