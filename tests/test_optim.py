@@ -2,6 +2,7 @@
 conventions: foreach == per-tensor, state_dict round trip, closure, schedules.attach."""
 from __future__ import annotations
 
+import copy
 import io
 
 import numpy as np
@@ -368,3 +369,22 @@ def test_torch_adam_flags_at_their_off_values_switch_over_unchanged():
                         ("fused", True), ("fused", "no")):
         with pytest.raises(ValueError, match=rf"GIAdam does not support {name}={value!r}"):
             GIAdam([w], **{name: value})
+
+
+def test_load_state_dict_checks_the_groups_options_and_a_refused_one_changes_nothing():
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = GIAdam([w], lr=0.1)
+    w.grad = torch.ones(3)
+    opt.step()
+    saved = opt.state_dict()
+    before = copy.deepcopy(opt.state_dict())
+    for key, bad, message in (("betas", (0.9, 1.0), "betas"), ("lr", -1.0, "lr"),
+                              ("v0", "nope", "v0"), ("maximize", "false", "maximize")):
+        edited = copy.deepcopy(saved)
+        edited["param_groups"][0][key] = bad
+        with pytest.raises((ValueError, TypeError), match=rf"state_dict param group 0: .*{message}"):
+            opt.load_state_dict(edited)
+        assert str(opt.state_dict()) == str(before)
+    fresh = GIAdam([torch.nn.Parameter(torch.ones(3))], lr=0.5)
+    fresh.load_state_dict(saved)  # the optimizer's own state_dict loads
+    assert fresh.param_groups[0]["lr"] == 0.1

@@ -197,6 +197,17 @@ class GIAdam(torch.optim.Optimizer):
                 if p_state and not torch.is_tensor(p_state["step"]):
                     p_state["step"] = torch.tensor(float(p_state["step"]), dtype=_scalar_dtype())
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch.optim's ``load_state_dict``, after the constructor's checks of every group's
+        options in ``state_dict`` (torch's loader bypasses :meth:`add_param_group`, so an edited
+        checkpoint's ``betas=(0.9, 1.0)`` was taken as is); a refused one changes nothing."""
+        groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
+        for i, group in enumerate(groups if isinstance(groups, list) else []):
+            if isinstance(group, dict):
+                _checked_options({k: v for k, v in group.items() if k in _OPTIONS},
+                                 f"state_dict param group {i}: ")
+        super().load_state_dict(state_dict)
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """torch.optim's ``add_param_group``, plus the constructor's checks of the options a
         group sets itself (``lr``, ``betas``, ``eps``, ``weight_decay``, ``v0``, the flags)."""
