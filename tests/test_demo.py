@@ -3,6 +3,8 @@ the "existing run directory" guard that protects ``catapult train`` outputs; a d
 not write is refused before any work."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from catapult import cli
@@ -75,3 +77,16 @@ def test_write_configs_replaces_only_the_configs_it_wrote(tmp_path, capsys):
     (out / "fig1_sp_T64.yaml").unlink()
     assert cli.main(["demo", "--write-configs", str(out)]) == 0        # its own earlier files: replaced
     assert sorted(p.name for p in out.iterdir()) == written
+
+
+def test_the_shipped_demo_configs_are_what_write_configs_writes(tmp_path):
+    # configs/demo had drifted from the command (keys added since were missing)
+    from catapult.demo import write_configs
+
+    root = Path(__file__).resolve().parents[1]
+    written = write_configs(tmp_path / "demo")
+    shipped = sorted((root / "configs" / "demo").glob("*.yaml"))
+    assert [p.name for p in shipped] == sorted(p.name for p in written)
+    for path in written:
+        ours = path.read_text().replace(str(tmp_path / "demo"), "configs/demo")
+        assert ours == (root / "configs" / "demo" / path.name).read_text(), path.name
