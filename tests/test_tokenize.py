@@ -62,6 +62,13 @@ def test_bpe_corpus_is_trained_on_train_only_saved_beside_the_data_and_reused(tm
     again = text.load_corpus("text", root=root, tokenizer="bpe", vocab_size=300)
     assert {p: p.stat().st_mtime_ns for p in root.iterdir()} == before
     assert torch.equal(again.train, corpus.train) and again.vocab.path == tok_file
+    # a cache whose test-split array went missing is not a hit: the test split is re-tokenised
+    # (it was silently dropped: corpus.test None)
+    next(root.glob("text.test.*.npy")).unlink()
+    healed = text.load_corpus("text", root=root, tokenizer="bpe", vocab_size=300)
+    assert healed.test is not None and healed.vocab.decode(healed.test) == TEST
+    assert torch.equal(healed.train, corpus.train)
+    before = {p: p.stat().st_mtime_ns for p in root.iterdir()}
     # another vocabulary size is another file; the first is left alone
     text.load_corpus("text", root=root, tokenizer="bpe", vocab_size=280)
     assert len(list(root.glob("bpe-v*.json"))) == 2 and tok_file.stat().st_mtime_ns == before[tok_file]

@@ -397,7 +397,11 @@ def load_bpe_corpus(name: str, *, root: str | os.PathLike | None = None, val_fra
     tokenizer_file = directory / bpe_file_name(vocab_size, key)
     files = {split: directory / token_cache.token_file_name(name, split, tokenizer_key)
              for split in ("train", "val", "test")}
-    if tokenizer_file.is_file() and files["train"].is_file() and files["val"].is_file():
+    # the source has a test split when it has a test file (WikiText layout), and its ids must be
+    # cached too: a cache hit without them would silently drop the test split
+    needed = ["train", "val"] + (["test"] if name != "shakespeare" and root is not None and any(
+        f.name == WIKITEXT_FILES[2] for f in source_files(root)) else [])
+    if tokenizer_file.is_file() and all(files[s].is_file() for s in needed):
         vocab = BPEVocab.load(tokenizer_file, vocab_size)
         ids = {s: token_cache.as_tensor(token_cache.load_array(f, vocab.size)) for s, f in files.items()
                if f.is_file()}
