@@ -4,7 +4,8 @@ Regression for ``hvp="forward_over_reverse"`` with ``nn.MSELoss``: torch's forwa
 ``mse_loss_backward`` (``reduction="mean"``) wrote in place into the efficient ZeroTensor tangent
 of a target closed over by ``torch.func.jvp`` ("ZeroTensors are immutable",
 pytorch/pytorch#123996); :func:`catapult.curvature.hessian.jvp_of_gradient` gives floating
-targets a materialised zero tangent. The truth is ``torch.autograd.functional.hessian`` of the
+targets a materialised zero tangent, and a target built inside the loss (``mse_onehot``) goes
+through :class:`catapult.curvature.forward_ad.mse_for_forward_ad`. The truth is ``torch.autograd.functional.hessian`` of the
 loss as a function of the flat parameter vector (row by row, reverse over reverse), and
 ``numpy.linalg.eigh`` of it.
 """
@@ -46,10 +47,18 @@ def problem(kind: str):
         return model, nn.CrossEntropyLoss(), (x, torch.randint(0, 2, (n,)))
     if kind == "soft_cross_entropy":  # float (probability) targets
         return model, nn.CrossEntropyLoss(), (x, torch.softmax(torch.randn(n, 2, dtype=torch.float64), 1))
+    if kind == "mse_onehot":  # float targets built inside the loss from integer labels
+        return model, mse_onehot, (x, torch.randint(0, 2, (n,)))
     return model, nn.MSELoss(), (x, torch.randn(n, 2, dtype=torch.float64))
 
 
-KINDS = ["mse", "cross_entropy", "soft_cross_entropy", "unused"]
+def mse_onehot(out, labels):
+    """``nn.MSELoss`` against one-hot vectors the loss builds itself: a target no ``jvp`` primal
+    carries (pytorch/pytorch#123996 failed it under ``hvp="forward_over_reverse"``)."""
+    return nn.MSELoss()(out, nn.functional.one_hot(labels, out.shape[-1]).to(out.dtype))
+
+
+KINDS = ["mse", "cross_entropy", "soft_cross_entropy", "unused", "mse_onehot"]
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -17,6 +17,8 @@ from torch.autograd.graph import get_gradient_edge
 from torch.func import functional_call
 from torch.utils._pytree import tree_map
 
+from catapult.curvature.forward_ad import mse_for_forward_ad
+
 __all__ = ["HVP_MODES", "HessianOperator", "resolve_dtype", "resolve_hvp", "fixed_rng", "math_attention",
            "jvp_of_gradient"]
 
@@ -116,13 +118,9 @@ def jvp_of_gradient(grad_fn, params: dict, tangents: dict, inputs, targets):
     :func:`torch.func.grad` of a loss in its first argument the tangent output is ``H v``.
 
     Floating-point tensor ``targets`` enter the ``jvp`` as a second primal with a materialised
-    zero tangent instead of being closed over. A closed-over tensor gets an efficient
-    ZeroTensor tangent inside forward AD, and some torch derivative formulas write into theirs
-    in place: ``F.mse_loss`` / ``nn.MSELoss`` with ``reduction="mean"`` (the forward-AD formula
-    of ``mse_loss_backward`` divides ``2 * target_t * grad`` in place) raises "ZeroTensors are
-    immutable" (pytorch/pytorch#123996, torch <= 2.15). The zero tangent adds nothing to the
-    product (``d/dy grad L`` times 0) and costs one targets-sized tensor. Inputs stay closed
-    over: a tangent there would cost a tangent pass through the first layer.
+    zero tangent (adding nothing to ``H v``); inputs stay closed over. ``F.mse_loss`` with a
+    closed-over or loss-built target (an efficient ZeroTensor tangent, which its forward-AD
+    formula writes into: pytorch/pytorch#123996) runs as :class:`mse_for_forward_ad` says.
 
     Example (``L(w) = mean((x w - y)^2)``, Hessian ``2 x^T x / 2 = diag(4, 1)``):
         >>> x, y = torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([1.0, 0.0])
@@ -140,7 +138,7 @@ def jvp_of_gradient(grad_fn, params: dict, tangents: dict, inputs, targets):
         def call(p):
             return grad_fn(p, inputs, targets)
         primals, directions = (params,), (tangents,)
-    with torch.enable_grad(), warnings.catch_warnings():
+    with torch.enable_grad(), warnings.catch_warnings(), mse_for_forward_ad():
         # torch's forward-AD decompositions call the deprecated torch.jit.script on first use.
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated",
                                 category=DeprecationWarning)
