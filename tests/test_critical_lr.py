@@ -297,6 +297,29 @@ def test_probe_loss_leaves_buffers_and_rng():
         assert torch.equal(b, b0)
 
 
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("call", ["critical_lr", "probe_loss"])
+def test_a_graph_the_caller_holds_survives(call, train):
+    """BatchNorm saves its running statistics for backward: writing them in place (even to
+    put them back) made ``loss.backward()`` after the call fail with "modified by an inplace
+    operation". The truth: the same graph's gradient with no call in between."""
+    model, opt, batch = _setup()
+    model.train(train)
+    loss_fn = torch.nn.functional.cross_entropy
+    with torch.random.fork_rng(devices=[]):
+        want = torch.autograd.grad(loss_fn(model(batch[0]), batch[1]), list(model.parameters()))
+    loss = loss_fn(model(batch[0]), batch[1])
+    versions = [t._version for t in (*model.parameters(), *model.buffers())]
+    if call == "critical_lr":
+        critical_lr(model, loss_fn, batch, opt)
+    else:
+        probe_loss(model, loss_fn, batch)
+    assert [t._version for t in (*model.parameters(), *model.buffers())] == versions
+    got = torch.autograd.grad(loss, list(model.parameters()))
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+
+
 def test_float32_ties_keep_the_search_going():
     # L = 1 + 0.5 x^2 at x = 0.01 in float32: a step of lr = 1e-4 changes L by 1e-8, below
     # float32 resolution at 1, so L(lr_start) == L0. That is no rise: the search must go on to

@@ -16,8 +16,9 @@ optimizer's next step (per unit learning rate)::
 Nothing observable changes: the model's parameters are never written (trials are functional
 calls on shifted copies, so a graph the caller holds stays valid; parameters of the optimizer
 outside the model are restored bitwise from copies), buffers (e.g. BatchNorm running
-statistics) and the global RNG state (CPU, and CUDA when the model is there) are put back,
-``.grad`` and the optimizer state are never written.
+statistics) are never written either (forward passes run on copies of them), the global RNG
+state (CPU, and CUDA when the model is there) is put back, ``.grad`` and the optimizer state
+are never written.
 """
 from __future__ import annotations
 
@@ -90,7 +91,10 @@ class CriticalLR:
 class ModelSnapshot:
     """What a trial forward pass may change besides parameters -- buffers and the RNG -- kept
     so it can be put back before every trial (same dropout masks, same BatchNorm statistics for
-    each evaluation) and at the end.
+    each evaluation) and at the end. Forward passes should run on :meth:`buffer_copies` (through
+    ``torch.func.functional_call``): the model's own buffers are then never written, so their
+    version counters do not move and a graph the caller holds (BatchNorm saves its running
+    statistics for backward) stays valid; :meth:`restore` writes a buffer only if it changed.
 
     The RNG state saved is the CPU generator's, and every CUDA device's when the model has a
     tensor on CUDA. Plain Python attributes that a custom module mutates in ``forward`` are not
@@ -108,24 +112,33 @@ class ModelSnapshot:
     """
 
     def __init__(self, model: torch.nn.Module):
-        self.buffers = [(b, b.detach().clone()) for b in model.buffers()]
+        self.named_buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+        self.buffers = [(b, self.named_buffers[name]) for name, b in model.named_buffers()]
         self.cpu_rng = torch.get_rng_state()
         on_cuda = any(t.is_cuda for t in model.parameters()) or any(b.is_cuda for b, _ in self.buffers)
         self.cuda_rng = torch.cuda.get_rng_state_all() if on_cuda else None
 
+    def buffer_copies(self) -> dict[str, Tensor]:
+        """Fresh copies of the buffers as they were, by name (for ``functional_call``)."""
+        return {name: b.clone() for name, b in self.named_buffers.items()}
+
     @torch.no_grad()
     def restore(self) -> None:
-        """Put buffers and RNG state back, bitwise."""
+        """Put buffers (those that changed) and RNG state back, bitwise."""
         for buf, saved in self.buffers:
-            buf.copy_(saved)
+            if not torch.equal(buf, saved):
+                buf.copy_(saved)
         torch.set_rng_state(self.cpu_rng)
         if self.cuda_rng is not None:
             torch.cuda.set_rng_state_all(self.cuda_rng)
 
 
-def _forward_loss(model: torch.nn.Module, loss_fn: Callable, batch: Sequence) -> Tensor:
+def _forward_loss(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
+                  tensors: dict[str, Tensor]) -> Tensor:
+    """``loss_fn(model(inputs), targets)`` with the model's ``tensors`` (buffers, parameters)
+    replaced by those given, by name."""
     inputs, targets = batch
-    return loss_fn(model(inputs), targets)
+    return loss_fn(torch.func.functional_call(model, tensors, (inputs,)), targets)
 
 
 def probe_loss(model: torch.nn.Module, loss_fn: Callable, batch: Sequence) -> float:
@@ -142,7 +155,7 @@ def probe_loss(model: torch.nn.Module, loss_fn: Callable, batch: Sequence) -> fl
     snapshot = ModelSnapshot(model)
     try:
         with torch.no_grad():
-            return float(_forward_loss(model, loss_fn, batch))
+            return float(_forward_loss(model, loss_fn, batch, snapshot.buffer_copies()))
     finally:
         snapshot.restore()
 
@@ -347,7 +360,7 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
     try:
         # L0 and this batch's gradient: one forward (+ backward) pass; .grad is not touched.
         with torch.enable_grad():
-            loss = _forward_loss(model, loss_fn, batch)
+            loss = _forward_loss(model, loss_fn, batch, snapshot.buffer_copies())
             passes += 1
             if not (torch.is_tensor(loss) and loss.numel() == 1):
                 raise ValueError("critical_lr: loss_fn must return a scalar tensor, got "
@@ -385,8 +398,7 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
                 for (p, p0), (_, u) in zip(originals, in_place):
                     p.copy_(p0).add_(u, alpha=-lr)
                 params = {name: torch.add(p.detach(), u, alpha=-lr) for name, p, u in shifted}
-                inputs, targets = batch
-                value = loss_fn(torch.func.functional_call(model, params, (inputs,)), targets)
+                value = _forward_loss(model, loss_fn, batch, {**snapshot.buffer_copies(), **params})
                 value = float(value) if reduce is None else reduce(value)
             passes += 1
             return value if math.isfinite(value) else math.inf
