@@ -133,3 +133,46 @@ def test_an_empty_shard_is_refused_on_every_rank_alike():
     for messages in results:
         for message in messages.values():
             assert message == "distributed=True: the shard of rank 1 holds no samples; give every rank some"
+
+
+def init_worker(rank, port, out_dir):
+    """Each rank passes its own ``init`` (rank 0's wins: it is broadcast); the caller's tensor
+    must come back as it went in -- the broadcast once wrote rank 0's values into it."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        torch.set_num_threads(1)
+        model, loss_fn, (x, y) = problem()
+        opt = adam_after_one_step(model, loss_fn, (x, y))
+        lo = sum(SHARDS[:rank])
+        shard = (x[lo:lo + SHARDS[rank]], y[lo:lo + SHARDS[rank]])
+        n = sum(p.numel() for p in model.parameters())
+        calls = {
+            "sharpness": lambda i: catapult.sharpness(model, loss_fn, shard, init=i, distributed=True).value,
+            "lean": lambda i: catapult.sharpness(model, loss_fn, shard, init=i, memory="lean",
+                                                 distributed=True).value,
+            "preconditioned": lambda i: catapult.preconditioned_sharpness(
+                model, loss_fn, shard, opt, init=i, distributed=True).value,
+            "top2": lambda i: catapult.top_eigenpairs(model, loss_fn, shard, k=2, init=i,
+                                                      distributed=True).values,
+        }
+        out = {}
+        for name, call in calls.items():
+            init = torch.linspace(1.0, 2.0 + rank, n, dtype=torch.float64)
+            value = call(init)
+            out[name] = (value, torch.equal(init, torch.linspace(1.0, 2.0 + rank, n, dtype=torch.float64)))
+        torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
+def test_init_is_not_overwritten_by_the_broadcast():
+    with tempfile.TemporaryDirectory() as out_dir:
+        mp.spawn(init_worker, args=(free_port(), out_dir), nprocs=2, join=True)
+        results = [torch.load(os.path.join(out_dir, f"rank{r}.pt")) for r in range(2)]
+    for name in results[0]:
+        for rank, res in enumerate(results):
+            assert res[name][1], f"rank {rank}: {name} wrote into init"
+        np.testing.assert_array_equal(results[0][name][0], results[1][name][0])  # one answer

@@ -132,8 +132,9 @@ def check_curvature(curvature) -> None:
 
 
 def start_vector(init, n: int, dtype: torch.dtype, device: torch.device, seed: int):
-    """The solver's start vector: ``init`` flattened and cast (checked: finite, non-zero, one
-    entry per trainable parameter entry), or a standard normal vector seeded with ``seed``.
+    """The solver's start vector: a copy of ``init`` flattened and cast (checked: finite,
+    non-zero, one entry per trainable parameter entry; never ``init``'s memory, which the solvers
+    and ``distributed``'s broadcast write into), or a standard normal vector seeded with ``seed``.
 
     >>> start_vector(torch.tensor([[1.0, 2.0]]), 2, torch.float64, torch.device("cpu"), 0)
     tensor([1., 2.], dtype=torch.float64)
@@ -150,7 +151,7 @@ def start_vector(init, n: int, dtype: torch.dtype, device: torch.device, seed: i
     if init.numel() != n:
         raise ValueError(f"init has {init.numel()} elements but the model has {n} trainable "
                          f"parameter entries")
-    v0 = init.detach().reshape(-1).to(device=device, dtype=dtype)
+    v0 = init.detach().reshape(-1).to(device=device, dtype=dtype, copy=True)
     norm = float(torch.linalg.vector_norm(v0))
     if not (math.isfinite(norm) and norm > 0):
         raise ValueError("init must be finite and non-zero")
@@ -278,9 +279,7 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
     op = build_operator(model, loss_fn, batch, curvature=curvature, dtype=dtype, hvp=hvp,
                         seed=seed, chunk_size=chunk_size, distributed=distributed,
                         retain_graph=not basis_free)
-    v0 = start_vector(init, op.numel, op.dtype, op.device, seed)
-    if basis_free and init is not None:
-        v0 = v0.clone()  # the solver works in v0's buffer; init may alias it
+    v0 = start_vector(init, op.numel, op.dtype, op.device, seed)  # a copy: solvers write into it
     if distributed and init is not None:
         dist_ops.broadcast_vector(v0)
     levels = ([] if (init is not None or distributed or curvature == "ggn")
