@@ -246,6 +246,7 @@ def _check_positive(name: str, value, *, allow_none: bool = False):
 def _shard_reducer(model, batch):
     """``loss -> sum_r w_r loss_r`` over the ranks (``.weight`` = this rank's ``w_r``)."""
     dist_ops.require_process_group()
+    dist_ops.check_shardable(model)
     device = next(dist_ops.unwrap_ddp(model).parameters()).device
     weight = dist_ops.shard_weight(batch, device)
 
@@ -298,7 +299,7 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
         distributed: inside an initialised ``torch.distributed`` process group, ``batch`` is this
             rank's shard: the loss (a mean over samples) and its gradient are the union's
             (shard-size-weighted, all-reduced), so every rank finds the same ``lr``; a DDP wrapper
-            is unwrapped.
+            is unwrapped; a BatchNorm in train mode is refused (shard statistics).
         rtol: bracket tolerance. ``None`` (default) is the paper's stop above. A number
             bisects until ``upper - lower <= rtol * lower`` as well (and the delta test), so
             that the returned ``lr = upper`` is within ``rtol`` (relative, from above) of the

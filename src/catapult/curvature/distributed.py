@@ -13,6 +13,12 @@ A DistributedDataParallel wrapper is unwrapped (``model.module``): its parameter
 wrapped module's, and its forward hooks would expect a ``loss.backward()`` that the HVPs never
 call.
 
+A BatchNorm in train mode normalises each rank's shard by that shard's statistics, which are
+not the union's (the loss is then no sum of the shards' losses), so it is refused
+(:func:`check_shardable`; ``model.eval()`` uses the running statistics). Dropout in train mode
+draws its mask per rank: the answer is the union's for those masks, not for the one a single
+process would draw.
+
 Example: each rank passes its shard, e.g. ``(x[rank::world], y[rank::world])``; here one
 process (a gloo group of world size 1, :func:`single_process_group`, on 127.0.0.1) holds the
 whole batch of the quadratic whose Hessian is ``diag(4, 1)`` (gradient ``(-2, -1)`` at
@@ -50,7 +56,7 @@ import sys
 
 import torch
 
-__all__ = ["require_process_group", "unwrap_ddp", "shard_weight", "all_reduce_sum",
+__all__ = ["require_process_group", "check_shardable", "unwrap_ddp", "shard_weight", "all_reduce_sum",
            "agreed_minimum", "DistributedOperator", "broadcast_vector", "single_process_group"]
 
 
@@ -108,6 +114,24 @@ def require_process_group() -> None:
     if not (dist.is_available() and dist.is_initialized()):
         raise ValueError("distributed=True needs an initialised torch.distributed process group "
                          "(torch.distributed.init_process_group) on every rank")
+
+
+def check_shardable(model: torch.nn.Module) -> None:
+    """Raise a ValueError naming the module if ``model`` has a BatchNorm in train mode: its
+    batch statistics would be each shard's, not the union's.
+
+    >>> model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.BatchNorm1d(3))
+    >>> check_shardable(model.eval())
+    >>> check_shardable(model.train())
+    Traceback (most recent call last):
+    ...
+    ValueError: distributed=True: module '1' is a BatchNorm in train mode, whose batch statistics would be each rank's shard's, not the union's; call model.eval() first
+    """
+    for name, module in unwrap_ddp(model).named_modules():
+        if module.training and isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            raise ValueError(f"distributed=True: module {name!r} is a BatchNorm in train mode, whose "
+                             f"batch statistics would be each rank's shard's, not the union's; "
+                             f"call model.eval() first")
 
 
 def unwrap_ddp(model: torch.nn.Module) -> torch.nn.Module:

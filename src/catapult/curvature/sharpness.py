@@ -104,6 +104,7 @@ def build_operator(model, loss_fn, batch, *, curvature="hessian", dtype=None, hv
     check_curvature(curvature)
     if distributed:
         dist_ops.require_process_group()
+        dist_ops.check_shardable(model)
         model = dist_ops.unwrap_ddp(model)
         params = [p for p in model.parameters()] if isinstance(model, torch.nn.Module) else []
         # every rank, before its operator: an empty shard is refused on all ranks alike
@@ -238,8 +239,8 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
         distributed: inside an initialised ``torch.distributed`` process group, ``batch`` is
             this rank's shard and the Hessian is that of the union's loss (a mean over
             samples: products all-reduced with weights ``|B_r| / |B|``); every rank gets the
-            same estimate. Works with a plain or a DDP-wrapped model
-            (:mod:`catapult.curvature.distributed`).
+            same estimate. Works with a plain or a DDP-wrapped model; a BatchNorm in train mode
+            is refused (:mod:`catapult.curvature.distributed`).
         curvature: ``"hessian"`` (default) or ``"ggn"``: the top eigenvalue of the Gauss-Newton
             matrix ``G = J^T H_L J`` (:class:`~catapult.curvature.ggn.GaussNewtonOperator`)
             instead, the same as ``top_eigenpairs(k=1, curvature="ggn")`` but with this
