@@ -202,3 +202,20 @@ def test_lean_top_eigenpairs_keeps_its_sized_basis(monkeypatch):
                                       memory="lean", block_size=block)
         assert eig.converged and peak["size"] == want
         np.testing.assert_allclose(eig.values[:5], truth, rtol=1e-7)
+
+
+@pytest.mark.parametrize("layer", [nn.BatchNorm1d(32), nn.Dropout(0.3)], ids=["batchnorm", "dropout"])
+def test_lean_names_itself_when_its_micro_batches_meet_a_train_mode_layer(layer):
+    """memory="lean" chose the micro-batches, yet the refusal told the user to "use
+    chunk_size=None" -- what they had done. It now names memory='lean' and memory='fast', and
+    "fast" on the same model in train mode works."""
+    plain, loss_fn, batch = mlp(64)
+    chunk_size, _ = memory_setting("lean", batch, None, None, plain, loss_fn)
+    assert chunk_size is not None and chunk_size < 64  # lean splits this batch
+    model = nn.Sequential(plain[0], layer.double(), *plain[1:]).train()
+    for call in (lambda: catapult.sharpness(model, loss_fn, batch, memory="lean"),
+                 lambda: catapult.top_eigenpairs(model, loss_fn, batch, k=2, memory="lean")):
+        with pytest.raises(ValueError, match=r"memory='lean' splits the batch .* module '1' .*"
+                                             r"call model.eval\(\) or use memory='fast'"):
+            call()
+    assert np.isfinite(catapult.sharpness(model, loss_fn, batch, memory="fast").value)

@@ -46,7 +46,7 @@ from catapult.curvature.lanczos import (EigenEstimate, krylov_invariant, relativ
                                         ritz_pairs, top_ritz_pair)
 
 __all__ = ["lean_sizes", "activation_bytes", "LEAN_RATIO", "LEAN_MIN_BASIS", "LEAN_MAX_BASIS",
-           "LEAN_OVERHEAD_VECTORS", "LEAN_HVP_ACTIVATIONS", "lean_top_eigenpair"]
+           "LEAN_OVERHEAD_VECTORS", "LEAN_HVP_ACTIVATIONS", "lean_top_eigenpair", "refuse_batch_coupling"]
 
 #: The promise: predicted peak <= LEAN_RATIO x a training step's.
 LEAN_RATIO = 3
@@ -127,6 +127,32 @@ def activation_bytes(model: torch.nn.Module, loss_fn, batch, *, probe: int = 8,
         loss_fn(functional_call(model, {**params, **buffers}, (x,)), y)
     scale = n / k
     return int(round(sum(seen.values()) * scale)), int(round(max(seen.values(), default=0) * scale))
+
+
+def refuse_batch_coupling(model: torch.nn.Module, chunk_size: int) -> None:
+    """Raise a ValueError naming the first module whose train-mode forward couples a batch's
+    samples (BatchNorm statistics, a dropout mask), which micro-batches of ``chunk_size`` (the
+    ones ``memory="lean"`` chose) would see differently.
+
+    >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5))
+    >>> refuse_batch_coupling(model.eval(), 4)
+    >>> refuse_batch_coupling(model.train(), 4)
+    Traceback (most recent call last):
+    ...
+    ValueError: memory='lean' splits the batch into micro-batches of 4, but module '1' is a Dropout in train mode, whose mask would differ per micro-batch; call model.eval() or use memory='fast'
+    """
+    for name, module in model.named_modules():
+        if not module.training:
+            continue
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            what = "a BatchNorm in train mode, whose batch statistics"
+        elif isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p > 0:
+            what = "a Dropout in train mode, whose mask"
+        else:
+            continue
+        raise ValueError(f"memory='lean' splits the batch into micro-batches of {chunk_size}, but "
+                         f"module {name!r} is {what} would differ per micro-batch; call "
+                         f"model.eval() or use memory='fast'")
 
 
 def warn_unfit(n: int, param_bytes: int, act_bytes: int) -> None:

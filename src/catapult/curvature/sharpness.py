@@ -85,6 +85,8 @@ def memory_setting(memory: str, batch, chunk_size, max_basis, model=None, loss_f
         basis = dist_ops.agreed_minimum(basis, device=inputs.device)
     if chunk_size is None and chunks > 1:
         chunk_size = max(1, math.ceil(n / chunks))
+        if model is not None:  # the user did not ask for micro-batches: name what did
+            lean.refuse_batch_coupling(model, chunk_size)
     return chunk_size, basis if max_basis is None else min(basis, max_basis)
 
 
