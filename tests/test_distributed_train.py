@@ -221,3 +221,28 @@ def test_train_ddp_backend_nccl_without_cuda_exits_2_before_any_work(tmp_path, c
     err = capsys.readouterr().err
     assert "--backend" in err and "nccl" in err and "gloo" in err and "Traceback" not in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_train_ddp_device_cuda_without_cuda_exits_2_before_any_work(tmp_path, capsys, monkeypatch, device):
+    # train-ddp --device cuda on a machine without CUDA trained on the CPU and exited 0 (train,
+    # spectrum, sweep, ... refuse it); a missing GPU is a config error, before the output exists
+    import yaml
+
+    from catapult.cli import main
+    from catapult.config import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)   # any machine: no GPU visible
+    (tmp_path / "shards").mkdir()
+    config = tmp_path / "ddp.yaml"
+    config.write_text(yaml.safe_dump(_config(_shards(tmp_path / "shards"), steps=2)))
+    out = tmp_path / "run"
+    assert main(["train-ddp", str(config), "--out", str(out), "--device", device]) == 2
+    err = capsys.readouterr().err
+    assert "device" in err and "CUDA is not available" in err and "Traceback" not in err
+    assert not out.exists()
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        train_ddp(dict(_config(tmp_path / "shards", steps=2), device=device), out_dir=out)
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        train_ddp(_config(tmp_path / "shards", steps=2), out_dir=out, device=device)
+    assert not out.exists()

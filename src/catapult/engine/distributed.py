@@ -50,7 +50,8 @@ import torch.nn.functional as F
 from catapult import config as cfg
 from catapult.data.text_shards import is_held_out, text_shard_files, tokenize_text_shards
 from catapult.data.token_cache import npy_problem
-from catapult.engine.build import build_mask_updater, build_model, build_optimizer, build_schedule, seeds
+from catapult.engine.build import (build_mask_updater, build_model, build_optimizer, build_schedule, resolve_device,
+                                   seeds)
 
 __all__ = ["TokenShards", "global_batch_rows", "train_ddp", "DDPResult"]
 
@@ -214,8 +215,10 @@ def train_ddp(config: Mapping[str, Any], *, out_dir: str | os.PathLike | None = 
                                              "directory of *.npy, *.jsonl or *.parquet shards")])
     distributed = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-    device = torch.device(device or (f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available()
-                                     and config["device"] != "cpu" else "cpu"))
+    # a CUDA device that is missing is a ConfigError before any work (it trained on the CPU)
+    device = resolve_device(str(device) if device is not None else config["device"])
+    if device.type == "cuda" and (device.index is None or distributed):  # one GPU per process under torchrun
+        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
     dtype = getattr(torch, config["dtype"])
     d = config["data"]
     shards = _open_shards(d, rank, distributed)
