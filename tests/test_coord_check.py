@@ -101,3 +101,27 @@ def test_activation_table_and_block_order_from_known_rows():
     assert lines[0] == "| block | step | 0.5 | 1 |"
     assert lines[2:] == ["| embedding | 0 |  | 0.25 |", "| embedding | 2 |  |  |",
                          "| mlp | 0 | 1 | 4 |", "| mlp | 2 | 7 | 8 |"]
+
+
+def test_the_callers_rng_is_left_as_it_was_and_runs_repeat_bit_for_bit():
+    # coord_check called torch.manual_seed(seed) per run and never restored the global RNG: a
+    # user's own draws after it changed (to the last seed's stream plus the dropout draws)
+    x, y = torch.randn(6, 4), torch.randint(0, 2, (6,))
+
+    def make(w):
+        return torch.nn.Sequential(torch.nn.Linear(4, int(w)), torch.nn.Dropout(0.5), torch.nn.Linear(int(w), 2))
+
+    def check():
+        return coord_check(make, [8, 16], batch=(x, y), steps=2, seeds=(3, 4), blocks={"0": "hidden", "2": "logits"})
+
+    torch.manual_seed(1234)
+    expected = torch.rand(5)
+    torch.manual_seed(1234)
+    first = check()
+    assert torch.equal(torch.rand(5), expected)
+    torch.manual_seed(99)               # the runs' own draws do not depend on the caller's state
+    assert check() == first
+    # each run is seeded: a model built under torch.manual_seed(seed) starts from the same weights
+    torch.manual_seed(3)
+    reference = make(8)(x).detach().abs().mean().item()   # dropout draws follow the init draws
+    assert [r["mean_abs"] for r in first if r["step"] == 0 and r["module"] == "2"][0] == reference

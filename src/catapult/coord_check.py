@@ -114,44 +114,57 @@ def coord_check(
         raise ValueError(f"coord_check steps must be >= 1; got {steps}")
     loss_fn = loss_fn or default_loss
     rows: list[dict] = []
-    for value in values:
-        for seed in seeds:
-            torch.manual_seed(seed)
-            model = make_model(value)
-            if device is not None:
-                model = model.to(device)
-            model.train()
-            opt = _make_optimizer(model, lr, optimizer)
-            hooked = find_blocks(model, blocks)
-            current: dict[str, float] = {}
+    # under fork_rng: the caller's RNG state is restored afterwards (it was left at the last
+    # seed's plus the training's dropout draws, so a user's later random draws changed)
+    with torch.random.fork_rng(devices=_cuda_devices(device)):
+        for value in values:
+            for seed in seeds:
+                torch.manual_seed(seed)
+                model = make_model(value)
+                if device is not None:
+                    model = model.to(device)
+                model.train()
+                opt = _make_optimizer(model, lr, optimizer)
+                hooked = find_blocks(model, blocks)
+                current: dict[str, float] = {}
 
-            def record(name: str):
-                def hook(module, inputs, output):
-                    out = output[0] if isinstance(output, (tuple, list)) else output
-                    current[name] = out.detach().abs().float().mean().item()
-                return hook
+                def record(name: str):
+                    def hook(module, inputs, output):
+                        out = output[0] if isinstance(output, (tuple, list)) else output
+                        current[name] = out.detach().abs().float().mean().item()
+                    return hook
 
-            handles = [module.register_forward_hook(record(name))
-                       for name, (module, _) in hooked.items()]
-            try:
-                for step in range(steps):
-                    inputs, targets = batch(step) if callable(batch) else batch
-                    if device is not None:
-                        inputs, targets = inputs.to(device), targets.to(device)
-                    current.clear()
-                    loss = loss_fn(model(inputs), targets)
-                    for name, (_, block) in hooked.items():
-                        rows.append({"value": float(value), "seed": int(seed), "step": step,
-                                     "block": block, "module": name,
-                                     "mean_abs": current.get(name, float("nan")),
-                                     "loss": float(loss.detach())})
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-            finally:
-                for handle in handles:
-                    handle.remove()
+                handles = [module.register_forward_hook(record(name))
+                           for name, (module, _) in hooked.items()]
+                try:
+                    for step in range(steps):
+                        inputs, targets = batch(step) if callable(batch) else batch
+                        if device is not None:
+                            inputs, targets = inputs.to(device), targets.to(device)
+                        current.clear()
+                        loss = loss_fn(model(inputs), targets)
+                        for name, (_, block) in hooked.items():
+                            rows.append({"value": float(value), "seed": int(seed), "step": step,
+                                         "block": block, "module": name,
+                                         "mean_abs": current.get(name, float("nan")),
+                                         "loss": float(loss.detach())})
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                        opt.step()
+                finally:
+                    for handle in handles:
+                        handle.remove()
     return rows
+
+
+def _cuda_devices(device) -> list[int]:
+    """The CUDA devices whose RNG a coord check on ``device`` may draw from (none on the CPU)."""
+    if device is not None:
+        device = torch.device(device)
+        if device.type != "cuda":
+            return []
+        return [device.index if device.index is not None else torch.cuda.current_device()]
+    return [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
 
 
 def _averaged(rows: Iterable[dict]) -> dict[tuple[str, int], dict[float, list[float]]]:
