@@ -125,3 +125,20 @@ def test_the_callers_rng_is_left_as_it_was_and_runs_repeat_bit_for_bit():
     torch.manual_seed(3)
     reference = make(8)(x).detach().abs().mean().item()   # dropout draws follow the init draws
     assert [r["mean_abs"] for r in first if r["step"] == 0 and r["module"] == "2"][0] == reference
+
+
+@pytest.mark.parametrize("device, gpus, words", [
+    ("cuda", 0, "CUDA is not available"), ("cuda:1", 0, "CUDA is not available"),
+    ("cuda:1", 1, "this machine has 1 CUDA device(s)"), ("gpu", 0, "torch device"), (3.5, 0, "torch device")])
+def test_a_device_it_cannot_use_is_a_value_error_naming_device_before_any_run(monkeypatch, device, gpus, words):
+    # device="cuda" without CUDA was torch's AssertionError ("Torch not compiled with CUDA
+    # enabled") from model.to after the first model was built; "gpu" a RuntimeError; cuda:1 on a
+    # 1-GPU machine torch's "invalid device ordinal"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)   # any machine: `gpus` GPUs visible
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    built = []
+    x, y = torch.randn(6, 4), torch.randint(0, 2, (6,))
+    with pytest.raises(ValueError, match="device") as info:
+        coord_check(lambda w: built.append(w) or torch.nn.Linear(4, 2), [8], batch=(x, y), steps=1,
+                    blocks={"": "logits"}, device=device)
+    assert words in str(info.value) and built == []

@@ -112,6 +112,7 @@ def coord_check(
     """
     if steps < 1:
         raise ValueError(f"coord_check steps must be >= 1; got {steps}")
+    device = _checked_device(device)
     loss_fn = loss_fn or default_loss
     rows: list[dict] = []
     # under fork_rng: the caller's RNG state is restored afterwards (it was left at the last
@@ -155,6 +156,24 @@ def coord_check(
                     for handle in handles:
                         handle.remove()
     return rows
+
+
+def _checked_device(device) -> torch.device | None:
+    """``device`` as a torch device, or a ValueError naming it before any run (a missing CUDA
+    was torch's AssertionError from the first ``model.to``)."""
+    if device is None:
+        return None
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"coord_check device: expected a torch device such as 'cpu' or 'cuda'; "
+                         f"got {device!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"coord_check device: {str(device)!r} requested but CUDA is not available; use 'cpu'")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"coord_check device: {str(device)!r} requested but this machine has "
+                         f"{torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def _cuda_devices(device) -> list[int]:
