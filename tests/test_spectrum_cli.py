@@ -115,7 +115,7 @@ def _hostile_pickle(path):
 
 
 @pytest.mark.parametrize("case", ["missing", "text", "hostile", "shape", "entries", "nan", "list", "overflow",
-                                  "sparse", "meta", "complex", "integer"])
+                                  "sparse", "meta", "complex", "integer", "parametrization"])
 def test_bad_weights_exit_2_naming_the_problem(case, tmp_path, capsys):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(CONFIG))
@@ -144,6 +144,9 @@ def test_bad_weights_exit_2_naming_the_problem(case, tmp_path, capsys):
         torch.save({**state, first: state[first] * (1 + 1j)}, weights)
     elif case == "integer":  # load_state_dict cast it to float without a word
         torch.save({**state, first: torch.ones_like(state[first], dtype=torch.int64)}, weights)
+    elif case == "parametrization":  # a muP run's model.pt for an SP config: was a ParametrizationMismatch traceback
+        torch.save(build_run(dict(CONFIG, model=dict(CONFIG["model"], parametrization="mup"))).model.state_dict(),
+                   weights)
     assert cli.main(["spectrum", str(path), "--weights", str(weights)]) == 2
     err = capsys.readouterr().err
     assert "--weights" in err and "Traceback" not in err and len(err.splitlines()) == 1
@@ -151,7 +154,8 @@ def test_bad_weights_exit_2_naming_the_problem(case, tmp_path, capsys):
                 "shape": f"{first} has shape (2, 2)", "entries": f"missing {first}; unexpected extra.weight",
                 "nan": "non-finite", "list": "holds no state_dict", "overflow": "the loss on batch 0 is",
                 "sparse": f"{first} is a sparse tensor", "meta": f"{first} is a meta (data-less) tensor",
-                "complex": f"{first} is a complex tensor", "integer": f"{first} is torch.int64"}[case]
+                "complex": f"{first} is a complex tensor", "integer": f"{first} is torch.int64",
+                "parametrization": "saved from a model with parametrization 'mup'"}[case]
     assert expected in err
     assert "weights_only" not in err  # torch's advice to load with weights_only=False is not passed on
     assert not (tmp_path / "w.pt.ran").exists()

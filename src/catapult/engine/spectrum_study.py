@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from catapult import config as cfg
+from catapult.parametrize_state import ParametrizationMismatch
 
 __all__ = ["measure_spectrum", "load_weights", "format_spectrum"]
 
@@ -39,7 +40,8 @@ def load_weights(model: nn.Module, path: str | Path, *, key: str = "weights") ->
     Refuses, with a :class:`~catapult.config.ConfigError` naming ``key`` and the problem, a
     missing file, a file that is not a tensor dictionary (anything but tensors and plain
     containers is refused by ``weights_only``), missing or unexpected entries, a shape that
-    differs from the model's, and non-finite values (a diverged run's weights). A
+    differs from the model's, non-finite values (a diverged run's weights) and weights saved under
+    another parametrization or density. A
     ``DistributedDataParallel`` state (every name prefixed ``module.``) is accepted.
     """
     path = Path(path)
@@ -80,7 +82,10 @@ def load_weights(model: nn.Module, path: str | Path, *, key: str = "weights") ->
                                          f"{mine.dtype}")])
         if state[name].is_floating_point() and not bool(torch.isfinite(state[name]).all()):
             raise cfg.ConfigError([(key, f"{path}: {name} holds non-finite values (weights of a diverged run?)")])
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except ParametrizationMismatch as err:  # saved under another parametrization or density: was a traceback
+        raise cfg.ConfigError([(key, f"{path} does not fit the config's model: {err}")]) from None
 
 
 def measure_spectrum(config: Mapping[str, Any], *, weights: str | Path | None = None, top_k: int = 5,
