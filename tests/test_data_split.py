@@ -135,3 +135,21 @@ def test_load_dataset_registry(digits):
         load_dataset("digits", root="/somewhere")
     with pytest.raises(TypeError):
         load_dataset("digits", colour=True)
+
+
+def test_loading_digits_leaves_pythons_global_rng_alone():
+    # the first load imports scikit-learn, whose import (through rich) drew getrandbits(24) from
+    # Python's global RNG: a user's random.random() after a first run on digits changed
+    import subprocess
+    import sys
+
+    script = ("import random\n"
+              "random.seed(7); expected = [random.random() for _ in range(3)]\n"
+              "random.seed(7)\n"
+              "from catapult.data import load_digits\n"
+              "load_digits(n_train=4, n_test=4)\n"
+              "assert 'sklearn' in __import__('sys').modules\n"
+              "print([random.random() for _ in range(3)] == expected)\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "True"

@@ -11,6 +11,8 @@ between train and test.
 """
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import torch
 
@@ -36,7 +38,11 @@ def load_digits(n_train: int | None = None, n_test: int | None = None, *,
     """
     check_count(n_train, DIGITS_N_TRAIN, "n_train", "digits (train)")
     check_count(n_test, DIGITS_N_TEST, "n_test", "digits (test)")
-    from sklearn.datasets import load_digits as _sk_load_digits  # slow import, load lazily
+    state = random.getstate()  # scikit-learn's first import draws from Python's global RNG (rich's
+    try:                       # getrandbits at import), which changed a caller's later random draws
+        from sklearn.datasets import load_digits as _sk_load_digits  # slow import, load lazily
+    finally:
+        random.setstate(state)
 
     bunch = _sk_load_digits()
     images = torch.from_numpy(np.asarray(bunch.images, dtype=np.float64)).reshape(-1, 1, 8, 8)
