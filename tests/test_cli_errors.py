@@ -418,6 +418,26 @@ def test_a_sweep_on_a_cuda_this_machine_lacks_is_refused_before_the_store(tmp_pa
     assert "CUDA is not available" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["train", "spectrum", "critical-lr", "sweep"])
+def test_a_cuda_index_past_the_visible_gpus_exits_2_before_any_work(tmp_path, capsys, monkeypatch, command):
+    # on a 1-GPU machine --device cuda:1 passed the device check and failed at the first
+    # allocation (torch's "invalid device ordinal", a traceback); checked like a missing CUDA now
+    from catapult.engine import resolve_device
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)   # as on a machine with one GPU
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 1)
+    assert str(resolve_device("cuda:0")) == "cuda:0" and str(resolve_device("cuda")) == "cuda"
+    config = tmp_path / "c.yaml"
+    config.write_text(GRID if command == "sweep" else TINY)
+    where = ["--store", str(tmp_path / "s.db")] if command == "sweep" else \
+        ["--out", str(tmp_path / "run")] if command == "train" else []
+    assert cli.main([command, str(config), *where, "--progress", "none", "--device", "cuda:1"]) == 2
+    err = capsys.readouterr().err
+    assert "device: 'cuda:1' requested but this machine has 1 CUDA device(s), cuda:0 to cuda:0" in err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "s.db").exists() and not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("argv, target", [
     (["export", "s.db", "--out", "s.db"], "s.db"),             # a CSV was written over the store it read
     (["report", "s.db", "--out", "s.db"], "s.db"),

@@ -40,12 +40,17 @@ def seeds(seed: int) -> tuple[int, int, int]:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> ``cuda`` if available else ``cpu``; a CUDA device that is missing is an error."""
+    """``"auto"`` -> ``cuda`` if available else ``cpu``; a CUDA device that is missing (no CUDA, or
+    an index past the visible devices) is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise cfg.ConfigError([("device", f"{name!r} requested but CUDA is not available; use cpu or auto")])
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()  # was torch's "invalid device ordinal" from the first allocation
+        raise cfg.ConfigError([("device", f"{name!r} requested but this machine has {count} CUDA device(s), "
+                                          f"cuda:0 to cuda:{count - 1}")])
     return device
 
 
