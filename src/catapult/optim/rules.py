@@ -110,10 +110,6 @@ def _nonzero(x: Any) -> bool:
     return _is_tensor(x) or x != 0
 
 
-def _flag(x: Any) -> bool:
-    return _is_tensor(x) or bool(x)
-
-
 def _add(x: Tensor, y: Tensor, a: Any) -> Tensor:
     """``x + a y``."""
     return x + a * y if _is_tensor(a) else x.add(y, alpha=a)
