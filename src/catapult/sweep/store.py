@@ -455,14 +455,6 @@ class Store:
 
     # ---- writing results
 
-    def mark_running(self, ids: Iterable[int], worker: str | None = None) -> None:
-        """Cells handed to an executor: ``running``, ``attempts += 1`` (one transaction)."""
-        now = time.time()
-        with self.transaction() as conn:
-            conn.executemany(
-                "UPDATE cells SET status = 'running', attempts = attempts + 1, started_at = ?, worker = ? "
-                "WHERE id = ?", [(now, worker, i) for i in ids])
-
     def record(self, cell_id: int, result: Any, *, lambda_0: float | None = None,
                driver_id: str | None = None) -> str | None:
         """Write one cell's result in one transaction and return its status.
