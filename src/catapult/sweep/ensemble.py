@@ -55,8 +55,8 @@ in float64 (``dtype=float64``) they agree to 3e-11 in every cell:
   member's row ``t`` is logged, its result is yielded at once and it is dropped from the
   stacked tensors (frozen); the other members' arithmetic never mixes with it (per-member
   matmuls, per-member loss terms), so their results do not change;
-* rows, thresholds (the member's own optimizer's :func:`catapult.engine._threshold`) and the
-  summary (:func:`catapult.engine._summarize`) are built exactly as ``run`` builds them.
+* rows, thresholds (the member's own optimizer's :func:`catapult.engine.threshold`) and the
+  summary (:func:`catapult.engine.summarize`) are built exactly as ``run`` builds them.
   ``summary["wall_time_s"]`` is the chunk's wall time divided by its number of members.
 
 Grouping: cells are grouped by their config with the per-member keys (:data:`PER_MEMBER_KEYS`)
