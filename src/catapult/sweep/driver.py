@@ -211,7 +211,7 @@ def refuse_missing_data(cells: list[CellSpec]) -> None:
 
 
 def _spectrum_problem(config: Mapping[str, Any], shapes: dict) -> cfg.ConfigError | None:
-    """:func:`catapult.engine.check_spectrum_fits`'s error for ``config``, or None; ``shapes``
+    """:func:`catapult.engine.model_size.check_spectrum_fits`'s error for ``config``, or None; ``shapes``
     caches ``(in_features, classes)`` per data section (None: the data did not load, which the
     cell itself then reports)."""
     top_k = config["eval"].get("spectrum_top_k") or 0
