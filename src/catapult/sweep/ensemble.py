@@ -237,7 +237,7 @@ def _run_batched_chunk(chunk: Sequence[Cell], run_fn: RunFn, threads: int | None
     done: set[int] = set()
     try:
         with torch_threads(threads):
-            members = (run_ensemble(chunk, threads=threads, data=data) if engine == "kernels"
+            members = (run_ensemble(chunk, data=data) if engine == "kernels"
                        else run_group(chunk, data=data))
             for cell_id, result in members:
                 done.add(cell_id)

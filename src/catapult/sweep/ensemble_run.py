@@ -187,13 +187,14 @@ class KernelStack(MLPStack):
         return [(loss_tot[i] / n, acc_tot[i] / n) for i in range(len(rows))]
 
 
-def run_ensemble(cells: Sequence[Cell], *, threads: int | None = None,
-                 data: Any = None) -> Iterator[tuple[int, CellResult]]:
+def run_ensemble(cells: Sequence[Cell], *, data: Any = None) -> Iterator[tuple[int, CellResult]]:
     """Train ``cells`` (one group: see :func:`group_key`) as one :class:`KernelStack` in the
     batched loop (:func:`catapult.sweep.batched_loop.train_group`); yields ``(cell_id,
     CellResult)`` as each member finishes or diverges. ``data``: the group's
     :func:`catapult.engine.load_data` result on the CPU in float32, if the caller has it (used
-    when the run's device and dtype are those; else loaded again)."""
+    when the run's device and dtype are those; else loaded again). The sub-batches follow torch's
+    thread count (:attr:`MLPStack.threads`): a caller that wants other threads sets them around
+    the call, as the executor does with :func:`catapult.sweep.executors.torch_threads`."""
     group = open_group(cells, data)
     c0 = group.config
     stack = KernelStack(group.members, group.models, group.kind, c0["loss"],
