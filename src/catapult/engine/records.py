@@ -225,8 +225,7 @@ def summarize(config, metrics, *, status, diverged_at, lambda_0, lr_trgt, thresh
     events = detect_catapults(metrics)
     failure = None
     if status == "diverged" and last.get("train_loss") is not None:
-        failure = failure_of(last["train_loss"], losses[0] if losses else None,
-                             config["train"]["divergence_factor"])
+        failure = failure_of(last["train_loss"])
     else:
         status, failure = final_status(status, last.get("train_accuracy"), config, collapsed)
     finite_tests = [r for r in tests if finite(r["test_loss"])]

@@ -103,10 +103,11 @@ def accuracy_rule_applies(config: Mapping[str, Any]) -> bool:
     return on and chance_accuracy(config) is not None
 
 
-def failure_of(loss_t: float, loss_0: float | None, factor: float) -> str:
-    """Why :func:`diverged` fired: ``"non_finite_loss"`` or ``"loss_above_factor"``.
+def failure_of(loss_t: float) -> str:
+    """Why :func:`diverged` fired on a row with training loss ``loss_t``: ``"non_finite_loss"``,
+    or (a finite loss it fired on) ``"loss_above_factor"``.
 
-    >>> failure_of(float("inf"), 1.0, 10.0), failure_of(11.0, 1.0, 10.0)
+    >>> failure_of(float("inf")), failure_of(11.0)
     ('non_finite_loss', 'loss_above_factor')
     """
     return "non_finite_loss" if not math.isfinite(loss_t) else "loss_above_factor"
