@@ -24,7 +24,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
-__all__ = ["Catapult", "detect_catapults"]
+__all__ = ["Catapult", "detect_catapults", "is_finite_number"]
 
 
 @dataclass
@@ -44,8 +44,15 @@ class Catapult:
         return asdict(self)
 
 
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and x is not None and math.isfinite(x)
+def is_finite_number(x: Any) -> bool:
+    """``x`` is a measured value in a metrics row, summary or store cell: an ``int`` or
+    ``float`` (not a ``bool``) that is finite. ``None`` (not measured), NaN, inf and other
+    types are not.
+
+    >>> [is_finite_number(x) for x in (1, 2.5, float("nan"), float("inf"), None, True, "1")]
+    [True, True, False, False, False, False, False]
+    """
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def detect_catapults(
@@ -63,7 +70,7 @@ def detect_catapults(
     """
     steps = [r["step"] for r in metrics]
     losses = [r.get("train_loss") for r in metrics]
-    sharp = [(r["step"], r["sharpness"]) for r in metrics if _finite(r.get("sharpness"))]
+    sharp = [(r["step"], r["sharpness"]) for r in metrics if is_finite_number(r.get("sharpness"))]
     if len(sharp) < 2:
         return []
     if lookback is None:
@@ -76,13 +83,13 @@ def detect_catapults(
     i, n = 0, len(metrics)
     while i < n:
         loss = losses[i]
-        if not _finite(loss):
+        if not is_finite_number(loss):
             break  # diverged: no further spikes can end
         if running_min < math.inf and loss > rise * running_min:
             start, level = i, running_min
             j = i + 1
-            while j < n and not (_finite(losses[j]) and losses[j] <= rise * level):
-                if not _finite(losses[j]):
+            while j < n and not (is_finite_number(losses[j]) and losses[j] <= rise * level):
+                if not is_finite_number(losses[j]):
                     j = None
                     break
                 j += 1

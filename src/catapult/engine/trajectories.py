@@ -8,20 +8,16 @@ Input is one or more runs' metrics: sequences of per-step mappings with keys ``s
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from catapult.analysis import is_finite_number
 from catapult.engine.records import is_spectrum_column
 
 Metrics = Sequence[Mapping[str, Any]]
-
-
-def _finite(x: Any) -> bool:
-    return x is not None and isinstance(x, (int, float)) and math.isfinite(x)
 
 
 def _series(metrics: Metrics, key: str, positive: bool = True) -> tuple[list[float], list[float]]:
@@ -29,19 +25,19 @@ def _series(metrics: Metrics, key: str, positive: bool = True) -> tuple[list[flo
     xs, ys = [], []
     for row in metrics:
         y = row.get(key)
-        if _finite(y) and (not positive or y > 0):
+        if is_finite_number(y) and (not positive or y > 0):
             xs.append(row["step"])
             ys.append(float(y))
     return xs, ys
 
 
 def _threshold_series(metrics: Metrics) -> tuple[list[float], list[float]]:
-    if any(_finite(row.get("threshold")) for row in metrics):
+    if any(is_finite_number(row.get("threshold")) for row in metrics):
         return _series(metrics, "threshold")
     xs, ys = [], []
     for row in metrics:
         lr = row.get("lr")
-        if _finite(lr) and lr > 0:
+        if is_finite_number(lr) and lr > 0:
             xs.append(row["step"])
             ys.append(2.0 / lr)
     return xs, ys
@@ -113,7 +109,7 @@ def plot_trajectories(
             any_catapult = True
             ax_loss.plot(event.peak, min(event.loss_peak, top) if top else event.loss_peak, "o", mfc="none",
                          mec=color, ms=10, mew=1.5)
-            if _finite(event.sharpness_before) and event.sharpness_before > 0:
+            if is_finite_number(event.sharpness_before) and event.sharpness_before > 0:
                 ax_sharp.plot(event.start, event.sharpness_before, "o", mfc="none", mec=color, ms=10, mew=1.5)
         if sx:
             any_sharpness = True

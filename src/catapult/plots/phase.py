@@ -12,7 +12,6 @@ Everything uses ``matplotlib.figure.Figure`` directly (no pyplot state): safe he
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -23,6 +22,7 @@ from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from catapult.analysis import is_finite_number
 from catapult.engine.records import is_spectrum_column
 
 __all__ = [
@@ -71,10 +71,6 @@ def check_plot_metric(metric: str) -> str:
 def higher_is_better(metric: str) -> bool:
     """Accuracies are maximised; losses, sharpness and times minimised."""
     return "accuracy" in metric
-
-
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _key(value: Any) -> str:
@@ -204,7 +200,7 @@ def phase_grid(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[str, A
             if not group:
                 continue
             states = [c["status"] for c in group]
-            good = [c[metric] for c in group if c["status"] in counts_as_result and _finite(c.get(metric))]
+            good = [c[metric] for c in group if c["status"] in counts_as_result and is_finite_number(c.get(metric))]
             if good:
                 values[i, j] = float(np.mean(good))
                 counts[i, j] = len(good)
@@ -365,7 +361,7 @@ def cell_label(cell: Mapping[str, Any], axes: Sequence[Mapping[str, Any]] = ()) 
 def default_trajectory_cells(cells: Sequence[Mapping[str, Any]], metric: str = "test_accuracy", limit: int = 4) -> list[int]:
     """A few telling cells: the best finished one, the worst finished one, and the first
     diverged ones (at most ``limit``)."""
-    finished = [c for c in cells if c["status"] == "finished" and _finite(c.get(metric))]
+    finished = [c for c in cells if c["status"] == "finished" and is_finite_number(c.get(metric))]
     chosen: list[int] = []
     if finished:
         pick = max if higher_is_better(metric) else min
@@ -388,7 +384,7 @@ def plot_cell_trajectories(runs: Mapping[str, Sequence[Mapping[str, Any]]], path
     (``runs``: label -> per-step metric dicts), plus a sharpness panel (with ``2/lr``-type
     thresholds dashed) when any run measured sharpness. A diverged run ends in an ``x``."""
     statuses = dict(statuses or {})
-    with_sharpness = any(_finite(r.get("sharpness")) for rows in runs.values() for r in rows)
+    with_sharpness = any(is_finite_number(r.get("sharpness")) for rows in runs.values() for r in rows)
     panels = ["train_loss", "test_accuracy", "lr"] + (["sharpness"] if with_sharpness else [])
     fig = Figure(figsize=(4.0 * len(panels), 3.4), layout="constrained")
     FigureCanvasAgg(fig)
@@ -396,7 +392,7 @@ def plot_cell_trajectories(runs: Mapping[str, Sequence[Mapping[str, Any]]], path
     colors = [f"C{k % 10}" for k in range(len(runs))]
     for (label, rows), color in zip(runs.items(), colors):
         for ax, key in zip(axes, panels):
-            pts = [(r["step"], r[key]) for r in rows if _finite(r.get(key)) and (key == "test_accuracy" or r[key] > 0)]
+            pts = [(r["step"], r[key]) for r in rows if is_finite_number(r.get(key)) and (key == "test_accuracy" or r[key] > 0)]
             if not pts:
                 continue
             xs, ys = zip(*pts)
@@ -404,7 +400,7 @@ def plot_cell_trajectories(runs: Mapping[str, Sequence[Mapping[str, Any]]], path
             if key == "train_loss" and statuses.get(label) == "diverged":
                 ax.plot([xs[-1]], [ys[-1]], marker="x", color=color, markersize=9, mew=2)
             if key == "sharpness":
-                thr = [(r["step"], r["threshold"]) for r in rows if _finite(r.get("threshold")) and r["threshold"] > 0]
+                thr = [(r["step"], r["threshold"]) for r in rows if is_finite_number(r.get("threshold")) and r["threshold"] > 0]
                 if thr:
                     tx, ty = zip(*thr)
                     ax.plot(tx, ty, color=color, lw=1.0, ls="--")

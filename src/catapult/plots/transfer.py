@@ -26,6 +26,8 @@ from typing import Any, Mapping, Sequence
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from catapult.analysis import is_finite_number
+
 __all__ = ["TransferCurves", "transfer_curves", "optima", "drift", "shift", "plot_transfer", "transfer_table",
            "optima_rows", "transfer_summary", "incomplete_optima", "unfinished_note",
            "TRANSFER_METRICS"]
@@ -37,10 +39,6 @@ TRANSFER_METRICS = ("test_loss", "train_loss", "best_test_loss", "best_train_los
 
 def _key(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
-
-
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 @dataclass
@@ -67,9 +65,9 @@ class TransferCurves:
 
 def _x_value(cell: Mapping[str, Any], x_key: str) -> float:
     value = cell["swept"].get(x_key)
-    if _finite(value):
+    if is_finite_number(value):
         return float(value)
-    if x_key == "optimizer.lr" and _finite(cell.get("lr_target")):
+    if x_key == "optimizer.lr" and is_finite_number(cell.get("lr_target")):
         return float(cell["lr_target"])
     raise ValueError(f"cell {cell['id']}: {x_key}={value!r} is not a number (and no resolved lr_target)")
 
@@ -124,7 +122,7 @@ def transfer_curves(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[s
         # a collapsed run finished (the store keeps it as finished): its metric counts, as in the phase grid
         value = cell.get(metric) if cell["status"] in ("finished", "collapsed") else None
         bucket = groups.setdefault(p, {}).setdefault(s, {}).setdefault(xv, [])
-        bucket.append(float(value) if _finite(value) else math.nan)
+        bucket.append(float(value) if is_finite_number(value) else math.nan)
     if not groups and not unfinished:
         raise ValueError(f"no cells match where={dict(where or {})}")
     order = {a["key"]: [_key(v) for v in a["values"]] for a in axes}

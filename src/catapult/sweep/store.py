@@ -51,6 +51,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
+from catapult.analysis import is_finite_number
 from catapult.sweep.claims import CLAIMS_DDL, LEASE_S, driver_alive, host_id, new_driver_id
 from catapult.sweep.store_file import APPLICATION_ID, connect_readonly, create_store_file, identify
 
@@ -540,10 +541,6 @@ class Store:
         return [dict(r) for r in self.conn.execute("SELECT key, value, inputs_json, measured_at FROM lambda0")]
 
 
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
 def _final_metrics(metrics: Sequence[Mapping[str, Any]], status: str) -> dict:
     """Final values: train loss/accuracy of the last logged row; for a finished run also test
     loss/accuracy and sharpness from the last row that has them (a diverged run has no final
@@ -566,7 +563,7 @@ def _final_metrics(metrics: Sequence[Mapping[str, Any]], status: str) -> dict:
 
 def _best_metrics(metrics: Sequence[Mapping[str, Any]]) -> dict:
     def pick(key, fn):
-        values = [row[key] for row in metrics if _finite(row.get(key))]
+        values = [row[key] for row in metrics if is_finite_number(row.get(key))]
         return fn(values) if values else None
 
     return {
