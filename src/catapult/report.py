@@ -11,7 +11,6 @@ import base64
 import datetime as _dt
 import html
 import io
-import json
 import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -68,6 +67,7 @@ def build_report(store, *, title: str | None = None, metric: str = "test_accurac
     """The report's HTML text for an open :class:`catapult.sweep.store.Store`."""
     from catapult.plots.phase import (cell_label, default_axes, default_trajectory_cells, phase_grid,
                                       plot_cell_trajectories, plot_phase_diagram, unfinished_note)
+    from catapult.sweep.spec import canonical_json
 
     spec = store.spec()
     axes = store.axes()
@@ -75,7 +75,7 @@ def build_report(store, *, title: str | None = None, metric: str = "test_accurac
     counts = dict.fromkeys(("finished", "diverged", "failed", "interrupted", "running", "pending"), 0)
     for c in cells:  # statuses as the cells carry them ('interrupted' included); store text: escaped below
         counts[c["status"]] = counts.get(c["status"], 0) + 1
-    by_label = {a["key"]: dict(zip([json.dumps(v, sort_keys=True) for v in a["values"]], a["labels"])) for a in axes}
+    by_label = {a["key"]: dict(zip([canonical_json(v) for v in a["values"]], a["labels"])) for a in axes}
     name = title or f"Sweep report: {store.path.name}"
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(name)}</title>"
              f"<style>{_CSS}</style></head><body>", f"<h1>{html.escape(name)}</h1>"]
@@ -229,7 +229,9 @@ def _transfer_section(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping
 
 
 def _label(by_label: Mapping[str, Mapping[str, str]], key: str, value: Any) -> str:
-    return by_label.get(key, {}).get(json.dumps(value, sort_keys=True), str(value))
+    from catapult.sweep.spec import canonical_json
+
+    return by_label.get(key, {}).get(canonical_json(value), str(value))
 
 
 def write_report(store_path: str | Path, out: str | Path | None = None, **kwargs) -> Path:

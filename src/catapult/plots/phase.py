@@ -24,6 +24,7 @@ from matplotlib.patches import Rectangle
 
 from catapult.analysis import is_finite_number
 from catapult.engine.records import is_spectrum_column
+from catapult.sweep.spec import canonical_json
 
 __all__ = [
     "PhaseGrid",
@@ -71,12 +72,6 @@ def check_plot_metric(metric: str) -> str:
 def higher_is_better(metric: str) -> bool:
     """Accuracies are maximised; losses, sharpness and times minimised."""
     return "accuracy" in metric
-
-
-def _key(value: Any) -> str:
-    import json
-
-    return json.dumps(value, sort_keys=True, default=str)
 
 
 @dataclass
@@ -167,22 +162,22 @@ def phase_grid(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[str, A
         for key, wanted in where.items():
             have = cell["swept"].get(key)
             axis = by_key[key]
-            label = dict(zip(map(_key, axis["values"]), axis["labels"])).get(_key(have), str(have))
-            if not (_key(have) == _key(wanted) or str(wanted) in (label, str(have))):
+            label = dict(zip(map(canonical_json, axis["values"]), axis["labels"])).get(canonical_json(have), str(have))
+            if not (canonical_json(have) == canonical_json(wanted) or str(wanted) in (label, str(have))):
                 return False
         return True
 
     xa = by_key[x]
     ya = by_key[y] if y is not None else {"values": [None], "labels": [""]}
-    xi = {_key(v): j for j, v in enumerate(xa["values"])}
-    yi = {_key(v): i for i, v in enumerate(ya["values"])}
+    xi = {canonical_json(v): j for j, v in enumerate(xa["values"])}
+    yi = {canonical_json(v): i for i, v in enumerate(ya["values"])}
     ny, nx = len(ya["values"]), len(xa["values"])
     members: list[list[list[dict]]] = [[[] for _ in range(nx)] for _ in range(ny)]
     for cell in cells:
         if not matches(cell):
             continue
-        j = xi.get(_key(cell["swept"].get(x)))
-        i = yi.get(_key(cell["swept"].get(y))) if y is not None else 0
+        j = xi.get(canonical_json(cell["swept"].get(x)))
+        i = yi.get(canonical_json(cell["swept"].get(y))) if y is not None else 0
         if i is None or j is None:
             continue
         members[i][j].append(cell)
@@ -353,8 +348,8 @@ _SHORT = {"optimizer.lr": "lr", "schedule.warmup_steps": "T_wrm"}
 
 def cell_label(cell: Mapping[str, Any], axes: Sequence[Mapping[str, Any]] = ()) -> str:
     """``"cell 7: lr=2^3/λ0, T_wrm=8"``: a cell's swept values in the config's units."""
-    labels = {a["key"]: dict(zip(map(_key, a["values"]), a["labels"])) for a in axes}
-    parts = [f"{_SHORT.get(k, k)}={labels.get(k, {}).get(_key(v), v)}" for k, v in cell["swept"].items()]
+    labels = {a["key"]: dict(zip(map(canonical_json, a["values"]), a["labels"])) for a in axes}
+    parts = [f"{_SHORT.get(k, k)}={labels.get(k, {}).get(canonical_json(v), v)}" for k, v in cell["swept"].items()]
     return f"cell {cell['id']}: " + ", ".join(parts)
 
 

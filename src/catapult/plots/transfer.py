@@ -17,7 +17,6 @@ optimum of each marked; :func:`transfer_table` is the Markdown table of the opti
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from catapult.analysis import is_finite_number
+from catapult.sweep.spec import canonical_json
 
 __all__ = ["TransferCurves", "transfer_curves", "optima", "drift", "shift", "plot_transfer", "transfer_table",
            "optima_rows", "transfer_summary", "incomplete_optima", "unfinished_note",
@@ -35,10 +35,6 @@ __all__ = ["TransferCurves", "transfer_curves", "optima", "drift", "shift", "plo
 #: Cell metrics a transfer curve can show (lower is better for losses, higher for accuracies).
 TRANSFER_METRICS = ("test_loss", "train_loss", "best_test_loss", "best_train_loss", "test_accuracy",
                     "train_accuracy", "best_test_accuracy")
-
-
-def _key(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=str)
 
 
 @dataclass
@@ -109,7 +105,7 @@ def transfer_curves(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[s
     groups: dict[Any, dict[Any, dict[float, list[float]]]] = {}
     unfinished: dict[tuple[Any, Any], int] = {}
     for cell in cells:
-        if any(_key(cell["swept"].get(k)) != _key(v) and str(cell["swept"].get(k)) != str(v)
+        if any(canonical_json(cell["swept"].get(k)) != canonical_json(v) and str(cell["swept"].get(k)) != str(v)
                for k, v in (where or {}).items()):
             continue
         p = cell["swept"].get(panel) if panel else None
@@ -125,13 +121,13 @@ def transfer_curves(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[s
         bucket.append(float(value) if is_finite_number(value) else math.nan)
     if not groups and not unfinished:
         raise ValueError(f"no cells match where={dict(where or {})}")
-    order = {a["key"]: [_key(v) for v in a["values"]] for a in axes}
+    order = {a["key"]: [canonical_json(v) for v in a["values"]] for a in axes}
 
     def ordered(keys, axis):
         if axis is None:
             return list(keys)
         rank = order[axis]
-        return sorted(keys, key=lambda k: rank.index(_key(k)) if _key(k) in rank else len(rank))
+        return sorted(keys, key=lambda k: rank.index(canonical_json(k)) if canonical_json(k) in rank else len(rank))
 
     curves: dict[Any, dict[Any, list[tuple[float, float]]]] = {}
     spread: dict[Any, dict[Any, list[tuple[float, float, int]]]] = {}
