@@ -9,13 +9,15 @@ import math
 from typing import Any, Mapping
 
 from catapult.engine.records import METRIC_COLUMNS
+from catapult.optim import registry
 
 __all__ = ["new_row", "diverged", "measures_sharpness", "evaluates_test", "lambda0_batch_count",
            "chance_accuracy", "ADAM_FAMILY", "accuracy_rule_applies", "failure_of", "final_status",
            "output_collapsed", "COLLAPSE_RTOL"]
 
-#: Optimizers the paper's accuracy failure rule covers (``train.accuracy_failure: auto``).
-ADAM_FAMILY = ("adam", "adamw", "radam", "gi-adam")
+#: Optimizers the paper's accuracy failure rule covers (``train.accuracy_failure: auto``): the
+#: optimizer table's Adam family (:attr:`catapult.optim.registry.OptimizerSpec.family`).
+ADAM_FAMILY = tuple(name for name in registry.names() if registry.get(name).family == "adam")
 
 #: Classes of the image datasets (the accuracy rule's chance level is ``1 / classes``).
 _CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100}
