@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import json
-import math
 
 from catapult.cli.common import add_config_arguments, config_from_args
 from catapult.engine.critical_lr_study import estimate, format_estimate
+from catapult.engine.records import json_safe
 
 
 def register(subparsers) -> None:
@@ -28,7 +28,7 @@ def _command(args) -> int:
     config = config_from_args(args)
     e = estimate(config, cap=args.cap)
     if args.json:
-        print(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in e.items()}))
+        print(json.dumps(json_safe(e)))
     else:
         print(format_estimate(e))
     return 0

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import json
-import math
 
 from catapult.cli.common import add_config_arguments, check_image_file, config_from_args, figure_path
 from catapult.config import ConfigError
+from catapult.engine.records import json_safe
 from catapult.engine.spectrum_study import format_spectrum, measure_spectrum
 
 
@@ -53,10 +53,6 @@ def _count(config: dict, key: str, given: int | None, fallback: int) -> int:
     return int(config["eval"].get(key) or 0) or fallback
 
 
-def _finite(x):
-    return None if isinstance(x, float) and not math.isfinite(x) else x
-
-
 def _command(args) -> int:
     config = config_from_args(args)
     if args.plot is not None:
@@ -70,8 +66,7 @@ def _command(args) -> int:
                               curvature=args.curvature, preconditioned=args.preconditioned)
     dens = result["density"]
     if args.json:
-        doc = {k: _finite(v) for k, v in result.items() if k != "density"}
-        doc["eigenvalues"] = [_finite(v) for v in result["eigenvalues"]]
+        doc = json_safe({k: v for k, v in result.items() if k != "density"})
         doc["density"] = None if dens is None else {
             "grid": [float(x) for x in dens.grid], "density": [float(x) for x in dens.density],
             "sigma": float(dens.sigma)}

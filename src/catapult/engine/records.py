@@ -149,6 +149,8 @@ class MetricsFile:
 
 
 def json_safe(value: Any) -> Any:
+    """``value`` ready for strict JSON: every non-finite float (NaN, inf) becomes ``None``, in
+    nested dicts, lists and tuples too (tuples become lists)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
