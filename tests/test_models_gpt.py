@@ -136,6 +136,8 @@ def test_bad_arguments_are_named():
         GPT(V, 32, 1, 4, 8, positions="rope")
     with pytest.raises(ValueError, match="alpha_in"):
         GPT(V, 32, 1, 4, 8, alpha_in=2.0)
+    with pytest.raises(ValueError, match=r"GPT base_width must be a positive integer or None; got 2.5"):
+        GPT(V, 32, 1, 4, 8, parametrization="mup", base_width=2.5)
     model = GPT(V, 32, 1, 4, 8)
     with pytest.raises(ValueError, match="context"):
         model(torch.zeros(1, 9, dtype=torch.long))

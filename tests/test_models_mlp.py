@@ -174,6 +174,16 @@ def test_constructor_rejects_bad_arguments():
         MLP(8, 2, parametrization="mup", alpha_in=2.0)
 
 
+def test_base_width_must_be_an_integer_as_for_the_wrn():
+    # base_width is the table form's d_base (m_d = width / d_base): a fraction of a unit is no
+    # width; the WRN already refused a fractional base_widen, the MLP and GPT took 2.5 silently
+    with pytest.raises(ValueError, match=r"MLP base_width must be a positive integer or None; got 2.5"):
+        MLP(8, 2, width=8, parametrization="mup", base_width=2.5)
+    with pytest.raises(ValueError, match=r"MLP base_width .* got 0"):
+        MLP(8, 2, width=8, parametrization="mup", base_width=0)
+    assert MLP(8, 2, width=8, parametrization="mup", base_width=4).base_width == 4
+
+
 def test_deterministic_under_manual_seed_and_bias_false():
     torch.manual_seed(3)
     a = MLP(16, 4, 32, 4, parametrization="mup", density=0.5)

@@ -38,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from catapult.parametrize import ParamSpec, check_parametrization, init_variance
-from catapult.models.options import common_kwargs, section_dict
+from catapult.models.options import check_densities, check_positive_int, common_kwargs, section_dict
 from catapult.parametrize_state import attach_spec
 from catapult.sparsity import MaskedLinear, random_mask
 
@@ -175,8 +175,7 @@ class GPT(nn.Module):
         check_parametrization(parametrization)
         for label, value in (("vocab_size", vocab_size), ("d_model", d_model),
                              ("n_layers", n_layers), ("n_heads", n_heads), ("context", context)):
-            if int(value) != value or value < 1:
-                raise ValueError(f"GPT {label} must be a positive integer; got {value!r}")
+            check_positive_int("GPT", label, value)
         if d_model % n_heads:
             raise ValueError(f"GPT d_model ({d_model}) must be divisible by n_heads ({n_heads})")
         if positions not in POSITIONS:
@@ -184,14 +183,10 @@ class GPT(nn.Module):
         if activation not in ACTIVATIONS:
             raise ValueError(f"GPT activation must be one of {sorted(ACTIVATIONS)}; "
                              f"got {activation!r}")
-        if not (0.0 < density <= 1.0) or not (0.0 < base_density <= 1.0):
-            raise ValueError(f"GPT density and base_density must be in (0, 1]; "
-                             f"got {density!r}, {base_density!r}")
+        check_densities("GPT", density, base_density)
         if parametrization == "sp" and (alpha_in != 1.0 or alpha_out != 1.0):
             raise ValueError("GPT alpha_in / alpha_out apply to mup and supar only")
-        if base_width is not None and base_width < 1:
-            raise ValueError(f"GPT base_width must be a positive integer or None; "
-                             f"got {base_width!r}")
+        check_positive_int("GPT", "base_width", base_width, optional=True)
         self.vocab_size, self.d_model, self.n_layers = vocab_size, d_model, n_layers
         self.n_heads, self.context = n_heads, context
         self.parametrization = parametrization

@@ -55,7 +55,7 @@ import torch
 import torch.nn as nn
 
 from catapult.parametrize import ParamSpec, ScaledLinear, check_parametrization, init_rule
-from catapult.models.options import common_kwargs, section_dict
+from catapult.models.options import check_densities, check_positive_int, common_kwargs, section_dict
 from catapult.parametrize_state import attach_spec
 from catapult.scaled_layers import INIT_DISTRIBUTIONS, init_weight_
 from catapult.sparsity import random_mask
@@ -119,19 +119,14 @@ class MLP(nn.Module):
         check_parametrization(parametrization)
         for label, value in (("in_features", in_features), ("out_features", out_features),
                              ("width", width), ("depth", depth)):
-            if int(value) != value or value < 1:
-                raise ValueError(f"MLP {label} must be a positive integer; got {value!r}")
+            check_positive_int("MLP", label, value)
         if activation not in ACTIVATIONS:
             raise ValueError(f"MLP activation must be one of {sorted(ACTIVATIONS)}; "
                              f"got {activation!r}")
         if init not in INIT_DISTRIBUTIONS:
             raise ValueError(f"MLP init must be one of {INIT_DISTRIBUTIONS}; got {init!r}")
-        if base_width is not None and base_width < 1:
-            raise ValueError(f"MLP base_width must be a positive integer or None; "
-                             f"got {base_width!r}")
-        if not (0.0 < density <= 1.0) or not (0.0 < base_density <= 1.0):
-            raise ValueError(f"MLP density and base_density must be in (0, 1]; "
-                             f"got {density!r}, {base_density!r}")
+        check_positive_int("MLP", "base_width", base_width, optional=True)
+        check_densities("MLP", density, base_density)
         table_form = parametrization.startswith("supar") or (parametrization == "mup"
                                                              and base_width is not None)
         if not table_form and (alpha_in != 1.0 or alpha_out != 1.0):

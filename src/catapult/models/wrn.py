@@ -60,7 +60,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from catapult.models.options import section_dict
+from catapult.models.options import check_positive_int, section_dict
 from catapult.parametrize import ParamSpec, check_parametrization
 from catapult.parametrize_state import attach_spec
 from catapult.scaled_layers import INIT_DISTRIBUTIONS, ScaledConv2d, ScaledLinear, fan_in, fan_out, init_weight_
@@ -160,14 +160,12 @@ class WRN(nn.Module):
         n_blocks = wrn_blocks_per_group(depth)
         for label, value in (("in_channels", in_channels), ("num_classes", num_classes), ("widen", widen),
                              ("channels", channels)):
-            if int(value) != value or value < 1:
-                raise ValueError(f"WRN {label} must be a positive integer; got {value!r}")
+            check_positive_int("WRN", label, value)
         if norm != "layer":
             raise ValueError(f"WRN norm must be 'layer' (LayerNorm in place of BatchNorm); got {norm!r}")
         if init not in INIT_DISTRIBUTIONS:
             raise ValueError(f"WRN init must be one of {INIT_DISTRIBUTIONS}; got {init!r}")
-        if base_widen is not None and (int(base_widen) != base_widen or base_widen < 1):
-            raise ValueError(f"WRN base_widen must be a positive integer or None; got {base_widen!r}")
+        check_positive_int("WRN", "base_widen", base_widen, optional=True)
         table_form = parametrization.startswith("supar") or (parametrization == "mup" and base_widen is not None)
         if not table_form and (alpha_in != 1.0 or alpha_out != 1.0):
             raise ValueError("WRN alpha_in / alpha_out apply to the table form only "
