@@ -382,6 +382,23 @@ def test_config_lists_agree_with_the_registry():
     assert tuple(listed) == registry.preconditioned_names()
 
 
+def test_param_groups_accepts_every_name_the_registry_does():
+    """param_groups' lr rules and the registry share one family table: every optimizer name and
+    alias (``gi_adam`` was refused by param_groups while the registry built it) gets the same
+    groups as its canonical name, and the family the registry reports."""
+    import catapult
+    from catapult.models import MLP
+    from catapult.parametrize import optimizer_family
+
+    model = MLP(8, 2, width=16, parametrization="mup")
+    for name in registry.names():
+        spec = registry.get(name)
+        want = [(g["name"], g["lr_mult"]) for g in catapult.param_groups(model, 0.1, name)]
+        for alias in (name, *spec.aliases):
+            assert optimizer_family(alias) == spec.family == ("sgd" if name == "sgd" else "adam")
+            assert [(g["name"], g["lr_mult"]) for g in catapult.param_groups(model, 0.1, alias)] == want
+
+
 def _nadam_growth(lr: float) -> float:
     """Per-step growth of |x| under torch NAdam on L = x^2 / 2 with a frozen preconditioner
     (eps = 1 >> sqrt(v)) and mu_t = b1 (momentum_decay large), after the bias corrections fade."""

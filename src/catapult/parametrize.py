@@ -97,7 +97,7 @@ ROLES = ("input", "hidden", "output")
 # Kinds of tensors for the learning-rate table: the three roles for weights, plus vectors.
 TENSOR_KINDS = ("input", "hidden", "output", "vector", "output_bias")
 OPTIMIZER_FAMILIES = {"adam": "adam", "adamw": "adam", "gi-adam": "adam", "giadam": "adam",
-                      "radam": "adam", "sgd": "sgd"}
+                      "gi_adam": "adam", "radam": "adam", "sgd": "sgd"}
 
 
 def check_parametrization(name: str) -> str:

@@ -19,6 +19,7 @@ import torch
 
 from catapult.optim import rules
 from catapult.optim.gi_adam import GIAdam
+from catapult.parametrize import optimizer_family
 
 __all__ = ["OptimizerSpec", "get", "names", "preconditioned_names", "rule_for", "spec_for",
            "hyperparameters"]
@@ -58,17 +59,18 @@ class OptimizerSpec:
         return self.cls(params, **options)
 
 
-def _spec(name, cls, family, preconditioned, aliases=()) -> OptimizerSpec:
-    return OptimizerSpec(name, cls, family, preconditioned, name, partial(rules.threshold, name),
-                         aliases)
+def _spec(name, cls, preconditioned, aliases=()) -> OptimizerSpec:
+    # the family is param_groups' (catapult.parametrize, a layer below): one table of lr rules
+    return OptimizerSpec(name, cls, optimizer_family(name), preconditioned, name,
+                         partial(rules.threshold, name), aliases)
 
 
 _SPECS: tuple[OptimizerSpec, ...] = (
-    _spec("sgd", torch.optim.SGD, "sgd", False),
-    _spec("adam", torch.optim.Adam, "adam", True),
-    _spec("adamw", torch.optim.AdamW, "adam", True),
-    _spec("radam", torch.optim.RAdam, "adam", False),
-    _spec("gi-adam", GIAdam, "adam", True, aliases=("giadam", "gi_adam")),
+    _spec("sgd", torch.optim.SGD, False),
+    _spec("adam", torch.optim.Adam, True),
+    _spec("adamw", torch.optim.AdamW, True),
+    _spec("radam", torch.optim.RAdam, False),
+    _spec("gi-adam", GIAdam, True, aliases=("giadam", "gi_adam")),
 )
 _BY_NAME = {s.name: s for s in _SPECS} | {a: s for s in _SPECS for a in s.aliases}
 
