@@ -1,8 +1,13 @@
 """The one table of optimizers: name -> class, family, sharpness kind, update rule, threshold.
 
-Config names (``optimizer.name``), the training engine's builders, ``eval.sharpness_kind:
-auto`` and the curvature/critical-lr code all read this table, so adding an optimizer is one
-entry here plus its rule in :mod:`catapult.optim.rules`.
+The training engine's builders, ``eval.sharpness_kind: auto`` and the curvature/critical-lr
+code read this table. Adding an optimizer is an entry here and its rule in
+:mod:`catapult.optim.rules`, plus the lists the layers below optim keep for themselves (they
+cannot import this table): ``OptimizerName`` and ``PRECONDITIONED_OPTIMIZERS`` in
+:mod:`catapult.config.sections` and the family in
+:data:`catapult.parametrize.OPTIMIZER_FAMILIES`; the batched sweep engine's per-rule tables
+(``_KEYS`` in :mod:`catapult.sweep.batched_optim`,
+:data:`catapult.sweep.batched_memory.STATE_TENSORS`) name what it can stack.
 
 ``preconditioned``: whether the optimizer's sharpness is the pre-conditioned
 ``lambda_max(P^-1 H)`` (Adam, AdamW, GI-Adam). RAdam is not: its first steps are
