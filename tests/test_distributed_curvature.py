@@ -101,77 +101,77 @@ def test_two_gloo_ranks_equal_one_process_on_the_union():
     assert abs(alone - single["sharpness"]) > 1e-3 * abs(single["sharpness"])
 
 
-def empty_shard_worker(rank, port, out_dir):
-    # rank 1 passes an empty shard: it used to fail alone ("batch is empty") while rank 0 saw
-    # only gloo's "connection reset"; now both raise the same message naming rank 1
+def rank_worker(rank, port, out_dir, body):
+    """One of two gloo ranks over loopback: saves ``body(rank)`` for the test to read."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
         torch.set_num_threads(1)
-        model, loss_fn, (x, y) = problem()
-        shard = (x, y) if rank == 0 else (x[:0], y[:0])
-        messages = {}
-        for name, call in (("sharpness", lambda: catapult.sharpness(model, loss_fn, shard, distributed=True)),
-                           ("ggn", lambda: catapult.top_eigenpairs(model, loss_fn, shard, k=1, curvature="ggn",
-                                                                   distributed=True))):
-            try:
-                call()
-                messages[name] = None
-            except ValueError as err:
-                messages[name] = str(err)
-        torch.save(messages, os.path.join(out_dir, f"rank{rank}.pt"))
+        torch.save(body(rank), os.path.join(out_dir, f"rank{rank}.pt"))
         dist.barrier()
     finally:
         dist.destroy_process_group()
+
+
+def on_two_ranks(body):
+    """``[body(0), body(1)]``, each run on its own gloo rank (``body`` a module-level function)."""
+    with tempfile.TemporaryDirectory() as out_dir:
+        mp.spawn(rank_worker, args=(free_port(), out_dir, body), nprocs=2, join=True)
+        return [torch.load(os.path.join(out_dir, f"rank{r}.pt")) for r in range(2)]
+
+
+def empty_shard_messages(rank):
+    # rank 1 passes an empty shard: it used to fail alone ("batch is empty") while rank 0 saw
+    # only gloo's "connection reset"; now both raise the same message naming rank 1
+    model, loss_fn, (x, y) = problem()
+    shard = (x, y) if rank == 0 else (x[:0], y[:0])
+    messages = {}
+    for name, call in (("sharpness", lambda: catapult.sharpness(model, loss_fn, shard, distributed=True)),
+                       ("ggn", lambda: catapult.top_eigenpairs(model, loss_fn, shard, k=1, curvature="ggn",
+                                                               distributed=True))):
+        try:
+            call()
+            messages[name] = None
+        except ValueError as err:
+            messages[name] = str(err)
+    return messages
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
 def test_an_empty_shard_is_refused_on_every_rank_alike():
-    with tempfile.TemporaryDirectory() as out_dir:
-        mp.spawn(empty_shard_worker, args=(free_port(), out_dir), nprocs=2, join=True)
-        results = [torch.load(os.path.join(out_dir, f"rank{r}.pt")) for r in range(2)]
-    for messages in results:
+    for messages in on_two_ranks(empty_shard_messages):
         for message in messages.values():
             assert message == "distributed=True: the shard of rank 1 holds no samples; give every rank some"
 
 
-def init_worker(rank, port, out_dir):
+def init_after_solves(rank):
     """Each rank passes its own ``init`` (rank 0's wins: it is broadcast); the caller's tensor
     must come back as it went in -- the broadcast once wrote rank 0's values into it."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        torch.set_num_threads(1)
-        model, loss_fn, (x, y) = problem()
-        opt = adam_after_one_step(model, loss_fn, (x, y))
-        lo = sum(SHARDS[:rank])
-        shard = (x[lo:lo + SHARDS[rank]], y[lo:lo + SHARDS[rank]])
-        n = sum(p.numel() for p in model.parameters())
-        calls = {
-            "sharpness": lambda i: catapult.sharpness(model, loss_fn, shard, init=i, distributed=True).value,
-            "lean": lambda i: catapult.sharpness(model, loss_fn, shard, init=i, memory="lean",
-                                                 distributed=True).value,
-            "preconditioned": lambda i: catapult.preconditioned_sharpness(
-                model, loss_fn, shard, opt, init=i, distributed=True).value,
-            "top2": lambda i: catapult.top_eigenpairs(model, loss_fn, shard, k=2, init=i,
-                                                      distributed=True).values,
-        }
-        out = {}
-        for name, call in calls.items():
-            init = torch.linspace(1.0, 2.0 + rank, n, dtype=torch.float64)
-            value = call(init)
-            out[name] = (value, torch.equal(init, torch.linspace(1.0, 2.0 + rank, n, dtype=torch.float64)))
-        torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
+    model, loss_fn, (x, y) = problem()
+    opt = adam_after_one_step(model, loss_fn, (x, y))
+    lo = sum(SHARDS[:rank])
+    shard = (x[lo:lo + SHARDS[rank]], y[lo:lo + SHARDS[rank]])
+    n = sum(p.numel() for p in model.parameters())
+    calls = {
+        "sharpness": lambda i: catapult.sharpness(model, loss_fn, shard, init=i, distributed=True).value,
+        "lean": lambda i: catapult.sharpness(model, loss_fn, shard, init=i, memory="lean",
+                                             distributed=True).value,
+        "preconditioned": lambda i: catapult.preconditioned_sharpness(
+            model, loss_fn, shard, opt, init=i, distributed=True).value,
+        "top2": lambda i: catapult.top_eigenpairs(model, loss_fn, shard, k=2, init=i,
+                                                  distributed=True).values,
+    }
+    out = {}
+    for name, call in calls.items():
+        init = torch.linspace(1.0, 2.0 + rank, n, dtype=torch.float64)
+        value = call(init)
+        out[name] = (value, torch.equal(init, torch.linspace(1.0, 2.0 + rank, n, dtype=torch.float64)))
+    return out
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
 def test_init_is_not_overwritten_by_the_broadcast():
-    with tempfile.TemporaryDirectory() as out_dir:
-        mp.spawn(init_worker, args=(free_port(), out_dir), nprocs=2, join=True)
-        results = [torch.load(os.path.join(out_dir, f"rank{r}.pt")) for r in range(2)]
+    results = on_two_ranks(init_after_solves)
     for name in results[0]:
         for rank, res in enumerate(results):
             assert res[name][1], f"rank {rank}: {name} wrote into init"
