@@ -18,6 +18,7 @@ are frozen dataclasses (picklable, printable) that compose them.
 """
 from __future__ import annotations
 
+from catapult.schedules import functions
 from catapult.schedules.functions import (
     DECAYS,
     CatapultWarmupSchedule,
@@ -32,17 +33,5 @@ from catapult.schedules.functions import (
 from catapult.schedules.persistent import PersistentCatapultWarmup
 from catapult.schedules.scheduler import ScheduleLR, attach
 
-__all__ = [
-    "polynomial_warmup_factor",
-    "decay_progress",
-    "cosine_decay",
-    "linear_decay",
-    "WarmupSchedule",
-    "CatapultWarmupSchedule",
-    "warmup",
-    "catapult_warmup",
-    "ScheduleLR",
-    "attach",
-    "PersistentCatapultWarmup",
-    "DECAYS",
-]
+# the functions module's names (its __all__), then the scheduler and the persistent warmup
+__all__ = [*functions.__all__, "ScheduleLR", "attach", "PersistentCatapultWarmup"]
