@@ -2,6 +2,7 @@
 
     python bench/study_seeds.py table1 STORE --out bench/figures/table1_seeds_small.png
     python bench/study_seeds.py fig5   STORE --out bench/figures/fig5_seeds_small.png
+    python bench/study_seeds.py fig2   STORE --out bench/figures/fig2_seeds_small.png
 
 * table1 (configs/adam/table1_failure.yaml with eval.test_every=25 sweep.seeds=3): best *test*
   accuracy, mean ± sample std over the seeds, per (optimizer, T_wrm) x lr_trgt; ``F`` where a
@@ -14,6 +15,11 @@
   steps to reach ``--target`` x the initial loss, per seed; steps saved by catapult warmup =
   linear's steps - (catapult's steps + its search's forward passes / 2), mean ± std over seeds,
   beside the paper's estimate ``T_wrm lr_c / lr_trgt - T_fp / 2``.
+* fig2 (configs/adam/fig2_mechanisms.yaml with sweep.seeds=3): per (optimizer, T_wrm), over the
+  seeds, the statuses, the initial pre-conditioned sharpness and its ratio to the threshold
+  ``38 / lr_0``, the first measured step at or below ``38 / lr_t``, the final ratio to it, the
+  largest loss spike and the final training loss and accuracy (mean ± sample std), and Adam's
+  initial pre-conditioned sharpness over GI-Adam's on the same seed.
 """
 from __future__ import annotations
 
@@ -143,9 +149,80 @@ def fig5(store: Store, out: Path, target: float) -> str:
     return "\n".join(lines)
 
 
+def _fig2_cell(metrics: list[dict]) -> dict:
+    """One Fig. 2 run's numbers (see the module docstring) from its metrics rows."""
+    sharp = [(r["step"], r["sharpness"], r["threshold"]) for r in metrics if r["sharpness"] is not None]
+    losses = [r["train_loss"] for r in metrics if r["train_loss"] is not None and math.isfinite(r["train_loss"])]
+    first = sharp[0] if sharp else None
+    return dict(initial=first[1] if first else None,
+                initial_ratio=first[1] / first[2] if first and first[2] else None,
+                first_below=next((t for t, v, th in sharp if th is not None and v <= th), None),
+                final_ratio=sharp[-1][1] / sharp[-1][2] if sharp and sharp[-1][2] else None,
+                spike=max(losses) / losses[0] if losses and losses[0] > 0 else None)
+
+
+def fig2(store: Store, out: Path) -> str:
+    runs = defaultdict(dict)  # (optimizer, T_wrm) -> seed -> (cell, metrics)
+    for c in store.cells():
+        cfg = c["config"]
+        runs[(cfg["optimizer"]["name"], cfg["schedule"]["warmup_steps"])][cfg["seed"]] = (c, store.metrics(c["id"]))
+    lines = ["| optimizer | T_wrm | seeds: status | initial pre-cond. sharpness | initial / (38/lr_0) "
+             "| first step at or below 38/lr_t | final / (38/lr_t), finished seeds | peak loss / initial "
+             "| final train loss, finished seeds | final train acc, finished seeds |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    initial = {}
+    for key in sorted(runs, key=lambda k: (k[0] != "adam", k[1])):
+        cells = [(c, _fig2_cell(m)) for _, (c, m) in sorted(runs[key].items())]
+        done = [(c, n) for c, n in cells if c["status"] == "finished"]
+        statuses = defaultdict(int)
+        for c, _ in cells:
+            statuses[c["status"]] += 1
+        initial.update({(key, seed): _fig2_cell(m)["initial"] for seed, (_, m) in runs[key].items()})
+        firsts = [n["first_below"] for _, n in cells]
+        first_txt = ", ".join("never" if f is None else str(f) for f in firsts)
+        lines.append(
+            f"| {key[0]} | {key[1]} | {', '.join(f'{k} {v}' for k, v in sorted(statuses.items()))} "
+            f"| {_ms([n['initial'] for _, n in cells], '.3g')} | {_ms([n['initial_ratio'] for _, n in cells], '.3g')} "
+            f"| {first_txt} | {_ms([n['final_ratio'] for _, n in done], '.2f')} "
+            f"| {_ms([n['spike'] for _, n in cells], '.3g')} "
+            f"| {_ms([(c['summary'] or {}).get('final_train_loss') for c, _ in done], '.2g')} "
+            f"| {_ms([(c['summary'] or {}).get('final_train_accuracy') for c, _ in done], '.3f')} |")
+    ratios = [initial[(("adam", T), seed)] / initial[(("gi-adam", T), seed)] for ((name, T), seed) in initial
+              if name == "adam" and initial[((name, T), seed)] and initial.get((("gi-adam", T), seed))]
+    lines += ["", f"Initial pre-conditioned sharpness, Adam / GI-Adam on the same seed: {_ms(ratios, '.3g')} "
+                  f"over {len(ratios)} pairs (1/sqrt(1 - b2) = {1 / math.sqrt(1 - 0.999):.3g})"]
+
+    names = sorted({k[0] for k in runs})
+    fig = Figure(figsize=(11, 4 * len(names)), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(names), 2, squeeze=False)
+    for row, name in zip(axes, names):
+        for i, key in enumerate(sorted(k for k in runs if k[0] == name)):
+            for n, (seed, (c, m)) in enumerate(sorted(runs[key].items())):
+                label = f"T_wrm={key[1]}" if n == 0 else None
+                pts = [(r["step"], r["train_loss"]) for r in m
+                       if r["train_loss"] is not None and math.isfinite(r["train_loss"]) and r["train_loss"] > 0]
+                row[0].plot([p[0] for p in pts], [p[1] for p in pts], color=f"C{i}", lw=1, alpha=0.7, label=label)
+                sh = [(r["step"], r["sharpness"]) for r in m if r["sharpness"] is not None and r["sharpness"] > 0]
+                row[1].plot([p[0] for p in sh], [p[1] for p in sh], color=f"C{i}", lw=1, alpha=0.7, label=label)
+                if n == 0:
+                    th = [(r["step"], r["threshold"]) for r in m
+                          if r["threshold"] is not None and math.isfinite(r["threshold"])]
+                    row[1].plot([p[0] for p in th], [p[1] for p in th], color=f"C{i}", lw=1, ls="--")
+        row[0].set(yscale="log", xlabel="step", ylabel="training loss", title=f"{name}: loss, every seed")
+        row[1].set(yscale="log", xlabel="step", ylabel="$\\lambda_{max}(P^{-1}H)$",
+                   title=f"{name}: pre-conditioned sharpness (dashed: 38/lr_t)")
+        for ax in row:
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=8)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("study", choices=("table1", "fig5"))
+    p.add_argument("study", choices=("table1", "fig5", "fig2"))
     p.add_argument("store")
     p.add_argument("--out", required=True)
     p.add_argument("--target", type=float, default=0.05)
@@ -154,7 +231,9 @@ def main(argv=None) -> int:
         print(f"study_seeds: error: no store at {a.store}", file=sys.stderr)
         return 2
     with Store(a.store, create=False) as store:
-        print(table1(store, Path(a.out)) if a.study == "table1" else fig5(store, Path(a.out), a.target))
+        studies = {"table1": lambda: table1(store, Path(a.out)), "fig2": lambda: fig2(store, Path(a.out)),
+                   "fig5": lambda: fig5(store, Path(a.out), a.target)}
+        print(studies[a.study]())
     return 0
 
 

@@ -2,6 +2,7 @@
 process reaches on the union batch (float64), from *.npy token shards."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 
@@ -24,6 +25,15 @@ def _config(root, steps=4):
                 schedule=dict(warmup_steps=2), train=dict(steps=steps, batch_size=8))
 
 
+def _catapult_config(root):
+    """The config with a catapult warmup whose search moves the lr (lr_c ~ 0.04 < 0.3, measured)
+    and sharpness tracked every 2 steps: both run on the union batch across ranks."""
+    config = _config(root)
+    config.update(schedule=dict(warmup="catapult", warmup_steps=2), eval=dict(sharpness_every=2))
+    config["optimizer"]["lr"] = 0.3
+    return config
+
+
 def _shards(tmp_path):
     rng = np.random.default_rng(0)
     for i in range(2):
@@ -39,8 +49,9 @@ def _worker(rank, world, port, root, out):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         result = train_ddp(_config(root))
-        torch.save({"params": [p.detach() for p in result.model.parameters()], "losses": result.losses},
-                   f"{out}/rank{rank}.pt")
+        catapult = train_ddp(_catapult_config(root))
+        torch.save({"params": [p.detach() for p in result.model.parameters()], "losses": result.losses,
+                    "catapult": (catapult.metrics, catapult.summary)}, f"{out}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -67,6 +78,7 @@ def test_two_gloo_processes_match_one_process_on_the_union_batch(tmp_path):
     (tmp_path / "shards").mkdir()
     root = _shards(tmp_path / "shards")
     single = train_ddp(_config(root))
+    catapult = train_ddp(_catapult_config(root))
     mp.start_processes(_worker, args=(2, _free_port(), str(root), str(tmp_path)), nprocs=2, join=True,
                        start_method="spawn")  # spawn: a fork after torch started its threads can deadlock
     for rank in range(2):
@@ -74,6 +86,16 @@ def test_two_gloo_processes_match_one_process_on_the_union_batch(tmp_path):
         assert got["losses"] == pytest.approx(single.losses, rel=1e-9, abs=1e-9)
         for a, b in zip(got["params"], single.model.parameters()):
             torch.testing.assert_close(a, b.detach(), rtol=0, atol=1e-6)
+        # the same loop as `catapult train`: the catapult search and the sharpness are the union
+        # batch's, so every rank logs the lrs and sharpness one process logs
+        metrics, summary = got["catapult"]
+        assert summary["lr_critical"] == pytest.approx(catapult.summary["lr_critical"], rel=1e-9)
+        assert [r["lr"] for r in metrics] == pytest.approx([r["lr"] for r in catapult.metrics], rel=1e-9)
+        measured = [(r["step"], r["sharpness"]) for r in metrics if r["sharpness"] is not None]
+        assert [t for t, _ in measured] == [0, 2, 4]
+        assert [v for _, v in measured] == pytest.approx(
+            [r["sharpness"] for r in catapult.metrics if r["sharpness"] is not None], rel=1e-6)
+    assert catapult.summary["lr_critical"] < 0.1 < catapult.metrics[-1]["lr"]  # the search moved the lr
     # and the step did something: parameters moved from the init
     assert single.losses[0] != single.losses[-1]
 
@@ -126,8 +148,10 @@ def test_train_ddp_overwrite_refuses_links_and_never_writes_through_them(tmp_pat
         (out / name).unlink()
         (out / name).write_text("stale\n")
     assert main(["train-ddp", str(config), "--out", str(out), "--overwrite"]) == 0
-    assert (out / "metrics.csv").read_text().splitlines()[0] == "step,lr,train_loss"
+    header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert header[:2] == ["step", "lr"] and "train_loss" in header  # `catapult train`'s columns
     assert set(torch.load(out / "model.pt", weights_only=True))  # a state_dict
+    assert json.loads((out / "summary.json").read_text())["steps_completed"] == 2
 
 
 def _text_config(root, cache):
@@ -246,3 +270,44 @@ def test_train_ddp_device_cuda_without_cuda_exits_2_before_any_work(tmp_path, ca
     with pytest.raises(ConfigError, match="CUDA is not available"):
         train_ddp(_config(tmp_path / "shards", steps=2), out_dir=out, device=device)
     assert not out.exists()
+
+
+def test_train_ddp_applies_the_engines_divergence_rule(tmp_path):
+    # it was a second training loop that stopped only on a non-finite loss; it is now the
+    # engine's loop, so train.divergence_factor ends a run whose loss rises past it
+    root = _shards(tmp_path)
+    config = _config(root, steps=6)
+    config["optimizer"]["lr"] = 3.0
+    config["schedule"] = dict(warmup_steps=1)
+    free = train_ddp(config, progress="none")
+    assert free.status == "finished"
+    worst = max(r["train_loss"] for r in free.metrics) / free.metrics[0]["train_loss"]
+    assert worst > 1.05  # this lr makes the loss rise (measured: 18x at step 1)
+    config["train"]["divergence_factor"] = 1.05
+    stopped = train_ddp(config, progress="none")
+    assert stopped.status == "diverged" and stopped.summary["diverged_at"] == next(
+        r["step"] for r in free.metrics if r["train_loss"] > 1.05 * free.metrics[0]["train_loss"])
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
+@pytest.mark.parametrize("change, key", [
+    (dict(schedule=dict(warmup="persistent")), "schedule.warmup"),
+    (dict(optimizer=dict(name="sgd", lr=0.1), model=dict(name="gpt", width=16, depth=1, n_heads=2,
+                                                       parametrization="mup"),
+          eval=dict(sharpness_every=1, sharpness_kind="lr_scaled")), "eval.sharpness_kind"),
+])
+def test_what_is_not_run_across_processes_is_a_config_error_before_any_step(tmp_path, change, key):
+    import torch.distributed as dist
+
+    from catapult.config import ConfigError
+
+    root = _shards(tmp_path)
+    config = dict(_config(root), **change)
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    try:
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            train_ddp(config, out_dir=tmp_path / "run", progress="none")
+    finally:
+        dist.destroy_process_group()
+    assert not (tmp_path / "run").exists()

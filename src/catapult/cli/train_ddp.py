@@ -19,14 +19,16 @@ def register(subparsers) -> None:
         description="Train one GPT with torch.distributed DDP from token shards at data.root: *.npy "
                     "token arrays, or *.jsonl / *.parquet text (field / column data.text_key) tokenised "
                     "once with a byte-level BPE of data.vocab_size ids; train.batch_size is the global batch. Start with "
-                    "torchrun --nproc_per_node=N -m catapult train-ddp CONFIG ...; rank 0 writes "
-                    "DIR/metrics.csv and DIR/model.pt.",
+                    "torchrun --nproc_per_node=N -m catapult train-ddp CONFIG ...; it is `catapult train`'s "
+                    "loop and rank 0 writes the same run files: config.yaml, metrics.csv, summary.json, "
+                    "trajectories.png and model.pt.",
     )
     add_config_arguments(p)
     p.add_argument("--out", metavar="DIR", help="output directory (default: runs/<name>); one that holds "
                                                 "anything is refused unless --overwrite")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace metrics.csv and model.pt of an existing output directory")
+                   help="replace the run files of an earlier run's directory (as `catapult train "
+                        "--overwrite`); a folder whose files of those names are not a run's is refused")
     p.add_argument("--backend", choices=("auto", "nccl", "gloo"), default="auto",
                    help="process-group backend (auto: nccl with CUDA, else gloo)")
     p.set_defaults(func=_command)
@@ -35,8 +37,8 @@ def register(subparsers) -> None:
 def _command(args) -> int:
     import torch.distributed as dist
 
+    from catapult.engine import format_summary
     from catapult.engine.distributed import train_ddp
-
     from catapult.engine.loop import check_out_dir
 
     config = config_from_args(args)
@@ -46,22 +48,22 @@ def _command(args) -> int:
     if world > 1 and not (dist.is_available() and dist.is_initialized()):  # every rank, before any work
         backend = _backend(args.backend)
     if int(os.environ.get("RANK", "0")) == 0:  # the writer checks, before any work (exit 2 if in the way)
-        check_out_dir(out, overwrite=args.overwrite, replaces=("metrics.csv", "model.pt"))
+        check_out_dir(out, overwrite=args.overwrite)
     started = False
     if backend is not None:
         dist.init_process_group(backend)
         started = True
     try:
-        result = train_ddp(config, out_dir=out)
+        result = train_ddp(config, out_dir=out, overwrite=args.overwrite, progress=args.progress)
         if started:  # every rank past its DDP teardown before the group goes (the documented order)
             dist.barrier()
     finally:
         if started:
             dist.destroy_process_group()
     if int(os.environ.get("RANK", "0")) == 0:
-        last = result.losses[-1] if result.losses else float("nan")
-        print(f"train-ddp: {len(result.losses)} steps on {world} process(es), final train loss {last:.4f}, "
-              f"{result.tokens_per_second:,.0f} tokens/s; wrote {out}/ (metrics.csv, model.pt)")
+        print(format_summary(result.summary))
+        print(f"train-ddp: {world} process(es), {result.tokens_per_second:,.0f} tokens/s; wrote {out}/ "
+              f"(config.yaml, metrics.csv, summary.json, trajectories.png, model.pt)")
     return 0
 
 

@@ -26,7 +26,7 @@ from catapult.engine.model_size import (MODELS, check_fits, check_model_fits, ch
 from catapult.engine.sharpness_rule import ADAPTIVE, SharpnessRule, sharpness_rule, solver_options, threshold
 
 __all__ = [
-    "Run", "build_run", "seeds", "resolve_device", "MODELS", "RunData", "load_data", "load_data_once", "build_model", "model_parameters", "check_model_fits",
+    "Run", "build_run", "assemble_run", "seeds", "resolve_device", "MODELS", "RunData", "load_data", "load_data_once", "build_model", "model_parameters", "check_model_fits",
     "lambda0_batches", "OPTIMIZERS", "ADAPTIVE", "build_optimizer", "WARMUPS", "build_schedule", "search_delta",
     "search_lr_start", "search_rtol", "Warmup", "build_warmup", "BatchStream", "batch_stream", "build_augment", "solver_options", "SharpnessRule",
     "sharpness_rule", "threshold", "build_mask_updater",
@@ -237,7 +237,7 @@ class Warmup:
 
 
 def build_warmup(config: Mapping[str, Any], lr_trgt: float, model: nn.Module, loss_fn, batch0,
-                 optimizer: torch.optim.Optimizer) -> Warmup:
+                 optimizer: torch.optim.Optimizer, *, distributed: bool = False) -> Warmup:
     """The config's warmup rule at ``lr_trgt``:
 
     * ``linear``: :func:`build_schedule`.
@@ -249,6 +249,11 @@ def build_warmup(config: Mapping[str, Any], lr_trgt: float, model: nn.Module, lo
     * ``persistent``: a ``PersistentCatapultWarmup(optimizer, model, loss_fn, lr_trgt, delta,
       lr_start)``; the schedule reads its current lr (the engine calls ``persistent.step`` at
       every step before the update, which may re-run the search).
+
+    ``distributed``: ``batch0`` is this rank's shard of a data-parallel run; the catapult search
+    then runs on the union batch (``critical_lr(distributed=True)``: the same ``lr_c`` on every
+    rank). The persistent rule's searches are not run across processes: a ConfigError naming
+    ``schedule.warmup``.
     """
     from catapult import schedules
     from catapult.critical_lr import NonFiniteLossError, critical_lr
@@ -257,11 +262,14 @@ def build_warmup(config: Mapping[str, Any], lr_trgt: float, model: nn.Module, lo
     rule = sched["warmup"]
     if rule == "linear":
         return Warmup(build_schedule(config, lr_trgt))
+    if rule == "persistent" and distributed:
+        raise cfg.ConfigError([("schedule.warmup", "the persistent catapult warmup is not run across processes; "
+                                                   "use linear or catapult")])
     delta, lr_start = search_delta(config), search_lr_start(config, lr_trgt)
     if rule == "catapult":
         try:
             res = critical_lr(model, loss_fn, batch0, optimizer, lr_start=lr_start, lr_max=lr_trgt, delta=delta,
-                              rtol=search_rtol(config))
+                              rtol=search_rtol(config), distributed=distributed)
         except NonFiniteLossError:  # L(theta_0) is not finite: the run diverges at step 0, before any
             res = None              # update, as under linear and persistent warmup; it logs lr_start
         decay = sched["decay"]
@@ -293,6 +301,7 @@ class BatchStream:
         self.x, self.y = x, y
         self.n = x.shape[0]
         self.batch_size = batch_size
+        self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
         if batch_size is not None:
             if batch_size > self.n:
@@ -320,6 +329,12 @@ class BatchStream:
             out = self.augment(*out, step=t)
         self._last = (t, out)
         return out
+
+    def first_batches(self, k: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches ``0 .. k-1`` of this batch order without augmentation, from a fresh stream
+        (this one is left where it is); full batch: the whole training set once."""
+        stream = BatchStream(self.x, self.y, self.batch_size, self.seed)
+        return [stream.batch(t) for t in range(1 if self.batch_size is None else k)]
 
 
 
@@ -355,8 +370,7 @@ def lambda0_batches(data: "RunData", config: Mapping[str, Any], data_seed: int) 
     from catapult.engine.step import lambda0_batch_count
 
     stream = BatchStream(data.x_train, data.y_train, config["train"]["batch_size"], data_seed)
-    k = 1 if config["train"]["batch_size"] is None else lambda0_batch_count(config)
-    return [stream.batch(t) for t in range(k)]
+    return stream.first_batches(lambda0_batch_count(config))
 
 
 # --------------------------------------------------------------------------------------------
@@ -368,9 +382,12 @@ class Run:
     """Everything a run is made of, built by :func:`build_run` from a validated config.
 
     Built at once: ``config``, ``device``, ``dtype``, ``seeds`` (init, data, sharpness),
-    ``data`` (:class:`RunData`), ``batches`` (:class:`BatchStream`), ``model`` (in train mode),
-    ``loss_fn``, ``n_params``, ``sharpness`` (:class:`SharpnessRule`) and ``start_vector``
-    (``randn(P)`` from the sharpness seed, the eigen-solver's first start).
+    ``data`` (:class:`RunData`; None for a data-parallel run on token shards, which has no test
+    set), ``batches`` (:class:`BatchStream`, or any object with its ``batch(t)`` and
+    ``first_batches(k)``), ``model`` (in train mode), ``loss_fn``, ``n_params``, ``sharpness``
+    (:class:`SharpnessRule`), ``start_vector`` (``randn(P)`` from the sharpness seed, the
+    eigen-solver's first start) and ``distributed`` (each batch is this rank's shard of a
+    data-parallel run: measurements and the catapult search run on the union batch).
 
     Built on first use (each once): ``lambda0_estimate`` (Hessian sharpness at ``theta_0`` on
     batch 0 from ``start_vector``), ``lambda_0``, ``lr_target`` (``optimizer.lr`` resolved
@@ -382,13 +399,14 @@ class Run:
     device: torch.device
     dtype: torch.dtype
     seeds: tuple[int, int, int]
-    data: RunData
-    batches: BatchStream
+    data: RunData | None
+    batches: Any
     model: nn.Module
     loss_fn: Callable
     n_params: int
     sharpness: SharpnessRule
     start_vector: torch.Tensor
+    distributed: bool = False
     _cache: dict = field(default_factory=dict, repr=False)
 
     def _once(self, key: str, make: Callable[[], Any]) -> Any:
@@ -411,12 +429,14 @@ class Run:
     def lambda0_estimates(self) -> list:
         """The ``k = lambda0_batch_count(config)`` estimates lambda_0 averages: batch 0's
         (:attr:`lambda0_estimate`), then batches ``1 .. k-1`` of the run's batch order (a fresh
-        :class:`BatchStream` with the data seed, so training's stream is untouched), each
-        warm-started from batch 0's eigenvector."""
+        stream with the data seed, so training's stream is untouched), each warm-started from
+        batch 0's eigenvector."""
+        from catapult.engine.step import lambda0_batch_count
+
         def measure() -> list:
             first = self.lambda0_estimate
             out = [first]
-            for batch in lambda0_batches(self.data, self.config, self.seeds[1])[1:]:
+            for batch in self.batches.first_batches(lambda0_batch_count(self.config))[1:]:
                 out.append(self.sharpness.hessian(self.model, self.loss_fn, batch, None, first.vector))
             return out
 
@@ -460,7 +480,8 @@ class Run:
     @property
     def warmup(self) -> "Warmup":
         return self._once("warmup", lambda: build_warmup(self.config, self.lr_target, self.model, self.loss_fn,
-                                                         self.batches.batch(0), self.optimizer))
+                                                         self.batches.batch(0), self.optimizer,
+                                                         distributed=self.distributed))
 
 
 def build_mask_updater(config: Mapping[str, Any], model: nn.Module):
@@ -487,15 +508,27 @@ def build_run(config: Mapping[str, Any]) -> Run:
     config = cfg.validate(config)
     device = resolve_device(config["device"])
     dtype = getattr(torch, config["dtype"])
-    run_seeds = seeds(config["seed"])
     check_model_fits(config, device)  # before loading data: a mistyped width fails in milliseconds
     data = load_data(config, device, dtype)
     batches = batch_stream(config, data)
     model = build_model(config, data.in_features, data.num_classes, device, dtype)
+    return assemble_run(config, model, batches, device, data=data)
+
+
+def assemble_run(config: dict, model: nn.Module, batches: Any, device: torch.device, *,
+                 data: RunData | None = None, distributed: bool = False) -> Run:
+    """The :class:`Run` of a validated ``config`` from its ``model`` (built by :func:`build_model`,
+    on ``device`` in the config's dtype) and its ``batches``: the parts :func:`build_run` and the
+    data-parallel run (:func:`catapult.engine.distributed.train_ddp`) share. Puts the model in
+    train mode; a model with more parameters than the configured spectrum can hold is a
+    ConfigError here, before any work."""
+    dtype = getattr(torch, config["dtype"])
+    run_seeds = seeds(config["seed"])
     model.train()
-    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_params = sum(q.numel() for q in model.parameters() if q.requires_grad)
     check_spectrum_fits(config, n_params)  # the Hessian has n_params eigenvalues: now, not at step 0
     start = torch.randn(n_params, generator=torch.Generator().manual_seed(run_seeds[2]))
     return Run(config=config, device=device, dtype=dtype, seeds=run_seeds, data=data, batches=batches,
                model=model, loss_fn=get_loss(config["loss"]), n_params=n_params,
-               sharpness=sharpness_rule(config, model), start_vector=start.to(device=device, dtype=dtype))
+               sharpness=sharpness_rule(config, model, distributed=distributed),
+               start_vector=start.to(device=device, dtype=dtype), distributed=distributed)

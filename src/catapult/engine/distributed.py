@@ -26,15 +26,19 @@ draws with ``world_size = 1``, and since DDP averages gradients over ranks and e
 is its rows' mean, every rank takes the step one process takes on the union batch
 (``tests/test_distributed_train.py`` checks parameters equal to float64 precision).
 
-Model, optimizer, lr schedule and dynamic sparsity are the run config's
-(:func:`~catapult.engine.build.build_model` on every rank from the same seed, so the initial
-weights agree; DDP also broadcasts rank 0's). Rank 0 writes ``metrics.csv`` (step, lr, train
-loss = the mean over the global batch) and ``model.pt`` (the final ``state_dict``).
+Training. :func:`train_ddp` is :func:`catapult.engine.run`'s loop
+(:func:`catapult.engine.loop.train`) on a :class:`~catapult.engine.build.Run` whose batches are
+this rank's rows (:class:`ShardBatches`), with :class:`DataParallel` processes: the forward
+through ``DistributedDataParallel``, the logged loss and accuracy all-reduced to the global
+batch's means (so the divergence rule stops every rank at the same step), RigL's grow score from
+the union batch's dense gradient, and lambda_0, the sharpness, the spectrum columns and the
+catapult search on the union batch (``distributed=True``). Model, optimizer, lr schedule and
+dynamic sparsity are the run config's (:func:`~catapult.engine.build.build_model` on every rank
+from the same seed, so the initial weights agree; DDP also broadcasts rank 0's). Rank 0 writes
+the run files of :func:`catapult.engine.run`.
 """
 from __future__ import annotations
 
-import csv
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -45,15 +49,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
 
 from catapult import config as cfg
 from catapult.data.text_shards import is_held_out, text_shard_files, tokenize_text_shards
 from catapult.data.token_cache import npy_problem
-from catapult.engine.build import (build_mask_updater, build_model, build_optimizer, build_schedule, resolve_device,
-                                   seeds)
+from catapult.engine.build import assemble_run, build_model, resolve_device, seeds
+from catapult.engine.loop import Processes, RunDirectoryError, RunResult, check_out_dir, in_run_directory, train
 
-__all__ = ["TokenShards", "global_batch_rows", "train_ddp", "DDPResult"]
+__all__ = ["TokenShards", "ShardBatches", "DataParallel", "global_batch_rows", "train_ddp", "DDPResult"]
 
 class TokenShards:
     """Memory-mapped token shards as one stream (module docstring): ``*.npy`` arrays, or
@@ -148,29 +151,60 @@ def _starts(n_tokens: int, context: int, batch_size: int, data_seed: int, t: int
     return torch.randint(n_tokens - context - 1, (batch_size,), generator=gen)
 
 
-def _open_shards(d: Mapping[str, Any], rank: int, distributed: bool) -> TokenShards:
-    """The config's shards on this rank. Rank 0 opens them first (tokenising text shards into
-    the cache) while the others wait; its error, if any, is raised on every rank."""
-    def open_(check_ids: bool = True) -> TokenShards:
-        return TokenShards(d["root"], d["vocab_size"], text_key=d["text_key"], cache_dir=d["cache_dir"],
-                           check_ids=check_ids)
+class ShardBatches:
+    """The batches of a data-parallel run, this rank's rows of each (module docstring): batch
+    ``t`` is a function of ``(data_seed, t)`` alone, so any batch can be drawn again."""
 
-    shards, problem = None, None
-    if rank == 0:
-        try:
-            shards = open_()
-        except (cfg.ConfigError, FileNotFoundError) as exc:
-            problem = exc
-    if distributed:
-        box = [None if problem is None else (type(problem).__name__, str(problem),
-                                              getattr(problem, "problems", None))]
-        dist.broadcast_object_list(box, src=0)
-        if box[0] is not None and problem is None:
-            kind, message, problems = box[0]
-            problem = cfg.ConfigError(problems) if kind == "ConfigError" else FileNotFoundError(message)
-    if problem is not None:
-        raise problem
-    return shards if shards is not None else open_(check_ids=False)  # rank 0 checked the ids
+    def __init__(self, shards: TokenShards, context: int, batch_size: int, rank: int, world: int,
+                 data_seed: int, device: torch.device) -> None:
+        self.shards, self.context, self.batch_size = shards, context, batch_size
+        self.rows = global_batch_rows(batch_size, rank, world)
+        self.data_seed, self.device = data_seed, device
+
+    def batch(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, y)``: this rank's rows of global batch ``t``, on the run's device."""
+        starts = _starts(len(self.shards), self.context, self.batch_size, self.data_seed, t)
+        x, y = self.shards.batch(self.rows, starts, self.context)
+        return x.to(self.device), y.to(self.device)
+
+    def first_batches(self, k: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches ``0 .. k-1`` (lambda_0's)."""
+        return [self.batch(t) for t in range(k)]
+
+
+class DataParallel(Processes):
+    """The training loop's view of ``world`` data-parallel processes
+    (:class:`catapult.engine.loop.Processes`): the forward goes through
+    ``DistributedDataParallel`` (gradients averaged), the logged loss and accuracy are
+    all-reduced to the global batch's means, masks grow from the union batch's dense gradient,
+    and rank 0 writes."""
+
+    def __init__(self, rank: int, world: int) -> None:
+        self.rank, self.world = rank, world
+        self.writes = rank == 0
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        return nn.parallel.DistributedDataParallel(model)
+
+    def mean(self, values: tuple[float, ...]) -> tuple[float, ...]:
+        # every rank holds B / W rows, so the global mean is the mean of the ranks' means
+        t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self._device())
+        dist.all_reduce(t)
+        return tuple(float(v) for v in (t / self.world).tolist())
+
+    def all(self, flag: bool) -> bool:
+        t = torch.tensor([int(bool(flag))], device=self._device())
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return bool(t.item())
+
+    def before_mask_update(self, updater, t: int) -> None:
+        if updater.is_update_step(t):  # RigL's grow score: the union batch's gradient
+            _average_dense_grads(updater, self.world)
+
+    @staticmethod
+    def _device() -> torch.device:
+        # nccl reduces CUDA tensors only; gloo CPU ones
+        return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
 def _average_dense_grads(updater, world: int) -> None:
@@ -184,30 +218,60 @@ def _average_dense_grads(updater, world: int) -> None:
             layer.module.dense_grad = grad / world
 
 
-@dataclass
-class DDPResult:
-    """What :func:`train_ddp` returns on every rank: the final ``model`` (unwrapped), the
-    global-batch train ``losses`` per step and ``tokens_per_second`` (all ranks together)."""
+def _on_rank0(work, distributed: bool, rank: int) -> Any:
+    """``work()`` on rank 0; a ConfigError, FileNotFoundError or RunDirectoryError it raises is
+    raised on every rank (the others wait for rank 0's verdict), so no rank goes on alone."""
+    result, problem = None, None
+    if rank == 0:
+        try:
+            result = work()
+        except (cfg.ConfigError, FileNotFoundError, RunDirectoryError) as exc:
+            problem = exc
+    if distributed:
+        box = [None if problem is None else (type(problem).__name__, str(problem),
+                                              getattr(problem, "problems", None))]
+        dist.broadcast_object_list(box, src=0)
+        if box[0] is not None and problem is None:
+            kind, message, problems = box[0]
+            problem = (cfg.ConfigError(problems) if kind == "ConfigError" else
+                       RunDirectoryError(message) if kind == "RunDirectoryError" else FileNotFoundError(message))
+    if problem is not None:
+        raise problem
+    return result
 
-    model: nn.Module
-    losses: list[float]
-    tokens_per_second: float
+
+@dataclass
+class DDPResult(RunResult):
+    """What :func:`train_ddp` returns on every rank: a :class:`~catapult.engine.RunResult` (the
+    final ``model`` unwrapped; ``metrics`` and ``summary`` the same on every rank, ``out_dir``
+    rank 0's) and ``tokens_per_second`` (all ranks together)."""
+
+    tokens_per_second: float = 0.0
+
+    @property
+    def losses(self) -> list[float]:
+        """The global batch's train loss, row by row (``steps + 1`` rows for a finished run)."""
+        return [row["train_loss"] for row in self.metrics]
 
 
 def train_ddp(config: Mapping[str, Any], *, out_dir: str | os.PathLike | None = None,
-              device: torch.device | str | None = None) -> DDPResult:
+              device: torch.device | str | None = None, overwrite: bool = False,
+              progress: Any = None) -> DDPResult:
     """Train the config's GPT on the token shards at ``data.root`` with data parallelism.
 
     Runs inside an initialised process group (``torchrun`` sets it up; see
-    :func:`catapult.cli.train_ddp`) or, without one, as a single process. Loss: mean
-    cross-entropy over the global batch; the lr follows the config's schedule (linear warmup
-    rules only: a catapult search would need the whole batch on one process).
+    :func:`catapult.cli.train_ddp`) or, without one, as a single process. It is
+    :func:`catapult.engine.run`'s loop (:func:`catapult.engine.loop.train`) with
+    :class:`DataParallel` processes: the same step semantics, divergence rule, sharpness
+    tracking (the union batch's, ``distributed=True``), lr rules (linear or catapult warmup,
+    ``c/lambda0``), run files and summary, written by rank 0 into ``out_dir`` (checked first
+    like :func:`~catapult.engine.run`'s: ``overwrite`` replaces an earlier run's files). Token
+    shards have no test set, so the test columns stay empty.
     """
+    started = time.perf_counter()
     config = cfg.validate(config)
     if config["model"]["name"] != "gpt" or config["loss"] != "cross_entropy":
         raise cfg.ConfigError([("model.name", "distributed training trains the gpt with loss cross_entropy")])
-    if config["schedule"]["warmup"] != "linear":
-        raise cfg.ConfigError([("schedule.warmup", "distributed training supports the linear warmup rule")])
     if config["train"]["batch_size"] is None:
         raise cfg.ConfigError([("train.batch_size", "distributed training needs a global batch size")])
     if config["data"]["root"] is None:  # the built-in corpora are not sharded token streams
@@ -215,65 +279,35 @@ def train_ddp(config: Mapping[str, Any], *, out_dir: str | os.PathLike | None = 
                                              "directory of *.npy, *.jsonl or *.parquet shards")])
     distributed = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    if config["schedule"]["warmup"] == "persistent" and distributed:
+        raise cfg.ConfigError([("schedule.warmup", "the persistent catapult warmup is not run across processes; "
+                                                   "use linear or catapult")])
     # a CUDA device that is missing is a ConfigError before any work (it trained on the CPU)
     device = resolve_device(str(device) if device is not None else config["device"])
     if device.type == "cuda" and (device.index is None or distributed):  # one GPU per process under torchrun
         device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
     dtype = getattr(torch, config["dtype"])
     d = config["data"]
-    shards = _open_shards(d, rank, distributed)
-    context, batch_size, steps = d["context"], config["train"]["batch_size"], config["train"]["steps"]
+    context, batch_size = d["context"], config["train"]["batch_size"]
+    global_batch_rows(batch_size, rank, world)  # B % W == 0: a ConfigError before any file is read
+    out_path = None if out_dir is None or rank != 0 else Path(out_dir)
+    if out_path is not None or distributed:
+        _on_rank0(lambda: out_path is None or check_out_dir(out_path, overwrite), distributed, rank)
+    shards = _on_rank0(lambda: TokenShards(d["root"], d["vocab_size"], text_key=d["text_key"],
+                                           cache_dir=d["cache_dir"]), distributed, rank)
+    if shards is None:  # rank 0 tokenised the text shards and checked the ids
+        shards = TokenShards(d["root"], d["vocab_size"], text_key=d["text_key"], cache_dir=d["cache_dir"],
+                             check_ids=False)
     if len(shards) < context + 2:
         raise cfg.ConfigError([("data.root", f"{len(shards)} training tokens in {d['root']}: fewer than "
                                              f"data.context + 2 = {context + 2}")])
-    rows = global_batch_rows(batch_size, rank, world)
     model = build_model(config, context, d["vocab_size"], device, dtype)
-    model.train()
-    updater = build_mask_updater(config, model)
-    wrapped = nn.parallel.DistributedDataParallel(model) if distributed else model
-    lr_target = float(cfg.parse_lr(config["optimizer"]["lr"]).resolve(None))
-    optimizer = build_optimizer(config, model, lr_target)
-    schedule = build_schedule(config, lr_target)
-    data_seed = seeds(config["seed"])[1]
-    log = None
-    if out_dir is not None and rank == 0:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        for name in ("metrics.csv", "model.pt"):  # --overwrite: replaced, never written through a link
-            (Path(out_dir) / name).unlink(missing_ok=True)
-        log = open(Path(out_dir) / "metrics.csv", "w", newline="")
-        writer = csv.writer(log)
-        writer.writerow(["step", "lr", "train_loss"])
-    losses: list[float] = []
-    started = time.perf_counter()
-    try:
-        for t in range(steps):
-            lr = float(schedule(t))
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group.get("lr_mult", 1.0)
-            x, y = shards.batch(rows, _starts(len(shards), context, batch_size, data_seed, t), context)
-            x, y = x.to(device), y.to(device)
-            logits = wrapped(x)
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if updater is not None:
-                if distributed and updater.is_update_step(t):  # RigL's grow score: the union batch's gradient
-                    _average_dense_grads(updater, world)
-                updater.step(t, optimizer)
-            mean = loss.detach().clone()
-            if distributed:
-                dist.all_reduce(mean)
-                mean /= world
-            losses.append(float(mean))
-            if not math.isfinite(losses[-1]):
-                break
-            if log is not None:
-                writer.writerow([t, lr, losses[-1]])
-    finally:
-        if log is not None:
-            log.close()
-    seconds = time.perf_counter() - started
-    if out_dir is not None and rank == 0:
-        torch.save(model.state_dict(), Path(out_dir) / "model.pt")
-    return DDPResult(model, losses, batch_size * context * len(losses) / max(seconds, 1e-9))
+    batches = ShardBatches(shards, context, batch_size, rank, world, seeds(config["seed"])[1], device)
+    setup = assemble_run(dict(config, device=str(device)), model, batches, device, distributed=distributed)
+    processes = DataParallel(rank, world) if distributed else Processes()
+    result = in_run_directory(out_path, overwrite, lambda path, writing: train(
+        setup, path, progress=progress, started=started, writing=writing, processes=processes))
+    seconds = max(time.perf_counter() - started, 1e-9)
+    tokens = batch_size * context * int(result.summary.get("steps_completed") or 0)
+    return DDPResult(status=result.status, metrics=result.metrics, summary=result.summary, config=result.config,
+                     model=result.model, out_dir=result.out_dir, tokens_per_second=tokens / seconds)

@@ -68,6 +68,11 @@ Adam-family optimizers), and one whose outputs on the final batch are all the sa
 
 So ``metrics`` has ``steps + 1`` rows for a finished run (row ``steps`` = the final model, no
 update) and ``summary["steps_completed"]`` updates.
+
+The loop is written once, :func:`train`, on a built :class:`~catapult.engine.build.Run`:
+:func:`run` builds one from a config, and the data-parallel
+:func:`catapult.engine.distributed.train_ddp` builds one from token shards and passes the
+:class:`Processes` that combine its ranks' losses.
 """
 from __future__ import annotations
 
@@ -83,7 +88,7 @@ import torch.nn as nn
 
 from catapult import config as cfg
 from catapult.losses import accuracy, loss_and_accuracy
-from catapult.engine.build import build_run, threshold
+from catapult.engine.build import Run, build_run, threshold
 from catapult.engine.sharpness_rule import STEP_KIND_COLUMN
 from catapult.engine.progress import Progress
 from catapult.engine.trajectories import plot_run
@@ -91,7 +96,8 @@ from catapult.engine.step import diverged, evaluates_test, measures_sharpness, n
 from catapult.engine.records import (MetricsFile, metric_columns, json_safe, summarize, threshold_label,
                                      warmup_summary)
 
-__all__ = ["RunResult", "run", "evaluate", "RUN_FILES", "RUN_MARKERS", "RunDirectoryError", "check_out_dir"]
+__all__ = ["RunResult", "run", "train", "Processes", "evaluate", "RUN_FILES", "RUN_MARKERS", "RunDirectoryError",
+           "check_out_dir", "in_run_directory"]
 
 #: The files a run writes into its directory (``--overwrite`` replaces exactly these).
 RUN_FILES = ("config.yaml", "metrics.csv", "summary.json", "trajectories.png", "model.pt")
@@ -200,6 +206,53 @@ def evaluate(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, chunk:
 
 
 
+class Processes:
+    """How the processes that train one model combine what the loop sees: here one process,
+    which sees everything. :class:`catapult.engine.distributed.DataParallel` is the
+    data-parallel form (each process a shard of every batch); the loop itself is the same.
+
+    >>> one = Processes()
+    >>> one.mean((0.5, 0.25)), one.all(True), one.writes
+    ((0.5, 0.25), True, True)
+    """
+
+    #: Whether this process writes the run's files and shows its progress.
+    writes = True
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """The module the training forward (and backward) goes through."""
+        return model
+
+    def mean(self, values: tuple[float, ...]) -> tuple[float, ...]:
+        """The batch means ``values`` (this process's rows) as means over the whole batch."""
+        return values
+
+    def all(self, flag: bool) -> bool:
+        """Whether ``flag`` holds in every process."""
+        return flag
+
+    def before_mask_update(self, updater: Any, t: int) -> None:
+        """Called before ``updater.step(t, ...)`` (dynamic sparsity): nothing to combine here."""
+
+
+def in_run_directory(out_dir: str | Path | None, overwrite: bool, body) -> Any:
+    """``body(out_path, writing)`` once ``out_dir`` is known to be usable (:func:`check_out_dir`;
+    ``out_path`` None without one). ``body`` appends to the list ``writing`` before it writes
+    its first file; if it then fails with an exception (a full disk included), what it wrote
+    goes: the directory if this call created it, else its :data:`RUN_FILES`."""
+    out_path = None if out_dir is None else check_out_dir(out_dir, overwrite)
+    if out_path is None:
+        return body(None, [])
+    created = not out_path.exists()
+    writing: list[bool] = []  # set once the run starts writing: a failure before leaves all as it was
+    try:
+        return body(out_path, writing)
+    except Exception:
+        if writing:
+            _discard(out_path, created)
+        raise
+
+
 def run(config: Mapping[str, Any], *, out_dir: str | Path | None = None, progress: Any = None,
         overwrite: bool = False) -> RunResult:
     """Train the model ``config`` describes; see the module docstring for the exact step semantics.
@@ -220,26 +273,25 @@ def run(config: Mapping[str, Any], *, out_dir: str | Path | None = None, progres
     in one that existed its run files are.
     """
     started = time.perf_counter()
-    out_path = None if out_dir is None else check_out_dir(out_dir, overwrite)
-    if out_path is None:
-        return _run(config, None, progress, started, [])
-    created = not out_path.exists()
-    writing: list[bool] = []  # set once the run starts writing: a failure before leaves all as it was
-    try:
-        return _run(config, out_path, progress, started, writing)
-    except Exception:
-        if writing:
-            _discard(out_path, created)
-        raise
+    return in_run_directory(out_dir, overwrite, lambda out_path, writing: train(
+        build_run(config), out_path, progress=progress, started=started, writing=writing))
 
 
-def _run(config: Mapping[str, Any], out_path: Path | None, progress: Any, started: float,
-         writing: list[bool]) -> RunResult:
-    """:func:`run` once its run directory (if any) is known to be usable; appends to ``writing``
-    before it writes the first file."""
-    setup = build_run(config)
+def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, started: float | None = None,
+          writing: list | None = None, processes: Processes | None = None) -> RunResult:
+    """The training loop (the module docstring's step semantics) on a built :class:`Run`,
+    writing the run files into ``out_path`` (already checked: :func:`in_run_directory`; None
+    writes nothing); appends to ``writing`` before the first file. ``processes``: how the
+    processes training this model combine (:class:`Processes`, the default, is one process);
+    only a process whose ``processes.writes`` writes and shows progress. ``started``: the
+    ``time.perf_counter()`` the summary's wall time counts from (default: now)."""
+    started = time.perf_counter() if started is None else started
+    processes = Processes() if processes is None else processes
+    writing = [] if writing is None else writing
+    if not processes.writes:
+        out_path, progress = None, "none"
     config, model, loss_fn, batches = setup.config, setup.model, setup.loss_fn, setup.batches
-    x_test, y_test = setup.data.x_test, setup.data.y_test
+    x_test, y_test = (None, None) if setup.data is None else (setup.data.x_test, setup.data.y_test)
     steps = config["train"]["steps"]
     sharpness_every = config["eval"]["sharpness_every"]
     rule = setup.sharpness
@@ -248,7 +300,8 @@ def _run(config: Mapping[str, Any], out_path: Path | None, progress: Any, starte
     lr_trgt = setup.lr_target
     optimizer, warmup_rule = setup.optimizer, setup.warmup
     mask_updater = setup.mask_updater  # dynamic sparsity (model.sparsity.method rigl/gmp), else None
-    forward = torch.compile(model) if config["train"].get("compile") else model  # same parameters
+    forward = processes.wrap(model)  # same parameters (DDP: gradients averaged over the processes)
+    forward = torch.compile(forward) if config["train"].get("compile") else forward
     schedule, persistent = warmup_rule.schedule, warmup_rule.persistent
     from catapult import schedules
 
@@ -283,7 +336,8 @@ def _run(config: Mapping[str, Any], out_path: Path | None, progress: Any, starte
 
             outputs = forward(x)
             loss = loss_fn(outputs, y)
-            loss_t, row["train_accuracy"] = loss_and_accuracy(loss, outputs, y)  # one host sync
+            # one host sync; data-parallel: the whole batch's means, the same in every process
+            loss_t, row["train_accuracy"] = processes.mean(loss_and_accuracy(loss, outputs, y))
             row["train_loss"] = loss_t
             if t == 0:
                 loss_0 = loss_t
@@ -296,7 +350,7 @@ def _run(config: Mapping[str, Any], out_path: Path | None, progress: Any, starte
                 break
 
             if final:  # the collapse rule: one output for every input of the final batch
-                collapsed = output_collapsed(outputs)
+                collapsed = processes.all(output_collapsed(outputs))
             if not final:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -322,7 +376,7 @@ def _run(config: Mapping[str, Any], out_path: Path | None, progress: Any, starte
                 if rule.spectrum is not None:  # eval.spectrum_top_k / eval.trace_matvecs
                     row.update(rule.spectrum(model, loss_fn, (x, y), optimizer, kind=kind_t))
 
-            if evaluates_test(t, test_every, steps):
+            if x_test is not None and evaluates_test(t, test_every, steps):
                 row["test_loss"], row["test_accuracy"] = evaluate(model, loss_fn, x_test, y_test)
 
             metrics.append(row)
@@ -333,6 +387,7 @@ def _run(config: Mapping[str, Any], out_path: Path | None, progress: Any, starte
             if not final:
                 optimizer.step()
                 if mask_updater is not None:
+                    processes.before_mask_update(mask_updater, t)
                     mask_updater.step(t, optimizer)
                 scheduler.step()
     finally:

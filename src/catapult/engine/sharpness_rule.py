@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping
 import torch
 import torch.nn as nn
 
+from catapult.config.errors import ConfigError
 from catapult.optim import registry
 
 __all__ = ["ADAPTIVE", "RADAM_KIND", "solver_options", "curvature_options", "spectrum_estimates", "SharpnessRule", "sharpness_rule", "resolve_kind",
@@ -70,16 +71,19 @@ def curvature_options(config: Mapping[str, Any], optimizer: torch.optim.Optimize
 
 def spectrum_estimates(config: Mapping[str, Any], model: nn.Module, loss_fn, batch, *, top_k: int,
                        trace_matvecs: int, optimizer: torch.optim.Optimizer | None = None,
-                       curvature: str = "hessian"):
+                       curvature: str = "hessian", distributed: bool = False):
     """``(eigenpairs, trace)`` on ``batch`` with the config's solver settings: the ``top_k``
     largest eigenpairs (:func:`catapult.top_eigenpairs`, to ``eval.sharpness_tol``, with at least
     ``3 k`` products and blocks of ``eval.spectrum_block_size``) and the Hutch++ trace with
     ``trace_matvecs`` products; ``None`` for a count of 0. Operator as in
     :func:`curvature_options`. The engine's spectrum columns and ``catapult spectrum`` both
-    measure this way."""
+    measure this way. ``distributed``: ``batch`` is this rank's shard of a data-parallel run (the
+    answers are the union's, on every rank)."""
     from catapult import curvature as curv
 
     kwargs, common = solver_options(config), curvature_options(config, optimizer, curvature)
+    if distributed:
+        common["distributed"] = True
     eig = trace = None
     if top_k:
         block = min(int(config["eval"].get("spectrum_block_size", 1)), top_k)
@@ -166,14 +170,27 @@ class SharpnessRule:
         return step_kind(self.kind, optimizer, t)
 
 
-def sharpness_rule(config: Mapping[str, Any], model: nn.Module | None = None) -> SharpnessRule:
+def sharpness_rule(config: Mapping[str, Any], model: nn.Module | None = None, *,
+                   distributed: bool = False) -> SharpnessRule:
     """The config's :class:`SharpnessRule`, ``auto`` resolved by :func:`resolve_kind` (``model``:
-    the run's, for SGD's per-group learning rates)."""
+    the run's, for SGD's per-group learning rates).
+
+    ``distributed``: the run is data-parallel inside an initialised process group, and each
+    measurement's batch is this rank's shard; the Hessian and pre-conditioned sharpness and the
+    spectrum columns are then the union batch's, on every rank (``distributed=True`` of
+    :func:`catapult.sharpness`). The lr-scaled kind is not measured across processes: tracking
+    it (``eval.sharpness_every > 0``) is a ConfigError naming ``eval.sharpness_kind``."""
     from catapult import curvature
 
     ev = config["eval"]
     kwargs = solver_options(config)
     kind = resolve_kind(config, model)
+    if distributed:
+        if kind == "lr_scaled" and ev["sharpness_every"] > 0:
+            raise ConfigError([("eval.sharpness_kind", "the lr-scaled sharpness (SGD with per-group learning "
+                                                       "rates) is not measured across processes; set "
+                                                       "eval.sharpness_kind: hessian, or eval.sharpness_every: 0")])
+        kwargs["distributed"] = True
 
     def hessian(model, loss_fn, batch, optimizer, init):
         return curvature.sharpness(model, loss_fn, batch, init=init, **kwargs)
@@ -204,7 +221,7 @@ def sharpness_rule(config: Mapping[str, Any], model: nn.Module | None = None) ->
         is: P^-1/2 H P^-1/2 (preconditioned), M^1/2 H M^1/2 (lr_scaled), else H."""
         opt = optimizer if (kind or rule_kind) in ("preconditioned", "lr_scaled") else None
         eig, trace = spectrum_estimates(config, model, loss_fn, batch, top_k=top_k,
-                                        trace_matvecs=trace_matvecs, optimizer=opt)
+                                        trace_matvecs=trace_matvecs, optimizer=opt, distributed=distributed)
         row = {} if eig is None else {f"eig_{i + 1}": float(v) for i, v in enumerate(eig.values)}
         if trace is not None:
             row["hessian_trace"] = trace
