@@ -5,7 +5,8 @@ Regression for ``hvp="forward_over_reverse"`` with ``nn.MSELoss``: torch's forwa
 of a target closed over by ``torch.func.jvp`` ("ZeroTensors are immutable",
 pytorch/pytorch#123996); :func:`catapult.curvature.hessian.jvp_of_gradient` gives floating
 targets a materialised zero tangent, and a target built inside the loss (``mse_onehot``) goes
-through :class:`catapult.curvature.forward_ad.mse_for_forward_ad`. The truth is ``torch.autograd.functional.hessian`` of the
+through :class:`catapult.curvature.forward_ad.losses_for_forward_ad`, as does ``nn.HuberLoss``, which
+has no forward-AD formula in torch. The truth is ``torch.autograd.functional.hessian`` of the
 loss as a function of the flat parameter vector (row by row, reverse over reverse), and
 ``numpy.linalg.eigh`` of it.
 """
@@ -49,6 +50,8 @@ def problem(kind: str):
         return model, nn.CrossEntropyLoss(), (x, torch.softmax(torch.randn(n, 2, dtype=torch.float64), 1))
     if kind == "mse_onehot":  # float targets built inside the loss from integer labels
         return model, mse_onehot, (x, torch.randint(0, 2, (n,)))
+    if kind == "huber":  # no forward-AD formula in torch; delta 0.5 puts residuals on both pieces
+        return model, nn.HuberLoss(delta=0.5), (x, 2 * torch.randn(n, 2, dtype=torch.float64))
     return model, nn.MSELoss(), (x, torch.randn(n, 2, dtype=torch.float64))
 
 
@@ -58,7 +61,7 @@ def mse_onehot(out, labels):
     return nn.MSELoss()(out, nn.functional.one_hot(labels, out.shape[-1]).to(out.dtype))
 
 
-KINDS = ["mse", "cross_entropy", "soft_cross_entropy", "unused", "mse_onehot"]
+KINDS = ["mse", "cross_entropy", "soft_cross_entropy", "unused", "mse_onehot", "huber"]
 
 
 @pytest.mark.parametrize("kind", KINDS)

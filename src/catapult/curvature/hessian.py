@@ -17,7 +17,7 @@ from torch.autograd.graph import get_gradient_edge
 from torch.func import functional_call
 from torch.utils._pytree import tree_map
 
-from catapult.curvature.forward_ad import mse_for_forward_ad
+from catapult.curvature.forward_ad import losses_for_forward_ad
 
 __all__ = ["HVP_MODES", "HessianOperator", "resolve_dtype", "resolve_hvp", "fixed_rng", "math_attention",
            "jvp_of_gradient"]
@@ -120,7 +120,8 @@ def jvp_of_gradient(grad_fn, params: dict, tangents: dict, inputs, targets):
     Floating-point tensor ``targets`` enter the ``jvp`` as a second primal with a materialised
     zero tangent (adding nothing to ``H v``); inputs stay closed over. ``F.mse_loss`` with a
     closed-over or loss-built target (an efficient ZeroTensor tangent, which its forward-AD
-    formula writes into: pytorch/pytorch#123996) runs as :class:`mse_for_forward_ad` says.
+    formula writes into: pytorch/pytorch#123996) and ``F.huber_loss`` (no forward-AD formula in
+    torch) run as :class:`losses_for_forward_ad` says.
 
     Example (``L(w) = mean((x w - y)^2)``, Hessian ``2 x^T x / 2 = diag(4, 1)``):
         >>> x, y = torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([1.0, 0.0])
@@ -138,7 +139,7 @@ def jvp_of_gradient(grad_fn, params: dict, tangents: dict, inputs, targets):
         def call(p):
             return grad_fn(p, inputs, targets)
         primals, directions = (params,), (tangents,)
-    with torch.enable_grad(), warnings.catch_warnings(), mse_for_forward_ad():
+    with torch.enable_grad(), warnings.catch_warnings(), losses_for_forward_ad():
         # torch's forward-AD decompositions call the deprecated torch.jit.script on first use.
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated",
                                 category=DeprecationWarning)
