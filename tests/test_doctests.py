@@ -37,6 +37,7 @@ MODULES = (
     "catapult.optim.registry",
     "catapult.optim.rules",
     "catapult.engine.step",
+    "catapult.engine.seeds",
     "catapult.engine.model_size",
     "catapult.models.options",
 )

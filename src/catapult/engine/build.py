@@ -23,6 +23,7 @@ from catapult.losses import get_loss
 from catapult.optim import registry
 from catapult.engine.model_size import (MODELS, check_fits, check_model_fits, check_spectrum_fits,
                                         model_parameters, size_error)
+from catapult.engine.seeds import seeds
 from catapult.engine.sharpness_rule import ADAPTIVE, SharpnessRule, sharpness_rule, solver_options, threshold
 
 __all__ = [
@@ -31,12 +32,6 @@ __all__ = [
     "search_lr_start", "search_rtol", "Warmup", "build_warmup", "BatchStream", "batch_stream", "build_augment", "solver_options", "SharpnessRule",
     "sharpness_rule", "threshold", "build_mask_updater",
 ]
-
-
-def seeds(seed: int) -> tuple[int, int, int]:
-    """``(init_seed, data_seed, sharpness_seed)``: independent streams derived from ``seed``."""
-    a, b, c = np.random.SeedSequence(seed).generate_state(3)
-    return int(a), int(b), int(c)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -61,12 +61,15 @@ def curvature_options(config: Mapping[str, Any], optimizer: torch.optim.Optimize
                       curvature: str = "hessian") -> dict:
     """Keyword arguments every spectrum function (:func:`catapult.top_eigenpairs`,
     :func:`catapult.hessian_trace`, :func:`catapult.spectral_density`) takes from a validated
-    config: its ``eval.sharpness_*`` dtype, HVP mode and micro-batch size, the ``curvature``, and
-    with an ``optimizer`` the pre-conditioned (Adam family) or lr-scaled (SGD) operator, each
+    config: its ``eval.sharpness_*`` dtype, HVP mode and micro-batch size, the ``curvature``, the
+    random probes' ``seed`` (the run's sharpness seed, so another ``seed`` draws other probes),
+    and with an ``optimizer`` the pre-conditioned (Adam family) or lr-scaled (SGD) operator, each
     group's lr folded in as the engine measures it."""
+    from catapult.engine.seeds import seeds
+
     kwargs = solver_options(config)
     return dict(dtype=kwargs["dtype"], hvp=kwargs["hvp"], chunk_size=kwargs["chunk_size"], curvature=curvature,
-                optimizer=optimizer, scale_by_group_lr=optimizer is not None)
+                optimizer=optimizer, scale_by_group_lr=optimizer is not None, seed=seeds(config["seed"])[2])
 
 
 def spectrum_estimates(config: Mapping[str, Any], model: nn.Module, loss_fn, batch, *, top_k: int,
