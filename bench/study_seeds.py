@@ -14,7 +14,9 @@
 * fig5 (configs/warmup/fig5_steps_saved.yaml, warmup in {linear, catapult}, sweep.seeds=3):
   steps to reach ``--target`` x the initial loss, per seed; steps saved by catapult warmup =
   linear's steps - (catapult's steps + its search's forward passes / 2), mean ± std over seeds,
-  beside the paper's estimate ``T_wrm lr_c / lr_trgt - T_fp / 2``.
+  beside the paper's estimate ``T_wrm lr_c / lr_trgt - T_fp / 2``. With persistent warmup in
+  the store, a second table sets it (charged its passes / 2 too) beside the best of linear and
+  catapult warmup at each T_wrm, per seed.
 * fig2 (configs/adam/fig2_mechanisms.yaml with sweep.seeds=3): per (optimizer, T_wrm), over the
   seeds, the statuses, the initial pre-conditioned sharpness and its ratio to the threshold
   ``38 / lr_0``, the first measured step at or below ``38 / lr_t``, the final ratio to it, the
@@ -104,6 +106,7 @@ def table1(store: Store, out: Path) -> str:
 def fig5(store: Store, out: Path, target: float) -> str:
     per = defaultdict(dict)  # (lr, T) -> seed -> rule -> (steps, passes, lr_c, lr_trgt)
     curves = defaultdict(list)
+    reached = {}
     for c in store.cells():
         cfg, s = c["config"], c["summary"] or {}
         m = store.metrics(c["id"])
@@ -113,6 +116,7 @@ def fig5(store: Store, out: Path, target: float) -> str:
         key = (cfg["optimizer"]["lr"], cfg["schedule"]["warmup_steps"])
         per[key].setdefault(cfg["seed"], {})[cfg["schedule"]["warmup"]] = (
             hit, s.get("search_forward_passes") or 0, s.get("lr_critical"), c.get("lr_target"))
+        reached[(key, cfg["seed"], cfg["schedule"]["warmup"])] = s.get("lr_target_reached_at")
         curves[(key, cfg["schedule"]["warmup"])].append(m)
     lines = [f"| lr_trgt | T_wrm | seeds | steps to {target:g} L0, linear | catapult (+ passes/2) | steps saved "
              f"| paper's estimate T lr_c/lr_trgt - T_fp/2 |", "|---|---|---|---|---|---|---|"]
@@ -130,6 +134,7 @@ def fig5(store: Store, out: Path, target: float) -> str:
             if lrc and lrt:
                 est.append(key[1] * min(lrc, lrt) / lrt - passes / 2)
         lines.append(f"| {key[0]} | {key[1]} | {len(saved)} | {_ms(lin)} | {_ms(cat)} | {_ms(saved)} | {_ms(est)} |")
+    lines += _persistent_rows(per, reached)
     keys = sorted({k for k, _ in curves})
     ncols = min(3, len(keys))
     nrows = -(-len(keys) // ncols)
@@ -137,7 +142,7 @@ def fig5(store: Store, out: Path, target: float) -> str:
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax, key in zip(axes, keys):
-        for rule, color in (("linear", "C0"), ("catapult", "C1")):
+        for rule, color in (("linear", "C0"), ("catapult", "C1"), ("persistent", "C2")):
             for n, m in enumerate(curves.get((key, rule), [])):
                 pts = [(r["step"], r["train_loss"]) for r in m if r["train_loss"] and math.isfinite(r["train_loss"])]
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, lw=1, alpha=0.8,
@@ -218,6 +223,40 @@ def fig2(store: Store, out: Path) -> str:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
     return "\n".join(lines)
+
+
+def _persistent_rows(per: dict, reached: dict) -> list[str]:
+    """Fig. 5's persistent warmup (no T_wrm: the grid's T_wrm values run it alike) beside the best
+    of linear and catapult warmup at each T_wrm, per lr_trgt, over seeds; empty without it."""
+    lrs = sorted({lr for (lr, _T), seeds in per.items() for rules in seeds.values() if "persistent" in rules})
+    if not lrs:
+        return []
+    out = ["", "Persistent catapult warmup (its rows are the same run at every T_wrm; + passes/2 charges "
+               "its searches), against the best of linear and catapult (+ passes/2) per seed:", "",
+           "| lr_trgt | seeds | lr_trgt reached at | search passes | steps to target | + passes/2 "
+           "| best other, T_wrm = each | persistent fastest (seed x T_wrm) |", "|---|---|---|---|---|---|---|---|"]
+    for lr in lrs:
+        keys = sorted(k for k in per if k[0] == lr)
+        steps, charged, passes, at, wins, total, best = [], [], [], [], 0, 0, defaultdict(list)
+        for seed in sorted(per[keys[0]]):
+            hit, n, _, _ = per[keys[0]][seed].get("persistent", (None, 0, None, None))
+            if hit is None:
+                continue
+            steps.append(hit)
+            passes.append(n)
+            charged.append(hit + n / 2)
+            at.append(reached.get((keys[0], seed, "persistent")))
+            for key in keys:
+                others = [h + p / 2 for rule, (h, p, _, _) in per[key][seed].items()
+                          if rule != "persistent" and h is not None]
+                if others:
+                    best[key[1]].append(min(others))
+                    total += 1
+                    wins += hit + n / 2 < min(others)
+        other = "; ".join(f"{T}: {_ms(v)}" for T, v in sorted(best.items()))
+        out.append(f"| {lr} | {len(steps)} | {_ms(at)} | {_ms(passes)} | {_ms(steps)} | {_ms(charged)} "
+                   f"| {other} | {wins} of {total} |")
+    return out
 
 
 def main(argv=None) -> int:
