@@ -135,6 +135,7 @@ def fig5(store: Store, out: Path, target: float) -> str:
                 est.append(key[1] * min(lrc, lrt) / lrt - passes / 2)
         lines.append(f"| {key[0]} | {key[1]} | {len(saved)} | {_ms(lin)} | {_ms(cat)} | {_ms(saved)} | {_ms(est)} |")
     lines += _persistent_rows(per, reached)
+    lines += _loss_shape_rows(store)
     keys = sorted({k for k, _ in curves})
     ncols = min(3, len(keys))
     nrows = -(-len(keys) // ncols)
@@ -223,6 +224,42 @@ def fig2(store: Store, out: Path) -> str:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
     return "\n".join(lines)
+
+
+def _largest_rise(losses: list[float], after: int = 5) -> float:
+    """The largest ``L_t / min_{s < t} L_s`` for ``t > after``: how far the loss spikes above
+    its lowest value so far (1 for a loss that never rises)."""
+    best, worst = losses[0], 1.0
+    for t, loss in enumerate(losses):
+        if t > after:
+            worst = max(worst, loss / best)
+        best = min(best, loss)
+    return worst
+
+
+def _loss_shape_rows(store: Store) -> list[str]:
+    """Final loss and largest rise after step 5 (:func:`_largest_rise`), mean ± std over seeds,
+    per (lr_trgt, warmup, T_wrm); persistent warmup once (no T_wrm). Empty without persistent."""
+    final, rise = defaultdict(list), defaultdict(list)
+    cells = store.cells()
+    first_T = min(c["config"]["schedule"]["warmup_steps"] for c in cells) if cells else None
+    for c in cells:
+        cfg = c["config"]
+        rule = cfg["schedule"]["warmup"]
+        T = "-" if rule == "persistent" else cfg["schedule"]["warmup_steps"]
+        if rule == "persistent" and cfg["schedule"]["warmup_steps"] != first_T:
+            continue  # the same run again
+        losses = [r["train_loss"] for r in store.metrics(c["id"])]
+        if not losses or not all(x is not None and math.isfinite(x) for x in losses):
+            continue
+        final[(cfg["optimizer"]["lr"], rule, T)].append(losses[-1])
+        rise[(cfg["optimizer"]["lr"], rule, T)].append(_largest_rise(losses))
+    if not any(k[1] == "persistent" for k in final):
+        return []
+    out = ["", "| lr_trgt | warmup | T_wrm | final loss | largest rise after step 5 |", "|---|---|---|---|---|"]
+    for key in sorted(final, key=lambda k: (k[0], k[1], str(k[2]))):
+        out.append(f"| {key[0]} | {key[1]} | {key[2]} | {_ms(final[key], '.2e')} | {_ms(rise[key], '.2f')} |")
+    return out
 
 
 def _persistent_rows(per: dict, reached: dict) -> list[str]:
