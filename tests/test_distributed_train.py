@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from catapult.engine.distributed import TokenShards, global_batch_rows, train_ddp
+from catapult.config import ConfigError
+from catapult.engine.distributed import TokenShards, global_batch_rows, train_ddp, validation_windows
 
 VOCAB = 257
 
@@ -38,7 +39,8 @@ def _shards(tmp_path):
     rng = np.random.default_rng(0)
     for i in range(2):
         np.save(tmp_path / f"part{i}.npy", rng.integers(0, VOCAB, 700).astype(np.uint16))
-    np.save(tmp_path / "wiki.valid.npy", np.full(50, VOCAB + 5, dtype=np.uint16))  # held out: never read
+    # held out: the validation stream (24 windows of 8 tokens), never trained on
+    np.save(tmp_path / "wiki.valid.npy", rng.integers(0, VOCAB, 200).astype(np.uint16))
     return tmp_path
 
 
@@ -71,6 +73,22 @@ def test_shards_are_one_stream_and_rows_split_the_global_batch(tmp_path):
     assert np.array_equal(np.concatenate([global_batch_rows(8, r, 2) for r in range(2)]), np.arange(8))
     with pytest.raises(ValueError, match="vocab_size"):
         TokenShards(root, 10).window(0, 50)
+    held_out = TokenShards(root, VOCAB, held_out=True)
+    assert [f.name for f in held_out.files] == ["wiki.valid.npy"]
+    x, y = validation_windows(held_out, 8, None, rank=1, world=2)  # 24 windows: rank 1 has 12..23
+    valid = np.load(root / "wiki.valid.npy").astype(np.int64)
+    assert x.shape == (12, 8) and np.array_equal(x[0].numpy(), valid[96:104])
+    assert np.array_equal(y[-1].numpy(), valid[185:193])
+    with pytest.raises(ConfigError, match="data.n_test"):
+        validation_windows(held_out, 8, 25, rank=0, world=1)
+    alone = root / "alone"  # only a held-out file: it is the training stream, nothing is validated on
+    alone.mkdir()
+    np.save(alone / "wiki.valid.npy", valid.astype(np.uint16))
+    assert len(TokenShards(alone, VOCAB)) == 200 and len(TokenShards(alone, VOCAB, held_out=True)) == 0
+    assert validation_windows(TokenShards(alone, VOCAB, held_out=True), 8, None, rank=0, world=1) is None
+    np.save(root / "wiki.valid.npy", np.full(50, VOCAB + 5, dtype=np.uint16))  # an id out of range
+    with pytest.raises(ConfigError, match="wiki.valid.npy"):
+        TokenShards(root, VOCAB, held_out=True)
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
@@ -95,7 +113,16 @@ def test_two_gloo_processes_match_one_process_on_the_union_batch(tmp_path):
         assert [t for t, _ in measured] == [0, 2, 4]
         assert [v for _, v in measured] == pytest.approx(
             [r["sharpness"] for r in catapult.metrics if r["sharpness"] is not None], rel=1e-6)
+        # the validation loss: each rank evaluates half the held-out windows, all-reduced
+        assert metrics[-1]["test_loss"] == pytest.approx(catapult.metrics[-1]["test_loss"], rel=1e-9)
+        assert metrics[-1]["test_accuracy"] == pytest.approx(catapult.metrics[-1]["test_accuracy"], rel=1e-9)
     assert catapult.summary["lr_critical"] < 0.1 < catapult.metrics[-1]["lr"]  # the search moved the lr
+    # the final test loss is the held-out windows' (one process: all 24, computed here again)
+    model = catapult.model.eval()
+    x, y = validation_windows(TokenShards(root, VOCAB, held_out=True), 8, None, rank=0, world=1)
+    with torch.no_grad():
+        want = torch.nn.functional.cross_entropy(model(x).reshape(-1, VOCAB), y.reshape(-1))
+    assert catapult.metrics[-1]["test_loss"] == pytest.approx(float(want), rel=1e-12)
     # and the step did something: parameters moved from the init
     assert single.losses[0] != single.losses[-1]
 

@@ -381,7 +381,8 @@ class Run:
     set), ``batches`` (:class:`BatchStream`, or any object with its ``batch(t)`` and
     ``first_batches(k)``), ``model`` (in train mode), ``loss_fn``, ``n_params``, ``sharpness``
     (:class:`SharpnessRule`), ``start_vector`` (``randn(P)`` from the sharpness seed, the
-    eigen-solver's first start) and ``distributed`` (each batch is this rank's shard of a
+    eigen-solver's first start), ``test_set`` (``(x, y)`` the loop evaluates on, or None) and
+    ``distributed`` (each batch is this rank's shard of a
     data-parallel run: measurements and the catapult search run on the union batch).
 
     Built on first use (each once): ``lambda0_estimate`` (Hessian sharpness at ``theta_0`` on
@@ -401,6 +402,7 @@ class Run:
     n_params: int
     sharpness: SharpnessRule
     start_vector: torch.Tensor
+    test_set: tuple | None = None
     distributed: bool = False
     _cache: dict = field(default_factory=dict, repr=False)
 
@@ -511,12 +513,12 @@ def build_run(config: Mapping[str, Any]) -> Run:
 
 
 def assemble_run(config: dict, model: nn.Module, batches: Any, device: torch.device, *,
-                 data: RunData | None = None, distributed: bool = False) -> Run:
+                 data: RunData | None = None, test_set: tuple | None = None, distributed: bool = False) -> Run:
     """The :class:`Run` of a validated ``config`` from its ``model`` (built by :func:`build_model`,
     on ``device`` in the config's dtype) and its ``batches``: the parts :func:`build_run` and the
     data-parallel run (:func:`catapult.engine.distributed.train_ddp`) share. Puts the model in
     train mode; a model with more parameters than the configured spectrum can hold is a
-    ConfigError here, before any work."""
+    ConfigError here, before any work. ``test_set`` defaults to ``data``'s test split."""
     dtype = getattr(torch, config["dtype"])
     run_seeds = seeds(config["seed"])
     model.train()
@@ -526,4 +528,5 @@ def assemble_run(config: dict, model: nn.Module, batches: Any, device: torch.dev
     return Run(config=config, device=device, dtype=dtype, seeds=run_seeds, data=data, batches=batches,
                model=model, loss_fn=get_loss(config["loss"]), n_params=n_params,
                sharpness=sharpness_rule(config, model, distributed=distributed),
-               start_vector=start.to(device=device, dtype=dtype), distributed=distributed)
+               start_vector=start.to(device=device, dtype=dtype), distributed=distributed,
+               test_set=test_set if test_set is not None or data is None else (data.x_test, data.y_test))

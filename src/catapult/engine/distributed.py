@@ -13,7 +13,9 @@ Data. ``data.root`` is a directory of shards (or one shard file), either
 
 read memory-mapped in sorted name order as one stream of ``N`` tokens (a window may span two
 shards: shards are consecutive pieces of one corpus). A file named ``*valid*`` / ``*val.*`` /
-``*test*`` holds out text: the stream is the other files. ``data.vocab_size`` is the model's
+``*test*`` holds out text: the training stream is the other files, and the validation stream
+the ``*valid*`` / ``*val.*`` files (else the ``*test*`` ones), read the same way; the run's test
+columns are measured on its first ``data.n_test`` windows (:func:`validation_windows`). ``data.vocab_size`` is the model's
 vocabulary; an id at or beyond it is an error naming the shard. Under ``torchrun`` rank 0
 tokenises text shards while the other ranks wait, then every rank maps the same files; a bad
 file (one naming the file and line or column) stops every rank with the same error.
@@ -56,15 +58,19 @@ from catapult.data.token_cache import npy_problem
 from catapult.engine.build import assemble_run, build_model, resolve_device, seeds
 from catapult.engine.loop import Processes, RunDirectoryError, RunResult, check_out_dir, in_run_directory, train
 
-__all__ = ["TokenShards", "ShardBatches", "DataParallel", "global_batch_rows", "train_ddp", "DDPResult"]
+__all__ = ["TokenShards", "ShardBatches", "DataParallel", "global_batch_rows", "validation_windows", "train_ddp",
+           "DDPResult"]
 
 class TokenShards:
     """Memory-mapped token shards as one stream (module docstring): ``*.npy`` arrays, or
     ``*.jsonl`` / ``*.parquet`` text tokenised once (``text_key``, ``cache_dir``: the
-    ``data.`` keys). ``files`` are the arrays read, ``sources`` the shard files they came from."""
+    ``data.`` keys). ``files`` are the arrays read, ``sources`` the shard files they came from.
+    ``held_out``: the validation stream instead of the training one (empty without held-out
+    files, or when they are all there is and so are trained on)."""
 
     def __init__(self, root: str | os.PathLike, vocab_size: int | None = None, *, text_key: str = "text",
-                 cache_dir: str | os.PathLike | None = None, check_ids: bool = True) -> None:
+                 cache_dir: str | os.PathLike | None = None, check_ids: bool = True,
+                 held_out: bool = False) -> None:
         root = Path(root).expanduser()
         if not root.exists():  # before any listing or tokenising: the plain reason
             raise FileNotFoundError(f"data.root {root} does not exist")
@@ -73,10 +79,17 @@ class TokenShards:
             if vocab_size is None:
                 raise cfg.ConfigError([("data.vocab_size", "text shards need a vocabulary size for the tokenizer")])
             _, arrays = tokenize_text_shards(root, vocab_size=vocab_size, text_key=text_key, cache_dir=cache_dir)
-            pairs = [(s, a) for s, a in zip(texts, arrays) if not is_held_out(s)] or list(zip(texts, arrays))
+            pairs = list(zip(texts, arrays))
         else:
             files = sorted(root.glob("*.npy")) if root.is_dir() else [root]
-            pairs = [(f, f) for f in files if not is_held_out(f)] or [(f, f) for f in files]
+            pairs = [(f, f) for f in files]
+        training = [p for p in pairs if not is_held_out(p[0])]
+        # only held-out files: they are the training stream, so nothing is left to validate on
+        pairs = (_held_out_pairs(pairs) if training else []) if held_out else training or pairs
+        if held_out and not pairs:  # no validation shard: an empty stream
+            self.sources, self.files, self.arrays, self.vocab_size = [], [], [], vocab_size
+            self.offsets = np.zeros(1, dtype=np.int64)
+            return
         if not pairs or not pairs[0][1].is_file():
             raise FileNotFoundError(f"data.root {root}: no *.npy token shards or *.jsonl / *.parquet text shards there")
         self.sources = [s for s, _ in pairs]
@@ -118,6 +131,34 @@ class TokenShards:
         windows = np.stack([self.window(int(starts[r]), context + 1) for r in rows])
         w = torch.from_numpy(windows)
         return w[:, :-1], w[:, 1:]
+
+
+def _held_out_pairs(pairs: list) -> list:
+    """The held-out ``(source, array)`` pairs a run validates on: the validation shards (``valid``
+    or ``val.`` in the name) if there are any, else the test shards."""
+    validation = [p for p in pairs if any(h in Path(p[0]).name for h in ("valid", "val."))]
+    return validation or [p for p in pairs if is_held_out(p[0])]
+
+
+def validation_windows(shards: TokenShards, context: int, n_test: int | None, rank: int,
+                       world: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """This rank's share of the validation windows: the first ``n_test`` (null: all)
+    non-overlapping windows of ``context`` tokens of the held-out stream, rounded down to a
+    multiple of ``world`` so every rank holds as many (rank ``r`` the ``r``-th block); None when
+    there are fewer windows than ranks. ``n_test`` beyond the windows there are is a ConfigError
+    naming ``data.n_test``."""
+    from catapult.data.text import windows
+
+    available = max(len(shards) - 1, 0) // context
+    if n_test is not None and n_test > available:
+        raise cfg.ConfigError([("data.n_test", f"{n_test} validation windows of {context} tokens asked for; the "
+                                              f"held-out shards {[s.name for s in shards.sources]} hold {available}")])
+    n = available if n_test is None else n_test
+    per = n // world
+    if per == 0:
+        return None
+    x, y = windows(torch.from_numpy(shards.window(0, n * context + 1)), context, n)
+    return x[rank * per:(rank + 1) * per], y[rank * per:(rank + 1) * per]
 
 
 def _check_token_ids(path: Path, array: np.ndarray, vocab_size: int | None) -> None:
@@ -265,8 +306,10 @@ def train_ddp(config: Mapping[str, Any], *, out_dir: str | os.PathLike | None = 
     :class:`DataParallel` processes: the same step semantics, divergence rule, sharpness
     tracking (the union batch's, ``distributed=True``), lr rules (linear or catapult warmup,
     ``c/lambda0``), run files and summary, written by rank 0 into ``out_dir`` (checked first
-    like :func:`~catapult.engine.run`'s: ``overwrite`` replaces an earlier run's files). Token
-    shards have no test set, so the test columns stay empty.
+    like :func:`~catapult.engine.run`'s: ``overwrite`` replaces an earlier run's files). The
+    test columns are the validation loss and accuracy on the held-out shards
+    (:func:`validation_windows`, all-reduced over the ranks); without held-out shards they stay
+    empty.
     """
     started = time.perf_counter()
     config = cfg.validate(config)
@@ -293,17 +336,23 @@ def train_ddp(config: Mapping[str, Any], *, out_dir: str | os.PathLike | None = 
     out_path = None if out_dir is None or rank != 0 else Path(out_dir)
     if out_path is not None or distributed:
         _on_rank0(lambda: out_path is None or check_out_dir(out_path, overwrite), distributed, rank)
-    shards = _on_rank0(lambda: TokenShards(d["root"], d["vocab_size"], text_key=d["text_key"],
-                                           cache_dir=d["cache_dir"]), distributed, rank)
-    if shards is None:  # rank 0 tokenised the text shards and checked the ids
-        shards = TokenShards(d["root"], d["vocab_size"], text_key=d["text_key"], cache_dir=d["cache_dir"],
-                             check_ids=False)
+
+    def open_shards(check_ids: bool = True) -> tuple[TokenShards, TokenShards]:
+        return tuple(TokenShards(d["root"], d["vocab_size"], text_key=d["text_key"], cache_dir=d["cache_dir"],
+                                 check_ids=check_ids, held_out=held_out) for held_out in (False, True))
+
+    opened = _on_rank0(open_shards, distributed, rank)
+    # the others map what rank 0 tokenised, after it checked the ids
+    shards, held_out = opened if opened is not None else open_shards(check_ids=False)
     if len(shards) < context + 2:
         raise cfg.ConfigError([("data.root", f"{len(shards)} training tokens in {d['root']}: fewer than "
                                              f"data.context + 2 = {context + 2}")])
     model = build_model(config, context, d["vocab_size"], device, dtype)
     batches = ShardBatches(shards, context, batch_size, rank, world, seeds(config["seed"])[1], device)
-    setup = assemble_run(dict(config, device=str(device)), model, batches, device, distributed=distributed)
+    test = validation_windows(held_out, context, d["n_test"], rank, world)
+    test = None if test is None else (test[0].to(device), test[1].to(device))
+    setup = assemble_run(dict(config, device=str(device)), model, batches, device, test_set=test,
+                         distributed=distributed)
     processes = DataParallel(rank, world) if distributed else Processes()
     result = in_run_directory(out_path, overwrite, lambda path, writing: train(
         setup, path, progress=progress, started=started, writing=writing, processes=processes))

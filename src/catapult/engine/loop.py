@@ -224,7 +224,8 @@ class Processes:
         return model
 
     def mean(self, values: tuple[float, ...]) -> tuple[float, ...]:
-        """The batch means ``values`` (this process's rows) as means over the whole batch."""
+        """The batch means ``values`` (this process's rows; every process holds as many) as
+        means over the whole batch."""
         return values
 
     def all(self, flag: bool) -> bool:
@@ -291,7 +292,7 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
     if not processes.writes:
         out_path, progress = None, "none"
     config, model, loss_fn, batches = setup.config, setup.model, setup.loss_fn, setup.batches
-    x_test, y_test = (None, None) if setup.data is None else (setup.data.x_test, setup.data.y_test)
+    x_test, y_test = (None, None) if setup.test_set is None else setup.test_set
     steps = config["train"]["steps"]
     sharpness_every = config["eval"]["sharpness_every"]
     rule = setup.sharpness
@@ -377,7 +378,7 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
                     row.update(rule.spectrum(model, loss_fn, (x, y), optimizer, kind=kind_t))
 
             if x_test is not None and evaluates_test(t, test_every, steps):
-                row["test_loss"], row["test_accuracy"] = evaluate(model, loss_fn, x_test, y_test)
+                row["test_loss"], row["test_accuracy"] = processes.mean(evaluate(model, loss_fn, x_test, y_test))
 
             metrics.append(row)
             if metrics_file is not None:
