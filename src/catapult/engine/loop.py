@@ -96,7 +96,7 @@ from catapult.engine.step import diverged, evaluates_test, measures_sharpness, n
 from catapult.engine.records import (MetricsFile, metric_columns, json_safe, summarize, threshold_label,
                                      warmup_summary)
 
-__all__ = ["RunResult", "run", "train", "Processes", "evaluate", "RUN_FILES", "RUN_MARKERS", "RunDirectoryError",
+__all__ = ["RunResult", "run", "train", "Processes", "evaluate", "EVAL_OUTPUT_ELEMENTS", "RUN_FILES", "RUN_MARKERS", "RunDirectoryError",
            "check_out_dir", "in_run_directory"]
 
 #: The files a run writes into its directory (``--overwrite`` replaces exactly these).
@@ -183,9 +183,17 @@ class RunResult:
 
 
 
+#: Output elements one chunk of :func:`evaluate` may hold (2^26: 256 MiB of float32). A GPT's
+#: output is rows x context x vocabulary, so a fixed row count could need terabytes of logits
+#: (8,192 windows of the 610M config's 2,048 x 50,257).
+EVAL_OUTPUT_ELEMENTS = 1 << 26
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, chunk: int = 8192) -> tuple[float, float]:
-    """``(loss, accuracy)`` of ``model`` on ``(x, y)`` in eval mode, in chunks of ``chunk`` rows.
+def evaluate(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, chunk: int | None = None) -> tuple[float, float]:
+    """``(loss, accuracy)`` of ``model`` on ``(x, y)`` in eval mode, in chunks of ``chunk`` rows
+    (None: at most 8,192 rows and :data:`EVAL_OUTPUT_ELEMENTS` output elements, the output size
+    of a row measured on the first one).
 
     Both losses are means over rows (MSE also over the equal-sized output dim), so chunk means
     are combined weighted by their row counts. The model's train/eval mode is restored.
@@ -193,6 +201,9 @@ def evaluate(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, chunk:
     was_training = model.training
     model.eval()
     try:
+        if chunk is None:
+            per_row = max(model(x[:1]).numel(), 1) if x.shape[0] else 1
+            chunk = max(1, min(8192, EVAL_OUTPUT_ELEMENTS // per_row))
         total_loss, total_correct, n = 0.0, 0.0, x.shape[0]
         for start in range(0, n, chunk):
             xb, yb = x[start:start + chunk], y[start:start + chunk]
