@@ -302,6 +302,19 @@ def test_stacked_evaluate_in_member_groups_equals_each_model_alone(monkeypatch):
     for (loss, acc), i in zip(got, [2, 0, 1]):
         want = train.evaluate(models[i], get_loss("cross_entropy"), data.x_test, data.y_test, chunk=5)
         assert _close(loss, want[0]) and acc == want[1]
+    # no chunk given: rows bounded by the output budget (here 3 rows of the GPT's logits), same answer
+    from catapult.engine import loop
+
+    per_row = stacked.widest_activation(data.x_test[:1])
+    monkeypatch.setattr(loop, "EVAL_OUTPUT_ELEMENTS", 3 * per_row)
+    seen = []
+    forward = stacked._member_loss
+    monkeypatch.setattr(stacked, "_member_loss", lambda p, b, x, y: (seen.append(x.shape[0]), forward(p, b, x, y))[1])
+    got = stacked.evaluate([2, 0, 1], data.x_test, data.y_test)
+    assert max(seen) == 3 and data.x_test.shape[0] > 3
+    for (loss, acc), i in zip(got, [2, 0, 1]):
+        want = train.evaluate(models[i], get_loss("cross_entropy"), data.x_test, data.y_test, chunk=5)
+        assert _close(loss, want[0]) and acc == want[1]
 
 
 def test_sweep_command_with_no_kernels_trains_on_torch_func(tmp_path, capsys):

@@ -102,15 +102,21 @@ class StackedModel:
 
     @torch.no_grad()
     def evaluate(self, rows: Sequence[int], x: torch.Tensor, y: torch.Tensor,
-                 chunk: int = 8192) -> list[tuple[float, float]]:
+                 chunk: int | None = None) -> list[tuple[float, float]]:
         """``(loss, accuracy)`` per member of ``rows`` on ``(x, y)`` in eval mode, in chunks of
-        ``chunk`` rows combined as :func:`catapult.engine.evaluate` combines them. Members go
-        through in groups of :meth:`members_per_pass` (a test set is often much larger than a
-        training batch; a group's activations then stay near the cache)."""
+        ``chunk`` rows combined as :func:`catapult.engine.evaluate` combines them (None: at most
+        8,192 rows and :data:`catapult.engine.loop.EVAL_OUTPUT_ELEMENTS` elements of the widest
+        activation, a GPT's logits). Members go through in groups of :meth:`members_per_pass`
+        (a test set is often much larger than a training batch; a group's activations then stay
+        near the cache)."""
+        from catapult.engine.loop import EVAL_OUTPUT_ELEMENTS
+
         was_training = self.module.training
         self.module.eval()
         try:
             n = x.shape[0]
+            if chunk is None:
+                chunk = max(1, min(8192, EVAL_OUTPUT_ELEMENTS // max(self.widest_activation(x[:1]), 1)))
             loss_tot = [0.0] * len(rows)
             acc_tot = [0.0] * len(rows)
             with math_attention():
