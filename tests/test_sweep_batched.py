@@ -298,10 +298,13 @@ def test_stacked_evaluate_in_member_groups_equals_each_model_alone(monkeypatch):
     models = [train.build_model(c, data.in_features, data.num_classes, "cpu", torch.float64) for c in configs]
     stacked = StackedModel(models, get_loss("cross_entropy"))
     monkeypatch.setattr(stacked, "members_per_pass", lambda x: 2)  # groups of 2 and 1
-    got = stacked.evaluate([2, 0, 1], data.x_test, data.y_test, chunk=5)
-    for (loss, acc), i in zip(got, [2, 0, 1]):
-        want = train.evaluate(models[i], get_loss("cross_entropy"), data.x_test, data.y_test, chunk=5)
-        assert _close(loss, want[0]) and acc == want[1]
+
+    def check(got):  # each member's loss and accuracy as the model alone gives them
+        for (loss, acc), i in zip(got, [2, 0, 1]):
+            want = train.evaluate(models[i], get_loss("cross_entropy"), data.x_test, data.y_test, chunk=5)
+            assert _close(loss, want[0]) and acc == want[1]
+
+    check(stacked.evaluate([2, 0, 1], data.x_test, data.y_test, chunk=5))
     # no chunk given: rows bounded by the output budget (here 3 rows of the GPT's logits), same answer
     from catapult.engine import loop
 
@@ -310,11 +313,8 @@ def test_stacked_evaluate_in_member_groups_equals_each_model_alone(monkeypatch):
     seen = []
     forward = stacked._member_loss
     monkeypatch.setattr(stacked, "_member_loss", lambda p, b, x, y: (seen.append(x.shape[0]), forward(p, b, x, y))[1])
-    got = stacked.evaluate([2, 0, 1], data.x_test, data.y_test)
+    check(stacked.evaluate([2, 0, 1], data.x_test, data.y_test))
     assert max(seen) == 3 and data.x_test.shape[0] > 3
-    for (loss, acc), i in zip(got, [2, 0, 1]):
-        want = train.evaluate(models[i], get_loss("cross_entropy"), data.x_test, data.y_test, chunk=5)
-        assert _close(loss, want[0]) and acc == want[1]
 
 
 def test_sweep_command_with_no_kernels_trains_on_torch_func(tmp_path, capsys):

@@ -37,13 +37,15 @@ from catapult.config import ConfigError
 from catapult.data import token_cache
 from catapult.data.tokenize import BPEVocab, bpe_file_name, fingerprint, save_new, train_bpe
 
-__all__ = ["TEXT_SUFFIXES", "HELD_OUT", "is_held_out", "text_shard_files", "iter_texts",
+__all__ = ["TEXT_SUFFIXES", "VALIDATION", "HELD_OUT", "is_held_out", "text_shard_files", "iter_texts",
            "tokenize_text_shards", "DOCUMENT_SEPARATOR"]
 
 #: File endings read as text shards.
 TEXT_SUFFIXES = (".jsonl", ".parquet")
 #: A shard whose file name contains one of these holds out text (validation / test).
-HELD_OUT = ("valid", "val.", "test")
+#: Name parts of a validation shard (a run's validation stream), and of any held-out shard.
+VALIDATION = ("valid", "val.")
+HELD_OUT = VALIDATION + ("test",)
 #: Text appended to every document before it is encoded.
 DOCUMENT_SEPARATOR = "\n\n"
 _BATCH_DOCS = 1024

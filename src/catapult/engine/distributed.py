@@ -53,7 +53,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from catapult import config as cfg
-from catapult.data.text_shards import is_held_out, text_shard_files, tokenize_text_shards
+from catapult.data.text_shards import VALIDATION, is_held_out, text_shard_files, tokenize_text_shards
 from catapult.data.token_cache import npy_problem
 from catapult.engine.build import assemble_run, build_model, resolve_device, seeds
 from catapult.engine.loop import Processes, RunDirectoryError, RunResult, check_out_dir, in_run_directory, train
@@ -136,7 +136,7 @@ class TokenShards:
 def _held_out_pairs(pairs: list) -> list:
     """The held-out ``(source, array)`` pairs a run validates on: the validation shards (``valid``
     or ``val.`` in the name) if there are any, else the test shards."""
-    validation = [p for p in pairs if any(h in Path(p[0]).name for h in ("valid", "val."))]
+    validation = [p for p in pairs if any(h in Path(p[0]).name for h in VALIDATION)]
     return validation or [p for p in pairs if is_held_out(p[0])]
 
 
