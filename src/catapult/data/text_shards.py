@@ -42,9 +42,9 @@ __all__ = ["TEXT_SUFFIXES", "VALIDATION", "HELD_OUT", "is_held_out", "text_shard
 
 #: File endings read as text shards.
 TEXT_SUFFIXES = (".jsonl", ".parquet")
-#: A shard whose file name contains one of these holds out text (validation / test).
-#: Name parts of a validation shard (a run's validation stream), and of any held-out shard.
+#: A shard whose file name contains one of these is a validation shard (a run's validation stream).
 VALIDATION = ("valid", "val.")
+#: A shard whose file name contains one of these holds out text (validation / test).
 HELD_OUT = VALIDATION + ("test",)
 #: Text appended to every document before it is encoded.
 DOCUMENT_SEPARATOR = "\n\n"
