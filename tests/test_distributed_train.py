@@ -338,3 +338,29 @@ def test_what_is_not_run_across_processes_is_a_config_error_before_any_step(tmp_
     finally:
         dist.destroy_process_group()
     assert not (tmp_path / "run").exists()
+
+
+def test_tokens_per_second_counts_the_training_not_the_shards_set_up(tmp_path, monkeypatch):
+    # it divided by the time since train_ddp began, so a first run that tokenised a corpus for
+    # minutes reported a fraction of its training throughput; a fake clock makes the times exact
+    from types import SimpleNamespace
+
+    import catapult.engine.distributed as distributed
+
+    now = [0.0]
+    monkeypatch.setattr(distributed, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+    opened, trained = distributed.TokenShards.__init__, distributed.train
+
+    def slow_open(self, *args, **kwargs):
+        now[0] += 1000.0  # tokenising text shards
+        opened(self, *args, **kwargs)
+
+    def timed_train(*args, **kwargs):
+        now[0] += 10.0
+        return trained(*args, **kwargs)
+
+    monkeypatch.setattr(distributed.TokenShards, "__init__", slow_open)
+    monkeypatch.setattr(distributed, "train", timed_train)
+    result = train_ddp(_config(_shards(tmp_path), steps=3), progress="none")
+    assert result.summary["steps_completed"] == 3
+    assert result.tokens_per_second == pytest.approx(8 * 8 * 3 / 10.0)  # batch x context x updates / 10 s
