@@ -141,3 +141,38 @@ def test_config_keys_and_the_engine_loop(tmp_path):
         validate(dict(config, model=dict(config["model"], sparsity=dict(method="pruned"))))
     old = validate(dict(config, model=dict(name="gpt", width=16, depth=1, n_heads=2, density=0.5)))
     assert old["model"]["sparsity"]["method"] == "static"  # old configs keep static masks
+
+
+def test_scaled_linear_keeps_the_dense_gradient_rigl_grows_by():
+    # ScaledLinear (every MLP layer, muP's scaled matrices) had its own forward that skipped the
+    # capture, so RigL on an MLP stopped at its first mask update with a RuntimeError
+    import torch.nn.functional as F
+
+    from catapult.scaled_layers import ScaledLinear
+
+    gen = torch.Generator().manual_seed(0)
+    layer = ScaledLinear(5, 4, multiplier=0.5, bias_multiplier=2.0, density=0.5, generator=gen)
+    layer.capture_dense_grad = True
+    x = torch.randn(3, 5, generator=gen)
+    (layer(x) ** 2).sum().backward()
+    # truth: the gradient with respect to W ⊙ M as a leaf of the same layer function
+    leaf = (layer.weight * layer.mask).detach().requires_grad_()
+    ((0.5 * F.linear(x, leaf) + 2.0 * layer.bias.detach()) ** 2).sum().backward()
+    assert layer.dense_grad is not None and torch.allclose(layer.dense_grad, leaf.grad)
+
+
+def test_rigl_trains_an_mlp_through_the_engine():
+    from catapult.engine import run
+    from catapult.engine.build import build_model
+
+    config = dict(seed=1, data=dict(name="digits", n_train=128, n_test=64),
+                  model=dict(name="mlp", width=32, depth=3, density=0.5,
+                             sparsity=dict(method="rigl", update_every=2, end_fraction=1.0)),
+                  loss="cross_entropy", optimizer=dict(name="sgd", lr=0.1), train=dict(steps=6, batch_size=32),
+                  eval=dict(sharpness_every=0, test_every=0))
+    result = run(config, progress="none")
+    assert result.status == "finished"
+    start = build_model(result.config, 64, 10, torch.device("cpu"), torch.float32)  # the same seed's masks
+    masks = dict(masked_modules(result.model))
+    assert masks and any(not torch.equal(m.mask, masks[n].mask) for n, m in masked_modules(start))  # RigL moved them
+    assert _counts(result.model) == _counts(start)  # with the counts kept

@@ -136,7 +136,7 @@ class ScaledLinear(MaskedLinear):
         self.bias_multiplier = float(multiplier if bias_multiplier is None else bias_multiplier)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        weight = self.masked_weight()
+        weight = self.forward_weight()  # RigL's dense gradient is captured here too
         scale, bias_scale = self.multiplier, self.bias_multiplier
         if self.bias is None or bias_scale == scale:
             out = F.linear(input, weight, self.bias)

@@ -151,6 +151,14 @@ class MaskedLinear(nn.Linear):
         """``W ⊙ M`` (or ``W`` when dense): the matrix the forward pass uses."""
         return self.weight if self.mask is None else self.weight * self.mask
 
+    def forward_weight(self) -> torch.Tensor:
+        """:meth:`masked_weight` for a forward pass: with ``capture_dense_grad`` its gradient is
+        kept in ``dense_grad`` by the backward pass. Every subclass's forward goes through it."""
+        weight = self.masked_weight()
+        if self.capture_dense_grad and self.mask is not None and weight.requires_grad:
+            weight.register_hook(self._keep_dense_grad)
+        return weight
+
     @property
     def density(self) -> float:
         """Fraction of kept entries (1.0 when dense)."""
@@ -159,10 +167,7 @@ class MaskedLinear(nn.Linear):
         return float(self.mask.sum()) / self.mask.numel()
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        weight = self.masked_weight()
-        if self.capture_dense_grad and self.mask is not None and weight.requires_grad:
-            weight.register_hook(self._keep_dense_grad)
-        return F.linear(input, weight, self.bias)
+        return F.linear(input, self.forward_weight(), self.bias)
 
     def _keep_dense_grad(self, grad: torch.Tensor) -> None:
         self.dense_grad = grad.detach()
