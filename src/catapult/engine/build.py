@@ -1,7 +1,9 @@
 """A run's set-up, written once: everything :func:`catapult.engine.run`, the batched engine,
 the sweep's lambda_0 cache, ``critical-lr`` and ``coord-check`` need before the first step.
 
-:func:`build_run` turns a validated config into a :class:`Run`: device, dtype, the three seeds,
+:func:`build_run` turns a validated config into a :class:`Run` (through :func:`assemble_run`,
+which the data-parallel :func:`catapult.engine.distributed.train_ddp` calls with its own model
+and shard batches): device, dtype, the three seeds,
 the data and the batch stream, the model, the loss, and -- built on first use, in that order of
 dependence -- the lambda_0 measurement, the target learning rate, the optimizer and the warmup
 rule. Every part that can fail on bad input (data files, shapes, the batch size) fails inside
@@ -377,8 +379,8 @@ class Run:
     """Everything a run is made of, built by :func:`build_run` from a validated config.
 
     Built at once: ``config``, ``device``, ``dtype``, ``seeds`` (init, data, sharpness),
-    ``data`` (:class:`RunData`; None for a data-parallel run on token shards, which has no test
-    set), ``batches`` (:class:`BatchStream`, or any object with its ``batch(t)`` and
+    ``data`` (:class:`RunData`; None for a data-parallel run, whose batches and held-out
+    windows come from token shards), ``batches`` (:class:`BatchStream`, or any object with its ``batch(t)`` and
     ``first_batches(k)``), ``model`` (in train mode), ``loss_fn``, ``n_params``, ``sharpness``
     (:class:`SharpnessRule`), ``start_vector`` (``randn(P)`` from the sharpness seed, the
     eigen-solver's first start), ``test_set`` (``(x, y)`` the loop evaluates on, or None) and

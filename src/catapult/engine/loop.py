@@ -10,8 +10,9 @@ exception.
 Exact semantics (a batched-ensemble engine must reproduce these to float tolerance)
 ------------------------------------------------------------------------------------
 Seeds. ``seed`` is expanded by ``numpy.random.SeedSequence(seed).generate_state(3)`` into three
-independent 32-bit seeds: ``init_seed`` (model init), ``data_seed`` (batch order),
-``sharpness_seed`` (the eigen-solver's first start vector). Each drives its own
+independent 32-bit seeds (:mod:`catapult.engine.seeds`): ``init_seed`` (model init), ``data_seed``
+(batch order), ``sharpness_seed`` (the eigen-solver's first start vector, and the random vectors
+of the spectrum columns: Hutch++ probes, the top-k solve's fresh directions). Each drives its own
 ``torch.Generator`` (CPU); nothing reads or changes the global RNG.
 
 Init. Under ``torch.random.fork_rng`` with ``torch.manual_seed(init_seed)``, the model is built
