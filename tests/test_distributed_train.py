@@ -364,3 +364,19 @@ def test_tokens_per_second_counts_the_training_not_the_shards_set_up(tmp_path, m
     result = train_ddp(_config(_shards(tmp_path), steps=3), progress="none")
     assert result.summary["steps_completed"] == 3
     assert result.tokens_per_second == pytest.approx(8 * 8 * 3 / 10.0)  # batch x context x updates / 10 s
+
+
+def test_the_loop_refuses_a_run_and_processes_that_disagree_on_distribution():
+    # a Run built for one process with data-parallel processes (or the reverse) would measure a
+    # shard as the whole batch, or wait for ranks that never come: refused before any step
+    from catapult.engine import Processes, build_run, train
+    from catapult.engine.distributed import DataParallel
+
+    setup = build_run(dict(name="tiny", data=dict(name="digits", n_train=32, n_test=8),
+                           model=dict(name="mlp", width=4, depth=2), optimizer=dict(name="sgd", lr=0.1),
+                           train=dict(steps=1), eval=dict(sharpness_every=0)))
+    with pytest.raises(ValueError, match="distributed=False"):
+        train(setup, processes=DataParallel(rank=0, world=2))
+    setup.distributed = True
+    with pytest.raises(ValueError, match="distributed=True"):
+        train(setup, processes=Processes())

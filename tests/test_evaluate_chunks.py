@@ -37,7 +37,7 @@ def test_chunks_hold_at_most_the_output_budget_and_the_answer_is_the_whole_sets(
         want_loss = float(loss_fn(out, y))
         want_acc = float((out.argmax(-1) == y).double().mean())
     model.rows.clear()
-    monkeypatch.setattr(loop, "EVAL_OUTPUT_ELEMENTS", 7 * 6 * 11)  # 7 rows of 6 tokens x 11 logits
+    monkeypatch.setattr(loop, "EVAL_CHUNK_ELEMENTS", 7 * 6 * 11)  # 7 rows of 6 tokens x 11 logits
     loss, acc = loop.evaluate(model, loss_fn, x, y)
     assert model.rows[0] == 1  # the probe that measures a row's output
     assert max(model.rows[1:]) == 7 and sum(model.rows[1:]) == 50

@@ -309,7 +309,7 @@ def test_stacked_evaluate_in_member_groups_equals_each_model_alone(monkeypatch):
     from catapult.engine import loop
 
     per_row = stacked.widest_activation(data.x_test[:1])
-    monkeypatch.setattr(loop, "EVAL_OUTPUT_ELEMENTS", 3 * per_row)
+    monkeypatch.setattr(loop, "EVAL_CHUNK_ELEMENTS", 3 * per_row)
     seen = []
     forward = stacked._member_loss
     monkeypatch.setattr(stacked, "_member_loss", lambda p, b, x, y: (seen.append(x.shape[0]), forward(p, b, x, y))[1])

@@ -220,6 +220,8 @@ class DataParallel(Processes):
     all-reduced to the global batch's means, masks grow from the union batch's dense gradient,
     and rank 0 writes."""
 
+    distributed = True
+
     def __init__(self, rank: int, world: int) -> None:
         self.rank, self.world = rank, world
         self.writes = rank == 0

@@ -97,7 +97,7 @@ from catapult.engine.step import diverged, evaluates_test, measures_sharpness, n
 from catapult.engine.records import (MetricsFile, metric_columns, json_safe, summarize, threshold_label,
                                      warmup_summary)
 
-__all__ = ["RunResult", "run", "train", "Processes", "evaluate", "EVAL_OUTPUT_ELEMENTS", "RUN_FILES", "RUN_MARKERS", "RunDirectoryError",
+__all__ = ["RunResult", "run", "train", "Processes", "evaluate", "eval_chunk_rows", "EVAL_CHUNK_ELEMENTS", "RUN_FILES", "RUN_MARKERS", "RunDirectoryError",
            "check_out_dir", "in_run_directory"]
 
 #: The files a run writes into its directory (``--overwrite`` replaces exactly these).
@@ -184,17 +184,27 @@ class RunResult:
 
 
 
-#: Output elements one chunk of :func:`evaluate` may hold (2^26: 256 MiB of float32). A GPT's
-#: output is rows x context x vocabulary, so a fixed row count could need terabytes of logits
-#: (8,192 windows of the 610M config's 2,048 x 50,257).
-EVAL_OUTPUT_ELEMENTS = 1 << 26
+#: Elements of the largest per-row tensor one chunk of :func:`evaluate` may hold (2^26: 256 MiB
+#: of float32). A GPT's output is rows x context x vocabulary, so a fixed row count could need
+#: terabytes of logits (8,192 windows of the 610M config's 2,048 x 50,257).
+EVAL_CHUNK_ELEMENTS = 1 << 26
+
+
+def eval_chunk_rows(per_row: int) -> int:
+    """Rows of one evaluation chunk when a row's largest tensor (its output, or in the batched
+    engine its widest activation) has ``per_row`` elements: at most 8,192 rows and
+    :data:`EVAL_CHUNK_ELEMENTS` elements, at least one row.
+
+    >>> eval_chunk_rows(10), eval_chunk_rows(32 * 4096), eval_chunk_rows(2048 * 50257)
+    (8192, 512, 1)
+    """
+    return max(1, min(8192, EVAL_CHUNK_ELEMENTS // max(int(per_row), 1)))
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, chunk: int | None = None) -> tuple[float, float]:
     """``(loss, accuracy)`` of ``model`` on ``(x, y)`` in eval mode, in chunks of ``chunk`` rows
-    (None: at most 8,192 rows and :data:`EVAL_OUTPUT_ELEMENTS` output elements, the output size
-    of a row measured on the first one).
+    (None: :func:`eval_chunk_rows` of a row's output size, measured on the first row).
 
     Both losses are means over rows (MSE also over the equal-sized output dim), so chunk means
     are combined weighted by their row counts. The model's train/eval mode is restored.
@@ -203,8 +213,7 @@ def evaluate(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, chunk:
     model.eval()
     try:
         if chunk is None:
-            per_row = max(model(x[:1]).numel(), 1) if x.shape[0] else 1
-            chunk = max(1, min(8192, EVAL_OUTPUT_ELEMENTS // per_row))
+            chunk = eval_chunk_rows(model(x[:1]).numel() if x.shape[0] else 1)
         total_loss, total_correct, n = 0.0, 0.0, x.shape[0]
         for start in range(0, n, chunk):
             xb, yb = x[start:start + chunk], y[start:start + chunk]
@@ -230,6 +239,9 @@ class Processes:
 
     #: Whether this process writes the run's files and shows its progress.
     writes = True
+    #: Whether each process holds a shard of every batch (a :class:`~catapult.engine.build.Run`
+    #: built for such processes measures on the union batch: ``Run.distributed``).
+    distributed = False
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """The module the training forward (and backward) goes through."""
@@ -300,6 +312,9 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
     ``time.perf_counter()`` the summary's wall time counts from (default: now)."""
     started = time.perf_counter() if started is None else started
     processes = Processes() if processes is None else processes
+    if processes.distributed != setup.distributed:  # measurements would see a shard, or wait for ranks
+        raise ValueError(f"train: the Run was built with distributed={setup.distributed}, the processes "
+                         f"are {type(processes).__name__} (distributed={processes.distributed})")
     writing = [] if writing is None else writing
     if not processes.writes:
         out_path, progress = None, "none"

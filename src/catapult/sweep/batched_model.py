@@ -105,18 +105,18 @@ class StackedModel:
                  chunk: int | None = None) -> list[tuple[float, float]]:
         """``(loss, accuracy)`` per member of ``rows`` on ``(x, y)`` in eval mode, in chunks of
         ``chunk`` rows combined as :func:`catapult.engine.evaluate` combines them (None: at most
-        8,192 rows and :data:`catapult.engine.loop.EVAL_OUTPUT_ELEMENTS` elements of the widest
-        activation, a GPT's logits). Members go through in groups of :meth:`members_per_pass`
+        :func:`catapult.engine.loop.eval_chunk_rows` of the widest activation per row, a GPT's
+        logits). Members go through in groups of :meth:`members_per_pass`
         (a test set is often much larger than a training batch; a group's activations then stay
         near the cache)."""
-        from catapult.engine.loop import EVAL_OUTPUT_ELEMENTS
+        from catapult.engine.loop import eval_chunk_rows
 
         was_training = self.module.training
         self.module.eval()
         try:
             n = x.shape[0]
             if chunk is None:
-                chunk = max(1, min(8192, EVAL_OUTPUT_ELEMENTS // max(self.widest_activation(x[:1]), 1)))
+                chunk = eval_chunk_rows(self.widest_activation(x[:1]))
             loss_tot = [0.0] * len(rows)
             acc_tot = [0.0] * len(rows)
             with math_attention():
