@@ -427,9 +427,11 @@ class Run:
     @property
     def lambda0_estimates(self) -> list:
         """The ``k = lambda0_batch_count(config)`` estimates lambda_0 averages: batch 0's
-        (:attr:`lambda0_estimate`), then batches ``1 .. k-1`` of the run's batch order (a fresh
-        stream with the data seed, so training's stream is untouched), each warm-started from
-        batch 0's eigenvector."""
+        (:attr:`lambda0_estimate`, on the training batch 0 itself: augmented when
+        ``data.augment`` is on, since the step-0 sharpness reuses it), then batches ``1 .. k-1``
+        of the run's batch order without augmentation (:meth:`BatchStream.first_batches`, a
+        fresh stream with the data seed, so training's stream is untouched), each warm-started
+        from batch 0's eigenvector. The batched engines measure the same batches."""
         from catapult.engine.step import lambda0_batch_count
 
         def measure() -> list:
