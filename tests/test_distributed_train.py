@@ -380,3 +380,48 @@ def test_the_loop_refuses_a_run_and_processes_that_disagree_on_distribution():
     setup.distributed = True
     with pytest.raises(ValueError, match="distributed=True"):
         train(setup, processes=Processes())
+
+
+def _one_rank_fails_worker(rank, world, port, root, text_root, blocked, out):
+    import datetime
+
+    import torch.distributed as dist
+
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    # a short timeout: a rank left waiting in a collective fails the test instead of hanging it
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
+    errors = []
+    try:
+        text = _text_config(text_root, blocked / "cache")  # rank 0 tokenises: only it meets the file
+        # a node-local data.root missing on rank 1 only
+        missing = _config(root if rank == 0 else root / "not-on-this-node", steps=1)
+        for config in (text, missing):
+            try:
+                train_ddp(config, progress="none")
+                errors.append(None)
+            except Exception as exc:  # noqa: BLE001 - the test compares what each rank raised
+                errors.append((type(exc).__name__, str(exc)))
+        torch.save({"errors": errors}, f"{out}/fails_rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
+def test_an_error_on_one_rank_is_raised_on_every_rank(tmp_path):
+    # only a ConfigError / FileNotFoundError on rank 0 was shared: rank 0's OSError (a cache
+    # folder under a file) and rank 1's own errors (a data.root missing on its node) left the
+    # other rank in a collective: a gloo "connection closed" traceback, or a hang
+    root, text_root = tmp_path / "shards", tmp_path / "text"
+    root.mkdir()
+    text_root.mkdir()
+    _shards(root)
+    (text_root / "part0.jsonl").write_text('{"text": "to be or not to be"}\n' * 20)
+    (tmp_path / "blocked").write_text("a file where the cache folder would go\n")
+    mp.start_processes(_one_rank_fails_worker, args=(2, _free_port(), root, text_root, tmp_path / "blocked",
+                                                     str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+    got = [torch.load(tmp_path / f"fails_rank{rank}.pt")["errors"] for rank in range(2)]
+    assert got[0] == got[1]
+    (cache_kind, cache_message), (root_kind, root_message) = got[0]
+    assert cache_kind == "NotADirectoryError" and "blocked" in cache_message
+    assert root_kind == "FileNotFoundError" and "not-on-this-node" in root_message

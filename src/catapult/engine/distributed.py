@@ -18,7 +18,8 @@ the ``*valid*`` / ``*val.*`` files (else the ``*test*`` ones), read the same way
 columns are measured on its first ``data.n_test`` windows (:func:`validation_windows`). ``data.vocab_size`` is the model's
 vocabulary; an id at or beyond it is an error naming the shard. Under ``torchrun`` rank 0
 tokenises text shards while the other ranks wait, then every rank maps the same files; a bad
-file (one naming the file and line or column) stops every rank with the same error.
+file (one naming the file and line or column), or any error one rank meets while setting up,
+stops every rank with the same error.
 
 Batches. ``train.batch_size`` is the *global* batch ``B`` (``B % world_size == 0``). Step ``t``
 draws ``B`` window starts ``s ~ Uniform{0..N - T - 1}`` from ``torch.Generator`` seeded with
@@ -261,26 +262,44 @@ def _average_dense_grads(updater, world: int) -> None:
             layer.module.dense_grad = grad / world
 
 
-def _on_rank0(work, distributed: bool, rank: int) -> Any:
-    """``work()`` on rank 0; a ConfigError, FileNotFoundError or RunDirectoryError it raises is
-    raised on every rank (the others wait for rank 0's verdict), so no rank goes on alone."""
+def _on_every_rank(work, distributed: bool) -> Any:
+    """``work()`` on this rank; an exception it raises on any rank is raised on every rank (the
+    lowest failing rank's: the original there, one of the same type and message on the
+    others), so no rank goes on alone into a collective the failed one never reaches. A
+    ConfigError, RunDirectoryError or OSError keeps its type (the CLI's exit code 2); an
+    exception of a type not built into Python is a RuntimeError naming it and its rank."""
     result, problem = None, None
-    if rank == 0:
-        try:
-            result = work()
-        except (cfg.ConfigError, FileNotFoundError, RunDirectoryError) as exc:
-            problem = exc
-    if distributed:
-        box = [None if problem is None else (type(problem).__name__, str(problem),
-                                              getattr(problem, "problems", None))]
-        dist.broadcast_object_list(box, src=0)
-        if box[0] is not None and problem is None:
-            kind, message, problems = box[0]
-            problem = (cfg.ConfigError(problems) if kind == "ConfigError" else
-                       RunDirectoryError(message) if kind == "RunDirectoryError" else FileNotFoundError(message))
-    if problem is not None:
+    try:
+        result = work()
+    except Exception as exc:  # any kind: one rank's failure must stop every rank
+        problem = exc
+    if not distributed:
+        if problem is not None:
+            raise problem
+        return result
+    every: list = [None] * dist.get_world_size()
+    dist.all_gather_object(every, None if problem is None else
+                           (type(problem).__name__, str(problem), getattr(problem, "problems", None)))
+    failed = next((r for r, p in enumerate(every) if p is not None), None)
+    if failed is None:
+        return result
+    if failed == dist.get_rank():
         raise problem
-    return result
+    raise _same_error(failed, *every[failed])
+
+
+def _same_error(rank: int, kind: str, message: str, problems: Any) -> Exception:
+    """An exception like the one (``kind``, ``message``) rank ``rank`` raised."""
+    import builtins
+
+    if kind == "ConfigError" and problems is not None:
+        return cfg.ConfigError(problems)
+    if kind == "RunDirectoryError":
+        return RunDirectoryError(message)
+    builtin = getattr(builtins, kind, None)
+    if isinstance(builtin, type) and issubclass(builtin, Exception):
+        return builtin(message)
+    return RuntimeError(f"rank {rank}: {kind}: {message}")
 
 
 @dataclass
@@ -338,24 +357,29 @@ def train_ddp(config: Mapping[str, Any], *, out_dir: str | os.PathLike | None = 
     global_batch_rows(batch_size, rank, world)  # B % W == 0: a ConfigError before any file is read
     out_path = None if out_dir is None or rank != 0 else Path(out_dir)
     if out_path is not None or distributed:
-        _on_rank0(lambda: out_path is None or check_out_dir(out_path, overwrite), distributed, rank)
+        _on_every_rank(lambda: out_path is None or check_out_dir(out_path, overwrite), distributed)
 
     def open_shards(check_ids: bool = True) -> tuple[TokenShards, TokenShards]:
         return tuple(TokenShards(d["root"], d["vocab_size"], text_key=d["text_key"], cache_dir=d["cache_dir"],
                                  check_ids=check_ids, held_out=held_out) for held_out in (False, True))
 
-    opened = _on_rank0(open_shards, distributed, rank)
-    # the others map what rank 0 tokenised, after it checked the ids
-    shards, held_out = opened if opened is not None else open_shards(check_ids=False)
-    if len(shards) < context + 2:
-        raise cfg.ConfigError([("data.root", f"{len(shards)} training tokens in {d['root']}: fewer than "
-                                             f"data.context + 2 = {context + 2}")])
-    model = build_model(config, context, d["vocab_size"], device, dtype)
-    batches = ShardBatches(shards, context, batch_size, rank, world, seeds(config["seed"])[1], device)
-    test = validation_windows(held_out, context, d["n_test"], rank, world)
-    test = None if test is None else (test[0].to(device), test[1].to(device))
-    setup = assemble_run(dict(config, device=str(device)), model, batches, device, test_set=test,
-                         distributed=distributed)
+    opened = _on_every_rank(lambda: open_shards() if rank == 0 else None, distributed)
+    # the others map what rank 0 tokenised, after it checked the ids (a file missing on another
+    # node, a GPU missing for one rank: every rank stops with that rank's error)
+
+    def set_up() -> Any:
+        shards, held_out = opened if opened is not None else open_shards(check_ids=False)
+        if len(shards) < context + 2:
+            raise cfg.ConfigError([("data.root", f"{len(shards)} training tokens in {d['root']}: fewer than "
+                                                 f"data.context + 2 = {context + 2}")])
+        model = build_model(config, context, d["vocab_size"], device, dtype)
+        batches = ShardBatches(shards, context, batch_size, rank, world, seeds(config["seed"])[1], device)
+        test = validation_windows(held_out, context, d["n_test"], rank, world)
+        test = None if test is None else (test[0].to(device), test[1].to(device))
+        return assemble_run(dict(config, device=str(device)), model, batches, device, test_set=test,
+                            distributed=distributed)
+
+    setup = _on_every_rank(set_up, distributed)
     processes = DataParallel(rank, world) if distributed else Processes()
     # the throughput of training: opening the shards (tokenising text ones, once) is set-up
     training = time.perf_counter()
