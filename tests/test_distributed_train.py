@@ -382,6 +382,13 @@ def test_the_loop_refuses_a_run_and_processes_that_disagree_on_distribution():
         train(setup, processes=Processes())
 
 
+def _odd_validation_config(root):
+    config = _config(root, steps=1)
+    config["data"]["n_test"] = 3
+    config["model"].pop("sparsity")
+    return config
+
+
 def _one_rank_fails_worker(rank, world, port, root, text_root, blocked, out):
     import datetime
 
@@ -402,7 +409,9 @@ def _one_rank_fails_worker(rank, world, port, root, text_root, blocked, out):
                 errors.append(None)
             except Exception as exc:  # noqa: BLE001 - the test compares what each rank raised
                 errors.append((type(exc).__name__, str(exc)))
-        torch.save({"errors": errors}, f"{out}/fails_rank{rank}.pt")
+        odd = train_ddp(_odd_validation_config(root), progress="none")  # 3 windows over 2 ranks: 1 + 2
+        torch.save({"errors": errors, "test": [r[k] for r in odd.metrics for k in ("test_loss", "test_accuracy")]},
+                   f"{out}/fails_rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -420,8 +429,46 @@ def test_an_error_on_one_rank_is_raised_on_every_rank(tmp_path):
     (tmp_path / "blocked").write_text("a file where the cache folder would go\n")
     mp.start_processes(_one_rank_fails_worker, args=(2, _free_port(), root, text_root, tmp_path / "blocked",
                                                      str(tmp_path)), nprocs=2, join=True, start_method="spawn")
-    got = [torch.load(tmp_path / f"fails_rank{rank}.pt")["errors"] for rank in range(2)]
+    got = [torch.load(tmp_path / f"fails_rank{rank}.pt") for rank in range(2)]
+    # data.n_test: 3 over 2 ranks was evaluated on 2 windows (rounded down to a multiple of the
+    # ranks), and 1 on none: each rank's means are now weighted by its windows, so the test
+    # columns are one process's on all 3
+    single = train_ddp(_odd_validation_config(root), progress="none")
+    for rank in range(2):
+        assert got[rank]["test"] == pytest.approx(
+            [r[k] for r in single.metrics for k in ("test_loss", "test_accuracy")], rel=1e-9)
+    got = [g["errors"] for g in got]
     assert got[0] == got[1]
     (cache_kind, cache_message), (root_kind, root_message) = got[0]
     assert cache_kind == "NotADirectoryError" and "blocked" in cache_message
     assert root_kind == "FileNotFoundError" and "not-on-this-node" in root_message
+
+
+def test_validation_windows_split_every_window_over_the_ranks_and_refuse_a_short_held_out_shard(tmp_path, capsys):
+    # n_test was rounded down to a multiple of the ranks (3 over 2 ranks: 2 windows evaluated)
+    # and fewer windows than ranks, or a held-out shard shorter than one window, gave no test
+    # columns at all, silently
+    import yaml
+
+    from catapult.cli import main
+
+    root = _shards(tmp_path)
+    held_out = TokenShards(root, VOCAB, held_out=True)
+    valid = torch.from_numpy(np.load(root / "wiki.valid.npy").astype(np.int64))
+    for n, world in [(3, 2), (1, 2), (5, 3), (24, 2)]:
+        shares = [validation_windows(held_out, 8, n, rank=r, world=world) for r in range(world)]
+        assert sum(x.shape[0] for x, _ in shares) == n
+        assert max(x.shape[0] for x, _ in shares) - min(x.shape[0] for x, _ in shares) <= 1
+        x, y = (torch.cat(part) for part in zip(*shares))
+        assert torch.equal(x, valid[:8 * n].reshape(n, 8)) and torch.equal(y, valid[1:8 * n + 1].reshape(n, 8))
+    short = tmp_path / "short"
+    short.mkdir()
+    np.save(short / "part0.npy", np.load(root / "part0.npy"))
+    np.save(short / "wiki.valid.npy", np.zeros(8, dtype=np.uint16))  # 8 tokens: no window of 8 + 1
+    config = tmp_path / "ddp.yaml"
+    config.write_text(yaml.safe_dump(_config(short, steps=1)))
+    out = tmp_path / "run"
+    assert main(["train-ddp", str(config), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "data.root" in err and "wiki.valid.npy" in err and "Traceback" not in err
+    assert not out.exists()

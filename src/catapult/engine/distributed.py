@@ -143,23 +143,31 @@ def _held_out_pairs(pairs: list) -> list:
 
 def validation_windows(shards: TokenShards, context: int, n_test: int | None, rank: int,
                        world: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """This rank's share of the validation windows: the first ``n_test`` (null: all)
-    non-overlapping windows of ``context`` tokens of the held-out stream, rounded down to a
-    multiple of ``world`` so every rank holds as many (rank ``r`` the ``r``-th block); None when
-    there are fewer windows than ranks. ``n_test`` beyond the windows there are is a ConfigError
-    naming ``data.n_test``."""
+    """This rank's share of the validation windows: of the first ``n_test`` (null: all)
+    non-overlapping windows of ``context`` tokens of the held-out stream, rank ``r`` holds
+    windows ``[r n // world, (r+1) n // world)`` (possibly none: the loop weights each rank's
+    means by its rows, so every window counts once). None without held-out shards. Held-out
+    shards too short for one window are a ConfigError naming ``data.root``; ``n_test`` beyond
+    the windows there are one naming ``data.n_test``."""
     from catapult.data.text import windows
 
+    names = [s.name for s in shards.sources]
     available = max(len(shards) - 1, 0) // context
+    if names and not available:  # held out on purpose: no validation at all would pass unnoticed
+        raise cfg.ConfigError([("data.root", f"the held-out shards {names} hold {len(shards)} tokens, fewer "
+                                             f"than one validation window of data.context + 1 = {context + 1}")])
     if n_test is not None and n_test > available:
-        raise cfg.ConfigError([("data.n_test", f"{n_test} validation windows of {context} tokens asked for; the "
-                                              f"held-out shards {[s.name for s in shards.sources]} hold {available}")])
-    n = available if n_test is None else n_test
-    per = n // world
-    if per == 0:
+        held = (f"the held-out shards {names} hold {available}" if names else
+                "data.root has no held-out shard (a file named *valid*, *val.* or *test* next to training shards)")
+        raise cfg.ConfigError([("data.n_test", f"{n_test} validation windows of {context} tokens asked for; {held}")])
+    if not names:
         return None
-    x, y = windows(torch.from_numpy(shards.window(0, n * context + 1)), context, n)
-    return x[rank * per:(rank + 1) * per], y[rank * per:(rank + 1) * per]
+    n = available if n_test is None else n_test
+    lo, hi = rank * n // world, (rank + 1) * n // world
+    if lo == hi:  # more ranks than windows: this one evaluates none
+        none = torch.empty((0, context), dtype=torch.long)
+        return none, none.clone()
+    return windows(torch.from_numpy(shards.window(lo * context, (hi - lo) * context + 1)), context, hi - lo)
 
 
 def _check_token_ids(path: Path, array: np.ndarray, vocab_size: int | None) -> None:
@@ -230,11 +238,16 @@ class DataParallel(Processes):
     def wrap(self, model: nn.Module) -> nn.Module:
         return nn.parallel.DistributedDataParallel(model)
 
-    def mean(self, values: tuple[float, ...]) -> tuple[float, ...]:
-        # every rank holds B / W rows, so the global mean is the mean of the ranks' means
-        t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self._device())
+    def mean(self, values: tuple[float, ...], rows: int | None = None) -> tuple[float, ...]:
+        if rows is None:  # every rank holds B / W rows: the global mean is the mean of the ranks' means
+            t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self._device())
+            dist.all_reduce(t)
+            return tuple(float(v) for v in (t / self.world).tolist())
+        # shares of different sizes (validation windows): each mean weighted by its rows
+        sums = [float(v) * rows if rows else 0.0 for v in values] + [float(rows)]
+        t = torch.tensor(sums, dtype=torch.float64, device=self._device())
         dist.all_reduce(t)
-        return tuple(float(v) for v in (t / self.world).tolist())
+        return tuple(float(v) for v in (t[:-1] / t[-1]).tolist())
 
     def all(self, flag: bool) -> bool:
         t = torch.tensor([int(bool(flag))], device=self._device())

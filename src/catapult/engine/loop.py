@@ -247,9 +247,9 @@ class Processes:
         """The module the training forward (and backward) goes through."""
         return model
 
-    def mean(self, values: tuple[float, ...]) -> tuple[float, ...]:
-        """The batch means ``values`` (this process's rows; every process holds as many) as
-        means over the whole batch."""
+    def mean(self, values: tuple[float, ...], rows: int | None = None) -> tuple[float, ...]:
+        """The means ``values`` of this process's ``rows`` rows (None: every process holds as
+        many) as means over the rows of every process."""
         return values
 
     def all(self, flag: bool) -> bool:
@@ -405,7 +405,9 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
                     row.update(rule.spectrum(model, loss_fn, (x, y), optimizer, kind=kind_t))
 
             if x_test is not None and evaluates_test(t, test_every, steps):
-                row["test_loss"], row["test_accuracy"] = processes.mean(evaluate(model, loss_fn, x_test, y_test))
+                rows = x_test.shape[0]  # data-parallel: this process's share, possibly none
+                means = evaluate(model, loss_fn, x_test, y_test) if rows else (0.0, 0.0)
+                row["test_loss"], row["test_accuracy"] = processes.mean(means, rows=rows)
 
             metrics.append(row)
             if metrics_file is not None:
