@@ -472,3 +472,30 @@ def test_validation_windows_split_every_window_over_the_ranks_and_refuse_a_short
     err = capsys.readouterr().err
     assert "data.root" in err and "wiki.valid.npy" in err and "Traceback" not in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("environment, words", [
+    (dict(WORLD_SIZE="two"), "WORLD_SIZE: 'two' is not a process count"),
+    (dict(WORLD_SIZE="2", RANK="x"), "RANK: 'x' is not a rank"),
+    (dict(WORLD_SIZE="2", RANK="2"), "RANK: 2 is not below WORLD_SIZE 2"),
+    (dict(WORLD_SIZE="2", RANK="1", MASTER_PORT="29500"), "MASTER_ADDR"),
+])
+def test_train_ddp_command_refuses_a_broken_launch_environment(tmp_path, capsys, monkeypatch, environment, words):
+    # WORLD_SIZE / RANK that int() cannot read, or a world of 2 without torchrun's rendezvous
+    # address, were ValueError tracebacks (exit 1) from int() or init_process_group
+    import yaml
+
+    from catapult.cli import main
+
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    (tmp_path / "shards").mkdir()
+    config = tmp_path / "ddp.yaml"
+    config.write_text(yaml.safe_dump(_config(_shards(tmp_path / "shards"), steps=1)))
+    out = tmp_path / "run"
+    assert main(["train-ddp", str(config), "--out", str(out), "--backend", "gloo"]) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
+    assert not out.exists()

@@ -43,11 +43,12 @@ def _command(args) -> int:
 
     config = config_from_args(args)
     out = Path(args.out) if args.out else Path("runs") / config["name"]
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world, rank = _launch()
     backend = None
     if world > 1 and not (dist.is_available() and dist.is_initialized()):  # every rank, before any work
         backend = _backend(args.backend)
-    if int(os.environ.get("RANK", "0")) == 0:  # the writer checks, before any work (exit 2 if in the way)
+        _check_rendezvous(world)
+    if rank == 0:  # the writer checks, before any work (exit 2 if in the way)
         check_out_dir(out, overwrite=args.overwrite)
     started = False
     if backend is not None:
@@ -60,11 +61,41 @@ def _command(args) -> int:
     finally:
         if started:
             dist.destroy_process_group()
-    if int(os.environ.get("RANK", "0")) == 0:
+    if rank == 0:
         print(format_summary(result.summary))
         print(f"train-ddp: {world} process(es), {result.tokens_per_second:,.0f} tokens/s; wrote {out}/ "
               f"(config.yaml, metrics.csv, summary.json, trajectories.png, model.pt)")
     return 0
+
+
+def _launch() -> tuple[int, int]:
+    """``(world size, rank)`` from torchrun's environment (1 and 0 without it); a value that is
+    not a count, or a rank outside the world, is a ConfigError naming the variable (it was a
+    ValueError traceback from ``int()``)."""
+    numbers = {}
+    for name, default in (("WORLD_SIZE", "1"), ("RANK", "0"), ("LOCAL_RANK", "0")):
+        text = os.environ.get(name, default)
+        try:
+            numbers[name] = int(text)
+        except ValueError:
+            numbers[name] = -1
+        if numbers[name] < (1 if name == "WORLD_SIZE" else 0):
+            raise ConfigError([(name, f"{text!r} is not a {'process count' if name == 'WORLD_SIZE' else 'rank'}; "
+                                      f"torchrun sets it (unset it to train in one process)")])
+    world, rank = numbers["WORLD_SIZE"], numbers["RANK"]
+    if rank >= world:
+        raise ConfigError([("RANK", f"{rank} is not below WORLD_SIZE {world}")])
+    return world, rank
+
+
+def _check_rendezvous(world: int) -> None:
+    """A ConfigError naming ``MASTER_ADDR`` / ``MASTER_PORT`` when the process group is to be
+    started from the environment without them (``init_process_group``'s ValueError traceback)."""
+    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
+    if missing:
+        raise ConfigError([(missing[0], f"WORLD_SIZE is {world} but {' and '.join(missing)} "
+                                        f"{'is' if len(missing) == 1 else 'are'} not set: start with torchrun, "
+                                        f"or unset WORLD_SIZE to train in one process")])
 
 
 def _backend(choice: str) -> str:
