@@ -198,3 +198,16 @@ def test_a_parquet_file_damaged_inside_a_page_names_the_file(tmp_path, compressi
     path.write_bytes(bytes(data))
     with pytest.raises(ConfigError, match=r"bad\.parquet, column 'text', rows from 0: corrupt"):
         list(text_shards.iter_texts(path))
+
+
+@pytest.mark.parametrize("name, held_out, validation", [
+    ("wiki.valid.npy", True, True), ("wiki.val.npy", True, True), ("c4-validation.00000-of-00008.json", True, True),
+    ("wiki.test.npy", True, False), ("test-00000-of-00001.parquet", True, False), ("Part_TEST.jsonl", True, False),
+    # substrings of other words: training shards (they were held out by a substring rule)
+    ("interval.npy", False, False), ("contest_data.npy", False, False), ("invalid_ids_removed.npy", False, False),
+    ("attestations.jsonl", False, False), ("crawl-latest-00001.npy", False, False), ("train-00000.parquet", False, False),
+])
+def test_held_out_shards_are_named_by_a_word_not_a_substring(name, held_out, validation):
+    from catapult.data.text_shards import is_held_out, is_validation
+
+    assert is_held_out(name) is held_out and is_validation(name) is validation

@@ -9,8 +9,11 @@
   'catapult[parquet]'``).
 
 A directory that holds any text shard is read as text (its ``*.npy`` files are then not shards:
-they may be this module's own cache). Files whose name contains ``valid`` / ``val.`` / ``test``
-are held out (:func:`is_held_out`); the others, in sorted name order, are the training stream.
+they may be this module's own cache). Files whose name has the word ``valid``, ``validation``,
+``val`` or ``test`` (words split at anything but letters and digits: ``wiki.valid.npy``,
+``c4-validation.00000-of-00008.json``, ``test-00000.parquet``; not ``interval.npy`` or
+``contest.jsonl``) are held out (:func:`is_held_out`); the others, in sorted name order, are the
+training stream.
 
 Tokenising (:func:`tokenize_text_shards`): a byte-level BPE vocabulary of ``data.vocab_size``
 ids (:mod:`catapult.data.tokenize`) is trained on the training shards' documents, then every
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -37,23 +41,46 @@ from catapult.config import ConfigError
 from catapult.data import token_cache
 from catapult.data.tokenize import BPEVocab, bpe_file_name, fingerprint, save_new, train_bpe
 
-__all__ = ["TEXT_SUFFIXES", "VALIDATION", "HELD_OUT", "is_held_out", "text_shard_files", "iter_texts",
+__all__ = ["TEXT_SUFFIXES", "VALIDATION", "HELD_OUT", "name_words", "is_held_out", "is_validation", "text_shard_files", "iter_texts",
            "tokenize_text_shards", "DOCUMENT_SEPARATOR"]
 
 #: File endings read as text shards.
 TEXT_SUFFIXES = (".jsonl", ".parquet")
-#: A shard whose file name contains one of these is a validation shard (a run's validation stream).
-VALIDATION = ("valid", "val.")
-#: A shard whose file name contains one of these holds out text (validation / test).
+#: A shard whose file name has one of these words is a validation shard (a run's validation stream).
+VALIDATION = ("valid", "validation", "val")
+#: A shard whose file name has one of these words holds out text (validation / test).
 HELD_OUT = VALIDATION + ("test",)
 #: Text appended to every document before it is encoded.
 DOCUMENT_SEPARATOR = "\n\n"
 _BATCH_DOCS = 1024
 
 
+def name_words(path: str | os.PathLike) -> set[str]:
+    """The lower-case words of a file's name, split at anything but letters and digits.
+
+    >>> sorted(name_words("/data/C4-validation.00000-of-00008.json"))
+    ['00000', '00008', 'c4', 'json', 'of', 'validation']
+    """
+    return set(re.split(r"[^a-z0-9]+", Path(path).name.lower())) - {""}
+
+
 def is_held_out(path: str | os.PathLike) -> bool:
-    """Whether a shard file holds out text (its name contains ``valid``, ``val.`` or ``test``)."""
-    return any(h in Path(path).name for h in HELD_OUT)
+    """Whether a shard file holds out text: its name has a word of :data:`HELD_OUT`. A word, not
+    a substring, so that ``interval.npy`` or ``contest.jsonl`` is trained on.
+
+    >>> [is_held_out(f) for f in ("wiki.valid.npy", "test-00000.parquet", "interval.npy", "contest.jsonl")]
+    [True, True, False, False]
+    """
+    return bool(name_words(path) & set(HELD_OUT))
+
+
+def is_validation(path: str | os.PathLike) -> bool:
+    """Whether a held-out shard is a validation one (a word of :data:`VALIDATION`), not a test one.
+
+    >>> is_validation("wiki.val.npy"), is_validation("wiki.test.npy"), is_validation("invalid.npy")
+    (True, False, False)
+    """
+    return bool(name_words(path) & set(VALIDATION))
 
 
 def text_shard_files(root: str | os.PathLike) -> list[Path]:

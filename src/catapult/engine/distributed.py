@@ -12,10 +12,11 @@ Data. ``data.root`` is a directory of shards (or one shard file), either
   per shard of a larger corpus);
 
 read memory-mapped in sorted name order as one stream of ``N`` tokens (a window may span two
-shards: shards are consecutive pieces of one corpus). A file named ``*valid*`` / ``*val.*`` /
-``*test*`` holds out text: the training stream is the other files, and the validation stream
-the ``*valid*`` / ``*val.*`` files (else the ``*test*`` ones), read the same way; the run's test
-columns are measured on its first ``data.n_test`` windows (:func:`validation_windows`). ``data.vocab_size`` is the model's
+shards: shards are consecutive pieces of one corpus). A file whose name has the word ``valid``,
+``validation``, ``val`` or ``test`` (:func:`catapult.data.text_shards.is_held_out`) holds out
+text: the training stream is the other files, and the validation stream the validation files
+(else the test ones), read the same way; the run's test columns are measured on its first
+``data.n_test`` windows (:func:`validation_windows`). ``data.vocab_size`` is the model's
 vocabulary; an id at or beyond it is an error naming the shard. Under ``torchrun`` rank 0
 tokenises text shards while the other ranks wait, then every rank maps the same files; a bad
 file (one naming the file and line or column), or any error one rank meets while setting up,
@@ -54,7 +55,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from catapult import config as cfg
-from catapult.data.text_shards import VALIDATION, is_held_out, text_shard_files, tokenize_text_shards
+from catapult.data.text_shards import is_held_out, is_validation, text_shard_files, tokenize_text_shards
 from catapult.data.token_cache import npy_problem
 from catapult.engine.build import assemble_run, build_model, resolve_device, seeds
 from catapult.engine.loop import Processes, RunDirectoryError, RunResult, check_out_dir, in_run_directory, train
@@ -135,9 +136,9 @@ class TokenShards:
 
 
 def _held_out_pairs(pairs: list) -> list:
-    """The held-out ``(source, array)`` pairs a run validates on: the validation shards (``valid``
-    or ``val.`` in the name) if there are any, else the test shards."""
-    validation = [p for p in pairs if any(h in Path(p[0]).name for h in VALIDATION)]
+    """The held-out ``(source, array)`` pairs a run validates on: the validation shards
+    (:func:`~catapult.data.text_shards.is_validation`) if there are any, else the test shards."""
+    validation = [p for p in pairs if is_validation(p[0])]
     return validation or [p for p in pairs if is_held_out(p[0])]
 
 
@@ -158,7 +159,8 @@ def validation_windows(shards: TokenShards, context: int, n_test: int | None, ra
                                              f"than one validation window of data.context + 1 = {context + 1}")])
     if n_test is not None and n_test > available:
         held = (f"the held-out shards {names} hold {available}" if names else
-                "data.root has no held-out shard (a file named *valid*, *val.* or *test* next to training shards)")
+                "data.root has no held-out shard (a file whose name has the word valid, validation, val or "
+                "test, next to training shards)")
         raise cfg.ConfigError([("data.n_test", f"{n_test} validation windows of {context} tokens asked for; {held}")])
     if not names:
         return None
