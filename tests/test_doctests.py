@@ -38,7 +38,6 @@ MODULES = (
     "catapult.optim.rules",
     "catapult.engine.step",
     "catapult.engine.seeds",
-    "catapult.data.text_shards",
     "catapult.engine.model_size",
     "catapult.models.options",
 )
