@@ -28,9 +28,11 @@ def _config(root, steps=4):
 
 def _catapult_config(root):
     """The config with a catapult warmup whose search moves the lr (lr_c ~ 0.04 < 0.3, measured)
-    and sharpness tracked every 2 steps: both run on the union batch across ranks."""
+    and sharpness tracked every 2 steps, with the top eigenvalue and trace columns: all run on the
+    union batch across ranks."""
     config = _config(root)
-    config.update(schedule=dict(warmup="catapult", warmup_steps=2), eval=dict(sharpness_every=2))
+    config.update(schedule=dict(warmup="catapult", warmup_steps=2),
+                  eval=dict(sharpness_every=2, spectrum_top_k=1, trace_matvecs=3))
     config["optimizer"]["lr"] = 0.3
     return config
 
@@ -113,6 +115,9 @@ def test_two_gloo_processes_match_one_process_on_the_union_batch(tmp_path):
         assert [t for t, _ in measured] == [0, 2, 4]
         assert [v for _, v in measured] == pytest.approx(
             [r["sharpness"] for r in catapult.metrics if r["sharpness"] is not None], rel=1e-6)
+        for column in ("eig_1", "hessian_trace"):   # the spectrum columns: the union batch's too
+            assert [r[column] for r in metrics if r["step"] in (0, 2, 4)] == pytest.approx(
+                [r[column] for r in catapult.metrics if r["step"] in (0, 2, 4)], rel=1e-6)
         # the validation loss: each rank evaluates half the held-out windows, all-reduced
         assert metrics[-1]["test_loss"] == pytest.approx(catapult.metrics[-1]["test_loss"], rel=1e-9)
         assert metrics[-1]["test_accuracy"] == pytest.approx(catapult.metrics[-1]["test_accuracy"], rel=1e-9)

@@ -1,0 +1,156 @@
+"""The pieces of a data-parallel run checked one by one against a recomputation by hand: which
+held-out shard is validated on, each rank's block of the first ``n_test`` validation windows,
+and :class:`DataParallel`'s reductions across two gloo processes (loopback)."""
+from __future__ import annotations
+
+import os
+import socket
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from catapult.config import ConfigError
+from catapult.engine.distributed import DataParallel, ShardBatches, TokenShards, train_ddp, validation_windows
+
+VOCAB = 257
+
+
+def _save(path, n, seed):
+    ids = np.random.default_rng(seed).integers(0, VOCAB, n).astype(np.uint16)
+    np.save(path, ids)
+    return ids.astype(np.int64)
+
+
+@pytest.mark.parametrize("names, want", [
+    (["wiki.valid.npy", "wiki.test.npy"], "wiki.valid.npy"),   # validation preferred to test
+    (["wiki.test.npy", "wiki.val.npy"], "wiki.val.npy"),
+    (["wiki.test.npy"], "wiki.test.npy"),                      # no validation shard: the test one
+])
+def test_the_validation_stream_is_the_validation_shards_else_the_test_ones(tmp_path, names, want):
+    _save(tmp_path / "part0.npy", 300, 0)
+    for i, name in enumerate(names):
+        _save(tmp_path / name, 100 + i, i + 1)
+    assert [f.name for f in TokenShards(tmp_path, VOCAB, held_out=True).files] == [want]
+    assert [f.name for f in TokenShards(tmp_path, VOCAB).files] == ["part0.npy"]
+
+
+def test_each_rank_holds_its_block_of_the_first_n_test_windows(tmp_path):
+    valid = _save(tmp_path / "wiki.valid.npy", 201, 3)   # 200 // 8 = 25 windows of 8 (+1 target)
+    _save(tmp_path / "part0.npy", 300, 0)
+    held_out = TokenShards(tmp_path, VOCAB, held_out=True)
+
+    def by_hand(i):  # window i: tokens [8 i, 8 i + 8), targets shifted by one
+        return valid[8 * i:8 * i + 8], valid[8 * i + 1:8 * i + 9]
+
+    for n_test, world, per in [(10, 2, 5), (7, 2, 3), (25, 1, 25), (25, 3, 8)]:
+        for rank in range(world):
+            x, y = validation_windows(held_out, 8, n_test, rank=rank, world=world)
+            assert x.shape == y.shape == (per, 8)
+            for j in range(per):
+                want_x, want_y = by_hand(rank * per + j)
+                assert np.array_equal(x[j].numpy(), want_x) and np.array_equal(y[j].numpy(), want_y)
+    with pytest.raises(ConfigError, match="data.n_test"):
+        validation_windows(held_out, 8, 26, rank=0, world=1)
+    assert validation_windows(held_out, 8, 1, rank=0, world=2) is None   # fewer windows than ranks
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank, world, port, good, bad, out):
+    import torch.distributed as dist
+
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        procs = DataParallel(rank, world)
+        got = {"mean": procs.mean((rank + 1.0, 10.0 * rank)), "all_one": procs.all(rank == 0),
+               "all_both": procs.all(True), "writes": procs.writes}
+        layer = SimpleNamespace(module=SimpleNamespace(dense_grad=torch.full((2, 2), float(rank + 1))))
+        updater = SimpleNamespace(layers=[layer], is_update_step=lambda t: t == 4)
+        procs.before_mask_update(updater, 3)   # not an update step: this rank's own gradient
+        got["grad_3"] = layer.module.dense_grad.clone()
+        procs.before_mask_update(updater, 4)
+        got["grad_4"] = layer.module.dense_grad.clone()
+        # only rank 0 checks the ids; every rank raises its verdict, a ConfigError naming the file
+        config = dict(seed=0, data=dict(name="text", root=bad, tokenizer="bpe", vocab_size=VOCAB, context=8),
+                      model=dict(name="gpt", width=8, depth=1, n_heads=2), loss="cross_entropy",
+                      train=dict(steps=1, batch_size=2))
+        try:
+            train_ddp(config)
+            got["error"] = None
+        except ConfigError as exc:
+            got["error"] = (type(exc).__name__, str(exc))
+        torch.save(got, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
+def test_data_parallel_reduces_over_both_processes_and_shares_rank0s_verdict(tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    ids = np.random.default_rng(0).integers(0, VOCAB, 100).astype(np.uint16)
+    ids[40] = VOCAB + 3
+    np.save(bad / "part0.npy", ids)
+    mp.start_processes(_worker, args=(2, _free_port(), None, str(bad), str(tmp_path)), nprocs=2, join=True,
+                       start_method="spawn")
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        assert got["mean"] == pytest.approx(((1.0 + 2.0) / 2, (0.0 + 10.0) / 2), rel=1e-15)
+        assert got["all_one"] is False and got["all_both"] is True
+        assert got["writes"] is (rank == 0)
+        assert torch.equal(got["grad_3"], torch.full((2, 2), float(rank + 1)))
+        assert torch.equal(got["grad_4"], torch.full((2, 2), 1.5))   # (1 + 2) / 2 on every rank
+        kind, message = got["error"]
+        assert kind == "ConfigError" and "data.root" in message and "part0.npy" in message
+
+
+def test_batch_t_is_drawn_from_the_data_seed_and_t(tmp_path):
+    # the module docstring's rule, by hand: B window starts ~ Uniform{0 .. N - T - 2} from a
+    # torch.Generator seeded with data_seed * 1_000_003 + t, data_seed = seeds(seed)[1]
+    from catapult.engine.seeds import seeds
+
+    stream = np.concatenate([_save(tmp_path / "part0.npy", 300, 0), _save(tmp_path / "part1.npy", 200, 1)])
+    config = dict(seed=5, dtype="float64", data=dict(name="text", root=str(tmp_path), tokenizer="bpe",
+                                                     vocab_size=VOCAB, context=8),
+                  model=dict(name="gpt", width=8, depth=1, n_heads=2), loss="cross_entropy",
+                  train=dict(steps=1, batch_size=4), schedule=dict(warmup_steps=1), optimizer=dict(lr=1e-30))
+    result = train_ddp(config, progress="none")
+    for t in range(2):
+        gen = torch.Generator().manual_seed(seeds(5)[1] * 1_000_003 + t)
+        starts = torch.randint(len(stream) - 8 - 1, (4,), generator=gen).tolist()
+        w = torch.from_numpy(np.stack([stream[s:s + 9] for s in starts]))
+        with torch.no_grad():   # lr 1e-30: the initial model at both steps
+            logits = result.model(w[:, :-1])
+        want = torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), w[:, 1:].reshape(-1))
+        assert result.metrics[t]["train_loss"] == pytest.approx(float(want), rel=1e-12)
+
+    # lambda_0's batches: 0 .. k-1 of this order, this rank's rows (k of them, not k + 1)
+    shards = TokenShards(tmp_path, VOCAB)
+    mine = ShardBatches(shards, 8, 4, rank=1, world=2, data_seed=seeds(5)[1], device=torch.device("cpu"))
+    first = mine.first_batches(3)
+    assert len(first) == 3
+    for t, (x, y) in enumerate(first):
+        gen = torch.Generator().manual_seed(seeds(5)[1] * 1_000_003 + t)
+        starts = torch.randint(len(stream) - 8 - 1, (4,), generator=gen).tolist()[2:]   # rank 1: rows 2, 3
+        assert torch.equal(x, torch.from_numpy(np.stack([stream[s:s + 8] for s in starts])))
+        assert torch.equal(y, torch.from_numpy(np.stack([stream[s + 1:s + 9] for s in starts])))
+
+
+def test_build_warmup_refuses_the_persistent_rule_across_processes():
+    from catapult.engine import build_run
+    from catapult.engine.build import build_warmup
+
+    setup = build_run({"data": {"name": "digits", "n_train": 64, "n_test": 16}, "model": {"width": 8, "depth": 2},
+                       "optimizer": {"lr": 0.05}, "schedule": {"warmup": "persistent"}, "train": {"steps": 2}})
+    args = (setup.config, 0.05, setup.model, setup.loss_fn, setup.batches.batch(0), setup.optimizer)
+    with pytest.raises(ConfigError, match=r"schedule\.warmup"):
+        build_warmup(*args, distributed=True)
+    assert build_warmup(*args).persistent is not None   # one process: the persistent rule
