@@ -1,0 +1,118 @@
+"""``engine.train`` asks its :class:`~catapult.engine.loop.Processes` what the other processes
+see: a process that does not write leaves the run directory alone, and the collapse rule holds
+only when every process's final outputs collapsed. ``in_run_directory`` removes only what a
+failed run wrote."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from catapult.engine import build_run
+from catapult.engine.loop import RUN_FILES, Processes, in_run_directory, train
+
+
+def _config():
+    return {"name": "tiny", "data": {"name": "digits", "n_train": 96, "n_test": 40},
+            "model": {"width": 8, "depth": 2, "parametrization": "sp", "bias": True}, "optimizer": {"lr": 0.05},
+            "train": {"steps": 3}, "eval": {"sharpness_every": 0, "test_every": 1}}
+
+
+class Peer(Processes):
+    """A process beside rank 0: it does not write, and another process's outputs did not collapse."""
+
+    writes = False
+
+    def __init__(self):
+        self.asked = []
+
+    def all(self, flag):
+        self.asked.append(flag)
+        return False
+
+
+def _dead(setup):
+    """Every first-layer ReLU dead: the same output whatever the input (a collapsed network)."""
+    first = next(m for m in setup.model.modules() if isinstance(m, torch.nn.Linear))
+    with torch.no_grad():
+        first.weight.zero_()
+        first.bias.fill_(-1.0)
+    return setup
+
+
+def test_a_process_that_does_not_write_leaves_the_run_directory_alone(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    result = train(build_run(_config()), out, progress="none", processes=Peer())
+    assert result.status == "finished" and len(result.metrics) == 4
+    assert sorted(p.name for p in out.iterdir()) == []
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    train(build_run(_config()), alone, progress="none")   # the one process writes
+    assert {"metrics.csv", "summary.json"} <= {p.name for p in alone.iterdir()} <= set(RUN_FILES)
+
+
+def test_the_collapse_rule_holds_only_when_every_process_collapsed():
+    assert train(_dead(build_run(_config())), progress="none").status == "collapsed"
+    peer = Peer()
+    result = train(_dead(build_run(_config())), progress="none", processes=peer)
+    assert peer.asked == [True]          # this process's own outputs collapsed ...
+    assert result.status == "finished"   # ... another's did not
+
+
+def test_a_run_that_fails_before_writing_leaves_an_earlier_runs_files(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.csv").write_text("an earlier run's metrics\n")
+    (out / "summary.json").write_text("{}\n")
+
+    def fails(writing):
+        def body(path, writing_list):
+            if writing:
+                writing_list.append(True)
+                path.mkdir(exist_ok=True)
+                (path / "metrics.csv").write_text("half a run\n")
+            raise ValueError("a bad config, found while building")
+        return body
+
+    with pytest.raises(ValueError, match="bad config"):
+        in_run_directory(out, True, fails(writing=False))   # --overwrite, but nothing written yet
+    assert (out / "metrics.csv").read_text() == "an earlier run's metrics\n" and (out / "summary.json").exists()
+    with pytest.raises(ValueError, match="bad config"):
+        in_run_directory(out, True, fails(writing=True))    # it wrote, then failed: its files go
+    assert out.is_dir() and not any(out.iterdir())
+    new = tmp_path / "new"
+    with pytest.raises(ValueError, match="bad config"):
+        in_run_directory(new, False, fails(writing=True))   # a directory this call created goes
+    assert not new.exists()
+
+
+def test_the_trace_columns_probes_come_from_the_runs_sharpness_seed():
+    # the rule of engine/seeds.py: the eigen-solvers' random vectors (the spectrum columns'
+    # probes included) are the third stream, seeds(seed)[2], not the init or data stream
+    import catapult
+    from catapult.engine.seeds import seeds
+    from catapult.engine.sharpness_rule import curvature_options
+
+    config = dict(_config(), seed=7, train={"steps": 1})
+    config["eval"] = {"sharpness_every": 1, "test_every": 0, "trace_matvecs": 6}
+    setup = build_run(config)
+    batch0 = setup.batches.first_batches(1)[0]
+    common = curvature_options(setup.config, None)
+
+    def trace(seed):
+        return catapult.hessian_trace(setup.model, setup.loss_fn, batch0, matvecs=6, **dict(common, seed=seed))
+
+    want = trace(seeds(7)[2])
+    assert want != pytest.approx(trace(seeds(7)[0]), rel=1e-6)   # the probes matter: 6 products, many weights
+    assert train(setup, progress="none").metrics[0]["hessian_trace"] == pytest.approx(want, rel=1e-10)
+
+
+def test_seeds_are_numpys_seed_sequence_states_in_order():
+    # the documented rule (init, data, sharpness) = SeedSequence(seed).generate_state(3): a
+    # reordering would silently change every stored run's initial weights and batch order
+    import numpy as np
+
+    from catapult.engine.seeds import seeds
+
+    for seed in (0, 1, 12345):
+        assert seeds(seed) == tuple(int(s) for s in np.random.SeedSequence(seed).generate_state(3))
