@@ -1,0 +1,90 @@
+"""bench/study_seeds.py's tables from a store of hand-made runs, every number worked out by hand
+(the docstring's definitions): Fig. 2's sharpness and spike columns, Fig. 5's persistent-warmup
+rows and the largest loss rise after step 5."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _study():
+    spec = importlib.util.spec_from_file_location("study_seeds", ROOT / "bench" / "study_seeds.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class FakeStore:
+    """The two Store methods the study reads: ``cells()`` and ``metrics(id)``."""
+
+    def __init__(self, runs):
+        self.runs = runs  # [(cell, metrics rows)]
+
+    def cells(self):
+        return [dict(cell, id=i) for i, (cell, _) in enumerate(self.runs)]
+
+    def metrics(self, cell_id):
+        return self.runs[cell_id][1]
+
+
+def _row(lines, *first):
+    """The table row whose first cells are ``first``, as a list of its cells."""
+    for line in lines.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if tuple(cells[:len(first)]) == first:
+            return cells
+    raise AssertionError(f"no row {first} in\n{lines}")
+
+
+def _fig2_run(name, sharp):
+    """``sharp``: (step, train loss, sharpness, threshold) rows."""
+    cell = dict(config=dict(optimizer=dict(name=name), schedule=dict(warmup_steps=1), seed=0), status="finished",
+                summary=dict(final_train_loss=0.5, final_train_accuracy=0.9))
+    return cell, [dict(step=t, train_loss=loss, sharpness=s, threshold=th) for t, loss, s, th in sharp]
+
+
+def test_fig2_columns_are_the_first_measurement_the_first_step_at_the_threshold_and_the_spike(tmp_path):
+    adam = [(0, 2.0, 100.0, 50.0),     # initial 100, 100 / 50 = 2 times the threshold
+            (1, 3.0, None, None),      # the loss peaks: 3 / 2 = 1.5 times the initial loss
+            (2, 1.0, 40.0, 40.0),      # first step at the threshold (at, not below)
+            (3, 0.5, 20.0, 80.0)]      # final: 20 / 80 = 0.25
+    gi = [(0, 2.0, 10.0, 5.0), (1, 1.0, 5.0, 4.0)]   # always above its threshold
+    text = _study().fig2(FakeStore([_fig2_run("adam", adam), _fig2_run("gi-adam", gi)]), tmp_path / "f.png")
+    row = _row(text, "adam", "1")
+    assert row[3:8] == ["100 (1 seed)", "2 (1 seed)", "2", "0.25 (1 seed)", "1.5 (1 seed)"]
+    assert _row(text, "gi-adam", "1")[5] == "never"
+    assert "Adam / GI-Adam on the same seed: 10 (1 seed) over 1 pairs" in text
+
+
+def _fig5_run(warmup, T, losses, passes=0, reached=None):
+    cell = dict(config=dict(optimizer=dict(lr=0.1), schedule=dict(warmup=warmup, warmup_steps=T), seed=0),
+                status="finished", lr_target=0.1,
+                summary=dict(search_forward_passes=passes, lr_critical=0.05 if passes else None,
+                             lr_target_reached_at=reached))
+    return cell, [dict(step=t, train_loss=v) for t, v in enumerate(losses)]
+
+
+def _falls_at(hit, n=10):
+    """Losses from 1 that first reach 0.5 of it at step ``hit``."""
+    return [1.0 - 0.04 * t for t in range(hit)] + [0.45] * (n - hit)
+
+
+def test_fig5_persistent_rows_charge_passes_and_compare_with_the_best_other_rule(tmp_path):
+    persistent = [1.0, 0.9, 0.8, 0.45, 0.3, 1.2, 0.5, 0.25, 0.2, 0.3]   # reaches 0.5 L0 at step 3
+    runs = [_fig5_run("linear", 2, _falls_at(5)), _fig5_run("catapult", 2, _falls_at(2), passes=4),
+            _fig5_run("linear", 4, _falls_at(7)), _fig5_run("catapult", 4, _falls_at(3), passes=6),
+            _fig5_run("persistent", 2, persistent, passes=2, reached=6),
+            _fig5_run("persistent", 4, persistent, passes=2, reached=6)]   # the same run at each T_wrm
+    text = _study().fig5(FakeStore(runs), tmp_path / "f.png", target=0.5)
+    # persistent: step 3 + 2 passes / 2 = 4. The best other rule: at T_wrm 2 catapult's
+    # 2 + 4 / 2 = 4 (linear 5), a tie, not a win; at T_wrm 4 catapult's 3 + 6 / 2 = 6 (linear 7),
+    # a win. lr_trgt reached at step 6.
+    row = _row(text, "0.1", "1")
+    assert row[2:] == ["6.0 (1 seed)", "2.0 (1 seed)", "3.0 (1 seed)", "4.0 (1 seed)",
+                       "2: 4.0 (1 seed); 4: 6.0 (1 seed)", "1 of 2"]
+    # the largest L_t / min_{s<t} L_s for t > 5: step 6, 0.5 / 0.3 (step 5's spike, 1.2 / 0.3,
+    # is not after step 5; step 9's 0.3 / 0.2 = 1.5 is smaller)
+    assert _row(text, "0.1", "persistent", "-")[3:] == ["3.00e-01 (1 seed)", "1.67 (1 seed)"]
+    assert _row(text, "0.1", "linear", "2")[4] == "1.00 (1 seed)"   # a loss that never rises
