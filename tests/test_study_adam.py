@@ -1,9 +1,9 @@
 """bench/study_adam.py on tiny versions of the three study configs (smoke + the failure rule)."""
-import importlib.util
 from pathlib import Path
 
 import pytest
 
+from bench_module import bench_module
 from catapult.cli import main
 from catapult.sweep.store import Store
 
@@ -11,10 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _study():
-    spec = importlib.util.spec_from_file_location("study_adam", ROOT / "bench" / "study_adam.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_module("study_adam")
 
 
 def test_failure_rule_is_the_papers():

@@ -3,17 +3,11 @@
 rows and the largest loss rise after step 5."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
+from bench_module import bench_module
 
 
 def _study():
-    spec = importlib.util.spec_from_file_location("study_seeds", ROOT / "bench" / "study_seeds.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_module("study_seeds")
 
 
 class FakeStore:
