@@ -31,7 +31,7 @@ from catapult.engine.sharpness_rule import ADAPTIVE, SharpnessRule, sharpness_ru
 __all__ = [
     "Run", "build_run", "assemble_run", "seeds", "resolve_device", "MODELS", "RunData", "load_data", "load_data_once", "build_model", "model_parameters", "check_model_fits",
     "lambda0_batches", "OPTIMIZERS", "ADAPTIVE", "build_optimizer", "WARMUPS", "build_schedule", "search_delta",
-    "search_lr_start", "search_rtol", "Warmup", "build_warmup", "BatchStream", "batch_stream", "build_augment", "solver_options", "SharpnessRule",
+    "search_lr_start", "search_rtol", "Warmup", "build_warmup", "check_warmup_across_processes", "BatchStream", "batch_stream", "build_augment", "solver_options", "SharpnessRule",
     "sharpness_rule", "threshold", "build_mask_updater",
 ]
 
@@ -233,6 +233,15 @@ class Warmup:
     info: dict = field(default_factory=dict)
 
 
+def check_warmup_across_processes(config: Mapping[str, Any]) -> None:
+    """A ConfigError naming ``schedule.warmup`` when the config's warmup cannot run across
+    data-parallel processes: the persistent rule, whose repeated searches are not written for
+    ranks (linear and catapult warmup can)."""
+    if config["schedule"]["warmup"] == "persistent":
+        raise cfg.ConfigError([("schedule.warmup", "the persistent catapult warmup is not run across processes; "
+                                                   "use linear or catapult")])
+
+
 def build_warmup(config: Mapping[str, Any], lr_trgt: float, model: nn.Module, loss_fn, batch0,
                  optimizer: torch.optim.Optimizer, *, distributed: bool = False) -> Warmup:
     """The config's warmup rule at ``lr_trgt``:
@@ -259,9 +268,8 @@ def build_warmup(config: Mapping[str, Any], lr_trgt: float, model: nn.Module, lo
     rule = sched["warmup"]
     if rule == "linear":
         return Warmup(build_schedule(config, lr_trgt))
-    if rule == "persistent" and distributed:
-        raise cfg.ConfigError([("schedule.warmup", "the persistent catapult warmup is not run across processes; "
-                                                   "use linear or catapult")])
+    if distributed:
+        check_warmup_across_processes(config)
     delta, lr_start = search_delta(config), search_lr_start(config, lr_trgt)
     if rule == "catapult":
         try:

@@ -57,7 +57,8 @@ import torch.nn as nn
 from catapult import config as cfg
 from catapult.data.text_shards import is_held_out, is_validation, text_shard_files, tokenize_text_shards
 from catapult.data.token_cache import npy_problem
-from catapult.engine.build import assemble_run, build_model, resolve_device, seeds
+from catapult.engine.build import assemble_run, build_model, check_warmup_across_processes, resolve_device
+from catapult.engine.seeds import seeds
 from catapult.engine.loop import Processes, RunDirectoryError, RunResult, check_out_dir, in_run_directory, train
 
 __all__ = ["TokenShards", "ShardBatches", "DataParallel", "global_batch_rows", "validation_windows", "train_ddp",
@@ -359,9 +360,8 @@ def train_ddp(config: Mapping[str, Any], *, out_dir: str | os.PathLike | None = 
                                              "directory of *.npy, *.jsonl or *.parquet shards")])
     distributed = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-    if config["schedule"]["warmup"] == "persistent" and distributed:
-        raise cfg.ConfigError([("schedule.warmup", "the persistent catapult warmup is not run across processes; "
-                                                   "use linear or catapult")])
+    if distributed:  # before any work; build_warmup checks again for callers of assemble_run
+        check_warmup_across_processes(config)
     # a CUDA device that is missing is a ConfigError before any work (it trained on the CPU)
     device = resolve_device(str(device) if device is not None else config["device"])
     if device.type == "cuda" and (device.index is None or distributed):  # one GPU per process under torchrun
