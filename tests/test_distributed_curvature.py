@@ -1,17 +1,13 @@
 """distributed=True: 2 CPU processes on gloo over loopback, each with its shard, give what one
 process gives on the union of the shards (float64, to 1e-6), for a plain and a DDP model."""
-import os
-import socket
-import tempfile
-
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn as nn
 
 import catapult
+from gloo_ranks import on_ranks
 
 SHARDS = (10, 6)  # unequal shards: the all-reduce must weight them by size
 
@@ -51,33 +47,17 @@ def measure(model, loss_fn, batch, opt, distributed):
     return out
 
 
-def worker(rank, port, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        torch.set_num_threads(1)
-        model, loss_fn, (x, y) = problem()
-        # the optimizer state comes from a full-batch step, identical on every rank
-        opt = adam_after_one_step(model, loss_fn, (x, y))
-        lo = sum(SHARDS[:rank])
-        shard = (x[lo:lo + SHARDS[rank]], y[lo:lo + SHARDS[rank]])
-        plain = measure(model, loss_fn, shard, opt, True)
-        ddp = nn.parallel.DistributedDataParallel(model)
-        wrapped = measure(ddp, loss_fn, shard, opt, True)
-        torch.save({"plain": plain, "ddp": wrapped}, os.path.join(out_dir, f"rank{rank}.pt"))
-        # orderly teardown: DDP's reducer goes while the group is alive, and no rank destroys the
-        # group while the other still has collectives in flight (a rank once aborted at exit
-        # with "terminate called without an active exception" in a loaded full-suite run)
-        del ddp
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def shard_measures(rank, world):
+    model, loss_fn, (x, y) = problem()
+    # the optimizer state comes from a full-batch step, identical on every rank
+    opt = adam_after_one_step(model, loss_fn, (x, y))
+    lo = sum(SHARDS[:rank])
+    shard = (x[lo:lo + SHARDS[rank]], y[lo:lo + SHARDS[rank]])
+    plain = measure(model, loss_fn, shard, opt, True)
+    ddp = nn.parallel.DistributedDataParallel(model)
+    wrapped = measure(ddp, loss_fn, shard, opt, True)
+    del ddp  # DDP's reducer goes while the group is alive
+    return {"plain": plain, "ddp": wrapped}
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
@@ -85,9 +65,7 @@ def test_two_gloo_ranks_equal_one_process_on_the_union():
     model, loss_fn, batch = problem()
     opt = adam_after_one_step(model, loss_fn, batch)
     single = measure(model, loss_fn, batch, opt, False)
-    with tempfile.TemporaryDirectory() as out_dir:
-        mp.spawn(worker, args=(free_port(), out_dir), nprocs=2, join=True)
-        results = [torch.load(os.path.join(out_dir, f"rank{r}.pt")) for r in range(2)]
+    results = on_ranks(shard_measures)
     for res in results:
         for flavour in ("plain", "ddp"):
             got = res[flavour]
@@ -101,26 +79,7 @@ def test_two_gloo_ranks_equal_one_process_on_the_union():
     assert abs(alone - single["sharpness"]) > 1e-3 * abs(single["sharpness"])
 
 
-def rank_worker(rank, port, out_dir, body):
-    """One of two gloo ranks over loopback: saves ``body(rank)`` for the test to read."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        torch.set_num_threads(1)
-        torch.save(body(rank), os.path.join(out_dir, f"rank{rank}.pt"))
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-
-
-def on_two_ranks(body):
-    """``[body(0), body(1)]``, each run on its own gloo rank (``body`` a module-level function)."""
-    with tempfile.TemporaryDirectory() as out_dir:
-        mp.spawn(rank_worker, args=(free_port(), out_dir, body), nprocs=2, join=True)
-        return [torch.load(os.path.join(out_dir, f"rank{r}.pt")) for r in range(2)]
-
-
-def empty_shard_messages(rank):
+def empty_shard_messages(rank, world):
     # rank 1 passes an empty shard: it used to fail alone ("batch is empty") while rank 0 saw
     # only gloo's "connection reset"; now both raise the same message naming rank 1
     model, loss_fn, (x, y) = problem()
@@ -139,12 +98,12 @@ def empty_shard_messages(rank):
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
 def test_an_empty_shard_is_refused_on_every_rank_alike():
-    for messages in on_two_ranks(empty_shard_messages):
+    for messages in on_ranks(empty_shard_messages):
         for message in messages.values():
             assert message == "distributed=True: the shard of rank 1 holds no samples; give every rank some"
 
 
-def init_after_solves(rank):
+def init_after_solves(rank, world):
     """Each rank passes its own ``init`` (rank 0's wins: it is broadcast); the caller's tensor
     must come back as it went in -- the broadcast once wrote rank 0's values into it."""
     model, loss_fn, (x, y) = problem()
@@ -171,7 +130,7 @@ def init_after_solves(rank):
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
 def test_init_is_not_overwritten_by_the_broadcast():
-    results = on_two_ranks(init_after_solves)
+    results = on_ranks(init_after_solves)
     for name in results[0]:
         for rank, res in enumerate(results):
             assert res[name][1], f"rank {rank}: {name} wrote into init"

@@ -3,17 +3,15 @@ held-out shard is validated on, each rank's block of the first ``n_test`` valida
 and :class:`DataParallel`'s reductions across two gloo processes (loopback)."""
 from __future__ import annotations
 
-import os
-import socket
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from catapult.config import ConfigError
 from catapult.engine.distributed import DataParallel, ShardBatches, TokenShards, train_ddp, validation_windows
+from gloo_ranks import on_ranks
 
 VOCAB = 257
 
@@ -58,39 +56,26 @@ def test_each_rank_holds_its_block_of_the_first_n_test_windows(tmp_path):
         validation_windows(held_out, 8, 26, rank=0, world=1)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank, world, port, good, bad, out):
-    import torch.distributed as dist
-
-    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+def _reductions_and_verdict(rank, world, bad):
+    procs = DataParallel(rank, world)
+    got = {"mean": procs.mean((rank + 1.0, 10.0 * rank)), "all_one": procs.all(rank == 0),
+           "all_both": procs.all(True), "writes": procs.writes}
+    layer = SimpleNamespace(module=SimpleNamespace(dense_grad=torch.full((2, 2), float(rank + 1))))
+    updater = SimpleNamespace(layers=[layer], is_update_step=lambda t: t == 4)
+    procs.before_mask_update(updater, 3)   # not an update step: this rank's own gradient
+    got["grad_3"] = layer.module.dense_grad.clone()
+    procs.before_mask_update(updater, 4)
+    got["grad_4"] = layer.module.dense_grad.clone()
+    # only rank 0 checks the ids; every rank raises its verdict, a ConfigError naming the file
+    config = dict(seed=0, data=dict(name="text", root=bad, tokenizer="bpe", vocab_size=VOCAB, context=8),
+                  model=dict(name="gpt", width=8, depth=1, n_heads=2), loss="cross_entropy",
+                  train=dict(steps=1, batch_size=2))
     try:
-        procs = DataParallel(rank, world)
-        got = {"mean": procs.mean((rank + 1.0, 10.0 * rank)), "all_one": procs.all(rank == 0),
-               "all_both": procs.all(True), "writes": procs.writes}
-        layer = SimpleNamespace(module=SimpleNamespace(dense_grad=torch.full((2, 2), float(rank + 1))))
-        updater = SimpleNamespace(layers=[layer], is_update_step=lambda t: t == 4)
-        procs.before_mask_update(updater, 3)   # not an update step: this rank's own gradient
-        got["grad_3"] = layer.module.dense_grad.clone()
-        procs.before_mask_update(updater, 4)
-        got["grad_4"] = layer.module.dense_grad.clone()
-        # only rank 0 checks the ids; every rank raises its verdict, a ConfigError naming the file
-        config = dict(seed=0, data=dict(name="text", root=bad, tokenizer="bpe", vocab_size=VOCAB, context=8),
-                      model=dict(name="gpt", width=8, depth=1, n_heads=2), loss="cross_entropy",
-                      train=dict(steps=1, batch_size=2))
-        try:
-            train_ddp(config)
-            got["error"] = None
-        except ConfigError as exc:
-            got["error"] = (type(exc).__name__, str(exc))
-        torch.save(got, f"{out}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+        train_ddp(config)
+        got["error"] = None
+    except ConfigError as exc:
+        got["error"] = (type(exc).__name__, str(exc))
+    return got
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
@@ -100,10 +85,7 @@ def test_data_parallel_reduces_over_both_processes_and_shares_rank0s_verdict(tmp
     ids = np.random.default_rng(0).integers(0, VOCAB, 100).astype(np.uint16)
     ids[40] = VOCAB + 3
     np.save(bad / "part0.npy", ids)
-    mp.start_processes(_worker, args=(2, _free_port(), None, str(bad), str(tmp_path)), nprocs=2, join=True,
-                       start_method="spawn")
-    for rank in range(2):
-        got = torch.load(tmp_path / f"rank{rank}.pt")
+    for rank, got in enumerate(on_ranks(_reductions_and_verdict, str(bad))):
         assert got["mean"] == pytest.approx(((1.0 + 2.0) / 2, (0.0 + 10.0) / 2), rel=1e-15)
         assert got["all_one"] is False and got["all_both"] is True
         assert got["writes"] is (rank == 0)

@@ -3,16 +3,14 @@ process reaches on the union batch (float64), from *.npy token shards."""
 from __future__ import annotations
 
 import json
-import os
-import socket
 
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from catapult.config import ConfigError
 from catapult.engine.distributed import TokenShards, global_batch_rows, train_ddp, validation_windows
+from gloo_ranks import on_ranks
 
 VOCAB = 257
 
@@ -46,24 +44,11 @@ def _shards(tmp_path):
     return tmp_path
 
 
-def _worker(rank, world, port, root, out):
-    import torch.distributed as dist
-
-    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        result = train_ddp(_config(root))
-        catapult = train_ddp(_catapult_config(root))
-        torch.save({"params": [p.detach() for p in result.model.parameters()], "losses": result.losses,
-                    "catapult": (catapult.metrics, catapult.summary)}, f"{out}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _trained(rank, world, root):
+    result = train_ddp(_config(root))
+    catapult = train_ddp(_catapult_config(root))
+    return {"params": [p.detach() for p in result.model.parameters()], "losses": result.losses,
+            "catapult": (catapult.metrics, catapult.summary)}
 
 
 def test_shards_are_one_stream_and_rows_split_the_global_batch(tmp_path):
@@ -99,10 +84,7 @@ def test_two_gloo_processes_match_one_process_on_the_union_batch(tmp_path):
     root = _shards(tmp_path / "shards")
     single = train_ddp(_config(root))
     catapult = train_ddp(_catapult_config(root))
-    mp.start_processes(_worker, args=(2, _free_port(), str(root), str(tmp_path)), nprocs=2, join=True,
-                       start_method="spawn")  # spawn: a fork after torch started its threads can deadlock
-    for rank in range(2):
-        got = torch.load(tmp_path / f"rank{rank}.pt")
+    for got in on_ranks(_trained, str(root)):
         assert got["losses"] == pytest.approx(single.losses, rel=1e-9, abs=1e-9)
         for a, b in zip(got["params"], single.model.parameters()):
             torch.testing.assert_close(a, b.detach(), rtol=0, atol=1e-6)
@@ -193,24 +175,14 @@ def _text_config(root, cache):
     return config
 
 
-def _text_worker(rank, world, port, root, bad_root, cache, out):
-    import torch.distributed as dist
-
-    from catapult.config import ConfigError
-
-    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        try:  # rank 0 reads the bad shard; every rank raises its error
-            train_ddp(_text_config(bad_root, cache))
-            error = None
-        except ConfigError as exc:
-            error = str(exc)
-        result = train_ddp(_text_config(root, cache))
-        torch.save({"params": [p.detach() for p in result.model.parameters()], "losses": result.losses,
-                    "error": error}, f"{out}/text_rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _text_trained(rank, world, root, bad_root, cache):
+    try:  # rank 0 reads the bad shard; every rank raises its error
+        train_ddp(_text_config(bad_root, cache))
+        error = None
+    except ConfigError as exc:
+        error = str(exc)
+    result = train_ddp(_text_config(root, cache))
+    return {"params": [p.detach() for p in result.model.parameters()], "losses": result.losses, "error": error}
 
 
 @pytest.mark.slow  # ~40 s on a loaded 2-core host: two spawned interpreters importing torch
@@ -228,10 +200,7 @@ def test_two_gloo_processes_train_from_jsonl_text_shards(tmp_path):
         (root / f"part{i}.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
     (bad / "part0.jsonl").write_text('{"text": "fine"}\n{"text": 5}\n')
     single = train_ddp(_text_config(root, tmp_path / "cache1"))   # its own cache: the spawned run tokenises anew
-    mp.start_processes(_text_worker, args=(2, _free_port(), str(root), str(bad), str(tmp_path / "cache2"),
-                                           str(tmp_path)), nprocs=2, join=True, start_method="spawn")
-    for rank in range(2):
-        got = torch.load(tmp_path / f"text_rank{rank}.pt")
+    for got in on_ranks(_text_trained, str(root), str(bad), str(tmp_path / "cache2")):
         assert "part0.jsonl:2" in got["error"]
         assert got["losses"] == pytest.approx(single.losses, rel=1e-9, abs=1e-9)
         for a, b in zip(got["params"], single.model.parameters()):
@@ -329,19 +298,12 @@ def test_train_ddp_applies_the_engines_divergence_rule(tmp_path):
           eval=dict(sharpness_every=1, sharpness_kind="lr_scaled")), "eval.sharpness_kind"),
 ])
 def test_what_is_not_run_across_processes_is_a_config_error_before_any_step(tmp_path, change, key):
-    import torch.distributed as dist
-
-    from catapult.config import ConfigError
+    from catapult.curvature.distributed import single_process_group
 
     root = _shards(tmp_path)
     config = dict(_config(root), **change)
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
-    try:
-        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-            train_ddp(config, out_dir=tmp_path / "run", progress="none")
-    finally:
-        dist.destroy_process_group()
+    with single_process_group(), pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        train_ddp(config, out_dir=tmp_path / "run", progress="none")
     assert not (tmp_path / "run").exists()
 
 
@@ -394,31 +356,19 @@ def _odd_validation_config(root):
     return config
 
 
-def _one_rank_fails_worker(rank, world, port, root, text_root, blocked, out):
-    import datetime
-
-    import torch.distributed as dist
-
-    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
-    # a short timeout: a rank left waiting in a collective fails the test instead of hanging it
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=60))
+def _one_rank_fails(rank, world, root, text_root, blocked):
     errors = []
-    try:
-        text = _text_config(text_root, blocked / "cache")  # rank 0 tokenises: only it meets the file
-        # a node-local data.root missing on rank 1 only
-        missing = _config(root if rank == 0 else root / "not-on-this-node", steps=1)
-        for config in (text, missing):
-            try:
-                train_ddp(config, progress="none")
-                errors.append(None)
-            except Exception as exc:  # noqa: BLE001 - the test compares what each rank raised
-                errors.append((type(exc).__name__, str(exc)))
-        odd = train_ddp(_odd_validation_config(root), progress="none")  # 3 windows over 2 ranks: 1 + 2
-        torch.save({"errors": errors, "test": [r[k] for r in odd.metrics for k in ("test_loss", "test_accuracy")]},
-                   f"{out}/fails_rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+    text = _text_config(text_root, blocked / "cache")  # rank 0 tokenises: only it meets the file
+    # a node-local data.root missing on rank 1 only
+    missing = _config(root if rank == 0 else root / "not-on-this-node", steps=1)
+    for config in (text, missing):
+        try:
+            train_ddp(config, progress="none")
+            errors.append(None)
+        except Exception as exc:  # noqa: BLE001 - the test compares what each rank raised
+            errors.append((type(exc).__name__, str(exc)))
+    odd = train_ddp(_odd_validation_config(root), progress="none")  # 3 windows over 2 ranks: 1 + 2
+    return {"errors": errors, "test": [r[k] for r in odd.metrics for k in ("test_loss", "test_accuracy")]}
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
@@ -432,9 +382,8 @@ def test_an_error_on_one_rank_is_raised_on_every_rank(tmp_path):
     _shards(root)
     (text_root / "part0.jsonl").write_text('{"text": "to be or not to be"}\n' * 20)
     (tmp_path / "blocked").write_text("a file where the cache folder would go\n")
-    mp.start_processes(_one_rank_fails_worker, args=(2, _free_port(), root, text_root, tmp_path / "blocked",
-                                                     str(tmp_path)), nprocs=2, join=True, start_method="spawn")
-    got = [torch.load(tmp_path / f"fails_rank{rank}.pt") for rank in range(2)]
+    # a short timeout: a rank left waiting in a collective fails the test instead of hanging it
+    got = on_ranks(_one_rank_fails, root, text_root, tmp_path / "blocked", timeout_s=60)
     # data.n_test: 3 over 2 ranks was evaluated on 2 windows (rounded down to a multiple of the
     # ranks), and 1 on none: each rank's means are now weighted by its windows, so the test
     # columns are one process's on all 3
