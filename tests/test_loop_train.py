@@ -116,3 +116,16 @@ def test_seeds_are_numpys_seed_sequence_states_in_order():
 
     for seed in (0, 1, 12345):
         assert seeds(seed) == tuple(int(s) for s in np.random.SeedSequence(seed).generate_state(3))
+
+
+def test_the_summary_names_a_run_without_test_evaluations_instead_of_printing_dashes():
+    from catapult.engine import format_summary
+
+    with_test = format_summary(train(build_run(_config()), progress="none").summary).splitlines()
+    untested = build_run(_config())
+    untested.test_set = None   # as train-ddp builds it from shards with no held-out one
+    without = format_summary(train(untested, progress="none").summary).splitlines()
+    tested = next(line for line in with_test if line.startswith("  test:"))
+    assert "loss -" not in tested and "accuracy 0." in tested
+    assert next(line for line in without if line.startswith("  test:")) == \
+        "  test: none evaluated (no test set, or no evaluation step)"

@@ -286,7 +286,8 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         f"  train loss: initial {fmt(summary['initial_train_loss'])}  peak {fmt(summary['peak_train_loss'])}"
         f"  final {fmt(summary['final_train_loss'])}",
         f"  test: loss {fmt(summary['final_test_loss'])}  accuracy {fmt(summary['final_test_accuracy'], '.4f')}"
-        f"  (best: loss {fmt(summary.get('best_test_loss'))}  accuracy {fmt(summary['best_test_accuracy'], '.4f')})",
+        f"  (best: loss {fmt(summary.get('best_test_loss'))}  accuracy {fmt(summary['best_test_accuracy'], '.4f')})"
+        if summary["best_test_accuracy"] is not None else "  test: none evaluated (no test set, or no evaluation step)",
     ]
     if summary.get("warmup") in ("catapult", "persistent"):
         lines.append(f"  {summary['warmup']} warmup: lr_c {fmt(summary['lr_critical'])}  lr_trgt reached at step "
