@@ -9,7 +9,7 @@ are where multi-process tests go flaky:
 - a barrier before ``destroy_process_group``, so no rank tears down while another is in flight;
 - ``os._exit(0)`` once the result is on disk and the group is gone. A rank has ended with
   ``terminate called without an active exception`` (SIGABRT) in full-suite runs, twice, in two
-  tests, and never in 75 loaded reruns of one: a native thread met at interpreter teardown is
+  tests, and never in 167 loaded reruns of one: a native thread met at interpreter teardown is
   the likely cause. A test's worker has nothing left to clean up, so it skips that teardown;
 - ``faulthandler`` on, so a native crash inside the body still prints each thread's Python stack.
 """
