@@ -38,6 +38,7 @@ MODULES = (
     "catapult.optim.rules",
     "catapult.engine.step",
     "catapult.engine.seeds",
+    "catapult.engine.fsdp",
     "catapult.engine.model_size",
     "catapult.models.options",
 )

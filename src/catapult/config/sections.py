@@ -254,6 +254,11 @@ class TrainConfig(Section):
     compile: Annotated[bool, boolean()] = Field(
         False, description="run the training forward/backward through torch.compile (the local engine; "
                            "curvature and test evaluation use the plain model)", json_schema_extra=_added())
+    fsdp: Annotated[bool, boolean()] = Field(
+        False, description="catapult train-ddp: shard the parameters, gradients and optimizer state over the "
+                           "processes (FSDP2 fully_shard, per transformer block), for a model bigger than "
+                           "one device; training only: eval.sharpness_every 0, a numeric lr, linear "
+                           "warmup, static masks", json_schema_extra=_added())
 
 
 _TRACE_MATVECS_KIND = "0 (off) or an integer >= 3"

@@ -7,6 +7,8 @@
 * :mod:`~catapult.engine.loop`: :func:`run` -- the step semantics (its docstring is the
   contract a batched engine reproduces) and the training loop, :func:`train`, which
   :mod:`~catapult.engine.distributed`'s data-parallel runs use too;
+* :mod:`~catapult.engine.distributed`, :mod:`~catapult.engine.fsdp`: one model across
+  processes (``catapult train-ddp``), copied (DDP) or sharded (``train.fsdp``);
 * :mod:`~catapult.engine.records`: the metrics rows, ``metrics.csv`` and the summary;
 * :mod:`~catapult.engine.progress`, :mod:`~catapult.engine.trajectories`: a run's progress
   display and its ``trajectories.png``.

@@ -25,6 +25,7 @@ from catapult.losses import get_loss
 from catapult.optim import registry
 from catapult.engine.model_size import (MODELS, check_fits, check_model_fits, check_spectrum_fits,
                                         model_parameters, size_error)
+from catapult.engine.fsdp import check_fsdp
 from catapult.engine.seeds import seeds
 from catapult.engine.sharpness_rule import ADAPTIVE, SharpnessRule, sharpness_rule, solver_options, threshold
 
@@ -515,6 +516,7 @@ def build_run(config: Mapping[str, Any]) -> Run:
     bad input, before any training work.
     """
     config = cfg.validate(config)
+    check_fsdp(config, distributed=False)  # sharding is catapult train-ddp's
     device = resolve_device(config["device"])
     dtype = getattr(torch, config["dtype"])
     check_model_fits(config, device)  # before loading data: a mistyped width fails in milliseconds

@@ -39,7 +39,8 @@ the union batch's dense gradient, and lambda_0, the sharpness, the spectrum colu
 catapult search on the union batch (``distributed=True``). Model, optimizer, lr schedule and
 dynamic sparsity are the run config's (:func:`~catapult.engine.build.build_model` on every rank
 from the same seed, so the initial weights agree; DDP also broadcasts rank 0's). Rank 0 writes
-the run files of :func:`catapult.engine.run`.
+the run files of :func:`catapult.engine.run`. With ``train.fsdp`` the model is sharded instead of
+copied (:mod:`catapult.engine.fsdp`, :class:`FullyShardedDataParallel`); the rest is the same.
 """
 from __future__ import annotations
 
@@ -58,10 +59,11 @@ from catapult import config as cfg
 from catapult.data.text_shards import is_held_out, is_validation, text_shard_files, tokenize_text_shards
 from catapult.data.token_cache import npy_problem
 from catapult.engine.build import assemble_run, build_model, check_warmup_across_processes, resolve_device
+from catapult.engine.fsdp import check_fsdp, full_state_dict, shard_model
 from catapult.engine.seeds import seeds
 from catapult.engine.loop import Processes, RunDirectoryError, RunResult, check_out_dir, in_run_directory, train
 
-__all__ = ["TokenShards", "ShardBatches", "DataParallel", "global_batch_rows", "validation_windows", "train_ddp",
+__all__ = ["TokenShards", "ShardBatches", "DataParallel", "FullyShardedDataParallel", "global_batch_rows", "validation_windows", "train_ddp",
            "DDPResult"]
 
 class TokenShards:
@@ -144,13 +146,15 @@ def _held_out_pairs(pairs: list) -> list:
 
 
 def validation_windows(shards: TokenShards, context: int, n_test: int | None, rank: int,
-                       world: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+                       world: int, equal_shares: bool = False) -> tuple[torch.Tensor, torch.Tensor] | None:
     """This rank's share of the validation windows: of the first ``n_test`` (null: all)
     non-overlapping windows of ``context`` tokens of the held-out stream, rank ``r`` holds
     windows ``[r n // world, (r+1) n // world)`` (possibly none: the loop weights each rank's
     means by its rows, so every window counts once). None without held-out shards. Held-out
     shards too short for one window are a ConfigError naming ``data.root``; ``n_test`` beyond
-    the windows there are one naming ``data.n_test``."""
+    the windows there are one naming ``data.n_test``. ``equal_shares`` (``train.fsdp``, whose
+    forward is a collective): the windows are rounded down to a multiple of ``world``, so every
+    rank holds as many; fewer windows than ranks are a ConfigError naming ``data.n_test``."""
     from catapult.data.text import windows
 
     names = [s.name for s in shards.sources]
@@ -166,6 +170,11 @@ def validation_windows(shards: TokenShards, context: int, n_test: int | None, ra
     if not names:
         return None
     n = available if n_test is None else n_test
+    if equal_shares:
+        if n < world:
+            raise cfg.ConfigError([("data.n_test", f"{n} validation windows for {world} processes: train.fsdp "
+                                                   f"evaluates every process on as many, at least one")])
+        n -= n % world
     lo, hi = rank * n // world, (rank + 1) * n // world
     if lo == hi:  # more ranks than windows: this one evaluates none
         none = torch.empty((0, context), dtype=torch.long)
@@ -267,6 +276,26 @@ class DataParallel(Processes):
         return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
+class FullyShardedDataParallel(DataParallel):
+    """:class:`DataParallel` processes on a model sharded by
+    :func:`~catapult.engine.fsdp.shard_model` (``train.fsdp``): the training forward goes
+    through the model itself (FSDP gathers and reduce-scatters in its hooks), and the final
+    ``state_dict`` is the full one, gathered to rank 0."""
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def evaluate(self, model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        means = super().evaluate(model, loss_fn, x, y)
+        # FSDP keeps the root's gathered weights after a forward (a backward usually follows);
+        # after one with no backward, the next training forward would read them after the step
+        model.reshard()
+        return means
+
+    def state_dict(self, model: nn.Module) -> dict:
+        return full_state_dict(model)
+
+
 def _average_dense_grads(updater, world: int) -> None:
     """All-reduce the masked layers' captured dense gradients to their mean over ranks (DDP
     averages only the parameters' gradients)."""
@@ -362,10 +391,15 @@ def train_ddp(config: Mapping[str, Any], *, out_dir: str | os.PathLike | None = 
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     if distributed:  # before any work; build_warmup checks again for callers of assemble_run
         check_warmup_across_processes(config)
+    check_fsdp(config, distributed)
+    sharded = config["train"]["fsdp"]
     # a CUDA device that is missing is a ConfigError before any work (it trained on the CPU)
     device = resolve_device(str(device) if device is not None else config["device"])
     if device.type == "cuda" and (device.index is None or distributed):  # one GPU per process under torchrun
         device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+        # NCCL's collectives (DataParallel's reductions) and FSDP's device mesh take the current
+        # device: without this every rank of a node would use cuda:0
+        torch.cuda.set_device(device)
     dtype = getattr(torch, config["dtype"])
     d = config["data"]
     context, batch_size = d["context"], config["train"]["batch_size"]
@@ -388,14 +422,16 @@ def train_ddp(config: Mapping[str, Any], *, out_dir: str | os.PathLike | None = 
             raise cfg.ConfigError([("data.root", f"{len(shards)} training tokens in {d['root']}: fewer than "
                                                  f"data.context + 2 = {context + 2}")])
         model = build_model(config, context, d["vocab_size"], device, dtype)
+        if sharded:  # before assemble_run builds the optimizer: it must hold the shards
+            shard_model(model)
         batches = ShardBatches(shards, context, batch_size, rank, world, seeds(config["seed"])[1], device)
-        test = validation_windows(held_out, context, d["n_test"], rank, world)
+        test = validation_windows(held_out, context, d["n_test"], rank, world, equal_shares=sharded)
         test = None if test is None else (test[0].to(device), test[1].to(device))
         return assemble_run(dict(config, device=str(device)), model, batches, device, test_set=test,
                             distributed=distributed)
 
     setup = _on_every_rank(set_up, distributed)
-    processes = DataParallel(rank, world) if distributed else Processes()
+    processes = (FullyShardedDataParallel if sharded else DataParallel)(rank, world) if distributed else Processes()
     # the throughput of training: opening the shards (tokenising text ones, once) is set-up
     training = time.perf_counter()
     result = in_run_directory(out_path, overwrite, lambda path, writing: train(

@@ -256,8 +256,19 @@ class Processes:
         """Whether ``flag`` holds in every process."""
         return flag
 
+    def evaluate(self, model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        """:func:`evaluate` on this process's share ``(x, y)`` of the test set (possibly no rows),
+        as the means over every process's rows."""
+        rows = x.shape[0]
+        return self.mean(evaluate(model, loss_fn, x, y) if rows else (0.0, 0.0), rows=rows)
+
     def before_mask_update(self, updater: Any, t: int) -> None:
         """Called before ``updater.step(t, ...)`` (dynamic sparsity): nothing to combine here."""
+
+    def state_dict(self, model: nn.Module) -> dict:
+        """The final weights for ``model.pt``, asked of every process (a sharded model gathers
+        them then)."""
+        return model.state_dict()
 
 
 def in_run_directory(out_dir: str | Path | None, overwrite: bool, body) -> Any:
@@ -405,9 +416,7 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
                     row.update(rule.spectrum(model, loss_fn, (x, y), optimizer, kind=kind_t))
 
             if x_test is not None and evaluates_test(t, test_every, steps):
-                rows = x_test.shape[0]  # data-parallel: this process's share, possibly none
-                means = evaluate(model, loss_fn, x_test, y_test) if rows else (0.0, 0.0)
-                row["test_loss"], row["test_accuracy"] = processes.mean(means, rows=rows)
+                row["test_loss"], row["test_accuracy"] = processes.evaluate(model, loss_fn, x_test, y_test)
 
             metrics.append(row)
             if metrics_file is not None:
@@ -434,9 +443,10 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
     )
     status = summary["status"]  # the paper's accuracy rule and the collapse rule (engine.step.final_status)
     summary.update(warmup_summary(config, metrics, lr_trgt, warmup_rule))
+    weights = processes.state_dict(model)
     if out_path is not None:
         (out_path / "summary.json").write_text(json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n")
-        torch.save(model.state_dict(), out_path / "model.pt")  # the final weights: `catapult spectrum --weights`
+        torch.save(weights, out_path / "model.pt")  # the final weights: `catapult spectrum --weights`
         plot_run(metrics, out_path / "trajectories.png", title=config["name"], status=status,
                  threshold_label=threshold_label(config, rule.kind),
                  preconditioned=rule.kind == "preconditioned")

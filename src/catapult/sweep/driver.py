@@ -263,6 +263,11 @@ def run_sweep(
     """
     started = time.perf_counter()
     cells = expand(base, spec)
+    sharded = [p for c in cells if c.config["train"]["fsdp"] for p in cell_problems(c.id, c.swept, cfg.ConfigError(
+        [("train.fsdp", "shards one model over the processes of catapult train-ddp; a sweep trains each cell "
+                        "in one process")]))]
+    if sharded:  # on any machine, before the store is written
+        raise cells_error(sharded)
     by_id = {c.id: c for c in cells}
     document = spec_document(base, spec)
     if isinstance(executor, Executor):

@@ -1,0 +1,110 @@
+"""Fully sharded data parallelism for ``catapult train-ddp`` (``train.fsdp: true``), for a model
+bigger than one device.
+
+FSDP2's ``fully_shard`` is applied to every transformer block and then to the whole GPT (its
+embeddings, final norm and head), before the optimizer is built. Each of the ``W`` ranks then
+holds ``1/W`` of every parameter, of its gradient and of its Adam moments. A block's full weights
+exist only while its forward or backward runs (all-gathered, then freed again). Gradients are
+reduce-scattered as means over the ranks, so each rank takes its part of the step one process
+takes on the union batch: the batches, losses and logged means are
+:mod:`~catapult.engine.distributed`'s, and ``tests/test_fsdp.py`` checks the losses and weights
+against one process. ``model.pt`` holds the full weights, gathered to rank 0, the same file as
+an unsharded run's.
+
+What is not run sharded, each a ConfigError naming its key before any work:
+
+* curvature (``eval.sharpness_every > 0``, ``"<c>/lambda0"`` learning rates, catapult and
+  persistent warmup): Hessian-vector products differentiate through unsharded parameters, and
+  these parameters are shards;
+* dynamic sparsity (``model.sparsity.method`` rigl or gmp): its masks are dense tensors that are
+  updated from the dense gradient of each full matrix (static masks are fine: they are
+  applied to the gathered weights);
+* ``train.compile``.
+
+Every rank evaluates as many validation windows (FSDP's forward is a collective), so the
+held-out windows are rounded down to a multiple of ``W``.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+
+from catapult import config as cfg
+from catapult.config.lr import lr_needs_lambda0
+
+__all__ = ["check_fsdp", "shard_model", "full_state_dict"]
+
+#: Why curvature is refused: the same words for each key that needs it.
+_NO_HVP = "Hessian-vector products differentiate through unsharded parameters, and train.fsdp shards them"
+
+
+def check_fsdp(config: Mapping[str, Any], distributed: bool) -> None:
+    """Nothing if ``config`` does not ask for ``train.fsdp``, or asks for it inside a process
+    group with only what a sharded run does; else one ConfigError naming every key in the way.
+
+    >>> check_fsdp(cfg.validate({}), distributed=False)   # unsharded: nothing to check
+    >>> check_fsdp(cfg.validate({"train": {"fsdp": True}, "eval": {"sharpness_every": 0}}), distributed=False)
+    Traceback (most recent call last):
+    ...
+    catapult.config.errors.ConfigError: train.fsdp: shards a model over the processes of catapult train-ddp started by torchrun; this run has none
+    """
+    if not config["train"]["fsdp"]:
+        return
+    problems = []
+    if not distributed:
+        problems.append(("train.fsdp", "shards a model over the processes of catapult train-ddp started by "
+                                       "torchrun; this run has none"))
+    if config["eval"]["sharpness_every"]:
+        problems.append(("eval.sharpness_every", f"set it to 0 with train.fsdp: {_NO_HVP}"))
+    if lr_needs_lambda0(config["optimizer"]["lr"]):
+        problems.append(("optimizer.lr", f"give a number with train.fsdp: '<c>/lambda0' measures lambda_0, "
+                                         f"and {_NO_HVP}"))
+    if config["schedule"]["warmup"] != "linear":
+        problems.append(("schedule.warmup", f"use linear with train.fsdp: the {config['schedule']['warmup']} "
+                                            f"warmup's search is not run on shards"))
+    if config["model"]["sparsity"]["method"] != "static":
+        problems.append(("model.sparsity.method", "use static with train.fsdp: dynamic masks are updated from "
+                                                  "each full matrix's dense gradient, and train.fsdp shards it"))
+    if config["train"]["compile"]:
+        problems.append(("train.compile", "is not combined with train.fsdp"))
+    if problems:
+        raise cfg.ConfigError(problems)
+
+
+def shard_model(model: nn.Module) -> nn.Module:
+    """``fully_shard`` each of ``model.blocks`` (the GPT's transformer blocks), then ``model``
+    (its remaining parameters: embeddings, final norm, head), in place, on the default process
+    group; returns ``model``, whose parameters are now ``DTensor`` shards. Build the optimizer
+    after this.
+
+    >>> from catapult.curvature.distributed import single_process_group
+    >>> from catapult.models import GPT
+    >>> with single_process_group():
+    ...     gpt = shard_model(GPT(65, d_model=16, n_layers=1, n_heads=2, context=8))
+    ...     type(gpt.wte.weight).__name__, tuple(gpt.wte.weight.shape), tuple(gpt(torch.zeros(1, 8, dtype=torch.long)).shape)
+    ('DTensor', (65, 16), (1, 8, 65))
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    for block in model.blocks:
+        fully_shard(block)
+    fully_shard(model)
+    return model
+
+
+def full_state_dict(model: nn.Module) -> dict:
+    """The full ``state_dict`` of a model sharded by :func:`shard_model`, gathered to rank 0 on
+    the CPU (empty on the other ranks). A collective: every rank calls it.
+
+    >>> from catapult.curvature.distributed import single_process_group
+    >>> from catapult.models import GPT
+    >>> with single_process_group():
+    ...     weights = full_state_dict(shard_model(GPT(65, d_model=16, n_layers=1, n_heads=2, context=8)))
+    >>> type(weights["wte.weight"]).__name__, tuple(weights["wte.weight"].shape)
+    ('Tensor', (65, 16))
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
