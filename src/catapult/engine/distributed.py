@@ -63,8 +63,8 @@ from catapult.engine.fsdp import check_fsdp, full_state_dict, shard_model
 from catapult.engine.seeds import seeds
 from catapult.engine.loop import Processes, RunDirectoryError, RunResult, check_out_dir, in_run_directory, train
 
-__all__ = ["TokenShards", "ShardBatches", "DataParallel", "FullyShardedDataParallel", "global_batch_rows", "validation_windows", "train_ddp",
-           "DDPResult"]
+__all__ = ["TokenShards", "ShardBatches", "DataParallel", "FullyShardedDataParallel", "global_batch_rows",
+           "validation_windows", "train_ddp", "DDPResult"]
 
 class TokenShards:
     """Memory-mapped token shards as one stream (module docstring): ``*.npy`` arrays, or
