@@ -23,6 +23,12 @@ What is not run sharded, each a ConfigError naming its key before any work:
 
 Every rank evaluates as many validation windows (FSDP's forward is a collective), so the
 held-out windows are rounded down to a multiple of ``W``.
+
+The loop's side of it is :class:`catapult.engine.distributed.FullyShardedDataParallel` (it
+lives beside :class:`~catapult.engine.distributed.DataParallel`, which it extends, and which
+:func:`~catapult.engine.distributed.train_ddp` picks from): the forward goes through the model
+itself, an evaluation reshards the weights it gathered, and the final weights come from
+:func:`full_state_dict`. This module holds what does not depend on the loop.
 """
 from __future__ import annotations
 
