@@ -21,6 +21,7 @@ MODULES = (
     "catapult.schedules.scheduler",
     "catapult.schedules.persistent",
     "catapult.curvature.hessian",
+    "catapult.curvature.sharded",
     "catapult.curvature.forward_ad",
     "catapult.curvature.krylov",
     "catapult.curvature.lanczos",

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from catapult.curvature import distributed as dist_ops
+from catapult.curvature.sharded import is_sharded
 from catapult.optim import registry, rules
 
 __all__ = ["CriticalLR", "NonFiniteLossError", "critical_lr", "next_step_direction", "probe_loss", "ModelSnapshot"]
@@ -346,6 +347,9 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     registry.spec_for(optimizer)              # unsupported optimizer: fail before any work
+    if is_sharded(model):  # its trials call the model functionally, on unsharded parameters
+        raise ValueError("critical_lr: the model's parameters are DTensor shards (FSDP2 fully_shard), and its "
+                         "trial steps are not run on shards; search on an unsharded copy (DDP)")
     params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
     if not params:
         raise ValueError("critical_lr: the optimizer has no parameters that require grad")

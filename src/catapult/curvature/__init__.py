@@ -5,8 +5,9 @@ operator (Hessian-vector products), :mod:`~catapult.curvature.lanczos` the eigen
 operator, or many in lockstep for the batched engine), :mod:`~catapult.curvature.sharpness` the
 user-facing measurements built from them, :mod:`~catapult.curvature.spectrum` top-k, trace and
 density (Hessian or Gauss-Newton, :mod:`~catapult.curvature.ggn`), :mod:`~catapult.curvature.coarse` coarse-to-fine start
-vectors and :mod:`~catapult.curvature.distributed` the all-reduced operator for
-``distributed=True``. Everything runs wherever the model runs (CPU or
+vectors, :mod:`~catapult.curvature.distributed` the all-reduced operator for
+``distributed=True`` and :mod:`~catapult.curvature.sharded` the one for a model sharded by
+FSDP2. Everything runs wherever the model runs (CPU or
 CUDA). Nothing here changes a model's parameters, gradients, buffers or train/eval mode, an
 optimizer's state, or the global random number generators.
 """

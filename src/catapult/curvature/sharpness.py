@@ -16,10 +16,10 @@ import math
 import torch
 
 from catapult.curvature import distributed as dist_ops
-from catapult.curvature import lean
+from catapult.curvature import lean, sharded
 from catapult.curvature.coarse import coarse_levels, coarse_start_vector
 from catapult.curvature.ggn import CURVATURES, GaussNewtonOperator
-from catapult.curvature.hessian import HessianOperator
+from catapult.curvature.hessian import HessianOperator, resolve_dtype
 from catapult.optim import registry, rules
 from catapult.curvature.lanczos import EigenEstimate, lanczos_top_eigenpair
 
@@ -73,6 +73,8 @@ def memory_setting(memory: str, batch, chunk_size, max_basis, model=None, loss_f
     n = inputs.shape[0]
     if model is None:  # no model to size from: the setting measured on the Fig. 1 FCN
         chunks, basis = 4, lean.LEAN_MAX_BASIS
+    elif sharded.is_sharded(model):  # FSDP holds one block's weights at a time: no micro-batches
+        chunks, basis = 1, lean.LEAN_MAX_BASIS
     else:
         model = dist_ops.unwrap_ddp(model)
         trainable = [p for p in model.parameters() if p.requires_grad]
@@ -104,6 +106,16 @@ def build_operator(model, loss_fn, batch, *, curvature="hessian", dtype=None, hv
     tensor([4., 1.])
     """
     check_curvature(curvature)
+    if isinstance(model, torch.nn.Module) and sharded.is_sharded(model):
+        sharded.reshard(model)
+        params = [p for p in model.parameters() if p.requires_grad]
+        sharded.check_sharded_options(distributed=distributed, hvp=hvp, dtype=resolve_dtype(dtype),
+                                      chunk_size=chunk_size, curvature=curvature,
+                                      param_dtype=params[0].dtype if params else None)
+        dist_ops.require_process_group()
+        dist_ops.check_shardable(model)
+        weight = dist_ops.shard_weight(batch, params[0].to_local().device if params else None)
+        return sharded.ShardedHessianOperator(model, loss_fn, batch, weight, seed=seed)
     if distributed:
         dist_ops.require_process_group()
         dist_ops.check_shardable(model)
@@ -415,10 +427,12 @@ def _adam_preconditioner(optimizer, grad_flat: torch.Tensor, names, params,
         rule_state = None
         if "exp_avg_sq" in state:
             v_max = state.get("max_exp_avg_sq")
+            # full_tensor: an FSDP-sharded model's state and parameters are DTensor shards
             rule_state = rules.State(
-                step=int(float(state["step"])), exp_avg_sq=[state["exp_avg_sq"].detach().to(dtype)],
-                max_exp_avg_sq=[None if v_max is None else v_max.detach().to(dtype)])
-        P = rules.preconditioner(rule, [g], rule_state, hp, params=[p.detach().to(dtype)])
+                step=int(float(state["step"])),
+                exp_avg_sq=[sharded.full_tensor(state["exp_avg_sq"].detach()).to(dtype)],
+                max_exp_avg_sq=[None if v_max is None else sharded.full_tensor(v_max.detach()).to(dtype)])
+        P = rules.preconditioner(rule, [g], rule_state, hp, params=[sharded.full_tensor(p.detach()).to(dtype)])
         if P is None:  # RAdam before rectification
             raise ValueError("RAdam's next step is un-rectified (momentum SGD): it applies no "
                              "pre-conditioner; measure the Hessian's sharpness "

@@ -11,11 +11,14 @@ takes on the union batch: the batches, losses and logged means are
 against one process. ``model.pt`` holds the full weights, gathered to rank 0, the same file as
 an unsharded run's.
 
+Sharpness is tracked on the shards (``eval.sharpness_every``, ``"<c>/lambda0"`` learning rates,
+the spectrum columns): :mod:`catapult.curvature.sharded` takes its Hessian-vector products as
+central differences of FSDP's own gradient, the union batch's, the same on every rank.
+
 What is not run sharded, each a ConfigError naming its key before any work:
 
-* curvature (``eval.sharpness_every > 0``, ``"<c>/lambda0"`` learning rates, catapult and
-  persistent warmup): Hessian-vector products differentiate through unsharded parameters, and
-  these parameters are shards;
+* catapult and persistent warmup: their critical-lr search steps the parameters along the
+  optimizer's direction through an unsharded functional copy of the model;
 * dynamic sparsity (``model.sparsity.method`` rigl or gmp): its masks are dense tensors that are
   updated from the dense gradient of each full matrix (static masks are fine: they are
   applied to the gathered weights);
@@ -38,20 +41,15 @@ import torch
 import torch.nn as nn
 
 from catapult import config as cfg
-from catapult.config.lr import lr_needs_lambda0
 
 __all__ = ["check_fsdp", "shard_model", "full_state_dict"]
-
-#: Why curvature is refused: the same words for each key that needs it.
-_NO_HVP = "Hessian-vector products differentiate through unsharded parameters, and train.fsdp shards them"
-
 
 def check_fsdp(config: Mapping[str, Any], distributed: bool) -> None:
     """Nothing if ``config`` does not ask for ``train.fsdp``, or asks for it inside a process
     group with only what a sharded run does; else one ConfigError naming every key in the way.
 
     >>> check_fsdp(cfg.validate({}), distributed=False)   # unsharded: nothing to check
-    >>> check_fsdp(cfg.validate({"train": {"fsdp": True}, "eval": {"sharpness_every": 0}}), distributed=False)
+    >>> check_fsdp(cfg.validate({"train": {"fsdp": True}}), distributed=False)
     Traceback (most recent call last):
     ...
     catapult.config.errors.ConfigError: train.fsdp: shards a model over the processes of catapult train-ddp started by torchrun; this run has none
@@ -62,14 +60,9 @@ def check_fsdp(config: Mapping[str, Any], distributed: bool) -> None:
     if not distributed:
         problems.append(("train.fsdp", "shards a model over the processes of catapult train-ddp started by "
                                        "torchrun; this run has none"))
-    if config["eval"]["sharpness_every"]:
-        problems.append(("eval.sharpness_every", f"set it to 0 with train.fsdp: {_NO_HVP}"))
-    if lr_needs_lambda0(config["optimizer"]["lr"]):
-        problems.append(("optimizer.lr", f"give a number with train.fsdp: '<c>/lambda0' measures lambda_0, "
-                                         f"and {_NO_HVP}"))
     if config["schedule"]["warmup"] != "linear":
         problems.append(("schedule.warmup", f"use linear with train.fsdp: the {config['schedule']['warmup']} "
-                                            f"warmup's search is not run on shards"))
+                                            f"warmup's critical-lr search is not run on shards"))
     if config["model"]["sparsity"]["method"] != "static":
         problems.append(("model.sparsity.method", "use static with train.fsdp: dynamic masks are updated from "
                                                   "each full matrix's dense gradient, and train.fsdp shards it"))

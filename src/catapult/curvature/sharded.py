@@ -1,0 +1,260 @@
+"""Curvature of a model sharded over the ranks by FSDP2 (``torch.distributed.fsdp.fully_shard``),
+for ``distributed=True``: each rank holds ``1/W`` of every parameter as a ``DTensor`` shard.
+
+Double backward does not run through FSDP's all-gather and reduce-scatter hooks (the gathered
+weights are freed after each block, and the hooks expect one plain ``backward``), so the
+products are central differences of the model's own gradient, the ``"finite_difference"`` mode
+of :class:`~catapult.curvature.HessianOperator` run through the sharded model::
+
+    H v ~ (g(theta + h u) - g(theta - h u)) / (2 h) * ||v||,   u = v / ||v||,  h = eps^(1/3)
+
+``g`` is the gradient of the union's loss ``L = sum_r w_r L_r`` (``w_r`` = this rank's share of
+the samples, :func:`~catapult.curvature.distributed.shard_weight`): each rank back-propagates
+``W w_r L_r``, FSDP reduce-scatters the gradients as means over the ``W`` ranks, so every shard
+holds its rows of ``sum_r w_r g_r``; the shards are then all-gathered. Every rank thus holds the
+same full product, bit for bit, and runs the same Lanczos iteration, as with
+:class:`~catapult.curvature.distributed.DistributedOperator`. Parameters, gradients and optimizer
+state stay sharded; the solver's Krylov vectors are full-size on every rank (``max_basis`` of
+them; ``memory="lean"``'s solver keeps about four).
+
+Each gradient moves the local shards to ``theta +- h u`` in place, then copies the saved shards
+back (bit for bit), and keeps ``.grad`` aside and puts it back, so the parameters, their
+gradients and the model's mode are as they were. The forward runs under the fixed RNG of
+:func:`~catapult.curvature.hessian.fixed_rng` (one dropout mask for every product).
+
+What is refused (ValueError naming it): ``distributed=False`` on a sharded model, ``hvp`` other
+than ``"auto"`` / ``"finite_difference"``, a ``dtype`` other than the parameters', micro-batches
+(``chunk_size``), the Gauss-Newton curvature, and placements other than FSDP's ``Shard(0)`` or
+``Replicate()`` on a 1-D mesh.
+
+Example: ``L(w) = mean((x w - y)^2)`` over ``x = (2, 0), (0, 1)`` has the Hessian ``diag(4, 1)``;
+here one process (a gloo group of world size 1) holds the sharded model; launched with
+``torchrun`` on ``W`` processes, the same lines give every rank the union's sharpness.
+
+    >>> import catapult
+    >>> from torch.distributed.fsdp import fully_shard
+    >>> from catapult.curvature.distributed import single_process_group
+    >>> batch = (torch.tensor([[2.0, 0.0], [0.0, 1.0]], dtype=torch.float64),
+    ...          torch.tensor([[1.0], [0.0]], dtype=torch.float64))
+    >>> with single_process_group():
+    ...     model = fully_shard(torch.nn.Linear(2, 1, bias=False).double())
+    ...     est = catapult.sharpness(model, torch.nn.MSELoss(), batch, distributed=True)
+    >>> round(est.value, 6), est.converged
+    (4.0, True)
+"""
+from __future__ import annotations
+
+import torch
+
+from catapult.curvature.distributed import all_reduce_sum
+from catapult.curvature.hessian import fixed_rng
+
+__all__ = ["is_sharded", "reshard", "full_tensor", "check_sharded_options", "ShardedHessianOperator"]
+
+
+def _dtensor_type():
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # a torch built without torch.distributed
+        return None
+    return DTensor
+
+
+def _fsdp_modules(model: torch.nn.Module) -> list:
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # a torch built without torch.distributed
+        return []
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    """Whether ``fully_shard`` (FSDP2) was applied to ``model`` or one of its modules. (Its
+    parameters are ``DTensor`` shards except while FSDP holds them gathered, e.g. the root's after
+    a forward without a backward.)
+
+    >>> is_sharded(torch.nn.Linear(2, 1))
+    False
+    """
+    return bool(_fsdp_modules(model))
+
+
+def reshard(model: torch.nn.Module) -> None:
+    """Free the weights FSDP still holds gathered in ``model`` (e.g. the root's, after a forward
+    without a backward), so its parameters are the ``DTensor`` shards again; nothing for a model
+    without ``fully_shard``.
+
+    >>> reshard(torch.nn.Linear(2, 1))
+    """
+    for module in _fsdp_modules(model):
+        module.reshard()
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor behind a ``DTensor`` shard (all-gathered: a collective, every rank calls
+    it), or ``t`` itself when it is a plain tensor.
+
+    >>> full_tensor(torch.ones(2))
+    tensor([1., 1.])
+    """
+    DTensor = _dtensor_type()
+    return t.full_tensor() if DTensor is not None and isinstance(t, DTensor) else t
+
+
+def check_sharded_options(*, distributed: bool, hvp: str = "auto", dtype=None, chunk_size=None,
+                          curvature: str = "hessian", param_dtype: torch.dtype | None = None) -> None:
+    """Raise a ValueError naming the first option a sharded model's curvature does not take.
+
+    >>> check_sharded_options(distributed=True)
+    >>> check_sharded_options(distributed=True, hvp="double_backprop")
+    Traceback (most recent call last):
+    ...
+    ValueError: hvp='double_backprop' needs double backward, which FSDP's hooks do not run: use hvp='finite_difference' (or 'auto') on a model sharded by fully_shard
+    """
+    if not distributed:
+        raise ValueError("the model's parameters are DTensor shards (FSDP2 fully_shard): pass distributed=True, "
+                         "on every rank of its process group")
+    if hvp not in ("auto", "finite_difference"):
+        raise ValueError(f"hvp={hvp!r} needs double backward, which FSDP's hooks do not run: use "
+                         f"hvp='finite_difference' (or 'auto') on a model sharded by fully_shard")
+    if curvature != "hessian":
+        raise ValueError(f"curvature={curvature!r} is not measured on a model sharded by fully_shard "
+                         f"(its products need forward-mode AD through FSDP's hooks): use curvature='hessian'")
+    if chunk_size is not None:
+        raise ValueError("chunk_size (micro-batches, also memory='lean''s) is not run on a model sharded by "
+                         "fully_shard: FSDP already holds one block's weights at a time; give each rank a "
+                         "smaller shard of the batch instead")
+    if dtype is not None and param_dtype is not None and torch.empty(0, dtype=param_dtype).dtype != dtype:
+        raise ValueError(f"dtype={dtype} differs from the sharded parameters' {param_dtype}: a sharded "
+                         f"model is measured in its own dtype (cast it before fully_shard)")
+
+
+class ShardedHessianOperator:
+    """``v -> H v`` of the union's loss, for a model sharded by ``fully_shard``: central
+    differences of FSDP's own gradient (see the module docstring), on full flat vectors in
+    ``model.parameters()`` order, the same on every rank.
+
+    ``weight`` is this rank's share of the union's samples (``shard_weight``). Attributes as
+    :class:`~catapult.curvature.HessianOperator`'s: ``numel`` (the full parameter count),
+    ``dtype``, ``device``, ``names``, ``loss`` (the union's), ``gradient()`` (full, the union's),
+    ``matvecs``. Each product costs two forward + backward passes of the sharded model.
+
+    Example (one rank holds the whole batch of the module docstring's quadratic, ``H = diag(4, 1)``):
+        >>> from torch.distributed.fsdp import fully_shard
+        >>> from catapult.curvature.distributed import single_process_group
+        >>> batch = (torch.tensor([[2.0, 0.0], [0.0, 1.0]], dtype=torch.float64),
+        ...          torch.tensor([[1.0], [0.0]], dtype=torch.float64))
+        >>> linear = torch.nn.Linear(2, 1, bias=False).double()
+        >>> _ = torch.nn.init.zeros_(linear.weight)     # L = (1 + 0) / 2 at w = 0
+        >>> with single_process_group():
+        ...     model = fully_shard(linear)
+        ...     H = ShardedHessianOperator(model, torch.nn.MSELoss(), batch, weight=1.0)
+        ...     product = H(torch.tensor([1.0, 1.0], dtype=torch.float64))
+        >>> product.round(decimals=6).tolist(), H.matvecs, H.numel, round(H.loss, 6)
+        ([4.0, 1.0], 1, 2, 0.5)
+    """
+
+    mode = "finite_difference"
+
+    def __init__(self, model: torch.nn.Module, loss_fn, batch, weight: float, *, seed: int = 0):
+        if not callable(loss_fn):
+            raise TypeError("loss_fn must be callable as loss_fn(outputs, targets)")
+        if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+            raise ValueError("batch must be a pair (inputs, targets)")
+        import torch.distributed as dist
+        DTensor = _dtensor_type()
+        self._model = model
+        reshard(model)   # the parameters are the shards again
+        trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if not trainable:
+            raise ValueError("model has no parameters with requires_grad=True")
+        for name, p in trainable:
+            if not isinstance(p, DTensor):
+                raise ValueError(f"parameter {name!r} is not sharded: fully_shard the whole model "
+                                 f"(its root too), so every trainable parameter is a DTensor")
+            kinds = {type(pl).__name__ for pl in p.placements}
+            if p.device_mesh.ndim != 1 or not kinds <= {"Shard", "Replicate"} or any(
+                    type(pl).__name__ == "Shard" and pl.dim != 0 for pl in p.placements):
+                raise ValueError(f"parameter {name!r} is placed {tuple(p.placements)} on a "
+                                 f"{p.device_mesh.ndim}-D mesh: only FSDP's Shard(0) or Replicate() "
+                                 f"on a 1-D mesh are measured")
+        self._model, self._loss_fn = model, loss_fn
+        self._inputs, self._targets = batch
+        self._params = [p for _, p in trainable]
+        self.names = [n for n, _ in trainable]
+        self.shapes = [p.shape for p in self._params]
+        self.sizes = [p.numel() for p in self._params]
+        self.numel = sum(self.sizes)
+        self.dtype = self._params[0].dtype
+        self.device = self._params[0].to_local().device
+        self.seed, self.weight = int(seed), float(weight)
+        self._scale = self.weight * dist.get_world_size()   # FSDP's reduce-scatter takes the mean
+        self._eps = max(float(torch.finfo(p.dtype).eps) for p in self._params)
+        self.matvecs = 0
+        with torch.no_grad():
+            self._saved = [p.to_local().clone() for p in self._params]
+        self._grad_flat = None
+        self._grad_flat, loss = self._gradient_at(None, 0.0)
+        total = torch.tensor([loss * self.weight], dtype=torch.float64, device=self.device)
+        self.loss = float(all_reduce_sum(total))
+
+    def _local_parts(self, v: torch.Tensor) -> list[torch.Tensor]:
+        """This rank's rows of ``v`` for each parameter (its shard's part of the flat vector)."""
+        from torch.distributed.tensor import distribute_tensor
+
+        parts = []
+        for c, p in zip(torch.split(v, self.sizes), self._params):
+            local = distribute_tensor(c.view(p.shape), p.device_mesh, p.placements,
+                                      src_data_rank=None).to_local()
+            parts.append(local)
+        return parts
+
+    def _gradient_at(self, v: torch.Tensor | None, scale: float) -> tuple[torch.Tensor, float]:
+        """The union's flat gradient at ``theta + scale v`` (``theta`` when ``v`` is None), and
+        this rank's loss there; the parameters and ``.grad`` are restored before it returns."""
+        kept = [p.grad for p in self._params]
+        reshard(self._model)   # the next forward must gather the shards moved here
+        try:
+            with torch.no_grad():
+                if v is not None:
+                    for p, part in zip(self._params, self._local_parts(v)):
+                        p.to_local().add_(part.to(p.dtype), alpha=scale)
+            for p in self._params:
+                p.grad = None
+            with torch.enable_grad(), fixed_rng(self.seed, self.device):
+                loss = self._loss_fn(self._model(self._inputs), self._targets)
+                if not (torch.is_tensor(loss) and loss.numel() == 1):
+                    raise ValueError("loss_fn must return a scalar tensor")
+                (loss.reshape(()) * self._scale).backward()
+            pieces = []
+            for p in self._params:
+                g = p.grad
+                pieces.append(torch.zeros(p.shape, dtype=self.dtype, device=self.device) if g is None
+                              else full_tensor(g).to(self.dtype))
+            flat = torch.cat([g.reshape(-1) for g in pieces])
+        finally:
+            with torch.no_grad():
+                for p, saved in zip(self._params, self._saved):
+                    p.to_local().copy_(saved)
+            for p, g in zip(self._params, kept):
+                p.grad = g
+        return flat, float(loss.detach())
+
+    def gradient(self) -> torch.Tensor:
+        """The union's flat gradient at the current parameters (computed once, at construction)."""
+        return self._grad_flat
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        """``H v`` for a full flat ``v`` (the same on every rank), by central differences."""
+        v = v.to(device=self.device, dtype=self.dtype)
+        if v.shape != (self.numel,):
+            raise ValueError(f"expected a flat vector of {self.numel} elements (one per trainable "
+                             f"parameter entry), got shape {tuple(v.shape)}")
+        self.matvecs += 1
+        norm = float(torch.linalg.vector_norm(v))
+        if norm == 0:
+            return torch.zeros_like(v)
+        h = self._eps ** (1.0 / 3.0)
+        plus, _ = self._gradient_at(v, h / norm)
+        minus, _ = self._gradient_at(v, -h / norm)
+        return plus.sub_(minus).mul_(norm / (2.0 * h))

@@ -1,0 +1,187 @@
+"""Curvature of a model sharded by FSDP2 (``fully_shard``) with ``distributed=True``: central
+differences of FSDP's own gradient (catapult.curvature.sharded). Checked against the dense
+Hessian of a small model, against the unsharded model's solvers, and on 2 gloo ranks against one
+process on the union of their shards (float64)."""
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import catapult
+from catapult.curvature.distributed import single_process_group
+from gloo_ranks import on_ranks
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
+
+
+def mlp_problem(n=9):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2)).double()
+    x = torch.randn(n, 3, dtype=torch.float64)
+    y = torch.randn(n, 2, dtype=torch.float64)
+    return model, nn.MSELoss(), (x, y)
+
+
+def shard(model):
+    from torch.distributed.fsdp import fully_shard
+
+    fully_shard(model[0])
+    fully_shard(model)
+    return model
+
+
+def dense_hessian(model, loss_fn, batch):
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    def loss(theta):
+        parts = torch.split(theta, [s.numel() for s in shapes])
+        params = {n: t.view(s) for n, t, s in zip(names, parts, shapes)}
+        return loss_fn(torch.func.functional_call(model, params, (batch[0],)), batch[1])
+
+    return torch.autograd.functional.hessian(loss, flat)
+
+
+def adam_steps(model, loss_fn, batch, steps=2):
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss_fn(model(batch[0]), batch[1]).backward()
+        opt.step()
+    return opt
+
+
+def test_one_sharded_process_measures_the_dense_hessians_spectrum_and_the_unsharded_solvers_answers():
+    model, loss_fn, batch = mlp_problem()
+    plain = mlp_problem()[0]
+    top = torch.linalg.eigvalsh(dense_hessian(plain, loss_fn, batch)).flip(0)
+    plain_opt = adam_steps(plain, loss_fn, batch)
+    with single_process_group():
+        model = shard(model)
+        opt = adam_steps(model, loss_fn, batch)
+        # the same Adam steps: the sharded model now sits where the plain one does
+        for p, q in zip(model.parameters(), plain.parameters()):
+            torch.testing.assert_close(p.full_tensor(), q.detach(), rtol=0, atol=1e-14)
+        dense_now = torch.linalg.eigvalsh(dense_hessian(plain, loss_fn, batch)).flip(0)
+        est = catapult.sharpness(model, loss_fn, batch, tol=1e-10, distributed=True)
+        lean = catapult.sharpness(model, loss_fn, batch, tol=1e-10, max_iter=1000, memory="lean", distributed=True)
+        top2 = catapult.top_eigenpairs(model, loss_fn, batch, k=2, tol=1e-10, distributed=True)
+        pre = catapult.preconditioned_sharpness(model, loss_fn, batch, opt, tol=1e-10, distributed=True)
+        trace = catapult.hessian_trace(model, loss_fn, batch, matvecs=30, distributed=True)
+    assert float(top[0]) != pytest.approx(float(dense_now[0]), rel=1e-3)  # the steps moved the spectrum
+    # float64 central differences, h = eps^(1/3): measured relative error <= 1e-9 here
+    assert est.value == pytest.approx(float(dense_now[0]), rel=1e-8)
+    assert lean.value == pytest.approx(float(dense_now[0]), rel=1e-8)
+    assert top2.values == pytest.approx(dense_now[:2].tolist(), rel=1e-8)
+    want = catapult.preconditioned_sharpness(plain, loss_fn, batch, plain_opt, tol=1e-10)
+    assert pre.value == pytest.approx(want.value, rel=1e-8)
+    assert trace == pytest.approx(catapult.hessian_trace(plain, loss_fn, batch, matvecs=30), rel=1e-8)
+
+
+def test_the_sharded_model_its_gradients_and_mode_are_left_as_they_were():
+    model, loss_fn, batch = mlp_problem()
+    with single_process_group():
+        model = shard(model)
+        loss_fn(model(batch[0]), batch[1]).backward()
+        model.eval()
+        before = [p.to_local().clone() for p in model.parameters()]
+        grads = [p.grad for p in model.parameters()]
+        grad_values = [g.to_local().clone() for g in grads]
+        catapult.sharpness(model, loss_fn, batch, distributed=True)
+        assert {type(p).__name__ for p in model.parameters()} == {"DTensor"} and not model.training
+        for p, b, g, gv in zip(model.parameters(), before, grads, grad_values):
+            assert torch.equal(p.to_local(), b)
+            assert p.grad is g and torch.equal(p.grad.to_local(), gv)
+        after_forward = model(batch[0]).detach().clone()   # the moved shards are gathered again
+        # after a forward with no backward FSDP holds the root's weights gathered: still measured
+        assert catapult.sharpness(model, loss_fn, batch, distributed=True).value > 0
+    plain = mlp_problem()[0]
+    torch.testing.assert_close(after_forward, plain(batch[0]).detach(), rtol=0, atol=0)
+
+
+def test_what_a_sharded_model_is_not_measured_with_is_refused_by_name():
+    model, loss_fn, batch = mlp_problem()
+    with single_process_group():
+        model = shard(model)
+        with pytest.raises(ValueError, match="pass distributed=True"):
+            catapult.sharpness(model, loss_fn, batch)
+        with pytest.raises(ValueError, match="hvp='double_backprop' needs double backward"):
+            catapult.sharpness(model, loss_fn, batch, hvp="double_backprop", distributed=True)
+        with pytest.raises(ValueError, match="curvature='ggn'"):
+            catapult.sharpness(model, loss_fn, batch, curvature="ggn", distributed=True)
+        with pytest.raises(ValueError, match="chunk_size"):
+            catapult.sharpness(model, loss_fn, batch, chunk_size=3, distributed=True)
+        with pytest.raises(ValueError, match="dtype=torch.float32 differs"):
+            catapult.sharpness(model, loss_fn, batch, dtype=torch.float32, distributed=True)
+        with pytest.raises(ValueError, match="critical_lr: the model's parameters are DTensor shards"):
+            catapult.critical_lr(model, loss_fn, batch, torch.optim.SGD(model.parameters(), lr=0.1),
+                                 distributed=True)
+        # refused before any work: the model is still whole and sharded
+        assert {type(p).__name__ for p in model.parameters()} == {"DTensor"}
+        partly = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2)).double()
+        from torch.distributed.fsdp import fully_shard
+        fully_shard(partly[0])
+        with pytest.raises(ValueError, match="parameter '2.weight' is not sharded"):
+            catapult.sharpness(partly, loss_fn, batch, distributed=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# 2 gloo ranks: a sharded GPT on unequal shards of the batch = one process on the union
+# ------------------------------------------------------------------------------------------------
+
+SHARDS = (5, 3)  # sequences per rank: the union's loss weights the ranks by their share
+
+
+def token_loss(logits, targets):
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def gpt_problem():
+    from catapult.models import GPT
+
+    torch.manual_seed(0)
+    model = GPT(33, d_model=16, n_layers=2, n_heads=2, context=8).double()
+    tokens = torch.randint(0, 33, (sum(SHARDS), 9))
+    return model, (tokens[:, :-1], tokens[:, 1:])
+
+
+def gpt_measures(model, batch, opt, distributed):
+    kw = {"distributed": True} if distributed else {}
+    return {"sharpness": catapult.sharpness(model, token_loss, batch, tol=1e-8, **kw).value,
+            "preconditioned": catapult.preconditioned_sharpness(model, token_loss, batch, opt, tol=1e-8,
+                                                                **kw).value}
+
+
+def sharded_gpt_measures(rank, world):
+    from catapult.engine.fsdp import shard_model
+
+    model, (x, y) = gpt_problem()
+    shard_model(model)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    token_loss(model(x), y).backward()   # a full-batch step on every rank: the same state everywhere
+    opt.step()
+    opt.zero_grad()
+    lo = sum(SHARDS[:rank])
+    out = gpt_measures(model, (x[lo:lo + SHARDS[rank]], y[lo:lo + SHARDS[rank]]), opt, True)
+    out["rows"] = [p.to_local().shape[0] for p in model.parameters() if p.dim() == 2]
+    return out
+
+
+@pytest.mark.slow  # two spawned interpreters importing torch
+def test_two_sharded_ranks_measure_what_one_process_measures_on_the_union():
+    got = on_ranks(sharded_gpt_measures)
+    model, (x, y) = gpt_problem()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    token_loss(model(x), y).backward()
+    opt.step()
+    opt.zero_grad()
+    want = gpt_measures(model, (x, y), opt, False)
+    full = [p.shape[0] for p in model.parameters() if p.dim() == 2]
+    for rank in range(2):
+        assert got[rank]["rows"] != full   # each rank held a shard, not the whole
+        for key, value in want.items():
+            assert got[rank][key] == pytest.approx(value, rel=1e-6), key
+    assert got[0]["sharpness"] == got[1]["sharpness"]   # the same bits on every rank
+    assert np.isfinite(want["sharpness"]) and want["sharpness"] > 0
