@@ -26,13 +26,13 @@ def _shards(root):
     return root
 
 
-def _config(root, fsdp=True, optimizer="adam", n_test=None):
+def _config(root, fsdp=True, optimizer="adam", n_test=None, sharpness_every=0, lr=3e-2):
     return dict(seed=3, dtype="float64",
                 data=dict(name="text", root=str(root), tokenizer="bpe", vocab_size=VOCAB, context=8, n_test=n_test),
                 model=dict(name="gpt", width=16, depth=2, n_heads=2, density=0.5),  # static masks
-                loss="cross_entropy", optimizer=dict(name=optimizer, lr=3e-2),
+                loss="cross_entropy", optimizer=dict(name=optimizer, lr=lr),
                 schedule=dict(warmup_steps=2), train=dict(steps=4, batch_size=8, fsdp=fsdp),
-                eval=dict(sharpness_every=0, test_every=1))
+                eval=dict(sharpness_every=sharpness_every, sharpness_tol=1e-8, test_every=1))
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "gi-adam"])
@@ -55,9 +55,28 @@ def test_one_sharded_process_trains_what_the_unsharded_run_trains(tmp_path, opti
         torch.testing.assert_close(weights[name], tensor, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_a_sharded_run_tracks_the_sharpness_lambda0_and_spectrum_the_unsharded_run_tracks(tmp_path, optimizer):
+    # adam tracks the pre-conditioned sharpness, sgd the Hessian's; the measurements (central
+    # differences of FSDP's gradient) leave training untouched, bit for bit
+    root = _shards(tmp_path)
+    config = _config(root, optimizer=optimizer, sharpness_every=2)
+    config["eval"]["spectrum_top_k"] = 2
+    plain = train_ddp(dict(config, train=dict(config["train"], fsdp=False)), progress="none")
+    with single_process_group():
+        sharded = train_ddp(config, progress="none")
+    assert sharded.losses == pytest.approx(plain.losses, rel=1e-12)
+    assert sharded.summary["lambda_0"] == pytest.approx(plain.summary["lambda_0"], rel=1e-7)
+    for column in ("sharpness", "eig_1", "eig_2"):
+        got = [r[column] for r in sharded.metrics if r.get(column) is not None]
+        assert len(got) == 3   # steps 0, 2 and the last
+        assert got == pytest.approx([r[column] for r in plain.metrics if r.get(column) is not None], rel=1e-7), column
+
+
 def _sharded_run(rank, world, root, out):
-    result = train_ddp(_config(root, n_test=3), out_dir=out, progress="none")
+    result = train_ddp(_config(root, n_test=3, sharpness_every=2), out_dir=out, progress="none")
     return {"losses": result.losses, "test": [r["test_loss"] for r in result.metrics],
+            "sharpness": [r["sharpness"] for r in result.metrics if r.get("sharpness") is not None],
             "shard_rows": [p.to_local().shape[0] for p in result.model.parameters() if p.dim() == 2]}
 
 
@@ -67,11 +86,14 @@ def test_two_sharded_ranks_train_what_one_process_trains_on_the_union_batch(tmp_
     root = _shards(tmp_path / "shards")
     got = on_ranks(_sharded_run, str(root), str(tmp_path / "run"))
     # 3 validation windows over 2 ranks: each evaluates 1 (the forward is a collective)
-    single = train_ddp(_config(root, fsdp=False, n_test=2), progress="none")
+    single = train_ddp(_config(root, fsdp=False, n_test=2, sharpness_every=2), progress="none")
     full = {name: p.shape[0] for name, p in single.model.named_parameters() if p.dim() == 2}
     for rank in range(2):
         assert got[rank]["losses"] == pytest.approx(single.losses, rel=1e-9)
         assert got[rank]["test"] == pytest.approx([r["test_loss"] for r in single.metrics], rel=1e-9)
+        # the union batch's pre-conditioned sharpness, from the shards' finite differences
+        assert got[rank]["sharpness"] == pytest.approx(
+            [r["sharpness"] for r in single.metrics if r.get("sharpness") is not None], rel=1e-6)
         # each rank holds half the rows of every matrix
         assert got[rank]["shard_rows"] == [(n + 1) // 2 if rank == 0 else n // 2 for n in full.values()]
     weights = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
@@ -88,8 +110,16 @@ def test_what_a_sharded_run_cannot_do_is_refused_before_any_work(tmp_path):
     config["train"]["compile"] = True
     with single_process_group(), pytest.raises(ConfigError) as refused:
         train_ddp(config, out_dir=tmp_path / "run", progress="none")
+    assert [key for key, _ in refused.value.problems] == ["schedule.warmup", "model.sparsity.method", "train.compile"]
+    # the sharpness of the shards: finite differences of FSDP's gradient, in the model's dtype,
+    # which in float32 cross a ReLU GPT's kinks
+    config = _config(root, sharpness_every=2)
+    config.update(dtype="float32")
+    config["eval"].update(sharpness_hvp="double_backprop", sharpness_dtype="float64", sharpness_chunk_size=2)
+    with single_process_group(), pytest.raises(ConfigError) as refused:
+        train_ddp(config, out_dir=tmp_path / "run", progress="none")
     assert [key for key, _ in refused.value.problems] == [
-        "eval.sharpness_every", "optimizer.lr", "schedule.warmup", "model.sparsity.method", "train.compile"]
+        "model.activation", "eval.sharpness_hvp", "eval.sharpness_dtype", "eval.sharpness_chunk_size"]
     assert not (tmp_path / "run").exists()
 
 

@@ -13,7 +13,10 @@ an unsharded run's.
 
 Sharpness is tracked on the shards (``eval.sharpness_every``, ``"<c>/lambda0"`` learning rates,
 the spectrum columns): :mod:`catapult.curvature.sharded` takes its Hessian-vector products as
-central differences of FSDP's own gradient, the union batch's, the same on every rank.
+central differences of FSDP's own gradient, the union batch's, the same on every rank. Those
+need a loss without kinks at the difference step: a ReLU GPT is measured in float64 only
+(``model.activation``), and the solver keys that do not apply (``eval.sharpness_hvp``,
+``eval.sharpness_dtype``, ``eval.sharpness_chunk_size``) are ConfigErrors too.
 
 What is not run sharded, each a ConfigError naming its key before any work:
 
@@ -41,6 +44,7 @@ import torch
 import torch.nn as nn
 
 from catapult import config as cfg
+from catapult.config.lr import lr_needs_lambda0
 
 __all__ = ["check_fsdp", "shard_model", "full_state_dict"]
 
@@ -60,6 +64,22 @@ def check_fsdp(config: Mapping[str, Any], distributed: bool) -> None:
     if not distributed:
         problems.append(("train.fsdp", "shards a model over the processes of catapult train-ddp started by "
                                        "torchrun; this run has none"))
+    ev = config["eval"]
+    if ev["sharpness_every"] or lr_needs_lambda0(config["optimizer"]["lr"]):
+        # what catapult.curvature.sharded refuses, named by key before any work
+        if config["dtype"] != "float64" and config["model"]["activation"] == "relu":
+            problems.append(("model.activation", f"use gelu (or dtype: float64) to measure sharpness with "
+                                                 f"train.fsdp: its Hessian-vector products are finite differences, "
+                                                 f"and in {config['dtype']} their steps cross ReLU kinks"))
+        if ev["sharpness_hvp"] not in ("auto", "finite_difference"):
+            problems.append(("eval.sharpness_hvp", "use auto or finite_difference with train.fsdp: FSDP's hooks "
+                                                   "run no double backward"))
+        if ev["sharpness_dtype"] not in (None, config["dtype"]):
+            problems.append(("eval.sharpness_dtype", f"leave it null with train.fsdp: the shards are measured in "
+                                                     f"their own dtype, {config['dtype']}"))
+        if ev["sharpness_chunk_size"] is not None:
+            problems.append(("eval.sharpness_chunk_size", "leave it null with train.fsdp: FSDP already holds one "
+                                                          "block's weights at a time"))
     if config["schedule"]["warmup"] != "linear":
         problems.append(("schedule.warmup", f"use linear with train.fsdp: the {config['schedule']['warmup']} "
                                             f"warmup's critical-lr search is not run on shards"))
