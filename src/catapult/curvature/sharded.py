@@ -63,14 +63,15 @@ from catapult.curvature.distributed import all_reduce_sum
 from catapult.curvature.hessian import fixed_rng
 
 #: A product is accepted where its forward and backward differences differ by at most this much
-#: of it (``||g+ + g- - 2 g0|| / (2 h)`` against the central difference ``||g+ - g-|| / (2 h)``):
-#: a smooth loss gives O(h) (float64: <= 2e-4 measured on a GPT; float32 at ``h = eps^(1/3)``:
-#: up to 0.12, at ``h/16`` 8e-3), a step across a ReLU kink O(1) (0.35 - 1.7 in float32).
-MAX_GAP = 0.02
+#: of it (``||g+ + g- - 2 g0|| / h`` against the central difference ``||g+ - g-|| / (2 h)``). Measured
+#: on small GPTs: a smooth loss gives O(h) (float64 <= 2e-4; float32 at ``h = eps^(1/3)`` 6e-3 ..
+#: 0.12), a step across a ReLU kink O(1) (float32: 0.28 .. 1.8).
+MAX_GAP = 0.1
 #: Steps tried per product, each ``STEP_SHRINK`` times smaller than the one before.
 STEPS, STEP_SHRINK = 3, 16.0
 
-__all__ = ["MAX_GAP", "STEPS", "STEP_SHRINK", "is_sharded", "reshard", "full_tensor", "check_sharded_options", "ShardedHessianOperator"]
+__all__ = ["MAX_GAP", "STEPS", "STEP_SHRINK", "is_sharded", "reshard", "full_tensor", "check_sharded_options",
+           "ShardedHessianOperator"]
 
 
 def _dtensor_type():

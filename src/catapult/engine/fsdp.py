@@ -53,7 +53,7 @@ def check_fsdp(config: Mapping[str, Any], distributed: bool) -> None:
     group with only what a sharded run does; else one ConfigError naming every key in the way.
 
     >>> check_fsdp(cfg.validate({}), distributed=False)   # unsharded: nothing to check
-    >>> check_fsdp(cfg.validate({"train": {"fsdp": True}}), distributed=False)
+    >>> check_fsdp(cfg.validate({"train": {"fsdp": True}, "eval": {"sharpness_every": 0}}), distributed=False)
     Traceback (most recent call last):
     ...
     catapult.config.errors.ConfigError: train.fsdp: shards a model over the processes of catapult train-ddp started by torchrun; this run has none
