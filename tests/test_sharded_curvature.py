@@ -70,6 +70,7 @@ def test_one_sharded_process_measures_the_dense_hessians_spectrum_and_the_unshar
         top2 = catapult.top_eigenpairs(model, loss_fn, batch, k=2, tol=1e-10, distributed=True)
         pre = catapult.preconditioned_sharpness(model, loss_fn, batch, opt, tol=1e-10, distributed=True)
         trace = catapult.hessian_trace(model, loss_fn, batch, matvecs=30, distributed=True)
+        density = catapult.spectral_density(model, loss_fn, batch, runs=4, steps=10, distributed=True)
     assert float(top[0]) != pytest.approx(float(dense_now[0]), rel=1e-3)  # the steps moved the spectrum
     # float64 central differences, h = eps^(1/3): measured relative error <= 1e-9 here
     assert est.value == pytest.approx(float(dense_now[0]), rel=1e-8)
@@ -78,6 +79,9 @@ def test_one_sharded_process_measures_the_dense_hessians_spectrum_and_the_unshar
     want = catapult.preconditioned_sharpness(plain, loss_fn, batch, plain_opt, tol=1e-10)
     assert pre.value == pytest.approx(want.value, rel=1e-8)
     assert trace == pytest.approx(catapult.hessian_trace(plain, loss_fn, batch, matvecs=30), rel=1e-8)
+    want = catapult.spectral_density(plain, loss_fn, batch, runs=4, steps=10)   # 10 < 32 parameters
+    np.testing.assert_allclose(density.nodes, want.nodes, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(density.weights, want.weights, rtol=0, atol=1e-8)
 
 
 def test_the_sharded_model_its_gradients_and_mode_are_left_as_they_were():
