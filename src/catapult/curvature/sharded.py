@@ -149,7 +149,7 @@ def check_sharded_options(*, distributed: bool, hvp: str = "auto", dtype=None, c
         raise ValueError("chunk_size (micro-batches, also memory='lean''s) is not run on a model sharded by "
                          "fully_shard: FSDP already holds one block's weights at a time; give each rank a "
                          "smaller shard of the batch instead")
-    if dtype is not None and param_dtype is not None and torch.empty(0, dtype=param_dtype).dtype != dtype:
+    if dtype is not None and param_dtype is not None and param_dtype != dtype:
         raise ValueError(f"dtype={dtype} differs from the sharded parameters' {param_dtype}: a sharded "
                          f"model is measured in its own dtype (cast it before fully_shard)")
 
@@ -204,7 +204,7 @@ class ShardedHessianOperator:
                 raise ValueError(f"parameter {name!r} is placed {tuple(p.placements)} on a "
                                  f"{p.device_mesh.ndim}-D mesh: only FSDP's Shard(0) or Replicate() "
                                  f"on a 1-D mesh are measured")
-        self._model, self._loss_fn = model, loss_fn
+        self._loss_fn = loss_fn
         self._inputs, self._targets = batch
         self._params = [p for _, p in trainable]
         self.names = [n for n, _ in trainable]
@@ -220,7 +220,6 @@ class ShardedHessianOperator:
         self.difference_gap, self.shrunk_steps = 0.0, 0
         with torch.no_grad():
             self._saved = [p.to_local().clone() for p in self._params]
-        self._grad_flat = None
         self._grad_flat, loss = self._gradient_at(None, 0.0)
         total = torch.tensor([loss * self.weight], dtype=torch.float64, device=self.device)
         self.loss = float(all_reduce_sum(total))

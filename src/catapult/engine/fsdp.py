@@ -48,6 +48,7 @@ from catapult.config.lr import lr_needs_lambda0
 
 __all__ = ["check_fsdp", "shard_model", "full_state_dict"]
 
+
 def check_fsdp(config: Mapping[str, Any], distributed: bool) -> None:
     """Nothing if ``config`` does not ask for ``train.fsdp``, or asks for it inside a process
     group with only what a sharded run does; else one ConfigError naming every key in the way.
