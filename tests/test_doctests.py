@@ -27,6 +27,7 @@ MODULES = (
     "catapult.curvature.lanczos",
     "catapult.curvature.top_k",
     "catapult.curvature.sharpness",
+    "catapult.curvature.start",
     "catapult.curvature.spectrum",
     "catapult.curvature.ggn",
     "catapult.curvature.coarse",

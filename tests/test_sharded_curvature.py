@@ -153,7 +153,12 @@ def gpt_problem():
 
 def gpt_measures(model, batch, opt, distributed):
     kw = {"distributed": True} if distributed else {}
-    return {"sharpness": catapult.sharpness(model, token_loss, batch, tol=1e-8, **kw).value,
+    est = catapult.sharpness(model, token_loss, batch, tol=1e-8, **kw)
+    # a warm start from the previous vector, and the basis-free lean solver
+    warm = catapult.sharpness(model, token_loss, batch, tol=1e-8, init=est.vector, **kw)
+    lean = catapult.sharpness(model, token_loss, batch, tol=1e-8, max_iter=1000, memory="lean", **kw)
+    return {"sharpness": est.value, "warm": warm.value, "warm_products": warm.matvecs, "lean": lean.value,
+            "entries": est.vector.numel(),
             "preconditioned": catapult.preconditioned_sharpness(model, token_loss, batch, opt, tol=1e-8,
                                                                 **kw).value}
 
@@ -185,8 +190,12 @@ def test_two_sharded_ranks_measure_what_one_process_measures_on_the_union():
     full = [p.shape[0] for p in model.parameters() if p.dim() == 2]
     for rank in range(2):
         assert got[rank]["rows"] != full   # each rank held a shard, not the whole
-        for key, value in want.items():
-            assert got[rank][key] == pytest.approx(value, rel=1e-6), key
+        for key in ("sharpness", "warm", "lean", "preconditioned"):
+            assert got[rank][key] == pytest.approx(want[key], rel=1e-6), key
+        assert got[rank]["warm_products"] <= 3   # the previous vector is already converged
+    # the Krylov vectors are split like the parameters: each rank holds its part
+    assert got[0]["entries"] + got[1]["entries"] == want["entries"]
+    assert 0 < got[1]["entries"] < want["entries"]
     assert got[0]["sharpness"] == got[1]["sharpness"]   # the same bits on every rank
     assert np.isfinite(want["sharpness"]) and want["sharpness"] > 0
 

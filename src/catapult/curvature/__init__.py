@@ -4,12 +4,12 @@ Operators times algorithms: :mod:`~catapult.curvature.hessian` holds the matrix-
 operator (Hessian-vector products), :mod:`~catapult.curvature.lanczos` the eigen-solvers (one
 operator, or many in lockstep for the batched engine), :mod:`~catapult.curvature.sharpness` the
 user-facing measurements built from them, :mod:`~catapult.curvature.spectrum` top-k, trace and
-density (Hessian or Gauss-Newton, :mod:`~catapult.curvature.ggn`), :mod:`~catapult.curvature.coarse` coarse-to-fine start
-vectors, :mod:`~catapult.curvature.distributed` the all-reduced operator for
-``distributed=True`` and :mod:`~catapult.curvature.sharded` the one for a model sharded by
-FSDP2. Everything runs wherever the model runs (CPU or
-CUDA). Nothing here changes a model's parameters, gradients, buffers or train/eval mode, an
-optimizer's state, or the global random number generators.
+density (Hessian or Gauss-Newton, :mod:`~catapult.curvature.ggn`), :mod:`~catapult.curvature.start`
+a solve's start, :mod:`~catapult.curvature.coarse` coarse-to-fine start vectors,
+:mod:`~catapult.curvature.distributed` the all-reduced operator for ``distributed=True`` and
+:mod:`~catapult.curvature.sharded` the one for a model sharded by FSDP2. Everything runs wherever
+the model runs (CPU or CUDA). Nothing here changes a model's parameters, gradients, buffers or
+train/eval mode, an optimizer's state, or the global random number generators.
 """
 from catapult.curvature.hessian import HVP_MODES, HessianOperator
 from catapult.curvature.lanczos import EigenEstimate, KrylovBasis, batched_lanczos, lanczos_top_eigenpair

@@ -11,11 +11,34 @@ from collections.abc import Iterator
 
 import torch
 
-__all__ = ["KrylovBasis", "FRESH_DRAWS"]
+__all__ = ["KrylovBasis", "FRESH_DRAWS", "inner_product", "vector_norm"]
 
 #: Random draws :meth:`KrylovBasis.fresh_direction` makes before it gives up (each one lies
 #: in the basis' span with probability zero, unless the basis spans the space).
 FRESH_DRAWS = 16
+
+
+def inner_product(a: torch.Tensor, b: torch.Tensor, reduce=None) -> torch.Tensor:
+    """``a^T b`` as a 0-d tensor; with ``reduce`` (a function summing a tensor over the ranks of a
+    process group, in place), the inner product of vectors whose entries are split over the
+    ranks, each rank holding its part (a model sharded by FSDP2).
+
+    >>> float(inner_product(torch.tensor([1.0, 2.0]), torch.tensor([3.0, 4.0])))
+    11.0
+    """
+    dot = torch.dot(a, b)
+    return dot if reduce is None else reduce(dot.reshape(1)).reshape(())
+
+
+def vector_norm(a: torch.Tensor, reduce=None) -> torch.Tensor:
+    """``||a||`` as a 0-d tensor (over every rank's part with ``reduce``, see :func:`inner_product`).
+
+    >>> float(vector_norm(torch.tensor([3.0, 4.0])))
+    5.0
+    """
+    if reduce is None:
+        return torch.linalg.vector_norm(a)
+    return inner_product(a, a, reduce).sqrt()
 
 
 class KrylovBasis:
@@ -32,8 +55,9 @@ class KrylovBasis:
     ([2.0], 1.0, [0.0, 0.0, 1.0])
     """
 
-    def __init__(self, like: torch.Tensor, block: int = 4, capacity: int | None = None):
+    def __init__(self, like: torch.Tensor, block: int = 4, capacity: int | None = None, reduce=None):
         self.like = like
+        self.reduce = reduce  # vectors split over ranks: inner products are summed over them
         self.block = block
         self.capacity = capacity  # the last block holds only the rows up to it (lean memory)
         self.blocks: list[torch.Tensor] = []
@@ -67,7 +91,8 @@ class KrylovBasis:
 
     def coefficients(self, w: torch.Tensor) -> torch.Tensor:
         """Q w (one coefficient per basis vector)."""
-        return torch.cat([b @ w for b in self._views()])
+        h = torch.cat([b @ w for b in self._views()])
+        return h if self.reduce is None else self.reduce(h)
 
     def subtract(self, w: torch.Tensor, h: torch.Tensor) -> None:
         """w <- w - Q^T h, in place."""
@@ -93,13 +118,13 @@ class KrylovBasis:
         Daniel-Gragg-Kaufman-Stewart test): the basis stays orthogonal to rounding, which ``k``
         eigenpairs need. Returns the coefficients, summed over the passes, and ``||w||`` after
         (one host sync per pass)."""
-        before = float(torch.linalg.vector_norm(w))
+        before = float(vector_norm(w, self.reduce))
         total = None
         for _ in range(2):
             h = self.coefficients(w)
             self.subtract(w, h)
             total = h if total is None else total + h
-            after = float(torch.linalg.vector_norm(w))
+            after = float(vector_norm(w, self.reduce))
             if not after < before / math.sqrt(2):
                 break
             before = after
@@ -121,7 +146,7 @@ class KrylovBasis:
         for _ in range(FRESH_DRAWS):
             w = torch.randn(self.like.numel(), generator=gen, dtype=torch.float64)
             w = w.to(device=self.like.device, dtype=self.like.dtype)
-            before = float(torch.linalg.vector_norm(w))
+            before = float(vector_norm(w, self.reduce))
             after = self.orthogonalize(w)[1]
             # a draw (numerically) in the basis' span leaves only rounding, which is not
             # orthogonal to the basis: e.g. the solver's own start vector, when it was drawn

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from catapult.curvature.krylov import KrylovBasis
+from catapult.curvature.krylov import KrylovBasis, inner_product, vector_norm
 
 __all__ = [
     "EigenEstimate", "KrylovBasis", "lanczos_top_eigenpair", "batched_lanczos",
@@ -271,13 +271,13 @@ def lanczos_step(basis: KrylovBasis, T: np.ndarray, w: torch.Tensor, *,
     q = basis.last()
     for i in np.flatnonzero(T[:j, j]):
         w.add_(basis.row(int(i)), alpha=-float(T[i, j]))
-    alpha = torch.dot(q, w)
+    alpha = inner_product(q, w, basis.reduce)
     w.add_(q, alpha=-alpha)
     if reorthogonalize:
         h = basis.coefficients(w)
         basis.subtract(w, h)
         alpha = alpha + h[j]
-    return alpha, torch.linalg.vector_norm(w)
+    return alpha, vector_norm(w, basis.reduce)
 
 
 def lanczos_top_eigenpair(
@@ -288,6 +288,8 @@ def lanczos_top_eigenpair(
     max_iter: int = 100,
     max_basis: int = 20,
     reorthogonalize: bool = True,
+    reduce=None,
+    dimension: int | None = None,
     _fresh_output: bool = False,
 ) -> EigenEstimate:
     """Largest (algebraic) eigenvalue and its eigenvector of a symmetric operator ``A``.
@@ -317,6 +319,11 @@ def lanczos_top_eigenpair(
         reorthogonalize: ``False``: plain Lanczos, no Gram-Schmidt pass (for start vectors:
             orthogonality is lost only along converged Ritz pairs (Paige), adding copies of
             them, not error to the top pair).
+        reduce, dimension: for vectors split over the ranks of a process group (each rank's
+            ``v0`` and ``matvec`` hold its part, :mod:`catapult.curvature.sharded`): ``reduce``
+            sums a tensor over the ranks in place (every inner product goes through it,
+            :func:`~catapult.curvature.krylov.inner_product`), ``dimension`` is the whole
+            vectors' length (default ``v0.numel()``).
 
     Returns:
         :class:`EigenEstimate` (``residual`` is the relative residual above). If ``matvec``
@@ -337,12 +344,13 @@ def lanczos_top_eigenpair(
         raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
     if max_basis < 2:
         raise ValueError(f"max_basis must be >= 2, got {max_basis!r}")
-    if v0.dim() != 1 or v0.numel() == 0:
+    # a rank's part of a split vector may be empty (a parameter with fewer rows than ranks)
+    if v0.dim() != 1 or (v0.numel() == 0 and dimension is None):
         raise ValueError(f"v0 must be a non-empty 1-D tensor, got shape {tuple(v0.shape)}")
     if not v0.is_floating_point():
         raise ValueError(f"v0 must be a floating-point tensor, got {v0.dtype}")
-    n = v0.numel()
-    norm0 = torch.linalg.vector_norm(v0)
+    n = v0.numel() if dimension is None else int(dimension)
+    norm0 = vector_norm(v0, reduce)
     norm0_host = float(norm0)
     if not (math.isfinite(norm0_host) and norm0_host > 0):
         raise ValueError("v0 must be finite and non-zero")
@@ -350,7 +358,7 @@ def lanczos_top_eigenpair(
     capacity, keep = restart_sizes(max_basis, n)
     eps = torch.finfo(v0.dtype).eps
 
-    basis = KrylovBasis(v0, capacity=capacity)
+    basis = KrylovBasis(v0, capacity=capacity, reduce=reduce)
     basis.append(v0 / norm0)
     T = np.zeros((capacity, capacity))  # projected matrix Q^T A Q on the host (tiny)
     matvecs = 0
@@ -392,7 +400,7 @@ def lanczos_top_eigenpair(
     if s is None:  # the operator produced non-finite numbers
         return EigenEstimate(float("nan"), v0 / norm0, matvecs, False, float("nan"))
     vector = basis.combine(torch.as_tensor(s, dtype=v0.dtype, device=v0.device))
-    vector /= torch.linalg.vector_norm(vector)
+    vector /= vector_norm(vector, reduce)
     return EigenEstimate(theta, vector, matvecs, converged, rel, bound)
 
 

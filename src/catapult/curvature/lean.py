@@ -42,6 +42,7 @@ from torch.func import functional_call
 
 from catapult.curvature.coarse import COARSE_MIN_SAMPLES
 from catapult.curvature.hessian import fixed_rng
+from catapult.curvature.krylov import inner_product, vector_norm
 from catapult.curvature.lanczos import (EigenEstimate, krylov_invariant, relative_residual,
                                         ritz_pairs, top_ritz_pair)
 
@@ -175,7 +176,7 @@ def _apply(matvec, v: torch.Tensor, out: torch.Tensor) -> None:
 
 
 def lean_top_eigenpair(matvec, v0: torch.Tensor, *, tol: float = 1e-3, max_iter: int = 100,
-                       overwrite: bool = False) -> EigenEstimate:
+                       overwrite: bool = False, reduce=None, dimension: int | None = None) -> EigenEstimate:
     """Top (algebraic) eigenpair of a symmetric operator holding three vectors of ``v0``'s size
     and no Krylov basis: ``memory="lean"``'s solver.
 
@@ -203,7 +204,8 @@ def lean_top_eigenpair(matvec, v0: torch.Tensor, *, tol: float = 1e-3, max_iter:
     nothing extra for it; otherwise ``v0`` is copied first. A cycle costs ``2 m`` products for
     ``m`` Lanczos steps, about twice :func:`~catapult.curvature.lanczos_top_eigenpair`'s, in
     exchange for its basis of up to ``max_basis`` vectors. ``error_bound`` = ``residual`` (the
-    residual bound). ``max_iter`` (>= 2) counts every product of every pass.
+    residual bound). ``max_iter`` (>= 2) counts every product of every pass. ``reduce`` and
+    ``dimension``: vectors split over ranks, as in :func:`~catapult.curvature.lanczos_top_eigenpair`.
 
     Example (the largest *algebraic* eigenvalue, 3):
         >>> A = torch.diag(torch.tensor([3.0, 1.0, -5.0, 0.5], dtype=torch.float64))
@@ -218,12 +220,12 @@ def lean_top_eigenpair(matvec, v0: torch.Tensor, *, tol: float = 1e-3, max_iter:
     if int(max_iter) != max_iter or max_iter < 2:
         raise ValueError(f"max_iter must be an integer >= 2 (a Lanczos step and the check), "
                          f"got {max_iter!r}")
-    if v0.dim() != 1 or v0.numel() == 0 or not v0.is_floating_point():
+    if v0.dim() != 1 or (v0.numel() == 0 and dimension is None) or not v0.is_floating_point():
         raise ValueError(f"v0 must be a non-empty 1-D floating-point tensor, got {v0.dtype} of "
                          f"shape {tuple(v0.shape)}")
-    n = v0.numel()
+    n = v0.numel() if dimension is None else int(dimension)
     eps = float(torch.finfo(v0.dtype).eps)
-    norm = float(torch.linalg.vector_norm(v0))
+    norm = float(vector_norm(v0, reduce))
     if not (math.isfinite(norm) and norm > 0):
         raise ValueError("v0 must be finite and non-zero")
     home = v0 if overwrite else v0.clone()  # q_0's buffer, and the result's
@@ -239,11 +241,11 @@ def lean_top_eigenpair(matvec, v0: torch.Tensor, *, tol: float = 1e-3, max_iter:
         while True:
             _apply(matvec, q, w)
             matvecs += 1
-            a = torch.dot(q, w)
+            a = inner_product(q, w, reduce)
             w.add_(q, alpha=-float(a))
-            c = torch.dot(q, w)
+            c = inner_product(q, w, reduce)
             w.add_(q, alpha=-float(c))
-            alpha, beta = torch.stack([a + c, torch.linalg.vector_norm(w)]).tolist()
+            alpha, beta = torch.stack([a + c, vector_norm(w, reduce)]).tolist()
             if not (math.isfinite(alpha) and math.isfinite(beta)):
                 return EigenEstimate(float("nan"), home, matvecs, False, float("nan"))
             alphas.append(alpha)
@@ -273,12 +275,12 @@ def lean_top_eigenpair(matvec, v0: torch.Tensor, *, tol: float = 1e-3, max_iter:
             y.add_(q, alpha=float(s[j + 1]))
         del q, w
         # -- check: the residual of (y^T A y, y), computed, not estimated
-        y.div_(torch.linalg.vector_norm(y))
+        y.div_(vector_norm(y, reduce))
         Ay = torch.zeros_like(y)
         _apply(matvec, y, Ay)
         matvecs += 1
-        value = float(torch.dot(y, Ay))
-        residual = float(torch.linalg.vector_norm(Ay.add_(y, alpha=-value)))
+        value = float(inner_product(y, Ay, reduce))
+        residual = float(vector_norm(Ay.add_(y, alpha=-value), reduce))
         del Ay
         if not (math.isfinite(value) and math.isfinite(residual)):
             return EigenEstimate(float("nan"), home.copy_(y), matvecs, False, float("nan"))

@@ -11,11 +11,15 @@ of :class:`~catapult.curvature.HessianOperator` run through the sharded model::
 ``g`` is the gradient of the union's loss ``L = sum_r w_r L_r`` (``w_r`` = this rank's share of
 the samples, :func:`~catapult.curvature.distributed.shard_weight`): each rank back-propagates
 ``W w_r L_r``, FSDP reduce-scatters the gradients as means over the ``W`` ranks, so every shard
-holds its rows of ``sum_r w_r g_r``; the shards are then all-gathered. Every rank thus holds the
-same full product, bit for bit, and runs the same Lanczos iteration, as with
-:class:`~catapult.curvature.distributed.DistributedOperator`. Parameters, gradients and optimizer
-state stay sharded; the solver's Krylov vectors are full-size on every rank (``max_basis`` of
-them; ``memory="lean"``'s solver keeps about four).
+holds its rows of ``sum_r w_r g_r``. The vectors are split like the parameters
+(``vectors="local"``, what :func:`~catapult.sharpness` and
+:func:`~catapult.preconditioned_sharpness` use): each rank holds its rows of every Krylov vector,
+the gradients are never gathered, and the solvers sum their inner products over the ranks
+(``reduce``, one all-reduce of a few numbers per step), so a rank's memory for the solve is its
+share of ``max_basis`` vectors, not ``max_basis`` whole ones; ``est.vector`` is this rank's part.
+With ``vectors="full"`` (top-k, trace and density, whose solvers take whole vectors) the
+gradients' shards are all-gathered and every rank runs the same iteration on whole vectors, as
+with :class:`~catapult.curvature.distributed.DistributedOperator`.
 
 Where the loss has kinks (ReLU), a step that crosses one makes the difference describe no
 Hessian, and Lanczos finds exactly the directions where that happens (a ReLU GPT in float64:
@@ -64,6 +68,7 @@ import torch
 
 from catapult.curvature.distributed import all_reduce_sum
 from catapult.curvature.hessian import fixed_rng
+from catapult.curvature.krylov import vector_norm
 
 #: A product is accepted where its forward and backward differences differ by at most this much
 #: of it (``||g+ + g- - 2 g0|| / h`` against the central difference ``||g+ - g-|| / (2 h)``). Measured
@@ -156,14 +161,18 @@ def check_sharded_options(*, distributed: bool, hvp: str = "auto", dtype=None, c
 
 class ShardedHessianOperator:
     """``v -> H v`` of the union's loss, for a model sharded by ``fully_shard``: central
-    differences of FSDP's own gradient (see the module docstring), on full flat vectors in
-    ``model.parameters()`` order, the same on every rank.
+    differences of FSDP's own gradient (see the module docstring), on flat vectors in
+    ``model.parameters()`` order: whole ones, the same on every rank (``vectors="full"``), or this
+    rank's rows of each parameter (``"local"``).
 
     ``weight`` is this rank's share of the union's samples (``shard_weight``). Attributes as
-    :class:`~catapult.curvature.HessianOperator`'s: ``numel`` (the full parameter count),
-    ``dtype``, ``device``, ``names``, ``loss`` (the union's), ``gradient()`` (full, the union's),
-    ``matvecs``, and ``difference_gap`` and ``shrunk_steps`` (the module docstring). Each
-    product costs two forward + backward passes of the sharded model (two more per retry).
+    :class:`~catapult.curvature.HessianOperator`'s: ``numel`` (the vectors' length here),
+    ``dtype``, ``device``, ``names``, ``loss`` (the union's), ``gradient()`` (the union's, in
+    these coordinates), ``matvecs``; and ``local``, ``dimension`` (the whole parameter count),
+    ``reduce`` (the solvers' sum over ranks with local vectors, else None), ``part(t)``,
+    ``start_vector(init, seed)``, ``difference_gap`` and ``shrunk_steps`` (the module
+    docstring). Each product costs two forward + backward passes of the sharded model (two more
+    per retry).
 
     Example (one rank holds the whole batch of the module docstring's quadratic, ``H = diag(4, 1)``):
         >>> from torch.distributed.fsdp import fully_shard
@@ -182,7 +191,10 @@ class ShardedHessianOperator:
 
     mode = "finite_difference"
 
-    def __init__(self, model: torch.nn.Module, loss_fn, batch, weight: float, *, seed: int = 0):
+    def __init__(self, model: torch.nn.Module, loss_fn, batch, weight: float, *, seed: int = 0,
+                 vectors: str = "full"):
+        if vectors not in ("full", "local"):
+            raise ValueError(f"vectors must be 'full' or 'local', got {vectors!r}")
         if not callable(loss_fn):
             raise TypeError("loss_fn must be callable as loss_fn(outputs, targets)")
         if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
@@ -208,9 +220,12 @@ class ShardedHessianOperator:
         self._inputs, self._targets = batch
         self._params = [p for _, p in trainable]
         self.names = [n for n, _ in trainable]
-        self.shapes = [p.shape for p in self._params]
-        self.sizes = [p.numel() for p in self._params]
+        self.local = vectors == "local"
+        self.dimension = sum(p.numel() for p in self._params)
+        self.shapes = [p.to_local().shape if self.local else p.shape for p in self._params]
+        self.sizes = [s.numel() for s in self.shapes]
         self.numel = sum(self.sizes)
+        self.reduce = all_reduce_sum if self.local else None   # inner products of split vectors
         self.dtype = self._params[0].dtype
         self.device = self._params[0].to_local().device
         self.seed, self.weight = int(seed), float(weight)
@@ -224,16 +239,53 @@ class ShardedHessianOperator:
         total = torch.tensor([loss * self.weight], dtype=torch.float64, device=self.device)
         self.loss = float(all_reduce_sum(total))
 
-    def _local_parts(self, v: torch.Tensor) -> list[torch.Tensor]:
-        """This rank's rows of ``v`` for each parameter (its shard's part of the flat vector)."""
+    def _rows(self, full: torch.Tensor, p) -> torch.Tensor:
+        """This rank's rows of ``full``, a tensor shaped like the whole parameter ``p``."""
         from torch.distributed.tensor import distribute_tensor
 
-        parts = []
-        for c, p in zip(torch.split(v, self.sizes), self._params):
-            local = distribute_tensor(c.view(p.shape), p.device_mesh, p.placements,
-                                      src_data_rank=None).to_local()
-            parts.append(local)
-        return parts
+        return distribute_tensor(full, p.device_mesh, p.placements, src_data_rank=None).to_local()
+
+    def _local_parts(self, v: torch.Tensor) -> list[torch.Tensor]:
+        """This rank's part of the flat vector ``v``, one tensor per parameter shard."""
+        pieces = [c.view(s) for c, s in zip(torch.split(v, self.sizes), self.shapes)]
+        return pieces if self.local else [self._rows(c, p) for c, p in zip(pieces, self._params)]
+
+    def part(self, t: torch.Tensor) -> torch.Tensor:
+        """A parameter-shaped tensor (a ``DTensor`` shard, e.g. an optimizer state, or a plain one)
+        in this operator's coordinates: its local rows (``vectors="local"``) or the whole tensor.
+        A collective for a ``DTensor`` in ``"full"`` mode."""
+        DTensor = _dtensor_type()
+        if DTensor is not None and isinstance(t, DTensor):
+            return t.to_local() if self.local else t.full_tensor()
+        return t
+
+    def start_vector(self, init: torch.Tensor | None, seed: int) -> torch.Tensor:
+        """The solver's start in this operator's coordinates: ``init`` copied (its local part when
+        it is a whole vector of ``dimension`` entries and the operator's vectors are local), or a
+        standard normal vector seeded with ``seed``, drawn a parameter at a time on the CPU (so
+        every rank draws the same whole vector and keeps its part, without holding all of it)."""
+        if init is None:
+            gen = torch.Generator().manual_seed(int(seed))
+            parts = []
+            for p, shape in zip(self._params, self.shapes):
+                full = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+                parts.append((self._rows(full, p) if self.local else full).reshape(-1))
+            return torch.cat(parts).to(device=self.device, dtype=self.dtype)
+        if not torch.is_tensor(init):
+            raise TypeError(f"init must be a flat tensor (e.g. a previous est.vector), got {type(init).__name__}")
+        flat = init.detach().reshape(-1).to(device=self.device, dtype=self.dtype, copy=True)
+        if flat.numel() == self.numel:
+            v = flat
+        elif self.local and flat.numel() == self.dimension:
+            whole = torch.split(flat, [p.numel() for p in self._params])
+            v = torch.cat([self._rows(c.view(p.shape), p).reshape(-1) for c, p in zip(whole, self._params)])
+        else:
+            raise ValueError(f"init has {flat.numel()} elements but the model has {self.dimension} trainable "
+                             f"parameter entries" + (f" ({self.numel} on this rank)" if self.local else ""))
+        norm = float(vector_norm(v, self.reduce))
+        if not (math.isfinite(norm) and norm > 0):
+            raise ValueError("init must be finite and non-zero")
+        return v
 
     def _gradient_at(self, v: torch.Tensor | None, scale: float) -> tuple[torch.Tensor, float]:
         """The union's flat gradient at ``theta + scale v`` (``theta`` when ``v`` is None), and
@@ -255,8 +307,8 @@ class ShardedHessianOperator:
             pieces = []
             for p in self._params:
                 g = p.grad
-                pieces.append(torch.zeros(p.shape, dtype=self.dtype, device=self.device) if g is None
-                              else full_tensor(g).to(self.dtype))
+                pieces.append(torch.zeros(self.shapes[len(pieces)], dtype=self.dtype, device=self.device)
+                              if g is None else self.part(g).to(self.dtype))
             flat = torch.cat([g.reshape(-1) for g in pieces])
         finally:
             with torch.no_grad():
@@ -278,7 +330,7 @@ class ShardedHessianOperator:
             raise ValueError(f"expected a flat vector of {self.numel} elements (one per trainable "
                              f"parameter entry), got shape {tuple(v.shape)}")
         self.matvecs += 1
-        norm = float(torch.linalg.vector_norm(v))
+        norm = float(vector_norm(v, self.reduce))
         if norm == 0:
             return torch.zeros_like(v)
         h = first = self._eps ** (1.0 / 3.0)
@@ -287,9 +339,9 @@ class ShardedHessianOperator:
             plus, _ = self._gradient_at(v, h / norm)
             minus, _ = self._gradient_at(v, -h / norm)
             # forward - backward difference = (g+ + g- - 2 g0) ||v|| / h
-            gap = float(torch.linalg.vector_norm(plus + minus - 2.0 * self._grad_flat)) * norm / h
+            gap = float(vector_norm(plus + minus - 2.0 * self._grad_flat, self.reduce)) * norm / h
             central = plus.sub_(minus).mul_(norm / (2.0 * h))
-            size = float(torch.linalg.vector_norm(central))
+            size = float(vector_norm(central, self.reduce))
             gaps.append(gap / size if size > 0 else (0.0 if gap == 0 else math.inf))
             if gaps[-1] <= MAX_GAP:
                 self.difference_gap = max(self.difference_gap, gaps[-1])

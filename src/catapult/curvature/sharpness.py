@@ -22,10 +22,11 @@ from catapult.curvature.ggn import CURVATURES, GaussNewtonOperator
 from catapult.curvature.hessian import HessianOperator, resolve_dtype
 from catapult.optim import registry, rules
 from catapult.curvature.lanczos import EigenEstimate, lanczos_top_eigenpair
+from catapult.curvature.start import check_solver_args, initial_vector, solver_split
 
 __all__ = ["sharpness", "preconditioned_sharpness", "instability_threshold", "MEMORY_SETTINGS",
-           "build_operator", "adam_preconditioner", "PreconditionedOperator", "check_solver_args",
-           "start_vector", "memory_setting", "check_curvature"]
+           "build_operator", "adam_preconditioner", "PreconditionedOperator", "memory_setting",
+           "check_curvature"]
 
 #: Named memory settings: ``"fast"`` (default: the whole batch in one graph, up to 32 Krylov
 #: vectors, allocated as the solve grows: a clustered top spectrum, the project's GPT on BPE text,
@@ -93,12 +94,15 @@ def memory_setting(memory: str, batch, chunk_size, max_basis, model=None, loss_f
 
 
 def build_operator(model, loss_fn, batch, *, curvature="hessian", dtype=None, hvp="auto", seed=0,
-                   chunk_size=None, distributed=False, retain_graph=True):
+                   chunk_size=None, distributed=False, retain_graph=True, sharded_vectors="full"):
     """The operator of :func:`sharpness`: the Hessian (:class:`HessianOperator`), or with
     ``curvature="ggn"`` the Gauss-Newton matrix (:class:`GaussNewtonOperator`, which takes no
     ``hvp`` mode or ``retain_graph``: its products are exact ``J^T H_L J``); with
     ``distributed=True``, that of the union of the ranks' shards
-    (:class:`~catapult.curvature.distributed.DistributedOperator`).
+    (:class:`~catapult.curvature.distributed.DistributedOperator`), or for a model sharded by
+    FSDP2 :class:`~catapult.curvature.sharded.ShardedHessianOperator` (``sharded_vectors``: its
+    ``vectors``, ``"local"`` for the solvers that take split vectors,
+    :func:`~catapult.curvature.start.solver_split`).
 
     >>> model = torch.nn.Linear(2, 1, bias=False)
     >>> batch = (torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0], [0.0]]))
@@ -115,7 +119,7 @@ def build_operator(model, loss_fn, batch, *, curvature="hessian", dtype=None, hv
         dist_ops.require_process_group()
         dist_ops.check_shardable(model)
         weight = dist_ops.shard_weight(batch, params[0].to_local().device if params else None)
-        return sharded.ShardedHessianOperator(model, loss_fn, batch, weight, seed=seed)
+        return sharded.ShardedHessianOperator(model, loss_fn, batch, weight, seed=seed, vectors=sharded_vectors)
     if distributed:
         dist_ops.require_process_group()
         dist_ops.check_shardable(model)
@@ -144,49 +148,6 @@ def check_curvature(curvature) -> None:
     """
     if not isinstance(curvature, str) or curvature not in CURVATURES:
         raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
-
-
-def start_vector(init, n: int, dtype: torch.dtype, device: torch.device, seed: int):
-    """The solver's start vector: a copy of ``init`` flattened and cast (checked: finite,
-    non-zero, one entry per trainable parameter entry; never ``init``'s memory, which the solvers
-    and ``distributed``'s broadcast write into), or a standard normal vector seeded with ``seed``.
-
-    >>> start_vector(torch.tensor([[1.0, 2.0]]), 2, torch.float64, torch.device("cpu"), 0)
-    tensor([1., 2.], dtype=torch.float64)
-    >>> start_vector(None, 3, torch.float32, torch.device("cpu"), 0).shape
-    torch.Size([3])
-    """
-    if init is None:
-        gen = torch.Generator(device=device)
-        gen.manual_seed(int(seed))
-        return torch.randn(n, generator=gen, dtype=dtype, device=device)
-    if not torch.is_tensor(init):
-        raise TypeError(f"init must be a flat tensor (e.g. a previous est.vector), got "
-                        f"{type(init).__name__}")
-    if init.numel() != n:
-        raise ValueError(f"init has {init.numel()} elements but the model has {n} trainable "
-                         f"parameter entries")
-    v0 = init.detach().reshape(-1).to(device=device, dtype=dtype, copy=True)
-    norm = float(torch.linalg.vector_norm(v0))
-    if not (math.isfinite(norm) and norm > 0):
-        raise ValueError("init must be finite and non-zero")
-    return v0
-
-
-def check_solver_args(tol, max_iter):
-    """Raise a ValueError unless ``tol`` is finite and > 0 and ``max_iter`` an integer >= 1.
-
-    >>> check_solver_args(1e-3, 10)
-    >>> check_solver_args(0.0, 10)
-    Traceback (most recent call last):
-    ...
-    ValueError: tol must be a finite number > 0, got 0.0
-    """
-    # inf would stop after one matvec and call any start vector's Rayleigh quotient "converged"
-    if not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and 0 < tol < math.inf):
-        raise ValueError(f"tol must be a finite number > 0, got {tol!r}")
-    if not (isinstance(max_iter, int) and not isinstance(max_iter, bool) and max_iter >= 1):
-        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
 
 
 def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_iter: int = 100,
@@ -293,10 +254,8 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
     options = {"chunk_size": chunk_size, "retain_graph": False} if basis_free else None
     op = build_operator(model, loss_fn, batch, curvature=curvature, dtype=dtype, hvp=hvp,
                         seed=seed, chunk_size=chunk_size, distributed=distributed,
-                        retain_graph=not basis_free)
-    v0 = start_vector(init, op.numel, op.dtype, op.device, seed)  # a copy: solvers write into it
-    if distributed and init is not None:
-        dist_ops.broadcast_vector(v0)
+                        retain_graph=not basis_free, sharded_vectors="local")
+    v0 = initial_vector(op, init, seed, distributed)  # a copy: solvers write into it
     levels = ([] if (init is not None or distributed or curvature == "ggn")
               else coarse_levels(batch, coarse, tol))
     coarse_products, coarse_cost = 0, 0.0
@@ -306,10 +265,11 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
             max_basis=max_basis, op=op, operator_options=options,
             solve=functools.partial(lean.lean_top_eigenpair, overwrite=True) if basis_free else None)
     if basis_free:
-        est = lean.lean_top_eigenpair(op, v0, tol=tol, max_iter=max(max_iter, 2), overwrite=True)
+        est = lean.lean_top_eigenpair(op, v0, tol=tol, max_iter=max(max_iter, 2), overwrite=True,
+                                      **solver_split(op))
     else:
         est = lanczos_top_eigenpair(op, v0, tol=tol, max_iter=max_iter, max_basis=max_basis,
-                                    _fresh_output=True)
+                                    _fresh_output=True, **solver_split(op))
     est.coarse_matvecs, est.coarse_cost = coarse_products, coarse_cost
     return est
 
@@ -395,10 +355,12 @@ def instability_threshold(optimizer: torch.optim.Optimizer, lr: float | None = N
 
 
 def _adam_preconditioner(optimizer, grad_flat: torch.Tensor, names, params,
-                         scale_by_group_lr: bool):
+                         scale_by_group_lr: bool, part=sharded.full_tensor):
     """Flat inverse square root of the next step's Adam preconditioner (0 off-optimizer), and
     the coupled-L2 rows ``P^-1 wd`` (None without coupled L2); ``P`` from
-    :func:`catapult.optim.rules.preconditioner`."""
+    :func:`catapult.optim.rules.preconditioner`. ``part`` maps a parameter-shaped tensor (a
+    parameter, its state) to the operator's coordinates (an FSDP shard's local rows, or the
+    whole tensor)."""
     _preconditioned_spec(optimizer)
     where = {}
     for group in optimizer.param_groups:
@@ -410,8 +372,9 @@ def _adam_preconditioner(optimizer, grad_flat: torch.Tensor, names, params,
     has_l2 = False
     offset = 0
     for name, p in zip(names, params):
-        n = p.numel()
-        g = grad_flat[offset:offset + n].view(p.shape)
+        p_part = part(p.detach())
+        n = p_part.numel()
+        g = grad_flat[offset:offset + n].view(p_part.shape)
         offset += n
         group = where.get(id(p))
         if group is None:  # not optimized: the step does not move it -> P^-1 = 0 there
@@ -427,12 +390,11 @@ def _adam_preconditioner(optimizer, grad_flat: torch.Tensor, names, params,
         rule_state = None
         if "exp_avg_sq" in state:
             v_max = state.get("max_exp_avg_sq")
-            # full_tensor: an FSDP-sharded model's state and parameters are DTensor shards
             rule_state = rules.State(
                 step=int(float(state["step"])),
-                exp_avg_sq=[sharded.full_tensor(state["exp_avg_sq"].detach()).to(dtype)],
-                max_exp_avg_sq=[None if v_max is None else sharded.full_tensor(v_max.detach()).to(dtype)])
-        P = rules.preconditioner(rule, [g], rule_state, hp, params=[sharded.full_tensor(p.detach()).to(dtype)])
+                exp_avg_sq=[part(state["exp_avg_sq"].detach()).to(dtype)],
+                max_exp_avg_sq=[None if v_max is None else part(v_max.detach()).to(dtype)])
+        P = rules.preconditioner(rule, [g], rule_state, hp, params=[p_part.to(dtype)])
         if P is None:  # RAdam before rectification
             raise ValueError("RAdam's next step is un-rectified (momentum SGD): it applies no "
                              "pre-conditioner; measure the Hessian's sharpness "
@@ -461,7 +423,8 @@ def adam_preconditioner(model, optimizer, op, scale_by_group_lr: bool = False):
     """
     params = [p for p in model.parameters() if p.requires_grad]
     with torch.no_grad():
-        return _adam_preconditioner(optimizer, op.gradient(), op.names, params, scale_by_group_lr)
+        return _adam_preconditioner(optimizer, op.gradient(), op.names, params, scale_by_group_lr,
+                                    part=getattr(op, "part", sharded.full_tensor))
 
 
 def step_preconditioner(model, optimizer, op, scale_by_group_lr: bool = False):
@@ -574,16 +537,14 @@ def preconditioned_sharpness(model: torch.nn.Module, loss_fn, batch,
                                            seed, distributed, basis_free=basis_free)
     op = build_operator(model, loss_fn, batch, curvature=curvature, dtype=dtype, hvp=hvp,
                         seed=seed, chunk_size=chunk_size, distributed=distributed,
-                        retain_graph=not basis_free)
+                        retain_graph=not basis_free, sharded_vectors="local")
     if distributed:
         model = dist_ops.unwrap_ddp(model)
     d, l2 = adam_preconditioner(model, optimizer, op, scale_by_group_lr)
 
     matvec = PreconditionedOperator(op, d, l2)
-    v0 = start_vector(init, op.numel, op.dtype, op.device, seed)
-    if distributed and init is not None:
-        dist_ops.broadcast_vector(v0)
+    v0 = initial_vector(op, init, seed, distributed)
     if basis_free:
-        return lean.lean_top_eigenpair(matvec, v0, tol=tol, max_iter=max(max_iter, 2))
+        return lean.lean_top_eigenpair(matvec, v0, tol=tol, max_iter=max(max_iter, 2), **solver_split(op))
     return lanczos_top_eigenpair(matvec, v0, tol=tol, max_iter=max_iter, max_basis=max_basis,
-                                 _fresh_output=True)
+                                 _fresh_output=True, **solver_split(op))

@@ -18,9 +18,9 @@ import torch
 from catapult.curvature import distributed as dist_ops
 from catapult.curvature.ggn import CURVATURES, GaussNewtonOperator
 from catapult.curvature.top_k import Eigenpairs, check_block_size, check_k, lanczos_top_k
-from catapult.curvature.sharpness import (PreconditionedOperator, build_operator,
-                                          check_solver_args, memory_setting, start_vector,
+from catapult.curvature.sharpness import (PreconditionedOperator, build_operator, memory_setting,
                                           step_preconditioner)
+from catapult.curvature.start import check_solver_args, start_vector
 
 __all__ = ["CURVATURES", "GaussNewtonOperator", "Eigenpairs", "SpectralDensity",
            "curvature_operator", "lanczos_top_k", "top_eigenpairs", "hutch_plus_plus",
