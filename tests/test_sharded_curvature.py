@@ -1,7 +1,8 @@
-"""Curvature of a model sharded by FSDP2 (``fully_shard``) with ``distributed=True``: central
-differences of FSDP's own gradient (catapult.curvature.sharded). Checked against the dense
-Hessian of a small model, against the unsharded model's solvers, and on 2 gloo ranks against one
-process on the union of their shards (float64)."""
+"""Curvature and the critical lr of a model sharded by FSDP2 (``fully_shard``) with
+``distributed=True``: central differences of FSDP's own gradient (catapult.curvature.sharded),
+trials that move each rank's rows. Checked against the dense Hessian of a small model, against
+the unsharded model's solvers, and on 2 gloo ranks against one process on the union of their
+shards (float64)."""
 import numpy as np
 import pytest
 import torch
@@ -84,6 +85,36 @@ def test_one_sharded_process_measures_the_dense_hessians_spectrum_and_the_unshar
     np.testing.assert_allclose(density.weights, want.weights, rtol=0, atol=1e-8)
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_the_critical_lr_of_a_sharded_model_is_the_unsharded_ones(optimizer):
+    # the trials move each rank's rows in place; the search must see the same losses
+    def make(params):
+        if optimizer == "sgd":
+            return torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-3)
+        return torch.optim.Adam(params, lr=1e-2, weight_decay=1e-3)
+
+    model, loss_fn, batch = mlp_problem()
+    plain = mlp_problem()[0]
+    plain_opt = make(plain.parameters())
+    for _ in range(2):
+        plain_opt.zero_grad()
+        loss_fn(plain(batch[0]), batch[1]).backward()
+        plain_opt.step()
+    want = catapult.critical_lr(plain, loss_fn, batch, plain_opt, lr_start=1e-3, rtol=1e-3)
+    with single_process_group():
+        model = shard(model)
+        opt = make(model.parameters())
+        for _ in range(2):
+            opt.zero_grad()
+            loss_fn(model(batch[0]), batch[1]).backward()
+            opt.step()
+        before = [p.to_local().clone() for p in model.parameters()]
+        got = catapult.critical_lr(model, loss_fn, batch, opt, lr_start=1e-3, rtol=1e-3, distributed=True)
+        assert all(torch.equal(p.to_local(), b) for p, b in zip(model.parameters(), before))
+    assert (got.lr, got.lower, got.forward_passes) == (want.lr, want.lower, want.forward_passes)
+    assert got.loss0 == pytest.approx(want.loss0, rel=1e-12)
+
+
 def test_the_sharded_model_its_gradients_and_mode_are_left_as_they_were():
     model, loss_fn, batch = mlp_problem()
     with single_process_group():
@@ -119,9 +150,9 @@ def test_what_a_sharded_model_is_not_measured_with_is_refused_by_name():
             catapult.sharpness(model, loss_fn, batch, chunk_size=3, distributed=True)
         with pytest.raises(ValueError, match="dtype=torch.float32 differs"):
             catapult.sharpness(model, loss_fn, batch, dtype=torch.float32, distributed=True)
-        with pytest.raises(ValueError, match="critical_lr: the model's parameters are DTensor shards"):
-            catapult.critical_lr(model, loss_fn, batch, torch.optim.SGD(model.parameters(), lr=0.1),
-                                 distributed=True)
+        with pytest.raises(ValueError, match="critical_lr: the model's parameters are DTensor shards.*pass "
+                                             "distributed=True"):
+            catapult.critical_lr(model, loss_fn, batch, torch.optim.SGD(model.parameters(), lr=0.1))
         # refused before any work: the model is still whole and sharded
         assert {type(p).__name__ for p in model.parameters()} == {"DTensor"}
         partly = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2)).double()
@@ -159,6 +190,7 @@ def gpt_measures(model, batch, opt, distributed):
     lean = catapult.sharpness(model, token_loss, batch, tol=1e-8, max_iter=1000, memory="lean", **kw)
     return {"sharpness": est.value, "warm": warm.value, "warm_products": warm.matvecs, "lean": lean.value,
             "entries": est.vector.numel(),
+            "critical_lr": catapult.critical_lr(model, token_loss, batch, opt, lr_start=1e-4, rtol=1e-3, **kw).lr,
             "preconditioned": catapult.preconditioned_sharpness(model, token_loss, batch, opt, tol=1e-8,
                                                                 **kw).value}
 
@@ -190,7 +222,7 @@ def test_two_sharded_ranks_measure_what_one_process_measures_on_the_union():
     full = [p.shape[0] for p in model.parameters() if p.dim() == 2]
     for rank in range(2):
         assert got[rank]["rows"] != full   # each rank held a shard, not the whole
-        for key in ("sharpness", "warm", "lean", "preconditioned"):
+        for key in ("sharpness", "warm", "lean", "preconditioned", "critical_lr"):
             assert got[rank][key] == pytest.approx(want[key], rel=1e-6), key
         assert got[rank]["warm_products"] <= 3   # the previous vector is already converged
     # the Krylov vectors are split like the parameters: each rank holds its part

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from catapult.curvature import distributed as dist_ops
-from catapult.curvature.sharded import is_sharded
+from catapult.curvature.sharded import ShardedHessianOperator, is_sharded, reshard
 from catapult.optim import registry, rules
 
 __all__ = ["CriticalLR", "NonFiniteLossError", "critical_lr", "next_step_direction", "probe_loss", "ModelSnapshot"]
@@ -259,6 +259,42 @@ def _shard_reducer(model, batch):
     return reduce
 
 
+def _loss_and_gradient(model, loss_fn, batch, params, snapshot, reduce) -> tuple[float, list]:
+    """``L0`` and this batch's gradient by ``params`` (the union's, with ``reduce``): one forward
+    and backward pass through ``functional_call``, so ``.grad`` and the buffers are not touched."""
+    with torch.enable_grad():
+        loss = _forward_loss(model, loss_fn, batch, snapshot.buffer_copies())
+        if not (torch.is_tensor(loss) and loss.numel() == 1):
+            raise ValueError("critical_lr: loss_fn must return a scalar tensor, got "
+                             + (f"shape {tuple(loss.shape)}" if torch.is_tensor(loss)
+                                else type(loss).__name__))
+        loss0 = float(loss.detach()) if reduce is None else reduce(loss.detach())
+        _check_finite_start(loss0)
+        if not loss.requires_grad:
+            raise ValueError("critical_lr: the loss does not depend on any parameter of "
+                             "the optimizer")
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+    if reduce is not None:
+        grads = [None if g is None else dist_ops.all_reduce_sum(g.mul(reduce.weight)) for g in grads]
+    return loss0, list(grads)
+
+
+def _sharded_loss_and_gradient(model, loss_fn, batch, params, weight: float) -> tuple[float, list]:
+    """``L0`` and the gradient by ``params`` of the union's loss for a model sharded by FSDP2,
+    from its own forward and backward (:class:`~catapult.curvature.sharded.ShardedHessianOperator`,
+    which leaves ``.grad`` as it was); the gradients are ``DTensor`` shards like the parameters."""
+    op = ShardedHessianOperator(model, loss_fn, batch, weight, vectors="local")
+    _check_finite_start(op.loss)
+    by_param = {id(p): g for p, g in op.gradients()}
+    return op.loss, [by_param.get(id(p)) for p in params]
+
+
+def _check_finite_start(loss0: float) -> None:
+    if not math.isfinite(loss0):
+        raise NonFiniteLossError(f"critical_lr: the loss at the current parameters is {loss0}; "
+                                 "a critical learning rate needs a finite starting loss")
+
+
 def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
                 optimizer: torch.optim.Optimizer, *, lr_start: float = 1e-4,
                 lr_max: float | None = None, delta: float = 0.1, rtol: float | None = None,
@@ -300,7 +336,10 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
         distributed: inside an initialised ``torch.distributed`` process group, ``batch`` is this
             rank's shard: the loss (a mean over samples) and its gradient are the union's
             (shard-size-weighted, all-reduced), so every rank finds the same ``lr``; a DDP wrapper
-            is unwrapped; a BatchNorm in train mode is refused (shard statistics).
+            is unwrapped; a BatchNorm in train mode is refused (shard statistics). A model
+            sharded by FSDP2 (``fully_shard``) needs it: its loss and gradient then come from its
+            own forward and backward, and each trial moves this rank's rows of the parameters
+            in place (restored from copies afterwards).
         rtol: bracket tolerance. ``None`` (default) is the paper's stop above. A number
             bisects until ``upper - lower <= rtol * lower`` as well (and the delta test), so
             that the returned ``lr = upper`` is within ``rtol`` (relative, from above) of the
@@ -347,9 +386,12 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     registry.spec_for(optimizer)              # unsupported optimizer: fail before any work
-    if is_sharded(model):  # its trials call the model functionally, on unsharded parameters
-        raise ValueError("critical_lr: the model's parameters are DTensor shards (FSDP2 fully_shard), and its "
-                         "trial steps are not run on shards; search on an unsharded copy (DDP)")
+    # a model sharded by FSDP2: the loss and gradient come from its own forward and backward,
+    # and the trials move each rank's rows of the parameters in place
+    sharded = is_sharded(model)
+    if sharded and not distributed:
+        raise ValueError("critical_lr: the model's parameters are DTensor shards (FSDP2 fully_shard): pass "
+                         "distributed=True, on every rank of its process group")
     params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
     if not params:
         raise ValueError("critical_lr: the optimizer has no parameters that require grad")
@@ -363,37 +405,26 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
     originals: list[tuple[Tensor, Tensor]] = []
     passes = 0
     try:
-        # L0 and this batch's gradient: one forward (+ backward) pass; .grad is not touched.
-        with torch.enable_grad():
-            loss = _forward_loss(model, loss_fn, batch, snapshot.buffer_copies())
-            passes += 1
-            if not (torch.is_tensor(loss) and loss.numel() == 1):
-                raise ValueError("critical_lr: loss_fn must return a scalar tensor, got "
-                                 + (f"shape {tuple(loss.shape)}" if torch.is_tensor(loss)
-                                    else type(loss).__name__))
-            loss0 = float(loss.detach()) if reduce is None else reduce(loss.detach())
-            if not math.isfinite(loss0):
-                raise NonFiniteLossError(f"critical_lr: the loss at the current parameters is {loss0}; "
-                                 "a critical learning rate needs a finite starting loss")
-            if not loss.requires_grad:
-                raise ValueError("critical_lr: the loss does not depend on any parameter of "
-                                 "the optimizer")
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
-        del loss
-        if reduce is not None:
-            grads = [None if g is None else dist_ops.all_reduce_sum(g.mul(reduce.weight))
-                     for g in grads]
+        if sharded:
+            loss0, grads = _sharded_loss_and_gradient(model, loss_fn, batch, params, reduce.weight)
+        else:
+            loss0, grads = _loss_and_gradient(model, loss_fn, batch, params, snapshot, reduce)
+        passes += 1
         direction = next_step_direction(
             optimizer, {p: g for p, g in zip(params, grads) if g is not None})
         if not direction:  # e.g. the optimizer of another model: no trial would move the loss
             raise ValueError("critical_lr: the loss does not depend on any parameter of "
                              "the optimizer")
-        # the model's parameters are shifted functionally (writing them in place would bump
-        # their version counters and break a graph the caller still holds); only parameters
-        # outside the model (a loss_fn's own) are written in place and restored from copies
-        owned = {id(p): name for name, p in model.named_parameters()}
-        shifted = [(owned[id(p)], p, u) for p, u in direction if id(p) in owned]
-        in_place = [(p, u) for p, u in direction if id(p) not in owned]
+        if sharded:  # this rank's rows of each parameter, moved in place, restored from copies
+            with torch.no_grad():
+                in_place, shifted = [(p.to_local(), u.to_local()) for p, u in direction], []
+        else:
+            # the model's parameters are shifted functionally (writing them in place would bump
+            # their version counters and break a graph the caller still holds); only parameters
+            # outside the model (a loss_fn's own) are written in place and restored from copies
+            owned = {id(p): name for name, p in model.named_parameters()}
+            shifted = [(owned[id(p)], p, u) for p, u in direction if id(p) in owned]
+            in_place = [(p, u) for p, u in direction if id(p) not in owned]
         originals = [(p, p.detach().clone()) for p, _ in in_place]
 
         def trial(lr: float) -> float:
@@ -402,6 +433,7 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
             with torch.no_grad():
                 for (p, p0), (_, u) in zip(originals, in_place):
                     p.copy_(p0).add_(u, alpha=-lr)
+                reshard(model)  # a sharded model gathers the moved rows again (else nothing)
                 params = {name: torch.add(p.detach(), u, alpha=-lr) for name, p, u in shifted}
                 value = _forward_loss(model, loss_fn, batch, {**snapshot.buffer_copies(), **params})
                 value = float(value) if reduce is None else reduce(value)
@@ -447,4 +479,5 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
         with torch.no_grad():
             for p, p0 in originals:
                 p.copy_(p0)
+        reshard(model)
         snapshot.restore()

@@ -23,8 +23,7 @@ def register(subparsers) -> None:
                     "loop and rank 0 writes the same run files: config.yaml, metrics.csv, summary.json, "
                     "trajectories.png and model.pt. train.fsdp=true shards the model over the processes "
                     "(FSDP2) instead of copying it, for a model bigger than one device; its sharpness is "
-                    "measured by finite differences of FSDP's gradient (a ReLU GPT in float64 only; "
-                    "no catapult warmup).",
+                    "measured by finite differences of FSDP's gradient (a ReLU GPT in float64 only).",
     )
     add_config_arguments(p)
     p.add_argument("--out", metavar="DIR", help="output directory (default: runs/<name>); one that holds "

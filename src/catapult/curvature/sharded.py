@@ -170,8 +170,8 @@ class ShardedHessianOperator:
     ``dtype``, ``device``, ``names``, ``loss`` (the union's), ``gradient()`` (the union's, in
     these coordinates), ``matvecs``; and ``local``, ``dimension`` (the whole parameter count),
     ``reduce`` (the solvers' sum over ranks with local vectors, else None), ``part(t)``,
-    ``start_vector(init, seed)``, ``difference_gap`` and ``shrunk_steps`` (the module
-    docstring). Each product costs two forward + backward passes of the sharded model (two more
+    ``start_vector(init, seed)``, ``gradients()`` (by parameter, as ``DTensor`` shards),
+    ``difference_gap`` and ``shrunk_steps`` (the module docstring). Each product costs two forward + backward passes of the sharded model (two more
     per retry).
 
     Example (one rank holds the whole batch of the module docstring's quadratic, ``H = diag(4, 1)``):
@@ -317,6 +317,14 @@ class ShardedHessianOperator:
             for p, g in zip(self._params, kept):
                 p.grad = g
         return flat, float(loss.detach())
+
+    def gradients(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The union's gradient by parameter, ``[(parameter, gradient)]``, each gradient a
+        ``DTensor`` placed like its parameter (e.g. for an optimizer's next-step direction)."""
+        from torch.distributed.tensor import DTensor
+
+        return [(p, DTensor.from_local(part.clone(), p.device_mesh, p.placements, shape=p.shape, stride=p.stride()))
+                for p, part in zip(self._params, self._local_parts(self._grad_flat))]
 
     def gradient(self) -> torch.Tensor:
         """The union's flat gradient at the current parameters (computed once, at construction)."""

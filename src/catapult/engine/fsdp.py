@@ -18,10 +18,11 @@ need a loss without kinks at the difference step: a ReLU GPT is measured in floa
 (``model.activation``), and the solver keys that do not apply (``eval.sharpness_hvp``,
 ``eval.sharpness_dtype``, ``eval.sharpness_chunk_size``) are ConfigErrors too.
 
+The catapult warmup's critical-lr search runs on the shards too (each trial moves every rank's
+rows of the parameters in place, :func:`catapult.critical_lr`).
+
 What is not run sharded, each a ConfigError naming its key before any work:
 
-* catapult and persistent warmup: their critical-lr search steps the parameters along the
-  optimizer's direction through an unsharded functional copy of the model;
 * dynamic sparsity (``model.sparsity.method`` rigl or gmp): its masks are dense tensors that are
   updated from the dense gradient of each full matrix (static masks are fine: they are
   applied to the gathered weights);
@@ -81,9 +82,6 @@ def check_fsdp(config: Mapping[str, Any], distributed: bool) -> None:
         if ev["sharpness_chunk_size"] is not None:
             problems.append(("eval.sharpness_chunk_size", "leave it null with train.fsdp: FSDP already holds one "
                                                           "block's weights at a time"))
-    if config["schedule"]["warmup"] != "linear":
-        problems.append(("schedule.warmup", f"use linear with train.fsdp: the {config['schedule']['warmup']} "
-                                            f"warmup's critical-lr search is not run on shards"))
     if config["model"]["sparsity"]["method"] != "static":
         problems.append(("model.sparsity.method", "use static with train.fsdp: dynamic masks are updated from "
                                                   "each full matrix's dense gradient, and train.fsdp shards it"))
