@@ -3,7 +3,8 @@
 #   1. the ensemble (hand-derived kernels and torch.func engine) equals the local engine on
 #      CUDA (tests marked for a CUDA device), and
 #   2. ensemble vs local cells/s on the GPU (the >= 30x goal), for N = 8, 32, 128;
-#   3. train_ddp on CUDA unsharded, under DDP and under FSDP (train.fsdp) on NCCL: the same losses.
+#   3. train_ddp on CUDA unsharded, under DDP and under FSDP (train.fsdp) on NCCL: the same losses
+#      and sharpness (FSDP's by finite differences).
 # Runs from the repository root with the machine's own python3 (torch with CUDA, numpy,
 # matplotlib, PyYAML, scikit-learn, tqdm and pytest installed); nothing is installed. Output
 # goes to $OUT (the device tool's folder) or runs/gpu_check. Record the table in

@@ -268,7 +268,7 @@ class ShardedHessianOperator:
             gen = torch.Generator().manual_seed(int(seed))
             parts = []
             for p, shape in zip(self._params, self.shapes):
-                full = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+                full = torch.randn(p.shape, generator=gen, dtype=torch.float64).to(self.device)
                 parts.append((self._rows(full, p) if self.local else full).reshape(-1))
             return torch.cat(parts).to(device=self.device, dtype=self.dtype)
         if not torch.is_tensor(init):
