@@ -171,8 +171,8 @@ class ShardedHessianOperator:
     these coordinates), ``matvecs``; and ``local``, ``dimension`` (the whole parameter count),
     ``reduce`` (the solvers' sum over ranks with local vectors, else None), ``part(t)``,
     ``start_vector(init, seed)``, ``gradients()`` (by parameter, as ``DTensor`` shards),
-    ``difference_gap`` and ``shrunk_steps`` (the module docstring). Each product costs two forward + backward passes of the sharded model (two more
-    per retry).
+    ``difference_gap`` and ``shrunk_steps`` (the module docstring). Each product costs two
+    forward + backward passes of the sharded model (two more per retry).
 
     Example (one rank holds the whole batch of the module docstring's quadratic, ``H = diag(4, 1)``):
         >>> from torch.distributed.fsdp import fully_shard
@@ -262,12 +262,13 @@ class ShardedHessianOperator:
     def start_vector(self, init: torch.Tensor | None, seed: int) -> torch.Tensor:
         """The solver's start in this operator's coordinates: ``init`` copied (its local part when
         it is a whole vector of ``dimension`` entries and the operator's vectors are local), or a
-        standard normal vector seeded with ``seed``, drawn a parameter at a time on the CPU (so
-        every rank draws the same whole vector and keeps its part, without holding all of it)."""
+        standard normal vector seeded with ``seed``, drawn a parameter at a time from a CPU
+        generator (so every rank draws the same whole vector and keeps its part, without holding
+        all of it)."""
         if init is None:
             gen = torch.Generator().manual_seed(int(seed))
             parts = []
-            for p, shape in zip(self._params, self.shapes):
+            for p in self._params:
                 full = torch.randn(p.shape, generator=gen, dtype=torch.float64).to(self.device)
                 parts.append((self._rows(full, p) if self.local else full).reshape(-1))
             return torch.cat(parts).to(device=self.device, dtype=self.dtype)
@@ -304,11 +305,8 @@ class ShardedHessianOperator:
                 if not (torch.is_tensor(loss) and loss.numel() == 1):
                     raise ValueError("loss_fn must return a scalar tensor")
                 (loss.reshape(()) * self._scale).backward()
-            pieces = []
-            for p in self._params:
-                g = p.grad
-                pieces.append(torch.zeros(self.shapes[len(pieces)], dtype=self.dtype, device=self.device)
-                              if g is None else self.part(g).to(self.dtype))
+            pieces = [torch.zeros(shape, dtype=self.dtype, device=self.device) if p.grad is None
+                      else self.part(p.grad).to(self.dtype) for p, shape in zip(self._params, self.shapes)]
             flat = torch.cat([g.reshape(-1) for g in pieces])
         finally:
             with torch.no_grad():
