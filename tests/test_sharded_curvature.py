@@ -190,6 +190,9 @@ def gpt_measures(model, batch, opt, distributed):
     lean = catapult.sharpness(model, token_loss, batch, tol=1e-8, max_iter=1000, memory="lean", **kw)
     return {"sharpness": est.value, "warm": warm.value, "warm_products": warm.matvecs, "lean": lean.value,
             "entries": est.vector.numel(),
+            "top2": catapult.top_eigenpairs(model, token_loss, batch, k=2, tol=1e-8, **kw).values,
+            "top2_preconditioned": catapult.top_eigenpairs(model, token_loss, batch, k=2, tol=1e-8, optimizer=opt,
+                                                           **kw).values,
             "critical_lr": catapult.critical_lr(model, token_loss, batch, opt, lr_start=1e-4, rtol=1e-3, **kw).lr,
             "preconditioned": catapult.preconditioned_sharpness(model, token_loss, batch, opt, tol=1e-8,
                                                                 **kw).value}
@@ -222,7 +225,7 @@ def test_two_sharded_ranks_measure_what_one_process_measures_on_the_union():
     full = [p.shape[0] for p in model.parameters() if p.dim() == 2]
     for rank in range(2):
         assert got[rank]["rows"] != full   # each rank held a shard, not the whole
-        for key in ("sharpness", "warm", "lean", "preconditioned", "critical_lr"):
+        for key in ("sharpness", "warm", "lean", "preconditioned", "critical_lr", "top2", "top2_preconditioned"):
             assert got[rank][key] == pytest.approx(want[key], rel=1e-6), key
         assert got[rank]["warm_products"] <= 3   # the previous vector is already converged
     # the Krylov vectors are split like the parameters: each rank holds its part

@@ -12,12 +12,12 @@ of :class:`~catapult.curvature.HessianOperator` run through the sharded model::
 the samples, :func:`~catapult.curvature.distributed.shard_weight`): each rank back-propagates
 ``W w_r L_r``, FSDP reduce-scatters the gradients as means over the ``W`` ranks, so every shard
 holds its rows of ``sum_r w_r g_r``. The vectors are split like the parameters
-(``vectors="local"``, what :func:`~catapult.sharpness` and
-:func:`~catapult.preconditioned_sharpness` use): each rank holds its rows of every Krylov vector,
+(``vectors="local"``, what :func:`~catapult.sharpness`, :func:`~catapult.preconditioned_sharpness`
+and :func:`~catapult.top_eigenpairs` use): each rank holds its rows of every Krylov vector,
 the gradients are never gathered, and the solvers sum their inner products over the ranks
 (``reduce``, one all-reduce of a few numbers per step), so a rank's memory for the solve is its
 share of ``max_basis`` vectors, not ``max_basis`` whole ones; ``est.vector`` is this rank's part.
-With ``vectors="full"`` (top-k, trace and density, whose solvers take whole vectors) the
+With ``vectors="full"`` (the trace and the density, whose solvers take whole vectors) the
 gradients' shards are all-gathered and every rank runs the same iteration on whole vectors, as
 with :class:`~catapult.curvature.distributed.DistributedOperator`.
 
@@ -170,7 +170,7 @@ class ShardedHessianOperator:
     ``dtype``, ``device``, ``names``, ``loss`` (the union's), ``gradient()`` (the union's, in
     these coordinates), ``matvecs``; and ``local``, ``dimension`` (the whole parameter count),
     ``reduce`` (the solvers' sum over ranks with local vectors, else None), ``part(t)``,
-    ``start_vector(init, seed)``, ``gradients()`` (by parameter, as ``DTensor`` shards),
+    ``localize(whole)``, ``start_vector(init, seed)``, ``gradients()`` (by parameter, as ``DTensor`` shards),
     ``difference_gap`` and ``shrunk_steps`` (the module docstring). Each product costs two
     forward + backward passes of the sharded model (two more per retry).
 
@@ -259,6 +259,12 @@ class ShardedHessianOperator:
             return t.to_local() if self.local else t.full_tensor()
         return t
 
+    def localize(self, whole: torch.Tensor) -> torch.Tensor:
+        """This rank's part of a whole flat vector (``dimension`` entries, in
+        ``model.parameters()`` order): its rows of each parameter's block, concatenated."""
+        blocks = torch.split(whole.reshape(-1), [p.numel() for p in self._params])
+        return torch.cat([self._rows(c.view(p.shape), p).reshape(-1) for c, p in zip(blocks, self._params)])
+
     def start_vector(self, init: torch.Tensor | None, seed: int) -> torch.Tensor:
         """The solver's start in this operator's coordinates: ``init`` copied (its local part when
         it is a whole vector of ``dimension`` entries and the operator's vectors are local), or a
@@ -278,8 +284,7 @@ class ShardedHessianOperator:
         if flat.numel() == self.numel:
             v = flat
         elif self.local and flat.numel() == self.dimension:
-            whole = torch.split(flat, [p.numel() for p in self._params])
-            v = torch.cat([self._rows(c.view(p.shape), p).reshape(-1) for c, p in zip(whole, self._params)])
+            v = self.localize(flat)
         else:
             raise ValueError(f"init has {flat.numel()} elements but the model has {self.dimension} trainable "
                              f"parameter entries" + (f" ({self.numel} on this rank)" if self.local else ""))

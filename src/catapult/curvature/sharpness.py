@@ -452,7 +452,8 @@ def step_preconditioner(model, optimizer, op, scale_by_group_lr: bool = False):
     m = group_lr_multipliers(optimizer, params)
     if not scale_by_group_lr:
         m = (m > 0).to(m.dtype)
-    return m.sqrt().to(device=op.device, dtype=op.dtype), None
+    m = m.sqrt().to(device=op.device, dtype=op.dtype)
+    return (op.localize(m) if getattr(op, "local", False) else m), None   # split vectors: this rank's rows
 
 
 class PreconditionedOperator:

@@ -20,7 +20,7 @@ from catapult.curvature.ggn import CURVATURES, GaussNewtonOperator
 from catapult.curvature.top_k import Eigenpairs, check_block_size, check_k, lanczos_top_k
 from catapult.curvature.sharpness import (PreconditionedOperator, build_operator, memory_setting,
                                           step_preconditioner)
-from catapult.curvature.start import check_solver_args, start_vector
+from catapult.curvature.start import check_solver_args, initial_vector, solver_split
 
 __all__ = ["CURVATURES", "GaussNewtonOperator", "Eigenpairs", "SpectralDensity",
            "curvature_operator", "lanczos_top_k", "top_eigenpairs", "hutch_plus_plus",
@@ -28,13 +28,15 @@ __all__ = ["CURVATURES", "GaussNewtonOperator", "Eigenpairs", "SpectralDensity",
 
 def curvature_operator(model, loss_fn, batch, *, curvature: str = "hessian", optimizer=None,
                        dtype=None, hvp: str = "auto", seed: int = 0, chunk_size=None,
-                       distributed: bool = False, scale_by_group_lr: bool = False):
+                       distributed: bool = False, scale_by_group_lr: bool = False,
+                       sharded_vectors: str = "full"):
     """The symmetric operator the spectrum functions work on: the Hessian
     (:func:`~catapult.curvature.sharpness.build_operator`) or the Gauss-Newton matrix
     (:class:`GaussNewtonOperator`), pre-conditioned as ``P^-1/2 A P^-1/2`` when an
     ``optimizer`` is given (:func:`~catapult.curvature.sharpness.step_preconditioner`: Adam's
     next step; for SGD with ``scale_by_group_lr`` ``P^-1 = M = diag(lr_i / lr_0)``, the
-    ``lr_scaled`` operator ``M^1/2 A M^1/2``).
+    ``lr_scaled`` operator ``M^1/2 A M^1/2``). ``sharded_vectors``: as in
+    :func:`~catapult.curvature.sharpness.build_operator` (a model sharded by FSDP2).
 
     Example (a linear model: Gauss-Newton matrix = Hessian = ``diag(4, 1)``):
         >>> model = torch.nn.Linear(2, 1, bias=False)
@@ -43,7 +45,8 @@ def curvature_operator(model, loss_fn, batch, *, curvature: str = "hessian", opt
         tensor([4., 1.])
     """
     op = build_operator(model, loss_fn, batch, curvature=curvature, dtype=dtype, hvp=hvp,
-                        seed=seed, chunk_size=chunk_size, distributed=distributed)
+                        seed=seed, chunk_size=chunk_size, distributed=distributed,
+                        sharded_vectors=sharded_vectors)
     if optimizer is not None:
         d, l2 = step_preconditioner(dist_ops.unwrap_ddp(model), optimizer, op, scale_by_group_lr)
         op = PreconditionedOperator(op, d, l2)
@@ -94,16 +97,15 @@ def top_eigenpairs(model, loss_fn, batch, k: int = 5, *, tol: float = 1e-3, init
     chunk_size, basis = memory_setting(memory, batch, chunk_size, max_basis, model, loss_fn, seed, distributed)
     op = curvature_operator(model, loss_fn, batch, curvature=curvature, optimizer=optimizer,
                             dtype=dtype, hvp=hvp, seed=seed, chunk_size=chunk_size,
-                            distributed=distributed, scale_by_group_lr=scale_by_group_lr)
-    v0 = start_vector(init, op.numel, op.dtype, op.device, seed)
-    if distributed and init is not None:
-        dist_ops.broadcast_vector(v0)
+                            distributed=distributed, scale_by_group_lr=scale_by_group_lr,
+                            sharded_vectors="local")
+    v0 = initial_vector(op, init, seed, distributed)
     if max_basis is None:
         # lean: its sized basis, or the least k pairs need; fast: room for restarts to pay
         basis = (max(basis, k + block_size + 1) if memory == "lean"
                  else max(2 * k + 10, basis) + block_size - 1)
     return lanczos_top_k(op, v0, k, tol=tol, max_iter=max_iter, max_basis=basis,
-                         block_size=block_size, seed=seed)
+                         block_size=block_size, seed=seed, **solver_split(op))
 
 
 # --------------------------------------------------------------------------------------------

@@ -41,9 +41,19 @@ def start_vector(init, n: int, dtype: torch.dtype, device: torch.device, seed: i
     return v0
 
 
+def _split(op):
+    """The operator on vectors split over the ranks behind ``op`` (itself, or the one a
+    pre-conditioned operator wraps, ``op.op``), or None."""
+    for candidate in (op, getattr(op, "op", None)):
+        if getattr(candidate, "local", False):
+            return candidate
+    return None
+
+
 def initial_vector(op, init, seed: int, distributed: bool) -> torch.Tensor:
     """The start vector for a solve on ``op``, in its coordinates (a copy either way): this
-    rank's part for an operator on vectors split over the ranks (``op.local``,
+    rank's part for an operator on vectors split over the ranks (``op.local``, or that of the
+    operator a pre-conditioned one wraps:
     :meth:`~catapult.curvature.sharded.ShardedHessianOperator.start_vector`), else
     :func:`start_vector`, with ``distributed`` rank 0's ``init`` on every rank.
 
@@ -52,8 +62,9 @@ def initial_vector(op, init, seed: int, distributed: bool) -> torch.Tensor:
     >>> initial_vector(H, torch.tensor([3.0, 4.0]), 0, distributed=False)
     tensor([3., 4.])
     """
-    if getattr(op, "local", False):
-        return op.start_vector(init, seed)
+    split = _split(op)
+    if split is not None:
+        return split.start_vector(init, seed)
     v0 = start_vector(init, op.numel, op.dtype, op.device, seed)
     if distributed and init is not None:
         dist_ops.broadcast_vector(v0)
@@ -62,14 +73,16 @@ def initial_vector(op, init, seed: int, distributed: bool) -> torch.Tensor:
 
 def solver_split(op) -> dict:
     """The solvers' ``reduce`` and ``dimension`` for ``op``: an operator on vectors split over
-    the ranks (:class:`~catapult.curvature.sharded.ShardedHessianOperator` with local vectors)
-    has them; for any other both are None.
+    the ranks (:class:`~catapult.curvature.sharded.ShardedHessianOperator` with local vectors,
+    or a pre-conditioned operator wrapping one) has them; for any other both are None.
 
     >>> from catapult.curvature.sharpness import build_operator
     >>> solver_split(build_operator(torch.nn.Linear(2, 1), torch.nn.MSELoss(), (torch.eye(2), torch.zeros(2, 1))))
     {'reduce': None, 'dimension': None}
     """
-    return {"reduce": getattr(op, "reduce", None), "dimension": getattr(op, "dimension", None)}
+    split = _split(op)
+    return {"reduce": None, "dimension": None} if split is None else {"reduce": split.reduce,
+                                                                      "dimension": split.dimension}
 
 
 def check_solver_args(tol, max_iter):

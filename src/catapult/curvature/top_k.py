@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from catapult.curvature.krylov import KrylovBasis
+from catapult.curvature.krylov import KrylovBasis, inner_product, vector_norm
 from catapult.curvature.lanczos import rounding_level
 
 __all__ = ["Eigenpairs", "check_block_size", "check_k", "lanczos_top_k"]
@@ -84,7 +84,7 @@ def check_block_size(block_size, k: int) -> None:
 
 
 def _orthonormal_block(vectors: list[torch.Tensor], norms: list[float],
-                       floor: float) -> tuple[list[torch.Tensor], np.ndarray]:
+                       floor: float, reduce=None) -> tuple[list[torch.Tensor], np.ndarray]:
     """``(Q, R)`` with ``vectors[i] = sum_p R[p, i] Q[p]`` (Gram-Schmidt, twice), dropping a
     vector whose remainder is under ``floor``: ``R`` has ``len(Q)`` rows. ``norms`` are the
     vectors' norms (used where nothing is subtracted); ``vectors`` are used as scratch."""
@@ -93,10 +93,10 @@ def _orthonormal_block(vectors: list[torch.Tensor], norms: list[float],
     for i, w in enumerate(vectors):
         for _ in range(2):
             for p, q in enumerate(basis):
-                c = float(torch.dot(q, w))
+                c = float(inner_product(q, w, reduce))
                 w.add_(q, alpha=-c)
                 R[p, i] += c
-        norm = norms[i] if not basis else float(torch.linalg.vector_norm(w))
+        norm = norms[i] if not basis else float(vector_norm(w, reduce))
         if norm > floor:
             R[len(basis), i] = norm
             basis.append(w.div_(norm))
@@ -104,7 +104,8 @@ def _orthonormal_block(vectors: list[torch.Tensor], norms: list[float],
 
 
 def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_iter: int = 300,
-                  max_basis: int | None = None, block_size: int = 1, seed: int = 0) -> Eigenpairs:
+                  max_basis: int | None = None, block_size: int = 1, seed: int = 0, reduce=None,
+                  dimension: int | None = None) -> Eigenpairs:
     """The ``k`` largest (algebraic) eigenpairs of a symmetric operator by thick-restart
     (block) Lanczos, with every copy of an eigenvalue of multiplicity ``<= block_size``
     (``1 <= block_size <= k``: a block of ``k`` already finds ``k`` copies).
@@ -130,6 +131,9 @@ def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_it
     of 2 costs 1.1-1.3x the products, of 3 1.3-1.6x (top 5 of the FCN and the GPT;
     bench/RESULTS.md, issue 16, 4d).
 
+    ``reduce`` and ``dimension``: vectors split over ranks, as in
+    :func:`~catapult.curvature.lanczos_top_eigenpair` (``vectors`` are then this rank's parts).
+
     Example (a double top eigenvalue: one start vector sees one copy):
         >>> A = torch.diag(torch.tensor([5.0, 5.0, 3.0, 1.0, -2.0], dtype=torch.float64))
         >>> v0 = torch.ones(5, dtype=torch.float64)
@@ -139,7 +143,7 @@ def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_it
         >>> [round(x, 6) for x in eig.values], eig.converged
         ([5.0, 5.0], True)
     """
-    n = v0.numel()
+    n = v0.numel() if dimension is None else int(dimension)
     check_k(k, n)
     check_block_size(block_size, k)
     b = block_size
@@ -148,8 +152,8 @@ def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_it
         raise ValueError(f"max_basis must be >= k + block_size + 1 = {k + b + 1}, got {max_basis!r}")
     keep = min(capacity - b, max(k + b + 1, capacity // 2))
     eps = torch.finfo(v0.dtype).eps
-    basis = KrylovBasis(v0, capacity=capacity)
-    basis.append(v0 / torch.linalg.vector_norm(v0))
+    basis = KrylovBasis(v0, capacity=capacity, reduce=reduce)
+    basis.append(v0 / vector_norm(v0, reduce))
     fresh = 0  # fresh directions drawn so far: draw `fresh` of seed s uses seed 7919 s + fresh
     while basis.size < b:
         basis.append(basis.fresh_direction(seed * 7919 + fresh))
@@ -173,7 +177,7 @@ def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_it
                 w.add_(basis.row(int(p)), alpha=-M[i, p])
                 M[p, i] += M[i, p]
             for p in block:
-                c = float(torch.dot(basis.row(p), w))
+                c = float(inner_product(basis.row(p), w, reduce))
                 w.add_(basis.row(p), alpha=-c)
                 M[p, i] += c
             h, norm = basis.orthogonalize(w)
@@ -190,7 +194,7 @@ def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_it
         done = size = basis.size
         # the residuals orthonormalised among themselves, r_i = sum_p R[p, i] q_new_p; one at
         # rounding level is an invariant direction and adds none
-        new, R = _orthonormal_block(products, norms, rounding_level(scale, n, eps))
+        new, R = _orthonormal_block(products, norms, rounding_level(scale, n, eps), reduce)
         M[size:size + len(new), block.start:size] = R
         values, vectors = np.linalg.eigh((M[:done, :done] + M[:done, :done].T) / 2)
         order = np.argsort(values)[::-1]
@@ -222,12 +226,15 @@ def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_it
             basis.append(basis.fresh_direction(seed * 7919 + fresh))
             fresh += 1
     if values is None:
-        return Eigenpairs([float("nan")] * k, v0.new_full((k, n), float("nan")), matvecs, False,
+        return Eigenpairs([float("nan")] * k, v0.new_full((k, v0.numel()), float("nan")), matvecs, False,
                           [float("nan")] * k)
     order = np.argsort(values)[::-1][:k]
     S = np.zeros((basis.size, len(order)))
     S[:done] = vectors[:, order]
     V = basis.combine(torch.as_tensor(S, dtype=v0.dtype, device=v0.device))
-    V = V / torch.linalg.vector_norm(V, dim=1, keepdim=True)
+    if reduce is None:
+        V = V / torch.linalg.vector_norm(V, dim=1, keepdim=True)
+    else:  # each row's norm over every rank's part
+        V = V / reduce((V * V).sum(dim=1)).sqrt().unsqueeze(1)
     return Eigenpairs([float(values[i]) for i in order], V, matvecs, converged,
                       [float(r) for r in residuals])
