@@ -72,6 +72,10 @@ def test_one_sharded_process_measures_the_dense_hessians_spectrum_and_the_unshar
         pre = catapult.preconditioned_sharpness(model, loss_fn, batch, opt, tol=1e-10, distributed=True)
         trace = catapult.hessian_trace(model, loss_fn, batch, matvecs=30, distributed=True)
         density = catapult.spectral_density(model, loss_fn, batch, runs=4, steps=10, distributed=True)
+        sgd = torch.optim.SGD([{"params": list(model[0].parameters()), "lr": 0.2},
+                               {"params": list(model[2].parameters()), "lr": 0.1}])
+        scaled = catapult.top_eigenpairs(model, loss_fn, batch, k=2, tol=1e-10, optimizer=sgd,
+                                         scale_by_group_lr=True, distributed=True)
     assert float(top[0]) != pytest.approx(float(dense_now[0]), rel=1e-3)  # the steps moved the spectrum
     # float64 central differences, h = eps^(1/3): measured relative error <= 1e-9 here
     assert est.value == pytest.approx(float(dense_now[0]), rel=1e-8)
@@ -80,6 +84,11 @@ def test_one_sharded_process_measures_the_dense_hessians_spectrum_and_the_unshar
     want = catapult.preconditioned_sharpness(plain, loss_fn, batch, plain_opt, tol=1e-10)
     assert pre.value == pytest.approx(want.value, rel=1e-8)
     assert trace == pytest.approx(catapult.hessian_trace(plain, loss_fn, batch, matvecs=30), rel=1e-8)
+    plain_sgd = torch.optim.SGD([{"params": list(plain[0].parameters()), "lr": 0.2},
+                                 {"params": list(plain[2].parameters()), "lr": 0.1}])
+    want_scaled = catapult.top_eigenpairs(plain, loss_fn, batch, k=2, tol=1e-10, optimizer=plain_sgd,
+                                          scale_by_group_lr=True)
+    assert scaled.values == pytest.approx(want_scaled.values, rel=1e-8)   # M^1/2 H M^1/2, M = (1, 1/2)
     want = catapult.spectral_density(plain, loss_fn, batch, runs=4, steps=10)   # 10 < 32 parameters
     np.testing.assert_allclose(density.nodes, want.nodes, rtol=0, atol=1e-8)
     np.testing.assert_allclose(density.weights, want.weights, rtol=0, atol=1e-8)
@@ -182,6 +191,12 @@ def gpt_problem():
     return model, (tokens[:, :-1], tokens[:, 1:])
 
 
+def two_lrs(model):
+    blocks = {id(p) for p in model.blocks.parameters()}
+    return torch.optim.SGD([{"params": [p for p in model.parameters() if id(p) in blocks], "lr": 0.2},
+                            {"params": [p for p in model.parameters() if id(p) not in blocks], "lr": 0.1}])
+
+
 def gpt_measures(model, batch, opt, distributed):
     kw = {"distributed": True} if distributed else {}
     est = catapult.sharpness(model, token_loss, batch, tol=1e-8, **kw)
@@ -193,6 +208,9 @@ def gpt_measures(model, batch, opt, distributed):
             "top2": catapult.top_eigenpairs(model, token_loss, batch, k=2, tol=1e-8, **kw).values,
             "top2_preconditioned": catapult.top_eigenpairs(model, token_loss, batch, k=2, tol=1e-8, optimizer=opt,
                                                            **kw).values,
+            # SGD's lr-scaled operator M^1/2 H M^1/2: M's rows are this rank's part too
+            "top2_lr_scaled": catapult.top_eigenpairs(model, token_loss, batch, k=2, tol=1e-8, optimizer=two_lrs(model),
+                                                      scale_by_group_lr=True, **kw).values,
             "critical_lr": catapult.critical_lr(model, token_loss, batch, opt, lr_start=1e-4, rtol=1e-3, **kw).lr,
             "preconditioned": catapult.preconditioned_sharpness(model, token_loss, batch, opt, tol=1e-8,
                                                                 **kw).value}
@@ -225,7 +243,8 @@ def test_two_sharded_ranks_measure_what_one_process_measures_on_the_union():
     full = [p.shape[0] for p in model.parameters() if p.dim() == 2]
     for rank in range(2):
         assert got[rank]["rows"] != full   # each rank held a shard, not the whole
-        for key in ("sharpness", "warm", "lean", "preconditioned", "critical_lr", "top2", "top2_preconditioned"):
+        for key in ("sharpness", "warm", "lean", "preconditioned", "critical_lr", "top2", "top2_preconditioned",
+                    "top2_lr_scaled"):
             assert got[rank][key] == pytest.approx(want[key], rel=1e-6), key
         assert got[rank]["warm_products"] <= 3   # the previous vector is already converged
     # the Krylov vectors are split like the parameters: each rank holds its part
