@@ -9,6 +9,7 @@ Usage:  .venv/bin/python bench/probe_gpt_sharpness_time.py
 """
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 
@@ -24,6 +25,7 @@ def token_loss(logits, targets):
 
 
 def main():
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     torch.set_num_threads(1)
     times, runs = [], []
     for rnd in range(3):

@@ -31,8 +31,8 @@ smaller step, twice at most; if no step passes, the call raises a ValueError say
 GPT in float64 then gives 21.03184503 against the exact 21.03184516; in float32 the steps that
 avoid the kinks are swamped by rounding, and it raises.) ``difference_gap`` is the largest gap
 accepted, ``shrunk_steps`` how many retries it took. In float32 the differences' own error can
-exceed ``tol``: the solve certifies ``tol`` for the difference operator, which was 0.4% off the
-Hessian's sharpness of a small GELU GPT (4e-5 for Adam's pre-conditioned one; 1e-6 in float64;
+exceed ``tol``: the solve certifies ``tol`` for the difference operator, which was 0.5% off the
+Hessian's sharpness of a small GELU GPT (2e-5 for Adam's pre-conditioned one; 1e-6 in float64;
 ``bench/RESULTS.md``, section 5b).
 
 Each gradient moves the local shards to ``theta +- h u`` in place, then copies the saved shards
