@@ -255,9 +255,9 @@ class ShardedHessianOperator:
         in this operator's coordinates: its local rows (``vectors="local"``) or the whole tensor.
         A collective for a ``DTensor`` in ``"full"`` mode."""
         DTensor = _dtensor_type()
-        if DTensor is not None and isinstance(t, DTensor):
-            return t.to_local() if self.local else t.full_tensor()
-        return t
+        if self.local and DTensor is not None and isinstance(t, DTensor):
+            return t.to_local()
+        return full_tensor(t)
 
     def localize(self, whole: torch.Tensor) -> torch.Tensor:
         """This rank's part of a whole flat vector (``dimension`` entries, in

@@ -110,16 +110,13 @@ def build_operator(model, loss_fn, batch, *, curvature="hessian", dtype=None, hv
     tensor([4., 1.])
     """
     check_curvature(curvature)
-    if isinstance(model, torch.nn.Module) and sharded.is_sharded(model):
-        sharded.reshard(model)
-        params = [p for p in model.parameters() if p.requires_grad]
+    fsdp = isinstance(model, torch.nn.Module) and sharded.is_sharded(model)
+    if fsdp:  # the options first; distributed=True is one of them
+        sharded.reshard(model)  # the parameters are the shards again
+        first = next((p for p in model.parameters() if p.requires_grad), None)
         sharded.check_sharded_options(distributed=distributed, hvp=hvp, dtype=resolve_dtype(dtype),
                                       chunk_size=chunk_size, curvature=curvature,
-                                      param_dtype=params[0].dtype if params else None)
-        dist_ops.require_process_group()
-        dist_ops.check_shardable(model)
-        weight = dist_ops.shard_weight(batch, params[0].to_local().device if params else None)
-        return sharded.ShardedHessianOperator(model, loss_fn, batch, weight, seed=seed, vectors=sharded_vectors)
+                                      param_dtype=None if first is None else first.dtype)
     if distributed:
         dist_ops.require_process_group()
         dist_ops.check_shardable(model)
@@ -127,6 +124,8 @@ def build_operator(model, loss_fn, batch, *, curvature="hessian", dtype=None, hv
         params = [p for p in model.parameters()] if isinstance(model, torch.nn.Module) else []
         # every rank, before its operator: an empty shard is refused on all ranks alike
         weight = dist_ops.shard_weight(batch, params[0].device if params else None)
+    if fsdp:
+        return sharded.ShardedHessianOperator(model, loss_fn, batch, weight, seed=seed, vectors=sharded_vectors)
     if curvature == "ggn":
         op = GaussNewtonOperator(model, loss_fn, batch, dtype=dtype, seed=seed,
                                  chunk_size=chunk_size)
@@ -215,7 +214,9 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
             this rank's shard and the Hessian is that of the union's loss (a mean over
             samples: products all-reduced with weights ``|B_r| / |B|``); every rank gets the
             same estimate. Works with a plain or a DDP-wrapped model; a BatchNorm in train mode
-            is refused (:mod:`catapult.curvature.distributed`).
+            is refused (:mod:`catapult.curvature.distributed`). A model sharded by FSDP2 needs it:
+            its products are then checked finite differences of FSDP's gradient, and
+            ``est.vector`` is this rank's part (:mod:`catapult.curvature.sharded`).
         curvature: ``"hessian"`` (default) or ``"ggn"``: the top eigenvalue of the Gauss-Newton
             matrix ``G = J^T H_L J`` (:class:`~catapult.curvature.ggn.GaussNewtonOperator`)
             instead, the same as ``top_eigenpairs(k=1, curvature="ggn")`` but with this

@@ -77,7 +77,8 @@ def top_eigenpairs(model, loss_fn, batch, k: int = 5, *, tol: float = 1e-3, init
     with SGD and ``scale_by_group_lr`` it is ``M^1/2 A M^1/2``, ``M = diag(lr_i / lr_0)`` (the
     lr-scaled spectrum, as in :func:`catapult.optim.thresholds.lr_scaled_sharpness`).
     ``init``: a flat start vector (e.g. a previous top eigenvector); ``distributed``,
-    ``memory``, ``chunk_size``, ``dtype``, ``hvp``, ``seed`` as in :func:`catapult.sharpness`.
+    ``memory``, ``chunk_size``, ``dtype``, ``hvp``, ``seed`` as in :func:`catapult.sharpness`
+    (on a model sharded by FSDP2 the ``vectors`` are this rank's parts, as its ``est.vector``).
 
     Returns :class:`Eigenpairs` (``values`` largest first).
 
