@@ -257,8 +257,9 @@ class TrainConfig(Section):
     fsdp: Annotated[bool, boolean()] = Field(
         False, description="catapult train-ddp: shard the parameters, gradients and optimizer state over the "
                            "processes (FSDP2 fully_shard, per transformer block), for a model bigger than "
-                           "one device; training only: eval.sharpness_every 0, a numeric lr, linear "
-                           "warmup, static masks", json_schema_extra=_added())
+                           "one device; its sharpness comes from finite differences of FSDP's gradient "
+                           "(a ReLU GPT in float64 only); static masks, no train.compile",
+        json_schema_extra=_added())
 
 
 _TRACE_MATVECS_KIND = "0 (off) or an integer >= 3"
