@@ -23,6 +23,7 @@ MODULES = (
     "catapult.curvature.hessian",
     "catapult.curvature.sharded",
     "catapult.curvature.forward_ad",
+    "catapult.curvature.difference",
     "catapult.curvature.krylov",
     "catapult.curvature.lanczos",
     "catapult.curvature.top_k",

@@ -3,7 +3,7 @@
 Regression for ``hvp="forward_over_reverse"`` with ``nn.MSELoss``: torch's forward-AD formula of
 ``mse_loss_backward`` (``reduction="mean"``) wrote in place into the efficient ZeroTensor tangent
 of a target closed over by ``torch.func.jvp`` ("ZeroTensors are immutable",
-pytorch/pytorch#123996); :func:`catapult.curvature.hessian.jvp_of_gradient` gives floating
+pytorch/pytorch#123996); :func:`catapult.curvature.forward_ad.jvp_of_gradient` gives floating
 targets a materialised zero tangent, and a target built inside the loss (``mse_onehot``) goes
 through :class:`catapult.curvature.forward_ad.losses_for_forward_ad`, as does ``nn.HuberLoss``, which
 has no forward-AD formula in torch. The truth is ``torch.autograd.functional.hessian`` of the
@@ -120,7 +120,7 @@ def test_float32_model_with_float64_dtype_forward_over_reverse():
 
 def test_jvp_of_gradient_with_mse_loss_against_closed_form():
     """``L(w) = mean((X w - t)^2)`` has ``H = 2 X^T X / n`` for every ``w``."""
-    from catapult.curvature.hessian import jvp_of_gradient
+    from catapult.curvature.forward_ad import jvp_of_gradient
 
     gen = torch.Generator().manual_seed(3)
     X = torch.randn(5, 4, generator=gen, dtype=torch.float64)

@@ -264,7 +264,8 @@ def relu_gpt(dtype):
 
 
 def test_steps_across_relu_kinks_are_retried_smaller_or_refused():
-    from catapult.curvature.sharded import MAX_GAP, ShardedHessianOperator
+    from catapult.curvature.difference import MAX_GAP
+    from catapult.curvature.sharded import ShardedHessianOperator
     from catapult.engine.fsdp import shard_model
 
     model, batch = relu_gpt(torch.float64)

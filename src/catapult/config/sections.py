@@ -295,7 +295,7 @@ class EvalConfig(Section):
     sharpness_hvp: Annotated[Literal["auto", "double_backprop", "forward_over_reverse",
                                      "finite_difference"], choice()] = Field(
         "auto", description="how Hessian-vector products are computed (finite_difference: two "
-                            "gradients per product, no double backward)")
+                            "gradients per product, no double backward; refused across ReLU kinks)")
     sharpness_dtype: Annotated[Dtype | None, choice()] = Field(
         None, description="solver precision (null = the run's dtype)")
     sharpness_max_basis: Annotated[int, integer(low=2)] = Field(

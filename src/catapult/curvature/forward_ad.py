@@ -1,5 +1,5 @@
-"""Forward-over-reverse Hessian-vector products through losses whose torch forward-AD formula
-fails or is missing: :class:`losses_for_forward_ad`.
+"""Forward-over-reverse Hessian-vector products (:func:`jvp_of_gradient`), also through losses
+whose torch forward-AD formula fails or is missing (:class:`losses_for_forward_ad`).
 
 * ``F.mse_loss`` / ``nn.MSELoss`` with ``reduction="mean"`` and a target that is not a dual
   tensor (built inside ``loss_fn``, e.g. one-hot vectors from integer labels, or closed over)
@@ -14,11 +14,13 @@ fails or is missing: :class:`losses_for_forward_ad`.
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["losses_for_forward_ad", "huber_from_definition"]
+__all__ = ["jvp_of_gradient", "losses_for_forward_ad", "huber_from_definition"]
 
 
 def huber_from_definition(input: torch.Tensor, target: torch.Tensor, reduction: str = "mean",
@@ -65,3 +67,37 @@ class losses_for_forward_ad(TorchFunctionMode):  # noqa: N801 -- used as a conte
             rest = {k: v for k, v in kwargs.items() if k != "weight"}
             return huber_from_definition(*args, **rest)
         return func(*args, **kwargs)
+
+
+def jvp_of_gradient(grad_fn, params: dict, tangents: dict, inputs, targets):
+    """``torch.func.jvp`` of ``p -> grad_fn(p, inputs, targets)`` at ``params`` along
+    ``tangents`` (grad mode on): ``(primal output, tangent output)``; for ``grad_fn`` a
+    :func:`torch.func.grad` of a loss in its first argument the tangent output is ``H v``.
+
+    Floating-point tensor ``targets`` enter the ``jvp`` as a second primal with a materialised
+    zero tangent (adding nothing to ``H v``); inputs stay closed over. ``F.mse_loss`` with a
+    closed-over or loss-built target (an efficient ZeroTensor tangent, which its forward-AD
+    formula writes into: pytorch/pytorch#123996) and ``F.huber_loss`` (no forward-AD formula in
+    torch) run as :class:`losses_for_forward_ad` says.
+
+    Example (``L(w) = mean((x w - y)^2)``, Hessian ``2 x^T x / 2 = diag(4, 1)``):
+        >>> x, y = torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([1.0, 0.0])
+        >>> loss = lambda p, x, y: torch.nn.functional.mse_loss(x @ p["w"], y)
+        >>> _, hv = jvp_of_gradient(torch.func.grad(loss), {"w": torch.zeros(2)},
+        ...                         {"w": torch.ones(2)}, x, y)
+        >>> hv["w"]
+        tensor([4., 1.])
+    """
+    if torch.is_tensor(targets) and targets.is_floating_point():
+        def call(p, t):
+            return grad_fn(p, inputs, t)
+        primals, directions = (params, targets), (tangents, torch.zeros_like(targets))
+    else:
+        def call(p):
+            return grad_fn(p, inputs, targets)
+        primals, directions = (params,), (tangents,)
+    with torch.enable_grad(), warnings.catch_warnings(), losses_for_forward_ad():
+        # torch's forward-AD decompositions call the deprecated torch.jit.script on first use.
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated",
+                                category=DeprecationWarning)
+        return torch.func.jvp(call, primals, directions)

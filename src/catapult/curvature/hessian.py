@@ -10,17 +10,16 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
-import warnings
 
 import torch
 from torch.autograd.graph import get_gradient_edge
 from torch.func import functional_call
 from torch.utils._pytree import tree_map
 
-from catapult.curvature.forward_ad import losses_for_forward_ad
+from catapult.curvature.difference import central_step, checked_difference, relative_gap
+from catapult.curvature.forward_ad import jvp_of_gradient
 
-__all__ = ["HVP_MODES", "HessianOperator", "resolve_dtype", "resolve_hvp", "fixed_rng", "math_attention",
-           "jvp_of_gradient"]
+__all__ = ["HVP_MODES", "HessianOperator", "resolve_dtype", "resolve_hvp", "fixed_rng", "math_attention"]
 
 
 #: Accepted values of ``hvp=``. ``"auto"`` picks the mode measured fastest (see
@@ -112,40 +111,6 @@ def math_attention():
     return sdpa_kernel([SDPBackend.MATH])
 
 
-def jvp_of_gradient(grad_fn, params: dict, tangents: dict, inputs, targets):
-    """``torch.func.jvp`` of ``p -> grad_fn(p, inputs, targets)`` at ``params`` along
-    ``tangents`` (grad mode on): ``(primal output, tangent output)``; for ``grad_fn`` a
-    :func:`torch.func.grad` of a loss in its first argument the tangent output is ``H v``.
-
-    Floating-point tensor ``targets`` enter the ``jvp`` as a second primal with a materialised
-    zero tangent (adding nothing to ``H v``); inputs stay closed over. ``F.mse_loss`` with a
-    closed-over or loss-built target (an efficient ZeroTensor tangent, which its forward-AD
-    formula writes into: pytorch/pytorch#123996) and ``F.huber_loss`` (no forward-AD formula in
-    torch) run as :class:`losses_for_forward_ad` says.
-
-    Example (``L(w) = mean((x w - y)^2)``, Hessian ``2 x^T x / 2 = diag(4, 1)``):
-        >>> x, y = torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([1.0, 0.0])
-        >>> loss = lambda p, x, y: torch.nn.functional.mse_loss(x @ p["w"], y)
-        >>> _, hv = jvp_of_gradient(torch.func.grad(loss), {"w": torch.zeros(2)},
-        ...                         {"w": torch.ones(2)}, x, y)
-        >>> hv["w"]
-        tensor([4., 1.])
-    """
-    if torch.is_tensor(targets) and targets.is_floating_point():
-        def call(p, t):
-            return grad_fn(p, inputs, t)
-        primals, directions = (params, targets), (tangents, torch.zeros_like(targets))
-    else:
-        def call(p):
-            return grad_fn(p, inputs, targets)
-        primals, directions = (params,), (tangents,)
-    with torch.enable_grad(), warnings.catch_warnings(), losses_for_forward_ad():
-        # torch's forward-AD decompositions call the deprecated torch.jit.script on first use.
-        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated",
-                                category=DeprecationWarning)
-        return torch.func.jvp(call, primals, directions)
-
-
 def _attach_grads(leaves, views) -> None:
     """``leaf.grad = view``, or a zero gradient where the dtypes differ (a model mixing float32
     and float64 parameters), added into the view afterwards by :func:`_flush_grads`."""
@@ -192,14 +157,14 @@ class HessianOperator:
         ``H v = autograd.grad(g, theta, grad_outputs=v)`` re-using that graph (one backward each).
       * ``"forward_over_reverse"``: ``H v = jvp(grad(L), (theta,), (v,))`` with
         :mod:`torch.func` (a forward + backward with dual numbers per product; no graph kept;
-        floating targets get a zero tangent, see :func:`jvp_of_gradient`).
-      * ``"finite_difference"``: ``H v ~ (g(theta + h u) - g(theta - h u)) / (2 h) * ||v||``
-        with ``u = v / ||v||``, ``h = eps^(1/3)`` of the dtype (6.1e-6 in float64, 4.9e-3 in
-        float32: the step balancing the ``O(h^2)`` truncation against the ``O(eps / h)``
-        rounding): two plain gradients per product, no second-order graph, for setups without
-        double backward (some sharded or fused kernels). Its error is ``O(h^2 ||D^3 L||)``
-        plus rounding: measured relative error of ``H v`` on a small tanh MLP
-        (``tests/test_spectrum.py``) <= 5e-11 in float64 and <= 2.5e-5 in float32.
+        floating targets get a zero tangent, see :func:`~catapult.curvature.forward_ad.jvp_of_gradient`).
+      * ``"finite_difference"``: ``H v ~ (g(theta + h u) - g(theta - h u)) / (2 h) * ||v||``,
+        ``u = v / ||v||``, ``h = eps^(1/3)`` of the dtype: two plain gradients per product, no
+        second-order graph, for setups without double backward. Each product is checked for
+        kinks of the loss (ReLU) and retaken at a smaller step, or refused with a ValueError
+        (:mod:`~catapult.curvature.difference`; ``difference_gap``, ``shrunk_steps``). Measured
+        relative error of ``H v`` on a small tanh MLP (``tests/test_spectrum.py``): <= 5e-11 in
+        float64, <= 2.5e-5 in float32.
       * ``"auto"``: the one measured faster (``_AUTO_HVP``; double backprop on CPU).
 
     Micro-batches (``chunk_size``): with ``chunk_size=c`` smaller than the batch, the batch is cut
@@ -286,6 +251,8 @@ class HessianOperator:
         self._targets = tree_map(lambda t: cast(t) if torch.is_tensor(t) else t, targets)
         self._model, self._loss_fn = model, loss_fn
         self._grad_flat: torch.Tensor | None = None
+        self._base: torch.Tensor | None = None  # g(theta) for the finite differences
+        self.difference_gap, self.shrunk_steps = 0.0, 0
         self.loss = float("nan")
         # [(inputs, targets, weight)]; one entry = the whole batch, weight 1.
         self._chunks = self._split_batch(chunk_size)
@@ -382,9 +349,8 @@ class HessianOperator:
         :func:`torch.autograd.graph.get_gradient_edge`, is kept), with the micro-batch weight
         folded into its loss. The working memory is then the largest parameter block plus the
         graph, instead of two or three parameter-sized vectors (the gradient, the product and
-        the sum). In finite-difference mode the two gradients are accumulated the same way,
-        ``+g(theta + h u)`` then ``-g(theta - h u)`` (both scaled by ``||v|| / 2h``), from one
-        shifted copy of the parameters moved in place between them. Forward-over-reverse adds
+        the sum). In finite-difference mode the gradients are accumulated the same way into one
+        work vector, from one shifted copy of the parameters moved in place. Forward-over-reverse adds
         ``self(v)``. Counts one product.
 
         >>> model = torch.nn.Linear(2, 1, bias=False)
@@ -402,7 +368,7 @@ class HessianOperator:
         parts, views = self.split(v), self.split(out)
         self.matvecs += 1
         if self.mode == "finite_difference":
-            self._finite_difference_into(parts, views, float(torch.linalg.vector_norm(v)))
+            self._finite_difference_into(parts, out, float(torch.linalg.vector_norm(v)))
             return out
         if not self._per_product:
             if self._diff:
@@ -483,68 +449,71 @@ class HessianOperator:
             del pieces
         return out
 
-    def _point(self, v: torch.Tensor, scale: float) -> torch.Tensor:
-        """Flat ``theta + scale * v``."""
-        return torch.cat([self._params[n].reshape(-1).to(self.dtype)
-                          for n in self.names]).add_(v, alpha=scale)
+    def _difference_base(self) -> torch.Tensor:
+        """Flat ``g(theta)`` summed as the shifted gradients are (computed once)."""
+        if self._base is None:
+            self._base = torch.zeros(self.numel, dtype=self.dtype, device=self.device)
+            self._gradient_into([p.clone() for p in self._params.values()], self.split(self._base))
+        return self._base
 
-    def _gradient_at(self, point: torch.Tensor) -> torch.Tensor:
-        """Flat gradient at the flat parameter vector ``point`` (summed over the micro-batches)."""
-        views = self.split(point)
-        flat = None
+    def _gradient_into(self, leaves, views) -> None:
+        """``views += g`` at the parameter values ``leaves``, through ``.grad`` accumulation."""
+        for leaf in leaves:
+            leaf.requires_grad_(True)
         for x, y, w in self._chunks:
-            leaves = [c.detach().to(self._params[n].dtype).requires_grad_(True)
-                      for n, c in zip(self.names, views)]
-            with torch.enable_grad():
-                loss = self._loss(dict(zip(self.names, leaves)), x, y)
-                grads = torch.autograd.grad(loss, leaves, allow_unused=True,
-                                            materialize_grads=True)
-            g = torch.cat([g.reshape(-1).to(self.dtype) for g in grads])
-            if flat is None:
-                flat = g if w == 1.0 else g.mul_(w)
-            else:
-                flat.add_(g, alpha=w)
-        return flat
+            _attach_grads(leaves, views)
+            try:
+                with torch.enable_grad():
+                    loss = self._loss(dict(zip(self.names, leaves)), x, y)
+                    torch.autograd.backward(loss * w if w != 1.0 else loss, inputs=leaves)
+                _flush_grads(leaves, views)
+            finally:
+                for leaf in leaves:
+                    leaf.grad = None
+        for leaf in leaves:
+            leaf.requires_grad_(False)
 
-    def _finite_difference_product(self, v: torch.Tensor) -> torch.Tensor:
-        """Central difference of the gradient along ``v`` (see the class docstring)."""
-        norm = float(torch.linalg.vector_norm(v))
-        if norm == 0:
-            return torch.zeros_like(v)
-        h = self._eps ** (1.0 / 3.0)
-        plus = self._gradient_at(self._point(v, h / norm))
-        minus = self._gradient_at(self._point(v, -h / norm))
-        return plus.sub_(minus).mul_(norm / (2.0 * h))
-
-    def _finite_difference_into(self, parts, views, norm: float) -> None:
-        """``views += (g(theta + h u) - g(theta - h u)) / 2h * ||v||`` through ``.grad``
-        accumulation (see :meth:`accumulate`), ``u = v / ||v||``."""
+    def _finite_difference_into(self, parts, out: torch.Tensor, norm: float) -> None:
+        """``out += (g(theta + h u) - g(theta - h u)) / 2h * ||v||``, ``u = v / ||v||``, checked
+        for kinks (:func:`~catapult.curvature.difference.checked_difference`). One work vector
+        ``f`` and one shifted copy of the parameters, moved in place: ``f = g+ - g0``,
+        ``out += 2 s f``, then ``f`` becomes the second difference ``e = g+ + g- - 2 g0`` and
+        ``out -= s e``, leaving ``out + s (g+ - g-)`` (``s = ||v|| / 2h``)."""
         if norm == 0:
             return
-        h = self._eps ** (1.0 / 3.0)
-        scale = norm / (2.0 * h)
-        with torch.no_grad():
-            leaves = [self._params[n].add(c.to(self._params[n].dtype), alpha=h / norm)
-                      for n, c in zip(self.names, parts)]
-        for sign in (1.0, -1.0):
-            for leaf in leaves:
-                leaf.requires_grad_(True)
-            for x, y, w in self._chunks:
-                _attach_grads(leaves, views)
-                try:
-                    with torch.enable_grad():
-                        loss = self._loss(dict(zip(self.names, leaves)), x, y)
-                        torch.autograd.backward(loss * (sign * w * scale), inputs=leaves)
-                    _flush_grads(leaves, views)
-                finally:
-                    for leaf in leaves:
-                        leaf.grad = None
-            if sign > 0:  # theta + h u -> theta - h u, in place
-                with torch.no_grad():
-                    for leaf, c in zip(leaves, parts):
-                        leaf.requires_grad_(False)
-                        leaf.add_(c, alpha=-2.0 * h / norm)
-        del leaves
+        base, work = self._difference_base(), torch.empty_like(out)
+        views = self.split(work)
+
+        def shifted(leaves, h: float) -> None:  # work = g(theta + h u) - g0
+            work.copy_(base).neg_()
+            with torch.no_grad():
+                for leaf, p, c in zip(leaves, self._params.values(), parts):
+                    leaf.copy_(p).add_(c.to(leaf.dtype), alpha=h / norm)
+            self._gradient_into(leaves, views)
+
+        def product_at(h: float):
+            s, leaves = norm / (2.0 * h), [p.clone() for p in self._params.values()]
+            shifted(leaves, h)
+            forward = float(torch.linalg.vector_norm(work))
+            out.add_(work, alpha=2.0 * s)
+            with torch.no_grad():  # theta + h u -> theta - h u, in place
+                for leaf, c in zip(leaves, parts):
+                    leaf.add_(c.to(leaf.dtype), alpha=-2.0 * h / norm)
+            self._gradient_into(leaves, views)
+            work.sub_(base)
+            gap = relative_gap(float(torch.linalg.vector_norm(work)), forward)
+
+            def finish(accepted: bool) -> None:
+                if accepted:
+                    out.add_(work, alpha=-s)
+                else:  # take back the 2 s f added above
+                    shifted(leaves, h)
+                    out.add_(work, alpha=-2.0 * s)
+            return gap, finish
+
+        _, gap, retries = checked_difference(product_at, central_step(self._eps))
+        self.difference_gap = max(self.difference_gap, gap)
+        self.shrunk_steps += retries
 
     def forward_difference(self, v: torch.Tensor) -> torch.Tensor:
         """``H v ~ (g(theta + h u) - g(theta)) / h * ||v||`` with ``u = v / ||v||`` and
@@ -566,8 +535,10 @@ class HessianOperator:
         norm = float(torch.linalg.vector_norm(v))
         if norm == 0:
             return torch.zeros_like(v)
-        h = self._eps ** 0.5
-        shifted = self._gradient_at(self._point(v, h / norm))
+        h, shifted = self._eps ** 0.5, torch.zeros_like(v)
+        with torch.no_grad():
+            leaves = [p.add(c.to(p.dtype), alpha=h / norm) for p, c in zip(self._params.values(), self.split(v))]
+        self._gradient_into(leaves, self.split(shifted))
         return shifted.sub_(self.gradient()).mul_(norm / h)
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
@@ -576,7 +547,9 @@ class HessianOperator:
         parts = self.split(v)
         self.matvecs += 1
         if self.mode == "finite_difference":
-            return self._finite_difference_product(v)
+            out = torch.zeros_like(v)
+            self._finite_difference_into(parts, out, float(torch.linalg.vector_norm(v)))
+            return out
         if self._per_product:
             return self._chunked_product(parts)
         if self.mode == "double_backprop":

@@ -22,18 +22,16 @@ gradients' shards are all-gathered and every rank runs the same iteration on who
 with :class:`~catapult.curvature.distributed.DistributedOperator`.
 
 Where the loss has kinks (ReLU), a step that crosses one makes the difference describe no
-Hessian, and Lanczos finds exactly the directions where that happens (a ReLU GPT in float64:
-84.2 instead of the exact 21.0 without the check below). Each product therefore compares the
-forward and backward differences, which it has for free (``g(theta)`` is computed once): their
-gap ``||g+ + g- - 2 g0|| / h`` is ``O(h)`` of the product where the loss is smooth and ``O(1)``
-across a kink. A product whose gap exceeds :data:`MAX_GAP` of it is taken again with a 16 times
-smaller step, twice at most; if no step passes, the call raises a ValueError saying so. (The ReLU
-GPT in float64 then gives 21.03184503 against the exact 21.03184516; in float32 the steps that
-avoid the kinks are swamped by rounding, and it raises.) ``difference_gap`` is the largest gap
-accepted, ``shrunk_steps`` how many retries it took. In float32 the differences' own error can
-exceed ``tol``: the solve certifies ``tol`` for the difference operator, which was 0.5% off the
-Hessian's sharpness of a small GELU GPT (2e-5 for Adam's pre-conditioned one; 1e-6 in float64;
-``bench/RESULTS.md``, section 5b).
+Hessian (a ReLU GPT in float64: 84.2 instead of the exact 21.0), so every product is checked as
+:mod:`~catapult.curvature.difference` says: its forward and backward differences must agree
+(``g(theta)`` is computed once), or it is taken again with a 16 times smaller step, twice at
+most, and the call raises a ValueError if no step passes. (The ReLU GPT in float64 then gives
+21.03184503 against the exact 21.03184516; in float32 the steps that avoid the kinks are swamped
+by rounding, and it raises.) ``difference_gap`` is the largest gap accepted, ``shrunk_steps`` how
+many retries it took. In float32 the differences' own error can exceed ``tol``: the solve
+certifies ``tol`` for the difference operator, which was 0.5% off the Hessian's sharpness of a
+small GELU GPT (2e-5 for Adam's pre-conditioned one; 1e-6 in float64; ``bench/RESULTS.md``,
+section 5b).
 
 Each gradient moves the local shards to ``theta +- h u`` in place, then copies the saved shards
 back (bit for bit), and keeps ``.grad`` aside and puts it back, so the parameters, their
@@ -67,18 +65,12 @@ import math
 import torch
 
 from catapult.curvature.distributed import all_reduce_sum
+from catapult.curvature.difference import central_step, checked_difference, relative_gap
 from catapult.curvature.hessian import fixed_rng
 from catapult.curvature.krylov import vector_norm
 
-#: A product is accepted where its forward and backward differences differ by at most this much
-#: of it (``||g+ + g- - 2 g0|| / h`` against the central difference ``||g+ - g-|| / (2 h)``). Measured
-#: on small GPTs: a smooth loss gives O(h) (float64 <= 2e-4; float32 at ``h = eps^(1/3)`` 6e-3 ..
-#: 0.12), a step across a ReLU kink O(1) (float32: 0.28 .. 1.8).
-MAX_GAP = 0.1
-#: Steps tried per product, each ``STEP_SHRINK`` times smaller than the one before.
-STEPS, STEP_SHRINK = 3, 16.0
 
-__all__ = ["MAX_GAP", "STEPS", "STEP_SHRINK", "is_sharded", "reshard", "full_tensor", "check_sharded_options",
+__all__ = ["is_sharded", "reshard", "full_tensor", "check_sharded_options",
            "ShardedHessianOperator"]
 
 
@@ -344,23 +336,15 @@ class ShardedHessianOperator:
         norm = float(vector_norm(v, self.reduce))
         if norm == 0:
             return torch.zeros_like(v)
-        h = first = self._eps ** (1.0 / 3.0)
-        gaps = []
-        for _ in range(STEPS):
+        def product_at(h):
             plus, _ = self._gradient_at(v, h / norm)
             minus, _ = self._gradient_at(v, -h / norm)
-            # forward - backward difference = (g+ + g- - 2 g0) ||v|| / h
-            gap = float(vector_norm(plus + minus - 2.0 * self._grad_flat, self.reduce)) * norm / h
-            central = plus.sub_(minus).mul_(norm / (2.0 * h))
-            size = float(vector_norm(central, self.reduce))
-            gaps.append(gap / size if size > 0 else (0.0 if gap == 0 else math.inf))
-            if gaps[-1] <= MAX_GAP:
-                self.difference_gap = max(self.difference_gap, gaps[-1])
-                self.shrunk_steps += len(gaps) - 1
-                return central
-            h /= STEP_SHRINK
-        raise ValueError(f"finite-difference Hessian-vector products of this sharded model are not reliable: the "
-                         f"forward and backward differences differ by {', '.join(f'{g:.2g}' for g in gaps)} of "
-                         f"the product at the steps {first:.2g} .. {h * STEP_SHRINK:.2g} (more than {MAX_GAP}), "
-                         f"as where the steps cross kinks of the loss (ReLU); measure a model in float64, or one "
-                         f"with a smooth activation (GELU)")
+            forward = float(vector_norm(plus - self._grad_flat, self.reduce))
+            gap = relative_gap(float(vector_norm(plus + minus - 2.0 * self._grad_flat, self.reduce)), forward)
+            return gap, lambda accepted: plus.sub_(minus).mul_(norm / (2.0 * h))
+
+        product, gap, retries = checked_difference(product_at, central_step(self._eps),
+                                                   subject="this sharded model")
+        self.difference_gap = max(self.difference_gap, gap)
+        self.shrunk_steps += retries
+        return product

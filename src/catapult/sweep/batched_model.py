@@ -26,7 +26,8 @@ from typing import Callable, Sequence
 import torch
 from torch.func import functional_call, grad, grad_and_value, stack_module_state, vmap
 
-from catapult.curvature.hessian import jvp_of_gradient, math_attention, resolve_hvp
+from catapult.curvature.forward_ad import jvp_of_gradient
+from catapult.curvature.hessian import math_attention, resolve_hvp
 
 __all__ = ["StackedModel", "StackedHessian", "accuracies"]
 
