@@ -211,6 +211,11 @@ def gpt_measures(model, batch, opt, distributed):
             # SGD's lr-scaled operator M^1/2 H M^1/2: M's rows are this rank's part too
             "top2_lr_scaled": catapult.top_eigenpairs(model, token_loss, batch, k=2, tol=1e-8, optimizer=two_lrs(model),
                                                       scale_by_group_lr=True, **kw).values,
+            # Hutch++ and SLQ on split probes (the Gram-matrix orthonormalisation across ranks)
+            "trace": catapult.hessian_trace(model, token_loss, batch, matvecs=12, **kw),
+            "trace_preconditioned": catapult.hessian_trace(model, token_loss, batch, matvecs=9, optimizer=opt, **kw),
+            "density_nodes": catapult.spectral_density(model, token_loss, batch, runs=2, steps=6,
+                                                       **kw).nodes.ravel().tolist(),
             "critical_lr": catapult.critical_lr(model, token_loss, batch, opt, lr_start=1e-4, rtol=1e-3, **kw).lr,
             "preconditioned": catapult.preconditioned_sharpness(model, token_loss, batch, opt, tol=1e-8,
                                                                 **kw).value}
@@ -245,6 +250,10 @@ def test_two_sharded_ranks_measure_what_one_process_measures_on_the_union():
         assert got[rank]["rows"] != full   # each rank held a shard, not the whole
         for key in ("sharpness", "warm", "lean", "preconditioned", "critical_lr", "top2", "top2_preconditioned",
                     "top2_lr_scaled"):
+            assert got[rank][key] == pytest.approx(want[key], rel=1e-6), key
+        np.testing.assert_allclose(got[rank]["density_nodes"], want["density_nodes"], rtol=1e-6,
+                                   atol=1e-6 * max(map(abs, want["density_nodes"])))
+        for key in ("trace", "trace_preconditioned"):
             assert got[rank][key] == pytest.approx(want[key], rel=1e-6), key
         assert got[rank]["warm_products"] <= 3   # the previous vector is already converged
     # the Krylov vectors are split like the parameters: each rank holds its part

@@ -12,12 +12,14 @@ of :class:`~catapult.curvature.HessianOperator` run through the sharded model::
 the samples, :func:`~catapult.curvature.distributed.shard_weight`): each rank back-propagates
 ``W w_r L_r``, FSDP reduce-scatters the gradients as means over the ``W`` ranks, so every shard
 holds its rows of ``sum_r w_r g_r``. The vectors are split like the parameters
-(``vectors="local"``, what :func:`~catapult.sharpness`, :func:`~catapult.preconditioned_sharpness`
-and :func:`~catapult.top_eigenpairs` use): each rank holds its rows of every Krylov vector,
-the gradients are never gathered, and the solvers sum their inner products over the ranks
-(``reduce``, one all-reduce of a few numbers per step), so a rank's memory for the solve is its
-share of ``max_basis`` vectors, not ``max_basis`` whole ones; ``est.vector`` is this rank's part.
-With ``vectors="full"`` (the trace and the density, whose solvers take whole vectors) the
+(``vectors="local"``, what :func:`~catapult.sharpness`, :func:`~catapult.preconditioned_sharpness`,
+:func:`~catapult.top_eigenpairs`, :func:`~catapult.hessian_trace` and
+:func:`~catapult.spectral_density` use): each rank holds its rows of every Krylov vector (and
+of every random probe of the trace and the density), the gradients are never gathered, and the
+solvers sum their inner products over the ranks (``reduce``, one all-reduce of a few numbers
+per step), so a rank's memory for the solve is its share of ``max_basis`` vectors, not
+``max_basis`` whole ones; ``est.vector`` is this rank's part. With ``vectors="full"`` (what
+:func:`~catapult.curvature.spectrum.curvature_operator` gives, an operator on whole vectors) the
 gradients' shards are all-gathered and every rank runs the same iteration on whole vectors, as
 with :class:`~catapult.curvature.distributed.DistributedOperator`.
 
@@ -264,12 +266,8 @@ class ShardedHessianOperator:
         generator (so every rank draws the same whole vector and keeps its part, without holding
         all of it)."""
         if init is None:
-            gen = torch.Generator().manual_seed(int(seed))
-            parts = []
-            for p in self._params:
-                full = torch.randn(p.shape, generator=gen, dtype=torch.float64).to(self.device)
-                parts.append((self._rows(full, p) if self.local else full).reshape(-1))
-            return torch.cat(parts).to(device=self.device, dtype=self.dtype)
+            return self._drawn(torch.Generator().manual_seed(int(seed)),
+                               lambda shape, gen: torch.randn(shape, generator=gen, dtype=torch.float64))
         if not torch.is_tensor(init):
             raise TypeError(f"init must be a flat tensor (e.g. a previous est.vector), got {type(init).__name__}")
         flat = init.detach().reshape(-1).to(device=self.device, dtype=self.dtype, copy=True)
@@ -284,6 +282,20 @@ class ShardedHessianOperator:
         if not (math.isfinite(norm) and norm > 0):
             raise ValueError("init must be finite and non-zero")
         return v
+
+    def rademacher(self, gen: torch.Generator) -> torch.Tensor:
+        """A vector of random signs in this operator's coordinates, drawn from the CPU generator
+        ``gen`` as one whole vector of ``dimension`` entries would be (so every rank draws the
+        same one, and one process the same again), a parameter at a time, keeping this rank's
+        rows: the probes of the trace and the density."""
+        return self._drawn(gen, lambda shape, g: torch.randint(0, 2, shape, generator=g) * 2 - 1)
+
+    def _drawn(self, gen: torch.Generator, draw) -> torch.Tensor:
+        parts = []
+        for p in self._params:
+            full = draw(p.shape, gen).to(self.device)
+            parts.append((self._rows(full, p) if self.local else full).reshape(-1))
+        return torch.cat(parts).to(device=self.device, dtype=self.dtype)
 
     def _gradient_at(self, v: torch.Tensor | None, scale: float) -> tuple[torch.Tensor, float]:
         """The union's flat gradient at ``theta + scale v`` (``theta`` when ``v`` is None), and

@@ -20,7 +20,8 @@ from catapult.curvature.ggn import CURVATURES, GaussNewtonOperator
 from catapult.curvature.top_k import Eigenpairs, check_block_size, check_k, lanczos_top_k
 from catapult.curvature.sharpness import (PreconditionedOperator, build_operator, memory_setting,
                                           step_preconditioner)
-from catapult.curvature.start import check_solver_args, initial_vector, solver_split
+from catapult.curvature.krylov import inner_product, vector_norm
+from catapult.curvature.start import check_solver_args, initial_vector, solver_split, split_operator
 
 __all__ = ["CURVATURES", "GaussNewtonOperator", "Eigenpairs", "SpectralDensity",
            "curvature_operator", "lanczos_top_k", "top_eigenpairs", "hutch_plus_plus",
@@ -118,8 +119,28 @@ def _rademacher(shape, gen, dtype, device):
     return (torch.randint(0, 2, shape, generator=gen) * 2 - 1).to(dtype=dtype, device=device)
 
 
+def _probe(split, n: int, gen, dtype, device) -> torch.Tensor:
+    """A Rademacher vector of ``n`` entries, or its part on this rank for a ``split`` operator."""
+    return _rademacher((n,), gen, dtype, device) if split is None else split.rademacher(gen)
+
+
+def _orthonormal_rows(rows: torch.Tensor, reduce=None) -> torch.Tensor:
+    """Orthonormal rows spanning ``rows``' row space: a QR factorisation, or for rows split
+    over the ranks (``reduce``) two passes of ``M <- Lambda^-1/2 V^T M`` from the eigenvectors of
+    the all-reduced Gram matrix ``M M^T = V Lambda V^T`` (rows of a rank-deficient ``M`` with
+    ``lambda <= s eps lambda_max`` dropped)."""
+    if reduce is None:
+        return torch.linalg.qr(rows.T)[0].T
+    eps = torch.finfo(rows.dtype).eps
+    for _ in range(2):
+        evals, evecs = torch.linalg.eigh(reduce(rows @ rows.T))
+        keep = evals > rows.shape[0] * eps * evals[-1].clamp(min=0)
+        rows = (evecs[:, keep] / evals[keep].sqrt()).T @ rows
+    return rows
+
+
 def hutch_plus_plus(matvec, n: int, matvecs: int, *, dtype=torch.float64, device="cpu",
-                    seed: int = 0) -> float:
+                    seed: int = 0, split=None) -> float:
     """Hutch++ estimate of ``tr(A)`` from ``matvecs`` products (Meyer, Musco, Musco & Woodruff
     2021).
 
@@ -127,9 +148,16 @@ def hutch_plus_plus(matvec, n: int, matvecs: int, *, dtype=torch.float64, device
     remainder): ``Q = orth(A S)``, then
     ``tr(A) ~ tr(Q^T A Q) + tr(G^T (I - QQ^T) A (I - QQ^T) G) / cols(G)``: exact on the
     dominant subspace, Hutchinson on the rest (variance ``O(1/matvecs^2)`` for a fast-decaying
-    spectrum instead of ``O(1/matvecs)``). Needs ``matvecs >= 3``; memory ``~matvecs``
-    parameter-sized vectors. With ``matvecs >= n`` the trace is exact instead, from the ``n``
-    products ``A e_i`` (fewer than asked, and one vector at a time).
+    spectrum instead of ``O(1/matvecs)``). Needs ``matvecs >= 3``; memory: ``A S`` and ``Q``
+    (``2 s`` parameter-sized vectors) while ``Q`` is formed, then ``Q`` and three more (the
+    probes and their products are taken one at a time). With ``matvecs >= n`` the trace is exact instead, from the ``n`` products
+    ``A e_i`` (fewer than asked, and one vector at a time).
+
+    ``split``: for vectors split over the ranks, the operator that splits them (a
+    :class:`~catapult.curvature.sharded.ShardedHessianOperator` with ``vectors="local"``, see
+    :func:`~catapult.curvature.start.split_operator`): the probes are its
+    :meth:`~catapult.curvature.sharded.ShardedHessianOperator.rademacher` parts of the whole
+    vectors one process would draw, and inner products are summed over the ranks.
 
     Example (exact when ``Q`` spans the whole space):
         >>> A = torch.diag(torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64))
@@ -138,27 +166,36 @@ def hutch_plus_plus(matvec, n: int, matvecs: int, *, dtype=torch.float64, device
     """
     if not (isinstance(matvecs, int) and matvecs >= 3):
         raise ValueError(f"matvecs must be an integer >= 3, got {matvecs!r}")
+    reduce = None if split is None else split.reduce
+
+    def dot(a, b):
+        return float(inner_product(a, b, reduce))
+
     if matvecs >= n:
         unit = torch.zeros(n, dtype=dtype, device=device)
         total = 0.0
         for i in range(n):
             unit[i] = 1.0
-            total += float(matvec(unit)[i])
+            e = unit if split is None else split.localize(unit).to(device=device, dtype=dtype)
+            total += dot(e, matvec(e).to(dtype))
             unit[i] = 0.0
         return total
     gen = torch.Generator().manual_seed(int(seed))
     s = matvecs // 3
     g_cols = matvecs - 2 * s
-    S = _rademacher((s, n), gen, dtype, device)
-    AS = torch.stack([matvec(row).to(dtype) for row in S])
-    Q = torch.linalg.qr(AS.T)[0].T                               # (s, n) orthonormal rows
-    AQ = torch.stack([matvec(row).to(dtype) for row in Q])
-    exact = float(torch.einsum("in,in->", Q, AQ))
-    G = _rademacher((g_cols, n), gen, dtype, device)
-    G = G - (G @ Q.T) @ Q                                        # (I - QQ^T) G
-    AG = torch.stack([matvec(row).to(dtype) for row in G])
-    AG = AG - (AG @ Q.T) @ Q
-    return exact + float(torch.einsum("in,in->", G, AG)) / g_cols
+    AS = torch.stack([matvec(_probe(split, n, gen, dtype, device)).to(dtype) for _ in range(s)])
+    Q = _orthonormal_rows(AS, reduce)                            # orthonormal rows
+    del AS
+    exact = sum(dot(q, matvec(q).to(dtype)) for q in Q)
+
+    def project(v):                                               # (I - QQ^T) v
+        coeffs = Q @ v
+        return v.sub_(Q.T @ (coeffs if reduce is None else reduce(coeffs)))
+    rest = 0.0
+    for _ in range(g_cols):
+        g = project(_probe(split, n, gen, dtype, device))
+        rest += dot(g, project(matvec(g).to(dtype, copy=True)))
+    return exact + rest / g_cols
 
 
 def hessian_trace(model, loss_fn, batch, *, matvecs: int = 100, curvature: str = "hessian",
@@ -177,8 +214,11 @@ def hessian_trace(model, loss_fn, batch, *, matvecs: int = 100, curvature: str =
     """
     op = curvature_operator(model, loss_fn, batch, curvature=curvature, optimizer=optimizer,
                             dtype=dtype, hvp=hvp, seed=seed, chunk_size=chunk_size,
-                            distributed=distributed, scale_by_group_lr=scale_by_group_lr)
-    return hutch_plus_plus(op, op.numel, matvecs, dtype=op.dtype, device=op.device, seed=seed)
+                            distributed=distributed, scale_by_group_lr=scale_by_group_lr,
+                            sharded_vectors="local")
+    split = split_operator(op)
+    return hutch_plus_plus(op, op.numel if split is None else split.dimension, matvecs, dtype=op.dtype,
+                           device=op.device, seed=seed, split=split)
 
 
 @dataclass
@@ -198,8 +238,8 @@ class SpectralDensity:
     sigma: float
 
 
-def lanczos_quadrature(matvec, v: torch.Tensor, steps: int,
-                       max_basis: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def lanczos_quadrature(matvec, v: torch.Tensor, steps: int, max_basis: int | None = None, *,
+                       reduce=None, dimension: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Gauss quadrature of the spectral measure seen from ``v``: ``steps`` Lanczos steps give
     ``T``; its eigenvalues are the nodes and the squared first components of its eigenvectors
     the weights, so ``sum_j w_j f(theta_j) ~ v^T f(A) v / ||v||^2`` (exact for polynomials of
@@ -216,7 +256,9 @@ def lanczos_quadrature(matvec, v: torch.Tensor, steps: int,
     affected (measured against dense eigendecompositions in ``bench/RESULTS.md``, issue 16,
     section 4b).
 
-    A product that is not finite (nan or inf) raises a ValueError.
+    A product that is not finite (nan or inf) raises a ValueError. ``reduce`` and
+    ``dimension``: for vectors split over the ranks, as in
+    :func:`~catapult.curvature.lanczos.lanczos_top_eigenpair`.
 
     Example (the nodes of a 2x2 operator from 2 steps are its eigenvalues):
         >>> A = torch.tensor([[2.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
@@ -228,12 +270,12 @@ def lanczos_quadrature(matvec, v: torch.Tensor, steps: int,
         [1.0, 3.0]
     """
     n = v.numel()
-    steps = min(int(steps), n)
+    steps = min(int(steps), n if dimension is None else dimension)
     if max_basis is not None and not (isinstance(max_basis, int) and max_basis >= 2):
         raise ValueError(f"max_basis must be None or an integer >= 2, got {max_basis!r}")
     kept = steps if max_basis is None else min(max_basis, steps)
     Q = v.new_zeros((kept, n))  # ring: q_j lives in row j % kept
-    Q[0] = v / torch.linalg.vector_norm(v)
+    Q[0] = v / vector_norm(v, reduce)
     T = np.zeros((steps, steps))
     m = steps
     for j in range(steps):
@@ -241,10 +283,12 @@ def lanczos_quadrature(matvec, v: torch.Tensor, steps: int,
         rows = Q[:min(j + 1, kept)]
         for _ in range(2):
             h = rows @ w
+            if reduce is not None:
+                h = reduce(h)
             w.addmv_(rows.T, h, alpha=-1.0)
             if _ == 0:
                 T[j, j] = float(h[j % kept])
-        beta = float(torch.linalg.vector_norm(w))
+        beta = float(vector_norm(w, reduce))
         if not (math.isfinite(beta) and math.isfinite(T[j, j])):
             # numpy's eigh of a nan T fails with "Eigenvalues did not converge"
             raise ValueError(f"product {j + 1} of the Lanczos quadrature is not finite (a loss "
@@ -303,12 +347,14 @@ def spectral_density(model, loss_fn, batch, *, runs: int = 8, steps: int = 40,
         raise ValueError(f"sigma must be None or a finite number > 0, got {sigma!r}")
     op = curvature_operator(model, loss_fn, batch, curvature=curvature, optimizer=optimizer,
                             dtype=dtype, hvp=hvp, seed=seed, chunk_size=chunk_size,
-                            distributed=distributed, scale_by_group_lr=scale_by_group_lr)
+                            distributed=distributed, scale_by_group_lr=scale_by_group_lr,
+                            sharded_vectors="local")
+    split = split_operator(op)
     gen = torch.Generator().manual_seed(int(seed))
     nodes, weights = [], []
     for _ in range(runs):
-        v = _rademacher((op.numel,), gen, op.dtype, op.device)
-        t, w = lanczos_quadrature(op, v, steps, max_basis)
+        v = _probe(split, op.numel, gen, op.dtype, op.device)
+        t, w = lanczos_quadrature(op, v, steps, max_basis, **solver_split(op))
         pad = steps - len(t)  # an invariant subspace ends early: pad with zero-weight nodes
         nodes.append(np.concatenate([t, np.full(pad, t[-1])]))
         weights.append(np.concatenate([w, np.zeros(pad)]))

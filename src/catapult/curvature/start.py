@@ -11,7 +11,7 @@ import torch
 
 from catapult.curvature import distributed as dist_ops
 
-__all__ = ["check_solver_args", "start_vector", "initial_vector", "solver_split"]
+__all__ = ["check_solver_args", "start_vector", "initial_vector", "split_operator", "solver_split"]
 
 
 def start_vector(init, n: int, dtype: torch.dtype, device: torch.device, seed: int):
@@ -41,9 +41,15 @@ def start_vector(init, n: int, dtype: torch.dtype, device: torch.device, seed: i
     return v0
 
 
-def _split(op):
+def split_operator(op):
     """The operator on vectors split over the ranks behind ``op`` (itself, or the one a
-    pre-conditioned operator wraps, ``op.op``), or None."""
+    pre-conditioned operator wraps, ``op.op``: a
+    :class:`~catapult.curvature.sharded.ShardedHessianOperator` with ``vectors="local"``), or None.
+
+    >>> from catapult.curvature.sharpness import build_operator
+    >>> split_operator(build_operator(torch.nn.Linear(2, 1), torch.nn.MSELoss(), (torch.eye(2), torch.zeros(2, 1)))) is None
+    True
+    """
     for candidate in (op, getattr(op, "op", None)):
         if getattr(candidate, "local", False):
             return candidate
@@ -62,7 +68,7 @@ def initial_vector(op, init, seed: int, distributed: bool) -> torch.Tensor:
     >>> initial_vector(H, torch.tensor([3.0, 4.0]), 0, distributed=False)
     tensor([3., 4.])
     """
-    split = _split(op)
+    split = split_operator(op)
     if split is not None:
         return split.start_vector(init, seed)
     v0 = start_vector(init, op.numel, op.dtype, op.device, seed)
@@ -80,7 +86,7 @@ def solver_split(op) -> dict:
     >>> solver_split(build_operator(torch.nn.Linear(2, 1), torch.nn.MSELoss(), (torch.eye(2), torch.zeros(2, 1))))
     {'reduce': None, 'dimension': None}
     """
-    split = _split(op)
+    split = split_operator(op)
     return {"reduce": None, "dimension": None} if split is None else {"reduce": split.reduce,
                                                                       "dimension": split.dimension}
 
