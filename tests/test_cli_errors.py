@@ -575,3 +575,13 @@ def test_a_bad_or_unreachable_ray_address_is_refused_before_the_store(tmp_path, 
         err = capsys.readouterr().err
         assert code == 2 and message in err, err
         assert not store.exists()
+
+
+@pytest.mark.parametrize("command", ["train", "critical-lr", "spectrum"])
+def test_difference_products_a_relu_model_refuses_exit_2_before_any_work(tiny, tmp_path, capsys, command):
+    # without the config's check the first product raised from inside the solver (a traceback)
+    argv = [command, str(tiny), "eval.sharpness_hvp=finite_difference", "optimizer.lr=0.1"]
+    code = cli.main(argv + (["--out", str(tmp_path / "run"), "--progress", "none"] if command == "train" else []))
+    err = capsys.readouterr().err
+    assert code == 2 and "model.activation" in err and "ReLU kinks" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()

@@ -175,3 +175,26 @@ def test_more_eigenvalues_than_parameters_is_refused_when_the_run_is_built(tmp_p
     err = capsys.readouterr().err
     assert "eval.spectrum_top_k: 611" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("overrides, key", [
+    ({}, "model.activation"),                                            # the default mlp: ReLU, float32
+    ({"model": {"name": "gpt", "activation": "relu"}, "data": {"name": "shakespeare"}}, "model.activation"),
+    ({"model": {"name": "wrn", "depth": 10}, "data": {"name": "cifar10"}}, "eval.sharpness_hvp"),  # ReLU throughout
+    ({"dtype": "float64"}, None), ({"eval": {"sharpness_dtype": "float64"}}, None),
+    ({"model": {"activation": "tanh"}}, None), ({"model": {"activation": "gelu"}}, None),
+])
+def test_difference_products_across_relu_kinks_are_refused_by_validation(overrides, key):
+    # below float64 the steps of finite-difference HVPs cross ReLU kinks, and
+    # catapult.curvature.difference refuses the products: named here, before any work
+    config = {"eval": {"sharpness_hvp": "finite_difference"}}
+    for section, values in overrides.items():
+        config[section] = {**config.get(section, {}), **values} if isinstance(values, dict) else values
+    if key is None:
+        C.validate(config)
+        return
+    with pytest.raises(C.ConfigError) as refused:
+        C.validate(config)
+    assert [k for k, _ in refused.value.problems] == [key]
+    assert "ReLU kinks" in str(refused.value)
+    C.validate({**config, "eval": {**config["eval"], "sharpness_hvp": "auto"}})   # exact products are fine

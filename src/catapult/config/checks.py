@@ -11,7 +11,7 @@ from catapult.config.lr import parse_lr
 from catapult.config.sections import (PRECONDITIONED_OPTIMIZERS, TEXT_DATASETS, DataConfig, ModelConfig,
                                       OptimizerConfig, ScheduleConfig)
 
-__all__ = ["CHECKS"]
+__all__ = ["CHECKS", "kink_problems"]
 
 Problems = Iterable[tuple[str, str]]
 
@@ -201,8 +201,34 @@ def _check_spectrum(config: dict) -> Problems:
                                            f"of an eigenvalue); got {block}")
 
 
+def kink_problems(config: dict, dtype: str, source: str) -> Problems:
+    """The keys in the way of finite-difference Hessian-vector products of ``config``'s model in
+    ``dtype``, from ``source`` (the key that makes them): below float64 their steps cross ReLU
+    kinks, and :mod:`catapult.curvature.difference` refuses them (a wrn is ReLU throughout)."""
+    if dtype == "float64":
+        return
+    model = config["model"]
+    why = f"its Hessian-vector products are finite differences ({source}), and in {dtype} their steps cross ReLU kinks"
+    if model["name"] == "wrn":
+        yield (source, f"a wrn is measured by double backprop (or in dtype: float64): {why}")
+    elif model["activation"] == "relu":
+        yield ("model.activation", f"use {'gelu' if model['name'] == 'gpt' else 'gelu or tanh'} (or dtype: "
+                                   f"float64) to measure sharpness: {why}")
+
+
+def _check_difference_products(config: dict) -> Problems:
+    """``eval.sharpness_hvp: finite_difference`` where :func:`kink_problems` says its products
+    are refused: before any work rather than at the first product, whichever command measures
+    (``train``'s sharpness or ``c/lambda0``, ``spectrum``, ``critical-lr``'s ``2 / lambda_0``).
+    (``train.fsdp``, whose products are always differences, names this with the other keys a
+    sharded run refuses: :func:`catapult.engine.fsdp.check_fsdp`.)"""
+    ev = config["eval"]
+    if ev["sharpness_hvp"] == "finite_difference" and not config["train"]["fsdp"]:
+        yield from kink_problems(config, ev["sharpness_dtype"] or config["dtype"], "eval.sharpness_hvp")
+
+
 #: The cross-key checks, run in this order on a config whose keys validated individually.
 CHECKS: list[Callable[[dict], Problems]] = [
     _check_decay, _check_data_root, _check_model_data, _check_adam_family, _check_catapult_warmup,
-    _check_dtype_range, _check_wrn_and_augment, _check_text_tokens, _check_spectrum,
+    _check_dtype_range, _check_wrn_and_augment, _check_text_tokens, _check_spectrum, _check_difference_products,
 ]

@@ -45,6 +45,7 @@ import torch
 import torch.nn as nn
 
 from catapult import config as cfg
+from catapult.config.checks import kink_problems
 from catapult.config.lr import lr_needs_lambda0
 
 __all__ = ["check_fsdp", "shard_model", "full_state_dict"]
@@ -69,10 +70,7 @@ def check_fsdp(config: Mapping[str, Any], distributed: bool) -> None:
     ev = config["eval"]
     if ev["sharpness_every"] or lr_needs_lambda0(config["optimizer"]["lr"]):
         # what catapult.curvature.sharded refuses, named by key before any work
-        if config["dtype"] != "float64" and config["model"]["activation"] == "relu":
-            problems.append(("model.activation", f"use gelu (or dtype: float64) to measure sharpness with "
-                                                 f"train.fsdp: its Hessian-vector products are finite differences, "
-                                                 f"and in {config['dtype']} their steps cross ReLU kinks"))
+        problems += kink_problems(config, config["dtype"], "train.fsdp")
         if ev["sharpness_hvp"] not in ("auto", "finite_difference"):
             problems.append(("eval.sharpness_hvp", "use auto or finite_difference with train.fsdp: FSDP's hooks "
                                                    "run no double backward"))
