@@ -12,6 +12,7 @@ import torch
 
 import catapult
 from catapult.curvature import HessianOperator, difference
+from dense_curvature import dense_hessian
 
 
 def near_kink_mlp(dtype=torch.float64, offset=5e-7):
@@ -21,18 +22,6 @@ def near_kink_mlp(dtype=torch.float64, offset=5e-7):
     with torch.no_grad():  # unit 0 of sample 0 sits `offset` above its kink
         model[0].bias[0] = offset - model[0].weight[0] @ x[0]
     return model, torch.nn.MSELoss(), (x, y)
-
-
-def dense_hessian(model, loss_fn, batch):
-    names = [n for n, _ in model.named_parameters()]
-    shapes = [p.shape for p in model.parameters()]
-    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-
-    def loss(theta):
-        pieces = torch.split(theta, [s.numel() for s in shapes])
-        params = {n: t.view(s) for n, t, s in zip(names, pieces, shapes)}
-        return loss_fn(torch.func.functional_call(model, params, (batch[0],)), batch[1])
-    return torch.autograd.functional.hessian(loss, flat)
 
 
 def crossing_direction(model):
@@ -92,8 +81,7 @@ def test_smooth_losses_pass_the_check_at_the_first_step(dtype):
     model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)).to(dtype)
     batch = (torch.randn(20, 6, dtype=dtype), torch.randint(0, 3, (20,)))
     loss_fn = torch.nn.CrossEntropyLoss()
-    H = dense_hessian(model.double(), loss_fn, (batch[0].double(), batch[1]))
-    model.to(dtype)
+    H = dense_hessian(model, loss_fn, batch)   # in float64
     op = HessianOperator(model, loss_fn, batch, hvp="finite_difference")
     for seed in range(5):
         v = torch.randn(op.numel, generator=torch.Generator().manual_seed(seed), dtype=dtype)

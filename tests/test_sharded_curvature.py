@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 import catapult
 from catapult.curvature.distributed import single_process_group
+from dense_curvature import dense_hessian
 from gloo_ranks import on_ranks
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
@@ -30,19 +31,6 @@ def shard(model):
     fully_shard(model[0])
     fully_shard(model)
     return model
-
-
-def dense_hessian(model, loss_fn, batch):
-    names = [n for n, _ in model.named_parameters()]
-    shapes = [p.shape for p in model.parameters()]
-    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-
-    def loss(theta):
-        parts = torch.split(theta, [s.numel() for s in shapes])
-        params = {n: t.view(s) for n, t, s in zip(names, parts, shapes)}
-        return loss_fn(torch.func.functional_call(model, params, (batch[0],)), batch[1])
-
-    return torch.autograd.functional.hessian(loss, flat)
 
 
 def adam_steps(model, loss_fn, batch, steps=2):
