@@ -348,6 +348,7 @@ class ShardedHessianOperator:
         norm = float(vector_norm(v, self.reduce))
         if norm == 0:
             return torch.zeros_like(v)
+
         def product_at(h):
             plus, _ = self._gradient_at(v, h / norm)
             minus, _ = self._gradient_at(v, -h / norm)
