@@ -59,6 +59,7 @@ def test_one_sharded_process_measures_the_dense_hessians_spectrum_and_the_unshar
         top2 = catapult.top_eigenpairs(model, loss_fn, batch, k=2, tol=1e-10, distributed=True)
         pre = catapult.preconditioned_sharpness(model, loss_fn, batch, opt, tol=1e-10, distributed=True)
         trace = catapult.hessian_trace(model, loss_fn, batch, matvecs=30, distributed=True)
+        exact_trace = catapult.hessian_trace(model, loss_fn, batch, matvecs=40, distributed=True)  # >= 32 entries
         density = catapult.spectral_density(model, loss_fn, batch, runs=4, steps=10, distributed=True)
         sgd = torch.optim.SGD([{"params": list(model[0].parameters()), "lr": 0.2},
                                {"params": list(model[2].parameters()), "lr": 0.1}])
@@ -72,6 +73,7 @@ def test_one_sharded_process_measures_the_dense_hessians_spectrum_and_the_unshar
     want = catapult.preconditioned_sharpness(plain, loss_fn, batch, plain_opt, tol=1e-10)
     assert pre.value == pytest.approx(want.value, rel=1e-8)
     assert trace == pytest.approx(catapult.hessian_trace(plain, loss_fn, batch, matvecs=30), rel=1e-8)
+    assert exact_trace == pytest.approx(float(dense_now.sum()), rel=1e-8)   # the products A e_i, one by one
     plain_sgd = torch.optim.SGD([{"params": list(plain[0].parameters()), "lr": 0.2},
                                  {"params": list(plain[2].parameters()), "lr": 0.1}])
     want_scaled = catapult.top_eigenpairs(plain, loss_fn, batch, k=2, tol=1e-10, optimizer=plain_sgd,
