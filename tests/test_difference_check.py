@@ -15,12 +15,12 @@ from catapult.curvature import HessianOperator, difference
 from dense_curvature import dense_hessian
 
 
-def near_kink_mlp(dtype=torch.float64, offset=5e-7):
+def near_kink_mlp():
     torch.manual_seed(3)
-    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)).to(dtype)
-    x, y = torch.randn(5, 3, dtype=dtype), torch.randn(5, 2, dtype=dtype)
-    with torch.no_grad():  # unit 0 of sample 0 sits `offset` above its kink
-        model[0].bias[0] = offset - model[0].weight[0] @ x[0]
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)).double()
+    x, y = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)
+    with torch.no_grad():  # unit 0 of sample 0 sits 5e-7 above its kink
+        model[0].bias[0] = 5e-7 - model[0].weight[0] @ x[0]
     return model, torch.nn.MSELoss(), (x, y)
 
 

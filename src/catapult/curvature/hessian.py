@@ -453,11 +453,21 @@ class HessianOperator:
         """Flat ``g(theta)`` summed as the shifted gradients are (computed once)."""
         if self._base is None:
             self._base = torch.zeros(self.numel, dtype=self.dtype, device=self.device)
-            self._gradient_into([p.clone() for p in self._params.values()], self.split(self._base))
+            self._gradient_into(self._leaf_buffers(), self.split(self._base))
         return self._base
 
-    def _gradient_into(self, leaves, views) -> None:
-        """``views += g`` at the parameter values ``leaves``, through ``.grad`` accumulation."""
+    def _leaf_buffers(self) -> list[torch.Tensor]:
+        return [torch.empty_like(p) for p in self._params.values()]
+
+    def _gradient_into(self, leaves, views, parts=(), scale: float = 0.0) -> None:
+        """``views += g(theta + scale v)`` (``v`` given as ``parts``, split like the parameters),
+        through ``.grad`` accumulation, with ``leaves`` (one buffer per parameter) holding the
+        shifted parameters."""
+        with torch.no_grad():
+            for leaf, p in zip(leaves, self._params.values()):
+                leaf.copy_(p)
+            for leaf, c in zip(leaves, parts):
+                leaf.add_(c.to(leaf.dtype), alpha=scale)
         for leaf in leaves:
             leaf.requires_grad_(True)
         for x, y, w in self._chunks:
@@ -476,38 +486,32 @@ class HessianOperator:
     def _finite_difference_into(self, parts, out: torch.Tensor, norm: float) -> None:
         """``out += (g(theta + h u) - g(theta - h u)) / 2h * ||v||``, ``u = v / ||v||``, checked
         for kinks (:func:`~catapult.curvature.difference.checked_difference`). One work vector
-        ``f`` and one shifted copy of the parameters, moved in place: ``f = g+ - g0``,
-        ``out += 2 s f``, then ``f`` becomes the second difference ``e = g+ + g- - 2 g0`` and
-        ``out -= s e``, leaving ``out + s (g+ - g-)`` (``s = ||v|| / 2h``)."""
+        ``f`` and one buffer of shifted parameters: ``f = g+ - g0``, ``out += 2 s f``, then ``f``
+        becomes the second difference ``e = g+ + g- - 2 g0`` and ``out -= s e``, leaving
+        ``out + s (g+ - g-)`` (``s = ||v|| / 2h``)."""
         if norm == 0:
             return
-        base, work = self._difference_base(), torch.empty_like(out)
+        base, work, leaves = self._difference_base(), torch.empty_like(out), self._leaf_buffers()
         views = self.split(work)
 
-        def shifted(leaves, h: float) -> None:  # work = g(theta + h u) - g0
+        def forward(h: float) -> None:  # work = g(theta + h u) - g0
             work.copy_(base).neg_()
-            with torch.no_grad():
-                for leaf, p, c in zip(leaves, self._params.values(), parts):
-                    leaf.copy_(p).add_(c.to(leaf.dtype), alpha=h / norm)
-            self._gradient_into(leaves, views)
+            self._gradient_into(leaves, views, parts, h / norm)
 
         def product_at(h: float):
-            s, leaves = norm / (2.0 * h), [p.clone() for p in self._params.values()]
-            shifted(leaves, h)
-            forward = float(torch.linalg.vector_norm(work))
+            s = norm / (2.0 * h)
+            forward(h)
+            first = float(torch.linalg.vector_norm(work))
             out.add_(work, alpha=2.0 * s)
-            with torch.no_grad():  # theta + h u -> theta - h u, in place
-                for leaf, c in zip(leaves, parts):
-                    leaf.add_(c.to(leaf.dtype), alpha=-2.0 * h / norm)
-            self._gradient_into(leaves, views)
+            self._gradient_into(leaves, views, parts, -h / norm)   # work = g+ + g- - g0
             work.sub_(base)
-            gap = relative_gap(float(torch.linalg.vector_norm(work)), forward)
+            gap = relative_gap(float(torch.linalg.vector_norm(work)), first)
 
             def finish(accepted: bool) -> None:
                 if accepted:
                     out.add_(work, alpha=-s)
                 else:  # take back the 2 s f added above
-                    shifted(leaves, h)
+                    forward(h)
                     out.add_(work, alpha=-2.0 * s)
             return gap, finish
 
@@ -536,9 +540,7 @@ class HessianOperator:
         if norm == 0:
             return torch.zeros_like(v)
         h, shifted = self._eps ** 0.5, torch.zeros_like(v)
-        with torch.no_grad():
-            leaves = [p.add(c.to(p.dtype), alpha=h / norm) for p, c in zip(self._params.values(), self.split(v))]
-        self._gradient_into(leaves, self.split(shifted))
+        self._gradient_into(self._leaf_buffers(), self.split(shifted), self.split(v), h / norm)
         return shifted.sub_(self.gradient()).mul_(norm / h)
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:

@@ -164,7 +164,8 @@ class ShardedHessianOperator:
     ``dtype``, ``device``, ``names``, ``loss`` (the union's), ``gradient()`` (the union's, in
     these coordinates), ``matvecs``; and ``local``, ``dimension`` (the whole parameter count),
     ``reduce`` (the solvers' sum over ranks with local vectors, else None), ``part(t)``,
-    ``localize(whole)``, ``start_vector(init, seed)``, ``gradients()`` (by parameter, as ``DTensor`` shards),
+    ``localize(whole)``, ``start_vector(init, seed)``, ``rademacher(gen)`` (random signs, for the trace
+    and the density), ``gradients()`` (by parameter, as ``DTensor`` shards),
     ``difference_gap`` and ``shrunk_steps`` (the module docstring). Each product costs two
     forward + backward passes of the sharded model (two more per retry).
 
@@ -291,6 +292,7 @@ class ShardedHessianOperator:
         return self._drawn(gen, lambda shape, g: torch.randint(0, 2, shape, generator=g) * 2 - 1)
 
     def _drawn(self, gen: torch.Generator, draw) -> torch.Tensor:
+        """``draw(shape, gen)`` for each whole parameter in turn (CPU), this rank's rows kept."""
         parts = []
         for p in self._params:
             full = draw(p.shape, gen).to(self.device)
