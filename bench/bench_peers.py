@@ -27,6 +27,8 @@ call of each kind of product.
 
 Usage:  OMP_NUM_THREADS=1 .venv/bin/python bench/bench_peers.py [--seeds 3] [--problems fcn1000,fcn2500,gpt]
         [--ours-tol 1e-2]   (ours also at looser tols, same interleave)
+        [--hvp compiled]    (ours with that product mode; with ``compiled`` a first call per
+                             problem compiles, outside the timed calls, and its time is printed)
 """
 from __future__ import annotations
 
@@ -49,7 +51,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_sharpness import Timer, make_batch, make_model  # noqa: E402  (same FCN problem, same clock)
 
 from catapult.curvature import sharpness  # noqa: E402
-from catapult.curvature.hessian import math_attention  # noqa: E402
+from catapult.curvature.hessian import HVP_MODES, math_attention  # noqa: E402
 
 TARGET = 1e-3
 
@@ -94,9 +96,9 @@ def problem(name: str):
     raise SystemExit(f"unknown problem {name!r}")
 
 
-def run_ours(model, loss, batch, seed, tol=TARGET):
+def run_ours(model, loss, batch, seed, tol=TARGET, hvp="auto"):
     with Timer() as t:
-        est = sharpness(model, loss, batch, tol=tol, seed=seed)
+        est = sharpness(model, loss, batch, tol=tol, seed=seed, hvp=hvp)
     return est.value, est.matvecs, t.seconds, t.cpu, est.coarse_matvecs
 
 
@@ -191,6 +193,9 @@ def main(argv=None):
                         help="also run ours at these looser tols (comma-separated, e.g. 1e-2), in the "
                              "same interleave: its residual certificate against the peers' eigenvalue "
                              "error (a residual r bounds the eigenvalue error by r, and by ~r^2/gap)")
+    parser.add_argument("--hvp", default="auto", choices=HVP_MODES,
+                        help="ours' product mode (default auto); with 'compiled' each problem's "
+                             "first call compiles, outside the timed calls, and its time is printed")
     parser.add_argument("--spectrum-figure", default=None,
                         help="instead: top-5, trace and SLQ density of the FCN (Hessian and GGN), "
                              "figures at this path (suffixed _hessian / _ggn)")
@@ -214,15 +219,20 @@ def main(argv=None):
                             max_basis=64).value
         print(f"\n## {name}: {n_params} parameters, reference lambda_max {ref:.8g} "
               f"({t.seconds:.1f} s)", flush=True)
+        if args.hvp != "auto":  # a first call's compile is not one of the timed calls
+            with Timer() as t:
+                run_ours(model, loss, batch, 0, hvp=args.hvp)
+            print(f"first call with hvp={args.hvp!r}: wall {t.seconds:.1f} s, CPU {t.cpu:.1f} s", flush=True)
         rows = {"catapult.sharpness tol 1e-3": [], "hessian-eigenthings, best max_iter": [],
                 "curvlinops + eigsh tol 1e-3": []}
         looser = [float(x) for x in args.ours_tol.split(",") if x]
         rows.update({f"catapult.sharpness tol {tol:g}": [] for tol in looser})
         for seed in range(args.seeds):
             # interleaved per seed so the solvers share the machine's load
-            rows["catapult.sharpness tol 1e-3"].append(run_ours(model, loss, batch, seed))
+            rows["catapult.sharpness tol 1e-3"].append(run_ours(model, loss, batch, seed, hvp=args.hvp))
             for tol in looser:
-                rows[f"catapult.sharpness tol {tol:g}"].append(run_ours(model, loss, batch, seed, tol))
+                rows[f"catapult.sharpness tol {tol:g}"].append(run_ours(model, loss, batch, seed, tol,
+                                                                        hvp=args.hvp))
             # the peers need the twice-differentiable (math) attention kernel, as ours uses
             with math_attention():
                 rows["hessian-eigenthings, best max_iter"].append(

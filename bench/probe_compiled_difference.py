@@ -10,7 +10,13 @@ compiled level, and hessian-eigenthings at its oracle ``max_iter`` (11, 13, 14).
 (and compiles; its time is printed), rounds 2-3 are timed (CPU and wall, mean per call).
 Nothing in the library is changed.
 
+A fourth arm adds compiled exact products to the compiled level: ``jvp(grad(loss))`` (forward
+over reverse, ``--products forward``, the default) or ``vjp(grad(loss))`` (reverse over reverse,
+``--products reverse``, which compiles on the one-hot MSE loss where the forward one crashes:
+``bench/probe_compiled_forward_ad.py``).
+
 Usage:  OMP_NUM_THREADS=1 .venv/bin/python bench/probe_compiled_difference.py [--threads 1] [--level-tol 3e-3]
+            [--products forward|reverse]
 """
 from __future__ import annotations
 
@@ -55,18 +61,22 @@ def compiled_level(model, loss_fn, inputs, targets):
     return forward_difference
 
 
-def compiled_products(model, loss_fn, inputs, targets):
+def compiled_products(model, loss_fn, inputs, targets, kind="forward"):
     """A ``__call__`` replacement for ``hvp="forward_over_reverse"``: ``H v`` from
-    ``torch.compile`` of ``jvp(grad(loss))`` (exact products, no graph kept between them)."""
+    ``torch.compile`` of ``jvp(grad(loss))`` (``kind="forward"``) or of ``vjp(grad(loss))``
+    (``"reverse"``): exact products, no graph kept between them."""
     def loss(params):
         return loss_fn(torch.func.functional_call(model, params, (inputs,)), targets)
     grad = torch.func.grad(loss)
-    hvp = torch.compile(lambda params, tangents: torch.func.jvp(grad, (params,), (tangents,))[1])
+    if kind == "forward":
+        hvp = torch.compile(lambda params, tangents: torch.func.jvp(grad, (params,), (tangents,))[1])
+    else:
+        hvp = torch.compile(lambda params, tangents: torch.func.vjp(grad, params)[1](tangents)[0])
 
     def product(self, v):
         v = v.to(device=self.device, dtype=self.dtype)
         self.matvecs += 1
-        with math_attention():   # torch has no forward-AD formula for the fused CPU attention
+        with math_attention():   # the fused CPU attention has no forward-AD formula nor double backward
             out = hvp(dict(self._params), dict(zip(self.names, self.split(v))))
         return torch.cat([out[n].reshape(-1) for n in self.names])
     return product
@@ -77,6 +87,8 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--level-tol", type=float, default=None,
                         help="the difference level's tol for both arms (default: coarse='auto', 3e-3)")
+    parser.add_argument("--products", choices=("forward", "reverse"), default="forward",
+                        help="the compiled exact products: jvp(grad) or vjp(grad) (default forward)")
     args = parser.parse_args()
     import hessian_eigenthings as he
 
@@ -84,7 +96,7 @@ def main():
     model, loss_fn, batch = problem("gpt")
     peer = he.HessianOperator(model, [batch], lambda m, b: loss_fn(m(b[0]), b[1]))
     compiled = compiled_level(model, loss_fn, *batch)
-    products = compiled_products(model, loss_fn, *batch)
+    products = compiled_products(model, loss_fn, *batch, kind=args.products)
     times = {"shipped": [], "compiled": [], "compiled products": [], "peer": []}
     answers = {}
     for round_ in range(3):

@@ -1,5 +1,6 @@
 """Probe: does ``torch.compile`` of an exact Hessian-vector product, ``jvp(grad(loss))``
-(forward over reverse), work for the losses ``catapult.sharpness`` is used with?
+(forward over reverse) or ``vjp(grad(loss))`` (reverse over reverse), work for the losses
+``catapult.sharpness`` is used with?
 
 A tanh MLP 5-16-3 on 20 samples; for each loss, a fresh Python process compiles the product
 with ``fullgraph=True`` (inside :class:`catapult.curvature.forward_ad.losses_for_forward_ad`,
@@ -32,6 +33,8 @@ loss_fn, y = {{"cross_entropy": (F.cross_entropy, labels),
 grad = torch.func.grad(lambda p, t: loss_fn(torch.func.functional_call(model, p, (x,)), t))
 
 def hvp(p, v, t):
+    if {kind!r} == "reverse":
+        return torch.func.vjp(lambda q: grad(q, t), p)[1](v)[0]
     with losses_for_forward_ad():
         if t.is_floating_point():
             return torch.func.jvp(grad, (p, t), (v, torch.zeros_like(t)))[1]
@@ -47,14 +50,17 @@ print(max(float((compiled[k] - eager[k]).abs().max()) for k in eager))
 
 def main():
     argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
-    print("| loss | compiled jvp(grad) | max abs difference from eager |\n|---|---|---|")
+    print("| loss | product | compiled | max abs difference from eager |\n|---|---|---|---|")
     for name in LOSSES:
-        done = subprocess.run([sys.executable, "-c", CHILD.format(name=name)], capture_output=True, text=True)
-        if done.returncode == 0:
-            print(f"| {name} | ok | {float(done.stdout.strip().splitlines()[-1]):.1e} |", flush=True)
-        else:
-            last = (done.stderr.strip().splitlines() or ["(no message)"])[-1][:100]
-            print(f"| {name} | failed, exit code {done.returncode} | {last} |", flush=True)
+        for kind, label in (("forward", "jvp(grad)"), ("reverse", "vjp(grad)")):
+            done = subprocess.run([sys.executable, "-c", CHILD.format(name=name, kind=kind)],
+                                  capture_output=True, text=True)
+            if done.returncode == 0:
+                print(f"| {name} | {label} | ok | {float(done.stdout.strip().splitlines()[-1]):.1e} |",
+                      flush=True)
+            else:
+                last = (done.stderr.strip().splitlines() or ["(no message)"])[-1][:100]
+                print(f"| {name} | {label} | failed, exit code {done.returncode} | {last} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ MODULES = (
     "catapult.curvature.sharded",
     "catapult.curvature.forward_ad",
     "catapult.curvature.difference",
+    "catapult.curvature.compiled",
+    "catapult.curvature.microbatch",
     "catapult.curvature.krylov",
     "catapult.curvature.lanczos",
     "catapult.curvature.top_k",

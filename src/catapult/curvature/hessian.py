@@ -18,13 +18,14 @@ from torch.utils._pytree import tree_map
 
 from catapult.curvature.difference import central_step, checked_difference, relative_gap
 from catapult.curvature.forward_ad import jvp_of_gradient
+from catapult.curvature.microbatch import refuse_dropout, split_batch
 
 __all__ = ["HVP_MODES", "HessianOperator", "resolve_dtype", "resolve_hvp", "fixed_rng", "math_attention"]
 
 
 #: Accepted values of ``hvp=``. ``"auto"`` picks the mode measured fastest (see
 #: ``bench/bench_sharpness.py`` and the "Sharpness (issue 2)" section of ``bench/RESULTS.md``).
-HVP_MODES = ("auto", "double_backprop", "forward_over_reverse", "finite_difference")
+HVP_MODES = ("auto", "double_backprop", "forward_over_reverse", "finite_difference", "compiled")
 
 # What "auto" resolves to, per device type. Measured by bench/bench_sharpness.py on the Fig. 1
 # FCN (4 Linear layers, width 512, 5000 x 3072 batch) on a 2-core CPU: double backprop, which
@@ -165,6 +166,13 @@ class HessianOperator:
         (:mod:`~catapult.curvature.difference`; ``difference_gap``, ``shrunk_steps``). Measured
         relative error of ``H v`` on a small tanh MLP (``tests/test_spectrum.py``): <= 5e-11 in
         float64, <= 2.5e-5 in float32.
+      * ``"compiled"``: ``H v = vjp(grad(L))(v)``, reverse over reverse, and the gradients of
+        :meth:`forward_difference`, through ``torch.compile`` (:mod:`~catapult.curvature.compiled`):
+        exact products, no graph kept, cheaper per call once compiled on models whose products
+        are many small operations (the small GPT of ``bench/bench_peers.py``: a ``sharpness``
+        call 1.3x faster), nothing gained on large matmuls; the first call in a process compiles
+        (15-35 s on 2 CPU cores). Train-mode dropout is refused: compiled graphs draw their own
+        masks.
       * ``"auto"``: the one measured faster (``_AUTO_HVP``; double backprop on CPU).
 
     Micro-batches (``chunk_size``): with ``chunk_size=c`` smaller than the batch, the batch is cut
@@ -253,10 +261,18 @@ class HessianOperator:
         self._grad_flat: torch.Tensor | None = None
         self._base: torch.Tensor | None = None  # g(theta) for the finite differences
         self.difference_gap, self.shrunk_steps = 0.0, 0
-        self.loss = float("nan")
-        # [(inputs, targets, weight)]; one entry = the whole batch, weight 1.
-        self._chunks = self._split_batch(chunk_size)
+        # [(inputs, targets, weight)]; one entry = the whole batch, weight 1 (and a nan loss).
+        self._chunks, self.loss = split_batch(model, self._loss, self._params, self._inputs,
+                                              self._targets, chunk_size, self.dtype)
         self.chunks = len(self._chunks)
+        if self.mode == "compiled":  # products and gradients from compiled.py, chunk by chunk
+            refuse_dropout(model, "hvp='compiled'", "compiled graphs draw apart from the seed",
+                           "another hvp mode")
+            self._per_product = False
+            if self.chunks == 1:
+                with torch.no_grad():
+                    self.loss = float(self._loss(self._params))
+            return
 
         # With chunks, every product and the gradient are built chunk by chunk (_chunked_product,
         # gradient); on the whole batch double backprop keeps one gradient graph for all products
@@ -274,58 +290,6 @@ class HessianOperator:
             self._diff = [i for i, g in enumerate(grads) if g.requires_grad]
         elif self.chunks == 1:
             self._grad_fn = torch.func.grad_and_value(self._loss)
-
-    def _split_batch(self, chunk_size):
-        """The micro-batches ``[(inputs, targets, weight)]`` (see the class docstring)."""
-        whole = [(self._inputs, self._targets, 1.0)]
-        if chunk_size is None:
-            return whole
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be None or an integer >= 1, got {chunk_size!r}")
-        x, y = self._inputs, self._targets
-        if not (torch.is_tensor(x) and torch.is_tensor(y) and x.dim() >= 1 and y.dim() >= 1):
-            raise ValueError("chunk_size needs the batch's inputs and targets to be tensors with a "
-                             "sample dimension (dim 0)")
-        n = x.shape[0]
-        if y.shape[0] != n:
-            raise ValueError(f"chunk_size: inputs have {n} samples (dim 0) but targets have "
-                             f"{y.shape[0]}")
-        if chunk_size >= n:
-            return whole
-        for name, module in self._model.named_modules():
-            if not module.training:
-                continue
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                raise ValueError(f"chunk_size: module {name!r} is a BatchNorm in train mode, whose "
-                                 f"batch statistics differ per chunk; call model.eval() or use "
-                                 f"chunk_size=None")
-            if isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p > 0:
-                raise ValueError(f"chunk_size: module {name!r} is a Dropout in train mode, whose mask "
-                                 f"would differ per chunk; call model.eval() or use chunk_size=None")
-        pieces = [(x[i:i + chunk_size], y[i:i + chunk_size]) for i in range(0, n, chunk_size)]
-        with torch.no_grad():
-            full = float(self._loss(self._params))
-            losses = [float(self._loss(self._params, xc, yc)) for xc, yc in pieces]
-        mean_w = [xc.shape[0] / n for xc, _ in pieces]
-        as_mean = sum(w * l for w, l in zip(mean_w, losses))
-        as_sum = sum(losses)
-        # well above the rounding of a float32/float64 batch sum, well below what a loss that is
-        # not additive over samples (e.g. a root-mean-square) typically shows between chunks
-        rtol = 5e-5 if self.dtype == torch.float32 else 1e-9
-
-        def close(a, b):
-            return abs(a - b) <= rtol * max(abs(a), abs(b), 1e-30)
-
-        if not math.isfinite(full) or close(full, as_mean):
-            weights = mean_w
-        elif close(full, as_sum):
-            weights = [1.0] * len(pieces)
-        else:
-            raise ValueError(f"chunk_size: loss_fn is neither a mean nor a sum over samples (full "
-                             f"batch {full:.6g}, chunks' mean {as_mean:.6g}, sum {as_sum:.6g}); "
-                             f"use chunk_size=None")
-        self.loss = full
-        return [(xc, yc, w) for (xc, yc), w in zip(pieces, weights)]
 
     def _gradient_graph(self, inputs, targets, create_graph: bool, scale: float = 1.0):
         """``(leaves, loss, grads)``: the loss on ``(inputs, targets)`` at fresh leaves (detached
@@ -415,6 +379,8 @@ class HessianOperator:
                 for out, g in zip(self.split(flat), grads):
                     out.add_(g, alpha=w)
             self._grad_flat = flat
+        elif self._grad_flat is None and self.mode == "compiled":
+            self._grad_flat = self._difference_base()  # the base the differences subtract
         elif self._grad_flat is None and self.mode == "double_backprop":
             self._grad_flat = torch.cat([g.detach().reshape(-1) for g in self._grads])
         elif self._grad_flat is None:
@@ -449,6 +415,36 @@ class HessianOperator:
             del pieces
         return out
 
+    def _constants(self) -> dict:
+        """Frozen parameters and fresh clones of the buffers (train-mode BatchNorm writes them)."""
+        return {**self._frozen, **{n: b.clone() for n, b in self._buffers.items()}}
+
+    def _compiled_product(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """``sum_k w_k H_k v`` by :func:`~catapult.curvature.compiled.gradient_and_product`."""
+        from catapult.curvature import compiled  # it imports this module's math_attention
+
+        out = torch.zeros(self.numel, dtype=self.dtype, device=self.device)
+        tangents = dict(zip(self.names, parts))
+        for x, y, w in self._chunks:
+            with fixed_rng(self.seed, self.device):
+                _, hv = compiled.gradient_and_product(self._model, self._loss_fn, self._params,
+                                                      tangents, self._constants(), x, y)
+            for o, n in zip(self.split(out), self.names):
+                o.add_(hv[n], alpha=w)
+        return out
+
+    def _compiled_gradient_into(self, leaves, views) -> None:
+        """``views += g(leaves)`` by :func:`~catapult.curvature.compiled.gradient_and_loss`."""
+        from catapult.curvature import compiled
+
+        params = dict(zip(self.names, leaves))
+        for x, y, w in self._chunks:
+            with fixed_rng(self.seed, self.device):
+                grads, _ = compiled.gradient_and_loss(self._model, self._loss_fn, params,
+                                                      self._constants(), x, y)
+            for view, n in zip(views, self.names):
+                view.add_(grads[n], alpha=w)
+
     def _difference_base(self) -> torch.Tensor:
         """Flat ``g(theta)`` summed as the shifted gradients are (computed once)."""
         if self._base is None:
@@ -468,6 +464,8 @@ class HessianOperator:
                 leaf.copy_(p)
             for leaf, c in zip(leaves, parts):
                 leaf.add_(c.to(leaf.dtype), alpha=scale)
+        if self.mode == "compiled":
+            return self._compiled_gradient_into(leaves, views)
         for leaf in leaves:
             leaf.requires_grad_(True)
         for x, y, w in self._chunks:
@@ -552,6 +550,8 @@ class HessianOperator:
             out = torch.zeros_like(v)
             self._finite_difference_into(parts, out, float(torch.linalg.vector_norm(v)))
             return out
+        if self.mode == "compiled":
+            return self._compiled_product(parts)
         if self._per_product:
             return self._chunked_product(parts)
         if self.mode == "double_backprop":

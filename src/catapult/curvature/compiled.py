@@ -1,0 +1,108 @@
+"""Gradients and exact Hessian-vector products through ``torch.compile`` (``hvp="compiled"``).
+
+The two functions of one loss that a solve needs, each compiled once per process and shared by
+every operator (``torch.compile`` keys its graphs on the model's structure, not on the object, so
+a new model of the same architecture re-uses them; a new ``loss_fn`` compiles again):
+
+* :func:`gradient_and_loss`: ``(g(theta), L(theta))`` by :func:`torch.func.grad_and_value`. It
+  gives the gradients of the finite-difference start level (``forward_difference``).
+* :func:`gradient_and_product`: ``(g(theta), H v)`` by reverse over reverse,
+  ``vjp(grad(L))(v)``: one forward, one backward and one backward of the backward per product,
+  with no graph kept in between. Reverse over reverse rather than forward over reverse
+  (``jvp(grad(L))``), because the compiled forward-mode product kills the process with a
+  segmentation fault on ``F.mse_loss`` against a one-hot target in torch 2.13
+  (``bench/probe_compiled_forward_ad.py``), while the reverse-mode one matches the eager product
+  on every loss probed (cross-entropy, MSE with one-hot and float targets, Huber).
+
+Why: on the small GPT of ``bench/bench_peers.py`` (1 thread) a compiled gradient takes 5-6 ms
+against 8-11 ms for the eager difference product, and a compiled product 14-18 ms against
+18-20 ms plus the ~10 ms gradient graph of double backprop (``bench/RESULTS.md``, issue 16,
+section 1i). The price is the first call's compile: 15-35 s for the two on a 2-core CPU.
+
+Where ``torch.compile`` fails (no C++ compiler for inductor, an operation it cannot trace), the
+function runs eagerly for the rest of the process, with one warning; the numbers are the same
+functions either way. An error that the eager function raises too is the caller's and propagates.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch.func import functional_call
+
+from catapult.curvature.hessian import math_attention
+
+__all__ = ["gradient_and_loss", "gradient_and_product", "compile_failures"]
+
+
+def _loss(model, loss_fn, params: dict, constants: dict, inputs, targets) -> torch.Tensor:
+    # the math kernel of scaled_dot_product_attention: the fused ones have no double backward
+    with math_attention():
+        out = functional_call(model, {**constants, **params}, (inputs,))
+    return loss_fn(out, targets).reshape(())
+
+
+def _gradient_and_loss(model, loss_fn, params, constants, inputs, targets):
+    return torch.func.grad_and_value(_loss, argnums=2)(model, loss_fn, params, constants, inputs,
+                                                        targets)
+
+
+def _gradient_and_product(model, loss_fn, params, tangents, constants, inputs, targets):
+    grad = torch.func.grad(_loss, argnums=2)
+    grads, pull = torch.func.vjp(lambda p: grad(model, loss_fn, p, constants, inputs, targets),
+                                 params)
+    return grads, pull(tangents)[0]
+
+
+_EAGER = {"gradient": _gradient_and_loss, "product": _gradient_and_product}
+_COMPILED: dict = {}
+#: ``{function name: the error that made it run eagerly}`` in this process.
+compile_failures: dict[str, str] = {}
+
+
+def _run(name: str, *args):
+    fn = _COMPILED.get(name)
+    if fn is None:
+        fn = _COMPILED[name] = torch.compile(_EAGER[name])
+    if name in compile_failures:
+        return _EAGER[name](*args)
+    try:
+        return fn(*args)
+    except Exception as err:
+        result = _EAGER[name](*args)  # the caller's own error raises here, and is theirs
+        compile_failures[name] = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}"
+        warnings.warn(f"hvp='compiled': torch.compile failed on the {name} "
+                      f"({compile_failures[name]}); it runs eagerly in this process",
+                      RuntimeWarning, stacklevel=3)
+        return result
+
+
+def gradient_and_loss(model, loss_fn, params: dict, constants: dict, inputs, targets):
+    """``(gradient as a dict like params, loss)`` of ``loss_fn(model(inputs), targets)`` at
+    ``params`` (the other parameters and buffers in ``constants``), compiled.
+
+    Example (``L(w) = mean((x w)^2)``, gradient ``2 x^T x w / n``):
+        >>> model = torch.nn.Linear(1, 1, bias=False)
+        >>> w = {"weight": torch.tensor([[3.0]])}
+        >>> x = torch.tensor([[1.0], [2.0]])
+        >>> g, loss = gradient_and_loss(model, torch.nn.MSELoss(), w, {}, x, torch.zeros(2, 1))
+        >>> g["weight"], loss
+        (tensor([[15.]]), tensor(22.5000))
+    """
+    return _run("gradient", model, loss_fn, params, constants, inputs, targets)
+
+
+def gradient_and_product(model, loss_fn, params: dict, tangents: dict, constants: dict, inputs,
+                         targets):
+    """``(gradient, H v)`` (dicts like ``params``) of ``loss_fn(model(inputs), targets)`` at
+    ``params`` along ``tangents``, by reverse over reverse, compiled.
+
+    Example (the same loss: ``H = 2 x^T x / n = 5``):
+        >>> model = torch.nn.Linear(1, 1, bias=False)
+        >>> w, v = {"weight": torch.tensor([[3.0]])}, {"weight": torch.tensor([[1.0]])}
+        >>> x = torch.tensor([[1.0], [2.0]])
+        >>> g, hv = gradient_and_product(model, torch.nn.MSELoss(), w, v, {}, x, torch.zeros(2, 1))
+        >>> hv["weight"]
+        tensor([[5.]])
+    """
+    return _run("product", model, loss_fn, params, tangents, constants, inputs, targets)

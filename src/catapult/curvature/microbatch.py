@@ -1,0 +1,96 @@
+"""Micro-batches of a curvature operator (``chunk_size``): the batch cut along dim 0, and the
+weight of each piece, found by checking whether the loss is a mean or a sum over samples.
+
+A product on micro-batches, ``H v = sum_k w_k H_k v``, is exact only when the loss is a
+per-sample mean (``w_k = |B_k| / |B|``) or sum (``w_k = 1``), and when no module couples the
+samples of a batch (train-mode BatchNorm) or draws per call (train-mode dropout).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["refuse_dropout", "split_batch"]
+
+
+def refuse_dropout(model: torch.nn.Module, option: str, why: str, instead: str) -> None:
+    """A ValueError naming the first train-mode Dropout with ``p > 0``, whose mask ``why``.
+
+    Example:
+        >>> refuse_dropout(torch.nn.Sequential(torch.nn.Dropout(0.1)), "chunk_size",
+        ...                "would differ per chunk", "chunk_size=None")
+        Traceback (most recent call last):
+            ...
+        ValueError: chunk_size: module '0' is a Dropout in train mode, whose mask would differ per chunk; call model.eval() or use chunk_size=None
+    """
+    for name, module in model.named_modules():
+        if module.training and isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p > 0:
+            raise ValueError(f"{option}: module {name!r} is a Dropout in train mode, whose mask {why}; "
+                             f"call model.eval() or use {instead}")
+
+
+def split_batch(model: torch.nn.Module, loss_at, params: dict, inputs, targets,
+                chunk_size: int | None, dtype: torch.dtype) -> tuple[list[tuple], float]:
+    """``([(inputs, targets, weight)], loss)``: the micro-batches of at most ``chunk_size``
+    samples and the whole batch's loss (``nan`` when it was not needed: one piece).
+
+    ``loss_at(params, inputs, targets)`` is the operator's loss. The weights are ``|B_k| / |B|``
+    when the whole batch's loss equals the pieces' weighted mean, ``1`` when it equals their sum
+    (to ``5e-5`` relative in float32, ``1e-9`` in float64); any other loss is refused, and so are
+    train-mode BatchNorm and dropout.
+
+    Example (a mean loss over 3 samples, pieces of 2 and 1):
+        >>> model = torch.nn.Linear(1, 1, bias=False)
+        >>> params = {"weight": torch.ones(1, 1)}
+        >>> loss_at = lambda p, x, y: torch.nn.functional.mse_loss(
+        ...     torch.func.functional_call(model, p, (x,)), y)
+        >>> x = torch.tensor([[1.0], [2.0], [3.0]])
+        >>> pieces, loss = split_batch(model, loss_at, params, x, torch.zeros(3, 1), 2, torch.float32)
+        >>> [(len(xc), round(w, 4)) for xc, _, w in pieces], round(loss, 4)
+        ([(2, 0.6667), (1, 0.3333)], 4.6667)
+    """
+    whole = [(inputs, targets, 1.0)]
+    if chunk_size is None:
+        return whole, float("nan")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be None or an integer >= 1, got {chunk_size!r}")
+    x, y = inputs, targets
+    if not (torch.is_tensor(x) and torch.is_tensor(y) and x.dim() >= 1 and y.dim() >= 1):
+        raise ValueError("chunk_size needs the batch's inputs and targets to be tensors with a "
+                         "sample dimension (dim 0)")
+    n = x.shape[0]
+    if y.shape[0] != n:
+        raise ValueError(f"chunk_size: inputs have {n} samples (dim 0) but targets have "
+                         f"{y.shape[0]}")
+    if chunk_size >= n:
+        return whole, float("nan")
+    for name, module in model.named_modules():
+        if module.training and isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            raise ValueError(f"chunk_size: module {name!r} is a BatchNorm in train mode, whose "
+                             f"batch statistics differ per chunk; call model.eval() or use "
+                             f"chunk_size=None")
+    refuse_dropout(model, "chunk_size", "would differ per chunk", "chunk_size=None")
+    pieces = [(x[i:i + chunk_size], y[i:i + chunk_size]) for i in range(0, n, chunk_size)]
+    with torch.no_grad():
+        full = float(loss_at(params, x, y))
+        losses = [float(loss_at(params, xc, yc)) for xc, yc in pieces]
+    mean_w = [xc.shape[0] / n for xc, _ in pieces]
+    as_mean = sum(w * l for w, l in zip(mean_w, losses))
+    as_sum = sum(losses)
+    # well above the rounding of a float32/float64 batch sum, well below what a loss that is
+    # not additive over samples (e.g. a root-mean-square) typically shows between chunks
+    rtol = 5e-5 if dtype == torch.float32 else 1e-9
+
+    def close(a, b):
+        return abs(a - b) <= rtol * max(abs(a), abs(b), 1e-30)
+
+    if not math.isfinite(full) or close(full, as_mean):
+        weights = mean_w
+    elif close(full, as_sum):
+        weights = [1.0] * len(pieces)
+    else:
+        raise ValueError(f"chunk_size: loss_fn is neither a mean nor a sum over samples (full "
+                         f"batch {full:.6g}, chunks' mean {as_mean:.6g}, sum {as_sum:.6g}); "
+                         f"use chunk_size=None")
+    return [(xc, yc, w) for (xc, yc), w in zip(pieces, weights)], full

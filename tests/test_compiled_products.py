@@ -1,0 +1,86 @@
+"""``hvp="compiled"``: exact products and gradients through ``torch.compile``
+(:mod:`catapult.curvature.compiled`), against dense float64 Hessians and the eager modes.
+
+``tests/test_hvp_modes.py`` runs the mode through its dense-Hessian products, micro-batches and
+top eigenvalues on six losses (``HVP_MODES``); this file checks what only this mode has: the
+difference level on compiled gradients, the fall-back to eager functions when compiling fails,
+and the refusal of train-mode dropout.
+"""
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import catapult
+from catapult.curvature import HessianOperator, compiled
+from catapult.curvature.hessian import math_attention
+from dense_curvature import dense_hessian
+from test_coarse_start import tiny_gpt
+from test_spectrum import small_problem
+
+
+@pytest.mark.parametrize("dtype", [torch.float32])  # one dtype: each compiles the GPT (~30 s)
+def test_compiled_sharpness_keeps_the_tol_promise_on_a_gpt(dtype):
+    # a small batch: the finite-difference level runs on compiled gradients, the exact solve
+    # on compiled products; the reported bound must cover the actual error
+    model, loss_fn, batch = tiny_gpt(seed=1)
+    with math_attention():
+        top = np.linalg.eigvalsh(dense_hessian(model, loss_fn, batch).numpy())[-1]
+    est = catapult.sharpness(model, loss_fn, batch, tol=1e-3, seed=1, dtype=dtype, hvp="compiled")
+    assert est.converged and est.error_bound <= 1e-3 and est.coarse_matvecs > 0
+    slack = 1e-6 if dtype == torch.float32 else 0.0
+    assert abs(est.value - top) / abs(top) <= est.error_bound + slack
+
+
+def test_compiled_gradient_and_difference_match_eager():
+    model, loss_fn, batch = small_problem(seed=4)
+    eager = HessianOperator(model, loss_fn, batch)
+    fast = HessianOperator(model, loss_fn, batch, hvp="compiled")
+    assert fast.loss == pytest.approx(eager.loss, rel=1e-12)
+    assert torch.allclose(fast.gradient(), eager.gradient(), rtol=1e-12, atol=1e-14)
+    v = torch.randn(eager.numel, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    exact = eager(v)
+    # one-sided differences at h = 1.5e-8 in float64: O(h) truncation, ~1e-8 of the product
+    assert torch.linalg.vector_norm(fast.forward_difference(v) - exact) <= 1e-6 * torch.linalg.vector_norm(exact)
+    assert fast.matvecs == 0
+
+
+def test_a_failed_compile_falls_back_to_the_eager_function(monkeypatch):
+    def broken(*args):
+        raise RuntimeError("inductor: no C++ compiler\nsecond line")
+
+    monkeypatch.setattr(compiled, "compile_failures", {})
+    monkeypatch.setitem(compiled._COMPILED, "product", broken)
+    model, loss_fn, batch = small_problem(seed=5)
+    op = HessianOperator(model, loss_fn, batch, hvp="compiled")
+    v = torch.randn(op.numel, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    with pytest.warns(RuntimeWarning, match="torch.compile failed on the product .*no C\\+\\+ compiler"):
+        got = op(v)
+    want = dense_hessian(model, loss_fn, batch) @ v
+    assert torch.allclose(got, want, rtol=1e-10, atol=1e-12)
+    assert compiled.compile_failures == {"product": "RuntimeError: inductor: no C++ compiler"}
+    assert torch.allclose(op(v), want, rtol=1e-10, atol=1e-12)  # eager from then on, no new warning
+
+
+def test_an_error_of_the_loss_itself_is_raised_as_it_is(monkeypatch):
+    monkeypatch.setattr(compiled, "compile_failures", {})
+    refuse = {"now": False}
+
+    def loss_fn(out, target):
+        if refuse["now"]:
+            raise ValueError("this loss refuses")
+        return out.square().mean()
+
+    op = HessianOperator(nn.Linear(3, 2), loss_fn, (torch.randn(4, 3), torch.zeros(4)), hvp="compiled")
+    refuse["now"] = True
+    with pytest.raises(ValueError, match="this loss refuses"):
+        op(torch.ones(op.numel))
+    assert compiled.compile_failures == {}  # the caller's error, not the compiler's
+
+
+def test_train_mode_dropout_is_refused():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.2), nn.Linear(4, 1))
+    batch = (torch.randn(5, 3), torch.randn(5, 1))
+    with pytest.raises(ValueError, match="hvp='compiled': module '1' is a Dropout in train mode"):
+        HessianOperator(model, nn.MSELoss(), batch, hvp="compiled")
+    HessianOperator(model.eval(), nn.MSELoss(), batch, hvp="compiled")  # eval mode: no mask
