@@ -297,7 +297,7 @@ class EvalConfig(Section):
         "auto", description="how Hessian-vector products are computed (finite_difference: two "
                             "gradients per product, no double backward; refused across ReLU kinks. "
                             "compiled: exact products through torch.compile, faster per call on "
-                            "small transformers, a 15-35 s compile on the first)")
+                            "small transformers, a 15-50 s compile on the first)")
     sharpness_dtype: Annotated[Dtype | None, choice()] = Field(
         None, description="solver precision (null = the run's dtype)")
     sharpness_max_basis: Annotated[int, integer(low=2)] = Field(

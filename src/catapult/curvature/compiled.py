@@ -17,7 +17,7 @@ a new model of the same architecture re-uses them; a new ``loss_fn`` compiles ag
 Why: on the small GPT of ``bench/bench_peers.py`` (1 thread) a compiled gradient takes 5-6 ms
 against 8-11 ms for the eager difference product, and a compiled product 14-18 ms against
 18-20 ms plus the ~10 ms gradient graph of double backprop (``bench/RESULTS.md``, issue 16,
-section 1i). The price is the first call's compile: 15-35 s for the two on a 2-core CPU.
+section 1i). The price is the first call's compile: 15-50 s for the two on a 2-core CPU.
 
 Where ``torch.compile`` fails (no C++ compiler for inductor, an operation it cannot trace), the
 function runs eagerly for the rest of the process, with one warning; the numbers are the same

@@ -171,7 +171,7 @@ class HessianOperator:
         exact products, no graph kept, cheaper per call once compiled on models whose products
         are many small operations (the small GPT of ``bench/bench_peers.py``: a ``sharpness``
         call 1.3x faster), nothing gained on large matmuls; the first call in a process compiles
-        (15-35 s on 2 CPU cores). Train-mode dropout is refused: compiled graphs draw their own
+        (15-50 s on 2 CPU cores). Train-mode dropout is refused: compiled graphs draw their own
         masks.
       * ``"auto"``: the one measured faster (``_AUTO_HVP``; double backprop on CPU).
 
