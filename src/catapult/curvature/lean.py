@@ -43,6 +43,7 @@ from torch.func import functional_call
 from catapult.curvature.coarse import COARSE_MIN_SAMPLES
 from catapult.curvature.hessian import fixed_rng
 from catapult.curvature.krylov import inner_product, vector_norm
+from catapult.curvature.microbatch import batch_coupling
 from catapult.curvature.lanczos import (EigenEstimate, krylov_invariant, relative_residual,
                                         ritz_pairs, top_ritz_pair)
 
@@ -142,17 +143,10 @@ def refuse_batch_coupling(model: torch.nn.Module, chunk_size: int) -> None:
     ...
     ValueError: memory='lean' splits the batch into micro-batches of 4, but module '1' is a Dropout in train mode, whose mask would differ per micro-batch; call model.eval() or use memory='fast'
     """
-    for name, module in model.named_modules():
-        if not module.training:
-            continue
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            what = "a BatchNorm in train mode, whose batch statistics"
-        elif isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p > 0:
-            what = "a Dropout in train mode, whose mask"
-        else:
-            continue
+    coupled = batch_coupling(model)
+    if coupled is not None:
         raise ValueError(f"memory='lean' splits the batch into micro-batches of {chunk_size}, but "
-                         f"module {name!r} is {what} would differ per micro-batch; call "
+                         f"module {coupled[0]!r} is {coupled[1]} would differ per micro-batch; call "
                          f"model.eval() or use memory='fast'")
 
 

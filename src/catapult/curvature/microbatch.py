@@ -11,7 +11,29 @@ import math
 
 import torch
 
-__all__ = ["refuse_dropout", "split_batch"]
+__all__ = ["batch_coupling", "refuse_dropout", "split_batch"]
+
+
+def batch_coupling(model: torch.nn.Module) -> tuple[str, str] | None:
+    """``(name, what)`` of the first module that makes a sample's loss depend on how the batch is
+    cut (a train-mode BatchNorm: its batch statistics; a train-mode Dropout with ``p > 0``: its
+    mask, drawn per call), or ``None``.
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+        >>> batch_coupling(model)
+        ('1', 'a BatchNorm in train mode, whose batch statistics')
+        >>> batch_coupling(model.eval()) is None
+        True
+    """
+    for name, module in model.named_modules():
+        if not module.training:
+            continue
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            return name, "a BatchNorm in train mode, whose batch statistics"
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p > 0:
+            return name, "a Dropout in train mode, whose mask"
+    return None
 
 
 def refuse_dropout(model: torch.nn.Module, option: str, why: str, instead: str) -> None:
@@ -38,7 +60,7 @@ def split_batch(model: torch.nn.Module, loss_at, params: dict, inputs, targets,
     ``loss_at(params, inputs, targets)`` is the operator's loss. The weights are ``|B_k| / |B|``
     when the whole batch's loss equals the pieces' weighted mean, ``1`` when it equals their sum
     (to ``5e-5`` relative in float32, ``1e-9`` in float64); any other loss is refused, and so are
-    train-mode BatchNorm and dropout.
+    train-mode BatchNorm and dropout (:func:`batch_coupling`).
 
     Example (a mean loss over 3 samples, pieces of 2 and 1):
         >>> model = torch.nn.Linear(1, 1, bias=False)
@@ -65,12 +87,10 @@ def split_batch(model: torch.nn.Module, loss_at, params: dict, inputs, targets,
                          f"{y.shape[0]}")
     if chunk_size >= n:
         return whole, float("nan")
-    for name, module in model.named_modules():
-        if module.training and isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            raise ValueError(f"chunk_size: module {name!r} is a BatchNorm in train mode, whose "
-                             f"batch statistics differ per chunk; call model.eval() or use "
-                             f"chunk_size=None")
-    refuse_dropout(model, "chunk_size", "would differ per chunk", "chunk_size=None")
+    coupled = batch_coupling(model)
+    if coupled is not None:
+        raise ValueError(f"chunk_size: module {coupled[0]!r} is {coupled[1]} would differ per chunk; "
+                         f"call model.eval() or use chunk_size=None")
     pieces = [(x[i:i + chunk_size], y[i:i + chunk_size]) for i in range(0, n, chunk_size)]
     with torch.no_grad():
         full = float(loss_at(params, x, y))
