@@ -84,3 +84,21 @@ def test_train_mode_dropout_is_refused():
     with pytest.raises(ValueError, match="hvp='compiled': module '1' is a Dropout in train mode"):
         HessianOperator(model, nn.MSELoss(), batch, hvp="compiled")
     HessianOperator(model.eval(), nn.MSELoss(), batch, hvp="compiled")  # eval mode: no mask
+
+
+def test_train_mode_batchnorm_and_frozen_parameters():
+    # batch statistics couple the samples (a Hessian across them), the running statistics must
+    # stay as they were, and a frozen parameter enters as a constant
+    import copy
+
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(3, 5), nn.BatchNorm1d(5), nn.Tanh(), nn.Linear(5, 2)).double()
+    model[0].bias.requires_grad_(False)
+    batch = (torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 2, dtype=torch.float64))
+    before = {n: b.clone() for n, b in model.named_buffers()}
+    H = dense_hessian(copy.deepcopy(model), nn.MSELoss(), batch)
+    op = HessianOperator(model, nn.MSELoss(), batch, hvp="compiled")
+    v = torch.randn(op.numel, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    assert op.numel == H.shape[0] == sum(p.numel() for p in model.parameters()) - 5
+    assert torch.allclose(op(v), H @ v, rtol=1e-10, atol=1e-12)
+    assert all(torch.equal(b, before[n]) for n, b in model.named_buffers())

@@ -35,21 +35,24 @@ from catapult.curvature.hessian import math_attention
 __all__ = ["gradient_and_loss", "gradient_and_product", "compile_failures"]
 
 
-def _loss(model, loss_fn, params: dict, constants: dict, inputs, targets) -> torch.Tensor:
-    # the math kernel of scaled_dot_product_attention: the fused ones have no double backward
+def _loss(model, loss_fn, params: dict, frozen: dict, buffers: dict, inputs, targets) -> torch.Tensor:
+    # buffers are cloned inside the transformed function: train-mode BatchNorm writes them, and
+    # torch.func refuses writes to tensors captured from outside; the math kernel of
+    # scaled_dot_product_attention, because the fused ones have no double backward
     with math_attention():
-        out = functional_call(model, {**constants, **params}, (inputs,))
+        fresh = {n: b.clone() for n, b in buffers.items()}
+        out = functional_call(model, {**frozen, **fresh, **params}, (inputs,))
     return loss_fn(out, targets).reshape(())
 
 
-def _gradient_and_loss(model, loss_fn, params, constants, inputs, targets):
-    return torch.func.grad_and_value(_loss, argnums=2)(model, loss_fn, params, constants, inputs,
-                                                        targets)
+def _gradient_and_loss(model, loss_fn, params, frozen, buffers, inputs, targets):
+    return torch.func.grad_and_value(_loss, argnums=2)(model, loss_fn, params, frozen, buffers,
+                                                        inputs, targets)
 
 
-def _gradient_and_product(model, loss_fn, params, tangents, constants, inputs, targets):
+def _gradient_and_product(model, loss_fn, params, tangents, frozen, buffers, inputs, targets):
     grad = torch.func.grad(_loss, argnums=2)
-    grads, pull = torch.func.vjp(lambda p: grad(model, loss_fn, p, constants, inputs, targets),
+    grads, pull = torch.func.vjp(lambda p: grad(model, loss_fn, p, frozen, buffers, inputs, targets),
                                  params)
     return grads, pull(tangents)[0]
 
@@ -77,32 +80,34 @@ def _run(name: str, *args):
         return result
 
 
-def gradient_and_loss(model, loss_fn, params: dict, constants: dict, inputs, targets):
+def gradient_and_loss(model, loss_fn, params: dict, frozen: dict, buffers: dict, inputs, targets):
     """``(gradient as a dict like params, loss)`` of ``loss_fn(model(inputs), targets)`` at
-    ``params`` (the other parameters and buffers in ``constants``), compiled.
+    ``params``, compiled. ``frozen``: the other parameters; ``buffers``: the model's buffers,
+    which the model sees as fresh clones (they are left as they are).
 
     Example (``L(w) = mean((x w)^2)``, gradient ``2 x^T x w / n``):
         >>> model = torch.nn.Linear(1, 1, bias=False)
         >>> w = {"weight": torch.tensor([[3.0]])}
         >>> x = torch.tensor([[1.0], [2.0]])
-        >>> g, loss = gradient_and_loss(model, torch.nn.MSELoss(), w, {}, x, torch.zeros(2, 1))
+        >>> g, loss = gradient_and_loss(model, torch.nn.MSELoss(), w, {}, {}, x, torch.zeros(2, 1))
         >>> g["weight"], loss
         (tensor([[15.]]), tensor(22.5000))
     """
-    return _run("gradient", model, loss_fn, params, constants, inputs, targets)
+    return _run("gradient", model, loss_fn, params, frozen, buffers, inputs, targets)
 
 
-def gradient_and_product(model, loss_fn, params: dict, tangents: dict, constants: dict, inputs,
-                         targets):
+def gradient_and_product(model, loss_fn, params: dict, tangents: dict, frozen: dict, buffers: dict,
+                         inputs, targets):
     """``(gradient, H v)`` (dicts like ``params``) of ``loss_fn(model(inputs), targets)`` at
-    ``params`` along ``tangents``, by reverse over reverse, compiled.
+    ``params`` along ``tangents``, by reverse over reverse, compiled (``frozen``, ``buffers``:
+    as in :func:`gradient_and_loss`).
 
     Example (the same loss: ``H = 2 x^T x / n = 5``):
         >>> model = torch.nn.Linear(1, 1, bias=False)
         >>> w, v = {"weight": torch.tensor([[3.0]])}, {"weight": torch.tensor([[1.0]])}
         >>> x = torch.tensor([[1.0], [2.0]])
-        >>> g, hv = gradient_and_product(model, torch.nn.MSELoss(), w, v, {}, x, torch.zeros(2, 1))
+        >>> g, hv = gradient_and_product(model, torch.nn.MSELoss(), w, v, {}, {}, x, torch.zeros(2, 1))
         >>> hv["weight"]
         tensor([[5.]])
     """
-    return _run("product", model, loss_fn, params, tangents, constants, inputs, targets)
+    return _run("product", model, loss_fn, params, tangents, frozen, buffers, inputs, targets)

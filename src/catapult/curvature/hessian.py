@@ -415,10 +415,6 @@ class HessianOperator:
             del pieces
         return out
 
-    def _constants(self) -> dict:
-        """Frozen parameters and fresh clones of the buffers (train-mode BatchNorm writes them)."""
-        return {**self._frozen, **{n: b.clone() for n, b in self._buffers.items()}}
-
     def _compiled_product(self, parts: list[torch.Tensor]) -> torch.Tensor:
         """``sum_k w_k H_k v`` by :func:`~catapult.curvature.compiled.gradient_and_product`."""
         from catapult.curvature import compiled  # it imports this module's math_attention
@@ -428,7 +424,7 @@ class HessianOperator:
         for x, y, w in self._chunks:
             with fixed_rng(self.seed, self.device):
                 _, hv = compiled.gradient_and_product(self._model, self._loss_fn, self._params,
-                                                      tangents, self._constants(), x, y)
+                                                      tangents, self._frozen, self._buffers, x, y)
             for o, n in zip(self.split(out), self.names):
                 o.add_(hv[n], alpha=w)
         return out
@@ -441,7 +437,7 @@ class HessianOperator:
         for x, y, w in self._chunks:
             with fixed_rng(self.seed, self.device):
                 grads, _ = compiled.gradient_and_loss(self._model, self._loss_fn, params,
-                                                      self._constants(), x, y)
+                                                      self._frozen, self._buffers, x, y)
             for view, n in zip(views, self.names):
                 view.add_(grads[n], alpha=w)
 
