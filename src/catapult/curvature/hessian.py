@@ -170,7 +170,8 @@ class HessianOperator:
         :meth:`forward_difference`, through ``torch.compile`` (:mod:`~catapult.curvature.compiled`):
         exact products, no graph kept, cheaper per call once compiled on models whose products
         are many small operations (the small GPT of ``bench/bench_peers.py``: a ``sharpness``
-        call 1.3x faster), nothing gained on large matmuls; the first call in a process compiles
+        call 1.3x faster), slower on large matmuls (the Fig. 1 FCN: 1.4x, since each product
+        re-runs the forward and backward that double backprop keeps); the first call compiles
         (15-50 s on 2 CPU cores). Train-mode dropout is refused: compiled graphs draw their own
         masks.
       * ``"auto"``: the one measured faster (``_AUTO_HVP``; double backprop on CPU).
