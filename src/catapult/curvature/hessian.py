@@ -8,7 +8,6 @@ random number generators.
 from __future__ import annotations
 
 import contextlib
-import math
 import numbers
 
 import torch
@@ -267,7 +266,7 @@ class HessianOperator:
                                               self._targets, chunk_size, self.dtype)
         self.chunks = len(self._chunks)
         if self.mode == "compiled":  # products and gradients from compiled.py, chunk by chunk
-            refuse_dropout(model, "hvp='compiled'", "compiled graphs draw apart from the seed",
+            refuse_dropout(model, "hvp='compiled'", "would not follow the seed in a compiled graph",
                            "another hvp mode")
             self._per_product = False
             if self.chunks == 1:
