@@ -25,6 +25,7 @@ functions either way. An error that the eager function raises too is the caller'
 """
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -35,26 +36,36 @@ from catapult.curvature.hessian import math_attention
 __all__ = ["gradient_and_loss", "gradient_and_product", "compile_failures"]
 
 
-def _loss(model, loss_fn, params: dict, frozen: dict, buffers: dict, inputs, targets) -> torch.Tensor:
+def _unflatten(flat: torch.Tensor, layout) -> dict:
+    """The parameters as views of ``flat``, each cast to its own dtype (``layout``: names,
+    shapes, dtypes)."""
+    names, shapes, dtypes = layout
+    sizes = [math.prod(shape) for shape in shapes]
+    return {n: c.view(shape).to(d) for n, c, shape, d in zip(names, torch.split(flat, sizes), shapes,
+                                                             dtypes)}
+
+
+def _loss(model, loss_fn, flat: torch.Tensor, layout, frozen: dict, buffers: dict, inputs,
+          targets) -> torch.Tensor:
     # buffers are cloned inside the transformed function: train-mode BatchNorm writes them, and
     # torch.func refuses writes to tensors captured from outside; the math kernel of
     # scaled_dot_product_attention, because the fused ones have no double backward
     with math_attention():
         fresh = {n: b.clone() for n, b in buffers.items()}
-        out = functional_call(model, {**frozen, **fresh, **params}, (inputs,))
+        out = functional_call(model, {**frozen, **fresh, **_unflatten(flat, layout)}, (inputs,))
     return loss_fn(out, targets).reshape(())
 
 
-def _gradient_and_loss(model, loss_fn, params, frozen, buffers, inputs, targets):
-    return torch.func.grad_and_value(_loss, argnums=2)(model, loss_fn, params, frozen, buffers,
-                                                        inputs, targets)
+def _gradient_and_loss(model, loss_fn, flat, layout, frozen, buffers, inputs, targets):
+    return torch.func.grad_and_value(_loss, argnums=2)(model, loss_fn, flat, layout, frozen,
+                                                        buffers, inputs, targets)
 
 
-def _gradient_and_product(model, loss_fn, params, tangents, frozen, buffers, inputs, targets):
+def _gradient_and_product(model, loss_fn, flat, vector, layout, frozen, buffers, inputs, targets):
     grad = torch.func.grad(_loss, argnums=2)
-    grads, pull = torch.func.vjp(lambda p: grad(model, loss_fn, p, frozen, buffers, inputs, targets),
-                                 params)
-    return grads, pull(tangents)[0]
+    gradient, pull = torch.func.vjp(
+        lambda f: grad(model, loss_fn, f, layout, frozen, buffers, inputs, targets), flat)
+    return gradient, pull(vector)[0]
 
 
 _EAGER = {"gradient": _gradient_and_loss, "product": _gradient_and_product}
@@ -80,34 +91,38 @@ def _run(name: str, *args):
         return result
 
 
-def gradient_and_loss(model, loss_fn, params: dict, frozen: dict, buffers: dict, inputs, targets):
-    """``(gradient as a dict like params, loss)`` of ``loss_fn(model(inputs), targets)`` at
-    ``params``, compiled. ``frozen``: the other parameters; ``buffers``: the model's buffers,
-    which the model sees as fresh clones (they are left as they are).
+def gradient_and_loss(model, loss_fn, flat: torch.Tensor, layout, frozen: dict, buffers: dict,
+                      inputs, targets):
+    """``(flat gradient, loss)`` of ``loss_fn(model(inputs), targets)`` at the flat parameter
+    vector ``flat``, compiled. ``layout``: ``(names, shapes, dtypes)`` of the parameters in
+    ``flat`` (each is cast to its dtype); ``frozen``: the other parameters; ``buffers``: the
+    model's buffers, which the model sees as fresh clones (they are left as they are). Flat
+    vectors in and out: one tensor for dynamo to guard and no per-parameter copies around the
+    call (0.45 ms of a 5 ms gradient on the small GPT).
 
     Example (``L(w) = mean((x w)^2)``, gradient ``2 x^T x w / n``):
         >>> model = torch.nn.Linear(1, 1, bias=False)
-        >>> w = {"weight": torch.tensor([[3.0]])}
+        >>> layout = (("weight",), ((1, 1),), (torch.float32,))
         >>> x = torch.tensor([[1.0], [2.0]])
-        >>> g, loss = gradient_and_loss(model, torch.nn.MSELoss(), w, {}, {}, x, torch.zeros(2, 1))
-        >>> g["weight"], loss
-        (tensor([[15.]]), tensor(22.5000))
+        >>> gradient_and_loss(model, torch.nn.MSELoss(), torch.tensor([3.0]), layout, {}, {}, x,
+        ...                   torch.zeros(2, 1))
+        (tensor([15.]), tensor(22.5000))
     """
-    return _run("gradient", model, loss_fn, params, frozen, buffers, inputs, targets)
+    return _run("gradient", model, loss_fn, flat, layout, frozen, buffers, inputs, targets)
 
 
-def gradient_and_product(model, loss_fn, params: dict, tangents: dict, frozen: dict, buffers: dict,
-                         inputs, targets):
-    """``(gradient, H v)`` (dicts like ``params``) of ``loss_fn(model(inputs), targets)`` at
-    ``params`` along ``tangents``, by reverse over reverse, compiled (``frozen``, ``buffers``:
-    as in :func:`gradient_and_loss`).
+def gradient_and_product(model, loss_fn, flat: torch.Tensor, vector: torch.Tensor, layout,
+                         frozen: dict, buffers: dict, inputs, targets):
+    """``(flat gradient, H v)`` of ``loss_fn(model(inputs), targets)`` at the flat parameter
+    vector ``flat`` along the flat ``vector``, by reverse over reverse, compiled (the other
+    arguments as in :func:`gradient_and_loss`).
 
     Example (the same loss: ``H = 2 x^T x / n = 5``):
         >>> model = torch.nn.Linear(1, 1, bias=False)
-        >>> w, v = {"weight": torch.tensor([[3.0]])}, {"weight": torch.tensor([[1.0]])}
+        >>> layout = (("weight",), ((1, 1),), (torch.float32,))
         >>> x = torch.tensor([[1.0], [2.0]])
-        >>> g, hv = gradient_and_product(model, torch.nn.MSELoss(), w, v, {}, {}, x, torch.zeros(2, 1))
-        >>> hv["weight"]
-        tensor([[5.]])
+        >>> gradient_and_product(model, torch.nn.MSELoss(), torch.tensor([3.0]), torch.tensor([1.0]),
+        ...                      layout, {}, {}, x, torch.zeros(2, 1))[1]
+        tensor([5.])
     """
-    return _run("product", model, loss_fn, params, tangents, frozen, buffers, inputs, targets)
+    return _run("product", model, loss_fn, flat, vector, layout, frozen, buffers, inputs, targets)

@@ -260,6 +260,7 @@ class HessianOperator:
         self._model, self._loss_fn = model, loss_fn
         self._grad_flat: torch.Tensor | None = None
         self._base: torch.Tensor | None = None  # g(theta) for the finite differences
+        self._flat: torch.Tensor | None = None  # theta, flat in dtype (hvp="compiled")
         self.difference_gap, self.shrunk_steps = 0.0, 0
         # [(inputs, targets, weight)]; one entry = the whole batch, weight 1 (and a nan loss).
         self._chunks, self.loss = split_batch(model, self._loss, self._params, self._inputs,
@@ -415,35 +416,42 @@ class HessianOperator:
             del pieces
         return out
 
-    def _compiled_product(self, parts: list[torch.Tensor]) -> torch.Tensor:
-        """``sum_k w_k H_k v`` by :func:`~catapult.curvature.compiled.gradient_and_product`."""
+    def _theta(self) -> torch.Tensor:
+        """The parameters as one flat vector in ``dtype`` (made once; ``hvp="compiled"``)."""
+        if self._flat is None:
+            self._flat = torch.cat([p.reshape(-1).to(self.dtype) for p in self._params.values()])
+            self._layout = (tuple(self.names), tuple(tuple(s) for s in self.shapes),
+                            tuple(p.dtype for p in self._params.values()))
+        return self._flat
+
+    def _compiled_call(self, name: str, vector: torch.Tensor) -> torch.Tensor:
+        """``sum_k w_k`` over the micro-batches of :mod:`~catapult.curvature.compiled`'s
+        gradient at the flat point ``vector`` (``name="gradient"``) or of ``H vector`` at the
+        parameters (``"product"``)."""
         from catapult.curvature import compiled  # it imports this module's math_attention
 
-        out = torch.zeros(self.numel, dtype=self.dtype, device=self.device)
-        tangents = dict(zip(self.names, parts))
+        theta, total = self._theta(), None
         for x, y, w in self._chunks:
             with fixed_rng(self.seed, self.device):
-                _, hv = compiled.gradient_and_product(self._model, self._loss_fn, self._params,
-                                                      tangents, self._frozen, self._buffers, x, y)
-            for o, n in zip(self.split(out), self.names):
-                o.add_(hv[n], alpha=w)
-        return out
-
-    def _compiled_gradient_into(self, leaves, views) -> None:
-        """``views += g(leaves)`` by :func:`~catapult.curvature.compiled.gradient_and_loss`."""
-        from catapult.curvature import compiled
-
-        params = dict(zip(self.names, leaves))
-        for x, y, w in self._chunks:
-            with fixed_rng(self.seed, self.device):
-                grads, _ = compiled.gradient_and_loss(self._model, self._loss_fn, params,
-                                                      self._frozen, self._buffers, x, y)
-            for view, n in zip(views, self.names):
-                view.add_(grads[n], alpha=w)
+                if name == "product":
+                    _, part = compiled.gradient_and_product(self._model, self._loss_fn, theta, vector,
+                                                            self._layout, self._frozen,
+                                                            self._buffers, x, y)
+                else:
+                    part, _ = compiled.gradient_and_loss(self._model, self._loss_fn, vector,
+                                                         self._layout, self._frozen, self._buffers,
+                                                         x, y)
+            if total is None:
+                total = part if w == 1.0 else part.mul_(w)
+            else:
+                total.add_(part, alpha=w)
+        return total
 
     def _difference_base(self) -> torch.Tensor:
         """Flat ``g(theta)`` summed as the shifted gradients are (computed once)."""
-        if self._base is None:
+        if self._base is None and self.mode == "compiled":
+            self._base = self._compiled_call("gradient", self._theta())
+        elif self._base is None:
             self._base = torch.zeros(self.numel, dtype=self.dtype, device=self.device)
             self._gradient_into(self._leaf_buffers(), self.split(self._base))
         return self._base
@@ -460,8 +468,6 @@ class HessianOperator:
                 leaf.copy_(p)
             for leaf, c in zip(leaves, parts):
                 leaf.add_(c.to(leaf.dtype), alpha=scale)
-        if self.mode == "compiled":
-            return self._compiled_gradient_into(leaves, views)
         for leaf in leaves:
             leaf.requires_grad_(True)
         for x, y, w in self._chunks:
@@ -533,8 +539,12 @@ class HessianOperator:
         norm = float(torch.linalg.vector_norm(v))
         if norm == 0:
             return torch.zeros_like(v)
-        h, shifted = self._eps ** 0.5, torch.zeros_like(v)
-        self._gradient_into(self._leaf_buffers(), self.split(shifted), self.split(v), h / norm)
+        h = self._eps ** 0.5
+        if self.mode == "compiled":
+            shifted = self._compiled_call("gradient", torch.add(self._theta(), v, alpha=h / norm))
+        else:
+            shifted = torch.zeros_like(v)
+            self._gradient_into(self._leaf_buffers(), self.split(shifted), self.split(v), h / norm)
         return shifted.sub_(self.gradient()).mul_(norm / h)
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
@@ -547,7 +557,7 @@ class HessianOperator:
             self._finite_difference_into(parts, out, float(torch.linalg.vector_norm(v)))
             return out
         if self.mode == "compiled":
-            return self._compiled_product(parts)
+            return self._compiled_call("product", v)
         if self._per_product:
             return self._chunked_product(parts)
         if self.mode == "double_backprop":
