@@ -28,7 +28,8 @@ call of each kind of product.
 Usage:  OMP_NUM_THREADS=1 .venv/bin/python bench/bench_peers.py [--seeds 3] [--problems fcn1000,fcn2500,gpt]
         [--ours-tol 1e-2]   (ours also at looser tols, same interleave)
         [--hvp compiled]    (ours with that product mode; with ``compiled`` a first call per
-                             problem compiles, outside the timed calls, and its time is printed)
+                             problem compiles, outside the timed calls, and its time is printed;
+                             ``--hvp gpt=compiled`` sets it for one problem, the others keep auto)
 """
 from __future__ import annotations
 
@@ -185,6 +186,15 @@ def spectrum_figure(path: str) -> None:
         print(f"figure: {out}")
 
 
+def hvp_modes(text: str) -> dict:
+    """``--hvp``: one mode for every problem (``{"*": mode}``) or ``problem=mode`` pairs."""
+    pairs = [part.split("=", 1) if "=" in part else ("*", part) for part in text.split(",")]
+    for _, mode in pairs:
+        if mode not in HVP_MODES:
+            raise argparse.ArgumentTypeError(f"{mode!r} is not one of {', '.join(HVP_MODES)}")
+    return dict(pairs)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
@@ -193,9 +203,11 @@ def main(argv=None):
                         help="also run ours at these looser tols (comma-separated, e.g. 1e-2), in the "
                              "same interleave: its residual certificate against the peers' eigenvalue "
                              "error (a residual r bounds the eigenvalue error by r, and by ~r^2/gap)")
-    parser.add_argument("--hvp", default="auto", choices=HVP_MODES,
-                        help="ours' product mode (default auto); with 'compiled' each problem's "
-                             "first call compiles, outside the timed calls, and its time is printed")
+    parser.add_argument("--hvp", default="auto", type=hvp_modes,
+                        help="ours' product mode (default auto), for every problem or as "
+                             "problem=mode pairs (e.g. gpt=compiled; the others keep auto); with "
+                             "'compiled' each problem's first call compiles, outside the timed "
+                             "calls, and its time is printed")
     parser.add_argument("--spectrum-figure", default=None,
                         help="instead: top-5, trace and SLQ density of the FCN (Hessian and GGN), "
                              "figures at this path (suffixed _hessian / _ggn)")
@@ -219,20 +231,21 @@ def main(argv=None):
                             max_basis=64).value
         print(f"\n## {name}: {n_params} parameters, reference lambda_max {ref:.8g} "
               f"({t.seconds:.1f} s)", flush=True)
-        if args.hvp != "auto":  # a first call's compile is not one of the timed calls
+        hvp = args.hvp.get(name, args.hvp.get("*", "auto"))
+        if hvp != "auto":  # a first call's compile is not one of the timed calls
             with Timer() as t:
-                run_ours(model, loss, batch, 0, hvp=args.hvp)
-            print(f"first call with hvp={args.hvp!r}: wall {t.seconds:.1f} s, CPU {t.cpu:.1f} s", flush=True)
+                run_ours(model, loss, batch, 0, hvp=hvp)
+            print(f"first call with hvp={hvp!r}: wall {t.seconds:.1f} s, CPU {t.cpu:.1f} s", flush=True)
         rows = {"catapult.sharpness tol 1e-3": [], "hessian-eigenthings, best max_iter": [],
                 "curvlinops + eigsh tol 1e-3": []}
         looser = [float(x) for x in args.ours_tol.split(",") if x]
         rows.update({f"catapult.sharpness tol {tol:g}": [] for tol in looser})
         for seed in range(args.seeds):
             # interleaved per seed so the solvers share the machine's load
-            rows["catapult.sharpness tol 1e-3"].append(run_ours(model, loss, batch, seed, hvp=args.hvp))
+            rows["catapult.sharpness tol 1e-3"].append(run_ours(model, loss, batch, seed, hvp=hvp))
             for tol in looser:
                 rows[f"catapult.sharpness tol {tol:g}"].append(run_ours(model, loss, batch, seed, tol,
-                                                                        hvp=args.hvp))
+                                                                        hvp=hvp))
             # the peers need the twice-differentiable (math) attention kernel, as ours uses
             with math_attention():
                 rows["hessian-eigenthings, best max_iter"].append(
