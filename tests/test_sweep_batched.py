@@ -353,11 +353,12 @@ def test_sweep_command_says_which_cells_ran_on_the_local_engine_and_why(tmp_path
 
 
 @pytest.mark.parametrize("hvp, chunk_size", [("forward_over_reverse", None), ("double_backprop", 24),
-                                             ("forward_over_reverse", 24)])
+                                             ("forward_over_reverse", 24), ("compiled", None)])
 def test_hvp_mode_and_micro_batches_are_honoured_and_equal_local(hvp, chunk_size, monkeypatch):
     # eval.sharpness_hvp / sharpness_chunk_size: the local engine's product mode and micro-batches
     # (64 samples in chunks of 24: 24 + 24 + 16, weights |B_k| / |B|); Adam's pre-conditioner
-    # uses the chunked gradient
+    # uses the chunked gradient. "compiled" runs forward-over-reverse here, equal to the local
+    # engine's compiled products up to rounding
     from catapult.sweep.batched_model import StackedHessian
 
     built = []

@@ -44,7 +44,9 @@ differently; nothing else differs):
 
 ``eval.sharpness_hvp`` and ``eval.sharpness_chunk_size`` are honoured as the local engine
 honours them (:class:`~catapult.sweep.batched_model.StackedHessian`: double backprop with one
-graph, or forward-over-reverse under ``vmap``; micro-batches of ``chunk_size`` samples summed
+graph, or forward-over-reverse under ``vmap``, which also stands in for ``finite_difference``
+and ``compiled``: exact products, equal to the local engine's up to rounding; micro-batches of
+``chunk_size`` samples summed
 with weights ``|B_k| / |B|``, one chunk's graph alive at a time). ``eval.sharpness_dtype`` is
 honoured (parameters, buffers and float inputs cast for the
 Hessian). Attention runs on the math kernel (the function the fused kernels compute).

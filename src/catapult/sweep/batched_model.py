@@ -210,7 +210,8 @@ class StackedHessian:
       once and re-used by every product; when at most half of the members are still asked it is
       rebuilt for those only;
     * ``hvp="forward_over_reverse"``: ``vmap`` over members of ``jvp(grad(L_m), theta_m, v_m)``,
-      no graph kept between products;
+      no graph kept between products; also what ``"finite_difference"`` and ``"compiled"`` run
+      here (exact products: the same Hessian, up to rounding);
     * ``chunk_size=c`` (smaller than the batch): the batch is cut along dim 0 into chunks of at
       most ``c`` samples and every product (and the gradient) is ``sum_k (|B_k| / |B|) H_k v``:
       exact for the batched engine's losses, per-sample means (MSE, cross-entropy, token mean).
