@@ -75,13 +75,12 @@ compile_failures: dict[str, str] = {}
 
 
 def _run(name: str, *args):
-    fn = _COMPILED.get(name)
-    if fn is None:
-        fn = _COMPILED[name] = torch.compile(_EAGER[name])
     if name in compile_failures:
         return _EAGER[name](*args)
+    if name not in _COMPILED:  # compiled on first use: importing catapult never touches dynamo
+        _COMPILED[name] = torch.compile(_EAGER[name])
     try:
-        return fn(*args)
+        return _COMPILED[name](*args)
     except Exception as err:
         result = _EAGER[name](*args)  # the caller's own error raises here, and is theirs
         compile_failures[name] = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}"

@@ -260,7 +260,6 @@ class HessianOperator:
         self._model, self._loss_fn = model, loss_fn
         self._grad_flat: torch.Tensor | None = None
         self._base: torch.Tensor | None = None  # g(theta) for the finite differences
-        self._flat: torch.Tensor | None = None  # theta, flat in dtype (hvp="compiled")
         self.difference_gap, self.shrunk_steps = 0.0, 0
         # [(inputs, targets, weight)]; one entry = the whole batch, weight 1 (and a nan loss).
         self._chunks, self.loss = split_batch(model, self._loss, self._params, self._inputs,
@@ -270,6 +269,10 @@ class HessianOperator:
             refuse_dropout(model, "hvp='compiled'", "would not follow the seed in a compiled graph",
                            "another hvp mode")
             self._per_product = False
+            # theta as one flat vector in dtype, and how to cut it back into the parameters
+            self._theta = torch.cat([p.reshape(-1).to(self.dtype) for p in self._params.values()])
+            self._layout = (tuple(self.names), tuple(tuple(s) for s in self.shapes),
+                            tuple(p.dtype for p in self._params.values()))
             if self.chunks == 1:
                 with torch.no_grad():
                     self.loss = float(self._loss(self._params))
@@ -416,26 +419,18 @@ class HessianOperator:
             del pieces
         return out
 
-    def _theta(self) -> torch.Tensor:
-        """The parameters as one flat vector in ``dtype`` (made once; ``hvp="compiled"``)."""
-        if self._flat is None:
-            self._flat = torch.cat([p.reshape(-1).to(self.dtype) for p in self._params.values()])
-            self._layout = (tuple(self.names), tuple(tuple(s) for s in self.shapes),
-                            tuple(p.dtype for p in self._params.values()))
-        return self._flat
-
     def _compiled_call(self, name: str, vector: torch.Tensor) -> torch.Tensor:
         """``sum_k w_k`` over the micro-batches of :mod:`~catapult.curvature.compiled`'s
         gradient at the flat point ``vector`` (``name="gradient"``) or of ``H vector`` at the
         parameters (``"product"``)."""
         from catapult.curvature import compiled  # it imports this module's math_attention
 
-        theta, total = self._theta(), None
+        total = None
         for x, y, w in self._chunks:
             with fixed_rng(self.seed, self.device):
                 if name == "product":
-                    _, part = compiled.gradient_and_product(self._model, self._loss_fn, theta, vector,
-                                                            self._layout, self._frozen,
+                    _, part = compiled.gradient_and_product(self._model, self._loss_fn, self._theta,
+                                                            vector, self._layout, self._frozen,
                                                             self._buffers, x, y)
                 else:
                     part, _ = compiled.gradient_and_loss(self._model, self._loss_fn, vector,
@@ -450,7 +445,7 @@ class HessianOperator:
     def _difference_base(self) -> torch.Tensor:
         """Flat ``g(theta)`` summed as the shifted gradients are (computed once)."""
         if self._base is None and self.mode == "compiled":
-            self._base = self._compiled_call("gradient", self._theta())
+            self._base = self._compiled_call("gradient", self._theta)
         elif self._base is None:
             self._base = torch.zeros(self.numel, dtype=self.dtype, device=self.device)
             self._gradient_into(self._leaf_buffers(), self.split(self._base))
@@ -541,7 +536,7 @@ class HessianOperator:
             return torch.zeros_like(v)
         h = self._eps ** 0.5
         if self.mode == "compiled":
-            shifted = self._compiled_call("gradient", torch.add(self._theta(), v, alpha=h / norm))
+            shifted = self._compiled_call("gradient", torch.add(self._theta, v, alpha=h / norm))
         else:
             shifted = torch.zeros_like(v)
             self._gradient_into(self._leaf_buffers(), self.split(shifted), self.split(v), h / norm)

@@ -14,6 +14,10 @@ import torch
 __all__ = ["batch_coupling", "refuse_dropout", "split_batch"]
 
 
+def _draws_a_mask(module: torch.nn.Module) -> bool:
+    return module.training and isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p > 0
+
+
 def batch_coupling(model: torch.nn.Module) -> tuple[str, str] | None:
     """``(name, what)`` of the first module that makes a sample's loss depend on how the batch is
     cut (a train-mode BatchNorm: its batch statistics; a train-mode Dropout with ``p > 0``: its
@@ -31,7 +35,7 @@ def batch_coupling(model: torch.nn.Module) -> tuple[str, str] | None:
             continue
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             return name, "a BatchNorm in train mode, whose batch statistics"
-        if isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p > 0:
+        if _draws_a_mask(module):
             return name, "a Dropout in train mode, whose mask"
     return None
 
@@ -47,7 +51,7 @@ def refuse_dropout(model: torch.nn.Module, option: str, why: str, instead: str) 
         ValueError: chunk_size: module '0' is a Dropout in train mode, whose mask would differ per chunk; call model.eval() or use chunk_size=None
     """
     for name, module in model.named_modules():
-        if module.training and isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p > 0:
+        if _draws_a_mask(module):
             raise ValueError(f"{option}: module {name!r} is a Dropout in train mode, whose mask {why}; "
                              f"call model.eval() or use {instead}")
 
