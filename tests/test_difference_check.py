@@ -87,4 +87,6 @@ def test_smooth_losses_pass_the_check_at_the_first_step(dtype):
         v = torch.randn(op.numel, generator=torch.Generator().manual_seed(seed), dtype=dtype)
         err = torch.linalg.vector_norm(op(v).double() - H @ v.double()) / torch.linalg.vector_norm(H @ v.double())
         assert float(err) <= (1e-9 if dtype == torch.float64 else 1e-4)
-    assert op.shrunk_steps == 0 and 0 < op.difference_gap <= difference.MAX_GAP
+    assert op.shrunk_steps == 0 and op.difference_gap <= difference.MAX_GAP
+    if dtype == torch.float64:  # in float32 the second difference is at the gradients' rounding
+        assert op.difference_gap > 0

@@ -13,17 +13,23 @@ forward and backward differences, which cost nothing more than ``g(theta)``, com
 
     gap = ||g(theta + h u) + g(theta - h u) - 2 g(theta)|| / ||g(theta + h u) - g(theta)||
 
-``O(h)`` where the loss is smooth, ``O(1)`` across a kink. A product whose ``gap`` exceeds
+``O(h)`` where the loss is smooth, ``O(1)`` across a kink. A second difference no larger than
+the gradients' own rounding (:func:`rounding_level`) counts as no gap: along a direction where
+``H u`` is 0 (a bias that a BatchNorm cancels) both differences are rounding, and a kink that
+moves the gradient by no more than rounding does cannot spoil the product. A product whose ``gap`` exceeds
 :data:`MAX_GAP` is taken again with a :data:`STEP_SHRINK` times smaller step, :data:`STEPS`
 steps in all; if none passes, :func:`checked_difference` raises a ValueError saying so. In
-float64 the smaller steps usually avoid the kinks; in float32 their rounding swamps them.
+float64 the smaller steps usually avoid the kinks; in float32 their rounding swamps them. A
+difference that is not finite (a nan loss or parameters) is accepted as it is: the solvers report
+it as a diverged model's nan, not as a kink.
 """
 from __future__ import annotations
 
 import math
 from typing import Callable
 
-__all__ = ["MAX_GAP", "STEPS", "STEP_SHRINK", "central_step", "relative_gap", "checked_difference"]
+__all__ = ["MAX_GAP", "STEPS", "STEP_SHRINK", "ROUNDING_ULPS", "central_step", "rounding_level",
+           "relative_gap", "checked_difference"]
 
 #: A product is accepted where its forward and backward differences differ by at most this much
 #: of the forward one. Measured on small GPTs: a smooth loss gives O(h) (float64 <= 2e-4; float32
@@ -42,13 +48,36 @@ def central_step(eps: float) -> float:
     return eps ** (1.0 / 3.0)
 
 
-def relative_gap(second: float, first: float) -> float:
+#: The rounding of a computed gradient, in units of ``eps * ||g||``: measured 0.5 (float64) and 2
+#: (float32) for the second difference of a tanh + BatchNorm MLP along a direction with ``H u = 0``;
+#: a step across a ReLU kink moves a gradient by orders of magnitude more.
+ROUNDING_ULPS = 64.0
+
+
+def rounding_level(eps: float, gradient_norm: float) -> float:
+    """``ROUNDING_ULPS * eps * ||g||``: a second difference up to this size is the gradients'
+    rounding, not a kink (:func:`relative_gap`'s ``noise``).
+
+    >>> rounding_level(2.0 ** -52, 1.0) < 1e-13
+    True
+    """
+    return ROUNDING_ULPS * eps * gradient_norm
+
+
+def relative_gap(second: float, first: float, noise: float = 0.0) -> float:
     """``second / first``: the norm of the second difference ``g+ + g- - 2 g0`` over the norm of
-    the first ``g+ - g0`` (0 where both are 0, infinite where only the first is).
+    the first ``g+ - g0`` (0 where both are 0, or where ``second`` is within the rounding
+    ``noise``; infinite where only the first is 0; nan where either is not finite).
 
     >>> relative_gap(0.5, 10.0), relative_gap(0.0, 0.0), relative_gap(1.0, 0.0)
     (0.05, 0.0, inf)
+    >>> relative_gap(3e-16, 1e-16, noise=1e-13)   # both differences are rounding
+    0.0
     """
+    if not (math.isfinite(second) and math.isfinite(first)):
+        return math.nan
+    if second <= noise:
+        return 0.0
     if first > 0:
         return second / first
     return 0.0 if second == 0 else math.inf
@@ -59,9 +88,10 @@ def checked_difference(product_at: Callable, first_step: float, *, subject: str 
 
     ``product_at(h)`` takes the differences at step ``h`` and returns ``(gap, finish)``: the
     :func:`relative_gap` of its differences, and ``finish(accepted)``, called once, which returns
-    the product when ``gap <= MAX_GAP`` and otherwise undoes whatever ``product_at`` left behind
-    (a solver's vector it added into). Returns ``(product, gap, retries)``; raises a ValueError
-    naming the gaps when no step passes.
+    the product when ``gap <= MAX_GAP`` or is nan (differences that are not finite: the product
+    is a diverged model's nan, for the solver to report) and otherwise undoes whatever
+    ``product_at`` left behind (a solver's vector it added into). Returns
+    ``(product, gap, retries)``; raises a ValueError naming the gaps when no step passes.
 
     Example: ``g(x) = 3 x^2`` (the gradient of ``x^3``) has the Hessian ``6 x``; ``g(x) = sign(x)``
     (the gradient of ``|x|``) has a kink at 0, which the first step ``1e-3`` crosses from
@@ -84,7 +114,7 @@ def checked_difference(product_at: Callable, first_step: float, *, subject: str 
     for _ in range(STEPS):
         gap, finish = product_at(h)
         gaps.append(gap)
-        accepted = gap <= MAX_GAP
+        accepted = gap <= MAX_GAP or math.isnan(gap)
         product = finish(accepted)
         if accepted:
             return product, gap, len(gaps) - 1

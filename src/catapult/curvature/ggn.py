@@ -4,6 +4,8 @@ the spectrum functions).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from catapult.curvature.hessian import HessianOperator, fixed_rng, math_attention
@@ -89,6 +91,8 @@ class GaussNewtonOperator(HessianOperator):
         v = v.to(device=self.device, dtype=self.dtype)
         parts = self.split(v)
         self.matvecs += 1
+        if not self._finite_loss:  # a diverged model (HessianOperator)
+            return torch.full_like(v, math.nan)
         if self.chunks == 1:
             return torch.cat([o.reshape(-1) for o in self._product(self._graph, parts)])
         result = torch.zeros(self.numel, dtype=self.dtype, device=self.device)

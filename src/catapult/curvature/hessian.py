@@ -8,15 +8,18 @@ random number generators.
 from __future__ import annotations
 
 import contextlib
+import math
 import numbers
 
 import torch
 from torch.autograd.graph import get_gradient_edge
 from torch.func import functional_call
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_leaves, tree_map
 
-from catapult.curvature.difference import central_step, checked_difference, relative_gap
+from catapult.curvature.difference import (central_step, checked_difference, relative_gap,
+                                           rounding_level)
 from catapult.curvature.forward_ad import jvp_of_gradient
+from catapult.curvature.grads_into import attach_grads, backward_into, flush_grads, refuse_constant
 from catapult.curvature.microbatch import refuse_dropout, split_batch
 
 __all__ = ["HVP_MODES", "HessianOperator", "resolve_dtype", "resolve_hvp", "fixed_rng", "math_attention"]
@@ -111,33 +114,6 @@ def math_attention():
     return sdpa_kernel([SDPBackend.MATH])
 
 
-def _attach_grads(leaves, views) -> None:
-    """``leaf.grad = view``, or a zero gradient where the dtypes differ (a model mixing float32
-    and float64 parameters), added into the view afterwards by :func:`_flush_grads`."""
-    for leaf, view in zip(leaves, views):
-        leaf.grad = view if view.dtype == leaf.dtype else torch.zeros_like(leaf)
-
-
-def _flush_grads(leaves, views) -> None:
-    for leaf, view in zip(leaves, views):
-        if leaf.grad is not None and leaf.grad is not view:
-            view.add_(leaf.grad)
-
-
-def _backward_into(leaves, views, edges, grad_outputs, retain_graph: bool) -> None:
-    """Backward from ``edges`` with ``grad_outputs``, adding each leaf's gradient into its view
-    (``leaf.grad = view``: autograd accumulates in place when not building a graph)."""
-    _attach_grads(leaves, views)
-    try:
-        with torch.enable_grad():
-            torch.autograd.backward(edges, grad_tensors=grad_outputs, inputs=leaves,
-                                    retain_graph=retain_graph)
-        _flush_grads(leaves, views)
-    finally:
-        for leaf in leaves:
-            leaf.grad = None
-
-
 class HessianOperator:
     """``v -> H v``: the Hessian of ``loss_fn(model(x), y)`` at the model's current parameters.
 
@@ -188,6 +164,12 @@ class HessianOperator:
     dropout couple or re-draw samples per chunk, so they are refused too (call
     ``model.eval()`` first).
 
+    Without ``dtype``, a float16 or bfloat16 model is measured in float32: half precision rounds
+    at 1e-3 .. 8e-3, above the tolerances asked of the solvers. Where the loss at the
+    parameters is nan or inf (a diverged model), every product is nan, and the solvers report
+    ``nan``; where no trainable parameter reaches the loss, the operator is refused
+    (``ValueError``).
+
     ``retain_graph=False`` (double backprop only): the whole batch's gradient graph is not kept
     between products either; every product rebuilds it as one micro-batch would, so the
     operator holds no parameter-sized state between products (``memory="lean"``).
@@ -225,6 +207,8 @@ class HessianOperator:
         if not trainable:
             raise ValueError("model has no parameters with requires_grad=True")
         first = next(iter(trainable.values()))
+        if dtype is None and any(p.dtype in (torch.float16, torch.bfloat16) for p in trainable.values()):
+            dtype = torch.float32  # half precision rounds at 1e-3 .. 8e-3, above any useful tol
         self.device = first.device
         self.dtype = dtype if dtype is not None else first.dtype
         if not self.dtype.is_floating_point:
@@ -251,7 +235,7 @@ class HessianOperator:
         self._frozen = {n: cast(p) for n, p in model.named_parameters() if not p.requires_grad}
         self._buffers = {n: cast(b) for n, b in model.named_buffers()}
         inputs, targets = batch
-        if torch.is_tensor(inputs) and inputs.dim() > 0 and inputs.shape[0] == 0:
+        if any(torch.is_tensor(t) and t.dim() > 0 and t.shape[0] == 0 for t in tree_leaves(inputs)):
             # the mean loss of no samples is nan and its curvature nothing: say so, not 0.0
             raise ValueError("batch is empty: its inputs have 0 samples")
         # tensors nested in tuples, lists and dicts (a model taking several inputs) are cast too
@@ -265,43 +249,44 @@ class HessianOperator:
         self._chunks, self.loss = split_batch(model, self._loss, self._params, self._inputs,
                                               self._targets, chunk_size, self.dtype)
         self.chunks = len(self._chunks)
-        if self.mode == "compiled":  # products and gradients from compiled.py, chunk by chunk
+        # With chunks, every product and the gradient are built chunk by chunk (_chunked_product,
+        # gradient); on the whole batch double backprop keeps one gradient graph for all products
+        # (unless retain_graph=False: then the whole batch is one chunk, rebuilt per product).
+        # Compiled products and gradients come from compiled.py, chunk by chunk.
+        self._per_product = self.mode != "compiled" and (
+            self.chunks > 1 or (self.mode == "double_backprop" and not retain_graph))
+        if self.mode == "compiled":
             refuse_dropout(model, "hvp='compiled'", "would not follow the seed in a compiled graph",
                            "another hvp mode")
-            self._per_product = False
             # theta as one flat vector in dtype, and how to cut it back into the parameters
             self._theta = torch.cat([p.reshape(-1).to(self.dtype) for p in self._params.values()])
             self._layout = (tuple(self.names), tuple(tuple(s) for s in self.shapes),
                             tuple(p.dtype for p in self._params.values()))
-            if self.chunks == 1:
-                with torch.no_grad():
-                    self.loss = float(self._loss(self._params))
-            return
-
-        # With chunks, every product and the gradient are built chunk by chunk (_chunked_product,
-        # gradient); on the whole batch double backprop keeps one gradient graph for all products
-        # (unless retain_graph=False: then the whole batch is one chunk, rebuilt per product).
-        self._per_product = self.chunks > 1 or (self.mode == "double_backprop"
-                                                 and not retain_graph)
-        if self.chunks == 1 and self._per_product:
-            with torch.no_grad():
-                self.loss = float(self._loss(self._params))
-        elif self.chunks == 1 and self.mode == "double_backprop":
+        if self.chunks == 1 and self.mode == "double_backprop" and not self._per_product:
             self._leaves, loss, grads = self._gradient_graph(self._inputs, self._targets,
                                                              create_graph=True)
             self.loss = float(loss.detach())
             self._grads = grads  # the flat gradient is made from these only when asked for
             self._diff = [i for i, g in enumerate(grads) if g.requires_grad]
-        elif self.chunks == 1:
-            self._grad_fn = torch.func.grad_and_value(self._loss)
+        else:  # a forward on the first piece, which also refuses a loss no parameter reaches
+            _, loss, _ = self._gradient_graph(*self._chunks[0][:2], create_graph=None)
+            self.loss = float(loss) if self.chunks == 1 else self.loss
+            if self.chunks == 1 and self.mode in ("forward_over_reverse", "finite_difference"):
+                self._grad_fn = torch.func.grad_and_value(self._loss)
+        # the curvature of a nan or inf loss is nan: every product says so (a diverged model)
+        self._finite_loss = math.isfinite(self.loss)
 
-    def _gradient_graph(self, inputs, targets, create_graph: bool, scale: float = 1.0):
+    def _gradient_graph(self, inputs, targets, create_graph: bool | None, scale: float = 1.0):
         """``(leaves, loss, grads)``: the loss on ``(inputs, targets)`` at fresh leaves (detached
         aliases of the parameters, so ``requires_grad_`` leaves the model's tensors alone) and
-        the gradient of ``scale`` times it, differentiable again when ``create_graph``."""
+        the gradient of ``scale`` times it, differentiable again when ``create_graph`` (none
+        when it is None: ``(leaves, float loss, None)``)."""
         leaves = [self._params[n].detach().requires_grad_(True) for n in self.names]
         with torch.enable_grad():
             loss = self._loss(dict(zip(self.names, leaves)), inputs, targets)
+            refuse_constant(loss)
+            if create_graph is None:
+                return leaves, float(loss.detach()), None
             grads = torch.autograd.grad(loss if scale == 1.0 else loss * scale, leaves,
                                         create_graph=create_graph, allow_unused=True,
                                         materialize_grads=True)
@@ -330,7 +315,7 @@ class HessianOperator:
         if out.shape != (self.numel,) or out.dtype != self.dtype:
             raise ValueError(f"out must be a flat {self.dtype} vector of {self.numel} elements, "
                              f"got {out.dtype} of shape {tuple(out.shape)}")
-        if self.mode not in ("double_backprop", "finite_difference"):
+        if self.mode not in ("double_backprop", "finite_difference") or not self._finite_loss:
             return out.add_(self(v))
         v = v.to(device=self.device, dtype=self.dtype)
         parts, views = self.split(v), self.split(out)
@@ -341,7 +326,7 @@ class HessianOperator:
         if not self._per_product:
             if self._diff:
                 edges = [get_gradient_edge(self._grads[i]) for i in self._diff]
-                _backward_into(self._leaves, views, edges, [parts[i] for i in self._diff],
+                backward_into(self._leaves, views, edges, [parts[i] for i in self._diff],
                                retain_graph=True)
             return out
         for x, y, w in self._chunks:
@@ -350,7 +335,7 @@ class HessianOperator:
             edges = [get_gradient_edge(grads[i]) for i in diff]
             del grads  # the graph stays alive through the edges; the gradient values are freed
             if edges:
-                _backward_into(leaves, views, edges, [parts[i] for i in diff],
+                backward_into(leaves, views, edges, [parts[i] for i in diff],
                                retain_graph=False)
         return out
 
@@ -466,12 +451,13 @@ class HessianOperator:
         for leaf in leaves:
             leaf.requires_grad_(True)
         for x, y, w in self._chunks:
-            _attach_grads(leaves, views)
+            attach_grads(leaves, views)
             try:
                 with torch.enable_grad():
                     loss = self._loss(dict(zip(self.names, leaves)), x, y)
+                    refuse_constant(loss)
                     torch.autograd.backward(loss * w if w != 1.0 else loss, inputs=leaves)
-                _flush_grads(leaves, views)
+                flush_grads(leaves, views)
             finally:
                 for leaf in leaves:
                     leaf.grad = None
@@ -488,6 +474,7 @@ class HessianOperator:
             return
         base, work, leaves = self._difference_base(), torch.empty_like(out), self._leaf_buffers()
         views = self.split(work)
+        noise = rounding_level(self._eps, float(torch.linalg.vector_norm(base)))
 
         def forward(h: float) -> None:  # work = g(theta + h u) - g0
             work.copy_(base).neg_()
@@ -500,7 +487,7 @@ class HessianOperator:
             out.add_(work, alpha=2.0 * s)
             self._gradient_into(leaves, views, parts, -h / norm)   # work = g+ + g- - g0
             work.sub_(base)
-            gap = relative_gap(float(torch.linalg.vector_norm(work)), first)
+            gap = relative_gap(float(torch.linalg.vector_norm(work)), first, noise)
 
             def finish(accepted: bool) -> None:
                 if accepted:
@@ -532,8 +519,8 @@ class HessianOperator:
         """
         v = v.to(device=self.device, dtype=self.dtype)
         norm = float(torch.linalg.vector_norm(v))
-        if norm == 0:
-            return torch.zeros_like(v)
+        if norm == 0 or not self._finite_loss:
+            return torch.zeros_like(v) if self._finite_loss else torch.full_like(v, math.nan)
         h = self._eps ** 0.5
         if self.mode == "compiled":
             shifted = self._compiled_call("gradient", torch.add(self._theta, v, alpha=h / norm))
@@ -547,6 +534,8 @@ class HessianOperator:
         v = v.to(device=self.device, dtype=self.dtype)
         parts = self.split(v)
         self.matvecs += 1
+        if not self._finite_loss:
+            return torch.full_like(v, math.nan)
         if self.mode == "finite_difference":
             out = torch.zeros_like(v)
             self._finite_difference_into(parts, out, float(torch.linalg.vector_norm(v)))

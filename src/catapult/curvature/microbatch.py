@@ -56,6 +56,29 @@ def refuse_dropout(model: torch.nn.Module, option: str, why: str, instead: str) 
                              f"call model.eval() or use {instead}")
 
 
+def _reduction(loss_at, params, x, y, pieces, mean_w, dtype):
+    """``(full loss, kind, what was compared)``: ``kind`` is ``"mean"`` or ``"sum"`` where the whole
+    batch's loss is the pieces' weighted mean or their sum, ``"both"`` where it is both (all 0),
+    None where it is neither; a loss that is not finite counts as a mean."""
+    with torch.no_grad():
+        full = float(loss_at(params, x, y))
+        losses = [float(loss_at(params, xc, yc)) for xc, yc in pieces]
+    as_mean = sum(w * l for w, l in zip(mean_w, losses))
+    as_sum = sum(losses)
+    # well above the rounding of a batch sum, well below what a loss that is not additive over
+    # samples (e.g. a root-mean-square) typically shows between chunks
+    rtol = max(400.0 * torch.finfo(dtype).eps, 1e-9)
+
+    def close(a, b):
+        return abs(a - b) <= rtol * max(abs(a), abs(b), 1e-30)
+
+    shown = f"full batch {full:.6g}, chunks' mean {as_mean:.6g}, sum {as_sum:.6g}"
+    if not math.isfinite(full):
+        return full, "mean", shown
+    kinds = [k for k, ok in (("mean", close(full, as_mean)), ("sum", close(full, as_sum))) if ok]
+    return full, ("both" if len(kinds) == 2 else kinds[0] if kinds else None), shown
+
+
 def split_batch(model: torch.nn.Module, loss_at, params: dict, inputs, targets,
                 chunk_size: int | None, dtype: torch.dtype) -> tuple[list[tuple], float]:
     """``([(inputs, targets, weight)], loss)``: the micro-batches of at most ``chunk_size``
@@ -63,7 +86,8 @@ def split_batch(model: torch.nn.Module, loss_at, params: dict, inputs, targets,
 
     ``loss_at(params, inputs, targets)`` is the operator's loss. The weights are ``|B_k| / |B|``
     when the whole batch's loss equals the pieces' weighted mean, ``1`` when it equals their sum
-    (to ``5e-5`` relative in float32, ``1e-9`` in float64); any other loss is refused, and so are
+    (to ``400 eps`` relative, at least ``1e-9``: ``5e-5`` in float32; where the loss is 0, both
+    would, and the test is made again at parameters nudged by 1%); any other loss is refused, and so are
     train-mode BatchNorm and dropout (:func:`batch_coupling`).
 
     Example (a mean loss over 3 samples, pieces of 2 and 1):
@@ -96,25 +120,21 @@ def split_batch(model: torch.nn.Module, loss_at, params: dict, inputs, targets,
         raise ValueError(f"chunk_size: module {coupled[0]!r} is {coupled[1]} would differ per chunk; "
                          f"call model.eval() or use chunk_size=None")
     pieces = [(x[i:i + chunk_size], y[i:i + chunk_size]) for i in range(0, n, chunk_size)]
-    with torch.no_grad():
-        full = float(loss_at(params, x, y))
-        losses = [float(loss_at(params, xc, yc)) for xc, yc in pieces]
     mean_w = [xc.shape[0] / n for xc, _ in pieces]
-    as_mean = sum(w * l for w, l in zip(mean_w, losses))
-    as_sum = sum(losses)
-    # well above the rounding of a float32/float64 batch sum, well below what a loss that is
-    # not additive over samples (e.g. a root-mean-square) typically shows between chunks
-    rtol = 5e-5 if dtype == torch.float32 else 1e-9
-
-    def close(a, b):
-        return abs(a - b) <= rtol * max(abs(a), abs(b), 1e-30)
-
-    if not math.isfinite(full) or close(full, as_mean):
-        weights = mean_w
-    elif close(full, as_sum):
-        weights = [1.0] * len(pieces)
-    else:
-        raise ValueError(f"chunk_size: loss_fn is neither a mean nor a sum over samples (full "
-                         f"batch {full:.6g}, chunks' mean {as_mean:.6g}, sum {as_sum:.6g}); "
+    full, kind, shown = _reduction(loss_at, params, x, y, pieces, mean_w, dtype)
+    if kind in ("both", None):
+        # a zero loss (targets the model fits exactly) is both a mean and a sum of zeros, and
+        # rounding-level losses neither: ask again a little away from the parameters, where the
+        # losses are not 0 (the reduction is the loss_fn's, the same at every point)
+        generator = torch.Generator().manual_seed(0)  # on the CPU: the global RNG is left alone
+        nearby = {name: p + 1e-2 * (float(p.detach().abs().mean()) + 1e-2) * torch.randn(
+            p.shape, generator=generator, dtype=p.dtype).to(p.device) for name, p in params.items()}
+        _, kind, shown = _reduction(loss_at, nearby, x, y, pieces, mean_w, dtype)
+    if kind == "both":
+        raise ValueError(f"chunk_size: cannot tell whether loss_fn is a mean or a sum over samples, "
+                         f"since its loss is 0 here and nearby ({shown}); use chunk_size=None")
+    if kind is None:
+        raise ValueError(f"chunk_size: loss_fn is neither a mean nor a sum over samples ({shown}); "
                          f"use chunk_size=None")
+    weights = mean_w if kind == "mean" else [1.0] * len(pieces)
     return [(xc, yc, w) for (xc, yc), w in zip(pieces, weights)], full

@@ -67,7 +67,8 @@ import math
 import torch
 
 from catapult.curvature.distributed import all_reduce_sum
-from catapult.curvature.difference import central_step, checked_difference, relative_gap
+from catapult.curvature.difference import (central_step, checked_difference, relative_gap,
+                                           rounding_level)
 from catapult.curvature.hessian import fixed_rng
 from catapult.curvature.krylov import vector_norm
 
@@ -233,6 +234,8 @@ class ShardedHessianOperator:
         self._grad_flat, loss = self._gradient_at(None, 0.0)
         total = torch.tensor([loss * self.weight], dtype=torch.float64, device=self.device)
         self.loss = float(all_reduce_sum(total))
+        # the gradients' rounding, below which a second difference is no kink (difference.py)
+        self._noise = rounding_level(self._eps, float(vector_norm(self._grad_flat, self.reduce)))
 
     def _rows(self, full: torch.Tensor, p) -> torch.Tensor:
         """This rank's rows of ``full``, a tensor shaped like the whole parameter ``p``."""
@@ -355,7 +358,8 @@ class ShardedHessianOperator:
             plus, _ = self._gradient_at(v, h / norm)
             minus, _ = self._gradient_at(v, -h / norm)
             forward = float(vector_norm(plus - self._grad_flat, self.reduce))
-            gap = relative_gap(float(vector_norm(plus + minus - 2.0 * self._grad_flat, self.reduce)), forward)
+            gap = relative_gap(float(vector_norm(plus + minus - 2.0 * self._grad_flat, self.reduce)), forward,
+                               self._noise)
             return gap, lambda accepted: plus.sub_(minus).mul_(norm / (2.0 * h))
 
         product, gap, retries = checked_difference(product_at, central_step(self._eps),

@@ -175,7 +175,8 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
         model, loss_fn, batch: the loss ``loss_fn(model(inputs), targets)``.
         tol: relative eigen-residual to reach (the eigenvalue itself is typically far more
             accurate, ~ tol^2 * theta / gap).
-        max_iter: maximum Hessian-vector products.
+        max_iter: maximum Hessian-vector products (at least 2 with ``memory="lean"``, whose
+            solver needs a second pass to form its vector).
         dtype: ``None`` (the parameters' dtype), ``torch.float32`` or ``torch.float64``
             (parameters, buffers and floating inputs/targets are cast for the computation only).
         init: flat start vector, e.g. the previous ``est.vector`` (warm start); default a

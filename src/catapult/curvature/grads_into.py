@@ -1,0 +1,63 @@
+"""Gradients added into views of one flat vector, by autograd's own accumulation.
+
+The operators of :mod:`~catapult.curvature.hessian` hold products and gradients as flat vectors.
+Rather than form each parameter's gradient and copy it in, they point every leaf's ``.grad`` at
+its view of the flat vector: autograd then accumulates into it in place (when it builds no
+graph), so no second parameter-sized vector is ever formed.
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["refuse_constant", "attach_grads", "flush_grads", "backward_into"]
+
+
+def refuse_constant(loss: torch.Tensor) -> None:
+    """Raise a ValueError where no trainable parameter reaches ``loss``: its gradient and
+    curvature would be an autograd error (or, through :mod:`torch.func`, silently 0).
+
+    >>> w = torch.ones(2, requires_grad=True)
+    >>> refuse_constant((w * w).sum())
+    >>> refuse_constant(torch.ones(2).sum())
+    Traceback (most recent call last):
+        ...
+    ValueError: the loss does not depend on any trainable parameter of the model (requires_grad=True): are the trainable modules used in its forward?
+    """
+    if not loss.requires_grad:
+        raise ValueError("the loss does not depend on any trainable parameter of the model "
+                         "(requires_grad=True): are the trainable modules used in its forward?")
+
+
+def attach_grads(leaves, views) -> None:
+    """``leaf.grad = view``, or a zero gradient where the dtypes differ (a model mixing float32
+    and float64 parameters), added into the view afterwards by :func:`flush_grads`."""
+    for leaf, view in zip(leaves, views):
+        leaf.grad = view if view.dtype == leaf.dtype else torch.zeros_like(leaf)
+
+
+def flush_grads(leaves, views) -> None:
+    """Add the gradients that :func:`attach_grads` could not point at their views."""
+    for leaf, view in zip(leaves, views):
+        if leaf.grad is not None and leaf.grad is not view:
+            view.add_(leaf.grad)
+
+
+def backward_into(leaves, views, edges, grad_outputs, retain_graph: bool) -> None:
+    """Backward from ``edges`` with ``grad_outputs``, adding each leaf's gradient into its view.
+
+    Example (``d(w . x)/dw = x``, added into ``out``):
+        >>> w = torch.zeros(2, requires_grad=True)
+        >>> out = torch.ones(2)
+        >>> backward_into([w], [out], [w @ torch.tensor([3.0, 4.0])], [torch.tensor(1.0)], False)
+        >>> out
+        tensor([4., 5.])
+    """
+    attach_grads(leaves, views)
+    try:
+        with torch.enable_grad():
+            torch.autograd.backward(edges, grad_tensors=grad_outputs, inputs=leaves,
+                                    retain_graph=retain_graph)
+        flush_grads(leaves, views)
+    finally:
+        for leaf in leaves:
+            leaf.grad = None
