@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from catapult.parametrize import param_groups
+from catapult.files import figure_mark
 
 __all__ = ["coord_check", "coord_slopes", "activation_table", "block_order", "plot_coord_check",
            "find_blocks", "default_loss", "BLOCK_ORDER"]
@@ -292,5 +293,5 @@ def plot_coord_check(rows: Sequence[dict], path=None, *, panels: str = "block",
     if title:
         fig.suptitle(title)
     if path is not None:
-        fig.savefig(path, dpi=120)
+        fig.savefig(path, dpi=120, **figure_mark(path))
     return fig

@@ -18,6 +18,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import yaml
 
+from catapult.files import MARK
+
 __all__ = ["build_report", "write_report", "figure_to_data_uri"]
 
 _CSS = """
@@ -77,7 +79,7 @@ def build_report(store, *, title: str | None = None, metric: str = "test_accurac
         counts[c["status"]] = counts.get(c["status"], 0) + 1
     by_label = {a["key"]: dict(zip([canonical_json(v) for v in a["values"]], a["labels"])) for a in axes}
     name = title or f"Sweep report: {store.path.name}"
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(name)}</title>"
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><meta name='generator' content='{MARK}'><title>{html.escape(name)}</title>"
              f"<style>{_CSS}</style></head><body>", f"<h1>{html.escape(name)}</h1>"]
     created = store.meta("created_at")
     when = _dt.datetime.fromtimestamp(float(created)).strftime("%Y-%m-%d %H:%M") if created else "?"

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from catapult.config import ConfigError, load_config
+from catapult.files import written_by_catapult
 from catapult.sweep.store_file import SQLITE_MAGIC
 
 __all__ = ["add_config_arguments", "config_from_args", "overrides_from_args", "apply_threads", "check_out_file",
@@ -16,7 +17,7 @@ __all__ = ["add_config_arguments", "config_from_args", "overrides_from_args", "a
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """``CONFIG [key=value ...] [--device DEVICE] [--progress MODE]`` for a config-driven command."""
     parser.add_argument("config", metavar="CONFIG", help="YAML run config")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
+    parser.add_argument("overrides", nargs="*", metavar="key=value", default=[],
                         help="override config keys, e.g. optimizer.lr=32/lambda0 schedule.warmup_steps=64")
     parser.add_argument("--device", help="cpu, cuda, cuda:N or auto (same as device=...)")
     parser.add_argument("--progress", choices=("auto", "bar", "lines", "none"), default="auto",
@@ -76,16 +77,22 @@ def apply_threads(args: argparse.Namespace) -> None:
 
 
 def check_out_file(option: str, path, replaces: tuple[str, ...] | None = None) -> None:
-    """Refuse, before any work, an output file path (``--out``) that is a directory, an SQLite
-    database (the store being read, or another), or whose folder does not exist or cannot be
-    written: a ConfigError naming the option.
+    """Refuse, before any work, an output file path (``--out``) that is a directory, a symbolic
+    link (writing through it would change the file it points to), an SQLite database (the store
+    being read, or another), an existing file catapult did not write, or whose folder does not
+    exist or cannot be written: a ConfigError naming the option.
 
     ``replaces``: the suffixes of the files the command writes (e.g. ``(".html",)``). An existing
-    file is replaced only when its suffix is one of them, so an earlier output can be written
-    again, while ``--out config.yaml`` (a file the command did not write) is refused."""
+    file is replaced only when its suffix is one of them and catapult wrote it
+    (:func:`catapult.files.written_by_catapult`: an earlier output of this kind), so
+    ``--out config.yaml`` or a user's own ``results.csv`` is refused. Without ``replaces`` (a
+    figure), an existing file is replaced only when catapult wrote it."""
     if path is None:
         return
     path = Path(path)
+    if path.is_symlink():
+        raise ConfigError([(option, f"{path} is a symbolic link; writing through it would change "
+                                    f"{os.path.realpath(path)}: give the path of a plain file")])
     if path.is_dir():
         raise ConfigError([(option, f"{path} is a directory; give a file name")])
     folder = path.absolute().parent
@@ -101,6 +108,9 @@ def check_out_file(option: str, path, replaces: tuple[str, ...] | None = None) -
     if replaces is not None and path.is_file() and path.suffix.lower() not in replaces:
         raise ConfigError([(option, f"{path} exists and is not a {' / '.join(replaces)} file this command "
                                     f"writes; give a new file name")])
+    if path.exists() and not written_by_catapult(path):
+        raise ConfigError([(option, f"{path} exists and catapult did not write it; give a new file name "
+                                    f"(or remove it first)")])
 
 
 def _is_sqlite(path: Path) -> bool:

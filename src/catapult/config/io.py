@@ -203,8 +203,9 @@ def read_yaml(path: str | Path) -> tuple[dict, dict[str, tuple[int, int]]]:
     if duplicates:  # the earlier value would be dropped without a word
         raise ConfigError([(key, f"written twice in {path.name} (line {first[0]} and line {second[0]}); "
                                  f"keep one") for key, first, second in duplicates])
-    if mapping is None:
-        mapping = {}
+    if mapping is None:  # an empty file (or comments only): most likely not the file meant
+        raise ConfigError([("<file>", f"{path} is empty (no keys); give a config with its keys, "
+                                      f"e.g. one of configs/, or '{{}}' for every default")])
     if not isinstance(mapping, dict):
         raise ConfigError([("<file>", f"{path} must hold a mapping of keys, got {type(mapping).__name__}")])
     return mapping, positions

@@ -88,6 +88,7 @@ import torch
 import torch.nn as nn
 
 from catapult import config as cfg
+from catapult.files import is_run_record
 from catapult.losses import accuracy, loss_and_accuracy
 from catapult.engine.build import Run, build_run, threshold
 from catapult.engine.sharpness_rule import STEP_KIND_COLUMN
@@ -120,7 +121,8 @@ def check_out_dir(out_dir: str | Path, overwrite: bool = False, *,
 
     ``overwrite`` replaces the files named in ``replaces`` (a run's :data:`RUN_FILES`; callers
     that judge ownership themselves pass ``()``), so where the directory holds any of them it
-    must be an earlier run's (it holds one of :data:`RUN_MARKERS`) and none of them may be a
+    must be an earlier run's (it holds one of :data:`RUN_MARKERS` with a run's contents,
+    :func:`catapult.files.is_run_record`) and none of them may be a
     link: a user's own ``config.yaml`` in a folder given as ``--out`` is never replaced.
 
     Raises :class:`RunDirectoryError` saying what is in the way.
@@ -134,9 +136,10 @@ def check_out_dir(out_dir: str | Path, overwrite: bool = False, *,
                                     f"(overwrite=True) to replace its run files, or choose another directory")
         present = [path / name for name in replaces if (path / name).exists() or (path / name).is_symlink()]
         links = [p.name for p in present if p.is_symlink() or not p.is_file()]
-        if overwrite and present and (links or not any(p.name in RUN_MARKERS for p in present)):
+        # a run's own records, by their contents: a user's metrics.csv beside a config is not one
+        if overwrite and present and (links or not any(is_run_record(p) for p in present)):
             what = (f"{', '.join(links)} (not a plain file)" if links
-                    else f"{', '.join(p.name for p in present)} but no {' or '.join(RUN_MARKERS)}")
+                    else f"{', '.join(p.name for p in present)}, but not a run's {' or '.join(RUN_MARKERS)}")
             raise RunDirectoryError(f"{path} is not an earlier run's directory (it holds {what}); "
                                     f"--overwrite replaces only a run's own files: choose a new or "
                                     f"empty directory")
@@ -366,6 +369,7 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
     reporter = Progress(progress, steps, config["name"])
     metrics: list[dict] = []
     status, diverged_at, loss_0, collapsed = "finished", None, None, False
+    looped = False  # the loop ran to its end: the progress display then shows the final status
     try:
         for t in range(steps + 1):
             final = t == steps
@@ -429,8 +433,10 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
                     processes.before_mask_update(mask_updater, t)
                     mask_updater.step(t, optimizer)
                 scheduler.step()
+        looped = True
     finally:
-        reporter.close(status)
+        if not looped:
+            reporter.close(status)
         if metrics_file is not None:
             metrics_file.close()
 
@@ -442,6 +448,7 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
         collapsed=collapsed, lambda0_batches=len(lambda0_all) or None,
     )
     status = summary["status"]  # the paper's accuracy rule and the collapse rule (engine.step.final_status)
+    reporter.close(status + (f" ({summary['failure']})" if summary.get("failure") else ""))
     summary.update(warmup_summary(config, metrics, lr_trgt, warmup_rule))
     weights = processes.state_dict(model)
     if out_path is not None:

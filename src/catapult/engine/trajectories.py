@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 
 from catapult.analysis import is_finite_number
 from catapult.engine.records import is_spectrum_column
+from catapult.files import figure_mark
 
 Metrics = Sequence[Mapping[str, Any]]
 
@@ -149,7 +150,7 @@ def plot_trajectories(
         fig.suptitle(title)
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, **figure_mark(path))
     return fig
 
 

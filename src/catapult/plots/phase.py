@@ -24,6 +24,7 @@ from matplotlib.patches import Rectangle
 
 from catapult.analysis import is_finite_number
 from catapult.engine.records import is_spectrum_column
+from catapult.files import figure_mark
 from catapult.sweep.spec import canonical_json
 
 __all__ = [
@@ -246,7 +247,7 @@ def _save(fig: Figure, path: str | Path | None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         FigureCanvasAgg(fig)
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, **figure_mark(path))
 
 
 def _format_value(x: float, metric: str) -> str:

@@ -7,6 +7,8 @@ from typing import Sequence
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from catapult.files import figure_mark
+
 __all__ = ["plot_spectral_density"]
 
 
@@ -35,5 +37,5 @@ def plot_spectral_density(density, path=None, *, title: str | None = None, log: 
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
     if path is not None:
-        fig.savefig(Path(path))
+        fig.savefig(Path(path), **figure_mark(path))
     return fig

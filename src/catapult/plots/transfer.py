@@ -26,6 +26,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from catapult.analysis import is_finite_number
+from catapult.files import figure_mark
 from catapult.sweep.spec import canonical_json
 
 __all__ = ["TransferCurves", "transfer_curves", "optima", "drift", "shift", "plot_transfer", "transfer_table",
@@ -303,5 +304,5 @@ def plot_transfer(curves: TransferCurves, path: str | Path | None = None, *, tit
     if title and curves.panel_key:
         fig.suptitle(title)
     if path is not None:
-        fig.savefig(path, dpi=120)
+        fig.savefig(path, dpi=120, **figure_mark(path))
     return fig

@@ -180,6 +180,12 @@ class Store:
                              "it was left unchanged. " + ("Give --store a new path or an existing store."
                                                           if create else "Give the path of a sweep store."))
         self.legacy = kind == "legacy"
+        if not self.readonly and not (os.access(self.path, os.W_OK)
+                                      and os.access(self.path.absolute().parent, os.W_OK | os.X_OK)):
+            # SQLite's own word for it is "unable to open database file"
+            raise StoreError(f"{self.path} is a catapult sweep store, but it cannot be written here: the file "
+                             f"or its folder (where SQLite keeps its -wal and -shm files) is read-only; "
+                             f"`export`, `plot` and `report` can still read it")
         try:
             if self.readonly:
                 self.conn = connect_readonly(self.path)

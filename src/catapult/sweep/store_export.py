@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from catapult.engine.records import is_spectrum_column, metric_columns
+from catapult.files import MARK
 from catapult.sweep.store import BEST_METRICS, FINAL_METRICS
 
 __all__ = ["EXPORT_COLUMNS", "AGGREGATE_METRICS", "export_table", "aggregate_table", "mean_std", "last_spectrum", "spectrum_columns",
@@ -175,6 +176,8 @@ def write_parquet(store, path: str | Path, *, aggregate: bool = False) -> Path:
             values = [None if v is None else float(v) for v in values]
         data[name] = values
     table = pa.table(data)
+    # the mark by which a later export knows the file as its own to replace (catapult.files)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"catapult": MARK.encode()})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, str(path))

@@ -1,0 +1,154 @@
+"""Output files catapult did not write are never changed: a user's own file of the right kind, a
+symbolic link (written through, it changed the file it points to, e.g. a config), or a run
+folder whose records are a user's; and the other messages of the new-user audit."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from catapult import cli
+from catapult.files import figure_mark, is_run_record, written_by_catapult
+
+TINY = """\
+name: tiny_out
+data: {name: digits, n_train: 32, n_test: 16}
+model: {width: 8, depth: 2}
+train: {steps: 2}
+eval: {sharpness_every: 0, test_every: 0}
+"""
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A copy of the catapult 0.1.0 store in the working directory, as ``s.db``."""
+    path = tmp_path / "s.db"
+    path.write_bytes((Path(__file__).parent / "data" / "store_v0.1.0.db").read_bytes())
+    monkeypatch.chdir(tmp_path)
+    return path
+
+
+def _files(folder: Path) -> dict:
+    return {p.name: (p.readlink() if p.is_symlink() else p.read_bytes()) for p in folder.iterdir()}
+
+
+COMMANDS = [["export", "s.db", "--out"], ["plot", "s.db", "--out"], ["report", "s.db", "--out"],
+            ["transfer", "s.db", "--out"]]
+NAMES = {"export": "cells.csv", "plot": "phase.png", "report": "page.html", "transfer": "transfer.png"}
+
+
+@pytest.mark.parametrize("argv", COMMANDS, ids=lambda a: a[0])
+def test_a_link_is_not_written_through(store, tmp_path, capsys, argv):
+    victim = tmp_path / "sweep.yaml"
+    victim.write_text("name: mine\n")
+    link = tmp_path / NAMES[argv[0]]
+    link.symlink_to(victim)
+    before = _files(tmp_path)
+    assert cli.main([*argv, link.name]) == 2
+    err = capsys.readouterr().err
+    assert f"{link.name} is a symbolic link" in err and "Traceback" not in err
+    assert _files(tmp_path) == before and victim.read_text() == "name: mine\n"
+
+
+@pytest.mark.parametrize("argv", COMMANDS, ids=lambda a: a[0])
+def test_a_users_file_of_the_same_kind_is_not_replaced_but_an_earlier_output_is(store, tmp_path, capsys, argv):
+    name = NAMES[argv[0]]
+    mine = tmp_path / name
+    mine.write_bytes(b"a,b\n1,2\n" if name.endswith(".csv") else b"mine")
+    assert cli.main([*argv, name]) == 2
+    err = capsys.readouterr().err
+    assert f"{name} exists and catapult did not write it" in err and "Traceback" not in err
+    assert mine.read_bytes() in (b"a,b\n1,2\n", b"mine")
+    mine.unlink()
+    assert cli.main([*argv, name]) == 0 and written_by_catapult(mine)
+    first = mine.stat().st_mtime_ns
+    assert cli.main([*argv, name]) == 0 and mine.stat().st_mtime_ns >= first  # replaced: its own
+
+
+@pytest.mark.parametrize("suffix", ["png", "svg", "svgz", "pdf", "jpg", "tiff", "eps"])
+def test_every_marked_figure_format_is_known_again(tmp_path, suffix):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    path = tmp_path / f"f.{suffix}"
+    Figure().savefig(path, **figure_mark(path))
+    assert written_by_catapult(path)
+    Figure().savefig(tmp_path / f"g.{suffix}")  # someone else's figure
+    assert not written_by_catapult(tmp_path / f"g.{suffix}")
+
+
+def test_a_parquet_export_is_marked(store, tmp_path):
+    pytest.importorskip("pyarrow")
+    assert cli.main(["export", "s.db", "--out", "cells.parquet"]) == 0
+    assert written_by_catapult(tmp_path / "cells.parquet")
+    assert cli.main(["export", "s.db", "--out", "cells.parquet"]) == 0
+    assert written_by_catapult(tmp_path / "cells.parquet")
+    assert cli.main(["export", "s.db", "--out", "agg.csv", "--aggregate"]) == 0
+    assert written_by_catapult(tmp_path / "agg.csv")  # known by the aggregate's header
+
+
+def test_overwrite_keeps_a_users_metrics_and_config(tmp_path, capsys):
+    # the folder held files *named* like a run's: --overwrite replaced both
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "metrics.csv").write_text("metrics mine\n")
+    (mine / "config.yaml").write_text("cfg mine\n")
+    argv = ["train", str(config), "--progress", "none", "--threads", "1", "--overwrite", "--out"]
+    assert cli.main([*argv, str(mine)]) == 2
+    err = capsys.readouterr().err
+    assert "not an earlier run's directory" in err and "but not a run's metrics.csv" in err
+    assert (mine / "config.yaml").read_text() == "cfg mine\n" and len(list(mine.iterdir())) == 2
+    run = tmp_path / "run"
+    assert cli.main([*argv[:-2], "--out", str(run)]) == 0
+    assert is_run_record(run / "metrics.csv") and is_run_record(run / "summary.json")
+    assert cli.main([*argv, str(run)]) == 0  # an earlier run's own files
+
+
+def test_run_records_are_known_by_their_contents(tmp_path):
+    (tmp_path / "metrics.csv").write_text("step,lr,train_loss\n0,0.1,2.3\n")
+    (tmp_path / "summary.json").write_text(json.dumps({"status": "finished", "steps_completed": 2}))
+    assert is_run_record(tmp_path / "metrics.csv") and is_run_record(tmp_path / "summary.json")
+    (tmp_path / "metrics.csv").write_text("epoch,loss\n")
+    (tmp_path / "summary.json").write_text("[1, 2]")
+    assert not is_run_record(tmp_path / "metrics.csv") and not is_run_record(tmp_path / "summary.json")
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "\n\n"])
+def test_an_empty_config_is_refused(tmp_path, capsys, text):
+    config = tmp_path / "empty.yaml"
+    config.write_text(text)
+    assert cli.main(["train", str(config), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "empty.yaml is empty (no keys)" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "critical-lr", "spectrum", "sweep", "coord-check"])
+def test_a_missing_config_names_only_the_config(capsys, command):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([command])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "required: CONFIG" in err and "key=value" not in err.splitlines()[-1]
+
+
+def test_a_store_that_cannot_be_written_says_so(tmp_path, capsys, monkeypatch):
+    # SQLite said "unable to open database file" of a valid store on a read-only mount (where
+    # even root cannot write: os.access answers for the mount, patched here)
+    import os
+
+    config = tmp_path / "sweep.yaml"
+    config.write_text(TINY + "sweep: {grid: {optimizer.lr: [0.1]}}\n")
+    argv = ["sweep", str(config), "--store", str(tmp_path / "s.db"), "--progress", "none"]
+    assert cli.main(argv) == 0
+    capsys.readouterr()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if mode & os.W_OK else real(path, mode))
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "is a catapult sweep store, but it cannot be written here" in err and "Traceback" not in err
