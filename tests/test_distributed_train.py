@@ -133,8 +133,11 @@ def test_train_ddp_command_writes_a_new_directory_and_refuses_one_in_use(tmp_pat
     assert main(["train-ddp", str(config), "--out", str(mine)]) == 2       # before any work
     assert "--overwrite" in capsys.readouterr().err
     assert (mine / "metrics.csv").read_text() == "a user's file\n" and not (mine / "model.pt").exists()
-    assert main(["train-ddp", str(config), "--out", str(mine), "--overwrite"]) == 0
-    assert (mine / "model.pt").exists()
+    # --overwrite replaces a run's records, judged by their contents, not a file of that name
+    assert main(["train-ddp", str(config), "--out", str(mine), "--overwrite"]) == 2
+    assert "not an earlier run's directory" in capsys.readouterr().err
+    assert (mine / "metrics.csv").read_text() == "a user's file\n" and not (mine / "model.pt").exists()
+    assert main(["train-ddp", str(config), "--out", str(out), "--overwrite"]) == 0
 
 
 def test_train_ddp_overwrite_refuses_links_and_never_writes_through_them(tmp_path, capsys):
@@ -160,7 +163,8 @@ def test_train_ddp_overwrite_refuses_links_and_never_writes_through_them(tmp_pat
     # an earlier run's own files are replaced
     for name in ("metrics.csv", "model.pt"):
         (out / name).unlink()
-        (out / name).write_text("stale\n")
+    (out / "metrics.csv").write_text("step,lr,train_loss\n0,0.1,2.3\n")  # an earlier run's records
+    (out / "model.pt").write_text("stale\n")
     assert main(["train-ddp", str(config), "--out", str(out), "--overwrite"]) == 0
     header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
     assert header[:2] == ["step", "lr"] and "train_loss" in header  # `catapult train`'s columns

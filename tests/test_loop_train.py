@@ -62,8 +62,8 @@ def test_the_collapse_rule_holds_only_when_every_process_collapsed():
 def test_a_run_that_fails_before_writing_leaves_an_earlier_runs_files(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    (out / "metrics.csv").write_text("an earlier run's metrics\n")
-    (out / "summary.json").write_text("{}\n")
+    (out / "metrics.csv").write_text("step,lr,train_loss\n0,0.1,2.3\n")   # an earlier run's records
+    (out / "summary.json").write_text('{"status": "finished", "steps_completed": 1}\n')
 
     def fails(writing):
         def body(path, writing_list):
@@ -76,7 +76,7 @@ def test_a_run_that_fails_before_writing_leaves_an_earlier_runs_files(tmp_path):
 
     with pytest.raises(ValueError, match="bad config"):
         in_run_directory(out, True, fails(writing=False))   # --overwrite, but nothing written yet
-    assert (out / "metrics.csv").read_text() == "an earlier run's metrics\n" and (out / "summary.json").exists()
+    assert (out / "metrics.csv").read_text() == "step,lr,train_loss\n0,0.1,2.3\n" and (out / "summary.json").exists()
     with pytest.raises(ValueError, match="bad config"):
         in_run_directory(out, True, fails(writing=True))    # it wrote, then failed: its files go
     assert out.is_dir() and not any(out.iterdir())
