@@ -125,3 +125,32 @@ def test_without_an_input_layer_the_width_is_the_readouts_input_width():
     hidden_first = nn.Sequential(nn.Linear(3, 16), nn.Linear(16, 48), nn.Linear(48, 2))
     catapult.parametrize(hidden_first, "mup", base_width=12, roles={"0": None})  # hidden 16 -> 48
     assert hidden_first.catapult_spec.width_mult == 4.0
+
+
+class Backbone(nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.backbone = net
+
+    def forward(self, x):
+        return self.backbone(x)
+
+
+@pytest.mark.parametrize("wrap", [lambda net: nn.Sequential(nn.Identity(), net), Backbone])
+def test_param_groups_of_a_model_inside_a_container_are_the_models(wrap):
+    # the spec sat on the inner model only: SP learning rates (hidden 4x too large here) for a
+    # model whose forward still used muP's multipliers
+    from catapult.models import MLP
+
+    net = MLP(8, 2, width=64, depth=3, parametrization="mup", base_width=16)   # m_d = 4
+    assert _lrs(net)["hidden"] == pytest.approx(0.01 / 4)
+    assert _lrs(wrap(net)) == _lrs(net)
+
+
+def test_a_container_of_two_parameterizations_is_refused():
+    from catapult.models import MLP
+
+    pair = nn.ModuleList([MLP(8, 2, width=64, depth=2, parametrization="mup", base_width=16),
+                          MLP(8, 2, width=64, depth=2, parametrization="mup", base_width=32)])
+    with pytest.raises(ValueError, match="2 different parameterizations"):
+        catapult.param_groups(pair, 1.0, "adam")

@@ -242,7 +242,10 @@ def find_spec(model: nn.Module) -> ParamSpec | None:
     """The :class:`ParamSpec` of ``model``, or None. Wrappers are looked through:
     ``torch.compile``'s (``_orig_mod``) and those that keep the model as ``.module``
     (``DistributedDataParallel``, ``DataParallel``, FSDP), so ``param_groups(ddp_model, lr)``
-    gives the wrapped model's learning rates.
+    gives the wrapped model's learning rates. Failing those, the submodules are searched: a
+    parametrized model inside a user's container (``nn.Sequential(preprocess, net)``, a module
+    holding it as ``self.backbone``) gives its spec; submodules with different specs are a
+    ValueError, since one set of learning-rate rules cannot serve both.
 
     Example:
         >>> model = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Linear(8, 1))
@@ -250,7 +253,10 @@ def find_spec(model: nn.Module) -> ParamSpec | None:
         True
         >>> find_spec(parametrize(model, "mup", base_width=2))
         ParamSpec(parametrization='mup', width_mult=4.0, density_mult=1.0, lr_rule='table')
+        >>> find_spec(torch.nn.Sequential(torch.nn.Identity(), model))   # inside a container
+        ParamSpec(parametrization='mup', width_mult=4.0, density_mult=1.0, lr_rule='table')
     """
+    root = model
     for _ in range(8):  # a few nested wrappers at most (e.g. compiled DDP)
         spec = getattr(model, "catapult_spec", None)
         if spec is not None:
@@ -259,9 +265,18 @@ def find_spec(model: nn.Module) -> ParamSpec | None:
         if not isinstance(inner, nn.Module):
             inner = getattr(model, "module", None)
         if not isinstance(inner, nn.Module):
-            return None
+            break
         model = inner
-    return None
+    specs: list[ParamSpec] = []
+    for module in root.modules():
+        spec = getattr(module, "catapult_spec", None)
+        if spec is not None and spec not in specs:
+            specs.append(spec)
+    if len(specs) > 1:
+        raise ValueError(f"the model holds submodules of {len(specs)} different parameterizations "
+                         f"({', '.join(map(repr, specs))}); build the parameter groups of each with "
+                         f"its own param_groups call")
+    return specs[0] if specs else None
 
 
 def param_groups(model: nn.Module, lr: float, optimizer: str = "adam", *,
