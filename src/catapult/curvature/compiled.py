@@ -2,7 +2,9 @@
 
 The two functions of one loss that a solve needs, each compiled once per process and shared by
 every operator (``torch.compile`` keys its graphs on the model's structure, not on the object, so
-a new model of the same architecture re-uses them; a new ``loss_fn`` compiles again):
+a new model of the same architecture re-uses them; so does a new ``loss_fn`` of the same class, or
+the same ``lambda`` made again, while a loss of another class or another function's code compiles
+again, up to dynamo's limit of 8 per function, past which torch runs it eagerly):
 
 * :func:`gradient_and_loss`: ``(g(theta), L(theta))`` by :func:`torch.func.grad_and_value`. It
   gives the gradients of the finite-difference start level (``forward_difference``).
