@@ -282,3 +282,25 @@ def test_a_meta_file_with_names_that_are_not_utf8_gives_no_class_names(tmp_path)
     split = load_cifar10(tmp_path)
     assert split.classes is None
     np.testing.assert_array_equal(split.y_test.numpy(), files["test_batch"][b"labels"])
+
+
+def test_labels_that_would_expand_to_gigabytes_are_refused_before_numpy_sees_them(tmp_path):
+    # one 4000-int list shared 10^6 times pickles to ~70 KB and asked np.asarray for 30 GiB
+    make_cifar10(tmp_path)
+    target = tmp_path / "cifar-10-batches-py" / "test_batch"
+    row = [0] * 4000
+    block = [row] * 1000
+    target.write_bytes(py3_dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [block] * 1000}))
+    assert target.stat().st_size < 200_000
+    with pytest.raises(ValueError, match=r"test_batch: 'labels' must hold 2 integer labels, got a list of 1000 items"):
+        load_cifar10(tmp_path)
+    target.write_bytes(py3_dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, True]}))
+    with pytest.raises(ValueError, match="'labels' must hold 2 integer labels"):
+        load_cifar10(tmp_path)
+
+
+def test_a_key_that_is_not_utf8_is_named_not_a_decode_error(tmp_path):
+    make_cifar10(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(py3_dumps({b"\xff": 1}))
+    with pytest.raises(ValueError, match="test_batch: a CIFAR-10 batch needs the keys 'data' and 'labels'"):
+        load_cifar10(tmp_path)

@@ -54,7 +54,9 @@ def state_record(module: nn.Module) -> dict[str, Any]:
 
 
 def _describe(record: dict[str, Any]) -> str:
-    return f"parametrization {record.get('parametrization')!r}, density {record.get('density'):.6g}"
+    density = record.get("density")
+    shown = f"{density:.6g}" if isinstance(density, (int, float)) else repr(density)
+    return f"parametrization {record.get('parametrization')!r}, density {shown}"
 
 
 def _save_hook(module: nn.Module, state_dict, prefix: str, local_metadata: dict) -> None:
@@ -68,7 +70,10 @@ def _load_hook(module: nn.Module, state_dict, prefix: str, local_metadata: dict,
     if not isinstance(saved, dict) or getattr(module, "catapult_spec", None) is None:
         return
     here = state_record(module)
-    same_density = abs(float(saved.get("density", here["density"])) - here["density"]) <= 1e-9
+    density = saved.get("density", here["density"])
+    # a record read from a file is checked like any input: a forged one is a mismatch, not a crash
+    same_density = (isinstance(density, (int, float)) and not isinstance(density, bool)
+                    and abs(float(density) - here["density"]) <= 1e-9)
     if saved.get("parametrization") != here["parametrization"] or not same_density:
         raise ParametrizationMismatch(
             f"this state_dict was saved from a model with {_describe(saved)}; the model it is loaded into "

@@ -92,9 +92,13 @@ def main(argv: Sequence[str] | None = None, commands: Sequence = COMMANDS) -> in
         if "unable to open" in str(err):  # a folder SQLite may not create files in (/proc, permissions)
             _error(args.command, f"the store {getattr(args, 'store', None) or ''} cannot be opened: {err}")
             return 2
-        if not any(word in str(err) for word in ("disk", "full", "readonly", "read-only")):
-            raise
-        _error(args.command, f"the store cannot be written: {err}")
+        where = getattr(args, "store", None) or "the store"
+        if any(word in str(err) for word in ("disk", "full", "readonly", "read-only")):
+            _error(args.command, f"the store cannot be written: {err}")
+        elif "locked" in str(err):
+            _error(args.command, f"{where} stayed locked by another process for 30 s: {err}")
+        else:  # a schema that is not the store's ("no such column", "foreign key mismatch")
+            _error(args.command, f"{where} is damaged (SQLite says: {err})")
         return 2
     except sqlite3.DatabaseError as err:  # a store damaged past its header: its pages fail when read
         where = getattr(args, "store", None) or "the store"

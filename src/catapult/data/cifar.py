@@ -234,7 +234,7 @@ def _load_batch(source, fmt: _Format, name: str, label_key: str, num_classes: in
     try:
         data, labels = _get(obj, "data"), _get(obj, label_key)
     except KeyError as exc:
-        keys = sorted(k.decode() if isinstance(k, bytes) else str(k) for k in obj)
+        keys = sorted(k.decode(errors="replace") if isinstance(k, bytes) else str(k) for k in obj)
         raise ValueError(f"{where}: a {fmt.title} batch needs the keys 'data' and '{label_key}', "
                          f"found {keys}") from exc
     rows = fmt.rows[name]
@@ -244,9 +244,20 @@ def _load_batch(source, fmt: _Format, name: str, label_key: str, num_classes: in
                 else type(data).__name__)
         raise ValueError(f"{where}: 'data' must be a uint8 array of shape (N, {_PIXELS}) with N <= {rows:,} "
                          f"(the {fmt.title} format), got {desc}")
+    # checked before numpy sees it: a few KB of pickle can share one nested list many times and
+    # ask np.asarray for gigabytes
+    if isinstance(labels, np.ndarray):
+        flat = labels.ndim == 1 and labels.shape[0] == data.shape[0]
+    else:
+        flat = (isinstance(labels, (list, tuple)) and len(labels) == data.shape[0]
+                and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in labels))
+    if not flat:
+        desc = (f"{labels.dtype} array of shape {labels.shape}" if isinstance(labels, np.ndarray)
+                else f"a {type(labels).__name__}" + (f" of {len(labels)} items" if isinstance(labels, (list, tuple)) else ""))
+        raise ValueError(f"{where}: '{label_key}' must hold {data.shape[0]} integer labels, got {desc}")
     try:
         labels = np.asarray(labels)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError) as exc:
         raise ValueError(f"{where}: '{label_key}' is not a list of class indices") from exc
     if labels.ndim != 1 or labels.shape[0] != data.shape[0] or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"{where}: '{label_key}' must hold {data.shape[0]} integer labels, got "

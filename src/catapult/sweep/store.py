@@ -53,7 +53,8 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from catapult.analysis import is_finite_number
 from catapult.sweep.claims import CLAIMS_DDL, LEASE_S, driver_alive, host_id, new_driver_id
-from catapult.sweep.store_file import APPLICATION_ID, connect_readonly, create_store_file, identify
+from catapult.sweep.store_file import (APPLICATION_ID, connect_readonly, create_store_file, identify,
+                                       missing_columns)
 
 __all__ = [
     "Store",
@@ -191,6 +192,7 @@ class Store:
                 self.conn = connect_readonly(self.path)
             else:
                 self.conn = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
+                self._check_columns()  # before anything is written to it
                 self.conn.execute("PRAGMA journal_mode=WAL")
                 self.conn.execute("PRAGMA synchronous=FULL")
                 self.conn.execute("PRAGMA foreign_keys=ON")
@@ -213,10 +215,18 @@ class Store:
             raise StoreError(f"{self.path} was written by a newer catapult (store schema {version}; "
                              f"this one reads {SCHEMA_VERSION})")
 
+    def _check_columns(self) -> None:
+        missing = missing_columns(self.conn)
+        if missing:
+            self.conn.close()
+            raise StoreError(f"{self.path} is damaged: its tables lack the columns "
+                             f"{', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}")
+
     def _check_is_store(self) -> None:
         tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if not {"meta", "cells", "metrics"} <= tables:
             raise StoreError(f"{self.path} is not a catapult sweep store (no meta/cells/metrics tables)")
+        self._check_columns()
         self._has_claims = {"drivers", "claims"} <= tables
 
     # ---- plumbing
@@ -531,7 +541,14 @@ class Store:
     def get_lambda0(self, key: str) -> float | None:
         """The cached lambda_0 for a :func:`~catapult.sweep.lambda0.lambda0_key`, or ``None``."""
         row = self.conn.execute("SELECT value FROM lambda0 WHERE key = ?", (key,)).fetchone()
-        return None if row is None else float(row[0])
+        if row is None:
+            return None
+        value = row[0]
+        # measured values are stored only when positive and finite: anything else was not written here
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise StoreError(f"{self.path} is damaged: its cached lambda_0 for {key} is {value!r}, not a "
+                             f"positive finite number")
+        return float(value)
 
     def put_lambda0(self, key: str, value: float, inputs: Mapping[str, Any] | None = None) -> float:
         """Cache one lambda_0 (its own transaction) and return the cached value: the first one

@@ -1,0 +1,89 @@
+"""Store files that are not quite a catapult store: another program's SQLite file with the same
+table names (it was upgraded in place, then crashed), a store whose tables lost columns, a
+tampered lambda_0 cache row; and a forged parametrization record in saved weights."""
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from catapult import cli
+
+LEGACY = Path(__file__).parent / "data" / "store_v0.1.0.db"
+TINY = """\
+name: tiny_forged
+data: {name: digits, n_train: 32, n_test: 16}
+model: {width: 8, depth: 2}
+train: {steps: 2}
+eval: {sharpness_every: 0, test_every: 0}
+sweep: {grid: {optimizer.lr: [0.1, 0.2]}}
+"""
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def test_another_programs_file_with_a_stores_table_names_is_left_unchanged(tmp_path, capsys):
+    other = tmp_path / "other.db"
+    conn = sqlite3.connect(other)
+    conn.executescript("CREATE TABLE meta(key TEXT, value TEXT); INSERT INTO meta VALUES ('schema_version', '1');"
+                       "CREATE TABLE cells(x); CREATE TABLE metrics(y);")
+    conn.commit()
+    conn.close()
+    before = _md5(other)
+    config = tmp_path / "sweep.yaml"
+    config.write_text(TINY)
+    assert cli.main(["sweep", str(config), "--store", str(other), "--progress", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a catapult sweep store" in err and "left unchanged" in err and "Traceback" not in err
+    assert _md5(other) == before
+
+
+@pytest.mark.parametrize("command", ["export", "report", "plot"])
+def test_a_store_whose_tables_lost_columns_is_named_damaged(tmp_path, capsys, monkeypatch, command):
+    store = tmp_path / "s.db"
+    store.write_bytes(LEGACY.read_bytes())
+    conn = sqlite3.connect(store)
+    conn.executescript("CREATE TABLE cells2 AS SELECT id, config_json, swept_json, status FROM cells;"
+                       "DROP TABLE cells; ALTER TABLE cells2 RENAME TO cells;")
+    conn.commit()
+    conn.close()
+    monkeypatch.chdir(tmp_path)
+    argv = {"export": ["export", "s.db", "--out", "t.csv"], "report": ["report", "s.db", "--out", "r.html"],
+            "plot": ["plot", "s.db", "--out", "p.png"]}[command]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and ("not a catapult sweep store" in err or "lack the columns cells.error" in err)
+
+
+@pytest.mark.parametrize("value", ["'abc'", "0.0", "-1.0", "'inf'"])
+def test_a_tampered_lambda0_row_is_named_not_used(tmp_path, capsys, value):
+    config = tmp_path / "sweep.yaml"
+    config.write_text(TINY.replace("optimizer.lr: [0.1, 0.2]", "optimizer.lr: {log2_over_lambda0: [0, 1, 1]}"))
+    store = tmp_path / "s.db"
+    argv = ["sweep", str(config), "--store", str(store), "--progress", "none", "--threads", "1"]
+    assert cli.main(argv) == 0
+    conn = sqlite3.connect(store)
+    conn.execute(f"UPDATE lambda0 SET value = {value}")
+    conn.execute("UPDATE cells SET status = 'pending'")
+    conn.commit()
+    conn.close()
+    capsys.readouterr()
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "is damaged: its cached lambda_0" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("density", ["abc", None, [1], "0.5", True])
+def test_a_forged_parametrization_record_in_weights_is_a_mismatch_not_a_crash(density):
+    from catapult.models import MLP
+    from catapult.parametrize_state import ParametrizationMismatch
+
+    model = MLP(4, 2, width=8, depth=2, parametrization="mup", base_width=8)
+    state = model.state_dict()
+    state._metadata[""]["catapult"] = {**state._metadata[""]["catapult"], "density": density}
+    with pytest.raises(ParametrizationMismatch, match="Refusing to load it"):
+        MLP(4, 2, width=8, depth=2, parametrization="mup", base_width=8).load_state_dict(state)
