@@ -87,3 +87,12 @@ def test_a_forged_parametrization_record_in_weights_is_a_mismatch_not_a_crash(de
     state._metadata[""]["catapult"] = {**state._metadata[""]["catapult"], "density": density}
     with pytest.raises(ParametrizationMismatch, match="Refusing to load it"):
         MLP(4, 2, width=8, depth=2, parametrization="mup", base_width=8).load_state_dict(state)
+
+
+def test_the_columns_a_store_must_have_are_those_a_new_store_gets(tmp_path):
+    from catapult.sweep.store import Store
+    from catapult.sweep.store_file import STORE_COLUMNS
+
+    with Store(tmp_path / "new.db") as store:
+        for table, columns in STORE_COLUMNS.items():
+            assert tuple(r[1] for r in store.conn.execute(f"PRAGMA table_info({table})")) == columns

@@ -1,0 +1,75 @@
+"""The sweep store's schema: its tables and columns, the cell statuses, the metrics it keeps
+(:mod:`catapult.sweep.store` reads and writes it).
+
+Schema (``SCHEMA_VERSION`` 1)::
+
+    meta(key TEXT PRIMARY KEY, value TEXT)
+        schema_version, spec_json (canonical JSON of the sweep's spec document), spec_hash
+        (its sha256), axes_json (swept keys with their values and labels), created_at,
+        catapult_version
+    cells(id INTEGER PRIMARY KEY,            -- grid order, 0-based
+          config_json TEXT,                  -- resolved cell config, lr in the config's units
+          swept_json TEXT,                   -- {dotted key: value}
+          status TEXT,                       -- pending | running | finished | diverged | failed
+          error TEXT,                        -- failed: the exception, with a traceback tail
+          attempts INTEGER,                  -- how often the cell was handed to an executor
+          lambda_0 REAL, lr_target REAL,     -- sharpness at init; absolute target lr
+          train_loss, train_accuracy, test_loss, test_accuracy, sharpness REAL,  -- final values
+                                             -- (test values and sharpness only when finished)
+          best_train_loss, best_test_loss, best_test_accuracy REAL,               -- best values
+          steps_completed INTEGER, diverged_at INTEGER,
+          summary_json TEXT,                 -- the engine's summary dict
+          worker TEXT, started_at REAL, finished_at REAL, wall_time_s REAL)
+    metrics(cell_id INTEGER, step INTEGER, lr, threshold, train_loss, train_accuracy,
+            sharpness REAL, sharpness_matvecs INTEGER, test_loss, test_accuracy REAL,
+            extra_json TEXT,                 -- any other per-step keys
+            PRIMARY KEY (cell_id, step))
+    lambda0(key TEXT PRIMARY KEY, value REAL, inputs_json TEXT, measured_at REAL)
+    drivers(id, host, pid, started_at, heartbeat), claims(cell_id, driver, claimed_at)
+                                             -- who runs what: catapult.sweep.claims
+"""
+from __future__ import annotations
+
+__all__ = ["SCHEMA_VERSION", "STATUSES", "DONE_STATUSES", "FINAL_METRICS", "BEST_METRICS", "METRIC_COLUMNS", "DDL"]
+
+SCHEMA_VERSION = 1
+#: Every status a cell can have. ``pending``/``running`` cells are (re)done by a resume;
+#: ``failed`` cells too (a failure is not a result); ``finished``/``diverged`` are results.
+STATUSES = ("pending", "running", "finished", "diverged", "failed")
+DONE_STATUSES = ("finished", "diverged", "collapsed")  # collapsed: stored as finished, see record()
+#: Final values (last logged step; test values from the last evaluation).
+FINAL_METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "sharpness")
+#: Best values over the run: min train/test loss, max test accuracy (the paper's cell value).
+BEST_METRICS = ("best_train_loss", "best_test_loss", "best_test_accuracy")
+#: Per-step columns of the ``metrics`` table (the engine's ``METRIC_COLUMNS``).
+METRIC_COLUMNS = ("step", "lr", "threshold", "train_loss", "train_accuracy", "sharpness",
+                  "sharpness_matvecs", "test_loss", "test_accuracy")
+
+DDL = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS cells (
+    id INTEGER PRIMARY KEY,
+    config_json TEXT NOT NULL,
+    swept_json TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ({", ".join(repr(s) for s in STATUSES)})),
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    lambda_0 REAL, lr_target REAL,
+    {", ".join(f"{m} REAL" for m in FINAL_METRICS)},
+    {", ".join(f"{m} REAL" for m in BEST_METRICS)},
+    steps_completed INTEGER, diverged_at INTEGER,
+    summary_json TEXT,
+    worker TEXT, started_at REAL, finished_at REAL, wall_time_s REAL
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    cell_id INTEGER NOT NULL REFERENCES cells(id),
+    step INTEGER NOT NULL,
+    lr REAL, threshold REAL, train_loss REAL, train_accuracy REAL,
+    sharpness REAL, sharpness_matvecs INTEGER, test_loss REAL, test_accuracy REAL,
+    extra_json TEXT,
+    PRIMARY KEY (cell_id, step)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS lambda0 (
+    key TEXT PRIMARY KEY, value REAL NOT NULL, inputs_json TEXT, measured_at REAL
+);
+"""
