@@ -12,14 +12,9 @@ from catapult import cli
 from catapult import config as C
 from catapult.engine import build_run, records
 from catapult.engine.loop import RUN_FILES, RunDirectoryError, run
+from tiny_run import tiny_config
 
-TINY = """\
-name: tiny_err
-data: {name: digits, n_train: 32, n_test: 16}
-model: {width: 8, depth: 2}
-train: {steps: 2}
-eval: {sharpness_every: 0, test_every: 0}
-"""
+TINY = tiny_config("tiny_err")
 
 
 @pytest.fixture

@@ -10,14 +10,9 @@ import pytest
 
 from catapult import cli
 from catapult.files import figure_mark, is_run_record, written_by_catapult
+from tiny_run import tiny_config
 
-TINY = """\
-name: tiny_out
-data: {name: digits, n_train: 32, n_test: 16}
-model: {width: 8, depth: 2}
-train: {steps: 2}
-eval: {sharpness_every: 0, test_every: 0}
-"""
+TINY = tiny_config("tiny_out")
 
 
 @pytest.fixture

@@ -10,16 +10,10 @@ from pathlib import Path
 import pytest
 
 from catapult import cli
+from tiny_run import tiny_config
 
 LEGACY = Path(__file__).parent / "data" / "store_v0.1.0.db"
-TINY = """\
-name: tiny_forged
-data: {name: digits, n_train: 32, n_test: 16}
-model: {width: 8, depth: 2}
-train: {steps: 2}
-eval: {sharpness_every: 0, test_every: 0}
-sweep: {grid: {optimizer.lr: [0.1, 0.2]}}
-"""
+TINY = tiny_config("tiny_forged") + "sweep: {grid: {optimizer.lr: [0.1, 0.2]}}\n"
 
 
 def _md5(path: Path) -> str:
