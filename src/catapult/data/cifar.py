@@ -246,15 +246,18 @@ def _load_batch(source, fmt: _Format, name: str, label_key: str, num_classes: in
                          f"(the {fmt.title} format), got {desc}")
     # checked before numpy sees it: a few KB of pickle can share one nested list many times and
     # ask np.asarray for gigabytes
+    n = data.shape[0]
     if isinstance(labels, np.ndarray):
-        flat = labels.ndim == 1 and labels.shape[0] == data.shape[0]
+        desc = None if labels.ndim == 1 and labels.shape[0] == n else f"{labels.dtype} array of shape {labels.shape}"
+    elif not isinstance(labels, (list, tuple)):
+        desc = f"a {type(labels).__name__}"
+    elif len(labels) != n:
+        desc = f"a {type(labels).__name__} of {len(labels)} items"
     else:
-        flat = (isinstance(labels, (list, tuple)) and len(labels) == data.shape[0]
-                and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in labels))
-    if not flat:
-        desc = (f"{labels.dtype} array of shape {labels.shape}" if isinstance(labels, np.ndarray)
-                else f"a {type(labels).__name__}" + (f" of {len(labels)} items" if isinstance(labels, (list, tuple)) else ""))
-        raise ValueError(f"{where}: '{label_key}' must hold {data.shape[0]} integer labels, got {desc}")
+        bad = [v for v in labels if not isinstance(v, (int, np.integer)) or isinstance(v, bool)][:1]
+        desc = f"an item {type(bad[0]).__name__} {str(bad[0])[:40]}" if bad else None
+    if desc is not None:
+        raise ValueError(f"{where}: '{label_key}' must hold {n} integer labels, got {desc}")
     try:
         labels = np.asarray(labels)
     except (ValueError, TypeError, OverflowError) as exc:
