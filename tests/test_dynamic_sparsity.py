@@ -176,3 +176,22 @@ def test_rigl_trains_an_mlp_through_the_engine():
     masks = dict(masked_modules(result.model))
     assert masks and any(not torch.equal(m.mask, masks[n].mask) for n, m in masked_modules(start))  # RigL moved them
     assert _counts(result.model) == _counts(start)  # with the counts kept
+
+
+@pytest.mark.parametrize("update_every, end_step", [(3, 10), (100, 75)])
+def test_gmp_reaches_the_final_density_where_end_step_is_no_multiple_of_update_every(update_every, end_step):
+    # updates fell on multiples of update_every only: 0.1009 for 0.1 at (3, 10), and a model that
+    # stayed dense at (100, 75), what the engine's defaults gave any gmp run of <= 133 steps
+    model = _model(density=0.25, mask_density=1.0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    updater = MaskUpdater(model, "gmp", final_density=0.25, update_every=update_every, end_step=end_step)
+    _train(model, optimizer, updater, end_step + 2, lambda t, before: None)
+    assert _counts(model) == _counts(_model(density=0.25))
+
+
+@pytest.mark.parametrize("kwargs", [{"drop_fraction": 2.0}, {"drop_fraction": 0.0}, {"final_density": 0.0},
+                                    {"final_density": 1.5}, {"final_density": math.nan}])
+def test_mask_updater_arguments_outside_their_range_are_refused(kwargs):
+    # drop_fraction 2.0 took a RigL model from density 0.2 to 0.39 in one update
+    with pytest.raises(ValueError, match="must be a number in \\(0, 1\\]"):
+        MaskUpdater(_model(density=0.25), "rigl", end_step=10, **kwargs)

@@ -36,15 +36,16 @@ def test_another_parametrization_is_refused_naming_both():
     target = _mlp("mup", 0.5)
     before = [t.clone() for t in target.state_dict().values()]
     with pytest.raises(ParametrizationMismatch, match=r"saved from a model with parametrization 'supar', "
-                                                      r"density 0\.5; .* has parametrization 'mup', density 0\.5"):
+                                                      r"density multiplier 0\.5 .*; .* has parametrization 'mup', "
+                                                      r"density multiplier 0\.5"):
         target.load_state_dict(_saved(_mlp("supar", 0.5)))
     assert all(torch.equal(a, b) for a, b in zip(before, target.state_dict().values()))  # nothing copied
 
 
 def test_another_density_is_refused_naming_both():
-    with pytest.raises(ParametrizationMismatch, match=r"density 0\.5; .* density 0\.25"):
+    with pytest.raises(ParametrizationMismatch, match=r"density multiplier 0\.5 .*; .* density multiplier 0\.25"):
         _mlp("supar", 0.25).load_state_dict(_saved(_mlp("supar", 0.5)))
-    with pytest.raises(ParametrizationMismatch, match=r"parametrization 'sp', density 1; .* density 0\.5"):
+    with pytest.raises(ParametrizationMismatch, match=r"parametrization 'sp', density multiplier 1 .*; .* density multiplier 0\.5"):
         _mlp("sp", 0.5).load_state_dict(_saved(_mlp("sp", 1.0)), strict=False)
 
 
@@ -58,3 +59,24 @@ def test_parametrize_on_a_user_model_records_it_too():
     build("mup").load_state_dict(_saved(build("mup")))
     with pytest.raises(ParametrizationMismatch, match="'mup'.*'supar'"):
         build("supar").load_state_dict(_saved(build("mup")))
+
+
+def test_a_checkpoint_loads_into_the_model_its_own_arguments_build():
+    # the live density was compared: Bernoulli masks draw it per seed, and GMP prunes it, so a
+    # checkpoint was refused by the very model it came from
+    from catapult.models import GPT, MLP
+    from catapult.sparsity import MaskUpdater
+
+    a = MLP(12, 3, width=64, depth=3, parametrization="supar", density=0.5, mask_method="bernoulli", mask_seed=0)
+    b = MLP(12, 3, width=64, depth=3, parametrization="supar", density=0.5, mask_method="bernoulli", mask_seed=1)
+    assert model_density(a) != model_density(b)
+    b.load_state_dict(_saved(a))
+    assert model_density(b) == model_density(a)
+    kw = dict(d_model=8, n_layers=1, n_heads=2, context=4, density=0.25, mask_density=1.0)   # sparsity.method gmp
+    pruned = GPT(7, **kw)
+    updater = MaskUpdater(pruned, "gmp", final_density=0.25, update_every=1, end_step=2)
+    for t in range(3):
+        updater.step(t)
+    fresh = GPT(7, **kw)
+    fresh.load_state_dict(_saved(pruned))
+    assert model_density(fresh) == pytest.approx(0.25, abs=0.02)

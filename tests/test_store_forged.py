@@ -78,7 +78,8 @@ def test_a_forged_parametrization_record_in_weights_is_a_mismatch_not_a_crash(de
 
     model = MLP(4, 2, width=8, depth=2, parametrization="mup", base_width=8)
     state = model.state_dict()
-    state._metadata[""]["catapult"] = {**state._metadata[""]["catapult"], "density": density}
+    state._metadata[""]["catapult"] = {**state._metadata[""]["catapult"], "density": density,
+                                       "density_mult": density}
     with pytest.raises(ParametrizationMismatch, match="Refusing to load it"):
         MLP(4, 2, width=8, depth=2, parametrization="mup", base_width=8).load_state_dict(state)
 

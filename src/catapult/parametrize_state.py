@@ -12,9 +12,12 @@ and the built-in models) registers two hooks:
   ``"catapult": {"parametrization", "density", "width_mult", "density_mult", "lr_rule"}``;
   the keys and tensors are unchanged;
 * loading: a ``state_dict`` whose record names another parameterization, or another density
-  (the fraction of live weights in the masked layers, ``1.0`` for a dense model), raises
-  :class:`ParametrizationMismatch` naming both, before any tensor is copied. A ``state_dict``
-  without a record (an older checkpoint, a plain ``dict`` copy) loads as before.
+  multiplier (``density_mult``: the density the model was built for, over its base density;
+  the multipliers and learning rates follow it), raises :class:`ParametrizationMismatch` naming
+  both, before any tensor is copied. The live fraction of weights is not compared: Bernoulli
+  masks draw it per seed, and GMP prunes it during training, so a checkpoint loads into the model
+  its own arguments build. A ``state_dict`` without a record (an older checkpoint, a plain
+  ``dict`` copy) loads as before.
 """
 from __future__ import annotations
 
@@ -54,9 +57,11 @@ def state_record(module: nn.Module) -> dict[str, Any]:
 
 
 def _describe(record: dict[str, Any]) -> str:
-    density = record.get("density")
-    shown = f"{density:.6g}" if isinstance(density, (int, float)) else repr(density)
-    return f"parametrization {record.get('parametrization')!r}, density {shown}"
+    def shown(key):
+        value = record.get(key)
+        return f"{value:.6g}" if isinstance(value, (int, float)) else repr(value)
+    return (f"parametrization {record.get('parametrization')!r}, density multiplier {shown('density_mult')} "
+            f"(live density {shown('density')})")
 
 
 def _save_hook(module: nn.Module, state_dict, prefix: str, local_metadata: dict) -> None:
@@ -70,10 +75,10 @@ def _load_hook(module: nn.Module, state_dict, prefix: str, local_metadata: dict,
     if not isinstance(saved, dict) or getattr(module, "catapult_spec", None) is None:
         return
     here = state_record(module)
-    density = saved.get("density", here["density"])
+    saved_mult = saved.get("density_mult", here["density_mult"])
     # a record read from a file is checked like any input: a forged one is a mismatch, not a crash
-    same_density = (isinstance(density, (int, float)) and not isinstance(density, bool)
-                    and abs(float(density) - here["density"]) <= 1e-9)
+    same_density = (isinstance(saved_mult, (int, float)) and not isinstance(saved_mult, bool)
+                    and abs(float(saved_mult) - here["density_mult"]) <= 1e-9)
     if saved.get("parametrization") != here["parametrization"] or not same_density:
         raise ParametrizationMismatch(
             f"this state_dict was saved from a model with {_describe(saved)}; the model it is loaded into "

@@ -123,7 +123,8 @@ class MaskUpdater:
     Args:
         method: ``"static"`` (only re-applies masks), ``"rigl"`` or ``"gmp"``.
         final_density: GMP's ``d_f`` (RigL keeps the masks' initial counts).
-        update_every: ``ΔT`` steps between mask updates.
+        update_every: ``ΔT`` steps between mask updates (GMP also updates at ``T_end``, so that
+            it always ends at ``d_f``, also where ``T_end`` is no multiple of ``ΔT``).
         end_step: ``T_end``: no update at ``t >= T_end`` (RigL) / ``t > T_end`` (GMP).
         drop_fraction: RigL's ``alpha``. start_step: GMP's ``t_0``.
     RigL needs dense gradients: the updater turns on ``capture_dense_grad`` of every masked
@@ -137,6 +138,10 @@ class MaskUpdater:
             raise ValueError(f"sparsity method must be one of {DYNAMIC_METHODS}; got {method!r}")
         if update_every < 1:
             raise ValueError(f"update_every must be >= 1; got {update_every!r}")
+        for name, value in (("final_density", final_density), ("drop_fraction", drop_fraction)):
+            # a drop fraction above 1 grew more weights than it dropped: the density changed
+            if not (isinstance(value, (int, float)) and 0.0 < value <= 1.0):
+                raise ValueError(f"{name} must be a number in (0, 1]; got {value!r}")
         self.method, self.final_density = method, float(final_density)
         self.update_every, self.end_step = int(update_every), int(end_step)
         self.drop_fraction, self.start_step = float(drop_fraction), int(start_step)
@@ -147,7 +152,11 @@ class MaskUpdater:
 
     def is_update_step(self, t: int) -> bool:
         """Whether the masks change after step ``t``'s optimizer update."""
-        if self.method == "static" or t <= 0 or t % self.update_every:
+        if self.method == "static" or t <= 0:
+            return False
+        if self.method == "gmp" and t == self.end_step >= self.start_step:
+            return True  # GMP's last step prunes to d_f whatever update_every, or it never gets there
+        if t % self.update_every:
             return False
         if self.method == "rigl":
             return t < self.end_step
