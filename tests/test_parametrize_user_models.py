@@ -154,3 +154,17 @@ def test_a_container_of_two_parameterizations_is_refused():
                           MLP(8, 2, width=64, depth=2, parametrization="mup", base_width=32)])
     with pytest.raises(ValueError, match="2 different parameterizations"):
         catapult.param_groups(pair, 1.0, "adam")
+
+
+def test_model_sizes_and_inputs_are_checked_with_their_names():
+    # GPT(d_model=8.0) passed the check and failed inside torch.empty; MLP(width=nan) said only
+    # "cannot convert float NaN to integer"; integer images gave torch's dtype errors
+    from catapult.models import GPT, MLP, WRN
+
+    assert GPT(7, d_model=8.0, n_layers=1, n_heads=2, context=4.0)(torch.zeros(1, 4, dtype=torch.long)).shape == (1, 4, 7)
+    with pytest.raises(ValueError, match="MLP width must be a positive integer; got nan"):
+        MLP(4, 2, width=float("nan"))
+    with pytest.raises(TypeError, match="MLP expects floating-point inputs"):
+        MLP(4, 2, width=8)(torch.zeros(2, 4, dtype=torch.long))
+    with pytest.raises(TypeError, match="WRN expects floating-point images"):
+        WRN(3, 3, depth=10, widen=1)(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))

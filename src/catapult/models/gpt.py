@@ -176,6 +176,7 @@ class GPT(nn.Module):
         for label, value in (("vocab_size", vocab_size), ("d_model", d_model),
                              ("n_layers", n_layers), ("n_heads", n_heads), ("context", context)):
             check_positive_int("GPT", label, value)
+        vocab_size, d_model, n_layers, n_heads, context = map(int, (vocab_size, d_model, n_layers, n_heads, context))
         if d_model % n_heads:
             raise ValueError(f"GPT d_model ({d_model}) must be divisible by n_heads ({n_heads})")
         if positions not in POSITIONS:

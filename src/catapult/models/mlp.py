@@ -205,6 +205,8 @@ class MLP(nn.Module):
         return cls(in_features, out_features, width=m["width"], depth=m["depth"], **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.is_floating_point():  # torch's own words were "mat1 and mat2 must have the same dtype"
+            raise TypeError(f"MLP expects floating-point inputs (features or images); got {x.dtype}")
         if x.dim() < 2:
             raise ValueError(f"MLP expects a batch (N, ...) of inputs; got shape {tuple(x.shape)} "
                              "(one sample: x.unsqueeze(0))")

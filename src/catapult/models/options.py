@@ -3,6 +3,7 @@ what the MLP and the GPT share. Each model's ``from_config`` adds its own keys. 
 argument checks the MLP, the WRN and the GPT constructors share."""
 from __future__ import annotations
 
+import numbers
 from typing import Any, Mapping
 
 __all__ = ["section_dict", "common_kwargs", "COMMON_KEYS", "check_positive_int", "check_densities"]
@@ -49,7 +50,10 @@ def check_positive_int(model: str, label: str, value: Any, *, optional: bool = F
     """
     if optional and value is None:
         return
-    if int(value) != value or value < 1:
+    # an integral float (8.0) passes, as the models convert with int(); nan, inf and non-numbers do not
+    integral = ((isinstance(value, numbers.Integral) and not isinstance(value, bool))
+                or (isinstance(value, float) and value.is_integer()))
+    if not integral or value < 1:
         raise ValueError(f"{model} {label} must be a positive integer{' or None' if optional else ''}; got {value!r}")
 
 

@@ -248,6 +248,8 @@ class WRN(nn.Module):
                    bias=m["bias"], init=m["init"], channels=m.get("channels", STEM_CHANNELS))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.is_floating_point():  # uint8 images: torch said "expected scalar type Byte but found Float"
+            raise TypeError(f"WRN expects floating-point images (e.g. x.float() / 255); got {x.dtype}")
         if x.dim() == 2:
             side = math.isqrt(x.shape[1] // self.in_channels)
             if self.in_channels * side * side != x.shape[1]:
