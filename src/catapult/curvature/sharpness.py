@@ -177,7 +177,8 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
             accurate, ~ tol^2 * theta / gap).
         max_iter: maximum Hessian-vector products (at least 2 with ``memory="lean"``, whose
             solver needs a second pass to form its vector).
-        dtype: ``None`` (the parameters' dtype), ``torch.float32`` or ``torch.float64``
+        dtype: ``None`` (the parameters' dtype; float32 for a float16/bfloat16 model, whose
+            rounding is above any useful ``tol``), ``torch.float32`` or ``torch.float64``
             (parameters, buffers and floating inputs/targets are cast for the computation only).
         init: flat start vector, e.g. the previous ``est.vector`` (warm start); default a
             standard normal vector from a private generator seeded with ``seed``.
