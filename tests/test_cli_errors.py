@@ -74,6 +74,14 @@ def test_a_relative_lr_that_resolves_beyond_the_dtype_is_a_config_error(tiny):
         setup.lr_target
 
 
+def test_a_search_start_above_a_relative_target_is_a_config_error(tiny, tmp_path, capsys):
+    # an absolute lr is checked with the config; c/lambda0 was silently lowered to the target
+    code, err = _train(capsys, tiny, "--out", tmp_path / "run", "schedule.warmup=catapult", "schedule.lr_start=10",
+                       "optimizer.lr=1/lambda0")
+    assert code == 2 and "schedule.lr_start: 10 exceeds the target lr" in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_out_pointing_at_a_file_is_refused(tiny, tmp_path, capsys):
     target = tmp_path / "a_file"
     target.write_text("mine")

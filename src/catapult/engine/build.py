@@ -214,8 +214,14 @@ def search_rtol(config: Mapping[str, Any]) -> float | None:
 
 
 def search_lr_start(config: Mapping[str, Any], lr_trgt: float) -> float:
-    """``schedule.lr_start``, or ``min(1e-4, lr_trgt)``, capped at ``lr_trgt``."""
+    """``schedule.lr_start``, or ``min(1e-4, lr_trgt)``. An explicit start above ``lr_trgt`` is a
+    ConfigError: the config check refuses it for an absolute lr, and for one relative to lambda_0
+    (``c/lambda0``) this is where ``lr_trgt`` is first known."""
     start = config["schedule"]["lr_start"]
+    if start is not None and float(start) > lr_trgt:
+        raise cfg.ConfigError([("schedule.lr_start", f"{float(start):g} exceeds the target lr {lr_trgt:g} "
+                                                     f"(optimizer.lr={config['optimizer']['lr']}); the search "
+                                                     f"starts below lr_trgt")])
     return min(lr_trgt, 1e-4 if start is None else float(start))
 
 
