@@ -104,7 +104,7 @@ def test_relative_lr_needs_a_positive_lambda0():
 def test_overrides_are_yaml_scalars_on_dotted_keys(tmp_path):
     path = tmp_path / "exp_one.yaml"
     path.write_text("optimizer:\n  lr: 0.1\nmodel:\n  width: 64\n")
-    cfg = load_config(path, ["optimizer.lr=32/lambda0", "optimizer.betas=[0.9, 0.95]", "data.n_train=null",
+    cfg = load_config(path, ["optimizer.name=adam", "optimizer.lr=32/lambda0", "optimizer.betas=[0.9, 0.95]", "data.n_train=null",
                              "train.steps=10", "eval.sharpness_tol=1e-4"])
     assert cfg["name"] == "exp_one"  # defaults to the file's stem
     assert cfg["optimizer"]["lr"] == "32/lambda0" and cfg["optimizer"]["betas"] == [0.9, 0.95]

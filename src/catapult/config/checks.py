@@ -77,8 +77,16 @@ def _check_model_data(config: dict) -> Problems:
 
 
 def _check_adam_family(config: dict) -> Problems:
-    """GI-Adam options only with gi-adam; pre-conditioned sharpness only where it is defined."""
+    """GI-Adam options only with gi-adam, SGD's momentum only with sgd and the Adam family's betas
+    only with it (each was accepted and ignored: a sweep over it gave identical cells);
+    pre-conditioned sharpness only where it is defined."""
     opt = config["optimizer"]
+    if opt["name"] != "sgd" and opt["momentum"] != _default(OptimizerConfig, "momentum"):
+        yield ("optimizer.momentum", f"is sgd's heavy-ball momentum; the {opt['name']} optimizer takes "
+                                     f"optimizer.betas instead: remove optimizer.momentum")
+    if opt["name"] == "sgd" and opt["betas"] != _default(OptimizerConfig, "betas"):
+        yield ("optimizer.betas", "are the Adam family's; optimizer.name is 'sgd' (its momentum is "
+                                  "optimizer.momentum): remove optimizer.betas")
     if opt["name"] != "gi-adam":
         for key in ("v0", "v_bias_correction"):
             if opt[key] != _default(OptimizerConfig, key):
