@@ -91,3 +91,49 @@ def test_the_columns_a_store_must_have_are_those_a_new_store_gets(tmp_path):
     with Store(tmp_path / "new.db") as store:
         for table, columns in STORE_COLUMNS.items():
             assert tuple(r[1] for r in store.conn.execute(f"PRAGMA table_info({table})")) == columns
+
+
+def test_a_grid_whose_keys_are_listed_in_another_order_is_not_resumed(tmp_path, capsys):
+    # the spec hash sorts the grid's keys, but their order numbers the cells: a resume trained
+    # other cells' configs under the stored cells' ids
+    grid = "sweep: {grid: {optimizer.lr: [0.1, 0.2], schedule.warmup_steps: [1, 2]}}\n"
+    config = tmp_path / "sweep.yaml"
+    config.write_text(tiny_config("tiny_order") + grid)
+    argv = ["sweep", str(config), "--store", str(tmp_path / "s.db"), "--progress", "none", "--threads", "1"]
+    assert cli.main(argv) == 0
+    before = _md5(tmp_path / "s.db")
+    config.write_text(tiny_config("tiny_order")
+                      + "sweep: {grid: {schedule.warmup_steps: [1, 2], optimizer.lr: [0.1, 0.2]}}\n")
+    capsys.readouterr()
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "the cells are numbered differently" in err and "Traceback" not in err
+    assert _md5(tmp_path / "s.db") == before
+
+
+def test_a_store_reached_through_a_link_shows_what_its_writer_committed(tmp_path):
+    # SQLite keeps the -wal beside the link's target: the reader looked beside the link, found
+    # none, and read the main file alone ("holds no sweep yet")
+    from catapult.sweep.store import Store
+    from catapult.sweep.store_file import connect_readonly
+
+    real = tmp_path / "real.db"
+    with Store(real) as writer:
+        writer.conn.execute("PRAGMA wal_autocheckpoint = 0")
+        writer.conn.execute("INSERT INTO meta(key, value) VALUES ('probe', 'committed')")
+        assert (tmp_path / "real.db-wal").exists()
+        link = tmp_path / "link.db"
+        link.symlink_to(real)
+        reader = connect_readonly(link)
+        assert reader.execute("SELECT value FROM meta WHERE key = 'probe'").fetchone() == ("committed",)
+        reader.close()
+
+
+@pytest.mark.parametrize("command, name", [("plot", "s_test_accuracy.png"), ("transfer", "s_transfer.png")])
+def test_default_figure_names_are_not_a_users_files(tmp_path, capsys, monkeypatch, command, name):
+    (tmp_path / "s.db").write_bytes(LEGACY.read_bytes())
+    (tmp_path / name).write_text("mine\n")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main([command, "s.db"]) == 2
+    assert "catapult did not write it" in capsys.readouterr().err
+    assert (tmp_path / name).read_text() == "mine\n"

@@ -317,8 +317,11 @@ def _parse_where(items) -> dict:
 
 
 def _plot_command(args: argparse.Namespace) -> int:
-    check_image_file("--out", args.out)
-    check_image_file("--trajectories-out", args.trajectories_out)
+    # the default names are checked too: a user's file (or a link) there is not catapult's to replace
+    stem = Path(args.store).with_suffix("")
+    check_image_file("--out", args.out if args.out else Path(f"{stem}_{args.metric}.png"))
+    check_image_file("--trajectories-out", args.trajectories_out if args.trajectories_out
+                     else Path(f"{stem}_trajectories.png"))
     from catapult.plots.phase import (cell_label, default_trajectory_cells, phase_grid, plot_cell_trajectories,
                                       plot_phase_diagram, unfinished_note)
     from catapult.engine.records import is_spectrum_column, spectrum_setting
@@ -326,7 +329,6 @@ def _plot_command(args: argparse.Namespace) -> int:
     from catapult.sweep.store_export import last_spectrum
 
     store_path = Path(args.store)
-    stem = store_path.with_suffix("")
     try:
         with Store(store_path, create=False) as store:
             axes = store.axes()
@@ -361,7 +363,7 @@ def _plot_command(args: argparse.Namespace) -> int:
 
 
 def _transfer_command(args: argparse.Namespace) -> int:
-    check_image_file("--out", args.out)
+    check_image_file("--out", args.out if args.out else Path(f"{Path(args.store).with_suffix('')}_transfer.png"))
     import json
 
     from catapult.plots.transfer import plot_transfer, transfer_curves, transfer_summary, transfer_table, unfinished_note

@@ -239,6 +239,15 @@ class Store:
                     [(c.id, _json(c.config), _json(c.swept)) for c in cells],
                 )
                 return "new"
+            # the same spec can number its cells differently (sweep.grid's keys listed in another
+            # order): the remaining cells would train other cells' configs under their ids
+            stored_cells = {i: json.loads(v) for i, v in conn.execute("SELECT id, swept_json FROM cells")}
+            moved = [c for c in cells if stored_cells.get(c.id) != json.loads(_json(c.swept))]
+            if moved or len(stored_cells) != len(cells):
+                first = moved[0] if moved else None
+                raise SpecChanged(self.path, [
+                    "the cells are numbered differently (were sweep.grid's keys listed in another order?)"
+                    + (f": cell {first.id} was {stored_cells.get(first.id)}, is now {first.swept}" if first else "")])
             return "resumed"
 
     def check_spec(self, document: Mapping[str, Any]) -> str | None:

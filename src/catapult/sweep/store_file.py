@@ -70,12 +70,17 @@ def _header_application_id(path: Path) -> int | None:
     return int.from_bytes(header[68:72], "big")
 
 
+def _wal(path: Path) -> Path:
+    """The store's ``-wal`` file: SQLite names it after the file a symbolic link points to, so a
+    store reached through a link is read with its uncommitted-to-main pages too."""
+    return Path(f"{os.path.realpath(path)}-wal")
+
+
 def _is_legacy_store(path: Path) -> bool:
     """A catapult 0.1.0 store: application_id 0 and the meta/cells/metrics tables with a
     ``schema_version`` in meta. Read immutably (no -wal/-shm created) unless a -wal file
     exists, whose committed pages only a WAL-aware read sees."""
-    wal = Path(f"{path}-wal")
-    uri = _uri(path, mode="ro") if wal.exists() else _uri(path, mode="ro", immutable="1")
+    uri = _uri(path, mode="ro") if _wal(path).exists() else _uri(path, mode="ro", immutable="1")
     try:
         conn = sqlite3.connect(uri, uri=True)
         try:
@@ -114,7 +119,7 @@ def connect_readonly(path: str | Path, timeout: float = 30.0) -> sqlite3.Connect
       set that index up because the directory is not writable (then no writer runs there).
     """
     path = Path(path)
-    if not Path(f"{path}-wal").exists():
+    if not _wal(path).exists():
         return sqlite3.connect(_uri(path, mode="ro", immutable="1"), uri=True, timeout=timeout,
                                isolation_level=None)
     conn = sqlite3.connect(_uri(path, mode="ro"), uri=True, timeout=timeout, isolation_level=None)
