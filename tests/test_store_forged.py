@@ -86,7 +86,7 @@ def test_a_forged_parametrization_record_in_weights_is_a_mismatch_not_a_crash(de
 
 def test_the_columns_a_store_must_have_are_those_a_new_store_gets(tmp_path):
     from catapult.sweep.store import Store
-    from catapult.sweep.store_file import STORE_COLUMNS
+    from catapult.sweep.store_schema import STORE_COLUMNS
 
     with Store(tmp_path / "new.db") as store:
         for table, columns in STORE_COLUMNS.items():

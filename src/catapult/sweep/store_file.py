@@ -24,7 +24,9 @@ import uuid
 from pathlib import Path
 from urllib.parse import quote
 
-__all__ = ["APPLICATION_ID", "SQLITE_MAGIC", "STORE_COLUMNS", "identify", "missing_columns", "connect_readonly",
+from catapult.sweep.store_schema import STORE_COLUMNS
+
+__all__ = ["APPLICATION_ID", "SQLITE_MAGIC", "identify", "missing_columns", "connect_readonly",
            "create_store_file"]
 
 #: ``PRAGMA application_id`` of every catapult store: the ASCII bytes ``"CtPt"``.
@@ -32,21 +34,8 @@ APPLICATION_ID = 0x43745074
 #: The first 16 bytes of every SQLite 3 database file.
 SQLITE_MAGIC = b"SQLite format 3\x00"
 _LEGACY_TABLES = {"meta", "cells", "metrics"}
-#: The columns of a store's tables, the same since catapult 0.1.0: a file whose tables have the
-#: names but not these columns is another program's (or a damaged store), never upgraded or read.
-STORE_COLUMNS = {
-    "meta": ("key", "value"),
-    "cells": ("id", "config_json", "swept_json", "status", "error", "attempts", "lambda_0", "lr_target",
-              "train_loss", "train_accuracy", "test_loss", "test_accuracy", "sharpness", "best_train_loss",
-              "best_test_loss", "best_test_accuracy", "steps_completed", "diverged_at", "summary_json", "worker",
-              "started_at", "finished_at", "wall_time_s"),
-    "metrics": ("cell_id", "step", "lr", "threshold", "train_loss", "train_accuracy", "sharpness",
-                "sharpness_matvecs", "test_loss", "test_accuracy", "extra_json"),
-}
-
-
 def missing_columns(conn: sqlite3.Connection) -> list[str]:
-    """``table.column`` for each of :data:`STORE_COLUMNS` that a table of ``conn``'s database
+    """``table.column`` for each of :data:`~catapult.sweep.store_schema.STORE_COLUMNS` that a table of ``conn``'s database
     lacks (a table that is not there at all is not counted: the caller checks the tables)."""
     missing = []
     for table, columns in STORE_COLUMNS.items():

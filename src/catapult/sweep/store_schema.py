@@ -30,7 +30,8 @@ Schema (``SCHEMA_VERSION`` 1)::
 """
 from __future__ import annotations
 
-__all__ = ["SCHEMA_VERSION", "STATUSES", "DONE_STATUSES", "FINAL_METRICS", "BEST_METRICS", "METRIC_COLUMNS", "DDL"]
+__all__ = ["SCHEMA_VERSION", "STATUSES", "DONE_STATUSES", "FINAL_METRICS", "BEST_METRICS", "METRIC_COLUMNS", "DDL",
+           "STORE_COLUMNS"]
 
 SCHEMA_VERSION = 1
 #: Every status a cell can have. ``pending``/``running`` cells are (re)done by a resume;
@@ -73,3 +74,14 @@ CREATE TABLE IF NOT EXISTS lambda0 (
     key TEXT PRIMARY KEY, value REAL NOT NULL, inputs_json TEXT, measured_at REAL
 );
 """
+
+#: The columns of the tables every store has, the same since catapult 0.1.0 (``DDL``'s): a file
+#: whose tables have the names but not these columns is another program's (or a damaged store),
+#: never upgraded or read (:func:`catapult.sweep.store_file.missing_columns`).
+STORE_COLUMNS = {
+    "meta": ("key", "value"),
+    "cells": ("id", "config_json", "swept_json", "status", "error", "attempts", "lambda_0", "lr_target",
+              *FINAL_METRICS, *BEST_METRICS, "steps_completed", "diverged_at", "summary_json", "worker",
+              "started_at", "finished_at", "wall_time_s"),
+    "metrics": ("cell_id", *METRIC_COLUMNS, "extra_json"),
+}
