@@ -109,6 +109,35 @@ def test_a_grid_whose_keys_are_listed_in_another_order_is_not_resumed(tmp_path, 
     err = capsys.readouterr().err
     assert "the cells are numbered differently" in err and "Traceback" not in err
     assert _md5(tmp_path / "s.db") == before
+    # --dry-run looks at the store too (it said "all valid" for a store it would refuse)
+    assert cli.main([*argv, "--dry-run"]) == 2
+    assert "the cells are numbered differently" in capsys.readouterr().err
+    assert _md5(tmp_path / "s.db") == before
+
+
+def test_a_dry_run_says_what_a_run_would_do_with_the_store(tmp_path, capsys):
+    config = tmp_path / "sweep.yaml"
+    config.write_text(TINY)
+    store = tmp_path / "s.db"
+    argv = ["sweep", str(config), "--store", str(store), "--threads", "1"]
+    assert cli.main([*argv, "--dry-run"]) == 0
+    assert f"a new store would be written at {store}" in capsys.readouterr().out
+    assert not store.exists()
+    assert cli.main([*argv, "--progress", "none"]) == 0
+    before = _md5(store)
+    capsys.readouterr()
+    assert cli.main([*argv, "--dry-run"]) == 0
+    assert f"would resume the sweep in {store} (2 of 2 cells already done)" in capsys.readouterr().out
+    other = tmp_path / "other.yaml"  # another sweep: refused, naming what changed
+    other.write_text(TINY.replace("0.2]", "0.3]"))
+    assert cli.main(["sweep", str(other), "--store", str(store), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a different sweep" in err and "[0.1, 0.2] -> [0.1, 0.3]" in err
+    assert _md5(store) == before and sorted(p.name for p in tmp_path.iterdir()) == ["other.yaml", "s.db", "sweep.yaml"]
+    foreign = tmp_path / "notes.db"
+    foreign.write_text("mine")
+    assert cli.main(["sweep", str(config), "--store", str(foreign), "--dry-run"]) == 2
+    assert "not a catapult sweep store" in capsys.readouterr().err and foreign.read_text() == "mine"
 
 
 def test_a_store_reached_through_a_link_shows_what_its_writer_committed(tmp_path):

@@ -99,6 +99,33 @@ def test_bad_sweep_sections_name_the_key(section, key, words):
     assert words in str(info.value)
 
 
+@pytest.mark.parametrize("grid, words", [
+    ({"model.width": [16, 16.0]}, "16 and 16.0 are the same value"),
+    ({"optimizer.lr": [0.5, "2^-1"]}, "0.5 and '2^-1' are the same value"),
+    ({"optimizer.lr": ["1/lambda0", "1.0 / lambda_0"]}, "'1/lambda0' and '1.0 / lambda_0' are the same"),
+    ({"optimizer.lr": [0.1, 0.2], "train.steps": [10, "10"]}, "10 and '10' are the same value"),
+])
+def test_values_spelled_differently_but_equal_are_refused(grid, words):
+    # they passed the raw-value duplicate test, and each such cell ran twice under two ids
+    base = cfg.validate({"name": "dup"})
+    with pytest.raises(cfg.ConfigError) as info:
+        expand(base, parse_sweep({"grid": grid}))
+    assert words in str(info.value), str(info.value)
+    assert info.value.keys == [f"sweep.grid.{list(grid)[-1]}"]
+
+
+def test_distinct_values_that_print_alike_are_kept():
+    base = cfg.validate({"name": "dup"})
+    cells = expand(base, parse_sweep({"grid": {"optimizer.lr": ["1/lambda0", 1.0, "2^0.5"]}}))
+    assert [c.swept["optimizer.lr"] for c in cells] == ["1/lambda0", 1.0, 2 ** 0.5]
+
+
+def test_log2_below_the_floats_is_named_not_called_a_repeat():
+    with pytest.raises(cfg.ConfigError) as info:
+        parse_sweep({"grid": {"optimizer.lr": {"log2": [-2000, 0, 500]}}})
+    assert "2^-2000 is below the range" in str(info.value) and "repeats" not in str(info.value)
+
+
 def test_load_sweep_splits_base_and_sweep_and_applies_overrides(tmp_path):
     path = _write(tmp_path, """
         model: {width: 16, depth: 2}

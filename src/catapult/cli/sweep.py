@@ -167,7 +167,11 @@ def _sweep_command(args: argparse.Namespace) -> int:
             from catapult.sweep.driver import refuse_impossible_cells
 
             refuse_impossible_cells(cells)
-        print(f"{len(cells)} cells over {', '.join(spec.keys) or '(no swept keys)'}; all valid")
+        try:
+            plan = _dry_run_store(store, base, spec, cells)
+        except StoreError as err:
+            return _fail("sweep", str(err))
+        print(f"{len(cells)} cells over {', '.join(spec.keys) or '(no swept keys)'}; all valid; {plan}")
         for c in cells:
             print(f"  cell {c.id}: " + " ".join(f"{k}={v}" for k, v in c.swept.items()))
         return 0
@@ -196,6 +200,24 @@ def _sweep_command(args: argparse.Namespace) -> int:
     print(f"store: {store}   next: catapult plot {quoted}  |  catapult report {quoted}  |  "
           f"catapult export {quoted} --out results.csv")
     return 0
+
+
+def _dry_run_store(store: Path, base, spec, cells) -> str:
+    """What a run would do with ``store``, read without writing: a new store, or a resume of
+    the same sweep (with how many cells are done). Raises ``StoreError`` where the run would
+    refuse the store: another sweep's, cells numbered differently, not a store at all."""
+    from catapult.sweep.spec import spec_document
+    from catapult.sweep.store import Store
+
+    if not store.exists():
+        return f"a new store would be written at {store}"
+    with Store(store, create=False, readonly=True) as existing:
+        if existing.check_spec(spec_document(base, spec)) is None:
+            return f"{store} holds no sweep yet; this one would start there"
+        existing.check_cells(cells)
+        counts = existing.counts()
+    done = sum(counts.get(status, 0) for status in ("finished", "diverged"))
+    return f"would resume the sweep in {store} ({done} of {len(cells)} cells already done)"
 
 
 def _fallback_groups(fallbacks) -> list[tuple[str, list[int]]]:

@@ -181,6 +181,8 @@ def _arange(bounds: Any, where: str) -> list[float]:
 def _power_of_two(x: float) -> float | int:
     if x > 1023:  # 2.0 ** x would raise OverflowError
         raise ValueError(f"2^{_fmt_number(x)} is beyond the range of a float (at most 2^1023)")
+    if x < -1022:  # below the normal floats: 2^-1100 is 0.0, and 2^-1074.2 == 2^-1074
+        raise ValueError(f"2^{_fmt_number(x)} is below the range of a float's full precision (at least 2^-1022)")
     value = 2.0 ** x
     return int(value) if x >= 0 and float(x).is_integer() else value
 
@@ -460,7 +462,41 @@ def expand(base: Mapping[str, Any], spec: SweepSpec) -> list[CellSpec]:
         cells.append(CellSpec(index, config, swept))
     if problems:
         raise cells_error(problems)
+    _refuse_equal_values(spec, cells)
     return cells
+
+
+def _value_meaning(value: Any) -> str:
+    """What a normalized swept value means, for the duplicate test: ``"1/lambda0"`` and
+    ``"1.0/lambda0"`` are one learning rate; other values compare as their canonical JSON (the
+    config has already turned ``16.0`` into ``16`` and ``"2^-1"`` into ``0.5``)."""
+    if isinstance(value, str):
+        try:
+            lr = cfg.parse_lr(value)
+        except ValueError:
+            return canonical_json(value)
+        return canonical_json(["lr", lr.value, lr.relative])
+    return canonical_json(value)
+
+
+def _refuse_equal_values(spec: SweepSpec, cells: Sequence[CellSpec]) -> None:
+    """Refuse an axis two of whose values, spelled differently, mean the same once validated
+    (``[16, 16.0]``, ``[0.5, "2^-1"]``): every such cell would train twice under two ids."""
+    problems = []
+    for position, axis in enumerate(spec.axes):
+        stride = math.prod(len(later) for later in spec.axes[position + 1:])
+        meanings: dict[str, int] = {}
+        for i, raw in enumerate(axis.values):
+            meaning = _value_meaning(cells[i * stride].swept[axis.key])
+            if meaning in meanings:
+                first = axis.values[meanings[meaning]]
+                where = "sweep.seeds" if axis.key == "seed" and "seeds" in spec.raw else f"sweep.grid.{axis.key}"
+                problems.append((where, f"{first!r} and {raw!r} are the same value once read as a config "
+                                        f"value; each such cell would run twice. Keep one"))
+                break
+            meanings[meaning] = i
+    if problems:
+        raise cfg.ConfigError(problems)
 
 
 def cell_problems(index: int, swept: Mapping[str, Any], err: cfg.ConfigError) -> list[tuple[str, str]]:

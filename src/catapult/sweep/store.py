@@ -239,16 +239,20 @@ class Store:
                     [(c.id, _json(c.config), _json(c.swept)) for c in cells],
                 )
                 return "new"
-            # the same spec can number its cells differently (sweep.grid's keys listed in another
-            # order): the remaining cells would train other cells' configs under their ids
-            stored_cells = {i: json.loads(v) for i, v in conn.execute("SELECT id, swept_json FROM cells")}
-            moved = [c for c in cells if stored_cells.get(c.id) != json.loads(_json(c.swept))]
-            if moved or len(stored_cells) != len(cells):
-                first = moved[0] if moved else None
-                raise SpecChanged(self.path, [
-                    "the cells are numbered differently (were sweep.grid's keys listed in another order?)"
-                    + (f": cell {first.id} was {stored_cells.get(first.id)}, is now {first.swept}" if first else "")])
+            self.check_cells(cells)
             return "resumed"
+
+    def check_cells(self, cells: Sequence[Any]) -> None:
+        """Raise :class:`SpecChanged` if the stored cells are numbered differently from
+        ``cells``. The same spec can do that (sweep.grid's keys listed in another order), and the
+        remaining cells would then train other cells' configs under their ids. Reads only."""
+        stored_cells = {i: json.loads(v) for i, v in self.conn.execute("SELECT id, swept_json FROM cells")}
+        moved = [c for c in cells if stored_cells.get(c.id) != json.loads(_json(c.swept))]
+        if moved or len(stored_cells) != len(cells):
+            first = moved[0] if moved else None
+            raise SpecChanged(self.path, [
+                "the cells are numbered differently (were sweep.grid's keys listed in another order?)"
+                + (f": cell {first.id} was {stored_cells.get(first.id)}, is now {first.swept}" if first else "")])
 
     def check_spec(self, document: Mapping[str, Any]) -> str | None:
         """Raise :class:`SpecChanged` if this store holds a sweep other than ``document``'s;
