@@ -518,8 +518,12 @@ def test_chunking_refuses_what_it_cannot_split_exactly():
     def rms(outputs, labels):  # not additive over samples
         return mse(outputs, labels).sqrt()
 
-    with pytest.raises(ValueError, match="neither a mean nor a sum over samples"):
+    with pytest.raises(ValueError, match="^chunk_size: loss_fn is neither a mean nor a sum over samples"):
         HessianOperator(model, rms, batch, chunk_size=4)
+    # micro-batches the caller did not ask for: the message names the setting that chose them
+    with pytest.raises(ValueError, match=r"^memory='lean' \(micro-batches of \d+\): loss_fn is neither a mean "
+                                         r"nor a sum .* use memory='fast'$"):
+        sharpness(model, rms, batch, memory="lean")
     for bad in (0, -2, 2.5, True):
         with pytest.raises(ValueError, match="chunk_size must be None or an integer"):
             sharpness(model, mse, batch, chunk_size=bad)

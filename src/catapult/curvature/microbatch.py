@@ -11,7 +11,7 @@ import math
 
 import torch
 
-__all__ = ["batch_coupling", "refuse_dropout", "split_batch"]
+__all__ = ["ChosenChunkSize", "batch_coupling", "refuse_dropout", "split_batch"]
 
 
 def _draws_a_mask(module: torch.nn.Module) -> bool:
@@ -54,6 +54,16 @@ def refuse_dropout(model: torch.nn.Module, option: str, why: str, instead: str) 
         if _draws_a_mask(module):
             raise ValueError(f"{option}: module {name!r} is a Dropout in train mode, whose mask {why}; "
                              f"call model.eval() or use {instead}")
+
+
+class ChosenChunkSize(int):
+    """A micro-batch size that ``memory="lean"`` chose, not the caller's ``chunk_size``: the
+    errors of :func:`split_batch` about it name the setting and ``memory='fast'``.
+
+    >>> size = ChosenChunkSize(4)
+    >>> size + 1, isinstance(size, int)
+    (5, True)
+    """
 
 
 def _reduction(loss_at, params, x, y, pieces, mean_w, dtype):
@@ -115,10 +125,13 @@ def split_batch(model: torch.nn.Module, loss_at, params: dict, inputs, targets,
                          f"{y.shape[0]}")
     if chunk_size >= n:
         return whole, float("nan")
+    # the option the messages name: the caller's chunk_size, or the micro-batches lean chose
+    option, instead = ((f"memory='lean' (micro-batches of {chunk_size})", "memory='fast'")
+                       if isinstance(chunk_size, ChosenChunkSize) else ("chunk_size", "chunk_size=None"))
     coupled = batch_coupling(model)
     if coupled is not None:
-        raise ValueError(f"chunk_size: module {coupled[0]!r} is {coupled[1]} would differ per chunk; "
-                         f"call model.eval() or use chunk_size=None")
+        raise ValueError(f"{option}: module {coupled[0]!r} is {coupled[1]} would differ per chunk; "
+                         f"call model.eval() or use {instead}")
     pieces = [(x[i:i + chunk_size], y[i:i + chunk_size]) for i in range(0, n, chunk_size)]
     mean_w = [xc.shape[0] / n for xc, _ in pieces]
     full, kind, shown = _reduction(loss_at, params, x, y, pieces, mean_w, dtype)
@@ -131,10 +144,10 @@ def split_batch(model: torch.nn.Module, loss_at, params: dict, inputs, targets,
             p.shape, generator=generator, dtype=p.dtype).to(p.device) for name, p in params.items()}
         _, kind, shown = _reduction(loss_at, nearby, x, y, pieces, mean_w, dtype)
     if kind == "both":
-        raise ValueError(f"chunk_size: cannot tell whether loss_fn is a mean or a sum over samples, "
-                         f"since its loss is 0 here and nearby ({shown}); use chunk_size=None")
+        raise ValueError(f"{option}: cannot tell whether loss_fn is a mean or a sum over samples, "
+                         f"since its loss is 0 here and nearby ({shown}); use {instead}")
     if kind is None:
-        raise ValueError(f"chunk_size: loss_fn is neither a mean nor a sum over samples ({shown}); "
-                         f"use chunk_size=None")
+        raise ValueError(f"{option}: loss_fn is neither a mean nor a sum over samples ({shown}); "
+                         f"use {instead}")
     weights = mean_w if kind == "mean" else [1.0] * len(pieces)
     return [(xc, yc, w) for (xc, yc), w in zip(pieces, weights)], full

@@ -22,6 +22,7 @@ from catapult.curvature.ggn import CURVATURES, GaussNewtonOperator
 from catapult.curvature.hessian import HessianOperator, resolve_dtype
 from catapult.optim import registry, rules
 from catapult.curvature.lanczos import EigenEstimate, lanczos_top_eigenpair
+from catapult.curvature.microbatch import ChosenChunkSize
 from catapult.curvature.start import check_solver_args, initial_vector, solver_split
 
 __all__ = ["sharpness", "preconditioned_sharpness", "instability_threshold", "MEMORY_SETTINGS",
@@ -87,7 +88,7 @@ def memory_setting(memory: str, batch, chunk_size, max_basis, model=None, loss_f
     if distributed:
         basis = dist_ops.agreed_minimum(basis, device=inputs.device)
     if chunk_size is None and chunks > 1:
-        chunk_size = max(1, math.ceil(n / chunks))
+        chunk_size = ChosenChunkSize(max(1, math.ceil(n / chunks)))  # its errors name memory='lean'
         if model is not None:  # the user did not ask for micro-batches: name what did
             lean.refuse_batch_coupling(model, chunk_size)
     return chunk_size, basis if max_basis is None else min(basis, max_basis)
