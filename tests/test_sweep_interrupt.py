@@ -58,6 +58,14 @@ def _running(store: Path) -> int:
         return 0
 
 
+def _cells(store: Path) -> list:
+    conn = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=5)
+    try:
+        return conn.execute("SELECT id, status, substr(error, -400) FROM cells").fetchall()
+    finally:
+        conn.close()
+
+
 @pytest.mark.slow
 def test_ctrl_c_says_how_to_resume_and_export_shows_interrupted(tmp_path):
     config = tmp_path / "sweep.yaml"
@@ -83,7 +91,7 @@ def test_ctrl_c_says_how_to_resume_and_export_shows_interrupted(tmp_path):
             time.sleep(0.02)
         state = _signal_state(proc.pid)
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -91,7 +99,9 @@ def test_ctrl_c_says_how_to_resume_and_export_shows_interrupted(tmp_path):
     # 130 as a shell reports it: exit(130), or death by the SIGINT itself (-2, which a shell also
     # shows as 130). One full-suite run ended with -2 after printing the message below; why the
     # handled interrupt still ended by the signal there is not known (see the issue note).
-    assert proc.returncode in (130, -signal.SIGINT), (err, state)
+    # should it exit 0 again: its summary line and each cell's status and error say where the
+    # interrupt went (a cell that recorded it as its failure, or a sweep that had already ended)
+    assert proc.returncode in (130, -signal.SIGINT), (proc.returncode, err, out, state, _cells(store))
     assert "Traceback" not in err
     resume = err.split("Resume with:\n", 1)[1].strip().splitlines()[0].strip()
     expected = shlex.join(["catapult", "sweep", str(config), "--store", str(store), "--threads", "1",
