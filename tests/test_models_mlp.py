@@ -39,9 +39,9 @@ def _expected_rules(param, width, depth=4, base_width=None, density=1.0, base_de
                 rules.append((weight_var / n_in, 1.0, 1.0))
             elif last:
                 rules.append((1.0 / d_base, d_base / width, 1.0))
-            else:
-                live = density if param == "supar" else base_density
-                rules.append((weight_var / (n_in * live), 1.0, 1.0))
+            else:  # the base's SP variance v_w / d_base, over m_d (muP) or m_d m_rho (SμPar)
+                m_d, m_rho = width / d_base, density / base_density
+                rules.append((weight_var / d_base / (m_d * (m_rho if param == "supar" else 1.0)), 1.0, 1.0))
     return rules
 
 
@@ -63,8 +63,9 @@ def test_init_variances_and_multipliers_follow_the_rules(param, base_width, widt
 
 @pytest.mark.parametrize("param", ["mup", "supar"])
 def test_hidden_variance_uses_the_base_density(param):
-    """With base_density = 0.5 the table-form hidden variance is v_w / (width * rho_base) (muP)
-    or v_w / (width * density) (SμPar), on the live weights; the other layers as at rho_base = 1."""
+    """With base_density = 0.5 the table-form hidden variance is v_w / width (muP) or
+    v_w rho_base / (width * density) (SμPar), on the live weights; the other layers as at
+    rho_base = 1."""
     torch.manual_seed(0)
     model = MLP(IN, OUT, 512, 4, parametrization=param, base_width=128, density=0.25,
                 base_density=0.5)
@@ -74,7 +75,21 @@ def test_hidden_variance_uses_the_base_density(param):
         w = w if layer.mask is None else w[layer.mask]
         assert _rel(w.var().item(), var) < 0.06, (layer, w.var().item(), var)
         assert layer.multiplier == pytest.approx(mult)
-    assert rules[1][0] == pytest.approx(2.0 / (512 * (0.5 if param == "mup" else 0.25)))
+    assert rules[1][0] == pytest.approx(2.0 / 512 * (1.0 if param == "mup" else 0.5 / 0.25))
+
+
+@pytest.mark.parametrize("density", [1.0, 0.5, 0.25])
+@pytest.mark.parametrize("param", ["mup", "supar", "supar_init", "supar_lr"])
+def test_at_the_base_shape_every_parametrization_inits_like_sp(param, density):
+    # a sparse base model (base_density < 1) got He init on its live fan-in under muP and SμPar,
+    # twice SP's variance at density 1/2, unlike the docstring's promise and parametrize()
+    torch.manual_seed(0)
+    sp = MLP(IN, OUT, 256, 3, parametrization="sp", density=density, mask_seed=1)
+    torch.manual_seed(0)
+    model = MLP(IN, OUT, 256, 3, parametrization=param, base_width=256, density=density,
+                base_density=density, mask_seed=1)
+    assert torch.equal(model.layers[1].weight, sp.layers[1].weight)
+    assert torch.equal(model.layers[0].weight, sp.layers[0].weight)
 
 
 def test_supar_hidden_variance_counts_live_weights_only():

@@ -29,9 +29,9 @@ base model of width ``d_base = base_width`` and density ``rho_base = base_densit
 (``m_d = width / d_base``, ``m_rho = density / rho_base``; ``supar`` with ``base_width=None``
 uses ``d_base = width``):
     input: var ``v_w / in_features``, multiplier ``alpha_in`` (bias not multiplied);
-    hidden: var ``v_w / (width * rho_base)`` (muP: the base variance ``v_w / (d_base rho_base)``
-    divided by ``m_d``) or ``v_w / (width * density)`` (SμPar: divided by ``m_d m_rho``, i.e.
-    He init on the live fan-in);
+    hidden: the base model's SP (He) variance ``v_w / d_base`` divided by ``m_d`` (muP:
+    ``v_w / width``) or by ``m_d m_rho`` (SμPar: ``v_w rho_base / (width * density)``, i.e. He
+    init on the live fan-in when the base model is dense);
     readout: var ``1 / d_base`` (the readout variance at the base width), multiplier
     ``alpha_out / m_d`` (bias not multiplied).
     At the base shape this is exactly SP. :func:`catapult.param_groups` gives the table's
@@ -54,7 +54,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from catapult.parametrize import ParamSpec, ScaledLinear, check_parametrization, init_rule
+from catapult.parametrize import ParamSpec, ScaledLinear, check_parametrization, init_variance
 from catapult.models.options import check_densities, check_positive_int, common_kwargs, section_dict
 from catapult.parametrize_state import attach_spec
 from catapult.scaled_layers import INIT_DISTRIBUTIONS, init_weight_
@@ -166,10 +166,10 @@ class MLP(nn.Module):
                 bias_multiplier = 1.0
                 if role == "input":
                     var, multiplier = weight_var / fan_in, alpha_in
-                elif role == "hidden":
-                    live = (self.density if init_rule(parametrization) == "supar"
-                            else self.base_density)
-                    var, multiplier = weight_var / (fan_in * live), 1.0
+                elif role == "hidden":  # the base model's He variance v_w / d_base, by the table
+                    var = init_variance(parametrization, "hidden", weight_var / d_base,
+                                        width_mult=width_mult, density_mult=density_mult)
+                    multiplier = 1.0
                 else:
                     var, multiplier = 1.0 / d_base, alpha_out / width_mult
             layer = ScaledLinear(fan_in, fan_out, bias=bias, multiplier=multiplier,
