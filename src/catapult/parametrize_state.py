@@ -11,9 +11,10 @@ and the built-in models) registers two hooks:
   ``version``; kept by ``torch.save`` / ``torch.load(weights_only=True)``) gains
   ``"catapult": {"parametrization", "density", "width_mult", "density_mult", "lr_rule"}``;
   the keys and tensors are unchanged;
-* loading: a ``state_dict`` whose record names another parameterization, or another density
+* loading: a ``state_dict`` whose record names another parameterization, another density
   multiplier (``density_mult``: the density the model was built for, over its base density;
-  the multipliers and learning rates follow it), raises :class:`ParametrizationMismatch` naming
+  the multipliers and learning rates follow it) or, under muP and SμPar, another width
+  multiplier or lr rule (a model of the same shape built for another base width), raises :class:`ParametrizationMismatch` naming
   both, before any tensor is copied. The live fraction of weights is not compared: Bernoulli
   masks draw it per seed, and GMP prunes it during training, so a checkpoint loads into the model
   its own arguments build. A ``state_dict`` without a record (an older checkpoint, a plain
@@ -56,11 +57,12 @@ def state_record(module: nn.Module) -> dict[str, Any]:
             "width_mult": float(spec.width_mult), "density_mult": float(spec.density_mult), "lr_rule": spec.lr_rule}
 
 
-def _describe(record: dict[str, Any]) -> str:
+def _describe(record: dict[str, Any], widths: bool = False) -> str:
     def shown(key):
         value = record.get(key)
         return f"{value:.6g}" if isinstance(value, (int, float)) else repr(value)
-    return (f"parametrization {record.get('parametrization')!r}, density multiplier {shown('density_mult')} "
+    width = f", width multiplier {shown('width_mult')} ({record.get('lr_rule')!r} rule)" if widths else ""
+    return (f"parametrization {record.get('parametrization')!r}{width}, density multiplier {shown('density_mult')} "
             f"(live density {shown('density')})")
 
 
@@ -75,15 +77,25 @@ def _load_hook(module: nn.Module, state_dict, prefix: str, local_metadata: dict,
     if not isinstance(saved, dict) or getattr(module, "catapult_spec", None) is None:
         return
     here = state_record(module)
-    saved_mult = saved.get("density_mult", here["density_mult"])
-    # a record read from a file is checked like any input: a forged one is a mismatch, not a crash
-    same_density = (isinstance(saved_mult, (int, float)) and not isinstance(saved_mult, bool)
-                    and abs(float(saved_mult) - here["density_mult"]) <= 1e-9)
-    if saved.get("parametrization") != here["parametrization"] or not same_density:
+    # SP has no multipliers, so its width multiplier changes nothing; under muP and SμPar it
+    # sets the readout multiplier and the learning rates, as the rule ("table"/"global") does
+    widths = here["parametrization"] != "sp"
+    same = (saved.get("parametrization") == here["parametrization"]
+            and _same_number(saved.get("density_mult", here["density_mult"]), here["density_mult"])
+            and (not widths or (_same_number(saved.get("width_mult", here["width_mult"]), here["width_mult"])
+                                and saved.get("lr_rule", here["lr_rule"]) == here["lr_rule"])))
+    if not same:
         raise ParametrizationMismatch(
-            f"this state_dict was saved from a model with {_describe(saved)}; the model it is loaded into "
-            f"has {_describe(here)}. Refusing to load it: build the model with the saved parametrization "
-            "and density, or load into a copy of the model it came from")
+            f"this state_dict was saved from a model with {_describe(saved, widths)}; the model it is loaded "
+            f"into has {_describe(here, widths)}. Refusing to load it: build the model with the saved "
+            "parametrization, base width and density, or load into a copy of the model it came from")
+
+
+def _same_number(saved: Any, here: float) -> bool:
+    """A record read from a file is checked like any input: a forged entry (a string, None) is
+    a mismatch, not a crash."""
+    return (isinstance(saved, (int, float)) and not isinstance(saved, bool)
+            and abs(float(saved) - here) <= 1e-9 * max(1.0, abs(here)))
 
 
 def attach_spec(module: nn.Module, spec) -> nn.Module:
