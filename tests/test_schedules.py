@@ -240,6 +240,24 @@ def test_attach_rejects_bad_input():
         attach("sgd", warmup(1.0, 2))
     with pytest.raises(ValueError, match="lr=nan"):
         attach(opt, lambda t: float("nan"))
+    with pytest.raises(TypeError, match="schedule returned None at step 0"):
+        attach(opt, lambda t: None)
+
+
+@pytest.mark.parametrize("mult", [float("nan"), -1.0, "a", None])
+def test_a_bad_lr_mult_is_named_not_turned_into_a_nan_or_negative_lr(mult):
+    # the schedules, the warmups and the critical-lr search multiplied the group's lr by it
+    from catapult import critical_lr
+
+    model, batch = _catapult_problem(width=8)
+    params = list(model.parameters())
+    groups = [{"params": params[:1]}, {"params": params[1:], "lr_mult": mult}]
+    with pytest.raises(ValueError, match=r"param group 1: lr_mult must be a finite number >= 0"):
+        attach(torch.optim.SGD(groups, lr=0.1), warmup(1.0, 2))
+    with pytest.raises(ValueError, match=r"param group 1: lr_mult"):
+        schedules.PersistentCatapultWarmup(torch.optim.SGD(groups, lr=0.1), model, _mse, 1.0).step(batch)
+    with pytest.raises(ValueError, match=r"param group 1: lr_mult"):
+        critical_lr(model, _mse, batch, torch.optim.SGD(groups, lr=0.1))
 
 
 # --------------------------------------------------------------------------------------------
@@ -413,6 +431,21 @@ def test_persistent_warmup_bad_arguments():
         with pytest.raises(ValueError, match=rf"saved with {key}="):
             target.load_state_dict(saved)
     schedules.PersistentCatapultWarmup(opt, model, _mse, 1.0, delta=0.1).load_state_dict(saved)
+    # the lr a state_dict sets on the groups is checked: never above the target, never negative
+    for lr, error, words in ((5.0, ValueError, "above this warmup's lr_target"), (-5.0, ValueError, "must be > 0"),
+                             ("x", TypeError, "must be a real number")):
+        with pytest.raises(error, match=words):
+            schedules.PersistentCatapultWarmup(opt, model, _mse, 1.0).load_state_dict({**saved, "lr": lr})
+    assert opt.param_groups[0]["lr"] == 0.0
+    with pytest.raises(TypeError, match="warm_start must be True or False"):
+        schedules.PersistentCatapultWarmup(opt, model, _mse, 1.0, warm_start="no")
+    pcw = schedules.PersistentCatapultWarmup(opt, model, _mse, 1e6)
+    batch = _catapult_problem(width=8)[1]
+    pcw.step(batch)
+    with pytest.raises(TypeError, match="loss must be a scalar tensor or a number"):
+        pcw.step(batch, loss="abc")
+    with pytest.raises(ValueError, match=r"loss must be a scalar .* shape \(3,\)"):
+        pcw.step(batch, loss=torch.ones(3))
 
 
 class _Point(torch.nn.Module):

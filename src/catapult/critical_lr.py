@@ -34,6 +34,7 @@ from torch import Tensor
 from catapult.curvature import distributed as dist_ops
 from catapult.curvature.sharded import ShardedHessianOperator, is_sharded, reshard
 from catapult.optim import registry, rules
+from catapult.parametrize import group_lr_mult
 
 __all__ = ["CriticalLR", "NonFiniteLossError", "critical_lr", "next_step_direction", "probe_loss", "ModelSnapshot"]
 
@@ -216,8 +217,8 @@ def next_step_direction(optimizer: torch.optim.Optimizer,
     pairs = grads.items() if isinstance(grads, Mapping) else grads
     by_id = {id(p): g for p, g in pairs}
     out = []
-    for group in optimizer.param_groups:
-        lr_mult = float(group.get("lr_mult", 1.0))
+    for index, group in enumerate(optimizer.param_groups):
+        lr_mult = group_lr_mult(group, index)
         for p in group["params"]:
             g = by_id.get(id(p))
             if g is None:

@@ -60,7 +60,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
@@ -82,6 +82,7 @@ __all__ = [
     "lr_rule",
     "lr_multiplier",
     "param_groups",
+    "group_lr_mult",
     "parametrize",
     "find_spec",
     "infer_roles",
@@ -195,6 +196,28 @@ def optimizer_family(optimizer: str) -> str:
             f"optimizer must be one of {sorted(OPTIMIZER_FAMILIES)}; got {optimizer!r}"
         )
     return OPTIMIZER_FAMILIES[key]
+
+
+def group_lr_mult(group: Mapping[str, Any], index: int | None = None) -> float:
+    """A param group's ``lr_mult`` (``1.0`` when it has none), checked: the schedules, the
+    critical-lr search and the warmups multiply the group's lr by it, so a nan, a negative
+    number or a string would set a nan or negative lr without a word. ``0`` freezes the group.
+
+    Example:
+        >>> group_lr_mult({"lr_mult": 0.5}), group_lr_mult({})
+        (0.5, 1.0)
+        >>> group_lr_mult({"lr_mult": float("nan")}, 2)
+        Traceback (most recent call last):
+            ...
+        ValueError: param group 2: lr_mult must be a finite number >= 0, got nan
+    """
+    value = group.get("lr_mult", 1.0)
+    where = "param group" if index is None else f"param group {index}"
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{where}: lr_mult must be a finite number >= 0, got {value!r}")
+    return float(value)
 
 
 def lr_multiplier(parametrization: str, kind: str, optimizer: str = "adam", *,

@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from catapult.parametrize import group_lr_mult
+
 __all__ = ["group_lr_multipliers", "lr_scaled_sharpness", "radam_rho", "radam_rectified",
            "radam_rectification", "radam_threshold"]
 
@@ -41,8 +43,8 @@ def group_lr_multipliers(optimizer: torch.optim.Optimizer, params) -> torch.Tens
     where = {id(p): g for g in groups for p in g["params"]}
 
     def rel(g) -> float:
-        if "lr_mult" in g and "lr_mult" in first:
-            return float(g["lr_mult"]) / float(first["lr_mult"])
+        if "lr_mult" in g and "lr_mult" in first and group_lr_mult(first, 0) > 0:
+            return group_lr_mult(g) / group_lr_mult(first, 0)
         return float(g["lr"]) / float(first["lr"]) if float(first["lr"]) > 0 else 1.0
 
     out = []

@@ -6,6 +6,7 @@ from typing import Any, Callable
 import torch
 
 from catapult.critical_lr import critical_lr, probe_loss
+from catapult.parametrize import group_lr_mult
 from catapult.schedules.functions import checked_real
 from catapult.schedules.scheduler import set_group_lr
 
@@ -92,7 +93,9 @@ class PersistentCatapultWarmup:
         self.lr_start = checked_real("lr_start", lr_start, positive=True)
         if self.lr_start > self.lr_target:
             raise ValueError(f"lr_start ({self.lr_start}) must be <= lr_target ({self.lr_target})")
-        self.warm_start = bool(warm_start)
+        if not isinstance(warm_start, bool):  # bool("no") is True
+            raise TypeError(f"warm_start must be True or False, got {warm_start!r}")
+        self.warm_start = warm_start
         self.rtol = None if rtol is None else checked_real("rtol", rtol, positive=True)
         self.optimizer, self.model, self.loss_fn = optimizer, model, loss_fn
         self.lr: float | None = None
@@ -134,8 +137,8 @@ class PersistentCatapultWarmup:
                                  upper=result.upper, loss0=result.loss0, forward_passes=passes))
 
     def _apply(self) -> None:
-        for group in self.optimizer.param_groups:
-            set_group_lr(group, self.lr * float(group.get("lr_mult", 1.0)))
+        for index, group in enumerate(self.optimizer.param_groups):
+            set_group_lr(group, self.lr * group_lr_mult(group, index))
 
     def step(self, batch, loss: torch.Tensor | float | None = None) -> float:
         """Decide this training step's lr, set it on the optimizer's groups, and return it.
@@ -152,7 +155,7 @@ class PersistentCatapultWarmup:
                 current = probe_loss(self.model, self.loss_fn, batch)
                 self.forward_passes += 1
             else:
-                current = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
+                current = _loss_value(loss)
             if current < self.loss_ref:            # False for nan / inf
                 self._search(batch)
         self._apply()
@@ -179,11 +182,31 @@ class PersistentCatapultWarmup:
             if key in state_dict and state_dict[key] != getattr(self, key):
                 raise ValueError(f"PersistentCatapultWarmup state_dict was saved with {key}="
                                  f"{state_dict[key]!r}, this warmup has {key}={getattr(self, key)!r}")
-        self.lr = state_dict["lr"]
-        self.loss_ref = state_dict["loss_ref"]
+        lr = state_dict["lr"]
+        if lr is not None:  # the lr the groups get: a checked base lr, never above the target
+            lr = checked_real("state_dict['lr']", lr, positive=True)
+            if lr > self.lr_target:
+                raise ValueError(f"PersistentCatapultWarmup state_dict has lr={lr!r} above this "
+                                 f"warmup's lr_target={self.lr_target!r}")
+        loss_ref = state_dict["loss_ref"]
+        if loss_ref is not None and (isinstance(loss_ref, bool) or not isinstance(loss_ref, (int, float))):
+            raise TypeError(f"PersistentCatapultWarmup state_dict has loss_ref={loss_ref!r}; expected a number")
+        self.lr, self.loss_ref = lr, loss_ref
         self.steps = int(state_dict["steps"])
         self.searches = int(state_dict["searches"])
         self.forward_passes = int(state_dict["forward_passes"])
         self.history = [dict(entry) for entry in state_dict["history"]]
         if self.lr is not None:
             self._apply()
+
+
+def _loss_value(loss: Any) -> float:
+    """The number of a loss passed to :meth:`PersistentCatapultWarmup.step`: a scalar tensor or
+    a real number; anything else is a TypeError naming ``loss``."""
+    if isinstance(loss, torch.Tensor):
+        if loss.numel() != 1:
+            raise ValueError(f"loss must be a scalar (the batch's loss), got a tensor of shape {tuple(loss.shape)}")
+        return float(loss.detach())
+    if isinstance(loss, bool) or not isinstance(loss, (int, float)):
+        raise TypeError(f"loss must be a scalar tensor or a number, got {loss!r}")
+    return float(loss)

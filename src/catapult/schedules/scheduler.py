@@ -7,6 +7,8 @@ from typing import Any, Callable
 
 import torch
 
+from catapult.parametrize import group_lr_mult
+
 __all__ = ["ScheduleLR", "attach"]
 
 # --------------------------------------------------------------------------------------------
@@ -57,8 +59,10 @@ class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
 
     def _lr_at(self, t: int) -> float:
         lr = self.fn(t)
-        if isinstance(lr, torch.Tensor):
+        if isinstance(lr, torch.Tensor) and lr.numel() == 1:
             lr = lr.item()
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)):
+            raise TypeError(f"schedule returned {lr!r} at step {t}; expected a number (the lr)")
         lr = float(lr)
         if not math.isfinite(lr) or lr < 0:
             raise ValueError(f"schedule returned lr={lr} at step {t}; expected a finite value >= 0")
@@ -67,7 +71,7 @@ class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
     def get_lr(self) -> list[float]:
         """``[fn(t) * lr_mult for each param group]`` with ``t = last_epoch``."""
         lr = self._lr_at(self.last_epoch)
-        return [lr * float(group.get("lr_mult", 1.0)) for group in self.optimizer.param_groups]
+        return [lr * group_lr_mult(group, i) for i, group in enumerate(self.optimizer.param_groups)]
 
     def state_dict(self) -> dict[str, Any]:
         """Scheduler state without the optimizer and the schedule function."""
