@@ -17,6 +17,7 @@ import pytest
 import torch
 
 MODULES = (
+    "catapult.arguments",
     "catapult.schedules.functions",
     "catapult.schedules.scheduler",
     "catapult.schedules.persistent",

@@ -65,6 +65,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
+from catapult.arguments import check_real
 from catapult.sparsity import random_mask
 from catapult.parametrize_state import attach_spec
 from catapult.scaled_layers import (WEIGHT_LAYERS, ScaledConv2d, ScaledEmbedding, ScaledLinear, as_scaled,
@@ -543,11 +544,11 @@ def parametrize(
     if width is None:
         width = _default_width(all_layers, layer_roles)
     base = width if base_width is None else base_width
-    if not (base > 0 and width > 0):  # written so that NaN is refused too
-        raise ValueError(f"width and base_width must be positive; got {width}, {base_width}")
-    for label, value in (("density", density), ("base_density", base_density)):
-        if not (0.0 < value <= 1.0):
-            raise ValueError(f"{label} must be in (0, 1] (density = 1 - sparsity); got {value!r}")
+    for label, value in (("width", width), ("base_width", base), ("alpha_in", alpha_in), ("alpha_out", alpha_out),
+                         ("init_std", 1.0 if init_std is None else init_std)):  # nan too
+        check_real("parametrize()", label, value, low=0.0, low_open=True)
+    for label, value in (("density", density), ("base_density", base_density)):  # density = 1 - sparsity
+        check_real("parametrize()", label, value, low=0.0, high=1.0, low_open=True)
     width_mult = width / base
     density_mult = density / base_density
     if mask_seed is None:

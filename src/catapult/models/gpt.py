@@ -38,6 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from catapult.parametrize import ParamSpec, check_parametrization, init_variance
+from catapult.arguments import check_real
 from catapult.models.options import check_densities, check_positive_int, common_kwargs, section_dict
 from catapult.parametrize_state import attach_spec
 from catapult.sparsity import MaskedLinear, random_mask
@@ -185,6 +186,10 @@ class GPT(nn.Module):
             raise ValueError(f"GPT activation must be one of {sorted(ACTIVATIONS)}; "
                              f"got {activation!r}")
         check_densities("GPT", density, base_density)
+        init_std = check_real("GPT", "init_std", init_std, low=0.0, low_open=True)
+        dropout = check_real("GPT", "dropout", dropout, low=0.0, high=1.0, high_open=True)
+        for label, value in (("alpha_in", alpha_in), ("alpha_out", alpha_out)):
+            check_real("GPT", label, value, low=0.0, low_open=True)
         if parametrization == "sp" and (alpha_in != 1.0 or alpha_out != 1.0):
             raise ValueError("GPT alpha_in / alpha_out apply to mup and supar only")
         check_positive_int("GPT", "base_width", base_width, optional=True)

@@ -49,12 +49,15 @@ start at zero.
 from __future__ import annotations
 
 import math
+import numbers
+from collections.abc import Iterable
 from typing import Sequence
 
 import torch
 import torch.nn as nn
 
 from catapult.parametrize import ParamSpec, ScaledLinear, check_parametrization, init_variance
+from catapult.arguments import check_real
 from catapult.models.options import check_densities, check_positive_int, common_kwargs, section_dict
 from catapult.parametrize_state import attach_spec
 from catapult.scaled_layers import INIT_DISTRIBUTIONS, init_weight_
@@ -114,8 +117,7 @@ class MLP(nn.Module):
         mask_seed: int | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(in_features, int):
-            in_features = math.prod(int(s) for s in in_features)
+        in_features = _feature_count(in_features)
         check_parametrization(parametrization)
         for label, value in (("in_features", in_features), ("out_features", out_features),
                              ("width", width), ("depth", depth)):
@@ -127,6 +129,9 @@ class MLP(nn.Module):
             raise ValueError(f"MLP init must be one of {INIT_DISTRIBUTIONS}; got {init!r}")
         check_positive_int("MLP", "base_width", base_width, optional=True)
         check_densities("MLP", density, base_density)
+        weight_var = check_real("MLP", "weight_var", weight_var, low=0.0, low_open=True)
+        for label, value in (("alpha_in", alpha_in), ("alpha_out", alpha_out)):
+            check_real("MLP", label, value, low=0.0, low_open=True)
         table_form = parametrization.startswith("supar") or (parametrization == "mup"
                                                              and base_width is not None)
         if not table_form and (alpha_in != 1.0 or alpha_out != 1.0):
@@ -226,3 +231,16 @@ class MLP(nn.Module):
             text += f", density={self.density:g}, base_density={self.base_density:g}"
         return text
 
+
+
+def _feature_count(in_features) -> int:
+    """An MLP's input size: an integer (also NumPy's), or a shape such as ``(3, 32, 32)`` whose
+    product it is. A string was iterated as a shape (``"64"`` gave 24)."""
+    if isinstance(in_features, numbers.Integral) and not isinstance(in_features, bool):
+        return int(in_features)
+    if isinstance(in_features, (str, bytes)) or not isinstance(in_features, Iterable):
+        raise ValueError(f"MLP in_features must be a positive integer or a shape of them; got {in_features!r}")
+    shape = tuple(in_features)
+    for size in shape:
+        check_positive_int("MLP", "in_features", size)
+    return math.prod(int(size) for size in shape)

@@ -65,5 +65,6 @@ def check_densities(model: str, density: float, base_density: float) -> None:
     Traceback (most recent call last):
     ValueError: GPT density and base_density must be in (0, 1]; got 0.0, 1.0
     """
-    if not (0.0 < density <= 1.0) or not (0.0 < base_density <= 1.0):
+    real = all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in (density, base_density))
+    if not real or not (0.0 < density <= 1.0) or not (0.0 < base_density <= 1.0):
         raise ValueError(f"{model} density and base_density must be in (0, 1]; got {density!r}, {base_density!r}")

@@ -60,6 +60,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from catapult.arguments import check_real
 from catapult.models.options import check_positive_int, section_dict
 from catapult.parametrize import ParamSpec, check_parametrization
 from catapult.parametrize_state import attach_spec
@@ -166,6 +167,8 @@ class WRN(nn.Module):
         if init not in INIT_DISTRIBUTIONS:
             raise ValueError(f"WRN init must be one of {INIT_DISTRIBUTIONS}; got {init!r}")
         check_positive_int("WRN", "base_widen", base_widen, optional=True)
+        for label, value in (("alpha_in", alpha_in), ("alpha_out", alpha_out)):
+            check_real("WRN", label, value, low=0.0, low_open=True)
         table_form = parametrization.startswith("supar") or (parametrization == "mup" and base_widen is not None)
         if not table_form and (alpha_in != 1.0 or alpha_out != 1.0):
             raise ValueError("WRN alpha_in / alpha_out apply to the table form only "

@@ -1,0 +1,44 @@
+"""The models' and parametrize()'s real-valued arguments are checked and named before anything
+is built: nan, negative and string values failed inside torch ("normal expects std >= 0.0"),
+or built a model whose every output was nan."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import catapult
+from catapult.models import GPT, MLP, WRN
+
+
+def _net():
+    return torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+
+
+@pytest.mark.parametrize("build, words", [
+    (lambda: MLP(3, 2, width=8, depth=2, weight_var=-1.0), "MLP weight_var must be a finite number > 0; got -1.0"),
+    (lambda: MLP(3, 2, width=8, depth=2, weight_var=float("nan")), "MLP weight_var must be a finite number > 0"),
+    (lambda: MLP(3, 2, width=8, depth=2, parametrization="supar", alpha_out=float("nan")), "MLP alpha_out"),
+    (lambda: MLP(3, 2, width=8, depth=2, density="0.5"), r"MLP density and base_density must be in \(0, 1\]"),
+    (lambda: MLP("64", 2, width=8, depth=2), "MLP in_features must be a positive integer or a shape"),
+    (lambda: MLP((3, 0), 2, width=8, depth=2), "MLP in_features must be a positive integer; got 0"),
+    (lambda: GPT(10, d_model=8, n_layers=1, n_heads=2, context=4, init_std=-1.0), "GPT init_std must be a finite number > 0"),
+    (lambda: GPT(10, d_model=8, n_layers=1, n_heads=2, context=4, init_std=float("nan")), "GPT init_std"),
+    (lambda: GPT(10, d_model=8, n_layers=1, n_heads=2, context=4, dropout=float("nan")), r"GPT dropout must be a finite number in \[0, 1\)"),
+    (lambda: GPT(10, d_model=8, n_layers=1, n_heads=2, context=4, parametrization="mup", alpha_in=float("nan")), "GPT alpha_in"),
+    (lambda: WRN(3, 10, depth=10, widen=1, parametrization="supar", alpha_out=-2.0), "WRN alpha_out must be a finite number > 0"),
+    (lambda: catapult.parametrize(_net(), "mup", init_std=float("nan")), r"parametrize\(\) init_std"),
+    (lambda: catapult.parametrize(_net(), "mup", alpha_out=float("nan")), r"parametrize\(\) alpha_out"),
+    (lambda: catapult.parametrize(_net(), "mup", base_width="4"), r"parametrize\(\) base_width must be a finite number > 0; got '4'"),
+    (lambda: catapult.parametrize(_net(), "supar", density=1.5), r"parametrize\(\) density must be a finite number in \(0, 1\]"),
+])
+def test_bad_real_arguments_are_named(build, words):
+    with pytest.raises(ValueError, match=words):
+        build()
+
+
+def test_in_features_may_be_a_numpy_integer_or_a_shape():
+    # a NumPy integer raised "'numpy.int64' object is not iterable"; a shape is multiplied out
+    assert MLP(np.int64(64), 10, width=8, depth=2).in_features == 64
+    assert MLP((3, 4, 4), 10, width=8, depth=2).in_features == 48
+    assert MLP([np.int32(2), 5], 10, width=8, depth=2).in_features == 10
