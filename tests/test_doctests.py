@@ -39,6 +39,7 @@ MODULES = (
     "catapult.curvature.distributed",
     "catapult.critical_lr",
     "catapult.parametrize",
+    "catapult.param_rules",
     "catapult.optim.gi_adam",
     "catapult.optim.registry",
     "catapult.optim.rules",

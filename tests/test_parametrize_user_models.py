@@ -18,7 +18,7 @@ def mlp(width: int = 16) -> nn.Sequential:
 def test_a_density_outside_0_1_is_a_value_error_naming_it(density):
     # It was a ZeroDivisionError (0), 'math domain error' (< 0), a torch RuntimeError (NaN), or
     # silently accepted (> 1: a "supar" model with density_mult 1.5 and hidden lr / 1.5).
-    with pytest.raises(ValueError, match=r"density must be in \(0, 1\]"):
+    with pytest.raises(ValueError, match=r"density must be a finite number in \(0, 1\]"):
         catapult.parametrize(mlp(), "supar", base_width=4, density=density)
 
 
@@ -28,7 +28,7 @@ def test_density_is_checked_even_without_hidden_layers():
 
 
 def test_a_nan_base_width_is_a_value_error_naming_it():
-    with pytest.raises(ValueError, match="base_width must be positive"):
+    with pytest.raises(ValueError, match="base_width must be a finite number > 0"):
         catapult.parametrize(mlp(), "mup", base_width=float("nan"))
 
 

@@ -10,7 +10,7 @@ import math
 import numbers
 from typing import Any
 
-__all__ = ["check_real"]
+__all__ = ["check_real", "check_batch"]
 
 
 def check_real(owner: str, label: str, value: Any, *, low: float | None = None, high: float | None = None,
@@ -38,3 +38,25 @@ def check_real(owner: str, label: str, value: Any, *, low: float | None = None, 
             where = f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
         raise ValueError(f"{owner} {label} must be a finite number{where}; got {value!r}")
     return float(value)
+
+
+def check_batch(owner: str, batch: Any, *, allow_empty: bool = False) -> tuple[Any, Any]:
+    """``batch`` as ``(inputs, targets)``: a ValueError naming ``owner`` unless it is a pair, or
+    when its inputs are a tensor of 0 samples (whose mean loss is nan, not a result), unless
+    ``allow_empty`` (one rank's shard of a distributed batch may hold no samples).
+
+    >>> check_batch("critical_lr", ([[1.0]], [0]))
+    ([[1.0]], [0])
+    >>> check_batch("critical_lr", {"x": 1, "y": 2})
+    Traceback (most recent call last):
+    ValueError: critical_lr: batch must be a pair (inputs, targets); got a dict of 2 items
+    """
+    if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+        got = (f"a {type(batch).__name__} of {len(batch)} items" if isinstance(batch, (tuple, list, dict))
+               else f"a tensor of shape {tuple(batch.shape)}" if hasattr(batch, "shape") else type(batch).__name__)
+        raise ValueError(f"{owner}: batch must be a pair (inputs, targets); got {got}")
+    inputs, targets = batch
+    shape = getattr(inputs, "shape", None)
+    if not allow_empty and shape is not None and len(shape) > 0 and shape[0] == 0:
+        raise ValueError(f"{owner}: batch is empty: its inputs have 0 samples")
+    return inputs, targets

@@ -20,13 +20,16 @@ of the same block and the seeds.
 from __future__ import annotations
 
 import math
+import numbers
 from collections import defaultdict
-from typing import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable
+from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from catapult.arguments import check_batch
 from catapult.parametrize import param_groups
 from catapult.files import figure_mark
 
@@ -111,8 +114,18 @@ def coord_check(
 
     A run whose loss becomes non-finite keeps going; its rows carry the non-finite values.
     """
-    if steps < 1:
-        raise ValueError(f"coord_check steps must be >= 1; got {steps}")
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+        raise ValueError(f"coord_check steps must be an integer >= 1; got {steps!r}")
+    values = list(values)
+    if not values:
+        raise ValueError("coord_check values is empty: give the widths or densities to compare")
+    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Iterable):  # "01" ran seeds 0 and 1
+        raise ValueError(f"coord_check seeds must be a list of integer seeds; got {seeds!r}")
+    seeds = list(seeds)
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) for s in seeds):
+        raise ValueError(f"coord_check seeds must be a non-empty list of integer seeds; got {seeds!r}")
+    if not callable(batch):
+        check_batch("coord_check", batch)
     device = _checked_device(device)
     loss_fn = loss_fn or default_loss
     rows: list[dict] = []

@@ -12,6 +12,8 @@ import math
 import numbers
 
 import torch
+
+from catapult.arguments import check_batch
 from torch.autograd.graph import get_gradient_edge
 from torch.func import functional_call
 from torch.utils._pytree import tree_leaves, tree_map
@@ -196,8 +198,7 @@ class HessianOperator:
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not callable(loss_fn):
             raise TypeError("loss_fn must be callable as loss_fn(outputs, targets)")
-        if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-            raise ValueError("batch must be a pair (inputs, targets)")
+        check_batch("HessianOperator", batch)
         if hvp not in HVP_MODES:
             raise ValueError(f"hvp must be one of {HVP_MODES}, got {hvp!r}")
         if not (isinstance(seed, numbers.Integral) and not isinstance(seed, bool)):

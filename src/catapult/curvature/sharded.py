@@ -66,6 +66,8 @@ import math
 
 import torch
 
+from catapult.arguments import check_batch
+
 from catapult.curvature.distributed import all_reduce_sum
 from catapult.curvature.difference import (central_step, checked_difference, relative_gap,
                                            rounding_level)
@@ -193,8 +195,7 @@ class ShardedHessianOperator:
             raise ValueError(f"vectors must be 'full' or 'local', got {vectors!r}")
         if not callable(loss_fn):
             raise TypeError("loss_fn must be callable as loss_fn(outputs, targets)")
-        if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-            raise ValueError("batch must be a pair (inputs, targets)")
+        check_batch("ShardedHessianOperator", batch, allow_empty=True)
         import torch.distributed as dist
         DTensor = _dtensor_type()
         self._model = model

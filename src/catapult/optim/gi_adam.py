@@ -206,7 +206,28 @@ class GIAdam(torch.optim.Optimizer):
             if isinstance(group, dict):
                 _checked_options({k: v for k, v in group.items() if k in _OPTIONS},
                                  f"state_dict param group {i}: ")
+        self._check_state_shapes(state_dict)
         super().load_state_dict(state_dict)
+
+    def _check_state_shapes(self, state_dict: dict[str, Any]) -> None:
+        """A moment saved for a parameter of another shape is refused, naming both shapes (it
+        loaded, and the next ``step()`` failed inside the update). The saved groups' ``params``
+        ids map to this optimizer's parameters in order, as in torch's own loader; where the
+        groups do not line up, torch's loader says so."""
+        saved_groups, state = state_dict.get("param_groups"), state_dict.get("state")
+        if not (isinstance(saved_groups, list) and isinstance(state, dict)
+                and len(saved_groups) == len(self.param_groups)):
+            return
+        for i, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
+            ids = saved.get("params") if isinstance(saved, dict) else None
+            if not isinstance(ids, list) or len(ids) != len(group["params"]):
+                return
+            for saved_id, param in zip(ids, group["params"]):
+                entry = state.get(saved_id)
+                for key, value in (entry.items() if isinstance(entry, dict) else ()):
+                    if isinstance(value, Tensor) and value.dim() > 0 and value.shape != param.shape:
+                        raise ValueError(f"state_dict param group {i}: {key} of parameter {saved_id} has shape "
+                                         f"{tuple(value.shape)}, the parameter it loads into {tuple(param.shape)}")
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """torch.optim's ``add_param_group``, plus the constructor's checks of the options a

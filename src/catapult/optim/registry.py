@@ -5,7 +5,7 @@ code read this table. Adding an optimizer is an entry here and its rule in
 :mod:`catapult.optim.rules`, plus the lists the layers below optim keep for themselves (they
 cannot import this table): ``OptimizerName`` and ``PRECONDITIONED_OPTIMIZERS`` in
 :mod:`catapult.config.sections` and the family in
-:data:`catapult.parametrize.OPTIMIZER_FAMILIES`; the batched sweep engine's per-rule tables
+:data:`catapult.param_rules.OPTIMIZER_FAMILIES`; the batched sweep engine's per-rule tables
 (``_KEYS`` in :mod:`catapult.sweep.batched_optim`,
 :data:`catapult.sweep.batched_memory.STATE_TENSORS`) name what it can stack.
 

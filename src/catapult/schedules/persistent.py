@@ -5,6 +5,7 @@ from typing import Any, Callable
 
 import torch
 
+from catapult.arguments import check_batch
 from catapult.critical_lr import critical_lr, probe_loss
 from catapult.parametrize import group_lr_mult
 from catapult.schedules.functions import checked_real
@@ -148,6 +149,7 @@ class PersistentCatapultWarmup:
             loss: the loss at the current parameters on ``batch``, if already computed (saves a
                 forward pass); a non-finite loss never triggers a search.
         """
+        check_batch("PersistentCatapultWarmup.step", batch)
         if self.lr is None:
             self._search(batch)
         elif not self.done:
