@@ -211,3 +211,25 @@ def test_held_out_shards_are_named_by_a_word_not_a_substring(name, held_out, val
     from catapult.data.text_shards import is_held_out, is_validation
 
     assert is_held_out(name) is held_out and is_validation(name) is validation
+
+
+def test_the_model_is_sized_by_the_tokenizer_a_small_corpus_trains(tmp_path):
+    # train-ddp built its embedding and logits from data.vocab_size (100,000 rows for a tokenizer
+    # of a few hundred ids); catapult train used the tokenizer's own size
+    root = _corpus(tmp_path / "data")
+    shards = TokenShards(root, 100_000, cache_dir=tmp_path / "cache")
+    (tok_file,) = (tmp_path / "cache").glob("bpe-v100000-*.json")
+    import tokenizers
+    assert shards.vocab_size == tokenizers.Tokenizer.from_file(str(tok_file)).get_vocab_size() < 1000
+
+
+def test_the_tokenizer_learns_the_document_separator_it_is_encoded_with(tmp_path):
+    # trained on the bare documents, the separator "\n\n" cost two ids at every document border
+    root = tmp_path / "data"
+    root.mkdir()
+    _jsonl(root / "a.jsonl", [f"document number {i} of the shard." for i in range(200)])
+    TokenShards(root, 300, cache_dir=tmp_path / "cache")
+    import tokenizers
+    (tok_file,) = (tmp_path / "cache").glob("bpe-v300-*.json")
+    tok = tokenizers.Tokenizer.from_file(str(tok_file))
+    assert len(tok.encode(text_shards.DOCUMENT_SEPARATOR, add_special_tokens=False).ids) == 1

@@ -22,7 +22,7 @@ from typing import Sequence
 
 from catapult.cli import coord_check, critical_lr, demo, spectrum, sweep, train, train_ddp
 from catapult.cli.common import add_config_arguments, apply_threads, config_from_args, overrides_from_args
-from catapult.config import ConfigError
+from catapult.config import ConfigError, MissingDependency
 from catapult.engine.loop import RunDirectoryError
 
 __all__ = ["main", "build_parser", "COMMANDS", "add_config_arguments", "config_from_args",
@@ -75,6 +75,9 @@ def main(argv: Sequence[str] | None = None, commands: Sequence = COMMANDS) -> in
         return int(args.func(args) or 0)
     except ConfigError as err:
         _error(args.command, _config_problem(err))
+        return 2
+    except MissingDependency as err:  # an option whose package is not installed: say which, and how
+        _error(args.command, str(err))
         return 2
     except FileNotFoundError as err:
         _error(args.command, str(err))

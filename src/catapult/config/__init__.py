@@ -26,7 +26,7 @@ This package is layer 0: it imports nothing else from catapult.
 from __future__ import annotations
 
 from catapult.config.checks import CHECKS
-from catapult.config.errors import ConfigError, InvalidValue
+from catapult.config.errors import ConfigError, InvalidValue, MissingDependency
 from catapult.config.io import (STUDY_SECTIONS, apply_overrides, dump_config, key_positions, load_config,
                                 parse_override, read_mapping, read_yaml)
 from catapult.config.lr import LR, LR_GRAMMAR, learning_rate, lr_needs_lambda0, parse_lr, resolve_lr
@@ -43,7 +43,7 @@ SCHEMA = schema()
 
 
 __all__ = [
-    "ConfigError", "InvalidValue",
+    "ConfigError", "InvalidValue", "MissingDependency",
     "RunConfig", "Section", "DataConfig", "ModelConfig", "OptimizerConfig", "ScheduleConfig", "TrainConfig",
     "EvalConfig",
     "parse", "validate", "defaults", "get", "known_keys", "per_member_keys", "leaf_keys", "schema", "SCHEMA",

@@ -5,7 +5,7 @@ import difflib
 import reprlib
 from typing import Any, Collection, Iterable, Sequence
 
-__all__ = ["ConfigError", "InvalidValue", "describe", "short_repr", "suggest", "unknown_key_message",
+__all__ = ["ConfigError", "InvalidValue", "MissingDependency", "describe", "short_repr", "suggest", "unknown_key_message",
            "MAX_PROBLEMS", "MAX_LINE"]
 
 #: A ConfigError lists at most this many problems, each line cut to ``MAX_LINE`` characters:
@@ -49,6 +49,11 @@ class ConfigError(ValueError):
 
 def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit - 4] + " ..."
+
+
+class MissingDependency(ModuleNotFoundError):
+    """An option needs a package that is not installed (``data.tokenizer: bpe`` needs
+    ``tokenizers``): the command line says which and how to install it, exit code 2."""
 
 
 class InvalidValue(ValueError):

@@ -93,7 +93,7 @@ class DataConfig(Section):
         "char", description="text only: char = one id per character; bpe = byte-level BPE trained on the "
                             "training split (Hugging Face tokenizers), saved as JSON and reused",
         json_schema_extra=_added())
-    vocab_size: Annotated[int, integer(low=257)] = Field(
+    vocab_size: Annotated[int, integer(low=257, high=1 << 20)] = Field(
         4096, description="text with tokenizer bpe: vocabulary size (256 byte symbols + merges; the papers: 4096)",
         json_schema_extra=_added())
     cache_dir: Annotated[str | None, string(what="a directory path")] = Field(

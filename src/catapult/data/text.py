@@ -32,11 +32,12 @@ import numpy as np
 import torch
 
 from catapult.data import token_cache
+from catapult.data.text_shards import is_held_out
 from catapult.data.tokenize import TOKENIZERS, BPEVocab, bpe_file_name, fingerprint, load_or_train_bpe
 
 __all__ = ["CharVocab", "TextCorpus", "WindowSplit", "get_batch", "windows", "load_shakespeare",
            "load_text", "load_corpus", "CORPORA", "SHAKESPEARE_CREDIT", "load_bpe_corpus", "text_splits",
-           "source_files", "corpus_key", "TOKENIZERS"]
+           "source_files", "corpus_key", "split_layout", "TOKENIZERS"]
 
 SHAKESPEARE_CREDIT = (
     "Shakespeare texts: Open Shakespeare (Open Knowledge Foundation, http://www.openshakespeare.org/), "
@@ -44,6 +45,19 @@ SHAKESPEARE_CREDIT = (
 )
 UNKNOWN_CHAR = "\ufffd"
 WIKITEXT_FILES = ("wiki.train.raw", "wiki.valid.raw", "wiki.test.raw")
+#: Folders that hold their own splits: (training file, validation file names, test file).
+SPLIT_LAYOUTS = ((WIKITEXT_FILES[0], (WIKITEXT_FILES[1],), WIKITEXT_FILES[2]),
+                 ("train.txt", ("valid.txt", "val.txt", "validation.txt", "dev.txt"), "test.txt"))
+
+
+def split_layout(path: Path) -> tuple[Path, Path | None, Path | None] | None:
+    """``(train, validation or None, test or None)`` files of a folder laid out by
+    :data:`SPLIT_LAYOUTS` (its training file exists), else None."""
+    for train, valids, test in SPLIT_LAYOUTS:
+        if (path / train).is_file():
+            valid = next((path / v for v in valids if (path / v).is_file()), None)
+            return path / train, valid, (path / test if (path / test).is_file() else None)
+    return None
 
 
 def _code_points(text: str) -> np.ndarray:
@@ -236,8 +250,9 @@ def _read(path: Path, encoding: str) -> str:
     try:
         text = path.read_text(encoding=encoding)
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not valid {encoding} text ({exc}); re-save it as {encoding} "
-                         f"(from Python, load_text(..., encoding=...) reads other encodings)") from exc
+        raise ValueError(f"{path}: not valid {encoding} text ({exc}); re-save it as {encoding}, e.g. "
+                         f"`iconv -f latin1 -t utf-8` (from Python, load_text(..., encoding=...) reads other "
+                         f"encodings into a character-level corpus)") from exc
     if not text:
         raise ValueError(f"{path}: the file is empty")
     return text
@@ -280,17 +295,18 @@ def text_splits(path_or_dir: str | os.PathLike, *, val_fraction: float = 0.1,
         raise FileNotFoundError(f"load_text: {path} does not exist (expected a text file or a "
                                 f"directory with {', '.join(WIKITEXT_FILES)} or *.txt files)")
     name = name or path.name
-    train_file, valid_file, test_file = (path / f for f in WIKITEXT_FILES)
-    if train_file.is_file():
+    layout = split_layout(path)
+    if layout is not None:
+        train_file, valid_file, test_file = layout
         train = _read(train_file, encoding)
-        test = _read(test_file, encoding) if test_file.is_file() else None
-        if valid_file.is_file():
+        test = _read(test_file, encoding) if test_file is not None else None
+        if valid_file is not None:
             return name, train, _read(valid_file, encoding), test
         return (name, *_tail_split(train, val_fraction, str(train_file)), test)
-    txt_files = sorted(path.glob("*.txt"))
+    txt_files = source_files(path)
     if not txt_files:
-        raise FileNotFoundError(f"load_text: {path} holds neither {WIKITEXT_FILES[0]} nor any *.txt "
-                                f"file (looked for {train_file} and {path / '*.txt'})")
+        raise FileNotFoundError(f"load_text: {path} holds neither {WIKITEXT_FILES[0]}, train.txt nor any *.txt "
+                                f"file (looked for {path / WIKITEXT_FILES[0]} and {path / '*.txt'})")
     text = _join([_read(f, encoding) for f in txt_files])
     return (name, *_tail_split(text, val_fraction, str(path)), None)
 
@@ -300,9 +316,18 @@ def source_files(path_or_dir: str | os.PathLike) -> list[Path]:
     path = Path(path_or_dir).expanduser()
     if path.is_file():
         return [path]
-    if (path / WIKITEXT_FILES[0]).is_file():
-        return [path / f for f in WIKITEXT_FILES if (path / f).is_file()]
-    return sorted(path.glob("*.txt")) if path.is_dir() else []
+    if not path.is_dir():
+        return []
+    layout = split_layout(path)
+    if layout is not None:
+        return [f for f in layout if f is not None]
+    files = sorted(f for f in path.glob("*.txt") if f.is_file())
+    held_out = [f.name for f in files if is_held_out(f)]  # the words of train-ddp's shards
+    if held_out:  # concatenated and tail-split, a test file would be trained on
+        raise ValueError(f"load_text: {path} holds {', '.join(held_out)} beside other *.txt files, which would all be "
+                         f"concatenated into the training text; name the training file train.txt (the folder's "
+                         f"own splits: train.txt, valid.txt, test.txt) or give data.root one file")
+    return files
 
 
 def load_text(path_or_dir: str | os.PathLike, *, val_fraction: float = 0.1,
@@ -366,12 +391,12 @@ def _check_source(name: str, root) -> None:
 
 def corpus_key(name: str, root: str | os.PathLike | None, val_fraction: float) -> str:
     """A key of a corpus' source that needs no reading: the corpus name, ``val_fraction`` and each
-    source file's name and size (user files: also the modification time, so an edited file gets
-    a new tokenizer and new arrays)."""
+    source file's name and size (user files: :func:`~catapult.data.token_cache.file_stamp`, so an edited or another file
+    gets a new tokenizer and new arrays)."""
     if name == "shakespeare":
         stamp = [(f.name, f.stat().st_size) for f in shakespeare_files()]
     else:
-        stamp = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in source_files(root)]
+        stamp = [token_cache.file_stamp(f) for f in source_files(root)]
         if not stamp:
             text_splits(root, val_fraction=val_fraction)  # raises the reader's FileNotFoundError
     return fingerprint(name, float(val_fraction), *stamp)
@@ -399,9 +424,11 @@ def load_bpe_corpus(name: str, *, root: str | os.PathLike | None = None, val_fra
              for split in ("train", "val", "test")}
     # the source has a test split when it has a test file (WikiText layout), and its ids must be
     # cached too: a cache hit without them would silently drop the test split
-    needed = ["train", "val"] + (["test"] if name != "shakespeare" and root is not None and any(
-        f.name == WIKITEXT_FILES[2] for f in source_files(root)) else [])
+    layout = split_layout(Path(root).expanduser()) if name != "shakespeare" and root is not None else None
+    needed = ["train", "val"] + (["test"] if layout is not None and layout[2] is not None else [])
     if tokenizer_file.is_file() and all(files[s].is_file() for s in needed):
+        for f in (tokenizer_file, *(files[s] for s in needed)):
+            token_cache.check_owned(f)
         vocab = BPEVocab.load(tokenizer_file, vocab_size)
         ids = {s: token_cache.as_tensor(token_cache.load_array(f, vocab.size)) for s, f in files.items()
                if f.is_file()}

@@ -10,19 +10,21 @@
 
 A directory that holds any text shard is read as text (its ``*.npy`` files are then not shards:
 they may be this module's own cache). Files whose name has the word ``valid``, ``validation``,
-``val`` or ``test`` (words split at anything but letters and digits: ``wiki.valid.npy``,
+``val``, ``dev`` or ``test`` (words split at anything but letters and digits: ``wiki.valid.npy``,
 ``c4-validation.00000-of-00008.json``, ``test-00000.parquet``; not ``interval.npy`` or
 ``contest.jsonl``) are held out (:func:`is_held_out`); the others, in sorted name order, are the
 training stream.
 
 Tokenising (:func:`tokenize_text_shards`): a byte-level BPE vocabulary of ``data.vocab_size``
-ids (:mod:`catapult.data.tokenize`) is trained on the training shards' documents, then every
-shard is encoded document by document, each document followed by the ids of a blank line
+ids (:mod:`catapult.data.tokenize`) is trained on the training shards' documents, each followed
+by the separator as it is encoded, then every shard is encoded document by document, each
+document followed by the ids of a blank line
 (``"\\n\\n"``, the separator between documents; there is no special end-of-text id), into one
 uint16/uint32 array per shard. Tokenizer and arrays go to the token cache
 (:func:`catapult.data.token_cache.cache_dir`: ``data.cache_dir``, else beside the data if
-writable, else the user cache) under names holding a key of the shards' names, sizes and
-modification times, the text key and the vocabulary size: a later run only maps them.
+writable, else the user cache) under names holding a key of the shards' paths, sizes and
+times (:func:`~catapult.data.token_cache.file_stamp`), the text key and the vocabulary size: a
+later run only maps them.
 
 A bad file raises :class:`~catapult.config.ConfigError` on ``data.root`` naming the file and the
 line (jsonl) or the column and row (parquet); the CLI turns it into exit code 2.
@@ -47,7 +49,7 @@ __all__ = ["TEXT_SUFFIXES", "VALIDATION", "HELD_OUT", "name_words", "is_held_out
 #: File endings read as text shards.
 TEXT_SUFFIXES = (".jsonl", ".parquet")
 #: A shard whose file name has one of these words is a validation shard (a run's validation stream).
-VALIDATION = ("valid", "validation", "val")
+VALIDATION = ("valid", "validation", "val", "dev")
 #: A shard whose file name has one of these words holds out text (validation / test).
 HELD_OUT = VALIDATION + ("test",)
 #: Text appended to every document before it is encoded.
@@ -196,19 +198,18 @@ def tokenize_text_shards(root: str | os.PathLike, *, vocab_size: int, text_key: 
     if not files:
         raise ConfigError([("data.root", f"{root}: no {' / '.join('*' + s for s in TEXT_SUFFIXES)} text shards")])
     training = [f for f in files if not is_held_out(f)] or files
-    stamp = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
-    key = fingerprint("text-shards", text_key, *stamp)
+    key = fingerprint("text-shards", text_key, *(token_cache.file_stamp(f) for f in files))
     directory = token_cache.cache_dir(root, cache_dir)
     tokenizer_file = directory / bpe_file_name(vocab_size, key)
     if tokenizer_file.is_file():
-        vocab = _from_cache(lambda: BPEVocab.load(tokenizer_file, vocab_size))
+        vocab = _from_cache(lambda: _load_vocab(tokenizer_file, vocab_size))
     else:
         problems: list[ConfigError] = []
 
         def documents() -> Iterator[str]:  # an error raised inside the trainer's iteration is kept, then re-raised
             try:
-                for f in training:
-                    yield from iter_texts(f, text_key)
+                for f in training:  # as they are encoded: the separator's merges are learned too
+                    yield from (text + DOCUMENT_SEPARATOR for text in iter_texts(f, text_key))
             except ConfigError as exc:
                 problems.append(exc)
 
@@ -216,7 +217,7 @@ def tokenize_text_shards(root: str | os.PathLike, *, vocab_size: int, text_key: 
         if problems:
             raise problems[0]
         if not save_new(vocab, tokenizer_file):
-            vocab = _from_cache(lambda: BPEVocab.load(tokenizer_file, vocab_size))
+            vocab = _from_cache(lambda: _load_vocab(tokenizer_file, vocab_size))
     tokenizer_key = f"bpe-v{int(vocab_size)}-{key}"
     arrays = []
     for f in files:
@@ -224,6 +225,12 @@ def tokenize_text_shards(root: str | os.PathLike, *, vocab_size: int, text_key: 
         _from_cache(lambda: token_cache.cached_array(out, lambda f=f: _encode_shard(vocab, f, text_key), vocab.size))
         arrays.append(out)
     return vocab, arrays
+
+
+def _load_vocab(path: Path, vocab_size: int) -> BPEVocab:
+    """The cached tokenizer at ``path``, once it is known to be this user's."""
+    token_cache.check_owned(path)
+    return BPEVocab.load(path, vocab_size)
 
 
 def _from_cache(read):

@@ -8,12 +8,15 @@ stored as uint16 when the vocabulary has at most 65,536 ids, else uint32.
 Where the files go (:func:`cache_dir`): ``data.cache_dir`` when set; else beside the data (the
 ``data.root`` directory, or the directory of a ``data.root`` file) when that is writable; else
 the user cache ``$CATAPULT_CACHE`` or ``~/.cache/catapult/tokens`` (the embedded Shakespeare
-lives inside the installed package, which is not ours to write into). Files are written once,
-under names that hold the corpus key, and never overwritten (:func:`save_array`).
+lives inside the installed package, which is not ours to write into; a folder anyone may write,
+such as ``/tmp``, is not used either). Files are written once, under names that hold the corpus
+key, and never overwritten (:func:`save_array`); a cache file another user owns is refused
+(:func:`check_owned`).
 """
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 import warnings
 from pathlib import Path
@@ -23,7 +26,7 @@ import numpy as np
 import torch
 
 __all__ = ["cache_dir", "user_cache_dir", "save_array", "cached_array", "as_tensor", "token_file_name",
-           "npy_problem"]
+           "npy_problem", "check_owned", "file_stamp"]
 
 
 def user_cache_dir() -> Path:
@@ -33,7 +36,24 @@ def user_cache_dir() -> Path:
 
 
 def _writable_dir(path: Path) -> bool:
-    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
+    # a folder anyone may write (/tmp, a shared drop) is not where a cache that is trusted when
+    # read again may go: another user could plant files under the names catapult would read
+    return (path.is_dir() and os.access(path, os.W_OK | os.X_OK)
+            and not path.stat().st_mode & stat.S_IWOTH)
+
+
+def check_owned(path: str | os.PathLike) -> None:
+    """Raise ValueError unless the cache file at ``path`` belongs to this user: catapult reads
+    only the token caches it wrote (its names follow from the source files' sizes and times, so
+    anyone who may write the folder could plant a tokenizer or arrays there). No check where the
+    platform has no user ids."""
+    getuid = getattr(os, "getuid", None)
+    if getuid is None:
+        return
+    owner = os.stat(path).st_uid
+    if owner != getuid():
+        raise ValueError(f"{path}: a token cache file owned by another user (uid {owner}); catapult reads only the "
+                         f"caches it wrote. Remove it, or set data.cache_dir to a folder of your own")
 
 
 def cache_dir(root: str | os.PathLike | None, explicit: str | os.PathLike | None = None) -> Path:
@@ -47,6 +67,15 @@ def cache_dir(root: str | os.PathLike | None, explicit: str | os.PathLike | None
         if _writable_dir(folder):
             return folder
     return user_cache_dir()
+
+
+def file_stamp(path: Path) -> tuple:
+    """What tells a user's file from another without reading it: its absolute path (two folders'
+    ``corpus.txt`` of one size and time collided in a shared cache), size, and the modification
+    and change times. ``cp -p``, ``rsync -t`` and ``touch -r`` restore the modification time, but
+    any write sets the change time, which no user call can set back."""
+    info = path.stat()
+    return (str(path.resolve()), info.st_size, info.st_mtime_ns, info.st_ctime_ns)
 
 
 def token_file_name(corpus: str, split: str, tokenizer_key: str) -> str:
@@ -109,6 +138,7 @@ def cached_array(path: str | os.PathLike, make: Callable[[], np.ndarray],
     path = Path(path)
     if not path.is_file():
         save_array(make(), path)
+    check_owned(path)
     return load_array(path, vocab_size)
 
 

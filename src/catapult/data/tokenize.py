@@ -27,6 +27,9 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from catapult.config.errors import MissingDependency
+from catapult.data import token_cache
+
 __all__ = ["BPEVocab", "train_bpe", "load_or_train_bpe", "bpe_file_name", "fingerprint", "TOKENIZERS"]
 
 #: ``data.tokenizer`` values.
@@ -37,8 +40,8 @@ def _require_tokenizers():
     try:
         import tokenizers
     except ModuleNotFoundError as exc:  # a declared dependency; say how to get it
-        raise ModuleNotFoundError("data.tokenizer: bpe needs the Hugging Face 'tokenizers' package: "
-                                  "pip install tokenizers") from exc
+        raise MissingDependency("data.tokenizer: bpe needs the Hugging Face 'tokenizers' package: "
+                                "pip install tokenizers", name="tokenizers") from exc
     return tokenizers
 
 
@@ -199,8 +202,10 @@ def load_or_train_bpe(train_text: str, vocab_size: int, directory: str | os.Path
     ``train_text`` and saved there (:func:`save_new`: never overwriting another file)."""
     path = Path(directory) / bpe_file_name(vocab_size, key)
     if path.is_file():
+        token_cache.check_owned(path)
         return BPEVocab.load(path, vocab_size)
     vocab = train_bpe(_lines(train_text), vocab_size)
     if not save_new(vocab, path):  # another process won the race: use its (identical) file
+        token_cache.check_owned(path)
         return BPEVocab.load(path, vocab_size)
     return vocab

@@ -13,7 +13,9 @@ initial weights and the start vector of the eigen-solver follow the rules in
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -65,6 +67,27 @@ class RunData:
     num_classes: int
 
 
+def _check_text_options(d: Mapping[str, Any]) -> None:
+    """What a config cannot know about the data keys, checked before anything is read: the
+    ``data.cache_dir`` folder (a file there was found after minutes of BPE training) and
+    ``data.text_key``, which only ``catapult train-ddp``'s ``*.jsonl``/``*.parquet`` shards have."""
+    problems = []
+    if d.get("text_key", "text") != "text":
+        problems.append(("data.text_key", "names the text field of catapult train-ddp's *.jsonl / *.parquet shards; "
+                                          "catapult train reads text files: remove it"))
+    if d.get("cache_dir") is not None:
+        folder = Path(d["cache_dir"]).expanduser()
+        existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        if folder.exists() and not folder.is_dir():
+            problems.append(("data.cache_dir", f"{folder} is a file, not a folder"))
+        elif existing is not None and existing != folder and not (
+                existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
+            problems.append(("data.cache_dir", f"{folder} cannot be created: {existing} is "
+                                               f"{'not a folder' if not existing.is_dir() else 'not writable'}"))
+    if problems:
+        raise cfg.ConfigError(problems)
+
+
 def load_data(config: Mapping[str, Any], device: torch.device | str = "cpu",
               dtype: torch.dtype = torch.float32) -> RunData:
     """The config's ``data:`` section loaded and moved to ``device``; floating inputs are cast to
@@ -74,6 +97,7 @@ def load_data(config: Mapping[str, Any], device: torch.device | str = "cpu",
     from catapult import data as data_mod
 
     d = config["data"]
+    _check_text_options(d)
     try:
         split = data_mod.load_dataset(d["name"], root=d["root"], n_train=d["n_train"], n_test=d["n_test"],
                                       context=d["context"], val_fraction=d["val_fraction"],
@@ -85,6 +109,9 @@ def load_data(config: Mapping[str, Any], device: torch.device | str = "cpu",
     except FileNotFoundError as err:  # say it in the config's words: the key to set
         if d["name"] in ("digits", "shakespeare"):
             raise
+        if d["cache_dir"] is not None and str(getattr(err, "filename", "") or "").startswith(
+                str(Path(d["cache_dir"]).expanduser())):
+            raise cfg.ConfigError([("data.cache_dir", str(err))]) from None
         raise FileNotFoundError(f"{err}\nIn a config or on the command line that is the key data.root, e.g. "
                                 f"`catapult train CONFIG data.name={d['name']} data.root=/path/to/the/files` "
                                 f"(or data.name=digits for the embedded data).") from None

@@ -83,7 +83,10 @@ class TokenShards:
         if texts:
             if vocab_size is None:
                 raise cfg.ConfigError([("data.vocab_size", "text shards need a vocabulary size for the tokenizer")])
-            _, arrays = tokenize_text_shards(root, vocab_size=vocab_size, text_key=text_key, cache_dir=cache_dir)
+            vocab, arrays = tokenize_text_shards(root, vocab_size=vocab_size, text_key=text_key, cache_dir=cache_dir)
+            # the tokenizer's own size, as `catapult train` uses: a small corpus trains fewer ids
+            # than asked for, and the model's embedding and logits were sized by the request
+            vocab_size = vocab.size
             pairs = list(zip(texts, arrays))
         else:
             files = sorted(root.glob("*.npy")) if root.is_dir() else [root]
@@ -421,7 +424,7 @@ def train_ddp(config: Mapping[str, Any], *, out_dir: str | os.PathLike | None = 
         if len(shards) < context + 2:
             raise cfg.ConfigError([("data.root", f"{len(shards)} training tokens in {d['root']}: fewer than "
                                                  f"data.context + 2 = {context + 2}")])
-        model = build_model(config, context, d["vocab_size"], device, dtype)
+        model = build_model(config, context, shards.vocab_size or d["vocab_size"], device, dtype)
         if sharded:  # before assemble_run builds the optimizer: it must hold the shards
             shard_model(model)
         batches = ShardBatches(shards, context, batch_size, rank, world, seeds(config["seed"])[1], device)
