@@ -166,3 +166,95 @@ def test_train_mode_batchnorm_is_refused_before_any_work():
         model.eval()
         got = catapult.sharpness(model, loss_fn, batch, tol=1e-10, distributed=True).value
     assert got == pytest.approx(catapult.sharpness(model, loss_fn, batch, tol=1e-10).value, rel=1e-9)
+
+
+def one_rank_refusals(rank, world):
+    """Refusals that one rank's shard alone triggers: every rank must raise (the others waited
+    in the next all-reduce until the failing rank exited: a hang in a notebook or a loop)."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    relu = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    with torch.no_grad():
+        relu[0].bias.zero_()
+    x = torch.randn(400, 4) * 3
+    y = torch.randn(400, 1)
+    x[-64:] = 0.0  # rank 1's last samples sit on the kinks (pre-activations exactly 0)
+    far = (relu[0](x).detach().abs() > 0.3).all(1)
+    kinked = (x[far][:8], y[far][:8]) if rank == 0 else (x, y)
+
+    tanh = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+
+    def token_ce(out, target):
+        return F.cross_entropy(out.reshape(-1, 3), target.reshape(-1), ignore_index=-100)
+
+    tokens = (torch.randn(4, 5, 4, dtype=torch.float64), torch.randint(0, 3, (4, 5)))
+    if rank == 1:  # its micro-batches count different numbers of tokens: neither a mean nor a sum
+        tokens[1][0, 1:] = -100
+    dropout = nn.Sequential(nn.Linear(3, 5), nn.Dropout(0.1), nn.Linear(5, 2)).double()
+    xd, yd = torch.randn(64, 3, dtype=torch.float64), torch.randn(64, 2, dtype=torch.float64)
+    uneven = (xd, yd) if rank == 0 else (xd[:1], yd[:1])  # one micro-batch on rank 1: nothing to refuse there
+    calls = {
+        "kink": lambda: catapult.sharpness(relu, nn.MSELoss(), kinked, hvp="finite_difference", distributed=True),
+        "reduction": lambda: catapult.sharpness(tanh, token_ce, tokens, chunk_size=2, distributed=True),
+        "lean_dropout": lambda: catapult.sharpness(dropout, nn.MSELoss(), uneven, memory="lean", distributed=True),
+    }
+    out = {}
+    for name, call in calls.items():
+        try:
+            call()
+            out[name] = None
+        except ValueError as err:
+            out[name] = str(err)
+    # an init given on rank 0 only: rank 0's is every rank's (it deadlocked, with no error)
+    model, loss_fn, (xs, ys) = problem()
+    n = sum(p.numel() for p in model.parameters())
+    init = torch.linspace(1.0, 2.0, n, dtype=torch.float64) if rank == 0 else None
+    est = catapult.sharpness(model, loss_fn, (xs, ys), init=init, max_iter=1, tol=1e-12, distributed=True)
+    out["init_rank0"] = est.value
+    return out
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
+def test_a_refusal_on_one_rank_stops_every_rank():
+    zero, one = on_ranks(one_rank_refusals)
+    assert "not reliable" in one["kink"] and "not reliable" in zero["kink"]   # the ranks' largest gap
+    assert "neither a mean nor a sum" in one["reduction"]
+    assert zero["reduction"] == "distributed=True: rank 1 raised an error (its own output says which); every rank stops with it"
+    assert "Dropout in train mode" in zero["lean_dropout"]
+    assert one["lean_dropout"].startswith("distributed=True: rank 0 raised an error")
+    model, loss_fn, batch = problem()
+    n = sum(p.numel() for p in model.parameters())
+    alone = catapult.sharpness(model, loss_fn, batch, init=torch.linspace(1.0, 2.0, n, dtype=torch.float64),
+                               max_iter=1, tol=1e-12)
+    assert zero["init_rank0"] == pytest.approx(alone.value, rel=1e-9) and one["init_rank0"] == zero["init_rank0"]
+
+
+def sum_loss_measures(rank, world):
+    model, _, (x, y) = problem()
+    lo = sum(SHARDS[:rank])
+    shard = (x[lo:lo + SHARDS[rank]], y[lo:lo + SHARDS[rank]])
+    total = nn.MSELoss(reduction="sum")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    out = {"sharpness": catapult.sharpness(model, total, shard, tol=1e-10, distributed=True).value,
+           "critical_lr": catapult.critical_lr(model, total, shard, opt, lr_start=1e-4, distributed=True).lr}
+    try:  # a mean on one rank and a sum on the other: no weighting adds them up
+        catapult.sharpness(model, nn.MSELoss() if rank == 0 else total, shard, distributed=True)
+        out["mixed"] = None
+    except ValueError as err:
+        out["mixed"] = str(err)
+    return out
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
+def test_a_sum_loss_is_weighted_as_a_sum():
+    # the shards were weighted |B_r| / |B| whatever the loss: a sum loss gave 27.7 for 42.7
+    model, _, batch = problem()
+    total = nn.MSELoss(reduction="sum")
+    single = {"sharpness": catapult.sharpness(model, total, batch, tol=1e-10).value,
+              "critical_lr": catapult.critical_lr(model, total, batch, torch.optim.SGD(model.parameters(), lr=0.1),
+                                                  lr_start=1e-4).lr}
+    for res in on_ranks(sum_loss_measures):
+        assert res["sharpness"] == pytest.approx(single["sharpness"], rel=1e-6)
+        assert res["critical_lr"] == pytest.approx(single["critical_lr"], rel=1e-6)
+        assert "a mean over samples on some ranks' shards and a sum on others'" in res["mixed"]

@@ -246,12 +246,13 @@ def _check_positive(name: str, value, *, allow_none: bool = False):
     return value
 
 
-def _shard_reducer(model, batch):
-    """``loss -> sum_r w_r loss_r`` over the ranks (``.weight`` = this rank's ``w_r``)."""
+def _shard_reducer(model, loss_fn, batch):
+    """``loss -> sum_r w_r loss_r`` over the ranks (``.weight`` = this rank's ``w_r``:
+    :func:`~catapult.curvature.distributed.union_weight`)."""
     dist_ops.require_process_group()
     dist_ops.check_shardable(model)
     device = next(dist_ops.unwrap_ddp(model).parameters()).device
-    weight = dist_ops.shard_weight(batch, device)
+    weight = dist_ops.union_weight(model, loss_fn, batch, device, testable=not is_sharded(model))
 
     def reduce(value: Tensor) -> float:
         t = value.detach().to(torch.float64).reshape(1).mul(weight)
@@ -403,7 +404,7 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
 
     # distributed: batch is this rank's shard; the union's loss (a mean over samples) and its
     # gradient are the shard-size-weighted sums, all-reduced (catapult.curvature.distributed)
-    reduce = _shard_reducer(model, batch) if distributed else None
+    reduce = _shard_reducer(model, loss_fn, batch) if distributed else None
     if distributed:
         model = dist_ops.unwrap_ddp(model)
     snapshot = ModelSnapshot(model)

@@ -7,7 +7,16 @@ the union ``B = B_1 + ... + B_R`` of the ranks' shards is ``L = sum_r w_r L_r`` 
 ``g = sum_r w_r g_r`` and ``H v = sum_r w_r H_r v``: one ``all_reduce(SUM)`` of ``w_r H_r v``
 per product. Every rank then holds the same product, bit for bit (a collective returns one
 result to all), so the same Lanczos iteration runs on every rank and every rank returns what
-one process would return on the union (up to the summation order of the reduction).
+one process would return on the union (up to the summation order of the reduction). For a sum
+over samples ``w_r = 1``. Each rank tells which from its shard's halves (:func:`union_weight`);
+a loss that is neither is refused. A token mean whose counted tokens per sample differ between
+the ranks (padding masked by ``ignore_index`` on one rank only) looks like a mean on each rank
+but is weighted per sample, not per token: give every rank the same share of counted tokens, or
+a loss that sums per-token terms.
+
+Anything one rank refuses (a kink in its finite differences, a micro-batch split, its start
+vector) stops every rank with an error (:func:`agreed`, :func:`agreed_gap`): left to itself,
+that rank was the only one to say why, and the others waited in their next collective.
 
 A DistributedDataParallel wrapper is unwrapped (``model.module``): its parameters are the
 wrapped module's, and its forward hooks would expect a ``loss.backward()`` that the HVPs never
@@ -51,13 +60,16 @@ the shards.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
+from typing import Any, Callable
 
 import torch
 
 __all__ = ["require_process_group", "check_shardable", "unwrap_ddp", "shard_weight", "all_reduce_sum",
-           "agreed_minimum", "DistributedOperator", "broadcast_vector", "single_process_group"]
+           "agreed_minimum", "agreed", "agreed_gap", "rank0_flag", "union_weight", "DistributedOperator", "broadcast_vector",
+           "single_process_group"]
 
 
 @contextlib.contextmanager
@@ -203,6 +215,119 @@ def shard_weight(batch, device=None) -> float:
     return local / sum(sizes)
 
 
+def agreed(build: Callable[[], Any], device=None) -> Any:
+    """``build()`` on every rank, its failure agreed (every rank must call it): a rank whose call
+    raises re-raises its error once the others know, and they raise a ValueError naming it. Left
+    to itself, the failing rank was the only one to say why, and the others waited in the next
+    collective call until it exited (a refused micro-batch split, a kink in one rank's shard).
+
+    >>> with single_process_group():
+    ...     agreed(lambda: 6 * 7)
+    42
+    """
+    import torch.distributed as dist
+
+    try:
+        result, error = build(), None
+    except Exception as err:  # re-raised below, after the others have been told
+        result, error = None, err
+    failed = torch.zeros(dist.get_world_size(), dtype=torch.float64, device=device)
+    failed[dist.get_rank()] = float(error is not None)
+    ranks = [rank for rank, flag in enumerate(all_reduce_sum(failed).tolist()) if flag]
+    if error is not None:
+        raise error
+    if ranks:
+        raise ValueError(f"distributed=True: rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} "
+                         f"raised an error (its own output says which); every rank stops with it")
+    return result
+
+
+def agreed_gap(gap: float, device=None) -> float:
+    """The largest finite-difference kink gap over the ranks (nan where any rank's is nan: a
+    diverged shard), so every rank takes the same step and accepts or refuses alike.
+
+    >>> with single_process_group():
+    ...     agreed_gap(0.25), agreed_gap(float("nan"))
+    (0.25, nan)
+    """
+    import torch.distributed as dist
+
+    t = torch.tensor([0.0 if math.isnan(gap) else gap, float(math.isnan(gap))], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return math.nan if t[1].item() else float(t[0].item())
+
+
+def rank0_flag(flag: bool, device=None) -> bool:
+    """Rank 0's ``flag`` on every rank.
+
+    >>> with single_process_group():
+    ...     rank0_flag(True)
+    True
+    """
+    import torch.distributed as dist
+
+    t = torch.tensor([int(bool(flag))], dtype=torch.int64, device=device)
+    dist.broadcast(t, src=0)
+    return bool(t.item())
+
+
+def union_weight(model, loss_fn, batch, device=None, *, testable: bool = True) -> float:
+    """This rank's weight in the union's loss (every rank must call it): its :func:`shard_weight`
+    ``|B_r| / |B|`` where ``loss_fn`` is a mean over samples, 1 where it is a sum.
+
+    Each rank tells which from its shard's two halves
+    (:func:`~catapult.curvature.microbatch.reduction_kind`, two forward passes without grad). A
+    loss that is neither (a token mean with ``ignore_index``, a root mean square), or ranks that
+    disagree, are refused on every rank: the shards' losses would not add up to the union's, and
+    the answer was silently wrong. A shard of one sample, a model whose train-mode forward
+    couples samples (dropout), or ``testable=False`` (a model sharded by FSDP2, whose forwards
+    are collective) cannot tell; such ranks follow the others, and a mean is taken where no rank
+    can tell.
+
+    >>> model = torch.nn.Linear(2, 1)
+    >>> batch = (torch.randn(6, 2), torch.randn(6, 1))
+    >>> with single_process_group():
+    ...     union_weight(model, torch.nn.MSELoss(), batch), union_weight(model, torch.nn.MSELoss(reduction="sum"), batch)
+    (1.0, 1.0)
+    """
+    weight = shard_weight(batch, device)
+    kind = agreed(lambda: _shard_reduction(model, loss_fn, batch) if testable else None, device)
+    votes = torch.tensor([float(kind == "mean"), float(kind == "sum")], dtype=torch.float64, device=device)
+    means, sums = all_reduce_sum(votes).tolist()
+    if means and sums:
+        raise ValueError("distributed=True: loss_fn is a mean over samples on some ranks' shards and a sum on "
+                         "others'; give every rank the same loss")
+    return 1.0 if sums else weight
+
+
+def _shard_reduction(model, loss_fn, batch) -> str | None:
+    """``"mean"``, ``"sum"`` or None (cannot tell) for ``loss_fn`` on this rank's shard."""
+    from torch.func import functional_call
+
+    from catapult.curvature.microbatch import batch_coupling, reduction_kind
+
+    inner = unwrap_ddp(model)
+    x, y = batch
+    params = {name: p.detach() for name, p in inner.named_parameters()}
+    n = x.shape[0]
+    if (n < 2 or not params or batch_coupling(inner) is not None
+            or not (torch.is_tensor(y) and y.dim() >= 1 and y.shape[0] == n)):
+        return None
+    half = (n + 1) // 2
+    pieces = [(x[:half], y[:half]), (x[half:], y[half:])]
+
+    def loss_at(p, xs, ys):
+        return loss_fn(functional_call(inner, p, (xs,)), ys)
+
+    with torch.no_grad():
+        _, kind, shown = reduction_kind(loss_at, params, x, y, pieces, next(iter(params.values())).dtype)
+    if kind is None:
+        raise ValueError(f"distributed=True: loss_fn is neither a mean nor a sum over samples on this rank's shard "
+                         f"(its two halves: {shown}), so the ranks' losses do not add up to the union's loss; use "
+                         f"a loss that averages or sums per-sample terms")
+    return None if kind == "both" else kind
+
+
 def broadcast_vector(v: torch.Tensor) -> torch.Tensor:
     """Rank 0's ``v`` on every rank (so a warm start agrees everywhere), in place.
 
@@ -235,6 +360,8 @@ class DistributedOperator:
 
     def __init__(self, op, weight: float):
         self.op, self.weight = op, float(weight)
+        if hasattr(op, "agree_gap"):  # finite differences: every rank decides on the ranks' largest gap
+            op.agree_gap = lambda gap: agreed_gap(gap, op.device)
         self.numel, self.dtype, self.device = op.numel, op.dtype, op.device
         self.names = getattr(op, "names", None)
         self._grad = None

@@ -10,14 +10,14 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
+from typing import Callable
 
 import torch
-
-from catapult.arguments import check_batch
 from torch.autograd.graph import get_gradient_edge
 from torch.func import functional_call
 from torch.utils._pytree import tree_leaves, tree_map
 
+from catapult.arguments import check_batch
 from catapult.curvature.difference import (central_step, checked_difference, relative_gap,
                                            rounding_level)
 from catapult.curvature.forward_ad import jvp_of_gradient
@@ -246,6 +246,8 @@ class HessianOperator:
         self._grad_flat: torch.Tensor | None = None
         self._base: torch.Tensor | None = None  # g(theta) for the finite differences
         self.difference_gap, self.shrunk_steps = 0.0, 0
+        # the kink test's gap as every process sees it: DistributedOperator makes it the ranks' largest
+        self.agree_gap: Callable[[float], float] = lambda gap: gap
         # [(inputs, targets, weight)]; one entry = the whole batch, weight 1 (and a nan loss).
         self._chunks, self.loss = split_batch(model, self._loss, self._params, self._inputs,
                                               self._targets, chunk_size, self.dtype)
@@ -488,7 +490,7 @@ class HessianOperator:
             out.add_(work, alpha=2.0 * s)
             self._gradient_into(leaves, views, parts, -h / norm)   # work = g+ + g- - g0
             work.sub_(base)
-            gap = relative_gap(float(torch.linalg.vector_norm(work)), first, noise)
+            gap = self.agree_gap(relative_gap(float(torch.linalg.vector_norm(work)), first, noise))
 
             def finish(accepted: bool) -> None:
                 if accepted:

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-__all__ = ["ChosenChunkSize", "batch_coupling", "refuse_dropout", "split_batch"]
+__all__ = ["ChosenChunkSize", "batch_coupling", "refuse_dropout", "reduction_kind", "split_batch"]
 
 
 def _draws_a_mask(module: torch.nn.Module) -> bool:
@@ -89,6 +89,33 @@ def _reduction(loss_at, params, x, y, pieces, mean_w, dtype):
     return full, ("both" if len(kinds) == 2 else kinds[0] if kinds else None), shown
 
 
+def reduction_kind(loss_at, params: dict, inputs, targets, pieces, dtype: torch.dtype):
+    """``(full loss, kind, what was compared)``: whether the loss of ``inputs`` / ``targets`` is
+    the ``pieces``' weighted mean (``"mean"``, weights ``|B_k| / |B|``) or their sum (``"sum"``),
+    to ``400 eps`` relative (at least ``1e-9``); ``"both"`` where it is 0 here and at parameters
+    nudged by 1% (a zero loss, targets the model fits exactly, is both), None where it is
+    neither. ``loss_at(params, inputs, targets)`` is the loss.
+
+    >>> loss_at = lambda p, x, y: ((x * p["w"] - y) ** 2).sum()
+    >>> x = torch.tensor([1.0, 2.0, 3.0])
+    >>> reduction_kind(loss_at, {"w": torch.tensor(2.0)}, x, torch.zeros(3), [(x[:2], torch.zeros(2)),
+    ...                (x[2:], torch.zeros(1))], torch.float64)[1]
+    'sum'
+    """
+    n = sum(xc.shape[0] for xc, _ in pieces)
+    mean_w = [xc.shape[0] / n for xc, _ in pieces]
+    full, kind, shown = _reduction(loss_at, params, inputs, targets, pieces, mean_w, dtype)
+    if kind in ("both", None):
+        # a zero loss (targets the model fits exactly) is both a mean and a sum of zeros, and
+        # rounding-level losses neither: ask again a little away from the parameters, where the
+        # losses are not 0 (the reduction is the loss_fn's, the same at every point)
+        generator = torch.Generator().manual_seed(0)  # on the CPU: the global RNG is left alone
+        nearby = {name: p + 1e-2 * (float(p.detach().abs().mean()) + 1e-2) * torch.randn(
+            p.shape, generator=generator, dtype=p.dtype).to(p.device) for name, p in params.items()}
+        _, kind, shown = _reduction(loss_at, nearby, inputs, targets, pieces, mean_w, dtype)
+    return full, kind, shown
+
+
 def split_batch(model: torch.nn.Module, loss_at, params: dict, inputs, targets,
                 chunk_size: int | None, dtype: torch.dtype) -> tuple[list[tuple], float]:
     """``([(inputs, targets, weight)], loss)``: the micro-batches of at most ``chunk_size``
@@ -134,15 +161,7 @@ def split_batch(model: torch.nn.Module, loss_at, params: dict, inputs, targets,
                          f"call model.eval() or use {instead}")
     pieces = [(x[i:i + chunk_size], y[i:i + chunk_size]) for i in range(0, n, chunk_size)]
     mean_w = [xc.shape[0] / n for xc, _ in pieces]
-    full, kind, shown = _reduction(loss_at, params, x, y, pieces, mean_w, dtype)
-    if kind in ("both", None):
-        # a zero loss (targets the model fits exactly) is both a mean and a sum of zeros, and
-        # rounding-level losses neither: ask again a little away from the parameters, where the
-        # losses are not 0 (the reduction is the loss_fn's, the same at every point)
-        generator = torch.Generator().manual_seed(0)  # on the CPU: the global RNG is left alone
-        nearby = {name: p + 1e-2 * (float(p.detach().abs().mean()) + 1e-2) * torch.randn(
-            p.shape, generator=generator, dtype=p.dtype).to(p.device) for name, p in params.items()}
-        _, kind, shown = _reduction(loss_at, nearby, x, y, pieces, mean_w, dtype)
+    full, kind, shown = reduction_kind(loss_at, params, x, y, pieces, dtype)
     if kind == "both":
         raise ValueError(f"{option}: cannot tell whether loss_fn is a mean or a sum over samples, "
                          f"since its loss is 0 here and nearby ({shown}); use {instead}")

@@ -89,8 +89,13 @@ def memory_setting(memory: str, batch, chunk_size, max_basis, model=None, loss_f
         basis = dist_ops.agreed_minimum(basis, device=inputs.device)
     if chunk_size is None and chunks > 1:
         chunk_size = ChosenChunkSize(max(1, math.ceil(n / chunks)))  # its errors name memory='lean'
-        if model is not None:  # the user did not ask for micro-batches: name what did
+
+    def refuse_coupling():  # the user did not ask for micro-batches: name what did
+        if model is not None and isinstance(chunk_size, ChosenChunkSize):
             lean.refuse_batch_coupling(model, chunk_size)
+
+    # a rank whose shard is cut into micro-batches refuses; one with a single micro-batch must too
+    dist_ops.agreed(refuse_coupling, inputs.device) if distributed else refuse_coupling()
     return chunk_size, basis if max_basis is None else min(basis, max_basis)
 
 
@@ -123,19 +128,22 @@ def build_operator(model, loss_fn, batch, *, curvature="hessian", dtype=None, hv
         dist_ops.check_shardable(model)
         model = dist_ops.unwrap_ddp(model)
         params = [p for p in model.parameters()] if isinstance(model, torch.nn.Module) else []
-        # every rank, before its operator: an empty shard is refused on all ranks alike
-        weight = dist_ops.shard_weight(batch, params[0].device if params else None)
+        # every rank, before its operator: an empty shard, or a loss that is not a mean or a sum
+        # over samples, is refused on all ranks alike
+        weight = dist_ops.union_weight(model, loss_fn, batch, params[0].device if params else None, testable=not fsdp)
     if fsdp:
         return sharded.ShardedHessianOperator(model, loss_fn, batch, weight, seed=seed, vectors=sharded_vectors)
-    if curvature == "ggn":
-        op = GaussNewtonOperator(model, loss_fn, batch, dtype=dtype, seed=seed,
-                                 chunk_size=chunk_size)
-    else:
-        op = HessianOperator(model, loss_fn, batch, dtype=dtype, hvp=hvp, seed=seed,
-                             chunk_size=chunk_size, retain_graph=retain_graph)
-    if distributed:
-        op = dist_ops.DistributedOperator(op, weight)
-    return op
+
+    def local_operator():
+        if curvature == "ggn":
+            return GaussNewtonOperator(model, loss_fn, batch, dtype=dtype, seed=seed, chunk_size=chunk_size)
+        return HessianOperator(model, loss_fn, batch, dtype=dtype, hvp=hvp, seed=seed,
+                               chunk_size=chunk_size, retain_graph=retain_graph)
+
+    if distributed:  # a refusal on one rank's shard (its micro-batch split, its forward) stops all ranks
+        return dist_ops.DistributedOperator(dist_ops.agreed(local_operator, params[0].device if params else None),
+                                            weight)
+    return local_operator()
 
 
 def check_curvature(curvature) -> None:

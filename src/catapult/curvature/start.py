@@ -71,8 +71,14 @@ def initial_vector(op, init, seed: int, distributed: bool) -> torch.Tensor:
     split = split_operator(op)
     if split is not None:
         return split.start_vector(init, seed)
-    v0 = start_vector(init, op.numel, op.dtype, op.device, seed)
-    if distributed and init is not None:
+    if not distributed:
+        return start_vector(init, op.numel, op.dtype, op.device, seed)
+    # rank 0's init decides for every rank (an init given on rank 0 only deadlocked: rank 0
+    # broadcast while the others went on to their first product's all-reduce)
+    from_rank0 = dist_ops.rank0_flag(init is not None, op.device)
+    v0 = dist_ops.agreed(lambda: start_vector(init if from_rank0 else None, op.numel, op.dtype, op.device, seed),
+                         op.device)
+    if from_rank0:
         dist_ops.broadcast_vector(v0)
     return v0
 
