@@ -158,3 +158,22 @@ def test_fsdp_outside_a_process_group_or_in_catapult_train_or_a_sweep_is_refused
                    "eval": {"sharpness_every": 0}}, parse_sweep({"grid": {"train.fsdp": [False, True]}}),
                   tmp_path / "s.db", progress="none")
     assert not (tmp_path / "run").exists() and not (tmp_path / "s.db").exists()
+
+
+def test_the_command_under_torchrun_with_one_process_shards_over_a_group_of_one(tmp_path, monkeypatch, capsys):
+    # the command started a process group only for a world above 1, so `torchrun --nproc_per_node 1`
+    # with train.fsdp was told it had not been started by torchrun
+    import yaml
+
+    from catapult.cli import main
+    from gloo_ranks import free_port
+
+    root = _shards(tmp_path)
+    config = tmp_path / "fsdp.yaml"
+    config.write_text(yaml.safe_dump(_config(root)))
+    for name, value in (("WORLD_SIZE", "1"), ("RANK", "0"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1"),
+                        ("MASTER_PORT", str(free_port())), ("GLOO_SOCKET_IFNAME", "lo")):
+        monkeypatch.setenv(name, value)   # as torchrun sets them
+    assert main(["train-ddp", str(config), "--out", str(tmp_path / "run")]) == 0, capsys.readouterr().err
+    assert not torch.distributed.is_initialized()   # the command's group is gone again
+    assert (tmp_path / "run" / "model.pt").exists()

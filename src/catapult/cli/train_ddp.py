@@ -47,7 +47,10 @@ def _command(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / config["name"]
     world, rank = _launch()
     backend = None
-    if world > 1 and not (dist.is_available() and dist.is_initialized()):  # every rank, before any work
+    # torchrun with one process and train.fsdp: a group of one, so FSDP has its process group
+    # (without one the run was told that torchrun had not started it)
+    grouped = world > 1 or (config["train"]["fsdp"] and "WORLD_SIZE" in os.environ)
+    if grouped and not (dist.is_available() and dist.is_initialized()):  # every rank, before any work
         backend = _backend(args.backend)
         _check_rendezvous(world)
     if rank == 0:  # the writer checks, before any work (exit 2 if in the way)
