@@ -409,6 +409,29 @@ def lanczos_top_eigenpair(
 # --------------------------------------------------------------------------------------------
 
 
+def _orthogonalise_rows(w, q, basis, couple, size):
+    """Each row of ``w``: minus the recurrence's terms (``couple`` on the basis' first ``j``
+    vectors, ``alpha`` on ``q``), then one full Gram-Schmidt pass on ``basis[:, :size]``; returns
+    ``(alpha, h, beta)`` per row. Row by row, with the same 1-D and 2-D kernels whatever the
+    number of rows: batched (``bmm``) a member's rounding depended on which members shared its
+    batch (a batch of 1 takes another kernel), so an ensemble sweep's measured sharpness changed
+    with its chunks, and with a resume (2e-7 in float32)."""
+    j = couple.shape[1]
+    alphas, hs, betas = [], [], []
+    for r in range(w.shape[0]):
+        w_r = w[r]
+        if j:
+            w_r.sub_(couple[r] @ basis[r, :j])
+        alpha = torch.dot(q[r], w_r)
+        w_r.sub_(alpha * q[r])
+        h = basis[r, :size] @ w_r
+        w_r.sub_(h @ basis[r, :size])
+        alphas.append(alpha)
+        hs.append(h)
+        betas.append(torch.linalg.vector_norm(w_r))
+    return torch.stack(alphas), torch.stack(hs), torch.stack(betas)
+
+
 def batched_lanczos(matvec, v0: torch.Tensor, *, tol: Sequence[float], max_iter: Sequence[int],
                     max_basis: int = 20) -> list[EigenEstimate]:
     """Top eigenpairs of ``m`` symmetric operators at once, member by member the iteration of
@@ -459,15 +482,9 @@ def batched_lanczos(matvec, v0: torch.Tensor, *, tol: Sequence[float], max_iter:
             w = torch.zeros_like(q)
             w[where] = matvec(active, q[where]).to(q.dtype)
         matvecs += 1
-        if j > 0:
-            couple = torch.as_tensor(T[:, :j, j], dtype=q.dtype, device=q.device)
-            w.sub_(torch.bmm(couple[:, None, :], basis[:, :j]).squeeze(1))
-        alpha_t = (q * w).sum(dim=1)
-        w.sub_(alpha_t[:, None] * q)
-        h = torch.bmm(basis[:, :size], w[:, :, None]).squeeze(2)
-        w.sub_(torch.bmm(h[:, None, :], basis[:, :size]).squeeze(1))
+        couple = torch.as_tensor(T[:, :j, j], dtype=q.dtype, device=q.device)
+        alpha_t, h, beta_t = _orthogonalise_rows(w, q, basis, couple, size)
         alpha_t = alpha_t + h[:, j]
-        beta_t = torch.linalg.vector_norm(w, dim=1)
         alphas, betas = torch.stack([alpha_t, beta_t.to(alpha_t.dtype)]).tolist()
         finite = np.array([math.isfinite(a) and math.isfinite(b) for a, b in zip(alphas, betas)])
         # a non-finite member stops now; zeros keep its (unused) rows of T finite for eigh
