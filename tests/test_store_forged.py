@@ -166,3 +166,31 @@ def test_default_figure_names_are_not_a_users_files(tmp_path, capsys, monkeypatc
     assert cli.main([command, "s.db"]) == 2
     assert "catapult did not write it" in capsys.readouterr().err
     assert (tmp_path / name).read_text() == "mine\n"
+
+
+def test_a_sweep_with_a_failed_cell_exits_1_and_keeps_the_others(tmp_path, capsys):
+    # it exited 0, so a script or CI carried on past cells that never ran
+    config = tmp_path / "sweep.yaml"
+    config.write_text(tiny_config("tiny_fail") + "sweep: {grid: {data.n_train: [32, 5000]}}\n")
+    argv = ["sweep", str(config), "--store", str(tmp_path / "s.db"), "--progress", "none", "--threads", "1"]
+    assert cli.main(argv) == 1
+    captured = capsys.readouterr()
+    assert "2 cells: 1 finished, 0 diverged, 1 failed" in captured.out
+    assert "1 cell failed with an error" in captured.err and "Traceback" not in captured.err
+    with sqlite3.connect(tmp_path / "s.db") as conn:
+        assert dict(conn.execute("SELECT id, status FROM cells")) == {0: "finished", 1: "failed"}
+
+
+def test_ctrl_c_before_the_store_exists_says_nothing_was_written(tmp_path, capsys, monkeypatch):
+    # it offered `catapult export` of a store that did not exist
+    from catapult.sweep import driver
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(driver, "run_sweep", interrupted)
+    config = tmp_path / "sweep.yaml"
+    config.write_text(TINY)
+    assert cli.main(["sweep", str(config), "--store", str(tmp_path / "s.db")]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted before any cell ran" in err and "export" not in err and not (tmp_path / "s.db").exists()

@@ -14,9 +14,10 @@
     catapult report STORE [--out FILE.html]
 
 Registered by :mod:`catapult.cli` through :func:`register`.
-Exit codes: 0 success (diverged cells are results); 2 bad input (config, store holding a
-different sweep, not a store, missing optional dependency), with the problem on stderr; 130 Ctrl-C
-(the message gives the command that resumes the sweep).
+Exit codes: 0 success (diverged cells are results); 1 a cell failed with an error (every other
+cell ran and is stored; rerunning the command retries the failed ones); 2 bad input (config, store
+holding a different sweep, not a store, missing optional dependency), with the problem on stderr;
+130 Ctrl-C (the message gives the command that resumes the sweep).
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ def register(subparsers) -> None:
         description="Run every cell of the config's `sweep:` grid and record the results in one SQLite "
                     "file. Rerunning the same command resumes: finished and diverged cells are kept, "
                     "interrupted and failed ones are redone; a store holding a different sweep is refused. "
+                    "Exit code 1 when a cell failed with an error (the others are stored). "
                     "Several sweep processes on one machine may run the same sweep on one store at once: each "
                     "claims the cells it runs, so no cell runs twice (SQLite's locks do not work over NFS "
                     "or SMB: across machines, run one driver with --executor ray --ray-address). "
@@ -179,6 +181,10 @@ def _sweep_command(args: argparse.Namespace) -> int:
         outcome = run_sweep(base, spec, store, executor=args.executor, executor_options=options,
                             progress=args.progress)
     except KeyboardInterrupt:
+        if not store.exists():  # before the store was made: nothing was written, nothing to export
+            print(f"catapult sweep: interrupted before any cell ran ({store} was not written). Rerun with:\n"
+                  f"  {resume_command(args, store)}", file=sys.stderr)
+            return 130
         print(f"catapult sweep: interrupted. Finished cells are kept in {store}; the cells that were running "
               f"read 'interrupted' (catapult export {shlex.quote(str(store))} --out cells.csv).\n"
               f"Resume with:\n  {resume_command(args, store)}", file=sys.stderr)
@@ -199,6 +205,11 @@ def _sweep_command(args: argparse.Namespace) -> int:
     quoted = shlex.quote(str(store))
     print(f"store: {store}   next: catapult plot {quoted}  |  catapult report {quoted}  |  "
           f"catapult export {quoted} --out results.csv")
+    if c["failed"]:  # an error, not a result (a diverged run is one): scripts and CI must see it
+        print(f"catapult sweep: {c['failed']} cell{'s' if c['failed'] > 1 else ''} failed with an error; "
+              f"`catapult export {quoted} --out cells.csv` lists each one's error (column error). "
+              f"Rerunning the command retries them", file=sys.stderr)
+        return 1
     return 0
 
 
