@@ -170,3 +170,12 @@ def test_windows_are_consecutive_and_counted():
         windows(ids, 5, 5)
     with pytest.raises(ValueError, match="needs more than 30"):
         windows(ids, 30)
+
+
+def test_a_utf8_byte_order_mark_is_not_text(tmp_path):
+    # it stayed in the corpus as U+FEFF, a character of the vocabulary
+    from catapult.data.text import load_text
+
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbf" + ("the cat sat on the mat\n" * 20).encode("utf-8"))
+    corpus = load_text(tmp_path / "bom.txt")
+    assert "\ufeff" not in corpus.vocab.chars and corpus.vocab.decode(corpus.train[:3].tolist()) == "the"

@@ -248,7 +248,9 @@ def _read(path: Path, encoding: str) -> str:
     if not path.is_file():
         raise FileNotFoundError(f"text file not found: {path}")
     try:
-        text = path.read_text(encoding=encoding)
+        # a UTF-8 byte-order mark is no text: it stayed in as U+FEFF, a token of the corpus
+        text = path.read_text(encoding="utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8")
+                              else encoding)
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path}: not valid {encoding} text ({exc}); re-save it as {encoding}, e.g. "
                          f"`iconv -f latin1 -t utf-8` (from Python, load_text(..., encoding=...) reads other "
