@@ -118,6 +118,39 @@ def main():
     print()
 
 
+def scan(multiples=(1, 2, 4, 8, 16), steps=120):
+    """Persistent warmup and a constant lr at lr_target = m * (the seed's own SGD lr_c), for each
+    multiple m: the rule that places main()'s lr_target = 200 (~4 lr_c), written down in advance,
+    with its neighbours, so the one setting main() shows is seen among the others."""
+    torch.set_num_threads(1)
+    print("| m = lr_target / lr_c | lr_target (mean) | constant lr: diverged | persistent: reached "
+          "| reached at step (mean ± std) | persistent: final loss (mean) |")
+    print("|---|---|---|---|---|---|")
+    for m in multiples:
+        targets, diverged, reached, final = [], 0, [], []
+        for seed in range(4):
+            model, batch = problem(seed)
+            target = m * critical_lr(model, mse, batch, torch.optim.SGD(model.parameters(), lr=0.0)).lr
+            targets.append(target)
+            status, _ = gd(*problem(seed), steps, lr=target)
+            diverged += status == "diverged"
+            model, batch = problem(seed)
+            pcw = schedules.PersistentCatapultWarmup(torch.optim.SGD(model.parameters(), lr=0.0),
+                                                     model, mse, target)
+            _, losses = gd(model, batch, steps, pcw=pcw)
+            if pcw.done:
+                reached.append(pcw.history[-1]["step"])
+            final.append(losses[-1])
+        steps_text = mean_sd(reached) if len(reached) > 1 else (str(reached[0]) if reached else "-")
+        print(f"| {m} | {statistics.mean(targets):.4g} | {diverged} of 4 | {len(reached)} of 4 | {steps_text} "
+              f"| {statistics.mean(final):.3g} |")
+
+
 if __name__ == "__main__":
-    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # --help only
-    main()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scan", action="store_true",
+                        help="lr_target = 1, 2, 4, 8, 16 x each seed's SGD lr_c: constant lr vs persistent warmup")
+    if parser.parse_args().scan:
+        scan()
+    else:
+        main()
