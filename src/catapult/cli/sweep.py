@@ -357,6 +357,8 @@ def _plot_command(args: argparse.Namespace) -> int:
                      else Path(f"{stem}_trajectories.png"))
     from catapult.plots.phase import (cell_label, default_trajectory_cells, phase_grid, plot_cell_trajectories,
                                       plot_phase_diagram, unfinished_note)
+    import numpy as np
+
     from catapult.engine.records import is_spectrum_column, spectrum_setting
     from catapult.sweep.store import Store, StoreError
     from catapult.sweep.store_export import last_spectrum
@@ -372,6 +374,11 @@ def _plot_command(args: argparse.Namespace) -> int:
                     return _fail("plot", f"no cell of {store_path} logged {args.metric} "
                                          f"(it needs {spectrum_setting(args.metric)})")
             grid = phase_grid(cells, axes, args.metric, args.x, args.y, where=_parse_where(args.where))
+            if not np.isfinite(grid.values).any() and not any(
+                    s in ("diverged", "failed") for row in grid.status for s in row):
+                # an empty grid with a made-up 0..1 colour bar is no figure of the store
+                return _fail("plot", f"no cell of {store_path} has a value of {args.metric}"
+                                     + (" (it needs eval.sharpness_every > 0)" if args.metric == "sharpness" else ""))
             ids = args.cells if args.cells else default_trajectory_cells(cells, args.metric)
             known = {c["id"]: c for c in cells}
             missing = [i for i in ids if i not in known]

@@ -20,6 +20,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
 from catapult.analysis import is_finite_number
@@ -29,6 +30,7 @@ from catapult.sweep.spec import canonical_json
 
 __all__ = [
     "PhaseGrid",
+    "plain_text",
     "phase_grid",
     "unfinished_note",
     "RESULT_STATUSES",
@@ -49,8 +51,8 @@ PLOT_METRICS = ("test_accuracy", "test_loss", "train_loss", "train_accuracy", "s
                 "wall_time_s")
 
 
-# measures of the set-up or of curvature, not objectives: no cell of theirs is "best"
-_NO_OPTIMUM = ("lambda_0", "lr_target", "sharpness")
+# measures of the set-up, of curvature or of cost, not objectives: no cell of theirs is "best"
+_NO_OPTIMUM = ("lambda_0", "lr_target", "sharpness", "wall_time_s")
 
 
 def check_plot_metric(metric: str) -> str:
@@ -79,10 +81,12 @@ def higher_is_better(metric: str) -> bool:
 class PhaseGrid:
     """A reduced 2-D grid: ``values[i, j]`` at ``y = y_values[i]``, ``x = x_values[j]`` (NaN if
     no finished member), ``status[i][j]`` one of ``ok``, ``partial`` (some members diverged or
-    failed), ``diverged``, ``failed``, ``missing`` (not run yet), ``members[i][j]`` the cell
-    ids reduced into it, ``best`` the ``(i, j)`` of the best ``ok``/``partial`` cell,
+    failed, or collapsed to a constant output), ``diverged``, ``failed``, ``missing`` (not run
+    yet), ``members[i][j]`` the cell ids reduced into it, ``best`` the ``(i, j)`` of the best
+    ``ok`` cell (every member finished: a cell where a seed diverged or collapsed is no optimum),
     ``unfinished`` the ids of matching cells with no result yet (pending, running, interrupted):
-    while there are any, ``best`` is the best of the finished cells only."""
+    while there are any, ``best`` is the best of the finished cells only; ``averaged`` the swept
+    keys other than the axes and ``where`` over which a cell's members differ (seeds, say)."""
 
     metric: str
     x_key: str
@@ -100,6 +104,7 @@ class PhaseGrid:
     #: sample std over the cell's seeds/members with a value (NaN for one or none), and how many
     spread: np.ndarray | None = None
     counts: np.ndarray | None = None
+    averaged: list[str] = field(default_factory=list)
 
 
 def default_axes(axes: Sequence[Mapping[str, Any]]) -> tuple[str, str | None]:
@@ -210,14 +215,16 @@ def phase_grid(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[str, A
             elif all(s == "finished" for s in states):
                 status[i][j] = "ok"  # finished, but the metric was not measured
     best = None
-    candidates = [(i, j) for i in range(ny) for j in range(nx) if np.isfinite(values[i, j])]
+    candidates = [(i, j) for i in range(ny) for j in range(nx) if np.isfinite(values[i, j]) and status[i][j] == "ok"]
     if candidates and metric not in _NO_OPTIMUM and not is_spectrum_column(metric):
         pick = max if higher_is_better(metric) else min
         best = pick(candidates, key=lambda ij: values[ij])
     unfinished = [c["id"] for row in members for m in row for c in m if c["status"] not in RESULT_STATUSES]
+    averaged = [a["key"] for a in axes if a["key"] not in (x, y, *where) and any(
+        len({canonical_json(c["swept"].get(a["key"])) for c in m}) > 1 for row in members for m in row)]
     return PhaseGrid(metric, x, y, list(xa["labels"]), list(ya["labels"]), list(xa["values"]), list(ya["values"]),
                      values, status, [[[c["id"] for c in m] for m in row] for row in members], best, where,
-                     unfinished, spread, counts)
+                     unfinished, spread, counts, averaged)
 
 
 #: Statuses of a cell that has its result (or its final failure).
@@ -312,9 +319,10 @@ def plot_phase_diagram(grid: PhaseGrid, path: str | Path | None = None, *, title
         ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.2))
         ax.plot([j + 0.33], [i + 0.3], marker="*", color="red", markersize=9)
     ax.set_xticks(range(nx))
-    ax.set_xticklabels(grid.x_labels, rotation=45 if nx > 6 else 0, ha="right" if nx > 6 else "center")
+    ax.set_xticklabels([plain_text(t) for t in grid.x_labels], rotation=45 if nx > 6 else 0,
+                       ha="right" if nx > 6 else "center")
     ax.set_yticks(range(ny))
-    ax.set_yticklabels(grid.y_labels if grid.y_key is not None else [""])
+    ax.set_yticklabels([plain_text(t) for t in grid.y_labels] if grid.y_key is not None else [""])
     ax.set_xlim(-0.5, nx - 0.5)
     ax.set_ylim(-0.5, ny - 0.5)
     ax.set_xlabel(_axis_title(grid.x_key))
@@ -326,17 +334,31 @@ def plot_phase_diagram(grid: PhaseGrid, path: str | Path | None = None, *, title
                                 label="failed"))
     if grid.best is not None:
         legend.append(Rectangle((0, 0), 1, 1, fill=False, edgecolor="red", linewidth=2, label="best"))
+    if annotate and any(s == "partial" for row in grid.status for s in row):
+        legend.append(Line2D([], [], linestyle="none", label="value* : mean of the finished seeds; others "
+                                                             "diverged, failed or collapsed"))
     ax.legend(handles=legend, loc="upper left", bbox_to_anchor=(0.0, -0.16 if nx <= 6 else -0.28),
               ncol=3, fontsize=7, frameon=False)
     where = ", ".join(f"{k}={v}" for k, v in grid.where.items())
+    over = ", ".join(grid.averaged) or "seeds"  # the keys a cell's members differ in, named
     seeds = "" if grid.counts is None or grid.counts.max() <= 1 else \
-        f"; mean ± std over up to {int(grid.counts.max())} seeds"
-    ax.set_title(title or f"{grid.metric}" + (f" ({where})" if where else "") + seeds, fontsize=10)
+        f"\nmean ± std over {over} (up to {int(grid.counts.max())} cells)"
+    ax.set_title(plain_text((title or f"{grid.metric}" + (f" ({where})" if where else "")) + seeds), fontsize=10)
     _save(fig, path)
     return fig
 
 
 _AXIS_UNITS = {"optimizer.lr": "lr_trgt", "schedule.warmup_steps": "T_wrm"}
+
+
+def plain_text(text: Any) -> str:
+    """``text`` as matplotlib draws it literally: a ``$`` (a swept path like ``/data/$x$``)
+    otherwise starts math mode, and an unknown symbol in it raised ParseFatalException.
+
+    >>> print(plain_text("/tmp/$x$"))
+    /tmp/\\$x\\$
+    """
+    return str(text).replace("$", r"\$")
 
 
 def _axis_title(key: str) -> str:
@@ -392,7 +414,7 @@ def plot_cell_trajectories(runs: Mapping[str, Sequence[Mapping[str, Any]]], path
             if not pts:
                 continue
             xs, ys = zip(*pts)
-            ax.plot(xs, ys, color=color, lw=1.3, label=label, marker="." if key == "test_accuracy" else None)
+            ax.plot(xs, ys, color=color, lw=1.3, label=plain_text(label), marker="." if key == "test_accuracy" else None)
             if key == "train_loss" and statuses.get(label) == "diverged":
                 ax.plot([xs[-1]], [ys[-1]], marker="x", color=color, markersize=9, mew=2)
             if key == "sharpness":
@@ -412,6 +434,6 @@ def plot_cell_trajectories(runs: Mapping[str, Sequence[Mapping[str, Any]]], path
     if handles:
         fig.legend(handles, labels, loc="outside lower center", ncol=min(len(handles), 2), fontsize=8, frameon=False)
     if title:
-        fig.suptitle(title, fontsize=11)
+        fig.suptitle(plain_text(title), fontsize=11)
     _save(fig, path)
     return fig

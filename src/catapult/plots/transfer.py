@@ -3,7 +3,8 @@
 A transfer study sweeps one hyperparameter ``x`` (the learning rate, the init std) for each
 value of a *series* key (density, width) under each *panel* value (parameterization). For
 every (panel, series) :func:`transfer_curves` gives the metric against ``x`` (mean over the
-other swept keys, e.g. seeds; diverged or failed cells are NaN), :func:`optima` the best ``x``
+other swept keys, e.g. seeds; a point where any member diverged or failed is NaN: an lr at which
+a seed diverges is no optimum, whatever the others did), :func:`optima` the best ``x``
 on the grid, and :func:`drift` how far that optimum moves across the series, in log2 units:
 
     drift(panel) = log2( max_s x*(panel, s) / min_s x*(panel, s) )
@@ -27,6 +28,7 @@ from matplotlib.figure import Figure
 
 from catapult.analysis import is_finite_number
 from catapult.files import figure_mark
+from catapult.plots.phase import plain_text
 from catapult.sweep.spec import canonical_json
 
 __all__ = ["TransferCurves", "transfer_curves", "optima", "drift", "shift", "plot_transfer", "transfer_table",
@@ -40,8 +42,10 @@ TRANSFER_METRICS = ("test_loss", "train_loss", "best_test_loss", "best_train_los
 
 @dataclass
 class TransferCurves:
-    """``curves[panel][series] = [(x, metric or nan), ...]`` sorted by ``x``; ``x`` numeric
-    (for ``optimizer.lr`` the resolved learning rate, so ``c/lambda0`` sweeps work too)."""
+    """``curves[panel][series] = [(x, metric or nan), ...]`` sorted by ``x``; ``x`` numeric: the
+    swept value, or for ``optimizer.lr`` swept as ``c/lambda0`` the coefficient ``c``
+    (``x_relative``): each seed has its own lambda_0, so its resolved lr is its own, and a grid
+    point's seeds are averaged at their common ``c``."""
 
     metric: str
     x_key: str
@@ -54,19 +58,31 @@ class TransferCurves:
     #: ``spread[panel][series] = [(x, sample std over seeds, n), ...]`` parallel to ``curves``
     #: (std NaN for a single seed or a failed point)
     spread: dict[Any, dict[Any, list[tuple[float, float, int]]]] = field(default_factory=dict)
+    #: x is the ``c`` of learning rates ``c/lambda0`` (shown as ``c/λ0``)
+    x_relative: bool = False
 
     @property
     def higher_is_better(self) -> bool:
         return "accuracy" in self.metric
 
 
-def _x_value(cell: Mapping[str, Any], x_key: str) -> float:
+def _x_value(cell: Mapping[str, Any], x_key: str) -> tuple[float, bool]:
+    """``(x, relative)``: the swept number, or the ``c`` of a learning rate ``c/lambda0`` (the
+    grid's own value, the same for every seed; the resolved lr differs per seed's lambda_0, and
+    a failed cell has none)."""
     value = cell["swept"].get(x_key)
     if is_finite_number(value):
-        return float(value)
-    if x_key == "optimizer.lr" and is_finite_number(cell.get("lr_target")):
-        return float(cell["lr_target"])
-    raise ValueError(f"cell {cell['id']}: {x_key}={value!r} is not a number (and no resolved lr_target)")
+        return float(value), False
+    if x_key == "optimizer.lr" and isinstance(value, str):
+        from catapult.config import parse_lr
+
+        try:
+            lr = parse_lr(value)
+        except ValueError:
+            pass
+        else:
+            return lr.value, lr.relative
+    raise ValueError(f"cell {cell['id']}: {x_key}={value!r} is not a number")
 
 
 def transfer_curves(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[str, Any]], *,
@@ -79,9 +95,9 @@ def transfer_curves(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[s
     (then one series/panel), but with ``strict=True`` (what the command line passes for an
     explicit ``--series``/``--panel``) a key that is not swept is refused too, since it would
     silently merge every curve into one. Cells that do not match ``where`` are dropped;
-    cells with equal (panel, series, x) are averaged over their finished (or collapsed) members
-    (a point with no such member is NaN: diverged or failed); cells with no result yet are
-    counted in :attr:`TransferCurves.unfinished`.
+    cells with equal (panel, series, x) are averaged (collapsed runs count as finished); a
+    point where any member diverged or failed is NaN; cells with no result yet are counted in
+    :attr:`TransferCurves.unfinished`. Learning rates ``c/lambda0`` are grouped by ``c``.
     """
     if metric not in TRANSFER_METRICS:
         raise ValueError(f"unknown metric {metric!r}; allowed: {', '.join(TRANSFER_METRICS)}")
@@ -105,6 +121,7 @@ def transfer_curves(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[s
             raise ValueError(f"where: {key!r} is not a swept key; swept keys: {', '.join(sorted(swept))}")
     groups: dict[Any, dict[Any, dict[float, list[float]]]] = {}
     unfinished: dict[tuple[Any, Any], int] = {}
+    kinds: set[bool] = set()
     for cell in cells:
         if any(canonical_json(cell["swept"].get(k)) != canonical_json(v) and str(cell["swept"].get(k)) != str(v)
                for k, v in (where or {}).items()):
@@ -115,13 +132,17 @@ def transfer_curves(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[s
             # not run yet (or interrupted): no point rather than a failed one, but counted
             unfinished[(p, s)] = unfinished.get((p, s), 0) + 1
             continue
-        xv = _x_value(cell, x)
+        xv, relative = _x_value(cell, x)
+        kinds.add(relative)
         # a collapsed run finished (the store keeps it as finished): its metric counts, as in the phase grid
         value = cell.get(metric) if cell["status"] in ("finished", "collapsed") else None
         bucket = groups.setdefault(p, {}).setdefault(s, {}).setdefault(xv, [])
         bucket.append(float(value) if is_finite_number(value) else math.nan)
     if not groups and not unfinished:
         raise ValueError(f"no cells match where={dict(where or {})}")
+    if len(kinds) > 1:
+        raise ValueError(f"{x} mixes absolute learning rates and c/lambda0 ones, which share no axis; "
+                         f"pick one kind with --where")
     order = {a["key"]: [canonical_json(v) for v in a["values"]] for a in axes}
 
     def ordered(keys, axis):
@@ -147,7 +168,7 @@ def transfer_curves(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[s
                 spreads.append((xv, sd, len(vals)))
             curves[p][s] = points
             spread[p][s] = spreads
-    return TransferCurves(metric, x, series, panel, curves, unfinished, spread)
+    return TransferCurves(metric, x, series, panel, curves, unfinished, spread, x_relative=kinds == {True})
 
 
 def incomplete_optima(curves: TransferCurves) -> list[tuple[Any, Any, int]]:
@@ -208,6 +229,10 @@ def _label(key: str | None, value: Any) -> str:
     return f"{short}={value:g}" if isinstance(value, float) else f"{short}={value}"
 
 
+def _x_text(curves: TransferCurves, x: float) -> str:
+    return f"{x:.3g}/λ0" if curves.x_relative else f"{x:.3g}"
+
+
 def optima_rows(curves: TransferCurves) -> tuple[list[str], list[list[str]]]:
     """``(header, rows)`` of the optima table as text: one row per panel with the optimal x per
     series value (``"x (metric)"``, ``F`` when every point failed, ``*`` when the curve has
@@ -228,7 +253,7 @@ def optima_rows(curves: TransferCurves) -> tuple[list[str], list[list[str]]]:
                 return "unfinished*" if star and not curves.curves.get(p, {}).get(s) else "F" + star
             sd = next((d for xv, d, _ in curves.spread.get(p, {}).get(s, []) if xv == by_series[s][0]), math.nan)
             pm = f" ± {sd:.2g}" if math.isfinite(sd) else ""
-            return f"{by_series[s][0]:.3g} ({by_series[s][1]:.4g}{pm}){star}"
+            return f"{_x_text(curves, by_series[s][0])} ({by_series[s][1]:.4g}{pm}){star}"
 
         cells = [text(s) for s in series_values]
         rows.append([_label(None, p) if curves.panel_key is None else str(p), *cells, *("-" if math.isnan(v) else f"{v:.1f}"
@@ -248,7 +273,8 @@ def transfer_summary(curves: TransferCurves) -> dict:
     def num(v: float):
         return None if math.isnan(v) else v
 
-    return {"x": curves.x_key, "series": curves.series_key, "panel": curves.panel_key, "metric": curves.metric,
+    return {"x": curves.x_key, "x_unit": "c of c/lambda0" if curves.x_relative else "value",
+            "series": curves.series_key, "panel": curves.panel_key, "metric": curves.metric,
             "optima": {str(p): {str(s): (None if o is None else {"x": o[0], "metric": o[1]}) for s, o in by.items()}
                        for p, by in optima(curves).items()},
             "drift_log2": {str(p): num(d) for p, d in drift(curves).items()},
@@ -282,7 +308,7 @@ def plot_transfer(curves: TransferCurves, path: str | Path | None = None, *, tit
                 continue
             color = cmap(j / max(1, len(series) - 1))
             ax.plot([q[0] for q in pts], [q[1] for q in pts], marker="o", ms=3, color=color,
-                    label=_label(curves.series_key, s))
+                    label=plain_text(_label(curves.series_key, s)))
             band = [(xv, v, sd) for (xv, v), (_, sd, _n) in zip(curves.curves[p][s], curves.spread.get(p, {}).get(s, []))
                     if math.isfinite(v) and math.isfinite(sd)]
             if band:  # seeds: mean ± sample std
@@ -295,14 +321,14 @@ def plot_transfer(curves: TransferCurves, path: str | Path | None = None, *, tit
         if finite and not curves.higher_is_better:
             lo = min(finite)
             ax.set_ylim(lo - 0.05 * abs(lo), min(max(finite), lo + 3.0 * abs(lo) + 1e-12))
-        ax.set_title(_label(curves.panel_key, p) if curves.panel_key else (title or ""))
-        ax.set_xlabel(curves.x_key)
+        ax.set_title(plain_text(_label(curves.panel_key, p) if curves.panel_key else (title or "")))
+        ax.set_xlabel(f"{curves.x_key}: c in c/λ0" if curves.x_relative else curves.x_key)
         ax.set_ylabel(curves.metric)
         ax.grid(alpha=0.3)
-        if index == 0:
+        if index == 0 and ax.get_legend_handles_labels()[0]:  # every point failed: no lines to name
             ax.legend(fontsize=7)
     if title and curves.panel_key:
-        fig.suptitle(title)
+        fig.suptitle(plain_text(title))
     if path is not None:
         fig.savefig(path, dpi=120, **figure_mark(path))
     return fig

@@ -52,9 +52,11 @@ def export_table(store) -> tuple[list[str], list[list[Any]]]:
 
 def last_spectrum(store, cell: dict) -> dict[str, float]:
     """The last logged value of each spectrum column (``eig_i``, ``hessian_trace``) of ``cell``;
-    empty for a cell whose config logs none (its metrics are then not read)."""
+    empty for a cell whose config logs none (its metrics are then not read), and for a cell that
+    did not finish: like its sharpness, a diverged run's last value before it blew up would
+    flatter it (its eig_1 stood beside a blank sharpness)."""
     logged = [c for c in metric_columns(cell.get("config")) if is_spectrum_column(c)]
-    if not logged:
+    if not logged or cell.get("status") != "finished":   # as the store gives a final sharpness
         return {}
     last: dict[str, float] = {}
     for row in store.metrics(cell["id"]):

@@ -1,0 +1,105 @@
+"""What the figures and tables of a sweep say is what the store holds (an audit of 2026-12-04):
+transfer curves of ``c/lambda0`` learning rates average their seeds at the grid's ``c`` (each
+seed's resolved lr is its own, so every point was one seed), a failed cell does not stop them,
+the heatmap's best is a cell where every seed finished and its title names what it averages,
+swept text with ``$`` is drawn as text, and a diverged cell exports no spectrum."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from catapult import cli
+from catapult.plots.phase import phase_grid, plot_cell_trajectories, plot_phase_diagram
+from catapult.plots.transfer import optima, plot_transfer, transfer_curves, transfer_table
+from catapult.sweep.store_export import last_spectrum
+from tiny_run import tiny_config
+
+CS = [1.0, 4.0, 16.0]
+AXES = [{"key": "model.width", "values": [8, 16], "labels": ["8", "16"]},
+        {"key": "optimizer.lr", "values": [f"{c:g}/lambda0" for c in CS], "labels": [f"{c:g}/λ0" for c in CS]},
+        {"key": "seed", "values": [0, 1], "labels": ["0", "1"]}]
+
+
+def _relative_cells():
+    """Loss parabolas in log2(c), optimum at c = 4 for width 8 and c = 16 for width 16; each seed
+    its own lambda_0 (so its own resolved lr); seed 1 is 0.02 worse everywhere."""
+    cells, i = [], 0
+    for width, best in ((8, 2), (16, 4)):
+        for c in CS:
+            for seed, lam in ((0, 3.0), (1, 5.0)):
+                loss = 1.0 + 0.1 * (math.log2(c) - best) ** 2 + 0.02 * seed
+                cells.append({"id": i, "status": "finished", "lr_target": c / lam, "test_loss": loss,
+                              "swept": {"model.width": width, "optimizer.lr": f"{c:g}/lambda0", "seed": seed}})
+                i += 1
+    return cells
+
+
+def test_relative_learning_rates_average_their_seeds_at_the_grids_c(tmp_path):
+    curves = transfer_curves(_relative_cells(), AXES, series="model.width", panel=None)
+    assert curves.x_relative
+    assert [n for _, _, n in curves.spread[None][8]] == [2, 2, 2]   # each point: both seeds
+    assert optima(curves)[None] == {8: (4.0, pytest.approx(1.01)), 16: (16.0, pytest.approx(1.01))}
+    assert "4/λ0 (1.01" in transfer_table(curves) and "16/λ0 (1.01" in transfer_table(curves)
+    failed = [dict(c, status="failed", lr_target=None, test_loss=None) if c["id"] == 0 else c for c in _relative_cells()]
+    assert math.isnan(dict(transfer_curves(failed, AXES, series="model.width", panel=None).curves[None][8])[1.0])
+    mixed = [dict(c, swept={**c["swept"], "optimizer.lr": 0.5}) if c["id"] == 0 else c for c in _relative_cells()]
+    with pytest.raises(ValueError, match="mixes absolute learning rates and c/lambda0 ones"):
+        transfer_curves(mixed, AXES, series="model.width", panel=None)
+    plot_transfer(curves, tmp_path / "t.png")
+
+
+GRID_AXES = [{"key": "optimizer.lr", "values": [0.1, 0.2], "labels": ["0.1", "0.2"]},
+             {"key": "data.cache_dir", "values": ["/d/$\\foo$", "/d/b"], "labels": ["/d/$\\foo$", "/d/b"]},
+             {"key": "model.width", "values": [8, 16], "labels": ["8", "16"]}]
+
+
+def _grid_cells():
+    cells, i = [], 0
+    for lr in (0.1, 0.2):
+        for path in ("/d/$\\foo$", "/d/b"):
+            for width in (8, 16):
+                # at lr 0.1, /d/b both widths collapse to a constant output with the lowest loss
+                collapsed = lr == 0.1 and path == "/d/b"
+                cells.append({"id": i, "status": "collapsed" if collapsed else "finished",
+                              "test_loss": 0.5 if collapsed else 1.0 + lr + 0.01 * width, "wall_time_s": 1.0 + i,
+                              "swept": {"optimizer.lr": lr, "data.cache_dir": path, "model.width": width}})
+                i += 1
+    return cells
+
+
+def test_the_best_cell_is_one_where_every_seed_finished_and_the_title_names_what_is_averaged(tmp_path):
+    grid = phase_grid(_grid_cells(), GRID_AXES, "test_loss", "optimizer.lr", "data.cache_dir")
+    assert grid.status[1][0] == "partial" and grid.values[1, 0] == 0.5     # the collapsed cells' value
+    assert grid.best == (0, 0)                                              # not the collapsed 0.5
+    assert grid.averaged == ["model.width"]
+    fig = plot_phase_diagram(grid, tmp_path / "p.png")                      # "$\foo$" raised in mathtext
+    title = fig.axes[0].get_title()
+    assert "mean ± std over model.width" in title and "seeds" not in title
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["/d/\\$\\foo\\$", "/d/b"]
+    assert phase_grid(_grid_cells(), GRID_AXES, "wall_time_s", "optimizer.lr", "data.cache_dir").best is None
+    plot_cell_trajectories({"cell 0: data.cache_dir=/d/$\\foo$": [{"step": 0, "train_loss": 1.0}]},
+                           tmp_path / "t.png", title="$\\foo$")
+
+
+class _Store:
+    def metrics(self, cell_id):
+        return [{"step": 10, "eig_1": 0.1, "hessian_trace": 0.97}, {"step": 13, "train_loss": float("inf")}]
+
+
+def test_a_diverged_cell_exports_no_spectrum():
+    # its eig_1 was the last value before it blew up, beside a blank sharpness
+    config = {"eval": {"spectrum_top_k": 1, "trace_matvecs": 10}}
+    assert last_spectrum(_Store(), {"id": 4, "status": "diverged", "config": config}) == {}
+    assert last_spectrum(_Store(), {"id": 4, "status": "finished", "config": config}) == \
+        {"eig_1": 0.1, "hessian_trace": 0.97}
+
+
+def test_plotting_a_metric_no_cell_has_exits_2(tmp_path, capsys):
+    # it drew an empty grid with a made-up 0..1 colour bar and exited 0
+    config = tmp_path / "s.yaml"
+    config.write_text(tiny_config("tiny_plot") + "sweep: {grid: {optimizer.lr: [0.1, 0.2]}}\n")
+    store = tmp_path / "s.db"
+    assert cli.main(["sweep", str(config), "--store", str(store), "--progress", "none", "--threads", "1"]) == 0
+    assert cli.main(["plot", str(store), "--metric", "sharpness", "--out", str(tmp_path / "x.png")]) == 2
+    assert "no cell of" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
