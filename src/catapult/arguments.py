@@ -1,4 +1,5 @@
-"""Argument checks the Python API's constructors share: a real number in a range, named.
+"""Argument checks the Python API's constructors share: a real number in a range, a positive
+integer size, a density, an ``(inputs, targets)`` batch, each named.
 
 A model or a transform given ``weight_var=nan`` or ``init_std="0.02"`` failed later, inside
 torch ("normal expects std >= 0.0", "'<' not supported"), or ran with an all-nan output. These
@@ -10,7 +11,7 @@ import math
 import numbers
 from typing import Any
 
-__all__ = ["check_real", "check_batch"]
+__all__ = ["check_real", "check_batch", "check_positive_int", "check_densities"]
 
 
 def check_real(owner: str, label: str, value: Any, *, low: float | None = None, high: float | None = None,
@@ -60,3 +61,34 @@ def check_batch(owner: str, batch: Any, *, allow_empty: bool = False) -> tuple[A
     if not allow_empty and shape is not None and len(shape) > 0 and shape[0] == 0:
         raise ValueError(f"{owner}: batch is empty: its inputs have 0 samples")
     return inputs, targets
+
+
+def check_positive_int(model: str, label: str, value: Any, *, optional: bool = False) -> None:
+    """A constructor's size argument: ValueError naming ``model`` and ``label`` unless ``value`` is
+    a positive integer (or, with ``optional``, None). Shared by the MLP, the WRN and the GPT.
+
+    >>> check_positive_int("MLP", "width", 8); check_positive_int("MLP", "base_width", None, optional=True)
+    >>> check_positive_int("MLP", "base_width", 2.5, optional=True)
+    Traceback (most recent call last):
+    ValueError: MLP base_width must be a positive integer or None; got 2.5
+    """
+    if optional and value is None:
+        return
+    # an integral float (8.0) passes, as the models convert with int(); nan, inf and non-numbers do not
+    integral = ((isinstance(value, numbers.Integral) and not isinstance(value, bool))
+                or (isinstance(value, float) and value.is_integer()))
+    if not integral or value < 1:
+        raise ValueError(f"{model} {label} must be a positive integer{' or None' if optional else ''}; got {value!r}")
+
+
+def check_densities(model: str, density: float, base_density: float) -> None:
+    """ValueError naming ``model`` unless ``density`` and ``base_density`` are both in ``(0, 1]``.
+
+    >>> check_densities("GPT", 0.5, 1.0)
+    >>> check_densities("GPT", 0.0, 1.0)
+    Traceback (most recent call last):
+    ValueError: GPT density and base_density must be in (0, 1]; got 0.0, 1.0
+    """
+    real = all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in (density, base_density))
+    if not real or not (0.0 < density <= 1.0) or not (0.0 < base_density <= 1.0):
+        raise ValueError(f"{model} density and base_density must be in (0, 1]; got {density!r}, {base_density!r}")

@@ -38,8 +38,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from catapult.parametrize import ParamSpec, check_parametrization, init_variance
-from catapult.arguments import check_real
-from catapult.models.options import check_densities, check_positive_int, common_kwargs, section_dict
+from catapult.arguments import check_densities, check_positive_int, check_real
+from catapult.models.options import common_kwargs, section_dict
 from catapult.parametrize_state import attach_spec
 from catapult.sparsity import MaskedLinear, random_mask
 

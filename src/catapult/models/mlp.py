@@ -57,8 +57,8 @@ import torch
 import torch.nn as nn
 
 from catapult.parametrize import ParamSpec, ScaledLinear, check_parametrization, init_variance
-from catapult.arguments import check_real
-from catapult.models.options import check_densities, check_positive_int, common_kwargs, section_dict
+from catapult.arguments import check_densities, check_positive_int, check_real
+from catapult.models.options import common_kwargs, section_dict
 from catapult.parametrize_state import attach_spec
 from catapult.scaled_layers import INIT_DISTRIBUTIONS, init_weight_
 from catapult.sparsity import random_mask

@@ -60,8 +60,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from catapult.arguments import check_real
-from catapult.models.options import check_positive_int, section_dict
+from catapult.arguments import check_positive_int, check_real
+from catapult.models.options import section_dict
 from catapult.parametrize import ParamSpec, check_parametrization
 from catapult.parametrize_state import attach_spec
 from catapult.scaled_layers import INIT_DISTRIBUTIONS, ScaledConv2d, ScaledLinear, fan_in, fan_out, init_weight_
