@@ -92,15 +92,13 @@ class Member:
             members[i].warm = members[i].start_vector(n_params, device, dtype)
         if not need:
             return
-        try:
-            Member._measure(members, need, solve, solve_on)
-        finally:
-            # a cell whose lr the driver resolved from its cached lambda_0 records that value,
-            # as the local engine's run does (it measures the same number): the batched solve's
-            # own rounds differently, and lr * lambda_0 read 15.999998 for "2^4/lambda0"
-            for i in need:
-                if members[i].cell.lambda_0 is not None:
-                    members[i].lambda_0 = float(members[i].cell.lambda_0)
+        Member._measure(members, need, solve, solve_on)
+        # a cell whose lr the driver resolved from its cached lambda_0 records that value, as the
+        # local engine's run does (it measures the same number): the batched solve's own rounds
+        # differently, and lr * lambda_0 read 15.999998 for "2^4/lambda0"
+        for i in need:
+            if members[i].cell.lambda_0 is not None:
+                members[i].lambda_0 = float(members[i].cell.lambda_0)
 
     @staticmethod
     def _measure(members: list["Member"], need: list[int], solve, solve_on) -> None:
