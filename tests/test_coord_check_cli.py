@@ -142,7 +142,7 @@ def test_coord_check_never_writes_through_a_link_in_its_output(tmp_path, capsys)
     user.write_text("# my config\n" + MLP_CHECK)
     out = tmp_path / "out"
     out.mkdir()
-    (out / "coord_check.csv").write_text("width\n")
+    (out / "coord_check.csv").write_text("parametrization,axis,value,seed,step,block,module,mean_abs,loss\n")
     (out / "config.yaml").symlink_to(user)
     assert main(["coord-check", str(user), "--out", str(out), "--progress", "none"]) == 2
     err = capsys.readouterr().err
@@ -184,3 +184,21 @@ def test_a_rerun_leaves_no_figure_of_the_earlier_check(tmp_path):
         groups = {(r["axis"], r["parametrization"]) for r in csv.DictReader(fh)}
     assert groups == {("density", "sp")}
     assert {p.name for p in out.glob("*.png")} == {f"coord_check_{a}_{p}.png" for a, p in groups}
+
+
+def test_coord_check_judges_its_earlier_files_by_their_contents(tmp_path, capsys):
+    # by name alone, a folder with any coord_check.csv had its config.yaml and table replaced
+    config = tmp_path / "cc.yaml"
+    config.write_text(MLP_CHECK)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "coord_check.csv").write_text("parametrization,axis\n")
+    (out / "config.yaml").write_text("my: own config\n")
+    (out / "coord_check_table.md").write_text("# my notes\n")
+    assert main(["coord-check", str(config), "--out", str(out), "--progress", "none"]) == 2
+    assert "is not a directory `catapult coord-check` wrote" in capsys.readouterr().err
+    assert (out / "config.yaml").read_text() == "my: own config\n"
+    assert (out / "coord_check_table.md").read_text() == "# my notes\n"
+    fresh = tmp_path / "fresh"
+    assert main(["coord-check", str(config), "--out", str(fresh), "--progress", "none"]) == 0
+    assert main(["coord-check", str(config), "--out", str(fresh), "--progress", "none"]) == 0  # its own: rerun

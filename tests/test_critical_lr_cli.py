@@ -146,3 +146,13 @@ def test_a_non_finite_initial_loss_exits_2_naming_the_model(capsys):
     err = capsys.readouterr().err
     assert code == 2 and "model: critical_lr: the loss at the current parameters is nan" in err
     assert "Traceback" not in err
+
+
+def test_a_non_finite_first_step_exits_2_naming_the_optimizer(tiny_config, capsys):
+    # Adam with eps = 0 divides a zero gradient by zero: every trial read nan as a rise, and the
+    # command printed lr_c = lr_start beside a nan with exit 0
+    code = main(["critical-lr", str(tiny_config), "optimizer.name=adam", "optimizer.lr=0.01", "optimizer.eps=0",
+                 "model.activation=relu", "model.width=64"])
+    err = capsys.readouterr().err
+    assert code == 2 and "optimizer: critical_lr: the optimizer's step direction has" in err
+    assert "Traceback" not in err

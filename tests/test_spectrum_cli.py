@@ -214,3 +214,31 @@ def test_preconditioned_is_the_adam_first_step_operator_and_refused_with_weights
                                                                  density_runs=0)["eigenvalues"][0], rel=1e-2)
     with pytest.raises(ConfigError, match="--preconditioned"):
         measure_spectrum(adam, weights=tmp_path / "w.pt", preconditioned=True)
+
+
+def test_a_plot_name_without_suffix_is_checked_as_the_png_it_writes(tmp_path, capsys):
+    # "--plot fig" writes fig.png: a user's fig.png was replaced, and a link fig.png written through
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(CONFIG))
+    (tmp_path / "mine.png").write_text("mine")
+    (tmp_path / "notes.txt").write_text("notes")
+    (tmp_path / "link.png").symlink_to(tmp_path / "notes.txt")
+    argv = ["spectrum", str(path), "--top-k", "1", "--trace-matvecs", "0", "--density-runs", "2", "--density-steps", "5"]
+    assert cli.main([*argv, "--plot", str(tmp_path / "mine")]) == 2
+    assert cli.main([*argv, "--plot", str(tmp_path / "link")]) == 2
+    assert "symbolic link" in capsys.readouterr().err
+    assert (tmp_path / "mine.png").read_text() == "mine" and (tmp_path / "notes.txt").read_text() == "notes"
+
+
+def test_weights_of_a_run_measured_with_another_model_config_are_refused(tmp_path, capsys):
+    # the weights load (same shapes), but another activation or multiplier is another function:
+    # its spectrum was measured silently
+    run(CONFIG, out_dir=tmp_path / "run", progress="none")
+    config = tmp_path / "run" / "config.yaml"
+    weights = str(tmp_path / "run" / "model.pt")
+    argv = ["spectrum", str(config), "--weights", weights, "--top-k", "1", "--trace-matvecs", "0", "--density-runs", "0"]
+    assert cli.main(argv) == 0
+    capsys.readouterr()
+    assert cli.main([*argv, "model.activation=tanh"]) == 2
+    err = capsys.readouterr().err
+    assert "was trained with model.activation='relu' (the config: 'tanh')" in err and "Traceback" not in err

@@ -37,7 +37,7 @@ from catapult.arguments import check_batch
 from catapult.optim import registry, rules
 from catapult.parametrize import group_lr_mult
 
-__all__ = ["CriticalLR", "NonFiniteLossError", "critical_lr", "next_step_direction", "probe_loss", "ModelSnapshot"]
+__all__ = ["CriticalLR", "NonFiniteLossError", "NonFiniteStepError", "critical_lr", "next_step_direction", "probe_loss", "ModelSnapshot"]
 
 #: Safety limits of the search (a loss that keeps falling forever, a discontinuous loss).
 MAX_DOUBLINGS = 64
@@ -58,6 +58,22 @@ class NonFiniteLossError(ValueError):
         ... except NonFiniteLossError as err:
         ...     print(type(err).__mro__[1].__name__, "-", str(err)[:42])
         ValueError - critical_lr: the loss at the current param
+    """
+
+
+class NonFiniteStepError(NonFiniteLossError):
+    """The optimizer's first step direction is not finite (Adam with ``eps = 0`` divides a zero
+    gradient by zero): every trial's loss would be nan and read as a rise, so the search returned
+    ``lr_start`` beside a nan. A training run takes that step and diverges at its first update.
+
+    Example:
+        >>> model = torch.nn.Linear(2, 1, bias=False)
+        >>> batch = (torch.tensor([[1.0, 0.0]]), torch.ones(1, 1))   # no gradient on weight[0, 1]
+        >>> try:
+        ...     critical_lr(model, torch.nn.MSELoss(), batch, torch.optim.Adam(model.parameters(), eps=0.0))
+        ... except NonFiniteStepError as err:
+        ...     print(str(err)[:68])
+        critical_lr: the optimizer's step direction has 1 non-finite entries
     """
 
 
@@ -421,6 +437,11 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
         if not direction:  # e.g. the optimizer of another model: no trial would move the loss
             raise ValueError("critical_lr: the loss does not depend on any parameter of "
                              "the optimizer")
+        if not sharded:  # (a sharded direction's rows differ per rank: the trials' losses say it)
+            bad = sum(int((~torch.isfinite(u)).sum()) for _, u in direction)
+            if bad:  # every trial would be nan and read as a rise: lr_c = lr_start, silently
+                raise NonFiniteStepError(f"critical_lr: the optimizer's step direction has {bad} non-finite entries "
+                                 f"(Adam with eps = 0 divides a zero gradient by zero); no lr can be measured")
         if sharded:  # this rank's rows of each parameter, moved in place, restored from copies
             with torch.no_grad():
                 in_place, shifted = [(p.to_local(), u.to_local()) for p, u in direction], []

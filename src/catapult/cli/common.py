@@ -123,11 +123,15 @@ def _is_sqlite(path: Path) -> bool:
 
 
 def check_image_file(option: str, path) -> None:
-    """:func:`check_out_file`, and a suffix matplotlib can write (none means PNG): a figure
-    file otherwise fails only once the figure is drawn, after the work, as a ValueError."""
-    check_out_file(option, path)
+    """:func:`check_out_file` of the file matplotlib writes (:func:`figure_path`: ``fig`` is
+    written as ``fig.png``, so that is the file a user's own or a link must not be), and a suffix
+    matplotlib can write: a figure file otherwise fails only once the figure is drawn, after the
+    work, as a ValueError."""
     if path is None:
         return
+    check_out_file(option, path)  # as given: a directory or a link there is refused too
+    if figure_path(path) != Path(path):
+        check_out_file(option, figure_path(path))
     from matplotlib.backend_bases import FigureCanvasBase  # lazily: matplotlib is slow to import
 
     suffix = Path(path).suffix.lower().lstrip(".")

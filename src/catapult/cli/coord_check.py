@@ -1,10 +1,15 @@
 """``catapult coord-check CONFIG``: see :mod:`catapult.engine.coord_check_study`."""
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
+import yaml
+
 from catapult.cli.common import add_config_arguments, apply_threads, check_study_dir, overrides_from_args
-from catapult.engine.coord_check_study import load_coord_check, result_groups, run_coord_check, slope_table
+from catapult.engine.coord_check_study import (CSV_COLUMNS, TABLE_TITLE, load_coord_check, result_groups,
+                                               run_coord_check, slope_table)
+from catapult.files import written_by_catapult
 
 
 def register(subparsers) -> None:
@@ -29,7 +34,7 @@ def _command(args) -> int:
     config, spec = load_coord_check(args.config, overrides_from_args(args))
     apply_threads(args)
     out = check_study_dir("coord-check", Path(args.out) if args.out else Path("runs") / config["name"],
-                          owned=_owned, marker=lambda entry: entry.name == "coord_check.csv")
+                          owned=_owned, marker=_marker)
     earlier = set(out.glob("coord_check_*.png")) if out.is_dir() else set()  # all its own (checked above)
     rows = run_coord_check(config, spec, out_dir=out, progress=args.progress != "none", panels=args.panels)
     # a figure of an earlier check this one did not redraw (another parametrization or axis)
@@ -44,9 +49,28 @@ def _command(args) -> int:
 
 
 def _owned(entry: Path) -> bool:
-    """Whether ``entry`` is a file coord-check writes (so a rerun may replace it); a link is not
-    (the file written would be the one it points to)."""
-    if entry.is_symlink():
+    """Whether ``entry`` is a file coord-check wrote (so a rerun may replace it), judged by its
+    contents as ``train`` judges its run records: a name alone let a user's ``config.yaml`` or
+    ``coord_check_table.md`` be overwritten in a folder that also held a ``coord_check.csv``. A
+    link is not (the file written would be the one it points to)."""
+    if entry.is_symlink() or not entry.is_file():
         return False
-    return entry.is_file() and (entry.name in ("coord_check.csv", "coord_check_table.md", "config.yaml")
-                                or (entry.name.startswith("coord_check_") and entry.suffix == ".png"))
+    try:
+        if entry.name == "coord_check.csv":
+            with open(entry, newline="") as fh:
+                return next(csv.reader([fh.readline(1 << 16)]), []) == list(CSV_COLUMNS)
+        if entry.name == "coord_check_table.md":
+            with open(entry, encoding="utf-8") as fh:
+                return fh.readline(1 << 10).rstrip("\n") == TABLE_TITLE
+        if entry.name == "config.yaml":
+            if entry.stat().st_size > 1 << 20:
+                return False
+            text = yaml.safe_load(entry.read_text(encoding="utf-8"))
+            return isinstance(text, dict) and isinstance(text.get("coord_check"), dict) and "model" in text
+        return entry.name.startswith("coord_check_") and entry.suffix == ".png" and written_by_catapult(entry)
+    except (OSError, ValueError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+
+
+def _marker(entry: Path) -> bool:
+    return entry.name == "coord_check.csv" and _owned(entry)

@@ -39,7 +39,7 @@ from typing import Any, Iterable, Mapping
 from catapult import config as cfg
 
 __all__ = ["parse_coord_check", "load_coord_check", "run_coord_check", "slope_table", "activation_tables",
-           "result_groups", "COORD_CHECK_DEFAULTS", "CSV_COLUMNS"]
+           "result_groups", "COORD_CHECK_DEFAULTS", "CSV_COLUMNS", "TABLE_TITLE"]
 
 COORD_CHECK_DEFAULTS: dict[str, Any] = {
     "widths": None,
@@ -49,6 +49,8 @@ COORD_CHECK_DEFAULTS: dict[str, Any] = {
     "steps": 10,
 }
 CSV_COLUMNS = ("parametrization", "axis", "value", "seed", "step", "block", "module", "mean_abs", "loss")
+#: The first line of ``coord_check_table.md``.
+TABLE_TITLE = "# Mean |activation| per block"
 
 
 def _number_list(key: str, value: Any, *, integer: bool, low: float, high: float | None,
@@ -239,7 +241,7 @@ def run_coord_check(config: Mapping[str, Any], spec: Mapping[str, Any], *, out_d
             plot_coord_check(part, out / f"coord_check_{axis}_{parametrization}.png", xlabel=axis, panels=panels,
                              title=f"{config['name']}: {parametrization}, mean |activation| vs {axis}")
         (out / "coord_check_table.md").write_text(
-            "# Mean |activation| per block\n\n" + activation_tables(rows)
+            TABLE_TITLE + "\n\n" + activation_tables(rows)
             + "\n# Log-log slope vs the varied value (0 = flat)\n\n" + slope_table(rows) + "\n")
     return rows
 

@@ -38,7 +38,7 @@ def estimate(config: Mapping[str, Any], *, cap: bool = False) -> dict:
     and ``schedule.rtol`` (default null: no bracket tolerance).
     """
     from catapult import curvature
-    from catapult.critical_lr import NonFiniteLossError, critical_lr
+    from catapult.critical_lr import NonFiniteLossError, NonFiniteStepError, critical_lr
     from catapult.engine.build import build_run, search_delta, search_lr_start, search_rtol, solver_options
 
     setup = build_run(config)
@@ -51,6 +51,8 @@ def estimate(config: Mapping[str, Any], *, cap: bool = False) -> dict:
     try:
         res = critical_lr(model, loss_fn, batch, optimizer, lr_start=lr_start,
                           lr_max=lr_trgt if cap else None, delta=delta, rtol=rtol)
+    except NonFiniteStepError as err:  # the optimizer's first step is nan: its settings, not a crash
+        raise cfg.ConfigError([("optimizer", f"{err} (a run would diverge at its first update)")]) from None
     except NonFiniteLossError as err:  # nothing to search from: the config's model, not a crash
         raise cfg.ConfigError([("model", f"{err} (the run would diverge at step 0)")]) from None
     out = dict(name=config["name"], optimizer=config["optimizer"]["name"], lr_critical=res.lr,

@@ -31,7 +31,7 @@ from torch import nn
 from catapult import config as cfg
 from catapult.parametrize_state import ParametrizationMismatch
 
-__all__ = ["measure_spectrum", "load_weights", "format_spectrum"]
+__all__ = ["run_config_problems", "measure_spectrum", "load_weights", "format_spectrum"]
 
 
 def load_weights(model: nn.Module, path: str | Path, *, key: str = "weights") -> None:
@@ -88,6 +88,30 @@ def load_weights(model: nn.Module, path: str | Path, *, key: str = "weights") ->
         raise cfg.ConfigError([(key, f"{path} does not fit the config's model: {err}")]) from None
 
 
+def run_config_problems(config: Mapping[str, Any], weights: Path) -> list[tuple[str, str]]:
+    """``[("--weights", why)]`` when ``weights`` is a ``catapult train`` run's ``model.pt`` (its
+    ``config.yaml`` and a run record beside it) whose run config's ``model`` section differs from
+    ``config``'s: the weights load into a model of the same shapes, but with another activation or
+    multiplier (``model.alpha_out``) it computes another function, and its spectrum was measured
+    silently. A run config that no longer validates is not compared."""
+    from catapult.files import is_run_record
+
+    folder = weights.parent
+    beside = folder / "config.yaml"
+    if not (beside.is_file() and any(is_run_record(folder / name) for name in ("metrics.csv", "summary.json"))):
+        return []
+    try:
+        trained = cfg.validate(cfg.read_mapping(beside))["model"]
+    except (cfg.ConfigError, OSError, ValueError):
+        return []
+    changed = [key for key in config["model"] if key in trained and trained[key] != config["model"][key]]
+    if not changed:
+        return []
+    shown = ", ".join(f"model.{k}={trained[k]!r} (the config: {config['model'][k]!r})" for k in changed[:4])
+    return [("--weights", f"{weights} was trained with {shown}, by {beside}; measure it with that config "
+                          f"(`catapult spectrum {beside} --weights {weights}`)")]
+
+
 def measure_spectrum(config: Mapping[str, Any], *, weights: str | Path | None = None, top_k: int = 5,
                      trace_matvecs: int = 100, density_runs: int = 8, density_steps: int = 40,
                      curvature: str = "hessian", preconditioned: bool = False) -> dict:
@@ -127,6 +151,8 @@ def measure_spectrum(config: Mapping[str, Any], *, weights: str | Path | None = 
     if preconditioned and weights is not None:
         problems.append(("--preconditioned", "cannot go with --weights: the weights file holds no optimizer "
                                              "state, so the preconditioner would be a fresh optimizer's"))
+    if weights is not None:
+        problems += run_config_problems(config, Path(weights))
     if problems:
         raise cfg.ConfigError(problems)
 

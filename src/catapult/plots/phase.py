@@ -340,9 +340,10 @@ def plot_phase_diagram(grid: PhaseGrid, path: str | Path | None = None, *, title
     ax.legend(handles=legend, loc="upper left", bbox_to_anchor=(0.0, -0.16 if nx <= 6 else -0.28),
               ncol=3, fontsize=7, frameon=False)
     where = ", ".join(f"{k}={v}" for k, v in grid.where.items())
-    over = ", ".join(grid.averaged) or "seeds"  # the keys a cell's members differ in, named
-    seeds = "" if grid.counts is None or grid.counts.max() <= 1 else \
-        f"\nmean ± std over {over} (up to {int(grid.counts.max())} cells)"
+    n = 0 if grid.counts is None else int(grid.counts.max())
+    others = [key for key in grid.averaged if key != "seed"]  # keys other than the seed are named
+    seeds = "" if n <= 1 else (f"\nmean ± std over {', '.join(grid.averaged)} (up to {n} cells)" if others
+                               else f"\nmean ± std over up to {n} seeds")
     ax.set_title(plain_text((title or f"{grid.metric}" + (f" ({where})" if where else "")) + seeds), fontsize=10)
     _save(fig, path)
     return fig
