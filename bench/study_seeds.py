@@ -3,6 +3,7 @@
     python bench/study_seeds.py table1 STORE --out bench/figures/table1_seeds_small.png
     python bench/study_seeds.py fig5   STORE --out bench/figures/fig5_seeds_small.png
     python bench/study_seeds.py fig2   STORE --out bench/figures/fig2_seeds_small.png
+    python bench/study_seeds.py fig1   STORE [STORE ...] --out bench/figures/fig1_seeds_small.png
 
 * table1 (configs/adam/table1_failure.yaml with eval.test_every=25 sweep.seeds=3): best *test*
   accuracy, mean ± sample std over the seeds, per (optimizer, T_wrm) x lr_trgt; ``F`` where a
@@ -22,6 +23,14 @@
   ``38 / lr_0``, the first measured step at or below ``38 / lr_t``, the final ratio to it, the
   largest loss spike and the final training loss and accuracy (mean ± sample std), and Adam's
   initial pre-conditioned sharpness over GI-Adam's on the same seed.
+* fig1 (configs/warmup/fig1_sp.yaml / fig1_mup.yaml with T_wrm in {1, 64, 256, 1024},
+  train.steps=1024, sweep.seeds=3; one store per parametrization): per (parametrization, T_wrm),
+  over the seeds, lambda_0, the natural trend ``lambda_32 / lambda_0`` (the sharpness after 32
+  steps of T_wrm = 1024's warmup, where lr_t lambda is still below 2: above 1 is progressive
+  sharpening, below 1 sharpness reduction; the paper reads the regime from T_wrm = 1024), the
+  number of loss catapults and the step of the first, the final sharpness over ``2 / lr_trgt``,
+  the peak loss over the initial and the final training loss; the figure draws every seed's loss
+  and sharpness, ``2 / lr_t`` dashed.
 """
 from __future__ import annotations
 
@@ -167,6 +176,41 @@ def _fig2_cell(metrics: list[dict]) -> dict:
                 spike=max(losses) / losses[0] if losses and losses[0] > 0 else None)
 
 
+def _trajectories(runs: dict, names: list, out: Path, sharpness: str, threshold: str,
+                  loss_cap: float | None = None) -> None:
+    """Every seed's training loss (left) and sharpness (right, its threshold dashed) per row name,
+    one colour per T_wrm: the figure of fig2 and fig1. ``loss_cap``: the loss axis ends at that
+    multiple of the largest initial loss (a diverged run's 1e28 squeezes every other curve)."""
+    fig = Figure(figsize=(11, 4 * len(names)), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(names), 2, squeeze=False)
+    for row, name in zip(axes, names):
+        for i, key in enumerate(sorted(k for k in runs if k[0] == name)):
+            for n, (seed, (c, m)) in enumerate(sorted(runs[key].items())):
+                label = f"T_wrm={key[1]}" if n == 0 else None
+                pts = [(r["step"], r["train_loss"]) for r in m
+                       if r["train_loss"] is not None and math.isfinite(r["train_loss"]) and r["train_loss"] > 0]
+                row[0].plot([p[0] for p in pts], [p[1] for p in pts], color=f"C{i}", lw=1, alpha=0.7, label=label)
+                sh = [(r["step"], r["sharpness"]) for r in m if r["sharpness"] is not None and r["sharpness"] > 0]
+                row[1].plot([p[0] for p in sh], [p[1] for p in sh], color=f"C{i}", lw=1, alpha=0.7, label=label)
+                if n == 0:
+                    th = [(r["step"], r["threshold"]) for r in m
+                          if r["threshold"] is not None and math.isfinite(r["threshold"])]
+                    row[1].plot([p[0] for p in th], [p[1] for p in th], color=f"C{i}", lw=1, ls="--")
+        row[0].set(yscale="log", xlabel="step", ylabel="training loss", title=f"{name}: loss, every seed")
+        if loss_cap is not None:
+            first = [m[0]["train_loss"] for k in runs if k[0] == name for _, (_, m) in runs[k].items()
+                     if m and m[0]["train_loss"] is not None and math.isfinite(m[0]["train_loss"])]
+            if first:
+                row[0].set_ylim(top=loss_cap * max(first))
+        row[1].set(yscale="log", xlabel="step", ylabel=sharpness, title=f"{name}: {threshold}")
+        for ax in row:
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=8)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+
+
 def fig2(store: Store, out: Path) -> str:
     runs = defaultdict(dict)  # (optimizer, T_wrm) -> seed -> (cell, metrics)
     for c in store.cells():
@@ -198,31 +242,48 @@ def fig2(store: Store, out: Path) -> str:
     lines += ["", f"Initial pre-conditioned sharpness, Adam / GI-Adam on the same seed: {_ms(ratios, '.3g')} "
                   f"over {len(ratios)} pairs (1/sqrt(1 - b2) = {1 / math.sqrt(1 - 0.999):.3g})"]
 
-    names = sorted({k[0] for k in runs})
-    fig = Figure(figsize=(11, 4 * len(names)), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(len(names), 2, squeeze=False)
-    for row, name in zip(axes, names):
-        for i, key in enumerate(sorted(k for k in runs if k[0] == name)):
-            for n, (seed, (c, m)) in enumerate(sorted(runs[key].items())):
-                label = f"T_wrm={key[1]}" if n == 0 else None
-                pts = [(r["step"], r["train_loss"]) for r in m
-                       if r["train_loss"] is not None and math.isfinite(r["train_loss"]) and r["train_loss"] > 0]
-                row[0].plot([p[0] for p in pts], [p[1] for p in pts], color=f"C{i}", lw=1, alpha=0.7, label=label)
-                sh = [(r["step"], r["sharpness"]) for r in m if r["sharpness"] is not None and r["sharpness"] > 0]
-                row[1].plot([p[0] for p in sh], [p[1] for p in sh], color=f"C{i}", lw=1, alpha=0.7, label=label)
-                if n == 0:
-                    th = [(r["step"], r["threshold"]) for r in m
-                          if r["threshold"] is not None and math.isfinite(r["threshold"])]
-                    row[1].plot([p[0] for p in th], [p[1] for p in th], color=f"C{i}", lw=1, ls="--")
-        row[0].set(yscale="log", xlabel="step", ylabel="training loss", title=f"{name}: loss, every seed")
-        row[1].set(yscale="log", xlabel="step", ylabel="$\\lambda_{max}(P^{-1}H)$",
-                   title=f"{name}: pre-conditioned sharpness (dashed: 38/lr_t)")
-        for ax in row:
-            ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=8)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
+    _trajectories(runs, sorted({k[0] for k in runs}), out, "$\\lambda_{max}(P^{-1}H)$",
+                  "pre-conditioned sharpness (dashed: 38/lr_t)")
+    return "\n".join(lines)
+
+
+def _sharpness_at(metrics: list[dict], step: int) -> float | None:
+    return next((r["sharpness"] for r in metrics if r["step"] == step and r["sharpness"] is not None), None)
+
+
+def fig1(stores: list[Store], out: Path) -> str:
+    runs = defaultdict(dict)  # (parametrization, T_wrm) -> seed -> (cell, metrics)
+    for store in stores:
+        for c in store.cells():
+            cfg = c["config"]
+            runs[(cfg["model"]["parametrization"], cfg["schedule"]["warmup_steps"])][cfg["seed"]] = \
+                (c, store.metrics(c["id"]))
+    lines = ["| parametrization | T_wrm | seeds: status | lr_trgt lambda_0 | lambda_0 | lambda_32 / lambda_0 "
+             "| catapults (first at step) | final sharpness / (2 / lr_trgt), finished seeds "
+             "| peak loss / initial | final train loss, finished seeds |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for key in sorted(runs, key=lambda k: (k[0] != "mup", k[1])):
+        cells = [(c, m, c["summary"] or {}) for _, (c, m) in sorted(runs[key].items())]
+        statuses = defaultdict(int)
+        for c, _, _ in cells:
+            statuses[c["status"]] += 1
+        done = [(c, m, s) for c, m, s in cells if c["status"] == "finished"]
+        lam0 = [s.get("lambda_0") for _, _, s in cells]
+        trend = [(_sharpness_at(m, 32) or math.nan) / s["lambda_0"] for _, m, s in cells if s.get("lambda_0")]
+        catapults = [s.get("catapults") or [] for _, _, s in cells]
+        first = ", ".join(str(c[0]["start"]) if c else "-" for c in catapults)
+        final = [s["final_sharpness"] * s["lr_target"] / 2 for _, _, s in done
+                 if s.get("final_sharpness") and s.get("lr_target")]
+        spike = [s["peak_train_loss"] / s["initial_train_loss"] for _, _, s in cells
+                 if s.get("peak_train_loss") and s.get("initial_train_loss")]
+        lines.append(
+            f"| {key[0]} | {key[1]} | {', '.join(f'{k} {v}' for k, v in sorted(statuses.items()))} "
+            f"| {_ms([s.get('lr_target_times_lambda_0') for _, _, s in cells], '.3g')} | {_ms(lam0, '.3g')} "
+            f"| {_ms(trend, '.3g')} | {_ms([len(c) for c in catapults], '.3g')} ({first}) | {_ms(final, '.2f')} "
+            f"| {_ms(spike, '.3g')} | {_ms([s.get('final_train_loss') for _, _, s in done], '.2g')} |")
+
+    _trajectories(runs, sorted({k[0] for k in runs}, key=lambda n: n != "mup"), out,
+                  "sharpness (top Hessian eigenvalue)", "sharpness (dashed: 2/lr_t)", loss_cap=100.0)
     return "\n".join(lines)
 
 
@@ -298,18 +359,27 @@ def _persistent_rows(per: dict, reached: dict) -> list[str]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("study", choices=("table1", "fig5", "fig2"))
-    p.add_argument("store")
+    p.add_argument("study", choices=("table1", "fig5", "fig2", "fig1"))
+    p.add_argument("store", nargs="+", help="sweep store(s); fig1 takes one per parametrization")
     p.add_argument("--out", required=True)
     p.add_argument("--target", type=float, default=0.05)
     a = p.parse_args(argv)
-    if not Path(a.store).exists():
-        print(f"study_seeds: error: no store at {a.store}", file=sys.stderr)
+    missing = [path for path in a.store if not Path(path).exists()]
+    if missing:
+        print(f"study_seeds: error: no store at {missing[0]}", file=sys.stderr)
         return 2
-    with Store(a.store, create=False) as store:
+    if a.study != "fig1" and len(a.store) > 1:
+        print(f"study_seeds: error: {a.study} reads one store", file=sys.stderr)
+        return 2
+    stores = [Store(path, create=False) for path in a.store]
+    try:
+        store = stores[0]
         studies = {"table1": lambda: table1(store, Path(a.out)), "fig2": lambda: fig2(store, Path(a.out)),
-                   "fig5": lambda: fig5(store, Path(a.out), a.target)}
+                   "fig5": lambda: fig5(store, Path(a.out), a.target), "fig1": lambda: fig1(stores, Path(a.out))}
         print(studies[a.study]())
+    finally:
+        for s in stores:
+            s.close()
     return 0
 
 
