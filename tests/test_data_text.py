@@ -179,3 +179,18 @@ def test_a_utf8_byte_order_mark_is_not_text(tmp_path):
     (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbf" + ("the cat sat on the mat\n" * 20).encode("utf-8"))
     corpus = load_text(tmp_path / "bom.txt")
     assert "\ufeff" not in corpus.vocab.chars and corpus.vocab.decode(corpus.train[:3].tolist()) == "the"
+
+
+def test_a_folder_named_like_a_text_file_is_not_read_as_one(tmp_path):
+    # a folder "c.txt" among the *.txt files was reported as "text file not found"; a pipe as missing
+    import os
+
+    from catapult.data.text import text_splits
+
+    (tmp_path / "a.txt").write_text("the cat sat on the mat\n" * 20)
+    (tmp_path / "c.txt").mkdir()
+    name, train, val, _ = text_splits(tmp_path)
+    assert (train + val).startswith("the cat")
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(FileNotFoundError, match="pipe is not a regular file or folder"):
+        text_splits(tmp_path / "pipe")

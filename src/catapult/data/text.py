@@ -246,7 +246,9 @@ class TextCorpus:
 # -- building corpora ------------------------------------------------------------------------
 def _read(path: Path, encoding: str) -> str:
     if not path.is_file():
-        raise FileNotFoundError(f"text file not found: {path}")
+        raise FileNotFoundError(f"text file not found: {path}" if not path.exists() else
+                                f"{path} is {'a folder' if path.is_dir() else 'not a regular file'}, "
+                                f"where a text file is read")
     try:
         # a UTF-8 byte-order mark is no text: it stayed in as U+FEFF, a token of the corpus
         text = path.read_text(encoding="utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8")
@@ -294,7 +296,7 @@ def text_splits(path_or_dir: str | os.PathLike, *, val_fraction: float = 0.1,
         text = _read(path, encoding)
         return (name or path.stem, *_tail_split(text, val_fraction, str(path)), None)
     if not path.is_dir():
-        raise FileNotFoundError(f"load_text: {path} does not exist (expected a text file or a "
+        raise FileNotFoundError(f"load_text: {path} {'is not a regular file or folder' if path.exists() else 'does not exist'} (expected a text file or a "
                                 f"directory with {', '.join(WIKITEXT_FILES)} or *.txt files)")
     name = name or path.name
     layout = split_layout(path)
