@@ -1,5 +1,7 @@
 """distributed=True: 2 CPU processes on gloo over loopback, each with its shard, give what one
 process gives on the union of the shards (float64, to 1e-6), for a plain and a DDP model."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -258,3 +260,21 @@ def test_a_sum_loss_is_weighted_as_a_sum():
         assert res["sharpness"] == pytest.approx(single["sharpness"], rel=1e-6)
         assert res["critical_lr"] == pytest.approx(single["critical_lr"], rel=1e-6)
         assert "a mean over samples on some ranks' shards and a sum on others'" in res["mixed"]
+
+
+def nan_on_one_rank_fd(rank, world):
+    model, loss_fn, (x, y) = problem()
+    lo = sum(SHARDS[:rank])
+    shard = (x[lo:lo + SHARDS[rank]], y[lo:lo + SHARDS[rank]].clone())
+    if rank == 1:
+        shard[1][0, 0] = float("inf")
+    est = catapult.sharpness(model, loss_fn, shard, hvp="finite_difference", distributed=True)
+    return est.value, est.converged
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
+def test_a_nan_loss_on_one_rank_with_finite_differences_is_nan_everywhere():
+    # the rank whose loss was nan skipped the kink test's all-reduce, which then met the other
+    # rank's product all-reduce: gloo aborted the process
+    for value, converged in on_ranks(nan_on_one_rank_fd):
+        assert math.isnan(value) and not converged

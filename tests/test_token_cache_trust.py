@@ -12,7 +12,7 @@ import pytest
 
 from catapult import cli
 from catapult.config import ConfigError, validate
-from catapult.data import load_dataset, text
+from catapult.data import text
 from catapult.data.token_cache import cache_dir, check_owned
 from catapult.engine.build import load_data
 
@@ -88,14 +88,22 @@ def test_a_folder_with_train_valid_test_files_uses_them_as_its_splits(tmp_path):
     assert "testing" in corpus.vocab.decode(corpus.test.tolist())
 
 
-def test_held_out_files_among_other_txt_files_are_refused(tmp_path):
-    # concatenated in name order and tail-split, test.txt was trained on
+def test_held_out_files_among_other_txt_files_are_held_out(tmp_path):
+    # concatenated in name order and tail-split, test.txt was trained on; every other *.txt
+    # file is training text (a first fix dropped all but train.txt), and a folder of held-out
+    # files only is trained on, as for shards
     (tmp_path / "a.txt").write_text(TRAIN)
+    (tmp_path / "train.txt").write_text("more training words\n" * 5)
     (tmp_path / "test.txt").write_text("testing words only here\n" * 5)
-    with pytest.raises(ValueError, match=r"holds test.txt beside other \*.txt files"):
-        text.text_splits(tmp_path)
-    with pytest.raises(ValueError, match="holds test.txt"):
-        load_dataset("text", root=tmp_path, context=8)
+    (tmp_path / "dev.txt").write_text("validation words only here\n" * 5)
+    _, train, val, test = text.text_splits(tmp_path)
+    assert train == TRAIN + "more training words\n" * 5
+    assert val.startswith("validation") and test.startswith("testing")
+    only = tmp_path / "only"
+    only.mkdir()
+    (only / "test.txt").write_text(TRAIN)
+    _, train, val, test = text.text_splits(only)
+    assert (train + val) == TRAIN and test is None
 
 
 def _config(tmp_path, **data):

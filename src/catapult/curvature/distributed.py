@@ -367,10 +367,15 @@ class DistributedOperator:
         self._grad = None
         loss = torch.tensor([op.loss * self.weight], dtype=torch.float64, device=op.device)
         self.loss = float(all_reduce_sum(loss))
+        # a non-finite union loss (any rank's): every product is nan, on every rank alike and with
+        # no local product, whose finite-difference kink test is a collective the rank whose own
+        # loss is nan would skip (the others' gap all-reduce then met its product's: a gloo abort)
+        self._diverged = not math.isfinite(self.loss)
+        self._skipped = 0
 
     @property
     def matvecs(self) -> int:
-        return self.op.matvecs
+        return self.op.matvecs + self._skipped
 
     def gradient(self) -> torch.Tensor:
         if self._grad is None:
@@ -378,4 +383,7 @@ class DistributedOperator:
         return self._grad
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        if self._diverged:
+            self._skipped += 1
+            return torch.full_like(v, math.nan)
         return all_reduce_sum(self.op(v).mul_(self.weight))

@@ -32,12 +32,12 @@ import numpy as np
 import torch
 
 from catapult.data import token_cache
-from catapult.data.text_shards import is_held_out
+from catapult.data.text_shards import is_held_out, is_validation
 from catapult.data.tokenize import TOKENIZERS, BPEVocab, bpe_file_name, fingerprint, load_or_train_bpe
 
 __all__ = ["CharVocab", "TextCorpus", "WindowSplit", "get_batch", "windows", "load_shakespeare",
            "load_text", "load_corpus", "CORPORA", "SHAKESPEARE_CREDIT", "load_bpe_corpus", "text_splits",
-           "source_files", "corpus_key", "split_layout", "TOKENIZERS"]
+           "source_files", "corpus_key", "folder_splits", "TOKENIZERS"]
 
 SHAKESPEARE_CREDIT = (
     "Shakespeare texts: Open Shakespeare (Open Knowledge Foundation, http://www.openshakespeare.org/), "
@@ -45,19 +45,34 @@ SHAKESPEARE_CREDIT = (
 )
 UNKNOWN_CHAR = "\ufffd"
 WIKITEXT_FILES = ("wiki.train.raw", "wiki.valid.raw", "wiki.test.raw")
-#: Folders that hold their own splits: (training file, validation file names, test file).
-SPLIT_LAYOUTS = ((WIKITEXT_FILES[0], (WIKITEXT_FILES[1],), WIKITEXT_FILES[2]),
-                 ("train.txt", ("valid.txt", "val.txt", "validation.txt", "dev.txt"), "test.txt"))
 
 
-def split_layout(path: Path) -> tuple[Path, Path | None, Path | None] | None:
-    """``(train, validation or None, test or None)`` files of a folder laid out by
-    :data:`SPLIT_LAYOUTS` (its training file exists), else None."""
-    for train, valids, test in SPLIT_LAYOUTS:
-        if (path / train).is_file():
-            valid = next((path / v for v in valids if (path / v).is_file()), None)
-            return path / train, valid, (path / test if (path / test).is_file() else None)
-    return None
+def folder_splits(path: Path) -> tuple[list[Path], list[Path], list[Path]]:
+    """``(training, validation, test)`` files of a folder of text.
+
+    A WikiText folder (``wiki.train.raw``, with ``wiki.valid.raw`` and ``wiki.test.raw`` when
+    there): those. Otherwise its ``*.txt`` files in name order: a name with the word ``valid``,
+    ``val``, ``validation`` or ``dev`` is validation text, ``test`` test text (the words of
+    train-ddp's shards, :func:`~catapult.data.text_shards.is_held_out`), every other file is
+    training text; a folder of held-out files only is trained on (as for shards). Concatenating
+    every ``*.txt`` file trained on a ``test.txt`` beside the others.
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> for name in ("a.txt", "b.txt", "valid.txt", "test.txt"):
+    ...     _ = (folder / name).write_text("text\\n")
+    >>> [[f.name for f in files] for files in folder_splits(folder)]
+    [['a.txt', 'b.txt'], ['valid.txt'], ['test.txt']]
+    """
+    if (path / WIKITEXT_FILES[0]).is_file():
+        return ([path / WIKITEXT_FILES[0]], [path / f for f in WIKITEXT_FILES[1:2] if (path / f).is_file()],
+                [path / f for f in WIKITEXT_FILES[2:] if (path / f).is_file()])
+    files = sorted(f for f in path.glob("*.txt") if f.is_file())
+    training = [f for f in files if not is_held_out(f)]
+    if not training:
+        return files, [], []
+    held = [f for f in files if is_held_out(f)]
+    return training, [f for f in held if is_validation(f)], [f for f in held if not is_validation(f)]
 
 
 def _code_points(text: str) -> np.ndarray:
@@ -299,20 +314,21 @@ def text_splits(path_or_dir: str | os.PathLike, *, val_fraction: float = 0.1,
         raise FileNotFoundError(f"load_text: {path} {'is not a regular file or folder' if path.exists() else 'does not exist'} (expected a text file or a "
                                 f"directory with {', '.join(WIKITEXT_FILES)} or *.txt files)")
     name = name or path.name
-    layout = split_layout(path)
-    if layout is not None:
-        train_file, valid_file, test_file = layout
-        train = _read(train_file, encoding)
-        test = _read(test_file, encoding) if test_file is not None else None
-        if valid_file is not None:
-            return name, train, _read(valid_file, encoding), test
-        return (name, *_tail_split(train, val_fraction, str(train_file)), test)
-    txt_files = source_files(path)
-    if not txt_files:
-        raise FileNotFoundError(f"load_text: {path} holds neither {WIKITEXT_FILES[0]}, train.txt nor any *.txt "
+    training, validation, testing = folder_splits(path)
+    if not training:
+        raise FileNotFoundError(f"load_text: {path} holds neither {WIKITEXT_FILES[0]} nor any *.txt "
                                 f"file (looked for {path / WIKITEXT_FILES[0]} and {path / '*.txt'})")
-    text = _join([_read(f, encoding) for f in txt_files])
-    return (name, *_tail_split(text, val_fraction, str(path)), None)
+
+    wikitext = training[0].name == WIKITEXT_FILES[0]  # one file per split, read as it is
+
+    def joined(files):
+        return _read(files[0], encoding) if wikitext else _join([_read(f, encoding) for f in files])
+
+    train = joined(training)
+    test = joined(testing) if testing else None
+    if validation:
+        return name, train, joined(validation), test
+    return (name, *_tail_split(train, val_fraction, str(training[0] if wikitext else path)), test)
 
 
 def source_files(path_or_dir: str | os.PathLike) -> list[Path]:
@@ -322,16 +338,7 @@ def source_files(path_or_dir: str | os.PathLike) -> list[Path]:
         return [path]
     if not path.is_dir():
         return []
-    layout = split_layout(path)
-    if layout is not None:
-        return [f for f in layout if f is not None]
-    files = sorted(f for f in path.glob("*.txt") if f.is_file())
-    held_out = [f.name for f in files if is_held_out(f)]  # the words of train-ddp's shards
-    if held_out:  # concatenated and tail-split, a test file would be trained on
-        raise ValueError(f"load_text: {path} holds {', '.join(held_out)} beside other *.txt files, which would all be "
-                         f"concatenated into the training text; name the training file train.txt (the folder's "
-                         f"own splits: train.txt, valid.txt, test.txt) or give data.root one file")
-    return files
+    return [f for files in folder_splits(path) for f in files]
 
 
 def load_text(path_or_dir: str | os.PathLike, *, val_fraction: float = 0.1,
@@ -428,8 +435,8 @@ def load_bpe_corpus(name: str, *, root: str | os.PathLike | None = None, val_fra
              for split in ("train", "val", "test")}
     # the source has a test split when it has a test file (WikiText layout), and its ids must be
     # cached too: a cache hit without them would silently drop the test split
-    layout = split_layout(Path(root).expanduser()) if name != "shakespeare" and root is not None else None
-    needed = ["train", "val"] + (["test"] if layout is not None and layout[2] is not None else [])
+    folder = Path(root).expanduser() if name != "shakespeare" and root is not None else None
+    needed = ["train", "val"] + (["test"] if folder is not None and folder.is_dir() and folder_splits(folder)[2] else [])
     if tokenizer_file.is_file() and all(files[s].is_file() for s in needed):
         for f in (tokenizer_file, *(files[s] for s in needed)):
             token_cache.check_owned(f)
