@@ -42,3 +42,12 @@ def test_in_features_may_be_a_numpy_integer_or_a_shape():
     assert MLP(np.int64(64), 10, width=8, depth=2).in_features == 64
     assert MLP((3, 4, 4), 10, width=8, depth=2).in_features == 48
     assert MLP([np.int32(2), 5], 10, width=8, depth=2).in_features == 10
+
+
+def test_zero_dimensional_tensors_are_numbers_too():
+    # torch scalars were accepted before the checks; the checks must not refuse them
+    mlp = MLP(torch.tensor(12), 3, width=8, depth=3, parametrization="supar", weight_var=torch.tensor(2.0),
+              density=torch.tensor(0.5), alpha_in=torch.tensor(2.0))
+    assert mlp.in_features == 12 and mlp.density == 0.5
+    GPT(10, d_model=8, n_layers=1, n_heads=2, context=4, init_std=torch.tensor(0.02))
+    catapult.parametrize(_net(), "supar", density=np.float32(0.5), base_width=np.int64(2))

@@ -118,6 +118,11 @@ def test_distinct_values_that_print_alike_are_kept():
     base = cfg.validate({"name": "dup"})
     cells = expand(base, parse_sweep({"grid": {"optimizer.lr": ["1/lambda0", 1.0, "2^0.5"]}}))
     assert [c.swept["optimizer.lr"] for c in cells] == ["1/lambda0", 1.0, 2 ** 0.5]
+    # only learning rates are read as numbers: "1e3" and "1000" are two folders
+    text = cfg.validate({"name": "dup", "data": {"name": "text", "root": "/data/corpus.txt", "tokenizer": "bpe"},
+                         "model": {"name": "gpt"}})
+    cells = expand(text, parse_sweep({"grid": {"data.cache_dir": ["1e3", "1000"]}}))
+    assert [c.swept["data.cache_dir"] for c in cells] == ["1e3", "1000"]
 
 
 def test_log2_below_the_floats_is_named_not_called_a_repeat():

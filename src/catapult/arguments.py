@@ -25,6 +25,7 @@ def check_real(owner: str, label: str, value: Any, *, low: float | None = None, 
     Traceback (most recent call last):
     ValueError: GPT dropout must be a finite number in [0, 1); got 1.0
     """
+    value = _scalar(value)
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and (low is None or (value > low if low_open else value >= low))
     ok = ok and (high is None or (value < high if high_open else value <= high))
@@ -39,6 +40,13 @@ def check_real(owner: str, label: str, value: Any, *, low: float | None = None, 
             where = f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
         raise ValueError(f"{owner} {label} must be a finite number{where}; got {value!r}")
     return float(value)
+
+
+def _scalar(value: Any) -> Any:
+    """A 0-d tensor or array as its Python number (``torch.tensor(0.5)`` is a density too)."""
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+        return value.item()
+    return value
 
 
 def check_batch(owner: str, batch: Any, *, allow_empty: bool = False) -> tuple[Any, Any]:
@@ -75,6 +83,7 @@ def check_positive_int(model: str, label: str, value: Any, *, optional: bool = F
     if optional and value is None:
         return
     # an integral float (8.0) passes, as the models convert with int(); nan, inf and non-numbers do not
+    value = _scalar(value)
     integral = ((isinstance(value, numbers.Integral) and not isinstance(value, bool))
                 or (isinstance(value, float) and value.is_integer()))
     if not integral or value < 1:
@@ -89,6 +98,7 @@ def check_densities(model: str, density: float, base_density: float) -> None:
     Traceback (most recent call last):
     ValueError: GPT density and base_density must be in (0, 1]; got 0.0, 1.0
     """
+    density, base_density = _scalar(density), _scalar(base_density)
     real = all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in (density, base_density))
     if not real or not (0.0 < density <= 1.0) or not (0.0 < base_density <= 1.0):
         raise ValueError(f"{model} density and base_density must be in (0, 1]; got {density!r}, {base_density!r}")

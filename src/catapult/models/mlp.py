@@ -236,6 +236,8 @@ class MLP(nn.Module):
 def _feature_count(in_features) -> int:
     """An MLP's input size: an integer (also NumPy's), or a shape such as ``(3, 32, 32)`` whose
     product it is. A string was iterated as a shape (``"64"`` gave 24)."""
+    if getattr(in_features, "ndim", None) == 0 and hasattr(in_features, "item"):  # a 0-d tensor or array
+        in_features = in_features.item()
     if isinstance(in_features, numbers.Integral) and not isinstance(in_features, bool):
         return int(in_features)
     if isinstance(in_features, (str, bytes)) or not isinstance(in_features, Iterable):

@@ -466,11 +466,12 @@ def expand(base: Mapping[str, Any], spec: SweepSpec) -> list[CellSpec]:
     return cells
 
 
-def _value_meaning(value: Any) -> str:
-    """What a normalized swept value means, for the duplicate test: ``"1/lambda0"`` and
-    ``"1.0/lambda0"`` are one learning rate; other values compare as their canonical JSON (the
-    config has already turned ``16.0`` into ``16`` and ``"2^-1"`` into ``0.5``)."""
-    if isinstance(value, str):
+def _value_meaning(key: str, value: Any) -> str:
+    """What a normalized swept value of ``key`` means, for the duplicate test: ``"1/lambda0"``
+    and ``"1.0/lambda0"`` are one learning rate; other values compare as their canonical JSON
+    (the config has already turned ``16.0`` into ``16`` and ``"2^-1"`` into ``0.5``), so two
+    folders ``"1e3"`` and ``"1000"`` stay two."""
+    if isinstance(value, str) and key == "optimizer.lr":
         try:
             lr = cfg.parse_lr(value)
         except ValueError:
@@ -487,7 +488,7 @@ def _refuse_equal_values(spec: SweepSpec, cells: Sequence[CellSpec]) -> None:
         stride = math.prod(len(later) for later in spec.axes[position + 1:])
         meanings: dict[str, int] = {}
         for i, raw in enumerate(axis.values):
-            meaning = _value_meaning(cells[i * stride].swept[axis.key])
+            meaning = _value_meaning(axis.key, cells[i * stride].swept[axis.key])
             if meaning in meanings:
                 first = axis.values[meanings[meaning]]
                 where = "sweep.seeds" if axis.key == "seed" and "seeds" in spec.raw else f"sweep.grid.{axis.key}"
