@@ -188,17 +188,17 @@ def test_a_rerun_leaves_no_figure_of_the_earlier_check(tmp_path):
 
 def test_coord_check_judges_its_earlier_files_by_their_contents(tmp_path, capsys):
     # by name alone, a folder with any coord_check.csv had its config.yaml and table replaced
-    config = tmp_path / "cc.yaml"
-    config.write_text(MLP_CHECK)
+    mine = {"coord_check.csv": "parametrization,axis\n", "config.yaml": "my: own config\n",
+            "coord_check_table.md": "# my notes\n"}   # a user's files under coord-check's names
     out = tmp_path / "out"
     out.mkdir()
-    (out / "coord_check.csv").write_text("parametrization,axis\n")
-    (out / "config.yaml").write_text("my: own config\n")
-    (out / "coord_check_table.md").write_text("# my notes\n")
+    for name, text in mine.items():
+        (out / name).write_text(text)
+    config = tmp_path / "cc.yaml"
+    config.write_text(MLP_CHECK)
     assert main(["coord-check", str(config), "--out", str(out), "--progress", "none"]) == 2
     assert "is not a directory `catapult coord-check` wrote" in capsys.readouterr().err
-    assert (out / "config.yaml").read_text() == "my: own config\n"
-    assert (out / "coord_check_table.md").read_text() == "# my notes\n"
+    assert {name: (out / name).read_text() for name in mine} == mine
     fresh = tmp_path / "fresh"
     assert main(["coord-check", str(config), "--out", str(fresh), "--progress", "none"]) == 0
     assert main(["coord-check", str(config), "--out", str(fresh), "--progress", "none"]) == 0  # its own: rerun
