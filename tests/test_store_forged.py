@@ -194,3 +194,16 @@ def test_ctrl_c_before_the_store_exists_says_nothing_was_written(tmp_path, capsy
     assert cli.main(["sweep", str(config), "--store", str(tmp_path / "s.db")]) == 130
     err = capsys.readouterr().err
     assert "interrupted before any cell ran" in err and "export" not in err and not (tmp_path / "s.db").exists()
+
+
+def test_the_summary_line_counts_collapsed_cells(tmp_path, capsys):
+    # a collapsed cell is stored as finished (its summary says collapsed): the line said "2 finished"
+    config = tmp_path / "sweep.yaml"
+    config.write_text(TINY)
+    argv = ["sweep", str(config), "--store", str(tmp_path / "s.db"), "--progress", "none", "--threads", "1"]
+    assert cli.main(argv) == 0
+    assert "2 cells: 2 finished, 0 diverged" in capsys.readouterr().out
+    with sqlite3.connect(tmp_path / "s.db") as conn:   # what record() writes for a collapsed run
+        conn.execute("UPDATE cells SET summary_json = json_set(summary_json, '$.status', 'collapsed') WHERE id = 1")
+    assert cli.main(argv) == 0
+    assert "2 cells: 2 finished (1 collapsed), 0 diverged" in capsys.readouterr().out

@@ -194,7 +194,9 @@ def _sweep_command(args: argparse.Namespace) -> int:
     except ImportError as err:
         return _fail("sweep", str(err))
     c = outcome.counts
-    print(f"{outcome.total} cells: {c['finished']} finished, {c['diverged']} diverged, {c['failed']} failed "
+    collapsed = _collapsed_cells(store)  # stored as finished; the summary line said only "finished"
+    print(f"{outcome.total} cells: {c['finished']} finished{f' ({collapsed} collapsed)' if collapsed else ''}, "
+          f"{c['diverged']} diverged, {c['failed']} failed "
           f"({outcome.ran} run now, {outcome.reused} already in the store"
           + (f", {outcome.unresolved} failed without running: lambda_0 could not be measured"
              if outcome.unresolved else "")
@@ -211,6 +213,15 @@ def _sweep_command(args: argparse.Namespace) -> int:
               f"Rerunning the command retries them", file=sys.stderr)
         return 1
     return 0
+
+
+def _collapsed_cells(store: Path) -> int:
+    """How many of the store's finished cells collapsed to a constant output (their summary says
+    so; the status column keeps ``finished``)."""
+    from catapult.sweep.store import Store
+
+    with Store(store, create=False, readonly=True) as existing:
+        return sum(1 for cell in existing.cells() if cell["status"] == "collapsed")
 
 
 def _dry_run_store(store: Path, base, spec, cells) -> str:
