@@ -41,7 +41,7 @@ def test_a_batch_that_is_not_a_pair_is_named(batch, words):
 
 def test_a_model_that_is_not_a_module_is_named():
     model = nn.Linear(3, 2)
-    with pytest.raises(TypeError, match="critical_lr: model must be a torch.nn.Module, got function"):
+    with pytest.raises(TypeError, match=r"critical_lr: model must be a torch.nn.Module \(the model itself, not its parameters\), got function"):
         catapult.critical_lr(lambda x: model(x), MSE, (X, Y), _sgd(model))
     with pytest.raises(TypeError, match=r"param_groups: model must be a torch.nn.Module \(the model itself, not its "
                                         r"parameters\), got generator"):

@@ -11,7 +11,7 @@ import math
 import numbers
 from typing import Any
 
-__all__ = ["check_real", "check_batch", "check_positive_int", "check_densities"]
+__all__ = ["check_real", "check_batch", "check_module", "check_positive_int", "check_densities"]
 
 
 def check_real(owner: str, label: str, value: Any, *, low: float | None = None, high: float | None = None,
@@ -65,10 +65,36 @@ def check_batch(owner: str, batch: Any, *, allow_empty: bool = False) -> tuple[A
                else f"a tensor of shape {tuple(batch.shape)}" if hasattr(batch, "shape") else type(batch).__name__)
         raise ValueError(f"{owner}: batch must be a pair (inputs, targets); got {got}")
     inputs, targets = batch
-    shape = getattr(inputs, "shape", None)
-    if not allow_empty and shape is not None and len(shape) > 0 and shape[0] == 0:
+    if not allow_empty and any(len(getattr(t, "shape", ())) > 0 and t.shape[0] == 0 for t in _leaves(inputs)):
         raise ValueError(f"{owner}: batch is empty: its inputs have 0 samples")
     return inputs, targets
+
+
+def _leaves(tree: Any):
+    """The leaves of inputs nested in tuples, lists and dicts (a model taking several inputs)."""
+    if isinstance(tree, (tuple, list)):
+        for item in tree:
+            yield from _leaves(item)
+    elif isinstance(tree, dict):
+        for item in tree.values():
+            yield from _leaves(item)
+    else:
+        yield tree
+
+
+def check_module(owner: str, model: Any) -> None:
+    """A TypeError naming ``owner`` unless ``model`` is a ``torch.nn.Module`` (``model.parameters()``
+    gave "'generator' object has no attribute 'modules'" deep inside).
+
+    >>> check_module("critical_lr", lambda x: x)
+    Traceback (most recent call last):
+    TypeError: critical_lr: model must be a torch.nn.Module (the model itself, not its parameters), got function
+    """
+    import torch  # here, not at the top: the rest of this module needs no torch
+
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"{owner}: model must be a torch.nn.Module (the model itself, not its parameters), "
+                        f"got {type(model).__name__}")
 
 
 def check_positive_int(model: str, label: str, value: Any, *, optional: bool = False) -> None:

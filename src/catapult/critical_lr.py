@@ -33,7 +33,7 @@ from torch import Tensor
 
 from catapult.curvature import distributed as dist_ops
 from catapult.curvature.sharded import ShardedHessianOperator, is_sharded, reshard
-from catapult.arguments import check_batch
+from catapult.arguments import check_batch, check_module
 from catapult.optim import registry, rules
 from catapult.parametrize import group_lr_mult
 
@@ -404,8 +404,7 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
         raise ValueError(f"lr_start ({lr_start}) must be <= lr_max ({lr_max})")
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"critical_lr: model must be a torch.nn.Module, got {type(model).__name__}")
+    check_module("critical_lr", model)
     check_batch("critical_lr", batch, allow_empty=distributed)
     registry.spec_for(optimizer)              # unsupported optimizer: fail before any work
     # a model sharded by FSDP2: the loss and gradient come from its own forward and backward,

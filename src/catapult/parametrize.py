@@ -64,7 +64,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
-from catapult.arguments import check_real
+from catapult.arguments import check_module, check_real
 from catapult.param_rules import (PARAMETRIZATIONS, ROLES, ParamSpec, check_parametrization, init_rule,
                                   init_variance, lr_multiplier, lr_rule, optimizer_family)
 from catapult.sparsity import random_mask
@@ -114,12 +114,6 @@ def group_lr_mult(group: Mapping[str, Any], index: int | None = None) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         raise ValueError(f"{where}: lr_mult must be a finite number >= 0, got {value!r}")
     return float(value)
-
-
-def _check_module(owner: str, model) -> None:
-    if not isinstance(model, nn.Module):  # model.parameters() gave "'generator' object has no attribute 'modules'"
-        raise TypeError(f"{owner}: model must be a torch.nn.Module (the model itself, not its parameters), "
-                        f"got {type(model).__name__}")
 
 
 def find_spec(model: nn.Module) -> ParamSpec | None:
@@ -193,7 +187,7 @@ def param_groups(model: nn.Module, lr: float, optimizer: str = "adam", *,
          ('output_bias', 0.01)]
         >>> optimizer = torch.optim.Adam(groups)
     """
-    _check_module("param_groups", model)
+    check_module("param_groups", model)
     family = optimizer_family(optimizer)
     # torch.optim checks only its default lr, not a group's: a bad value would train silently
     for name, value in (("lr", lr), ("weight_decay", 0.0 if weight_decay is None else weight_decay)):
@@ -386,7 +380,7 @@ def parametrize(
         ['input', 'hidden', 'output']
 
     """
-    _check_module("parametrize", module)
+    check_module("parametrize", module)
     check_parametrization(parametrization)
     if parametrization == "sp" and (alpha_in != 1.0 or alpha_out != 1.0):
         raise ValueError("alpha_in / alpha_out apply to mup and supar only; SP has no multipliers")

@@ -15,9 +15,9 @@ from typing import Callable
 import torch
 from torch.autograd.graph import get_gradient_edge
 from torch.func import functional_call
-from torch.utils._pytree import tree_leaves, tree_map
+from torch.utils._pytree import tree_map
 
-from catapult.arguments import check_batch
+from catapult.arguments import check_batch, check_module
 from catapult.curvature.difference import (central_step, checked_difference, relative_gap,
                                            rounding_level)
 from catapult.curvature.forward_ad import jvp_of_gradient
@@ -194,11 +194,10 @@ class HessianOperator:
 
     def __init__(self, model: torch.nn.Module, loss_fn, batch, *, dtype=None, hvp: str = "auto",
                  seed: int = 0, chunk_size: int | None = None, retain_graph: bool = True):
-        if not isinstance(model, torch.nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        check_module("HessianOperator", model)
         if not callable(loss_fn):
             raise TypeError("loss_fn must be callable as loss_fn(outputs, targets)")
-        check_batch("HessianOperator", batch)
+        check_batch("HessianOperator", batch)  # a pair, and no input of 0 samples
         if hvp not in HVP_MODES:
             raise ValueError(f"hvp must be one of {HVP_MODES}, got {hvp!r}")
         if not (isinstance(seed, numbers.Integral) and not isinstance(seed, bool)):
@@ -236,9 +235,6 @@ class HessianOperator:
         self._frozen = {n: cast(p) for n, p in model.named_parameters() if not p.requires_grad}
         self._buffers = {n: cast(b) for n, b in model.named_buffers()}
         inputs, targets = batch
-        if any(torch.is_tensor(t) and t.dim() > 0 and t.shape[0] == 0 for t in tree_leaves(inputs)):
-            # the mean loss of no samples is nan and its curvature nothing: say so, not 0.0
-            raise ValueError("batch is empty: its inputs have 0 samples")
         # tensors nested in tuples, lists and dicts (a model taking several inputs) are cast too
         self._inputs = tree_map(lambda t: cast(t) if torch.is_tensor(t) else t, inputs)
         self._targets = tree_map(lambda t: cast(t) if torch.is_tensor(t) else t, targets)

@@ -33,7 +33,8 @@ import torch
 
 from catapult.data import token_cache
 from catapult.data.text_shards import is_held_out, is_validation
-from catapult.data.tokenize import TOKENIZERS, BPEVocab, bpe_file_name, fingerprint, load_or_train_bpe
+from catapult.data.tokenize import (TOKENIZERS, BPEVocab, bpe_file_name, fingerprint, load_cached_vocab,
+                                    load_or_train_bpe)
 
 __all__ = ["CharVocab", "TextCorpus", "WindowSplit", "get_batch", "windows", "load_shakespeare",
            "load_text", "load_corpus", "CORPORA", "SHAKESPEARE_CREDIT", "load_bpe_corpus", "text_splits",
@@ -438,10 +439,8 @@ def load_bpe_corpus(name: str, *, root: str | os.PathLike | None = None, val_fra
     folder = Path(root).expanduser() if name != "shakespeare" and root is not None else None
     needed = ["train", "val"] + (["test"] if folder is not None and folder.is_dir() and folder_splits(folder)[2] else [])
     if tokenizer_file.is_file() and all(files[s].is_file() for s in needed):
-        for f in (tokenizer_file, *(files[s] for s in needed)):
-            token_cache.check_owned(f)
-        vocab = BPEVocab.load(tokenizer_file, vocab_size)
-        ids = {s: token_cache.as_tensor(token_cache.load_array(f, vocab.size)) for s, f in files.items()
+        vocab = load_cached_vocab(tokenizer_file, vocab_size)
+        ids = {s: token_cache.as_tensor(token_cache.load_cached_array(f, vocab.size)) for s, f in files.items()
                if f.is_file()}
         return TextCorpus(train=ids["train"], val=ids["val"], vocab=vocab, name=name, test=ids.get("test"))
     if name == "shakespeare":

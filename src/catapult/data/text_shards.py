@@ -41,7 +41,7 @@ import numpy as np
 
 from catapult.config import ConfigError
 from catapult.data import token_cache
-from catapult.data.tokenize import BPEVocab, bpe_file_name, fingerprint, save_new, train_bpe
+from catapult.data.tokenize import BPEVocab, bpe_file_name, fingerprint, load_cached_vocab, save_new, train_bpe
 
 __all__ = ["TEXT_SUFFIXES", "VALIDATION", "HELD_OUT", "name_words", "is_held_out", "is_validation", "text_shard_files", "iter_texts",
            "tokenize_text_shards", "DOCUMENT_SEPARATOR"]
@@ -202,7 +202,7 @@ def tokenize_text_shards(root: str | os.PathLike, *, vocab_size: int, text_key: 
     directory = token_cache.cache_dir(root, cache_dir)
     tokenizer_file = directory / bpe_file_name(vocab_size, key)
     if tokenizer_file.is_file():
-        vocab = _from_cache(lambda: _load_vocab(tokenizer_file, vocab_size))
+        vocab = _from_cache(lambda: load_cached_vocab(tokenizer_file, vocab_size))
     else:
         problems: list[ConfigError] = []
 
@@ -217,7 +217,7 @@ def tokenize_text_shards(root: str | os.PathLike, *, vocab_size: int, text_key: 
         if problems:
             raise problems[0]
         if not save_new(vocab, tokenizer_file):
-            vocab = _from_cache(lambda: _load_vocab(tokenizer_file, vocab_size))
+            vocab = _from_cache(lambda: load_cached_vocab(tokenizer_file, vocab_size))
     tokenizer_key = f"bpe-v{int(vocab_size)}-{key}"
     arrays = []
     for f in files:
@@ -225,12 +225,6 @@ def tokenize_text_shards(root: str | os.PathLike, *, vocab_size: int, text_key: 
         _from_cache(lambda: token_cache.cached_array(out, lambda f=f: _encode_shard(vocab, f, text_key), vocab.size))
         arrays.append(out)
     return vocab, arrays
-
-
-def _load_vocab(path: Path, vocab_size: int) -> BPEVocab:
-    """The cached tokenizer at ``path``, once it is known to be this user's."""
-    token_cache.check_owned(path)
-    return BPEVocab.load(path, vocab_size)
 
 
 def _from_cache(read):

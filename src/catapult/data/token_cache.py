@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 __all__ = ["cache_dir", "user_cache_dir", "save_array", "cached_array", "as_tensor", "token_file_name",
-           "npy_problem", "check_owned", "file_stamp"]
+           "npy_problem", "check_owned", "file_stamp", "load_cached_array"]
 
 
 def user_cache_dir() -> Path:
@@ -138,6 +138,11 @@ def cached_array(path: str | os.PathLike, make: Callable[[], np.ndarray],
     path = Path(path)
     if not path.is_file():
         save_array(make(), path)
+    return load_cached_array(path, vocab_size)
+
+
+def load_cached_array(path: str | os.PathLike, vocab_size: int | None = None) -> np.ndarray:
+    """:func:`load_array` of a cache file, once it is known to be this user's (:func:`check_owned`)."""
     check_owned(path)
     return load_array(path, vocab_size)
 

@@ -30,7 +30,7 @@ import torch
 from catapult.config.errors import MissingDependency
 from catapult.data import token_cache
 
-__all__ = ["BPEVocab", "train_bpe", "load_or_train_bpe", "bpe_file_name", "fingerprint", "TOKENIZERS"]
+__all__ = ["BPEVocab", "train_bpe", "load_or_train_bpe", "load_cached_vocab", "bpe_file_name", "fingerprint", "TOKENIZERS"]
 
 #: ``data.tokenizer`` values.
 TOKENIZERS = ("char", "bpe")
@@ -202,10 +202,16 @@ def load_or_train_bpe(train_text: str, vocab_size: int, directory: str | os.Path
     ``train_text`` and saved there (:func:`save_new`: never overwriting another file)."""
     path = Path(directory) / bpe_file_name(vocab_size, key)
     if path.is_file():
-        token_cache.check_owned(path)
-        return BPEVocab.load(path, vocab_size)
+        return load_cached_vocab(path, vocab_size)
     vocab = train_bpe(_lines(train_text), vocab_size)
     if not save_new(vocab, path):  # another process won the race: use its (identical) file
-        token_cache.check_owned(path)
-        return BPEVocab.load(path, vocab_size)
+        return load_cached_vocab(path, vocab_size)
     return vocab
+
+
+def load_cached_vocab(path: str | os.PathLike, vocab_size: int | None = None) -> BPEVocab:
+    """The cached tokenizer at ``path`` (:meth:`BPEVocab.load`), once it is known to be this
+    user's (:func:`~catapult.data.token_cache.check_owned`): ``BPEVocab.load`` reads any file
+    the caller names; a cache is read only when catapult wrote it."""
+    token_cache.check_owned(path)
+    return BPEVocab.load(path, vocab_size)

@@ -5,7 +5,7 @@ from typing import Any, Callable
 
 import torch
 
-from catapult.arguments import check_batch
+from catapult.arguments import check_batch, check_module
 from catapult.critical_lr import critical_lr, probe_loss
 from catapult.parametrize import group_lr_mult
 from catapult.schedules.functions import checked_real
@@ -83,8 +83,7 @@ class PersistentCatapultWarmup:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got "
                             f"{type(optimizer).__name__}")
-        if not isinstance(model, torch.nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        check_module("PersistentCatapultWarmup", model)
         if not callable(loss_fn):
             raise TypeError("loss_fn must be callable: loss_fn(outputs, targets) -> scalar")
         self.lr_target = checked_real("lr_target", lr_target, positive=True)
