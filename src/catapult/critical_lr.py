@@ -353,8 +353,10 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
         lr_max: stop the exponential search here (e.g. ``lr_target``); None = no cap.
         delta: relative loss rise accepted at ``upper`` (paper: 0.1 for SGD, ~0.01 for Adam).
         distributed: inside an initialised ``torch.distributed`` process group, ``batch`` is this
-            rank's shard: the loss (a mean over samples) and its gradient are the union's
-            (shard-size-weighted, all-reduced), so every rank finds the same ``lr``; a DDP wrapper
+            rank's shard: the loss and its gradient are the union's (all-reduced, weighted by
+            shard size for a mean over samples and equally for a sum:
+            :func:`~catapult.curvature.distributed.union_weight`), so every rank finds the same
+            ``lr``; a DDP wrapper
             is unwrapped; a BatchNorm in train mode is refused (shard statistics). A model
             sharded by FSDP2 (``fully_shard``) needs it: its loss and gradient then come from its
             own forward and backward, and each trial moves this rank's rows of the parameters
@@ -417,8 +419,8 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
     if not params:
         raise ValueError("critical_lr: the optimizer has no parameters that require grad")
 
-    # distributed: batch is this rank's shard; the union's loss (a mean over samples) and its
-    # gradient are the shard-size-weighted sums, all-reduced (catapult.curvature.distributed)
+    # distributed: batch is this rank's shard; the union's loss and its gradient are the
+    # weighted sums over the ranks, all-reduced (catapult.curvature.distributed.union_weight)
     reduce = _shard_reducer(model, loss_fn, batch) if distributed else None
     if distributed:
         model = dist_ops.unwrap_ddp(model)

@@ -223,9 +223,10 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
             The answer and its ``tol`` are the exact full batch's; ``est.coarse_matvecs``
             counts the cheaper products.
         distributed: inside an initialised ``torch.distributed`` process group, ``batch`` is
-            this rank's shard and the Hessian is that of the union's loss (a mean over
-            samples: products all-reduced with weights ``|B_r| / |B|``); every rank gets the
-            same estimate. Works with a plain or a DDP-wrapped model; a BatchNorm in train mode
+            this rank's shard and the Hessian is that of the union's loss (products all-reduced
+            with weights ``|B_r| / |B|`` for a mean over samples, 1 for a sum; a loss that is
+            neither is refused: :func:`~catapult.curvature.distributed.union_weight`); every
+            rank gets the same estimate, and a refusal on one rank's shard is raised on all. Works with a plain or a DDP-wrapped model; a BatchNorm in train mode
             is refused (:mod:`catapult.curvature.distributed`). A model sharded by FSDP2 needs it:
             its products are then checked finite differences of FSDP's gradient, and
             ``est.vector`` is this rank's part (:mod:`catapult.curvature.sharded`).
