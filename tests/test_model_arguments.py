@@ -30,7 +30,7 @@ def _net():
     (lambda: catapult.parametrize(_net(), "mup", init_std=float("nan")), r"parametrize\(\) init_std"),
     (lambda: catapult.parametrize(_net(), "mup", alpha_out=float("nan")), r"parametrize\(\) alpha_out"),
     (lambda: catapult.parametrize(_net(), "mup", base_width="4"), r"parametrize\(\) base_width must be a finite number > 0; got '4'"),
-    (lambda: catapult.parametrize(_net(), "supar", density=1.5), r"parametrize\(\) density must be a finite number in \(0, 1\]"),
+    (lambda: catapult.parametrize(_net(), "supar", density=1.5), r"parametrize\(\) density and base_density must be in \(0, 1\]"),
 ])
 def test_bad_real_arguments_are_named(build, words):
     with pytest.raises(ValueError, match=words):

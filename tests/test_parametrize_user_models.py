@@ -18,7 +18,7 @@ def mlp(width: int = 16) -> nn.Sequential:
 def test_a_density_outside_0_1_is_a_value_error_naming_it(density):
     # It was a ZeroDivisionError (0), 'math domain error' (< 0), a torch RuntimeError (NaN), or
     # silently accepted (> 1: a "supar" model with density_mult 1.5 and hidden lr / 1.5).
-    with pytest.raises(ValueError, match=r"density must be a finite number in \(0, 1\]"):
+    with pytest.raises(ValueError, match=r"density and base_density must be in \(0, 1\]"):
         catapult.parametrize(mlp(), "supar", base_width=4, density=density)
 
 

@@ -64,7 +64,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
-from catapult.arguments import check_module, check_real
+from catapult.arguments import check_densities, check_module, check_real
 from catapult.param_rules import (PARAMETRIZATIONS, ROLES, ParamSpec, check_parametrization, init_rule,
                                   init_variance, lr_multiplier, lr_rule, optimizer_family)
 from catapult.sparsity import random_mask
@@ -403,8 +403,7 @@ def parametrize(
     for label, value in (("width", width), ("base_width", base), ("alpha_in", alpha_in), ("alpha_out", alpha_out),
                          ("init_std", 1.0 if init_std is None else init_std)):  # nan too
         check_real("parametrize()", label, value, low=0.0, low_open=True)
-    for label, value in (("density", density), ("base_density", base_density)):  # density = 1 - sparsity
-        check_real("parametrize()", label, value, low=0.0, high=1.0, low_open=True)
+    check_densities("parametrize()", density, base_density)  # density = 1 - sparsity
     width_mult = width / base
     density_mult = density / base_density
     if mask_seed is None:
