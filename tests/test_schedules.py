@@ -560,3 +560,26 @@ def test_persistent_warmup_does_not_repeat_a_search_from_lr_start():
         model.weight.copy_(torch.tensor([[0.25, 0.0]]))           # L = 0.125 < 0.5: re-search
     assert pcw.step(batch, loss=0.125) == 0.75
     assert pcw.searches == 2 and pcw.history[1]["forward_passes"] == 2
+
+
+def test_attach_warns_when_it_replaces_differing_group_lrs():
+    """The schedule sets absolute lrs; hand-set group lrs without lr_mult are lost, and said so."""
+    from catapult.schedules import PersistentCatapultWarmup
+
+    def optimizer(**extra):
+        a, b = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+        return torch.optim.SGD([{"params": [a], "lr": 1e-3, **extra},
+                                {"params": [b], "lr": 1e-4, **extra}])
+
+    opt = optimizer()
+    with pytest.warns(UserWarning, match="lrs differ \\(0.001, 0.0001\\).*lr_mult"):
+        attach(opt, warmup(1.0, 4))
+    assert [g["lr"] for g in opt.param_groups] == [0.25, 0.25]   # replaced, as warned
+    with pytest.warns(UserWarning, match="PersistentCatapultWarmup: the param groups' lrs differ"):
+        PersistentCatapultWarmup(optimizer(), torch.nn.Linear(1, 1), torch.nn.MSELoss(), 1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        attach(optimizer(lr_mult=1.0), warmup(1.0, 4))           # ratios given: no warning
+        same = torch.optim.SGD([{"params": [torch.nn.Parameter(torch.zeros(1))]},
+                                {"params": [torch.nn.Parameter(torch.zeros(1))]}], lr=0.1)
+        attach(same, warmup(1.0, 4))                              # equal lrs: nothing lost

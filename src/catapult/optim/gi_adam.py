@@ -144,6 +144,11 @@ class GIAdam(torch.optim.Optimizer):
             values (``False``; ``fused`` also ``None``) so that code written for torch Adam runs
             unchanged; any other value is refused (not implemented).
 
+    ``g_1`` is the parameter's first gradient that is not ``None``, taken as it is: a first
+    gradient of zeros (``zero_grad(set_to_none=False)`` before a step that does not reach the
+    parameter) gives ``v_0 = 0``, i.e. Adam's start for that parameter. Keep torch's default
+    ``set_to_none=True`` so that unused parameters are skipped until they get a gradient.
+
     State per parameter uses torch Adam's keys -- ``"step"`` (a scalar float tensor, like torch),
     ``"exp_avg"``, ``"exp_avg_sq"`` -- so code that reads Adam state works unchanged.
     Weight decay is already decoupled, so :data:`GIAdamW` is an alias of this class.

@@ -9,7 +9,7 @@ from catapult.arguments import check_batch, check_module
 from catapult.critical_lr import critical_lr, probe_loss
 from catapult.parametrize import group_lr_mult
 from catapult.schedules.functions import checked_real
-from catapult.schedules.scheduler import set_group_lr
+from catapult.schedules.scheduler import set_group_lr, warn_replaced_group_lrs
 
 __all__ = ["PersistentCatapultWarmup"]
 
@@ -98,6 +98,7 @@ class PersistentCatapultWarmup:
         self.warm_start = warm_start
         self.rtol = None if rtol is None else checked_real("rtol", rtol, positive=True)
         self.optimizer, self.model, self.loss_fn = optimizer, model, loss_fn
+        warn_replaced_group_lrs(optimizer, type(self).__name__)
         self.lr: float | None = None
         self.loss_ref: float | None = None
         self.steps = 0

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Callable
 
 import torch
 
 from catapult.parametrize import group_lr_mult
 
-__all__ = ["ScheduleLR", "attach"]
+__all__ = ["ScheduleLR", "attach", "warn_replaced_group_lrs"]
 
 # --------------------------------------------------------------------------------------------
 # Attaching a schedule to an optimizer
@@ -21,6 +22,34 @@ def set_group_lr(group: dict, lr: float) -> None:
         group["lr"].fill_(lr)
     else:
         group["lr"] = lr
+
+
+def warn_replaced_group_lrs(optimizer: torch.optim.Optimizer, who: str) -> bool:
+    """Warn (and return True) when the groups' own lrs differ and none sets ``lr_mult``.
+
+    catapult's schedules set *absolute* lrs, ``fn(t) * lr_mult``, unlike ``LambdaLR``'s
+    ``lr_0 * lambda(t)``; groups given different lrs by hand would silently all get ``fn(t)``.
+
+    Example:
+        >>> import warnings
+        >>> a, b = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+        >>> opt = torch.optim.SGD([{"params": [a], "lr": 1e-3}, {"params": [b], "lr": 1e-4}])
+        >>> with warnings.catch_warnings(record=True):
+        ...     warn_replaced_group_lrs(opt, "attach")
+        True
+    """
+    groups = optimizer.param_groups
+    if len(groups) < 2 or any("lr_mult" in g for g in groups):
+        return False
+    lrs = [float(g["lr"]) for g in groups]
+    if max(lrs) == min(lrs):
+        return False
+    shown = ", ".join(f"{lr:g}" for lr in lrs[:4]) + (", ..." if len(lrs) > 4 else "")
+    warnings.warn(f"{who}: the param groups' lrs differ ({shown}) but none sets 'lr_mult'; "
+                  f"every group now gets the schedule's lr. To keep their ratios, give each group "
+                  f"'lr_mult' (e.g. its lr / the largest), as catapult.param_groups does.",
+                  UserWarning, stacklevel=3)
+    return True
 
 
 class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
@@ -55,6 +84,8 @@ class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
         if not callable(fn):
             raise TypeError(f"fn must be a callable step -> lr, got {fn!r}")
         self.fn = fn
+        if last_epoch == -1:
+            warn_replaced_group_lrs(optimizer, type(self).__name__)
         super().__init__(optimizer, last_epoch)
 
     def _lr_at(self, t: int) -> float:
@@ -86,7 +117,8 @@ def attach(optimizer: torch.optim.Optimizer, fn: Callable[[int], float]) -> Sche
     """Drive ``optimizer`` with the schedule ``fn``: returns a :class:`ScheduleLR`.
 
     Each param group's lr becomes ``fn(t) * group.get("lr_mult", 1.0)``; the groups hold
-    ``fn(0)`` as soon as this returns. Call ``scheduler.step()`` after each ``optimizer.step()``.
+    ``fn(0)`` as soon as this returns. The groups' own lrs are replaced, not scaled (a
+    ``UserWarning`` says so when they differ and no group sets ``lr_mult``). Call ``scheduler.step()`` after each ``optimizer.step()``.
 
     Example:
         >>> import torch
