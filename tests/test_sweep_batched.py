@@ -289,6 +289,27 @@ def test_cells_logging_the_spectrum_run_locally_with_their_columns():
                    for row in res.metrics)
 
 
+@pytest.mark.parametrize("evaluation, reason", [
+    ({"sharpness_memory": "lean"}, "eval.sharpness_memory='lean'"),
+    ({"sharpness_hvp": "finite_difference"}, "eval.sharpness_hvp='finite_difference'"),
+])
+def test_lean_and_difference_sharpness_cells_run_locally(evaluation, reason):
+    # the batched engines ran exact products with a kept Krylov basis for these: lean's capped
+    # solves stored other values (10%) and half the matvecs, difference products exact ones
+    from catapult.sweep.ensemble import EnsembleExecutor
+
+    cells = [_cell(MLP, i, optimizer={"name": "sgd", "lr": 0.1 * (i + 1)}, train={"steps": 4},
+                   eval={"sharpness_every": 2, "sharpness_max_iter": 6, **evaluation}) for i in range(2)]
+    assert batched_unsupported_reason(cells[0].config).startswith(reason)
+    executor = EnsembleExecutor(lambda config, progress=None: train.run(config, progress="none"))
+    results = dict(executor.run(cells))
+    assert executor.engines == {} and [i for i, _ in executor.fallbacks] == [0, 1]
+    for cell in cells:
+        local = train.run(cell.config, progress="none")
+        assert [(r["sharpness"], r["sharpness_matvecs"]) for r in results[cell.id].metrics] == [
+            (r["sharpness"], r["sharpness_matvecs"]) for r in local.metrics]
+
+
 def test_stacked_evaluate_in_member_groups_equals_each_model_alone(monkeypatch):
     from catapult.losses import get_loss
     from catapult.sweep.batched_model import StackedModel

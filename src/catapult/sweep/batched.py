@@ -44,8 +44,10 @@ differently; nothing else differs):
 
 ``eval.sharpness_hvp`` and ``eval.sharpness_chunk_size`` are honoured as the local engine
 honours them (:class:`~catapult.sweep.batched_model.StackedHessian`: double backprop with one
-graph, or forward-over-reverse under ``vmap``, which also stands in for ``finite_difference``
-and ``compiled``: exact products, equal to the local engine's up to rounding; micro-batches of
+graph, or forward-over-reverse under ``vmap``, which also stands in for ``compiled``: exact
+products, equal to the local engine's up to rounding; ``finite_difference`` and
+``eval.sharpness_memory: lean`` run locally, since their values differ from exact products'
+by more than rounding; micro-batches of
 ``chunk_size`` samples summed
 with weights ``|B_k| / |B|``, one chunk's graph alive at a time). ``eval.sharpness_dtype`` is
 honoured (parameters, buffers and float inputs cast for the
@@ -90,9 +92,14 @@ def batched_unsupported_reason(config: Mapping[str, Any]) -> str | None:
         return f"loss={config['loss']!r} (batched: {', '.join(_LOSSES)})"
     if config["model"].get("sparsity", {}).get("method", "static") != "static":  # masks change per member
         return f"model.sparsity.method={config['model']['sparsity']['method']!r} (batched: static masks only)"
+    evaluation = config["eval"]
+    if evaluation.get("sharpness_hvp") == "finite_difference":  # its truncation is part of its value
+        return "eval.sharpness_hvp='finite_difference' (batched: exact products only)"
+    if evaluation.get("sharpness_memory", "fast") != "fast":  # lean's solver restarts otherwise
+        return f"eval.sharpness_memory={evaluation['sharpness_memory']!r} (batched: 'fast' only)"
     for key in ("spectrum_top_k", "trace_matvecs"):  # the members' spectra are not computed here
-        if config["eval"].get(key):
-            return f"eval.{key}={config['eval'][key]} (batched: the top eigenvalue only)"
+        if evaluation.get(key):
+            return f"eval.{key}={evaluation[key]} (batched: the top eigenvalue only)"
     return None
 
 
