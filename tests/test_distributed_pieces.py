@@ -96,7 +96,7 @@ def test_data_parallel_reduces_over_both_processes_and_shares_rank0s_verdict(tmp
 
 
 def test_batch_t_is_drawn_from_the_data_seed_and_t(tmp_path):
-    # the module docstring's rule, by hand: B window starts ~ Uniform{0 .. N - T - 2} from a
+    # the module docstring's rule, by hand: B window starts ~ Uniform{0 .. N - T - 1} from a
     # torch.Generator seeded with data_seed * 1_000_003 + t, data_seed = seeds(seed)[1]
     from catapult.engine.seeds import seeds
 
@@ -108,7 +108,7 @@ def test_batch_t_is_drawn_from_the_data_seed_and_t(tmp_path):
     result = train_ddp(config, progress="none")
     for t in range(2):
         gen = torch.Generator().manual_seed(seeds(5)[1] * 1_000_003 + t)
-        starts = torch.randint(len(stream) - 8 - 1, (4,), generator=gen).tolist()
+        starts = torch.randint(len(stream) - 8, (4,), generator=gen).tolist()
         w = torch.from_numpy(np.stack([stream[s:s + 9] for s in starts]))
         with torch.no_grad():   # lr 1e-30: the initial model at both steps
             logits = result.model(w[:, :-1])
@@ -122,7 +122,7 @@ def test_batch_t_is_drawn_from_the_data_seed_and_t(tmp_path):
     assert len(first) == 3
     for t, (x, y) in enumerate(first):
         gen = torch.Generator().manual_seed(seeds(5)[1] * 1_000_003 + t)
-        starts = torch.randint(len(stream) - 8 - 1, (4,), generator=gen).tolist()[2:]   # rank 1: rows 2, 3
+        starts = torch.randint(len(stream) - 8, (4,), generator=gen).tolist()[2:]   # rank 1: rows 2, 3
         assert torch.equal(x, torch.from_numpy(np.stack([stream[s:s + 8] for s in starts])))
         assert torch.equal(y, torch.from_numpy(np.stack([stream[s + 1:s + 9] for s in starts])))
 

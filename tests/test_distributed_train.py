@@ -25,13 +25,13 @@ def _config(root, steps=4):
 
 
 def _catapult_config(root):
-    """The config with a catapult warmup whose search moves the lr (lr_c ~ 0.04 < 0.3, measured)
+    """The config with a catapult warmup whose search moves the lr (lr_c ~ 0.44 < 1.0, measured)
     and sharpness tracked every 2 steps, with the top eigenvalue and trace columns: all run on the
     union batch across ranks."""
     config = _config(root)
     config.update(schedule=dict(warmup="catapult", warmup_steps=2),
                   eval=dict(sharpness_every=2, spectrum_top_k=1, trace_matvecs=3))
-    config["optimizer"]["lr"] = 0.3
+    config["optimizer"]["lr"] = 1.0
     return config
 
 
@@ -103,7 +103,7 @@ def test_two_gloo_processes_match_one_process_on_the_union_batch(tmp_path):
         # the validation loss: each rank evaluates half the held-out windows, all-reduced
         assert metrics[-1]["test_loss"] == pytest.approx(catapult.metrics[-1]["test_loss"], rel=1e-9)
         assert metrics[-1]["test_accuracy"] == pytest.approx(catapult.metrics[-1]["test_accuracy"], rel=1e-9)
-    assert catapult.summary["lr_critical"] < 0.1 < catapult.metrics[-1]["lr"]  # the search moved the lr
+    assert catapult.summary["lr_critical"] < 0.5 < catapult.metrics[-1]["lr"]  # the search moved the lr
     # the final test loss is the held-out windows' (one process: all 24, computed here again)
     model = catapult.model.eval()
     x, y = validation_windows(TokenShards(root, VOCAB, held_out=True), 8, None, rank=0, world=1)

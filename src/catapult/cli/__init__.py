@@ -25,7 +25,7 @@ from catapult.cli.common import add_config_arguments, apply_threads, config_from
 from catapult.config import ConfigError, MissingDependency
 from catapult.engine.loop import RunDirectoryError
 
-__all__ = ["main", "build_parser", "COMMANDS", "add_config_arguments", "config_from_args",
+__all__ = ["main", "report", "build_parser", "COMMANDS", "add_config_arguments", "config_from_args",
            "overrides_from_args", "apply_threads", "MAX_MESSAGE"]
 
 #: The longest error message printed; a longer one is cut (it quotes some hostile input).
@@ -73,42 +73,53 @@ def main(argv: Sequence[str] | None = None, commands: Sequence = COMMANDS) -> in
         return 2
     try:
         return int(args.func(args) or 0)
+    except (Exception, KeyboardInterrupt) as err:
+        return report(args.command, err, store=getattr(args, "store", None))
+
+
+def report(command: str | None, err: BaseException, store: str | None = None) -> int:
+    """Print ``err`` as ``catapult COMMAND: error: ...`` and return its exit code (module
+    docstring); an exception of no kind listed here is a defect, and is raised again (its
+    traceback is the report). ``store``: the sweep store a SQLite error is about. ``train-ddp`` calls this itself on a rank that must leave its
+    process group without the interpreter's teardown."""
+    try:
+        raise err
     except ConfigError as err:
-        _error(args.command, _config_problem(err))
+        _error(command, _config_problem(err))
         return 2
     except MissingDependency as err:  # an option whose package is not installed: say which, and how
-        _error(args.command, str(err))
+        _error(command, str(err))
         return 2
     except FileNotFoundError as err:
-        _error(args.command, str(err))
+        _error(command, str(err))
         return 2
     except RunDirectoryError as err:
-        _error(args.command, str(err))
+        _error(command, str(err))
         return 2
     except BrokenPipeError:  # whoever read stdout stopped (`catapult sweep --dry-run | head`): no error of the input
         _detach_stdout()
         return 141
     except OSError as err:  # a full disk, a read-only directory, a directory where a file goes
-        _error(args.command, _os_problem(err))
+        _error(command, _os_problem(err))
         return 2
     except sqlite3.OperationalError as err:
         if "unable to open" in str(err):  # a folder SQLite may not create files in (/proc, permissions)
-            _error(args.command, f"the store {getattr(args, 'store', None) or ''} cannot be opened: {err}")
+            _error(command, f"the store {store or ''} cannot be opened: {err}")
             return 2
-        where = getattr(args, "store", None) or "the store"
+        where = store or "the store"
         if any(word in str(err) for word in ("disk", "full", "readonly", "read-only")):
-            _error(args.command, f"the store cannot be written: {err}")
+            _error(command, f"the store cannot be written: {err}")
         elif "locked" in str(err):
-            _error(args.command, f"{where} stayed locked by another process for 30 s: {err}")
+            _error(command, f"{where} stayed locked by another process for 30 s: {err}")
         else:  # a schema that is not the store's ("no such column", "foreign key mismatch")
-            _error(args.command, f"{where} is damaged (SQLite says: {err})")
+            _error(command, f"{where} is damaged (SQLite says: {err})")
         return 2
     except sqlite3.DatabaseError as err:  # a store damaged past its header: its pages fail when read
-        where = getattr(args, "store", None) or "the store"
-        _error(args.command, f"{where} is a damaged SQLite file (SQLite says: {err})")
+        where = store or "the store"
+        _error(command, f"{where} is a damaged SQLite file (SQLite says: {err})")
         return 2
     except KeyboardInterrupt:
-        _error(args.command, "interrupted")
+        _error(command, "interrupted")
         return 130
 
 

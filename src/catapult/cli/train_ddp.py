@@ -5,6 +5,8 @@ text tokenised once into the token cache (:mod:`catapult.data.text_shards`)."""
 from __future__ import annotations
 
 import os
+import re
+import sys
 from pathlib import Path
 
 from catapult.cli.common import add_config_arguments, config_from_args
@@ -41,7 +43,6 @@ def _command(args) -> int:
 
     from catapult.engine import format_summary
     from catapult.engine.distributed import train_ddp
-    from catapult.engine.loop import check_out_dir
 
     config = config_from_args(args)
     out = Path(args.out) if args.out else Path("runs") / config["name"]
@@ -53,8 +54,8 @@ def _command(args) -> int:
     if grouped and not (dist.is_available() and dist.is_initialized()):  # every rank, before any work
         backend = _backend(args.backend)
         _check_rendezvous(world)
-    if rank == 0:  # the writer checks, before any work (exit 2 if in the way)
-        check_out_dir(out, overwrite=args.overwrite)
+    # the run directory is checked by train_ddp on every rank at once (rank 0's verdict): a
+    # check on rank 0 alone, before the group existed, left the others waiting in the rendezvous
     started = False
     if backend is not None:
         dist.init_process_group(backend)
@@ -63,14 +64,43 @@ def _command(args) -> int:
         result = train_ddp(config, out_dir=out, overwrite=args.overwrite, progress=args.progress)
         if started:  # every rank past its DDP teardown before the group goes (the documented order)
             dist.barrier()
-    finally:
+    except (Exception, KeyboardInterrupt) as exc:
         if started:
-            dist.destroy_process_group()
+            _leave(exc, rank)
+        raise
+    if started:
+        dist.destroy_process_group()
     if rank == 0:
         print(format_summary(result.summary))
         print(f"train-ddp: {world} process(es), {result.tokens_per_second:,.0f} tokens/s; wrote {out}/ "
               f"(config.yaml, metrics.csv, summary.json, trajectories.png, model.pt)")
     return 0
+
+
+#: What gloo says on the ranks left in a collective when another rank's process has gone.
+_LOST_PEER = ("Connection closed by peer", "Connection reset by peer", "remote worker crash")
+_GLOO_SOURCE = re.compile(r"^\[[^\]]*\]\s*")  # "[.../gloo/transport/tcp/pair.cc:553] " before the news
+
+
+def _leave(exc: BaseException, rank: int) -> None:
+    """End this rank of a started group over ``exc``: its message and exit code as ``catapult``
+    prints them (:func:`catapult.cli.report`), or, when ``exc`` is gloo's news that another rank's
+    process has gone, one line saying so (exit 1: that rank's own message says why). Then
+    ``os._exit``: the interpreter's teardown of gloo's threads after a failed collective has
+    aborted ranks (SIGABRT, "terminate called without an active exception"). An exception
+    :func:`~catapult.cli.report` does not know (a defect) is raised with its traceback instead."""
+    from catapult.cli import report
+
+    message = str(exc)
+    if isinstance(exc, RuntimeError) and any(phrase in message for phrase in _LOST_PEER):
+        print(f"catapult train-ddp: error: rank {rank}: another process of this run stopped; its own "
+              f"message says why (gloo: {_GLOO_SOURCE.sub('', message).split('. ')[0][:160]})", file=sys.stderr)
+        code = 1
+    else:
+        code = report("train-ddp", exc)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _launch() -> tuple[int, int]:

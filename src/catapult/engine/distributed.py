@@ -213,7 +213,8 @@ def global_batch_rows(batch_size: int, rank: int, world_size: int) -> np.ndarray
 
 def _starts(n_tokens: int, context: int, batch_size: int, data_seed: int, t: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(int(data_seed) * 1_000_003 + t)
-    return torch.randint(n_tokens - context - 1, (batch_size,), generator=gen)
+    # a window is context + 1 tokens (inputs and the next-token targets): starts 0 .. N - T - 1
+    return torch.randint(n_tokens - context, (batch_size,), generator=gen)
 
 
 class ShardBatches:
@@ -421,9 +422,9 @@ def train_ddp(config: Mapping[str, Any], *, out_dir: str | os.PathLike | None = 
 
     def set_up() -> Any:
         shards, held_out = opened if opened is not None else open_shards(check_ids=False)
-        if len(shards) < context + 2:
+        if len(shards) < context + 1:
             raise cfg.ConfigError([("data.root", f"{len(shards)} training tokens in {d['root']}: fewer than "
-                                                 f"data.context + 2 = {context + 2}")])
+                                                 f"one window of data.context + 1 = {context + 1}")])
         model = build_model(config, context, shards.vocab_size or d["vocab_size"], device, dtype)
         if sharded:  # before assemble_run builds the optimizer: it must hold the shards
             shard_model(model)

@@ -77,6 +77,7 @@ The loop is written once, :func:`train`, on a built :class:`~catapult.engine.bui
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
@@ -453,8 +454,19 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
     weights = processes.state_dict(model)
     if out_path is not None:
         (out_path / "summary.json").write_text(json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n")
-        torch.save(weights, out_path / "model.pt")  # the final weights: `catapult spectrum --weights`
+        _save_weights(weights, out_path / "model.pt")  # the final weights: `catapult spectrum --weights`
         plot_run(metrics, out_path / "trajectories.png", title=config["name"], status=status,
                  threshold_label=threshold_label(config, rule.kind),
                  preconditioned=rule.kind == "preconditioned")
     return RunResult(status=status, metrics=metrics, summary=summary, config=config, model=model, out_dir=out_path)
+
+
+def _save_weights(weights: Mapping[str, Any], path: Path) -> None:
+    """``torch.save(weights, path)``; a failed write is an OSError naming ``path``. torch's zip
+    writer reports a full disk as a RuntimeError ("unexpected pos"), which the CLI would show
+    as a traceback with exit 1 instead of a message with exit 2."""
+    try:
+        torch.save(weights, path)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise OSError(errno.EIO, f"could not be written ({first[:200]}); is the disk full?", str(path)) from exc
