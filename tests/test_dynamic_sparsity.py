@@ -195,3 +195,52 @@ def test_mask_updater_arguments_outside_their_range_are_refused(kwargs):
     # drop_fraction 2.0 took a RigL model from density 0.2 to 0.39 in one update
     with pytest.raises(ValueError, match="must be a number in \\(0, 1\\]"):
         MaskUpdater(_model(density=0.25), "rigl", end_step=10, **kwargs)
+
+
+def test_measuring_between_backward_and_a_rigl_update_leaves_the_grow_scores_alone():
+    # the measurements' own backward passes replaced dense_grad: RigL then grew by the gradient
+    # of the last Hessian-vector product, and `eval.sharpness_every` changed the training
+    import copy
+
+    import catapult
+    from catapult.losses import cross_entropy
+
+    gen = torch.Generator().manual_seed(0)
+    model = GPT(11, d_model=16, n_layers=1, n_heads=2, context=6, density=0.5, mask_seed=1).double()
+    updater = MaskUpdater(model, "rigl", update_every=1, end_step=10)
+    x = torch.randint(0, 11, (4, 6), generator=gen)
+    batch = (x, torch.roll(x, 1, dims=1))
+    loss = cross_entropy(model(x), batch[1])
+    loss.backward()
+    layers = [m for _, m in masked_modules(model)]
+    # truth: the same layers' dense gradients from torch.autograd.grad by W ⊙ M as leaves
+    kept = [m.dense_grad.clone() for m in layers]
+    assert all(g is not None and g.abs().sum() > 0 for g in kept)
+    x2 = torch.randint(0, 11, (4, 6), generator=gen)
+    held_out = (x2, torch.roll(x2, 1, dims=1))    # measured on other data than the step's
+    catapult.sharpness(model, cross_entropy, held_out, tol=1e-2)
+    catapult.sharpness(model, cross_entropy, held_out, tol=1e-2, hvp="finite_difference")
+    catapult.critical_lr(model, cross_entropy, held_out, torch.optim.SGD(model.parameters(), lr=0.1))
+    for m, g in zip(layers, kept):
+        assert torch.equal(m.dense_grad, g)
+    # a copy of the model keeps capturing, into its own layers
+    twin = copy.deepcopy(model)
+    twin_layers = [m for _, m in masked_modules(twin)]
+    cross_entropy(twin(x), batch[1]).mul(2.0).backward()
+    for m, t, g in zip(layers, twin_layers, kept):
+        assert torch.equal(m.dense_grad, g) and torch.allclose(t.dense_grad, 2.0 * g)
+    assert updater.step(1) is not None
+
+
+def test_rigl_trains_the_same_with_and_without_sharpness_tracking():
+    from catapult.engine import run
+
+    def losses(every):
+        config = dict(seed=1, data=dict(name="digits", n_train=64, n_test=32),
+                      model=dict(name="mlp", width=16, depth=3, density=0.5,
+                                 sparsity=dict(method="rigl", update_every=2, end_fraction=1.0)),
+                      optimizer=dict(name="adam", lr=3e-3), train=dict(steps=6, batch_size=16),
+                      eval=dict(sharpness_every=every, test_every=0))
+        return [row["train_loss"] for row in run(config, progress="none").metrics]
+
+    assert losses(1) == losses(0)

@@ -104,11 +104,49 @@ class MaskedLinear(nn.Linear):
     """
 
     mask: torch.Tensor | None
-    #: Keep ``dL/d(W ⊙ M)`` of the last backward pass in ``dense_grad`` (RigL's grow score; the
-    #: weight's own gradient is that times ``M``, zero where pruned). Off unless a
-    #: :class:`~catapult.sparsity.MaskUpdater` for RigL turns it on.
-    capture_dense_grad: bool = False
+    #: RigL's grow score ``dL/d(W ⊙ M)`` (the weight's own gradient is that times ``M``, zero
+    #: where pruned), kept by :attr:`capture_dense_grad`.
     dense_grad: torch.Tensor | None = None
+    _capture = False
+    _pending_dense_grad: torch.Tensor | None = None  # of the latest backward through a forward
+    _accumulate_hook = None  # the weight's post-accumulate-grad hook while capturing
+
+    @property
+    def capture_dense_grad(self) -> bool:
+        """Keep ``dL/d(W ⊙ M)`` in :attr:`dense_grad`, from the last backward pass that
+        accumulates into the weight's ``.grad`` (``loss.backward()``). Passes that differentiate
+        without accumulating there (``torch.autograd.grad``, ``torch.func``: the sharpness and
+        spectrum measurements, the critical-lr search) leave it alone, so measuring between
+        ``backward()`` and a RigL update does not change what RigL grows. Off unless a
+        :class:`~catapult.sparsity.MaskUpdater` for RigL turns it on."""
+        return self._capture
+
+    @capture_dense_grad.setter
+    def capture_dense_grad(self, on: bool) -> None:
+        self._capture = bool(on)
+        self._hook_accumulation()
+
+    def _hook_accumulation(self) -> None:
+        if self._accumulate_hook is not None:
+            self._accumulate_hook.remove()
+            self._accumulate_hook = None
+        if self._capture and self.weight.requires_grad:
+            self._accumulate_hook = self.weight.register_post_accumulate_grad_hook(self._accept_dense_grad)
+
+    def _accept_dense_grad(self, weight: torch.Tensor) -> None:
+        if self._pending_dense_grad is not None:
+            self.dense_grad, self._pending_dense_grad = self._pending_dense_grad, None
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()   # a copy; the hook is the old weight's
+        state.pop("_accumulate_hook", None)
+        state.pop("_pending_dense_grad", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)      # copy.deepcopy, unpickling: hook the new weight
+        if self._capture:
+            self._hook_accumulation()
 
     def __init__(
         self,
@@ -153,7 +191,7 @@ class MaskedLinear(nn.Linear):
 
     def forward_weight(self) -> torch.Tensor:
         """:meth:`masked_weight` for a forward pass: with ``capture_dense_grad`` its gradient is
-        kept in ``dense_grad`` by the backward pass. Every subclass's forward goes through it."""
+        kept in ``dense_grad`` by a backward pass that accumulates into ``.grad``. Every subclass's forward goes through it."""
         weight = self.masked_weight()
         if self.capture_dense_grad and self.mask is not None and weight.requires_grad:
             weight.register_hook(self._keep_dense_grad)
@@ -170,7 +208,8 @@ class MaskedLinear(nn.Linear):
         return F.linear(input, self.forward_weight(), self.bias)
 
     def _keep_dense_grad(self, grad: torch.Tensor) -> None:
-        self.dense_grad = grad.detach()
+        # every backward through this forward; the weight's accumulate hook accepts it
+        self._pending_dense_grad = grad.detach()
 
     def extra_repr(self) -> str:
         text = super().extra_repr()
