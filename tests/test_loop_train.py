@@ -129,3 +129,29 @@ def test_the_summary_names_a_run_without_test_evaluations_instead_of_printing_da
     assert "loss -" not in tested and "accuracy 0." in tested
     assert next(line for line in without if line.startswith("  test:")) == \
         "  test: none evaluated (no test set, or no evaluation step)"
+
+
+@pytest.mark.parametrize("stopped_in", ["model.pt", "trajectories.png"])
+def test_a_run_stopped_while_writing_its_final_files_leaves_no_finished_summary(tmp_path, monkeypatch, stopped_in):
+    # summary.json ("finished") was written first and model.pt in place: a Ctrl-C or kill while
+    # it was written left a truncated model.pt beside a summary saying the run had finished
+    import catapult.engine.loop as loop
+
+    def stopped(path, *args, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"PK\x03\x04 half a file")     # what a writer leaves when it is stopped
+        raise KeyboardInterrupt
+
+    if stopped_in == "model.pt":
+        monkeypatch.setattr(torch, "save", lambda obj, path, *a, **k: stopped(path))
+    else:
+        monkeypatch.setattr(loop, "plot_run", lambda metrics, path, **k: stopped(path))
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        loop.run(_config(), out_dir=out, progress="none")
+    kept = sorted(p.name for p in out.iterdir())
+    assert "summary.json" not in kept and stopped_in not in kept and not any("partial" in k for k in kept)
+    assert {"config.yaml", "metrics.csv"} <= set(kept)    # the rows written so far are kept
+    monkeypatch.undo()
+    loop.run(_config(), out_dir=tmp_path / "whole", progress="none")
+    assert sorted(p.name for p in (tmp_path / "whole").iterdir()) == sorted(RUN_FILES)

@@ -452,13 +452,27 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
     reporter.close(status + (f" ({summary['failure']})" if summary.get("failure") else ""))
     summary.update(warmup_summary(config, metrics, lr_trgt, warmup_rule))
     weights = processes.state_dict(model)
-    if out_path is not None:
-        (out_path / "summary.json").write_text(json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n")
-        _save_weights(weights, out_path / "model.pt")  # the final weights: `catapult spectrum --weights`
-        plot_run(metrics, out_path / "trajectories.png", title=config["name"], status=status,
-                 threshold_label=threshold_label(config, rule.kind),
-                 preconditioned=rule.kind == "preconditioned")
+    if out_path is not None:  # each file whole or not at all, the summary (the run's verdict) last
+        _write_whole(out_path / "model.pt", lambda path: _save_weights(weights, path))  # `spectrum --weights`
+        _write_whole(out_path / "trajectories.png", lambda path: plot_run(
+            metrics, path, title=config["name"], status=status, threshold_label=threshold_label(config, rule.kind),
+            preconditioned=rule.kind == "preconditioned"))
+        text = json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n"
+        _write_whole(out_path / "summary.json", lambda path: path.write_text(text))
     return RunResult(status=status, metrics=metrics, summary=summary, config=config, model=model, out_dir=out_path)
+
+
+def _write_whole(path: Path, write) -> None:
+    """``write(partial)`` to ``.partial-NAME`` beside ``path`` (same suffix, for savefig), then
+    renamed over ``path``: a run stopped mid-write (Ctrl-C, kill, a full disk) never leaves a
+    truncated ``model.pt`` under its real name beside a summary that says "finished"."""
+    partial = path.with_name(f".partial-{path.name}")
+    try:
+        write(partial)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def _save_weights(weights: Mapping[str, Any], path: Path) -> None:
