@@ -470,8 +470,10 @@ def _write_whole(path: Path, write) -> None:
     try:
         write(partial)
         os.replace(partial, path)
-    except BaseException:
+    except BaseException as exc:
         partial.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename == str(partial):  # name the file the user knows
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
 
 
