@@ -24,13 +24,25 @@ def test_a_demo_run_writes_over_its_own_earlier_output(tmp_path):
                                                      "trajectories.png"]
 
 
+RUN = {"config.yaml": b"name: fig1_sp_T1\n", "metrics.csv": b"step,train_loss\n0,1.0\n",
+       "summary.json": b'{"status": "finished", "steps_completed": 1}'}
+TITLE = b"# Warmup mechanisms (warmup paper, Fig. 1) in miniature"   # report.md's first line
+FIGURE = b"\x89PNG\r\n\x1a\n...tEXtSoftware\x00written by catapult..."   # savefig's mark, as in the file
+
+
 @pytest.mark.parametrize("entries, ours", [
     ({}, True),
-    ({"fig1_sp_T1/": None, "fig1_sp.png": b"png", "report.md": b"# demo"}, True),  # an earlier demo
-    ({"fig1_sp_T1/": None}, True),                                                # an interrupted one
+    ({"fig1_sp_T1": RUN, "fig1_sp.png": FIGURE, "report.md": TITLE + b"\n"}, True),
+    ({"fig1_sp_T1": {"config.yaml": RUN["config.yaml"], "metrics.csv": b"step,train_loss\n"}}, True),  # stopped
     ({"report.md": b"my notes"}, False),                                          # no run of the demo
-    ({"fig1_sp_T1/": None, "notes.txt": b"mine"}, False),
+    ({"fig1_sp_T1": RUN, "notes.txt": b"mine"}, False),
     ({"config.yaml": b"name: x\n", "metrics.csv": b"step\n"}, False),             # a train run
+    # judged by content, not by name: a user's files under the demo's names, an empty folder of
+    # a run's name, a run's folder holding the user's config (it was refused after 7 runs)
+    ({"fig1_sp_T1": RUN, "report.md": b"# my own report\n"}, False),
+    ({"fig1_sp_T1": RUN, "fig1_sp.png": b"my own figure"}, False),
+    ({"fig1_mup_T1": {}, "report.md": TITLE}, False),
+    ({"fig1_sp_T1": RUN, "fig1_sp_T256": {"config.yaml": b"my: own config\n"}}, False),
 ])
 def test_the_demo_writes_only_into_a_directory_it_wrote(tmp_path, capsys, monkeypatch, entries, ours):
     ran = []
@@ -38,10 +50,15 @@ def test_the_demo_writes_only_into_a_directory_it_wrote(tmp_path, capsys, monkey
     out = tmp_path / "out"
     out.mkdir()
     for name, data in entries.items():
-        (out / name).mkdir() if data is None else (out / name).write_bytes(data)
-    before = sorted(p.name for p in out.iterdir())
+        if isinstance(data, dict):
+            (out / name).mkdir()
+            for inner, content in data.items():
+                (out / name / inner).write_bytes(content)
+        else:
+            (out / name).write_bytes(data)
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
     assert cli.main(["demo", "--out", str(out)]) == (0 if ours else 2)
-    assert ran == ([str(out)] if ours else []) and sorted(p.name for p in out.iterdir()) == before
+    assert ran == ([str(out)] if ours else []) and sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
     if not ours:
         assert "is not a directory `catapult demo` wrote" in capsys.readouterr().err
 
@@ -53,6 +70,8 @@ def test_the_demo_never_writes_through_a_link_in_its_directory(tmp_path, capsys,
     notes.write_text("my notes\n")
     out = tmp_path / "out"
     (out / "fig1_sp_T1").mkdir(parents=True)
+    for name, content in RUN.items():
+        (out / "fig1_sp_T1" / name).write_bytes(content)
     (out / "report.md").symlink_to(notes)
     assert cli.main(["demo", "--out", str(out)]) == 2
     assert "is not a directory `catapult demo` wrote (it holds report.md)" in capsys.readouterr().err

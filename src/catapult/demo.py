@@ -57,6 +57,9 @@ BASE_CONFIG: dict[str, Any] = {
 }
 
 
+#: The first line of ``report.md``: how ``catapult demo`` knows a report it wrote from a user's.
+REPORT_TITLE = "# Warmup mechanisms (warmup paper, Fig. 1) in miniature"
+
 def run_name(parametrization: str, warmup_steps: int) -> str:
     return f"fig1_{parametrization}_T{warmup_steps}"
 
@@ -270,7 +273,7 @@ def _report(configs, table: str, figures: Sequence[Path], wall: float) -> str:
              f"from 0 over T_wrm steps; sharpness every {c0['eval']['sharpness_every']} steps (Lanczos, "
              f"warm-started).")
     return "\n".join([
-        "# Warmup mechanisms (warmup paper, Fig. 1) in miniature",
+        REPORT_TITLE,
         "",
         setup,
         "",

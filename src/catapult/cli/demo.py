@@ -6,6 +6,7 @@ from pathlib import Path
 from catapult import demo
 from catapult.cli.common import check_study_dir
 from catapult.config import ConfigError
+from catapult.files import is_run_record, written_by_catapult
 
 
 def register(subparsers) -> None:
@@ -32,17 +33,42 @@ def _demo_command(args) -> int:
         raise ConfigError([("--workers", f"must be >= 1, got {args.workers}")])
     runs = {c["name"] for c in demo.demo_configs()}  # the demo owns the directory it wrote, nothing else
     check_study_dir("demo", args.out, owned=lambda entry: _owned(entry, runs),
-                    marker=lambda entry: entry.is_dir() and entry.name in runs)
+                    marker=lambda entry: _demo_run(entry, runs))
     demo.run_demo(args.out, workers=args.workers, echo=lambda line: print(line, flush=True))
     return 0
 
 
 
 def _owned(entry: Path, runs: set) -> bool:
-    """Whether ``entry`` is something ``catapult demo`` writes: a run directory, a figure, the report
-    (a link is not: the file written would be the one it points to)."""
+    """Whether ``entry`` is something ``catapult demo`` wrote, judged by content as the run's own
+    files are: a run directory ``--overwrite`` may reuse (no user's ``config.yaml`` in it), a
+    figure carrying catapult's mark, the demo's report (its first line). A name alone is not
+    enough (a user's ``report.md`` was replaced), nor is a link (the file written would be the
+    one it points to)."""
+    from catapult.engine.loop import RunDirectoryError, check_out_dir
+
     if entry.is_symlink():
         return False
     if entry.is_dir():
-        return entry.name in runs
-    return entry.is_file() and (entry.name == "report.md" or (entry.name.startswith("fig1_") and entry.suffix == ".png"))
+        if entry.name not in runs:
+            return False
+        try:
+            check_out_dir(entry, overwrite=True)
+        except (RunDirectoryError, OSError):
+            return False
+        return True
+    if not entry.is_file():
+        return False
+    if entry.name == "report.md":
+        try:
+            with open(entry, encoding="utf-8") as fh:
+                return fh.readline(1024).rstrip("\n") == demo.REPORT_TITLE
+        except (OSError, UnicodeDecodeError):
+            return False
+    return entry.name.startswith("fig1_") and entry.suffix == ".png" and written_by_catapult(entry)
+
+
+def _demo_run(entry: Path, runs: set) -> bool:
+    """A run directory of an earlier demo: its name, and a run's records inside."""
+    return entry.is_dir() and entry.name in runs and any(
+        is_run_record(entry / name) for name in ("summary.json", "metrics.csv"))
