@@ -115,6 +115,8 @@ def check_out_file(option: str, path, replaces: tuple[str, ...] | None = None) -
 
 def _is_sqlite(path: Path) -> bool:
     """Whether ``path`` is an existing file with SQLite's header (a sweep store, this one or another)."""
+    if not path.is_file():  # a FIFO: open() would wait for a writer
+        return False
     try:
         with open(path, "rb") as fh:
             return fh.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC

@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 from catapult.cli.common import check_image_file, check_out_file, figure_path, threads_problem
+from catapult.config import ConfigError
 
 __all__ = ["register", "resume_command"]
 
@@ -363,9 +364,13 @@ def _parse_where(items) -> dict:
 def _plot_command(args: argparse.Namespace) -> int:
     # the default names are checked too: a user's file (or a link) there is not catapult's to replace
     stem = Path(args.store).with_suffix("")
-    check_image_file("--out", args.out if args.out else Path(f"{stem}_{args.metric}.png"))
-    check_image_file("--trajectories-out", args.trajectories_out if args.trajectories_out
-                     else Path(f"{stem}_trajectories.png"))
+    heatmap = args.out if args.out else Path(f"{stem}_{args.metric}.png")
+    trajectories = args.trajectories_out if args.trajectories_out else Path(f"{stem}_trajectories.png")
+    check_image_file("--out", heatmap)
+    check_image_file("--trajectories-out", trajectories)
+    if figure_path(heatmap).absolute() == figure_path(trajectories).absolute():  # the second replaced the first
+        raise ConfigError([("--trajectories-out", f"{figure_path(trajectories)} is also the heatmap's file "
+                                                  f"(--out); give the two figures different names")])
     from catapult.plots.phase import (cell_label, default_trajectory_cells, phase_grid, plot_cell_trajectories,
                                       plot_phase_diagram, unfinished_note)
     import numpy as np

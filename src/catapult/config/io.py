@@ -178,6 +178,9 @@ def read_yaml(path: str | Path) -> tuple[dict, dict[str, tuple[int, int]]]:
     """The YAML mapping in ``path`` and its :func:`key_positions`; :class:`ConfigError` naming
     the file when it is missing, unreadable, not YAML or not a mapping."""
     path = Path(path)
+    if path.exists() and not (path.is_file() or path.is_dir()):  # open() of a FIFO waits for a writer
+        raise ConfigError([("<file>", f"{path} is not a regular file (a FIFO, socket or device?); a config "
+                                      f"is a short YAML file")])
     try:
         with open(path, "rb") as f:
             data = f.read(MAX_CONFIG_BYTES + 1)

@@ -169,7 +169,9 @@ def number(default=None, *, low=None, high=None, low_open=False, high_open=False
 
 def choice(default=None, values: Iterable[str] | None = None, *, aliases: Mapping[str, str] | None = None,
            nullable=False, doc="") -> Option:
-    """One of ``values`` (strings, matched case-insensitively and stored as listed).
+    """One of ``values`` (strings, matched case-insensitively and stored as listed). A boolean
+    stands for ``on``/``yes``/``true`` or ``off``/``no``/``false`` where those are values: YAML
+    reads ``train.accuracy_failure: off`` unquoted as ``False``.
 
     ``values=None``: the values of the ``Literal`` the option annotates. ``aliases`` maps
     other spellings to a value (``giadam -> gi-adam``).
@@ -186,6 +188,10 @@ def choice(default=None, values: Iterable[str] | None = None, *, aliases: Mappin
     def check(value):
         if isinstance(value, str) and value.strip().lower() in lookup:
             return lookup[value.strip().lower()]
+        if isinstance(value, bool):  # YAML 1.1 reads an unquoted on/off/yes/no as a boolean
+            for word in (("on", "yes", "true") if value else ("off", "no", "false")):
+                if word in lookup:
+                    return lookup[word]
         hint = suggest(value if isinstance(value, str) else short_repr(value), values)
         raise ValueError(f"{short_repr(value)} is not allowed; allowed values: {', '.join(values)}{hint}")
 

@@ -51,7 +51,10 @@ def _uri(path: Path, **params: str) -> str:
 
 def _header_application_id(path: Path) -> int | None:
     """The application_id in the file header (big-endian uint32 at byte 68), or ``None`` when
-    the file is not an SQLite 3 database (shorter than its 100-byte header, another magic)."""
+    the file is not an SQLite 3 database (shorter than its 100-byte header, another magic, or
+    not a regular file: opening a FIFO would wait for a writer)."""
+    if not path.is_file():
+        return None
     with open(path, "rb") as fh:
         header = fh.read(100)
     if len(header) < 100 or not header.startswith(SQLITE_MAGIC):

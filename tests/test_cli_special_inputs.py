@@ -1,0 +1,74 @@
+"""Inputs an outside fuzzer of the command line found mishandled: a FIFO where a file goes
+(the command waited forever in ``open()``), YAML's boolean reading of ``on``/``off``, and two
+figures given one file name. Each is refused (exit 2, one line) or taken, before any work."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from catapult.cli import main
+
+CONFIG = dict(name="tiny", seed=0, data=dict(name="digits", n_train=64, n_test=32),
+              model=dict(name="mlp", width=8, depth=2), optimizer=dict(name="sgd", lr=0.1),
+              train=dict(steps=2), eval=dict(sharpness_every=0, test_every=0))
+
+
+def _catapult(*args, cwd):
+    """Exit code and stderr of ``catapult ARGS`` in its own process (a hang would stop the suite)."""
+    try:
+        done = subprocess.run([sys.executable, "-m", "catapult", *args], cwd=cwd, capture_output=True, text=True,
+                              timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"catapult {' '.join(args)} was still running after 120 s")
+    return done.returncode, done.stderr
+
+
+@pytest.fixture
+def store(tmp_path):
+    config = tmp_path / "sweep.yaml"
+    config.write_text(yaml.safe_dump(dict(CONFIG, sweep=dict(grid={"optimizer.lr": [0.1, 0.2]}))))
+    assert main(["sweep", str(config), "--store", str(tmp_path / "s.db"), "--threads", "1"]) == 0
+    return tmp_path / "s.db"
+
+
+@pytest.mark.parametrize("command", [
+    ["train", "fifo", "--out", "run"],                       # the config
+    ["export", "fifo", "--out", "x.csv"],                    # a store read
+    ["sweep", "sweep.yaml", "--store", "fifo"],              # a store written
+    ["export", "s.db", "--out", "fifo"],                     # output files
+    ["report", "s.db", "--out", "fifo"],
+    ["plot", "s.db", "--out", "fifo"],
+])
+def test_a_fifo_where_a_file_goes_is_refused_at_once(tmp_path, store, command):
+    os.mkfifo(tmp_path / "fifo")
+    code, err = _catapult(*command, cwd=tmp_path)
+    assert code == 2 and "Traceback" not in err and "fifo" in err, err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "x.csv").exists()
+
+
+@pytest.mark.parametrize("written, stored", [("off", "off"), ("on", "on"), ("'off'", "off"), ("auto", "auto")])
+def test_accuracy_failure_takes_its_documented_values_unquoted(tmp_path, written, stored):
+    # YAML reads on/off as booleans: "train.accuracy_failure=off", which the README advises for
+    # old stores, was refused as "False is not allowed"
+    from catapult.config import load_config
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(CONFIG).replace("  steps: 2\n", f"  steps: 2\n  accuracy_failure: {written}\n"))
+    assert f"accuracy_failure: {written}" in config.read_text()
+    assert load_config(config)["train"]["accuracy_failure"] == stored
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(yaml.safe_dump(CONFIG))
+    assert load_config(plain, [f"train.accuracy_failure={written}"])["train"]["accuracy_failure"] == stored
+
+
+def test_plot_refuses_one_file_for_both_figures(tmp_path, store, capsys):
+    # the trajectories figure replaced the heatmap, exit 0, "wrote same.png" twice
+    for out, trajectories in (("same.png", "same.png"), ("same", "same.png")):
+        assert main(["plot", str(store), "--out", str(tmp_path / out),
+                     "--trajectories-out", str(tmp_path / trajectories)]) == 2
+        assert "is also the heatmap's file (--out)" in capsys.readouterr().err
+        assert not (tmp_path / "same.png").exists()
