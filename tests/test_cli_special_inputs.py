@@ -72,3 +72,28 @@ def test_plot_refuses_one_file_for_both_figures(tmp_path, store, capsys):
                      "--trajectories-out", str(tmp_path / trajectories)]) == 2
         assert "is also the heatmap's file (--out)" in capsys.readouterr().err
         assert not (tmp_path / "same.png").exists()
+
+
+@pytest.mark.parametrize("extra, named", [
+    (["model.width=8", "model.width=9"], "model.width: given twice on the command line"),
+    (["device=cpu", "--device", "cpu"], "device: given twice on the command line ('device=cpu' and '--device cpu')"),
+    (["--device", ""], "device:"),                                  # it was ignored
+    (["optimizer.lr=1e-320"], "which is 0 in float32"),             # every step would have been 0
+])
+def test_ambiguous_or_vacuous_command_lines_are_refused_before_any_work(tmp_path, capsys, extra, named):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(CONFIG))
+    assert main(["train", str(config), "--out", str(tmp_path / "run"), *extra]) == 2
+    assert named in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("section, key", [({"widths": [8, 8]}, "coord_check.widths"),
+                                          ({"widths": [8], "seeds": [0, 0]}, "coord_check.seeds"),
+                                          ({"widths": [8], "parametrizations": ["sp", "sp"]},
+                                           "coord_check.parametrizations")])
+def test_coord_check_refuses_a_repeated_value_as_a_sweep_grid_does(section, key):
+    from catapult.config import ConfigError
+    from catapult.engine.coord_check_study import parse_coord_check
+
+    with pytest.raises(ConfigError, match=key):
+        parse_coord_check(section)

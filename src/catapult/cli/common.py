@@ -39,10 +39,19 @@ def config_from_args(args: argparse.Namespace) -> dict:
 
 
 def overrides_from_args(args: argparse.Namespace) -> list[str]:
-    """The ``key=value`` overrides of the command line, with ``--device D`` as ``device=D``."""
-    overrides = list(args.overrides)
-    if getattr(args, "device", None):
-        overrides.append(f"device={args.device}")
+    """The ``key=value`` overrides of the command line, with ``--device D`` as ``device=D``. A
+    key given twice is a ConfigError (one of the two was a mistake, as a key written twice in a
+    YAML file is), and so is an empty ``--device ""`` (it was ignored)."""
+    given = [(text, text) for text in args.overrides]
+    if getattr(args, "device", None) is not None:
+        given.append((f"device={args.device}", f"--device {args.device}"))
+    seen: dict[str, str] = {}
+    for text, shown in given:
+        key = text.split("=", 1)[0].strip()
+        if key in seen:
+            raise ConfigError([(key, f"given twice on the command line ({seen[key]!r} and {shown!r}); keep one")])
+        seen[key] = shown
+    overrides = [text for text, _ in given]
     return overrides
 
 

@@ -506,6 +506,9 @@ class Run:
                 raise cfg.ConfigError([("optimizer.lr", f"{self.config['optimizer']['lr']!r} resolves to {lr:g} "
                                                         f"(lambda_0 = {self.lambda_0:g}), beyond the range of "
                                                         f"{self.config['dtype']} (max {top:.4g})")])
+            if lr > 0 and float(torch.tensor(lr, dtype=self.dtype)) == 0.0:  # every step would be 0
+                raise cfg.ConfigError([("optimizer.lr", f"{self.config['optimizer']['lr']!r} resolves to {lr:g}, "
+                                                        f"which is 0 in {self.config['dtype']}: the run would not move")])
             return lr
 
         return self._once("lr_target", resolve)

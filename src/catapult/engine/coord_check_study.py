@@ -64,9 +64,13 @@ def _number_list(key: str, value: Any, *, integer: bool, low: float, high: float
     out = []
     for item in value:
         try:
-            out.append(option.validate(item))
+            number = option.validate(item)
         except Exception as err:  # _Invalid: message says what is allowed
             problems.append((key, f"entry {item!r}: {err}"))
+            continue
+        if number in out:  # measured twice, and drawn as one point (a sweep grid refuses it too)
+            problems.append((key, f"entry {item!r} repeats a value"))
+        out.append(number)
     return out
 
 
@@ -107,6 +111,9 @@ def parse_coord_check(section: Mapping[str, Any] | None) -> dict:
             if bad:
                 problems.append(("coord_check.parametrizations",
                                  f"{bad} not allowed; allowed values: {', '.join(PARAMETRIZATIONS)}"))
+            repeated = sorted({p for p in params if list(params).count(p) > 1}, key=str)
+            if repeated:
+                problems.append(("coord_check.parametrizations", f"{repeated} repeated; list each once"))
             params = list(params)
     out["parametrizations"] = params
     if not problems and out["widths"] is None and out["densities"] is None:
