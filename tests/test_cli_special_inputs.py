@@ -97,3 +97,16 @@ def test_coord_check_refuses_a_repeated_value_as_a_sweep_grid_does(section, key)
 
     with pytest.raises(ConfigError, match=key):
         parse_coord_check(section)
+
+
+def test_a_relative_lr_of_a_model_non_finite_at_init_says_why_it_has_no_value(tmp_path, capsys):
+    # alpha_out 1e30: the float32 loss at theta_0 is inf, lambda_0 nan; the message said only
+    # "needs a positive finite lambda_0, got nan" under "invalid config"
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(dict(CONFIG, model=dict(name="mlp", width=8, depth=2, parametrization="mup",
+                                                             base_width=8, alpha_out=1e30))))
+    assert main(["train", str(config), "optimizer.lr=2/lambda0", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "lambda_0 is nan: the loss or its curvature at initialisation is not finite" in err
+    assert main(["train", str(config), "--out", str(tmp_path / "run"), "--progress", "none"]) == 0
+    assert '"diverged_at": 0' in (tmp_path / "run" / "summary.json").read_text()

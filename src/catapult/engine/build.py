@@ -13,6 +13,7 @@ initial weights and the start vector of the eigen-solver follow the rules in
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -500,6 +501,9 @@ class Run:
             try:
                 lr = spec.resolve(self.lambda_0 if spec.relative else None)
             except ValueError as err:
+                if spec.relative and not math.isfinite(self.lambda_0):  # the model is non-finite at theta_0
+                    err = (f"lambda_0 is {self.lambda_0}: the loss or its curvature at initialisation is not "
+                           f"finite, so c/lambda0 names no lr; give an absolute lr to record the divergence")
                 raise cfg.ConfigError([("optimizer.lr", f"{self.config['optimizer']['lr']!r}: {err}")]) from None
             top = torch.finfo(self.dtype).max
             if not lr <= top:  # c/lambda_0 with a tiny lambda_0: torch would overflow at the first step
