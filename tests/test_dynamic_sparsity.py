@@ -244,3 +244,42 @@ def test_rigl_trains_the_same_with_and_without_sharpness_tracking():
         return [row["train_loss"] for row in run(config, progress="none").metrics]
 
     assert losses(1) == losses(0)
+
+
+def test_rigl_keeps_capturing_when_the_weight_is_replaced_or_unfrozen_and_from_old_pickles():
+    # the accumulate hook sat on the Parameter of the updater's day: a frozen-then-unfrozen
+    # layer, a load_state_dict(assign=True) resume or a new Parameter stopped RigL (or left it a
+    # stale grow score); a whole-model pickle of the older class loaded with capture off
+    from catapult.sparsity import MaskedLinear
+
+    gen = torch.Generator().manual_seed(0)
+
+    def fresh():
+        layer = MaskedLinear(5, 4, density=0.5, generator=gen)
+        return layer
+
+    def grad_of(layer, scale):
+        x = torch.ones(3, 5)
+        (scale * layer(x).sum()).backward()
+        return layer.dense_grad
+
+    frozen = fresh()
+    frozen.weight.requires_grad_(False)
+    MaskUpdater(torch.nn.Sequential(frozen), "rigl", end_step=10)
+    frozen.weight.requires_grad_(True)
+    assert torch.equal(grad_of(frozen, 1.0), torch.ones(4, 5) * 3)
+
+    layer = fresh()
+    MaskUpdater(torch.nn.Sequential(layer), "rigl", end_step=10)
+    assert torch.equal(grad_of(layer, 1.0), torch.ones(4, 5) * 3)
+    layer.load_state_dict({k: v.clone() for k, v in layer.state_dict().items()}, assign=True)
+    assert torch.equal(grad_of(layer, 2.0), torch.ones(4, 5) * 6)      # not the stale 3s
+    layer.weight = torch.nn.Parameter(layer.weight.detach().clone())
+    assert torch.equal(grad_of(layer, 5.0), torch.ones(4, 5) * 15)
+
+    state = fresh().__getstate__()                     # as the older class pickled itself
+    state.pop("_capture", None)
+    state["capture_dense_grad"] = True
+    old = MaskedLinear.__new__(MaskedLinear)
+    old.__setstate__(state)
+    assert old.capture_dense_grad and torch.equal(grad_of(old, 1.0), torch.ones(4, 5) * 3)

@@ -52,7 +52,8 @@ def test_an_old_store_of_another_sweep_is_refused_and_left_as_it_was(tmp_path, c
     store = _copy(tmp_path)
     before = hashlib.sha256(store.read_bytes()).hexdigest()
     code = main(["sweep", str(ROOT / "configs" / "smoke" / "phase_diagram.yaml"), "--store", str(store),
-                 "--threads", "1", "--progress", "none", *OVERRIDES, "train.steps=21"])
+                 "--threads", "1", "--progress", "none",
+                 *[o if o != "train.steps=20" else "train.steps=21" for o in OVERRIDES]])
     assert code == 2
     assert "holds a different sweep" in capsys.readouterr().err
     assert hashlib.sha256(store.read_bytes()).hexdigest() == before and identify(store) == "legacy"

@@ -127,11 +127,24 @@ class MaskedLinear(nn.Linear):
         self._hook_accumulation()
 
     def _hook_accumulation(self) -> None:
+        """Hook the weight Parameter (again, when it was replaced or unfrozen since: a
+        ``load_state_dict(assign=True)`` resume, ``layer.weight = nn.Parameter(...)``); unhook
+        it when capture is off. A weight substituted by ``torch.func.functional_call`` is no
+        Parameter and leaves the hook where it is."""
+        weight = self.weight
+        hooked = self.__dict__.get("_hooked_weight")
+        if self._capture and hooked is weight:
+            return
+        if self._capture and not (isinstance(weight, nn.Parameter) and weight.requires_grad):
+            return
         if self._accumulate_hook is not None:
             self._accumulate_hook.remove()
             self._accumulate_hook = None
-        if self._capture and self.weight.requires_grad:
-            self._accumulate_hook = self.weight.register_post_accumulate_grad_hook(self._accept_dense_grad)
+        self.__dict__.pop("_hooked_weight", None)
+        if self._capture:
+            self._accumulate_hook = weight.register_post_accumulate_grad_hook(self._accept_dense_grad)
+            self._pending_dense_grad = None
+            object.__setattr__(self, "_hooked_weight", weight)  # not a second registered parameter
 
     def _accept_dense_grad(self, weight: torch.Tensor) -> None:
         if self._pending_dense_grad is not None:
@@ -139,12 +152,15 @@ class MaskedLinear(nn.Linear):
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()   # a copy; the hook is the old weight's
-        state.pop("_accumulate_hook", None)
-        state.pop("_pending_dense_grad", None)
+        for key in ("_accumulate_hook", "_pending_dense_grad", "_hooked_weight"):
+            state.pop(key, None)
         return state
 
     def __setstate__(self, state: dict) -> None:
+        older = state.pop("capture_dense_grad", None)  # pickled before it was a property
         super().__setstate__(state)      # copy.deepcopy, unpickling: hook the new weight
+        if older is not None:
+            self._capture = bool(older)
         if self._capture:
             self._hook_accumulation()
 
@@ -194,6 +210,7 @@ class MaskedLinear(nn.Linear):
         kept in ``dense_grad`` by a backward pass that accumulates into ``.grad``. Every subclass's forward goes through it."""
         weight = self.masked_weight()
         if self.capture_dense_grad and self.mask is not None and weight.requires_grad:
+            self._hook_accumulation()  # a no-op unless the weight Parameter changed
             weight.register_hook(self._keep_dense_grad)
         return weight
 
