@@ -50,6 +50,15 @@ def test_a_fifo_where_a_file_goes_is_refused_at_once(tmp_path, store, command):
     assert not (tmp_path / "run").exists() and not (tmp_path / "x.csv").exists()
 
 
+def test_a_config_read_from_a_pipe_still_trains(tmp_path):
+    # the FIFO check must not refuse a pipe that has a writer (`catapult train /dev/stdin`, `<(...)`)
+    done = subprocess.run([sys.executable, "-m", "catapult", "train", "/dev/stdin", "--out", "run", "--progress",
+                           "none"], cwd=tmp_path, input=yaml.safe_dump(CONFIG), capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "run" / "summary.json").exists()
+
+
 @pytest.mark.parametrize("written, stored", [("off", "off"), ("on", "on"), ("'off'", "off"), ("auto", "auto")])
 def test_accuracy_failure_takes_its_documented_values_unquoted(tmp_path, written, stored):
     # YAML reads on/off as booleans: "train.accuracy_failure=off", which the README advises for
@@ -90,6 +99,8 @@ def test_ambiguous_or_vacuous_command_lines_are_refused_before_any_work(tmp_path
 @pytest.mark.parametrize("section, key", [({"widths": [8, 8]}, "coord_check.widths"),
                                           ({"widths": [8], "seeds": [0, 0]}, "coord_check.seeds"),
                                           ({"widths": [8], "parametrizations": ["sp", "sp"]},
+                                           "coord_check.parametrizations"),
+                                          ({"widths": [8], "parametrizations": [["sp"], ["sp"]]},  # unhashable
                                            "coord_check.parametrizations")])
 def test_coord_check_refuses_a_repeated_value_as_a_sweep_grid_does(section, key):
     from catapult.config import ConfigError

@@ -572,8 +572,9 @@ def test_attach_warns_when_it_replaces_differing_group_lrs():
                                 {"params": [b], "lr": 1e-4, **extra}])
 
     opt = optimizer()
-    with pytest.warns(UserWarning, match="lrs differ \\(0.001, 0.0001\\).*lr_mult"):
+    with pytest.warns(UserWarning, match="lrs differ \\(0.001, 0.0001\\).*lr_mult") as record:
         attach(opt, warmup(1.0, 4))
+    assert record[0].filename == __file__      # the caller's line, not catapult's (once per call site)
     assert [g["lr"] for g in opt.param_groups] == [0.25, 0.25]   # replaced, as warned
     with pytest.warns(UserWarning, match="PersistentCatapultWarmup: the param groups' lrs differ"):
         PersistentCatapultWarmup(optimizer(), torch.nn.Linear(1, 1), torch.nn.MSELoss(), 1.0)

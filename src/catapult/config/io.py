@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -178,11 +179,12 @@ def read_yaml(path: str | Path) -> tuple[dict, dict[str, tuple[int, int]]]:
     """The YAML mapping in ``path`` and its :func:`key_positions`; :class:`ConfigError` naming
     the file when it is missing, unreadable, not YAML or not a mapping."""
     path = Path(path)
-    if path.exists() and not (path.is_file() or path.is_dir()):  # open() of a FIFO waits for a writer
-        raise ConfigError([("<file>", f"{path} is not a regular file (a FIFO, socket or device?); a config "
-                                      f"is a short YAML file")])
     try:
-        with open(path, "rb") as f:
+        # O_NONBLOCK: opening a FIFO nobody writes to returns at once (open() waited forever) and
+        # reads as empty; a pipe with a writer (`<(...)`, /dev/stdin) is then read to its end
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb") as f:
             data = f.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError([("<file>", f"config file not found: {path}")]) from None

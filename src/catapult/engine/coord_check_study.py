@@ -111,7 +111,7 @@ def parse_coord_check(section: Mapping[str, Any] | None) -> dict:
             if bad:
                 problems.append(("coord_check.parametrizations",
                                  f"{bad} not allowed; allowed values: {', '.join(PARAMETRIZATIONS)}"))
-            repeated = sorted({p for p in params if list(params).count(p) > 1}, key=str)
+            repeated = [] if bad else sorted({p for p in params if list(params).count(p) > 1}, key=str)
             if repeated:
                 problems.append(("coord_check.parametrizations", f"{repeated} repeated; list each once"))
             params = list(params)
