@@ -155,3 +155,16 @@ def test_a_run_stopped_while_writing_its_final_files_leaves_no_finished_summary(
     monkeypatch.undo()
     loop.run(_config(), out_dir=tmp_path / "whole", progress="none")
     assert sorted(p.name for p in (tmp_path / "whole").iterdir()) == sorted(RUN_FILES)
+
+
+def test_the_records_header_is_on_disk_before_any_row(tmp_path):
+    # a run killed before its first row left a 0-byte metrics.csv beside config.yaml: a folder
+    # that neither `--overwrite` nor a `catapult demo` rerun recognised as a run's
+    from catapult.engine.records import MetricsFile
+    from catapult.files import is_run_record
+
+    records = MetricsFile(tmp_path / "metrics.csv")
+    try:
+        assert is_run_record(tmp_path / "metrics.csv")      # read while the writer still holds it
+    finally:
+        records.close()

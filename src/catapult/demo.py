@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from catapult import config as cfg
+from catapult.files import write_whole
 
 __all__ = ["PARAMETRIZATIONS", "WARMUP_STEPS", "LR_TARGET", "BASE_CONFIG", "demo_configs",
            "write_configs", "run_demo", "report_table"]
@@ -196,7 +197,8 @@ def run_demo(out: str | Path = "runs/demo", *, workers: int | None = None, echo=
     wall = time.perf_counter() - started
     report = out / "report.md"
     table = report_table(configs, summaries)
-    report.write_text(_report(configs, table, figures, wall))
+    text = _report(configs, table, figures, wall)
+    write_whole(report, lambda partial: partial.write_text(text))
     echo("")
     echo(table)
     echo("")
@@ -228,8 +230,9 @@ def _figures(out: Path, configs, summaries, metrics) -> list[Path]:
         title = (f"{'muP' if param == 'mup' else 'SP'}: FCN width {runs[0]['model']['width']}, depth "
                  f"{runs[0]['model']['depth']}; full-batch GD on MSE, digits; lr_trgt = {lr_text}, "
                  f"linear warmup over T_wrm steps")
-        plot_trajectories({labels[c["name"]]: metrics[c["name"]] for c in runs}, path, title=title,
-                          statuses={labels[c["name"]]: summaries[c["name"]]["status"] for c in runs})
+        write_whole(path, lambda partial: plot_trajectories(  # never a truncated figure of ours
+            {labels[c["name"]]: metrics[c["name"]] for c in runs}, partial, title=title,
+            statuses={labels[c["name"]]: summaries[c["name"]]["status"] for c in runs}))
         figures.append(path)
     return figures
 

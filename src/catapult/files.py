@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
-__all__ = ["MARK", "figure_mark", "written_by_catapult", "is_run_record"]
+__all__ = ["MARK", "figure_mark", "written_by_catapult", "is_run_record", "write_whole"]
 
 #: The text catapult's figures, reports and Parquet exports carry in their metadata.
 MARK = "written by catapult"
@@ -106,3 +107,27 @@ def is_run_record(path) -> bool:
 def _csv_header(path: Path) -> list[str]:
     with open(path, newline="") as fh:
         return next(csv.reader([fh.readline(1 << 20)]), [])
+
+
+def write_whole(path, write) -> None:
+    """``write(partial)`` to ``.partial-NAME`` beside ``path`` (the same suffix, which savefig
+    reads the format from), then renamed over ``path``: a command stopped mid-write (Ctrl-C,
+    kill, a full disk) never leaves a truncated file under the real name. An OSError about the
+    partial file names ``path``.
+
+    >>> import tempfile, os
+    >>> folder = tempfile.mkdtemp()
+    >>> write_whole(os.path.join(folder, "a.txt"), lambda p: p.write_text("whole"))
+    >>> sorted(os.listdir(folder))
+    ['a.txt']
+    """
+    path = Path(path)
+    partial = path.with_name(f".partial-{path.name}")
+    try:
+        write(partial)
+        os.replace(partial, path)
+    except BaseException as exc:
+        partial.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename == str(partial):  # name the file the user knows
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise

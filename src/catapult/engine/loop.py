@@ -89,7 +89,7 @@ import torch
 import torch.nn as nn
 
 from catapult import config as cfg
-from catapult.files import is_run_record
+from catapult.files import is_run_record, write_whole
 from catapult.losses import accuracy, loss_and_accuracy
 from catapult.engine.build import Run, build_run, threshold
 from catapult.engine.sharpness_rule import STEP_KIND_COLUMN
@@ -361,8 +361,10 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
         out_path.mkdir(parents=True, exist_ok=True)
         for name in RUN_FILES:  # overwrite: nothing of the earlier run survives next to this one
             (out_path / name).unlink(missing_ok=True)
-        (out_path / "config.yaml").write_text(cfg.dump_config(config))
+        # the records' header first, on disk at once: a run killed from here on leaves a folder
+        # that reads as a run's (`--overwrite`, `catapult demo` rerun over it)
         metrics_file = MetricsFile(out_path / "metrics.csv", metric_columns(config))
+        (out_path / "config.yaml").write_text(cfg.dump_config(config))
 
     # ---- the loop
     test_every = config["eval"]["test_every"]
@@ -453,28 +455,13 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
     summary.update(warmup_summary(config, metrics, lr_trgt, warmup_rule))
     weights = processes.state_dict(model)
     if out_path is not None:  # each file whole or not at all, the summary (the run's verdict) last
-        _write_whole(out_path / "model.pt", lambda path: _save_weights(weights, path))  # `spectrum --weights`
-        _write_whole(out_path / "trajectories.png", lambda path: plot_run(
+        write_whole(out_path / "model.pt", lambda path: _save_weights(weights, path))  # `spectrum --weights`
+        write_whole(out_path / "trajectories.png", lambda path: plot_run(
             metrics, path, title=config["name"], status=status, threshold_label=threshold_label(config, rule.kind),
             preconditioned=rule.kind == "preconditioned"))
         text = json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n"
-        _write_whole(out_path / "summary.json", lambda path: path.write_text(text))
+        write_whole(out_path / "summary.json", lambda path: path.write_text(text))
     return RunResult(status=status, metrics=metrics, summary=summary, config=config, model=model, out_dir=out_path)
-
-
-def _write_whole(path: Path, write) -> None:
-    """``write(partial)`` to ``.partial-NAME`` beside ``path`` (same suffix, for savefig), then
-    renamed over ``path``: a run stopped mid-write (Ctrl-C, kill, a full disk) never leaves a
-    truncated ``model.pt`` under its real name beside a summary that says "finished"."""
-    partial = path.with_name(f".partial-{path.name}")
-    try:
-        write(partial)
-        os.replace(partial, path)
-    except BaseException as exc:
-        partial.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.filename == str(partial):  # name the file the user knows
-            raise OSError(exc.errno, exc.strerror, str(path)) from exc
-        raise
 
 
 def _save_weights(weights: Mapping[str, Any], path: Path) -> None:

@@ -134,6 +134,7 @@ class MetricsFile:
         self.fh = open(path, "w", newline="")
         self.writer = csv.writer(self.fh)
         self.writer.writerow(self.columns)
+        self.fh.flush()  # the header: the file reads as a run's records from the start
         self.flush_seconds = float(flush_seconds)
         self._flushed_at = -math.inf  # the first row goes out at once
 
