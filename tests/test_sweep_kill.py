@@ -68,11 +68,18 @@ def test_kill_9_mid_sweep_then_resume(tmp_path):
     proc = subprocess.Popen(_sweep_cmd(config, store), stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
-        # kill inside a cell: after 3 have finished, once the next one is marked running (a kill
-        # between one cell's finish and the next one's start left no running cell, once in CI)
-        while _done(store) < 3 or _count(store, "'running'") == 0:
+        # kill inside a cell: after 3 have finished, while the next one is marked running. The
+        # process is frozen (SIGSTOP) before the store is read again, so the cell seen running is
+        # the one the kill cuts off (a diverging cell can finish between a read and a plain kill:
+        # that left no running cell, twice in CI)
+        while True:
             assert proc.poll() is None, (tmp_path / "first.log").read_text()
             assert time.monotonic() < deadline, "the sweep made no progress"
+            if _done(store) >= 3 and _count(store, "'running'") > 0:
+                os.kill(proc.pid, signal.SIGSTOP)
+                if _done(store) < CELLS and _count(store, "'running'") > 0:
+                    break
+                os.kill(proc.pid, signal.SIGCONT)
             time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
