@@ -26,6 +26,7 @@ Mask sampling, for a matrix with ``n`` entries and density ``rho = 1 - sparsity`
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Iterator
 
 import torch
@@ -92,6 +93,19 @@ def random_mask(
     return mask.to(device) if device is not None else mask
 
 
+def _weakly(layer: nn.Module, method: str):
+    """A hook calling ``layer.<method>`` while the layer lives. A bound method stored in its own
+    weight's hooks made a cycle through the tensor that the garbage collector cannot see, so
+    every capturing layer (each RigL model, each sweep cell) stayed alive."""
+    ref = weakref.ref(layer)
+
+    def hook(tensor):
+        owner = ref()
+        if owner is not None:
+            getattr(owner, method)(tensor)
+    return hook
+
+
 class MaskedLinear(nn.Linear):
     """``nn.Linear`` with a fixed sparsity mask: ``y = x (W ⊙ M)^T + b``.
 
@@ -142,7 +156,7 @@ class MaskedLinear(nn.Linear):
             self._accumulate_hook = None
         self.__dict__.pop("_hooked_weight", None)
         if self._capture:
-            self._accumulate_hook = weight.register_post_accumulate_grad_hook(self._accept_dense_grad)
+            self._accumulate_hook = weight.register_post_accumulate_grad_hook(_weakly(self, "_accept_dense_grad"))
             self._pending_dense_grad = None
             object.__setattr__(self, "_hooked_weight", weight)  # not a second registered parameter
 
@@ -211,7 +225,7 @@ class MaskedLinear(nn.Linear):
         weight = self.masked_weight()
         if self.capture_dense_grad and self.mask is not None and weight.requires_grad:
             self._hook_accumulation()  # a no-op unless the weight Parameter changed
-            weight.register_hook(self._keep_dense_grad)
+            weight.register_hook(_weakly(self, "_keep_dense_grad"))
         return weight
 
     @property
