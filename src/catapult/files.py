@@ -124,10 +124,18 @@ def write_whole(path, write) -> None:
     path = Path(path)
     partial = path.with_name(f".partial-{path.name}")
     try:
+        if partial.is_symlink() or partial.is_file():
+            # an earlier write's leftover, or a link planted there: written through, it would
+            # have replaced the file the link points to
+            partial.unlink()
         write(partial)
         os.replace(partial, path)
     except BaseException as exc:
-        partial.unlink(missing_ok=True)
+        if partial.is_symlink() or partial.is_file():
+            try:
+                partial.unlink()
+            except OSError:
+                pass  # the error that stopped the write is the one to report
         if isinstance(exc, OSError) and exc.filename == str(partial):  # name the file the user knows
             raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise

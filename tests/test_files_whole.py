@@ -1,0 +1,46 @@
+"""``catapult.files.write_whole``: a file appears whole or not at all, and what already sits at
+its ``.partial-NAME`` is never written through."""
+from __future__ import annotations
+
+import pytest
+
+from catapult.files import write_whole
+
+
+def test_a_link_planted_at_the_partial_name_is_not_written_through(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / ".partial-a.txt").symlink_to(victim)
+    write_whole(tmp_path / "out" / "a.txt", lambda p: p.write_text("whole"))
+    assert victim.read_text() == "keep me"
+    assert (tmp_path / "out" / "a.txt").read_text() == "whole"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.txt"]
+
+
+def test_a_stale_partial_file_is_replaced(tmp_path):
+    (tmp_path / ".partial-a.txt").write_text("half of an earlier wri")
+    write_whole(tmp_path / "a.txt", lambda p: p.open("a").write("whole"))
+    assert (tmp_path / "a.txt").read_text() == "whole"
+    assert not (tmp_path / ".partial-a.txt").exists()
+
+
+def test_a_folder_at_the_partial_name_is_reported_under_the_real_name_and_left_alone(tmp_path):
+    (tmp_path / ".partial-a.txt").mkdir()
+    (tmp_path / ".partial-a.txt" / "inside").write_text("x")
+    with pytest.raises(OSError) as info:
+        write_whole(tmp_path / "a.txt", lambda p: p.write_text("whole"))
+    assert info.value.filename == str(tmp_path / "a.txt")   # not a cleanup error masking it
+    assert (tmp_path / ".partial-a.txt" / "inside").read_text() == "x"
+    assert not (tmp_path / "a.txt").exists()
+
+
+def test_a_failed_write_leaves_neither_file(tmp_path):
+    def half(p):
+        p.write_text("half")
+        raise ValueError("stopped")
+    (tmp_path / "a.txt").write_text("before")
+    with pytest.raises(ValueError, match="stopped"):
+        write_whole(tmp_path / "a.txt", half)
+    assert (tmp_path / "a.txt").read_text() == "before"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
