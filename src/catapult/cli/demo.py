@@ -49,6 +49,9 @@ def _owned(entry: Path, runs: set) -> bool:
 
     if entry.is_symlink():
         return False
+    if entry.name.startswith(".partial-"):  # what a stopped write_whole left: the next one replaces it
+        name = entry.name[len(".partial-"):]
+        return entry.is_file() and (name == "report.md" or (name.startswith("fig1_") and name.endswith(".png")))
     if entry.is_dir():
         if entry.name not in runs:
             return False
