@@ -121,3 +121,39 @@ def test_a_relative_lr_of_a_model_non_finite_at_init_says_why_it_has_no_value(tm
     assert "lambda_0 is nan: the loss or its curvature at initialisation is not finite" in err
     assert main(["train", str(config), "--out", str(tmp_path / "run"), "--progress", "none"]) == 0
     assert '"diverged_at": 0' in (tmp_path / "run" / "summary.json").read_text()
+
+
+def test_a_config_pipe_whose_writer_starts_late_is_read(tmp_path):
+    # the pipe was opened without waiting: a writer starting a moment later found it read as
+    # "empty" (exit 2) and then blocked forever in its own open()
+    import threading
+    import time
+
+    from catapult.config.io import read_yaml
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+
+    def write_late():
+        time.sleep(0.5)
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)   # ENXIO if the reader had gone
+        with os.fdopen(fd, "w") as f:
+            f.write("name: late\nseed: 3\n")
+    writer = threading.Thread(target=write_late)
+    writer.start()
+    try:
+        mapping, _ = read_yaml(fifo)
+    finally:
+        writer.join(timeout=30)
+    assert mapping == {"name": "late", "seed": 3}
+
+
+def test_a_folder_given_as_the_config_leaks_no_file_descriptor(tmp_path):
+    from catapult.config import ConfigError
+    from catapult.config.io import read_yaml
+
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(5):
+        with pytest.raises(ConfigError, match=str(tmp_path)):
+            read_yaml(tmp_path)
+    assert len(os.listdir("/proc/self/fd")) == before

@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import os
 import re
+import select
+import stat
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -175,16 +177,37 @@ def key_positions(text: str, duplicates: list | None = None) -> dict[str, tuple[
     return out
 
 
+FIFO_WAIT_S = 10.0   # how long a config given as a named pipe waits for its writer
+
+
+def _written_within(fd: int, seconds: float) -> bool:
+    """Whether the pipe ``fd`` has data or an end (a writer came and went) within ``seconds``."""
+    if not hasattr(select, "poll"):
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLHUP)
+    return bool(poller.poll(int(seconds * 1000)))
+
+
 def read_yaml(path: str | Path) -> tuple[dict, dict[str, tuple[int, int]]]:
     """The YAML mapping in ``path`` and its :func:`key_positions`; :class:`ConfigError` naming
     the file when it is missing, unreadable, not YAML or not a mapping."""
     path = Path(path)
     try:
-        # O_NONBLOCK: opening a FIFO nobody writes to returns at once (open() waited forever) and
-        # reads as empty; a pipe with a writer (`<(...)`, /dev/stdin) is then read to its end
+        # O_NONBLOCK: opening a FIFO nobody writes to returns at once (open() waited forever);
+        # a pipe then waits up to FIFO_WAIT_S for a writer (one started just after us, `<(...)`,
+        # /dev/stdin) and is read to its end
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-        os.set_blocking(fd, True)
-        with os.fdopen(fd, "rb") as f:
+        try:
+            if stat.S_ISFIFO(os.fstat(fd).st_mode) and not _written_within(fd, FIFO_WAIT_S):
+                raise ConfigError([("<file>", f"{path} is a pipe that nobody wrote to within {FIFO_WAIT_S:g} s; "
+                                              f"give a config file, or start the writer first")])
+            os.set_blocking(fd, True)
+            f = os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)   # fdopen does not close an fd it refuses (a directory)
+            raise
+        with f:
             data = f.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError([("<file>", f"config file not found: {path}")]) from None
