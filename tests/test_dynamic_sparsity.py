@@ -308,3 +308,22 @@ def test_a_rigl_model_is_freed_once_dropped():
     del model, clone, layers
     gc.collect()
     assert all(r() is None for r in refs)
+
+
+def test_a_parameter_substituted_by_functional_call_does_not_take_the_hook_off_the_weight():
+    # functional_call with a new nn.Parameter moved the accumulate hook onto the substitute: a
+    # backward of a graph built before it (forward, a measurement, backward) kept no grow score
+    from catapult.sparsity import MaskedLinear
+
+    layer = MaskedLinear(5, 4, density=0.5, generator=torch.Generator().manual_seed(0))
+    MaskUpdater(torch.nn.Sequential(layer), "rigl", end_step=10)
+    loss = 2.0 * layer(torch.ones(3, 5)).sum()
+    substitute = torch.nn.Parameter(layer.weight.detach().clone())
+    measured = torch.func.functional_call(layer, {"weight": substitute}, (torch.ones(3, 5),)).sum()
+    torch.autograd.grad(measured, substitute)            # differentiates, accumulates nothing
+    assert layer.dense_grad is None
+    loss.backward()
+    assert torch.equal(layer.dense_grad, torch.ones(4, 5) * 6)
+    (7.0 * torch.func.functional_call(layer, {"weight": substitute}, (torch.ones(3, 5),)).sum()).backward()
+    assert torch.equal(substitute.grad, torch.ones(4, 5) * 21 * layer.mask)  # a backward into .grad counts
+    assert torch.equal(layer.dense_grad, torch.ones(4, 5) * 21)

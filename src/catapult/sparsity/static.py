@@ -123,7 +123,6 @@ class MaskedLinear(nn.Linear):
     dense_grad: torch.Tensor | None = None
     _capture = False
     _pending_dense_grad: torch.Tensor | None = None  # of the latest backward through a forward
-    _accumulate_hook = None  # the weight's post-accumulate-grad hook while capturing
 
     @property
     def capture_dense_grad(self) -> bool:
@@ -141,24 +140,25 @@ class MaskedLinear(nn.Linear):
         self._hook_accumulation()
 
     def _hook_accumulation(self) -> None:
-        """Hook the weight Parameter (again, when it was replaced or unfrozen since: a
-        ``load_state_dict(assign=True)`` resume, ``layer.weight = nn.Parameter(...)``); unhook
-        it when capture is off. A weight substituted by ``torch.func.functional_call`` is no
-        Parameter and leaves the hook where it is."""
+        """Hook the weight Parameter in use, once each: the one of the updater's day and any
+        that replaced it since (a ``load_state_dict(assign=True)`` resume, ``layer.weight =
+        nn.Parameter(...)``, a weight unfrozen, a Parameter substituted by
+        ``torch.func.functional_call``). Earlier weights keep their hooks, so a backward through
+        a graph built before the change still counts. The hooks hold the layer, and this list
+        the weights, weakly. Capture off removes them all."""
+        hooks = [(ref, handle) for ref, handle in self.__dict__.get("_accumulate_hooks", ()) if ref() is not None]
+        if not self._capture:
+            for _, handle in hooks:
+                handle.remove()
+            self.__dict__.pop("_accumulate_hooks", None)
+            return
         weight = self.weight
-        hooked = self.__dict__.get("_hooked_weight")
-        if self._capture and hooked is weight:
-            return
-        if self._capture and not (isinstance(weight, nn.Parameter) and weight.requires_grad):
-            return
-        if self._accumulate_hook is not None:
-            self._accumulate_hook.remove()
-            self._accumulate_hook = None
-        self.__dict__.pop("_hooked_weight", None)
-        if self._capture:
-            self._accumulate_hook = weight.register_post_accumulate_grad_hook(_weakly(self, "_accept_dense_grad"))
-            self._pending_dense_grad = None
-            object.__setattr__(self, "_hooked_weight", weight)  # not a second registered parameter
+        if isinstance(weight, nn.Parameter) and weight.requires_grad and not any(ref() is weight for ref, _ in hooks):
+            if not hooks:
+                self._pending_dense_grad = None
+            hooks.append((weakref.ref(weight),
+                          weight.register_post_accumulate_grad_hook(_weakly(self, "_accept_dense_grad"))))
+        self.__dict__["_accumulate_hooks"] = hooks   # a plain attribute: no module state
 
     def _accept_dense_grad(self, weight: torch.Tensor) -> None:
         if self._pending_dense_grad is not None:
@@ -166,7 +166,7 @@ class MaskedLinear(nn.Linear):
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()   # a copy; the hook is the old weight's
-        for key in ("_accumulate_hook", "_pending_dense_grad", "_hooked_weight"):
+        for key in ("_accumulate_hooks", "_pending_dense_grad"):
             state.pop(key, None)
         return state
 
