@@ -415,21 +415,30 @@ def _orthogonalise_rows(w, q, basis, couple, size):
     ``(alpha, h, beta)`` per row. Row by row, with the same 1-D and 2-D kernels whatever the
     number of rows: batched (``bmm``) a member's rounding depended on which members shared its
     batch (a batch of 1 takes another kernel), so an ensemble sweep's measured sharpness changed
-    with its chunks, and with a resume (2e-7 in float32)."""
+    with its chunks, and with a resume (2e-7 in float32). The products run on copies
+    (:func:`_own_row`): in place, MKL's dot and gemv rounded by the row's address."""
     j = couple.shape[1]
     alphas, hs, betas = [], [], []
     for r in range(w.shape[0]):
-        w_r = w[r]
+        w_r, q_r, basis_r = _own_row(w[r]), _own_row(q[r]), _own_row(basis[r, :size])
         if j:
-            w_r.sub_(couple[r] @ basis[r, :j])
-        alpha = torch.dot(q[r], w_r)
-        w_r.sub_(alpha * q[r])
-        h = basis[r, :size] @ w_r
-        w_r.sub_(h @ basis[r, :size])
+            w_r.sub_(couple[r] @ basis_r[:j])
+        alpha = torch.dot(q_r, w_r)
+        w_r.sub_(alpha * q_r)
+        h = basis_r @ w_r
+        w_r.sub_(h @ basis_r)
+        w[r] = w_r
         alphas.append(alpha)
         hs.append(h)
         betas.append(torch.linalg.vector_norm(w_r))
     return torch.stack(alphas), torch.stack(hs), torch.stack(betas)
+
+
+def _own_row(rows: torch.Tensor) -> torch.Tensor:
+    """A member's rows as a fresh tensor, at an address the allocator aligns. MKL's ``dot`` and
+    ``gemv`` round by the data's alignment (AVX-512): in place, a member's row offset in its
+    chunk (row 3 of 6, or row 0 of 1 after a resume) changed its sharpness by ~1e-8."""
+    return rows.clone(memory_format=torch.contiguous_format)
 
 
 def batched_lanczos(matvec, v0: torch.Tensor, *, tol: Sequence[float], max_iter: Sequence[int],
@@ -502,7 +511,7 @@ def batched_lanczos(matvec, v0: torch.Tensor, *, tol: Sequence[float], max_iter:
             converged, bound = stop_test(betas[r], ritz_values[k], s, tol=tol[member], n=n,
                                          eps=eps, ritz_vectors=ritz_vectors[k])
             if converged or matvecs == max_iter[member]:
-                vector = torch.as_tensor(s, dtype=q.dtype, device=q.device) @ basis[r, :size]
+                vector = torch.as_tensor(s, dtype=q.dtype, device=q.device) @ _own_row(basis[r, :size])
                 vector /= torch.linalg.vector_norm(vector)
                 results[member] = EigenEstimate(theta, vector, matvecs, converged, rel, bound)
                 done[k] = True
@@ -514,7 +523,7 @@ def batched_lanczos(matvec, v0: torch.Tensor, *, tol: Sequence[float], max_iter:
             for k in np.flatnonzero(~done):
                 r = int(rows[k])
                 S_k, T[r] = thick_restart(ritz_values[k], ritz_vectors[k], betas[r], keep, capacity)
-                basis[r, :keep] = torch.as_tensor(S_k, dtype=q.dtype, device=q.device).T @ basis[r, :size]
+                basis[r, :keep] = torch.as_tensor(S_k, dtype=q.dtype, device=q.device).T @ _own_row(basis[r, :size])
             basis[:, keep] = q_next
             size = keep + 1
         else:
