@@ -13,6 +13,7 @@ losses' relative gap (``--device cuda`` is a documented promise; not bitwise, fl
 
     python bench/probe_gpu_step_cost.py --device cuda --profile     # through the device tool
     .venv/bin/python bench/probe_gpu_step_cost.py --device cpu --models mlp64 --n 8   # a CPU smoke
+    python bench/probe_gpu_step_cost.py --device cuda --models wrn10-b64 --n 128 --profile-only --top-ops 15
 """
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def device_equality(device: str) -> None:
             print(f"train on cpu vs {device} (float64): {key} {a[key]:.12g} vs {b[key]:.12g}, relative gap {gap:.1e}")
 
 
-def profile_chunk(cells, steps: int) -> None:
+def profile_chunk(cells, steps: int, top_ops: int = 0) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     from catapult.sweep.ensemble import EnsembleExecutor
@@ -65,6 +66,9 @@ def profile_chunk(cells, steps: int) -> None:
     launches = sum(1 for e in prof.events() if e.name in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"))
     print(f"  profile, N={len(cells)}, {steps} steps: {kernels} kernels ({kernels / steps:.0f}/step), "
           f"{launches} launch calls, {syncs} host syncs ({syncs / steps:.1f}/step)")
+    if top_ops:
+        key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+        print(prof.key_averages().table(sort_by=key, row_limit=top_ops, max_name_column_width=60))
 
 
 def main(argv=None) -> int:
@@ -75,12 +79,19 @@ def main(argv=None) -> int:
     parser.add_argument("--local-cells", type=int, default=4)
     parser.add_argument("--steps", nargs=2, type=int, default=[20, 220])
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--top-ops", type=int, default=0, metavar="K",
+                        help="with --profile: print the K operators of most (self) device time")
+    parser.add_argument("--profile-only", action="store_true", help="skip the timings: the profile alone")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    device_equality(args.device)
+    if not args.profile_only:
+        device_equality(args.device)
     short, long = args.steps
     for name in args.models:
         cells = make_cells(name, args.n, args.device)
+        if args.profile_only:
+            profile_chunk(cells, short, args.top_ops)
+            continue
         time_ensemble(with_steps(cells[:2], short))   # warm-up: kernels, allocator, data
         time_local(with_steps(cells[:1], short))
         local = {s: time_local(with_steps(cells[:args.local_cells], s)) / args.local_cells for s in (short, long)}
@@ -93,7 +104,7 @@ def main(argv=None) -> int:
               f"{local_step / ensemble_step:.1f}x; at {short} steps {local[short] / ensemble[short]:.1f}x, "
               f"at {long} {local[long] / ensemble[long]:.1f}x")
         if args.profile:
-            profile_chunk(cells, short)
+            profile_chunk(cells, short, args.top_ops)
         _sync(args.device)
     return 0
 
