@@ -327,3 +327,22 @@ def test_a_parameter_substituted_by_functional_call_does_not_take_the_hook_off_t
     (7.0 * torch.func.functional_call(layer, {"weight": substitute}, (torch.ones(3, 5),)).sum()).backward()
     assert torch.equal(substitute.grad, torch.ones(4, 5) * 21 * layer.mask)  # a backward into .grad counts
     assert torch.equal(layer.dense_grad, torch.ones(4, 5) * 21)
+
+
+def test_rigl_under_train_compile_grows_what_it_grows_uncompiled():
+    # the hooks' weak references inside the forward stopped torch.compile ("'Parameter' object
+    # is not callable"): RigL with train.compile crashed at its first step
+    from catapult.engine import run
+
+    config = dict(seed=1, data=dict(name="digits", n_train=128, n_test=64),
+                  model=dict(name="mlp", width=32, depth=3, density=0.5,
+                             sparsity=dict(method="rigl", update_every=2, end_fraction=1.0)),
+                  loss="cross_entropy", optimizer=dict(name="sgd", lr=0.1), train=dict(steps=6, batch_size=32),
+                  eval=dict(sharpness_every=0, test_every=0))
+    plain = run(config, progress="none")
+    compiled = run(dict(config, train=dict(config["train"], compile=True)), progress="none")
+    assert compiled.status == "finished"
+    masks = dict(masked_modules(plain.model))
+    assert all(torch.equal(m.mask, masks[n].mask) for n, m in masked_modules(compiled.model))
+    assert [r["train_loss"] for r in compiled.metrics] == pytest.approx([r["train_loss"] for r in plain.metrics],
+                                                                         rel=1e-5)

@@ -139,6 +139,7 @@ class MaskedLinear(nn.Linear):
         self._capture = bool(on)
         self._hook_accumulation()
 
+    @torch.compiler.disable  # its weak references are no graph: under train.compile dynamo failed on them
     def _hook_accumulation(self) -> None:
         """Hook the weight Parameter in use, once each: the one of the updater's day and any
         that replaced it since (a ``load_state_dict(assign=True)`` resume, ``layer.weight =
