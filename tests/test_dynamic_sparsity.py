@@ -161,16 +161,20 @@ def test_scaled_linear_keeps_the_dense_gradient_rigl_grows_by():
     assert layer.dense_grad is not None and torch.allclose(layer.dense_grad, leaf.grad)
 
 
+def _rigl_mlp(**train):
+    """A 6-step RigL MLP run's config on the digits (masks moved every 2 steps)."""
+    return dict(seed=1, data=dict(name="digits", n_train=128, n_test=64),
+                model=dict(name="mlp", width=32, depth=3, density=0.5,
+                           sparsity=dict(method="rigl", update_every=2, end_fraction=1.0)),
+                loss="cross_entropy", optimizer=dict(name="sgd", lr=0.1),
+                train=dict(steps=6, batch_size=32, **train), eval=dict(sharpness_every=0, test_every=0))
+
+
 def test_rigl_trains_an_mlp_through_the_engine():
     from catapult.engine import run
     from catapult.engine.build import build_model
 
-    config = dict(seed=1, data=dict(name="digits", n_train=128, n_test=64),
-                  model=dict(name="mlp", width=32, depth=3, density=0.5,
-                             sparsity=dict(method="rigl", update_every=2, end_fraction=1.0)),
-                  loss="cross_entropy", optimizer=dict(name="sgd", lr=0.1), train=dict(steps=6, batch_size=32),
-                  eval=dict(sharpness_every=0, test_every=0))
-    result = run(config, progress="none")
+    result = run(_rigl_mlp(), progress="none")
     assert result.status == "finished"
     start = build_model(result.config, 64, 10, torch.device("cpu"), torch.float32)  # the same seed's masks
     masks = dict(masked_modules(result.model))
@@ -334,13 +338,8 @@ def test_rigl_under_train_compile_grows_what_it_grows_uncompiled():
     # is not callable"): RigL with train.compile crashed at its first step
     from catapult.engine import run
 
-    config = dict(seed=1, data=dict(name="digits", n_train=128, n_test=64),
-                  model=dict(name="mlp", width=32, depth=3, density=0.5,
-                             sparsity=dict(method="rigl", update_every=2, end_fraction=1.0)),
-                  loss="cross_entropy", optimizer=dict(name="sgd", lr=0.1), train=dict(steps=6, batch_size=32),
-                  eval=dict(sharpness_every=0, test_every=0))
-    plain = run(config, progress="none")
-    compiled = run(dict(config, train=dict(config["train"], compile=True)), progress="none")
+    plain = run(_rigl_mlp(), progress="none")
+    compiled = run(_rigl_mlp(compile=True), progress="none")
     assert compiled.status == "finished"
     masks = dict(masked_modules(plain.model))
     assert all(torch.equal(m.mask, masks[n].mask) for n, m in masked_modules(compiled.model))
