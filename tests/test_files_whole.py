@@ -44,3 +44,19 @@ def test_a_failed_write_leaves_neither_file(tmp_path):
         write_whole(tmp_path / "a.txt", half)
     assert (tmp_path / "a.txt").read_text() == "before"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+
+
+def test_a_fifo_planted_at_the_partial_name_does_not_block_the_write(tmp_path):
+    import os
+    import threading
+
+    os.mkfifo(tmp_path / ".partial-a.txt")
+    writer = threading.Thread(target=write_whole, args=(tmp_path / "a.txt", lambda p: p.write_text("whole")),
+                              daemon=True)
+    writer.start()
+    writer.join(timeout=20)
+    if writer.is_alive():   # release the blocked open() so the test ends
+        with open(tmp_path / ".partial-a.txt", "rb"):
+            pass
+        pytest.fail("write_whole blocked on a FIFO at the partial name")
+    assert (tmp_path / "a.txt").read_text() == "whole"

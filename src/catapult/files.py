@@ -124,14 +124,14 @@ def write_whole(path, write) -> None:
     path = Path(path)
     partial = path.with_name(f".partial-{path.name}")
     try:
-        if partial.is_symlink() or partial.is_file():
-            # an earlier write's leftover, or a link planted there: written through, it would
-            # have replaced the file the link points to
+        if _removable(partial):
+            # an earlier write's leftover, or a link or FIFO planted there: written through, a
+            # link replaced the file it points to, and a FIFO blocked the write forever
             partial.unlink()
         write(partial)
         os.replace(partial, path)
     except BaseException as exc:
-        if partial.is_symlink() or partial.is_file():
+        if _removable(partial):
             try:
                 partial.unlink()
             except OSError:
@@ -139,3 +139,8 @@ def write_whole(path, write) -> None:
         if isinstance(exc, OSError) and exc.filename == str(partial):  # name the file the user knows
             raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
+
+
+def _removable(partial: Path) -> bool:
+    """Whether something not a folder sits at ``partial`` (a file, a link, a FIFO)."""
+    return partial.is_symlink() or (partial.exists() and not partial.is_dir())
