@@ -50,8 +50,7 @@ def _owned(entry: Path, runs: set) -> bool:
     if entry.is_symlink():
         return False
     if entry.name.startswith(".partial-"):  # what a stopped write_whole left: the next one replaces it
-        name = entry.name[len(".partial-"):]
-        return entry.is_file() and (name == "report.md" or (name.startswith("fig1_") and name.endswith(".png")))
+        return _partial_of_ours(entry)
     if entry.is_dir():
         if entry.name not in runs:
             return False
@@ -69,6 +68,27 @@ def _owned(entry: Path, runs: set) -> bool:
         except (OSError, UnicodeDecodeError):
             return False
     return entry.name.startswith("fig1_") and entry.suffix == ".png" and written_by_catapult(entry)
+
+
+def _partial_of_ours(entry: Path) -> bool:
+    """A ``.partial-`` file of a demo write stopped midway, by its name and its content: the
+    start of the demo's report (its title, or a cut-off part of it), or of a figure (the PNG
+    signature, or a cut-off part of it; a figure past its header carries catapult's mark)."""
+    name = entry.name[len(".partial-"):]
+    if not entry.is_file():
+        return False
+    try:
+        with open(entry, "rb") as fh:
+            head = fh.read(len(demo.REPORT_TITLE.encode()))
+    except OSError:
+        return False
+    if name == "report.md":
+        title = demo.REPORT_TITLE.encode()
+        return title.startswith(head)
+    if name in {f"fig1_{param}.png" for param in demo.PARAMETRIZATIONS}:
+        signature = b"\x89PNG\r\n\x1a\n"
+        return signature.startswith(head[:8]) and (len(head) <= len(signature) or written_by_catapult(entry))
+    return False
 
 
 def _demo_run(entry: Path, runs: set) -> bool:
