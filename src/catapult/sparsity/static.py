@@ -162,7 +162,9 @@ class MaskedLinear(nn.Linear):
         self.__dict__["_accumulate_hooks"] = hooks   # a plain attribute: no module state
 
     def _accept_dense_grad(self, weight: torch.Tensor) -> None:
-        if self._pending_dense_grad is not None:
+        # only a backward into this layer's own weight: another layer's Parameter, substituted
+        # here through functional_call, keeps this hook, and its backward took a stale score
+        if self._pending_dense_grad is not None and weight is self.weight:
             self.dense_grad, self._pending_dense_grad = self._pending_dense_grad, None
 
     def __getstate__(self) -> dict:
