@@ -157,3 +157,36 @@ def test_a_folder_given_as_the_config_leaks_no_file_descriptor(tmp_path):
         with pytest.raises(ConfigError, match=str(tmp_path)):
             read_yaml(tmp_path)
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_config_pipe_whose_writer_is_there_but_slow_is_waited_for(tmp_path, monkeypatch):
+    # the 10 s limit is for a writer to come: one already connected (`<(slow generator)`,
+    # `generator | catapult train /dev/stdin`) was refused when its first byte took longer
+    import threading
+    import time
+
+    from catapult.config import io
+
+    monkeypatch.setattr(io, "FIFO_WAIT_S", 0.5)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+
+    def write_slowly():
+        with open(fifo, "w") as f:      # blocks until the reader has opened it
+            time.sleep(1.5)
+            f.write("name: slow\n")
+    writer = threading.Thread(target=write_slowly, daemon=True)
+    writer.start()
+    time.sleep(0.3)   # the writer waits in open(), as a generator started before catapult does
+    mapping, _ = io.read_yaml(fifo)
+    writer.join(timeout=30)
+    assert mapping == {"name": "slow"}
+
+
+def test_a_config_fifo_nobody_opens_is_refused_after_the_wait(tmp_path, monkeypatch):
+    from catapult.config import ConfigError, io
+
+    monkeypatch.setattr(io, "FIFO_WAIT_S", 0.3)
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(ConfigError, match="no writer wrote to within 0.3 s"):
+        io.read_yaml(tmp_path / "fifo")

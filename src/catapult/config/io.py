@@ -180,13 +180,20 @@ def key_positions(text: str, duplicates: list | None = None) -> dict[str, tuple[
 FIFO_WAIT_S = 10.0   # how long a config given as a named pipe waits for its writer
 
 
-def _written_within(fd: int, seconds: float) -> bool:
-    """Whether the pipe ``fd`` has data or an end (a writer came and went) within ``seconds``."""
-    if not hasattr(select, "poll"):
-        return True
+def _pipe_start(fd: int, seconds: float) -> bytes | None:
+    """The first bytes of the pipe ``fd`` (opened non-blocking), or None when no writer came
+    within ``seconds``. A writer already there (``<(...)``, ``/dev/stdin``) is waited on without
+    a limit, however slow its first byte; only a FIFO with no writer yet (read: end of file at
+    once) waits for one, up to ``seconds``."""
+    try:
+        first = os.read(fd, 1 << 16)
+    except BlockingIOError:   # a writer, no data yet
+        return b""
+    if first or not hasattr(select, "poll"):
+        return first
     poller = select.poll()
     poller.register(fd, select.POLLIN | select.POLLHUP)
-    return bool(poller.poll(int(seconds * 1000)))
+    return b"" if poller.poll(int(seconds * 1000)) else None
 
 
 def read_yaml(path: str | Path) -> tuple[dict, dict[str, tuple[int, int]]]:
@@ -199,8 +206,9 @@ def read_yaml(path: str | Path) -> tuple[dict, dict[str, tuple[int, int]]]:
         # /dev/stdin) and is read to its end
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
         try:
-            if stat.S_ISFIFO(os.fstat(fd).st_mode) and not _written_within(fd, FIFO_WAIT_S):
-                raise ConfigError([("<file>", f"{path} is a pipe that nobody wrote to within {FIFO_WAIT_S:g} s; "
+            first = _pipe_start(fd, FIFO_WAIT_S) if stat.S_ISFIFO(os.fstat(fd).st_mode) else b""
+            if first is None:
+                raise ConfigError([("<file>", f"{path} is a pipe that no writer wrote to within {FIFO_WAIT_S:g} s; "
                                               f"give a config file, or start the writer first")])
             os.set_blocking(fd, True)
             f = os.fdopen(fd, "rb")
@@ -208,7 +216,7 @@ def read_yaml(path: str | Path) -> tuple[dict, dict[str, tuple[int, int]]]:
             os.close(fd)   # fdopen does not close an fd it refuses (a directory)
             raise
         with f:
-            data = f.read(MAX_CONFIG_BYTES + 1)
+            data = first + f.read(MAX_CONFIG_BYTES + 1 - len(first))
     except FileNotFoundError:
         raise ConfigError([("<file>", f"config file not found: {path}")]) from None
     except OSError as err:
