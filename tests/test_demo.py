@@ -46,6 +46,7 @@ FIGURE = b"\x89PNG\r\n\x1a\n...tEXtSoftware\x00written by catapult..."   # savef
     # a demo stopped mid-write leaves its partial files (write_whole): a rerun was refused
     ({"fig1_sp_T1": RUN, ".partial-report.md": TITLE[:9], ".partial-fig1_sp.png": FIGURE[:5]}, True),
     ({"fig1_sp_T1": RUN, ".partial-report.md": b"", ".partial-fig1_mup.png": FIGURE}, True),
+    ({"fig1_sp_T1": RUN, ".partial-report.md": TITLE + b"\n\n| param"}, True),    # cut off past its title
     ({"fig1_sp_T1": RUN, ".partial-notes.md": b"# Warmup"}, False),               # no name it writes
     ({"fig1_sp_T1": RUN, ".partial-report.md": b"my own notes\n"}, False),       # judged by content
     ({"fig1_sp_T1": RUN, ".partial-fig1_sp.png": b"\x89PNG\r\n\x1a\nmy own figure, unmarked"}, False),

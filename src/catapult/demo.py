@@ -65,6 +65,11 @@ def run_name(parametrization: str, warmup_steps: int) -> str:
     return f"fig1_{parametrization}_T{warmup_steps}"
 
 
+def figure_name(parametrization: str) -> str:
+    """The file name of one parametrization's figure in the demo's folder."""
+    return f"fig1_{parametrization}.png"
+
+
 def demo_configs(parametrizations: Sequence[str] = PARAMETRIZATIONS,
                  warmup_steps: Sequence[int] = WARMUP_STEPS) -> list[dict]:
     """The study's run configs (validated, defaults filled), parametrization-major."""
@@ -225,7 +230,7 @@ def _figures(out: Path, configs, summaries, metrics) -> list[Path]:
         runs = [c for c in configs if c["model"]["parametrization"] == param]
         lr = runs[0]["optimizer"]["lr"]
         labels = {c["name"]: f"T_wrm={c['schedule']['warmup_steps']}" for c in runs}
-        path = out / f"fig1_{param}.png"
+        path = out / figure_name(param)
         lr_text = str(lr).replace("/lambda0", "/λ0") if isinstance(lr, str) else f"{float(lr):g}"
         title = (f"{'muP' if param == 'mup' else 'SP'}: FCN width {runs[0]['model']['width']}, depth "
                  f"{runs[0]['model']['depth']}; full-batch GD on MSE, digits; lr_trgt = {lr_text}, "

@@ -112,8 +112,9 @@ def _csv_header(path: Path) -> list[str]:
 def write_whole(path, write) -> None:
     """``write(partial)`` to ``.partial-NAME`` beside ``path`` (the same suffix, which savefig
     reads the format from), then renamed over ``path``: a command stopped mid-write (Ctrl-C,
-    kill, a full disk) never leaves a truncated file under the real name. An OSError about the
-    partial file names ``path``.
+    kill, a full disk) never leaves a truncated file under the real name. What already sits at
+    the partial name (a stopped write's leftover, a link, a FIFO) is removed first, a folder
+    there is an error. An OSError about the partial file names ``path``.
 
     >>> import tempfile, os
     >>> folder = tempfile.mkdtemp()

@@ -62,33 +62,40 @@ def _owned(entry: Path, runs: set) -> bool:
     if not entry.is_file():
         return False
     if entry.name == "report.md":
-        try:
-            with open(entry, encoding="utf-8") as fh:
-                return fh.readline(1024).rstrip("\n") == demo.REPORT_TITLE
-        except (OSError, UnicodeDecodeError):
-            return False
+        return _titled_report(entry)
     return entry.name.startswith("fig1_") and entry.suffix == ".png" and written_by_catapult(entry)
 
 
+def _titled_report(entry: Path) -> bool:
+    """Whether the first line of ``entry`` is the demo report's title."""
+    try:
+        with open(entry, encoding="utf-8") as fh:
+            return fh.readline(1024).rstrip("\n") == demo.REPORT_TITLE
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def _partial_of_ours(entry: Path) -> bool:
-    """A ``.partial-`` file of a demo write stopped midway, by its name and its content: the
-    start of the demo's report (its title, or a cut-off part of it), or of a figure (the PNG
-    signature, or a cut-off part of it; a figure past its header carries catapult's mark)."""
+    """A ``.partial-`` file of a demo write stopped midway, judged by its name and content: the
+    demo's report (its title first) or one of its figures (catapult's mark), whole or cut off
+    within the title or the PNG signature."""
     name = entry.name[len(".partial-"):]
     if not entry.is_file():
         return False
+    if name == "report.md":
+        return _titled_report(entry) or _cut_off(entry, demo.REPORT_TITLE.encode())
+    if name in {demo.figure_name(param) for param in demo.PARAMETRIZATIONS}:
+        return written_by_catapult(entry) or _cut_off(entry, b"\x89PNG\r\n\x1a\n")
+    return False
+
+
+def _cut_off(entry: Path, start: bytes) -> bool:
+    """Whether all of ``entry`` is a cut-off part of ``start`` (empty included)."""
     try:
         with open(entry, "rb") as fh:
-            head = fh.read(len(demo.REPORT_TITLE.encode()))
+            return start.startswith(fh.read(len(start) + 1))
     except OSError:
         return False
-    if name == "report.md":
-        title = demo.REPORT_TITLE.encode()
-        return title.startswith(head)
-    if name in {f"fig1_{param}.png" for param in demo.PARAMETRIZATIONS}:
-        signature = b"\x89PNG\r\n\x1a\n"
-        return signature.startswith(head[:8]) and (len(head) <= len(signature) or written_by_catapult(entry))
-    return False
 
 
 def _demo_run(entry: Path, runs: set) -> bool:

@@ -202,8 +202,7 @@ def read_yaml(path: str | Path) -> tuple[dict, dict[str, tuple[int, int]]]:
     path = Path(path)
     try:
         # O_NONBLOCK: opening a FIFO nobody writes to returns at once (open() waited forever);
-        # a pipe then waits up to FIFO_WAIT_S for a writer (one started just after us, `<(...)`,
-        # /dev/stdin) and is read to its end
+        # a pipe is then read as _pipe_start says, and to its end
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
         try:
             first = _pipe_start(fd, FIFO_WAIT_S) if stat.S_ISFIFO(os.fstat(fd).st_mode) else b""

@@ -144,9 +144,11 @@ class MaskedLinear(nn.Linear):
         """Hook the weight Parameter in use, once each: the one of the updater's day and any
         that replaced it since (a ``load_state_dict(assign=True)`` resume, ``layer.weight =
         nn.Parameter(...)``, a weight unfrozen, a Parameter substituted by
-        ``torch.func.functional_call``). Earlier weights keep their hooks, so a backward through
-        a graph built before the change still counts. The hooks hold the layer, and this list
-        the weights, weakly. Capture off removes them all."""
+        ``torch.func.functional_call``). None is unhooked while capture is on: a Parameter
+        substituted for one forward must not take the hook off the real weight, whose backward
+        may still come. A hook accepts only a backward into the layer's weight of the moment
+        (:meth:`_accept_dense_grad`). The hooks hold the layer, and this list the weights,
+        weakly. Capture off removes them all."""
         hooks = [(ref, handle) for ref, handle in self.__dict__.get("_accumulate_hooks", ()) if ref() is not None]
         if not self._capture:
             for _, handle in hooks:
