@@ -36,7 +36,6 @@ def store(tmp_path):
 
 
 @pytest.mark.parametrize("command", [
-    ["train", "fifo", "--out", "run"],                       # the config
     ["export", "fifo", "--out", "x.csv"],                    # a store read
     ["sweep", "sweep.yaml", "--store", "fifo"],              # a store written
     ["export", "s.db", "--out", "fifo"],                     # output files
@@ -48,6 +47,20 @@ def test_a_fifo_where_a_file_goes_is_refused_at_once(tmp_path, store, command):
     code, err = _catapult(*command, cwd=tmp_path)
     assert code == 2 and "Traceback" not in err and "fifo" in err, err
     assert not (tmp_path / "run").exists() and not (tmp_path / "x.csv").exists()
+
+
+def test_a_config_fifo_without_a_writer_is_refused_by_train_after_the_wait(tmp_path, monkeypatch, capsys):
+    # the config is the one FIFO that waits (for a writer to come, FIFO_WAIT_S), then exits 2;
+    # in-process so the wait can be shortened (a subprocess would sit out the full 10 s)
+    from catapult.config import io
+
+    monkeypatch.setattr(io, "FIFO_WAIT_S", 0.3)
+    monkeypatch.chdir(tmp_path)
+    os.mkfifo(tmp_path / "fifo")
+    assert main(["train", "fifo", "--out", "run"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "fifo" in err and "0.3 s" in err, err
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_config_read_from_a_pipe_still_trains(tmp_path):

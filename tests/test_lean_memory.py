@@ -186,7 +186,7 @@ def test_lean_top_eigenpairs_keeps_its_sized_basis(monkeypatch):
     # vectors), or the k + block_size + 1 the pairs need; it used to widen it to 2k + 10
     from catapult.curvature import krylov
 
-    model, loss_fn, batch = mlp(256, seed=2)
+    model, loss_fn, batch = mlp(32, seed=2)  # lean still splits 32 samples into micro-batches of 2
     _, lean_basis = memory_setting("lean", batch, None, None, model, loss_fn)
     peak = {"size": 0}
     append = krylov.KrylovBasis.append
