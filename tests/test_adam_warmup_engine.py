@@ -43,6 +43,7 @@ def test_optimizer_names_and_gi_adam_options():
         assert C.validate({"optimizer": {"name": name}})["optimizer"]["name"] == name
     for alias in ("giadam", "GI-Adam", "gi_adam"):
         assert C.validate({"optimizer": {"name": alias}})["optimizer"]["name"] == "gi-adam"
+    assert C.validate({"optimizer": {"name": "adam", "eps": 1e-6}})["optimizer"]["eps"] == 1e-6
     opt = C.validate({"optimizer": {"name": "gi-adam", "v0": "4", "v_bias_correction": False}})["optimizer"]
     assert opt["v0"] == 4.0 and opt["v_bias_correction"] is False
     assert C.validate({"optimizer": {"name": "gi-adam", "v0": "random"}})["optimizer"]["v0"] == "random"
@@ -55,6 +56,8 @@ def test_optimizer_names_and_gi_adam_options():
     ({"optimizer": {"name": "gi-adam", "v_bias_correction": "yes"}}, "optimizer.v_bias_correction", "true or false"),
     ({"optimizer": {"name": "adam", "v0": 2}}, "optimizer.v0", "gi-adam"),
     ({"optimizer": {"name": "adamw", "v_bias_correction": False}}, "optimizer.v_bias_correction", "gi-adam"),
+    ({"optimizer": {"name": "sgd", "eps": 1e-6}}, "optimizer.eps", "remove optimizer.eps"),  # was ignored
+    ({"optimizer": {"name": "sgd", "betas": [0.8, 0.9]}}, "optimizer.betas", "remove optimizer.betas"),
     ({"optimizer": {"name": "radam"}, "eval": {"sharpness_kind": "preconditioned"}}, "eval.sharpness_kind",
      "adam, adamw, gi-adam"),
     ({"schedule": {"warmup": "cosine"}}, "schedule.warmup", "persistent"),

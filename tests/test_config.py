@@ -59,7 +59,7 @@ def test_bad_type_and_out_of_range_name_the_expected_type():
 
 
 def test_numeric_text_and_integral_floats_are_accepted():
-    cfg = validate({"optimizer": {"eps": "1e-6", "lr": "1e-3"}, "train": {"steps": 2e3}})
+    cfg = validate({"optimizer": {"name": "adam", "eps": "1e-6", "lr": "1e-3"}, "train": {"steps": 2e3}})
     assert cfg["optimizer"]["eps"] == 1e-6 and cfg["optimizer"]["lr"] == 1e-3
     assert cfg["train"]["steps"] == 2000 and isinstance(cfg["train"]["steps"], int)
     with pytest.raises(ConfigError):

@@ -78,7 +78,7 @@ def _check_model_data(config: dict) -> Problems:
 
 def _check_adam_family(config: dict) -> Problems:
     """GI-Adam options only with gi-adam, SGD's momentum only with sgd and the Adam family's betas
-    only with it (each was accepted and ignored: a sweep over it gave identical cells);
+    and eps only with it (each was accepted and ignored: a sweep over it gave identical cells);
     pre-conditioned sharpness only where it is defined."""
     opt = config["optimizer"]
     if opt["name"] != "sgd" and opt["momentum"] != _default(OptimizerConfig, "momentum"):
@@ -87,6 +87,9 @@ def _check_adam_family(config: dict) -> Problems:
     if opt["name"] == "sgd" and opt["betas"] != _default(OptimizerConfig, "betas"):
         yield ("optimizer.betas", "are the Adam family's; optimizer.name is 'sgd' (its momentum is "
                                   "optimizer.momentum): remove optimizer.betas")
+    if opt["name"] == "sgd" and opt["eps"] != _default(OptimizerConfig, "eps"):
+        yield ("optimizer.eps", "is the Adam family's epsilon; optimizer.name is 'sgd', which has none: "
+                                "remove optimizer.eps")
     if opt["name"] != "gi-adam":
         for key in ("v0", "v_bias_correction"):
             if opt[key] != _default(OptimizerConfig, key):
