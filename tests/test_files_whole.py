@@ -12,7 +12,7 @@ def test_a_link_planted_at_the_partial_name_is_not_written_through(tmp_path):
     victim.write_text("keep me")
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / ".partial-a.txt").symlink_to(victim)
-    write_whole(tmp_path / "out" / "a.txt", lambda p: p.write_text("whole"))
+    write_whole(tmp_path / "out" / "a.txt", lambda fh: fh.write(b"whole"))
     assert victim.read_text() == "keep me"
     assert (tmp_path / "out" / "a.txt").read_text() == "whole"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.txt"]
@@ -20,7 +20,7 @@ def test_a_link_planted_at_the_partial_name_is_not_written_through(tmp_path):
 
 def test_a_stale_partial_file_is_replaced(tmp_path):
     (tmp_path / ".partial-a.txt").write_text("half of an earlier wri")
-    write_whole(tmp_path / "a.txt", lambda p: p.open("a").write("whole"))
+    write_whole(tmp_path / "a.txt", lambda fh: fh.write(b"whole"))
     assert (tmp_path / "a.txt").read_text() == "whole"
     assert not (tmp_path / ".partial-a.txt").exists()
 
@@ -29,15 +29,15 @@ def test_a_folder_at_the_partial_name_is_reported_under_the_real_name_and_left_a
     (tmp_path / ".partial-a.txt").mkdir()
     (tmp_path / ".partial-a.txt" / "inside").write_text("x")
     with pytest.raises(OSError) as info:
-        write_whole(tmp_path / "a.txt", lambda p: p.write_text("whole"))
+        write_whole(tmp_path / "a.txt", lambda fh: fh.write(b"whole"))
     assert info.value.filename == str(tmp_path / "a.txt")   # not a cleanup error masking it
     assert (tmp_path / ".partial-a.txt" / "inside").read_text() == "x"
     assert not (tmp_path / "a.txt").exists()
 
 
 def test_a_failed_write_leaves_neither_file(tmp_path):
-    def half(p):
-        p.write_text("half")
+    def half(fh):
+        fh.write(b"half")
         raise ValueError("stopped")
     (tmp_path / "a.txt").write_text("before")
     with pytest.raises(ValueError, match="stopped"):
@@ -51,7 +51,7 @@ def test_a_fifo_planted_at_the_partial_name_does_not_block_the_write(tmp_path):
     import threading
 
     os.mkfifo(tmp_path / ".partial-a.txt")
-    writer = threading.Thread(target=write_whole, args=(tmp_path / "a.txt", lambda p: p.write_text("whole")),
+    writer = threading.Thread(target=write_whole, args=(tmp_path / "a.txt", lambda fh: fh.write(b"whole")),
                               daemon=True)
     writer.start()
     writer.join(timeout=20)
@@ -60,3 +60,47 @@ def test_a_fifo_planted_at_the_partial_name_does_not_block_the_write(tmp_path):
             pass
         pytest.fail("write_whole blocked on a FIFO at the partial name")
     assert (tmp_path / "a.txt").read_text() == "whole"
+
+
+def test_a_link_planted_again_right_after_its_removal_is_never_written_through(tmp_path, monkeypatch):
+    # the race a review won 1,828 times in 3,000: the partial name was removed, a link planted
+    # there at once, and the write then followed it into the link's target
+    import os
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    out = tmp_path / "out"
+    out.mkdir()
+    partial = out / ".partial-a.txt"
+    partial.symlink_to(victim)
+    unlink = os.unlink
+
+    def unlink_and_plant(name, *args, **kwargs):   # the other side wins every race
+        unlink(name, *args, **kwargs)
+        os.symlink(victim, partial)
+    monkeypatch.setattr(os, "unlink", unlink_and_plant)
+    with pytest.raises(OSError, match="reappeared") as info:
+        write_whole(out / "a.txt", lambda fh: fh.write(b"whole"))
+    monkeypatch.undo()
+    assert info.value.filename == str(out / "a.txt")
+    assert victim.read_text() == "keep me"
+    assert not (out / "a.txt").exists()
+
+
+def test_a_link_planted_once_after_the_removal_is_removed_too(tmp_path, monkeypatch):
+    import os
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (tmp_path / ".partial-a.txt").write_text("an earlier write's leftover")
+    unlink, planted = os.unlink, []
+
+    def unlink_and_plant_once(name, *args, **kwargs):
+        unlink(name, *args, **kwargs)
+        if not planted:
+            planted.append(os.symlink(victim, tmp_path / ".partial-a.txt"))
+    monkeypatch.setattr(os, "unlink", unlink_and_plant_once)
+    write_whole(tmp_path / "a.txt", lambda fh: fh.write(b"whole"))
+    monkeypatch.undo()
+    assert victim.read_text() == "keep me" and (tmp_path / "a.txt").read_text() == "whole"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "victim.txt"]

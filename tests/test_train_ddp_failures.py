@@ -105,7 +105,7 @@ def test_a_full_disk_writing_the_weights_exits_2_naming_the_file(tmp_path, monke
     real_save = torch.save
 
     def full_disk(obj, f, *args, **kwargs):
-        if str(f).endswith("model.pt"):
+        if hasattr(f, "write"):   # model.pt, into the open partial file write_whole hands over
             raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 2688 vs 2582")
         return real_save(obj, f, *args, **kwargs)
 

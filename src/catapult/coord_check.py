@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from catapult.arguments import check_batch
 from catapult.parametrize import param_groups
-from catapult.files import figure_mark
+from catapult.files import save_figure
 
 __all__ = ["coord_check", "coord_slopes", "activation_table", "block_order", "plot_coord_check",
            "find_blocks", "default_loss", "BLOCK_ORDER"]
@@ -306,5 +306,5 @@ def plot_coord_check(rows: Sequence[dict], path=None, *, panels: str = "block",
     if title:
         fig.suptitle(title)
     if path is not None:
-        fig.savefig(path, dpi=120, **figure_mark(path))
+        save_figure(fig, path, dpi=120)
     return fig

@@ -203,7 +203,7 @@ def run_demo(out: str | Path = "runs/demo", *, workers: int | None = None, echo=
     report = out / "report.md"
     table = report_table(configs, summaries)
     text = _report(configs, table, figures, wall)
-    write_whole(report, lambda partial: partial.write_text(text))
+    write_whole(report, lambda fh: fh.write(text.encode()))
     echo("")
     echo(table)
     echo("")
@@ -235,8 +235,8 @@ def _figures(out: Path, configs, summaries, metrics) -> list[Path]:
         title = (f"{'muP' if param == 'mup' else 'SP'}: FCN width {runs[0]['model']['width']}, depth "
                  f"{runs[0]['model']['depth']}; full-batch GD on MSE, digits; lr_trgt = {lr_text}, "
                  f"linear warmup over T_wrm steps")
-        write_whole(path, lambda partial: plot_trajectories(  # never a truncated figure of ours
-            {labels[c["name"]]: metrics[c["name"]] for c in runs}, partial, title=title,
+        write_whole(path, lambda fh: plot_trajectories(  # never a truncated figure of ours
+            {labels[c["name"]]: metrics[c["name"]] for c in runs}, fh, title=title,
             statuses={labels[c["name"]]: summaries[c["name"]]["status"] for c in runs}))
         figures.append(path)
     return figures

@@ -9,11 +9,14 @@ export is recognised by its header, and a run's ``metrics.csv`` / ``summary.json
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
+import stat
 from pathlib import Path
+from typing import BinaryIO, Callable
 
-__all__ = ["MARK", "figure_mark", "written_by_catapult", "is_run_record", "write_whole"]
+__all__ = ["MARK", "figure_mark", "save_figure", "written_by_catapult", "is_run_record", "write_whole"]
 
 #: The text catapult's figures, reports and Parquet exports carry in their metadata.
 MARK = "written by catapult"
@@ -40,6 +43,18 @@ def figure_mark(path) -> dict:
         key, value = _PILLOW_KEYS[suffix]
         return {"pil_kwargs": {key: value}}
     return {}
+
+
+def save_figure(fig, target, *, make_folder: bool = False, **savefig_kwargs) -> None:
+    """``fig.savefig`` with catapult's mark: to a path (the format from its suffix; its folder
+    made first with ``make_folder``) or to an open binary file, as PNG (what
+    :func:`write_whole` hands over)."""
+    if hasattr(target, "write"):
+        fig.savefig(target, format="png", **figure_mark("figure.png"), **savefig_kwargs)
+        return
+    if make_folder:
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(Path(target), **figure_mark(target), **savefig_kwargs)
 
 
 def written_by_catapult(path) -> bool:
@@ -109,39 +124,69 @@ def _csv_header(path: Path) -> list[str]:
         return next(csv.reader([fh.readline(1 << 20)]), [])
 
 
-def write_whole(path, write) -> None:
-    """``write(partial)`` to ``.partial-NAME`` beside ``path`` (the same suffix, which savefig
-    reads the format from), then renamed over ``path``: a command stopped mid-write (Ctrl-C,
-    kill, a full disk) never leaves a truncated file under the real name. What already sits at
-    the partial name (a stopped write's leftover, a link, a FIFO) is removed first, a folder
-    there is an error. An OSError about the partial file names ``path``.
+def write_whole(path, write: Callable[[BinaryIO], object]) -> None:
+    """``write(fh)`` into a new file ``.partial-NAME`` beside ``path``, then renamed over ``path``:
+    a command stopped mid-write (Ctrl-C, kill, a full disk) never leaves a truncated file under
+    the real name. ``fh`` is a binary file that write_whole opened and closes.
+
+    The partial file is created fresh (``O_CREAT | O_EXCL | O_NOFOLLOW``, relative to the folder
+    opened once), so nothing planted at the partial name or in the folder's place is ever written
+    through: a stopped write's leftover, a link or a FIFO found there is removed first, one that
+    reappears each time it is removed is an error, and so is a folder there. An OSError about the partial
+    file names ``path``.
 
     >>> import tempfile, os
     >>> folder = tempfile.mkdtemp()
-    >>> write_whole(os.path.join(folder, "a.txt"), lambda p: p.write_text("whole"))
-    >>> sorted(os.listdir(folder))
-    ['a.txt']
+    >>> write_whole(os.path.join(folder, "a.txt"), lambda fh: fh.write(b"whole"))
+    >>> sorted(os.listdir(folder)), open(os.path.join(folder, "a.txt")).read()
+    (['a.txt'], 'whole')
     """
     path = Path(path)
-    partial = path.with_name(f".partial-{path.name}")
+    partial = f".partial-{path.name}"
+    ours = {None, partial, str(path.with_name(partial))}
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    created = False
     try:
-        if _removable(partial):
-            # an earlier write's leftover, or a link or FIFO planted there: written through, a
-            # link replaced the file it points to, and a FIFO blocked the write forever
-            partial.unlink()
-        write(partial)
-        os.replace(partial, path)
+        fd = _create_fresh(partial, folder)
+        created = True
+        with open(fd, "wb") as fh:
+            write(fh)
+        os.replace(partial, path.name, src_dir_fd=folder, dst_dir_fd=folder)
+        created = False
     except BaseException as exc:
-        if _removable(partial):
+        if created:
             try:
-                partial.unlink()
+                os.unlink(partial, dir_fd=folder)
             except OSError:
                 pass  # the error that stopped the write is the one to report
-        if isinstance(exc, OSError) and exc.filename == str(partial):  # name the file the user knows
+        if isinstance(exc, OSError) and exc.filename in ours:  # name the file the user knows
             raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
+    finally:
+        os.close(folder)
 
 
-def _removable(partial: Path) -> bool:
-    """Whether something not a folder sits at ``partial`` (a file, a link, a FIFO)."""
-    return partial.is_symlink() or (partial.exists() and not partial.is_dir())
+#: How often a thing found at the partial name is removed before write_whole gives up: only
+#: someone planting it again and again makes a second try fail.
+_CREATE_TRIES = 3
+
+
+def _create_fresh(name: str, folder: int) -> int:
+    """A new, empty regular file ``name`` in the folder ``folder`` (a descriptor), open for
+    writing; what sits there first (not a folder) is removed."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(_CREATE_TRIES):
+        try:
+            return os.open(name, flags, 0o666, dir_fd=folder)
+        except FileExistsError:
+            pass
+        # an earlier write's leftover, or a link or FIFO planted there: written through, a link
+        # replaced the file it points to, and a FIFO blocked the write forever
+        try:
+            if stat.S_ISDIR(os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode):
+                raise IsADirectoryError(errno.EISDIR, f"a folder {name} stands where its partial file goes", name)
+            os.unlink(name, dir_fd=folder)
+        except FileNotFoundError:
+            pass
+    raise FileExistsError(errno.EEXIST, f"something reappeared at {name}, its partial file, each time it "
+                                        f"was removed", name)

@@ -83,7 +83,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, BinaryIO, Mapping
 
 import torch
 import torch.nn as nn
@@ -455,21 +455,22 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
     summary.update(warmup_summary(config, metrics, lr_trgt, warmup_rule))
     weights = processes.state_dict(model)
     if out_path is not None:  # each file whole or not at all, the summary (the run's verdict) last
-        write_whole(out_path / "model.pt", lambda path: _save_weights(weights, path))  # `spectrum --weights`
-        write_whole(out_path / "trajectories.png", lambda path: plot_run(
-            metrics, path, title=config["name"], status=status, threshold_label=threshold_label(config, rule.kind),
+        weights_path = out_path / "model.pt"  # `spectrum --weights`
+        write_whole(weights_path, lambda fh: _save_weights(weights, fh, weights_path))
+        write_whole(out_path / "trajectories.png", lambda fh: plot_run(
+            metrics, fh, title=config["name"], status=status, threshold_label=threshold_label(config, rule.kind),
             preconditioned=rule.kind == "preconditioned"))
         text = json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n"
-        write_whole(out_path / "summary.json", lambda path: path.write_text(text))
+        write_whole(out_path / "summary.json", lambda fh: fh.write(text.encode()))
     return RunResult(status=status, metrics=metrics, summary=summary, config=config, model=model, out_dir=out_path)
 
 
-def _save_weights(weights: Mapping[str, Any], path: Path) -> None:
-    """``torch.save(weights, path)``; a failed write is an OSError naming ``path``. torch's zip
+def _save_weights(weights: Mapping[str, Any], fh: BinaryIO, path: Path) -> None:
+    """``torch.save(weights, fh)``; a failed write is an OSError naming ``path``. torch's zip
     writer reports a full disk as a RuntimeError ("unexpected pos"), which the CLI would show
     as a traceback with exit 1 instead of a message with exit 2."""
     try:
-        torch.save(weights, path)
+        torch.save(weights, fh)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise OSError(errno.EIO, f"could not be written ({first[:200]}); is the disk full?", str(path)) from exc

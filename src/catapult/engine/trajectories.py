@@ -9,14 +9,14 @@ Input is one or more runs' metrics: sequences of per-step mappings with keys ``s
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, BinaryIO, Mapping, Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from catapult.analysis import is_finite_number
 from catapult.engine.records import is_spectrum_column
-from catapult.files import figure_mark
+from catapult.files import save_figure
 
 Metrics = Sequence[Mapping[str, Any]]
 
@@ -62,7 +62,7 @@ def loss_axis_top(runs: Mapping[str, Metrics], factor: float = LOSS_CLIP_FACTOR)
 
 def plot_trajectories(
     runs: Mapping[str, Metrics],
-    path: str | Path | None = None,
+    path: str | Path | BinaryIO | None = None,
     *,
     title: str | None = None,
     threshold_label: str = "2/lr_t",
@@ -79,7 +79,7 @@ def plot_trajectories(
     the sharpness before it. The loss axis is clipped at :func:`loss_axis_top`; points above are
     drawn on the top edge as triangles (the legend says "clipped"). A run without sharpness
     measurements says "sharpness not measured" in the legend (and in the panel when no run has
-    any). Saved to ``path`` (PNG etc.) if given.
+    any). Saved to ``path`` (PNG etc., or an open binary file as PNG) if given.
     """
     from catapult.analysis import detect_catapults
 
@@ -149,8 +149,7 @@ def plot_trajectories(
     if title:
         fig.suptitle(title)
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110, **figure_mark(path))
+        save_figure(fig, path, make_folder=True, dpi=110)
     return fig
 
 
@@ -199,7 +198,7 @@ def _clip_threshold_axis(ax, runs: Mapping[str, Metrics]) -> None:
     ax.set_ylim(low / 2.0, high * 8.0)
 
 
-def plot_run(metrics: Metrics, path: str | Path | None = None, *, title: str | None = None,
+def plot_run(metrics: Metrics, path: str | Path | BinaryIO | None = None, *, title: str | None = None,
              status: str | None = None, threshold_label: str = "2/lr_t",
              preconditioned: bool = False) -> Figure:
     """:func:`plot_trajectories` for a single run (``preconditioned``: Adam-family sharpness)."""

@@ -25,7 +25,7 @@ from matplotlib.patches import Rectangle
 
 from catapult.analysis import is_finite_number
 from catapult.engine.records import is_spectrum_column
-from catapult.files import figure_mark
+from catapult.files import save_figure
 from catapult.sweep.spec import canonical_json
 
 __all__ = [
@@ -251,10 +251,8 @@ def unfinished_note(grid: PhaseGrid) -> str | None:
 
 def _save(fig: Figure, path: str | Path | None) -> None:
     if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         FigureCanvasAgg(fig)
-        fig.savefig(path, dpi=110, **figure_mark(path))
+        save_figure(fig, path, make_folder=True, dpi=110)
 
 
 def _format_value(x: float, metric: str) -> str:

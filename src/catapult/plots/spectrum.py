@@ -1,13 +1,12 @@
 """Figure of a spectral density (:func:`catapult.spectral_density`)."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from catapult.files import figure_mark
+from catapult.files import save_figure
 
 __all__ = ["plot_spectral_density"]
 
@@ -37,5 +36,5 @@ def plot_spectral_density(density, path=None, *, title: str | None = None, log: 
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
     if path is not None:
-        fig.savefig(Path(path), **figure_mark(path))
+        save_figure(fig, path)
     return fig

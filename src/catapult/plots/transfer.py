@@ -27,7 +27,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from catapult.analysis import is_finite_number
-from catapult.files import figure_mark
+from catapult.files import save_figure
 from catapult.plots.phase import plain_text
 from catapult.sweep.spec import canonical_json
 
@@ -330,5 +330,5 @@ def plot_transfer(curves: TransferCurves, path: str | Path | None = None, *, tit
     if title and curves.panel_key:
         fig.suptitle(plain_text(title))
     if path is not None:
-        fig.savefig(path, dpi=120, **figure_mark(path))
+        save_figure(fig, path, dpi=120)
     return fig
