@@ -359,3 +359,23 @@ def test_a_lambda0_another_driver_stored_first_is_the_one_every_cell_uses(tmp_pa
     with Store(tmp_path / "t.db") as store:  # the first value stored is kept and returned
         assert store.put_lambda0("k", 3.0) == 3.0 and store.put_lambda0("k", 4.0) == 3.0
         assert store.get_lambda0("k") == 3.0
+
+
+def test_an_export_stopped_mid_write_leaves_no_truncated_csv(tmp_path, monkeypatch):
+    # Ctrl-C halfway through the rows left a CSV that read back as a shorter, valid table
+    from catapult.sweep import store_export
+
+    path = _exported_store(tmp_path)
+    with Store(path, create=False) as store:
+        columns, rows = store_export.export_table(store)
+
+    class Interrupted:
+        def __str__(self):
+            raise KeyboardInterrupt
+
+    stopped = [list(r) for r in rows]
+    stopped[1][0] = Interrupted()
+    monkeypatch.setattr(store_export, "export_table", lambda store: (columns, stopped))
+    with Store(path, create=False) as store, pytest.raises(KeyboardInterrupt):
+        write_csv(store, tmp_path / "out.csv")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("out", ".partial"))) == []
