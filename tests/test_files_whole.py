@@ -104,3 +104,23 @@ def test_a_link_planted_once_after_the_removal_is_removed_too(tmp_path, monkeypa
     monkeypatch.undo()
     assert victim.read_text() == "keep me" and (tmp_path / "a.txt").read_text() == "whole"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "victim.txt"]
+
+
+@pytest.mark.parametrize("name", ["fig.pdf", "fig.png"])
+def test_a_figure_stopped_mid_save_leaves_no_file(tmp_path, name):
+    # the PDF backend writes as it draws: a stopped save left a truncated figure under the name
+    from matplotlib.artist import Artist
+    from matplotlib.figure import Figure
+
+    from catapult.files import save_figure
+
+    class Stop(Artist):
+        def draw(self, renderer):
+            raise KeyboardInterrupt
+
+    fig = Figure()
+    fig.subplots().plot([1, 2])
+    fig.add_artist(Stop())
+    with pytest.raises(KeyboardInterrupt):
+        save_figure(fig, tmp_path / name)
+    assert list(tmp_path.iterdir()) == []

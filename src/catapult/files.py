@@ -16,7 +16,7 @@ import stat
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-__all__ = ["MARK", "figure_mark", "save_figure", "written_by_catapult", "is_run_record", "write_whole"]
+__all__ = ["MARK", "figure_mark", "figure_path", "save_figure", "written_by_catapult", "is_run_record", "write_whole"]
 
 #: The text catapult's figures, reports and Parquet exports carry in their metadata.
 MARK = "written by catapult"
@@ -45,16 +45,32 @@ def figure_mark(path) -> dict:
     return {}
 
 
+def figure_path(path) -> Path:
+    """``path`` as a ``Path``, with ``.png`` added when it has no suffix, as matplotlib does:
+    the file :func:`save_figure` writes (so a command can print it).
+
+    >>> figure_path("phase"), figure_path("phase.pdf")
+    (PosixPath('phase.png'), PosixPath('phase.pdf'))
+    """
+    path = Path(path)
+    return path if path.suffix else path.with_name(path.name + ".png")
+
+
 def save_figure(fig, target, *, make_folder: bool = False, **savefig_kwargs) -> None:
-    """``fig.savefig`` with catapult's mark: to a path (the format from its suffix; its folder
-    made first with ``make_folder``) or to an open binary file, as PNG (what
-    :func:`write_whole` hands over)."""
+    """``fig.savefig`` with catapult's mark, to a path or to an open binary file.
+
+    A path gets the format of its suffix (none: PNG, and ``.png`` added) and is written whole (:func:`write_whole`);
+    ``make_folder`` makes its folder first. A file gets ``format`` from ``savefig_kwargs``
+    (default PNG)."""
     if hasattr(target, "write"):
-        fig.savefig(target, format="png", **figure_mark("figure.png"), **savefig_kwargs)
+        fmt = savefig_kwargs.pop("format", None) or "png"
+        fig.savefig(target, format=fmt, **figure_mark(f"figure.{fmt}"), **savefig_kwargs)
         return
+    path = figure_path(target)
     if make_folder:
-        Path(target).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(Path(target), **figure_mark(target), **savefig_kwargs)
+        path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = path.suffix.lower().lstrip(".")
+    write_whole(path, lambda fh: fig.savefig(fh, format=fmt, **figure_mark(path), **savefig_kwargs))
 
 
 def written_by_catapult(path) -> bool:

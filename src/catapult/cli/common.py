@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from catapult.config import ConfigError, load_config
-from catapult.files import written_by_catapult
+from catapult.files import figure_path, written_by_catapult
 from catapult.sweep.store_file import SQLITE_MAGIC
 
 __all__ = ["add_config_arguments", "config_from_args", "overrides_from_args", "apply_threads", "check_out_file",
@@ -150,13 +150,6 @@ def check_image_file(option: str, path) -> None:
     if suffix and suffix not in formats:
         raise ConfigError([(option, f"cannot write a figure as .{suffix}; use one of "
                                     f"{', '.join('.' + f for f in sorted(formats))}")])
-
-
-def figure_path(path):
-    """``path`` as a ``Path``, with ``.png`` added when it has no suffix: what matplotlib
-    writes for such a name, so the command can print the file it wrote."""
-    path = Path(path)
-    return path if path.suffix else path.with_name(path.name + ".png")
 
 
 def check_study_dir(command: str, out, owned, marker) -> Path:
