@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from catapult import config as cfg
-from catapult.files import write_whole
+from catapult.files import write_text_whole, write_whole
 
 __all__ = ["PARAMETRIZATIONS", "WARMUP_STEPS", "LR_TARGET", "BASE_CONFIG", "demo_configs",
            "write_configs", "run_demo", "report_table"]
@@ -203,7 +203,7 @@ def run_demo(out: str | Path = "runs/demo", *, workers: int | None = None, echo=
     report = out / "report.md"
     table = report_table(configs, summaries)
     text = _report(configs, table, figures, wall)
-    write_whole(report, lambda fh: fh.write(text.encode()))
+    write_text_whole(report, text)
     echo("")
     echo(table)
     echo("")

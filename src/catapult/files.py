@@ -16,7 +16,8 @@ import stat
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-__all__ = ["MARK", "figure_mark", "figure_path", "save_figure", "written_by_catapult", "is_run_record", "write_whole"]
+__all__ = ["MARK", "figure_mark", "figure_path", "save_figure", "written_by_catapult", "is_run_record", "write_whole",
+           "write_text_whole"]
 
 #: The text catapult's figures, reports and Parquet exports carry in their metadata.
 MARK = "written by catapult"
@@ -180,6 +181,11 @@ def write_whole(path, write: Callable[[BinaryIO], object]) -> None:
         raise
     finally:
         os.close(folder)
+
+
+def write_text_whole(path, text: str) -> None:
+    """:func:`write_whole` of ``text`` in UTF-8."""
+    write_whole(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 #: How often a thing found at the partial name is removed before write_whole gives up: only

@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import yaml
 
-from catapult.files import MARK, write_whole
+from catapult.files import MARK, write_text_whole
 
 __all__ = ["build_report", "write_report", "figure_to_data_uri"]
 
@@ -246,6 +246,6 @@ def write_report(store_path: str | Path, out: str | Path | None = None, **kwargs
     with Store(store_path, create=False) as store:
         text = build_report(store, **kwargs)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_whole(out, lambda fh: fh.write(text.encode("utf-8")))
+    write_text_whole(out, text)
     return out
 

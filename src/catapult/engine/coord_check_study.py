@@ -31,12 +31,14 @@ from __future__ import annotations
 
 import copy
 import csv
+import io
 import math
 import sys
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from catapult import config as cfg
+from catapult.files import write_text_whole
 
 __all__ = ["parse_coord_check", "load_coord_check", "run_coord_check", "slope_table", "activation_tables",
            "result_groups", "COORD_CHECK_DEFAULTS", "CSV_COLUMNS", "TABLE_TITLE"]
@@ -237,19 +239,18 @@ def run_coord_check(config: Mapping[str, Any], spec: Mapping[str, Any], *, out_d
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        with open(out / "coord_check.csv", "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()})
-        text = cfg.dump_config(config) + cfg.dump_config({"coord_check": dict(spec)})
-        (out / "config.yaml").write_text(text)
+        table = io.StringIO(newline="")
+        writer = csv.DictWriter(table, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()})
+        write_text_whole(out / "coord_check.csv", table.getvalue())
+        write_text_whole(out / "config.yaml", cfg.dump_config(config) + cfg.dump_config({"coord_check": dict(spec)}))
         for parametrization, axis, part in result_groups(rows):
             plot_coord_check(part, out / f"coord_check_{axis}_{parametrization}.png", xlabel=axis, panels=panels,
                              title=f"{config['name']}: {parametrization}, mean |activation| vs {axis}")
-        (out / "coord_check_table.md").write_text(
-            TABLE_TITLE + "\n\n" + activation_tables(rows)
-            + "\n# Log-log slope vs the varied value (0 = flat)\n\n" + slope_table(rows) + "\n")
+        write_text_whole(out / "coord_check_table.md", TABLE_TITLE + "\n\n" + activation_tables(rows)
+                         + "\n# Log-log slope vs the varied value (0 = flat)\n\n" + slope_table(rows) + "\n")
     return rows
 
 

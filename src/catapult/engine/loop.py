@@ -89,7 +89,7 @@ import torch
 import torch.nn as nn
 
 from catapult import config as cfg
-from catapult.files import is_run_record, write_whole
+from catapult.files import is_run_record, write_text_whole, write_whole
 from catapult.losses import accuracy, loss_and_accuracy
 from catapult.engine.build import Run, build_run, threshold
 from catapult.engine.sharpness_rule import STEP_KIND_COLUMN
@@ -461,7 +461,7 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
             metrics, fh, title=config["name"], status=status, threshold_label=threshold_label(config, rule.kind),
             preconditioned=rule.kind == "preconditioned"))
         text = json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n"
-        write_whole(out_path / "summary.json", lambda fh: fh.write(text.encode()))
+        write_text_whole(out_path / "summary.json", text)
     return RunResult(status=status, metrics=metrics, summary=summary, config=config, model=model, out_dir=out_path)
 
 

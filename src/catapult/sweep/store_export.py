@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from catapult.engine.records import is_spectrum_column, metric_columns
-from catapult.files import MARK, write_whole
+from catapult.files import MARK, write_text_whole, write_whole
 from catapult.sweep.store import BEST_METRICS, FINAL_METRICS
 
 __all__ = ["EXPORT_COLUMNS", "AGGREGATE_METRICS", "export_table", "aggregate_table", "mean_std", "last_spectrum", "spectrum_columns",
@@ -151,16 +151,12 @@ def write_csv(store, path: str | Path, *, aggregate: bool = False) -> Path:
     columns, rows = aggregate_table(store) if aggregate else export_table(store)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-
-    def write(fh) -> None:
-        text = io.TextIOWrapper(fh, encoding="utf-8", newline="")
-        writer = csv.writer(text)
-        writer.writerow(columns)
-        for row in rows:
-            writer.writerow(["" if v is None else (repr(v) if isinstance(v, float) else v) for v in row])
-        text.flush()
-        text.detach()   # write_whole closes the file
-    write_whole(path, write)  # a stopped export leaves no truncated CSV
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow(["" if v is None else (repr(v) if isinstance(v, float) else v) for v in row])
+    write_text_whole(path, text.getvalue())  # a stopped export leaves no truncated CSV
     return path
 
 
