@@ -124,3 +124,39 @@ def test_a_figure_stopped_mid_save_leaves_no_file(tmp_path, name):
     with pytest.raises(KeyboardInterrupt):
         save_figure(fig, tmp_path / name)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_partial_file_another_process_is_writing_is_left_to_it(tmp_path):
+    # two writers of one path: the second removed the first's partial file and wrote its own,
+    # and the first then renamed the second's half-written file over the real name
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_EXCL)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'half'); print('locked', flush=True)\n"
+        "sys.stdin.read()\n"), str(tmp_path / ".partial-a.txt")], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == b"locked\n"
+        with pytest.raises(OSError, match="another process is writing it") as info:
+            write_whole(tmp_path / "a.txt", lambda fh: fh.write(b"whole"))
+        assert info.value.filename == str(tmp_path / "a.txt")
+        assert (tmp_path / ".partial-a.txt").read_bytes() == b"half" and not (tmp_path / "a.txt").exists()
+    finally:
+        holder.communicate(b"", timeout=30)   # the writer stops: its file is now a leftover
+    write_whole(tmp_path / "a.txt", lambda fh: fh.write(b"whole"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+
+
+def test_a_partial_file_replaced_while_written_is_not_renamed_over_the_output(tmp_path):
+    import os
+
+    def replaced(fh):
+        fh.write(b"whole")
+        os.unlink(tmp_path / ".partial-a.txt")
+        (tmp_path / ".partial-a.txt").write_bytes(b"someone else's half")
+    with pytest.raises(OSError, match="replaced while it was written"):
+        write_whole(tmp_path / "a.txt", replaced)
+    assert not (tmp_path / "a.txt").exists()
+    assert (tmp_path / ".partial-a.txt").read_bytes() == b"someone else's half"   # not ours to remove

@@ -109,7 +109,7 @@ def config_file(draw) -> bytes:
 def _no_plot_and_warm(tmp_path_factory):
     """Stub the plot, and run the base config once so imports are not timed as an example."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("catapult.engine.loop.plot_run", lambda metrics, path, **kwargs: path.write_bytes(b""))
+        mp.setattr("catapult.engine.loop.plot_run", lambda metrics, fh, **kwargs: fh.write(b""))
         _check(tmp_path_factory.mktemp("warm"), yaml.safe_dump(BASE).encode(), [], limit=120)
         yield
 

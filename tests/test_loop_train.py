@@ -137,15 +137,15 @@ def test_a_run_stopped_while_writing_its_final_files_leaves_no_finished_summary(
     # it was written left a truncated model.pt beside a summary saying the run had finished
     import catapult.engine.loop as loop
 
-    def stopped(path, *args, **kwargs):
-        with open(path, "wb") as f:
-            f.write(b"PK\x03\x04 half a file")     # what a writer leaves when it is stopped
+    def stopped(fh, *args, **kwargs):
+        fh.write(b"PK\x03\x04 half a file")     # what a writer leaves when it is stopped
+        fh.flush()
         raise KeyboardInterrupt
 
     if stopped_in == "model.pt":
-        monkeypatch.setattr(torch, "save", lambda obj, path, *a, **k: stopped(path))
+        monkeypatch.setattr(torch, "save", lambda obj, fh, *a, **k: stopped(fh))
     else:
-        monkeypatch.setattr(loop, "plot_run", lambda metrics, path, **k: stopped(path))
+        monkeypatch.setattr(loop, "plot_run", lambda metrics, fh, **k: stopped(fh))
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         loop.run(_config(), out_dir=out, progress="none")

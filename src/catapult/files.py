@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import fcntl
 import json
 import os
 import stat
@@ -149,8 +150,10 @@ def write_whole(path, write: Callable[[BinaryIO], object]) -> None:
     The partial file is created fresh (``O_CREAT | O_EXCL | O_NOFOLLOW``, relative to the folder
     opened once), so nothing planted at the partial name or in the folder's place is ever written
     through: a stopped write's leftover, a link or a FIFO found there is removed first, one that
-    reappears each time it is removed is an error, and so is a folder there. An OSError about the partial
-    file names ``path``.
+    reappears each time it is removed is an error, and so is a folder there. The partial file is
+    locked (``flock``) while it is written: a second process writing the same ``path`` meanwhile
+    gets an error instead of removing it, and a partial file replaced mid-write is not renamed
+    over ``path``. An OSError about the partial file names ``path``.
 
     >>> import tempfile, os
     >>> folder = tempfile.mkdtemp()
@@ -161,17 +164,19 @@ def write_whole(path, write: Callable[[BinaryIO], object]) -> None:
     path = Path(path)
     partial = f".partial-{path.name}"
     ours = {None, partial, str(path.with_name(partial))}
-    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    created = False
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
+    fd, mine = -1, None
     try:
         fd = _create_fresh(partial, folder)
-        created = True
-        with open(fd, "wb") as fh:
+        mine = os.fstat(fd)
+        with open(fd, "wb", closefd=False) as fh:   # fd stays open, and locked, until the rename
             write(fh)
+        if not _is_file(partial, folder, mine):
+            raise FileExistsError(errno.EEXIST, f"{partial}, its partial file, was replaced while it was written",
+                                  partial)
         os.replace(partial, path.name, src_dir_fd=folder, dst_dir_fd=folder)
-        created = False
     except BaseException as exc:
-        if created:
+        if mine is not None and _is_file(partial, folder, mine):
             try:
                 os.unlink(partial, dir_fd=folder)
             except OSError:
@@ -180,6 +185,8 @@ def write_whole(path, write: Callable[[BinaryIO], object]) -> None:
             raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
     finally:
+        if fd >= 0:
+            os.close(fd)
         os.close(folder)
 
 
@@ -191,24 +198,57 @@ def write_text_whole(path, text: str) -> None:
 #: How often a thing found at the partial name is removed before write_whole gives up: only
 #: someone planting it again and again makes a second try fail.
 _CREATE_TRIES = 3
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
 def _create_fresh(name: str, folder: int) -> int:
     """A new, empty regular file ``name`` in the folder ``folder`` (a descriptor), open for
-    writing; what sits there first (not a folder) is removed."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    writing and locked; what sits there first is removed, unless it is a folder or a partial
+    file another process is writing (locked)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _CLOEXEC
     for _ in range(_CREATE_TRIES):
         try:
-            return os.open(name, flags, 0o666, dir_fd=folder)
+            fd = os.open(name, flags, 0o666, dir_fd=folder)
         except FileExistsError:
             pass
+        else:
+            fcntl.flock(fd, fcntl.LOCK_EX)   # new and unshared: taken at once
+            return fd
         # an earlier write's leftover, or a link or FIFO planted there: written through, a link
         # replaced the file it points to, and a FIFO blocked the write forever
         try:
-            if stat.S_ISDIR(os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode):
+            mode = os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode
+            if stat.S_ISDIR(mode):
                 raise IsADirectoryError(errno.EISDIR, f"a folder {name} stands where its partial file goes", name)
+            if stat.S_ISREG(mode) and _locked(name, folder):
+                raise BlockingIOError(errno.EBUSY, f"another process is writing it ({name} is locked)", name)
             os.unlink(name, dir_fd=folder)
         except FileNotFoundError:
             pass
     raise FileExistsError(errno.EEXIST, f"something reappeared at {name}, its partial file, each time it "
                                         f"was removed", name)
+
+
+def _locked(name: str, folder: int) -> bool:
+    """Whether the regular file ``name`` is locked by a writer (:func:`write_whole` in another
+    process); a leftover of a stopped write is not."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | _CLOEXEC, dir_fd=folder)
+    except OSError:
+        return False   # gone, or replaced by a link: removed as a leftover
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def _is_file(name: str, folder: int, stat_result: os.stat_result) -> bool:
+    """Whether ``name`` in ``folder`` is still the file ``stat_result`` describes."""
+    try:
+        now = os.stat(name, dir_fd=folder, follow_symlinks=False)
+    except OSError:
+        return False
+    return (now.st_dev, now.st_ino) == (stat_result.st_dev, stat_result.st_ino)
