@@ -32,6 +32,7 @@ from typing import Iterator
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.weak import WeakIdKeyDictionary
 
 __all__ = [
     "MASK_METHODS",
@@ -148,20 +149,21 @@ class MaskedLinear(nn.Linear):
         substituted for one forward must not take the hook off the real weight, whose backward
         may still come. A hook accepts only a backward into the layer's weight of the moment
         (:meth:`_accept_dense_grad`). The hooks hold the layer, and this list the weights,
-        weakly. Capture off removes them all."""
-        hooks = [(ref, handle) for ref, handle in self.__dict__.get("_accumulate_hooks", ()) if ref() is not None]
+        weakly (by identity: one lookup per forward, however many Parameters were substituted).
+        Capture off removes them all."""
+        hooks = self.__dict__.get("_accumulate_hooks")
         if not self._capture:
-            for _, handle in hooks:
+            for handle in list((hooks or {}).values()):
                 handle.remove()
             self.__dict__.pop("_accumulate_hooks", None)
             return
+        if hooks is None:
+            hooks = self.__dict__["_accumulate_hooks"] = WeakIdKeyDictionary()  # a plain attribute: no module state
         weight = self.weight
-        if isinstance(weight, nn.Parameter) and weight.requires_grad and not any(ref() is weight for ref, _ in hooks):
-            if not hooks:
+        if isinstance(weight, nn.Parameter) and weight.requires_grad and weight not in hooks:
+            if not len(hooks):
                 self._pending_dense_grad = None
-            hooks.append((weakref.ref(weight),
-                          weight.register_post_accumulate_grad_hook(_weakly(self, "_accept_dense_grad"))))
-        self.__dict__["_accumulate_hooks"] = hooks   # a plain attribute: no module state
+            hooks[weight] = weight.register_post_accumulate_grad_hook(_weakly(self, "_accept_dense_grad"))
 
     def _accept_dense_grad(self, weight: torch.Tensor) -> None:
         # only a backward into this layer's own weight: another layer's Parameter, substituted
