@@ -415,3 +415,14 @@ def test_a_quadrature_that_ends_early_pads_with_zero_weight():
     for value in (1.0, 4.0):
         mass = dens.weights[np.isclose(dens.nodes, value)].sum() / 3
         assert mass == pytest.approx(0.5, rel=1e-5)        # float32 model
+
+
+def test_hutch_plus_plus_takes_n_from_the_split_and_refuses_one_that_disagrees():
+    # with split vectors n had to be passed as well, and a wrong n was used as it was
+    from types import SimpleNamespace
+
+    split = SimpleNamespace(dimension=5, reduce=None)
+    with pytest.raises(ValueError, match="n = 4 is not the split vectors' whole length 5"):
+        hutch_plus_plus(lambda v: v, 4, 9, split=split)
+    with pytest.raises(ValueError, match="n must be a positive integer"):
+        hutch_plus_plus(lambda v: v, None, 9)

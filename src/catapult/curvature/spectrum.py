@@ -139,7 +139,7 @@ def _orthonormal_rows(rows: torch.Tensor, reduce=None) -> torch.Tensor:
     return rows
 
 
-def hutch_plus_plus(matvec, n: int, matvecs: int, *, dtype=torch.float64, device="cpu",
+def hutch_plus_plus(matvec, n: int | None, matvecs: int, *, dtype=torch.float64, device="cpu",
                     seed: int = 0, split=None) -> float:
     """Hutch++ estimate of ``tr(A)`` from ``matvecs`` products (Meyer, Musco, Musco & Woodruff
     2021).
@@ -157,7 +157,8 @@ def hutch_plus_plus(matvec, n: int, matvecs: int, *, dtype=torch.float64, device
     :class:`~catapult.curvature.sharded.ShardedHessianOperator` with ``vectors="local"``, see
     :func:`~catapult.curvature.start.split_operator`): the probes are its
     :meth:`~catapult.curvature.sharded.ShardedHessianOperator.rademacher` parts of the whole
-    vectors one process would draw, and inner products are summed over the ranks.
+    vectors one process would draw, and inner products are summed over the ranks. ``n`` is then
+    the whole vectors' length, ``split.dimension``: pass it or ``None``.
 
     Example (exact when ``Q`` spans the whole space):
         >>> A = torch.diag(torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64))
@@ -166,6 +167,12 @@ def hutch_plus_plus(matvec, n: int, matvecs: int, *, dtype=torch.float64, device
     """
     if not (isinstance(matvecs, int) and matvecs >= 3):
         raise ValueError(f"matvecs must be an integer >= 3, got {matvecs!r}")
+    if split is not None and n is None:
+        n = split.dimension
+    if split is not None and n != split.dimension:
+        raise ValueError(f"n = {n} is not the split vectors' whole length {split.dimension}: pass n=None")
+    if not (isinstance(n, int) and n >= 1):
+        raise ValueError(f"n must be a positive integer (the operator's dimension), got {n!r}")
     reduce = None if split is None else split.reduce
 
     def dot(a, b):
@@ -217,7 +224,7 @@ def hessian_trace(model, loss_fn, batch, *, matvecs: int = 100, curvature: str =
                             distributed=distributed, scale_by_group_lr=scale_by_group_lr,
                             sharded_vectors="local")
     split = split_operator(op)
-    return hutch_plus_plus(op, op.numel if split is None else split.dimension, matvecs, dtype=op.dtype,
+    return hutch_plus_plus(op, op.numel if split is None else None, matvecs, dtype=op.dtype,
                            device=op.device, seed=seed, split=split)
 
 
