@@ -202,3 +202,27 @@ def test_coord_check_judges_its_earlier_files_by_their_contents(tmp_path, capsys
     fresh = tmp_path / "fresh"
     assert main(["coord-check", str(config), "--out", str(fresh), "--progress", "none"]) == 0
     assert main(["coord-check", str(config), "--out", str(fresh), "--progress", "none"]) == 0  # its own: rerun
+
+
+def test_a_rerun_takes_the_partial_files_of_a_stopped_check_as_its_own(tmp_path, capsys):
+    # a check stopped mid-write leaves .partial- files (catapult.files.write_whole); by name
+    # they were not its own, so the rerun was refused
+    from catapult.engine.coord_check_study import CSV_COLUMNS
+    from catapult.files import PNG_START
+
+    path = _config(tmp_path, densities=[0.5, 1.0], steps=1)
+    out = tmp_path / "out"
+    assert main(["coord-check", str(path), "--out", str(out), "--progress", "none"]) == 0
+    leftovers = {".partial-coord_check.csv": ",".join(CSV_COLUMNS[:3]).encode(),      # cut off in the header
+                 ".partial-coord_check_density_muP.png": PNG_START[:5],               # in the signature
+                 ".partial-coord_check_table.md": b""}
+    for name, data in leftovers.items():
+        (out / name).write_bytes(data)
+    assert main(["coord-check", str(path), "--out", str(out), "--progress", "none"]) == 0
+    assert not list(out.glob(".partial-*"))
+    (out / ".partial-notes.md").write_text("my notes\n")          # no name it writes: a user's file
+    (out / ".partial-coord_check_table.md").write_text("# my table\n")   # its name, not its content
+    assert main(["coord-check", str(path), "--out", str(out), "--progress", "none"]) == 2
+    err = capsys.readouterr().err
+    assert ".partial-coord_check_table.md, .partial-notes.md" in err
+    assert (out / ".partial-notes.md").read_text() == "my notes\n"

@@ -28,6 +28,8 @@ _FIGURE_KEYS = {"png": "Software", "pdf": "Creator", "svg": "Creator", "svgz": "
                 "eps": "Creator"}
 _PILLOW_KEYS = {"jpg": ("comment", MARK.encode()), "jpeg": ("comment", MARK.encode()),
                 "tif": ("description", MARK), "tiff": ("description", MARK)}
+#: The first bytes of every PNG file (its signature).
+PNG_START = b"\x89PNG\r\n\x1a\n"
 _LARGEST = 64 << 20  # a figure or report is far smaller; a bigger file is not read to be judged
 
 

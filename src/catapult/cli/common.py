@@ -11,7 +11,8 @@ from catapult.files import figure_path, written_by_catapult
 from catapult.sweep.store_file import SQLITE_MAGIC
 
 __all__ = ["add_config_arguments", "config_from_args", "overrides_from_args", "apply_threads", "check_out_file",
-           "check_image_file", "figure_path", "check_study_dir", "threads_problem", "max_threads"]
+           "check_image_file", "figure_path", "check_study_dir", "threads_problem", "max_threads",
+           "partial_of_ours"]
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -150,6 +151,26 @@ def check_image_file(option: str, path) -> None:
     if suffix and suffix not in formats:
         raise ConfigError([(option, f"cannot write a figure as .{suffix}; use one of "
                                     f"{', '.join('.' + f for f in sorted(formats))}")])
+
+
+def partial_of_ours(entry: Path, whole, starts) -> bool:
+    """Whether ``entry``, a ``.partial-NAME`` file that a stopped :func:`~catapult.files.write_whole`
+    left, is a study command's own, judged by content: ``whole(entry, NAME)`` (written whole, not
+    yet renamed) or all of it a cut-off start of ``starts[NAME]`` (empty included). The next
+    write of NAME replaces it."""
+    name = entry.name[len(".partial-"):]
+    if entry.is_symlink() or not entry.is_file() or not entry.name.startswith(".partial-"):
+        return False
+    if whole(entry, name):
+        return True
+    start = starts(name) if callable(starts) else starts.get(name)
+    if start is None:
+        return False
+    try:
+        with open(entry, "rb") as fh:
+            return start.startswith(fh.read(len(start) + 1))
+    except OSError:
+        return False
 
 
 def check_study_dir(command: str, out, owned, marker) -> Path:

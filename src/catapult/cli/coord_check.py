@@ -6,10 +6,11 @@ from pathlib import Path
 
 import yaml
 
-from catapult.cli.common import add_config_arguments, apply_threads, check_study_dir, overrides_from_args
+from catapult.cli.common import (add_config_arguments, apply_threads, check_study_dir, overrides_from_args,
+                                 partial_of_ours)
 from catapult.engine.coord_check_study import (CSV_COLUMNS, TABLE_TITLE, load_coord_check, result_groups,
                                                run_coord_check, slope_table)
-from catapult.files import written_by_catapult
+from catapult.files import PNG_START, written_by_catapult
 
 
 def register(subparsers) -> None:
@@ -42,6 +43,9 @@ def _command(args) -> int:
     drawn = {out / f"coord_check_{axis}_{parametrization}.png" for parametrization, axis, _ in result_groups(rows)}
     for stale in earlier - drawn:
         stale.unlink()
+    for leftover in out.glob(".partial-*"):   # of an earlier check stopped mid-write, not rewritten now
+        if _owned(leftover):
+            leftover.unlink()
     print(slope_table(rows))
     print(f"wrote {out}/ (coord_check.csv, coord_check_table.md, config.yaml, "
           f"{len(list(result_groups(rows)))} figure(s) coord_check_<axis>_<parametrization>.png)")
@@ -52,22 +56,39 @@ def _owned(entry: Path) -> bool:
     """Whether ``entry`` is a file coord-check wrote (so a rerun may replace it), judged by its
     contents as ``train`` judges its run records: a name alone let a user's ``config.yaml`` or
     ``coord_check_table.md`` be overwritten in a folder that also held a ``coord_check.csv``. A
-    link is not (the file written would be the one it points to)."""
+    link is not (the file written would be the one it points to). A ``.partial-`` file that a
+    stopped write left is judged by the same content under its real name, or as a cut-off start."""
+    if entry.name.startswith(".partial-"):
+        return partial_of_ours(entry, _owned_as, _start)
+    return _owned_as(entry, entry.name)
+
+
+def _start(name: str) -> bytes | None:
+    """How coord-check's file ``name`` starts, for a write cut off before it could be judged."""
+    if name == "coord_check.csv":
+        return (",".join(CSV_COLUMNS) + "\r\n").encode()   # the csv module ends lines with \r\n
+    if name == "coord_check_table.md":
+        return TABLE_TITLE.encode()
+    return PNG_START if name.startswith("coord_check_") and name.endswith(".png") else None
+
+
+def _owned_as(entry: Path, name: str) -> bool:
+    """Whether the file ``entry`` holds what coord-check writes under ``name``."""
     if entry.is_symlink() or not entry.is_file():
         return False
     try:
-        if entry.name == "coord_check.csv":
+        if name == "coord_check.csv":
             with open(entry, newline="") as fh:
                 return next(csv.reader([fh.readline(1 << 16)]), []) == list(CSV_COLUMNS)
-        if entry.name == "coord_check_table.md":
+        if name == "coord_check_table.md":
             with open(entry, encoding="utf-8") as fh:
                 return fh.readline(1 << 10).rstrip("\n") == TABLE_TITLE
-        if entry.name == "config.yaml":
+        if name == "config.yaml":
             if entry.stat().st_size > 1 << 20:
                 return False
             text = yaml.safe_load(entry.read_text(encoding="utf-8"))
             return isinstance(text, dict) and isinstance(text.get("coord_check"), dict) and "model" in text
-        return entry.name.startswith("coord_check_") and entry.suffix == ".png" and written_by_catapult(entry)
+        return name.startswith("coord_check_") and name.endswith(".png") and written_by_catapult(entry)
     except (OSError, ValueError, UnicodeDecodeError, yaml.YAMLError):
         return False
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from catapult import demo
-from catapult.cli.common import check_study_dir
+from catapult.cli.common import check_study_dir, partial_of_ours
 from catapult.config import ConfigError
-from catapult.files import is_run_record, written_by_catapult
+from catapult.files import PNG_START, is_run_record, written_by_catapult
 
 
 def register(subparsers) -> None:
@@ -50,7 +50,7 @@ def _owned(entry: Path, runs: set) -> bool:
     if entry.is_symlink():
         return False
     if entry.name.startswith(".partial-"):  # what a stopped write_whole left: the next one replaces it
-        return _partial_of_ours(entry)
+        return partial_of_ours(entry, _whole, _start)
     if entry.is_dir():
         if entry.name not in runs:
             return False
@@ -75,27 +75,19 @@ def _titled_report(entry: Path) -> bool:
         return False
 
 
-def _partial_of_ours(entry: Path) -> bool:
-    """A ``.partial-`` file of a demo write stopped midway, judged by its name and content: the
-    demo's report (its title first) or one of its figures (catapult's mark), whole or cut off
-    within the title or the PNG signature."""
-    name = entry.name[len(".partial-"):]
-    if not entry.is_file():
-        return False
-    if name == "report.md":
-        return _titled_report(entry) or _cut_off(entry, demo.REPORT_TITLE.encode())
-    if name in {demo.figure_name(param) for param in demo.PARAMETRIZATIONS}:
-        return written_by_catapult(entry) or _cut_off(entry, b"\x89PNG\r\n\x1a\n")
-    return False
+def _figures() -> set:
+    return {demo.figure_name(param) for param in demo.PARAMETRIZATIONS}
 
 
-def _cut_off(entry: Path, start: bytes) -> bool:
-    """Whether all of ``entry`` is a cut-off part of ``start`` (empty included)."""
-    try:
-        with open(entry, "rb") as fh:
-            return start.startswith(fh.read(len(start) + 1))
-    except OSError:
-        return False
+def _whole(entry: Path, name: str) -> bool:
+    """A demo file written whole under the partial name: its report (the title first) or one of
+    its figures (catapult's mark)."""
+    return (name == "report.md" and _titled_report(entry)) or (name in _figures() and written_by_catapult(entry))
+
+
+def _start(name: str) -> bytes | None:
+    """How a demo file under ``name`` starts (a write cut off before its mark is judged by it)."""
+    return demo.REPORT_TITLE.encode() if name == "report.md" else PNG_START if name in _figures() else None
 
 
 def _demo_run(entry: Path, runs: set) -> bool:

@@ -1,0 +1,112 @@
+"""SμPar paper Fig. 3 at CPU scale, from an LR-transfer sweep's export (``catapult export``): the
+loss each parametrization reaches at each density with the lr tuned on the dense model.
+
+The paper trains 610M-parameter LLMs at several densities with the hyperparameters of a tuned
+dense proxy, and finds SμPar's loss the lowest at every density (the "Pareto frontier"), the gap
+growing with sparsity. Here each parametrization's lr is the optimum of its own seed-mean curve at
+density 1 (the dense proxy), carried unchanged to every density; beside it, the best loss over the
+lr grid at that density (per-density tuning, which the paper's recipe does not do). Diverged or
+failed cells count as +inf. Prints Markdown tables; ``--out`` draws loss against density.
+
+    python bench/study_supar_fig3.py bench/supar_bpe/lr_full.csv --out bench/figures/supar_bpe_fig3.png
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+from collections import defaultdict
+
+import numpy as np
+
+ORDER = ["sp", "mup", "supar"]
+LABEL = {"sp": "SP", "mup": "muP", "supar": "SμPar"}
+
+
+def load(path: str, metric: str):
+    """``{parametrization: {density: {lr: {seed: loss}}}}``, +inf where a cell did not finish."""
+    out = defaultdict(lambda: defaultdict(lambda: defaultdict(dict)))
+    with open(path, newline="") as fh:
+        for row in csv.DictReader(fh):
+            try:
+                value = float(row[metric]) if row["status"] == "finished" else math.inf
+            except ValueError:
+                value = math.inf
+            out[row["model.parametrization"]][float(row["model.density"])][float(row["optimizer.lr"])][
+                int(row["seed"])] = value if math.isfinite(value) else math.inf
+    return out
+
+
+def mean_std(values):
+    values = list(values)
+    if any(not math.isfinite(v) for v in values):
+        return math.inf, math.nan
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("csv")
+    parser.add_argument("--metric", default="test_loss", help="column to compare (default: final test loss)")
+    parser.add_argument("--out", help="figure file")
+    args = parser.parse_args(argv)
+    data = load(args.csv, args.metric)
+    params = [p for p in ORDER if p in data] + sorted(set(data) - set(ORDER))
+    densities = sorted({d for p in params for d in data[p]}, reverse=True)
+    transferred, tuned, dense_lr = {}, {}, {}
+    for p in params:
+        dense = data[p][1.0]
+        dense_lr[p] = min(dense, key=lambda lr: mean_std(dense[lr].values())[0])
+        for d in densities:
+            transferred[p, d] = mean_std(data[p][d][dense_lr[p]].values())
+            tuned[p, d] = min((mean_std(data[p][d][lr].values()) + (lr,) for lr in data[p][d]),
+                              key=lambda t: t[0])
+
+    print(f"Final {args.metric}, mean ± std over seeds, at each parametrization's dense-optimal lr "
+          f"(log2: {', '.join(f'{LABEL.get(p, p)} {math.log2(dense_lr[p]):g}' for p in params)}):\n")
+    print("| parametrization | " + " | ".join(f"density 1/{round(1 / d)}" if d < 1 else "dense"
+                                             for d in densities) + " |")
+    print("|---" * (len(densities) + 1) + "|")
+    for p in params:
+        print(f"| {LABEL.get(p, p)} | " + " | ".join(
+            f"{m:.3f} ± {s:.3f}" if math.isfinite(m) else "diverged" for m, s in
+            (transferred[p, d] for d in densities)) + " |")
+    if "supar" in params:
+        for other in [p for p in params if p != "supar"]:
+            gaps = [(transferred[other, d][0] - transferred["supar", d][0]) / transferred[other, d][0]
+                    for d in densities]
+            print(f"| SμPar better than {LABEL.get(other, other)} by | " + " | ".join(
+                f"{100 * g:.1f}%" if math.isfinite(g) else "-" for g in gaps) + " |")
+    print("\nBest over the lr grid at each density (per-density tuning), mean ± std, and its log2 lr:\n")
+    print("| parametrization | " + " | ".join(f"1/{round(1 / d)}" if d < 1 else "dense" for d in densities) + " |")
+    print("|---" * (len(densities) + 1) + "|")
+    for p in params:
+        print(f"| {LABEL.get(p, p)} | " + " | ".join(
+            f"{m:.3f} ± {s:.3f} ({math.log2(lr):g})" for m, s, lr in (tuned[p, d] for d in densities)) + " |")
+    if args.out:
+        from matplotlib.figure import Figure
+
+        from catapult.files import save_figure
+
+        fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+        ax = fig.subplots()
+        for i, p in enumerate(params):
+            xs = densities
+            ms = [transferred[p, d][0] for d in densities]
+            ss = [transferred[p, d][1] for d in densities]
+            ax.errorbar(xs, ms, yerr=ss, marker="o", capsize=3, color=f"C{i}",
+                        label=f"{LABEL.get(p, p)}, dense-tuned lr 2^{math.log2(dense_lr[p]):g}")
+            ax.plot(xs, [tuned[p, d][0] for d in densities], ls=":", color=f"C{i}",
+                    label=f"{LABEL.get(p, p)}, lr tuned per density")
+        ax.set_xscale("log", base=2)
+        ax.invert_xaxis()   # sparser to the right, as the paper draws it
+        ax.set_xticks(densities, [f"1/{round(1 / d)}" if d < 1 else "1" for d in densities])
+        ax.set(xlabel="density (1 - sparsity)", ylabel=f"final {args.metric}",
+               title="SμPar Fig. 3 at CPU scale: loss vs sparsity, lr from the dense model")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        save_figure(fig, args.out, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
