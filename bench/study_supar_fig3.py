@@ -71,41 +71,56 @@ def main(argv=None) -> None:
         print(f"| {LABEL.get(p, p)} | " + " | ".join(
             f"{m:.3f} ± {s:.3f}" if math.isfinite(m) else "diverged" for m, s in
             (transferred[p, d] for d in densities)) + " |")
+    print("| loss at the sparsest minus dense | " + " | ".join("" for _ in densities[:-1]) + " | " + ", ".join(
+        f"{LABEL.get(p, p)} {transferred[p, densities[-1]][0] - transferred[p, 1.0][0]:+.3f}" for p in params) + " |")
     if "supar" in params:
         for other in [p for p in params if p != "supar"]:
             gaps = [(transferred[other, d][0] - transferred["supar", d][0]) / transferred[other, d][0]
                     for d in densities]
             print(f"| SμPar better than {LABEL.get(other, other)} by | " + " | ".join(
                 f"{100 * g:.1f}%" if math.isfinite(g) else "-" for g in gaps) + " |")
+    per_density = any(len(data[p][d]) > 1 for p in params for d in densities if d < 1)
+    if per_density:
+        print_tuned(params, densities, tuned)
+    if args.out:
+        draw(args, params, densities, transferred, tuned if per_density else None, dense_lr)
+
+
+def print_tuned(params, densities, tuned) -> None:
     print("\nBest over the lr grid at each density (per-density tuning), mean ± std, and its log2 lr:\n")
     print("| parametrization | " + " | ".join(f"1/{round(1 / d)}" if d < 1 else "dense" for d in densities) + " |")
     print("|---" * (len(densities) + 1) + "|")
     for p in params:
         print(f"| {LABEL.get(p, p)} | " + " | ".join(
             f"{m:.3f} ± {s:.3f} ({math.log2(lr):g})" for m, s, lr in (tuned[p, d] for d in densities)) + " |")
-    if args.out:
-        from matplotlib.figure import Figure
 
-        from catapult.files import save_figure
 
-        fig = Figure(figsize=(6.4, 4.2), layout="constrained")
-        ax = fig.subplots()
-        for i, p in enumerate(params):
-            xs = densities
-            ms = [transferred[p, d][0] for d in densities]
-            ss = [transferred[p, d][1] for d in densities]
-            ax.errorbar(xs, ms, yerr=ss, marker="o", capsize=3, color=f"C{i}",
-                        label=f"{LABEL.get(p, p)}, dense-tuned lr 2^{math.log2(dense_lr[p]):g}")
+def draw(args, params, densities, transferred, tuned, dense_lr) -> None:
+    """Loss against density at the dense-tuned lr (error bars: seed std), and dotted, the
+    per-density best where the sweep has more than one lr."""
+    from matplotlib.figure import Figure
+
+    from catapult.files import save_figure
+
+    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for i, p in enumerate(params):
+        xs = densities
+        ms = [transferred[p, d][0] for d in densities]
+        ss = [transferred[p, d][1] for d in densities]
+        ax.errorbar(xs, ms, yerr=ss, marker="o", capsize=3, color=f"C{i}",
+                    label=f"{LABEL.get(p, p)}, dense-tuned lr 2^{math.log2(dense_lr[p]):g}")
+        if tuned is not None:
             ax.plot(xs, [tuned[p, d][0] for d in densities], ls=":", color=f"C{i}",
                     label=f"{LABEL.get(p, p)}, lr tuned per density")
-        ax.set_xscale("log", base=2)
-        ax.invert_xaxis()   # sparser to the right, as the paper draws it
-        ax.set_xticks(densities, [f"1/{round(1 / d)}" if d < 1 else "1" for d in densities])
-        ax.set(xlabel="density (1 - sparsity)", ylabel=f"final {args.metric}",
-               title="SμPar Fig. 3 at CPU scale: loss vs sparsity, lr from the dense model")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        save_figure(fig, args.out, dpi=120)
+    ax.set_xscale("log", base=2)
+    ax.invert_xaxis()   # sparser to the right, as the paper draws it
+    ax.set_xticks(densities, [f"1/{round(1 / d)}" if d < 1 else "1" for d in densities])
+    ax.set(xlabel="density (1 - sparsity)", ylabel=f"final {args.metric}",
+           title="SμPar Fig. 3 at CPU scale: loss vs sparsity, lr from the dense model")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    save_figure(fig, args.out, dpi=120)
 
 
 if __name__ == "__main__":
