@@ -106,6 +106,35 @@ def test_write_configs_replaces_only_the_configs_it_wrote(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == written
 
 
+def test_write_configs_never_writes_through_a_link_nor_waits_on_a_fifo(tmp_path, capsys):
+    # a link to a config it wrote counted as its own, and the write went into the link's target;
+    # a FIFO under a config's name was opened to be judged, and the command waited forever
+    import os
+    import threading
+
+    out = tmp_path / "cfgs"
+    assert cli.main(["demo", "--write-configs", str(out)]) == 0
+    elsewhere = tmp_path / "kept.yaml"
+    (out / "fig1_sp_T1.yaml").rename(elsewhere)
+    before = elsewhere.read_bytes()
+    elsewhere.write_bytes(before.replace(b"name: fig1_sp_T1", b"name: kept"))
+    (out / "fig1_sp_T1.yaml").symlink_to(elsewhere)
+    assert cli.main(["demo", "--write-configs", str(out)]) == 2
+    assert "fig1_sp_T1.yaml" in capsys.readouterr().err and b"name: kept" in elsewhere.read_bytes()
+    (out / "fig1_sp_T1.yaml").unlink()
+    os.mkfifo(out / "fig1_sp_T1.yaml")
+    codes = []
+    command = threading.Thread(target=lambda: codes.append(cli.main(["demo", "--write-configs", str(out)])),
+                               daemon=True)
+    command.start()
+    command.join(timeout=30)
+    if command.is_alive():
+        with open(out / "fig1_sp_T1.yaml", "wb"):   # release the blocked open() so the test ends
+            pass
+        pytest.fail("--write-configs waited on a FIFO")
+    assert codes == [2]
+
+
 def test_the_shipped_demo_configs_are_what_write_configs_writes(tmp_path):
     # configs/demo had drifted from the command (keys added since were missing)
     from catapult.demo import write_configs
