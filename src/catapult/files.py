@@ -166,7 +166,8 @@ def write_whole(path, write: Callable[[BinaryIO], object]) -> None:
     path = Path(path)
     partial = f".partial-{path.name}"
     ours = {None, partial, str(path.with_name(partial))}
-    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
+    # O_PATH (Linux) needs no read permission on the folder: a write-only folder works as before
+    folder = os.open(path.parent, getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | _CLOEXEC)
     fd, mine = -1, None
     try:
         fd = _create_fresh(partial, folder)
