@@ -421,8 +421,11 @@ def test_hutch_plus_plus_takes_n_from_the_split_and_refuses_one_that_disagrees()
     # with split vectors n had to be passed as well, and a wrong n was used as it was
     from types import SimpleNamespace
 
-    split = SimpleNamespace(dimension=5, reduce=None)
-    with pytest.raises(ValueError, match="n = 4 is not the split vectors' whole length 5"):
-        hutch_plus_plus(lambda v: v, 4, 9, split=split)
+    A = torch.diag(torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64))
+    split = SimpleNamespace(dimension=3, reduce=None, localize=lambda v: v)   # one rank holding all of it
+    assert hutch_plus_plus(lambda v: A @ v, None, 9, split=split) == pytest.approx(6.0, abs=1e-12)   # tr A
+    with pytest.raises(ValueError, match="n = 4 is not the split vectors' whole length 3"):
+        hutch_plus_plus(lambda v: A @ v, 4, 9, split=split)
     with pytest.raises(ValueError, match="n must be a positive integer"):
-        hutch_plus_plus(lambda v: v, None, 9)
+        hutch_plus_plus(lambda v: A @ v, None, 9)
+    assert hutch_plus_plus(lambda v: A @ v, np.int64(3), 9) == pytest.approx(6.0, abs=1e-12)   # any integer type

@@ -1,4 +1,5 @@
-"""Which files catapult wrote: the mark its outputs carry, and how to recognise them.
+"""catapult's output files: the mark they carry, how they are recognised, and how they are
+written (whole, under :data:`PARTIAL_PREFIX` first, never through a link).
 
 Commands replace an existing output file only when catapult wrote it (an earlier export, figure
 or report), never a user's file that happens to share the name or the suffix. Figures and
@@ -17,8 +18,8 @@ import stat
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-__all__ = ["MARK", "figure_mark", "figure_path", "save_figure", "written_by_catapult", "is_run_record", "write_whole",
-           "write_text_whole"]
+__all__ = ["MARK", "PARTIAL_PREFIX", "PNG_START", "figure_mark", "figure_path", "save_figure", "written_by_catapult",
+           "is_run_record", "write_whole", "write_text_whole"]
 
 #: The text catapult's figures, reports and Parquet exports carry in their metadata.
 MARK = "written by catapult"
@@ -28,6 +29,8 @@ _FIGURE_KEYS = {"png": "Software", "pdf": "Creator", "svg": "Creator", "svgz": "
                 "eps": "Creator"}
 _PILLOW_KEYS = {"jpg": ("comment", MARK.encode()), "jpeg": ("comment", MARK.encode()),
                 "tif": ("description", MARK), "tiff": ("description", MARK)}
+#: What :func:`write_whole` puts before a file's name while it writes it.
+PARTIAL_PREFIX = ".partial-"
 #: The first bytes of every PNG file (its signature).
 PNG_START = b"\x89PNG\r\n\x1a\n"
 _LARGEST = 64 << 20  # a figure or report is far smaller; a bigger file is not read to be judged
@@ -63,9 +66,9 @@ def figure_path(path) -> Path:
 def save_figure(fig, target, *, make_folder: bool = False, **savefig_kwargs) -> None:
     """``fig.savefig`` with catapult's mark, to a path or to an open binary file.
 
-    A path gets the format of its suffix (none: PNG, and ``.png`` added) and is written whole (:func:`write_whole`);
-    ``make_folder`` makes its folder first. A file gets ``format`` from ``savefig_kwargs``
-    (default PNG)."""
+    A path gets the format of its suffix (none: PNG, and ``.png`` added) and is written whole
+    (:func:`write_whole`); ``make_folder`` makes its folder first. A file gets ``format`` from
+    ``savefig_kwargs`` (default PNG)."""
     if hasattr(target, "write"):
         fmt = savefig_kwargs.pop("format", None) or "png"
         fig.savefig(target, format=fmt, **figure_mark(f"figure.{fmt}"), **savefig_kwargs)
@@ -164,8 +167,8 @@ def write_whole(path, write: Callable[[BinaryIO], object]) -> None:
     (['a.txt'], 'whole')
     """
     path = Path(path)
-    partial = f".partial-{path.name}"
-    ours = {None, partial, str(path.with_name(partial))}
+    partial = PARTIAL_PREFIX + path.name
+    ours = {None, partial, str(path.with_name(partial))}   # None: an error while writing into fh
     # O_PATH (Linux) needs no read permission on the folder: a write-only folder works as before
     folder = os.open(path.parent, getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | _CLOEXEC)
     fd, mine = -1, None
@@ -174,12 +177,12 @@ def write_whole(path, write: Callable[[BinaryIO], object]) -> None:
         mine = os.fstat(fd)
         with open(fd, "wb", closefd=False) as fh:   # fd stays open, and locked, until the rename
             write(fh)
-        if not _is_file(partial, folder, mine):
+        if not _same_file(partial, folder, mine):
             raise FileExistsError(errno.EEXIST, f"{partial}, its partial file, was replaced while it was written",
                                   partial)
         os.replace(partial, path.name, src_dir_fd=folder, dst_dir_fd=folder)
     except BaseException as exc:
-        if mine is not None and _is_file(partial, folder, mine):
+        if mine is not None and _same_file(partial, folder, mine):
             try:
                 os.unlink(partial, dir_fd=folder)
             except OSError:
@@ -224,7 +227,7 @@ def _create_fresh(name: str, folder: int) -> int:
             if stat.S_ISDIR(mode):
                 raise IsADirectoryError(errno.EISDIR, f"a folder {name} stands where its partial file goes", name)
             if stat.S_ISREG(mode) and _locked(name, folder):
-                raise BlockingIOError(errno.EBUSY, f"another process is writing it ({name} is locked)", name)
+                raise OSError(errno.EBUSY, f"another process is writing it ({name} is locked)", name)
             os.unlink(name, dir_fd=folder)
         except FileNotFoundError:
             pass
@@ -248,7 +251,7 @@ def _locked(name: str, folder: int) -> bool:
     return False
 
 
-def _is_file(name: str, folder: int, stat_result: os.stat_result) -> bool:
+def _same_file(name: str, folder: int, stat_result: os.stat_result) -> bool:
     """Whether ``name`` in ``folder`` is still the file ``stat_result`` describes."""
     try:
         now = os.stat(name, dir_fd=folder, follow_symlinks=False)

@@ -10,7 +10,7 @@ from catapult.cli.common import (add_config_arguments, apply_threads, check_stud
                                  partial_of_ours)
 from catapult.engine.coord_check_study import (CSV_COLUMNS, TABLE_TITLE, load_coord_check, result_groups,
                                                run_coord_check, slope_table)
-from catapult.files import PNG_START, written_by_catapult
+from catapult.files import PARTIAL_PREFIX, PNG_START, written_by_catapult
 
 
 def register(subparsers) -> None:
@@ -43,7 +43,7 @@ def _command(args) -> int:
     drawn = {out / f"coord_check_{axis}_{parametrization}.png" for parametrization, axis, _ in result_groups(rows)}
     for stale in earlier - drawn:
         stale.unlink()
-    for leftover in out.glob(".partial-*"):   # of an earlier check stopped mid-write, not rewritten now
+    for leftover in out.glob(PARTIAL_PREFIX + "*"):   # of an earlier check stopped mid-write, not rewritten now
         if _owned(leftover):
             leftover.unlink()
     print(slope_table(rows))
@@ -58,7 +58,7 @@ def _owned(entry: Path) -> bool:
     ``coord_check_table.md`` be overwritten in a folder that also held a ``coord_check.csv``. A
     link is not (the file written would be the one it points to). A ``.partial-`` file that a
     stopped write left is judged by the same content under its real name, or as a cut-off start."""
-    if entry.name.startswith(".partial-"):
+    if entry.name.startswith(PARTIAL_PREFIX):
         return partial_of_ours(entry, _owned_as, _start)
     return _owned_as(entry, entry.name)
 

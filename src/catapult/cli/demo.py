@@ -6,7 +6,7 @@ from pathlib import Path
 from catapult import demo
 from catapult.cli.common import check_study_dir, partial_of_ours
 from catapult.config import ConfigError
-from catapult.files import PNG_START, is_run_record, written_by_catapult
+from catapult.files import PARTIAL_PREFIX, PNG_START, is_run_record, written_by_catapult
 
 
 def register(subparsers) -> None:
@@ -49,7 +49,7 @@ def _owned(entry: Path, runs: set) -> bool:
 
     if entry.is_symlink():
         return False
-    if entry.name.startswith(".partial-"):  # what a stopped write_whole left: the next one replaces it
+    if entry.name.startswith(PARTIAL_PREFIX):  # what a stopped write_whole left: the next one replaces it
         return partial_of_ours(entry, _whole, _start)
     if entry.is_dir():
         if entry.name not in runs:

@@ -10,6 +10,7 @@ optimizer's state, or the global random number generators.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -171,8 +172,9 @@ def hutch_plus_plus(matvec, n: int | None, matvecs: int, *, dtype=torch.float64,
         n = split.dimension
     if split is not None and n != split.dimension:
         raise ValueError(f"n = {n} is not the split vectors' whole length {split.dimension}: pass n=None")
-    if not (isinstance(n, int) and n >= 1):
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
         raise ValueError(f"n must be a positive integer (the operator's dimension), got {n!r}")
+    n = int(n)
     reduce = None if split is None else split.reduce
 
     def dot(a, b):
