@@ -1,8 +1,19 @@
 """Shared fixtures."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (``make test`` runs ``-n auto``) the workers share the cores: each
+    takes its share of intra-op threads, so two workers on two cores do not run four threads."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        torch.set_num_threads(max(1, cores // int(workers)))
 
 
 @pytest.fixture

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import csv
 import errno
+import io
 import fcntl
 import json
 import os
 import stat
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterable, Sequence
 
 __all__ = ["MARK", "PARTIAL_PREFIX", "PNG_START", "figure_mark", "figure_path", "save_figure", "written_by_catapult",
-           "is_run_record", "write_whole", "write_text_whole"]
+           "is_run_record", "write_whole", "write_text_whole", "csv_cell", "csv_text"]
 
 #: The text catapult's figures, reports and Parquet exports carry in their metadata.
 MARK = "written by catapult"
@@ -194,6 +195,35 @@ def write_whole(path, write: Callable[[BinaryIO], object]) -> None:
         if fd >= 0:
             os.close(fd)
         os.close(folder)
+
+
+def csv_cell(value: Any) -> str:
+    """One CSV cell of catapult's tables (exports, ``metrics.csv``, coord-check): empty for
+    ``None``; a float as its shortest exact repr, so it reads back bit-for-bit, with ``inf`` and
+    ``nan`` as pandas reads them (a NumPy float too, whose own repr is ``np.float64(...)``);
+    anything else as ``str``.
+
+    >>> [csv_cell(v) for v in (None, 0.1, float("inf"), 3, "adam")]
+    ['', '0.1', 'inf', '3', 'adam']
+    """
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return float.__repr__(value)
+    return str(value)
+
+
+def csv_text(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A whole CSV table as text: the header ``columns``, then each row's cells (:func:`csv_cell`).
+
+    >>> csv_text(["lr", "loss"], [[0.1, None]]).splitlines()
+    ['lr,loss', '0.1,']
+    """
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(columns)
+    writer.writerows([csv_cell(value) for value in row] for row in rows)
+    return text.getvalue()
 
 
 def write_text_whole(path, text: str) -> None:

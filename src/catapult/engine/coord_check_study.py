@@ -30,15 +30,13 @@ step: 0 means flat, what a correct parameterization shows.
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import math
 import sys
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from catapult import config as cfg
-from catapult.files import write_text_whole
+from catapult.files import csv_text, write_text_whole
 
 __all__ = ["parse_coord_check", "load_coord_check", "run_coord_check", "slope_table", "activation_tables",
            "result_groups", "COORD_CHECK_DEFAULTS", "CSV_COLUMNS", "TABLE_TITLE"]
@@ -239,12 +237,8 @@ def run_coord_check(config: Mapping[str, Any], spec: Mapping[str, Any], *, out_d
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        table = io.StringIO(newline="")
-        writer = csv.DictWriter(table, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()})
-        write_text_whole(out / "coord_check.csv", table.getvalue())
+        table = csv_text(CSV_COLUMNS, ([row.get(column) for column in CSV_COLUMNS] for row in rows))
+        write_text_whole(out / "coord_check.csv", table)
         write_text_whole(out / "config.yaml", cfg.dump_config(config) + cfg.dump_config({"coord_check": dict(spec)}))
         for parametrization, axis, part in result_groups(rows):
             plot_coord_check(part, out / f"coord_check_{axis}_{parametrization}.png", xlabel=axis, panels=panels,

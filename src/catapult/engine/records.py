@@ -15,6 +15,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from catapult.analysis import detect_catapults
 from catapult.engine.sharpness_rule import RADAM_KIND, STEP_KIND_COLUMN
+from catapult.files import csv_cell
 
 __all__ = ["METRIC_COLUMNS", "metric_columns", "is_spectrum_column", "spectrum_setting", "write_metrics", "read_metrics", "MetricsFile", "json_safe", "finite",
            "summarize", "warmup_summary", "threshold_label", "format_summary"]
@@ -78,14 +79,6 @@ def spectrum_setting(key: str) -> str:
     return "eval.trace_matvecs > 0" if key == "hessian_trace" else f"eval.spectrum_top_k >= {key[4:]}"
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return repr(value)  # round-trips exactly; inf/nan as "inf"/"nan" (pandas reads both)
-    return str(value)
-
-
 def write_metrics(rows: Iterable[Mapping[str, Any]], path: str | Path,
                   columns: Sequence[str] = METRIC_COLUMNS) -> None:
     """Write rows as CSV with header ``columns`` (:func:`metric_columns`); ``None`` -> empty cell."""
@@ -93,7 +86,7 @@ def write_metrics(rows: Iterable[Mapping[str, Any]], path: str | Path,
         writer = csv.writer(fh)
         writer.writerow(columns)
         for row in rows:
-            writer.writerow([_cell(row.get(c)) for c in columns])
+            writer.writerow([csv_cell(row.get(c)) for c in columns])
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -139,7 +132,7 @@ class MetricsFile:
         self._flushed_at = -math.inf  # the first row goes out at once
 
     def write(self, row: Mapping[str, Any]) -> None:
-        self.writer.writerow([_cell(row.get(c)) for c in self.columns])
+        self.writer.writerow([csv_cell(row.get(c)) for c in self.columns])
         now = time.monotonic()
         if now - self._flushed_at >= self.flush_seconds:
             self.fh.flush()

@@ -8,13 +8,12 @@ that log the spectrum (``eval.spectrum_top_k``, ``eval.trace_matvecs``) gain the
 """
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 from typing import Any, Sequence
 
 from catapult.engine.records import is_spectrum_column, metric_columns
-from catapult.files import MARK, write_text_whole, write_whole
+from catapult.files import MARK, csv_text, write_text_whole, write_whole
 from catapult.sweep.store import BEST_METRICS, FINAL_METRICS
 
 __all__ = ["EXPORT_COLUMNS", "AGGREGATE_METRICS", "export_table", "aggregate_table", "mean_std", "last_spectrum", "spectrum_columns",
@@ -146,17 +145,10 @@ def aggregate_table(store) -> tuple[list[str], list[list[Any]]]:
 def write_csv(store, path: str | Path, *, aggregate: bool = False) -> Path:
     """Write :func:`export_table` (or, with ``aggregate``, :func:`aggregate_table`) as CSV
     (empty cell for ``None``; floats round-trip exactly), whole or not at all (:func:`write_whole`)."""
-    import csv
-
     columns, rows = aggregate_table(store) if aggregate else export_table(store)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = io.StringIO(newline="")
-    writer = csv.writer(text)
-    writer.writerow(columns)
-    for row in rows:
-        writer.writerow(["" if v is None else (repr(v) if isinstance(v, float) else v) for v in row])
-    write_text_whole(path, text.getvalue())  # a stopped export leaves no truncated CSV
+    write_text_whole(path, csv_text(columns, rows))  # a stopped export leaves no truncated CSV
     return path
 
 
