@@ -233,3 +233,20 @@ def test_the_tokenizer_learns_the_document_separator_it_is_encoded_with(tmp_path
     (tok_file,) = (tmp_path / "cache").glob("bpe-v300-*.json")
     tok = tokenizers.Tokenizer.from_file(str(tok_file))
     assert len(tok.encode(text_shards.DOCUMENT_SEPARATOR, add_special_tokens=False).ids) == 1
+
+
+def test_the_tokenizer_is_trained_on_the_training_shards_alone(tmp_path):
+    # the held-out shard's words, repeated, would win merges of their own if it were trained on
+    root = tmp_path / "data"
+    root.mkdir()
+    _jsonl(root / "a.jsonl", DOCS_A * 20)
+    _jsonl(root / "wiki.valid.jsonl", ["zyzzyva quokka xylophone"] * 60)
+    TokenShards(root, VOCAB, cache_dir=tmp_path / "cache")
+    import tokenizers
+    from catapult.data.tokenize import train_bpe
+    (tok_file,) = (tmp_path / "cache").glob("bpe-v300-*.json")
+    trained = tokenizers.Tokenizer.from_file(str(tok_file))
+    alone = train_bpe([d + text_shards.DOCUMENT_SEPARATOR for d in DOCS_A * 20], VOCAB)
+    held_out = "zyzzyva quokka xylophone"
+    assert trained.encode(held_out, add_special_tokens=False).ids == alone.encode(held_out).tolist()
+    assert trained.get_vocab() == alone.tokenizer.get_vocab()

@@ -74,6 +74,18 @@ def test_bpe_corpus_is_trained_on_train_only_saved_beside_the_data_and_reused(tm
     assert len(list(root.glob("bpe-v*.json"))) == 2 and tok_file.stat().st_mtime_ns == before[tok_file]
 
 
+def test_a_single_files_tokenizer_is_trained_on_its_head_alone(tmp_path):
+    # one file: its tail is validation, and a word repeated only there would win merges of its own
+    source = tmp_path / "book.txt"
+    source.write_text(TRAIN + "zyzzyva quokka xylophone\n" * 40, encoding="utf-8")
+    _, train, val, _ = text.text_splits(source, val_fraction=0.3)
+    assert "zyzzyva" in val and "zyzzyva" not in train
+    corpus = text.load_corpus("text", root=source, tokenizer="bpe", vocab_size=300, val_fraction=0.3,
+                              cache_dir=tmp_path / "cache")
+    alone = train_bpe([train], vocab_size=300)
+    assert torch.equal(corpus.val.long(), alone.encode(val)) and torch.equal(corpus.train.long(), alone.encode(train))
+
+
 def test_an_existing_file_is_never_overwritten(tmp_path):
     target = tmp_path / bpe_file_name(300, "k")
     target.write_text(json.dumps({"not": "ours"}))
