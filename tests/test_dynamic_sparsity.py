@@ -289,6 +289,28 @@ def test_rigl_keeps_capturing_when_the_weight_is_replaced_or_unfrozen_and_from_o
     assert old.capture_dense_grad and torch.equal(grad_of(old, 1.0), torch.ones(4, 5) * 3)
 
 
+@pytest.mark.parametrize("swap", [False, True])
+def test_rigl_keeps_capturing_through_a_dtype_conversion_with_or_without_parameter_swapping(swap):
+    # with swapping on, .double() raised ("Couldn't swap MaskedLinear.weight": the hook table's
+    # weak reference), and a swapped weight would have kept no hook
+    from catapult.sparsity import MaskedLinear
+
+    before = torch.__future__.get_swap_module_params_on_conversion()
+    torch.__future__.set_swap_module_params_on_conversion(swap)
+    try:
+        layer = MaskedLinear(5, 4, density=0.5, generator=torch.Generator().manual_seed(0))
+        MaskUpdater(torch.nn.Sequential(layer), "rigl", end_step=10)
+        layer(torch.ones(3, 5)).sum().backward()
+        layer.double()
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(before)
+    assert layer.weight.dtype == layer.dense_grad.dtype == torch.float64 and layer.capture_dense_grad
+    x = torch.arange(15, dtype=torch.float64).reshape(3, 5)
+    (2.0 * layer(x).sum()).backward()
+    # d/d(W ⊙ M) of 2 * sum(x (W ⊙ M)^T) is 2 * x.sum(0) in every row, masked entries included
+    assert torch.equal(layer.dense_grad, 2.0 * x.sum(0).expand(4, 5))
+
+
 def test_a_rigl_model_is_freed_once_dropped():
     # the weight's accumulate hook was the layer's bound method: weight -> hook -> layer ->
     # weight, a cycle through the tensor that gc cannot see, so every RigL model (~70 MB per

@@ -171,6 +171,28 @@ class MaskedLinear(nn.Linear):
         if self._pending_dense_grad is not None and weight is self.weight:
             self.dense_grad, self._pending_dense_grad = self._pending_dense_grad, None
 
+    def _apply(self, fn, recurse: bool = True):
+        # .to(), .double(), .cuda(): with parameter swapping on (torch.__future__'s
+        # set_swap_module_params_on_conversion, or a tensor subclass) torch.utils.swap_tensors
+        # refuses a weight that the hook table refers to weakly, and a swapped weight keeps no
+        # hook. So unhook, convert, and hook the converted weight; the kept score converts too.
+        capture = self._capture
+        if capture:
+            self.capture_dense_grad = False
+        try:
+            out = super()._apply(fn, recurse)
+            if self.dense_grad is not None:
+                self.dense_grad = fn(self.dense_grad)
+            return out
+        finally:
+            if capture:
+                # a swap leaves the weight's (now empty) Python table of accumulate hooks but
+                # not its registration in autograd, which torch adds only with a new table
+                weight = self.weight
+                if isinstance(weight, torch.Tensor) and getattr(weight, "_post_accumulate_grad_hooks", None) == {}:
+                    weight._post_accumulate_grad_hooks = None
+                self.capture_dense_grad = True
+
     def __getstate__(self) -> dict:
         state = super().__getstate__()   # a copy; the hook is the old weight's
         for key in ("_accumulate_hooks", "_pending_dense_grad"):
