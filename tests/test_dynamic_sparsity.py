@@ -289,6 +289,22 @@ def test_rigl_keeps_capturing_when_the_weight_is_replaced_or_unfrozen_and_from_o
     assert old.capture_dense_grad and torch.equal(grad_of(old, 1.0), torch.ones(4, 5) * 3)
 
 
+def test_a_backward_that_does_not_pass_through_the_layers_forward_takes_no_pending_score():
+    # a score left pending by torch.autograd.grad (a measurement) was taken as the grow score by
+    # the next backward into the weight, even one of a penalty on the weight alone
+    from catapult.sparsity import MaskedLinear
+
+    layer = MaskedLinear(5, 4, density=0.5, generator=torch.Generator().manual_seed(0))
+    MaskUpdater(torch.nn.Sequential(layer), "rigl", end_step=10)
+    (3.0 * layer(torch.ones(2, 5)).sum()).backward()
+    assert torch.equal(layer.dense_grad, torch.full((4, 5), 6.0))
+    torch.autograd.grad(5.0 * layer(torch.ones(3, 5)).sum(), layer.weight)   # leaves 15s pending
+    (layer.weight ** 2).sum().backward()
+    assert torch.equal(layer.dense_grad, torch.full((4, 5), 6.0))   # still the last real score
+    (7.0 * layer(torch.ones(1, 5)).sum()).backward()
+    assert torch.equal(layer.dense_grad, torch.full((4, 5), 7.0))
+
+
 @pytest.mark.parametrize("swap", [False, True])
 def test_rigl_keeps_capturing_through_a_dtype_conversion_with_or_without_parameter_swapping(swap):
     # with swapping on, .double() raised ("Couldn't swap MaskedLinear.weight": the hook table's

@@ -107,6 +107,14 @@ def _weakly(layer: nn.Module, method: str):
     return hook
 
 
+def _backward_id() -> int:
+    """The autograd graph task running now (one per ``backward()`` / ``autograd.grad`` call;
+    -1 outside one). Private in torch since 2.1; where it is missing every backward reads 0 and
+    only the weight's identity is checked."""
+    current = getattr(torch._C, "_current_graph_task_id", None)
+    return 0 if current is None else current()
+
+
 class MaskedLinear(nn.Linear):
     """``nn.Linear`` with a fixed sparsity mask: ``y = x (W ⊙ M)^T + b``.
 
@@ -124,6 +132,7 @@ class MaskedLinear(nn.Linear):
     dense_grad: torch.Tensor | None = None
     _capture = False
     _pending_dense_grad: torch.Tensor | None = None  # of the latest backward through a forward
+    _pending_backward: int = -1                       # the autograd graph task that computed it
 
     @property
     def capture_dense_grad(self) -> bool:
@@ -168,7 +177,10 @@ class MaskedLinear(nn.Linear):
     def _accept_dense_grad(self, weight: torch.Tensor) -> None:
         # only a backward into this layer's own weight: another layer's Parameter, substituted
         # here through functional_call, keeps this hook, and its backward took a stale score
-        if self._pending_dense_grad is not None and weight is self.weight:
+        # ... and only the score of this very backward: one through a forward whose score was
+        # left pending (a torch.autograd.grad) is not this one's, e.g. a penalty on the weight alone
+        if (self._pending_dense_grad is not None and weight is self.weight
+                and self._pending_backward == _backward_id()):
             self.dense_grad, self._pending_dense_grad = self._pending_dense_grad, None
 
     def _apply(self, fn, recurse: bool = True):
@@ -195,7 +207,7 @@ class MaskedLinear(nn.Linear):
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()   # a copy; the hook is the old weight's
-        for key in ("_accumulate_hooks", "_pending_dense_grad"):
+        for key in ("_accumulate_hooks", "_pending_dense_grad", "_pending_backward"):
             state.pop(key, None)
         return state
 
@@ -269,7 +281,7 @@ class MaskedLinear(nn.Linear):
 
     def _keep_dense_grad(self, grad: torch.Tensor) -> None:
         # every backward through this forward; the weight's accumulate hook accepts it
-        self._pending_dense_grad = grad.detach()
+        self._pending_dense_grad, self._pending_backward = grad.detach(), _backward_id()
 
     def extra_repr(self) -> str:
         text = super().extra_repr()
