@@ -215,14 +215,21 @@ def test_a_rerun_takes_the_partial_files_of_a_stopped_check_as_its_own(tmp_path,
     assert main(["coord-check", str(path), "--out", str(out), "--progress", "none"]) == 0
     leftovers = {".partial-coord_check.csv": ",".join(CSV_COLUMNS[:3]).encode(),      # cut off in the header
                  ".partial-coord_check_density_muP.png": PNG_START[:5],               # in the signature
-                 ".partial-coord_check_table.md": b""}
+                 ".partial-coord_check_table.md": b"",
+                 ".partial-config.yaml": (out / "config.yaml").read_bytes()[:300]}   # no YAML as it stands
     for name, data in leftovers.items():
         (out / name).write_bytes(data)
+    from catapult.cli.coord_check import _cut_off_config
+    written, probe = (out / "config.yaml").read_bytes(), tmp_path / ".partial-config.yaml"
+    for cut in range(len(written) + 1):   # a write stopped after any byte
+        probe.write_bytes(written[:cut])
+        assert _cut_off_config(probe), written[:cut]
     assert main(["coord-check", str(path), "--out", str(out), "--progress", "none"]) == 0
     assert not list(out.glob(".partial-*"))
     (out / ".partial-notes.md").write_text("my notes\n")          # no name it writes: a user's file
     (out / ".partial-coord_check_table.md").write_text("# my table\n")   # its name, not its content
+    (out / ".partial-config.yaml").write_text("name: mine\nnotes: [a, b]\n")  # not a key it writes
     assert main(["coord-check", str(path), "--out", str(out), "--progress", "none"]) == 2
     err = capsys.readouterr().err
-    assert ".partial-coord_check_table.md, .partial-notes.md" in err
+    assert ".partial-config.yaml, .partial-coord_check_table.md, .partial-notes.md" in err
     assert (out / ".partial-notes.md").read_text() == "my notes\n"

@@ -1,6 +1,7 @@
 """``catapult coord-check CONFIG``: see :mod:`catapult.engine.coord_check_study`."""
 from __future__ import annotations
 
+import codecs
 import csv
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import yaml
 
 from catapult.cli.common import (add_config_arguments, apply_threads, check_study_dir, overrides_from_args,
                                  partial_of_ours)
+from catapult.config import RunConfig
 from catapult.engine.coord_check_study import (CSV_COLUMNS, TABLE_TITLE, load_coord_check, result_groups,
                                                run_coord_check, slope_table)
 from catapult.files import PARTIAL_PREFIX, PNG_START, written_by_catapult
@@ -59,8 +61,40 @@ def _owned(entry: Path) -> bool:
     link is not (the file written would be the one it points to). A ``.partial-`` file that a
     stopped write left is judged by the same content under its real name, or as a cut-off start."""
     if entry.name.startswith(PARTIAL_PREFIX):
+        if entry.name == PARTIAL_PREFIX + "config.yaml" and _cut_off_config(entry):
+            return True
         return partial_of_ours(entry, _owned_as, _start)
     return _owned_as(entry, entry.name)
+
+
+#: The top-level keys of the config.yaml coord-check writes, in the order it writes them
+#: (:func:`catapult.config.dump_config`: the run's keys in schema order, then its own section).
+_CONFIG_KEYS = (*RunConfig.model_fields, "coord_check")
+
+
+def _cut_off_config(entry: Path) -> bool:
+    """Whether ``entry`` holds the start of a config.yaml as coord-check writes it, cut off
+    mid-write: its top-level keys are :data:`_CONFIG_KEYS` in that order from the first (some may
+    be missing), and a last line cut inside a key is the start of a later one. A cut-off YAML is
+    no config, so judging it as a whole one refused the folder of a stopped check."""
+    if entry.is_symlink() or not entry.is_file() or entry.stat().st_size > 1 << 20:
+        return False
+    try:   # a cut inside a character is kept back, as a cut anywhere else
+        lines = codecs.getincrementaldecoder("utf-8")().decode(entry.read_bytes()).split("\n")
+    except (OSError, UnicodeDecodeError):
+        return False
+    places = []
+    for number, line in enumerate(lines):
+        if not line or line[0].isspace() or line.startswith("- "):
+            continue   # nested values and list items
+        key, colon, _ = line.partition(":")
+        later = _CONFIG_KEYS[places[-1] + 1 if places else 0:]
+        if not colon and number == len(lines) - 1:   # cut off inside a key
+            return any(name.startswith(key) for name in later[:len(later) if places else 1])
+        if not colon or key not in later or (not places and key != _CONFIG_KEYS[0]):
+            return False
+        places.append(_CONFIG_KEYS.index(key))
+    return True
 
 
 def _start(name: str) -> bytes | None:
