@@ -39,9 +39,11 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/catapult demo --out runs/demo
 
 # The suite runs on every core (pytest-xdist, at most 8 workers), whole files to a worker so a file's
-# compiled graphs and fixtures are built once: 303 s on 2 cores against 477 s on one process.
+# compiled graphs and fixtures are built once: 265-303 s on 2 cores against 477 s in one process.
+# `make test TEST_WORKERS=0` runs it in one process.
+TEST_WORKERS ?= auto
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -n auto --maxprocesses=8 --dist loadfile
+	$(PY) -m pytest -n $(TEST_WORKERS) --maxprocesses=8 --dist loadfile
 
 # Issue 16's speed table: catapult.sharpness against hessian-eigenthings and curvlinops + eigsh
 # (~10 min on 2 cores; bench/RESULTS.md, "Curvature beyond the peers").
