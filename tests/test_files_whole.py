@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import pytest
 
+from catapult import files
 from catapult.files import write_whole
 
 
-def test_a_link_planted_at_the_partial_name_is_not_written_through(tmp_path):
+def _by_path(monkeypatch, on: bool) -> None:
+    """Run write_whole the way it runs without flock or folder-relative calls (Windows)."""
+    monkeypatch.setattr(files, "_BY_FOLDER", not on)
+
+
+@pytest.mark.parametrize("by_path", [False, True])
+def test_a_link_planted_at_the_partial_name_is_not_written_through(tmp_path, monkeypatch, by_path):
+    _by_path(monkeypatch, by_path)
     victim = tmp_path / "victim.txt"
     victim.write_text("keep me")
     (tmp_path / "out").mkdir()
@@ -18,14 +26,18 @@ def test_a_link_planted_at_the_partial_name_is_not_written_through(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.txt"]
 
 
-def test_a_stale_partial_file_is_replaced(tmp_path):
+@pytest.mark.parametrize("by_path", [False, True])
+def test_a_stale_partial_file_is_replaced(tmp_path, monkeypatch, by_path):
+    _by_path(monkeypatch, by_path)
     (tmp_path / ".partial-a.txt").write_text("half of an earlier wri")
     write_whole(tmp_path / "a.txt", lambda fh: fh.write(b"whole"))
     assert (tmp_path / "a.txt").read_text() == "whole"
     assert not (tmp_path / ".partial-a.txt").exists()
 
 
-def test_a_folder_at_the_partial_name_is_reported_under_the_real_name_and_left_alone(tmp_path):
+@pytest.mark.parametrize("by_path", [False, True])
+def test_a_folder_at_the_partial_name_is_reported_under_the_real_name_and_left_alone(tmp_path, monkeypatch, by_path):
+    _by_path(monkeypatch, by_path)
     (tmp_path / ".partial-a.txt").mkdir()
     (tmp_path / ".partial-a.txt" / "inside").write_text("x")
     with pytest.raises(OSError) as info:
@@ -35,7 +47,9 @@ def test_a_folder_at_the_partial_name_is_reported_under_the_real_name_and_left_a
     assert not (tmp_path / "a.txt").exists()
 
 
-def test_a_failed_write_leaves_neither_file(tmp_path):
+@pytest.mark.parametrize("by_path", [False, True])
+def test_a_failed_write_leaves_neither_file(tmp_path, monkeypatch, by_path):
+    _by_path(monkeypatch, by_path)
     def half(fh):
         fh.write(b"half")
         raise ValueError("stopped")
@@ -46,7 +60,9 @@ def test_a_failed_write_leaves_neither_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
 
 
-def test_a_fifo_planted_at_the_partial_name_does_not_block_the_write(tmp_path):
+@pytest.mark.parametrize("by_path", [False, True])
+def test_a_fifo_planted_at_the_partial_name_does_not_block_the_write(tmp_path, monkeypatch, by_path):
+    _by_path(monkeypatch, by_path)
     import os
     import threading
 
@@ -160,3 +176,20 @@ def test_a_partial_file_replaced_while_written_is_not_renamed_over_the_output(tm
         write_whole(tmp_path / "a.txt", replaced)
     assert not (tmp_path / "a.txt").exists()
     assert (tmp_path / ".partial-a.txt").read_bytes() == b"someone else's half"   # not ours to remove
+
+
+def test_the_module_imports_and_writes_whole_without_fcntl(tmp_path, monkeypatch):
+    # catapult.files imported fcntl unconditionally: no figure, export or run could be written on
+    # a system without it (Windows)
+    import importlib.util
+    import sys
+
+    monkeypatch.setitem(sys.modules, "fcntl", None)   # import fcntl now raises ImportError
+    spec = importlib.util.spec_from_file_location("files_without_fcntl", files.__file__)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.fcntl is None and module._BY_FOLDER is False
+    (tmp_path / ".partial-a.txt").symlink_to(tmp_path / "victim")
+    module.write_whole(tmp_path / "a.txt", lambda fh: fh.write(b"whole"))
+    assert (tmp_path / "a.txt").read_text() == "whole" and not (tmp_path / "victim").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]

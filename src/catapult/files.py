@@ -12,12 +12,16 @@ from __future__ import annotations
 import csv
 import errno
 import io
-import fcntl
 import json
 import os
 import stat
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Sequence
+
+try:
+    import fcntl
+except ImportError:   # Windows: no flock (write_whole then works by path names)
+    fcntl = None
 
 __all__ = ["MARK", "PARTIAL_PREFIX", "PNG_START", "figure_mark", "figure_path", "save_figure", "written_by_catapult",
            "is_run_record", "write_whole", "write_text_whole", "csv_cell", "csv_text"]
@@ -161,6 +165,11 @@ def write_whole(path, write: Callable[[BinaryIO], object]) -> None:
     gets an error instead of removing it, and a partial file replaced mid-write is not renamed
     over ``path``. An OSError about the partial file names ``path``.
 
+    Where the system has no ``flock`` or no folder-relative calls (Windows), the same steps run by
+    path names (:func:`_write_whole_by_path`): the file still appears whole or not at all and a
+    link at the partial name is still removed, not written through, but a second writer of the
+    same ``path`` is not detected.
+
     >>> import tempfile, os
     >>> folder = tempfile.mkdtemp()
     >>> write_whole(os.path.join(folder, "a.txt"), lambda fh: fh.write(b"whole"))
@@ -168,6 +177,8 @@ def write_whole(path, write: Callable[[BinaryIO], object]) -> None:
     (['a.txt'], 'whole')
     """
     path = Path(path)
+    if not _BY_FOLDER:
+        return _write_whole_by_path(path, write)
     partial = PARTIAL_PREFIX + path.name
     ours = {None, partial, str(path.with_name(partial))}   # None: an error while writing into fh
     # O_PATH (Linux) needs no read permission on the folder: a write-only folder works as before
@@ -195,6 +206,43 @@ def write_whole(path, write: Callable[[BinaryIO], object]) -> None:
         if fd >= 0:
             os.close(fd)
         os.close(folder)
+
+
+#: Whether :func:`write_whole` can work relative to the folder and lock the partial file (Linux,
+#: macOS); else it works by path names.
+_BY_FOLDER = (fcntl is not None and hasattr(os, "O_NOFOLLOW")
+              and {os.open, os.stat, os.unlink, os.rename} <= os.supports_dir_fd)   # os.replace is rename's twin
+
+
+def _write_whole_by_path(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """:func:`write_whole` by path names, without a lock, where the system lacks ``flock`` or
+    folder-relative calls."""
+    partial = path.with_name(PARTIAL_PREFIX + path.name)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    for _ in range(_CREATE_TRIES):
+        try:
+            fd = os.open(partial, flags, 0o666)
+            break
+        except FileExistsError:
+            if partial.is_dir() and not partial.is_symlink():
+                raise IsADirectoryError(errno.EISDIR, f"a folder {partial.name} stands where its partial file goes",
+                                        str(path)) from None
+            partial.unlink(missing_ok=True)   # a leftover, or a link: removed, never written through
+    else:
+        raise FileExistsError(errno.EEXIST, f"something reappeared at {partial.name}, its partial file, each "
+                                            f"time it was removed", str(path))
+    try:
+        with open(fd, "wb") as fh:
+            write(fh)
+        os.replace(partial, path)
+    except BaseException as exc:
+        try:
+            os.unlink(partial)
+        except OSError:
+            pass   # the error that stopped the write is the one to report
+        if isinstance(exc, OSError) and exc.filename in (None, str(partial)):
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
 
 
 def csv_cell(value: Any) -> str:
