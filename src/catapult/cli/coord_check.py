@@ -61,10 +61,14 @@ def _owned(entry: Path) -> bool:
     link is not (the file written would be the one it points to). A ``.partial-`` file that a
     stopped write left is judged by the same content under its real name, or as a cut-off start."""
     if entry.name.startswith(PARTIAL_PREFIX):
-        if entry.name == PARTIAL_PREFIX + "config.yaml" and _cut_off_config(entry):
-            return True
-        return partial_of_ours(entry, _owned_as, _start)
+        return partial_of_ours(entry, _written_or_cut_off, _start)
     return _owned_as(entry, entry.name)
+
+
+def _written_or_cut_off(entry: Path, name: str) -> bool:
+    """A partial file of coord-check's ``name``: written whole, or a config cut off mid-write
+    (YAML that a cut leaves is no config, so judged as a whole one it refused the folder)."""
+    return _owned_as(entry, name) or (name == "config.yaml" and _cut_off_config(entry))
 
 
 #: The top-level keys of the config.yaml coord-check writes, in the order it writes them
@@ -75,8 +79,7 @@ _CONFIG_KEYS = (*RunConfig.model_fields, "coord_check")
 def _cut_off_config(entry: Path) -> bool:
     """Whether ``entry`` holds the start of a config.yaml as coord-check writes it, cut off
     mid-write: its top-level keys are :data:`_CONFIG_KEYS` in that order from the first (some may
-    be missing), and a last line cut inside a key is the start of a later one. A cut-off YAML is
-    no config, so judging it as a whole one refused the folder of a stopped check."""
+    be missing), and a last line cut inside a key is the start of a later one."""
     if entry.is_symlink() or not entry.is_file() or entry.stat().st_size > 1 << 20:
         return False
     try:   # a cut inside a character is kept back, as a cut anywhere else
@@ -88,10 +91,10 @@ def _cut_off_config(entry: Path) -> bool:
         if not line or line[0].isspace() or line.startswith("- "):
             continue   # nested values and list items
         key, colon, _ = line.partition(":")
-        later = _CONFIG_KEYS[places[-1] + 1 if places else 0:]
+        allowed = _CONFIG_KEYS[places[-1] + 1:] if places else _CONFIG_KEYS[:1]
         if not colon and number == len(lines) - 1:   # cut off inside a key
-            return any(name.startswith(key) for name in later[:len(later) if places else 1])
-        if not colon or key not in later or (not places and key != _CONFIG_KEYS[0]):
+            return any(name.startswith(key) for name in allowed)
+        if not colon or key not in allowed:
             return False
         places.append(_CONFIG_KEYS.index(key))
     return True

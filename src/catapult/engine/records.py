@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from catapult.analysis import detect_catapults
 from catapult.engine.sharpness_rule import RADAM_KIND, STEP_KIND_COLUMN
-from catapult.files import csv_cell
+from catapult.files import csv_cell, csv_text
 
 __all__ = ["METRIC_COLUMNS", "metric_columns", "is_spectrum_column", "spectrum_setting", "write_metrics", "read_metrics", "MetricsFile", "json_safe", "finite",
            "summarize", "warmup_summary", "threshold_label", "format_summary"]
@@ -83,10 +83,7 @@ def write_metrics(rows: Iterable[Mapping[str, Any]], path: str | Path,
                   columns: Sequence[str] = METRIC_COLUMNS) -> None:
     """Write rows as CSV with header ``columns`` (:func:`metric_columns`); ``None`` -> empty cell."""
     with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(columns)
-        for row in rows:
-            writer.writerow([csv_cell(row.get(c)) for c in columns])
+        fh.write(csv_text(columns, ([row.get(c) for c in columns] for row in rows)))
 
 
 def read_metrics(path: str | Path) -> list[dict]:
