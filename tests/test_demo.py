@@ -3,6 +3,7 @@ the "existing run directory" guard that protects ``catapult train`` outputs; a d
 not write is refused before any work."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -146,3 +147,41 @@ def test_the_shipped_demo_configs_are_what_write_configs_writes(tmp_path):
     for path in written:
         ours = path.read_text().replace(str(tmp_path / "demo"), "configs/demo")
         assert ours == (root / "configs" / "demo" / path.name).read_text(), path.name
+
+
+_KILLED_DEMO = """
+import os, signal, sys
+from catapult.demo import _worker_pool
+pool = _worker_pool(1)
+print(pool.submit(os.getpid).result(), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)   # as `kill -9` of a running demo
+"""
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie that nobody reaps yet counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_the_demo_workers_end_with_a_killed_demo():
+    # A demo stopped by kill left its workers training into its folder for minutes.
+    import subprocess
+    import sys
+    import time
+
+    demo = subprocess.Popen([sys.executable, "-c", _KILLED_DEMO], stdout=subprocess.PIPE, text=True)
+    with demo.stdout:  # (a surviving worker holds the pipe open: read the line, not to the end)
+        worker = int(demo.stdout.readline())
+    assert demo.wait(timeout=60) == -9
+    deadline = time.monotonic() + 10
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    alive = _alive(worker)
+    if alive:
+        os.kill(worker, 9)
+    assert not alive

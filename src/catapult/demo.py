@@ -132,10 +132,22 @@ def write_configs(directory: str | Path) -> list[Path]:
 # Running
 
 
-def _init_worker() -> None:
+def _init_worker(parent_pid: int) -> None:
+    # A killed demo (kill, kill -9) must not leave its workers training into its folder.
+    from catapult.sweep.workers import exit_with_parent
     import torch
 
+    exit_with_parent(parent_pid)
     torch.set_num_threads(1)
+
+
+def _worker_pool(workers: int) -> ProcessPoolExecutor:
+    """The demo's pool: ``workers`` spawned processes (no fork of a process that holds torch
+    threads) of one torch thread each, which end when this process does, even on ``kill -9``."""
+    import multiprocessing
+
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_worker, initargs=(os.getpid(),))
 
 
 def _run_one(config: dict, out_dir: str) -> tuple[str, dict, list[dict]]:
@@ -190,10 +202,7 @@ def run_demo(out: str | Path = "runs/demo", *, workers: int | None = None, echo=
         finally:
             torch.set_num_threads(threads)
     else:
-        import multiprocessing
-
-        ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker) as pool:
+        with _worker_pool(workers) as pool:
             futures = [pool.submit(_run_one, c, str(out / c["name"])) for c in configs]
             for future in as_completed(futures):
                 done(*future.result())

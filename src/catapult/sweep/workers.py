@@ -36,13 +36,14 @@ from typing import Any, Callable, Iterator
 
 from catapult.sweep.executors import error_text
 
-__all__ = ["StreamPool"]
+__all__ = ["StreamPool", "exit_with_parent"]
 
 _PR_SET_PDEATHSIG = 1
 
 
-def _exit_with_parent(parent_pid: int) -> None:
-    """Make this process end when ``parent_pid`` does (see the module docstring)."""
+def exit_with_parent(parent_pid: int) -> None:
+    """Make this process end when ``parent_pid`` does (see the module docstring); called first
+    in a spawned worker, also by the demo's process pool."""
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL(None, use_errno=True)
@@ -63,7 +64,7 @@ def _exit_with_parent(parent_pid: int) -> None:
 
 def _worker_main(conn, parent_pid: int, threads: int | None) -> None:
     """A worker's loop: run each ``(key, fn, arg)`` received, send its items, until ``None``."""
-    _exit_with_parent(parent_pid)
+    exit_with_parent(parent_pid)
     # Ctrl-C reaches the whole process group: the driver handles it (and stops the workers)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if threads is not None:
