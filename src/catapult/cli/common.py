@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from catapult.config import ConfigError, load_config
-from catapult.files import PARTIAL_PREFIX, figure_path, written_by_catapult
+from catapult.files import figure_path, partial_of_ours, written_by_catapult
 from catapult.sweep.store_file import SQLITE_MAGIC
 
 __all__ = ["add_config_arguments", "config_from_args", "overrides_from_args", "apply_threads", "check_out_file",
@@ -151,26 +151,6 @@ def check_image_file(option: str, path) -> None:
     if suffix and suffix not in formats:
         raise ConfigError([(option, f"cannot write a figure as .{suffix}; use one of "
                                     f"{', '.join('.' + f for f in sorted(formats))}")])
-
-
-def partial_of_ours(entry: Path, whole, start) -> bool:
-    """Whether ``entry``, a ``.partial-NAME`` file that a stopped :func:`~catapult.files.write_whole`
-    left, is a study command's own, judged by content: ``whole(entry, NAME)`` (written whole, not
-    yet renamed) or all of it a cut-off part of ``start(NAME)``, the bytes such a file begins with
-    (``None``: not a name the command writes). The next write of NAME replaces it."""
-    if entry.is_symlink() or not entry.is_file() or not entry.name.startswith(PARTIAL_PREFIX):
-        return False
-    name = entry.name[len(PARTIAL_PREFIX):]
-    if whole(entry, name):
-        return True
-    start = start(name)
-    if start is None:
-        return False
-    try:
-        with open(entry, "rb") as fh:
-            return start.startswith(fh.read(len(start) + 1))
-    except OSError:
-        return False
 
 
 def check_study_dir(command: str, out, owned, marker) -> Path:

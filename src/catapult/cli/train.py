@@ -21,8 +21,9 @@ def register(subparsers) -> None:
                                                 "anything is refused unless --overwrite")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run files (config.yaml, metrics.csv, summary.json, trajectories.png, "
-                        "model.pt) of an earlier run's directory; a folder whose files of those names "
-                        "are not a run's (no metrics.csv or summary.json, or links) is refused")
+                        "model.pt) of an earlier run's directory, judged by their contents; a folder "
+                        "holding no run's metrics.csv or summary.json, or a file of one of those names "
+                        "that a run did not write (or a link), is refused")
     p.set_defaults(func=_train_command)
 
 

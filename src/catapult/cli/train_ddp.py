@@ -32,7 +32,8 @@ def register(subparsers) -> None:
                                                 "anything is refused unless --overwrite")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run files of an earlier run's directory (as `catapult train "
-                        "--overwrite`); a folder whose files of those names are not a run's is refused")
+                        "--overwrite`): a folder holding no run, or a file of a run file's name that a run "
+                        "did not write, is refused")
     p.add_argument("--backend", choices=("auto", "nccl", "gloo"), default="auto",
                    help="process-group backend (auto: nccl with CUDA, else gloo)")
     p.set_defaults(func=_command)
