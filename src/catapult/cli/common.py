@@ -12,7 +12,7 @@ from catapult.sweep.store_file import SQLITE_MAGIC
 
 __all__ = ["add_config_arguments", "config_from_args", "overrides_from_args", "apply_threads", "check_out_file",
            "check_image_file", "figure_path", "check_study_dir", "threads_problem", "max_threads",
-           "partial_of_ours"]
+           "partial_of_ours", "path_option"]
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +26,16 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, metavar="N",
                         help="torch CPU threads (default: torch's choice; 1 is fastest for small "
                              "models on a busy machine; at most 4 per CPU, or 64)")
+
+
+def path_option(text: str) -> str:
+    """The argparse ``type`` of every path option (``--out``, ``--plot``, ``--weights``,
+    ``--write-configs``): an empty value is refused (exit 2, naming the option) rather than
+    taken as the option left out, which wrote to the default place (``--out ''`` wrote
+    runs/<name>/, ``demo --write-configs ''`` started the whole demo)."""
+    if text == "":
+        raise argparse.ArgumentTypeError("an empty path; give a name, or leave the option out for its default")
+    return text
 
 
 def config_from_args(args: argparse.Namespace) -> dict:

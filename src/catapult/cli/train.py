@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from catapult.cli.common import add_config_arguments, config_from_args
+from catapult.cli.common import add_config_arguments, config_from_args, path_option
 from catapult.engine import format_summary, run
 
 
@@ -17,7 +17,7 @@ def register(subparsers) -> None:
                     "model.pt (the final state_dict; `catapult spectrum --weights` reads it).",
     )
     add_config_arguments(p)
-    p.add_argument("--out", metavar="DIR", help="run directory (default: runs/<name>); one that holds "
+    p.add_argument("--out", type=path_option, metavar="DIR", help="run directory (default: runs/<name>); one that holds "
                                                 "anything is refused unless --overwrite")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run files (config.yaml, metrics.csv, summary.json, trajectories.png, "

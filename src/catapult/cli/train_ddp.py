@@ -9,7 +9,7 @@ import re
 import sys
 from pathlib import Path
 
-from catapult.cli.common import add_config_arguments, config_from_args
+from catapult.cli.common import add_config_arguments, config_from_args, path_option
 from catapult.config import ConfigError
 
 
@@ -28,7 +28,7 @@ def register(subparsers) -> None:
                     "measured by finite differences of FSDP's gradient (a ReLU GPT in float64 only).",
     )
     add_config_arguments(p)
-    p.add_argument("--out", metavar="DIR", help="output directory (default: runs/<name>); one that holds "
+    p.add_argument("--out", type=path_option, metavar="DIR", help="output directory (default: runs/<name>); one that holds "
                                                 "anything is refused unless --overwrite")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run files of an earlier run's directory (as `catapult train "
