@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from catapult.config import ConfigError, load_config
@@ -44,9 +45,35 @@ def config_from_args(args: argparse.Namespace) -> dict:
     Raises :class:`~catapult.config.ConfigError` naming each bad key; :func:`main` turns that
     into a message on stderr and exit code 2. Applies ``--threads`` (``torch.set_num_threads``).
     """
-    config = load_config(args.config, overrides_from_args(args))
+    set_aside: dict = {}
+    config = load_config(args.config, overrides_from_args(args), set_aside=set_aside)
     apply_threads(args)
+    if "sweep" in set_aside:
+        print(sweep_ignored_note(getattr(args, "command", None), set_aside["sweep"], config), file=sys.stderr)
     return config
+
+
+def sweep_ignored_note(command: str | None, sweep, config: dict) -> str:
+    """The one line a single-run command prints for a config with a ``sweep:`` section: the
+    section is ignored (``catapult sweep`` runs it), and the swept keys take the base config's
+    values, which may appear nowhere in the file (a default lr)."""
+    grid = sweep.get("grid") if isinstance(sweep, dict) else None
+    keys = [str(key) for key in grid] if isinstance(grid, dict) else []
+    if isinstance(sweep, dict) and "seeds" in sweep:
+        keys.append("seed")
+    shown = ", ".join(f"{key}={_value_at(config, key)}" for key in keys) or "none"
+    return (f"catapult {command or 'train'}: note: the config's sweep: section is ignored (`catapult sweep` "
+            f"runs it); the swept keys take their base values: {shown}")
+
+
+def _value_at(config: dict, dotted: str):
+    """The value of the dotted key in the resolved ``config`` ("?" where there is none)."""
+    node = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return "?"
+        node = node[part]
+    return node
 
 
 def overrides_from_args(args: argparse.Namespace) -> list[str]:
