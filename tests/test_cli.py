@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from catapult import cli
+from catapult.cli import main
+from tiny_run import tiny_config as tiny_text
 
 TINY = """\
 name: tiny_cli
@@ -114,3 +116,25 @@ def test_sweep_help_says_which_chunks_the_ensemble_memory_budget_sizes(capsys):
     option = text[text.index("--ensemble-memory-mb MB ensemble executor"):text.index("--no-kernels ensemble")]
     assert "hand-derived kernels (the MLP cells they cover; default 2048)" in option and "torch.func chunks" in option
     assert DEFAULT_FRACTION == 0.25 and "a quarter of the RAM" in option
+
+
+def test_a_single_run_of_a_sweep_config_says_its_sweep_is_ignored(tmp_path, capsys):
+    # `train` on a config with a sweep: section trained the base run with the default lr 0.125,
+    # which appears nowhere in the file, without a word
+    config = tmp_path / "tinysweep.yaml"
+    config.write_text(tiny_text("tinysweep") + "sweep:\n  grid:\n    optimizer.lr: [0.5, 1]\n  seeds: [0, 1]\n")
+    assert main(["train", str(config), "--out", str(tmp_path / "run"), "--progress", "none", "--threads", "1"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "sweep: section is ignored (`catapult sweep` runs it)" in err
+    assert "optimizer.lr=0.125, seed=0" in err
+    assert main(["critical-lr", str(config)]) == 0 and "sweep: section is ignored" in capsys.readouterr().err
+
+
+def test_a_sweep_override_of_a_single_run_points_to_catapult_sweep(tmp_path, capsys):
+    # it was refused as `unknown key (did you mean 'seed'?)`
+    config = tmp_path / "tiny.yaml"
+    config.write_text(tiny_text("tiny"))
+    assert main(["train", str(config), "sweep.grid.optimizer.lr=[1]", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "sweep.grid.optimizer.lr: a key of the sweep: section, which `catapult sweep` reads" in err
+    assert "did you mean" not in err and not (tmp_path / "run").exists()

@@ -95,11 +95,12 @@ def test_an_existing_run_directory_needs_overwrite(tiny, tmp_path, capsys):
     out = tmp_path / "run"
     assert _train(capsys, tiny, "--out", out)[0] == 0
     (out / "notes.txt").write_text("keep me")
-    (out / "summary.json").write_text("stale")
+    stale = '{"status": "stale", "steps_completed": 0}'   # an earlier run's summary (a run's by content)
+    (out / "summary.json").write_text(stale)
     code, err = _train(capsys, tiny, "--out", out)
-    assert code == 2 and "--overwrite" in err and (out / "summary.json").read_text() == "stale"
+    assert code == 2 and "--overwrite" in err and (out / "summary.json").read_text() == stale
     assert _train(capsys, tiny, "--out", out, "--overwrite")[0] == 0
-    assert (out / "summary.json").read_text() != "stale" and (out / "notes.txt").read_text() == "keep me"
+    assert (out / "summary.json").read_text() != stale and (out / "notes.txt").read_text() == "keep me"
     empty = tmp_path / "empty"
     empty.mkdir()
     assert _train(capsys, tiny, "--out", empty)[0] == 0  # an empty directory is no earlier run
@@ -146,7 +147,9 @@ def test_a_run_that_fails_midway_removes_only_what_it_wrote(tiny, tmp_path, monk
         run(config, out_dir=tmp_path / "new", progress="none")
     assert not (tmp_path / "new").exists()
     kept = tmp_path / "kept"
-    kept.mkdir()
+    monkeypatch.undo()
+    run(config, out_dir=kept, progress="none")   # an earlier run's directory, where --overwrite may write
+    monkeypatch.setattr("catapult.engine.loop.plot_run", boom)
     (kept / "notes.txt").write_text("mine")
     with pytest.raises(RuntimeError):
         run(config, out_dir=kept, progress="none", overwrite=True)

@@ -164,7 +164,11 @@ def test_train_ddp_overwrite_refuses_links_and_never_writes_through_them(tmp_pat
     for name in ("metrics.csv", "model.pt"):
         (out / name).unlink()
     (out / "metrics.csv").write_text("step,lr,train_loss\n0,0.1,2.3\n")  # an earlier run's records
-    (out / "model.pt").write_text("stale\n")
+    (out / "model.pt").write_text("a user's model\n")   # not torch.save's: refused, as by `train`
+    assert main(["train-ddp", str(config), "--out", str(out), "--overwrite"]) == 2
+    assert "model.pt is not a file a catapult run wrote" in capsys.readouterr().err
+    assert (out / "model.pt").read_text() == "a user's model\n"
+    torch.save({"stale": torch.zeros(1)}, out / "model.pt")   # torch.save's, as a run writes it
     assert main(["train-ddp", str(config), "--out", str(out), "--overwrite"]) == 0
     header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
     assert header[:2] == ["step", "lr"] and "train_loss" in header  # `catapult train`'s columns

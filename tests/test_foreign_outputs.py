@@ -147,3 +147,84 @@ def test_a_store_that_cannot_be_written_says_so(tmp_path, capsys, monkeypatch):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert "is a catapult sweep store, but it cannot be written here" in err and "Traceback" not in err
+
+
+def _train(config, out, *extra) -> int:
+    return cli.main(["train", str(config), "--progress", "none", "--threads", "1", "--out", str(out), *extra])
+
+
+def test_overwrite_refuses_a_users_file_under_a_run_files_name(tmp_path, capsys):
+    # an earlier run's directory with the user's own trajectories.png and model.pt (plain text):
+    # --overwrite replaced both without a word
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY)
+    assert _train(config, tmp_path / "r1") == 0
+    r2 = tmp_path / "r2"
+    r2.mkdir()
+    for source in (tmp_path / "r1").iterdir():
+        (r2 / source.name).write_bytes(source.read_bytes())
+    (r2 / "trajectories.png").write_text("USER PNG\n")
+    (r2 / "model.pt").write_text("USER MODEL\n")
+    before = _files(r2)
+    capsys.readouterr()
+    assert _train(config, r2, "--overwrite") == 2
+    err = capsys.readouterr().err
+    assert f"{r2 / 'trajectories.png'}, {r2 / 'model.pt'} are not files a catapult run wrote" in err
+    assert "Traceback" not in err and _files(r2) == before
+    # a leftover partial file of a name the run writes is judged the same way: the write removes it
+    (r2 / "trajectories.png").write_bytes((tmp_path / "r1" / "trajectories.png").read_bytes())
+    (r2 / "model.pt").write_bytes((tmp_path / "r1" / "model.pt").read_bytes())
+    (r2 / ".partial-model.pt").write_text("USER MODEL\n")
+    assert _train(config, r2, "--overwrite") == 2
+    assert ".partial-model.pt is not a file a catapult run wrote" in capsys.readouterr().err
+    (r2 / ".partial-model.pt").write_bytes((tmp_path / "r1" / "model.pt").read_bytes()[:100])   # a cut-off save
+    assert _train(config, r2, "--overwrite") == 0
+    assert not (r2 / ".partial-model.pt").exists()
+
+
+def test_overwrite_refuses_a_folder_that_holds_no_run(tmp_path, capsys):
+    # a user's folder holding only notes.txt got the run's files written beside the notes
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY)
+    mine = tmp_path / "userdir"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine\n")
+    assert _train(config, mine, "--overwrite") == 2
+    err = capsys.readouterr().err
+    assert "userdir is not an earlier run's directory (it holds notes.txt, but not a run's" in err
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+
+def test_overwrite_replaces_what_earlier_versions_wrote(tmp_path):
+    # before figures carried catapult's mark trajectories.png had matplotlib's; config.yaml is
+    # written in place, so a killed run can leave it cut off mid-write
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from catapult.files import run_output_of_ours
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY)
+    out = tmp_path / "run"
+    assert _train(config, out) == 0
+    Figure().savefig(out / "trajectories.png")   # unmarked, as an earlier version saved it
+    text = (out / "config.yaml").read_text()
+    (out / "config.yaml").write_text(text[:text.index("\nmodel:") + 4])   # cut inside the key `model`
+    for name in ("trajectories.png", "config.yaml", "model.pt", "metrics.csv", "summary.json"):
+        assert run_output_of_ours(out / name), name
+    assert _train(config, out, "--overwrite") == 0
+    assert written_by_catapult(out / "trajectories.png") and (out / "config.yaml").read_text() == text
+
+
+@pytest.mark.parametrize("name, content", [
+    ("config.yaml", b"name: tiny\ndata: {name: digits}\nmodel: {width: 8}\n"),   # a user's config: sections left out
+    ("config.yaml", b"# my notes\n"), ("model.pt", b"PK\x03\x04 a zip of mine"),
+    ("trajectories.png", b"\x89PNG\r\n\x1a\n a PNG of mine"), ("summary.json", b'{"status": "mine"}'),
+])
+def test_a_users_file_is_not_a_run_output(tmp_path, name, content):
+    from catapult.files import run_output_of_ours
+
+    (tmp_path / name).write_bytes(content)
+    assert not run_output_of_ours(tmp_path / name)

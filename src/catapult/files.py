@@ -24,7 +24,8 @@ except ImportError:   # Windows: no flock (write_whole then works by path names)
     fcntl = None
 
 __all__ = ["MARK", "PARTIAL_PREFIX", "PNG_START", "figure_mark", "figure_path", "save_figure", "written_by_catapult",
-           "is_run_record", "write_whole", "write_text_whole", "csv_cell", "csv_text"]
+           "is_run_record", "run_output_of_ours", "partial_of_ours", "write_whole", "write_text_whole", "csv_cell",
+           "csv_text"]
 
 #: The text catapult's figures, reports and Parquet exports carry in their metadata.
 MARK = "written by catapult"
@@ -130,14 +131,18 @@ def is_run_record(path) -> bool:
     """Whether ``path`` is a run's ``metrics.csv`` (header ``step, ...`` with ``train_loss``) or
     ``summary.json`` (an object with ``status`` and ``steps_completed``), as ``catapult train``
     writes them."""
-    path = Path(path)
+    return _run_record_as(Path(path), Path(path).name)
+
+
+def _run_record_as(path: Path, name: str) -> bool:
+    """Whether the file ``path`` holds a run's record ``name`` (metrics.csv, summary.json)."""
     try:
         if path.is_symlink() or not path.is_file():
             return False
-        if path.name == "metrics.csv":
+        if name == "metrics.csv":
             header = _csv_header(path)
             return header[:1] == ["step"] and "train_loss" in header
-        if path.name == "summary.json":
+        if name == "summary.json":
             if path.stat().st_size > _LARGEST:
                 return False
             summary = json.loads(path.read_text())
@@ -145,6 +150,106 @@ def is_run_record(path) -> bool:
     except (OSError, ValueError, UnicodeDecodeError):
         return False
     return False
+
+
+#: The top-level keys of every ``config.yaml`` a run has written (the resolved config, defaults
+#: filled in, since the first version); a user's own config rarely spells out all of them.
+_RUN_CONFIG_KEYS = frozenset({"name", "data", "model", "optimizer", "schedule", "train", "eval"})
+#: How a zip archive (torch.save's format) starts: a local file header.
+_ZIP_START = b"PK\x03\x04"
+#: The text matplotlib puts in a PNG by default: the trajectories.png of a run written before
+#: figures carried :data:`MARK` has it instead.
+_MATPLOTLIB_PNG = b"Software\x00Matplotlib version"
+
+
+def run_output_of_ours(path, name: str | None = None) -> bool:
+    """Whether the file ``path`` holds what ``catapult train`` writes under ``name`` (default:
+    its own name), judged by content so that ``--overwrite`` never replaces a user's file that
+    only shares the name: a run record (:func:`is_run_record`), a resolved ``config.yaml`` (a
+    mapping with every section), a ``model.pt`` that torch.save wrote (a zip whose first entry
+    is ``<archive>/data.pkl``; a write cut off later is still one), a ``trajectories.png`` with
+    catapult's mark or, as earlier versions wrote it, matplotlib's. Links are not.
+
+    >>> import tempfile, os
+    >>> folder = tempfile.mkdtemp()
+    >>> _ = open(os.path.join(folder, "model.pt"), "w").write("USER MODEL")
+    >>> run_output_of_ours(os.path.join(folder, "model.pt"))
+    False
+    """
+    path = Path(path)
+    name = path.name if name is None else name
+    try:
+        if path.is_symlink() or not path.is_file():
+            return False
+        if name in ("metrics.csv", "summary.json"):
+            return _run_record_as(path, name)
+        if name == "model.pt":
+            with open(path, "rb") as fh:
+                head = fh.read(30 + 1024)
+            size = int.from_bytes(head[26:28], "little") if len(head) >= 28 else 0
+            return head.startswith(_ZIP_START) and head[30:30 + size].endswith(b"/data.pkl")
+        if path.stat().st_size > _LARGEST:
+            return False
+        if name == "trajectories.png":
+            data = path.read_bytes()
+            return data.startswith(PNG_START) and (MARK.encode() in data or _MATPLOTLIB_PNG in data)
+        if name == "config.yaml":
+            import yaml
+
+            text = path.read_text(encoding="utf-8")
+            if _cut_off_run_config(text):
+                return True
+            config = yaml.safe_load(text)
+            return isinstance(config, dict) and _RUN_CONFIG_KEYS <= config.keys()
+    except Exception:  # unreadable, not UTF-8, not YAML: not ours
+        return False
+    return False
+
+
+def _cut_off_run_config(text: str) -> bool:
+    """Whether ``text`` is the start of a resolved config.yaml cut off mid-write (a run writes it
+    in place, so a kill can leave one): its top-level keys are the first of
+    :class:`~catapult.config.RunConfig`'s, each one, in schema order (the resolved config holds
+    them all: a user's config that leaves some out is not one), a last line cut inside a key
+    the start of the next."""
+    from catapult.config import RunConfig
+
+    order = list(RunConfig.model_fields)
+    seen = 0
+    lines = text.split("\n")
+    for number, line in enumerate(lines):
+        if not line or line[0].isspace() or line.startswith("- "):
+            continue   # nested values and list items
+        key, colon, _ = line.partition(":")
+        if seen >= len(order):
+            return False
+        if not colon and number == len(lines) - 1:   # cut off inside the next key
+            return order[seen].startswith(key)
+        if key != order[seen]:
+            return False
+        seen += 1
+    return seen < len(order)   # all of them: a whole config, judged as one
+
+
+def partial_of_ours(entry: Path, whole, start) -> bool:
+    """Whether ``entry``, a ``.partial-NAME`` file that a stopped :func:`write_whole` left, is a
+    command's own, judged by content: ``whole(entry, NAME)`` (written whole, not yet renamed) or
+    all of it a cut-off part of ``start(NAME)``, the bytes such a file begins with (``None``: not
+    a name the command writes). The next write of NAME replaces it."""
+    entry = Path(entry)
+    if entry.is_symlink() or not entry.is_file() or not entry.name.startswith(PARTIAL_PREFIX):
+        return False
+    name = entry.name[len(PARTIAL_PREFIX):]
+    if whole(entry, name):
+        return True
+    start = start(name)
+    if start is None:
+        return False
+    try:
+        with open(entry, "rb") as fh:
+            return start.startswith(fh.read(len(start) + 1))
+    except OSError:
+        return False
 
 
 def _csv_header(path: Path) -> list[str]:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from catapult.config import ConfigError, load_config
-from catapult.files import PARTIAL_PREFIX, figure_path, written_by_catapult
+from catapult.files import figure_path, partial_of_ours, written_by_catapult
 from catapult.sweep.store_file import SQLITE_MAGIC
 
 __all__ = ["add_config_arguments", "config_from_args", "overrides_from_args", "apply_threads", "check_out_file",
            "check_image_file", "figure_path", "check_study_dir", "threads_problem", "max_threads",
-           "partial_of_ours"]
+           "partial_of_ours", "path_option"]
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,15 +29,51 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                              "models on a busy machine; at most 4 per CPU, or 64)")
 
 
+def path_option(text: str) -> str:
+    """The argparse ``type`` of every path option (``--out``, ``--plot``, ``--weights``,
+    ``--write-configs``): an empty value is refused (exit 2, naming the option) rather than
+    taken as the option left out, which wrote to the default place (``--out ''`` wrote
+    runs/<name>/, ``demo --write-configs ''`` started the whole demo)."""
+    if text == "":
+        raise argparse.ArgumentTypeError("an empty path; give a name, or leave the option out for its default")
+    return text
+
+
 def config_from_args(args: argparse.Namespace) -> dict:
     """Load and validate ``args.config`` with ``args.overrides`` (and ``--device``) applied.
 
     Raises :class:`~catapult.config.ConfigError` naming each bad key; :func:`main` turns that
     into a message on stderr and exit code 2. Applies ``--threads`` (``torch.set_num_threads``).
     """
-    config = load_config(args.config, overrides_from_args(args))
+    set_aside: dict = {}
+    config = load_config(args.config, overrides_from_args(args), set_aside=set_aside)
     apply_threads(args)
+    if "sweep" in set_aside:
+        print(sweep_ignored_note(getattr(args, "command", None), set_aside["sweep"], config), file=sys.stderr)
     return config
+
+
+def sweep_ignored_note(command: str | None, sweep, config: dict) -> str:
+    """The one line a single-run command prints for a config with a ``sweep:`` section: the
+    section is ignored (``catapult sweep`` runs it), and the swept keys take the base config's
+    values, which may appear nowhere in the file (a default lr)."""
+    grid = sweep.get("grid") if isinstance(sweep, dict) else None
+    keys = [str(key) for key in grid] if isinstance(grid, dict) else []
+    if isinstance(sweep, dict) and "seeds" in sweep:
+        keys.append("seed")
+    shown = ", ".join(f"{key}={_value_at(config, key)}" for key in keys) or "none"
+    return (f"catapult {command or 'train'}: note: the config's sweep: section is ignored (`catapult sweep` "
+            f"runs it); the swept keys take their base values: {shown}")
+
+
+def _value_at(config: dict, dotted: str):
+    """The value of the dotted key in the resolved ``config`` ("?" where there is none)."""
+    node = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return "?"
+        node = node[part]
+    return node
 
 
 def overrides_from_args(args: argparse.Namespace) -> list[str]:
@@ -151,26 +188,6 @@ def check_image_file(option: str, path) -> None:
     if suffix and suffix not in formats:
         raise ConfigError([(option, f"cannot write a figure as .{suffix}; use one of "
                                     f"{', '.join('.' + f for f in sorted(formats))}")])
-
-
-def partial_of_ours(entry: Path, whole, start) -> bool:
-    """Whether ``entry``, a ``.partial-NAME`` file that a stopped :func:`~catapult.files.write_whole`
-    left, is a study command's own, judged by content: ``whole(entry, NAME)`` (written whole, not
-    yet renamed) or all of it a cut-off part of ``start(NAME)``, the bytes such a file begins with
-    (``None``: not a name the command writes). The next write of NAME replaces it."""
-    if entry.is_symlink() or not entry.is_file() or not entry.name.startswith(PARTIAL_PREFIX):
-        return False
-    name = entry.name[len(PARTIAL_PREFIX):]
-    if whole(entry, name):
-        return True
-    start = start(name)
-    if start is None:
-        return False
-    try:
-        with open(entry, "rb") as fh:
-            return start.startswith(fh.read(len(start) + 1))
-    except OSError:
-        return False
 
 
 def check_study_dir(command: str, out, owned, marker) -> Path:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from catapult.cli.common import (add_config_arguments, apply_threads, check_study_dir, overrides_from_args,
+from catapult.cli.common import (add_config_arguments, apply_threads, check_study_dir, overrides_from_args, path_option,
                                  partial_of_ours)
 from catapult.config import RunConfig
 from catapult.engine.coord_check_study import (CSV_COLUMNS, TABLE_TITLE, load_coord_check, result_groups,
@@ -26,7 +26,7 @@ def register(subparsers) -> None:
                     "Overrides: run keys as for `train`, plus coord_check.<key>=...",
     )
     add_config_arguments(p)
-    p.add_argument("--out", metavar="DIR", help="output directory (default: runs/<name>/)")
+    p.add_argument("--out", type=path_option, metavar="DIR", help="output directory (default: runs/<name>/)")
     p.add_argument("--panels", choices=("block", "step"), default="block",
                    help="figure layout: one panel per block with a line per step (default), or one panel "
                         "per step with a line per block")

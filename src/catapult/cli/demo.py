@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from catapult import demo
-from catapult.cli.common import check_study_dir, partial_of_ours
+from catapult.cli.common import check_study_dir, partial_of_ours, path_option
 from catapult.config import ConfigError
 from catapult.files import PARTIAL_PREFIX, PNG_START, is_run_record, written_by_catapult
 
@@ -16,10 +16,10 @@ def register(subparsers) -> None:
         help="the warmup-mechanisms study (Fig. 1) in miniature on embedded data (a few minutes on CPU)",
         description=demo.__doc__.split("\n\n")[1] if demo.__doc__ else None,
     )
-    p.add_argument("--out", default="runs/demo", metavar="DIR", help="output directory (default: runs/demo)")
+    p.add_argument("--out", type=path_option, default="runs/demo", metavar="DIR", help="output directory (default: runs/demo)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="parallel processes, one torch thread each (default: min(2, CPUs))")
-    p.add_argument("--write-configs", metavar="DIR",
+    p.add_argument("--write-configs", type=path_option, metavar="DIR",
                    help="only write the study's run configs as DIR/<name>.yaml and exit")
     p.set_defaults(func=_demo_command)
 

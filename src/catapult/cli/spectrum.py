@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from catapult.cli.common import add_config_arguments, check_image_file, config_from_args, figure_path
+from catapult.cli.common import add_config_arguments, check_image_file, config_from_args, figure_path, path_option
 from catapult.config import ConfigError
 from catapult.engine.records import json_safe
 from catapult.engine.spectrum_study import format_spectrum, measure_spectrum
@@ -24,7 +24,7 @@ def register(subparsers) -> None:
                     "top eigenvalues marked. Nothing is trained.",
     )
     add_config_arguments(p)
-    p.add_argument("--weights", metavar="FILE",
+    p.add_argument("--weights", type=path_option, metavar="FILE",
                    help="a saved state_dict (a run directory's model.pt) to measure instead of the "
                         "initial weights; read with torch.load(weights_only=True)")
     p.add_argument("--top-k", type=int, default=None, metavar="K",
@@ -40,7 +40,7 @@ def register(subparsers) -> None:
     p.add_argument("--preconditioned", action="store_true",
                    help="Adam-family optimizers: the spectrum of P^-1/2 A P^-1/2 with the "
                         "optimizer's first-step preconditioner P (at initialisation only)")
-    p.add_argument("--plot", metavar="FILE", help="write the density figure (PNG unless the suffix says otherwise)")
+    p.add_argument("--plot", type=path_option, metavar="FILE", help="write the density figure (PNG unless the suffix says otherwise)")
     p.add_argument("--json", action="store_true", help="print the numbers as one JSON object (with the "
                                                        "density's grid and values)")
     p.set_defaults(func=_command)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from catapult.cli.common import add_config_arguments, config_from_args
+from catapult.cli.common import add_config_arguments, config_from_args, path_option
 from catapult.engine import format_summary, run
 
 
@@ -17,12 +17,13 @@ def register(subparsers) -> None:
                     "model.pt (the final state_dict; `catapult spectrum --weights` reads it).",
     )
     add_config_arguments(p)
-    p.add_argument("--out", metavar="DIR", help="run directory (default: runs/<name>); one that holds "
+    p.add_argument("--out", type=path_option, metavar="DIR", help="run directory (default: runs/<name>); one that holds "
                                                 "anything is refused unless --overwrite")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run files (config.yaml, metrics.csv, summary.json, trajectories.png, "
-                        "model.pt) of an earlier run's directory; a folder whose files of those names "
-                        "are not a run's (no metrics.csv or summary.json, or links) is refused")
+                        "model.pt) of an earlier run's directory, judged by their contents; a folder "
+                        "holding no run's metrics.csv or summary.json, or a file of one of those names "
+                        "that a run did not write (or a link), is refused")
     p.set_defaults(func=_train_command)
 
 

@@ -9,7 +9,7 @@ import re
 import sys
 from pathlib import Path
 
-from catapult.cli.common import add_config_arguments, config_from_args
+from catapult.cli.common import add_config_arguments, config_from_args, path_option
 from catapult.config import ConfigError
 
 
@@ -28,11 +28,12 @@ def register(subparsers) -> None:
                     "measured by finite differences of FSDP's gradient (a ReLU GPT in float64 only).",
     )
     add_config_arguments(p)
-    p.add_argument("--out", metavar="DIR", help="output directory (default: runs/<name>); one that holds "
+    p.add_argument("--out", type=path_option, metavar="DIR", help="output directory (default: runs/<name>); one that holds "
                                                 "anything is refused unless --overwrite")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run files of an earlier run's directory (as `catapult train "
-                        "--overwrite`); a folder whose files of those names are not a run's is refused")
+                        "--overwrite`): a folder holding no run, or a file of a run file's name that a run "
+                        "did not write, is refused")
     p.add_argument("--backend", choices=("auto", "nccl", "gloo"), default="auto",
                    help="process-group backend (auto: nccl with CUDA, else gloo)")
     p.set_defaults(func=_command)

@@ -25,6 +25,8 @@ __all__ = ["STUDY_SECTIONS", "parse_override", "apply_overrides", "read_mapping"
 #: ``catapult sweep``) and ``coord_check:`` (``catapult coord-check``). :func:`load_config`
 #: sets them aside, so a study config also trains as its base run.
 STUDY_SECTIONS = ("sweep", "coord_check")
+#: The command that reads each of the :data:`STUDY_SECTIONS` (named when an override sets one).
+_STUDY_COMMANDS = {"sweep": "catapult sweep", "coord_check": "catapult coord-check"}
 
 _OVERRIDE_FORM = "an override must look like key=value (e.g. optimizer.lr=0.1)"
 
@@ -128,6 +130,12 @@ def apply_overrides(mapping: Mapping[str, Any], overrides: Iterable[str],
         node, section = config, model
         for i, part in enumerate(parts):
             fields = section.model_fields if section is not None else {}
+            if i == 0 and model is RunConfig and part in _STUDY_COMMANDS:
+                # not a misspelt run key: a study's own section, set aside for the base run
+                problems.append((key, f"a key of the {part}: section, which `{_STUDY_COMMANDS[part]}` reads; "
+                                      f"this command runs the config's base run without it (give it to "
+                                      f"`{_STUDY_COMMANDS[part]}`)"))
+                break
             if part not in fields:
                 problems.append((key, unknown_key(key, fields, model, level=i)))
                 break
@@ -285,18 +293,21 @@ def _located(problems: Iterable[tuple[str, str]], positions: Mapping[str, tuple[
     return out
 
 
-def load_config(path: str | Path, overrides: Iterable[str] = ()) -> dict:
+def load_config(path: str | Path, overrides: Iterable[str] = (), set_aside: dict | None = None) -> dict:
     """Read a YAML config, apply ``key=value`` overrides, validate, fill defaults.
 
     ``name`` defaults to the file's stem. The :data:`STUDY_SECTIONS` (``sweep:``, what
     ``catapult sweep`` grids over, and ``coord_check:``) are set aside, so a study config also
-    trains as its base run. Raises :class:`ConfigError` for a missing or unreadable file, bad
+    trains as its base run; ``set_aside`` (a dict) receives those the file had, so a command can
+    say they were ignored (a file may be a pipe: it is read once). Raises :class:`ConfigError` for a missing or unreadable file, bad
     YAML, or any invalid key/value; a problem with a key written in the file names the key's
     line and column there.
     """
     path = Path(path)
     mapping, positions = read_yaml(path)
     for section in STUDY_SECTIONS:
+        if section in mapping and set_aside is not None:
+            set_aside[section] = mapping[section]
         mapping.pop(section, None)
     overrides = list(overrides)
     mapping = apply_overrides(mapping, overrides)

@@ -89,7 +89,8 @@ import torch
 import torch.nn as nn
 
 from catapult import config as cfg
-from catapult.files import is_run_record, write_text_whole, write_whole
+from catapult.files import (PARTIAL_PREFIX, PNG_START, is_run_record, partial_of_ours, run_output_of_ours,
+                            write_text_whole, write_whole)
 from catapult.losses import accuracy, loss_and_accuracy
 from catapult.engine.build import Run, build_run, threshold
 from catapult.engine.sharpness_rule import STEP_KIND_COLUMN
@@ -121,10 +122,13 @@ def check_out_dir(out_dir: str | Path, overwrite: bool = False, *,
     new, empty, or (with ``overwrite``) an earlier run's; creatable and writable by us.
 
     ``overwrite`` replaces the files named in ``replaces`` (a run's :data:`RUN_FILES`; callers
-    that judge ownership themselves pass ``()``), so where the directory holds any of them it
-    must be an earlier run's (it holds one of :data:`RUN_MARKERS` with a run's contents,
-    :func:`catapult.files.is_run_record`) and none of them may be a
-    link: a user's own ``config.yaml`` in a folder given as ``--out`` is never replaced.
+    that judge ownership themselves pass ``()``), so a directory that holds anything must be an
+    earlier run's (one of :data:`RUN_MARKERS` with a run's contents,
+    :func:`catapult.files.is_run_record`), and each of those files there, and each leftover
+    ``.partial-`` file of them, must be one a run wrote (:func:`catapult.files.run_output_of_ours`,
+    judged by content; never a link): a user's own ``model.pt`` or ``config.yaml`` in a folder
+    given as ``--out`` is never replaced, nor are files written beside a user's own folder.
+    Other files of an earlier run's directory (a user's notes) are left as they are.
 
     Raises :class:`RunDirectoryError` saying what is in the way.
     """
@@ -132,18 +136,12 @@ def check_out_dir(out_dir: str | Path, overwrite: bool = False, *,
     if path.exists() or path.is_symlink():
         if not path.is_dir():
             raise RunDirectoryError(f"{path} exists and is not a directory; choose another run directory")
-        if not overwrite and any(path.iterdir()):
+        entries = sorted(path.iterdir())
+        if not overwrite and entries:
             raise RunDirectoryError(f"{path} already exists and is not empty (an earlier run?); pass --overwrite "
                                     f"(overwrite=True) to replace its run files, or choose another directory")
-        present = [path / name for name in replaces if (path / name).exists() or (path / name).is_symlink()]
-        links = [p.name for p in present if p.is_symlink() or not p.is_file()]
-        # a run's own records, by their contents: a user's metrics.csv beside a config is not one
-        if overwrite and present and (links or not any(is_run_record(p) for p in present)):
-            what = (f"{', '.join(links)} (not a plain file)" if links
-                    else f"{', '.join(p.name for p in present)}, but not a run's {' or '.join(RUN_MARKERS)}")
-            raise RunDirectoryError(f"{path} is not an earlier run's directory (it holds {what}); "
-                                    f"--overwrite replaces only a run's own files: choose a new or "
-                                    f"empty directory")
+        if overwrite and entries and replaces:
+            _check_earlier_run(path, entries, replaces)
     ancestor = path.absolute()
     while not ancestor.exists():
         ancestor = ancestor.parent
@@ -152,6 +150,40 @@ def check_out_dir(out_dir: str | Path, overwrite: bool = False, *,
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise RunDirectoryError(f"cannot write {path}: {ancestor} is not writable")
     return path
+
+
+#: How the run files that :func:`~catapult.files.write_whole` writes begin: a ``.partial-``
+#: file a stopped write left is the run's when it is a cut-off part of this (the next write
+#: removes it, so a user's file of that name must not be there).
+_PARTIAL_STARTS = {"model.pt": b"PK\x03\x04", "trajectories.png": PNG_START, "summary.json": b'{\n  "'}
+
+
+def _check_earlier_run(path: Path, entries: list[Path], replaces: tuple[str, ...]) -> None:
+    """:func:`check_out_dir` with ``overwrite`` of a non-empty ``path``: refuse it unless it is
+    an earlier run's directory whose files under the names of ``replaces`` are all the run's."""
+    present = [path / name for name in replaces if (path / name).exists() or (path / name).is_symlink()]
+    links = [p.name for p in present if p.is_symlink() or not p.is_file()]
+    refuse = "--overwrite replaces only a run's own files: choose a new or empty directory"
+    if links:
+        raise RunDirectoryError(f"{path} is not an earlier run's directory (it holds {', '.join(links)} "
+                                f"(not a plain file)); {refuse}")
+    if not any(is_run_record(path / name) for name in RUN_MARKERS if name in replaces):
+        # a user's folder (its metrics.csv beside a config, or only notes): the run's files
+        # would be written into it, over or beside the user's own
+        shown = [p.name for p in present] or [e.name for e in entries[:3]]
+        more = f" and {len(entries) - 3} more" if not present and len(entries) > 3 else ""
+        raise RunDirectoryError(f"{path} is not an earlier run's directory (it holds {', '.join(shown)}{more}, "
+                                f"but not a run's {' or '.join(RUN_MARKERS)}); {refuse}")
+    partials = {PARTIAL_PREFIX + name for name in replaces if name in _PARTIAL_STARTS}
+    foreign = [p.name for p in present if not run_output_of_ours(p)]
+    foreign += [e.name for e in entries if e.name in partials
+                and not partial_of_ours(e, run_output_of_ours, _PARTIAL_STARTS.get)]
+    if foreign:
+        names = ", ".join(str(path / name) for name in foreign)
+        what = "is not a file" if len(foreign) == 1 else "are not files"
+        raise RunDirectoryError(f"{names} {what} a catapult run wrote (judged by contents, not by name); "
+                                f"--overwrite replaces only a run's own files: move {'it' if len(foreign) == 1 else 'them'} "
+                                f"away, or choose a new or empty directory")
 
 
 def _discard(path: Path, created: bool) -> None:
