@@ -9,6 +9,7 @@ export is recognised by its header, and a run's ``metrics.csv`` / ``summary.json
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import errno
 import io
@@ -24,7 +25,7 @@ except ImportError:   # Windows: no flock (write_whole then works by path names)
     fcntl = None
 
 __all__ = ["MARK", "PARTIAL_PREFIX", "PNG_START", "figure_mark", "figure_path", "save_figure", "written_by_catapult",
-           "is_run_record", "run_output_of_ours", "partial_of_ours", "write_whole", "write_text_whole", "csv_cell",
+           "is_run_record", "run_output_of_ours", "partial_of_ours", "cut_off_mapping", "write_whole", "write_text_whole", "csv_cell",
            "csv_text"]
 
 #: The text catapult's figures, reports and Parquet exports carry in their metadata.
@@ -196,39 +197,47 @@ def run_output_of_ours(path, name: str | None = None) -> bool:
         if name == "config.yaml":
             import yaml
 
-            text = path.read_text(encoding="utf-8")
-            if _cut_off_run_config(text):
+            from catapult.config import RunConfig
+
+            data = path.read_bytes()
+            if cut_off_mapping(data, RunConfig.model_fields, skips=False):
                 return True
-            config = yaml.safe_load(text)
+            config = yaml.safe_load(data.decode("utf-8"))
             return isinstance(config, dict) and _RUN_CONFIG_KEYS <= config.keys()
     except Exception:  # unreadable, not UTF-8, not YAML: not ours
         return False
     return False
 
 
-def _cut_off_run_config(text: str) -> bool:
-    """Whether ``text`` is the start of a resolved config.yaml cut off mid-write (a run writes it
-    in place, so a kill can leave one): its top-level keys are the first of
-    :class:`~catapult.config.RunConfig`'s, each one, in schema order (the resolved config holds
-    them all: a user's config that leaves some out is not one), a last line cut inside a key
-    the start of the next."""
-    from catapult.config import RunConfig
+def cut_off_mapping(data: bytes, keys, *, skips: bool = True) -> bool:
+    r"""Whether ``data`` is the start of a YAML mapping written with its top-level ``keys`` in that
+    order, cut off mid-write (a kill during an in-place write leaves one): its top-level keys are
+    the first of ``keys``, then later ones in order (``skips=False``: each one, none left out), and
+    a last line cut inside a key is the start of one allowed next. A cut inside a character is
+    kept back, like a cut anywhere else. Used for a run's and coord-check's ``config.yaml``.
 
-    order = list(RunConfig.model_fields)
-    seen = 0
-    lines = text.split("\n")
+    >>> cut_off_mapping(b"name: a\ndata:\n  x: 1\nmod", ["name", "data", "model"])
+    True
+    >>> cut_off_mapping(b"name: a\nmodel: {}\n", ["name", "data", "model"], skips=False)
+    False
+    """
+    try:
+        lines = codecs.getincrementaldecoder("utf-8")().decode(data).split("\n")
+    except UnicodeDecodeError:
+        return False
+    keys, places = list(keys), []
     for number, line in enumerate(lines):
         if not line or line[0].isspace() or line.startswith("- "):
             continue   # nested values and list items
         key, colon, _ = line.partition(":")
-        if seen >= len(order):
+        after = places[-1] + 1 if places else 0
+        allowed = keys[after:] if skips and places else keys[after:after + 1]
+        if not colon and number == len(lines) - 1:   # cut off inside a key
+            return any(name.startswith(key) for name in allowed)
+        if not colon or key not in allowed:
             return False
-        if not colon and number == len(lines) - 1:   # cut off inside the next key
-            return order[seen].startswith(key)
-        if key != order[seen]:
-            return False
-        seen += 1
-    return seen < len(order)   # all of them: a whole config, judged as one
+        places.append(keys.index(key))
+    return True
 
 
 def partial_of_ours(entry: Path, whole, start) -> bool:

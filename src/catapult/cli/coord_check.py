@@ -1,7 +1,6 @@
 """``catapult coord-check CONFIG``: see :mod:`catapult.engine.coord_check_study`."""
 from __future__ import annotations
 
-import codecs
 import csv
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from catapult.cli.common import (add_config_arguments, apply_threads, check_stud
 from catapult.config import RunConfig
 from catapult.engine.coord_check_study import (CSV_COLUMNS, TABLE_TITLE, load_coord_check, result_groups,
                                                run_coord_check, slope_table)
-from catapult.files import PARTIAL_PREFIX, PNG_START, written_by_catapult
+from catapult.files import PARTIAL_PREFIX, PNG_START, cut_off_mapping, written_by_catapult
 
 
 def register(subparsers) -> None:
@@ -78,26 +77,14 @@ _CONFIG_KEYS = (*RunConfig.model_fields, "coord_check")
 
 def _cut_off_config(entry: Path) -> bool:
     """Whether ``entry`` holds the start of a config.yaml as coord-check writes it, cut off
-    mid-write: its top-level keys are :data:`_CONFIG_KEYS` in that order from the first (some may
-    be missing), and a last line cut inside a key is the start of a later one."""
+    mid-write (:func:`catapult.files.cut_off_mapping` of :data:`_CONFIG_KEYS`; some may be
+    missing)."""
     if entry.is_symlink() or not entry.is_file() or entry.stat().st_size > 1 << 20:
         return False
-    try:   # a cut inside a character is kept back, as a cut anywhere else
-        lines = codecs.getincrementaldecoder("utf-8")().decode(entry.read_bytes()).split("\n")
-    except (OSError, UnicodeDecodeError):
+    try:
+        return cut_off_mapping(entry.read_bytes(), _CONFIG_KEYS)
+    except OSError:
         return False
-    places = []
-    for number, line in enumerate(lines):
-        if not line or line[0].isspace() or line.startswith("- "):
-            continue   # nested values and list items
-        key, colon, _ = line.partition(":")
-        allowed = _CONFIG_KEYS[places[-1] + 1:] if places else _CONFIG_KEYS[:1]
-        if not colon and number == len(lines) - 1:   # cut off inside a key
-            return any(name.startswith(key) for name in allowed)
-        if not colon or key not in allowed:
-            return False
-        places.append(_CONFIG_KEYS.index(key))
-    return True
 
 
 def _start(name: str) -> bytes | None:
