@@ -218,7 +218,8 @@ def test_a_sweep_refuses_a_model_that_fits_one_feature_but_not_its_datas_shapes(
 
 def test_a_sweep_loads_text_data_once_where_only_its_vocabulary_decides(tmp_path, monkeypatch):
     # a character vocabulary is the text's own: the gpt fits at one token id but not at the
-    # file's 201 (200 characters + 1), so the data is read, once for both cells, and both refused
+    # file's 201 (200 characters + 1), nor surely at one per code point, so the data is read,
+    # once for both cells, and both refused
     from catapult.engine import run_data
     from catapult.sweep import driver, run_sweep
     from catapult.sweep.spec import load_sweep
@@ -243,13 +244,15 @@ def test_a_sweep_loads_text_data_once_where_only_its_vocabulary_decides(tmp_path
 
 
 def test_a_sweep_reads_no_data_where_the_model_fits_its_largest_shapes(tmp_path, monkeypatch):
-    # bpe ids number at most data.vocab_size: a model that fits at that many needs no reading
+    # bpe ids number at most data.vocab_size, char ids one per Unicode code point and the unknown
+    # one: a model that fits at that many needs no reading
     from catapult.sweep import driver
     from catapult.sweep.driver import refuse_impossible_cells
     from catapult.sweep.spec import expand, load_sweep
 
     monkeypatch.setattr(driver, "load_data", _no_data)
-    for data in ("{name: digits}", "{name: shakespeare, tokenizer: bpe, vocab_size: 512, context: 8}"):
-        model = "{name: gpt, width: 16, depth: 1, n_heads: 2}" if "bpe" in data else "{name: mlp, width: 16}"
+    for data in ("{name: digits}", "{name: shakespeare, tokenizer: bpe, vocab_size: 512, context: 8}",
+                 "{name: shakespeare, context: 8}"):
+        model = "{name: gpt, width: 16, depth: 1, n_heads: 2}" if "shakespeare" in data else "{name: mlp, width: 16}"
         base, spec = load_sweep(_sweep_file(tmp_path, data, model))
         refuse_impossible_cells(expand(base, spec))  # fits: nothing loaded, nothing refused

@@ -249,7 +249,7 @@ def _size_problem(config: Mapping[str, Any], device, shapes: dict) -> cfg.Config
         refused_at_low = err
     if low == high:  # the data's shapes are known: that is train's check
         return refused_at_low
-    if refused_at_low is None and high is not None:
+    if refused_at_low is None:
         try:
             check_fits(config, *high, device, dtype)
             return None  # fits at the largest shapes the data can have: nothing to load
