@@ -176,3 +176,83 @@ def test_a_sweep_refuses_more_eigenvalues_than_parameters_before_writing_its_sto
     err = capsys.readouterr().err
     assert "cell 3 (eval.spectrum_top_k=611) eval.spectrum_top_k" in err and "Traceback" not in err
     assert not (tmp_path / "cli.db").exists()
+
+
+# ---- a sweep sizes each model with its data's shapes (a lower bound alone let cells fail one by one)
+
+
+def _sweep_file(tmp_path, data: str, model: str, grid: str = "{seed: [0, 1]}"):
+    path = tmp_path / "grid.yaml"
+    path.write_text(f"name: grid\ndata: {data}\nmodel: {model}\noptimizer: {{name: sgd, lr: 0.1}}\n"
+                    f"train: {{steps: 1}}\neval: {{sharpness_every: 0}}\nsweep: {{grid: {grid}}}\n")
+    return path
+
+
+def _no_data(*args, **kwargs):
+    raise AssertionError("the data was loaded")
+
+
+def test_a_sweep_refuses_a_model_that_fits_one_feature_but_not_its_datas_shapes(tmp_path, monkeypatch, capsys):
+    # digits are 8x8 (64 inputs), 10 classes: the bias-free width-10^7 MLP has 64e7 + 10e8 weights,
+    # 2.96e9 bytes = 2.8 GiB in float32; at one input and one class it has 2e7 (0.07 GiB). On a
+    # machine of 1 GiB the lower bound passes and every cell used to fail after the store was made
+    from catapult.cli import main
+    from catapult.sweep import driver
+
+    monkeypatch.setattr(model_size, "_memory_bytes", lambda device: 2**30)
+    monkeypatch.setattr(driver, "load_data", _no_data)  # digits' shapes are known without reading them
+    path = _sweep_file(tmp_path, "{name: digits, n_train: 32, n_test: 16}",
+                       "{name: mlp, width: 10000000, depth: 2, bias: false}")
+    said = ("model.width=10000000 and model.depth=2 make a model of 2.8 GiB, more than this machine's "
+            "1.0 GiB of memory; reduce model.width or model.depth")
+    for extra in ([], ["--dry-run"], ["--executor", "ensemble"]):
+        assert main(["sweep", str(path), "--store", str(tmp_path / "s.db"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert f"cell 0 (seed=0) model: {said}" in err and f"cell 1 (seed=1) model: {said}" in err
+        assert "Traceback" not in err and not (tmp_path / "s.db").exists()
+    with pytest.raises(ConfigError) as train:  # catapult train's words for the same model
+        build.build_run({"data": {"name": "digits", "n_train": 32, "n_test": 16}, "model": {"name": "mlp", "width": 10**7, "depth": 2,
+                                                                 "bias": False}})
+    assert str(train.value) == f"model: {said}"
+
+
+def test_a_sweep_loads_text_data_once_where_only_its_vocabulary_decides(tmp_path, monkeypatch):
+    # a character vocabulary is the text's own: the gpt fits at one token id but not at the
+    # file's 201 (200 characters + 1), nor surely at one per code point, so the data is read,
+    # once for both cells, and both refused
+    from catapult.engine import run_data
+    from catapult.sweep import driver, run_sweep
+    from catapult.sweep.spec import load_sweep
+    from sweep_fakes import FakeRun
+
+    text = tmp_path / "corpus.txt"
+    text.write_text("".join(chr(0x100 + i) for i in range(200)) * 40, encoding="utf-8")
+    model = "{name: gpt, width: 64, depth: 1, n_heads: 2}"
+    base, spec = load_sweep(_sweep_file(tmp_path, f"{{name: text, root: '{text}', context: 8}}", model))
+    small, large = model_parameters(base, 8, 1), model_parameters(base, 8, 201)
+    monkeypatch.setattr(model_size, "_memory_bytes", lambda device: 2 * small + 2 * large)  # between the two
+    loads = []
+    monkeypatch.setattr(driver, "load_data", lambda config: loads.append(1) or run_data.load_data(config))
+    fake = FakeRun()
+    with pytest.raises(ConfigError) as refused:
+        run_sweep(base, spec, tmp_path / "s.db", run_fn=fake, progress="none")
+    assert [key for key, _ in refused.value.problems] == ["cell 0 (seed=0) model", "cell 1 (seed=1) model"]
+    assert len(loads) == 1 and fake.calls == [] and not (tmp_path / "s.db").exists()
+    with pytest.raises(ConfigError) as train:  # the same words as catapult train's
+        build.build_run(base)
+    assert refused.value.problems[0][1] == train.value.problems[0][1]
+
+
+def test_a_sweep_reads_no_data_where_the_model_fits_its_largest_shapes(tmp_path, monkeypatch):
+    # bpe ids number at most data.vocab_size, char ids one per Unicode code point and the unknown
+    # one: a model that fits at that many needs no reading
+    from catapult.sweep import driver
+    from catapult.sweep.driver import refuse_impossible_cells
+    from catapult.sweep.spec import expand, load_sweep
+
+    monkeypatch.setattr(driver, "load_data", _no_data)
+    for data in ("{name: digits}", "{name: shakespeare, tokenizer: bpe, vocab_size: 512, context: 8}",
+                 "{name: shakespeare, context: 8}"):
+        model = "{name: gpt, width: 16, depth: 1, n_heads: 2}" if "shakespeare" in data else "{name: mlp, width: 16}"
+        base, spec = load_sweep(_sweep_file(tmp_path, data, model))
+        refuse_impossible_cells(expand(base, spec))  # fits: nothing loaded, nothing refused

@@ -88,3 +88,31 @@ def test_a_y_that_takes_the_only_non_seed_key_asks_for_an_x():
     with pytest.raises(ValueError, match=r"--y 'optimizer.lr' leaves no swept key for the x axis; give --x KEY "
                                          r"\(swept keys: optimizer.lr, seed\)"):
         phase_grid([], axes, "test_accuracy", y="optimizer.lr")
+
+
+@pytest.mark.parametrize("nx, ny", [(2, 1), (1, 1), (1, 4), (12, 3)])
+def test_a_narrow_grid_with_every_legend_entry_keeps_its_layout(tmp_path, nx, ny):
+    # a 1x2 grid with a collapsed cell (value*, whose legend line is long) drew a legend wider than
+    # its axes under them: matplotlib warned "constrained_layout not applied" on stderr
+    import warnings
+
+    from catapult.plots.phase import PhaseGrid
+
+    status = [["ok"] * nx for _ in range(ny)]
+    status[0][-1] = "partial"
+    if nx * ny > 2:
+        status[-1][0], status[-1][-1] = "diverged", "failed"
+    grid = PhaseGrid("test_accuracy", "optimizer.lr", "schedule.warmup_steps" if ny > 1 else None,
+                     [f"2^{j}/λ0" for j in range(nx)], [f"2^{i}" for i in range(ny)] if ny > 1 else [""],
+                     list(range(nx)), list(range(ny)), np.linspace(0.1, 0.9, nx * ny).reshape(ny, nx), status,
+                     [[[0]] * nx for _ in range(ny)], (0, 0), {"seed": 0})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the layout warning fails the test
+        fig = plot_phase_diagram(grid, tmp_path / "h.png")
+    renderer = fig.canvas.get_renderer()
+    page = fig.bbox
+    for legend in fig.legends + [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]:
+        box = legend.get_window_extent(renderer)
+        assert page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0  # all of it on the page
+    heatmap = fig.axes[0].get_window_extent(renderer)
+    assert heatmap.width > 0.5 * page.width and heatmap.height > 0.3 * page.height

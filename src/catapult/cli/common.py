@@ -13,7 +13,7 @@ from catapult.sweep.store_file import SQLITE_MAGIC
 
 __all__ = ["add_config_arguments", "config_from_args", "overrides_from_args", "apply_threads", "check_out_file",
            "check_image_file", "figure_path", "check_study_dir", "threads_problem", "max_threads",
-           "partial_of_ours", "path_option"]
+           "partial_of_ours", "path_option", "store_problem"]
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -121,6 +121,17 @@ def apply_threads(args: argparse.Namespace) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def store_problem(text: str) -> str | None:
+    """What makes ``text`` no path of a sweep store, or None: empty, or a directory. Checked
+    before any work and before output names are derived from it (``Path('.').with_suffix`` raised
+    ValueError); a missing or foreign file is :class:`~catapult.sweep.store.Store`'s to refuse."""
+    if text == "":  # Path("") is Path("."), the current folder
+        return "an empty path is not a catapult sweep store; give the path of the store's SQLite file"
+    if Path(text).is_dir():
+        return f"{text} is a directory, not a catapult sweep store"
+    return None
 
 
 def check_out_file(option: str, path, replaces: tuple[str, ...] | None = None) -> None:

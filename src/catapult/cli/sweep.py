@@ -26,7 +26,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from catapult.cli.common import check_image_file, check_out_file, figure_path, threads_problem
+from catapult.cli.common import check_image_file, check_out_file, figure_path, store_problem, threads_problem
 from catapult.config import ConfigError
 
 __all__ = ["register", "resume_command"]
@@ -59,7 +59,7 @@ def register(subparsers) -> None:
     p.add_argument("--ray-address", metavar="ADDR",
                    help="Ray cluster to use (e.g. ray://head:10001 or auto; default: a local instance)")
     p.add_argument("--num-cpus", type=int, metavar="N", help="CPUs of a local Ray instance (default: all)")
-    p.add_argument("--chunk-size", type=int, default=1, metavar="N", help="cells per Ray task (default 1)")
+    p.add_argument("--chunk-size", type=int, metavar="N", help="cells per Ray task (default 1)")
     p.add_argument("--ensemble-memory-mb", type=float, metavar="MB",
                    help="ensemble executor: memory budget in MiB of one chunk on the hand-derived "
                         "kernels (the MLP cells they cover; default 2048); a group of cells larger than the budget "
@@ -156,9 +156,11 @@ def _sweep_command(args: argparse.Namespace) -> int:
     options = _executor_options(args)  # flags first: a bad one is refused before the store is touched
     if isinstance(options, str):
         return _fail("sweep", options)
+    if args.store is not None and store_problem(args.store):  # '' used to mean the default store
+        return _fail("sweep", f"--store: {store_problem(args.store)}")
     base, spec = load_sweep(args.config, overrides_from_args(args))
-    store = Path(args.store) if args.store else Path("runs") / base["name"] / "sweep.db"
-    if args.ray_address and not args.dry_run:  # before the store: Ray would retry it for minutes
+    store = Path(args.store) if args.store is not None else Path("runs") / base["name"] / "sweep.db"
+    if args.ray_address is not None and not args.dry_run:  # before the store: Ray would retry it for minutes
         from catapult.sweep.ray_executor import ray_address_problem
 
         problem = ray_address_problem(args.ray_address)
@@ -166,7 +168,7 @@ def _sweep_command(args: argparse.Namespace) -> int:
             return _fail("sweep", f"--ray-address {problem}")
     if args.dry_run:
         cells = expand(base, spec)
-        if not args.ray_address:  # the checks a run makes on this machine (a cluster's machines may differ)
+        if args.ray_address is None:  # the checks a run makes on this machine (a cluster's machines may differ)
             from catapult.sweep.driver import refuse_impossible_cells
 
             refuse_impossible_cells(cells)
@@ -273,15 +275,17 @@ def _executor_options(args: argparse.Namespace) -> dict | str:
         for flag, value in (("--num-cpus", args.num_cpus), ("--chunk-size", args.chunk_size)):
             if value is not None and value < 1:
                 return f"{flag} must be >= 1, got {value}"
-        if args.ray_address:
+        if args.ray_address is not None:  # '' too: it is no address
             from catapult.sweep.ray_executor import ray_address_endpoint
 
             try:
                 ray_address_endpoint(args.ray_address)
             except ValueError as err:
                 return f"--ray-address {err}"
-        options.update(address=args.ray_address, num_cpus=args.num_cpus, chunk_size=args.chunk_size)
-    elif args.ray_address or args.num_cpus or args.chunk_size != 1:
+        options.update(address=args.ray_address, num_cpus=args.num_cpus,
+                       chunk_size=1 if args.chunk_size is None else args.chunk_size)
+    elif args.ray_address is not None or args.num_cpus is not None or args.chunk_size is not None:
+        # given is what counts: --num-cpus 0 or --ray-address '' with another executor was taken silently
         return "--ray-address, --num-cpus and --chunk-size need --executor ray"
     if args.executor == "ensemble":
         if args.ensemble_memory_mb is not None:
@@ -308,7 +312,7 @@ def resume_command(args: argparse.Namespace, store: Path) -> str:
     and executor options, with ``--store`` spelled out (shell-quoted)."""
     words = ["catapult", "sweep", str(args.config), "--store", str(store)]
     flags = [("--executor", "executor", "local"), ("--ray-address", "ray_address", None),
-             ("--num-cpus", "num_cpus", None), ("--chunk-size", "chunk_size", 1),
+             ("--num-cpus", "num_cpus", None), ("--chunk-size", "chunk_size", None),
              ("--ensemble-memory-mb", "ensemble_memory_mb", None), ("--workers", "workers", None),
              ("--threads", "threads", None), ("--device", "device", None), ("--progress", "progress", "auto")]
     for flag, name, default in flags:
@@ -322,6 +326,8 @@ def resume_command(args: argparse.Namespace, store: Path) -> str:
 
 
 def _export_command(args: argparse.Namespace) -> int:
+    if store_problem(args.store):
+        return _fail("export", store_problem(args.store))
     check_out_file("--out", args.out, replaces=(".csv", ".parquet", ".pq"))
     from catapult.sweep.store import Store, StoreError, write_csv, write_parquet
 
@@ -362,6 +368,8 @@ def _parse_where(items) -> dict:
 
 
 def _plot_command(args: argparse.Namespace) -> int:
+    if store_problem(args.store):  # before the default names below are made of it
+        return _fail("plot", store_problem(args.store))
     # the default names are checked too: a user's file (or a link) there is not catapult's to replace
     stem = Path(args.store).with_suffix("")
     heatmap = args.out if args.out else Path(f"{stem}_{args.metric}.png")
@@ -419,6 +427,8 @@ def _plot_command(args: argparse.Namespace) -> int:
 
 
 def _transfer_command(args: argparse.Namespace) -> int:
+    if store_problem(args.store):  # before the default name below is made of it
+        return _fail("transfer", store_problem(args.store))
     check_image_file("--out", args.out if args.out else Path(f"{Path(args.store).with_suffix('')}_transfer.png"))
     import json
 
@@ -456,6 +466,8 @@ def _default_role(key: str, swept: set, *taken) -> str | None:
 
 
 def _report_command(args: argparse.Namespace) -> int:
+    if store_problem(args.store):  # before the default name below is made of it
+        return _fail("report", store_problem(args.store))
     # the default, <store>.html, is the store itself for a store named x.html
     check_out_file("--out", args.out if args.out is not None else Path(args.store).with_suffix(".html"),
                    replaces=(".html", ".htm"))

@@ -6,6 +6,7 @@ and the batches lambda_0 averages over. The seeds follow the rules in
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -16,7 +17,7 @@ import torch
 from catapult import config as cfg
 from catapult.engine.seeds import seeds
 
-__all__ = ["RunData", "load_data", "load_data_once", "BatchStream", "batch_stream", "build_augment", "lambda0_batches"]
+__all__ = ["RunData", "load_data", "load_data_once", "data_shape_bounds", "BatchStream", "batch_stream", "build_augment", "lambda0_batches"]
 
 
 @dataclass
@@ -86,6 +87,34 @@ def load_data(config: Mapping[str, Any], device: torch.device | str = "cpu",
 
     return RunData(inputs(split.x_train), split.y_train.to(device), inputs(split.x_test),
                    split.y_test.to(device), int(np.prod(split.x_train.shape[1:])), int(split.num_classes))
+
+
+#: (in_features, num_classes) of the image datasets, fixed by their format: known without reading
+#: a file (cifar100 trains on its 100 fine labels).
+_IMAGE_SHAPES = {"digits": (64, 10), "cifar10": (3 * 32 * 32, 10), "cifar100": (3 * 32 * 32, 100)}
+
+
+def data_shape_bounds(data: Mapping[str, Any]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Bounds on the ``(in_features, num_classes)`` that :func:`load_data` gives for the config's
+    ``data:`` section, found without reading any data: ``(low, high)``, each coordinate of the
+    loaded shapes between the two. The image datasets' shapes are fixed (``low == high``); a text
+    corpus has ``data.context`` inputs and at least one token id, at most ``data.vocab_size`` with
+    the bpe tokenizer and, with the char tokenizer, one per Unicode code point and the unknown id
+    (the text's distinct characters are known only once it is read).
+
+    Example:
+        >>> data_shape_bounds({"name": "digits"})
+        ((64, 10), (64, 10))
+        >>> data_shape_bounds({"name": "text", "context": 32, "tokenizer": "bpe", "vocab_size": 512})
+        ((32, 1), (32, 512))
+        >>> data_shape_bounds({"name": "shakespeare", "context": 32, "tokenizer": "char"})
+        ((32, 1), (32, 1114113))
+    """
+    if data["name"] in _IMAGE_SHAPES:
+        return _IMAGE_SHAPES[data["name"]], _IMAGE_SHAPES[data["name"]]
+    context = int(data["context"])
+    ids = int(data["vocab_size"]) if data.get("tokenizer") == "bpe" else sys.maxunicode + 2
+    return (context, 1), (context, ids)
 
 
 def load_data_once(config: Mapping[str, Any], data: RunData | None, device: torch.device | str = "cpu",

@@ -333,10 +333,13 @@ def plot_phase_diagram(grid: PhaseGrid, path: str | Path | None = None, *, title
     if grid.best is not None:
         legend.append(Rectangle((0, 0), 1, 1, fill=False, edgecolor="red", linewidth=2, label="best"))
     if annotate and any(s == "partial" for row in grid.status for s in row):
-        legend.append(Line2D([], [], linestyle="none", label="value* : mean of the finished seeds; others "
+        legend.append(Line2D([], [], linestyle="none", label="value* : mean of the finished seeds;\nothers "
                                                              "diverged, failed or collapsed"))
-    ax.legend(handles=legend, loc="upper left", bbox_to_anchor=(0.0, -0.16 if nx <= 6 else -0.28),
-              ncol=3, fontsize=7, frameon=False)
+    # below the whole figure, where constrained layout makes room for it: a legend hung under
+    # the axes counts as the axes' own, and one wider than them (the value* line) squeezed a
+    # narrow grid's axes to nothing ("constrained_layout not applied")
+    fig.legend(handles=legend, loc="outside lower center", ncol=len(legend) if len(legend) < 4 else 2, fontsize=7,
+               frameon=False)  # all four in one row overfill the narrowest figure, 4.5 in
     where = ", ".join(f"{k}={v}" for k, v in grid.where.items())
     n = 0 if grid.counts is None else int(grid.counts.max())
     others = [key for key in grid.averaged if key != "seed"]  # keys other than the seed are named

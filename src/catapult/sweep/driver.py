@@ -5,7 +5,7 @@
 1. expand the grid and validate every cell (:func:`catapult.sweep.spec.expand`), build the
    executor (a missing optional dependency fails here), and, where the executor runs cells on
    this machine, refuse cells that ask a CUDA device it lacks or whose model cannot fit its
-   memory whatever the data: nothing is written before this;
+   memory with the data it trains on: nothing is written before this;
 2. open the store: a new sweep writes its spec and one ``pending`` row per cell; the same
    spec resumes; a different spec is refused (:class:`catapult.sweep.store.SpecChanged`
    names what changed); this driver registers itself and keeps a heartbeat;
@@ -32,9 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import torch
+
 from catapult import config as cfg
 from catapult.engine.build import load_data, resolve_device
-from catapult.engine.model_size import check_model_fits, check_spectrum_fits, model_parameters
+from catapult.engine.model_size import check_fits, check_model_fits, check_spectrum_fits, model_parameters
+from catapult.engine.run_data import data_shape_bounds
 from catapult.sweep.claims import HEARTBEAT_S, Heartbeat
 from catapult.sweep.store import DONE_STATUSES, Store
 from catapult.sweep.store_file import identify
@@ -157,37 +160,37 @@ def _failed(error: str) -> CellResult:
 
 def refuse_impossible_cells(cells: list[CellSpec]) -> None:
     """Raise one :class:`~catapult.config.ConfigError` naming every cell that asks a CUDA device
-    this machine does not have, or whose model cannot fit in this machine's memory whatever data it trains on (:func:`catapult.engine.check_model_fits`,
-    a lower bound from the config alone), or that asks more Hessian eigenvalues
+    this machine does not have, whose model's weights cannot fit in the memory of this machine (or
+    of the cell's device) with the data it trains on, or that asks more Hessian eigenvalues
     (``eval.spectrum_top_k``) than its model has parameters, before the store is written or any
-    cell runs; each distinct model section is counted once. The eigenvalue count needs the
-    data's shapes only where it exceeds the count at one input feature and one class (a lower
-    bound): only then is that cell's data loaded, once per data section."""
+    cell runs; each distinct model, device and data section is judged once, with the words of
+    ``catapult train``'s refusal.
+
+    Data is loaded only where its shapes decide: the model is counted first with one input feature
+    and one class (:func:`catapult.engine.check_model_fits`, a lower bound), then with the shapes
+    known without reading the data (:func:`catapult.engine.run_data.data_shape_bounds`: fixed for the
+    image datasets, bounded for text), and only where those bounds leave the answer open is the
+    cell's data loaded, once per data section (data that does not load is the cell's to report)."""
     problems: list[tuple[str, str]] = []
     verdicts: dict[str, cfg.ConfigError | None] = {}
     shapes: dict[str, tuple[int, int] | None] = {}
-    devices: dict[str, cfg.ConfigError | None] = {}  # a missing CUDA fails every cell that asks it
+    devices: dict[str, Any] = {}  # name -> torch.device, or the ConfigError of a CUDA device missing here
     for cell in cells:
         name = cell.config["device"]
         if name not in devices:
             try:
-                resolve_device(name)
-                devices[name] = None
+                devices[name] = resolve_device(name)
             except cfg.ConfigError as err:
                 devices[name] = err
-        if devices[name] is not None:
+        if isinstance(devices[name], cfg.ConfigError):  # a missing CUDA fails every cell that asks it
             if "device" in cell.swept:
                 problems += cell_problems(cell.id, cell.swept, devices[name])
             elif devices[name].problems[0] not in problems:  # the base config's: said once
                 problems += devices[name].problems
             continue
-        key = canonical_json([cell.config["model"], cell.config["dtype"]])
+        key = canonical_json([cell.config["model"], cell.config["dtype"], cell.config["data"], str(devices[name])])
         if key not in verdicts:
-            try:
-                check_model_fits(cell.config)
-                verdicts[key] = None
-            except cfg.ConfigError as err:
-                verdicts[key] = err
+            verdicts[key] = _size_problem(cell.config, devices[name], shapes)
         err = verdicts[key] or _spectrum_problem(cell.config, shapes)
         if err is not None:
             problems += cell_problems(cell.id, cell.swept, err)
@@ -210,24 +213,70 @@ def refuse_missing_data(cells: list[CellSpec]) -> None:
             find_cifar(data["name"], data["root"])
 
 
+def _data_shapes(config: Mapping[str, Any], shapes: dict) -> tuple[int, int] | None:
+    """The ``(in_features, classes)`` of ``config``'s data: known without reading where the
+    dataset fixes them, else loaded once per data section and cached in ``shapes`` (None: the
+    data did not load, which the cell itself then reports)."""
+    low, high = data_shape_bounds(config["data"])
+    if low == high:
+        return low
+    data_key = canonical_json(config["data"])
+    if data_key not in shapes:
+        try:
+            data = load_data(config)
+            shapes[data_key] = (data.in_features, data.num_classes)
+        except Exception:  # noqa: BLE001  (a data problem is the cell's own error to report)
+            shapes[data_key] = None
+    return shapes[data_key]
+
+
+def _size_problem(config: Mapping[str, Any], device, shapes: dict) -> cfg.ConfigError | None:
+    """The :class:`~catapult.config.ConfigError` that ``catapult train`` raises for ``config``'s
+    model too large for this machine (:func:`catapult.engine.check_model_fits`, then
+    :func:`catapult.engine.model_size.check_fits` at the data's shapes), or None. The data is
+    loaded only where its bounds (:func:`catapult.engine.run_data.data_shape_bounds`) leave the
+    answer open, or to size a refusal in the data's own shapes as train does."""
+    dtype = getattr(torch, config["dtype"])
+    low, high = data_shape_bounds(config["data"])
+    try:
+        check_model_fits(config, device)  # first, as train does: its message where this refuses
+    except cfg.ConfigError as err:
+        return err
+    refused_at_low = None  # too large even at the least shapes the data can have
+    try:
+        check_fits(config, *low, device, dtype)
+    except cfg.ConfigError as err:
+        refused_at_low = err
+    if low == high:  # the data's shapes are known: that is train's check
+        return refused_at_low
+    if refused_at_low is None:
+        try:
+            check_fits(config, *high, device, dtype)
+            return None  # fits at the largest shapes the data can have: nothing to load
+        except cfg.ConfigError:
+            pass  # between the bounds: the data's own shapes decide
+    exact = _data_shapes(config, shapes)
+    if exact is None:  # the data did not load: a sure refusal stands, anything else is the cell's
+        return refused_at_low
+    try:
+        check_fits(config, *exact, device, dtype)
+    except cfg.ConfigError as err:
+        return err
+    return None
+
+
 def _spectrum_problem(config: Mapping[str, Any], shapes: dict) -> cfg.ConfigError | None:
-    """:func:`catapult.engine.model_size.check_spectrum_fits`'s error for ``config``, or None; ``shapes``
-    caches ``(in_features, classes)`` per data section (None: the data did not load, which the
-    cell itself then reports)."""
+    """:func:`catapult.engine.model_size.check_spectrum_fits`'s error for ``config``, or None; the
+    data's shapes come from :func:`_data_shapes` (loaded only where the count at one input feature
+    and one class does not settle it)."""
     top_k = config["eval"].get("spectrum_top_k") or 0
     try:
         if not top_k or top_k <= model_parameters(config, 1, 1):
             return None
-        data_key = canonical_json(config["data"])
-        if data_key not in shapes:
-            try:
-                data = load_data(config)
-                shapes[data_key] = (data.in_features, data.num_classes)
-            except Exception:  # noqa: BLE001  (a data problem is the cell's own error to report)
-                shapes[data_key] = None
-        if shapes[data_key] is None:
+        exact = _data_shapes(config, shapes)
+        if exact is None:
             return None
-        check_spectrum_fits(config, model_parameters(config, *shapes[data_key]))
+        check_spectrum_fits(config, model_parameters(config, *exact))
     except cfg.ConfigError as err:
         return err
     except (NotImplementedError, RuntimeError, TypeError, OverflowError):  # no count: no check
