@@ -85,23 +85,21 @@ def test_a_parquet_export_is_marked(store, tmp_path):
     assert written_by_catapult(tmp_path / "agg.csv")  # known by the aggregate's header
 
 
-def test_overwrite_keeps_a_users_metrics_and_config(tmp_path, capsys):
-    # the folder held files *named* like a run's: --overwrite replaced both
+@pytest.mark.parametrize("files, shown", [
+    ({"metrics.csv": "metrics mine\n", "config.yaml": "cfg mine\n"}, "config.yaml, metrics.csv"),  # named like a run's: replaced
+    ({"notes.txt": "mine\n"}, "notes.txt"),   # a folder of notes: the run's files were written beside them
+])
+def test_overwrite_refuses_a_users_folder_and_keeps_its_files(tmp_path, capsys, files, shown):
     config = tmp_path / "tiny.yaml"
     config.write_text(TINY)
-    mine = tmp_path / "mine"
+    mine = tmp_path / "userdir"
     mine.mkdir()
-    (mine / "metrics.csv").write_text("metrics mine\n")
-    (mine / "config.yaml").write_text("cfg mine\n")
-    argv = ["train", str(config), "--progress", "none", "--threads", "1", "--overwrite", "--out"]
-    assert cli.main([*argv, str(mine)]) == 2
+    for name, text in files.items():
+        (mine / name).write_text(text)
+    assert _train(config, mine, "--overwrite") == 2
     err = capsys.readouterr().err
-    assert "not an earlier run's directory" in err and "but not a run's metrics.csv" in err
-    assert (mine / "config.yaml").read_text() == "cfg mine\n" and len(list(mine.iterdir())) == 2
-    run = tmp_path / "run"
-    assert cli.main([*argv[:-2], "--out", str(run)]) == 0
-    assert is_run_record(run / "metrics.csv") and is_run_record(run / "summary.json")
-    assert cli.main([*argv, str(run)]) == 0  # an earlier run's own files
+    assert f"userdir is not an earlier run's directory (it holds {shown}" in err and "but not a run's" in err
+    assert {p.name: p.read_text() for p in mine.iterdir()} == files
 
 
 def test_run_records_are_known_by_their_contents(tmp_path):
@@ -180,19 +178,6 @@ def test_overwrite_refuses_a_users_file_under_a_run_files_name(tmp_path, capsys)
     (r2 / ".partial-model.pt").write_bytes((tmp_path / "r1" / "model.pt").read_bytes()[:100])   # a cut-off save
     assert _train(config, r2, "--overwrite") == 0
     assert not (r2 / ".partial-model.pt").exists()
-
-
-def test_overwrite_refuses_a_folder_that_holds_no_run(tmp_path, capsys):
-    # a user's folder holding only notes.txt got the run's files written beside the notes
-    config = tmp_path / "tiny.yaml"
-    config.write_text(TINY)
-    mine = tmp_path / "userdir"
-    mine.mkdir()
-    (mine / "notes.txt").write_text("mine\n")
-    assert _train(config, mine, "--overwrite") == 2
-    err = capsys.readouterr().err
-    assert "userdir is not an earlier run's directory (it holds notes.txt, but not a run's" in err
-    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
 
 
 def test_overwrite_replaces_what_earlier_versions_wrote(tmp_path):
