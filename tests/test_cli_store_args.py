@@ -61,3 +61,16 @@ def test_a_given_but_empty_or_zero_flag_is_refused_before_any_work(tmp_path, con
     err = capsys.readouterr().err
     assert code == 2 and words in err and len(err.strip().splitlines()) == 1
     assert _files(tmp_path) == [config.relative_to(tmp_path)]  # no store, no runs/tiny/sweep.db
+
+
+@pytest.mark.parametrize("command", ["sweep", "plot", "report", "transfer", "export"])
+def test_a_link_to_nothing_as_the_store_is_named_so(tmp_path, config, capsys, command):
+    # a dangling link was "not a catapult sweep store ... left unchanged" (sweep) or "store not found"
+    (tmp_path / "s.db").symlink_to(tmp_path / "gone" / "real.db")
+    argv = ([str(config), "--store", "s.db", "--progress", "none", "--threads", "1"] if command == "sweep"
+            else ["s.db", *(["--out", "x.csv"] if command == "export" else [])])
+    assert main([command, *argv]) == 2
+    err = capsys.readouterr().err
+    assert f"s.db is a link to {tmp_path / 'gone' / 'real.db'}, which does not exist" in err
+    assert len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.db", "sweep.yaml"]

@@ -124,13 +124,17 @@ def apply_threads(args: argparse.Namespace) -> None:
 
 
 def store_problem(text: str) -> str | None:
-    """What makes ``text`` no path of a sweep store, or None: empty, or a directory. Checked
+    """What makes ``text`` no path of a sweep store, or None: empty, a directory, or a link to
+    nothing (SQLite would create the file it names). Checked
     before any work and before output names are derived from it (``Path('.').with_suffix`` raised
     ValueError); a missing or foreign file is :class:`~catapult.sweep.store.Store`'s to refuse."""
     if text == "":  # Path("") is Path("."), the current folder
         return "an empty path is not a catapult sweep store; give the path of the store's SQLite file"
     if Path(text).is_dir():
         return f"{text} is a directory, not a catapult sweep store"
+    if Path(text).is_symlink() and not Path(text).exists():   # was called "not a catapult sweep store"
+        return (f"{text} is a link to {os.readlink(text)}, which does not exist; give the path of a "
+                f"store, or of a new file")
     return None
 
 
