@@ -70,6 +70,9 @@ def test_coord_check_over_width_and_overrides(tmp_path):
 
 @pytest.mark.parametrize("override, key", [
     (["coord_check.densities=[0, 0.5]"], "coord_check.densities"),
+    # an entry is named by its place ("entry 2: 2 is out of range" read as either)
+    (["coord_check.densities=[0.5, 2]"], "coord_check.densities: entry 2 of 2: 2 is out of range"),
+    (["coord_check.widths=[3, 64, 32, 64]"], "coord_check.widths: entry 4 of 4: 64 repeats entry 2"),
     (["coord_check.colour=1"], "coord_check.colour"),
     (["coord_check.parametrizations=[xp]"], "coord_check.parametrizations"),
     (["coord_check.widths=[31]"], "model.n_heads"),           # a model the check would build is invalid

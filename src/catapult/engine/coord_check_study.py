@@ -61,15 +61,16 @@ def _number_list(key: str, value: Any, *, integer: bool, low: float, high: float
         problems.append((key, f"expected a non-empty list of numbers or null, got {value!r}"))
         return None
     option = cfg.integer(None, low=int(low)) if integer else cfg.number(None, low=low, high=high, low_open=True)
-    out = []
-    for item in value:
+    out, first = [], {}   # first: the place each number was first given
+    for place, item in enumerate(value, 1):   # named by place: "entry 2: 2 is out of range" read as both
         try:
             number = option.validate(item)
-        except Exception as err:  # _Invalid: message says what is allowed
-            problems.append((key, f"entry {item!r}: {err}"))
+        except Exception as err:  # _Invalid: message says what is allowed (and the value)
+            problems.append((key, f"entry {place} of {len(value)}: {err}"))
             continue
         if number in out:  # measured twice, and drawn as one point (a sweep grid refuses it too)
-            problems.append((key, f"entry {item!r} repeats a value"))
+            problems.append((key, f"entry {place} of {len(value)}: {item!r} repeats entry {first[number]}"))
+        first.setdefault(number, place)
         out.append(number)
     return out
 
