@@ -191,9 +191,11 @@ def run_output_of_ours(path, name: str | None = None) -> bool:
             return head.startswith(_ZIP_START) and head[30:30 + size].endswith(b"/data.pkl")
         if path.stat().st_size > _LARGEST:
             return False
-        if name == "trajectories.png":
+        if name == "trajectories.png":   # marked, or as earlier versions wrote it: matplotlib's tag
+            if written_by_catapult(path):
+                return True
             data = path.read_bytes()
-            return data.startswith(PNG_START) and (MARK.encode() in data or _MATPLOTLIB_PNG in data)
+            return data.startswith(PNG_START) and _MATPLOTLIB_PNG in data
         if name == "config.yaml":
             import yaml
 

@@ -68,12 +68,12 @@ def sweep_ignored_note(command: str | None, sweep, config: dict) -> str:
 
 def _value_at(config: dict, dotted: str):
     """The value of the dotted key in the resolved ``config`` ("?" where there is none)."""
-    node = config
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return "?"
-        node = node[part]
-    return node
+    from catapult.sweep.spec import get_dotted
+
+    try:
+        return get_dotted(config, dotted)
+    except (KeyError, TypeError):
+        return "?"
 
 
 def overrides_from_args(args: argparse.Namespace) -> list[str]:

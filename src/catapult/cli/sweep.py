@@ -156,8 +156,8 @@ def _sweep_command(args: argparse.Namespace) -> int:
     options = _executor_options(args)  # flags first: a bad one is refused before the store is touched
     if isinstance(options, str):
         return _fail("sweep", options)
-    if args.store is not None and store_problem(args.store):  # '' used to mean the default store
-        return _fail("sweep", f"--store: {store_problem(args.store)}")
+    if args.store is not None and (problem := store_problem(args.store)):  # '' meant the default store
+        return _fail("sweep", f"--store: {problem}")
     base, spec = load_sweep(args.config, overrides_from_args(args))
     store = Path(args.store) if args.store is not None else Path("runs") / base["name"] / "sweep.db"
     if args.ray_address is not None and not args.dry_run:  # before the store: Ray would retry it for minutes
@@ -326,8 +326,8 @@ def resume_command(args: argparse.Namespace, store: Path) -> str:
 
 
 def _export_command(args: argparse.Namespace) -> int:
-    if store_problem(args.store):
-        return _fail("export", store_problem(args.store))
+    if problem := store_problem(args.store):
+        return _fail("export", problem)
     check_out_file("--out", args.out, replaces=(".csv", ".parquet", ".pq"))
     from catapult.sweep.store import Store, StoreError, write_csv, write_parquet
 
@@ -368,8 +368,8 @@ def _parse_where(items) -> dict:
 
 
 def _plot_command(args: argparse.Namespace) -> int:
-    if store_problem(args.store):  # before the default names below are made of it
-        return _fail("plot", store_problem(args.store))
+    if problem := store_problem(args.store):  # before the default names below are made of it
+        return _fail("plot", problem)
     # the default names are checked too: a user's file (or a link) there is not catapult's to replace
     stem = Path(args.store).with_suffix("")
     heatmap = args.out if args.out else Path(f"{stem}_{args.metric}.png")
@@ -427,8 +427,8 @@ def _plot_command(args: argparse.Namespace) -> int:
 
 
 def _transfer_command(args: argparse.Namespace) -> int:
-    if store_problem(args.store):  # before the default name below is made of it
-        return _fail("transfer", store_problem(args.store))
+    if problem := store_problem(args.store):  # before the default name below is made of it
+        return _fail("transfer", problem)
     check_image_file("--out", args.out if args.out else Path(f"{Path(args.store).with_suffix('')}_transfer.png"))
     import json
 
@@ -466,8 +466,8 @@ def _default_role(key: str, swept: set, *taken) -> str | None:
 
 
 def _report_command(args: argparse.Namespace) -> int:
-    if store_problem(args.store):  # before the default name below is made of it
-        return _fail("report", store_problem(args.store))
+    if problem := store_problem(args.store):  # before the default name below is made of it
+        return _fail("report", problem)
     # the default, <store>.html, is the store itself for a store named x.html
     check_out_file("--out", args.out if args.out is not None else Path(args.store).with_suffix(".html"),
                    replaces=(".html", ".htm"))

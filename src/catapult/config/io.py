@@ -21,12 +21,12 @@ __all__ = ["STUDY_SECTIONS", "parse_override", "apply_overrides", "read_mapping"
            "load_config", "dump_config", "safe_yaml", "yaml_problem", "plain_data", "MAX_YAML_DEPTH",
            "MAX_YAML_NODES", "MAX_CONFIG_BYTES"]
 
-#: Top-level sections that belong to a study command, not to the run: ``sweep:`` (read by
-#: ``catapult sweep``) and ``coord_check:`` (``catapult coord-check``). :func:`load_config`
-#: sets them aside, so a study config also trains as its base run.
-STUDY_SECTIONS = ("sweep", "coord_check")
-#: The command that reads each of the :data:`STUDY_SECTIONS` (named when an override sets one).
+#: Each top-level section that belongs to a study command, not to the run, and that command
+#: (named when an override sets one of its keys).
 _STUDY_COMMANDS = {"sweep": "catapult sweep", "coord_check": "catapult coord-check"}
+#: ``sweep:`` and ``coord_check:``: :func:`load_config` sets them aside, so a study config also
+#: trains as its base run.
+STUDY_SECTIONS = tuple(_STUDY_COMMANDS)
 
 _OVERRIDE_FORM = "an override must look like key=value (e.g. optimizer.lr=0.1)"
 

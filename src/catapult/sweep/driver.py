@@ -234,32 +234,19 @@ def _size_problem(config: Mapping[str, Any], device, shapes: dict) -> cfg.Config
     """The :class:`~catapult.config.ConfigError` that ``catapult train`` raises for ``config``'s
     model too large for this machine (:func:`catapult.engine.check_model_fits`, then
     :func:`catapult.engine.model_size.check_fits` at the data's shapes), or None. The data is
-    loaded only where its bounds (:func:`catapult.engine.run_data.data_shape_bounds`) leave the
-    answer open, or to size a refusal in the data's own shapes as train does."""
+    read only where the largest shapes it can have (:func:`catapult.engine.run_data.data_shape_bounds`)
+    do not fit and its own shapes are not known without reading it."""
     dtype = getattr(torch, config["dtype"])
-    low, high = data_shape_bounds(config["data"])
     try:
         check_model_fits(config, device)  # first, as train does: its message where this refuses
-    except cfg.ConfigError as err:
-        return err
-    refused_at_low = None  # too large even at the least shapes the data can have
-    try:
-        check_fits(config, *low, device, dtype)
-    except cfg.ConfigError as err:
-        refused_at_low = err
-    if low == high:  # the data's shapes are known: that is train's check
-        return refused_at_low
-    if refused_at_low is None:
+        low, high = data_shape_bounds(config["data"])
         try:
             check_fits(config, *high, device, dtype)
-            return None  # fits at the largest shapes the data can have: nothing to load
+            return None  # fits whatever the data's shapes: nothing to read
         except cfg.ConfigError:
-            pass  # between the bounds: the data's own shapes decide
-    exact = _data_shapes(config, shapes)
-    if exact is None:  # the data did not load: a sure refusal stands, anything else is the cell's
-        return refused_at_low
-    try:
-        check_fits(config, *exact, device, dtype)
+            pass
+        # the data's own shapes decide; where it does not load, the least it can have (a sure refusal)
+        check_fits(config, *(_data_shapes(config, shapes) or low), device, dtype)
     except cfg.ConfigError as err:
         return err
     return None
