@@ -16,7 +16,8 @@ def register(subparsers) -> None:
         help="the warmup-mechanisms study (Fig. 1) in miniature on embedded data (a few minutes on CPU)",
         description=demo.__doc__.split("\n\n")[1] if demo.__doc__ else None,
     )
-    p.add_argument("--out", type=path_option, default="runs/demo", metavar="DIR", help="output directory (default: runs/demo)")
+    p.add_argument("--out", type=path_option, default="runs/demo", metavar="DIR",
+                   help="output directory (default: runs/demo)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="parallel processes, one torch thread each (default: min(2, CPUs))")
     p.add_argument("--write-configs", type=path_option, metavar="DIR",

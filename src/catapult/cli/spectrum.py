@@ -40,7 +40,8 @@ def register(subparsers) -> None:
     p.add_argument("--preconditioned", action="store_true",
                    help="Adam-family optimizers: the spectrum of P^-1/2 A P^-1/2 with the "
                         "optimizer's first-step preconditioner P (at initialisation only)")
-    p.add_argument("--plot", type=path_option, metavar="FILE", help="write the density figure (PNG unless the suffix says otherwise)")
+    p.add_argument("--plot", type=path_option, metavar="FILE",
+                   help="write the density figure (PNG unless the suffix says otherwise)")
     p.add_argument("--json", action="store_true", help="print the numbers as one JSON object (with the "
                                                        "density's grid and values)")
     p.set_defaults(func=_command)

@@ -17,8 +17,8 @@ def register(subparsers) -> None:
                     "model.pt (the final state_dict; `catapult spectrum --weights` reads it).",
     )
     add_config_arguments(p)
-    p.add_argument("--out", type=path_option, metavar="DIR", help="run directory (default: runs/<name>); one that holds "
-                                                "anything is refused unless --overwrite")
+    p.add_argument("--out", type=path_option, metavar="DIR",
+                   help="run directory (default: runs/<name>); one that holds anything is refused unless --overwrite")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run files (config.yaml, metrics.csv, summary.json, trajectories.png, "
                         "model.pt) of an earlier run's directory, judged by their contents; a folder "

@@ -28,8 +28,8 @@ def register(subparsers) -> None:
                     "measured by finite differences of FSDP's gradient (a ReLU GPT in float64 only).",
     )
     add_config_arguments(p)
-    p.add_argument("--out", type=path_option, metavar="DIR", help="output directory (default: runs/<name>); one that holds "
-                                                "anything is refused unless --overwrite")
+    p.add_argument("--out", type=path_option, metavar="DIR",
+                   help="output directory (default: runs/<name>); one that holds anything is refused unless --overwrite")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run files of an earlier run's directory (as `catapult train "
                         "--overwrite`): a folder holding no run, or a file of a run file's name that a run "

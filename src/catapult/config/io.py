@@ -299,9 +299,9 @@ def load_config(path: str | Path, overrides: Iterable[str] = (), set_aside: dict
     ``name`` defaults to the file's stem. The :data:`STUDY_SECTIONS` (``sweep:``, what
     ``catapult sweep`` grids over, and ``coord_check:``) are set aside, so a study config also
     trains as its base run; ``set_aside`` (a dict) receives those the file had, so a command can
-    say they were ignored (a file may be a pipe: it is read once). Raises :class:`ConfigError` for a missing or unreadable file, bad
-    YAML, or any invalid key/value; a problem with a key written in the file names the key's
-    line and column there.
+    say they were ignored (a file may be a pipe: it is read once). Raises :class:`ConfigError`
+    for a missing or unreadable file, bad YAML, or any invalid key/value; a problem with a key
+    written in the file names the key's line and column there.
     """
     path = Path(path)
     mapping, positions = read_yaml(path)
