@@ -210,6 +210,7 @@ def test_a_sweep_refuses_a_model_that_fits_one_feature_but_not_its_datas_shapes(
         err = capsys.readouterr().err
         assert f"cell 0 (seed=0) model: {said}" in err and f"cell 1 (seed=1) model: {said}" in err
         assert "Traceback" not in err and not (tmp_path / "s.db").exists()
+    monkeypatch.setattr(build, "load_data", _no_data)  # train refuses it before reading the data too
     with pytest.raises(ConfigError) as train:  # catapult train's words for the same model
         build.build_run({"data": {"name": "digits", "n_train": 32, "n_test": 16},
                          "model": {"name": "mlp", "width": 10**7, "depth": 2, "bias": False}})

@@ -48,6 +48,8 @@ def _command(args) -> int:
     config = config_from_args(args)
     out = Path(args.out) if args.out else Path("runs") / config["name"]
     world, rank = _launch()
+    if args.backend != "auto":  # asked for by name: checked in one process too, where no group needs it
+        _backend(args.backend)
     backend = None
     # torchrun with one process and train.fsdp: a group of one, so FSDP has its process group
     # (without one the run was told that torchrun had not started it)

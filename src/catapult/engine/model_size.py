@@ -2,8 +2,9 @@
 machine cannot hold before anything is allocated or any data loaded.
 
 :func:`model_parameters` builds the config's model on the ``meta`` device at two small depths and
-extrapolates in depth; :func:`check_model_fits` compares a lower bound of that count (one input
-feature, one class) with the memory of the CPU or the device. Torch's own size errors (out of
+extrapolates in depth; :func:`check_model_fits` compares a lower bound of that count (the least
+shapes the config's data can have, known without reading it) with the memory of the CPU or the
+device. Torch's own size errors (out of
 memory, a shape past int64) become :func:`size_error`'s :class:`~catapult.config.ConfigError`
 naming the width and depth keys. :data:`MODELS` is the registry of builders both the count and
 :func:`catapult.engine.build.build_model` use.
@@ -18,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from catapult import config as cfg
+from catapult.engine.run_data import data_shape_bounds
 from catapult.models import GPT, MLP, WRN
 
 __all__ = ["MODELS", "model_parameters", "check_fits", "check_model_fits", "check_spectrum_fits", "size_error"]
@@ -117,10 +119,11 @@ def check_fits(config: Mapping[str, Any], in_features: int, out_features: int, d
 
 def check_model_fits(config: Mapping[str, Any], device: torch.device | str = "cpu") -> None:
     """Raise :class:`~catapult.config.ConfigError` when the config's model cannot fit in the memory
-    of the CPU (or ``device``) whatever data it trains on, before any data is loaded: the model is
-    counted with one input feature and one class, which every dataset has at least, so the count is
-    a lower bound and a refusal here is never wrong. :func:`catapult.engine.build.build_model`
-    checks again with the data's shapes.
+    of the CPU (or ``device``) whatever its data holds, before any data is loaded: the model is
+    counted with the least shapes the config's data can have
+    (:func:`catapult.engine.run_data.data_shape_bounds`: exact for the image datasets, the context
+    and one token id for text), so the count is a lower bound and a refusal here is never wrong.
+    :func:`catapult.engine.build.build_model` checks again with the data's own shapes.
 
     Example:
         >>> from catapult.config import validate
@@ -130,7 +133,8 @@ def check_model_fits(config: Mapping[str, Any], device: torch.device | str = "cp
         ...
         catapult.config.errors.ConfigError: model: model.width=1000000 and model.depth=1000 make a model of ...
     """
-    check_fits(config, 1, 1, torch.device(device), getattr(torch, config["dtype"]))
+    least = data_shape_bounds(config["data"])[0]
+    check_fits(config, *least, torch.device(device), getattr(torch, config["dtype"]))
 
 
 def check_spectrum_fits(config: Mapping[str, Any], n_params: int) -> None:

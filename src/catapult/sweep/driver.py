@@ -166,11 +166,11 @@ def refuse_impossible_cells(cells: list[CellSpec]) -> None:
     cell runs; each distinct model, device and data section is judged once, with the words of
     ``catapult train``'s refusal.
 
-    Data is loaded only where its shapes decide: the model is counted first with one input feature
-    and one class (:func:`catapult.engine.check_model_fits`, a lower bound), then with the shapes
-    known without reading the data (:func:`catapult.engine.run_data.data_shape_bounds`: fixed for the
-    image datasets, bounded for text), and only where those bounds leave the answer open is the
-    cell's data loaded, once per data section (data that does not load is the cell's to report)."""
+    Data is loaded only where its shapes decide: the model is counted first with the least shapes
+    its data can have and then with the largest (:func:`catapult.engine.run_data.data_shape_bounds`,
+    known without reading the data: fixed for the image datasets, bounded for text), and only where
+    those bounds leave the answer open is the cell's data loaded, once per data section (data that
+    does not load is the cell's to report)."""
     problems: list[tuple[str, str]] = []
     verdicts: dict[str, cfg.ConfigError | None] = {}
     shapes: dict[str, tuple[int, int] | None] = {}
@@ -232,21 +232,22 @@ def _data_shapes(config: Mapping[str, Any], shapes: dict) -> tuple[int, int] | N
 
 def _size_problem(config: Mapping[str, Any], device, shapes: dict) -> cfg.ConfigError | None:
     """The :class:`~catapult.config.ConfigError` that ``catapult train`` raises for ``config``'s
-    model too large for this machine (:func:`catapult.engine.check_model_fits`, then
-    :func:`catapult.engine.model_size.check_fits` at the data's shapes), or None. The data is
+    model too large for this machine (:func:`catapult.engine.check_model_fits` at the data's least
+    shapes, then :func:`catapult.engine.model_size.check_fits` at its own), or None. The data is
     read only where the largest shapes it can have (:func:`catapult.engine.run_data.data_shape_bounds`)
     do not fit and its own shapes are not known without reading it."""
     dtype = getattr(torch, config["dtype"])
     try:
         check_model_fits(config, device)  # first, as train does: its message where this refuses
-        low, high = data_shape_bounds(config["data"])
+        high = data_shape_bounds(config["data"])[1]
         try:
             check_fits(config, *high, device, dtype)
             return None  # fits whatever the data's shapes: nothing to read
         except cfg.ConfigError:
             pass
-        # the data's own shapes decide; where it does not load, the least it can have (a sure refusal)
-        check_fits(config, *(_data_shapes(config, shapes) or low), device, dtype)
+        exact = _data_shapes(config, shapes)  # the data's own shapes decide (None: it does not load,
+        if exact is not None:                 # the cell's own error; its least shapes passed above)
+            check_fits(config, *exact, device, dtype)
     except cfg.ConfigError as err:
         return err
     return None
