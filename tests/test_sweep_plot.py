@@ -82,6 +82,20 @@ def test_plot_command_writes_heatmap_and_trajectories(store_path, tmp_path, caps
     assert "no cells [99]" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["plot", "transfer"])
+@pytest.mark.parametrize("where", [["--where", "seed=0", "seed=1"], ["--where", "seed=0", "--where", "seed=1"]])
+def test_a_where_key_given_twice_is_refused(store_path, tmp_path, capsys, command, where):
+    # the last value was taken, and a second --where flag replaced the first one's list: exit 0
+    # with a figure of one of the two seeds asked for
+    from catapult.cli import main
+
+    out = tmp_path / "h.png"
+    assert main([command, str(store_path), *where, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--where gives seed twice ('seed=0' and 'seed=1')" in err and "Traceback" not in err
+    assert not out.exists()
+
+
 def test_a_y_that_takes_the_only_non_seed_key_asks_for_an_x():
     # "an x key is needed" named neither the option nor what to give it
     axes = [{"key": "optimizer.lr", "values": [0.1, 1.0]}, {"key": "seed", "values": [0, 1]}]

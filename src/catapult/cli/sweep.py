@@ -98,7 +98,8 @@ def register(subparsers) -> None:
                         "the spectrum (eval.spectrum_top_k, eval.trace_matvecs)")
     p.add_argument("--x", metavar="KEY", help="swept key on the x axis (default: optimizer.lr)")
     p.add_argument("--y", metavar="KEY", help="swept key on the y axis (default: schedule.warmup_steps)")
-    p.add_argument("--where", nargs="*", default=[], metavar="KEY=VALUE", help="fix other swept keys, e.g. seed=0")
+    p.add_argument("--where", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                   help="fix other swept keys, e.g. seed=0 (each key once)")
     p.add_argument("--cells", nargs="*", type=int, metavar="ID",
                    help="cells whose trajectories to draw (default: best, worst and first diverged)")
     p.add_argument("--out", metavar="PNG", help="heatmap file (default: <store>_<metric>.png)")
@@ -120,7 +121,8 @@ def register(subparsers) -> None:
     p.add_argument("--panel", metavar="KEY",
                    help="one panel per value (default model.parametrization, if swept); must be a swept key")
     p.add_argument("--metric", default="test_loss", choices=TRANSFER_METRICS, help="default: final test_loss")
-    p.add_argument("--where", nargs="*", default=[], metavar="KEY=VALUE", help="fix other swept keys")
+    p.add_argument("--where", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                   help="fix other swept keys (each key once)")
     p.add_argument("--out", metavar="PNG", help="figure (default: <store>_transfer.png)")
     p.add_argument("--json", action="store_true", help="print the optima and drifts as JSON instead of a table")
     p.set_defaults(func=_transfer_command)
@@ -350,20 +352,28 @@ def _export_command(args: argparse.Namespace) -> int:
 
 
 def _parse_where(items) -> dict:
+    """``--where KEY=VALUE ...`` (every ``--where`` given) as a dict; a key given twice is a
+    ValueError naming both: a cell has one value of each key, and the last one was taken
+    silently (``--where seed=0 seed=1`` plotted seed 1 and exited 0)."""
     import yaml
 
     from catapult.config.io import safe_yaml
 
-    where = {}
+    where, given = {}, {}
     for text in items:
         if "=" not in text:
             raise ValueError(f"--where expects KEY=VALUE, got {text!r}")
         key, raw = text.split("=", 1)
+        key = key.strip()
+        if key in given:
+            raise ValueError(f"--where gives {key} twice ({given[key]!r} and {text!r}); a cell has one "
+                             f"value of each key: keep one")
+        given[key] = text
         try:
             value = safe_yaml(raw)  # bounded: no alias bombs from the command line
         except yaml.YAMLError:
             value = raw
-        where[key.strip()] = value
+        where[key] = value
     return where
 
 
