@@ -496,6 +496,21 @@ def test_more_threads_than_the_machine_can_start_is_refused(tiny, tmp_path, caps
     assert "Traceback" not in err and not (tmp_path / "run").exists() and not store.exists()
 
 
+@pytest.mark.parametrize("command", ["sweep", "demo"])
+def test_more_workers_than_the_machine_can_use_is_refused(tiny, tmp_path, capsys, command):
+    # --workers 1000 on 2 cores was taken: a spawned process (torch imported) per chunk of cells
+    from catapult.cli.common import max_workers
+
+    many = max_workers() + 1
+    store, out = tmp_path / "s.db", tmp_path / "demo"
+    argv = {"sweep": ["sweep", str(tiny), "--store", str(store), "--executor", "ensemble", "--progress", "none"],
+            "demo": ["demo", "--out", str(out)]}[command]
+    assert cli.main([*argv, "--workers", str(many)]) == 2
+    err = capsys.readouterr().err.replace("--workers: ", "--workers ")
+    assert f"--workers {many} is more than this machine's" in err and f"(at most {max_workers()})" in err
+    assert "Traceback" not in err and not store.exists() and not out.exists()
+
+
 @pytest.mark.parametrize("argv, start", [
     (["export", "s.db", "--out", "notes.txt"], "catapult export: error: --out: notes.txt exists"),
     (["report", "s.db", "--out", "notes.txt"], "catapult report: error: --out: notes.txt exists"),

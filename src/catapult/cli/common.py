@@ -12,7 +12,8 @@ from catapult.files import figure_path, partial_of_ours, written_by_catapult
 from catapult.sweep.store_file import SQLITE_MAGIC
 
 __all__ = ["add_config_arguments", "config_from_args", "overrides_from_args", "apply_threads", "check_out_file",
-           "check_image_file", "figure_path", "check_study_dir", "threads_problem", "max_threads",
+           "check_image_file", "figure_path", "check_study_dir", "threads_problem", "max_threads", "workers_problem",
+           "max_workers",
            "partial_of_ours", "path_option", "store_problem"]
 
 
@@ -107,6 +108,25 @@ def threads_problem(threads: int | None) -> str | None:
         return f"must be >= 1, got {threads}"
     if threads > max_threads():
         return f"{threads} is more than this machine's {os.cpu_count()} CPUs can use (at most {max_threads()})"
+    return None
+
+
+def max_workers() -> int:
+    """The most worker processes (``sweep --workers``, ``demo --workers``) accepted: 4 per CPU of
+    this machine. Each is a process that imports torch and holds its own chunk of cells; past the
+    CPUs they only contend (``--workers 1000`` on 2 cores spawned a process per chunk)."""
+    return 4 * (os.cpu_count() or 1)
+
+
+def workers_problem(workers: int | None) -> str | None:
+    """What is wrong with a ``--workers`` value (below 1, above :func:`max_workers`), or None."""
+    if workers is None:
+        return None
+    if workers < 1:
+        return f"must be >= 1, got {workers}"
+    if workers > max_workers():
+        return (f"{workers} is more than this machine's {os.cpu_count()} CPUs can use (at most "
+                f"{max_workers()}); each worker is a process of its own")
     return None
 
 

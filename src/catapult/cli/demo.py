@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from catapult import demo
-from catapult.cli.common import check_study_dir, partial_of_ours, path_option
+from catapult.cli.common import check_study_dir, partial_of_ours, path_option, workers_problem
 from catapult.config import ConfigError
 from catapult.files import PARTIAL_PREFIX, PNG_START, is_run_record, written_by_catapult
 
@@ -30,8 +30,8 @@ def _demo_command(args) -> int:
         for path in demo.write_configs(args.write_configs):
             print(path)
         return 0
-    if args.workers is not None and args.workers < 1:
-        raise ConfigError([("--workers", f"must be >= 1, got {args.workers}")])
+    if problem := workers_problem(args.workers):
+        raise ConfigError([("--workers", problem)])
     runs = {c["name"] for c in demo.demo_configs()}  # the demo owns the directory it wrote, nothing else
     check_study_dir("demo", args.out, owned=lambda entry: _owned(entry, runs),
                     marker=lambda entry: _demo_run(entry, runs))

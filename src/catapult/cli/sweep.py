@@ -26,7 +26,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from catapult.cli.common import check_image_file, check_out_file, figure_path, store_problem, threads_problem
+from catapult.cli.common import (check_image_file, check_out_file, figure_path, store_problem, threads_problem,
+                                 workers_problem)
 from catapult.config import ConfigError
 
 __all__ = ["register", "resume_command"]
@@ -297,8 +298,8 @@ def _executor_options(args: argparse.Namespace) -> dict | str:
         if args.no_kernels:
             options["kernels"] = False
         if args.workers is not None:
-            if args.workers < 1:
-                return f"--workers must be >= 1, got {args.workers}"
+            if problem := workers_problem(args.workers):
+                return f"--workers {problem}"
             options["workers"] = args.workers
     elif args.ensemble_memory_mb is not None:
         return "--ensemble-memory-mb needs --executor ensemble"
