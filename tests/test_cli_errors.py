@@ -606,3 +606,13 @@ def test_difference_products_a_relu_model_refuses_exit_2_before_any_work(tiny, t
     err = capsys.readouterr().err
     assert code == 2 and "model.activation" in err and "ReLU kinks" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="no /proc file system here")
+def test_a_run_directory_the_file_system_refuses_is_named(tiny, capsys):
+    # /proc looks writable to root, and mkdir then failed: "[Errno 2] No such file or directory:
+    # '/proc/...'", the OS's words without saying what was being made
+    code, err = _train(capsys, tiny, "--out", "/proc/catapult-run")
+    assert code == 2 and "Errno" not in err
+    assert err.startswith("catapult train: error: ") and "/proc/catapult-run" in err
+    assert "cannot create the directory /proc/catapult-run" in err or "not writable" in err

@@ -207,6 +207,7 @@ def run_coord_check(config: Mapping[str, Any], spec: Mapping[str, Any], *, out_d
     from catapult import engine as train
     from catapult.coord_check import coord_check, plot_coord_check
     from catapult.losses import get_loss
+    from catapult.engine.loop import make_out_dir
 
     device = train.resolve_device(config["device"])
     dtype = getattr(torch, config["dtype"])
@@ -237,7 +238,7 @@ def run_coord_check(config: Mapping[str, Any], spec: Mapping[str, Any], *, out_d
                           flush=True)
     if out_dir is not None:
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        make_out_dir(out)
         table = csv_text(CSV_COLUMNS, ([row.get(column) for column in CSV_COLUMNS] for row in rows))
         write_text_whole(out / "coord_check.csv", table)
         write_text_whole(out / "config.yaml", cfg.dump_config(config) + cfg.dump_config({"coord_check": dict(spec)}))

@@ -101,7 +101,7 @@ from catapult.engine.records import (MetricsFile, metric_columns, json_safe, sum
                                      warmup_summary)
 
 __all__ = ["RunResult", "run", "train", "Processes", "evaluate", "eval_chunk_rows", "EVAL_CHUNK_ELEMENTS", "RUN_FILES", "RUN_MARKERS", "RunDirectoryError",
-           "check_out_dir", "in_run_directory"]
+           "check_out_dir", "make_out_dir", "in_run_directory"]
 
 #: The files a run writes into its directory (``--overwrite`` replaces exactly these).
 RUN_FILES = ("config.yaml", "metrics.csv", "summary.json", "trajectories.png", "model.pt")
@@ -150,6 +150,17 @@ def check_out_dir(out_dir: str | Path, overwrite: bool = False, *,
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise RunDirectoryError(f"cannot write {path}: {ancestor} is not writable")
     return path
+
+
+def make_out_dir(path: Path) -> None:
+    """Create ``path`` (and its missing parents) as :func:`check_out_dir` allowed; where the file
+    system still refuses it (``/proc/x``, which looks writable to root), a
+    :class:`RunDirectoryError` naming the path rather than the OS error alone."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RunDirectoryError(f"cannot create the directory {path}: {err.strerror or err} (the file system "
+                                f"refused it); choose another directory") from None
 
 
 #: How the run files that :func:`~catapult.files.write_whole` writes begin: a ``.partial-``
@@ -389,8 +400,8 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
 
     metrics_file = None
     if out_path is not None:
+        make_out_dir(out_path)
         writing.append(True)
-        out_path.mkdir(parents=True, exist_ok=True)
         for name in RUN_FILES:  # overwrite: nothing of the earlier run survives next to this one
             (out_path / name).unlink(missing_ok=True)
         # the records' header first, on disk at once: a run killed from here on leaves a folder
