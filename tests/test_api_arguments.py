@@ -2,9 +2,14 @@
 ``(inputs, targets)`` pair, a model that is not a module, the coordinate check's sizes and
 seeds, and a GI-Adam state saved for parameters of other shapes. Each gave an error from deep
 inside (``too many values to unpack``, ``'generator' object has no attribute 'modules'``) or
-a silent wrong run (``seeds="01"`` ran seeds 0 and 1)."""
+a silent wrong run (``seeds="01"`` ran seeds 0 and 1).
+
+The curvature functions, ``instability_threshold`` and ``attach`` (an audit of the API with
+awkward input): an optimizer holding none of the model's parameters gave a sharpness of exactly
+0; an ``lr=inf`` threshold was 0."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -79,3 +84,57 @@ def test_gi_adam_refuses_a_state_of_other_shapes_at_load():
     same = GIAdam([nn.Parameter(torch.zeros(3))], lr=0.1)
     same.load_state_dict(source.state_dict())
     assert len(same.state) == 1
+
+
+# --- curvature, thresholds and schedules: counts, optimizers and call context (api audit) -------
+
+def _adam_after_a_step(model):
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    MSE(model(X), Y).backward()
+    opt.step()
+    opt.zero_grad()
+    return opt
+
+
+@pytest.mark.parametrize("call", [
+    lambda m, other: catapult.preconditioned_sharpness(m, MSE, (X, Y), _adam_after_a_step(other)),
+    lambda m, other: catapult.top_eigenpairs(m, MSE, (X, Y), 2, optimizer=_sgd(other)),
+    lambda m, other: catapult.hessian_trace(m, MSE, (X, Y), optimizer=_adam_after_a_step(other)),
+    lambda m, other: catapult.spectral_density(m, MSE, (X, Y), optimizer=_sgd(other), runs=1, steps=3),
+], ids=["preconditioned_sharpness", "top_eigenpairs", "hessian_trace", "spectral_density"])
+def test_an_optimizer_holding_none_of_the_models_parameters_is_refused(call):
+    # every parameter it does not hold gets P^-1 = 0: the answer was exactly 0, with no error
+    model, other = nn.Linear(3, 2), nn.Linear(3, 2)
+    with pytest.raises(ValueError, match="the optimizer holds none of the model's trainable parameters"):
+        call(model, other)
+    # one parameter held is enough: the other gets P^-1 = 0, as documented
+    opt = torch.optim.SGD([model.weight], lr=0.1)
+    assert catapult.top_eigenpairs(model, MSE, (X, Y), 1, optimizer=opt).values[0] > 0
+
+
+@pytest.mark.parametrize("call", [
+    lambda m: catapult.top_eigenpairs(m, MSE, (X, Y), 1, scale_by_group_lr=True),
+    lambda m: catapult.hessian_trace(m, MSE, (X, Y), scale_by_group_lr=True),
+    lambda m: catapult.spectral_density(m, MSE, (X, Y), scale_by_group_lr=True),
+])
+def test_scale_by_group_lr_without_an_optimizer_is_refused(call):
+    # it was ignored: the plain Hessian's spectrum came back as if lr-scaled
+    with pytest.raises(ValueError, match="scale_by_group_lr=True scales by the optimizer's per-group lrs: pass optimizer="):
+        call(nn.Linear(3, 2))
+
+
+@pytest.mark.parametrize("lr", [float("inf"), float("nan"), -0.1, 0.0, "0.1", True])
+def test_instability_threshold_refuses_an_lr_that_is_not_a_finite_positive_number(lr):
+    # inf gave a threshold of 0.0, "0.1" gave 20.0 and True gave 2.0
+    opt = _sgd(nn.Linear(3, 2))
+    with pytest.raises(ValueError, match=r"instability_threshold: lr must be a finite number > 0, got "):
+        catapult.instability_threshold(opt, lr=lr)
+    assert catapult.instability_threshold(opt, lr=np.float32(0.5)) == 4.0
+
+
+def test_attach_refuses_an_optimizer_without_param_groups():
+    # the scheduler was made, and stepped nothing
+    opt = _sgd(nn.Linear(3, 2))
+    opt.param_groups.clear()
+    with pytest.raises(ValueError, match="attach: the optimizer has no param groups"):
+        catapult.schedules.attach(opt, catapult.schedules.warmup(1.0, 10))

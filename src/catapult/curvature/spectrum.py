@@ -46,6 +46,8 @@ def curvature_operator(model, loss_fn, batch, *, curvature: str = "hessian", opt
         >>> curvature_operator(model, torch.nn.MSELoss(), batch, curvature="ggn")(torch.ones(2))
         tensor([4., 1.])
     """
+    if scale_by_group_lr and optimizer is None:  # it was ignored: the plain operator came back
+        raise ValueError("scale_by_group_lr=True scales by the optimizer's per-group lrs: pass optimizer=")
     op = build_operator(model, loss_fn, batch, curvature=curvature, dtype=dtype, hvp=hvp,
                         seed=seed, chunk_size=chunk_size, distributed=distributed,
                         sharded_vectors=sharded_vectors)
