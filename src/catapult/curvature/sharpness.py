@@ -24,11 +24,12 @@ from catapult.curvature.hessian import HessianOperator, resolve_dtype
 from catapult.optim import registry, rules
 from catapult.curvature.lanczos import EigenEstimate, lanczos_top_eigenpair
 from catapult.curvature.microbatch import ChosenChunkSize
-from catapult.curvature.start import check_solver_args, initial_vector, solver_split
+from catapult.curvature.start import (check_solver_args, initial_vector, outside_inference_mode,
+                                      solver_split)
 
 __all__ = ["sharpness", "preconditioned_sharpness", "instability_threshold", "MEMORY_SETTINGS",
-           "build_operator", "adam_preconditioner", "PreconditionedOperator", "memory_setting",
-           "check_curvature"]
+           "build_operator", "adam_preconditioner", "check_optimizer_holds", "PreconditionedOperator",
+           "memory_setting", "check_curvature"]
 
 #: Named memory settings: ``"fast"`` (default: the whole batch in one graph, up to 32 Krylov
 #: vectors, allocated as the solve grows: a clustered top spectrum, the project's GPT on BPE text,
@@ -159,6 +160,7 @@ def check_curvature(curvature) -> None:
         raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
 
 
+@outside_inference_mode
 def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_iter: int = 100,
               dtype=None, init: torch.Tensor | None = None, hvp: str = "auto", seed: int = 0,
               max_basis: int | None = None, chunk_size: int | None = None, memory: str = "fast",
@@ -257,7 +259,7 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
         >>> round(est.value, 3), est.converged, est.vector.abs().round(decimals=3)
         (4.0, True, tensor([1., 0.]))
     """
-    check_solver_args(tol, max_iter)
+    tol, max_iter, max_basis = check_solver_args(tol, max_iter, max_basis)
     check_curvature(curvature)
     if curvature == "ggn" and coarse not in (None, "auto"):
         raise ValueError("coarse levels are Hessian solves: use coarse=None (or 'auto') with "
@@ -516,6 +518,7 @@ class PreconditionedOperator:
         return out
 
 
+@outside_inference_mode
 def preconditioned_sharpness(model: torch.nn.Module, loss_fn, batch,
                              optimizer: torch.optim.Optimizer, *, tol: float = 1e-3,
                              max_iter: int = 100, dtype=None, init: torch.Tensor | None = None,
@@ -568,7 +571,7 @@ def preconditioned_sharpness(model: torch.nn.Module, loss_fn, batch,
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     _preconditioned_spec(optimizer)
-    check_solver_args(tol, max_iter)
+    tol, max_iter, max_basis = check_solver_args(tol, max_iter, max_basis)
     check_curvature(curvature)
     basis_free = memory == "lean" and max_basis is None  # as in sharpness
     chunk_size, max_basis = memory_setting(memory, batch, chunk_size, max_basis, model, loss_fn,
