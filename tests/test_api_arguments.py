@@ -2,9 +2,18 @@
 ``(inputs, targets)`` pair, a model that is not a module, the coordinate check's sizes and
 seeds, and a GI-Adam state saved for parameters of other shapes. Each gave an error from deep
 inside (``too many values to unpack``, ``'generator' object has no attribute 'modules'``) or
-a silent wrong run (``seeds="01"`` ran seeds 0 and 1)."""
+a silent wrong run (``seeds="01"`` ran seeds 0 and 1).
+
+The curvature functions, ``instability_threshold`` and ``attach`` (an audit of the API with
+awkward input): an optimizer holding none of the model's parameters gave a sharpness of exactly
+0; NumPy integers were refused as counts; ``max_basis``, ``coarse``, ``sigma`` and ``init`` of
+the wrong kind failed inside or were taken; an ``lr=inf`` threshold was 0; the functions failed
+inside ``torch.inference_mode()`` with a wrong diagnosis."""
 from __future__ import annotations
 
+import tracemalloc
+
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -79,3 +88,133 @@ def test_gi_adam_refuses_a_state_of_other_shapes_at_load():
     same = GIAdam([nn.Parameter(torch.zeros(3))], lr=0.1)
     same.load_state_dict(source.state_dict())
     assert len(same.state) == 1
+
+
+# --- curvature, thresholds and schedules: counts, optimizers and call context (api audit) -------
+
+def _adam_after_a_step(model):
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    MSE(model(X), Y).backward()
+    opt.step()
+    opt.zero_grad()
+    return opt
+
+
+@pytest.mark.parametrize("call", [
+    lambda m, other: catapult.preconditioned_sharpness(m, MSE, (X, Y), _adam_after_a_step(other)),
+    lambda m, other: catapult.top_eigenpairs(m, MSE, (X, Y), 2, optimizer=_sgd(other)),
+    lambda m, other: catapult.hessian_trace(m, MSE, (X, Y), optimizer=_adam_after_a_step(other)),
+    lambda m, other: catapult.spectral_density(m, MSE, (X, Y), optimizer=_sgd(other), runs=1, steps=3),
+], ids=["preconditioned_sharpness", "top_eigenpairs", "hessian_trace", "spectral_density"])
+def test_an_optimizer_holding_none_of_the_models_parameters_is_refused(call):
+    # every parameter it does not hold gets P^-1 = 0: the answer was exactly 0, with no error
+    model, other = nn.Linear(3, 2), nn.Linear(3, 2)
+    with pytest.raises(ValueError, match="the optimizer holds none of the model's trainable parameters"):
+        call(model, other)
+    # one parameter held is enough: the other gets P^-1 = 0, as documented
+    opt = torch.optim.SGD([model.weight], lr=0.1)
+    assert catapult.top_eigenpairs(model, MSE, (X, Y), 1, optimizer=opt).values[0] > 0
+
+
+@pytest.mark.parametrize("call", [
+    lambda m: catapult.top_eigenpairs(m, MSE, (X, Y), 1, scale_by_group_lr=True),
+    lambda m: catapult.hessian_trace(m, MSE, (X, Y), scale_by_group_lr=True),
+    lambda m: catapult.spectral_density(m, MSE, (X, Y), scale_by_group_lr=True),
+])
+def test_scale_by_group_lr_without_an_optimizer_is_refused(call):
+    # it was ignored: the plain Hessian's spectrum came back as if lr-scaled
+    with pytest.raises(ValueError, match="scale_by_group_lr=True scales by the optimizer's per-group lrs: pass optimizer="):
+        call(nn.Linear(3, 2))
+
+
+@pytest.mark.parametrize("lr", [float("inf"), float("nan"), -0.1, 0.0, "0.1", True])
+def test_instability_threshold_refuses_an_lr_that_is_not_a_finite_positive_number(lr):
+    # inf gave a threshold of 0.0, "0.1" gave 20.0 and True gave 2.0
+    opt = _sgd(nn.Linear(3, 2))
+    with pytest.raises(ValueError, match=r"instability_threshold: lr must be a finite number > 0, got "):
+        catapult.instability_threshold(opt, lr=lr)
+    assert catapult.instability_threshold(opt, lr=np.float32(0.5)) == 4.0
+
+
+def test_numpy_integers_are_counts_like_python_integers():
+    # each was refused as "<count> must be an integer ..., got np.int64(...)"
+    def same(call, **counts):
+        torch.manual_seed(0)
+        model = nn.Linear(3, 2)
+        plain = call(model, **{key: int(value) if isinstance(value, np.integer) else float(value)
+                               for key, value in counts.items()})
+        assert call(model, **counts) == plain
+
+    i = np.int64
+    same(lambda m, **kw: catapult.sharpness(m, MSE, (X, Y), **kw).value, max_iter=i(50), max_basis=i(4),
+         chunk_size=i(3))
+    same(lambda m, **kw: catapult.sharpness(m, MSE, (X, Y), coarse=[(i(2), 1e-2)], **kw).value, tol=np.float32(1e-3))
+    same(lambda m, **kw: catapult.top_eigenpairs(m, MSE, (X, Y), **kw).values, k=i(2), block_size=np.int32(2))
+    same(lambda m, **kw: catapult.hessian_trace(m, MSE, (X, Y), **kw), matvecs=i(6))
+    same(lambda m, **kw: catapult.spectral_density(m, MSE, (X, Y), **kw).density.tolist(), runs=i(2), steps=i(3),
+         grid_points=i(50), sigma=np.float32(0.25))
+
+
+@pytest.mark.parametrize("call, words", [
+    (lambda m: catapult.sharpness(m, MSE, (X, Y), max_basis="5"), r"max_basis must be None or an integer >= 2, got '5'"),
+    (lambda m: catapult.sharpness(m, MSE, (X, Y), max_basis=2.5), "max_basis must be None or an integer >= 2, got 2.5"),
+    (lambda m: catapult.sharpness(m, MSE, (X, Y), memory="lean", max_basis=True), "got True"),
+    (lambda m: catapult.top_eigenpairs(m, MSE, (X, Y), 1, max_basis=4.5), "max_basis must be None or an integer >= 2"),
+    (lambda m: catapult.spectral_density(m, MSE, (X, Y), max_basis="all"), "max_basis must be None or an integer >= 2"),
+    (lambda m: catapult.spectral_density(m, MSE, (X, Y), sigma=True), "sigma must be None or a finite number > 0, got True"),
+    (lambda m: catapult.sharpness(m, MSE, (X, Y), coarse=2), r"coarse must be 'auto', None or \(divisor, tol\) pairs, got 2"),
+    (lambda m: catapult.sharpness(m, MSE, (X, Y), init=torch.ones(8, dtype=torch.complex64)),
+     "init must be a real tensor .*, got dtype torch.complex64"),
+    (lambda m: catapult.top_eigenpairs(m, MSE, (X, Y), 1, init=torch.ones(8, dtype=torch.bool)),
+     "init must be a real tensor .*, got dtype torch.bool"),
+])
+def test_solver_arguments_of_the_wrong_kind_are_named(call, words):
+    # max_basis="5" and coarse=2 failed inside ("'<' not supported", "'int' object is not
+    # iterable"); max_basis=2.5, sigma=True and a complex init (its imaginary part dropped) were taken
+    with pytest.raises((TypeError, ValueError), match=words):
+        call(nn.Linear(3, 2))
+
+
+def test_a_density_of_more_steps_than_dimensions_costs_no_memory_for_its_padding():
+    # the padded zero-weight nodes made a grid x runs x steps matrix: steps=10**6 on this model
+    # asked numpy for 60 GiB (MemoryError); here 320 MB for nothing
+    model = nn.Linear(3, 2)
+    tracemalloc.start()
+    try:
+        dens = catapult.spectral_density(model, MSE, (X, Y), runs=2, steps=20_000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert dens.nodes.shape == (2, 20_000) and peak < 50e6
+    small = catapult.spectral_density(model, MSE, (X, Y), runs=2, steps=8)  # the same quadrature
+    np.testing.assert_allclose(dens.density, small.density, rtol=1e-6)
+
+
+@pytest.mark.parametrize("call", [
+    lambda m, opt: catapult.sharpness(m, MSE, (X, Y)).value,
+    lambda m, opt: catapult.preconditioned_sharpness(m, MSE, (X, Y), opt).value,
+    lambda m, opt: catapult.top_eigenpairs(m, MSE, (X, Y), 2).values,
+    lambda m, opt: catapult.hessian_trace(m, MSE, (X, Y), matvecs=6),
+    lambda m, opt: catapult.spectral_density(m, MSE, (X, Y), runs=1, steps=3).density.tolist(),
+    lambda m, opt: catapult.critical_lr(m, MSE, (X, Y), opt).lr,
+], ids=["sharpness", "preconditioned_sharpness", "top_eigenpairs", "hessian_trace", "spectral_density",
+        "critical_lr"])
+def test_inside_inference_mode_the_answer_is_the_one_outside(call):
+    # autograd records nothing in inference mode: "the loss does not depend on any trainable
+    # parameter" (a wrong diagnosis); under torch.no_grad() they already worked
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    opt = _adam_after_a_step(model)
+    outside = call(model, opt)
+    with torch.inference_mode():
+        inside = call(model, opt)
+        assert torch.is_inference_mode_enabled()
+    assert inside == outside
+
+
+def test_attach_refuses_an_optimizer_without_param_groups():
+    # the scheduler was made, and stepped nothing
+    opt = _sgd(nn.Linear(3, 2))
+    opt.param_groups.clear()
+    with pytest.raises(ValueError, match="attach: the optimizer has no param groups"):
+        catapult.schedules.attach(opt, catapult.schedules.warmup(1.0, 10))

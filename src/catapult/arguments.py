@@ -11,7 +11,8 @@ import math
 import numbers
 from typing import Any
 
-__all__ = ["check_real", "check_batch", "check_module", "check_positive_int", "check_densities"]
+__all__ = ["check_real", "check_batch", "check_module", "check_positive_int", "check_densities", "as_integer",
+           "as_real"]
 
 
 def check_real(owner: str, label: str, value: Any, *, low: float | None = None, high: float | None = None,
@@ -40,6 +41,31 @@ def check_real(owner: str, label: str, value: Any, *, low: float | None = None, 
             where = f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
         raise ValueError(f"{owner} {label} must be a finite number{where}; got {value!r}")
     return float(value)
+
+
+def as_integer(value: Any) -> int | None:
+    """``value`` as an int when it is an integer: a Python or NumPy integer, or a 0-d integer
+    tensor; None for anything else (a bool, ``2.0``, a string). The solvers' counts (``k``,
+    ``max_iter``, ``steps``, ...) take it, so ``k=np.int64(3)`` is the integer it is (it was
+    refused as "k must be an integer, got np.int64(3)").
+
+    >>> as_integer(3), as_integer(2.0), as_integer(True), as_integer("3")
+    (3, None, None, None)
+    """
+    value = _scalar(value)
+    return int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else None
+
+
+def as_real(value: Any) -> float | None:
+    """``value`` as a float when it is a finite real number (Python, NumPy, a 0-d tensor; not a
+    bool, not a string), else None.
+
+    >>> as_real(0.5), as_real(2), as_real(float("nan")), as_real(True), as_real("0.1")
+    (0.5, 2.0, None, None, None)
+    """
+    value = _scalar(value)
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None
 
 
 def _scalar(value: Any) -> Any:

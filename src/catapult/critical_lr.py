@@ -33,6 +33,7 @@ from torch import Tensor
 
 from catapult.curvature import distributed as dist_ops
 from catapult.curvature.sharded import ShardedHessianOperator, is_sharded, reshard
+from catapult.curvature.start import outside_inference_mode
 from catapult.arguments import check_batch, check_module
 from catapult.optim import registry, rules
 from catapult.parametrize import group_lr_mult
@@ -314,6 +315,7 @@ def _check_finite_start(loss0: float) -> None:
                                  "a critical learning rate needs a finite starting loss")
 
 
+@outside_inference_mode
 def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
                 optimizer: torch.optim.Optimizer, *, lr_start: float = 1e-4,
                 lr_max: float | None = None, delta: float = 0.1, rtol: float | None = None,

@@ -26,6 +26,7 @@ import math
 
 import torch
 
+from catapult.arguments import as_integer, as_real
 from catapult.curvature.hessian import HessianOperator
 from catapult.curvature.lanczos import lanczos_top_eigenpair
 
@@ -95,26 +96,29 @@ def coarse_levels(batch, coarse, tol: float | None = None) -> list[tuple[int | s
             raise ValueError(f"coarse must be 'auto', None or (divisor, tol) pairs, got {coarse!r}")
         coarse = COARSE_LEVELS if n is not None and n >= COARSE_MIN_SAMPLES else SMALL_BATCH_LEVELS
         coarse = [(divisor, max(level_tol, tol or 0.0)) for divisor, level_tol in coarse]
-    if (isinstance(coarse, tuple) and len(coarse) == 2 and isinstance(coarse[0], (int, str))
-            and isinstance(coarse[1], (int, float))):
+    if not isinstance(coarse, (tuple, list)):  # coarse=2 failed inside: "'int' object is not iterable"
+        raise ValueError(f"coarse must be 'auto', None or (divisor, tol) pairs, got {coarse!r}")
+    if (isinstance(coarse, tuple) and len(coarse) == 2 and as_real(coarse[1]) is not None
+            and (isinstance(coarse[0], str) or as_integer(coarse[0]) is not None)):
         coarse = [coarse]  # one level given as a bare pair
     levels: list[tuple[int | str, float]] = []
     for level in coarse:
         if not (isinstance(level, (tuple, list)) and len(level) == 2):
             raise ValueError(f"coarse levels must be (divisor, tol) pairs, got {level!r}")
-        divisor, tol = level
-        if not (isinstance(tol, (int, float)) and tol > 0):
-            raise ValueError(f"coarse levels need a tol > 0, got {(divisor, tol)!r}")
-        if divisor == FINITE_DIFFERENCE:
-            levels.append((FINITE_DIFFERENCE, float(tol)))
+        divisor, level_tol = level
+        real_tol, count = as_real(level_tol), as_integer(divisor)
+        if real_tol is None or not real_tol > 0:
+            raise ValueError(f"coarse levels need a tol > 0, got {(divisor, level_tol)!r}")
+        if isinstance(divisor, str) and divisor == FINITE_DIFFERENCE:
+            levels.append((FINITE_DIFFERENCE, real_tol))
             continue
-        if not (isinstance(divisor, int) and not isinstance(divisor, bool) and divisor >= 2):
+        if count is None or count < 2:
             raise ValueError(f"coarse levels must be (divisor >= 2, tol > 0) or "
-                             f"('{FINITE_DIFFERENCE}', tol) pairs, got {(divisor, tol)!r}")
+                             f"('{FINITE_DIFFERENCE}', tol) pairs, got {(divisor, level_tol)!r}")
         if n is None:
             raise ValueError("coarse sub-batch levels need the batch's inputs and targets to be "
                              "tensors with a common sample dimension (dim 0)")
-        levels.append((max(1, n // divisor), float(tol)))
+        levels.append((max(1, n // count), real_tol))
     return levels
 
 

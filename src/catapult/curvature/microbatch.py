@@ -11,6 +11,8 @@ import math
 
 import torch
 
+from catapult.arguments import as_integer
+
 __all__ = ["ChosenChunkSize", "batch_coupling", "refuse_dropout", "reduction_kind", "split_batch"]
 
 
@@ -140,8 +142,10 @@ def split_batch(model: torch.nn.Module, loss_at, params: dict, inputs, targets,
     whole = [(inputs, targets, 1.0)]
     if chunk_size is None:
         return whole, float("nan")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+    size = as_integer(chunk_size)  # a NumPy integer too (it was refused as "must be an integer")
+    if size is None or size < 1:
         raise ValueError(f"chunk_size must be None or an integer >= 1, got {chunk_size!r}")
+    chunk_size = chunk_size if isinstance(chunk_size, int) else size  # ChosenChunkSize stays itself
     x, y = inputs, targets
     if not (torch.is_tensor(x) and torch.is_tensor(y) and x.dim() >= 1 and y.dim() >= 1):
         raise ValueError("chunk_size needs the batch's inputs and targets to be tensors with a "

@@ -15,6 +15,7 @@ import math
 
 import torch
 
+from catapult.arguments import as_real
 from catapult.curvature import distributed as dist_ops
 from catapult.curvature import lean, sharded
 from catapult.curvature.coarse import coarse_levels, coarse_start_vector
@@ -23,11 +24,12 @@ from catapult.curvature.hessian import HessianOperator, resolve_dtype
 from catapult.optim import registry, rules
 from catapult.curvature.lanczos import EigenEstimate, lanczos_top_eigenpair
 from catapult.curvature.microbatch import ChosenChunkSize
-from catapult.curvature.start import check_solver_args, initial_vector, solver_split
+from catapult.curvature.start import (check_solver_args, initial_vector, outside_inference_mode,
+                                      solver_split)
 
 __all__ = ["sharpness", "preconditioned_sharpness", "instability_threshold", "MEMORY_SETTINGS",
-           "build_operator", "adam_preconditioner", "PreconditionedOperator", "memory_setting",
-           "check_curvature"]
+           "build_operator", "adam_preconditioner", "check_optimizer_holds", "PreconditionedOperator",
+           "memory_setting", "check_curvature"]
 
 #: Named memory settings: ``"fast"`` (default: the whole batch in one graph, up to 32 Krylov
 #: vectors, allocated as the solve grows: a clustered top spectrum, the project's GPT on BPE text,
@@ -158,6 +160,7 @@ def check_curvature(curvature) -> None:
         raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
 
 
+@outside_inference_mode
 def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_iter: int = 100,
               dtype=None, init: torch.Tensor | None = None, hvp: str = "auto", seed: int = 0,
               max_basis: int | None = None, chunk_size: int | None = None, memory: str = "fast",
@@ -256,7 +259,7 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
         >>> round(est.value, 3), est.converged, est.vector.abs().round(decimals=3)
         (4.0, True, tensor([1., 0.]))
     """
-    check_solver_args(tol, max_iter)
+    tol, max_iter, max_basis = check_solver_args(tol, max_iter, max_basis)
     check_curvature(curvature)
     if curvature == "ggn" and coarse not in (None, "auto"):
         raise ValueError("coarse levels are Hessian solves: use coarse=None (or 'auto') with "
@@ -333,7 +336,7 @@ def instability_threshold(optimizer: torch.optim.Optimizer, lr: float | None = N
 
     Raises:
         TypeError: for an optimizer of another kind (the message names it).
-        ValueError: for a non-positive lr.
+        ValueError: for an lr that is not a finite number > 0.
 
     Example:
         >>> import torch
@@ -350,9 +353,10 @@ def instability_threshold(optimizer: torch.optim.Optimizer, lr: float | None = N
     if not optimizer.param_groups:
         raise ValueError("optimizer has no param groups")
     group = optimizer.param_groups[0]
-    lr = float(group["lr"] if lr is None else lr)
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0 for an instability threshold, got {lr}")
+    given = group["lr"] if lr is None else lr
+    lr = as_real(given)  # lr=inf gave 0.0, lr="0.1" 20.0 and lr=True 2.0
+    if lr is None or not lr > 0:
+        raise ValueError(f"instability_threshold: lr must be a finite number > 0, got {given!r}")
     if isinstance(optimizer, torch.optim.NAdam):
         raise TypeError("instability_threshold: torch.optim.NAdam is not supported: its Nesterov "
                         "momentum mu_t changes with the step, so Adam's (2 + 2 b1) / ((1 - b1) lr) "
@@ -422,6 +426,25 @@ def _adam_preconditioner(optimizer, grad_flat: torch.Tensor, names, params,
     return torch.cat(pieces), (torch.cat(l2_pieces) if has_l2 else None)
 
 
+def check_optimizer_holds(optimizer, params) -> None:
+    """A ValueError unless ``optimizer`` holds at least one of ``params`` (the model's trainable
+    parameters). A parameter it does not hold gets ``P^-1 = 0`` (its step does not move it), so
+    the optimizer of another model, or of the model before a ``copy.deepcopy``, made the whole
+    operator 0: a sharpness, spectrum and trace of exactly 0, with no error.
+
+    >>> w = torch.nn.Parameter(torch.zeros(2))
+    >>> check_optimizer_holds(torch.optim.SGD([w], lr=0.1), [torch.nn.Parameter(torch.zeros(2))])
+    Traceback (most recent call last):
+    ...
+    ValueError: the optimizer holds none of the model's trainable parameters (is it the optimizer of another model, or of a copy?): its step moves none of them, so the pre-conditioned operator would be 0
+    """
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    if not any(id(p) in held for p in params):
+        raise ValueError("the optimizer holds none of the model's trainable parameters (is it the optimizer "
+                         "of another model, or of a copy?): its step moves none of them, so the "
+                         "pre-conditioned operator would be 0")
+
+
 def adam_preconditioner(model, optimizer, op, scale_by_group_lr: bool = False):
     """``(d, l2)``: the flat ``P^-1/2`` of the optimizer's next step and the coupled-L2 rows
     ``P^-1 wd`` (or None) at ``op``'s gradient (see :func:`preconditioned_sharpness`).
@@ -436,6 +459,7 @@ def adam_preconditioner(model, optimizer, op, scale_by_group_lr: bool = False):
         (tensor([ 5., 10.]), None)
     """
     params = [p for p in model.parameters() if p.requires_grad]
+    check_optimizer_holds(optimizer, params)
     with torch.no_grad():
         return _adam_preconditioner(optimizer, op.gradient(), op.names, params, scale_by_group_lr,
                                     part=getattr(op, "part", sharded.full_tensor))
@@ -463,6 +487,7 @@ def step_preconditioner(model, optimizer, op, scale_by_group_lr: bool = False):
     from catapult.optim.thresholds import group_lr_multipliers
 
     params = [p for p in model.parameters() if p.requires_grad]
+    check_optimizer_holds(optimizer, params)
     m = group_lr_multipliers(optimizer, params)
     if not scale_by_group_lr:
         m = (m > 0).to(m.dtype)
@@ -493,6 +518,7 @@ class PreconditionedOperator:
         return out
 
 
+@outside_inference_mode
 def preconditioned_sharpness(model: torch.nn.Module, loss_fn, batch,
                              optimizer: torch.optim.Optimizer, *, tol: float = 1e-3,
                              max_iter: int = 100, dtype=None, init: torch.Tensor | None = None,
@@ -545,7 +571,7 @@ def preconditioned_sharpness(model: torch.nn.Module, loss_fn, batch,
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     _preconditioned_spec(optimizer)
-    check_solver_args(tol, max_iter)
+    tol, max_iter, max_basis = check_solver_args(tol, max_iter, max_basis)
     check_curvature(curvature)
     basis_free = memory == "lean" and max_basis is None  # as in sharpness
     chunk_size, max_basis = memory_setting(memory, batch, chunk_size, max_basis, model, loss_fn,

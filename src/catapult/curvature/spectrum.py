@@ -16,16 +16,18 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from catapult.arguments import as_integer, as_real
 from catapult.curvature import distributed as dist_ops
 from catapult.curvature.ggn import CURVATURES, GaussNewtonOperator
 from catapult.curvature.top_k import Eigenpairs, check_block_size, check_k, lanczos_top_k
 from catapult.curvature.sharpness import (PreconditionedOperator, build_operator, memory_setting,
                                           step_preconditioner)
 from catapult.curvature.krylov import inner_product, vector_norm
-from catapult.curvature.start import check_solver_args, initial_vector, solver_split, split_operator
+from catapult.curvature.start import (check_max_basis, check_solver_args, initial_vector,
+                                      outside_inference_mode, solver_split, split_operator)
 
 __all__ = ["CURVATURES", "GaussNewtonOperator", "Eigenpairs", "SpectralDensity",
-           "curvature_operator", "lanczos_top_k", "top_eigenpairs", "hutch_plus_plus",
+           "curvature_operator", "lanczos_top_k", "top_eigenpairs", "check_matvecs", "hutch_plus_plus",
            "hessian_trace", "lanczos_quadrature", "spectral_density"]
 
 def curvature_operator(model, loss_fn, batch, *, curvature: str = "hessian", optimizer=None,
@@ -46,6 +48,8 @@ def curvature_operator(model, loss_fn, batch, *, curvature: str = "hessian", opt
         >>> curvature_operator(model, torch.nn.MSELoss(), batch, curvature="ggn")(torch.ones(2))
         tensor([4., 1.])
     """
+    if scale_by_group_lr and optimizer is None:  # it was ignored: the plain operator came back
+        raise ValueError("scale_by_group_lr=True scales by the optimizer's per-group lrs: pass optimizer=")
     op = build_operator(model, loss_fn, batch, curvature=curvature, dtype=dtype, hvp=hvp,
                         seed=seed, chunk_size=chunk_size, distributed=distributed,
                         sharded_vectors=sharded_vectors)
@@ -60,6 +64,7 @@ def curvature_operator(model, loss_fn, batch, *, curvature: str = "hessian", opt
 # --------------------------------------------------------------------------------------------
 
 
+@outside_inference_mode
 def top_eigenpairs(model, loss_fn, batch, k: int = 5, *, tol: float = 1e-3, init=None,
                    max_iter: int = 300, curvature: str = "hessian", optimizer=None, dtype=None,
                    hvp: str = "auto", seed: int = 0, max_basis: int | None = None,
@@ -91,12 +96,12 @@ def top_eigenpairs(model, loss_fn, batch, k: int = 5, *, tol: float = 1e-3, init
         >>> [round(v, 4) for v in eig.values]
         [4.0, 1.0]
     """
-    check_solver_args(tol, max_iter)
+    tol, max_iter, max_basis = check_solver_args(tol, max_iter, max_basis)
     # k and the block first, before the operator's graph is built (k, then the block it bounds)
     trainable = (sum(p.numel() for p in model.parameters() if p.requires_grad)
                  if isinstance(model, torch.nn.Module) else 0)
-    check_k(k, trainable or None)  # no parameters at all: the operator says so
-    check_block_size(block_size, k)
+    k = check_k(k, trainable or None)  # no parameters at all: the operator says so
+    block_size = check_block_size(block_size, k)
     chunk_size, basis = memory_setting(memory, batch, chunk_size, max_basis, model, loss_fn, seed, distributed)
     op = curvature_operator(model, loss_fn, batch, curvature=curvature, optimizer=optimizer,
                             dtype=dtype, hvp=hvp, seed=seed, chunk_size=chunk_size,
@@ -140,6 +145,20 @@ def _orthonormal_rows(rows: torch.Tensor, reduce=None) -> torch.Tensor:
     return rows
 
 
+def check_matvecs(matvecs) -> int:
+    """``matvecs`` as an int; a ValueError unless it is an integer >= 3 (Hutch++'s least).
+
+    >>> check_matvecs(3), check_matvecs(2.5)
+    Traceback (most recent call last):
+    ...
+    ValueError: matvecs must be an integer >= 3, got 2.5
+    """
+    count = as_integer(matvecs)
+    if count is None or count < 3:
+        raise ValueError(f"matvecs must be an integer >= 3, got {matvecs!r}")
+    return count
+
+
 def hutch_plus_plus(matvec, n: int | None, matvecs: int, *, dtype=torch.float64, device="cpu",
                     seed: int = 0, split=None) -> float:
     """Hutch++ estimate of ``tr(A)`` from ``matvecs`` products (Meyer, Musco, Musco & Woodruff
@@ -166,8 +185,7 @@ def hutch_plus_plus(matvec, n: int | None, matvecs: int, *, dtype=torch.float64,
         >>> round(hutch_plus_plus(lambda v: A @ v, 3, 9), 6)
         6.0
     """
-    if not (isinstance(matvecs, int) and matvecs >= 3):
-        raise ValueError(f"matvecs must be an integer >= 3, got {matvecs!r}")
+    matvecs = check_matvecs(matvecs)
     if split is not None and n is None:
         n = split.dimension
     if split is not None and n != split.dimension:
@@ -207,6 +225,7 @@ def hutch_plus_plus(matvec, n: int | None, matvecs: int, *, dtype=torch.float64,
     return exact + rest / g_cols
 
 
+@outside_inference_mode
 def hessian_trace(model, loss_fn, batch, *, matvecs: int = 100, curvature: str = "hessian",
                   optimizer=None, dtype=None, hvp: str = "auto", seed: int = 0,
                   chunk_size: int | None = None, distributed: bool = False,
@@ -221,6 +240,7 @@ def hessian_trace(model, loss_fn, batch, *, matvecs: int = 100, curvature: str =
         >>> round(hessian_trace(model, torch.nn.MSELoss(), batch, matvecs=6), 4)
         5.0
     """
+    matvecs = check_matvecs(matvecs)  # before the operator (and an optimizer's gradient) is built
     op = curvature_operator(model, loss_fn, batch, curvature=curvature, optimizer=optimizer,
                             dtype=dtype, hvp=hvp, seed=seed, chunk_size=chunk_size,
                             distributed=distributed, scale_by_group_lr=scale_by_group_lr,
@@ -280,8 +300,7 @@ def lanczos_quadrature(matvec, v: torch.Tensor, steps: int, max_basis: int | Non
     """
     n = v.numel()
     steps = min(int(steps), n if dimension is None else dimension)
-    if max_basis is not None and not (isinstance(max_basis, int) and max_basis >= 2):
-        raise ValueError(f"max_basis must be None or an integer >= 2, got {max_basis!r}")
+    max_basis = check_max_basis(max_basis)
     kept = steps if max_basis is None else min(max_basis, steps)
     Q = v.new_zeros((kept, n))  # ring: q_j lives in row j % kept
     Q[0] = v / vector_norm(v, reduce)
@@ -311,6 +330,7 @@ def lanczos_quadrature(matvec, v: torch.Tensor, steps: int, max_basis: int | Non
     return nodes, vecs[0] ** 2
 
 
+@outside_inference_mode
 def spectral_density(model, loss_fn, batch, *, runs: int = 8, steps: int = 40,
                      curvature: str = "hessian", optimizer=None, grid_points: int = 1000,
                      sigma: float | None = None, dtype=None, hvp: str = "auto", seed: int = 0,
@@ -348,12 +368,16 @@ def spectral_density(model, loss_fn, batch, *, runs: int = 8, steps: int = 40,
         >>> sorted(set(dens.nodes.round(4).ravel().tolist())), round(float(dens.weights.sum()) / 4, 6)
         ([1.0, 4.0], 1.0)
     """
-    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in (runs, steps)):
+    counts = as_integer(runs), as_integer(steps), as_integer(grid_points)
+    if not all(n is not None and n >= 1 for n in counts[:2]):
         raise ValueError(f"runs and steps must be integers >= 1, got {runs!r}, {steps!r}")
-    if not (isinstance(grid_points, int) and grid_points >= 2):
+    if counts[2] is None or counts[2] < 2:
         raise ValueError(f"grid_points must be an integer >= 2, got {grid_points!r}")
-    if sigma is not None and not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
+    width = None if sigma is None else as_real(sigma)
+    if sigma is not None and (width is None or not width > 0):
         raise ValueError(f"sigma must be None or a finite number > 0, got {sigma!r}")
+    (runs, steps, grid_points), sigma = counts, width
+    max_basis = check_max_basis(max_basis)
     op = curvature_operator(model, loss_fn, batch, curvature=curvature, optimizer=optimizer,
                             dtype=dtype, hvp=hvp, seed=seed, chunk_size=chunk_size,
                             distributed=distributed, scale_by_group_lr=scale_by_group_lr,
@@ -372,6 +396,9 @@ def spectral_density(model, loss_fn, batch, *, runs: int = 8, steps: int = 40,
     if sigma is None:
         sigma = max(0.01 * (hi - lo), 1e-12 * max(abs(lo), abs(hi), 1.0))
     grid = np.linspace(lo - 3 * sigma, hi + 3 * sigma, int(grid_points))
-    z = (grid[:, None] - nodes.ravel()[None, :]) / sigma
-    density = (np.exp(-0.5 * z ** 2) @ weights.ravel()) / (runs * sigma * math.sqrt(2 * math.pi))
+    # the padded nodes (weight 0) add nothing: steps=10**6 on a small model made a grid x runs x
+    # steps matrix of them (60 GiB, a MemoryError), though no more nodes than dimensions exist
+    kept = weights.ravel() > 0
+    z = (grid[:, None] - nodes.ravel()[kept][None, :]) / sigma
+    density = (np.exp(-0.5 * z ** 2) @ weights.ravel()[kept]) / (runs * sigma * math.sqrt(2 * math.pi))
     return SpectralDensity(grid, density, nodes, weights, float(sigma))

@@ -1,17 +1,44 @@
-"""A solve's start: the arguments every eigen-solver checks, its start vector, and for an
+"""A solve's start: the call's grad mode (:func:`outside_inference_mode`), the arguments every
+eigen-solver checks, its start vector, and for an
 operator on vectors split over the ranks (a model sharded by FSDP2,
 :mod:`catapult.curvature.sharded`) the ``reduce`` and ``dimension`` the solvers then take.
 Shared by :mod:`~catapult.curvature.sharpness` and :mod:`~catapult.curvature.spectrum`.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 
+from catapult.arguments import as_integer, as_real
 from catapult.curvature import distributed as dist_ops
 
-__all__ = ["check_solver_args", "start_vector", "initial_vector", "split_operator", "solver_split"]
+__all__ = ["outside_inference_mode", "check_solver_args", "check_max_basis", "start_vector", "initial_vector",
+           "split_operator", "solver_split"]
+
+
+def outside_inference_mode(fn):
+    """``fn`` run with inference mode off when it is called inside ``torch.inference_mode()``
+    (and unchanged otherwise), as it already runs under ``torch.no_grad()``: autograd records no
+    graph in inference mode, so the Hessian products and the critical-lr search failed with "the
+    loss does not depend on any trainable parameter", a wrong diagnosis. A batch made inside
+    inference mode still cannot be saved for backward (torch says so: pass a ``clone()``).
+
+    >>> @outside_inference_mode
+    ... def grad_recorded():
+    ...     return torch.zeros(1, requires_grad=True).mul(2).requires_grad
+    >>> with torch.inference_mode():
+    ...     grad_recorded()
+    True
+    """
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        if not torch.is_inference_mode_enabled():
+            return fn(*args, **kwargs)
+        with torch.inference_mode(False):
+            return fn(*args, **kwargs)
+    return run
 
 
 def start_vector(init, n: int, dtype: torch.dtype, device: torch.device, seed: int):
@@ -31,6 +58,8 @@ def start_vector(init, n: int, dtype: torch.dtype, device: torch.device, seed: i
     if not torch.is_tensor(init):
         raise TypeError(f"init must be a flat tensor (e.g. a previous est.vector), got "
                         f"{type(init).__name__}")
+    if init.is_complex() or init.dtype == torch.bool:  # a complex one lost its imaginary part
+        raise TypeError(f"init must be a real tensor (e.g. a previous est.vector), got dtype {init.dtype}")
     if init.numel() != n:
         raise ValueError(f"init has {init.numel()} elements but the model has {n} trainable "
                          f"parameter entries")
@@ -97,17 +126,35 @@ def solver_split(op) -> dict:
                                                                       "dimension": split.dimension}
 
 
-def check_solver_args(tol, max_iter):
-    """Raise a ValueError unless ``tol`` is finite and > 0 and ``max_iter`` an integer >= 1.
+def check_solver_args(tol, max_iter, max_basis=None) -> tuple[float, int, int | None]:
+    """``(tol, max_iter, max_basis)`` as float, int and int-or-None once ``tol`` is finite and
+    > 0, ``max_iter`` an integer >= 1 and ``max_basis`` None or an integer >= 2 (NumPy integers
+    and 0-d tensors are numbers too); a ValueError naming the argument otherwise.
 
     >>> check_solver_args(1e-3, 10)
+    (0.001, 10, None)
     >>> check_solver_args(0.0, 10)
     Traceback (most recent call last):
     ...
     ValueError: tol must be a finite number > 0, got 0.0
     """
     # inf would stop after one matvec and call any start vector's Rayleigh quotient "converged"
-    if not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and 0 < tol < math.inf):
+    real_tol, count = as_real(tol), as_integer(max_iter)
+    if real_tol is None or not real_tol > 0:
         raise ValueError(f"tol must be a finite number > 0, got {tol!r}")
-    if not (isinstance(max_iter, int) and not isinstance(max_iter, bool) and max_iter >= 1):
+    if count is None or count < 1:
         raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+    return real_tol, count, check_max_basis(max_basis)
+
+
+def check_max_basis(max_basis) -> int | None:
+    """``max_basis`` as None or an int >= 2 (Krylov vectors kept); a ValueError otherwise
+    (``"5"`` failed inside the solver, "'<' not supported", and ``2.5`` was taken).
+
+    >>> check_max_basis(None), check_max_basis(4)
+    (None, 4)
+    """
+    basis = None if max_basis is None else as_integer(max_basis)
+    if max_basis is not None and (basis is None or basis < 2):
+        raise ValueError(f"max_basis must be None or an integer >= 2, got {max_basis!r}")
+    return basis

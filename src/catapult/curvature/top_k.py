@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from catapult.arguments import as_integer
 from catapult.curvature.krylov import KrylovBasis, inner_product, vector_norm
 from catapult.curvature.lanczos import rounding_level
 
@@ -53,34 +54,41 @@ class Eigenpairs:
     residuals: list
 
 
-def check_k(k, n: int | None) -> None:
-    """Raise ValueError unless ``k`` is an integer in ``[1, n]`` (``n`` eigenvalues exist;
-    ``n=None``: no upper bound known yet; a bool is not a count).
+def check_k(k, n: int | None) -> int:
+    """``k`` as an int; a ValueError unless it is an integer in ``[1, n]`` (``n`` eigenvalues
+    exist; ``n=None``: no upper bound known yet; a bool is not a count, a NumPy integer is).
 
     >>> check_k(3, 10)
+    3
     >>> check_k(0, 10)
     Traceback (most recent call last):
     ...
     ValueError: k must be an integer in [1, 10], got 0
     """
-    if not (isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= (k if n is None else n)):
+    count = as_integer(k)
+    if count is None or not 1 <= count <= (count if n is None else n):
         raise ValueError(f"k must be an integer in [1, {'the parameter count' if n is None else n}], "
                          f"got {k!r}")
+    return count
 
 
-def check_block_size(block_size, k: int) -> None:
-    """Raise ValueError unless ``1 <= block_size <= k`` (an integer): a block of ``k`` already
-    finds ``k`` copies of an eigenvalue, a larger one only costs products and vectors.
+def check_block_size(block_size, k: int) -> int:
+    """``block_size`` as an int; a ValueError unless ``1 <= block_size <= k`` (an integer): a
+    block of ``k`` already finds ``k`` copies of an eigenvalue, a larger one only costs products
+    and vectors.
 
     >>> check_block_size(2, 5)
+    2
     >>> check_block_size(6, 5)
     Traceback (most recent call last):
     ...
     ValueError: block_size must be an integer in [1, k = 5] (a block of k finds k copies of an eigenvalue), got 6
     """
-    if not (isinstance(block_size, int) and not isinstance(block_size, bool) and 1 <= block_size <= k):
+    size = as_integer(block_size)
+    if size is None or not 1 <= size <= k:
         raise ValueError(f"block_size must be an integer in [1, k = {k}] (a block of k finds k copies "
                          f"of an eigenvalue), got {block_size!r}")
+    return size
 
 
 def _orthonormal_block(vectors: list[torch.Tensor], norms: list[float],
@@ -144,9 +152,8 @@ def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_it
         ([5.0, 5.0], True)
     """
     n = v0.numel() if dimension is None else int(dimension)
-    check_k(k, n)
-    check_block_size(block_size, k)
-    b = block_size
+    k = check_k(k, n)
+    b = block_size = check_block_size(block_size, k)
     capacity = min(n, max_basis if max_basis is not None else max(2 * k + 10, 20) + b - 1)
     if capacity < min(n, k + b + 1):
         raise ValueError(f"max_basis must be >= k + block_size + 1 = {k + b + 1}, got {max_basis!r}")

@@ -140,4 +140,6 @@ def attach(optimizer: torch.optim.Optimizer, fn: Callable[[int], float]) -> Sche
     """
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    if not optimizer.param_groups:  # a schedule with no lr to set did nothing, silently
+        raise ValueError("attach: the optimizer has no param groups: there is no lr to schedule")
     return ScheduleLR(optimizer, fn)
