@@ -7,11 +7,16 @@ first a warm-up. The script prints each mode's mean CPU seconds per call over ro
 exact products, the start level's products and the values of each seed, which must be the same in
 both modes.
 
+``--backend aot_eager`` compiles with dynamo's ``aot_eager`` backend in place of inductor (a probe
+of whether a compile without code generation, seconds instead of tens of seconds, keeps the gain).
+
 Usage:  OMP_NUM_THREADS=1 .venv/bin/python bench/probe_compiled_mode.py [--problem gpt|fcn1000|fcn2500|gpt_bpe]
+        [--backend inductor|aot_eager]
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -30,11 +35,15 @@ MODES = ("auto", "compiled")
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--problem", default="gpt", choices=("gpt", "gpt_bpe", "fcn1000", "fcn2500"))
+    parser.add_argument("--backend", default="inductor", choices=("inductor", "aot_eager"),
+                        help="torch.compile backend of hvp='compiled' (default: inductor, as shipped)")
     args = parser.parse_args()
+    if args.backend != "inductor":  # catapult.curvature.compiled calls torch.compile(fn)
+        torch.compile = functools.partial(torch.compile, backend=args.backend)
     model, loss, batch = problem(args.problem)
     start = time.perf_counter()
     catapult.sharpness(model, loss, batch, tol=1e-3, seed=0, hvp="compiled")
-    print(f"{args.problem}, {torch.get_num_threads()} thread(s): first compiled call "
+    print(f"{args.problem}, {torch.get_num_threads()} thread(s), {args.backend}: first compiled call "
           f"{time.perf_counter() - start:.1f} s wall", flush=True)
     times = {mode: [] for mode in MODES}
     answers = {}

@@ -208,7 +208,7 @@ def test_coord_check_judges_its_earlier_files_by_their_contents(tmp_path, capsys
 
 
 def test_a_rerun_takes_the_partial_files_of_a_stopped_check_as_its_own(tmp_path, capsys):
-    # a check stopped mid-write leaves .partial- files (catapult.files.write_whole); by name
+    # a check stopped mid-write leaves .partial- files (catapult.writing.write_whole); by name
     # they were not its own, so the rerun was refused
     from catapult.engine.coord_check_study import CSV_COLUMNS
     from catapult.files import PNG_START

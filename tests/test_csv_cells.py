@@ -1,4 +1,4 @@
-"""``catapult.files.csv_text``: the one writer of catapult's CSV tables. Every float reads back
+"""``catapult.writing.csv_text``: the one writer of catapult's CSV tables. Every float reads back
 bit-for-bit, NumPy's included, and any text survives quoting (read back by the standard
 ``csv`` module, an independent reader)."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from catapult.files import csv_cell, csv_text
+from catapult.writing import csv_cell, csv_text
 
 _cells = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True), st.integers(), st.text(),
                    st.floats().map(np.float64))

@@ -1,16 +1,16 @@
-"""``catapult.files.write_whole``: a file appears whole or not at all, and what already sits at
+"""``catapult.writing.write_whole``: a file appears whole or not at all, and what already sits at
 its ``.partial-NAME`` is never written through."""
 from __future__ import annotations
 
 import pytest
 
-from catapult import files
-from catapult.files import write_whole
+from catapult import writing
+from catapult.writing import write_whole
 
 
 def _by_path(monkeypatch, on: bool) -> None:
     """Run write_whole the way it runs without flock or folder-relative calls (Windows)."""
-    monkeypatch.setattr(files, "_BY_FOLDER", not on)
+    monkeypatch.setattr(writing, "_BY_FOLDER", not on)
 
 
 @pytest.mark.parametrize("by_path", [False, True])
@@ -179,13 +179,13 @@ def test_a_partial_file_replaced_while_written_is_not_renamed_over_the_output(tm
 
 
 def test_the_module_imports_and_writes_whole_without_fcntl(tmp_path, monkeypatch):
-    # catapult.files imported fcntl unconditionally: no figure, export or run could be written on
-    # a system without it (Windows)
+    # catapult.files (where write_whole was) imported fcntl unconditionally: no figure, export
+    # or run could be written on a system without it (Windows)
     import importlib.util
     import sys
 
     monkeypatch.setitem(sys.modules, "fcntl", None)   # import fcntl now raises ImportError
-    spec = importlib.util.spec_from_file_location("files_without_fcntl", files.__file__)
+    spec = importlib.util.spec_from_file_location("writing_without_fcntl", writing.__file__)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.fcntl is None and module._BY_FOLDER is False

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from catapult import config as cfg
-from catapult.files import write_text_whole, write_whole
+from catapult.writing import write_text_whole, write_whole
 
 __all__ = ["PARAMETRIZATIONS", "WARMUP_STEPS", "LR_TARGET", "BASE_CONFIG", "demo_configs",
            "write_configs", "run_demo", "report_table"]

@@ -18,7 +18,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import yaml
 
-from catapult.files import MARK, write_text_whole
+from catapult.files import MARK
+from catapult.writing import write_text_whole
 
 __all__ = ["build_report", "write_report", "figure_to_data_uri"]
 

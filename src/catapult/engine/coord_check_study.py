@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from catapult import config as cfg
-from catapult.files import csv_text, write_text_whole
+from catapult.writing import csv_text, write_text_whole
 
 __all__ = ["parse_coord_check", "load_coord_check", "run_coord_check", "slope_table", "activation_tables",
            "result_groups", "COORD_CHECK_DEFAULTS", "CSV_COLUMNS", "TABLE_TITLE"]

@@ -89,8 +89,8 @@ import torch
 import torch.nn as nn
 
 from catapult import config as cfg
-from catapult.files import (PARTIAL_PREFIX, PNG_START, is_run_record, partial_of_ours, run_output_of_ours,
-                            write_text_whole, write_whole)
+from catapult.files import PARTIAL_PREFIX, PNG_START, is_run_record, partial_of_ours, run_output_of_ours
+from catapult.writing import write_text_whole, write_whole
 from catapult.losses import accuracy, loss_and_accuracy
 from catapult.engine.build import Run, build_run, threshold
 from catapult.engine.sharpness_rule import STEP_KIND_COLUMN
@@ -163,7 +163,7 @@ def make_out_dir(path: Path) -> None:
                                 f"refused it); choose another directory") from None
 
 
-#: How the run files that :func:`~catapult.files.write_whole` writes begin: a ``.partial-``
+#: How the run files that :func:`~catapult.writing.write_whole` writes begin: a ``.partial-``
 #: file a stopped write left is the run's when it is a cut-off part of this (the next write
 #: removes it, so a user's file of that name must not be there).
 _PARTIAL_STARTS = {"model.pt": b"PK\x03\x04", "trajectories.png": PNG_START, "summary.json": b'{\n  "'}

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from catapult.analysis import detect_catapults
 from catapult.engine.sharpness_rule import RADAM_KIND, STEP_KIND_COLUMN
-from catapult.files import csv_cell, csv_text
+from catapult.writing import csv_cell, csv_text
 
 __all__ = ["METRIC_COLUMNS", "metric_columns", "is_spectrum_column", "spectrum_setting", "write_metrics", "read_metrics", "MetricsFile", "json_safe", "finite",
            "summarize", "warmup_summary", "threshold_label", "format_summary"]

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from catapult.engine.records import is_spectrum_column, metric_columns
-from catapult.files import MARK, csv_text, write_text_whole, write_whole
+from catapult.files import MARK
+from catapult.writing import csv_text, write_text_whole, write_whole
 from catapult.sweep.store import BEST_METRICS, FINAL_METRICS
 
 __all__ = ["EXPORT_COLUMNS", "AGGREGATE_METRICS", "export_table", "aggregate_table", "mean_std", "last_spectrum", "spectrum_columns",
