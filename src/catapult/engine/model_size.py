@@ -4,10 +4,9 @@ machine cannot hold before anything is allocated or any data loaded.
 :func:`model_parameters` builds the config's model on the ``meta`` device at two small depths and
 extrapolates in depth; :func:`check_model_fits` compares a lower bound of that count (the least
 shapes the config's data can have, known without reading it) with the memory of the CPU or the
-device. Torch's own size errors (out of
-memory, a shape past int64) become :func:`size_error`'s :class:`~catapult.config.ConfigError`
-naming the width and depth keys. :data:`MODELS` is the registry of builders both the count and
-:func:`catapult.engine.build.build_model` use.
+device. Torch's own size errors (out of memory, a shape past int64) become :func:`size_error`'s
+:class:`~catapult.config.ConfigError` naming the width and depth keys. :data:`MODELS` is the
+registry of builders both the count and :func:`catapult.engine.build.build_model` use.
 """
 from __future__ import annotations
 
