@@ -102,13 +102,7 @@ def max_threads() -> int:
 
 def threads_problem(threads: int | None) -> str | None:
     """What is wrong with a ``--threads`` value (below 1, above :func:`max_threads`), or None."""
-    if threads is None:
-        return None
-    if threads < 1:
-        return f"must be >= 1, got {threads}"
-    if threads > max_threads():
-        return f"{threads} is more than this machine's {os.cpu_count()} CPUs can use (at most {max_threads()})"
-    return None
+    return _count_problem(threads, max_threads())
 
 
 def max_workers() -> int:
@@ -120,13 +114,17 @@ def max_workers() -> int:
 
 def workers_problem(workers: int | None) -> str | None:
     """What is wrong with a ``--workers`` value (below 1, above :func:`max_workers`), or None."""
-    if workers is None:
+    return _count_problem(workers, max_workers(), "; each worker is a process of its own")
+
+
+def _count_problem(count: int | None, most: int, why: str = "") -> str | None:
+    """What is wrong with a count of threads or processes (below 1, above ``most``), or None."""
+    if count is None:
         return None
-    if workers < 1:
-        return f"must be >= 1, got {workers}"
-    if workers > max_workers():
-        return (f"{workers} is more than this machine's {os.cpu_count()} CPUs can use (at most "
-                f"{max_workers()}); each worker is a process of its own")
+    if count < 1:
+        return f"must be >= 1, got {count}"
+    if count > most:
+        return f"{count} is more than this machine's {os.cpu_count()} CPUs can use (at most {most}){why}"
     return None
 
 
