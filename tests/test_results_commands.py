@@ -31,7 +31,10 @@ def commands(body: str) -> list[tuple[str, str, list[str]]]:
             joined[-1] = joined[-1][:-1] + " " + line.strip()
         elif line.startswith("    "):
             joined.append(line.strip())
-    variables = dict(re.findall(r"\b([A-Z])='([^']*)'", body))
+    # quoted (A='a b') or bare (S=configs/x.yaml): a bare one left "$S" in place of the config,
+    # and the command went unchecked
+    variables = {name: quoted or bare for name, quoted, bare in
+                 re.findall(r"\b([A-Z])=(?:'([^']*)'|([^\s';]+))", body)}
     out = []
     for line in joined:
         for name, value in variables.items():
