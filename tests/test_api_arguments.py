@@ -123,7 +123,8 @@ def test_an_optimizer_holding_none_of_the_models_parameters_is_refused(call):
 ])
 def test_scale_by_group_lr_without_an_optimizer_is_refused(call):
     # it was ignored: the plain Hessian's spectrum came back as if lr-scaled
-    with pytest.raises(ValueError, match="scale_by_group_lr=True scales by the optimizer's per-group lrs: pass optimizer="):
+    with pytest.raises(ValueError,
+                       match="scale_by_group_lr=True scales by the optimizer's per-group lrs: pass optimizer="):
         call(nn.Linear(3, 2))
 
 
@@ -161,8 +162,10 @@ def test_numpy_integers_are_counts_like_python_integers():
     (lambda m: catapult.sharpness(m, MSE, (X, Y), memory="lean", max_basis=True), "got True"),
     (lambda m: catapult.top_eigenpairs(m, MSE, (X, Y), 1, max_basis=4.5), "max_basis must be None or an integer >= 2"),
     (lambda m: catapult.spectral_density(m, MSE, (X, Y), max_basis="all"), "max_basis must be None or an integer >= 2"),
-    (lambda m: catapult.spectral_density(m, MSE, (X, Y), sigma=True), "sigma must be None or a finite number > 0, got True"),
-    (lambda m: catapult.sharpness(m, MSE, (X, Y), coarse=2), r"coarse must be 'auto', None or \(divisor, tol\) pairs, got 2"),
+    (lambda m: catapult.spectral_density(m, MSE, (X, Y), sigma=True),
+     "sigma must be None or a finite number > 0, got True"),
+    (lambda m: catapult.sharpness(m, MSE, (X, Y), coarse=2),
+     r"coarse must be 'auto', None or \(divisor, tol\) pairs, got 2"),
     (lambda m: catapult.sharpness(m, MSE, (X, Y), init=torch.ones(8, dtype=torch.complex64)),
      "init must be a real tensor .*, got dtype torch.complex64"),
     (lambda m: catapult.top_eigenpairs(m, MSE, (X, Y), 1, init=torch.ones(8, dtype=torch.bool)),
