@@ -31,6 +31,7 @@ MODULES = (
     "catapult.curvature.lanczos",
     "catapult.curvature.top_k",
     "catapult.curvature.sharpness",
+    "catapult.curvature.preconditioner",
     "catapult.curvature.start",
     "catapult.curvature.spectrum",
     "catapult.curvature.ggn",

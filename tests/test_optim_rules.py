@@ -276,7 +276,7 @@ def test_preconditioner_divides_the_real_next_step(rule, cls, options, n_steps):
 
 
 def test_preconditioner_equals_curvature_code():
-    from catapult.curvature.sharpness import _adam_preconditioner
+    from catapult.curvature.preconditioner import _adam_preconditioner
 
     gen = torch.Generator().manual_seed(8)
     for cls, options in [(torch.optim.Adam, dict(lr=0.01, weight_decay=0.1)),

@@ -20,8 +20,8 @@ from catapult.arguments import as_integer, as_real
 from catapult.curvature import distributed as dist_ops
 from catapult.curvature.ggn import CURVATURES, GaussNewtonOperator
 from catapult.curvature.top_k import Eigenpairs, check_block_size, check_k, lanczos_top_k
-from catapult.curvature.sharpness import (PreconditionedOperator, build_operator, memory_setting,
-                                          step_preconditioner)
+from catapult.curvature.preconditioner import PreconditionedOperator, step_preconditioner
+from catapult.curvature.sharpness import build_operator, memory_setting
 from catapult.curvature.krylov import inner_product, vector_norm
 from catapult.curvature.start import (check_max_basis, check_solver_args, initial_vector,
                                       outside_inference_mode, solver_split, split_operator)
@@ -37,7 +37,7 @@ def curvature_operator(model, loss_fn, batch, *, curvature: str = "hessian", opt
     """The symmetric operator the spectrum functions work on: the Hessian
     (:func:`~catapult.curvature.sharpness.build_operator`) or the Gauss-Newton matrix
     (:class:`GaussNewtonOperator`), pre-conditioned as ``P^-1/2 A P^-1/2`` when an
-    ``optimizer`` is given (:func:`~catapult.curvature.sharpness.step_preconditioner`: Adam's
+    ``optimizer`` is given (:func:`~catapult.curvature.preconditioner.step_preconditioner`: Adam's
     next step; for SGD with ``scale_by_group_lr`` ``P^-1 = M = diag(lr_i / lr_0)``, the
     ``lr_scaled`` operator ``M^1/2 A M^1/2``). ``sharded_vectors``: as in
     :func:`~catapult.curvature.sharpness.build_operator` (a model sharded by FSDP2).

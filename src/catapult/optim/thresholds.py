@@ -63,7 +63,7 @@ def lr_scaled_sharpness(model: torch.nn.Module, loss_fn, batch, optimizer: torch
     every group has the first one's lr. Returns an :class:`~catapult.curvature.EigenEstimate`;
     the model, its gradients and the optimizer are not changed."""
     from catapult.curvature import HessianOperator, lanczos_top_eigenpair
-    from catapult.curvature.sharpness import PreconditionedOperator, step_preconditioner
+    from catapult.curvature.preconditioner import PreconditionedOperator, step_preconditioner
 
     op = HessianOperator(model, loss_fn, batch, dtype=dtype, hvp=hvp, seed=seed, chunk_size=chunk_size)
     matvec = PreconditionedOperator(op, *step_preconditioner(model, optimizer, op, scale_by_group_lr=True))

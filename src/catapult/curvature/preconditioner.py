@@ -1,0 +1,187 @@
+"""The diagonal pre-conditioner of an optimizer's next step, as an operator around Hessian
+products: ``u -> d * (H (d * u)) + l2 * u`` (:class:`PreconditionedOperator`), the symmetric
+``P^-1/2 (H + wd I) P^-1/2`` of the Adam family (:func:`adam_preconditioner`; ``P`` rebuilt from
+the optimizer's state without changing it) or, for SGD, ``M^1/2 H M^1/2`` with its per-group lr
+multipliers (:func:`step_preconditioner`). :func:`~catapult.curvature.sharpness.preconditioned_sharpness`
+and the spectrum's ``optimizer=`` solve on it.
+"""
+from __future__ import annotations
+
+import torch
+
+from catapult.curvature import sharded
+from catapult.optim import registry, rules
+
+__all__ = ["check_preconditioned", "check_optimizer_holds", "adam_preconditioner", "step_preconditioner",
+           "PreconditionedOperator"]
+
+
+def check_preconditioned(optimizer):
+    """The registry entry of an optimizer with a pre-conditioned sharpness, else TypeError.
+
+    >>> w = [torch.nn.Parameter(torch.zeros(2))]
+    >>> check_preconditioned(torch.optim.Adam(w)).preconditioned
+    True
+    >>> check_preconditioned(torch.optim.SGD(w, lr=0.1))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    TypeError: preconditioned_sharpness supports torch.optim.Adam, torch.optim.AdamW, ...
+    """
+    try:
+        spec = registry.spec_for(optimizer)
+    except NotImplementedError:
+        spec = None
+    if spec is None or not (spec.preconditioned or spec.rule == "radam"):
+        raise TypeError(f"preconditioned_sharpness supports torch.optim.Adam, torch.optim.AdamW, "
+                        f"catapult.optim.GIAdam and (once rectified) torch.optim.RAdam, got "
+                        f"{type(optimizer).__name__}")
+    return spec
+
+
+def _adam_preconditioner(optimizer, grad_flat: torch.Tensor, names, params,
+                         scale_by_group_lr: bool, part=sharded.full_tensor):
+    """Flat inverse square root of the next step's Adam preconditioner (0 off-optimizer), and
+    the coupled-L2 rows ``P^-1 wd`` (None without coupled L2); ``P`` from
+    :func:`catapult.optim.rules.preconditioner`. ``part`` maps a parameter-shaped tensor (a
+    parameter, its state) to the operator's coordinates (an FSDP shard's local rows, or the
+    whole tensor)."""
+    check_preconditioned(optimizer)
+    where = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            where[id(p)] = group
+    lr_ref = float(optimizer.param_groups[0]["lr"])
+    dtype, device = grad_flat.dtype, grad_flat.device
+    pieces, l2_pieces = [], []
+    has_l2 = False
+    offset = 0
+    for name, p in zip(names, params):
+        p_part = part(p.detach())
+        n = p_part.numel()
+        g = grad_flat[offset:offset + n].view(p_part.shape)
+        offset += n
+        group = where.get(id(p))
+        if group is None:  # not optimized: the step does not move it -> P^-1 = 0 there
+            pieces.append(torch.zeros(n, dtype=dtype, device=device))
+            l2_pieces.append(torch.zeros(n, dtype=dtype, device=device))
+            continue
+        rule = registry.rule_for(optimizer, group)
+        hp = registry.hyperparameters(group, optimizer=optimizer, param=p)
+        wd = float(rules.l2_coefficient(rule, hp))
+        coupled_l2 = wd != 0.0  # torch Adam feeds g + wd * theta into v and descends L + wd/2 |theta|^2
+        has_l2 = has_l2 or coupled_l2
+        state = optimizer.state.get(p, {})
+        rule_state = None
+        if "exp_avg_sq" in state:
+            v_max = state.get("max_exp_avg_sq")
+            rule_state = rules.State(
+                step=int(float(state["step"])),
+                exp_avg_sq=[part(state["exp_avg_sq"].detach()).to(dtype)],
+                max_exp_avg_sq=[None if v_max is None else part(v_max.detach()).to(dtype)])
+        P = rules.preconditioner(rule, [g], rule_state, hp, params=[p_part.to(dtype)])
+        if P is None:  # RAdam before rectification
+            raise ValueError("RAdam's next step is un-rectified (momentum SGD): it applies no "
+                             "pre-conditioner; measure the Hessian's sharpness "
+                             "(catapult.optim.thresholds.radam_threshold says which applies)")
+        inv = 1.0 / P[0]
+        if scale_by_group_lr:
+            inv = inv * (float(group["lr"]) / lr_ref)
+        pieces.append(torch.sqrt(inv).reshape(-1))
+        l2_pieces.append((inv * wd).reshape(-1) if coupled_l2 else torch.zeros(n, dtype=dtype,
+                                                                              device=device))
+    return torch.cat(pieces), (torch.cat(l2_pieces) if has_l2 else None)
+
+
+def check_optimizer_holds(optimizer, params) -> None:
+    """A ValueError unless ``optimizer`` holds at least one of ``params`` (the model's trainable
+    parameters). A parameter it does not hold gets ``P^-1 = 0`` (its step does not move it), so
+    the optimizer of another model, or of the model before a ``copy.deepcopy``, made the whole
+    operator 0: a sharpness, spectrum and trace of exactly 0, with no error.
+
+    >>> w = torch.nn.Parameter(torch.zeros(2))
+    >>> check_optimizer_holds(torch.optim.SGD([w], lr=0.1), [torch.nn.Parameter(torch.zeros(2))])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: the optimizer holds none of the model's trainable parameters (is it the optimizer ...
+    """
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    if not any(id(p) in held for p in params):
+        raise ValueError("the optimizer holds none of the model's trainable parameters (is it the optimizer "
+                         "of another model, or of a copy?): its step moves none of them, so the "
+                         "pre-conditioned operator would be 0")
+
+
+def adam_preconditioner(model, optimizer, op, scale_by_group_lr: bool = False):
+    """``(d, l2)``: the flat ``P^-1/2`` of the optimizer's next step and the coupled-L2 rows
+    ``P^-1 wd`` (or None) at ``op``'s gradient (see :func:`~catapult.curvature.sharpness.preconditioned_sharpness`).
+
+    Example (as in :func:`~catapult.curvature.sharpness.preconditioned_sharpness`: ``P = (0.2, 0.1)`` on Adam's first step):
+        >>> model = torch.nn.Linear(2, 1, bias=False)
+        >>> _ = torch.nn.init.zeros_(model.weight)
+        >>> batch = (torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0], [1.0]]))
+        >>> opt = torch.optim.Adam(model.parameters(), lr=1.0)
+        >>> from catapult.curvature.sharpness import build_operator
+        >>> d, l2 = adam_preconditioner(model, opt, build_operator(model, torch.nn.MSELoss(), batch))
+        >>> (d ** 2).round(decimals=3), l2
+        (tensor([ 5., 10.]), None)
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    check_optimizer_holds(optimizer, params)
+    with torch.no_grad():
+        return _adam_preconditioner(optimizer, op.gradient(), op.names, params, scale_by_group_lr,
+                                    part=getattr(op, "part", sharded.full_tensor))
+
+
+def step_preconditioner(model, optimizer, op, scale_by_group_lr: bool = False):
+    """``(d, l2)`` of ``optimizer``'s next step for :class:`PreconditionedOperator`: an
+    Adam-family optimizer's :func:`adam_preconditioner`; for SGD (no pre-conditioner, ``P = I``)
+    ``d = 1`` on the parameters it holds (0 elsewhere), times ``M^1/2`` with
+    ``scale_by_group_lr`` (``M = diag(lr_i / lr_0)``,
+    :func:`catapult.optim.thresholds.group_lr_multipliers`): the operator ``M^1/2 H M^1/2`` of
+    the ``lr_scaled`` sharpness. ``l2`` is None for SGD (its sharpness is the loss's Hessian's).
+
+    Example (SGD, the second group at half the first group's lr: ``d^2 = (1, 0.5)``):
+        >>> model = torch.nn.Linear(2, 1, bias=True)
+        >>> opt = torch.optim.SGD([{"params": [model.weight], "lr": 0.2},
+        ...                        {"params": [model.bias], "lr": 0.1}])
+        >>> batch = (torch.eye(2), torch.zeros(2, 1))
+        >>> from catapult.curvature.sharpness import build_operator
+        >>> d, l2 = step_preconditioner(model, opt, build_operator(model, torch.nn.MSELoss(), batch), True)
+        >>> (d ** 2).round(decimals=4).tolist(), l2
+        ([1.0, 1.0, 0.5], None)
+    """
+    if registry.spec_for(optimizer).family != "sgd":
+        return adam_preconditioner(model, optimizer, op, scale_by_group_lr)
+    from catapult.optim.thresholds import group_lr_multipliers
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    check_optimizer_holds(optimizer, params)
+    m = group_lr_multipliers(optimizer, params)
+    if not scale_by_group_lr:
+        m = (m > 0).to(m.dtype)
+    m = m.sqrt().to(device=op.device, dtype=op.dtype)
+    return (op.localize(m) if getattr(op, "local", False) else m), None   # split vectors: this rank's rows
+
+
+class PreconditionedOperator:
+    """``u -> d * (H (d * u)) + l2 * u``: the symmetric ``P^-1/2 (H + wd I) P^-1/2`` from a
+    Hessian operator ``op`` and :func:`adam_preconditioner`'s ``(d, l2)``.
+
+    Example (``H = diag(4, 1)``, ``d = (1, 2)``: ``d H d = diag(4, 4)``):
+        >>> from catapult.curvature.sharpness import build_operator
+        >>> model = torch.nn.Linear(2, 1, bias=False)
+        >>> batch = (torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0], [0.0]]))
+        >>> H = build_operator(model, torch.nn.MSELoss(), batch)
+        >>> PreconditionedOperator(H, torch.tensor([1.0, 2.0]), None)(torch.tensor([1.0, 1.0]))
+        tensor([4., 4.])
+    """
+
+    def __init__(self, op, d: torch.Tensor, l2: torch.Tensor | None):
+        self.op, self.d, self.l2 = op, d, l2
+        self.numel, self.dtype, self.device = op.numel, op.dtype, op.device
+
+    def __call__(self, u: torch.Tensor) -> torch.Tensor:
+        out = self.op(self.d * u).mul_(self.d)
+        if self.l2 is not None:
+            out.addcmul_(self.l2, u)
+        return out
