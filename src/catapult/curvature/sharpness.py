@@ -181,7 +181,9 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
     first for the curvature of the inference-mode loss. With dropout active, ``H`` is random
     (it depends on the dropout mask): every forward pass of one call uses the same mask, drawn
     from a generator seeded with ``seed`` (the global RNG is left untouched), so the solver sees
-    one fixed symmetric operator; another ``seed`` gives another mask.
+    one fixed symmetric operator; another ``seed`` gives another mask. Called under
+    ``torch.no_grad()`` or ``torch.inference_mode()`` it records its own graphs all the same (so do
+    the other curvature functions and :func:`catapult.critical_lr`).
 
     Args:
         model, loss_fn, batch: the loss ``loss_fn(model(inputs), targets)``.
