@@ -13,7 +13,8 @@ from catapult import config as cfg
 from catapult.sweep import parse_sweep
 from catapult.sweep.claims import LEASE_S
 from catapult.sweep.executors import CellResult
-from catapult.sweep.spec import expand, spec_document
+from catapult.sweep.spec import expand
+from catapult.sweep.spec_document import spec_document
 from catapult.sweep.store import Store
 
 

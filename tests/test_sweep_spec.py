@@ -7,14 +7,8 @@ import textwrap
 import pytest
 
 from catapult import config as cfg
-from catapult.sweep.spec import (
-    diff_documents,
-    expand,
-    load_sweep,
-    parse_sweep,
-    spec_document,
-    spec_hash,
-)
+from catapult.sweep.spec import expand, load_sweep, parse_sweep
+from catapult.sweep.spec_document import diff_documents, spec_document, spec_hash
 
 
 def _write(tmp_path, text, name="sweep.yaml"):

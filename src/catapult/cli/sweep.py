@@ -234,7 +234,7 @@ def _dry_run_store(store: Path, base, spec, cells) -> str:
     """What a run would do with ``store``, read without writing: a new store, or a resume of
     the same sweep (with how many cells are done). Raises ``StoreError`` where the run would
     refuse the store: another sweep's, cells numbered differently, not a store at all."""
-    from catapult.sweep.spec import spec_document
+    from catapult.sweep.spec_document import spec_document
     from catapult.sweep.store import Store
 
     if not store.exists():

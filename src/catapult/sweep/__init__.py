@@ -25,7 +25,8 @@ from catapult.sweep.executors import (
     run_cell,
 )
 from catapult.sweep.lambda0 import lambda0_key, measure_lambda0
-from catapult.sweep.spec import Axis, CellSpec, SweepSpec, expand, load_sweep, parse_sweep, spec_document
+from catapult.sweep.spec import Axis, CellSpec, SweepSpec, expand, load_sweep, parse_sweep
+from catapult.sweep.spec_document import spec_document
 
 __all__ = [
     "Axis",

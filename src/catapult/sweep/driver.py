@@ -43,7 +43,8 @@ from catapult.sweep.store import DONE_STATUSES, Store
 from catapult.sweep.store_file import identify
 from catapult.sweep.executors import Cell, CellResult, Executor, get_executor, torch_threads, worker_name
 from catapult.sweep.lambda0 import lambda0_inputs, lambda0_key, measure_lambda0, needs_lambda0, resolve_cell_lr
-from catapult.sweep.spec import CellSpec, SweepSpec, canonical_json, cell_problems, cells_error, expand, spec_document
+from catapult.sweep.spec import CellSpec, SweepSpec, canonical_json, cell_problems, cells_error, expand
+from catapult.sweep.spec_document import spec_document
 
 __all__ = ["run_sweep", "SweepOutcome", "SweepProgress", "axes_metadata", "refuse_impossible_cells",
            "refuse_missing_data"]

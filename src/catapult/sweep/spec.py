@@ -40,7 +40,6 @@ work and raises one :class:`~catapult.config.ConfigError` naming each bad cell a
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
 import json
 import math
@@ -62,12 +61,9 @@ __all__ = [
     "expand",
     "cell_problems",
     "cells_error",
-    "spec_document",
     "canonical_json",
-    "spec_hash",
     "set_dotted",
     "get_dotted",
-    "diff_documents",
     "AXIS_FORMS",
     "MAX_CELLS",
 ]
@@ -512,77 +508,3 @@ def cells_error(problems: list[tuple[str, str]], shown: int = 20) -> cfg.ConfigE
     if len(problems) > shown:
         problems = problems[:shown] + [("", f"... and {len(problems) - shown} more problems")]
     return cfg.ConfigError(problems)
-
-
-def spec_document(base: Mapping[str, Any], spec: SweepSpec) -> dict:
-    """What identifies a sweep (stored, hashed, compared on resume): the validated base config
-    without its ``name`` (renaming the file changes no result) and the normalized ``sweep:``."""
-    from catapult.config.sections import drop_added_defaults  # keys added later, at their default
-
-    base_doc = drop_added_defaults({k: v for k, v in plain_data(base).items() if k != "name"})
-    _drop_keys_without_effect(base_doc, spec)
-    return {"base": base_doc, "sweep": spec.raw}
-
-
-def _drop_keys_without_effect(base_doc: dict, spec: SweepSpec) -> None:
-    """Leave out of the spec document the issue-14 keys whose default changed behaviour, where
-    they give the behaviour of the versions before them, so a store written then resumes (with
-    the earlier rule spelled out): ``eval.lambda0_batches`` when lambda_0 is one batch (full
-    batch, or ``1``), ``train.accuracy_failure`` when it is ``off`` or (``auto``) the sweep is sgd
-    only. (Keys added at a neutral default are dropped by ``config.drop_added_defaults``.)"""
-    swept = set(spec.keys)
-    train, ev = base_doc.get("train", {}), base_doc.get("eval", {})
-    if "eval.lambda0_batches" not in swept and "train.batch_size" not in swept and (
-            train.get("batch_size") is None or ev.get("lambda0_batches") == 1):
-        ev.pop("lambda0_batches", None)
-    rule = train.get("accuracy_failure")
-    if "train.accuracy_failure" not in swept and (rule == "off" or (
-            rule == "auto" and base_doc.get("optimizer", {}).get("name") == "sgd" and "optimizer.name" not in swept)):
-        train.pop("accuracy_failure", None)
-
-
-def spec_hash(document: Mapping[str, Any]) -> str:
-    """sha256 of the canonical JSON of a spec document."""
-    return hashlib.sha256(canonical_json(document).encode()).hexdigest()
-
-
-def _flatten_document(document: Mapping[str, Any]) -> dict[str, Any]:
-    """``{dotted key: value}`` for a spec document: base config keys as ``optimizer.lr``,
-    axes as ``sweep.grid.<key>`` (their specs are leaves), ``sweep.seeds``."""
-    flat: dict[str, Any] = {}
-
-    def walk(node: Mapping[str, Any], prefix: str) -> None:
-        for key, value in node.items():
-            if isinstance(value, Mapping) and value:
-                walk(value, f"{prefix}{key}.")
-            else:
-                flat[f"{prefix}{key}"] = value
-
-    walk(document.get("base", {}), "")
-    sweep = document.get("sweep", {})
-    for key, value in (sweep.get("grid") or {}).items():
-        flat[f"sweep.grid.{key}"] = value
-    if "seeds" in sweep:
-        flat["sweep.seeds"] = sweep["seeds"]
-    return flat
-
-
-def diff_documents(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """The differences between two spec documents (:func:`spec_document`), one line per key:
-    ``"optimizer.momentum: 0.0 -> 0.9"``, ``"sweep.grid.model.width: added [64, 128]"``,
-    ``"sweep.seeds: removed (was [0, 1])"``."""
-    a, b = _flatten_document(old), _flatten_document(new)
-    lines = []
-    for key in list(a) + [k for k in b if k not in a]:
-        if key not in b:
-            lines.append(f"{key}: removed (was {_short(a[key])})")
-        elif key not in a:
-            lines.append(f"{key}: added {_short(b[key])}")
-        elif canonical_json(a[key]) != canonical_json(b[key]):
-            lines.append(f"{key}: {_short(a[key])} -> {_short(b[key])}")
-    return lines
-
-
-def _short(value: Any, limit: int = 120) -> str:
-    text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

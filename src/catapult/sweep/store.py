@@ -209,14 +209,15 @@ class Store:
     def open_sweep(self, document: Mapping[str, Any], cells: Sequence[Any], *, axes: Sequence[Mapping] = ()) -> str:
         """Start a sweep in an empty store, or resume the same one.
 
-        ``document`` is the spec document (:func:`catapult.sweep.spec.spec_document`), ``cells``
+        ``document`` is the spec document (:func:`catapult.sweep.spec_document.spec_document`), ``cells``
         the expanded cells (``.id``, ``.config``, ``.swept``), ``axes`` per-axis metadata for
         figures. Returns ``"new"`` or ``"resumed"``. Interrupted (``running``, unclaimed) cells
         are left as they are: :meth:`claim` hands them out again. A different spec raises
         :class:`SpecChanged` naming each changed key; nothing is modified then.
         """
         from catapult import __version__
-        from catapult.sweep.spec import canonical_json, spec_hash
+        from catapult.sweep.spec import canonical_json
+        from catapult.sweep.spec_document import spec_hash
 
         digest = spec_hash(document)
         with self.transaction() as conn:
@@ -259,7 +260,8 @@ class Store:
         return the stored spec hash (``None``: no sweep yet). Reads only, so a store opened with
         ``create=False`` can be checked before it is opened for writing (which upgrades a store
         of catapult 0.1.0): a store of another sweep, given by mistake, is left as it was."""
-        from catapult.sweep.spec import canonical_json, diff_documents, spec_hash
+        from catapult.sweep.spec import canonical_json
+        from catapult.sweep.spec_document import diff_documents, spec_hash
 
         stored = self.meta("spec_hash")
         if stored is not None and stored != spec_hash(document):
