@@ -26,10 +26,10 @@ def check_real(owner: str, label: str, value: Any, *, low: float | None = None, 
     Traceback (most recent call last):
     ValueError: GPT dropout must be a finite number in [0, 1); got 1.0
     """
-    value = _scalar(value)
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (low is None or (value > low if low_open else value >= low))
-    ok = ok and (high is None or (value < high if high_open else value <= high))
+    value, real = _scalar(value), as_real(value)
+    ok = real is not None
+    ok = ok and (low is None or (real > low if low_open else real >= low))
+    ok = ok and (high is None or (real < high if high_open else real <= high))
     if not ok:
         if low is None and high is None:
             where = ""
@@ -40,7 +40,7 @@ def check_real(owner: str, label: str, value: Any, *, low: float | None = None, 
         else:
             where = f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
         raise ValueError(f"{owner} {label} must be a finite number{where}; got {value!r}")
-    return float(value)
+    return real
 
 
 def as_integer(value: Any) -> int | None:
@@ -136,8 +136,7 @@ def check_positive_int(model: str, label: str, value: Any, *, optional: bool = F
         return
     # an integral float (8.0) passes, as the models convert with int(); nan, inf and non-numbers do not
     value = _scalar(value)
-    integral = ((isinstance(value, numbers.Integral) and not isinstance(value, bool))
-                or (isinstance(value, float) and value.is_integer()))
+    integral = as_integer(value) is not None or (isinstance(value, float) and value.is_integer())
     if not integral or value < 1:
         raise ValueError(f"{model} {label} must be a positive integer{' or None' if optional else ''}; got {value!r}")
 
@@ -151,6 +150,6 @@ def check_densities(model: str, density: float, base_density: float) -> None:
     ValueError: GPT density and base_density must be in (0, 1]; got 0.0, 1.0
     """
     density, base_density = _scalar(density), _scalar(base_density)
-    real = all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in (density, base_density))
+    real = all(as_real(v) is not None for v in (density, base_density))  # nan is no density either
     if not real or not (0.0 < density <= 1.0) or not (0.0 < base_density <= 1.0):
         raise ValueError(f"{model} density and base_density must be in (0, 1]; got {density!r}, {base_density!r}")

@@ -256,11 +256,11 @@ def _size_problem(config: Mapping[str, Any], device, shapes: dict) -> cfg.Config
 
 def _spectrum_problem(config: Mapping[str, Any], shapes: dict) -> cfg.ConfigError | None:
     """:func:`catapult.engine.model_size.check_spectrum_fits`'s error for ``config``, or None; the
-    data's shapes come from :func:`_data_shapes` (loaded only where the count at one input feature
-    and one class does not settle it)."""
+    data's shapes come from :func:`_data_shapes` (loaded only where the count at the least shapes
+    the data can have, :func:`~catapult.engine.run_data.data_shape_bounds`, does not settle it)."""
     top_k = config["eval"].get("spectrum_top_k") or 0
     try:
-        if not top_k or top_k <= model_parameters(config, 1, 1):
+        if not top_k or top_k <= model_parameters(config, *data_shape_bounds(config["data"])[0]):
             return None
         exact = _data_shapes(config, shapes)
         if exact is None:
