@@ -11,6 +11,7 @@ float64 below ``tol=1e-3``: their promise on kinks is the kink check's (``tests/
 ``eps^(2/3)`` (README), which ``error_bound`` does not include."""
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 
@@ -26,12 +27,13 @@ ACTIVATIONS = {"tanh": torch.nn.Tanh, "gelu": torch.nn.GELU, "softplus": torch.n
                "relu": torch.nn.ReLU}
 
 
-def flat_function(model, fn):
-    """``fn`` of the model's outputs as a function of its flat float64 parameters."""
+def flat_function(model, inputs, fn):
+    """``fn`` of the model's outputs on ``inputs`` as a function of its flat float64 parameters
+    (the model is turned to float64), and that flat vector."""
     names = [n for n, _ in model.named_parameters()]
     shapes = [p.shape for _, p in model.named_parameters()]
     flat = torch.cat([p.detach().double().reshape(-1) for p in model.parameters()])
-    m64 = torch.nn.Sequential(*[layer for layer in model]).double()
+    m64 = model.double()
 
     def call(v):
         params, i = {}, 0
@@ -39,21 +41,19 @@ def flat_function(model, fn):
             k = int(np.prod(s))
             params[n] = v[i:i + k].reshape(s)
             i += k
-        return fn(functional_call(m64, params, (call.inputs,)))
+        return fn(functional_call(m64, params, (inputs,)))
     return call, flat
 
 
 def dense_matrix(model, loss_fn, x, y, curvature: str) -> np.ndarray:
     x64 = x.double()
     y64 = y.double() if y.is_floating_point() else y
-    model = __import__("copy").deepcopy(model)
+    model = copy.deepcopy(model)  # flat_function turns it to float64
     if curvature == "hessian":
-        loss, flat = flat_function(model, lambda out: loss_fn(out, y64))
-        loss.inputs = x64
+        loss, flat = flat_function(model, x64, lambda out: loss_fn(out, y64))
         matrix = hessian(loss)(flat)
     else:
-        outputs, flat = flat_function(model, lambda out: out)
-        outputs.inputs = x64
+        outputs, flat = flat_function(model, x64, lambda out: out)
         out = outputs(flat).detach()
         jac = jacrev(outputs)(flat).reshape(out.numel(), -1)
         loss_hessian = hessian(lambda z: loss_fn(z.reshape(out.shape), y64))(out.reshape(-1))
