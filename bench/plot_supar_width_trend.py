@@ -45,7 +45,7 @@ def main(argv=None) -> None:
     by_width = {}
     for item in args.runs:
         width, _, path = item.partition("=")
-        by_width[int(width)] = load(path, "test_loss")
+        by_width[int(width)] = load([path], "test_loss")
     widths = sorted(by_width)
     densities = sorted({d for data in by_width.values() for d in data["supar"] if d < 1.0}, reverse=True)
     leads = {(key, w, d): lead(seed_losses(by_width[w], key, d), seed_losses(by_width[w], "supar", d))

@@ -23,11 +23,14 @@ ORDER = ["sp", "mup", "supar"]
 LABEL = {"sp": "SP", "mup": "muP", "supar": "SμPar"}
 
 
-def load(path: str, metric: str):
-    """``{parametrization: {density: {lr: {seed: loss}}}}``, +inf where a cell did not finish."""
+def load(paths: list[str], metric: str):
+    """``{parametrization: {density: {lr: {seed: loss}}}}`` from one or more exports (a cell in
+    several: the last file's), +inf where a cell did not finish."""
     out = defaultdict(lambda: defaultdict(lambda: defaultdict(dict)))
-    with open(path, newline="") as fh:
-        for row in csv.DictReader(fh):
+    for path in paths:
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        for row in rows:
             try:
                 value = float(row[metric]) if row["status"] == "finished" else math.inf
             except ValueError:
@@ -46,7 +49,7 @@ def mean_std(values):
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("csv")
+    parser.add_argument("csv", nargs="+", help="sweep exports (catapult export), read as one")
     parser.add_argument("--metric", default="test_loss", help="column to compare (default: final test loss)")
     parser.add_argument("--out", help="figure file")
     args = parser.parse_args(argv)
