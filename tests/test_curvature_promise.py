@@ -1,12 +1,18 @@
-"""The promise of ``catapult.sharpness``, fuzzed over its options: where it says ``converged``,
-some eigenvalue ``lambda`` of the dense matrix (the Hessian by ``torch.func.hessian``, or the
-Gauss-Newton matrix ``J^T H_L J`` from ``torch.func.jacrev``, both in float64) has
-``|lambda - value| <= error_bound * |value|``, and ``value`` is not above the largest eigenvalue.
+"""The promises of the curvature functions, fuzzed over their options against the dense matrix:
+the Hessian by ``torch.func.hessian``, or the Gauss-Newton matrix ``J^T H_L J`` from
+``torch.func.jacrev``, both in float64.
+
+- ``sharpness``: where it says ``converged``, some eigenvalue ``lambda`` has
+  ``|lambda - value| <= error_bound * |value|``, and ``value`` is not above the largest.
+- ``top_eigenpairs``: sorted values, orthonormal vectors, true residuals within the reported ones.
+- ``hessian_trace``: exact once its products span the space (Hutch++ with ``matvecs >= 3 n``).
+- ``spectral_density``: every quadrature node inside the spectrum's range, each run's weights
+  summing to 1, the density integrating to 1.
 
 Every product mode but ``"compiled"`` (whose compile costs seconds) is drawn, with ``memory``,
 ``coarse`` (260 samples reach the sub-batch levels), ``chunk_size``, ``max_basis``, ``dtype``,
 the loss and ``curvature``. Finite differences are drawn only on smooth activations and only in
-float64 below ``tol=1e-3``: their promise on kinks is the kink check's (``tests/test_coarse_start.py``,
+float64 below ``tol=1e-2``: their promise on kinks is the kink check's (``tests/test_coarse_start.py``,
 ``tests/test_spectrum.py``), and in float32 their products are accurate to about
 ``eps^(2/3)`` (README), which ``error_bound`` does not include."""
 from __future__ import annotations
@@ -159,3 +165,43 @@ def test_converged_top_eigenpairs_are_orthonormal_and_have_the_residuals_they_re
             true = float(np.linalg.norm(matrix @ vector - value * vector))
             assert reported <= p["tol"] * 1.0000001
             assert true <= reported * abs(value) + 10 * slack, (true, reported, value)
+
+
+@settings(max_examples=15, deadline=None, derandomize=True, database=None)
+@given(problem=problems(), extra=st.integers(0, 4))
+def test_hessian_trace_is_exact_once_its_products_span_the_space(problem, extra):
+    """Hutch++ spends a third of ``matvecs`` on the sketch ``Q = orth(A S)``; with ``matvecs >=
+    3 n`` (``n`` parameters) ``Q`` spans ``A``'s range and ``tr(Q^T A Q)`` is the whole trace."""
+    p = dict(problem, n=min(problem["n"], 17))  # 3 n products each: the batch kept small
+    if p["mode"] == "finite_difference" and not p["double"]:
+        return
+    model, loss_fn, x, y = build(p)
+    count = sum(q.numel() for q in model.parameters())
+    trace = catapult.hessian_trace(model, loss_fn, (x, y), matvecs=3 * count + extra, hvp=p["mode"],
+                                   chunk_size=p["chunk_size"], curvature=p["curvature"], seed=p["seed"])
+    matrix = dense_matrix(model, loss_fn, x, y, p["curvature"])
+    scale = float(np.abs(np.linalg.eigvalsh(matrix)).sum())
+    assert abs(trace - float(np.trace(matrix))) <= (1e-8 if p["double"] else 1e-4) * max(scale, 1e-30) + 1e-12
+
+
+@settings(max_examples=25, deadline=None, derandomize=True, database=None)
+@given(problem=problems(), runs=st.integers(1, 4), steps=st.integers(1, 12),
+       max_basis=st.sampled_from([None, 2, 5]))
+def test_spectral_density_nodes_lie_in_the_spectrum_and_its_mass_is_one(problem, runs, steps, max_basis):
+    """Lanczos quadrature nodes are Ritz values, so they lie in ``[lambda_min, lambda_max]``;
+    a run's weights are the squared first components of the tridiagonal's eigenvectors (sum 1)."""
+    p = problem
+    if p["mode"] == "finite_difference" and not p["double"]:
+        return
+    model, loss_fn, x, y = build(p)
+    dens = catapult.spectral_density(model, loss_fn, (x, y), runs=runs, steps=steps, hvp=p["mode"],
+                                     chunk_size=p["chunk_size"], curvature=p["curvature"], seed=p["seed"],
+                                     max_basis=max_basis)
+    eigenvalues = np.linalg.eigvalsh(dense_matrix(model, loss_fn, x, y, p["curvature"]))
+    slack = slack_of(p, float(np.abs(eigenvalues).max())) * 10
+    weighted = dens.weights > 0
+    nodes = np.asarray(dens.nodes)[weighted]
+    assert np.all(nodes >= eigenvalues[0] - slack) and np.all(nodes <= eigenvalues[-1] + slack)
+    assert np.allclose(np.asarray(dens.weights).sum(axis=1), 1.0, atol=1e-6 if p["double"] else 1e-4)
+    mass = float(np.sum((dens.density[1:] + dens.density[:-1]) / 2 * np.diff(dens.grid)))
+    assert abs(mass - 1.0) <= 1e-2
