@@ -41,7 +41,10 @@ def load(paths: list[str], metric: str):
 
 
 def mean_std(values):
+    """Mean and sample std of the seeds' losses; +inf if any diverged, nan if none ran."""
     values = list(values)
+    if not values:
+        return math.nan, math.nan
     if any(not math.isfinite(v) for v in values):
         return math.inf, math.nan
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
@@ -62,8 +65,8 @@ def main(argv=None) -> None:
         dense_lr[p] = min(dense, key=lambda lr: mean_std(dense[lr].values())[0])
         for d in densities:
             transferred[p, d] = mean_std(data[p][d][dense_lr[p]].values())
-            tuned[p, d] = min((mean_std(data[p][d][lr].values()) + (lr,) for lr in data[p][d]),
-                              key=lambda t: t[0])
+            tuned[p, d] = min((mean_std(data[p][d][lr].values()) + (lr,) for lr in data[p][d]
+                               if data[p][d][lr]), key=lambda t: t[0])
 
     print(f"Final {args.metric}, mean ± std over seeds, at each parametrization's dense-optimal lr "
           f"(log2: {', '.join(f'{LABEL.get(p, p)} {math.log2(dense_lr[p]):g}' for p in params)}):\n")
@@ -72,7 +75,7 @@ def main(argv=None) -> None:
     print("|---" * (len(densities) + 1) + "|")
     for p in params:
         print(f"| {LABEL.get(p, p)} | " + " | ".join(
-            f"{m:.3f} ± {s:.3f}" if math.isfinite(m) else "diverged" for m, s in
+            f"{m:.3f} ± {s:.3f}" if math.isfinite(m) else "not run" if math.isnan(m) else "diverged" for m, s in
             (transferred[p, d] for d in densities)) + " |")
     print("| loss at the sparsest minus dense | " + " | ".join("" for _ in densities[:-1]) + " | " + ", ".join(
         f"{LABEL.get(p, p)} {transferred[p, densities[-1]][0] - transferred[p, 1.0][0]:+.3f}" for p in params) + " |")
