@@ -198,8 +198,8 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
             standard normal vector from a private generator seeded with ``seed``.
         hvp: ``"auto"``, ``"double_backprop"``, ``"forward_over_reverse"`` or
             ``"finite_difference"`` (two gradients per product, no double backward, each
-            checked for kinks: a ValueError where the steps cross them; a crossing by a small
-            margin passes, with an error ``error_bound`` does not include: see
+            checked for kinks: a ValueError where the steps cross them; ``error_bound`` does not
+            include the products' own error, which in float32 can pass ``tol``: see
             :class:`HessianOperator`).
         seed: seeds the random start vector and the dropout mask.
         max_basis: Krylov vectors kept in memory (thick restart beyond that); each costs one
