@@ -4,7 +4,7 @@ The check (:mod:`catapult.curvature.difference`) refuses a product whose forward
 differences differ by more than ``MAX_GAP`` (0.1) of it, after retries at smaller steps. A step
 that crosses a ReLU kink by a small margin gives a smaller gap and passes; across a kink the
 central difference is off by about ``gap / 2`` of the product. This probe measures that error
-against the dense float64 Hessian (exact double-backprop products) on small MLPs 4-6-6-1 with MSE on 33
+against the dense float64 Hessian (``tests/dense_curvature.py``) on small MLPs 4-6-6-1 with MSE on 33
 random samples, float32, ten random unit directions per seed, and prints, by the number of
 retries the accepted product took, the largest and median ``||error|| / lambda_max`` and the
 largest accepted gap; then, per seed, whether ``sharpness(tol=1e-4)`` on those products returns
@@ -16,6 +16,8 @@ Usage:  OMP_NUM_THREADS=1 .venv/bin/python bench/probe_fd_margin.py [--seeds 20]
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 import numpy as np
 import torch
@@ -24,11 +26,8 @@ import catapult
 import catapult.curvature.hessian as hessian_module
 from catapult.curvature import HessianOperator, difference
 
-
-def dense_hessian(model, loss_fn, batch) -> np.ndarray:
-    """The Hessian in float64, column by column from exact double-backprop products."""
-    exact = HessianOperator(model, loss_fn, batch, dtype=torch.float64, hvp="double_backprop")
-    return torch.stack([exact(e) for e in torch.eye(exact.numel, dtype=torch.float64)]).numpy()
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+from dense_curvature import dense_hessian  # noqa: E402  (the tests' independent float64 Hessian)
 
 
 def main(argv=None) -> None:
@@ -52,11 +51,11 @@ def main(argv=None) -> None:
         model = torch.nn.Sequential(torch.nn.Linear(4, 6), activation(), torch.nn.Linear(6, 6), activation(),
                                     torch.nn.Linear(6, 1))
         x, y, loss_fn = torch.randn(33, 4), torch.randn(33, 1), torch.nn.MSELoss()
-        exact = dense_hessian(model, loss_fn, (x, y))
-        lam = float(np.abs(np.linalg.eigvalsh(exact)).max())
+        exact = dense_hessian(model, loss_fn, (x, y)).numpy()
+        eigenvalues = np.linalg.eigvalsh(exact)
+        lam, top = float(np.abs(eigenvalues).max()), float(eigenvalues[-1])
         try:
             est = catapult.sharpness(model, loss_fn, (x, y), tol=1e-4, hvp="finite_difference", coarse=None)
-            top = float(np.linalg.eigvalsh(exact)[-1])
             solves.append((abs(est.value - top) / abs(top), est.error_bound, est.converged))
         except ValueError:
             solves.append(None)

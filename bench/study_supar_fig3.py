@@ -6,7 +6,9 @@ dense proxy, and finds SμPar's loss the lowest at every density (the "Pareto fr
 growing with sparsity. Here each parametrization's lr is the optimum of its own seed-mean curve at
 density 1 (the dense proxy), carried unchanged to every density; beside it, the best loss over the
 lr grid at that density (per-density tuning, which the paper's recipe does not do). Diverged or
-failed cells count as +inf. Prints Markdown tables; ``--out`` draws loss against density.
+failed cells count as +inf; a density without the dense-optimal lr prints "not run". Several
+exports (e.g. sweeps that added lrs or densities) are read as one. Prints Markdown tables;
+``--out`` draws loss against density.
 
     python bench/study_supar_fig3.py bench/supar_bpe/lr_full.csv --out bench/figures/supar_bpe_fig3.png
 """
@@ -29,14 +31,13 @@ def load(paths: list[str], metric: str):
     out = defaultdict(lambda: defaultdict(lambda: defaultdict(dict)))
     for path in paths:
         with open(path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-        for row in rows:
-            try:
-                value = float(row[metric]) if row["status"] == "finished" else math.inf
-            except ValueError:
-                value = math.inf
-            out[row["model.parametrization"]][float(row["model.density"])][float(row["optimizer.lr"])][
-                int(row["seed"])] = value if math.isfinite(value) else math.inf
+            for row in csv.DictReader(fh):
+                try:
+                    value = float(row[metric]) if row["status"] == "finished" else math.inf
+                except ValueError:
+                    value = math.inf
+                out[row["model.parametrization"]][float(row["model.density"])][float(row["optimizer.lr"])][
+                    int(row["seed"])] = value if math.isfinite(value) else math.inf
     return out
 
 
@@ -64,9 +65,9 @@ def main(argv=None) -> None:
         dense = data[p][1.0]
         dense_lr[p] = min(dense, key=lambda lr: mean_std(dense[lr].values())[0])
         for d in densities:
-            transferred[p, d] = mean_std(data[p][d][dense_lr[p]].values())
-            tuned[p, d] = min((mean_std(data[p][d][lr].values()) + (lr,) for lr in data[p][d]
-                               if data[p][d][lr]), key=lambda t: t[0])
+            transferred[p, d] = mean_std(data[p][d].get(dense_lr[p], {}).values())
+            tuned[p, d] = min((mean_std(data[p][d][lr].values()) + (lr,) for lr in data[p][d]),
+                              key=lambda t: t[0])
 
     print(f"Final {args.metric}, mean ± std over seeds, at each parametrization's dense-optimal lr "
           f"(log2: {', '.join(f'{LABEL.get(p, p)} {math.log2(dense_lr[p]):g}' for p in params)}):\n")
@@ -78,7 +79,9 @@ def main(argv=None) -> None:
             f"{m:.3f} ± {s:.3f}" if math.isfinite(m) else "not run" if math.isnan(m) else "diverged" for m, s in
             (transferred[p, d] for d in densities)) + " |")
     print("| loss at the sparsest minus dense | " + " | ".join("" for _ in densities[:-1]) + " | " + ", ".join(
-        f"{LABEL.get(p, p)} {transferred[p, densities[-1]][0] - transferred[p, 1.0][0]:+.3f}" for p in params) + " |")
+        f"{LABEL.get(p, p)} " + (f"{gap:+.3f}" if not math.isnan(gap := transferred[p, densities[-1]][0]
+                                                          - transferred[p, 1.0][0]) else "not run")
+        for p in params) + " |")
     if "supar" in params:
         for other in [p for p in params if p != "supar"]:
             gaps = [(transferred[other, d][0] - transferred["supar", d][0]) / transferred[other, d][0]

@@ -1,6 +1,6 @@
 """The promises of the curvature functions, fuzzed over their options against the dense matrix:
-the Hessian by ``torch.func.hessian``, or the Gauss-Newton matrix ``J^T H_L J`` from
-``torch.func.jacrev``, both in float64.
+the Hessian, or the Gauss-Newton matrix ``J^T H_L J``, both in float64 by
+``torch.autograd.functional`` (``tests/dense_curvature.py``).
 
 - ``sharpness``: where it says ``converged``, some eigenvalue ``lambda`` has
   ``|lambda - value| <= error_bound * |value|``, and ``value`` is not above the largest.
@@ -13,11 +13,10 @@ Every product mode but ``"compiled"`` (whose compile costs seconds) is drawn, wi
 ``coarse`` (260 samples reach the sub-batch levels), ``chunk_size``, ``max_basis``, ``dtype``,
 the loss and ``curvature``. Finite differences are drawn only on smooth activations and only in
 float64 below ``tol=1e-2``: their promise on kinks is the kink check's (``tests/test_coarse_start.py``,
-``tests/test_spectrum.py``), and in float32 their products are accurate to about
-``eps^(2/3)`` (README), which ``error_bound`` does not include."""
+``tests/test_spectrum.py``), and in float32 their products' own error, which ``error_bound``
+does not include, can pass ``tol`` (README)."""
 from __future__ import annotations
 
-import copy
 import math
 import warnings
 
@@ -25,7 +24,8 @@ import numpy as np
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch.func import functional_call, hessian, jacrev
+
+from dense_curvature import dense_ggn, dense_hessian
 
 import catapult
 
@@ -33,38 +33,11 @@ ACTIVATIONS = {"tanh": torch.nn.Tanh, "gelu": torch.nn.GELU, "softplus": torch.n
                "relu": torch.nn.ReLU}
 
 
-def flat_function(model, inputs, fn):
-    """``fn`` of the model's outputs on ``inputs`` as a function of its flat float64 parameters
-    (the model is turned to float64), and that flat vector."""
-    names = [n for n, _ in model.named_parameters()]
-    shapes = [p.shape for _, p in model.named_parameters()]
-    flat = torch.cat([p.detach().double().reshape(-1) for p in model.parameters()])
-    m64 = model.double()
-
-    def call(v):
-        params, i = {}, 0
-        for n, s in zip(names, shapes):
-            k = int(np.prod(s))
-            params[n] = v[i:i + k].reshape(s)
-            i += k
-        return fn(functional_call(m64, params, (inputs,)))
-    return call, flat
-
-
 def dense_matrix(model, loss_fn, x, y, curvature: str) -> np.ndarray:
-    x64 = x.double()
-    y64 = y.double() if y.is_floating_point() else y
-    model = copy.deepcopy(model)  # flat_function turns it to float64
+    """The dense float64 Hessian or Gauss-Newton matrix (``tests/dense_curvature.py``)."""
     if curvature == "hessian":
-        loss, flat = flat_function(model, x64, lambda out: loss_fn(out, y64))
-        matrix = hessian(loss)(flat)
-    else:
-        outputs, flat = flat_function(model, x64, lambda out: out)
-        out = outputs(flat).detach()
-        jac = jacrev(outputs)(flat).reshape(out.numel(), -1)
-        loss_hessian = hessian(lambda z: loss_fn(z.reshape(out.shape), y64))(out.reshape(-1))
-        matrix = jac.T @ loss_hessian @ jac
-    return ((matrix + matrix.T) / 2).numpy()
+        return dense_hessian(model, loss_fn, (x, y)).numpy()
+    return dense_ggn(model, loss_fn, (x, y))
 
 
 @st.composite
@@ -110,7 +83,7 @@ def build(p):
 
 
 def slack_of(p, matrix_scale: float) -> float:
-    """float32 products: the operator itself is the float64 one to ~1e-6 of its norm."""
+    """What float32 products may add: rounding of the operator, ~1e-6 .. 1e-5 of its norm."""
     return (1e-9 if p["double"] else 2e-5) * max(matrix_scale, 1e-30)
 
 
