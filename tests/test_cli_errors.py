@@ -127,6 +127,39 @@ def test_overwrite_never_replaces_a_users_own_files(tiny, tmp_path, capsys):
     assert elsewhere.read_text() == "a user's figure"
 
 
+def test_overwrite_refuses_a_users_file_saved_in_place_of_a_runs_though_its_format_is_a_runs(tiny, tmp_path, capsys):
+    # a torch.save zip and a matplotlib PNG pass the content check; the digests the run's
+    # summary.json recorded are what tell them from the run's own files
+    import hashlib
+    import json
+
+    import torch
+    from matplotlib.figure import Figure
+
+    out = tmp_path / "run"
+    assert _train(capsys, tiny, "--out", out)[0] == 0
+    written = json.loads((out / "summary.json").read_text())["written"]
+    assert sorted(written) == ["metrics.csv", "model.pt", "trajectories.png"]
+    for name, digest in written.items():   # the bytes on disk, by an independent hash
+        assert digest == "sha256:" + hashlib.sha256((out / name).read_bytes()).hexdigest()
+    torch.save({"my.weight": torch.ones(3)}, out / "model.pt")
+    code, err = _train(capsys, tiny, "--out", out, "--overwrite")
+    assert code == 2 and f"{out / 'model.pt'} is not the file the earlier run wrote" in err and "Traceback" not in err
+    assert torch.load(out / "model.pt", weights_only=True)["my.weight"].sum() == 3
+    (out / "model.pt").unlink()
+    Figure().savefig(out / "trajectories.png")   # a user's own figure (matplotlib's tag, no mark)
+    mine = (out / "trajectories.png").read_bytes()
+    code, err = _train(capsys, tiny, "--out", out, "--overwrite")
+    assert code == 2 and "trajectories.png is not the file" in err and (out / "trajectories.png").read_bytes() == mine
+    (out / "trajectories.png").unlink()
+    assert _train(capsys, tiny, "--out", out, "--overwrite")[0] == 0   # the run's own files: replaced
+    assert _train(capsys, tiny, "--out", out, "--overwrite")[0] == 0
+    summary = json.loads((out / "summary.json").read_text())
+    del summary["written"]   # a run written before the digests: judged by content, as before
+    (out / "summary.json").write_text(json.dumps(summary))
+    assert _train(capsys, tiny, "--out", out, "--overwrite")[0] == 0
+
+
 def test_a_full_disk_is_a_message_and_leaves_no_run_directory(tiny, tmp_path, capsys, monkeypatch):
     def full(self, row):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "metrics.csv"))

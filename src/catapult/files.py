@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import codecs
 import csv
+import hashlib
 import json
 from pathlib import Path
 
 from catapult.writing import PARTIAL_PREFIX, write_whole
 
 __all__ = ["MARK", "PARTIAL_PREFIX", "PNG_START", "figure_mark", "figure_path", "save_figure", "written_by_catapult",
-           "is_run_record", "run_output_of_ours", "partial_of_ours", "cut_off_mapping"]
+           "is_run_record", "run_output_of_ours", "partial_of_ours", "cut_off_mapping", "WRITTEN", "file_digest",
+           "recorded_digests"]
 
 #: The text catapult's figures, reports and Parquet exports carry in their metadata.
 MARK = "written by catapult"
@@ -198,6 +200,45 @@ def run_output_of_ours(path, name: str | None = None) -> bool:
     except Exception:  # unreadable, not UTF-8, not YAML: not ours
         return False
     return False
+
+
+#: The key of a run's ``summary.json`` that records, for each file the run wrote before it, the
+#: SHA-256 of its bytes (:func:`file_digest`). A file a content check would take for a run's
+#: (any ``torch.save`` zip as ``model.pt``, any matplotlib PNG) is then the run's only when its
+#: bytes are the ones recorded: ``--overwrite`` never replaces a user's file put there since.
+WRITTEN = "written"
+
+
+def file_digest(path) -> str:
+    """``"sha256:<hex>"`` of the bytes of the file ``path``, read in 1 MiB blocks.
+
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "f")
+    >>> _ = open(path, "wb").write(b"abc")
+    >>> file_digest(path)
+    'sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad'
+    """
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+def recorded_digests(summary_path) -> dict[str, str]:
+    """The digests a run's ``summary.json`` records under :data:`WRITTEN` (file name -> digest);
+    empty for a summary without them (a run written before they were recorded), or a file that
+    is not a run's summary."""
+    path = Path(summary_path)
+    if not _run_record_as(path, "summary.json"):
+        return {}
+    try:
+        written = json.loads(path.read_text()).get(WRITTEN)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+    if not isinstance(written, dict):
+        return {}
+    return {name: value for name, value in written.items() if isinstance(value, str)}
 
 
 def cut_off_mapping(data: bytes, keys, *, skips: bool = True) -> bool:

@@ -21,7 +21,8 @@ def register(subparsers) -> None:
                    help="run directory (default: runs/<name>); one that holds anything is refused unless --overwrite")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run files (config.yaml, metrics.csv, summary.json, trajectories.png, "
-                        "model.pt) of an earlier run's directory, judged by their contents; a folder "
+                        "model.pt) of an earlier run's directory, judged by their contents (and the digests "
+                        "its summary.json records); a folder "
                         "holding no run's metrics.csv or summary.json, or a file of one of those names "
                         "that a run did not write (or a link), is refused")
     p.set_defaults(func=_train_command)

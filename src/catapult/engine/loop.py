@@ -89,7 +89,8 @@ import torch
 import torch.nn as nn
 
 from catapult import config as cfg
-from catapult.files import PARTIAL_PREFIX, PNG_START, is_run_record, partial_of_ours, run_output_of_ours
+from catapult.files import (PARTIAL_PREFIX, PNG_START, WRITTEN, file_digest, is_run_record, partial_of_ours,
+                            recorded_digests, run_output_of_ours)
 from catapult.writing import write_text_whole, write_whole
 from catapult.losses import accuracy, loss_and_accuracy
 from catapult.engine.build import Run, build_run, threshold
@@ -112,6 +113,9 @@ class RunDirectoryError(ValueError):
     ``overwrite`` is off), or it cannot be created or written."""
 
 
+#: The run files whose digests ``summary.json`` records (:data:`catapult.files.WRITTEN`).
+_DIGESTED = ("metrics.csv", "model.pt", "trajectories.png")
+
 #: Files only a run writes: a directory holding one of them is an earlier run's.
 RUN_MARKERS = ("metrics.csv", "summary.json")
 
@@ -128,6 +132,9 @@ def check_out_dir(out_dir: str | Path, overwrite: bool = False, *,
     ``.partial-`` file of them, must be one a run wrote (:func:`catapult.files.run_output_of_ours`,
     judged by content; never a link): a user's own ``model.pt`` or ``config.yaml`` in a folder
     given as ``--out`` is never replaced, nor are files written beside a user's own folder.
+    Where the earlier run's ``summary.json`` records the digests of its files (runs from
+    this version on, :data:`catapult.files.WRITTEN`), each must also have those exact bytes: a
+    user's own ``model.pt`` saved there since is not the run's, though torch.save wrote it.
     Other files of an earlier run's directory (a user's notes) are left as they are.
 
     Raises :class:`RunDirectoryError` saying what is in the way.
@@ -189,6 +196,16 @@ def _check_earlier_run(path: Path, entries: list[Path], replaces: tuple[str, ...
     foreign = [p.name for p in present if not run_output_of_ours(p)]
     foreign += [e.name for e in entries if e.name in partials
                 and not partial_of_ours(e, run_output_of_ours, _PARTIAL_STARTS.get)]
+    recorded = recorded_digests(path / "summary.json")
+    changed = [p.name for p in present if p.name in recorded and p.name not in foreign
+               and file_digest(p) != recorded[p.name]]
+    if changed:
+        names = ", ".join(str(path / name) for name in changed)
+        one = len(changed) == 1
+        raise RunDirectoryError(f"{names} {'is not the file' if one else 'are not the files'} the earlier run wrote "
+                                f"(its summary.json records other bytes: replaced or edited since); --overwrite "
+                                f"replaces only a run's own files: move {'it' if one else 'them'} away, or choose "
+                                f"a new or empty directory")
     if foreign:
         names = ", ".join(str(path / name) for name in foreign)
         what = "is not a file" if len(foreign) == 1 else "are not files"
@@ -503,7 +520,10 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
         write_whole(out_path / "trajectories.png", lambda fh: plot_run(
             metrics, fh, title=config["name"], status=status, threshold_label=threshold_label(config, rule.kind),
             preconditioned=rule.kind == "preconditioned"))
-        text = json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n"
+        # the exact bytes of what came before, so that a later --overwrite replaces these files
+        # and no user's file put in their place (config.yaml is left out: a user may edit it)
+        written = {name: file_digest(out_path / name) for name in _DIGESTED}
+        text = json.dumps(json_safe({**summary, WRITTEN: written}), indent=2, allow_nan=False) + "\n"
         write_text_whole(out_path / "summary.json", text)
     return RunResult(status=status, metrics=metrics, summary=summary, config=config, model=model, out_dir=out_path)
 
