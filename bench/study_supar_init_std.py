@@ -5,7 +5,7 @@ The paper (its Fig. 7) finds SμPar's optimal init std the same at every density
 muP's move. Here each (parametrization, density) curve is drawn at the lr with the most init stds
 run there (ties: the one reaching the lower loss), so an export holding an lr search at one std
 and an std search at the best lr gives the std curve at that lr. Diverged or failed cells count
-as +inf. Several exports are read as one. Prints a Markdown table; ``--out`` draws the curves.
+as +inf; rows without a ``model.init_std`` value are left out. Several exports are read as one. Prints a Markdown table; ``--out`` draws the curves.
 
     python bench/study_supar_init_std.py bench/supar_bpe/fig3_lr_per_density_width256.csv \\
         bench/supar_bpe/init_std_per_density_width256.csv --out bench/figures/supar_bpe_init_std_width256.png
@@ -22,11 +22,13 @@ from study_supar_fig3 import LABEL, ORDER, mean_std
 
 def load(paths: list[str], metric: str):
     """``{parametrization: {density: {lr: {init_std: {seed: loss}}}}}``, +inf where a cell did
-    not finish (a cell in several files: the last file's)."""
+    not finish (a cell in several files: the last file's); rows with no init std are skipped."""
     out = defaultdict(lambda: defaultdict(lambda: defaultdict(lambda: defaultdict(dict))))
     for path in paths:
         with open(path, newline="") as fh:
             for row in csv.DictReader(fh):
+                if not row.get("model.init_std"):
+                    continue   # an export whose init std was not set: not on any std curve
                 try:
                     value = float(row[metric]) if row["status"] == "finished" else math.inf
                 except ValueError:
