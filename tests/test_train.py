@@ -172,7 +172,8 @@ def test_seeds_are_independent_streams():
 
 def test_run_directory_files(tmp_path):
     out = tmp_path / "run"
-    result = run(tiny(eval={"sharpness_every": 4, "test_every": 5}), out_dir=out, progress="none")
+    cfg = tiny(eval={"sharpness_every": 4, "test_every": 5})
+    result = run(cfg, out_dir=out, progress="none")
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "metrics.csv", "model.pt", "summary.json",
                                                      "trajectories.png"]
     saved, final = torch.load(out / "model.pt", weights_only=True), result.model.state_dict()
@@ -188,6 +189,11 @@ def test_run_directory_files(tmp_path):
     back = read_metrics(out / "metrics.csv")
     assert back == result.metrics  # floats round-trip exactly, empty cells -> None
     assert (out / "trajectories.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a CPU run repeats byte for byte, weights and figure included: the digests it records agree
+    run(cfg, out_dir=tmp_path / "again", progress="none")
+    again = {name: (tmp_path / "again" / name).read_bytes() for name in summary["written"]}
+    assert again == {name: (out / name).read_bytes() for name in summary["written"]}
+    assert json.loads((tmp_path / "again" / "summary.json").read_text())["written"] == summary["written"]
 
 
 def test_adam_runs_with_preconditioned_sharpness_and_its_threshold():
