@@ -25,20 +25,42 @@ ORDER = ["sp", "mup", "supar"]
 LABEL = {"sp": "SP", "mup": "muP", "supar": "SμPar"}
 
 
-def load(paths: list[str], metric: str):
+def load(paths: list[str], metric: str, axes: tuple[str, ...] = ("optimizer.lr",)):
     """``{parametrization: {density: {lr: {seed: loss}}}}`` from one or more exports (a cell in
-    several: the last file's), +inf where a cell did not finish."""
-    out = defaultdict(lambda: defaultdict(lambda: defaultdict(dict)))
+    several: the last file's), +inf where a cell did not finish; one level per column of ``axes``
+    (rows with an empty value in one of them are left out)."""
+    def level(depth: int):
+        return defaultdict(lambda: level(depth - 1)) if depth else {}
+
+    out = level(2 + len(axes))
     for path in paths:
         with open(path, newline="") as fh:
             for row in csv.DictReader(fh):
+                if not all(row.get(axis) for axis in axes):
+                    continue
                 try:
                     value = float(row[metric]) if row["status"] == "finished" else math.inf
                 except ValueError:
                     value = math.inf
-                out[row["model.parametrization"]][float(row["model.density"])][float(row["optimizer.lr"])][
-                    int(row["seed"])] = value if math.isfinite(value) else math.inf
+                node = out[row["model.parametrization"]][float(row["model.density"])]
+                for axis in axes:
+                    node = node[float(row[axis])]
+                node[int(row["seed"])] = value if math.isfinite(value) else math.inf
     return out
+
+
+def command_line(argv, doc: str) -> argparse.Namespace:
+    """The studies' arguments: exports read as one, the metric, the figure file."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("csv", nargs="+", help="sweep exports (catapult export), read as one")
+    parser.add_argument("--metric", default="test_loss", help="column to compare (default: final test loss)")
+    parser.add_argument("--out", help="figure file")
+    return parser.parse_args(argv)
+
+
+def parametrizations(data) -> list[str]:
+    """The parametrizations in ``data``: SP, muP, SμPar first, in that order."""
+    return [p for p in ORDER if p in data] + sorted(set(data) - set(ORDER))
 
 
 def mean_std(values):
@@ -52,22 +74,22 @@ def mean_std(values):
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("csv", nargs="+", help="sweep exports (catapult export), read as one")
-    parser.add_argument("--metric", default="test_loss", help="column to compare (default: final test loss)")
-    parser.add_argument("--out", help="figure file")
-    args = parser.parse_args(argv)
+    args = command_line(argv, __doc__)
     data = load(args.csv, args.metric)
-    params = [p for p in ORDER if p in data] + sorted(set(data) - set(ORDER))
+    params = parametrizations(data)
     densities = sorted({d for p in params for d in data[p]}, reverse=True)
+    if lacking := [LABEL.get(p, p) for p in params if 1.0 not in data[p]]:
+        raise SystemExit(f"study_supar_fig3: no dense (model.density 1.0) cells for {', '.join(lacking)} in "
+                         f"{', '.join(args.csv)}: the dense lr is the one carried; add the export that has them")
     transferred, tuned, dense_lr = {}, {}, {}
     for p in params:
         dense = data[p][1.0]
         dense_lr[p] = min(dense, key=lambda lr: mean_std(dense[lr].values())[0])
         for d in densities:
-            transferred[p, d] = mean_std(data[p][d].get(dense_lr[p], {}).values())
-            tuned[p, d] = min((mean_std(data[p][d][lr].values()) + (lr,) for lr in data[p][d]),
-                              key=lambda t: t[0])
+            by_lr = data[p].get(d, {})
+            transferred[p, d] = mean_std(by_lr.get(dense_lr[p], {}).values())
+            tuned[p, d] = min((mean_std(by_lr[lr].values()) + (lr,) for lr in by_lr), key=lambda t: t[0],
+                              default=(math.nan, math.nan, math.nan))
 
     print(f"Final {args.metric}, mean ± std over seeds, at each parametrization's dense-optimal lr "
           f"(log2: {', '.join(f'{LABEL.get(p, p)} {math.log2(dense_lr[p]):g}' for p in params)}):\n")
@@ -101,7 +123,8 @@ def print_tuned(params, densities, tuned) -> None:
     print("|---" * (len(densities) + 1) + "|")
     for p in params:
         print(f"| {LABEL.get(p, p)} | " + " | ".join(
-            f"{m:.3f} ± {s:.3f} ({math.log2(lr):g})" for m, s, lr in (tuned[p, d] for d in densities)) + " |")
+            "not run" if math.isnan(lr) else f"{m:.3f} ± {s:.3f} ({math.log2(lr):g})"
+            for m, s, lr in (tuned[p, d] for d in densities)) + " |")
 
 
 def draw(args, params, densities, transferred, tuned, dense_lr) -> None:

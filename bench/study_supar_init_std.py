@@ -5,38 +5,20 @@ The paper (its Fig. 7) finds SμPar's optimal init std the same at every density
 muP's move. Here each (parametrization, density) curve is drawn at the lr with the most init stds
 run there (ties: the one reaching the lower loss), so an export holding an lr search at one std
 and an std search at the best lr gives the std curve at that lr. Diverged or failed cells count
-as +inf; rows without a ``model.init_std`` value are left out. Several exports are read as one. Prints a Markdown table; ``--out`` draws the curves.
+as +inf; rows without a ``model.init_std`` value are left out. Several exports are read as one.
+Prints a Markdown table; ``--out`` draws the curves.
 
     python bench/study_supar_init_std.py bench/supar_bpe/fig3_lr_per_density_width256.csv \\
         bench/supar_bpe/init_std_per_density_width256.csv --out bench/figures/supar_bpe_init_std_width256.png
 """
 from __future__ import annotations
 
-import argparse
-import csv
 import math
-from collections import defaultdict
 
-from study_supar_fig3 import LABEL, ORDER, mean_std
+from study_supar_fig3 import LABEL, command_line, load, mean_std, parametrizations
 
-
-def load(paths: list[str], metric: str):
-    """``{parametrization: {density: {lr: {init_std: {seed: loss}}}}}``, +inf where a cell did
-    not finish (a cell in several files: the last file's); rows with no init std are skipped."""
-    out = defaultdict(lambda: defaultdict(lambda: defaultdict(lambda: defaultdict(dict))))
-    for path in paths:
-        with open(path, newline="") as fh:
-            for row in csv.DictReader(fh):
-                if not row.get("model.init_std"):
-                    continue   # an export whose init std was not set: not on any std curve
-                try:
-                    value = float(row[metric]) if row["status"] == "finished" else math.inf
-                except ValueError:
-                    value = math.inf
-                out[row["model.parametrization"]][float(row["model.density"])][float(row["optimizer.lr"])][
-                    float(row["model.init_std"])][int(row["seed"])] = value if math.isfinite(value) else math.inf
-    return out
-
+#: The columns below density that a curve's cells are keyed by.
+AXES = ("optimizer.lr", "model.init_std")
 
 def curve(by_lr: dict) -> tuple[float, dict]:
     """The lr with the most init stds run, and its ``{init_std: (mean, std, per-seed losses)}``."""
@@ -55,13 +37,9 @@ def best_per_seed(points: dict) -> list[float]:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("csv", nargs="+", help="sweep exports (catapult export), read as one")
-    parser.add_argument("--metric", default="test_loss", help="column to compare (default: final test loss)")
-    parser.add_argument("--out", help="figure file")
-    args = parser.parse_args(argv)
-    data = load(args.csv, args.metric)
-    params = [p for p in ORDER if p in data] + sorted(set(data) - set(ORDER))
+    args = command_line(argv, __doc__)
+    data = load(args.csv, args.metric, axes=AXES)
+    params = parametrizations(data)
     curves = {(p, d): curve(data[p][d]) for p in params for d in sorted(data[p], reverse=True)}
     stds = sorted({s for _, points in curves.values() for s in points})
     print(f"Final {args.metric}, mean ± std over seeds, against model.init_std; the best of each row in bold:\n")
@@ -81,22 +59,24 @@ def main(argv=None) -> None:
         seeds = ", ".join(f"{s:g}" for s in best_per_seed(points))
         density = "dense" if d == 1 else f"1/{round(1 / d)}"
         print(f"| {LABEL.get(p, p)} | {density} | 2^{math.log2(lr):g} | " + " | ".join(cells)
-              + f" | {best if best is None else f'{best:g}'} ({seeds}) |")
+              + f" | {'-' if best is None else f'{best:g}'} ({seeds}) |")
     if args.out:
         plot(curves, params, args.out, args.metric)
         print(f"\nwrote {args.out}")
 
 
 def plot(curves: dict, params: list[str], out: str, metric: str) -> None:
-    import matplotlib
+    """One panel per parametrization: loss against init std, one curve per density (error bars:
+    seed std), a star at each curve's best."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from catapult.files import save_figure
 
-    fig, axes = plt.subplots(1, len(params), figsize=(4.2 * len(params), 3.6), sharey=True, squeeze=False)
-    colors = plt.get_cmap("viridis")
+    fig = Figure(figsize=(4.2 * len(params), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(params), sharey=True, squeeze=False)[0]
     densities = sorted({d for _, d in curves}, reverse=True)
-    for ax, p in zip(axes[0], params):
+    for ax, p in zip(axes, params):
         for i, d in enumerate(densities):
             if (p, d) not in curves:
                 continue
@@ -104,21 +84,18 @@ def plot(curves: dict, params: list[str], out: str, metric: str) -> None:
             xs = [s for s in points if math.isfinite(points[s][0])]
             ms = [points[s][0] for s in xs]
             sds = [points[s][1] if math.isfinite(points[s][1]) else 0.0 for s in xs]
-            color = colors(i / max(1, len(densities) - 1))
+            color = colormaps["viridis"](i / max(1, len(densities) - 1))
             label = ("dense" if d == 1 else f"1/{round(1 / d)}") + f" (lr 2^{math.log2(lr):g})"
             ax.errorbar(xs, ms, yerr=sds, marker="o", ms=3, capsize=2, color=color, label=label)
             if ms:
                 j = min(range(len(ms)), key=ms.__getitem__)
                 ax.plot([xs[j]], [ms[j]], marker="*", ms=11, color=color)
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("model.init_std")
-        ax.set_title(LABEL.get(p, p))
+        ax.set(xlabel="model.init_std", title=LABEL.get(p, p))
+        ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    axes[0][0].set_ylabel(f"final {metric} (mean ± std over seeds)")
-    fig.tight_layout()
-    from catapult.files import save_figure
-
-    save_figure(fig, out)
+    axes[0].set_ylabel(f"final {metric} (mean ± std over seeds)")
+    save_figure(fig, out, dpi=120)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ def test_curves_their_lr_and_best_std(tmp_path, monkeypatch, capsys):
     rows += [("supar", 1.0, 2.0 ** -7, 2.0 ** k, s, "finished" if math.isfinite(v) else "diverged", v)
              for k, vs in losses.items() for s, v in enumerate(vs)]
     _export(tmp_path / "a.csv", rows)
-    data = study.load([str(tmp_path / "a.csv")], "test_loss")
+    data = study.load([str(tmp_path / "a.csv")], "test_loss", axes=study.AXES)
     lr, points = study.curve(data["sp"][0.25])
     assert lr == 2.0 ** -8 and sorted(points) == sorted([2.0 ** k for k in (-6, -5, -4, -3)] + [0.05])
     assert points[2.0 ** -4][0] == 3.01 and study.best_per_seed(points) == [2.0 ** -4] * 3
