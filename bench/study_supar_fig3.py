@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import sys
 from collections import defaultdict
 
 import numpy as np
@@ -79,8 +80,9 @@ def main(argv=None) -> None:
     params = parametrizations(data)
     densities = sorted({d for p in params for d in data[p]}, reverse=True)
     if lacking := [LABEL.get(p, p) for p in params if 1.0 not in data[p]]:
-        raise SystemExit(f"study_supar_fig3: no dense (model.density 1.0) cells for {', '.join(lacking)} in "
-                         f"{', '.join(args.csv)}: the dense lr is the one carried; add the export that has them")
+        print(f"study_supar_fig3: no dense (model.density 1.0) cells for {', '.join(lacking)} in "
+              f"{', '.join(args.csv)}: the dense lr is the one carried; add the export that has them", file=sys.stderr)
+        raise SystemExit(2)
     transferred, tuned, dense_lr = {}, {}, {}
     for p in params:
         dense = data[p][1.0]

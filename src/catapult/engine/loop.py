@@ -234,7 +234,8 @@ class RunResult:
     """What :func:`run` returns.
 
     ``status`` is ``"finished"``, ``"diverged"`` or ``"collapsed"``; ``metrics`` one dict per logged step (keys
-    :data:`METRIC_COLUMNS`); ``summary`` the scalars also written to ``summary.json``;
+    :data:`METRIC_COLUMNS`); ``summary`` the scalars also written to ``summary.json`` (which adds
+    ``written``, the digests of the files written before it: :data:`catapult.files.WRITTEN`);
     ``config`` the validated config; ``model`` the final model; ``out_dir`` the run directory
     (``None`` if nothing was written).
     """
