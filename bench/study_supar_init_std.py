@@ -9,7 +9,7 @@ as +inf; rows without a ``model.init_std`` value are left out. Several exports a
 Prints a Markdown table; ``--out`` draws the curves.
 
     python bench/study_supar_init_std.py bench/supar_bpe/fig3_lr_per_density_width256.csv \\
-        bench/supar_bpe/init_std_per_density_width256.csv --out bench/figures/supar_bpe_init_std_width256.png
+        bench/supar_bpe/init_std_per_density_width256.csv --out bench/figures/supar_bpe_init_std_per_density_width256.png
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from study_supar_fig3 import LABEL, command_line, load, mean_std, parametrizatio
 
 #: The columns below density that a curve's cells are keyed by.
 AXES = ("optimizer.lr", "model.init_std")
+
 
 def curve(by_lr: dict) -> tuple[float, dict]:
     """The lr with the most init stds run, and its ``{init_std: (mean, std, per-seed losses)}``."""

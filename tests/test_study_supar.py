@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import math
-import sys
 
 import pytest
 
@@ -43,7 +42,6 @@ def test_curves_their_lr_and_best_std(tmp_path, monkeypatch, capsys):
     assert points[2.0 ** -4][0] == 3.01 and study.best_per_seed(points) == [2.0 ** -4] * 3
     lr, points = study.curve(data["supar"][1.0])
     assert points[2.0 ** -4][0] == math.inf and study.best_per_seed(points)[2] == 2.0 ** -6
-    monkeypatch.setattr(sys, "argv", ["x"])
     study.main([str(tmp_path / "a.csv"), "--out", str(tmp_path / "f.png")])
     out = capsys.readouterr().out
     sp_row = next(line for line in out.splitlines() if line.startswith("| SP | 1/4 | 2^-8 |"))

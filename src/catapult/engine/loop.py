@@ -196,9 +196,14 @@ def _check_earlier_run(path: Path, entries: list[Path], replaces: tuple[str, ...
     foreign = [p.name for p in present if not run_output_of_ours(p)]
     foreign += [e.name for e in entries if e.name in partials
                 and not partial_of_ours(e, run_output_of_ours, _PARTIAL_STARTS.get)]
+    if foreign:
+        names = ", ".join(str(path / name) for name in foreign)
+        what = "is not a file" if len(foreign) == 1 else "are not files"
+        raise RunDirectoryError(f"{names} {what} a catapult run wrote (judged by contents, not by name); "
+                                f"--overwrite replaces only a run's own files: move {'it' if len(foreign) == 1 else 'them'} "
+                                f"away, or choose a new or empty directory")
     recorded = recorded_digests(path / "summary.json")
-    changed = [p.name for p in present if p.name in recorded and p.name not in foreign
-               and file_digest(p) != recorded[p.name]]
+    changed = [p.name for p in present if p.name in recorded and file_digest(p) != recorded[p.name]]
     if changed:
         names = ", ".join(str(path / name) for name in changed)
         one = len(changed) == 1
@@ -206,12 +211,6 @@ def _check_earlier_run(path: Path, entries: list[Path], replaces: tuple[str, ...
                                 f"(its summary.json records other bytes: replaced or edited since); --overwrite "
                                 f"replaces only a run's own files: move {'it' if one else 'them'} away, or choose "
                                 f"a new or empty directory")
-    if foreign:
-        names = ", ".join(str(path / name) for name in foreign)
-        what = "is not a file" if len(foreign) == 1 else "are not files"
-        raise RunDirectoryError(f"{names} {what} a catapult run wrote (judged by contents, not by name); "
-                                f"--overwrite replaces only a run's own files: move {'it' if len(foreign) == 1 else 'them'} "
-                                f"away, or choose a new or empty directory")
 
 
 def _discard(path: Path, created: bool) -> None:
