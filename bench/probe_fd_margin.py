@@ -83,6 +83,7 @@ def main(argv=None) -> None:
     done = [s for s in solves if s is not None]
     over = [s for s in done if s[2] and s[0] > s[1]]
     print(f"sharpness(tol=1e-4, coarse=None): {len(solves) - len(done)} refused, {len(done)} returned, "
+          f"{sum(bool(s[2]) for s in done)} converged, "
           f"{len(over)} converged with a relative error above error_bound"
           + (f" (largest error {max(s[0] for s in over):.1e}, its bound "
              f"{max(over, key=lambda s: s[0])[1]:.1e})" if over else ""))

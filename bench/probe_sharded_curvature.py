@@ -7,7 +7,8 @@ A small GPT (BPE-sized vocab 257, width 32, 2 blocks, 2 heads, context 16) after
 group of world size 1 (the products and the check are the same on W ranks; the 2-rank equality
 is ``tests/test_sharded_curvature.py`` and ``tests/test_fsdp.py``). For ReLU and GELU, float32 and
 float64, seeds 0..2: the Hessian's and Adam's pre-conditioned sharpness at ``tol=1e-3``, their
-relative error against the exact float64 value, the products, the retries at a smaller step,
+relative error against the exact float64 value, how many seeds' errors are within their
+``error_bound`` and how many converged, the products, the retries at a smaller step,
 the largest accepted gap and the wall time, beside the unsharded model's exact solve. ``--no-check``
 also runs the float64 solves with the check off (``MAX_GAP = inf``), to show what it prevents.
 
@@ -94,6 +95,7 @@ def sharded_values(seed, activation, dtype):
         finally:
             sharded.ShardedHessianOperator = original
         out.update(hessian=h.value, preconditioned=p.value, products=h.matvecs + p.matvecs,
+                   bounds=(h.error_bound, p.error_bound), converged=(h.converged, p.converged),
                    retries=sum(op.shrunk_steps for op in ops), gap=max(op.difference_gap for op in ops))
     except ValueError as refused:
         out["refused"] = str(refused).split(":")[1].strip()[:60]
@@ -111,8 +113,9 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(1)
     print("| activation | dtype | check | Hessian: rel. error, mean (max) | pre-conditioned: rel. error | "
+          "within error_bound (H, P) | converged (H, P) | "
           "products (H + P) per seed | retries | largest gap | wall s per H call: sharded / unsharded exact |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     with single_process_group():
         for activation in ("gelu", "relu"):
             exact = [exact_values(s, activation) for s in range(args.seeds)]
@@ -125,14 +128,17 @@ def main():
                 name = str(dtype).replace("torch.", "")
                 if any("refused" in g for g in got):
                     print(f"| {activation} | {name} | {'on' if check else 'off'} | refused on "
-                          f"{sum('refused' in g for g in got)} of {len(got)} seeds: {got[0].get('refused', '')} | | | | | |")
+                          f"{sum('refused' in g for g in got)} of {len(got)} seeds: {got[0].get('refused', '')} | | | | | | | |")
                     continue
                 err_h = [abs(g["hessian"] - e[dtype]["hessian"]) / e[dtype]["hessian"] for g, e in zip(got, exact)]
                 err_p = [abs(g["preconditioned"] - e[dtype]["preconditioned"]) / e[dtype]["preconditioned"]
                          for g, e in zip(got, exact)]
+                within = [sum(err[i] <= g["bounds"][k] for i, g in enumerate(got)) for k, err in enumerate((err_h, err_p))]
+                converged = [sum(g["converged"][k] for g in got) for k in range(2)]
                 wall = statistics.mean(g["wall"] for g in got)
                 plain = statistics.mean(e[dtype]["plain_wall"] for e in exact)
                 print(f"| {activation} | {name} | {'on' if check else 'off'} | {spread(err_h)} | {spread(err_p)} | "
+                      f"{within[0]}/{len(got)}, {within[1]}/{len(got)} | {converged[0]}/{len(got)}, {converged[1]}/{len(got)} | "
                       f"{', '.join(str(g['products']) for g in got)} | {sum(g['retries'] for g in got)} | "
                       f"{max(g['gap'] for g in got):.2g} | {wall:.2f} / {plain:.2f} |")
         difference.MAX_GAP = 0.1

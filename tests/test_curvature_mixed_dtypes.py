@@ -51,6 +51,10 @@ def test_mixed_dtype_parameters_match_dense(first64, kwargs, rel):
     exact.second = torch.float64
     truth = np.linalg.eigvalsh(dense_hessian(exact, mse, batch).numpy())[-1]
     est = catapult.sharpness(model, mse, batch, tol=1e-6, **kwargs)
-    assert est.converged
+    if kwargs.get("hvp") == "finite_difference":
+        # differences of float32 gradients cannot reach 1e-6, and the bound says so (certify.py)
+        assert not est.converged and abs(est.value - truth) / abs(truth) <= est.error_bound
+    else:
+        assert est.converged
     assert est.value == pytest.approx(truth, rel=rel)
     assert model.a.weight.dtype == (torch.float64 if first64 else torch.float32)

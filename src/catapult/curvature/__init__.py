@@ -7,8 +7,10 @@ user-facing measurements built from them (:mod:`~catapult.curvature.precondition
 pre-conditioner of an optimizer's next step), :mod:`~catapult.curvature.spectrum` top-k, trace and
 density (Hessian or Gauss-Newton, :mod:`~catapult.curvature.ggn`), :mod:`~catapult.curvature.start`
 a solve's start, :mod:`~catapult.curvature.coarse` coarse-to-fine start vectors,
-:mod:`~catapult.curvature.distributed` the all-reduced operator for ``distributed=True`` and
-:mod:`~catapult.curvature.sharded` the one for a model sharded by FSDP2. Everything runs wherever
+:mod:`~catapult.curvature.distributed` the all-reduced operator for ``distributed=True``,
+:mod:`~catapult.curvature.sharded` the one for a model sharded by FSDP2, and
+:mod:`~catapult.curvature.certify` the end of a solve on finite-difference products (its
+residual taken and the products' own error added to its bound). Everything runs wherever
 the model runs (CPU or CUDA). Nothing here changes a model's parameters, gradients, buffers or
 train/eval mode, an optimizer's state, or the global random number generators.
 """

@@ -25,11 +25,12 @@ it as a diverged model's nan, not as a kink.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Callable
 
 __all__ = ["MAX_GAP", "STEPS", "STEP_SHRINK", "ROUNDING_ULPS", "central_step", "rounding_level",
-           "relative_gap", "checked_difference"]
+           "relative_gap", "checked_difference", "difference_operator", "scaled_step"]
 
 #: A product is accepted where its forward and backward differences differ by at most this much
 #: of the forward one. Measured on small GPTs: a smooth loss gives O(h) (float64 <= 2e-4; float32
@@ -124,3 +125,46 @@ def checked_difference(product_at: Callable, first_step: float, *, subject: str 
                      f"steps {first_step:.2g} .. {h * STEP_SHRINK:.2g} (more than {MAX_GAP}), as where the steps "
                      f"cross kinks of the loss (ReLU); measure a model in float64, or one with a smooth activation "
                      f"(GELU)")
+
+
+def difference_operator(op):
+    """The operator whose products are these differences behind ``op`` (itself, or the one a
+    wrapper holds as ``.op``: a pre-conditioned or an all-reduced operator, or both), or None
+    where the products are exact.
+
+    >>> class Differences:
+    ...     mode = "finite_difference"
+    >>> class Wrapper:
+    ...     def __init__(self, op):
+    ...         self.op = op
+    >>> inner = Differences()
+    >>> difference_operator(Wrapper(Wrapper(inner))) is inner, difference_operator(Wrapper(object()))
+    (True, None)
+    """
+    while op is not None:
+        if getattr(op, "mode", None) == "finite_difference":
+            return op
+        op = getattr(op, "op", None)
+    return None
+
+
+@contextlib.contextmanager
+def scaled_step(op, factor: float):
+    """Products of the difference operator ``op`` taken at ``factor`` times its first step
+    inside the block (its ``step_factor``; the kink check's retries shrink from there).
+
+    >>> class Differences:
+    ...     step_factor = 1.0
+    >>> op = Differences()
+    >>> with scaled_step(op, 2.0):
+    ...     op.step_factor
+    2.0
+    >>> op.step_factor
+    1.0
+    """
+    kept = op.step_factor
+    op.step_factor = kept * factor
+    try:
+        yield op
+    finally:
+        op.step_factor = kept

@@ -142,11 +142,12 @@ class HessianOperator:
         kinks of the loss (ReLU) and retaken at a smaller step, or refused with a ValueError
         (:mod:`~catapult.curvature.difference`; ``difference_gap``, ``shrunk_steps``). Measured
         relative error of ``H v`` on a small tanh MLP (``tests/test_spectrum.py``): <= 5e-11 in
-        float64, <= 2.5e-5 in float32. A solve's ``error_bound`` covers the difference
-        products, not their own error, which in float32 can pass its ``tol``: a GELU GPT's
-        sharpness 0.46% off (``bench/RESULTS.md``, 5b), and a step crossing a ReLU kink by a
-        small margin passes the check with an error of about half its gap (up to 1.4e-3 of
-        ``lambda_max``, ``bench/probe_fd_margin.py``).
+        float64, <= 2.5e-5 in float32; a step crossing a ReLU kink by a small margin passes the
+        check with an error of about half its gap (up to 1.4e-3 of ``lambda_max``,
+        ``bench/probe_fd_margin.py``). ``sharpness`` and ``preconditioned_sharpness`` end a
+        solve on these products with two more at its vector, so their ``error_bound`` includes
+        the products' own error (:mod:`~catapult.curvature.certify`; ``difference.scaled_step``
+        takes a product at a multiple of the step, ``step_factor``).
       * ``"compiled"``: ``H v = vjp(grad(L))(v)``, reverse over reverse, and the gradients of
         :meth:`forward_difference`, through ``torch.compile`` (:mod:`~catapult.curvature.compiled`):
         exact products, no graph kept, cheaper per call once compiled on models whose products
@@ -246,6 +247,7 @@ class HessianOperator:
         self._grad_flat: torch.Tensor | None = None
         self._base: torch.Tensor | None = None  # g(theta) for the finite differences
         self.difference_gap, self.shrunk_steps = 0.0, 0
+        self.step_factor = 1.0   # the difference step's multiple (difference.scaled_step)
         # the kink test's gap as every process sees it: DistributedOperator makes it the ranks' largest
         self.agree_gap: Callable[[float], float] = lambda gap: gap
         # [(inputs, targets, weight)]; one entry = the whole batch, weight 1 (and a nan loss).
@@ -500,7 +502,7 @@ class HessianOperator:
                     out.add_(work, alpha=-2.0 * s)
             return gap, finish
 
-        _, gap, retries = checked_difference(product_at, central_step(self._eps))
+        _, gap, retries = checked_difference(product_at, central_step(self._eps) * self.step_factor)
         self.difference_gap = max(self.difference_gap, gap)
         self.shrunk_steps += retries
 

@@ -230,6 +230,7 @@ class ShardedHessianOperator:
         self._eps = max(float(torch.finfo(p.dtype).eps) for p in self._params)
         self.matvecs = 0
         self.difference_gap, self.shrunk_steps = 0.0, 0
+        self.step_factor = 1.0   # the difference step's multiple (difference.scaled_step)
         with torch.no_grad():
             self._saved = [p.to_local().clone() for p in self._params]
         self._grad_flat, loss = self._gradient_at(None, 0.0)
@@ -363,7 +364,7 @@ class ShardedHessianOperator:
                                self._noise)
             return gap, lambda accepted: plus.sub_(minus).mul_(norm / (2.0 * h))
 
-        product, gap, retries = checked_difference(product_at, central_step(self._eps),
+        product, gap, retries = checked_difference(product_at, central_step(self._eps) * self.step_factor,
                                                    subject="this sharded model")
         self.difference_gap = max(self.difference_gap, gap)
         self.shrunk_steps += retries

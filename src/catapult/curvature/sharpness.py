@@ -18,6 +18,7 @@ import torch
 from catapult.arguments import as_real
 from catapult.curvature import distributed as dist_ops
 from catapult.curvature import lean, sharded
+from catapult.curvature.certify import certified
 from catapult.curvature.coarse import coarse_levels, coarse_start_vector
 from catapult.curvature.ggn import CURVATURES, GaussNewtonOperator
 from catapult.curvature.hessian import HessianOperator, resolve_dtype
@@ -198,9 +199,9 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
             standard normal vector from a private generator seeded with ``seed``.
         hvp: ``"auto"``, ``"double_backprop"``, ``"forward_over_reverse"`` or
             ``"finite_difference"`` (two gradients per product, no double backward, each
-            checked for kinks: a ValueError where the steps cross them; ``error_bound`` does not
-            include the products' own error, which in float32 can pass ``tol``: see
-            :class:`HessianOperator`).
+            checked for kinks: a ValueError where the steps cross them; the solve ends with two
+            more products at its vector, so ``residual`` is taken and ``error_bound`` includes
+            the products' own error: :mod:`~catapult.curvature.certify`).
         seed: seeds the random start vector and the dropout mask.
         max_basis: Krylov vectors kept in memory (thick restart beyond that); each costs one
             parameter-sized vector. ``None``: 32 (``memory="fast"``) or no basis at all
@@ -284,14 +285,26 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
             model, loss_fn, batch, v0, levels, dtype=dtype, hvp=hvp, seed=seed,
             max_basis=max_basis, op=op, operator_options=options,
             solve=functools.partial(lean.lean_top_eigenpair, overwrite=True) if basis_free else None)
-    if basis_free:
-        est = lean.lean_top_eigenpair(op, v0, tol=tol, max_iter=max(max_iter, 2), overwrite=True,
-                                      **solver_split(op))
-    else:
-        est = lanczos_top_eigenpair(op, v0, tol=tol, max_iter=max_iter, max_basis=max_basis,
-                                    _fresh_output=True, **solver_split(op))
+    solve = _solver(op, max_basis=max_basis, basis_free=basis_free)
+    est = certified(op, solve(v0, max_iter, tol), tol=tol, max_iter=max_iter, solve=solve, **_reduce(op))
     est.coarse_matvecs, est.coarse_cost = coarse_products, coarse_cost
     return est
+
+
+def _solver(matvec, *, max_basis, basis_free: bool, split_of=None):
+    """``solve(v0, budget, tol)``: the top eigenpair of ``matvec`` from ``v0`` (overwritten) in at
+    most ``budget`` products, by the basis-free lean solver or by Lanczos; ``split_of`` the
+    operator whose vectors may be split over the ranks (``matvec`` itself by default)."""
+    split = solver_split(matvec if split_of is None else split_of)
+    if basis_free:
+        return lambda v0, budget, tol: lean.lean_top_eigenpair(matvec, v0, tol=tol, max_iter=max(budget, 2),
+                                                               overwrite=True, **split)
+    return lambda v0, budget, tol: lanczos_top_eigenpair(matvec, v0, tol=tol, max_iter=budget,
+                                                         max_basis=max_basis, _fresh_output=True, **split)
+
+
+def _reduce(op) -> dict:
+    return {"reduce": solver_split(op)["reduce"]}
 
 
 # --------------------------------------------------------------------------------------------
@@ -429,7 +442,5 @@ def preconditioned_sharpness(model: torch.nn.Module, loss_fn, batch,
 
     matvec = PreconditionedOperator(op, d, l2)
     v0 = initial_vector(op, init, seed, distributed)
-    if basis_free:
-        return lean.lean_top_eigenpair(matvec, v0, tol=tol, max_iter=max(max_iter, 2), **solver_split(op))
-    return lanczos_top_eigenpair(matvec, v0, tol=tol, max_iter=max_iter, max_basis=max_basis,
-                                 _fresh_output=True, **solver_split(op))
+    solve = _solver(matvec, max_basis=max_basis, basis_free=basis_free, split_of=op)
+    return certified(matvec, solve(v0, max_iter, tol), tol=tol, max_iter=max_iter, solve=solve, **_reduce(op))

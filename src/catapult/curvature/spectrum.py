@@ -19,6 +19,7 @@ import torch
 from catapult.arguments import as_integer, as_real
 from catapult.curvature import distributed as dist_ops
 from catapult.curvature.ggn import CURVATURES, GaussNewtonOperator
+from catapult.curvature.certify import certified_pairs
 from catapult.curvature.top_k import Eigenpairs, check_block_size, check_k, lanczos_top_k
 from catapult.curvature.preconditioner import PreconditionedOperator, step_preconditioner
 from catapult.curvature.sharpness import build_operator, memory_setting
@@ -112,8 +113,10 @@ def top_eigenpairs(model, loss_fn, batch, k: int = 5, *, tol: float = 1e-3, init
         # lean: its sized basis, or the least k pairs need; fast: room for restarts to pay
         basis = (max(basis, k + block_size + 1) if memory == "lean"
                  else max(2 * k + 10, basis) + block_size - 1)
-    return lanczos_top_k(op, v0, k, tol=tol, max_iter=max_iter, max_basis=basis,
-                         block_size=block_size, seed=seed, **solver_split(op))
+    split = solver_split(op)
+    eig = lanczos_top_k(op, v0, k, tol=tol, max_iter=max_iter, max_basis=basis,
+                        block_size=block_size, seed=seed, **split)
+    return certified_pairs(op, eig, tol=tol, reduce=split["reduce"])
 
 
 # --------------------------------------------------------------------------------------------
