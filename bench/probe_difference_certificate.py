@@ -12,9 +12,12 @@ the products. The last line counts the solves whose error is above their bound.
 (lr 1e-2): the error of one difference product along its top eigenvector (dense) at 1/8 .. 4
 times the step ``h = eps^(1/3)``, and ``preconditioned_sharpness`` at ``tol`` 1e-2, 1e-3.
 
-``--restarts N`` sets ``certify.RESTARTS`` (2 by default; 0 shows what the restarts buy).
+``--restarts N`` sets ``certify.RESTARTS`` (2 by default; 0 shows what the restarts buy);
+``--coarse none`` starts ``sharpness`` from a random vector instead of its coarse start. The
+plain table also runs on the code before the certificate, for a same-machine comparison:
+``git archive 6e720ab src | tar -x -C /tmp/old`` then ``PYTHONPATH=/tmp/old/src`` before the command.
 
-Usage:  OMP_NUM_THREADS=1 .venv/bin/python bench/probe_difference_certificate.py [--seeds 6] [--preconditioned] [--restarts 2]
+Usage:  OMP_NUM_THREADS=1 .venv/bin/python bench/probe_difference_certificate.py [--seeds 6] [--preconditioned] [--restarts 2] [--coarse none]
 """
 from __future__ import annotations
 
@@ -26,8 +29,6 @@ import numpy as np
 import torch
 
 import catapult
-from catapult.curvature import certify
-from catapult.curvature.difference import scaled_step
 from catapult.curvature.hessian import math_attention
 from catapult.curvature.preconditioner import PreconditionedOperator, adam_preconditioner
 from catapult.curvature.sharpness import build_operator
@@ -38,7 +39,7 @@ from test_coarse_start import tiny_gpt  # noqa: E402
 from test_spectrum import small_problem  # noqa: E402
 
 
-def plain(seeds: int) -> None:
+def plain(seeds: int, coarse) -> None:
     print("| problem | seed | dtype | tol | rel. error | error_bound | residual | converged | products |")
     print("|---|---|---|---|---|---|---|---|---|")
     above = total = 0
@@ -50,7 +51,7 @@ def plain(seeds: int) -> None:
                 for dtype in (torch.float32, torch.float64):
                     for tol in (1e-2, 1e-3, 1e-5):
                         est = catapult.sharpness(model, loss_fn, batch, tol=tol, seed=seed, dtype=dtype,
-                                                 hvp="finite_difference")
+                                                 hvp="finite_difference", coarse=coarse)
                         error = abs(est.value - top) / abs(top)
                         above += error > est.error_bound
                         total += 1
@@ -59,7 +60,9 @@ def plain(seeds: int) -> None:
     print(f"{above} of {total} solves have an error above their error_bound")
 
 
-def preconditioned(seeds: int) -> None:
+def preconditioned(seeds: int, coarse=None) -> None:
+    from catapult.curvature.difference import scaled_step
+
     print("| seed | product error / lambda at h/8, h/4, h/2, h, 2h, 4h | tol | rel. error | error_bound | converged | products |")
     print("|---|---|---|---|---|---|---|")
     for seed in range(seeds):
@@ -94,10 +97,16 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=6)
     parser.add_argument("--preconditioned", action="store_true")
-    parser.add_argument("--restarts", type=int, default=certify.RESTARTS)
+    parser.add_argument("--restarts", type=int, default=2)
+    parser.add_argument("--coarse", choices=["auto", "none"], default="auto",
+                        help="sharpness' coarse start: the default one, or a random start vector")
     args = parser.parse_args(argv)
-    certify.RESTARTS = args.restarts
-    (preconditioned if args.preconditioned else plain)(args.seeds)
+    try:
+        from catapult.curvature import certify
+        certify.RESTARTS = args.restarts
+    except ImportError:   # the code before the certificate (PYTHONPATH=<its src>): the plain table runs
+        pass
+    (preconditioned if args.preconditioned else plain)(args.seeds, None if args.coarse == "none" else "auto")
 
 
 if __name__ == "__main__":

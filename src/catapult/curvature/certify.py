@@ -5,9 +5,11 @@ which holds when every product is ``A`` times its vector. Difference products
 (``hvp="finite_difference"``, and every product of a model sharded by FSDP2) are not: each
 carries its own error, rounding ``~ eps ||g|| / h`` and truncation ``~ h^2``, different for each
 vector, so the recurrence describes an operator that no product applies. On a one-block GELU GPT
-in float32 (1,040 parameters, exact dense Hessian) it claimed residuals of 4e-6 .. 7e-4 where the
-eigenvalue was 1e-3 .. 2e-3 off (``bench/RESULTS.md``, issue 16, 5e). So a solve on differences
-ends with two products of its own unit vector ``y``, beside its Ritz value ``theta``::
+in float32 (1,040 parameters, exact dense Hessian) from a random start it claimed residuals of
+3.6e-4 .. 7.2e-4 at ``tol=1e-3`` where the eigenvalue was 1e-3 .. 2e-3 off, and at ``tol=1e-5``
+2.7e-6 .. 7.8e-6 where the error was 6 to 500 times that (``bench/RESULTS.md``, issue 16, 5e).
+So a solve on differences ends with two products of its own unit vector ``y``, beside its Ritz
+value ``theta``::
 
     r = ||D_h y - theta y|| / |theta|          (the residual, taken)
     e = ||D_2h y - D_h y|| / |theta|           (the products' own error along y)
@@ -25,8 +27,8 @@ the direction). Where ``r + e > tol > e``, the solve is taken again from ``y``, 
 of ``max_iter`` and a tolerance of ``(tol - e) / 2``, at most :data:`RESTARTS` times; each round
 ends with the two products. A solve from ``y`` takes its first product along ``y``, so its Ritz
 value carries up to that product's error: within the bound, but it can be less accurate than the
-first (on that GPT at ``tol=1e-2``: 1.6e-3 off, bound 7.5e-3; without the restart the value was
-better and the bound above ``tol``). On the one-block GPT's plain Hessian the restarts are what
+first (on that GPT at ``tol=1e-2``: 1.6e-3 off, bound 7.5e-3; without the restart 3.3e-5 off,
+but with a bound of 1.2e-2). On the one-block GPT's plain Hessian the restarts are what
 reach ``tol=1e-3`` in float32 (6 seeds of 6, 6-16 products, against 1 of 6 without them). They are counted in ``matvecs``, beyond ``max_iter`` by two at most.
 A step ``2 h`` the kink check refuses at every retry leaves ``e`` infinite.
 """
