@@ -34,8 +34,9 @@ from catapult.curvature.preconditioner import PreconditionedOperator, adam_preco
 from catapult.curvature.sharpness import build_operator
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-from dense_curvature import adam_next_preconditioner, dense_hessian  # noqa: E402  (independent float64 truth)
+from dense_curvature import dense_adam_preconditioned, dense_hessian  # noqa: E402  (independent float64 truth)
 from test_coarse_start import tiny_gpt  # noqa: E402
+from test_difference_certificate import adam_stepped_gpt  # noqa: E402
 from test_spectrum import small_problem  # noqa: E402
 
 
@@ -66,16 +67,9 @@ def preconditioned(seeds: int, coarse=None) -> None:
     print("| seed | product error / lambda at h/8, h/4, h/2, h, 2h, 4h | tol | rel. error | error_bound | converged | products |")
     print("|---|---|---|---|---|---|---|")
     for seed in range(seeds):
-        model, loss_fn, batch = tiny_gpt(seed)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        model, loss_fn, batch, opt = adam_stepped_gpt(seed)
         with math_attention():
-            for _ in range(3):
-                loss_fn(model(batch[0]), batch[1]).backward()
-                opt.step()
-                opt.zero_grad()
-            P = adam_next_preconditioner(model, loss_fn, batch, opt)
-            H = dense_hessian(model, loss_fn, batch).numpy()
-            A = H / np.sqrt(P)[:, None] / np.sqrt(P)[None, :]
+            A = dense_adam_preconditioned(model, loss_fn, batch, opt)
             values, vectors = np.linalg.eigh(A)
             top, y = float(values[-1]), vectors[:, -1]
             op = build_operator(model, loss_fn, batch, dtype=torch.float32, hvp="finite_difference")

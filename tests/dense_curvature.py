@@ -74,3 +74,11 @@ def adam_next_preconditioner(model, loss_fn, batch, optimizer):
     v = np.concatenate([optimizer.state[p]["exp_avg_sq"].double().reshape(-1).numpy()
                         for p in params])
     return (1 - b1 ** (t + 1)) * (np.sqrt((b2 * v + (1 - b2) * g ** 2) / (1 - b2 ** (t + 1))) + eps)
+
+
+def dense_adam_preconditioned(model, loss_fn, batch, optimizer) -> np.ndarray:
+    """``P^-1/2 H P^-1/2`` (NumPy): the dense Hessian pre-conditioned by the diagonal ``P`` of
+    torch Adam's next step (:func:`adam_next_preconditioner`, from the formula)."""
+    P = adam_next_preconditioner(model, loss_fn, batch, optimizer)
+    H = dense_hessian(model, loss_fn, batch).numpy()
+    return H / np.sqrt(P)[:, None] / np.sqrt(P)[None, :]

@@ -44,7 +44,7 @@ from catapult.curvature.krylov import vector_norm
 from catapult.curvature.lanczos import EigenEstimate
 from catapult.curvature.top_k import Eigenpairs
 
-__all__ = ["RESTARTS", "CHECK_STEP_FACTOR", "certified", "certified_pairs"]
+__all__ = ["RESTARTS", "CHECK_STEP_FACTOR", "certified", "certified_pairs", "measured"]
 
 #: Solves taken again from the last vector when its bound ``r + e``, taken, is above ``tol``.
 RESTARTS = 2
@@ -81,17 +81,10 @@ def certified(matvec, est: EigenEstimate, *, tol: float, max_iter: int,
     used, restarts = est.matvecs, 0
     while True:
         y, theta = est.vector / vector_norm(est.vector, reduce), est.value
-        product = matvec(y)
-        with scaled_step(fd, CHECK_STEP_FACTOR):
-            try:
-                coarser = matvec(y)
-            except ValueError:   # the kink check refused every retry from 2 h
-                coarser = None
+        residual, error = measured(matvec, fd, y, theta, reduce)
         used += 2
-        residual = _relative(float(vector_norm(product - theta * y, reduce)), theta)
         if not math.isfinite(residual):   # a non-finite product (norms are the ranks' sums: all agree)
             return EigenEstimate(math.nan, y, used, False, math.nan, math.nan, est.coarse_matvecs, est.coarse_cost)
-        error = math.inf if coarser is None else _relative(float(vector_norm(coarser - product, reduce)), theta)
         bound = residual + error
         if bound <= tol or not error < tol or restarts == RESTARTS or used >= max_iter:
             return EigenEstimate(theta, y, used, bool(bound <= tol), residual, bound, est.coarse_matvecs,
@@ -102,6 +95,31 @@ def certified(matvec, est: EigenEstimate, *, tol: float, max_iter: int,
         restarts += 1
         if not math.isfinite(est.value):
             return EigenEstimate(math.nan, y, used, False, math.nan, math.nan, est.coarse_matvecs, est.coarse_cost)
+
+
+def measured(matvec, fd, y: torch.Tensor, theta: float, reduce=None) -> tuple[float, float]:
+    """``(r, e)`` of the module docstring for the unit vector ``y`` and the value ``theta``, from
+    two products of ``matvec``, at the step of ``fd`` (the difference operator behind it) and at
+    :data:`CHECK_STEP_FACTOR` times it; ``e`` is infinite where the kink check refuses every
+    retry of the second. Both are relative to ``|theta|`` (:func:`_relative`).
+
+    >>> class Differences:
+    ...     mode, step_factor = "finite_difference", 1.0
+    ...     def __call__(self, v):   # 2 I, off by 1e-3 step_factor^2 along the other coordinate
+    ...         return 2.0 * v + 1e-3 * self.step_factor ** 2 * v.flip(0)
+    >>> op = Differences()
+    >>> [round(x, 6) for x in measured(op, op, torch.tensor([1.0, 0.0], dtype=torch.float64), 2.0)]
+    [0.0005, 0.0015]
+    """
+    product = matvec(y)
+    with scaled_step(fd, CHECK_STEP_FACTOR):
+        try:
+            coarser = matvec(y)
+        except ValueError:   # the kink check refused every retry from 2 h
+            coarser = None
+    residual = _relative(float(vector_norm(product - theta * y, reduce)), theta)
+    error = math.inf if coarser is None else _relative(float(vector_norm(coarser - product, reduce)), theta)
+    return residual, error
 
 
 def _relative(size: float, theta: float) -> float:
@@ -131,14 +149,6 @@ def certified_pairs(matvec, eig: Eigenpairs, *, tol: float, reduce=None) -> Eige
         return eig
     bounds = []
     for theta, y in zip(eig.values, eig.vectors):
-        product = matvec(y)
-        with scaled_step(fd, CHECK_STEP_FACTOR):
-            try:
-                coarser = matvec(y)
-            except ValueError:   # the kink check refused every retry from 2 h
-                coarser = None
-        residual = _relative(float(vector_norm(product - theta * y, reduce)), theta)
-        error = math.inf if coarser is None else _relative(float(vector_norm(coarser - product, reduce)), theta)
-        bounds.append(residual + error)
+        bounds.append(sum(measured(matvec, fd, y, theta, reduce)))
     converged = all(b <= tol for b in bounds)   # False for a nan bound
     return Eigenpairs(list(eig.values), eig.vectors, eig.matvecs + 2 * len(bounds), converged, bounds)
