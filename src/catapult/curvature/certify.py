@@ -28,9 +28,10 @@ of ``max_iter`` and a tolerance of ``(tol - e) / 2``, at most :data:`RESTARTS` t
 ends with the two products. A solve from ``y`` takes its first product along ``y``, so its Ritz
 value carries up to that product's error: within the bound, but it can be less accurate than the
 first (on that GPT at ``tol=1e-2``: 1.6e-3 off, bound 7.5e-3; without the restart 3.3e-5 off,
-but with a bound of 1.2e-2). On the one-block GPT's plain Hessian the restarts are what
-reach ``tol=1e-3`` in float32 (6 seeds of 6, 6-16 products, against 1 of 6 without them). They are counted in ``matvecs``, beyond ``max_iter`` by two at most.
-A step ``2 h`` the kink check refuses at every retry leaves ``e`` infinite.
+but with a bound of 1.2e-2). On the one-block GPT's plain Hessian the restarts are what reach
+``tol=1e-3`` in float32 (6 seeds of 6, 6-16 products, against 1 of 6 without them). All these
+products are counted in ``matvecs``, beyond ``max_iter`` by two at most. A step ``2 h`` that the
+kink check refuses at every retry leaves ``e`` infinite.
 """
 from __future__ import annotations
 
@@ -57,14 +58,15 @@ def certified(matvec, est: EigenEstimate, *, tol: float, max_iter: int,
     """``est`` as it stands against the Hessian where ``matvec``'s products are differences (the
     module docstring), else ``est`` itself. ``solve(v0, budget, tol)`` runs the solve again from
     ``v0`` (a copy it may write into) with at most ``budget`` products to its own ``tol``;
-    ``reduce`` sums over the
-    ranks for vectors split across them (:func:`~catapult.curvature.start.solver_split`).
+    ``reduce`` sums over the ranks for vectors split across them
+    (:func:`~catapult.curvature.start.solver_split`).
 
     Example: a "difference operator" whose products carry an error ``E`` that is not symmetric,
     as rounding is not. The recurrence's residual (0 here: the Krylov space is invariant under
     ``A + E``) says nothing of ``E``; the residual taken does:
 
-    >>> A, E = torch.diag(torch.tensor([4.0, 1.0], dtype=torch.float64)), torch.tensor([[0.0, 0.0], [0.02, 0.0]], dtype=torch.float64)
+    >>> A = torch.diag(torch.tensor([4.0, 1.0], dtype=torch.float64))
+    >>> E = torch.tensor([[0.0, 0.0], [0.02, 0.0]], dtype=torch.float64)
     >>> class Noisy:
     ...     mode, step_factor = "finite_difference", 1.0
     ...     def __call__(self, v):

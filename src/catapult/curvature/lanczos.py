@@ -38,9 +38,9 @@ class EigenEstimate:
             of the operator has ``|lambda - value| <= error_bound * |value|`` (the relative
             residual, Bauer-Fike/Krylov-Weinberg; it bounds the error against ``lambda_max``
             once the solver has found the top eigenvalue); what ``tol`` is compared with. After
-            a solve on finite-difference products (``sharpness``), the residual taken plus the
-            products' estimated error, so ``lambda`` is the Hessian's
-            (:mod:`~catapult.curvature.certify`).
+            a solve on finite-difference products (``sharpness``,
+            ``preconditioned_sharpness``), the residual taken plus the products' estimated
+            error, so ``lambda`` is the Hessian's (:mod:`~catapult.curvature.certify`).
         coarse_matvecs: products on sub-batches or by finite differences spent on the start
             vector (:mod:`catapult.curvature.coarse`), not counted in ``matvecs``;
             ``coarse_cost`` weighs each by its sub-batch's share of the samples, or 1/2 for a

@@ -286,7 +286,8 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
             max_basis=max_basis, op=op, operator_options=options,
             solve=functools.partial(lean.lean_top_eigenpair, overwrite=True) if basis_free else None)
     solve = _solver(op, max_basis=max_basis, basis_free=basis_free)
-    est = certified(op, solve(v0, max_iter, tol), tol=tol, max_iter=max_iter, solve=solve, **_reduce(op))
+    est = certified(op, solve(v0, max_iter, tol), tol=tol, max_iter=max_iter, solve=solve,
+                    reduce=solver_split(op)["reduce"])
     est.coarse_matvecs, est.coarse_cost = coarse_products, coarse_cost
     return est
 
@@ -302,9 +303,6 @@ def _solver(matvec, *, max_basis, basis_free: bool, split_of=None):
     return lambda v0, budget, tol: lanczos_top_eigenpair(matvec, v0, tol=tol, max_iter=budget,
                                                          max_basis=max_basis, _fresh_output=True, **split)
 
-
-def _reduce(op) -> dict:
-    return {"reduce": solver_split(op)["reduce"]}
 
 
 # --------------------------------------------------------------------------------------------
@@ -443,4 +441,5 @@ def preconditioned_sharpness(model: torch.nn.Module, loss_fn, batch,
     matvec = PreconditionedOperator(op, d, l2)
     v0 = initial_vector(op, init, seed, distributed)
     solve = _solver(matvec, max_basis=max_basis, basis_free=basis_free, split_of=op)
-    return certified(matvec, solve(v0, max_iter, tol), tol=tol, max_iter=max_iter, solve=solve, **_reduce(op))
+    return certified(matvec, solve(v0, max_iter, tol), tol=tol, max_iter=max_iter, solve=solve,
+                     reduce=solver_split(op)["reduce"])

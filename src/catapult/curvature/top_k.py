@@ -40,7 +40,9 @@ __all__ = ["Eigenpairs", "check_block_size", "check_k", "lanczos_top_k"]
 class Eigenpairs:
     """Top-k eigenpairs. ``values`` (floats, largest first), ``vectors`` (``(k, n)``, unit rows,
     orthonormal), ``matvecs``, ``converged`` (all ``k``), ``residuals`` (relative eigen-residual
-    ``||A v_i - theta_i v_i|| / |theta_i|`` of each pair).
+    ``||A v_i - theta_i v_i|| / |theta_i|`` of each pair; from ``top_eigenpairs`` on
+    finite-difference products, the residual taken plus the products' own error:
+    :func:`catapult.curvature.certify.certified_pairs`).
 
     >>> eig = Eigenpairs([2.0, 1.0], torch.eye(2), matvecs=2, converged=True, residuals=[0.0, 0.0])
     >>> eig.values[0], eig.vectors.shape
