@@ -46,6 +46,10 @@ def measure(model, loss_fn, batch, opt, distributed):
         "critical_lr": catapult.critical_lr(model, loss_fn, batch, opt, lr_start=1e-3,
                                             **kw).lr,
     }
+    # difference products end with the certificate's products (certify.py): every rank takes them
+    fd = catapult.sharpness(model, loss_fn, batch, tol=1e-8, hvp="finite_difference", **kw)
+    fd_pairs = catapult.top_eigenpairs(model, loss_fn, batch, k=2, tol=1e-8, hvp="finite_difference", **kw)
+    out.update(fd=fd.value, fd_converged=fd.converged, fd_top2=fd_pairs.values, fd_top2_converged=fd_pairs.converged)
     return out
 
 
@@ -71,8 +75,11 @@ def test_two_gloo_ranks_equal_one_process_on_the_union():
     for res in results:
         for flavour in ("plain", "ddp"):
             got = res[flavour]
-            for key in ("sharpness", "ggn", "lean", "preconditioned", "critical_lr"):
+            for key in ("sharpness", "ggn", "lean", "preconditioned", "critical_lr", "fd"):
                 assert got[key] == pytest.approx(single[key], rel=1e-6), (flavour, key)
+            assert got["fd_converged"] and single["fd_converged"] and single["fd_top2_converged"]
+            assert got["fd_top2_converged"]
+            np.testing.assert_allclose(got["fd_top2"], single["fd_top2"], rtol=1e-6)
             np.testing.assert_allclose(got["top3"], single["top3"], rtol=1e-6)
             np.testing.assert_allclose(got["top3_block"], single["top3_block"], rtol=1e-6)
     # and the shards alone differ, so the test can fail
