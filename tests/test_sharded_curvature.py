@@ -245,7 +245,8 @@ def test_two_sharded_ranks_measure_what_one_process_measures_on_the_union():
                                    atol=1e-6 * max(map(abs, want["density_nodes"])))
         for key in ("trace", "trace_preconditioned"):
             assert got[rank][key] == pytest.approx(want[key], rel=1e-6), key
-        assert got[rank]["warm_products"] <= 3   # the previous vector is already converged
+        # the previous vector is already converged: a few products, and the certificate's 2-3 (certify.py)
+        assert got[rank]["warm_products"] <= 3 + 3
     # the Krylov vectors are split like the parameters: each rank holds its part
     assert got[0]["entries"] + got[1]["entries"] == want["entries"]
     assert 0 < got[1]["entries"] < want["entries"]

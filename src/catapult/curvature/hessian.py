@@ -145,7 +145,7 @@ class HessianOperator:
         float64, <= 2.5e-5 in float32; a step crossing a ReLU kink by a small margin passes the
         check with an error of about half its gap (up to 1.4e-3 of ``lambda_max``,
         ``bench/probe_fd_margin.py``). ``sharpness``, ``preconditioned_sharpness`` and
-        ``top_eigenpairs`` end a solve on these products with two more per vector, so their
+        ``top_eigenpairs`` end a solve on these products with two or three more per vector, so their
         ``error_bound`` (``residuals``) includes
         the products' own error (:mod:`~catapult.curvature.certify`; ``difference.scaled_step``
         takes a product at a multiple of the step, ``step_factor``).

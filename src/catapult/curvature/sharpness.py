@@ -200,8 +200,8 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
         hvp: ``"auto"``, ``"double_backprop"``, ``"forward_over_reverse"`` or
             ``"finite_difference"`` (two gradients per product, no double backward, each
             checked for kinks: a ValueError where the steps cross them; the solve ends with two
-            more products at its vector, so ``residual`` is taken and ``error_bound`` includes
-            the products' own error: :mod:`~catapult.curvature.certify`).
+            or three more products at its vector, so ``residual`` is taken and ``error_bound``
+            includes the products' own error: :mod:`~catapult.curvature.certify`).
         seed: seeds the random start vector and the dropout mask.
         max_basis: Krylov vectors kept in memory (thick restart beyond that); each costs one
             parameter-sized vector. ``None``: 32 (``memory="fast"``) or no basis at all
