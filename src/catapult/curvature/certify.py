@@ -33,15 +33,17 @@ extrapolants, which cancel the ``h^2`` term (central differences have even power
 
 and the smaller of ``r + e`` and ``r_x + e_x`` is reported (:data:`EXTRAPOLATION_MARGIN` says
 where 2.5 comes from). On that pre-conditioned GPT this took ``tol=1e-3`` from 1 seed of 6 to 6
-of 6, with no restarts. Where ``r + e > tol > e``, the solve is taken again from ``y``, with what is left
-of ``max_iter`` and a tolerance of ``(tol - e) / 2``, at most :data:`RESTARTS` times; each round
-ends with these products. A solve from ``y`` takes its first product along ``y``, so its Ritz
-value carries up to that product's error: within the bound, but it can be less accurate than the
-first (on that GPT at ``tol=1e-2``: 1.6e-3 off, bound 7.5e-3; without the restart 3.3e-5 off,
-but with a bound of 1.2e-2). On the one-block GPT's plain Hessian the restarts are what reach
-``tol=1e-3`` in float32 (6 seeds of 6, against 1 of 6 without them). All these products are
-counted in ``matvecs``, beyond ``max_iter`` by three at most. A step ``2 h`` that the kink check
-refuses at every retry leaves ``e`` infinite.
+of 6, with no restarts.
+
+Where the reported bound is above ``tol`` but its ``e`` is below it, the solve is taken again from
+``y``, with what is left of ``max_iter`` and a tolerance of ``(tol - e) / 2``, at most
+:data:`RESTARTS` times; each round ends with these products. On the one-block GPT's plain
+Hessian in float32 the restarts take ``tol=1e-3`` from 5 seeds of 6 to 6 of 6. A solve from ``y``
+takes its first product along ``y``, so its Ritz value carries up to that product's error: within
+the bound, but it can be less accurate than the first solve (with two products only, the
+pre-conditioned GPT's seed 1 at ``tol=1e-2`` came out 1.6e-3 off after a restart, bound 7.5e-3).
+All these products are counted in ``matvecs``, beyond ``max_iter`` by three at most. A step
+``2 h`` that the kink check refuses at every retry leaves ``e`` infinite.
 """
 from __future__ import annotations
 
