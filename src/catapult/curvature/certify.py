@@ -77,8 +77,9 @@ EXTRAPOLATION_MARGIN = 2.5
 def certified(matvec, est: EigenEstimate, *, tol: float, max_iter: int,
               solve: Callable[[torch.Tensor, int, float], EigenEstimate], reduce=None) -> EigenEstimate:
     """``est`` as it stands against the Hessian where ``matvec``'s products are differences (the
-    module docstring), else ``est`` itself. ``solve(v0, budget, tol)`` runs the solve again from
-    ``v0`` (a copy it may write into) with at most ``budget`` products to its own ``tol``;
+    module docstring), else ``est`` itself (whose ``vector`` it scales to unit norm in place).
+    ``solve(v0, budget, tol)`` runs the solve again from ``v0`` (which it may write into) with at
+    most ``budget`` products to its own ``tol``;
     ``reduce`` sums over the ranks for vectors split across them
     (:func:`~catapult.curvature.start.solver_split`).
 
@@ -103,7 +104,8 @@ def certified(matvec, est: EigenEstimate, *, tol: float, max_iter: int,
         return est
     used, restarts = est.matvecs, 0
     while True:
-        y, theta = est.vector / vector_norm(est.vector, reduce), est.value
+        # the solver's own vector, made unit in place (no copy: memory="lean" counts its vectors)
+        y, theta = est.vector.div_(vector_norm(est.vector, reduce)), est.value
         residual, error, products = measured(matvec, fd, y, theta, reduce, tol)
         used += products
         if not math.isfinite(residual):   # a non-finite product (norms are the ranks' sums: all agree)
@@ -113,7 +115,7 @@ def certified(matvec, est: EigenEstimate, *, tol: float, max_iter: int,
             return EigenEstimate(theta, y, used, bool(bound <= tol), residual, bound, est.coarse_matvecs,
                                  est.coarse_cost)
         # half of what e leaves of tol: the solve's own test is the recurrence's, not the residual
-        est = solve(y.clone(), max_iter - used, (tol - error) / 2)
+        est = solve(y, max_iter - used, (tol - error) / 2)   # y is not needed after: the solve may write into it
         used += est.matvecs
         restarts += 1
         if not math.isfinite(est.value):
@@ -142,7 +144,7 @@ def measured(matvec, fd, y: torch.Tensor, theta: float, reduce=None, tol: float 
     >>> [round(x, 6) for x in measured(op, op, y, 2.0, tol=1e-3)]
     [0.0, 0.0, 3]
     """
-    # in place, three vectors beside y (memory="lean" keeps about as many): each product returned is
+    # in place, three vectors beside y (one more than memory="lean"'s solver keeps): each product returned is
     # the operator's own fresh tensor
     product = matvec(y)
     delta = _product_at(matvec, fd, y, CHECK_STEP_FACTOR)
