@@ -191,8 +191,7 @@ def certified_pairs(matvec, eig: Eigenpairs, *, tol: float, reduce=None) -> Eige
     """``eig`` (top-k pairs) as they stand against the Hessian where ``matvec``'s products are
     differences, else ``eig`` itself: each pair's ``residuals[i]`` becomes its bound of the module
     docstring (:func:`measured`: two or three products per pair, counted in ``matvecs``; no second
-    solve), and
-    ``converged`` says whether every one is within ``tol``.
+    solve), and ``converged`` says whether every one is within ``tol``.
 
     >>> class Differences:
     ...     mode, step_factor = "finite_difference", 1.0
