@@ -242,3 +242,20 @@ def test_weights_of_a_run_measured_with_another_model_config_are_refused(tmp_pat
     assert cli.main([*argv, "model.activation=tanh"]) == 2
     err = capsys.readouterr().err
     assert "was trained with model.activation='relu' (the config: 'tanh')" in err and "Traceback" not in err
+
+
+def test_float32_differences_below_their_own_error_say_what_to_do(capsys):
+    # a tanh model (differences are refused on ReLU below float64): at tol 1e-6 float32 difference
+    # products cannot converge (their residuals include their own error, certify.py); float64 can
+    config = dict(CONFIG, dtype="float32", model=dict(CONFIG["model"], activation="tanh"),
+                  eval=dict(CONFIG["eval"], sharpness_hvp="finite_difference", sharpness_tol=1e-6))
+    s = measure_spectrum(config, top_k=2, trace_matvecs=0, density_runs=0)
+    assert not s["converged"] and s["residual"] > 1e-6 and s["hvp"] == "finite_difference"
+    from catapult.engine.spectrum_study import format_spectrum
+    line = format_spectrum(s)
+    assert "NOT converged: the largest residual is" in line and "eval.sharpness_dtype=float64" in line
+    values, _ = _dense(dict(config, dtype="float64"))
+    double = measure_spectrum(dict(config, eval=dict(config["eval"], sharpness_dtype="float64")), top_k=2,
+                              trace_matvecs=0, density_runs=0)
+    assert double["converged"] and double["residual"] <= 1e-6
+    assert double["eigenvalues"] == pytest.approx(values[:2].tolist(), rel=1e-5)

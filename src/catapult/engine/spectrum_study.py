@@ -123,7 +123,8 @@ def measure_spectrum(config: Mapping[str, Any], *, weights: str | Path | None = 
     built; so are weights that do not fit the model (:func:`load_weights`) and a non-finite loss
     on batch 0, before any product. Returns a dict: ``name``, ``curvature``, ``preconditioned``, ``weights``,
     ``batch_size``, ``n_params``, ``eigenvalues`` (largest first), ``eigen_matvecs``,
-    ``converged``, ``trace``, ``trace_matvecs``, ``density`` (the
+    ``converged`` (and with eigenvalues: the largest ``residual`` of the pairs, the ``tol`` and
+    ``hvp`` they were measured with), ``trace``, ``trace_matvecs``, ``density`` (the
     :class:`~catapult.curvature.spectrum.SpectralDensity`, or None), ``density_runs``,
     ``density_steps``.
     """
@@ -176,11 +177,29 @@ def measure_spectrum(config: Mapping[str, Any], *, weights: str | Path | None = 
                                            optimizer=optimizer, curvature=curvature)
     if eig is not None:
         out.update(eigenvalues=[float(v) for v in eig.values], eigen_matvecs=int(eig.matvecs),
-                   converged=bool(eig.converged))
+                   converged=bool(eig.converged), residual=max(float(r) for r in eig.residuals),
+                   tol=float(config["eval"]["sharpness_tol"]), hvp=config["eval"]["sharpness_hvp"])
     if density_runs:
         out["density"] = curv.spectral_density(model, loss_fn, batch, runs=density_runs, steps=density_steps,
                                                **curvature_options(config, optimizer, curvature))
     return out
+
+
+def not_converged(s: Mapping[str, Any]) -> str:
+    """What to do about eigenpairs that did not reach ``eval.sharpness_tol``: more products, and
+    with finite-difference products, whose own error the residuals include
+    (:mod:`catapult.curvature.certify`), also float64 or a looser tol.
+
+    >>> not_converged({"residual": 2e-3, "tol": 1e-3, "hvp": "double_backprop"})
+    'NOT converged: the largest residual is 0.002, above eval.sharpness_tol=0.001; raise eval.sharpness_max_iter'
+    """
+    advice = "raise eval.sharpness_max_iter"
+    if s.get("hvp") == "finite_difference":
+        advice += (", or, where the difference products' own error is above the tol (float32), set "
+                   "eval.sharpness_dtype=float64 or loosen eval.sharpness_tol")
+    if "residual" not in s:
+        return f"NOT converged: {advice}"
+    return f"NOT converged: the largest residual is {s['residual']:.2g}, above eval.sharpness_tol={s['tol']:g}; {advice}"
 
 
 def format_spectrum(s: Mapping[str, Any]) -> str:
@@ -193,7 +212,7 @@ def format_spectrum(s: Mapping[str, Any]) -> str:
     if s["eigenvalues"]:
         values = ", ".join(f"{v:.6g}" for v in s["eigenvalues"])
         lines.append(f"  top {len(s['eigenvalues'])} eigenvalues: {values}  ({s['eigen_matvecs']} products, "
-                     f"{'converged' if s['converged'] else 'NOT converged: raise eval.sharpness_max_iter'})")
+                     f"{'converged' if s['converged'] else not_converged(s)})")
     if s["trace"] is not None:
         lines.append(f"  trace (Hutch++, {s['trace_matvecs']} products): {s['trace']:.6g}")
     dens = s["density"]
