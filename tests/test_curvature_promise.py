@@ -99,7 +99,7 @@ def test_a_converged_sharpness_is_within_its_error_bound_of_a_dense_eigenvalue(p
     eigenvalues = np.linalg.eigvalsh(dense_matrix(model, loss_fn, x, y, p["curvature"]))
     slack = slack_of(p, float(np.abs(eigenvalues).max()))
     assert math.isfinite(est.value)
-    # a Rayleigh quotient of difference products carries their error, e = bound - residual
+    # a Ritz value of difference products carries their error, e = bound - residual (certify.py)
     product_error = (est.error_bound - est.residual) * abs(est.value) if p["mode"] == "finite_difference" else 0.0
     assert est.value <= eigenvalues[-1] + slack + product_error
     if est.converged:

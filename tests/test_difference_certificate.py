@@ -13,8 +13,7 @@ import pytest
 import torch
 
 import catapult
-from catapult.curvature import lanczos_top_eigenpair
-from catapult.curvature import certify
+from catapult.curvature import certify, lanczos_top_eigenpair
 from catapult.curvature.certify import CHECK_STEP_FACTOR, certified
 from catapult.curvature.hessian import math_attention
 from catapult.curvature.lanczos import EigenEstimate

@@ -15,7 +15,7 @@ from catapult import cli
 from catapult.config import ConfigError
 from catapult.engine import run
 from catapult.engine.build import build_run
-from catapult.engine.spectrum_study import load_weights, measure_spectrum
+from catapult.engine.spectrum_study import format_spectrum, load_weights, measure_spectrum
 from dense_curvature import dense_hessian, flat_loss
 
 # 64 inputs x 3 + 3, then 3 x 10 + 10: 235 parameters, float64 so the solver's answers
@@ -251,7 +251,6 @@ def test_float32_differences_below_their_own_error_say_what_to_do(capsys):
                   eval=dict(CONFIG["eval"], sharpness_hvp="finite_difference", sharpness_tol=1e-6))
     s = measure_spectrum(config, top_k=2, trace_matvecs=0, density_runs=0)
     assert not s["converged"] and s["residual"] > 1e-6 and s["hvp"] == "finite_difference"
-    from catapult.engine.spectrum_study import format_spectrum
     line = format_spectrum(s)
     assert "NOT converged: the largest residual is" in line and "eval.sharpness_dtype=float64" in line
     values, _ = _dense(dict(config, dtype="float64"))

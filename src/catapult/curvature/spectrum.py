@@ -87,8 +87,8 @@ def top_eigenpairs(model, loss_fn, batch, k: int = 5, *, tol: float = 1e-3, init
     ``init``: a flat start vector (e.g. a previous top eigenvector); ``distributed``,
     ``memory``, ``chunk_size``, ``dtype``, ``hvp``, ``seed`` as in :func:`catapult.sharpness`
     (on a model sharded by FSDP2 the ``vectors`` are this rank's parts, as its ``est.vector``).
-    On finite-difference products each pair's residual is taken with two more products and the
-    products' own error added (:func:`~catapult.curvature.certify.certified_pairs`).
+    On finite-difference products each pair's residual is taken with two or three more products
+    and the products' own error added (:func:`~catapult.curvature.certify.certified_pairs`).
 
     Returns :class:`Eigenpairs` (``values`` largest first).
 
