@@ -34,6 +34,7 @@ from torch import Tensor
 from catapult.curvature import distributed as dist_ops
 from catapult.curvature.sharded import ShardedHessianOperator, is_sharded, reshard
 from catapult.curvature.start import outside_inference_mode
+from catapult.curvature.stateless import functional_call
 from catapult.arguments import check_batch, check_module
 from catapult.optim import registry, rules
 from catapult.parametrize import group_lr_mult
@@ -158,7 +159,7 @@ def _forward_loss(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
     """``loss_fn(model(inputs), targets)`` with the model's ``tensors`` (buffers, parameters)
     replaced by those given, by name."""
     inputs, targets = batch
-    return loss_fn(torch.func.functional_call(model, tensors, (inputs,)), targets)
+    return loss_fn(functional_call(model, tensors, (inputs,)), targets)
 
 
 def probe_loss(model: torch.nn.Module, loss_fn: Callable, batch: Sequence) -> float:

@@ -34,6 +34,7 @@ import torch
 from torch.func import functional_call
 
 from catapult.curvature.hessian import math_attention
+from catapult.curvature.stateless import slots_kept
 
 __all__ = ["gradient_and_loss", "gradient_and_product", "compile_failures"]
 
@@ -77,6 +78,11 @@ compile_failures: dict[str, str] = {}
 
 
 def _run(name: str, *args):
+    with slots_kept(args[0]):  # functional_call's restore misses a submodule at two paths
+        return _run_kept(name, *args)
+
+
+def _run_kept(name: str, *args):
     if name in compile_failures:
         return _EAGER[name](*args)
     if name not in _COMPILED:  # compiled on first use: importing catapult never touches dynamo

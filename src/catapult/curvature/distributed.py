@@ -302,9 +302,8 @@ def union_weight(model, loss_fn, batch, device=None, *, testable: bool = True) -
 
 def _shard_reduction(model, loss_fn, batch) -> str | None:
     """``"mean"``, ``"sum"`` or None (cannot tell) for ``loss_fn`` on this rank's shard."""
-    from torch.func import functional_call
-
     from catapult.curvature.microbatch import batch_coupling, reduction_kind
+    from catapult.curvature.stateless import functional_call
 
     inner = unwrap_ddp(model)
     x, y = batch

@@ -9,6 +9,7 @@ import math
 import torch
 
 from catapult.curvature.hessian import HessianOperator, fixed_rng, math_attention
+from catapult.curvature.stateless import functional_call
 
 __all__ = ["CURVATURES", "GaussNewtonOperator"]
 
@@ -60,7 +61,7 @@ class GaussNewtonOperator(HessianOperator):
         params = dict(zip(self.names, leaves))
         with torch.enable_grad(), fixed_rng(self.seed, self.device), math_attention():
             buffers = {n: b.clone() for n, b in self._buffers.items()}
-            out = torch.func.functional_call(self._model, {**self._frozen, **buffers, **params},
+            out = functional_call(self._model, {**self._frozen, **buffers, **params},
                                              (inputs,))
             dummy = torch.zeros_like(out, requires_grad=True)
             jt = torch.autograd.grad(out, leaves, dummy, create_graph=True, allow_unused=True,

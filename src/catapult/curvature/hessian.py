@@ -14,7 +14,6 @@ from typing import Callable
 
 import torch
 from torch.autograd.graph import get_gradient_edge
-from torch.func import functional_call
 from torch.utils._pytree import tree_map
 
 from catapult.arguments import check_batch, check_module
@@ -23,6 +22,7 @@ from catapult.curvature.difference import (central_step, checked_difference, rel
 from catapult.curvature.forward_ad import jvp_of_gradient
 from catapult.curvature.grads_into import attach_grads, backward_into, flush_grads, refuse_constant
 from catapult.curvature.microbatch import refuse_dropout, split_batch
+from catapult.curvature.stateless import functional_call
 
 __all__ = ["HVP_MODES", "HessianOperator", "resolve_dtype", "resolve_hvp", "fixed_rng", "math_attention"]
 

@@ -38,12 +38,12 @@ import warnings
 
 import numpy as np
 import torch
-from torch.func import functional_call
 
 from catapult.curvature.coarse import COARSE_MIN_SAMPLES
 from catapult.curvature.hessian import fixed_rng
 from catapult.curvature.krylov import inner_product, vector_norm
 from catapult.curvature.microbatch import batch_coupling
+from catapult.curvature.stateless import functional_call
 from catapult.curvature.lanczos import (EigenEstimate, krylov_invariant, relative_residual,
                                         ritz_pairs, top_ritz_pair)
 
