@@ -75,3 +75,49 @@ def test_bad_curvature_arguments_are_refused_before_any_product(kwargs, message)
     with pytest.raises(ValueError, match=message):
         catapult.sharpness(model, loss_fn, batch, **kwargs)
     assert not calls
+
+
+class TwoHeads(nn.Module):
+    """A model returning several outputs: a dict of two heads, an integer tensor and a float."""
+
+    def __init__(self):
+        super().__init__()
+        self.body, self.cls, self.reg = nn.Linear(4, 6), nn.Linear(6, 3), nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = torch.tanh(self.body(x))
+        logits = self.cls(h)
+        return {"logits": logits, "value": self.reg(h), "argmax": logits.argmax(-1), "scale": 0.5}
+
+
+def _two_head_loss(out, y):
+    labels, value = y[:, 0].long(), y[:, 1:]
+    return (nn.functional.cross_entropy(out["logits"], labels) * out["scale"]
+            + ((out["value"] - value) ** 2).mean() + (out["logits"] * out["value"][:, :1]).mean())
+
+
+@pytest.mark.parametrize("chunk_size", [None, 5])
+def test_ggn_of_a_model_with_several_outputs_is_the_dense_one_over_all_of_them(chunk_size):
+    torch.manual_seed(0)
+    model = TwoHeads().double()
+    x = torch.randn(10, 4, dtype=torch.float64)
+    targets = torch.cat([torch.randint(0, 3, (10, 1)).double(), torch.randn(10, 2, dtype=torch.float64)], 1)
+    batch = (x, targets)  # labels in column 0
+    params = dict(model.named_parameters())
+    theta = torch.cat([p.detach().reshape(-1) for p in params.values()])
+
+    def outputs(flat):  # the float outputs, concatenated: J over all of them
+        parts = dict(zip(params, torch.split(flat, [p.numel() for p in params.values()])))
+        out = torch.func.functional_call(model, {n: parts[n].view(p.shape) for n, p in params.items()}, (x,))
+        return torch.cat([out["logits"].reshape(-1), out["value"].reshape(-1)])
+
+    def loss_of(z):  # the loss in the concatenated outputs: H_L over all of them, cross terms included
+        logits, value = z[:30].view(10, 3), z[30:].view(10, 2)
+        return _two_head_loss({"logits": logits, "value": value, "scale": 0.5}, batch[1])
+
+    z = outputs(theta).detach()
+    J = torch.autograd.functional.jacobian(outputs, theta)
+    G = (J.T @ torch.autograd.functional.hessian(loss_of, z) @ J).numpy()
+    est = catapult.sharpness(model, _two_head_loss, batch, curvature="ggn", tol=1e-10, max_iter=200,
+                             chunk_size=chunk_size)
+    assert est.value == pytest.approx(np.linalg.eigvalsh(G)[-1], rel=1e-8)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from catapult.curvature.hessian import HessianOperator, fixed_rng, math_attention
 from catapult.curvature.stateless import functional_call
@@ -54,38 +55,47 @@ class GaussNewtonOperator(HessianOperator):
             self.loss = float(self._graph[-1].detach())
 
     def _forward_graph(self, inputs, targets):
-        """``(leaves, out, dummy, jt, out_leaf, out_grad, loss)`` on one (micro-)batch: the
-        outputs' graph, ``J^T dummy`` differentiable in ``dummy``, and the loss's gradient in
-        the outputs, differentiable again."""
+        """``(leaves, outs, dummies, jt, out_leaves, out_grads, loss)`` on one (micro-)batch: the
+        graph of the outputs that depend on the parameters (the floating tensors of whatever the
+        model returns: a tensor, or a tuple, list or dict of them), ``J^T dummies``
+        differentiable in ``dummies``, and the loss's gradient in those outputs, differentiable
+        again."""
         leaves = [self._params[n].detach().requires_grad_(True) for n in self.names]
         params = dict(zip(self.names, leaves))
         with torch.enable_grad(), fixed_rng(self.seed, self.device), math_attention():
             buffers = {n: b.clone() for n, b in self._buffers.items()}
-            out = functional_call(self._model, {**self._frozen, **buffers, **params},
-                                             (inputs,))
-            dummy = torch.zeros_like(out, requires_grad=True)
-            jt = torch.autograd.grad(out, leaves, dummy, create_graph=True, allow_unused=True,
-                                     materialize_grads=True)
-            out_leaf = out.detach().requires_grad_(True)
-            loss = self._loss_fn(out_leaf, targets)
-            out_grad = torch.autograd.grad(loss, out_leaf, create_graph=True)[0]
-        return leaves, out, dummy, jt, out_leaf, out_grad, loss
+            out = functional_call(self._model, {**self._frozen, **buffers, **params}, (inputs,))
+            pieces, spec = tree_flatten(out)
+            where = [i for i, t in enumerate(pieces) if torch.is_tensor(t) and t.requires_grad]
+            outs = [pieces[i] for i in where]
+            dummies = [torch.zeros_like(o, requires_grad=True) for o in outs]
+            jt = torch.autograd.grad(outs, leaves, dummies, create_graph=True, allow_unused=True,
+                                     materialize_grads=True) if outs else [torch.zeros_like(p) for p in leaves]
+            pieces = [t.detach() if torch.is_tensor(t) else t for t in pieces]
+            out_leaves = [pieces[i].requires_grad_(True) for i in where]
+            loss = self._loss_fn(tree_unflatten(pieces, spec), targets)
+            out_grads = torch.autograd.grad(loss, out_leaves, create_graph=True, allow_unused=True,
+                                            materialize_grads=True) if outs else []
+        return leaves, outs, dummies, jt, out_leaves, out_grads, loss
 
     @staticmethod
     def _product(graph, parts: list[torch.Tensor]) -> list[torch.Tensor]:
         """``J^T H_L J v`` on one graph of :meth:`_forward_graph`, per parameter."""
-        leaves, out, dummy, jt, out_leaf, out_grad, _ = graph
+        leaves, outs, dummies, jt, out_leaves, out_grads, _ = graph
         with torch.enable_grad():
             diff = [i for i, g in enumerate(jt) if g.requires_grad]
             if not diff:  # the outputs do not depend on the parameters
                 return [torch.zeros_like(p) for p in parts]
-            jv = torch.autograd.grad([jt[i] for i in diff], dummy, [parts[i] for i in diff],
-                                     retain_graph=True)[0]
-            if out_grad.requires_grad:
-                w = torch.autograd.grad(out_grad, out_leaf, jv, retain_graph=True)[0]
+            jv = torch.autograd.grad([jt[i] for i in diff], dummies, [parts[i] for i in diff],
+                                     retain_graph=True, allow_unused=True, materialize_grads=True)
+            curved = [j for j, g in enumerate(out_grads) if g.requires_grad]
+            if curved:
+                w = torch.autograd.grad([out_grads[j] for j in curved], out_leaves,
+                                        [jv[j] for j in curved], retain_graph=True,
+                                        allow_unused=True, materialize_grads=True)
             else:  # a loss linear in the outputs has H_L = 0
-                w = torch.zeros_like(jv)
-            return list(torch.autograd.grad(out, leaves, w, retain_graph=True,
+                w = [torch.zeros_like(j) for j in jv]
+            return list(torch.autograd.grad(outs, leaves, w, retain_graph=True,
                                             allow_unused=True, materialize_grads=True))
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
