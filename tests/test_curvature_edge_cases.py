@@ -1,7 +1,9 @@
 """Curvature at the edges a user or an attacker reaches: directions the Hessian sends to 0, nan
-losses, half-precision models, zero losses under micro-batches, empty tuple batches and losses no
-trainable parameter reaches. Each against a dense float64 Hessian or the documented refusal."""
+losses, half-precision models, zero losses under micro-batches, empty tuple batches, losses no
+trainable parameter reaches and transposed parameters. Each against a dense float64 Hessian or
+the documented refusal."""
 import math
+import warnings
 
 import pytest
 import torch
@@ -139,3 +141,35 @@ def test_a_loss_no_trainable_parameter_reaches_is_refused(call):
            "chunked": lambda: HessianOperator(model, nn.MSELoss(), batch, chunk_size=2)}[call]
     with pytest.raises(ValueError, match="does not depend on any trainable parameter"):
         run()
+
+
+class Transposed(nn.Module):
+    """A parameter stored transposed (non-contiguous), as a weight tied to its transpose is."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(5, 4, dtype=torch.float64).t())
+        self.out = nn.Linear(5, 3).double()
+
+    def forward(self, x):
+        return self.out(torch.tanh(x @ self.w))
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"memory": "lean"}, {"hvp": "finite_difference"}],
+                         ids=["coarse_start", "lean", "finite_difference"])
+def test_a_transposed_parameter_is_measured_without_a_gradient_layout_warning(kwargs):
+    torch.manual_seed(0)
+    model = Transposed()
+    assert not model.w.is_contiguous()
+    batch = (torch.randn(12, 4, dtype=torch.float64), torch.randint(0, 3, (12,)))
+    top = float(torch.linalg.eigvalsh(dense_hessian(model, nn.functional.cross_entropy, batch))[-1])
+    warn_always = torch.is_warn_always_enabled()
+    torch.set_warn_always(True)  # autograd warns once per process: every time, here
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            est = catapult.sharpness(model, nn.functional.cross_entropy, batch, tol=1e-8, max_iter=200,
+                                     **kwargs)
+    finally:
+        torch.set_warn_always(warn_always)
+    assert est.value == pytest.approx(top, rel=1e-8)

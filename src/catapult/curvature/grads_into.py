@@ -30,9 +30,12 @@ def refuse_constant(loss: torch.Tensor) -> None:
 
 def attach_grads(leaves, views) -> None:
     """``leaf.grad = view``, or a zero gradient where the dtypes differ (a model mixing float32
-    and float64 parameters), added into the view afterwards by :func:`flush_grads`."""
+    and float64 parameters) or the strides do (a transposed parameter: autograd warned that the
+    gradient "does not obey the gradient layout contract"), added into the view afterwards by
+    :func:`flush_grads`."""
     for leaf, view in zip(leaves, views):
-        leaf.grad = view if view.dtype == leaf.dtype else torch.zeros_like(leaf)
+        same = view.dtype == leaf.dtype and view.stride() == leaf.stride()
+        leaf.grad = view if same else torch.zeros_like(leaf)
 
 
 def flush_grads(leaves, views) -> None:
