@@ -226,6 +226,8 @@ def test_hutch_plus_plus_is_exact_on_the_span_and_unbiased_enough():
     (lambda m, l, b: catapult.spectral_density(m, l, b, grid_points=1), "grid_points must be"),
     (lambda m, l, b: catapult.spectral_density(m, l, b, runs=True), "runs and steps must be"),
     (lambda m, l, b: catapult.hessian_trace(m, l, b, matvecs=True), "matvecs must be"),
+    # one product returned one pair where code indexing values[k - 1] expected k
+    (lambda m, l, b: catapult.top_eigenpairs(m, l, b, k=2, max_iter=1), "max_iter=1 is below k=2"),
     (lambda m, l, b: catapult.sharpness(m, l, (b[0][:0], b[1][:0])), "batch is empty"),
     (lambda m, l, b: catapult.top_eigenpairs(m, l, (b[0][:0], b[1][:0])), "batch is empty"),
     (lambda m, l, b: catapult.hessian_trace(m, l, (b[0][:0], b[1][:0])), "batch is empty"),

@@ -104,6 +104,8 @@ def top_eigenpairs(model, loss_fn, batch, k: int = 5, *, tol: float = 1e-3, init
     trainable = (sum(p.numel() for p in model.parameters() if p.requires_grad)
                  if isinstance(model, torch.nn.Module) else 0)
     k = check_k(k, trainable or None)  # no parameters at all: the operator says so
+    if max_iter < k:  # k Ritz pairs need a Krylov space of k vectors, one product each
+        raise ValueError(f"max_iter={max_iter} is below k={k}: k eigenpairs need at least k products")
     block_size = check_block_size(block_size, k)
     chunk_size, basis = memory_setting(memory, batch, chunk_size, max_basis, model, loss_fn, seed, distributed)
     op = curvature_operator(model, loss_fn, batch, curvature=curvature, optimizer=optimizer,
