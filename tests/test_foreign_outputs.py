@@ -61,7 +61,7 @@ def test_a_users_file_of_the_same_kind_is_not_replaced_but_an_earlier_output_is(
     assert cli.main([*argv, name]) == 0 and mine.stat().st_mtime_ns >= first  # replaced: its own
 
 
-@pytest.mark.parametrize("suffix", ["png", "svg", "svgz", "pdf", "jpg", "tiff", "eps"])
+@pytest.mark.parametrize("suffix", ["png", "svg", "svgz", "pdf", "jpg", "tiff", "eps", "gif", "webp", "avif"])
 def test_every_marked_figure_format_is_known_again(tmp_path, suffix):
     import matplotlib
 

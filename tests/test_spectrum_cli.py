@@ -258,3 +258,48 @@ def test_float32_differences_below_their_own_error_say_what_to_do(capsys):
                               trace_matvecs=0, density_runs=0)
     assert double["converged"] and double["residual"] <= 1e-6
     assert double["eigenvalues"] == pytest.approx(values[:2].tolist(), rel=1e-5)
+
+
+@pytest.mark.parametrize("suffix", ["gif", "webp", "avif"])
+def test_a_figure_format_pillow_writes_is_replaced_on_a_second_run(suffix, tmp_path, capsys):
+    # these were written unmarked, so the same command run again refused its own figure as
+    # "exists and catapult did not write it"
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(CONFIG))
+    argv = ["spectrum", str(path), "--top-k", "0", "--trace-matvecs", "0", "--density-runs", "1",
+            "--density-steps", "3", "--plot", str(tmp_path / f"d.{suffix}")]
+    assert cli.main(argv) == 0
+    assert cli.main(argv) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("suffix", ["raw", "rgba"])
+def test_an_existing_figure_that_carries_no_mark_is_refused_for_what_it_is(suffix, tmp_path, capsys):
+    # a headerless pixel dump cannot say who wrote it: "catapult did not write it" was untrue
+    # of the command's own figure from the run before
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(CONFIG))
+    argv = ["spectrum", str(path), "--top-k", "0", "--trace-matvecs", "0", "--density-runs", "1",
+            "--density-steps", "3", "--plot", str(tmp_path / f"d.{suffix}")]
+    assert cli.main(argv) == 0
+    first = (tmp_path / f"d.{suffix}").read_bytes()
+    capsys.readouterr()
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"a .{suffix} figure carries no mark" in err and "did not write it" not in err
+    assert len(err.splitlines()) == 1 and (tmp_path / f"d.{suffix}").read_bytes() == first
+
+
+def test_a_pgf_figure_without_latex_is_refused_before_any_product(tmp_path, capsys, monkeypatch):
+    # matplotlib writes .pgf through LaTeX: without it the measurement ran, then a traceback (exit 1)
+    import shutil
+
+    import catapult
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(CONFIG))
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None)
+    monkeypatch.setattr(catapult.curvature, "spectral_density", lambda *a, **k: pytest.fail("measured"))
+    assert cli.main(["spectrum", str(path), "--plot", str(tmp_path / "d.pgf")]) == 2
+    err = capsys.readouterr().err
+    assert "--plot" in err and "LaTeX" in err and "Traceback" not in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "d.pgf").exists()

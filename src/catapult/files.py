@@ -17,7 +17,7 @@ from pathlib import Path
 
 from catapult.writing import PARTIAL_PREFIX, write_whole
 
-__all__ = ["MARK", "PARTIAL_PREFIX", "PNG_START", "figure_mark", "figure_path", "save_figure", "written_by_catapult",
+__all__ = ["MARK", "PARTIAL_PREFIX", "PNG_START", "UNMARKED_FIGURES", "figure_mark", "figure_path", "save_figure", "written_by_catapult",
            "is_run_record", "run_output_of_ours", "partial_of_ours", "cut_off_mapping", "WRITTEN", "file_digest",
            "recorded_digests"]
 
@@ -27,8 +27,15 @@ MARK = "written by catapult"
 #: for the formats Pillow writes, its keyword.
 _FIGURE_KEYS = {"png": "Software", "pdf": "Creator", "svg": "Creator", "svgz": "Creator", "ps": "Creator",
                 "eps": "Creator"}
+_XMP = (f'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        f'<rdf:Description xmlns:xmp="http://ns.adobe.com/xap/1.0/" xmp:CreatorTool="{MARK}"/></rdf:RDF>'
+        f'</x:xmpmeta>').encode()
 _PILLOW_KEYS = {"jpg": ("comment", MARK.encode()), "jpeg": ("comment", MARK.encode()),
-                "tif": ("description", MARK), "tiff": ("description", MARK)}
+                "tif": ("description", MARK), "tiff": ("description", MARK), "gif": ("comment", MARK.encode()),
+                "webp": ("xmp", _XMP), "avif": ("xmp", _XMP)}
+#: Figure formats that carry no mark (headerless pixels; PGF, which matplotlib writes without
+#: metadata): catapult cannot tell its own such file from a user's, so it replaces none.
+UNMARKED_FIGURES = ("raw", "rgba", "pgf")
 #: The first bytes of every PNG file (its signature).
 PNG_START = b"\x89PNG\r\n\x1a\n"
 _LARGEST = 64 << 20  # a figure or report is far smaller; a bigger file is not read to be judged
@@ -36,7 +43,7 @@ _LARGEST = 64 << 20  # a figure or report is far smaller; a bigger file is not r
 
 def figure_mark(path) -> dict:
     """The ``savefig`` keyword arguments that mark a figure at ``path`` (by its suffix; none
-    means PNG); none for a format that carries no text (raw, GIF, WebP).
+    means PNG); none for a format that carries no text (:data:`UNMARKED_FIGURES`).
 
     >>> figure_mark("phase.png"), figure_mark("phase.jpg"), figure_mark("phase.raw")
     ({'metadata': {'Software': 'written by catapult'}}, {'pil_kwargs': {'comment': b'written by catapult'}}, {})

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from pathlib import Path
 
 from catapult.config import ConfigError, load_config
-from catapult.files import figure_path, partial_of_ours, written_by_catapult
+from catapult.files import UNMARKED_FIGURES, figure_path, partial_of_ours, written_by_catapult
 from catapult.sweep.store_file import SQLITE_MAGIC
 
 __all__ = ["add_config_arguments", "config_from_args", "overrides_from_args", "apply_threads", "check_out_file",
@@ -211,16 +212,30 @@ def check_image_file(option: str, path) -> None:
     work, as a ValueError."""
     if path is None:
         return
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix == "pgf" and shutil.which(_texsystem()) is None:  # was a traceback after the work
+        raise ConfigError([(option, f"a .pgf figure is written through LaTeX ({_texsystem()}), which is not "
+                                    f"installed; use .pdf or .svg")])
+    if suffix in UNMARKED_FIGURES and Path(path).is_file() and not Path(path).is_symlink():
+        # refused as "catapult did not write it" before, even the command's own earlier figure
+        raise ConfigError([(option, f"{path} exists, and a .{suffix} figure carries no mark by which catapult "
+                                    f"could tell it wrote it; give a new file name (or remove it first)")])
     check_out_file(option, path)  # as given: a directory or a link there is refused too
     if figure_path(path) != Path(path):
         check_out_file(option, figure_path(path))
     from matplotlib.backend_bases import FigureCanvasBase  # lazily: matplotlib is slow to import
 
-    suffix = Path(path).suffix.lower().lstrip(".")
     formats = FigureCanvasBase.get_supported_filetypes()
     if suffix and suffix not in formats:
         raise ConfigError([(option, f"cannot write a figure as .{suffix}; use one of "
                                     f"{', '.join('.' + f for f in sorted(formats))}")])
+
+
+def _texsystem() -> str:
+    """The LaTeX program matplotlib writes PGF figures with (``rcParams["pgf.texsystem"]``)."""
+    import matplotlib
+
+    return str(matplotlib.rcParams["pgf.texsystem"])
 
 
 def check_study_dir(command: str, out, owned, marker) -> Path:
