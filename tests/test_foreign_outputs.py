@@ -216,3 +216,22 @@ def test_a_users_file_is_not_a_run_output(tmp_path, name, content):
 
     (tmp_path / name).write_bytes(content)
     assert not run_output_of_ours(tmp_path / name)
+
+
+@pytest.mark.parametrize("argv, name", [(["export", "s.db", "--out"], "metrics.csv"),
+                                        (["plot", "s.db", "--out"], "trajectories.png"),
+                                        (["transfer", "s.db", "--out"], "trajectories.png")],
+                         ids=["export", "plot", "transfer"])
+def test_an_output_never_replaces_a_train_runs_own_file(store, tmp_path, capsys, argv, name):
+    # a run's metrics.csv (a run record) and trajectories.png (marked) count as catapult's, so
+    # `export --out run/metrics.csv` replaced the run's record with a sweep table and `plot --out
+    # run/trajectories.png` its figure; the run's directory was then refused by `train --overwrite`
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    assert _train(tmp_path / "tiny.yaml", tmp_path / "run") == 0
+    before = _files(tmp_path / "run")
+    capsys.readouterr()
+    assert cli.main([*argv, f"run/{name}"]) == 2
+    err = capsys.readouterr().err
+    assert f"run/{name} is a file of the `catapult train` run in run" in err and len(err.splitlines()) == 1
+    assert _files(tmp_path / "run") == before
+    assert _train(tmp_path / "tiny.yaml", tmp_path / "run", "--overwrite") == 0

@@ -303,3 +303,17 @@ def test_a_pgf_figure_without_latex_is_refused_before_any_product(tmp_path, caps
     err = capsys.readouterr().err
     assert "--plot" in err and "LaTeX" in err and "Traceback" not in err and len(err.splitlines()) == 1
     assert not (tmp_path / "d.pgf").exists()
+
+
+def test_the_plot_never_replaces_the_trajectories_of_the_run_it_measures(tmp_path, capsys):
+    # `--plot run/trajectories.png` replaced the run's own figure (it carries catapult's mark),
+    # and `catapult train --overwrite` then refused the run's directory as edited since
+    run(CONFIG, out_dir=tmp_path / "run", progress="none")
+    figure = tmp_path / "run" / "trajectories.png"
+    before = figure.read_bytes()
+    assert cli.main(["spectrum", str(tmp_path / "run" / "config.yaml"), "--weights", str(tmp_path / "run" / "model.pt"),
+                     "--top-k", "0", "--trace-matvecs", "0", "--density-runs", "1", "--density-steps", "3",
+                     "--plot", str(figure)]) == 2
+    err = capsys.readouterr().err
+    assert "--plot" in err and "is a file of the `catapult train` run in" in err and "Traceback" not in err
+    assert figure.read_bytes() == before

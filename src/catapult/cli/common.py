@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from catapult.config import ConfigError, load_config
-from catapult.files import UNMARKED_FIGURES, figure_path, partial_of_ours, written_by_catapult
+from catapult.files import UNMARKED_FIGURES, figure_path, is_run_record, partial_of_ours, written_by_catapult
 from catapult.sweep.store_file import SQLITE_MAGIC
 
 __all__ = ["add_config_arguments", "config_from_args", "overrides_from_args", "apply_threads", "check_out_file",
@@ -160,8 +160,9 @@ def store_problem(text: str) -> str | None:
 def check_out_file(option: str, path, replaces: tuple[str, ...] | None = None) -> None:
     """Refuse, before any work, an output file path (``--out``) that is a directory, a symbolic
     link (writing through it would change the file it points to), an SQLite database (the store
-    being read, or another), an existing file catapult did not write, or whose folder does not
-    exist or cannot be written: a ConfigError naming the option.
+    being read, or another), an existing file catapult did not write, one of a ``catapult train``
+    run's own files in its directory, or whose folder does not exist or cannot be written: a
+    ConfigError naming the option.
 
     ``replaces``: the suffixes of the files the command writes (e.g. ``(".html",)``). An existing
     file is replaced only when its suffix is one of them and catapult wrote it
@@ -183,6 +184,12 @@ def check_out_file(option: str, path, replaces: tuple[str, ...] | None = None) -
         raise ConfigError([(option, f"the folder {folder} does not exist")])
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ConfigError([(option, f"the folder {folder} is not writable")])
+    if path.exists() and any(is_run_record(folder / name) for name in ("metrics.csv", "summary.json")):
+        from catapult.engine.loop import RUN_FILES
+
+        if path.name in RUN_FILES:  # a run record or marked figure, but the run's: `train --overwrite` refused it after
+            raise ConfigError([(option, f"{path} is a file of the `catapult train` run in {path.parent}; give a "
+                                        f"new file name")])
     if _is_sqlite(path):  # `export s.db --out s.db` wrote the table over the store it read
         raise ConfigError([(option, f"{path} is an SQLite database (a sweep store?) that would be overwritten; "
                                     f"give a new file name")])
