@@ -64,3 +64,17 @@ def test_a_run_that_logged_its_spectrum_gets_a_third_panel(tmp_path):
     assert "trace" in ax_trace.get_ylabel() and (tmp_path / "t.png").stat().st_size > 0
     # without those columns: the two panels as before
     assert len(plot_trajectories({"run": _catapult_run()}).axes) == 2
+
+
+def test_the_spectrum_panel_of_a_preconditioned_run_names_its_operator():
+    # under eval.sharpness_kind preconditioned (Adam) eig_i and hessian_trace are those of
+    # P^-1/2 H P^-1/2 (README): the panel called them eigenvalues and trace of H
+    rows = _catapult_run()
+    for row in rows:
+        measured = row["sharpness"] is not None
+        row.update({"eig_1": row["sharpness"], "hessian_trace": 30.0 if measured else None})
+    _, _, ax_spec, ax_trace = plot_trajectories({"run": rows}, preconditioned=True).axes
+    assert "P^{-1/2} H P^{-1/2}" in ax_spec.get_ylabel() and "P^{-1/2} H P^{-1/2}" in ax_trace.get_ylabel()
+    assert "Hessian" not in ax_trace.get_ylabel()
+    _, _, ax_spec, ax_trace = plot_trajectories({"run": rows}).axes  # SGD's: the Hessian's
+    assert ax_spec.get_ylabel() == "eigenvalue of H" and "Hessian trace" in ax_trace.get_ylabel()

@@ -71,7 +71,8 @@ def plot_trajectories(
 ) -> Figure:
     """Two panels, log-y: (a) training loss vs step, (b) sharpness vs step with each run's
     instability threshold (``2/lr_t`` for GD) dashed in the run's colour; and (c), where a run
-    logged them, its top-k eigenvalues (``eig_1`` darkest) and Hessian trace (right axis).
+    logged them, its top-k eigenvalues (``eig_1`` darkest) and Hessian trace (right axis), of
+    ``P^-1/2 H P^-1/2`` when ``preconditioned``.
 
     ``runs`` maps a legend label to that run's metrics. ``statuses`` (label -> status) marks
     diverged runs with an ``x`` at their last logged loss. Every catapult
@@ -141,7 +142,7 @@ def plot_trajectories(
                       ha="center", va="center", fontsize=11, color="0.35")
     _clip_threshold_axis(ax_sharp, runs)
     if ax_spectrum:
-        _spectrum_panel(ax_spectrum[0], runs, spectra, colors)
+        _spectrum_panel(ax_spectrum[0], runs, spectra, colors, preconditioned=preconditioned)
     for ax in (ax_loss, ax_sharp, *ax_spectrum):
         ax.grid(True, which="major", alpha=0.3)
     if runs:
@@ -162,9 +163,10 @@ def _spectrum_keys(metrics: Metrics) -> tuple[list[str], bool]:
 
 
 def _spectrum_panel(ax, runs: Mapping[str, Metrics], spectra: Mapping[str, tuple[list[str], bool]],
-                    colors: list[str]) -> None:
+                    colors: list[str], *, preconditioned: bool = False) -> None:
     """(c): each run's ``eig_i`` in its colour, fading with ``i`` (linear axis: eigenvalues may
-    be negative), and its ``hessian_trace`` dashed on a right-hand axis."""
+    be negative), and its ``hessian_trace`` dashed on a right-hand axis; ``preconditioned``:
+    both are of ``P^-1/2 H P^-1/2``, the operator the engine logs them of under that kind."""
     trace_ax = None
     for color, (label, metrics) in zip(colors, runs.items()):
         eigs, has_trace = spectra[label]
@@ -179,9 +181,11 @@ def _spectrum_panel(ax, runs: Mapping[str, Metrics], spectra: Mapping[str, tuple
             trace_ax.plot(xs, ys, color=color if len(runs) > 1 else "0.25", lw=1.0, ls="--")
     top_k = max((len(eigs) for eigs, _ in spectra.values()), default=0)
     title = f"(c) top {top_k} eigenvalues (eig_1 darkest)" if top_k else "(c) spectrum"
-    ax.set(xlabel="step", ylabel="eigenvalue of H" if top_k else "", title=title)
+    operator = "$P^{-1/2} H P^{-1/2}$" if preconditioned else "H"
+    ax.set(xlabel="step", ylabel=f"eigenvalue of {operator}" if top_k else "", title=title)
     if trace_ax is not None:
-        trace_ax.set_ylabel("Hessian trace (dashed, Hutch++)")
+        trace_ax.set_ylabel(f"trace of {operator} (dashed, Hutch++)" if preconditioned
+                            else "Hessian trace (dashed, Hutch++)")
     if len(runs) > 1 and top_k:
         ax.legend(fontsize=8, loc="best")
 
