@@ -110,7 +110,10 @@ class _TarSource:
         try:
             self._tar = tarfile.open(archive, mode="r:*")
         except (tarfile.TarError, OSError, EOFError) as exc:
-            raise ValueError(f"{archive}: cannot be read as a tar archive ({exc}); expected the "
+            # tarfile's "r:*" lists each compression it tried on its own line: one line here
+            why = ("not a gzip, bzip2, xz or plain tar file" if isinstance(exc, tarfile.ReadError)
+                   else " ".join(str(exc).split()))
+            raise ValueError(f"{archive}: cannot be read as a tar archive ({why}); expected the "
                              f"official '{dirname}' archive") from exc
         # Map a batch file name to its member; accept "<dirname>/<file>" (official layout),
         # "./<dirname>/<file>" and a bare "<file>".
