@@ -54,6 +54,10 @@ def test_at_init_the_eigenvalues_and_trace_are_the_dense_hessians():
     assert s["n_params"] == n == 235 and s["batch_size"] == 48 and s["converged"]
     assert s["eigenvalues"] == pytest.approx(values[:3].tolist(), rel=1e-6)
     assert s["trace"] == pytest.approx(trace, rel=1e-9)  # matvecs >= n: Hutch++ takes the exact diagonal
+    # from n products, however many were asked (the report said "Hutch++, 1000000000 products")
+    many = measure_spectrum(CONFIG, top_k=0, trace_matvecs=10**9, density_runs=0)
+    assert many["trace_products"] == n and many["trace"] == pytest.approx(trace, rel=1e-9)
+    assert "trace (exact: the diagonal, one product per parameter, 235 products)" in format_spectrum(many)
     dens = s["density"]
     assert float(torch.trapezoid(torch.from_numpy(dens.density), torch.from_numpy(dens.grid))) == \
         pytest.approx(1.0, abs=1e-2)
@@ -117,7 +121,7 @@ def test_the_command_prints_json_and_draws_the_density(tmp_path, capsys):
     doc = json.loads(capsys.readouterr().out)
     values, _ = _dense(CONFIG)
     assert doc["eigenvalues"] == pytest.approx(values[:2].tolist(), rel=1e-6)
-    assert doc["trace_matvecs"] == 9 and len(doc["density"]["grid"]) == len(doc["density"]["density"]) == 1000
+    assert doc["trace_matvecs"] == doc["trace_products"] == 9 and len(doc["density"]["grid"]) == len(doc["density"]["density"]) == 1000
     assert (tmp_path / "d.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the defaults come from the config's eval.spectrum_top_k / eval.trace_matvecs when set
     assert cli.main(["spectrum", str(path), "eval.spectrum_top_k=4", "--density-runs", "0",

@@ -124,7 +124,8 @@ def measure_spectrum(config: Mapping[str, Any], *, weights: str | Path | None = 
     on batch 0, before any product. Returns a dict: ``name``, ``curvature``, ``preconditioned``, ``weights``,
     ``batch_size``, ``n_params``, ``eigenvalues`` (largest first), ``eigen_matvecs``,
     ``converged`` (and with eigenvalues: the largest ``residual`` of the pairs, the ``tol`` and
-    ``hvp`` they were measured with), ``trace``, ``trace_matvecs``, ``density`` (the
+    ``hvp`` they were measured with), ``trace``, ``trace_matvecs`` (asked), ``trace_products`` (spent: at most ``n_params``, where the
+    trace is exact), ``density`` (the
     :class:`~catapult.curvature.spectrum.SpectralDensity`, or None), ``density_runs``,
     ``density_steps``.
     """
@@ -173,6 +174,8 @@ def measure_spectrum(config: Mapping[str, Any], *, weights: str | Path | None = 
                                n_params=setup.n_params, eigenvalues=[], eigen_matvecs=0, converged=None,
                                trace=None, trace_matvecs=trace_matvecs, density=None,
                                density_runs=density_runs, density_steps=density_steps)
+    # Hutch++ with as many products as parameters takes the exact diagonal from n products instead
+    out["trace_products"] = min(trace_matvecs, setup.n_params)
     eig, out["trace"] = spectrum_estimates(config, model, loss_fn, batch, top_k=top_k, trace_matvecs=trace_matvecs,
                                            optimizer=optimizer, curvature=curvature)
     if eig is not None:
@@ -214,7 +217,9 @@ def format_spectrum(s: Mapping[str, Any]) -> str:
         lines.append(f"  top {len(s['eigenvalues'])} eigenvalues: {values}  ({s['eigen_matvecs']} products, "
                      f"{'converged' if s['converged'] else not_converged(s)})")
     if s["trace"] is not None:
-        lines.append(f"  trace (Hutch++, {s['trace_matvecs']} products): {s['trace']:.6g}")
+        how = ("exact: the diagonal, one product per parameter" if s["trace_products"] >= s["n_params"]
+               else "Hutch++")
+        lines.append(f"  trace ({how}, {s['trace_products']} products): {s['trace']:.6g}")
     dens = s["density"]
     if dens is not None:
         nodes = dens.nodes[dens.weights > 0] if dens.weights.size else dens.nodes
