@@ -5,6 +5,7 @@ the documented refusal."""
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -173,3 +174,27 @@ def test_a_transposed_parameter_is_measured_without_a_gradient_layout_warning(kw
     finally:
         torch.set_warn_always(warn_always)
     assert est.value == pytest.approx(top, rel=1e-8)
+
+
+@pytest.mark.parametrize("memory", ["fast", "lean"])
+def test_a_float32_hessian_of_tiny_scale_is_solved_not_called_invariant(memory):
+    # eigenvalues ~2.5e-11: the invariance floor was 10 eps^2 sqrt(n) in absolute terms, above
+    # every remainder, so the solves stopped after one product with the value 99% off, "converged"
+    # (memory="lean" spent all 100 products on restarts)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 20), nn.Tanh(), nn.Linear(20, 20), nn.Tanh(), nn.Linear(20, 2))
+    batch = (torch.randn(20, 3), torch.randn(20, 2))
+
+    def tiny(out, y):
+        return 1e-11 * nn.functional.mse_loss(out, y)
+    H = dense_hessian(model, tiny, batch).numpy()
+    eigenvalues = np.linalg.eigvalsh(H)[::-1]
+    est = catapult.sharpness(model, tiny, batch, coarse=None, memory=memory)
+    assert est.converged and est.matvecs > 2
+    assert abs(est.value - eigenvalues[0]) <= est.error_bound * abs(est.value)
+    eig = catapult.top_eigenpairs(model, tiny, batch, k=3, memory=memory)
+    assert eig.converged
+    slack = 1e-5 * eigenvalues[0]   # float32 products' rounding, as in test_curvature_promise.py
+    for value, vector, reported in zip(eig.values, eig.vectors.double().numpy(), eig.residuals):
+        assert np.linalg.norm(H @ vector - value * vector) <= reported * abs(value) + slack
+    assert np.allclose(eig.values, eigenvalues[:3], rtol=1e-4)

@@ -151,9 +151,12 @@ def test_stop_test_and_invariance():
     assert stop_test(tiny, values, s, tol=1e-300, n=100, eps=eps)[0]
     # a basis spanning R^n is invariant whatever beta
     assert krylov_invariant(1.0, values, 3, eps) and not krylov_invariant(1.0, values, 4, eps)
-    # scale floors at eps: an all-zero spectrum is invariant only for beta <= 10 eps^2 sqrt(n)
+    # relative to the spectrum however small (no floor at eps: a Hessian of scale 1e-11 is no
+    # rounding noise in float32); an all-zero spectrum is invariant only for beta = 0
     zeros = np.zeros(2)
-    assert krylov_invariant(10 * eps * eps, zeros, 1, eps) and not krylov_invariant(1e-20, zeros, 1, eps)
+    assert krylov_invariant(0.0, zeros, 1, eps) and not krylov_invariant(1e-300, zeros, 1, eps)
+    small = values * 1e-30
+    assert not krylov_invariant(1e-43, small, 100, eps) and krylov_invariant(1e-44, small, 100, eps)
 
 
 @pytest.mark.parametrize("m, keep", [(6, 3), (9, 4), (4, 1)])
