@@ -25,6 +25,7 @@ from catapult.curvature.lanczos import (
     top_ritz_pair,
     tridiagonal_update,
 )
+from catapult.curvature.top_k import lanczos_top_k
 
 
 def random_symmetric(n: int, seed: int) -> np.ndarray:
@@ -145,8 +146,9 @@ def test_stop_test_and_invariance():
     # rel = |0.5 * 0.8| / 4 = 0.1
     assert stop_test(0.5, values, s, tol=0.1, n=100, eps=eps) == (True, 0.1)
     assert stop_test(0.5, values, s, tol=0.0999, n=100, eps=eps) == (False, 0.1)
-    # invariant: beta at rounding level of the spectrum (scale 4) -> converged whatever tol
-    tiny = 10 * eps * 4.0 * math.sqrt(100)
+    # invariant: beta at rounding level of the spectrum (scale 4, m = 3 Ritz values) -> converged
+    # whatever tol
+    tiny = 10 * eps * 4.0 * math.sqrt(3)
     assert krylov_invariant(tiny, values, 100, eps) and not krylov_invariant(2 * tiny, values, 100, eps)
     assert stop_test(tiny, values, s, tol=1e-300, n=100, eps=eps)[0]
     # a basis spanning R^n is invariant whatever beta
@@ -157,6 +159,10 @@ def test_stop_test_and_invariance():
     assert krylov_invariant(0.0, zeros, 1, eps) and not krylov_invariant(1e-300, zeros, 1, eps)
     small = values * 1e-30
     assert not krylov_invariant(1e-43, small, 100, eps) and krylov_invariant(1e-44, small, 100, eps)
+    # nor sqrt(n) of the vectors' length: at 4e6 float32 entries that level was 2.4e-3 of the scale,
+    # and a warm start 2e-3 off its eigenvector stopped after one product, "converged" at tol 1e-3
+    eps32 = float(np.finfo(np.float32).eps)
+    assert not krylov_invariant(2e-3, np.array([1.0]), 4 * 10**6, eps32)
 
 
 @pytest.mark.parametrize("m, keep", [(6, 3), (9, 4), (4, 1)])
@@ -267,3 +273,25 @@ def test_plain_lanczos_step_is_the_three_term_recurrence():
     assert float(alpha) == pytest.approx(float(basis.last() @ w), rel=1e-12)
     expected = w - alpha * basis.last()
     assert float(beta) == pytest.approx(float(torch.linalg.vector_norm(expected)), rel=1e-12)
+
+
+def test_a_warm_start_near_tol_in_a_million_float32_entries_is_not_called_invariant():
+    # beta ~ 1.1e-3 of the scale after one product: under the old level 10 eps sqrt(n) = 1.2e-3
+    # (n = 1e6, float32), so the solvers stopped there "invariant": converged with a residual
+    # above tol (Lanczos), residuals of 2e-8 reported for 1e-3 (top-k)
+    n, tol = 10**6, 1e-3
+    g = torch.Generator().manual_seed(0)
+    d = torch.rand(n, generator=g) * 0.5
+    d[0], d[1] = 1.0, 0.9
+    v0 = torch.randn(n, generator=g)
+    v0 = v0 / v0.norm() * 1.5e-3
+    v0[0] = 1.0                                   # the top eigenvector, a little off
+    est = lanczos_top_eigenpair(lambda v: d * v, v0, tol=tol, max_iter=50)
+    assert est.converged and est.error_bound <= tol and est.matvecs > 1
+    y = est.vector.double()
+    assert float(torch.linalg.vector_norm(d.double() * y - est.value * y)) <= 1.01 * tol * est.value
+    eig = lanczos_top_k(lambda v: d * v, v0, 2, tol=tol, max_iter=50)
+    assert eig.converged
+    for value, vector, reported in zip(eig.values, eig.vectors.double(), eig.residuals):
+        true = float(torch.linalg.vector_norm(d.double() * vector - value * vector)) / value
+        assert true <= 1.01 * reported + 1e-5, (true, reported)   # float32 sums over 1e6 entries

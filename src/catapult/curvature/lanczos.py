@@ -145,32 +145,37 @@ def relative_residual(beta: float, s_last: float, theta: float) -> float:
     return 0.0 if residual == 0 else float("inf")
 
 
-def rounding_level(scale: float, n: int, eps: float) -> float:
-    """``10 eps scale sqrt(n)``: a remainder this small, next to products of size ``scale`` in
-    ``R^n``, is rounding noise (the Krylov space is invariant along it). Relative to ``scale``
-    however small: a floor at ``eps`` (``max(scale, eps)``) called every remainder of a float32
-    Hessian with eigenvalues ~1e-11 noise, and its solves stopped after one product, 99% off,
-    "converged". For ``scale = 0`` only an exact 0 is noise.
+def rounding_level(scale: float, m: int, eps: float) -> float:
+    """``10 eps scale sqrt(m)``: a remainder this small, after Gram-Schmidt against a basis of
+    ``m`` vectors next to products of size ``scale``, is rounding noise (the Krylov space is
+    invariant along it). Not ``sqrt(n)`` of the vectors' length: in float32 that is 1.2e-3 of
+    ``scale`` at a million parameters and 1.2e-2 at a hundred million, above the usual ``tol``, so
+    a warm start 2e-3 off stopped after one product "invariant" (converged, bound 2.3e-3 at
+    ``tol=1e-3``), and a top-k block residual of that size was dropped uncoupled (residuals
+    reported 2e-8 where they were 1.5e-3). Relative to ``scale`` however small: a floor at
+    ``eps`` (``max(scale, eps)``) called every remainder of a float32 Hessian with eigenvalues
+    ~1e-11 noise, and its solves stopped after one product, 99% off, "converged". For
+    ``scale = 0`` only an exact 0 is noise.
 
     >>> f"{rounding_level(4.0, 100, 1e-16):.1e}", rounding_level(0.0, 100, 1e-16)
     ('4.0e-14', 0.0)
     """
-    return 10 * eps * scale * math.sqrt(n)
+    return 10 * eps * scale * math.sqrt(m)
 
 
 def krylov_invariant(beta: float, ritz_values: np.ndarray, n: int, eps: float) -> bool:
     """Whether the Krylov space is invariant under ``A`` (its Ritz values are then exact).
 
-    True when ``beta_m <= 10 eps max(|theta_min|, |theta_max|) sqrt(n)`` (``beta_m`` at
-    rounding level relative to the spectrum seen so far) or the basis spans ``R^n``
-    (``m = n``); ``ritz_values`` ascending, ``m = len(ritz_values)``.
+    True when ``beta_m <= 10 eps max(|theta_min|, |theta_max|) sqrt(m)`` (``beta_m`` at
+    rounding level relative to the spectrum seen so far, :func:`rounding_level`) or the basis
+    spans ``R^n`` (``m = n``); ``ritz_values`` ascending, ``m = len(ritz_values)``.
 
     >>> import numpy as np
     >>> krylov_invariant(1e-20, np.array([1.0, 4.0]), 10, 1e-16), krylov_invariant(0.3, np.array([1.0, 4.0]), 10, 1e-16)
     (True, False)
     """
     scale = max(abs(ritz_values[0]), abs(ritz_values[-1]))
-    return bool(beta <= rounding_level(scale, n, eps) or len(ritz_values) == n)
+    return bool(beta <= rounding_level(scale, len(ritz_values), eps) or len(ritz_values) == n)
 
 
 def eigenvalue_error_bound(beta: float, ritz_values: np.ndarray, ritz_vectors: np.ndarray) -> float:

@@ -223,7 +223,7 @@ def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_it
         # the residuals orthonormalised among themselves, r_i = sum_p R[p, i] q_new_p (plus
         # what a second pass on the basis took, C); one at rounding level is an invariant
         # direction and adds none
-        new, R, C = _orthonormal_block(products, norms, rounding_level(scale, n, eps), reduce, basis)
+        new, R, C = _orthonormal_block(products, norms, rounding_level(scale, size, eps), reduce, basis)
         M[:size, block.start:size] += C
         M[size:size + len(new), block.start:size] = R
         values, vectors = np.linalg.eigh((M[:done, :done] + M[:done, :done].T) / 2)
