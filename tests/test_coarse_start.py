@@ -150,3 +150,21 @@ def test_finite_difference_level_is_skipped_across_kinks():
     op = HessianOperator(smooth, loss_fn, batch, dtype=torch.float32)
     gap, _ = difference_consistency(op, torch.ones(op.numel))
     assert gap < FINITE_DIFFERENCE_CONSISTENCY
+
+
+def test_sub_batch_levels_take_samples_from_all_of_a_sorted_batch():
+    # The first n/16 samples of a batch sorted by source used features 0-1 only: their Hessian
+    # is blind to features 2-3, which carry the top eigenvector, and the full solve started
+    # orthogonal to it: 1.01 "converged" for a top eigenvalue of 9.07.
+    torch.manual_seed(0)
+    n = 512
+    x = torch.zeros(n, 4, dtype=torch.float64)
+    x[:n // 2, :2] = torch.randn(n // 2, 2, dtype=torch.float64)
+    x[n // 2:, 2:] = 3 * torch.randn(n // 2, 2, dtype=torch.float64)
+    batch = (x, torch.randn(n, 1, dtype=torch.float64))
+    model = nn.Linear(4, 1, bias=False).double()
+    top = float(np.linalg.eigvalsh(dense_hessian(model, nn.MSELoss(), batch).numpy())[-1])
+    assert top > 8
+    assert coarse_levels(batch, "auto")[0][0] == 32  # a sub-batch level runs
+    est = catapult.sharpness(model, nn.MSELoss(), batch)
+    assert est.converged and est.value == pytest.approx(top, rel=1e-6)

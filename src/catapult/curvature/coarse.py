@@ -3,7 +3,7 @@
 A cold Lanczos solve spends most of its products turning a random vector into one that lives in
 the Hessian's top (outlier) eigenspace. That work can be done on cheaper operators:
 
-* **Sub-batches** (large batches): the Hessian of the loss on the first ``n/16`` samples already
+* **Sub-batches** (large batches): the Hessian of the loss on ``n/16`` samples already
   has nearly the same outlier eigenspace as on all ``n`` (its bulk differs, its outliers move by
   ``O(1/sqrt(m))``), and its products cost ``~1/16`` as much when per-sample compute dominates.
   The vector found there starts the solve on ``n/4`` samples, whose vector starts the
@@ -32,15 +32,15 @@ from catapult.curvature.lanczos import lanczos_top_eigenpair
 
 __all__ = ["COARSE_MIN_SAMPLES", "COARSE_LEVELS", "SMALL_BATCH_LEVELS", "FINITE_DIFFERENCE",
            "FINITE_DIFFERENCE_COST", "FINITE_DIFFERENCE_MAX_ITER", "FINITE_DIFFERENCE_CONSISTENCY",
-           "coarse_levels", "difference_consistency", "coarse_start_vector"]
+           "coarse_levels", "difference_consistency", "coarse_start_vector", "sub_batch"]
 
 #: Batches with fewer samples (dim 0) get no sub-batch levels under ``coarse="auto"`` (they get
 #: :data:`SMALL_BATCH_LEVELS`): products on a few samples cost nearly as much as on the whole
 #: batch there (per-call overhead dominates), so a sub-batch solve costs more than it saves (the
 #: small GPT of ``bench/bench_peers.py``).
 COARSE_MIN_SAMPLES = 256
-#: ``(divisor, tol)`` of each coarse level, coarsest first: the sub-batch is the first
-#: ``n // divisor`` samples. Measured on the Fig. 1 FCN at n = 1000 (bench/RESULTS.md, issue 16).
+#: ``(divisor, tol)`` of each coarse level, coarsest first: the sub-batch is ``n // divisor``
+#: samples spread over the batch (:func:`sub_batch`). Measured on the Fig. 1 FCN at n = 1000 (bench/RESULTS.md, issue 16).
 COARSE_LEVELS = ((16, 3e-3), (4, 3e-3))
 #: The level name of a solve on the whole batch with one-sided difference products.
 FINITE_DIFFERENCE = "finite_difference"
@@ -71,7 +71,7 @@ def coarse_levels(batch, coarse, tol: float | None = None) -> list[tuple[int | s
     targets are tensors sharing a sample dimension of at least :data:`COARSE_MIN_SAMPLES`, else
     :data:`SMALL_BATCH_LEVELS`) or a sequence of ``(divisor, tol)`` pairs (one pair alone is one
     level), where ``divisor`` is
-    an integer >= 2 (the first ``n // divisor`` samples) or :data:`FINITE_DIFFERENCE`.
+    an integer >= 2 (``n // divisor`` samples, :func:`sub_batch`) or :data:`FINITE_DIFFERENCE`.
 
     ``tol``, the whole solve's tolerance: under ``"auto"`` no level stops finer than it needs to,
     at the larger of its own tol and ``tol`` (a start vector much better than the answer is asked
@@ -122,6 +122,24 @@ def coarse_levels(batch, coarse, tol: float | None = None) -> list[tuple[int | s
     return levels
 
 
+def sub_batch(inputs, targets, m: int):
+    """``m`` of the batch's samples, every ``(n // m)``-th from the first: spread over a batch
+    sorted by class or by source, rather than its first ``m`` (which may lack the directions of
+    the top eigenvector altogether: the full solve then starts orthogonal to it and certifies
+    another eigenvalue; a linear model whose first half of samples uses features 0-1 and second
+    half 2-3 gave 1.01, "converged", for a top eigenvalue of 9.07).
+
+    >>> x = torch.arange(10.0).unsqueeze(1)
+    >>> sub_batch(x, x.squeeze(1), 3)[1]
+    tensor([0., 3., 6.])
+    """
+    stride = inputs.shape[0] // m
+
+    def pick(t):
+        return t[::stride][:m].contiguous() if torch.is_tensor(t) else t[::stride][:m]
+    return pick(inputs), pick(targets)
+
+
 def difference_consistency(op, v: torch.Tensor) -> tuple[float, torch.Tensor]:
     """``(gap, forward)``: the relative gap ``||F+ - F-|| / ||(F+ + F-) / 2||`` between the
     forward and backward differences ``F+ = (g(theta + h u) - g(theta)) / h`` and
@@ -152,7 +170,7 @@ def coarse_start_vector(model, loss_fn, batch, v0: torch.Tensor, levels, *, dtyp
                         max_iter: int = 100, op=None, operator_options: dict | None = None,
                         solve=None) -> tuple[torch.Tensor, int, float]:
     """``(vector, products, cost)``: ``v0`` carried through the top-eigenvector solves of each
-    level (``levels`` from :func:`coarse_levels`), in order: on the first ``m`` samples, or on the
+    level (``levels`` from :func:`coarse_levels`), in order: on ``m`` samples (:func:`sub_batch`), or on the
     whole batch with difference products (``op``, the whole batch's
     :class:`~catapult.curvature.HessianOperator`, built here when not given; its gradient is
     the differences' base point).
@@ -173,7 +191,7 @@ def coarse_start_vector(model, loss_fn, batch, v0: torch.Tensor, levels, *, dtyp
     max_iter=)`` replaces their solver (``memory="lean"``:
     :func:`catapult.curvature.lean.lean_top_eigenpair`).
 
-    Example (one level on the first 2 of 4 samples, which already hold the top direction):
+    Example (one level on samples 0 and 2 of 4, which already hold the top direction):
         >>> model = torch.nn.Linear(2, 1, bias=False)
         >>> x = torch.tensor([[2.0, 0.0], [0.0, 1.0], [0.0, 1.0], [0.0, 1.0]])
         >>> v, products, cost = coarse_start_vector(model, torch.nn.MSELoss(), (x, torch.zeros(4, 1)),
@@ -212,7 +230,7 @@ def coarse_start_vector(model, loss_fn, batch, v0: torch.Tensor, levels, *, dtyp
                 vector = est.vector
             continue
         n = inputs.shape[0]
-        sub = HessianOperator(model, loss_fn, (inputs[:m], targets[:m]), dtype=dtype, hvp=hvp,
+        sub = HessianOperator(model, loss_fn, sub_batch(inputs, targets, m), dtype=dtype, hvp=hvp,
                               seed=seed, **(operator_options or {}))
         if solve is not None:
             est = solve(sub, vector, tol=tol, max_iter=max_iter)
