@@ -285,3 +285,49 @@ def test_a_nan_loss_on_one_rank_with_finite_differences_is_nan_everywhere():
     # rank's product all-reduce: gloo aborted the process
     for value, converged in on_ranks(nan_on_one_rank_fd):
         assert math.isnan(value) and not converged
+
+
+class RoutedExpert(nn.Module):
+    """A per-sample route: ``b`` only for samples whose first input is positive, so a shard with
+    none of them leaves ``b`` unused (an MoE expert no token of the shard is routed to)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 2), nn.Linear(3, 2)
+
+    def forward(self, x):
+        out = self.a(x)
+        routed = x[:, 0] > 0
+        if routed.any():
+            out = out.clone()
+            out[routed] = out[routed] + torch.tanh(self.b(x[routed]))
+        return out
+
+
+def routed_problem():
+    torch.manual_seed(0)
+    model = RoutedExpert().double()
+    x = torch.randn(8, 3, dtype=torch.float64)
+    x[:3, 0] = -x[:3, 0].abs()   # rank 0's 3 samples never reach b; rank 1's 5 do
+    return model, nn.MSELoss(), (x, torch.randn(8, 2, dtype=torch.float64))
+
+
+def routed_measures(rank, world):
+    model, loss_fn, (x, y) = routed_problem()
+    shard = (x[:3], y[:3]) if rank == 0 else (x[3:], y[3:])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=1e-2)
+    return {"sharpness": catapult.sharpness(model, loss_fn, shard, tol=1e-10, distributed=True).value,
+            "critical_lr": catapult.critical_lr(model, loss_fn, shard, opt, lr_start=1e-3, distributed=True).lr}
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
+def test_a_parameter_unused_on_one_rank_is_the_unions_gradient_all_the_same():
+    # rank 0's gradient of b was None, and it skipped b's all-reduce that rank 1 made: the next
+    # collectives paired the wrong tensors and gloo aborted both processes (critical_lr)
+    model, loss_fn, batch = routed_problem()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=1e-2)
+    single = {"sharpness": catapult.sharpness(model, loss_fn, batch, tol=1e-10).value,
+              "critical_lr": catapult.critical_lr(model, loss_fn, batch, opt, lr_start=1e-3).lr}
+    for res in on_ranks(routed_measures, timeout_s=60.0):
+        for key in single:
+            assert res[key] == pytest.approx(single[key], rel=1e-6), key

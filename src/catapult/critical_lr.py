@@ -291,12 +291,21 @@ def _loss_and_gradient(model, loss_fn, batch, params, snapshot, reduce) -> tuple
                                 else type(loss).__name__))
         loss0 = float(loss.detach()) if reduce is None else reduce(loss.detach())
         _check_finite_start(loss0)
-        if not loss.requires_grad:
+        if not loss.requires_grad and reduce is None:
             raise ValueError("critical_lr: the loss does not depend on any parameter of "
                              "the optimizer")
-        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        grads = (torch.autograd.grad(loss, params, allow_unused=True) if loss.requires_grad
+                 else [None] * len(params))
     if reduce is not None:
-        grads = [None if g is None else dist_ops.all_reduce_sum(g.mul(reduce.weight)) for g in grads]
+        # a parameter this rank's shard leaves unused (an expert none of its samples is routed
+        # to) has no gradient here but may have one on another rank: every rank all-reduces the
+        # same tensors (a skipped one paired the next collectives wrongly: gloo aborted), and a
+        # gradient is None only where no rank used the parameter
+        used = dist_ops.all_reduce_sum(torch.tensor([float(g is not None) for g in grads], dtype=torch.float64,
+                                                    device=loss.device)).tolist()
+        grads = [None if not u else dist_ops.all_reduce_sum((torch.zeros_like(p) if g is None else g)
+                                                            .mul(reduce.weight))
+                 for p, g, u in zip(params, grads, used)]
     return loss0, list(grads)
 
 
