@@ -331,3 +331,46 @@ def test_a_parameter_unused_on_one_rank_is_the_unions_gradient_all_the_same():
     for res in on_ranks(routed_measures, timeout_s=60.0):
         for key in single:
             assert res[key] == pytest.approx(single[key], rel=1e-6), key
+
+
+def mismatched_calls(rank, world):
+    """Calls whose settings differ between the ranks: each rank raises the same message naming
+    the setting, and the group is left usable (the last call pairs its collectives)."""
+    model, loss_fn, (x, y) = problem()
+    lo = sum(SHARDS[:rank])
+    shard = (x[lo:lo + SHARDS[rank]], y[lo:lo + SHARDS[rank]])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    calls = {
+        # rank 0 stopped at its tolerance while rank 1 went on all-reducing: gloo aborted both
+        "tol": lambda: catapult.sharpness(model, loss_fn, shard, tol=1e-2 if rank == 0 else 1e-12, distributed=True),
+        # k=0 refused on rank 1 alone, while rank 0 waited in its first all-reduce
+        "k": lambda: catapult.top_eigenpairs(model, loss_fn, shard, k=2 if rank == 0 else 0, distributed=True),
+        # the start vectors differed: a silent answer of no operator
+        "seed": lambda: catapult.sharpness(model, loss_fn, shard, seed=rank, distributed=True),
+        "lr_start": lambda: catapult.critical_lr(model, loss_fn, shard, opt, lr_start=1e-3 * (1 + rank),
+                                                 distributed=True),
+        "optimizer": lambda: catapult.hessian_trace(model, loss_fn, shard, optimizer=opt if rank else None,
+                                                    scale_by_group_lr=True, distributed=True),
+    }
+    out = {}
+    for name, call in calls.items():
+        try:
+            call()
+            out[name] = None
+        except ValueError as err:
+            out[name] = str(err)
+    out["after"] = catapult.sharpness(model, loss_fn, shard, tol=1e-10, distributed=True).value
+    return out
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
+def test_settings_that_differ_between_the_ranks_are_refused_on_every_rank():
+    model, loss_fn, batch = problem()
+    single = catapult.sharpness(model, loss_fn, batch, tol=1e-10).value
+    functions = {"tol": "sharpness", "k": "top_eigenpairs", "seed": "sharpness", "lr_start": "critical_lr",
+                 "optimizer": "hessian_trace"}
+    for res in on_ranks(mismatched_calls, timeout_s=60.0):
+        for name, function in functions.items():
+            assert res[name] == (f"distributed=True: {function}'s {name} differs between the ranks; pass the same "
+                                 f"on every rank (the ranks would run different collectives)"), name
+        assert res["after"] == pytest.approx(single, rel=1e-6)

@@ -326,6 +326,7 @@ def _check_finite_start(loss0: float) -> None:
 
 
 @outside_inference_mode
+@dist_ops.same_call_on_every_rank
 def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
                 optimizer: torch.optim.Optimizer, *, lr_start: float = 1e-4,
                 lr_max: float | None = None, delta: float = 0.1, rtol: float | None = None,

@@ -60,16 +60,23 @@ the shards.
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import math
 import os
 import sys
+import zlib
 from typing import Any, Callable
 
 import torch
 
 __all__ = ["require_process_group", "check_shardable", "unwrap_ddp", "shard_weight", "all_reduce_sum",
            "agreed_minimum", "agreed", "agreed_gap", "rank0_flag", "union_weight", "DistributedOperator", "broadcast_vector",
-           "single_process_group"]
+           "single_process_group", "same_call_on_every_rank", "check_same_call"]
+
+#: arguments each rank may pass its own: its start vector (rank 0's is broadcast), its micro-batch
+#: size (a rank's micro-batches do not change how many products it runs), and its shard
+PER_RANK_ARGUMENTS = frozenset({"batch", "init", "chunk_size"})
 
 
 @contextlib.contextmanager
@@ -325,6 +332,86 @@ def _shard_reduction(model, loss_fn, batch) -> str | None:
                          f"(its two halves: {shown}), so the ranks' losses do not add up to the union's loss; use "
                          f"a loss that averages or sums per-sample terms")
     return None if kind == "both" else kind
+
+
+def same_call_on_every_rank(fn):
+    """``fn`` (an entry point with a ``distributed`` keyword), which with ``distributed=True``
+    first checks that every rank called it alike (:func:`check_same_call`), before any check of
+    its own: a setting that differs between the ranks (a ``tol``, a ``k``) ran different numbers of
+    collectives on them, and one that a single rank refused left the others in their first one.
+
+    >>> @same_call_on_every_rank
+    ... def measure(model, *, tol=1e-3, distributed=False):
+    ...     return tol
+    >>> with single_process_group():
+    ...     measure(torch.nn.Linear(2, 1), tol=0.5, distributed=True)
+    0.5
+    """
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError:
+            return fn(*args, **kwargs)  # its own TypeError, named as Python names it
+        bound.apply_defaults()
+        if bound.arguments.get("distributed") is True:
+            require_process_group()
+            check_same_call(fn.__name__, bound.arguments)
+        return fn(*args, **kwargs)
+    return run
+
+
+def check_same_call(name: str, arguments: dict) -> None:
+    """Raise the same ValueError on every rank (every rank must call it) unless the ranks called
+    ``name`` with the same settings (every argument but :data:`PER_RANK_ARGUMENTS` that is a
+    number, string, None or dtype; any other object counts by its type, so ``optimizer=None`` on
+    one rank and an optimizer on another differ) and the same model parameters' names and shapes.
+    The settings set how many collectives each rank runs (a ``tol`` that differed aborted gloo).
+
+    >>> with single_process_group():
+    ...     check_same_call("sharpness", {"model": torch.nn.Linear(2, 1), "tol": 1e-3})
+    """
+    settings = sorted(key for key in arguments if key not in PER_RANK_ARGUMENTS and key != "model")
+    params = _named_parameters(arguments.get("model"))
+    device = params[0][1].device if params else None
+    # first what sizes the next all-reduce: the function, its argument names, the parameters'
+    # names and shapes
+    layout = f"{name}({', '.join(settings)}) " + ";".join(f"{key}{tuple(p.shape)}" for key, p in params)
+    high, low = _high_low([float(zlib.crc32(layout.encode()))], device)
+    if high != low:
+        raise ValueError(f"distributed=True: the ranks called {name} with different models (parameter names or "
+                         f"shapes), or called different functions; call the same on every rank")
+    codes = [float(zlib.crc32(f"{key}={_setting(arguments[key])}".encode())) for key in settings]
+    high, low = _high_low(codes, device)
+    differ = [key for key, hi, lo in zip(settings, high, low) if hi != lo]
+    if differ:
+        raise ValueError(f"distributed=True: {name}'s {', '.join(differ)} differ{'s' * (len(differ) == 1)} between "
+                         f"the ranks; pass the same on every rank (the ranks would run different collectives)")
+
+
+def _named_parameters(model) -> list:
+    return list(unwrap_ddp(model).named_parameters()) if isinstance(model, torch.nn.Module) else []
+
+
+def _setting(value) -> str:
+    """A setting as every rank spells it alike: a number, string, None, dtype or device by its
+    repr, any other object by its type (each rank has its own)."""
+    if value is None or isinstance(value, (bool, int, float, str, torch.dtype, torch.device)):
+        return repr(value)
+    return f"<{type(value).__name__}>"
+
+
+def _high_low(values: list, device) -> tuple[list, list]:
+    """The largest and smallest of each of ``values`` over the ranks (one all-reduce)."""
+    import torch.distributed as dist
+
+    t = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in values]) if values \
+        else torch.zeros(0, dtype=torch.float64, device=device)
+    both = torch.cat([t, t.neg()])
+    dist.all_reduce(both, op=dist.ReduceOp.MAX)
+    return both[:len(values)].tolist(), [-x for x in both[len(values):].tolist()]
 
 
 def broadcast_vector(v: torch.Tensor) -> torch.Tensor:

@@ -162,6 +162,7 @@ def check_curvature(curvature) -> None:
 
 
 @outside_inference_mode
+@dist_ops.same_call_on_every_rank
 def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_iter: int = 100,
               dtype=None, init: torch.Tensor | None = None, hvp: str = "auto", seed: int = 0,
               max_basis: int | None = None, chunk_size: int | None = None, memory: str = "fast",
@@ -374,6 +375,7 @@ def instability_threshold(optimizer: torch.optim.Optimizer, lr: float | None = N
 
 
 @outside_inference_mode
+@dist_ops.same_call_on_every_rank
 def preconditioned_sharpness(model: torch.nn.Module, loss_fn, batch,
                              optimizer: torch.optim.Optimizer, *, tol: float = 1e-3,
                              max_iter: int = 100, dtype=None, init: torch.Tensor | None = None,

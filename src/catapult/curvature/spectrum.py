@@ -66,6 +66,7 @@ def curvature_operator(model, loss_fn, batch, *, curvature: str = "hessian", opt
 
 
 @outside_inference_mode
+@dist_ops.same_call_on_every_rank
 def top_eigenpairs(model, loss_fn, batch, k: int = 5, *, tol: float = 1e-3, init=None,
                    max_iter: int = 300, curvature: str = "hessian", optimizer=None, dtype=None,
                    hvp: str = "auto", seed: int = 0, max_basis: int | None = None,
@@ -233,6 +234,7 @@ def hutch_plus_plus(matvec, n: int | None, matvecs: int, *, dtype=torch.float64,
 
 
 @outside_inference_mode
+@dist_ops.same_call_on_every_rank
 def hessian_trace(model, loss_fn, batch, *, matvecs: int = 100, curvature: str = "hessian",
                   optimizer=None, dtype=None, hvp: str = "auto", seed: int = 0,
                   chunk_size: int | None = None, distributed: bool = False,
@@ -338,6 +340,7 @@ def lanczos_quadrature(matvec, v: torch.Tensor, steps: int, max_basis: int | Non
 
 
 @outside_inference_mode
+@dist_ops.same_call_on_every_rank
 def spectral_density(model, loss_fn, batch, *, runs: int = 8, steps: int = 40,
                      curvature: str = "hessian", optimizer=None, grid_points: int = 1000,
                      sigma: float | None = None, dtype=None, hvp: str = "auto", seed: int = 0,
