@@ -374,3 +374,32 @@ def test_settings_that_differ_between_the_ranks_are_refused_on_every_rank():
             assert res[name] == (f"distributed=True: {function}'s {name} differs between the ranks; pass the same "
                                  f"on every rank (the ranks would run different collectives)"), name
         assert res["after"] == pytest.approx(single, rel=1e-6)
+
+
+def parameters_apart(rank, world):
+    model, loss_fn, (x, y) = problem()
+    if rank == 1:  # a checkpoint loaded on one rank, or ranks seeded apart
+        with torch.no_grad():
+            model[2].bias.add_(1e-3)
+    lo = sum(SHARDS[:rank])
+    shard = (x[lo:lo + SHARDS[rank]], y[lo:lo + SHARDS[rank]])
+    out = {}
+    for name, call in (("sharpness", lambda: catapult.sharpness(model, loss_fn, shard, distributed=True)),
+                       ("critical_lr", lambda: catapult.critical_lr(model, loss_fn, shard,
+                                                                    torch.optim.SGD(model.parameters(), lr=0.1),
+                                                                    distributed=True))):
+        try:
+            out[name] = call().value if name == "sharpness" else call().lr
+        except ValueError as err:
+            out[name] = str(err)
+    return out
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
+def test_parameters_that_differ_between_the_ranks_are_refused_on_every_rank():
+    # the ranks' products were all-reduced all the same: a sharpness of no one model, silently
+    for res in on_ranks(parameters_apart, timeout_s=60.0):
+        for name in ("sharpness", "critical_lr"):
+            assert res[name] == ("distributed=True: the model's parameter '2.bias' differs between the ranks; the "
+                                 "curvature of the union's loss is that of one model (wrap it in "
+                                 "DistributedDataParallel, or broadcast rank 0's parameters, before measuring)"), name

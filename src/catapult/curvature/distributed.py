@@ -367,8 +367,11 @@ def check_same_call(name: str, arguments: dict) -> None:
     """Raise the same ValueError on every rank (every rank must call it) unless the ranks called
     ``name`` with the same settings (every argument but :data:`PER_RANK_ARGUMENTS` that is a
     number, string, None or dtype; any other object counts by its type, so ``optimizer=None`` on
-    one rank and an optimizer on another differ) and the same model parameters' names and shapes.
-    The settings set how many collectives each rank runs (a ``tol`` that differed aborted gloo).
+    one rank and an optimizer on another differ) and the same model parameters (``arguments
+    ["model"]``, unwrapped from DDP; not those of a model sharded by FSDP2, whose ranks hold
+    different rows). The settings set how many collectives each rank runs (a ``tol`` that
+    differed aborted gloo); parameters that differ (ranks seeded apart, a checkpoint loaded on
+    one) gave a silent curvature of no one model.
 
     >>> with single_process_group():
     ...     check_same_call("sharpness", {"model": torch.nn.Linear(2, 1), "tol": 1e-3})
@@ -384,11 +387,26 @@ def check_same_call(name: str, arguments: dict) -> None:
         raise ValueError(f"distributed=True: the ranks called {name} with different models (parameter names or "
                          f"shapes), or called different functions; call the same on every rank")
     codes = [float(zlib.crc32(f"{key}={_setting(arguments[key])}".encode())) for key in settings]
-    high, low = _high_low(codes, device)
+    stats = []
+    for _, p in params:
+        if type(p).__name__ == "DTensor":  # an FSDP2 shard: each rank holds its own rows
+            stats += [0.0, 0.0, 0.0]
+        else:
+            q = p.detach().to(torch.float64)
+            stats += [q.abs().sum(), q.sum(), q.square().sum()]
+    high, low = _high_low(codes + stats, device)
     differ = [key for key, hi, lo in zip(settings, high, low) if hi != lo]
     if differ:
         raise ValueError(f"distributed=True: {name}'s {', '.join(differ)} differ{'s' * (len(differ) == 1)} between "
                          f"the ranks; pass the same on every rank (the ranks would run different collectives)")
+    for i, (key, _) in enumerate(params):
+        (a_hi, s_hi, q_hi), (a_lo, s_lo, q_lo) = (side[len(codes) + 3 * i:len(codes) + 3 * i + 3]
+                                                  for side in (high, low))
+        slack = 1e-9 * max(a_hi, 1e-300)  # the same bits on like hardware; slack for unlike
+        if abs(a_hi - a_lo) > slack or abs(s_hi - s_lo) > slack or abs(q_hi - q_lo) > 1e-9 * max(q_hi, 1e-300):
+            raise ValueError(f"distributed=True: the model's parameter {key!r} differs between the ranks; the "
+                             f"curvature of the union's loss is that of one model (wrap it in "
+                             f"DistributedDataParallel, or broadcast rank 0's parameters, before measuring)")
 
 
 def _named_parameters(model) -> list:
