@@ -403,3 +403,22 @@ def test_parameters_that_differ_between_the_ranks_are_refused_on_every_rank():
             assert res[name] == ("distributed=True: the model's parameter '2.bias' differs between the ranks; the "
                                  "curvature of the union's loss is that of one model (wrap it in "
                                  "DistributedDataParallel, or broadcast rank 0's parameters, before measuring)"), name
+
+
+def one_sample_each(rank, world):
+    model, _, (x, y) = problem()
+    shard = (x[rank:rank + 1], y[rank:rank + 1])
+    return {reduction: catapult.sharpness(model, nn.MSELoss(reduction=reduction), shard, tol=1e-10,
+                                          distributed=True).value for reduction in ("sum", "mean")}
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
+def test_shards_of_one_sample_tell_a_sum_loss_from_a_mean():
+    # no rank could split its one sample in halves, so a mean was taken: a sum loss's sharpness halved
+    model, _, (x, y) = problem()
+    union = (x[:2], y[:2])
+    single = {reduction: catapult.sharpness(model, nn.MSELoss(reduction=reduction), union, tol=1e-10).value
+              for reduction in ("sum", "mean")}
+    for res in on_ranks(one_sample_each, timeout_s=60.0):
+        for reduction in single:
+            assert res[reduction] == pytest.approx(single[reduction], rel=1e-6), reduction

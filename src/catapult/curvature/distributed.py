@@ -286,7 +286,8 @@ def union_weight(model, loss_fn, batch, device=None, *, testable: bool = True) -
     (:func:`~catapult.curvature.microbatch.reduction_kind`, two forward passes without grad). A
     loss that is neither (a token mean with ``ignore_index``, a root mean square), or ranks that
     disagree, are refused on every rank: the shards' losses would not add up to the union's, and
-    the answer was silently wrong. A shard of one sample, a model whose train-mode forward
+    the answer was silently wrong. A shard of one sample compares its loss with that of the
+    sample twice over (a mean's is the same, a sum's twice it). A model whose train-mode forward
     couples samples (dropout), or ``testable=False`` (a model sharded by FSDP2, whose forwards
     are collective) cannot tell; such ranks follow the others, and a mean is taken where no rank
     can tell.
@@ -316,11 +317,16 @@ def _shard_reduction(model, loss_fn, batch) -> str | None:
     x, y = batch
     params = {name: p.detach() for name, p in inner.named_parameters()}
     n = x.shape[0]
-    if (n < 2 or not params or batch_coupling(inner) is not None
+    if (n < 1 or not params or batch_coupling(inner) is not None
             or not (torch.is_tensor(y) and y.dim() >= 1 and y.shape[0] == n)):
         return None
-    half = (n + 1) // 2
-    pieces = [(x[:half], y[:half]), (x[half:], y[half:])]
+    if n >= 2:
+        half = (n + 1) // 2
+        pieces, what = [(x[:half], y[:half]), (x[half:], y[half:])], "its two halves"
+    else:  # one sample: the shard twice over has a mean's loss once and a sum's twice (a mean
+        # taken for it halved a sum loss on shards of one sample each)
+        pieces, what = [(x, y), (x, y)], "its sample and the sample twice over"
+        x, y = torch.cat([x, x]), torch.cat([y, y])
 
     def loss_at(p, xs, ys):
         return loss_fn(functional_call(inner, p, (xs,)), ys)
@@ -329,7 +335,7 @@ def _shard_reduction(model, loss_fn, batch) -> str | None:
         _, kind, shown = reduction_kind(loss_at, params, x, y, pieces, next(iter(params.values())).dtype)
     if kind is None:
         raise ValueError(f"distributed=True: loss_fn is neither a mean nor a sum over samples on this rank's shard "
-                         f"(its two halves: {shown}), so the ranks' losses do not add up to the union's loss; use "
+                         f"({what}: {shown}), so the ranks' losses do not add up to the union's loss; use "
                          f"a loss that averages or sums per-sample terms")
     return None if kind == "both" else kind
 
