@@ -422,3 +422,27 @@ def test_shards_of_one_sample_tell_a_sum_loss_from_a_mean():
     for res in on_ranks(one_sample_each, timeout_s=60.0):
         for reduction in single:
             assert res[reduction] == pytest.approx(single[reduction], rel=1e-6), reduction
+
+
+def dropout_sum_loss(rank, world):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Dropout(0.5), nn.Linear(5, 2)).double()
+    _, _, (x, y) = problem()
+    lo = sum(SHARDS[:rank])
+    shard = (x[lo:lo + SHARDS[rank]], y[lo:lo + SHARDS[rank]])
+    torch.manual_seed(1 + rank)   # each rank draws its own masks, as in training
+    total = catapult.sharpness(model, nn.MSELoss(reduction="sum"), shard, tol=1e-10, distributed=True).value
+    # the same masks (re-drawn from the same seed) on a mean loss: its curvature is the sum's / |B|
+    torch.manual_seed(1 + rank)
+    mean = catapult.sharpness(model, nn.MSELoss(), shard, tol=1e-10, distributed=True).value
+    return {"sum": total, "mean": mean, "training": model.training and model[2].training}
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
+def test_a_sum_loss_on_a_train_mode_dropout_model_is_weighted_as_a_sum():
+    # no rank could tell the loss's reduction through the masks, so a mean was taken: the sum
+    # loss's curvature came out 1/|B| x |B_r| per rank, about half on 2 ranks
+    for res in on_ranks(dropout_sum_loss, timeout_s=60.0):
+        assert res["training"]
+        # MSELoss's mean divides by the union's entries (16 samples x 2 outputs), its sum does not
+        assert res["sum"] == pytest.approx(res["mean"] * sum(SHARDS) * 2, rel=1e-6)

@@ -287,10 +287,10 @@ def union_weight(model, loss_fn, batch, device=None, *, testable: bool = True) -
     loss that is neither (a token mean with ``ignore_index``, a root mean square), or ranks that
     disagree, are refused on every rank: the shards' losses would not add up to the union's, and
     the answer was silently wrong. A shard of one sample compares its loss with that of the
-    sample twice over (a mean's is the same, a sum's twice it). A model whose train-mode forward
-    couples samples (dropout), or ``testable=False`` (a model sharded by FSDP2, whose forwards
-    are collective) cannot tell; such ranks follow the others, and a mean is taken where no rank
-    can tell.
+    sample twice over (a mean's is the same, a sum's twice it); a model with a train-mode dropout
+    tells in eval mode (its masks would differ between the calls), and is left in its mode.
+    ``testable=False`` (a model sharded by FSDP2, whose forwards are collective) cannot tell;
+    such ranks follow the others, and a mean is taken where no rank can tell.
 
     >>> model = torch.nn.Linear(2, 1)
     >>> batch = (torch.randn(6, 2), torch.randn(6, 1))
@@ -317,7 +317,11 @@ def _shard_reduction(model, loss_fn, batch) -> str | None:
     x, y = batch
     params = {name: p.detach() for name, p in inner.named_parameters()}
     n = x.shape[0]
-    if (n < 1 or not params or batch_coupling(inner) is not None
+    coupling = batch_coupling(inner)
+    # a train-mode dropout draws a mask per call, so the halves' losses would not add up: the
+    # loss_fn's reduction is told in eval mode (a mean taken for it halved a sum loss on 2 ranks)
+    masks_only = coupling is not None and coupling[1].startswith("a Dropout")
+    if (n < 1 or not params or (coupling is not None and not masks_only)
             or not (torch.is_tensor(y) and y.dim() >= 1 and y.shape[0] == n)):
         return None
     if n >= 2:
@@ -331,8 +335,15 @@ def _shard_reduction(model, loss_fn, batch) -> str | None:
     def loss_at(p, xs, ys):
         return loss_fn(functional_call(inner, p, (xs,)), ys)
 
-    with torch.no_grad():
-        _, kind, shown = reduction_kind(loss_at, params, x, y, pieces, next(iter(params.values())).dtype)
+    modes = [(module, module.training) for module in inner.modules()]
+    try:
+        if masks_only:
+            inner.eval()
+        with torch.no_grad():
+            _, kind, shown = reduction_kind(loss_at, params, x, y, pieces, next(iter(params.values())).dtype)
+    finally:
+        for module, training in modes:
+            module.training = training
     if kind is None:
         raise ValueError(f"distributed=True: loss_fn is neither a mean nor a sum over samples on this rank's shard "
                          f"({what}: {shown}), so the ranks' losses do not add up to the union's loss; use "
