@@ -446,3 +446,29 @@ def test_a_sum_loss_on_a_train_mode_dropout_model_is_weighted_as_a_sum():
         assert res["training"]
         # MSELoss's mean divides by the union's entries (16 samples x 2 outputs), its sum does not
         assert res["sum"] == pytest.approx(res["mean"] * sum(SHARDS) * 2, rel=1e-6)
+
+
+def failed_forward_on_one_rank(rank, world):
+    model, loss_fn, (x, y) = problem()
+    lo = sum(SHARDS[:rank])
+    shard = (x[lo:lo + SHARDS[rank]], y[lo:lo + SHARDS[rank]])
+    wrong = shard if rank == 0 else (shard[0][:, :2], shard[1])   # 2 features for a 3-input model
+    try:
+        catapult.sharpness(model, loss_fn, wrong, memory="lean", distributed=True)
+        out = {"lean": None}
+    except (ValueError, RuntimeError) as err:
+        out = {"lean": str(err)}
+    out["after"] = catapult.sharpness(model, loss_fn, shard, tol=1e-10, distributed=True).value
+    return out
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
+def test_a_forward_that_fails_on_one_rank_while_sizing_lean_stops_every_rank():
+    # lean's sizing forward failed on rank 1 alone, and rank 0 waited in the basis all-reduce
+    # until the group's timeout (a hang with NCCL's default)
+    model, loss_fn, batch = problem()
+    single = catapult.sharpness(model, loss_fn, batch, tol=1e-10).value
+    zero, one = on_ranks(failed_forward_on_one_rank, timeout_s=30.0)
+    assert zero["lean"] == "distributed=True: rank 1 raised an error (its own output says which); every rank stops with it"
+    assert "mat1 and mat2 shapes cannot be multiplied" in one["lean"]
+    assert zero["after"] == pytest.approx(single, rel=1e-6) and one["after"] == zero["after"]

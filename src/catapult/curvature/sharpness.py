@@ -82,12 +82,19 @@ def memory_setting(memory: str, batch, chunk_size, max_basis, model=None, loss_f
         chunks, basis = 1, lean.LEAN_MAX_BASIS
     else:
         model = dist_ops.unwrap_ddp(model)
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        param_bytes = sum(p.numel() for p in trainable) * trainable[0].element_size()
-        act_bytes, largest = lean.activation_bytes(model, loss_fn, batch, seed=seed)
-        chunks, basis, fits = lean.lean_sizes(param_bytes, act_bytes, largest, n)
-        if not fits and not basis_free:
-            lean.warn_unfit(n, param_bytes, act_bytes)
+
+        def sized():  # a forward on this rank's shard
+            trainable = [p for p in model.parameters() if p.requires_grad]
+            param_bytes = sum(p.numel() for p in trainable) * trainable[0].element_size()
+            act_bytes, largest = lean.activation_bytes(model, loss_fn, batch, seed=seed)
+            chunks, basis, fits = lean.lean_sizes(param_bytes, act_bytes, largest, n)
+            if not fits and not basis_free:
+                lean.warn_unfit(n, param_bytes, act_bytes)
+            return chunks, basis
+
+        # a forward that fails on one rank's shard stops every rank (the others waited in the
+        # basis all-reduce below until the group's timeout)
+        chunks, basis = dist_ops.agreed(sized, inputs.device) if distributed else sized()
     if distributed:
         basis = dist_ops.agreed_minimum(basis, device=inputs.device)
     if chunk_size is None and chunks > 1:
