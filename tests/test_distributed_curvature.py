@@ -472,3 +472,39 @@ def test_a_forward_that_fails_on_one_rank_while_sizing_lean_stops_every_rank():
     assert zero["lean"] == "distributed=True: rank 1 raised an error (its own output says which); every rank stops with it"
     assert "mat1 and mat2 shapes cannot be multiplied" in one["lean"]
     assert zero["after"] == pytest.approx(single, rel=1e-6) and one["after"] == zero["after"]
+
+
+def batch_refused_on_one_rank(rank, world):
+    model, loss_fn, (x, y) = problem()
+    lo = sum(SHARDS[:rank])
+    shard = (x[lo:lo + SHARDS[rank]], y[lo:lo + SHARDS[rank]])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    bare = shard if rank == 0 else shard[0]   # rank 1 forgot the targets
+    calls = {
+        # rank 1's lean sizing skipped the collectives of a batch it could not read: rank 0's
+        # sizing all-reduce met rank 1's shard sizes ("the shard of rank 0 holds no samples")
+        "lean": lambda: catapult.sharpness(model, loss_fn, bare, memory="lean", distributed=True),
+        # critical_lr refused the batch on rank 1 alone; rank 0 waited for the group's timeout
+        "critical_lr": lambda: catapult.critical_lr(model, loss_fn, bare, opt, distributed=True),
+    }
+    out = {}
+    for name, call in calls.items():
+        try:
+            call()
+            out[name] = None
+        except ValueError as err:
+            out[name] = str(err)
+    out["after"] = catapult.sharpness(model, loss_fn, shard, tol=1e-10, distributed=True).value
+    return out
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
+def test_a_batch_refused_on_one_rank_stops_every_rank():
+    model, loss_fn, batch = problem()
+    single = catapult.sharpness(model, loss_fn, batch, tol=1e-10).value
+    zero, one = on_ranks(batch_refused_on_one_rank, timeout_s=30.0)
+    for name, function in (("lean", "sharpness"), ("critical_lr", "critical_lr")):
+        assert zero[name] == ("distributed=True: rank 1 raised an error (its own output says which); every rank "
+                              "stops with it"), name
+        assert one[name] == f"{function}: batch must be a pair (inputs, targets); got a tensor of shape (6, 3)"
+    assert zero["after"] == pytest.approx(single, rel=1e-6) and one["after"] == zero["after"]

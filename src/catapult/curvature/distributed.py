@@ -70,6 +70,8 @@ from typing import Any, Callable
 
 import torch
 
+from catapult.arguments import check_batch
+
 __all__ = ["require_process_group", "check_shardable", "unwrap_ddp", "shard_weight", "all_reduce_sum",
            "agreed_minimum", "agreed", "agreed_gap", "rank0_flag", "union_weight", "DistributedOperator", "broadcast_vector",
            "single_process_group", "same_call_on_every_rank", "check_same_call"]
@@ -352,16 +354,17 @@ def _shard_reduction(model, loss_fn, batch) -> str | None:
 
 
 def same_call_on_every_rank(fn):
-    """``fn`` (an entry point with a ``distributed`` keyword), which with ``distributed=True``
-    first checks that every rank called it alike (:func:`check_same_call`), before any check of
-    its own: a setting that differs between the ranks (a ``tol``, a ``k``) ran different numbers of
-    collectives on them, and one that a single rank refused left the others in their first one.
+    """``fn`` (an entry point with ``batch`` and ``distributed`` arguments), which with
+    ``distributed=True`` first checks that every rank called it alike (:func:`check_same_call`),
+    before any check of its own: a setting that differs between the ranks (a ``tol``, a ``k``)
+    ran different numbers of collectives on them, and one that a single rank refused left the
+    others in their first one.
 
     >>> @same_call_on_every_rank
-    ... def measure(model, *, tol=1e-3, distributed=False):
+    ... def measure(model, batch, *, tol=1e-3, distributed=False):
     ...     return tol
     >>> with single_process_group():
-    ...     measure(torch.nn.Linear(2, 1), tol=0.5, distributed=True)
+    ...     measure(torch.nn.Linear(2, 1), (torch.zeros(4, 2), torch.zeros(4, 1)), tol=0.5, distributed=True)
     0.5
     """
     signature = inspect.signature(fn)
@@ -381,21 +384,27 @@ def same_call_on_every_rank(fn):
 
 
 def check_same_call(name: str, arguments: dict) -> None:
-    """Raise the same ValueError on every rank (every rank must call it) unless the ranks called
-    ``name`` with the same settings (every argument but :data:`PER_RANK_ARGUMENTS` that is a
-    number, string, None or dtype; any other object counts by its type, so ``optimizer=None`` on
-    one rank and an optimizer on another differ) and the same model parameters (``arguments
-    ["model"]``, unwrapped from DDP; not those of a model sharded by FSDP2, whose ranks hold
-    different rows). The settings set how many collectives each rank runs (a ``tol`` that
-    differed aborted gloo); parameters that differ (ranks seeded apart, a checkpoint loaded on
-    one) gave a silent curvature of no one model.
+    """Raise the same ValueError on every rank (every rank must call it) unless every rank's
+    ``arguments["batch"]`` is a pair with tensor inputs, the ranks called ``name`` with the same
+    settings (every argument but :data:`PER_RANK_ARGUMENTS` that is a number, string, None or
+    dtype; any other object counts by its type, so ``optimizer=None`` on one rank and an
+    optimizer on another differ) and the same model parameters (``arguments["model"]``,
+    unwrapped from DDP; not those of a model sharded by FSDP2, whose ranks hold different rows).
+    The settings set how many collectives each rank runs (a ``tol`` that differed aborted gloo);
+    parameters that differ (ranks seeded apart, a checkpoint loaded on one) gave a silent
+    curvature of no one model.
 
+    >>> batch = (torch.zeros(4, 2), torch.zeros(4, 1))
     >>> with single_process_group():
-    ...     check_same_call("sharpness", {"model": torch.nn.Linear(2, 1), "tol": 1e-3})
+    ...     check_same_call("sharpness", {"model": torch.nn.Linear(2, 1), "batch": batch, "tol": 1e-3})
     """
     settings = sorted(key for key in arguments if key not in PER_RANK_ARGUMENTS and key != "model")
     params = _named_parameters(arguments.get("model"))
     device = params[0][1].device if params else None
+    # a batch that one rank refuses (not a pair; inputs with no sample dimension) stops every
+    # rank: the refusing rank skipped collectives the others ran (lean's sizing, on a bare tensor),
+    # and they paired wrongly or waited for the group's timeout
+    agreed(lambda: _check_shard(name, arguments.get("batch")), device)
     # first what sizes the next all-reduce: the function, its argument names, the parameters'
     # names and shapes
     layout = f"{name}({', '.join(settings)}) " + ";".join(f"{key}{tuple(p.shape)}" for key, p in params)
@@ -424,6 +433,13 @@ def check_same_call(name: str, arguments: dict) -> None:
             raise ValueError(f"distributed=True: the model's parameter {key!r} differs between the ranks; the "
                              f"curvature of the union's loss is that of one model (wrap it in "
                              f"DistributedDataParallel, or broadcast rank 0's parameters, before measuring)")
+
+
+def _check_shard(name: str, batch) -> None:
+    inputs, _ = check_batch(name, batch, allow_empty=True)   # an empty shard: shard_weight names it
+    if not (torch.is_tensor(inputs) and inputs.dim() >= 1):
+        raise ValueError("distributed=True needs the batch's inputs to be a tensor with a sample "
+                         "dimension (dim 0), to weight the shards by their sizes")
 
 
 def _named_parameters(model) -> list:
