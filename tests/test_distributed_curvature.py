@@ -401,8 +401,9 @@ def test_parameters_that_differ_between_the_ranks_are_refused_on_every_rank():
     for res in on_ranks(parameters_apart, timeout_s=60.0):
         for name in ("sharpness", "critical_lr"):
             assert res[name] == ("distributed=True: the model's parameter '2.bias' differs between the ranks; the "
-                                 "curvature of the union's loss is that of one model (wrap it in "
-                                 "DistributedDataParallel, or broadcast rank 0's parameters, before measuring)"), name
+                                 "curvature of the union's loss is that of one model and one optimizer state (wrap "
+                                 "the model in DistributedDataParallel, or broadcast rank 0's parameters and state, "
+                                 "before measuring)"), name
 
 
 def one_sample_each(rank, world):
@@ -508,3 +509,36 @@ def test_a_batch_refused_on_one_rank_stops_every_rank():
                               "stops with it"), name
         assert one[name] == f"{function}: batch must be a pair (inputs, targets); got a tensor of shape (6, 3)"
     assert zero["after"] == pytest.approx(single, rel=1e-6) and one["after"] == zero["after"]
+
+
+def optimizer_states_apart(rank, world):
+    model, loss_fn, (x, y) = problem()
+    opt = adam_after_one_step(model, loss_fn, (x, y))
+    if rank == 1:  # a checkpoint's optimizer state loaded on one rank
+        for state in opt.state.values():
+            state["exp_avg_sq"].mul_(4.0)
+    lo = sum(SHARDS[:rank])
+    shard = (x[lo:lo + SHARDS[rank]], y[lo:lo + SHARDS[rank]])
+    out = {}
+    for name, call in (("preconditioned", lambda: catapult.preconditioned_sharpness(model, loss_fn, shard, opt,
+                                                                                    distributed=True)),
+                       ("betas", lambda: catapult.top_eigenpairs(
+                           model, loss_fn, shard, k=1, distributed=True,
+                           optimizer=torch.optim.Adam(model.parameters(), betas=(0.9, 0.99 + 0.001 * rank))))):
+        try:
+            out[name] = call().value if name == "preconditioned" else call().values
+        except ValueError as err:
+            out[name] = str(err)
+    return out
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
+def test_optimizer_states_that_differ_between_the_ranks_are_refused_on_every_rank():
+    # each rank pre-conditioned by its own second moments: 121.0 on rank 0, 94.1 on rank 1
+    for res in on_ranks(optimizer_states_apart, timeout_s=60.0):
+        assert res["preconditioned"] == (
+            "distributed=True: the optimizer's 'exp_avg_sq' of parameter '0.weight' differs between the ranks; the "
+            "curvature of the union's loss is that of one model and one optimizer state (wrap the model in "
+            "DistributedDataParallel, or broadcast rank 0's parameters and state, before measuring)")
+        assert res["betas"] == ("distributed=True: top_eigenpairs's optimizer's betas (param group 0) differs between "
+                                "the ranks; pass the same on every rank (the ranks would run different collectives)")

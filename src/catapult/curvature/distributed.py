@@ -388,11 +388,12 @@ def check_same_call(name: str, arguments: dict) -> None:
     ``arguments["batch"]`` is a pair with tensor inputs, the ranks called ``name`` with the same
     settings (every argument but :data:`PER_RANK_ARGUMENTS` that is a number, string, None or
     dtype; any other object counts by its type, so ``optimizer=None`` on one rank and an
-    optimizer on another differ) and the same model parameters (``arguments["model"]``,
-    unwrapped from DDP; not those of a model sharded by FSDP2, whose ranks hold different rows).
-    The settings set how many collectives each rank runs (a ``tol`` that differed aborted gloo);
-    parameters that differ (ranks seeded apart, a checkpoint loaded on one) gave a silent
-    curvature of no one model.
+    optimizer on another differ), the same model parameters (``arguments["model"]``, unwrapped
+    from DDP) and the same optimizer hyperparameters and state (``arguments["optimizer"]``), all
+    but FSDP2's ``DTensor`` shards, whose rows differ by rank. The settings set how many
+    collectives each rank runs (a ``tol`` that differed aborted gloo); parameters or state that
+    differ (ranks seeded apart, a checkpoint loaded on one) gave a silent curvature of no one
+    model, or each rank its own.
 
     >>> batch = (torch.zeros(4, 2), torch.zeros(4, 1))
     >>> with single_process_group():
@@ -405,34 +406,53 @@ def check_same_call(name: str, arguments: dict) -> None:
     # rank: the refusing rank skipped collectives the others ran (lean's sizing, on a bare tensor),
     # and they paired wrongly or waited for the group's timeout
     agreed(lambda: _check_shard(name, arguments.get("batch")), device)
-    # first what sizes the next all-reduce: the function, its argument names, the parameters'
-    # names and shapes
-    layout = f"{name}({', '.join(settings)}) " + ";".join(f"{key}{tuple(p.shape)}" for key, p in params)
-    high, low = _high_low([float(zlib.crc32(layout.encode()))], device)
-    if high != low:
-        raise ValueError(f"distributed=True: the ranks called {name} with different models (parameter names or "
-                         f"shapes), or called different functions; call the same on every rank")
-    codes = [float(zlib.crc32(f"{key}={_setting(arguments[key])}".encode())) for key in settings]
-    stats = []
-    for _, p in params:
-        if type(p).__name__ == "DTensor":  # an FSDP2 shard: each rank holds its own rows
-            stats += [0.0, 0.0, 0.0]
-        else:
-            q = p.detach().to(torch.float64)
-            stats += [q.abs().sum(), q.sum(), q.square().sum()]
-    high, low = _high_low(codes + stats, device)
-    differ = [key for key, hi, lo in zip(settings, high, low) if hi != lo]
+    # the tensors every rank must hold alike: the parameters, and the optimizer's state (an
+    # Adam's second moments set the pre-conditioner; one loaded on one rank gave each rank its
+    # own answer), with the optimizer's hyperparameters as settings
+    tensors = [(f"the model's parameter {key!r}", p) for key, p in params]
+    optimizer = arguments.get("optimizer")
+    group_settings = []
+    if isinstance(optimizer, torch.optim.Optimizer):
+        names = {id(p): key for key, p in params}
+        for g, group in enumerate(optimizer.param_groups):
+            group_settings += [(f"optimizer's {key} (param group {g})", _setting(value))
+                               for key, value in sorted(group.items()) if key != "params"]
+            for p in group["params"]:
+                tensors += [(f"the optimizer's {key!r} of parameter {names.get(id(p), '?')!r}", t)
+                            for key, t in sorted(optimizer.state.get(p, {}).items()) if torch.is_tensor(t)]
+    # each step sizes the next all-reduce alike: the function and its argument names, then the
+    # arguments, then the tensors' names and shapes
+    if any(_differs([f"{name}({', '.join(settings)})"], device)):
+        raise ValueError(f"distributed=True: the ranks called different functions ({name} on this one); call "
+                         f"the same on every rank")
+    differ = [key for key, apart in zip(settings, _differs([f"{key}={_setting(arguments[key])}" for key in settings],
+                                                           device)) if apart]
+    if not differ:
+        layout = [";".join(key for key, _ in group_settings) + " "
+                  + ";".join(f"{label}{tuple(t.shape)}" for label, t in tensors)]
+        if any(_differs(layout, device)):
+            raise ValueError(f"distributed=True: the ranks called {name} with different models or optimizer states "
+                             f"(names or shapes); call it with the same on every rank")
+        differ = [key for (key, _), apart in zip(group_settings, _differs([f"{k}={v}" for k, v in group_settings],
+                                                                          device)) if apart]
     if differ:
         raise ValueError(f"distributed=True: {name}'s {', '.join(differ)} differ{'s' * (len(differ) == 1)} between "
                          f"the ranks; pass the same on every rank (the ranks would run different collectives)")
-    for i, (key, _) in enumerate(params):
-        (a_hi, s_hi, q_hi), (a_lo, s_lo, q_lo) = (side[len(codes) + 3 * i:len(codes) + 3 * i + 3]
-                                                  for side in (high, low))
+    stats = []
+    for _, t in tensors:
+        if type(t).__name__ == "DTensor":  # an FSDP2 shard: each rank holds its own rows
+            stats += [0.0, 0.0, 0.0]
+        else:
+            q = t.detach().to(device=device, dtype=torch.float64)
+            stats += [q.abs().sum(), q.sum(), q.square().sum()]
+    high, low = _high_low(stats, device)
+    for i, (label, _) in enumerate(tensors):
+        (a_hi, s_hi, q_hi), (a_lo, s_lo, q_lo) = (side[3 * i:3 * i + 3] for side in (high, low))
         slack = 1e-9 * max(a_hi, 1e-300)  # the same bits on like hardware; slack for unlike
         if abs(a_hi - a_lo) > slack or abs(s_hi - s_lo) > slack or abs(q_hi - q_lo) > 1e-9 * max(q_hi, 1e-300):
-            raise ValueError(f"distributed=True: the model's parameter {key!r} differs between the ranks; the "
-                             f"curvature of the union's loss is that of one model (wrap it in "
-                             f"DistributedDataParallel, or broadcast rank 0's parameters, before measuring)")
+            raise ValueError(f"distributed=True: {label} differs between the ranks; the curvature of the union's "
+                             f"loss is that of one model and one optimizer state (wrap the model in "
+                             f"DistributedDataParallel, or broadcast rank 0's parameters and state, before measuring)")
 
 
 def _check_shard(name: str, batch) -> None:
@@ -447,11 +467,19 @@ def _named_parameters(model) -> list:
 
 
 def _setting(value) -> str:
-    """A setting as every rank spells it alike: a number, string, None, dtype or device by its
-    repr, any other object by its type (each rank has its own)."""
-    if value is None or isinstance(value, (bool, int, float, str, torch.dtype, torch.device)):
-        return repr(value)
+    """A setting as every rank spells it alike: a number, string, None, dtype or device (or a
+    tuple of them) by its repr, any other object by its type (each rank has its own)."""
+    scalars = (bool, int, float, str, torch.dtype, torch.device)
+    if value is None or isinstance(value, scalars) or (
+            isinstance(value, (tuple, list)) and all(v is None or isinstance(v, scalars) for v in value)):
+        return repr(value)   # an Adam's betas too
     return f"<{type(value).__name__}>"
+
+
+def _differs(texts: list, device) -> list:
+    """For each of ``texts``, whether some rank spelt it otherwise (one all-reduce)."""
+    high, low = _high_low([float(zlib.crc32(text.encode())) for text in texts], device)
+    return [hi != lo for hi, lo in zip(high, low)]
 
 
 def _high_low(values: list, device) -> tuple[list, list]:
