@@ -442,9 +442,11 @@ def check_same_call(name: str, arguments: dict) -> None:
     for _, t in tensors:
         if type(t).__name__ == "DTensor":  # an FSDP2 shard: each rank holds its own rows
             stats += [0.0, 0.0, 0.0]
-        else:
-            q = t.detach().to(device=device, dtype=torch.float64)
-            stats += [q.abs().sum(), q.sum(), q.square().sum()]
+        else:  # float64 sums without a float64 copy of the tensor (an embedding's would be GBs)
+            q = t.detach() if t.is_floating_point() else t.detach().to(torch.float64)
+            stats += [v.to(device) for v in (torch.linalg.vector_norm(q, 1, dtype=torch.float64),
+                                             q.sum(dtype=torch.float64),
+                                             torch.linalg.vector_norm(q, 2, dtype=torch.float64).square())]
     high, low = _high_low(stats, device)
     for i, (label, _) in enumerate(tensors):
         (a_hi, s_hi, q_hi), (a_lo, s_lo, q_lo) = (side[3 * i:3 * i + 3] for side in (high, low))
