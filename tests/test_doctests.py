@@ -38,6 +38,8 @@ MODULES = (
     "catapult.curvature.coarse",
     "catapult.curvature.lean",
     "catapult.curvature.distributed",
+    "catapult.curvature.rank_agreement",
+    "catapult.curvature.stateless",
     "catapult.critical_lr",
     "catapult.parametrize",
     "catapult.param_rules",

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from catapult.curvature import distributed as dist_ops
+from catapult.curvature.rank_agreement import same_call_on_every_rank
 from catapult.curvature.sharded import ShardedHessianOperator, is_sharded, reshard
 from catapult.curvature.start import outside_inference_mode
 from catapult.curvature.stateless import functional_call
@@ -326,7 +327,7 @@ def _check_finite_start(loss0: float) -> None:
 
 
 @outside_inference_mode
-@dist_ops.same_call_on_every_rank
+@same_call_on_every_rank
 def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
                 optimizer: torch.optim.Optimizer, *, lr_start: float = 1e-4,
                 lr_max: float | None = None, delta: float = 0.1, rtol: float | None = None,

@@ -60,25 +60,17 @@ the shards.
 from __future__ import annotations
 
 import contextlib
-import functools
-import inspect
 import math
 import os
 import sys
-import zlib
 from typing import Any, Callable
 
 import torch
 
-from catapult.arguments import check_batch
-
 __all__ = ["require_process_group", "check_shardable", "unwrap_ddp", "shard_weight", "all_reduce_sum",
            "agreed_minimum", "agreed", "agreed_gap", "rank0_flag", "union_weight", "DistributedOperator", "broadcast_vector",
-           "single_process_group", "same_call_on_every_rank", "check_same_call"]
+           "single_process_group"]
 
-#: arguments each rank may pass its own: its start vector (rank 0's is broadcast), its micro-batch
-#: size (a rank's micro-batches do not change how many products it runs), and its shard
-PER_RANK_ARGUMENTS = frozenset({"batch", "init", "chunk_size"})
 
 
 @contextlib.contextmanager
@@ -351,148 +343,6 @@ def _shard_reduction(model, loss_fn, batch) -> str | None:
                          f"({what}: {shown}), so the ranks' losses do not add up to the union's loss; use "
                          f"a loss that averages or sums per-sample terms")
     return None if kind == "both" else kind
-
-
-def same_call_on_every_rank(fn):
-    """``fn`` (an entry point with ``batch`` and ``distributed`` arguments), which with
-    ``distributed=True`` first checks that every rank called it alike (:func:`check_same_call`),
-    before any check of its own: a setting that differs between the ranks (a ``tol``, a ``k``)
-    ran different numbers of collectives on them, and one that a single rank refused left the
-    others in their first one.
-
-    >>> @same_call_on_every_rank
-    ... def measure(model, batch, *, tol=1e-3, distributed=False):
-    ...     return tol
-    >>> with single_process_group():
-    ...     measure(torch.nn.Linear(2, 1), (torch.zeros(4, 2), torch.zeros(4, 1)), tol=0.5, distributed=True)
-    0.5
-    """
-    signature = inspect.signature(fn)
-
-    @functools.wraps(fn)
-    def run(*args, **kwargs):
-        try:
-            bound = signature.bind(*args, **kwargs)
-        except TypeError:
-            return fn(*args, **kwargs)  # its own TypeError, named as Python names it
-        bound.apply_defaults()
-        if bound.arguments.get("distributed") is True:
-            require_process_group()
-            check_same_call(fn.__name__, bound.arguments)
-        return fn(*args, **kwargs)
-    return run
-
-
-def check_same_call(name: str, arguments: dict) -> None:
-    """Raise the same ValueError on every rank (every rank must call it) unless every rank's
-    ``arguments["batch"]`` is a pair with tensor inputs, the ranks called ``name`` with the same
-    settings (every argument but :data:`PER_RANK_ARGUMENTS` that is a number, string, None or
-    dtype; any other object counts by its type, so ``optimizer=None`` on one rank and an
-    optimizer on another differ), the same model parameters (``arguments["model"]``, unwrapped
-    from DDP) and the same optimizer hyperparameters and state (``arguments["optimizer"]``), all
-    but FSDP2's ``DTensor`` shards, whose rows differ by rank. The settings set how many
-    collectives each rank runs (a ``tol`` that differed aborted gloo); parameters or state that
-    differ (ranks seeded apart, a checkpoint loaded on one) gave a silent curvature of no one
-    model, or each rank its own.
-
-    >>> batch = (torch.zeros(4, 2), torch.zeros(4, 1))
-    >>> with single_process_group():
-    ...     check_same_call("sharpness", {"model": torch.nn.Linear(2, 1), "batch": batch, "tol": 1e-3})
-    """
-    settings = sorted(key for key in arguments if key not in PER_RANK_ARGUMENTS and key != "model")
-    params = _named_parameters(arguments.get("model"))
-    device = params[0][1].device if params else None
-    # a batch that one rank refuses (not a pair; inputs with no sample dimension) stops every
-    # rank: the refusing rank skipped collectives the others ran (lean's sizing, on a bare tensor),
-    # and they paired wrongly or waited for the group's timeout
-    agreed(lambda: _check_shard(name, arguments.get("batch")), device)
-    # the tensors every rank must hold alike: the parameters, and the optimizer's state (an
-    # Adam's second moments set the pre-conditioner; one loaded on one rank gave each rank its
-    # own answer), with the optimizer's hyperparameters as settings
-    tensors = [(f"the model's parameter {key!r}", p) for key, p in params]
-    optimizer = arguments.get("optimizer")
-    group_settings = []
-    if isinstance(optimizer, torch.optim.Optimizer):
-        names = {id(p): key for key, p in params}
-        for g, group in enumerate(optimizer.param_groups):
-            group_settings += [(f"optimizer's {key} (param group {g})", _setting(value))
-                               for key, value in sorted(group.items()) if key != "params"]
-            for p in group["params"]:
-                tensors += [(f"the optimizer's {key!r} of parameter {names.get(id(p), '?')!r}", t)
-                            for key, t in sorted(optimizer.state.get(p, {}).items()) if torch.is_tensor(t)]
-    # each step sizes the next all-reduce alike: the function and its argument names, then the
-    # arguments, then the tensors' names and shapes
-    if any(_differs([f"{name}({', '.join(settings)})"], device)):
-        raise ValueError(f"distributed=True: the ranks called different functions ({name} on this one); call "
-                         f"the same on every rank")
-    differ = [key for key, apart in zip(settings, _differs([f"{key}={_setting(arguments[key])}" for key in settings],
-                                                           device)) if apart]
-    if not differ:
-        layout = [";".join(key for key, _ in group_settings) + " "
-                  + ";".join(f"{label}{tuple(t.shape)}" for label, t in tensors)]
-        if any(_differs(layout, device)):
-            raise ValueError(f"distributed=True: the ranks called {name} with different models or optimizer states "
-                             f"(names or shapes); call it with the same on every rank")
-        differ = [key for (key, _), apart in zip(group_settings, _differs([f"{k}={v}" for k, v in group_settings],
-                                                                          device)) if apart]
-    if differ:
-        raise ValueError(f"distributed=True: {name}'s {', '.join(differ)} differ{'s' * (len(differ) == 1)} between "
-                         f"the ranks; pass the same on every rank (the ranks would run different collectives)")
-    stats = []
-    for _, t in tensors:
-        if type(t).__name__ == "DTensor":  # an FSDP2 shard: each rank holds its own rows
-            stats += [0.0, 0.0, 0.0]
-        else:  # float64 sums without a float64 copy of the tensor (an embedding's would be GBs)
-            q = t.detach() if t.is_floating_point() else t.detach().to(torch.float64)
-            stats += [v.to(device) for v in (torch.linalg.vector_norm(q, 1, dtype=torch.float64),
-                                             q.sum(dtype=torch.float64),
-                                             torch.linalg.vector_norm(q, 2, dtype=torch.float64).square())]
-    high, low = _high_low(stats, device)
-    for i, (label, _) in enumerate(tensors):
-        (a_hi, s_hi, q_hi), (a_lo, s_lo, q_lo) = (side[3 * i:3 * i + 3] for side in (high, low))
-        slack = 1e-9 * max(a_hi, 1e-300)  # the same bits on like hardware; slack for unlike
-        if abs(a_hi - a_lo) > slack or abs(s_hi - s_lo) > slack or abs(q_hi - q_lo) > 1e-9 * max(q_hi, 1e-300):
-            raise ValueError(f"distributed=True: {label} differs between the ranks; the curvature of the union's "
-                             f"loss is that of one model and one optimizer state (wrap the model in "
-                             f"DistributedDataParallel, or broadcast rank 0's parameters and state, before measuring)")
-
-
-def _check_shard(name: str, batch) -> None:
-    inputs, _ = check_batch(name, batch, allow_empty=True)   # an empty shard: shard_weight names it
-    if not (torch.is_tensor(inputs) and inputs.dim() >= 1):
-        raise ValueError("distributed=True needs the batch's inputs to be a tensor with a sample "
-                         "dimension (dim 0), to weight the shards by their sizes")
-
-
-def _named_parameters(model) -> list:
-    return list(unwrap_ddp(model).named_parameters()) if isinstance(model, torch.nn.Module) else []
-
-
-def _setting(value) -> str:
-    """A setting as every rank spells it alike: a number, string, None, dtype or device (or a
-    tuple of them) by its repr, any other object by its type (each rank has its own)."""
-    scalars = (bool, int, float, str, torch.dtype, torch.device)
-    if value is None or isinstance(value, scalars) or (
-            isinstance(value, (tuple, list)) and all(v is None or isinstance(v, scalars) for v in value)):
-        return repr(value)   # an Adam's betas too
-    return f"<{type(value).__name__}>"
-
-
-def _differs(texts: list, device) -> list:
-    """For each of ``texts``, whether some rank spelt it otherwise (one all-reduce)."""
-    high, low = _high_low([float(zlib.crc32(text.encode())) for text in texts], device)
-    return [hi != lo for hi, lo in zip(high, low)]
-
-
-def _high_low(values: list, device) -> tuple[list, list]:
-    """The largest and smallest of each of ``values`` over the ranks (one all-reduce)."""
-    import torch.distributed as dist
-
-    t = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in values]) if values \
-        else torch.zeros(0, dtype=torch.float64, device=device)
-    both = torch.cat([t, t.neg()])
-    dist.all_reduce(both, op=dist.ReduceOp.MAX)
-    return both[:len(values)].tolist(), [-x for x in both[len(values):].tolist()]
 
 
 def broadcast_vector(v: torch.Tensor) -> torch.Tensor:

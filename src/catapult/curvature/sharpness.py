@@ -26,6 +26,7 @@ from catapult.optim import rules
 from catapult.curvature.lanczos import EigenEstimate, lanczos_top_eigenpair
 from catapult.curvature.microbatch import ChosenChunkSize
 from catapult.curvature.preconditioner import PreconditionedOperator, adam_preconditioner, check_preconditioned
+from catapult.curvature.rank_agreement import same_call_on_every_rank
 from catapult.curvature.start import (check_solver_args, initial_vector, outside_inference_mode,
                                       solver_split)
 
@@ -169,7 +170,7 @@ def check_curvature(curvature) -> None:
 
 
 @outside_inference_mode
-@dist_ops.same_call_on_every_rank
+@same_call_on_every_rank
 def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_iter: int = 100,
               dtype=None, init: torch.Tensor | None = None, hvp: str = "auto", seed: int = 0,
               max_basis: int | None = None, chunk_size: int | None = None, memory: str = "fast",
@@ -382,7 +383,7 @@ def instability_threshold(optimizer: torch.optim.Optimizer, lr: float | None = N
 
 
 @outside_inference_mode
-@dist_ops.same_call_on_every_rank
+@same_call_on_every_rank
 def preconditioned_sharpness(model: torch.nn.Module, loss_fn, batch,
                              optimizer: torch.optim.Optimizer, *, tol: float = 1e-3,
                              max_iter: int = 100, dtype=None, init: torch.Tensor | None = None,

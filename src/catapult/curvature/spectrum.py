@@ -22,6 +22,7 @@ from catapult.curvature.ggn import CURVATURES, GaussNewtonOperator
 from catapult.curvature.certify import certified_pairs
 from catapult.curvature.top_k import Eigenpairs, check_block_size, check_k, lanczos_top_k
 from catapult.curvature.preconditioner import PreconditionedOperator, step_preconditioner
+from catapult.curvature.rank_agreement import same_call_on_every_rank
 from catapult.curvature.sharpness import build_operator, memory_setting
 from catapult.curvature.krylov import inner_product, vector_norm
 from catapult.curvature.start import (check_max_basis, check_solver_args, initial_vector,
@@ -66,7 +67,7 @@ def curvature_operator(model, loss_fn, batch, *, curvature: str = "hessian", opt
 
 
 @outside_inference_mode
-@dist_ops.same_call_on_every_rank
+@same_call_on_every_rank
 def top_eigenpairs(model, loss_fn, batch, k: int = 5, *, tol: float = 1e-3, init=None,
                    max_iter: int = 300, curvature: str = "hessian", optimizer=None, dtype=None,
                    hvp: str = "auto", seed: int = 0, max_basis: int | None = None,
@@ -234,7 +235,7 @@ def hutch_plus_plus(matvec, n: int | None, matvecs: int, *, dtype=torch.float64,
 
 
 @outside_inference_mode
-@dist_ops.same_call_on_every_rank
+@same_call_on_every_rank
 def hessian_trace(model, loss_fn, batch, *, matvecs: int = 100, curvature: str = "hessian",
                   optimizer=None, dtype=None, hvp: str = "auto", seed: int = 0,
                   chunk_size: int | None = None, distributed: bool = False,
@@ -340,7 +341,7 @@ def lanczos_quadrature(matvec, v: torch.Tensor, steps: int, max_basis: int | Non
 
 
 @outside_inference_mode
-@dist_ops.same_call_on_every_rank
+@same_call_on_every_rank
 def spectral_density(model, loss_fn, batch, *, runs: int = 8, steps: int = 40,
                      curvature: str = "hessian", optimizer=None, grid_points: int = 1000,
                      sigma: float | None = None, dtype=None, hvp: str = "auto", seed: int = 0,
