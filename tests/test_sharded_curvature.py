@@ -281,3 +281,29 @@ def test_steps_across_relu_kinks_are_retried_smaller_or_refused():
         shard_model(model32)
         with pytest.raises(ValueError, match="not reliable: the forward and backward differences differ"):
             catapult.sharpness(model32, token_loss, batch32, distributed=True)
+
+
+def sharded_sum_loss_measures(rank, world, reduction, rows):
+    model, _, (x, y) = mlp_problem()
+    shard(model)
+    loss_fn = nn.MSELoss(reduction=reduction)
+    lo = sum(rows[:rank])
+    local = (x[lo:lo + rows[rank]], y[lo:lo + rows[rank]])
+    return {"sharpness": catapult.sharpness(model, loss_fn, local, tol=1e-10, distributed=True).value,
+            "critical_lr": catapult.critical_lr(model, loss_fn, local, torch.optim.SGD(model.parameters(), lr=0.1),
+                                                lr_start=1e-3, rtol=1e-3, distributed=True).lr}
+
+
+@pytest.mark.slow  # two spawned interpreters importing torch
+@pytest.mark.parametrize("reduction, rows", [("sum", (3, 6)), ("sum", (1, 8)), ("mean", (3, 6))])
+def test_a_sharded_model_tells_a_sum_loss_from_a_mean_on_every_rank(reduction, rows):
+    # a sharded model's forward is collective, so no rank tested its loss and a mean was taken:
+    # a sum loss's sharpness came out 17.45 for 30.78 on the union, its critical lr 0.384 for 0.208
+    model, _, batch = mlp_problem()
+    loss_fn = nn.MSELoss(reduction=reduction)
+    want = catapult.sharpness(model, loss_fn, batch, tol=1e-10).value
+    want_lr = catapult.critical_lr(model, loss_fn, batch, torch.optim.SGD(model.parameters(), lr=0.1),
+                                   lr_start=1e-3, rtol=1e-3).lr
+    for got in on_ranks(sharded_sum_loss_measures, reduction, rows):
+        assert got["sharpness"] == pytest.approx(want, rel=1e-6)
+        assert got["critical_lr"] == pytest.approx(want_lr, rel=1e-6)

@@ -283,8 +283,11 @@ def union_weight(model, loss_fn, batch, device=None, *, testable: bool = True) -
     the answer was silently wrong. A shard of one sample compares its loss with that of the
     sample twice over (a mean's is the same, a sum's twice it); a model with a train-mode dropout
     tells in eval mode (its masks would differ between the calls), and is left in its mode.
-    ``testable=False`` (a model sharded by FSDP2, whose forwards are collective) cannot tell;
-    such ranks follow the others, and a mean is taken where no rank can tell.
+    ``testable=False`` (a model sharded by FSDP2, whose forwards are collective): every rank runs
+    one forward (no grad) of its whole shard and tells from the loss of the output's halves
+    (a mean was taken for every loss, and a sum loss's curvature on 2 ranks came out at 0.57x
+    the union's). A rank that cannot tell (a train-mode BatchNorm) follows the others, and a mean
+    is taken where no rank can tell.
 
     >>> model = torch.nn.Linear(2, 1)
     >>> batch = (torch.randn(6, 2), torch.randn(6, 1))
@@ -293,13 +296,60 @@ def union_weight(model, loss_fn, batch, device=None, *, testable: bool = True) -
     (1.0, 1.0)
     """
     weight = shard_weight(batch, device)
-    kind = agreed(lambda: _shard_reduction(model, loss_fn, batch) if testable else None, device)
+    kind = agreed(lambda: (_shard_reduction if testable else _sharded_shard_reduction)(model, loss_fn, batch),
+                  device)
     votes = torch.tensor([float(kind == "mean"), float(kind == "sum")], dtype=torch.float64, device=device)
     means, sums = all_reduce_sum(votes).tolist()
     if means and sums:
         raise ValueError("distributed=True: loss_fn is a mean over samples on some ranks' shards and a sum on "
                          "others'; give every rank the same loss")
     return 1.0 if sums else weight
+
+
+def _halves(x, y) -> tuple:
+    """``(x, y, pieces, what)``: the shard and its two halves; one sample is compared with the
+    sample twice over (a mean's loss is the same, a sum's twice it: a mean taken for it halved a
+    sum loss on shards of one sample each)."""
+    n = x.shape[0]
+    if n >= 2:
+        half = (n + 1) // 2
+        return x, y, [(x[:half], y[:half]), (x[half:], y[half:])], "its two halves"
+    return torch.cat([x, x]), torch.cat([y, y]), [(x, y), (x, y)], "its sample and the sample twice over"
+
+
+def _told(kind, shown, what) -> str | None:
+    if kind is None:
+        raise ValueError(f"distributed=True: loss_fn is neither a mean nor a sum over samples on this rank's shard "
+                         f"({what}: {shown}), so the ranks' losses do not add up to the union's loss; use "
+                         f"a loss that averages or sums per-sample terms")
+    return None if kind == "both" else kind
+
+
+def _sharded_shard_reduction(model, loss_fn, batch) -> str | None:
+    """:func:`_shard_reduction` for a model sharded by FSDP2, whose forward is collective: one
+    forward of the shard on every rank (the same count everywhere), and ``loss_fn`` on the
+    output's rows. The model's train/eval mode is the caller's; a forward whose batch statistics
+    would move (train-mode BatchNorm) is not run, on any rank alike."""
+    from catapult.curvature.hessian import fixed_rng
+    from catapult.curvature.microbatch import batch_coupling, reduction_kind
+
+    coupling = batch_coupling(model)
+    if coupling is not None and not coupling[1].startswith("a Dropout"):
+        return None
+    x, y = batch
+    with torch.no_grad(), fixed_rng(0, x.device):  # a dropout's masks leave the global generators alone
+        out = model(x)
+    n = x.shape[0]
+    if not (n >= 1 and torch.is_tensor(out) and out.dim() >= 1 and out.shape[0] == n
+            and torch.is_tensor(y) and y.dim() >= 1 and y.shape[0] == n):
+        return None
+    rows, y, pieces, what = _halves(torch.arange(n, device=x.device), y)
+
+    def loss_at(p, idx, ys):
+        return loss_fn(p["out"][idx], ys)
+
+    _, kind, shown = reduction_kind(loss_at, {"out": out}, rows, y, pieces, out.dtype)
+    return _told(kind, shown, what)
 
 
 def _shard_reduction(model, loss_fn, batch) -> str | None:
@@ -318,13 +368,7 @@ def _shard_reduction(model, loss_fn, batch) -> str | None:
     if (n < 1 or not params or (coupling is not None and not masks_only)
             or not (torch.is_tensor(y) and y.dim() >= 1 and y.shape[0] == n)):
         return None
-    if n >= 2:
-        half = (n + 1) // 2
-        pieces, what = [(x[:half], y[:half]), (x[half:], y[half:])], "its two halves"
-    else:  # one sample: the shard twice over has a mean's loss once and a sum's twice (a mean
-        # taken for it halved a sum loss on shards of one sample each)
-        pieces, what = [(x, y), (x, y)], "its sample and the sample twice over"
-        x, y = torch.cat([x, x]), torch.cat([y, y])
+    x, y, pieces, what = _halves(x, y)
 
     def loss_at(p, xs, ys):
         return loss_fn(functional_call(inner, p, (xs,)), ys)
@@ -338,11 +382,7 @@ def _shard_reduction(model, loss_fn, batch) -> str | None:
     finally:
         for module, training in modes:
             module.training = training
-    if kind is None:
-        raise ValueError(f"distributed=True: loss_fn is neither a mean nor a sum over samples on this rank's shard "
-                         f"({what}: {shown}), so the ranks' losses do not add up to the union's loss; use "
-                         f"a loss that averages or sums per-sample terms")
-    return None if kind == "both" else kind
+    return _told(kind, shown, what)
 
 
 def broadcast_vector(v: torch.Tensor) -> torch.Tensor:
