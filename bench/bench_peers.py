@@ -69,12 +69,13 @@ class FlatLogits(nn.Module):
         return out.reshape(-1, out.shape[-1])
 
 
-def problem(name: str):
-    """(model, loss module, (inputs, targets)) with float targets for MSE."""
+def problem(name: str, data_seed: int = 0):
+    """(model, loss module, (inputs, targets)) with float targets for MSE; ``data_seed`` draws the
+    FCN's synthetic batch (the same model)."""
     if name.startswith("fcn"):
         n = int(name[3:])
         model = make_model("sp")
-        x, y = make_batch(n)
+        x, y = make_batch(n, seed=data_seed)
         return model, nn.MSELoss(), (x, F.one_hot(y, 10).float())
     if name == "gpt":
         from catapult.models import GPT
@@ -199,6 +200,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--problems", default="fcn1000,fcn2500,gpt")
+    parser.add_argument("--data-seed", type=int, default=0,
+                        help="the FCN problems' synthetic batch (make_batch's seed; default 0)")
     parser.add_argument("--ours-tol", default="",
                         help="also run ours at these looser tols (comma-separated, e.g. 1e-2), in the "
                              "same interleave: its residual certificate against the peers' eigenvalue "
@@ -224,7 +227,7 @@ def main(argv=None):
           f"load avg at start {os.getloadavg()[0]:.2f}", flush=True)
     summary = []
     for name in args.problems.split(","):
-        model, loss, batch = problem(name)
+        model, loss, batch = problem(name, args.data_seed)
         n_params = sum(p.numel() for p in model.parameters())
         with Timer() as t:
             ref = sharpness(model, loss, batch, tol=1e-10, max_iter=1000, dtype=torch.float64,
