@@ -333,6 +333,25 @@ def test_a_parameter_unused_on_one_rank_is_the_unions_gradient_all_the_same():
             assert res[key] == pytest.approx(single[key], rel=1e-6), key
 
 
+def answers_or_refusals(calls) -> dict:
+    """Each call's answer, or its ValueError message."""
+    out = {}
+    for name, call in calls.items():
+        try:
+            out[name] = call()
+        except ValueError as err:
+            out[name] = str(err)
+    return out
+
+
+def refused_messages(calls, model, loss_fn, shard) -> dict:
+    """Each call's ValueError message (None where it ran), and ``"after"``: the sharpness measured
+    after them all (a rank left in a collective would hang it, or pair it wrongly)."""
+    out = answers_or_refusals({name: (lambda call=call: (call(), None)[1]) for name, call in calls.items()})
+    out["after"] = catapult.sharpness(model, loss_fn, shard, tol=1e-10, distributed=True).value
+    return out
+
+
 def mismatched_calls(rank, world):
     """Calls whose settings differ between the ranks: each rank raises the same message naming
     the setting, and the group is left usable (the last call pairs its collectives)."""
@@ -352,15 +371,7 @@ def mismatched_calls(rank, world):
         "optimizer": lambda: catapult.hessian_trace(model, loss_fn, shard, optimizer=opt if rank else None,
                                                     scale_by_group_lr=True, distributed=True),
     }
-    out = {}
-    for name, call in calls.items():
-        try:
-            call()
-            out[name] = None
-        except ValueError as err:
-            out[name] = str(err)
-    out["after"] = catapult.sharpness(model, loss_fn, shard, tol=1e-10, distributed=True).value
-    return out
+    return refused_messages(calls, model, loss_fn, shard)
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
@@ -383,16 +394,10 @@ def parameters_apart(rank, world):
             model[2].bias.add_(1e-3)
     lo = sum(SHARDS[:rank])
     shard = (x[lo:lo + SHARDS[rank]], y[lo:lo + SHARDS[rank]])
-    out = {}
-    for name, call in (("sharpness", lambda: catapult.sharpness(model, loss_fn, shard, distributed=True)),
-                       ("critical_lr", lambda: catapult.critical_lr(model, loss_fn, shard,
-                                                                    torch.optim.SGD(model.parameters(), lr=0.1),
-                                                                    distributed=True))):
-        try:
-            out[name] = call().value if name == "sharpness" else call().lr
-        except ValueError as err:
-            out[name] = str(err)
-    return out
+    return answers_or_refusals({
+        "sharpness": lambda: catapult.sharpness(model, loss_fn, shard, distributed=True).value,
+        "critical_lr": lambda: catapult.critical_lr(model, loss_fn, shard, torch.optim.SGD(model.parameters(), lr=0.1),
+                                                    distributed=True).lr})
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
@@ -488,15 +493,7 @@ def batch_refused_on_one_rank(rank, world):
         # critical_lr refused the batch on rank 1 alone; rank 0 waited for the group's timeout
         "critical_lr": lambda: catapult.critical_lr(model, loss_fn, bare, opt, distributed=True),
     }
-    out = {}
-    for name, call in calls.items():
-        try:
-            call()
-            out[name] = None
-        except ValueError as err:
-            out[name] = str(err)
-    out["after"] = catapult.sharpness(model, loss_fn, shard, tol=1e-10, distributed=True).value
-    return out
+    return refused_messages(calls, model, loss_fn, shard)
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
@@ -519,17 +516,11 @@ def optimizer_states_apart(rank, world):
             state["exp_avg_sq"].mul_(4.0)
     lo = sum(SHARDS[:rank])
     shard = (x[lo:lo + SHARDS[rank]], y[lo:lo + SHARDS[rank]])
-    out = {}
-    for name, call in (("preconditioned", lambda: catapult.preconditioned_sharpness(model, loss_fn, shard, opt,
-                                                                                    distributed=True)),
-                       ("betas", lambda: catapult.top_eigenpairs(
-                           model, loss_fn, shard, k=1, distributed=True,
-                           optimizer=torch.optim.Adam(model.parameters(), betas=(0.9, 0.99 + 0.001 * rank))))):
-        try:
-            out[name] = call().value if name == "preconditioned" else call().values
-        except ValueError as err:
-            out[name] = str(err)
-    return out
+    return answers_or_refusals({
+        "preconditioned": lambda: catapult.preconditioned_sharpness(model, loss_fn, shard, opt, distributed=True).value,
+        "betas": lambda: catapult.top_eigenpairs(
+            model, loss_fn, shard, k=1, distributed=True,
+            optimizer=torch.optim.Adam(model.parameters(), betas=(0.9, 0.99 + 0.001 * rank))).values})
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")

@@ -264,14 +264,20 @@ def test_float32_differences_below_their_own_error_say_what_to_do(capsys):
     assert double["eigenvalues"] == pytest.approx(values[:2].tolist(), rel=1e-5)
 
 
+def density_plot_argv(tmp_path, figure: str) -> list[str]:
+    """``catapult spectrum`` on CONFIG (written to ``tmp_path``), the density alone, drawn to
+    ``tmp_path / figure``."""
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(CONFIG))
+    return ["spectrum", str(path), "--top-k", "0", "--trace-matvecs", "0", "--density-runs", "1",
+            "--density-steps", "3", "--plot", str(tmp_path / figure)]
+
+
 @pytest.mark.parametrize("suffix", ["gif", "webp", "avif"])
 def test_a_figure_format_pillow_writes_is_replaced_on_a_second_run(suffix, tmp_path, capsys):
     # these were written unmarked, so the same command run again refused its own figure as
     # "exists and catapult did not write it"
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(CONFIG))
-    argv = ["spectrum", str(path), "--top-k", "0", "--trace-matvecs", "0", "--density-runs", "1",
-            "--density-steps", "3", "--plot", str(tmp_path / f"d.{suffix}")]
+    argv = density_plot_argv(tmp_path, f"d.{suffix}")
     assert cli.main(argv) == 0
     assert cli.main(argv) == 0, capsys.readouterr().err
 
@@ -280,10 +286,7 @@ def test_a_figure_format_pillow_writes_is_replaced_on_a_second_run(suffix, tmp_p
 def test_an_existing_figure_that_carries_no_mark_is_refused_for_what_it_is(suffix, tmp_path, capsys):
     # a headerless pixel dump cannot say who wrote it: "catapult did not write it" was untrue
     # of the command's own figure from the run before
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(CONFIG))
-    argv = ["spectrum", str(path), "--top-k", "0", "--trace-matvecs", "0", "--density-runs", "1",
-            "--density-steps", "3", "--plot", str(tmp_path / f"d.{suffix}")]
+    argv = density_plot_argv(tmp_path, f"d.{suffix}")
     assert cli.main(argv) == 0
     first = (tmp_path / f"d.{suffix}").read_bytes()
     capsys.readouterr()
