@@ -92,7 +92,7 @@ def top_eigenpairs(model, loss_fn, batch, k: int = 5, *, tol: float = 1e-3, init
     On finite-difference products each pair's residual is taken with two or three more products
     and the products' own error added (:func:`~catapult.curvature.certify.certified_pairs`).
 
-    Returns :class:`Eigenpairs` (``values`` largest first).
+    ``max_iter`` (products) must be at least ``k``. Returns :class:`Eigenpairs` (``values`` largest first).
 
     Example (the Hessian ``diag(4, 1)`` of :func:`catapult.sharpness`'s example):
         >>> model = torch.nn.Linear(2, 1, bias=False)
