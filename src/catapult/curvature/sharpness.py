@@ -230,11 +230,11 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
             returned residual is computed from ``A y``, not estimated.
         coarse: start vector from solves on cheaper operators (:mod:`catapult.curvature.coarse`):
             ``"auto"`` (default; only without ``init``, not with ``distributed``: nested
-            sub-batches (every 16th, then every 4th sample) for batches of >= 256 samples, else the whole batch with one-sided
-            finite-difference products, one gradient each, skipped after two gradients where the
-            loss is not smooth at the difference step, e.g. ReLU kinks in float32; each level
-            stops at a residual of 3e-3, or at ``tol`` where that is looser), ``None`` (a
-            random start), or
+            sub-batches (every 16th, then every 4th sample) for batches of >= 256 samples,
+            else the whole batch with one-sided finite-difference products, one gradient each,
+            skipped after two gradients where the loss is not smooth at the difference step,
+            e.g. ReLU kinks in float32; each level stops at a residual of 3e-3, or at ``tol``
+            where that is looser), ``None`` (a random start), or
             ``(divisor, tol)`` levels (``divisor`` an integer >= 2 or ``"finite_difference"``).
             The answer and its ``tol`` are the exact full batch's; ``est.coarse_matvecs``
             counts the cheaper products.
