@@ -1,10 +1,15 @@
 """The demo's Fig. 1 figure stays readable: catapults marked, a diverging run clipped with a
-marker, "sharpness not measured" said when it was not."""
+marker, "sharpness not measured" said when it was not, and a run's figure names the operator its
+sharpness kind measures."""
 from __future__ import annotations
 
 import math
 
-from catapult.engine.trajectories import LOSS_CLIP_FACTOR, loss_axis_top, plot_trajectories
+import pytest
+
+from catapult.engine import loop, run
+from catapult.engine.sharpness_rule import RADAM_KIND
+from catapult.engine.trajectories import LOSS_CLIP_FACTOR, loss_axis_top, plot_run, plot_trajectories
 
 
 def _catapult_run():
@@ -78,3 +83,31 @@ def test_the_spectrum_panel_of_a_preconditioned_run_names_its_operator():
     assert "Hessian" not in ax_trace.get_ylabel()
     _, _, ax_spec, ax_trace = plot_trajectories({"run": rows}).axes  # SGD's: the Hessian's
     assert ax_spec.get_ylabel() == "eigenvalue of H" and "Hessian trace" in ax_trace.get_ylabel()
+
+
+@pytest.mark.parametrize("optimizer, model, kind, operator, sharpness", [
+    ({"name": "sgd", "lr": 0.5}, {}, "hessian", "eigenvalue of H", "lambda_{max}(H)"),
+    ({"name": "adam", "lr": 1e-3}, {}, "preconditioned", "P^{-1/2} H P^{-1/2}", "lambda_{max}(P^{-1}H)"),
+    # muP SGD: per-group learning rates, so the sharpness and spectrum are of M^1/2 H M^1/2
+    ({"name": "sgd", "lr": 0.5}, {"parametrization": "mup", "base_width": 2}, "lr_scaled",
+     "M^{1/2} H M^{1/2}", "lambda_{max}(M H)"),
+    # RAdam: the Hessian's while un-rectified, then the pre-conditioned one
+    ({"name": "radam", "lr": 1e-3}, {}, RADAM_KIND, "once rectified", "once rectified"),
+])
+def test_a_runs_figure_names_the_operator_its_kind_measures(optimizer, model, kind, operator, sharpness,
+                                                            tmp_path, monkeypatch):
+    # lr-scaled (muP SGD) and RAdam runs were labelled "of H" in panels (b) and (c)
+    drawn = {}
+
+    def keep(metrics, path=None, **kwargs):
+        drawn["figure"], drawn["kind"] = plot_run(metrics, path, **kwargs), kwargs.get("kind")
+        return drawn["figure"]
+
+    monkeypatch.setattr(loop, "plot_run", keep)
+    config = dict(name="kinds", seed=0, data=dict(name="digits", n_train=32, n_test=16),
+                  model=dict(name="mlp", width=4, depth=2, **model), loss="mse", optimizer=optimizer,
+                  train=dict(steps=4), eval=dict(sharpness_every=2, spectrum_top_k=1, test_every=4))
+    run(config, out_dir=tmp_path / "run")
+    assert drawn["kind"] == kind
+    _, ax_sharp, ax_spec = drawn["figure"].axes
+    assert sharpness in ax_sharp.get_ylabel() and operator in ax_spec.get_ylabel()

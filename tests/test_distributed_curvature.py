@@ -194,6 +194,10 @@ def one_rank_refusals(rank, world):
 
     tanh = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
 
+    def per_sample_on_rank_1(out, target):
+        losses = F.mse_loss(out, target, reduction="none").mean(1)
+        return losses if rank == 1 else losses.mean()
+
     def token_ce(out, target):
         return F.cross_entropy(out.reshape(-1, 3), target.reshape(-1), ignore_index=-100)
 
@@ -207,6 +211,8 @@ def one_rank_refusals(rank, world):
         "kink": lambda: catapult.sharpness(relu, nn.MSELoss(), kinked, hvp="finite_difference", distributed=True),
         "reduction": lambda: catapult.sharpness(tanh, token_ce, tokens, chunk_size=2, distributed=True),
         "lean_dropout": lambda: catapult.sharpness(dropout, nn.MSELoss(), uneven, memory="lean", distributed=True),
+        # rank 1's loss is per sample: "only one element tensors can be converted to Python scalars"
+        "vector_loss": lambda: catapult.sharpness(dropout.eval(), per_sample_on_rank_1, (xd, yd), distributed=True),
     }
     out = {}
     for name, call in calls.items():
@@ -232,6 +238,8 @@ def test_a_refusal_on_one_rank_stops_every_rank():
     assert zero["reduction"] == "distributed=True: rank 1 raised an error (its own output says which); every rank stops with it"
     assert "Dropout in train mode" in zero["lean_dropout"]
     assert one["lean_dropout"].startswith("distributed=True: rank 0 raised an error")
+    assert one["vector_loss"] == "loss_fn must return a scalar tensor, got shape (64,)"
+    assert zero["vector_loss"].startswith("distributed=True: rank 1 raised an error")
     model, loss_fn, batch = problem()
     n = sum(p.numel() for p in model.parameters())
     alone = catapult.sharpness(model, loss_fn, batch, init=torch.linspace(1.0, 2.0, n, dtype=torch.float64),

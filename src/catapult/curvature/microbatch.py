@@ -68,13 +68,21 @@ class ChosenChunkSize(int):
     """
 
 
+def _scalar(loss) -> float:
+    """``float(loss)`` of a one-element tensor (or number), else the error the operators raise
+    (``float`` of a vector said "only one element tensors can be converted to Python scalars")."""
+    if torch.is_tensor(loss) and loss.numel() != 1:
+        raise ValueError(f"loss_fn must return a scalar tensor, got shape {tuple(loss.shape)}")
+    return float(loss)
+
+
 def _reduction(loss_at, params, x, y, pieces, mean_w, dtype):
     """``(full loss, kind, what was compared)``: ``kind`` is ``"mean"`` or ``"sum"`` where the whole
     batch's loss is the pieces' weighted mean or their sum, ``"both"`` where it is both (all 0),
     None where it is neither; a loss that is not finite counts as a mean."""
     with torch.no_grad():
-        full = float(loss_at(params, x, y))
-        losses = [float(loss_at(params, xc, yc)) for xc, yc in pieces]
+        full = _scalar(loss_at(params, x, y))
+        losses = [_scalar(loss_at(params, xc, yc)) for xc, yc in pieces]
     as_mean = sum(w * l for w, l in zip(mean_w, losses))
     as_sum = sum(losses)
     # well above the rounding of a batch sum, well below what a loss that is not additive over

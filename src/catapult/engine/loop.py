@@ -519,7 +519,7 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
         write_whole(weights_path, lambda fh: _save_weights(weights, fh, weights_path))
         write_whole(out_path / "trajectories.png", lambda fh: plot_run(
             metrics, fh, title=config["name"], status=status, threshold_label=threshold_label(config, rule.kind),
-            preconditioned=rule.kind == "preconditioned"))
+            kind=rule.kind))
         # the exact bytes of what came before, so that a later --overwrite replaces these files
         # and no user's file put in their place (config.yaml is left out: a user may edit it)
         written = {name: file_digest(out_path / name) for name in _DIGESTED}

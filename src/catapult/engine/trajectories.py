@@ -16,9 +16,20 @@ from matplotlib.figure import Figure
 
 from catapult.analysis import is_finite_number
 from catapult.engine.records import is_spectrum_column
+from catapult.engine.sharpness_rule import RADAM_KIND
 from catapult.files import save_figure
 
 Metrics = Sequence[Mapping[str, Any]]
+
+#: The operator each ``eval.sharpness_kind`` measures (the sharpness, ``eig_i`` and
+#: ``hessian_trace`` are all of it): panel (b)'s and (c)'s labels.
+OPERATORS = {"hessian": "H", "preconditioned": "$P^{-1/2} H P^{-1/2}$", "lr_scaled": "$M^{1/2} H M^{1/2}$",
+             RADAM_KIND: "H, then $P^{-1/2} H P^{-1/2}$ once rectified"}
+#: Panel (b)'s label per kind (``lambda_max(P^-1 H)`` is ``lambda_max(P^-1/2 H P^-1/2)``).
+SHARPNESS_LABELS = {"hessian": "sharpness  $\\lambda_{max}(H)$",
+                    "preconditioned": "pre-conditioned sharpness  $\\lambda_{max}(P^{-1}H)$",
+                    "lr_scaled": "lr-scaled sharpness  $\\lambda_{max}(M H)$",
+                    RADAM_KIND: "$\\lambda_{max}(H)$, then $\\lambda_{max}(P^{-1}H)$ once rectified"}
 
 
 def _series(metrics: Metrics, key: str, positive: bool = True) -> tuple[list[float], list[float]]:
@@ -68,11 +79,13 @@ def plot_trajectories(
     threshold_label: str = "2/lr_t",
     statuses: Mapping[str, str] | None = None,
     preconditioned: bool = False,
+    kind: str | None = None,
 ) -> Figure:
     """Two panels, log-y: (a) training loss vs step, (b) sharpness vs step with each run's
     instability threshold (``2/lr_t`` for GD) dashed in the run's colour; and (c), where a run
-    logged them, its top-k eigenvalues (``eig_1`` darkest) and Hessian trace (right axis), of
-    ``P^-1/2 H P^-1/2`` when ``preconditioned``.
+    logged them, its top-k eigenvalues (``eig_1`` darkest) and Hessian trace (right axis).
+    ``kind`` (an ``eval.sharpness_kind`` as resolved: :data:`OPERATORS`) names the operator the
+    sharpness and spectrum are of; ``preconditioned=True`` is ``kind="preconditioned"``.
 
     ``runs`` maps a legend label to that run's metrics. ``statuses`` (label -> status) marks
     diverged runs with an ``x`` at their last logged loss. Every catapult
@@ -133,16 +146,15 @@ def plot_trajectories(
             ax_loss.set_ylim(bottom / 1.5, top)
     # Adam family (Fig. 2): the pre-conditioned sharpness lambda_max(P^-1 H) against
     # (2 + 2 b1) / ((1 - b1) lr_t), which is the rows' "threshold" column for those runs.
-    ylabel = ("pre-conditioned sharpness  $\\lambda_{max}(P^{-1}H)$" if preconditioned
-              else "sharpness  $\\lambda_{max}(H)$")
-    ax_sharp.set(yscale="log", xlabel="step", ylabel=ylabel,
+    kind = kind or ("preconditioned" if preconditioned else "hessian")
+    ax_sharp.set(yscale="log", xlabel="step", ylabel=SHARPNESS_LABELS.get(kind, SHARPNESS_LABELS["hessian"]),
                  title=f"(b) sharpness (dashed: {threshold_label})")
     if not any_sharpness:
         ax_sharp.text(0.5, 0.5, "sharpness not measured\n(eval.sharpness_every: 0)", transform=ax_sharp.transAxes,
                       ha="center", va="center", fontsize=11, color="0.35")
     _clip_threshold_axis(ax_sharp, runs)
     if ax_spectrum:
-        _spectrum_panel(ax_spectrum[0], runs, spectra, colors, preconditioned=preconditioned)
+        _spectrum_panel(ax_spectrum[0], runs, spectra, colors, operator=OPERATORS.get(kind, "H"))
     for ax in (ax_loss, ax_sharp, *ax_spectrum):
         ax.grid(True, which="major", alpha=0.3)
     if runs:
@@ -163,10 +175,10 @@ def _spectrum_keys(metrics: Metrics) -> tuple[list[str], bool]:
 
 
 def _spectrum_panel(ax, runs: Mapping[str, Metrics], spectra: Mapping[str, tuple[list[str], bool]],
-                    colors: list[str], *, preconditioned: bool = False) -> None:
+                    colors: list[str], *, operator: str = "H") -> None:
     """(c): each run's ``eig_i`` in its colour, fading with ``i`` (linear axis: eigenvalues may
-    be negative), and its ``hessian_trace`` dashed on a right-hand axis; ``preconditioned``:
-    both are of ``P^-1/2 H P^-1/2``, the operator the engine logs them of under that kind."""
+    be negative), and its ``hessian_trace`` dashed on a right-hand axis; both of ``operator``
+    (:data:`OPERATORS`: the one the engine logs them of under the run's kind)."""
     trace_ax = None
     for color, (label, metrics) in zip(colors, runs.items()):
         eigs, has_trace = spectra[label]
@@ -181,10 +193,9 @@ def _spectrum_panel(ax, runs: Mapping[str, Metrics], spectra: Mapping[str, tuple
             trace_ax.plot(xs, ys, color=color if len(runs) > 1 else "0.25", lw=1.0, ls="--")
     top_k = max((len(eigs) for eigs, _ in spectra.values()), default=0)
     title = f"(c) top {top_k} eigenvalues (eig_1 darkest)" if top_k else "(c) spectrum"
-    operator = "$P^{-1/2} H P^{-1/2}$" if preconditioned else "H"
     ax.set(xlabel="step", ylabel=f"eigenvalue of {operator}" if top_k else "", title=title)
     if trace_ax is not None:
-        trace_ax.set_ylabel(f"trace of {operator} (dashed, Hutch++)" if preconditioned
+        trace_ax.set_ylabel(f"trace of {operator} (dashed, Hutch++)" if operator != "H"
                             else "Hessian trace (dashed, Hutch++)")
     if len(runs) > 1 and top_k:
         ax.legend(fontsize=8, loc="best")
@@ -204,8 +215,10 @@ def _clip_threshold_axis(ax, runs: Mapping[str, Metrics]) -> None:
 
 def plot_run(metrics: Metrics, path: str | Path | BinaryIO | None = None, *, title: str | None = None,
              status: str | None = None, threshold_label: str = "2/lr_t",
-             preconditioned: bool = False) -> Figure:
-    """:func:`plot_trajectories` for a single run (``preconditioned``: Adam-family sharpness)."""
+             preconditioned: bool = False, kind: str | None = None) -> Figure:
+    """:func:`plot_trajectories` for a single run (``kind``: its resolved ``eval.sharpness_kind``;
+    ``preconditioned``: Adam-family sharpness)."""
     label = title or "run"
     return plot_trajectories({label: metrics}, path, title=title, threshold_label=threshold_label,
-                             statuses={label: status} if status else None, preconditioned=preconditioned)
+                             statuses={label: status} if status else None, preconditioned=preconditioned,
+                             kind=kind)
