@@ -441,7 +441,7 @@ def _orthogonalise_rows(w, q, basis, couple, size):
         w[r] = w_r
         alphas.append(alpha)
         hs.append(h)
-        betas.append(torch.linalg.vector_norm(w_r))
+        betas.append(vector_norm(w_r))
     return torch.stack(alphas), torch.stack(hs), torch.stack(betas)
 
 
@@ -523,7 +523,7 @@ def batched_lanczos(matvec, v0: torch.Tensor, *, tol: Sequence[float], max_iter:
                                          eps=eps, ritz_vectors=ritz_vectors[k])
             if converged or matvecs == max_iter[member]:
                 vector = torch.as_tensor(s, dtype=q.dtype, device=q.device) @ _own_row(basis[r, :size])
-                vector /= torch.linalg.vector_norm(vector)
+                vector /= vector_norm(vector)
                 results[member] = EigenEstimate(theta, vector, matvecs, converged, rel, bound)
                 done[k] = True
         if done.all():
