@@ -297,16 +297,8 @@ def test_a_warm_start_near_tol_in_a_million_float32_entries_is_not_called_invari
         assert true <= 1.01 * reported + 1e-5, (true, reported)   # float32 sums over 1e6 entries
 
 
-@pytest.fixture
-def one_thread():
-    # torch's one-pass float32 sums are least accurate on one thread (one accumulator)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_norms_and_inner_products_of_long_float32_vectors_are_accurate(one_thread):
+def test_norms_and_inner_products_of_long_float32_vectors_are_accurate(single_thread):
+    # on one thread (conftest's fixture) torch's one-pass float32 sums have one accumulator: least accurate
     # one pass over 4e6 float32 entries: norm 7.7e-5 off, q^T A q (like-signed terms) 2.2e-5
     from catapult.curvature.krylov import inner_product, vector_norm
 
@@ -318,7 +310,7 @@ def test_norms_and_inner_products_of_long_float32_vectors_are_accurate(one_threa
     assert float(vector_norm(x, reduce=lambda t: t)) == pytest.approx(float(x.double().norm()), rel=1e-6)
 
 
-def test_a_float32_solve_over_four_million_entries_keeps_its_bound(one_thread):
+def test_a_float32_solve_over_four_million_entries_keeps_its_bound(single_thread):
     # the rounding of those sums reached the Ritz value: 8.8e-6 off with an error_bound of 4e-6
     gen = torch.Generator().manual_seed(0)
     d = torch.rand(4 * 10**6, generator=gen) * 0.5
