@@ -67,7 +67,7 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["require_process_group", "check_shardable", "unwrap_ddp", "shard_weight", "all_reduce_sum",
+__all__ = ["require_process_group", "check_shardable", "check_shard_inputs", "unwrap_ddp", "shard_weight", "all_reduce_sum",
            "agreed_minimum", "agreed", "agreed_gap", "rank0_flag", "union_weight", "DistributedOperator", "broadcast_vector",
            "single_process_group"]
 
@@ -188,6 +188,21 @@ def agreed_minimum(value: int, device=None) -> int:
     return int(t.item())
 
 
+def check_shard_inputs(inputs) -> None:
+    """Raise a ValueError unless ``inputs`` is a tensor with a sample dimension (dim 0), by which
+    the shards are weighted.
+
+    >>> check_shard_inputs(torch.zeros(3, 2))
+    >>> check_shard_inputs(torch.tensor(1.0))
+    Traceback (most recent call last):
+    ...
+    ValueError: distributed=True needs the batch's inputs to be a tensor with a sample dimension (dim 0), to weight the shards by their sizes
+    """
+    if not (torch.is_tensor(inputs) and inputs.dim() >= 1):
+        raise ValueError("distributed=True needs the batch's inputs to be a tensor with a sample "
+                         "dimension (dim 0), to weight the shards by their sizes")
+
+
 def shard_weight(batch, device=None) -> float:
     """``w_r = |B_r| / |B|``: this rank's share of the union's samples (dim 0 of the inputs).
 
@@ -200,9 +215,7 @@ def shard_weight(batch, device=None) -> float:
     1.0
     """
     inputs = batch[0]
-    if not (torch.is_tensor(inputs) and inputs.dim() >= 1):
-        raise ValueError("distributed=True needs the batch's inputs to be a tensor with a sample "
-                         "dimension (dim 0), to weight the shards by their sizes")
+    check_shard_inputs(inputs)
     import torch.distributed as dist
 
     local = int(inputs.shape[0])

@@ -30,48 +30,38 @@ def inner_product(a: torch.Tensor, b: torch.Tensor, reduce=None) -> torch.Tensor
     return dot if reduce is None else reduce(dot.reshape(1)).reshape(())
 
 
-#: Entries per chunk of :func:`inner_product` on the CPU, and per block of :func:`vector_norm`.
+#: Entries per chunk of :func:`inner_product` and :func:`vector_norm` on the CPU.
 DOT_CHUNK = 1 << 16
-NORM_BLOCK = 4096
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a^T b``; on the CPU the sum of the dots of chunks of :data:`DOT_CHUNK` entries. A
-    one-pass float32 dot accumulates its rounding: ``q^T A q`` (Lanczos's ``alpha_j``, a sum of
-    like-signed terms near a positive-definite top) was 2.2e-5 off at 4e6 entries, in chunks
-    1.1e-7, for 1.2x the time. GPUs sum in trees already (and would pay a launch per chunk)."""
+    """``a^T b``; on the CPU, past :data:`DOT_CHUNK` entries, the sum of the chunks' dots.
+
+    Why the chunks: torch's one-pass float32 sums on the CPU accumulate their rounding. At 4e6
+    entries on one thread, ``q^T A q`` (Lanczos's ``alpha_j``, like-signed terms near a
+    positive-definite top) was 2.2e-5 off and the norm 7.7e-5 (6.3e-4 at 1.6e7), and a float32
+    solve returned a value 8.8e-6 off with an ``error_bound`` of 4e-6. In chunks: ~1e-7, for
+    1.2x a dot's time (a float64 copy would be exact but 12-30x slower). GPUs sum in trees
+    already, and would pay a launch per chunk.
+    """
     if a.device.type != "cpu" or a.numel() <= DOT_CHUNK:
         return torch.dot(a, b)
     return torch.stack([torch.dot(x, y) for x, y in zip(a.split(DOT_CHUNK), b.split(DOT_CHUNK))]).sum()
 
 
 def vector_norm(a: torch.Tensor, reduce=None) -> torch.Tensor:
-    """``||a||`` as a 0-d tensor (over every rank's part with ``reduce``, see :func:`inner_product`),
-    summed in blocks of :data:`NORM_BLOCK` entries and then over the blocks.
-
-    Why the blocks: torch's one-pass float32 norm on the CPU accumulates its rounding (relative
-    error 7.7e-5 at 4e6 entries and 6.3e-4 at 1.6e7, one thread; ``dot(a, a)`` 3e-5 at 4e6), and
-    Lanczos's ``beta_j`` carry it into the Ritz values: a float32 solve on 4e6 entries returned
-    a value 2.9e-5 above the top eigenvalue with an ``error_bound`` of 4e-6. In blocks the error
-    is ~4e-8 at the same cost (a float64 norm is exact but 12-30x slower: it copies the vector).
-    GPUs sum in trees already: one pass there.
+    """``||a||`` as a 0-d tensor (over every rank's part with ``reduce``, see :func:`inner_product`);
+    of a long vector on the CPU, ``sqrt(a^T a)`` from :func:`_dot`'s chunks.
 
     >>> float(vector_norm(torch.tensor([3.0, 4.0])))
     5.0
     """
+    if reduce is not None:
+        return inner_product(a, a, reduce).sqrt()
+    if a.device.type != "cpu" or a.numel() <= DOT_CHUNK:
+        return torch.linalg.vector_norm(a)
     flat = a.reshape(-1)
-    n = flat.numel()
-    if n <= NORM_BLOCK or flat.device.type != "cpu":
-        local = torch.linalg.vector_norm(flat)
-    else:
-        m = n - n % NORM_BLOCK
-        parts = torch.linalg.vector_norm(flat[:m].reshape(-1, NORM_BLOCK), dim=1)
-        if m < n:
-            parts = torch.cat([parts, torch.linalg.vector_norm(flat[m:]).reshape(1)])
-        local = torch.linalg.vector_norm(parts)
-    if reduce is None:
-        return local
-    return reduce(local.square().reshape(1)).reshape(()).sqrt()
+    return _dot(flat, flat).sqrt()
 
 
 class KrylovBasis:
