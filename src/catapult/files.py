@@ -17,9 +17,9 @@ from pathlib import Path
 
 from catapult.writing import PARTIAL_PREFIX, write_whole
 
-__all__ = ["MARK", "PARTIAL_PREFIX", "PNG_START", "UNMARKED_FIGURES", "figure_mark", "figure_path", "save_figure", "written_by_catapult",
-           "is_run_record", "run_output_of_ours", "partial_of_ours", "cut_off_mapping", "WRITTEN", "file_digest",
-           "recorded_digests"]
+__all__ = ["MARK", "PARTIAL_PREFIX", "PNG_START", "UNMARKED_FIGURES", "figure_mark", "figure_path", "save_figure",
+           "written_by_catapult", "is_run_record", "run_output_of_ours", "partial_of_ours", "cut_off_mapping",
+           "WRITTEN", "file_digest", "recorded_digests"]
 
 #: The text catapult's figures, reports and Parquet exports carry in their metadata.
 MARK = "written by catapult"
