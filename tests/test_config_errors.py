@@ -155,6 +155,28 @@ def test_trace_matvecs_is_off_or_enough_for_hutchpp(value, valid):
         C.validate({"eval": {"trace_matvecs": value}})
 
 
+@pytest.mark.parametrize("key, value", [("spectrum_top_k", 2), ("trace_matvecs", 10)])
+def test_a_spectrum_without_a_sharpness_cadence_is_refused_by_train_and_sweep(tmp_path, capsys, key, value):
+    # the spectrum is logged on the sharpness cadence: with sharpness_every 0 the run wrote empty
+    # eig_*/hessian_trace columns and said nothing. catapult spectrum reads the keys for its one
+    # measurement, so the config itself stays valid
+    from catapult.cli import main
+
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {name: digits, n_train: 64, n_test: 32}\nmodel: {name: mlp, width: 8, depth: 2}\n"
+                    f"train: {{steps: 2}}\neval: {{sharpness_every: 0, {key}: {value}}}\n")
+    assert C.validate({"eval": {"sharpness_every": 0, key: value}})["eval"][key] == value
+    expected = (f"eval.{key}: is measured on the sharpness cadence, and eval.sharpness_every is 0 (never): "
+                f"set eval.sharpness_every > 0 or remove eval.{key}")
+    assert main(["train", str(path), "--out", str(tmp_path / "run")]) == 2
+    assert expected in capsys.readouterr().err and not (tmp_path / "run").exists()
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(path.read_text() + "sweep: {grid: {optimizer.lr: [0.1, 0.2]}}\n")
+    assert main(["sweep", str(sweep), "--store", str(tmp_path / "s.db")]) == 2
+    assert expected in capsys.readouterr().err and not (tmp_path / "s.db").exists()
+    assert main(["train", str(path), "--out", str(tmp_path / "ok"), "eval.sharpness_every=1"]) == 0
+
+
 def test_more_eigenvalues_than_parameters_is_refused_when_the_run_is_built(tmp_path, capsys):
     # the digits MLP of width 8, depth 2 has 64*8 + 8*10 + 8 + 10 = 610 parameters: asking 700
     # eigenvalues failed with a traceback at the first sharpness step; now exit 2 before training

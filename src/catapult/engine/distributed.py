@@ -60,6 +60,7 @@ from catapult.data.text_shards import is_held_out, is_validation, text_shard_fil
 from catapult.data.token_cache import npy_problem
 from catapult.engine.build import assemble_run, build_model, check_warmup_across_processes, resolve_device
 from catapult.engine.fsdp import check_fsdp, full_state_dict, shard_model
+from catapult.engine.sharpness_rule import check_spectrum_cadence
 from catapult.engine.seeds import seeds
 from catapult.engine.loop import Processes, RunDirectoryError, RunResult, check_out_dir, in_run_directory, train
 
@@ -396,6 +397,7 @@ def train_ddp(config: Mapping[str, Any], *, out_dir: str | os.PathLike | None = 
     if distributed:  # before any work; build_warmup checks again for callers of assemble_run
         check_warmup_across_processes(config)
     check_fsdp(config, distributed)
+    check_spectrum_cadence(config)
     sharded = config["train"]["fsdp"]
     # a CUDA device that is missing is a ConfigError before any work (it trained on the CPU)
     device = resolve_device(str(device) if device is not None else config["device"])

@@ -94,7 +94,7 @@ from catapult.files import (PARTIAL_PREFIX, PNG_START, WRITTEN, file_digest, is_
 from catapult.writing import write_text_whole, write_whole
 from catapult.losses import accuracy, loss_and_accuracy
 from catapult.engine.build import Run, build_run, threshold
-from catapult.engine.sharpness_rule import STEP_KIND_COLUMN
+from catapult.engine.sharpness_rule import STEP_KIND_COLUMN, check_spectrum_cadence
 from catapult.engine.progress import Progress
 from catapult.engine.trajectories import plot_run
 from catapult.engine.step import diverged, evaluates_test, measures_sharpness, new_row, output_collapsed
@@ -373,6 +373,7 @@ def run(config: Mapping[str, Any], *, out_dir: str | Path | None = None, progres
     in one that existed its run files are.
     """
     started = time.perf_counter()
+    check_spectrum_cadence(cfg.validate(config))  # before the data are loaded
     return in_run_directory(out_dir, overwrite, lambda out_path, writing: train(
         build_run(config), out_path, progress=progress, started=started, writing=writing))
 

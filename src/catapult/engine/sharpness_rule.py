@@ -28,7 +28,7 @@ import torch.nn as nn
 from catapult.config.errors import ConfigError
 from catapult.optim import registry
 
-__all__ = ["ADAPTIVE", "RADAM_KIND", "solver_options", "curvature_options", "spectrum_estimates", "SharpnessRule", "sharpness_rule", "resolve_kind",
+__all__ = ["ADAPTIVE", "RADAM_KIND", "solver_options", "curvature_options", "spectrum_estimates", "check_spectrum_cadence", "SharpnessRule", "sharpness_rule", "resolve_kind",
            "group_lrs_differ", "step_kind", "threshold", "STEP_KIND_COLUMN"]
 
 #: Optimizers whose sharpness is the pre-conditioned one (``eval.sharpness_kind: auto``):
@@ -96,6 +96,30 @@ def spectrum_estimates(config: Mapping[str, Any], model: nn.Module, loss_fn, bat
     if trace_matvecs:
         trace = float(curv.hessian_trace(model, loss_fn, batch, matvecs=trace_matvecs, **common))
     return eig, trace
+
+
+def check_spectrum_cadence(config: Mapping[str, Any]) -> None:
+    """Raise :class:`~catapult.config.ConfigError` naming ``eval.spectrum_top_k`` /
+    ``eval.trace_matvecs`` when a run would log them but never measures: they are taken on the
+    sharpness cadence, and ``eval.sharpness_every: 0`` has none (the run wrote empty
+    ``eig_*`` / ``hessian_trace`` columns and said nothing). ``catapult spectrum`` reads the same
+    keys for its one measurement and does not call this.
+
+    >>> from catapult.config import validate
+    >>> check_spectrum_cadence(validate({"eval": {"sharpness_every": 5, "trace_matvecs": 10}}))
+    >>> check_spectrum_cadence(validate({"eval": {"sharpness_every": 0, "trace_matvecs": 10}}))
+    Traceback (most recent call last):
+    ...
+    catapult.config.errors.ConfigError: eval.trace_matvecs: is measured on the sharpness cadence, and eval.sharpness_every is 0 (never): set eval.sharpness_every > 0 or remove eval.trace_matvecs
+    """
+    ev = config["eval"]
+    if ev["sharpness_every"]:
+        return
+    problems = [(f"eval.{key}", f"is measured on the sharpness cadence, and eval.sharpness_every is 0 (never): "
+                                f"set eval.sharpness_every > 0 or remove eval.{key}")
+                for key in ("spectrum_top_k", "trace_matvecs") if ev.get(key)]
+    if problems:
+        raise ConfigError(problems)
 
 
 def group_lrs_differ(model: nn.Module, optimizer_name: str) -> bool:

@@ -37,6 +37,7 @@ import torch
 from catapult import config as cfg
 from catapult.engine.build import load_data, resolve_device
 from catapult.engine.model_size import check_fits, check_model_fits, check_spectrum_fits, model_parameters
+from catapult.engine.sharpness_rule import check_spectrum_cadence
 from catapult.engine.run_data import data_shape_bounds
 from catapult.sweep.claims import HEARTBEAT_S, Heartbeat
 from catapult.sweep.store import DONE_STATUSES, Store
@@ -255,11 +256,13 @@ def _size_problem(config: Mapping[str, Any], device, shapes: dict) -> cfg.Config
 
 
 def _spectrum_problem(config: Mapping[str, Any], shapes: dict) -> cfg.ConfigError | None:
-    """:func:`catapult.engine.model_size.check_spectrum_fits`'s error for ``config``, or None; the
+    """:func:`catapult.engine.sharpness_rule.check_spectrum_cadence`'s or
+    :func:`catapult.engine.model_size.check_spectrum_fits`'s error for ``config``, or None; the
     data's shapes come from :func:`_data_shapes` (loaded only where the count at the least shapes
     the data can have, :func:`~catapult.engine.run_data.data_shape_bounds`, does not settle it)."""
     top_k = config["eval"].get("spectrum_top_k") or 0
     try:
+        check_spectrum_cadence(config)
         if not top_k or top_k <= model_parameters(config, *data_shape_bounds(config["data"])[0]):
             return None
         exact = _data_shapes(config, shapes)
