@@ -45,6 +45,14 @@ than ``"auto"`` / ``"finite_difference"``, a ``dtype`` other than the parameters
 (``chunk_size``), the Gauss-Newton curvature, and placements other than FSDP's ``Shard(0)`` or
 ``Replicate()`` on a 1-D mesh.
 
+What is not caught: a forward that raises on one rank only (a token id beyond the vocabulary in
+that rank's shard). An unsharded model's first forward is guarded, and every rank stops with
+that rank's error; a sharded model's forward all-gathers each block's weights as it goes, so
+the ranks whose forward goes on wait in the next all-gather until the process group's timeout
+(measured: both ranks of a gloo group with a 40 s timeout ended in gloo's timeout error, neither
+with the IndexError). FSDP training itself behaves the same. Guarding it would mean gathering
+the whole model first, the memory that sharding exists to avoid: check such inputs before the call.
+
 Example: ``L(w) = mean((x w - y)^2)`` over ``x = (2, 0), (0, 1)`` has the Hessian ``diag(4, 1)``;
 here one process (a gloo group of world size 1) holds the sharded model; launched with
 ``torchrun`` on ``W`` processes, the same lines give every rank the union's sharpness.
