@@ -221,3 +221,19 @@ def test_attach_refuses_an_optimizer_without_param_groups():
     opt.param_groups.clear()
     with pytest.raises(ValueError, match="attach: the optimizer has no param groups"):
         catapult.schedules.attach(opt, catapult.schedules.warmup(1.0, 10))
+
+
+@pytest.mark.parametrize("scale, dtype", [(1e37, torch.float32), (1e-30, torch.float32), (1e300, torch.float64),
+                                          (1e-300, torch.float64)])
+def test_an_init_near_its_dtypes_limits_is_taken_for_its_direction(scale, dtype):
+    # only the start vector's direction counts: a warm start scaled by 1e37 in float32 (its norm
+    # overflowed) or a float64 one of 1e-300 (zero once cast to float32) was refused as "not
+    # finite and non-zero"
+    model = nn.Linear(3, 2)
+    start = torch.randn(8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    want = catapult.sharpness(model, MSE, (X, Y), init=start.float(), tol=1e-6, coarse=False)
+    got = catapult.sharpness(model, MSE, (X, Y), init=(start * scale).to(dtype), tol=1e-6, coarse=False)
+    assert got.matvecs == want.matvecs and got.value == pytest.approx(want.value, rel=1e-5)
+    for bad in (torch.full((8,), float("inf")), torch.zeros(8)):
+        with pytest.raises(ValueError, match="init must be finite and non-zero"):
+            catapult.sharpness(model, MSE, (X, Y), init=bad)

@@ -63,10 +63,15 @@ def start_vector(init, n: int, dtype: torch.dtype, device: torch.device, seed: i
     if init.numel() != n:
         raise ValueError(f"init has {init.numel()} elements but the model has {n} trainable "
                          f"parameter entries")
-    v0 = init.detach().reshape(-1).to(device=device, dtype=dtype, copy=True)
+    source = init.detach().reshape(-1)
+    if not (bool(torch.isfinite(source).all()) and bool((source != 0).any())):
+        raise ValueError("init must be finite and non-zero")
+    v0 = source.to(device=device, dtype=dtype, copy=True)
     norm = float(torch.linalg.vector_norm(v0))
     if not (math.isfinite(norm) and norm > 0):
-        raise ValueError("init must be finite and non-zero")
+        # only its direction counts: entries near the dtype's limits overflowed its norm (or the
+        # cast), tiny ones underflowed, and such an init was refused as not finite / zero
+        v0 = (source / source.abs().max()).to(device=device, dtype=dtype)
     return v0
 
 
