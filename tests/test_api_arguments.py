@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from dense_curvature import dense_adam_preconditioned, dense_hessian
 
 import catapult
 from catapult.coord_check import coord_check
@@ -237,3 +238,25 @@ def test_an_init_near_its_dtypes_limits_is_taken_for_its_direction(scale, dtype)
     for bad in (torch.full((8,), float("inf")), torch.zeros(8)):
         with pytest.raises(ValueError, match="init must be finite and non-zero"):
             catapult.sharpness(model, MSE, (X, Y), init=bad)
+
+
+@pytest.mark.parametrize("call, truth", [
+    (lambda m, opt: catapult.sharpness(m, MSE, (X, Y), tol=1e-6).value, "top"),
+    (lambda m, opt: catapult.top_eigenpairs(m, MSE, (X, Y), 2, tol=1e-6).values[0], "top"),
+    (lambda m, opt: catapult.hessian_trace(m, MSE, (X, Y), matvecs=90), "trace"),
+    (lambda m, opt: catapult.preconditioned_sharpness(m, MSE, (X, Y), opt, tol=1e-6).value, "adam"),
+], ids=["sharpness", "top_eigenpairs", "hessian_trace", "preconditioned_sharpness"])
+def test_inside_autocast_the_curvature_is_the_full_precision_one(call, truth):
+    # a measurement inside a training step's torch.autocast region: the products came back in
+    # bfloat16 and the float32 Krylov algebra failed ("addmv input tensors must have the same
+    # dtype"); the answer is now the dense float64 Hessian's, as outside autocast
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    opt = _adam_after_a_step(model)
+    hessian = dense_hessian(model, MSE, (X, Y)).numpy()
+    expected = {"top": lambda: np.linalg.eigvalsh(hessian)[-1], "trace": lambda: np.trace(hessian),
+                "adam": lambda: np.linalg.eigvalsh(dense_adam_preconditioned(model, MSE, (X, Y), opt))[-1]}[truth]()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = call(model, opt)
+        assert torch.is_autocast_enabled("cpu")
+    assert inside == pytest.approx(expected, rel=1e-4)

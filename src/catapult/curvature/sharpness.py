@@ -27,8 +27,8 @@ from catapult.curvature.lanczos import EigenEstimate, lanczos_top_eigenpair
 from catapult.curvature.microbatch import ChosenChunkSize
 from catapult.curvature.preconditioner import PreconditionedOperator, adam_preconditioner, check_preconditioned
 from catapult.curvature.rank_agreement import same_call_on_every_rank
-from catapult.curvature.start import (check_solver_args, initial_vector, outside_inference_mode,
-                                      solver_split)
+from catapult.curvature.start import (check_solver_args, initial_vector, outside_autocast,
+                                      outside_inference_mode, solver_split)
 
 __all__ = ["sharpness", "preconditioned_sharpness", "instability_threshold", "MEMORY_SETTINGS",
            "build_operator", "memory_setting", "check_curvature"]
@@ -170,6 +170,7 @@ def check_curvature(curvature) -> None:
 
 
 @outside_inference_mode
+@outside_autocast
 @same_call_on_every_rank
 def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_iter: int = 100,
               dtype=None, init: torch.Tensor | None = None, hvp: str = "auto", seed: int = 0,
@@ -383,6 +384,7 @@ def instability_threshold(optimizer: torch.optim.Optimizer, lr: float | None = N
 
 
 @outside_inference_mode
+@outside_autocast
 @same_call_on_every_rank
 def preconditioned_sharpness(model: torch.nn.Module, loss_fn, batch,
                              optimizer: torch.optim.Optimizer, *, tol: float = 1e-3,

@@ -26,7 +26,7 @@ from catapult.curvature.rank_agreement import same_call_on_every_rank
 from catapult.curvature.sharpness import build_operator, memory_setting
 from catapult.curvature.krylov import inner_product, vector_norm
 from catapult.curvature.start import (check_max_basis, check_solver_args, initial_vector,
-                                      outside_inference_mode, solver_split, split_operator)
+                                      outside_autocast, outside_inference_mode, solver_split, split_operator)
 
 __all__ = ["CURVATURES", "GaussNewtonOperator", "Eigenpairs", "SpectralDensity",
            "curvature_operator", "lanczos_top_k", "top_eigenpairs", "check_matvecs", "hutch_plus_plus",
@@ -67,6 +67,7 @@ def curvature_operator(model, loss_fn, batch, *, curvature: str = "hessian", opt
 
 
 @outside_inference_mode
+@outside_autocast
 @same_call_on_every_rank
 def top_eigenpairs(model, loss_fn, batch, k: int = 5, *, tol: float = 1e-3, init=None,
                    max_iter: int = 300, curvature: str = "hessian", optimizer=None, dtype=None,
@@ -235,6 +236,7 @@ def hutch_plus_plus(matvec, n: int | None, matvecs: int, *, dtype=torch.float64,
 
 
 @outside_inference_mode
+@outside_autocast
 @same_call_on_every_rank
 def hessian_trace(model, loss_fn, batch, *, matvecs: int = 100, curvature: str = "hessian",
                   optimizer=None, dtype=None, hvp: str = "auto", seed: int = 0,
@@ -341,6 +343,7 @@ def lanczos_quadrature(matvec, v: torch.Tensor, steps: int, max_basis: int | Non
 
 
 @outside_inference_mode
+@outside_autocast
 @same_call_on_every_rank
 def spectral_density(model, loss_fn, batch, *, runs: int = 8, steps: int = 40,
                      curvature: str = "hessian", optimizer=None, grid_points: int = 1000,

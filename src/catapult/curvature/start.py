@@ -6,6 +6,7 @@ Shared by :mod:`~catapult.curvature.sharpness` and :mod:`~catapult.curvature.spe
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 
@@ -14,7 +15,7 @@ import torch
 from catapult.arguments import as_integer, as_real
 from catapult.curvature import distributed as dist_ops
 
-__all__ = ["outside_inference_mode", "check_solver_args", "check_max_basis", "start_vector", "initial_vector",
+__all__ = ["outside_inference_mode", "outside_autocast", "check_solver_args", "check_max_basis", "start_vector", "initial_vector",
            "split_operator", "solver_split"]
 
 
@@ -37,6 +38,43 @@ def outside_inference_mode(fn):
         if not torch.is_inference_mode_enabled():
             return fn(*args, **kwargs)
         with torch.inference_mode(False):
+            return fn(*args, **kwargs)
+    return run
+
+
+def _autocast_devices() -> list[str]:
+    """The device types whose autocast is on in this thread."""
+    try:
+        return [d for d in ("cpu", "cuda", "xpu", "mps", "hpu")
+                if torch.amp.is_autocast_available(d) and torch.is_autocast_enabled(d)]
+    except (AttributeError, TypeError):  # torch < 2.4: no per-device query
+        return ([d for d, on in (("cpu", torch.is_autocast_cpu_enabled()), ("cuda", torch.is_autocast_enabled()))
+                 if on])
+
+
+def outside_autocast(fn):
+    """``fn`` run with autocast off when it is called inside ``torch.autocast(...)`` (a
+    training step's mixed-precision region), and unchanged otherwise. Under autocast the Hessian
+    products came back in bfloat16 / float16 while the Krylov basis is float32: the solvers
+    failed inside ("addmv input tensors must have the same dtype"), and ``dtype=torch.float64``
+    could not hold. The computation dtype is ``dtype``'s, as outside autocast (low precision
+    rounds above any useful ``tol``: see ``sharpness``'s ``dtype``).
+
+    >>> @outside_autocast
+    ... def product_dtype():
+    ...     return torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype
+    >>> with torch.autocast("cpu", dtype=torch.bfloat16):
+    ...     product_dtype()
+    torch.float32
+    """
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        devices = _autocast_devices()
+        if not devices:
+            return fn(*args, **kwargs)
+        with contextlib.ExitStack() as stack:
+            for device in devices:
+                stack.enter_context(torch.autocast(device, enabled=False))
             return fn(*args, **kwargs)
     return run
 
