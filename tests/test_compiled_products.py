@@ -103,3 +103,19 @@ def test_train_mode_batchnorm_and_frozen_parameters():
     assert op.numel == H.shape[0] == sum(p.numel() for p in model.parameters()) - 5
     assert torch.allclose(op(v), H @ v, rtol=1e-10, atol=1e-12)
     assert all(torch.equal(b, before[n]) for n, b in model.named_buffers())
+
+
+def test_a_torch_compiled_model_is_measured_with_products_it_can_differentiate():
+    # a model the user compiled for training (torch.compile's OptimizedModule, here a compiled
+    # block inside it): "auto" took double backprop, which compiled graphs do not support
+    # ("aot_autograd does not currently support double backward") at the first product
+    torch.manual_seed(0)
+    block = nn.Sequential(nn.Linear(3, 6), nn.Tanh())
+    model = nn.Sequential(block, nn.Linear(6, 2))
+    batch = (torch.randn(10, 3), torch.randn(10, 2))
+    loss_fn = nn.MSELoss()
+    top = np.linalg.eigvalsh(dense_hessian(model, loss_fn, batch).numpy())[-1]
+    model[0] = torch.compile(block)
+    assert catapult.sharpness(model, loss_fn, batch, tol=1e-6).value == pytest.approx(top, rel=1e-4)
+    with pytest.raises(ValueError, match="hvp='double_backprop' cannot differentiate a torch.compile'd model"):
+        catapult.sharpness(model, loss_fn, batch, hvp="double_backprop")

@@ -54,6 +54,13 @@ def resolve_hvp(hvp: str, device: torch.device | str) -> str:
     return hvp
 
 
+def _holds_compiled(model: torch.nn.Module) -> bool:
+    """Whether ``model`` is, or holds, a ``torch.compile`` wrapper (an ``OptimizedModule``, which
+    keeps the original as ``_orig_mod``). ``model.compile()`` in place is not one: ``functional_call``
+    runs its eager forward."""
+    return any(isinstance(getattr(sub, "_orig_mod", None), torch.nn.Module) for sub in model.modules())
+
+
 def resolve_dtype(dtype) -> torch.dtype | None:
     """The computation dtype named by ``dtype``: None, a name or a torch dtype (float32/64).
 
@@ -157,7 +164,8 @@ class HessianOperator:
         re-runs the forward and backward that double backprop keeps); the first call compiles
         (15-50 s on 2 CPU cores). Train-mode dropout is refused: compiled graphs draw their own
         masks.
-      * ``"auto"``: the one measured faster (``_AUTO_HVP``; double backprop on CPU).
+      * ``"auto"``: the one measured faster (``_AUTO_HVP``; double backprop on CPU);
+        forward-over-reverse for a model holding a ``torch.compile`` wrapper (no double backward).
 
     Micro-batches (``chunk_size``): with ``chunk_size=c`` smaller than the batch, the batch is cut
     along dim 0 into chunks ``B_1..B_K`` of at most ``c`` samples and every product is summed
@@ -219,6 +227,14 @@ class HessianOperator:
         self.dtype = dtype if dtype is not None else first.dtype
         if not self.dtype.is_floating_point:
             raise ValueError(f"parameters must be floating point, got {self.dtype}")
+        if hvp in ("auto", "double_backprop") and _holds_compiled(model):
+            # torch.compile's graphs have no double backward: it failed at the first product
+            # ("aot_autograd does not currently support double backward"); forward-over-reverse
+            # differentiates them once
+            if hvp == "double_backprop":
+                raise ValueError("hvp='double_backprop' cannot differentiate a torch.compile'd model twice; use "
+                                 "hvp='auto' (forward_over_reverse for such a model) or pass the model uncompiled")
+            hvp = "forward_over_reverse"
         self.mode = hvp = resolve_hvp(hvp, self.device)
         self.seed = int(seed)
         self.names = list(trainable)
