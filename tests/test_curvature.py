@@ -423,6 +423,22 @@ def test_preconditioned_scale_by_group_lr():
     assert scaled.value < plain.value
 
 
+
+def test_preconditioned_scale_by_group_lr_at_a_schedule_lr_of_zero():
+    # the last step of a cosine decay to lr_final=0 sets every group's lr to 0: lr_i / lr_0 was
+    # a ZeroDivisionError; the groups' lr_mult ratios (what the schedule scales them by) stand in
+    model, batch = tiny_mlp(seed=6, dtype=torch.float64)
+    first, second = list(model[0].parameters()), list(model[2].parameters())
+    opt = torch.optim.Adam([{"params": first, "lr": 0.0, "lr_mult": 1.0},
+                            {"params": second, "lr": 0.0, "lr_mult": 0.25}])
+    scaled = preconditioned_sharpness(model, mse, batch, opt, tol=1e-10, scale_by_group_lr=True)
+    H, g = dense_hessian(model, mse, batch), dense_gradient(model, mse, batch)
+    P = (1 - 0.9) * (np.sqrt(g.numpy() ** 2) + 1e-8)
+    ratio = np.ones_like(P)
+    ratio[sum(p.numel() for p in first):] = 0.25
+    D = np.diag(np.sqrt(ratio / P))
+    assert scaled.value == pytest.approx(np.linalg.eigvalsh(D @ H.numpy() @ D)[-1], rel=1e-8)
+
 def test_preconditioned_rejects_other_optimizers():
     model, batch = tiny_mlp()
     with pytest.raises(TypeError, match="SGD"):

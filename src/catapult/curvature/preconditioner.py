@@ -51,6 +51,15 @@ def _adam_preconditioner(optimizer, grad_flat: torch.Tensor, names, params,
         for p in group["params"]:
             where[id(p)] = group
     lr_ref = float(optimizer.param_groups[0]["lr"])
+    if lr_ref > 0:
+        def relative_lr(group) -> float:
+            return float(group["lr"]) / lr_ref
+    else:  # a schedule at lr 0 (cosine decay to lr_final=0): lr_i / lr_0 was a ZeroDivisionError;
+        # the groups' lr_mult ratios, as for SGD (group_lr_multipliers), keep the operator of the other steps
+        from catapult.optim.thresholds import group_lr_multipliers
+
+        def relative_lr(group) -> float:
+            return float(group_lr_multipliers(optimizer, group["params"][:1])[0]) if group["params"] else 1.0
     dtype, device = grad_flat.dtype, grad_flat.device
     pieces, l2_pieces = [], []
     has_l2 = False
@@ -85,7 +94,7 @@ def _adam_preconditioner(optimizer, grad_flat: torch.Tensor, names, params,
                              "(catapult.optim.thresholds.radam_threshold says which applies)")
         inv = 1.0 / P[0]
         if scale_by_group_lr:
-            inv = inv * (float(group["lr"]) / lr_ref)
+            inv = inv * relative_lr(group)
         pieces.append(torch.sqrt(inv).reshape(-1))
         l2_pieces.append((inv * wd).reshape(-1) if coupled_l2 else torch.zeros(n, dtype=dtype,
                                                                               device=device))

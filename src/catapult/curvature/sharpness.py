@@ -416,7 +416,8 @@ def preconditioned_sharpness(model: torch.nn.Module, loss_fn, batch,
     ``P^-1/2 (H + wd I) P^-1/2``). Decoupled weight decay (AdamW, GI-Adam) is not curvature and is
     left out. Parameters with ``requires_grad`` that belong to no param group are not moved by
     the step and get ``P^-1 = 0``. ``scale_by_group_lr=True`` multiplies each group's block of
-    ``P^-1`` by ``group["lr"] / param_groups[0]["lr"]`` (per-group lr multipliers, e.g. muP).
+    ``P^-1`` by ``group["lr"] / param_groups[0]["lr"]`` (per-group lr multipliers, e.g. muP;
+    while the first group's lr is 0, by the groups' ``lr_mult`` ratios, as for SGD).
 
     Keyword arguments are those of :func:`sharpness` (``distributed=True`` reduces the gradient
     too, so ``P`` is built from the union's gradient; no ``coarse`` start here;
