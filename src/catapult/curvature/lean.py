@@ -44,7 +44,7 @@ from catapult.curvature.hessian import fixed_rng
 from catapult.curvature.krylov import inner_product, vector_norm
 from catapult.curvature.microbatch import batch_coupling
 from catapult.curvature.stateless import functional_call
-from catapult.curvature.lanczos import (EigenEstimate, krylov_invariant, relative_residual,
+from catapult.curvature.lanczos import (EigenEstimate, error_floor, krylov_invariant, relative_residual,
                                         ritz_pairs, top_ritz_pair)
 
 __all__ = ["lean_sizes", "activation_bytes", "LEAN_RATIO", "LEAN_MIN_BASIS", "LEAN_MAX_BASIS",
@@ -198,8 +198,10 @@ def lean_top_eigenpair(matvec, v0: torch.Tensor, *, tol: float = 1e-3, max_iter:
     nothing extra for it; otherwise ``v0`` is copied first. A cycle costs ``2 m`` products for
     ``m`` Lanczos steps, about twice :func:`~catapult.curvature.lanczos_top_eigenpair`'s, in
     exchange for its basis of up to ``max_basis`` vectors. ``error_bound`` = ``residual`` (the
-    residual bound). ``max_iter`` (>= 2) counts every product of every pass. ``reduce`` and
-    ``dimension``: vectors split over ranks, as in :func:`~catapult.curvature.lanczos_top_eigenpair`.
+    residual bound), or the rounding floor where that is larger
+    (:func:`~catapult.curvature.lanczos.error_floor` of the spectrum pass 1 saw): ``converged``
+    is ``error_bound <= tol``. ``max_iter`` (>= 2) counts every product of every pass.
+    ``reduce`` and ``dimension``: vectors split over ranks, as in :func:`~catapult.curvature.lanczos_top_eigenpair`.
 
     Example (the largest *algebraic* eigenvalue, 3):
         >>> A = torch.diag(torch.tensor([3.0, 1.0, -5.0, 0.5], dtype=torch.float64))
@@ -279,10 +281,12 @@ def lean_top_eigenpair(matvec, v0: torch.Tensor, *, tol: float = 1e-3, max_iter:
         if not (math.isfinite(value) and math.isfinite(residual)):
             return EigenEstimate(float("nan"), home.copy_(y), matvecs, False, float("nan"))
         rel = relative_residual(residual, 1.0, value)
-        best = EigenEstimate(value, home, matvecs, rel <= tol, rel, rel)
+        scale = max(abs(float(values[0])), abs(float(values[-1])), abs(value))
+        bound = max(rel, error_floor(value, scale, eps))
+        best = EigenEstimate(value, home, matvecs, bound <= tol, rel, bound)
         q0 = home.copy_(y)  # the result; and the next cycle's start
         del y
-        if best.converged:
+        if rel <= tol:  # another cycle gains nothing, also where the floor is above tol
             break
     best.matvecs = matvecs
     return best

@@ -31,7 +31,7 @@ import torch
 
 from catapult.arguments import as_integer
 from catapult.curvature.krylov import KrylovBasis, inner_product, vector_norm
-from catapult.curvature.lanczos import rounding_level
+from catapult.curvature.lanczos import ERROR_FLOOR_ULPS, rounding_level
 
 __all__ = ["Eigenpairs", "check_block_size", "check_k", "lanczos_top_k"]
 
@@ -149,9 +149,13 @@ def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_it
     when each of the ``k`` largest has residual ``<= tol max(|theta_i|, floor / tol)``,
     ``floor = 100 eps max |theta|`` (what the arithmetic resolves: below it an eigenvalue, a zero
     one of a rank-deficient Hessian say, is judged by its absolute residual, since a relative one
-    would never fall under ``tol``; ``residuals`` are relative to the same); or after
+    would never fall under ``tol``; ``residuals`` are relative to the same, and to no more than
+    ``max |theta|``, so a ``tol`` under ``100 eps`` judges the top pair by its own relative
+    residual, not an absolute one, and every residual is at least the rounding floor
+    ``ERROR_FLOOR_ULPS eps max |theta|`` over the same: a ``tol`` under that gives
+    ``converged=False``, :func:`~catapult.curvature.lanczos.error_floor`); or after
     ``max_iter`` products (a block is finished, so up to ``block_size - 1`` more); or when the
-    basis spans ``R^n`` (exact). When the next block would take the basis past ``max_basis``
+    basis spans ``R^n`` (exact: converged where the residuals, then at the floor, are within ``tol``). When the next block would take the basis past ``max_basis``
     vectors (default ``max(2k + 10, 20) + block_size - 1``; at least ``k + block_size + 1``) it
     first restarts from the top ``min(max_basis - block_size, max(k + block_size + 1,
     max_basis // 2))`` Ritz vectors, so memory stays at ``max_basis`` vectors (and one block).
@@ -230,14 +234,18 @@ def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_it
         order = np.argsort(values)[::-1]
         top = order[:min(k, done)]
         E = M[done:done + len(new), :done]
-        smallest = max(100 * eps * float(np.max(np.abs(values))) / tol, 1e-300)
-        residuals = [float(np.linalg.norm(E @ vectors[:, i])) / max(abs(values[i]), smallest)
+        spread = float(np.max(np.abs(values)))
+        # capped at the scale: at tol 1e-8 in float32 the top pair's own residual was divided by
+        # 1190 |theta| (reported 1e-14 for an error of 2e-8, converged)
+        smallest = max(min(100 * eps * spread / tol, spread), 1e-300)
+        rounding = ERROR_FLOOR_ULPS * eps * spread
+        residuals = [max(float(np.linalg.norm(E @ vectors[:, i])), rounding) / max(abs(values[i]), smallest)
                      for i in top]
         if done >= k and max(residuals) <= tol:
             converged = True
             break
-        if done == n:  # the basis spans R^n: exact
-            converged = done >= k
+        if done == n:  # the basis spans R^n: exact, to rounding
+            converged = done >= k and max(residuals) <= tol
             break
         if matvecs >= max_iter:
             break
