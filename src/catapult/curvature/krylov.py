@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import torch
 
-__all__ = ["KrylovBasis", "FRESH_DRAWS", "inner_product", "vector_norm"]
+__all__ = ["KrylovBasis", "FRESH_DRAWS", "inner_product", "rows_inner_products", "vector_norm"]
 
 #: Random draws :meth:`KrylovBasis.fresh_direction` makes before it gives up (each one lies
 #: in the basis' span with probability zero, unless the basis spans the space).
@@ -49,9 +49,13 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.dot(x, y) for x, y in zip(a.split(DOT_CHUNK), b.split(DOT_CHUNK))]).sum()
 
 
-def _rows_dot(rows: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``rows @ w``; on the CPU, past :data:`DOT_CHUNK` entries, the sum of the column chunks'
-    products (as :func:`_dot`)."""
+def rows_inner_products(rows: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``rows @ w`` (one inner product per row of ``rows``); on the CPU, past :data:`DOT_CHUNK`
+    entries, the sum of the column chunks' products (as :func:`_dot`).
+
+    >>> rows_inner_products(torch.tensor([[1.0, 2.0], [0.0, 1.0]]), torch.tensor([3.0, 4.0])).tolist()
+    [11.0, 4.0]
+    """
     if w.device.type != "cpu" or w.numel() <= DOT_CHUNK:
         return rows @ w
     return torch.stack([r @ x for r, x in zip(rows.split(DOT_CHUNK, dim=1), w.split(DOT_CHUNK))]).sum(0)
@@ -125,7 +129,7 @@ class KrylovBasis:
         one-pass float32 sums over 4e6 entries left a Lanczos value 3.2e-6 .. 3.7e-6 off (with
         the norms and ``alpha`` chunked already), up to its whole ``error_bound``; chunked,
         3e-7 .. 8e-7, the same as coefficients summed in float64."""
-        h = torch.cat([_rows_dot(b, w) for b in self._views()])
+        h = torch.cat([rows_inner_products(b, w) for b in self._views()])
         return h if self.reduce is None else self.reduce(h)
 
     def subtract(self, w: torch.Tensor, h: torch.Tensor) -> None:
