@@ -60,9 +60,11 @@ def lr_scaled_sharpness(model: torch.nn.Module, loss_fn, batch, optimizer: torch
     """``lambda_max(M^1/2 H M^1/2)`` with ``M = diag(lr_i / lr_0)`` (see the module docstring): the
     sharpness to compare with the first group's ``instability_threshold`` (``2/lr_0``,
     ``(2 + 2b)/lr_0``) when the groups' learning rates differ. Equals ``catapult.sharpness`` when
-    every group has the first one's lr. Returns an :class:`~catapult.curvature.EigenEstimate`;
+    every group has the first one's lr. Returns an :class:`~catapult.curvature.EigenEstimate`
+    (on ``hvp="finite_difference"`` certified as :func:`catapult.sharpness`'s: :mod:`~catapult.curvature.certify`);
     the model, its gradients and the optimizer are not changed."""
     from catapult.curvature import HessianOperator, lanczos_top_eigenpair
+    from catapult.curvature.certify import certified
     from catapult.curvature.preconditioner import PreconditionedOperator, step_preconditioner
 
     op = HessianOperator(model, loss_fn, batch, dtype=dtype, hvp=hvp, seed=seed, chunk_size=chunk_size)
@@ -71,7 +73,12 @@ def lr_scaled_sharpness(model: torch.nn.Module, loss_fn, batch, optimizer: torch
         gen = torch.Generator().manual_seed(seed)
         init = torch.randn(op.numel, generator=gen, dtype=torch.float64)
     v0 = init.to(device=op.device, dtype=op.dtype).clone()
-    return lanczos_top_eigenpair(matvec, v0, tol=tol, max_iter=max_iter, max_basis=max_basis)
+
+    def solve(start, budget, tol):
+        return lanczos_top_eigenpair(matvec, start, tol=tol, max_iter=budget, max_basis=max_basis)
+
+    # on hvp="finite_difference" the recurrence's residual says nothing of the products' own error
+    return certified(matvec, solve(v0, max_iter, tol), tol=tol, max_iter=max_iter, solve=solve)
 
 
 def radam_rho(t: int, beta2: float) -> float:
