@@ -6,6 +6,7 @@ below in float32, with the default coarse start, it claimed 3e-6 .. 8e-6 at ``to
 the eigenvalue was 6e-5 .. 1.8e-4 off, on all 6 seeds, marked converged (from a random start,
 also 3.6e-4 .. 7.2e-4 at ``tol=1e-3`` where it was 1e-3 .. 2e-3 off, on 3 seeds).
 """
+import itertools
 import math
 
 import numpy as np
@@ -101,6 +102,31 @@ def test_a_float32_difference_lr_scaled_sharpness_is_within_its_bound():
     assert relative_error(est.value, top) <= est.error_bound, est
     assert est.converged == (est.error_bound <= 1e-5)
     assert est.residual <= est.error_bound
+
+
+def one_parameter_tanh(seed: int, scale: float, dtype=torch.float64):
+    """``mean((tanh(w x_i) - y_i)^2)``: one parameter, so ``theta`` is the product ``D_h y``
+    itself (``r = 0``) and its whole error lies along ``y``."""
+    gen = torch.Generator().manual_seed(seed)
+    x, y, w = torch.randn(16, 1, generator=gen), torch.randn(16, 1, generator=gen), torch.randn(1, 1, generator=gen)
+    model = torch.nn.Sequential(torch.nn.Linear(1, 1, bias=False), torch.nn.Tanh()).to(dtype)
+    with torch.no_grad():
+        model[0].weight.copy_(scale * w)
+    return model, torch.nn.MSELoss(), (x.to(dtype), scale * y.to(dtype))
+
+
+def test_one_parameter_difference_sharpness_is_not_certified_below_its_rounding():
+    # D_2h y - D_h y, two draws of the products' rounding, can cancel: before the floor
+    # (certify.ROUNDING_FLOOR) these float32 ones reported error_bound 0 and 9.3e-8, converged at
+    # tol=1e-6, 4.0e-5 and 2.9e-5 off; and one of these 80 float64 ones was 1.6e-11 off, bound 5.1e-12
+    cases = [(20, 0.25, torch.float32), (44, 1.0, torch.float32)]
+    cases += [(seed, scale, torch.float64) for seed, scale in itertools.product(range(40), (0.25, 0.5))]
+    for seed, scale, dtype in cases:
+        model, loss_fn, batch = one_parameter_tanh(seed, scale, dtype)
+        exact = float(dense_hessian(model, loss_fn, batch))
+        est = catapult.sharpness(model, loss_fn, batch, tol=1e-6, hvp="finite_difference")
+        assert relative_error(est.value, exact) <= est.error_bound, (seed, scale, dtype, est)
+        assert est.converged == (dtype == torch.float64)   # float32's rounding is above 1e-6 here
 
 
 class Differences:

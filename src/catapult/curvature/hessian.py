@@ -523,6 +523,15 @@ class HessianOperator:
         self.difference_gap = max(self.difference_gap, gap)
         self.shrunk_steps += retries
 
+    def difference_rounding(self, scale: torch.Tensor | None = None) -> float:
+        """``eps ||scale * g(theta)|| / h`` at the first step ``h``: the scale of the rounding (an ulp
+        or so of each gradient entry) in a difference product of a unit vector, seen through a
+        diagonal ``scale`` (:data:`~catapult.curvature.certify.ROUNDING_FLOOR`); the ranks' largest
+        under :class:`~catapult.curvature.distributed.DistributedOperator` (a collective)."""
+        base = self._difference_base()
+        norm = float(torch.linalg.vector_norm(base if scale is None else base * scale))
+        return self.agree_gap(self._eps * norm / central_step(self._eps))
+
     def forward_difference(self, v: torch.Tensor) -> torch.Tensor:
         """``H v ~ (g(theta + h u) - g(theta)) / h * ||v||`` with ``u = v / ||v||`` and
         ``h = sqrt(eps)`` of the dtype (3.5e-4 in float32, 1.5e-8 in float64): one gradient per

@@ -245,7 +245,8 @@ class ShardedHessianOperator:
         total = torch.tensor([loss * self.weight], dtype=torch.float64, device=self.device)
         self.loss = float(all_reduce_sum(total))
         # the gradients' rounding, below which a second difference is no kink (difference.py)
-        self._noise = rounding_level(self._eps, float(vector_norm(self._grad_flat, self.reduce)))
+        self._gradient_norm = float(vector_norm(self._grad_flat, self.reduce))   # every rank's alike
+        self._noise = rounding_level(self._eps, self._gradient_norm)
 
     def _rows(self, full: torch.Tensor, p) -> torch.Tensor:
         """This rank's rows of ``full``, a tensor shaped like the whole parameter ``p``."""
@@ -339,6 +340,14 @@ class ShardedHessianOperator:
             for p, g in zip(self._params, kept):
                 p.grad = g
         return flat, float(loss.detach())
+
+    def difference_rounding(self, scale: torch.Tensor | None = None) -> float:
+        """``eps ||scale * g(theta)|| / h`` at the first step ``h``, as every rank sees it: the scale of
+        the rounding in a product of a unit vector, seen through a diagonal ``scale`` (this rank's
+        rows, like the vectors; :data:`~catapult.curvature.certify.ROUNDING_FLOOR`)."""
+        norm = (self._gradient_norm if scale is None
+                else float(vector_norm(self._grad_flat * scale, self.reduce)))
+        return self._eps * norm / central_step(self._eps)
 
     def gradients(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The union's gradient by parameter, ``[(parameter, gradient)]``, each gradient a
