@@ -169,6 +169,16 @@ def test_cifar_too_many_samples_requested(tmp_path):
         load_cifar10(tmp_path, n_test=7)
 
 
+def test_cifar_zero_samples_is_an_empty_part(tmp_path):
+    # n_train=0 is allowed (check_count) and read no batch, but standardising the empty part raised
+    # "cannot reshape tensor of 0 elements into shape [0, -1]"
+    make_cifar10(tmp_path)
+    split = load_cifar10(tmp_path, n_train=0, n_test=2)
+    assert tuple(split.x_train.shape) == (0, 3, 32, 32) and tuple(split.y_train.shape) == (0,)
+    assert split.n_test == 2
+    assert tuple(load_cifar10(tmp_path, n_train=1, n_test=0).x_test.shape) == (0, 3, 32, 32)
+
+
 @pytest.mark.parametrize("use_archive", [False, True])
 def test_cifar100_fine_and_coarse(tmp_path, use_archive):
     files = make_cifar100(tmp_path)

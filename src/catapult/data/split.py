@@ -29,7 +29,7 @@ def standardize_per_sample(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     if x.ndim < 2:
         raise ValueError(f"standardize_per_sample expects (N, ...) with a sample dimension, got shape {tuple(x.shape)}")
     out_dtype = x.dtype if x.is_floating_point() else torch.float32
-    flat = x.reshape(x.shape[0], -1)
+    flat = x.reshape(x.shape[0], math.prod(x.shape[1:]))  # not -1: ambiguous for zero samples
     out = torch.empty(flat.shape, dtype=out_dtype, device=x.device)
     rows = max(1, (1 << 22) // max(flat.shape[1], 1))  # float64 work in chunks of ~32 MB
     for start in range(0, flat.shape[0], rows):
