@@ -27,6 +27,12 @@ def _net():
     (lambda: GPT(10, d_model=8, n_layers=1, n_heads=2, context=4, dropout=float("nan")), r"GPT dropout must be a finite number in \[0, 1\)"),
     (lambda: GPT(10, d_model=8, n_layers=1, n_heads=2, context=4, parametrization="mup", alpha_in=float("nan")), "GPT alpha_in"),
     (lambda: WRN(3, 10, depth=10, widen=1, parametrization="supar", alpha_out=-2.0), "WRN alpha_out must be a finite number > 0"),
+    # WRN's weight_var went unchecked: -1 raised "math domain error", nan torch's "normal expects std >= 0.0",
+    # and 0 built a network of all-zero convs
+    (lambda: WRN(3, 10, depth=10, widen=1, weight_var=-1.0), "WRN weight_var must be a finite number > 0; got -1.0"),
+    (lambda: WRN(3, 10, depth=10, widen=1, weight_var=0.0), "WRN weight_var must be a finite number > 0"),
+    (lambda: WRN(3, 10, depth=10, widen=1, weight_var=float("nan")), "WRN weight_var"),
+    (lambda: WRN(3, 10, depth=10, widen=1, weight_var="2"), "WRN weight_var"),
     (lambda: catapult.parametrize(_net(), "mup", init_std=float("nan")), r"parametrize\(\) init_std"),
     (lambda: catapult.parametrize(_net(), "mup", alpha_out=float("nan")), r"parametrize\(\) alpha_out"),
     (lambda: catapult.parametrize(_net(), "mup", base_width="4"), r"parametrize\(\) base_width must be a finite number > 0; got '4'"),

@@ -167,6 +167,7 @@ class WRN(nn.Module):
         if init not in INIT_DISTRIBUTIONS:
             raise ValueError(f"WRN init must be one of {INIT_DISTRIBUTIONS}; got {init!r}")
         check_positive_int("WRN", "base_widen", base_widen, optional=True)
+        weight_var = check_real("WRN", "weight_var", weight_var, low=0.0, low_open=True)
         for label, value in (("alpha_in", alpha_in), ("alpha_out", alpha_out)):
             check_real("WRN", label, value, low=0.0, low_open=True)
         table_form = parametrization.startswith("supar") or (parametrization == "mup" and base_widen is not None)
