@@ -95,6 +95,13 @@ def test_an_integer_beyond_any_float_is_out_of_range():
     assert len(str(info.value)) < 1000
 
 
+def test_an_integer_range_names_its_bound_exactly():
+    # the upper bound of data.vocab_size, 1 << 20, was written "1.04858e+06"
+    with pytest.raises(C.ConfigError) as info:
+        C.validate({"data": {"vocab_size": 10 ** 7}})
+    assert "expected an integer >= 257 and <= 1048576" in str(info.value)
+
+
 def test_a_yaml_integer_too_long_to_read_is_a_config_error(tmp_path):
     err = _load_error(tmp_path, "seed: " + "9" * 5000 + "\n")
     assert "cannot be read" in str(err)

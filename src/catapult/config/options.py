@@ -90,12 +90,17 @@ def literal_values(annotation: Any) -> tuple[str, ...]:
     return tuple(values)
 
 
+def _bound_text(bound) -> str:
+    # an integer bound in full: ``:g`` wrote data.vocab_size's 1 << 20 as 1.04858e+06
+    return str(bound) if isinstance(bound, int) else f"{bound:g}"
+
+
 def _range_text(low, high, low_open, high_open) -> str:
     parts = []
     if low is not None:
-        parts.append(f"{'>' if low_open else '>='} {low:g}")
+        parts.append(f"{'>' if low_open else '>='} {_bound_text(low)}")
     if high is not None:
-        parts.append(f"{'<' if high_open else '<='} {high:g}")
+        parts.append(f"{'<' if high_open else '<='} {_bound_text(high)}")
     return " and ".join(parts)
 
 
