@@ -82,6 +82,32 @@ def test_other_allowed_globals_are_checked_too(payload, words):
         safe_loads(_dict_pickle(payload), source="x")
 
 
+def _build(target: bytes, attribute: str, value: bytes) -> bytes:
+    """``target`` BUILT with the slot state ``{attribute: value}``, then dropped: setattr on it."""
+    return (target + pickle.NONE + pickle.EMPTY_DICT + _unicode(attribute) + value + pickle.SETITEM
+            + pickle.TUPLE2 + pickle.BUILD + pickle.POP)
+
+
+@pytest.mark.parametrize("target", [_global("numpy", "ndarray"), _global("numpy.core.multiarray", "_reconstruct"),
+                                    _global("_codecs", "encode"), _global("numpy", "dtype")])
+def test_a_pickle_cannot_set_attributes_of_the_allowed_globals(target):
+    # BUILD on an allowed global set its attributes for the rest of the process: the ndarray stand-in
+    # became a dtype (numpy.ndarray(...) then failed as "not callable"), a function took new __defaults__
+    attack = _build(target, "__class__", _global("numpy", "dtype")) + _build(target, "__defaults__", _tuple(_int(1)))
+    with pytest.raises(UnsafePickleError, match="sets the state of"):
+        safe_loads(_dict_pickle(attack), source="x")
+    call = _dict_pickle(_global("numpy", "ndarray") + _tuple(_tuple(_int(2))) + pickle.REDUCE)
+    with pytest.raises(UnsafePickleError, match="calls numpy.ndarray directly"):
+        safe_loads(call, source="x")
+
+
+@pytest.mark.parametrize("value", [_global("numpy", "dtype"), _global("_codecs", "encode"), _global("builtins", "bytes")])
+def test_an_allowed_global_left_in_the_data_is_refused(value):
+    # a bare numpy.dtype or _codecs.encode came back in the loaded dict as catapult's own stand-in
+    with pytest.raises(UnsafePickleError, match="in the data itself"):
+        safe_loads(_dict_pickle(value), source="x")
+
+
 @pytest.mark.parametrize("protocol", [2, 4, 5])
 def test_pickles_numpy2_writes_load_at_every_protocol(tmp_path, protocol):
     files = make_cifar10(tmp_path, lambda obj: pickle.dumps(obj, protocol=protocol))

@@ -65,15 +65,30 @@ class _Refused(Exception):
     """Raised inside a stand-in; `RestrictedUnpickler.load` adds the file name."""
 
 
-class _NdarrayClass:
-    """Stands for ``numpy.ndarray``: an argument of ``_reconstruct``, never called."""
+class _StandIn:
+    """What ``find_class`` gives for an allowed global: callable as the checked stand-in, with no
+    state a pickle may set. A plain function or class there took BUILD's attributes (a function's
+    ``__defaults__``, the ndarray stand-in's ``__class__``) for the rest of the process."""
+
+    __slots__ = ("name", "_call")
+
+    def __init__(self, name: str, call: Any) -> None:
+        self.name, self._call = name, call
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        raise _Refused("calls numpy.ndarray directly (an array of any size, uninitialised); NumPy "
-                       "writes arrays through _reconstruct or _frombuffer")
+        return self._call(*args, **kwargs)
+
+    def __setstate__(self, state: Any) -> None:
+        raise _Refused(f"sets the state of {self.name}, which NumPy never writes")
 
 
-_NDARRAY = _NdarrayClass()
+def _call_ndarray(*args: Any, **kwargs: Any) -> Any:
+    raise _Refused("calls numpy.ndarray directly (an array of any size, uninitialised); NumPy "
+                   "writes arrays through _reconstruct or _frombuffer")
+
+
+# Stands for ``numpy.ndarray``: an argument of ``_reconstruct``, never called.
+_NDARRAY = _StandIn("numpy.ndarray", _call_ndarray)
 
 
 class _DtypeSpec:
@@ -156,15 +171,15 @@ def _bytes(*args: Any) -> bytes:
 
 
 ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy.core.numeric", "_frombuffer"): _frombuffer,
-    ("numpy._core.numeric", "_frombuffer"): _frombuffer,
+    ("numpy.core.multiarray", "_reconstruct"): _StandIn("numpy's _reconstruct", _reconstruct),
+    ("numpy._core.multiarray", "_reconstruct"): _StandIn("numpy's _reconstruct", _reconstruct),
+    ("numpy.core.numeric", "_frombuffer"): _StandIn("numpy's _frombuffer", _frombuffer),
+    ("numpy._core.numeric", "_frombuffer"): _StandIn("numpy's _frombuffer", _frombuffer),
     ("numpy", "ndarray"): _NDARRAY,
-    ("numpy", "dtype"): _DtypeSpec,
-    ("_codecs", "encode"): _encode,
-    ("builtins", "bytes"): _bytes,
-    ("__builtin__", "bytes"): _bytes,
+    ("numpy", "dtype"): _StandIn("numpy.dtype", _DtypeSpec),
+    ("_codecs", "encode"): _StandIn("_codecs.encode", _encode),
+    ("builtins", "bytes"): _StandIn("bytes", _bytes),
+    ("__builtin__", "bytes"): _StandIn("bytes", _bytes),
 }
 
 
@@ -212,8 +227,8 @@ def _built(state: _ArrayState) -> np.ndarray:
 
 
 def _plain_value(value: Any) -> None:
-    if isinstance(value, (_DtypeSpec, _NdarrayClass)):
-        raise _Refused("leaves a numpy class or dtype in the data itself")
+    if isinstance(value, (_DtypeSpec, _StandIn)):
+        raise _Refused("leaves a numpy class, dtype or function in the data itself")
 
 
 class RestrictedUnpickler(pickle.Unpickler):
