@@ -200,6 +200,23 @@ def test_cifar100_fine_and_coarse(tmp_path, use_archive):
         load_cifar100(root, labels="medium")
 
 
+def test_the_other_cifars_archive_is_named_not_called_incomplete(tmp_path):
+    # CIFAR-100's archive read as CIFAR-10 said "the CIFAR-10 files are incomplete. Fetch ... again"
+    make_cifar100(tmp_path / "a")
+    make_cifar10(tmp_path / "b")
+    c100 = make_targz(tmp_path / "a" / "cifar-100-python", tmp_path / "cifar-100-python.tar.gz")
+    c10 = make_targz(tmp_path / "b" / "cifar-10-batches-py", tmp_path / "cifar-10-python.tar.gz")
+    with pytest.raises(FileNotFoundError, match=r"data_batch_1 is missing\. It is the CIFAR-100 archive") as info:
+        load_cifar10(c100)
+    assert "incomplete" not in str(info.value)
+    with pytest.raises(FileNotFoundError, match=r"train is missing\. It is the CIFAR-10 archive"):
+        load_cifar100(c10)
+    with tarfile.open(tmp_path / "deeper.tar.gz", "w:gz") as tar:  # one folder too deep: say what it holds
+        tar.add(tmp_path / "b" / "cifar-10-batches-py", arcname="data/cifar-10-batches-py")
+    with pytest.raises(FileNotFoundError, match=r"holds no cifar-10-batches-py/ folder \(its folders: data\)"):
+        load_cifar10(tmp_path / "deeper.tar.gz")
+
+
 def test_missing_dataset_names_every_path_and_the_download(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError) as info:
         load_cifar10(tmp_path)

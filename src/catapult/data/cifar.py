@@ -97,6 +97,9 @@ class _DirSource:
     def check_complete(self) -> None:
         pass
 
+    def what_it_holds(self) -> str:
+        return ""  # a folder is a source only when it holds a file of the layout
+
     def close(self) -> None:
         pass
 
@@ -118,6 +121,7 @@ class _TarSource:
         # Map a batch file name to its member; accept "<dirname>/<file>" (official layout),
         # "./<dirname>/<file>" and a bare "<file>".
         self._members: dict[str, tarfile.TarInfo] = {}
+        self._folders: set[str] = set()  # top folders of files outside the layout, to say what it is
         try:
             members = self._tar.getmembers()
         except _DECOMPRESS_ERRORS as exc:
@@ -129,6 +133,8 @@ class _TarSource:
             parts = [p for p in member.name.split("/") if p not in ("", ".")]
             if len(parts) == 2 and parts[0] == dirname or len(parts) == 1:
                 self._members.setdefault(parts[-1], member)
+            else:
+                self._folders.add(parts[0])
 
     def describe(self, name: str) -> str:
         return f"{self.archive}::{self.dirname}/{name}"
@@ -139,6 +145,17 @@ class _TarSource:
 
     def has(self, name: str) -> bool:
         return name in self._members
+
+    def what_it_holds(self) -> str:
+        """When no file of the layout is in the archive, what is instead (the other CIFAR's
+        archive was read as "incomplete, fetch it again"); else nothing."""
+        if self._members:
+            return ""
+        for fmt in (_CIFAR10, _CIFAR100):
+            if fmt.dirname != self.dirname and fmt.dirname in self._folders:
+                return f" It is the {fmt.title} archive (it holds {fmt.dirname}/): load it as {fmt.title}."
+        return (f" It holds no {self.dirname}/ folder (its folders: "
+                f"{', '.join(sorted(self._folders)[:5]) or 'none'}).")
 
     def size(self, name: str) -> int:
         return self._members[name].size
@@ -227,6 +244,9 @@ def _load_batch(source, fmt: _Format, name: str, label_key: str, num_classes: in
     where = source.describe(name)
     if not source.has(name):
         source.check_complete()
+        hint = source.what_it_holds()
+        if hint:
+            raise FileNotFoundError(f"{where} is missing.{hint}")
         raise FileNotFoundError(
             f"{where} is missing: the {fmt.title} files are incomplete. Fetch {fmt.url} again "
             f"and pass the archive, or extract all of it under {fmt.dirname}/."
