@@ -143,3 +143,17 @@ def test_bad_arguments_are_named():
         model(torch.zeros(1, 9, dtype=torch.long))
     with pytest.raises(ValueError, match=r"\(B, T\)"):
         model(torch.zeros(9, dtype=torch.long))
+
+
+def test_token_ids_of_any_integer_dtype_float_ids_are_named():
+    # the token cache's own uint16 ids (and uint8) were refused by the embedding; float ids gave
+    # torch's "Expected tensor for argument #1 'indices' to have one of the following scalar types"
+    torch.manual_seed(0)
+    model = GPT(V, 16, 1, 2, 8)
+    idx = torch.randint(0, V, (2, 8))
+    want = model(idx)
+    for dtype in (torch.int32, torch.uint8, torch.uint16, torch.int16):
+        assert torch.equal(model(idx.to(dtype)), want), dtype
+    for dtype in (torch.float32, torch.bool):
+        with pytest.raises(TypeError, match=rf"integer token ids of shape \(B, T\); got {dtype} of shape \(2, 8\)"):
+            model(idx.to(dtype))

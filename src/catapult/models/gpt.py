@@ -292,6 +292,11 @@ class GPT(nn.Module):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         if idx.ndim != 2:
             raise ValueError(f"GPT expects token ids of shape (B, T); got {tuple(idx.shape)}")
+        if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
+            # torch's words: "Expected tensor for argument #1 'indices' to have one of the following scalar types"
+            raise TypeError(f"GPT expects integer token ids of shape (B, T); got {idx.dtype} of shape {tuple(idx.shape)}")
+        if idx.dtype not in (torch.int64, torch.int32):  # uint8/16/32 (the token cache's uint16): embedding refused them
+            idx = idx.long()
         T = idx.shape[1]
         if T > self.context:
             raise ValueError(f"GPT sequence length {T} exceeds context {self.context}")
