@@ -57,3 +57,21 @@ def test_zero_dimensional_tensors_are_numbers_too():
     assert mlp.in_features == 12 and mlp.density == 0.5
     GPT(10, d_model=8, n_layers=1, n_heads=2, context=4, init_std=torch.tensor(0.02))
     catapult.parametrize(_net(), "supar", density=np.float32(0.5), base_width=np.int64(2))
+
+
+@pytest.mark.parametrize("build, x", [
+    (lambda: MLP(4, 2, width=8, depth=2), torch.randn(3, 4, dtype=torch.float64)),
+    (lambda: MLP(4, 2, width=8, depth=2).double(), torch.randn(3, 4)),
+    (lambda: WRN(1, 10, depth=10, widen=1, channels=2), torch.randn(3, 1, 4, 4, dtype=torch.float64)),
+])
+def test_inputs_of_another_float_dtype_than_the_weights_are_named(build, x):
+    # NumPy's float64 data into a float32 model: torch said "mat1 and mat2 must have the same dtype"
+    # (MLP) or "expected scalar type Double but found Float" (WRN), not which side is which
+    model = build()
+    weights = next(model.parameters()).dtype
+    with pytest.raises(TypeError, match=rf"weights are {weights} but the inputs of shape \({x.shape[0]}, .*\) are {x.dtype}"):
+        model(x)
+    assert model(x.to(weights)).dtype == weights
+    if weights == torch.float32:
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast's own casts still apply
+            assert model(torch.randn(x.shape, dtype=torch.bfloat16)).shape[0] == x.shape[0]

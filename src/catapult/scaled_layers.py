@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from catapult.sparsity import MaskedLinear
 
 __all__ = ["ScaledLinear", "ScaledEmbedding", "ScaledConv2d", "WEIGHT_LAYERS", "as_scaled",
-           "fan_in", "fan_out", "layer_width", "init_weight_", "INIT_DISTRIBUTIONS", "TRUNC_STD"]
+           "fan_in", "fan_out", "layer_width", "init_weight_", "INIT_DISTRIBUTIONS", "TRUNC_STD", "check_input_dtype"]
 
 #: Weight init distributions of the built-in models (``model.init``).
 INIT_DISTRIBUTIONS = ("normal", "trunc_normal")
@@ -67,6 +67,24 @@ def init_weight_(weight: torch.Tensor, var: float, distribution: str = "normal")
             scale = std / TRUNC_STD
             nn.init.trunc_normal_(weight, 0.0, scale, -2.0 * scale, 2.0 * scale)
     return weight
+
+
+def check_input_dtype(owner: str, x: torch.Tensor, weight: torch.Tensor) -> None:
+    """Raise TypeError naming both dtypes and the shape when floating inputs ``x`` and a model's
+    ``weight`` differ in dtype outside autocast (NumPy's float64 data into a float32 model): torch's
+    words were "mat1 and mat2 must have the same dtype" or "expected scalar type Double but found
+    Float", neither saying which side is which."""
+    if x.dtype == weight.dtype or _autocast_enabled(x.device.type):
+        return
+    raise TypeError(f"{owner} weights are {weight.dtype} but the inputs of shape {tuple(x.shape)} are {x.dtype}: "
+                    f"pass x.to({weight.dtype}), or convert the model with model.to({x.dtype})")
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return bool(torch.is_autocast_enabled(device_type))
+    except TypeError:  # torch < 2.4 takes no device type
+        return bool(torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled())
 
 
 def fan_in(layer: nn.Module) -> int:

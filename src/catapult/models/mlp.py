@@ -60,7 +60,7 @@ from catapult.parametrize import ParamSpec, ScaledLinear, check_parametrization,
 from catapult.arguments import check_densities, check_positive_int, check_real
 from catapult.models.options import common_kwargs, section_dict
 from catapult.parametrize_state import attach_spec
-from catapult.scaled_layers import INIT_DISTRIBUTIONS, init_weight_
+from catapult.scaled_layers import INIT_DISTRIBUTIONS, check_input_dtype, init_weight_
 from catapult.sparsity import random_mask
 
 __all__ = ["MLP", "ACTIVATIONS"]
@@ -212,6 +212,7 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not x.is_floating_point():  # torch's own words were "mat1 and mat2 must have the same dtype"
             raise TypeError(f"MLP expects floating-point inputs (features or images); got {x.dtype}")
+        check_input_dtype("MLP", x, self.layers[0].weight)
         if x.dim() < 2:
             raise ValueError(f"MLP expects a batch (N, ...) of inputs; got shape {tuple(x.shape)} "
                              "(one sample: x.unsqueeze(0))")

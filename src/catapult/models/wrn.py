@@ -64,7 +64,8 @@ from catapult.arguments import check_positive_int, check_real
 from catapult.models.options import section_dict
 from catapult.parametrize import ParamSpec, check_parametrization
 from catapult.parametrize_state import attach_spec
-from catapult.scaled_layers import INIT_DISTRIBUTIONS, ScaledConv2d, ScaledLinear, fan_in, fan_out, init_weight_
+from catapult.scaled_layers import (INIT_DISTRIBUTIONS, ScaledConv2d, ScaledLinear, check_input_dtype, fan_in, fan_out,
+                                    init_weight_)
 
 __all__ = ["WRN", "ChannelLayerNorm", "wrn_blocks_per_group", "STEM_CHANNELS"]
 
@@ -254,6 +255,7 @@ class WRN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not x.is_floating_point():  # uint8 images: torch said "expected scalar type Byte but found Float"
             raise TypeError(f"WRN expects floating-point images (e.g. x.float() / 255); got {x.dtype}")
+        check_input_dtype("WRN", x, self.stem.weight)
         if x.dim() == 2:
             side = math.isqrt(x.shape[1] // self.in_channels)
             if self.in_channels * side * side != x.shape[1]:
