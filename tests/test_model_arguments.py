@@ -37,6 +37,11 @@ def _net():
     (lambda: catapult.parametrize(_net(), "mup", alpha_out=float("nan")), r"parametrize\(\) alpha_out"),
     (lambda: catapult.parametrize(_net(), "mup", base_width="4"), r"parametrize\(\) base_width must be a finite number > 0; got '4'"),
     (lambda: catapult.parametrize(_net(), "supar", density=1.5), r"parametrize\(\) density and base_density must be in \(0, 1\]"),
+    # mask_seed=1.5 was the seed 1; "a" and 2**64 raised int()'s / torch's words, naming no argument
+    (lambda: MLP(3, 2, width=8, depth=3, density=0.5, mask_seed=1.5), r"MLP mask_seed must be an integer in \[-2\*\*63, 2\*\*64\) or None; got 1.5"),
+    (lambda: MLP(3, 2, width=8, depth=3, mask_seed="a"), "MLP mask_seed must be an integer"),
+    (lambda: GPT(10, d_model=8, n_layers=1, n_heads=2, context=4, mask_seed=2 ** 64), "GPT mask_seed must be an integer"),
+    (lambda: GPT(10, d_model=8, n_layers=1, n_heads=2, context=4, mask_seed=True), "GPT mask_seed must be an integer"),
 ])
 def test_bad_real_arguments_are_named(build, words):
     with pytest.raises(ValueError, match=words):

@@ -12,7 +12,7 @@ import numbers
 from typing import Any
 
 __all__ = ["check_real", "check_batch", "check_module", "check_positive_int", "check_densities", "as_integer",
-           "as_real"]
+           "as_real", "check_seed"]
 
 
 def check_real(owner: str, label: str, value: Any, *, low: float | None = None, high: float | None = None,
@@ -153,3 +153,20 @@ def check_densities(model: str, density: float, base_density: float) -> None:
     real = all(as_real(v) is not None for v in (density, base_density))  # nan is no density either
     if not real or not (0.0 < density <= 1.0) or not (0.0 < base_density <= 1.0):
         raise ValueError(f"{model} density and base_density must be in (0, 1]; got {density!r}, {base_density!r}")
+
+
+def check_seed(model: str, label: str, value: Any) -> None:
+    """ValueError naming ``model`` and ``label`` unless ``value`` is None or an integer a torch
+    generator takes (``-2**63 <= value < 2**64``): ``mask_seed=1.5`` was the seed 1, and ``"a"`` or
+    ``2**64`` raised int()'s or torch's words, naming no argument.
+
+    >>> check_seed("MLP", "mask_seed", None); check_seed("MLP", "mask_seed", -1)
+    >>> check_seed("GPT", "mask_seed", 1.5)
+    Traceback (most recent call last):
+    ValueError: GPT mask_seed must be an integer in [-2**63, 2**64) or None; got 1.5
+    """
+    if value is None:
+        return
+    seed = as_integer(value)
+    if seed is None or not -2 ** 63 <= seed < 2 ** 64:
+        raise ValueError(f"{model} {label} must be an integer in [-2**63, 2**64) or None; got {_scalar(value)!r}")

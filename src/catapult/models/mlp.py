@@ -57,7 +57,7 @@ import torch
 import torch.nn as nn
 
 from catapult.parametrize import ParamSpec, ScaledLinear, check_parametrization, init_variance
-from catapult.arguments import check_densities, check_positive_int, check_real
+from catapult.arguments import check_densities, check_positive_int, check_real, check_seed
 from catapult.models.options import common_kwargs, section_dict
 from catapult.parametrize_state import attach_spec
 from catapult.scaled_layers import INIT_DISTRIBUTIONS, check_input_dtype, init_weight_
@@ -129,6 +129,7 @@ class MLP(nn.Module):
             raise ValueError(f"MLP init must be one of {INIT_DISTRIBUTIONS}; got {init!r}")
         check_positive_int("MLP", "base_width", base_width, optional=True)
         check_densities("MLP", density, base_density)
+        check_seed("MLP", "mask_seed", mask_seed)
         weight_var = check_real("MLP", "weight_var", weight_var, low=0.0, low_open=True)
         for label, value in (("alpha_in", alpha_in), ("alpha_out", alpha_out)):
             check_real("MLP", label, value, low=0.0, low_open=True)
