@@ -85,3 +85,17 @@ def test_bad_augment_settings_exit_2_naming_the_key(tmp_path, capsys, override, 
                     "train: {steps: 1, batch_size: 8}\neval: {sharpness_every: 0}\n")
     assert main(["train", str(path), *override, "--out", str(tmp_path / "run"), "--progress", "none"]) == 2
     assert key in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(mixup=float("inf"), num_classes=4), "augment mixup must be a finite number >= 0; got inf"),  # all-nan soft targets
+    (dict(mixup="0.5", num_classes=4), "augment mixup must be a finite number"),  # "'>=' not supported"
+    (dict(crop=float("inf")), r"augment crop must be an integer >= 0; got inf"),  # OverflowError
+    (dict(crop=True), "augment crop must be an integer"),
+    (dict(mixup=0.5, num_classes=2.5), "augment num_classes must be a positive integer; got 2.5"),
+    (dict(flip=True, seed=-1), "augment seed must be an integer >= 0; got -1"),  # NumPy's words at the first batch
+    (dict(flip=True, seed="a"), "augment seed must be an integer >= 0"),
+])
+def test_bad_settings_are_named_when_built(kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        Augment(**kwargs)

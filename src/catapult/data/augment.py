@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from catapult.arguments import as_integer, check_real
+
 __all__ = ["Augment", "flip_images", "pad_crop_images", "mixup_batch"]
 
 
@@ -106,12 +108,18 @@ class Augment:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if int(self.crop) != self.crop or self.crop < 0:
-            raise ValueError(f"augment crop must be an integer >= 0; got {self.crop!r}")
-        if not (self.mixup >= 0.0):
-            raise ValueError(f"augment mixup must be >= 0; got {self.mixup!r}")
+        # crop=inf raised OverflowError, mixup="0.5" "'>=' not supported", mixup=inf gave all-nan
+        # soft targets, and a negative or text seed failed at the first batch, in NumPy's words
+        crop = self.crop
+        if not (as_integer(crop) is not None or isinstance(crop, float) and crop.is_integer()) or crop < 0:
+            raise ValueError(f"augment crop must be an integer >= 0; got {crop!r}")
+        check_real("augment", "mixup", self.mixup, low=0.0)
         if self.mixup > 0 and not self.num_classes:
             raise ValueError("augment mixup needs num_classes (for the soft targets)")
+        if self.mixup > 0 and (as_integer(self.num_classes) is None or self.num_classes < 1):
+            raise ValueError(f"augment num_classes must be a positive integer; got {self.num_classes!r}")
+        if as_integer(self.seed) is None or self.seed < 0:
+            raise ValueError(f"augment seed must be an integer >= 0; got {self.seed!r}")
 
     @property
     def active(self) -> bool:
