@@ -99,3 +99,11 @@ def test_bad_augment_settings_exit_2_naming_the_key(tmp_path, capsys, override, 
 def test_bad_settings_are_named_when_built(kwargs, words):
     with pytest.raises(ValueError, match=words):
         Augment(**kwargs)
+
+
+def test_mixup_of_integer_images_is_refused_not_unmixed():
+    # uint8 images: lam was cast to uint8 (0 or 1), so each image came back whole, its own or its partner's
+    x = torch.arange(4 * 64, dtype=torch.uint8).reshape(4, 1, 8, 8)
+    with pytest.raises(TypeError, match=r"mixup needs floating-point images; got torch.uint8 of shape \(4, 1, 8, 8\)"):
+        Augment(mixup=1.0, num_classes=4, seed=0)(x, torch.arange(4), step=0)
+    assert Augment(flip=True, crop=1)(x, torch.arange(4), step=0)[0].dtype == torch.uint8  # flip, crop: any dtype

@@ -140,6 +140,8 @@ class Augment:
         if not self.active:
             return x, y
         self.check_images(tuple(x.shape))
+        if self.mixup and not x.is_floating_point():  # the weights cast to uint8 were 0 or 1: no mixing
+            raise TypeError(f"augment mixup needs floating-point images; got {x.dtype} of shape {tuple(x.shape)}")
         n = x.shape[0]
         rng = np.random.default_rng([int(self.seed), int(step)])
         flips = rng.random(n) < 0.5
