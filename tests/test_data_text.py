@@ -171,6 +171,16 @@ def test_windows_are_consecutive_and_counted():
     with pytest.raises(ValueError, match="needs more than 30"):
         windows(ids, 30)
 
+    # a negative count was sliced from the end: n_train=-1 gave 4 windows here without a word
+    from catapult.data.text import CharVocab, TextCorpus
+
+    corpus = TextCorpus(train=ids, val=ids, vocab=CharVocab.from_text("ab"), name="t")
+    for n, error in ((-1, ValueError), (-3, ValueError), (2.5, TypeError), (True, TypeError)):
+        with pytest.raises(error, match=r"n_train must be"):
+            corpus.windows(4, n_train=n)
+    with pytest.raises(ValueError, match=r"n_test must be >= 0, got -1"):
+        corpus.windows(4, n_test=-1)
+
 
 def test_a_utf8_byte_order_mark_is_not_text(tmp_path):
     # it stayed in the corpus as U+FEFF, a character of the vocabulary

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from catapult.data import token_cache
+from catapult.data.split import check_count
 from catapult.data.text_shards import is_held_out, is_validation
 from catapult.data.tokenize import (TOKENIZERS, BPEVocab, bpe_file_name, fingerprint, load_cached_vocab,
                                     load_or_train_bpe)
@@ -167,7 +168,7 @@ def get_batch(ids: torch.Tensor, batch_size: int, context: int, *,
 
 
 def windows(ids: torch.Tensor, context: int, n: int | None = None, *,
-            name: str = "the text") -> tuple[torch.Tensor, torch.Tensor]:
+            name: str = "the text", what: str = "n") -> tuple[torch.Tensor, torch.Tensor]:
     """Non-overlapping next-token windows of a token stream, in order.
 
     Window ``i`` is ``x[i] = ids[i*T : i*T + T]`` and ``y[i] = ids[i*T + 1 : i*T + T + 1]``
@@ -180,6 +181,7 @@ def windows(ids: torch.Tensor, context: int, n: int | None = None, *,
         raise ValueError(f"windows: ids must be 1-D, got shape {tuple(ids.shape)}")
     if context < 1:
         raise ValueError(f"windows: context must be >= 1, got {context}")
+    check_count(n, 2 ** 62, what, name)  # type and sign: -1 was sliced from the end, 2.5 a TypeError
     available = (ids.shape[0] - 1) // context
     if available < 1:
         raise ValueError(f"{name}: a context of {context} needs more than {context} tokens, "
@@ -249,8 +251,8 @@ class TextCorpus:
     def windows(self, context: int, n_train: int | None = None,
                 n_test: int | None = None) -> WindowSplit:
         """Train and validation text as :func:`windows` of ``context`` tokens (first N of each)."""
-        x_train, y_train = windows(self.train, context, n_train, name=f"{self.name} (train)")
-        x_test, y_test = windows(self.val, context, n_test, name=f"{self.name} (validation)")
+        x_train, y_train = windows(self.train, context, n_train, name=f"{self.name} (train)", what="n_train")
+        x_test, y_test = windows(self.val, context, n_test, name=f"{self.name} (validation)", what="n_test")
         return WindowSplit(x_train, y_train, x_test, y_test, self.vocab_size, self.name, self.vocab)
 
     def __repr__(self) -> str:
