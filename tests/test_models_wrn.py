@@ -42,6 +42,11 @@ def test_shapes_any_input_size_flat_or_images():
         WRN(1, 10, depth=12)
     with pytest.raises(ValueError, match="square images"):
         digits(torch.randn(2, 60))
+    # images of no pixels (or 0 flat features) gave torch's "Kernel size can't be greater than actual input size"
+    assert digits(torch.randn(2, 1, 1, 1)).shape == (2, 10)
+    for empty in (torch.randn(2, 1, 0, 0), torch.randn(2, 1, 8, 0), torch.randn(2, 0)):
+        with pytest.raises(ValueError, match=r"H, W >= 1; got shape \(2, 1, "):
+            digits(empty)
 
 
 def test_layer_count_and_widths_of_wrn_16_4():

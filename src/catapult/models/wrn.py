@@ -262,8 +262,8 @@ class WRN(nn.Module):
                 raise ValueError(f"WRN: {x.shape[1]} features per sample are not {self.in_channels} "
                                  f"square images; pass (N, C, H, W)")
             x = x.reshape(x.shape[0], self.in_channels, side, side)
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"WRN expects (N, {self.in_channels}, H, W) images; got shape {tuple(x.shape)}")
+        if x.dim() != 4 or x.shape[1] != self.in_channels or 0 in x.shape[2:]:  # 0 pixels: torch's "Kernel size can't be greater"
+            raise ValueError(f"WRN expects (N, {self.in_channels}, H, W) images, H, W >= 1; got shape {tuple(x.shape)}")
         h = F.relu(self.stem_norm(self.stem(x)))
         h = self.blocks(h)
         return self.readout(h.mean(dim=(-2, -1)))
