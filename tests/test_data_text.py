@@ -180,6 +180,9 @@ def test_windows_are_consecutive_and_counted():
             corpus.windows(4, n_train=n)
     with pytest.raises(ValueError, match=r"n_test must be >= 0, got -1"):
         corpus.windows(4, n_test=-1)
+    # the count's key: the CLI said "data: t (validation): asked for 9 windows", naming no data.n_test
+    with pytest.raises(ValueError, match=r"t \(validation\): n_test=9 asks for 9 windows of 4 tokens, but it holds only 5"):
+        corpus.windows(4, n_test=9)
 
 
 def test_a_utf8_byte_order_mark_is_not_text(tmp_path):

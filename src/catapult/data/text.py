@@ -189,7 +189,7 @@ def windows(ids: torch.Tensor, context: int, n: int | None = None, *,
     if n is None:
         n = available
     elif n > available:
-        raise ValueError(f"{name}: asked for {n} windows of {context} tokens, but it holds only "
+        raise ValueError(f"{name}: {what}={n} asks for {n} windows of {context} tokens, but it holds only "
                          f"{available}")
     used = ids[: n * context + 1].long()  # slice first: a memory-mapped corpus stays unread beyond it
     x = used[: n * context].reshape(n, context).clone()
