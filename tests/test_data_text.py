@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
@@ -207,3 +208,17 @@ def test_a_folder_named_like_a_text_file_is_not_read_as_one(tmp_path):
     os.mkfifo(tmp_path / "pipe")
     with pytest.raises(FileNotFoundError, match="pipe is not a regular file or folder"):
         text_splits(tmp_path / "pipe")
+
+
+def test_a_read_error_names_the_file(tmp_path, monkeypatch):
+    # an I/O error while reading carries no file name: the CLI printed "Input/output error" alone
+    from catapult.data.text import load_text
+
+    (tmp_path / "corpus.txt").write_text("some text to read\n" * 10)
+
+    def failing_read(self, *args, **kwargs):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(Path, "read_text", failing_read)
+    with pytest.raises(OSError, match=r"corpus\.txt: cannot be read \(Input/output error\)"):
+        load_text(tmp_path / "corpus.txt")

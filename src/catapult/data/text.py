@@ -275,6 +275,10 @@ def _read(path: Path, encoding: str) -> str:
         raise ValueError(f"{path}: not valid {encoding} text ({exc}); re-save it as {encoding}, e.g. "
                          f"`iconv -f latin1 -t utf-8` (from Python, load_text(..., encoding=...) reads other "
                          f"encodings into a character-level corpus)") from exc
+    except OSError as exc:  # a read error carries no file name: the CLI printed "Input/output error" alone
+        if exc.filename is not None:
+            raise
+        raise OSError(exc.errno, f"{path}: cannot be read ({exc.strerror or exc})") from exc
     if not text:
         raise ValueError(f"{path}: the file is empty")
     return text
