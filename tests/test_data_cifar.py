@@ -332,3 +332,15 @@ def test_a_key_that_is_not_utf8_is_named_not_a_decode_error(tmp_path):
     (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(py3_dumps({b"\xff": 1}))
     with pytest.raises(ValueError, match="test_batch: a CIFAR-10 batch needs the keys 'data' and 'labels'"):
         load_cifar10(tmp_path)
+
+
+def test_a_read_error_names_the_batch_file(tmp_path, monkeypatch):
+    # an I/O error while reading carries no file name: the CLI printed "Input/output error" alone
+    make_cifar10(tmp_path)
+
+    def failing_read(self):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(Path, "read_bytes", failing_read)
+    with pytest.raises(OSError, match=r"cifar-10-batches-py/data_batch_1: cannot be read \(Input/output error\)"):
+        load_cifar10(tmp_path)

@@ -92,7 +92,12 @@ class _DirSource:
         return (self.directory / name).stat().st_size
 
     def read(self, name: str) -> bytes:
-        return (self.directory / name).read_bytes()
+        try:
+            return (self.directory / name).read_bytes()
+        except OSError as exc:  # a read error carries no file name: the CLI printed "Input/output error" alone
+            if exc.filename is not None:
+                raise
+            raise OSError(exc.errno, f"{self.directory / name}: cannot be read ({exc.strerror or exc})") from exc
 
     def check_complete(self) -> None:
         pass
