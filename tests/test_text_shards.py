@@ -93,6 +93,21 @@ def test_bad_jsonl_names_the_file_and_line(tmp_path, content, where):
         TokenShards(tmp_path, VOCAB, cache_dir=tmp_path / "cache")
 
 
+def test_a_jsonl_shard_opening_with_a_byte_order_mark_reads_as_without(tmp_path):
+    # Windows editors save UTF-8 with a BOM: line 1 was "not a JSON object (Unexpected UTF-8 BOM ...)",
+    # while a text corpus drops the mark
+    docs = ["one document", "another"]
+    plain, marked = tmp_path / "plain", tmp_path / "marked"
+    for root in (plain, marked):
+        root.mkdir()
+        _jsonl(root / "a.jsonl", docs)
+    (marked / "a.jsonl").write_bytes(b"\xef\xbb\xbf" + (plain / "a.jsonl").read_bytes())
+    assert list(text_shards.iter_texts(marked / "a.jsonl")) == docs
+    with_mark = TokenShards(marked, VOCAB, cache_dir=tmp_path / "c1")
+    without = TokenShards(plain, VOCAB, cache_dir=tmp_path / "c2")
+    assert with_mark.window(0, len(without)).tolist() == without.window(0, len(without)).tolist()
+
+
 def test_bad_parquet_names_the_file_and_column(tmp_path):
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")

@@ -100,8 +100,8 @@ def _bad(path: Path, where: str, what: str) -> ConfigError:
 def _jsonl_texts(path: Path, key: str) -> Iterator[str]:
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8")
+            try:  # a UTF-8 byte-order mark opening the file is no text (json refused line 1 for it)
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as exc:
                 raise _bad(path, f":{number}", f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
             if not line.strip():
