@@ -77,6 +77,7 @@ def test_the_run_batch_stream_augments_minibatches_from_the_data_seed():
 @pytest.mark.parametrize("override, key", [
     (["train.batch_size=null", "data.augment.flip=true"], "data.augment"),
     (["data.augment.crop=9"], "data.augment.crop"),
+    (["data.augment.crop=8"], "data.augment.crop"),  # shifts by the whole side: blank images, labels kept
     (["data.augment.mixup=-1"], "data.augment.mixup"),
 ])
 def test_bad_augment_settings_exit_2_naming_the_key(tmp_path, capsys, override, key):
@@ -107,3 +108,12 @@ def test_mixup_of_integer_images_is_refused_not_unmixed():
     with pytest.raises(TypeError, match=r"mixup needs floating-point images; got torch.uint8 of shape \(4, 1, 8, 8\)"):
         Augment(mixup=1.0, num_classes=4, seed=0)(x, torch.arange(4), step=0)
     assert Augment(flip=True, crop=1)(x, torch.arange(4), step=0)[0].dtype == torch.uint8  # flip, crop: any dtype
+
+
+def test_a_crop_of_the_whole_side_is_refused_one_less_keeps_a_pixel():
+    # crop = 8 on 8x8 images passed the check, and a quarter of the shifted images were all zeros
+    x, y = torch.ones(200, 1, 8, 8), torch.zeros(200, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"crop 8 is not below the 8x8 image side"):
+        Augment(crop=8).check_images(tuple(x.shape))
+    out, _ = Augment(crop=7, seed=0)(x, y, step=0)
+    assert bool((out.flatten(1).sum(1) > 0).all())  # every image keeps at least one of its pixels

@@ -128,12 +128,13 @@ class Augment:
 
     def check_images(self, shape: tuple[int, ...]) -> None:
         """Raise ValueError unless a batch of ``shape`` can be augmented: ``(N, C, H, W)`` with
-        ``crop <= min(H, W)``."""
+        ``crop < min(H, W)`` (a shift by the whole side leaves no pixel: at ``crop = H`` a quarter of
+        the 8x8 digits came out blank, their labels kept)."""
         if len(shape) != 4:
             raise ValueError(f"augment works on images (N, C, H, W); got samples of shape {tuple(shape[1:])}")
-        if self.crop > min(shape[2], shape[3]):
-            raise ValueError(f"augment crop {self.crop} exceeds the {shape[2]}x{shape[3]} image side "
-                             f"(CIFAR: 4; 8x8 digits: 1)")
+        if self.crop >= min(shape[2], shape[3]):
+            raise ValueError(f"augment crop {self.crop} is not below the {shape[2]}x{shape[3]} image side: the "
+                             f"largest shifts leave no pixel (CIFAR: 4; 8x8 digits: 1)")
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The augmented batch of training step ``step``."""
