@@ -222,3 +222,14 @@ def test_a_read_error_names_the_file(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "read_text", failing_read)
     with pytest.raises(OSError, match=r"corpus\.txt: cannot be read \(Input/output error\)"):
         load_text(tmp_path / "corpus.txt")
+
+
+@pytest.mark.parametrize("encoding, source", [("utf-16", "utf-16"), ("utf-32", "utf-32"), ("latin1", "latin1")])
+def test_the_advice_for_a_file_in_another_encoding_names_its_encoding(tmp_path, encoding, source):
+    # a UTF-16 file (Notepad's "Unicode", with its byte-order mark) was told `iconv -f latin1 -t utf-8`,
+    # which makes text with a NUL between every two characters
+    from catapult.data.text import load_text
+
+    (tmp_path / "corpus.txt").write_bytes("café au lait, ünïcode text\n".encode(encoding) * 5)
+    with pytest.raises(ValueError, match=rf"`iconv -f {source} -t utf-8`"):
+        load_text(tmp_path / "corpus.txt")

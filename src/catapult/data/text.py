@@ -273,8 +273,8 @@ def _read(path: Path, encoding: str) -> str:
                               else encoding)
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path}: not valid {encoding} text ({exc}); re-save it as {encoding}, e.g. "
-                         f"`iconv -f latin1 -t utf-8` (from Python, load_text(..., encoding=...) reads other "
-                         f"encodings into a character-level corpus)") from exc
+                         f"`iconv -f {_source_encoding(exc.object)} -t utf-8` (from Python, load_text(..., "
+                         f"encoding=...) reads other encodings into a character-level corpus)") from exc
     except OSError as exc:  # a read error carries no file name: the CLI printed "Input/output error" alone
         if exc.filename is not None:
             raise
@@ -282,6 +282,15 @@ def _read(path: Path, encoding: str) -> str:
     if not text:
         raise ValueError(f"{path}: the file is empty")
     return text
+
+
+def _source_encoding(raw: bytes) -> str:
+    """The encoding a byte-order mark names (Windows Notepad's "Unicode" is UTF-16), else latin1:
+    what the advice to convert a file starts from (``iconv -f latin1`` turned UTF-16 into text
+    with a NUL between every two characters, read without a word)."""
+    if raw[:4] in (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff"):
+        return "utf-32"
+    return "utf-16" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "latin1"
 
 
 def _join(texts: list[str]) -> str:
