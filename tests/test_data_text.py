@@ -233,3 +233,21 @@ def test_the_advice_for_a_file_in_another_encoding_names_its_encoding(tmp_path, 
     (tmp_path / "corpus.txt").write_bytes("café au lait, ünïcode text\n".encode(encoding) * 5)
     with pytest.raises(ValueError, match=rf"`iconv -f {source} -t utf-8`"):
         load_text(tmp_path / "corpus.txt")
+
+
+def test_the_corpus_cached_in_the_process_follows_a_file_copied_over_with_its_time(tmp_path):
+    # the in-process cache was keyed by the modification time alone: `cp -p` of another file (its
+    # time kept) onto the corpus gave the old corpus again
+    import os
+    import shutil
+
+    from catapult.data import load_dataset
+
+    corpus, other = tmp_path / "corpus.txt", tmp_path / "other.txt"
+    corpus.write_text("aaaa bbbb cccc dddd " * 20)
+    other.write_text("xyz! " * 80)
+    for f in (corpus, other):
+        os.utime(f, ns=(10 ** 18, 10 ** 18))
+    assert load_dataset("text", root=corpus, context=4).vocab.chars == (" ", "a", "b", "c", "d")
+    shutil.copy2(other, corpus)
+    assert load_dataset("text", root=corpus, context=4).vocab.chars == (" ", "!", "x", "y", "z")

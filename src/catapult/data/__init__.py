@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import functools
 import os
+from pathlib import Path
 
 from catapult.data.augment import Augment
 from catapult.data.cifar import CorruptDataError, find_cifar, load_cifar10, load_cifar100
 from catapult.data.digits import load_digits
 from catapult.data.safe_pickle import CorruptPickleError, UnsafePickleError
 from catapult.data.split import Split, first_n, one_hot, standardize_per_sample
-from catapult.data import text
+from catapult.data import text, token_cache
 
 __all__ = ["Split", "Augment", "load_digits", "load_cifar10", "load_cifar100", "find_cifar", "load_dataset", "DATASETS",
            "IMAGE_DATASETS", "TEXT_DATASETS",
@@ -71,14 +72,15 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, n_train: i
 def _corpus(name: str, root, val_fraction: float, tokenizer: str = "char", vocab_size: int = 4096,
             cache_dir=None) -> "text.TextCorpus":
     """`text.load_corpus`, cached in this process (a sweep's cells share one tokenised corpus;
-    the key holds the files' modification times, so an edited file is read again)."""
+    the key holds the files' `token_cache.file_stamp`, so an edited or copied-over file is read
+    again: with the modification time alone, ``cp -p`` of another file kept the old corpus)."""
     stamp = None
     if root is not None:
-        path = os.path.expanduser(str(root))
-        if os.path.isdir(path):
-            stamp = tuple(sorted((e.name, e.stat().st_mtime_ns) for e in os.scandir(path) if e.is_file()))
-        elif os.path.exists(path):
-            stamp = os.stat(path).st_mtime_ns
+        path = Path(os.path.expanduser(str(root)))
+        if path.is_dir():
+            stamp = tuple(sorted(token_cache.file_stamp(Path(e.path)) for e in os.scandir(path) if e.is_file()))
+        elif path.exists():
+            stamp = token_cache.file_stamp(path)
     return _load_corpus_cached(name, None if root is None else str(root), float(val_fraction), stamp, tokenizer,
                                int(vocab_size), None if cache_dir is None else str(cache_dir))
 
