@@ -344,3 +344,18 @@ def test_a_read_error_names_the_batch_file(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "read_bytes", failing_read)
     with pytest.raises(OSError, match=r"cifar-10-batches-py/data_batch_1: cannot be read \(Input/output error\)"):
         load_cifar10(tmp_path)
+
+
+def test_a_batch_appended_to_the_archive_again_is_read_as_tar_extracts_it(tmp_path):
+    # `tar -rf` appends a second copy of a file; `tar -x` leaves the last, catapult read the first
+    make_cifar10(tmp_path / "src")
+    folder = tmp_path / "src" / "cifar-10-batches-py"
+    archive = tmp_path / "cifar-10-python.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(folder, arcname=folder.name)
+    (folder / "data_batch_1").write_bytes(py2_dumps({b"data": np.zeros((4, 3072), np.uint8), b"labels": [3] * 4}))
+    with tarfile.open(archive, "a") as tar:
+        tar.add(folder / "data_batch_1", arcname=f"{folder.name}/data_batch_1")
+    # the folder now holds what `tar -x` of the archive leaves
+    from_archive, extracted = load_cifar10(archive, n_train=4), load_cifar10(tmp_path / "src", n_train=4)
+    assert from_archive.y_train.tolist() == extracted.y_train.tolist() == [3, 3, 3, 3]

@@ -137,7 +137,8 @@ class _TarSource:
                 continue
             parts = [p for p in member.name.split("/") if p not in ("", ".")]
             if len(parts) == 2 and parts[0] == dirname or len(parts) == 1:
-                self._members.setdefault(parts[-1], member)
+                # the last copy, as `tar -x` leaves it: `tar -r` appends a file again, and the first was read
+                self._members[parts[-1]] = member
             else:
                 self._folders.add(parts[0])
 
