@@ -265,3 +265,28 @@ def test_the_tokenizer_is_trained_on_the_training_shards_alone(tmp_path):
     held_out = "zyzzyva quokka xylophone"
     assert trained.encode(held_out, add_special_tokens=False).ids == alone.encode(held_out).tolist()
     assert trained.get_vocab() == alone.tokenizer.get_vocab()
+
+
+def test_token_caches_of_several_tokenizations_are_not_read_as_one_stream(tmp_path):
+    # catapult train leaves one token cache per vocabulary (and corpus version) beside a text
+    # corpus; train-ddp on that folder read them all as shards, concatenating ids of different
+    # tokenizers into one training stream, silently
+    from catapult.data.text import load_bpe_corpus
+
+    text = tmp_path / "corpus.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 400)
+    load_bpe_corpus("text", root=str(text), vocab_size=300)
+    one = TokenShards(tmp_path, vocab_size=300)   # one tokenization's caches are shards (documented)
+    assert [f.name.split(".")[1] for f in one.files] == ["train"] and len(one) > 0
+    load_bpe_corpus("text", root=str(text), vocab_size=320)
+    with pytest.raises(ConfigError, match=r"data\.root: its \*\.npy files are catapult's token caches of 2 "
+                                          r"tokenization\(s\) \(bpe-v300-[0-9a-f]+, bpe-v320-[0-9a-f]+\)"):
+        TokenShards(tmp_path, vocab_size=320)
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    for f in one.files:
+        (alone / f.name).write_bytes(f.read_bytes())
+    np.save(alone / "mine.npy", np.arange(50, dtype=np.uint16))
+    (alone / f"{one.files[0].name.split('.')[2]}.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"1 tokenization\(s\) \(bpe-v300-[0-9a-f]+ and 1 other array\(s\) \(mine\.npy"):
+        TokenShards(alone, vocab_size=300)

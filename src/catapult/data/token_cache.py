@@ -16,6 +16,7 @@ key, and never overwritten (:func:`save_array`); a cache file another user owns 
 from __future__ import annotations
 
 import os
+import re
 import stat
 import tempfile
 import warnings
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 
 __all__ = ["cache_dir", "user_cache_dir", "save_array", "cached_array", "as_tensor", "token_file_name",
-           "npy_problem", "check_owned", "file_stamp", "load_cached_array"]
+           "npy_problem", "check_owned", "file_stamp", "load_cached_array", "token_cache_key"]
 
 
 def user_cache_dir() -> Path:
@@ -81,6 +82,25 @@ def file_stamp(path: Path) -> tuple:
 def token_file_name(corpus: str, split: str, tokenizer_key: str) -> str:
     """``<corpus>.<split>.<tokenizer_key>.npy``, e.g. ``shakespeare.train.bpe-v4096-<key>.npy``."""
     return f"{corpus}.{split}.{tokenizer_key}.npy"
+
+
+def token_cache_key(path: str | os.PathLike) -> str | None:
+    """The tokenizer key ``bpe-v<V>-<key>`` of one of catapult's own BPE token arrays
+    (:func:`token_file_name`, with its tokenizer file ``bpe-v<V>-<key>.json`` beside it: what
+    ``catapult train`` leaves beside a text corpus), or None for any other file.
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / "text.train.bpe-v300-0123abcd.npy").write_bytes(b""), (folder / "shard0.npy").write_bytes(b"")
+    >>> token_cache_key(folder / "text.train.bpe-v300-0123abcd.npy") is None   # no tokenizer beside it
+    True
+    >>> _ = (folder / "bpe-v300-0123abcd.json").write_text("{}")
+    >>> token_cache_key(folder / "text.train.bpe-v300-0123abcd.npy"), token_cache_key(folder / "shard0.npy")
+    ('bpe-v300-0123abcd', None)
+    """
+    path = Path(path)
+    match = re.fullmatch(r".+\.(bpe-v[0-9]+-[0-9a-f]+)\.npy", path.name)
+    return match.group(1) if match is not None and (path.parent / f"{match.group(1)}.json").is_file() else None
 
 
 def save_array(array: np.ndarray, path: str | os.PathLike) -> bool:

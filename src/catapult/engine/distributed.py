@@ -57,7 +57,7 @@ import torch.nn as nn
 
 from catapult import config as cfg
 from catapult.data.text_shards import is_held_out, is_validation, text_shard_files, tokenize_text_shards
-from catapult.data.token_cache import npy_problem
+from catapult.data.token_cache import npy_problem, token_cache_key
 from catapult.engine.build import assemble_run, build_model, check_warmup_across_processes, resolve_device
 from catapult.engine.fsdp import check_fsdp, full_state_dict, shard_model
 from catapult.engine.sharpness_rule import check_spectrum_cadence
@@ -66,6 +66,23 @@ from catapult.engine.loop import Processes, RunDirectoryError, RunResult, check_
 
 __all__ = ["TokenShards", "ShardBatches", "DataParallel", "FullyShardedDataParallel", "global_batch_rows",
            "validation_windows", "train_ddp", "DDPResult"]
+
+
+def check_one_tokenization(files: list[Path]) -> None:
+    """ConfigError on ``data.root`` where ``*.npy`` shards are catapult's token caches
+    (:func:`~catapult.data.token_cache.token_cache_key`) of more than one tokenization, or such
+    caches beside other arrays: ``catapult train`` leaves one per vocabulary and corpus version
+    beside a text corpus, and they were read as one stream, ids of different tokenizers
+    concatenated, silently. One tokenization's caches alone are shards (the module docstring)."""
+    keys = {f: token_cache_key(f) for f in files}
+    tokenizations = sorted({k for k in keys.values() if k is not None})
+    others = [f.name for f, k in keys.items() if k is None]
+    if len(tokenizations) > 1 or (tokenizations and others):
+        what = ", ".join(tokenizations) + (f" and {len(others)} other array(s) ({others[0]}, ...)" if others else "")
+        raise cfg.ConfigError([("data.root", f"its *.npy files are catapult's token caches of {len(tokenizations)} "
+                                             f"tokenization(s) ({what}): ids of different tokenizers are not one "
+                                             f"corpus; put the shards of one tokenization in a folder of their own")])
+
 
 class TokenShards:
     """Memory-mapped token shards as one stream (module docstring): ``*.npy`` arrays, or
@@ -91,6 +108,7 @@ class TokenShards:
             pairs = list(zip(texts, arrays))
         else:
             files = sorted(root.glob("*.npy")) if root.is_dir() else [root]
+            check_one_tokenization(files)
             pairs = [(f, f) for f in files]
         training = [p for p in pairs if not is_held_out(p[0])]
         # only held-out files: they are the training stream, so nothing is left to validate on
