@@ -61,9 +61,20 @@ def test_a_depth_no_machine_holds_is_refused_before_building(model, monkeypatch)
         return builder(model_cfg, *args)
 
     monkeypatch.setitem(MODELS, model["name"], only_small)
-    with pytest.raises(ConfigError, match=r"model\.(width|widen)=\d+ and model\.depth=\d+ make a model of .* GiB, "
-                                          r"more than this machine's .* GiB of memory; reduce model\.(width|widen)"):
+    keys = (r"model\.width=\d+, model\.depth=\d+ and data\.context=64 make a model of .* GiB, more than this "
+            r"machine's .* GiB of memory; reduce one of them" if model["name"] == "gpt" else
+            r"model\.(width|widen)=\d+ and model\.depth=\d+ make a model of .* GiB, "
+            r"more than this machine's .* GiB of memory; reduce model\.(width|widen)")
+    with pytest.raises(ConfigError, match=keys):
         build_model(_config(model), 64, 10)
+
+
+def test_a_gpt_too_large_for_its_context_names_the_context():
+    # the position table grows with data.context: a context of 10**11 was blamed on model.width=8
+    # and model.depth=1 ("reduce model.width or model.depth")
+    with pytest.raises(ConfigError, match=r"model\.width=8, model\.depth=1 and data\.context=100000000000 make a "
+                                          r"model of .* GiB, more than this machine's .* GiB of memory; reduce one of them"):
+        build_model(_config({"name": "gpt", "width": 8, "depth": 1, "n_heads": 2}), 10 ** 11, 65)
 
 
 @pytest.mark.parametrize("dtype, refused", [(torch.float32, False), (torch.float64, True)])

@@ -23,7 +23,7 @@ import torch.nn as nn
 from catapult import config as cfg
 from catapult.losses import get_loss
 from catapult.optim import registry
-from catapult.engine.model_size import (MODELS, check_fits, check_model_fits, check_spectrum_fits,
+from catapult.engine.model_size import (MODELS, check_fits, check_model_fits, check_spectrum_fits, gpt_context,
                                         model_parameters, size_error)
 from catapult.engine.fsdp import check_fsdp
 from catapult.engine.run_data import (BatchStream, RunData, batch_stream, build_augment, lambda0_batches, load_data,
@@ -72,7 +72,7 @@ def build_model(config: Mapping[str, Any], in_features: int, out_features: int,
         model = model.float()
         return model.to(device=device, dtype=dtype)
     except (MemoryError, RuntimeError, TypeError, OverflowError) as err:
-        raise size_error(config["model"], err) from None
+        raise size_error(config["model"], err, context=gpt_context(config, in_features)) from None
 
 
 def _param_groups(model: nn.Module, lr: float, kind: str) -> list[dict]:

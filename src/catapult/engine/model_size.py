@@ -21,7 +21,7 @@ from catapult import config as cfg
 from catapult.engine.run_data import data_shape_bounds
 from catapult.models import GPT, MLP, WRN
 
-__all__ = ["MODELS", "model_parameters", "check_fits", "check_model_fits", "check_spectrum_fits", "size_error"]
+__all__ = ["MODELS", "model_parameters", "check_fits", "check_model_fits", "check_spectrum_fits", "size_error", "gpt_context"]
 
 
 #: model.name -> builder(model_config, in_features, out_features) -> nn.Module. For the mlp
@@ -74,12 +74,21 @@ def _memory_bytes(device: torch.device) -> int | None:
         return None
 
 
-def _too_large(model: Mapping[str, Any], why: str) -> cfg.ConfigError:
+def _too_large(model: Mapping[str, Any], why: str, context: int | None = None) -> cfg.ConfigError:
     """The error for a model no machine here holds, naming its width key (``widen`` for the wrn)
-    and ``model.depth``."""
+    and ``model.depth``, and for the gpt ``data.context`` (``context``: its position table and
+    buffers grow with it; ``data.context=10**11`` was blamed on a width of 8 and a depth of 1)."""
     across = "widen" if model["name"] == "wrn" else "width"
+    if context is not None:
+        return cfg.ConfigError([("model", f"model.{across}={model[across]}, model.depth={model['depth']} and "
+                                          f"data.context={context} {why}; reduce one of them")])
     return cfg.ConfigError([("model", f"model.{across}={model[across]} and model.depth={model['depth']} {why}; "
                                       f"reduce model.{across} or model.depth")])
+
+
+def gpt_context(config: Mapping[str, Any], in_features: int) -> int | None:
+    """``in_features`` where it is the gpt's context (the key :func:`_too_large` names), else None."""
+    return in_features if config["model"]["name"] == "gpt" else None
 
 
 def check_fits(config: Mapping[str, Any], in_features: int, out_features: int, device: torch.device,
@@ -102,7 +111,7 @@ def check_fits(config: Mapping[str, Any], in_features: int, out_features: int, d
     except NotImplementedError:  # a layer the meta device cannot build: no estimate, no check
         return
     except (RuntimeError, TypeError, OverflowError) as err:  # a shape past int64, even on meta
-        raise size_error(config["model"], err) from None
+        raise size_error(config["model"], err, context=gpt_context(config, in_features)) from None
     # built on the CPU in float32, then cast and moved: the CPU holds the larger of the two
     final = needed * torch.finfo(dtype).bits // 32
     needs = [(torch.device("cpu"), max(needed, final) if device.type == "cpu" else needed)]
@@ -113,7 +122,7 @@ def check_fits(config: Mapping[str, Any], in_features: int, out_features: int, d
         if have is not None and size > have:
             owner = "this machine's" if where.type == "cpu" else f"{where}'s"
             raise _too_large(config["model"], f"make a model of {size / 2**30:,.1f} GiB, more than {owner} "
-                                              f"{have / 2**30:,.1f} GiB of memory")
+                                              f"{have / 2**30:,.1f} GiB of memory", gpt_context(config, in_features))
 
 
 def check_model_fits(config: Mapping[str, Any], device: torch.device | str = "cpu") -> None:
@@ -159,10 +168,11 @@ _SIZE_ERROR_WORDS = ("can't allocate memory", "out of memory", "Overflow when un
                      "Storage size calculation overflowed")
 
 
-def size_error(model: Mapping[str, Any], err: BaseException) -> BaseException:
+def size_error(model: Mapping[str, Any], err: BaseException, context: int | None = None) -> BaseException:
     """A width/depth no machine holds is bad input: the :class:`~catapult.config.ConfigError`
     naming the keys for torch's size error ``err`` (out of memory, or a size beyond int64, with
     the bytes it asked for where it says), not a traceback; any other error is re-raised.
+    ``context``: the gpt's ``data.context``, named too.
 
     Example:
         >>> err = RuntimeError("Storage size calculation overflowed with sizes=[99999999999, 99999999999]")
@@ -179,4 +189,4 @@ def size_error(model: Mapping[str, Any], err: BaseException) -> BaseException:
         reason = "a tensor size overflows int64"
     else:
         reason = "out of memory"
-    return _too_large(model, f"cannot be built here ({reason})")
+    return _too_large(model, f"cannot be built here ({reason})", context)
