@@ -7,6 +7,7 @@ from pydantic import Field
 
 from catapult import config as C
 from catapult.config import ConfigError, load_config, parse_lr, resolve_lr, validate
+from catapult.config.io import parse_override
 
 
 def _error(mapping) -> ConfigError:
@@ -122,6 +123,23 @@ def test_bad_overrides_collect_every_problem(tmp_path):
     assert "did you mean 'optimizer.lr'" in str(err)
     with pytest.raises(ConfigError, match="allowed values: sgd, adam, adamw"):
         load_config(path, ["optimizer.name=rmsprop"])
+
+
+@pytest.mark.parametrize("override, words", [
+    ("data.root=/data/a #2.txt", "YAML reads the '#' in '/data/a #2.txt' as a comment"),
+    ("name=#run", "YAML reads the '#' in '#run' as a comment"),
+    ("data.root=/data/my: file.txt", "YAML reads '/data/my: file.txt' as a mapping"),
+])
+def test_an_override_that_yaml_would_change_is_refused_with_the_quoting(tmp_path, override, words):
+    # a plain path with ' #' was cut to what came before it (a YAML comment), silently; one with
+    # ': ' became a mapping, refused as "got {...} (dict)" with no word on why
+    path = tmp_path / "c.yaml"
+    path.write_text("{}\n")
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"{key}: {words}.*quote the value: {key}='\.\.\.'"):
+        load_config(path, [override])
+    quoted = override.replace("=", "='", 1) + "'"
+    assert parse_override(quoted) == (key, override.split("=", 1)[1])
 
 
 def test_missing_or_malformed_file(tmp_path):

@@ -95,7 +95,17 @@ def safe_yaml(text: str) -> Any:
 
 def parse_override(text: str) -> tuple[str, Any]:
     """Split ``"key.sub=value"`` and read the value as a YAML scalar/list (``null``, ``1e-3``,
-    ``[0.9, 0.95]``, ``32/lambda0``). Raises :class:`ConfigError` on a malformed override."""
+    ``[0.9, 0.95]``, ``32/lambda0``). Raises :class:`ConfigError` on a malformed override, and
+    where YAML's syntax would change a plain value: a ``#`` read as a comment, a ``: `` as a
+    mapping (a quoted value keeps both).
+
+    >>> parse_override("data.root='/data/a #2.txt'"), parse_override("optimizer.betas=[0.9, 0.95]")
+    (('data.root', '/data/a #2.txt'), ('optimizer.betas', [0.9, 0.95]))
+    >>> parse_override("data.root=/data/a #2.txt")
+    Traceback (most recent call last):
+    ...
+    catapult.config.errors.ConfigError: data.root: YAML reads the '#' in '/data/a #2.txt' as a comment and drops what follows; quote the value: data.root='...'
+    """
     if "=" not in text:
         raise ConfigError([(text, _OVERRIDE_FORM)])
     key, raw = text.split("=", 1)
@@ -108,6 +118,14 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = raw
     except RecursionError:  # pragma: no cover - the loader's depth bound comes first
         raise ConfigError([(key, "the value is nested too deeply")]) from None
+    # YAML's syntax inside a plain value: data.root=/data/a #2.txt was cut to /data/a (a comment),
+    # and data.root=/data/my: file.txt became a mapping, each silently or with no word on why
+    if raw.count("#") > str(value).count("#"):
+        raise ConfigError([(key, f"YAML reads the '#' in {raw!r} as a comment and drops what follows; "
+                                 f"quote the value: {key}='...'")])
+    if isinstance(value, dict) and not raw.lstrip().startswith("{"):
+        raise ConfigError([(key, f"YAML reads {raw!r} as a mapping (a ': ' inside it); quote the value: "
+                                 f"{key}='...'")])
     return key, value
 
 
