@@ -251,3 +251,14 @@ def test_the_corpus_cached_in_the_process_follows_a_file_copied_over_with_its_ti
     assert load_dataset("text", root=corpus, context=4).vocab.chars == (" ", "a", "b", "c", "d")
     shutil.copy2(other, corpus)
     assert load_dataset("text", root=corpus, context=4).vocab.chars == (" ", "!", "x", "y", "z")
+
+
+@pytest.mark.parametrize("encoding", ["bogus", 8, None])
+def test_an_unknown_encoding_is_named_before_any_file(tmp_path, encoding):
+    # Python's own words were "unknown encoding: bogus" (or a TypeError), naming neither the argument nor why
+    from catapult.data.text import load_text
+
+    with pytest.raises(ValueError, match=r"load_text: encoding must be a codec Python knows .*; got "):
+        load_text(tmp_path / "missing.txt", encoding=encoding)
+    (tmp_path / "a.txt").write_text("abc" * 100, encoding="latin1")
+    assert load_text(tmp_path / "a.txt", encoding="LATIN-1").vocab.size >= 3

@@ -42,6 +42,8 @@ def _net():
     (lambda: MLP(3, 2, width=8, depth=3, mask_seed="a"), "MLP mask_seed must be an integer"),
     (lambda: GPT(10, d_model=8, n_layers=1, n_heads=2, context=4, mask_seed=2 ** 64), "GPT mask_seed must be an integer"),
     (lambda: GPT(10, d_model=8, n_layers=1, n_heads=2, context=4, mask_seed=True), "GPT mask_seed must be an integer"),
+    (lambda: catapult.parametrize(_net(), "supar", density=0.5, mask_seed="a"), r"parametrize\(\) mask_seed must be an integer"),
+    (lambda: catapult.parametrize(_net(), "supar", density=0.5, mask_seed=1.5), r"parametrize\(\) mask_seed must be an integer"),
 ])
 def test_bad_real_arguments_are_named(build, words):
     with pytest.raises(ValueError, match=words):

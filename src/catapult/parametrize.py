@@ -64,7 +64,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
-from catapult.arguments import check_densities, check_module, check_real
+from catapult.arguments import check_densities, check_module, check_real, check_seed
 from catapult.param_rules import (PARAMETRIZATIONS, ROLES, ParamSpec, check_parametrization, init_rule,
                                   init_variance, lr_multiplier, lr_rule, optimizer_family)
 from catapult.sparsity import random_mask
@@ -404,6 +404,7 @@ def parametrize(
                          ("init_std", 1.0 if init_std is None else init_std)):  # nan too
         check_real("parametrize()", label, value, low=0.0, low_open=True)
     check_densities("parametrize()", density, base_density)  # density = 1 - sparsity
+    check_seed("parametrize()", "mask_seed", mask_seed)  # 'a' raised int()'s words; 1.5 was seed 1
     width_mult = width / base
     density_mult = density / base_density
     if mask_seed is None:

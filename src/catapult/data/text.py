@@ -23,6 +23,7 @@ Train/validation split: the source's own when it has one (WikiText), else the la
 """
 from __future__ import annotations
 
+import codecs
 import importlib.util
 import os
 from dataclasses import dataclass, field
@@ -322,6 +323,11 @@ def text_splits(path_or_dir: str | os.PathLike, *, val_fraction: float = 0.1,
                 encoding: str = "utf-8", name: str | None = None) -> tuple[str, str, str, str | None]:
     """``(name, train, val, test)`` texts of a user's files, split as `load_text` describes."""
     _check_fraction(val_fraction)
+    try:
+        codecs.lookup(encoding)
+    except (LookupError, TypeError):  # before any file: Python's "unknown encoding: bogus" named no argument
+        raise ValueError(f"load_text: encoding must be a codec Python knows (utf-8, latin1, utf-16, ...); "
+                         f"got {encoding!r}") from None
     path = Path(path_or_dir).expanduser()
     if path.is_file():
         text = _read(path, encoding)
