@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import torch
 
-__all__ = ["KrylovBasis", "FRESH_DRAWS", "inner_product", "rows_inner_products", "vector_norm"]
+__all__ = ["KrylovBasis", "FRESH_DRAWS", "inner_product", "rows_inner_products", "vector_norm", "unit_roundoff"]
 
 #: Random draws :meth:`KrylovBasis.fresh_direction` makes before it gives up (each one lies
 #: in the basis' span with probability zero, unless the basis spans the space).
@@ -59,6 +59,27 @@ def rows_inner_products(rows: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     if w.device.type != "cpu" or w.numel() <= DOT_CHUNK:
         return rows @ w
     return torch.stack([r @ x for r, x in zip(rows.split(DOT_CHUNK, dim=1), w.split(DOT_CHUNK))]).sum(0)
+
+
+def unit_roundoff(matvec, dtype: torch.dtype) -> float:
+    """``dtype``'s machine epsilon, or the coarser one the operator computes in: a
+    :class:`~catapult.curvature.HessianOperator` keeps the coarsest dtype of its parameters as
+    ``_eps`` (found through wrappers' ``.op``), and a model mixing float64 and float32
+    parameters rounds its products at float32 whatever its vectors' dtype (float64 vectors gave
+    float64's rounding floor: converged at ``tol=1e-9`` with a bound of 4e-10 for an error of
+    1.7e-8).
+
+    >>> unit_roundoff(lambda v: v, torch.float64) == torch.finfo(torch.float64).eps
+    True
+    """
+    eps, op = float(torch.finfo(dtype).eps), matvec
+    for _ in range(8):  # operators wrap one another a level or two deep
+        if op is None:
+            break
+        own = getattr(op, "_eps", None)
+        eps = max(eps, own) if isinstance(own, float) else eps
+        op = getattr(op, "op", None)
+    return eps
 
 
 def vector_norm(a: torch.Tensor, reduce=None) -> torch.Tensor:

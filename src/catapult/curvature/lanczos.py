@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from catapult.curvature.krylov import KrylovBasis, inner_product, rows_inner_products, vector_norm
+from catapult.curvature.krylov import KrylovBasis, inner_product, rows_inner_products, vector_norm, unit_roundoff
 
 __all__ = [
     "EigenEstimate", "KrylovBasis", "lanczos_top_eigenpair", "batched_lanczos",
@@ -409,7 +409,7 @@ def lanczos_top_eigenpair(
         raise ValueError("v0 must be finite and non-zero")
 
     capacity, keep = restart_sizes(max_basis, n)
-    eps = torch.finfo(v0.dtype).eps
+    eps = unit_roundoff(matvec, v0.dtype)
 
     basis = KrylovBasis(v0, capacity=capacity, reduce=reduce)
     basis.append(v0 / norm0)

@@ -41,7 +41,7 @@ import torch
 
 from catapult.curvature.coarse import COARSE_MIN_SAMPLES
 from catapult.curvature.hessian import fixed_rng
-from catapult.curvature.krylov import inner_product, vector_norm
+from catapult.curvature.krylov import inner_product, vector_norm, unit_roundoff
 from catapult.curvature.microbatch import batch_coupling
 from catapult.curvature.stateless import functional_call
 from catapult.curvature.lanczos import (EigenEstimate, error_floor, krylov_invariant, relative_residual,
@@ -220,7 +220,7 @@ def lean_top_eigenpair(matvec, v0: torch.Tensor, *, tol: float = 1e-3, max_iter:
         raise ValueError(f"v0 must be a non-empty 1-D floating-point tensor, got {v0.dtype} of "
                          f"shape {tuple(v0.shape)}")
     n = v0.numel() if dimension is None else int(dimension)
-    eps = float(torch.finfo(v0.dtype).eps)
+    eps = unit_roundoff(matvec, v0.dtype)
     norm = float(vector_norm(v0, reduce))
     if not (math.isfinite(norm) and norm > 0):
         raise ValueError("v0 must be finite and non-zero")

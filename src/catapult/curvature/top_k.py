@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from catapult.arguments import as_integer
-from catapult.curvature.krylov import KrylovBasis, inner_product, vector_norm
+from catapult.curvature.krylov import KrylovBasis, inner_product, vector_norm, unit_roundoff
 from catapult.curvature.lanczos import ERROR_FLOOR_ULPS, rounding_level
 
 __all__ = ["Eigenpairs", "check_block_size", "check_k", "lanczos_top_k"]
@@ -183,7 +183,7 @@ def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_it
     if capacity < min(n, k + b + 1):
         raise ValueError(f"max_basis must be >= k + block_size + 1 = {k + b + 1}, got {max_basis!r}")
     keep = min(capacity - b, max(k + b + 1, capacity // 2))
-    eps = torch.finfo(v0.dtype).eps
+    eps = unit_roundoff(matvec, v0.dtype)
     basis = KrylovBasis(v0, capacity=capacity, reduce=reduce)
     basis.append(v0 / vector_norm(v0, reduce))
     fresh = 0  # fresh directions drawn so far: draw `fresh` of seed s uses seed 7919 s + fresh
