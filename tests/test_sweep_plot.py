@@ -130,3 +130,28 @@ def test_a_narrow_grid_with_every_legend_entry_keeps_its_layout(tmp_path, nx, ny
         assert page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0  # all of it on the page
     heatmap = fig.axes[0].get_window_extent(renderer)
     assert heatmap.width > 0.5 * page.width and heatmap.height > 0.3 * page.height
+
+
+def test_cells_whose_values_the_config_normalized_stay_on_the_diagram(tmp_path):
+    # "2^-3" is stored as 0.125 and 1.0 as 1 in each cell; matched on the written values
+    # alone, most cells fell off the diagram as "missing", silently
+    path = tmp_path / "s.db"
+    config = cfg.validate({"name": "p", "train": {"steps": 3}})
+    spec = parse_sweep({"grid": {"optimizer.lr": ["2^-3", 0.25], "schedule.warmup_steps": [1.0, 8],
+                                 "model.width": [16.0, 32]}})
+    run_sweep(config, spec, path, run_fn=FakeRun(diverge_above=10.0), lambda0_fn=lambda c: 2.0, progress="none")
+    with Store(path, create=False) as store:
+        cells, axes = store.cells(), store.axes()
+    grid = phase_grid(cells, axes, "test_accuracy")  # x = lr (columns), y = warmup (rows)
+    assert grid.members == [[[0, 1], [4, 5]], [[2, 3], [6, 7]]]
+    for i, warm in enumerate([1, 8]):
+        for j, lr in enumerate([0.125, 0.25]):
+            assert grid.status[i][j] == "ok"
+            assert grid.values[i, j] == pytest.approx(fake_accuracy(lr, warm, 0))
+    # the width given as written in the grid, as its label or as stored selects the same cells
+    for wanted in (16.0, "16", 16):
+        one = phase_grid(cells, axes, "test_accuracy", where={"model.width": wanted})
+        assert one.members == [[[0], [4]], [[2], [6]]]
+    by_label = phase_grid(cells, axes, "test_accuracy", x="model.width", y="schedule.warmup_steps",
+                          where={"optimizer.lr": "2^-3"})
+    assert by_label.members == [[[0], [1]], [[2], [3]]]

@@ -12,6 +12,7 @@ Everything uses ``matplotlib.figure.Figure`` directly (no pyplot state): safe he
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -164,19 +165,23 @@ def phase_grid(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[str, A
         if key in (x, y):
             raise ValueError(f"where: {key!r} is already a plot axis")
 
+    positions = {key: _value_positions(axes, key, cells) for key in {x, y, *where} if key is not None}
+
     def matches(cell) -> bool:
         for key, wanted in where.items():
             have = cell["swept"].get(key)
             axis = by_key[key]
-            label = dict(zip(map(canonical_json, axis["values"]), axis["labels"])).get(canonical_json(have), str(have))
-            if not (canonical_json(have) == canonical_json(wanted) or str(wanted) in (label, str(have))):
+            at = positions[key].get(canonical_json(have))
+            label = axis["labels"][at] if at is not None else str(have)
+            same_place = at is not None and positions[key].get(canonical_json(wanted)) == at
+            if not (canonical_json(have) == canonical_json(wanted) or same_place or str(wanted) in (label, str(have))):
                 return False
         return True
 
     xa = by_key[x]
     ya = by_key[y] if y is not None else {"values": [None], "labels": [""]}
-    xi = {canonical_json(v): j for j, v in enumerate(xa["values"])}
-    yi = {canonical_json(v): i for i, v in enumerate(ya["values"])}
+    xi = positions[x]
+    yi = positions[y] if y is not None else {}
     ny, nx = len(ya["values"]), len(xa["values"])
     members: list[list[list[dict]]] = [[[] for _ in range(nx)] for _ in range(ny)]
     for cell in cells:
@@ -225,6 +230,22 @@ def phase_grid(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[str, A
     return PhaseGrid(metric, x, y, list(xa["labels"]), list(ya["labels"]), list(xa["values"]), list(ya["values"]),
                      values, status, [[[c["id"] for c in m] for m in row] for row in members], best, where,
                      unfinished, spread, counts, averaged)
+
+
+def _value_positions(axes: Sequence[Mapping[str, Any]], key: str, cells: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """``{canonical JSON of a value: its index on the axis of key}``, for the axis's values as
+    written and for the cells' values as the config normalized them: a cell stores ``5`` and
+    ``0.125`` where the grid said ``5.0`` and ``"2^-3"``, and matched on the written value alone
+    it fell off the diagram. A cell's index on each axis follows from its id (grid order, first
+    axis slowest)."""
+    lengths = [len(a["values"]) for a in axes]
+    k = next(n for n, a in enumerate(axes) if a["key"] == key)
+    stride = math.prod(lengths[k + 1:])
+    out = {canonical_json(v): i for i, v in enumerate(axes[k]["values"])}
+    for cell in cells:
+        if isinstance(cell.get("id"), int) and key in cell["swept"]:
+            out.setdefault(canonical_json(cell["swept"][key]), (cell["id"] // stride) % lengths[k])
+    return out
 
 
 #: Statuses of a cell that has its result (or its final failure).
