@@ -63,6 +63,15 @@ def test_optima_and_drift_in_log2_units(tmp_path):
         transfer_curves(_cells(), AXES, x="model.width")
 
 
+def test_the_first_series_is_the_grid_s_first_when_the_config_normalized_its_value():
+    # model.density: [1, 0.25, 0.0625] stores 1.0 in the cells; matched on the written 1 the
+    # dense curve went last, and shift() measured from density 0.25: 1.0 for SP's 2.0
+    axes = [dict(a, values=[1, 0.25, 0.0625]) if a["key"] == "model.density" else a for a in AXES]
+    curves = transfer_curves(_cells(), axes)
+    assert list(curves.curves["sp"]) == [1.0, 0.25, 0.0625]
+    assert shift(curves) == {"sp": 2.0, "supar": 0.0}
+
+
 @pytest.mark.usefixtures("single_thread")
 def test_transfer_command_on_a_real_sweep(tmp_path, capsys):
     config = {

@@ -32,6 +32,7 @@ from catapult.sweep.spec import canonical_json
 __all__ = [
     "PhaseGrid",
     "plain_text",
+    "value_positions",
     "phase_grid",
     "unfinished_note",
     "RESULT_STATUSES",
@@ -165,7 +166,7 @@ def phase_grid(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[str, A
         if key in (x, y):
             raise ValueError(f"where: {key!r} is already a plot axis")
 
-    positions = {key: _value_positions(axes, key, cells) for key in {x, y, *where} if key is not None}
+    positions = {key: value_positions(axes, key, cells) for key in {x, y, *where} if key is not None}
 
     def matches(cell) -> bool:
         for key, wanted in where.items():
@@ -232,7 +233,7 @@ def phase_grid(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[str, A
                      unfinished, spread, counts, averaged)
 
 
-def _value_positions(axes: Sequence[Mapping[str, Any]], key: str, cells: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+def value_positions(axes: Sequence[Mapping[str, Any]], key: str, cells: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     """``{canonical JSON of a value: its index on the axis of key}``, for the axis's values as
     written and for the cells' values as the config normalized them: a cell stores ``5`` and
     ``0.125`` where the grid said ``5.0`` and ``"2^-3"``, and matched on the written value alone

@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 
 from catapult.analysis import is_finite_number
 from catapult.files import save_figure
-from catapult.plots.phase import plain_text
+from catapult.plots.phase import plain_text, value_positions
 from catapult.sweep.spec import canonical_json
 
 __all__ = ["TransferCurves", "transfer_curves", "optima", "drift", "shift", "plot_transfer", "transfer_table",
@@ -143,13 +143,12 @@ def transfer_curves(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[s
     if len(kinds) > 1:
         raise ValueError(f"{x} mixes absolute learning rates and c/lambda0 ones, which share no axis; "
                          f"pick one kind with --where")
-    order = {a["key"]: [canonical_json(v) for v in a["values"]] for a in axes}
-
     def ordered(keys, axis):
         if axis is None:
             return list(keys)
-        rank = order[axis]
-        return sorted(keys, key=lambda k: rank.index(canonical_json(k)) if canonical_json(k) in rank else len(rank))
+        # grid order, a value the config normalized (256.0 -> 256) included: shift() measures from the first
+        rank = value_positions(axes, axis, cells)
+        return sorted(keys, key=lambda k: rank.get(canonical_json(k), len(rank)))
 
     curves: dict[Any, dict[Any, list[tuple[float, float]]]] = {}
     spread: dict[Any, dict[Any, list[tuple[float, float, int]]]] = {}
