@@ -167,3 +167,35 @@ def test_collapse_rule_and_a_collapsed_run_is_reported_collapsed(monkeypatch):
     assert adam.summary["final_train_accuracy"] < 0.15
     assert adam.status == "diverged" == adam.summary["status"]
     assert adam.summary["failure"] == "final_accuracy_below_1.5x_chance" and adam.summary["diverged_at"] is None
+
+
+def test_aggregate_counts_a_diverged_seed_as_no_value_like_the_phase_diagram(tmp_path):
+    # FakeLambda0 gives seed s lambda_0 = 2 + s, so at 2^0/lambda0 seed 0 diverges and seed 1
+    # finishes; a diverged seed's best_train_loss and train accuracy are from before it blew up
+    # and were averaged in (0.583 where the plot shows the finished seed's 0.5), and a cell
+    # where every seed diverged had a mean instead of none
+    from sweep_fakes import FakeLambda0, FakeRun
+
+    from catapult.plots.phase import phase_grid
+    from catapult.sweep import run_sweep
+    from catapult.sweep.store import Store
+    from catapult.sweep.store_export import aggregate_table, export_table
+
+    spec = parse_sweep({"grid": {"optimizer.lr": {"log2_over_lambda0": [0, 1]}}, "seeds": 2})
+    run_sweep(C.validate({"name": "p", "train": {"steps": 3}}), spec, tmp_path / "s.db",
+              run_fn=FakeRun(diverge_above=3.0), lambda0_fn=FakeLambda0(), progress="none")
+    with Store(tmp_path / "s.db", create=False) as store:
+        columns, cells = export_table(store)
+        head, rows = aggregate_table(store)
+        grid = phase_grid(store.cells(), store.axes(), "best_train_loss", x="optimizer.lr", y=None)
+    at, col = {c: j for j, c in enumerate(columns)}, {c: j for j, c in enumerate(head)}
+    assert [c[at["status"]] for c in cells] == ["diverged", "finished", "diverged", "diverged"]
+    mixed, failed = rows
+    finished = cells[1]
+    for m in ("best_train_loss", "train_accuracy", "best_test_accuracy"):
+        assert (mixed[col[f"{m}_mean"]], mixed[col[f"{m}_n"]]) == (finished[at[m]], 1)
+        assert (failed[col[f"{m}_mean"]], failed[col[f"{m}_n"]]) == (None, 0)
+    assert grid.values[0, 0] == mixed[col["best_train_loss_mean"]]
+    # what a diverged seed does have still counts: its lambda_0, lr and the steps it ran
+    assert mixed[col["lambda_0_mean"]] == statistics.mean([2.0, 3.0]) and failed[col["steps_completed_n"]] == 2
+    assert (mixed[col["n_seeds"]], mixed[col["n_diverged"]]) == (2, 1)

@@ -82,6 +82,8 @@ def spectrum_columns(spectra) -> list[str]:
 
 #: Columns :func:`aggregate_table` averages over seeds.
 AGGREGATE_METRICS = (*FINAL_METRICS, *BEST_METRICS, "lambda_0", "lr_target", "steps_completed")
+#: ... over every seed with a result, a diverged one included; the others over finished seeds only
+_OF_EVERY_RESULT = ("lambda_0", "lr_target", "steps_completed")
 
 
 def mean_std(values: Sequence[Any]) -> tuple[float | None, float | None, int]:
@@ -107,7 +109,8 @@ def aggregate_table(store) -> tuple[list[str], list[list[Any]]]:
     diverged), ``n_finished``, ``n_diverged``, ``n_collapsed``, ``status`` (the seeds' common
     status, or ``mixed``), then for each of :data:`AGGREGATE_METRICS` ``<metric>_mean``,
     ``<metric>_std`` (sample std over seeds, :func:`mean_std`) and ``<metric>_n`` (seeds that
-    have a finite value: a diverged seed has no test metrics); the spectrum columns of
+    have a finite value: the metrics of finished and collapsed seeds only, as in the phase diagram,
+    but ``lambda_0``, ``lr_target`` and ``steps_completed`` of diverged seeds too); the spectrum columns of
     :func:`export_table` likewise. A store without a seed axis gives
     one row per cell with ``n_seeds = 1`` and std 0.
     """
@@ -137,8 +140,11 @@ def aggregate_table(store) -> tuple[list[str], list[list[Any]]]:
         row = [members[0][index[k]] for k in keys]
         row += [len(done), statuses.count("finished"), statuses.count("diverged"), statuses.count("collapsed"),
                 common.pop() if len(common) == 1 else "mixed"]
+        finished = [r for r in done if r[index["status"]] in ("finished", "collapsed")]
         for m in metrics:
-            row += list(mean_std([r[index[m]] for r in done]))
+            # a diverged seed's train accuracy and best values are from before it blew up: they
+            # would flatter the cell (plot, transfer and the paper count it a failure)
+            row += list(mean_std([r[index[m]] for r in (done if m in _OF_EVERY_RESULT else finished)]))
         out_rows.append(row)
     return out_columns, out_rows
 
