@@ -85,6 +85,10 @@ def test_invalid_cells_are_all_named_before_any_work():
     ({"seed": [0, 1]}, "sweep.seed", "did you mean 'sweep.seeds'"),
     ({"seeds": "three"}, "sweep.seeds", "list of integer seeds"),
     ({"seeds": 0}, "sweep.seeds", "number of seeds K >= 1"),
+    # once for sweep.seeds, where each cell named its own `seed` (20 lines and a count)
+    ({"seeds": [0, 0.5]}, "sweep.seeds", "0.5 is no seed: expected an integer >= 0"),
+    ({"seeds": [0, -1]}, "sweep.seeds", "-1 is no seed"),
+    ({"seeds": [True]}, "sweep.seeds", "True is no seed"),
 ])
 def test_bad_sweep_sections_name_the_key(section, key, words):
     with pytest.raises(cfg.ConfigError) as info:

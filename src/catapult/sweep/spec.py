@@ -317,6 +317,9 @@ def parse_sweep(section: Any) -> SweepSpec:
         elif not isinstance(seeds, (list, tuple)) or not seeds:
             problems.append(("sweep.seeds", f"expected a number of seeds K >= 1 or a non-empty list of integer "
                                             f"seeds, got {seeds!r}"))
+        elif bad := _bad_seeds(seeds):
+            # named once here, not once per cell of the grid by each cell's own `seed`
+            problems.append(("sweep.seeds", bad))
         else:
             axes.append(Axis("seed", tuple(seeds), tuple(str(s) for s in seeds), "list"))
             raw_out["seeds"] = raw_count if raw_count is not None else list(seeds)
@@ -332,6 +335,16 @@ def parse_sweep(section: Any) -> SweepSpec:
     if problems:
         raise cfg.ConfigError(problems)
     return SweepSpec(tuple(axes), raw_out)
+
+
+def _bad_seeds(seeds: Sequence[Any]) -> str:
+    """What is wrong with the first seed of ``seeds`` that ``seed`` refuses ("" if none is)."""
+    for value in seeds:
+        try:
+            cfg.get("seed").validate(value)
+        except ValueError as err:
+            return f"{value!r} is no seed: {err}"
+    return ""
 
 
 def _unknown_key(key: str) -> str:
