@@ -89,6 +89,10 @@ def test_invalid_cells_are_all_named_before_any_work():
     ({"seeds": [0, 0.5]}, "sweep.seeds", "0.5 is no seed: expected an integer >= 0"),
     ({"seeds": [0, -1]}, "sweep.seeds", "-1 is no seed"),
     ({"seeds": [True]}, "sweep.seeds", "True is no seed"),
+    # a falsy value that is no mapping was taken for no grid: a one-cell "sweep", silently
+    ({"grid": []}, "sweep.grid", "expected a mapping of dotted config keys"),
+    ({"grid": 0}, "sweep.grid", "expected a mapping of dotted config keys"),
+    ({"grid": ""}, "sweep.grid", "expected a mapping of dotted config keys"),
 ])
 def test_bad_sweep_sections_name_the_key(section, key, words):
     with pytest.raises(cfg.ConfigError) as info:
@@ -144,6 +148,18 @@ def test_load_sweep_splits_base_and_sweep_and_applies_overrides(tmp_path):
     assert "sweep" not in base
     assert spec.keys == ["optimizer.lr", "schedule.warmup_steps", "seed"]
     assert spec.size == 2 * 2 * 3
+
+
+@pytest.mark.parametrize("grid", ["[]", "abc"])
+def test_a_grid_override_onto_a_grid_that_is_no_mapping_names_the_grid(tmp_path, grid):
+    # the override was written into the list or string: a TypeError's traceback
+    path = _write(tmp_path, f"""
+        train: {{steps: 10}}
+        sweep: {{grid: {grid}}}
+        """)
+    with pytest.raises(cfg.ConfigError) as info:
+        load_sweep(path, ["sweep.grid.optimizer.lr=[0.1]"])
+    assert info.value.keys == ["sweep.grid"] and "expected a mapping" in str(info.value)
 
 
 def test_load_sweep_rejects_overriding_a_swept_key_and_bad_base_keys(tmp_path):

@@ -270,7 +270,9 @@ def parse_sweep(section: Any) -> SweepSpec:
             match = difflib.get_close_matches(str(key), ["grid", "seeds"], n=1, cutoff=0.6)
             hint = f" (did you mean 'sweep.{match[0]}'?)" if match else ""
             problems.append((f"sweep.{key}", f"unknown key{hint}; valid keys here: grid, seeds"))
-    grid = section.get("grid") or {}
+    grid = section.get("grid")
+    if grid is None:  # `grid:` left empty; 0, '' or [] are no mapping, and were read as one
+        grid = {}
     if not isinstance(grid, Mapping):
         problems.append(("sweep.grid", f"expected a mapping of dotted config keys to values, got {grid!r}"))
         grid = {}
@@ -381,7 +383,8 @@ def _apply_sweep_overrides(section: dict, overrides: Sequence[tuple[str, Any]]) 
             section.setdefault("grid", {})
             if section["grid"] is None:
                 section["grid"] = {}
-            section["grid"][key[len("sweep.grid."):]] = value
+            if isinstance(section["grid"], dict):  # any other grid is named by parse_sweep, not a TypeError here
+                section["grid"][key[len("sweep.grid."):]] = value
         else:
             problems.append((key, "a sweep override is sweep.seeds=[...] or sweep.grid.<dotted key>=<values>"))
     if problems:
