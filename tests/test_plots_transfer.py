@@ -70,6 +70,9 @@ def test_the_first_series_is_the_grid_s_first_when_the_config_normalized_its_val
     curves = transfer_curves(_cells(), axes)
     assert list(curves.curves["sp"]) == [1.0, 0.25, 0.0625]
     assert shift(curves) == {"sp": 2.0, "supar": 0.0}
+    # --where model.density=1, as the grid wrote it, selects the dense cells (was "no cells match")
+    dense = transfer_curves(_cells(), axes, series=None, where={"model.density": 1})
+    assert optima(dense)["sp"][None] == optima(curves)["sp"][1.0]
 
 
 @pytest.mark.usefixtures("single_thread")
