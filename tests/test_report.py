@@ -48,3 +48,16 @@ def test_report_is_one_self_contained_page(tmp_path):
     assert "<tr class='diverged'>" in text
     # the spec is there in the config's own units
     assert "log2_over_lambda0" in text and "warmup_steps" in text and "2^-3/λ0" in text
+
+
+def test_results_table_labels_values_the_config_normalized_as_the_grid_does(tmp_path):
+    # optimizer.lr: {log2: [-1, 1]} writes 1 and 2, the cells store 1.0 and 2.0: their rows read
+    # "1.0" and "2.0" beside "2^-1"
+    import re
+
+    spec = parse_sweep({"grid": {"optimizer.lr": {"log2": [-1, 1]}}})
+    run_sweep(cfg.validate({"name": "p", "train": {"steps": 3}}), spec, tmp_path / "s.db",
+              run_fn=FakeRun(diverge_above=100.0), lambda0_fn=lambda c: 2.0, progress="none")
+    page = write_report(tmp_path / "s.db").read_text()
+    results = page[page.index("<h2>Results</h2>"):]
+    assert re.findall(r"<tr class='[a-z]*'><td>\d+</td><td class='text'>([^<]*)</td>", results) == ["2^-1", "2^0", "2^1"]

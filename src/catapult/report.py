@@ -69,8 +69,7 @@ def _fmt(value: Any, key: str = "") -> str:
 def build_report(store, *, title: str | None = None, metric: str = "test_accuracy") -> str:
     """The report's HTML text for an open :class:`catapult.sweep.store.Store`."""
     from catapult.plots.phase import (cell_label, default_axes, default_trajectory_cells, phase_grid,
-                                      plot_cell_trajectories, plot_phase_diagram, unfinished_note)
-    from catapult.sweep.spec import canonical_json
+                                      plot_cell_trajectories, plot_phase_diagram, unfinished_note, value_positions)
 
     spec = store.spec()
     axes = store.axes()
@@ -78,7 +77,8 @@ def build_report(store, *, title: str | None = None, metric: str = "test_accurac
     counts = dict.fromkeys(("finished", "diverged", "failed", "interrupted", "running", "pending"), 0)
     for c in cells:  # statuses as the cells carry them ('interrupted' included); store text: escaped below
         counts[c["status"]] = counts.get(c["status"], 0) + 1
-    by_label = {a["key"]: dict(zip([canonical_json(v) for v in a["values"]], a["labels"])) for a in axes}
+    # each value as written in the grid and as the cells store it (2^0 is 1 there, 1.0 here)
+    by_label = {a["key"]: {v: a["labels"][i] for v, i in value_positions(axes, a["key"], cells).items()} for a in axes}
     name = title or f"Sweep report: {store.path.name}"
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><meta name='generator' content='{MARK}'><title>{html.escape(name)}</title>"
              f"<style>{_CSS}</style></head><body>", f"<h1>{html.escape(name)}</h1>"]
