@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from catapult import config as cfg
-from catapult.plots.phase import phase_grid, plot_cell_trajectories, plot_phase_diagram
+from catapult.plots.phase import cell_label, phase_grid, plot_cell_trajectories, plot_phase_diagram
 from catapult.sweep.store import Store
 from catapult.sweep import parse_sweep, run_sweep
 
@@ -155,3 +155,5 @@ def test_cells_whose_values_the_config_normalized_stay_on_the_diagram(tmp_path):
     by_label = phase_grid(cells, axes, "test_accuracy", x="model.width", y="schedule.warmup_steps",
                           where={"optimizer.lr": "2^-3"})
     assert by_label.members == [[[0], [1]], [[2], [3]]]
+    # a trajectory's legend names the cell in the grid's units too (it read lr=0.125)
+    assert cell_label(cells[0], axes) == "cell 0: lr=2^-3, T_wrm=1, model.width=16"

@@ -395,7 +395,7 @@ _SHORT = {"optimizer.lr": "lr", "schedule.warmup_steps": "T_wrm"}
 
 def cell_label(cell: Mapping[str, Any], axes: Sequence[Mapping[str, Any]] = ()) -> str:
     """``"cell 7: lr=2^3/λ0, T_wrm=8"``: a cell's swept values in the config's units."""
-    labels = {a["key"]: dict(zip(map(canonical_json, a["values"]), a["labels"])) for a in axes}
+    labels = {a["key"]: {v: a["labels"][i] for v, i in value_positions(axes, a["key"], [cell]).items()} for a in axes}
     parts = [f"{_SHORT.get(k, k)}={labels.get(k, {}).get(canonical_json(v), v)}" for k, v in cell["swept"].items()]
     return f"cell {cell['id']}: " + ", ".join(parts)
 
