@@ -87,7 +87,12 @@ def _too_large(model: Mapping[str, Any], why: str, context: int | None = None) -
 
 
 def gpt_context(config: Mapping[str, Any], in_features: int) -> int | None:
-    """``in_features`` where it is the gpt's context (the key :func:`_too_large` names), else None."""
+    """``in_features`` where it is the gpt's context (the key :func:`_too_large` names), else None.
+
+    >>> from catapult.config import validate
+    >>> gpt_context(validate({"data": {"name": "shakespeare"}, "model": {"name": "gpt"}}), 64), gpt_context(validate({}), 64)
+    (64, None)
+    """
     return in_features if config["model"]["name"] == "gpt" else None
 
 
