@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
 
 from dense_curvature import dense_hessian
 
@@ -99,3 +100,15 @@ def test_a_top_eigenvalue_of_zero_is_not_converged_by_any_solver():
                 est = catapult.sharpness(model, concave, batch, tol=1e-3, **kwargs)
             assert abs(est.value) < 1e-6, (dtype, kwargs, est)
             assert not est.converged and est.error_bound > 1e-3, (dtype, kwargs, est)
+
+
+def test_lean_stops_at_the_rounding_floor_instead_of_spending_max_iter():
+    # below what float32 can certify the computed residual stalls: lean ran cycles to max_iter
+    # (300 products) for a bound that stayed at the floor; the fast solver stops on invariance
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 2))
+    batch = (torch.randn(64, 3), torch.randn(64, 2))
+    top = np.linalg.eigvalsh(dense_hessian(model, nn.MSELoss(), batch).numpy())[-1]
+    est = catapult.sharpness(model, nn.MSELoss(), batch, tol=1e-8, memory="lean", max_iter=300)
+    assert not est.converged and est.matvecs < 60
+    assert abs(est.value - top) / top <= est.error_bound < 2e-6

@@ -169,6 +169,13 @@ def _apply(matvec, v: torch.Tensor, out: torch.Tensor) -> None:
         out.add_(matvec(v).to(out.dtype))
 
 
+#: A cycle of :func:`lean_top_eigenpair` whose residual is within this many rounding floors
+#: (:func:`~catapult.curvature.lanczos.error_floor`) and fell by less than half is the last: the
+#: residual a dtype computes stalls there (tanh / GELU MLPs in float32 asked for tol 1e-8 ran
+#: cycles to ``max_iter``, 300 products, for a bound that stayed at the floor).
+STALL_FLOORS = 100.0
+
+
 def lean_top_eigenpair(matvec, v0: torch.Tensor, *, tol: float = 1e-3, max_iter: int = 100,
                        overwrite: bool = False, reduce=None, dimension: int | None = None) -> EigenEstimate:
     """Top (algebraic) eigenpair of a symmetric operator holding three vectors of ``v0``'s size
@@ -228,7 +235,7 @@ def lean_top_eigenpair(matvec, v0: torch.Tensor, *, tol: float = 1e-3, max_iter:
     del v0
     q0 = home.div_(norm)
     matvecs = 0
-    best = None
+    best, previous = None, math.inf
     while max_iter - matvecs >= 2:
         budget = max_iter - matvecs
         # -- pass 1: the coefficients of T_m
@@ -282,11 +289,17 @@ def lean_top_eigenpair(matvec, v0: torch.Tensor, *, tol: float = 1e-3, max_iter:
             return EigenEstimate(float("nan"), home.copy_(y), matvecs, False, float("nan"))
         rel = relative_residual(residual, 1.0, value)
         scale = max(abs(float(values[0])), abs(float(values[-1])), abs(value))
-        bound = max(rel, error_floor(value, scale, eps))
+        floor = error_floor(value, scale, eps)
+        bound = max(rel, floor)
         best = EigenEstimate(value, home, matvecs, bound <= tol, rel, bound)
         q0 = home.copy_(y)  # the result; and the next cycle's start
         del y
         if rel <= tol:  # another cycle gains nothing, also where the floor is above tol
             break
+        if rel <= STALL_FLOORS * floor and rel > previous / 2:
+            # at rounding level, below any tol the dtype can certify: the computed residual stalls
+            # there, and at a tol under the floor every cycle to max_iter was spent for nothing
+            break
+        previous = rel
     best.matvecs = matvecs
     return best
