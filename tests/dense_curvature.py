@@ -82,3 +82,15 @@ def dense_adam_preconditioned(model, loss_fn, batch, optimizer) -> np.ndarray:
     P = adam_next_preconditioner(model, loss_fn, batch, optimizer)
     H = dense_hessian(model, loss_fn, batch).numpy()
     return H / np.sqrt(P)[:, None] / np.sqrt(P)[None, :]
+
+
+def long_float32_diagonal(n: int = 4 * 10**6):
+    """``(d, v0)``: a float32 diagonal operator ``v -> d * v`` of ``n`` entries whose top
+    eigenvalue is exactly 1 (then 0.99, the rest in [0, 0.5)), and a start vector leaning on it;
+    long enough that one-pass float32 sums over it round above 1e-6."""
+    gen = torch.Generator().manual_seed(0)
+    d = torch.rand(n, generator=gen) * 0.5
+    d[0], d[1] = 1.0, 0.99
+    v0 = torch.randn(n, generator=gen)
+    v0[0] = v0.norm()
+    return d, v0

@@ -12,6 +12,7 @@ import torch
 
 from catapult.curvature import lanczos_top_eigenpair
 from catapult.sweep.ensemble import batched_lanczos
+from dense_curvature import long_float32_diagonal
 
 
 @pytest.mark.parametrize("n, max_basis", [(12, 20), (60, 8)])
@@ -128,11 +129,7 @@ def test_a_float32_member_over_four_million_entries_is_accurate_to_rounding(sing
     # one-pass float32 sums over the row: the start's norm 7.7e-5 off unit length put the value
     # 1.6e-4 off, and alpha and the Gram-Schmidt coefficients 3.2e-6 more, all with an
     # error_bound of 9.5e-7, converged; in chunks 4.6e-7, as the single solver
-    gen = torch.Generator().manual_seed(0)
-    d = torch.rand(4 * 10**6, generator=gen) * 0.5
-    d[0], d[1] = 1.0, 0.99   # the top eigenvalue is exactly 1
-    v0 = torch.randn(4 * 10**6, generator=gen)
-    v0[0] = v0.norm()
+    d, v0 = long_float32_diagonal()
     (est,) = batched_lanczos(lambda active, V: V * d, v0[None], tol=[1e-6], max_iter=[100], max_basis=8)
     assert est.converged
     assert abs(est.value - 1.0) <= min(est.error_bound, 1e-6)
