@@ -199,3 +199,13 @@ def test_aggregate_counts_a_diverged_seed_as_no_value_like_the_phase_diagram(tmp
     # what a diverged seed does have still counts: its lambda_0, lr and the steps it ran
     assert mixed[col["lambda_0_mean"]] == statistics.mean([2.0, 3.0]) and failed[col["steps_completed_n"]] == 2
     assert (mixed[col["n_seeds"]], mixed[col["n_diverged"]]) == (2, 1)
+
+
+def test_an_accuracy_of_exactly_one_and_a_half_times_chance_is_not_below_it():
+    # the rule is accuracy < 1.5 / classes; 1.5 * (1 / 10) rounds to 0.15000000000000002, above the
+    # 3 / 20 = 0.15 that 3 hits of 20 rows give, so a run exactly at 1.5x chance was called diverged
+    for data, at, below in (("digits", (3, 20), (2, 20)), ("digits", (150, 1000), (149, 1000)),
+                            ("cifar100", (3, 200), (2, 200)), ("cifar100", (15, 1000), (14, 1000))):
+        c = {"data": {"name": data}, "optimizer": {"name": "adam"}, "train": {"accuracy_failure": "auto"}}
+        assert final_status("finished", at[0] / at[1], c) == ("finished", None), (data, at)
+        assert final_status("finished", below[0] / below[1], c) == ("diverged", "final_accuracy_below_1.5x_chance")
