@@ -453,3 +453,37 @@ def test_hutch_plus_plus_takes_n_from_the_split_and_refuses_one_that_disagrees()
     with pytest.raises(ValueError, match="n must be a positive integer"):
         hutch_plus_plus(lambda v: A @ v, None, 9)
     assert hutch_plus_plus(lambda v: A @ v, np.int64(3), 9) == pytest.approx(6.0, abs=1e-12)   # any integer type
+
+
+def test_an_early_ending_quadrature_pads_with_its_own_last_node_so_the_grid_spans_the_eigenvalues():
+    """H = diag(4, 1): every node, padded ones included, is 1 or 4, so the default sigma is 1% of
+    4 - 1 and the grid starts at 1 - 3 sigma (padding with 0 put a node, and the grid, at 0)."""
+    model = torch.nn.Linear(2, 1, bias=False)
+    batch = (torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0], [0.0]]))
+    dens = catapult.spectral_density(model, torch.nn.MSELoss(), batch, runs=2, steps=5)
+    assert np.all(np.isclose(dens.nodes, 1.0, rtol=1e-5) | np.isclose(dens.nodes, 4.0, rtol=1e-5))
+    assert dens.sigma == pytest.approx(0.03, rel=1e-5)
+    assert dens.grid[0] == pytest.approx(1.0 - 0.09, rel=1e-5)
+    assert dens.grid[-1] == pytest.approx(4.0 + 0.09, rel=1e-5)
+
+
+def test_the_gauss_newton_matrix_of_a_loss_linear_in_the_outputs_is_zero():
+    # H_L = 0 for L = sum(out * y), so G = J^T H_L J = 0 (while J^T J is not)
+    model, _, (x, y) = small_problem(n=8)
+    G = GaussNewtonOperator(model, lambda out, target: (out * target).sum(), (x, y))
+    v = torch.randn(G.numel, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(G(v), torch.zeros_like(v))
+
+
+def test_sgd_holding_some_parameters_gives_the_spectrum_of_their_hessian_block():
+    """P^-1 = 0 off the optimizer's parameters (they do not move): the operator is the dense
+    Hessian's block of the last layer's weights and bias, zero elsewhere."""
+    model, loss_fn, batch = small_problem(n=12, width=3)
+    H = dense_hessian(model, loss_fn, batch).numpy()
+    first = sum(p.numel() for p in model[0].parameters())
+    block = H[first:, first:]
+    opt = torch.optim.SGD(model[2].parameters(), lr=0.1)
+    trace = catapult.hessian_trace(model, loss_fn, batch, optimizer=opt, matvecs=H.shape[0])  # exact: e_i
+    assert trace == pytest.approx(np.trace(block), rel=1e-10)
+    eig = catapult.top_eigenpairs(model, loss_fn, batch, k=3, optimizer=opt, tol=1e-10, block_size=3)
+    np.testing.assert_allclose(eig.values, np.linalg.eigvalsh(block)[::-1][:3], rtol=1e-8)  # 3 outputs: x3
