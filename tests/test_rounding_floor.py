@@ -112,3 +112,15 @@ def test_lean_stops_at_the_rounding_floor_instead_of_spending_max_iter():
     est = catapult.sharpness(model, nn.MSELoss(), batch, tol=1e-8, memory="lean", max_iter=300)
     assert not est.converged and est.matvecs < 60
     assert abs(est.value - top) / top <= est.error_bound < 2e-6
+
+
+def test_a_basis_that_spans_the_space_is_converged_only_where_the_residuals_are_within_tol():
+    # the basis spans R^5 after 5 products: exact to rounding, so converged at tol 1e-6 but not at
+    # a tol under float32's rounding floor (documented: converged=False)
+    from catapult.curvature.top_k import lanczos_top_k
+
+    A = torch.diag(torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0]))
+    low = lanczos_top_k(lambda v: A @ v, torch.ones(5), 2, tol=1e-12)
+    assert low.values == pytest.approx([5.0, 4.0], rel=1e-6) and low.matvecs == 5
+    assert not low.converged
+    assert lanczos_top_k(lambda v: A @ v, torch.ones(5), 2, tol=1e-4).converged
