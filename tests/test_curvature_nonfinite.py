@@ -1,5 +1,7 @@
 """A spectral density of a diverged model (nan parameters, an infinite loss) is a ValueError
 that says so, not numpy's "Eigenvalues did not converge"."""
+import math
+
 import pytest
 import torch
 import torch.nn as nn
@@ -35,3 +37,16 @@ def test_lanczos_quadrature_of_a_finite_operator_is_unchanged():
     A = torch.diag(torch.tensor([3.0, 1.0], dtype=torch.float64))
     nodes, weights = lanczos_quadrature(lambda v: A @ v, torch.ones(2, dtype=torch.float64), 2)
     assert nodes.round(12).tolist() == [1.0, 3.0] and weights.round(12).tolist() == [0.5, 0.5]
+
+
+def test_micro_batches_of_a_diverged_model_give_nan_not_a_refused_reduction():
+    # an inf loss counts as a mean: the products are nan, as without chunk_size (not
+    # "loss_fn is neither a mean nor a sum", which compared inf with inf)
+    model = nn.Linear(2, 1).double()
+    with torch.no_grad():
+        model.weight[0, 0] = float("inf")
+    gen = torch.Generator().manual_seed(0)
+    batch = (torch.randn(4, 2, dtype=torch.float64, generator=gen), torch.randn(4, 1, dtype=torch.float64, generator=gen))
+    est = catapult.sharpness(model, nn.MSELoss(), batch, chunk_size=2)
+    assert math.isnan(est.value) and not est.converged
+    assert math.isnan(catapult.hessian_trace(model, nn.MSELoss(), batch, chunk_size=2, matvecs=3))
