@@ -137,3 +137,16 @@ def test_build_warmup_refuses_the_persistent_rule_across_processes():
     with pytest.raises(ConfigError, match=r"schedule\.warmup"):
         build_warmup(*args, distributed=True)
     assert build_warmup(*args).persistent is not None   # one process: the persistent rule
+
+
+def test_a_shard_is_cut_into_halves_of_ceil_and_floor_n_over_2_samples():
+    # a shard of 2 samples was cut into 2 and 0 (an empty half's mean loss is nan): every mean
+    # and sum loss was then refused as "neither a mean nor a sum"
+    from catapult.curvature.distributed import _halves, single_process_group, union_weight
+
+    for n, sizes in ((2, [1, 1]), (3, [2, 1]), (4, [2, 2]), (5, [3, 2])):
+        x, y = torch.randn(n, 2), torch.randn(n, 1)
+        _, _, pieces, _ = _halves(x, y)
+        assert [len(p[0]) for p in pieces] == sizes and [len(p[1]) for p in pieces] == sizes
+    with single_process_group():
+        assert union_weight(torch.nn.Linear(2, 1), torch.nn.MSELoss(), (torch.randn(2, 2), torch.randn(2, 1))) == 1.0
