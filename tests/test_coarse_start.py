@@ -168,3 +168,36 @@ def test_sub_batch_levels_take_samples_from_all_of_a_sorted_batch():
     assert coarse_levels(batch, "auto")[0][0] == 32  # a sub-batch level runs
     est = catapult.sharpness(model, nn.MSELoss(), batch)
     assert est.converged and est.value == pytest.approx(top, rel=1e-6)
+
+
+def test_difference_consistency_is_the_documented_relative_gap():
+    # F(v) = A v + c v^2 (elementwise): F+ = A v + c v^2, F- = -F(-v) = A v - c v^2, so the gap
+    # ||F+ - F-|| / ||(F+ + F-) / 2|| is 2 c ||v^2|| / ||A v||
+    from types import SimpleNamespace
+
+    A = torch.diag(torch.tensor([3.0, 1.0], dtype=torch.float64))
+    op = SimpleNamespace(forward_difference=lambda v: A @ v + 0.5 * v * v)
+    v = torch.tensor([0.6, 0.8], dtype=torch.float64)
+    gap, forward = difference_consistency(op, v)
+    assert gap == pytest.approx(2 * 0.5 * float(torch.linalg.vector_norm(v * v))
+                                / float(torch.linalg.vector_norm(A @ v)), rel=1e-12)
+    assert torch.allclose(forward, A @ v + 0.5 * v * v)
+
+
+def test_a_sub_batch_level_that_does_not_converge_leaves_the_start_vector():
+    # documented: a sub-batch level's vector is used when its solve converged
+    model = nn.Linear(3, 1, bias=False)
+    x = torch.tensor([[3.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 1.0], [1.0, 1.0, 1.0]])
+    v0 = torch.tensor([1.0, 2.0, 3.0])
+    v, products, _ = coarse_start_vector(model, nn.MSELoss(), (x, torch.zeros(4, 1)), v0, [(2, 1e-12)],
+                                         max_iter=2)
+    assert products == 2 and torch.equal(v, v0)
+
+
+def test_auto_levels_start_at_exactly_coarse_min_samples():
+    # "at least COARSE_MIN_SAMPLES" samples get the sub-batch levels
+    from catapult.curvature.coarse import COARSE_MIN_SAMPLES, SMALL_BATCH_LEVELS
+
+    x, y = torch.zeros(COARSE_MIN_SAMPLES, 3), torch.zeros(COARSE_MIN_SAMPLES)
+    assert coarse_levels((x, y), "auto") == [(COARSE_MIN_SAMPLES // 16, 3e-3), (COARSE_MIN_SAMPLES // 4, 3e-3)]
+    assert coarse_levels((x[:-1], y[:-1]), "auto") == list(SMALL_BATCH_LEVELS)
