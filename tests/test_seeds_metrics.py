@@ -209,3 +209,41 @@ def test_an_accuracy_of_exactly_one_and_a_half_times_chance_is_not_below_it():
         c = {"data": {"name": data}, "optimizer": {"name": "adam"}, "train": {"accuracy_failure": "auto"}}
         assert final_status("finished", at[0] / at[1], c) == ("finished", None), (data, at)
         assert final_status("finished", below[0] / below[1], c) == ("diverged", "final_accuracy_below_1.5x_chance")
+
+
+def test_divergence_is_a_loss_strictly_above_factor_times_a_positive_initial_loss():
+    from catapult.engine.step import diverged
+
+    assert not diverged(1000.0, 1.0, 1000) and diverged(1000.5, 1.0, 1000)
+    # L_0 <= 0 (a loss that can reach 0 or go negative): only a non-finite loss diverges
+    assert not diverged(5.0, 0.0, 10) and not diverged(5.0, -1.0, 10)
+    assert diverged(float("inf"), 0.0, 10) and diverged(float("nan"), -1.0, 10)
+
+
+def test_summary_peak_min_and_best_values_are_over_every_logged_row():
+    # synthetic rows: the peak train loss is at step 0, the minimum is not the last, and the first
+    # test evaluation is nan (skipped by best_test_loss, whatever its position)
+    from catapult.engine.records import summarize
+    from catapult.engine.step import new_row
+
+    train = [9.0, 2.0, 7.0, 1.0, 3.0]
+    tests = {0: (float("nan"), 0.2), 2: (4.0, 0.6), 4: (2.5, 0.4)}
+    metrics = []
+    for t, loss in enumerate(train):
+        row = new_row(t, 0.1, 20.0)
+        row.update(train_loss=loss, train_accuracy=0.9)
+        if t in tests:
+            row.update(test_loss=tests[t][0], test_accuracy=tests[t][1])
+        metrics.append(row)
+    s = summarize(C.validate(tiny(train={"steps": 4})), metrics, status="finished", diverged_at=None, lambda_0=2.0,
+                  lr_trgt=0.1, threshold_target=20.0, n_params=3, device="cpu", sharpness_kind="hessian",
+                  matvecs_total=0, measurements=0, unconverged=0, wall_time=0.0)
+    assert (s["initial_train_loss"], s["peak_train_loss"], s["min_train_loss"], s["final_train_loss"]) == (9.0, 9.0, 1.0, 3.0)
+    assert (s["best_test_loss"], s["best_test_accuracy"], s["final_test_loss"]) == (2.5, 0.6, 2.5)
+
+
+def test_a_finished_run_without_a_train_accuracy_fails_the_accuracy_rule():
+    # nothing shows it above 1.5x chance (code's rule); where the rule does not apply it finishes
+    adam = {"data": {"name": "digits"}, "optimizer": {"name": "adam"}, "train": {"accuracy_failure": "auto"}}
+    assert final_status("finished", None, adam) == ("diverged", "final_accuracy_below_1.5x_chance")
+    assert final_status("finished", None, {**adam, "optimizer": {"name": "sgd"}}) == ("finished", None)
