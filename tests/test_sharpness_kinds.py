@@ -197,3 +197,34 @@ def test_radam_metrics_csv_has_the_kind_column_and_reads_back(tmp_path):
     assert [r.get("sharpness_kind") for r in res.metrics] == [r["sharpness_kind"] for r in back] == \
         ["hessian", None, None, "hessian", None, None, "preconditioned", "preconditioned"]
     assert "sharpness_kind" not in engine.metric_columns(_with(config, eval={"sharpness_every": 0}))
+
+
+def test_the_threshold_at_lr_zero_is_infinite():
+    # a schedule at lr 0 (cosine to lr_final = 0): nothing is unstable, and instability_threshold
+    # itself refuses lr 0
+    from catapult.engine.sharpness_rule import threshold
+
+    w = [torch.nn.Parameter(torch.zeros(2))]
+    assert threshold(torch.optim.SGD(w, lr=0.0)) == math.inf
+    assert threshold(torch.optim.SGD(w, lr=0.5), lr=0.0) == math.inf
+    assert threshold(torch.optim.SGD(w, lr=0.5)) == pytest.approx(4.0)
+
+
+def test_spectrum_columns_take_at_least_three_products_per_eigenpair():
+    # eval.sharpness_max_iter below spectrum_top_k: the top-k solve still gets 3 k products (it
+    # refused max_iter < k); Ritz values are at most the dense Hessian's (interlacing)
+    from catapult import config as C
+    from catapult.engine.sharpness_rule import spectrum_estimates
+    from dense_curvature import dense_hessian
+
+    config = C.validate({"eval": {"sharpness_every": 1, "sharpness_max_iter": 2, "spectrum_top_k": 3,
+                                  "sharpness_tol": 1e-8}})
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Tanh(), torch.nn.Linear(3, 2)).double()
+    batch = (torch.randn(10, 3, dtype=torch.float64), torch.randn(10, 2, dtype=torch.float64))
+    eig, trace = spectrum_estimates(config, model, torch.nn.MSELoss(), batch, top_k=3, trace_matvecs=0)
+    truth = np.linalg.eigvalsh(dense_hessian(model, torch.nn.MSELoss(), batch).numpy())[::-1][:3]
+    assert trace is None and len(eig.values) == 3 and eig.matvecs <= 3 * 3 + 2   # a block is finished
+    # 9 products of 20 dimensions: the top value is the dense one, the others Ritz values below theirs
+    assert eig.values[0] == pytest.approx(truth[0], rel=1e-6)
+    assert all(v <= t * (1 + 1e-9) for v, t in zip(eig.values, truth))
