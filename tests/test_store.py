@@ -379,3 +379,50 @@ def test_an_export_stopped_mid_write_leaves_no_truncated_csv(tmp_path, monkeypat
     with Store(path, create=False) as store, pytest.raises(KeyboardInterrupt):
         write_csv(store, tmp_path / "out.csv")
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("out", ".partial"))) == []
+
+
+class _CellsStore:
+    """The read side of a store that export_table / aggregate_table use, over given cells."""
+
+    def __init__(self, cells, metrics=None):
+        self._cells, self._metrics = cells, metrics or {}
+
+    def axes(self):
+        return [{"key": "optimizer.lr"}, {"key": "seed"}]
+
+    def cells(self):
+        return self._cells
+
+    def metrics(self, cell_id):
+        return self._metrics.get(cell_id, [])
+
+
+def test_aggregate_counts_and_averages_the_seeds_with_a_result_only():
+    # n_seeds and the means / sample stds are over finished, diverged and collapsed seeds; an
+    # interrupted seed is none of them; a group whose statuses differ is "mixed"
+    import statistics
+    from catapult.sweep.store_export import aggregate_table
+
+    def cell(i, lr, seed, status, acc):
+        return {"id": i, "swept": {"optimizer.lr": lr, "seed": seed}, "status": status, "config": None,
+                "test_accuracy": acc}
+    cells = [cell(1, 0.1, 0, "finished", 0.5), cell(2, 0.1, 1, "diverged", None),
+             cell(3, 0.1, 2, "collapsed", 0.3), cell(4, 0.1, 3, "interrupted", 0.9),
+             cell(5, 0.2, 0, "finished", 0.7), cell(6, 0.2, 1, "finished", 0.8)]
+    columns, rows = aggregate_table(_CellsStore(cells))
+    got = [dict(zip(columns, r)) for r in rows]
+    assert [g["optimizer.lr"] for g in got] == [0.1, 0.2]
+    mixed, same = got
+    assert [mixed[k] for k in ("n_seeds", "n_finished", "n_diverged", "n_collapsed", "status")] == [3, 1, 1, 1, "mixed"]
+    assert mixed["test_accuracy_mean"] == pytest.approx(0.4) and mixed["test_accuracy_n"] == 2
+    assert mixed["test_accuracy_std"] == pytest.approx(statistics.stdev([0.5, 0.3]))
+    assert [same[k] for k in ("n_seeds", "n_finished", "status", "test_accuracy_n")] == [2, 2, "finished", 2]
+
+
+def test_last_spectrum_skips_values_that_are_not_finite():
+    from catapult.sweep.store_export import last_spectrum
+
+    cell = {"id": 1, "status": "finished", "config": {"eval": {"spectrum_top_k": 1, "trace_matvecs": 5}}}
+    rows = [{"eig_1": 3.0, "hessian_trace": 7.0}, {"eig_1": float("nan"), "hessian_trace": None},
+            {"eig_1": float("inf"), "hessian_trace": 8.0}]
+    assert last_spectrum(_CellsStore([cell], {1: rows}), cell) == {"eig_1": 3.0, "hessian_trace": 8.0}
