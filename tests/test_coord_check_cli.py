@@ -80,7 +80,7 @@ def test_coord_check_over_width_and_overrides(tmp_path):
     (["coord_check.densities=null"], "coord_check"),
     (["coord_check=1"], "coord_check: expected a mapping"),   # not "unknown key"
     (["coord_check=1", "coord_check.widths=[32]"], "coord_check: expected a mapping"),
-    (["coord_check.widths=[64, 4000000]"], "model (coord_check.widths=4000000, sp): model.width=4000000 and model.depth=1 make"),
+    (["coord_check.widths=[64, 4000000]"], "model (coord_check.widths=4000000, sp): model.width=4000000, model.depth=1 and data.context=16 make"),
     (["coord_check.widths=[64, 99999999998]"], "cannot be built here (a tensor size overflows int64)"),
 ])
 def test_bad_input_is_refused_before_any_work(tmp_path, capsys, override, key):
