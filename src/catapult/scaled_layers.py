@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from catapult.sparsity import MaskedLinear
 
 __all__ = ["ScaledLinear", "ScaledEmbedding", "ScaledConv2d", "WEIGHT_LAYERS", "as_scaled",
-           "fan_in", "fan_out", "layer_width", "init_weight_", "INIT_DISTRIBUTIONS", "TRUNC_STD", "check_input_dtype"]
+           "fan_in", "fan_out", "layer_width", "init_weight_", "INIT_DISTRIBUTIONS", "TRUNC_STD", "check_input_dtype",
+           "autocast_enabled"]
 
 #: Weight init distributions of the built-in models (``model.init``).
 INIT_DISTRIBUTIONS = ("normal", "trunc_normal")
@@ -74,17 +75,27 @@ def check_input_dtype(owner: str, x: torch.Tensor, weight: torch.Tensor) -> None
     ``weight`` differ in dtype outside autocast (NumPy's float64 data into a float32 model): torch's
     words were "mat1 and mat2 must have the same dtype" or "expected scalar type Double but found
     Float", neither saying which side is which."""
-    if x.dtype == weight.dtype or _autocast_enabled(x.device.type):
+    if x.dtype == weight.dtype or autocast_enabled(x.device.type):
         return
     raise TypeError(f"{owner} weights are {weight.dtype} but the inputs of shape {tuple(x.shape)} are {x.dtype}: "
                     f"pass x.to({weight.dtype}), or convert the model with model.to({x.dtype})")
 
 
-def _autocast_enabled(device_type: str) -> bool:
+def autocast_enabled(device_type: str) -> bool:
+    """Whether ``torch.autocast`` is on for ``device_type`` in this thread (False for a device
+    type this torch has no autocast for).
+
+    >>> with torch.autocast("cpu", dtype=torch.bfloat16):
+    ...     autocast_enabled("cpu")
+    True
+    >>> autocast_enabled("cpu")
+    False
+    """
     try:
-        return bool(torch.is_autocast_enabled(device_type))
-    except TypeError:  # torch < 2.4 takes no device type
-        return bool(torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled())
+        return bool(torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type))
+    except (AttributeError, TypeError):  # torch < 2.4: no per-device query
+        return bool(torch.is_autocast_cpu_enabled() if device_type == "cpu" else
+                    device_type == "cuda" and torch.is_autocast_enabled())
 
 
 def fan_in(layer: nn.Module) -> int:

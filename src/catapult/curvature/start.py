@@ -14,6 +14,7 @@ import torch
 
 from catapult.arguments import as_integer, as_real
 from catapult.curvature import distributed as dist_ops
+from catapult.scaled_layers import autocast_enabled
 
 __all__ = ["outside_inference_mode", "outside_autocast", "check_solver_args", "check_max_basis", "start_vector", "initial_vector",
            "split_operator", "solver_split"]
@@ -44,12 +45,7 @@ def outside_inference_mode(fn):
 
 def _autocast_devices() -> list[str]:
     """The device types whose autocast is on in this thread."""
-    try:
-        return [d for d in ("cpu", "cuda", "xpu", "mps", "hpu")
-                if torch.amp.is_autocast_available(d) and torch.is_autocast_enabled(d)]
-    except (AttributeError, TypeError):  # torch < 2.4: no per-device query
-        return ([d for d, on in (("cpu", torch.is_autocast_cpu_enabled()), ("cuda", torch.is_autocast_enabled()))
-                 if on])
+    return [d for d in ("cpu", "cuda", "xpu", "mps", "hpu") if autocast_enabled(d)]
 
 
 def outside_autocast(fn):
