@@ -33,6 +33,7 @@ __all__ = [
     "PhaseGrid",
     "plain_text",
     "value_positions",
+    "value_selects",
     "phase_grid",
     "unfinished_note",
     "RESULT_STATUSES",
@@ -169,15 +170,8 @@ def phase_grid(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[str, A
     positions = {key: value_positions(axes, key, cells) for key in {x, y, *where} if key is not None}
 
     def matches(cell) -> bool:
-        for key, wanted in where.items():
-            have = cell["swept"].get(key)
-            axis = by_key[key]
-            at = positions[key].get(canonical_json(have))
-            label = axis["labels"][at] if at is not None else str(have)
-            same_place = at is not None and positions[key].get(canonical_json(wanted)) == at
-            if not (canonical_json(have) == canonical_json(wanted) or same_place or str(wanted) in (label, str(have))):
-                return False
-        return True
+        return all(value_selects(by_key[key], positions[key], cell["swept"].get(key), wanted)
+                   for key, wanted in where.items())
 
     xa = by_key[x]
     ya = by_key[y] if y is not None else {"values": [None], "labels": [""]}
@@ -247,6 +241,22 @@ def value_positions(axes: Sequence[Mapping[str, Any]], key: str, cells: Sequence
         if isinstance(cell.get("id"), int) and key in cell["swept"]:
             out.setdefault(canonical_json(cell["swept"][key]), (cell["id"] // stride) % lengths[k])
     return out
+
+
+def value_selects(axis: Mapping[str, Any], positions: Mapping[str, int], have: Any, wanted: Any) -> bool:
+    """Whether a cell's stored value ``have`` on ``axis`` is the ``wanted`` of a ``--where``: the
+    same value, its label (``2^-3``), or the value as the grid wrote it (``1`` for a stored
+    ``1.0``), that is the same grid position in ``positions`` (:func:`value_positions`).
+
+    >>> axis = {"key": "optimizer.lr", "values": ["2^-3", 1], "labels": ["2^-3", "1"]}
+    >>> positions = {'"2^-3"': 0, "1": 1, "0.125": 0, "1.0": 1}
+    >>> [value_selects(axis, positions, 0.125, w) for w in ("2^-3", 0.125, 1)], value_selects(axis, positions, 1.0, 1)
+    ([True, True, False], True)
+    """
+    at = positions.get(canonical_json(have))
+    label = axis["labels"][at] if at is not None else str(have)
+    return (canonical_json(have) == canonical_json(wanted) or str(wanted) in (label, str(have))
+            or (at is not None and positions.get(canonical_json(wanted)) == at))
 
 
 #: Statuses of a cell that has its result (or its final failure).

@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 
 from catapult.analysis import is_finite_number
 from catapult.files import save_figure
-from catapult.plots.phase import plain_text, value_positions
+from catapult.plots.phase import plain_text, value_positions, value_selects
 from catapult.sweep.spec import canonical_json
 
 __all__ = ["TransferCurves", "transfer_curves", "optima", "drift", "shift", "plot_transfer", "transfer_table",
@@ -122,19 +122,11 @@ def transfer_curves(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[s
     groups: dict[Any, dict[Any, dict[float, list[float]]]] = {}
     unfinished: dict[tuple[Any, Any], int] = {}
     kinds: set[bool] = set()
-    labels = {a["key"]: a["labels"] for a in axes}
+    by_key = {a["key"]: a for a in axes}
     positions = {key: value_positions(axes, key, cells) for key in (where or {})}
-
-    def selected(key: str, have: Any, wanted: Any) -> bool:
-        # as in the phase diagram: the value as stored, as written in the grid (1 for a stored
-        # 1.0) or its label (2^-3) selects its grid position
-        at = positions[key].get(canonical_json(have))
-        return (canonical_json(have) == canonical_json(wanted) or str(have) == str(wanted)
-                or (at is not None and (positions[key].get(canonical_json(wanted)) == at
-                                        or labels[key][at] == str(wanted))))
-
     for cell in cells:
-        if not all(selected(k, cell["swept"].get(k), v) for k, v in (where or {}).items()):
+        # as in the phase diagram: the value as stored, as the grid wrote it or its label
+        if not all(value_selects(by_key[k], positions[k], cell["swept"].get(k), v) for k, v in (where or {}).items()):
             continue
         p = cell["swept"].get(panel) if panel else None
         s = cell["swept"].get(series) if series else None
