@@ -240,6 +240,15 @@ def test_summary_peak_min_and_best_values_are_over_every_logged_row():
                   matvecs_total=0, measurements=0, unconverged=0, wall_time=0.0)
     assert (s["initial_train_loss"], s["peak_train_loss"], s["min_train_loss"], s["final_train_loss"]) == (9.0, 9.0, 1.0, 3.0)
     assert (s["best_test_loss"], s["best_test_accuracy"], s["final_test_loss"]) == (2.5, 0.6, 2.5)
+    # a nan first (a sharpness measured on a model gone non-finite, an accuracy of no samples):
+    # max() returned nan where it came first and skipped it anywhere else
+    metrics[0].update(sharpness=float("nan"), test_accuracy=float("nan"))
+    metrics[2].update(sharpness=5.0)
+    metrics[4].update(sharpness=3.0)
+    s = summarize(C.validate(tiny(train={"steps": 4})), metrics, status="finished", diverged_at=None, lambda_0=2.0,
+                  lr_trgt=0.1, threshold_target=20.0, n_params=3, device="cpu", sharpness_kind="hessian",
+                  matvecs_total=0, measurements=0, unconverged=0, wall_time=0.0)
+    assert (s["peak_sharpness"], s["best_test_accuracy"], s["final_sharpness"]) == (5.0, 0.6, 3.0)
 
 
 def test_a_finished_run_without_a_train_accuracy_fails_the_accuracy_rule():

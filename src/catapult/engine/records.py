@@ -243,12 +243,14 @@ def summarize(config, metrics, *, status, diverged_at, lambda_0, lr_trgt, thresh
         "final_train_accuracy": last.get("train_accuracy"),
         "final_test_loss": final_tests[-1]["test_loss"] if final_tests else None,
         "final_test_accuracy": final_tests[-1]["test_accuracy"] if final_tests else None,
-        "best_test_accuracy": max(r["test_accuracy"] for r in tests) if tests else None,
+        # over finite values: max() with a nan first returned nan, and skipped one anywhere else
+        "best_test_accuracy": max(accuracies) if (accuracies := [r["test_accuracy"] for r in tests
+                                                                  if finite(r["test_accuracy"])]) else None,
         "best_test_loss": min(r["test_loss"] for r in finite_tests) if finite_tests else None,
         "lambda0_batches": lambda0_batches,
         "sharpness_kind": sharpness_kind,
         "final_sharpness": final_sharp[-1][1] if final_sharp else None,
-        "peak_sharpness": max(v for _, v in sharp) if sharp else None,
+        "peak_sharpness": max(peaks) if (peaks := [v for _, v in sharp if finite(v)]) else None,
         "catapult": bool(events),
         "catapults": [e.as_dict() for e in events],
         "sharpness_measurements": measurements,
