@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -384,3 +385,19 @@ def test_doubling_is_capped_at_lr_max_when_it_is_not_a_power_of_two_times_lr_sta
     model, batch, opt = _diag_problem()
     res = critical_lr(model, torch.nn.MSELoss(), batch, opt, lr_start=0.15, lr_max=0.4)
     assert (res.lr, res.lower, res.upper, res.forward_passes) == (0.4, 0.4, 0.4, 4)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_model_is_warned_about(dtype):
+    # trial steps below bfloat16's resolution move nothing and its rounded loss reads noise as a
+    # rise: one GI-Adam step gave 2e-4 where the float64 model's critical lr is 4.9, silently
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    batch = (torch.randn(16, 4), torch.randn(16, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # float32: no warning
+        critical_lr(model, torch.nn.MSELoss(), batch, torch.optim.SGD(model.parameters(), lr=0.1))
+    model = model.to(dtype)
+    with pytest.warns(UserWarning, match=rf"critical_lr: parameters in {str(dtype)[6:]}: trial steps below"):
+        critical_lr(model, torch.nn.MSELoss(), tuple(t.to(dtype) for t in batch),
+                    torch.optim.SGD(model.parameters(), lr=0.1))
