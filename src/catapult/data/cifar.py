@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from catapult.data.reading import read_errors_named
 from catapult.data.safe_pickle import safe_loads
 from catapult.data.split import Split, check_count, standardize_per_sample
 
@@ -92,12 +93,8 @@ class _DirSource:
         return (self.directory / name).stat().st_size
 
     def read(self, name: str) -> bytes:
-        try:
+        with read_errors_named(self.directory / name):
             return (self.directory / name).read_bytes()
-        except OSError as exc:  # a read error carries no file name: the CLI printed "Input/output error" alone
-            if exc.filename is not None:
-                raise
-            raise OSError(exc.errno, f"{self.directory / name}: cannot be read ({exc.strerror or exc})") from exc
 
     def check_complete(self) -> None:
         pass

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from catapult.data import token_cache
+from catapult.data.reading import read_errors_named
 from catapult.data.split import check_count
 from catapult.data.text_shards import is_held_out, is_validation
 from catapult.data.tokenize import (TOKENIZERS, BPEVocab, bpe_file_name, fingerprint, load_cached_vocab,
@@ -270,16 +271,13 @@ def _read(path: Path, encoding: str) -> str:
                                 f"where a text file is read")
     try:
         # a UTF-8 byte-order mark is no text: it stayed in as U+FEFF, a token of the corpus
-        text = path.read_text(encoding="utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8")
-                              else encoding)
+        with read_errors_named(path):
+            text = path.read_text(encoding="utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8")
+                                  else encoding)
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path}: not valid {encoding} text ({exc}); re-save it as {encoding}, e.g. "
                          f"`iconv -f {_source_encoding(exc.object)} -t utf-8` (from Python, load_text(..., "
                          f"encoding=...) reads other encodings into a character-level corpus)") from exc
-    except OSError as exc:  # a read error carries no file name: the CLI printed "Input/output error" alone
-        if exc.filename is not None:
-            raise
-        raise OSError(exc.errno, f"{path}: cannot be read ({exc.strerror or exc})") from exc
     if not text:
         raise ValueError(f"{path}: the file is empty")
     return text
