@@ -63,7 +63,7 @@ class AugmentConfig(Section):
         False, description="random horizontal flip of each training image (probability 1/2)")
     crop: Annotated[int, integer(low=0)] = Field(
         0, description="pad each side with this many zero pixels and crop a random window of the original "
-                       "size (0 = off; CIFAR: 4; 8x8 digits: 1, the same 1/8 of the side)")
+                       "size (0 = off; below the image side; CIFAR: 4; 8x8 digits: 1, the same 1/8 of the side)")
     mixup: Annotated[float, number(low=0.0)] = Field(
         0.0, description="mixup: each sample mixes with a random partner at weight lam ~ Beta(a, a), labels "
                          "too (0 = off)")
