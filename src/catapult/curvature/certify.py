@@ -69,7 +69,7 @@ from typing import Callable
 import torch
 
 from catapult.curvature.difference import difference_operator, scaled_step
-from catapult.curvature.krylov import vector_norm
+from catapult.curvature.krylov import operator_chain, vector_norm
 from catapult.curvature.lanczos import EigenEstimate
 from catapult.curvature.top_k import Eigenpairs
 
@@ -215,12 +215,13 @@ def _rounding_floor(matvec, fd, y: torch.Tensor, reduce=None) -> float:
     rounding = getattr(fd, "difference_rounding", None)
     if rounding is None:
         return 0.0
-    scale, op = None, matvec
-    while op is not fd:
+    scale = None
+    for op in operator_chain(matvec):
+        if op is fd:
+            break
         d = getattr(op, "d", None)
         if d is not None:
             scale = d if scale is None else scale * d
-        op = op.op
     if scale is None:
         return ROUNDING_FLOOR * rounding()
     return ROUNDING_FLOOR * rounding(scale) * float(vector_norm(scale * y, reduce))

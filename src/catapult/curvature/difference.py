@@ -29,6 +29,8 @@ import contextlib
 import math
 from typing import Callable
 
+from catapult.curvature.krylov import operator_chain
+
 __all__ = ["MAX_GAP", "STEPS", "STEP_SHRINK", "ROUNDING_ULPS", "central_step", "rounding_level",
            "relative_gap", "checked_difference", "difference_operator", "scaled_step"]
 
@@ -141,11 +143,7 @@ def difference_operator(op):
     >>> difference_operator(Wrapper(Wrapper(inner))) is inner, difference_operator(Wrapper(object()))
     (True, None)
     """
-    while op is not None:
-        if getattr(op, "mode", None) == "finite_difference":
-            return op
-        op = getattr(op, "op", None)
-    return None
+    return next((o for o in operator_chain(op) if getattr(o, "mode", None) == "finite_difference"), None)
 
 
 @contextlib.contextmanager

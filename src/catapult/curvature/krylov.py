@@ -11,7 +11,8 @@ from collections.abc import Iterator
 
 import torch
 
-__all__ = ["KrylovBasis", "FRESH_DRAWS", "inner_product", "rows_inner_products", "vector_norm", "unit_roundoff"]
+__all__ = ["KrylovBasis", "FRESH_DRAWS", "inner_product", "rows_inner_products", "vector_norm", "unit_roundoff",
+           "operator_chain"]
 
 #: Random draws :meth:`KrylovBasis.fresh_direction` makes before it gives up (each one lies
 #: in the basis' span with probability zero, unless the basis spans the space).
@@ -61,25 +62,35 @@ def rows_inner_products(rows: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return torch.stack([r @ x for r, x in zip(rows.split(DOT_CHUNK, dim=1), w.split(DOT_CHUNK))]).sum(0)
 
 
+def operator_chain(op) -> Iterator:
+    """``op``, then the operators it wraps (each wrapper holds the next as ``.op``: a
+    pre-conditioned or an all-reduced operator), outermost first.
+
+    >>> class Wrapper:
+    ...     def __init__(self, op):
+    ...         self.op = op
+    >>> inner = object()
+    >>> [type(o).__name__ for o in operator_chain(Wrapper(Wrapper(inner)))]
+    ['Wrapper', 'Wrapper', 'object']
+    """
+    while op is not None:
+        yield op
+        op = getattr(op, "op", None)
+
+
 def unit_roundoff(matvec, dtype: torch.dtype) -> float:
     """``dtype``'s machine epsilon, or the coarser one the operator computes in: a
     :class:`~catapult.curvature.HessianOperator` keeps the coarsest dtype of its parameters as
-    ``_eps`` (found through wrappers' ``.op``), and a model mixing float64 and float32
-    parameters rounds its products at float32 whatever its vectors' dtype (float64 vectors gave
-    float64's rounding floor: converged at ``tol=1e-9`` with a bound of 4e-10 for an error of
-    1.7e-8).
+    ``_eps`` (found through wrappers, :func:`operator_chain`), and a model mixing float64 and
+    float32 parameters rounds its products at float32 whatever its vectors' dtype (float64
+    vectors gave float64's rounding floor: converged at ``tol=1e-9`` with a bound of 4e-10 for an
+    error of 1.7e-8).
 
     >>> unit_roundoff(lambda v: v, torch.float64) == torch.finfo(torch.float64).eps
     True
     """
-    eps, op = float(torch.finfo(dtype).eps), matvec
-    for _ in range(8):  # operators wrap one another a level or two deep
-        if op is None:
-            break
-        own = getattr(op, "_eps", None)
-        eps = max(eps, own) if isinstance(own, float) else eps
-        op = getattr(op, "op", None)
-    return eps
+    own = [o._eps for o in operator_chain(matvec) if isinstance(getattr(o, "_eps", None), float)]
+    return max([float(torch.finfo(dtype).eps), *own])
 
 
 def vector_norm(a: torch.Tensor, reduce=None) -> torch.Tensor:
