@@ -157,3 +157,12 @@ def test_token_ids_of_any_integer_dtype_float_ids_are_named():
     for dtype in (torch.float32, torch.bool):
         with pytest.raises(TypeError, match=rf"integer token ids of shape \(B, T\); got {dtype} of shape \(2, 8\)"):
             model(idx.to(dtype))
+
+
+def test_token_ids_outside_the_vocabulary_are_named():
+    # torch's embedding said only "index out of range in self": neither the id nor vocab_size
+    model = GPT(V, 16, 1, 2, 8)
+    for bad, lo, hi in ((V, 0, V), (-1, -1, 3)):
+        idx = torch.tensor([[0, 3, bad]])
+        with pytest.raises(IndexError, match=rf"token ids must lie in \[0, {V}\) \(vocab_size\); got ids from {lo} to {hi}"):
+            model(idx)

@@ -305,7 +305,12 @@ class GPT(nn.Module):
             position = self.wpe(torch.arange(T, device=idx.device))
         else:
             position = self.sinusoid[:T]
-        x = self.wte(idx) + position
+        try:
+            tokens = self.wte(idx)
+        except IndexError as error:  # torch's "index out of range in self" names neither ids nor vocabulary
+            raise IndexError(f"GPT token ids must lie in [0, {self.wte.num_embeddings}) (vocab_size); got ids "
+                             f"from {int(idx.min())} to {int(idx.max())}") from error
+        x = tokens + position
         if self.input_multiplier != 1.0:
             x = x * self.input_multiplier
         x = self.drop(x)
