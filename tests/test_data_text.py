@@ -262,3 +262,24 @@ def test_an_unknown_encoding_is_named_before_any_file(tmp_path, encoding):
         load_text(tmp_path / "missing.txt", encoding=encoding)
     (tmp_path / "a.txt").write_text("abc" * 100, encoding="latin1")
     assert load_text(tmp_path / "a.txt", encoding="LATIN-1").vocab.size >= 3
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be", "utf-32-le"])
+def test_utf16_or_utf32_text_without_a_byte_order_mark_is_refused(tmp_path, encoding):
+    # ASCII text in UTF-16/32 without a byte-order mark is valid UTF-8 with a NUL beside every
+    # character: it was read without a word, and NUL became a token of the corpus
+    from catapult.data.text import load_text
+
+    text = "plain ascii text, as Windows tools write it\n" * 5
+    (tmp_path / "corpus.txt").write_bytes(text.encode(encoding))
+    with pytest.raises(ValueError, match=r"corpus\.txt: \d+ of its \d+ characters are NUL .* without a byte-order mark"):
+        load_text(tmp_path / "corpus.txt")
+    # read with its encoding it is the text (repeated, so its training part holds every character)
+    assert load_text(tmp_path / "corpus.txt", encoding=encoding).vocab.chars == tuple(sorted(set(text)))
+
+
+def test_a_few_nul_characters_in_utf8_text_are_kept(tmp_path):
+    from catapult.data.text import load_text
+
+    (tmp_path / "corpus.txt").write_text("some text \0 with a NUL in it\n" * 5)
+    assert "\0" in load_text(tmp_path / "corpus.txt").vocab.chars

@@ -280,6 +280,10 @@ def _read(path: Path, encoding: str) -> str:
                          f"encoding=...) reads other encodings into a character-level corpus)") from exc
     if not text:
         raise ValueError(f"{path}: the file is empty")
+    if text.count("\0") * 4 >= len(text):  # UTF-16/32 without a byte-order mark decodes as UTF-8 with NULs
+        raise ValueError(f"{path}: {text.count(chr(0))} of its {len(text)} characters are NUL (U+0000), which "
+                         f"{encoding} text does not hold: is it UTF-16 or UTF-32 without a byte-order mark? Re-save "
+                         f"it as UTF-8, e.g. `iconv -f utf-16le -t utf-8` (or load_text(..., encoding='utf-16-le'))")
     return text
 
 
