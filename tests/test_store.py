@@ -426,3 +426,18 @@ def test_last_spectrum_skips_values_that_are_not_finite():
     rows = [{"eig_1": 3.0, "hessian_trace": 7.0}, {"eig_1": float("nan"), "hessian_trace": None},
             {"eig_1": float("inf"), "hessian_trace": 8.0}]
     assert last_spectrum(_CellsStore([cell], {1: rows}), cell) == {"eig_1": 3.0, "hessian_trace": 8.0}
+
+
+@pytest.mark.parametrize("first, then", [(2, [0, 1]), ([0, 1], 2)])
+def test_seeds_as_a_count_or_as_its_list_resume_the_same_sweep(tmp_path, first, then):
+    # `seeds: 2` and `seeds: [0, 1]` are the same cells; a store made with one refused the other
+    # ("sweep.seeds: 2 -> [0, 1]")
+    config = cfg.validate({"name": "t", "train": {"steps": 3}})
+    grid = {"optimizer.lr": [0.01, 0.02]}
+    _run(config, parse_sweep({"grid": grid, "seeds": first}), tmp_path / "s.db", FakeRun())
+    fake = FakeRun()
+    out = _run(config, parse_sweep({"grid": grid, "seeds": then}), tmp_path / "s.db", fake)
+    assert out.mode == "resumed" and out.ran == 0 and fake.calls == []
+    for other in (3, [1, 0], [0, 2]):  # other seeds, or the same ones in another order, are other cells
+        with pytest.raises(SpecChanged):
+            _run(config, parse_sweep({"grid": grid, "seeds": other}), tmp_path / "s.db", FakeRun())

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 from catapult.config.io import plain_data
 from catapult.sweep.spec import SweepSpec, canonical_json
 
-__all__ = ["spec_document", "spec_hash", "diff_documents"]
+__all__ = ["spec_document", "spec_hash", "diff_documents", "seeds_as_list"]
 
 
 def spec_document(base: Mapping[str, Any], spec: SweepSpec) -> dict:
@@ -40,6 +40,20 @@ def _drop_keys_without_effect(base_doc: dict, spec: SweepSpec) -> None:
     if "train.accuracy_failure" not in swept and (rule == "off" or (
             rule == "auto" and base_doc.get("optimizer", {}).get("name") == "sgd" and "optimizer.name" not in swept)):
         train.pop("accuracy_failure", None)
+
+
+def seeds_as_list(document: Mapping[str, Any]) -> dict:
+    """``document`` with ``sweep.seeds: K`` written as the list ``[0, .., K-1]`` it stands for:
+    what :meth:`catapult.sweep.store.Store.check_spec` compares, so a sweep started with
+    ``seeds: 3`` resumes with ``seeds: [0, 1, 2]`` (the same cells) and the other way round.
+
+    >>> seeds_as_list({"base": {}, "sweep": {"grid": {}, "seeds": 3}})["sweep"]["seeds"]
+    [0, 1, 2]
+    """
+    sweep = document.get("sweep")
+    if not isinstance(sweep, Mapping) or isinstance(sweep.get("seeds"), bool) or not isinstance(sweep.get("seeds"), int):
+        return dict(document)
+    return {**document, "sweep": {**sweep, "seeds": list(range(sweep["seeds"]))}}
 
 
 def spec_hash(document: Mapping[str, Any]) -> str:

@@ -261,12 +261,14 @@ class Store:
         ``create=False`` can be checked before it is opened for writing (which upgrades a store
         of catapult 0.1.0): a store of another sweep, given by mistake, is left as it was."""
         from catapult.sweep.spec import canonical_json
-        from catapult.sweep.spec_document import diff_documents, spec_hash
+        from catapult.sweep.spec_document import diff_documents, seeds_as_list, spec_hash
 
         stored = self.meta("spec_hash")
         if stored is not None and stored != spec_hash(document):
             old = self.json_field(self.meta("spec_json"), "meta spec_json")
-            raise SpecChanged(self.path, diff_documents(old, json.loads(canonical_json(document))))
+            new = json.loads(canonical_json(document))
+            if spec_hash(seeds_as_list(old)) != spec_hash(seeds_as_list(new)):
+                raise SpecChanged(self.path, diff_documents(old, new))
         return stored
 
     def spec(self) -> dict:
