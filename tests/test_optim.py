@@ -388,3 +388,36 @@ def test_load_state_dict_checks_the_groups_options_and_a_refused_one_changes_not
     fresh = GIAdam([torch.nn.Parameter(torch.ones(3))], lr=0.5)
     fresh.load_state_dict(saved)  # the optimizer's own state_dict loads
     assert fresh.param_groups[0]["lr"] == 0.1
+
+
+def test_torch_adam_flags_and_coupled_l2_are_refused_in_groups_and_loaded_states_too():
+    # a torch.optim.Adam(amsgrad=True, weight_decay=0.5) state_dict loaded, and GIAdam stepped
+    # without the running maximum and with 0.5 as a decoupled decay (lr * 0.5 per step instead
+    # of Adam's L2 gradient 0.5 * theta): two other optimizers, silently
+    w = torch.nn.Parameter(torch.ones(3))
+    for options, message in ((dict(amsgrad=True), "amsgrad=True"),
+                             (dict(weight_decay=0.5), "decoupled_weight_decay=False"),
+                             (dict(capturable=False, differentiable=False), None)):
+        adam = torch.optim.Adam([w], lr=0.1, **options)
+        w.grad = torch.ones(3)
+        adam.step()
+        ours = GIAdam([torch.nn.Parameter(torch.ones(3))], lr=0.1)
+        before = str(ours.state_dict())
+        if message is None:     # the flags off and no weight decay: Adam's state loads
+            ours.load_state_dict(adam.state_dict())
+            assert torch.equal(next(iter(ours.state.values()))["exp_avg_sq"], torch.full((3,), 0.001))
+            continue
+        with pytest.raises(ValueError, match=rf"state_dict param group 0: .*{message}"):
+            ours.load_state_dict(adam.state_dict())
+        assert str(ours.state_dict()) == before
+    adamw_like = torch.optim.Adam([w], lr=0.1, weight_decay=0.5, decoupled_weight_decay=True)
+    GIAdam([torch.nn.Parameter(torch.ones(3))]).load_state_dict(adamw_like.state_dict())
+    for group, message in (({"amsgrad": True}, "param group 1: GIAdam does not support amsgrad=True"),
+                           ({"fused": True}, "param group 1: GIAdam does not support fused=True"),
+                           ({"decoupled_weight_decay": False, "weight_decay": 0.1},
+                            "param group 1: decoupled_weight_decay=False")):
+        with pytest.raises(ValueError, match=message):
+            GIAdam([{"params": [torch.nn.Parameter(torch.ones(1))]},
+                    {"params": [torch.nn.Parameter(torch.ones(1))], **group}])
+    with pytest.raises(ValueError, match="param group 0: decoupled_weight_decay=False"):
+        GIAdam([{"params": [w], "decoupled_weight_decay": False}], weight_decay=0.1)

@@ -112,6 +112,29 @@ def _checked_options(options: dict[str, Any], where: str = "") -> dict[str, Any]
     return out
 
 
+#: torch.optim.Adam's flags that GIAdam accepts only at their off values
+_TORCH_ADAM_FLAGS = {"amsgrad": (False,), "capturable": (False,), "differentiable": (False,),
+                     "fused": (False, None)}
+
+
+def _check_torch_adam_flags(options: dict[str, Any], where: str, weight_decay: Any) -> None:
+    """Refuse torch Adam's flags at a value GIAdam does not implement: ``amsgrad`` & co. on,
+    and ``decoupled_weight_decay=False`` with a weight decay (torch Adam's coupled L2, which
+    GIAdam's decoupled decay is not). A param group or a ``torch.optim.Adam`` state_dict that
+    carries them was taken as is, and GIAdam stepped without them."""
+    for name, off in _TORCH_ADAM_FLAGS.items():
+        value = options.get(name, off[0])
+        if value not in off or not isinstance(value, (bool, type(None))):
+            raise ValueError(f"{where}GIAdam does not support {name}={value!r} (accepted only "
+                             f"{' or '.join(map(repr, off))}, for torch.optim.Adam compatibility)")
+    coupled = options.get("decoupled_weight_decay", True) is False
+    if coupled and isinstance(weight_decay, numbers.Real) and weight_decay != 0:
+        raise ValueError(f"{where}decoupled_weight_decay=False with weight_decay={weight_decay!r} "
+                         "is torch Adam's coupled L2 penalty; GIAdam's weight decay is decoupled "
+                         "(AdamW's theta *= 1 - lr * wd): set decoupled_weight_decay=True, or "
+                         "weight_decay=0")
+
+
 class GIAdam(torch.optim.Optimizer):
     """Adam whose second moment starts at ``v0 * g_1^2`` (GI-Adam), with decoupled weight decay.
 
@@ -142,7 +165,10 @@ class GIAdam(torch.optim.Optimizer):
             param groups) draws from ``torch.Generator().manual_seed(seed + i)``.
         amsgrad, capturable, differentiable, fused: torch Adam's flags, accepted at their off
             values (``False``; ``fused`` also ``None``) so that code written for torch Adam runs
-            unchanged; any other value is refused (not implemented).
+            unchanged; any other value is refused (not implemented), in a param group and in a
+            loaded state_dict too. A ``torch.optim.Adam`` state_dict loads (and continues with
+            GI-Adam's rule from its moments) when these are off and its weight decay is 0 or
+            decoupled (``decoupled_weight_decay=True``): Adam's coupled L2 is refused.
 
     ``g_1`` is the parameter's first gradient that is not ``None``, taken as it is: a first
     gradient of zeros (``zero_grad(set_to_none=False)`` before a step that does not reach the
@@ -179,12 +205,8 @@ class GIAdam(torch.optim.Optimizer):
                  differentiable: bool = False, fused: bool | None = None):
         # torch Adam's other flags, so code that passes them at their off values switches over
         # unchanged; what they would turn on is not implemented here, and says so
-        for name, value, off in (("amsgrad", amsgrad, (False,)), ("capturable", capturable, (False,)),
-                                 ("differentiable", differentiable, (False,)),
-                                 ("fused", fused, (False, None))):
-            if value not in off or not isinstance(value, (bool, type(None))):
-                raise ValueError(f"GIAdam does not support {name}={value!r} (accepted only "
-                                 f"{' or '.join(map(repr, off))}, for torch.optim.Adam compatibility)")
+        _check_torch_adam_flags(dict(amsgrad=amsgrad, capturable=capturable,
+                                     differentiable=differentiable, fused=fused), "", weight_decay)
         defaults = _checked_options(dict(
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
             v_bias_correction=v_bias_correction, v0=v0, foreach=foreach, maximize=maximize,
@@ -209,8 +231,10 @@ class GIAdam(torch.optim.Optimizer):
         groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
         for i, group in enumerate(groups if isinstance(groups, list) else []):
             if isinstance(group, dict):
-                _checked_options({k: v for k, v in group.items() if k in _OPTIONS},
-                                 f"state_dict param group {i}: ")
+                where = f"state_dict param group {i}: "
+                _checked_options({k: v for k, v in group.items() if k in _OPTIONS}, where)
+                _check_torch_adam_flags(group, where, group.get("weight_decay",
+                                                                self.defaults["weight_decay"]))
         self._check_state_shapes(state_dict)
         super().load_state_dict(state_dict)
 
@@ -241,6 +265,8 @@ class GIAdam(torch.optim.Optimizer):
             where = f"param group {len(self.param_groups)}: "
             param_group.update(_checked_options(
                 {k: v for k, v in param_group.items() if k in _OPTIONS}, where))
+            _check_torch_adam_flags(param_group, where, param_group.get(
+                "weight_decay", self.defaults["weight_decay"]))
         super().add_param_group(param_group)
 
     # ----------------------------------------------------------------------------------------
