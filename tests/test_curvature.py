@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import copy
 
+import math
+
 import numpy as np
+
 import pytest
 import torch
 import torch.nn as nn
@@ -303,6 +306,29 @@ def test_sgd_threshold_is_the_stability_edge(kwargs):
     edge = instability_threshold(factory(params()))
     assert not _diverges(factory, 0.99 * edge)
     assert _diverges(factory, 1.01 * edge)
+
+
+@pytest.mark.parametrize("dampening, edge", [(1.0, math.inf), (1.5, 0.0)])
+def test_sgd_threshold_with_full_or_more_dampening(dampening, edge):
+    # (2 + 2b) / ((1 - d) lr) divided by zero at d = 1 (ZeroDivisionError) and went negative
+    # above. Independent truth: torch's SGD on a quadratic. d = 1 stops reading the gradient
+    # after the first step (bounded at any curvature); d > 1 climbs (diverges at any curvature)
+    def factory(p):
+        return torch.optim.SGD(p, lr=0.1, momentum=0.5, dampening=dampening)
+
+    assert instability_threshold(factory(params())) == edge
+    if edge == math.inf:    # at curvature 1e6 theta settles (the velocity decays as b^k)
+        theta = nn.Parameter(torch.ones(1, dtype=torch.float64))
+        opt = factory([theta])
+        trajectory = []
+        for _ in range(200):
+            opt.zero_grad()
+            (0.5 * 1e6 * theta ** 2).sum().backward()
+            opt.step()
+            trajectory.append(theta.item())
+        assert math.isfinite(trajectory[-1]) and trajectory[-1] == pytest.approx(trajectory[100])
+    else:
+        assert _diverges(factory, 1e-3, steps=20000)
 
 
 def test_threshold_unknown_optimizer_errors():

@@ -530,7 +530,8 @@ def threshold(rule: str, hp: Any) -> Any:
     """Instability threshold of the rule at learning rate ``lr`` (linear stability on a
     quadratic; ``hp`` values are scalars or tensors, not per-parameter lists):
 
-    * SGD: ``2 / lr``; heavy-ball momentum ``b``, dampening ``d``: ``(2 + 2b) / ((1 - d) lr)``;
+    * SGD: ``2 / lr``; heavy-ball momentum ``b``, dampening ``d``: ``(2 + 2b) / ((1 - d) lr)``
+      (``inf`` at ``d = 1``: the step stops reading the gradient; ``0`` for ``d > 1``: it climbs);
       nesterov: ``(2 + 2b) / ((1 + 2b) lr)``.
     * Adam family (compared with the pre-conditioned sharpness):
       ``(2 + 2 b1) / ((1 - b1) lr)`` (38 / lr for b1 = 0.9).
@@ -551,5 +552,12 @@ def threshold(rule: str, hp: Any) -> Any:
         return 2.0 / lr
     if hp.get("nesterov", False):
         return (2.0 + 2.0 * b) / ((1.0 + 2.0 * b) * lr)
-    heavy_ball = (2.0 + 2.0 * b) / ((1.0 - hp.get("dampening", 0.0)) * lr)
+    # dampening d = 1: after the first step the update no longer reads the gradient (stable at
+    # any curvature); d > 1 steps uphill (unstable at any positive curvature)
+    damped = 1.0 - hp.get("dampening", 0.0)
+    if not _is_tensor(damped) and damped <= 0:
+        return math.inf if damped == 0 else 0.0
+    heavy_ball = (2.0 + 2.0 * b) / (damped * lr)
+    if _is_tensor(damped):
+        heavy_ball = torch.where(damped < 0, torch.zeros_like(heavy_ball), heavy_ball)
     return torch.where(b == 0, 2.0 / lr, heavy_ball) if _is_tensor(b) else heavy_ball
