@@ -284,6 +284,33 @@ def test_threshold_uses_current_lr_of_first_group():
     assert instability_threshold(opt) == pytest.approx(5.0)
 
 
+def test_threshold_refuses_groups_whose_momentum_or_beta1_differ():
+    # the first group's momentum/betas were read and the others' ignored: 2/lr = 20 for SGD
+    # groups with momentum 0 and 0.9. Independent truth on L = 0.5 * 30 * (x^2 + y^2): x (no
+    # momentum, edge 20) diverges, y (momentum 0.9, edge 38) converges; no one threshold holds
+    x, y = nn.Parameter(torch.ones(1, dtype=torch.float64)), nn.Parameter(torch.ones(1, dtype=torch.float64))
+    opt = torch.optim.SGD([{"params": [x]}, {"params": [y], "momentum": 0.9}], lr=0.1)
+    for _ in range(300):
+        opt.zero_grad()
+        (0.5 * 30.0 * (x ** 2 + y ** 2)).sum().backward()
+        opt.step()
+    assert abs(x.item()) > 1e6 and abs(y.item()) < 1e-3
+    with pytest.raises(ValueError, match=r"param group 1 has momentum=0.9 and param group 0 momentum=0.0"):
+        instability_threshold(opt)
+    adam = torch.optim.Adam([{"params": params(), "betas": (0.0, 0.999)}, {"params": params()}], lr=0.1)
+    with pytest.raises(ValueError, match=r"param group 1 has betas\[0\]=0.9"):
+        instability_threshold(adam)
+    # the same rule at other lrs, or a group that does not move (lr 0, no parameters), is fine
+    same = torch.optim.SGD([{"params": params()}, {"params": params(), "lr": 0.01},
+                            {"params": params(), "lr": 0.0, "momentum": 0.5}, {"params": [], "momentum": 0.5}],
+                           lr=0.1, momentum=0.9)
+    assert instability_threshold(same) == pytest.approx(38.0)
+    frozen_first = torch.optim.SGD([{"params": params(), "lr": 0.0}, {"params": params(), "momentum": 0.9}],
+                                   lr=0.1)
+    with pytest.raises(ValueError, match=r"param group 1 has momentum=0.9"):
+        instability_threshold(frozen_first, lr=0.1)
+
+
 def _diverges(optimizer_factory, curvature, steps=3000):
     """Run the optimizer on L = 0.5 * curvature * theta^2 from theta = 1."""
     theta = nn.Parameter(torch.ones(1, dtype=torch.float64))

@@ -339,8 +339,10 @@ def instability_threshold(optimizer: torch.optim.Optimizer, lr: float | None = N
       :func:`catapult.optim.thresholds.radam_threshold` (``lr, betas, t``) gives it, as the
       training engine uses.
 
-    ``lr`` defaults to the first param group's current ``lr`` (and ``momentum``/``betas`` are
-    read from the first group too). With per-group multipliers (``group["lr_mult"]``, as set by
+    ``lr`` defaults to the first param group's current ``lr``; ``momentum`` (with
+    ``dampening``, ``nesterov``) or ``b1`` are the first group's, and must be the same in every
+    other group that moves (has parameters and an lr > 0): groups that differ there have
+    different thresholds, and a ValueError names them. With per-group multipliers (``group["lr_mult"]``, as set by
     :func:`catapult.param_groups`) the groups have different lrs: pass the lr you mean, or use
     ``preconditioned_sharpness(..., scale_by_group_lr=True)``, which folds each group's
     ``lr / lr_first_group`` into the operator so it is compared with this threshold directly.
@@ -372,6 +374,7 @@ def instability_threshold(optimizer: torch.optim.Optimizer, lr: float | None = N
         raise TypeError("instability_threshold: torch.optim.NAdam is not supported: its Nesterov "
                         "momentum mu_t changes with the step, so Adam's (2 + 2 b1) / ((1 - b1) lr) "
                         "does not apply (it is (2 + 2 b1) / ((1 + 2 b1)(1 - b1) lr) once mu_t = b1)")
+    _check_groups_share_the_rule(optimizer)
     if "betas" in group:
         return float(rules.threshold("adam", {"lr": lr, "betas": [float(b) for b in group["betas"]]}))
     if isinstance(optimizer, torch.optim.SGD):
@@ -381,6 +384,29 @@ def instability_threshold(optimizer: torch.optim.Optimizer, lr: float | None = N
     raise TypeError(f"instability_threshold: unsupported optimizer {type(optimizer).__name__}; "
                     "supported: torch.optim.SGD (with or without momentum) and Adam-family "
                     "optimizers (param groups with 'betas')")
+
+
+def _check_groups_share_the_rule(optimizer: torch.optim.Optimizer) -> None:
+    """ValueError when a param group that moves (parameters, lr > 0) differs from the first
+    group (whose rule the threshold takes) in what the threshold reads besides the lr (Adam's
+    ``b1``; SGD's momentum, dampening, nesterov): the first group's threshold is not that
+    group's, and no single number bounds both."""
+    def rule(group):
+        if "betas" in group:
+            return {"betas[0]": as_real(group["betas"][0])}
+        return {key: (bool(group.get(key, False)) if key == "nesterov" else as_real(group.get(key, 0.0)))
+                for key in ("momentum", "dampening", "nesterov")}
+
+    first = rule(optimizer.param_groups[0])  # the group whose rule the threshold takes
+    for i, group in enumerate(optimizer.param_groups[1:], start=1):
+        if not group.get("params") or as_real(group.get("lr", 0.0)) == 0.0:
+            continue
+        for key, value in rule(group).items():
+            if value != first[key]:
+                raise ValueError(
+                    f"instability_threshold: param group {i} has {key}={value!r} and param group "
+                    f"0 {key}={first[key]!r}: their thresholds differ and no single one "
+                    "applies; measure each group's parameters with an optimizer of that group alone")
 
 
 @outside_inference_mode
