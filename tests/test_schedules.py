@@ -584,3 +584,26 @@ def test_attach_warns_when_it_replaces_differing_group_lrs():
         same = torch.optim.SGD([{"params": [torch.nn.Parameter(torch.zeros(1))]},
                                 {"params": [torch.nn.Parameter(torch.zeros(1))]}], lr=0.1)
         attach(same, warmup(1.0, 4))                              # equal lrs: nothing lost
+
+
+def test_numpy_scalars_are_numbers_for_attach_lr_mult_and_the_warmups_loss():
+    # np.float32 / np.int64 (a schedule written with np.interp on float32 arrays, an lr_mult
+    # from an int array, a loss read back with .numpy()) were refused as "not a number"
+    import numpy as np
+
+    ts = np.arange(5, dtype=np.float32)
+    model, opt = _two_group_sgd()
+    opt.param_groups[0]["lr_mult"] = np.int64(1)
+    opt.param_groups[1]["lr_mult"] = np.float32(0.25)
+    sched = attach(opt, lambda t: np.interp(np.float32(t), ts, ts / 10).astype(np.float32))
+    for t in range(3):     # lr = t / 10 (float32's rounding of it) times each group's multiplier
+        assert [g["lr"] for g in opt.param_groups] == [float(np.float32(t / 10)),
+                                                       0.25 * float(np.float32(t / 10))]
+        opt.step()
+        sched.step()
+    model, batch = _catapult_problem(width=8)
+    pcw = schedules.PersistentCatapultWarmup(torch.optim.SGD(model.parameters(), lr=0.0), model, _mse, 1.0)
+    pcw.step(batch)
+    loss = _mse(model(batch[0]), batch[1]).detach().numpy()[()]       # a NumPy float64 scalar
+    pcw.step(batch, loss=np.float32(loss))
+    assert pcw.steps == 2

@@ -64,7 +64,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
-from catapult.arguments import check_densities, check_module, check_real, check_seed
+from catapult.arguments import as_real, check_densities, check_module, check_real, check_seed
 from catapult.param_rules import (PARAMETRIZATIONS, ROLES, ParamSpec, check_parametrization, init_rule,
                                   init_variance, lr_multiplier, lr_rule, optimizer_family)
 from catapult.sparsity import random_mask
@@ -111,9 +111,10 @@ def group_lr_mult(group: Mapping[str, Any], index: int | None = None) -> float:
     where = "param group" if index is None else f"param group {index}"
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+    number = as_real(value)     # NumPy scalars too (np.float32(0.5) was refused as not a number)
+    if number is None or number < 0:
         raise ValueError(f"{where}: lr_mult must be a finite number >= 0, got {value!r}")
-    return float(value)
+    return number
 
 
 def find_spec(model: nn.Module) -> ParamSpec | None:

@@ -1,6 +1,7 @@
 """Persistent catapult warmup (warmup paper, Alg. 3): warmup without a warmup length."""
 from __future__ import annotations
 
+import numbers
 from typing import Any, Callable
 
 import torch
@@ -209,6 +210,6 @@ def _loss_value(loss: Any) -> float:
         if loss.numel() != 1:
             raise ValueError(f"loss must be a scalar (the batch's loss), got a tensor of shape {tuple(loss.shape)}")
         return float(loss.detach())
-    if isinstance(loss, bool) or not isinstance(loss, (int, float)):
+    if isinstance(loss, bool) or not isinstance(loss, numbers.Real):    # NumPy scalars too
         raise TypeError(f"loss must be a scalar tensor or a number, got {loss!r}")
     return float(loss)

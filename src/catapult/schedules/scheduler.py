@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import sys
 import warnings
 from typing import Any, Callable
@@ -96,7 +97,8 @@ class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
         lr = self.fn(t)
         if isinstance(lr, torch.Tensor) and lr.numel() == 1:
             lr = lr.item()
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)):
+        # a NumPy scalar is a number too (np.float32(0.1) was refused as "not a number")
+        if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
             raise TypeError(f"schedule returned {lr!r} at step {t}; expected a number (the lr)")
         lr = float(lr)
         if not math.isfinite(lr) or lr < 0:
