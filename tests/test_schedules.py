@@ -607,3 +607,21 @@ def test_numpy_scalars_are_numbers_for_attach_lr_mult_and_the_warmups_loss():
     loss = _mse(model(batch[0]), batch[1]).detach().numpy()[()]       # a NumPy float64 scalar
     pcw.step(batch, loss=np.float32(loss))
     assert pcw.steps == 2
+
+
+@pytest.mark.parametrize("build, match", [
+    (lambda: schedules.WarmupSchedule(1.0, 4, decay="cosine"), "needs total_steps"),
+    (lambda: schedules.WarmupSchedule(1.0, 4, decay="cos", total_steps=9), "decay must be"),
+    (lambda: schedules.WarmupSchedule(-1.0, 4), "lr_target must be >= 0"),
+    (lambda: schedules.WarmupSchedule(1.0, 0), "warmup_steps must be >= 1"),
+    (lambda: schedules.CatapultWarmupSchedule(1.0, 0, 0.5), "warmup_steps must be >= 1"),
+    (lambda: schedules.CatapultWarmupSchedule(1.0, 4, float("nan")), "lr_critical must be finite"),
+])
+def test_the_public_schedule_classes_check_their_fields_as_the_factories_do(build, match):
+    # built directly, these crashed at a later step (TypeError on None - 1, KeyError 'cos',
+    # ZeroDivisionError) or returned lrs -0.25, -0.5, ... and a warmup over 0 steps
+    with pytest.raises(ValueError, match=match):
+        build()
+    # a linear decay built directly gets the factory's default lr_final = lr_target / 10
+    direct = schedules.WarmupSchedule(1.0, 4, decay="linear", total_steps=9)
+    assert direct == warmup(1.0, 4, decay="linear", total_steps=9) and direct.lr_final == 0.1

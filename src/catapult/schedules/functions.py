@@ -148,6 +148,12 @@ def _check_decay(decay, total_steps, lr_final, lr_target, warmup_steps):
     return decay, total_steps, lr_final
 
 
+def _set_fields(schedule: Any, **values: Any) -> None:
+    """Set a frozen dataclass's fields to their checked values (in ``__post_init__``)."""
+    for name, value in values.items():
+        object.__setattr__(schedule, name, value)
+
+
 def _after_peak(t: int, lr_peak: float, peak_step: int, decay: str, total_steps, lr_final) -> float:
     """The lr at step ``t >= peak_step`` of a schedule that peaks at ``lr_peak``."""
     if decay == "constant":
@@ -189,6 +195,18 @@ class WarmupSchedule:
     decay: str = "constant"
     total_steps: int | None = None
     lr_final: float | None = None
+
+    def __post_init__(self) -> None:
+        # built directly (the class is public), a bad field crashed at some later step with a
+        # bare TypeError/KeyError, or gave negative lrs: the same checks as warmup()
+        lr_target = checked_real("lr_target", self.lr_target)
+        warmup_steps = _count("warmup_steps", self.warmup_steps)
+        decay, total_steps, lr_final = _check_decay(self.decay, self.total_steps, self.lr_final,
+                                                    lr_target, warmup_steps)
+        _set_fields(self, lr_target=lr_target, warmup_steps=warmup_steps,
+                    lr_init=checked_real("lr_init", self.lr_init),
+                    power=checked_real("power", self.power, positive=True), decay=decay,
+                    total_steps=total_steps, lr_final=lr_final)
 
     def __call__(self, t: int) -> float:
         t = _step(t)
@@ -233,12 +251,6 @@ def warmup(lr_target: float, warmup_steps: int, *, lr_init: float = 0.0, power: 
         >>> [round(cosine(t), 3) for t in range(5)]    # peak at step 1, lr_final at step 4
         [0.5, 1.0, 0.75, 0.25, 0.0]
     """
-    lr_target = checked_real("lr_target", lr_target)
-    warmup_steps = _count("warmup_steps", warmup_steps)
-    lr_init = checked_real("lr_init", lr_init)
-    power = checked_real("power", power, positive=True)
-    decay, total_steps, lr_final = _check_decay(decay, total_steps, lr_final, lr_target,
-                                                warmup_steps)
     return WarmupSchedule(lr_target, warmup_steps, lr_init, power, decay, total_steps, lr_final)
 
 
@@ -267,6 +279,16 @@ class CatapultWarmupSchedule:
     decay: str = "constant"
     total_steps: int | None = None
     lr_final: float | None = None
+
+    def __post_init__(self) -> None:
+        # the same checks as catapult_warmup() (warmup_steps=0 divided by zero at step 0)
+        lr_target = checked_real("lr_target", self.lr_target)
+        warmup_steps = _count("warmup_steps", self.warmup_steps)
+        decay, total_steps, lr_final = _check_decay(self.decay, self.total_steps, self.lr_final,
+                                                    lr_target, warmup_steps)
+        _set_fields(self, lr_target=lr_target, warmup_steps=warmup_steps,
+                    lr_critical=checked_real("lr_critical", self.lr_critical), decay=decay,
+                    total_steps=total_steps, lr_final=lr_final)
 
     @property
     def peak_step(self) -> int:
@@ -313,10 +335,5 @@ def catapult_warmup(lr_target: float, warmup_steps: int, lr_critical: float | Cr
     """
     if isinstance(lr_critical, CriticalLR):
         lr_critical = lr_critical.lr
-    lr_target = checked_real("lr_target", lr_target)
-    warmup_steps = _count("warmup_steps", warmup_steps)
-    lr_critical = checked_real("lr_critical", lr_critical)
-    decay, total_steps, lr_final = _check_decay(decay, total_steps, lr_final, lr_target,
-                                                warmup_steps)
     return CatapultWarmupSchedule(lr_target, warmup_steps, lr_critical, decay, total_steps,
                                   lr_final)
