@@ -625,3 +625,18 @@ def test_the_public_schedule_classes_check_their_fields_as_the_factories_do(buil
     # a linear decay built directly gets the factory's default lr_final = lr_target / 10
     direct = schedules.WarmupSchedule(1.0, 4, decay="linear", total_steps=9)
     assert direct == warmup(1.0, 4, decay="linear", total_steps=9) and direct.lr_final == 0.1
+
+
+@pytest.mark.parametrize("lr_target, lr_final", [(1.0, None), (1.0, 0.05), (1.0, 1e-5), (0.3, None),
+                                                 (0.3, 0.05), (3e-4, 1e-9)])
+def test_the_last_step_uses_lr_final_exactly(lr_target, lr_final):
+    # the docstring's closed form: step total_steps - 1 (and any after it) uses lr_final; the
+    # linear decay gave 0.09999999999999998 for 0.1 and 9.99999999995449e-06 for 1e-5, and the
+    # cosine one peaked at 0.30000000000000004 for lr_target 0.3
+    for f in (warmup(lr_target, 3, decay="linear", total_steps=10, lr_final=lr_final),
+              schedules.catapult_warmup(lr_target, 3, lr_target / 3, decay="linear", total_steps=10,
+                                        lr_final=lr_final),
+              warmup(lr_target, 3, decay="cosine", total_steps=10, lr_final=lr_final)):
+        want = lr_target / 10 if lr_final is None else lr_final
+        assert f(9) == f(12) == want
+        assert f(2) == lr_target          # the peak, exactly, at step warmup_steps - 1

@@ -67,23 +67,33 @@ def decay_progress(t: int, start: int, total_steps: int) -> float:
 
 
 def cosine_decay(s: float, lr_start: float, lr_end: float) -> float:
-    """``lr(s) = lr_end + (lr_start - lr_end) * (1 + cos(pi * s)) / 2`` for progress ``s`` in [0, 1].
+    """``lr(s) = lr_end + (lr_start - lr_end) * (1 + cos(pi * s)) / 2`` for progress ``s`` in [0, 1],
+    evaluated as ``c lr_start + (1 - c) lr_end`` with ``c = (1 + cos(pi s)) / 2``: exactly
+    ``lr_start`` at ``s = 0`` and ``lr_end`` at ``s = 1`` (the other order peaked at
+    0.30000000000000004 for 0.3 -> 0.03, above the target).
 
     Example:
         >>> [round(cosine_decay(s, 1.0, 0.1), 3) for s in (0.0, 0.5, 1.0)]
         [1.0, 0.55, 0.1]
+        >>> cosine_decay(0.0, 0.3, 0.03)
+        0.3
     """
-    return lr_end + (lr_start - lr_end) * 0.5 * (1.0 + math.cos(math.pi * s))
+    c = 0.5 * (1.0 + math.cos(math.pi * s))
+    return c * lr_start + (1.0 - c) * lr_end
 
 
 def linear_decay(s: float, lr_start: float, lr_end: float) -> float:
-    """``lr(s) = lr_start + (lr_end - lr_start) * s`` for progress ``s`` in [0, 1].
+    """``lr(s) = lr_start + (lr_end - lr_start) * s`` for progress ``s`` in [0, 1], evaluated as
+    ``(1 - s) lr_start + s lr_end``: exactly ``lr_end`` at ``s = 1`` (the other order gave
+    0.09999999999999998 for 1.0 -> 0.1, and cancelled to a relative 5e-12 for 1.0 -> 1e-5).
 
     Example:
         >>> [linear_decay(s, 1.0, 0.0) for s in (0.0, 0.25, 1.0)]
         [1.0, 0.75, 0.0]
+        >>> linear_decay(1.0, 1.0, 0.1)
+        0.1
     """
-    return lr_start + (lr_end - lr_start) * s
+    return (1.0 - s) * lr_start + s * lr_end
 
 
 _DECAY_FNS = {"cosine": cosine_decay, "linear": linear_decay}
