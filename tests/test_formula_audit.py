@@ -134,3 +134,19 @@ def test_engine_lr_scaled_kind_measures_the_lr_scaled_sharpness_and_is_sgd_only(
     assert res.metrics[1]["sharpness"] != pytest.approx(raw.metrics[1]["sharpness"], rel=1e-3)
     with pytest.raises(C.ConfigError, match="eval.sharpness_kind"):
         C.validate({**cfg, "optimizer": {"name": "adam"}})
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: radam_threshold(0.1, (0.9, 0.999), 0), "t must be an integer >= 1"),
+    (lambda: radam_threshold(0.1, (0.9, 0.999), 2.5), "t must be an integer >= 1"),
+    (lambda: radam_rectified(-1, 0.999), "t must be an integer >= 1"),
+    (lambda: radam_rectified(3, 1.0), r"beta2 must be a number in \[0, 1\)"),
+    (lambda: radam_threshold(0.0, (0.9, 0.999), 3), "lr must be a finite number > 0"),
+])
+def test_radam_thresholds_refuse_a_step_or_lr_that_is_none(call, match):
+    # t = 0, beta2 = 1 and lr = 0 divided by zero; t = -1 said "not rectified" and t = 2.5 gave
+    # a threshold, for steps that do not exist
+    with pytest.raises(ValueError, match=match):
+        call()
+    # a group's 0-d tensor lr is a number: RAdam's step 1 threshold, (2 + 2 b1) / ((1 - b1) lr)
+    assert radam_threshold(torch.tensor(0.5, dtype=torch.float64), (0.9, 0.999), 1) == ("hessian", pytest.approx(38 / 0.5))

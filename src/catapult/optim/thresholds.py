@@ -24,10 +24,12 @@ rectification ``r_t``: pre-conditioned sharpness against ``(2 + 2 b1) / ((1 - b1
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import torch
 
+from catapult.arguments import as_real
 from catapult.parametrize import group_lr_mult
 
 __all__ = ["group_lr_multipliers", "lr_scaled_sharpness", "radam_rho", "radam_rectified",
@@ -87,6 +89,11 @@ def radam_rho(t: int, beta2: float) -> float:
     >>> round(radam_rho(1, 0.999), 9)
     1.0
     """
+    # t = 0 divided by zero (1 - b2^0), t = -1 or 2.5 gave a verdict for a step that is none
+    if isinstance(t, bool) or not isinstance(t, numbers.Integral) or t < 1:
+        raise ValueError(f"t must be an integer >= 1 (RAdam's 1-based step), got {t!r}")
+    if isinstance(beta2, bool) or not (isinstance(beta2, numbers.Real) and 0.0 <= beta2 < 1.0):
+        raise ValueError(f"beta2 must be a number in [0, 1), got {beta2!r}")
     rho_inf = 2.0 / (1.0 - beta2) - 1.0
     return rho_inf - 2.0 * t * beta2 ** t / (1.0 - beta2 ** t)
 
@@ -121,6 +128,9 @@ def radam_threshold(lr: float, betas: Any, t: int) -> tuple[str, float]:
     'preconditioned'
     """
     b1, b2 = float(betas[0]), float(betas[1])
+    given, lr = lr, as_real(lr)     # a 0-d tensor lr (a group's) is a number too
+    if lr is None or not lr > 0:
+        raise ValueError(f"lr must be a finite number > 0, got {given!r}")
     base = (2.0 + 2.0 * b1) / ((1.0 - b1) * lr)
     if not radam_rectified(t, b2):
         return "hessian", base
