@@ -80,6 +80,49 @@ def test_gd_with_group_lrs_is_stable_exactly_below_two_over_the_lr_scaled_sharpn
     assert final_norm(0.98 * edge) < 1e-2 and final_norm(1.02 * edge) > 1e2
 
 
+def test_lr_scaled_sharpness_takes_the_lrs_the_step_applies_not_stale_lr_mults():
+    # groups built with lr_mult (1, 4) whose lrs were then set alike by hand: GD steps both at
+    # lr, so M = I and the edge is 2 / lambda_max(A); lr_mult's M = diag(1, 4) was used instead
+    A = torch.tensor([[2.0, 0.6], [0.6, 1.0]], dtype=torch.float64)
+
+    class Quadratic(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Parameter(torch.tensor([1.0], dtype=torch.float64))
+            self.b = torch.nn.Parameter(torch.tensor([1.0], dtype=torch.float64))
+
+        def forward(self, x):
+            return torch.cat([self.a, self.b]) + 0 * x.sum()
+
+    def loss_fn(theta, _):
+        return 0.5 * theta @ A @ theta
+
+    def run(lr):
+        model = Quadratic()
+        opt = torch.optim.SGD([{"params": [model.a], "lr_mult": 1.0}, {"params": [model.b], "lr_mult": 4.0}],
+                              lr=1.0)
+        for group in opt.param_groups:      # a hand-written schedule, ignoring lr_mult
+            group["lr"] = lr
+        for _ in range(400):
+            opt.zero_grad()
+            loss_fn(model(torch.zeros(1)), None).backward()
+            opt.step()
+        return model, opt, float(torch.cat([model.a, model.b]).detach().norm())
+
+    raw = float(torch.linalg.eigvalsh(A)[-1])
+    edge = 2.0 / raw
+    assert run(0.98 * edge)[2] < 1e-2 and run(1.02 * edge)[2] > 1e2     # the step's true edge
+    model, opt, _ = run(0.5 * edge)
+    batch = (torch.zeros(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64))
+    assert group_lr_multipliers(opt, [model.a, model.b]).tolist() == [1.0, 1.0]
+    est = lr_scaled_sharpness(model, loss_fn, batch, opt, tol=1e-10, max_iter=50)
+    assert est.value == pytest.approx(raw, rel=1e-8)
+    # at lr 0 (a schedule there) the lr_mult ratios stand in for the lrs' ratios
+    for group in opt.param_groups:
+        group["lr"] = 0.0
+    assert group_lr_multipliers(opt, [model.a, model.b]).tolist() == [1.0, 4.0]
+
+
 def test_radam_first_steps_are_unpreconditioned_momentum_sgd():
     torch.manual_seed(0)
     w = torch.nn.Parameter(torch.randn(6, dtype=torch.float64))

@@ -38,16 +38,23 @@ __all__ = ["group_lr_multipliers", "lr_scaled_sharpness", "radam_rho", "radam_re
 
 def group_lr_multipliers(optimizer: torch.optim.Optimizer, params) -> torch.Tensor:
     """Flat ``m`` (one entry per scalar parameter of ``params``, in order): each parameter's group
-    lr relative to the first group's (``lr_i / lr_0``; ``lr_mult_i / lr_mult_0`` when the groups
-    carry ``lr_mult``); 0 for a parameter no group holds (the step does not move it)."""
+    lr relative to the first group's, ``lr_i / lr_0`` -- the lrs the step applies, as the Adam
+    pre-conditioner's ``scale_by_group_lr`` takes them; at ``lr_0 = 0`` (a schedule at 0) the
+    ratios ``lr_mult_i / lr_mult_0`` when the groups carry ``lr_mult``, else 1; 0 for a parameter
+    no group holds (the step does not move it)."""
     groups = optimizer.param_groups
     first = groups[0]
     where = {id(p): g for g in groups for p in g["params"]}
+    lr_0 = float(first["lr"])
 
     def rel(g) -> float:
+        # the groups' own lrs first: lr_mult ratios were preferred, so groups whose lrs had been
+        # set alike by hand (for g in opt.param_groups: g["lr"] = lr) were measured as if scaled
+        if lr_0 > 0:
+            return float(g["lr"]) / lr_0
         if "lr_mult" in g and "lr_mult" in first and group_lr_mult(first, 0) > 0:
             return group_lr_mult(g) / group_lr_mult(first, 0)
-        return float(g["lr"]) / float(first["lr"]) if float(first["lr"]) > 0 else 1.0
+        return 1.0
 
     out = []
     for p in params:
