@@ -168,3 +168,23 @@ def test_model_sizes_and_inputs_are_checked_with_their_names():
         MLP(4, 2, width=8)(torch.zeros(2, 4, dtype=torch.long))
     with pytest.raises(TypeError, match="WRN expects floating-point images"):
         WRN(3, 3, depth=10, widen=1)(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("first", ["sparsify", "parametrize"])
+def test_a_new_mask_is_drawn_on_fresh_weights_not_on_the_old_masks_zeros(first):
+    # The old mask was applied to the re-drawn weights before the new mask was installed, so
+    # about (1 - old density) of the new mask's live weights started at exactly 0 (density 0.25
+    # twice: 268 nonzero of 1024 live, init std 0.133 for 1/sqrt(64 * 0.25) = 0.25).
+    from catapult.sparsity import sparsify_
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 2))
+    if first == "sparsify":
+        sparsify_(model[2], 0.25, generator=torch.Generator().manual_seed(1))
+    else:
+        catapult.parametrize(model, "supar", base_width=8, density=0.25, mask_seed=1)
+    catapult.parametrize(model, "supar", base_width=8, density=0.25, mask_seed=2)
+    weight, mask = model[2].weight, model[2].mask
+    assert int(mask.sum()) == 1024
+    assert torch.equal(weight != 0, mask)                       # every live weight drawn, pruned ones 0
+    std = (1.0 / (64 * 0.25)) ** 0.5                            # gain^2 / (fan_in * m_rho), m_rho = 0.25
+    assert abs(weight[mask].std().item() / std - 1) < 0.1

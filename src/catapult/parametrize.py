@@ -421,6 +421,8 @@ def parametrize(
         layer = as_scaled(layer)
         layer.catapult_role = role
         fan_in = layer_fan_in(layer)
+        # a hidden Linear gets a fresh mask below: an earlier one must not zero live entries of the new
+        new_mask = role == "hidden" and density < 1.0 and isinstance(layer, ScaledLinear)
         if init_std is not None:
             var = init_variance(parametrization, role, init_std**2, width_mult=width_mult,
                                 density_mult=density_mult)
@@ -436,7 +438,7 @@ def parametrize(
                 initialised.add(id(layer.weight))
             if is_embedding and layer.padding_idx is not None:  # the pad row stays 0, as nn.Embedding makes it
                 layer.weight[layer.padding_idx].zero_()
-            if getattr(layer, "mask", None) is not None:  # a layer sparsified before: pruned entries stay 0
+            if getattr(layer, "mask", None) is not None and not new_mask:  # sparsified before: pruned stay 0
                 layer.apply_mask_()
             bias = getattr(layer, "bias", None)
             if bias is not None and id(bias) not in initialised:
@@ -450,7 +452,7 @@ def parametrize(
         layer.multiplier = float(multiplier)
         if not is_embedding:
             layer.bias_multiplier = 1.0
-            if role == "hidden" and density < 1.0 and isinstance(layer, ScaledLinear):
+            if new_mask:
                 layer.set_mask(random_mask(layer.weight.shape, density, method=mask_method,
                                            generator=generator))
     attach_spec(module, ParamSpec(parametrization, width_mult, density_mult, "table"))  # + state_dict record
