@@ -89,7 +89,8 @@ def test_learning_rate_groups_paper_form_global_and_table_form_per_layer():
     adam = {g["name"]: g["lr_mult"] for g in param_groups(table, 0.1, "adam")}
     assert adam["hidden"] == 0.25 and adam["input"] == 1.0 and adam["output"] == 1.0
     sgd = {g["name"]: g["lr_mult"] for g in param_groups(table, 0.1, "sgd")}
-    assert sgd == {"input": 4.0, "vector": 4.0, "hidden": 1.0, "output": 4.0, "output_bias": 1.0}
+    # the stem conv and its LayerNorm (16 channels at every widen) keep lr: microsoft/mup's finite-shape rule
+    assert sgd == {"fixed": 1.0, "input": 4.0, "vector": 4.0, "hidden": 1.0, "output": 4.0, "output_bias": 1.0}
     assert table.readout.multiplier == 0.25
     assert table.readout.weight.var().item() == pytest.approx(4 / 256, rel=0.15)   # 1 / n_in_base
 

@@ -17,8 +17,10 @@ PARAMETRIZATIONS = ("sp", "mup", "supar", "supar_init", "supar_lr")
 _INIT_RULE = {"sp": "sp", "mup": "mup", "supar": "supar", "supar_init": "supar", "supar_lr": "mup"}
 _LR_RULE = {"sp": "sp", "mup": "mup", "supar": "supar", "supar_init": "mup", "supar_lr": "supar"}
 ROLES = ("input", "hidden", "output")
-# Kinds of tensors for the learning-rate table: the three roles for weights, plus vectors.
-TENSOR_KINDS = ("input", "hidden", "output", "vector", "output_bias")
+# Kinds of tensors for the learning-rate table: the three roles for weights, plus vectors, plus
+# "fixed": tensors none of whose dimensions grows with the width (a stem before the widened
+# body; microsoft/mup's finite-shape tensors), whose lr no rule scales.
+TENSOR_KINDS = ("input", "hidden", "output", "vector", "output_bias", "fixed")
 OPTIMIZER_FAMILIES = {"adam": "adam", "adamw": "adam", "gi-adam": "adam", "giadam": "adam",
                       "gi_adam": "adam", "radam": "adam", "sgd": "sgd"}
 
@@ -128,7 +130,7 @@ def lr_multiplier(parametrization: str, kind: str, optimizer: str = "adam", *,
     hidden layers, LayerNorm parameters, any other parameter not owned by a role) or
     ``"output_bias"``. Adam family: muP hidden ``1/m_d``, SμPar hidden ``1/(m_d m_rho)``, all
     else 1. SGD: muP input/output/vector ``m_d``, hidden 1; SμPar hidden ``1/m_rho``; output
-    bias 1. SP: 1 everywhere. The ablations use :func:`lr_rule` (``supar_init``: muP's,
+    bias 1. ``"fixed"`` (no dimension grows with the width): 1 everywhere. SP: 1 everywhere. The ablations use :func:`lr_rule` (``supar_init``: muP's,
     ``supar_lr``: SμPar's).
 
     Example (width 4x the base, half the base density):
@@ -143,7 +145,7 @@ def lr_multiplier(parametrization: str, kind: str, optimizer: str = "adam", *,
     if kind not in TENSOR_KINDS:
         raise ValueError(f"tensor kind must be one of {TENSOR_KINDS}; got {kind!r}")
     family = optimizer_family(optimizer)
-    if parametrization == "sp":
+    if parametrization == "sp" or kind == "fixed":
         return 1.0
     if family == "adam":
         if kind != "hidden":

@@ -27,6 +27,7 @@ hidden weight                   1      1/m_d      1/(m_d m_rho)     1      1    
 output weight                   1      1          1                 1      m_d     m_d
 vector (biases, LayerNorm)      1      1          1                 1      m_d     m_d
 output bias                     1      1          1                 1      1       1
+fixed (no width-sized dim)      1      1          1                 1      1       1
 =============================  =====  =========  ================  =====  ======  ===========
 
 The Adam columns are the SμPar paper's table. The SGD columns follow from the same
@@ -170,7 +171,10 @@ def param_groups(model: nn.Module, lr: float, optimizer: str = "adam", *,
 
     Names are the tensor kinds: ``"input"``, ``"hidden"``, ``"output"`` (weights of modules with
     that ``catapult_role``), ``"output_bias"``, and ``"vector"`` (biases of input/hidden layers,
-    LayerNorm parameters and any parameter not owned by a role). Shared (tied) parameters are
+    LayerNorm parameters and any parameter not owned by a role), and ``"fixed"``: every parameter
+    of a module with ``catapult_fixed = True``, one none of whose dimensions grows with the width
+    (a stem conv and its norm before the widened body), which keeps ``lr`` under every rule, as
+    microsoft/mup keeps the lr of finite-shape tensors. Shared (tied) parameters are
     listed once, under the first module that owns them. Frozen parameters are skipped.
 
     Weight decay (decision): when ``weight_decay`` is a number, tensors with ``ndim >= 2``
@@ -207,11 +211,14 @@ def param_groups(model: nn.Module, lr: float, optimizer: str = "adam", *,
     unowned_matrices: list[str] = []
     for module_name, module in model.named_modules():
         role = getattr(module, "catapult_role", None)
+        fixed = bool(getattr(module, "catapult_fixed", False))
         for param_name, param in module.named_parameters(recurse=False):
             if id(param) in seen or not param.requires_grad:
                 continue
             seen.add(id(param))
-            if role is not None and param_name == "weight":
+            if fixed:
+                kind = "fixed"
+            elif role is not None and param_name == "weight":
                 kind = role
             elif role == "output" and param_name == "bias":
                 kind = "output_bias"

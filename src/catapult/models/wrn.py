@@ -24,7 +24,10 @@ readout is treated exactly as the FCN's (:class:`catapult.models.MLP`). ``v_w = 
 variance); a multiplier ``c`` means the layer computes ``c * conv(x, W)``.
 *Input* convs are those whose fan-in does not grow with ``k`` (the stem, and group 1's first
 conv and shortcut, which read the stem's 16 channels); *hidden* convs read ``16k``-multiples;
-the readout is the *output*. ``m_d = k / k_base`` (``base_widen``).
+the readout is the *output*. ``m_d = k / k_base`` (``base_widen``). The stem and its LayerNorm
+have no dimension that grows with ``k``, so no rule scales their lr (microsoft/mup's
+finite-shape tensors; :func:`catapult.param_groups` kind ``"fixed"``): under SGD an ``m_d``
+lr made the stem's relative change grow like ``sqrt(k)``.
 
 ======================  ==================  ===========================  ==========================
 layer                   SP                  muP (paper form,             muP table form / SμPar
@@ -40,7 +43,7 @@ LayerNorm gain / bias   1 / 0               1 / 0                        1 / 0
 ----------------------  ------------------  ---------------------------  --------------------------
 lr multiplier, SGD      1 everywhere        1 everywhere (global lr; the input ``m_d``, hidden 1, readout
                                             multipliers carry muP's      ``m_d``, LN ``m_d``, readout
-                                            per-layer rates)             bias 1
+                                            per-layer rates)             bias 1, stem and its LN 1
 lr multiplier, Adam     1 everywhere        1 everywhere ("simple muP")  hidden ``1 / m_d``, else 1
 ======================  ==================  ===========================  ==========================
 
@@ -185,6 +188,8 @@ class WRN(nn.Module):
         stem_channels = int(channels)
         self.stem = self._conv(self.in_channels, stem_channels, 3, 1, "input")
         self.stem_norm = ChannelLayerNorm(stem_channels)
+        # no dimension of the stem grows with k: its lr is never width-scaled (param_groups' "fixed")
+        self.stem.catapult_fixed = self.stem_norm.catapult_fixed = True
         blocks, channels = [], stem_channels
         for group, stride in enumerate((1, 2, 2)):
             width = stem_channels * self.widen * 2 ** group

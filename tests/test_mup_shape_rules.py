@@ -1,0 +1,54 @@
+"""param_groups against microsoft/mup's rules, derived from shapes alone.
+
+microsoft/mup compares each tensor's shape with the base model's: the dimensions that differ
+are "infinite". MuAdam divides the lr of a tensor with two infinite dimensions by the fan-in's
+width multiplier and leaves every other tensor's alone; MuSGD multiplies a tensor with one
+infinite dimension by that dimension's multiplier, divides one with two by fan-in mult /
+fan-out mult, and leaves finite-shape tensors alone. (Conv kernels' spatial dimensions are
+finite.) Every built-in model in its muP table form must give those learning rates."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import catapult
+from catapult.models import GPT, MLP, WRN
+
+
+def _mup_multiplier(shape, base_shape, family):
+    mults = [n / b for n, b in zip(shape, base_shape)]
+    infinite = [i for i, m in enumerate(mults) if m != 1.0]
+    if len(infinite) == 0:
+        return 1.0
+    if len(infinite) == 1:
+        return 1.0 if family == "adam" else mults[infinite[0]]
+    fan_out, fan_in = mults[0], mults[1]
+    return 1.0 / fan_in if family == "adam" else fan_out / fan_in
+
+
+def _lr_mults(model, family):
+    by_id = {id(p): g["lr_mult"] for g in catapult.param_groups(model, 1.0, family) for p in g["params"]}
+    return {name: by_id[id(p)] for name, p in model.named_parameters()}
+
+
+MODELS = {
+    "mlp": lambda w, b: MLP(12, 3, width=w, depth=4, parametrization="mup", base_width=b),
+    "gpt": lambda w, b: GPT(11, d_model=w, n_layers=2, n_heads=2, context=8, parametrization="mup", base_width=b),
+    "gpt_tied": lambda w, b: GPT(11, d_model=w, n_layers=1, n_heads=2, context=8, parametrization="mup",
+                                 base_width=b, tie_embeddings=True),
+    "wrn": lambda w, b: WRN(1, 10, depth=10, widen=w // 8, parametrization="mup", base_widen=b // 8),
+}
+
+
+@pytest.mark.parametrize("family", ["adam", "sgd"])
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_built_in_models_get_microsoft_mups_learning_rates(name, family):
+    # The WRN's stem (conv C -> 16 and its LayerNorm: no dimension grows with widen) got the
+    # input layers' SGD lr * m_d, which made its relative change grow like sqrt(widen)
+    # (0.025 at widen 1, 0.093 at widen 16 after 5 steps); microsoft/mup leaves it at lr.
+    torch.manual_seed(0)
+    base, wide = MODELS[name](16, 16), MODELS[name](64, 16)
+    base_shapes = {n: tuple(p.shape) for n, p in base.named_parameters()}
+    got = _lr_mults(wide, family)
+    expected = {n: _mup_multiplier(tuple(p.shape), base_shapes[n], family) for n, p in wide.named_parameters()}
+    assert got == pytest.approx(expected)
