@@ -188,3 +188,40 @@ def test_a_new_mask_is_drawn_on_fresh_weights_not_on_the_old_masks_zeros(first):
     assert torch.equal(weight != 0, mask)                       # every live weight drawn, pruned ones 0
     std = (1.0 / (64 * 0.25)) ** 0.5                            # gain^2 / (fan_in * m_rho), m_rho = 0.25
     assert abs(weight[mask].std().item() / std - 1) < 0.1
+
+
+class _Attention(nn.Module):
+    def __init__(self, d: int = 16):
+        super().__init__()
+        self.emb = nn.Embedding(20, d)
+        self.attn = nn.MultiheadAttention(d, 2, batch_first=True)
+        self.head = nn.Linear(d, 20)
+
+
+def test_a_refused_layer_leaves_the_model_untouched_and_multihead_attention_is_named():
+    # nn.MultiheadAttention's out_proj (a Linear subclass) was refused only after the embedding
+    # before it had been converted and re-drawn; the words said its forward would be lost, but
+    # the attention never calls that forward: it multiplies by the weights itself.
+    torch.manual_seed(0)
+    model = _Attention()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(TypeError, match=r"'attn.out_proj' is the output projection of the nn.MultiheadAttention "
+                                        r"'attn'.*scale=1/d_head.*roles=\{'attn.out_proj': None\}"):
+        catapult.parametrize(model, "mup", base_width=4)
+    assert type(model.emb) is nn.Embedding and not hasattr(model, "catapult_spec")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    catapult.parametrize(model, "mup", base_width=4, roles={"attn.out_proj": None})   # the way out it names
+    assert model.head.multiplier == 0.25
+
+
+def test_a_linear_subclass_with_its_own_forward_is_refused_before_any_change():
+    class Lora(nn.Linear):
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), Lora(8, 8), nn.ReLU(), nn.Linear(8, 1))
+    before = model[0].weight.clone()
+    with pytest.raises(TypeError, match=r"'2' is a Lora .*roles=\{'2': None\}"):
+        catapult.parametrize(model, "mup", base_width=2)
+    assert type(model[0]) is nn.Linear and torch.equal(model[0].weight, before)

@@ -70,8 +70,8 @@ from catapult.param_rules import (PARAMETRIZATIONS, ROLES, ParamSpec, check_para
                                   init_variance, lr_multiplier, lr_rule, optimizer_family)
 from catapult.sparsity import random_mask
 from catapult.parametrize_state import attach_spec
-from catapult.scaled_layers import (WEIGHT_LAYERS, ScaledConv2d, ScaledEmbedding, ScaledLinear, as_scaled,
-                                    fan_in as layer_fan_in, layer_width)
+from catapult.scaled_layers import (SCALABLE_TYPES, WEIGHT_LAYERS, ScaledConv2d, ScaledEmbedding, ScaledLinear,
+                                    as_scaled, fan_in as layer_fan_in, layer_width)
 
 __all__ = [
     "PARAMETRIZATIONS",
@@ -332,6 +332,27 @@ def _check_masks(layers: Mapping[str, nn.Module], roles: Mapping[str, str], dens
             "first with layer.set_mask(None)")
 
 
+def _check_scalable(layers: Mapping[str, nn.Module], roles: Mapping[str, str]) -> None:
+    """Refuse, before any layer changes, a layer :func:`as_scaled` cannot convert (it raised
+    halfway through, after the earlier layers had been converted and re-drawn). The projections
+    of an ``nn.MultiheadAttention`` are named: it multiplies by their weights directly."""
+    owners = {id(sub.out_proj): name for name, sub in layers.items() if isinstance(sub, nn.MultiheadAttention)}
+    for name, role in roles.items():
+        layer = layers[name]
+        if isinstance(layer, (ScaledLinear, ScaledEmbedding, ScaledConv2d)) or type(layer) in SCALABLE_TYPES:
+            continue
+        if id(layer) in owners:
+            raise TypeError(
+                f"parametrize(): {name!r} is the output projection of the nn.MultiheadAttention {owners[id(layer)]!r}, "
+                "which multiplies by in_proj_weight and out_proj.weight itself (F.multi_head_attention_forward), so "
+                "no init, multiplier or mask of parametrize() reaches them, nor muP's 1/d_head logit scale; write the "
+                "attention with nn.Linear layers and F.scaled_dot_product_attention(..., scale=1/d_head) (as "
+                f"catapult.models.GPT does), or leave it as it is with roles={{{name!r}: None}}")
+        raise TypeError(f"parametrize() handles plain nn.Linear / nn.Embedding / nn.Conv2d layers; {name!r} is a "
+                        f"{type(layer).__name__} (its own forward would be lost): give it role None "
+                        f"(roles={{{name!r}: None}})")
+
+
 def parametrize(
     module: nn.Module,
     parametrization: str = "mup",
@@ -368,6 +389,9 @@ def parametrize(
       (weights only, bias unscaled) for muP / SμPar; none for SP.
     * masks: hidden layers get an exact-density random mask when ``density < 1`` (any
       parameterization; SP and muP just do not correct for it).
+    * attention: ``parametrize`` sees layers, not the attention's arithmetic, so muP's
+      ``1/d_head`` logit scale is the model's own to apply (``F.scaled_dot_product_attention(...,
+      scale=1/d_head)``). ``nn.MultiheadAttention`` multiplies by its weights itself and is refused.
 
     Layers become :class:`ScaledLinear` / :class:`ScaledConv2d` / :class:`ScaledEmbedding` (same objects, same
     parameters and ``state_dict`` keys, plus ``mask`` buffers for sparse layers); the root gets
@@ -420,6 +444,7 @@ def parametrize(
     generator = torch.Generator().manual_seed(int(mask_seed))
 
     _check_masks(all_layers, layer_roles, density)  # before any layer changes
+    _check_scalable(all_layers, layer_roles)
 
     initialised: set[int] = set()
     for name, role in layer_roles.items():

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from catapult.sparsity import MaskedLinear
 
-__all__ = ["ScaledLinear", "ScaledEmbedding", "ScaledConv2d", "WEIGHT_LAYERS", "as_scaled",
+__all__ = ["ScaledLinear", "ScaledEmbedding", "ScaledConv2d", "WEIGHT_LAYERS", "SCALABLE_TYPES", "as_scaled",
            "fan_in", "fan_out", "layer_width", "init_weight_", "INIT_DISTRIBUTIONS", "TRUNC_STD", "check_input_dtype",
            "autocast_enabled"]
 
@@ -44,6 +44,8 @@ TRUNC_STD = 0.87962566103423978
 
 #: Module types whose ``weight`` takes a role (input / hidden / output) in :mod:`catapult.parametrize`.
 WEIGHT_LAYERS = (nn.Linear, nn.Embedding, nn.Conv2d)
+#: The exact types :func:`as_scaled` converts (a subclass's own forward would be lost).
+SCALABLE_TYPES = (nn.Linear, MaskedLinear, nn.Embedding, nn.Conv2d)
 
 
 def init_weight_(weight: torch.Tensor, var: float, distribution: str = "normal") -> torch.Tensor:
@@ -254,7 +256,7 @@ def as_scaled(layer: nn.Module) -> nn.Module:
     if isinstance(layer, (ScaledLinear, ScaledEmbedding, ScaledConv2d)):
         return layer
     kind = type(layer)
-    if kind not in (nn.Linear, MaskedLinear, nn.Embedding, nn.Conv2d):
+    if kind not in SCALABLE_TYPES:
         raise TypeError(
             f"parametrize() handles plain nn.Linear / nn.Embedding / nn.Conv2d layers; got "
             f"{kind.__name__} (its own forward would be lost): give it role None"
