@@ -236,3 +236,22 @@ def test_a_rerun_takes_the_partial_files_of_a_stopped_check_as_its_own(tmp_path,
     err = capsys.readouterr().err
     assert ".partial-config.yaml, .partial-coord_check_table.md, .partial-notes.md" in err
     assert (out / ".partial-notes.md").read_text() == "my notes\n"
+
+
+def test_a_gmp_config_is_checked_at_the_densities_not_dense(tmp_path):
+    # gmp builds all-ones masks (it prunes from dense during training), so every density was
+    # measured dense: SP's attention and MLP were flat over density and SμPar's slope was -1.0,
+    # the reverse of the result (SμPar flat, SP shrinking ~ density), written as a valid table.
+    path = _config(tmp_path, densities=[0.125, 0.5])
+    out = tmp_path / "gmp"
+    assert main(["coord-check", str(path), "model.density=0.5", "model.sparsity.method=gmp", "train.steps=20",
+                 "--out", str(out), "--progress", "none"]) == 0
+    with open(out / "coord_check.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    for row in rows:
+        row.update(value=float(row["value"]), mean_abs=float(row["mean_abs"]), seed=int(row["seed"]),
+                   step=int(row["step"]))
+    slopes = {p: coord_slopes([r for r in rows if r["parametrization"] == p]) for p in ("sp", "supar")}
+    for block in ("attention", "mlp"):
+        assert abs(slopes["supar"][(block, 0)]) < 0.15
+        assert slopes["sp"][(block, 0)] > 0.6

@@ -12,7 +12,9 @@ The run config says what to build and train (model, data, loss, optimizer and it
 
 For every parameterization, every axis given (``widths`` with the config's density,
 ``densities`` with its width) and every seed, the model is built exactly as ``catapult train``
-builds it (same init seed rule, same masks, same per-layer learning rates), trained for
+builds it (same init seed rule, same masks, same per-layer learning rates; masks are not updated,
+and a ``model.sparsity.method: gmp`` config, whose masks start all ones, gets static masks of
+the density checked, or every density would be measured dense), trained for
 ``steps`` steps at the constant learning rate ``optimizer.lr`` (the schedule is not used: a
 coordinate check compares parameterizations at one lr) on the run's first ``steps`` training
 batches (the same batches for every model: ``catapult train``'s, augmented as training augments
@@ -193,6 +195,10 @@ def _models(config: Mapping[str, Any], spec: Mapping[str, Any]):
 def _variant(config: Mapping[str, Any], parametrization: str, axis: str, value, seed: int | None = None) -> dict:
     variant = copy.deepcopy(dict(config))
     variant["model"] = dict(variant["model"], parametrization=parametrization, **{axis: value})
+    sparsity = variant["model"].get("sparsity")
+    if isinstance(sparsity, Mapping) and sparsity.get("method") == "gmp":
+        # gmp builds all-ones masks (it prunes from dense later): every density would be dense
+        variant["model"]["sparsity"] = dict(sparsity, method="static")
     if seed is not None:
         variant["seed"] = int(seed)
     return variant
