@@ -225,3 +225,16 @@ def test_a_linear_subclass_with_its_own_forward_is_refused_before_any_change():
     with pytest.raises(TypeError, match=r"'2' is a Lora .*roles=\{'2': None\}"):
         catapult.parametrize(model, "mup", base_width=2)
     assert type(model[0]) is nn.Linear and torch.equal(model[0].weight, before)
+
+
+def test_a_weight_shared_by_two_hidden_layers_gets_one_mask():
+    # Each layer drew its own mask and zeroed the shared weight by it: the weight kept only
+    # the entries live in both (1027 of 4096 at density 0.5), so each layer started with about
+    # half of its live weights at 0, and each trained entries the other one prunes.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
+                          nn.Linear(64, 2))
+    model[4].weight = model[2].weight
+    catapult.parametrize(model, "supar", base_width=8, density=0.5)
+    assert torch.equal(model[2].mask, model[4].mask) and int(model[2].mask.sum()) == 2048
+    assert torch.equal(model[2].weight != 0, model[2].mask)

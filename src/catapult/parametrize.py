@@ -383,7 +383,7 @@ def parametrize(
       (``fan_in_base = fan_in / m_d`` for hidden and output layers, ``fan_in`` for input
       layers; embeddings use ``s = gain``): hidden var = ``gain^2 / fan_in`` (muP) or
       ``gain^2 / (fan_in * m_rho)`` (SμPar), output var ``gain^2 / fan_in_base``. Under SP,
-      ``var = gain^2 / fan_in`` for every layer. Tied weights are initialised once; an
+      ``var = gain^2 / fan_in`` for every layer. Tied weights are initialised once (and masked once: hidden layers sharing a weight share its mask); an
       embedding's ``padding_idx`` row is left at 0 (it gets no gradient, so it stays 0).
     * multipliers: input layers ``alpha_in`` (weights only), output layers ``alpha_out / m_d``
       (weights only, bias unscaled) for muP / SμPar; none for SP.
@@ -447,6 +447,7 @@ def parametrize(
     _check_scalable(all_layers, layer_roles)
 
     initialised: set[int] = set()
+    masks: dict[int, torch.Tensor] = {}  # per weight: a weight shared by two hidden layers gets one mask
     for name, role in layer_roles.items():
         layer = all_layers[name]
         is_embedding = isinstance(layer, nn.Embedding)
@@ -485,7 +486,9 @@ def parametrize(
         if not is_embedding:
             layer.bias_multiplier = 1.0
             if new_mask:
-                layer.set_mask(random_mask(layer.weight.shape, density, method=mask_method,
-                                           generator=generator))
+                if id(layer.weight) not in masks:
+                    masks[id(layer.weight)] = random_mask(layer.weight.shape, density, method=mask_method,
+                                                          generator=generator)
+                layer.set_mask(masks[id(layer.weight)])
     attach_spec(module, ParamSpec(parametrization, width_mult, density_mult, "table"))  # + state_dict record
     return module
