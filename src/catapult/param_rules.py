@@ -130,7 +130,8 @@ def lr_multiplier(parametrization: str, kind: str, optimizer: str = "adam", *,
     hidden layers, LayerNorm parameters, any other parameter not owned by a role) or
     ``"output_bias"``. Adam family: muP hidden ``1/m_d``, SμPar hidden ``1/(m_d m_rho)``, all
     else 1. SGD: muP input/output/vector ``m_d``, hidden 1; SμPar hidden ``1/m_rho``; output
-    bias 1. ``"fixed"`` (no dimension grows with the width): 1 everywhere. SP: 1 everywhere. The ablations use :func:`lr_rule` (``supar_init``: muP's,
+    bias 1. ``"fixed"`` (no dimension grows with the width): 1 everywhere. SP: 1 everywhere.
+    The ablations use :func:`lr_rule` (``supar_init``: muP's,
     ``supar_lr``: SμPar's).
 
     Example (width 4x the base, half the base density):

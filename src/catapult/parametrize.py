@@ -383,8 +383,8 @@ def parametrize(
       (``fan_in_base = fan_in / m_d`` for hidden and output layers, ``fan_in`` for input
       layers; embeddings use ``s = gain``): hidden var = ``gain^2 / fan_in`` (muP) or
       ``gain^2 / (fan_in * m_rho)`` (SμPar), output var ``gain^2 / fan_in_base``. Under SP,
-      ``var = gain^2 / fan_in`` for every layer. Tied weights are initialised once (and masked once: hidden layers sharing a weight share its mask); an
-      embedding's ``padding_idx`` row is left at 0 (it gets no gradient, so it stays 0).
+      ``var = gain^2 / fan_in`` for every layer. Tied weights are initialised once (hidden layers
+      sharing a weight share its mask too); an embedding's ``padding_idx`` row is left at 0 (it gets no gradient, so it stays 0).
     * multipliers: input layers ``alpha_in`` (weights only), output layers ``alpha_out / m_d``
       (weights only, bias unscaled) for muP / SμPar; none for SP.
     * masks: hidden layers get an exact-density random mask when ``density < 1`` (any
