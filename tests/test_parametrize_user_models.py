@@ -238,3 +238,11 @@ def test_a_weight_shared_by_two_hidden_layers_gets_one_mask():
     catapult.parametrize(model, "supar", base_width=8, density=0.5)
     assert torch.equal(model[2].mask, model[4].mask) and int(model[2].mask.sum()) == 2048
     assert torch.equal(model[2].weight != 0, model[2].mask)
+
+
+def test_a_hidden_embedding_with_density_below_1_is_refused_not_left_dense():
+    # It stayed dense (masks are for Linear layers) under SμPar's init var / m_rho and lr / m_rho.
+    model = nn.Sequential(nn.Embedding(10, 16), nn.Linear(16, 16), nn.Linear(16, 2))
+    with pytest.raises(ValueError, match=r"'0' is a hidden nn.Embedding"):
+        catapult.parametrize(model, "supar", density=0.5, roles={"0": "hidden", "1": "input"})
+    assert type(model[0]) is nn.Embedding

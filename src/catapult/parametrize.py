@@ -310,7 +310,7 @@ def _default_width(layers: Mapping[str, nn.Module], roles: Mapping[str, str]) ->
 
 
 def _check_masks(layers: Mapping[str, nn.Module], roles: Mapping[str, str], density: float) -> None:
-    """Refuse what parametrize() cannot do, before it changes any layer: masks on a hidden conv,
+    """Refuse what parametrize() cannot do, before it changes any layer: masks on a hidden conv or embedding,
     and hidden layers that already carry sparse masks while ``density == 1`` (from an earlier
     ``parametrize(..., density<1)`` or ``sparsify_``: they would stay while the init, the
     ``catapult_spec`` and the learning rates assume dense layers)."""
@@ -318,9 +318,11 @@ def _check_masks(layers: Mapping[str, nn.Module], roles: Mapping[str, str], dens
     sparse = []
     for name, role in roles.items():
         layer = layers[name]
-        if density < 1.0 and role == "hidden" and isinstance(layer, nn.Conv2d):
+        if density < 1.0 and role == "hidden" and not isinstance(layer, nn.Linear):
+            # it would stay dense under an init and lrs corrected for the density
             raise ValueError(f"parametrize(): sparsity masks are for Linear layers; {name!r} is a "
-                             "hidden nn.Conv2d (use density=1.0 or give it role None)")
+                             f"hidden nn.{type(layer).__name__.replace('Scaled', '')} (use density=1.0 or "
+                             "give it role None)")
         mask = getattr(layer, "mask", None)
         if density == 1.0 and role == "hidden" and isinstance(mask, torch.Tensor) and not bool(mask.all()):
             sparse.append(name)
