@@ -61,7 +61,7 @@ def test_coord_check_over_width_and_overrides(tmp_path):
     path = _config(tmp_path, densities=None)
     out = tmp_path / "w"
     assert main(["coord-check", str(path), "coord_check.widths=[32,64]", "coord_check.parametrizations=[mup]",
-                 "--out", str(out), "--progress", "none", "--panels", "step"]) == 0
+                 "model.base_width=32", "--out", str(out), "--progress", "none", "--panels", "step"]) == 0
     assert (out / "coord_check_width_mup.png").exists()
     with open(out / "coord_check.csv") as fh:
         widths = {float(r["value"]) for r in csv.DictReader(fh)}
@@ -255,3 +255,16 @@ def test_a_gmp_config_is_checked_at_the_densities_not_dense(tmp_path):
     for block in ("attention", "mlp"):
         assert abs(slopes["supar"][(block, 0)]) < 0.15
         assert slopes["sp"][(block, 0)] > 0.6
+
+
+def test_a_width_axis_under_mup_without_a_base_width_is_refused(tmp_path, capsys):
+    # Without model.base_width every GPT width was its own base (m_d = 1: no multiplier, init or
+    # lr scaling), so "mup" was measured as SP (attention slope +2.1 at the last step, as SP's)
+    # and read as muP failing.
+    path = _config(tmp_path, densities=None, widths=[32, 64], parametrizations=["sp", "mup"])
+    out = tmp_path / "never"
+    assert main(["coord-check", str(path), "--out", str(out)]) == 2
+    assert "model.base_width: a coordinate check over coord_check.widths under mup needs" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["coord-check", str(path), "coord_check.parametrizations=[sp]", "--out", str(out),
+                 "--progress", "none"]) == 0                             # SP has no base width to miss

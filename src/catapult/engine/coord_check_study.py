@@ -10,6 +10,9 @@ The run config says what to build and train (model, data, loss, optimizer and it
       seeds: [0, 1, 2]
       steps: 10                            # training steps recorded (t = 0 .. steps-1)
 
+A width axis under muP or SμPar needs ``model.base_width`` (the MLP's ``mup`` excepted: its
+warmup-paper form scales by itself); without it each width is its own base and is refused.
+
 For every parameterization, every axis given (``widths`` with the config's density,
 ``densities`` with its width) and every seed, the model is built exactly as ``catapult train``
 builds it (same init seed rule, same masks, same per-layer learning rates; masks are not updated,
@@ -160,7 +163,7 @@ def load_coord_check(path: str | Path, overrides: Iterable[str] = ()) -> tuple[d
                                                 "models at one absolute lr; give a number")])
     from catapult.engine.model_size import check_model_fits  # torch, only once the config is read
 
-    problems = []
+    problems = _baseless_widths(config, spec)
     for parametrization, axis, value in _models(config, spec):
         try:  # valid, and small enough for this machine's memory whatever the data
             check_model_fits(cfg.validate(_variant(config, parametrization, axis, value)))
@@ -170,6 +173,23 @@ def load_coord_check(path: str | Path, overrides: Iterable[str] = ()) -> tuple[d
     if problems:
         raise cfg.ConfigError(problems)
     return config, spec
+
+
+def _baseless_widths(config: Mapping[str, Any], spec: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """A width axis under muP or SμPar without ``model.base_width``: each width would be its own
+    base (``m_d = 1``: no multiplier, init or lr scaling), so muP would be measured as SP. (The
+    MLP's ``mup`` without a base width is the warmup paper's form, which scales by itself.)"""
+    model = config["model"]
+    if spec["widths"] is None or model.get("base_width") is not None:
+        return []
+    baseless = [p for p in _parametrizations(config, spec)
+                if p != "sp" and not (model.get("name") == "mlp" and p == "mup")]
+    if not baseless:
+        return []
+    return [("model.base_width", f"a coordinate check over coord_check.widths under {', '.join(baseless)} needs "
+                                 "the base width the multipliers are relative to: without it every width is its own "
+                                 f"base (m_d = 1) and is measured as SP; set model.base_width (e.g. "
+                                 f"model.base_width={min(spec['widths'])})")]
 
 
 def _axes(spec: Mapping[str, Any]) -> list[tuple[str, list]]:
