@@ -301,6 +301,9 @@ def test_a_backward_that_does_not_pass_through_the_layers_forward_takes_no_pendi
     torch.autograd.grad(5.0 * layer(torch.ones(3, 5)).sum(), layer.weight)   # leaves 15s pending
     (layer.weight ** 2).sum().backward()
     assert torch.equal(layer.dense_grad, torch.full((4, 5), 6.0))   # still the last real score
+    (7.0 * layer(torch.ones(1, 5)).sum()).backward()                # .grad not zeroed: both count, as in .grad
+    assert torch.equal(layer.dense_grad, torch.full((4, 5), 13.0))
+    layer.weight.grad = None
     (7.0 * layer(torch.ones(1, 5)).sum()).backward()
     assert torch.equal(layer.dense_grad, torch.full((4, 5), 7.0))
 
@@ -322,6 +325,7 @@ def test_rigl_keeps_capturing_through_a_dtype_conversion_with_or_without_paramet
         torch.__future__.set_swap_module_params_on_conversion(before)
     assert layer.weight.dtype == layer.dense_grad.dtype == torch.float64 and layer.capture_dense_grad
     x = torch.arange(15, dtype=torch.float64).reshape(3, 5)
+    layer.weight.grad = None   # a new step (without it the score sums both passes, as .grad does)
     (2.0 * layer(x).sum()).backward()
     # d/d(W ⊙ M) of 2 * sum(x (W ⊙ M)^T) is 2 * x.sum(0) in every row, masked entries included
     assert torch.equal(layer.dense_grad, 2.0 * x.sum(0).expand(4, 5))
@@ -387,3 +391,39 @@ def test_rigl_under_train_compile_grows_what_it_grows_uncompiled():
     assert all(torch.equal(m.mask, masks[n].mask) for n, m in masked_modules(compiled.model))
     assert [r["train_loss"] for r in compiled.metrics] == pytest.approx([r["train_loss"] for r in plain.metrics],
                                                                          rel=1e-5)
+
+
+@pytest.mark.parametrize("zero", ["none", "zeros"])
+def test_the_grow_score_sums_over_a_layers_uses_and_over_micro_batches_as_grad_does(zero):
+    # It was the gradient of one use only (a layer applied twice in one forward: off by 0.85)
+    # and of the last micro-batch only (gradient accumulation: off by 3.2), while .grad summed them.
+    from catapult.sparsity import MaskedLinear
+
+    torch.manual_seed(0)
+    layer = MaskedLinear(6, 6, density=0.5, generator=torch.Generator().manual_seed(0))
+    MaskUpdater(torch.nn.Sequential(layer), "rigl", end_step=10)
+    bias, x1, x2 = layer.bias.detach(), torch.randn(3, 6), torch.randn(3, 6)
+
+    def truth(loss):   # d loss / d(W ⊙ M), with W ⊙ M a leaf
+        leaf = (layer.weight * layer.mask).detach().requires_grad_()
+        return torch.autograd.grad(loss(lambda x: x @ leaf.T + bias), leaf)[0]
+
+    def clear():
+        if zero == "none":
+            layer.weight.grad = None
+        elif layer.weight.grad is not None:
+            layer.weight.grad.zero_()
+
+    twice = lambda f: torch.tanh(f(torch.tanh(f(x1)))).pow(2).sum()    # noqa: E731
+    clear()
+    twice(layer).backward()
+    assert torch.allclose(layer.dense_grad, truth(twice), atol=1e-6)
+    clear()
+    layer(x1).pow(2).sum().backward()
+    layer(x2).pow(2).sum().backward()
+    both = truth(lambda f: f(x1).pow(2).sum() + f(x2).pow(2).sum())
+    assert torch.allclose(layer.dense_grad, both, atol=1e-5)
+    assert torch.allclose(layer.weight.grad, both * layer.mask, atol=1e-5)
+    clear()                                                            # the next step starts afresh
+    layer(x2).pow(2).sum().backward()
+    assert torch.allclose(layer.dense_grad, truth(lambda f: f(x2).pow(2).sum()), atol=1e-5)

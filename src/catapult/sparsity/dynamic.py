@@ -128,7 +128,8 @@ class MaskUpdater:
         end_step: ``T_end``: no update at ``t >= T_end`` (RigL) / ``t > T_end`` (GMP).
         drop_fraction: RigL's ``alpha``. start_step: GMP's ``t_0``.
     RigL needs dense gradients: the updater turns on ``capture_dense_grad`` of every masked
-    layer (the layer keeps ``dL/d(W ⊙ M)`` of its last ``loss.backward()`` in ``dense_grad``;
+    layer (the layer keeps ``dL/d(W ⊙ M)`` of the ``loss.backward()`` calls since the last
+    ``zero_grad``, summed as ``.grad`` is, in ``dense_grad``;
     curvature measurements and critical-lr searches in between do not replace it).
     """
 

@@ -107,6 +107,10 @@ def _weakly(layer: nn.Module, method: str):
     return hook
 
 
+#: Whether torch names the running backward pass (private since torch 2.1; see :func:`_backward_id`).
+_TASK_IDS = getattr(torch._C, "_current_graph_task_id", None) is not None
+
+
 def _backward_id() -> int:
     """The autograd graph task running now (one per ``backward()`` / ``autograd.grad`` call;
     -1 outside one). Private in torch since 2.1; where it is missing every backward reads 0 and
@@ -133,11 +137,14 @@ class MaskedLinear(nn.Linear):
     _capture = False
     _pending_dense_grad: torch.Tensor | None = None  # of the latest backward through a forward
     _pending_backward: int = -1                       # the autograd graph task that computed it
+    _pending_adds: torch.Tensor | None = None         # .grad held a gradient before it: accumulate
 
     @property
     def capture_dense_grad(self) -> bool:
-        """Keep ``dL/d(W ⊙ M)`` in :attr:`dense_grad`, from the last backward pass that
-        accumulates into the weight's ``.grad`` (``loss.backward()``). Passes that differentiate
+        """Keep ``dL/d(W ⊙ M)`` in :attr:`dense_grad`, from the backward passes that accumulate
+        into the weight's ``.grad`` (``loss.backward()``), summed as ``.grad`` is: over the uses of
+        the layer in one graph, and over passes until ``.grad`` is zeroed (micro-batches before one
+        optimizer step); a pass onto a ``None`` or all-zero ``.grad`` starts afresh. Passes that differentiate
         without accumulating there (``torch.autograd.grad``, ``torch.func``: the sharpness and
         spectrum measurements, the critical-lr search) leave it alone, so measuring between
         ``backward()`` and a RigL update does not change what RigL grows. Off unless a
@@ -181,7 +188,11 @@ class MaskedLinear(nn.Linear):
         # left pending (a torch.autograd.grad) is not this one's, e.g. a penalty on the weight alone
         if (self._pending_dense_grad is not None and weight is self.weight
                 and self._pending_backward == _backward_id()):
-            self.dense_grad, self._pending_dense_grad = self._pending_dense_grad, None
+            pending, adds = self._pending_dense_grad, self._pending_adds
+            if adds is not None and self.dense_grad is not None and self.dense_grad.shape == pending.shape:
+                # .grad accumulates over backward passes (micro-batches) until zero_grad: so does the score
+                pending = pending + torch.where(adds, self.dense_grad, torch.zeros_like(self.dense_grad))
+            self.dense_grad, self._pending_dense_grad, self._pending_adds = pending, None, None
 
     def _apply(self, fn, recurse: bool = True):
         # .to(), .double(), .cuda(): with parameter swapping on (torch.__future__'s
@@ -207,7 +218,7 @@ class MaskedLinear(nn.Linear):
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()   # a copy; the hook is the old weight's
-        for key in ("_accumulate_hooks", "_pending_dense_grad", "_pending_backward"):
+        for key in ("_accumulate_hooks", "_pending_dense_grad", "_pending_backward", "_pending_adds"):
             state.pop(key, None)
         return state
 
@@ -281,7 +292,16 @@ class MaskedLinear(nn.Linear):
 
     def _keep_dense_grad(self, grad: torch.Tensor) -> None:
         # every backward through this forward; the weight's accumulate hook accepts it
-        self._pending_dense_grad, self._pending_backward = grad.detach(), _backward_id()
+        current = _backward_id()
+        if self._pending_dense_grad is not None and self._pending_backward == current and _TASK_IDS:
+            # one more use of the layer in this graph (a layer applied twice): autograd sums
+            # the weight's gradient over the uses, and the score sums the same way
+            self._pending_dense_grad = self._pending_dense_grad + grad.detach()
+            return
+        held = self.weight.grad
+        # a tensor test, not a host sync: set_to_none=False leaves zeros, which hold nothing
+        self._pending_adds = None if held is None else held.ne(0).any()
+        self._pending_dense_grad, self._pending_backward = grad.detach(), current
 
     def extra_repr(self) -> str:
         text = super().extra_repr()
