@@ -142,3 +142,29 @@ def test_a_device_it_cannot_use_is_a_value_error_naming_device_before_any_run(mo
         coord_check(lambda w: built.append(w) or torch.nn.Linear(4, 2), [8], batch=(x, y), steps=1,
                     blocks={"": "logits"}, device=device)
     assert words in str(info.value) and built == []
+
+
+def test_a_module_applied_twice_is_averaged_over_both_outputs():
+    # Only the last call's output was recorded (the hook overwrote the first).
+    import torch.nn as nn
+
+    from catapult.coord_check import coord_check
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp, self.shared, self.out = nn.Linear(3, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+            self.shared.catapult_block = "hidden"
+
+        def forward(self, x):
+            return self.out(torch.tanh(self.shared(torch.tanh(self.shared(torch.tanh(self.inp(x)))))))
+
+    x, y = torch.randn(5, 3), torch.tensor([0, 1, 1, 0, 1])
+    rows = coord_check(lambda v: Twice(), [1], batch=(x, y), steps=1, seeds=[3], lr=0.1, optimizer="sgd")
+    torch.manual_seed(3)
+    net = Twice()
+    with torch.no_grad():
+        first = net.shared(torch.tanh(net.inp(x)))
+        second = net.shared(torch.tanh(first))
+    expected = (first.abs().sum() + second.abs().sum()).item() / 40
+    assert rows[0]["mean_abs"] == pytest.approx(expected, rel=1e-6)

@@ -7,7 +7,8 @@ batch(es), and record with forward hooks the mean absolute value of each block's
     mean_abs = mean_{batch, positions, features} |block(x)|,
 
 during the forward pass of every step ``t = 0 .. steps-1`` (``t = 0`` is the model at init,
-step ``t`` sees the model after ``t`` updates). A correct parameterization gives curves that are
+step ``t`` sees the model after ``t`` updates; a module applied more than once in a forward
+pass is averaged over all its outputs). A correct parameterization gives curves that are
 flat in ``v`` on log-log axes; SP (and muP over density) shrink or grow by orders of magnitude.
 
 Blocks are found by the module attribute ``catapult_block`` (set by :class:`catapult.models.GPT`:
@@ -141,12 +142,13 @@ def coord_check(
                 model.train()
                 opt = _make_optimizer(model, lr, optimizer)
                 hooked = find_blocks(model, blocks)
-                current: dict[str, float] = {}
+                current: dict[str, list[tuple[float, int]]] = {}   # (mean |out|, count) per call
 
                 def record(name: str):
                     def hook(module, inputs, output):
-                        out = output[0] if isinstance(output, (tuple, list)) else output
-                        current[name] = out.detach().abs().float().mean().item()
+                        out = (output[0] if isinstance(output, (tuple, list)) else output).detach()
+                        # a module applied more than once (shared weights) counts every call's output
+                        current.setdefault(name, []).append((out.abs().float().mean().item(), out.numel()))
                     return hook
 
                 handles = [module.register_forward_hook(record(name))
@@ -161,7 +163,7 @@ def coord_check(
                         for name, (_, block) in hooked.items():
                             rows.append({"value": float(value), "seed": int(seed), "step": step,
                                          "block": block, "module": name,
-                                         "mean_abs": current.get(name, float("nan")),
+                                         "mean_abs": _pooled_mean(current.get(name, [])),
                                          "loss": float(loss.detach())})
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
@@ -170,6 +172,14 @@ def coord_check(
                     for handle in handles:
                         handle.remove()
     return rows
+
+
+def _pooled_mean(calls: list[tuple[float, int]]) -> float:
+    """The mean over all outputs of a module's calls from their ``(mean, count)``; NaN for none."""
+    if len(calls) == 1:
+        return calls[0][0]
+    count = sum(n for _, n in calls)
+    return sum(m * n for m, n in calls) / count if count else float("nan")
 
 
 def _checked_device(device) -> torch.device | None:
