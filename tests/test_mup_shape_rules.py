@@ -52,3 +52,35 @@ def test_built_in_models_get_microsoft_mups_learning_rates(name, family):
     got = _lr_mults(wide, family)
     expected = {n: _mup_multiplier(tuple(p.shape), base_shapes[n], family) for n, p in wide.named_parameters()}
     assert got == pytest.approx(expected)
+
+
+class _ConvNet(torch.nn.Module):
+    """A user's CNN: stem conv, a depthwise conv (groups = channels, fan-in k^2 at every width),
+    a pointwise conv, a readout."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, width, 3, padding=1)
+        self.depthwise = torch.nn.Conv2d(width, width, 3, padding=1, groups=width)
+        self.pointwise = torch.nn.Conv2d(width, width, 1)
+        self.head = torch.nn.Linear(width, 5)
+
+    def forward(self, x):
+        h = torch.relu(self.stem(x))
+        h = torch.relu(self.pointwise(torch.relu(self.depthwise(h))))
+        return self.head(h.mean((2, 3)))
+
+
+@pytest.mark.parametrize("family", ["adam", "sgd"])
+def test_a_depthwise_conv_gets_the_learning_rate_and_init_of_its_shape(family):
+    # A depthwise conv (groups = in_channels) was a hidden layer: Adam lr / m_d and SGD lr,
+    # where its fan-in (k^2) does not grow with the width: microsoft/mup's vector-like rule is
+    # Adam lr and SGD lr * m_d, and its init is the base model's (init_std^2, not / m_d).
+    torch.manual_seed(0)
+    base = catapult.parametrize(_ConvNet(8), "mup", base_width=8)
+    wide = catapult.parametrize(_ConvNet(32), "mup", base_width=8, init_std=0.5)
+    base_shapes = {n: tuple(p.shape) for n, p in base.named_parameters()}
+    expected = {n: _mup_multiplier(tuple(p.shape), base_shapes[n], family) for n, p in wide.named_parameters()}
+    assert _lr_mults(wide, family) == pytest.approx(expected)
+    assert wide.depthwise.weight.std().item() == pytest.approx(0.5, rel=0.15)       # 288 draws
+    assert wide.pointwise.weight.std().item() == pytest.approx(0.5 / 2, rel=0.1)    # hidden: s^2 / m_d

@@ -42,7 +42,8 @@ output weights with a ``1/fan_in`` multiplier ``lr * fan_in``) written relative 
 width; the output bias has a fixed fan-out and keeps ``lr``.
 
 Layers: ``nn.Linear``, ``nn.Conv2d`` and ``nn.Embedding`` weights take roles; a conv's fan-in
-is ``C_in * k_h * k_w`` and its width ``out_channels`` (the layer classes and fan rules are in
+is ``C_in / groups * k_h * k_w`` and its width ``out_channels`` (a hidden depthwise conv,
+``groups == in_channels``, has a fixed fan-in and takes an input weight's init and lr) (the layer classes and fan rules are in
 :mod:`catapult.scaled_layers`; :class:`catapult.models.WRN` has the conv table).
 
 Where the information lives (no metadata on tensors, so ``torch.save``, ``copy.deepcopy``,
@@ -171,7 +172,8 @@ def param_groups(model: nn.Module, lr: float, optimizer: str = "adam", *,
 
     Names are the tensor kinds: ``"input"``, ``"hidden"``, ``"output"`` (weights of modules with
     that ``catapult_role``), ``"output_bias"``, and ``"vector"`` (biases of input/hidden layers,
-    LayerNorm parameters and any parameter not owned by a role), and ``"fixed"``: every parameter
+    LayerNorm parameters and any parameter not owned by a role; a hidden depthwise conv, whose
+    fan-in ``k_h * k_w`` does not grow with the width, is ``"input"``), and ``"fixed"``: every parameter
     of a module with ``catapult_fixed = True``, one none of whose dimensions grows with the width
     (a stem conv and its norm before the widened body), which keeps ``lr`` under every rule, as
     microsoft/mup keeps the lr of finite-shape tensors. Shared (tied) parameters are
@@ -219,7 +221,7 @@ def param_groups(model: nn.Module, lr: float, optimizer: str = "adam", *,
             if fixed:
                 kind = "fixed"
             elif role is not None and param_name == "weight":
-                kind = role
+                kind = "input" if role == "hidden" and _depthwise(module) else role
             elif role == "output" and param_name == "bias":
                 kind = "output_bias"
             else:
@@ -293,6 +295,13 @@ def infer_roles(module: nn.Module) -> dict[str, str]:
         roles[linears[0]] = "input"
     roles[linears[-1]] = "output"
     return roles
+
+
+def _depthwise(layer: nn.Module) -> bool:
+    """A depthwise conv (``groups == in_channels > 1``): each output reads ``k_h * k_w`` inputs at
+    every width, so a hidden one is input-like (vector-like in microsoft/mup: one dimension grows):
+    its init is the base model's and its lr that of an input weight."""
+    return isinstance(layer, nn.Conv2d) and layer.groups > 1 and layer.groups == layer.in_channels
 
 
 def _default_width(layers: Mapping[str, nn.Module], roles: Mapping[str, str]) -> int:
@@ -459,8 +468,8 @@ def parametrize(
         # a hidden Linear gets a fresh mask below: an earlier one must not zero live entries of the new
         new_mask = role == "hidden" and density < 1.0 and isinstance(layer, ScaledLinear)
         if init_std is not None:
-            var = init_variance(parametrization, role, init_std**2, width_mult=width_mult,
-                                density_mult=density_mult)
+            var = init_variance(parametrization, "input" if _depthwise(layer) else role, init_std**2,
+                                width_mult=width_mult, density_mult=density_mult)
         elif parametrization == "sp" or role == "input":
             var = gain**2 / fan_in
         elif role == "hidden":
