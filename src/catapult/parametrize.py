@@ -42,9 +42,10 @@ output weights with a ``1/fan_in`` multiplier ``lr * fan_in``) written relative 
 width; the output bias has a fixed fan-out and keeps ``lr``.
 
 Layers: ``nn.Linear``, ``nn.Conv2d`` and ``nn.Embedding`` weights take roles; a conv's fan-in
-is ``C_in / groups * k_h * k_w`` and its width ``out_channels`` (a hidden depthwise conv,
-``groups == in_channels``, has a fixed fan-in and takes an input weight's init and lr) (the layer classes and fan rules are in
-:mod:`catapult.scaled_layers`; :class:`catapult.models.WRN` has the conv table).
+is ``C_in / groups * k_h * k_w`` and its width ``out_channels``; a hidden depthwise conv
+(``groups == in_channels``) has a fixed fan-in and takes an input weight's init and lr (the layer
+classes and fan rules are in :mod:`catapult.scaled_layers`; :class:`catapult.models.WRN` has
+the conv table).
 
 Where the information lives (no metadata on tensors, so ``torch.save``, ``copy.deepcopy``,
 ``torch.compile`` and FSDP see ordinary modules):
