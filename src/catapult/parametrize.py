@@ -396,7 +396,8 @@ def parametrize(
       layers; embeddings use ``s = gain``): hidden var = ``gain^2 / fan_in`` (muP) or
       ``gain^2 / (fan_in * m_rho)`` (SμPar), output var ``gain^2 / fan_in_base``. Under SP,
       ``var = gain^2 / fan_in`` for every layer. Tied weights are initialised once (hidden layers
-      sharing a weight share its mask too); an embedding's ``padding_idx`` row is left at 0 (it gets no gradient, so it stays 0).
+      sharing a weight share its mask too); an embedding's ``padding_idx`` row is left at 0 (it
+      gets no gradient, so it stays 0).
     * multipliers: input layers ``alpha_in`` (weights only), output layers ``alpha_out / m_d``
       (weights only, bias unscaled) for muP / SμPar; none for SP.
     * masks: hidden layers get an exact-density random mask when ``density < 1`` (any
