@@ -168,3 +168,15 @@ def test_a_module_applied_twice_is_averaged_over_both_outputs():
         second = net.shared(torch.tanh(first))
     expected = (first.abs().sum() + second.abs().sum()).item() / 40
     assert rows[0]["mean_abs"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_a_wrn_is_checked_at_every_conv_not_only_its_logits():
+    # The WRN tagged only its readout with catapult_block, which turned off the role fallback:
+    # its coordinate check recorded the logits alone.
+    from catapult.models import WRN
+
+    net = WRN(1, 10, depth=10, widen=2, parametrization="mup", base_widen=1)
+    found = {name: block for name, (_, block) in find_blocks(net).items()}
+    convs = {name: m.catapult_role for name, m in net.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    assert found == {**convs, "readout": "logits"}
+    assert found["stem"] == "input" and found["blocks.1.conv2"] == "hidden"

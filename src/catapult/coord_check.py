@@ -12,9 +12,10 @@ pass is averaged over all its outputs). A correct parameterization gives curves 
 flat in ``v`` on log-log axes; SP (and muP over density) shrink or grow by orders of magnitude.
 
 Blocks are found by the module attribute ``catapult_block`` (set by :class:`catapult.models.GPT`:
-``embedding``, ``attention``, ``mlp``, ``logits``; by :class:`catapult.models.MLP`: ``input``,
-``hidden``, ``logits``), else by ``catapult_role`` (from :func:`catapult.parametrize`; the
-output role is reported as ``logits``), or given explicitly as ``{module_name: block}``.
+``embedding``, ``attention``, ``mlp``, ``logits``; by :class:`catapult.models.MLP` and
+:class:`catapult.models.WRN`: ``input``, ``hidden``, ``logits``, the WRN's for every conv),
+else by ``catapult_role`` (from :func:`catapult.parametrize`; the output role is reported as
+``logits``), or given explicitly as ``{module_name: block}``.
 Rows keep each module separately (``module``); plots and :func:`coord_slopes` average modules
 of the same block and the seeds.
 """

@@ -217,6 +217,7 @@ class WRN(nn.Module):
         init_weight_(conv.weight, var, self._init)
         conv.multiplier = conv.bias_multiplier = float(multiplier)
         conv.catapult_role = role
+        conv.catapult_block = role   # the coordinate check's blocks: every conv's output (before its LayerNorm)
         return conv
 
     def _readout(self, n_in: int, n_out: int, bias: bool, alpha_out: float) -> ScaledLinear:
