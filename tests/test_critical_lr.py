@@ -401,3 +401,24 @@ def test_a_half_precision_model_is_warned_about(dtype):
     with pytest.warns(UserWarning, match=rf"critical_lr: parameters in {str(dtype)[6:]}: trial steps below"):
         critical_lr(model, torch.nn.MSELoss(), tuple(t.to(dtype) for t in batch),
                     torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+def test_warnings_point_at_the_callers_line_so_each_call_site_is_warned():
+    # the decorators' wrapper was the location of every critical_lr warning: under the default
+    # filter (once per location) a second call site, e.g. another half-precision model, went unwarned
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 1).to(torch.float16)
+    batch = (torch.randn(8, 2, dtype=torch.float16), torch.randn(8, 1, dtype=torch.float16))
+    with pytest.warns(UserWarning, match="parameters in float16") as record:
+        critical_lr(model, torch.nn.MSELoss(), batch, torch.optim.SGD(model.parameters(), lr=0.1))
+    assert [w.filename for w in record] == [__file__]
+    flat = torch.nn.Linear(2, 1)
+    loss = lambda out, _: 0.0 * out.sum() + 1.0                            # noqa: E731 (never rises)
+    with pytest.warns(RuntimeWarning, match="doublings") as record:
+        critical_lr(flat, loss, (torch.randn(4, 2), None), torch.optim.SGD(flat.parameters(), lr=0.1))
+    assert [w.filename for w in record] == [__file__]
+    from catapult.schedules import PersistentCatapultWarmup                 # and through the warmup
+    pcw = PersistentCatapultWarmup(torch.optim.SGD(model.parameters(), lr=0.0), model, torch.nn.MSELoss(), 1.0)
+    with pytest.warns(UserWarning, match="parameters in float16") as record:
+        pcw.step(batch)
+    assert [w.filename for w in record] == [__file__]

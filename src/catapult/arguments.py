@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from typing import Any
 
 __all__ = ["check_real", "check_batch", "check_module", "check_positive_int", "check_densities", "as_integer",
-           "as_real", "check_seed"]
+           "as_real", "check_seed", "caller_stacklevel"]
 
 
 def check_real(owner: str, label: str, value: Any, *, low: float | None = None, high: float | None = None,
@@ -170,3 +171,24 @@ def check_seed(model: str, label: str, value: Any) -> None:
     seed = as_integer(value)
     if seed is None or not -2 ** 63 <= seed < 2 ** 64:
         raise ValueError(f"{model} {label} must be an integer in [-2**63, 2**64) or None; got {_scalar(value)!r}")
+
+
+def caller_stacklevel() -> int:
+    """The ``stacklevel`` that makes ``warnings.warn``, called from the function that calls this,
+    point at the first frame outside catapult and torch: the user's line. A fixed
+    ``stacklevel=2`` under a decorator pointed at the decorator's wrapper, one location for every
+    call site, so the default filter showed the warning once per process.
+
+    >>> import warnings
+    >>> def api():                      # a function of catapult's that warns its caller
+    ...     warnings.warn("careful", UserWarning, stacklevel=caller_stacklevel())
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     api()
+    >>> str(caught[0].message)
+    'careful'
+    """
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__", "").startswith(("catapult.", "torch.")):
+        frame, level = frame.f_back, level + 1
+    return level

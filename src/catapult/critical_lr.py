@@ -36,7 +36,7 @@ from catapult.curvature.rank_agreement import same_call_on_every_rank
 from catapult.curvature.sharded import ShardedHessianOperator, is_sharded, reshard
 from catapult.curvature.start import outside_inference_mode
 from catapult.curvature.stateless import functional_call
-from catapult.arguments import check_batch, check_module
+from catapult.arguments import caller_stacklevel, check_batch, check_module
 from catapult.optim import registry, rules
 from catapult.parametrize import group_lr_mult
 
@@ -439,7 +439,8 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
         # float64 (float16: 3.3). Under torch.autocast the parameters stay float32 and this holds.
         warnings.warn(f"critical_lr: parameters in {', '.join(half)}: trial steps below their resolution and "
                       f"the loss's rounding can read as rises, and the search may stop far below the critical lr "
-                      f"of the float32 model; measure a float32 copy (or train under torch.autocast)", stacklevel=2)
+                      f"of the float32 model; measure a float32 copy (or train under torch.autocast)",
+                      stacklevel=caller_stacklevel())
 
     # distributed: batch is this rank's shard; the union's loss and its gradient are the
     # weighted sums over the ranks, all-reduced (catapult.curvature.distributed.union_weight)
@@ -509,7 +510,7 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
         else:
             warnings.warn(f"critical_lr: the loss still falls at lr = {lower:g} after "
                           f"{MAX_DOUBLINGS} doublings; returning upper = inf", RuntimeWarning,
-                          stacklevel=2)
+                          stacklevel=caller_stacklevel())
             return CriticalLR(lower, lower, math.inf, passes, loss0)
         upper, loss_upper = lr, loss_lr
 

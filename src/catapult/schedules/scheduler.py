@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 import numbers
-import sys
 import warnings
 from typing import Any, Callable
 
 import torch
 
+from catapult.arguments import caller_stacklevel
 from catapult.parametrize import group_lr_mult
 
 __all__ = ["ScheduleLR", "attach", "warn_replaced_group_lrs"]
@@ -47,13 +47,10 @@ def warn_replaced_group_lrs(optimizer: torch.optim.Optimizer, who: str) -> bool:
     if max(lrs) == min(lrs):
         return False
     shown = ", ".join(f"{lr:g}" for lr in lrs[:4]) + (", ..." if len(lrs) > 4 else "")
-    level, frame = 1, sys._getframe(0)   # point at the caller's line, past catapult's and torch's frames
-    while frame is not None and frame.f_globals.get("__name__", "").startswith(("catapult.", "torch.")):
-        frame, level = frame.f_back, level + 1
     warnings.warn(f"{who}: the param groups' lrs differ ({shown}) but none sets 'lr_mult'; "
                   f"every group now gets the schedule's lr. To keep their ratios, give each group "
                   f"'lr_mult' (e.g. its lr / the largest), as catapult.param_groups does.",
-                  UserWarning, stacklevel=level)
+                  UserWarning, stacklevel=caller_stacklevel())
     return True
 
 
