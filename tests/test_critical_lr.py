@@ -422,3 +422,40 @@ def test_warnings_point_at_the_callers_line_so_each_call_site_is_warned():
     with pytest.warns(UserWarning, match="parameters in float16") as record:
         pcw.step(batch)
     assert [w.filename for w in record] == [__file__]
+
+
+def test_groups_with_different_lrs_and_no_lr_mult_are_warned_about():
+    # a group frozen at lr 0 beside one at lr 1: the trials moved both by the same lr, silently.
+    # L = 2 a^2 + b^2 / 2 from (1, 1): a alone rises past lr 1/2 (the optimizer's real step, 2 / 4),
+    # a and b together past 2 (4^2 + 1) / (4^3 + 1) = 0.523
+    class Two(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Parameter(torch.ones((), dtype=torch.float64)), torch.nn.Parameter(
+                torch.ones((), dtype=torch.float64))
+
+        def forward(self, _):
+            return torch.stack([self.a, self.b])
+
+    def loss(out, _):
+        return 2 * out[0] ** 2 + 0.5 * out[1] ** 2
+
+    model = Two()
+    frozen = torch.optim.SGD([{"params": [model.a], "lr": 1.0}, {"params": [model.b], "lr": 0.0}])
+    with pytest.warns(UserWarning, match=r"lrs differ \(1, 0\) but none sets 'lr_mult'") as record:
+        res = critical_lr(model, loss, (BATCH_INPUT, None), frozen, rtol=1e-9)
+    assert [w.filename for w in record] == [__file__]
+    assert res.upper == pytest.approx(2 * 17 / 65, rel=1e-8)       # what the warning is about
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with_mult = torch.optim.SGD([{"params": [model.a], "lr": 1.0, "lr_mult": 1.0},
+                                     {"params": [model.b], "lr": 0.0, "lr_mult": 0.0}])
+        assert critical_lr(model, loss, (BATCH_INPUT, None), with_mult, rtol=1e-9).upper == pytest.approx(0.5)
+        same = torch.optim.SGD([{"params": [model.a]}, {"params": [model.b]}], lr=0.3)
+        critical_lr(model, loss, (BATCH_INPUT, None), same)
+    from catapult.schedules import PersistentCatapultWarmup       # warned once, when it is built
+    with pytest.warns(UserWarning, match="PersistentCatapultWarmup: the param groups' lrs differ"):
+        pcw = PersistentCatapultWarmup(frozen, model, loss, 10.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pcw.step((BATCH_INPUT, None))

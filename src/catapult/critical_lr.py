@@ -265,6 +265,27 @@ def _check_positive(name: str, value, *, allow_none: bool = False):
     return value
 
 
+#: How :func:`critical_lr`'s warning about groups' own lrs begins (PersistentCatapultWarmup, which
+#: warns about them once when it is built, leaves it out of its searches).
+GROUP_LRS_WARNING = "critical_lr: the param groups' lrs differ"
+
+
+def _warn_group_lrs_ignored(optimizer: torch.optim.Optimizer) -> None:
+    """Warn when the groups' own lrs differ and none sets ``lr_mult``: the trials move every
+    group by the same lr, so the answer is not about this optimizer's step with its ratios."""
+    groups = optimizer.param_groups
+    if len(groups) < 2 or any("lr_mult" in g for g in groups):
+        return
+    lrs = [float(g["lr"]) for g in groups]
+    if max(lrs) == min(lrs):
+        return
+    shown = ", ".join(f"{lr:g}" for lr in lrs[:4]) + (", ..." if len(lrs) > 4 else "")
+    warnings.warn(f"{GROUP_LRS_WARNING} ({shown}) but none sets 'lr_mult': every group is moved by the same "
+                  f"trial lr (a group at lr 0 too), not in those ratios, so the result is not the critical lr of "
+                  f"this optimizer's step; give each group 'lr_mult' (e.g. its lr / the largest), as "
+                  f"catapult.param_groups does", UserWarning, stacklevel=caller_stacklevel())
+
+
 def _shard_reducer(model, loss_fn, batch):
     """``loss -> sum_r w_r loss_r`` over the ranks (``.weight`` = this rank's ``w_r``:
     :func:`~catapult.curvature.distributed.union_weight`)."""
@@ -352,7 +373,8 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
     rise. The returned lr is a *base* lr: a param group with ``lr_mult`` moves by
     ``lr * lr_mult * u`` (the convention of ``catapult.schedules.attach``), so the result can
     be fed straight into a schedule; the groups' current ``lr`` values play no part (groups
-    with different lrs but no ``lr_mult`` all move with the same trial lr).
+    with different lrs but no ``lr_mult`` all move with the same trial lr: a ``UserWarning``
+    says so, as :func:`catapult.schedules.attach` does).
 
     The model is evaluated in its current mode (train/eval); every trial forward pass runs
     under ``torch.no_grad`` with the buffers and RNG state of the start, so dropout masks and
@@ -423,6 +445,7 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
     check_module("critical_lr", model)
     check_batch("critical_lr", batch, allow_empty=distributed)
     registry.spec_for(optimizer)              # unsupported optimizer: fail before any work
+    _warn_group_lrs_ignored(optimizer)
     # a model sharded by FSDP2: the loss and gradient come from its own forward and backward,
     # and the trials move each rank's rows of the parameters in place
     sharded = is_sharded(model)

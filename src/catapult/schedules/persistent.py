@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import numbers
+import re
+import warnings
 from typing import Any, Callable
 
 import torch
 
 from catapult.arguments import check_batch, check_module
-from catapult.critical_lr import critical_lr, probe_loss
+from catapult.critical_lr import GROUP_LRS_WARNING, critical_lr, probe_loss
 from catapult.parametrize import group_lr_mult
 from catapult.schedules.functions import checked_real
 from catapult.schedules.scheduler import set_group_lr, warn_replaced_group_lrs
@@ -113,8 +115,10 @@ class PersistentCatapultWarmup:
         return self.lr is not None and self.lr >= self.lr_target
 
     def _critical_lr(self, batch, lr_start: float):
-        return critical_lr(self.model, self.loss_fn, batch, self.optimizer, lr_start=lr_start,
-                           lr_max=self.lr_target, delta=self.delta, rtol=self.rtol)
+        with warnings.catch_warnings():  # said once, when this warmup was built
+            warnings.filterwarnings("ignore", message=re.escape(GROUP_LRS_WARNING), category=UserWarning)
+            return critical_lr(self.model, self.loss_fn, batch, self.optimizer, lr_start=lr_start,
+                               lr_max=self.lr_target, delta=self.delta, rtol=self.rtol)
 
     def _search(self, batch) -> None:
         passes = 0
