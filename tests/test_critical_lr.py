@@ -459,3 +459,21 @@ def test_groups_with_different_lrs_and_no_lr_mult_are_warned_about():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         pcw.step((BATCH_INPUT, None))
+
+
+def test_a_non_finite_float16_adam_step_names_float16_not_eps_zero():
+    # eps = 1e-8 is 0 in float16 and so is (1 - b2) g^2 for |g| < 7.7e-3: the first Adam step divides
+    # by 0 there (torch's own step too); the error blamed "Adam with eps = 0", which was not set
+    from catapult.critical_lr import NonFiniteStepError
+    model = torch.nn.Linear(2, 1, bias=False).to(torch.float16)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[0.0, 0.0]]))
+    batch = (torch.tensor([[1.0, 0.002]], dtype=torch.float16), torch.ones(1, 1, dtype=torch.float16))
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)                 # eps = 1e-8
+    twin = copy.deepcopy(model)
+    torch.nn.functional.mse_loss(twin(batch[0]), batch[1]).backward()
+    torch.optim.Adam(twin.parameters(), lr=0.1).step()
+    assert not torch.isfinite(twin.weight).all()                        # the real step: inf
+    with pytest.warns(UserWarning, match="float16"):
+        with pytest.raises(NonFiniteStepError, match=r"1 non-finite entries \(in float16 an eps and a \(1 - b2\) g\^2"):
+            critical_lr(model, torch.nn.MSELoss(), batch, opt)

@@ -487,8 +487,13 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
         if not sharded:  # (a sharded direction's rows differ per rank: the trials' losses say it)
             bad = sum(int((~torch.isfinite(u)).sum()) for _, u in direction)
             if bad:  # every trial would be nan and read as a rise: lr_c = lr_start, silently
+                # the cause: a zero second moment plus an eps of 0 -- set so, or rounded to 0 in
+                # float16, where eps = 1e-8 and (1 - b2) g^2 below 6e-8 vanish (torch's step is inf too)
+                why = ("Adam with eps = 0 divides a zero gradient by zero" if not half else
+                       f"in {', '.join(half)} an eps and a (1 - b2) g^2 below its smallest number round to 0, and "
+                       f"the step divides by 0 (the optimizer's own step is inf or nan there too)")
                 raise NonFiniteStepError(f"critical_lr: the optimizer's step direction has {bad} non-finite entries "
-                                 f"(Adam with eps = 0 divides a zero gradient by zero); no lr can be measured")
+                                         f"({why}); no lr can be measured")
         if sharded:  # this rank's rows of each parameter, moved in place, restored from copies
             with torch.no_grad():
                 in_place, shifted = [(p.to_local(), u.to_local()) for p, u in direction], []
