@@ -55,3 +55,24 @@ def test_a_graph_the_caller_holds_survives_and_outside_parameters_are_restored()
     pending.backward()
     assert [p._version for p in model.parameters()] == versions
     assert scale.item() == 1.5 and result.lower < result.lr < float("inf")
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_distributed_forward_passes_count_every_forward_of_the_model(reduction):
+    # distributed=True tells a mean loss from a sum by the losses of the shard and its two halves:
+    # three forward passes, left out of forward_passes (13 counted where the model ran 16)
+    from catapult.curvature.distributed import single_process_group
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    batch = (torch.randn(6, 3), torch.randn(6, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    calls = []
+    model.register_forward_pre_hook(lambda *_: calls.append(1))
+    with single_process_group():
+        res = catapult.critical_lr(model, torch.nn.MSELoss(reduction=reduction), batch, opt, distributed=True)
+    assert res.forward_passes == len(calls) >= 3 + 3
+    calls.clear()
+    alone = catapult.critical_lr(model, torch.nn.MSELoss(reduction=reduction), batch, opt)
+    assert alone.forward_passes == len(calls) == res.forward_passes - 3
+    assert (alone.lr, alone.lower) == (res.lr, res.lower)

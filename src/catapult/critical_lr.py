@@ -91,7 +91,8 @@ class CriticalLR:
         upper: the smallest lr tried whose step raised the loss, with
             ``L <= L0 + delta |L0|`` (``lr_max`` when capped; ``inf`` if no rise was ever found).
         forward_passes: forward passes spent, including the one that gave ``loss0`` (and the
-            gradient).
+            gradient); with ``distributed=True`` those this process ran, with the ones that told
+            whether ``loss_fn`` is a mean or a sum over samples.
         loss0: ``L(theta)`` on the batch.
 
     Example:
@@ -291,14 +292,22 @@ def _shard_reducer(model, loss_fn, batch):
     :func:`~catapult.curvature.distributed.union_weight`)."""
     dist_ops.require_process_group()
     dist_ops.check_shardable(model)
-    device = next(dist_ops.unwrap_ddp(model).parameters()).device
-    weight = dist_ops.union_weight(model, loss_fn, batch, device, testable=not is_sharded(model))
+    inner = dist_ops.unwrap_ddp(model)
+    device = next(inner.parameters()).device
+    # telling a mean from a sum runs forward passes of the shard and its halves: they are spent too
+    calls = []
+    counter = inner.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        weight = dist_ops.union_weight(model, loss_fn, batch, device, testable=not is_sharded(model))
+    finally:
+        counter.remove()
 
     def reduce(value: Tensor) -> float:
         t = value.detach().to(torch.float64).reshape(1).mul(weight)
         return float(dist_ops.all_reduce_sum(t))
 
     reduce.weight = weight
+    reduce.passes = len(calls)
     return reduce
 
 
@@ -472,7 +481,7 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
         model = dist_ops.unwrap_ddp(model)
     snapshot = ModelSnapshot(model)
     originals: list[tuple[Tensor, Tensor]] = []
-    passes = 0
+    passes = 0 if reduce is None else reduce.passes
     try:
         if sharded:
             loss0, grads = _sharded_loss_and_gradient(model, loss_fn, batch, params, reduce.weight)
