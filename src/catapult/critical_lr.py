@@ -1,7 +1,8 @@
 """Critical learning rate from a loss catapult (warmup paper, App. B.2, Alg. 1-2).
 
 The critical learning rate ``lr_c`` is the smallest lr at which the optimizer's next step makes
-the loss go *up*: on a quadratic with top curvature ``lambda`` under GD, ``lr_c = 2 / lambda``.
+the loss go *up*: on a quadratic with Hessian ``H`` under GD, ``lr_c = 2 g.g / g.H g >= 2 / lambda``
+(``lambda`` its top curvature), with equality when the gradient ``g`` lies along the top eigenvector.
 It is found with forward passes only, on one batch, along the direction ``u`` of the
 optimizer's next step (per unit learning rate)::
 

@@ -9,7 +9,9 @@ Builds the config's model (same seeds and first batch as ``catapult train``) and
 * for Adam-family optimizers (adam, adamw, gi-adam), the pre-conditioned sharpness
   ``lambda_P0 = lambda_max(P^-1 H)`` of the first step's preconditioner and two estimates from it:
   the one-step estimate ``2 / ((1 - b1) lambda_P0)`` (the first Adam step moves by
-  ``lr (1 - b1) P^-1 g``, so on a quadratic the loss rises once ``lr`` exceeds it) and the
+  ``lr (1 - b1) s``, ``s = P^-1 g``, so on a quadratic the loss rises once ``lr`` exceeds
+  ``2 s.P s / ((1 - b1) s.H s)``, which is at least this estimate and equals it when ``s`` is a top
+  eigenvector of ``P^-1 H``: a lower bound of ``lr_c``, as ``2 / lambda_0`` is under GD) and the
   threshold estimate ``(2 + 2 b1) / ((1 - b1) lambda_P0)`` (the lr whose instability threshold
   equals ``lambda_P0``).
 
