@@ -49,6 +49,13 @@ class PersistentCatapultWarmup:
     minibatches it compares losses of different batches, so it is noisy (smaller ``delta``,
     or a fixed probe batch, make it steadier).
 
+    A search probes the step the optimizer would take with the gradient of ``batch`` at the
+    current parameters (from its own backward pass), not with ``.grad``: pass the whole batch of
+    the step (all micro-batches when gradients are accumulated). Gradient clipping is not seen:
+    a clipped step is shorter than the probed one, so the lr set is below that step's catapult
+    (with ``clip_grad_norm_(..., 0.1)`` on the README's model, the first step at the found lr
+    lowered the loss from 0.379 to 0.337).
+
     Usage::
 
         pcw = PersistentCatapultWarmup(optimizer, model, loss_fn, lr_target=0.5)
