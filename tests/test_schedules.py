@@ -640,3 +640,19 @@ def test_the_last_step_uses_lr_final_exactly(lr_target, lr_final):
         want = lr_target / 10 if lr_final is None else lr_final
         assert f(9) == f(12) == want
         assert f(2) == lr_target          # the peak, exactly, at step warmup_steps - 1
+
+
+def test_persistent_warmup_takes_a_numpy_float32_loss():
+    # loss=np.float32(...) (a loss kept in a numpy array) was refused: "loss must be a scalar tensor
+    # or a number, got np.float32(0.25)"
+    import numpy as np
+
+    model, batch, pcw = _quadratic_warmup()
+    pcw.step(batch)
+    assert pcw.loss_ref == 0.5 and pcw.searches == 1
+    pcw.step(batch, loss=np.float32(0.5))                              # equal: no search
+    assert pcw.searches == 1
+    pcw.step(batch, loss=np.float32(0.25))                             # lower: search again
+    assert pcw.searches == 2
+    with pytest.raises(TypeError, match="loss must be a scalar tensor or a number, got True"):
+        pcw.step(batch, loss=True)
