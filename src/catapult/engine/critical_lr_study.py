@@ -4,8 +4,10 @@ Builds the config's model (same seeds and first batch as ``catapult train``) and
 ``lr_trgt``, runs :func:`catapult.critical_lr` once on batch 0 and prints, side by side:
 
 * ``lr_c`` with its bracket ``[lower, upper]`` and the forward passes spent;
-* ``lambda_0`` (top Hessian eigenvalue on batch 0) and the GD estimate ``2 / lambda_0``
-  (``lr_c ~ 2/lambda_0`` for wide MSE networks under GD; the ratio ``lr_c * lambda_0`` is printed);
+* ``lambda_0``, the run's (the one ``optimizer.lr: c/lambda0`` reads: the top Hessian eigenvalue at
+  initialisation, on batch 0 for full-batch runs and averaged over ``eval.lambda0_batches`` batches,
+  10 by default, for minibatch runs, while the search runs on batch 0 alone), and the GD estimate
+  ``2 / lambda_0`` (``lr_c ~ 2/lambda_0`` for wide MSE networks under GD; the ratio ``lr_c * lambda_0`` is printed);
 * for Adam-family optimizers (adam, adamw, gi-adam), the pre-conditioned sharpness
   ``lambda_P0 = lambda_max(P^-1 H)`` of the first step's preconditioner and two estimates from it:
   the one-step estimate ``2 / ((1 - b1) lambda_P0)`` (the first Adam step moves by
