@@ -453,6 +453,9 @@ def test_groups_with_different_lrs_and_no_lr_mult_are_warned_about():
         assert critical_lr(model, loss, (BATCH_INPUT, None), with_mult, rtol=1e-9).upper == pytest.approx(0.5)
         same = torch.optim.SGD([{"params": [model.a]}, {"params": [model.b]}], lr=0.3)
         critical_lr(model, loss, (BATCH_INPUT, None), same)
+        model.b.requires_grad_(False)                   # frozen by requires_grad: not moved, lr moot
+        critical_lr(model, loss, (BATCH_INPUT, None), frozen)
+        model.b.requires_grad_(True)
     from catapult.schedules import PersistentCatapultWarmup       # warned once, when it is built
     with pytest.warns(UserWarning, match="PersistentCatapultWarmup: the param groups' lrs differ"):
         pcw = PersistentCatapultWarmup(frozen, model, loss, 10.0)

@@ -276,9 +276,12 @@ def _warn_group_lrs_ignored(optimizer: torch.optim.Optimizer) -> None:
     """Warn when the groups' own lrs differ and none sets ``lr_mult``: the trials move every
     group by the same lr, so the answer is not about this optimizer's step with its ratios."""
     groups = optimizer.param_groups
-    if len(groups) < 2 or any("lr_mult" in g for g in groups):
+    if any("lr_mult" in g for g in groups):
         return
-    lrs = [float(g["lr"]) for g in groups]
+    # a group frozen by requires_grad (or empty) is not moved by the trials: its lr says nothing
+    lrs = [float(g["lr"]) for g in groups if any(p.requires_grad for p in g["params"])]
+    if len(lrs) < 2:
+        return
     if max(lrs) == min(lrs):
         return
     shown = ", ".join(f"{lr:g}" for lr in lrs[:4]) + (", ..." if len(lrs) > 4 else "")
