@@ -459,7 +459,7 @@ def train_ddp(config: Mapping[str, Any], *, out_dir: str | os.PathLike | None = 
     # the throughput of training: opening the shards (tokenising text ones, once) is set-up
     training = time.perf_counter()
     result = in_run_directory(out_path, overwrite, lambda path, writing: train(
-        setup, path, progress=progress, started=started, writing=writing, processes=processes))
+        setup, path, progress=progress, started=started, writing=writing, processes=processes, overwrite=overwrite))
     seconds = max(time.perf_counter() - training, 1e-9)
     tokens = batch_size * context * int(result.summary.get("steps_completed") or 0)
     return DDPResult(status=result.status, metrics=result.metrics, summary=result.summary, config=result.config,

@@ -79,7 +79,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,8 +88,7 @@ import torch
 import torch.nn as nn
 
 from catapult import config as cfg
-from catapult.files import (PARTIAL_PREFIX, PNG_START, WRITTEN, file_digest, is_run_record, partial_of_ours,
-                            recorded_digests, run_output_of_ours)
+from catapult.files import WRITTEN, file_digest
 from catapult.writing import write_text_whole, write_whole
 from catapult.losses import accuracy, loss_and_accuracy
 from catapult.engine.build import Run, build_run, threshold
@@ -100,132 +98,11 @@ from catapult.engine.trajectories import plot_run
 from catapult.engine.step import diverged, evaluates_test, measures_sharpness, new_row, output_collapsed
 from catapult.engine.records import (MetricsFile, metric_columns, json_safe, summarize, threshold_label,
                                      warmup_summary)
+from catapult.engine.run_dir import (_DIGESTED, RUN_FILES, RUN_MARKERS, RunClaim, RunDirectoryError, check_out_dir,
+                                     claim_run_directory, in_run_directory, make_out_dir)
 
 __all__ = ["RunResult", "run", "train", "Processes", "evaluate", "eval_chunk_rows", "EVAL_CHUNK_ELEMENTS", "RUN_FILES", "RUN_MARKERS", "RunDirectoryError",
-           "check_out_dir", "make_out_dir", "in_run_directory"]
-
-#: The files a run writes into its directory (``--overwrite`` replaces exactly these).
-RUN_FILES = ("config.yaml", "metrics.csv", "summary.json", "trajectories.png", "model.pt")
-
-
-class RunDirectoryError(ValueError):
-    """The run directory cannot be used: a file is in the way, it holds an earlier run (and
-    ``overwrite`` is off), or it cannot be created or written."""
-
-
-#: The run files whose digests ``summary.json`` records (:data:`catapult.files.WRITTEN`).
-_DIGESTED = ("metrics.csv", "model.pt", "trajectories.png")
-
-#: Files only a run writes: a directory holding one of them is an earlier run's.
-RUN_MARKERS = ("metrics.csv", "summary.json")
-
-
-def check_out_dir(out_dir: str | Path, overwrite: bool = False, *,
-                  replaces: tuple[str, ...] = RUN_FILES) -> Path:
-    """``out_dir`` as a Path once it is known to be usable, before any work: a directory that is
-    new, empty, or (with ``overwrite``) an earlier run's; creatable and writable by us.
-
-    ``overwrite`` replaces the files named in ``replaces`` (a run's :data:`RUN_FILES`; callers
-    that judge ownership themselves pass ``()``), so a directory that holds anything must be an
-    earlier run's (one of :data:`RUN_MARKERS` with a run's contents,
-    :func:`catapult.files.is_run_record`), and each of those files there, and each leftover
-    ``.partial-`` file of them, must be one a run wrote (:func:`catapult.files.run_output_of_ours`,
-    judged by content; never a link): a user's own ``model.pt`` or ``config.yaml`` in a folder
-    given as ``--out`` is never replaced, nor are files written beside a user's own folder.
-    Where the earlier run's ``summary.json`` records the digests of its files (runs from
-    this version on, :data:`catapult.files.WRITTEN`), each must also have those exact bytes: a
-    user's own ``model.pt`` saved there since is not the run's, though torch.save wrote it.
-    Other files of an earlier run's directory (a user's notes) are left as they are.
-
-    Raises :class:`RunDirectoryError` saying what is in the way.
-    """
-    path = Path(out_dir)
-    if path.exists() or path.is_symlink():
-        if not path.is_dir():
-            raise RunDirectoryError(f"{path} exists and is not a directory; choose another run directory")
-        entries = sorted(path.iterdir())
-        if not overwrite and entries:
-            raise RunDirectoryError(f"{path} already exists and is not empty (an earlier run?); pass --overwrite "
-                                    f"(overwrite=True) to replace its run files, or choose another directory")
-        if overwrite and entries and replaces:
-            _check_earlier_run(path, entries, replaces)
-    ancestor = path.absolute()
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise RunDirectoryError(f"cannot create {path}: {ancestor} is a file, not a directory")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise RunDirectoryError(f"cannot write {path}: {ancestor} is not writable")
-    return path
-
-
-def make_out_dir(path: Path) -> None:
-    """Create ``path`` (and its missing parents) as :func:`check_out_dir` allowed; where the file
-    system still refuses it (``/proc/x``, which looks writable to root), a
-    :class:`RunDirectoryError` naming the path rather than the OS error alone."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise RunDirectoryError(f"cannot create the directory {path}: {err.strerror or err} (the file system "
-                                f"refused it); choose another directory") from None
-
-
-#: How the run files that :func:`~catapult.writing.write_whole` writes begin: a ``.partial-``
-#: file a stopped write left is the run's when it is a cut-off part of this (the next write
-#: removes it, so a user's file of that name must not be there).
-_PARTIAL_STARTS = {"model.pt": b"PK\x03\x04", "trajectories.png": PNG_START, "summary.json": b'{\n  "'}
-
-
-def _check_earlier_run(path: Path, entries: list[Path], replaces: tuple[str, ...]) -> None:
-    """:func:`check_out_dir` with ``overwrite`` of a non-empty ``path``: refuse it unless it is
-    an earlier run's directory whose files under the names of ``replaces`` are all the run's."""
-    present = [path / name for name in replaces if (path / name).exists() or (path / name).is_symlink()]
-    links = [p.name for p in present if p.is_symlink() or not p.is_file()]
-    refuse = "--overwrite replaces only a run's own files: choose a new or empty directory"
-    if links:
-        raise RunDirectoryError(f"{path} is not an earlier run's directory (it holds {', '.join(links)} "
-                                f"(not a plain file)); {refuse}")
-    if not any(is_run_record(path / name) for name in RUN_MARKERS if name in replaces):
-        # a user's folder (its metrics.csv beside a config, or only notes): the run's files
-        # would be written into it, over or beside the user's own
-        shown = [p.name for p in present] or [e.name for e in entries[:3]]
-        more = f" and {len(entries) - 3} more" if not present and len(entries) > 3 else ""
-        raise RunDirectoryError(f"{path} is not an earlier run's directory (it holds {', '.join(shown)}{more}, "
-                                f"but not a run's {' or '.join(RUN_MARKERS)}); {refuse}")
-    partials = {PARTIAL_PREFIX + name for name in replaces if name in _PARTIAL_STARTS}
-    foreign = [p.name for p in present if not run_output_of_ours(p)]
-    foreign += [e.name for e in entries if e.name in partials
-                and not partial_of_ours(e, run_output_of_ours, _PARTIAL_STARTS.get)]
-    if foreign:
-        names = ", ".join(str(path / name) for name in foreign)
-        what = "is not a file" if len(foreign) == 1 else "are not files"
-        raise RunDirectoryError(f"{names} {what} a catapult run wrote (judged by contents, not by name); "
-                                f"--overwrite replaces only a run's own files: move {'it' if len(foreign) == 1 else 'them'} "
-                                f"away, or choose a new or empty directory")
-    recorded = recorded_digests(path / "summary.json")
-    changed = [p.name for p in present if p.name in recorded and file_digest(p) != recorded[p.name]]
-    if changed:
-        names = ", ".join(str(path / name) for name in changed)
-        one = len(changed) == 1
-        raise RunDirectoryError(f"{names} {'is not the file' if one else 'are not the files'} the earlier run wrote "
-                                f"(its summary.json records other bytes: replaced or edited since); --overwrite "
-                                f"replaces only a run's own files: move {'it' if one else 'them'} away, or choose "
-                                f"a new or empty directory")
-
-
-def _discard(path: Path, created: bool) -> None:
-    """Remove what a failed run wrote: the directory if this run created it, else its run files.
-    Best effort: the failure being reported matters more than a file that will not go."""
-    import shutil
-
-    if created:
-        shutil.rmtree(path, ignore_errors=True)
-        return
-    for name in RUN_FILES:
-        try:
-            (path / name).unlink()
-        except OSError:
-            pass
+           "check_out_dir", "make_out_dir", "in_run_directory", "RunClaim", "claim_run_directory"]
 
 
 @dataclass
@@ -335,22 +212,6 @@ class Processes:
         return model.state_dict()
 
 
-def in_run_directory(out_dir: str | Path | None, overwrite: bool, body) -> Any:
-    """``body(out_path, writing)`` once ``out_dir`` is known to be usable (:func:`check_out_dir`;
-    ``out_path`` None without one). ``body`` appends to the list ``writing`` before it writes
-    its first file; if it then fails with an exception (a full disk included), what it wrote
-    goes: the directory if this call created it, else its :data:`RUN_FILES`."""
-    out_path = None if out_dir is None else check_out_dir(out_dir, overwrite)
-    if out_path is None:
-        return body(None, [])
-    created = not out_path.exists()
-    writing: list[bool] = []  # set once the run starts writing: a failure before leaves all as it was
-    try:
-        return body(out_path, writing)
-    except Exception:
-        if writing:
-            _discard(out_path, created)
-        raise
 
 
 def run(config: Mapping[str, Any], *, out_dir: str | Path | None = None, progress: Any = None,
@@ -375,19 +236,31 @@ def run(config: Mapping[str, Any], *, out_dir: str | Path | None = None, progres
     started = time.perf_counter()
     check_spectrum_cadence(cfg.validate(config))  # before the data are loaded
     return in_run_directory(out_dir, overwrite, lambda out_path, writing: train(
-        build_run(config), out_path, progress=progress, started=started, writing=writing))
+        build_run(config), out_path, progress=progress, started=started, writing=writing, overwrite=overwrite))
 
 
 def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, started: float | None = None,
-          writing: list | None = None, processes: Processes | None = None) -> RunResult:
+          writing: list | None = None, processes: Processes | None = None,
+          overwrite: bool | None = None) -> RunResult:
     """The training loop (the module docstring's step semantics) on a built :class:`Run`,
     writing the run files into ``out_path`` (already checked: :func:`in_run_directory`; None
-    writes nothing); appends to ``writing`` before the first file. ``processes``: how the
+    writes nothing). Before the first file it claims the folder (:func:`claim_run_directory`:
+    another process writing a run there is a :class:`RunDirectoryError`; with ``overwrite`` not
+    None the folder is checked again, as :func:`check_out_dir` with that flag) and appends the
+    claim to ``writing``, whose owner releases it (None: this call does). ``processes``: how the
     processes training this model combine (:class:`Processes`, the default, is one process);
     only a process whose ``processes.writes`` writes and shows progress. ``started``: the
     ``time.perf_counter()`` the summary's wall time counts from (default: now)."""
-    started = time.perf_counter() if started is None else started
     processes = Processes() if processes is None else processes
+    if writing is None and out_path is not None and processes.writes:  # the claim is this call's to release
+        own: list[RunClaim] = []
+        try:
+            return train(setup, out_path, progress=progress, started=started, writing=own, processes=processes,
+                         overwrite=overwrite)
+        finally:
+            for claim in own:
+                claim.release()
+    started = time.perf_counter() if started is None else started
     if processes.distributed != setup.distributed:  # measurements would see a shard, or wait for ranks
         raise ValueError(f"train: the Run was built with distributed={setup.distributed}, the processes "
                          f"are {type(processes).__name__} (distributed={processes.distributed})")
@@ -418,8 +291,7 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
 
     metrics_file = None
     if out_path is not None:
-        make_out_dir(out_path)
-        writing.append(True)
+        writing.append(claim_run_directory(out_path, overwrite))
         for name in RUN_FILES:  # overwrite: nothing of the earlier run survives next to this one
             (out_path / name).unlink(missing_ok=True)
         # the records' header first, on disk at once: a run killed from here on leaves a folder

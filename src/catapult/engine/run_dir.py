@@ -1,0 +1,231 @@
+"""A run's directory: the check before any work (:func:`check_out_dir`: new, empty, or with
+``overwrite`` an earlier run's own files), the claim while a run writes there
+(:func:`claim_run_directory`: one run at a time), and the clean-up of a run that failed while
+writing (:func:`in_run_directory`). :func:`catapult.engine.loop.train` writes the files."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from catapult.files import (PARTIAL_PREFIX, PNG_START, file_digest, is_run_record, partial_of_ours, recorded_digests,
+                            run_output_of_ours)
+
+__all__ = ["RUN_FILES", "RUN_MARKERS", "RunDirectoryError", "check_out_dir", "make_out_dir", "RunClaim",
+           "claim_run_directory", "in_run_directory"]
+
+#: The files a run writes into its directory (``--overwrite`` replaces exactly these).
+RUN_FILES = ("config.yaml", "metrics.csv", "summary.json", "trajectories.png", "model.pt")
+
+
+class RunDirectoryError(ValueError):
+    """The run directory cannot be used: a file is in the way, it holds an earlier run (and
+    ``overwrite`` is off), or it cannot be created or written."""
+
+
+#: The run files whose digests ``summary.json`` records (:data:`catapult.files.WRITTEN`).
+_DIGESTED = ("metrics.csv", "model.pt", "trajectories.png")
+
+#: Files only a run writes: a directory holding one of them is an earlier run's.
+RUN_MARKERS = ("metrics.csv", "summary.json")
+
+
+def check_out_dir(out_dir: str | Path, overwrite: bool = False, *,
+                  replaces: tuple[str, ...] = RUN_FILES) -> Path:
+    """``out_dir`` as a Path once it is known to be usable, before any work: a directory that is
+    new, empty, or (with ``overwrite``) an earlier run's; creatable and writable by us.
+
+    ``overwrite`` replaces the files named in ``replaces`` (a run's :data:`RUN_FILES`; callers
+    that judge ownership themselves pass ``()``), so a directory that holds anything must be an
+    earlier run's (one of :data:`RUN_MARKERS` with a run's contents,
+    :func:`catapult.files.is_run_record`), and each of those files there, and each leftover
+    ``.partial-`` file of them, must be one a run wrote (:func:`catapult.files.run_output_of_ours`,
+    judged by content; never a link): a user's own ``model.pt`` or ``config.yaml`` in a folder
+    given as ``--out`` is never replaced, nor are files written beside a user's own folder.
+    Where the earlier run's ``summary.json`` records the digests of its files (runs from
+    this version on, :data:`catapult.files.WRITTEN`), each must also have those exact bytes: a
+    user's own ``model.pt`` saved there since is not the run's, though torch.save wrote it.
+    Other files of an earlier run's directory (a user's notes) are left as they are.
+
+    Raises :class:`RunDirectoryError` saying what is in the way.
+    """
+    path = Path(out_dir)
+    if path.exists() or path.is_symlink():
+        if not path.is_dir():
+            raise RunDirectoryError(f"{path} exists and is not a directory; choose another run directory")
+        entries = sorted(path.iterdir())
+        if not overwrite and entries:
+            raise RunDirectoryError(f"{path} already exists and is not empty (an earlier run?); pass --overwrite "
+                                    f"(overwrite=True) to replace its run files, or choose another directory")
+        if overwrite and entries and replaces:
+            _check_earlier_run(path, entries, replaces)
+    ancestor = path.absolute()
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise RunDirectoryError(f"cannot create {path}: {ancestor} is a file, not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise RunDirectoryError(f"cannot write {path}: {ancestor} is not writable")
+    return path
+
+
+def make_out_dir(path: Path) -> bool:
+    """Create ``path`` (and its missing parents) as :func:`check_out_dir` allowed; whether this
+    call created it (False: it was there, perhaps made by another process since the check).
+    Where the file system still refuses it (``/proc/x``, which looks writable to root), a
+    :class:`RunDirectoryError` naming the path rather than the OS error alone."""
+    try:
+        path.mkdir(parents=True)
+        return True
+    except FileExistsError:
+        if path.is_dir():
+            return False
+        raise RunDirectoryError(f"cannot create the directory {path}: a file is there now; choose another "
+                                f"directory") from None
+    except OSError as err:
+        raise RunDirectoryError(f"cannot create the directory {path}: {err.strerror or err} (the file system "
+                                f"refused it); choose another directory") from None
+
+
+class RunClaim:
+    """A run directory held by this process while a run writes into it (:func:`claim_run_directory`):
+    ``created`` says whether this process made the folder; :meth:`release` lets it go.
+
+    >>> claim = RunClaim(Path("runs/x"), created=False, fd=None)   # a claim that locks nothing
+    >>> claim.release(); claim.release()   # releasing twice is harmless
+    """
+
+    def __init__(self, path: Path, created: bool, fd: int | None) -> None:
+        self.path, self.created, self._fd = path, created, fd
+
+    def release(self) -> None:
+        """Unlock the folder (closing its descriptor); a second call does nothing."""
+        if self._fd is not None:
+            os.close(self._fd)  # closing the only descriptor of the lock releases it
+            self._fd = None
+
+
+def claim_run_directory(path: Path, overwrite: bool | None = None) -> RunClaim:
+    """Create ``path`` if needed (:func:`make_out_dir`) and lock it (``flock`` on the folder) for one
+    run's writes. Two runs given one ``--out`` at once both passed :func:`check_out_dir`, then wrote
+    into each other's files (one's ``metrics.csv`` beside the other's summary and weights, both
+    exit 0): the second is now a :class:`RunDirectoryError` before it removes or writes anything.
+    With ``overwrite`` not None, :func:`check_out_dir` is asked again under the lock (an earlier
+    run may have finished there since the first check). Systems without ``flock`` lock nothing.
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp()) / "run"
+    >>> claim = claim_run_directory(folder)
+    >>> claim.created, folder.is_dir()
+    (True, True)
+    >>> try:
+    ...     claim_run_directory(folder)
+    ... except RunDirectoryError as err:
+    ...     print(str(err).split(" into ")[0])
+    another process is writing a run
+    >>> claim.release(); again = claim_run_directory(folder); again.created
+    False
+    >>> again.release()
+    """
+    created = make_out_dir(path)
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return RunClaim(path, created, None)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise RunDirectoryError(f"another process is writing a run into {path} (the folder is locked); "
+                                f"wait for it to end, or choose another directory") from None
+    claim = RunClaim(path, created, fd)
+    if overwrite is not None and not created:
+        try:
+            check_out_dir(path, overwrite)
+        except BaseException:
+            claim.release()
+            raise
+    return claim
+
+
+#: How the run files that :func:`~catapult.writing.write_whole` writes begin: a ``.partial-``
+#: file a stopped write left is the run's when it is a cut-off part of this (the next write
+#: removes it, so a user's file of that name must not be there).
+_PARTIAL_STARTS = {"model.pt": b"PK\x03\x04", "trajectories.png": PNG_START, "summary.json": b'{\n  "'}
+
+
+def _check_earlier_run(path: Path, entries: list[Path], replaces: tuple[str, ...]) -> None:
+    """:func:`check_out_dir` with ``overwrite`` of a non-empty ``path``: refuse it unless it is
+    an earlier run's directory whose files under the names of ``replaces`` are all the run's."""
+    present = [path / name for name in replaces if (path / name).exists() or (path / name).is_symlink()]
+    links = [p.name for p in present if p.is_symlink() or not p.is_file()]
+    refuse = "--overwrite replaces only a run's own files: choose a new or empty directory"
+    if links:
+        raise RunDirectoryError(f"{path} is not an earlier run's directory (it holds {', '.join(links)} "
+                                f"(not a plain file)); {refuse}")
+    if not any(is_run_record(path / name) for name in RUN_MARKERS if name in replaces):
+        # a user's folder (its metrics.csv beside a config, or only notes): the run's files
+        # would be written into it, over or beside the user's own
+        shown = [p.name for p in present] or [e.name for e in entries[:3]]
+        more = f" and {len(entries) - 3} more" if not present and len(entries) > 3 else ""
+        raise RunDirectoryError(f"{path} is not an earlier run's directory (it holds {', '.join(shown)}{more}, "
+                                f"but not a run's {' or '.join(RUN_MARKERS)}); {refuse}")
+    partials = {PARTIAL_PREFIX + name for name in replaces if name in _PARTIAL_STARTS}
+    foreign = [p.name for p in present if not run_output_of_ours(p)]
+    foreign += [e.name for e in entries if e.name in partials
+                and not partial_of_ours(e, run_output_of_ours, _PARTIAL_STARTS.get)]
+    if foreign:
+        names = ", ".join(str(path / name) for name in foreign)
+        what = "is not a file" if len(foreign) == 1 else "are not files"
+        raise RunDirectoryError(f"{names} {what} a catapult run wrote (judged by contents, not by name); "
+                                f"--overwrite replaces only a run's own files: move {'it' if len(foreign) == 1 else 'them'} "
+                                f"away, or choose a new or empty directory")
+    recorded = recorded_digests(path / "summary.json")
+    changed = [p.name for p in present if p.name in recorded and file_digest(p) != recorded[p.name]]
+    if changed:
+        names = ", ".join(str(path / name) for name in changed)
+        one = len(changed) == 1
+        raise RunDirectoryError(f"{names} {'is not the file' if one else 'are not the files'} the earlier run wrote "
+                                f"(its summary.json records other bytes: replaced or edited since); --overwrite "
+                                f"replaces only a run's own files: move {'it' if one else 'them'} away, or choose "
+                                f"a new or empty directory")
+
+
+def _discard(path: Path, created: bool) -> None:
+    """Remove what a failed run wrote: the directory if this run created it, else its run files.
+    Best effort: the failure being reported matters more than a file that will not go."""
+    import shutil
+
+    if created:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    for name in RUN_FILES:
+        try:
+            (path / name).unlink()
+        except OSError:
+            pass
+
+
+def in_run_directory(out_dir: str | Path | None, overwrite: bool, body) -> Any:
+    """``body(out_path, writing)`` once ``out_dir`` is known to be usable (:func:`check_out_dir`;
+    ``out_path`` None without one). ``body`` appends its :class:`RunClaim` to the list ``writing``
+    before it writes its first file (:func:`train` does); if it then fails with an exception (a
+    full disk included), what it wrote goes: the directory if the run created it, else its
+    :data:`RUN_FILES`. The claim is released at the end."""
+    out_path = None if out_dir is None else check_out_dir(out_dir, overwrite)
+    if out_path is None:
+        return body(None, [])
+    existed = out_path.exists()
+    writing: list = []  # the claim, once the run starts writing: a failure before leaves all as it was
+    try:
+        return body(out_path, writing)
+    except Exception:
+        if writing:  # still holding the folder: no other run writes there meanwhile
+            claim = writing[0]  # (a body that claims nothing appends True)
+            _discard(out_path, claim.created if isinstance(claim, RunClaim) else not existed)
+        raise
+    finally:
+        for claim in writing:
+            if isinstance(claim, RunClaim):
+                claim.release()

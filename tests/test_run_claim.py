@@ -1,0 +1,131 @@
+"""Two runs given one run directory at once: both passed the directory check before either
+wrote, then wrote into each other's files (one run's metrics.csv beside the other's summary and
+weights, both exit 0). A run now claims its folder (a ``flock``) before it removes or writes
+anything, and the second is refused with the files of the first left as they were."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from catapult import engine
+from catapult.engine import loop
+from catapult.engine.loop import RunDirectoryError, claim_run_directory
+from catapult.engine.records import METRIC_COLUMNS
+
+fcntl = pytest.importorskip("fcntl")
+
+HEADER = ",".join(METRIC_COLUMNS) + "\r\n"  # a run's records, as its first flush leaves them
+
+
+def _config(steps=2, seed=0):
+    return {"name": "claim", "seed": seed, "data": {"name": "digits", "n_train": 32, "n_test": 16},
+            "model": {"width": 8, "depth": 2}, "train": {"steps": steps},
+            "eval": {"sharpness_every": 0, "test_every": 0}}
+
+
+def _tree(path):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.iterdir())}
+
+
+def _meanwhile(monkeypatch, action):
+    """Run ``action()`` after this run's directory check, while it is being built (the window in
+    which another process may start writing there)."""
+    build = loop.build_run
+
+    def build_then_act(config):
+        setup = build(config)
+        action()
+        return setup
+
+    monkeypatch.setattr(loop, "build_run", build_then_act)
+
+
+def test_a_run_into_a_folder_another_run_is_writing_is_refused_and_touches_nothing(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    held = []
+
+    def other_run_starts():  # another process claimed the folder and wrote its first files
+        held.append(claim_run_directory(out))
+        (out / "metrics.csv").write_text(HEADER)
+        (out / "config.yaml").write_text("name: other\n")
+
+    _meanwhile(monkeypatch, other_run_starts)
+    try:
+        before = None
+        with pytest.raises(RunDirectoryError, match="another process is writing a run into"):
+            try:
+                engine.run(_config(), out_dir=out, progress="none")
+            finally:
+                before = _tree(out)
+        assert before == {"config.yaml": hashlib.sha256(b"name: other\n").hexdigest(),
+                          "metrics.csv": hashlib.sha256(HEADER.encode()).hexdigest()}
+    finally:
+        for claim in held:
+            claim.release()
+    monkeypatch.undo()
+    # released: the folder is free again (and, holding a run's records, may be overwritten)
+    result = engine.run(_config(), out_dir=out, progress="none", overwrite=True)
+    assert result.status == "finished" and (out / "summary.json").exists()
+
+
+def test_a_run_that_finished_there_since_the_check_is_not_overwritten_without_overwrite(tmp_path, monkeypatch):
+    finished = tmp_path / "finished"
+    engine.run(_config(seed=1), out_dir=finished, progress="none")
+    out = tmp_path / "run"
+    _meanwhile(monkeypatch, lambda: shutil.copytree(finished, out))
+    with pytest.raises(RunDirectoryError, match="already exists and is not empty"):
+        engine.run(_config(seed=2), out_dir=out, progress="none")
+    assert _tree(out) == _tree(finished)  # the other run's files, every byte, and the folder kept
+
+
+def test_the_claim_is_released_after_a_run_and_after_a_failed_one(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    engine.run(_config(), out_dir=out, progress="none")
+    claim_run_directory(out).release()  # free again after a finished run
+    engine.train(engine.build_run(_config()), out / "direct")  # train() called directly releases its own
+    claim_run_directory(out / "direct").release()
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(loop, "plot_run", full_disk)  # fails after the claim, while writing
+    with pytest.raises(OSError, match="No space"):
+        engine.run(_config(), out_dir=tmp_path / "bad", progress="none")
+    assert not (tmp_path / "bad").exists()  # what the failed run created is gone, and its claim with it
+    claim_run_directory(tmp_path / "bad").release()
+
+
+def test_two_processes_training_into_one_new_folder_leave_one_whole_run(tmp_path):
+    """The reported symptom, end to end: two ``catapult train --out same`` started together."""
+    config = tmp_path / "c.yaml"
+    config.write_text(textwrap.dedent("""\
+        name: claim
+        data: {name: digits, n_train: 32, n_test: 16}
+        model: {width: 8, depth: 2}
+        eval: {sharpness_every: 0, test_every: 0}
+        """))
+    out = tmp_path / "run"
+    runs = [subprocess.Popen([sys.executable, "-m", "catapult", "train", str(config), "--out", str(out),
+                              "--progress", "none", f"train.steps={steps}", f"seed={seed}"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for steps, seed in ((300, 1), (1500, 2))]
+    codes = [p.wait(timeout=300) for p in runs]
+    errors = [p.stderr.read() for p in runs]
+    # one writes; the other is refused: the folder is locked, or (once the first has finished)
+    # holds a run and --overwrite was not given. Both exited 0 before, each over the other's files.
+    assert sorted(codes) == [0, 2], errors
+    summary = json.loads((out / "summary.json").read_text())
+    rows = (out / "metrics.csv").read_text().splitlines()
+    # every file is the one run's: its rows, its config, the digest its summary records
+    assert len(rows) == summary["steps"] + 2
+    assert f"seed: {1 if summary['steps'] == 300 else 2}" in (out / "config.yaml").read_text()
+    digest = "sha256:" + hashlib.sha256((out / "metrics.csv").read_bytes()).hexdigest()
+    assert summary["written"]["metrics.csv"] == digest
+    assert "another process is writing a run into" in errors[codes.index(2)] or \
+        "already exists and is not empty" in errors[codes.index(2)]
