@@ -10,6 +10,7 @@ import csv
 import math
 import re
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -120,23 +121,45 @@ class MetricsFile:
 
     def __init__(self, path: Path, columns: Sequence[str] = METRIC_COLUMNS,
                  flush_seconds: float = METRICS_FLUSH_SECONDS):
+        self.path = Path(path)
         self.columns = tuple(columns)
         self.fh = open(path, "w", newline="")
         self.writer = csv.writer(self.fh)
-        self.writer.writerow(self.columns)
-        self.fh.flush()  # the header: the file reads as a run's records from the start
+        try:
+            with self._named():
+                self.writer.writerow(self.columns)
+                self.fh.flush()  # the header: the file reads as a run's records from the start
+        except OSError:
+            try:
+                self.fh.close()
+            except OSError:  # what could not be flushed still cannot: the error above says so
+                pass
+            raise
         self.flush_seconds = float(flush_seconds)
         self._flushed_at = -math.inf  # the first row goes out at once
 
+    @contextmanager
+    def _named(self):
+        """An OSError of a write or flush names this file: a full disk was reported as "No
+        space left on device" alone (``catapult train: error: No space left on device``)."""
+        try:
+            yield
+        except OSError as err:
+            if err.filename is not None:
+                raise
+            raise OSError(err.errno, err.strerror or str(err), str(self.path)) from err
+
     def write(self, row: Mapping[str, Any]) -> None:
-        self.writer.writerow([csv_cell(row.get(c)) for c in self.columns])
-        now = time.monotonic()
-        if now - self._flushed_at >= self.flush_seconds:
-            self.fh.flush()
-            self._flushed_at = now
+        with self._named():
+            self.writer.writerow([csv_cell(row.get(c)) for c in self.columns])
+            now = time.monotonic()
+            if now - self._flushed_at >= self.flush_seconds:
+                self.fh.flush()
+                self._flushed_at = now
 
     def close(self) -> None:
-        self.fh.close()
+        with self._named():
+            self.fh.close()
 
 
 def json_safe(value: Any) -> Any:
