@@ -37,3 +37,26 @@ def test_a_full_disk_mid_run_names_metrics_csv(tmp_path, capsys):
     assert report("train", info.value) == 2
     assert capsys.readouterr().err.strip() == f"catapult train: error: {path}: No space left on device"
     assert path.read_bytes() == (",".join(METRIC_COLUMNS) + "\r\n").encode()  # the header, flushed before
+
+
+def test_a_full_disk_at_config_yaml_names_it_and_leaves_no_run_directory(tmp_path, monkeypatch, capsys):
+    import pathlib
+
+    from catapult.cli import main
+    from tiny_run import tiny_config
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(tiny_config("tiny"))
+    write_text = pathlib.Path.write_text
+
+    def full_at_config(self, text, *args, **kwargs):
+        if self.name != "config.yaml":
+            return write_text(self, text, *args, **kwargs)
+        with open("/dev/full", "w") as fh:  # what the file system says of a full disk
+            fh.write(text)
+
+    monkeypatch.setattr(pathlib.Path, "write_text", full_at_config)
+    out = tmp_path / "run"
+    assert main(["train", str(config), "--out", str(out), "--progress", "none"]) == 2
+    assert capsys.readouterr().err.strip() == f"catapult train: error: {out / 'config.yaml'}: No space left on device"
+    assert not out.exists()
