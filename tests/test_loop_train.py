@@ -168,3 +168,18 @@ def test_the_records_header_is_on_disk_before_any_row(tmp_path):
         assert is_run_record(tmp_path / "metrics.csv")      # read while the writer still holds it
     finally:
         records.close()
+
+
+def test_a_run_trains_once_a_second_train_of_it_is_refused():
+    """A second ``train`` of one set-up started from the first's final weights and optimizer
+    state, while its rows said step 0 and its summary gave the first's lambda_0 and lr_target:
+    another run, silently. An untrained set-up (no step taken: steps 0) may still train."""
+    config = dict(_config(), train={"steps": 2})
+    setup = build_run(config)
+    first = train(setup, progress="none")
+    with pytest.raises(ValueError, match="trained already"):
+        train(setup, progress="none")
+    again = train(build_run(config), progress="none")  # a new set-up: the same run again
+    assert [r["train_loss"] for r in again.metrics] == [r["train_loss"] for r in first.metrics]
+    idle = build_run(dict(_config(), train={"steps": 0}))
+    assert train(idle, progress="none").metrics[0]["train_loss"] == train(idle, progress="none").metrics[0]["train_loss"]

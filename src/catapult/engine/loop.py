@@ -250,7 +250,8 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
     claim to ``writing``, whose owner releases it (None: this call does). ``processes``: how the
     processes training this model combine (:class:`Processes`, the default, is one process);
     only a process whose ``processes.writes`` writes and shows progress. ``started``: the
-    ``time.perf_counter()`` the summary's wall time counts from (default: now)."""
+    ``time.perf_counter()`` the summary's wall time counts from (default: now). A Run trains once:
+    once it has taken a step, a second ``train`` of it is a ValueError (build another)."""
     processes = Processes() if processes is None else processes
     if writing is None and out_path is not None and processes.writes:  # the claim is this call's to release
         own: list[RunClaim] = []
@@ -264,6 +265,10 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
     if processes.distributed != setup.distributed:  # measurements would see a shard, or wait for ranks
         raise ValueError(f"train: the Run was built with distributed={setup.distributed}, the processes "
                          f"are {type(processes).__name__} (distributed={processes.distributed})")
+    if setup._cache.get("trained"):  # its weights, optimizer state and batch stream moved on
+        raise ValueError("train: this Run was trained already (its model and optimizer have taken steps, and "
+                         "a second train() would start there while its summary reported lambda_0 and the "
+                         "initial loss of the first); build a new one with engine.build_run(config)")
     writing = [] if writing is None else writing
     if not processes.writes:
         out_path, progress = None, "none"
@@ -364,6 +369,7 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
             reporter.update(row)
 
             if not final:
+                setup._cache["trained"] = True
                 optimizer.step()
                 if mask_updater is not None:
                     processes.before_mask_update(mask_updater, t)
