@@ -129,3 +129,19 @@ def test_two_processes_training_into_one_new_folder_leave_one_whole_run(tmp_path
     assert summary["written"]["metrics.csv"] == digest
     assert "another process is writing a run into" in errors[codes.index(2)] or \
         "already exists and is not empty" in errors[codes.index(2)]
+
+
+def test_a_file_system_without_flock_trains_unlocked_rather_than_refusing(tmp_path, monkeypatch):
+    import os
+    import stat
+
+    flock = fcntl.flock
+
+    def no_locks_on_folders(fd, operation):  # ENOLCK, as some network mounts answer
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(37, "No locks available")
+        return flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", no_locks_on_folders)
+    result = engine.run(_config(), out_dir=tmp_path / "run", progress="none")
+    assert result.status == "finished" and (tmp_path / "run" / "summary.json").exists()

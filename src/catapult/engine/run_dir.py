@@ -135,10 +135,13 @@ def claim_run_directory(path: Path, overwrite: bool | None = None) -> RunClaim:
     fd = os.open(path, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:
         os.close(fd)
         raise RunDirectoryError(f"another process is writing a run into {path} (the folder is locked); "
                                 f"wait for it to end, or choose another directory") from None
+    except OSError:  # a file system without flock (ENOLCK, EOPNOTSUPP: some network mounts): unlocked
+        os.close(fd)
+        fd = None
     claim = RunClaim(path, created, fd)
     if overwrite is not None and not created:
         try:
