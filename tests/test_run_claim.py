@@ -145,3 +145,20 @@ def test_a_file_system_without_flock_trains_unlocked_rather_than_refusing(tmp_pa
     monkeypatch.setattr(fcntl, "flock", no_locks_on_folders)
     result = engine.run(_config(), out_dir=tmp_path / "run", progress="none")
     assert result.status == "finished" and (tmp_path / "run" / "summary.json").exists()
+
+
+def test_a_folder_that_may_be_written_but_not_read_trains_unlocked(tmp_path, monkeypatch):
+    """Mode 0o300 (root ignores it, so the refusal is simulated): write_whole works there through
+    O_PATH; the claim's read-only descriptor cannot be had, and the run goes on unlocked."""
+    import os
+
+    opener = os.open
+
+    def unreadable_folders(path, flags, *args, **kwargs):
+        if "dir_fd" not in kwargs and os.path.isdir(path) and not flags & getattr(os, "O_PATH", 0):
+            raise PermissionError(13, "Permission denied", str(path))
+        return opener(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", unreadable_folders)
+    result = engine.run(_config(), out_dir=tmp_path / "run", progress="none")
+    assert result.status == "finished" and (tmp_path / "run" / "summary.json").exists()

@@ -132,7 +132,10 @@ def claim_run_directory(path: Path, overwrite: bool | None = None) -> RunClaim:
         import fcntl
     except ImportError:  # Windows
         return RunClaim(path, created, None)
-    fd = os.open(path, os.O_RDONLY)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    except PermissionError:  # a folder we may write but not read (mode 0o300): no lock to take
+        return RunClaim(path, created, None)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
