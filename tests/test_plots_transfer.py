@@ -101,3 +101,30 @@ def test_transfer_command_on_a_real_sweep(tmp_path, capsys):
     assert main(["report", str(store), "--out", str(tmp_path / "r.html")]) == 0
     page = (tmp_path / "r.html").read_text()
     assert "Transfer of optimizer.lr across model.density" in page and "data:image/png;base64," in page
+
+
+def test_a_list_valued_key_as_series_or_panel_gives_curves_not_a_traceback(tmp_path, capsys):
+    # optimizer.betas is a list: grouping cells by it raised "TypeError: unhashable type: 'list'"
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from sweep_fakes import FakeRun
+
+    from catapult import config as cfg
+    from catapult.sweep import parse_sweep, run_sweep
+
+    spec = parse_sweep({"grid": {"optimizer.lr": [0.1, 0.2, 0.4], "optimizer.betas": [[0.9, 0.999], [0.95, 0.99]]}})
+    store = tmp_path / "b.db"
+    run_sweep(cfg.validate({"name": "b", "optimizer": {"name": "adam"}, "train": {"steps": 3}}), spec, store,
+              run_fn=FakeRun(diverge_above=100.0), lambda0_fn=lambda c: 2.0, progress="none")
+    capsys.readouterr()
+    assert main(["transfer", str(store), "--series", "optimizer.betas", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    # FakeRun's test loss is 0.1 + lr: the optimum is the smallest lr under either betas
+    assert out["optima"]["None"] == {"[0.9, 0.999]": {"x": 0.1, "metric": pytest.approx(0.2)},
+                                     "[0.95, 0.99]": {"x": 0.1, "metric": pytest.approx(0.2)}}
+    assert out["drift_log2"] == {"None": 0.0}
+    assert main(["transfer", str(store), "--panel", "optimizer.betas", "--out", str(tmp_path / "p.png")]) == 0
+    table = capsys.readouterr().out
+    assert "| [0.9, 0.999] |" in table and "| [0.95, 0.99] |" in table

@@ -128,8 +128,8 @@ def transfer_curves(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[s
         # as in the phase diagram: the value as stored, as the grid wrote it or its label
         if not all(value_selects(by_key[k], positions[k], cell["swept"].get(k), v) for k, v in (where or {}).items()):
             continue
-        p = cell["swept"].get(panel) if panel else None
-        s = cell["swept"].get(series) if series else None
+        p = _hashable(cell["swept"].get(panel)) if panel else None
+        s = _hashable(cell["swept"].get(series)) if series else None
         if cell["status"] not in ("finished", "diverged", "failed", "collapsed"):
             # not run yet (or interrupted): no point rather than a failed one, but counted
             unfinished[(p, s)] = unfinished.get((p, s), 0) + 1
@@ -223,11 +223,22 @@ def shift(curves: TransferCurves) -> dict[Any, float]:
     return out
 
 
+def _hashable(value: Any) -> Any:
+    """A swept value as a key of the curves: a list (``optimizer.betas``) as a tuple, which
+    :func:`_shown` writes as the list again."""
+    return tuple(_hashable(v) for v in value) if isinstance(value, list) else value
+
+
+def _shown(value: Any) -> str:
+    """A series or panel value as text: a tuple (a list-valued key, :func:`_hashable`) as the list."""
+    return str(list(value)) if isinstance(value, tuple) else str(value)
+
+
 def _label(key: str | None, value: Any) -> str:
     if key is None:
         return "all"
     short = key.split(".")[-1]
-    return f"{short}={value:g}" if isinstance(value, float) else f"{short}={value}"
+    return f"{short}={value:g}" if isinstance(value, float) else f"{short}={_shown(value)}"
 
 
 def _x_text(curves: TransferCurves, x: float) -> str:
@@ -257,7 +268,7 @@ def optima_rows(curves: TransferCurves) -> tuple[list[str], list[list[str]]]:
             return f"{_x_text(curves, by_series[s][0])} ({by_series[s][1]:.4g}{pm}){star}"
 
         cells = [text(s) for s in series_values]
-        rows.append([_label(None, p) if curves.panel_key is None else str(p), *cells, *("-" if math.isnan(v) else f"{v:.1f}"
+        rows.append([_label(None, p) if curves.panel_key is None else _shown(p), *cells, *("-" if math.isnan(v) else f"{v:.1f}"
                                         for v in (moved.get(p, math.nan), away.get(p, math.nan)))])
     return header, rows
 
@@ -276,14 +287,14 @@ def transfer_summary(curves: TransferCurves) -> dict:
 
     return {"x": curves.x_key, "x_unit": "c of c/lambda0" if curves.x_relative else "value",
             "series": curves.series_key, "panel": curves.panel_key, "metric": curves.metric,
-            "optima": {str(p): {str(s): (None if o is None else {"x": o[0], "metric": o[1]}) for s, o in by.items()}
+            "optima": {_shown(p): {_shown(s): (None if o is None else {"x": o[0], "metric": o[1]}) for s, o in by.items()}
                        for p, by in optima(curves).items()},
-            "drift_log2": {str(p): num(d) for p, d in drift(curves).items()},
-            "shift_log2": {str(p): num(d) for p, d in shift(curves).items()},
-            "spread": {str(p): {str(s): [{"x": xv, "std": num(sd), "n": n} for xv, sd, n in pts]
-                                for s, pts in by.items()} for p, by in curves.spread.items()},
+            "drift_log2": {_shown(p): num(d) for p, d in drift(curves).items()},
+            "shift_log2": {_shown(p): num(d) for p, d in shift(curves).items()},
+            "spread": {_shown(p): {_shown(s): [{"x": xv, "std": num(sd), "n": n} for xv, sd, n in pts]
+                                   for s, pts in by.items()} for p, by in curves.spread.items()},
             "unfinished_cells": sum(curves.unfinished.values()),
-            "incomplete_optima": [{"panel": str(p), "series": str(s), "unfinished": n}
+            "incomplete_optima": [{"panel": _shown(p), "series": _shown(s), "unfinished": n}
                                   for p, s, n in incomplete_optima(curves)]}
 
 
