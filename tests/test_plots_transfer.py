@@ -128,3 +128,35 @@ def test_a_list_valued_key_as_series_or_panel_gives_curves_not_a_traceback(tmp_p
     assert main(["transfer", str(store), "--panel", "optimizer.betas", "--out", str(tmp_path / "p.png")]) == 0
     table = capsys.readouterr().out
     assert "| [0.9, 0.999] |" in table and "| [0.95, 0.99] |" in table
+
+
+def _weight_decay_cells(best):
+    """One series per density; test loss 1 at the series' best weight decay, 2 elsewhere."""
+    axes = [{"key": "model.density", "values": list(best), "labels": [str(r) for r in best]},
+            {"key": "optimizer.weight_decay", "values": [0.0, 0.001, 0.01], "labels": ["0", "0.001", "0.01"]}]
+    cells = [{"id": 3 * i + j, "status": "finished", "swept": {"model.density": r, "optimizer.weight_decay": w},
+              "test_loss": 1.0 if w == best[r] else 2.0}
+             for i, r in enumerate(best) for j, w in enumerate((0.0, 0.001, 0.01))]
+    return transfer_curves(cells, axes, x="optimizer.weight_decay", series="model.density", panel=None)
+
+
+def test_an_optimum_at_zero_is_no_finite_log2_drift_and_is_drawn():
+    from catapult.plots.transfer import transfer_summary
+
+    # the dense optimum is weight decay 0, the others 0.001 and 0.01: log2(max/min) is infinite;
+    # drift skipped the 0 and said 3.3 (= log2(0.01/0.001)), the figure dropped the 0 point and its star
+    curves = _weight_decay_cells({1.0: 0.0, 0.5: 0.001, 0.25: 0.01})
+    assert drift(curves) == {None: math.inf} and shift(curves) == {None: math.inf}
+    assert "| inf | inf |" in transfer_table(curves)
+    summary = transfer_summary(curves)
+    assert summary["drift_log2"] == {"None": None} and summary["shift_log2"] == {"None": None}
+    json.loads(json.dumps(summary, allow_nan=False))      # strict JSON: no Infinity
+    fig = plot_transfer(curves)
+    ax = fig.axes[0]
+    drawn = [x for line in ax.lines for x in line.get_xdata()]
+    assert 0.0 in drawn                                    # the curves' 0 points and the star at 0
+    left, right = ax.get_xlim()
+    assert left < 0.0 < right                              # ... inside the axis
+    # every optimum at 0: it does not move
+    same = _weight_decay_cells({1.0: 0.0, 0.5: 0.0})
+    assert drift(same) == {None: 0.0} and shift(same) == {None: 0.0}

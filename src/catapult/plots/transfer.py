@@ -201,26 +201,52 @@ def optima(curves: TransferCurves) -> dict[Any, dict[Any, tuple[float, float] | 
     return out
 
 
+def _log2_ratio(a: float, b: float) -> float:
+    """``|log2(a / b)|``: 0 for equal values, inf where one is 0 and the other positive (no
+    number of doublings reaches 0), NaN where a value is negative."""
+    if a == b:
+        return 0.0
+    if a < 0 or b < 0:
+        return math.nan
+    return math.inf if a == 0 or b == 0 else abs(math.log2(a / b))
+
+
 def drift(curves: TransferCurves) -> dict[Any, float]:
     """``{panel: log2(max_s x* / min_s x*)}``: how far the optimum moves across the series, in
-    log2 units (grid steps for a log2 grid); NaN when fewer than two series have an optimum."""
+    log2 units (grid steps for a log2 grid); NaN when fewer than two series have an optimum;
+    ``inf`` when one optimum is 0 and another is not (a weight decay of 0, say)."""
     out = {}
     for p, by_series in optima(curves).items():
-        xs = [o[0] for o in by_series.values() if o is not None and o[0] > 0]
-        out[p] = math.log2(max(xs) / min(xs)) if len(xs) >= 2 else math.nan
+        xs = [o[0] for o in by_series.values() if o is not None]
+        out[p] = _log2_ratio(max(xs), min(xs)) if len(xs) >= 2 else math.nan
     return out
 
 
 def shift(curves: TransferCurves) -> dict[Any, float]:
     """``{panel: max_s |log2(x*(s) / x*(s_0))|}``: the largest move of the optimum away from
-    the first series value's (e.g. the dense model's), in log2 units; NaN if s_0 has none."""
+    the first series value's (e.g. the dense model's), in log2 units; NaN if s_0 has none;
+    ``inf`` where one of the two is 0 and the other is not."""
     out = {}
     for p, by_series in optima(curves).items():
         first = next(iter(by_series.values()), None)
-        xs = [o[0] for o in by_series.values() if o is not None and o[0] > 0]
-        out[p] = (max(abs(math.log2(x / first[0])) for x in xs)
-                  if first is not None and first[0] > 0 and len(xs) >= 2 else math.nan)
+        xs = [o[0] for o in by_series.values() if o is not None]
+        out[p] = (max(_log2_ratio(x, first[0]) for x in xs) if first is not None and len(xs) >= 2
+                  else math.nan)
     return out
+
+
+def _x_scale(ax, xs: Sequence[float]) -> None:
+    """A log2 x axis, or where some x is 0 or negative (a weight decay of 0), a symmetric log2
+    one, linear within the smallest positive |x|: a log axis drops such points, and a curve's
+    optimum at 0 with them."""
+    if all(x > 0 for x in xs):
+        ax.set_xscale("log", base=2)
+        return
+    positive = [abs(x) for x in xs if x != 0]
+    ax.set_xscale("symlog", base=2, linthresh=min(positive) if positive else 1.0)
+    low, high = min(xs), max(xs)
+    pad = 0.5 * (min(positive) if positive else 1.0)
+    ax.set_xlim(low - pad if low <= 0 else low / 1.5, high + pad if high <= 0 else high * 1.5)
 
 
 def _hashable(value: Any) -> Any:
@@ -281,9 +307,9 @@ def transfer_table(curves: TransferCurves) -> str:
 
 
 def transfer_summary(curves: TransferCurves) -> dict:
-    """The optima, drifts and shifts as plain JSON-ready data (NaN as None; keys as text)."""
+    """The optima, drifts and shifts as plain JSON-ready data (NaN and inf as None; keys as text)."""
     def num(v: float):
-        return None if math.isnan(v) else v
+        return v if math.isfinite(v) else None   # strict JSON has no NaN or Infinity
 
     return {"x": curves.x_key, "x_unit": "c of c/lambda0" if curves.x_relative else "value",
             "series": curves.series_key, "panel": curves.panel_key, "metric": curves.metric,
@@ -329,7 +355,7 @@ def plot_transfer(curves: TransferCurves, path: str | Path | None = None, *, tit
             best = opt[p][s]
             if best is not None:
                 ax.plot([best[0]], [best[1]], marker="*", ms=11, color=color, markeredgecolor="black")
-        ax.set_xscale("log", base=2)
+        _x_scale(ax, [xv for pts in curves.curves[p].values() for xv, _ in pts])
         if finite and not curves.higher_is_better:
             lo = min(finite)
             ax.set_ylim(lo - 0.05 * abs(lo), min(max(finite), lo + 3.0 * abs(lo) + 1e-12))
