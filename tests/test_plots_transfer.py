@@ -160,3 +160,17 @@ def test_an_optimum_at_zero_is_no_finite_log2_drift_and_is_drawn():
     # every optimum at 0: it does not move
     same = _weight_decay_cells({1.0: 0.0, 0.5: 0.0})
     assert drift(same) == {None: 0.0} and shift(same) == {None: 0.0}
+
+
+@pytest.mark.parametrize("losses", [(0.0, 0.5, 1.0), (1.0, 1.0, 1.0), (0.2, 0.3, 0.25)])
+def test_every_point_of_a_loss_curve_lies_inside_the_axis_not_on_its_frame(losses):
+    # a best loss of exactly 0 set the y axis to (0, 1e-12): every other point was off the figure;
+    # a flat curve (or the highest point) sat on the top frame, where the frame hid it
+    axes = [{"key": "optimizer.lr", "values": [0.1, 0.2, 0.4], "labels": ["0.1", "0.2", "0.4"]}]
+    cells = [{"id": j, "status": "finished", "swept": {"optimizer.lr": lr}, "best_train_loss": loss}
+             for j, (lr, loss) in enumerate(zip((0.1, 0.2, 0.4), losses))]
+    curves = transfer_curves(cells, axes, x="optimizer.lr", series=None, panel=None, metric="best_train_loss")
+    ax = plot_transfer(curves).axes[0]
+    bottom, top = ax.get_ylim()
+    for loss in losses:
+        assert bottom < loss < top, (loss, bottom, top)

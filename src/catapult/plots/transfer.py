@@ -235,6 +235,17 @@ def shift(curves: TransferCurves) -> dict[Any, float]:
     return out
 
 
+def _loss_limits(values: Sequence[float]) -> tuple[float, float]:
+    """The y range of loss curves: from the lowest value up to the highest, but at most 4x the
+    lowest (far worse learning rates would flatten the curves near the optimum), with a margin
+    of 5% of that span on each side, so no point sits on the frame (a flat curve gets one of 5%
+    of its value, or of 1 at 0)."""
+    lo, hi = min(values), max(values)
+    top = min(hi, lo + 3.0 * abs(lo)) if lo > 0 else hi
+    span = (top - lo) or abs(lo) or 1.0
+    return lo - 0.05 * span, top + 0.05 * span
+
+
 def _x_scale(ax, xs: Sequence[float]) -> None:
     """A log2 x axis, or where some x is 0 or negative (a weight decay of 0), a symmetric log2
     one, linear within the smallest positive |x|: a log axis drops such points, and a curve's
@@ -357,8 +368,7 @@ def plot_transfer(curves: TransferCurves, path: str | Path | None = None, *, tit
                 ax.plot([best[0]], [best[1]], marker="*", ms=11, color=color, markeredgecolor="black")
         _x_scale(ax, [xv for pts in curves.curves[p].values() for xv, _ in pts])
         if finite and not curves.higher_is_better:
-            lo = min(finite)
-            ax.set_ylim(lo - 0.05 * abs(lo), min(max(finite), lo + 3.0 * abs(lo) + 1e-12))
+            ax.set_ylim(*_loss_limits(finite))
         ax.set_title(plain_text(_label(curves.panel_key, p) if curves.panel_key else (title or "")))
         ax.set_xlabel(f"{curves.x_key}: c in c/λ0" if curves.x_relative else curves.x_key)
         ax.set_ylabel(curves.metric)
