@@ -419,6 +419,38 @@ def test_aggregate_counts_and_averages_the_seeds_with_a_result_only():
     assert [same[k] for k in ("n_seeds", "n_finished", "status", "test_accuracy_n")] == [2, 2, "finished", 2]
 
 
+def test_aggregate_std_of_a_single_seed_is_left_empty_not_zero(tmp_path):
+    # the sample std of one value is undefined (statistics.stdev refuses it, the phase diagram
+    # and transfer curves show no spread): the export wrote 0.0, as if the seeds agreed exactly,
+    # and the report "50.00% ± 0.00%"
+    import csv
+    import statistics
+    from catapult.report import _seeds_section
+    from catapult.sweep.store_export import aggregate_table, mean_std
+
+    with pytest.raises(statistics.StatisticsError):
+        statistics.stdev([0.5])
+    assert mean_std([0.5, None]) == (0.5, None, 1)
+
+    def cell(i, lr, seed, status, acc):
+        return {"id": i, "swept": {"optimizer.lr": lr, "seed": seed}, "status": status, "config": None,
+                "test_accuracy": acc, "best_test_accuracy": acc}
+    cells = [cell(1, 0.1, 0, "finished", 0.5), cell(2, 0.1, 1, "diverged", None),
+             cell(3, 0.2, 0, "finished", 0.7), cell(4, 0.2, 1, "finished", 0.8)]
+    store = _CellsStore(cells)
+    columns, rows = aggregate_table(store)
+    one, two = (dict(zip(columns, r)) for r in rows)
+    assert (one["test_accuracy_mean"], one["test_accuracy_std"], one["test_accuracy_n"]) == (0.5, None, 1)
+    assert two["test_accuracy_std"] == pytest.approx(statistics.stdev([0.7, 0.8]))
+    from catapult.writing import csv_text
+
+    read = list(csv.DictReader(csv_text(columns, rows).splitlines()))
+    assert read[0]["test_accuracy_std"] == "" and read[0]["test_accuracy_mean"] == "0.5"
+    store.axes = lambda: [{"key": "optimizer.lr", "values": [0.1, 0.2]}, {"key": "seed", "values": [0, 1]}]
+    page = "".join(_seeds_section(store, store.axes()))
+    assert "50.00%" in page and "50.00% ±" not in page and "± 0.00%" not in page
+
+
 def test_last_spectrum_skips_values_that_are_not_finite():
     from catapult.sweep.store_export import last_spectrum
 

@@ -194,7 +194,7 @@ def _seeds_section(store, axes: Sequence[Mapping[str, Any]]) -> list[str]:
         cells.append(f"<td>{row[at['n_seeds']]} ({row[at['n_finished']]}/{row[at['n_diverged']]})</td>")
         for m in shown:
             mean, sd = row[at[f"{m}_mean"]], row[at[f"{m}_std"]]
-            text = "-" if mean is None else f"{_fmt(mean, m)} ± {_fmt(sd, m)}"
+            text = "-" if mean is None else _fmt(mean, m) + ("" if sd is None else f" ± {_fmt(sd, m)}")
             cells.append(f"<td>{text}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
     out.append("</table>")

@@ -88,18 +88,19 @@ _OF_EVERY_RESULT = ("lambda_0", "lr_target", "steps_completed")
 
 def mean_std(values: Sequence[Any]) -> tuple[float | None, float | None, int]:
     """``(mean, std, n)`` of the finite numbers in ``values`` (``None``/NaN/inf/non-numbers
-    skipped); ``std`` is the sample standard deviation ``sqrt(sum (x - mean)^2 / (n - 1))``, 0.0
-    for one value; ``(None, None, 0)`` for none.
+    skipped); ``std`` is the sample standard deviation ``sqrt(sum (x - mean)^2 / (n - 1))``,
+    ``None`` for one value (undefined, as ``statistics.stdev`` says: not 0, which would claim the
+    seeds agree); ``(None, None, 0)`` for none.
 
-    >>> mean_std([1.0, 2.0, 3.0, None, float("nan")])
-    (2.0, 1.0, 3)
+    >>> mean_std([1.0, 2.0, 3.0, None, float("nan")]), mean_std([4.0])
+    ((2.0, 1.0, 3), (4.0, None, 1))
     """
     xs = [float(v) for v in values
           if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
     if not xs:
         return None, None, 0
     mean = math.fsum(xs) / len(xs)
-    std = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+    std = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else None
     return mean, std, len(xs)
 
 
@@ -112,7 +113,7 @@ def aggregate_table(store) -> tuple[list[str], list[list[Any]]]:
     have a finite value: the metrics of finished and collapsed seeds only, as in the phase diagram,
     but ``lambda_0``, ``lr_target`` and ``steps_completed`` of diverged seeds too); the spectrum columns of
     :func:`export_table` likewise. A store without a seed axis gives
-    one row per cell with ``n_seeds = 1`` and std 0.
+    one row per cell with ``n_seeds = 1`` and no std (an empty cell: one value has none).
     """
     columns, rows = export_table(store)
     keys = [c for c in columns[1:columns.index("status")] if c != "seed"]
