@@ -157,3 +157,36 @@ def test_cells_whose_values_the_config_normalized_stay_on_the_diagram(tmp_path):
     assert by_label.members == [[[0], [1]], [[2], [3]]]
     # a trajectory's legend names the cell in the grid's units too (it read lr=0.125)
     assert cell_label(cells[0], axes) == "cell 0: lr=2^-3, T_wrm=1, model.width=16"
+
+
+def test_a_huge_grid_gives_a_figure_image_readers_open_with_every_tick_label_at_its_own_column(tmp_path):
+    # the figure grew 0.75 in per column and 0.55 in per row without bound: a 200 x 200 grid made
+    # a 16775 x 12320 PNG (206 Mpx, which Pillow refuses as a decompression bomb), and 1000 lrs an
+    # 82775 px wide strip
+    from PIL import Image
+
+    nx, ny = 240, 150
+    axes = [{"key": "optimizer.lr", "values": [k + 1 for k in range(nx)], "labels": [f"v{k}" for k in range(nx)]},
+            {"key": "schedule.warmup_steps", "values": [k + 1 for k in range(ny)], "labels": [f"w{k}" for k in range(ny)]}]
+    cells = [{"id": i * ny + j, "status": "finished", "test_accuracy": ((i + j) % 10) / 10,
+              "swept": {"optimizer.lr": i + 1, "schedule.warmup_steps": j + 1}} for i in range(nx) for j in range(ny)]
+    grid = phase_grid(cells, axes, "test_accuracy")
+    fig = plot_phase_diagram(grid, tmp_path / "huge.png")
+    with Image.open(tmp_path / "huge.png") as image:      # raises DecompressionBombError past 179 Mpx
+        width, height = image.size
+    assert width * height <= Image.MAX_IMAGE_PIXELS and max(width, height) <= 8000
+    ax = fig.axes[0]
+    for prefix, ticks, labels in (("v", ax.get_xticks(), ax.get_xticklabels()),
+                                  ("w", ax.get_yticks(), ax.get_yticklabels())):
+        shown = [(t, label.get_text()) for t, label in zip(ticks, labels) if label.get_text()]
+        assert 5 <= len(shown) <= 100                        # thinned to a readable number ...
+        assert all(text == f"{prefix}{int(t)}" for t, text in shown)   # ... each at its own column
+    # a small grid keeps one label per column
+    axes = [{**axes[0], "values": axes[0]["values"][:12], "labels": axes[0]["labels"][:12]},
+            {**axes[1], "values": axes[1]["values"][:8], "labels": axes[1]["labels"][:8]}]
+    cells = [c for c in cells if c["swept"]["optimizer.lr"] <= 12 and c["swept"]["schedule.warmup_steps"] <= 8]
+    for c in cells:
+        c["id"] = (c["swept"]["optimizer.lr"] - 1) * 8 + c["swept"]["schedule.warmup_steps"] - 1
+    ax = plot_phase_diagram(phase_grid(cells, axes, "test_accuracy")).axes[0]
+    assert [label.get_text() for label in ax.get_xticklabels()] == [f"v{k}" for k in range(12)]
+    assert [label.get_text() for label in ax.get_yticklabels()] == [f"w{k}" for k in range(8)]

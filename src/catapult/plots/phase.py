@@ -303,7 +303,10 @@ def plot_phase_diagram(grid: PhaseGrid, path: str | Path | None = None, *, title
     written in the cells when the grid is small (accuracy in %).
     """
     ny, nx = grid.values.shape
-    fig = Figure(figsize=(max(4.5, 0.75 * nx + 2.5), max(3.0, 0.55 * ny + 2.0)), layout="constrained")
+    # 0.75 in a column and 0.55 in a row, up to a size image readers still open (a 200 x 200 grid
+    # made a 206-megapixel PNG, which Pillow refuses as a decompression bomb)
+    width, height = min(max(4.5, 0.75 * nx + 2.5), _MAX_INCHES[0]), min(max(3.0, 0.55 * ny + 2.0), _MAX_INCHES[1])
+    fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     finite = grid.values[np.isfinite(grid.values)]
@@ -348,11 +351,14 @@ def plot_phase_diagram(grid: PhaseGrid, path: str | Path | None = None, *, title
         i, j = grid.best
         ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.2))
         ax.plot([j + 0.33], [i + 0.3], marker="*", color="red", markersize=9)
-    ax.set_xticks(range(nx))
-    ax.set_xticklabels([plain_text(t) for t in grid.x_labels], rotation=45 if nx > 6 else 0,
+    # every column's label while they fit, else every k-th, each at its own column
+    xstep = math.ceil(nx / max(1, int((width - 2.5) / 0.4)))
+    ystep = math.ceil(ny / max(1, int((height - 2.0) / 0.3)))
+    ax.set_xticks(range(0, nx, xstep))
+    ax.set_xticklabels([plain_text(t) for t in grid.x_labels[::xstep]], rotation=45 if nx > 6 else 0,
                        ha="right" if nx > 6 else "center")
-    ax.set_yticks(range(ny))
-    ax.set_yticklabels([plain_text(t) for t in grid.y_labels] if grid.y_key is not None else [""])
+    ax.set_yticks(range(0, ny, ystep))
+    ax.set_yticklabels([plain_text(t) for t in grid.y_labels[::ystep]] if grid.y_key is not None else [""])
     ax.set_xlim(-0.5, nx - 0.5)
     ax.set_ylim(-0.5, ny - 0.5)
     ax.set_xlabel(_axis_title(grid.x_key))
@@ -381,6 +387,9 @@ def plot_phase_diagram(grid: PhaseGrid, path: str | Path | None = None, *, title
     _save(fig, path)
     return fig
 
+
+#: The largest phase diagram, in inches (4400 x 3300 pixels at the dpi it is saved with).
+_MAX_INCHES = (40.0, 30.0)
 
 _AXIS_UNITS = {"optimizer.lr": "lr_trgt", "schedule.warmup_steps": "T_wrm"}
 
