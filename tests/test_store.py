@@ -451,6 +451,28 @@ def test_aggregate_std_of_a_single_seed_is_left_empty_not_zero(tmp_path):
     assert "50.00%" in page and "50.00% ±" not in page and "± 0.00%" not in page
 
 
+def test_aggregate_mean_and_std_are_the_exact_ones_rounded_once():
+    # fsum / n rounded twice: three seeds at lr_target 0.1 averaged to 0.10000000000000002 with
+    # std 1.7e-17, and three equal train losses 0.7272727272727273 to ...272 with std 1.4e-16
+    # (NumPy gives the same), so lr_target_mean == 0.1 matched no row
+    import random
+    import statistics
+    from fractions import Fraction
+    from catapult.sweep.store_export import mean_std
+
+    assert mean_std([0.1, 0.1, 0.1]) == (0.1, 0.0, 3)
+    assert mean_std([0.7272727272727273] * 3) == (0.7272727272727273, 0.0, 3)
+    rng = random.Random(0)
+    for _ in range(200):
+        xs = [rng.uniform(-1, 1) * 10 ** rng.randint(-3, 3) for _ in range(rng.randint(2, 7))]
+        mean, std, n = mean_std(xs)
+        exact = sum(map(Fraction, xs)) / len(xs)
+        assert mean == float(exact) and n == len(xs)
+        var = sum((Fraction(x) - exact) ** 2 for x in xs) / (len(xs) - 1)
+        assert std == pytest.approx(float(var) ** 0.5, rel=1e-15, abs=0)
+        assert std == pytest.approx(statistics.stdev(xs), rel=1e-15, abs=0)
+
+
 def test_last_spectrum_skips_values_that_are_not_finite():
     from catapult.sweep.store_export import last_spectrum
 
