@@ -61,6 +61,30 @@ def test_a_users_file_of_the_same_kind_is_not_replaced_but_an_earlier_output_is(
     assert cli.main([*argv, name]) == 0 and mine.stat().st_mtime_ns >= first  # replaced: its own
 
 
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_an_export_without_a_suffix_is_replaced_by_the_same_command_and_a_users_file_is_not(store, tmp_path,
+                                                                                            capsys, fmt):
+    # `export --format parquet --out results` wrote results, then refused its own rerun: "results
+    # exists and is not a .csv / .parquet / .pq file this command writes"
+    if fmt == "parquet":
+        pytest.importorskip("pyarrow")
+    argv = ["export", "s.db", "--format", fmt, "--out", "results"]
+    assert cli.main(argv) == 0
+    first = (tmp_path / "results").read_bytes()
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    assert (tmp_path / "results").read_bytes() == first
+    mine = tmp_path / "notes"
+    mine.write_bytes(b"a,b\n1,2\n")
+    assert cli.main(["export", "s.db", "--format", fmt, "--out", "notes"]) == 2
+    assert "notes exists and catapult did not write it" in capsys.readouterr().err
+    assert mine.read_bytes() == b"a,b\n1,2\n"
+    other = "csv" if fmt == "parquet" else "parquet"       # one format never replaces the other's file
+    if other == "parquet":
+        pytest.importorskip("pyarrow")
+    assert cli.main(["export", "s.db", "--format", other, "--out", "results"]) == 2
+    assert (tmp_path / "results").read_bytes() == first
+
+
 @pytest.mark.parametrize("suffix", ["png", "svg", "svgz", "pdf", "jpg", "tiff", "eps", "gif", "webp", "avif"])
 def test_every_marked_figure_format_is_known_again(tmp_path, suffix):
     import matplotlib

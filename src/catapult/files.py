@@ -85,10 +85,12 @@ def save_figure(fig, target, *, make_folder: bool = False, **savefig_kwargs) -> 
     write_whole(path, lambda fh: fig.savefig(fh, format=fmt, **figure_mark(path), **savefig_kwargs))
 
 
-def written_by_catapult(path) -> bool:
+def written_by_catapult(path, *, as_suffix: str | None = None) -> bool:
     """Whether the existing file ``path`` is one catapult wrote: a marked figure, report or
     Parquet export, an export CSV (its header: ``cell_id`` first, or the aggregate's ``n_seeds``,
     with ``status``), or a run record (:func:`is_run_record`). Links and unreadable files are not.
+    A file is judged by its suffix, or for a name without one by ``as_suffix`` (``".csv"``: the
+    format a command writes there, ``export --format csv --out results``).
 
     >>> import tempfile, os
     >>> folder = tempfile.mkdtemp()
@@ -103,7 +105,7 @@ def written_by_catapult(path) -> bool:
     path = Path(path)
     if path.is_symlink() or not path.is_file():
         return False
-    suffix = path.suffix.lower()
+    suffix = (path.suffix or as_suffix or "").lower()
     try:
         if suffix == ".csv":
             header = _csv_header(path)

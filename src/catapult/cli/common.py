@@ -157,7 +157,8 @@ def store_problem(text: str) -> str | None:
     return None
 
 
-def check_out_file(option: str, path, replaces: tuple[str, ...] | None = None) -> None:
+def check_out_file(option: str, path, replaces: tuple[str, ...] | None = None, *,
+                   as_suffix: str | None = None) -> None:
     """Refuse, before any work, an output file path (``--out``) that is a directory, a symbolic
     link (writing through it would change the file it points to), an SQLite database (the store
     being read, or another), an existing file catapult did not write, one of a ``catapult train``
@@ -168,7 +169,9 @@ def check_out_file(option: str, path, replaces: tuple[str, ...] | None = None) -
     file is replaced only when its suffix is one of them and catapult wrote it
     (:func:`catapult.files.written_by_catapult`: an earlier output of this kind), so
     ``--out config.yaml`` or a user's own ``results.csv`` is refused. Without ``replaces`` (a
-    figure), an existing file is replaced only when catapult wrote it."""
+    figure), an existing file is replaced only when catapult wrote it. ``as_suffix``: the suffix of
+    the format the command writes to a name without one (``export --format parquet --out
+    results``), by which such a file is judged."""
     if path is None:
         return
     path = Path(path)
@@ -193,10 +196,11 @@ def check_out_file(option: str, path, replaces: tuple[str, ...] | None = None) -
     if _is_sqlite(path):  # `export s.db --out s.db` wrote the table over the store it read
         raise ConfigError([(option, f"{path} is an SQLite database (a sweep store?) that would be overwritten; "
                                     f"give a new file name")])
-    if replaces is not None and path.is_file() and path.suffix.lower() not in replaces:
+    suffix = (path.suffix or as_suffix or "").lower()
+    if replaces is not None and path.is_file() and suffix not in replaces:
         raise ConfigError([(option, f"{path} exists and is not a {' / '.join(replaces)} file this command "
                                     f"writes; give a new file name")])
-    if path.exists() and not written_by_catapult(path):
+    if path.exists() and not written_by_catapult(path, as_suffix=as_suffix):
         raise ConfigError([(option, f"{path} exists and catapult did not write it; give a new file name "
                                     f"(or remove it first)")])
 

@@ -331,15 +331,16 @@ def resume_command(args: argparse.Namespace, store: Path) -> str:
 def _export_command(args: argparse.Namespace) -> int:
     if problem := store_problem(args.store):
         return _fail("export", problem)
-    check_out_file("--out", args.out, replaces=(".csv", ".parquet", ".pq"))
-    from catapult.sweep.store import Store, StoreError, write_csv, write_parquet
-
     out = Path(args.out)
     named = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}.get(out.suffix.lower())
     if args.format and named and args.format != named:  # a .csv name holding parquet bytes misleads
         return _fail("export", f"--format {args.format} does not match --out {out.name}; "
                                f"name the file .{'parquet' if args.format == 'parquet' else 'csv'}")
     fmt = args.format or named or "csv"
+    # a name without a suffix is judged as the format written there: the same command replaces it
+    check_out_file("--out", args.out, replaces=(".csv", ".parquet", ".pq"), as_suffix=f".{fmt}")
+    from catapult.sweep.store import Store, StoreError, write_csv, write_parquet
+
     try:
         with Store(args.store, create=False) as store:
             store.spec()
