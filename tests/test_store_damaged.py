@@ -30,6 +30,9 @@ DAMAGE = {
     "extra_json": ("UPDATE metrics SET extra_json = '[1' WHERE cell_id = 0 AND step = 0",
                    "cell 0 step 0 extra_json is not valid JSON"),
     "lambda0_inputs": ("UPDATE lambda0 SET inputs_json = '['", "inputs_json is not valid JSON"),
+    # a number column holding text: the report's sum of wall times raised TypeError (a traceback)
+    "wall_time_s": ("UPDATE cells SET wall_time_s = 'abc' WHERE id = 0", "cell 0 wall_time_s 'abc' is not a number"),
+    "test_loss": ("UPDATE cells SET test_loss = x'00ff' WHERE id = 0", "cell 0 test_loss"),
 }
 # which readers read which column (export reads no per-step rows unless the spectrum is logged;
 # plot does not read the spec; only the report shows lambda_0's inputs)

@@ -398,6 +398,10 @@ class Store:
             d["config"] = self.json_field(d.pop("config_json"), f"{where} config_json")
             d["swept"] = self.json_field(d.pop("swept_json"), f"{where} swept_json")
             d["summary"] = self.json_field(d.pop("summary_json") or None, f"{where} summary_json")
+            for column in _NUMBER_COLUMNS:   # hand-edited text there was a TypeError in a reader
+                value = d.get(column)
+                if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                    raise StoreError(f"{self.path} is damaged: {where} {column} {value!r:.40} is not a number")
             if d["status"] == "finished" and (d["summary"] or {}).get("status") == "collapsed":
                 d["status"] = "collapsed"
             out.append(d)
@@ -513,6 +517,11 @@ class Store:
 
     def lambda0_table(self) -> list[dict]:
         return [dict(r) for r in self.conn.execute("SELECT key, value, inputs_json, measured_at FROM lambda0")]
+
+
+#: The cells columns that hold a number or NULL.
+_NUMBER_COLUMNS = ("attempts", "lambda_0", "lr_target", *FINAL_METRICS, *BEST_METRICS, "steps_completed",
+                   "diverged_at", "started_at", "finished_at", "wall_time_s")
 
 
 def _final_metrics(metrics: Sequence[Mapping[str, Any]], status: str) -> dict:
