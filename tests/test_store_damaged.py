@@ -33,10 +33,15 @@ DAMAGE = {
     # a number column holding text: the report's sum of wall times raised TypeError (a traceback)
     "wall_time_s": ("UPDATE cells SET wall_time_s = 'abc' WHERE id = 0", "cell 0 wall_time_s 'abc' is not a number"),
     "test_loss": ("UPDATE cells SET test_loss = x'00ff' WHERE id = 0", "cell 0 test_loss"),
+    # the report's "created" time: ValueError / OverflowError tracebacks
+    "created_at": ("UPDATE meta SET value = 'abc' WHERE key = 'created_at'", "created_at 'abc' is not a time"),
+    "created_at_range": ("UPDATE meta SET value = '1e300' WHERE key = 'created_at'", "created_at '1e300'"),
+    "created_at_nan": ("UPDATE meta SET value = 'nan' WHERE key = 'created_at'", "created_at 'nan'"),
 }
 # which readers read which column (export reads no per-step rows unless the spectrum is logged;
 # plot does not read the spec; only the report shows lambda_0's inputs)
-READS = {"extra_json": {"plot"}, "lambda0_inputs": {"report"},
+READS = {"extra_json": {"plot"}, "lambda0_inputs": {"report"}, "created_at": {"report"},
+         "created_at_range": {"report"}, "created_at_nan": {"report"},
          "spec_json": {"export", "report"}, "spec_json_shape": {"export", "report"}}
 COMMANDS = {
     "export": lambda store, tmp: ["export", str(store), "--out", str(tmp / "o.csv")],

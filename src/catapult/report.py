@@ -82,8 +82,7 @@ def build_report(store, *, title: str | None = None, metric: str = "test_accurac
     name = title or f"Sweep report: {store.path.name}"
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><meta name='generator' content='{MARK}'><title>{html.escape(name)}</title>"
              f"<style>{_CSS}</style></head><body>", f"<h1>{html.escape(name)}</h1>"]
-    created = store.meta("created_at")
-    when = _dt.datetime.fromtimestamp(float(created)).strftime("%Y-%m-%d %H:%M") if created else "?"
+    when = _created(store)
     total_time = sum(c["wall_time_s"] or 0.0 for c in cells)
     parts.append(
         f"<p>Store <code>{html.escape(str(store.path))}</code>, created {when}; {len(cells)} cells over "
@@ -174,6 +173,20 @@ def build_report(store, *, title: str | None = None, metric: str = "test_accurac
     parts.append(f"<p><small>catapult {html.escape(store.meta('catapult_version') or '')}, "
                  f"spec sha256 {html.escape((store.meta('spec_hash') or '')[:16])}</small></p></body></html>")
     return "\n".join(parts)
+
+
+def _created(store) -> str:
+    """When the store was created, as ``YYYY-MM-DD HH:MM`` (``?`` where it does not say); a value
+    that is no time is a :class:`~catapult.sweep.store.StoreError` naming it."""
+    from catapult.sweep.store import StoreError
+
+    created = store.meta("created_at")
+    if not created:
+        return "?"
+    try:
+        return _dt.datetime.fromtimestamp(float(created)).strftime("%Y-%m-%d %H:%M")
+    except (ValueError, OverflowError, OSError):
+        raise StoreError(f"{store.path} is damaged: its created_at {created[:40]!r} is not a time") from None
 
 
 def _seeds_section(store, axes: Sequence[Mapping[str, Any]]) -> list[str]:
