@@ -190,3 +190,11 @@ def test_a_huge_grid_gives_a_figure_image_readers_open_with_every_tick_label_at_
     ax = plot_phase_diagram(phase_grid(cells, axes, "test_accuracy")).axes[0]
     assert [label.get_text() for label in ax.get_xticklabels()] == [f"v{k}" for k in range(12)]
     assert [label.get_text() for label in ax.get_yticklabels()] == [f"w{k}" for k in range(8)]
+    assert len(ax.texts) == 12 * 8                           # each cell's value written in it
+    # 120 x 2 cells (under the 256 that are annotated) in a capped figure: no values squeezed
+    # into cells a third of a label wide
+    axes = [{"key": "optimizer.lr", "values": list(range(1, 121)), "labels": [f"v{k}" for k in range(120)]},
+            {"key": "schedule.warmup_steps", "values": [1, 2], "labels": ["w0", "w1"]}]
+    cells = [{"id": 2 * i + j, "status": "finished", "test_accuracy": 0.5,
+              "swept": {"optimizer.lr": i + 1, "schedule.warmup_steps": j + 1}} for i in range(120) for j in range(2)]
+    assert len(plot_phase_diagram(phase_grid(cells, axes, "test_accuracy")).axes[0].texts) == 0

@@ -329,7 +329,9 @@ def plot_phase_diagram(grid: PhaseGrid, path: str | Path | None = None, *, title
         span = 100 * (float(finite.max()) - float(finite.min()))
         digits = 0 if span >= 5 else 1 if span >= 0.5 else 2
         cbar.ax.yaxis.set_major_formatter(lambda v, _pos: f"{100 * v:.{digits}f}")
-    annotate = (nx * ny <= 256) if annotate is None else annotate
+    # values in the cells while a cell has its full 0.75 x 0.55 in (a capped figure squeezes them)
+    fits = 0.75 * nx + 2.5 <= _MAX_INCHES[0] and 0.55 * ny + 2.0 <= _MAX_INCHES[1]
+    annotate = (nx * ny <= 256 and fits) if annotate is None else annotate
     styles = {"diverged": ("#bdbdbd", "xx"), "failed": ("#f4c2c2", "//")}
     for i in range(ny):
         for j in range(nx):
