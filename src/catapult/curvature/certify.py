@@ -58,7 +58,8 @@ MLPs 3-4-1 (21), and one float32 solve of 432 on 3-4-parameter quadratics and cu
 sharpness, top_eigenpairs and preconditioned_sharpness, float32 and float64, tol 1e-2 .. 1e-6).
 With one parameter (a tanh unit) it was: float32 sharpness 28 solves of 216 (47 before the floor),
 by up to 3.6x (1.5e-2 off, bound 4.2e-3), float64 0 of 216 (12 before; 3 of 120 with larger
-weights, by up to 4x); Adam-pre-conditioned,
+weights, by up to 4x; on another CPU, an AVX-512 Xeon whose tanh rounds otherwise, 1 of 80 of
+``tests/test_difference_certificate.py``'s, by 1.19x); Adam-pre-conditioned,
 float32 19 of 144, float64 6 of 144 (22 and 12 before; up to 2.6x, 8.4x before).
 """
 from __future__ import annotations

@@ -98,7 +98,7 @@ from catapult.engine.trajectories import plot_run
 from catapult.engine.step import diverged, evaluates_test, measures_sharpness, new_row, output_collapsed
 from catapult.engine.records import (MetricsFile, metric_columns, json_safe, summarize, threshold_label,
                                      warmup_summary)
-from catapult.engine.run_dir import (_DIGESTED, RUN_FILES, RUN_MARKERS, RunClaim, RunDirectoryError, check_out_dir,
+from catapult.engine.run_dir import (DIGESTED_FILES, RUN_FILES, RUN_MARKERS, RunClaim, RunDirectoryError, check_out_dir,
                                      claim_run_directory, in_run_directory, make_out_dir)
 
 __all__ = ["RunResult", "run", "train", "Processes", "evaluate", "eval_chunk_rows", "EVAL_CHUNK_ELEMENTS", "RUN_FILES", "RUN_MARKERS", "RunDirectoryError",
@@ -401,7 +401,7 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
             kind=rule.kind))
         # the exact bytes of what came before, so that a later --overwrite replaces these files
         # and no user's file put in their place (config.yaml is left out: a user may edit it)
-        written = {name: file_digest(out_path / name) for name in _DIGESTED}
+        written = {name: file_digest(out_path / name) for name in DIGESTED_FILES}
         text = json.dumps(json_safe({**summary, WRITTEN: written}), indent=2, allow_nan=False) + "\n"
         write_text_whole(out_path / "summary.json", text)
     return RunResult(status=status, metrics=metrics, summary=summary, config=config, model=model, out_dir=out_path)

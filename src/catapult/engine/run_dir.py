@@ -11,7 +11,7 @@ from typing import Any
 from catapult.files import (PARTIAL_PREFIX, PNG_START, file_digest, is_run_record, partial_of_ours, recorded_digests,
                             run_output_of_ours)
 
-__all__ = ["RUN_FILES", "RUN_MARKERS", "RunDirectoryError", "check_out_dir", "make_out_dir", "RunClaim",
+__all__ = ["RUN_FILES", "RUN_MARKERS", "DIGESTED_FILES", "RunDirectoryError", "check_out_dir", "make_out_dir", "RunClaim",
            "claim_run_directory", "in_run_directory"]
 
 #: The files a run writes into its directory (``--overwrite`` replaces exactly these).
@@ -24,7 +24,7 @@ class RunDirectoryError(ValueError):
 
 
 #: The run files whose digests ``summary.json`` records (:data:`catapult.files.WRITTEN`).
-_DIGESTED = ("metrics.csv", "model.pt", "trajectories.png")
+DIGESTED_FILES = ("metrics.csv", "model.pt", "trajectories.png")
 
 #: Files only a run writes: a directory holding one of them is an earlier run's.
 RUN_MARKERS = ("metrics.csv", "summary.json")
