@@ -9,7 +9,7 @@ from catapult.plots.phase import cell_label, phase_grid, plot_cell_trajectories,
 from catapult.sweep.store import Store
 from catapult.sweep import parse_sweep, run_sweep
 
-from sweep_fakes import FakeLambda0, FakeRun, fake_accuracy
+from sweep_fakes import FakeRun, fake_accuracy
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
