@@ -117,3 +117,21 @@ def test_a_crop_of_the_whole_side_is_refused_one_less_keeps_a_pixel():
         Augment(crop=8).check_images(tuple(x.shape))
     out, _ = Augment(crop=7, seed=0)(x, y, step=0)
     assert bool((out.flatten(1).sum(1) > 0).all())  # every image keeps at least one of its pixels
+
+
+def test_mixup_of_soft_float64_targets_mixes_them_as_given():
+    # targets already soft (float, (N, K)): mixed as they are, in their own dtype, not re-one-hot
+    # or cast to float32 (a float32 cast lost 1e-8 of each weight)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(5, 1, 4, 4, generator=gen, dtype=torch.float64)
+    t = torch.softmax(torch.randn(5, 3, generator=gen, dtype=torch.float64), dim=1)
+    aug = Augment(mixup=0.5, num_classes=3, seed=2)
+    _, tm = aug(x, t, step=7)
+    rng = np.random.default_rng([2, 7])
+    rng.random(5), rng.integers(0, 1, size=(2, 5))  # the flip and offset draws come first
+    partner = rng.permutation(5)
+    lam = rng.beta(0.5, 0.5, size=5)
+    expected = lam[:, None] * t.numpy() + (1 - lam[:, None]) * t.numpy()[partner]
+    assert tm.dtype == torch.float64
+    np.testing.assert_allclose(tm.numpy(), expected, rtol=1e-15, atol=1e-15)
+    np.testing.assert_allclose(tm.sum(1).numpy(), np.ones(5), rtol=1e-14)
