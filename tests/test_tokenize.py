@@ -160,3 +160,17 @@ def test_a_damaged_token_cache_is_a_config_error_before_training(tmp_path, damag
                        "loss": "cross_entropy"})
     with pytest.raises(ConfigError, match=words):
         load_data(config)
+
+
+def test_another_val_fraction_on_the_same_cache_splits_the_text_anew(tmp_path):
+    # the token arrays' key holds val_fraction: without it a second load with 0.3 read the arrays
+    # cached for 0.1, a tenth of the text held out where 30% was asked for
+    source = tmp_path / "book.txt"
+    body = TRAIN + "zyzzyva quokka xylophone\n" * 40
+    source.write_text(body, encoding="utf-8")
+    for fraction in (0.1, 0.3, 0.1):
+        corpus = text.load_corpus("text", root=source, tokenizer="bpe", vocab_size=300, val_fraction=fraction,
+                                  cache_dir=tmp_path / "cache")
+        n_val = int(len(body) * fraction)  # the last val_fraction of the characters (load_text's rule)
+        assert corpus.vocab.decode(corpus.val) == body[-n_val:]
+        assert corpus.vocab.decode(corpus.train) == body[:-n_val]
