@@ -65,3 +65,16 @@ def test_get_loss_by_name_and_unknown_name_lists_allowed():
     with pytest.raises(ValueError, match="mse, cross_entropy"):
         get_loss("hinge")
     assert set(LOSSES) == {"mse", "cross_entropy"}
+
+
+@pytest.mark.parametrize("one_sync", [False, True])
+def test_accuracy_of_soft_targets_counts_their_own_argmax_as_the_class(one_sync):
+    # mixup's soft targets: the class of a row is the arg-max of its target row. Rows 0 and 2
+    # hit (outputs' arg-max 1 and 0 match), row 1 misses (2 vs 0): 2/3 by hand
+    from catapult.losses import loss_and_accuracy
+
+    outputs = torch.tensor([[0.1, 0.9, 0.0], [0.2, 0.1, 0.7], [0.6, 0.3, 0.1]])
+    targets = torch.tensor([[0.3, 0.6, 0.1], [0.7, 0.05, 0.25], [0.55, 0.4, 0.05]])
+    assert accuracy(outputs, targets) == pytest.approx(2 / 3, abs=0)
+    loss = torch.tensor(1.25)
+    assert loss_and_accuracy(loss, outputs, targets, one_sync=one_sync) == (1.25, pytest.approx(2 / 3, abs=1e-15))
