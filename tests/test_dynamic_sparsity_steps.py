@@ -1,0 +1,35 @@
+"""MaskUpdater's step rule at its end points, read off the module docstring (RigL: 0 < t < T_end;
+GMP: t_0 <= t <= T_end, on multiples of update_every), and a grown weight starting at 0."""
+from __future__ import annotations
+
+import torch
+
+from catapult.sparsity import MaskedLinear, MaskUpdater
+
+
+def _model(density=0.5):
+    return torch.nn.Sequential(MaskedLinear(4, 4, density=density, generator=torch.Generator().manual_seed(0)))
+
+
+def test_rigl_updates_on_multiples_of_update_every_strictly_before_end_step():
+    updater = MaskUpdater(_model(), "rigl", update_every=5, end_step=20)
+    assert [t for t in range(0, 31) if updater.is_update_step(t)] == [5, 10, 15]
+
+
+def test_gmp_updates_from_start_step_through_end_step():
+    updater = MaskUpdater(_model(1.0), "gmp", final_density=0.5, update_every=5, start_step=10, end_step=22)
+    assert [t for t in range(0, 31) if updater.is_update_step(t)] == [10, 15, 20, 22]  # and T_end itself
+
+
+def test_a_grown_weight_starts_at_zero_whatever_its_pruned_entry_held():
+    # a pruned entry that something moved off 0 (here by hand) is grown by RigL: it starts at 0
+    layer = MaskedLinear(2, 2, generator=torch.Generator().manual_seed(0))
+    layer.set_mask(torch.tensor([[True, True], [True, False]]))
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, 2.0], [0.01, 7.0]]))  # (1, 1) is pruned but holds 7
+    updater = MaskUpdater(torch.nn.Sequential(layer), "rigl", update_every=1, end_step=100, drop_fraction=1.0)
+    layer.dense_grad = torch.tensor([[0.0, 0.0], [0.0, 5.0]])
+    # t = 50: fraction (1/2)(1 + cos(pi/2)) = 0.5 of 3 active -> k = 1: drop (1, 0) (|0.01|), grow (1, 1)
+    assert updater.step(50)
+    assert layer.mask.tolist() == [[True, True], [False, True]]
+    assert layer.weight.tolist() == [[1.0, 2.0], [0.0, 0.0]]
