@@ -1,0 +1,34 @@
+"""Config text edges: an override's value may hold '=', a null section takes an override's key,
+negative numeric text is a number, and the lr grammar's spelling (stripped, any case of lambda0)."""
+from __future__ import annotations
+
+import pytest
+
+from catapult import config as cfg
+from catapult.sweep.spec import _value_label
+
+
+def test_an_override_splits_at_its_first_equals_sign():
+    assert cfg.parse_override("data.root=/data/a=b.txt") == ("data.root", "/data/a=b.txt")
+    assert cfg.apply_overrides({}, ["name=x=y"]) == {"name": "x=y"}
+
+
+def test_an_override_fills_a_section_the_file_left_null():
+    # `augment:` with nothing under it is YAML's null: the override's key goes into a new section
+    assert cfg.apply_overrides({"data": {"augment": None}}, ["data.augment.flip=true"]) == \
+        {"data": {"augment": {"flip": True}}}
+
+
+@pytest.mark.parametrize("text, value", [("-1e-3", -0.001), (" -2.5 ", -2.5), ("-.5", -0.5), ("+3", 3.0)])
+def test_signed_numeric_text_is_a_number(text, value):
+    # YAML 1.1 reads 1e-3 (no dot) as text, so a signed one arrives as text too
+    assert cfg.as_float(text, "a number") == value
+
+
+def test_a_relative_lr_is_stored_stripped_and_lambda0_is_spelt_in_any_case():
+    config = cfg.validate({"optimizer": {"lr": "  2^5/lambda0 "}})
+    assert config["optimizer"]["lr"] == "2^5/lambda0"
+    for spelling in ("32/Lambda0", "32/LAMBDA_0", "32 / lambda_0"):
+        assert cfg.parse_lr(spelling) == cfg.LR(32.0, relative=True)
+        assert cfg.resolve_lr(spelling, 64.0) == 0.5
+        assert _value_label(spelling) == "32/λ0"  # the sweep's axis label reads it the same way
