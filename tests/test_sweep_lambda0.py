@@ -2,6 +2,8 @@
 absolute lr reproduces the engine's own ``"2^x/lambda0"`` run exactly."""
 from __future__ import annotations
 
+import pytest
+
 from catapult import config as cfg
 from catapult import engine as train
 from catapult.sweep import parse_sweep, run_sweep
@@ -58,3 +60,13 @@ def test_sweep_cell_equals_the_engine_run_with_the_relative_lr():
     for got, want in zip(rows, direct.metrics):
         for key in ("step", "lr", "train_loss", "train_accuracy", "test_loss", "test_accuracy"):
             assert got[key] == want[key], (key, got, want)
+
+
+@pytest.mark.parametrize("change", [{"dtype": "float64"}, {"device": "cuda"}, {"loss": "cross_entropy"},
+                                   {"eval": {"sharpness_tol": 1e-5}}, {"eval": {"sharpness_max_iter": 7}}])
+def test_lambda0_key_holds_every_input_its_docstring_names(change):
+    # a float64 run measures its own lambda_0: with one cached for float32 it resolved c/lambda0
+    # with a value of another precision, silently
+    a = cfg.validate(TINY)
+    changed = {**TINY, **change, **({"eval": {**TINY.get("eval", {}), **change["eval"]}} if "eval" in change else {})}
+    assert lambda0_key(cfg.validate(changed)) != lambda0_key(a), change
