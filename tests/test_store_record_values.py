@@ -70,3 +70,16 @@ def test_a_failed_seed_is_no_result_of_the_aggregate_and_inf_is_no_value():
     assert (got["lambda_0_mean"], got["lambda_0_n"]) == (3.0, 2)
     # sample std over the finite values only: inf and nan are no measurement
     assert mean_std([1.0, math.inf, 3.0, -math.inf, math.nan]) == (2.0, math.sqrt(2.0), 2)
+
+
+def test_counts_split_running_cells_into_held_and_interrupted(tmp_path):
+    # three cells: 0 claimed by a live driver (this process), 1 claimed by a driver that released
+    # it (stopped: its cell stays 'running', held by nobody), 2 pending
+    with _store(tmp_path / "s.db") as store:
+        live, gone = store.register_driver(), store.register_driver()
+        assert store.claim(0, live) and store.claim(1, gone)
+        store.release_driver(gone)
+        assert store.interrupted_ids() == {1}
+        plain, split = store.counts(), store.counts(interrupted=True)
+    assert (plain["running"], plain["pending"]) == (2, 1) and "interrupted" not in plain
+    assert (split["running"], split["interrupted"], split["pending"]) == (1, 1, 1)
