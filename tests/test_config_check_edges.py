@@ -1,0 +1,42 @@
+"""Cross-key checks at their boundaries, by the rule each message states."""
+from __future__ import annotations
+
+import pytest
+
+from catapult import config as cfg
+
+
+def _keys(mapping):
+    try:
+        cfg.validate(mapping)
+    except cfg.ConfigError as err:
+        return err.keys
+    return []
+
+
+def test_a_decay_needs_at_least_one_step_after_warmup():
+    assert _keys({"schedule": {"decay": "cosine", "warmup_steps": 5}, "train": {"steps": 5}}) == ["schedule.decay"]
+    assert _keys({"schedule": {"decay": "cosine", "warmup_steps": 5}, "train": {"steps": 6}}) == []
+
+
+def test_the_search_may_start_at_the_target_lr_not_above_it():
+    base = {"schedule": {"warmup": "catapult"}, "optimizer": {"lr": 0.5}}
+    assert _keys({**base, "schedule": {"warmup": "catapult", "lr_start": 0.5}}) == []
+    assert _keys({**base, "schedule": {"warmup": "catapult", "lr_start": 0.5000001}}) == ["schedule.lr_start"]
+
+
+@pytest.mark.parametrize("depth, ok", [(4, False), (10, True), (12, False), (16, True)])
+def test_wrn_depth_is_6n_plus_4_with_n_at_least_1(depth, ok):
+    keys = _keys({"model": {"name": "wrn", "depth": depth}, "train": {"batch_size": 32}})
+    assert (keys == []) is ok and (ok or keys == ["model.depth"])
+
+
+@pytest.mark.parametrize("width, heads, ok", [(12, 8, False), (16, 8, True), (24, 16, False)])
+def test_gpt_heads_must_divide_the_width(width, heads, ok):
+    keys = _keys({"data": {"name": "shakespeare"}, "model": {"name": "gpt", "width": width, "n_heads": heads}})
+    assert (keys == []) is ok and (ok or keys == ["model.n_heads"])
+
+
+def test_only_the_persistent_warmup_is_refused_a_decay():
+    assert _keys({"schedule": {"warmup": "persistent", "decay": "cosine"}, "train": {"steps": 50}}) == ["schedule.decay"]
+    assert _keys({"schedule": {"warmup": "catapult", "decay": "cosine"}, "train": {"steps": 50}}) == []
