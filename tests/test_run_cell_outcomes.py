@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
+
 from catapult.sweep.executors import Cell, CellResult, run_cell
 
 
@@ -27,3 +29,45 @@ def test_an_exception_is_a_failed_cell_with_its_text_and_the_known_statuses_pass
     for status in ("finished", "diverged", "collapsed", "failed"):
         out = run_cell(lambda config, progress: CellResult(status, [], {}), _cell())
         assert out.status == status and out.worker is not None
+
+
+def test_cells_run_at_the_executors_thread_count_which_is_restored_after():
+    import torch
+
+    from catapult.sweep.executors import LocalExecutor, torch_threads
+
+    original = torch.get_num_threads()
+    torch.set_num_threads(2)  # not 1: a thread count left at the cell's 1 must show
+    before = torch.get_num_threads()
+    seen = []
+
+    def run_fn(config, progress):
+        seen.append(torch.get_num_threads())
+        return CellResult("finished", [], {})
+    results = list(LocalExecutor(run_fn, threads=1).run([Cell(0, {}), Cell(1, {})]))
+    assert [i for i, _ in results] == [0, 1] and seen == [1, 1] and torch.get_num_threads() == before
+    with pytest.raises(RuntimeError):
+        with torch_threads(1):
+            raise RuntimeError("a cell's failure")
+    after = torch.get_num_threads()
+    torch.set_num_threads(original)
+    assert after == before == 2
+
+
+def test_a_result_without_a_worker_is_named_by_the_one_that_ran_it_and_errors_keep_their_last_frame():
+    from catapult.sweep.executors import error_text, to_cell_result
+
+    assert to_cell_result(CellResult("finished", [], {}), "host:1").worker == "host:1"
+    assert to_cell_result(CellResult("finished", [], {}, worker="other:2"), "host:1").worker == "other:2"
+
+    def deep(k):
+        if k == 0:
+            raise ValueError("the innermost cause")
+        deep(k - 1)
+    try:
+        deep(50)
+    except ValueError as err:
+        text = error_text(err, limit=200)
+    head, tail = text.split("\n", 1)
+    assert head == "ValueError: the innermost cause"
+    assert len(tail) == 200 and tail.rstrip().endswith("ValueError: the innermost cause")
