@@ -33,6 +33,24 @@ def _config(tmp_path, **coord):
     return path
 
 
+
+def _csv_rows(out):
+    """coord_check.csv's rows, numbers read as numbers."""
+    with open(out / "coord_check.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    for row in rows:
+        row.update(value=float(row["value"]), mean_abs=float(row["mean_abs"]), seed=int(row["seed"]),
+                   step=int(row["step"]))
+    return rows
+
+
+def _assert_supar_flat_sp_rising(rows):
+    """SμPar's attention and MLP updates are flat over density; SP's grow with it."""
+    slopes = {p: coord_slopes([r for r in rows if r["parametrization"] == p]) for p in ("sp", "supar")}
+    for block in ("attention", "mlp"):
+        assert abs(slopes["supar"][(block, 0)]) < 0.15
+        assert slopes["sp"][(block, 0)] > 0.6
+
 def test_coord_check_command_writes_csv_figures_and_shows_supar_flat(tmp_path, capsys):
     path = _config(tmp_path)
     out = tmp_path / "out"
@@ -42,17 +60,10 @@ def test_coord_check_command_writes_csv_figures_and_shows_supar_flat(tmp_path, c
             "coord_check_density_supar.png"} <= names
     table = (out / "coord_check_table.md").read_text()
     assert "| block | step | 0.125 | 0.5 | 1 |" in table and "| attention | 1 |" in table
-    with open(out / "coord_check.csv") as fh:
-        rows = list(csv.DictReader(fh))
+    rows = _csv_rows(out)
     assert set(rows[0]) == {"parametrization", "axis", "value", "seed", "step", "block", "module", "mean_abs", "loss"}
     assert len(rows) == 2 * 3 * 2 * 4  # parametrizations x densities x steps x blocks (emb, attn, mlp, logits)
-    for row in rows:
-        row.update(value=float(row["value"]), mean_abs=float(row["mean_abs"]), seed=int(row["seed"]),
-                   step=int(row["step"]))
-    slopes = {p: coord_slopes([r for r in rows if r["parametrization"] == p]) for p in ("sp", "supar")}
-    for block in ("attention", "mlp"):
-        assert abs(slopes["supar"][(block, 0)]) < 0.15
-        assert slopes["sp"][(block, 0)] > 0.6
+    _assert_supar_flat_sp_rising(rows)
     printed = capsys.readouterr().out
     assert "| supar | density | attention |" in printed
 
@@ -246,15 +257,7 @@ def test_a_gmp_config_is_checked_at_the_densities_not_dense(tmp_path):
     out = tmp_path / "gmp"
     assert main(["coord-check", str(path), "model.density=0.5", "model.sparsity.method=gmp", "train.steps=20",
                  "--out", str(out), "--progress", "none"]) == 0
-    with open(out / "coord_check.csv") as fh:
-        rows = list(csv.DictReader(fh))
-    for row in rows:
-        row.update(value=float(row["value"]), mean_abs=float(row["mean_abs"]), seed=int(row["seed"]),
-                   step=int(row["step"]))
-    slopes = {p: coord_slopes([r for r in rows if r["parametrization"] == p]) for p in ("sp", "supar")}
-    for block in ("attention", "mlp"):
-        assert abs(slopes["supar"][(block, 0)]) < 0.15
-        assert slopes["sp"][(block, 0)] > 0.6
+    _assert_supar_flat_sp_rising(_csv_rows(out))
 
 
 def test_a_width_axis_under_mup_without_a_base_width_is_refused(tmp_path, capsys):

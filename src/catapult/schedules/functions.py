@@ -164,6 +164,17 @@ def _set_fields(schedule: Any, **values: Any) -> None:
         object.__setattr__(schedule, name, value)
 
 
+def _checked_warmup_fields(schedule: Any) -> dict[str, Any]:
+    """The checked fields both warmup schedules have (``lr_target``, ``warmup_steps`` and the decay's),
+    as the factories check them."""
+    lr_target = checked_real("lr_target", schedule.lr_target)
+    warmup_steps = _count("warmup_steps", schedule.warmup_steps)
+    decay, total_steps, lr_final = _check_decay(schedule.decay, schedule.total_steps, schedule.lr_final,
+                                                lr_target, warmup_steps)
+    return dict(lr_target=lr_target, warmup_steps=warmup_steps, decay=decay, total_steps=total_steps,
+                lr_final=lr_final)
+
+
 def _after_peak(t: int, lr_peak: float, peak_step: int, decay: str, total_steps, lr_final) -> float:
     """The lr at step ``t >= peak_step`` of a schedule that peaks at ``lr_peak``."""
     if decay == "constant":
@@ -209,14 +220,8 @@ class WarmupSchedule:
     def __post_init__(self) -> None:
         # built directly (the class is public), a bad field crashed at some later step with a
         # bare TypeError/KeyError, or gave negative lrs: the same checks as warmup()
-        lr_target = checked_real("lr_target", self.lr_target)
-        warmup_steps = _count("warmup_steps", self.warmup_steps)
-        decay, total_steps, lr_final = _check_decay(self.decay, self.total_steps, self.lr_final,
-                                                    lr_target, warmup_steps)
-        _set_fields(self, lr_target=lr_target, warmup_steps=warmup_steps,
-                    lr_init=checked_real("lr_init", self.lr_init),
-                    power=checked_real("power", self.power, positive=True), decay=decay,
-                    total_steps=total_steps, lr_final=lr_final)
+        _set_fields(self, **_checked_warmup_fields(self), lr_init=checked_real("lr_init", self.lr_init),
+                    power=checked_real("power", self.power, positive=True))
 
     def __call__(self, t: int) -> float:
         t = _step(t)
@@ -292,13 +297,7 @@ class CatapultWarmupSchedule:
 
     def __post_init__(self) -> None:
         # the same checks as catapult_warmup() (warmup_steps=0 divided by zero at step 0)
-        lr_target = checked_real("lr_target", self.lr_target)
-        warmup_steps = _count("warmup_steps", self.warmup_steps)
-        decay, total_steps, lr_final = _check_decay(self.decay, self.total_steps, self.lr_final,
-                                                    lr_target, warmup_steps)
-        _set_fields(self, lr_target=lr_target, warmup_steps=warmup_steps,
-                    lr_critical=checked_real("lr_critical", self.lr_critical), decay=decay,
-                    total_steps=total_steps, lr_final=lr_final)
+        _set_fields(self, **_checked_warmup_fields(self), lr_critical=checked_real("lr_critical", self.lr_critical))
 
     @property
     def peak_step(self) -> int:
