@@ -33,7 +33,6 @@ def _config(tmp_path, **coord):
     return path
 
 
-
 def _csv_rows(out):
     """coord_check.csv's rows, numbers read as numbers."""
     with open(out / "coord_check.csv") as fh:
