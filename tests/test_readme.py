@@ -27,7 +27,7 @@ def test_readme_python_snippets_run_as_written(tmp_path):
     # One interpreter for all blocks, as a reader pasting them one after another would.
     script = "\n\n".join(python_blocks(README))
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=1200)  # a hang guard: 300 s ran out on 2 cores shared with 5 sessions
     assert proc.returncode == 0, proc.stderr[-4000:]
     # The first snippet's claim: warmup drives the sharpness down from lambda_0 toward 2/lr_t.
     values = [float(m) for m in re.findall(r"sharpness\s+([0-9.]+)\s+2/lr_t", proc.stdout)]
