@@ -32,6 +32,24 @@ def test_readme_python_snippets_run_as_written(tmp_path):
     # The first snippet's claim: warmup drives the sharpness down from lambda_0 toward 2/lr_t.
     values = [float(m) for m in re.findall(r"sharpness\s+([0-9.]+)\s+2/lr_t", proc.stdout)]
     assert values and values[-1] < 0.5 * values[0], proc.stdout
+    # The numbers the prose quotes for the snippets' own output.
+    quoted = float(re.search(r"falls from about (\d+)", README).group(1))
+    assert abs(values[0] - quoted) <= 1, (values[0], quoted)
+    lr_c = dict(re.findall(r"(Adam|GIAdam)\s+first-step lr_c = ([0-9.e+-]+)", proc.stdout))
+    pre = dict(re.findall(r"(Adam|GIAdam)\s+first-step.*pre-conditioned sharpness ([0-9.e+-]+)",
+                          proc.stdout))
+    assert set(lr_c) == set(pre) == {"Adam", "GIAdam"}, proc.stdout
+    ratio = float(pre["Adam"]) / float(pre["GIAdam"])
+    quoted = float(re.search(r"\|g\|: ([0-9.]+)x on this model", README).group(1))
+    assert abs(ratio - quoted) <= 0.05 * quoted, (ratio, quoted)
+    quoted = float(re.search(r"first-step lr_c ~(\d+)x Adam's", README).group(1))
+    assert abs(float(lr_c["GIAdam"]) / float(lr_c["Adam"]) - quoted) <= 0.1 * quoted, lr_c
+    searches = re.search(r"(\d+) searches, (\d+) forward passes", proc.stdout)
+    assert searches, proc.stdout
+    words = {"six": 6}
+    quoted = re.search(r"\((\w+) searches, ~(\d+) forward passes\)", README)
+    assert int(searches.group(1)) == words[quoted.group(1)], searches.group(0)
+    assert abs(int(searches.group(2)) - int(quoted.group(2))) <= 2, searches.group(0)
 
 
 def test_commands_the_readme_names_exist():
