@@ -2,6 +2,8 @@
 un-rectified first steps, critical_lr's bracket tolerance -- each against a closed form."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -193,3 +195,27 @@ def test_radam_thresholds_refuse_a_step_or_lr_that_is_none(call, match):
         call()
     # a group's 0-d tensor lr is a number: RAdam's step 1 threshold, (2 + 2 b1) / ((1 - b1) lr)
     assert radam_threshold(torch.tensor(0.5, dtype=torch.float64), (0.9, 0.999), 1) == ("hessian", pytest.approx(38 / 0.5))
+
+
+def test_instability_threshold_of_a_rectified_radam_divides_by_r_t():
+    # Before: catapult.instability_threshold(RAdam) was Adam's (2 + 2 b1) / ((1 - b1) lr) at every
+    # step, 380 at lr 0.1, while a rectified step moves r_t times as far (r_6 = 0.026).
+    # Now its next step's threshold, with r_t from torch.optim.RAdam's documented formula.
+    import catapult
+
+    lr, b1, b2 = 0.1, 0.9, 0.999
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
+    opt = torch.optim.RAdam([w], lr=lr, betas=(b1, b2))
+    rho_inf = 2 / (1 - b2) - 1
+    base = (2 + 2 * b1) / ((1 - b1) * lr)
+    for t in range(1, 12):                      # t: the step the threshold is for (1-based)
+        rho_t = rho_inf - 2 * t * b2 ** t / (1 - b2 ** t)
+        if rho_t > 5:
+            r_t = math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+            expected = base / r_t
+        else:
+            expected = base
+        assert catapult.instability_threshold(opt) == pytest.approx(expected, rel=1e-12), t
+        w.grad = torch.tensor([0.3, -0.1], dtype=torch.float64)
+        opt.step()
+    assert t == 11 and expected > 10 * base     # rectified steps were reached

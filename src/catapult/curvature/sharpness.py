@@ -334,9 +334,11 @@ def instability_threshold(optimizer: torch.optim.Optimizer, lr: float | None = N
       ``(2 + 2 b1) / ((1 - b1) lr)`` (= 38/lr for b1 = 0.9). ``torch.optim.NAdam`` is refused:
       its Nesterov step ``b1 m + (1 - b1) g`` has ``(2 + 2 b1) / ((1 + 2 b1)(1 - b1) lr)``
       (2.8x lower at b1 = 0.9) once ``mu_t`` reaches ``b1``, and a step-dependent one before.
-      For RAdam this is the threshold of its un-rectified steps; a rectified step ``t`` scales
-      the update by ``r_t``, so its threshold is ``(2 + 2 b1) / ((1 - b1) r_t lr)``:
-      :func:`catapult.optim.thresholds.radam_threshold` (``lr, betas, t``) gives it, as the
+      ``torch.optim.RAdam``: the threshold of its next step ``t`` (one more than the steps in
+      its state): that formula while ``t`` is un-rectified (EMA-momentum SGD, compared with the
+      Hessian's sharpness), and ``(2 + 2 b1) / ((1 - b1) r_t lr)`` once it is rectified, since
+      a rectified step scales the update by ``r_t`` (compared with the pre-conditioned
+      sharpness): :func:`catapult.optim.thresholds.radam_threshold` (``lr, betas, t``), as the
       training engine uses.
 
     ``lr`` defaults to the first param group's current ``lr``; ``momentum`` (with
@@ -375,6 +377,10 @@ def instability_threshold(optimizer: torch.optim.Optimizer, lr: float | None = N
                         "momentum mu_t changes with the step, so Adam's (2 + 2 b1) / ((1 - b1) lr) "
                         "does not apply (it is (2 + 2 b1) / ((1 + 2 b1)(1 - b1) lr) once mu_t = b1)")
     _check_groups_share_the_rule(optimizer)
+    if isinstance(optimizer, torch.optim.RAdam):
+        from catapult.optim.thresholds import radam_threshold
+
+        return float(radam_threshold(lr, [float(b) for b in group["betas"]], _steps_taken(optimizer) + 1)[1])
     if "betas" in group:
         return float(rules.threshold("adam", {"lr": lr, "betas": [float(b) for b in group["betas"]]}))
     if isinstance(optimizer, torch.optim.SGD):
@@ -384,6 +390,14 @@ def instability_threshold(optimizer: torch.optim.Optimizer, lr: float | None = N
     raise TypeError(f"instability_threshold: unsupported optimizer {type(optimizer).__name__}; "
                     "supported: torch.optim.SGD (with or without momentum) and Adam-family "
                     "optimizers (param groups with 'betas')")
+
+
+def _steps_taken(optimizer: torch.optim.Optimizer) -> int:
+    """The optimizer's step count: the largest ``state[p]["step"]`` of its parameters (0
+    before the first step)."""
+    steps = [as_real(state["step"]) for state in optimizer.state.values()
+             if isinstance(state, dict) and "step" in state]
+    return int(max((s for s in steps if s is not None), default=0))
 
 
 def _check_groups_share_the_rule(optimizer: torch.optim.Optimizer) -> None:

@@ -172,10 +172,13 @@ def threshold(optimizer: torch.optim.Optimizer, lr: float | None = None, step: i
     current = optimizer.param_groups[0]["lr"] if lr is None else lr
     if not current > 0:
         return math.inf
-    if step is not None and isinstance(optimizer, torch.optim.RAdam):
+    if isinstance(optimizer, torch.optim.RAdam):
         from catapult.optim.thresholds import radam_threshold
 
-        return float(radam_threshold(current, optimizer.param_groups[0]["betas"], step + 1)[1])
+        # without a step (the summary's threshold at lr_trgt): the un-rectified rule, as before
+        # instability_threshold read RAdam's step count, and as the batched engines report
+        return float(radam_threshold(current, optimizer.param_groups[0]["betas"],
+                                     1 if step is None else step + 1)[1])
     return float(instability_threshold(optimizer, lr=current))
 
 
