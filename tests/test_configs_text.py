@@ -46,3 +46,25 @@ def test_config_validates(path, tmp_path):
 
         config, spec = load_coord_check(path, overrides)
         assert spec["densities"] and set(spec["parametrizations"]) == {"sp", "mup", "supar"}
+
+
+@pytest.mark.parametrize("loss, noted", [(None, True), ("mse", True), ("cross_entropy", False)])
+def test_a_gpt_under_the_default_mse_loss_is_noted(tmp_path, capsys, loss, noted):
+    # loss defaults to mse (the warmup paper's image runs): a GPT config without `loss:` trained its
+    # logits on 0.5 * mean squared error against one-hot tokens (first loss 0.038, not ~ln(vocab)), silently
+    import argparse
+
+    import yaml
+
+    from catapult.cli.common import config_from_args
+
+    config = {"name": "lm", "data": {"name": "shakespeare", "context": 8, "n_train": 16, "n_test": 4},
+              "model": {"name": "gpt", "width": 16, "depth": 1, "n_heads": 2}}
+    if loss is not None:
+        config["loss"] = loss
+    (tmp_path / "lm.yaml").write_text(yaml.safe_dump(config))
+    args = argparse.Namespace(config=str(tmp_path / "lm.yaml"), overrides=[], command="train")
+    assert config_from_args(args)["loss"] == (loss or "mse")
+    err = capsys.readouterr().err
+    assert ("note: loss is mse (the default) on the GPT's logits; language models train with "
+            "loss: cross_entropy" in err) == noted, err

@@ -52,6 +52,10 @@ def config_from_args(args: argparse.Namespace) -> dict:
     apply_threads(args)
     if "sweep" in set_aside:
         print(sweep_ignored_note(getattr(args, "command", None), set_aside["sweep"], config), file=sys.stderr)
+    if config["model"]["name"] == "gpt" and config["loss"] == "mse":  # the default: a GPT's first loss read 0.038
+        print(f"catapult {getattr(args, 'command', None) or 'train'}: note: loss is mse (the default) on the GPT's "
+              f"logits; language models train with loss: cross_entropy (the papers' GPT configs set it)",
+              file=sys.stderr)
     return config
 
 
