@@ -150,3 +150,20 @@ def test_a_shard_is_cut_into_halves_of_ceil_and_floor_n_over_2_samples():
         assert [len(p[0]) for p in pieces] == sizes and [len(p[1]) for p in pieces] == sizes
     with single_process_group():
         assert union_weight(torch.nn.Linear(2, 1), torch.nn.MSELoss(), (torch.randn(2, 2), torch.randn(2, 1))) == 1.0
+
+
+def _collapse_verdicts(rank, world):
+    procs = DataParallel(rank, world)
+    one_row = torch.tensor([[1.0, 2.0, 3.0]])          # each rank one row, the same: the union is constant
+    constant = torch.full((3, 4), 1.0 + rank)          # each rank constant, at 1.0 and at 2.0: the union is not
+    near = torch.tensor([[1.0, 5.0], [1.0, 5.0]]) + 1e-3 * rank   # spread 5e-4 of max 5.001: not below 1e-6
+    return {"one_row": procs.collapsed(one_row), "constant": procs.collapsed(constant),
+            "near": procs.collapsed(near), "same": procs.collapsed(torch.full((2, 2, 3), 0.5))}
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
+def test_the_collapse_rule_is_the_union_batchs_not_each_ranks():
+    # a B = 2 run on 2 ranks never collapsed (each rank's one row "cannot tell"), and ranks each
+    # constant at a different output collapsed: the rule is the union batch's, as one process sees it
+    for got in on_ranks(_collapse_verdicts):
+        assert got == {"one_row": True, "constant": False, "near": False, "same": True}

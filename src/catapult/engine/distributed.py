@@ -35,8 +35,9 @@ Training. :func:`train_ddp` is :func:`catapult.engine.run`'s loop
 this rank's rows (:class:`ShardBatches`), with :class:`DataParallel` processes: the forward
 through ``DistributedDataParallel``, the logged loss and accuracy all-reduced to the global
 batch's means (so the divergence rule stops every rank at the same step), RigL's grow score from
-the union batch's dense gradient, and lambda_0, the sharpness, the spectrum columns and the
-catapult search on the union batch (``distributed=True``). Model, optimizer, lr schedule and
+the union batch's dense gradient, the collapse rule on the union of the final batch's outputs,
+and lambda_0, the sharpness, the spectrum columns and the catapult search on the union batch
+(``distributed=True``). Model, optimizer, lr schedule and
 dynamic sparsity are the run config's (:func:`~catapult.engine.build.build_model` on every rank
 from the same seed, so the initial weights agree; DDP also broadcasts rank 0's). Rank 0 writes
 the run files of :func:`catapult.engine.run`. With ``train.fsdp`` the model is sharded instead of
@@ -61,6 +62,7 @@ from catapult.data.token_cache import npy_problem, token_cache_key
 from catapult.engine.build import assemble_run, build_model, check_warmup_across_processes, resolve_device
 from catapult.engine.fsdp import check_fsdp, full_state_dict, shard_model
 from catapult.engine.sharpness_rule import check_spectrum_cadence
+from catapult.engine.step import COLLAPSE_RTOL
 from catapult.engine.seeds import seeds
 from catapult.engine.loop import Processes, RunDirectoryError, RunResult, check_out_dir, in_run_directory, train
 
@@ -262,7 +264,7 @@ class DataParallel(Processes):
     (:class:`catapult.engine.loop.Processes`): the forward goes through
     ``DistributedDataParallel`` (gradients averaged), the logged loss and accuracy are
     all-reduced to the global batch's means, masks grow from the union batch's dense gradient,
-    and rank 0 writes."""
+    the collapse rule is the union batch's, and rank 0 writes."""
 
     distributed = True
 
@@ -288,6 +290,29 @@ class DataParallel(Processes):
         t = torch.tensor([int(bool(flag))], device=self._device())
         dist.all_reduce(t, op=dist.ReduceOp.MIN)
         return bool(t.item())
+
+    def collapsed(self, outputs: torch.Tensor) -> bool:
+        # the rule of output_collapsed on the union batch (every rank's rows), not each rank's
+        # verdict on its own rows: one row per rank never collapsed, and ranks each constant at
+        # a different output did; two passes of column sums, so no rank holds the union
+        out = outputs.detach()
+        out = (out.reshape(out.shape[0], -1) if out.dim() > 1 else out.reshape(-1, 1)).double()
+        device = self._device()
+        counts = torch.tensor([float(out.shape[0]), float(not bool(torch.isfinite(out).all()))],
+                              dtype=torch.float64, device=device)
+        dist.all_reduce(counts)
+        rows, non_finite = counts.tolist()
+        if rows < 2 or non_finite:
+            return False
+        column = out.sum(dim=0).to(device)
+        dist.all_reduce(column)
+        mean = (column / rows).to(out.device)
+        squares = ((out - mean) ** 2).sum(dim=0).to(device)
+        dist.all_reduce(squares)
+        top = out.abs().max().reshape(1).to(device)
+        dist.all_reduce(top, op=dist.ReduceOp.MAX)
+        spread = float((squares.max() / rows).sqrt())
+        return spread <= COLLAPSE_RTOL * float(top)
 
     def before_mask_update(self, updater, t: int) -> None:
         if updater.is_update_step(t):  # RigL's grow score: the union batch's gradient

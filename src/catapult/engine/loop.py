@@ -197,6 +197,11 @@ class Processes:
         """Whether ``flag`` holds in every process."""
         return flag
 
+    def collapsed(self, outputs: torch.Tensor) -> bool:
+        """:func:`~catapult.engine.step.output_collapsed` of the batch whose rows ``outputs``
+        are this process's (the collapse rule of the final batch)."""
+        return output_collapsed(outputs)
+
     def evaluate(self, model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
         """:func:`evaluate` on this process's share ``(x, y)`` of the test set (possibly no rows),
         as the means over every process's rows."""
@@ -334,7 +339,7 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
                 break
 
             if final:  # the collapse rule: one output for every input of the final batch
-                collapsed = processes.all(output_collapsed(outputs))
+                collapsed = processes.collapsed(outputs)
             if not final:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
