@@ -167,3 +167,24 @@ def test_the_collapse_rule_is_the_union_batchs_not_each_ranks():
     # constant at a different output collapsed: the rule is the union batch's, as one process sees it
     for got in on_ranks(_collapse_verdicts):
         assert got == {"one_row": True, "constant": False, "near": False, "same": True}
+
+
+def _slow_rank0_set_up(rank, world):
+    import time
+
+    from catapult.engine.distributed import _on_every_rank
+
+    # rank 0 tokenising text shards for longer than the process group's timeout (3 s here;
+    # NCCL's default is 10 minutes) while rank 1 waits for its verdict
+    started = time.perf_counter()
+    got = _on_every_rank(lambda: time.sleep(5) or "tokenised" if rank == 0 else None, True)
+    return {"got": got, "waited": time.perf_counter() - started}
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
+def test_a_set_up_step_waits_for_rank_0_past_the_groups_timeout():
+    # rank 1 failed with gloo's "Timed out waiting 3000ms" (NCCL: the watchdog killed the job
+    # after 10 minutes of tokenising a corpus); it waits for rank 0's verdict instead
+    got = on_ranks(_slow_rank0_set_up, timeout_s=3)
+    assert got[0]["got"] == "tokenised" and got[1]["got"] is None
+    assert got[1]["waited"] >= 4.5

@@ -18,7 +18,8 @@ text: the training stream is the other files, and the validation stream the vali
 (else the test ones), read the same way; the run's test columns are measured on its first
 ``data.n_test`` windows (:func:`validation_windows`). ``data.vocab_size`` is the model's
 vocabulary; an id at or beyond it is an error naming the shard. Under ``torchrun`` rank 0
-tokenises text shards while the other ranks wait, then every rank maps the same files; a bad
+tokenises text shards while the other ranks wait (up to :data:`SETUP_TIMEOUT`, 24 hours, not
+the process group's timeout: NCCL's default is 10 minutes), then every rank maps the same files; a bad
 file (one naming the file and line or column), or any error one rank meets while setting up,
 stops every rank with the same error.
 
@@ -45,9 +46,11 @@ copied (:mod:`catapult.engine.fsdp`, :class:`FullyShardedDataParallel`); the res
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -371,14 +374,35 @@ def _on_every_rank(work, distributed: bool) -> Any:
             raise problem
         return result
     every: list = [None] * dist.get_world_size()
-    dist.all_gather_object(every, None if problem is None else
-                           (type(problem).__name__, str(problem), getattr(problem, "problems", None)))
+    verdict = None if problem is None else (type(problem).__name__, str(problem), getattr(problem, "problems", None))
+    with _setup_group() as group:
+        dist.all_gather_object(every, verdict, group=group)
     failed = next((r for r, p in enumerate(every) if p is not None), None)
     if failed is None:
         return result
     if failed == dist.get_rank():
         raise problem
     raise _same_error(failed, *every[failed])
+
+
+#: How long the ranks wait for each other in a set-up step (:func:`_on_every_rank`): rank 0
+#: tokenises text shards while the others wait, for as long as a corpus takes. The process
+#: group's own timeout (NCCL's default 10 minutes, gloo's 30) is for the training's collectives.
+SETUP_TIMEOUT = timedelta(hours=24)
+
+
+@contextlib.contextmanager
+def _setup_group():
+    """A gloo group of every rank whose collectives wait :data:`SETUP_TIMEOUT` (the default
+    group where gloo is not built in), destroyed on exit. Every rank enters it together."""
+    if not dist.is_gloo_available():
+        yield None
+        return
+    group = dist.new_group(backend="gloo", timeout=SETUP_TIMEOUT)
+    try:
+        yield group
+    finally:
+        dist.destroy_process_group(group)
 
 
 def _same_error(rank: int, kind: str, message: str, problems: Any) -> Exception:
