@@ -129,3 +129,42 @@ def test_every_window_of_the_training_stream_is_drawn(tmp_path):
     assert starts == {0, 1, 2, 3}
     last = {int(y[r, -1]) for t in range(50) for _, y in [batches.batch(t)] for r in range(4)}
     assert 11 in last
+
+
+DYING = """
+import datetime, os, sys, time
+import torch.distributed as dist
+rank = int(sys.argv[1])
+dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + sys.argv[2], rank=rank, world_size=2,
+                        timeout=datetime.timedelta(seconds=120))
+from catapult.engine.distributed import _on_every_rank
+def work():
+    if rank == 1:   # killed while the other waits for it (out of memory while tokenising)
+        time.sleep(1)
+        os._exit(3)
+started = time.perf_counter()
+try:
+    _on_every_rank(work, True)
+except Exception as exc:
+    print(f"waited {time.perf_counter() - started:.1f} s: {exc}", flush=True)
+    os._exit(4)
+"""
+
+
+def test_a_rank_that_dies_in_a_set_up_step_stops_the_one_waiting_for_it_at_once(tmp_path):
+    # the set-up steps wait on a group with a 24-hour timeout (rank 0 may tokenise for hours):
+    # a rank that dies there must still end the others at once, by gloo's closed connection
+    script = tmp_path / "dying.py"
+    script.write_text(DYING)
+    port = str(free_port())
+    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, str(script), str(rank), port], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for rank in range(2)]
+    try:
+        out, _ = procs[0].communicate(timeout=60)
+    finally:
+        for p in procs:
+            p.kill()
+            p.communicate()
+    assert procs[0].returncode == 4 and "Connection closed by peer" in out, out
+    assert float(out.split()[1]) < 30

@@ -364,18 +364,20 @@ def _on_every_rank(work, distributed: bool) -> Any:
     others), so no rank goes on alone into a collective the failed one never reaches. A
     ConfigError, RunDirectoryError or OSError keeps its type (the CLI's exit code 2); an
     exception of a type not built into Python is a RuntimeError naming it and its rank."""
-    result, problem = None, None
-    try:
-        result = work()
-    except Exception as exc:  # any kind: one rank's failure must stop every rank
-        problem = exc
-    if not distributed:
-        if problem is not None:
-            raise problem
-        return result
-    every: list = [None] * dist.get_world_size()
-    verdict = None if problem is None else (type(problem).__name__, str(problem), getattr(problem, "problems", None))
-    with _setup_group() as group:
+    with _setup_group() if distributed else contextlib.nullcontext() as group:
+        # the group first, while every rank is here: the others then wait on it for this work
+        result, problem = None, None
+        try:
+            result = work()
+        except Exception as exc:  # any kind: one rank's failure must stop every rank
+            problem = exc
+        if not distributed:
+            if problem is not None:
+                raise problem
+            return result
+        every: list = [None] * dist.get_world_size()
+        verdict = None if problem is None else (type(problem).__name__, str(problem),
+                                                getattr(problem, "problems", None))
         dist.all_gather_object(every, verdict, group=group)
     failed = next((r for r, p in enumerate(every) if p is not None), None)
     if failed is None:
@@ -399,6 +401,9 @@ def _setup_group():
         yield None
         return
     group = dist.new_group(backend="gloo", timeout=SETUP_TIMEOUT)
+    # its connections now, while every rank is here: made lazily in the first collective, a rank
+    # that died in the meantime (killed while tokenising) left the others waiting for its address
+    dist.barrier(group=group)
     try:
         yield group
     finally:
