@@ -25,8 +25,11 @@ class Peer(Processes):
     def __init__(self):
         self.asked = []
 
-    def all(self, flag):
-        self.asked.append(flag)
+    def collapsed(self, outputs):
+        # the union batch's verdict: this process's rows alone are collapsed, another's are not
+        from catapult.engine.step import output_collapsed
+
+        self.asked.append(output_collapsed(outputs))
         return False
 
 
@@ -51,7 +54,7 @@ def test_a_process_that_does_not_write_leaves_the_run_directory_alone(tmp_path):
     assert {"metrics.csv", "summary.json"} <= {p.name for p in alone.iterdir()} <= set(RUN_FILES)
 
 
-def test_the_collapse_rule_holds_only_when_every_process_collapsed():
+def test_the_collapse_rule_is_the_processes_verdict_on_the_union_batch():
     assert train(_dead(build_run(_config())), progress="none").status == "collapsed"
     peer = Peer()
     result = train(_dead(build_run(_config())), progress="none", processes=peer)
