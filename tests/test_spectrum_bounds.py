@@ -50,3 +50,20 @@ def test_spectral_density_takes_one_run_of_one_step():
     assert dens.nodes.shape == (1, 1) and dens.weights.tolist() == [[pytest.approx(1.0)]]
     assert float(dens.nodes[0, 0]) == pytest.approx(28 / 9, rel=1e-12)
 
+
+
+def test_orthonormal_rows_of_split_vectors_keep_the_rank_not_rounding_directions():
+    """Hutch++'s ``Q`` for vectors split over the ranks (the Gram-matrix path, ``reduce`` given):
+    rows of rank 2 out of 3 give 2 orthonormal rows spanning them. A rounding-level eigenvalue of
+    the Gram matrix (here positive in 3 of the 5 draws) kept as a direction added a row of noise."""
+    from catapult.curvature.spectrum import _orthonormal_rows
+
+    torch.manual_seed(0)
+    for _ in range(5):
+        a = torch.randn(2, 50, dtype=torch.float64)
+        rows = torch.cat([a, 3 * a[:1] + 0.5 * a[1:]])
+        q = _orthonormal_rows(rows, reduce=lambda t: t)
+        assert q.shape == (2, 50)
+        torch.testing.assert_close(q @ q.T, torch.eye(2, dtype=torch.float64), rtol=0, atol=1e-12)
+        # the span: each row of `rows` is its own projection onto q's rows
+        torch.testing.assert_close((rows @ q.T) @ q, rows, rtol=0, atol=1e-12)
