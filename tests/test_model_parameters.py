@@ -268,3 +268,22 @@ def test_a_sweep_reads_no_data_where_the_model_fits_its_largest_shapes(tmp_path,
         model = "{name: gpt, width: 16, depth: 1, n_heads: 2}" if "shakespeare" in data else "{name: mlp, width: 16}"
         base, spec = load_sweep(_sweep_file(tmp_path, data, model))
         refuse_impossible_cells(expand(base, spec))  # fits: nothing loaded, nothing refused
+
+
+def test_a_wrn_too_large_names_its_widen_key_not_a_width(monkeypatch):
+    # the wrn's width key is model.widen (it has no model.width): the message names the key to change
+    config = _config({"name": "wrn", "depth": 10, "widen": 1})
+    weights = 4 * sum(p.numel() for p in build_model(config, 64, 10).parameters())
+    monkeypatch.setattr(model_size, "_memory_bytes", lambda device: weights - 1)
+    with pytest.raises(ConfigError, match=r"model\.widen=1 and model\.depth=10 make a model of .*; "
+                                          r"reduce model\.widen or model\.depth"):
+        build_model(config, 64, 10)
+
+
+def test_an_allocation_error_is_reported_in_gib_of_the_bytes_it_asked_for():
+    err = RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: "
+                       "you tried to allocate 3221225472 bytes.")
+    err = RuntimeError(f"{err}; can't allocate memory")
+    message = str(model_size.size_error({"name": "mlp", "width": 10**5, "depth": 3}, err))
+    assert "one tensor needs 3.0 GiB" in message  # 3221225472 = 3 * 2**30
+    assert "model.width=100000 and model.depth=3 cannot be built here" in message
