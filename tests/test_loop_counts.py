@@ -17,3 +17,12 @@ def test_every_unconverged_solve_is_counted_once_lambda0_included():
     assert res.summary["sharpness_measurements"] == 3
     assert res.summary["sharpness_unconverged"] == 3   # lambda_0's (row 0's) solve is one of them
     assert res.summary["sharpness_matvecs"] == 6
+
+
+def test_a_run_that_measures_no_lambda0_records_no_lambda0_batches():
+    # no sharpness tracked and an absolute lr: lambda_0 is never measured, so no batches were
+    # averaged for it (None, as lambda_0 itself; a 0 read as "averaged over zero batches")
+    config = {"data": {"name": "digits", "n_train": 32, "n_test": 16}, "model": {"width": 8, "depth": 2},
+              "train": {"steps": 1}, "eval": {"sharpness_every": 0, "test_every": 0}, "optimizer": {"lr": 0.1}}
+    res = engine.run(config, progress="none")
+    assert res.summary["lambda_0"] is None and res.summary["lambda0_batches"] is None
