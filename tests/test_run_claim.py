@@ -162,3 +162,15 @@ def test_a_folder_that_may_be_written_but_not_read_trains_unlocked(tmp_path, mon
     monkeypatch.setattr(os, "open", unreadable_folders)
     result = engine.run(_config(), out_dir=tmp_path / "run", progress="none")
     assert result.status == "finished" and (tmp_path / "run" / "summary.json").exists()
+
+
+def test_a_users_folder_is_refused_naming_three_of_its_files_and_how_many_more(tmp_path):
+    from catapult.engine.run_dir import check_out_dir
+
+    for name in ("a.txt", "b.txt", "c.txt", "d.txt"):
+        (tmp_path / name).write_text("mine")
+    with pytest.raises(RunDirectoryError, match=r"it holds a\.txt, b\.txt, c\.txt and 1 more, but not a run's"):
+        check_out_dir(tmp_path, overwrite=True)
+    (tmp_path / "d.txt").unlink()
+    with pytest.raises(RunDirectoryError, match=r"it holds a\.txt, b\.txt, c\.txt, but not a run's"):
+        check_out_dir(tmp_path, overwrite=True)
