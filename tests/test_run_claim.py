@@ -174,3 +174,13 @@ def test_a_users_folder_is_refused_naming_three_of_its_files_and_how_many_more(t
     (tmp_path / "d.txt").unlink()
     with pytest.raises(RunDirectoryError, match=r"it holds a\.txt, b\.txt, c\.txt, but not a run's"):
         check_out_dir(tmp_path, overwrite=True)
+
+
+def test_a_folder_holding_one_file_is_refused_without_overwrite(tmp_path):
+    from catapult.engine.run_dir import check_out_dir
+
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(RunDirectoryError, match="already exists and is not empty"):
+        check_out_dir(tmp_path, overwrite=False)
+    (tmp_path / "notes.txt").unlink()
+    assert check_out_dir(tmp_path, overwrite=False) == tmp_path   # empty: usable
