@@ -17,3 +17,12 @@ def test_a_csv_starting_with_step_but_without_train_loss_is_not(tmp_path):
     mine = tmp_path / "metrics.csv"
     mine.write_text("step,loss\n0,2.3\n")   # a user's own log under the run file's name
     assert not is_run_record(mine) and not written_by_catapult(mine)
+
+
+def test_a_cut_off_mapping_starts_with_the_first_key_even_where_later_ones_may_be_skipped():
+    from catapult.files import cut_off_mapping
+
+    keys = ["name", "data", "model"]
+    assert cut_off_mapping(b"name: a\nmodel: {}\n", keys)          # data skipped: allowed
+    assert not cut_off_mapping(b"data:\n  x: 1\nmod", keys)         # no name first: not such a file
+    assert not cut_off_mapping(b"model: {}\n", keys)
