@@ -39,7 +39,7 @@ from catapult.curvature.start import outside_inference_mode
 from catapult.curvature.stateless import functional_call
 from catapult.arguments import caller_stacklevel, check_batch, check_module
 from catapult.optim import registry, rules
-from catapult.parametrize import group_lr_mult
+from catapult.parametrize import group_lr_mult, unscaled_group_lrs
 
 __all__ = ["CriticalLR", "NonFiniteLossError", "NonFiniteStepError", "critical_lr", "next_step_direction", "probe_loss", "ModelSnapshot"]
 
@@ -275,20 +275,12 @@ GROUP_LRS_WARNING = "critical_lr: the param groups' lrs differ"
 def _warn_group_lrs_ignored(optimizer: torch.optim.Optimizer) -> None:
     """Warn when the groups' own lrs differ and none sets ``lr_mult``: the trials move every
     group by the same lr, so the answer is not about this optimizer's step with its ratios."""
-    groups = optimizer.param_groups
-    if any("lr_mult" in g for g in groups):
-        return
-    # a group frozen by requires_grad (or empty) is not moved by the trials: its lr says nothing
-    lrs = [float(g["lr"]) for g in groups if any(p.requires_grad for p in g["params"])]
-    if len(lrs) < 2:
-        return
-    if max(lrs) == min(lrs):
-        return
-    shown = ", ".join(f"{lr:g}" for lr in lrs[:4]) + (", ..." if len(lrs) > 4 else "")
-    warnings.warn(f"{GROUP_LRS_WARNING} ({shown}) but none sets 'lr_mult': every group is moved by the same "
-                  f"trial lr (a group at lr 0 too), not in those ratios, so the result is not the critical lr of "
-                  f"this optimizer's step; give each group 'lr_mult' (e.g. its lr / the largest), as "
-                  f"catapult.param_groups does", UserWarning, stacklevel=caller_stacklevel())
+    shown = unscaled_group_lrs(optimizer.param_groups)
+    if shown is not None:
+        warnings.warn(f"{GROUP_LRS_WARNING} ({shown}) but none sets 'lr_mult': every group is moved by the same "
+                      f"trial lr (a group at lr 0 too), not in those ratios, so the result is not the critical lr "
+                      f"of this optimizer's step; give each group 'lr_mult' (e.g. its lr / the largest), as "
+                      f"catapult.param_groups does", UserWarning, stacklevel=caller_stacklevel())
 
 
 def _shard_reducer(model, loss_fn, batch):

@@ -62,7 +62,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -76,6 +76,7 @@ from catapult.scaled_layers import (SCALABLE_TYPES, WEIGHT_LAYERS, ScaledConv2d,
                                     as_scaled, fan_in as layer_fan_in, layer_width)
 
 __all__ = [
+    "unscaled_group_lrs",
     "PARAMETRIZATIONS",
     "ROLES",
     "ParamSpec",
@@ -118,6 +119,27 @@ def group_lr_mult(group: Mapping[str, Any], index: int | None = None) -> float:
     if number is None or number < 0:
         raise ValueError(f"{where}: lr_mult must be a finite number >= 0, got {value!r}")
     return number
+
+
+def unscaled_group_lrs(groups: Sequence[Mapping[str, Any]]) -> str | None:
+    """The differing lrs of the param groups that train (a group whose parameters are all
+    frozen by ``requires_grad`` is moved by nobody), shown as text, where none sets ``lr_mult``;
+    else None. A schedule (:func:`catapult.schedules.attach`) or a critical-lr trial then moves
+    every group by one lr, not in those ratios: what their warnings say.
+
+    Example:
+        >>> a, b = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+        >>> unscaled_group_lrs([{"params": [a], "lr": 1e-3}, {"params": [b], "lr": 1e-4}])
+        '0.001, 0.0001'
+        >>> unscaled_group_lrs([{"params": [a], "lr": 1e-3, "lr_mult": 1.0}, {"params": [b], "lr": 1e-4}]) is None
+        True
+    """
+    if any("lr_mult" in g for g in groups):
+        return None
+    lrs = [float(g["lr"]) for g in groups if any(p.requires_grad for p in g["params"])]
+    if len(lrs) < 2 or max(lrs) == min(lrs):
+        return None
+    return ", ".join(f"{lr:g}" for lr in lrs[:4]) + (", ..." if len(lrs) > 4 else "")
 
 
 def find_spec(model: nn.Module) -> ParamSpec | None:

@@ -10,7 +10,7 @@ from typing import Any, Callable
 import torch
 
 from catapult.arguments import caller_stacklevel
-from catapult.parametrize import group_lr_mult
+from catapult.parametrize import group_lr_mult, unscaled_group_lrs
 
 __all__ = ["ScheduleLR", "attach", "warn_replaced_group_lrs"]
 
@@ -40,13 +40,9 @@ def warn_replaced_group_lrs(optimizer: torch.optim.Optimizer, who: str) -> bool:
         ...     warn_replaced_group_lrs(opt, "attach")
         True
     """
-    groups = optimizer.param_groups
-    if len(groups) < 2 or any("lr_mult" in g for g in groups):
+    shown = unscaled_group_lrs(optimizer.param_groups)
+    if shown is None:
         return False
-    lrs = [float(g["lr"]) for g in groups]
-    if max(lrs) == min(lrs):
-        return False
-    shown = ", ".join(f"{lr:g}" for lr in lrs[:4]) + (", ..." if len(lrs) > 4 else "")
     warnings.warn(f"{who}: the param groups' lrs differ ({shown}) but none sets 'lr_mult'; "
                   f"every group now gets the schedule's lr. To keep their ratios, give each group "
                   f"'lr_mult' (e.g. its lr / the largest), as catapult.param_groups does.",
