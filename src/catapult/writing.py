@@ -5,20 +5,21 @@ catapult's to replace is :mod:`catapult.files`'s question.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import io
 import os
 import stat
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterable, Sequence
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Sequence
 
 try:
     import fcntl
 except ImportError:   # Windows: no flock (write_whole then works by path names)
     fcntl = None
 
-__all__ = ["PARTIAL_PREFIX", "write_whole", "write_text_whole", "csv_cell", "csv_text"]
+__all__ = ["PARTIAL_PREFIX", "write_whole", "write_text_whole", "write_errors_named", "csv_cell", "csv_text"]
 
 #: What :func:`write_whole` puts before a file's name while it writes it.
 PARTIAL_PREFIX = ".partial-"
@@ -115,6 +116,26 @@ def _write_whole_by_path(path: Path, write: Callable[[BinaryIO], object]) -> Non
         if isinstance(exc, OSError) and exc.filename in (None, str(partial)):
             raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
+
+
+@contextlib.contextmanager
+def write_errors_named(path: str | os.PathLike) -> Iterator[None]:
+    """Re-raise an ``OSError`` that names no file as one naming ``path``: a full disk is OSError 28
+    without a file name, which the CLI showed as "No space left on device" alone.
+
+    >>> try:
+    ...     with write_errors_named("runs/a/metrics.csv"):
+    ...         raise OSError(28, "No space left on device")
+    ... except OSError as err:
+    ...     print(err)
+    [Errno 28] No space left on device: 'runs/a/metrics.csv'
+    """
+    try:
+        yield
+    except OSError as err:
+        if err.filename is not None:
+            raise
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
 
 
 def csv_cell(value: Any) -> str:

@@ -89,7 +89,7 @@ import torch.nn as nn
 
 from catapult import config as cfg
 from catapult.files import WRITTEN, file_digest
-from catapult.writing import write_text_whole, write_whole
+from catapult.writing import write_errors_named, write_text_whole, write_whole
 from catapult.losses import accuracy, loss_and_accuracy
 from catapult.engine.build import Run, build_run, threshold
 from catapult.engine.sharpness_rule import STEP_KIND_COLUMN, check_spectrum_cadence
@@ -307,7 +307,8 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
         # the records' header first, on disk at once: a run killed from here on leaves a folder
         # that reads as a run's (`--overwrite`, `catapult demo` rerun over it)
         metrics_file = MetricsFile(out_path / "metrics.csv", metric_columns(config))
-        _write_config(out_path / "config.yaml", cfg.dump_config(config))
+        with write_errors_named(out_path / "config.yaml"):  # a full disk named no file
+            (out_path / "config.yaml").write_text(cfg.dump_config(config))
 
     # ---- the loop
     test_every = config["eval"]["test_every"]
@@ -410,17 +411,6 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
         text = json.dumps(json_safe({**summary, WRITTEN: written}), indent=2, allow_nan=False) + "\n"
         write_text_whole(out_path / "summary.json", text)
     return RunResult(status=status, metrics=metrics, summary=summary, config=config, model=model, out_dir=out_path)
-
-
-def _write_config(path: Path, text: str) -> None:
-    """``path.write_text(text)``; a failed write names ``path``: a full disk was OSError 28 with no
-    file name (``catapult train: error: No space left on device``)."""
-    try:
-        path.write_text(text)
-    except OSError as err:
-        if err.filename is not None:
-            raise
-        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
 
 
 def _save_weights(weights: Mapping[str, Any], fh: BinaryIO, path: Path) -> None:

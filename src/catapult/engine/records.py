@@ -10,13 +10,12 @@ import csv
 import math
 import re
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from catapult.analysis import detect_catapults
 from catapult.engine.sharpness_rule import RADAM_KIND, STEP_KIND_COLUMN
-from catapult.writing import csv_cell, csv_text
+from catapult.writing import csv_cell, csv_text, write_errors_named
 
 __all__ = ["METRIC_COLUMNS", "metric_columns", "is_spectrum_column", "spectrum_setting", "write_metrics", "read_metrics", "MetricsFile", "json_safe", "finite",
            "summarize", "warmup_summary", "threshold_label", "format_summary"]
@@ -126,7 +125,7 @@ class MetricsFile:
         self.fh = open(path, "w", newline="")
         self.writer = csv.writer(self.fh)
         try:
-            with self._named():
+            with write_errors_named(self.path):
                 self.writer.writerow(self.columns)
                 self.fh.flush()  # the header: the file reads as a run's records from the start
         except OSError:
@@ -138,19 +137,8 @@ class MetricsFile:
         self.flush_seconds = float(flush_seconds)
         self._flushed_at = -math.inf  # the first row goes out at once
 
-    @contextmanager
-    def _named(self):
-        """An OSError of a write or flush names this file: a full disk was reported as "No
-        space left on device" alone (``catapult train: error: No space left on device``)."""
-        try:
-            yield
-        except OSError as err:
-            if err.filename is not None:
-                raise
-            raise OSError(err.errno, err.strerror or str(err), str(self.path)) from err
-
     def write(self, row: Mapping[str, Any]) -> None:
-        with self._named():
+        with write_errors_named(self.path):
             self.writer.writerow([csv_cell(row.get(c)) for c in self.columns])
             now = time.monotonic()
             if now - self._flushed_at >= self.flush_seconds:
@@ -158,7 +146,7 @@ class MetricsFile:
                 self._flushed_at = now
 
     def close(self) -> None:
-        with self._named():
+        with write_errors_named(self.path):
             self.fh.close()
 
 
