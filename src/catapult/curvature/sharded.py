@@ -81,6 +81,7 @@ from catapult.curvature.difference import (central_step, checked_difference, rel
                                            rounding_level)
 from catapult.curvature.hessian import fixed_rng
 from catapult.curvature.krylov import vector_norm
+from catapult.curvature.start import mixed_start, warm_start_weight
 
 
 __all__ = ["is_sharded", "reshard", "full_tensor", "check_sharded_options",
@@ -274,15 +275,19 @@ class ShardedHessianOperator:
         blocks = torch.split(whole.reshape(-1), [p.numel() for p in self._params])
         return torch.cat([self._rows(c.view(p.shape), p).reshape(-1) for c, p in zip(blocks, self._params)])
 
-    def start_vector(self, init: torch.Tensor | None, seed: int) -> torch.Tensor:
+    def start_vector(self, init: torch.Tensor | None, seed: int, *, tol: float) -> torch.Tensor:
         """The solver's start in this operator's coordinates: ``init`` copied (its local part when
-        it is a whole vector of ``dimension`` entries and the operator's vectors are local), or a
-        standard normal vector seeded with ``seed``, drawn a parameter at a time from a CPU
-        generator (so every rank draws the same whole vector and keeps its part, without holding
-        all of it)."""
-        if init is None:
+        it is a whole vector of ``dimension`` entries and the operator's vectors are local) with
+        the seeded random part of every warm start to ``tol`` mixed in
+        (:func:`~catapult.curvature.start.mixed_start`), or that standard normal vector seeded
+        with ``seed`` alone, drawn a parameter at a time from a CPU generator (so every rank draws
+        the same whole vector and keeps its part, without holding all of it)."""
+        def drawn():
             return self._drawn(torch.Generator().manual_seed(int(seed)),
                                lambda shape, gen: torch.randn(shape, generator=gen, dtype=torch.float64))
+
+        if init is None:
+            return drawn()
         if not torch.is_tensor(init):
             raise TypeError(f"init must be a flat tensor (e.g. a previous est.vector), got {type(init).__name__}")
         flat = init.detach().reshape(-1).to(device=self.device, dtype=self.dtype, copy=True)
@@ -296,7 +301,7 @@ class ShardedHessianOperator:
         norm = float(vector_norm(v, self.reduce))
         if not (math.isfinite(norm) and norm > 0):
             raise ValueError("init must be finite and non-zero")
-        return v
+        return mixed_start(v, drawn(), warm_start_weight(tol), self.reduce)
 
     def rademacher(self, gen: torch.Generator) -> torch.Tensor:
         """A vector of random signs in this operator's coordinates, drawn from the CPU generator

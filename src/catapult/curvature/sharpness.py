@@ -286,7 +286,7 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
     op = build_operator(model, loss_fn, batch, curvature=curvature, dtype=dtype, hvp=hvp,
                         seed=seed, chunk_size=chunk_size, distributed=distributed,
                         retain_graph=not basis_free, sharded_vectors="local")
-    v0 = initial_vector(op, init, seed, distributed)  # a copy: solvers write into it
+    v0 = initial_vector(op, init, seed, distributed, tol=tol)  # a copy: solvers write into it
     levels = ([] if (init is not None or distributed or curvature == "ggn")
               else coarse_levels(batch, coarse, tol))
     coarse_products, coarse_cost = 0, 0.0
@@ -492,7 +492,7 @@ def preconditioned_sharpness(model: torch.nn.Module, loss_fn, batch,
     d, l2 = adam_preconditioner(model, optimizer, op, scale_by_group_lr)
 
     matvec = PreconditionedOperator(op, d, l2)
-    v0 = initial_vector(op, init, seed, distributed)
+    v0 = initial_vector(op, init, seed, distributed, tol=tol)
     solve = _solver(matvec, max_basis=max_basis, basis_free=basis_free, split_of=op)
     return certified(matvec, solve(v0, max_iter, tol), tol=tol, max_iter=max_iter, solve=solve,
                      reduce=solver_split(op)["reduce"])

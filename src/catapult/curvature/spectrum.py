@@ -115,7 +115,7 @@ def top_eigenpairs(model, loss_fn, batch, k: int = 5, *, tol: float = 1e-3, init
                             dtype=dtype, hvp=hvp, seed=seed, chunk_size=chunk_size,
                             distributed=distributed, scale_by_group_lr=scale_by_group_lr,
                             sharded_vectors="local")
-    v0 = initial_vector(op, init, seed, distributed)
+    v0 = initial_vector(op, init, seed, distributed, tol=tol)
     if max_basis is None:
         # lean: its sized basis, or the least k pairs need; fast: room for restarts to pay
         basis = (max(basis, k + block_size + 1) if memory == "lean"

@@ -9,15 +9,32 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+from collections.abc import Sequence
 
 import torch
 
 from catapult.arguments import as_integer, as_real
 from catapult.curvature import distributed as dist_ops
+from catapult.curvature.krylov import vector_norm
 from catapult.scaled_layers import autocast_enabled
 
 __all__ = ["outside_inference_mode", "outside_autocast", "check_solver_args", "check_max_basis", "start_vector", "initial_vector",
-           "split_operator", "solver_split"]
+           "split_operator", "solver_split", "WARM_START_MIX", "WARM_START_MIX_MAX", "warm_start_weight", "seeded_normal", "mixed_start",
+           "mixed_starts"]
+
+#: The seeded random part of every warm start per unit of the solve's ``tol``
+#: (:func:`warm_start_weight`). Without it a warm start lying wholly in an invariant subspace of the
+#: operator stays there: on a GPT under torch Adam with coupled weight decay the attention key bias
+#: (zero gradient: softmax ignores a shift common to every key) is a diagonal block of its own, its
+#: top is the whole operator's top for the first steps, and every later warm-started solve came
+#: back "converged" on that block's top, up to 90% below the operator's (``bench/RESULTS.md``,
+#: issue 16, 2b: the measurements behind 100). A part ``w`` puts a residual of about ``w`` in the
+#: start, so the test ``residual <= tol`` cannot pass before Lanczos has damped it ``w / tol``
+#: times or found what lies above; the damping costs products in proportion to ``log(w / tol)``,
+#: and on a spectrum whose bulk is near 0 (a network's) next to none.
+WARM_START_MIX = 100.0
+#: The largest random part (:func:`warm_start_weight`): as large as the given vector.
+WARM_START_MIX_MAX = 1.0
 
 
 def outside_inference_mode(fn):
@@ -75,20 +92,80 @@ def outside_autocast(fn):
     return run
 
 
-def start_vector(init, n: int, dtype: torch.dtype, device: torch.device, seed: int):
-    """The solver's start vector: a copy of ``init`` flattened and cast (checked: finite,
-    non-zero, one entry per trainable parameter entry; never ``init``'s memory, which the solvers
-    and ``distributed``'s broadcast write into), or a standard normal vector seeded with ``seed``.
+def seeded_normal(n: int, dtype: torch.dtype, device: torch.device, seed: int) -> torch.Tensor:
+    """``n`` standard normal entries from a generator on ``device`` seeded with ``seed``: a cold
+    solve's start vector, and the random part of a warm one (:func:`mixed_start`).
 
-    >>> start_vector(torch.tensor([[1.0, 2.0]]), 2, torch.float64, torch.device("cpu"), 0)
-    tensor([1., 2.], dtype=torch.float64)
-    >>> start_vector(None, 3, torch.float32, torch.device("cpu"), 0).shape
+    >>> torch.equal(seeded_normal(3, torch.float64, torch.device("cpu"), 0),
+    ...             seeded_normal(3, torch.float64, torch.device("cpu"), 0))
+    True
+    """
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int(seed))
+    return torch.randn(n, generator=gen, dtype=dtype, device=device)
+
+
+def warm_start_weight(tol: float) -> float:
+    """The random part's weight in a warm start for a solve to ``tol``:
+    ``min(WARM_START_MIX * tol, WARM_START_MIX_MAX)`` (0.1 at the default ``tol=1e-3``).
+
+    >>> warm_start_weight(1e-3), warm_start_weight(0.5)
+    (0.1, 1.0)
+    """
+    return min(WARM_START_MIX * float(tol), WARM_START_MIX_MAX)
+
+
+def mixed_start(vector: torch.Tensor, random: torch.Tensor, weight: float, reduce=None) -> torch.Tensor:
+    """A warm start with a way out of an invariant subspace::
+
+        v0 = v / ||v|| + weight * r / ||r||
+
+    for the given vector ``v`` (e.g. a previous ``est.vector``) and a random ``r``
+    (:func:`seeded_normal`), ``weight`` from :func:`warm_start_weight`. Lanczos cannot leave an
+    invariant subspace its start lies in, and its residual test passes on that subspace's own top
+    (some eigenvalue, not the largest); ``r`` reaches every eigenvector. ``reduce`` sums over the
+    ranks for vectors split across them.
+
+    >>> mixed_start(torch.tensor([2.0, 0.0]), torch.tensor([0.0, 5.0]), 0.25).tolist()
+    [1.0, 0.25]
+    """
+    scale = vector_norm(vector, reduce)
+    return (vector / scale).add_(random, alpha=float(weight) / float(vector_norm(random, reduce)))
+
+
+def mixed_starts(rows: torch.Tensor, seed: int, tol: Sequence[float]) -> torch.Tensor:
+    """Each row of ``rows`` (a batched solver's warm starts, one per member, each to its own
+    ``tol``) as :func:`start_vector` makes a warm start of it with this ``seed``, row by row in a
+    fresh copy of each (so a member's start rounds as one solve's: the batched engines against
+    ``local``).
+
+    >>> rows = torch.tensor([[3.0, 4.0], [1.0, 0.0]], dtype=torch.float64)
+    >>> one = start_vector(rows[0], 2, torch.float64, torch.device("cpu"), 0, tol=1e-3)
+    >>> torch.equal(mixed_starts(rows, 0, [1e-3, 1e-2])[0], one)
+    True
+    """
+    n = rows.shape[1]
+    return torch.stack([mixed_start(row.clone(memory_format=torch.contiguous_format),
+                                    seeded_normal(n, rows.dtype, rows.device, seed), warm_start_weight(t))
+                        for row, t in zip(rows, tol)])
+
+
+def start_vector(init, n: int, dtype: torch.dtype, device: torch.device, seed: int, *, tol: float):
+    """The start vector of a solve to ``tol``: ``init`` flattened and cast (checked: finite,
+    non-zero, one entry per trainable parameter entry; never ``init``'s memory, which the solvers
+    and ``distributed``'s broadcast write into) with a seeded random part mixed in
+    (:func:`mixed_start`, :func:`warm_start_weight`), or a standard normal vector seeded with
+    ``seed`` (:func:`seeded_normal`).
+
+    >>> v = start_vector(torch.tensor([[3.0, 4.0]]), 2, torch.float64, torch.device("cpu"), 0, tol=1e-3)
+    >>> r = seeded_normal(2, torch.float64, torch.device("cpu"), 0)
+    >>> torch.allclose(v, torch.tensor([0.6, 0.8], dtype=torch.float64) + 0.1 * r / r.norm())
+    True
+    >>> start_vector(None, 3, torch.float32, torch.device("cpu"), 0, tol=1e-3).shape
     torch.Size([3])
     """
     if init is None:
-        gen = torch.Generator(device=device)
-        gen.manual_seed(int(seed))
-        return torch.randn(n, generator=gen, dtype=dtype, device=device)
+        return seeded_normal(n, dtype, device, seed)
     if not torch.is_tensor(init):
         raise TypeError(f"init must be a flat tensor (e.g. a previous est.vector), got "
                         f"{type(init).__name__}")
@@ -106,7 +183,7 @@ def start_vector(init, n: int, dtype: torch.dtype, device: torch.device, seed: i
         # only its direction counts: entries near the dtype's limits overflowed its norm (or the
         # cast), tiny ones underflowed, and such an init was refused as not finite / zero
         v0 = (source / source.abs().max()).to(device=device, dtype=dtype)
-    return v0
+    return mixed_start(v0, seeded_normal(n, dtype, device, seed), warm_start_weight(tol))
 
 
 def split_operator(op):
@@ -124,8 +201,8 @@ def split_operator(op):
     return None
 
 
-def initial_vector(op, init, seed: int, distributed: bool) -> torch.Tensor:
-    """The start vector for a solve on ``op``, in its coordinates (a copy either way): this
+def initial_vector(op, init, seed: int, distributed: bool, *, tol: float) -> torch.Tensor:
+    """The start vector for a solve on ``op`` to ``tol``, in its coordinates (a copy either way): this
     rank's part for an operator on vectors split over the ranks (``op.local``, or that of the
     operator a pre-conditioned one wraps:
     :meth:`~catapult.curvature.sharded.ShardedHessianOperator.start_vector`), else
@@ -133,18 +210,19 @@ def initial_vector(op, init, seed: int, distributed: bool) -> torch.Tensor:
 
     >>> from catapult.curvature.sharpness import build_operator
     >>> H = build_operator(torch.nn.Linear(2, 1, bias=False), torch.nn.MSELoss(), (torch.eye(2), torch.zeros(2, 1)))
-    >>> initial_vector(H, torch.tensor([3.0, 4.0]), 0, distributed=False)
-    tensor([3., 4.])
+    >>> initial_vector(H, None, 0, distributed=False, tol=1e-3)
+    tensor([ 1.5410, -0.2934])
     """
     split = split_operator(op)
     if split is not None:
-        return split.start_vector(init, seed)
+        return split.start_vector(init, seed, tol=tol)
     if not distributed:
-        return start_vector(init, op.numel, op.dtype, op.device, seed)
+        return start_vector(init, op.numel, op.dtype, op.device, seed, tol=tol)
     # rank 0's init decides for every rank (an init given on rank 0 only deadlocked: rank 0
     # broadcast while the others went on to their first product's all-reduce)
     from_rank0 = dist_ops.rank0_flag(init is not None, op.device)
-    v0 = dist_ops.agreed(lambda: start_vector(init if from_rank0 else None, op.numel, op.dtype, op.device, seed),
+    v0 = dist_ops.agreed(lambda: start_vector(init if from_rank0 else None, op.numel, op.dtype, op.device, seed,
+                                                 tol=tol),
                          op.device)
     if from_rank0:
         dist_ops.broadcast_vector(v0)

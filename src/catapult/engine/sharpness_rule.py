@@ -28,7 +28,7 @@ import torch.nn as nn
 from catapult.config.errors import ConfigError
 from catapult.optim import registry
 
-__all__ = ["ADAPTIVE", "RADAM_KIND", "solver_options", "curvature_options", "spectrum_estimates", "check_spectrum_cadence", "SharpnessRule", "sharpness_rule", "resolve_kind",
+__all__ = ["ADAPTIVE", "RADAM_KIND", "SOLVE_SEED", "solver_options", "curvature_options", "spectrum_estimates", "check_spectrum_cadence", "SharpnessRule", "sharpness_rule", "resolve_kind",
            "group_lrs_differ", "step_kind", "threshold", "STEP_KIND_COLUMN"]
 
 #: Optimizers whose sharpness is the pre-conditioned one (``eval.sharpness_kind: auto``):
@@ -44,9 +44,15 @@ RADAM_KIND = "hessian_then_preconditioned"
 STEP_KIND_COLUMN = "sharpness_kind"
 
 
+#: The ``seed`` of the engine's sharpness solves (the random part of their warm starts,
+#: :func:`~catapult.curvature.start.mixed_start`; a dropout mask), the same in every run so that the
+#: batched engines draw what ``local`` draws. The first start is the run's own (its sharpness seed).
+SOLVE_SEED = 0
+
+
 def solver_options(config: Mapping[str, Any]) -> dict:
     """Keyword arguments of :func:`catapult.sharpness` from a validated config's ``eval.sharpness_*``
-    keys (tol, max_iter, hvp, dtype, max_basis, chunk_size)."""
+    keys (tol, max_iter, hvp, dtype, max_basis, chunk_size) and :data:`SOLVE_SEED`."""
     ev = config["eval"]
     memory = ev.get("sharpness_memory", "fast")
     # lean's sharpness keeps no Krylov basis (catapult.curvature.lean.lean_top_eigenpair): the
@@ -54,7 +60,7 @@ def solver_options(config: Mapping[str, Any]) -> dict:
     max_basis = None if memory == "lean" else ev["sharpness_max_basis"]
     return dict(tol=ev["sharpness_tol"], max_iter=ev["sharpness_max_iter"], hvp=ev["sharpness_hvp"],
                 dtype=getattr(torch, ev["sharpness_dtype"]) if ev["sharpness_dtype"] else None,
-                max_basis=max_basis, chunk_size=ev["sharpness_chunk_size"], memory=memory)
+                max_basis=max_basis, chunk_size=ev["sharpness_chunk_size"], memory=memory, seed=SOLVE_SEED)
 
 
 def curvature_options(config: Mapping[str, Any], optimizer: torch.optim.Optimizer | None = None,

@@ -75,13 +75,11 @@ def lr_scaled_sharpness(model: torch.nn.Module, loss_fn, batch, optimizer: torch
     from catapult.curvature import HessianOperator, lanczos_top_eigenpair
     from catapult.curvature.certify import certified
     from catapult.curvature.preconditioner import PreconditionedOperator, step_preconditioner
+    from catapult.curvature.start import start_vector
 
     op = HessianOperator(model, loss_fn, batch, dtype=dtype, hvp=hvp, seed=seed, chunk_size=chunk_size)
     matvec = PreconditionedOperator(op, *step_preconditioner(model, optimizer, op, scale_by_group_lr=True))
-    if init is None:
-        gen = torch.Generator().manual_seed(seed)
-        init = torch.randn(op.numel, generator=gen, dtype=torch.float64)
-    v0 = init.to(device=op.device, dtype=op.dtype).clone()
+    v0 = start_vector(init, op.numel, op.dtype, op.device, seed, tol=tol)  # a warm start mixed as sharpness's
 
     def solve(start, budget, tol):
         return lanczos_top_eigenpair(matvec, start, tol=tol, max_iter=budget, max_basis=max_basis)

@@ -65,6 +65,8 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 
 from catapult.curvature import batched_lanczos
+from catapult.curvature.start import mixed_starts
+from catapult.engine.sharpness_rule import SOLVE_SEED
 from catapult.sweep.batched_loop import open_group, train_group
 from catapult.sweep.batched_model import StackedModel
 from catapult.sweep.batched_optim import SUPPORTED as OPTIMIZERS
@@ -149,7 +151,9 @@ class FuncStack:
                 return out
         else:
             matvec = op.matvec
-        return batched_lanczos(matvec, inits.to(op.dtype), tol=[self.members[r].tol for r in rows],
+        tol = [self.members[r].tol for r in rows]
+        starts = mixed_starts(inits.to(op.dtype), SOLVE_SEED, tol)  # each warm start as local's
+        return batched_lanczos(matvec, starts, tol=tol,
                                max_iter=[self.members[r].max_iter for r in rows], max_basis=self.max_basis)
 
     def evaluate(self, rows, x, y):

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 
 from catapult.curvature import EigenEstimate, batched_lanczos
+from catapult.curvature.start import mixed_starts
+from catapult.engine.sharpness_rule import SOLVE_SEED
 from catapult.sweep.batched_loop import open_group, train_group
 from catapult.sweep.batched_optim import StackedOptimizer
 from catapult.sweep.ensemble_kernels import MLPStack, even_ranges
@@ -110,6 +112,7 @@ class KernelStack(MLPStack):
                                               [g.index_select(0, idx) for g in grads])
         tol = [self.members[r].tol for r in rows]
         max_iter = [self.members[r].max_iter for r in rows]
+        inits = mixed_starts(inits, SOLVE_SEED, tol)  # each warm start as the local engine's
 
         def operator(sel: torch.Tensor, V: torch.Tensor, hvp) -> torch.Tensor:
             """The solver's operator from Hessian products ``hvp``: ``H v``, or with ``precond =
