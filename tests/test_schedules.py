@@ -425,11 +425,13 @@ def test_persistent_warmup_bad_arguments():
         schedules.PersistentCatapultWarmup(opt, model, _mse, 1.0).load_state_dict({})
     # progress saved under another target or delta is not silently mixed into this warmup
     saved = schedules.PersistentCatapultWarmup(opt, model, _mse, 1.0, delta=0.1).state_dict()
-    for other, key in (({"lr_target": 2.0}, "lr_target"), ({"delta": 0.2}, "delta")):
-        target = schedules.PersistentCatapultWarmup(opt, model, _mse, other.get("lr_target", 1.0),
-                                                    delta=other.get("delta", 0.1))
+    for other, key in (({"lr_target": 2.0}, "lr_target"), ({"delta": 0.2}, "delta"), ({"lr_start": 1e-3}, "lr_start"),
+                       ({"rtol": 0.05}, "rtol"), ({"warm_start": False}, "warm_start")):
+        target = schedules.PersistentCatapultWarmup(opt, model, _mse, other.pop("lr_target", 1.0),
+                                                    delta=other.pop("delta", 0.1), **other)
         with pytest.raises(ValueError, match=rf"saved with {key}="):
             target.load_state_dict(saved)
+    assert {k: saved[k] for k in ("lr_start", "rtol", "warm_start")} == {"lr_start": 1e-4, "rtol": None, "warm_start": True}
     schedules.PersistentCatapultWarmup(opt, model, _mse, 1.0, delta=0.1).load_state_dict(saved)
     # the lr a state_dict sets on the groups is checked: never above the target, never negative
     for lr, error, words in ((5.0, ValueError, "above this warmup's lr_target"), (-5.0, ValueError, "must be > 0"),

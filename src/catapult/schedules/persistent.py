@@ -87,6 +87,9 @@ class PersistentCatapultWarmup:
         0.5078125
     """
 
+    #: The constructor's settings a :meth:`state_dict` carries and :meth:`load_state_dict` checks.
+    SETTINGS = ("lr_target", "delta", "lr_start", "rtol", "warm_start")
+
     def __init__(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module,
                  loss_fn: Callable, lr_target: float, delta: float = 0.1, *,
                  lr_start: float | None = None, warm_start: bool = True, rtol: float | None = None):
@@ -178,21 +181,21 @@ class PersistentCatapultWarmup:
 
     def state_dict(self) -> dict[str, Any]:
         """Progress (plain Python values; safe for ``torch.load(weights_only=True)``), with the
-        settings it was made under (``lr_target``, ``delta``), which :meth:`load_state_dict`
-        checks."""
+        settings it was made under (:data:`SETTINGS`), which :meth:`load_state_dict` checks."""
         return dict(lr=self.lr, loss_ref=self.loss_ref, steps=self.steps, searches=self.searches,
                     forward_passes=self.forward_passes,
                     history=[dict(entry) for entry in self.history],
-                    lr_target=self.lr_target, delta=self.delta)
+                    **{key: getattr(self, key) for key in self.SETTINGS})
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore progress from :meth:`state_dict` and set the groups' lr accordingly."""
         missing = {"lr", "loss_ref", "steps", "searches", "forward_passes", "history"} - set(state_dict)
         if missing:
             raise KeyError(f"PersistentCatapultWarmup state_dict is missing {sorted(missing)}")
-        # progress made towards another target (or with another catapult threshold) would mix
-        # two warmups; a state_dict saved before these keys existed is taken as it is
-        for key in ("lr_target", "delta"):
+        # progress made towards another target (or with another catapult threshold, search start,
+        # bracket tolerance or warm start) would mix two warmups' searches; a state_dict saved
+        # before these keys existed is taken as it is
+        for key in self.SETTINGS:
             if key in state_dict and state_dict[key] != getattr(self, key):
                 raise ValueError(f"PersistentCatapultWarmup state_dict was saved with {key}="
                                  f"{state_dict[key]!r}, this warmup has {key}={getattr(self, key)!r}")
