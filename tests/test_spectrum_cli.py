@@ -138,10 +138,11 @@ def _hostile_pickle(path):
 
 
 @pytest.mark.parametrize("case", ["missing", "text", "hostile", "shape", "entries", "nan", "list", "overflow",
-                                  "sparse", "meta", "complex", "integer", "parametrization"])
+                                  "sparse", "meta", "complex", "integer", "parametrization", "finer"])
 def test_bad_weights_exit_2_naming_the_problem(case, tmp_path, capsys):
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(CONFIG))
+    # finer: a float64 run's weights for a float32 config were rounded without a word
+    path.write_text(yaml.safe_dump(dict(CONFIG, dtype="float32") if case == "finer" else CONFIG))
     state = build_run(CONFIG).model.state_dict()
     weights = tmp_path / "w.pt"
     first = next(iter(state))
@@ -170,6 +171,8 @@ def test_bad_weights_exit_2_naming_the_problem(case, tmp_path, capsys):
     elif case == "parametrization":  # a muP run's model.pt for an SP config: was a ParametrizationMismatch traceback
         torch.save(build_run(dict(CONFIG, model=dict(CONFIG["model"], parametrization="mup"))).model.state_dict(),
                    weights)
+    elif case == "finer":
+        torch.save(state, weights)
     assert cli.main(["spectrum", str(path), "--weights", str(weights)]) == 2
     err = capsys.readouterr().err
     assert "--weights" in err and "Traceback" not in err and len(err.splitlines()) == 1
@@ -178,7 +181,9 @@ def test_bad_weights_exit_2_naming_the_problem(case, tmp_path, capsys):
                 "nan": "non-finite", "list": "holds no state_dict", "overflow": "the loss on batch 0 is",
                 "sparse": f"{first} is a sparse tensor", "meta": f"{first} is a meta (data-less) tensor",
                 "complex": f"{first} is a complex tensor", "integer": f"{first} is torch.int64",
-                "parametrization": "saved from a model with parametrization 'mup'"}[case]
+                "parametrization": "saved from a model with parametrization 'mup'",
+                "finer": f"{first} is torch.float64, the config's model has torch.float32 (loading would round the "
+                         f"weights): set dtype: float64"}[case]
     assert expected in err
     assert "weights_only" not in err  # torch's advice to load with weights_only=False is not passed on
     assert not (tmp_path / "w.pt.ran").exists()

@@ -40,7 +40,8 @@ def load_weights(model: nn.Module, path: str | Path, *, key: str = "weights") ->
     Refuses, with a :class:`~catapult.config.ConfigError` naming ``key`` and the problem, a
     missing file, a file that is not a tensor dictionary (anything but tensors and plain
     containers is refused by ``weights_only``), missing or unexpected entries, a shape that
-    differs from the model's, non-finite values (a diverged run's weights) and weights saved under
+    differs from the model's, a floating dtype finer than the model's (loading would round it),
+    non-finite values (a diverged run's weights) and weights saved under
     another parametrization or density. A
     ``DistributedDataParallel`` state (every name prefixed ``module.``) is accepted.
     """
@@ -80,6 +81,12 @@ def load_weights(model: nn.Module, path: str | Path, *, key: str = "weights") ->
         if mine.is_floating_point() != state[name].is_floating_point():  # load_state_dict would cast it
             raise cfg.ConfigError([(key, f"{path}: {name} is {state[name].dtype}, the config's model has "
                                          f"{mine.dtype}")])
+        if mine.is_floating_point() and torch.finfo(state[name].dtype).eps < torch.finfo(mine.dtype).eps:
+            # load_state_dict rounded them to the model's dtype, and the spectrum was the rounded
+            # weights' without a word (an upcast is exact and is taken)
+            raise cfg.ConfigError([(key, f"{path}: {name} is {state[name].dtype}, the config's model has {mine.dtype} "
+                                         f"(loading would round the weights): set dtype: "
+                                         f"{str(state[name].dtype).removeprefix('torch.')} in the config")])
         if state[name].is_floating_point() and not bool(torch.isfinite(state[name]).all()):
             raise cfg.ConfigError([(key, f"{path}: {name} holds non-finite values (weights of a diverged run?)")])
     try:
