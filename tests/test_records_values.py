@@ -53,6 +53,11 @@ def test_summary_scalars_by_hand():
     assert s["steps_completed"] == 4
     s = _summary(metrics, status="diverged", diverged_at=3)
     assert (s["status"], s["steps_completed"], s["diverged_at"]) == ("diverged", 3, 3)
+    assert s["final_train_accuracy"] == 0.5  # a finite last loss: its outputs counted
+    # a last loss that is not finite: the accuracy of its outputs (argmax of nan) is no result
+    for bad in (math.nan, math.inf):
+        metrics[-1].update(train_loss=bad, train_accuracy=0.1)
+        assert _summary(metrics, status="diverged", diverged_at=3)["final_train_accuracy"] is None
 
 
 def test_metrics_csv_reads_its_integer_columns_back_as_ints_and_json_safe_drops_inf(tmp_path):

@@ -218,7 +218,8 @@ def summarize(config, metrics, *, status, diverged_at, lambda_0, lr_trgt, thresh
     :func:`~catapult.engine.step.final_status` of it (the paper's accuracy rule, ``collapsed``),
     with ``failure`` saying which rule failed the run (``None`` if none did). A diverged run has
     no final test loss, test accuracy or sharpness (``None``, as in the sweep store): its last
-    evaluation came before it blew up and would flatter it; its best and peak values stay.
+    evaluation came before it blew up and would flatter it; its best and peak values stay. Nor a
+    final training accuracy where its last loss is not finite (the outputs it would count are not).
     """
     losses = [r["train_loss"] for r in metrics if finite(r["train_loss"])]
     sharp = [(r["step"], r["sharpness"]) for r in metrics if r["sharpness"] is not None]
@@ -251,7 +252,8 @@ def summarize(config, metrics, *, status, diverged_at, lambda_0, lr_trgt, thresh
         "final_train_loss": last.get("train_loss"),
         "peak_train_loss": max(losses) if losses else None,
         "min_train_loss": min(losses) if losses else None,
-        "final_train_accuracy": last.get("train_accuracy"),
+        # taken from the outputs a non-finite loss came from (argmax of nan: class 0) it was a number
+        "final_train_accuracy": last.get("train_accuracy") if finite(last.get("train_loss")) else None,
         "final_test_loss": final_tests[-1]["test_loss"] if final_tests else None,
         "final_test_accuracy": final_tests[-1]["test_accuracy"] if final_tests else None,
         # over finite values: max() with a nan first returned nan, and skipped one anywhere else
