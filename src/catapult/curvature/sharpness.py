@@ -205,8 +205,10 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
         dtype: ``None`` (the parameters' dtype; float32 for a float16/bfloat16 model, whose
             rounding is above any useful ``tol``), ``torch.float32`` or ``torch.float64``
             (parameters, buffers and floating inputs/targets are cast for the computation only).
-        init: flat start vector, e.g. the previous ``est.vector`` (warm start); default a
-            standard normal vector from a private generator seeded with ``seed``.
+        init: flat start vector, e.g. the previous ``est.vector`` (warm start), mixed with a
+            part ``min(100 tol, 1)`` of the seeded random vector, so that a start lying in an
+            invariant subspace can leave it (:func:`~catapult.curvature.start.mixed_start`);
+            default that standard normal vector alone, from a private generator seeded with ``seed``.
         hvp: ``"auto"``, ``"double_backprop"``, ``"forward_over_reverse"`` or
             ``"finite_difference"`` (two gradients per product, no double backward, each
             checked for kinks: a ValueError where the steps cross them; the solve ends with two

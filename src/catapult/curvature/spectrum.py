@@ -87,7 +87,8 @@ def top_eigenpairs(model, loss_fn, batch, k: int = 5, *, tol: float = 1e-3, init
     spectrum, as in :func:`catapult.preconditioned_sharpness`; vectors in those coordinates);
     with SGD and ``scale_by_group_lr`` it is ``M^1/2 A M^1/2``, ``M = diag(lr_i / lr_0)`` (the
     lr-scaled spectrum, as in :func:`catapult.optim.thresholds.lr_scaled_sharpness`).
-    ``init``: a flat start vector (e.g. a previous top eigenvector); ``distributed``,
+    ``init``: a flat start vector (e.g. a previous top eigenvector; mixed with a seeded random part
+    as :func:`catapult.sharpness`'s); ``distributed``,
     ``memory``, ``chunk_size``, ``dtype``, ``hvp``, ``seed`` as in :func:`catapult.sharpness`
     (on a model sharded by FSDP2 the ``vectors`` are this rank's parts, as its ``est.vector``).
     On finite-difference products each pair's residual is taken with two or three more products
