@@ -137,6 +137,25 @@ def test_ensemble_equals_local_supar_sgd_lr_scaled():
         _assert_same(local, results[cell.id], rtol=1e-9)
 
 
+def test_ensemble_equals_local_with_cold_sharpness_starts():
+    # eval.sharpness_start: cold starts every measurement from the member's own start vector, as
+    # the local run does; members with warm and cold starts share one batched model, on the hand
+    # kernels and on the torch.func engine
+    cells = [_cell(i, seed=seed, dtype="float64", optimizer={"name": "adam", "lr": 1e-2, "weight_decay": 1e-3},
+                   eval={"sharpness_every": 2, "sharpness_start": start})
+             for i, (seed, start) in enumerate([(0, "cold"), (0, "warm"), (1, "cold")])]
+    for kernels in (True, False):
+        ex, results = _run(cells, kernels=kernels)
+        assert ex.fallbacks == [] and len(ex.chunks) == 1
+        for cell in cells:
+            _assert_same(train.run(cell.config, progress="none"), results[cell.id], rtol=1e-9)
+    # the same run measured from both starts: the same sharpness to tol, more products cold
+    pairs = [(a, b) for a, b in zip(results[0].metrics[1:], results[1].metrics[1:]) if a["sharpness"] is not None]
+    for a, b in pairs:
+        assert a["sharpness"] == pytest.approx(b["sharpness"], rel=2e-3)
+    assert sum(a["sharpness_matvecs"] for a, _ in pairs) > 1.5 * sum(b["sharpness_matvecs"] for _, b in pairs)
+
+
 def test_ensemble_minibatch_cross_entropy_cosine():
     cells = [_cell(i, seed=0, loss="cross_entropy",
                    train={"batch_size": 32, "steps": 20},

@@ -314,6 +314,13 @@ class EvalConfig(Section):
                             "batch and a solver without a Krylov basis (sharpness_max_basis unused), "
                             "peak memory <= 3x a training step (measured 1.0-2.8x), ~2-3x the time",
         json_schema_extra=_added())
+    # stop 47: cold starts for operators whose top eigenvalues are nearly uncoupled
+    sharpness_start: Annotated[Literal["warm", "cold"], choice()] = Field(
+        "warm", description="warm = each measurement starts from the previous one's eigenvector (with a "
+                            "seeded random part); cold = from the run's start vector every time, 2-5x the "
+                            "products, for a spectrum whose top is made of nearly uncoupled eigenvalues that "
+                            "overtake one another (Adam with coupled weight decay: bench/RESULTS.md, issue 16, 2b)",
+        json_schema_extra=_added(per_member=True))
     spectrum_top_k: Annotated[int, integer(low=0)] = Field(
         0, description="log the top-k eigenvalues (eig_1..eig_k, same kind as sharpness) at every "
                        "sharpness measurement (0 = off)", json_schema_extra=_added())

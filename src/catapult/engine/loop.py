@@ -298,6 +298,7 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
     unconverged = sum(int(not e.converged) for e in lambda0_all)
     measurements = 0
     warm: torch.Tensor | None = setup.start_vector
+    cold_start = setup.start_vector if config["eval"]["sharpness_start"] == "cold" else None
 
     metrics_file = None
     if out_path is not None:
@@ -357,7 +358,8 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
                     est = rule.measure(model, loss_fn, (x, y), optimizer, warm, kind=kind_t)
                     matvecs_total += int(est.matvecs)
                     unconverged += int(not est.converged)
-                warm = est.vector
+                # eval.sharpness_start: cold starts every measurement from the run's own vector
+                warm = est.vector if cold_start is None else cold_start
                 row["sharpness"] = float(est.value)
                 row["sharpness_matvecs"] = int(est.matvecs)
                 measurements += 1

@@ -236,7 +236,9 @@ def train_group(group: Group, stack: Stack, *, keep_models: bool = True) -> Iter
                 active[r].unconverged += int(not est.converged)
         for r, est in sorted(measured.items()):
             mb = active[r]
-            mb.warm = est.vector
+            # eval.sharpness_start: cold starts every measurement from the member's own vector (as run)
+            mb.warm = (est.vector if mb.config["eval"]["sharpness_start"] == "warm"
+                       else mb.start_vector(est.vector.numel(), est.vector.device, est.vector.dtype))
             rows[r]["sharpness"] = float(est.value)
             rows[r]["sharpness_matvecs"] = int(est.matvecs)
             if kinds[r] != kind:  # a kind that changes during the run: say which (as run does)

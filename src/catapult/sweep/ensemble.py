@@ -136,6 +136,7 @@ _KNOWN_KEYS = frozenset({
     "eval.lambda0_batches",
     "eval.sharpness_every", "eval.sharpness_tol", "eval.sharpness_max_iter", "eval.sharpness_kind",
     "eval.sharpness_hvp", "eval.sharpness_dtype", "eval.test_every", "eval.sharpness_max_basis",
+    "eval.sharpness_start",
     # a memory setting of the local engine (micro-batched HVPs, the same products to rounding);
     # the ensemble bounds its own memory by sub-batches and chunks, so it is accepted, not used
     "eval.sharpness_chunk_size",
