@@ -91,7 +91,7 @@ ENGINE_SETTINGS = [("adam", 0.001, 0.01, "gpt"), ("adamw", 0.0, 0.003, "gpt"), (
                    ("sgd", 0.0, "2/lambda0", "gpt"), ("sgd", 0.0, "1.9/lambda0", "mlp"), ("adam", 0.0, 0.001, "mlp")]
 
 
-def engine(mix: float, seed: int, setting):
+def engine(mix: float, seed: int, setting, start_kind: str = "warm"):
     from catapult import config as C
     from catapult.engine import run
 
@@ -105,7 +105,8 @@ def engine(mix: float, seed: int, setting):
                       "loss": "cross_entropy",
                       "optimizer": {"name": opt, "lr": lr, **({"weight_decay": wd} if wd else {})},
                       "train": {"steps": 30, "batch_size": 8 if kind == "gpt" else None},
-                      "eval": {"sharpness_every": 1, "test_every": 0, "spectrum_top_k": 1}})
+                      "eval": {"sharpness_every": 1, "test_every": 0, "spectrum_top_k": 1,
+                               "sharpness_start": start_kind}})
     rows = [r for r in run(cfg, progress="none").metrics if r.get("sharpness") is not None]
     off = [abs(r["sharpness"] - r["eig_1"]) / abs(r["eig_1"]) for r in rows]
     return len(rows), sum(o > 1e-2 for o in off), max(off), sum(r["sharpness_matvecs"] for r in rows)
@@ -141,6 +142,10 @@ def main(argv=None):
     parser.add_argument("--width", type=int, default=16, help="gpt: d_model")
     parser.add_argument("--tol", type=float, default=1e-3, help="gpt: the solves' tol")
     parser.add_argument("--n", type=int, default=1000, help="fcn: samples")
+    parser.add_argument("--start", choices=["warm", "cold"], default="warm",
+                        help="engine: eval.sharpness_start")
+    parser.add_argument("--settings", type=int, nargs="+", default=None,
+                        help="engine: indices of ENGINE_SETTINGS to run (default all)")
     args = parser.parse_args(argv)
     print(f"# probe_warm_start_trap: {args.problem}, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}", flush=True)
@@ -158,9 +163,10 @@ def main(argv=None):
                   flush=True)
         elif args.problem == "engine":
             total = off = products = 0
-            for setting in ENGINE_SETTINGS:
+            chosen = ENGINE_SETTINGS if args.settings is None else [ENGINE_SETTINGS[i] for i in args.settings]
+            for setting in chosen:
                 for seed in range(2):
-                    n, bad, worst, mv = engine(mix, seed, setting)
+                    n, bad, worst, mv = engine(mix, seed, setting, args.start)
                     total, off, products = total + n, off + bad, products + mv
                     print(f"  mix {mix:g} {setting} seed {seed}: {bad}/{n} rows >1% off, worst {worst:.2e}, "
                           f"{mv} products", flush=True)
