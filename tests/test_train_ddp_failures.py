@@ -23,10 +23,15 @@ import os, sys
 import catapult.engine.distributed as distributed
 if int(os.environ["RANK"]) == int(os.environ.get("FAIL_RANK", "-1")):
     batch = distributed.ShardBatches.batch
+    token = os.environ.get("FAULT") == "token"
     def failing(self, t):
-        if t == 2:
+        if t == 2 and not token:
             raise OSError(5, "Input/output error (this rank's data disk)")
-        return batch(self, t)
+        x, y = batch(self, t)
+        if t == 2 and token:  # a token id beyond the vocabulary in this rank's rows
+            x = x.clone()
+            x[0, 0] = 10 ** 6
+        return x, y
     distributed.ShardBatches.batch = failing
 from catapult.cli import main
 sys.exit(main(sys.argv[1:]))
@@ -47,7 +52,7 @@ def _config(tmp_path):
     return path
 
 
-def _two_ranks(tmp_path, *args, fail_rank=None):
+def _two_ranks(tmp_path, *args, fail_rank=None, fault=""):
     """Each rank's ``(exit code, stderr)``, the ranks started as torchrun starts them."""
     wrapper = tmp_path / "wrapper.py"
     wrapper.write_text(WRAPPER)
@@ -56,7 +61,7 @@ def _two_ranks(tmp_path, *args, fail_rank=None):
     for rank in range(2):
         env = dict(os.environ, WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                    MASTER_PORT=port, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1",
-                   FAIL_RANK=str(-1 if fail_rank is None else fail_rank))
+                   FAIL_RANK=str(-1 if fail_rank is None else fail_rank), FAULT=fault)
         procs.append(subprocess.Popen([sys.executable, str(wrapper), "train-ddp", *args, "--progress", "none",
                                        "--backend", "gloo"], env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True))
@@ -95,6 +100,18 @@ def test_one_rank_failing_mid_run_ends_every_rank_with_a_message(tmp_path):
     assert err0.startswith("catapult train-ddp: error: rank 0: another process of this run stopped; "
                            "its own message says why (gloo: ")
     assert not out.exists()                 # the partial run directory goes, as in one process
+
+
+def test_a_forward_failing_on_one_rank_of_a_sharded_model_ends_every_rank(tmp_path):
+    # the lambda_0 sharpness on batch 2: the failed rank's forward raised inside union_weight's
+    # agreement, whose all-reduce met the other rank's FSDP all-gather, and both waited there until
+    # the process group's timeout (30 minutes with gloo), neither with the IndexError
+    results = _two_ranks(tmp_path, str(_config(tmp_path)), "train.fsdp=true", "eval.sharpness_every=2",
+                         "--out", str(tmp_path / "run"), fail_rank=0, fault="token")
+    (code0, err0), (code1, err1) = results
+    assert code0 != 0 and "GPT token ids must lie in [0, 257)" in err0
+    assert code1 == 1 and "Traceback" not in err1 and len(err1.strip().splitlines()) == 1
+    assert not (tmp_path / "run" / "summary.json").exists()
 
 
 def test_a_full_disk_writing_the_weights_exits_2_naming_the_file(tmp_path, monkeypatch, capsys):

@@ -229,11 +229,18 @@ def shard_weight(batch, device=None) -> float:
     return local / sum(sizes)
 
 
-def agreed(build: Callable[[], Any], device=None) -> Any:
+def agreed(build: Callable[[], Any], device=None, *, collective: bool = False) -> Any:
     """``build()`` on every rank, its failure agreed (every rank must call it): a rank whose call
     raises re-raises its error once the others know, and they raise a ValueError naming it. Left
     to itself, the failing rank was the only one to say why, and the others waited in the next
     collective call until it exited (a refused micro-batch split, a kink in one rank's shard).
+
+    ``collective``: ``build`` itself runs collectives (a forward of a model sharded by FSDP2,
+    which all-gathers each block's weights as it goes). The others may then still be inside
+    them when one rank's call raises, so no agreement can be reached: that rank raises at once,
+    and its process's end ends their collectives (``catapult train-ddp``). Sent into the
+    agreement's all-reduce, it met their all-gather and every rank waited there until the
+    process group's timeout (30 minutes with gloo), the failed one included, none with its error.
 
     >>> with single_process_group():
     ...     agreed(lambda: 6 * 7)
@@ -244,6 +251,8 @@ def agreed(build: Callable[[], Any], device=None) -> Any:
     try:
         result, error = build(), None
     except Exception as err:  # re-raised below, after the others have been told
+        if collective:
+            raise
         result, error = None, err
     failed = torch.zeros(dist.get_world_size(), dtype=torch.float64, device=device)
     failed[dist.get_rank()] = float(error is not None)
@@ -310,7 +319,7 @@ def union_weight(model, loss_fn, batch, device=None, *, testable: bool = True) -
     """
     weight = shard_weight(batch, device)
     kind = agreed(lambda: (_shard_reduction if testable else _sharded_shard_reduction)(model, loss_fn, batch),
-                  device)
+                  device, collective=not testable)
     votes = torch.tensor([float(kind == "mean"), float(kind == "sum")], dtype=torch.float64, device=device)
     means, sums = all_reduce_sum(votes).tolist()
     if means and sums:

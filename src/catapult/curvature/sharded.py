@@ -45,12 +45,14 @@ than ``"auto"`` / ``"finite_difference"``, a ``dtype`` other than the parameters
 (``chunk_size``), the Gauss-Newton curvature, and placements other than FSDP's ``Shard(0)`` or
 ``Replicate()`` on a 1-D mesh.
 
-What is not caught: a forward that raises on one rank only (a token id beyond the vocabulary in
+What is not agreed: a forward that raises on one rank only (a token id beyond the vocabulary in
 that rank's shard). An unsharded model's first forward is guarded, and every rank stops with
-that rank's error; a sharded model's forward all-gathers each block's weights as it goes, so
-the ranks whose forward goes on wait in the next all-gather until the process group's timeout
-(measured: both ranks of a gloo group with a 40 s timeout ended in gloo's timeout error, neither
-with the IndexError). FSDP training itself behaves the same. Guarding it would mean gathering
+that rank's error; a sharded model's forward all-gathers each block's weights as it goes, so the
+others may still be inside those all-gathers: the failing rank raises its error at once
+(:func:`~catapult.curvature.distributed.agreed` with ``collective``), and the others' all-gather
+ends when its process does (``catapult train-ddp`` then names that rank and its error on every
+rank). A process that catches the error and goes on leaves the others waiting in the all-gather
+until the process group's timeout, as in FSDP training itself. Guarding it would mean gathering
 the whole model first, the memory that sharding exists to avoid: check such inputs before the call.
 
 Example: ``L(w) = mean((x w - y)^2)`` over ``x = (2, 0), (0, 1)`` has the Hessian ``diag(4, 1)``;
