@@ -329,3 +329,12 @@ def test_the_plot_never_replaces_the_trajectories_of_the_run_it_measures(tmp_pat
     err = capsys.readouterr().err
     assert "--plot" in err and "is a file of the `catapult train` run in" in err and "Traceback" not in err
     assert figure.read_bytes() == before
+
+
+def test_a_top_k_below_the_configs_block_size_takes_a_block_of_top_k():
+    # eval.spectrum_block_size is bounded by eval.spectrum_top_k, but --top-k may ask for fewer:
+    # the block is then --top-k (a block of k finds k copies), not a ValueError from the solver
+    blocked = {**CONFIG, "eval": {**CONFIG["eval"], "spectrum_top_k": 3, "spectrum_block_size": 3}}
+    values, _ = _dense(blocked)
+    s = measure_spectrum(blocked, top_k=1, trace_matvecs=0, density_runs=0)
+    assert s["converged"] and s["eigenvalues"] == pytest.approx(values[:1].tolist(), rel=1e-6)
