@@ -184,3 +184,19 @@ def test_a_folder_holding_one_file_is_refused_without_overwrite(tmp_path):
         check_out_dir(tmp_path, overwrite=False)
     (tmp_path / "notes.txt").unlink()
     assert check_out_dir(tmp_path, overwrite=False) == tmp_path   # empty: usable
+
+
+def test_a_folder_in_place_of_a_run_file_is_named_as_not_a_plain_file(tmp_path):
+    # not a symbolic link, but not a file the run could replace either: refused before any
+    # contents are judged, naming what it is (not "not a file a catapult run wrote"), and kept
+    from catapult.engine.run_dir import check_out_dir
+
+    name = "model.pt"
+    out = tmp_path / "run"
+    engine.run(_config(steps=1), out_dir=out, progress="none")
+    (out / name).unlink()
+    (out / name).mkdir()
+    (out / name / "mine.txt").write_text("mine")
+    with pytest.raises(RunDirectoryError, match=rf"it holds {name} \(not a plain file\)"):
+        check_out_dir(out, overwrite=True)
+    assert (out / name / "mine.txt").read_text() == "mine"
