@@ -99,6 +99,25 @@ def test_every_marked_figure_format_is_known_again(tmp_path, suffix):
     assert not written_by_catapult(tmp_path / f"g.{suffix}")
 
 
+def test_an_upper_case_suffix_is_marked_as_its_format(tmp_path):
+    # fig.PNG is a PNG and fig.JPG a JPEG to matplotlib: each carries the mark in its format's own
+    # metadata (read back by Pillow), so the next run knows it as its own and replaces it
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    from catapult.files import save_figure
+
+    save_figure(Figure(figsize=(1, 1)), tmp_path / "f.PNG")
+    save_figure(Figure(figsize=(1, 1)), tmp_path / "f.JPG")
+    with Image.open(tmp_path / "f.PNG") as png, Image.open(tmp_path / "f.JPG") as jpg:
+        assert (png.format, png.text.get("Software")) == ("PNG", "written by catapult")
+        assert (jpg.format, jpg.info.get("comment")) == ("JPEG", b"written by catapult")
+    assert written_by_catapult(tmp_path / "f.PNG") and written_by_catapult(tmp_path / "f.JPG")
+
+
 def test_a_parquet_export_is_marked(store, tmp_path):
     pytest.importorskip("pyarrow")
     assert cli.main(["export", "s.db", "--out", "cells.parquet"]) == 0
