@@ -43,3 +43,13 @@ def test_a_numpy_float_is_written_as_its_number_not_its_repr():
     # repr(np.float64(0.1)) is "np.float64(0.1)" under NumPy 2, which no reader takes for a number
     assert csv_cell(np.float64(0.1)) == "0.1"
     assert csv_text(["x"], [[np.float64(-2.5e-300)]]).splitlines()[1] == "-2.5e-300"
+
+
+def test_a_float_subclass_is_written_as_its_number_not_its_str():
+    # a float is written by float's own repr, whatever its class prints (here 3 digits)
+    class Rounded(float):
+        def __str__(self):
+            return f"{float(self):.3g}"
+
+    assert str(Rounded(0.123456789)) == "0.123"
+    assert csv_cell(Rounded(0.123456789)) == "0.123456789"
