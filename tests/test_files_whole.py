@@ -193,3 +193,22 @@ def test_the_module_imports_and_writes_whole_without_fcntl(tmp_path, monkeypatch
     module.write_whole(tmp_path / "a.txt", lambda fh: fh.write(b"whole"))
     assert (tmp_path / "a.txt").read_text() == "whole" and not (tmp_path / "victim").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+
+
+@pytest.mark.parametrize("by_path", [False, True])
+def test_an_error_without_a_file_name_while_writing_names_the_output(tmp_path, monkeypatch, by_path):
+    # a full disk raises OSError(ENOSPC) with no file name from fh.write: the error names the
+    # file the user asked for (not the .partial- one, nor none), and leaves neither file
+    import errno
+    import os
+
+    _by_path(monkeypatch, by_path)
+
+    def full(fh):
+        fh.write(b"half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(OSError) as info:
+        write_whole(tmp_path / "a.txt", full)
+    assert (info.value.errno, info.value.filename) == (errno.ENOSPC, str(tmp_path / "a.txt"))
+    assert list(tmp_path.iterdir()) == []
