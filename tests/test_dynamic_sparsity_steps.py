@@ -33,3 +33,18 @@ def test_a_grown_weight_starts_at_zero_whatever_its_pruned_entry_held():
     assert updater.step(50)
     assert layer.mask.tolist() == [[True, True], [False, True]]
     assert layer.weight.tolist() == [[1.0, 2.0], [0.0, 0.0]]
+
+
+def test_the_configs_fractions_are_the_nearest_steps_not_truncated_products():
+    # 0.57 * 100 is 56.99999999999999 and 0.29 * 100 is 28.999999999999996 in binary floating
+    # point: 57% and 29% of 100 steps are steps 57 and 29, not the products' integer parts
+    from catapult.engine.build import build_run
+
+    config = {"data": {"name": "digits", "n_train": 32, "n_test": 16}, "train": {"steps": 100},
+              "model": {"width": 8, "depth": 3, "density": 0.5,
+                        "sparsity": {"method": "rigl", "update_every": 1, "start_fraction": 0.29,
+                                     "end_fraction": 0.57}},
+              "eval": {"sharpness_every": 0, "test_every": 0}}
+    updater = build_run(config).mask_updater
+    assert (updater.end_step, updater.start_step) == (57, 29)
+    assert [t for t in range(100) if updater.is_update_step(t)][-1] == 56   # RigL: t < T_end
