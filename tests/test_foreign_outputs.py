@@ -85,6 +85,28 @@ def test_an_export_without_a_suffix_is_replaced_by_the_same_command_and_a_users_
     assert (tmp_path / "results").read_bytes() == first
 
 
+@pytest.mark.parametrize("argv, name, mine", [
+    (["export", "s.db", "--out"], "cells.txt", b"a,b\n1,2\n"),
+    (["export", "s.db", "--format", "csv", "--out"], "cells.tsv", b"cell_id\tstatus\n"),
+    (["report", "s.db", "--out"], "page", b"<html>mine</html>"),
+    (["report", "s.db", "--out"], "page.txt", b"<html>mine</html>"),
+])
+def test_an_output_under_another_suffix_is_replaced_by_the_same_command_and_a_users_file_is_not(
+        store, tmp_path, capsys, argv, name, mine):
+    # `export --out cells.txt` (and `report --out page`) wrote the file, then refused its own
+    # rerun: "cells.txt exists and is not a .csv / .parquet / .pq file this command writes";
+    # such a name is judged as the format the command writes there
+    assert cli.main([*argv, name]) == 0
+    first = (tmp_path / name).read_bytes()
+    assert cli.main([*argv, name]) == 0, capsys.readouterr().err
+    assert (tmp_path / name).read_bytes() == first
+    (tmp_path / name).write_bytes(mine)
+    assert cli.main([*argv, name]) == 2
+    err = capsys.readouterr().err
+    assert f"{name} exists and " in err and "Traceback" not in err
+    assert (tmp_path / name).read_bytes() == mine
+
+
 @pytest.mark.parametrize("suffix", ["png", "svg", "svgz", "pdf", "jpg", "tiff", "eps", "gif", "webp", "avif"])
 def test_every_marked_figure_format_is_known_again(tmp_path, suffix):
     import matplotlib

@@ -89,8 +89,8 @@ def written_by_catapult(path, *, as_suffix: str | None = None) -> bool:
     """Whether the existing file ``path`` is one catapult wrote: a marked figure, report or
     Parquet export, an export CSV (its header: ``cell_id`` first, or the aggregate's ``n_seeds``,
     with ``status``), or a run record (:func:`is_run_record`). Links and unreadable files are not.
-    A file is judged by its suffix, or for a name without one by ``as_suffix`` (``".csv"``: the
-    format a command writes there, ``export --format csv --out results``).
+    A file is judged by ``as_suffix`` where given (``".csv"``: the format a command writes
+    there, whatever the name says: ``export --format csv --out results.txt``), else by its suffix.
 
     >>> import tempfile, os
     >>> folder = tempfile.mkdtemp()
@@ -105,7 +105,7 @@ def written_by_catapult(path, *, as_suffix: str | None = None) -> bool:
     path = Path(path)
     if path.is_symlink() or not path.is_file():
         return False
-    suffix = (path.suffix or as_suffix or "").lower()
+    suffix = (as_suffix or path.suffix or "").lower()
     try:
         if suffix == ".csv":
             header = _csv_header(path)

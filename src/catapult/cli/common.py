@@ -170,12 +170,14 @@ def check_out_file(option: str, path, replaces: tuple[str, ...] | None = None, *
     ConfigError naming the option.
 
     ``replaces``: the suffixes of the files the command writes (e.g. ``(".html",)``). An existing
-    file is replaced only when its suffix is one of them and catapult wrote it
+    file is replaced only when catapult wrote it in the format the command writes
     (:func:`catapult.files.written_by_catapult`: an earlier output of this kind), so
-    ``--out config.yaml`` or a user's own ``results.csv`` is refused. Without ``replaces`` (a
+    ``--out config.yaml`` or a user's own ``results.csv`` is refused (the first as not of a
+    suffix of ``replaces``). Without ``replaces`` (a
     figure), an existing file is replaced only when catapult wrote it. ``as_suffix``: the suffix of
-    the format the command writes to a name without one (``export --format parquet --out
-    results``), by which such a file is judged."""
+    the format the command writes to a name without one of ``replaces`` (``export --format
+    parquet --out results``, ``report --out page.txt``), by which such a file is judged: the
+    same command replaces it."""
     if path is None:
         return
     path = Path(path)
@@ -200,11 +202,14 @@ def check_out_file(option: str, path, replaces: tuple[str, ...] | None = None, *
     if _is_sqlite(path):  # `export s.db --out s.db` wrote the table over the store it read
         raise ConfigError([(option, f"{path} is an SQLite database (a sweep store?) that would be overwritten; "
                                     f"give a new file name")])
-    suffix = (path.suffix or as_suffix or "").lower()
-    if replaces is not None and path.is_file() and suffix not in replaces:
+    named = path.suffix.lower()
+    # a name of no format the command writes is judged as the one it writes there (as_suffix)
+    judged = as_suffix.lower() if as_suffix is not None and named not in (replaces or ()) else named
+    ours = path.exists() and written_by_catapult(path, as_suffix=judged or None)
+    if replaces is not None and path.is_file() and not ours and (named or judged) not in replaces:
         raise ConfigError([(option, f"{path} exists and is not a {' / '.join(replaces)} file this command "
                                     f"writes; give a new file name")])
-    if path.exists() and not written_by_catapult(path, as_suffix=as_suffix):
+    if path.exists() and not ours:
         raise ConfigError([(option, f"{path} exists and catapult did not write it; give a new file name "
                                     f"(or remove it first)")])
 

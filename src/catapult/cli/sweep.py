@@ -482,7 +482,7 @@ def _report_command(args: argparse.Namespace) -> int:
         return _fail("report", problem)
     # the default, <store>.html, is the store itself for a store named x.html
     check_out_file("--out", args.out if args.out is not None else Path(args.store).with_suffix(".html"),
-                   replaces=(".html", ".htm"))
+                   replaces=(".html", ".htm"), as_suffix=".html")
     from catapult.report import write_report
     from catapult.sweep.store import StoreError
 
