@@ -60,6 +60,9 @@ def _reductions_and_verdict(rank, world, bad):
     procs = DataParallel(rank, world)
     got = {"mean": procs.mean((rank + 1.0, 10.0 * rank)), "all_one": procs.all(rank == 0),
            "all_both": procs.all(True), "writes": procs.writes}
+    from catapult.curvature.distributed import agreed_minimum
+
+    got["minimum"] = agreed_minimum(7 - 3 * rank)   # 7 and 4: the ranks agree on 4
     layer = SimpleNamespace(module=SimpleNamespace(dense_grad=torch.full((2, 2), float(rank + 1))))
     updater = SimpleNamespace(layers=[layer], is_update_step=lambda t: t == 4)
     procs.before_mask_update(updater, 3)   # not an update step: this rank's own gradient
@@ -87,7 +90,7 @@ def test_data_parallel_reduces_over_both_processes_and_shares_rank0s_verdict(tmp
     np.save(bad / "part0.npy", ids)
     for rank, got in enumerate(on_ranks(_reductions_and_verdict, str(bad))):
         assert got["mean"] == pytest.approx(((1.0 + 2.0) / 2, (0.0 + 10.0) / 2), rel=1e-15)
-        assert got["all_one"] is False and got["all_both"] is True
+        assert got["all_one"] is False and got["all_both"] is True and got["minimum"] == 4
         assert got["writes"] is (rank == 0)
         assert torch.equal(got["grad_3"], torch.full((2, 2), float(rank + 1)))
         assert torch.equal(got["grad_4"], torch.full((2, 2), 1.5))   # (1 + 2) / 2 on every rank
