@@ -541,3 +541,20 @@ def test_optimizer_states_that_differ_between_the_ranks_are_refused_on_every_ran
             "DistributedDataParallel, or broadcast rank 0's parameters and state, before measuring)")
         assert res["betas"] == ("distributed=True: top_eigenpairs's optimizer's betas (param group 0) differs between "
                                 "the ranks; pass the same on every rank (the ranks would run different collectives)")
+
+
+def test_products_of_a_diverged_union_are_counted_as_the_local_operators_are():
+    # a non-finite union loss: every product is nan without a local product, but each one asked
+    # is counted, as the local operator counts its nan products (est.matvecs was 0 under mutation)
+    from catapult.curvature import HessianOperator
+    from catapult.curvature.distributed import DistributedOperator, single_process_group
+
+    model = nn.Linear(2, 1, bias=False)
+    batch = (torch.tensor([[2.0, 0.0], [0.0, math.inf]]), torch.tensor([[1.0], [0.0]]))
+    local = HessianOperator(model, nn.MSELoss(), batch)
+    with single_process_group():
+        union = DistributedOperator(HessianOperator(model, nn.MSELoss(), batch), 1.0)
+        products = [union(torch.ones(2)) for _ in range(3)]
+    for _ in range(3):
+        assert torch.isnan(local(torch.ones(2))).all()
+    assert all(torch.isnan(p).all() for p in products) and union.matvecs == local.matvecs == 3
