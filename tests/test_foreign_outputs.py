@@ -107,6 +107,23 @@ def test_an_output_under_another_suffix_is_replaced_by_the_same_command_and_a_us
     assert (tmp_path / name).read_bytes() == mine
 
 
+def test_a_report_does_not_replace_a_figure_catapult_drew(store, tmp_path, capsys):
+    # `report --out fig.png` over a marked figure: judged as an .html file, the figure's mark made
+    # it "ours", and the report replaced the PNG with HTML
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    path = tmp_path / "fig.png"
+    Figure().savefig(path, **figure_mark(path))
+    before = path.read_bytes()
+    assert cli.main(["report", str(store), "--out", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "fig.png exists and is not a .html / .htm file this command writes" in err
+    assert path.read_bytes() == before
+
+
 @pytest.mark.parametrize("suffix", ["png", "svg", "svgz", "pdf", "jpg", "tiff", "eps", "gif", "webp", "avif"])
 def test_every_marked_figure_format_is_known_again(tmp_path, suffix):
     import matplotlib

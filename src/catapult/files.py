@@ -119,6 +119,8 @@ def written_by_catapult(path, *, as_suffix: str | None = None) -> bool:
         if path.stat().st_size > _LARGEST:
             return False
         data = path.read_bytes()
+        if suffix in (".html", ".htm"):  # a report; a marked figure judged as one is not
+            return data.lstrip()[:15].lower() == b"<!doctype html>" and MARK.encode() in data
         if suffix == ".svgz":
             import gzip
 
