@@ -17,31 +17,22 @@ import argparse
 import math
 import statistics
 
+import os
+import sys
+
 import torch
 
 from catapult import critical_lr, preconditioned_sharpness, schedules, sharpness
 from catapult.optim import GIAdam
 
-
-def mse(out, y):
-    return 0.5 * ((out - y) ** 2).mean()
-
-
-class TwoLayer(torch.nn.Module):
-    def __init__(self, d, width, k):
-        super().__init__()
-        self.U = torch.nn.Parameter(torch.randn(width, d, dtype=torch.float64))
-        self.V = torch.nn.Parameter(torch.randn(k, width, dtype=torch.float64))
-
-    def forward(self, x):
-        return torch.relu(x @ self.U.T / self.U.shape[1] ** 0.5) @ self.V.T / self.V.shape[1] ** 0.5
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+from warmup_problems import catapult_problem, half_mse as mse  # noqa: E402  (the tests' problem)
 
 
 def problem(seed):
-    torch.manual_seed(seed)
-    x = torch.randn(64, 16, dtype=torch.float64)
-    y = torch.nn.functional.one_hot(torch.randint(0, 4, (64,)), 4).double()
-    return TwoLayer(16, 256, 4), (x, y)
+    """The tests' wide two-layer catapult problem (tests/warmup_problems.py), width 256."""
+    return catapult_problem(seed, width=256)
+
 
 
 def gd(model, batch, steps, *, lr=None, pcw=None):
