@@ -130,10 +130,12 @@ DTYPE_MAX = {"float32": 3.4028234663852886e38, "float64": 1.7976931348623157e308
 
 
 def _check_dtype_range(config: dict) -> Problems:
-    """Learning rates must be representable in the run's dtype: ``lr <= finfo(dtype).max``.
+    """Learning rates and the weight decay must be representable in the run's dtype:
+    ``lr <= finfo(dtype).max``.
 
-    torch converts the lr to the parameters' dtype in every update, so ``1e39`` under float32
-    would fail (or turn into inf) at the first step, after the run directory was written. A
+    torch converts the lr (and the L2 coefficient, ``grad.add(param, alpha=weight_decay)``) to
+    the parameters' dtype in every update, so ``1e39`` under float32 would fail (or turn into
+    inf) at the first step, after the run directory was written. A
     ``c/lambda0`` lr is checked here on ``c`` and, once lambda_0 is measured, on ``c/lambda_0``.
     """
     dtype = config["dtype"]
@@ -144,6 +146,7 @@ def _check_dtype_range(config: dict) -> Problems:
         lr = None
     values = [("optimizer.lr", None if lr is None else lr.value)]
     values += [(f"schedule.{key}", config["schedule"][key]) for key in ("lr_init", "lr_final", "lr_start")]
+    values.append(("optimizer.weight_decay", config["optimizer"]["weight_decay"]))  # torch's add(alpha=wd)
     for key, value in values:
         if value is not None and abs(value) > top:
             yield (key, f"{value:g} is beyond the range of {dtype} (max {top:.4g}); use a smaller value "
