@@ -31,3 +31,34 @@ def test_a_weight_decay_beyond_float32_is_refused(capsys, tmp_path, optimizer):
     # step: torch's coupled L2 is grad.add(param, alpha=weight_decay) in the parameters' dtype
     err = _error(capsys, tmp_path, "train", f"optimizer.name={optimizer}", "optimizer.weight_decay=1e300")
     assert "optimizer.weight_decay" in err and "float32" in err
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["optimizer.name=adam", "optimizer.lr=3e38"], "optimizer.lr"),          # step size 3e39 at beta1 0.9
+    (["optimizer.name=gi-adam", "optimizer.lr=1e37", "optimizer.betas=[0.999, 0.999]"], "optimizer.lr"),
+    (["optimizer.name=adamw", "schedule.lr_init=3e38", "schedule.warmup_steps=2"], "schedule.lr_init"),
+])
+def test_an_adam_step_size_beyond_float32_is_refused(capsys, tmp_path, overrides, key):
+    # torch's Adam hands addcdiv the scalar lr / (1 - beta1^t), 10 lr at the first step with
+    # beta1 = 0.9: an lr within float32 (3e38) ended in "value cannot be converted to type float
+    # without overflow" at the first step
+    err = _error(capsys, tmp_path, "train", *overrides)
+    assert key in err and "lr / (1 - beta1)" in err and "float32" in err
+
+
+def test_a_relative_adam_lr_whose_step_size_is_beyond_float32_is_refused(capsys, tmp_path):
+    # c within float32 passes validation; c / lambda_0 ~ 1e37 too (lambda_0 ~ 0.1 here), but the
+    # first step size c / lambda_0 / (1 - beta1) = 1e4 c / lambda_0 is not
+    err = _error(capsys, tmp_path, "train", "optimizer.name=adam", "optimizer.lr=1e36/lambda0",
+                 "optimizer.betas=[0.9999, 0.999]")
+    assert "optimizer.lr" in err and "lr / (1 - beta1)" in err and "lambda_0" in err
+
+
+def test_an_adam_lr_within_the_step_size_range_still_trains(capsys, tmp_path):
+    # the bound is the step size, not the lr: 3e38 under SGD, or 3e37 under Adam, diverge as results
+    for overrides in (["optimizer.lr=3e38"], ["optimizer.name=adam", "optimizer.lr=3e37"]):
+        config = tmp_path / "tiny.yaml"
+        config.write_text(tiny_config("fuzz"))
+        assert cli.main(["train", str(config), *overrides, "--progress", "none", "--threads", "1", "--out",
+                         str(tmp_path / overrides[-1])]) == 0
+

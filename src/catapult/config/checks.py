@@ -11,7 +11,7 @@ from catapult.config.lr import parse_lr
 from catapult.config.sections import (PRECONDITIONED_OPTIMIZERS, TEXT_DATASETS, DataConfig, ModelConfig,
                                       OptimizerConfig, ScheduleConfig)
 
-__all__ = ["CHECKS", "kink_problems"]
+__all__ = ["CHECKS", "kink_problems", "step_size_factor"]
 
 Problems = Iterable[tuple[str, str]]
 
@@ -129,28 +129,54 @@ def _check_catapult_warmup(config: dict) -> Problems:
 DTYPE_MAX = {"float32": 3.4028234663852886e38, "float64": 1.7976931348623157e308}
 
 
+def step_size_factor(optimizer: dict) -> float:
+    """The most an lr is multiplied by in the step size an optimizer hands torch as one scalar
+    of the parameters' dtype: Adam's, AdamW's and GI-Adam's bias correction ``1 / (1 - beta1^t)``
+    (``addcdiv(..., value=-lr / (1 - beta1^t))``), largest at ``t = 1``: ``1 / (1 - beta1)``; 1
+    for SGD and RAdam (whose correction multiplies a tensor). ``optimizer``: the validated
+    ``optimizer`` section.
+
+    >>> step_size_factor({"name": "adam", "betas": [0.5, 0.999]}), step_size_factor({"name": "radam", "betas": [0.5, 0.999]})
+    (2.0, 1.0)
+    """
+    if optimizer["name"] not in ("adam", "adamw", "gi-adam"):
+        return 1.0
+    return 1.0 / (1.0 - float(optimizer["betas"][0]))
+
+
 def _check_dtype_range(config: dict) -> Problems:
     """Learning rates and the weight decay must be representable in the run's dtype:
-    ``lr <= finfo(dtype).max``.
+    ``lr <= finfo(dtype).max``, and for Adam, AdamW and GI-Adam the first step size
+    ``lr / (1 - beta1)`` too (:func:`step_size_factor`).
 
-    torch converts the lr (and the L2 coefficient, ``grad.add(param, alpha=weight_decay)``) to
-    the parameters' dtype in every update, so ``1e39`` under float32 would fail (or turn into
-    inf) at the first step, after the run directory was written. A
-    ``c/lambda0`` lr is checked here on ``c`` and, once lambda_0 is measured, on ``c/lambda_0``.
+    torch converts the lr (Adam's step size; the L2 coefficient,
+    ``grad.add(param, alpha=weight_decay)``) to the parameters' dtype in every update, so ``1e39``
+    under float32 would fail (or turn into inf) at the first step, after the run directory was
+    written. A ``c/lambda0`` lr is checked here on ``c`` and, once lambda_0 is measured, on
+    ``c/lambda_0`` (:attr:`catapult.engine.build.Run.lr_target`).
     """
     dtype = config["dtype"]
     top = DTYPE_MAX[dtype]
+    opt = config["optimizer"]
     try:
-        lr = parse_lr(config["optimizer"]["lr"])
+        lr = parse_lr(opt["lr"])
     except ValueError:
         lr = None
     values = [("optimizer.lr", None if lr is None else lr.value)]
     values += [(f"schedule.{key}", config["schedule"][key]) for key in ("lr_init", "lr_final", "lr_start")]
-    values.append(("optimizer.weight_decay", config["optimizer"]["weight_decay"]))  # torch's add(alpha=wd)
+    values.append(("optimizer.weight_decay", opt["weight_decay"]))  # torch's add(alpha=wd)
     for key, value in values:
         if value is not None and abs(value) > top:
             yield (key, f"{value:g} is beyond the range of {dtype} (max {top:.4g}); use a smaller value "
                         f"or dtype: float64")
+            continue
+        stepped = key in ("schedule.lr_init", "schedule.lr_final") or (key == "optimizer.lr" and lr is not None
+                                                                       and not lr.relative)
+        factor = step_size_factor(opt)
+        if stepped and value is not None and value * factor > top:  # Adam's step size: was a RuntimeError
+            yield (key, f"{value:g} makes {opt['name']}'s first step size lr / (1 - beta1) = {value * factor:g} "
+                        f"(optimizer.betas[0] = {opt['betas'][0]:g}), beyond the range of {dtype} (max "
+                        f"{top:.4g}); use a smaller value or dtype: float64")
 
 
 def _check_wrn_and_augment(config: dict) -> Problems:

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from catapult import config as cfg
+from catapult.config.checks import step_size_factor
 from catapult.losses import get_loss
 from catapult.optim import registry
 from catapult.engine.model_size import (MODELS, check_fits, check_model_fits, check_spectrum_fits, gpt_context,
@@ -342,6 +343,12 @@ class Run:
             if not lr <= top:  # c/lambda_0 with a tiny lambda_0: torch would overflow at the first step
                 raise cfg.ConfigError([("optimizer.lr", f"{self.config['optimizer']['lr']!r} resolves to {lr:g} "
                                                         f"(lambda_0 = {self.lambda_0:g}), beyond the range of "
+                                                        f"{self.config['dtype']} (max {top:.4g})")])
+            factor = step_size_factor(self.config["optimizer"])
+            if not lr * factor <= top:  # Adam's first step size lr / (1 - beta1): a RuntimeError at step 1
+                raise cfg.ConfigError([("optimizer.lr", f"{self.config['optimizer']['lr']!r} resolves to {lr:g} "
+                                                        f"(lambda_0 = {self.lambda_0:g}), whose first step size "
+                                                        f"lr / (1 - beta1) = {lr * factor:g} is beyond the range of "
                                                         f"{self.config['dtype']} (max {top:.4g})")])
             if lr > 0 and float(torch.tensor(lr, dtype=self.dtype)) == 0.0:  # every step would be 0
                 raise cfg.ConfigError([("optimizer.lr", f"{self.config['optimizer']['lr']!r} resolves to {lr:g}, "
