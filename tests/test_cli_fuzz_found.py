@@ -62,3 +62,34 @@ def test_an_adam_lr_within_the_step_size_range_still_trains(capsys, tmp_path):
         assert cli.main(["train", str(config), *overrides, "--progress", "none", "--threads", "1", "--out",
                          str(tmp_path / overrides[-1])]) == 0
 
+
+
+GPT = ("data: {name: shakespeare, context: 8, n_train: 16, n_test: 8}\n"
+       "model: {name: gpt, width: 16, depth: 1, n_heads: 2, activation: gelu}\n"
+       "loss: cross_entropy\noptimizer: {name: adam, lr: 0.001}\n"
+       "train: {steps: 1, batch_size: 4}\neval: {sharpness_every: 0, test_every: 0}\n")
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["model.init_std=1e300", "dtype=float64"], "1.341e+154"),   # its square overflows a float
+    (["model.init_std=1e200"], "float32"),                       # beyond float32 as well
+])
+def test_a_gpt_init_std_whose_variance_overflows_is_refused(capsys, tmp_path, overrides, words):
+    # was OverflowError (34, 'Numerical result out of range') from init_std**2 in GPT.__init__
+    err = _error(capsys, tmp_path, "train", *overrides, base=GPT)
+    assert "model.init_std" in err and words in err
+
+
+def test_the_api_refuses_an_init_std_whose_variance_overflows_naming_it():
+    import torch
+
+    import catapult
+    from catapult.models import GPT as Model
+
+    with pytest.raises(ValueError, match="GPT init_std must be at most 1.34078e"):
+        Model(10, d_model=4, n_layers=1, n_heads=1, context=4, init_std=1e200)
+    Model(10, d_model=4, n_layers=1, n_heads=1, context=4, init_std=1e150)  # its square is finite
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 4), torch.nn.ReLU(),
+                              torch.nn.Linear(4, 2))
+    with pytest.raises(ValueError, match=r"parametrize\(\) init_std must be at most"):
+        catapult.parametrize(net, "mup", init_std=1e200)

@@ -12,7 +12,7 @@ import numbers
 import sys
 from typing import Any
 
-__all__ = ["check_real", "check_batch", "check_module", "check_positive_int", "check_densities", "as_integer",
+__all__ = ["check_real", "check_std", "check_batch", "check_module", "check_positive_int", "check_densities", "as_integer",
            "as_real", "check_seed", "caller_stacklevel"]
 
 
@@ -42,6 +42,28 @@ def check_real(owner: str, label: str, value: Any, *, low: float | None = None, 
             where = f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
         raise ValueError(f"{owner} {label} must be a finite number{where}; got {value!r}")
     return real
+
+
+#: The largest standard deviation whose square (a variance) is a finite float.
+STD_MAX = math.sqrt(sys.float_info.max)
+
+
+def check_std(owner: str, label: str, value: Any) -> float:
+    """``value`` as a float once it is a standard deviation whose square, a variance, is a
+    finite float (``0 < value <= sqrt(max float)``, about 1.34e154); a ValueError naming ``owner``
+    and ``label`` otherwise (``init_std**2`` raised OverflowError beyond it).
+
+    >>> check_std("GPT", "init_std", 0.02)
+    0.02
+    >>> check_std("GPT", "init_std", 1e200)
+    Traceback (most recent call last):
+    ValueError: GPT init_std must be at most 1.34078e+154 (its square, the init variance, must be a finite float); got 1e+200
+    """
+    std = check_real(owner, label, value, low=0.0, low_open=True)
+    if std > STD_MAX:
+        raise ValueError(f"{owner} {label} must be at most {STD_MAX:g} (its square, the init variance, must be a "
+                         f"finite float); got {_scalar(value)!r}")
+    return std
 
 
 def as_integer(value: Any) -> int | None:

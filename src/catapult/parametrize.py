@@ -67,7 +67,7 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from catapult.arguments import as_real, check_densities, check_module, check_real, check_seed
+from catapult.arguments import as_real, check_densities, check_module, check_real, check_seed, check_std
 from catapult.param_rules import (PARAMETRIZATIONS, ROLES, ParamSpec, check_parametrization, init_rule,
                                   init_variance, lr_multiplier, lr_rule, optimizer_family)
 from catapult.sparsity import random_mask
@@ -467,9 +467,9 @@ def parametrize(
     if width is None:
         width = _default_width(all_layers, layer_roles)
     base = width if base_width is None else base_width
-    for label, value in (("width", width), ("base_width", base), ("alpha_in", alpha_in), ("alpha_out", alpha_out),
-                         ("init_std", 1.0 if init_std is None else init_std)):  # nan too
+    for label, value in (("width", width), ("base_width", base), ("alpha_in", alpha_in), ("alpha_out", alpha_out)):
         check_real("parametrize()", label, value, low=0.0, low_open=True)
+    check_std("parametrize()", "init_std", 1.0 if init_std is None else init_std)  # nan too; init_std**2 overflowed
     check_densities("parametrize()", density, base_density)  # density = 1 - sparsity
     check_seed("parametrize()", "mask_seed", mask_seed)  # 'a' raised int()'s words; 1.5 was seed 1
     width_mult = width / base

@@ -5,6 +5,7 @@ dict; :data:`CHECKS` lists them in the order :func:`catapult.config.validate` ru
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Iterable
 
 from catapult.config.lr import parse_lr
@@ -127,6 +128,8 @@ def _check_catapult_warmup(config: dict) -> Problems:
 
 #: The largest finite value of each run dtype (``torch.finfo(dtype).max``; config imports no torch).
 DTYPE_MAX = {"float32": 3.4028234663852886e38, "float64": 1.7976931348623157e308}
+#: The largest std whose square (a variance) is a finite float.
+VARIANCE_STD_MAX = math.sqrt(DTYPE_MAX["float64"])
 
 
 def step_size_factor(optimizer: dict) -> float:
@@ -145,8 +148,8 @@ def step_size_factor(optimizer: dict) -> float:
 
 
 def _check_dtype_range(config: dict) -> Problems:
-    """Learning rates and the weight decay must be representable in the run's dtype:
-    ``lr <= finfo(dtype).max``, and for Adam, AdamW and GI-Adam the first step size
+    """Learning rates, the weight decay and the gpt's ``model.init_std`` (whose square is its
+    init variance) must be representable in the run's dtype: ``lr <= finfo(dtype).max``, and for Adam, AdamW and GI-Adam the first step size
     ``lr / (1 - beta1)`` too (:func:`step_size_factor`).
 
     torch converts the lr (Adam's step size; the L2 coefficient,
@@ -165,6 +168,11 @@ def _check_dtype_range(config: dict) -> Problems:
     values = [("optimizer.lr", None if lr is None else lr.value)]
     values += [(f"schedule.{key}", config["schedule"][key]) for key in ("lr_init", "lr_final", "lr_start")]
     values.append(("optimizer.weight_decay", opt["weight_decay"]))  # torch's add(alpha=wd)
+    std = config["model"]["init_std"]
+    if std is not None and std > min(top, VARIANCE_STD_MAX):  # the gpt's std**2 raised OverflowError
+        why = (f"the range of {dtype} (max {top:.4g})" if top < VARIANCE_STD_MAX else
+               f"{VARIANCE_STD_MAX:.4g}, whose square (the init variance) is the largest finite float")
+        yield ("model.init_std", f"{std:g} is beyond {why}; use a smaller value")
     for key, value in values:
         if value is not None and abs(value) > top:
             yield (key, f"{value:g} is beyond the range of {dtype} (max {top:.4g}); use a smaller value "

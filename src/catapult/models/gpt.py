@@ -38,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from catapult.parametrize import ParamSpec, check_parametrization, init_variance
-from catapult.arguments import check_densities, check_positive_int, check_real, check_seed
+from catapult.arguments import check_densities, check_positive_int, check_real, check_seed, check_std
 from catapult.models.options import common_kwargs, section_dict
 from catapult.parametrize_state import attach_spec
 from catapult.sparsity import MaskedLinear, random_mask
@@ -187,7 +187,7 @@ class GPT(nn.Module):
                              f"got {activation!r}")
         check_densities("GPT", density, base_density)
         check_seed("GPT", "mask_seed", mask_seed)
-        init_std = check_real("GPT", "init_std", init_std, low=0.0, low_open=True)
+        init_std = check_std("GPT", "init_std", init_std)  # init_std**2 raised OverflowError above 1.3e154
         dropout = check_real("GPT", "dropout", dropout, low=0.0, high=1.0, high_open=True)
         for label, value in (("alpha_in", alpha_in), ("alpha_out", alpha_out)):
             check_real("GPT", label, value, low=0.0, low_open=True)
