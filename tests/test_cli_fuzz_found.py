@@ -93,3 +93,28 @@ def test_the_api_refuses_an_init_std_whose_variance_overflows_naming_it():
                               torch.nn.Linear(4, 2))
     with pytest.raises(ValueError, match=r"parametrize\(\) init_std must be at most"):
         catapult.parametrize(net, "mup", init_std=1e200)
+
+
+SUPAR = ("data: {name: digits, n_train: 32, n_test: 16}\n"
+         "model: {width: 8, depth: 3, parametrization: supar, base_width: 64, density: 0.1}\n"
+         "train: {steps: 2}\neval: {sharpness_every: 0, test_every: 0}\n")
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["optimizer.lr=1e38"], "optimizer.lr"),                                     # SGD hidden lr_mult 10
+    (["optimizer.name=adam", "optimizer.lr=1e37"], "optimizer.lr"),              # Adam's 80, and 1 / (1 - 0.9)
+    (["optimizer.lr=1e30", "schedule.lr_init=1e38", "schedule.warmup_steps=2"], "schedule.lr_init"),
+])
+def test_a_group_lr_multiplier_that_takes_the_step_beyond_float32_is_refused(capsys, tmp_path, overrides, key):
+    # each lr is within float32, but the hidden group's lr is lr * (width / base_width)^-1 *
+    # (density / base_density)^-1: RuntimeError "value cannot be converted to type float without
+    # overflow" at the first step
+    err = _error(capsys, tmp_path, "train", *overrides, base=SUPAR)
+    assert key in err and "lr multiplier" in err and "float32" in err
+
+
+def test_a_group_lr_multiplier_within_float32_still_trains(tmp_path):
+    config = tmp_path / "supar.yaml"
+    config.write_text(SUPAR)
+    assert cli.main(["train", str(config), "optimizer.lr=1e37", "--progress", "none", "--threads", "1",
+                     "--out", str(tmp_path / "run")]) == 0   # a hidden lr of 1e38: diverges, a result

@@ -115,7 +115,33 @@ def build_optimizer(config: Mapping[str, Any], model: nn.Module, lr: float) -> t
     Builders get ``config["optimizer"]`` plus ``"_seed"`` = the run's init seed (GI-Adam draws
     ``v0: random`` from it, so each ``seed`` gets its own random ``v_0``)."""
     options = dict(config["optimizer"], _seed=seeds(config["seed"])[0] % (2 ** 31))
-    return OPTIMIZERS[config["optimizer"]["name"]](model, lr, options)
+    optimizer = OPTIMIZERS[config["optimizer"]["name"]](model, lr, options)
+    _check_group_step_range(config, optimizer, lr)
+    return optimizer
+
+
+def _check_group_step_range(config: Mapping[str, Any], optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """A ConfigError naming the lr key when a param group's step size, the lr times the group's
+    muP/SμPar ``lr_mult`` (and Adam's ``1 / (1 - beta1)``), is beyond the dtype's range: the
+    config's checks bound the lrs themselves, but a multiplier above 1 (SμPar at a width below
+    ``base_width``: 80 at width 8, base 64, density 0.1) took ``1e38`` to a RuntimeError from torch
+    ("value cannot be converted to type float without overflow") at the first step."""
+    from catapult.parametrize import group_lr_mult
+
+    mult = max((group_lr_mult(group) for group in optimizer.param_groups), default=1.0)
+    if mult <= 1.0:
+        return
+    top = torch.finfo(getattr(torch, config["dtype"])).max
+    factor = step_size_factor(config["optimizer"])
+    sched = config["schedule"]
+    for key, value in (("optimizer.lr", lr), ("schedule.lr_init", sched["lr_init"]),
+                       ("schedule.lr_final", sched["lr_final"])):
+        if value is not None and value * mult * factor > top:
+            adam = f" / (1 - beta1)" if factor != 1.0 else ""
+            raise cfg.ConfigError([(key, f"{value:g} times the largest param group lr multiplier {mult:g} (model."
+                                         f"parametrization {config['model']['parametrization']}) makes a step size "
+                                         f"lr * lr_mult{adam} = {value * mult * factor:g}, beyond the range of "
+                                         f"{config['dtype']} (max {top:.4g}); use a smaller value or dtype: float64")])
 
 
 def _linear_warmup(schedule_cfg: Mapping[str, Any], lr_trgt: float, steps: int) -> Callable[[int], float]:
