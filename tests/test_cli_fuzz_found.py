@@ -118,3 +118,25 @@ def test_a_group_lr_multiplier_within_float32_still_trains(tmp_path):
     config.write_text(SUPAR)
     assert cli.main(["train", str(config), "optimizer.lr=1e37", "--progress", "none", "--threads", "1",
                      "--out", str(tmp_path / "run")]) == 0   # a hidden lr of 1e38: diverges, a result
+
+
+def test_a_cuda_index_past_32_bits_is_refused_naming_device(capsys, tmp_path):
+    # torch.device('cuda:99999999999999999999') raised RuntimeError "Could not parse device index"
+    err = _error(capsys, tmp_path, "train", "device=cuda:99999999999999999999")
+    assert "device" in err
+
+
+@pytest.mark.parametrize("name", ["cuda:256", "cuda:200", "cuda:1"])
+def test_a_cuda_index_past_the_devices_is_refused_as_written(monkeypatch, name):
+    # torch.device keeps the index in 8 bits: cuda:256 was cuda:0 (a run silently on another GPU
+    # than the one asked for), cuda:200 was cuda:-56; judged here on a machine with one GPU
+    import torch
+
+    from catapult import config as C
+    from catapult.engine.build import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(C.ConfigError, match="1 CUDA device"):
+        resolve_device(name)
+    assert resolve_device("cuda:0") == torch.device("cuda:0")

@@ -45,14 +45,16 @@ def resolve_device(name: str) -> torch.device:
     an index past the visible devices) is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
+    kind, _, index = name.partition(":")
+    if kind == "cuda" and not torch.cuda.is_available():
         raise cfg.ConfigError([("device", f"{name!r} requested but CUDA is not available; use cpu or auto")])
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+    # the index as written: torch.device keeps it in 8 bits (cuda:256 is cuda:0, cuda:200 is cuda:-56)
+    # and refuses one past 32 bits with a RuntimeError
+    if kind == "cuda" and index.isdigit() and int(index) >= torch.cuda.device_count():
         count = torch.cuda.device_count()  # was torch's "invalid device ordinal" from the first allocation
         raise cfg.ConfigError([("device", f"{name!r} requested but this machine has {count} CUDA device(s), "
                                           f"cuda:0 to cuda:{count - 1}")])
-    return device
+    return torch.device(name)
 
 
 def build_model(config: Mapping[str, Any], in_features: int, out_features: int,
