@@ -140,3 +140,24 @@ def test_a_cuda_index_past_the_devices_is_refused_as_written(monkeypatch, name):
     with pytest.raises(C.ConfigError, match="1 CUDA device"):
         resolve_device(name)
     assert resolve_device("cuda:0") == torch.device("cuda:0")
+
+
+@pytest.mark.parametrize("line, words", [
+    ("seed: 010\n", "010 as 8 (octal)"),            # YAML 1.1's octal: trained seed 8
+    ("train: {steps: 1:30}\n", "1:30 as 90 (base 60)"),   # YAML 1.1's base 60: trained 90 steps
+])
+def test_a_number_yaml_reads_in_another_base_is_refused_not_reinterpreted(capsys, tmp_path, line, words):
+    base = "data: {name: digits, n_train: 32, n_test: 16}\nmodel: {width: 8, depth: 2}\n" \
+           "eval: {sharpness_every: 0, test_every: 0}\n" + line
+    err = _error(capsys, tmp_path, "train", base=base)
+    assert words in err and "line 4" in err
+
+
+def test_numbers_in_their_plain_forms_still_load(tmp_path):
+    from catapult import config as C
+
+    path = tmp_path / "c.yaml"
+    path.write_text("seed: 0x10\ntrain: {steps: 1_000}\noptimizer: {lr: 0.010}\nschedule: {warmup_steps: 10}\n")
+    config = C.load_config(path, ["model.width=010"])   # a command line is read as written: 10
+    assert (config["seed"], config["train"]["steps"], config["optimizer"]["lr"]) == (16, 1000, 0.01)
+    assert config["model"]["width"] == 10

@@ -81,6 +81,29 @@ class _BoundedLoader(yaml.SafeLoader):
         return node
 
 
+#: Plain numbers YAML 1.1 (PyYAML) reads in another base than they look: ``010`` is the octal
+#: number 8 and ``1:30`` is 90 (base 60), where YAML 1.2 and JSON read 10 and a string.
+_OTHER_BASE = re.compile(r"^[-+]?(0[0-7_]+|[0-9][0-9_]*(:[0-5]?[0-9])+(\.[0-9_]*)?)$")
+
+
+def _number_as_written(loader: yaml.SafeLoader, node: yaml.ScalarNode, construct) -> Any:
+    """A YAML int or float, refused (a ``yaml.YAMLError`` at its line and column) when
+    :data:`_OTHER_BASE` matches: ``seed: 010`` trained seed 8, ``train.steps: 1:30`` 90 steps."""
+    text = loader.construct_scalar(node)
+    if _OTHER_BASE.match(text.strip()):
+        value = construct(loader, node)
+        raise yaml.constructor.ConstructorError(
+            None, None, f"YAML 1.1 reads {text} as {value} ({'base 60' if ':' in text else 'octal'}); write "
+                        f"the number you mean without leading zeros or colons, or quote it", node.start_mark)
+    return construct(loader, node)
+
+
+_BoundedLoader.add_constructor("tag:yaml.org,2002:int", lambda loader, node: _number_as_written(
+    loader, node, yaml.SafeLoader.construct_yaml_int))
+_BoundedLoader.add_constructor("tag:yaml.org,2002:float", lambda loader, node: _number_as_written(
+    loader, node, yaml.SafeLoader.construct_yaml_float))
+
+
 def safe_yaml(text: str) -> Any:
     """``yaml.safe_load(text)`` within :data:`MAX_YAML_DEPTH` and :data:`MAX_YAML_NODES`
     (``yaml.YAMLError`` beyond them)."""
