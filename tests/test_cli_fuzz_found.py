@@ -161,3 +161,13 @@ def test_numbers_in_their_plain_forms_still_load(tmp_path):
     config = C.load_config(path, ["model.width=010"])   # a command line is read as written: 10
     assert (config["seed"], config["train"]["steps"], config["optimizer"]["lr"]) == (16, 1000, 0.01)
     assert config["model"]["width"] == 10
+
+
+def test_a_coord_check_seed_past_64_bits_is_refused_naming_it(capsys, tmp_path):
+    # torch.manual_seed(2**64) raised ValueError "Overflow when unpacking long long" mid-study
+    base = ("data: {name: digits, n_train: 32, n_test: 16}\nmodel: {width: 8, depth: 3, base_width: 8}\n"
+            "optimizer: {lr: 0.1}\ntrain: {batch_size: 8}\n"
+            "coord_check: {widths: [4, 8], seeds: [18446744073709551616], steps: 2}\n")
+    err = _error(capsys, tmp_path, "coord-check", "--out", str(tmp_path / "cc"), base=base)
+    assert "coord_check.seeds" in err and "18446744073709551615" in err
+    assert not (tmp_path / "cc").exists()

@@ -65,7 +65,8 @@ def _number_list(key: str, value: Any, *, integer: bool, low: float, high: float
     if not isinstance(value, (list, tuple)) or not value:
         problems.append((key, f"expected a non-empty list of numbers or null, got {value!r}"))
         return None
-    option = cfg.integer(None, low=int(low)) if integer else cfg.number(None, low=low, high=high, low_open=True)
+    option = (cfg.integer(None, low=int(low), high=None if high is None else int(high)) if integer
+              else cfg.number(None, low=low, high=high, low_open=True))
     out, first = [], {}   # first: the place each number was first given
     for place, item in enumerate(value, 1):   # named by place: "entry 2: 2 is out of range" read as both
         try:
@@ -98,7 +99,8 @@ def parse_coord_check(section: Mapping[str, Any] | None) -> dict:
                                  problems=problems)
     out["densities"] = _number_list("coord_check.densities", out["densities"], integer=False, low=0.0,
                                     high=1.0, problems=problems)
-    seeds = _number_list("coord_check.seeds", out["seeds"], integer=True, low=0, high=None, problems=problems)
+    # at most torch.manual_seed's 2^64 - 1: a larger seed was its ValueError "Overflow when unpacking long long"
+    seeds = _number_list("coord_check.seeds", out["seeds"], integer=True, low=0, high=2 ** 64 - 1, problems=problems)
     if out["seeds"] is None:
         problems.append(("coord_check.seeds", "expected a non-empty list of seeds (integers >= 0)"))
     out["seeds"] = seeds
