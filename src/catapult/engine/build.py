@@ -139,7 +139,7 @@ def _check_group_step_range(config: Mapping[str, Any], optimizer: torch.optim.Op
     for key, value in (("optimizer.lr", lr), ("schedule.lr_init", sched["lr_init"]),
                        ("schedule.lr_final", sched["lr_final"])):
         if value is not None and value * mult * factor > top:
-            adam = f" / (1 - beta1)" if factor != 1.0 else ""
+            adam = " / (1 - beta1)" if factor != 1.0 else ""
             raise cfg.ConfigError([(key, f"{value:g} times the largest param group lr multiplier {mult:g} (model."
                                          f"parametrization {config['model']['parametrization']}) makes a step size "
                                          f"lr * lr_mult{adam} = {value * mult * factor:g}, beyond the range of "
