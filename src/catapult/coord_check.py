@@ -126,6 +126,8 @@ def coord_check(
     seeds = list(seeds)
     if not seeds or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) for s in seeds):
         raise ValueError(f"coord_check seeds must be a non-empty list of integer seeds; got {seeds!r}")
+    if any(not -2 ** 63 <= int(s) < 2 ** 64 for s in seeds):  # torch.manual_seed's overflow, mid-study
+        raise ValueError(f"coord_check seeds must lie in [-2**63, 2**64) (torch.manual_seed); got {seeds!r}")
     if not callable(batch):
         check_batch("coord_check", batch)
     device = _checked_device(device)
