@@ -36,6 +36,10 @@ def _net():
     (lambda: catapult.parametrize(_net(), "mup", init_std=float("nan")), r"parametrize\(\) init_std"),
     (lambda: catapult.parametrize(_net(), "mup", alpha_out=float("nan")), r"parametrize\(\) alpha_out"),
     (lambda: catapult.parametrize(_net(), "mup", base_width="4"), r"parametrize\(\) base_width must be a finite number > 0; got '4'"),
+    # gain: a negative one was silently its absolute value (the variance is gain**2); nan torch's words
+    (lambda: catapult.parametrize(_net(), "mup", gain=-1.0), r"parametrize\(\) gain must be a finite number in \[0, "),
+    (lambda: catapult.parametrize(_net(), "mup", gain=float("nan")), r"parametrize\(\) gain"),
+    (lambda: catapult.parametrize(_net(), "mup", gain=1e200), r"parametrize\(\) gain"),
     (lambda: catapult.parametrize(_net(), "supar", density=1.5), r"parametrize\(\) density and base_density must be in \(0, 1\]"),
     # mask_seed=1.5 was the seed 1; "a" and 2**64 raised int()'s / torch's words, naming no argument
     (lambda: MLP(3, 2, width=8, depth=3, density=0.5, mask_seed=1.5), r"MLP mask_seed must be an integer in \[-2\*\*63, 2\*\*64\) or None; got 1.5"),

@@ -67,7 +67,7 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from catapult.arguments import as_real, check_densities, check_module, check_real, check_seed, check_std
+from catapult.arguments import STD_MAX, as_real, check_densities, check_module, check_real, check_seed, check_std
 from catapult.param_rules import (PARAMETRIZATIONS, ROLES, ParamSpec, check_parametrization, init_rule,
                                   init_variance, lr_multiplier, lr_rule, optimizer_family)
 from catapult.sparsity import random_mask
@@ -470,6 +470,8 @@ def parametrize(
     for label, value in (("width", width), ("base_width", base), ("alpha_in", alpha_in), ("alpha_out", alpha_out)):
         check_real("parametrize()", label, value, low=0.0, low_open=True)
     check_std("parametrize()", "init_std", 1.0 if init_std is None else init_std)  # nan too; init_std**2 overflowed
+    # a negative gain was silently |gain| (its square is the variance), nan and "x" torch's or Python's words
+    check_real("parametrize()", "gain", gain, low=0.0, high=STD_MAX)
     check_densities("parametrize()", density, base_density)  # density = 1 - sparsity
     check_seed("parametrize()", "mask_seed", mask_seed)  # 'a' raised int()'s words; 1.5 was seed 1
     width_mult = width / base
