@@ -122,28 +122,42 @@ def build_optimizer(config: Mapping[str, Any], model: nn.Module, lr: float) -> t
     return optimizer
 
 
+def _step_size_beyond_range(config: Mapping[str, Any], lr: float, mult: float = 1.0) -> str | None:
+    """Why the largest step size an ``lr`` makes is beyond the run dtype's range (torch hands the
+    update one scalar of the parameters' dtype: ``lr * lr_mult``, and Adam's ``/ (1 - beta1)`` at the
+    first step, :func:`~catapult.config.checks.step_size_factor`), or None within it: the text
+    after the value in a ConfigError, e.g. ``"... = 4e+38, beyond the range of float32 (max 3.403e+38)"``.
+
+    >>> _step_size_beyond_range({"dtype": "float32", "optimizer": {"name": "adam", "betas": [0.9, 0.999]}}, 1e38)
+    'makes a step size lr / (1 - beta1) = 1e+39, beyond the range of float32 (max 3.403e+38)'
+    """
+    top = torch.finfo(getattr(torch, config["dtype"])).max
+    factor = step_size_factor(config["optimizer"])
+    if lr * mult * factor <= top:
+        return None
+    formula = "lr" + (" * lr_mult" if mult != 1.0 else "") + (" / (1 - beta1)" if factor != 1.0 else "")
+    return f"makes a step size {formula} = {lr * mult * factor:g}, beyond the range of {config['dtype']} (max {top:.4g})"
+
+
 def _check_group_step_range(config: Mapping[str, Any], optimizer: torch.optim.Optimizer, lr: float) -> None:
     """A ConfigError naming the lr key when a param group's step size, the lr times the group's
-    muP/SμPar ``lr_mult`` (and Adam's ``1 / (1 - beta1)``), is beyond the dtype's range: the
+    muP/SμPar ``lr_mult`` (:func:`_step_size_beyond_range`), is beyond the dtype's range: the
     config's checks bound the lrs themselves, but a multiplier above 1 (SμPar at a width below
     ``base_width``: 80 at width 8, base 64, density 0.1) took ``1e38`` to a RuntimeError from torch
     ("value cannot be converted to type float without overflow") at the first step."""
     from catapult.parametrize import group_lr_mult
 
     mult = max((group_lr_mult(group) for group in optimizer.param_groups), default=1.0)
-    if mult <= 1.0:
+    if mult <= 1.0:  # the lrs alone: checked by the config and Run.lr_target
         return
-    top = torch.finfo(getattr(torch, config["dtype"])).max
-    factor = step_size_factor(config["optimizer"])
     sched = config["schedule"]
     for key, value in (("optimizer.lr", lr), ("schedule.lr_init", sched["lr_init"]),
                        ("schedule.lr_final", sched["lr_final"])):
-        if value is not None and value * mult * factor > top:
-            adam = " / (1 - beta1)" if factor != 1.0 else ""
+        why = None if value is None else _step_size_beyond_range(config, value, mult)
+        if why:
             raise cfg.ConfigError([(key, f"{value:g} times the largest param group lr multiplier {mult:g} (model."
-                                         f"parametrization {config['model']['parametrization']}) makes a step size "
-                                         f"lr * lr_mult{adam} = {value * mult * factor:g}, beyond the range of "
-                                         f"{config['dtype']} (max {top:.4g}); use a smaller value or dtype: float64")])
+                                         f"parametrization {config['model']['parametrization']}) {why}; use a "
+                                         f"smaller value or dtype: float64")])
 
 
 def _linear_warmup(schedule_cfg: Mapping[str, Any], lr_trgt: float, steps: int) -> Callable[[int], float]:
@@ -372,12 +386,10 @@ class Run:
                 raise cfg.ConfigError([("optimizer.lr", f"{self.config['optimizer']['lr']!r} resolves to {lr:g} "
                                                         f"(lambda_0 = {self.lambda_0:g}), beyond the range of "
                                                         f"{self.config['dtype']} (max {top:.4g})")])
-            factor = step_size_factor(self.config["optimizer"])
-            if not lr * factor <= top:  # Adam's first step size lr / (1 - beta1): a RuntimeError at step 1
+            why = _step_size_beyond_range(self.config, lr)  # Adam's lr / (1 - beta1): a RuntimeError at step 1
+            if why:
                 raise cfg.ConfigError([("optimizer.lr", f"{self.config['optimizer']['lr']!r} resolves to {lr:g} "
-                                                        f"(lambda_0 = {self.lambda_0:g}), whose first step size "
-                                                        f"lr / (1 - beta1) = {lr * factor:g} is beyond the range of "
-                                                        f"{self.config['dtype']} (max {top:.4g})")])
+                                                        f"(lambda_0 = {self.lambda_0:g}), which {why}")])
             if lr > 0 and float(torch.tensor(lr, dtype=self.dtype)) == 0.0:  # every step would be 0
                 raise cfg.ConfigError([("optimizer.lr", f"{self.config['optimizer']['lr']!r} resolves to {lr:g}, "
                                                         f"which is 0 in {self.config['dtype']}: the run would not move")])
