@@ -171,3 +171,23 @@ def test_a_coord_check_seed_past_64_bits_is_refused_naming_it(capsys, tmp_path):
     err = _error(capsys, tmp_path, "coord-check", "--out", str(tmp_path / "cc"), base=base)
     assert "coord_check.seeds" in err and "18446744073709551615" in err
     assert not (tmp_path / "cc").exists()
+
+
+@pytest.mark.parametrize("line, key, position", [
+    ("yes: 1\n", "yes: unknown key", "line 4, column 1"),            # was "1: unknown key" (True)
+    ("train: {steps: 2, on: 3}\n", "train.on: unknown key", "line 4"),   # was "train.1"
+    ("Off: 1\n", "Off: unknown key", "line 4"),
+    ("null: 1\n", "null: unknown key", "line 4"),
+])
+def test_a_key_yaml_reads_as_a_boolean_or_null_is_named_as_written(capsys, tmp_path, line, key, position):
+    base = "data: {name: digits, n_train: 32, n_test: 16}\nmodel: {width: 8, depth: 2}\n" \
+           "eval: {sharpness_every: 0, test_every: 0}\n" + line
+    err = _error(capsys, tmp_path, "train", base=base)
+    assert key in err and position in err
+
+
+def test_boolean_values_still_read_as_booleans_and_such_keys_as_written():
+    from catapult.config.io import safe_yaml
+
+    assert safe_yaml("a: yes\nx: {off: [on, null]}\n'true': 1\n") == {"a": True, "x": {"off": [True, None]},
+                                                                      "true": 1}

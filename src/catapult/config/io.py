@@ -80,6 +80,21 @@ class _BoundedLoader(yaml.SafeLoader):
         self._sizes[id(node)] = self._expanded - before
         return node
 
+    def construct_mapping(self, node, deep=False):
+        """Plain keys that YAML 1.1 reads as a boolean or null (``yes:``, ``on:``, ``null:``) are
+        kept as the text written: a config's keys are names, and ``yes: 1`` was reported as the
+        unknown key ``1`` (True), ``on:`` inside ``train:`` as ``train.1``."""
+        if isinstance(node, yaml.MappingNode):
+            for key_node, _ in node.value:
+                if (isinstance(key_node, yaml.ScalarNode) and key_node.style is None
+                        and key_node.tag in (_BOOL_TAG, _NULL_TAG) and key_node.value):
+                    key_node.tag = _STR_TAG
+        return super().construct_mapping(node, deep=deep)
+
+
+_BOOL_TAG, _NULL_TAG, _STR_TAG = ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:null",
+                                  "tag:yaml.org,2002:str")
+
 
 #: Plain numbers YAML 1.1 (PyYAML) reads in another base than they look: ``010`` is the octal
 #: number 8 and ``1:30`` is 90 (base 60), where YAML 1.2 and JSON read 10 and a string.
