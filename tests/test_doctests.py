@@ -29,6 +29,7 @@ MODULES = (
     "catapult.curvature.microbatch",
     "catapult.curvature.krylov",
     "catapult.curvature.lanczos",
+    "catapult.curvature.stopping",
     "catapult.curvature.top_k",
     "catapult.curvature.sharpness",
     "catapult.curvature.preconditioner",

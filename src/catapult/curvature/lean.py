@@ -44,8 +44,8 @@ from catapult.curvature.hessian import fixed_rng
 from catapult.curvature.krylov import inner_product, vector_norm, unit_roundoff
 from catapult.curvature.microbatch import batch_coupling
 from catapult.curvature.stateless import functional_call
-from catapult.curvature.lanczos import (EigenEstimate, error_floor, krylov_invariant, relative_residual,
-                                        ritz_pairs, top_ritz_pair)
+from catapult.curvature.lanczos import EigenEstimate, ritz_pairs, top_ritz_pair
+from catapult.curvature.stopping import error_floor, krylov_invariant, relative_residual
 
 __all__ = ["lean_sizes", "activation_bytes", "LEAN_RATIO", "LEAN_MIN_BASIS", "LEAN_MAX_BASIS",
            "LEAN_OVERHEAD_VECTORS", "LEAN_HVP_ACTIVATIONS", "lean_top_eigenpair", "refuse_batch_coupling"]
@@ -170,7 +170,7 @@ def _apply(matvec, v: torch.Tensor, out: torch.Tensor) -> None:
 
 
 #: A cycle of :func:`lean_top_eigenpair` whose residual is within this many rounding floors
-#: (:func:`~catapult.curvature.lanczos.error_floor`) and fell by less than half is the last: the
+#: (:func:`~catapult.curvature.stopping.error_floor`) and fell by less than half is the last: the
 #: residual a dtype computes stalls there (tanh / GELU MLPs in float32 asked for tol 1e-8 ran
 #: cycles to ``max_iter``, 300 products, for a bound that stayed at the floor).
 STALL_FLOORS = 100.0
@@ -206,7 +206,7 @@ def lean_top_eigenpair(matvec, v0: torch.Tensor, *, tol: float = 1e-3, max_iter:
     ``m`` Lanczos steps, about twice :func:`~catapult.curvature.lanczos_top_eigenpair`'s, in
     exchange for its basis of up to ``max_basis`` vectors. ``error_bound`` = ``residual`` (the
     residual bound), or the rounding floor where that is larger
-    (:func:`~catapult.curvature.lanczos.error_floor` of the spectrum pass 1 saw): ``converged``
+    (:func:`~catapult.curvature.stopping.error_floor` of the spectrum pass 1 saw): ``converged``
     is ``error_bound <= tol``. ``max_iter`` (>= 2) counts every product of every pass.
     ``reduce`` and ``dimension``: vectors split over ranks, as in :func:`~catapult.curvature.lanczos_top_eigenpair`.
 

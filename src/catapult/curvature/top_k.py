@@ -31,7 +31,7 @@ import torch
 
 from catapult.arguments import as_integer
 from catapult.curvature.krylov import KrylovBasis, inner_product, vector_norm, unit_roundoff
-from catapult.curvature.lanczos import ERROR_FLOOR_ULPS, rounding_level
+from catapult.curvature.stopping import ERROR_FLOOR_ULPS, rounding_level
 
 __all__ = ["Eigenpairs", "check_block_size", "check_k", "lanczos_top_k"]
 
@@ -153,7 +153,7 @@ def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_it
     ``max |theta|``, so a ``tol`` under ``100 eps`` judges the top pair by its own relative
     residual, not an absolute one, and every residual is at least the rounding floor
     ``ERROR_FLOOR_ULPS eps max |theta|`` over the same: a ``tol`` under that gives
-    ``converged=False``, :func:`~catapult.curvature.lanczos.error_floor`); or after
+    ``converged=False``, :func:`~catapult.curvature.stopping.error_floor`); or after
     ``max_iter`` products (a block is finished, so up to ``block_size - 1`` more); or when the
     basis spans ``R^n`` (exact: converged where the residuals, then at the floor, are within ``tol``). When the next block would take the basis past ``max_basis``
     vectors (default ``max(2k + 10, 20) + block_size - 1``; at least ``k + block_size + 1``) it
