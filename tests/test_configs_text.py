@@ -68,3 +68,23 @@ def test_a_gpt_under_the_default_mse_loss_is_noted(tmp_path, capsys, loss, noted
     err = capsys.readouterr().err
     assert ("note: loss is mse (the default) on the GPT's logits; language models train with "
             "loss: cross_entropy" in err) == noted, err
+
+
+@pytest.mark.parametrize("warmup, steps, noted", [("persistent", 64, True), ("persistent", 1, False),
+                                                   ("linear", 64, False), ("catapult", 64, False)])
+def test_a_persistent_warmup_with_warmup_steps_is_noted(tmp_path, capsys, warmup, steps, noted):
+    # PersistentCatapultWarmup has no T_wrm: the fig5 sweep's persistent cells at T_wrm 64 and 256
+    # are the same run, and a user setting warmup_steps was told nothing
+    import argparse
+
+    import yaml
+
+    from catapult.cli.common import config_from_args
+
+    config = {"name": "p", "data": {"name": "digits", "n_train": 32, "n_test": 16},
+              "schedule": {"warmup": warmup, "warmup_steps": steps}, "train": {"steps": 100}}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(config))
+    args = argparse.Namespace(config=str(tmp_path / "p.yaml"), overrides=[], command="train")
+    config_from_args(args)
+    err = capsys.readouterr().err
+    assert (f"note: schedule.warmup_steps ({steps}) is not used by schedule.warmup: persistent" in err) == noted, err

@@ -56,6 +56,12 @@ def config_from_args(args: argparse.Namespace) -> dict:
         print(f"catapult {getattr(args, 'command', None) or 'train'}: note: loss is mse (the default) on the GPT's "
               f"logits; language models train with loss: cross_entropy (the papers' GPT configs set it)",
               file=sys.stderr)
+    schedule = config["schedule"]
+    if schedule["warmup"] == "persistent" and schedule["warmup_steps"] != 1:  # persistent has no T_wrm
+        print(f"catapult {getattr(args, 'command', None) or 'train'}: note: schedule.warmup_steps "
+              f"({schedule['warmup_steps']}) is not used by schedule.warmup: persistent, which raises the lr "
+              f"to lr_trgt at the critical lr whenever the loss improved; any T_wrm gives the same run",
+              file=sys.stderr)
     return config
 
 
