@@ -558,3 +558,27 @@ def test_products_of_a_diverged_union_are_counted_as_the_local_operators_are():
     for _ in range(3):
         assert torch.isnan(local(torch.ones(2))).all()
     assert all(torch.isnan(p).all() for p in products) and union.matvecs == local.matvecs == 3
+
+
+def init_on_rank_1_only(rank, world):
+    model, loss_fn, (x, y) = problem()
+    lo = sum(SHARDS[:rank])
+    shard = (x[lo:lo + SHARDS[rank]], y[lo:lo + SHARDS[rank]])
+    n = sum(p.numel() for p in model.parameters())
+    init = None if rank == 0 else torch.linspace(1.0, 2.0, n, dtype=torch.float64)
+    est = catapult.sharpness(model, loss_fn, shard, init=init, tol=1e-3, max_iter=3, coarse=None, distributed=True)
+    return {"value": est.value, "vector": est.vector, "matvecs": est.matvecs}
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
+def test_an_init_on_a_rank_other_than_0_is_ignored_as_rank_0_gave_none():
+    # rank 0 decides: with no init there, every rank starts from the seeded random vector (mutation
+    # pass 6, WS16: rank 1 started from its own init, rank 0 from the random one, and the ranks'
+    # Krylov vectors parted); truth: one process's cold solve on the union, three products
+    model, loss_fn, batch = problem()
+    cold = catapult.sharpness(model, loss_fn, batch, tol=1e-3, max_iter=3, coarse=None)
+    results = on_ranks(init_on_rank_1_only)
+    for res in results:
+        assert res["matvecs"] == cold.matvecs
+        assert res["value"] == pytest.approx(cold.value, rel=1e-9)
+        torch.testing.assert_close(res["vector"], cold.vector, rtol=0, atol=1e-9)

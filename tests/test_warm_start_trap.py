@@ -149,3 +149,24 @@ def test_the_engine_with_cold_starts_tracks_the_top_where_warm_starts_follow_the
 
     assert max(off(r) for r in rows("warm")) > 1e-2  # the case this setting is for
     assert max(off(r) for r in rows("cold")) < 1e-3
+
+
+def test_a_distributed_warm_start_mixes_its_random_part_to_the_solves_own_tol():
+    # distributed=True (a replicated model): rank 0's init with the random part sized by this
+    # solve's tol, v / ||v|| + min(100 tol, 1) r / ||r||, as without distributed
+    # (mutation pass 6, WS15: the part sized at the default tol whatever the solve's)
+    from catapult.curvature.distributed import single_process_group
+    from catapult.curvature.sharpness import build_operator
+
+    model = nn.Linear(3, 1, bias=False).double()
+    batch = (torch.eye(3, dtype=torch.float64), torch.zeros(3, 1, dtype=torch.float64))
+    v = torch.tensor([0.0, 3.0, 4.0], dtype=torch.float64)
+    r = start.seeded_normal(3, torch.float64, torch.device("cpu"), 5)
+    for tol in (1e-6, 1e-3, 0.5):
+        want = v / 5.0 + min(100 * tol, 1.0) * r / torch.linalg.vector_norm(r)
+        with single_process_group():
+            op = build_operator(model, nn.MSELoss(), batch, distributed=True)
+            got = start.initial_vector(op, v, 5, distributed=True, tol=tol)
+        assert torch.allclose(got, want, rtol=0, atol=1e-15), tol
+        alone = start.initial_vector(build_operator(model, nn.MSELoss(), batch), v, 5, distributed=False, tol=tol)
+        assert torch.allclose(alone, want, rtol=0, atol=1e-15), tol
