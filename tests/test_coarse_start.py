@@ -201,3 +201,25 @@ def test_auto_levels_start_at_exactly_coarse_min_samples():
     x, y = torch.zeros(COARSE_MIN_SAMPLES, 3), torch.zeros(COARSE_MIN_SAMPLES)
     assert coarse_levels((x, y), "auto") == [(COARSE_MIN_SAMPLES // 16, 3e-3), (COARSE_MIN_SAMPLES // 4, 3e-3)]
     assert coarse_levels((x[:-1], y[:-1]), "auto") == list(SMALL_BATCH_LEVELS)
+
+
+def test_a_sub_batch_level_coarser_than_the_batch_keeps_one_sample():
+    # n // divisor is 0 for 8 samples at divisor 16: the level keeps one sample (mutation pass 6,
+    # CO5: a level of 0 samples, ZeroDivisionError in sub_batch's stride); truth: the dense top
+    assert coarse_levels((torch.zeros(8, 3), torch.zeros(8)), ((16, 1e-2),)) == [(1, 1e-2)]
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1, bias=False).double()
+    batch = (torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 1, dtype=torch.float64))
+    top = float(np.linalg.eigvalsh(dense_hessian(model, nn.MSELoss(), batch).numpy())[-1])
+    est = catapult.sharpness(model, nn.MSELoss(), batch, tol=1e-8, coarse=((16, 1e-2),))
+    assert est.converged and est.value == pytest.approx(top, rel=1e-7)
+
+
+def test_targets_without_the_inputs_sample_dimension_get_no_sub_batch_levels():
+    # documented: sub-batch levels need inputs and targets sharing dim 0; 300 inputs beside 5
+    # targets (a target that is no per-sample tensor) is no such batch (mutation pass 6, CO6: the
+    # inputs' 300 alone gave sub-batches of 18 and 75 rows, slicing the 5 targets by the same stride)
+    x, y = torch.zeros(300, 3), torch.zeros(5)
+    assert coarse_levels((x, y), "auto") == [(FINITE_DIFFERENCE, 3e-3)]
+    with pytest.raises(ValueError, match="sample dimension"):
+        coarse_levels((x, y), ((4, 1e-3),))
