@@ -2,6 +2,8 @@
 through the CLI): each is now exit code 2 with one line naming the key, before any work."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from catapult import cli
@@ -191,3 +193,29 @@ def test_boolean_values_still_read_as_booleans_and_such_keys_as_written():
 
     assert safe_yaml("a: yes\nx: {off: [on, null]}\n'true': 1\n") == {"a": True, "x": {"off": [True, None]},
                                                                       "true": 1}
+
+
+@pytest.mark.parametrize("text, value", [
+    ("0_10", 8), ("-010", -8), ("+010", 8),          # YAML 1.1 octal: underscores and a sign too
+    ("1:30:00", 5400), ("1_0:30", 630),              # base 60: any number of colon groups
+    ("1:30.5", 90.5), ("-0:30.5", -30.5),            # base 60 floats
+])
+def test_every_yaml_1_1_other_base_form_is_refused_at_its_line(text, value):
+    # YAML 1.1's int and float patterns (PyYAML's resolver), each read as another number than
+    # YAML 1.2 or JSON would (mutation pass 6: YA1-YA4, YA6 left one form each to be used silently)
+    import yaml
+
+    from catapult.config.io import safe_yaml
+
+    assert yaml.safe_load(f"x: {text}") == {"x": value}   # what PyYAML alone would have used
+    with pytest.raises(yaml.YAMLError, match=rf"(?s)reads {re.escape(text)} as {re.escape(str(value))} .*line 2, column 4"):
+        safe_yaml(f"a: 1\nx: {text}\n")
+
+
+def test_an_empty_key_stays_yaml_null():
+    # a key written as nothing is YAML's null, not the empty string (mutation pass 6, YA8: ''), and
+    # a quoted key is text as written
+    from catapult.config.io import safe_yaml
+
+    assert safe_yaml("? \n: 1\n") == {None: 1}
+    assert safe_yaml("'yes': 1\n\"null\": 2\n") == {"yes": 1, "null": 2}
