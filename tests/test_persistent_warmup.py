@@ -293,3 +293,21 @@ def test_persistent_warmup_takes_a_numpy_float32_loss():
     assert pcw.searches == 2
     with pytest.raises(TypeError, match="loss must be a scalar tensor or a number, got True"):
         pcw.step(batch, loss=True)
+
+
+def test_a_state_dict_at_the_target_or_from_before_the_settings_loads():
+    # mutation pass 6: PW3 (an lr equal to lr_target refused: a finished warmup's state_dict could
+    # not be loaded) and PW2 (a state_dict saved before lr_start, rtol and warm_start were carried,
+    # which load_state_dict takes as it is, refused)
+    model, batch = _catapult_problem(width=8)
+    opt = torch.optim.SGD([{"params": [model.U], "lr_mult": 0.5}, {"params": [model.V]}], lr=0.0)
+    saved = schedules.PersistentCatapultWarmup(opt, model, _mse, 1.0).state_dict()
+    done = schedules.PersistentCatapultWarmup(opt, model, _mse, 1.0)
+    done.load_state_dict({**saved, "lr": 1.0, "loss_ref": 0.5, "steps": 3, "searches": 1})
+    assert done.done and [g["lr"] for g in opt.param_groups] == [0.5, 1.0]
+    assert done.step(batch) == 1.0 and done.searches == 1   # a finished warmup only sets the target
+    old = {key: value for key, value in saved.items() if key not in ("lr_start", "rtol", "warm_start")}
+    fresh = schedules.PersistentCatapultWarmup(opt, model, _mse, 1.0, lr_start=1e-3, warm_start=False)
+    fresh.load_state_dict({**old, "lr": 0.25, "loss_ref": 0.5})
+    assert (fresh.lr, fresh.lr_start, fresh.warm_start) == (0.25, 1e-3, False)
+    assert [g["lr"] for g in opt.param_groups] == [0.125, 0.25]
