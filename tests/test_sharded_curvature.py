@@ -323,3 +323,37 @@ def test_a_sharded_warm_start_on_a_lower_eigenvector_still_finds_the_top():
         est = catapult.sharpness(model, loss_fn, batch, init=vectors[:, -2].clone(), distributed=True)
     assert est.converged
     assert est.value == pytest.approx(float(values[-1]), rel=1e-5)
+
+
+def extreme_inits(rank, world):
+    model, loss_fn, (x, y) = mlp_problem(n=sum(SHARDS))
+    shard(model)
+    lo = sum(SHARDS[:rank])
+    shard_batch = (x[lo:lo + SHARDS[rank]], y[lo:lo + SHARDS[rank]])
+    direction = torch.linspace(1.0, 2.0, sum(p.numel() for p in mlp_problem()[0].parameters()), dtype=torch.float64)
+    out = {}
+    for name, scale in (("as given", 1.0), ("norm overflows", 1e300), ("norm underflows", 1e-300)):
+        # two products: the value still depends on where the solve started
+        est = catapult.sharpness(model, loss_fn, shard_batch, init=direction * scale, max_iter=2, coarse=None,
+                                 distributed=True)
+        out[name] = est.value
+    return out
+
+
+def test_a_sharded_init_is_checked_and_taken_for_its_direction_as_an_unsharded_one():
+    # the sharded operator's start took a complex init (its imaginary part dropped, with a
+    # warning) and a bool one, which every other solver refuses, and refused as "not finite and
+    # non-zero" a float64 init of entries 1e300 (its norm overflows) or 1e-300 (its square
+    # underflows), which every other solver takes for its direction; on 2 ranks each holding its rows
+    model, loss_fn, batch = mlp_problem()
+    n = sum(p.numel() for p in model.parameters())
+    with single_process_group():
+        model = shard(model)
+        for init in (torch.ones(n, dtype=torch.complex128), torch.ones(n, dtype=torch.bool)):
+            with pytest.raises(TypeError, match="init must be a real tensor"):
+                catapult.sharpness(model, loss_fn, batch, init=init, distributed=True)
+        with pytest.raises(ValueError, match="init must be finite and non-zero"):
+            catapult.sharpness(model, loss_fn, batch, init=torch.full((n,), float("inf")), distributed=True)
+    for res in on_ranks(extreme_inits, timeout_s=60.0):
+        for name in ("norm overflows", "norm underflows"):
+            assert res[name] == pytest.approx(res["as given"], rel=1e-12), name

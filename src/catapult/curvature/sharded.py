@@ -83,7 +83,7 @@ from catapult.curvature.difference import (central_step, checked_difference, rel
                                            rounding_level)
 from catapult.curvature.hessian import fixed_rng
 from catapult.curvature.krylov import vector_norm
-from catapult.curvature.start import mixed_start, warm_start_weight
+from catapult.curvature.start import mixed_start, real_init, warm_start_weight
 
 
 __all__ = ["is_sharded", "reshard", "full_tensor", "check_sharded_options",
@@ -290,19 +290,31 @@ class ShardedHessianOperator:
 
         if init is None:
             return drawn()
-        if not torch.is_tensor(init):
-            raise TypeError(f"init must be a flat tensor (e.g. a previous est.vector), got {type(init).__name__}")
-        flat = init.detach().reshape(-1).to(device=self.device, dtype=self.dtype, copy=True)
+        flat = real_init(init).to(device=self.device)   # as start.start_vector: a real tensor
         if flat.numel() == self.numel:
-            v = flat
+            source = flat
         elif self.local and flat.numel() == self.dimension:
-            v = self.localize(flat)
+            source = self.localize(flat)
         else:
             raise ValueError(f"init has {flat.numel()} elements but the model has {self.dimension} trainable "
                              f"parameter entries" + (f" ({self.numel} on this rank)" if self.local else ""))
+        v = source.to(dtype=self.dtype, copy=True)
         norm = float(vector_norm(v, self.reduce))
         if not (math.isfinite(norm) and norm > 0):
-            raise ValueError("init must be finite and non-zero")
+            # as start.start_vector: a finite non-zero init whose norm (or cast) overflowed or
+            # underflowed is taken for its direction, scaled by its largest entry over the ranks
+            counts = torch.tensor([float((~torch.isfinite(source)).sum()), float((source != 0).sum())],
+                                  dtype=torch.float64, device=self.device)
+            if self.local:
+                all_reduce_sum(counts)
+            if counts[0] > 0 or counts[1] == 0:
+                raise ValueError("init must be finite and non-zero")
+            largest = source.abs().max().reshape(1) if source.numel() else source.new_zeros(1)
+            if self.local:
+                import torch.distributed as dist
+
+                dist.all_reduce(largest, op=dist.ReduceOp.MAX)
+            v = (source / largest).to(dtype=self.dtype)
         return mixed_start(v, drawn(), warm_start_weight(tol), self.reduce)
 
     def rademacher(self, gen: torch.Generator) -> torch.Tensor:

@@ -20,7 +20,7 @@ from catapult.scaled_layers import autocast_enabled
 
 __all__ = ["outside_inference_mode", "outside_autocast", "check_solver_args", "check_max_basis", "start_vector", "initial_vector",
            "split_operator", "solver_split", "WARM_START_MIX", "WARM_START_MIX_MAX", "warm_start_weight", "seeded_normal", "mixed_start",
-           "mixed_starts"]
+           "mixed_starts", "real_init"]
 
 #: The seeded random part of every warm start per unit of the solve's ``tol``
 #: (:func:`warm_start_weight`). Without it a warm start lying wholly in an invariant subspace of the
@@ -150,6 +150,26 @@ def mixed_starts(rows: torch.Tensor, seed: int, tol: Sequence[float]) -> torch.T
                         for row, t in zip(rows, tol)])
 
 
+def real_init(init) -> torch.Tensor:
+    """``init`` detached and flattened (no copy) once it is a real tensor; a TypeError naming
+    ``init`` otherwise: a non-tensor, a bool tensor, or a complex one (whose cast to a real dtype
+    dropped its imaginary part with only a warning).
+
+    >>> real_init(torch.tensor([[3.0, 4.0]]))
+    tensor([3., 4.])
+    >>> real_init(torch.tensor([1j]))
+    Traceback (most recent call last):
+    ...
+    TypeError: init must be a real tensor (e.g. a previous est.vector), got dtype torch.complex64
+    """
+    if not torch.is_tensor(init):
+        raise TypeError(f"init must be a flat tensor (e.g. a previous est.vector), got "
+                        f"{type(init).__name__}")
+    if init.is_complex() or init.dtype == torch.bool:
+        raise TypeError(f"init must be a real tensor (e.g. a previous est.vector), got dtype {init.dtype}")
+    return init.detach().reshape(-1)
+
+
 def start_vector(init, n: int, dtype: torch.dtype, device: torch.device, seed: int, *, tol: float):
     """The start vector of a solve to ``tol``: ``init`` flattened and cast (checked: finite,
     non-zero, one entry per trainable parameter entry; never ``init``'s memory, which the solvers
@@ -166,15 +186,10 @@ def start_vector(init, n: int, dtype: torch.dtype, device: torch.device, seed: i
     """
     if init is None:
         return seeded_normal(n, dtype, device, seed)
-    if not torch.is_tensor(init):
-        raise TypeError(f"init must be a flat tensor (e.g. a previous est.vector), got "
-                        f"{type(init).__name__}")
-    if init.is_complex() or init.dtype == torch.bool:  # a complex one lost its imaginary part
-        raise TypeError(f"init must be a real tensor (e.g. a previous est.vector), got dtype {init.dtype}")
-    if init.numel() != n:
-        raise ValueError(f"init has {init.numel()} elements but the model has {n} trainable "
+    source = real_init(init)
+    if source.numel() != n:
+        raise ValueError(f"init has {source.numel()} elements but the model has {n} trainable "
                          f"parameter entries")
-    source = init.detach().reshape(-1)
     if not (bool(torch.isfinite(source).all()) and bool((source != 0).any())):
         raise ValueError("init must be finite and non-zero")
     v0 = source.to(device=device, dtype=dtype, copy=True)
