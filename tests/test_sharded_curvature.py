@@ -331,10 +331,14 @@ def extreme_inits(rank, world):
     lo = sum(SHARDS[:rank])
     shard_batch = (x[lo:lo + SHARDS[rank]], y[lo:lo + SHARDS[rank]])
     direction = torch.linspace(1.0, 2.0, sum(p.numel() for p in mlp_problem()[0].parameters()), dtype=torch.float64)
+    first_row = torch.zeros_like(direction)
+    first_row[:3] = torch.tensor([1.0, 2.0, 3.0])   # the first layer's row 0: only rank 0 holds any of it
     out = {}
-    for name, scale in (("as given", 1.0), ("norm overflows", 1e300), ("norm underflows", 1e-300)):
+    for name, scale, init in (("as given", 1.0, direction), ("norm overflows", 1e300, direction),
+                              ("norm underflows", 1e-300, direction), ("row 0 as given", 1.0, first_row),
+                              ("row 0 overflows", 1e300, first_row)):
         # two products: the value still depends on where the solve started
-        est = catapult.sharpness(model, loss_fn, shard_batch, init=direction * scale, max_iter=2, coarse=None,
+        est = catapult.sharpness(model, loss_fn, shard_batch, init=init * scale, max_iter=2, coarse=None,
                                  distributed=True)
         out[name] = est.value
     return out
@@ -357,3 +361,5 @@ def test_a_sharded_init_is_checked_and_taken_for_its_direction_as_an_unsharded_o
     for res in on_ranks(extreme_inits, timeout_s=60.0):
         for name in ("norm overflows", "norm underflows"):
             assert res[name] == pytest.approx(res["as given"], rel=1e-12), name
+        # a rank whose part is all zeros goes on with the others (the check counts over the ranks)
+        assert res["row 0 overflows"] == pytest.approx(res["row 0 as given"], rel=1e-12)
