@@ -279,7 +279,9 @@ class ShardedHessianOperator:
 
     def start_vector(self, init: torch.Tensor | None, seed: int, *, tol: float) -> torch.Tensor:
         """The solver's start in this operator's coordinates: ``init`` copied (its local part when
-        it is a whole vector of ``dimension`` entries and the operator's vectors are local) with
+        it is a whole vector of ``dimension`` entries and the operator's vectors are local; checked
+        as :func:`~catapult.curvature.start.start_vector` checks it: real, finite over the ranks
+        and non-zero, taken for its direction where its norm overflows or underflows) with
         the seeded random part of every warm start to ``tol`` mixed in
         (:func:`~catapult.curvature.start.mixed_start`), or that standard normal vector seeded
         with ``seed`` alone, drawn a parameter at a time from a CPU generator (so every rank draws
