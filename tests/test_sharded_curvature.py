@@ -363,3 +363,25 @@ def test_a_sharded_init_is_checked_and_taken_for_its_direction_as_an_unsharded_o
             assert res[name] == pytest.approx(res["as given"], rel=1e-12), name
         # a rank whose part is all zeros goes on with the others (the check counts over the ranks)
         assert res["row 0 overflows"] == pytest.approx(res["row 0 as given"], rel=1e-12)
+
+
+def one_rank_bad_init(rank, world):
+    model, loss_fn, (x, y) = mlp_problem(n=sum(SHARDS))
+    shard(model)
+    lo = sum(SHARDS[:rank])
+    n = sum(p.numel() for p in mlp_problem()[0].parameters())
+    init = torch.ones(n + 1 if rank == 1 else n, dtype=torch.float64)   # rank 1's has another size
+    try:
+        catapult.sharpness(model, loss_fn, (x[lo:lo + SHARDS[rank]], y[lo:lo + SHARDS[rank]]), init=init,
+                           distributed=True, tol=1e-3)
+    except ValueError as err:
+        return str(err)
+    return "no error"
+
+
+def test_one_ranks_bad_sharded_init_stops_every_rank_naming_it():
+    # rank 1 raised "init has ... elements" alone and rank 0 waited in the start vector's norm
+    # all-reduce until the group's timeout (mutation pass 6's report); now both raise at once
+    messages = on_ranks(one_rank_bad_init, timeout_s=30.0)
+    assert "init has" in messages[1] and "elements" in messages[1]
+    assert messages[0] != "no error" and "rank 1" in messages[0], messages[0]

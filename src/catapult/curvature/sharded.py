@@ -78,7 +78,7 @@ import torch
 
 from catapult.arguments import check_batch
 
-from catapult.curvature.distributed import all_reduce_sum
+from catapult.curvature.distributed import agreed, all_reduce_sum
 from catapult.curvature.difference import (central_step, checked_difference, relative_gap,
                                            rounding_level)
 from catapult.curvature.hessian import fixed_rng
@@ -292,14 +292,19 @@ class ShardedHessianOperator:
 
         if init is None:
             return drawn()
-        flat = real_init(init).to(device=self.device)   # as start.start_vector: a real tensor
-        if flat.numel() == self.numel:
-            source = flat
-        elif self.local and flat.numel() == self.dimension:
-            source = self.localize(flat)
-        else:
+
+        def checked_part() -> torch.Tensor:   # no collectives: a refusal is agreed over the ranks below
+            flat = real_init(init).to(device=self.device)   # as start.start_vector: a real tensor
+            if flat.numel() == self.numel:
+                return flat
+            if self.local and flat.numel() == self.dimension:
+                return self.localize(flat)
             raise ValueError(f"init has {flat.numel()} elements but the model has {self.dimension} trainable "
                              f"parameter entries" + (f" ({self.numel} on this rank)" if self.local else ""))
+
+        # one rank's bad init (another size, a complex one) raised there alone, and the others waited
+        # in the norm's all-reduce until the process group's timeout
+        source = agreed(checked_part, self.device) if self.local else checked_part()
         v = source.to(dtype=self.dtype, copy=True)
         norm = float(vector_norm(v, self.reduce))
         if not (math.isfinite(norm) and norm > 0):
