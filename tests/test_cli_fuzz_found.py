@@ -187,6 +187,9 @@ def test_a_coord_check_seed_past_64_bits_is_refused_naming_it(capsys, tmp_path):
     ("train: {steps: 2, on: 3}\n", "train.on: unknown key", "line 4"),   # was "train.1"
     ("Off: 1\n", "Off: unknown key", "line 4"),
     ("null: 1\n", "null: unknown key", "line 4"),
+    ("0x10: 1\n", "0x10: unknown key", "line 4"),                   # was "16: unknown key", no position
+    ("train: {1_000: 2}\n", "train.1_000: unknown key", "line 4"),  # was "train.1000"
+    ("2024-01-01: 1\n", "2024-01-01: unknown key", "line 4"),
 ])
 def test_a_key_yaml_reads_as_a_boolean_or_null_is_named_as_written(capsys, tmp_path, line, key, position):
     base = "data: {name: digits, n_train: 32, n_test: 16}\nmodel: {width: 8, depth: 2}\n" \

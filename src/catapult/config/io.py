@@ -81,19 +81,22 @@ class _BoundedLoader(yaml.SafeLoader):
         return node
 
     def construct_mapping(self, node, deep=False):
-        """Plain keys that YAML 1.1 reads as a boolean or null (``yes:``, ``on:``, ``null:``) are
-        kept as the text written: a config's keys are names, and ``yes: 1`` was reported as the
-        unknown key ``1`` (True), ``on:`` inside ``train:`` as ``train.1``."""
+        """Plain keys that YAML 1.1 reads as anything but a string (a boolean, null, a number, a
+        date: ``yes:``, ``on:``, ``null:``, ``0x10:``) are kept as the text written: a config's
+        keys are names, and ``yes: 1`` was reported as the unknown key ``1`` (True) with no
+        position, ``on:`` inside ``train:`` as ``train.1``, ``0x10:`` as ``16``. An empty key
+        (``? : 1``) stays YAML's null."""
         if isinstance(node, yaml.MappingNode):
             for key_node, _ in node.value:
                 if (isinstance(key_node, yaml.ScalarNode) and key_node.style is None
-                        and key_node.tag in (_BOOL_TAG, _NULL_TAG) and key_node.value):
+                        and key_node.tag in _RESOLVED_TAGS and key_node.value):
                     key_node.tag = _STR_TAG
         return super().construct_mapping(node, deep=deep)
 
 
-_BOOL_TAG, _NULL_TAG, _STR_TAG = ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:null",
-                                  "tag:yaml.org,2002:str")
+_STR_TAG = "tag:yaml.org,2002:str"
+#: The tags PyYAML's resolver gives a plain scalar other than a string.
+_RESOLVED_TAGS = tuple(f"tag:yaml.org,2002:{kind}" for kind in ("bool", "null", "int", "float", "timestamp"))
 
 
 #: Plain numbers YAML 1.1 (PyYAML) reads in another base than they look: ``010`` is the octal
