@@ -229,3 +229,11 @@ def test_an_empty_key_stays_yaml_null():
 
     assert safe_yaml("? \n: 1\n") == {None: 1}
     assert safe_yaml("'yes': 1\n\"null\": 2\n") == {"yes": 1, "null": 2}
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "gi-adam"])
+def test_an_adam_eps_beyond_float32_is_refused(capsys, tmp_path, optimizer):
+    # eps = 1e39 became inf in float32: every step divided by it, and the run trained nothing
+    # without a word (exit 0; mutation pass 6's report)
+    err = _error(capsys, tmp_path, "train", f"optimizer.name={optimizer}", "optimizer.eps=1e39")
+    assert "optimizer.eps" in err and "float32" in err

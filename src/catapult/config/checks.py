@@ -148,7 +148,7 @@ def step_size_factor(optimizer: dict) -> float:
 
 
 def _check_dtype_range(config: dict) -> Problems:
-    """Learning rates, the weight decay and the gpt's ``model.init_std`` (whose square is its
+    """Learning rates, the weight decay, Adam's ``eps`` and the gpt's ``model.init_std`` (whose square is its
     init variance) must be representable in the run's dtype: ``lr <= finfo(dtype).max``, and for Adam, AdamW and GI-Adam the first step size
     ``lr / (1 - beta1)`` too (:func:`step_size_factor`).
 
@@ -168,6 +168,7 @@ def _check_dtype_range(config: dict) -> Problems:
     values = [("optimizer.lr", None if lr is None else lr.value)]
     values += [(f"schedule.{key}", config["schedule"][key]) for key in ("lr_init", "lr_final", "lr_start")]
     values.append(("optimizer.weight_decay", opt["weight_decay"]))  # torch's add(alpha=wd)
+    values.append(("optimizer.eps", opt["eps"]))  # an inf eps divided every step to 0: a run that never moved
     std = config["model"]["init_std"]
     if std is not None and std > min(top, VARIANCE_STD_MAX):  # the gpt's std**2 raised OverflowError
         why = (f"the range of {dtype} (max {top:.4g})" if top < VARIANCE_STD_MAX else
