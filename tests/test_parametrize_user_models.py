@@ -246,3 +246,30 @@ def test_a_hidden_embedding_with_density_below_1_is_refused_not_left_dense():
     with pytest.raises(ValueError, match=r"'0' is a hidden nn.Embedding"):
         catapult.parametrize(model, "supar", density=0.5, roles={"0": "hidden", "1": "input"})
     assert type(model[0]) is nn.Embedding
+
+
+def test_a_weight_tied_to_a_layer_inferred_hidden_is_refused_naming_the_roles():
+    # A readout registered before the body and tied to the embedding was inferred 'hidden':
+    # under SμPar its mask zeroed 75% of the embedding (density 0.25), the embedding's dense
+    # gradient then moved about half of the entries the mask prunes, and param_groups listed the
+    # tied weight as hidden (Adam lr / (m_d m_rho)) although the embedding is an input.
+    class HeadFirst(nn.Module):
+        def __init__(self, vocab=50, width=64):
+            super().__init__()
+            self.head = nn.Linear(width, vocab, bias=False)
+            self.wte = nn.Embedding(vocab, width)
+            self.fc1, self.fc2 = nn.Linear(width, width), nn.Linear(width, width)
+            self.head.weight = self.wte.weight
+
+        def forward(self, x):
+            return self.head(self.fc2(torch.relu(self.fc1(self.wte(x)))))
+
+    model = HeadFirst()
+    before = model.wte.weight.detach().clone()
+    with pytest.raises(ValueError, match=r"'wte' \(input\), 'head' \(hidden\) share one weight.*roles=\{'head': 'output'\}"):
+        catapult.parametrize(model, "supar", base_width=16, density=0.25)
+    assert type(model.head) is nn.Linear and torch.equal(model.wte.weight, before)
+    # with the roles given, the tie is an input and an output: the embedding stays dense
+    catapult.parametrize(model, "supar", base_width=16, density=0.25, roles={"head": "output", "fc2": "hidden"})
+    assert bool((model.wte.weight != 0).all()) and model.head.multiplier == 0.25
+    assert model.fc1.mask.sum() == model.fc2.mask.sum() == 1024

@@ -366,6 +366,29 @@ def _check_masks(layers: Mapping[str, nn.Module], roles: Mapping[str, str], dens
             "first with layer.set_mask(None)")
 
 
+def _check_shared(layers: Mapping[str, nn.Module], roles: Mapping[str, str]) -> None:
+    """Refuse, before any layer changes, a weight shared by a hidden layer and an input or output
+    layer (a readout tied to the embedding but registered before the body, so that
+    :func:`infer_roles` calls it hidden). One tensor cannot take both rules: it was initialised by
+    the first layer, listed by :func:`param_groups` under the first module with that module's
+    learning rate, and a hidden mask zeroed the embedding's entries while the embedding's dense
+    gradient moved the entries the mask prunes. Input and output may share a weight (GPT's tied
+    embedding): their learning-rate rules agree."""
+    owners: dict[int, list[tuple[str, str]]] = {}
+    for name, role in roles.items():
+        owners.setdefault(id(layers[name].weight), []).append((name, role))
+    for sharing in owners.values():
+        kinds = {role for _, role in sharing}
+        if "hidden" in kinds and len(kinds) > 1:
+            shown = ", ".join(f"{name!r} ({role})" for name, role in sharing)
+            hidden = next(name for name, role in sharing if role == "hidden")
+            raise ValueError(
+                f"parametrize(): layers {shown} share one weight but have different roles; a hidden weight's "
+                "init, mask and learning rate cannot serve an input or output layer too. Roles follow the "
+                "registration order (infer_roles): pass the right one, e.g. "
+                f"roles={{{hidden!r}: 'output'}} for a readout tied to the embedding")
+
+
 def _check_scalable(layers: Mapping[str, nn.Module], roles: Mapping[str, str]) -> None:
     """Refuse, before any layer changes, a layer :func:`as_scaled` cannot convert (it raised
     halfway through, after the earlier layers had been converted and re-drawn). The projections
@@ -418,7 +441,8 @@ def parametrize(
       layers; embeddings use ``s = gain``): hidden var = ``gain^2 / fan_in`` (muP) or
       ``gain^2 / (fan_in * m_rho)`` (SμPar), output var ``gain^2 / fan_in_base``. Under SP,
       ``var = gain^2 / fan_in`` for every layer. Tied weights are initialised once (hidden layers
-      sharing a weight share its mask too); an embedding's ``padding_idx`` row is left at 0 (it
+      sharing a weight share its mask too; a weight shared by a hidden and an input or output
+      layer is a ValueError); an embedding's ``padding_idx`` row is left at 0 (it
       gets no gradient, so it stays 0).
     * multipliers: input layers ``alpha_in`` (weights only), output layers ``alpha_out / m_d``
       (weights only, bias unscaled) for muP / SμPar; none for SP.
@@ -482,6 +506,7 @@ def parametrize(
 
     _check_masks(all_layers, layer_roles, density)  # before any layer changes
     _check_scalable(all_layers, layer_roles)
+    _check_shared(all_layers, layer_roles)
 
     initialised: set[int] = set()
     masks: dict[int, torch.Tensor] = {}  # per weight: a weight shared by two hidden layers gets one mask
