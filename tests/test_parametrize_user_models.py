@@ -273,3 +273,14 @@ def test_a_weight_tied_to_a_layer_inferred_hidden_is_refused_naming_the_roles():
     catapult.parametrize(model, "supar", base_width=16, density=0.25, roles={"head": "output", "fc2": "hidden"})
     assert bool((model.wte.weight != 0).all()) and model.head.multiplier == 0.25
     assert model.fc1.mask.sum() == model.fc2.mask.sum() == 1024
+
+
+@pytest.mark.parametrize("method", ["foo", None, "Exact"])
+def test_a_bad_mask_method_is_refused_naming_it_before_any_layer_changes(method):
+    # random_mask refused it at the first hidden layer ("mask method must be ..."), after the
+    # input layer had been converted and re-drawn
+    model = mlp()
+    before = model[0].weight.detach().clone()
+    with pytest.raises(ValueError, match=r"mask_method must be one of \('exact', 'bernoulli'\)"):
+        catapult.parametrize(model, "supar", base_width=4, density=0.5, mask_method=method)
+    assert type(model[0]) is nn.Linear and torch.equal(model[0].weight, before)

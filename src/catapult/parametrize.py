@@ -70,7 +70,7 @@ import torch.nn as nn
 from catapult.arguments import STD_MAX, as_real, check_densities, check_module, check_real, check_seed, check_std
 from catapult.param_rules import (PARAMETRIZATIONS, ROLES, ParamSpec, check_parametrization, init_rule,
                                   init_variance, lr_multiplier, lr_rule, optimizer_family)
-from catapult.sparsity import random_mask
+from catapult.sparsity import MASK_METHODS, random_mask
 from catapult.parametrize_state import attach_spec
 from catapult.scaled_layers import (SCALABLE_TYPES, WEIGHT_LAYERS, ScaledConv2d, ScaledEmbedding, ScaledLinear,
                                     as_scaled, fan_in as layer_fan_in, layer_width)
@@ -498,6 +498,9 @@ def parametrize(
     check_real("parametrize()", "gain", gain, low=0.0, high=STD_MAX)
     check_densities("parametrize()", density, base_density)  # density = 1 - sparsity
     check_seed("parametrize()", "mask_seed", mask_seed)  # 'a' raised int()'s words; 1.5 was seed 1
+    if not isinstance(mask_method, str) or mask_method not in MASK_METHODS:
+        # random_mask refused it at the first hidden layer, after the layers before it were converted and re-drawn
+        raise ValueError(f"parametrize() mask_method must be one of {MASK_METHODS}; got {mask_method!r}")
     width_mult = width / base
     density_mult = density / base_density
     if mask_seed is None:
