@@ -284,3 +284,10 @@ def test_a_bad_mask_method_is_refused_naming_it_before_any_layer_changes(method)
     with pytest.raises(ValueError, match=r"mask_method must be one of \('exact', 'bernoulli'\)"):
         catapult.parametrize(model, "supar", base_width=4, density=0.5, mask_method=method)
     assert type(model[0]) is nn.Linear and torch.equal(model[0].weight, before)
+
+
+@pytest.mark.parametrize("roles", [[("0", "input")], "0", 3])
+def test_roles_that_are_not_a_mapping_are_a_type_error_naming_roles(roles):
+    # a list of pairs raised AttributeError: 'list' object has no attribute 'items'
+    with pytest.raises(TypeError, match=r"roles must be a mapping"):
+        catapult.parametrize(mlp(), "mup", base_width=4, roles=roles)

@@ -477,6 +477,8 @@ def parametrize(
         raise ValueError("alpha_in / alpha_out apply to mup and supar only; SP has no multipliers")
     all_layers = {name: sub for name, sub in module.named_modules()}
     layer_roles = infer_roles(module)
+    if roles is not None and not isinstance(roles, Mapping):  # a list of pairs raised "'list' object has no attribute 'items'"
+        raise TypeError(f"parametrize() roles must be a mapping {{layer name: role or None}}; got {type(roles).__name__}")
     for name, role in (roles or {}).items():
         if name not in all_layers or not isinstance(all_layers[name], WEIGHT_LAYERS):
             raise ValueError(f"roles: {name!r} is not an nn.Linear / nn.Conv2d / nn.Embedding of the module; "
