@@ -291,3 +291,17 @@ def test_roles_that_are_not_a_mapping_are_a_type_error_naming_roles(roles):
     # a list of pairs raised AttributeError: 'list' object has no attribute 'items'
     with pytest.raises(TypeError, match=r"roles must be a mapping"):
         catapult.parametrize(mlp(), "mup", base_width=4, roles=roles)
+
+
+@pytest.mark.parametrize("kwargs", [{"density": torch.tensor(0.5)}, {"base_width": torch.tensor(4)},
+                                    {"width": torch.tensor(16), "base_width": 4}])
+def test_tensor_arguments_give_a_spec_and_learning_rates_of_plain_floats(kwargs):
+    # ParamSpec(width_mult=tensor(4.)) / density_mult=tensor(0.5): the hidden group's lr and lr_mult
+    # were 0-d tensors (json.dumps of the groups failed; repr showed tensor(...))
+    model = catapult.parametrize(mlp(), "supar", **{"base_width": 4, **kwargs})
+    spec = model.catapult_spec
+    assert type(spec.width_mult) is float and type(spec.density_mult) is float
+    assert spec.width_mult == 4.0 and spec.density_mult == (0.5 if "density" in kwargs else 1.0)
+    groups = catapult.param_groups(model, 1e-3)
+    assert all(type(g["lr"]) is float and type(g["lr_mult"]) is float for g in groups)
+    assert {g["name"]: g["lr_mult"] for g in groups}["hidden"] == 1 / (4.0 * spec.density_mult)

@@ -503,7 +503,9 @@ def parametrize(
     if not isinstance(mask_method, str) or mask_method not in MASK_METHODS:
         # random_mask refused it at the first hidden layer, after the layers before it were converted and re-drawn
         raise ValueError(f"parametrize() mask_method must be one of {MASK_METHODS}; got {mask_method!r}")
-    width_mult = width / base
+    # plain floats: a tensor or NumPy argument went into catapult_spec and every hidden group's lr as a tensor
+    width_mult = check_real("parametrize()", "width", width) / check_real("parametrize()", "base_width", base)
+    density, base_density = float(as_real(density)), float(as_real(base_density))
     density_mult = density / base_density
     if mask_seed is None:
         mask_seed = int(torch.randint(0, 2**62, (1,)).item())
