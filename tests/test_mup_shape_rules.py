@@ -84,3 +84,16 @@ def test_a_depthwise_conv_gets_the_learning_rate_and_init_of_its_shape(family):
     assert _lr_mults(wide, family) == pytest.approx(expected)
     assert wide.depthwise.weight.std().item() == pytest.approx(0.5, rel=0.15)       # 288 draws
     assert wide.pointwise.weight.std().item() == pytest.approx(0.5 / 2, rel=0.1)    # hidden: s^2 / m_d
+
+
+def test_a_depthwise_convs_fan_in_init_does_not_take_the_density_correction():
+    # Under SμPar with density / base_density = 4 (a dense model from a 25%-dense proxy) the
+    # fan-in init (init_std=None) gave the depthwise conv var 1 / (k^2 m_rho) = 1/36 (std 0.167),
+    # although init_std= and param_groups treat it as an input weight (never masked, no density
+    # correction): var 1 / k^2 (std 1/3)
+    torch.manual_seed(0)
+    model = catapult.parametrize(_ConvNet(256), "supar", base_width=8, density=1.0, base_density=0.25)
+    assert model.depthwise.weight.std().item() == pytest.approx(1 / 3, rel=0.05)      # 2304 draws
+    assert model.pointwise.weight.std().item() == pytest.approx((256 * 4) ** -0.5, rel=0.02)  # hidden: 1/(fan_in m_rho)
+    groups = {g["name"]: g["lr_mult"] for g in catapult.param_groups(model, 1.0)}
+    assert groups["input"] == 1.0 and groups["hidden"] == pytest.approx(1 / (32 * 4))

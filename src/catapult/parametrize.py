@@ -528,7 +528,7 @@ def parametrize(
         if init_std is not None:
             var = init_variance(parametrization, "input" if _depthwise(layer) else role, init_std**2,
                                 width_mult=width_mult, density_mult=density_mult)
-        elif parametrization == "sp" or role == "input":
+        elif parametrization == "sp" or role == "input" or _depthwise(layer):  # a depthwise conv is input-like
             var = gain**2 / fan_in
         elif role == "hidden":
             var = gain**2 / fan_in / (density_mult if init_rule(parametrization) == "supar" else 1.0)
