@@ -305,3 +305,38 @@ def test_tensor_arguments_give_a_spec_and_learning_rates_of_plain_floats(kwargs)
     groups = catapult.param_groups(model, 1e-3)
     assert all(type(g["lr"]) is float and type(g["lr_mult"]) is float for g in groups)
     assert {g["name"]: g["lr_mult"] for g in groups}["hidden"] == 1 / (4.0 * spec.density_mult)
+
+
+class _HeadBeforeBody(nn.Module):
+    def __init__(self, width: int = 64):
+        super().__init__()
+        self.pre = nn.Linear(5, 5)
+        self.inp = nn.Linear(5, width)
+        self.head = nn.Linear(width, 3)
+        self.body = nn.Linear(width, width)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.body(torch.relu(self.inp(self.pre(x))))))
+
+
+def test_parametrizing_again_keeps_the_roles_given_the_first_time():
+    # The second call (another density) inferred the roles by registration order again: the
+    # readout became hidden (masked to density 0.5, multiplier 1) and the body the readout
+    # (multiplier 1 / m_d = 0.25, dense), and the user's own first layer was re-drawn as the input.
+    torch.manual_seed(0)
+    model = _HeadBeforeBody()
+    roles = {"pre": None, "inp": "input", "head": "output", "body": "hidden"}
+    catapult.parametrize(model, "mup", base_width=16, roles=roles)
+    pre = model.pre.weight.detach().clone()
+    catapult.parametrize(model, "supar", base_width=16, density=0.5)
+    assert {n: getattr(m, "catapult_role", "-") for n, m in model.named_children()} == {
+        "pre": None, "inp": "input", "head": "output", "body": "hidden"}
+    assert type(model.pre) is nn.Linear and torch.equal(model.pre.weight, pre)
+    assert model.head.multiplier == 0.25 and model.head.mask is None and model.body.multiplier == 1.0
+    assert int(model.body.mask.sum()) == 2048
+    with pytest.warns(UserWarning, match=r"\['pre.weight'\]"):   # still the user's own layer
+        groups = {g["name"]: [id(p) for p in g["params"]] for g in catapult.param_groups(model, 1.0)}
+    assert groups["hidden"] == [id(model.body.weight)] and groups["output"] == [id(model.head.weight)]
+    # roles= still overrides a kept role
+    catapult.parametrize(model, "supar", base_width=16, density=0.5, roles={"pre": "input", "inp": "hidden"})
+    assert model.pre.catapult_role == "input" and model.inp.catapult_role == "hidden"

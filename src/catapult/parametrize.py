@@ -429,7 +429,10 @@ def parametrize(
     """Apply SP / muP / SμPar to a user's model **in place** and return it.
 
     Roles (input / hidden / output) come from :func:`infer_roles`, overridden per layer by
-    ``roles={qualified_name: role}`` (``None`` leaves a layer untouched). Then, with
+    ``roles={qualified_name: role}`` (``None`` leaves a layer untouched). A layer that already
+    has a role (``catapult_role``, set by an earlier ``parametrize`` call, ``None`` included, or by
+    a built-in model) keeps it unless ``roles=`` names it, so parametrizing again (another
+    density, another base width) does not fall back to the registration order. Then, with
     ``m_d = width / base_width`` (``width`` defaults to the output width of the first input
     layer, else of the first hidden layer, else the readout's input width; ``base_width=None``
     means ``m_d = 1``) and ``m_rho = density / base_density``:
@@ -477,6 +480,10 @@ def parametrize(
         raise ValueError("alpha_in / alpha_out apply to mup and supar only; SP has no multipliers")
     all_layers = {name: sub for name, sub in module.named_modules()}
     layer_roles = infer_roles(module)
+    for name in layer_roles:  # a second call keeps the roles of the first (roles= given then were lost)
+        kept = getattr(all_layers[name], "catapult_role", "")
+        if kept is None or kept in ROLES:
+            layer_roles[name] = kept
     if roles is not None and not isinstance(roles, Mapping):  # a list of pairs raised "'list' object has no attribute 'items'"
         raise TypeError(f"parametrize() roles must be a mapping {{layer name: role or None}}; got {type(roles).__name__}")
     for name, role in (roles or {}).items():
@@ -486,6 +493,7 @@ def parametrize(
         if role is not None and role not in ROLES:
             raise ValueError(f"roles[{name!r}] must be one of {ROLES} or None; got {role!r}")
         layer_roles[name] = role
+    untouched = [name for name, role in layer_roles.items() if role is None]
     layer_roles = {name: role for name, role in layer_roles.items() if role is not None}
     if not layer_roles:
         raise ValueError("parametrize(): the module has no nn.Linear / nn.Conv2d / nn.Embedding layer")
@@ -559,5 +567,7 @@ def parametrize(
                     masks[id(layer.weight)] = random_mask(layer.weight.shape, density, method=mask_method,
                                                           generator=generator)
                 layer.set_mask(masks[id(layer.weight)])
+    for name in untouched:  # remembered, so that a later call leaves it alone too
+        all_layers[name].catapult_role = None
     attach_spec(module, ParamSpec(parametrization, width_mult, density_mult, "table"))  # + state_dict record
     return module
