@@ -180,3 +180,31 @@ def test_a_wrn_is_checked_at_every_conv_not_only_its_logits():
     convs = {name: m.catapult_role for name, m in net.named_modules() if isinstance(m, torch.nn.Conv2d)}
     assert found == {**convs, "readout": "logits"}
     assert found["stem"] == "input" and found["blocks.1.conv2"] == "hidden"
+
+
+@pytest.mark.parametrize("kwargs, error, words", [
+    ({"optimizer": "lion"}, ValueError, r"coord_check optimizer must be 'sgd', 'adam', 'adamw'"),
+    ({"optimizer": "radam"}, ValueError, r"coord_check optimizer must be"),
+    ({"optimizer": None}, ValueError, r"coord_check optimizer must be"),
+    ({"lr": float("nan")}, ValueError, r"coord_check lr must be"),
+    ({"lr": "a"}, ValueError, r"coord_check lr must be"),
+    ({"blocks": ["0"]}, TypeError, r"coord_check blocks must be a mapping"),
+    ({"loss_fn": 3}, TypeError, r"coord_check loss_fn must be a callable"),
+    ({"values": ["a"]}, ValueError, r"coord_check values must be a finite number > 0; got 'a'"),
+    ({"values": [8, 0]}, ValueError, r"coord_check values must be a finite number > 0; got 0"),
+])
+def test_bad_arguments_are_refused_naming_them_before_any_model_is_built(kwargs, error, words):
+    # 'lion' was param_groups' refusal listing gi-adam and radam (which coord_check refuses too),
+    # blocks=['0'] "'list' object has no attribute 'items'", loss_fn=3 "'int' object is not
+    # callable", values=['a'] the model's own error: each after the first model was built
+    built = []
+
+    def make(width):
+        built.append(width)
+        return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+
+    x, y = torch.randn(6, 4), torch.randint(0, 2, (6,))
+    args = {"values": [8], "batch": (x, y), "steps": 1, "seeds": (0,), "blocks": {"0": "hidden"}, **kwargs}
+    with pytest.raises(error, match=words):
+        coord_check(make, args.pop("values"), **args)
+    assert built == []

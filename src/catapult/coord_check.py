@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from catapult.arguments import check_batch
+from catapult.arguments import check_batch, check_real
 from catapult.parametrize import param_groups
 from catapult.files import save_figure
 
@@ -68,6 +68,9 @@ def find_blocks(model: nn.Module,
         raise ValueError("coord_check: the model has no module with a catapult_block or "
                          "catapult_role attribute; pass blocks={module_name: block_name}")
     return found
+
+
+_OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
 def _make_optimizer(model: nn.Module, lr: float, optimizer) -> torch.optim.Optimizer:
@@ -121,6 +124,8 @@ def coord_check(
     values = list(values)
     if not values:
         raise ValueError("coord_check values is empty: give the widths or densities to compare")
+    for value in values:  # each row keeps float(value), and the slopes its log
+        check_real("coord_check", "values", value, low=0.0, low_open=True)
     if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Iterable):  # "01" ran seeds 0 and 1
         raise ValueError(f"coord_check seeds must be a list of integer seeds; got {seeds!r}")
     seeds = list(seeds)
@@ -130,6 +135,17 @@ def coord_check(
         raise ValueError(f"coord_check seeds must lie in [-2**63, 2**64) (torch.manual_seed); got {seeds!r}")
     if not callable(batch):
         check_batch("coord_check", batch)
+    # checked before the first model is built: 'lion' was param_groups' refusal, listing gi-adam and
+    # radam, which coord_check then refused too; blocks=['0'] raised "'list' object has no attribute 'items'"
+    if not callable(optimizer):
+        if not isinstance(optimizer, str) or optimizer.lower() not in _OPTIMIZERS:
+            raise ValueError(f"coord_check optimizer must be 'sgd', 'adam', 'adamw' or a callable "
+                             f"model -> optimizer; got {optimizer!r}")
+        check_real("coord_check", "lr", lr, low=0.0)
+    if blocks is not None and not isinstance(blocks, Mapping):
+        raise TypeError(f"coord_check blocks must be a mapping {{module name: block name}}; got {type(blocks).__name__}")
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(f"coord_check loss_fn must be a callable (outputs, targets) -> loss; got {loss_fn!r}")
     device = _checked_device(device)
     loss_fn = loss_fn or default_loss
     rows: list[dict] = []
