@@ -340,3 +340,17 @@ def test_parametrizing_again_keeps_the_roles_given_the_first_time():
     # roles= still overrides a kept role
     catapult.parametrize(model, "supar", base_width=16, density=0.5, roles={"pre": "input", "inp": "hidden"})
     assert model.pre.catapult_role == "input" and model.inp.catapult_role == "hidden"
+
+
+def test_a_layer_no_longer_hidden_loses_the_mask_an_earlier_call_drew_for_it():
+    # Roles corrected in a second call: the readout, inferred hidden the first time, kept its
+    # density-0.5 mask as the output layer (half its weights 0 for good), and the old body kept
+    # nothing of its role but a dense weight.
+    torch.manual_seed(0)
+    model = _HeadBeforeBody()
+    catapult.parametrize(model, "supar", base_width=16, density=0.5, roles={"pre": None, "inp": "input"})
+    assert model.head.catapult_role == "hidden" and model.head.mask is not None       # the wrong guess
+    catapult.parametrize(model, "supar", base_width=16, density=0.5, roles={"head": "output", "body": "hidden"})
+    assert model.head.mask is None and bool((model.head.weight != 0).all()) and model.head.multiplier == 0.25
+    assert int(model.body.mask.sum()) == 2048 and torch.equal(model.body.weight != 0, model.body.mask)
+    assert model.head.masked_weight() is model.head.weight                            # trains every entry

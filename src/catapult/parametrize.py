@@ -529,6 +529,10 @@ def parametrize(
         layer = all_layers[name]
         is_embedding = isinstance(layer, nn.Embedding)
         layer = as_scaled(layer)
+        if role != "hidden" and getattr(layer, "catapult_role", None) == "hidden" and getattr(layer, "mask", None) is not None:
+            # the mask an earlier call drew for it as a hidden layer: an input or output layer is dense
+            # (a readout whose role was corrected kept it and stayed 1 - density sparse)
+            layer.set_mask(None)
         layer.catapult_role = role
         fan_in = layer_fan_in(layer)
         # a hidden Linear gets a fresh mask below: an earlier one must not zero live entries of the new
