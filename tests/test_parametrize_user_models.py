@@ -354,3 +354,22 @@ def test_a_layer_no_longer_hidden_loses_the_mask_an_earlier_call_drew_for_it():
     assert model.head.mask is None and bool((model.head.weight != 0).all()) and model.head.multiplier == 0.25
     assert int(model.body.mask.sum()) == 2048 and torch.equal(model.body.weight != 0, model.body.mask)
     assert model.head.masked_weight() is model.head.weight                            # trains every entry
+
+
+def test_a_layer_pruned_with_torch_prune_is_refused_before_any_change():
+    # torch.nn.utils.prune keeps weight_orig and recomputes .weight = weight_orig * weight_mask
+    # before every forward: parametrize's init (std 0.25 here) was written into .weight and lost at
+    # the first forward (back to PyTorch's default, std 0.036), and param_groups gave weight_orig
+    # the 'vector' lr (Adam x1 instead of 1/m_d), with no warning.
+    import torch.nn.utils.prune as prune
+    torch.manual_seed(0)
+    model = mlp(256)
+    prune.random_unstructured(model[2], "weight", amount=0.5)
+    before = model[0].weight.detach().clone()
+    with pytest.raises(TypeError, match=r"weight of '2' is not a Parameter.*\['bias', 'weight_orig'\].*prune.remove"):
+        catapult.parametrize(model, "supar", base_width=16, init_std=1.0)
+    assert type(model[0]) is nn.Linear and torch.equal(model[0].weight, before)
+    prune.remove(model[2], "weight")
+    catapult.parametrize(model, "supar", base_width=16, init_std=1.0)
+    model(torch.randn(2, 4))
+    assert model[2].weight.std().item() == pytest.approx(0.25, rel=0.02)               # 65536 draws

@@ -408,6 +408,18 @@ def _check_scalable(layers: Mapping[str, nn.Module], roles: Mapping[str, str]) -
         raise TypeError(f"parametrize() handles plain nn.Linear / nn.Embedding / nn.Conv2d layers; {name!r} is a "
                         f"{type(layer).__name__} (its own forward would be lost): give it role None "
                         f"(roles={{{name!r}: None}})")
+    for name in roles:
+        layer = layers[name]
+        if not isinstance(layer._parameters.get("weight"), nn.Parameter):
+            # torch.nn.utils.prune (weight_orig * weight_mask) or the old weight_norm (weight_g, weight_v)
+            # recompute .weight before every forward: the init written into it was lost at the first
+            # forward, and param_groups gave weight_orig the lr of a vector
+            held = [n for n, _ in layer.named_parameters(recurse=False)]
+            raise TypeError(
+                f"parametrize(): the weight of {name!r} is not a Parameter of its own (its parameters are {held}: "
+                "torch.nn.utils.prune or weight_norm recompute it before every forward), so the init would be "
+                f"lost; make it plain first (torch.nn.utils.prune.remove(layer, 'weight')) and let parametrize "
+                f"draw the masks (density=), or give it role None (roles={{{name!r}: None}})")
 
 
 def parametrize(
