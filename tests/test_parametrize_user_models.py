@@ -373,3 +373,20 @@ def test_a_layer_pruned_with_torch_prune_is_refused_before_any_change():
     catapult.parametrize(model, "supar", base_width=16, init_std=1.0)
     model(torch.randn(2, 4))
     assert model[2].weight.std().item() == pytest.approx(0.25, rel=0.02)               # 65536 draws
+
+
+def test_a_layer_pruned_with_torch_prune_after_parametrize_keeps_its_learning_rate():
+    # prune after parametrize renames the weight Parameter weight_orig: param_groups listed it as
+    # a 'vector' (Adam lr x1, not the hidden 1 / (m_d m_rho) = 1/2), without a warning
+    import torch.nn.utils.prune as prune
+    model = catapult.parametrize(mlp(64), "supar", base_width=16, density=0.5)
+    prune.l1_unstructured(model[2], "weight", amount=0.25)
+    groups = {g["name"]: (g["lr_mult"], [id(p) for p in g["params"]]) for g in catapult.param_groups(model, 1.0)}
+    assert groups["hidden"] == (0.5, [id(model[2].weight_orig)])
+
+
+def test_a_matrix_of_a_role_layer_that_is_not_its_weight_is_warned_about():
+    model = catapult.parametrize(mlp(64), "mup", base_width=16)
+    model[2].extra = nn.Parameter(torch.zeros(64, 64))       # a user's LoRA-like addition
+    with pytest.warns(UserWarning, match=r"\['2.extra'\]"):
+        catapult.param_groups(model, 1.0)

@@ -243,13 +243,15 @@ def param_groups(model: nn.Module, lr: float, optimizer: str = "adam", *,
             seen.add(id(param))
             if fixed:
                 kind = "fixed"
-            elif role is not None and param_name == "weight":
+            elif role is not None and (param_name == "weight" or (param_name == "weight_orig"
+                                                                  and "weight" not in module._parameters)):
+                # weight_orig: torch.nn.utils.prune's weight (.weight = weight_orig * weight_mask) took the vector lr
                 kind = "input" if role == "hidden" and _depthwise(module) else role
             elif role == "output" and param_name == "bias":
                 kind = "output_bias"
             else:
                 kind = "vector"
-                if role is None and param.ndim >= 2 and spec.parametrization != "sp":
+                if param.ndim >= 2 and spec.parametrization != "sp":
                     unowned_matrices.append(f"{module_name}.{param_name}".lstrip("."))
             if spec.lr_rule == "global":
                 mult = 1.0
