@@ -276,3 +276,16 @@ def test_scaled_layers_apply_a_bias_multiplier_of_its_own():
     img = torch.randn(1, 2, 5, 5)
     expected = 0.25 * torch.nn.functional.conv2d(img, conv.weight, padding=1) + 2.0 * conv.bias.view(1, 3, 1, 1)
     torch.testing.assert_close(conv(img), expected)
+
+
+@pytest.mark.parametrize("kwargs, name", [({"width_mult": 0}, "width_mult"), ({"width_mult": -4.0}, "width_mult"),
+                                          ({"density_mult": float("nan")}, "density_mult"),
+                                          ({"density_mult": 0.0}, "density_mult")])
+def test_rule_functions_refuse_multipliers_that_are_not_positive(kwargs, name):
+    # 0 was a ZeroDivisionError, -4 a negative lr multiplier and variance (-0.25), nan a nan lr
+    with pytest.raises(ValueError, match=rf"lr_multiplier {name} must be a finite number > 0"):
+        lr_multiplier("supar", "hidden", "adam", **kwargs)
+    with pytest.raises(ValueError, match=rf"init_variance {name} must be a finite number > 0"):
+        init_variance("supar", "hidden", 1.0, **kwargs)
+    with pytest.raises(ValueError, match=r"init_variance sigma2 must be a finite number >= 0"):
+        init_variance("mup", "hidden", -1.0)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from catapult.arguments import check_real
+
 __all__ = ["PARAMETRIZATIONS", "ROLES", "TENSOR_KINDS", "OPTIMIZER_FAMILIES", "ParamSpec", "check_parametrization",
            "init_rule", "lr_rule", "init_variance", "optimizer_family", "lr_multiplier"]
 
@@ -100,6 +102,8 @@ def init_variance(parametrization: str, role: str, sigma2: float, *, width_mult:
     parametrization = init_rule(parametrization)
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}; got {role!r}")
+    sigma2 = check_real("init_variance", "sigma2", sigma2, low=0.0)
+    width_mult, density_mult = _multipliers("init_variance", width_mult, density_mult)
     if role != "hidden" or parametrization == "sp":
         return sigma2
     if parametrization == "mup":
@@ -146,6 +150,7 @@ def lr_multiplier(parametrization: str, kind: str, optimizer: str = "adam", *,
     if kind not in TENSOR_KINDS:
         raise ValueError(f"tensor kind must be one of {TENSOR_KINDS}; got {kind!r}")
     family = optimizer_family(optimizer)
+    width_mult, density_mult = _multipliers("lr_multiplier", width_mult, density_mult)
     if parametrization == "sp" or kind == "fixed":
         return 1.0
     if family == "adam":
@@ -158,3 +163,10 @@ def lr_multiplier(parametrization: str, kind: str, optimizer: str = "adam", *,
     if kind == "output_bias":
         return 1.0
     return float(width_mult)
+
+
+def _multipliers(owner: str, width_mult, density_mult) -> tuple[float, float]:
+    """Both multipliers as finite floats > 0, else a ValueError naming the one: 0 divided by zero,
+    a negative one gave a negative variance or learning rate, nan a nan lr, all without a word."""
+    return (check_real(owner, "width_mult", width_mult, low=0.0, low_open=True),
+            check_real(owner, "density_mult", density_mult, low=0.0, low_open=True))
