@@ -390,3 +390,11 @@ def test_a_matrix_of_a_role_layer_that_is_not_its_weight_is_warned_about():
     model[2].extra = nn.Parameter(torch.zeros(64, 64))       # a user's LoRA-like addition
     with pytest.warns(UserWarning, match=r"\['2.extra'\]"):
         catapult.param_groups(model, 1.0)
+
+
+def test_a_model_whose_layers_all_have_role_none_is_told_so():
+    # it was "the module has no nn.Linear / nn.Conv2d / nn.Embedding layer"
+    with pytest.raises(ValueError, match=r"every layer has role None \(\['0', '2', '4'\]\)"):
+        catapult.parametrize(mlp(), "mup", roles={"0": None, "2": None, "4": None})
+    with pytest.raises(ValueError, match="has no nn.Linear"):
+        catapult.parametrize(nn.Sequential(nn.ReLU()), "mup")

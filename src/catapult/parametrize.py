@@ -510,6 +510,9 @@ def parametrize(
     untouched = [name for name, role in layer_roles.items() if role is None]
     layer_roles = {name: role for name, role in layer_roles.items() if role is not None}
     if not layer_roles:
+        if untouched:  # "the module has no nn.Linear ..." for a module that has them, all set to None
+            raise ValueError(f"parametrize(): every layer has role None ({sorted(untouched)[:8]}), given by roles= or "
+                             "by an earlier call: give at least one a role")
         raise ValueError("parametrize(): the module has no nn.Linear / nn.Conv2d / nn.Embedding layer")
 
     if width is None:
