@@ -329,7 +329,7 @@ def test_parametrizing_again_keeps_the_roles_given_the_first_time():
     catapult.parametrize(model, "mup", base_width=16, roles=roles)
     pre = model.pre.weight.detach().clone()
     catapult.parametrize(model, "supar", base_width=16, density=0.5)
-    assert {n: getattr(m, "catapult_role", "-") for n, m in model.named_children()} == {
+    assert {n: getattr(m, "catapult_role", None) for n, m in model.named_children()} == {
         "pre": None, "inp": "input", "head": "output", "body": "hidden"}
     assert type(model.pre) is nn.Linear and torch.equal(model.pre.weight, pre)
     assert model.head.multiplier == 0.25 and model.head.mask is None and model.body.multiplier == 1.0
@@ -398,3 +398,14 @@ def test_a_model_whose_layers_all_have_role_none_is_told_so():
         catapult.parametrize(mlp(), "mup", roles={"0": None, "2": None, "4": None})
     with pytest.raises(ValueError, match="has no nn.Linear"):
         catapult.parametrize(nn.Sequential(nn.ReLU()), "mup")
+
+
+
+def test_a_module_holding_a_parametrized_one_infers_its_roles_afresh():
+    # the earlier roles are the parametrized module's own: in a new container its readout is an
+    # inner layer, hidden by the container's registration order
+    inner = catapult.parametrize(mlp(32), "mup", base_width=8)
+    outer = nn.Sequential(inner, nn.ReLU(), nn.Linear(1, 32), nn.ReLU(), nn.Linear(32, 3))
+    catapult.parametrize(outer, "mup", base_width=8)
+    assert [outer[0][i].catapult_role for i in (0, 2, 4)] == ["input", "hidden", "hidden"]
+    assert outer[0][4].multiplier == 1.0 and outer[4].catapult_role == "output"

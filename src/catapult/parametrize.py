@@ -443,10 +443,10 @@ def parametrize(
     """Apply SP / muP / SμPar to a user's model **in place** and return it.
 
     Roles (input / hidden / output) come from :func:`infer_roles`, overridden per layer by
-    ``roles={qualified_name: role}`` (``None`` leaves a layer untouched). A layer that already
-    has a role (``catapult_role``, set by an earlier ``parametrize`` call, ``None`` included, or by
-    a built-in model) keeps it unless ``roles=`` names it, so parametrizing again (another
-    density, another base width) does not fall back to the registration order. Then, with
+    ``roles={qualified_name: role}`` (``None`` leaves a layer untouched). Calling it again on the
+    same module (another density, another base width) keeps the roles of the earlier call (``None``
+    included; the root's ``catapult_roles``) for the layers ``roles=`` does not name, rather than
+    falling back to the registration order; a module holding a parametrized one starts afresh. Then, with
     ``m_d = width / base_width`` (``width`` defaults to the output width of the first input
     layer, else of the first hidden layer, else the readout's input width; ``base_width=None``
     means ``m_d = 1``) and ``m_rho = density / base_density``:
@@ -494,10 +494,11 @@ def parametrize(
         raise ValueError("alpha_in / alpha_out apply to mup and supar only; SP has no multipliers")
     all_layers = {name: sub for name, sub in module.named_modules()}
     layer_roles = infer_roles(module)
-    for name in layer_roles:  # a second call keeps the roles of the first (roles= given then were lost)
-        kept = getattr(all_layers[name], "catapult_role", "")
-        if kept is None or kept in ROLES:
-            layer_roles[name] = kept
+    earlier = getattr(module, "catapult_roles", None)  # a second call keeps the first's (roles= given then were lost)
+    if isinstance(earlier, dict):
+        for name in layer_roles:
+            if name in earlier and (earlier[name] is None or earlier[name] in ROLES):
+                layer_roles[name] = earlier[name]
     if roles is not None and not isinstance(roles, Mapping):  # a list of pairs raised "'list' object has no attribute 'items'"
         raise TypeError(f"parametrize() roles must be a mapping {{layer name: role or None}}; got {type(roles).__name__}")
     for name, role in (roles or {}).items():
@@ -507,6 +508,7 @@ def parametrize(
         if role is not None and role not in ROLES:
             raise ValueError(f"roles[{name!r}] must be one of {ROLES} or None; got {role!r}")
         layer_roles[name] = role
+    chosen = dict(layer_roles)
     untouched = [name for name, role in layer_roles.items() if role is None]
     layer_roles = {name: role for name, role in layer_roles.items() if role is not None}
     if not layer_roles:
@@ -588,7 +590,6 @@ def parametrize(
                     masks[id(layer.weight)] = random_mask(layer.weight.shape, density, method=mask_method,
                                                           generator=generator)
                 layer.set_mask(masks[id(layer.weight)])
-    for name in untouched:  # remembered, so that a later call leaves it alone too
-        all_layers[name].catapult_role = None
+    module.catapult_roles = chosen  # None included: a later call on this module leaves those alone too
     attach_spec(module, ParamSpec(parametrization, width_mult, density_mult, "table"))  # + state_dict record
     return module
