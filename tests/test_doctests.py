@@ -43,6 +43,7 @@ MODULES = (
     "catapult.curvature.stateless",
     "catapult.critical_lr",
     "catapult.parametrize",
+    "catapult.parametrize_checks",
     "catapult.param_rules",
     "catapult.optim.gi_adam",
     "catapult.optim.registry",

@@ -71,8 +71,9 @@ from catapult.arguments import STD_MAX, as_real, check_densities, check_module, 
 from catapult.param_rules import (PARAMETRIZATIONS, ROLES, ParamSpec, check_parametrization, init_rule,
                                   init_variance, lr_multiplier, lr_rule, optimizer_family)
 from catapult.sparsity import MASK_METHODS, random_mask
+from catapult.parametrize_checks import check_masks, check_scalable, check_shared
 from catapult.parametrize_state import attach_spec
-from catapult.scaled_layers import (SCALABLE_TYPES, WEIGHT_LAYERS, ScaledConv2d, ScaledEmbedding, ScaledLinear,
+from catapult.scaled_layers import (WEIGHT_LAYERS, ScaledConv2d, ScaledEmbedding, ScaledLinear,
                                     as_scaled, fan_in as layer_fan_in, layer_width)
 
 __all__ = [
@@ -343,87 +344,6 @@ def _default_width(layers: Mapping[str, nn.Module], roles: Mapping[str, str]) ->
     return readout.embedding_dim if isinstance(readout, nn.Embedding) else readout.in_features
 
 
-def _check_masks(layers: Mapping[str, nn.Module], roles: Mapping[str, str], density: float) -> None:
-    """Refuse what parametrize() cannot do, before it changes any layer: masks on a hidden conv or embedding,
-    and hidden layers that already carry sparse masks while ``density == 1`` (from an earlier
-    ``parametrize(..., density<1)`` or ``sparsify_``: they would stay while the init, the
-    ``catapult_spec`` and the learning rates assume dense layers)."""
-    kept = total = 0
-    sparse = []
-    for name, role in roles.items():
-        layer = layers[name]
-        if density < 1.0 and role == "hidden" and not isinstance(layer, nn.Linear):
-            # it would stay dense under an init and lrs corrected for the density
-            raise ValueError(f"parametrize(): sparsity masks are for Linear layers; {name!r} is a "
-                             f"hidden nn.{type(layer).__name__.replace('Scaled', '')} (use density=1.0 or "
-                             "give it role None)")
-        mask = getattr(layer, "mask", None)
-        if density == 1.0 and role == "hidden" and isinstance(mask, torch.Tensor) and not bool(mask.all()):
-            sparse.append(name)
-            kept, total = kept + int(mask.sum()), total + mask.numel()
-    if sparse:
-        raise ValueError(
-            f"parametrize(): hidden layers {sparse[:4]} already have sparsity masks (density {kept / total:.4g}) "
-            "but density=1.0; pass the density to draw masks for (and correct for), or make them dense "
-            "first with layer.set_mask(None)")
-
-
-def _check_shared(layers: Mapping[str, nn.Module], roles: Mapping[str, str]) -> None:
-    """Refuse, before any layer changes, a weight shared by a hidden layer and an input or output
-    layer (a readout tied to the embedding but registered before the body, so that
-    :func:`infer_roles` calls it hidden). One tensor cannot take both rules: it was initialised by
-    the first layer, listed by :func:`param_groups` under the first module with that module's
-    learning rate, and a hidden mask zeroed the embedding's entries while the embedding's dense
-    gradient moved the entries the mask prunes. Input and output may share a weight (GPT's tied
-    embedding): their learning-rate rules agree."""
-    owners: dict[int, list[tuple[str, str]]] = {}
-    for name, role in roles.items():
-        owners.setdefault(id(layers[name].weight), []).append((name, role))
-    for sharing in owners.values():
-        kinds = {role for _, role in sharing}
-        if "hidden" in kinds and len(kinds) > 1:
-            shown = ", ".join(f"{name!r} ({role})" for name, role in sharing)
-            hidden = next(name for name, role in sharing if role == "hidden")
-            raise ValueError(
-                f"parametrize(): layers {shown} share one weight but have different roles; a hidden weight's "
-                "init, mask and learning rate cannot serve an input or output layer too. Roles follow the "
-                "registration order (infer_roles): pass the right one, e.g. "
-                f"roles={{{hidden!r}: 'output'}} for a readout tied to the embedding")
-
-
-def _check_scalable(layers: Mapping[str, nn.Module], roles: Mapping[str, str]) -> None:
-    """Refuse, before any layer changes, a layer :func:`as_scaled` cannot convert (it raised
-    halfway through, after the earlier layers had been converted and re-drawn). The projections
-    of an ``nn.MultiheadAttention`` are named: it multiplies by their weights directly."""
-    owners = {id(sub.out_proj): name for name, sub in layers.items() if isinstance(sub, nn.MultiheadAttention)}
-    for name, role in roles.items():
-        layer = layers[name]
-        if isinstance(layer, (ScaledLinear, ScaledEmbedding, ScaledConv2d)) or type(layer) in SCALABLE_TYPES:
-            continue
-        if id(layer) in owners:
-            raise TypeError(
-                f"parametrize(): {name!r} is the output projection of the nn.MultiheadAttention {owners[id(layer)]!r}, "
-                "which multiplies by in_proj_weight and out_proj.weight itself (F.multi_head_attention_forward), so "
-                "no init, multiplier or mask of parametrize() reaches them, nor muP's 1/d_head logit scale; write the "
-                "attention with nn.Linear layers and F.scaled_dot_product_attention(..., scale=1/d_head) (as "
-                f"catapult.models.GPT does), or leave it as it is with roles={{{name!r}: None}}")
-        raise TypeError(f"parametrize() handles plain nn.Linear / nn.Embedding / nn.Conv2d layers; {name!r} is a "
-                        f"{type(layer).__name__} (its own forward would be lost): give it role None "
-                        f"(roles={{{name!r}: None}})")
-    for name in roles:
-        layer = layers[name]
-        if not isinstance(layer._parameters.get("weight"), nn.Parameter):
-            # torch.nn.utils.prune (weight_orig * weight_mask) or the old weight_norm (weight_g, weight_v)
-            # recompute .weight before every forward: the init written into it was lost at the first
-            # forward, and param_groups gave weight_orig the lr of a vector
-            held = [n for n, _ in layer.named_parameters(recurse=False)]
-            raise TypeError(
-                f"parametrize(): the weight of {name!r} is not a Parameter of its own (its parameters are {held}: "
-                "torch.nn.utils.prune or weight_norm recompute it before every forward), so the init would be "
-                f"lost; make it plain first (torch.nn.utils.prune.remove(layer, 'weight')) and let parametrize "
-                f"draw the masks (density=), or give it role None (roles={{{name!r}: None}})")
-
-
 def parametrize(
     module: nn.Module,
     parametrization: str = "mup",
@@ -538,9 +458,9 @@ def parametrize(
         mask_seed = int(torch.randint(0, 2**62, (1,)).item())
     generator = torch.Generator().manual_seed(int(mask_seed))
 
-    _check_masks(all_layers, layer_roles, density)  # before any layer changes
-    _check_scalable(all_layers, layer_roles)
-    _check_shared(all_layers, layer_roles)
+    check_masks(all_layers, layer_roles, density)  # before any layer changes
+    check_scalable(all_layers, layer_roles)
+    check_shared(all_layers, layer_roles)
 
     initialised: set[int] = set()
     masks: dict[int, torch.Tensor] = {}  # per weight: a weight shared by two hidden layers gets one mask
