@@ -41,6 +41,7 @@ MODULES = (
     "catapult.curvature.distributed",
     "catapult.curvature.rank_agreement",
     "catapult.curvature.stateless",
+    "catapult.curvature.twice",
     "catapult.critical_lr",
     "catapult.parametrize",
     "catapult.parametrize_checks",

@@ -23,6 +23,7 @@ from catapult.curvature.forward_ad import jvp_of_gradient
 from catapult.curvature.grads_into import attach_grads, backward_into, flush_grads, refuse_constant
 from catapult.curvature.microbatch import refuse_dropout, split_batch
 from catapult.curvature.stateless import functional_call
+from catapult.curvature.twice import weight_norm_by_parts, weight_norm_module
 
 __all__ = ["HVP_MODES", "HessianOperator", "resolve_dtype", "resolve_hvp", "fixed_rng", "math_attention"]
 
@@ -162,8 +163,8 @@ class HessianOperator:
         are many small operations (the small GPT of ``bench/bench_peers.py``: a ``sharpness``
         call 1.3x faster), slower on large matmuls (the Fig. 1 FCN: 1.4x, since each product
         re-runs the forward and backward that double backprop keeps); the first call compiles
-        (15-50 s on 2 CPU cores). Train-mode dropout is refused: compiled graphs draw their own
-        masks.
+        (15-50 s on 2 CPU cores). Train-mode dropout is refused (compiled graphs draw their own
+        masks), and so is weight norm (:mod:`~catapult.curvature.twice`: wrong there).
       * ``"auto"``: the one measured faster (``_AUTO_HVP``; double backprop on CPU);
         forward-over-reverse for a model holding a ``torch.compile`` wrapper (no double backward).
 
@@ -179,6 +180,9 @@ class HessianOperator:
     losses, and any other loss is refused with a ``ValueError``. Train-mode BatchNorm and
     dropout couple or re-draw samples per chunk, so they are refused too (call
     ``model.eval()`` first).
+
+    Weight norm (``torch._weight_norm``) is taken by parts, ``v * (g / ||v||)``: torch's fused
+    kernel has a wrong double backward (:mod:`~catapult.curvature.twice`).
 
     Without ``dtype``, a float16 or bfloat16 model is measured in float32: half precision rounds
     at 1e-3 .. 8e-3, above the tolerances asked of the solvers. Where the loss at the
@@ -280,6 +284,9 @@ class HessianOperator:
         if self.mode == "compiled":
             refuse_dropout(model, "hvp='compiled'", "would not follow the seed in a compiled graph",
                            "another hvp mode")
+            if (where := weight_norm_module(model)) is not None:  # twice.py
+                raise ValueError(f"hvp='compiled': module {where!r} is under weight norm, whose second "
+                                 "derivatives torch.compile takes wrong; use another hvp mode")
             # theta as one flat vector in dtype, and how to cut it back into the parameters
             self._theta = torch.cat([p.reshape(-1).to(self.dtype) for p in self._params.values()])
             self._layout = (tuple(self.names), tuple(tuple(s) for s in self.shapes),
@@ -365,8 +372,9 @@ class HessianOperator:
         inputs = self._inputs if inputs is None else inputs
         targets = self._targets if targets is None else targets
         # Second derivatives need the math kernel of scaled_dot_product_attention: the fused
-        # (flash / memory-efficient) kernels have no double backward.
-        with fixed_rng(self.seed, self.device), math_attention():
+        # (flash / memory-efficient) kernels have no double backward; and weight norm by parts,
+        # whose fused kernel's double backward is wrong (twice.py).
+        with fixed_rng(self.seed, self.device), math_attention(), weight_norm_by_parts():
             buffers = {n: b.clone() for n, b in self._buffers.items()}
             out = functional_call(self._model, {**self._frozen, **buffers, **params}, (inputs,))
             loss = self._loss_fn(out, targets)
