@@ -6,6 +6,12 @@ restores it in the same order, so the slot ends up holding the tensor passed in,
 model's Parameter: every curvature call and ``critical_lr`` replaced the model's weights by
 detached copies, which the optimizer no longer held (its steps stopped moving the model), and
 the next call saw no trainable parameter there.
+
+An ``nn.Embedding`` (or ``nn.EmbeddingBag``) with ``max_norm`` renormalises the rows it looks up
+in place, in its weight, inside every forward: through ``functional_call`` on detached aliases of
+the parameters (the curvature operators) or on the model's own (``critical_lr``) that wrote the
+model's weight, so ``catapult.sharpness`` and ``catapult.critical_lr`` changed a parameter
+(:func:`renormed_copies`). Such a weight is passed as a copy.
 """
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ import contextlib
 
 import torch
 
-__all__ = ["functional_call", "slots_kept"]
+__all__ = ["functional_call", "slots_kept", "renormed_copies"]
 
 
 @contextlib.contextmanager
@@ -40,6 +46,35 @@ def slots_kept(model: torch.nn.Module):
                         store[name] = tensor
 
 
+def renormed_copies(model: torch.nn.Module, tensors: dict) -> dict:
+    """``tensors`` with a copy (``clone``, differentiable) of each embedding weight that a
+    ``max_norm`` renormalises in place in the forward: the tensor given for it, or the model's
+    own parameter where none is (under the name ``tensors`` holds it by, where it is tied).
+
+    >>> model = torch.nn.Embedding(2, 2, max_norm=1.0)
+    >>> weight = torch.full((2, 2), 3.0)
+    >>> copies = renormed_copies(model, {"weight": weight})
+    >>> copies["weight"] is weight, torch.equal(copies["weight"], weight)
+    (False, True)
+    """
+    embeddings = [m for m in model.modules()
+                  if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag)) and m.max_norm is not None]
+    if not embeddings:
+        return tensors
+    names: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    out = dict(tensors)
+    for module in embeddings:
+        aliases = names.get(id(module.weight), [])
+        given = [n for n in aliases if n in tensors]
+        if given:
+            out[given[0]] = tensors[given[0]].clone()
+        elif aliases:
+            out[aliases[0]] = module.weight.clone()
+    return out
+
+
 def functional_call(model: torch.nn.Module, tensors: dict, args):
     """``torch.func.functional_call(model, tensors, args)``, the model's own parameters and
     buffers in place afterwards (:func:`slots_kept`).
@@ -53,4 +88,4 @@ def functional_call(model: torch.nn.Module, tensors: dict, args):
     True
     """
     with slots_kept(model):
-        return torch.func.functional_call(model, tensors, args)
+        return torch.func.functional_call(model, renormed_copies(model, tensors), args)

@@ -1,0 +1,66 @@
+"""An ``nn.Embedding`` with ``max_norm`` renormalises its weight in place in every forward: the
+curvature functions and ``critical_lr`` must leave the model's weight as it was
+(``catapult.curvature.stateless.renormed_copies``)."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from dense_curvature import dense_hessian
+
+import catapult
+
+
+class Bag(nn.Module):
+    def __init__(self, max_norm):
+        super().__init__()
+        self.embed = nn.Embedding(7, 4, max_norm=max_norm)
+        self.out = nn.Linear(4, 3)
+
+    def forward(self, tokens):
+        return self.out(torch.tanh(self.embed(tokens).mean(1)))
+
+
+def problem():
+    torch.manual_seed(0)
+    model = Bag(max_norm=0.5).double()   # rows of norm ~2: every one looked up is renormalised
+    tokens, labels = torch.randint(0, 7, (12, 3)), torch.randint(0, 3, (12,))
+    return model, (tokens, labels)
+
+
+def unchanged(model, before):
+    return all(torch.equal(p, before[n]) for n, p in model.state_dict().items())
+
+
+@pytest.mark.parametrize("call", [
+    lambda m, b: catapult.sharpness(m, F.cross_entropy, b),
+    lambda m, b: catapult.sharpness(m, F.cross_entropy, b, hvp="forward_over_reverse"),
+    lambda m, b: catapult.sharpness(m, F.cross_entropy, b, hvp="finite_difference"),
+    lambda m, b: catapult.sharpness(m, F.cross_entropy, b, curvature="ggn"),
+    lambda m, b: catapult.top_eigenpairs(m, F.cross_entropy, b, k=2),
+    lambda m, b: catapult.hessian_trace(m, F.cross_entropy, b, matvecs=6),
+    lambda m, b: catapult.critical_lr(m, F.cross_entropy, b, torch.optim.SGD(m.parameters(), lr=0.1)),
+])
+def test_calls_leave_a_max_norm_embedding_as_it_was(call):
+    model, batch = problem()
+    before = copy.deepcopy(model.state_dict())
+    call(model, batch)
+    assert unchanged(model, before)   # the looked-up rows were renormalised to 0.5 before
+
+
+def test_sharpness_is_that_of_the_renormalised_rows():
+    """The forward looks the rows up renormalised (without a derivative through the renorm), so
+    the Hessian is the plain embedding's at the renormalised weight."""
+    model, batch = problem()
+    plain = Bag(max_norm=None).double()
+    plain.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.embedding_renorm_(plain.embed.weight, batch[0].reshape(-1), 0.5, 2.0)
+    truth = np.linalg.eigvalsh(dense_hessian(plain, F.cross_entropy, batch).numpy())[-1]
+    est = catapult.sharpness(model, F.cross_entropy, batch, tol=1e-8)
+    assert abs(est.value - truth) <= 1e-7 * truth
