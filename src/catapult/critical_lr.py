@@ -450,6 +450,7 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
     check_module("critical_lr", model)
     check_batch("critical_lr", batch, allow_empty=distributed)
     registry.spec_for(optimizer)              # unsupported optimizer: fail before any work
+    registry.refuse_maximize(optimizer, "critical_lr")
     _warn_group_lrs_ignored(optimizer)
     # a model sharded by FSDP2: the loss and gradient come from its own forward and backward,
     # and the trials move each rank's rows of the parameters in place

@@ -113,6 +113,7 @@ def check_optimizer_holds(optimizer, params) -> None:
     ...
     ValueError: the optimizer holds none of the model's trainable parameters (is it the optimizer ...
     """
+    registry.refuse_maximize(optimizer, "the pre-conditioned sharpness")
     held = {id(p) for group in optimizer.param_groups for p in group["params"]}
     if not any(id(p) in held for p in params):
         raise ValueError("the optimizer holds none of the model's trainable parameters (is it the optimizer "

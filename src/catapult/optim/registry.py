@@ -27,7 +27,7 @@ from catapult.optim.gi_adam import GIAdam
 from catapult.parametrize import optimizer_family
 
 __all__ = ["OptimizerSpec", "get", "names", "preconditioned_names", "rule_for", "spec_for",
-           "hyperparameters"]
+           "hyperparameters", "refuse_maximize"]
 
 
 @dataclass(frozen=True)
@@ -167,3 +167,27 @@ def hyperparameters(group: Mapping[str, Any], *, optimizer: torch.optim.Optimize
     if isinstance(optimizer, GIAdam) and param is not None:
         hp["seed"] = optimizer.v0_seed(param, group)
     return hp
+
+
+def refuse_maximize(optimizer: torch.optim.Optimizer, where: str) -> None:
+    """A ValueError naming the first param group (with parameters) that has ``maximize=True``.
+
+    Such a step ascends ``loss_fn``: its critical lr is where ``loss_fn`` falls, and its
+    curvature that of ``-loss_fn``, while ``critical_lr`` and the pre-conditioned operators
+    measure the descent of ``loss_fn`` (the critical lr came out ``lr_start``, the loss rising at
+    once, and the pre-conditioned sharpness that of ``+H``). The same step is
+    ``maximize=False`` on ``-loss_fn`` (the same state: torch negates the gradient first).
+
+    >>> w = torch.nn.Parameter(torch.zeros(2))
+    >>> refuse_maximize(torch.optim.SGD([w], lr=0.1), "critical_lr")
+    >>> refuse_maximize(torch.optim.Adam([w], maximize=True), "critical_lr")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: critical_lr: param group 0 has maximize=True: ...
+    """
+    for i, group in enumerate(optimizer.param_groups):
+        if group.get("maximize", False) and group.get("params"):
+            raise ValueError(
+                f"{where}: param group {i} has maximize=True: its step ascends loss_fn, and {where} "
+                "measures the descent of loss_fn; set the groups' maximize to False and pass "
+                "lambda out, y: -loss_fn(out, y) (the same step, the same optimizer state)")

@@ -10,6 +10,7 @@ import torch
 
 from catapult.arguments import check_batch, check_module
 from catapult.critical_lr import GROUP_LRS_WARNING, critical_lr, probe_loss
+from catapult.optim import registry
 from catapult.parametrize import group_lr_mult
 from catapult.schedules.functions import checked_real
 from catapult.schedules.scheduler import set_group_lr, warn_replaced_group_lrs
@@ -110,6 +111,7 @@ class PersistentCatapultWarmup:
             raise TypeError(f"warm_start must be True or False, got {warm_start!r}")
         self.warm_start = warm_start
         self.rtol = None if rtol is None else checked_real("rtol", rtol, positive=True)
+        registry.refuse_maximize(optimizer, "PersistentCatapultWarmup")
         self.optimizer, self.model, self.loss_fn = optimizer, model, loss_fn
         warn_replaced_group_lrs(optimizer, type(self).__name__)
         self.lr: float | None = None
