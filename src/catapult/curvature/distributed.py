@@ -130,8 +130,9 @@ def require_process_group() -> None:
 
 
 def check_shardable(model: torch.nn.Module) -> None:
-    """Raise a ValueError naming the module if ``model`` has a BatchNorm in train mode: its
-    batch statistics would be each shard's, not the union's.
+    """Raise a ValueError naming the module if ``model`` has a BatchNorm that normalises by batch
+    statistics (in train mode, or without running statistics in either mode): they would be each
+    shard's, not the union's.
 
     >>> model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.BatchNorm1d(3))
     >>> check_shardable(model.eval())
@@ -140,11 +141,14 @@ def check_shardable(model: torch.nn.Module) -> None:
     ...
     ValueError: distributed=True: module '1' is a BatchNorm in train mode, whose batch statistics would be each rank's shard's, not the union's; call model.eval() first
     """
-    for name, module in unwrap_ddp(model).named_modules():
-        if module.training and isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            raise ValueError(f"distributed=True: module {name!r} is a BatchNorm in train mode, whose "
-                             f"batch statistics would be each rank's shard's, not the union's; "
-                             f"call model.eval() first")
+    from catapult.curvature.microbatch import batch_coupling, coupling_remedy
+
+    coupled = batch_coupling(unwrap_ddp(model))
+    if coupled is not None and coupled[1].startswith("a BatchNorm"):
+        name, what = coupled
+        remedy = "call model.eval() first" if coupling_remedy(what) else "give it running statistics"
+        raise ValueError(f"distributed=True: module {name!r} is {what} would be each rank's shard's, "
+                         f"not the union's; {remedy}")
 
 
 def unwrap_ddp(model: torch.nn.Module) -> torch.nn.Module:

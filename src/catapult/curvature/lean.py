@@ -42,7 +42,7 @@ import torch
 from catapult.curvature.coarse import COARSE_MIN_SAMPLES
 from catapult.curvature.hessian import fixed_rng
 from catapult.curvature.krylov import inner_product, vector_norm, unit_roundoff
-from catapult.curvature.microbatch import batch_coupling
+from catapult.curvature.microbatch import batch_coupling, coupling_remedy
 from catapult.curvature.stateless import functional_call
 from catapult.curvature.lanczos import EigenEstimate, ritz_pairs, top_ritz_pair
 from catapult.curvature.stopping import error_floor, krylov_invariant, relative_residual
@@ -146,8 +146,8 @@ def refuse_batch_coupling(model: torch.nn.Module, chunk_size: int) -> None:
     coupled = batch_coupling(model)
     if coupled is not None:
         raise ValueError(f"memory='lean' splits the batch into micro-batches of {chunk_size}, but "
-                         f"module {coupled[0]!r} is {coupled[1]} would differ per micro-batch; call "
-                         f"model.eval() or use memory='fast'")
+                         f"module {coupled[0]!r} is {coupled[1]} would differ per micro-batch; "
+                         f"{coupling_remedy(coupled[1])}use memory='fast'")
 
 
 def warn_unfit(n: int, param_bytes: int, act_bytes: int) -> None:

@@ -13,17 +13,31 @@ import torch
 
 from catapult.arguments import as_integer
 
-__all__ = ["ChosenChunkSize", "batch_coupling", "refuse_dropout", "reduction_kind", "split_batch"]
+__all__ = ["ChosenChunkSize", "batch_coupling", "coupling_remedy", "refuse_dropout", "reduction_kind", "split_batch",
+           "uses_batch_statistics"]
 
 
 def _draws_a_mask(module: torch.nn.Module) -> bool:
     return module.training and isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p > 0
 
 
+def uses_batch_statistics(module: torch.nn.Module) -> bool:
+    """Whether ``module`` is a BatchNorm that normalises by the batch's own statistics: in train
+    mode, or in either mode without running statistics (``track_running_stats=False``), as torch
+    does.
+
+    >>> bn = torch.nn.BatchNorm1d(2, track_running_stats=False)
+    >>> uses_batch_statistics(bn.eval()), uses_batch_statistics(torch.nn.BatchNorm1d(2).eval())
+    (True, False)
+    """
+    return isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and (
+        module.training or (module.running_mean is None and module.running_var is None))
+
+
 def batch_coupling(model: torch.nn.Module) -> tuple[str, str] | None:
     """``(name, what)`` of the first module that makes a sample's loss depend on how the batch is
-    cut (a train-mode BatchNorm: its batch statistics; a train-mode Dropout with ``p > 0``: its
-    mask, drawn per call), or ``None``.
+    cut (a BatchNorm that uses batch statistics, :func:`uses_batch_statistics`; a train-mode
+    Dropout with ``p > 0``: its mask, drawn per call), or ``None``.
 
     Example:
         >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
@@ -33,13 +47,23 @@ def batch_coupling(model: torch.nn.Module) -> tuple[str, str] | None:
         True
     """
     for name, module in model.named_modules():
-        if not module.training:
-            continue
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            return name, "a BatchNorm in train mode, whose batch statistics"
-        if _draws_a_mask(module):
+        if uses_batch_statistics(module):
+            return name, ("a BatchNorm in train mode, whose batch statistics" if module.training else
+                          "a BatchNorm without running statistics (track_running_stats=False), whose "
+                          "batch statistics")
+        if module.training and _draws_a_mask(module):
             return name, "a Dropout in train mode, whose mask"
     return None
+
+
+def coupling_remedy(what: str) -> str:
+    """``"call model.eval() or "`` where :func:`batch_coupling`'s ``what`` is a train-mode module
+    (eval mode takes it away), else ``""``.
+
+    >>> coupling_remedy("a Dropout in train mode, whose mask"), coupling_remedy("a BatchNorm without ...")
+    ('call model.eval() or ', '')
+    """
+    return "call model.eval() or " if "in train mode" in what else ""
 
 
 def refuse_dropout(model: torch.nn.Module, option: str, why: str, instead: str) -> None:
@@ -170,7 +194,7 @@ def split_batch(model: torch.nn.Module, loss_at, params: dict, inputs, targets,
     coupled = batch_coupling(model)
     if coupled is not None:
         raise ValueError(f"{option}: module {coupled[0]!r} is {coupled[1]} would differ per chunk; "
-                         f"call model.eval() or use {instead}")
+                         f"{coupling_remedy(coupled[1])}use {instead}")
     pieces = [(x[i:i + chunk_size], y[i:i + chunk_size]) for i in range(0, n, chunk_size)]
     mean_w = [xc.shape[0] / n for xc, _ in pieces]
     full, kind, shown = reduction_kind(loss_at, params, x, y, pieces, dtype)
