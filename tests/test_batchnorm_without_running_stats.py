@@ -47,3 +47,17 @@ def test_distributed_refuses_it_naming_the_module():
             with pytest.raises(ValueError, match=r"distributed=True: module '1' is a BatchNorm without running "
                                                  r"statistics .* give it running statistics"):
                 call()
+
+
+def test_distributed_refuses_a_batchnorm_behind_a_dropout():
+    """Every module is checked, not only the first that couples the batch (a train-mode Dropout
+    ahead of it)."""
+    torch.manual_seed(0)
+    for bn in (nn.BatchNorm1d(6), nn.BatchNorm1d(6, track_running_stats=False)):
+        model = nn.Sequential(nn.Linear(5, 6), nn.Dropout(0.2), bn, nn.Tanh(), nn.Linear(6, 3)).double()
+        model[2].train(True)
+        model[1].train(True)
+        batch = (torch.randn(12, 5, dtype=torch.float64), torch.randint(0, 3, (12,)))
+        with single_process_group():
+            with pytest.raises(ValueError, match=r"distributed=True: module '2' is a BatchNorm"):
+                catapult.sharpness(model, F.cross_entropy, batch, distributed=True)

@@ -141,14 +141,14 @@ def check_shardable(model: torch.nn.Module) -> None:
     ...
     ValueError: distributed=True: module '1' is a BatchNorm in train mode, whose batch statistics would be each rank's shard's, not the union's; call model.eval() first
     """
-    from catapult.curvature.microbatch import batch_coupling, coupling_remedy
+    from catapult.curvature.microbatch import batch_coupling, uses_batch_statistics
 
-    coupled = batch_coupling(unwrap_ddp(model))
-    if coupled is not None and coupled[1].startswith("a BatchNorm"):
-        name, what = coupled
-        remedy = "call model.eval() first" if coupling_remedy(what) else "give it running statistics"
-        raise ValueError(f"distributed=True: module {name!r} is {what} would be each rank's shard's, "
-                         f"not the union's; {remedy}")
+    for name, module in unwrap_ddp(model).named_modules():
+        if uses_batch_statistics(module):
+            what = batch_coupling(module)[1]
+            remedy = "call model.eval() first" if module.training else "give it running statistics"
+            raise ValueError(f"distributed=True: module {name!r} is {what} would be each rank's shard's, "
+                             f"not the union's; {remedy}")
 
 
 def unwrap_ddp(model: torch.nn.Module) -> torch.nn.Module:
@@ -357,10 +357,9 @@ def _sharded_shard_reduction(model, loss_fn, batch) -> str | None:
     output's rows. The model's train/eval mode is the caller's; a forward whose batch statistics
     would move (train-mode BatchNorm) is not run, on any rank alike."""
     from catapult.curvature.hessian import fixed_rng
-    from catapult.curvature.microbatch import batch_coupling, reduction_kind
+    from catapult.curvature.microbatch import reduction_kind, uses_batch_statistics
 
-    coupling = batch_coupling(model)
-    if coupling is not None and not coupling[1].startswith("a Dropout"):
+    if any(uses_batch_statistics(m) for m in model.modules()):
         return None
     x, y = batch
     with torch.no_grad(), fixed_rng(0, x.device):  # a dropout's masks leave the global generators alone
@@ -380,7 +379,7 @@ def _sharded_shard_reduction(model, loss_fn, batch) -> str | None:
 
 def _shard_reduction(model, loss_fn, batch) -> str | None:
     """``"mean"``, ``"sum"`` or None (cannot tell) for ``loss_fn`` on this rank's shard."""
-    from catapult.curvature.microbatch import batch_coupling, reduction_kind
+    from catapult.curvature.microbatch import batch_coupling, reduction_kind, uses_batch_statistics
     from catapult.curvature.stateless import functional_call
 
     inner = unwrap_ddp(model)
@@ -390,7 +389,7 @@ def _shard_reduction(model, loss_fn, batch) -> str | None:
     coupling = batch_coupling(inner)
     # a train-mode dropout draws a mask per call, so the halves' losses would not add up: the
     # loss_fn's reduction is told in eval mode (a mean taken for it halved a sum loss on 2 ranks)
-    masks_only = coupling is not None and coupling[1].startswith("a Dropout")
+    masks_only = coupling is not None and not any(uses_batch_statistics(m) for m in inner.modules())
     if (n < 1 or not params or (coupling is not None and not masks_only)
             or not (torch.is_tensor(y) and y.dim() >= 1 and y.shape[0] == n)):
         return None
