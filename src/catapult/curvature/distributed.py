@@ -347,7 +347,8 @@ def _told(kind, shown, what) -> str | None:
     if kind is None:
         raise ValueError(f"distributed=True: loss_fn is neither a mean nor a sum over samples on this rank's shard "
                          f"({what}: {shown}), so the ranks' losses do not add up to the union's loss; use "
-                         f"a loss that averages or sums per-sample terms")
+                         f"a loss that averages or sums per-sample terms (a forward drawing masks that no "
+                         f"module holds, such as F.dropout in train mode, reads the same: call model.eval())")
     return None if kind == "both" else kind
 
 

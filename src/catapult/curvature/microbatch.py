@@ -17,8 +17,20 @@ __all__ = ["ChosenChunkSize", "batch_coupling", "coupling_remedy", "refuse_dropo
            "uses_batch_statistics"]
 
 
+def _mask_drawer(module: torch.nn.Module) -> str | None:
+    """What ``module`` is where its train-mode forward draws a random mask per call (a Dropout
+    with ``p > 0``; a MultiheadAttention with ``dropout > 0``, on its attention weights), else None."""
+    if not module.training:
+        return None
+    if isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p > 0:
+        return "a Dropout in train mode"
+    if isinstance(module, torch.nn.MultiheadAttention) and module.dropout > 0:
+        return f"a MultiheadAttention in train mode with dropout={module.dropout}"
+    return None
+
+
 def _draws_a_mask(module: torch.nn.Module) -> bool:
-    return module.training and isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p > 0
+    return _mask_drawer(module) is not None
 
 
 def uses_batch_statistics(module: torch.nn.Module) -> bool:
@@ -51,8 +63,8 @@ def batch_coupling(model: torch.nn.Module) -> tuple[str, str] | None:
             return name, ("a BatchNorm in train mode, whose batch statistics" if module.training else
                           "a BatchNorm without running statistics (track_running_stats=False), whose "
                           "batch statistics")
-        if module.training and _draws_a_mask(module):
-            return name, "a Dropout in train mode, whose mask"
+        if _draws_a_mask(module):
+            return name, f"{_mask_drawer(module)}, whose mask"
     return None
 
 
@@ -78,7 +90,7 @@ def refuse_dropout(model: torch.nn.Module, option: str, why: str, instead: str) 
     """
     for name, module in model.named_modules():
         if _draws_a_mask(module):
-            raise ValueError(f"{option}: module {name!r} is a Dropout in train mode, whose mask {why}; "
+            raise ValueError(f"{option}: module {name!r} is {_mask_drawer(module)}, whose mask {why}; "
                              f"call model.eval() or use {instead}")
 
 
@@ -202,7 +214,8 @@ def split_batch(model: torch.nn.Module, loss_at, params: dict, inputs, targets,
         raise ValueError(f"{option}: cannot tell whether loss_fn is a mean or a sum over samples, "
                          f"since its loss is 0 here and nearby ({shown}); use {instead}")
     if kind is None:
-        raise ValueError(f"{option}: loss_fn is neither a mean nor a sum over samples ({shown}); "
+        raise ValueError(f"{option}: loss_fn is neither a mean nor a sum over samples ({shown}), or the "
+                         f"model draws masks in its forward (F.dropout in train mode) or couples samples; "
                          f"use {instead}")
     weights = mean_w if kind == "mean" else [1.0] * len(pieces)
     return [(xc, yc, w) for (xc, yc), w in zip(pieces, weights)], full
