@@ -309,6 +309,10 @@ class GIAdam(torch.optim.Optimizer):
 
         # refused before any state is made: a half-made state (no exp_avg_sq) would outlive
         # the error (state_dict, critical_lr's direction)
+        # a flag set in a param group after construction (group["amsgrad"] = True, as torch
+        # Adam honours) was stepped without: the groups are checked at every step
+        for i, group in enumerate(self.param_groups):
+            _check_torch_adam_flags(group, f"param group {i}: ", group.get("weight_decay", 0.0))
         for p in (p for group in self.param_groups for p in group["params"]):
             if p.grad is not None and p.grad.is_sparse:
                 raise RuntimeError("GIAdam does not support sparse gradients")
