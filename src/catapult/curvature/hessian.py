@@ -23,7 +23,7 @@ from catapult.curvature.forward_ad import jvp_of_gradient
 from catapult.curvature.grads_into import attach_grads, backward_into, flush_grads, refuse_constant
 from catapult.curvature.microbatch import refuse_dropout, split_batch
 from catapult.curvature.stateless import functional_call
-from catapult.curvature.twice import weight_norm_by_parts, weight_norm_module
+from catapult.curvature.twice import verify_operator, weight_norm_by_parts, weight_norm_module
 
 __all__ = ["HVP_MODES", "HessianOperator", "resolve_dtype", "resolve_hvp", "fixed_rng", "math_attention"]
 
@@ -304,6 +304,8 @@ class HessianOperator:
                 self._grad_fn = torch.func.grad_and_value(self._loss)
         # the curvature of a nan or inf loss is nan: every product says so (a diverged model)
         self._finite_loss = math.isfinite(self.loss)
+        if self.mode == "double_backprop" and self._finite_loss:  # custom Functions' (twice.py)
+            verify_operator(self, loss if torch.is_tensor(loss) else None)
 
     def _gradient_graph(self, inputs, targets, create_graph: bool | None, scale: float = 1.0):
         """``(leaves, loss, grads)``: the loss on ``(inputs, targets)`` at fresh leaves (detached
@@ -398,8 +400,9 @@ class HessianOperator:
                 for out, g in zip(self.split(flat), grads):
                     out.add_(g, alpha=w)
             self._grad_flat = flat
-        elif self._grad_flat is None and self.mode == "compiled":
-            self._grad_flat = self._difference_base()  # the base the differences subtract
+        elif self._grad_flat is None and self.mode in ("compiled", "finite_difference"):
+            # the base the differences subtract (plain autograd: custom Functions need no functorch rule)
+            self._grad_flat = self._difference_base()
         elif self._grad_flat is None and self.mode == "double_backprop":
             self._grad_flat = torch.cat([g.detach().reshape(-1) for g in self._grads])
         elif self._grad_flat is None:
