@@ -24,7 +24,9 @@ def flat_loss(model, loss_fn, batch):
     names = [n for n, _ in trainable]
     shapes = [p.shape for _, p in trainable]
     sizes = [p.numel() for _, p in trainable]
-    buffers = {n: _double(b) for n, b in model.named_buffers()}
+    # copies: a float64 model's own buffers were passed (.double() of a float64 tensor is that
+    # tensor), and a train-mode BatchNorm wrote its running statistics into the model
+    buffers = {n: _double(b.detach().clone()) for n, b in model.named_buffers()}
     x, y = _double(batch[0]), _double(batch[1])
 
     def outputs_of(flat):
