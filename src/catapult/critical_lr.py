@@ -323,6 +323,9 @@ def _loss_and_gradient(model, loss_fn, batch, params, snapshot, reduce) -> tuple
                              "the optimizer")
         grads = (torch.autograd.grad(loss, params, allow_unused=True) if loss.requires_grad
                  else [None] * len(params))
+    # an nn.Embedding(sparse=True) gives a sparse gradient, which the update rules' arithmetic
+    # refused ("Could not run 'aten::ne.Scalar' with arguments from the 'SparseCPU' backend")
+    grads = [g.to_dense() if g is not None and g.is_sparse else g for g in grads]
     if reduce is not None:
         # a parameter this rank's shard leaves unused (an expert none of its samples is routed
         # to) has no gradient here but may have one on another rank: every rank all-reduces the

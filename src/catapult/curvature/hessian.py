@@ -23,7 +23,7 @@ from catapult.curvature.forward_ad import jvp_of_gradient
 from catapult.curvature.grads_into import attach_grads, backward_into, flush_grads, refuse_constant
 from catapult.curvature.microbatch import refuse_dropout, split_batch
 from catapult.curvature.stateless import functional_call
-from catapult.curvature.twice import verify_operator, weight_norm_by_parts, weight_norm_module
+from catapult.curvature.twice import verify_operator, second_order_forms, weight_norm_module
 
 __all__ = ["HVP_MODES", "HessianOperator", "resolve_dtype", "resolve_hvp", "fixed_rng", "math_attention"]
 
@@ -181,8 +181,9 @@ class HessianOperator:
     dropout couple or re-draw samples per chunk, so they are refused too (call
     ``model.eval()`` first).
 
-    Weight norm (``torch._weight_norm``) is taken by parts, ``v * (g / ||v||)``: torch's fused
-    kernel has a wrong double backward (:mod:`~catapult.curvature.twice`).
+    Weight norm (``torch._weight_norm``) is taken by parts, ``v * (g / ||v||)`` (torch's fused
+    kernel has a wrong double backward), and embeddings without ``scale_grad_by_freq`` and
+    ``sparse`` (flags of the backward alone): :mod:`~catapult.curvature.twice`.
 
     Without ``dtype``, a float16 or bfloat16 model is measured in float32: half precision rounds
     at 1e-3 .. 8e-3, above the tolerances asked of the solvers. Where the loss at the
@@ -376,7 +377,7 @@ class HessianOperator:
         # Second derivatives need the math kernel of scaled_dot_product_attention: the fused
         # (flash / memory-efficient) kernels have no double backward; and weight norm by parts,
         # whose fused kernel's double backward is wrong (twice.py).
-        with fixed_rng(self.seed, self.device), math_attention(), weight_norm_by_parts():
+        with fixed_rng(self.seed, self.device), math_attention(), second_order_forms():
             buffers = {n: b.clone() for n, b in self._buffers.items()}
             out = functional_call(self._model, {**self._frozen, **buffers, **params}, (inputs,))
             loss = self._loss_fn(out, targets)

@@ -23,12 +23,21 @@ symmetric, so no solver sees it). Where the loss's graph holds such a Function
 vector against central differences of the gradient, which need first derivatives only
 (:func:`check_custom_functions`), and refuses a product that is off.
 
+``F.embedding`` with ``scale_grad_by_freq=True`` divides each row's gradient by its count in the
+batch: that is not the loss's gradient, and its Jacobian is not symmetric (a 4-dimensional
+embedding's "sharpness" came out 0.468275, ``converged``, error bound 8e-10, where the loss's
+Hessian has 0.465925 and the matrix taken had a 3.6e-2 spread in its top three); with
+``sparse=True`` the gradient is a sparse tensor, and every product raised "reshape is not
+implemented for sparse tensors". Neither flag changes the forward, so the operators take the
+lookup without them (:class:`second_order_forms`), and measure the loss's Hessian.
+
 Under ``torch.compile`` the mode does not reach the op (``hvp="compiled"`` still gave that
 0.911918, the mode entered inside or around the compiled function), so the compiled products
 refuse a model with weight norm (:func:`weight_norm_module` names it).
 """
 from __future__ import annotations
 
+import inspect
 import sys
 
 import torch
@@ -37,7 +46,10 @@ from torch.overrides import TorchFunctionMode
 from catapult.curvature.difference import central_step
 
 __all__ = ["weight_norm_by_parts", "weight_norm_module", "custom_functions", "check_custom_functions",
-           "verify_operator"]
+           "verify_operator", "second_order_forms"]
+
+
+_EMBEDDING_GRADIENT_FLAGS = {"scale_grad_by_freq": False, "sparse": False}
 
 
 def _weight_norm_arguments(v, g, dim=0):
@@ -66,6 +78,29 @@ class weight_norm_by_parts(TorchFunctionMode):  # noqa: N801 -- used as a contex
             v, g, dim = _weight_norm_arguments(*args, **kwargs)
             return v * (g / torch.norm_except_dim(v, 2, dim))
         return func(*args, **kwargs)
+
+
+class second_order_forms(weight_norm_by_parts):  # noqa: N801 -- used as a context, like torch's modes
+    """:class:`weight_norm_by_parts`, and ``F.embedding`` / ``F.embedding_bag`` with
+    ``scale_grad_by_freq`` and ``sparse`` off (flags of the backward only, not of the value), so
+    the gradient is the loss's own and dense; every other call is unchanged.
+
+    Example (the row looked up twice: its gradient is 2, not 2 / 2):
+        >>> w = torch.zeros(3, 2, requires_grad=True)
+        >>> with second_order_forms():
+        ...     loss = torch.nn.functional.embedding(torch.tensor([1, 1]), w, scale_grad_by_freq=True).sum()
+        >>> torch.autograd.grad(loss, w)[0][1]
+        tensor([2., 2.])
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (torch.nn.functional.embedding, torch.nn.functional.embedding_bag):
+            bound = inspect.signature(func).bind(*args, **kwargs)   # nn.Embedding passes them by position
+            if any(bound.arguments.get(k) for k in _EMBEDDING_GRADIENT_FLAGS):
+                bound.arguments.update(_EMBEDDING_GRADIENT_FLAGS)
+                return func(*bound.args, **bound.kwargs)
+        return super().__torch_function__(func, types, args, kwargs)
 
 
 def weight_norm_module(model: torch.nn.Module) -> str | None:
