@@ -23,7 +23,8 @@ from catapult.curvature.forward_ad import jvp_of_gradient
 from catapult.curvature.grads_into import attach_grads, backward_into, flush_grads, refuse_constant
 from catapult.curvature.microbatch import refuse_dropout, split_batch
 from catapult.curvature.stateless import functional_call
-from catapult.curvature.twice import verify_operator, second_order_forms, weight_norm_module
+from catapult.curvature.twice import (named_missing_derivatives, second_order_forms, verify_operator,
+                                      weight_norm_module)
 
 __all__ = ["HVP_MODES", "HessianOperator", "resolve_dtype", "resolve_hvp", "fixed_rng", "math_attention"]
 
@@ -308,6 +309,7 @@ class HessianOperator:
         if self.mode == "double_backprop" and self._finite_loss:  # custom Functions' (twice.py)
             verify_operator(self, loss if torch.is_tensor(loss) else None)
 
+    @named_missing_derivatives
     def _gradient_graph(self, inputs, targets, create_graph: bool | None, scale: float = 1.0):
         """``(leaves, loss, grads)``: the loss on ``(inputs, targets)`` at fresh leaves (detached
         aliases of the parameters, so ``requires_grad_`` leaves the model's tensors alone) and
@@ -324,6 +326,7 @@ class HessianOperator:
                                         materialize_grads=True)
         return leaves, loss, grads
 
+    @named_missing_derivatives
     def accumulate(self, v: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """``out += H v`` in place (``out`` flat, in the operator's dtype; returned).
 
@@ -572,6 +575,7 @@ class HessianOperator:
             self._gradient_into(self._leaf_buffers(), self.split(shifted), self.split(v), h / norm)
         return shifted.sub_(self.gradient()).mul_(norm / h)
 
+    @named_missing_derivatives
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         """Return ``H v`` for a flat vector ``v`` (cast to the operator's dtype/device)."""
         v = v.to(device=self.device, dtype=self.dtype)

@@ -37,6 +37,7 @@ refuse a model with weight norm (:func:`weight_norm_module` names it).
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import sys
 
@@ -46,7 +47,7 @@ from torch.overrides import TorchFunctionMode
 from catapult.curvature.difference import central_step
 
 __all__ = ["weight_norm_by_parts", "weight_norm_module", "custom_functions", "check_custom_functions",
-           "verify_operator", "second_order_forms"]
+           "verify_operator", "second_order_forms", "named_missing_derivatives"]
 
 
 _EMBEDDING_GRADIENT_FLAGS = {"scale_grad_by_freq": False, "sparse": False}
@@ -221,3 +222,32 @@ def verify_operator(op, loss: torch.Tensor | None) -> None:
         check_custom_functions(names, op, difference, v, central_step(op._eps))
     finally:
         op.matvecs = matvecs
+
+
+def named_missing_derivatives(method):
+    """Decorate an operator method (``self.mode`` its hvp mode): torch's NotImplementedError for a
+    second derivative it lacks (``nn.EmbeddingBag``: "the derivative for '_embedding_bag_backward'
+    is not implemented"; forward AD of many fused ops) becomes a ValueError naming ``hvp`` and the
+    mode that needs first derivatives only.
+
+    >>> class Op:
+    ...     mode = "double_backprop"
+    ...     @named_missing_derivatives
+    ...     def product(self):
+    ...         raise NotImplementedError("the derivative for 'f' is not implemented.")
+    >>> Op().product()  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: hvp='double_backprop': torch has no second derivative of this model (the derivative for 'f' is not implemented.); hvp='finite_difference' takes its products from gradients alone
+    """
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except NotImplementedError as err:
+            if self.mode == "finite_difference":
+                raise
+            raise ValueError(f"hvp={self.mode!r}: torch has no second derivative of this model "
+                             f"({str(err).strip().splitlines()[0]}); hvp='finite_difference' takes its "
+                             f"products from gradients alone") from err
+    return run
