@@ -52,3 +52,26 @@ def test_micro_batches_and_compiled_products_refuse_it_naming_the_module(options
     model.eval()   # no mask drawn: accepted, and exact over chunks
     whole = catapult.sharpness(model, F.cross_entropy, batch, tol=1e-10).value
     assert catapult.sharpness(model, F.cross_entropy, batch, tol=1e-10, chunk_size=5).value == pytest.approx(whole, rel=1e-9)
+
+
+class Recurrent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.LSTM(4, 3, num_layers=2, dropout=0.3, batch_first=True)
+        self.out = nn.Linear(3, 3)
+
+    def forward(self, x):
+        h, _ = self.rnn(x)
+        return self.out(h[:, -1])
+
+
+def test_an_lstm_with_dropout_between_layers_draws_masks_too():
+    torch.manual_seed(0)
+    model = Recurrent().double()
+    batch = (torch.randn(12, 3, 4, dtype=torch.float64), torch.randint(0, 3, (12,)))
+    with pytest.raises(ValueError, match=r"chunk_size: module 'rnn' is a LSTM in train mode with dropout=0.3"):
+        catapult.sharpness(model, F.cross_entropy, batch, chunk_size=5)
+    alone = catapult.sharpness(model, F.cross_entropy, batch, tol=1e-10, seed=3).value
+    with single_process_group():
+        got = catapult.sharpness(model, F.cross_entropy, batch, tol=1e-10, seed=3, distributed=True).value
+    assert got == pytest.approx(alone, rel=1e-9)

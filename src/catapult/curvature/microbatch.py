@@ -19,13 +19,16 @@ __all__ = ["ChosenChunkSize", "batch_coupling", "coupling_remedy", "refuse_dropo
 
 def _mask_drawer(module: torch.nn.Module) -> str | None:
     """What ``module`` is where its train-mode forward draws a random mask per call (a Dropout
-    with ``p > 0``; a MultiheadAttention with ``dropout > 0``, on its attention weights), else None."""
+    with ``p > 0``; a MultiheadAttention with ``dropout > 0``, on its attention weights; an RNN,
+    LSTM or GRU with ``dropout > 0`` between its layers), else None."""
     if not module.training:
         return None
     if isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p > 0:
         return "a Dropout in train mode"
     if isinstance(module, torch.nn.MultiheadAttention) and module.dropout > 0:
         return f"a MultiheadAttention in train mode with dropout={module.dropout}"
+    if isinstance(module, torch.nn.RNNBase) and module.dropout > 0 and module.num_layers > 1:
+        return f"a {type(module).__name__} in train mode with dropout={module.dropout} between its layers"
     return None
 
 
