@@ -31,7 +31,8 @@ Hessian has 0.465925 and the matrix taken had a 3.6e-2 spread in its top three);
 implemented for sparse tensors". Neither flag changes the forward, so the operators take the
 lookup without them (:class:`second_order_forms`), and measure the loss's Hessian.
 
-Under ``torch.compile`` the mode does not reach the op (``hvp="compiled"`` still gave that
+Under ``torch.compile`` the embeddings' flags are dropped all the same, but the mode does not
+reach the weight-norm op (``hvp="compiled"`` still gave that
 0.911918, the mode entered inside or around the compiled function), so the compiled products
 refuse a model with weight norm (:func:`weight_norm_module` names it).
 """
