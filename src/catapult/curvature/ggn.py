@@ -11,7 +11,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from catapult.curvature.hessian import HessianOperator, fixed_rng, math_attention
 from catapult.curvature.stateless import functional_call
-from catapult.curvature.twice import second_order_forms
+from catapult.curvature.twice import forms_for
 
 __all__ = ["CURVATURES", "GaussNewtonOperator"]
 
@@ -64,7 +64,7 @@ class GaussNewtonOperator(HessianOperator):
         leaves = [self._params[n].detach().requires_grad_(True) for n in self.names]
         params = dict(zip(self.names, leaves))
         with (torch.enable_grad(), fixed_rng(self.seed, self.device), math_attention(),
-              second_order_forms()):
+              forms_for(self._model)):
             buffers = {n: b.clone() for n, b in self._buffers.items()}
             out = functional_call(self._model, {**self._frozen, **buffers, **params}, (inputs,))
             pieces, spec = tree_flatten(out)

@@ -23,7 +23,7 @@ from catapult.curvature.forward_ad import jvp_of_gradient
 from catapult.curvature.grads_into import attach_grads, backward_into, flush_grads, refuse_constant
 from catapult.curvature.microbatch import refuse_dropout, split_batch
 from catapult.curvature.stateless import functional_call
-from catapult.curvature.twice import (named_missing_derivatives, second_order_forms, verify_operator,
+from catapult.curvature.twice import (named_missing_derivatives, forms_for, verify_operator,
                                       weight_norm_module)
 
 __all__ = ["HVP_MODES", "HessianOperator", "resolve_dtype", "resolve_hvp", "fixed_rng", "math_attention"]
@@ -380,7 +380,7 @@ class HessianOperator:
         # Second derivatives need the math kernel of scaled_dot_product_attention: the fused
         # (flash / memory-efficient) kernels have no double backward; and weight norm by parts,
         # whose fused kernel's double backward is wrong (twice.py).
-        with fixed_rng(self.seed, self.device), math_attention(), second_order_forms():
+        with fixed_rng(self.seed, self.device), math_attention(), forms_for(self._model):
             buffers = {n: b.clone() for n, b in self._buffers.items()}
             out = functional_call(self._model, {**self._frozen, **buffers, **params}, (inputs,))
             loss = self._loss_fn(out, targets)

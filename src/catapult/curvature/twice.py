@@ -38,6 +38,7 @@ refuse a model with weight norm (:func:`weight_norm_module` names it).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import sys
@@ -48,7 +49,7 @@ from torch.overrides import TorchFunctionMode
 from catapult.curvature.difference import central_step
 
 __all__ = ["weight_norm_by_parts", "weight_norm_module", "custom_functions", "check_custom_functions",
-           "verify_operator", "second_order_forms", "named_missing_derivatives"]
+           "verify_operator", "second_order_forms", "forms_for", "named_missing_derivatives"]
 
 
 _EMBEDDING_GRADIENT_FLAGS = {"scale_grad_by_freq": False, "sparse": False}
@@ -125,6 +126,27 @@ def weight_norm_module(model: torch.nn.Module) -> str | None:
         if legacy and any(isinstance(hook, legacy) for hook in module._forward_pre_hooks.values()):
             return name
     return None
+
+
+def forms_for(model: torch.nn.Module):
+    """:class:`second_order_forms` where ``model`` needs it (a module under weight norm,
+    :func:`weight_norm_module`, or an ``nn.Embedding`` / ``nn.EmbeddingBag`` with
+    ``scale_grad_by_freq`` or ``sparse``), else a context that does nothing: the mode sends every
+    torch call of the forward through Python, 5-7% of a ``sharpness`` call's CPU time on the small
+    GPT of ``bench/bench_peers.py`` (0.193 -> 0.205 s, stop 48), for models that have neither. A
+    ``torch._weight_norm`` or ``F.embedding(..., scale_grad_by_freq=True)`` called in a forward
+    without those modules is not seen.
+
+    >>> isinstance(forms_for(torch.nn.Embedding(3, 2, sparse=True)), second_order_forms)
+    True
+    >>> isinstance(forms_for(torch.nn.Linear(2, 2)), second_order_forms)
+    False
+    """
+    flagged = any(isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag))
+                  and (m.scale_grad_by_freq or m.sparse) for m in model.modules())
+    if flagged or weight_norm_module(model) is not None:
+        return second_order_forms()
+    return contextlib.nullcontext()
 
 
 def custom_functions(loss: torch.Tensor) -> list[str]:
