@@ -23,7 +23,7 @@ from catapult.curvature.forward_ad import jvp_of_gradient
 from catapult.curvature.grads_into import attach_grads, backward_into, flush_grads, refuse_constant
 from catapult.curvature.microbatch import refuse_dropout, split_batch
 from catapult.curvature.stateless import functional_call
-from catapult.curvature.twice import (named_missing_derivatives, forms_for, verify_operator,
+from catapult.curvature.twice import (forms_for, math_attention, named_missing_derivatives, verify_operator,
                                       weight_norm_module)
 
 __all__ = ["HVP_MODES", "HessianOperator", "resolve_dtype", "resolve_hvp", "fixed_rng", "math_attention"]
@@ -105,24 +105,6 @@ def fixed_rng(seed: int, device: torch.device):
             with torch.cuda.device(cuda_devices[0]):
                 torch.cuda.manual_seed(seed)
         yield
-
-
-def math_attention():
-    """Context that restricts ``F.scaled_dot_product_attention`` to its math kernel (twice
-    differentiable); a no-op on torch builds without ``torch.nn.attention``.
-
-    Example:
-        >>> q = torch.ones(1, 2, 4)
-        >>> with math_attention():
-        ...     out = torch.nn.functional.scaled_dot_product_attention(q, q, q)
-        >>> out.shape
-        torch.Size([1, 2, 4])
-    """
-    try:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-    except ImportError:  # torch < 2.3
-        return contextlib.nullcontext()
-    return sdpa_kernel([SDPBackend.MATH])
 
 
 class HessianOperator:

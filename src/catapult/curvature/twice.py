@@ -1,5 +1,9 @@
-"""Torch operations whose second derivatives torch gets wrong, taken by parts inside the curvature
-operators' forward passes (:class:`weight_norm_by_parts`).
+"""Torch operations whose second derivatives torch gets wrong or lacks, taken in forms it
+differentiates twice right inside the curvature operators' forward passes
+(:class:`weight_norm_by_parts`, :class:`second_order_forms`, :func:`math_attention`).
+
+``F.scaled_dot_product_attention``'s fused kernels (flash, memory-efficient) have no double
+backward: the operators restrict it to its math kernel (:func:`math_attention`).
 
 ``torch._weight_norm(v, g, dim)`` (``torch.nn.utils.parametrizations.weight_norm`` and the legacy
 ``torch.nn.utils.weight_norm``) runs, for ``dim`` 0 or the last one, the fused
@@ -48,8 +52,26 @@ from torch.overrides import TorchFunctionMode
 
 from catapult.curvature.difference import central_step
 
-__all__ = ["weight_norm_by_parts", "weight_norm_module", "custom_functions", "check_custom_functions",
+__all__ = ["math_attention", "weight_norm_by_parts", "weight_norm_module", "custom_functions", "check_custom_functions",
            "verify_operator", "second_order_forms", "forms_for", "named_missing_derivatives"]
+
+
+def math_attention():
+    """Context that restricts ``F.scaled_dot_product_attention`` to its math kernel (twice
+    differentiable); a no-op on torch builds without ``torch.nn.attention``.
+
+    Example:
+        >>> q = torch.ones(1, 2, 4)
+        >>> with math_attention():
+        ...     out = torch.nn.functional.scaled_dot_product_attention(q, q, q)
+        >>> out.shape
+        torch.Size([1, 2, 4])
+    """
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch < 2.3
+        return contextlib.nullcontext()
+    return sdpa_kernel([SDPBackend.MATH])
 
 
 _EMBEDDING_GRADIENT_FLAGS = {"scale_grad_by_freq": False, "sparse": False}
