@@ -35,7 +35,7 @@ from torch.func import functional_call
 
 from catapult.curvature.hessian import math_attention
 from catapult.curvature.stateless import slots_kept
-from catapult.curvature.twice import forms_for
+from catapult.curvature.twice import forms_for, needs_forms
 
 __all__ = ["gradient_and_loss", "gradient_and_product", "compile_failures"]
 
@@ -55,7 +55,7 @@ def _loss(model, loss_fn, flat: torch.Tensor, layout, frozen: dict, buffers: dic
     # torch.func refuses writes to tensors captured from outside; the math kernel of
     # scaled_dot_product_attention, because the fused ones have no double backward; weight norm
     # by parts, because its fused kernel's double backward is wrong (twice.py)
-    with math_attention(), forms_for(model):
+    with math_attention(), forms_for(needs_forms(model)):
         fresh = {n: b.clone() for n, b in buffers.items()}
         out = functional_call(model, {**frozen, **fresh, **_unflatten(flat, layout)}, (inputs,))
     return loss_fn(out, targets).reshape(())

@@ -64,9 +64,10 @@ class GaussNewtonOperator(HessianOperator):
         leaves = [self._params[n].detach().requires_grad_(True) for n in self.names]
         params = dict(zip(self.names, leaves))
         with (torch.enable_grad(), fixed_rng(self.seed, self.device), math_attention(),
-              forms_for(self._model)):
+              forms_for(self._forms_needed)):
             buffers = {n: b.clone() for n, b in self._buffers.items()}
-            out = functional_call(self._model, {**self._frozen, **buffers, **params}, (inputs,))
+            out = functional_call(self._model, {**self._frozen, **buffers, **params}, (inputs,),
+                                  renormed=self._renormed)
             pieces, spec = tree_flatten(out)
             where = [i for i, t in enumerate(pieces) if torch.is_tensor(t) and t.requires_grad]
             outs = [pieces[i] for i in where]

@@ -22,9 +22,9 @@ from catapult.curvature.difference import (central_step, checked_difference, rel
 from catapult.curvature.forward_ad import jvp_of_gradient
 from catapult.curvature.grads_into import attach_grads, backward_into, flush_grads, refuse_constant
 from catapult.curvature.microbatch import refuse_dropout, split_batch
-from catapult.curvature.stateless import functional_call
-from catapult.curvature.twice import (forms_for, math_attention, named_missing_derivatives, verify_operator,
-                                      weight_norm_module)
+from catapult.curvature.stateless import functional_call, has_renormed_embeddings
+from catapult.curvature.twice import (forms_for, math_attention, named_missing_derivatives, needs_forms,
+                                      verify_operator, weight_norm_module)
 
 __all__ = ["HVP_MODES", "HessianOperator", "resolve_dtype", "resolve_hvp", "fixed_rng", "math_attention"]
 
@@ -249,6 +249,8 @@ class HessianOperator:
         self._inputs = tree_map(lambda t: cast(t) if torch.is_tensor(t) else t, inputs)
         self._targets = tree_map(lambda t: cast(t) if torch.is_tensor(t) else t, targets)
         self._model, self._loss_fn = model, loss_fn
+        # asked once: a scan of the modules in every forward cost the small GPT's sharpness ~1% (twice.py)
+        self._forms_needed, self._renormed = needs_forms(model), has_renormed_embeddings(model)
         self._grad_flat: torch.Tensor | None = None
         self._base: torch.Tensor | None = None  # g(theta) for the finite differences
         self.difference_gap, self.shrunk_steps = 0.0, 0
@@ -362,9 +364,10 @@ class HessianOperator:
         # Second derivatives need the math kernel of scaled_dot_product_attention: the fused
         # (flash / memory-efficient) kernels have no double backward; and weight norm by parts,
         # whose fused kernel's double backward is wrong (twice.py).
-        with fixed_rng(self.seed, self.device), math_attention(), forms_for(self._model):
+        with fixed_rng(self.seed, self.device), math_attention(), forms_for(self._forms_needed):
             buffers = {n: b.clone() for n, b in self._buffers.items()}
-            out = functional_call(self._model, {**self._frozen, **buffers, **params}, (inputs,))
+            out = functional_call(self._model, {**self._frozen, **buffers, **params}, (inputs,),
+                                  renormed=self._renormed)
             loss = self._loss_fn(out, targets)
         if not (torch.is_tensor(loss) and loss.numel() == 1):
             raise ValueError("loss_fn must return a scalar tensor")

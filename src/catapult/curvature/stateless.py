@@ -19,7 +19,7 @@ import contextlib
 
 import torch
 
-__all__ = ["functional_call", "slots_kept", "renormed_copies"]
+__all__ = ["functional_call", "slots_kept", "renormed_copies", "has_renormed_embeddings"]
 
 
 @contextlib.contextmanager
@@ -44,6 +44,17 @@ def slots_kept(model: torch.nn.Module):
                 for name, tensor in kept.items():
                     if store.get(name) is not tensor:
                         store[name] = tensor
+
+
+def has_renormed_embeddings(model: torch.nn.Module) -> bool:
+    """Whether ``model`` holds an ``nn.Embedding`` / ``nn.EmbeddingBag`` with ``max_norm`` (whose
+    weight :func:`renormed_copies` copies).
+
+    >>> has_renormed_embeddings(torch.nn.Embedding(2, 2, max_norm=1.0)), has_renormed_embeddings(torch.nn.Linear(2, 2))
+    (True, False)
+    """
+    return any(isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag)) and m.max_norm is not None
+               for m in model.modules())
 
 
 def renormed_copies(model: torch.nn.Module, tensors: dict) -> dict:
@@ -75,9 +86,11 @@ def renormed_copies(model: torch.nn.Module, tensors: dict) -> dict:
     return out
 
 
-def functional_call(model: torch.nn.Module, tensors: dict, args):
+def functional_call(model: torch.nn.Module, tensors: dict, args, *, renormed: bool | None = None):
     """``torch.func.functional_call(model, tensors, args)``, the model's own parameters and
-    buffers in place afterwards (:func:`slots_kept`).
+    buffers in place afterwards (:func:`slots_kept`), and an embedding weight that ``max_norm``
+    renormalises passed as a copy (:func:`renormed_copies`; ``renormed``: whether the model has one,
+    :func:`has_renormed_embeddings`, when the caller asked once; None: look here).
 
     >>> inner = torch.nn.Linear(1, 1, bias=False)
     >>> model = torch.nn.Sequential(inner, inner)
@@ -88,4 +101,6 @@ def functional_call(model: torch.nn.Module, tensors: dict, args):
     True
     """
     with slots_kept(model):
-        return torch.func.functional_call(model, renormed_copies(model, tensors), args)
+        if renormed is None or renormed:   # renormed: has_renormed_embeddings(model), asked once by the caller
+            tensors = renormed_copies(model, tensors)
+        return torch.func.functional_call(model, tensors, args)

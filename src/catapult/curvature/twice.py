@@ -53,7 +53,7 @@ from torch.overrides import TorchFunctionMode
 from catapult.curvature.difference import central_step
 
 __all__ = ["math_attention", "weight_norm_by_parts", "weight_norm_module", "custom_functions", "check_custom_functions",
-           "verify_operator", "second_order_forms", "forms_for", "named_missing_derivatives"]
+           "verify_operator", "second_order_forms", "needs_forms", "forms_for", "named_missing_derivatives"]
 
 
 def math_attention():
@@ -150,25 +150,32 @@ def weight_norm_module(model: torch.nn.Module) -> str | None:
     return None
 
 
-def forms_for(model: torch.nn.Module):
-    """:class:`second_order_forms` where ``model`` needs it (a module under weight norm,
-    :func:`weight_norm_module`, or an ``nn.Embedding`` / ``nn.EmbeddingBag`` with
-    ``scale_grad_by_freq`` or ``sparse``), else a context that does nothing: the mode sends every
-    torch call of the forward through Python, 5-7% of a ``sharpness`` call's CPU time on the small
-    GPT of ``bench/bench_peers.py`` (0.193 -> 0.205 s, stop 48), for models that have neither. A
-    ``torch._weight_norm`` or ``F.embedding(..., scale_grad_by_freq=True)`` called in a forward
-    without those modules is not seen.
+def needs_forms(model: torch.nn.Module) -> bool:
+    """Whether ``model`` has a module whose second derivatives :class:`second_order_forms` fixes: one
+    under weight norm (:func:`weight_norm_module`), or an ``nn.Embedding`` / ``nn.EmbeddingBag``
+    with ``scale_grad_by_freq`` or ``sparse``. The operators ask once, when they are built (a scan
+    of the modules in every forward cost the small GPT's ``sharpness`` ~1%). A ``torch._weight_norm``
+    or ``F.embedding(..., scale_grad_by_freq=True)`` called in a forward without those modules is
+    not seen.
 
-    >>> isinstance(forms_for(torch.nn.Embedding(3, 2, sparse=True)), second_order_forms)
-    True
-    >>> isinstance(forms_for(torch.nn.Linear(2, 2)), second_order_forms)
-    False
+    >>> needs_forms(torch.nn.Embedding(3, 2, sparse=True)), needs_forms(torch.nn.Linear(2, 2))
+    (True, False)
     """
     flagged = any(isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag))
                   and (m.scale_grad_by_freq or m.sparse) for m in model.modules())
-    if flagged or weight_norm_module(model) is not None:
-        return second_order_forms()
-    return contextlib.nullcontext()
+    return flagged or weight_norm_module(model) is not None
+
+
+def forms_for(needed: bool):
+    """:class:`second_order_forms` where it is ``needed`` (:func:`needs_forms`), else a context that
+    does nothing: the mode sends every torch call of the forward through Python, ~4% of a
+    ``sharpness`` call's CPU time on the small GPT of ``bench/bench_peers.py`` (0.212 -> 0.204 s
+    median, stop 48), for models that need it not.
+
+    >>> isinstance(forms_for(True), second_order_forms), isinstance(forms_for(False), second_order_forms)
+    (True, False)
+    """
+    return second_order_forms() if needed else contextlib.nullcontext()
 
 
 def custom_functions(loss: torch.Tensor) -> list[str]:
