@@ -70,22 +70,15 @@ def find_blocks(model: nn.Module,
     return found
 
 
-_OPTIMIZERS = ("sgd", "adam", "adamw")
+#: The optimizers ``coord_check`` builds by name (checked before the first model is built).
+_OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
 
 def _make_optimizer(model: nn.Module, lr: float, optimizer) -> torch.optim.Optimizer:
     if callable(optimizer):
         return optimizer(model)
-    name = str(optimizer).lower()
-    groups = param_groups(model, lr, optimizer=name)
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr)
-    if name == "adam":
-        return torch.optim.Adam(groups, lr=lr)
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr)
-    raise ValueError(f"coord_check optimizer must be 'sgd', 'adam', 'adamw' or a callable "
-                     f"model -> optimizer; got {optimizer!r}")
+    name = optimizer.lower()   # one of _OPTIMIZERS: coord_check checked it
+    return _OPTIMIZERS[name](param_groups(model, lr, optimizer=name), lr=lr)
 
 
 def coord_check(
@@ -139,7 +132,7 @@ def coord_check(
     # radam, which coord_check then refused too; blocks=['0'] raised "'list' object has no attribute 'items'"
     if not callable(optimizer):
         if not isinstance(optimizer, str) or optimizer.lower() not in _OPTIMIZERS:
-            raise ValueError(f"coord_check optimizer must be 'sgd', 'adam', 'adamw' or a callable "
+            raise ValueError(f"coord_check optimizer must be {', '.join(map(repr, _OPTIMIZERS))} or a callable "
                              f"model -> optimizer; got {optimizer!r}")
         check_real("coord_check", "lr", lr, low=0.0)
     if blocks is not None and not isinstance(blocks, Mapping):

@@ -147,7 +147,7 @@ def refuse_batch_coupling(model: torch.nn.Module, chunk_size: int) -> None:
     if coupled is not None:
         raise ValueError(f"memory='lean' splits the batch into micro-batches of {chunk_size}, but "
                          f"module {coupled[0]!r} is {coupled[1]} would differ per micro-batch; "
-                         f"{coupling_remedy(coupled[1])}use memory='fast'")
+                         f"{coupling_remedy(model.get_submodule(coupled[0]))}use memory='fast'")
 
 
 def warn_unfit(n: int, param_bytes: int, act_bytes: int) -> None:

@@ -71,14 +71,15 @@ def batch_coupling(model: torch.nn.Module) -> tuple[str, str] | None:
     return None
 
 
-def coupling_remedy(what: str) -> str:
-    """``"call model.eval() or "`` where :func:`batch_coupling`'s ``what`` is a train-mode module
-    (eval mode takes it away), else ``""``.
+def coupling_remedy(module: torch.nn.Module) -> str:
+    """``"call model.eval() or "`` where the coupling ``module`` (:func:`batch_coupling`) is in
+    train mode (eval mode takes its coupling away), else ``""`` (a BatchNorm without running
+    statistics couples in either mode).
 
-    >>> coupling_remedy("a Dropout in train mode, whose mask"), coupling_remedy("a BatchNorm without ...")
+    >>> coupling_remedy(torch.nn.Dropout(0.5)), coupling_remedy(torch.nn.BatchNorm1d(2, track_running_stats=False).eval())
     ('call model.eval() or ', '')
     """
-    return "call model.eval() or " if "in train mode" in what else ""
+    return "call model.eval() or " if module.training else ""
 
 
 def refuse_dropout(model: torch.nn.Module, option: str, why: str, instead: str) -> None:
@@ -209,7 +210,7 @@ def split_batch(model: torch.nn.Module, loss_at, params: dict, inputs, targets,
     coupled = batch_coupling(model)
     if coupled is not None:
         raise ValueError(f"{option}: module {coupled[0]!r} is {coupled[1]} would differ per chunk; "
-                         f"{coupling_remedy(coupled[1])}use {instead}")
+                         f"{coupling_remedy(model.get_submodule(coupled[0]))}use {instead}")
     pieces = [(x[i:i + chunk_size], y[i:i + chunk_size]) for i in range(0, n, chunk_size)]
     mean_w = [xc.shape[0] / n for xc, _ in pieces]
     full, kind, shown = reduction_kind(loss_at, params, x, y, pieces, dtype)
