@@ -86,8 +86,9 @@ class Store:
 
     ``Store(path)`` opens for writing, creating the file if it does not exist; any number of
     drivers may write one store at once, each running only the cells it claimed
-    (:mod:`catapult.sweep.claims`). ``Store(path, create=False)`` opens read-only (``mode=ro``,
-    the journal mode untouched), also a file the reader may not write. Either way a file that
+    (:mod:`catapult.sweep.claims`). ``Store(path, create=False)`` opens read-only (the journal mode
+    untouched, no file beside the store created or changed:
+    :func:`~catapult.sweep.store_file.connect_readonly`), also a file the reader may not write. Either way a file that
     is not a catapult store (no :data:`~catapult.sweep.store_file.APPLICATION_ID`) is refused
     with :class:`StoreError` and left byte-for-byte unchanged. A store written by catapult
     0.1.0 (application_id 0, recognised by its tables) is read as it is, and *upgraded* when

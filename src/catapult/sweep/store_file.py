@@ -11,15 +11,19 @@ A store written by catapult 0.1.0 has application_id 0; it is recognised by its 
 ``immutable`` connection that creates no ``-wal``/``-shm`` files. Opened for writing it is
 upgraded in place (the application_id is set; see :class:`catapult.sweep.store.Store`).
 
-Readers (:func:`connect_readonly`) never write and never set the journal mode, and create no
-``-wal``/``-shm`` files: with no writer connected (no ``-wal`` file) they read the main file
-``immutable``; beside a running writer they read ``mode=ro`` through its WAL index. A store in a
-directory the reader cannot write is read ``immutable``: the committed state at that moment.
+Readers (:func:`connect_readonly`) never write and never set the journal mode, and create or
+change no file beside the store: with no writer connected (no ``-wal`` file) they read the main
+file ``immutable``; beside a running writer they read through its WAL index without writing to it
+(``readonly_shm``); a ``-wal`` left without its ``-shm`` is read from a private copy, so its
+commits are seen.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
+import tempfile
+import time
 import uuid
 from pathlib import Path
 from urllib.parse import quote
@@ -72,9 +76,8 @@ def _is_legacy_store(path: Path) -> bool:
     """A catapult 0.1.0 store: application_id 0 and the meta/cells/metrics tables with a
     ``schema_version`` in meta. Read immutably (no -wal/-shm created) unless a -wal file
     exists, whose committed pages only a WAL-aware read sees."""
-    uri = _uri(path, mode="ro") if _wal(path).exists() else _uri(path, mode="ro", immutable="1")
     try:
-        conn = sqlite3.connect(uri, uri=True)
+        conn = connect_readonly(path)
         try:
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             if not _LEGACY_TABLES <= tables or missing_columns(conn):
@@ -100,28 +103,104 @@ def identify(path: str | Path) -> str:
 
 
 def connect_readonly(path: str | Path, timeout: float = 30.0) -> sqlite3.Connection:
-    """A read-only connection that creates no file beside the store.
+    """A read-only connection that creates, and writes to, no file beside the store.
 
     * No ``-wal`` file beside it: no writer is connected (the last one to close checkpoints
       every commit into the main file and removes the ``-wal``), so the main file is the whole
       store; it is read ``immutable`` -- in WAL mode a ``mode=ro`` reader would otherwise create
       empty ``-wal`` and ``-shm`` files, and leave them, beside a store it did not write.
-    * A ``-wal`` file: a writer is running (or was killed), and commits may still be in it; the
-      store is read ``mode=ro`` through SQLite's WAL index, or ``immutable`` where SQLite cannot
-      set that index up because the directory is not writable (then no writer runs there).
+    * A ``-wal`` and a ``-shm`` file: a writer is running (or was killed), and commits may still
+      be in the ``-wal``. The store is read through SQLite's WAL index opened read-only
+      (``readonly_shm``): a plain ``mode=ro`` reader writes its read marks into the writer's
+      ``-shm`` (and rebuilds it after a killed writer); this one reads the index, or rebuilds it
+      in its own memory when no writer holds it, and changes neither file.
+    * A ``-wal`` without its ``-shm`` (a copied store, a cleaned-up folder): no writer can be
+      connected (a writer opens both). The store and its ``-wal`` are copied to a private
+      temporary folder and read there, so their commits are seen; nothing beside the store is
+      created (a ``mode=ro`` reader would create the ``-shm``, and in a read-only folder could
+      only read the main file ``immutable``, without the ``-wal``'s commits).
     """
     path = Path(path)
     if not _wal(path).exists():
         return sqlite3.connect(_uri(path, mode="ro", immutable="1"), uri=True, timeout=timeout,
                                isolation_level=None)
-    conn = sqlite3.connect(_uri(path, mode="ro"), uri=True, timeout=timeout, isolation_level=None)
+    if Path(f"{os.path.realpath(path)}-shm").exists():
+        conn = sqlite3.connect(_uri(path, mode="ro", readonly_shm="1"), uri=True, timeout=timeout,
+                               isolation_level=None, factory=_ReadOnlyShmConnection)
+        try:
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.OperationalError:
+            conn.close()
+            if _wal(path).exists() and Path(f"{os.path.realpath(path)}-shm").exists():
+                raise
+            # the writer closed meanwhile: its -wal is gone or merged
+            return connect_readonly(path, timeout)
+    return _connect_copy(path, timeout)
+
+
+class _ReadOnlyShmConnection(sqlite3.Connection):
+    """A reader of a read-only WAL index: it cannot wait on the index's locks the way a writing
+    reader does, so while the writer restarts its ``-wal`` a read can be refused
+    (SQLITE_READONLY_RECOVERY / _CANTINIT, "attempt to write a readonly database"; measured:
+    2 of 40,000 reads beside a writer checkpointing every 50 commits). Such a read has returned
+    no row yet (the refusal comes as the read transaction begins), so it is tried again."""
+
+    def execute(self, *args, **kwargs):
+        for attempt in range(100):
+            try:
+                return super().execute(*args, **kwargs)
+            except sqlite3.OperationalError as err:
+                if "readonly database" not in str(err) or attempt == 99:
+                    raise
+                time.sleep(0.001 * min(attempt + 1, 20))
+
+
+def _stamp(path: Path) -> tuple | None:
     try:
-        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
-    except sqlite3.OperationalError:
-        conn.close()
-        conn = sqlite3.connect(_uri(path, mode="ro", immutable="1"), uri=True, timeout=timeout,
-                               isolation_level=None)
-    return conn
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _connect_copy(path: Path, timeout: float) -> sqlite3.Connection:
+    """The store and its ``-wal`` (no ``-shm``: no writer) read from a private copy: merged into
+    one file in a temporary folder, opened ``immutable`` and unlinked (where the system allows
+    an open file to be; elsewhere it is removed when the connection is collected)."""
+    real = Path(os.path.realpath(path))
+    shm = Path(f"{real}-shm")
+    for _ in range(5):
+        before = (_stamp(real), _stamp(_wal(real)))
+        folder = Path(tempfile.mkdtemp(prefix="catapult-store-"))
+        copy = folder / "store.db"
+        try:
+            shutil.copyfile(real, copy)
+            if before[1] is not None:
+                shutil.copyfile(_wal(real), f"{copy}-wal")
+        except FileNotFoundError:  # the -wal was merged and removed meanwhile
+            shutil.rmtree(folder, ignore_errors=True)
+            return connect_readonly(path, timeout)
+        if (_stamp(real), _stamp(_wal(real))) != before or shm.exists():  # a writer came: again
+            shutil.rmtree(folder, ignore_errors=True)
+            if shm.exists():
+                return connect_readonly(path, timeout)
+            continue
+        try:
+            merge = sqlite3.connect(str(copy), isolation_level=None)
+            try:
+                merge.execute("PRAGMA journal_mode=DELETE")  # the copy's -wal into its main file
+            finally:
+                merge.close()
+            conn = sqlite3.connect(_uri(copy, mode="ro", immutable="1"), uri=True, timeout=timeout,
+                                   isolation_level=None)
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        shutil.rmtree(folder, ignore_errors=True)  # an open file is read to its end after unlink
+        return conn
+    raise sqlite3.OperationalError(f"{path} changed while it was being read; try again")
 
 
 def create_store_file(path: str | Path, ddl: str) -> bool:

@@ -1,0 +1,152 @@
+"""Readers of a sweep store (export, plot, transfer, report, ``sweep --dry-run`` and
+``Store(create=False)``) create and change no file beside it -- not the store, not its ``-wal``,
+not its ``-shm`` -- whether a writer is running in another process, was killed (its ``-wal``
+still holding commits the main file lacks), or left a ``-wal`` without its ``-shm``; and they
+read every commit. Checked against the files' bytes and mtimes, with real SQLite files."""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from catapult.cli import main
+from catapult.sweep.store import Store
+
+from test_store_identity import CONFIG, _store
+
+PROBE = 0.123456789  # a value only the writer's un-merged commit holds
+
+WRITER = """
+import os, sys
+from catapult.sweep.store import Store
+store = Store(sys.argv[1])
+store.conn.execute("PRAGMA wal_autocheckpoint = 0")  # keep the commit in the -wal
+store.conn.execute("UPDATE cells SET best_test_accuracy = ? WHERE id = 0", (float(sys.argv[2]),))
+print("committed", flush=True)
+if sys.argv[3] == "kill":
+    os._exit(0)  # as kill -9: no checkpoint, the -wal and -shm stay
+sys.stdin.readline()
+store.close()
+"""
+
+
+def _files(folder: Path) -> dict:
+    """Every file beside the store: name -> (sha256, mtime_ns, size)."""
+    out = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file():
+            st = p.stat()
+            out[p.name] = (hashlib.sha256(p.read_bytes()).hexdigest(), st.st_mtime_ns, st.st_size)
+    return out
+
+
+def _writer(path: Path, mode: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), repr(PROBE), mode],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.stdout.readline().strip() == "committed"
+    return proc
+
+
+def _readers(path: Path, out: Path) -> list:
+    out.mkdir(parents=True, exist_ok=True)
+    return [
+        ["export", str(path), "--out", str(out / "o.csv")],
+        ["plot", str(path), "--out", str(out / "o.png"), "--trajectories-out", str(out / "tr.png")],
+        ["transfer", str(path), "--out", str(out / "t.png")],
+        ["report", str(path), "--out", str(out / "o.html")],
+        ["sweep", str(CONFIG), "--store", str(path), "--dry-run"],
+    ]
+
+
+def _check_readers(path: Path, tmp_path: Path, capsys) -> None:
+    folder = path.parent
+    for argv in _readers(path, tmp_path / "out"):
+        before = _files(folder)
+        time.sleep(0.02)  # an mtime written now would differ
+        main(argv)
+        capsys.readouterr()
+        assert _files(folder) == before, argv[0]
+    before = _files(folder)
+    with Store(path, create=False) as store:  # and the commit in the -wal is read
+        assert store.cells()[0]["best_test_accuracy"] == PROBE
+    assert _files(folder) == before
+    assert f"{PROBE}" in (tmp_path / "out" / "o.csv").read_text()
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    folder = tmp_path / "data"
+    folder.mkdir()
+    yield _store(folder / "s.db")
+    assert list((tmp_path / "tmp").iterdir()) == []  # no private copy left behind
+
+
+def test_readers_beside_a_live_writer_in_another_process(store, tmp_path, capsys):
+    # a mode=ro reader wrote its read marks into the running writer's -shm (changed bytes, mtime)
+    writer = _writer(store, "wait")
+    try:
+        assert {f"{store.name}-wal", f"{store.name}-shm"} <= set(_files(store.parent))
+        _check_readers(store, tmp_path, capsys)
+    finally:
+        writer.communicate("\n", timeout=60)
+    assert writer.returncode == 0
+
+
+def test_readers_after_a_killed_writer(store, tmp_path, capsys):
+    # the -wal and -shm of a killed writer: a mode=ro reader rebuilt the -shm (rewrote it)
+    _writer(store, "kill").wait(timeout=60)
+    assert {f"{store.name}-wal", f"{store.name}-shm"} <= set(_files(store.parent))
+    _check_readers(store, tmp_path, capsys)
+
+
+def test_readers_of_a_wal_without_its_shm(store, tmp_path, capsys):
+    # a -wal copied without its -shm: a mode=ro reader created the -shm beside the store
+    _writer(store, "kill").wait(timeout=60)
+    Path(f"{store}-shm").unlink()
+    _check_readers(store, tmp_path, capsys)
+    assert not Path(f"{store}-shm").exists()
+
+
+@pytest.fixture
+def read_only_mount(tmp_path):
+    """A read-only view of a folder (a bind mount remounted ``ro``); skipped where this
+    process may not mount (not root, no CAP_SYS_ADMIN)."""
+    source, view = tmp_path / "rw", tmp_path / "ro"
+    source.mkdir()
+    view.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a read-only view")
+    if subprocess.run(["mount", "--bind", str(source), str(view)], capture_output=True).returncode != 0:
+        pytest.skip("cannot bind-mount here")
+    try:
+        if subprocess.run(["mount", "-o", "remount,bind,ro", str(view)], capture_output=True).returncode != 0:
+            pytest.skip("cannot remount read-only here")
+        yield source, view
+    finally:
+        subprocess.run(["umount", str(view)], capture_output=True)
+
+
+@pytest.mark.parametrize("shm", [True, False])
+def test_a_store_on_a_read_only_file_system_is_read_with_its_wal(read_only_mount, shm):
+    # a -wal without its -shm on a read-only file system: the reader fell back to reading the
+    # main file alone (immutable) and missed the -wal's commits without a word
+    source, view = read_only_mount
+    path = _store(source / "s.db")
+    _writer(path, "kill").wait(timeout=60)
+    if not shm:
+        Path(f"{path}-shm").unlink()
+    with pytest.raises(OSError):
+        (view / "probe").write_text("x")
+    before = _files(source)
+    with Store(view / "s.db", create=False) as store:
+        assert store.cells()[0]["best_test_accuracy"] == PROBE
+    assert _files(source) == before
