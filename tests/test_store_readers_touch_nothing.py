@@ -150,3 +150,17 @@ def test_a_store_on_a_read_only_file_system_is_read_with_its_wal(read_only_mount
     with Store(view / "s.db", create=False) as store:
         assert store.cells()[0]["best_test_accuracy"] == PROBE
     assert _files(source) == before
+
+
+def test_a_new_store_on_a_read_only_file_system_is_refused_naming_it(read_only_mount, capsys):
+    # the clean-up of the temporary file it is built under failed too (EROFS), and that OSError,
+    # naming '.s.db.<pid>.<hex>.tmp', replaced SQLite's; the API raised OSError, not StoreError
+    from catapult.sweep.store import StoreError
+
+    _, view = read_only_mount
+    for target in (view / "s.db", view / "sub" / "s.db"):
+        with pytest.raises(StoreError, match=f"cannot create the store {target}: .*read-only"):
+            Store(target)
+        assert main(["sweep", str(CONFIG), "--store", str(target), "--progress", "none"]) == 2
+        err = capsys.readouterr().err
+        assert f"cannot create the store {target}" in err and ".tmp" not in err, err

@@ -102,8 +102,17 @@ class Store:
         if not self.path.exists():
             if not create:
                 raise FileNotFoundError(f"store not found: {self.path}")
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            create_store_file(self.path, DDL + CLAIMS_DDL)  # False: another driver made it first
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                create_store_file(self.path, DDL + CLAIMS_DDL)  # False: another driver made it first
+            except (OSError, sqlite3.Error) as err:
+                folder = self.path.absolute().parent
+                while not folder.exists():
+                    folder = folder.parent
+                why = ("read-only" if not os.access(folder, os.W_OK | os.X_OK)
+                       else getattr(err, "strerror", None) or str(err))
+                raise StoreError(f"cannot create the store {self.path}: {folder} is {why}"
+                                 if why == "read-only" else f"cannot create the store {self.path}: {why}") from None
         if self.path.is_dir():
             raise StoreError(f"{self.path} is a directory, not a catapult sweep store")
         try:

@@ -226,5 +226,5 @@ def create_store_file(path: str | Path, ddl: str) -> bool:
         for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
             try:
                 leftover.unlink()
-            except FileNotFoundError:
+            except OSError:  # not there (a read-only folder: never made); the error above counts
                 pass
