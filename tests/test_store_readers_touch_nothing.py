@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -164,3 +165,52 @@ def test_a_new_store_on_a_read_only_file_system_is_refused_naming_it(read_only_m
         assert main(["sweep", str(CONFIG), "--store", str(target), "--progress", "none"]) == 2
         err = capsys.readouterr().err
         assert f"cannot create the store {target}" in err and ".tmp" not in err, err
+
+
+@pytest.mark.parametrize("writer_mode", ["close", "wait"])
+def test_a_reader_held_open_sees_a_sweep_that_started_after_it(store, writer_mode):
+    # a Store(create=False) opened with no writer connected read the file immutable and kept
+    # its cached pages: a cell written since by a driver in another process read as before
+    # (and pages of two states mixed read as "database disk image is malformed")
+    with Store(store, create=False) as reader:
+        before = reader.cells()[0]["best_test_accuracy"]
+        assert before != PROBE
+        writer = _writer(store, "wait")
+        try:
+            if writer_mode == "close":  # the driver ends: its checkpoint rewrites the main file
+                writer.communicate("\n", timeout=60)
+                assert not Path(f"{store}-wal").exists()
+            assert reader.cells()[0]["best_test_accuracy"] == PROBE
+            assert len(reader.cells()) == 4 and reader.meta("schema_version") == "1"
+        finally:
+            if writer.poll() is None:
+                writer.communicate("\n", timeout=60)
+
+
+def test_a_reader_never_mixes_pages_of_two_states(tmp_path):
+    # 100,000 rows read in part, then rewritten by another process: the immutable reader read
+    # its cached pages beside the new ones ("database disk image is malformed")
+    from catapult.sweep.store_file import connect_readonly
+
+    path = tmp_path / "t.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE t(i INTEGER PRIMARY KEY, v TEXT)")
+    conn.execute("BEGIN")
+    conn.executemany("INSERT INTO t(v) VALUES (?)", [("x" * 50,)] * 100_000)
+    conn.execute("COMMIT")
+    conn.close()
+    reader = connect_readonly(path)
+    assert reader.execute("SELECT COUNT(*) FROM t WHERE i < 100").fetchone() == (99,)
+    subprocess.run([sys.executable, "-c", f"""
+import sqlite3
+w = sqlite3.connect({str(path)!r}, isolation_level=None)
+w.execute("BEGIN")
+w.executemany("INSERT INTO t(v) VALUES (?)", [("y" * 80,)] * 20_000)
+w.execute("DELETE FROM t WHERE i % 3 = 0")
+w.execute("COMMIT")
+w.close()
+"""], check=True, timeout=120)
+    truth = (80_000, 50 * (100_000 - 33_333) + 80 * (20_000 - 6_667))  # i % 3 == 0: 33,333 + 6,667 rows
+    assert reader.execute("SELECT COUNT(*), SUM(LENGTH(v)) FROM t").fetchone() == truth
+    reader.close()

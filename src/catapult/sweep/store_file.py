@@ -15,7 +15,8 @@ Readers (:func:`connect_readonly`) never write and never set the journal mode, a
 change no file beside the store: with no writer connected (no ``-wal`` file) they read the main
 file ``immutable``; beside a running writer they read through its WAL index without writing to it
 (``readonly_shm``); a ``-wal`` left without its ``-shm`` is read from a private copy, so its
-commits are seen.
+commits are seen. An ``immutable`` reader checks the store's files around every query and
+reopens when a writer has changed them since.
 """
 from __future__ import annotations
 
@@ -121,9 +122,9 @@ def connect_readonly(path: str | Path, timeout: float = 30.0) -> sqlite3.Connect
       only read the main file ``immutable``, without the ``-wal``'s commits).
     """
     path = Path(path)
-    if not _wal(path).exists():
-        return sqlite3.connect(_uri(path, mode="ro", immutable="1"), uri=True, timeout=timeout,
-                               isolation_level=None)
+    state = _state(path)
+    if state[1] is None:  # no -wal
+        return _snapshot(path, _uri(path, mode="ro", immutable="1"), state, timeout)
     if Path(f"{os.path.realpath(path)}-shm").exists():
         conn = sqlite3.connect(_uri(path, mode="ro", readonly_shm="1"), uri=True, timeout=timeout,
                                isolation_level=None, factory=_ReadOnlyShmConnection)
@@ -156,6 +157,71 @@ class _ReadOnlyShmConnection(sqlite3.Connection):
                 time.sleep(0.001 * min(attempt + 1, 20))
 
 
+class _Rows:
+    """A query's rows, read to the end (what :class:`_SnapshotConnection` returns for a cursor)."""
+
+    def __init__(self, rows: list, description) -> None:
+        self._rows, self._next, self.description = rows, 0, description
+
+    def fetchone(self):
+        if self._next >= len(self._rows):
+            return None
+        self._next += 1
+        return self._rows[self._next - 1]
+
+    def fetchall(self) -> list:
+        rest, self._next = self._rows[self._next:], len(self._rows)
+        return rest
+
+    def __iter__(self):
+        while (row := self.fetchone()) is not None:
+            yield row
+
+
+class _SnapshotConnection(sqlite3.Connection):
+    """An ``immutable`` read of a store (or of a private copy of it): right only while the store
+    is as it was when opened. A writer may start after the reader opened (a notebook holding a
+    ``Store(create=False)`` while a sweep runs): its -wal appears, and its checkpoints rewrite
+    the main file under a reader that takes no locks -- the reader then saw its cached old
+    pages (stale results) or old and new pages mixed ("database disk image is malformed").
+    So every query checks the store's files (inode, size, mtime, ctime of the main file and
+    the ``-wal``) before and after it reads its rows: on a change the query, and every later
+    one, goes to a new :func:`connect_readonly` of the store, which reads it as it is now."""
+
+    def _setup(self, source: Path, state: tuple, timeout: float) -> "_SnapshotConnection":
+        self._source, self._state, self._timeout, self._fresh = source, state, timeout, None
+        return self
+
+    def execute(self, sql, parameters=()):
+        for _ in range(5):
+            if self._fresh is None and _state(self._source) != self._state:
+                self._fresh = connect_readonly(self._source, self._timeout)
+            if self._fresh is not None:
+                self._fresh.row_factory = self.row_factory
+                return self._fresh.execute(sql, parameters)
+            cursor = super().execute(sql, parameters)
+            rows = cursor.fetchall()
+            if _state(self._source) == self._state:  # nothing rewrote the file while it was read
+                return _Rows(rows, cursor.description)
+        raise sqlite3.OperationalError(f"{self._source} kept changing while it was read; try again")
+
+    def close(self) -> None:
+        if self._fresh is not None:
+            self._fresh.close()
+        super().close()
+
+
+def _snapshot(source: Path, uri: str, state: tuple, timeout: float) -> sqlite3.Connection:
+    conn = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None, factory=_SnapshotConnection)
+    return conn._setup(source, state, timeout)
+
+
+def _state(path: Path) -> tuple:
+    """What tells a store's files changed: the main file's and the ``-wal``'s stamps."""
+    real = Path(os.path.realpath(path))
+    return _stamp(real), _stamp(_wal(real))
+
+
 def _stamp(path: Path) -> tuple | None:
     try:
         st = os.stat(path)
@@ -167,11 +233,11 @@ def _stamp(path: Path) -> tuple | None:
 def _connect_copy(path: Path, timeout: float) -> sqlite3.Connection:
     """The store and its ``-wal`` (no ``-shm``: no writer) read from a private copy: merged into
     one file in a temporary folder, opened ``immutable`` and unlinked (where the system allows
-    an open file to be; elsewhere it is removed when the connection is collected)."""
+    an open file to be; elsewhere the folder is left in the temporary directory)."""
     real = Path(os.path.realpath(path))
     shm = Path(f"{real}-shm")
     for _ in range(5):
-        before = (_stamp(real), _stamp(_wal(real)))
+        before = _state(real)
         folder = Path(tempfile.mkdtemp(prefix="catapult-store-"))
         copy = folder / "store.db"
         try:
@@ -181,7 +247,7 @@ def _connect_copy(path: Path, timeout: float) -> sqlite3.Connection:
         except FileNotFoundError:  # the -wal was merged and removed meanwhile
             shutil.rmtree(folder, ignore_errors=True)
             return connect_readonly(path, timeout)
-        if (_stamp(real), _stamp(_wal(real))) != before or shm.exists():  # a writer came: again
+        if _state(real) != before or shm.exists():  # a writer came: again
             shutil.rmtree(folder, ignore_errors=True)
             if shm.exists():
                 return connect_readonly(path, timeout)
@@ -192,9 +258,8 @@ def _connect_copy(path: Path, timeout: float) -> sqlite3.Connection:
                 merge.execute("PRAGMA journal_mode=DELETE")  # the copy's -wal into its main file
             finally:
                 merge.close()
-            conn = sqlite3.connect(_uri(copy, mode="ro", immutable="1"), uri=True, timeout=timeout,
-                                   isolation_level=None)
-            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            conn = _snapshot(path, _uri(copy, mode="ro", immutable="1"), before, timeout)
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # opened before it is unlinked
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
