@@ -214,3 +214,34 @@ w.close()
     truth = (80_000, 50 * (100_000 - 33_333) + 80 * (20_000 - 6_667))  # i % 3 == 0: 33,333 + 6,667 rows
     assert reader.execute("SELECT COUNT(*), SUM(LENGTH(v)) FROM t").fetchone() == truth
     reader.close()
+
+
+def test_a_reader_held_open_follows_one_driver_after_another(store):
+    # the last driver to close deletes the -wal and -shm and the next makes new ones: a reader
+    # that had followed the first one's WAL index kept reading the deleted files (0.25, 0.35 and
+    # 0.45 of the drivers after the first read as the first one's 0.15). The files are deleted
+    # under the reader once a second Store of the same process has read the header and closed
+    # the file (POSIX drops the process's locks on it: the driver closing then sees no reader)
+    script = """
+import sys
+from catapult.sweep.store import Store
+store = Store(sys.argv[1])
+store.conn.execute("PRAGMA wal_autocheckpoint = 0")
+store.conn.execute("UPDATE cells SET best_test_accuracy = ? WHERE id = 3", (float(sys.argv[2]),))
+print("committed", flush=True)
+sys.stdin.readline()
+"""
+    with Store(store, create=False) as reader:
+        assert reader.cells()[3]["best_test_accuracy"] not in (0.15, 0.25, 0.35, 0.45)
+        for value in (0.15, 0.25, 0.35, 0.45):
+            writer = subprocess.Popen([sys.executable, "-c", script, str(store), repr(value)],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                      env={**os.environ, "OMP_NUM_THREADS": "1"})
+            try:
+                assert writer.stdout.readline().strip() == "committed"
+                assert reader.cells()[3]["best_test_accuracy"] == value
+                with Store(store, create=False) as other:  # a second reader, e.g. `catapult.report`
+                    assert other.cells()[3]["best_test_accuracy"] == value
+            finally:
+                writer.communicate("\n", timeout=60)
+        assert reader.cells()[3]["best_test_accuracy"] == 0.45

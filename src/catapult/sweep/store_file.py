@@ -26,12 +26,13 @@ import sqlite3
 import tempfile
 import time
 import uuid
+import weakref
 from pathlib import Path
 from urllib.parse import quote
 
 from catapult.sweep.store_schema import STORE_COLUMNS
 
-__all__ = ["APPLICATION_ID", "SQLITE_MAGIC", "identify", "missing_columns", "connect_readonly",
+__all__ = ["APPLICATION_ID", "SQLITE_MAGIC", "identify", "missing_columns", "connect_readonly", "ReadOnlyConnection",
            "create_store_file"]
 
 #: ``PRAGMA application_id`` of every catapult store: the ASCII bytes ``"CtPt"``.
@@ -103,7 +104,7 @@ def identify(path: str | Path) -> str:
     return "foreign"
 
 
-def connect_readonly(path: str | Path, timeout: float = 30.0) -> sqlite3.Connection:
+def connect_readonly(path: str | Path, timeout: float = 30.0) -> "ReadOnlyConnection":
     """A read-only connection that creates, and writes to, no file beside the store.
 
     * No ``-wal`` file beside it: no writer is connected (the last one to close checkpoints
@@ -120,45 +121,46 @@ def connect_readonly(path: str | Path, timeout: float = 30.0) -> sqlite3.Connect
       temporary folder and read there, so their commits are seen; nothing beside the store is
       created (a ``mode=ro`` reader would create the ``-shm``, and in a read-only folder could
       only read the main file ``immutable``, without the ``-wal``'s commits).
+
+    The connection (a :class:`ReadOnlyConnection`) stays right while writers come and go: every
+    query checks the store's files before and after its rows are read, and reopens as above
+    when they changed.
     """
-    path = Path(path)
+    return ReadOnlyConnection(Path(path), timeout)
+
+
+def _open_reader(path: Path, timeout: float) -> tuple[sqlite3.Connection, bool, tuple]:
+    """The connection :func:`connect_readonly` describes, whether it follows a live WAL index,
+    and the key of the files it reads (:func:`_identity` when live, else :func:`_state`)."""
     state = _state(path)
     if state[1] is None:  # no -wal
-        return _snapshot(path, _uri(path, mode="ro", immutable="1"), state, timeout)
+        return _opened(_uri(path, mode="ro", immutable="1"), timeout), False, state
     if Path(f"{os.path.realpath(path)}-shm").exists():
-        conn = sqlite3.connect(_uri(path, mode="ro", readonly_shm="1"), uri=True, timeout=timeout,
-                               isolation_level=None, factory=_ReadOnlyShmConnection)
-        try:
-            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
-            return conn
-        except sqlite3.OperationalError:
-            conn.close()
-            if _wal(path).exists() and Path(f"{os.path.realpath(path)}-shm").exists():
-                raise
-            # the writer closed meanwhile: its -wal is gone or merged
-            return connect_readonly(path, timeout)
+        for attempt in range(100):
+            key = _identity(path)
+            try:
+                return _opened(_uri(path, mode="ro", readonly_shm="1"), timeout), True, key
+            except sqlite3.OperationalError as err:
+                if not (_wal(path).exists() and Path(f"{os.path.realpath(path)}-shm").exists()):
+                    return _open_reader(path, timeout)  # the writer closed meanwhile: -wal merged
+                if "readonly database" not in str(err) or attempt == 99:
+                    raise
+                time.sleep(0.001 * min(attempt + 1, 20))  # refused while the writer restarts its -wal
     return _connect_copy(path, timeout)
 
 
-class _ReadOnlyShmConnection(sqlite3.Connection):
-    """A reader of a read-only WAL index: it cannot wait on the index's locks the way a writing
-    reader does, so while the writer restarts its ``-wal`` a read can be refused
-    (SQLITE_READONLY_RECOVERY / _CANTINIT, "attempt to write a readonly database"; measured:
-    2 of 40,000 reads beside a writer checkpointing every 50 commits). Such a read has returned
-    no row yet (the refusal comes as the read transaction begins), so it is tried again."""
-
-    def execute(self, *args, **kwargs):
-        for attempt in range(100):
-            try:
-                return super().execute(*args, **kwargs)
-            except sqlite3.OperationalError as err:
-                if "readonly database" not in str(err) or attempt == 99:
-                    raise
-                time.sleep(0.001 * min(attempt + 1, 20))
+def _opened(uri: str, timeout: float) -> sqlite3.Connection:
+    conn = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)
+    try:
+        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # the file is open and readable
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 class _Rows:
-    """A query's rows, read to the end (what :class:`_SnapshotConnection` returns for a cursor)."""
+    """A query's rows, read to the end (what :meth:`ReadOnlyConnection.execute` returns)."""
 
     def __init__(self, rows: list, description) -> None:
         self._rows, self._next, self.description = rows, 0, description
@@ -178,48 +180,112 @@ class _Rows:
             yield row
 
 
-class _SnapshotConnection(sqlite3.Connection):
-    """An ``immutable`` read of a store (or of a private copy of it): right only while the store
-    is as it was when opened. A writer may start after the reader opened (a notebook holding a
-    ``Store(create=False)`` while a sweep runs): its -wal appears, and its checkpoints rewrite
-    the main file under a reader that takes no locks -- the reader then saw its cached old
-    pages (stale results) or old and new pages mixed ("database disk image is malformed").
-    So every query checks the store's files (inode, size, mtime, ctime of the main file and
-    the ``-wal``) before and after it reads its rows: on a change the query, and every later
-    one, goes to a new :func:`connect_readonly` of the store, which reads it as it is now."""
+#: The open readers of this process (a live one is closed when any of them sees its files replaced).
+_READERS: "weakref.WeakSet[ReadOnlyConnection]" = weakref.WeakSet()
 
-    def _setup(self, source: Path, state: tuple, timeout: float) -> "_SnapshotConnection":
-        self._source, self._state, self._timeout, self._fresh = source, state, timeout, None
-        return self
 
-    def execute(self, sql, parameters=()):
+class ReadOnlyConnection:
+    """A store read by :func:`connect_readonly`: ``execute``, ``row_factory``, ``close`` as on a
+    :class:`sqlite3.Connection` (other attributes are the current connection's), and right
+    while writers come and go.
+
+    * An ``immutable`` read (a store with no ``-wal`` when opened, or a private copy) is right
+      only while the store is as it was. A writer may start after the reader opened (a
+      notebook holding a ``Store(create=False)`` while a sweep runs): its checkpoints rewrite
+      the main file under a reader that takes no locks, which then read its cached old pages
+      (stale results) or old and new pages mixed ("database disk image is malformed"). Key:
+      inode, size, mtime and ctime of the main file and the ``-wal``.
+    * A ``readonly_shm`` read follows the writer's commits, but not files replaced under it:
+      the last writer to close deletes the ``-wal`` and ``-shm``, the next makes new ones, and
+      a reader still holding the old ones read stale results -- as did a new connection in the
+      same process while any old one was open (SQLite shares one WAL index per file and
+      process). Key: the inodes of the main file, ``-wal`` and ``-shm``; on a change every live
+      reader of the file in this process is closed (each reopens at its next query). A reader
+      of a read-only WAL index also cannot wait on its locks, so while the writer restarts its
+      ``-wal`` a read can be refused ("attempt to write a readonly database"; measured: 2 of
+      40,000 reads beside a writer checkpointing every 50 commits); such a read has returned
+      no row (the refusal comes as its read transaction begins) and is tried again.
+
+    Every query checks the key before and after its rows are read, and reopens on a change.
+
+    >>> import tempfile
+    >>> from catapult.sweep.store import Store
+    >>> path = Path(tempfile.mkdtemp()) / "s.db"
+    >>> Store(path).close()
+    >>> reader = connect_readonly(path)
+    >>> reader.execute("SELECT COUNT(*) FROM cells").fetchone()   # a new store: no cells yet
+    (0,)
+    >>> reader.close()
+    """
+
+    def __init__(self, path: Path, timeout: float = 30.0) -> None:
+        self._source, self._timeout, self._conn = Path(path), timeout, None
+        self.row_factory = None
+        self._open()
+        _READERS.add(self)
+
+    def _open(self) -> None:
+        self._conn, self._live, self._key = _open_reader(self._source, self._timeout)
+
+    def _now(self) -> tuple:
+        return _identity(self._source) if self._live else _state(self._source)
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _reopen(self) -> None:
+        real = os.path.realpath(self._source)
+        for reader in list(_READERS):  # no connection of this process may hold the old index
+            if reader._conn is not None and reader._live and os.path.realpath(reader._source) == real:
+                reader._drop()
+        self._drop()
+        self._open()
+
+    def _rows(self, sql, parameters):
+        for attempt in range(100):
+            try:
+                cursor = self._conn.execute(sql, parameters)
+                return cursor.fetchall(), cursor.description
+            except sqlite3.OperationalError as err:
+                if not self._live or "readonly database" not in str(err) or attempt == 99:
+                    raise
+                time.sleep(0.001 * min(attempt + 1, 20))
+
+    def execute(self, sql: str, parameters=()) -> _Rows:
+        """``sql`` run on the store as it is now; its rows are read at once."""
         for _ in range(5):
-            if self._fresh is None and _state(self._source) != self._state:
-                self._fresh = connect_readonly(self._source, self._timeout)
-            if self._fresh is not None:
-                self._fresh.row_factory = self.row_factory
-                return self._fresh.execute(sql, parameters)
-            cursor = super().execute(sql, parameters)
-            rows = cursor.fetchall()
-            if _state(self._source) == self._state:  # nothing rewrote the file while it was read
-                return _Rows(rows, cursor.description)
+            if self._conn is None or self._now() != self._key:
+                self._reopen()
+            self._conn.row_factory = self.row_factory
+            rows, description = self._rows(sql, parameters)
+            if self._now() == self._key:  # no file was rewritten or replaced while it was read
+                return _Rows(rows, description)
         raise sqlite3.OperationalError(f"{self._source} kept changing while it was read; try again")
 
     def close(self) -> None:
-        if self._fresh is not None:
-            self._fresh.close()
-        super().close()
+        """Close the connection (a second call does nothing)."""
+        self._drop()
+        _READERS.discard(self)
 
-
-def _snapshot(source: Path, uri: str, state: tuple, timeout: float) -> sqlite3.Connection:
-    conn = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None, factory=_SnapshotConnection)
-    return conn._setup(source, state, timeout)
+    def __getattr__(self, name: str):
+        if self._conn is None:
+            self._reopen()
+        return getattr(self._conn, name)
 
 
 def _state(path: Path) -> tuple:
     """What tells a store's files changed: the main file's and the ``-wal``'s stamps."""
     real = Path(os.path.realpath(path))
     return _stamp(real), _stamp(_wal(real))
+
+
+def _identity(path: Path) -> tuple:
+    """Which files a live reader has open: the inodes of the main file, ``-wal`` and ``-shm``."""
+    real = os.path.realpath(path)
+    return tuple(_stamp(Path(name))[0] if _stamp(Path(name)) else None
+                 for name in (real, f"{real}-wal", f"{real}-shm"))
 
 
 def _stamp(path: Path) -> tuple | None:
@@ -230,7 +296,7 @@ def _stamp(path: Path) -> tuple | None:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def _connect_copy(path: Path, timeout: float) -> sqlite3.Connection:
+def _connect_copy(path: Path, timeout: float) -> tuple[sqlite3.Connection, bool, tuple]:
     """The store and its ``-wal`` (no ``-shm``: no writer) read from a private copy: merged into
     one file in a temporary folder, opened ``immutable`` and unlinked (where the system allows
     an open file to be; elsewhere the folder is left in the temporary directory)."""
@@ -246,11 +312,11 @@ def _connect_copy(path: Path, timeout: float) -> sqlite3.Connection:
                 shutil.copyfile(_wal(real), f"{copy}-wal")
         except FileNotFoundError:  # the -wal was merged and removed meanwhile
             shutil.rmtree(folder, ignore_errors=True)
-            return connect_readonly(path, timeout)
+            return _open_reader(path, timeout)
         if _state(real) != before or shm.exists():  # a writer came: again
             shutil.rmtree(folder, ignore_errors=True)
             if shm.exists():
-                return connect_readonly(path, timeout)
+                return _open_reader(path, timeout)
             continue
         try:
             merge = sqlite3.connect(str(copy), isolation_level=None)
@@ -258,13 +324,12 @@ def _connect_copy(path: Path, timeout: float) -> sqlite3.Connection:
                 merge.execute("PRAGMA journal_mode=DELETE")  # the copy's -wal into its main file
             finally:
                 merge.close()
-            conn = _snapshot(path, _uri(copy, mode="ro", immutable="1"), before, timeout)
-            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # opened before it is unlinked
+            conn = _opened(_uri(copy, mode="ro", immutable="1"), timeout)  # the store as copied
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
         shutil.rmtree(folder, ignore_errors=True)  # an open file is read to its end after unlink
-        return conn
+        return conn, False, before
     raise sqlite3.OperationalError(f"{path} changed while it was being read; try again")
 
 
