@@ -245,3 +245,41 @@ sys.stdin.readline()
             finally:
                 writer.communicate("\n", timeout=60)
         assert reader.cells()[3]["best_test_accuracy"] == 0.45
+
+
+def test_opening_a_store_beside_a_driver_of_the_same_process_keeps_its_wal(tmp_path):
+    # Store() read the header with open()/close(); closing a descriptor drops every POSIX lock
+    # of the process on the file, SQLite's too: another driver closing then took the store as
+    # unused and deleted the -wal under this process's live writer, and a third driver's
+    # writes made the store "database disk image is malformed"
+    path = tmp_path / "s.db"
+    writer = Store(path)
+    writer.conn.execute("PRAGMA wal_autocheckpoint = 0")
+    writer.conn.execute("INSERT INTO meta(key, value) VALUES ('mine', 'x')")
+    with Store(path, create=False) as reader:  # a second Store of this process: a peek
+        assert reader.meta("mine") == "x"
+    other = f"""
+from catapult.sweep.store import Store
+s = Store({str(path)!r}); s.conn.execute("INSERT INTO meta(key, value) VALUES ('other', 'y')"); s.close()"""
+    subprocess.run([sys.executable, "-c", other], check=True, timeout=120)
+    assert Path(f"{path}-wal").exists()  # this process's writer still uses it
+    third = subprocess.Popen([sys.executable, "-c", f"""
+import sys
+from catapult.sweep.store import Store
+s = Store({str(path)!r})
+s.conn.execute("PRAGMA wal_autocheckpoint = 0")
+for i in range(200):
+    s.conn.execute("INSERT INTO meta(key, value) VALUES (?, 'third')", (f"t{{i}}",))
+print("ok", flush=True)
+sys.stdin.readline()
+s.close()"""], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert third.stdout.readline().strip() == "ok"
+    for i in range(200):
+        writer.conn.execute("INSERT INTO meta(key, value) VALUES (?, 'first')", (f"f{i}",))
+    third.communicate("\n", timeout=120)
+    writer.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    counts = dict(conn.execute("SELECT value, COUNT(*) FROM meta WHERE key != 'schema_version' GROUP BY value"))
+    conn.close()
+    assert counts == {"x": 1, "y": 1, "first": 200, "third": 200}

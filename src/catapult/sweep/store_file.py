@@ -1,10 +1,10 @@
 """Which files are catapult stores, and how to open one without changing anything else.
 
 A store marks itself with SQLite's ``PRAGMA application_id`` = :data:`APPLICATION_ID` (the
-4 bytes at offset 68 of the file header). :func:`identify` reads those header bytes straight
-from the file, so deciding that a file is *not* a store never opens it with SQLite and
-cannot change it: another program's SQLite file, a 0-byte file or any other file is refused
-and left byte-for-byte as it was.
+4 bytes at offset 68 of the file header). :func:`identify` reads them through a read-only,
+``immutable`` SQLite connection, so deciding that a file is *not* a store cannot change it:
+another program's SQLite file, a 0-byte file or any other file is refused and left
+byte-for-byte as it was.
 
 A store written by catapult 0.1.0 has application_id 0; it is recognised by its tables
 (``meta`` with a ``schema_version`` row, ``cells``, ``metrics``), read through an
@@ -58,14 +58,24 @@ def _uri(path: Path, **params: str) -> str:
 def _header_application_id(path: Path) -> int | None:
     """The application_id in the file header (big-endian uint32 at byte 68), or ``None`` when
     the file is not an SQLite 3 database (shorter than its 100-byte header, another magic, or
-    not a regular file: opening a FIFO would wait for a writer)."""
-    if not path.is_file():
+    not a regular file: opening a FIFO would wait for a writer).
+
+    Read through SQLite (``immutable``, read-only: nothing is written), not with ``open()``:
+    closing a descriptor of a file drops every POSIX lock this process holds on it, SQLite's
+    included, and SQLite defers closing its own while others of the process hold locks. A
+    header read with ``open()`` while a driver of this process had the store open let another
+    driver's close take the store as unused and delete the ``-wal`` under the live writer; a
+    third driver then made it "database disk image is malformed"."""
+    if not path.is_file() or path.stat().st_size < 100:
         return None
-    with open(path, "rb") as fh:
-        header = fh.read(100)
-    if len(header) < 100 or not header.startswith(SQLITE_MAGIC):
+    try:
+        conn = sqlite3.connect(_uri(path, mode="ro", immutable="1"), uri=True)
+        try:
+            return conn.execute("PRAGMA application_id").fetchone()[0] & 0xFFFFFFFF
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError:  # "file is not a database": another magic
         return None
-    return int.from_bytes(header[68:72], "big")
 
 
 def _wal(path: Path) -> Path:
