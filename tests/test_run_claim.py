@@ -200,3 +200,14 @@ def test_a_folder_in_place_of_a_run_file_is_named_as_not_a_plain_file(tmp_path):
     with pytest.raises(RunDirectoryError, match=rf"it holds {name} \(not a plain file\)"):
         check_out_dir(out, overwrite=True)
     assert (out / name / "mine.txt").read_text() == "mine"
+
+
+def test_a_link_to_nowhere_is_named_as_such(tmp_path):
+    # it was "runs/x exists and is not a directory": the user saw no file there
+    from catapult.engine.run_dir import check_out_dir
+
+    link = tmp_path / "x"
+    link.symlink_to(tmp_path / "scratch" / "x")
+    with pytest.raises(RunDirectoryError, match=r"x is a link to .*scratch/x, which does not exist; create that folder"):
+        check_out_dir(link)
+    assert link.is_symlink() and not (tmp_path / "scratch").exists()

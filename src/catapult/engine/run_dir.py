@@ -50,6 +50,9 @@ def check_out_dir(out_dir: str | Path, overwrite: bool = False, *,
     Raises :class:`RunDirectoryError` saying what is in the way.
     """
     path = Path(out_dir)
+    if path.is_symlink() and not path.exists():  # "exists and is not a directory" said nothing of a link
+        raise RunDirectoryError(f"{path} is a link to {os.readlink(path)}, which does not exist; create that "
+                                f"folder, or choose another run directory")
     if path.exists() or path.is_symlink():
         if not path.is_dir():
             raise RunDirectoryError(f"{path} exists and is not a directory; choose another run directory")
