@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -283,3 +284,36 @@ s.close()"""], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     counts = dict(conn.execute("SELECT value, COUNT(*) FROM meta WHERE key != 'schema_version' GROUP BY value"))
     conn.close()
     assert counts == {"x": 1, "y": 1, "first": 200, "third": 200}
+
+
+def test_a_reader_of_another_thread_does_not_stop_a_reopen(store):
+    # a reopen closes the process's other live readers of the file; one made in another thread
+    # raised sqlite3.ProgrammingError ("created in a thread can only be used in that same thread")
+    import threading
+
+    script = WRITER.replace("WHERE id = 0", "WHERE id = 2")
+    readers = {}
+
+    def other_thread():
+        readers["thread"] = Store(store, create=False)
+        readers["seen"] = readers["thread"].cells()[2]["best_test_accuracy"]
+
+    for value in (0.15, 0.25):
+        writer = subprocess.Popen([sys.executable, "-c", script, str(store), repr(value), "wait"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                  env={**os.environ, "OMP_NUM_THREADS": "1"})
+        try:
+            assert writer.stdout.readline().strip() == "committed"
+            if value == 0.15:
+                thread = threading.Thread(target=other_thread)
+                thread.start()
+                thread.join()
+                assert readers["seen"] == 0.15
+                reader = Store(store, create=False)
+            assert reader.cells()[2]["best_test_accuracy"] == value
+            # a backup copy made by this process closes a descriptor of the file, which drops the
+            # process's POSIX locks on it: the driver's close then deletes its -wal and -shm
+            shutil.copyfile(store, store.parent.parent / f"backup{value}.db")
+        finally:
+            writer.communicate("\n", timeout=60)
+    reader.close()

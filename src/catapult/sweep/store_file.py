@@ -160,7 +160,8 @@ def _open_reader(path: Path, timeout: float) -> tuple[sqlite3.Connection, bool, 
 
 
 def _opened(uri: str, timeout: float) -> sqlite3.Connection:
-    conn = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)
+    # any thread may close it (ReadOnlyConnection._reopen); each is used by one reader
+    conn = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None, check_same_thread=False)
     try:
         conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # the file is open and readable
     except BaseException:
@@ -248,15 +249,16 @@ class ReadOnlyConnection:
     def _reopen(self) -> None:
         real = os.path.realpath(self._source)
         for reader in list(_READERS):  # no connection of this process may hold the old index
-            if reader._conn is not None and reader._live and os.path.realpath(reader._source) == real:
-                reader._drop()
+            if reader is not self and reader._conn is not None and reader._live \
+                    and os.path.realpath(reader._source) == real:
+                reader._drop()  # (another thread's too: it reopens at its next query)
         self._drop()
         self._open()
 
-    def _rows(self, sql, parameters):
+    def _rows(self, conn: sqlite3.Connection, sql, parameters):
         for attempt in range(100):
             try:
-                cursor = self._conn.execute(sql, parameters)
+                cursor = conn.execute(sql, parameters)
                 return cursor.fetchall(), cursor.description
             except sqlite3.OperationalError as err:
                 if not self._live or "readonly database" not in str(err) or attempt == 99:
@@ -268,8 +270,14 @@ class ReadOnlyConnection:
         for _ in range(5):
             if self._conn is None or self._now() != self._key:
                 self._reopen()
-            self._conn.row_factory = self.row_factory
-            rows, description = self._rows(sql, parameters)
+            conn = self._conn
+            conn.row_factory = self.row_factory
+            try:
+                rows, description = self._rows(conn, sql, parameters)
+            except sqlite3.ProgrammingError:
+                if self._conn is conn:
+                    raise
+                continue  # closed by another thread's reopen meanwhile: read again
             if self._now() == self._key:  # no file was rewritten or replaced while it was read
                 return _Rows(rows, description)
         raise sqlite3.OperationalError(f"{self._source} kept changing while it was read; try again")
