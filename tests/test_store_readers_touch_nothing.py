@@ -317,3 +317,22 @@ def test_a_reader_of_another_thread_does_not_stop_a_reopen(store):
         finally:
             writer.communicate("\n", timeout=60)
     reader.close()
+
+
+def test_a_damaged_wal_beside_its_shm_is_read_as_sqlite_recovers_it(store, tmp_path, capsys):
+    # random bytes in place of a killed driver's -wal, its -shm intact: a mode=ro reader
+    # rebuilt the -shm (writing it) and read the main file; the read-only index then refused
+    # the store ("not a usable catapult sweep store (SQLite says: locking protocol)", exit 2)
+    main_only = tmp_path / "main_only.db"
+    shutil.copyfile(store, main_only)  # before the driver: what the main file alone holds
+    truth = sqlite3.connect(f"file:{main_only}?immutable=1", uri=True).execute(
+        "SELECT best_test_accuracy FROM cells WHERE id = 0").fetchone()[0]
+    _writer(store, "kill").wait(timeout=60)
+    wal = Path(f"{store}-wal")
+    wal.write_bytes(os.urandom(wal.stat().st_size))  # no frame of it is valid: none is read
+    before = _files(store.parent)
+    with Store(store, create=False) as reader:
+        assert reader.cells()[0]["best_test_accuracy"] == truth != PROBE
+    assert main(["export", str(store), "--out", str(tmp_path / "o.csv")]) == 0
+    capsys.readouterr()
+    assert _files(store.parent) == before

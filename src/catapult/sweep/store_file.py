@@ -153,6 +153,10 @@ def _open_reader(path: Path, timeout: float) -> tuple[sqlite3.Connection, bool, 
             except sqlite3.OperationalError as err:
                 if not (_wal(path).exists() and Path(f"{os.path.realpath(path)}-shm").exists()):
                     return _open_reader(path, timeout)  # the writer closed meanwhile: -wal merged
+                if "locking protocol" in str(err):
+                    # SQLITE_PROTOCOL after SQLite's own retries: a -wal that does not match the
+                    # -shm left beside it (a damaged -wal); read as SQLite recovers it, from a copy
+                    return _connect_copy(path, timeout, beside_shm=True)
                 if "readonly database" not in str(err) or attempt == 99:
                     raise
                 time.sleep(0.001 * min(attempt + 1, 20))  # refused while the writer restarts its -wal
@@ -314,7 +318,7 @@ def _stamp(path: Path) -> tuple | None:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def _connect_copy(path: Path, timeout: float) -> tuple[sqlite3.Connection, bool, tuple]:
+def _connect_copy(path: Path, timeout: float, beside_shm: bool = False) -> tuple[sqlite3.Connection, bool, tuple]:
     """The store and its ``-wal`` (no ``-shm``: no writer) read from a private copy: merged into
     one file in a temporary folder, opened ``immutable`` and unlinked (where the system allows
     an open file to be; elsewhere the folder is left in the temporary directory)."""
@@ -331,9 +335,9 @@ def _connect_copy(path: Path, timeout: float) -> tuple[sqlite3.Connection, bool,
         except FileNotFoundError:  # the -wal was merged and removed meanwhile
             shutil.rmtree(folder, ignore_errors=True)
             return _open_reader(path, timeout)
-        if _state(real) != before or shm.exists():  # a writer came: again
+        if _state(real) != before or (shm.exists() and not beside_shm):  # a writer came: again
             shutil.rmtree(folder, ignore_errors=True)
-            if shm.exists():
+            if shm.exists() and not beside_shm:
                 return _open_reader(path, timeout)
             continue
         try:
