@@ -23,8 +23,8 @@ from catapult.curvature.forward_ad import jvp_of_gradient
 from catapult.curvature.grads_into import attach_grads, backward_into, flush_grads, refuse_constant
 from catapult.curvature.microbatch import refuse_dropout, split_batch
 from catapult.curvature.stateless import functional_call, has_renormed_embeddings
-from catapult.curvature.twice import (forms_for, math_attention, named_missing_derivatives, needs_forms,
-                                      verify_operator, weight_norm_module)
+from catapult.curvature.twice import (built_with_forms, forms_for, math_attention, named_missing_derivatives,
+                                      needs_forms, verify_operator, weight_norm_module)
 
 __all__ = ["HVP_MODES", "HessianOperator", "resolve_dtype", "resolve_hvp", "fixed_rng", "math_attention"]
 
@@ -277,34 +277,41 @@ class HessianOperator:
             self._theta = torch.cat([p.reshape(-1).to(self.dtype) for p in self._params.values()])
             self._layout = (tuple(self.names), tuple(tuple(s) for s in self.shapes),
                             tuple(p.dtype for p in self._params.values()))
+        # one forward (built again where a direct torch._weight_norm call needs the forms; twice.py)
+        custom = built_with_forms(self, self._build)
+        # the curvature of a nan or inf loss is nan: every product says so (a diverged model)
+        self._finite_loss = math.isfinite(self.loss)
+        if self.mode == "double_backprop" and self._finite_loss:  # custom Functions' (twice.py)
+            verify_operator(self, custom)
+
+    def _build(self) -> torch.Tensor:
+        """The graph the products start from (the first piece's forward otherwise, which also
+        refuses a loss no parameter reaches); its loss, with that graph."""
         if self.chunks == 1 and self.mode == "double_backprop" and not self._per_product:
             self._leaves, loss, grads = self._gradient_graph(self._inputs, self._targets,
                                                              create_graph=True)
             self.loss = float(loss.detach())
             self._grads = grads  # the flat gradient is made from these only when asked for
             self._diff = [i for i, g in enumerate(grads) if g.requires_grad]
-        else:  # a forward on the first piece, which also refuses a loss no parameter reaches
-            _, loss, _ = self._gradient_graph(*self._chunks[0][:2], create_graph=None)
-            self.loss = float(loss) if self.chunks == 1 else self.loss
-            if self.chunks == 1 and self.mode in ("forward_over_reverse", "finite_difference"):
-                self._grad_fn = torch.func.grad_and_value(self._loss)
-        # the curvature of a nan or inf loss is nan: every product says so (a diverged model)
-        self._finite_loss = math.isfinite(self.loss)
-        if self.mode == "double_backprop" and self._finite_loss:  # custom Functions' (twice.py)
-            verify_operator(self, loss if torch.is_tensor(loss) else None)
+            return loss
+        _, loss, _ = self._gradient_graph(*self._chunks[0][:2], create_graph=None)
+        self.loss = float(loss.detach()) if self.chunks == 1 else self.loss
+        if self.chunks == 1 and self.mode in ("forward_over_reverse", "finite_difference"):
+            self._grad_fn = torch.func.grad_and_value(self._loss)
+        return loss
 
     @named_missing_derivatives
     def _gradient_graph(self, inputs, targets, create_graph: bool | None, scale: float = 1.0):
         """``(leaves, loss, grads)``: the loss on ``(inputs, targets)`` at fresh leaves (detached
         aliases of the parameters, so ``requires_grad_`` leaves the model's tensors alone) and
         the gradient of ``scale`` times it, differentiable again when ``create_graph`` (none
-        when it is None: ``(leaves, float loss, None)``)."""
+        when it is None: ``(leaves, loss, None)``)."""
         leaves = [self._params[n].detach().requires_grad_(True) for n in self.names]
         with torch.enable_grad():
             loss = self._loss(dict(zip(self.names, leaves)), inputs, targets)
             refuse_constant(loss)
             if create_graph is None:
-                return leaves, float(loss.detach()), None
+                return leaves, loss, None
             grads = torch.autograd.grad(loss if scale == 1.0 else loss * scale, leaves,
                                         create_graph=create_graph, allow_unused=True,
                                         materialize_grads=True)

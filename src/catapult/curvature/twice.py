@@ -39,6 +39,12 @@ Under ``torch.compile`` the embeddings' flags are dropped all the same, but the 
 reach the weight-norm op (``hvp="compiled"`` still gave that
 0.911918, the mode entered inside or around the compiled function), so the compiled products
 refuse a model with weight norm (:func:`weight_norm_module` names it).
+
+A ``torch._weight_norm`` (or ``torch._weight_norm_interface``) called in a model's forward, with no
+weight-norm module to see, gave the same silently wrong products (3.4e-6 off the top of a dense
+float64 Hessian, ``converged`` with ``error_bound`` 6e-11): the operators find the fused op's node
+in the graph of their first forward, one walk per build (:func:`built_with_forms`), and take it
+by parts from there on.
 """
 from __future__ import annotations
 
@@ -53,7 +59,7 @@ from torch.overrides import TorchFunctionMode
 from catapult.curvature.difference import central_step
 
 __all__ = ["math_attention", "weight_norm_by_parts", "weight_norm_module", "custom_functions", "check_custom_functions",
-           "verify_operator", "second_order_forms", "needs_forms", "forms_for", "named_missing_derivatives"]
+           "verify_operator", "built_with_forms", "graph_functions", "second_order_forms", "needs_forms", "forms_for", "named_missing_derivatives"]
 
 
 def math_attention():
@@ -102,6 +108,10 @@ class weight_norm_by_parts(TorchFunctionMode):  # noqa: N801 -- used as a contex
         if func is torch._weight_norm:
             v, g, dim = _weight_norm_arguments(*args, **kwargs)
             return v * (g / torch.norm_except_dim(v, 2, dim))
+        if func is torch._weight_norm_interface:  # called directly: (w, the norms)
+            v, g, dim = _weight_norm_arguments(*args, **kwargs)
+            norm = torch.norm_except_dim(v, 2, dim)
+            return v * (g / norm), norm
         return func(*args, **kwargs)
 
 
@@ -155,8 +165,8 @@ def needs_forms(model: torch.nn.Module) -> bool:
     under weight norm (:func:`weight_norm_module`), or an ``nn.Embedding`` / ``nn.EmbeddingBag``
     with ``scale_grad_by_freq`` or ``sparse``. The operators ask once, when they are built (a scan
     of the modules in every forward cost the small GPT's ``sharpness`` ~1%). A ``torch._weight_norm``
-    or ``F.embedding(..., scale_grad_by_freq=True)`` called in a forward without those modules is
-    not seen.
+    called in a forward without those modules is found in the graph of the operator's first forward
+    (:func:`built_with_forms`); an ``F.embedding(..., scale_grad_by_freq=True)`` call is not seen.
 
     >>> needs_forms(torch.nn.Embedding(3, 2, sparse=True)), needs_forms(torch.nn.Linear(2, 2))
     (True, False)
@@ -178,8 +188,37 @@ def forms_for(needed: bool):
     return second_order_forms() if needed else contextlib.nullcontext()
 
 
+#: The ``grad_fn`` of torch's fused weight norm, whose double backward is wrong (module docstring).
+FUSED_WEIGHT_NORM = "WeightNormInterfaceBackward0"
+
+
+def graph_functions(loss: torch.Tensor) -> tuple[list[str], bool]:
+    """``(custom, fused)``: the names of the custom ``torch.autograd.Function`` classes in the graph
+    of ``loss``, and whether it goes through torch's fused weight norm (a ``torch._weight_norm``
+    that :class:`weight_norm_by_parts` did not take by parts: one called in a forward without a
+    weight-norm module, which :func:`needs_forms` does not see). One walk of the graph, made once
+    per operator build.
+
+    >>> v = torch.ones(2, 3, requires_grad=True)
+    >>> graph_functions(torch._weight_norm(v, torch.ones(2, 1), 0).sum()), graph_functions((2 * v).sum())
+    (([], True), ([], False))
+    """
+    found, seen, stack, fused = set(), set(), [loss.grad_fn], False
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if isinstance(node, torch.autograd.function.BackwardCFunction):
+            found.add(type(node).__name__.removesuffix("Backward"))
+        fused = fused or type(node).__name__ == FUSED_WEIGHT_NORM
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return sorted(found), fused
+
+
 def custom_functions(loss: torch.Tensor) -> list[str]:
-    """The names of the custom ``torch.autograd.Function`` classes in the graph of ``loss``.
+    """The names of the custom ``torch.autograd.Function`` classes in the graph of ``loss``
+    (:func:`graph_functions`).
 
     >>> class Double(torch.autograd.Function):
     ...     @staticmethod
@@ -192,16 +231,7 @@ def custom_functions(loss: torch.Tensor) -> list[str]:
     >>> custom_functions(Double.apply(w).sum()), custom_functions((2 * w).sum())
     (['Double'], [])
     """
-    found, seen, stack = set(), set(), [loss.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        if isinstance(node, torch.autograd.function.BackwardCFunction):
-            found.add(type(node).__name__.removesuffix("Backward"))
-        stack.extend(next_node for next_node, _ in node.next_functions)
-    return sorted(found)
+    return graph_functions(loss)[0]
 
 
 #: A product is refused where it is off the central difference by more than this many times the
@@ -237,27 +267,56 @@ def check_custom_functions(names: list[str], product, difference, v: torch.Tenso
             f"hvp='finite_difference' (first derivatives only)")
 
 
-def verify_operator(op, loss: torch.Tensor | None) -> None:
+def built_with_forms(op, build) -> list[str]:
+    """Build ``op``'s graph (``build()``, returning the loss with its graph) and walk it once
+    (:func:`graph_functions`); the names of its custom Functions. A graph through torch's fused
+    weight norm (a ``torch._weight_norm`` or ``torch._weight_norm_interface`` called in the
+    forward, not by a module :func:`needs_forms` sees: its double backward is wrong, and it has no
+    forward AD) turns :class:`second_order_forms` on for ``op`` and is built again; where they do
+    not reach it (``hvp="compiled"``, whose graphs the mode does not reach) it is refused.
+    ``hvp="finite_difference"`` (first derivatives only) is built without a walk.
+
+    >>> from catapult.curvature.hessian import HessianOperator
+    >>> class Model(torch.nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.v, self.g = torch.nn.Parameter(torch.ones(1, 2)), torch.nn.Parameter(torch.ones(1, 1))
+    ...     def forward(self, x):
+    ...         return x @ torch._weight_norm(self.v, self.g, 0).T
+    >>> H = HessianOperator(Model(), torch.nn.MSELoss(), (torch.ones(3, 2), torch.zeros(3, 1)))
+    >>> H._forms_needed
+    True
+    """
+    loss = build()
+    if op.mode == "finite_difference":
+        return []
+    custom, fused = graph_functions(loss)
+    if fused and op.mode != "compiled" and not op._forms_needed:
+        op._forms_needed = True
+        custom, fused = graph_functions(build())
+    if fused:
+        raise ValueError(f"hvp={op.mode!r}: the loss goes through torch's fused weight norm "
+                         f"(torch._weight_norm_interface), whose second derivatives torch takes wrong, "
+                         f"where it cannot be taken by parts; use hvp='finite_difference'")
+    return custom
+
+
+def verify_operator(op, names: list[str]) -> None:
     """:func:`check_custom_functions` for a double-backprop
-    :class:`~catapult.curvature.hessian.HessianOperator` whose loss (``loss``, with its graph; None:
-    the first micro-batch's is built) goes through custom Functions, on a unit vector drawn from a
+    :class:`~catapult.curvature.hessian.HessianOperator` whose loss goes through the custom
+    Functions ``names`` (:func:`built_with_forms`), on a unit vector drawn from a
     private generator seeded with ``op.seed + 1`` (4 gradients and a product, not counted in
     ``matvecs``). Skipped inside an initialised process group, where a refusal on one rank alone
-    would leave the others waiting.
+    would leave the others waiting, and where ``names`` is empty.
 
     >>> from catapult.curvature.hessian import HessianOperator
     >>> model = torch.nn.Linear(2, 1, bias=False)
     >>> batch = (torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0], [0.0]]))
-    >>> verify_operator(HessianOperator(model, torch.nn.MSELoss(), batch), None)   # no custom Function
+    >>> verify_operator(HessianOperator(model, torch.nn.MSELoss(), batch), [])   # no custom Function
     """
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
-        return
-    if loss is None:
-        _, loss, _ = op._gradient_graph(*op._chunks[0][:2], create_graph=False)
-    names = custom_functions(loss)
-    if not names:
+    if not names or (dist.is_available() and dist.is_initialized()):
         return
     generator = torch.Generator().manual_seed(op.seed + 1)
     v = torch.randn(op.numel, generator=generator, dtype=torch.float64).to(device=op.device, dtype=op.dtype)
