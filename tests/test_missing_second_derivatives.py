@@ -49,3 +49,64 @@ def test_finite_differences_measure_it():
     truth = np.linalg.eigvalsh(dense_hessian(plain, F.cross_entropy, batch).numpy())[-1]
     est = catapult.sharpness(model, F.cross_entropy, batch, tol=1e-9, hvp="finite_difference")
     assert abs(est.value - truth) <= max(est.error_bound, 1e-8) * truth
+
+
+class Distances(nn.Module):
+    """Distances to 4 learned centres, by ``torch.cdist`` (no derivative of its backward, no
+    forward-AD formula) or written out (twice differentiable: the truth)."""
+
+    def __init__(self, by_hand: bool):
+        super().__init__()
+        torch.manual_seed(2)
+        self.centres = nn.Parameter(torch.randn(4, 3, dtype=torch.float64))
+        self.by_hand = by_hand
+
+    def forward(self, x):
+        if self.by_hand:
+            return ((x[:, None, :] - self.centres[None]) ** 2).sum(-1).sqrt()
+        return torch.cdist(x, self.centres)
+
+
+def distances_problem():
+    torch.manual_seed(0)
+    return torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 4, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("hvp", ["double_backprop", "forward_over_reverse"])
+def test_torch_cdist_names_hvp_and_keeps_torchs_error(hvp):
+    with pytest.raises(ValueError, match=rf"hvp='{hvp}': torch has no second derivative of this model "
+                                         r"\(.*_cdist_.*hvp='finite_difference'") as info:
+        catapult.sharpness(Distances(False), nn.MSELoss(), distances_problem(), hvp=hvp)
+    assert isinstance(info.value.__cause__, NotImplementedError)
+
+
+def test_gauss_newton_products_name_curvature_and_the_way_out():
+    # GGN's products raised torch's NotImplementedError itself, from deep inside autograd
+    for call in (lambda: catapult.sharpness(Distances(False), nn.MSELoss(), distances_problem(), curvature="ggn"),
+                 lambda: catapult.top_eigenpairs(Distances(False), nn.MSELoss(), distances_problem(), k=2,
+                                                 curvature="ggn")):
+        with pytest.raises(ValueError, match=r"curvature='ggn': torch has no derivative of this model's "
+                                             r"backward.*_cdist_backward.*curvature='hessian' with "
+                                             r"hvp='finite_difference'") as info:
+            call()
+        assert isinstance(info.value.__cause__, NotImplementedError)
+    # and the way out named measures it
+    truth = np.linalg.eigvalsh(dense_hessian(Distances(True), nn.MSELoss(), distances_problem()).numpy())[-1]
+    est = catapult.sharpness(Distances(False), nn.MSELoss(), distances_problem(), tol=1e-9, hvp="finite_difference")
+    assert abs(est.value - truth) <= max(est.error_bound, 1e-8) * truth
+
+
+@pytest.mark.parametrize("curvature", ["hessian", "ggn"])
+def test_a_loss_with_no_derivative_formula_for_its_backward_is_named(curvature):
+    # F.multi_margin_loss's double backward raises torch's RuntimeError "derivative for
+    # aten::multi_margin_loss_backward is not implemented", which reached the user as it was
+    model, batch = problem(bag=False)
+    with pytest.raises(ValueError, match=r"multi_margin_loss_backward.*hvp='finite_difference'") as info:
+        catapult.sharpness(model, F.multi_margin_loss, batch, curvature=curvature)
+    assert isinstance(info.value.__cause__, RuntimeError)
+
+
+def test_other_runtime_errors_pass_as_they_were():
+    model, (tokens, labels) = problem(bag=False)
+    with pytest.raises(RuntimeError, match="shape"):
+        catapult.sharpness(model, lambda out, y: (out.reshape(5, -1) ** 2).mean(), (tokens, labels))

@@ -11,7 +11,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from catapult.curvature.hessian import HessianOperator, fixed_rng, math_attention
 from catapult.curvature.stateless import functional_call
-from catapult.curvature.twice import forms_for
+from catapult.curvature.twice import forms_for, named_missing_derivatives
 
 __all__ = ["CURVATURES", "GaussNewtonOperator"]
 
@@ -101,6 +101,7 @@ class GaussNewtonOperator(HessianOperator):
             return list(torch.autograd.grad(outs, leaves, w, retain_graph=True,
                                             allow_unused=True, materialize_grads=True))
 
+    @named_missing_derivatives
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         v = v.to(device=self.device, dtype=self.dtype)
         parts = self.split(v)

@@ -51,6 +51,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import re
 import sys
 
 import torch
@@ -335,11 +336,26 @@ def verify_operator(op, names: list[str]) -> None:
         op.matvecs = matvecs
 
 
+#: torch's RuntimeError where an op has no derivative formula at all (autograd's ``NotImplemented``
+#: node: the double backward of ``F.multi_margin_loss``, ``F.ctc_loss``, ``torch.segment_reduce``).
+_NO_DERIVATIVE = re.compile(r"derivative for (?:aten::)?'?([\w.]+)'? is not implemented")
+
+
+def _missing(err: Exception) -> str | None:
+    """The first line of torch's error for a derivative it lacks, or None (another error)."""
+    first = (str(err).strip().splitlines() or [""])[0]
+    if isinstance(err, NotImplementedError) or (isinstance(err, RuntimeError) and _NO_DERIVATIVE.search(first)):
+        return first
+    return None
+
+
 def named_missing_derivatives(method):
-    """Decorate an operator method (``self.mode`` its hvp mode): torch's NotImplementedError for a
-    second derivative it lacks (``nn.EmbeddingBag``: "the derivative for '_embedding_bag_backward'
-    is not implemented"; forward AD of many fused ops) becomes a ValueError naming ``hvp`` and the
-    mode that needs first derivatives only.
+    """Decorate an operator method (``self.mode`` its hvp mode): torch's error for a second
+    derivative it lacks (a NotImplementedError: ``nn.EmbeddingBag``'s "the derivative for
+    '_embedding_bag_backward' is not implemented", ``torch.cdist``'s, forward AD of many fused ops;
+    a RuntimeError "derivative for aten::multi_margin_loss_backward is not implemented") becomes a
+    ValueError naming ``hvp`` (``curvature='ggn'`` for the Gauss-Newton products) and the mode that
+    needs first derivatives only; torch's error is its ``__cause__``.
 
     >>> class Op:
     ...     mode = "double_backprop"
@@ -355,10 +371,13 @@ def named_missing_derivatives(method):
     def run(self, *args, **kwargs):
         try:
             return method(self, *args, **kwargs)
-        except NotImplementedError as err:
-            if self.mode == "finite_difference":
+        except (NotImplementedError, RuntimeError) as err:
+            if self.mode == "finite_difference" or (first := _missing(err)) is None:
                 raise
+            if self.mode == "gauss_newton":
+                raise ValueError(f"curvature='ggn': torch has no derivative of this model's backward, which the "
+                                 f"Gauss-Newton products take ({first}); curvature='hessian' with "
+                                 f"hvp='finite_difference' takes its products from gradients alone") from err
             raise ValueError(f"hvp={self.mode!r}: torch has no second derivative of this model "
-                             f"({str(err).strip().splitlines()[0]}); hvp='finite_difference' takes its "
-                             f"products from gradients alone") from err
+                             f"({first}); hvp='finite_difference' takes its products from gradients alone") from err
     return run
