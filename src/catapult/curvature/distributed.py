@@ -308,7 +308,9 @@ def union_weight(model, loss_fn, batch, device=None, *, testable: bool = True) -
     disagree, are refused on every rank: the shards' losses would not add up to the union's, and
     the answer was silently wrong. A shard of one sample compares its loss with that of the
     sample twice over (a mean's is the same, a sum's twice it); a model with a train-mode dropout
-    tells in eval mode (its masks would differ between the calls), and is left in its mode.
+    tells in eval mode (its masks would differ between the calls), and is left in its mode; one
+    that calls ``F.dropout`` with ``training=True`` (no module to switch), with the functional
+    dropouts off (:func:`~catapult.curvature.microbatch.functional_masks_off`).
     ``testable=False`` (a model sharded by FSDP2, whose forwards are collective): every rank runs
     one forward (no grad) of its whole shard and tells from the loss of the output's halves
     (a mean was taken for every loss, and a sum loss's curvature on 2 ranks came out at 0.57x
@@ -347,8 +349,9 @@ def _told(kind, shown, what) -> str | None:
     if kind is None:
         raise ValueError(f"distributed=True: loss_fn is neither a mean nor a sum over samples on this rank's shard "
                          f"({what}: {shown}), so the ranks' losses do not add up to the union's loss; use "
-                         f"a loss that averages or sums per-sample terms (a forward drawing masks that no "
-                         f"module holds, such as F.dropout in train mode, reads the same: call model.eval())")
+                         f"a loss that averages or sums per-sample terms (a forward that draws random numbers "
+                         f"per call, other than by a Dropout module or F.dropout, reads the same: call "
+                         f"model.eval() or draw them from a fixed seed)")
     return None if kind == "both" else kind
 
 
@@ -380,7 +383,9 @@ def _sharded_shard_reduction(model, loss_fn, batch) -> str | None:
 
 def _shard_reduction(model, loss_fn, batch) -> str | None:
     """``"mean"``, ``"sum"`` or None (cannot tell) for ``loss_fn`` on this rank's shard."""
-    from catapult.curvature.microbatch import batch_coupling, reduction_kind, uses_batch_statistics
+    from catapult.curvature.hessian import fixed_rng
+    from catapult.curvature.microbatch import (batch_coupling, functional_masks_off, reduction_kind,
+                                               uses_batch_statistics)
     from catapult.curvature.stateless import functional_call
 
     inner = unwrap_ddp(model)
@@ -400,11 +405,18 @@ def _shard_reduction(model, loss_fn, batch) -> str | None:
         return loss_fn(functional_call(inner, p, (xs,)), ys)
 
     modes = [(module, module.training) for module in inner.modules()]
+    dtype = next(iter(params.values())).dtype
     try:
         if masks_only:
             inner.eval()
-        with torch.no_grad():
-            _, kind, shown = reduction_kind(loss_at, params, x, y, pieces, next(iter(params.values())).dtype)
+        # F.dropout's masks (drawn where it is called with training=True) leave the caller's RNG alone
+        with torch.no_grad(), fixed_rng(0, next(iter(params.values())).device):
+            _, kind, shown = reduction_kind(loss_at, params, x, y, pieces, dtype)
+            if kind is None:  # told again without the masks of F.dropout called with training=True
+                # (no module to switch to eval: such a model was refused where a Dropout's was measured)
+                with functional_masks_off():
+                    _, without, _ = reduction_kind(loss_at, params, x, y, pieces, dtype)
+                kind = without if without in ("mean", "sum") else kind
     finally:
         for module, training in modes:
             module.training = training

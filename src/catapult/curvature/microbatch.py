@@ -10,10 +10,11 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from catapult.arguments import as_integer
 
-__all__ = ["ChosenChunkSize", "batch_coupling", "coupling_remedy", "refuse_dropout", "reduction_kind", "split_batch",
+__all__ = ["ChosenChunkSize", "batch_coupling", "coupling_remedy", "functional_masks_off", "refuse_dropout", "reduction_kind", "split_batch",
            "uses_batch_statistics"]
 
 
@@ -96,6 +97,35 @@ def refuse_dropout(model: torch.nn.Module, option: str, why: str, instead: str) 
         if _draws_a_mask(module):
             raise ValueError(f"{option}: module {name!r} is {_mask_drawer(module)}, whose mask {why}; "
                              f"call model.eval() or use {instead}")
+
+
+#: The functional dropouts, which draw a mask where ``training`` is true whatever the modules' mode.
+_FUNCTIONAL_DROPOUTS = tuple(getattr(torch.nn.functional, name) for name in (
+    "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout"))
+
+
+class functional_masks_off(TorchFunctionMode):  # noqa: N801 -- used as a context, like torch's modes
+    """Context in which the functional dropouts (``F.dropout`` and its kin) return their input, and
+    ``F.scaled_dot_product_attention`` takes ``dropout_p=0``: what a forward that calls them with
+    ``training=True`` (no module whose mode to switch) computes without its masks. For telling a
+    loss's reduction only (a few forwards without grad): the mode routes every torch call through
+    Python.
+
+    >>> x = torch.ones(4)
+    >>> with functional_masks_off():
+    ...     torch.nn.functional.dropout(x, 0.5, training=True)
+    tensor([1., 1., 1., 1.])
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _FUNCTIONAL_DROPOUTS:
+            return args[0] if args else kwargs["input"]
+        if func is torch.nn.functional.scaled_dot_product_attention:
+            if len(args) > 4:
+                args = (*args[:4], 0.0, *args[5:])
+            kwargs = {**kwargs, "dropout_p": 0.0} if "dropout_p" in kwargs else kwargs
+        return func(*args, **kwargs)
 
 
 class ChosenChunkSize(int):
