@@ -21,7 +21,7 @@ from catapult.curvature.difference import (central_step, checked_difference, rel
                                            rounding_level)
 from catapult.curvature.forward_ad import jvp_of_gradient
 from catapult.curvature.grads_into import attach_grads, backward_into, flush_grads, refuse_constant
-from catapult.curvature.microbatch import refuse_dropout, split_batch
+from catapult.curvature.microbatch import refuse_dropout, split_batch, weighted_backward, weighted_gradient
 from catapult.curvature.stateless import functional_call, has_renormed_embeddings
 from catapult.curvature.twice import (built_with_forms, forms_for, math_attention, named_missing_derivatives,
                                       needs_forms, verify_operator, weight_norm_module)
@@ -312,9 +312,8 @@ class HessianOperator:
             refuse_constant(loss)
             if create_graph is None:
                 return leaves, loss, None
-            grads = torch.autograd.grad(loss if scale == 1.0 else loss * scale, leaves,
-                                        create_graph=create_graph, allow_unused=True,
-                                        materialize_grads=True)
+            grads = weighted_gradient(loss, scale, leaves, self._eps, create_graph=create_graph,
+                                      allow_unused=True, materialize_grads=True)
         return leaves, loss, grads
 
     @named_missing_derivatives
@@ -485,7 +484,7 @@ class HessianOperator:
                 with torch.enable_grad():
                     loss = self._loss(dict(zip(self.names, leaves)), x, y)
                     refuse_constant(loss)
-                    torch.autograd.backward(loss * w if w != 1.0 else loss, inputs=leaves)
+                    weighted_backward(loss, w, leaves, self._eps)
                 flush_grads(leaves, views)
             finally:
                 for leaf in leaves:
