@@ -60,6 +60,7 @@ the shards.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 import os
 import sys
@@ -68,8 +69,8 @@ from typing import Any, Callable
 import torch
 
 __all__ = ["require_process_group", "check_shardable", "check_shard_inputs", "unwrap_ddp", "shard_weight", "all_reduce_sum",
-           "agreed_minimum", "agreed", "agreed_gap", "rank0_flag", "union_weight", "DistributedOperator", "broadcast_vector",
-           "single_process_group"]
+           "agreed_minimum", "agreed", "agreed_gap", "refusals_agreed", "rank0_flag", "union_weight",
+           "DistributedOperator", "broadcast_vector", "single_process_group"]
 
 
 
@@ -233,6 +234,26 @@ def shard_weight(batch, device=None) -> float:
     return local / sum(sizes)
 
 
+#: Whether the code running is inside :func:`agreed` (not collective): a refusal there is every rank's.
+_AGREED: contextvars.ContextVar[bool] = contextvars.ContextVar("catapult_agreed", default=False)
+
+
+def refusals_agreed() -> bool:
+    """Whether a ValueError raised here would stop every rank alike: outside a process group, or
+    inside :func:`agreed` (the distributed operators are built there). Elsewhere in a process
+    group one rank's refusal would leave the others waiting in their next collective.
+
+    >>> refusals_agreed()
+    True
+    >>> with single_process_group():
+    ...     refusals_agreed(), agreed(refusals_agreed)
+    (False, True)
+    """
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or _AGREED.get()
+
+
 def agreed(build: Callable[[], Any], device=None, *, collective: bool = False) -> Any:
     """``build()`` on every rank, its failure agreed (every rank must call it): a rank whose call
     raises re-raises its error once the others know, and they raise a ValueError naming it. Left
@@ -252,12 +273,15 @@ def agreed(build: Callable[[], Any], device=None, *, collective: bool = False) -
     """
     import torch.distributed as dist
 
+    token = _AGREED.set(not collective)
     try:
         result, error = build(), None
     except Exception as err:  # re-raised below, after the others have been told
         if collective:
             raise
         result, error = None, err
+    finally:
+        _AGREED.reset(token)
     failed = torch.zeros(dist.get_world_size(), dtype=torch.float64, device=device)
     failed[dist.get_rank()] = float(error is not None)
     ranks = [rank for rank, flag in enumerate(all_reduce_sum(failed).tolist()) if flag]
