@@ -278,7 +278,7 @@ class HessianOperator:
             self._layout = (tuple(self.names), tuple(tuple(s) for s in self.shapes),
                             tuple(p.dtype for p in self._params.values()))
         # one forward (built again where a direct torch._weight_norm call needs the forms; twice.py)
-        custom = built_with_forms(self, self._build)
+        self._custom = custom = built_with_forms(self, self._build)
         # the curvature of a nan or inf loss is nan: every product says so (a diverged model)
         self._finite_loss = math.isfinite(self.loss)
         if self.mode == "double_backprop" and self._finite_loss:  # custom Functions' (twice.py)

@@ -240,7 +240,9 @@ def custom_functions(loss: torch.Tensor) -> list[str]:
 CHECK_MARGIN = 10.0
 
 
-def check_custom_functions(names: list[str], product, difference, v: torch.Tensor, h: float) -> None:
+def check_custom_functions(names: list[str], product, difference, v: torch.Tensor, h: float, *,
+                           what: str = "double backprop takes wrong here: a Hessian-vector product",
+                           way_out: str = "pass hvp='finite_difference' (first derivatives only)") -> None:
     """A ValueError where ``product(v)`` (double backprop) is off the central difference
     ``difference(v, h)`` of the gradient by more than :data:`CHECK_MARGIN` times the difference's
     error estimate ``||difference(v, 2h) - difference(v, h)||``; ``names`` are the custom
@@ -261,11 +263,10 @@ def check_custom_functions(names: list[str], product, difference, v: torch.Tenso
     if off > CHECK_MARGIN * estimate and off > 1e-6 * scale:
         raise ValueError(
             f"the loss goes through the custom autograd.Function {', '.join(names)}, whose second derivatives "
-            f"double backprop takes wrong here: a Hessian-vector product is {off / max(scale, 1e-300):.2g} "
-            f"(relative) off the central difference of the gradient (whose own error is about "
+            f"{what} is {off / max(scale, 1e-300):.2g} "
+            f"(relative) off its central difference of first derivatives (whose own error is about "
             f"{estimate / max(scale, 1e-300):.1g}); a backward made of operations autograd cannot "
-            f"differentiate (NumPy, a custom kernel) does that: make it differentiable, or pass "
-            f"hvp='finite_difference' (first derivatives only)")
+            f"differentiate (NumPy, a custom kernel) does that: make it differentiable, or {way_out}")
 
 
 def built_with_forms(op, build) -> list[str]:
