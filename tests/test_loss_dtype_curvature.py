@@ -39,3 +39,19 @@ def test_a_float32_loss_of_a_float64_model_is_measured_in_micro_batches(kwargs):
     est = catapult.sharpness(model, float32_loss, batch, tol=1e-10, **kwargs)
     assert est.converged
     assert abs(est.value - truth[-1]) <= max(2 * est.error_bound, 1e-12) * truth[-1]
+
+
+@pytest.mark.parametrize("kwargs", [{"memory": "lean"}, {"chunk_size": 4}])
+def test_a_bfloat16_loss_of_a_float32_model_is_measured_in_micro_batches(kwargs):
+    model, batch = problem()
+    truth = np.linalg.eigvalsh(dense_hessian(model, nn.MSELoss(), batch).numpy())[-1]
+    model.float()
+    x, y = batch[0].float(), batch[1].float()
+
+    def bfloat16_loss(out, target):
+        return nn.functional.mse_loss(out, target).to(torch.bfloat16)
+
+    # before: 400 bfloat16 eps (3.1) took the loss for both a mean and a sum: refused as
+    # 'cannot tell ... since its loss is 0 here and nearby (full batch 0.484375, ...)'
+    est = catapult.sharpness(model, bfloat16_loss, (x, y), tol=1e-5, **kwargs)
+    assert est.value == pytest.approx(truth, rel=1e-5)
