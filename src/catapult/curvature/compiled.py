@@ -31,7 +31,7 @@ import math
 import warnings
 
 import torch
-from torch.func import functional_call
+from torch.nn.utils.stateless import _reparametrize_module
 
 from catapult.curvature.hessian import math_attention
 from catapult.curvature.stateless import slots_kept
@@ -55,10 +55,12 @@ def _loss(model, loss_fn, flat: torch.Tensor, layout, frozen: dict, buffers: dic
     # torch.func refuses writes to tensors captured from outside; the math kernel of
     # scaled_dot_product_attention, because the fused ones have no double backward; weight norm
     # by parts, because its fused kernel's double backward is wrong (twice.py)
+    # (and the loss inside the swap too: a loss_fn may read the model's parameters, stateless.functional_loss)
     with math_attention(), forms_for(needs_forms(model)):
         fresh = {n: b.clone() for n, b in buffers.items()}
-        out = functional_call(model, {**frozen, **fresh, **_unflatten(flat, layout)}, (inputs,))
-    return loss_fn(out, targets).reshape(())
+        with _reparametrize_module(model, {**frozen, **fresh, **_unflatten(flat, layout)}, tie_weights=True):
+            loss = loss_fn(model(inputs), targets)
+    return loss.reshape(())
 
 
 def _gradient_and_loss(model, loss_fn, flat, layout, frozen, buffers, inputs, targets):

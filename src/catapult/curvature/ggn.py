@@ -11,7 +11,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from catapult.curvature.hessian import HessianOperator, fixed_rng, math_attention
 from catapult.curvature.stateless import functional_call
-from catapult.curvature.twice import forms_for, named_missing_derivatives
+from catapult.curvature.twice import forms_for, graph_functions, named_missing_derivatives
 
 __all__ = ["CURVATURES", "GaussNewtonOperator"]
 
@@ -87,6 +87,15 @@ class GaussNewtonOperator(HessianOperator):
             loss = self._loss_fn(tree_unflatten(pieces, spec), targets)
             out_grads = torch.autograd.grad(loss, out_leaves, create_graph=True, allow_unused=True,
                                             materialize_grads=True) if outs else []
+        if not getattr(self, "_loss_walked", False):  # once: the loss of the outputs only, or refused
+            self._loss_walked = True
+            watched = {id(p): name for name, p in self._model.named_parameters() if p.requires_grad}
+            read = graph_functions(loss, watched)[2]
+            if read:
+                raise ValueError(f"curvature='ggn' takes the loss as a function of the model's outputs, but "
+                                 f"loss_fn reads the model's parameter {', '.join(read)} itself (G would miss "
+                                 f"that use); curvature='hessian' measures such a loss, or return what the "
+                                 f"loss needs from the model's forward")
         return leaves, outs, dummies, jt, out_leaves, out_grads, loss
 
     @staticmethod

@@ -22,7 +22,7 @@ from catapult.curvature.difference import (central_step, checked_difference, rel
 from catapult.curvature.forward_ad import jvp_of_gradient
 from catapult.curvature.grads_into import attach_grads, backward_into, flush_grads, refuse_constant
 from catapult.curvature.microbatch import refuse_dropout, split_batch, weighted_backward, weighted_gradient
-from catapult.curvature.stateless import functional_call, has_renormed_embeddings
+from catapult.curvature.stateless import functional_loss, has_renormed_embeddings
 from catapult.curvature.twice import (built_with_forms, forms_for, math_attention, named_missing_derivatives,
                                       needs_forms, verify_operator, weight_norm_module)
 
@@ -371,10 +371,9 @@ class HessianOperator:
         # (flash / memory-efficient) kernels have no double backward; and weight norm by parts,
         # whose fused kernel's double backward is wrong (twice.py).
         with fixed_rng(self.seed, self.device), math_attention(), forms_for(self._forms_needed):
-            buffers = {n: b.clone() for n, b in self._buffers.items()}
-            out = functional_call(self._model, {**self._frozen, **buffers, **params}, (inputs,),
-                                  renormed=self._renormed)
-            loss = self._loss_fn(out, targets)
+            buffers = {n: b.clone() for n, b in self._buffers.items()}   # a loss_fn may read params too
+            loss = functional_loss(self._model, {**self._frozen, **buffers, **params}, inputs, self._loss_fn,
+                                   targets, renormed=self._renormed)
         if not (torch.is_tensor(loss) and loss.numel() == 1):
             raise ValueError("loss_fn must return a scalar tensor")
         return loss.reshape(())

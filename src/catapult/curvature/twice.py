@@ -60,7 +60,7 @@ from torch.overrides import TorchFunctionMode
 from catapult.curvature.difference import central_step
 
 __all__ = ["math_attention", "weight_norm_by_parts", "weight_norm_module", "custom_functions", "check_custom_functions",
-           "verify_operator", "built_with_forms", "graph_functions", "second_order_forms", "needs_forms", "forms_for", "named_missing_derivatives"]
+           "verify_operator", "built_with_forms", "graph_functions", "refuse_parameters_read", "second_order_forms", "needs_forms", "forms_for", "named_missing_derivatives"]
 
 
 def math_attention():
@@ -193,18 +193,20 @@ def forms_for(needed: bool):
 FUSED_WEIGHT_NORM = "WeightNormInterfaceBackward0"
 
 
-def graph_functions(loss: torch.Tensor) -> tuple[list[str], bool]:
-    """``(custom, fused)``: the names of the custom ``torch.autograd.Function`` classes in the graph
-    of ``loss``, and whether it goes through torch's fused weight norm (a ``torch._weight_norm``
+def graph_functions(loss: torch.Tensor, watched: dict | None = None) -> tuple[list[str], bool, list[str]]:
+    """``(custom, fused, read)``: the names of the custom ``torch.autograd.Function`` classes in the
+    graph of ``loss``; whether it goes through torch's fused weight norm (a ``torch._weight_norm``
     that :class:`weight_norm_by_parts` did not take by parts: one called in a forward without a
-    weight-norm module, which :func:`needs_forms` does not see). One walk of the graph, made once
-    per operator build.
+    weight-norm module, which :func:`needs_forms` does not see); and the names of the tensors of
+    ``watched`` (``{id(tensor): name}``: the model's own parameters) that it reaches as leaves. One
+    walk of the graph, made once per operator build.
 
     >>> v = torch.ones(2, 3, requires_grad=True)
-    >>> graph_functions(torch._weight_norm(v, torch.ones(2, 1), 0).sum()), graph_functions((2 * v).sum())
-    (([], True), ([], False))
+    >>> graph_functions(torch._weight_norm(v, torch.ones(2, 1), 0).sum()), graph_functions((2 * v).sum(), {id(v): "v"})
+    (([], True, []), ([], False, ['v']))
     """
-    found, seen, stack, fused = set(), set(), [loss.grad_fn], False
+    found, seen, stack, fused, read = set(), set(), [loss.grad_fn], False, set()
+    watched = watched or {}
     while stack:
         node = stack.pop()
         if node is None or node in seen:
@@ -213,8 +215,30 @@ def graph_functions(loss: torch.Tensor) -> tuple[list[str], bool]:
         if isinstance(node, torch.autograd.function.BackwardCFunction):
             found.add(type(node).__name__.removesuffix("Backward"))
         fused = fused or type(node).__name__ == FUSED_WEIGHT_NORM
+        if watched and id(getattr(node, "variable", None)) in watched:
+            read.add(watched[id(node.variable)])
         stack.extend(next_node for next_node, _ in node.next_functions)
-    return sorted(found), fused
+    return sorted(found), fused, sorted(read)
+
+
+def refuse_parameters_read(read: list[str]) -> None:
+    """A ValueError where the loss reaches the model's own parameters ``read``
+    (:func:`graph_functions`) instead of the tensors the operator differentiates: a reference held
+    from before the call (``W = model.emb.weight`` captured by ``loss_fn``, or kept by the model
+    apart from its modules' slots), whose use the products would take as a constant.
+
+    >>> refuse_parameters_read([])
+    >>> refuse_parameters_read(["emb.weight"])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: the loss reaches the model's parameter emb.weight through a reference held from before the call ...
+    """
+    if read:
+        raise ValueError(f"the loss reaches the model's parameter{'s' if len(read) > 1 else ''} {', '.join(read)} "
+                         f"through a reference held from before the call (a tensor loss_fn captured, or one the "
+                         f"model keeps apart from its modules), which the curvature would take as a constant: read it "
+                         f"from the model at call time (model.emb.weight inside loss_fn), or return what the "
+                         f"loss needs from the model's forward")
 
 
 def custom_functions(loss: torch.Tensor) -> list[str]:
@@ -275,8 +299,9 @@ def built_with_forms(op, build) -> list[str]:
     weight norm (a ``torch._weight_norm`` or ``torch._weight_norm_interface`` called in the
     forward, not by a module :func:`needs_forms` sees: its double backward is wrong, and it has no
     forward AD) turns :class:`second_order_forms` on for ``op`` and is built again; where they do
-    not reach it (``hvp="compiled"``, whose graphs the mode does not reach) it is refused.
-    ``hvp="finite_difference"`` (first derivatives only) is built without a walk.
+    not reach it (``hvp="compiled"``, whose graphs the mode does not reach) it is refused. A loss
+    that reaches the model's own parameters is refused (:func:`refuse_parameters_read`), in every
+    mode.
 
     >>> from catapult.curvature.hessian import HessianOperator
     >>> class Model(torch.nn.Module):
@@ -290,12 +315,14 @@ def built_with_forms(op, build) -> list[str]:
     True
     """
     loss = build()
+    watched = {id(p): name for name, p in op._model.named_parameters() if p.requires_grad}
+    custom, fused, read = graph_functions(loss, watched)
+    refuse_parameters_read(read)
     if op.mode == "finite_difference":
         return []
-    custom, fused = graph_functions(loss)
     if fused and op.mode != "compiled" and not op._forms_needed:
         op._forms_needed = True
-        custom, fused = graph_functions(build())
+        custom, fused, _ = graph_functions(build())
     if fused:
         raise ValueError(f"hvp={op.mode!r}: the loss goes through torch's fused weight norm "
                          f"(torch._weight_norm_interface), whose second derivatives torch takes wrong, "
