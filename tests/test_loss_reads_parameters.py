@@ -74,3 +74,36 @@ def test_a_captured_parameter_and_gauss_newton_are_refused():
     # before: the Gauss-Newton top eigenvalue 3.4% off, converged
     with pytest.raises(ValueError, match="curvature='ggn' takes the loss as a function of the model's outputs"):
         catapult.top_eigenpairs(model, reads, batch, k=2, curvature="ggn")
+
+
+def test_critical_lr_steps_the_weight_the_loss_reads():
+    model, _, _ = problem()
+    generator = torch.Generator().manual_seed(1)
+    batch = (torch.randint(0, 6, (10,), generator=generator), torch.randint(0, 6, (10,), generator=generator))
+
+    def loss_fn(hidden, labels):
+        return F.cross_entropy(hidden @ model.emb.weight.T, labels)
+
+    # truth: the loss after an SGD step of lr along the gradient, written out (no catapult)
+    theta = [p.detach().clone() for p in model.parameters()]
+    grads = torch.autograd.grad(loss_fn(model(batch[0]), batch[1]), list(model.parameters()))
+
+    def stepped_loss(lr):
+        emb, w, b = (t - lr * g for t, g in zip(theta, grads))
+        h = torch.tanh(F.linear(F.embedding(batch[0], emb), w, b))
+        return float(F.cross_entropy(h @ emb.T, batch[1]))
+
+    loss0 = stepped_loss(0.0)
+    # before: the trial steps moved the model's forward but not the weight loss_fn read: 18.18 for 8.19
+    result = catapult.critical_lr(model, loss_fn, batch, torch.optim.SGD(model.parameters(), lr=0.1), lr_start=1e-3)
+    assert stepped_loss(result.lower) <= loss0 < stepped_loss(result.lr)
+
+    class Logits(Body):   # the same loss with the logits taken in the model's forward
+        def forward(self, tokens):
+            return super().forward(tokens) @ self.emb.weight.T
+
+    plain = Logits().double()
+    plain.load_state_dict(model.state_dict())
+    same = catapult.critical_lr(plain, F.cross_entropy, batch, torch.optim.SGD(plain.parameters(), lr=0.1),
+                                lr_start=1e-3)
+    assert (result.lr, result.lower) == (same.lr, same.lower)
