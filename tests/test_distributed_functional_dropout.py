@@ -78,3 +78,22 @@ def test_f_dropout_with_training_true_is_measured_like_a_dropout_module():
             assert res[f"{reduction}_rng_kept"], reduction
         assert res["eval"] == pytest.approx(single, rel=1e-8)
         np.testing.assert_allclose(res["top2_eval"], top2, rtol=1e-8)
+
+
+def test_every_functional_dropout_is_taken_off_for_the_reduction_test():
+    from catapult.curvature.microbatch import functional_masks_off
+
+    torch.manual_seed(0)
+    x, q = torch.randn(2, 3, 4, 4), torch.randn(1, 5, 8)
+    calls = {
+        "F.dropout": lambda: F.dropout(x, 0.5, training=True),
+        "F.dropout2d": lambda: F.dropout2d(x, p=0.5, training=True),
+        "F.alpha_dropout": lambda: F.alpha_dropout(x, 0.5, True),
+        "torch.dropout": lambda: torch.dropout(x, 0.5, True),   # the torch namespace's, not F's
+        "torch.feature_dropout": lambda: torch.feature_dropout(x, 0.5, True),
+    }
+    with functional_masks_off():
+        for name, call in calls.items():
+            assert torch.equal(call(), x), name
+        attended = F.scaled_dot_product_attention(q, q, q, dropout_p=0.9)
+    assert torch.allclose(attended, F.scaled_dot_product_attention(q, q, q))

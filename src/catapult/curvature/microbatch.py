@@ -101,7 +101,8 @@ def refuse_dropout(model: torch.nn.Module, option: str, why: str, instead: str) 
 
 #: The functional dropouts, which draw a mask where ``training`` is true whatever the modules' mode.
 _FUNCTIONAL_DROPOUTS = tuple(getattr(torch.nn.functional, name) for name in (
-    "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout"))
+    "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout")) + tuple(
+    getattr(torch, name) for name in ("dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout"))
 
 
 class functional_masks_off(TorchFunctionMode):  # noqa: N801 -- used as a context, like torch's modes
