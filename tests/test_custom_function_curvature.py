@@ -187,3 +187,12 @@ def test_gauss_newton_products_through_a_differentiable_backward_pass_the_check(
             model.float()
             est = catapult.sharpness(model, F.cross_entropy, (batch[0].float(), batch[1]), tol=1e-5, curvature="ggn")
             assert est.value == pytest.approx(truth[0], rel=1e-4)
+
+
+def test_forward_over_reverse_names_the_mode_that_takes_an_old_style_function():
+    model, batch, truth = problem(TorchTanh.apply)
+    # before: torch's RuntimeError 'In order to use an autograd.Function with functorch transforms ...'
+    with pytest.raises(ValueError, match="hvp='forward_over_reverse': the model goes through a custom "
+                                         "autograd.Function without setup_context.*hvp='double_backprop'") as info:
+        catapult.sharpness(model, F.cross_entropy, batch, hvp="forward_over_reverse")
+    assert isinstance(info.value.__cause__, RuntimeError)

@@ -385,6 +385,7 @@ class HessianOperator:
                              f"parameter entry), got shape {tuple(v.shape)}")
         return [c.view(s) for c, s in zip(torch.split(v, self.sizes), self.shapes)]
 
+    @named_missing_derivatives
     def gradient(self) -> torch.Tensor:
         """Flat gradient of the loss at the current parameters (computed once, cached)."""
         if self._grad_flat is None and self._per_product:

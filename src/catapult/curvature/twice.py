@@ -385,7 +385,9 @@ def named_missing_derivatives(method):
     '_embedding_bag_backward' is not implemented", ``torch.cdist``'s, forward AD of many fused ops;
     a RuntimeError "derivative for aten::multi_margin_loss_backward is not implemented") becomes a
     ValueError naming ``hvp`` (``curvature='ggn'`` for the Gauss-Newton products) and the mode that
-    needs first derivatives only; torch's error is its ``__cause__``.
+    needs first derivatives only; torch's error is its ``__cause__``. A custom Function without
+    ``setup_context`` under forward-over-reverse products (``torch.func`` refuses it) names
+    ``hvp='double_backprop'``; on ``gradient`` that is the only error renamed.
 
     >>> class Op:
     ...     mode = "double_backprop"
@@ -397,12 +399,18 @@ def named_missing_derivatives(method):
     ...
     ValueError: hvp='double_backprop': torch has no second derivative of this model (the derivative for 'f' is not implemented.); hvp='finite_difference' takes its products from gradients alone
     """
+    first_only = method.__name__ == "gradient"   # a missing first derivative is no missing second one
+
     @functools.wraps(method)
     def run(self, *args, **kwargs):
         try:
             return method(self, *args, **kwargs)
         except (NotImplementedError, RuntimeError) as err:
-            if self.mode == "finite_difference" or (first := _missing(err)) is None:
+            if self.mode == "forward_over_reverse" and "must override the setup_context" in str(err):
+                raise ValueError("hvp='forward_over_reverse': the model goes through a custom autograd.Function "
+                                 "without setup_context, which torch.func's transforms need; hvp='double_backprop' "
+                                 "(the default) measures it") from err
+            if self.mode == "finite_difference" or first_only or (first := _missing(err)) is None:
                 raise
             if self.mode == "gauss_newton":
                 raise ValueError(f"curvature='ggn': torch has no derivative of this model's backward, which the "
