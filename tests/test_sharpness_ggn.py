@@ -121,3 +121,12 @@ def test_ggn_of_a_model_with_several_outputs_is_the_dense_one_over_all_of_them(c
     est = catapult.sharpness(model, _two_head_loss, batch, curvature="ggn", tol=1e-10, max_iter=200,
                              chunk_size=chunk_size)
     assert est.value == pytest.approx(np.linalg.eigvalsh(G)[-1], rel=1e-8)
+
+
+def test_gauss_newton_of_a_compiled_model_is_refused_before_any_work():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)).double()
+    batch = (torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 2, dtype=torch.float64))
+    # before: compiled, then torch's RuntimeError 'torch.compile with aot_autograd does not currently
+    # support double backward' at the first product
+    with pytest.raises(ValueError, match="curvature='ggn' takes J v by differentiating a backward"):
+        catapult.sharpness(torch.compile(model), torch.nn.MSELoss(), batch, curvature="ggn")
