@@ -107,3 +107,22 @@ def test_critical_lr_steps_the_weight_the_loss_reads():
     same = catapult.critical_lr(plain, F.cross_entropy, batch, torch.optim.SGD(plain.parameters(), lr=0.1),
                                 lr_start=1e-3)
     assert (result.lr, result.lower) == (same.lr, same.lower)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"hvp": "forward_over_reverse"}, {"chunk_size": 3}])
+def test_an_l2_penalty_over_model_parameters_in_the_loss_is_curvature(kwargs):
+    # loss_fn = MSE + lam * sum ||p||^2 over model.parameters(): the penalty read the model's own
+    # Parameters, so its 2 lam I was missing (sharpness exactly 0.6 low at lam 0.3, before ac63aec)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    batch = (torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 2, dtype=torch.float64))
+    lam = 0.3
+
+    def loss_fn(out, target):
+        return F.mse_loss(out, target) + lam * sum((p ** 2).sum() for p in model.parameters())
+
+    from dense_curvature import dense_hessian
+
+    n = sum(p.numel() for p in model.parameters())
+    truth = np.linalg.eigvalsh(dense_hessian(model, nn.MSELoss(), batch).numpy() + 2 * lam * np.eye(n))[-1]
+    assert catapult.sharpness(model, loss_fn, batch, tol=1e-10, **kwargs).value == pytest.approx(truth, rel=1e-9)
