@@ -217,6 +217,32 @@ def test_inside_inference_mode_the_answer_is_the_one_outside(call):
     assert inside == outside
 
 
+@pytest.mark.parametrize("call", [
+    lambda m, opt, b: catapult.sharpness(m, MSE, b).value,
+    lambda m, opt, b: catapult.sharpness(m, MSE, b, curvature="ggn", chunk_size=3).value,
+    lambda m, opt, b: catapult.preconditioned_sharpness(m, MSE, b, opt).value,
+    lambda m, opt, b: catapult.top_eigenpairs(m, MSE, batch=b, k=2).values,
+    lambda m, opt, b: catapult.hessian_trace(m, MSE, b, matvecs=6),
+    lambda m, opt, b: catapult.spectral_density(m, MSE, b, runs=1, steps=3).density.tolist(),
+    lambda m, opt, b: catapult.critical_lr(m, MSE, b, opt).lr,
+], ids=["sharpness", "ggn_chunks", "preconditioned_sharpness", "top_eigenpairs", "hessian_trace",
+        "spectral_density", "critical_lr"])
+@pytest.mark.parametrize("where", ["outside", "inside"])
+def test_a_batch_made_in_inference_mode_is_measured(call, where):
+    # an evaluation loop's tensors: torch's "Inference tensors cannot be saved for backward" from
+    # every function, called inside inference mode or out of it
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    opt = _adam_after_a_step(model)
+    expected = call(model, opt, (X, Y))
+    with torch.inference_mode():
+        batch = (X.clone(), Y.clone())
+        got = call(model, opt, batch) if where == "inside" else None
+    if where == "outside":
+        got = call(model, opt, batch)
+    assert got == expected and batch[0].is_inference()
+
+
 def test_attach_refuses_an_optimizer_without_param_groups():
     # the scheduler was made, and stepped nothing
     opt = _sgd(nn.Linear(3, 2))

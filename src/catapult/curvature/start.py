@@ -12,6 +12,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+from torch.utils._pytree import tree_map
 
 from catapult.arguments import as_integer, as_real
 from catapult.curvature import distributed as dist_ops
@@ -42,21 +43,28 @@ def outside_inference_mode(fn):
     (and unchanged otherwise), as it already runs under ``torch.no_grad()``: autograd records no
     graph in inference mode, so the Hessian products and the critical-lr search failed with "the
     loss does not depend on any trainable parameter", a wrong diagnosis. A batch made inside
-    inference mode still cannot be saved for backward (torch says so: pass a ``clone()``).
+    inference mode (an evaluation loop's) is passed as a clone, made outside it: every curvature
+    function and ``critical_lr`` raised torch's "Inference tensors cannot be saved for backward".
 
     >>> @outside_inference_mode
-    ... def grad_recorded():
-    ...     return torch.zeros(1, requires_grad=True).mul(2).requires_grad
+    ... def grad_recorded(x):
+    ...     return torch.zeros(1, requires_grad=True).mul(x).requires_grad
     >>> with torch.inference_mode():
-    ...     grad_recorded()
+    ...     x = torch.ones(1)
+    ...     grad_recorded(x)
+    True
+    >>> grad_recorded(x)
     True
     """
+    def usable(t):
+        return t.clone() if torch.is_tensor(t) and t.is_inference() else t
+
     @functools.wraps(fn)
     def run(*args, **kwargs):
         if not torch.is_inference_mode_enabled():
-            return fn(*args, **kwargs)
+            return fn(*tree_map(usable, args), **tree_map(usable, kwargs))
         with torch.inference_mode(False):
-            return fn(*args, **kwargs)
+            return fn(*tree_map(usable, args), **tree_map(usable, kwargs))
     return run
 
 
