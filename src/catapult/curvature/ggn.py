@@ -64,7 +64,8 @@ class GaussNewtonOperator(HessianOperator):
 
     def _outputs(self, params: dict, inputs) -> tuple:
         """``(pieces, spec, where)``: the model's outputs at ``params`` (leaves that require grad),
-        flattened, and the positions of those that depend on the parameters."""
+        flattened, and the positions of those that depend on the parameters, as
+        :meth:`_forward_graph` takes them (for :func:`verify_gauss_newton`)."""
         with fixed_rng(self.seed, self.device), math_attention(), forms_for(self._forms_needed):
             buffers = {n: b.clone() for n, b in self._buffers.items()}
             out = functional_call(self._model, {**self._frozen, **buffers, **params}, (inputs,),
@@ -79,10 +80,14 @@ class GaussNewtonOperator(HessianOperator):
         differentiable in ``dummies``, and the loss's gradient in those outputs, differentiable
         again."""
         leaves = [self._params[n].detach().requires_grad_(True) for n in self.names]
-        with torch.enable_grad():
-            pieces, spec, where = self._outputs(dict(zip(self.names, leaves)), inputs)
+        params = dict(zip(self.names, leaves))
         with (torch.enable_grad(), fixed_rng(self.seed, self.device), math_attention(),
               forms_for(self._forms_needed)):
+            buffers = {n: b.clone() for n, b in self._buffers.items()}
+            out = functional_call(self._model, {**self._frozen, **buffers, **params}, (inputs,),
+                                  renormed=self._renormed)
+            pieces, spec = tree_flatten(out)
+            where = [i for i, t in enumerate(pieces) if torch.is_tensor(t) and t.requires_grad]
             outs = [pieces[i] for i in where]
             dummies = [torch.zeros_like(o, requires_grad=True) for o in outs]
             jt = torch.autograd.grad(outs, leaves, dummies, create_graph=True, allow_unused=True,
