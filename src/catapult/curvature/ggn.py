@@ -100,7 +100,7 @@ class GaussNewtonOperator(HessianOperator):
         if not getattr(self, "_loss_walked", False):  # once: the loss of the outputs only, or refused
             self._loss_walked = True
             watched = {id(p): name for name, p in self._model.named_parameters() if p.requires_grad}
-            read = graph_functions(loss, watched)[2]
+            read = graph_functions(loss, watched).read
             if read:
                 raise ValueError(f"curvature='ggn' takes the loss as a function of the model's outputs, but "
                                  f"loss_fn reads the model's parameter {', '.join(read)} itself (G would miss "

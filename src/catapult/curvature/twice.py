@@ -53,6 +53,7 @@ import functools
 import inspect
 import re
 import sys
+from typing import NamedTuple
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -60,7 +61,7 @@ from torch.overrides import TorchFunctionMode
 from catapult.curvature.difference import central_step
 
 __all__ = ["math_attention", "weight_norm_by_parts", "weight_norm_module", "custom_functions", "check_custom_functions",
-           "verify_operator", "built_with_forms", "graph_functions", "refuse_parameters_read", "second_order_forms", "needs_forms", "forms_for", "named_missing_derivatives"]
+           "verify_operator", "built_with_forms", "GraphScan", "graph_functions", "refuse_parameters_read", "second_order_forms", "needs_forms", "forms_for", "named_missing_derivatives"]
 
 
 def math_attention():
@@ -193,19 +194,42 @@ def forms_for(needed: bool):
 FUSED_WEIGHT_NORM = "WeightNormInterfaceBackward0"
 
 
-def graph_functions(loss: torch.Tensor, watched: dict | None = None) -> tuple[list[str], bool, list[str]]:
-    """``(custom, fused, read)``: the names of the custom ``torch.autograd.Function`` classes in the
-    graph of ``loss``; whether it goes through torch's fused weight norm (a ``torch._weight_norm``
-    that :class:`weight_norm_by_parts` did not take by parts: one called in a forward without a
-    weight-norm module, which :func:`needs_forms` does not see); and the names of the tensors of
-    ``watched`` (``{id(tensor): name}``: the model's own parameters) that it reaches as leaves. One
-    walk of the graph, made once per operator build.
+class GraphScan(NamedTuple):
+    """What one walk of a loss's graph found (:func:`graph_functions`).
+
+    >>> GraphScan([], False, ["emb.weight"], []).read
+    ['emb.weight']
+    """
+
+    custom: list        # names of custom autograd.Function classes
+    fused: bool         # torch's fused weight norm, whose double backward is wrong
+    read: list          # names of the model's own parameters reached as leaves
+    wrong_forward: list  # ops whose forward-mode derivative torch takes wrong
+
+
+def _wrong_forward(node) -> str | None:
+    """The op at ``node`` whose forward-AD formula torch gets wrong (torch 2.13): ``scatter_reduce``
+    with ``reduce="prod"`` (its tangent came out 0: a forward-over-reverse sharpness 7% low)."""
+    if type(node).__name__ == "ScatterReduceBackward0" and getattr(node, "_saved_reduce", None) == "prod":
+        return "scatter_reduce(reduce='prod')"
+    return None
+
+
+def graph_functions(loss: torch.Tensor, watched: dict | None = None) -> GraphScan:
+    """One walk of the graph of ``loss`` (made once per operator build): the names of the custom
+    ``torch.autograd.Function`` classes in it; whether it goes through torch's fused weight norm
+    (a ``torch._weight_norm`` that :class:`weight_norm_by_parts` did not take by parts: one called
+    in a forward without a weight-norm module, which :func:`needs_forms` does not see); the names
+    of the tensors of ``watched`` (``{id(tensor): name}``: the model's own parameters) that it
+    reaches as leaves; and the ops whose forward-mode derivative torch gets wrong.
 
     >>> v = torch.ones(2, 3, requires_grad=True)
-    >>> graph_functions(torch._weight_norm(v, torch.ones(2, 1), 0).sum()), graph_functions((2 * v).sum(), {id(v): "v"})
-    (([], True, []), ([], False, ['v']))
+    >>> tuple(graph_functions(torch._weight_norm(v, torch.ones(2, 1), 0).sum()))
+    ([], True, [], [])
+    >>> tuple(graph_functions((2 * v).sum(), {id(v): "v"}))
+    ([], False, ['v'], [])
     """
-    found, seen, stack, fused, read = set(), set(), [loss.grad_fn], False, set()
+    found, seen, stack, fused, read, wrong = set(), set(), [loss.grad_fn], False, set(), set()
     watched = watched or {}
     while stack:
         node = stack.pop()
@@ -214,11 +238,14 @@ def graph_functions(loss: torch.Tensor, watched: dict | None = None) -> tuple[li
         seen.add(node)
         if isinstance(node, torch.autograd.function.BackwardCFunction):
             found.add(type(node).__name__.removesuffix("Backward"))
-        fused = fused or type(node).__name__ == FUSED_WEIGHT_NORM
+        name = type(node).__name__
+        fused = fused or name == FUSED_WEIGHT_NORM
         if watched and id(getattr(node, "variable", None)) in watched:
             read.add(watched[id(node.variable)])
+        if name.startswith("ScatterReduce") and (op := _wrong_forward(node)):
+            wrong.add(op)
         stack.extend(next_node for next_node, _ in node.next_functions)
-    return sorted(found), fused, sorted(read)
+    return GraphScan(sorted(found), fused, sorted(read), sorted(wrong))
 
 
 def refuse_parameters_read(read: list[str]) -> None:
@@ -256,7 +283,7 @@ def custom_functions(loss: torch.Tensor) -> list[str]:
     >>> custom_functions(Double.apply(w).sum()), custom_functions((2 * w).sum())
     (['Double'], [])
     """
-    return graph_functions(loss)[0]
+    return graph_functions(loss).custom
 
 
 #: A product is refused where it is off the central difference by more than this many times the
@@ -316,13 +343,17 @@ def built_with_forms(op, build) -> list[str]:
     """
     loss = build()
     watched = {id(p): name for name, p in op._model.named_parameters() if p.requires_grad}
-    custom, fused, read = graph_functions(loss, watched)
+    custom, fused, read, wrong = graph_functions(loss, watched)
     refuse_parameters_read(read)
     if op.mode == "finite_difference":
         return []
+    if wrong and op.mode == "forward_over_reverse":
+        raise ValueError(f"hvp='forward_over_reverse': the loss goes through {', '.join(wrong)}, whose forward-mode "
+                         f"derivative torch takes wrong (its products came out 7% low, marked converged); "
+                         f"hvp='double_backprop' (the default) or 'finite_difference' measures it")
     if fused and op.mode != "compiled" and not op._forms_needed:
         op._forms_needed = True
-        custom, fused, _ = graph_functions(build())
+        custom, fused, _, _ = graph_functions(build())
     if fused:
         raise ValueError(f"hvp={op.mode!r}: the loss goes through torch's fused weight norm "
                          f"(torch._weight_norm_interface), whose second derivatives torch takes wrong, "
