@@ -440,7 +440,8 @@ def named_missing_derivatives(method):
             if self.mode == "forward_over_reverse" and "must override the setup_context" in str(err):
                 raise ValueError("hvp='forward_over_reverse': the model goes through a custom autograd.Function "
                                  "without setup_context, which torch.func's transforms need; hvp='double_backprop' "
-                                 "(the default) measures it") from err
+                                 "(the default; it checks the Function's second derivatives) or 'finite_difference' "
+                                 "measures it") from err
             if self.mode == "finite_difference" or first_only or (first := _missing(err)) is None:
                 raise
             if self.mode == "gauss_newton":
