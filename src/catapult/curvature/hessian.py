@@ -281,7 +281,7 @@ class HessianOperator:
         self._custom = custom = built_with_forms(self, self._build)
         # the curvature of a nan or inf loss is nan: every product says so (a diverged model)
         self._finite_loss = math.isfinite(self.loss)
-        if self.mode == "double_backprop" and self._finite_loss:  # custom Functions' (twice.py)
+        if self.mode in ("double_backprop", "compiled") and self._finite_loss:  # custom Functions' (twice.py)
             verify_operator(self, custom)
 
     def _build(self) -> torch.Tensor:
