@@ -204,8 +204,12 @@ def test_compiled_products_are_checked_too():
     # (64% off a central difference); double backprop measures the latter
     for act, name in ((NumpyTanh.apply, "NumpyTanh"), (TorchTanh.apply, "TorchTanh")):
         model, batch, truth = problem(act)
-        with pytest.raises(ValueError, match=f"custom autograd.Function {name}, whose second derivatives "
-                                             f"hvp='compiled' takes wrong.*hvp='double_backprop'"):
+        # (where an earlier compile failed in this process, the eager torch.func fallback refuses
+        # a Function without setup_context: named the same way)
+        with pytest.raises(ValueError, match=f"(custom autograd.Function {name}, whose second derivatives "
+                                             f"hvp='compiled' takes wrong|hvp='compiled': the model goes "
+                                             f"through a custom autograd.Function without setup_context)"
+                                             f".*hvp='double_backprop'"):
             catapult.sharpness(model, F.cross_entropy, batch, tol=1e-8, hvp="compiled")
     est = catapult.sharpness(model, F.cross_entropy, batch, tol=1e-8)
     assert est.value == pytest.approx(truth[0], rel=1e-7)

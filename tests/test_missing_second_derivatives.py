@@ -139,3 +139,27 @@ def test_forward_over_reverse_refuses_a_scatter_reduce_product():
     for hvp in ("double_backprop", "finite_difference"):
         est = catapult.sharpness(model, nn.MSELoss(), batch, tol=1e-9, hvp=hvp)
         assert est.value == pytest.approx(truth, rel=1e-8), hvp
+
+
+class Scattered(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.hidden, self.out = nn.Linear(3, 3), nn.Linear(4, 2)
+
+    def forward(self, x):
+        mask = torch.tensor([True, False, True, True]).expand(x.shape[0], 4)
+        return self.out(torch.zeros(x.shape[0], 4, dtype=x.dtype).masked_scatter(mask, torch.tanh(self.hidden(x))))
+
+
+def test_a_forward_ad_tangent_of_the_wrong_shape_names_hvp():
+    # masked_scatter's forward-AD formula: torch's RuntimeError 'Trying to set a forward gradient that
+    # has a different size ...' reached the user raw
+    torch.manual_seed(0)
+    model = Scattered().double()
+    batch = (torch.randn(6, 3, dtype=torch.float64), torch.randn(6, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"hvp='forward_over_reverse': torch has no second derivative .*"
+                                         r"hvp='double_backprop' \(the default\)") as info:
+        catapult.sharpness(model, nn.MSELoss(), batch, hvp="forward_over_reverse")
+    assert isinstance(info.value.__cause__, RuntimeError)
+    truth = np.linalg.eigvalsh(dense_hessian(model, nn.MSELoss(), batch).numpy())[-1]
+    assert catapult.sharpness(model, nn.MSELoss(), batch, tol=1e-10).value == pytest.approx(truth, rel=1e-9)

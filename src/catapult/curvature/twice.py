@@ -410,10 +410,16 @@ def verify_operator(op, names: list[str]) -> None:
 _NO_DERIVATIVE = re.compile(r"derivative for (?:aten::)?'?([\w.]+)'? is not implemented")
 
 
+#: torch's RuntimeError where a forward-AD formula gives a tangent of the wrong shape
+#: (``masked_scatter``: "Trying to set a forward gradient that has a different size ...").
+_BAD_TANGENT = "Trying to set a forward gradient"
+
+
 def _missing(err: Exception) -> str | None:
     """The first line of torch's error for a derivative it lacks, or None (another error)."""
     first = (str(err).strip().splitlines() or [""])[0]
-    if isinstance(err, NotImplementedError) or (isinstance(err, RuntimeError) and _NO_DERIVATIVE.search(first)):
+    if isinstance(err, NotImplementedError) or (isinstance(err, RuntimeError) and (
+            _NO_DERIVATIVE.search(first) or first.startswith(_BAD_TANGENT))):
         return first
     return None
 
@@ -445,17 +451,20 @@ def named_missing_derivatives(method):
         try:
             return method(self, *args, **kwargs)
         except (NotImplementedError, RuntimeError) as err:
-            if self.mode == "forward_over_reverse" and "must override the setup_context" in str(err):
-                raise ValueError("hvp='forward_over_reverse': the model goes through a custom autograd.Function "
+            if self.mode in ("forward_over_reverse", "compiled") and "must override the setup_context" in str(err):
+                raise ValueError(f"hvp={self.mode!r}: the model goes through a custom autograd.Function "
                                  "without setup_context, which torch.func's transforms need; hvp='double_backprop' "
                                  "(the default; it checks the Function's second derivatives) or 'finite_difference' "
                                  "measures it") from err
             if self.mode == "finite_difference" or first_only or (first := _missing(err)) is None:
                 raise
+            way_out = "hvp='finite_difference' takes its products from gradients alone"
+            if self.mode == "forward_over_reverse":
+                way_out = "hvp='double_backprop' (the default) needs no forward-mode formula, and " + way_out
             if self.mode == "gauss_newton":
                 raise ValueError(f"curvature='ggn': torch has no derivative of this model's backward, which the "
                                  f"Gauss-Newton products take ({first}); curvature='hessian' with "
                                  f"hvp='finite_difference' takes its products from gradients alone") from err
             raise ValueError(f"hvp={self.mode!r}: torch has no second derivative of this model "
-                             f"({first}); hvp='finite_difference' takes its products from gradients alone") from err
+                             f"({first}); {way_out}") from err
     return run
