@@ -130,3 +130,32 @@ def test_gauss_newton_of_a_compiled_model_is_refused_before_any_work():
     # support double backward' at the first product
     with pytest.raises(ValueError, match="curvature='ggn' takes J v by differentiating a backward"):
         catapult.sharpness(torch.compile(model), torch.nn.MSELoss(), batch, curvature="ggn")
+
+
+def test_gauss_newton_of_a_model_returning_an_opaque_output_is_refused():
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Output:
+        logits: torch.Tensor
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+
+        def forward(self, x):
+            return Output(self.net(x))
+
+    torch.manual_seed(0)
+    model = Model().double()
+    batch = (torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 2, dtype=torch.float64))
+
+    def loss_fn(out, target):
+        return nn.functional.mse_loss(out.logits, target)
+
+    truth = np.linalg.eigvalsh(dense_hessian(model.net, nn.MSELoss(), batch).numpy())[-1]
+    assert catapult.sharpness(model, loss_fn, batch, tol=1e-10).value == pytest.approx(truth, rel=1e-9)
+    # before: a Gauss-Newton sharpness of exactly 0.0 (tree_flatten saw no tensor in the output)
+    with pytest.raises(ValueError, match=r"curvature='ggn' takes J from the model's outputs .*\(Output; G would be 0"):
+        catapult.sharpness(model, loss_fn, batch, curvature="ggn")

@@ -99,8 +99,18 @@ class GaussNewtonOperator(HessianOperator):
                                             materialize_grads=True) if outs else []
         if not getattr(self, "_loss_walked", False):  # once: the loss of the outputs only, or refused
             self._loss_walked = True
-            watched = {id(p): name for name, p in self._model.named_parameters() if p.requires_grad}
-            read = graph_functions(loss, watched).read
+            # the model's own parameters (read by loss_fn itself), and this graph's leaves (reached
+            # through an output tree_flatten could not see into: a dataclass; G came out 0)
+            watched = {id(p): "model:" + name for name, p in self._model.named_parameters() if p.requires_grad}
+            watched.update({id(leaf): "leaf:" + name for name, leaf in zip(self.names, leaves)})
+            reached = graph_functions(loss, watched).read if torch.is_tensor(loss) and loss.requires_grad else []
+            if any(name.startswith("leaf:") for name in reached):
+                kinds = sorted({type(t).__name__ for t in pieces if not torch.is_tensor(t)})
+                raise ValueError(f"curvature='ggn' takes J from the model's outputs that are tensors, or tuples, "
+                                 f"lists and dicts of them, but the loss reaches the parameters through an output "
+                                 f"it cannot see into ({', '.join(kinds)}; G would be 0 there): return a tensor or "
+                                 f"a dict of them, or register the type with torch.utils._pytree")
+            read = [name.removeprefix("model:") for name in reached if name.startswith("model:")]
             if read:
                 raise ValueError(f"curvature='ggn' takes the loss as a function of the model's outputs, but "
                                  f"loss_fn reads the model's parameter {', '.join(read)} itself (G would miss "
