@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["refuse_constant", "attach_grads", "flush_grads", "backward_into"]
+__all__ = ["refuse_constant", "scalar_loss", "attach_grads", "flush_grads", "backward_into"]
 
 
 def refuse_constant(loss: torch.Tensor) -> None:
@@ -26,6 +26,17 @@ def refuse_constant(loss: torch.Tensor) -> None:
     if not loss.requires_grad:
         raise ValueError("the loss does not depend on any trainable parameter of the model "
                          "(requires_grad=True): are the trainable modules used in its forward?")
+
+
+def scalar_loss(loss) -> torch.Tensor:
+    """``loss`` as a 0-d tensor, or the ValueError a loss_fn returning anything else gets.
+
+    >>> scalar_loss(torch.ones(1, 1)).shape
+    torch.Size([])
+    """
+    if not (torch.is_tensor(loss) and loss.numel() == 1):
+        raise ValueError("loss_fn must return a scalar tensor")
+    return loss.reshape(())
 
 
 def attach_grads(leaves, views) -> None:

@@ -20,7 +20,8 @@ from catapult.arguments import check_batch, check_module
 from catapult.curvature.difference import (central_step, checked_difference, relative_gap,
                                            rounding_level)
 from catapult.curvature.forward_ad import jvp_of_gradient
-from catapult.curvature.grads_into import attach_grads, backward_into, flush_grads, refuse_constant
+from catapult.curvature.grads_into import (attach_grads, backward_into, flush_grads, refuse_constant,
+                                           scalar_loss)
 from catapult.curvature.microbatch import refuse_dropout, split_batch, weighted_backward, weighted_gradient
 from catapult.curvature.stateless import functional_loss, has_renormed_embeddings
 from catapult.curvature.twice import (built_with_forms, forms_for, math_attention, named_missing_derivatives,
@@ -364,7 +365,7 @@ class HessianOperator:
                                retain_graph=False)
         return out
 
-    def _loss(self, params: dict, inputs=None, targets=None) -> torch.Tensor:
+    def _loss(self, params: dict, inputs=None, targets=None, then=None) -> torch.Tensor:
         inputs = self._inputs if inputs is None else inputs
         targets = self._targets if targets is None else targets
         # Second derivatives need the math kernel of scaled_dot_product_attention: the fused
@@ -373,10 +374,8 @@ class HessianOperator:
         with fixed_rng(self.seed, self.device), math_attention(), forms_for(self._forms_needed):
             buffers = {n: b.clone() for n, b in self._buffers.items()}   # a loss_fn may read params too
             loss = functional_loss(self._model, {**self._frozen, **buffers, **params}, inputs, self._loss_fn,
-                                   targets, renormed=self._renormed)
-        if not (torch.is_tensor(loss) and loss.numel() == 1):
-            raise ValueError("loss_fn must return a scalar tensor")
-        return loss.reshape(())
+                                   targets, renormed=self._renormed, then=then)
+        return scalar_loss(loss)
 
     def split(self, v: torch.Tensor) -> list[torch.Tensor]:
         """Flat vector -> list of views shaped like the trainable parameters."""
@@ -481,16 +480,19 @@ class HessianOperator:
         for x, y, w in self._chunks:
             attach_grads(leaves, views)
             try:
-                with torch.enable_grad():
-                    loss = self._loss(dict(zip(self.names, leaves)), x, y)
-                    refuse_constant(loss)
-                    weighted_backward(loss, w, leaves, self._eps)
+                with torch.enable_grad():   # the backward while the model holds the shifted leaves
+                    self._loss(dict(zip(self.names, leaves)), x, y,
+                               then=lambda loss, w=w: self._backward(scalar_loss(loss), w, leaves))
                 flush_grads(leaves, views)
             finally:
                 for leaf in leaves:
                     leaf.grad = None
         for leaf in leaves:
             leaf.requires_grad_(False)
+
+    def _backward(self, loss: torch.Tensor, weight: float, leaves) -> None:
+        refuse_constant(loss)
+        weighted_backward(loss, weight, leaves, self._eps)
 
     def _finite_difference_into(self, parts, out: torch.Tensor, norm: float) -> None:
         """``out += (g(theta + h u) - g(theta - h u)) / 2h * ||v||``, ``u = v / ||v||``, checked

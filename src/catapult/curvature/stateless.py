@@ -113,10 +113,12 @@ def functional_call(model: torch.nn.Module, tensors: dict, args, *, renormed: bo
 
 
 def functional_loss(model: torch.nn.Module, tensors: dict, inputs, loss_fn, targets, *,
-                    renormed: bool | None = None):
+                    renormed: bool | None = None, then=None):
     """``loss_fn(model(inputs), targets)`` with ``model`` holding ``tensors`` (as
     :func:`functional_call`, tied weights alike) through both calls, so a ``loss_fn`` that reads
-    ``model``'s parameters (``model.emb.weight``) reads the tensors given for them.
+    ``model``'s parameters (``model.emb.weight``) reads the tensors given for them. ``then(loss)``,
+    where given, runs while the model still holds them (a backward: ``torch.utils.checkpoint``
+    without reentrancy recomputes its block there, from the module's parameters at that time).
 
     >>> model = torch.nn.Linear(1, 1, bias=False)
     >>> loss_fn = lambda out, y: (out * model.weight).sum()   # reads the weight itself
@@ -131,4 +133,7 @@ def functional_loss(model: torch.nn.Module, tensors: dict, inputs, loss_fn, targ
         if renormed is None or renormed:
             tensors = renormed_copies(model, tensors)
         with _reparametrize_module(model, tensors, tie_weights=True):
-            return loss_fn(model(inputs), targets)
+            loss = loss_fn(model(inputs), targets)
+            if then is not None:
+                then(loss)
+            return loss
