@@ -180,3 +180,18 @@ def test_finite_differences_through_a_non_reentrant_checkpoint():
     for kwargs in ({"hvp": "finite_difference"}, {"hvp": "finite_difference", "chunk_size": 3}, {}):
         est = catapult.sharpness(model, nn.MSELoss(), batch, tol=1e-9, **kwargs)
         assert est.converged and est.value == pytest.approx(truth, rel=1e-8), kwargs
+
+
+def test_forward_over_reverse_names_the_way_out_of_saved_tensor_hooks():
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    first, block = nn.Linear(3, 4).double(), nn.Sequential(nn.Linear(4, 2), nn.Tanh()).double()
+    model = nn.ModuleDict({"first": first, "block": block})
+    model.forward = lambda x: checkpoint(block, torch.tanh(first(x)), use_reentrant=False)
+    batch = (torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 2, dtype=torch.float64))
+    # before: torch's RuntimeError 'torch.func.{grad, vjp, jacrev, hessian} don't yet support saved tensor hooks'
+    with pytest.raises(ValueError, match="hvp='forward_over_reverse': torch.func cannot differentiate a forward "
+                                         "that uses saved-tensor hooks.*hvp='double_backprop'") as info:
+        catapult.sharpness(model, nn.MSELoss(), batch, hvp="forward_over_reverse")
+    assert isinstance(info.value.__cause__, RuntimeError)

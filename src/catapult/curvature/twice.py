@@ -451,6 +451,10 @@ def named_missing_derivatives(method):
         try:
             return method(self, *args, **kwargs)
         except (NotImplementedError, RuntimeError) as err:
+            if self.mode in ("forward_over_reverse", "compiled") and "support saved tensor hooks" in str(err):
+                raise ValueError(f"hvp={self.mode!r}: torch.func cannot differentiate a forward that uses saved-"
+                                 f"tensor hooks (torch.utils.checkpoint with use_reentrant=False, activation "
+                                 f"offloading); hvp='double_backprop' (the default) measures it") from err
             if self.mode in ("forward_over_reverse", "compiled") and "must override the setup_context" in str(err):
                 raise ValueError(f"hvp={self.mode!r}: the model goes through a custom autograd.Function "
                                  "without setup_context, which torch.func's transforms need; hvp='double_backprop' "
