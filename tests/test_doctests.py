@@ -22,6 +22,7 @@ MODULES = (
     "catapult.schedules.scheduler",
     "catapult.schedules.persistent",
     "catapult.curvature.hessian",
+    "catapult.curvature.modes",
     "catapult.curvature.sharded",
     "catapult.curvature.forward_ad",
     "catapult.curvature.difference",

@@ -9,7 +9,8 @@ import math
 import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from catapult.curvature.hessian import HessianOperator, _holds_compiled, fixed_rng, math_attention
+from catapult.curvature.hessian import HessianOperator, fixed_rng, math_attention
+from catapult.curvature.modes import holds_compiled
 from catapult.curvature.stateless import functional_call
 from catapult.curvature.twice import forms_for, graph_functions, named_missing_derivatives
 
@@ -48,7 +49,7 @@ class GaussNewtonOperator(HessianOperator):
 
     def __init__(self, model, loss_fn, batch, *, dtype=None, seed: int = 0,
                  chunk_size: int | None = None):
-        if isinstance(model, torch.nn.Module) and _holds_compiled(model):
+        if isinstance(model, torch.nn.Module) and holds_compiled(model):
             # it failed at the first product: "torch.compile with aot_autograd does not currently
             # support double backward" (J v is the derivative of u -> J^T u)
             raise ValueError("curvature='ggn' takes J v by differentiating a backward, which a torch.compile'd "

@@ -23,64 +23,12 @@ from catapult.curvature.forward_ad import jvp_of_gradient
 from catapult.curvature.grads_into import (attach_grads, backward_into, flush_grads, refuse_constant,
                                            scalar_loss)
 from catapult.curvature.microbatch import refuse_dropout, split_batch, weighted_backward, weighted_gradient
+from catapult.curvature.modes import HVP_MODES, holds_compiled, resolve_dtype, resolve_hvp
 from catapult.curvature.stateless import functional_loss, has_renormed_embeddings
 from catapult.curvature.twice import (built_with_forms, forms_for, math_attention, named_missing_derivatives,
                                       needs_forms, verify_operator, weight_norm_module)
 
 __all__ = ["HVP_MODES", "HessianOperator", "resolve_dtype", "resolve_hvp", "fixed_rng", "math_attention"]
-
-
-#: Accepted values of ``hvp=``. ``"auto"`` picks the mode measured fastest (see
-#: ``bench/bench_sharpness.py`` and the "Sharpness (issue 2)" section of ``bench/RESULTS.md``).
-HVP_MODES = ("auto", "double_backprop", "forward_over_reverse", "finite_difference", "compiled")
-
-# What "auto" resolves to, per device type. Measured by bench/bench_sharpness.py on the Fig. 1
-# FCN (4 Linear layers, width 512, 5000 x 3072 batch) on a 2-core CPU: double backprop, which
-# builds the gradient graph once and re-uses it for every HVP, beat forward-over-reverse, which
-# re-runs forward + backward with dual numbers for every HVP. No GPU measurement exists yet, so
-# CUDA uses the same choice.
-_AUTO_HVP = {"cpu": "double_backprop", "cuda": "double_backprop"}
-
-
-def resolve_hvp(hvp: str, device: torch.device | str) -> str:
-    """The product mode ``hvp`` (one of :data:`HVP_MODES`) names on ``device``: ``"auto"`` is
-    the mode measured faster there (``_AUTO_HVP``), the others are themselves.
-
-    Example:
-        >>> resolve_hvp("auto", "cpu"), resolve_hvp("forward_over_reverse", "cpu")
-        ('double_backprop', 'forward_over_reverse')
-    """
-    if hvp not in HVP_MODES:
-        raise ValueError(f"hvp must be one of {HVP_MODES}, got {hvp!r}")
-    if hvp == "auto":
-        return _AUTO_HVP.get(torch.device(device).type, "double_backprop")
-    return hvp
-
-
-def _holds_compiled(model: torch.nn.Module) -> bool:
-    """Whether ``model`` is, or holds, a ``torch.compile`` wrapper (an ``OptimizedModule``, which
-    keeps the original as ``_orig_mod``). ``model.compile()`` in place is not one: ``functional_call``
-    runs its eager forward."""
-    return any(isinstance(getattr(sub, "_orig_mod", None), torch.nn.Module) for sub in model.modules())
-
-
-def resolve_dtype(dtype) -> torch.dtype | None:
-    """The computation dtype named by ``dtype``: None, a name or a torch dtype (float32/64).
-
-    Example:
-        >>> resolve_dtype("float64"), resolve_dtype(None)
-        (torch.float64, None)
-    """
-    if dtype is None:
-        return None
-    named = {"float32": torch.float32, "float64": torch.float64}
-    if isinstance(dtype, str):
-        if dtype not in named:
-            raise ValueError(f"dtype must be None, 'float32' or 'float64', got {dtype!r}")
-        return named[dtype]
-    if dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"dtype must be None, torch.float32 or torch.float64, got {dtype!r}")
-    return dtype
 
 
 @contextlib.contextmanager
@@ -216,7 +164,7 @@ class HessianOperator:
         self.dtype = dtype if dtype is not None else first.dtype
         if not self.dtype.is_floating_point:
             raise ValueError(f"parameters must be floating point, got {self.dtype}")
-        if hvp in ("auto", "double_backprop") and _holds_compiled(model):
+        if hvp in ("auto", "double_backprop") and holds_compiled(model):
             # torch.compile's graphs have no double backward: it failed at the first product
             # ("aot_autograd does not currently support double backward"); forward-over-reverse
             # differentiates them once

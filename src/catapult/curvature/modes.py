@@ -1,0 +1,69 @@
+"""The product modes (``hvp=``) and computation dtypes (``dtype=``) a curvature operator accepts.
+
+Split from :mod:`catapult.curvature.hessian`, which re-exports them: one place says which
+modes exist and what ``"auto"`` picks on a device.
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["HVP_MODES", "resolve_hvp", "resolve_dtype", "holds_compiled"]
+
+
+#: Accepted values of ``hvp=``. ``"auto"`` picks the mode measured fastest (see
+#: ``bench/bench_sharpness.py`` and the "Sharpness (issue 2)" section of ``bench/RESULTS.md``).
+HVP_MODES = ("auto", "double_backprop", "forward_over_reverse", "finite_difference", "compiled")
+
+# What "auto" resolves to, per device type. Measured by bench/bench_sharpness.py on the Fig. 1
+# FCN (4 Linear layers, width 512, 5000 x 3072 batch) on a 2-core CPU: double backprop, which
+# builds the gradient graph once and re-uses it for every HVP, beat forward-over-reverse, which
+# re-runs forward + backward with dual numbers for every HVP. No GPU measurement exists yet, so
+# CUDA uses the same choice.
+_AUTO_HVP = {"cpu": "double_backprop", "cuda": "double_backprop"}
+
+
+def resolve_hvp(hvp: str, device: torch.device | str) -> str:
+    """The product mode ``hvp`` (one of :data:`HVP_MODES`) names on ``device``: ``"auto"`` is
+    the mode measured faster there (``_AUTO_HVP``), the others are themselves.
+
+    Example:
+        >>> resolve_hvp("auto", "cpu"), resolve_hvp("forward_over_reverse", "cpu")
+        ('double_backprop', 'forward_over_reverse')
+    """
+    if hvp not in HVP_MODES:
+        raise ValueError(f"hvp must be one of {HVP_MODES}, got {hvp!r}")
+    if hvp == "auto":
+        return _AUTO_HVP.get(torch.device(device).type, "double_backprop")
+    return hvp
+
+
+def holds_compiled(model: torch.nn.Module) -> bool:
+    """Whether ``model`` is, or holds, a ``torch.compile`` wrapper (an ``OptimizedModule``, which
+    keeps the original as ``_orig_mod``). ``model.compile()`` in place is not one: ``functional_call``
+    runs its eager forward.
+
+    Example:
+        >>> model = torch.nn.Linear(2, 1)
+        >>> holds_compiled(model), holds_compiled(torch.nn.Sequential(torch.compile(model)))
+        (False, True)
+    """
+    return any(isinstance(getattr(sub, "_orig_mod", None), torch.nn.Module) for sub in model.modules())
+
+
+def resolve_dtype(dtype) -> torch.dtype | None:
+    """The computation dtype named by ``dtype``: None, a name or a torch dtype (float32/64).
+
+    Example:
+        >>> resolve_dtype("float64"), resolve_dtype(None)
+        (torch.float64, None)
+    """
+    if dtype is None:
+        return None
+    named = {"float32": torch.float32, "float64": torch.float64}
+    if isinstance(dtype, str):
+        if dtype not in named:
+            raise ValueError(f"dtype must be None, 'float32' or 'float64', got {dtype!r}")
+        return named[dtype]
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be None, torch.float32 or torch.float64, got {dtype!r}")
+    return dtype
