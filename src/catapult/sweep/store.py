@@ -49,6 +49,17 @@ __all__ = [
     "write_parquet",
 ]
 
+
+def _on_read_only_file_system(folder: Path) -> bool:
+    """Whether the existing directory ``folder`` lies on a file system mounted read-only
+    (``statvfs``'s ``ST_RDONLY``; False where the platform cannot say)."""
+    if not folder.is_dir() or not hasattr(os, "statvfs"):
+        return False
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
 class StoreError(RuntimeError):
     """A store that cannot be used: not a catapult store, a newer schema, no sweep in it."""
 
@@ -105,14 +116,13 @@ class Store:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 create_store_file(self.path, DDL + CLAIMS_DDL)  # False: another driver made it first
-            except (OSError, sqlite3.Error) as err:
+            except (OSError, sqlite3.Error):
                 folder = self.path.absolute().parent
                 while not folder.exists():
                     folder = folder.parent
-                why = ("read-only" if not os.access(folder, os.W_OK | os.X_OK)
-                       else getattr(err, "strerror", None) or str(err))
-                raise StoreError(f"cannot create the store {self.path}: {folder} is {why}"
-                                 if why == "read-only" else f"cannot create the store {self.path}: {why}") from None
+                if _on_read_only_file_system(folder):
+                    raise StoreError(f"cannot create the store {self.path}: {folder} is read-only") from None
+                raise  # a file in the way, a folder we may not write: the CLI names those
         if self.path.is_dir():
             raise StoreError(f"{self.path} is a directory, not a catapult sweep store")
         try:
