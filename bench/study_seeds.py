@@ -4,6 +4,7 @@
     python bench/study_seeds.py fig5   STORE --out bench/figures/fig5_seeds_small.png
     python bench/study_seeds.py fig2   STORE --out bench/figures/fig2_seeds_small.png
     python bench/study_seeds.py fig1   STORE [STORE ...] --out bench/figures/fig1_seeds_small.png
+    python bench/study_seeds.py runlength STORE [STORE ...] --out bench/figures/radam_runlength.png
 
 * table1 (configs/adam/table1_failure.yaml with eval.test_every=25 sweep.seeds=3): best *test*
   accuracy, mean ± sample std over the seeds, per (optimizer, T_wrm) x lr_trgt; ``F`` where a
@@ -31,6 +32,11 @@
   number of loss catapults and the step of the first, the final sharpness over ``2 / lr_trgt``,
   the peak loss over the initial and the final training loss; the figure draws every seed's loss
   and sharpness, ``2 / lr_t`` dashed.
+* runlength (configs/adam/table1_failure.yaml at several ``train.steps``, any number of stores):
+  per run length T, the table1 accuracy table; then per (optimizer, T_wrm as 1 or a share of T)
+  the failure boundary per seed (the smallest lr_trgt at which that seed failed) and its
+  geometric mean over seeds, per T; the figure draws the boundaries against T and RAdam's
+  rectification r_t (b2 = 0.999) against step / T for each T.
 """
 from __future__ import annotations
 
@@ -56,6 +62,16 @@ def _ms(values, spec=".1f", scale=1.0):
     return f"{statistics.mean(xs):{spec}} ± {statistics.stdev(xs):{spec}}"
 
 
+def _acc_cell(members: list[dict]) -> tuple[str, bool, float]:
+    """A Table 1 cell over seeds: (text, some seed failed, mean best test accuracy % of the others)."""
+    failed = [c for c in members if c["status"] != "finished"]
+    accs = [c["best_test_accuracy"] for c in members if c["status"] == "finished"]
+    if failed:
+        return ("F" if len(failed) == len(members) else f"F {len(failed)}/{len(members)}; "
+                + _ms(accs, scale=100)), True, math.nan
+    return _ms(accs, scale=100), False, 100 * statistics.mean(accs) if accs else math.nan
+
+
 def table1(store: Store, out: Path) -> str:
     groups = defaultdict(list)
     for c in store.cells():
@@ -76,17 +92,13 @@ def table1(store: Store, out: Path) -> str:
     for i, (opt, T) in enumerate(rows):
         cells, ok_lrs, bad_lrs = [], [], []
         for j, lr in enumerate(lrs):
-            members = groups.get((opt, T, lr), [])
-            failed = [c for c in members if c["status"] != "finished"]
-            accs = [c["best_test_accuracy"] for c in members if c["status"] == "finished"]
+            text, failed, mean = _acc_cell(groups.get((opt, T, lr), []))
+            cells.append(text)
             if failed:
                 bad_lrs.append(lr)
-                cells.append("F" if len(failed) == len(members) else f"F {len(failed)}/{len(members)}; "
-                             + _ms(accs, scale=100))
             else:
-                cells.append(_ms(accs, scale=100))
                 ok_lrs.append(lr)
-                grid[i, j] = 100 * statistics.mean(accs)
+                grid[i, j] = mean
         lines.append(f"| {opt} | {T} | " + " | ".join(cells) + f" | {max(ok_lrs):g} |" if ok_lrs else
                      f"| {opt} | {T} | " + " | ".join(cells) + " | - |")
         lines[-1] += f" {min(bad_lrs):g} |" if bad_lrs else f" > {max(lrs):g} |"
@@ -110,6 +122,125 @@ def table1(store: Store, out: Path) -> str:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
     return "\n".join(lines)
+
+
+def radam_rectification(t: int, beta2: float = 0.999) -> float:
+    """RAdam's r_t (torch's ``RAdam``): 0 while ``rho_t <= 5`` (the un-rectified steps), else
+    ``sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))`` with
+    ``rho_t = rho_inf - 2 t b2^t / (1 - b2^t)``, ``rho_inf = 2 / (1 - b2) - 1``."""
+    rho_inf = 2.0 / (1.0 - beta2) - 1.0
+    rho = rho_inf - 2.0 * t * beta2 ** t / (1.0 - beta2 ** t)
+    if rho <= 5.0:
+        return 0.0
+    return math.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
+
+
+def _seed_boundaries(cells: list[dict]) -> dict:
+    """seed -> the smallest lr_trgt at which that seed failed (None: it failed at no lr)."""
+    out = {}
+    for c in cells:
+        seed, lr = c["config"]["seed"], c["config"]["optimizer"]["lr"]
+        out.setdefault(seed, None)
+        if c["status"] != "finished" and (out[seed] is None or lr < out[seed]):
+            out[seed] = lr
+    return out
+
+
+def _last_good(store: Store, cell: dict, good: float = 0.5) -> str:
+    """When a failed run failed: 'nan@t' (non-finite loss at step t), else the last step whose
+    training accuracy was >= ``good`` ('never' if none was)."""
+    rows = store.metrics(cell["id"])
+    for r in rows:
+        if r.get("train_loss") is not None and not math.isfinite(r["train_loss"]):
+            return f"nan@{r['step']}"
+    steps = [r["step"] for r in rows if r.get("train_accuracy") is not None and r["train_accuracy"] >= good]
+    return str(max(steps)) if steps else "never"
+
+
+def runlength(stores: list[Store], out: Path) -> str:
+    groups = defaultdict(list)  # (steps, optimizer, T_wrm) -> cells
+    store_of = {}
+    for store in stores:
+        for c in store.cells():
+            store_of[id(c)] = store
+            cfg = c["config"]
+            groups[(cfg["train"]["steps"], cfg["optimizer"]["name"], cfg["schedule"]["warmup_steps"])].append(c)
+    lengths = sorted({n for n, _, _ in groups})
+    kinds = sorted({(o, "1" if w == 1 else f"{100 * w / n:g}% of T") for n, o, w in groups})
+    lines = []
+    for n in lengths:
+        rows = sorted((o, w) for m, o, w in groups if m == n)
+        lrs = sorted({c["config"]["optimizer"]["lr"] for (m, _, _), cs in groups.items() if m == n for c in cs})
+        lines += ["", f"T = {n} steps (RAdam's r_T = {radam_rectification(n):.3f} at b2 0.999): best test accuracy"
+                  " (%), mean ± std over seeds; F k/3 = k seeds failed", "",
+                  "| optimizer | T_wrm | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |",
+                  "|" + "---|" * (len(lrs) + 2)]
+        for o, w in rows:
+            by_lr = defaultdict(list)
+            for c in groups[(n, o, w)]:
+                by_lr[c["config"]["optimizer"]["lr"]].append(c)
+            lines.append(f"| {o} | {w} | " + " | ".join(_acc_cell(by_lr[lr])[0] for lr in lrs) + " |")
+    lines += ["", "Failure boundary = the smallest lr_trgt at which a seed failed: geometric mean over seeds"
+              " (seeds in order; '>' = failed at no lr of the grid, counted as the grid's largest)", "",
+              "| optimizer | T_wrm | " + " | ".join(f"T = {n}" for n in lengths) + " |",
+              "|" + "---|" * (len(lengths) + 2)]
+    fig = Figure(figsize=(12, 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    bax, rax = fig.subplots(1, 2)
+    for k, (o, kind) in enumerate(kinds):
+        texts, xs, means = [], [], []
+        for n in lengths:
+            keys = [key for key in groups if key[0] == n and key[1] == o
+                    and ("1" if key[2] == 1 else f"{100 * key[2] / n:g}% of T") == kind]
+            if not keys:
+                texts.append("-")
+                continue
+            cells = groups[keys[0]]
+            top = max(c["config"]["optimizer"]["lr"] for c in cells)
+            per = _seed_boundaries(cells)
+            vals = [per[s] if per[s] is not None else top for s in sorted(per)]
+            censored = any(per[s] is None for s in per)
+            mean = math.exp(statistics.mean(math.log(v) for v in vals))
+            texts.append(("> " if censored else "") + f"{mean:.3g} ("
+                         + ", ".join(f"{per[s]:g}" if per[s] is not None else f"> {top:g}" for s in sorted(per)) + ")")
+            for j, s in enumerate(sorted(per)):
+                bax.scatter(n * 2 ** (0.06 * (j - 1) + 0.02 * (k - 1.5)), vals[j], color=f"C{k}",
+                            marker="^" if per[s] is None else "o", s=22, alpha=0.7)
+            xs.append(n)
+            means.append(mean)
+        bax.plot(xs, means, color=f"C{k}", label=f"{o}, T_wrm {kind}")
+        lines.append(f"| {o} | {kind} | " + " | ".join(texts) + " |")
+    lines += ["", "Failed runs, by when they failed: the last step at which the training accuracy was >= 50%"
+              " ('never': it never trained; 'nan@t': non-finite loss at step t; seeds in order, '-' = did not fail)", ""]
+    for n in lengths:
+        for (m, o, w), cells in sorted(groups.items()):
+            if m != n:
+                continue
+            failed = defaultdict(dict)
+            for c in cells:
+                if c["status"] != "finished":
+                    failed[c["config"]["optimizer"]["lr"]][c["config"]["seed"]] = _last_good(store_of[id(c)], c)
+            seeds = sorted({c["config"]["seed"] for c in cells})
+            if failed:
+                lines.append(f"- T = {n}, {o}, T_wrm {w}: " + "; ".join(
+                    f"lr {lr:g}: " + ", ".join(failed[lr].get(sd, "-") for sd in seeds) for lr in sorted(failed)))
+    bax.set(xscale="log", yscale="log", xlabel="run length T (steps), cosine decay",
+            ylabel="smallest lr_trgt at which a seed failed", title="failure boundary (dots: seeds; ^: none failed)")
+    bax.legend(fontsize=8)
+    bax.grid(alpha=0.3)
+    import numpy as np
+
+    for n in lengths:
+        ts = np.unique(np.geomspace(1, n, 400).astype(int))
+        rax.plot(ts / n, [radam_rectification(int(t)) for t in ts], label=f"T = {n}")
+    rax.set(xscale="log", xlabel="step / T", ylabel="r_t", ylim=(0, 1.05),
+            title="RAdam's rectification r_t at b2 = 0.999 over the run")
+    rax.axhline(0.9, color="grey", ls=":", lw=1)
+    rax.legend(fontsize=8)
+    rax.grid(alpha=0.3)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    return "\n".join(lines[1:])
 
 
 def fig5(store: Store, out: Path, target: float) -> str:
@@ -372,8 +503,9 @@ def _persistent_rows(per: dict, reached: dict) -> list[str]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("study", choices=("table1", "fig5", "fig2", "fig1"))
-    p.add_argument("store", nargs="+", help="sweep store(s); fig1 takes one per parametrization")
+    p.add_argument("study", choices=("table1", "fig5", "fig2", "fig1", "runlength"))
+    p.add_argument("store", nargs="+", help="sweep store(s); fig1 takes one per parametrization, "
+                   "runlength any number (one per run length and warmup rule)")
     p.add_argument("--out", required=True)
     p.add_argument("--target", type=float, default=0.05)
     a = p.parse_args(argv)
@@ -381,14 +513,15 @@ def main(argv=None) -> int:
     if missing:
         print(f"study_seeds: error: no store at {missing[0]}", file=sys.stderr)
         return 2
-    if a.study != "fig1" and len(a.store) > 1:
+    if a.study not in ("fig1", "runlength") and len(a.store) > 1:
         print(f"study_seeds: error: {a.study} reads one store", file=sys.stderr)
         return 2
     stores = [Store(path, create=False) for path in a.store]
     try:
         store = stores[0]
         studies = {"table1": lambda: table1(store, Path(a.out)), "fig2": lambda: fig2(store, Path(a.out)),
-                   "fig5": lambda: fig5(store, Path(a.out), a.target), "fig1": lambda: fig1(stores, Path(a.out))}
+                   "fig5": lambda: fig5(store, Path(a.out), a.target), "fig1": lambda: fig1(stores, Path(a.out)),
+                   "runlength": lambda: runlength(stores, Path(a.out))}
         print(studies[a.study]())
     finally:
         for s in stores:

@@ -82,3 +82,60 @@ def test_fig5_persistent_rows_charge_passes_and_compare_with_the_best_other_rule
     # is not after step 5; step 9's 0.3 / 0.2 = 1.5 is smaller)
     assert _row(text, "0.1", "persistent", "-")[3:] == ["3.00e-01 (1 seed)", "1.67 (1 seed)"]
     assert _row(text, "0.1", "linear", "2")[4] == "1.00 (1 seed)"   # a loss that never rises
+
+
+def test_radam_rectification_is_torch_radams_step_over_lr_under_a_constant_gradient():
+    import torch
+
+    p = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.RAdam([p], lr=1.0, betas=(0.9, 0.999), eps=0.0)
+    study = _study()
+    for t in range(1, 401):
+        before = p.detach().clone()
+        p.grad = torch.ones(1, dtype=torch.float64)
+        opt.step()
+        step = float(before - p.detach())
+        if t <= 5:   # rho_t <= 5: torch's un-rectified steps (momentum SGD), no r_t
+            assert study.radam_rectification(t) == 0.0
+        else:        # m_hat = v_hat = 1: the step is lr * r_t
+            assert abs(step - study.radam_rectification(t)) < 1e-12, t
+
+
+def _t1_run(name, T, steps, lr, seed, failed, acc=0.8):
+    cell = dict(config=dict(optimizer=dict(name=name, lr=lr), schedule=dict(warmup_steps=T), train=dict(steps=steps),
+                            seed=seed), status="diverged" if failed else "finished", best_test_accuracy=acc)
+    return cell, []
+
+
+def test_runlength_boundary_is_each_seeds_smallest_failed_lr_and_their_geometric_mean(tmp_path):
+    runs = []
+    # adam at 100 steps: seed 0 fails at 0.5 and 1 (boundary 0.5), seed 1 at 0.25 only (a scattered
+    # failure: boundary 0.25), seed 2 at none (censored: > 1, counted as 1)
+    for seed, fails in ((0, {0.5, 1.0}), (1, {0.25}), (2, set())):
+        for lr in (0.25, 0.5, 1.0):
+            runs.append(_t1_run("adam", 1, 100, lr, seed, lr in fails))
+    # adam with warmup 10 of 1000 steps (1% of T): both seeds fail at 1
+    runs += [_t1_run("adam", 10, 1000, lr, seed, lr == 1.0, acc=0.5 + 0.1 * seed)
+             for seed in (0, 1) for lr in (0.5, 1.0)]
+    text = _study().runlength([FakeStore(runs)], tmp_path / "f.png")
+    # (0.5 * 0.25 * 1) ** (1/3) = 0.5
+    boundaries = text.split("Failure boundary")[1]
+    assert _row(boundaries, "adam", "1")[2:] == ["> 0.5 (0.5, 0.25, > 1)", "-"]
+    assert _row(boundaries, "adam", "1% of T")[2:] == ["-", "1 (1, 1)"]
+    # the accuracy table at T = 1000: lr 0.5 both seeds finished (50, 60 %), lr 1 both failed
+    assert _row(text.split("T = 1000 steps")[1], "adam", "10")[2:4] == ["55.0 ± 7.1", "F"]
+    assert (tmp_path / "f.png").exists()
+
+
+def test_runlength_says_when_each_failed_run_failed(tmp_path):
+    def run(seed, failed, accs, losses=None):
+        cell, _ = _t1_run("radam", 1, 4, 0.5, seed, failed)
+        losses = losses or [1.0] * len(accs)
+        return cell, [dict(step=t, train_accuracy=a, train_loss=v) for t, (a, v) in enumerate(zip(accs, losses))]
+
+    runs = [run(0, True, [0.1, 0.6, 0.9, 0.1]),                 # trained to step 2, then died
+            run(1, True, [0.1, 0.2, 0.1, 0.1]),                 # never reached 50 %
+            run(2, True, [0.1, 0.7, None, None], [1.0, 0.5, float("nan"), None]),   # non-finite at step 2
+            run(3, False, [0.1, 0.6, 0.9, 0.95])]
+    text = _study().runlength([FakeStore(runs)], tmp_path / "f.png")
+    assert "- T = 4, radam, T_wrm 1: lr 0.5: 2, never, nan@2, -" in text
