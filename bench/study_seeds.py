@@ -162,6 +162,8 @@ def runlength(stores: list[Store], out: Path) -> str:
     store_of = {}
     for store in stores:
         for c in store.cells():
+            if c["status"] not in ("finished", "diverged", "collapsed"):
+                continue  # not run (pending, interrupted) or an error: not a training outcome
             store_of[id(c)] = store
             cfg = c["config"]
             groups[(cfg["train"]["steps"], cfg["optimizer"]["name"], cfg["schedule"]["warmup_steps"])].append(c)

@@ -117,6 +117,8 @@ def test_runlength_boundary_is_each_seeds_smallest_failed_lr_and_their_geometric
     # adam with warmup 10 of 1000 steps (1% of T): both seeds fail at 1
     runs += [_t1_run("adam", 10, 1000, lr, seed, lr == 1.0, acc=0.5 + 0.1 * seed)
              for seed in (0, 1) for lr in (0.5, 1.0)]
+    interrupted, _ = _t1_run("adam", 10, 1000, 0.5, 2, False)
+    runs.append((dict(interrupted, status="running"), []))   # a sweep stopped mid-cell: not an outcome
     text = _study().runlength([FakeStore(runs)], tmp_path / "f.png")
     # (0.5 * 0.25 * 1) ** (1/3) = 0.5
     boundaries = text.split("Failure boundary")[1]
