@@ -35,7 +35,9 @@
 * runlength (configs/adam/table1_failure.yaml at several ``train.steps``, any number of stores):
   per run length T, the table1 accuracy table; then per (optimizer, T_wrm as 1 or a share of T)
   the failure boundary per seed (the smallest lr_trgt at which that seed failed) and its
-  geometric mean over seeds, per T; the figure draws the boundaries against T and RAdam's
+  geometric mean over seeds, per T, by the paper's rule and counting only runs that failed
+  without ever reaching 50% training accuracy (an early failure, not a collapse after training);
+  when each failed run failed; the figure draws both boundaries against T and RAdam's
   rectification r_t (b2 = 0.999) against step / T for each T.
 """
 from __future__ import annotations
@@ -135,40 +137,55 @@ def radam_rectification(t: int, beta2: float = 0.999) -> float:
     return math.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
 
 
-def _seed_boundaries(cells: list[dict]) -> dict:
-    """seed -> the smallest lr_trgt at which that seed failed (None: it failed at no lr)."""
+def _seed_boundaries(cells: list[dict], failed) -> dict:
+    """seed -> the smallest lr_trgt at which ``failed(cell)`` (None: at no lr)."""
     out = {}
     for c in cells:
         seed, lr = c["config"]["seed"], c["config"]["optimizer"]["lr"]
         out.setdefault(seed, None)
-        if c["status"] != "finished" and (out[seed] is None or lr < out[seed]):
+        if failed(c) and (out[seed] is None or lr < out[seed]):
             out[seed] = lr
     return out
 
 
-def _last_good(store: Store, cell: dict, good: float = 0.5) -> str:
-    """When a failed run failed: 'nan@t' (non-finite loss at step t), else the last step whose
-    training accuracy was >= ``good`` ('never' if none was)."""
+def _when(store: Store, cell: dict, good: float = 0.5) -> tuple[str, bool]:
+    """When a failed run failed, and whether it ever trained (training accuracy >= ``good`` at some
+    step): 'nan@t' (non-finite loss at step t), else the last step whose training accuracy was
+    >= ``good`` ('never' if none was)."""
     rows = store.metrics(cell["id"])
+    steps = [r["step"] for r in rows if r.get("train_accuracy") is not None and r["train_accuracy"] >= good]
     for r in rows:
         if r.get("train_loss") is not None and not math.isfinite(r["train_loss"]):
-            return f"nan@{r['step']}"
-    steps = [r["step"] for r in rows if r.get("train_accuracy") is not None and r["train_accuracy"] >= good]
-    return str(max(steps)) if steps else "never"
+            return f"nan@{r['step']}", bool(steps)
+    return (str(max(steps)) if steps else "never"), bool(steps)
+
+
+def _boundary_text(per: dict, lrs: list) -> tuple[str, list, list]:
+    """'geometric mean (per seed)', the per-seed values (a seed failed at no lr counts as the grid's
+    largest) and which seeds are censored ('>': failed at no lr; '<=': failed at the grid's smallest)."""
+    top, low = max(lrs), min(lrs)
+    vals = [per[sd] if per[sd] is not None else top for sd in sorted(per)]
+    marks = ["> " if per[sd] is None else "<= " if per[sd] == low else "" for sd in sorted(per)]
+    mean = math.exp(statistics.mean(math.log(v) for v in vals))
+    prefix = "> " if "> " in marks and "<= " not in marks else "<= " if "<= " in marks and "> " not in marks else ""
+    prefix = "~ " if "> " in marks and "<= " in marks else prefix
+    return (prefix + f"{mean:.3g} (" + ", ".join(m + f"{v:g}" for m, v in zip(marks, vals)) + ")"), vals, marks
 
 
 def runlength(stores: list[Store], out: Path) -> str:
     groups = defaultdict(list)  # (steps, optimizer, T_wrm) -> cells
-    store_of = {}
+    when = {}  # id(cell) -> (text, trained) for failed cells
     for store in stores:
         for c in store.cells():
             if c["status"] not in ("finished", "diverged", "collapsed"):
                 continue  # not run (pending, interrupted) or an error: not a training outcome
-            store_of[id(c)] = store
+            if c["status"] != "finished":
+                when[id(c)] = _when(store, c)
             cfg = c["config"]
             groups[(cfg["train"]["steps"], cfg["optimizer"]["name"], cfg["schedule"]["warmup_steps"])].append(c)
     lengths = sorted({n for n, _, _ in groups})
-    kinds = sorted({(o, "1" if w == 1 else f"{100 * w / n:g}% of T") for n, o, w in groups})
+    kind_of = {key: "1" if key[2] == 1 else f"{100 * key[2] / key[0]:g}% of T" for key in groups}
+    kinds = sorted({(key[1], kind) for key, kind in kind_of.items()})
     lines = []
     for n in lengths:
         rows = sorted((o, w) for m, o, w in groups if m == n)
@@ -182,56 +199,58 @@ def runlength(stores: list[Store], out: Path) -> str:
             for c in groups[(n, o, w)]:
                 by_lr[c["config"]["optimizer"]["lr"]].append(c)
             lines.append(f"| {o} | {w} | " + " | ".join(_acc_cell(by_lr[lr])[0] for lr in lrs) + " |")
-    lines += ["", "Failure boundary = the smallest lr_trgt at which a seed failed: geometric mean over seeds"
-              " (seeds in order; '>' = failed at no lr of the grid, counted as the grid's largest)", "",
-              "| optimizer | T_wrm | " + " | ".join(f"T = {n}" for n in lengths) + " |",
-              "|" + "---|" * (len(lengths) + 2)]
-    fig = Figure(figsize=(12, 4.5), layout="constrained")
+    rules = [("failed by the paper's rule", lambda c: c["status"] != "finished"),
+             ("failed without ever reaching 50% training accuracy", lambda c: c["status"] != "finished"
+              and not when[id(c)][1])]
+    fig = Figure(figsize=(15, 4.5), layout="constrained")
     FigureCanvasAgg(fig)
-    bax, rax = fig.subplots(1, 2)
-    for k, (o, kind) in enumerate(kinds):
-        texts, xs, means = [], [], []
-        for n in lengths:
-            keys = [key for key in groups if key[0] == n and key[1] == o
-                    and ("1" if key[2] == 1 else f"{100 * key[2] / n:g}% of T") == kind]
-            if not keys:
-                texts.append("-")
-                continue
-            cells = groups[keys[0]]
-            top = max(c["config"]["optimizer"]["lr"] for c in cells)
-            per = _seed_boundaries(cells)
-            vals = [per[s] if per[s] is not None else top for s in sorted(per)]
-            censored = any(per[s] is None for s in per)
-            mean = math.exp(statistics.mean(math.log(v) for v in vals))
-            texts.append(("> " if censored else "") + f"{mean:.3g} ("
-                         + ", ".join(f"{per[s]:g}" if per[s] is not None else f"> {top:g}" for s in sorted(per)) + ")")
-            for j, s in enumerate(sorted(per)):
-                bax.scatter(n * 2 ** (0.06 * (j - 1) + 0.02 * (k - 1.5)), vals[j], color=f"C{k}",
-                            marker="^" if per[s] is None else "o", s=22, alpha=0.7)
-            xs.append(n)
-            means.append(mean)
-        bax.plot(xs, means, color=f"C{k}", label=f"{o}, T_wrm {kind}")
-        lines.append(f"| {o} | {kind} | " + " | ".join(texts) + " |")
+    axes = fig.subplots(1, 3)
+    for (title, failed), bax in zip(rules, axes):
+        lines += ["", f"Boundary = the smallest lr_trgt at which a seed {title}: geometric mean over seeds"
+                  " (seeds in order; '> x': at no lr of the grid, counted as its largest x; '<= x': already at"
+                  " its smallest)", "",
+                  "| optimizer | T_wrm | " + " | ".join(f"T = {n}" for n in lengths) + " |",
+                  "|" + "---|" * (len(lengths) + 2)]
+        for k, (o, kind) in enumerate(kinds):
+            texts, xs, means = [], [], []
+            for n in lengths:
+                keys = [key for key in groups if key[0] == n and key[1] == o and kind_of[key] == kind]
+                if not keys:
+                    texts.append("-")
+                    continue
+                cells = groups[keys[0]]
+                text, vals, marks = _boundary_text(_seed_boundaries(cells, failed),
+                                                   [c["config"]["optimizer"]["lr"] for c in cells])
+                texts.append(text)
+                for j, (v, mk) in enumerate(zip(vals, marks)):
+                    bax.scatter(n * 2 ** (0.06 * (j - 1) + 0.03 * (k - 1.5)), v, color=f"C{k}", s=22, alpha=0.7,
+                                marker="^" if mk == "> " else "v" if mk == "<= " else "o")
+                xs.append(n)
+                means.append(math.exp(statistics.mean(math.log(v) for v in vals)))
+            bax.plot(xs, means, color=f"C{k}", label=f"{o}, T_wrm {kind}")
+            lines.append(f"| {o} | {kind} | " + " | ".join(texts) + " |")
+        bax.set(xscale="log", yscale="log", xlabel="run length T (steps), cosine decay",
+                ylabel="smallest lr_trgt at which a seed failed")
+        bax.set_title(f"boundary: {title}\n(dots: seeds; ^ none failed; v failed at the grid's smallest)", fontsize=9)
+        bax.legend(fontsize=7)
+        bax.grid(alpha=0.3)
     lines += ["", "Failed runs, by when they failed: the last step at which the training accuracy was >= 50%"
               " ('never': it never trained; 'nan@t': non-finite loss at step t; seeds in order, '-' = did not fail)", ""]
     for n in lengths:
         for (m, o, w), cells in sorted(groups.items()):
             if m != n:
                 continue
-            failed = defaultdict(dict)
+            failed_at = defaultdict(dict)
             for c in cells:
                 if c["status"] != "finished":
-                    failed[c["config"]["optimizer"]["lr"]][c["config"]["seed"]] = _last_good(store_of[id(c)], c)
+                    failed_at[c["config"]["optimizer"]["lr"]][c["config"]["seed"]] = when[id(c)][0]
             seeds = sorted({c["config"]["seed"] for c in cells})
-            if failed:
+            if failed_at:
                 lines.append(f"- T = {n}, {o}, T_wrm {w}: " + "; ".join(
-                    f"lr {lr:g}: " + ", ".join(failed[lr].get(sd, "-") for sd in seeds) for lr in sorted(failed)))
-    bax.set(xscale="log", yscale="log", xlabel="run length T (steps), cosine decay",
-            ylabel="smallest lr_trgt at which a seed failed", title="failure boundary (dots: seeds; ^: none failed)")
-    bax.legend(fontsize=8)
-    bax.grid(alpha=0.3)
+                    f"lr {lr:g}: " + ", ".join(failed_at[lr].get(sd, "-") for sd in seeds) for lr in sorted(failed_at)))
     import numpy as np
 
+    rax = axes[2]
     for n in lengths:
         ts = np.unique(np.geomspace(1, n, 400).astype(int))
         rax.plot(ts / n, [radam_rectification(int(t)) for t in ts], label=f"T = {n}")

@@ -109,23 +109,27 @@ def _t1_run(name, T, steps, lr, seed, failed, acc=0.8):
 
 def test_runlength_boundary_is_each_seeds_smallest_failed_lr_and_their_geometric_mean(tmp_path):
     runs = []
-    # adam at 100 steps: seed 0 fails at 0.5 and 1 (boundary 0.5), seed 1 at 0.25 only (a scattered
-    # failure: boundary 0.25), seed 2 at none (censored: > 1, counted as 1)
+    # adam at 100 steps on lrs 0.125 .. 1: seed 0 fails at 0.5 and 1 (boundary 0.5), seed 1 at 0.25
+    # only (a scattered failure: boundary 0.25), seed 2 at none (censored: > 1, counted as 1)
     for seed, fails in ((0, {0.5, 1.0}), (1, {0.25}), (2, set())):
-        for lr in (0.25, 0.5, 1.0):
+        for lr in (0.125, 0.25, 0.5, 1.0):
             runs.append(_t1_run("adam", 1, 100, lr, seed, lr in fails))
-    # adam with warmup 10 of 1000 steps (1% of T): both seeds fail at 1
-    runs += [_t1_run("adam", 10, 1000, lr, seed, lr == 1.0, acc=0.5 + 0.1 * seed)
+    # adam with warmup 10 of 1000 steps (1% of T): both seeds fail at 1, seed 1 also at the
+    # grid's smallest lr 0.5 (censored: <= 0.5)
+    runs += [_t1_run("adam", 10, 1000, lr, seed, lr == 1.0 or (seed, lr) == (1, 0.5), acc=0.5 + 0.1 * seed)
              for seed in (0, 1) for lr in (0.5, 1.0)]
     interrupted, _ = _t1_run("adam", 10, 1000, 0.5, 2, False)
     runs.append((dict(interrupted, status="running"), []))   # a sweep stopped mid-cell: not an outcome
     text = _study().runlength([FakeStore(runs)], tmp_path / "f.png")
-    # (0.5 * 0.25 * 1) ** (1/3) = 0.5
-    boundaries = text.split("Failure boundary")[1]
+    boundaries = text.split("failed by the paper's rule")[1].split("Boundary")[0]
+    # (0.5 * 0.25 * 1) ** (1/3) = 0.5; (1 * 0.5) ** (1/2) = 0.707
     assert _row(boundaries, "adam", "1")[2:] == ["> 0.5 (0.5, 0.25, > 1)", "-"]
-    assert _row(boundaries, "adam", "1% of T")[2:] == ["-", "1 (1, 1)"]
-    # the accuracy table at T = 1000: lr 0.5 both seeds finished (50, 60 %), lr 1 both failed
-    assert _row(text.split("T = 1000 steps")[1], "adam", "10")[2:4] == ["55.0 ± 7.1", "F"]
+    assert _row(boundaries, "adam", "1% of T")[2:] == ["-", "<= 0.707 (1, <= 0.5)"]
+    # the accuracy table at T = 1000: lr 0.5 seed 0 finished (50 %), seed 1 failed; lr 1 both failed
+    assert _row(text.split("T = 1000 steps")[1], "adam", "10")[2:4] == ["F 1/2; 50.0 (1 seed)", "F"]
+    # no metrics: no failed run ever reached 50 % training accuracy, so each is an early failure
+    early = text.split("without ever reaching 50% training accuracy")[1]
+    assert _row(early, "adam", "1")[2] == "> 0.5 (0.5, 0.25, > 1)"
     assert (tmp_path / "f.png").exists()
 
 
@@ -141,3 +145,6 @@ def test_runlength_says_when_each_failed_run_failed(tmp_path):
             run(3, False, [0.1, 0.6, 0.9, 0.95])]
     text = _study().runlength([FakeStore(runs)], tmp_path / "f.png")
     assert "- T = 4, radam, T_wrm 1: lr 0.5: 2, never, nan@2, -" in text
+    # the early boundary counts only 'never' (seed 1): seeds 0, 2 trained, then failed; seed 3 finished
+    early = text.split("without ever reaching 50% training accuracy")[1]
+    assert _row(early, "radam", "1")[2] == "~ 0.5 (> 0.5, <= 0.5, > 0.5, > 0.5)"
