@@ -224,7 +224,8 @@ def reduction_kind(loss_at, params: dict, inputs, targets, pieces, dtype: torch.
     the ``pieces``' weighted mean (``"mean"``, weights ``|B_k| / |B|``) or their sum (``"sum"``),
     to ``400 eps`` relative (at least ``1e-9``, at most 2%; the eps of the coarser of the loss's
     dtype and ``dtype``); ``"both"`` where it is 0 here and at parameters nudged by 1% (a zero
-    loss, targets the model fits exactly, is both), None where it is neither. ``loss_at(params, inputs, targets)`` is the loss.
+    loss, targets the model fits exactly, is both), None where it is neither.
+    ``loss_at(params, inputs, targets)`` is the loss.
 
     >>> loss_at = lambda p, x, y: ((x * p["w"] - y) ** 2).sum()
     >>> x = torch.tensor([1.0, 2.0, 3.0])

@@ -61,7 +61,8 @@ from torch.overrides import TorchFunctionMode
 from catapult.curvature.difference import central_step
 
 __all__ = ["math_attention", "weight_norm_by_parts", "weight_norm_module", "custom_functions", "check_custom_functions",
-           "verify_operator", "built_with_forms", "GraphScan", "graph_functions", "refuse_parameters_read", "second_order_forms", "needs_forms", "forms_for", "named_missing_derivatives"]
+           "verify_operator", "built_with_forms", "GraphScan", "graph_functions", "refuse_parameters_read",
+           "second_order_forms", "needs_forms", "forms_for", "named_missing_derivatives"]
 
 
 def math_attention():
