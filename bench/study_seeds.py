@@ -52,6 +52,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from catapult.optim.rules import _radam_rect2  # the one copy of RAdam's r_t^2
 from catapult.sweep.store import Store
 
 
@@ -127,14 +128,10 @@ def table1(store: Store, out: Path) -> str:
 
 
 def radam_rectification(t: int, beta2: float = 0.999) -> float:
-    """RAdam's r_t (torch's ``RAdam``): 0 while ``rho_t <= 5`` (the un-rectified steps), else
-    ``sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))`` with
-    ``rho_t = rho_inf - 2 t b2^t / (1 - b2^t)``, ``rho_inf = 2 / (1 - b2) - 1``."""
-    rho_inf = 2.0 / (1.0 - beta2) - 1.0
-    rho = rho_inf - 2.0 * t * beta2 ** t / (1.0 - beta2 ** t)
-    if rho <= 5.0:
-        return 0.0
-    return math.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
+    """RAdam's r_t (torch's ``RAdam``) at step ``t``: 0 while ``rho_t <= 5`` (the un-rectified
+    steps), else the root of the library's r_t^2 (``catapult.optim.rules``, where the formula is)."""
+    rectified, r2 = _radam_rect2(beta2, t, 1.0 - beta2 ** t)
+    return math.sqrt(r2) if rectified else 0.0
 
 
 def _seed_boundaries(cells: list[dict], failed) -> dict:

@@ -84,6 +84,11 @@ def _wal(path: Path) -> Path:
     return Path(f"{os.path.realpath(path)}-wal")
 
 
+def _shm(path: Path) -> Path:
+    """The store's ``-shm`` file (SQLite's WAL index), named as :func:`_wal` names the ``-wal``."""
+    return Path(f"{os.path.realpath(path)}-shm")
+
+
 def _is_legacy_store(path: Path) -> bool:
     """A catapult 0.1.0 store: application_id 0 and the meta/cells/metrics tables with a
     ``schema_version`` in meta. Read immutably (no -wal/-shm created) unless a -wal file
@@ -145,13 +150,13 @@ def _open_reader(path: Path, timeout: float) -> tuple[sqlite3.Connection, bool, 
     state = _state(path)
     if state[1] is None:  # no -wal
         return _opened(_uri(path, mode="ro", immutable="1"), timeout), False, state
-    if Path(f"{os.path.realpath(path)}-shm").exists():
+    if _shm(path).exists():
         for attempt in range(100):
             key = _identity(path)
             try:
                 return _opened(_uri(path, mode="ro", readonly_shm="1"), timeout), True, key
             except sqlite3.OperationalError as err:
-                if not (_wal(path).exists() and Path(f"{os.path.realpath(path)}-shm").exists()):
+                if not (_wal(path).exists() and _shm(path).exists()):
                     return _open_reader(path, timeout)  # the writer closed meanwhile: -wal merged
                 if "locking protocol" in str(err):
                     # SQLITE_PROTOCOL after SQLite's own retries: a -wal that does not match the
@@ -310,9 +315,8 @@ def _state(path: Path) -> tuple:
 
 def _identity(path: Path) -> tuple:
     """Which files a live reader has open: the inodes of the main file, ``-wal`` and ``-shm``."""
-    real = os.path.realpath(path)
-    return tuple(_stamp(Path(name))[0] if _stamp(Path(name)) else None
-                 for name in (real, f"{real}-wal", f"{real}-shm"))
+    stamps = (_stamp(Path(os.path.realpath(path))), _stamp(_wal(path)), _stamp(_shm(path)))
+    return tuple(stamp[0] if stamp else None for stamp in stamps)
 
 
 def _stamp(path: Path) -> tuple | None:
@@ -328,7 +332,7 @@ def _connect_copy(path: Path, timeout: float, beside_shm: bool = False) -> tuple
     one file in a temporary folder, opened ``immutable`` and unlinked (where the system allows
     an open file to be; elsewhere the folder is left in the temporary directory)."""
     real = Path(os.path.realpath(path))
-    shm = Path(f"{real}-shm")
+    shm = _shm(real)
     for _ in range(5):
         before = _state(real)
         folder = Path(tempfile.mkdtemp(prefix="catapult-store-"))
