@@ -125,7 +125,7 @@ def test_what_a_sharded_run_cannot_do_is_refused_before_any_work(tmp_path):
     config = _config(root)
     config.update(eval=dict(sharpness_every=5), schedule=dict(warmup="catapult", warmup_steps=2))
     config["optimizer"]["lr"] = "2^3/lambda0"
-    config["model"]["sparsity"] = dict(method="rigl")
+    config["model"]["sparsity"] = dict(method="rigl", update_every=2, end_fraction=1.0)  # masks that move
     config["train"]["compile"] = True
     with single_process_group(), pytest.raises(ConfigError) as refused:
         train_ddp(config, out_dir=tmp_path / "run", progress="none")

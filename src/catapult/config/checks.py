@@ -12,7 +12,7 @@ from catapult.config.lr import parse_lr
 from catapult.config.sections import (PRECONDITIONED_OPTIMIZERS, TEXT_DATASETS, DataConfig, ModelConfig,
                                       OptimizerConfig, ScheduleConfig)
 
-__all__ = ["CHECKS", "kink_problems", "step_size_factor"]
+__all__ = ["CHECKS", "kink_problems", "step_size_factor", "sparsity_steps"]
 
 Problems = Iterable[tuple[str, str]]
 
@@ -233,8 +233,40 @@ def _check_text_tokens(config: dict) -> Problems:
                                         "for gmp reached)")
     if method == "gmp" and model["name"] != "gpt":
         yield ("model.sparsity.method", "gmp prunes from dense and is available for model.name: gpt; use rigl")
+    if method != "static" and model["density"] < 1.0 and config["train"]["steps"] >= 1:
+        yield from _check_mask_updates(model["sparsity"], config["train"]["steps"])
     if model["name"] != "gpt" and not model["final_norm"]:
         yield ("model.final_norm", f"is a gpt option (model.name is {model['name']!r}); remove it")
+
+
+def sparsity_steps(sparsity: dict, steps: int) -> tuple[int, int]:
+    """``(t_0, T_end)`` of a ``model.sparsity`` section over ``train.steps``: the steps nearest to
+    ``start_fraction * steps`` and ``end_fraction * steps`` (GMP prunes from ``t_0`` through
+    ``T_end``; RigL updates strictly before ``T_end``).
+
+    >>> sparsity_steps({"start_fraction": 0.29, "end_fraction": 0.75}, 100)
+    (29, 75)
+    """
+    return int(round(sparsity["start_fraction"] * steps)), int(round(sparsity["end_fraction"] * steps))
+
+
+def _check_mask_updates(sparsity: dict, steps: int) -> Problems:
+    """A dynamic-sparsity run whose masks would never change: it ran as a static (rigl) or a dense
+    (gmp, whose masks start all ones) run, recorded under the method and density asked for."""
+    start, end = sparsity_steps(sparsity, steps)
+    if sparsity["method"] == "gmp":
+        if sparsity["start_fraction"] > sparsity["end_fraction"]:
+            yield ("model.sparsity.start_fraction", f"{sparsity['start_fraction']:g} is after end_fraction "
+                   f"({sparsity['end_fraction']:g}): gmp would never prune and the model would stay dense; "
+                   "set start_fraction <= end_fraction")
+        elif end < 1:
+            yield ("model.sparsity.end_fraction", f"{sparsity['end_fraction']:g} of train.steps ({steps}) is step 0: "
+                   "gmp would never prune and the model would stay dense; raise end_fraction or train.steps")
+    elif sparsity["update_every"] >= end:
+        fix = f"set update_every < {end}" if end >= 2 else "raise end_fraction or train.steps"
+        yield ("model.sparsity.update_every", f"{sparsity['update_every']} >= T_end = end_fraction * train.steps "
+               f"= {end}: rigl updates masks at multiples of update_every before T_end, so it would never "
+               f"change a mask (a static-mask run); {fix}")
 
 
 def _check_spectrum(config: dict) -> Problems:

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from catapult import config as cfg
-from catapult.config.checks import step_size_factor
+from catapult.config.checks import sparsity_steps, step_size_factor
 from catapult.losses import get_loss
 from catapult.optim import registry
 from catapult.engine.model_size import (MODELS, check_fits, check_model_fits, check_spectrum_fits, gpt_context,
@@ -423,10 +423,10 @@ def build_mask_updater(config: Mapping[str, Any], model: nn.Module):
     sp, steps = config["model"]["sparsity"], config["train"]["steps"]
     if sp["method"] == "static" or next(masked_modules(model), None) is None:
         return None
+    start_step, end_step = sparsity_steps(sp, steps)
     return MaskUpdater(model, sp["method"], final_density=config["model"]["density"],
                        update_every=sp["update_every"], drop_fraction=sp["drop_fraction"],
-                       end_step=int(round(sp["end_fraction"] * steps)),
-                       start_step=int(round(sp["start_fraction"] * steps)))
+                       end_step=end_step, start_step=start_step)
 
 
 def build_run(config: Mapping[str, Any]) -> Run:
