@@ -19,6 +19,11 @@ A *mask part* is a block of rows with its own exact count: the whole matrix, or 
 and V of a fused attention projection (``module.catapult_mask_parts = 3``), as the static
 masks do.
 
+Tied weights: layers that share one weight Parameter (and so one mask, as
+:func:`catapult.parametrize` gives them) are updated as one matrix: RigL's grow score is the sum
+of their dense gradients (as the weight's ``.grad`` sums their uses), and every layer of the tie
+gets the one new mask. Tied layers with different masks are refused.
+
 Optimizer state. A grown weight starts at 0 and so does every per-entry optimizer state of
 its position (``momentum_buffer``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``: any state
 tensor of the weight's shape); a dropped weight is set to 0 with its state zeroed too, so that
@@ -148,6 +153,7 @@ class MaskUpdater:
         self.update_every, self.end_step = int(update_every), int(end_step)
         self.drop_fraction, self.start_step = float(drop_fraction), int(start_step)
         self.layers = [_Layer(n, m) for n, m in masked_modules(model)]
+        _ties(self.layers)  # tied layers with different masks: refused now, not at the first update
         self.updates = 0
         for layer in self.layers:
             layer.module.capture_dense_grad = method == "rigl"
@@ -176,21 +182,26 @@ class MaskUpdater:
         optimizer state of every entry that changed), then re-apply all masks. True if masks changed."""
         changed_any = False
         if self.is_update_step(t):
-            for layer in self.layers:
-                changed_any |= self._update_layer(layer.module, t, optimizer)
+            for tie in _ties(self.layers):  # of the weights in use now (a load_state_dict(assign=True) unties them)
+                changed_any |= self._update_layer(tie, t, optimizer)
             self.updates += 1
         for layer in self.layers:
             layer.module.apply_mask_()
         return changed_any
 
-    def _update_layer(self, module: MaskedLinear, t: int, optimizer) -> bool:
+    def _update_layer(self, tie: list[_Layer], t: int, optimizer) -> bool:
+        """Update the mask of one weight, shared by the layers of ``tie`` (usually one)."""
+        module = tie[0].module
         parts = _parts(module)
         weight, mask = module.weight.detach(), module.mask
         new_mask = mask.clone()
         if self.method == "rigl":
-            grad = getattr(module, "dense_grad", None)
-            if grad is None:
-                raise RuntimeError(f"RigL needs the dense gradient of {module!r}: call step() after backward()")
+            grads = [getattr(layer.module, "dense_grad", None) for layer in tie]
+            for layer, grad in zip(tie, grads):
+                if grad is None:
+                    raise RuntimeError(f"RigL needs the dense gradient of {layer.name!r} ({layer.module!r}): "
+                                       "call step() after backward()")
+            grad = grads[0] if len(grads) == 1 else torch.stack(grads).sum(0)  # a tied weight's uses, summed
             fraction = rigl_drop_fraction(t, self.drop_fraction, self.end_step)
             for w, m, g, out in zip(_row_blocks(weight, parts), _row_blocks(mask, parts),
                                     _row_blocks(grad, parts), _row_blocks(new_mask, parts)):
@@ -204,7 +215,8 @@ class MaskUpdater:
             return False
         grown = new_mask & ~mask
         module.weight.data.masked_fill_(grown, 0.0)   # grown weights start at 0
-        module.mask = new_mask
+        for layer in tie:
+            layer.module.mask = new_mask              # a tie keeps one mask
         module.apply_mask_()                          # dropped weights become 0
         if optimizer is not None:
             reset_state_(optimizer, module.weight, changed)
@@ -214,6 +226,22 @@ class MaskUpdater:
         """``(layer name, density)`` of every masked layer."""
         for layer in self.layers:
             yield layer.name, layer.module.density
+
+
+def _ties(layers: list[_Layer]) -> list[list[_Layer]]:
+    """``layers`` grouped by their weight Parameter, in order; a tie whose masks differ is refused."""
+    ties: dict[int, list[_Layer]] = {}
+    for layer in layers:
+        ties.setdefault(id(layer.module.weight), []).append(layer)
+    for tie in ties.values():
+        first = tie[0]
+        for other in tie[1:]:
+            if (not torch.equal(other.module.mask, first.module.mask)
+                    or _parts(other.module) != _parts(first.module)):
+                raise ValueError(f"layers {first.name!r} and {other.name!r} share one weight but have different "
+                                 "masks: a tied weight needs one mask (catapult.parametrize gives tied hidden layers "
+                                 "one); set the same mask on both")
+    return list(ties.values())
 
 
 @torch.no_grad()
