@@ -82,3 +82,28 @@ def test_tied_layers_with_different_masks_are_refused():
     b.set_mask(~a.mask)
     with pytest.raises(ValueError, match="share one weight but have different masks"):
         MaskUpdater(net, "rigl", end_step=10)
+
+
+def test_an_mlp_without_hidden_layers_refuses_a_density_it_cannot_have():
+    # depth 1 and 2 have only the input and the readout, which stay dense: density 0.25 trained the
+    # dense network (model_density 1.0, no mask) under model.density 0.25, and a density sweep
+    # recorded one run several times
+    import pytest
+
+    from catapult.config import ConfigError, validate
+    from catapult.models import MLP
+    from catapult.sparsity import model_density
+
+    for depth in (1, 2):
+        config = dict(data=dict(name="digits", n_train=32, n_test=16),
+                      model=dict(name="mlp", width=8, depth=depth, density=0.25), train=dict(steps=2))
+        with pytest.raises(ConfigError) as refused:
+            validate(config)
+        assert [key for key, _ in refused.value.problems] == ["model.density"]
+        with pytest.raises(ValueError, match="depth >= 3"):
+            MLP(4, 2, width=8, depth=depth, density=0.25)
+        with pytest.raises(ValueError, match="depth >= 3"):
+            MLP(4, 2, width=8, depth=depth, base_density=0.5)
+        assert model_density(MLP(4, 2, width=8, depth=depth)) == 1.0   # dense: as before
+    # depth 3 has one hidden 8 x 8 matrix: round(0.25 * 64) = 16 entries kept of its 64
+    assert model_density(MLP(4, 2, width=8, depth=3, density=0.25)) == 16 / 64

@@ -207,6 +207,11 @@ def _check_wrn_and_augment(config: dict) -> Problems:
         for key in ("widen", "channels"):
             if model[key] != _default(ModelConfig, key):
                 yield (f"model.{key}", f"is a wrn option (model.name is {model['name']!r}); remove it")
+    if model["name"] == "mlp" and model["depth"] < 3 and (model["density"] != 1.0 or model["base_density"] != 1.0):
+        # the masks (and SμPar's density factor) are the hidden layers': a 0.25 run trained the dense network
+        yield ("model.density", f"the mlp masks its hidden (width x width) layers and depth {model['depth']} has "
+                                "none (input and readout stay dense): density and base_density must be 1, or "
+                                "use model.depth >= 3")
     augment = data.get("augment") or {}
     on = [k for k in ("flip", "crop", "mixup") if augment.get(k)]
     if on and data["name"] in TEXT_DATASETS:

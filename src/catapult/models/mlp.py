@@ -39,7 +39,8 @@ uses ``d_base = width``):
 
 Sparsity (``density < 1``, any parameterization): the hidden (width x width) layers get static
 random masks with exactly ``round(density * width^2)`` nonzeros (``mask_method="exact"``) or
-Bernoulli masks; input and readout stay dense. Masks are drawn from their own generator seeded
+Bernoulli masks; input and readout stay dense (so ``depth`` 1 and 2, which have no hidden layer,
+refuse a density or base_density below 1). Masks are drawn from their own generator seeded
 by ``mask_seed`` (default: drawn from the global RNG first), so with the same
 ``torch.manual_seed`` the dense weights are identical across densities.
 
@@ -129,6 +130,11 @@ class MLP(nn.Module):
             raise ValueError(f"MLP init must be one of {INIT_DISTRIBUTIONS}; got {init!r}")
         check_positive_int("MLP", "base_width", base_width, optional=True)
         check_densities("MLP", density, base_density)
+        if int(depth) < 3 and (float(density) != 1.0 or float(base_density) != 1.0):
+            # the masks and SμPar's density factor are the hidden layers': the network trained dense
+            raise ValueError(f"MLP density={density!r}, base_density={base_density!r}: the masks are the hidden "
+                             f"(width x width) layers', and depth {depth} has none (input and readout stay "
+                             "dense); use depth >= 3 or density 1")
         check_seed("MLP", "mask_seed", mask_seed)
         weight_var = check_real("MLP", "weight_var", weight_var, low=0.0, low_open=True)
         for label, value in (("alpha_in", alpha_in), ("alpha_out", alpha_out)):
