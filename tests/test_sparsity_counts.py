@@ -107,3 +107,22 @@ def test_an_mlp_without_hidden_layers_refuses_a_density_it_cannot_have():
         assert model_density(MLP(4, 2, width=8, depth=depth)) == 1.0   # dense: as before
     # depth 3 has one hidden 8 x 8 matrix: round(0.25 * 64) = 16 entries kept of its 64
     assert model_density(MLP(4, 2, width=8, depth=3, density=0.25)) == 16 / 64
+
+
+def test_parametrize_refuses_a_density_for_a_model_without_a_hidden_layer():
+    # an input and a readout only: density 0.25 drew no mask (model_density 1.0) and returned the
+    # dense model, initialised and with learning rates as if it were the sparse one
+    import pytest
+    import torch.nn as nn
+
+    import catapult
+    from catapult.sparsity import model_density
+
+    def two_layers():
+        return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+
+    with pytest.raises(ValueError, match="none is hidden"):
+        catapult.parametrize(two_layers(), "supar", base_width=4, density=0.25)
+    assert model_density(catapult.parametrize(two_layers(), "supar", base_width=4)) == 1.0
+    three = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    assert model_density(catapult.parametrize(three, "supar", base_width=4, density=0.25)) == 16 / 64

@@ -27,6 +27,11 @@ def check_masks(layers: Mapping[str, nn.Module], roles: Mapping[str, str], densi
     ...
     ValueError: parametrize(): sparsity masks are for Linear layers; '1' is a hidden nn.Conv2d (use density=1.0 or give it role None)
     """
+    if density < 1.0 and "hidden" not in roles.values():
+        # the masks and SμPar's density factor are the hidden layers': the model stayed dense
+        raise ValueError(f"parametrize(): density={density:g} masks the hidden layers, and none is hidden "
+                         f"(roles: {dict(roles)}): the model would stay dense; use density=1.0 or give a "
+                         "Linear layer role 'hidden' (roles={name: 'hidden'})")
     kept = total = 0
     sparse = []
     for name, role in roles.items():
