@@ -269,12 +269,12 @@ def test_rigl_keeps_capturing_when_the_weight_is_replaced_or_unfrozen_and_from_o
 
     frozen = fresh()
     frozen.weight.requires_grad_(False)
-    MaskUpdater(torch.nn.Sequential(frozen), "rigl", end_step=10)
+    MaskUpdater(torch.nn.Sequential(frozen), "rigl", update_every=1, end_step=10)
     frozen.weight.requires_grad_(True)
     assert torch.equal(grad_of(frozen, 1.0), torch.ones(4, 5) * 3)
 
     layer = fresh()
-    MaskUpdater(torch.nn.Sequential(layer), "rigl", end_step=10)
+    MaskUpdater(torch.nn.Sequential(layer), "rigl", update_every=1, end_step=10)
     assert torch.equal(grad_of(layer, 1.0), torch.ones(4, 5) * 3)
     layer.load_state_dict({k: v.clone() for k, v in layer.state_dict().items()}, assign=True)
     assert torch.equal(grad_of(layer, 2.0), torch.ones(4, 5) * 6)      # not the stale 3s
@@ -295,7 +295,7 @@ def test_a_backward_that_does_not_pass_through_the_layers_forward_takes_no_pendi
     from catapult.sparsity import MaskedLinear
 
     layer = MaskedLinear(5, 4, density=0.5, generator=torch.Generator().manual_seed(0))
-    MaskUpdater(torch.nn.Sequential(layer), "rigl", end_step=10)
+    MaskUpdater(torch.nn.Sequential(layer), "rigl", update_every=1, end_step=10)
     (3.0 * layer(torch.ones(2, 5)).sum()).backward()
     assert torch.equal(layer.dense_grad, torch.full((4, 5), 6.0))
     torch.autograd.grad(5.0 * layer(torch.ones(3, 5)).sum(), layer.weight)   # leaves 15s pending
@@ -318,7 +318,7 @@ def test_rigl_keeps_capturing_through_a_dtype_conversion_with_or_without_paramet
     torch.__future__.set_swap_module_params_on_conversion(swap)
     try:
         layer = MaskedLinear(5, 4, density=0.5, generator=torch.Generator().manual_seed(0))
-        MaskUpdater(torch.nn.Sequential(layer), "rigl", end_step=10)
+        MaskUpdater(torch.nn.Sequential(layer), "rigl", update_every=1, end_step=10)
         layer(torch.ones(3, 5)).sum().backward()
         layer.double()
     finally:
@@ -344,7 +344,7 @@ def test_a_rigl_model_is_freed_once_dropped():
     model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
     sparsify_(model[0], 0.5)
     sparsify_(model[2], 0.5)
-    MaskUpdater(model, "rigl", end_step=10)
+    MaskUpdater(model, "rigl", update_every=1, end_step=10)
     model(torch.randn(4, 6)).sum().backward()
     layers = [m for _, m in masked_modules(model)]
     assert len(layers) == 2 and all(m.dense_grad is not None for m in layers)
@@ -362,7 +362,7 @@ def test_a_parameter_substituted_by_functional_call_does_not_take_the_hook_off_t
     from catapult.sparsity import MaskedLinear
 
     layer = MaskedLinear(5, 4, density=0.5, generator=torch.Generator().manual_seed(0))
-    MaskUpdater(torch.nn.Sequential(layer), "rigl", end_step=10)
+    MaskUpdater(torch.nn.Sequential(layer), "rigl", update_every=1, end_step=10)
     loss = 2.0 * layer(torch.ones(3, 5)).sum()
     substitute = torch.nn.Parameter(layer.weight.detach().clone())
     measured = torch.func.functional_call(layer, {"weight": substitute}, (torch.ones(3, 5),)).sum()
@@ -401,7 +401,7 @@ def test_the_grow_score_sums_over_a_layers_uses_and_over_micro_batches_as_grad_d
 
     torch.manual_seed(0)
     layer = MaskedLinear(6, 6, density=0.5, generator=torch.Generator().manual_seed(0))
-    MaskUpdater(torch.nn.Sequential(layer), "rigl", end_step=10)
+    MaskUpdater(torch.nn.Sequential(layer), "rigl", update_every=1, end_step=10)
     bias, x1, x2 = layer.bias.detach(), torch.randn(3, 6), torch.randn(3, 6)
 
     def truth(loss):   # d loss / d(W ⊙ M), with W ⊙ M a leaf

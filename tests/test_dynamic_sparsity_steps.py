@@ -48,3 +48,30 @@ def test_the_configs_fractions_are_the_nearest_steps_not_truncated_products():
     updater = build_run(config).mask_updater
     assert (updater.end_step, updater.start_step) == (57, 29)
     assert [t for t in range(100) if updater.is_update_step(t)][-1] == 56   # RigL: t < T_end
+
+
+def _steps_that_change(updater, upto=200):
+    return [t for t in range(upto) if updater.is_update_step(t)]
+
+
+def test_a_schedule_in_which_no_mask_changes_is_refused_naming_the_argument():
+    # end_step defaulted to 0: MaskUpdater(model, "rigl", update_every=10) never moved a mask and
+    # MaskUpdater(model, "gmp", final_density=0.1, update_every=10) left the model dense; the
+    # module docstring's rule (RigL: 0 < t < T_end on multiples of update_every; GMP: t_0 <= t <= T_end)
+    # has no update step in any of these
+    import pytest
+
+    cases = [(dict(method="rigl", update_every=10), "needs end_step"),
+             (dict(method="gmp", final_density=0.1, update_every=10), "needs end_step"),
+             (dict(method="rigl", update_every=10, end_step=10), "no mask would change"),
+             (dict(method="gmp", final_density=0.1, end_step=0), "prune nothing"),
+             (dict(method="gmp", final_density=0.1, start_step=50, end_step=40), "prune nothing"),
+             (dict(method="gmp", end_step=40), "final_density 1"),
+             (dict(method="rigl", update_every=1.5, end_step=10), "update_every must be an integer"),
+             (dict(method="rigl", end_step=True), "end_step must be an integer")]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError, match=message):
+            MaskUpdater(_model(), **kwargs)
+    assert _steps_that_change(MaskUpdater(_model(), "rigl", update_every=9, end_step=10)) == [9]
+    assert _steps_that_change(MaskUpdater(_model(1.0), "gmp", final_density=0.5, start_step=40, end_step=40)) == [40]
+    assert _steps_that_change(MaskUpdater(_model(), "static")) == []   # static takes no schedule

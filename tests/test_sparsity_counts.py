@@ -81,7 +81,7 @@ def test_tied_layers_with_different_masks_are_refused():
     net, a, b = _tied()
     b.set_mask(~a.mask)
     with pytest.raises(ValueError, match="share one weight but have different masks"):
-        MaskUpdater(net, "rigl", end_step=10)
+        MaskUpdater(net, "rigl", update_every=1, end_step=10)
 
 
 def test_an_mlp_without_hidden_layers_refuses_a_density_it_cannot_have():

@@ -76,3 +76,11 @@ def test_the_cli_exits_2_naming_the_key(tmp_path, capsys):
     assert "model.sparsity.start_fraction" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
 
+
+
+def test_a_zero_step_dynamic_run_evaluates_its_model():
+    from catapult.engine import run
+
+    for method in ("rigl", "gmp"):
+        result = run(_config(0, method=method), progress="none")
+        assert result.status == "finished" and len(result.metrics) == 1

@@ -416,12 +416,12 @@ class Run:
 
 def build_mask_updater(config: Mapping[str, Any], model: nn.Module):
     """``model.sparsity`` as a :class:`~catapult.sparsity.MaskUpdater` over ``train.steps``
-    (``T_end = end_fraction * steps``, GMP's ``t_0 = start_fraction * steps``); None without masks
-    or with static masks."""
+    (``T_end = end_fraction * steps``, GMP's ``t_0 = start_fraction * steps``); None without masks,
+    with static masks, or for a run of 0 steps (no update to follow)."""
     from catapult.sparsity import MaskUpdater, masked_modules
 
     sp, steps = config["model"]["sparsity"], config["train"]["steps"]
-    if sp["method"] == "static" or next(masked_modules(model), None) is None:
+    if sp["method"] == "static" or steps == 0 or next(masked_modules(model), None) is None:
         return None
     start_step, end_step = sparsity_steps(sp, steps)
     return MaskUpdater(model, sp["method"], final_density=config["model"]["density"],

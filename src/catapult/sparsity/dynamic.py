@@ -130,7 +130,9 @@ class MaskUpdater:
         final_density: GMP's ``d_f`` (RigL keeps the masks' initial counts).
         update_every: ``ΔT`` steps between mask updates (GMP also updates at ``T_end``, so that
             it always ends at ``d_f``, also where ``T_end`` is no multiple of ``ΔT``).
-        end_step: ``T_end``: no update at ``t >= T_end`` (RigL) / ``t > T_end`` (GMP).
+        end_step: ``T_end``: no update at ``t >= T_end`` (RigL) / ``t > T_end`` (GMP); needed
+            by both (a schedule in which no mask would change is refused: RigL's ``update_every
+            >= T_end``, GMP's ``t_0 > T_end`` or ``final_density`` 1).
         drop_fraction: RigL's ``alpha``. start_step: GMP's ``t_0``.
     RigL needs dense gradients: the updater turns on ``capture_dense_grad`` of every masked
     layer (the layer keeps ``dL/d(W ⊙ M)`` of the ``loss.backward()`` calls since the last
@@ -139,18 +141,22 @@ class MaskUpdater:
     """
 
     def __init__(self, model: nn.Module, method: str = "static", *, final_density: float = 1.0,
-                 update_every: int = 100, end_step: int = 0, drop_fraction: float = 0.3,
+                 update_every: int = 100, end_step: int | None = None, drop_fraction: float = 0.3,
                  start_step: int = 0) -> None:
         if method not in DYNAMIC_METHODS:
             raise ValueError(f"sparsity method must be one of {DYNAMIC_METHODS}; got {method!r}")
-        if update_every < 1:
-            raise ValueError(f"update_every must be >= 1; got {update_every!r}")
+        for name, value, low in (("update_every", update_every, 1), ("start_step", start_step, 0),
+                                 ("end_step", 0 if end_step is None else end_step, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:  # 1.5 was step 1
+                raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
         for name, value in (("final_density", final_density), ("drop_fraction", drop_fraction)):
             # a drop fraction above 1 grew more weights than it dropped: the density changed
             if not (isinstance(value, (int, float)) and 0.0 < value <= 1.0):
                 raise ValueError(f"{name} must be a number in (0, 1]; got {value!r}")
+        if method != "static":
+            _check_schedule(method, final_density, update_every, end_step, start_step)
         self.method, self.final_density = method, float(final_density)
-        self.update_every, self.end_step = int(update_every), int(end_step)
+        self.update_every, self.end_step = int(update_every), int(end_step or 0)
         self.drop_fraction, self.start_step = float(drop_fraction), int(start_step)
         self.layers = [_Layer(n, m) for n, m in masked_modules(model)]
         _ties(self.layers)  # tied layers with different masks: refused now, not at the first update
@@ -226,6 +232,24 @@ class MaskUpdater:
         """``(layer name, density)`` of every masked layer."""
         for layer in self.layers:
             yield layer.name, layer.module.density
+
+
+def _check_schedule(method: str, final_density: float, update_every: int, end_step: int | None,
+                    start_step: int) -> None:
+    """Refuse a RigL or GMP schedule in which no mask would change (end_step left out was 0: the
+    masks stayed as they were, a GMP model dense)."""
+    if end_step is None:
+        raise ValueError(f"{method} needs end_step (T_end, the step of the last mask update; the engine's is "
+                         "end_fraction * steps)")
+    if method == "rigl" and update_every >= end_step:
+        raise ValueError(f"update_every ({update_every}) >= end_step ({end_step}): rigl updates masks at multiples "
+                         "of update_every below end_step, so no mask would change")
+    if method == "gmp":
+        if end_step < 1 or start_step > end_step:
+            raise ValueError(f"gmp prunes from start_step through end_step, at t >= 1: start_step {start_step}, "
+                             f"end_step {end_step} prune nothing")
+        if final_density == 1.0:
+            raise ValueError("gmp prunes down to final_density: final_density 1 (the default) prunes nothing")
 
 
 def _ties(layers: list[_Layer]) -> list[list[_Layer]]:
