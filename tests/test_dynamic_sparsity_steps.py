@@ -8,7 +8,10 @@ from catapult.sparsity import MaskedLinear, MaskUpdater
 
 
 def _model(density=0.5):
-    return torch.nn.Sequential(MaskedLinear(4, 4, density=density, generator=torch.Generator().manual_seed(0)))
+    layer = MaskedLinear(4, 4, density=density, generator=torch.Generator().manual_seed(0))
+    if density == 1.0:
+        layer.set_mask(torch.ones(4, 4, dtype=torch.bool))  # gmp prunes from an all-ones mask
+    return torch.nn.Sequential(layer)
 
 
 def test_rigl_updates_on_multiples_of_update_every_strictly_before_end_step():
@@ -69,6 +72,8 @@ def test_a_schedule_in_which_no_mask_changes_is_refused_naming_the_argument():
              (dict(method="gmp", end_step=40), "final_density 1"),
              (dict(method="rigl", update_every=1.5, end_step=10), "update_every must be an integer"),
              (dict(method="rigl", end_step=True), "end_step must be an integer")]
+    with pytest.raises(ValueError, match="has none with a mask"):   # it updated nothing
+        MaskUpdater(torch.nn.Sequential(MaskedLinear(4, 4)), "gmp", final_density=0.5, end_step=10)
     for kwargs, message in cases:
         with pytest.raises(ValueError, match=message):
             MaskUpdater(_model(), **kwargs)

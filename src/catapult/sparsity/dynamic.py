@@ -159,6 +159,11 @@ class MaskUpdater:
         self.update_every, self.end_step = int(update_every), int(end_step or 0)
         self.drop_fraction, self.start_step = float(drop_fraction), int(start_step)
         self.layers = [_Layer(n, m) for n, m in masked_modules(model)]
+        if method != "static" and not self.layers:
+            # it updated nothing: the model trained dense (gmp) or with whatever it had (rigl)
+            raise ValueError(f"{method} updates the masks of MaskedLinear layers, and the model has none with a "
+                             "mask; sparsify_ its hidden Linear layers first (gmp prunes from dense: "
+                             "sparsify_(layer, 1.0) gives an all-ones mask)")
         _ties(self.layers)  # tied layers with different masks: refused now, not at the first update
         self.updates = 0
         for layer in self.layers:
