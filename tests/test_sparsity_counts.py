@@ -126,3 +126,14 @@ def test_parametrize_refuses_a_density_for_a_model_without_a_hidden_layer():
     assert model_density(catapult.parametrize(two_layers(), "supar", base_width=4)) == 1.0
     three = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
     assert model_density(catapult.parametrize(three, "supar", base_width=4, density=0.25)) == 16 / 64
+
+
+def test_the_parameter_count_probe_of_a_sparse_mlp_with_a_sparse_base_builds():
+    # the size check builds the mlp dense at depths 2 and 3; it kept base_density, which depth 2 refuses
+    from catapult.config import validate
+    from catapult.engine.build import build_run
+
+    config = validate(dict(data=dict(name="digits", n_train=32, n_test=16), train=dict(steps=1),
+                           model=dict(name="mlp", width=10, depth=4, density=0.25, base_density=0.5),
+                           eval=dict(sharpness_every=0, test_every=0)))
+    assert build_run(config).n_params == (64 * 10 + 10) + 2 * (10 * 10 + 10) + (10 * 10 + 10)

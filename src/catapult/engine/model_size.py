@@ -49,7 +49,8 @@ def model_parameters(config: Mapping[str, Any], in_features: int, out_features: 
         >>> model_parameters(config, 4, 2) == 4 * 10 + 28 * 10 * 10 + 10 * 2
         True
     """
-    model_cfg = {**config["model"], "density": 1.0}  # masks are buffers: no parameter count change
+    # masks are buffers: no parameter count change (and the mlp probed at depth 2 has no hidden layer to mask)
+    model_cfg = {**config["model"], "density": 1.0, "base_density": 1.0}
     name, depth = model_cfg["name"], int(model_cfg["depth"])
     low, high = _PROBE_DEPTHS.get(name, (depth, depth))
 
