@@ -11,8 +11,9 @@ import catapult
 from catapult.models import GPT, MLP, WRN
 
 
-def _net():
-    return torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+def _net():  # input, hidden (the layer a density masks), readout
+    return torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.ReLU(), torch.nn.Linear(4, 4), torch.nn.ReLU(),
+                               torch.nn.Linear(4, 1))
 
 
 @pytest.mark.parametrize("build, words", [
