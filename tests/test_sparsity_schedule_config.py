@@ -84,3 +84,21 @@ def test_a_zero_step_dynamic_run_evaluates_its_model():
     for method in ("rigl", "gmp"):
         result = run(_config(0, method=method), progress="none")
         assert result.status == "finished" and len(result.metrics) == 1
+
+
+@pytest.mark.parametrize("end_fraction", [1.0, 0.99])
+def test_gmp_ending_with_training_ends_at_the_final_density(end_fraction):
+    # T_end = round(end_fraction * steps) = steps fell after the last update (t = steps - 1): the
+    # run ended at density 0.2617 (the prune of step 15) under model.density 0.25
+    import math
+
+    from catapult.engine import run
+    from catapult.sparsity import masked_modules
+
+    config = _config(20, method="gmp", update_every=5, end_fraction=end_fraction)
+    config["model"]["width"] = 16
+    result = run(config, progress="none")
+    for name, module in masked_modules(result.model):
+        parts = getattr(module, "catapult_mask_parts", 1)
+        for block in module.mask.chunk(parts, dim=0):
+            assert int(block.sum()) == math.floor(0.25 * block.numel() + 0.5), name   # the static count

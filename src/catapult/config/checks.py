@@ -247,12 +247,21 @@ def _check_text_tokens(config: dict) -> Problems:
 def sparsity_steps(sparsity: dict, steps: int) -> tuple[int, int]:
     """``(t_0, T_end)`` of a ``model.sparsity`` section over ``train.steps``: the steps nearest to
     ``start_fraction * steps`` and ``end_fraction * steps`` (GMP prunes from ``t_0`` through
-    ``T_end``; RigL updates strictly before ``T_end``).
+    ``T_end``; RigL updates strictly before ``T_end``). The last mask update follows the optimizer
+    step of ``t = steps - 1``, so GMP's ``T_end`` (the prune to the final density) is at most
+    that step, and its ``t_0`` at most its ``T_end``.
 
     >>> sparsity_steps({"start_fraction": 0.29, "end_fraction": 0.75}, 100)
     (29, 75)
+    >>> sparsity_steps({"method": "gmp", "start_fraction": 1.0, "end_fraction": 1.0}, 100)
+    (99, 99)
     """
-    return int(round(sparsity["start_fraction"] * steps)), int(round(sparsity["end_fraction"] * steps))
+    start, end = int(round(sparsity["start_fraction"] * steps)), int(round(sparsity["end_fraction"] * steps))
+    if sparsity.get("method") == "gmp" and steps >= 1:
+        # T_end = steps was after the last update: the run ended above model.density (0.2617 for 0.25)
+        end = min(end, steps - 1)
+        start = min(start, end)
+    return start, end
 
 
 def _check_mask_updates(sparsity: dict, steps: int) -> Problems:
@@ -265,8 +274,9 @@ def _check_mask_updates(sparsity: dict, steps: int) -> Problems:
                    f"({sparsity['end_fraction']:g}): gmp would never prune and the model would stay dense; "
                    "set start_fraction <= end_fraction")
         elif end < 1:
-            yield ("model.sparsity.end_fraction", f"{sparsity['end_fraction']:g} of train.steps ({steps}) is step 0: "
-                   "gmp would never prune and the model would stay dense; raise end_fraction or train.steps")
+            yield ("model.sparsity.end_fraction", f"{sparsity['end_fraction']:g} of train.steps ({steps}) is step 0 "
+                   "(masks change after the steps t = 1 .. train.steps - 1): gmp would never prune and the model "
+                   "would stay dense; raise end_fraction or train.steps")
     elif sparsity["update_every"] >= end:
         fix = f"set update_every < {end}" if end >= 2 else "raise end_fraction or train.steps"
         yield ("model.sparsity.update_every", f"{sparsity['update_every']} >= T_end = end_fraction * train.steps "
