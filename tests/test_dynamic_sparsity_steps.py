@@ -2,6 +2,7 @@
 GMP: t_0 <= t <= T_end, on multiples of update_every), and a grown weight starting at 0."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from catapult.sparsity import MaskedLinear, MaskUpdater
@@ -80,3 +81,35 @@ def test_a_schedule_in_which_no_mask_changes_is_refused_naming_the_argument():
     assert _steps_that_change(MaskUpdater(_model(), "rigl", update_every=9, end_step=10)) == [9]
     assert _steps_that_change(MaskUpdater(_model(1.0), "gmp", final_density=0.5, start_step=40, end_step=40)) == [40]
     assert _steps_that_change(MaskUpdater(_model(), "static")) == []   # static takes no schedule
+
+
+@pytest.mark.parametrize("method", ["rigl", "gmp"])
+def test_a_non_contiguous_mask_is_updated(method):
+    # the new mask was written through reshaped row blocks of a clone, which for a transposed
+    # mask (set_mask(m.t())) were copies: RigL and GMP changed nothing, silently
+    import numpy as np
+
+    gen = torch.Generator().manual_seed(0)
+    layer = MaskedLinear(8, 8, generator=gen)
+    layer.set_mask(torch.randperm(64, generator=gen).reshape(8, 8).lt(32).t())   # 32 live, transposed
+    assert not layer.mask.is_contiguous()
+    mask = layer.mask.numpy().ravel().copy()
+    w = layer.weight.detach().abs().numpy().ravel()
+    if method == "rigl":
+        updater = MaskUpdater(torch.nn.Sequential(layer), "rigl", update_every=1, end_step=100, drop_fraction=1.0)
+        layer.dense_grad = torch.randn(8, 8, generator=gen)
+        score = layer.dense_grad.abs().numpy().ravel()
+        k = int(np.floor(0.5 * 32))            # t = 50 of 100: fraction (1/2)(1 + cos(pi/2)) = 0.5
+        idx = np.flatnonzero(mask)
+        expected = mask.copy()
+        expected[idx[np.argsort(w[idx])[:k]]] = False
+        out = np.flatnonzero(~expected)
+        expected[out[np.argsort(-score[out])[:k]]] = True
+    else:
+        updater = MaskUpdater(torch.nn.Sequential(layer), "gmp", final_density=0.25, update_every=1, end_step=50)
+        idx = np.flatnonzero(mask)
+        expected = np.zeros_like(mask)
+        expected[idx[np.argsort(-w[idx])[:16]]] = True   # t = T_end: the 16 largest of the 32 live
+    assert updater.step(50)
+    assert np.array_equal(layer.mask.numpy().ravel(), expected)
+    assert torch.all(layer.weight[~layer.mask] == 0)

@@ -205,7 +205,7 @@ class MaskUpdater:
         module = tie[0].module
         parts = _parts(module)
         weight, mask = module.weight.detach(), module.mask
-        new_mask = mask.clone()
+        new_mask = mask.clone(memory_format=torch.contiguous_format)  # written through row-block views below
         if self.method == "rigl":
             grads = [getattr(layer.module, "dense_grad", None) for layer in tie]
             for layer, grad in zip(tie, grads):
