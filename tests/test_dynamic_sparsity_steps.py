@@ -113,3 +113,12 @@ def test_a_non_contiguous_mask_is_updated(method):
     assert updater.step(50)
     assert np.array_equal(layer.mask.numpy().ravel(), expected)
     assert torch.all(layer.weight[~layer.mask] == 0)
+
+
+def test_a_rigl_update_without_a_dense_gradient_names_the_layer_and_a_frozen_weight():
+    # it said only "call step() after backward()", also for a frozen weight no backward reaches
+    layer = MaskedLinear(4, 4, density=0.5, generator=torch.Generator().manual_seed(0))
+    layer.weight.requires_grad_(False)
+    updater = MaskUpdater(torch.nn.Sequential(layer), "rigl", update_every=1, end_step=10)
+    with pytest.raises(RuntimeError, match=r"'0'.*frozen: requires_grad=False"):
+        updater.step(1)

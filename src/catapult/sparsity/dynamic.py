@@ -207,11 +207,12 @@ class MaskUpdater:
         weight, mask = module.weight.detach(), module.mask
         new_mask = mask.clone(memory_format=torch.contiguous_format)  # written through row-block views below
         if self.method == "rigl":
-            grads = [getattr(layer.module, "dense_grad", None) for layer in tie]
-            for layer, grad in zip(tie, grads):
-                if grad is None:
-                    raise RuntimeError(f"RigL needs the dense gradient of {layer.name!r} ({layer.module!r}): "
-                                       "call step() after backward()")
+            grads = [g for g in (getattr(layer.module, "dense_grad", None) for layer in tie) if g is not None]
+            if not grads:
+                frozen = "" if module.weight.requires_grad else " (its weight is frozen: requires_grad=False)"
+                raise RuntimeError(f"RigL grows {tie[0].name!r} ({module!r}) by its dense gradient, and no "
+                                   f"loss.backward() through its forward has reached its weight{frozen}: call "
+                                   "step() after backward()")
             grad = grads[0] if len(grads) == 1 else torch.stack(grads).sum(0)  # a tied weight's uses, summed
             fraction = rigl_drop_fraction(t, self.drop_fraction, self.end_step)
             for w, m, g, out in zip(_row_blocks(weight, parts), _row_blocks(mask, parts),
