@@ -122,3 +122,28 @@ def test_a_rigl_update_without_a_dense_gradient_names_the_layer_and_a_frozen_wei
     updater = MaskUpdater(torch.nn.Sequential(layer), "rigl", update_every=1, end_step=10)
     with pytest.raises(RuntimeError, match=r"'0'.*frozen: requires_grad=False"):
         updater.step(1)
+
+
+def test_a_penalty_backward_before_the_loss_does_not_carry_the_last_steps_score_over():
+    # a backward of a penalty on the weight alone (it bypasses the layer's forward) made .grad
+    # non-zero first, so the loss's backward took .grad for a continued accumulation and added
+    # the previous step's score: 4.38 off a score of size 4.29
+    layer = MaskedLinear(6, 6, density=0.5, generator=torch.Generator().manual_seed(0))
+    updater = MaskUpdater(torch.nn.Sequential(layer), "rigl", update_every=1, end_step=10)
+    gen = torch.Generator().manual_seed(1)
+    x1, x2, x3 = (torch.randn(3, 6, generator=gen) for _ in range(3))
+
+    def truth(*xs):   # d loss / d(W ⊙ M), W ⊙ M a leaf
+        leaf = (layer.weight * layer.mask).detach().requires_grad_()
+        loss = sum((x @ leaf.T + layer.bias.detach()).pow(2).sum() for x in xs)
+        return torch.autograd.grad(loss, leaf)[0]
+
+    layer.weight.grad = None
+    layer(x1).pow(2).sum().backward()
+    updater.step(0)                                         # step 0's update: no mask change
+    layer.weight.grad = None                                # step 1: penalty first, then the loss
+    (1e-3 * layer.weight.pow(2).sum()).backward()
+    layer(x2).pow(2).sum().backward()
+    assert torch.allclose(layer.dense_grad, truth(x2), atol=1e-5)
+    layer(x3).pow(2).sum().backward()                       # a second micro-batch still adds up
+    assert torch.allclose(layer.dense_grad, truth(x2, x3), atol=1e-5)

@@ -198,6 +198,7 @@ class MaskUpdater:
             self.updates += 1
         for layer in self.layers:
             layer.module.apply_mask_()
+            layer.module._score_open = False  # the next step's score starts afresh
         return changed_any
 
     def _update_layer(self, tie: list[_Layer], t: int, optimizer) -> bool:

@@ -138,13 +138,17 @@ class MaskedLinear(nn.Linear):
     _pending_dense_grad: torch.Tensor | None = None  # of the latest backward through a forward
     _pending_backward: int = -1                       # the autograd graph task that computed it
     _pending_adds: torch.Tensor | None = None         # .grad held a gradient before it: accumulate
+    _score_open = True  # dense_grad may still be added to: False once a MaskUpdater step has used it
 
     @property
     def capture_dense_grad(self) -> bool:
         """Keep ``dL/d(W ⊙ M)`` in :attr:`dense_grad`, from the backward passes that accumulate
         into the weight's ``.grad`` (``loss.backward()``), summed as ``.grad`` is: over the uses of
         the layer in one graph, and over passes until ``.grad`` is zeroed (micro-batches before one
-        optimizer step); a pass onto a ``None`` or all-zero ``.grad`` starts afresh. Passes that differentiate
+        optimizer step); a pass onto a ``None`` or all-zero ``.grad`` starts afresh, and so does the first
+        pass after a :meth:`MaskUpdater.step <catapult.sparsity.MaskUpdater.step>` (the optimizer step
+        is over: a ``.grad`` made non-zero since by a backward that bypassed this forward, e.g. a
+        penalty on the weight alone, does not carry the last step's score over). Passes that differentiate
         without accumulating there (``torch.autograd.grad``, ``torch.func``: the sharpness and
         spectrum measurements, the critical-lr search) leave it alone, so measuring between
         ``backward()`` and a RigL update does not change what RigL grows. Off unless a
@@ -189,10 +193,12 @@ class MaskedLinear(nn.Linear):
         if (self._pending_dense_grad is not None and weight is self.weight
                 and self._pending_backward == _backward_id()):
             pending, adds = self._pending_dense_grad, self._pending_adds
-            if adds is not None and self.dense_grad is not None and self.dense_grad.shape == pending.shape:
+            if (adds is not None and self.dense_grad is not None and self._score_open
+                    and self.dense_grad.shape == pending.shape):
                 # .grad accumulates over backward passes (micro-batches) until zero_grad: so does the score
                 pending = pending + torch.where(adds, self.dense_grad, torch.zeros_like(self.dense_grad))
             self.dense_grad, self._pending_dense_grad, self._pending_adds = pending, None, None
+            self._score_open = True
 
     def _apply(self, fn, recurse: bool = True):
         # .to(), .double(), .cuda(): with parameter swapping on (torch.__future__'s
