@@ -137,3 +137,16 @@ def test_the_parameter_count_probe_of_a_sparse_mlp_with_a_sparse_base_builds():
                            model=dict(name="mlp", width=10, depth=4, density=0.25, base_density=0.5),
                            eval=dict(sharpness_every=0, test_every=0)))
     assert build_run(config).n_params == (64 * 10 + 10) + 2 * (10 * 10 + 10) + (10 * 10 + 10)
+
+
+def test_rigl_update_refuses_a_fraction_outside_0_1_and_parts_of_different_shapes():
+    # fraction 1.5 of 2 active entries dropped 3 (one inactive) and grew 3: the count rose to 3
+    import pytest
+
+    w, m = torch.tensor([0.5, -0.1, 0.0, 0.0]), torch.tensor([True, True, False, False])
+    for fraction in (1.5, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="fraction must be a number in"):
+            rigl_update(w, m, torch.ones(4), fraction)
+    with pytest.raises(ValueError, match="must have one shape"):
+        rigl_update(w, m, torch.ones(3), 0.5)
+    assert int(rigl_update(w, m, torch.ones(4), 1.0).sum()) == 2

@@ -90,6 +90,12 @@ def rigl_update(weight: torch.Tensor, mask: torch.Tensor, dense_grad: torch.Tens
     Drop the ``k = floor(fraction * n_active)`` active entries of smallest ``|weight|``, then
     grow the ``k`` inactive entries (after the drop) of largest ``|dense_grad|``. Ties break
     by index order of ``torch.topk``."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 1.0:
+        # 1.5 dropped the active entries and as many inactive ones, then grew them all: the count rose
+        raise ValueError(f"rigl_update fraction must be a number in [0, 1]; got {fraction!r}")
+    if not (weight.shape == mask.shape == dense_grad.shape):
+        raise ValueError(f"rigl_update: weight {tuple(weight.shape)}, mask {tuple(mask.shape)} and dense_grad "
+                         f"{tuple(dense_grad.shape)} must have one shape")
     active = int(mask.sum())
     k = int(math.floor(fraction * active))
     if k == 0 or active == mask.numel():
