@@ -233,10 +233,15 @@ def _check_text_tokens(config: dict) -> Problems:
             if data[key] != _default(DataConfig, key):
                 yield (f"data.{key}", "is a BPE option; set data.tokenizer: bpe or remove it")
     method = model["sparsity"]["method"]
-    if method != "static" and model["density"] >= 1.0:
+    maskless = {"wrn": "the wrn's convolutions have none (dense); use static",
+                "mlp": f"an mlp of depth {model['depth']} has no hidden layer to mask; use static or model.depth >= 3"}
+    if method != "static" and (model["name"] == "wrn" or (model["name"] == "mlp" and model["depth"] < 3)):
+        # "set model.density < 1" here, and the model's own check then asked for density 1
+        yield ("model.sparsity.method", f"{method} changes masks, and {maskless[model['name']]}")
+    elif method != "static" and model["density"] >= 1.0:
         yield ("model.sparsity.method", f"{method} changes masks: set model.density < 1 (the density kept, or "
                                         "for gmp reached)")
-    if method == "gmp" and model["name"] != "gpt":
+    if method == "gmp" and model["name"] == "mlp" and model["depth"] >= 3:
         yield ("model.sparsity.method", "gmp prunes from dense and is available for model.name: gpt; use rigl")
     if method != "static" and model["density"] < 1.0 and config["train"]["steps"] >= 1:
         yield from _check_mask_updates(model["sparsity"], config["train"]["steps"])
