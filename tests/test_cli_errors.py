@@ -515,6 +515,32 @@ def test_a_sweep_without_its_cifar_files_is_refused_before_the_store(tmp_path, c
     assert "2 cells: 2 finished" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_text_sweep_whose_data_root_holds_no_text_is_refused_before_the_store(tmp_path, capsys, dry_run):
+    # `catapult sweep configs/sweeps/fig4_gpt_paper.yaml data.root=/path/to/wikitext-2-raw` (the
+    # README's command with a typo'd root) wrote its store, ran all 600 cells to a stored traceback
+    # each (15 s) and exited 1; --dry-run said "all valid"; catapult train on the same config exits 2
+    config = tmp_path / "text_sweep.yaml"
+    config.write_text("name: text_sweep\ndata: {name: text, context: 8, n_train: 4, n_test: 2}\n"
+                      "model: {name: gpt, width: 8, depth: 1, n_heads: 2}\nloss: cross_entropy\n"
+                      "optimizer: {name: adam, lr: 0.01}\ntrain: {steps: 2, batch_size: 2}\n"
+                      "eval: {sharpness_every: 0, test_every: 0}\nsweep: {grid: {schedule.warmup_steps: [1, 2]}}\n")
+    store = tmp_path / "s.db"
+    argv = ["sweep", str(config), "--store", str(store), "--progress", "none", "--threads", "1",
+            *(["--dry-run"] if dry_run else [])]
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.md").write_text("no text here\n")
+    for root, words in [(tmp_path / "nowhere", "nowhere does not exist"),
+                        (tmp_path / "notes", "holds neither wiki.train.raw nor any *.txt file")]:
+        assert cli.main([*argv, f"data.root={root}"]) == 2
+        err = capsys.readouterr().err
+        assert words in err and "data.root" in err and "Traceback" not in err, err
+        assert not store.exists()
+    (tmp_path / "notes" / "a.txt").write_text("to be or not to be, that is the question. " * 20)
+    assert cli.main([*argv, f"data.root={tmp_path / 'notes'}"]) == 0
+    assert ("all valid" if dry_run else "2 cells: 2 finished") in capsys.readouterr().out
+
+
 def test_a_reader_of_stdout_that_goes_away_is_no_input_error(tmp_path, capsys, monkeypatch):
     # `catapult sweep CONFIG --dry-run | head -1` printed "catapult sweep: error: Broken pipe" and
     # exited 2, the code of bad input

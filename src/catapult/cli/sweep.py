@@ -172,9 +172,10 @@ def _sweep_command(args: argparse.Namespace) -> int:
     if args.dry_run:
         cells = expand(base, spec)
         if args.ray_address is None:  # the checks a run makes on this machine (a cluster's machines may differ)
-            from catapult.sweep.driver import refuse_impossible_cells
+            from catapult.sweep.driver import refuse_impossible_cells, refuse_missing_data
 
             refuse_impossible_cells(cells)
+            refuse_missing_data(cells)
         try:
             plan = _dry_run_store(store, base, spec, cells)
         except StoreError as err:

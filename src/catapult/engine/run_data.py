@@ -17,7 +17,7 @@ import torch
 from catapult import config as cfg
 from catapult.engine.seeds import seeds
 
-__all__ = ["RunData", "load_data", "load_data_once", "data_shape_bounds", "BatchStream", "batch_stream", "build_augment", "lambda0_batches"]
+__all__ = ["RunData", "load_data", "load_data_once", "check_text_root", "data_shape_bounds", "BatchStream", "batch_stream", "build_augment", "lambda0_batches"]
 
 
 @dataclass
@@ -78,9 +78,7 @@ def load_data(config: Mapping[str, Any], device: torch.device | str = "cpu",
         if d["cache_dir"] is not None and str(getattr(err, "filename", "") or "").startswith(
                 str(Path(d["cache_dir"]).expanduser())):
             raise cfg.ConfigError([("data.cache_dir", str(err))]) from None
-        raise FileNotFoundError(f"{err}\nIn a config or on the command line that is the key data.root, e.g. "
-                                f"`catapult train CONFIG data.name={d['name']} data.root=/path/to/the/files` "
-                                f"(or data.name=digits for the embedded data).") from None
+        raise FileNotFoundError(_root_words(err, d)) from None
 
     def inputs(x: torch.Tensor) -> torch.Tensor:
         return x.to(device=device, dtype=dtype) if x.is_floating_point() else x.to(device)
@@ -92,6 +90,31 @@ def load_data(config: Mapping[str, Any], device: torch.device | str = "cpu",
 #: (in_features, num_classes) of the image datasets, fixed by their format: known without reading
 #: a file (cifar100 trains on its 100 fine labels).
 _IMAGE_SHAPES = {"digits": (64, 10), "cifar10": (3 * 32 * 32, 10), "cifar100": (3 * 32 * 32, 100)}
+
+
+def _root_words(err: Exception, d: Mapping[str, Any]) -> str:
+    return (f"{err}\nIn a config or on the command line that is the key data.root, e.g. "
+            f"`catapult train CONFIG data.name={d['name']} data.root=/path/to/the/files` "
+            f"(or data.name=digits for the embedded data).")
+
+
+def check_text_root(data: Mapping[str, Any]) -> None:
+    """Raise the FileNotFoundError :func:`load_data` would (naming ``data.root``) where the
+    ``data`` section of a ``text`` corpus points at nothing to train on: a path that does not
+    exist, or a folder without ``wiki.train.raw`` or ``*.txt`` files. Reads no file.
+
+    >>> check_text_root({"name": "text", "root": "/nonexistent/wikitext"})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    FileNotFoundError: load_text: /nonexistent/wikitext does not exist ...
+    """
+    from catapult.data.text import source_files, text_splits
+
+    if data["name"] != "text" or data["root"] is None or source_files(data["root"]):
+        return
+    try:  # no file to read: the loader's own words for what is missing, at no cost
+        text_splits(data["root"])
+    except FileNotFoundError as err:
+        raise FileNotFoundError(_root_words(err, data)) from None
 
 
 def data_shape_bounds(data: Mapping[str, Any]) -> tuple[tuple[int, int], tuple[int, int]]:
