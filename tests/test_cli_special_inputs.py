@@ -219,6 +219,24 @@ def test_a_config_fifo_nobody_opens_is_refused_after_the_wait(tmp_path, monkeypa
 
 
 @pytest.mark.parametrize("argv, option", [
+    (["plot", "s.db", "--out"], "--out"), (["plot", "s.db", "--trajectories-out"], "--trajectories-out"),
+    (["transfer", "s.db", "--x", "optimizer.lr", "--out"], "--out"),
+    (["export", "s.db", "--out"], "--out"), (["report", "s.db", "--out"], "--out"),
+])
+def test_an_empty_output_path_of_a_store_reader_is_refused(tmp_path, store, monkeypatch, capsys, argv, option):
+    # `catapult plot s.db --out ''` (and --trajectories-out '', transfer --out '') wrote the default
+    # figures beside the store, exit 0; export and report said "--out: . is a directory"
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, ""])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}: an empty path" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before   # nothing written
+
+
+@pytest.mark.parametrize("argv, option", [
     (["train", "tiny.yaml", "--progress", "none", "--out"], "--out"),
     (["train-ddp", "tiny.yaml", "--progress", "none", "--out"], "--out"),
     (["demo", "--workers", "1", "--out"], "--out"), (["demo", "--workers", "1", "--write-configs"], "--write-configs"),

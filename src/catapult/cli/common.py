@@ -33,7 +33,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 def path_option(text: str) -> str:
     """The argparse ``type`` of every path option (``--out``, ``--plot``, ``--weights``,
-    ``--write-configs``): an empty value is refused (exit 2, naming the option) rather than
+    ``--write-configs``, ``--trajectories-out``): an empty value is refused (exit 2, naming the option) rather than
     taken as the option left out, which wrote to the default place (``--out ''`` wrote
     runs/<name>/, ``demo --write-configs ''`` started the whole demo)."""
     if text == "":

@@ -35,7 +35,7 @@ __all__ = ["register", "resume_command"]
 
 def register(subparsers) -> None:
     """Add the ``sweep``, ``export``, ``plot``, ``transfer`` and ``report`` subcommands."""
-    from catapult.cli.common import add_config_arguments
+    from catapult.cli.common import add_config_arguments, path_option
     from catapult.sweep.executors import EXECUTORS
 
     p = subparsers.add_parser(
@@ -82,7 +82,7 @@ def register(subparsers) -> None:
                                           "logged the spectrum add their last eig_1..eig_k and hessian_trace")
     p.add_argument("store", metavar="STORE", help="sweep store (SQLite file)")
     p.add_argument("--format", choices=("csv", "parquet"), help="default: from --out's suffix, else csv")
-    p.add_argument("--out", metavar="FILE", required=True, help="output file")
+    p.add_argument("--out", type=path_option, metavar="FILE", required=True, help="output file")
     p.add_argument("--aggregate", action="store_true",
                    help="one row per cell over seeds (sweep.seeds): <metric>_mean, <metric>_std, n_seeds")
     p.set_defaults(func=_export_command)
@@ -103,8 +103,8 @@ def register(subparsers) -> None:
                    help="fix other swept keys, e.g. seed=0 (each key once)")
     p.add_argument("--cells", nargs="*", type=int, metavar="ID",
                    help="cells whose trajectories to draw (default: best, worst and first diverged)")
-    p.add_argument("--out", metavar="PNG", help="heatmap file (default: <store>_<metric>.png)")
-    p.add_argument("--trajectories-out", metavar="PNG", help="trajectories file (default: <store>_trajectories.png)")
+    p.add_argument("--out", type=path_option, metavar="PNG", help="heatmap file (default: <store>_<metric>.png)")
+    p.add_argument("--trajectories-out", type=path_option, metavar="PNG", help="trajectories file (default: <store>_trajectories.png)")
     p.set_defaults(func=_plot_command)
 
     from catapult.plots.transfer import TRANSFER_METRICS
@@ -124,7 +124,7 @@ def register(subparsers) -> None:
     p.add_argument("--metric", default="test_loss", choices=TRANSFER_METRICS, help="default: final test_loss")
     p.add_argument("--where", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
                    help="fix other swept keys (each key once)")
-    p.add_argument("--out", metavar="PNG", help="figure (default: <store>_transfer.png)")
+    p.add_argument("--out", type=path_option, metavar="PNG", help="figure (default: <store>_transfer.png)")
     p.add_argument("--json", action="store_true", help="print the optima and drifts as JSON instead of a table")
     p.set_defaults(func=_transfer_command)
 
@@ -132,7 +132,7 @@ def register(subparsers) -> None:
                               description="Phase diagrams and trajectories (embedded PNG), the results table and "
                                           "the sweep spec in one HTML file that opens offline.")
     p.add_argument("store", metavar="STORE", help="sweep store (SQLite file)")
-    p.add_argument("--out", metavar="FILE.html", help="default: <store>.html")
+    p.add_argument("--out", type=path_option, metavar="FILE.html", help="default: <store>.html")
     p.set_defaults(func=_report_command)
 
 
