@@ -541,6 +541,28 @@ def test_a_text_sweep_whose_data_root_holds_no_text_is_refused_before_the_store(
     assert ("all valid" if dry_run else "2 cells: 2 finished") in capsys.readouterr().out
 
 
+def test_a_sweep_asking_more_images_than_its_dataset_has_is_refused_before_the_store(tmp_path, capsys):
+    # `catapult sweep CONFIG data.n_train=100000` (digits: 1,797 images, 300 held out) wrote its
+    # store, failed every cell at lambda_0 and exited 1; catapult train on it exits 2
+    from sklearn.datasets import load_digits
+
+    total = len(load_digits().target)
+    config = tmp_path / "grid.yaml"
+    config.write_text("name: grid\nmodel: {width: 8, depth: 2}\noptimizer: {lr: 0.1}\ntrain: {steps: 2}\n"
+                      "eval: {sharpness_every: 0, test_every: 0}\nsweep: {grid: {schedule.warmup_steps: [1, 2]}}\n")
+    store = tmp_path / "s.db"
+    argv = ["sweep", str(config), "--store", str(store), "--progress", "none", "--threads", "1"]
+    assert cli.main([*argv, f"data.n_train={total - 300 + 1}"]) == 2
+    err = capsys.readouterr().err
+    assert f"data: n_train={total - 300 + 1} exceeds the {total - 300} samples available in digits (train)" in err
+    assert "Traceback" not in err and not store.exists()
+    assert cli.main([*argv, "sweep.grid.data.n_test=[300, 301]", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "cell 1 (schedule.warmup_steps=1, data.n_test=301) data: n_test=301 exceeds the 300" in err, err
+    assert "data.n_test=300)" not in err and not store.exists()
+    assert cli.main([*argv, f"data.n_train={total - 300}", "data.n_test=300"]) == 0
+
+
 def test_a_reader_of_stdout_that_goes_away_is_no_input_error(tmp_path, capsys, monkeypatch):
     # `catapult sweep CONFIG --dry-run | head -1` printed "catapult sweep: error: Broken pipe" and
     # exited 2, the code of bad input

@@ -15,9 +15,10 @@ import numpy as np
 import torch
 
 from catapult import config as cfg
+from catapult.data.digits import DIGITS_N_TEST, DIGITS_N_TRAIN
 from catapult.engine.seeds import seeds
 
-__all__ = ["RunData", "load_data", "load_data_once", "check_text_root", "data_shape_bounds", "BatchStream", "batch_stream", "build_augment", "lambda0_batches"]
+__all__ = ["RunData", "load_data", "load_data_once", "check_text_root", "check_image_counts", "data_shape_bounds", "BatchStream", "batch_stream", "build_augment", "lambda0_batches"]
 
 
 @dataclass
@@ -115,6 +116,32 @@ def check_text_root(data: Mapping[str, Any]) -> None:
         text_splits(data["root"])
     except FileNotFoundError as err:
         raise FileNotFoundError(_root_words(err, data)) from None
+
+
+#: Training and test images of the image datasets (CIFAR: the standard archive's), known without reading them.
+_IMAGE_COUNTS = {"digits": (DIGITS_N_TRAIN, DIGITS_N_TEST), "cifar10": (50000, 10000), "cifar100": (50000, 10000)}
+
+
+def check_image_counts(data: Mapping[str, Any]) -> None:
+    """Raise the :class:`~catapult.config.ConfigError` naming ``data`` that :func:`load_data`
+    would, where ``data.n_train`` or ``data.n_test`` asks more images than an image dataset has
+    (the counts are fixed: nothing is read). Text corpora are judged when read.
+
+    >>> check_image_counts({"name": "digits", "n_train": 1000, "n_test": None})
+    >>> check_image_counts({"name": "digits", "n_train": 100000, "n_test": None})
+    Traceback (most recent call last):
+    catapult.config.errors.ConfigError: data: n_train=100000 exceeds the 1497 samples available in digits (train)
+    """
+    from catapult.data.split import check_count
+
+    if data["name"] not in _IMAGE_COUNTS:
+        return
+    for what, n, available, part in zip(("n_train", "n_test"), (data["n_train"], data["n_test"]),
+                                        _IMAGE_COUNTS[data["name"]], ("train", "test")):
+        try:
+            check_count(n, available, what, f"{data['name']} ({part})")
+        except (ValueError, TypeError) as err:
+            raise cfg.ConfigError([("data", str(err))]) from None
 
 
 def data_shape_bounds(data: Mapping[str, Any]) -> tuple[tuple[int, int], tuple[int, int]]:

@@ -203,21 +203,35 @@ def refuse_impossible_cells(cells: list[CellSpec]) -> None:
 def refuse_missing_data(cells: list[CellSpec]) -> None:
     """Raise the CIFAR loader's FileNotFoundError (every path looked at, where to get the files),
     or the text loader's (a ``data.root`` that does not exist, a folder with no text to train on),
-    when this machine lacks the files a cell trains on, before the store is written: every cell
-    of that data would fail, lambda_0 first. Each (name, root) is looked up once; nothing is read."""
+    when this machine lacks the files a cell trains on, and one ConfigError naming every cell whose
+    ``data.n_train`` / ``data.n_test`` asks more images than its dataset has, before the store is
+    written: every cell of that data would fail, lambda_0 first. Each (name, root) is looked up
+    once; nothing is read."""
     from catapult.data import find_cifar
-    from catapult.engine.run_data import check_text_root
+    from catapult.engine.run_data import check_image_counts, check_text_root
 
     seen: set[tuple[str, str | None]] = set()
+    problems: list[tuple[str, str]] = []
+    counted: set[str] = set()
     for cell in cells:
         data = cell.config["data"]
         key = (data["name"], data["root"])
-        if key in seen:
+        if key not in seen:
+            seen.add(key)
+            if data["name"] in ("cifar10", "cifar100"):
+                find_cifar(data["name"], data["root"])
+            check_text_root(data)
+        section = canonical_json(data)
+        if section in counted:
             continue
-        seen.add(key)
-        if data["name"] in ("cifar10", "cifar100"):
-            find_cifar(data["name"], data["root"])
-        check_text_root(data)
+        counted.add(section)
+        try:
+            check_image_counts(data)
+        except cfg.ConfigError as err:
+            problems += cell_problems(cell.id, cell.swept, err) if any(
+                k.startswith("data.") for k in cell.swept) else err.problems
+    if problems:
+        raise cells_error(problems)
 
 
 def _data_shapes(config: Mapping[str, Any], shapes: dict) -> tuple[int, int] | None:
