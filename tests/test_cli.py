@@ -138,3 +138,21 @@ def test_a_sweep_override_of_a_single_run_points_to_catapult_sweep(tmp_path, cap
     err = capsys.readouterr().err
     assert "sweep.grid.optimizer.lr: a key of the sweep: section, which `catapult sweep` reads" in err
     assert "did you mean" not in err and not (tmp_path / "run").exists()
+
+
+def test_every_option_with_a_default_says_it_in_its_help():
+    # `catapult sweep --help` said what local, ensemble and ray do but not that local is what runs
+    # when --executor is left out, and --device said nothing of the config's device
+    import argparse
+
+    subcommands = cli.build_parser()._subparsers._group_actions[0].choices
+    missing = []
+    for name, parser in subcommands.items():
+        for action in parser._actions:
+            if not action.option_strings or isinstance(action, (argparse._HelpAction, argparse._StoreTrueAction)):
+                continue
+            says_none = action.default in (None, [], argparse.SUPPRESS)
+            if action.dest == "device" or not says_none:
+                if "default" not in (action.help or ""):
+                    missing.append(f"{name} {action.option_strings[0]}")
+    assert not missing, missing

@@ -23,7 +23,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", metavar="CONFIG", help="YAML run config")
     parser.add_argument("overrides", nargs="*", metavar="key=value", default=[],
                         help="override config keys, e.g. optimizer.lr=32/lambda0 schedule.warmup_steps=64")
-    parser.add_argument("--device", help="cpu, cuda, cuda:N or auto (same as device=...)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:N or auto (same as device=...; default: the config's "
+                                              "device, cpu where it sets none)")
     parser.add_argument("--progress", choices=("auto", "bar", "lines", "none"), default="auto",
                         help="progress display (default: a bar on a terminal, plain lines otherwise)")
     parser.add_argument("--threads", type=int, metavar="N",

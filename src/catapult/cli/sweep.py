@@ -55,8 +55,8 @@ def register(subparsers) -> None:
     add_config_arguments(p)
     p.add_argument("--store", metavar="PATH", help="SQLite store (default: runs/<name>/sweep.db)")
     p.add_argument("--executor", choices=list(EXECUTORS), default="local",
-                   help="local: one cell after another here; ensemble: cells batched into one model; "
-                        "ray: cells as Ray tasks (pip install 'catapult[ray]')")
+                   help="local (the default): one cell after another here; ensemble: cells batched into one "
+                        "model; ray: cells as Ray tasks (pip install 'catapult[ray]')")
     p.add_argument("--ray-address", metavar="ADDR",
                    help="Ray cluster to use (e.g. ray://head:10001 or auto; default: a local instance)")
     p.add_argument("--num-cpus", type=int, metavar="N", help="CPUs of a local Ray instance (default: all)")
@@ -84,7 +84,8 @@ def register(subparsers) -> None:
     p.add_argument("--format", choices=("csv", "parquet"), help="default: from --out's suffix, else csv")
     p.add_argument("--out", type=path_option, metavar="FILE", required=True, help="output file")
     p.add_argument("--aggregate", action="store_true",
-                   help="one row per cell over seeds (sweep.seeds): <metric>_mean, <metric>_std, n_seeds")
+                   help="one row per cell over seeds (sweep.seeds): n_seeds, n_finished, n_diverged, n_collapsed, "
+                        "status, and <metric>_mean, <metric>_std, <metric>_n (the seeds it is over)")
     p.set_defaults(func=_export_command)
 
     p = subparsers.add_parser("plot", help="phase-diagram heatmap and cell trajectories from a sweep store",

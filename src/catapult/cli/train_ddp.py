@@ -35,7 +35,7 @@ def register(subparsers) -> None:
                         "--overwrite`): a folder holding no run, or a file of a run file's name that a run "
                         "did not write, is refused")
     p.add_argument("--backend", choices=("auto", "nccl", "gloo"), default="auto",
-                   help="process-group backend (auto: nccl with CUDA, else gloo)")
+                   help="process-group backend (default auto: nccl with CUDA, else gloo)")
     p.set_defaults(func=_command)
 
 
