@@ -43,6 +43,8 @@ MODULES = (
     "catapult.curvature.rank_agreement",
     "catapult.curvature.stateless",
     "catapult.curvature.twice",
+    "catapult.curvature.certify",
+    "catapult.curvature.grads_into",
     "catapult.critical_lr",
     "catapult.parametrize",
     "catapult.parametrize_checks",
@@ -55,6 +57,7 @@ MODULES = (
     "catapult.engine.fsdp",
     "catapult.engine.model_size",
     "catapult.models.options",
+    "catapult.sweep.store_file",
 )
 
 # Public names without an example, and why.

@@ -43,14 +43,37 @@ def attach_grads(leaves, views) -> None:
     """``leaf.grad = view``, or a zero gradient where the dtypes differ (a model mixing float32
     and float64 parameters) or the strides do (a transposed parameter: autograd warned that the
     gradient "does not obey the gradient layout contract"), added into the view afterwards by
-    :func:`flush_grads`."""
+    :func:`flush_grads`.
+
+    >>> flat = torch.zeros(4, dtype=torch.float64)
+    >>> a = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    >>> b = torch.zeros(2, dtype=torch.float32, requires_grad=True)   # another dtype than the vector
+    >>> views = [flat[:2], flat[2:]]
+    >>> attach_grads([a, b], views)
+    >>> (a * torch.tensor([1.0, 2.0], dtype=torch.float64) + 0).sum().backward()
+    >>> (b * torch.tensor([3.0, 4.0])).sum().backward()
+    >>> flat.tolist()                     # a's gradient went into its view; b's waits in b.grad
+    [1.0, 2.0, 0.0, 0.0]
+    >>> flush_grads([a, b], views)
+    >>> flat.tolist()
+    [1.0, 2.0, 3.0, 4.0]
+    """
     for leaf, view in zip(leaves, views):
         same = view.dtype == leaf.dtype and view.stride() == leaf.stride()
         leaf.grad = view if same else torch.zeros_like(leaf)
 
 
 def flush_grads(leaves, views) -> None:
-    """Add the gradients that :func:`attach_grads` could not point at their views."""
+    """Add the gradients that :func:`attach_grads` could not point at their views.
+
+    >>> flat = torch.zeros(2)
+    >>> leaf, views = torch.zeros(1, 2, requires_grad=True), [flat.view(1, 2)]
+    >>> attach_grads([leaf], views)
+    >>> (leaf * torch.tensor([[5.0, 6.0]])).sum().backward()
+    >>> flush_grads([leaf], views)                       # nothing to add: it went into the view
+    >>> flat.tolist()
+    [5.0, 6.0]
+    """
     for leaf, view in zip(leaves, views):
         if leaf.grad is not None and leaf.grad is not view:
             view.add_(leaf.grad)

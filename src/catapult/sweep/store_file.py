@@ -42,7 +42,14 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 _LEGACY_TABLES = {"meta", "cells", "metrics"}
 def missing_columns(conn: sqlite3.Connection) -> list[str]:
     """``table.column`` for each of :data:`~catapult.sweep.store_schema.STORE_COLUMNS` that a table of ``conn``'s database
-    lacks (a table that is not there at all is not counted: the caller checks the tables)."""
+    lacks (a table that is not there at all is not counted: the caller checks the tables).
+
+    >>> conn = sqlite3.connect(":memory:")
+    >>> _ = conn.execute("CREATE TABLE cells (id INTEGER)")
+    >>> missing = missing_columns(conn)
+    >>> "cells.id" in missing, "cells.status" in missing, any(m.startswith("metrics.") for m in missing)
+    (False, True, False)
+    """
     missing = []
     for table, columns in STORE_COLUMNS.items():
         present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
@@ -109,7 +116,18 @@ def _is_legacy_store(path: Path) -> bool:
 def identify(path: str | Path) -> str:
     """``"store"`` (application_id is :data:`APPLICATION_ID`), ``"legacy"`` (a catapult 0.1.0
     store, application_id 0), or ``"foreign"`` (anything else, including a 0-byte file).
-    Never writes to ``path``."""
+    Never writes to ``path``.
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / "notes.txt").write_text("not a database")
+    >>> create_store_file(folder / "s.db", "CREATE TABLE cells (id INTEGER)")
+    True
+    >>> identify(folder / "s.db"), identify(folder / "notes.txt")
+    ('store', 'foreign')
+    >>> (folder / "notes.txt").read_text()   # left as it was
+    'not a database'
+    """
     path = Path(path)
     app_id = _header_application_id(path)
     if app_id == APPLICATION_ID:
@@ -140,6 +158,26 @@ def connect_readonly(path: str | Path, timeout: float = 30.0) -> "ReadOnlyConnec
     The connection (a :class:`ReadOnlyConnection`) stays right while writers come and go: every
     query checks the store's files before and after its rows are read, and reopens as above
     when they changed.
+
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "s.db"
+    >>> writer = sqlite3.connect(path, isolation_level=None)
+    >>> _ = writer.execute("PRAGMA journal_mode=WAL")
+    >>> _ = writer.execute("CREATE TABLE t (x)"); _ = writer.execute("INSERT INTO t VALUES (7)")
+    >>> sorted(p.name for p in path.parent.iterdir())    # a writer is connected
+    ['s.db', 's.db-shm', 's.db-wal']
+    >>> reader = connect_readonly(path)
+    >>> reader.execute("SELECT x FROM t").fetchall()     # the commit still in the -wal
+    [(7,)]
+    >>> reader.close(); writer.close()                   # the last connection checkpoints, removes the -wal
+    >>> sorted(p.name for p in path.parent.iterdir())
+    ['s.db']
+    >>> reader = connect_readonly(path)
+    >>> reader.execute("SELECT COUNT(*) FROM t").fetchone()
+    (1,)
+    >>> sorted(p.name for p in path.parent.iterdir())    # no -wal or -shm made beside it
+    ['s.db']
+    >>> reader.close()
     """
     return ReadOnlyConnection(Path(path), timeout)
 
@@ -367,7 +405,20 @@ def _connect_copy(path: Path, timeout: float, beside_shm: bool = False) -> tuple
 def create_store_file(path: str | Path, ddl: str) -> bool:
     """Create a new, empty store at ``path`` atomically: built under a temporary name (its
     application_id, WAL journal, tables) and hard-linked into place, so another process never
-    sees a half-made store. Returns False when ``path`` appeared meanwhile (left as it is)."""
+    sees a half-made store. Returns False when ``path`` appeared meanwhile (left as it is).
+
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "s.db"
+    >>> create_store_file(path, "CREATE TABLE cells (id INTEGER)")
+    True
+    >>> header = path.read_bytes()[:100]                 # SQLite's file header
+    >>> header[:16] == SQLITE_MAGIC, int.from_bytes(header[68:72], "big") == APPLICATION_ID
+    (True, True)
+    >>> create_store_file(path, "CREATE TABLE other (x)")  # there already: left as it is
+    False
+    >>> sorted(p.name for p in path.parent.iterdir())
+    ['s.db']
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
