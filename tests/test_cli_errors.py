@@ -563,6 +563,24 @@ def test_a_sweep_asking_more_images_than_its_dataset_has_is_refused_before_the_s
     assert cli.main([*argv, f"data.n_train={total - 300}", "data.n_test=300"]) == 0
 
 
+def test_a_sweep_with_train_fsdp_is_refused_by_its_dry_run_and_said_once(tmp_path, capsys):
+    # `catapult sweep CONFIG train.fsdp=true --dry-run` said "all valid" (the sweep itself refuses
+    # it), and the sweep named the base config's key once per cell
+    config = tmp_path / "grid.yaml"
+    config.write_text("name: grid\nmodel: {width: 8, depth: 2}\noptimizer: {lr: 0.1}\ntrain: {steps: 2}\n"
+                      "eval: {sharpness_every: 0, test_every: 0}\nsweep: {grid: {schedule.warmup_steps: [1, 2, 3]}}\n")
+    store = tmp_path / "s.db"
+    argv = ["sweep", str(config), "--store", str(store), "--progress", "none", "--threads", "1"]
+    for extra in (["--dry-run"], []):
+        assert cli.main([*argv, "train.fsdp=true", *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("train.fsdp: shards one model over the processes of catapult train-ddp") == 1, err
+        assert "cell 0" not in err and "Traceback" not in err and not store.exists()
+    assert cli.main([*argv, "sweep.grid.train.fsdp=[false, true]", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("train.fsdp=True) train.fsdp: shards") == 3 and "train.fsdp=False" not in err, err
+
+
 def test_a_reader_of_stdout_that_goes_away_is_no_input_error(tmp_path, capsys, monkeypatch):
     # `catapult sweep CONFIG --dry-run | head -1` printed "catapult sweep: error: Broken pipe" and
     # exited 2, the code of bad input

@@ -171,7 +171,10 @@ def _sweep_command(args: argparse.Namespace) -> int:
         if problem:
             return _fail("sweep", f"--ray-address {problem}")
     if args.dry_run:
+        from catapult.sweep.driver import refuse_sharded_cells
+
         cells = expand(base, spec)
+        refuse_sharded_cells(cells)  # as the sweep does on any machine
         if args.ray_address is None:  # the checks a run makes on this machine (a cluster's machines may differ)
             from catapult.sweep.driver import refuse_impossible_cells, refuse_missing_data
 

@@ -48,7 +48,7 @@ from catapult.sweep.spec import CellSpec, SweepSpec, canonical_json, cell_proble
 from catapult.sweep.spec_document import spec_document
 
 __all__ = ["run_sweep", "SweepOutcome", "SweepProgress", "axes_metadata", "refuse_impossible_cells",
-           "refuse_missing_data"]
+           "refuse_missing_data", "refuse_sharded_cells"]
 
 
 @dataclass
@@ -158,6 +158,22 @@ class SweepProgress:
 
 def _failed(error: str) -> CellResult:
     return CellResult("failed", [], {}, error=error)
+
+
+def refuse_sharded_cells(cells: list[CellSpec]) -> None:
+    """Raise a :class:`~catapult.config.ConfigError` where a cell sets ``train.fsdp``: FSDP shards
+    one model over the processes of ``catapult train-ddp``, and a sweep trains each cell in one
+    process. Said once when the base config sets it, per cell when ``train.fsdp`` is swept."""
+    words = "shards one model over the processes of catapult train-ddp; a sweep trains each cell in one process"
+    problems: list[tuple[str, str]] = []
+    for cell in cells:
+        if not cell.config["train"]["fsdp"]:
+            continue
+        if "train.fsdp" not in cell.swept:
+            raise cfg.ConfigError([("train.fsdp", words)])
+        problems += cell_problems(cell.id, cell.swept, cfg.ConfigError([("train.fsdp", words)]))
+    if problems:
+        raise cells_error(problems)
 
 
 def refuse_impossible_cells(cells: list[CellSpec]) -> None:
@@ -323,11 +339,7 @@ def run_sweep(
     """
     started = time.perf_counter()
     cells = expand(base, spec)
-    sharded = [p for c in cells if c.config["train"]["fsdp"] for p in cell_problems(c.id, c.swept, cfg.ConfigError(
-        [("train.fsdp", "shards one model over the processes of catapult train-ddp; a sweep trains each cell "
-                        "in one process")]))]
-    if sharded:  # on any machine, before the store is written
-        raise cells_error(sharded)
+    refuse_sharded_cells(cells)  # on any machine, before the store is written
     by_id = {c.id: c for c in cells}
     document = spec_document(base, spec)
     if isinstance(executor, Executor):
