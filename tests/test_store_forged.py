@@ -169,9 +169,15 @@ def test_default_figure_names_are_not_a_users_files(tmp_path, capsys, monkeypatc
 
 
 def test_a_sweep_with_a_failed_cell_exits_1_and_keeps_the_others(tmp_path, capsys):
-    # it exited 0, so a script or CI carried on past cells that never ran
+    # it exited 0, so a script or CI carried on past cells that never ran. The failing cell asks
+    # more windows than a text file holds, which only reading it tells (a digits sweep asking
+    # more images than digits has is refused before the store: test_cli_errors)
+    (tmp_path / "corpus.txt").write_text("to be or not to be, that is the question. " * 10)
     config = tmp_path / "sweep.yaml"
-    config.write_text(tiny_config("tiny_fail") + "sweep: {grid: {data.n_train: [32, 5000]}}\n")
+    config.write_text(f"name: tiny_fail\ndata: {{name: text, root: {tmp_path / 'corpus.txt'}, context: 8, n_test: 2}}\n"
+                      "model: {name: gpt, width: 8, depth: 1, n_heads: 2}\nloss: cross_entropy\n"
+                      "optimizer: {name: adam, lr: 0.01}\ntrain: {steps: 2, batch_size: 2}\n"
+                      "eval: {sharpness_every: 0, test_every: 0}\nsweep: {grid: {data.n_train: [4, 5000]}}\n")
     argv = ["sweep", str(config), "--store", str(tmp_path / "s.db"), "--progress", "none", "--threads", "1"]
     assert cli.main(argv) == 1
     captured = capsys.readouterr()
