@@ -93,3 +93,28 @@ def test_the_store_api_raises_store_error_naming_the_column(tmp_path):
         with pytest.raises(StoreError, match="cell 0 summary_json"):
             s.cells()
         assert s.json_field(None, "x") is None and s.json_field('{"a": 1}', "x") == {"a": 1}
+
+
+@pytest.mark.parametrize("command", [*sorted(COMMANDS), "sweep"])
+@pytest.mark.parametrize("keep", ["page", "half"])
+def test_a_store_cut_short_is_called_damaged_not_foreign(tmp_path, capsys, good_store, command, keep):
+    # a store cut short (a copy stopped midway, a full disk) was refused as "not a catapult sweep
+    # store (no catapult application_id 0x43745074 in its SQLite header ...)", though its header
+    # holds that id: SQLite cannot read the file, and "give --store a new path or an existing
+    # store" sent the user away from their own store
+    assert good_store[:16] == b"SQLite format 3\x00" and good_store[68:72] == bytes.fromhex("43745074")
+    cut = good_store[:2000] if keep == "page" else good_store[:len(good_store) // 2]
+    store = tmp_path / "s.db"
+    store.write_bytes(cut)
+    if command == "sweep":
+        config = tmp_path / "grid.yaml"
+        config.write_text("name: t\ntrain: {steps: 3}\nsweep: {grid: {schedule.warmup_steps: [1, 4]}}\n")
+        argv = ["sweep", str(config), "--store", str(store), "--progress", "none"]
+    else:
+        argv = COMMANDS[command](store, tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "is a damaged SQLite file (SQLite says: database disk image is malformed)" in err, err
+    assert "application_id" not in err and "Traceback" not in err
+    assert store.read_bytes() == cut and sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("s.db")) == [
+        "s.db"]

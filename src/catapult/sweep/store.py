@@ -31,7 +31,7 @@ from catapult.sweep.claims import CLAIMS_DDL, LEASE_S, driver_alive, host_id, ne
 from catapult.sweep.store_schema import (BEST_METRICS, DDL, DONE_STATUSES, FINAL_METRICS, METRIC_COLUMNS,
                                          SCHEMA_VERSION, STATUSES)
 from catapult.sweep.store_file import (APPLICATION_ID, connect_readonly, create_store_file, identify,
-                                       missing_columns)
+                                       missing_columns, sqlite_damage)
 
 __all__ = [
     "Store",
@@ -129,6 +129,11 @@ class Store:
             kind = identify(self.path)  # reads the header only: a foreign file stays untouched
         except OSError as err:
             raise StoreError(f"cannot read {self.path}: {err.strerror or err}") from None
+        if kind == "foreign" and (damage := sqlite_damage(self.path)):
+            raise StoreError(f"{self.path} is a damaged SQLite file (SQLite says: {damage}), perhaps a store "
+                             "cut short by a copy or a full disk; catapult cannot read it, and left it unchanged. "
+                             + ("Give --store a new path, or restore the store from a copy."
+                                if create else "Restore it from a copy."))
         if kind == "foreign":
             raise StoreError(f"{self.path} is not a catapult sweep store (no catapult application_id "
                              f"{APPLICATION_ID:#x} in its SQLite header, and not a store of catapult 0.1.0); "

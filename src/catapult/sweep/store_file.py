@@ -33,7 +33,7 @@ from urllib.parse import quote
 from catapult.sweep.store_schema import STORE_COLUMNS
 
 __all__ = ["APPLICATION_ID", "SQLITE_MAGIC", "identify", "missing_columns", "connect_readonly", "ReadOnlyConnection",
-           "create_store_file"]
+           "create_store_file", "sqlite_damage"]
 
 #: ``PRAGMA application_id`` of every catapult store: the ASCII bytes ``"CtPt"``.
 APPLICATION_ID = 0x43745074
@@ -83,6 +83,36 @@ def _header_application_id(path: Path) -> int | None:
             conn.close()
     except sqlite3.DatabaseError:  # "file is not a database": another magic
         return None
+
+
+def sqlite_damage(path: str | Path) -> str | None:
+    """SQLite's words where ``path`` holds an SQLite 3 header but SQLite cannot read the file
+    (``SQLITE_CORRUPT``: a store cut short by a copy or a full disk, a damaged page 1), else
+    None: a readable database, or not an SQLite file at all. Read-only, ``immutable``.
+
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "s.db"
+    >>> create_store_file(path, "CREATE TABLE cells (id INTEGER)")
+    True
+    >>> sqlite_damage(path) is None
+    True
+    >>> _ = path.write_bytes(path.read_bytes()[:2000])   # cut inside its first page
+    >>> identify(path), sqlite_damage(path)
+    ('foreign', 'database disk image is malformed')
+    """
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size < 100:
+        return None
+    try:
+        conn = sqlite3.connect(_uri(path, mode="ro", immutable="1"), uri=True)
+        try:
+            conn.execute("PRAGMA application_id").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as err:
+        if getattr(err, "sqlite_errorcode", None) == sqlite3.SQLITE_CORRUPT:
+            return str(err)
+    return None
 
 
 def _wal(path: Path) -> Path:
