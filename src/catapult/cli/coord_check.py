@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import csv
+import sys
 from pathlib import Path
 
 import yaml
 
 from catapult.cli.common import (add_config_arguments, apply_threads, check_study_dir, overrides_from_args, path_option,
-                                 partial_of_ours)
+                                 partial_of_ours, sweep_ignored_note)
 from catapult.config import RunConfig
 from catapult.engine.coord_check_study import (CSV_COLUMNS, TABLE_TITLE, load_coord_check, result_groups,
                                                run_coord_check, slope_table)
@@ -33,8 +34,11 @@ def register(subparsers) -> None:
 
 
 def _command(args) -> int:
-    config, spec = load_coord_check(args.config, overrides_from_args(args))
+    set_aside: dict = {}
+    config, spec = load_coord_check(args.config, overrides_from_args(args), set_aside=set_aside)
     apply_threads(args)
+    if "sweep" in set_aside:  # its models are the base config's, at its lr: say so, as train does
+        print(sweep_ignored_note("coord-check", set_aside["sweep"], config), file=sys.stderr)
     out = check_study_dir("coord-check", Path(args.out) if args.out else Path("runs") / config["name"],
                           owned=_owned, marker=_marker)
     earlier = set(out.glob("coord_check_*.png")) if out.is_dir() else set()  # all its own (checked above)

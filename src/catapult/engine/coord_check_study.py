@@ -139,11 +139,14 @@ def _split_overrides(overrides: Iterable[str]) -> tuple[list[str], list[str]]:
     return base, section
 
 
-def load_coord_check(path: str | Path, overrides: Iterable[str] = ()) -> tuple[dict, dict]:
+def load_coord_check(path: str | Path, overrides: Iterable[str] = (),
+                     set_aside: dict | None = None) -> tuple[dict, dict]:
     """``(run_config, coord_check_section)`` from a config file with ``key=value`` overrides
     (``coord_check.<key>=...`` change the section). Everything is validated first, including
     each model the check will build (an invalid width/density/parameterization, or a model too
-    large for this machine, is an error naming the key), so nothing runs on bad input."""
+    large for this machine, is an error naming the key), so nothing runs on bad input.
+    ``set_aside`` receives the file's sections the run config leaves out (``sweep``), as
+    :func:`catapult.config.load_config`'s does."""
     base_overrides, section_overrides = _split_overrides(overrides)
     mapping = cfg.read_mapping(path)
     section = mapping.get("coord_check") or {}
@@ -159,7 +162,7 @@ def load_coord_check(path: str | Path, overrides: Iterable[str] = ()) -> tuple[d
         raise cfg.ConfigError([("coord_check", f"expected a mapping, got {section!r}")])
     section = dict(section)
     spec = parse_coord_check(section)
-    config = cfg.load_config(path, base_overrides)
+    config = cfg.load_config(path, base_overrides, set_aside=set_aside)
     if cfg.parse_lr(config["optimizer"]["lr"]).relative:
         raise cfg.ConfigError([("optimizer.lr", f"{config['optimizer']['lr']!r}: a coordinate check compares "
                                                 "models at one absolute lr; give a number")])
