@@ -227,3 +227,28 @@ def test_difference_products_across_relu_kinks_are_refused_by_validation(overrid
     assert [k for k, _ in refused.value.problems] == [key]
     assert "ReLU kinks" in str(refused.value)
     C.validate({**config, "eval": {**config["eval"], "sharpness_hvp": "auto"}})   # exact products are fine
+
+
+@pytest.mark.parametrize("text, overrides", [
+    # a GPT config turned into an image run on the command line
+    ("data: {name: shakespeare, tokenizer: bpe, vocab_size: 1024, context: 32}\n"
+     "model: {name: gpt, width: 64, depth: 2, n_heads: 2, positions: sinusoidal, init_std: 0.125}\n",
+     ["model.name=mlp", "data.name=digits"]),
+    # a BPE config read by character
+    ("data: {name: shakespeare, tokenizer: bpe, vocab_size: 1024, cache_dir: /tmp/x}\nmodel: {name: gpt}\n",
+     ["data.tokenizer=char"]),
+    ("schedule: {warmup: linear, lr_init: 0.01, power: 2.0}\n", ["schedule.warmup=catapult"]),
+    ("eval: {spectrum_top_k: 3, spectrum_block_size: 2}\n", ["eval.spectrum_top_k=0"]),
+])
+def test_a_remove_it_refusal_says_how_to_remove_the_key_on_the_command_line(tmp_path, text, overrides):
+    # "data.vocab_size: is a BPE option; set data.tokenizer: bpe or remove it": a key the file sets
+    # cannot be removed by an override, and data.vocab_size=null is refused ("must not be null")
+    err = _load_error(tmp_path, text, overrides)
+    hints = []
+    for key, message in err.problems:
+        assert "remove it (on the command line: " in message, (key, message)
+        hint = message.split("(on the command line: ", 1)[1].split(")", 1)[0]
+        assert hint.startswith(f"{key}="), (key, hint)
+        hints.append(hint)
+    (tmp_path / "c.yaml").write_text(text)
+    C.load_config(tmp_path / "c.yaml", [*overrides, *hints])   # the hints are the way out

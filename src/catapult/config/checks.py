@@ -10,7 +10,7 @@ from typing import Callable, Iterable
 
 from catapult.config.lr import parse_lr
 from catapult.config.sections import (PRECONDITIONED_OPTIMIZERS, TEXT_DATASETS, DataConfig, ModelConfig,
-                                      OptimizerConfig, ScheduleConfig)
+                                      EvalConfig, OptimizerConfig, ScheduleConfig)
 
 __all__ = ["CHECKS", "kink_problems", "step_size_factor", "sparsity_steps"]
 
@@ -19,6 +19,18 @@ Problems = Iterable[tuple[str, str]]
 
 def _default(section, key: str):
     return section.model_fields[key].get_default(call_default_factory=True)
+
+
+def _remove(section, key: str, dotted: str) -> str:
+    """"remove it", with the way to do so from the command line, where a key the file sets
+    cannot be taken out: the key at its default (``null`` is refused for most keys).
+
+    >>> _remove(DataConfig, "vocab_size", "data.vocab_size")
+    'remove it (on the command line: data.vocab_size=4096)'
+    """
+    value = _default(section, key)
+    word = "null" if value is None else str(value).lower() if isinstance(value, bool) else value
+    return f"remove it (on the command line: {dotted}={word})"
 
 
 def _check_decay(config: dict) -> Problems:
@@ -54,7 +66,8 @@ def _check_model_data(config: dict) -> Problems:
     if not text:
         for key in ("context", "val_fraction"):
             if data[key] != _default(DataConfig, key):
-                yield (f"data.{key}", f"is a text-data option (data.name is {data['name']!r}); remove it")
+                yield (f"data.{key}", f"is a text-data option (data.name is {data['name']!r}); "
+                                      f"{_remove(DataConfig, key, f'data.{key}')}")
     table_form = model["parametrization"].startswith("supar") or (
         model["parametrization"] == "mup" and (model["base_width"] is not None or model["name"] == "gpt"))
     # Under sp the multipliers are not used (so one study config can sweep sp, mup and supar);
@@ -74,7 +87,8 @@ def _check_model_data(config: dict) -> Problems:
     else:
         for key in ("init_std", "n_heads", "positions", "tie_embeddings"):
             if model[key] != _default(ModelConfig, key):
-                yield (f"model.{key}", f"is a gpt option (model.name is {model['name']!r}); remove it")
+                yield (f"model.{key}", f"is a gpt option (model.name is {model['name']!r}); "
+                                       f"{_remove(ModelConfig, key, f'model.{key}')}")
 
 
 def _check_adam_family(config: dict) -> Problems:
@@ -113,7 +127,8 @@ def _check_catapult_warmup(config: dict) -> Problems:
         for key in ("lr_init", "power"):
             if sched[key] != _default(ScheduleConfig, key):
                 yield (f"schedule.{key}", f"is only used by schedule.warmup: linear (warmup is {rule!r}, "
-                                          f"which starts at the critical lr); remove it")
+                                          f"which starts at the critical lr); "
+                                          f"{_remove(ScheduleConfig, key, f'schedule.{key}')}")
     if rule == "persistent" and sched["decay"] != "constant":
         yield ("schedule.decay", "persistent warmup ends at lr_trgt and keeps it; use decay: constant")
     if sched["lr_start"] is not None:
@@ -206,7 +221,8 @@ def _check_wrn_and_augment(config: dict) -> Problems:
     else:
         for key in ("widen", "channels"):
             if model[key] != _default(ModelConfig, key):
-                yield (f"model.{key}", f"is a wrn option (model.name is {model['name']!r}); remove it")
+                yield (f"model.{key}", f"is a wrn option (model.name is {model['name']!r}); "
+                                       f"{_remove(ModelConfig, key, f'model.{key}')}")
     if model["name"] == "mlp" and model["depth"] < 3 and (model["density"] != 1.0 or model["base_density"] != 1.0):
         # the masks (and SμPar's density factor) are the hidden layers': a 0.25 run trained the dense network
         yield ("model.density", f"the mlp masks its hidden (width x width) layers and depth {model['depth']} has "
@@ -227,11 +243,13 @@ def _check_text_tokens(config: dict) -> Problems:
     if data["name"] not in TEXT_DATASETS:
         for key in ("tokenizer", "vocab_size", "cache_dir"):
             if data[key] != _default(DataConfig, key):
-                yield (f"data.{key}", f"is a text-data option (data.name is {data['name']!r}); remove it")
+                yield (f"data.{key}", f"is a text-data option (data.name is {data['name']!r}); "
+                                      f"{_remove(DataConfig, key, f'data.{key}')}")
     elif data["tokenizer"] == "char":
         for key in ("vocab_size", "cache_dir"):
             if data[key] != _default(DataConfig, key):
-                yield (f"data.{key}", "is a BPE option; set data.tokenizer: bpe or remove it")
+                yield (f"data.{key}", f"is a BPE option; set data.tokenizer: bpe or "
+                                      f"{_remove(DataConfig, key, f'data.{key}')}")
     method = model["sparsity"]["method"]
     maskless = {"wrn": "the wrn's convolutions have none (dense); use static",
                 "mlp": f"an mlp of depth {model['depth']} has no hidden layer to mask; use static or model.depth >= 3"}
@@ -246,7 +264,8 @@ def _check_text_tokens(config: dict) -> Problems:
     if method != "static" and model["density"] < 1.0 and config["train"]["steps"] >= 1:
         yield from _check_mask_updates(model["sparsity"], config["train"]["steps"])
     if model["name"] != "gpt" and not model["final_norm"]:
-        yield ("model.final_norm", f"is a gpt option (model.name is {model['name']!r}); remove it")
+        yield ("model.final_norm", f"is a gpt option (model.name is {model['name']!r}); "
+                                   f"{_remove(ModelConfig, 'final_norm', 'model.final_norm')}")
 
 
 def sparsity_steps(sparsity: dict, steps: int) -> tuple[int, int]:
@@ -296,7 +315,8 @@ def _check_spectrum(config: dict) -> Problems:
     ev = config["eval"]
     block, k = ev["spectrum_block_size"], ev["spectrum_top_k"]
     if block != 1 and not k:
-        yield ("eval.spectrum_block_size", "sets the block of the top-k solve: set eval.spectrum_top_k or remove it")
+        yield ("eval.spectrum_block_size", "sets the block of the top-k solve: set eval.spectrum_top_k or "
+                                           + _remove(EvalConfig, "spectrum_block_size", "eval.spectrum_block_size"))
     elif k and block > k:
         yield ("eval.spectrum_block_size", f"at most eval.spectrum_top_k = {k} (a block of k finds k copies "
                                            f"of an eigenvalue); got {block}")
