@@ -85,7 +85,7 @@ def test_coord_check_over_width_and_overrides(tmp_path):
     (["coord_check.widths=[3, 64, 32, 64]"], "coord_check.widths: entry 4 of 4: 64 repeats entry 2"),
     (["coord_check.colour=1"], "coord_check.colour"),
     (["coord_check.parametrizations=[xp]"], "coord_check.parametrizations"),
-    (["coord_check.widths=[31]"], "model.n_heads"),           # a model the check would build is invalid
+    (["coord_check.widths=[31, 64]"], "model.n_heads"),       # a model the check would build is invalid
     (["optimizer.lr=2/lambda0"], "optimizer.lr"),
     (["coord_check.densities=null"], "coord_check"),
     (["coord_check=1"], "coord_check: expected a mapping"),   # not "unknown key"
@@ -99,6 +99,22 @@ def test_bad_input_is_refused_before_any_work(tmp_path, capsys, override, key):
     assert main(["coord-check", str(path), *override, "--out", str(out)]) == 2
     assert key in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_an_axis_of_one_value_is_refused_with_the_way_to_say_it(tmp_path, capsys):
+    # coord_check.widths=[64] measured one width: its slopes printed "+nan" and a width figure of
+    # one point per line was drawn, exit 0
+    path = _config(tmp_path)
+    out = tmp_path / "cc_out"
+    assert main(["coord-check", str(path), "coord_check.widths=[32]", "coord_check.densities=[0.5]",
+                 "--out", str(out), "--progress", "none"]) == 2
+    err = capsys.readouterr().err
+    assert ("coord_check.widths: a slope needs two values or more, got one (32); for that one value set "
+            "model.width=32 and coord_check.widths=null") in err
+    assert "coord_check.densities: a slope needs two values or more, got one (0.5)" in err and not out.exists()
+    assert main(["coord-check", str(path), "model.width=32", "coord_check.widths=null", "coord_check.steps=1",
+                 "coord_check.parametrizations=[sp]", "--out", str(out), "--progress", "none"]) == 0
+    assert "nan" not in capsys.readouterr().out
 
 
 def test_train_ignores_the_coord_check_section(tmp_path):

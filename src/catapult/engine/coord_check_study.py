@@ -4,8 +4,8 @@ The run config says what to build and train (model, data, loss, optimizer and it
 ``coord_check:`` section says what to vary::
 
     coord_check:
-      widths: [64, 128, 256, 512]          # model.width values (null: no width sweep)
-      densities: [1, 0.5, 0.25, 0.125]     # model.density values (null: no density sweep)
+      widths: [64, 128, 256, 512]          # model.width values, two or more (null: no width sweep)
+      densities: [1, 0.5, 0.25, 0.125]     # model.density values, two or more (null: none)
       parametrizations: [sp, mup, supar]   # null: just model.parametrization
       seeds: [0, 1, 2]
       steps: 10                            # training steps recorded (t = 0 .. steps-1)
@@ -99,6 +99,11 @@ def parse_coord_check(section: Mapping[str, Any] | None) -> dict:
                                  problems=problems)
     out["densities"] = _number_list("coord_check.densities", out["densities"], integer=False, low=0.0,
                                     high=1.0, problems=problems)
+    for axis, model_key in (("widths", "model.width"), ("densities", "model.density")):
+        if out[axis] is not None and len(out[axis]) == 1:  # its slopes would be nan, its figure one point
+            problems.append((f"coord_check.{axis}", f"a slope needs two values or more, got one ({out[axis][0]}); "
+                                                    f"for that one value set {model_key}={out[axis][0]} and "
+                                                    f"coord_check.{axis}=null"))
     # at most torch.manual_seed's 2^64 - 1: a larger seed was its ValueError "Overflow when unpacking long long"
     seeds = _number_list("coord_check.seeds", out["seeds"], integer=True, low=0, high=2 ** 64 - 1, problems=problems)
     if out["seeds"] is None:
