@@ -105,7 +105,8 @@ def register(subparsers) -> None:
     p.add_argument("--cells", nargs="*", type=int, metavar="ID",
                    help="cells whose trajectories to draw (default: best, worst and first diverged)")
     p.add_argument("--out", type=path_option, metavar="PNG", help="heatmap file (default: <store>_<metric>.png)")
-    p.add_argument("--trajectories-out", type=path_option, metavar="PNG", help="trajectories file (default: <store>_trajectories.png)")
+    p.add_argument("--trajectories-out", type=path_option, metavar="PNG",
+                   help="trajectories file (default: <store>_trajectories.png)")
     p.set_defaults(func=_plot_command)
 
     from catapult.plots.transfer import TRANSFER_METRICS

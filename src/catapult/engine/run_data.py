@@ -18,7 +18,8 @@ from catapult import config as cfg
 from catapult.data.digits import DIGITS_N_TEST, DIGITS_N_TRAIN
 from catapult.engine.seeds import seeds
 
-__all__ = ["RunData", "load_data", "load_data_once", "check_text_root", "check_image_counts", "data_shape_bounds", "BatchStream", "batch_stream", "build_augment", "lambda0_batches"]
+__all__ = ["RunData", "load_data", "load_data_once", "check_text_root", "check_image_counts", "data_shape_bounds",
+           "BatchStream", "batch_stream", "build_augment", "lambda0_batches"]
 
 
 @dataclass

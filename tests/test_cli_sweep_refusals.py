@@ -1,0 +1,75 @@
+"""catapult sweep refuses, before its store is written and in its --dry-run alike, what would fail
+every cell of a grid that catapult train refuses at once: a text root with nothing to train on,
+more images than the dataset has, train.fsdp (exit 2, the key named once where the base config
+sets it)."""
+from __future__ import annotations
+
+import pytest
+
+from catapult import cli
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_text_sweep_whose_data_root_holds_no_text_is_refused_before_the_store(tmp_path, capsys, dry_run):
+    # `catapult sweep configs/sweeps/fig4_gpt_paper.yaml data.root=/path/to/wikitext-2-raw` (the
+    # README's command with a typo'd root) wrote its store, ran all 600 cells to a stored traceback
+    # each (15 s) and exited 1; --dry-run said "all valid"; catapult train on the same config exits 2
+    config = tmp_path / "text_sweep.yaml"
+    config.write_text("name: text_sweep\ndata: {name: text, context: 8, n_train: 4, n_test: 2}\n"
+                      "model: {name: gpt, width: 8, depth: 1, n_heads: 2}\nloss: cross_entropy\n"
+                      "optimizer: {name: adam, lr: 0.01}\ntrain: {steps: 2, batch_size: 2}\n"
+                      "eval: {sharpness_every: 0, test_every: 0}\nsweep: {grid: {schedule.warmup_steps: [1, 2]}}\n")
+    store = tmp_path / "s.db"
+    argv = ["sweep", str(config), "--store", str(store), "--progress", "none", "--threads", "1",
+            *(["--dry-run"] if dry_run else [])]
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.md").write_text("no text here\n")
+    for root, words in [(tmp_path / "nowhere", "nowhere does not exist"),
+                        (tmp_path / "notes", "holds neither wiki.train.raw nor any *.txt file")]:
+        assert cli.main([*argv, f"data.root={root}"]) == 2
+        err = capsys.readouterr().err
+        assert words in err and "data.root" in err and "Traceback" not in err, err
+        assert not store.exists()
+    (tmp_path / "notes" / "a.txt").write_text("to be or not to be, that is the question. " * 20)
+    assert cli.main([*argv, f"data.root={tmp_path / 'notes'}"]) == 0
+    assert ("all valid" if dry_run else "2 cells: 2 finished") in capsys.readouterr().out
+
+
+def test_a_sweep_asking_more_images_than_its_dataset_has_is_refused_before_the_store(tmp_path, capsys):
+    # `catapult sweep CONFIG data.n_train=100000` (digits: 1,797 images, 300 held out) wrote its
+    # store, failed every cell at lambda_0 and exited 1; catapult train on it exits 2
+    from sklearn.datasets import load_digits
+
+    total = len(load_digits().target)
+    config = tmp_path / "grid.yaml"
+    config.write_text("name: grid\nmodel: {width: 8, depth: 2}\noptimizer: {lr: 0.1}\ntrain: {steps: 2}\n"
+                      "eval: {sharpness_every: 0, test_every: 0}\nsweep: {grid: {schedule.warmup_steps: [1, 2]}}\n")
+    store = tmp_path / "s.db"
+    argv = ["sweep", str(config), "--store", str(store), "--progress", "none", "--threads", "1"]
+    assert cli.main([*argv, f"data.n_train={total - 300 + 1}"]) == 2
+    err = capsys.readouterr().err
+    assert f"data: n_train={total - 300 + 1} exceeds the {total - 300} samples available in digits (train)" in err
+    assert "Traceback" not in err and not store.exists()
+    assert cli.main([*argv, "sweep.grid.data.n_test=[300, 301]", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "cell 1 (schedule.warmup_steps=1, data.n_test=301) data: n_test=301 exceeds the 300" in err, err
+    assert "data.n_test=300)" not in err and not store.exists()
+    assert cli.main([*argv, f"data.n_train={total - 300}", "data.n_test=300"]) == 0
+
+
+def test_a_sweep_with_train_fsdp_is_refused_by_its_dry_run_and_said_once(tmp_path, capsys):
+    # `catapult sweep CONFIG train.fsdp=true --dry-run` said "all valid" (the sweep itself refuses
+    # it), and the sweep named the base config's key once per cell
+    config = tmp_path / "grid.yaml"
+    config.write_text("name: grid\nmodel: {width: 8, depth: 2}\noptimizer: {lr: 0.1}\ntrain: {steps: 2}\n"
+                      "eval: {sharpness_every: 0, test_every: 0}\nsweep: {grid: {schedule.warmup_steps: [1, 2, 3]}}\n")
+    store = tmp_path / "s.db"
+    argv = ["sweep", str(config), "--store", str(store), "--progress", "none", "--threads", "1"]
+    for extra in (["--dry-run"], []):
+        assert cli.main([*argv, "train.fsdp=true", *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("train.fsdp: shards one model over the processes of catapult train-ddp") == 1, err
+        assert "cell 0" not in err and "Traceback" not in err and not store.exists()
+    assert cli.main([*argv, "sweep.grid.train.fsdp=[false, true]", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("train.fsdp=True) train.fsdp: shards") == 3 and "train.fsdp=False" not in err, err
