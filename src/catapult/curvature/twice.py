@@ -62,7 +62,8 @@ from catapult.curvature.difference import central_step
 
 __all__ = ["math_attention", "weight_norm_by_parts", "weight_norm_module", "custom_functions", "check_custom_functions",
            "verify_operator", "built_with_forms", "GraphScan", "graph_functions", "refuse_parameters_read",
-           "second_order_forms", "needs_forms", "forms_for", "named_missing_derivatives"]
+           "second_order_forms", "needs_forms", "forms_for", "named_missing_derivatives",
+           "refuse_reentrant_checkpoint", "REENTRANT_MESSAGE"]
 
 
 def math_attention():
@@ -346,6 +347,7 @@ def built_with_forms(op, build) -> list[str]:
     watched = {id(p): name for name, p in op._model.named_parameters() if p.requires_grad}
     custom, fused, read, wrong = graph_functions(loss, watched)
     refuse_parameters_read(read)
+    refuse_reentrant_checkpoint(custom)   # a double-backprop build got torch's error already
     if op.mode == "finite_difference":
         return []
     if wrong and op.mode == "forward_over_reverse":
@@ -416,6 +418,33 @@ _NO_DERIVATIVE = re.compile(r"derivative for (?:aten::)?'?([\w.]+)'? is not impl
 _BAD_TANGENT = "Trying to set a forward gradient"
 
 
+#: torch's RuntimeError where a reentrant ``torch.utils.checkpoint`` meets ``autograd.grad`` or
+#: ``backward(inputs=...)`` (every curvature product and gradient here takes one of those).
+_REENTRANT = "When use_reentrant=True, torch.utils.checkpoint is incompatible"
+
+#: What a loss through a reentrant checkpoint is told (its block's parameters are not in the outer
+#: graph: its backward re-runs the block and calls ``backward`` itself, which neither ``autograd.grad``
+#: nor ``torch.func`` can reach into).
+REENTRANT_MESSAGE = ("the model calls torch.utils.checkpoint with use_reentrant=True, whose backward cannot be "
+                     "taken with respect to chosen tensors (autograd.grad) or by torch.func, as every curvature "
+                     "product and gradient here is: pass use_reentrant=False (the same memory saving; every hvp "
+                     "mode but forward_over_reverse and compiled measures it), or call the block without checkpoint")
+
+
+def refuse_reentrant_checkpoint(custom: list[str]) -> None:
+    """A ValueError (:data:`REENTRANT_MESSAGE`) where the custom Functions ``custom`` of a loss's
+    graph (:func:`graph_functions`) hold torch's reentrant checkpoint (``CheckpointFunction``).
+
+    >>> refuse_reentrant_checkpoint(["Double"])
+    >>> refuse_reentrant_checkpoint(["CheckpointFunction"])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: the model calls torch.utils.checkpoint with use_reentrant=True, ...
+    """
+    if "CheckpointFunction" in custom:
+        raise ValueError(REENTRANT_MESSAGE)
+
+
 def _missing(err: Exception) -> str | None:
     """The first line of torch's error for a derivative it lacks, or None (another error)."""
     first = (str(err).strip().splitlines() or [""])[0]
@@ -452,6 +481,8 @@ def named_missing_derivatives(method):
         try:
             return method(self, *args, **kwargs)
         except (NotImplementedError, RuntimeError) as err:
+            if str(err).startswith(_REENTRANT):    # any mode, the gradient too
+                raise ValueError(REENTRANT_MESSAGE) from err
             if self.mode in ("forward_over_reverse", "compiled") and "support saved tensor hooks" in str(err):
                 raise ValueError(f"hvp={self.mode!r}: torch.func cannot differentiate a forward that uses saved-"
                                  f"tensor hooks (torch.utils.checkpoint with use_reentrant=False, activation "

@@ -1,0 +1,72 @@
+"""A model that calls ``torch.utils.checkpoint(..., use_reentrant=True)`` in its forward: every
+curvature function raised torch's own RuntimeError ("incompatible with .grad()"), and
+``hvp='compiled'`` a misleading one (a custom Function without setup_context: "use
+double_backprop"). They are refused with a ValueError naming ``use_reentrant=False``, under which
+the same model is measured (checked against the dense Hessian of the model without checkpoint)."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+import catapult
+from dense_curvature import dense_hessian
+
+
+class Checkpointed(nn.Module):
+    def __init__(self, reentrant):
+        super().__init__()
+        self.first, self.out = nn.Linear(3, 4), nn.Linear(4, 2)
+        self.block = nn.Sequential(nn.Linear(4, 4), nn.Tanh())
+        self.reentrant = reentrant
+
+    def forward(self, x):
+        h = torch.tanh(self.first(x))
+        if self.reentrant is None:
+            return self.out(self.block(h))
+        return self.out(checkpoint(self.block, h, use_reentrant=self.reentrant))
+
+
+def _setup():
+    torch.manual_seed(0)
+    model = Checkpointed(True).double()
+    batch = (torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 2, dtype=torch.float64))
+    return model, batch
+
+
+CALLS = {
+    "sharpness": lambda m, b, **kw: catapult.sharpness(m, nn.MSELoss(), b, **kw),
+    "top_eigenpairs": lambda m, b, **kw: catapult.top_eigenpairs(m, nn.MSELoss(), b, k=2, **kw),
+    "hessian_trace": lambda m, b, **kw: catapult.hessian_trace(m, nn.MSELoss(), b, matvecs=6, **kw),
+    "spectral_density": lambda m, b, **kw: catapult.spectral_density(m, nn.MSELoss(), b, runs=1, steps=4, **kw),
+}
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"hvp": "finite_difference"}, {"hvp": "forward_over_reverse"},
+                                    {"hvp": "compiled"}, {"curvature": "ggn"}, {"chunk_size": 3},
+                                    {"hvp": "finite_difference", "chunk_size": 3}])
+@pytest.mark.parametrize("call", sorted(CALLS))
+def test_reentrant_checkpoint_is_refused_naming_the_way_out(call, kwargs):
+    if call == "spectral_density" and kwargs.get("curvature") == "ggn":
+        pytest.skip("spectral_density takes the Hessian only")
+    model, batch = _setup()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match="use_reentrant=True.*pass use_reentrant=False"):
+            CALLS[call](model, batch, **kwargs)
+
+
+def test_the_way_out_is_measured():
+    model, batch = _setup()
+    model.reentrant = False
+    plain = Checkpointed(None).double()
+    plain.load_state_dict(model.state_dict())
+    truth = np.linalg.eigvalsh(dense_hessian(plain, nn.MSELoss(), batch).numpy())[-1]
+    for kwargs in ({}, {"hvp": "finite_difference"}):
+        est = catapult.sharpness(model, nn.MSELoss(), batch, tol=1e-9, **kwargs)
+        assert est.converged and est.value == pytest.approx(truth, rel=1e-8), kwargs
+
