@@ -70,3 +70,23 @@ def test_the_way_out_is_measured():
         est = catapult.sharpness(model, nn.MSELoss(), batch, tol=1e-9, **kwargs)
         assert est.converged and est.value == pytest.approx(truth, rel=1e-8), kwargs
 
+
+def test_a_failed_compiled_call_leaves_saved_tensor_hooks_on():
+    # torch.compile'd torch.func.grad that raised inside (a non-reentrant checkpoint, whose saved-tensor
+    # hooks torch.func refuses) left saved-tensor hooks disabled for the whole process: every later
+    # checkpoint call, the user's own training's included, raised "torch.func ... don't yet support
+    # saved tensor hooks"
+    model, batch = _setup()
+    model.reentrant = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match="hvp='compiled': torch.func cannot differentiate a forward that uses "
+                                             "saved-tensor hooks"):
+            catapult.sharpness(model, nn.MSELoss(), batch, hvp="compiled")
+    assert torch._C._autograd._saved_tensors_hooks_is_enabled()
+    nn.MSELoss()(model(batch[0]), batch[1]).backward()     # the user's own training step
+    plain = Checkpointed(None).double()
+    plain.load_state_dict(model.state_dict())
+    truth = np.linalg.eigvalsh(dense_hessian(plain, nn.MSELoss(), batch).numpy())[-1]
+    est = catapult.sharpness(model, nn.MSELoss(), batch, tol=1e-9)
+    assert est.converged and est.value == pytest.approx(truth, rel=1e-8)

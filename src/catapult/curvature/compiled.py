@@ -81,12 +81,27 @@ _COMPILED: dict = {}
 compile_failures: dict[str, str] = {}
 
 
+def _restore_saved_tensor_hooks(enabled: bool) -> None:
+    """Enable saved-tensor hooks again where they were enabled before a compiled call: torch.func
+    turns them off inside its transforms, and a compiled transform that raised (a forward through
+    ``torch.utils.checkpoint(use_reentrant=False)``, torch 2.13) left them off for the whole
+    process, so every later ``checkpoint`` call, the user's training's included, raised "torch.func
+    ... don't yet support saved tensor hooks"."""
+    autograd = torch._C._autograd
+    if enabled and not autograd._saved_tensors_hooks_is_enabled():
+        autograd._saved_tensors_hooks_enable()
+
+
 def _run(name: str, *args):
-    with slots_kept(args[0]):  # functional_call's restore misses a submodule at two paths
-        return _run_kept(name, *args)
+    enabled = torch._C._autograd._saved_tensors_hooks_is_enabled()
+    try:
+        with slots_kept(args[0]):  # functional_call's restore misses a submodule at two paths
+            return _run_kept(name, *args, enabled=enabled)
+    finally:
+        _restore_saved_tensor_hooks(enabled)
 
 
-def _run_kept(name: str, *args):
+def _run_kept(name: str, *args, enabled: bool):
     if name in compile_failures:
         return _EAGER[name](*args)
     if name not in _COMPILED:  # compiled on first use: importing catapult never touches dynamo
@@ -94,6 +109,7 @@ def _run_kept(name: str, *args):
     try:
         return _COMPILED[name](*args)
     except Exception as err:
+        _restore_saved_tensor_hooks(enabled)
         result = _EAGER[name](*args)  # the caller's own error raises here, and is theirs
         compile_failures[name] = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}"
         warnings.warn(f"hvp='compiled': torch.compile failed on the {name} "

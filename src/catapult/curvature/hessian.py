@@ -488,6 +488,7 @@ class HessianOperator:
         norm = float(torch.linalg.vector_norm(base if scale is None else base * scale))
         return self.agree_gap(self._eps * norm / central_step(self._eps))
 
+    @named_missing_derivatives
     def forward_difference(self, v: torch.Tensor) -> torch.Tensor:
         """``H v ~ (g(theta + h u) - g(theta)) / h * ||v||`` with ``u = v / ||v||`` and
         ``h = sqrt(eps)`` of the dtype (3.5e-4 in float32, 1.5e-8 in float64): one gradient per

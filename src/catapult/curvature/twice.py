@@ -462,7 +462,8 @@ def named_missing_derivatives(method):
     ValueError naming ``hvp`` (``curvature='ggn'`` for the Gauss-Newton products) and the mode that
     needs first derivatives only; torch's error is its ``__cause__``. A custom Function without
     ``setup_context`` under forward-over-reverse products (``torch.func`` refuses it) names
-    ``hvp='double_backprop'``; on ``gradient`` that is the only error renamed.
+    ``hvp='double_backprop'``; on ``gradient`` and ``forward_difference`` (gradients alone) those
+    are the only errors renamed.
 
     >>> class Op:
     ...     mode = "double_backprop"
@@ -474,7 +475,8 @@ def named_missing_derivatives(method):
     ...
     ValueError: hvp='double_backprop': torch has no second derivative of this model (the derivative for 'f' is not implemented.); hvp='finite_difference' takes its products from gradients alone
     """
-    first_only = method.__name__ == "gradient"   # a missing first derivative is no missing second one
+    # gradients alone: a missing first derivative is no missing second one
+    first_only = method.__name__ in ("gradient", "forward_difference")
 
     @functools.wraps(method)
     def run(self, *args, **kwargs):
