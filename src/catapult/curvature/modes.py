@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["HVP_MODES", "resolve_hvp", "resolve_dtype", "holds_compiled"]
+__all__ = ["HVP_MODES", "resolve_hvp", "resolve_dtype", "holds_compiled", "eager_stance"]
 
 
 #: Accepted values of ``hvp=``. ``"auto"`` picks the mode measured fastest (see
@@ -48,6 +48,26 @@ def holds_compiled(model: torch.nn.Module) -> bool:
         (False, True)
     """
     return any(isinstance(getattr(sub, "_orig_mod", None), torch.nn.Module) for sub in model.modules())
+
+
+def eager_stance(compiled: bool):
+    """A context in which ``torch.compile``'d code runs eagerly where ``compiled`` (a model that
+    :func:`holds_compiled`), else one that does nothing. The operators build the graph they walk
+    once (:func:`~catapult.curvature.twice.built_with_forms`) in it: a compiled graph is one opaque
+    node there, which hid a ``scatter_reduce(reduce="prod")`` (a forward-over-reverse sharpness 25%
+    low, converged) and custom Functions from the walk.
+
+    Example:
+        >>> f = torch.compile(lambda x: x.sin())
+        >>> with eager_stance(True):
+        ...     f(torch.zeros(1)).grad_fn is None
+        True
+    """
+    import contextlib
+
+    if not compiled:
+        return contextlib.nullcontext()
+    return torch.compiler.set_stance("force_eager")
 
 
 def resolve_dtype(dtype) -> torch.dtype | None:

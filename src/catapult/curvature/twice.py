@@ -59,6 +59,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from catapult.curvature.difference import central_step
+from catapult.curvature.modes import eager_stance, holds_compiled
 
 __all__ = ["math_attention", "weight_norm_by_parts", "weight_norm_module", "custom_functions", "check_custom_functions",
            "verify_operator", "built_with_forms", "GraphScan", "graph_functions", "refuse_parameters_read",
@@ -343,7 +344,9 @@ def built_with_forms(op, build) -> list[str]:
     >>> H._forms_needed
     True
     """
-    loss = build()
+    compiled_model = holds_compiled(op._model)
+    with eager_stance(compiled_model):
+        loss = build()
     watched = {id(p): name for name, p in op._model.named_parameters() if p.requires_grad}
     custom, fused, read, wrong = graph_functions(loss, watched)
     refuse_parameters_read(read)
@@ -351,12 +354,15 @@ def built_with_forms(op, build) -> list[str]:
     if op.mode == "finite_difference":
         return []
     if wrong and op.mode == "forward_over_reverse":
+        way_out = ("hvp='compiled' or 'finite_difference' measures it, and so does hvp='double_backprop' on the model "
+                   "uncompiled" if compiled_model else "hvp='double_backprop' (the default) or 'finite_difference' "
+                   "measures it")
         raise ValueError(f"hvp='forward_over_reverse': the loss goes through {', '.join(wrong)}, whose forward-mode "
-                         f"derivative torch takes wrong (its products came out 7% low, marked converged); "
-                         f"hvp='double_backprop' (the default) or 'finite_difference' measures it")
+                         f"derivative torch takes wrong (its products came out 7% low, marked converged); {way_out}")
     if fused and op.mode != "compiled" and not op._forms_needed:
         op._forms_needed = True
-        custom, fused, _, _ = graph_functions(build())
+        with eager_stance(compiled_model):
+            custom, fused, _, _ = graph_functions(build())
     if fused:
         raise ValueError(f"hvp={op.mode!r}: the loss goes through torch's fused weight norm "
                          f"(torch._weight_norm_interface), whose second derivatives torch takes wrong, "
