@@ -50,28 +50,30 @@ def _unflatten(flat: torch.Tensor, layout) -> dict:
 
 
 def _loss(model, loss_fn, flat: torch.Tensor, layout, frozen: dict, buffers: dict, inputs,
-          targets) -> torch.Tensor:
+          targets, forms: bool | None = None) -> torch.Tensor:
     # buffers are cloned inside the transformed function: train-mode BatchNorm writes them, and
     # torch.func refuses writes to tensors captured from outside; the math kernel of
     # scaled_dot_product_attention, because the fused ones have no double backward; weight norm
     # by parts, because its fused kernel's double backward is wrong (twice.py)
     # (and the loss inside the swap too: a loss_fn may read the model's parameters, stateless.functional_loss)
-    with math_attention(), forms_for(needs_forms(model)):
+    # (forms: the operator's own answer, which its graph walk also gives for an F.embedding call with
+    # scale_grad_by_freq: from needs_forms alone, such a sharpness came out 4% low)
+    with math_attention(), forms_for(needs_forms(model) if forms is None else forms):
         fresh = {n: b.clone() for n, b in buffers.items()}
         with _reparametrize_module(model, {**frozen, **fresh, **_unflatten(flat, layout)}, tie_weights=True):
             loss = loss_fn(model(inputs), targets)
     return loss.reshape(())
 
 
-def _gradient_and_loss(model, loss_fn, flat, layout, frozen, buffers, inputs, targets):
+def _gradient_and_loss(model, loss_fn, flat, layout, frozen, buffers, inputs, targets, forms=None):
     return torch.func.grad_and_value(_loss, argnums=2)(model, loss_fn, flat, layout, frozen,
-                                                        buffers, inputs, targets)
+                                                        buffers, inputs, targets, forms)
 
 
-def _gradient_and_product(model, loss_fn, flat, vector, layout, frozen, buffers, inputs, targets):
+def _gradient_and_product(model, loss_fn, flat, vector, layout, frozen, buffers, inputs, targets, forms=None):
     grad = torch.func.grad(_loss, argnums=2)
     gradient, pull = torch.func.vjp(
-        lambda f: grad(model, loss_fn, f, layout, frozen, buffers, inputs, targets), flat)
+        lambda f: grad(model, loss_fn, f, layout, frozen, buffers, inputs, targets, forms), flat)
     return gradient, pull(vector)[0]
 
 
@@ -119,13 +121,14 @@ def _run_kept(name: str, *args, enabled: bool):
 
 
 def gradient_and_loss(model, loss_fn, flat: torch.Tensor, layout, frozen: dict, buffers: dict,
-                      inputs, targets):
+                      inputs, targets, forms: bool | None = None):
     """``(flat gradient, loss)`` of ``loss_fn(model(inputs), targets)`` at the flat parameter
     vector ``flat``, compiled. ``layout``: ``(names, shapes, dtypes)`` of the parameters in
     ``flat`` (each is cast to its dtype); ``frozen``: the other parameters; ``buffers``: the
     model's buffers, which the model sees as fresh clones (they are left as they are). Flat
     vectors in and out: one tensor for dynamo to guard and no per-parameter copies around the
-    call (0.45 ms of a 5 ms gradient on the small GPT).
+    call (0.45 ms of a 5 ms gradient on the small GPT). ``forms``: whether the forward needs
+    :func:`~catapult.curvature.twice.second_order_forms` (None: :func:`~catapult.curvature.twice.needs_forms`).
 
     Example (``L(w) = mean((x w)^2)``, gradient ``2 x^T x w / n``):
         >>> model = torch.nn.Linear(1, 1, bias=False)
@@ -135,11 +138,11 @@ def gradient_and_loss(model, loss_fn, flat: torch.Tensor, layout, frozen: dict, 
         ...                   torch.zeros(2, 1))
         (tensor([15.]), tensor(22.5000))
     """
-    return _run("gradient", model, loss_fn, flat, layout, frozen, buffers, inputs, targets)
+    return _run("gradient", model, loss_fn, flat, layout, frozen, buffers, inputs, targets, forms)
 
 
 def gradient_and_product(model, loss_fn, flat: torch.Tensor, vector: torch.Tensor, layout,
-                         frozen: dict, buffers: dict, inputs, targets):
+                         frozen: dict, buffers: dict, inputs, targets, forms: bool | None = None):
     """``(flat gradient, H v)`` of ``loss_fn(model(inputs), targets)`` at the flat parameter
     vector ``flat`` along the flat ``vector``, by reverse over reverse, compiled (the other
     arguments as in :func:`gradient_and_loss`).
@@ -152,4 +155,4 @@ def gradient_and_product(model, loss_fn, flat: torch.Tensor, vector: torch.Tenso
         ...                      layout, {}, {}, x, torch.zeros(2, 1))[1]
         tensor([5.])
     """
-    return _run("product", model, loss_fn, flat, vector, layout, frozen, buffers, inputs, targets)
+    return _run("product", model, loss_fn, flat, vector, layout, frozen, buffers, inputs, targets, forms)

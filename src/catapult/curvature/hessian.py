@@ -391,11 +391,11 @@ class HessianOperator:
                 if name == "product":
                     _, part = compiled.gradient_and_product(self._model, self._loss_fn, self._theta,
                                                             vector, self._layout, self._frozen,
-                                                            self._buffers, x, y)
+                                                            self._buffers, x, y, self._forms_needed)
                 else:
                     part, _ = compiled.gradient_and_loss(self._model, self._loss_fn, vector,
                                                          self._layout, self._frozen, self._buffers,
-                                                         x, y)
+                                                         x, y, self._forms_needed)
             if total is None:
                 total = part if w == 1.0 else part.mul_(w)
             else:

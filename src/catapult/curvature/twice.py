@@ -171,7 +171,7 @@ def needs_forms(model: torch.nn.Module) -> bool:
     with ``scale_grad_by_freq`` or ``sparse``. The operators ask once, when they are built (a scan
     of the modules in every forward cost the small GPT's ``sharpness`` ~1%). A ``torch._weight_norm``
     called in a forward without those modules is found in the graph of the operator's first forward
-    (:func:`built_with_forms`); an ``F.embedding(..., scale_grad_by_freq=True)`` call is not seen.
+    (:func:`built_with_forms`), and so is an ``F.embedding(..., scale_grad_by_freq=True)`` call.
 
     >>> needs_forms(torch.nn.Embedding(3, 2, sparse=True)), needs_forms(torch.nn.Linear(2, 2))
     (True, False)
@@ -208,6 +208,17 @@ class GraphScan(NamedTuple):
     fused: bool         # torch's fused weight norm, whose double backward is wrong
     read: list          # names of the model's own parameters reached as leaves
     wrong_forward: list  # ops whose forward-mode derivative torch takes wrong
+    flagged: bool = False  # an embedding lookup with scale_grad_by_freq or sparse (a backward-only flag)
+
+
+#: The ``grad_fn`` names of ``F.embedding`` and ``F.embedding_bag``, whose saved flags
+#: ``scale_grad_by_freq`` and ``sparse`` change the backward alone (:class:`second_order_forms`).
+_EMBEDDING_NODES = ("EmbeddingBackward0", "EmbeddingBagBackward0")
+
+
+def _flagged_embedding(node) -> bool:
+    """Whether ``node`` is an embedding lookup's with a backward-only flag on."""
+    return any(getattr(node, "_saved_" + flag, False) for flag in _EMBEDDING_GRADIENT_FLAGS)
 
 
 def _wrong_forward(node) -> str | None:
@@ -224,15 +235,20 @@ def graph_functions(loss: torch.Tensor, watched: dict | None = None) -> GraphSca
     (a ``torch._weight_norm`` that :class:`weight_norm_by_parts` did not take by parts: one called
     in a forward without a weight-norm module, which :func:`needs_forms` does not see); the names
     of the tensors of ``watched`` (``{id(tensor): name}``: the model's own parameters) that it
-    reaches as leaves; and the ops whose forward-mode derivative torch gets wrong.
+    reaches as leaves; the ops whose forward-mode derivative torch gets wrong; and whether an
+    embedding lookup has ``scale_grad_by_freq`` or ``sparse`` on (an ``F.embedding`` call in a
+    forward, which :func:`needs_forms` does not see).
 
     >>> v = torch.ones(2, 3, requires_grad=True)
     >>> tuple(graph_functions(torch._weight_norm(v, torch.ones(2, 1), 0).sum()))
-    ([], True, [], [])
+    ([], True, [], [], False)
     >>> tuple(graph_functions((2 * v).sum(), {id(v): "v"}))
-    ([], False, ['v'], [])
+    ([], False, ['v'], [], False)
+    >>> graph_functions(torch.nn.functional.embedding(torch.tensor([1, 1]), v, scale_grad_by_freq=True).sum()).flagged
+    True
     """
     found, seen, stack, fused, read, wrong = set(), set(), [loss.grad_fn], False, set(), set()
+    flagged = False
     watched = watched or {}
     while stack:
         node = stack.pop()
@@ -247,8 +263,10 @@ def graph_functions(loss: torch.Tensor, watched: dict | None = None) -> GraphSca
             read.add(watched[id(node.variable)])
         if name.startswith("ScatterReduce") and (op := _wrong_forward(node)):
             wrong.add(op)
+        if name in _EMBEDDING_NODES and not flagged:
+            flagged = _flagged_embedding(node)
         stack.extend(next_node for next_node, _ in node.next_functions)
-    return GraphScan(sorted(found), fused, sorted(read), sorted(wrong))
+    return GraphScan(sorted(found), fused, sorted(read), sorted(wrong), flagged)
 
 
 def refuse_parameters_read(read: list[str]) -> None:
@@ -348,9 +366,13 @@ def built_with_forms(op, build) -> list[str]:
     with eager_stance(compiled_model):
         loss = build()
     watched = {id(p): name for name, p in op._model.named_parameters() if p.requires_grad}
-    custom, fused, read, wrong = graph_functions(loss, watched)
+    custom, fused, read, wrong, flagged = graph_functions(loss, watched)
     refuse_parameters_read(read)
     refuse_reentrant_checkpoint(custom)   # a double-backprop build got torch's error already
+    if flagged and not op._forms_needed:   # F.embedding(..., scale_grad_by_freq=True) called directly
+        op._forms_needed = True
+        with eager_stance(compiled_model):
+            custom, fused, _, wrong, _ = graph_functions(build())
     if op.mode == "finite_difference":
         return []
     if wrong and op.mode == "forward_over_reverse":
@@ -362,7 +384,7 @@ def built_with_forms(op, build) -> list[str]:
     if fused and op.mode != "compiled" and not op._forms_needed:
         op._forms_needed = True
         with eager_stance(compiled_model):
-            custom, fused, _, _ = graph_functions(build())
+            custom, fused, _, _, _ = graph_functions(build())
     if fused:
         raise ValueError(f"hvp={op.mode!r}: the loss goes through torch's fused weight norm "
                          f"(torch._weight_norm_interface), whose second derivatives torch takes wrong, "
