@@ -97,3 +97,42 @@ def test_every_functional_dropout_is_taken_off_for_the_reduction_test():
             assert torch.equal(call(), x), name
         attended = F.scaled_dot_product_attention(q, q, q, dropout_p=0.9)
     assert torch.allclose(attended, F.scaled_dot_product_attention(q, q, q))
+
+
+
+def hinge(out, y):
+    return torch.relu(1.0 - y * out).mean()
+
+
+def zero_shard(rank, world):
+    # rank 1's targets are far on the side of the model's outputs without dropout: its hinge loss is 0
+    # there and nearby, so the dropout-free retry of its reduction test says "both" (it cannot tell),
+    # like a shard whose loss is 0 outright, while its masks make the loss it measures nonzero
+    model, (x, y) = problem()
+    with torch.no_grad():
+        model.eval()
+        far = 1e3 * torch.sign(model(x))
+        model.train()
+    y = torch.where(torch.arange(len(y))[:, None] >= SHARDS[0], far, torch.sign(y))
+    lo = sum(SHARDS[:rank])
+    shard = (x[lo:lo + SHARDS[rank]], y[lo:lo + SHARDS[rank]])
+    est = catapult.sharpness(model, hinge, shard, tol=1e-10, distributed=True)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        local = dense_hessian(model, hinge, shard)
+        torch.manual_seed(0)
+        masked = float(hinge(model(shard[0]), shard[1]))
+    union = SHARDS[rank] / sum(SHARDS) * local
+    dist.all_reduce(union)
+    return {"value": est.value, "truth": float(torch.linalg.eigvalsh(union)[-1]), "masked": masked,
+            "local": float(torch.linalg.matrix_norm(local))}
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
+def test_a_shard_whose_loss_is_zero_without_dropout_follows_the_others():
+    # before: rank 1 refused, "loss_fn is neither a mean nor a sum over samples on this rank's shard",
+    # where a shard whose loss is 0 with no dropout at all follows the other ranks
+    ranks = on_ranks(zero_shard, timeout_s=90.0)
+    assert ranks[1]["masked"] > 0 and ranks[1]["local"] > 0   # rank 1's curvature counts in the union's
+    for res in ranks:
+        assert res["value"] == pytest.approx(res["truth"], rel=1e-8)

@@ -338,8 +338,9 @@ def union_weight(model, loss_fn, batch, device=None, *, testable: bool = True) -
     ``testable=False`` (a model sharded by FSDP2, whose forwards are collective): every rank runs
     one forward (no grad) of its whole shard and tells from the loss of the output's halves
     (a mean was taken for every loss, and a sum loss's curvature on 2 ranks came out at 0.57x
-    the union's). A rank that cannot tell (a train-mode BatchNorm) follows the others, and a mean
-    is taken where no rank can tell.
+    the union's). A rank that cannot tell (a train-mode BatchNorm; a loss that is 0 on its shard and
+    nearby, with the functional dropouts or without them) follows the others, and a mean is taken where
+    no rank can tell.
 
     >>> model = torch.nn.Linear(2, 1)
     >>> batch = (torch.randn(6, 2), torch.randn(6, 1))
@@ -440,7 +441,9 @@ def _shard_reduction(model, loss_fn, batch) -> str | None:
                 # (no module to switch to eval: such a model was refused where a Dropout's was measured)
                 with functional_masks_off():
                     _, without, _ = reduction_kind(loss_at, params, x, y, pieces, dtype)
-                kind = without if without in ("mean", "sum") else kind
+                # "both": 0 there and nearby without them (a hinge loss its margins satisfy), so this
+                # shard cannot tell, as one whose loss is 0 outright: it follows the others (it refused)
+                kind = without if without is not None else kind
     finally:
         for module, training in modes:
             module.training = training
