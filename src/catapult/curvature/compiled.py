@@ -34,7 +34,7 @@ import torch
 from torch.nn.utils.stateless import _reparametrize_module
 
 from catapult.curvature.hessian import math_attention
-from catapult.curvature.stateless import slots_kept
+from catapult.curvature.stateless import parametrizations_uncached, slots_kept
 from catapult.curvature.twice import forms_for, needs_forms
 
 __all__ = ["gradient_and_loss", "gradient_and_product", "compile_failures"]
@@ -97,7 +97,8 @@ def _restore_saved_tensor_hooks(enabled: bool) -> None:
 def _run(name: str, *args):
     enabled = torch._C._autograd._saved_tensors_hooks_is_enabled()
     try:
-        with slots_kept(args[0]):  # functional_call's restore misses a submodule at two paths
+        # (a caller's parametrize.cached() would hand every call the first one's weights: stateless.py)
+        with slots_kept(args[0]), parametrizations_uncached():  # functional_call's restore misses a submodule at two paths
             return _run_kept(name, *args, enabled=enabled)
     finally:
         _restore_saved_tensor_hooks(enabled)

@@ -18,6 +18,12 @@ tied embedding, ``hidden @ model.emb.weight.T``) read the model's own Parameter 
 ``functional_call`` had put it back, so the curvature operators differentiated that use as a
 constant: a sharpness 2.6% low, ``converged`` (:func:`functional_loss` keeps the tensors in place
 through the loss).
+
+Inside ``torch.nn.utils.parametrize.cached()`` (a user's evaluation or training step) a parametrized
+weight is computed once and reused by every later forward: the curvature operators' forwards at
+other parameters read the first one's value (finite differences and micro-batches 19% off,
+``converged``; forward over reverse raised a TypeError), so every forward here computes it afresh
+(:func:`parametrizations_uncached`).
 """
 from __future__ import annotations
 
@@ -25,7 +31,34 @@ import contextlib
 
 import torch
 
-__all__ = ["functional_call", "functional_loss", "slots_kept", "renormed_copies", "has_renormed_embeddings"]
+__all__ = ["functional_call", "functional_loss", "slots_kept", "renormed_copies", "has_renormed_embeddings",
+           "parametrizations_uncached"]
+
+
+@contextlib.contextmanager
+def parametrizations_uncached():
+    """Parametrizations (``torch.nn.utils.parametrize``) computed at every access inside, even
+    within a caller's ``parametrize.cached()``, whose cache is left as it was.
+
+    >>> import torch.nn.utils.parametrize as P
+    >>> with P.cached():
+    ...     with parametrizations_uncached():
+    ...         P._cache_enabled
+    ...     P._cache_enabled
+    0
+    1
+    """
+    from torch.nn.utils import parametrize
+
+    enabled = parametrize._cache_enabled
+    if not enabled:
+        yield
+        return
+    parametrize._cache_enabled = 0
+    try:
+        yield
+    finally:
+        parametrize._cache_enabled = enabled
 
 
 @contextlib.contextmanager
@@ -106,7 +139,7 @@ def functional_call(model: torch.nn.Module, tensors: dict, args, *, renormed: bo
     >>> inner.weight is weight
     True
     """
-    with slots_kept(model):
+    with slots_kept(model), parametrizations_uncached():
         if renormed is None or renormed:   # renormed: has_renormed_embeddings(model), asked once by the caller
             tensors = renormed_copies(model, tensors)
         return torch.func.functional_call(model, tensors, args)
@@ -129,7 +162,7 @@ def functional_loss(model: torch.nn.Module, tensors: dict, inputs, loss_fn, targ
     """
     from torch.nn.utils.stateless import _reparametrize_module
 
-    with slots_kept(model):
+    with slots_kept(model), parametrizations_uncached():
         if renormed is None or renormed:
             tensors = renormed_copies(model, tensors)
         with _reparametrize_module(model, tensors, tie_weights=True):
