@@ -48,3 +48,37 @@ def test_a_weight_norm_called_inside_a_compiled_model_is_taken_by_parts():
     # before: torch's NotImplementedError (no forward AD of the fused op), renamed "use finite_difference"
     est = catapult.sharpness(compiled, F.cross_entropy, batch, tol=1e-10)
     assert est.converged and abs(est.value - truth) <= 1e-8 * truth
+
+
+class TwoLayers(nn.Module):
+    def __init__(self, activation=None):
+        super().__init__()
+        self.first, self.second = nn.Linear(3, 4), nn.Linear(4, 2)
+        self.activation = activation
+
+    def forward(self, x):
+        h = self.first(x)
+        return self.second(self.activation(h) if self.activation is not None else torch.tanh(h) * 1.5)
+
+
+def _two_layers(activation=None):
+    torch.manual_seed(0)
+    model = TwoLayers(activation).double()
+    plain = TwoLayers().double()
+    plain.load_state_dict(model.state_dict())
+    batch = (torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 2, dtype=torch.float64))
+    return model, plain, batch
+
+
+def test_a_model_compiled_in_place_is_measured_forward_over_reverse():
+    # before: module.compile() was taken for an eager model, and the default double backprop raised torch's
+    # RuntimeError "torch.compile with aot_autograd does not currently support double backward"
+    model, plain, batch = _two_layers()
+    model.compile()
+    truth = np.linalg.eigvalsh(dense_hessian(plain, nn.MSELoss(), batch).numpy())[-1]
+    est = catapult.sharpness(model, nn.MSELoss(), batch, tol=1e-10)
+    assert est.converged and est.value == pytest.approx(truth, rel=1e-8)
+    with pytest.raises(ValueError, match="hvp='double_backprop' cannot differentiate a torch.compile'd model twice"):
+        catapult.sharpness(model, nn.MSELoss(), batch, hvp="double_backprop")
+    with pytest.raises(ValueError, match="curvature='ggn' takes J v by differentiating a backward"):
+        catapult.sharpness(model, nn.MSELoss(), batch, curvature="ggn")

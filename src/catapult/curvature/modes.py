@@ -39,15 +39,20 @@ def resolve_hvp(hvp: str, device: torch.device | str) -> str:
 
 def holds_compiled(model: torch.nn.Module) -> bool:
     """Whether ``model`` is, or holds, a ``torch.compile`` wrapper (an ``OptimizedModule``, which
-    keeps the original as ``_orig_mod``). ``model.compile()`` in place is not one: ``functional_call``
-    runs its eager forward.
+    keeps the original as ``_orig_mod``), or a module compiled in place (``module.compile()``, whose
+    calls run its compiled forward: double backprop raised torch's "torch.compile with aot_autograd
+    does not currently support double backward" for it, torch 2.13).
 
     Example:
         >>> model = torch.nn.Linear(2, 1)
         >>> holds_compiled(model), holds_compiled(torch.nn.Sequential(torch.compile(model)))
         (False, True)
+        >>> model.compile()
+        >>> holds_compiled(model)
+        True
     """
-    return any(isinstance(getattr(sub, "_orig_mod", None), torch.nn.Module) for sub in model.modules())
+    return any(isinstance(getattr(sub, "_orig_mod", None), torch.nn.Module)
+               or getattr(sub, "_compiled_call_impl", None) is not None for sub in model.modules())
 
 
 def eager_stance(compiled: bool):
