@@ -82,3 +82,25 @@ def test_a_model_compiled_in_place_is_measured_forward_over_reverse():
         catapult.sharpness(model, nn.MSELoss(), batch, hvp="double_backprop")
     with pytest.raises(ValueError, match="curvature='ggn' takes J v by differentiating a backward"):
         catapult.sharpness(model, nn.MSELoss(), batch, curvature="ggn")
+
+
+@torch.compile
+def _compiled_activation(h):
+    return torch.tanh(h) * 1.5
+
+
+def test_a_compiled_function_in_the_forward_names_the_modes_that_measure_it():
+    # a torch.compile'd function (no compiled module to see): torch's raw RuntimeError "torch.compile with
+    # aot_autograd does not currently support double backward" from double backprop (micro-batches and
+    # memory='lean' too), and from inside the Gauss-Newton operator's custom-Function check
+    model, plain, batch = _two_layers(_compiled_activation)
+    truth = np.linalg.eigvalsh(dense_hessian(plain, nn.MSELoss(), batch).numpy())[-1]
+    for kwargs in ({}, {"chunk_size": 3}, {"memory": "lean"}):
+        with pytest.raises(ValueError, match="hvp='double_backprop': the model runs torch.compile'd code.*"
+                                             "hvp='forward_over_reverse' or 'finite_difference'"):
+            catapult.sharpness(model, nn.MSELoss(), batch, **kwargs)
+    with pytest.raises(ValueError, match="curvature='ggn' takes J v by differentiating a backward"):
+        catapult.sharpness(model, nn.MSELoss(), batch, curvature="ggn")
+    for hvp in ("forward_over_reverse", "finite_difference"):
+        est = catapult.sharpness(model, nn.MSELoss(), batch, tol=1e-10, hvp=hvp)
+        assert est.value == pytest.approx(truth, rel=1e-8), hvp

@@ -57,6 +57,10 @@ class GaussNewtonOperator(HessianOperator):
         super().__init__(model, loss_fn, batch, dtype=dtype, hvp="forward_over_reverse",
                          seed=seed, chunk_size=chunk_size)
         self.mode = "gauss_newton"
+        if "CompiledFunction" in self._custom:   # a torch.compile'd function it calls: holds_compiled cannot see it
+            raise ValueError("curvature='ggn' takes J v by differentiating a backward, which the graphs of the "
+                             "torch.compile'd code this model runs cannot; run it uncompiled, or use "
+                             "curvature='hessian' with hvp='forward_over_reverse'")
         if self.chunks == 1:
             self._graph = self._forward_graph(self._inputs, self._targets)
             self.loss = float(self._graph[-1].detach())

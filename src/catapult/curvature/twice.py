@@ -441,6 +441,10 @@ def verify_operator(op, names: list[str]) -> None:
 _NO_DERIVATIVE = re.compile(r"derivative for (?:aten::)?'?([\w.]+)'? is not implemented")
 
 
+#: torch's RuntimeError where double backprop meets a ``torch.compile``'d graph.
+_NO_DOUBLE_BACKWARD = "torch.compile with aot_autograd does not currently support double backward"
+
+
 #: torch's RuntimeError where a forward-AD formula gives a tangent of the wrong shape
 #: (``masked_scatter``: "Trying to set a forward gradient that has a different size ...").
 _BAD_TANGENT = "Trying to set a forward gradient"
@@ -513,6 +517,14 @@ def named_missing_derivatives(method):
         except (NotImplementedError, RuntimeError) as err:
             if str(err).startswith(_REENTRANT):    # any mode, the gradient too
                 raise ValueError(REENTRANT_MESSAGE) from err
+            if _NO_DOUBLE_BACKWARD in str(err):   # a torch.compile'd function the model calls (holds_compiled cannot see)
+                if self.mode == "gauss_newton":
+                    raise ValueError("curvature='ggn' takes J v by differentiating a backward, which the graphs of the "
+                                     "torch.compile'd code this model runs cannot; run it uncompiled, or use "
+                                     "curvature='hessian' with hvp='forward_over_reverse'") from err
+                raise ValueError(f"hvp={self.mode!r}: the model runs torch.compile'd code (a compiled function or "
+                                 f"block), whose graphs have no double backward; hvp='forward_over_reverse' or "
+                                 f"'finite_difference' measures it") from err
             if self.mode in ("forward_over_reverse", "compiled") and "support saved tensor hooks" in str(err):
                 raise ValueError(f"hvp={self.mode!r}: torch.func cannot differentiate a forward that uses saved-"
                                  f"tensor hooks (torch.utils.checkpoint with use_reentrant=False, activation "
