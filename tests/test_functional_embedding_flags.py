@@ -65,3 +65,34 @@ def test_compiled_products_take_a_functional_lookup_without_its_flags():
         warnings.simplefilter("ignore")
         est = catapult.sharpness(model, nn.MSELoss(), batch, tol=1e-10, hvp="compiled")
     assert est.converged and est.value == pytest.approx(truth, rel=1e-8)
+
+
+class ModuleLookup(nn.Module):
+    def __init__(self, **flags):
+        super().__init__()
+        self.emb, self.out = nn.Embedding(5, 4, **flags), nn.Linear(4, 3)
+
+    def forward(self, tokens):
+        return self.out(torch.tanh(self.emb(tokens).mean(1)))
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
+@pytest.mark.parametrize("functional", [False, True])
+def test_a_model_sharded_by_fsdp2_takes_its_lookups_without_their_flags(functional):
+    # the sharded operator's differences of the model's own gradient took scale_grad_by_freq (4.0% off, and
+    # converged at the default tol), the module's and the F.embedding call's alike
+    from torch.distributed.fsdp import fully_shard
+
+    from catapult.curvature.distributed import single_process_group
+
+    model, plain, batch = _problem(False, scale_grad_by_freq=True)
+    truth = np.linalg.eigvalsh(dense_hessian(plain, nn.MSELoss(), batch).numpy())[-1]
+    if not functional:
+        flagged = ModuleLookup(scale_grad_by_freq=True).double()
+        with torch.no_grad():
+            flagged.emb.weight.copy_(model.weight)
+        flagged.out.load_state_dict(model.out.state_dict())
+        model = flagged
+    with single_process_group():
+        est = catapult.sharpness(fully_shard(model), nn.MSELoss(), batch, tol=1e-9, distributed=True)
+    assert est.converged and est.value == pytest.approx(truth, rel=1e-8)

@@ -84,6 +84,7 @@ from catapult.curvature.difference import (central_step, checked_difference, rel
 from catapult.curvature.hessian import fixed_rng
 from catapult.curvature.krylov import vector_norm
 from catapult.curvature.start import mixed_start, real_init, warm_start_weight
+from catapult.curvature.twice import forms_for, graph_functions, needs_forms
 
 
 __all__ = ["is_sharded", "reshard", "full_tensor", "check_sharded_options",
@@ -244,6 +245,10 @@ class ShardedHessianOperator:
         self.step_factor = 1.0   # the difference step's multiple (difference.scaled_step)
         with torch.no_grad():
             self._saved = [p.to_local().clone() for p in self._params]
+        # an embedding's scale_grad_by_freq / sparse change its gradient, not its value: the differences
+        # are taken of the loss's own gradient (twice.second_order_forms; they were 4% off, converged);
+        # asked of the modules here, and of the first forward's graph (an F.embedding call) in _gradient_at
+        self._forms, self._walk = needs_forms(model), True
         self._grad_flat, loss = self._gradient_at(None, 0.0)
         total = torch.tensor([loss * self.weight], dtype=torch.float64, device=self.device)
         self.loss = float(all_reduce_sum(total))
@@ -339,6 +344,14 @@ class ShardedHessianOperator:
             parts.append((self._rows(full, p) if self.local else full).reshape(-1))
         return torch.cat(parts).to(device=self.device, dtype=self.dtype)
 
+    def _loss(self) -> torch.Tensor:
+        """This rank's loss, with its graph, at the parameters the model holds."""
+        with torch.enable_grad(), fixed_rng(self.seed, self.device), forms_for(self._forms):
+            loss = self._loss_fn(self._model(self._inputs), self._targets)
+        if not (torch.is_tensor(loss) and loss.numel() == 1):
+            raise ValueError("loss_fn must return a scalar tensor")
+        return loss
+
     def _gradient_at(self, v: torch.Tensor | None, scale: float) -> tuple[torch.Tensor, float]:
         """The union's flat gradient at ``theta + scale v`` (``theta`` when ``v`` is None), and
         this rank's loss there; the parameters and ``.grad`` are restored before it returns."""
@@ -351,10 +364,16 @@ class ShardedHessianOperator:
                         p.to_local().add_(part.to(p.dtype), alpha=scale)
             for p in self._params:
                 p.grad = None
-            with torch.enable_grad(), fixed_rng(self.seed, self.device):
-                loss = self._loss_fn(self._model(self._inputs), self._targets)
-                if not (torch.is_tensor(loss) and loss.numel() == 1):
-                    raise ValueError("loss_fn must return a scalar tensor")
+            loss = self._loss()
+            if self._walk:   # once, agreed: every rank runs the same forwards (FSDP's all-gathers)
+                self._walk = False
+                flagged = 0.0 if self._forms else float(graph_functions(loss).flagged)
+                if all_reduce_sum(torch.tensor([flagged], dtype=torch.float64, device=self.device)).item():
+                    self._forms = True
+                    del loss
+                    reshard(self._model)   # a forward without a backward
+                    loss = self._loss()
+            with torch.enable_grad():
                 (loss.reshape(()) * self._scale).backward()
             pieces = [torch.zeros(shape, dtype=self.dtype, device=self.device) if p.grad is None
                       else self.part(p.grad).to(self.dtype) for p, shape in zip(self._params, self.shapes)]
