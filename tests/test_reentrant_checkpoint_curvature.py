@@ -90,3 +90,20 @@ def test_a_failed_compiled_call_leaves_saved_tensor_hooks_on():
     truth = np.linalg.eigvalsh(dense_hessian(plain, nn.MSELoss(), batch).numpy())[-1]
     est = catapult.sharpness(model, nn.MSELoss(), batch, tol=1e-9)
     assert est.converged and est.value == pytest.approx(truth, rel=1e-8)
+
+
+def test_critical_lr_refuses_a_reentrant_checkpoint_naming_the_way_out():
+    # before: torch's raw RuntimeError from the gradient (autograd.grad)
+    model, batch = _setup()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match="critical_lr: the model calls torch.utils.checkpoint with "
+                                             "use_reentrant=True.*pass use_reentrant=False"):
+            catapult.critical_lr(model, nn.MSELoss(), batch, torch.optim.SGD(model.parameters(), lr=0.1))
+    # the way out: the same search as the model without checkpoint (the same function)
+    model.reentrant = False
+    plain = Checkpointed(None).double()
+    plain.load_state_dict(model.state_dict())
+    out = catapult.critical_lr(model, nn.MSELoss(), batch, torch.optim.SGD(model.parameters(), lr=0.1))
+    ref = catapult.critical_lr(plain, nn.MSELoss(), batch, torch.optim.SGD(plain.parameters(), lr=0.1))
+    assert (out.lower, out.upper) == (ref.lower, ref.upper)

@@ -37,6 +37,7 @@ from catapult.curvature.rank_agreement import same_call_on_every_rank
 from catapult.curvature.sharded import ShardedHessianOperator, is_sharded, reshard
 from catapult.curvature.start import outside_inference_mode
 from catapult.curvature.stateless import functional_loss
+from catapult.curvature.twice import REENTRANT_ERROR
 from catapult.arguments import caller_stacklevel, check_batch, check_module
 from catapult.optim import registry, rules
 from catapult.parametrize import group_lr_mult, unscaled_group_lrs
@@ -322,8 +323,15 @@ def _loss_and_gradient(model, loss_fn, batch, params, snapshot, reduce) -> tuple
         if not loss.requires_grad and reduce is None:
             raise ValueError("critical_lr: the loss does not depend on any parameter of "
                              "the optimizer")
-        grads = (torch.autograd.grad(loss, params, allow_unused=True) if loss.requires_grad
-                 else [None] * len(params))
+        try:
+            grads = (torch.autograd.grad(loss, params, allow_unused=True) if loss.requires_grad
+                     else [None] * len(params))
+        except RuntimeError as err:
+            if str(err).startswith(REENTRANT_ERROR):   # torch's message, raw, was all it said
+                raise ValueError("critical_lr: the model calls torch.utils.checkpoint with use_reentrant=True, "
+                                 "whose backward cannot be taken with respect to chosen tensors (autograd.grad), "
+                                 "as the gradient here is without touching .grad: pass use_reentrant=False") from err
+            raise
     # an nn.Embedding(sparse=True) gives a sparse gradient, which the update rules' arithmetic
     # refused ("Could not run 'aten::ne.Scalar' with arguments from the 'SparseCPU' backend")
     grads = [g.to_dense() if g is not None and g.is_sparse else g for g in grads]

@@ -64,7 +64,7 @@ from catapult.curvature.modes import eager_stance, holds_compiled
 __all__ = ["math_attention", "weight_norm_by_parts", "weight_norm_module", "custom_functions", "check_custom_functions",
            "verify_operator", "built_with_forms", "GraphScan", "graph_functions", "refuse_parameters_read",
            "second_order_forms", "needs_forms", "forms_for", "named_missing_derivatives",
-           "refuse_reentrant_checkpoint", "REENTRANT_MESSAGE"]
+           "refuse_reentrant_checkpoint", "REENTRANT_MESSAGE", "REENTRANT_ERROR"]
 
 
 def math_attention():
@@ -452,7 +452,7 @@ _BAD_TANGENT = "Trying to set a forward gradient"
 
 #: torch's RuntimeError where a reentrant ``torch.utils.checkpoint`` meets ``autograd.grad`` or
 #: ``backward(inputs=...)`` (every curvature product and gradient here takes one of those).
-_REENTRANT = "When use_reentrant=True, torch.utils.checkpoint is incompatible"
+REENTRANT_ERROR = "When use_reentrant=True, torch.utils.checkpoint is incompatible"
 
 #: What a loss through a reentrant checkpoint is told (its block's parameters are not in the outer
 #: graph: its backward re-runs the block and calls ``backward`` itself, which neither ``autograd.grad``
@@ -515,7 +515,7 @@ def named_missing_derivatives(method):
         try:
             return method(self, *args, **kwargs)
         except (NotImplementedError, RuntimeError) as err:
-            if str(err).startswith(_REENTRANT):    # any mode, the gradient too
+            if str(err).startswith(REENTRANT_ERROR):    # any mode, the gradient too
                 raise ValueError(REENTRANT_MESSAGE) from err
             if _NO_DOUBLE_BACKWARD in str(err):   # a torch.compile'd function the model calls (holds_compiled cannot see)
                 if self.mode == "gauss_newton":
