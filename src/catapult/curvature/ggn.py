@@ -47,6 +47,8 @@ class GaussNewtonOperator(HessianOperator):
         (tensor([4., 1.]), 2)
     """
 
+    _checks_products = False   # its own products are checked (verify_gauss_newton), not forward over reverse's
+
     def __init__(self, model, loss_fn, batch, *, dtype=None, seed: int = 0,
                  chunk_size: int | None = None):
         if isinstance(model, torch.nn.Module) and holds_compiled(model):

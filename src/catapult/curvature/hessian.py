@@ -143,6 +143,10 @@ class HessianOperator:
         (2, 'double_backprop', 1)
     """
 
+    #: whether a build checks one product of a loss through custom Functions (twice.verify_operator); the
+    #: Gauss-Newton operator checks its own (ggn.verify_gauss_newton)
+    _checks_products = True
+
     def __init__(self, model: torch.nn.Module, loss_fn, batch, *, dtype=None, hvp: str = "auto",
                  seed: int = 0, chunk_size: int | None = None, retain_graph: bool = True):
         check_module("HessianOperator", model)
@@ -230,7 +234,7 @@ class HessianOperator:
         self._custom = custom = built_with_forms(self, self._build)
         # the curvature of a nan or inf loss is nan: every product says so (a diverged model)
         self._finite_loss = math.isfinite(self.loss)
-        if self.mode in ("double_backprop", "compiled") and self._finite_loss:  # custom Functions' (twice.py)
+        if self._checks_products and self._finite_loss:  # custom Functions' (twice.py)
             verify_operator(self, custom)
 
     def _build(self) -> torch.Tensor:
