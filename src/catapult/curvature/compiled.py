@@ -89,13 +89,18 @@ def _restore_saved_tensor_hooks(enabled: bool) -> None:
     ``torch.utils.checkpoint(use_reentrant=False)``, torch 2.13) left them off for the whole
     process, so every later ``checkpoint`` call, the user's training's included, raised "torch.func
     ... don't yet support saved tensor hooks"."""
-    autograd = torch._C._autograd
-    if enabled and not autograd._saved_tensors_hooks_is_enabled():
-        autograd._saved_tensors_hooks_enable()
+    if enabled and not _hooks_enabled():
+        torch._C._autograd._saved_tensors_hooks_enable()
+
+
+def _hooks_enabled() -> bool:
+    """Whether saved-tensor hooks are enabled (True on a torch without the query)."""
+    query = getattr(torch._C._autograd, "_saved_tensors_hooks_is_enabled", None)
+    return True if query is None else bool(query())
 
 
 def _run(name: str, *args):
-    enabled = torch._C._autograd._saved_tensors_hooks_is_enabled()
+    enabled = _hooks_enabled()
     try:
         # (a caller's parametrize.cached() would hand every call the first one's weights: stateless.py)
         with slots_kept(args[0]), parametrizations_uncached():  # functional_call's restore misses a submodule at two paths

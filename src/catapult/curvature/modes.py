@@ -70,9 +70,10 @@ def eager_stance(compiled: bool):
     """
     import contextlib
 
-    if not compiled:
+    set_stance = getattr(torch.compiler, "set_stance", None)   # torch >= 2.6
+    if not compiled or set_stance is None:
         return contextlib.nullcontext()
-    return torch.compiler.set_stance("force_eager")
+    return set_stance("force_eager")
 
 
 def resolve_dtype(dtype) -> torch.dtype | None:
