@@ -80,3 +80,20 @@ def test_mixed_dtype_parameters_claim_no_more_than_float32_rounding(solve):
     assert not est.converged
     assert abs(value - truth) / abs(truth) <= bound
     assert bound >= 8 * torch.finfo(torch.float32).eps
+
+
+def test_a_complex_trainable_parameter_is_refused_naming_it():
+    # before: with dtype= (or after a real parameter) torch's raw "result type ComplexDouble can't be cast"
+    class Complex(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 2).double()
+            self.register_parameter("phase", torch.nn.Parameter(torch.randn(2, dtype=torch.complex128)))
+
+        def forward(self, x):
+            return (self.lin(x) * self.phase).abs()
+
+    batch = (torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 2, dtype=torch.float64))
+    for kwargs in ({}, {"dtype": torch.float32}):
+        with pytest.raises(ValueError, match="parameters must be floating point, got torch.complex128 for 'phase'"):
+            catapult.sharpness(Complex(), torch.nn.MSELoss(), batch, **kwargs)

@@ -166,6 +166,10 @@ class HessianOperator:
             dtype = torch.float32  # half precision rounds at 1e-3 .. 8e-3, above any useful tol
         self.device = first.device
         self.dtype = dtype if dtype is not None else first.dtype
+        # every one: a complex parameter after a real one (or under dtype=) met torch's raw cast error
+        if (odd := next((n for n, p in trainable.items() if not p.dtype.is_floating_point), None)) is not None:
+            raise ValueError(f"parameters must be floating point, got {trainable[odd].dtype} for {odd!r} "
+                             f"(freeze it with requires_grad_(False) to measure the others)")
         if not self.dtype.is_floating_point:
             raise ValueError(f"parameters must be floating point, got {self.dtype}")
         if hvp in ("auto", "double_backprop") and holds_compiled(model):
