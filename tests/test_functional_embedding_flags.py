@@ -96,3 +96,20 @@ def test_a_model_sharded_by_fsdp2_takes_its_lookups_without_their_flags(function
     with single_process_group():
         est = catapult.sharpness(fully_shard(model), nn.MSELoss(), batch, tol=1e-9, distributed=True)
     assert est.converged and est.value == pytest.approx(truth, rel=1e-8)
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
+def test_sharded_critical_lr_steps_along_the_optimizers_own_gradient():
+    # critical_lr's direction is the optimizer's next step, from the gradient training takes (the flag's): the
+    # sharded search must bracket the same lr as the unsharded one
+    from torch.distributed.fsdp import fully_shard
+
+    from catapult.curvature.distributed import single_process_group
+
+    model, _, batch = _problem(False, scale_grad_by_freq=True)
+    ref = catapult.critical_lr(model, nn.MSELoss(), batch, torch.optim.SGD(model.parameters(), lr=0.1))
+    with single_process_group():
+        sharded = fully_shard(model)
+        got = catapult.critical_lr(sharded, nn.MSELoss(), batch, torch.optim.SGD(sharded.parameters(), lr=0.1),
+                                   distributed=True)
+    assert got.lr == pytest.approx(ref.lr, rel=1e-12) and got.lower == pytest.approx(ref.lower, rel=1e-12)

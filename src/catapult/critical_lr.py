@@ -352,7 +352,8 @@ def _sharded_loss_and_gradient(model, loss_fn, batch, params, weight: float) -> 
     """``L0`` and the gradient by ``params`` of the union's loss for a model sharded by FSDP2,
     from its own forward and backward (:class:`~catapult.curvature.sharded.ShardedHessianOperator`,
     which leaves ``.grad`` as it was); the gradients are ``DTensor`` shards like the parameters."""
-    op = ShardedHessianOperator(model, loss_fn, batch, weight, vectors="local")
+    # (forms=False: the gradient the optimizer steps with, an embedding's scale_grad_by_freq included, as unsharded)
+    op = ShardedHessianOperator(model, loss_fn, batch, weight, vectors="local", forms=False)
     _check_finite_start(op.loss)
     by_param = {id(p): g for p, g in op.gradients()}
     return op.loss, [by_param.get(id(p)) for p in params]

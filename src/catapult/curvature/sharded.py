@@ -202,7 +202,7 @@ class ShardedHessianOperator:
     mode = "finite_difference"
 
     def __init__(self, model: torch.nn.Module, loss_fn, batch, weight: float, *, seed: int = 0,
-                 vectors: str = "full"):
+                 vectors: str = "full", forms: bool = True):
         if vectors not in ("full", "local"):
             raise ValueError(f"vectors must be 'full' or 'local', got {vectors!r}")
         if not callable(loss_fn):
@@ -248,7 +248,8 @@ class ShardedHessianOperator:
         # an embedding's scale_grad_by_freq / sparse change its gradient, not its value: the differences
         # are taken of the loss's own gradient (twice.second_order_forms; they were 4% off, converged);
         # asked of the modules here, and of the first forward's graph (an F.embedding call) in _gradient_at
-        self._forms, self._walk = needs_forms(model), True
+        # (forms=False: the model's own gradient, flags and all: critical_lr's step direction is the optimizer's)
+        self._forms, self._walk = forms and needs_forms(model), forms
         self._grad_flat, loss = self._gradient_at(None, 0.0)
         total = torch.tensor([loss * self.weight], dtype=torch.float64, device=self.device)
         self.loss = float(all_reduce_sum(total))
