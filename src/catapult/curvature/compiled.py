@@ -103,7 +103,8 @@ def _run(name: str, *args):
     enabled = _hooks_enabled()
     try:
         # (a caller's parametrize.cached() would hand every call the first one's weights: stateless.py)
-        with slots_kept(args[0]), parametrizations_uncached():  # functional_call's restore misses a submodule at two paths
+        # (slots_kept: functional_call's restore misses a submodule at two paths)
+        with slots_kept(args[0]), parametrizations_uncached():
             return _run_kept(name, *args, enabled=enabled)
     finally:
         _restore_saved_tensor_hooks(enabled)

@@ -17,8 +17,8 @@ from torch.autograd.graph import get_gradient_edge
 from torch.utils._pytree import tree_map
 
 from catapult.arguments import check_batch, check_module
-from catapult.curvature.difference import (central_step, checked_difference, relative_gap,
-                                           rounding_level)
+from catapult.curvature.difference import (central_step, checked_difference, refuse_spectral_norm_differences,
+                                           relative_gap, rounding_level)
 from catapult.curvature.forward_ad import jvp_of_gradient
 from catapult.curvature.grads_into import (attach_grads, backward_into, flush_grads, refuse_constant,
                                            scalar_loss)
@@ -181,6 +181,8 @@ class HessianOperator:
                                  "hvp='auto' (forward_over_reverse for such a model) or pass the model uncompiled")
             hvp = "forward_over_reverse"
         self.mode = hvp = resolve_hvp(hvp, self.device)
+        if hvp == "finite_difference":
+            refuse_spectral_norm_differences(model, "hvp='finite_difference'")
         self.seed = int(seed)
         self.names = list(trainable)
         self.shapes = [p.shape for p in trainable.values()]

@@ -79,8 +79,8 @@ import torch
 from catapult.arguments import check_batch
 
 from catapult.curvature.distributed import agreed, all_reduce_sum
-from catapult.curvature.difference import (central_step, checked_difference, relative_gap,
-                                           rounding_level)
+from catapult.curvature.difference import (central_step, checked_difference, refuse_spectral_norm_differences,
+                                           relative_gap, rounding_level)
 from catapult.curvature.hessian import fixed_rng
 from catapult.curvature.krylov import vector_norm
 from catapult.curvature.start import mixed_start, real_init, warm_start_weight
@@ -211,7 +211,10 @@ class ShardedHessianOperator:
         import torch.distributed as dist
         DTensor = _dtensor_type()
         self._model = model
-        reshard(model)   # the parameters are the shards again
+        reshard(model)   # the parameters are the shards again (a refusal below leaves them so too)
+        if forms:   # (critical_lr's gradient, forms=False, is the training's own, iteration and all)
+            refuse_spectral_norm_differences(model, "distributed=True on a model sharded by fully_shard (finite "
+                                                    "differences)")
         trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if not trainable:
             raise ValueError("model has no parameters with requires_grad=True")

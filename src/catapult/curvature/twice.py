@@ -524,7 +524,8 @@ def named_missing_derivatives(method):
         except (NotImplementedError, RuntimeError) as err:
             if str(err).startswith(REENTRANT_ERROR):    # any mode, the gradient too
                 raise ValueError(REENTRANT_MESSAGE) from err
-            if _NO_DOUBLE_BACKWARD in str(err):   # a torch.compile'd function the model calls (holds_compiled cannot see)
+            # a torch.compile'd function the model calls (which holds_compiled cannot see)
+            if _NO_DOUBLE_BACKWARD in str(err):
                 if self.mode == "gauss_newton":
                     raise ValueError("curvature='ggn' takes J v by differentiating a backward, which the graphs of the "
                                      "torch.compile'd code this model runs cannot; run it uncompiled, or use "
