@@ -97,3 +97,16 @@ def test_a_complex_trainable_parameter_is_refused_naming_it():
     for kwargs in ({}, {"dtype": torch.float32}):
         with pytest.raises(ValueError, match="parameters must be floating point, got torch.complex128 for 'phase'"):
             catapult.sharpness(Complex(), torch.nn.MSELoss(), batch, **kwargs)
+
+
+def test_lazy_and_meta_parameters_are_refused_naming_the_way_out():
+    # before: torch's raw "Can't access the shape of an uninitialized parameter" / "Tensor on device meta is
+    # not on the expected device cpu!"
+    batch = (torch.randn(8, 3), torch.randn(8, 2))
+    lazy = nn.Sequential(nn.LazyLinear(4), nn.Tanh(), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match="parameter '0.weight' is uninitialized .*run one forward"):
+        catapult.sharpness(lazy, nn.MSELoss(), batch)
+    meta = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).to("meta")
+    for call in (catapult.sharpness, catapult.hessian_trace):
+        with pytest.raises(ValueError, match="parameter '0.weight' is on the meta device .*materialize"):
+            call(meta, nn.MSELoss(), batch)

@@ -161,6 +161,15 @@ class HessianOperator:
         trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
         if not trainable:
             raise ValueError("model has no parameters with requires_grad=True")
+        # no values to measure: torch's raw "Can't access the shape of an uninitialized parameter" or
+        # "Tensor on device meta is not on the expected device" came out
+        for name, p in model.named_parameters():
+            if isinstance(p, torch.nn.parameter.UninitializedParameter):
+                raise ValueError(f"parameter {name!r} is uninitialized (a lazy module): run one forward of the "
+                                 f"model first")
+            if p.is_meta:
+                raise ValueError(f"parameter {name!r} is on the meta device (no values): materialize the model "
+                                 f"first (model.to_empty(device=...) and its initialization, or load a state dict)")
         first = next(iter(trainable.values()))
         if dtype is None and any(p.dtype in (torch.float16, torch.bfloat16) for p in trainable.values()):
             dtype = torch.float32  # half precision rounds at 1e-3 .. 8e-3, above any useful tol
