@@ -2,6 +2,7 @@
 mode, micro-batches, the finite-difference coarse start and ``memory="lean"`` agree with the
 dense float64 Hessian, instead of failing inside the model or in autograd."""
 import copy
+import warnings
 
 import numpy as np
 import pytest
@@ -110,3 +111,18 @@ def test_lazy_and_meta_parameters_are_refused_naming_the_way_out():
     for call in (catapult.sharpness, catapult.hessian_trace):
         with pytest.raises(ValueError, match="parameter '0.weight' is on the meta device .*materialize"):
             call(meta, nn.MSELoss(), batch)
+
+
+def test_a_torchscript_model_is_refused_naming_the_way_out():
+    # before: AttributeError "'OrderedDictWrapper' object has no attribute 'get'" from every function
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    batch = (torch.randn(8, 3), torch.randn(8, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # torch.jit is deprecated
+        scripted = torch.jit.script(model)
+    for call in (catapult.sharpness, catapult.top_eigenpairs):
+        with pytest.raises(ValueError, match="is \\(or holds\\) a TorchScript module.*pass the nn.Module"):
+            call(scripted, nn.MSELoss(), batch)
+    wrapped = nn.Sequential(scripted)
+    with pytest.raises(ValueError, match="critical_lr: the model is \\(or holds\\) a TorchScript module"):
+        catapult.critical_lr(wrapped, nn.MSELoss(), batch, torch.optim.SGD(wrapped.parameters(), lr=0.1))

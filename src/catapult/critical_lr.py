@@ -36,7 +36,7 @@ from catapult.curvature import distributed as dist_ops
 from catapult.curvature.rank_agreement import same_call_on_every_rank
 from catapult.curvature.sharded import ShardedHessianOperator, is_sharded, reshard
 from catapult.curvature.start import outside_inference_mode
-from catapult.curvature.stateless import functional_loss
+from catapult.curvature.stateless import functional_loss, refuse_scripted
 from catapult.curvature.twice import REENTRANT_ERROR
 from catapult.arguments import caller_stacklevel, check_batch, check_module
 from catapult.optim import registry, rules
@@ -461,6 +461,7 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     check_module("critical_lr", model)
+    refuse_scripted("critical_lr", model)
     check_batch("critical_lr", batch, allow_empty=distributed)
     registry.spec_for(optimizer)              # unsupported optimizer: fail before any work
     registry.refuse_maximize(optimizer, "critical_lr")

@@ -24,7 +24,7 @@ from catapult.curvature.grads_into import (attach_grads, backward_into, flush_gr
                                            scalar_loss)
 from catapult.curvature.microbatch import refuse_dropout, split_batch, weighted_backward, weighted_gradient
 from catapult.curvature.modes import HVP_MODES, holds_compiled, resolve_dtype, resolve_hvp
-from catapult.curvature.stateless import functional_loss, has_renormed_embeddings
+from catapult.curvature.stateless import functional_loss, has_renormed_embeddings, refuse_scripted
 from catapult.curvature.twice import (built_with_forms, forms_for, math_attention, named_missing_derivatives,
                                       needs_forms, verify_operator, weight_norm_module)
 
@@ -150,6 +150,7 @@ class HessianOperator:
     def __init__(self, model: torch.nn.Module, loss_fn, batch, *, dtype=None, hvp: str = "auto",
                  seed: int = 0, chunk_size: int | None = None, retain_graph: bool = True):
         check_module("HessianOperator", model)
+        refuse_scripted("", model)
         if not callable(loss_fn):
             raise TypeError("loss_fn must be callable as loss_fn(outputs, targets)")
         check_batch("HessianOperator", batch)  # a pair, and no input of 0 samples

@@ -32,7 +32,25 @@ import contextlib
 import torch
 
 __all__ = ["functional_call", "functional_loss", "slots_kept", "renormed_copies", "has_renormed_embeddings",
-           "parametrizations_uncached"]
+           "parametrizations_uncached", "refuse_scripted"]
+
+
+def refuse_scripted(owner: str, model: torch.nn.Module) -> None:
+    """A ValueError naming ``owner`` (where given) where ``model`` is, or holds, a TorchScript module
+    (``torch.jit.script`` / ``torch.jit.trace``), whose parameters ``functional_call`` cannot
+    replace: every curvature function and ``critical_lr`` raised "'OrderedDictWrapper' object has no
+    attribute 'get'" for one.
+
+    >>> refuse_scripted("sharpness", torch.nn.Linear(1, 1))
+    >>> refuse_scripted("sharpness", torch.jit.script(torch.nn.Linear(1, 1)))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: sharpness: the model is (or holds) a TorchScript module ...
+    """
+    if any(isinstance(m, torch.jit.ScriptModule) for m in model.modules()):
+        raise ValueError(f"{owner + ': ' if owner else ''}the model is (or holds) a TorchScript module (torch.jit.script or trace), whose "
+                         f"parameters cannot be swapped for the ones it is evaluated at; pass the nn.Module it was "
+                         f"made from (the same weights)")
 
 
 @contextlib.contextmanager
