@@ -129,7 +129,8 @@ def test_a_single_run_of_a_sweep_config_says_its_sweep_is_ignored(tmp_path, caps
     assert "optimizer.lr=0.125, seed=0" in err
     assert main(["critical-lr", str(config)]) == 0 and "sweep: section is ignored" in capsys.readouterr().err
     # coord-check trained its models at the base lr 0.125 without the note
-    assert main(["coord-check", str(config), "coord_check.densities=[0.5, 1.0]", "coord_check.steps=1",
+    # (depth 3: an mlp of depth 2 has no hidden layer to mask, refused)
+    assert main(["coord-check", str(config), "model.depth=3", "coord_check.densities=[0.5, 1.0]", "coord_check.steps=1",
                  "coord_check.seeds=[0]", "--out", str(tmp_path / "cc"), "--progress", "none", "--threads", "1"]) == 0
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "catapult coord-check: note: the config's sweep: section is ignored" in err
