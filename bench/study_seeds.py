@@ -37,7 +37,9 @@
   the failure boundary per seed (the smallest lr_trgt at which that seed failed) and its
   geometric mean over seeds, per T, by the paper's rule and counting only runs that failed
   without ever reaching 50% training accuracy (an early failure, not a collapse after training);
-  when each failed run failed; the figure draws both boundaries against T and RAdam's
+  when each failed run failed; per (T, optimizer, T_wrm, lr_trgt) the best and final test and
+  training accuracy over every seed and how many seeds failed after reaching 50% training accuracy
+  (a collapse, not an early failure); the figure draws both boundaries against T and RAdam's
   rectification r_t (b2 = 0.999) against step / T for each T.
 """
 from __future__ import annotations
@@ -169,15 +171,49 @@ def _boundary_text(per: dict, lrs: list) -> tuple[str, list, list]:
     return (prefix + f"{mean:.3g} (" + ", ".join(m + f"{v:g}" for m, v in zip(marks, vals)) + ")"), vals, marks
 
 
+def _accuracies(rows: list[dict]) -> dict:
+    """A run's best and final training and test accuracy from its metric rows: best = the largest
+    finite value logged, final = the last one logged (a test accuracy is logged only at
+    evaluations, so 'final test' is the last evaluation's); None where none was logged."""
+    out = {}
+    for key in ("train_accuracy", "test_accuracy"):
+        xs = [r[key] for r in rows if r.get(key) is not None and math.isfinite(r[key])]
+        out["best_" + key], out["final_" + key] = (max(xs), xs[-1]) if xs else (None, None)
+    return out
+
+
+def _accuracy_rows(store_cells: list[tuple[Store, dict]], trained: dict) -> list[str]:
+    """One line per (T, optimizer, T_wrm, lr_trgt): best and final test and training accuracy (%),
+    mean ± std over every seed (failed ones included), and how many seeds failed after training."""
+    groups = defaultdict(list)
+    for store, c in store_cells:
+        cfg = c["config"]
+        groups[(cfg["train"]["steps"], cfg["optimizer"]["name"], cfg["schedule"]["warmup_steps"],
+                cfg["optimizer"]["lr"])].append((c, _accuracies(store.metrics(c["id"]))))
+    lines = ["| T | optimizer | T_wrm | lr | best test | final test | best train | final train | failed |"
+             " failed after training |", "|" + "---|" * 10]
+    for key in sorted(groups):
+        members = groups[key]
+        cols = [_ms([a[k] for _, a in members], scale=100)
+                for k in ("best_test_accuracy", "final_test_accuracy", "best_train_accuracy", "final_train_accuracy")]
+        failed = [c for c, _ in members if c["status"] != "finished"]
+        late = [c for c in failed if trained[id(c)]]
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]:g} | " + " | ".join(cols)
+                     + f" | {len(failed)}/{len(members)} | {len(late)}/{len(members)} |")
+    return lines
+
+
 def runlength(stores: list[Store], out: Path) -> str:
     groups = defaultdict(list)  # (steps, optimizer, T_wrm) -> cells
     when = {}  # id(cell) -> (text, trained) for failed cells
+    store_cells = []  # (store, cell) of every outcome
     for store in stores:
         for c in store.cells():
             if c["status"] not in ("finished", "diverged", "collapsed"):
                 continue  # not run (pending, interrupted) or an error: not a training outcome
             if c["status"] != "finished":
                 when[id(c)] = _when(store, c)
+            store_cells.append((store, c))
             cfg = c["config"]
             groups[(cfg["train"]["steps"], cfg["optimizer"]["name"], cfg["schedule"]["warmup_steps"])].append(c)
     lengths = sorted({n for n, _, _ in groups})
@@ -245,6 +281,10 @@ def runlength(stores: list[Store], out: Path) -> str:
             if failed_at:
                 lines.append(f"- T = {n}, {o}, T_wrm {w}: " + "; ".join(
                     f"lr {lr:g}: " + ", ".join(failed_at[lr].get(sd, "-") for sd in seeds) for lr in sorted(failed_at)))
+    lines += ["", "Best and final accuracy (%) per cell, mean ± std over every seed (failed ones included; a"
+              " training accuracy is one batch's where the run is minibatch); 'failed after training': failed"
+              " seeds that had reached 50% training accuracy", ""]
+    lines += _accuracy_rows(store_cells, {k: v[1] for k, v in when.items()})
     import numpy as np
 
     rax = axes[2]

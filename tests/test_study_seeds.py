@@ -148,3 +148,22 @@ def test_runlength_says_when_each_failed_run_failed(tmp_path):
     # the early boundary counts only 'never' (seed 1): seeds 0, 2 trained, then failed; seed 3 finished
     early = text.split("without ever reaching 50% training accuracy")[1]
     assert _row(early, "radam", "1")[2] == "~ 0.5 (> 0.5, <= 0.5, > 0.5, > 0.5)"
+
+
+def test_runlength_prints_best_and_final_accuracies_and_counts_failures_after_training(tmp_path):
+    def run(seed, failed, train, test):
+        """``test``: {step: test accuracy}, logged at evaluations only."""
+        cell, _ = _t1_run("adam", 1, 3, 0.25, seed, failed)
+        return cell, [dict(step=t, train_accuracy=a, train_loss=1.0, test_accuracy=test.get(t))
+                      for t, a in enumerate(train)]
+
+    runs = [run(0, False, [0.2, 0.8, 1.0, 0.9], {0: 0.1, 2: 0.7, 3: 0.6}),   # finished
+            run(1, True, [0.1, 0.6, 1.0, 0.1], {0: 0.1, 2: 0.8, 3: 0.1}),    # trained (1.0), then collapsed
+            run(2, True, [0.1, 0.2, 0.1, 0.1], {0: 0.1, 2: 0.2, 3: 0.1})]    # never reached 50 %
+    text = _study().runlength([FakeStore(runs)], tmp_path / "f.png")
+    table = text.split("Best and final accuracy (%) per cell")[1]
+    # by hand: best test 0.7, 0.8, 0.2 -> mean 56.67, sample std sqrt(((13.33)^2 + (23.33)^2 + (36.67)^2) / 2) = 32.15;
+    # final test 0.6, 0.1, 0.1 -> 26.67 ± 28.87; best train 1.0, 1.0, 0.2 -> 73.33 ± 46.19;
+    # final train 0.9, 0.1, 0.1 -> 36.67 ± 46.19; 2 of 3 failed, 1 of 3 after reaching 50 %
+    assert _row(table, "3", "adam", "1", "0.25")[4:] == ["56.7 ± 32.1", "26.7 ± 28.9", "73.3 ± 46.2",
+                                                       "36.7 ± 46.2", "2/3", "1/3"]
