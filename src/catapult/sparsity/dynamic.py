@@ -35,6 +35,7 @@ optimizer step the updater re-applies the masks (``W <- W ⊙ M``), so a masked 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -153,7 +154,8 @@ class MaskUpdater:
             raise ValueError(f"sparsity method must be one of {DYNAMIC_METHODS}; got {method!r}")
         for name, value, low in (("update_every", update_every, 1), ("start_step", start_step, 0),
                                  ("end_step", 0 if end_step is None else end_step, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:  # 1.5 was step 1
+            # 1.5 was step 1; NumPy integers are steps (numbers.Integral), as counts are elsewhere
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
         for name, value in (("final_density", final_density), ("drop_fraction", drop_fraction)):
             # a drop fraction above 1 grew more weights than it dropped: the density changed
