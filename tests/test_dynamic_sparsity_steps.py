@@ -163,3 +163,22 @@ def test_numpy_integers_are_steps_like_python_integers():
         MaskUpdater(_model(), "rigl", update_every=1.5, end_step=20)
     with pytest.raises(ValueError, match="end_step must be an integer >= 0; got True"):
         MaskUpdater(_model(), "rigl", update_every=1, end_step=True)
+
+
+def test_numpy_reals_are_fractions_and_densities_like_python_floats():
+    # rigl_update(fraction=np.float32(0.5)) was refused ('must be a number in [0, 1]; got 0.5'), and
+    # MaskUpdater's final_density / drop_fraction as np.float32 too (isinstance int, float)
+    import numpy as np
+
+    from catapult.sparsity import rigl_update
+
+    weight = torch.tensor([1.0, 0.1, 3.0, 0.0, 0.0, 0.0])
+    mask = torch.tensor([True, True, True, False, False, False])
+    grad = torch.tensor([0.0, 0.0, 0.0, 0.2, 9.0, 1.0])
+    # floor(0.5 * 3) = 1: drop the active entry of least |w| (index 1), grow the largest |grad| (index 4)
+    assert rigl_update(weight, mask, grad, np.float32(0.5)).tolist() == [True, False, True, False, True, False]
+    updater = MaskUpdater(_model(1.0), "gmp", final_density=np.float32(0.5), drop_fraction=np.float32(0.25),
+                          update_every=5, end_step=20)
+    assert (updater.final_density, updater.drop_fraction) == (0.5, 0.25)
+    with pytest.raises(ValueError, match="must be a number in \\[0, 1\\]"):
+        rigl_update(weight, mask, grad, np.float64(1.5))

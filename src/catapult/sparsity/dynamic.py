@@ -91,7 +91,7 @@ def rigl_update(weight: torch.Tensor, mask: torch.Tensor, dense_grad: torch.Tens
     Drop the ``k = floor(fraction * n_active)`` active entries of smallest ``|weight|``, then
     grow the ``k`` inactive entries (after the drop) of largest ``|dense_grad|``. Ties break
     by index order of ``torch.topk``."""
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 1.0:
+    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0.0 <= fraction <= 1.0:
         # 1.5 dropped the active entries and as many inactive ones, then grew them all: the count rose
         raise ValueError(f"rigl_update fraction must be a number in [0, 1]; got {fraction!r}")
     if not (weight.shape == mask.shape == dense_grad.shape):
@@ -159,7 +159,7 @@ class MaskUpdater:
                 raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
         for name, value in (("final_density", final_density), ("drop_fraction", drop_fraction)):
             # a drop fraction above 1 grew more weights than it dropped: the density changed
-            if not (isinstance(value, (int, float)) and 0.0 < value <= 1.0):
+            if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and 0.0 < value <= 1.0):
                 raise ValueError(f"{name} must be a number in (0, 1]; got {value!r}")
         if method != "static":
             _check_schedule(method, final_density, update_every, end_step, start_step)
