@@ -239,6 +239,9 @@ def test_difference_products_across_relu_kinks_are_refused_by_validation(overrid
      ["data.tokenizer=char"]),
     ("schedule: {warmup: linear, lr_init: 0.01, power: 2.0}\n", ["schedule.warmup=catapult"]),
     ("eval: {spectrum_top_k: 3, spectrum_block_size: 2}\n", ["eval.spectrum_top_k=0"]),
+    # an mlp config's init kept when the model becomes a gpt: it said only "remove model.init"
+    ("data: {name: digits}\nmodel: {name: mlp, depth: 3, init: trunc_normal}\n",
+     ["model.name=gpt", "data.name=shakespeare"]),
 ])
 def test_a_remove_it_refusal_says_how_to_remove_the_key_on_the_command_line(tmp_path, text, overrides):
     # "data.vocab_size: is a BPE option; set data.tokenizer: bpe or remove it": a key the file sets

@@ -83,7 +83,8 @@ def _check_model_data(config: dict) -> Problems:
         if model["activation"] not in ("relu", "gelu"):
             yield ("model.activation", f"{model['activation']!r} is not a gpt activation; allowed: relu, gelu")
         if model["init"] != "normal":
-            yield ("model.init", "the gpt initializes from a normal distribution; remove model.init")
+            yield ("model.init", "the gpt initializes from a normal distribution; "
+                                 f"{_remove(ModelConfig, 'init', 'model.init')}")
     else:
         for key in ("init_std", "n_heads", "positions", "tie_embeddings"):
             if model[key] != _default(ModelConfig, key):
