@@ -191,6 +191,7 @@ class HessianOperator:
                                  "hvp='auto' (forward_over_reverse for such a model) or pass the model uncompiled")
             hvp = "forward_over_reverse"
         self.mode = hvp = resolve_hvp(hvp, self.device)
+        refuse_scripted("", model, hvp)   # a parameterless one: torch.func's products are wrong
         if hvp == "finite_difference":
             refuse_spectral_norm_differences(model, "hvp='finite_difference'")
         self.seed = int(seed)
