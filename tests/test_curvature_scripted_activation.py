@@ -1,7 +1,8 @@
 """A model holding a TorchScript module without parameters or buffers (a scripted activation):
 ``functional_call`` swaps nothing in it, so double backprop, finite differences and
-``critical_lr`` measure it (a4e1719 refused every such model); torch.func's transforms
-(forward over reverse, hvp='compiled', the GGN) take its derivatives wrong and stay refused."""
+``critical_lr`` measure it (a4e1719 refused every such model), and so does the Gauss-Newton
+operator (J v by differentiating a backward); torch.func's products (forward over reverse,
+hvp='compiled') take its derivatives wrong and stay refused."""
 from __future__ import annotations
 
 import warnings
@@ -83,8 +84,6 @@ def test_torch_func_products_through_a_scripted_module_stay_refused(hvp):
     model, batch = _models()
     with pytest.raises(ValueError, match=f"hvp='{hvp}'.*TorchScript.*double_backprop"):
         catapult.sharpness(model, nn.MSELoss(), batch, hvp=hvp)
-    with pytest.raises(ValueError, match="TorchScript"):
-        catapult.top_eigenpairs(model, nn.MSELoss(), batch, k=2, curvature="ggn")
 
 
 def test_a_scripted_module_with_parameters_stays_refused():
@@ -94,3 +93,22 @@ def test_a_scripted_module_with_parameters_stays_refused():
         holding = nn.Sequential(torch.jit.script(nn.Linear(5, 3).double()))
     with pytest.raises(ValueError, match="is \\(or holds\\) a TorchScript module.*pass the nn.Module"):
         catapult.sharpness(holding, nn.MSELoss(), batch, hvp="double_backprop")
+
+
+def test_the_gauss_newton_operator_measures_a_parameterless_scripted_module():
+    # refused by a4e1719 too; G = J^T (2 / (N C)) J for the mean squared error, J by hand
+    model, batch = _models()
+    values = catapult.top_eigenpairs(model, nn.MSELoss(), batch, k=2, curvature="ggn", tol=1e-8).values
+    params = [p.detach().clone() for p in model.parameters()]
+    sizes = [p.numel() for p in params]
+    x, y = batch
+
+    def outputs(flat):
+        w1, b1, w2, b2 = (t.view_as(p) for t, p in zip(flat.split(sizes), params))
+        return (torch.tanh(x @ w1.T + b1) * 1.5) @ w2.T + b2
+
+    flat = torch.cat([p.reshape(-1) for p in params])
+    jac = torch.autograd.functional.jacobian(outputs, flat).reshape(-1, sum(sizes))
+    ggn = (2.0 / y.numel()) * jac.T @ jac
+    top = np.linalg.eigvalsh(ggn.numpy())[::-1][:2]
+    assert list(values) == pytest.approx(list(top), rel=1e-6)

@@ -48,6 +48,7 @@ class GaussNewtonOperator(HessianOperator):
     """
 
     _checks_products = False   # its own products are checked (verify_gauss_newton), not forward over reverse's
+    _scripted_mode = "ggn"     # products by differentiating a backward: a scripted activation is measured
 
     def __init__(self, model, loss_fn, batch, *, dtype=None, seed: int = 0,
                  chunk_size: int | None = None):

@@ -147,6 +147,9 @@ class HessianOperator:
     #: Gauss-Newton operator checks its own (ggn.verify_gauss_newton)
     _checks_products = True
 
+    #: the mode a parameterless TorchScript module is judged under (stateless.refuse_scripted); None: ``hvp``
+    _scripted_mode: str | None = None
+
     def __init__(self, model: torch.nn.Module, loss_fn, batch, *, dtype=None, hvp: str = "auto",
                  seed: int = 0, chunk_size: int | None = None, retain_graph: bool = True):
         check_module("HessianOperator", model)
@@ -191,7 +194,7 @@ class HessianOperator:
                                  "hvp='auto' (forward_over_reverse for such a model) or pass the model uncompiled")
             hvp = "forward_over_reverse"
         self.mode = hvp = resolve_hvp(hvp, self.device)
-        refuse_scripted("", model, hvp)   # a parameterless one: torch.func's products are wrong
+        refuse_scripted("", model, self._scripted_mode or hvp)   # a parameterless one: torch.func's are wrong
         if hvp == "finite_difference":
             refuse_spectral_norm_differences(model, "hvp='finite_difference'")
         self.seed = int(seed)

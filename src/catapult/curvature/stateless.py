@@ -41,7 +41,8 @@ def refuse_scripted(owner: str, model: torch.nn.Module, mode: str | None = None)
     cannot replace: every curvature function and ``critical_lr`` raised "'OrderedDictWrapper' object
     has no attribute 'get'" for one. One without either (a scripted activation) is swapped nothing,
     and reverse-mode products measure it; torch.func's (``mode`` ``"forward_over_reverse"`` or
-    ``"compiled"``, the GGN's) took its derivatives wrong (1.2953 and 1.8008 for 2.0723) and are refused.
+    ``"compiled"``) took its derivatives wrong (1.2953 and 1.8008 for 2.0723) and are refused (``"ggn"``,
+    J v by differentiating a backward, is not).
 
     >>> refuse_scripted("sharpness", torch.nn.Linear(1, 1))
     >>> refuse_scripted("sharpness", torch.jit.script(torch.nn.Linear(1, 1)))  # doctest: +ELLIPSIS
