@@ -17,7 +17,8 @@ For every parameterization, every axis given (``widths`` with the config's densi
 ``densities`` with its width) and every seed, the model is built exactly as ``catapult train``
 builds it (same init seed rule, same masks, same per-layer learning rates; masks are not updated,
 and a ``model.sparsity.method: gmp`` config, whose masks start all ones, gets static masks of
-the density checked, or every density would be measured dense), trained for
+the density checked, or every density would be measured dense; a rigl config's masks are the
+static ones, density 1.0 included), trained for
 ``steps`` steps at the constant learning rate ``optimizer.lr`` (the schedule is not used: a
 coordinate check compares parameterizations at one lr) on the run's first ``steps`` training
 batches (the same batches for every model: ``catapult train``'s, augmented as training augments
@@ -226,8 +227,9 @@ def _variant(config: Mapping[str, Any], parametrization: str, axis: str, value, 
     variant = copy.deepcopy(dict(config))
     variant["model"] = dict(variant["model"], parametrization=parametrization, **{axis: value})
     sparsity = variant["model"].get("sparsity")
-    if isinstance(sparsity, Mapping) and sparsity.get("method") == "gmp":
-        # gmp builds all-ones masks (it prunes from dense later): every density would be dense
+    if isinstance(sparsity, Mapping) and sparsity.get("method", "static") != "static":
+        # no mask is updated here: gmp builds all-ones masks (it prunes from dense later), so every
+        # density would be dense; rigl's are static's, and its density-1.0 models were refused
         variant["model"]["sparsity"] = dict(sparsity, method="static")
     if seed is not None:
         variant["seed"] = int(seed)
