@@ -294,8 +294,9 @@ def test_a_rigl_config_is_checked_at_every_density_dense_included(tmp_path, caps
     # < 1"), so configs/supar/dynamic_sparsity_small.yaml could not be checked over [.., 1.0]
     path = _config(tmp_path)   # densities 0.125, 0.5, 1.0
     out = tmp_path / "rigl"
-    assert main(["coord-check", str(path), "model.density=0.5", "model.sparsity.method=rigl", "train.steps=20",
-                 "model.sparsity.update_every=5", "--out", str(out), "--progress", "none"]) == 0, capsys.readouterr().err
+    code = main(["coord-check", str(path), "model.density=0.5", "model.sparsity.method=rigl", "train.steps=20",
+                 "model.sparsity.update_every=5", "--out", str(out), "--progress", "none"])
+    assert code == 0, capsys.readouterr().err
     rows = _csv_rows(out)
     assert {row["value"] for row in rows} == {0.125, 0.5, 1.0}
     _assert_supar_flat_sp_rising(rows)
