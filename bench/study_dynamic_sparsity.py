@@ -10,6 +10,13 @@ drift of that optimum between the densities in log2 units; plots the curves with
         'sweep.grid.model.density=[0.5,0.0625]' 'sweep.grid.optimizer.lr=[0.0009765625,0.00390625,0.015625,0.0625]'
     catapult export runs/dyn.db --out runs/dyn.csv
     .venv/bin/python bench/study_dynamic_sparsity.py runs/dyn.csv --out bench/figures/supar_rigl_small.png
+
+A static-sparsity export (no ``model.sparsity.method`` column, e.g. of
+``configs/supar/lr_transfer_small.yaml``) reads as method ``static``. ``--dense-from PARAM`` lends
+PARAM's density-1 cells to every parametrization that has none: at density 1 muP, SμPar and the
+two ablations build the same model (``density_mult`` = 1), so their dense curve is run once. Each
+group also prints the drift paired by seed (per seed: the optimum at the sparsest density minus
+the one at the densest, argmin on the grid and fitted), mean ± sample std.
 """
 from __future__ import annotations
 
@@ -25,10 +32,15 @@ def fitted_optimum(lrs: list[float], by_seed: dict[int, dict[float, float]], win
     """Per seed, the log2 lr at the vertex of a least-squares parabola through that seed's final
     losses at the lrs within ``window`` log2 units of the lowest mean loss (the argmin if the
     parabola opens downwards or its vertex leaves that window)."""
+    return list(fitted_by_seed(lrs, by_seed, window).values())
+
+
+def fitted_by_seed(lrs: list[float], by_seed: dict[int, dict[float, float]], window: float = 2.0) -> dict[int, float]:
+    """:func:`fitted_optimum` keyed by seed (seeds with fewer than 3 finite points left out)."""
     means = [np.mean([by_seed[s][lr] for s in by_seed if lr in by_seed[s]]) for lr in lrs]
     centre = math.log2(lrs[int(np.argmin(means))])
     near = [lr for lr in lrs if abs(math.log2(lr) - centre) <= window]
-    out = []
+    out = {}
     for s, losses in sorted(by_seed.items()):
         pts = [(math.log2(lr), losses[lr]) for lr in near if lr in losses and math.isfinite(losses[lr])]
         if len(pts) < 3:
@@ -38,7 +50,7 @@ def fitted_optimum(lrs: list[float], by_seed: dict[int, dict[float, float]], win
         vertex = -b / (2 * a) if a > 0 else math.nan
         if not (a > 0 and x.min() <= vertex <= x.max()):
             vertex = x[int(np.argmin(y))]
-        out.append(float(vertex))
+        out[s] = float(vertex)
     return out
 
 
@@ -46,6 +58,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("csv")
     ap.add_argument("--out", default="bench/figures/supar_rigl_small.png")
+    ap.add_argument("--dense-from", default=None, metavar="PARAM",
+                    help="use PARAM's density-1 cells for every parametrization without its own")
     args = ap.parse_args()
     cells = defaultdict(list)
     seeds = defaultdict(dict)
@@ -53,10 +67,20 @@ def main() -> None:
         if row["status"] not in ("finished", "diverged"):  # not run (yet)
             continue
         loss = float(row["test_loss"]) if row["status"] == "finished" and row["test_loss"] else math.inf
-        key = (row["model.sparsity.method"], row["model.parametrization"], float(row["model.density"]),
+        key = (row.get("model.sparsity.method", "static"), row["model.parametrization"], float(row["model.density"]),
                float(row["optimizer.lr"]))
         cells[key].append(loss)
         seeds[key[:3]].setdefault(int(row["seed"]), {})[key[3]] = loss
+    if args.dense_from:
+        for method, param in sorted({k[:2] for k in cells}):
+            if param == args.dense_from or any(k[:3] == (method, param, 1.0) for k in cells):
+                continue
+            lent = [k for k in cells if k[:3] == (method, args.dense_from, 1.0)]
+            if lent:
+                print(f"({method}, {param}: density 1 from {args.dense_from})")
+            for k in lent:
+                cells[(method, param, 1.0, k[3])] = cells[k]
+                seeds[(method, param, 1.0)] = seeds[k[:3]]
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -66,7 +90,7 @@ def main() -> None:
     print("| method | parametrization | density | lr: mean ± std (n) ... | optimal lr |")
     print("|---|---|---|---|---|")
     for ax, (method, param) in zip(axes[0], groups):
-        optima, fitted = {}, {}
+        optima, fitted, paired = {}, {}, {}
         for density in sorted({k[2] for k in cells if k[:2] == (method, param)}, reverse=True):
             lrs = sorted(k[3] for k in cells if k[:3] == (method, param, density) and len(cells[k]) >= 3)
             if not lrs:
@@ -77,6 +101,11 @@ def main() -> None:
             optima[density] = best
             fits = fitted_optimum(lrs, seeds[(method, param, density)])
             fitted[density] = fits
+            by_seed = seeds[(method, param, density)]
+            fit = fitted_by_seed(lrs, by_seed)
+            for s in fit:
+                curve = {lr: by_seed[s][lr] for lr in lrs if lr in by_seed[s]}
+                paired.setdefault(density, {})[s] = (math.log2(min(curve, key=curve.get)), fit[s])
             text = ", ".join(f"2^{math.log2(lr):g}: {v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0:.3f} "
                              f"({len(v)})" for lr, v in zip(lrs, vals))
             print(f"| {method} | {param} | {density:g} | {text} | 2^{math.log2(best):g}; fitted "
@@ -93,6 +122,14 @@ def main() -> None:
         print(f"| {method} | {param} | drift of the optimum across densities | | argmin {drift:g} log2 units; "
               f"fitted, density {sparse:g} minus {dense:g}: {fm[sparse] - fm[dense]:+.2f} ± "
               f"{math.hypot(fs[sparse], fs[dense]):.2f} |")
+        common = sorted(set(paired.get(sparse, {})) & set(paired.get(dense, {})))
+        if len(common) > 1:
+            d_arg = [paired[sparse][s][0] - paired[dense][s][0] for s in common]
+            d_fit = [paired[sparse][s][1] - paired[dense][s][1] for s in common]
+            print(f"| {method} | {param} | drift paired by seed ({len(common)} seeds) | | argmin "
+                  f"{', '.join(f'{d:+g}' for d in d_arg)}: {np.mean(d_arg):+.2f} ± {np.std(d_arg, ddof=1):.2f}; "
+                  f"fitted {', '.join(f'{d:+.2f}' for d in d_fit)}: {np.mean(d_fit):+.2f} ± "
+                  f"{np.std(d_fit, ddof=1):.2f} |")
         ax.set_title(f"{method}, {param}")
         ax.set_xlabel("log2 lr")
         ax.set_ylabel("final validation loss (mean, min-max band)")
