@@ -122,11 +122,13 @@ def main() -> None:
         print(f"| {method} | {param} | drift of the optimum across densities | | argmin {drift:g} log2 units; "
               f"fitted, density {sparse:g} minus {dense:g}: {fm[sparse] - fm[dense]:+.2f} ± "
               f"{math.hypot(fs[sparse], fs[dense]):.2f} |")
-        common = sorted(set(paired.get(sparse, {})) & set(paired.get(dense, {})))
-        if len(common) > 1:
-            d_arg = [paired[sparse][s][0] - paired[dense][s][0] for s in common]
-            d_fit = [paired[sparse][s][1] - paired[dense][s][1] for s in common]
-            print(f"| {method} | {param} | drift paired by seed ({len(common)} seeds) | | argmin "
+        for other in sorted((d for d in paired if d != dense), reverse=True):
+            common = sorted(set(paired[other]) & set(paired.get(dense, {})))
+            if len(common) < 2:
+                continue
+            d_arg = [paired[other][s][0] - paired[dense][s][0] for s in common]
+            d_fit = [paired[other][s][1] - paired[dense][s][1] for s in common]
+            print(f"| {method} | {param} | drift {dense:g} -> {other:g} paired by seed ({len(common)} seeds) | | argmin "
                   f"{', '.join(f'{d:+g}' for d in d_arg)}: {np.mean(d_arg):+.2f} ± {np.std(d_arg, ddof=1):.2f}; "
                   f"fitted {', '.join(f'{d:+.2f}' for d in d_fit)}: {np.mean(d_fit):+.2f} ± "
                   f"{np.std(d_fit, ddof=1):.2f} |")
