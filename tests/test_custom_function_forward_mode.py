@@ -38,25 +38,17 @@ def _tanh_function(jvp_factor: float):
     return Tanh
 
 
-class NumpyTanh(torch.autograd.Function):
+class NumpyTanh(_tanh_function(1.0)):
+    """The exact tanh Function's context and jvp (without one, torch's "You must implement the
+    jvp function" was named already), with a forward and backward through NumPy."""
     @staticmethod
     def forward(x):
         return torch.from_numpy(np.tanh(x.detach().numpy()))
 
     @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(output)
-        ctx.save_for_forward(output)
-
-    @staticmethod
     def backward(ctx, grad):
         out, = ctx.saved_tensors
         return grad * torch.from_numpy(1 - out.detach().numpy() ** 2)
-
-    @staticmethod
-    def jvp(ctx, tangent):   # (without one, torch's "You must implement the jvp function" was named already)
-        out, = ctx.saved_tensors
-        return tangent * (1 - out ** 2)
 
 
 class Net(nn.Module):
