@@ -58,9 +58,9 @@ def refuse_scripted(owner: str, model: torch.nn.Module, mode: str | None = None)
     """
     scripted = [m for m in model.modules() if isinstance(m, torch.jit.ScriptModule)]
     if any(next(m.parameters(), None) is not None or next(m.buffers(), None) is not None for m in scripted):
-        raise ValueError(f"{owner + ': ' if owner else ''}the model is (or holds) a TorchScript module (torch.jit.script or trace), whose "
-                         f"parameters cannot be swapped for the ones it is evaluated at; pass the nn.Module it was "
-                         f"made from (the same weights)")
+        raise ValueError(f"{owner + ': ' if owner else ''}the model is (or holds) a TorchScript module "
+                         f"(torch.jit.script or trace), whose parameters cannot be swapped for the ones it is "
+                         f"evaluated at; pass the nn.Module it was made from (the same weights)")
     if scripted and mode in ("forward_over_reverse", "compiled"):
         raise ValueError(f"hvp={mode!r}: the model holds a TorchScript module (torch.jit.script or trace), whose "
                          f"derivatives torch.func takes wrong (a scripted tanh: 1.2953 for 2.0723); "
