@@ -76,14 +76,21 @@ def test_a_failed_compiled_call_leaves_saved_tensor_hooks_on():
     # hooks torch.func refuses) left saved-tensor hooks disabled for the whole process: every later
     # checkpoint call, the user's own training's included, raised "torch.func ... don't yet support
     # saved tensor hooks"
+    # (and it left scaled_dot_product_attention on its math kernel alone, flash and memory-efficient
+    # off, for the whole process: the user's training ran on the slower kernel, with other numerics)
     model, batch = _setup()
     model.reentrant = False
+    kernels = (torch.backends.cuda.flash_sdp_enabled(), torch.backends.cuda.mem_efficient_sdp_enabled(),
+               torch.backends.cuda.math_sdp_enabled())
+    assert kernels == (True, True, True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(ValueError, match="hvp='compiled': torch.func cannot differentiate a forward that uses "
                                              "saved-tensor hooks"):
             catapult.sharpness(model, nn.MSELoss(), batch, hvp="compiled")
     assert torch._C._autograd._saved_tensors_hooks_is_enabled()
+    assert (torch.backends.cuda.flash_sdp_enabled(), torch.backends.cuda.mem_efficient_sdp_enabled(),
+            torch.backends.cuda.math_sdp_enabled()) == kernels
     nn.MSELoss()(model(batch[0]), batch[1]).backward()     # the user's own training step
     plain = Checkpointed(None).double()
     plain.load_state_dict(model.state_dict())

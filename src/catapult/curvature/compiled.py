@@ -99,8 +99,29 @@ def _hooks_enabled() -> bool:
     return True if query is None else bool(query())
 
 
+_ATTENTION_KERNELS = ("flash", "mem_efficient", "math", "cudnn")
+
+
+def _attention_kernels() -> dict:
+    """Which ``scaled_dot_product_attention`` kernels are enabled (process-wide flags)."""
+    flags = {}
+    for kernel in _ATTENTION_KERNELS:
+        query = getattr(torch.backends.cuda, f"{kernel}_sdp_enabled", None)
+        if query is not None:
+            flags[kernel] = bool(query())
+    return flags
+
+
+def _restore_attention_kernels(flags: dict) -> None:
+    """Put the attention kernels' flags back: a compiled transform that raised inside ``_loss``'s
+    ``math_attention()`` left the math kernel alone enabled for the whole process (flash and
+    memory-efficient off), so the user's own training ran on the slower kernel, with other numerics."""
+    for kernel, on in flags.items():
+        getattr(torch.backends.cuda, f"enable_{kernel}_sdp")(on)
+
+
 def _run(name: str, *args):
-    enabled = _hooks_enabled()
+    enabled, kernels = _hooks_enabled(), _attention_kernels()
     try:
         # (a caller's parametrize.cached() would hand every call the first one's weights: stateless.py)
         # (slots_kept: functional_call's restore misses a submodule at two paths)
@@ -108,6 +129,7 @@ def _run(name: str, *args):
             return _run_kept(name, *args, enabled=enabled)
     finally:
         _restore_saved_tensor_hooks(enabled)
+        _restore_attention_kernels(kernels)
 
 
 def _run_kept(name: str, *args, enabled: bool):
