@@ -31,10 +31,9 @@ import math
 import warnings
 
 import torch
-from torch.nn.utils.stateless import _reparametrize_module
 
 from catapult.curvature.hessian import math_attention
-from catapult.curvature.stateless import parametrizations_uncached, slots_kept
+from catapult.curvature.stateless import Holder, holding, parametrizations_uncached, slots_kept
 from catapult.curvature.twice import forms_for, needs_forms
 
 __all__ = ["gradient_and_loss", "gradient_and_product", "compile_failures"]
@@ -49,7 +48,7 @@ def _unflatten(flat: torch.Tensor, layout) -> dict:
                                                              dtypes)}
 
 
-def _loss(model, loss_fn, flat: torch.Tensor, layout, frozen: dict, buffers: dict, inputs,
+def _loss(holder: Holder, loss_fn, flat: torch.Tensor, layout, frozen: dict, buffers: dict, inputs,
           targets, forms: bool | None = None) -> torch.Tensor:
     # buffers are cloned inside the transformed function: train-mode BatchNorm writes them, and
     # torch.func refuses writes to tensors captured from outside; the math kernel of
@@ -58,10 +57,11 @@ def _loss(model, loss_fn, flat: torch.Tensor, layout, frozen: dict, buffers: dic
     # (and the loss inside the swap too: a loss_fn may read the model's parameters, stateless.functional_loss)
     # (forms: the operator's own answer, which its graph walk also gives for an F.embedding call with
     # scale_grad_by_freq: from needs_forms alone, such a sharpness came out 4% low)
+    model = holder.model
     with math_attention(), forms_for(needs_forms(model) if forms is None else forms):
         fresh = {n: b.clone() for n, b in buffers.items()}
-        with _reparametrize_module(model, {**frozen, **fresh, **_unflatten(flat, layout)}, tie_weights=True):
-            loss = loss_fn(model(inputs), targets)
+        loss = holding(holder, {**frozen, **fresh, **_unflatten(flat, layout)},
+                       lambda: loss_fn(model(inputs), targets))
     return loss.reshape(())
 
 
@@ -125,8 +125,9 @@ def _run(name: str, *args):
     try:
         # (a caller's parametrize.cached() would hand every call the first one's weights: stateless.py)
         # (slots_kept: functional_call's restore misses a submodule at two paths)
+        # (the model inside a Holder: the tensors stay in it through the loss, stateless.holding)
         with slots_kept(args[0]), parametrizations_uncached():
-            return _run_kept(name, *args, enabled=enabled)
+            return _run_kept(name, Holder(args[0]), *args[1:], enabled=enabled)
     finally:
         _restore_saved_tensor_hooks(enabled)
         _restore_attention_kernels(kernels)

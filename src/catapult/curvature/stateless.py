@@ -31,8 +31,8 @@ import contextlib
 
 import torch
 
-__all__ = ["functional_call", "functional_loss", "slots_kept", "renormed_copies", "has_renormed_embeddings",
-           "parametrizations_uncached", "refuse_scripted"]
+__all__ = ["functional_call", "functional_loss", "Holder", "holding", "slots_kept", "renormed_copies",
+           "has_renormed_embeddings", "parametrizations_uncached", "refuse_scripted"]
 
 
 def refuse_scripted(owner: str, model: torch.nn.Module, mode: str | None = None) -> None:
@@ -193,13 +193,45 @@ def functional_loss(model: torch.nn.Module, tensors: dict, inputs, loss_fn, targ
     >>> torch.autograd.grad(loss, w)[0]     # d(w^2)/dw = 2w
     tensor([[4.]])
     """
-    from torch.nn.utils.stateless import _reparametrize_module
+    def body():
+        loss = loss_fn(model(inputs), targets)
+        if then is not None:
+            then(loss)
+        return loss
 
     with slots_kept(model), parametrizations_uncached():
         if renormed is None or renormed:
             tensors = renormed_copies(model, tensors)
-        with _reparametrize_module(model, tensors, tie_weights=True):
-            loss = loss_fn(model(inputs), targets)
-            if then is not None:
-                then(loss)
-            return loss
+        return holding(Holder(model), tensors, body)
+
+
+class Holder(torch.nn.Module):
+    """A module whose one child is ``model`` and whose forward is ``body()``: through it
+    :func:`torch.func.functional_call` (public) keeps the given tensors in ``model`` for the whole
+    of ``body``, the loss and a backward included, not for ``model``'s forward alone
+    (:func:`holding`).
+
+    >>> Holder(torch.nn.Linear(1, 1))(lambda: 3)
+    3
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, body):
+        return body()
+
+
+def holding(holder: Holder, tensors: dict, body):
+    """``body()`` with ``holder.model`` holding ``tensors`` (names as in ``model.named_parameters()``
+    and ``named_buffers()``; tied weights follow the name given), by
+    :func:`torch.func.functional_call` on ``holder`` (:class:`Holder`).
+
+    >>> model = torch.nn.Linear(1, 1, bias=False)
+    >>> holding(Holder(model), {"weight": torch.full((1, 1), 5.0)}, lambda: model.weight.item())
+    5.0
+    >>> model.weight.item() == 5.0
+    False
+    """
+    return torch.func.functional_call(holder, {f"model.{name}": t for name, t in tensors.items()}, (body,))
