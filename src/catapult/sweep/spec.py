@@ -35,7 +35,9 @@ axes and in reports.
 :func:`load_sweep` reads such a file and applies ``key=value`` overrides (base keys as for
 ``catapult train``; ``sweep.seeds=3``, ``sweep.seeds=[0,1,2]`` and ``sweep.grid.<dotted key>=<axis>`` change the
 sweep), :func:`expand` validates *every* cell with :func:`catapult.config.validate` before any
-work and raises one :class:`~catapult.config.ConfigError` naming each bad cell and key.
+work and raises one :class:`~catapult.config.ConfigError` naming each bad cell and key. A
+``model.density`` axis's density-1 cells under rigl or gmp run the dense model
+(:func:`dense_reference`).
 """
 from __future__ import annotations
 
@@ -60,6 +62,7 @@ __all__ = [
     "load_sweep",
     "expand",
     "cell_problems",
+    "dense_reference",
     "cells_error",
     "canonical_json",
     "set_dotted",
@@ -464,6 +467,9 @@ def expand(base: Mapping[str, Any], spec: SweepSpec) -> list[CellSpec]:
         for key, value in swept.items():
             set_dotted(mapping, key, copy.deepcopy(value))
         mapping["name"] = f"{name}-{index}"
+        dense = dense_reference(mapping, swept)
+        if dense is not None:  # the density axis's dense reference: no mask to change
+            set_dotted(mapping, "model.sparsity.method", "static")
         try:
             config = cfg.validate(mapping)
         except cfg.ConfigError as err:
@@ -471,11 +477,38 @@ def expand(base: Mapping[str, Any], spec: SweepSpec) -> list[CellSpec]:
             continue
         # keep the swept values as the config normalized them (e.g. 2000.0 -> 2000)
         swept = {key: get_dotted(config, key) for key in swept}
+        if dense is not None and "model.sparsity.method" in swept:
+            swept["model.sparsity.method"] = dense  # its grid position (what --where selects); the config ran static
         cells.append(CellSpec(index, config, swept))
     if problems:
         raise cells_error(problems)
     _refuse_equal_values(spec, cells)
     return cells
+
+
+def dense_reference(mapping: Mapping[str, Any], swept: Mapping[str, Any]) -> str | None:
+    """The dynamic-sparsity method (``"rigl"`` or ``"gmp"``) of a cell that a ``model.density``
+    axis puts at density 1 (``None`` for any other cell): the dense reference of a density grid.
+
+    A dense model has no mask for rigl or gmp to change, so :func:`expand` runs such a cell as the
+    dense model: its config says ``model.sparsity.method: static`` (at density 1, no masks), and
+    its swept value of ``model.sparsity.method``, where that key is swept too, stays the grid's
+    (``--where model.sparsity.method=rigl`` selects it with the sparse cells). A single run, or
+    a sweep whose density is not swept, at density 1 with rigl or gmp is still refused: every
+    such run would be dense under a method that never acts.
+
+    >>> dense_reference({"model": {"density": 1, "sparsity": {"method": "rigl"}}}, {"model.density": 1})
+    'rigl'
+    >>> dense_reference({"model": {"density": 0.5, "sparsity": {"method": "rigl"}}}, {"model.density": 0.5})
+    """
+    if "model.density" not in swept:
+        return None
+    try:
+        density = cfg.get("model.density").validate(swept["model.density"])
+        method = cfg.get("model.sparsity.method").validate(get_dotted(mapping, "model.sparsity.method"))
+    except (ValueError, KeyError, TypeError):  # named by the cell's own validation
+        return None
+    return method if density == 1.0 and method in ("rigl", "gmp") else None
 
 
 def _value_meaning(key: str, value: Any) -> str:

@@ -1,0 +1,84 @@
+"""A density grid under dynamic sparsity that includes the dense reference (``model.density`` 1
+with ``model.sparsity.method`` rigl or gmp): the density-1 cells run the dense model (no masks,
+stored as method static) while keeping their grid position; a single run, or a grid whose
+density is not swept, with a dynamic method at density 1 is still refused."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from catapult import cli
+from catapult import config as cfg
+from catapult.sweep.spec import expand, load_sweep
+
+BASE = ("name: dyn\nseed: 0\ndata: {name: shakespeare, context: 8, n_train: 32, n_test: 8}\n"
+        "model: {name: gpt, width: 8, depth: 1, n_heads: 2, density: 0.5,\n"
+        "        sparsity: {method: rigl, update_every: 1, end_fraction: 0.75}}\n"
+        "loss: cross_entropy\noptimizer: {name: adam, lr: 0.01}\n"
+        "train: {steps: 4, batch_size: 4}\neval: {sharpness_every: 0, test_every: 0}\n")
+
+
+def _write(tmp_path, grid: str, base: str = BASE):
+    path = tmp_path / "dyn.yaml"
+    path.write_text(base + "sweep:\n  grid:\n" + grid)
+    return path
+
+
+def test_a_rigl_density_grid_with_the_dense_reference_expands_and_stores_it_as_dense(tmp_path):
+    # 'sweep.grid.model.density=[1.0, 0.25, 0.0625]' with method rigl was refused as a whole
+    # ("rigl changes masks: set model.density < 1") for its density-1 cells
+    path = _write(tmp_path, "    model.sparsity.method: [rigl, gmp]\n    model.density: [1.0, 0.25, 0.0625]\n")
+    base, spec = load_sweep(path)
+    cells = expand(base, spec)
+    assert len(cells) == 6
+    for cell in cells:
+        method, density = cell.swept["model.sparsity.method"], cell.swept["model.density"]
+        assert method in ("rigl", "gmp")  # the grid's coordinate, what --where selects
+        assert cell.config["model"]["density"] == density
+        assert cell.config["model"]["sparsity"]["method"] == ("static" if density == 1.0 else method)
+
+
+def test_the_dense_reference_cell_trains_the_dense_model(tmp_path, capsys):
+    from catapult.engine import run
+    from catapult.engine.build import build_run
+    from catapult.sparsity import masked_modules
+    from catapult.sweep.store import Store
+
+    path = _write(tmp_path, "    model.density: [1.0, 0.5]\n")
+    store = tmp_path / "s.db"
+    assert cli.main(["sweep", str(path), "--store", str(store), "--progress", "none", "--threads", "1"]) == 0
+    captured = capsys.readouterr()
+    assert "2 cells: 2 finished" in captured.out
+    assert "model.density 1 run the dense model" in captured.err
+    with Store(store, create=False, readonly=True) as s:
+        dense, sparse = s.cells()
+    assert dense["swept"] == {"model.density": 1.0} and dense["config"]["model"]["sparsity"]["method"] == "static"
+    assert sparse["config"]["model"]["sparsity"]["method"] == "rigl"
+    # the dense model: no masked matrix at all, every hidden weight free
+    assert next(masked_modules(build_run(dense["config"]).model), None) is None
+    assert next(masked_modules(build_run(sparse["config"]).model), None) is not None
+    # and its loss is that of the plain dense run (the same config without any sparsity key)
+    plain = cfg.validate({**{k: v for k, v in dense["config"].items() if k != "name"},
+                          "model": {**dense["config"]["model"], "sparsity": {}}})
+    result = run(plain, progress="none")
+    assert dense["train_loss"] == result.metrics[-1]["train_loss"] and math.isfinite(dense["train_loss"])
+    assert dense["test_loss"] == result.metrics[-1]["test_loss"]
+
+
+@pytest.mark.parametrize("method", ["rigl", "gmp"])
+def test_a_single_run_with_a_dynamic_method_at_density_1_is_still_refused(tmp_path, method):
+    config = cfg.read_mapping(_write(tmp_path, "    model.density: [0.5]\n"))
+    config.pop("sweep")
+    config["model"] = {**config["model"], "density": 1.0, "sparsity": {"method": method}}
+    with pytest.raises(cfg.ConfigError) as refused:
+        cfg.validate(config)
+    assert refused.value.keys == ["model.sparsity.method"]
+
+
+def test_a_grid_whose_density_is_not_swept_still_refuses_a_dynamic_method_at_density_1(tmp_path, capsys):
+    # every rigl cell would be the dense model under a method that never acts: the silent no-op
+    path = _write(tmp_path, "    model.sparsity.method: [static, rigl]\n")
+    code = cli.main(["sweep", str(path), "model.density=1.0", "--dry-run"])
+    err = capsys.readouterr().err
+    assert code == 2 and "model.sparsity.method" in err and "rigl changes masks" in err, err
