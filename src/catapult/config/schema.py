@@ -135,7 +135,8 @@ def _schema_order(model: type[BaseModel] | None, loc: tuple) -> tuple[int, ...]:
     return tuple(order)
 
 
-def _checked(mapping: Mapping[str, Any] | None, model: type[BaseModel]) -> tuple[BaseModel, dict]:
+def _checked(mapping: Mapping[str, Any] | None, model: type[BaseModel],
+             checks: bool = True) -> tuple[BaseModel, dict]:
     if isinstance(mapping, Mapping) and not isinstance(mapping, dict):
         mapping = dict(mapping)
     try:
@@ -144,7 +145,7 @@ def _checked(mapping: Mapping[str, Any] | None, model: type[BaseModel]) -> tuple
         errors = sorted(err.errors(), key=lambda e: _schema_order(model, tuple(e["loc"])))
         raise ConfigError([_problem(e, model) for e in errors]) from None
     config = run.model_dump()
-    problems = [problem for check in CHECKS for problem in check(config)]
+    problems = [problem for check in CHECKS for problem in check(config)] if checks else []
     if problems:
         raise ConfigError(problems)
     if config.get("name") is None:
@@ -163,6 +164,13 @@ def parse(mapping: Mapping[str, Any] | None, model: type[BaseModel] = RunConfig)
     return _checked(mapping, model)[0]
 
 
-def validate(mapping: Mapping[str, Any] | None, model: type[BaseModel] = RunConfig) -> dict:
-    """:func:`parse`, returned as the completed plain nested dict (every default filled in)."""
-    return _checked(mapping, model)[1]
+def validate(mapping: Mapping[str, Any] | None, model: type[BaseModel] = RunConfig, *, checks: bool = True) -> dict:
+    """:func:`parse`, returned as the completed plain nested dict (every default filled in).
+
+    ``checks=False`` leaves out the cross-key :data:`~catapult.config.checks.CHECKS`: every key
+    valid on its own is all it asks (a sweep's base config, whose swept keys each cell replaces).
+
+    >>> validate({"train": {"steps": 5}, "schedule": {"decay": "cosine", "warmup_steps": 10}}, checks=False)["train"]["steps"]
+    5
+    """
+    return _checked(mapping, model, checks)[1]

@@ -399,7 +399,9 @@ def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> tuple[dict, S
     """Read a sweep config: ``(base_config, spec)``.
 
     The base config (everything but ``sweep:``) gets the non-``sweep.`` overrides and is
-    validated like a ``catapult train`` config (``name`` defaults to the file's stem); the
+    validated like a ``catapult train`` config (``name`` defaults to the file's stem), as the grid
+    runs it: a swept key's base value is not checked, and a problem between keys only where every
+    cell has it (:func:`expand` names the cells that keep one); the
     ``sweep:`` section gets the ``sweep.*`` overrides. Raises :class:`~catapult.config.ConfigError`.
     Cells are validated by :func:`expand`.
     """
@@ -423,7 +425,7 @@ def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> tuple[dict, S
         mapping = cfg.apply_overrides(mapping, base_overrides)
         if mapping.get("name") is None:
             mapping["name"] = re.sub(r"[^A-Za-z0-9_.+=-]", "_", path.stem) or "sweep"
-        base = cfg.validate(mapping)
+        base = _validate_base(mapping, spec)
     except cfg.ConfigError as err:
         problems.extend(err.problems)
     if spec is not None:
@@ -437,8 +439,64 @@ def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> tuple[dict, S
     return base, spec
 
 
+def _validate_base(mapping: dict, spec: SweepSpec | None) -> dict:
+    """The validated base config of a sweep, checked as the grid runs it: a swept key's base value,
+    which no cell runs, is not checked, and a cross-key problem of the base is refused here only
+    where every cell of the grid has it too (a base ``train.steps: 10`` under ``decay: cosine,
+    warmup_steps: 50`` with the grid ``train.steps: [100, 200]`` is no cell's problem);
+    :func:`expand` names the cells that keep one."""
+    if spec is None or not spec.axes:
+        return cfg.validate(mapping)
+    try:
+        cfg.validate(mapping, checks=False)
+    except cfg.ConfigError as err:
+        unswept = [(key, msg) for key, msg in err.problems if key not in spec.keys]
+        if unswept:  # a key no cell replaces
+            raise cfg.ConfigError(unswept) from None
+        mapping = copy.deepcopy(mapping)
+        for key, _ in err.problems:  # each cell sets its own value: the base's is never used
+            _drop_dotted(mapping, key)
+    try:
+        return cfg.validate(mapping)
+    except cfg.ConfigError as err:
+        problems = err.problems
+    for combo in itertools.product(*(axis.values for axis in spec.axes)):
+        try:
+            cfg.validate(_cell_mapping(mapping, dict(zip(spec.keys, combo)))[0])
+        except cfg.ConfigError as err:
+            problems = [p for p in problems if p in err.problems]  # the base's: every cell has it
+        else:
+            problems = []
+        if not problems:
+            return cfg.validate(mapping, checks=False)
+    raise cfg.ConfigError(problems)
+
+
+def _drop_dotted(mapping: dict, key: str) -> None:
+    """Remove ``mapping["a"]["b"]`` for ``key = "a.b"`` where it is there."""
+    *sections, leaf = key.split(".")
+    node: Any = mapping
+    for part in sections:
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+        node.pop(leaf, None)
+
+
 # --------------------------------------------------------------------------------------------
 # Expansion
+
+
+def _cell_mapping(base: Mapping[str, Any], swept: Mapping[str, Any]) -> tuple[dict, str | None]:
+    """The config mapping of the cell of ``base`` at the ``swept`` values, and
+    :func:`dense_reference`'s method where the cell is a density axis's dense reference (its
+    method is then static)."""
+    mapping = copy.deepcopy(dict(base))
+    for key, value in swept.items():
+        set_dotted(mapping, key, copy.deepcopy(value))
+    dense = dense_reference(mapping, swept)
+    if dense is not None:  # the density axis's dense reference: no mask to change
+        set_dotted(mapping, "model.sparsity.method", "static")
+    return mapping, dense
 
 
 @dataclass(frozen=True)
@@ -463,13 +521,8 @@ def expand(base: Mapping[str, Any], spec: SweepSpec) -> list[CellSpec]:
     name = base.get("name") or "sweep"
     for index, combo in enumerate(itertools.product(*(axis.values for axis in spec.axes))):
         swept = {axis.key: value for axis, value in zip(spec.axes, combo)}
-        mapping = copy.deepcopy(dict(base))
-        for key, value in swept.items():
-            set_dotted(mapping, key, copy.deepcopy(value))
+        mapping, dense = _cell_mapping(base, swept)
         mapping["name"] = f"{name}-{index}"
-        dense = dense_reference(mapping, swept)
-        if dense is not None:  # the density axis's dense reference: no mask to change
-            set_dotted(mapping, "model.sparsity.method", "static")
         try:
             config = cfg.validate(mapping)
         except cfg.ConfigError as err:
