@@ -33,7 +33,7 @@ class ConfigError(ValueError):
         super().__init__(self._format())
 
     def _format(self) -> str:
-        lines = [_cut(f"{_cut(key, 120)}: {msg}" if key else msg, MAX_LINE)
+        lines = [_cut(f"{_cut_key(key, 120)}: {msg}" if key else msg, MAX_LINE)
                  for key, msg in self.problems[:MAX_PROBLEMS]]
         if len(self.problems) > MAX_PROBLEMS:
             lines.append(f"... and {len(self.problems) - MAX_PROBLEMS} more problems")
@@ -49,6 +49,21 @@ class ConfigError(ValueError):
 
 def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit - 4] + " ..."
+
+
+def _cut_key(key: str, limit: int) -> str:
+    """``key`` cut to ``limit`` characters in its middle, keeping its last word whole: a cell's key
+    ``cell 3 (<every swept value>) model.sparsity.update_every`` lost the key it names at its end.
+
+    >>> _cut_key("cell 0 (" + "x=1, " * 30 + "y=2) model.sparsity.method", 60)
+    'cell 0 (x=1, x=1, x=1, x=1, x=1, x ... model.sparsity.method'
+    """
+    if len(key) <= limit:
+        return key
+    tail = key.rsplit(" ", 1)[-1]
+    if len(tail) > limit // 2:  # a key that long is not worth keeping whole
+        return _cut(key, limit)
+    return key[:limit - len(tail) - 5] + " ... " + tail
 
 
 class MissingDependency(ModuleNotFoundError):
