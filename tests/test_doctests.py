@@ -58,6 +58,7 @@ MODULES = (
     "catapult.engine.model_size",
     "catapult.models.options",
     "catapult.sweep.store_file",
+    "catapult.sweep.variants",
 )
 
 # Public names without an example, and why.

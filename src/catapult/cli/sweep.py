@@ -157,6 +157,7 @@ def _sweep_command(args: argparse.Namespace) -> int:
     from catapult.sweep.driver import run_sweep
     from catapult.cli.common import overrides_from_args
     from catapult.sweep.spec import expand, load_sweep
+    from catapult.sweep.variants import grid_notes
 
     options = _executor_options(args)  # flags first: a bad one is refused before the store is touched
     if isinstance(options, str):
@@ -164,8 +165,8 @@ def _sweep_command(args: argparse.Namespace) -> int:
     if args.store is not None and (problem := store_problem(args.store)):  # '' meant the default store
         return _fail("sweep", f"--store: {problem}")
     base, spec = load_sweep(args.config, overrides_from_args(args))
-    if note := _dense_reference_note(base, spec):
-        print(note, file=sys.stderr)
+    for note in grid_notes(base, {axis.key: axis.values for axis in spec.axes}):
+        print(f"catapult sweep: note: {note}", file=sys.stderr)
     store = Path(args.store) if args.store is not None else Path("runs") / base["name"] / "sweep.db"
     if args.ray_address is not None and not args.dry_run:  # before the store: Ray would retry it for minutes
         from catapult.sweep.ray_executor import ray_address_problem
@@ -227,23 +228,6 @@ def _sweep_command(args: argparse.Namespace) -> int:
               f"Rerunning the command retries them", file=sys.stderr)
         return 1
     return 0
-
-
-def _dense_reference_note(base, spec) -> str | None:
-    """The note for a density axis whose density-1 cells ask for rigl or gmp: they run the dense
-    model (:func:`catapult.sweep.spec.dense_reference`), None for any other sweep."""
-    from catapult.sweep.spec import dense_reference
-
-    if "model.density" not in spec.keys:
-        return None
-    methods = (spec.axis("model.sparsity.method").values if "model.sparsity.method" in spec.keys
-               else [base["model"]["sparsity"]["method"]])
-    found = sorted({dense_reference({"model": {"sparsity": {"method": m}}}, {"model.density": d})
-                    for d in spec.axis("model.density").values for m in methods} - {None})
-    if not found:
-        return None
-    return (f"catapult sweep: note: the cells at model.density 1 run the dense model, which has no mask for "
-            f"{' or '.join(found)} to change (their stored config says model.sparsity.method: static)")
 
 
 def _collapsed_cells(store: Path) -> int:

@@ -35,9 +35,10 @@ axes and in reports.
 :func:`load_sweep` reads such a file and applies ``key=value`` overrides (base keys as for
 ``catapult train``; ``sweep.seeds=3``, ``sweep.seeds=[0,1,2]`` and ``sweep.grid.<dotted key>=<axis>`` change the
 sweep), :func:`expand` validates *every* cell with :func:`catapult.config.validate` before any
-work and raises one :class:`~catapult.config.ConfigError` naming each bad cell and key. A
-``model.density`` axis's density-1 cells under rigl or gmp run the dense model
-(:func:`dense_reference`).
+work and raises one :class:`~catapult.config.ConfigError` naming each bad cell and key. A cell
+whose swept variant does not read an option the base sets runs without it (a grid
+``optimizer.name: [sgd, adam]`` with ``optimizer.momentum: 0.9``; rigl or gmp at a density axis's
+1): :mod:`catapult.sweep.variants`.
 """
 from __future__ import annotations
 
@@ -53,6 +54,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from catapult import config as cfg
 from catapult.config.io import plain_data
+from catapult.sweep.variants import cell_mapping
 
 __all__ = [
     "Axis",
@@ -62,7 +64,6 @@ __all__ = [
     "load_sweep",
     "expand",
     "cell_problems",
-    "dense_reference",
     "cells_error",
     "canonical_json",
     "set_dotted",
@@ -462,7 +463,7 @@ def _validate_base(mapping: dict, spec: SweepSpec | None) -> dict:
         problems = err.problems
     for combo in itertools.product(*(axis.values for axis in spec.axes)):
         try:
-            cfg.validate(_cell_mapping(mapping, dict(zip(spec.keys, combo)))[0])
+            cfg.validate(cell_mapping(mapping, dict(zip(spec.keys, combo)))[0])
         except cfg.ConfigError as err:
             problems = [p for p in problems if p in err.problems]  # the base's: every cell has it
         else:
@@ -484,19 +485,6 @@ def _drop_dotted(mapping: dict, key: str) -> None:
 
 # --------------------------------------------------------------------------------------------
 # Expansion
-
-
-def _cell_mapping(base: Mapping[str, Any], swept: Mapping[str, Any]) -> tuple[dict, str | None]:
-    """The config mapping of the cell of ``base`` at the ``swept`` values, and
-    :func:`dense_reference`'s method where the cell is a density axis's dense reference (its
-    method is then static)."""
-    mapping = copy.deepcopy(dict(base))
-    for key, value in swept.items():
-        set_dotted(mapping, key, copy.deepcopy(value))
-    dense = dense_reference(mapping, swept)
-    if dense is not None:  # the density axis's dense reference: no mask to change
-        set_dotted(mapping, "model.sparsity.method", "static")
-    return mapping, dense
 
 
 @dataclass(frozen=True)
@@ -521,7 +509,7 @@ def expand(base: Mapping[str, Any], spec: SweepSpec) -> list[CellSpec]:
     name = base.get("name") or "sweep"
     for index, combo in enumerate(itertools.product(*(axis.values for axis in spec.axes))):
         swept = {axis.key: value for axis, value in zip(spec.axes, combo)}
-        mapping, dense = _cell_mapping(base, swept)
+        mapping, dense = cell_mapping(base, swept)
         mapping["name"] = f"{name}-{index}"
         try:
             config = cfg.validate(mapping)
@@ -537,31 +525,6 @@ def expand(base: Mapping[str, Any], spec: SweepSpec) -> list[CellSpec]:
         raise cells_error(problems)
     _refuse_equal_values(spec, cells)
     return cells
-
-
-def dense_reference(mapping: Mapping[str, Any], swept: Mapping[str, Any]) -> str | None:
-    """The dynamic-sparsity method (``"rigl"`` or ``"gmp"``) of a cell that a ``model.density``
-    axis puts at density 1 (``None`` for any other cell): the dense reference of a density grid.
-
-    A dense model has no mask for rigl or gmp to change, so :func:`expand` runs such a cell as the
-    dense model: its config says ``model.sparsity.method: static`` (at density 1, no masks), and
-    its swept value of ``model.sparsity.method``, where that key is swept too, stays the grid's
-    (``--where model.sparsity.method=rigl`` selects it with the sparse cells). A single run, or
-    a sweep whose density is not swept, at density 1 with rigl or gmp is still refused: every
-    such run would be dense under a method that never acts.
-
-    >>> dense_reference({"model": {"density": 1, "sparsity": {"method": "rigl"}}}, {"model.density": 1})
-    'rigl'
-    >>> dense_reference({"model": {"density": 0.5, "sparsity": {"method": "rigl"}}}, {"model.density": 0.5})
-    """
-    if "model.density" not in swept:
-        return None
-    try:
-        density = cfg.get("model.density").validate(swept["model.density"])
-        method = cfg.get("model.sparsity.method").validate(get_dotted(mapping, "model.sparsity.method"))
-    except (ValueError, KeyError, TypeError):  # named by the cell's own validation
-        return None
-    return method if density == 1.0 and method in ("rigl", "gmp") else None
 
 
 def _value_meaning(key: str, value: Any) -> str:

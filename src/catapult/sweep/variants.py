@@ -1,0 +1,142 @@
+"""What a sweep cell runs where its grid changes a key that decides which other keys apply.
+
+A single run that sets an option its variant never reads is refused (``optimizer.momentum`` under
+adam, ``schedule.lr_init`` under the catapult warmup, rigl at ``model.density: 1``): it would be
+silently ignored. A grid that sweeps the deciding key (``optimizer.name: [sgd, adam]``) means the
+option for the cells that read it, and there is no way to write it for some cells only; so each
+other cell runs without it, and its stored config says so (the option at its default, or
+``model.sparsity.method: static`` for a density axis's dense reference). :func:`cell_mapping`
+builds a cell that way; :func:`grid_notes` says which cells ran without what.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Mapping
+
+from catapult import config as cfg
+
+__all__ = ["VARIANT_OPTIONS", "cell_mapping", "dense_reference", "grid_notes"]
+
+_ADAM_FAMILY = ("adam", "adamw", "radam", "gi-adam")
+
+#: ``(deciding key, option, the deciding key's values that read the option)``: a cell whose
+#: deciding key the grid sets to another value runs with the option at its default, where the
+#: grid does not sweep the option itself (then two cells would be the same run).
+VARIANT_OPTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("optimizer.name", "optimizer.momentum", ("sgd",)),
+    ("optimizer.name", "optimizer.betas", _ADAM_FAMILY),
+    ("optimizer.name", "optimizer.eps", _ADAM_FAMILY),
+    ("optimizer.name", "optimizer.v0", ("gi-adam",)),
+    ("optimizer.name", "optimizer.v_bias_correction", ("gi-adam",)),
+    ("schedule.warmup", "schedule.lr_init", ("linear",)),
+    ("schedule.warmup", "schedule.power", ("linear",)),
+)
+
+
+def _get(mapping: Mapping[str, Any], key: str) -> Any:
+    node: Any = mapping
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _set(mapping: dict, key: str, value: Any) -> None:
+    *sections, leaf = key.split(".")
+    node = mapping
+    for part in sections:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[leaf] = value
+
+
+def _normalized(key: str, value: Any) -> Any:
+    """``value`` as the config reads it at ``key``; ``None`` where it does not (the cell's own
+    validation names that)."""
+    try:
+        return cfg.get(key).validate(value)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def dense_reference(mapping: Mapping[str, Any], swept: Mapping[str, Any]) -> str | None:
+    """The dynamic-sparsity method (``"rigl"`` or ``"gmp"``) of a cell that a ``model.density``
+    axis puts at density 1 (``None`` for any other cell): the dense reference of a density grid.
+
+    A dense model has no mask for rigl or gmp to change, so :func:`cell_mapping` runs such a cell
+    as the dense model: its config says ``model.sparsity.method: static`` (at density 1, no
+    masks), and its swept value of ``model.sparsity.method``, where that key is swept too, stays
+    the grid's (``--where model.sparsity.method=rigl`` selects it with the sparse cells). A single
+    run, or a sweep whose density is not swept, at density 1 with rigl or gmp is still refused:
+    every such run would be dense under a method that never acts.
+
+    >>> dense_reference({"model": {"density": 1, "sparsity": {"method": "rigl"}}}, {"model.density": 1})
+    'rigl'
+    >>> dense_reference({"model": {"density": 0.5, "sparsity": {"method": "rigl"}}}, {"model.density": 0.5})
+    """
+    if "model.density" not in swept:
+        return None
+    try:
+        method = _normalized("model.sparsity.method", _get(mapping, "model.sparsity.method"))
+    except (KeyError, TypeError):
+        return None
+    density = _normalized("model.density", swept["model.density"])
+    return method if density == 1.0 and method in ("rigl", "gmp") else None
+
+
+def cell_mapping(base: Mapping[str, Any], swept: Mapping[str, Any]) -> tuple[dict, str | None]:
+    """The config mapping of the cell of ``base`` at the ``swept`` values (dotted key -> value),
+    with the :data:`VARIANT_OPTIONS` its swept variant does not read at their defaults, and
+    :func:`dense_reference`'s method where the cell is a density axis's dense reference (its
+    method is then static).
+
+    >>> base = {"optimizer": {"name": "adam", "betas": [0.9, 0.95]}}
+    >>> cell_mapping(base, {"optimizer.name": "sgd"})[0]["optimizer"]
+    {'name': 'sgd', 'betas': [0.9, 0.999]}
+    >>> cell_mapping(base, {"optimizer.name": "adamw"})[0]["optimizer"]
+    {'name': 'adamw', 'betas': [0.9, 0.95]}
+    """
+    mapping = copy.deepcopy(dict(base))
+    for key, value in swept.items():
+        _set(mapping, key, copy.deepcopy(value))
+    for decider, option, readers in VARIANT_OPTIONS:
+        if decider in swept and option not in swept and _normalized(decider, swept[decider]) not in (None, *readers):
+            section, leaf = option.split(".")
+            if isinstance(mapping.get(section), dict) and leaf in mapping[section]:  # else at its default
+                mapping[section][leaf] = copy.deepcopy(cfg.get(option).default)
+    dense = dense_reference(mapping, swept)
+    if dense is not None:  # the density axis's dense reference: no mask to change
+        _set(mapping, "model.sparsity.method", "static")
+    return mapping, dense
+
+
+def grid_notes(base: Mapping[str, Any], axes: Mapping[str, tuple]) -> list[str]:
+    """One line per option that some cells of a grid run without (:func:`cell_mapping`): the
+    option the validated ``base`` sets, the swept values that do not read it. ``axes``: swept key
+    -> its values.
+
+    >>> base = cfg.validate({"optimizer": {"name": "sgd", "momentum": 0.9}})
+    >>> note, = grid_notes(base, {"optimizer.name": ("sgd", "adam")})
+    >>> note.split(": ")[0]
+    'optimizer.momentum (0.9) is read by optimizer.name sgd only'
+    >>> note.split(": ")[1]
+    'the cells with optimizer.name adam run without it (their stored config has its default, 0.0)'
+    """
+    notes = []
+    for decider, option, readers in VARIANT_OPTIONS:
+        default = cfg.get(option).default
+        if decider not in axes or option in axes or _get(base, option) == default:
+            continue
+        others = [str(v) for v in axes[decider] if _normalized(decider, v) not in (None, *readers)]
+        if others:
+            notes.append(f"{option} ({_get(base, option)}) is read by {decider} {', '.join(readers)} only: the "
+                         f"cells with {decider} {', '.join(others)} run without it (their stored config has its "
+                         f"default, {default})")
+    if "model.density" in axes:
+        methods = axes.get("model.sparsity.method", (base["model"]["sparsity"]["method"],))
+        found = sorted({dense_reference({"model": {"sparsity": {"method": m}}}, {"model.density": d})
+                        for d in axes["model.density"] for m in methods} - {None})
+        if found:
+            notes.append(f"the cells at model.density 1 run the dense model, which has no mask for "
+                         f"{' or '.join(found)} to change (their stored config says model.sparsity.method: static)")
+    return notes

@@ -1,0 +1,86 @@
+"""A grid that sweeps the key deciding which options apply (``optimizer.name``,
+``schedule.warmup``) with an option of one variant set in the base: the cells of the other variants
+run without it (their stored config at its default), as a user means by such a grid; a single
+run, or a grid that also sweeps the option, is still refused."""
+from __future__ import annotations
+
+import pytest
+
+from catapult import cli
+from catapult import config as cfg
+from catapult.sweep.spec import expand, load_sweep
+
+BASE = ("name: opt\nseed: 0\ndata: {name: digits, n_train: 64, n_test: 32}\n"
+        "model: {name: mlp, width: 8, depth: 3, activation: tanh}\nloss: mse\n"
+        "optimizer: {name: sgd, lr: 0.05}\nschedule: {warmup: linear, warmup_steps: 2}\n"
+        "train: {steps: 4}\neval: {sharpness_every: 0, test_every: 0}\n")
+
+
+def _write(tmp_path, grid: str):
+    path = tmp_path / "opt.yaml"
+    path.write_text(BASE + "sweep:\n  grid:\n" + grid)
+    return path
+
+
+@pytest.mark.parametrize("grid, override, option, wanted", [
+    # (cells' optimizer or warmup -> the option's value there)
+    ("    optimizer.name: [sgd, adam]\n", "optimizer.momentum=0.9", "optimizer.momentum", {"sgd": 0.9, "adam": 0.0}),
+    ("    optimizer.name: [sgd, adam, radam]\n", "optimizer.betas=[0.9,0.95]", "optimizer.betas",
+     {"sgd": [0.9, 0.999], "adam": [0.9, 0.95], "radam": [0.9, 0.95]}),
+    ("    optimizer.name: [adam, gi-adam]\n", "optimizer.v_bias_correction=false", "optimizer.v_bias_correction",
+     {"adam": True, "gi-adam": False}),
+    ("    optimizer.name: [adam, gi-adam]\n", "optimizer.v0=random", "optimizer.v0", {"adam": "grad", "gi-adam": "random"}),
+    ("    schedule.warmup: [linear, catapult]\n", "schedule.lr_init=0.001", "schedule.lr_init",
+     {"linear": 0.001, "catapult": 0.0}),
+    ("    schedule.warmup: [linear, catapult]\n", "schedule.power=2", "schedule.power", {"linear": 2.0, "catapult": 1.0}),
+])
+def test_an_option_of_one_variant_applies_to_its_cells_only(tmp_path, capsys, grid, override, option, wanted):
+    # e.g. 'sweep.grid.optimizer.name=[sgd, adam]' optimizer.momentum=0.9 refused every adam cell:
+    # "optimizer.momentum: is sgd's heavy-ball momentum; the adam optimizer takes optimizer.betas instead"
+    decider = grid.split(":")[0].strip()
+    base, spec = load_sweep(_write(tmp_path, grid), [override])
+    cells = expand(base, spec)
+    section, leaf = option.split(".")
+    assert {c.swept[decider]: c.config[section][leaf] for c in cells} == wanted
+    for c in cells:  # each stored config is one catapult train accepts as it is
+        assert cfg.validate(c.config) == c.config
+    assert cli.main(["sweep", str(_write(tmp_path, grid)), override, "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert f"note: {option} (" in err and "run without it" in err, err
+
+
+def test_the_cell_without_the_option_trains_as_the_plain_run(tmp_path, capsys):
+    from catapult.engine import run
+    from catapult.sweep.store import Store
+
+    store = tmp_path / "s.db"
+    path = _write(tmp_path, "    optimizer.name: [sgd, adam]\n")
+    assert cli.main(["sweep", str(path), "optimizer.momentum=0.9", "--store", str(store), "--progress", "none",
+                     "--threads", "1"]) == 0
+    assert "2 cells: 2 finished" in capsys.readouterr().out
+    with Store(store, create=False, readonly=True) as s:
+        sgd, adam = s.cells()
+    for cell, options in ((sgd, {"name": "sgd", "momentum": 0.9}), (adam, {"name": "adam"})):
+        plain = cfg.read_mapping(path)
+        plain.pop("sweep")
+        plain["optimizer"] = {**plain["optimizer"], **options}
+        result = run(plain, progress="none")
+        assert cell["train_loss"] == result.metrics[-1]["train_loss"]
+
+
+def test_the_refusals_stay_where_the_option_is_the_runs_own(tmp_path, capsys):
+    config = cfg.read_mapping(_write(tmp_path, "    optimizer.name: [sgd]\n"))
+    config.pop("sweep")
+    config["optimizer"] = {**config["optimizer"], "name": "adam", "momentum": 0.9}
+    with pytest.raises(cfg.ConfigError) as refused:  # one run: momentum would be ignored
+        cfg.validate(config)
+    assert refused.value.keys == ["optimizer.momentum"]
+    # the grid sweeps the option too: the adam cells at 0.9 would repeat those at 0.0
+    path = _write(tmp_path, "    optimizer.name: [sgd, adam]\n    optimizer.momentum: [0.0, 0.9]\n")
+    assert cli.main(["sweep", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "cell 3 (optimizer.name=adam, optimizer.momentum=0.9) optimizer.momentum: is sgd's" in err, err
+    # the grid does not sweep the deciding key: every cell would ignore it
+    path = _write(tmp_path, "    optimizer.lr: [0.01, 0.02]\n")
+    assert cli.main(["sweep", str(path), "optimizer.name=adam", "optimizer.momentum=0.9", "--dry-run"]) == 2
+    assert "optimizer.momentum: is sgd's" in capsys.readouterr().err
