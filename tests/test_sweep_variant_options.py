@@ -33,18 +33,24 @@ def _write(tmp_path, grid: str):
     ("    schedule.warmup: [linear, catapult]\n", "schedule.lr_init=0.001", "schedule.lr_init",
      {"linear": 0.001, "catapult": 0.0}),
     ("    schedule.warmup: [linear, catapult]\n", "schedule.power=2", "schedule.power", {"linear": 2.0, "catapult": 1.0}),
+    # persistent warmup ends at lr_trgt and keeps it: its cells run without the decay
+    ("    schedule.warmup: [linear, persistent]\n", "schedule.decay=cosine", "schedule.decay",
+     {"linear": "cosine", "persistent": "constant"}),
+    ("    schedule.decay: [constant, linear]\n", "schedule.lr_final=0.001", "schedule.lr_final",
+     {"constant": None, "linear": 0.001}),
+    ("    eval.spectrum_top_k: [0, 3]\n", "eval.spectrum_block_size=2 eval.sharpness_every=2", "eval.spectrum_block_size", {0: 1, 3: 2}),
 ])
 def test_an_option_of_one_variant_applies_to_its_cells_only(tmp_path, capsys, grid, override, option, wanted):
     # e.g. 'sweep.grid.optimizer.name=[sgd, adam]' optimizer.momentum=0.9 refused every adam cell:
     # "optimizer.momentum: is sgd's heavy-ball momentum; the adam optimizer takes optimizer.betas instead"
     decider = grid.split(":")[0].strip()
-    base, spec = load_sweep(_write(tmp_path, grid), [override])
+    base, spec = load_sweep(_write(tmp_path, grid), override.split())
     cells = expand(base, spec)
     section, leaf = option.split(".")
     assert {c.swept[decider]: c.config[section][leaf] for c in cells} == wanted
     for c in cells:  # each stored config is one catapult train accepts as it is
         assert cfg.validate(c.config) == c.config
-    assert cli.main(["sweep", str(_write(tmp_path, grid)), override, "--dry-run"]) == 0
+    assert cli.main(["sweep", str(_write(tmp_path, grid)), *override.split(), "--dry-run"]) == 0
     err = capsys.readouterr().err
     assert f"note: {option} (" in err and "run without it" in err, err
 
@@ -84,3 +90,14 @@ def test_the_refusals_stay_where_the_option_is_the_runs_own(tmp_path, capsys):
     path = _write(tmp_path, "    optimizer.lr: [0.01, 0.02]\n")
     assert cli.main(["sweep", str(path), "optimizer.name=adam", "optimizer.momentum=0.9", "--dry-run"]) == 2
     assert "optimizer.momentum: is sgd's" in capsys.readouterr().err
+
+
+def test_a_bpe_vocabulary_applies_to_the_bpe_cells_of_a_tokenizer_grid(tmp_path):
+    path = tmp_path / "tok.yaml"
+    path.write_text("name: tok\ndata: {name: shakespeare, context: 8, n_train: 32, n_test: 8, vocab_size: 512}\n"
+                    "model: {name: gpt, width: 8, depth: 1, n_heads: 2}\nloss: cross_entropy\n"
+                    "optimizer: {name: adam, lr: 0.01}\ntrain: {steps: 2, batch_size: 4}\n"
+                    "eval: {sharpness_every: 0, test_every: 0}\nsweep: {grid: {data.tokenizer: [char, bpe]}}\n")
+    char, bpe = expand(*load_sweep(path))
+    assert (char.config["data"]["tokenizer"], char.config["data"]["vocab_size"]) == ("char", 4096)
+    assert (bpe.config["data"]["tokenizer"], bpe.config["data"]["vocab_size"]) == ("bpe", 512)

@@ -11,7 +11,7 @@ builds a cell that way; :func:`grid_notes` says which cells ran without what.
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Union
 
 from catapult import config as cfg
 
@@ -19,10 +19,13 @@ __all__ = ["VARIANT_OPTIONS", "cell_mapping", "dense_reference", "grid_notes"]
 
 _ADAM_FAMILY = ("adam", "adamw", "radam", "gi-adam")
 
-#: ``(deciding key, option, the deciding key's values that read the option)``: a cell whose
-#: deciding key the grid sets to another value runs with the option at its default, where the
-#: grid does not sweep the option itself (then two cells would be the same run).
-VARIANT_OPTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+Readers = Union[tuple, Callable[[Any], bool]]
+
+#: ``(deciding key, option, the deciding key's values that read the option)`` (or a test of the
+#: value): a cell whose deciding key the grid sets to another value runs with the option at its
+#: default, where the grid does not sweep the option itself (then two cells would be the same
+#: run). In order: the persistent warmup's constant decay comes before the decay's ``lr_final``.
+VARIANT_OPTIONS: tuple[tuple[str, str, Readers], ...] = (
     ("optimizer.name", "optimizer.momentum", ("sgd",)),
     ("optimizer.name", "optimizer.betas", _ADAM_FAMILY),
     ("optimizer.name", "optimizer.eps", _ADAM_FAMILY),
@@ -30,7 +33,30 @@ VARIANT_OPTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("optimizer.name", "optimizer.v_bias_correction", ("gi-adam",)),
     ("schedule.warmup", "schedule.lr_init", ("linear",)),
     ("schedule.warmup", "schedule.power", ("linear",)),
+    ("schedule.warmup", "schedule.decay", ("linear", "catapult")),  # persistent keeps lr_trgt
+    ("schedule.warmup", "schedule.lr_final", ("linear", "catapult")),
+    ("schedule.decay", "schedule.lr_final", ("cosine", "linear")),
+    ("data.tokenizer", "data.vocab_size", ("bpe",)),
+    ("data.tokenizer", "data.cache_dir", ("bpe",)),
+    ("eval.spectrum_top_k", "eval.spectrum_block_size", lambda k: k >= 1),
 )
+
+
+def _reads(readers: Readers, value: Any) -> bool:
+    """Whether a deciding key's normalized ``value`` reads the option (an unreadable value is
+    left to the cell's own validation, as one that does)."""
+    if value is None:
+        return True
+    return bool(readers(value)) if callable(readers) else value in readers
+
+
+def _written(value: Any) -> str:
+    """``value`` as YAML writes it (``null``, ``true``)."""
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _readers_text(readers: Readers) -> str:
+    return "values >= 1" if callable(readers) else ", ".join(readers)
 
 
 def _get(mapping: Mapping[str, Any], key: str) -> Any:
@@ -100,7 +126,7 @@ def cell_mapping(base: Mapping[str, Any], swept: Mapping[str, Any]) -> tuple[dic
     for key, value in swept.items():
         _set(mapping, key, copy.deepcopy(value))
     for decider, option, readers in VARIANT_OPTIONS:
-        if decider in swept and option not in swept and _normalized(decider, swept[decider]) not in (None, *readers):
+        if decider in swept and option not in swept and not _reads(readers, _normalized(decider, swept[decider])):
             section, leaf = option.split(".")
             if isinstance(mapping.get(section), dict) and leaf in mapping[section]:  # else at its default
                 mapping[section][leaf] = copy.deepcopy(cfg.get(option).default)
@@ -127,11 +153,11 @@ def grid_notes(base: Mapping[str, Any], axes: Mapping[str, tuple]) -> list[str]:
         default = cfg.get(option).default
         if decider not in axes or option in axes or _get(base, option) == default:
             continue
-        others = [str(v) for v in axes[decider] if _normalized(decider, v) not in (None, *readers)]
+        others = [str(v) for v in axes[decider] if not _reads(readers, _normalized(decider, v))]
         if others:
-            notes.append(f"{option} ({_get(base, option)}) is read by {decider} {', '.join(readers)} only: the "
-                         f"cells with {decider} {', '.join(others)} run without it (their stored config has its "
-                         f"default, {default})")
+            notes.append(f"{option} ({_written(_get(base, option))}) is read by {decider} {_readers_text(readers)} "
+                         f"only: the cells with {decider} {', '.join(others)} run without it (their stored config "
+                         f"has its default, {_written(default)})")
     if "model.density" in axes:
         methods = axes.get("model.sparsity.method", (base["model"]["sparsity"]["method"],))
         found = sorted({dense_reference({"model": {"sparsity": {"method": m}}}, {"model.density": d})
