@@ -352,7 +352,8 @@ def _located(problems: Iterable[tuple[str, str]], positions: Mapping[str, tuple[
     return out
 
 
-def load_config(path: str | Path, overrides: Iterable[str] = (), set_aside: dict | None = None) -> dict:
+def load_config(path: str | Path, overrides: Iterable[str] = (), set_aside: dict | None = None, *,
+                checks: bool = True) -> dict:
     """Read a YAML config, apply ``key=value`` overrides, validate, fill defaults.
 
     ``name`` defaults to the file's stem. The :data:`STUDY_SECTIONS` (``sweep:``, what
@@ -360,7 +361,8 @@ def load_config(path: str | Path, overrides: Iterable[str] = (), set_aside: dict
     trains as its base run; ``set_aside`` (a dict) receives those the file had, so a command can
     say they were ignored (a file may be a pipe: it is read once). Raises :class:`ConfigError`
     for a missing or unreadable file, bad YAML, or any invalid key/value; a problem with a key
-    written in the file names the key's line and column there.
+    written in the file names the key's line and column there. ``checks=False``: each key on its
+    own only (:func:`~catapult.config.validate`'s).
     """
     path = Path(path)
     mapping, positions = read_yaml(path)
@@ -377,7 +379,7 @@ def load_config(path: str | Path, overrides: Iterable[str] = (), set_aside: dict
     if mapping.get("name") is None:
         mapping["name"] = re.sub(r"[^A-Za-z0-9_.+=-]", "_", path.stem) or "run"
     try:
-        return validate(mapping)
+        return validate(mapping, checks=checks)
     except ConfigError as err:
         raise ConfigError(_located(err.problems, positions, path.name)) from None
 

@@ -168,7 +168,7 @@ def load_coord_check(path: str | Path, overrides: Iterable[str] = (),
         raise cfg.ConfigError([("coord_check", f"expected a mapping, got {section!r}")])
     section = dict(section)
     spec = parse_coord_check(section)
-    config = cfg.load_config(path, base_overrides, set_aside=set_aside)
+    config = _base_config(path, base_overrides, spec, set_aside)
     if cfg.parse_lr(config["optimizer"]["lr"]).relative:
         raise cfg.ConfigError([("optimizer.lr", f"{config['optimizer']['lr']!r}: a coordinate check compares "
                                                 "models at one absolute lr; give a number")])
@@ -184,6 +184,36 @@ def load_coord_check(path: str | Path, overrides: Iterable[str] = (),
     if problems:
         raise cfg.ConfigError(problems)
     return config, spec
+
+
+def _base_config(path: str | Path, overrides: list[str], spec: Mapping[str, Any], set_aside: dict | None) -> dict:
+    """The run config of a coordinate check, checked as the check builds it: a problem between
+    its keys is refused here only where every model of the check has it (a rigl config at the
+    default density 1 with ``coord_check.densities``, whose models each set their own density and
+    static masks, was refused for the density it never builds); the models that keep one are
+    named by :func:`load_coord_check`."""
+    try:
+        return cfg.load_config(path, overrides, set_aside=set_aside)
+    except cfg.ConfigError as err:
+        refused = err
+    try:
+        config = cfg.load_config(path, overrides, checks=False)
+    except cfg.ConfigError:
+        raise refused from None
+    own = [problem for check in cfg.CHECKS for problem in check(config)]  # refused's, without the lines
+    if len(own) != len(refused.problems):
+        raise refused
+    common = set(own)
+    for parametrization, axis, value in _models(config, spec):
+        try:
+            cfg.validate(_variant(config, parametrization, axis, value))
+        except cfg.ConfigError as err:
+            common &= set(err.problems)
+        else:
+            common = set()
+        if not common:
+            return config
+    raise cfg.ConfigError([shown for shown, problem in zip(refused.problems, own) if problem in common])
 
 
 def _baseless_widths(config: Mapping[str, Any], spec: Mapping[str, Any]) -> list[tuple[str, str]]:
