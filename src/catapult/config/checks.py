@@ -9,8 +9,8 @@ import math
 from typing import Callable, Iterable
 
 from catapult.config.lr import parse_lr
-from catapult.config.sections import (PRECONDITIONED_OPTIMIZERS, TEXT_DATASETS, DataConfig, ModelConfig,
-                                      EvalConfig, OptimizerConfig, ScheduleConfig)
+from catapult.config.sections import (PRECONDITIONED_OPTIMIZERS, TEXT_DATASETS, AugmentConfig, DataConfig,
+                                      ModelConfig, EvalConfig, OptimizerConfig, ScheduleConfig)
 
 __all__ = ["CHECKS", "kink_problems", "step_size_factor", "sparsity_steps"]
 
@@ -28,9 +28,27 @@ def _remove(section, key: str, dotted: str) -> str:
     >>> _remove(DataConfig, "vocab_size", "data.vocab_size")
     'remove it (on the command line: data.vocab_size=4096)'
     """
+    return f"remove it (on the command line: {_override(section, key, dotted)})"
+
+
+def _override(section, key: str, dotted: str) -> str:
+    """The override that puts ``dotted`` at its default, as one shell word (``null``, ``false``,
+    ``[0.9,0.999]``).
+
+    >>> _override(OptimizerConfig, "betas", "optimizer.betas")
+    'optimizer.betas=[0.9,0.999]'
+    """
     value = _default(section, key)
-    word = "null" if value is None else str(value).lower() if isinstance(value, bool) else value
-    return f"remove it (on the command line: {dotted}={word})"
+    if isinstance(value, (list, tuple)):
+        word = "[" + ",".join(str(v) for v in value) + "]"
+    else:
+        word = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+    return f"{dotted}={word}"
+
+
+def _remove_key(section, key: str, dotted: str) -> str:
+    """"remove ``dotted``", with the override that does it on the command line."""
+    return f"remove {dotted} (on the command line: {_override(section, key, dotted)})"
 
 
 def _check_decay(config: dict) -> Problems:
@@ -99,18 +117,20 @@ def _check_adam_family(config: dict) -> Problems:
     opt = config["optimizer"]
     if opt["name"] != "sgd" and opt["momentum"] != _default(OptimizerConfig, "momentum"):
         yield ("optimizer.momentum", f"is sgd's heavy-ball momentum; the {opt['name']} optimizer takes "
-                                     f"optimizer.betas instead: remove optimizer.momentum")
+                                     f"optimizer.betas instead: "
+                                     + _remove_key(OptimizerConfig, "momentum", "optimizer.momentum"))
     if opt["name"] == "sgd" and opt["betas"] != _default(OptimizerConfig, "betas"):
         yield ("optimizer.betas", "are the Adam family's; optimizer.name is 'sgd' (its momentum is "
-                                  "optimizer.momentum): remove optimizer.betas")
+                                  "optimizer.momentum): " + _remove_key(OptimizerConfig, "betas", "optimizer.betas"))
     if opt["name"] == "sgd" and opt["eps"] != _default(OptimizerConfig, "eps"):
         yield ("optimizer.eps", "is the Adam family's epsilon; optimizer.name is 'sgd', which has none: "
-                                "remove optimizer.eps")
+                                + _remove_key(OptimizerConfig, "eps", "optimizer.eps"))
     if opt["name"] != "gi-adam":
         for key in ("v0", "v_bias_correction"):
             if opt[key] != _default(OptimizerConfig, key):
-                yield (f"optimizer.{key}", f"is a GI-Adam option; set optimizer.name: gi-adam or remove "
-                                           f"optimizer.{key} (optimizer.name is {opt['name']!r})")
+                yield (f"optimizer.{key}", f"is a GI-Adam option (optimizer.name is {opt['name']!r}); set "
+                                           f"optimizer.name: gi-adam or "
+                                           + _remove_key(OptimizerConfig, key, f"optimizer.{key}"))
     if config["eval"]["sharpness_kind"] == "preconditioned" and opt["name"] not in PRECONDITIONED_OPTIMIZERS:
         yield ("eval.sharpness_kind", f"preconditioned needs optimizer.name one of: "
                                       f"{', '.join(PRECONDITIONED_OPTIMIZERS)} (got {opt['name']!r}); "
@@ -216,9 +236,10 @@ def _check_wrn_and_augment(config: dict) -> Problems:
         if model["density"] != 1.0 or model["base_density"] != 1.0:
             yield ("model.density", "the wrn's convolutions are dense: density and base_density must be 1")
         if model["activation"] != "relu":
-            yield ("model.activation", f"the wrn uses relu; got {model['activation']!r}")
+            yield ("model.activation", f"the wrn uses relu; got {model['activation']!r}: set model.activation: relu")
         if model["width"] != _default(ModelConfig, "width"):
-            yield ("model.width", "is not a wrn option: the wrn's widths are 16k, 32k, 64k with k = model.widen")
+            yield ("model.width", "is not a wrn option: the wrn's widths are 16k, 32k, 64k with k = model.widen; "
+                                  + _remove(ModelConfig, "width", "model.width"))
     else:
         for key in ("widen", "channels"):
             if model[key] != _default(ModelConfig, key):
@@ -231,11 +252,14 @@ def _check_wrn_and_augment(config: dict) -> Problems:
                                 "use model.depth >= 3")
     augment = data.get("augment") or {}
     on = [k for k in ("flip", "crop", "mixup") if augment.get(k)]
+    off = " ".join(_override(AugmentConfig, k, f"data.augment.{k}") for k in on)
     if on and data["name"] in TEXT_DATASETS:
-        yield ("data.augment", f"augments images; data.name {data['name']!r} is text: remove data.augment")
+        yield ("data.augment", f"augments images; data.name {data['name']!r} is text: remove data.augment "
+                               f"(on the command line: {off})")
     elif on and config["train"]["batch_size"] is None:
         yield ("data.augment", f"{', '.join(on)} set with full-batch GD (train.batch_size null): augmentation "
-                               "is for minibatch training; remove data.augment or set train.batch_size")
+                               f"is for minibatch training; remove data.augment (on the command line: {off}) "
+                               "or set train.batch_size")
 
 
 def _check_text_tokens(config: dict) -> Problems:

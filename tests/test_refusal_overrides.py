@@ -1,0 +1,53 @@
+"""Every cross-key refusal that asks to remove a key names the key and, for the command line
+(where a key the file sets cannot be taken out), an override that loads: applied to the refused
+config, it clears that refusal. Several said only "remove optimizer.momentum" / "remove
+data.augment", which no override does."""
+from __future__ import annotations
+
+import re
+import shlex
+
+import pytest
+
+from catapult import config as cfg
+
+MLP = {"name": "b", "model": {"name": "mlp", "width": 8, "depth": 3}, "optimizer": {"name": "sgd", "lr": 0.1},
+       "train": {"steps": 10}}
+GPT = {"name": "g", "data": {"name": "shakespeare"}, "model": {"name": "gpt", "width": 8, "depth": 1, "n_heads": 2},
+       "loss": "cross_entropy", "optimizer": {"name": "adam", "lr": 0.01}, "train": {"steps": 10, "batch_size": 4}}
+
+CASES = [  # (config, overrides that make the refusal, the key refused)
+    (GPT, ["optimizer.momentum=0.9"], "optimizer.momentum"),
+    (MLP, ["optimizer.betas=[0.8,0.9]"], "optimizer.betas"),
+    (MLP, ["optimizer.eps=1e-6"], "optimizer.eps"),
+    (MLP, ["optimizer.v0=random"], "optimizer.v0"),
+    (MLP, ["optimizer.v_bias_correction=false"], "optimizer.v_bias_correction"),
+    (MLP, ["data.augment.flip=true", "data.augment.crop=1"], "data.augment"),
+    (GPT, ["data.augment.mixup=0.5"], "data.augment"),
+    (MLP, ["model.name=wrn", "model.depth=10", "model.width=16"], "model.width"),
+    (MLP, ["data.context=16"], "data.context"),
+    (MLP, ["model.init_std=0.1"], "model.init_std"),
+    (MLP, ["model.widen=2"], "model.widen"),
+    (MLP, ["model.final_norm=false"], "model.final_norm"),
+    (MLP, ["data.cache_dir=/tmp"], "data.cache_dir"),
+    (GPT, ["data.vocab_size=1000"], "data.vocab_size"),
+    (GPT, ["model.init=trunc_normal"], "model.init"),
+    (MLP, ["schedule.warmup=catapult", "schedule.lr_init=0.01"], "schedule.lr_init"),
+    (MLP, ["eval.spectrum_block_size=2"], "eval.spectrum_block_size"),
+]
+
+
+@pytest.mark.parametrize("config, overrides, key", CASES, ids=[" ".join(c[1]) for c in CASES])
+def test_the_override_a_refusal_names_loads(config, overrides, key):
+    mapping = cfg.apply_overrides(config, overrides)
+    with pytest.raises(cfg.ConfigError) as refused:
+        cfg.validate(mapping)
+    message = dict(refused.value.problems)[key]
+    found = re.search(r"on the command line: ([^)]*)\)", message)
+    assert found, f"{key}: {message}"
+    fixes = shlex.split(found[1])
+    assert fixes and all(fix.split("=", 1)[0].startswith(key) for fix in fixes), fixes
+    try:
+        cfg.validate(cfg.apply_overrides(mapping, fixes))
+    except cfg.ConfigError as err:
+        assert key not in err.keys, str(err)
