@@ -174,7 +174,7 @@ def test_a_spectrum_without_a_sharpness_cadence_is_refused_by_train_and_sweep(tm
                     f"train: {{steps: 2}}\neval: {{sharpness_every: 0, {key}: {value}}}\n")
     assert C.validate({"eval": {"sharpness_every": 0, key: value}})["eval"][key] == value
     expected = (f"eval.{key}: is measured on the sharpness cadence, and eval.sharpness_every is 0 (never): "
-                f"set eval.sharpness_every > 0 or remove eval.{key}")
+                f"set eval.sharpness_every > 0 or remove eval.{key} (on the command line: eval.{key}=0)")
     assert main(["train", str(path), "--out", str(tmp_path / "run")]) == 2
     assert expected in capsys.readouterr().err and not (tmp_path / "run").exists()
     sweep = tmp_path / "s.yaml"
@@ -182,6 +182,8 @@ def test_a_spectrum_without_a_sharpness_cadence_is_refused_by_train_and_sweep(tm
     assert main(["sweep", str(sweep), "--store", str(tmp_path / "s.db")]) == 2
     assert expected in capsys.readouterr().err and not (tmp_path / "s.db").exists()
     assert main(["train", str(path), "--out", str(tmp_path / "ok"), "eval.sharpness_every=1"]) == 0
+    # the override the refusal names for the command line, where the file's key cannot be taken out
+    assert main(["train", str(path), "--out", str(tmp_path / "off"), f"eval.{key}=0"]) == 0
 
 
 def test_more_eigenvalues_than_parameters_is_refused_when_the_run_is_built(tmp_path, capsys):

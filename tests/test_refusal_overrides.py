@@ -51,3 +51,20 @@ def test_the_override_a_refusal_names_loads(config, overrides, key):
         cfg.validate(cfg.apply_overrides(mapping, fixes))
     except cfg.ConfigError as err:
         assert key not in err.keys, str(err)
+
+
+def test_the_text_key_refusal_names_its_override(tmp_path, capsys):
+    from catapult.cli import main
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("to be or not to be, that is the question. " * 40)
+    path = tmp_path / "t.yaml"
+    path.write_text(f"data: {{name: text, root: {corpus}, context: 8, n_train: 16, n_test: 4, text_key: body}}\n"
+                    "model: {name: gpt, width: 8, depth: 1, n_heads: 2}\nloss: cross_entropy\n"
+                    "optimizer: {name: adam, lr: 0.01}\ntrain: {steps: 1, batch_size: 4}\n"
+                    "eval: {sharpness_every: 0, test_every: 0}\n")
+    assert main(["train", str(path), "--out", str(tmp_path / "run")]) == 2
+    assert "data.text_key: names the text field" in (err := capsys.readouterr().err)
+    fix = re.search(r"on the command line: ([^)]*)\)", err)[1]
+    assert fix == "data.text_key=text"
+    assert main(["train", str(path), "--out", str(tmp_path / "run"), fix, "--progress", "none"]) == 0

@@ -116,13 +116,15 @@ def check_spectrum_cadence(config: Mapping[str, Any]) -> None:
     >>> check_spectrum_cadence(validate({"eval": {"sharpness_every": 0, "trace_matvecs": 10}}))
     Traceback (most recent call last):
     ...
-    catapult.config.errors.ConfigError: eval.trace_matvecs: is measured on the sharpness cadence, and eval.sharpness_every is 0 (never): set eval.sharpness_every > 0 or remove eval.trace_matvecs
+    catapult.config.errors.ConfigError: eval.trace_matvecs: is measured on the sharpness cadence, and eval.sharpness_every is 0 (never): set eval.sharpness_every > 0 or remove eval.trace_matvecs (on the command line: eval.trace_matvecs=0)
     """
     ev = config["eval"]
     if ev["sharpness_every"]:
         return
+    off = {"spectrum_top_k": "0", "trace_matvecs": "0"}  # their defaults: off
     problems = [(f"eval.{key}", f"is measured on the sharpness cadence, and eval.sharpness_every is 0 (never): "
-                                f"set eval.sharpness_every > 0 or remove eval.{key}")
+                                f"set eval.sharpness_every > 0 or remove eval.{key} (on the command line: "
+                                f"eval.{key}={off[key]})")
                 for key in ("spectrum_top_k", "trace_matvecs") if ev.get(key)]
     if problems:
         raise ConfigError(problems)
