@@ -8,7 +8,7 @@ import pytest
 
 from catapult import cli
 from catapult import config as cfg
-from catapult.sweep.spec import expand, load_sweep
+from catapult.sweep.spec import expand, get_dotted, load_sweep
 
 BASE = ("name: opt\nseed: 0\ndata: {name: digits, n_train: 64, n_test: 32}\n"
         "model: {name: mlp, width: 8, depth: 3, activation: tanh}\nloss: mse\n"
@@ -38,6 +38,11 @@ def _write(tmp_path, grid: str):
      {"linear": "cosine", "persistent": "constant"}),
     ("    schedule.decay: [constant, linear]\n", "schedule.lr_final=0.001", "schedule.lr_final",
      {"constant": None, "linear": 0.001}),
+    # augmentation is for minibatch training; the spectrum is taken on the sharpness cadence
+    ("    train.batch_size: [null, 16]\n", "data.augment.crop=1 data.augment.flip=true", "data.augment.crop",
+     {None: 0, 16: 1}),
+    ("    eval.sharpness_every: [0, 2]\n", "eval.spectrum_top_k=2 eval.trace_matvecs=3", "eval.trace_matvecs",
+     {0: 0, 2: 3}),
     ("    eval.spectrum_top_k: [0, 3]\n", "eval.spectrum_block_size=2 eval.sharpness_every=2", "eval.spectrum_block_size", {0: 1, 3: 2}),
 ])
 def test_an_option_of_one_variant_applies_to_its_cells_only(tmp_path, capsys, grid, override, option, wanted):
@@ -46,8 +51,7 @@ def test_an_option_of_one_variant_applies_to_its_cells_only(tmp_path, capsys, gr
     decider = grid.split(":")[0].strip()
     base, spec = load_sweep(_write(tmp_path, grid), override.split())
     cells = expand(base, spec)
-    section, leaf = option.split(".")
-    assert {c.swept[decider]: c.config[section][leaf] for c in cells} == wanted
+    assert {c.swept[decider]: get_dotted(c.config, option) for c in cells} == wanted
     for c in cells:  # each stored config is one catapult train accepts as it is
         assert cfg.validate(c.config) == c.config
     assert cli.main(["sweep", str(_write(tmp_path, grid)), *override.split(), "--dry-run"]) == 0

@@ -39,13 +39,24 @@ VARIANT_OPTIONS: tuple[tuple[str, str, Readers], ...] = (
     ("data.tokenizer", "data.vocab_size", ("bpe",)),
     ("data.tokenizer", "data.cache_dir", ("bpe",)),
     ("eval.spectrum_top_k", "eval.spectrum_block_size", lambda k: k >= 1),
+    # the spectrum and the trace are taken on the sharpness cadence: none at sharpness_every 0
+    ("eval.sharpness_every", "eval.spectrum_top_k", lambda every: every >= 1),
+    ("eval.sharpness_every", "eval.spectrum_block_size", lambda every: every >= 1),
+    ("eval.sharpness_every", "eval.trace_matvecs", lambda every: every >= 1),
+    # augmentation is for minibatch training: full-batch GD (batch_size null) trains on the fixed data
+    ("train.batch_size", "data.augment.flip", lambda size: size is not None),
+    ("train.batch_size", "data.augment.crop", lambda size: size is not None),
+    ("train.batch_size", "data.augment.mixup", lambda size: size is not None),
 )
+
+#: What :func:`_normalized` gives for a value its key refuses (``None`` is a value: full batch).
+_INVALID = object()
 
 
 def _reads(readers: Readers, value: Any) -> bool:
-    """Whether a deciding key's normalized ``value`` reads the option (an unreadable value is
-    left to the cell's own validation, as one that does)."""
-    if value is None:
+    """Whether a deciding key's normalized ``value`` reads the option (an invalid value is left
+    to the cell's own validation, as one that does)."""
+    if value is _INVALID:
         return True
     return bool(readers(value)) if callable(readers) else value in readers
 
@@ -55,8 +66,10 @@ def _written(value: Any) -> str:
     return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def _readers_text(readers: Readers) -> str:
-    return "values >= 1" if callable(readers) else ", ".join(readers)
+def _readers_text(readers: Readers, decider: str) -> str:
+    if not callable(readers):
+        return ", ".join(readers)
+    return "not null (minibatch training)" if decider == "train.batch_size" else "values >= 1"
 
 
 def _get(mapping: Mapping[str, Any], key: str) -> Any:
@@ -77,12 +90,12 @@ def _set(mapping: dict, key: str, value: Any) -> None:
 
 
 def _normalized(key: str, value: Any) -> Any:
-    """``value`` as the config reads it at ``key``; ``None`` where it does not (the cell's own
-    validation names that)."""
+    """``value`` as the config reads it at ``key``; :data:`_INVALID` where it does not (the cell's
+    own validation names that)."""
     try:
         return cfg.get(key).validate(value)
     except (ValueError, KeyError, TypeError):
-        return None
+        return _INVALID
 
 
 def dense_reference(mapping: Mapping[str, Any], swept: Mapping[str, Any]) -> str | None:
@@ -127,9 +140,12 @@ def cell_mapping(base: Mapping[str, Any], swept: Mapping[str, Any]) -> tuple[dic
         _set(mapping, key, copy.deepcopy(value))
     for decider, option, readers in VARIANT_OPTIONS:
         if decider in swept and option not in swept and not _reads(readers, _normalized(decider, swept[decider])):
-            section, leaf = option.split(".")
-            if isinstance(mapping.get(section), dict) and leaf in mapping[section]:  # else at its default
-                mapping[section][leaf] = copy.deepcopy(cfg.get(option).default)
+            *sections, leaf = option.split(".")
+            node: Any = mapping
+            for part in sections:
+                node = node.get(part) if isinstance(node, dict) else None
+            if isinstance(node, dict) and leaf in node:  # else at its default already
+                node[leaf] = copy.deepcopy(cfg.get(option).default)
     dense = dense_reference(mapping, swept)
     if dense is not None:  # the density axis's dense reference: no mask to change
         _set(mapping, "model.sparsity.method", "static")
@@ -153,9 +169,9 @@ def grid_notes(base: Mapping[str, Any], axes: Mapping[str, tuple]) -> list[str]:
         default = cfg.get(option).default
         if decider not in axes or option in axes or _get(base, option) == default:
             continue
-        others = [str(v) for v in axes[decider] if not _reads(readers, _normalized(decider, v))]
+        others = [_written(v) for v in axes[decider] if not _reads(readers, _normalized(decider, v))]
         if others:
-            notes.append(f"{option} ({_written(_get(base, option))}) is read by {decider} {_readers_text(readers)} "
+            notes.append(f"{option} ({_written(_get(base, option))}) is read by {decider} {_readers_text(readers, decider)} "
                          f"only: the cells with {decider} {', '.join(others)} run without it (their stored config "
                          f"has its default, {_written(default)})")
     if "model.density" in axes:
