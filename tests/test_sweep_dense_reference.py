@@ -74,6 +74,10 @@ def test_a_single_run_with_a_dynamic_method_at_density_1_is_still_refused(tmp_pa
     with pytest.raises(cfg.ConfigError) as refused:
         cfg.validate(config)
     assert refused.value.keys == ["model.sparsity.method"]
+    # it names both ways out: a density below 1, or the dense model (and the sweep's way)
+    assert "model.sparsity.method: static for the dense model" in str(refused.value)
+    assert "model.density axis may include 1" in str(refused.value)
+    assert cfg.validate(cfg.apply_overrides(config, ["model.sparsity.method=static"]))["model"]["density"] == 1.0
 
 
 def test_a_grid_whose_density_is_not_swept_still_refuses_a_dynamic_method_at_density_1(tmp_path, capsys):

@@ -283,7 +283,8 @@ def _check_text_tokens(config: dict) -> Problems:
         yield ("model.sparsity.method", f"{method} changes masks, and {maskless[model['name']]}")
     elif method != "static" and model["density"] >= 1.0:
         yield ("model.sparsity.method", f"{method} changes masks: set model.density < 1 (the density kept, or "
-                                        "for gmp reached)")
+                                        "for gmp reached), or model.sparsity.method: static for the dense model (a "
+                                        "sweep's model.density axis may include 1: its cells run dense)")
     if method == "gmp" and model["name"] == "mlp" and model["depth"] >= 3:
         yield ("model.sparsity.method", "gmp prunes from dense and is available for model.name: gpt; use rigl")
     if method != "static" and model["density"] < 1.0 and config["train"]["steps"] >= 1:
