@@ -433,8 +433,8 @@ def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> tuple[dict, S
         overridden = {text.split("=", 1)[0].strip() for text in base_overrides}
         for key in spec.keys:
             if key in overridden:
-                problems.append((key, f"is swept by sweep.grid.{key}; override the axis instead "
-                                      f"(sweep.grid.{key}=[...])"))
+                axis = "sweep.seeds" if key == "seed" and "seeds" in spec.raw else f"sweep.grid.{key}"
+                problems.append((key, f"is swept by {axis}; override the axis instead ({axis}=[...])"))
     if problems:
         raise cfg.ConfigError(problems)
     return base, spec
