@@ -34,6 +34,8 @@ CASES = [  # (config, overrides that make the refusal, the key refused)
     (GPT, ["model.init=trunc_normal"], "model.init"),
     (MLP, ["schedule.warmup=catapult", "schedule.lr_init=0.01"], "schedule.lr_init"),
     (MLP, ["eval.spectrum_block_size=2"], "eval.spectrum_block_size"),
+    (MLP, ["model.parametrization=mup", "model.alpha_in=2"], "model.alpha_in"),
+    (MLP, ["schedule.warmup=catapult", "schedule.lr_start=1"], "schedule.lr_start"),
 ]
 
 

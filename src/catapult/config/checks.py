@@ -94,7 +94,8 @@ def _check_model_data(config: dict) -> Problems:
         for key in ("alpha_in", "alpha_out"):
             if model[key] != 1.0:
                 yield (f"model.{key}", "is a multiplier of the SμPar-table form: use parametrization "
-                                       "supar (or its ablations), or mup with model.base_width")
+                                       "supar (or its ablations), or mup with model.base_width, or "
+                                       + _remove(ModelConfig, key, f"model.{key}"))
     if model["name"] == "gpt":
         if model["width"] % model["n_heads"]:
             yield ("model.n_heads", f"{model['n_heads']} does not divide model.width ({model['width']})")
@@ -159,7 +160,9 @@ def _check_catapult_warmup(config: dict) -> Problems:
             return
         if not lr.relative and sched["lr_start"] > lr.value:
             yield ("schedule.lr_start", f"{sched['lr_start']:g} exceeds optimizer.lr ({lr.value:g}); "
-                                        "the search starts below lr_trgt")
+                                        "the search starts below lr_trgt: set a smaller one, or "
+                                        + _remove(ScheduleConfig, "lr_start", "schedule.lr_start")
+                                        + " for min(1e-4, lr_trgt)")
 
 
 #: The largest finite value of each run dtype (``torch.finfo(dtype).max``; config imports no torch).
