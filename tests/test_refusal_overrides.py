@@ -70,3 +70,15 @@ def test_the_text_key_refusal_names_its_override(tmp_path, capsys):
     fix = re.search(r"on the command line: ([^)]*)\)", err)[1]
     assert fix == "data.text_key=text"
     assert main(["train", str(path), "--out", str(tmp_path / "run"), fix, "--progress", "none"]) == 0
+
+
+@pytest.mark.parametrize("fix", ["eval.sharpness_hvp=auto", "eval.sharpness_dtype=float64", "dtype=float64"])
+def test_a_relu_model_under_finite_differences_names_the_measurements_own_fixes(fix):
+    # "model.activation: use gelu or tanh (or dtype: float64)": the paper's ReLU FCN was told to
+    # change its activation (or its whole run's dtype), not how its sharpness is measured
+    mapping = cfg.apply_overrides(MLP, ["eval.sharpness_hvp=finite_difference"])
+    with pytest.raises(cfg.ConfigError) as refused:
+        cfg.validate(mapping)
+    message = dict(refused.value.problems)["model.activation"]
+    assert fix.replace("=", ": ") in message, message
+    assert cfg.validate(cfg.apply_overrides(mapping, [fix]))["model"]["activation"] == "relu"

@@ -359,11 +359,14 @@ def kink_problems(config: dict, dtype: str, source: str) -> Problems:
         return
     model = config["model"]
     why = f"its Hessian-vector products are finite differences ({source}), and in {dtype} their steps cross ReLU kinks"
+    # the measurement's own ways out: exact products, or differences in float64 for it alone
+    exact = (", or eval.sharpness_hvp: auto (exact products) or eval.sharpness_dtype: float64"
+             if source == "eval.sharpness_hvp" else "")
     if model["name"] == "wrn":
-        yield (source, f"a wrn is measured by double backprop (or in dtype: float64): {why}")
+        yield (source, f"a wrn is measured by double backprop (or in dtype: float64{exact}): {why}")
     elif model["activation"] == "relu":
         yield ("model.activation", f"use {'gelu' if model['name'] == 'gpt' else 'gelu or tanh'} (or dtype: "
-                                   f"float64) to measure sharpness: {why}")
+                                   f"float64{exact}) to measure sharpness: {why}")
 
 
 def _check_difference_products(config: dict) -> Problems:
