@@ -29,10 +29,12 @@ def _write(tmp_path, grid: str):
      {"sgd": [0.9, 0.999], "adam": [0.9, 0.95], "radam": [0.9, 0.95]}),
     ("    optimizer.name: [adam, gi-adam]\n", "optimizer.v_bias_correction=false", "optimizer.v_bias_correction",
      {"adam": True, "gi-adam": False}),
-    ("    optimizer.name: [adam, gi-adam]\n", "optimizer.v0=random", "optimizer.v0", {"adam": "grad", "gi-adam": "random"}),
+    ("    optimizer.name: [adam, gi-adam]\n", "optimizer.v0=random", "optimizer.v0",
+     {"adam": "grad", "gi-adam": "random"}),
     ("    schedule.warmup: [linear, catapult]\n", "schedule.lr_init=0.001", "schedule.lr_init",
      {"linear": 0.001, "catapult": 0.0}),
-    ("    schedule.warmup: [linear, catapult]\n", "schedule.power=2", "schedule.power", {"linear": 2.0, "catapult": 1.0}),
+    ("    schedule.warmup: [linear, catapult]\n", "schedule.power=2", "schedule.power",
+     {"linear": 2.0, "catapult": 1.0}),
     # persistent warmup ends at lr_trgt and keeps it: its cells run without the decay
     ("    schedule.warmup: [linear, persistent]\n", "schedule.decay=cosine", "schedule.decay",
      {"linear": "cosine", "persistent": "constant"}),
@@ -43,7 +45,8 @@ def _write(tmp_path, grid: str):
      {None: 0, 16: 1}),
     ("    eval.sharpness_every: [0, 2]\n", "eval.spectrum_top_k=2 eval.trace_matvecs=3", "eval.trace_matvecs",
      {0: 0, 2: 3}),
-    ("    eval.spectrum_top_k: [0, 3]\n", "eval.spectrum_block_size=2 eval.sharpness_every=2", "eval.spectrum_block_size", {0: 1, 3: 2}),
+    ("    eval.spectrum_top_k: [0, 3]\n", "eval.spectrum_block_size=2 eval.sharpness_every=2",
+     "eval.spectrum_block_size", {0: 1, 3: 2}),
 ])
 def test_an_option_of_one_variant_applies_to_its_cells_only(tmp_path, capsys, grid, override, option, wanted):
     # e.g. 'sweep.grid.optimizer.name=[sgd, adam]' optimizer.momentum=0.9 refused every adam cell:

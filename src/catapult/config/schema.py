@@ -170,7 +170,8 @@ def validate(mapping: Mapping[str, Any] | None, model: type[BaseModel] = RunConf
     ``checks=False`` leaves out the cross-key :data:`~catapult.config.checks.CHECKS`: every key
     valid on its own is all it asks (a sweep's base config, whose swept keys each cell replaces).
 
-    >>> validate({"train": {"steps": 5}, "schedule": {"decay": "cosine", "warmup_steps": 10}}, checks=False)["train"]["steps"]
+    >>> short = {"train": {"steps": 5}, "schedule": {"decay": "cosine", "warmup_steps": 10}}
+    >>> validate(short, checks=False)["train"]["steps"]
     5
     """
     return _checked(mapping, model, checks)[1]

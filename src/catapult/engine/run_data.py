@@ -42,7 +42,8 @@ def _check_text_options(d: Mapping[str, Any]) -> None:
     problems = []
     if d.get("text_key", "text") != "text":
         problems.append(("data.text_key", "names the text field of catapult train-ddp's *.jsonl / *.parquet shards; "
-                                          "catapult train reads text files: remove it (on the command line: data.text_key=text)"))
+                                          "catapult train reads text files: remove it (on the command line: "
+                                          "data.text_key=text)"))
     if d.get("cache_dir") is not None:
         folder = Path(d["cache_dir"]).expanduser()
         existing = next((p for p in (folder, *folder.parents) if p.exists()), None)

@@ -171,9 +171,9 @@ def grid_notes(base: Mapping[str, Any], axes: Mapping[str, tuple]) -> list[str]:
             continue
         others = [_written(v) for v in axes[decider] if not _reads(readers, _normalized(decider, v))]
         if others:
-            notes.append(f"{option} ({_written(_get(base, option))}) is read by {decider} {_readers_text(readers, decider)} "
-                         f"only: the cells with {decider} {', '.join(others)} run without it (their stored config "
-                         f"has its default, {_written(default)})")
+            notes.append(f"{option} ({_written(_get(base, option))}) is read by {decider} "
+                         f"{_readers_text(readers, decider)} only: the cells with {decider} {', '.join(others)} "
+                         f"run without it (their stored config has its default, {_written(default)})")
     if "model.density" in axes:
         methods = axes.get("model.sparsity.method", (base["model"]["sparsity"]["method"],))
         found = sorted({dense_reference({"model": {"sparsity": {"method": m}}}, {"model.density": d})
