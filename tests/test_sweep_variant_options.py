@@ -108,3 +108,21 @@ def test_a_bpe_vocabulary_applies_to_the_bpe_cells_of_a_tokenizer_grid(tmp_path)
     char, bpe = expand(*load_sweep(path))
     assert (char.config["data"]["tokenizer"], char.config["data"]["vocab_size"]) == ("char", 4096)
     assert (bpe.config["data"]["tokenizer"], bpe.config["data"]["vocab_size"]) == ("bpe", 512)
+
+
+def test_a_root_applies_to_the_cells_of_the_data_that_reads_one(tmp_path, capsys):
+    # 'sweep.grid.data.name=[shakespeare, text]' data.root=corpus.txt refused every shakespeare cell:
+    # "data.root: shakespeare is embedded and takes no root"
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("to be or not to be, that is the question. " * 40)
+    path = tmp_path / "text.yaml"
+    path.write_text("name: text\ndata: {name: shakespeare, context: 8, n_train: 16, n_test: 4}\n"
+                    "model: {name: gpt, width: 8, depth: 1, n_heads: 2}\nloss: cross_entropy\n"
+                    "optimizer: {name: adam, lr: 0.01}\ntrain: {steps: 1, batch_size: 4}\n"
+                    "eval: {sharpness_every: 0, test_every: 0}\nsweep: {grid: {data.name: [shakespeare, text]}}\n")
+    embedded, own = expand(*load_sweep(path, [f"data.root={corpus}"]))
+    assert (embedded.config["data"]["name"], embedded.config["data"]["root"]) == ("shakespeare", None)
+    assert (own.config["data"]["name"], own.config["data"]["root"]) == ("text", str(corpus))
+    assert cli.main(["sweep", str(path), f"data.root={corpus}", "--store", str(tmp_path / "s.db"),
+                     "--progress", "none", "--threads", "1"]) == 0
+    assert "2 cells: 2 finished" in capsys.readouterr().out

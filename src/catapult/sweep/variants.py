@@ -36,6 +36,7 @@ VARIANT_OPTIONS: tuple[tuple[str, str, Readers], ...] = (
     ("schedule.warmup", "schedule.decay", ("linear", "catapult")),  # persistent keeps lr_trgt
     ("schedule.warmup", "schedule.lr_final", ("linear", "catapult")),
     ("schedule.decay", "schedule.lr_final", ("cosine", "linear")),
+    ("data.name", "data.root", ("cifar10", "cifar100", "text")),  # digits and shakespeare are embedded
     ("data.tokenizer", "data.vocab_size", ("bpe",)),
     ("data.tokenizer", "data.cache_dir", ("bpe",)),
     ("eval.spectrum_top_k", "eval.spectrum_block_size", lambda k: k >= 1),
