@@ -126,3 +126,19 @@ def test_a_root_applies_to_the_cells_of_the_data_that_reads_one(tmp_path, capsys
     assert cli.main(["sweep", str(path), f"data.root={corpus}", "--store", str(tmp_path / "s.db"),
                      "--progress", "none", "--threads", "1"]) == 0
     assert "2 cells: 2 finished" in capsys.readouterr().out
+
+
+def test_a_spectrum_block_above_a_swept_k_is_capped_at_that_k(tmp_path, capsys):
+    # 'sweep.grid.eval.spectrum_top_k=[1, 2, 5]' eval.spectrum_block_size=3 refused the cells at
+    # k 1 and 2: "eval.spectrum_block_size: at most eval.spectrum_top_k = 1 ... got 3"; a block of k
+    # finds k copies of an eigenvalue, as many as k eigenvalues can hold
+    path = _write(tmp_path, "    eval.spectrum_top_k: [1, 2, 5]\n")
+    overrides = ["eval.spectrum_block_size=3", "eval.sharpness_every=2"]
+    cells = expand(*load_sweep(path, overrides))
+    assert [c.config["eval"]["spectrum_block_size"] for c in cells] == [1, 2, 3]
+    assert cli.main(["sweep", str(path), *overrides, "--dry-run"]) == 0
+    assert "the cells with eval.spectrum_top_k 1, 2 run with a block of their k" in capsys.readouterr().err
+    # swept together, the block stays the cell's own: refused where it exceeds k
+    path = _write(tmp_path, "    eval.spectrum_top_k: [1, 5]\n    eval.spectrum_block_size: [3]\n")
+    with pytest.raises(cfg.ConfigError, match="at most eval.spectrum_top_k = 1"):
+        expand(*load_sweep(path, ["eval.sharpness_every=2"]))

@@ -124,6 +124,19 @@ def dense_reference(mapping: Mapping[str, Any], swept: Mapping[str, Any]) -> str
     return method if density == 1.0 and method in ("rigl", "gmp") else None
 
 
+def _capped_block(mapping: Mapping[str, Any], swept: Mapping[str, Any]) -> int | None:
+    """The ``eval.spectrum_block_size`` of a cell whose swept ``eval.spectrum_top_k`` is below the
+    base's block (the block capped at ``k``, which finds as many copies), else None."""
+    if "eval.spectrum_top_k" not in swept or "eval.spectrum_block_size" in swept:
+        return None
+    k = _normalized("eval.spectrum_top_k", swept["eval.spectrum_top_k"])
+    ev = mapping.get("eval")
+    block = ev.get("spectrum_block_size") if isinstance(ev, dict) else None
+    if isinstance(k, int) and isinstance(block, int) and 1 <= k < block:
+        return k
+    return None
+
+
 def cell_mapping(base: Mapping[str, Any], swept: Mapping[str, Any]) -> tuple[dict, str | None]:
     """The config mapping of the cell of ``base`` at the ``swept`` values (dotted key -> value),
     with the :data:`VARIANT_OPTIONS` its swept variant does not read at their defaults, and
@@ -147,6 +160,9 @@ def cell_mapping(base: Mapping[str, Any], swept: Mapping[str, Any]) -> tuple[dic
                 node = node.get(part) if isinstance(node, dict) else None
             if isinstance(node, dict) and leaf in node:  # else at its default already
                 node[leaf] = copy.deepcopy(cfg.get(option).default)
+    block = _capped_block(mapping, swept)
+    if block is not None:  # a block of k already finds k copies of an eigenvalue
+        mapping["eval"]["spectrum_block_size"] = block
     dense = dense_reference(mapping, swept)
     if dense is not None:  # the density axis's dense reference: no mask to change
         _set(mapping, "model.sparsity.method", "static")
@@ -175,6 +191,13 @@ def grid_notes(base: Mapping[str, Any], axes: Mapping[str, tuple]) -> list[str]:
             notes.append(f"{option} ({_written(_get(base, option))}) is read by {decider} "
                          f"{_readers_text(readers, decider)} only: the cells with {decider} {', '.join(others)} "
                          f"run without it (their stored config has its default, {_written(default)})")
+    block = _get(base, "eval.spectrum_block_size")
+    if "eval.spectrum_top_k" in axes and "eval.spectrum_block_size" not in axes:
+        small = [_written(k) for k in axes["eval.spectrum_top_k"]
+                 if _capped_block(base, {"eval.spectrum_top_k": k}) is not None]
+        if small:
+            notes.append(f"eval.spectrum_block_size ({block}) is at most eval.spectrum_top_k: the cells with "
+                         f"eval.spectrum_top_k {', '.join(small)} run with a block of their k (as many copies found)")
     if "model.density" in axes:
         methods = axes.get("model.sparsity.method", (base["model"]["sparsity"]["method"],))
         found = sorted({dense_reference({"model": {"sparsity": {"method": m}}}, {"model.density": d})
