@@ -60,6 +60,7 @@ from torch.overrides import TorchFunctionMode
 
 from catapult.curvature.difference import central_step
 from catapult.curvature.modes import eager_stance, holds_compiled
+from catapult.curvature.torchscript import profiled_runs, refuse_torchscript, torchscript_node, user_scripted
 
 __all__ = ["math_attention", "weight_norm_by_parts", "weight_norm_module", "custom_functions", "check_custom_functions",
            "verify_operator", "built_with_forms", "GraphScan", "graph_functions", "refuse_parameters_read",
@@ -209,6 +210,7 @@ class GraphScan(NamedTuple):
     read: list          # names of the model's own parameters reached as leaves
     wrong_forward: list  # ops whose forward-mode derivative torch takes wrong
     flagged: bool = False  # an embedding lookup with scale_grad_by_freq or sparse (a backward-only flag)
+    scripted: bool = False  # a TorchScript function's differentiable graph (torchscript.py)
 
 
 #: The ``grad_fn`` names of ``F.embedding`` and ``F.embedding_bag``, whose saved flags
@@ -237,18 +239,19 @@ def graph_functions(loss: torch.Tensor, watched: dict | None = None) -> GraphSca
     of the tensors of ``watched`` (``{id(tensor): name}``: the model's own parameters) that it
     reaches as leaves; the ops whose forward-mode derivative torch gets wrong; and whether an
     embedding lookup has ``scale_grad_by_freq`` or ``sparse`` on (an ``F.embedding`` call in a
-    forward, which :func:`needs_forms` does not see).
+    forward, which :func:`needs_forms` does not see); and whether it goes through a TorchScript
+    function's differentiable graph (:mod:`~catapult.curvature.torchscript`).
 
     >>> v = torch.ones(2, 3, requires_grad=True)
     >>> tuple(graph_functions(torch._weight_norm(v, torch.ones(2, 1), 0).sum()))
-    ([], True, [], [], False)
+    ([], True, [], [], False, False)
     >>> tuple(graph_functions((2 * v).sum(), {id(v): "v"}))
-    ([], False, ['v'], [], False)
+    ([], False, ['v'], [], False, False)
     >>> graph_functions(torch.nn.functional.embedding(torch.tensor([1, 1]), v, scale_grad_by_freq=True).sum()).flagged
     True
     """
     found, seen, stack, fused, read, wrong = set(), set(), [loss.grad_fn], False, set(), set()
-    flagged = False
+    flagged = scripted = False
     watched = watched or {}
     while stack:
         node = stack.pop()
@@ -265,8 +268,10 @@ def graph_functions(loss: torch.Tensor, watched: dict | None = None) -> GraphSca
             wrong.add(op)
         if name in _EMBEDDING_NODES and not flagged:
             flagged = _flagged_embedding(node)
+        if name == "CppFunction" and not scripted:
+            scripted = torchscript_node(node)
         stack.extend(next_node for next_node, _ in node.next_functions)
-    return GraphScan(sorted(found), fused, sorted(read), sorted(wrong), flagged)
+    return GraphScan(sorted(found), fused, sorted(read), sorted(wrong), flagged, scripted)
 
 
 def refuse_parameters_read(read: list[str]) -> None:
@@ -366,15 +371,25 @@ def built_with_forms(op, build) -> list[str]:
     with eager_stance(compiled_model):
         loss = build()
     watched = {id(p): name for name, p in op._model.named_parameters() if p.requires_grad}
-    custom, fused, read, wrong, flagged = graph_functions(loss, watched)
+    custom, fused, read, wrong, flagged, scripted = graph_functions(loss, watched)
     refuse_parameters_read(read)
     refuse_reentrant_checkpoint(custom)   # a double-backprop build got torch's error already
     if flagged and not op._forms_needed:   # F.embedding(..., scale_grad_by_freq=True) called directly
         op._forms_needed = True
         with eager_stance(compiled_model):
-            custom, fused, _, wrong, _ = graph_functions(build())
+            custom, fused, _, wrong, _, scripted = graph_functions(build())
     if op.mode == "finite_difference":
         return []
+    # a TorchScript function's graph, which torch.func's products do not pass through (the GGN's
+    # J v differentiates a backward: measured); on its profiling call(s) it is ordinary ops: run them
+    mode = op._scripted_mode or op.mode
+    if mode in ("forward_over_reverse", "compiled") and not scripted and user_scripted():
+        for _ in range(profiled_runs()):
+            with eager_stance(compiled_model):
+                loss = build()
+        scripted = graph_functions(loss).scripted
+    if scripted and mode in ("forward_over_reverse", "compiled"):
+        refuse_torchscript(mode, compiled_model)
     if wrong and op.mode == "forward_over_reverse":
         way_out = ("hvp='compiled' or 'finite_difference' measures it, and so does hvp='double_backprop' on the model "
                    "uncompiled" if compiled_model else "hvp='double_backprop' (the default) or 'finite_difference' "
@@ -384,7 +399,7 @@ def built_with_forms(op, build) -> list[str]:
     if fused and op.mode != "compiled" and not op._forms_needed:
         op._forms_needed = True
         with eager_stance(compiled_model):
-            custom, fused, _, _, _ = graph_functions(build())
+            custom, fused = graph_functions(build())[:2]
     if fused:
         raise ValueError(f"hvp={op.mode!r}: the loss goes through torch's fused weight norm "
                          f"(torch._weight_norm_interface), whose second derivatives torch takes wrong, "
