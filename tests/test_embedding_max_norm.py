@@ -64,3 +64,54 @@ def test_sharpness_is_that_of_the_renormalised_rows():
     truth = np.linalg.eigvalsh(dense_hessian(plain, F.cross_entropy, batch).numpy())[-1]
     est = catapult.sharpness(model, F.cross_entropy, batch, tol=1e-8)
     assert abs(est.value - truth) <= 1e-7 * truth
+
+
+class DirectBag(nn.Module):
+    """The same lookup by a direct ``F.embedding(..., max_norm=)`` call: no nn.Embedding to see."""
+
+    def __init__(self, max_norm):
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(7, 4) * 2)
+        self.out = nn.Linear(4, 3)
+        self.max_norm = max_norm
+
+    def forward(self, tokens):
+        return self.out(torch.tanh(F.embedding(tokens, self.table, max_norm=self.max_norm).mean(1)))
+
+
+def direct_problem():
+    torch.manual_seed(0)
+    model = DirectBag(max_norm=0.5).double()   # rows of norm ~4: every one looked up is renormalised
+    tokens, labels = torch.randint(0, 7, (12, 3)), torch.randint(0, 3, (12,))
+    return model, (tokens, labels)
+
+
+@pytest.mark.parametrize("call", [
+    lambda m, b: catapult.sharpness(m, F.cross_entropy, b),
+    lambda m, b: catapult.sharpness(m, F.cross_entropy, b, hvp="forward_over_reverse"),
+    lambda m, b: catapult.sharpness(m, F.cross_entropy, b, chunk_size=5),
+    lambda m, b: catapult.sharpness(m, F.cross_entropy, b, curvature="ggn"),
+    lambda m, b: catapult.sharpness(m, F.cross_entropy, b, hvp="compiled"),   # raised torch's view error
+    lambda m, b: catapult.top_eigenpairs(m, F.cross_entropy, b, k=2),
+    lambda m, b: catapult.hessian_trace(m, F.cross_entropy, b, matvecs=6),
+    lambda m, b: catapult.critical_lr(m, F.cross_entropy, b, torch.optim.SGD(m.parameters(), lr=0.1)),
+])
+def test_calls_leave_a_direct_max_norm_lookup_as_it_was(call):
+    # every call renormalised the looked-up rows of the model's own table in place (to 0.5)
+    model, batch = direct_problem()
+    before = copy.deepcopy(model.state_dict())
+    call(model, batch)
+    assert unchanged(model, before)
+
+
+@pytest.mark.parametrize("hvp", ["double_backprop", "forward_over_reverse"])
+def test_sharpness_through_a_direct_max_norm_lookup_is_that_of_the_renormalised_rows(hvp):
+    model, batch = direct_problem()
+    plain = DirectBag(max_norm=None).double()
+    plain.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.embedding_renorm_(plain.table, batch[0].reshape(-1), 0.5, 2.0)
+    truth = np.linalg.eigvalsh(dense_hessian(plain, F.cross_entropy, batch).numpy())[-1]
+    for _ in range(2):   # the first call renormalised the rows: the second measured there too
+        est = catapult.sharpness(model, F.cross_entropy, batch, hvp=hvp, tol=1e-8)
+        assert abs(est.value - truth) <= 1e-7 * truth

@@ -23,6 +23,7 @@ are never written.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import warnings
@@ -36,7 +37,7 @@ from catapult.curvature import distributed as dist_ops
 from catapult.curvature.rank_agreement import same_call_on_every_rank
 from catapult.curvature.sharded import ShardedHessianOperator, is_sharded, reshard
 from catapult.curvature.start import outside_inference_mode
-from catapult.curvature.stateless import functional_loss, refuse_scripted
+from catapult.curvature.stateless import RenormedCopies, functional_loss, refuse_scripted
 from catapult.curvature.twice import REENTRANT_ERROR
 from catapult.arguments import caller_stacklevel, check_batch, check_module
 from catapult.optim import registry, rules
@@ -159,12 +160,15 @@ class ModelSnapshot:
 
 
 def _forward_loss(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
-                  tensors: dict[str, Tensor]) -> Tensor:
+                  tensors: dict[str, Tensor], renorm: RenormedCopies | None = None) -> Tensor:
     """``loss_fn(model(inputs), targets)`` with the model's ``tensors`` (buffers, parameters)
     replaced by those given, by name, through the loss too (a loss_fn that reads the model's
-    weight itself saw the model's own at the trial steps: a critical lr of 8.19 for 10.24)."""
+    weight itself saw the model's own at the trial steps: a critical lr of 8.19 for 10.24); under
+    ``renorm`` where given (an ``F.embedding(max_norm=)`` call in the forward wrote the model's weight
+    rows in place: it gets a copy)."""
     inputs, targets = batch
-    return functional_loss(model, tensors, inputs, loss_fn, targets)
+    with renorm if renorm is not None else contextlib.nullcontext():
+        return functional_loss(model, tensors, inputs, loss_fn, targets)
 
 
 def probe_loss(model: torch.nn.Module, loss_fn: Callable, batch: Sequence) -> float:
@@ -181,7 +185,7 @@ def probe_loss(model: torch.nn.Module, loss_fn: Callable, batch: Sequence) -> fl
     snapshot = ModelSnapshot(model)
     try:
         with torch.no_grad():
-            return float(_forward_loss(model, loss_fn, batch, snapshot.buffer_copies()))
+            return float(_forward_loss(model, loss_fn, batch, snapshot.buffer_copies(), RenormedCopies()))
     finally:
         snapshot.restore()
 
@@ -309,11 +313,13 @@ def _shard_reducer(model, loss_fn, batch):
     return reduce
 
 
-def _loss_and_gradient(model, loss_fn, batch, params, snapshot, reduce) -> tuple[float, list]:
+def _loss_and_gradient(model, loss_fn, batch, params, snapshot, reduce,
+                       renorm: RenormedCopies | None = None) -> tuple[float, list]:
     """``L0`` and this batch's gradient by ``params`` (the union's, with ``reduce``): one forward
-    and backward pass through ``functional_call``, so ``.grad`` and the buffers are not touched."""
+    and backward pass through ``functional_call``, so ``.grad`` and the buffers are not touched
+    (under ``renorm``, as :func:`_forward_loss`)."""
     with torch.enable_grad():
-        loss = _forward_loss(model, loss_fn, batch, snapshot.buffer_copies())
+        loss = _forward_loss(model, loss_fn, batch, snapshot.buffer_copies(), renorm)
         if not (torch.is_tensor(loss) and loss.numel() == 1):
             raise ValueError("critical_lr: loss_fn must return a scalar tensor, got "
                              + (f"shape {tuple(loss.shape)}" if torch.is_tensor(loss)
@@ -493,11 +499,15 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
     snapshot = ModelSnapshot(model)
     originals: list[tuple[Tensor, Tensor]] = []
     passes = 0 if reduce is None else reduce.passes
+    renormed = False
     try:
         if sharded:
             loss0, grads = _sharded_loss_and_gradient(model, loss_fn, batch, params, reduce.weight)
         else:
-            loss0, grads = _loss_and_gradient(model, loss_fn, batch, params, snapshot, reduce)
+            # an F.embedding(max_norm=) call in the forward gets a copy of the weight: it wrote the model's rows
+            renorm = RenormedCopies()
+            loss0, grads = _loss_and_gradient(model, loss_fn, batch, params, snapshot, reduce, renorm)
+            renormed = renorm.seen
         passes += 1
         direction = next_step_direction(
             optimizer, {p: g for p, g in zip(params, grads) if g is not None})
@@ -534,7 +544,8 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
                     p.copy_(p0).add_(u, alpha=-lr)
                 reshard(model)  # a sharded model gathers the moved rows again (else nothing)
                 params = {name: torch.add(p.detach(), u, alpha=-lr) for name, p, u in shifted}
-                value = _forward_loss(model, loss_fn, batch, {**snapshot.buffer_copies(), **params})
+                value = _forward_loss(model, loss_fn, batch, {**snapshot.buffer_copies(), **params},
+                                      RenormedCopies() if renormed else None)
                 value = float(value) if reduce is None else reduce(value)
             passes += 1
             return value if math.isfinite(value) else math.inf

@@ -24,7 +24,7 @@ from catapult.curvature.grads_into import (attach_grads, backward_into, flush_gr
                                            scalar_loss)
 from catapult.curvature.microbatch import refuse_dropout, split_batch, weighted_backward, weighted_gradient
 from catapult.curvature.modes import HVP_MODES, holds_compiled, resolve_dtype, resolve_hvp
-from catapult.curvature.stateless import functional_loss, has_renormed_embeddings, refuse_scripted
+from catapult.curvature.stateless import RenormedCopies, functional_loss, has_renormed_embeddings, refuse_scripted
 from catapult.curvature.twice import (built_with_forms, forms_for, math_attention, named_missing_derivatives,
                                       needs_forms, verify_operator, weight_norm_module)
 
@@ -224,6 +224,9 @@ class HessianOperator:
         self._model, self._loss_fn = model, loss_fn
         # asked once: a scan of the modules in every forward cost the small GPT's sharpness ~1% (twice.py)
         self._forms_needed, self._renormed = needs_forms(model), has_renormed_embeddings(model)
+        # the forwards up to the graph walk pass an F.embedding(max_norm=) call a copy of the weight, and
+        # say whether one did (stateless.RenormedCopies; forms from then on): it wrote the user's rows
+        self._watch_renorm, self._renorm_seen = not self._forms_needed, False
         self._grad_flat: torch.Tensor | None = None
         self._base: torch.Tensor | None = None  # g(theta) for the finite differences
         self.difference_gap, self.shrunk_steps = 0.0, 0
@@ -252,6 +255,7 @@ class HessianOperator:
                             tuple(p.dtype for p in self._params.values()))
         # one forward (built again where a direct torch._weight_norm call needs the forms; twice.py)
         self._custom = custom = built_with_forms(self, self._build)
+        self._watch_renorm = False
         # the curvature of a nan or inf loss is nan: every product says so (a diverged model)
         self._finite_loss = math.isfinite(self.loss)
         if self._checks_products and self._finite_loss:  # custom Functions' (twice.py)
@@ -343,10 +347,12 @@ class HessianOperator:
         # Second derivatives need the math kernel of scaled_dot_product_attention: the fused
         # (flash / memory-efficient) kernels have no double backward; and weight norm by parts,
         # whose fused kernel's double backward is wrong (twice.py).
-        with fixed_rng(self.seed, self.device), math_attention(), forms_for(self._forms_needed):
+        watch = RenormedCopies() if self._watch_renorm and not self._forms_needed else contextlib.nullcontext()
+        with fixed_rng(self.seed, self.device), math_attention(), forms_for(self._forms_needed), watch:
             buffers = {n: b.clone() for n, b in self._buffers.items()}   # a loss_fn may read params too
             loss = functional_loss(self._model, {**self._frozen, **buffers, **params}, inputs, self._loss_fn,
                                    targets, renormed=self._renormed, then=then)
+        self._renorm_seen = self._renorm_seen or getattr(watch, "seen", False)
         return scalar_loss(loss)
 
     def split(self, v: torch.Tensor) -> list[torch.Tensor]:

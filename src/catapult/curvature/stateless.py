@@ -19,6 +19,12 @@ tied embedding, ``hidden @ model.emb.weight.T``) read the model's own Parameter 
 constant: a sharpness 2.6% low, ``converged`` (:func:`functional_loss` keeps the tensors in place
 through the loss).
 
+``F.embedding`` / ``F.embedding_bag`` called in a forward with ``max_norm`` (no module to see) wrote
+the user's weight rows in place all the same, once per call (a row of norm 4.5 left at 1.0):
+:class:`RenormedCopies` passes such a call a copy of its weight, in the forwards that precede the
+operators' graph walk (and in ``critical_lr``'s first), which also tells whether any was made;
+:class:`~catapult.curvature.twice.second_order_forms` does the same in the forwards after it.
+
 Inside ``torch.nn.utils.parametrize.cached()`` (a user's evaluation or training step) a parametrized
 weight is computed once and reused by every later forward: the curvature operators' forwards at
 other parameters read the first one's value (finite differences and micro-batches 19% off,
@@ -28,11 +34,60 @@ other parameters read the first one's value (finite differences and micro-batche
 from __future__ import annotations
 
 import contextlib
+import inspect
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 __all__ = ["functional_call", "functional_loss", "Holder", "holding", "slots_kept", "renormed_copies",
-           "has_renormed_embeddings", "parametrizations_uncached", "refuse_scripted"]
+           "has_renormed_embeddings", "parametrizations_uncached", "refuse_scripted", "renormed_lookup",
+           "RenormedCopies"]
+
+_LOOKUPS = {f: inspect.signature(f) for f in (torch.nn.functional.embedding, torch.nn.functional.embedding_bag)}
+
+
+def renormed_lookup(func, args, kwargs):
+    """The bound arguments of ``func(*args, **kwargs)`` with the weight cloned (differentiably) where
+    it is an ``F.embedding`` / ``F.embedding_bag`` call with ``max_norm`` (which renormalises the rows
+    it looks up in place, in the weight it is given); None for any other call.
+
+    >>> w = torch.full((2, 2), 3.0)
+    >>> bound = renormed_lookup(torch.nn.functional.embedding, (torch.tensor([0]), w), {"max_norm": 1.0})
+    >>> bound.arguments["weight"] is w, renormed_lookup(torch.nn.functional.embedding, (torch.tensor([0]), w), {})
+    (False, None)
+    """
+    signature = _LOOKUPS.get(func)
+    if signature is None:
+        return None
+    bound = signature.bind(*args, **kwargs)
+    if bound.arguments.get("max_norm") is None:
+        return None
+    bound.arguments["weight"] = bound.arguments["weight"].clone()
+    return bound
+
+
+class RenormedCopies(TorchFunctionMode):
+    """Context in which an ``F.embedding`` / ``F.embedding_bag`` call with ``max_norm`` renormalises a
+    copy of its weight (:func:`renormed_lookup`), not the tensor it was given; ``seen``: whether one
+    was made. The same value and derivatives: the lookup differentiates through the copy.
+
+    >>> w = torch.full((2, 2), 3.0)
+    >>> with RenormedCopies() as copies:
+    ...     out = torch.nn.functional.embedding(torch.tensor([0]), w, max_norm=1.0)
+    >>> w[0], copies.seen, round(float(out.norm()), 4)
+    (tensor([3., 3.]), True, 1.0)
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.seen = False
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _LOOKUPS and (bound := renormed_lookup(func, args, kwargs)) is not None:
+            self.seen = True
+            return func(*bound.args, **bound.kwargs)
+        return func(*args, **kwargs)
 
 
 def refuse_scripted(owner: str, model: torch.nn.Module, mode: str | None = None) -> None:

@@ -60,6 +60,7 @@ from torch.overrides import TorchFunctionMode
 
 from catapult.curvature.difference import central_step
 from catapult.curvature.modes import eager_stance, holds_compiled
+from catapult.curvature.stateless import renormed_lookup
 from catapult.curvature.torchscript import profiled_runs, refuse_torchscript, torchscript_node, user_scripted
 
 __all__ = ["math_attention", "weight_norm_by_parts", "weight_norm_module", "custom_functions", "check_custom_functions",
@@ -124,7 +125,8 @@ class weight_norm_by_parts(TorchFunctionMode):  # noqa: N801 -- used as a contex
 class second_order_forms(weight_norm_by_parts):  # noqa: N801 -- used as a context, like torch's modes
     """:class:`weight_norm_by_parts`, and ``F.embedding`` / ``F.embedding_bag`` with
     ``scale_grad_by_freq`` and ``sparse`` off (flags of the backward only, not of the value), so
-    the gradient is the loss's own and dense; every other call is unchanged.
+    the gradient is the loss's own and dense, and with a ``max_norm`` on a copy of the weight
+    (:func:`~catapult.curvature.stateless.renormed_lookup`); every other call is unchanged.
 
     Example (the row looked up twice: its gradient is 2, not 2 / 2):
         >>> w = torch.zeros(3, 2, requires_grad=True)
@@ -137,8 +139,9 @@ class second_order_forms(weight_norm_by_parts):  # noqa: N801 -- used as a conte
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in (torch.nn.functional.embedding, torch.nn.functional.embedding_bag):
-            bound = inspect.signature(func).bind(*args, **kwargs)   # nn.Embedding passes them by position
-            if any(bound.arguments.get(k) for k in _EMBEDDING_GRADIENT_FLAGS):
+            # a max_norm renormalises a copy of the weight (stateless.renormed_lookup), not the user's
+            bound = renormed_lookup(func, args, kwargs) or inspect.signature(func).bind(*args, **kwargs)
+            if any(bound.arguments.get(k) for k in _EMBEDDING_GRADIENT_FLAGS) or bound.arguments.get("max_norm"):
                 bound.arguments.update(_EMBEDDING_GRADIENT_FLAGS)
                 return func(*bound.args, **bound.kwargs)
         return super().__torch_function__(func, types, args, kwargs)
@@ -374,7 +377,9 @@ def built_with_forms(op, build) -> list[str]:
     custom, fused, read, wrong, flagged, scripted = graph_functions(loss, watched)
     refuse_parameters_read(read)
     refuse_reentrant_checkpoint(custom)   # a double-backprop build got torch's error already
-    if flagged and not op._forms_needed:   # F.embedding(..., scale_grad_by_freq=True) called directly
+    # F.embedding(..., scale_grad_by_freq=True) called directly; or with max_norm (HessianOperator._loss
+    # passed it a copy of the weight, which every later forward must too)
+    if (flagged or getattr(op, "_renorm_seen", False)) and not op._forms_needed:
         op._forms_needed = True
         with eager_stance(compiled_model):
             custom, fused, _, wrong, _, scripted = graph_functions(build())
