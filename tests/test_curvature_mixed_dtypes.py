@@ -126,3 +126,39 @@ def test_a_torchscript_model_is_refused_naming_the_way_out():
     wrapped = nn.Sequential(scripted)
     with pytest.raises(ValueError, match="critical_lr: the model is \\(or holds\\) a TorchScript module"):
         catapult.critical_lr(wrapped, nn.MSELoss(), batch, torch.optim.SGD(wrapped.parameters(), lr=0.1))
+
+
+class CastsToFloat32(nn.Module):
+    """A float32 model whose forward casts its input to float32 itself."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x.float())))
+
+
+@pytest.mark.parametrize("kwargs", [{"hvp": "double_backprop"}, {"hvp": "forward_over_reverse"},
+                                    {"hvp": "finite_difference"}, {"chunk_size": 2}, {"curvature": "ggn"}])
+def test_dtype_float64_on_a_forward_that_casts_to_float32_names_dtype(kwargs):
+    # torch's raw "mat1 and mat2 must have the same dtype, but got Float and Double" came out
+    torch.manual_seed(0)
+    model, batch = CastsToFloat32(), (torch.randn(5, 3), torch.randn(5, 2))
+    with pytest.raises(ValueError, match=r"dtype=torch.float64: .*two dtypes.*Float and Double.*dtype=None"):
+        catapult.sharpness(model, nn.MSELoss(), batch, dtype=torch.float64, **kwargs)
+
+
+def test_the_same_model_is_measured_in_its_own_dtype():
+    torch.manual_seed(0)
+    model, batch = CastsToFloat32(), (torch.randn(5, 3), torch.randn(5, 2))
+    params = [p.detach().double() for p in model.parameters()]
+    sizes, (x, y) = [p.numel() for p in params], (batch[0].double(), batch[1].double())
+
+    def loss(flat):   # the same function in float64, written out
+        w1, b1, w2, b2 = (t.view_as(p) for t, p in zip(flat.split(sizes), params))
+        return (((torch.tanh(x @ w1.T + b1) @ w2.T + b2) - y) ** 2).mean()
+
+    hessian = torch.autograd.functional.hessian(loss, torch.cat([p.reshape(-1) for p in params]))
+    truth = np.linalg.eigvalsh(hessian.numpy())[-1]
+    assert catapult.sharpness(model, nn.MSELoss(), batch, tol=1e-5).value == pytest.approx(truth, rel=1e-4)

@@ -23,7 +23,7 @@ from catapult.curvature.forward_ad import jvp_of_gradient
 from catapult.curvature.grads_into import (attach_grads, backward_into, flush_grads, refuse_constant,
                                            scalar_loss)
 from catapult.curvature.microbatch import refuse_dropout, split_batch, weighted_backward, weighted_gradient
-from catapult.curvature.modes import HVP_MODES, holds_compiled, resolve_dtype, resolve_hvp
+from catapult.curvature.modes import HVP_MODES, holds_compiled, named_dtype_mix, resolve_dtype, resolve_hvp
 from catapult.curvature.stateless import RenormedCopies, functional_loss, has_renormed_embeddings, refuse_scripted
 from catapult.curvature.twice import (built_with_forms, forms_for, math_attention, named_missing_derivatives,
                                       needs_forms, verify_operator, weight_norm_module)
@@ -234,8 +234,9 @@ class HessianOperator:
         # the kink test's gap as every process sees it: DistributedOperator makes it the ranks' largest
         self.agree_gap: Callable[[float], float] = lambda gap: gap
         # [(inputs, targets, weight)]; one entry = the whole batch, weight 1 (and a nan loss).
-        self._chunks, self.loss = split_batch(model, self._loss, self._params, self._inputs,
-                                              self._targets, chunk_size, self.dtype)
+        with named_dtype_mix(dtype, trainable.values()):   # a forward that casts to float32 itself, under float64
+            self._chunks, self.loss = split_batch(model, self._loss, self._params, self._inputs,
+                                                  self._targets, chunk_size, self.dtype)
         self.chunks = len(self._chunks)
         # With chunks, every product and the gradient are built chunk by chunk (_chunked_product,
         # gradient); on the whole batch double backprop keeps one gradient graph for all products
@@ -254,7 +255,8 @@ class HessianOperator:
             self._layout = (tuple(self.names), tuple(tuple(s) for s in self.shapes),
                             tuple(p.dtype for p in self._params.values()))
         # one forward (built again where a direct torch._weight_norm call needs the forms; twice.py)
-        self._custom = custom = built_with_forms(self, self._build)
+        with named_dtype_mix(dtype, trainable.values()):
+            self._custom = custom = built_with_forms(self, self._build)
         self._watch_renorm = False
         # the curvature of a nan or inf loss is nan: every product says so (a diverged model)
         self._finite_loss = math.isfinite(self.loss)

@@ -5,9 +5,12 @@ modes exist and what ``"auto"`` picks on a device.
 """
 from __future__ import annotations
 
+import contextlib
+import re
+
 import torch
 
-__all__ = ["HVP_MODES", "resolve_hvp", "resolve_dtype", "holds_compiled", "eager_stance"]
+__all__ = ["HVP_MODES", "resolve_hvp", "resolve_dtype", "holds_compiled", "eager_stance", "named_dtype_mix"]
 
 
 #: Accepted values of ``hvp=``. ``"auto"`` picks the mode measured fastest (see
@@ -93,3 +96,36 @@ def resolve_dtype(dtype) -> torch.dtype | None:
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be None, torch.float32 or torch.float64, got {dtype!r}")
     return dtype
+
+
+#: torch's RuntimeErrors for an operation that meets tensors of two dtypes ("mat1 and mat2 must have the
+#: same dtype", "expected scalar type Float but found Double", "Input type (float) and bias type (double)
+#: should be the same", "mixed dtype (CPU): expect parameter to have scalar type of Float").
+_DTYPE_MIX = re.compile(r"dtype|scalar type|type \((?:float|double|half|bfloat16|c10::\w+)\)", re.IGNORECASE)
+
+
+@contextlib.contextmanager
+def named_dtype_mix(dtype: torch.dtype | None, params):
+    """A context in which torch's RuntimeError for an operation that meets two dtypes becomes a
+    ValueError naming ``dtype=`` (torch's error its ``__cause__``), where ``dtype`` was asked for and
+    casts some of ``params``: a forward that casts to a dtype itself (``x.float()``) met the
+    parameters cast to float64, and torch's "mat1 and mat2 must have the same dtype, but got Float
+    and Double" was all a user saw.
+
+    >>> with named_dtype_mix(torch.float64, [torch.zeros(1)]):  # doctest: +ELLIPSIS
+    ...     torch.ones(1, 2) @ torch.ones(2, 1, dtype=torch.float64)
+    Traceback (most recent call last):
+    ...
+    ValueError: dtype=torch.float64: the model's forward meets tensors of two dtypes ...
+    """
+    try:
+        yield
+    except RuntimeError as err:
+        first = (str(err).strip().splitlines() or [""])[0]
+        if dtype is None or all(p.dtype == dtype for p in params) or not _DTYPE_MIX.search(first):
+            raise
+        raise ValueError(f"dtype={dtype}: the model's forward meets tensors of two dtypes once its parameters and "
+                         f"inputs are cast to {str(dtype)[6:]} (torch: {first[:160]}): it casts a tensor to a "
+                         f"dtype itself (x.float(), .to(torch.float32), a tensor it makes in one); pass dtype=None "
+                         f"to measure the model in its own dtype, or cast to the parameters' dtype "
+                         f"(x.to(self.weight.dtype))") from err
