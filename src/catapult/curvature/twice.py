@@ -66,7 +66,7 @@ from catapult.curvature.torchscript import profiled_runs, refuse_torchscript, to
 __all__ = ["math_attention", "weight_norm_by_parts", "weight_norm_module", "custom_functions", "check_custom_functions",
            "verify_operator", "built_with_forms", "GraphScan", "graph_functions", "refuse_parameters_read",
            "second_order_forms", "needs_forms", "forms_for", "named_missing_derivatives",
-           "refuse_reentrant_checkpoint", "REENTRANT_MESSAGE", "REENTRANT_ERROR"]
+           "refuse_reentrant_checkpoint", "REENTRANT_MESSAGE", "REENTRANT_ERROR", "full_backward_hooked"]
 
 
 def math_attention():
@@ -395,6 +395,12 @@ def built_with_forms(op, build) -> list[str]:
         scripted = graph_functions(loss).scripted
     if scripted and mode in ("forward_over_reverse", "compiled"):
         refuse_torchscript(mode, compiled_model)
+    if "BackwardHookFunction" in custom and mode in ("forward_over_reverse", "compiled"):
+        # torch.func said 'a custom autograd.Function without setup_context', at the first product
+        way_out = ("hvp='finite_difference' measures it, and so does hvp='double_backprop' on the model uncompiled"
+                   if compiled_model else "hvp='double_backprop' (the default) or 'finite_difference' measures it")
+        raise ValueError(f"hvp={mode!r}: {full_backward_hooked(op._model)}, which torch.func's transforms cannot "
+                         f"run; {way_out}, or remove the hook for the call")
     if wrong and op.mode == "forward_over_reverse":
         way_out = ("hvp='compiled' or 'finite_difference' measures it, and so does hvp='double_backprop' on the model "
                    "uncompiled" if compiled_model else "hvp='double_backprop' (the default) or 'finite_difference' "
@@ -410,6 +416,21 @@ def built_with_forms(op, build) -> list[str]:
                          f"(torch._weight_norm_interface), whose second derivatives torch takes wrong, "
                          f"where it cannot be taken by parts; use hvp='finite_difference'")
     return custom
+
+
+def full_backward_hooked(model: torch.nn.Module) -> str:
+    """Who holds the full backward hook that put ``BackwardHookFunction`` in a loss's graph.
+
+    >>> model = torch.nn.Sequential(torch.nn.Linear(1, 1))
+    >>> _ = model[0].register_full_backward_hook(lambda *args: None)
+    >>> full_backward_hooked(model)
+    "module '0' has a full backward hook (register_full_backward_hook or _pre_hook)"
+    """
+    for name, module in model.named_modules():
+        if module._backward_pre_hooks or (module._backward_hooks and module._is_full_backward_hook):
+            return (f"module {name!r} has" if name else "the model has") + \
+                " a full backward hook (register_full_backward_hook or _pre_hook)"
+    return "a global full backward hook (register_module_full_backward_hook or _pre_hook) runs on every module"
 
 
 def verify_operator(op, names: list[str]) -> None:
