@@ -40,7 +40,6 @@ def unchanged(model, before):
 @pytest.mark.parametrize("call", [
     lambda m, b: catapult.sharpness(m, F.cross_entropy, b),
     lambda m, b: catapult.sharpness(m, F.cross_entropy, b, hvp="forward_over_reverse"),
-    lambda m, b: catapult.sharpness(m, F.cross_entropy, b, hvp="finite_difference"),
     lambda m, b: catapult.sharpness(m, F.cross_entropy, b, curvature="ggn"),
     lambda m, b: catapult.top_eigenpairs(m, F.cross_entropy, b, k=2),
     lambda m, b: catapult.hessian_trace(m, F.cross_entropy, b, matvecs=6),
@@ -115,3 +114,27 @@ def test_sharpness_through_a_direct_max_norm_lookup_is_that_of_the_renormalised_
     for _ in range(2):   # the first call renormalised the rows: the second measured there too
         est = catapult.sharpness(model, F.cross_entropy, batch, hvp=hvp, tol=1e-8)
         assert abs(est.value - truth) <= 1e-7 * truth
+
+
+@pytest.mark.parametrize("make", [problem, direct_problem])
+def test_finite_differences_over_renormalised_rows_are_refused(make):
+    # the gradient at shifted weights is taken at rows renormalised again, so the differences took in
+    # the renormalisation's derivative, which the Hessian of the exact modes leaves out: 0.3847 for
+    # 0.3952 (nn.Embedding), converged with an error bound of 1.5e-4; the weights stay as they were
+    model, batch = make()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match="hvp='finite_difference': an embedding lookup with max_norm.*double_backprop"):
+        catapult.sharpness(model, F.cross_entropy, batch, hvp="finite_difference")
+    assert unchanged(model, before)
+
+
+def test_finite_differences_under_a_max_norm_no_row_reaches_are_measured():
+    torch.manual_seed(0)
+    model = Bag(max_norm=50.0).double()   # a cap far above every row: the lookup is a plain one
+    batch = (torch.randint(0, 7, (12, 3)), torch.randint(0, 3, (12,)))
+    before = copy.deepcopy(model.state_dict())
+    plain = Bag(max_norm=None).double()
+    plain.load_state_dict(model.state_dict())
+    truth = np.linalg.eigvalsh(dense_hessian(plain, F.cross_entropy, batch).numpy())[-1]
+    est = catapult.sharpness(model, F.cross_entropy, batch, hvp="finite_difference", tol=1e-8)
+    assert abs(est.value - truth) <= 1e-6 * truth and unchanged(model, before)

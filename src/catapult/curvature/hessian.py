@@ -17,8 +17,8 @@ from torch.autograd.graph import get_gradient_edge
 from torch.utils._pytree import tree_map
 
 from catapult.arguments import check_batch, check_module
-from catapult.curvature.difference import (central_step, checked_difference, refuse_spectral_norm_differences,
-                                           relative_gap, rounding_level)
+from catapult.curvature.difference import (central_step, checked_difference, refuse_renormed_differences,
+                                           refuse_spectral_norm_differences, relative_gap, rounding_level)
 from catapult.curvature.forward_ad import jvp_of_gradient
 from catapult.curvature.grads_into import (attach_grads, backward_into, flush_grads, refuse_constant,
                                            scalar_loss)
@@ -226,7 +226,8 @@ class HessianOperator:
         self._forms_needed, self._renormed = needs_forms(model), has_renormed_embeddings(model)
         # the forwards up to the graph walk pass an F.embedding(max_norm=) call a copy of the weight, and
         # say whether one did (stateless.RenormedCopies; forms from then on): it wrote the user's rows
-        self._watch_renorm, self._renorm_seen = not self._forms_needed, False
+        # (and how close a row looked up is to its max_norm: finite differences move it across)
+        self._watch_renorm, self._renorm_seen, self._renorm_room = True, False, math.inf
         self._grad_flat: torch.Tensor | None = None
         self._base: torch.Tensor | None = None  # g(theta) for the finite differences
         self.difference_gap, self.shrunk_steps = 0.0, 0
@@ -258,6 +259,7 @@ class HessianOperator:
         with named_dtype_mix(dtype, trainable.values()):
             self._custom = custom = built_with_forms(self, self._build)
         self._watch_renorm = False
+        refuse_renormed_differences(self)
         # the curvature of a nan or inf loss is nan: every product says so (a diverged model)
         self._finite_loss = math.isfinite(self.loss)
         if self._checks_products and self._finite_loss:  # custom Functions' (twice.py)
@@ -349,12 +351,13 @@ class HessianOperator:
         # Second derivatives need the math kernel of scaled_dot_product_attention: the fused
         # (flash / memory-efficient) kernels have no double backward; and weight norm by parts,
         # whose fused kernel's double backward is wrong (twice.py).
-        watch = RenormedCopies() if self._watch_renorm and not self._forms_needed else contextlib.nullcontext()
+        watch = RenormedCopies() if self._watch_renorm else contextlib.nullcontext()
         with fixed_rng(self.seed, self.device), math_attention(), forms_for(self._forms_needed), watch:
             buffers = {n: b.clone() for n, b in self._buffers.items()}   # a loss_fn may read params too
             loss = functional_loss(self._model, {**self._frozen, **buffers, **params}, inputs, self._loss_fn,
                                    targets, renormed=self._renormed, then=then)
-        self._renorm_seen = self._renorm_seen or getattr(watch, "seen", False)
+        if self._watch_renorm:
+            self._renorm_seen, self._renorm_room = self._renorm_seen or watch.seen, min(self._renorm_room, watch.room)
         return scalar_loss(loss)
 
     def split(self, v: torch.Tensor) -> list[torch.Tensor]:

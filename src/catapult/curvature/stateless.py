@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -69,7 +70,8 @@ def renormed_lookup(func, args, kwargs):
 class RenormedCopies(TorchFunctionMode):
     """Context in which an ``F.embedding`` / ``F.embedding_bag`` call with ``max_norm`` renormalises a
     copy of its weight (:func:`renormed_lookup`), not the tensor it was given; ``seen``: whether one
-    was made. The same value and derivatives: the lookup differentiates through the copy.
+    was made; ``room``: the least distance of a row looked up below its ``max_norm`` (negative where one
+    is renormalised). The same value and derivatives: the lookup differentiates through the copy.
 
     >>> w = torch.full((2, 2), 3.0)
     >>> with RenormedCopies() as copies:
@@ -81,13 +83,26 @@ class RenormedCopies(TorchFunctionMode):
     def __init__(self):
         super().__init__()
         self.seen = False
+        self.room = math.inf   # the least max_norm - ||row|| over the rows looked up, per unit 2-norm shift
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in _LOOKUPS and (bound := renormed_lookup(func, args, kwargs)) is not None:
             self.seen = True
+            self.room = min(self.room, _room(bound.arguments))
             return func(*bound.args, **bound.kwargs)
         return func(*args, **kwargs)
+
+
+def _room(arguments) -> float:
+    """How far the rows a max_norm lookup reads are below its max_norm (negative: renormalised), in
+    the norm it takes, divided by that norm's bound on a row moved by 1 in 2-norm."""
+    weight, ids = arguments["weight"].detach(), arguments["input"].reshape(-1)
+    if ids.numel() == 0:
+        return math.inf
+    p = float(arguments.get("norm_type", 2.0))
+    largest = float(torch.linalg.vector_norm(weight[ids], ord=p, dim=-1).max())
+    return (float(arguments["max_norm"]) - largest) / weight.shape[-1] ** max(0.0, 1.0 / p - 0.5)
 
 
 def refuse_scripted(owner: str, model: torch.nn.Module, mode: str | None = None) -> None:
