@@ -98,3 +98,10 @@ def test_the_gauss_newton_operator_measures_a_scripted_function():
     model, batch = _setup(settled=True)
     estimate = catapult.sharpness(model, nn.MSELoss(), batch, curvature="ggn", tol=1e-9)
     assert estimate.value == pytest.approx(_dense(model, batch, ggn=True), rel=1e-6)
+
+
+def test_a_scripted_function_in_the_loss_is_refused_too():
+    model, batch = _setup(settled=False)
+    act = _scripted()
+    with pytest.raises(ValueError, match="hvp='forward_over_reverse': the model \\(or loss_fn\\) calls a TorchScript"):
+        catapult.sharpness(model, lambda out, y: act(out - y).mean(), batch, hvp="forward_over_reverse")

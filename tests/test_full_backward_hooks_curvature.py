@@ -35,7 +35,8 @@ def test_torch_func_products_name_the_hooked_module(hvp, pre):
 
 def test_a_compiled_model_with_a_hook_is_told_the_modes_that_measure_it():
     model, batch = _problem()
-    with pytest.raises(ValueError, match="module '_orig_mod.2' has a full backward hook.*'finite_difference'.*uncompiled"):
+    with pytest.raises(ValueError,
+                       match="module '_orig_mod.2' has a full backward hook.*'finite_difference'.*uncompiled"):
         catapult.sharpness(torch.compile(model), nn.MSELoss(), batch)
 
 

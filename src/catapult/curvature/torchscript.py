@@ -66,11 +66,12 @@ def refuse_torchscript(mode: str, compiled_model: bool) -> None:
     >>> refuse_torchscript("forward_over_reverse", False)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: hvp='forward_over_reverse': the model calls a TorchScript function ...
+    ValueError: hvp='forward_over_reverse': the model (or loss_fn) calls a TorchScript function ...
     """
     way_out = ("hvp='finite_difference' measures it, and so does hvp='double_backprop' (the default) on the model "
                "uncompiled" if compiled_model else
                "hvp='double_backprop' (the default) or 'finite_difference' measures it")
-    raise ValueError(f"hvp={mode!r}: the model calls a TorchScript function (torch.jit.script or trace), whose "
-                     f"differentiable graph torch.func does not differentiate through (a scripted tanh(x) * x: "
-                     f"1.1782 for 2.1516, marked converged); {way_out}, or call the function's Python original")
+    raise ValueError(f"hvp={mode!r}: the model (or loss_fn) calls a TorchScript function (torch.jit.script or "
+                     f"trace), whose differentiable graph torch.func does not differentiate through (a scripted "
+                     f"tanh(x) * x: 1.1782 for 2.1516, marked converged); {way_out}, or call the function's Python "
+                     f"original")
