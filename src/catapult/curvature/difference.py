@@ -152,13 +152,15 @@ def difference_operator(op):
 RENORM_STEPS = 4.0
 
 
-def refuse_renormed_differences(op) -> None:
+def refuse_renormed_differences(op, what: str = "hvp='finite_difference'",
+                                way_out: str = "use hvp='double_backprop' (the default) or 'forward_over_reverse'") -> None:
     """A ValueError where the finite-difference operator ``op`` (``op.mode``) reads embedding rows
     that a ``max_norm`` renormalises, or would once moved by a few difference steps
     (``op._renorm_room``, :class:`~catapult.curvature.stateless.RenormedCopies`): the gradient at
     shifted weights is taken at the rows renormalised again, so the differences take in the
     renormalisation's derivative, which the exact products (and torch's gradient) leave out
-    (``nn.Embedding(max_norm=0.5)`` over rows of norm ~2: a sharpness 0.3847 for 0.3952, converged).
+    (``nn.Embedding(max_norm=0.5)`` over rows of norm ~2: a sharpness 0.3847 for 0.3952, converged;
+    FSDP2's products alike). ``what``: the setting refused; ``way_out``: what measures it.
 
     >>> class Op:
     ...     mode, _eps, _renorm_room = "finite_difference", 2.0 ** -52, 1.0
@@ -170,11 +172,10 @@ def refuse_renormed_differences(op) -> None:
     ValueError: hvp='finite_difference': an embedding lookup with max_norm renormalises rows ...
     """
     if op.mode == "finite_difference" and op._renorm_room < RENORM_STEPS * central_step(op._eps):
-        raise ValueError("hvp='finite_difference': an embedding lookup with max_norm renormalises rows the batch "
-                         "reads (or would, moved by a difference step), so differences of gradients take in the "
-                         "renormalisation's derivative, which torch's gradient and the exact products leave out "
-                         "(a sharpness 2.6% low, marked converged); use hvp='double_backprop' (the default) or "
-                         "'forward_over_reverse'")
+        raise ValueError(f"{what}: an embedding lookup with max_norm renormalises rows the batch reads (or would, "
+                         f"moved by a difference step), so differences of gradients take in the renormalisation's "
+                         f"derivative, which torch's gradient and the exact products leave out (a sharpness 2.6% "
+                         f"low, marked converged); {way_out}")
 
 
 @contextlib.contextmanager

@@ -72,6 +72,7 @@ here one process (a gloo group of world size 1) holds the sharded model; launche
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -79,11 +80,13 @@ import torch
 from catapult.arguments import check_batch
 
 from catapult.curvature.distributed import agreed, all_reduce_sum
-from catapult.curvature.difference import (central_step, checked_difference, refuse_spectral_norm_differences,
+from catapult.curvature.difference import (RENORM_STEPS, central_step, checked_difference,
+                                           refuse_renormed_differences, refuse_spectral_norm_differences,
                                            relative_gap, rounding_level)
 from catapult.curvature.hessian import fixed_rng
 from catapult.curvature.krylov import vector_norm
 from catapult.curvature.start import mixed_start, real_init, warm_start_weight
+from catapult.curvature.stateless import RenormedCopies
 from catapult.curvature.twice import forms_for, graph_functions, needs_forms
 
 
@@ -348,9 +351,11 @@ class ShardedHessianOperator:
             parts.append((self._rows(full, p) if self.local else full).reshape(-1))
         return torch.cat(parts).to(device=self.device, dtype=self.dtype)
 
-    def _loss(self) -> torch.Tensor:
-        """This rank's loss, with its graph, at the parameters the model holds."""
-        with torch.enable_grad(), fixed_rng(self.seed, self.device), forms_for(self._forms):
+    def _loss(self, watch=None) -> torch.Tensor:
+        """This rank's loss, with its graph, at the parameters the model holds (under ``watch``, a
+        :class:`~catapult.curvature.stateless.RenormedCopies`, where given)."""
+        with (torch.enable_grad(), fixed_rng(self.seed, self.device), forms_for(self._forms),
+              watch if watch is not None else contextlib.nullcontext()):
             loss = self._loss_fn(self._model(self._inputs), self._targets)
         if not (torch.is_tensor(loss) and loss.numel() == 1):
             raise ValueError("loss_fn must return a scalar tensor")
@@ -368,11 +373,20 @@ class ShardedHessianOperator:
                         p.to_local().add_(part.to(p.dtype), alpha=scale)
             for p in self._params:
                 p.grad = None
-            loss = self._loss()
+            watch = RenormedCopies() if self._walk else None
+            loss = self._loss(watch)
             if self._walk:   # once, agreed: every rank runs the same forwards (FSDP's all-gathers)
                 self._walk = False
                 flagged = 0.0 if self._forms else float(graph_functions(loss).flagged)
-                if all_reduce_sum(torch.tensor([flagged], dtype=torch.float64, device=self.device)).item():
+                # a max_norm lookup renormalising rows at (or a few steps from) theta: 0.3847 for 0.3952
+                close = float(watch.room < RENORM_STEPS * central_step(self._eps))
+                flagged, close = all_reduce_sum(torch.tensor([flagged, close], dtype=torch.float64,
+                                                             device=self.device)).tolist()
+                self._renorm_room = -math.inf if close else math.inf   # as every rank sees it
+                refuse_renormed_differences(self, "distributed=True on a model sharded by fully_shard (finite "
+                                            "differences)", "measure the model unsharded (exact products), or "
+                                            "raise max_norm above the rows' norms")
+                if flagged:
                     self._forms = True
                     del loss
                     reshard(self._model)   # a forward without a backward
