@@ -156,3 +156,21 @@ def test_a_sharded_model_refuses_finite_differences_over_renormalised_rows(make)
             catapult.sharpness(sharded, F.cross_entropy, batch, distributed=True)
         after = {k: v.full_tensor() for k, v in sharded.state_dict().items()}
     assert all(torch.equal(after[k], before[k]) for k in before)
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
+@pytest.mark.parametrize("call", [
+    lambda m, b: catapult.sharpness(m, F.cross_entropy, b, distributed=True),
+    lambda m, b: catapult.critical_lr(m, F.cross_entropy, b, torch.optim.SGD(m.parameters(), lr=0.1),
+                                      distributed=True),
+])
+def test_distributed_calls_leave_a_direct_max_norm_lookup_as_it_was(call):
+    # telling the loss's reduction on the shard ran forwards that renormalised the model's own rows
+    # (critical_lr then searched from them: 9.8304 where the call without distributed gives 6.5536)
+    from catapult.curvature.distributed import single_process_group
+
+    model, batch = direct_problem()
+    before = copy.deepcopy(model.state_dict())
+    with single_process_group():
+        call(model, batch)
+    assert unchanged(model, before)
