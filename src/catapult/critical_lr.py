@@ -37,7 +37,8 @@ from catapult.curvature import distributed as dist_ops
 from catapult.curvature.rank_agreement import same_call_on_every_rank
 from catapult.curvature.sharded import ShardedHessianOperator, is_sharded, reshard
 from catapult.curvature.start import outside_inference_mode
-from catapult.curvature.stateless import RenormedCopies, functional_loss, refuse_scripted
+from catapult.curvature.stateless import (RenormedCopies, batch_versions, functional_loss, refuse_batch_written,
+                                          refuse_scripted)
 from catapult.curvature.twice import REENTRANT_ERROR
 from catapult.arguments import caller_stacklevel, check_batch, check_module
 from catapult.optim import registry, rules
@@ -319,7 +320,9 @@ def _loss_and_gradient(model, loss_fn, batch, params, snapshot, reduce,
     and backward pass through ``functional_call``, so ``.grad`` and the buffers are not touched
     (under ``renorm``, as :func:`_forward_loss`)."""
     with torch.enable_grad():
+        versions = batch_versions(batch)   # a forward that writes the batch moves every trial's (stateless.py)
         loss = _forward_loss(model, loss_fn, batch, snapshot.buffer_copies(), renorm)
+        refuse_batch_written(versions, batch, "critical_lr")
         if not (torch.is_tensor(loss) and loss.numel() == 1):
             raise ValueError("critical_lr: loss_fn must return a scalar tensor, got "
                              + (f"shape {tuple(loss.shape)}" if torch.is_tensor(loss)

@@ -24,7 +24,8 @@ from catapult.curvature.grads_into import (attach_grads, backward_into, flush_gr
                                            scalar_loss)
 from catapult.curvature.microbatch import refuse_dropout, split_batch, weighted_backward, weighted_gradient
 from catapult.curvature.modes import HVP_MODES, holds_compiled, named_dtype_mix, resolve_dtype, resolve_hvp
-from catapult.curvature.stateless import RenormedCopies, functional_loss, has_renormed_embeddings, refuse_scripted
+from catapult.curvature.stateless import (RenormedCopies, batch_versions, functional_loss, has_renormed_embeddings,
+                                          refuse_batch_written, refuse_scripted)
 from catapult.curvature.twice import (built_with_forms, forms_for, math_attention, named_missing_derivatives,
                                       needs_forms, verify_operator, weight_norm_module)
 
@@ -352,12 +353,14 @@ class HessianOperator:
         # (flash / memory-efficient) kernels have no double backward; and weight norm by parts,
         # whose fused kernel's double backward is wrong (twice.py).
         watch = RenormedCopies() if self._watch_renorm else contextlib.nullcontext()
+        versions = batch_versions(inputs, targets) if self._watch_renorm else None   # (up to the graph walk)
         with fixed_rng(self.seed, self.device), math_attention(), forms_for(self._forms_needed), watch:
             buffers = {n: b.clone() for n, b in self._buffers.items()}   # a loss_fn may read params too
             loss = functional_loss(self._model, {**self._frozen, **buffers, **params}, inputs, self._loss_fn,
                                    targets, renormed=self._renormed, then=then)
         if self._watch_renorm:
             self._renorm_seen, self._renorm_room = self._renorm_seen or watch.seen, min(self._renorm_room, watch.room)
+            refuse_batch_written(versions, (inputs, targets))
         return scalar_loss(loss)
 
     def split(self, v: torch.Tensor) -> list[torch.Tensor]:
