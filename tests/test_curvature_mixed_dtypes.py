@@ -162,3 +162,18 @@ def test_the_same_model_is_measured_in_its_own_dtype():
     hessian = torch.autograd.functional.hessian(loss, torch.cat([p.reshape(-1) for p in params]))
     truth = np.linalg.eigvalsh(hessian.numpy())[-1]
     assert catapult.sharpness(model, nn.MSELoss(), batch, tol=1e-5).value == pytest.approx(truth, rel=1e-4)
+
+
+def test_a_bfloat16_model_that_casts_to_bfloat16_itself_is_told_why_float32():
+    # without dtype= a half-precision model is measured in float32; its own x.bfloat16() then met the float32
+    # weights, and the message first said 'pass dtype=None', which the call had
+    class CastsToBfloat16(CastsToFloat32):
+        def forward(self, x):
+            return self.b(torch.tanh(self.a(x.bfloat16())))
+
+    torch.manual_seed(0)
+    model, batch = CastsToBfloat16().bfloat16(), (torch.randn(5, 3), torch.randn(5, 2))
+    with pytest.raises(ValueError, match=r"a float16 / bfloat16 model is measured in float32 .*BFloat16 and Float"
+                                         r".*cast to the parameters' dtype") as caught:
+        catapult.sharpness(model, nn.MSELoss(), batch)
+    assert "dtype=None" not in str(caught.value)

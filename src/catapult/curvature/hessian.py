@@ -162,7 +162,7 @@ class HessianOperator:
             raise ValueError(f"hvp must be one of {HVP_MODES}, got {hvp!r}")
         if not (isinstance(seed, numbers.Integral) and not isinstance(seed, bool)):
             raise ValueError(f"seed must be an integer, got {seed!r}")
-        dtype = resolve_dtype(dtype)
+        dtype, promoted = resolve_dtype(dtype), None
         trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
         if not trainable:
             raise ValueError("model has no parameters with requires_grad=True")
@@ -177,7 +177,7 @@ class HessianOperator:
                                  f"first (model.to_empty(device=...) and its initialization, or load a state dict)")
         first = next(iter(trainable.values()))
         if dtype is None and any(p.dtype in (torch.float16, torch.bfloat16) for p in trainable.values()):
-            dtype = torch.float32  # half precision rounds at 1e-3 .. 8e-3, above any useful tol
+            dtype = promoted = torch.float32  # half precision rounds at 1e-3 .. 8e-3, above any useful tol
         self.device = first.device
         self.dtype = dtype if dtype is not None else first.dtype
         # every one: a complex parameter after a real one (or under dtype=) met torch's raw cast error
@@ -236,7 +236,7 @@ class HessianOperator:
         # the kink test's gap as every process sees it: DistributedOperator makes it the ranks' largest
         self.agree_gap: Callable[[float], float] = lambda gap: gap
         # [(inputs, targets, weight)]; one entry = the whole batch, weight 1 (and a nan loss).
-        with named_dtype_mix(dtype, trainable.values()):   # a forward that casts to float32 itself, under float64
+        with named_dtype_mix(dtype, trainable.values(), promoted is not None):   # a forward casting to float32 itself
             self._chunks, self.loss = split_batch(model, self._loss, self._params, self._inputs,
                                                   self._targets, chunk_size, self.dtype)
         self.chunks = len(self._chunks)
@@ -257,7 +257,7 @@ class HessianOperator:
             self._layout = (tuple(self.names), tuple(tuple(s) for s in self.shapes),
                             tuple(p.dtype for p in self._params.values()))
         # one forward (built again where a direct torch._weight_norm call needs the forms; twice.py)
-        with named_dtype_mix(dtype, trainable.values()):
+        with named_dtype_mix(dtype, trainable.values(), promoted is not None):
             self._custom = custom = built_with_forms(self, self._build)
         self._watch_renorm = False
         refuse_renormed_differences(self)

@@ -105,12 +105,13 @@ _DTYPE_MIX = re.compile(r"dtype|scalar type|type \((?:float|double|half|bfloat16
 
 
 @contextlib.contextmanager
-def named_dtype_mix(dtype: torch.dtype | None, params):
+def named_dtype_mix(dtype: torch.dtype | None, params, promoted: bool = False):
     """A context in which torch's RuntimeError for an operation that meets two dtypes becomes a
     ValueError naming ``dtype=`` (torch's error its ``__cause__``), where ``dtype`` was asked for and
     casts some of ``params``: a forward that casts to a dtype itself (``x.float()``) met the
     parameters cast to float64, and torch's "mat1 and mat2 must have the same dtype, but got Float
-    and Double" was all a user saw.
+    and Double" was all a user saw. ``promoted``: ``dtype`` is float32 for a half-precision model
+    without ``dtype=`` (whose way out is not ``dtype=None``).
 
     >>> with named_dtype_mix(torch.float64, [torch.zeros(1)]):  # doctest: +ELLIPSIS
     ...     torch.ones(1, 2) @ torch.ones(2, 1, dtype=torch.float64)
@@ -124,8 +125,10 @@ def named_dtype_mix(dtype: torch.dtype | None, params):
         first = (str(err).strip().splitlines() or [""])[0]
         if dtype is None or all(p.dtype == dtype for p in params) or not _DTYPE_MIX.search(first):
             raise
-        raise ValueError(f"dtype={dtype}: the model's forward meets tensors of two dtypes once its parameters and "
-                         f"inputs are cast to {str(dtype)[6:]} (torch: {first[:160]}): it casts a tensor to a "
-                         f"dtype itself (x.float(), .to(torch.float32), a tensor it makes in one); pass dtype=None "
-                         f"to measure the model in its own dtype, or cast to the parameters' dtype "
+        what = ("a float16 / bfloat16 model is measured in float32 (half precision rounds above any useful tol), "
+                "and its" if promoted else f"dtype={dtype}: the model's")
+        way_out = "" if promoted else "pass dtype=None to measure the model in its own dtype, or "
+        raise ValueError(f"{what} forward meets tensors of two dtypes once its parameters and inputs are cast to "
+                         f"{str(dtype)[6:]} (torch: {first[:160]}): it casts a tensor to a dtype itself (x.float(), "
+                         f".to(torch.bfloat16), a tensor it makes in one); {way_out}cast to the parameters' dtype "
                          f"(x.to(self.weight.dtype))") from err
