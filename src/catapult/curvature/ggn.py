@@ -78,6 +78,7 @@ class GaussNewtonOperator(HessianOperator):
             buffers = {n: b.clone() for n, b in self._buffers.items()}
             out = functional_call(self._model, {**self._frozen, **buffers, **params}, (inputs,),
                                   renormed=self._renormed)
+            self._kept.restore()   # a state the forward carries (stateless.AttributesKept)
         pieces, spec = tree_flatten(out)
         return pieces, spec, [i for i, t in enumerate(pieces) if torch.is_tensor(t) and t.requires_grad]
 
@@ -94,6 +95,7 @@ class GaussNewtonOperator(HessianOperator):
             buffers = {n: b.clone() for n, b in self._buffers.items()}
             out = functional_call(self._model, {**self._frozen, **buffers, **params}, (inputs,),
                                   renormed=self._renormed)
+            self._kept.restore()   # a state the forward carries (stateless.AttributesKept)
             pieces, spec = tree_flatten(out)
             where = [i for i, t in enumerate(pieces) if torch.is_tensor(t) and t.requires_grad]
             outs = [pieces[i] for i in where]

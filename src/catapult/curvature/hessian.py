@@ -24,8 +24,8 @@ from catapult.curvature.grads_into import (attach_grads, backward_into, flush_gr
                                            scalar_loss)
 from catapult.curvature.microbatch import refuse_dropout, split_batch, weighted_backward, weighted_gradient
 from catapult.curvature.modes import HVP_MODES, holds_compiled, named_dtype_mix, resolve_dtype, resolve_hvp
-from catapult.curvature.stateless import (RenormedCopies, batch_versions, functional_loss, has_renormed_embeddings,
-                                          refuse_batch_written, refuse_scripted)
+from catapult.curvature.stateless import (AttributesKept, RenormedCopies, batch_versions, functional_loss,
+                                          has_renormed_embeddings, refuse_batch_written, refuse_scripted)
 from catapult.curvature.twice import (built_with_forms, forms_for, math_attention, named_missing_derivatives,
                                       needs_forms, verify_operator, weight_norm_module)
 
@@ -229,6 +229,7 @@ class HessianOperator:
         # say whether one did (stateless.RenormedCopies; forms from then on): it wrote the user's rows
         # (and how close a row looked up is to its max_norm: finite differences move it across)
         self._watch_renorm, self._renorm_seen, self._renorm_room = True, False, math.inf
+        self._kept = AttributesKept()   # a state the forward carries in a plain attribute: put back (stateless.py)
         self._grad_flat: torch.Tensor | None = None
         self._base: torch.Tensor | None = None  # g(theta) for the finite differences
         self.difference_gap, self.shrunk_steps = 0.0, 0
@@ -354,10 +355,12 @@ class HessianOperator:
         # whose fused kernel's double backward is wrong (twice.py).
         watch = RenormedCopies() if self._watch_renorm else contextlib.nullcontext()
         versions = batch_versions(inputs, targets) if self._watch_renorm else None   # (up to the graph walk)
-        with fixed_rng(self.seed, self.device), math_attention(), forms_for(self._forms_needed), watch:
+        state = self._kept.watch(self._model) if self._watch_renorm else contextlib.nullcontext()
+        with fixed_rng(self.seed, self.device), math_attention(), forms_for(self._forms_needed), watch, state:
             buffers = {n: b.clone() for n, b in self._buffers.items()}   # a loss_fn may read params too
             loss = functional_loss(self._model, {**self._frozen, **buffers, **params}, inputs, self._loss_fn,
                                    targets, renormed=self._renormed, then=then)
+        self._kept.restore()
         if self._watch_renorm:
             self._renorm_seen, self._renorm_room = self._renorm_seen or watch.seen, min(self._renorm_room, watch.room)
             refuse_batch_written(versions, (inputs, targets))
@@ -434,6 +437,7 @@ class HessianOperator:
                     part, _ = compiled.gradient_and_loss(self._model, self._loss_fn, vector,
                                                          self._layout, self._frozen, self._buffers,
                                                          x, y, self._forms_needed)
+            self._kept.restore()
             if total is None:
                 total = part if w == 1.0 else part.mul_(w)
             else:

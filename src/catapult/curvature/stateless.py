@@ -42,7 +42,7 @@ from torch.overrides import TorchFunctionMode
 
 __all__ = ["functional_call", "functional_loss", "Holder", "holding", "slots_kept", "renormed_copies",
            "has_renormed_embeddings", "parametrizations_uncached", "refuse_scripted", "renormed_lookup",
-           "RenormedCopies", "batch_versions", "refuse_batch_written"]
+           "RenormedCopies", "batch_versions", "refuse_batch_written", "tensor_attributes", "AttributesKept"]
 
 _LOOKUPS = {f: inspect.signature(f) for f in (torch.nn.functional.embedding, torch.nn.functional.embedding_bag)}
 
@@ -174,6 +174,75 @@ def refuse_batch_written(before: list[int], trees, owner: str = "") -> None:
                          f"place (an in-place op on its input, x.mul_(...), x += ...), so every later forward would "
                          f"see another batch (and your batch was written once already): write it out of place "
                          f"(x = x * ...) or pass a copy the model may write (then every forward writes it again)")
+
+
+def tensor_attributes(model: torch.nn.Module) -> dict:
+    """``{(module, name): (tensor, version)}`` for the tensors ``model``'s modules hold as plain
+    attributes (neither parameters nor buffers: a recurrent state carried to the next batch, a cache).
+
+    >>> model = torch.nn.Linear(1, 1)
+    >>> model.h = torch.zeros(1)
+    >>> [name for _, name in tensor_attributes(model)]
+    ['h']
+    """
+    return {(m, k): (v, v._version) for m in model.modules() for k, v in m.__dict__.items()
+            if isinstance(v, torch.Tensor)}
+
+
+class AttributesKept:
+    """The plain tensor attributes a forward rebinds (``self.h = h.detach()``: truncated backprop through
+    time carries an RNN's state to the next batch), put back after each forward: every forward of one
+    measurement starts from the state the model had, and the model keeps it (a stateful RNN's
+    forward-over-reverse products raised torch's internal assert on the escaped state, finite
+    differences read the moving state as a kink, double backprop left the state one batch on).
+    :meth:`watch` finds them in a first forward; :meth:`restore` puts them back (a no-op where none
+    moved). A state written in place (``self.h.copy_(h)``) cannot be put back: refused.
+
+    >>> class Carry(torch.nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.h = torch.zeros(1)
+    ...     def forward(self, x):
+    ...         self.h = self.h + x
+    ...         return self.h
+    >>> model, kept = Carry(), AttributesKept()
+    >>> with kept.watch(model):
+    ...     _ = model(torch.ones(1))
+    >>> model.h, [name for _, name in kept.moved]
+    (tensor([0.]), ['h'])
+    """
+
+    _ABSENT = object()
+
+    def __init__(self):
+        self.moved: dict = {}   # {(module, name): what it held (a tensor, None, ...), or _ABSENT}
+
+    @contextlib.contextmanager
+    def watch(self, model: torch.nn.Module):
+        before = tensor_attributes(model)
+        held = {m: dict(vars(m)) for m in model.modules()}   # what a new tensor attribute replaced (self.mask = None)
+        try:
+            yield
+        finally:
+            after = tensor_attributes(model)
+            written = [key[1] for key, (t, version) in before.items() if t._version != version]
+            for key in set(before) | set(after):
+                if before.get(key, (None,))[0] is not after.get(key, (None,))[0]:
+                    module, name = key
+                    self.moved[key] = held.get(module, {}).get(name, self._ABSENT)
+            self.restore()
+        if written:
+            raise ValueError(f"the model's forward writes its attribute{'s' if len(written) > 1 else ''} "
+                             f"{', '.join(sorted(written))} in place (a state kept across forwards), so every "
+                             f"forward of the measurement would start from another state: rebind it (self.h = "
+                             f"...) or pass the state in the batch")
+
+    def restore(self) -> None:
+        for (module, name), value in self.moved.items():
+            if value is self._ABSENT:
+                module.__dict__.pop(name, None)
+            else:
+                module.__dict__[name] = value
 
 
 @contextlib.contextmanager
