@@ -25,7 +25,8 @@ from catapult.curvature.grads_into import (attach_grads, backward_into, flush_gr
 from catapult.curvature.microbatch import refuse_dropout, split_batch, weighted_backward, weighted_gradient
 from catapult.curvature.modes import HVP_MODES, holds_compiled, named_dtype_mix, resolve_dtype, resolve_hvp
 from catapult.curvature.stateless import (AttributesKept, RenormedCopies, batch_versions, functional_loss,
-                                          has_renormed_embeddings, refuse_batch_written, refuse_scripted)
+                                          has_renormed_embeddings, refuse_batch_written, refuse_parameters_written,
+                                          refuse_scripted)
 from catapult.curvature.twice import (built_with_forms, forms_for, math_attention, named_missing_derivatives,
                                       needs_forms, verify_operator, weight_norm_module)
 
@@ -355,6 +356,7 @@ class HessianOperator:
         # whose fused kernel's double backward is wrong (twice.py).
         watch = RenormedCopies() if self._watch_renorm else contextlib.nullcontext()
         versions = batch_versions(inputs, targets) if self._watch_renorm else None   # (up to the graph walk)
+        written = {n: t._version for n, t in {**self._frozen, **params}.items()} if self._watch_renorm else None
         state = self._kept.watch(self._model) if self._watch_renorm else contextlib.nullcontext()
         with fixed_rng(self.seed, self.device), math_attention(), forms_for(self._forms_needed), watch, state:
             buffers = {n: b.clone() for n, b in self._buffers.items()}   # a loss_fn may read params too
@@ -364,6 +366,7 @@ class HessianOperator:
         if self._watch_renorm:
             self._renorm_seen, self._renorm_room = self._renorm_seen or watch.seen, min(self._renorm_room, watch.room)
             refuse_batch_written(versions, (inputs, targets))
+            refuse_parameters_written(written, {**self._frozen, **params})
         return scalar_loss(loss)
 
     def split(self, v: torch.Tensor) -> list[torch.Tensor]:

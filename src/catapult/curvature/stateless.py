@@ -42,7 +42,8 @@ from torch.overrides import TorchFunctionMode
 
 __all__ = ["functional_call", "functional_loss", "Holder", "holding", "slots_kept", "renormed_copies",
            "has_renormed_embeddings", "parametrizations_uncached", "refuse_scripted", "renormed_lookup",
-           "RenormedCopies", "batch_versions", "refuse_batch_written", "tensor_attributes", "AttributesKept"]
+           "RenormedCopies", "batch_versions", "refuse_batch_written", "tensor_attributes", "AttributesKept",
+           "refuse_parameters_written"]
 
 _LOOKUPS = {f: inspect.signature(f) for f in (torch.nn.functional.embedding, torch.nn.functional.embedding_bag)}
 
@@ -174,6 +175,31 @@ def refuse_batch_written(before: list[int], trees, owner: str = "") -> None:
                          f"place (an in-place op on its input, x.mul_(...), x += ...), so every later forward would "
                          f"see another batch (and your batch was written once already): write it out of place "
                          f"(x = x * ...) or pass a copy the model may write (then every forward writes it again)")
+
+
+def refuse_parameters_written(before: dict, tensors: dict) -> None:
+    """A ValueError where a forward wrote parameters of ``tensors`` (``{name: tensor}``, aliases of the
+    model's own) in place: their version counters moved from ``before`` (``{name: version}``). A clamp
+    in the forward (WGAN's weight clipping) or a running value kept in a frozen Parameter changed the
+    model's parameters in every curvature call; forward over reverse raised torch's error on the write,
+    finite differences read it as a kink.
+
+    >>> w = torch.zeros(2)
+    >>> before = {"w": w._version}
+    >>> refuse_parameters_written(before, {"w": w})
+    >>> _ = w.clamp_(-1, 1)
+    >>> refuse_parameters_written(before, {"w": w})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: the model's forward writes its parameter w in place ...
+    """
+    written = sorted(n for n, t in tensors.items() if n in before and t._version != before[n])
+    if written:
+        raise ValueError(f"the model's forward writes its parameter{'s' if len(written) > 1 else ''} "
+                         f"{', '.join(written)} in place (a clamp_ / copy_ / running value under no_grad), which "
+                         f"every curvature product would do again (this call's first forward has done it once): "
+                         f"move the write out of the forward (after optimizer.step), or keep a running value in a "
+                         f"buffer (register_buffer), which the curvature functions give every forward a copy of")
 
 
 def tensor_attributes(model: torch.nn.Module) -> dict:
