@@ -94,3 +94,13 @@ def test_a_state_set_lazily_over_a_none_is_put_back_to_none():
     assert catapult.sharpness(model, nn.MSELoss(), batch, tol=1e-9).value == pytest.approx(truth, rel=1e-7)
     assert model.h is None
     model(batch[0])   # the model runs as before
+
+
+def test_critical_lr_searches_at_the_state_the_model_had_and_keeps_it():
+    # every trial saw the state moved on by the one before: 1.5528 for the 1.5648 of the fixed state
+    model, batch = _problem()
+    state = model.h
+    fixed = AtState(copy.deepcopy(model), state.clone())
+    truth = catapult.critical_lr(fixed, nn.MSELoss(), batch, torch.optim.SGD(fixed.parameters(), lr=0.1), rtol=1e-3)
+    found = catapult.critical_lr(model, nn.MSELoss(), batch, torch.optim.SGD(model.parameters(), lr=0.1), rtol=1e-3)
+    assert (found.lower, found.upper) == (truth.lower, truth.upper) and model.h is state
