@@ -356,7 +356,8 @@ class HessianOperator:
         # whose fused kernel's double backward is wrong (twice.py).
         watch = RenormedCopies() if self._watch_renorm else contextlib.nullcontext()
         versions = batch_versions(inputs, targets) if self._watch_renorm else None   # (up to the graph walk)
-        written = {n: t._version for n, t in {**self._frozen, **params}.items()} if self._watch_renorm else None
+        written = ({n: (t._version, t.data_ptr()) for n, t in {**self._frozen, **params}.items()}
+                   if self._watch_renorm else None)
         state = self._kept.watch(self._model) if self._watch_renorm else contextlib.nullcontext()
         with fixed_rng(self.seed, self.device), math_attention(), forms_for(self._forms_needed), watch, state:
             buffers = {n: b.clone() for n, b in self._buffers.items()}   # a loss_fn may read params too

@@ -184,8 +184,11 @@ def refuse_parameters_written(before: dict, tensors: dict) -> None:
     model's parameters in every curvature call; forward over reverse raised torch's error on the write,
     finite differences read it as a kink.
 
+    ``before`` holds ``(version, data_ptr)``: a storage swap (``set_``: cuDNN's ``flatten_parameters``
+    moves an RNN's weights into one buffer, values unchanged) is not counted as a write.
+
     >>> w = torch.zeros(2)
-    >>> before = {"w": w._version}
+    >>> before = {"w": (w._version, w.data_ptr())}
     >>> refuse_parameters_written(before, {"w": w})
     >>> _ = w.clamp_(-1, 1)
     >>> refuse_parameters_written(before, {"w": w})  # doctest: +ELLIPSIS
@@ -193,7 +196,8 @@ def refuse_parameters_written(before: dict, tensors: dict) -> None:
     ...
     ValueError: the model's forward writes its parameter w in place ...
     """
-    written = sorted(n for n, t in tensors.items() if n in before and t._version != before[n])
+    written = sorted(n for n, t in tensors.items() if n in before and t._version != before[n][0]
+                     and t.data_ptr() == before[n][1])
     if written:
         raise ValueError(f"the model's forward writes its parameter{'s' if len(written) > 1 else ''} "
                          f"{', '.join(written)} in place (a clamp_ / copy_ / running value under no_grad), which "
