@@ -72,3 +72,28 @@ def test_a_running_value_in_a_buffer_is_measured():
 
     hessian = torch.autograd.functional.hessian(loss, torch.cat([p.reshape(-1) for p in params]))
     assert estimate.value == pytest.approx(float(np.linalg.eigvalsh(hessian.numpy())[-1]), rel=1e-7)
+
+
+def test_a_frozen_sparse_parameter_is_no_write():
+    # a sparse adjacency kept as a frozen Parameter: the write check asked it for a data pointer it has not
+    class Graph(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.adjacency = nn.Parameter(torch.eye(8, dtype=torch.float64).to_sparse(), requires_grad=False)
+            self.a = nn.Linear(4, 3).double()
+
+        def forward(self, x):
+            return torch.sparse.mm(self.adjacency, torch.tanh(self.a(x)))
+
+    torch.manual_seed(0)
+    model, batch = Graph(), (torch.randn(8, 4, dtype=torch.float64), torch.randn(8, 3, dtype=torch.float64))
+    params = [p.detach() for p in model.a.parameters()]
+    x, y = batch
+
+    def loss(flat):
+        w, b = flat[:12].view(3, 4), flat[12:]
+        return ((torch.tanh(x @ w.T + b) - y) ** 2).mean()
+
+    hessian = torch.autograd.functional.hessian(loss, torch.cat([p.reshape(-1) for p in params]))
+    estimate = catapult.sharpness(model, nn.MSELoss(), batch, tol=1e-9)
+    assert estimate.value == pytest.approx(float(np.linalg.eigvalsh(hessian.numpy())[-1]), rel=1e-7)

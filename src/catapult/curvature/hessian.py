@@ -26,7 +26,7 @@ from catapult.curvature.microbatch import refuse_dropout, split_batch, weighted_
 from catapult.curvature.modes import HVP_MODES, holds_compiled, named_dtype_mix, resolve_dtype, resolve_hvp
 from catapult.curvature.stateless import (AttributesKept, RenormedCopies, batch_versions, functional_loss,
                                           has_renormed_embeddings, refuse_batch_written, refuse_parameters_written,
-                                          refuse_scripted)
+                                          refuse_scripted, storage_of)
 from catapult.curvature.twice import (built_with_forms, forms_for, math_attention, named_missing_derivatives,
                                       needs_forms, verify_operator, weight_norm_module)
 
@@ -356,7 +356,7 @@ class HessianOperator:
         # whose fused kernel's double backward is wrong (twice.py).
         watch = RenormedCopies() if self._watch_renorm else contextlib.nullcontext()
         versions = batch_versions(inputs, targets) if self._watch_renorm else None   # (up to the graph walk)
-        written = ({n: (t._version, t.data_ptr()) for n, t in {**self._frozen, **params}.items()}
+        written = ({n: (t._version, storage_of(t)) for n, t in {**self._frozen, **params}.items()}
                    if self._watch_renorm else None)
         state = self._kept.watch(self._model) if self._watch_renorm else contextlib.nullcontext()
         with fixed_rng(self.seed, self.device), math_attention(), forms_for(self._forms_needed), watch, state:

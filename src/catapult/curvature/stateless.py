@@ -43,7 +43,7 @@ from torch.overrides import TorchFunctionMode
 __all__ = ["functional_call", "functional_loss", "Holder", "holding", "slots_kept", "renormed_copies",
            "has_renormed_embeddings", "parametrizations_uncached", "refuse_scripted", "renormed_lookup",
            "RenormedCopies", "batch_versions", "refuse_batch_written", "tensor_attributes", "AttributesKept",
-           "refuse_parameters_written"]
+           "refuse_parameters_written", "storage_of"]
 
 _LOOKUPS = {f: inspect.signature(f) for f in (torch.nn.functional.embedding, torch.nn.functional.embedding_bag)}
 
@@ -177,6 +177,15 @@ def refuse_batch_written(before: list[int], trees, owner: str = "") -> None:
                          f"(x = x * ...) or pass a copy the model may write (then every forward writes it again)")
 
 
+def storage_of(t: torch.Tensor):
+    """``t.data_ptr()``, or None for a tensor without one (sparse: a frozen sparse Parameter).
+
+    >>> storage_of(torch.zeros(2).to_sparse()) is None
+    True
+    """
+    return t.data_ptr() if t.layout == torch.strided else None
+
+
 def refuse_parameters_written(before: dict, tensors: dict) -> None:
     """A ValueError where a forward wrote parameters of ``tensors`` (``{name: tensor}``, aliases of the
     model's own) in place: their version counters moved from ``before`` (``{name: version}``). A clamp
@@ -188,7 +197,7 @@ def refuse_parameters_written(before: dict, tensors: dict) -> None:
     moves an RNN's weights into one buffer, values unchanged) is not counted as a write.
 
     >>> w = torch.zeros(2)
-    >>> before = {"w": (w._version, w.data_ptr())}
+    >>> before = {"w": (w._version, storage_of(w))}
     >>> refuse_parameters_written(before, {"w": w})
     >>> _ = w.clamp_(-1, 1)
     >>> refuse_parameters_written(before, {"w": w})  # doctest: +ELLIPSIS
@@ -197,7 +206,7 @@ def refuse_parameters_written(before: dict, tensors: dict) -> None:
     ValueError: the model's forward writes its parameter w in place ...
     """
     written = sorted(n for n, t in tensors.items() if n in before and t._version != before[n][0]
-                     and t.data_ptr() == before[n][1])
+                     and storage_of(t) == before[n][1])
     if written:
         raise ValueError(f"the model's forward writes its parameter{'s' if len(written) > 1 else ''} "
                          f"{', '.join(written)} in place (a clamp_ / copy_ / running value under no_grad), which "
