@@ -267,11 +267,18 @@ class _Rows:
         return self._made(self._rows[self._next - 1])
 
     def fetchall(self) -> list:
-        return list(self)
+        rest, self._next = self._rows[self._next:], len(self._rows)
+        return list(map(self._made, rest))
 
     def __iter__(self):
-        rest, self._next = self._rows[self._next:], len(self._rows)
-        return map(self._made, rest)
+        # itself, as an sqlite3 cursor is: a loop left early (break) leaves the rest to a later
+        # fetchone / fetchall / loop (a fresh iterator of all the rest lost them: [] after one next())
+        return self
+
+    def __next__(self):
+        if (row := self.fetchone()) is None:
+            raise StopIteration
+        return row
 
 
 #: The open readers of this process (a live one is closed when any of them sees its files replaced).
