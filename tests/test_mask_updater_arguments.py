@@ -26,3 +26,15 @@ def test_tied_layers_whose_mask_is_cut_into_different_parts_are_refused():
         MaskUpdater(net, "rigl", update_every=1, end_step=10)
     b.catapult_mask_parts = 2
     MaskUpdater(net, "rigl", update_every=1, end_step=10)   # the same parts: one mask
+
+
+@pytest.mark.parametrize("fraction", [True, "0.5", None])
+def test_rigl_update_refuses_a_fraction_that_is_not_a_number(fraction):
+    # True was a fraction of 1 (every active entry dropped and regrown), "0.5" met Python's own TypeError
+    from catapult.sparsity import rigl_update
+
+    weight, grad = torch.randn(4, 4), torch.randn(4, 4)
+    mask = torch.zeros(4, 4, dtype=torch.bool)
+    mask[:2] = True
+    with pytest.raises(ValueError, match="rigl_update fraction must be a number in"):
+        rigl_update(weight, mask, grad, fraction)
