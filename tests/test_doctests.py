@@ -43,6 +43,7 @@ MODULES = (
     "catapult.curvature.rank_agreement",
     "catapult.curvature.stateless",
     "catapult.curvature.twice",
+    "catapult.curvature.torch_errors",
     "catapult.curvature.torchscript",
     "catapult.curvature.certify",
     "catapult.curvature.grads_into",

@@ -39,7 +39,7 @@ from catapult.curvature.sharded import ShardedHessianOperator, is_sharded, resha
 from catapult.curvature.start import outside_inference_mode
 from catapult.curvature.stateless import (AttributesKept, RenormedCopies, batch_versions, functional_loss,
                                           refuse_batch_written, refuse_scripted)
-from catapult.curvature.twice import REENTRANT_ERROR
+from catapult.curvature.torch_errors import REENTRANT_ERROR
 from catapult.arguments import caller_stacklevel, check_batch, check_module
 from catapult.optim import registry, rules
 from catapult.parametrize import group_lr_mult, unscaled_group_lrs

@@ -27,8 +27,9 @@ from catapult.curvature.modes import HVP_MODES, holds_compiled, named_dtype_mix,
 from catapult.curvature.stateless import (AttributesKept, RenormedCopies, batch_versions, functional_loss,
                                           has_renormed_embeddings, refuse_batch_written, refuse_parameters_written,
                                           refuse_scripted, storage_of)
-from catapult.curvature.twice import (built_with_forms, forms_for, math_attention, named_missing_derivatives,
-                                      needs_forms, verify_operator, weight_norm_module)
+from catapult.curvature.torch_errors import named_missing_derivatives
+from catapult.curvature.twice import (built_with_forms, forms_for, math_attention, needs_forms, verify_operator,
+                                      weight_norm_module)
 
 __all__ = ["HVP_MODES", "HessianOperator", "resolve_dtype", "resolve_hvp", "fixed_rng", "math_attention"]
 

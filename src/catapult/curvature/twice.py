@@ -49,9 +49,7 @@ by parts from there on.
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
-import re
 import sys
 from typing import NamedTuple
 
@@ -61,12 +59,12 @@ from torch.overrides import TorchFunctionMode
 from catapult.curvature.difference import central_step
 from catapult.curvature.modes import eager_stance, holds_compiled
 from catapult.curvature.stateless import renormed_lookup
+from catapult.curvature.torch_errors import refuse_reentrant_checkpoint
 from catapult.curvature.torchscript import profiled_runs, refuse_torchscript, torchscript_node, user_scripted
 
 __all__ = ["math_attention", "weight_norm_by_parts", "weight_norm_module", "custom_functions", "check_custom_functions",
            "verify_operator", "built_with_forms", "GraphScan", "graph_functions", "refuse_parameters_read",
-           "second_order_forms", "needs_forms", "forms_for", "named_missing_derivatives",
-           "refuse_reentrant_checkpoint", "REENTRANT_MESSAGE", "REENTRANT_ERROR", "full_backward_hooked"]
+           "second_order_forms", "needs_forms", "forms_for", "full_backward_hooked"]
 
 
 def math_attention():
@@ -482,121 +480,3 @@ def verify_operator(op, names: list[str]) -> None:
             check_custom_functions(names, op, difference, v, central_step(op._eps))
     finally:
         op.matvecs = matvecs
-
-
-#: torch's RuntimeError where an op has no derivative formula at all (autograd's ``NotImplemented``
-#: node: the double backward of ``F.multi_margin_loss``, ``F.ctc_loss``, ``torch.segment_reduce``).
-_NO_DERIVATIVE = re.compile(r"derivative for (?:aten::)?'?([\w.]+)'? is not implemented")
-
-
-#: torch's RuntimeError where double backprop meets a ``torch.compile``'d graph.
-_NO_DOUBLE_BACKWARD = "torch.compile with aot_autograd does not currently support double backward"
-
-
-#: torch's RuntimeError where a forward-AD formula gives a tangent of the wrong shape
-#: (``masked_scatter``: "Trying to set a forward gradient that has a different size ...").
-_BAD_TANGENT = "Trying to set a forward gradient"
-
-
-#: torch's RuntimeError where a reentrant ``torch.utils.checkpoint`` meets ``autograd.grad`` or
-#: ``backward(inputs=...)`` (every curvature product and gradient here takes one of those).
-REENTRANT_ERROR = "When use_reentrant=True, torch.utils.checkpoint is incompatible"
-
-#: What a loss through a reentrant checkpoint is told (its block's parameters are not in the outer
-#: graph: its backward re-runs the block and calls ``backward`` itself, which neither ``autograd.grad``
-#: nor ``torch.func`` can reach into).
-REENTRANT_MESSAGE = ("the model calls torch.utils.checkpoint with use_reentrant=True, whose backward cannot be "
-                     "taken with respect to chosen tensors (autograd.grad) or by torch.func, as every curvature "
-                     "product and gradient here is: pass use_reentrant=False (the same memory saving; every hvp "
-                     "mode but forward_over_reverse and compiled measures it), or call the block without checkpoint")
-
-
-def refuse_reentrant_checkpoint(custom: list[str]) -> None:
-    """A ValueError (:data:`REENTRANT_MESSAGE`) where the custom Functions ``custom`` of a loss's
-    graph (:func:`graph_functions`) hold torch's reentrant checkpoint (``CheckpointFunction``).
-
-    >>> refuse_reentrant_checkpoint(["Double"])
-    >>> refuse_reentrant_checkpoint(["CheckpointFunction"])  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    ValueError: the model calls torch.utils.checkpoint with use_reentrant=True, ...
-    """
-    if "CheckpointFunction" in custom:
-        raise ValueError(REENTRANT_MESSAGE)
-
-
-def _missing(err: Exception) -> str | None:
-    """The first line of torch's error for a derivative it lacks, or None (another error)."""
-    first = (str(err).strip().splitlines() or [""])[0]
-    if isinstance(err, NotImplementedError) or (isinstance(err, RuntimeError) and (
-            _NO_DERIVATIVE.search(first) or first.startswith(_BAD_TANGENT))):
-        return first
-    return None
-
-
-def named_missing_derivatives(method):
-    """Decorate an operator method (``self.mode`` its hvp mode): torch's error for a second
-    derivative it lacks (a NotImplementedError: ``nn.EmbeddingBag``'s "the derivative for
-    '_embedding_bag_backward' is not implemented", ``torch.cdist``'s, forward AD of many fused ops;
-    a RuntimeError "derivative for aten::multi_margin_loss_backward is not implemented") becomes a
-    ValueError naming ``hvp`` (``curvature='ggn'`` for the Gauss-Newton products) and the mode that
-    needs first derivatives only; torch's error is its ``__cause__``. A custom Function without
-    ``setup_context`` under forward-over-reverse products (``torch.func`` refuses it) names
-    ``hvp='double_backprop'``; on ``gradient`` and ``forward_difference`` (gradients alone) those
-    are the only errors renamed.
-
-    >>> class Op:
-    ...     mode = "double_backprop"
-    ...     @named_missing_derivatives
-    ...     def product(self):
-    ...         raise NotImplementedError("the derivative for 'f' is not implemented.")
-    >>> Op().product()  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    ValueError: hvp='double_backprop': torch has no second derivative of this model (the derivative for 'f' is not implemented.); hvp='finite_difference' takes its products from gradients alone
-    """
-    # gradients alone: a missing first derivative is no missing second one
-    first_only = method.__name__ in ("gradient", "forward_difference")
-
-    @functools.wraps(method)
-    def run(self, *args, **kwargs):
-        try:
-            return method(self, *args, **kwargs)
-        except (NotImplementedError, RuntimeError) as err:
-            if str(err).startswith(REENTRANT_ERROR):    # any mode, the gradient too
-                raise ValueError(REENTRANT_MESSAGE) from err
-            # a torch.compile'd function the model calls (which holds_compiled cannot see)
-            if _NO_DOUBLE_BACKWARD in str(err):
-                if self.mode == "gauss_newton":
-                    raise ValueError("curvature='ggn' takes J v by differentiating a backward, which the graphs of the "
-                                     "torch.compile'd code this model runs cannot; run it uncompiled, or use "
-                                     "curvature='hessian' with hvp='forward_over_reverse'") from err
-                raise ValueError(f"hvp={self.mode!r}: the model runs torch.compile'd code (a compiled function or "
-                                 f"block), whose graphs have no double backward; hvp='forward_over_reverse' or "
-                                 f"'finite_difference' measures it") from err
-            if self.mode in ("forward_over_reverse", "compiled") and "support saved tensor hooks" in str(err):
-                raise ValueError(f"hvp={self.mode!r}: torch.func cannot differentiate a forward that uses saved-"
-                                 f"tensor hooks (torch.utils.checkpoint with use_reentrant=False, activation "
-                                 f"offloading); hvp='double_backprop' (the default) measures it") from err
-            if self.mode in ("forward_over_reverse", "compiled") and "doesn't have storage" in str(err):
-                raise ValueError(f"hvp={self.mode!r}: torch.func cannot run this model's forward, which reads a "
-                                 f"tensor's memory itself (NumPy, .data_ptr() or a custom kernel in a custom "
-                                 f"autograd.Function); hvp='double_backprop' (the default; it checks the Function's "
-                                 f"second derivatives) or 'finite_difference' measures it") from err
-            if self.mode in ("forward_over_reverse", "compiled") and "must override the setup_context" in str(err):
-                raise ValueError(f"hvp={self.mode!r}: the model goes through a custom autograd.Function "
-                                 "without setup_context, which torch.func's transforms need; hvp='double_backprop' "
-                                 "(the default; it checks the Function's second derivatives) or 'finite_difference' "
-                                 "measures it") from err
-            if self.mode == "finite_difference" or first_only or (first := _missing(err)) is None:
-                raise
-            way_out = "hvp='finite_difference' takes its products from gradients alone"
-            if self.mode == "forward_over_reverse":
-                way_out = "hvp='double_backprop' (the default) needs no forward-mode formula, and " + way_out
-            if self.mode == "gauss_newton":
-                raise ValueError(f"curvature='ggn': torch has no derivative of this model's backward, which the "
-                                 f"Gauss-Newton products take ({first}); curvature='hessian' with "
-                                 f"hvp='finite_difference' takes its products from gradients alone") from err
-            raise ValueError(f"hvp={self.mode!r}: torch has no second derivative of this model "
-                             f"({first}); {way_out}") from err
-    return run
