@@ -17,6 +17,7 @@ each part against density per (parametrization, step) -- 0 = density-invariant -
 model's ``update / init`` ratio, and writes every measurement as JSON.
 
     OMP_NUM_THREADS=1 nice -n 10 python bench/study_supar_ablation.py --out bench/supar_ablation_bpe.json
+    python bench/study_supar_ablation.py --from-json bench/supar_ablation_bpe.json   # reprint its tables
 """
 from __future__ import annotations
 
@@ -98,6 +99,48 @@ def slope(xs, ys) -> float:
     return float(np.polyfit(np.log2(xs), np.log2(ys), 1)[0])
 
 
+def _ms(values: list[float]) -> str:
+    """'mean ± sample std' of the per-seed values."""
+    sd = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+    return f"{np.mean(values):.2f} ± {sd:.2f}"
+
+
+def report(results: list[dict], parametrizations: list[str], densities: list[float], steps_at: list[int]) -> list[dict]:
+    """Print the slope table (slopes of the seed-mean rms against density; update / init at the densest
+    and the sparsest density as mean ± sample std over the seeds' ratios) and the final losses; return
+    the table's rows."""
+    print("log2-log2 slope against density of the mean rms over the sparse hidden layers (0 = invariant); "
+          "update/init at density 1 and at the lowest density (mean ± std over seeds)")
+    print("| parametrization | step | init slope | update slope | out slope | update/init dense | update/init sparsest |")
+    print("|---|---|---|---|---|---|---|")
+    table = []
+    for p in parametrizations:
+        rows = [r for r in results if r["parametrization"] == p]
+        for i, t in enumerate(steps_at):
+            mean = {d: {k: float(np.mean([r["records"][i][k] for r in rows if r["density"] == d]))
+                        for k in ("init", "update", "out", "update_over_init")} for d in densities}
+            line = {"parametrization": p, "step": t}
+            for k in ("init", "update", "out"):
+                vals = [mean[d][k] for d in densities]
+                line[k + "_slope"] = slope(densities, vals) if all(v > 0 for v in vals) else float("nan")
+            line["ratio_dense"] = mean[max(densities)]["update_over_init"]
+            line["ratio_sparse"] = mean[min(densities)]["update_over_init"]
+            per_seed = {d: [r["records"][i]["update_over_init"] for r in rows if r["density"] == d]
+                        for d in (max(densities), min(densities))}
+            line["ratio_dense_seeds"], line["ratio_sparse_seeds"] = per_seed[max(densities)], per_seed[min(densities)]
+            table.append(line)
+            print(f"| {p} | {t} | {line['init_slope']:+.2f} | {line['update_slope']:+.2f} | {line['out_slope']:+.2f} "
+                  f"| {_ms(per_seed[max(densities)])} | {_ms(per_seed[min(densities)])} |")
+    print("\nfinal validation loss, mean ± std over seeds")
+    for p in parametrizations:
+        cells = []
+        for d in densities:
+            v = [r["val_loss"] for r in results if r["parametrization"] == p and r["density"] == d]
+            cells.append(f"{np.mean(v):.3f} ± {np.std(v, ddof=1) if len(v) > 1 else math.nan:.3f}")
+        print(f"| {p} | " + " | ".join(cells) + " |")
+    return table
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--parametrizations", default="mup,supar_init,supar_lr,supar")
@@ -107,7 +150,14 @@ def main() -> None:
     ap.add_argument("--steps-at", default="0,5,20,50,100,200")
     ap.add_argument("--set", nargs="*", default=["data.vocab_size=512"], help="config overrides key=value")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--from-json", default=None, help="print the tables of a JSON this script wrote; run nothing")
     args = ap.parse_args()
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())
+        a = saved["args"]
+        report(saved["runs"], a["parametrizations"].split(","), [float(d) for d in a["densities"].split(",")],
+               [int(s) for s in a["steps_at"].split(",")])
+        return
     torch.set_num_threads(1)
     base = dict(cfg.load_config(CONFIG, args.set))
     base.pop("sweep", None)
@@ -127,32 +177,7 @@ def main() -> None:
                 print(f"{p:10s} density {d:<9g} seed {s}: val loss {r['val_loss']:.4f}", flush=True)
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu0
     print(f"\n{len(results)} runs, {wall:.0f} s wall, {cpu:.0f} s CPU\n")
-    print("log2-log2 slope against density of the mean rms over the sparse hidden layers (0 = invariant); "
-          "update/init at density 1 and at the lowest density (mean over seeds)")
-    print("| parametrization | step | init slope | update slope | out slope | update/init dense | update/init sparsest |")
-    print("|---|---|---|---|---|---|---|")
-    table = []
-    for p in args.parametrizations.split(","):
-        rows = [r for r in results if r["parametrization"] == p]
-        for i, t in enumerate(steps_at):
-            mean = {d: {k: float(np.mean([r["records"][i][k] for r in rows if r["density"] == d]))
-                        for k in ("init", "update", "out", "update_over_init")} for d in densities}
-            line = {"parametrization": p, "step": t}
-            for k in ("init", "update", "out"):
-                vals = [mean[d][k] for d in densities]
-                line[k + "_slope"] = slope(densities, vals) if all(v > 0 for v in vals) else float("nan")
-            line["ratio_dense"] = mean[max(densities)]["update_over_init"]
-            line["ratio_sparse"] = mean[min(densities)]["update_over_init"]
-            table.append(line)
-            print(f"| {p} | {t} | {line['init_slope']:+.2f} | {line['update_slope']:+.2f} | {line['out_slope']:+.2f} "
-                  f"| {line['ratio_dense']:.2f} | {line['ratio_sparse']:.2f} |")
-    print("\nfinal validation loss, mean ± std over seeds")
-    for p in args.parametrizations.split(","):
-        cells = []
-        for d in densities:
-            v = [r["val_loss"] for r in results if r["parametrization"] == p and r["density"] == d]
-            cells.append(f"{np.mean(v):.3f} ± {np.std(v, ddof=1) if len(v) > 1 else math.nan:.3f}")
-        print(f"| {p} | " + " | ".join(cells) + " |")
+    table = report(results, args.parametrizations.split(","), densities, steps_at)
     if args.out:
         Path(args.out).write_text(json.dumps({"args": vars(args), "wall_s": wall, "cpu_s": cpu, "runs": results,
                                               "slopes": table}, indent=1))
