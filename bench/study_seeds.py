@@ -159,6 +159,22 @@ def _when(store: Store, cell: dict, good: float = 0.5) -> tuple[str, bool]:
     return (str(max(steps)) if steps else "never"), bool(steps)
 
 
+def _trained_then_failed(store: Store, cell: dict, good: float = 0.5) -> str | None:
+    """For a failed run that had trained (training accuracy >= ``good`` at some step): 'step @ lr x,
+    min loss y' -- its last such step, the schedule's lr at that step and the lowest training loss
+    up to it (which tells a collapse from ~0 loss from a failure while still fitting); None if it
+    never trained."""
+    rows = [r for r in store.metrics(cell["id"]) if r.get("train_accuracy") is not None]
+    last = max((r["step"] for r in rows if r["train_accuracy"] >= good), default=None)
+    if last is None:
+        return None
+    lr = next((r.get("lr") for r in rows if r["step"] == last), None)
+    losses = [r["train_loss"] for r in rows if r["step"] <= last and r.get("train_loss") is not None
+              and math.isfinite(r["train_loss"])]
+    return (f"{last} @ lr " + (f"{lr:.3g}" if lr is not None else "?")
+            + (f", min loss {min(losses):.1e}" if losses else ""))
+
+
 def _boundary_text(per: dict, lrs: list) -> tuple[str, list, list]:
     """'geometric mean (per seed)', the per-seed values (a seed failed at no lr counts as the grid's
     largest) and which seeds are censored ('>': failed at no lr; '<=': failed at the grid's smallest)."""
@@ -281,6 +297,20 @@ def runlength(stores: list[Store], out: Path) -> str:
             if failed_at:
                 lines.append(f"- T = {n}, {o}, T_wrm {w}: " + "; ".join(
                     f"lr {lr:g}: " + ", ".join(failed_at[lr].get(sd, "-") for sd in seeds) for lr in sorted(failed_at)))
+    lines += ["", "Failed runs that had trained: the last step with training accuracy >= 50%, the schedule's lr"
+              " there and the lowest training loss up to it (seeds in order; '-' = did not fail or never trained)", ""]
+    for n in lengths:
+        for (m, o, w), cells in sorted(groups.items()):
+            if m != n:
+                continue
+            detail, ids = defaultdict(dict), {id(c) for c in cells}
+            for store, c in store_cells:
+                if id(c) in ids and c["status"] != "finished" and when[id(c)][1]:
+                    detail[c["config"]["optimizer"]["lr"]][c["config"]["seed"]] = _trained_then_failed(store, c)
+            seeds = sorted({c["config"]["seed"] for c in cells})
+            if detail:
+                lines.append(f"- T = {n}, {o}, T_wrm {w}: " + "; ".join(
+                    f"lr {lr:g}: " + ", ".join(detail[lr].get(sd, "-") for sd in seeds) for lr in sorted(detail)))
     lines += ["", "Best and final accuracy (%) per cell, mean ± std over every seed (failed ones included; a"
               " training accuracy is one batch's where the run is minibatch); 'failed after training': failed"
               " seeds that had reached 50% training accuracy", ""]

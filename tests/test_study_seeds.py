@@ -167,3 +167,20 @@ def test_runlength_prints_best_and_final_accuracies_and_counts_failures_after_tr
     # final train 0.9, 0.1, 0.1 -> 36.67 ± 46.19; 2 of 3 failed, 1 of 3 after reaching 50 %
     assert _row(table, "3", "adam", "1", "0.25")[4:] == ["56.7 ± 32.1", "26.7 ± 28.9", "73.3 ± 46.2",
                                                        "36.7 ± 46.2", "2/3", "1/3"]
+
+
+def test_runlength_gives_the_lr_and_lowest_loss_where_a_trained_run_failed(tmp_path):
+    def run(seed, failed, accs, losses, lrs):
+        cell, _ = _t1_run("adam", 2, 5, 0.25, seed, failed)
+        return cell, [dict(step=t, train_accuracy=a, train_loss=v, lr=r)
+                      for t, (a, v, r) in enumerate(zip(accs, losses, lrs))]
+
+    lrs = [0.0, 0.125, 0.25, 0.25, 0.25]
+    runs = [run(0, True, [0.1, 0.6, 1.0, 0.3, 0.1], [1.0, 0.5, 1e-6, 0.2, 0.3], lrs),   # last >= 50% at step 2
+            run(1, True, [0.1, 0.2, 0.1, 0.1, 0.1], [1.0] * 5, lrs),                     # never trained: '-'
+            run(2, True, [0.1, 0.7, 0.2, 0.1, 0.1], [1.0, 0.4, 0.9, float("nan"), 0.5], lrs),  # last at step 1
+            run(3, False, [0.1, 0.6, 0.9, 0.95, 1.0], [1.0] * 5, lrs)]                   # finished: '-'
+    text = _study().runlength([FakeStore(runs)], tmp_path / "f.png")
+    # seed 0: step 2, lr there 0.25, min loss over steps 0-2 = 1e-6; seed 2: step 1, lr 0.125, min 0.4
+    assert ("- T = 5, adam, T_wrm 2: lr 0.25: 2 @ lr 0.25, min loss 1.0e-06, -, 1 @ lr 0.125, min loss 4.0e-01, -"
+            in text.split("Failed runs that had trained")[1])
