@@ -58,6 +58,7 @@ MODULES = (
     "catapult.engine.seeds",
     "catapult.engine.fsdp",
     "catapult.engine.model_size",
+    "catapult.engine.persistent_warmup",
     "catapult.models.options",
     "catapult.sweep.store_file",
     "catapult.sweep.variants",

@@ -284,8 +284,9 @@ def build_warmup(config: Mapping[str, Any], lr_trgt: float, model: nn.Module, lo
             return Warmup(fn)
         return Warmup(fn, None, dict(lr_critical=res.lr, lr_critical_lower=res.lower,
                                      lr_critical_upper=res.upper, search_forward_passes=res.forward_passes))
-    pcw = schedules.PersistentCatapultWarmup(optimizer, model, loss_fn, lr_trgt, delta, lr_start=lr_start,
-                                             rtol=search_rtol(config))
+    from catapult.engine.persistent_warmup import RunPersistentWarmup  # a non-finite first step: a result
+
+    pcw = RunPersistentWarmup(optimizer, model, loss_fn, lr_trgt, delta, lr_start=lr_start, rtol=search_rtol(config))
     return Warmup(lambda t: pcw.lr if pcw.lr is not None else lr_start, pcw, {})
 
 

@@ -1,0 +1,46 @@
+"""Valid configs that the engine must run to a result (found by a fuzz of valid key combinations).
+
+A config that :func:`catapult.config.validate` accepts either trains (a diverged run is a result)
+or is refused before any work; these cases raised a traceback mid-run or reported a wrong status.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from catapult import engine
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def _adam_eps0(warmup: str) -> dict:
+    # muP's zero-initialised readout gives the hidden weights a zero gradient at step 0: Adam with
+    # eps = 0 divides it by sqrt(v) = 0, so its first update is nan and the run diverges at step 1
+    return {"name": f"eps0-{warmup}", "data": {"name": "digits", "n_train": 32, "n_test": 8},
+            "model": {"name": "mlp", "width": 8, "depth": 3, "parametrization": "mup"},
+            "optimizer": {"name": "adam", "lr": 0.01, "eps": 0.0}, "schedule": {"warmup": warmup},
+            "train": {"steps": 3, "accuracy_failure": "off"}, "eval": {"sharpness_every": 0, "test_every": 0}}
+
+
+def test_persistent_warmup_whose_first_step_is_nan_diverges_as_a_result():
+    linear = engine.run(_adam_eps0("linear"), progress="none")
+    assert (linear.status, linear.summary["diverged_at"]) == ("diverged", 1)  # the reference
+    result = engine.run(_adam_eps0("persistent"), progress="none")  # was NonFiniteStepError, a traceback
+    assert (result.status, result.summary["diverged_at"]) == ("diverged", 1)
+    assert result.summary["failure"] == "non_finite_loss"
+    assert result.metrics[0]["lr"] == pytest.approx(1e-4)  # lr_start, as the catapult warmup logs
+    assert not math.isfinite(result.metrics[1]["train_loss"])
+
+
+def test_persistent_warmup_whose_first_step_is_nan_diverges_in_the_batched_engine():
+    from catapult import config as cfg
+    from catapult.sweep.batched import run_group
+    from catapult.sweep.executors import Cell
+
+    cells = [Cell(i, cfg.validate({**_adam_eps0("persistent"), "name": f"c{i}",
+                                   "optimizer": {"name": "adam", "lr": lr, "eps": 0.0}}))
+             for i, lr in enumerate([0.01, 0.02])]
+    results = dict(run_group(cells))  # was NonFiniteStepError out of the whole group
+    for cell in cells:
+        assert (results[cell.id].status, results[cell.id].summary["diverged_at"]) == ("diverged", 1)
