@@ -18,7 +18,8 @@ VOCAB = 257
 def _config(root, steps=4):
     # rigl moves masks at multiples of update_every below T_end = steps: a run of 1 step has no such
     # step (and is refused), so its masks are static
-    sparsity = dict(method="rigl" if steps >= 2 else "static", update_every=2 if steps >= 3 else 1, end_fraction=1.0)
+    sparsity = (dict(method="rigl", update_every=2 if steps >= 3 else 1, end_fraction=1.0) if steps >= 2
+                else dict(method="static"))  # static masks read no schedule key (and refuse one set)
     return dict(seed=3, dtype="float64",
                 data=dict(name="text", root=str(root), tokenizer="bpe", vocab_size=VOCAB, context=8),
                 model=dict(name="gpt", width=16, depth=1, n_heads=2, density=0.5,

@@ -46,12 +46,20 @@ def test_the_configs_fractions_are_the_nearest_steps_not_truncated_products():
 
     config = {"data": {"name": "digits", "n_train": 32, "n_test": 16}, "train": {"steps": 100},
               "model": {"width": 8, "depth": 3, "density": 0.5,
-                        "sparsity": {"method": "rigl", "update_every": 1, "start_fraction": 0.29,
-                                     "end_fraction": 0.57}},
+                        "sparsity": {"method": "rigl", "update_every": 1, "end_fraction": 0.57}},
               "eval": {"sharpness_every": 0, "test_every": 0}}
     updater = build_run(config).mask_updater
-    assert (updater.end_step, updater.start_step) == (57, 29)
+    assert updater.end_step == 57
     assert [t for t in range(100) if updater.is_update_step(t)][-1] == 56   # RigL: t < T_end
+    # start_fraction is gmp's (rigl reads none: refused there), which prunes on the gpt
+    config = {"data": {"name": "shakespeare", "context": 4, "n_train": 8, "n_test": 4}, "train": {"steps": 100},
+              "model": {"name": "gpt", "width": 8, "depth": 1, "n_heads": 2, "density": 0.5,
+                        "sparsity": {"method": "gmp", "update_every": 1, "start_fraction": 0.29,
+                                     "end_fraction": 0.57}},
+              "loss": "cross_entropy", "eval": {"sharpness_every": 0, "test_every": 0}}
+    updater = build_run(config).mask_updater
+    assert (updater.end_step, updater.start_step) == (57, 29)
+    assert [t for t in range(100) if updater.is_update_step(t)][0] == 29   # GMP: t_0 <= t
 
 
 def _steps_that_change(updater, upto=200):

@@ -44,3 +44,25 @@ def test_persistent_warmup_whose_first_step_is_nan_diverges_in_the_batched_engin
     results = dict(run_group(cells))  # was NonFiniteStepError out of the whole group
     for cell in cells:
         assert (results[cell.id].status, results[cell.id].summary["diverged_at"]) == ("diverged", 1)
+
+
+@pytest.mark.parametrize("sparsity, key", [
+    ({"drop_fraction": 0.9}, "drop_fraction"),                      # static masks: nothing reads it
+    ({"update_every": 1}, "update_every"),
+    ({"method": "rigl", "update_every": 1, "start_fraction": 0.5}, "start_fraction"),   # gmp's
+    ({"method": "gmp", "update_every": 1, "drop_fraction": 0.9}, "drop_fraction"),      # rigl's
+])
+def test_a_sparsity_key_its_method_does_not_read_is_refused(sparsity, key):
+    from catapult import config as cfg
+
+    model = {"name": "gpt", "width": 8, "n_heads": 2, "depth": 1, "density": 0.5, "sparsity": sparsity}
+    config = {"data": {"name": "shakespeare"}, "model": model, "loss": "cross_entropy", "train": {"steps": 10}}
+    with pytest.raises(cfg.ConfigError) as err:  # was accepted, and the run was the same for any value
+        cfg.validate(config)
+    assert [k for k, _ in err.value.problems] == [f"model.sparsity.{key}"]
+    # the keys at their defaults, or read by the method, stay valid (the demo configs spell every key)
+    cfg.validate({**config, "model": {**model, "sparsity": {"method": "static", "update_every": 100,
+                                                            "drop_fraction": 0.3, "start_fraction": 0.0}}})
+    cfg.validate({**config, "model": {**model, "sparsity": {"method": "rigl", "update_every": 2, "drop_fraction": 0.9}}})
+    cfg.validate({**config, "model": {**model, "sparsity": {"method": "gmp", "update_every": 2, "start_fraction": 0.2}}})
+

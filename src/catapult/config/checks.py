@@ -10,7 +10,7 @@ from typing import Callable, Iterable
 
 from catapult.config.lr import parse_lr
 from catapult.config.sections import (PRECONDITIONED_OPTIMIZERS, TEXT_DATASETS, AugmentConfig, DataConfig,
-                                      ModelConfig, EvalConfig, OptimizerConfig, ScheduleConfig)
+                                      ModelConfig, EvalConfig, OptimizerConfig, ScheduleConfig, SparsityConfig)
 
 __all__ = ["CHECKS", "kink_problems", "step_size_factor", "sparsity_steps"]
 
@@ -292,9 +292,27 @@ def _check_text_tokens(config: dict) -> Problems:
         yield ("model.sparsity.method", "gmp prunes from dense and is available for model.name: gpt; use rigl")
     if method != "static" and model["density"] < 1.0 and config["train"]["steps"] >= 1:
         yield from _check_mask_updates(model["sparsity"], config["train"]["steps"])
+    yield from _check_sparsity_options(model["sparsity"])
     if model["name"] != "gpt" and not model["final_norm"]:
         yield ("model.final_norm", f"is a gpt option (model.name is {model['name']!r}); "
                                    f"{_remove(ModelConfig, 'final_norm', 'model.final_norm')}")
+
+
+#: The ``model.sparsity`` keys each method reads (the others were accepted and ignored).
+SPARSITY_OPTIONS = {"static": (), "rigl": ("update_every", "drop_fraction", "end_fraction"),
+                    "gmp": ("update_every", "start_fraction", "end_fraction")}
+
+
+def _check_sparsity_options(sparsity: dict) -> Problems:
+    """A ``model.sparsity`` key its method does not read, set to another value than its default:
+    static masks read none, rigl no ``start_fraction``, gmp no ``drop_fraction`` (a run or a sweep
+    over one changed nothing, under the value asked for)."""
+    method = sparsity["method"]
+    for key in ("update_every", "drop_fraction", "start_fraction", "end_fraction"):
+        if key not in SPARSITY_OPTIONS[method] and sparsity[key] != _default(SparsityConfig, key):
+            users = " and ".join(m for m, keys in SPARSITY_OPTIONS.items() if key in keys)
+            yield (f"model.sparsity.{key}", f"is read by model.sparsity.method {users} only (method is {method!r}); "
+                                            f"{_remove(SparsityConfig, key, f'model.sparsity.{key}')}")
 
 
 def sparsity_steps(sparsity: dict, steps: int) -> tuple[int, int]:

@@ -260,7 +260,8 @@ def _variant(config: Mapping[str, Any], parametrization: str, axis: str, value, 
     if isinstance(sparsity, Mapping) and sparsity.get("method", "static") != "static":
         # no mask is updated here: gmp builds all-ones masks (it prunes from dense later), so every
         # density would be dense; rigl's are static's, and its density-1.0 models were refused
-        variant["model"]["sparsity"] = dict(sparsity, method="static")
+        # (the schedule's keys go too: static masks read none, and refuse them set)
+        variant["model"]["sparsity"] = {"method": "static"}
     if seed is not None:
         variant["seed"] = int(seed)
     return variant
