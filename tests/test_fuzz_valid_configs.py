@@ -66,3 +66,37 @@ def test_a_sparsity_key_its_method_does_not_read_is_refused(sparsity, key):
     cfg.validate({**config, "model": {**model, "sparsity": {"method": "rigl", "update_every": 2, "drop_fraction": 0.9}}})
     cfg.validate({**config, "model": {**model, "sparsity": {"method": "gmp", "update_every": 2, "start_fraction": 0.2}}})
 
+
+
+FD_RELU_FLOAT64 = """\
+name: fd
+dtype: float64
+seed: 1
+data: {name: digits, n_train: 16, n_test: 8}
+model: {name: mlp, width: 8, depth: 3, activation: relu, init: trunc_normal, parametrization: mup, base_width: 8, alpha_out: 2.0}
+optimizer: {name: adam, lr: 0.5/lambda0}
+schedule: {warmup: catapult, delta: 0.01, warmup_steps: 8}
+train: {steps: 4, batch_size: 8}
+eval: {sharpness_every: 2, test_every: 1, sharpness_max_iter: 5, sharpness_hvp: finite_difference}
+"""
+
+
+def test_finite_difference_products_that_cross_kinks_mid_run_end_in_one_line_not_a_traceback(tmp_path, capsys):
+    # float64 passes the config's kink check, yet Adam's pre-conditioned operator (P^-1/2 ~ 1/eps on the
+    # entries of zero gradient) steps across ReLU kinks: the run cannot measure, which is its failure
+    from catapult.cli import main
+    from catapult.config import validate
+    from catapult.curvature.difference import UnreliableDifferenceError
+    import yaml
+
+    path = tmp_path / "fd.yaml"
+    path.write_text(FD_RELU_FLOAT64)
+    validate(yaml.safe_load(FD_RELU_FLOAT64))                         # accepted
+    with pytest.raises(UnreliableDifferenceError):                    # a ValueError, as before
+        engine.run(yaml.safe_load(FD_RELU_FLOAT64), progress="none")
+    code = main(["train", str(path), "--out", str(tmp_path / "run"), "--progress", "none"])  # was a traceback
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith("catapult train: error: finite-difference Hessian-vector products") and err.count("\n") == 1
+    assert "eval.sharpness_hvp: double_backprop" in err
+    assert not (tmp_path / "run").exists()                            # no partial run directory

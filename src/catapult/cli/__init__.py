@@ -8,7 +8,9 @@ any work.
 Exit codes: 0 success (a diverged run is a result, still 0); 2 bad input (config key/value,
 missing, corrupt or hostile config or data file, an unusable run directory, a full disk),
 with a short message on stderr (at most :data:`MAX_MESSAGE` characters, no traceback) and no
-partial run directory left behind; 141 (128 + SIGPIPE, no message) when the reader of stdout
+partial run directory left behind; 1, with such a message, a run that failed on a measurement it
+cannot make (finite-difference products whose steps cross ReLU kinks, which the config's checks
+cannot foresee in float64: a pre-conditioned operator's steps are large on some parameters); 141 (128 + SIGPIPE, no message) when the reader of stdout
 went away, as in ``catapult sweep CONFIG --dry-run | head``.
 """
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Sequence
 from catapult.cli import coord_check, critical_lr, demo, spectrum, sweep, train, train_ddp
 from catapult.cli.common import add_config_arguments, apply_threads, config_from_args, overrides_from_args
 from catapult.config import ConfigError, MissingDependency
+from catapult.curvature.difference import UnreliableDifferenceError
 from catapult.engine.loop import RunDirectoryError
 
 __all__ = ["main", "report", "build_parser", "COMMANDS", "add_config_arguments", "config_from_args",
@@ -121,6 +124,9 @@ def report(command: str | None, err: BaseException, store: str | None = None) ->
     except KeyboardInterrupt:
         _error(command, "interrupted")
         return 130
+    except UnreliableDifferenceError as err:  # a measurement the run cannot make: its failure, not a defect
+        _error(command, f"{err}; or set eval.sharpness_hvp: double_backprop (exact products)")
+        return 1
 
 
 def _detach_stdout() -> None:

@@ -31,9 +31,25 @@ from typing import Callable
 
 from catapult.curvature.krylov import operator_chain
 
-__all__ = ["MAX_GAP", "STEPS", "STEP_SHRINK", "ROUNDING_ULPS", "central_step", "rounding_level",
+__all__ = ["UnreliableDifferenceError", "MAX_GAP", "STEPS", "STEP_SHRINK", "ROUNDING_ULPS", "central_step", "rounding_level",
            "relative_gap", "checked_difference", "difference_operator", "scaled_step", "spectral_norm_training",
            "refuse_spectral_norm_differences", "refuse_renormed_differences", "RENORM_STEPS"]
+
+class UnreliableDifferenceError(ValueError):
+    """No step of :func:`checked_difference` gave a finite-difference product whose forward and
+    backward differences agree (the steps cross kinks of the loss): the measurement cannot be
+    made from differences. A ``ValueError``, as it was; ``catapult`` commands report it in one line.
+
+    Example (``|x|``'s gradient, ``sign(x)``, at its kink):
+        >>> def product_at(h):
+        ...     return 1.0, lambda accepted: 0.0      # a gap of 1 at every step
+        >>> try:
+        ...     checked_difference(product_at, 1e-3)
+        ... except UnreliableDifferenceError as err:
+        ...     print(str(err)[:59])
+        finite-difference Hessian-vector products of this model are
+    """
+
 
 #: A product is accepted where its forward and backward differences differ by at most this much
 #: of the forward one. Measured on small GPTs: a smooth loss gives O(h) (float64 <= 2e-4; float32
@@ -123,11 +139,12 @@ def checked_difference(product_at: Callable, first_step: float, *, subject: str 
         if accepted:
             return product, gap, len(gaps) - 1
         h /= STEP_SHRINK
-    raise ValueError(f"finite-difference Hessian-vector products of {subject} are not reliable: the forward and "
-                     f"backward differences differ by {', '.join(f'{g:.2g}' for g in gaps)} of the product at the "
-                     f"steps {first_step:.2g} .. {h * STEP_SHRINK:.2g} (more than {MAX_GAP}), as where the steps "
-                     f"cross kinks of the loss (ReLU); measure a model in float64, or one with a smooth activation "
-                     f"(GELU)")
+    raise UnreliableDifferenceError(
+        f"finite-difference Hessian-vector products of {subject} are not reliable: the forward and "
+        f"backward differences differ by {', '.join(f'{g:.2g}' for g in gaps)} of the product at the "
+        f"steps {first_step:.2g} .. {h * STEP_SHRINK:.2g} (more than {MAX_GAP}), as where the steps "
+        f"cross kinks of the loss (ReLU); measure a model in float64, or one with a smooth activation "
+        f"(GELU)")
 
 
 def difference_operator(op):
