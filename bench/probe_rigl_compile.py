@@ -32,6 +32,8 @@ def wall_time(method: str, compiled: bool, steps: int, end: int, folder: Path, t
                f"train.compile={'true' if compiled else 'false'}", "data.vocab_size=512", "data.n_train=2048"]
     if method == "rigl":  # the same updates in both runs: the last one before the shorter run ends
         command.append(f"model.sparsity.end_fraction={end / steps}")
+    else:  # static masks read no schedule key: the config's rigl update_every back at its default
+        command.append("model.sparsity.update_every=100")
     subprocess.run(command, check=True, capture_output=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
     return json.loads((out / "summary.json").read_text())["wall_time_s"]
 
