@@ -142,7 +142,8 @@ def test_a_non_finite_initial_loss_exits_2_naming_the_model(capsys):
     config = Path(__file__).resolve().parents[1] / "configs" / "supar" / "dynamic_sparsity_small.yaml"
     code = main(["critical-lr", str(config), "data.tokenizer=char", "data.n_train=64", "data.n_test=16",
                  "data.context=8", "model.width=16", "model.n_heads=2", "schedule.decay=constant",
-                 "model.sparsity.method=static", "model.init_std=1e30", "optimizer.lr=0.01"])
+                 "model.sparsity.method=static", "model.sparsity.update_every=100",  # static reads no update_every
+                 "model.init_std=1e30", "optimizer.lr=0.01"])
     err = capsys.readouterr().err
     assert code == 2 and "model: critical_lr: the loss at the current parameters is nan" in err
     assert "Traceback" not in err
