@@ -86,3 +86,28 @@ def test_a_grid_whose_density_is_not_swept_still_refuses_a_dynamic_method_at_den
     code = cli.main(["sweep", str(path), "model.density=1.0", "--dry-run"])
     err = capsys.readouterr().err
     assert code == 2 and "model.sparsity.method" in err and "rigl changes masks" in err, err
+
+
+def test_a_method_grid_runs_each_method_without_the_options_it_does_not_read(tmp_path):
+    # model.sparsity keys a method does not read are refused in a single run (silently ignored
+    # before); a grid over the method means them for the methods that read them, so the others
+    # run at the defaults: before, every static cell of [static, rigl] with update_every 1 was refused
+    base = BASE.replace("update_every: 1, end_fraction: 0.75",
+                        "update_every: 1, drop_fraction: 0.5, end_fraction: 0.75")
+    path = _write(tmp_path, "    model.sparsity.method: [static, rigl, gmp]\n", base)
+    cells = {c.swept["model.sparsity.method"]: c.config["model"]["sparsity"] for c in expand(*load_sweep(path))}
+    default = {k: cfg.get(f"model.sparsity.{k}").default
+               for k in ("update_every", "drop_fraction", "start_fraction", "end_fraction")}
+    assert cells["static"] == {"method": "static", **default}
+    assert cells["rigl"] == {**default, "method": "rigl", "update_every": 1, "drop_fraction": 0.5, "end_fraction": 0.75}
+    assert cells["gmp"] == {**default, "method": "gmp", "update_every": 1, "end_fraction": 0.75}
+
+
+def test_the_variant_table_names_what_each_sparsity_method_reads():
+    from catapult.config.checks import SPARSITY_OPTIONS
+    from catapult.sweep.variants import VARIANT_OPTIONS
+
+    table = {option.rsplit(".", 1)[1]: set(readers) for decider, option, readers in VARIANT_OPTIONS
+             if decider == "model.sparsity.method"}
+    assert table == {key: {m for m, keys in SPARSITY_OPTIONS.items() if key in keys}
+                     for key in ("update_every", "drop_fraction", "start_fraction", "end_fraction")}

@@ -36,6 +36,11 @@ VARIANT_OPTIONS: tuple[tuple[str, str, Readers], ...] = (
     ("schedule.warmup", "schedule.decay", ("linear", "catapult")),  # persistent keeps lr_trgt
     ("schedule.warmup", "schedule.lr_final", ("linear", "catapult")),
     ("schedule.decay", "schedule.lr_final", ("cosine", "linear")),
+    # (config.checks.SPARSITY_OPTIONS: what each method reads)
+    ("model.sparsity.method", "model.sparsity.update_every", ("rigl", "gmp")),
+    ("model.sparsity.method", "model.sparsity.end_fraction", ("rigl", "gmp")),
+    ("model.sparsity.method", "model.sparsity.drop_fraction", ("rigl",)),
+    ("model.sparsity.method", "model.sparsity.start_fraction", ("gmp",)),
     ("data.name", "data.root", ("cifar10", "cifar100", "text")),  # digits and shakespeare are embedded
     ("data.tokenizer", "data.vocab_size", ("bpe",)),
     ("data.tokenizer", "data.cache_dir", ("bpe",)),
@@ -166,6 +171,9 @@ def cell_mapping(base: Mapping[str, Any], swept: Mapping[str, Any]) -> tuple[dic
     dense = dense_reference(mapping, swept)
     if dense is not None:  # the density axis's dense reference: no mask to change
         _set(mapping, "model.sparsity.method", "static")
+        sparsity = mapping["model"]["sparsity"]
+        for leaf in [leaf for leaf in sparsity if leaf != "method" and f"model.sparsity.{leaf}" not in swept]:
+            sparsity[leaf] = copy.deepcopy(cfg.get(f"model.sparsity.{leaf}").default)  # static reads none
     return mapping, dense
 
 
@@ -204,5 +212,6 @@ def grid_notes(base: Mapping[str, Any], axes: Mapping[str, tuple]) -> list[str]:
                         for d in axes["model.density"] for m in methods} - {None})
         if found:
             notes.append(f"the cells at model.density 1 run the dense model, which has no mask for "
-                         f"{' or '.join(found)} to change (their stored config says model.sparsity.method: static)")
+                         f"{' or '.join(found)} to change (their stored config says model.sparsity.method: static, "
+                         f"its other model.sparsity keys at their defaults)")
     return notes
