@@ -62,6 +62,7 @@ MODULES = (
     "catapult.models.options",
     "catapult.sweep.store_file",
     "catapult.sweep.variants",
+    "catapult.sweep.dotted",
 )
 
 # Public names without an example, and why.

@@ -54,6 +54,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from catapult import config as cfg
 from catapult.config.io import plain_data
+from catapult.sweep.dotted import get_dotted, set_dotted
 from catapult.sweep.variants import cell_mapping
 
 __all__ = [
@@ -87,25 +88,6 @@ MAX_CELLS = 100_000
 def canonical_json(value: Any) -> str:
     """Deterministic JSON: sorted keys, no whitespace, tuples as lists (what spec hashes are of)."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=True, default=str)
-
-
-def get_dotted(mapping: Mapping[str, Any], key: str) -> Any:
-    """``mapping["a"]["b"]`` for ``key = "a.b"`` (``KeyError`` if absent)."""
-    node: Any = mapping
-    for part in key.split("."):
-        node = node[part]
-    return node
-
-
-def set_dotted(mapping: dict, key: str, value: Any) -> None:
-    """Set ``mapping["a"]["b"] = value`` for ``key = "a.b"``, creating sections as needed."""
-    *sections, leaf = key.split(".")
-    node = mapping
-    for part in sections:
-        if not isinstance(node.get(part), dict):
-            node[part] = {}
-        node = node[part]
-    node[leaf] = value
 
 
 def _fmt_number(x: float) -> str:

@@ -14,6 +14,7 @@ import copy
 from typing import Any, Callable, Mapping, Union
 
 from catapult import config as cfg
+from catapult.sweep.dotted import get_dotted, set_dotted
 
 __all__ = ["VARIANT_OPTIONS", "cell_mapping", "dense_reference", "grid_notes"]
 
@@ -78,23 +79,6 @@ def _readers_text(readers: Readers, decider: str) -> str:
     return "not null (minibatch training)" if decider == "train.batch_size" else "values >= 1"
 
 
-def _get(mapping: Mapping[str, Any], key: str) -> Any:
-    node: Any = mapping
-    for part in key.split("."):
-        node = node[part]
-    return node
-
-
-def _set(mapping: dict, key: str, value: Any) -> None:
-    *sections, leaf = key.split(".")
-    node = mapping
-    for part in sections:
-        if not isinstance(node.get(part), dict):
-            node[part] = {}
-        node = node[part]
-    node[leaf] = value
-
-
 def _normalized(key: str, value: Any) -> Any:
     """``value`` as the config reads it at ``key``; :data:`_INVALID` where it does not (the cell's
     own validation names that)."""
@@ -122,7 +106,7 @@ def dense_reference(mapping: Mapping[str, Any], swept: Mapping[str, Any]) -> str
     if "model.density" not in swept:
         return None
     try:
-        method = _normalized("model.sparsity.method", _get(mapping, "model.sparsity.method"))
+        method = _normalized("model.sparsity.method", get_dotted(mapping, "model.sparsity.method"))
     except (KeyError, TypeError):
         return None
     density = _normalized("model.density", swept["model.density"])
@@ -156,7 +140,7 @@ def cell_mapping(base: Mapping[str, Any], swept: Mapping[str, Any]) -> tuple[dic
     """
     mapping = copy.deepcopy(dict(base))
     for key, value in swept.items():
-        _set(mapping, key, copy.deepcopy(value))
+        set_dotted(mapping, key, copy.deepcopy(value))
     for decider, option, readers in VARIANT_OPTIONS:
         if decider in swept and option not in swept and not _reads(readers, _normalized(decider, swept[decider])):
             *sections, leaf = option.split(".")
@@ -170,7 +154,7 @@ def cell_mapping(base: Mapping[str, Any], swept: Mapping[str, Any]) -> tuple[dic
         mapping["eval"]["spectrum_block_size"] = block
     dense = dense_reference(mapping, swept)
     if dense is not None:  # the density axis's dense reference: no mask to change
-        _set(mapping, "model.sparsity.method", "static")
+        set_dotted(mapping, "model.sparsity.method", "static")
         sparsity = mapping["model"]["sparsity"]
         for leaf in [leaf for leaf in sparsity if leaf != "method" and f"model.sparsity.{leaf}" not in swept]:
             sparsity[leaf] = copy.deepcopy(cfg.get(f"model.sparsity.{leaf}").default)  # static reads none
@@ -192,14 +176,14 @@ def grid_notes(base: Mapping[str, Any], axes: Mapping[str, tuple]) -> list[str]:
     notes = []
     for decider, option, readers in VARIANT_OPTIONS:
         default = cfg.get(option).default
-        if decider not in axes or option in axes or _get(base, option) == default:
+        if decider not in axes or option in axes or get_dotted(base, option) == default:
             continue
         others = [_written(v) for v in axes[decider] if not _reads(readers, _normalized(decider, v))]
         if others:
-            notes.append(f"{option} ({_written(_get(base, option))}) is read by {decider} "
+            notes.append(f"{option} ({_written(get_dotted(base, option))}) is read by {decider} "
                          f"{_readers_text(readers, decider)} only: the cells with {decider} {', '.join(others)} "
                          f"run without it (their stored config has its default, {_written(default)})")
-    block = _get(base, "eval.spectrum_block_size")
+    block = get_dotted(base, "eval.spectrum_block_size")
     if "eval.spectrum_top_k" in axes and "eval.spectrum_block_size" not in axes:
         small = [_written(k) for k in axes["eval.spectrum_top_k"]
                  if _capped_block(base, {"eval.spectrum_top_k": k}) is not None]
