@@ -17,14 +17,8 @@ from dense_curvature import dense_hessian
 from test_custom_function_curvature import TorchTanh, problem
 
 
-class TenthOffTanh(torch.autograd.Function):
+class TenthOffTanh(TorchTanh):
     """tanh whose backward is exact, and whose second derivative keeps 0.9 of the tanh'' term."""
-
-    @staticmethod
-    def forward(ctx, x):
-        y = torch.tanh(x)
-        ctx.save_for_backward(y)
-        return y
 
     @staticmethod
     def backward(ctx, grad):
