@@ -1,6 +1,6 @@
 """catapult.config.checks' sparsity refusals at their edges: the fix a rigl refusal offers where
-T_end is step 1 (no update_every below 1 exists), gmp on a model without masks (one problem, saying
-use static, not also "use rigl", which that model refuses as well), and an mlp without hidden
+T_end is step 1 (no update_every below 1 exists), rigl or gmp on a model without masks (one problem,
+saying use static, not also "use rigl" or "set density < 1", which that model refuses as well), and an mlp without hidden
 layers given a base_density below 1 (SμPar's density factor of masks it cannot have)."""
 from __future__ import annotations
 
@@ -23,12 +23,16 @@ def test_a_rigl_refusal_at_t_end_1_offers_a_fix_that_exists():
 
 @pytest.mark.parametrize("model, data", [
     (dict(name="wrn", depth=10, density=1.0), "cifar10"), (dict(name="mlp", depth=2, density=1.0), "digits")])
-def test_gmp_on_a_model_without_masks_is_one_problem_saying_use_static(model, data):
-    config = {"data": {"name": data}, "model": dict(model, sparsity={"method": "gmp"})}
+@pytest.mark.parametrize("method", ["rigl", "gmp"])
+def test_dynamic_sparsity_on_a_model_without_masks_is_one_problem_saying_use_static(model, data, method):
+    # rigl said "set model.density < 1", and the model's own check then asked for density 1; gmp
+    # said "use rigl", which these models refuse too
+    config = {"data": {"name": data}, "model": dict(model, sparsity={"method": method})}
     with pytest.raises(ConfigError) as refused:
         validate(config)
     assert [key for key, _ in refused.value.problems] == ["model.sparsity.method"]
-    assert "use static" in str(refused.value) and "use rigl" not in str(refused.value)
+    message = str(refused.value)
+    assert "use static" in message and "use rigl" not in message and "density < 1" not in message
 
 
 @pytest.mark.parametrize("depth", [1, 2])

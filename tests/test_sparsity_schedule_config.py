@@ -102,14 +102,3 @@ def test_gmp_ending_with_training_ends_at_the_final_density(end_fraction):
         parts = getattr(module, "catapult_mask_parts", 1)
         for block in module.mask.chunk(parts, dim=0):
             assert int(block.sum()) == math.floor(0.25 * block.numel() + 0.5), name   # the static count
-
-
-@pytest.mark.parametrize("model, data", [
-    (dict(name="wrn", depth=10, density=1.0), "cifar10"), (dict(name="mlp", depth=2, density=1.0), "digits")])
-def test_dynamic_sparsity_on_a_model_without_masks_says_use_static(model, data):
-    # it said "set model.density < 1", and the model's own check then asked for density 1
-    config = {"data": {"name": data}, "model": dict(model, sparsity={"method": "rigl"})}
-    with pytest.raises(ConfigError) as refused:
-        validate(config)
-    assert refused.value.problems[0][0] == "model.sparsity.method"
-    assert "use static" in refused.value.problems[0][1] and "density < 1" not in str(refused.value)
