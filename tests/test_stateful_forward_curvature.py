@@ -104,3 +104,21 @@ def test_critical_lr_searches_at_the_state_the_model_had_and_keeps_it():
     truth = catapult.critical_lr(fixed, nn.MSELoss(), batch, torch.optim.SGD(fixed.parameters(), lr=0.1), rtol=1e-3)
     found = catapult.critical_lr(model, nn.MSELoss(), batch, torch.optim.SGD(model.parameters(), lr=0.1), rtol=1e-3)
     assert (found.lower, found.upper) == (truth.lower, truth.upper) and model.h is state
+
+
+def test_probe_loss_and_the_persistent_warmups_probes_keep_the_state():
+    # probe_loss ran its forward on the model as it is: the loss was right, but the model was left one
+    # batch on, so PersistentCatapultWarmup's probe moved a training loop's state at every step
+    from catapult.critical_lr import probe_loss
+    from catapult.schedules import PersistentCatapultWarmup
+
+    model, batch = _problem()
+    state = model.h
+    fixed = AtState(copy.deepcopy(model), state.clone())
+    assert probe_loss(model, nn.MSELoss(), batch) == float(nn.MSELoss()(fixed(batch[0]), batch[1]))
+    assert model.h is state
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    warmup = PersistentCatapultWarmup(opt, model, nn.MSELoss(), lr_target=100.0)
+    for _ in range(3):   # a search, then probes of the loss (no loss passed)
+        warmup.step(batch)
+    assert warmup.forward_passes > warmup.history[0]["forward_passes"] and model.h is state

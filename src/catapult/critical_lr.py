@@ -174,8 +174,8 @@ def _forward_loss(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
 
 
 def probe_loss(model: torch.nn.Module, loss_fn: Callable, batch: Sequence) -> float:
-    """``L(theta)`` on ``batch`` -- one forward pass in the model's current mode, under
-    ``torch.no_grad`` -- leaving buffers and the global RNG state as they were.
+    """``L(theta)`` on ``batch`` -- one forward pass in the model's current mode, under ``torch.no_grad`` --
+    leaving buffers, the global RNG state and a state the forward carries (``self.h = h.detach()``) as they were.
 
     Example (``w = 0``: the loss is ``mean(y^2)``):
         >>> model = torch.nn.Linear(2, 1, bias=False)
@@ -186,7 +186,7 @@ def probe_loss(model: torch.nn.Module, loss_fn: Callable, batch: Sequence) -> fl
     """
     snapshot = ModelSnapshot(model)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), AttributesKept().watch(model):   # (each training step's probe moved it on)
             return float(_forward_loss(model, loss_fn, batch, snapshot.buffer_copies(), RenormedCopies()))
     finally:
         snapshot.restore()
