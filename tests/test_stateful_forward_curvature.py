@@ -45,6 +45,42 @@ class AtState(nn.Module):
         return self.out(self.rnn(x, self.state)[0][:, -1])
 
 
+class Memory(nn.Module):
+    """A state that does not depend on the batch's size (a running context vector): micro-batches and
+    shards run it as they run the whole batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.rec, self.out = nn.Linear(3, 6), nn.Linear(6, 6), nn.Linear(6, 2)
+        self.h = torch.zeros(6)
+
+    def forward(self, x):
+        z = torch.tanh(self.inp(x) + self.rec(self.h))
+        self.h = z.mean(0).detach()
+        return self.out(z)
+
+
+class MemoryAt(nn.Module):
+    """Memory with the state fixed (the truth's model)."""
+
+    def __init__(self, model, state):
+        super().__init__()
+        self.inp, self.rec, self.out, self.state = model.inp, model.rec, model.out, state
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.inp(x) + self.rec(self.state)))
+
+
+def memory_problem(n: int = 8):
+    torch.manual_seed(0)
+    model = Memory().double()
+    model.h = model.h.double()
+    batch = (torch.randn(n, 3, dtype=torch.float64), torch.randn(n, 2, dtype=torch.float64))
+    with torch.no_grad():
+        model(batch[0])   # a batch trained before: a state that is not zero
+    return model, batch
+
+
 def _problem(in_place: bool = False):
     torch.manual_seed(0)
     model = Carries(in_place).double()
@@ -122,3 +158,16 @@ def test_probe_loss_and_the_persistent_warmups_probes_keep_the_state():
     for _ in range(3):   # a search, then probes of the loss (no loss passed)
         warmup.step(batch)
     assert warmup.forward_passes > warmup.history[0]["forward_passes"] and model.h is state
+
+
+def test_memory_lean_measures_at_the_state_the_model_had_and_keeps_it():
+    # lean's sizing forward (lean.activation_bytes) moved the state before the operator saw it:
+    # a sharpness at the state one batch on, and the model left there
+    # (3.7378 for the dense 3.6871 here)
+    model, batch = memory_problem()
+    state = model.h
+    fixed = MemoryAt(copy.deepcopy(model), state.clone())
+    truth = np.linalg.eigvalsh(dense_hessian(fixed, nn.MSELoss(), batch).numpy())[-1]
+    estimate = catapult.sharpness(model, nn.MSELoss(), batch, tol=1e-9, memory="lean")
+    assert estimate.value == pytest.approx(truth, rel=1e-7)
+    assert model.h is state

@@ -43,7 +43,7 @@ from catapult.curvature.coarse import COARSE_MIN_SAMPLES
 from catapult.curvature.hessian import fixed_rng
 from catapult.curvature.krylov import inner_product, vector_norm, unit_roundoff
 from catapult.curvature.microbatch import batch_coupling, coupling_remedy
-from catapult.curvature.stateless import functional_call
+from catapult.curvature.stateless import AttributesKept, functional_call
 from catapult.curvature.lanczos import EigenEstimate, ritz_pairs, top_ritz_pair
 from catapult.curvature.stopping import error_floor, krylov_invariant, relative_residual
 
@@ -102,7 +102,8 @@ def activation_bytes(model: torch.nn.Module, loss_fn, batch, *, probe: int = 8,
     scaled by ``n / probe``. Tensors sharing storage with the
     parameters, buffers or the batch are not counted (the set-up state holds them already); a
     tensor saved twice counts once. The model's parameters, buffers (cloned, as in
-    :class:`~catapult.curvature.HessianOperator`), mode and the global RNG are left untouched.
+    :class:`~catapult.curvature.HessianOperator`), mode, a state its forward carries in a plain attribute
+    (:class:`~catapult.curvature.stateless.AttributesKept`) and the global RNG are left untouched.
 
     >>> model = torch.nn.Linear(2, 1, bias=False)   # MSE saves the output: 4 bytes a sample
     >>> activation_bytes(model, torch.nn.MSELoss(), (torch.zeros(10, 2), torch.zeros(10, 1)))
@@ -124,7 +125,8 @@ def activation_bytes(model: torch.nn.Module, loss_fn, batch, *, probe: int = 8,
             seen[key] = t.numel() * t.element_size()
         return t
 
-    with torch.enable_grad(), fixed_rng(seed, x.device), \
+    # (a state the forward carries in a plain attribute is put back: memory='lean' measured one batch on)
+    with torch.enable_grad(), fixed_rng(seed, x.device), AttributesKept().watch(model), \
             torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         loss_fn(functional_call(model, {**params, **buffers}, (x,)), y)
     scale = n / k
