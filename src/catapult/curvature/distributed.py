@@ -411,7 +411,7 @@ def _shard_reduction(model, loss_fn, batch) -> str | None:
     from catapult.curvature.hessian import fixed_rng
     from catapult.curvature.microbatch import (batch_coupling, functional_masks_off, reduction_kind,
                                                uses_batch_statistics)
-    from catapult.curvature.stateless import RenormedCopies, functional_call
+    from catapult.curvature.stateless import AttributesKept, RenormedCopies, functional_call
 
     inner = unwrap_ddp(model)
     x, y = batch
@@ -426,8 +426,12 @@ def _shard_reduction(model, loss_fn, batch) -> str | None:
         return None
     x, y, pieces, what = _halves(x, y)
 
-    def loss_at(p, xs, ys):   # (an F.embedding(max_norm=) call in the forward: a copy of the weight)
-        with RenormedCopies():
+    # (an F.embedding(max_norm=) call in the forward: a copy of the weight; a state the forward carries in a
+    # plain attribute put back after each forward: the halves saw it moved on, and a mean loss was refused)
+    kept = AttributesKept()
+
+    def loss_at(p, xs, ys):
+        with RenormedCopies(), kept.watch(inner):
             return loss_fn(functional_call(inner, p, (xs,)), ys)
 
     modes = [(module, module.training) for module in inner.modules()]

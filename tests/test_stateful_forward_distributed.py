@@ -1,0 +1,68 @@
+"""A model that carries a state to its next forward in a plain attribute (``self.h = h.detach()``) under
+``distributed=True``: 2 CPU processes on gloo over loopback, each with its shard, must measure the union's
+curvature and critical lr at the state the model had (the dense Hessian and the one-process search of the
+model with that state fixed), and leave the model holding it: unsharded (the forwards that tell a mean loss
+from a sum, ``distributed._shard_reduction``) and sharded by FSDP2 (those of ``_sharded_shard_reduction`` and
+of ``ShardedHessianOperator``, and the critical lr's trials)."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+import catapult
+from dense_curvature import dense_hessian
+from gloo_ranks import on_ranks
+from test_stateful_forward_curvature import MemoryAt, memory_problem
+
+pytestmark = [pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built"),
+              pytest.mark.slow]   # two spawned interpreters importing torch
+
+SHARDS = (3, 5)   # unequal: the union's weights are the shards' sizes
+
+
+def truths():
+    """The union's top eigenvalue and critical lr (SGD) at the state the model had, in one process."""
+    model, batch = memory_problem(sum(SHARDS))
+    fixed = MemoryAt(copy.deepcopy(model), model.h.clone())
+    top = float(np.linalg.eigvalsh(dense_hessian(fixed, nn.MSELoss(), batch).numpy())[-1])
+    lr = catapult.critical_lr(fixed, nn.MSELoss(), batch, torch.optim.SGD(fixed.parameters(), lr=0.1),
+                              rtol=1e-3).lr
+    return top, lr
+
+
+def measures(rank, world, sharded):
+    model, (x, y) = memory_problem(sum(SHARDS))   # every rank: the same state, from the same batch
+    if sharded:
+        from torch.distributed.fsdp import fully_shard
+
+        fully_shard(model.inp)
+        fully_shard(model)
+    state = model.h
+    lo = sum(SHARDS[:rank])
+    shard = (x[lo:lo + SHARDS[rank]], y[lo:lo + SHARDS[rank]])
+    out = {}
+    for name, call in (("sharpness", lambda: catapult.sharpness(model, nn.MSELoss(), shard, tol=1e-10,
+                                                                distributed=True).value),
+                       ("critical_lr", lambda: catapult.critical_lr(model, nn.MSELoss(), shard,
+                                                                    torch.optim.SGD(model.parameters(), lr=0.1),
+                                                                    rtol=1e-3, distributed=True).lr)):
+        try:
+            out[name] = call()
+        except ValueError as err:
+            out[name] = str(err)
+        out[f"{name}_kept"] = model.h is state
+    return out
+
+
+def test_an_unsharded_model_is_measured_at_its_state_on_every_rank():
+    # the forwards that tell a mean loss from a sum (on the shard and its halves) moved the state:
+    # each half saw another one, so MSELoss was refused as 'neither a mean nor a sum' (sharpness and
+    # critical_lr alike), and the model was left a few forwards on
+    top, lr = truths()
+    for got in on_ranks(measures, False):
+        assert got["sharpness"] == pytest.approx(top, rel=1e-7)
+        assert got["critical_lr"] == pytest.approx(lr, rel=1e-9)
+        assert got["sharpness_kept"] and got["critical_lr_kept"]
