@@ -387,11 +387,13 @@ def _sharded_shard_reduction(model, loss_fn, batch) -> str | None:
     would move (train-mode BatchNorm) is not run, on any rank alike."""
     from catapult.curvature.hessian import fixed_rng
     from catapult.curvature.microbatch import reduction_kind, uses_batch_statistics
+    from catapult.curvature.stateless import AttributesKept
 
     if any(uses_batch_statistics(m) for m in model.modules()):
         return None
     x, y = batch
-    with torch.no_grad(), fixed_rng(0, x.device):  # a dropout's masks leave the global generators alone
+    # a dropout's masks leave the global generators alone; a state the forward carries is put back
+    with torch.no_grad(), fixed_rng(0, x.device), AttributesKept().watch(model):
         out = model(x)
     n = x.shape[0]
     if not (n >= 1 and torch.is_tensor(out) and out.dim() >= 1 and out.shape[0] == n

@@ -86,7 +86,7 @@ from catapult.curvature.difference import (RENORM_STEPS, central_step, checked_d
 from catapult.curvature.hessian import fixed_rng
 from catapult.curvature.krylov import vector_norm
 from catapult.curvature.start import mixed_start, real_init, warm_start_weight
-from catapult.curvature.stateless import RenormedCopies
+from catapult.curvature.stateless import AttributesKept, RenormedCopies
 from catapult.curvature.twice import forms_for, graph_functions, needs_forms
 
 
@@ -205,7 +205,7 @@ class ShardedHessianOperator:
     mode = "finite_difference"
 
     def __init__(self, model: torch.nn.Module, loss_fn, batch, weight: float, *, seed: int = 0,
-                 vectors: str = "full", forms: bool = True):
+                 vectors: str = "full", forms: bool = True, kept: AttributesKept | None = None):
         if vectors not in ("full", "local"):
             raise ValueError(f"vectors must be 'full' or 'local', got {vectors!r}")
         if not callable(loss_fn):
@@ -256,6 +256,9 @@ class ShardedHessianOperator:
         # asked of the modules here, and of the first forward's graph (an F.embedding call) in _gradient_at
         # (forms=False: the model's own gradient, flags and all: critical_lr's step direction is the optimizer's)
         self._forms, self._walk = forms and needs_forms(model), forms
+        # a state the forward carries in a plain attribute (self.h = h.detach()), found by the first forward
+        # and put back after every one (into ``kept``: critical_lr's trials put back the same)
+        self._kept, self._watch_state = AttributesKept() if kept is None else kept, True
         self._grad_flat, loss = self._gradient_at(None, 0.0)
         total = torch.tensor([loss * self.weight], dtype=torch.float64, device=self.device)
         self.loss = float(all_reduce_sum(total))
@@ -353,10 +356,14 @@ class ShardedHessianOperator:
 
     def _loss(self, watch=None) -> torch.Tensor:
         """This rank's loss, with its graph, at the parameters the model holds (under ``watch``, a
-        :class:`~catapult.curvature.stateless.RenormedCopies`, where given)."""
+        :class:`~catapult.curvature.stateless.RenormedCopies`, where given), from the state the model had
+        (:class:`~catapult.curvature.stateless.AttributesKept`)."""
+        state = self._kept.watch(self._model) if self._watch_state else contextlib.nullcontext()
+        self._watch_state = False
         with (torch.enable_grad(), fixed_rng(self.seed, self.device), forms_for(self._forms),
-              watch if watch is not None else contextlib.nullcontext()):
+              watch if watch is not None else contextlib.nullcontext(), state):
             loss = self._loss_fn(self._model(self._inputs), self._targets)
+        self._kept.restore()   # (the differences saw the state moved on: refused as kinks)
         if not (torch.is_tensor(loss) and loss.numel() == 1):
             raise ValueError("loss_fn must return a scalar tensor")
         return loss
