@@ -359,12 +359,12 @@ def _loss_and_gradient(model, loss_fn, batch, params, snapshot, reduce, renorm: 
     return loss0, list(grads)
 
 
-def _sharded_loss_and_gradient(model, loss_fn, batch, params, weight: float) -> tuple[float, list]:
-    """``L0`` and the gradient by ``params`` of the union's loss for a model sharded by FSDP2,
-    from its own forward and backward (:class:`~catapult.curvature.sharded.ShardedHessianOperator`,
-    which leaves ``.grad`` as it was); the gradients are ``DTensor`` shards like the parameters."""
+def _sharded_loss_and_gradient(model, loss_fn, batch, params, weight: float, kept: AttributesKept) -> tuple[float, list]:
+    """``L0`` and the gradient by ``params`` of the union's loss for a model sharded by FSDP2, from its own forward
+    and backward (:class:`~catapult.curvature.sharded.ShardedHessianOperator`, which leaves ``.grad`` as it was, and
+    a state the forward carries found into ``kept``); the gradients are ``DTensor`` shards like the parameters."""
     # (forms=False: the gradient the optimizer steps with, an embedding's scale_grad_by_freq included, as unsharded)
-    op = ShardedHessianOperator(model, loss_fn, batch, weight, vectors="local", forms=False)
+    op = ShardedHessianOperator(model, loss_fn, batch, weight, vectors="local", forms=False, kept=kept)
     _check_finite_start(op.loss)
     by_param = {id(p): g for p, g in op.gradients()}
     return op.loss, [by_param.get(id(p)) for p in params]
@@ -507,7 +507,7 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
     renormed, kept = False, AttributesKept()
     try:
         if sharded:
-            loss0, grads = _sharded_loss_and_gradient(model, loss_fn, batch, params, reduce.weight)
+            loss0, grads = _sharded_loss_and_gradient(model, loss_fn, batch, params, reduce.weight, kept)
         else:
             # an F.embedding(max_norm=) call in the forward gets a copy of the weight: it wrote the model's rows
             renorm = RenormedCopies()
