@@ -1,8 +1,9 @@
 """A warm start lying wholly in an invariant subspace of the operator (a block the Hessian does not
 couple to the rest) must not report that block's top as the sharpness: every solver entry point
 mixes a seeded random part into ``init`` (catapult.curvature.start.mixed_start). Truth: the dense
-eigendecomposition of block-diagonal quadratics, and cold solves on a GPT under Adam with coupled
-weight decay (the case the batched-engine attack found)."""
+eigendecomposition of block-diagonal quadratics, a net beside a block whose top is known exactly (the
+case the batched-engine attack found on a GPT under Adam with coupled weight decay, made deterministic),
+and cold solves of that GPT cell through the engine."""
 import pytest
 import torch
 import torch.nn as nn
@@ -99,31 +100,48 @@ def test_the_random_part_is_seeded_and_sized_by_tol():
     assert start.mixed_start(torch.tensor([0.0, 2.0]), torch.tensor([1.0, 0.0]), 0.5).tolist() == [0.5, 1.0]
 
 
-def test_a_gpt_under_adam_with_coupled_weight_decay_is_tracked_warm_as_cold():
-    # the attention key bias has zero gradient, so under coupled weight decay it is a diagonal
-    # block wd * P^-1 of its own; its top is the operator's for the first steps (P ~ eps there),
-    # and warm starts from it stayed in it: 1169 where the top was 3809 at step 8 of this loop
-    from catapult.models.gpt import GPT
+class WithBlock(nn.Module):
+    """A tanh net and a vector ``b`` the loss sees only through ``0.5 s ||b||^2`` (:func:`block_loss`):
+    the Hessian is ``diag(H_net, s I)``, ``b``'s block an invariant subspace whose top ``s`` is known
+    exactly, as a GPT's attention key bias is under Adam's coupled weight decay (its block ``wd / P``)."""
 
-    torch.manual_seed(0)
-    V, T = 32, 16
-    model = GPT(V, d_model=16, n_layers=1, n_heads=2, context=T, parametrization="mup", base_width=8).double()
-    x, y = torch.randint(0, V, (8, T)), torch.randint(0, V, (8, T))
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+        self.b = nn.Parameter(torch.ones(5))
 
-    def loss_fn(logits, t):
-        return nn.functional.cross_entropy(logits.reshape(-1, V), t.reshape(-1))
+    def forward(self, x):
+        return self.net(x), self.b
 
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=1e-3)
+
+def block_loss(s):
+    def loss_fn(outputs, y):
+        out, b = outputs
+        return nn.functional.mse_loss(out, y) + 0.5 * s * (b ** 2).sum()
+    return loss_fn
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("memory", ["fast", "lean"])
+def test_a_warm_chain_follows_the_top_when_a_decoupled_blocks_top_falls_below_the_rest(memory, seed):
+    # a user's loop, init=est.vector: while the block's top s is 1e8 times the net's, the solves' vectors
+    # lie in the block to ~1e-8 (the start's part outside it, damped 1e8-fold per product); once s falls
+    # to 1% of the net's top, a start without the random part has a residual of ~1e-6 there, passes the
+    # test at once and reports s, converged, 99% low, on every seed and machine (a margin of 1e3 on tol,
+    # not rounding noise: test_a_gpt_under_adam_with_coupled_weight_decay_is_tracked_warm_as_cold, which
+    # this replaces, passed or failed with the rounding of the key bias's gradient, bench/RESULTS.md 2d)
+    from dense_curvature import dense_hessian
+
+    torch.manual_seed(seed)
+    model = WithBlock().double()
+    x, y = torch.randn(16, 3, dtype=torch.float64), torch.randn(16, 2, dtype=torch.float64)
+    net_top = float(torch.linalg.eigvalsh(dense_hessian(model.net, nn.MSELoss(), (x, y)))[-1])
     warm = None
-    for step in range(11):
-        est = catapult.preconditioned_sharpness(model, loss_fn, (x, y), opt, init=warm)
-        ref = catapult.preconditioned_sharpness(model, loss_fn, (x, y), opt, tol=1e-8, max_iter=400)
+    for s in (1e8 * net_top, 1e6 * net_top, 1e-2 * net_top):
+        est = catapult.sharpness(model, block_loss(s), (x, y), init=warm, memory=memory)
         assert est.converged
-        assert est.value == pytest.approx(ref.value, rel=2e-3), f"step {step}"
+        assert est.value == pytest.approx(max(s, net_top), rel=1e-4), s
         warm = est.vector
-        opt.zero_grad()
-        loss_fn(model(x), y).backward()
-        opt.step()
 
 
 def test_the_engine_with_cold_starts_tracks_the_top_where_warm_starts_follow_their_own_eigenvalue():
