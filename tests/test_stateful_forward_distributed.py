@@ -15,7 +15,7 @@ import torch.nn as nn
 import catapult
 from dense_curvature import dense_hessian
 from gloo_ranks import on_ranks
-from test_stateful_forward_curvature import MemoryAt, memory_problem
+from test_stateful_forward_curvature import AtState, Carries, MemoryAt, memory_problem
 
 pytestmark = [pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built"),
               pytest.mark.slow]   # two spawned interpreters importing torch
@@ -78,3 +78,53 @@ def test_a_sharded_model_is_measured_at_its_state_on_every_rank():
         assert got["sharpness"] == pytest.approx(top, rel=1e-7)
         assert got["critical_lr"] == pytest.approx(lr, rel=1e-9)
         assert got["sharpness_kept"] and got["critical_lr_kept"]
+
+
+def rnn_problem():
+    """An RNN whose carried state is shaped by the batch, ``(1, samples, 6)``, at a state not zero; its
+    union's batch (8 samples) and state."""
+    torch.manual_seed(0)
+    model = Carries().double()
+    model.h = torch.zeros(1, sum(SHARDS), 6, dtype=torch.float64)
+    with torch.no_grad():
+        model(torch.randn(sum(SHARDS), 5, 3, dtype=torch.float64))   # a batch trained before
+    return model, (torch.randn(sum(SHARDS), 5, 3, dtype=torch.float64),
+                   torch.randn(sum(SHARDS), 2, dtype=torch.float64))
+
+
+def rnn_measures(rank, world):
+    model, (x, y) = rnn_problem()
+    lo = sum(SHARDS[:rank])
+    model.h = model.h[:, lo:lo + SHARDS[rank]].clone()   # each rank's state: its samples' rows
+    state = model.h
+    shard = (x[lo:lo + SHARDS[rank]], y[lo:lo + SHARDS[rank]])
+    out = {}
+    for name, call in (("sharpness", lambda: catapult.sharpness(model, nn.MSELoss(), shard, tol=1e-10,
+                                                                distributed=True).value),
+                       ("sum", lambda: catapult.sharpness(model, nn.MSELoss(reduction="sum"), shard, tol=1e-10,
+                                                          distributed=True).value),
+                       ("critical_lr", lambda: catapult.critical_lr(model, nn.MSELoss(), shard,
+                                                                    torch.optim.SGD(model.parameters(), lr=0.1),
+                                                                    rtol=1e-3, distributed=True).lr)):
+        try:
+            out[name] = call()
+        except (RuntimeError, ValueError) as err:
+            out[name] = str(err)
+        out[f"{name}_kept"] = model.h is state
+    return out
+
+
+def test_an_rnn_whose_state_is_shaped_by_the_batch_is_measured_on_every_rank():
+    # telling a mean loss from a sum ran the model on each half of the shard, which a state of the
+    # shard's size cannot run: torch's 'Expected hidden size (1, 2, 6), got [1, 3, 6]' on every call; a
+    # model that needs its whole shard is told from the rows of one forward's output (as a sharded one)
+    model, batch = rnn_problem()
+    fixed = AtState(copy.deepcopy(model), model.h.clone())   # the union's state: the ranks' rows
+    top = float(np.linalg.eigvalsh(dense_hessian(fixed, nn.MSELoss(), batch).numpy())[-1])
+    top_sum = float(np.linalg.eigvalsh(dense_hessian(fixed, nn.MSELoss(reduction="sum"), batch).numpy())[-1])
+    lr = catapult.critical_lr(fixed, nn.MSELoss(), batch, torch.optim.SGD(fixed.parameters(), lr=0.1), rtol=1e-3).lr
+    for got in on_ranks(rnn_measures):
+        assert got["sharpness"] == pytest.approx(top, rel=1e-7)
+        assert got["sum"] == pytest.approx(top_sum, rel=1e-7)
+        assert got["critical_lr"] == pytest.approx(lr, rel=1e-9)
+        assert got["sharpness_kept"] and got["sum_kept"] and got["critical_lr_kept"]

@@ -411,7 +411,7 @@ def _sharded_shard_reduction(model, loss_fn, batch) -> str | None:
 def _shard_reduction(model, loss_fn, batch) -> str | None:
     """``"mean"``, ``"sum"`` or None (cannot tell) for ``loss_fn`` on this rank's shard."""
     from catapult.curvature.hessian import fixed_rng
-    from catapult.curvature.microbatch import (batch_coupling, functional_masks_off, reduction_kind,
+    from catapult.curvature.microbatch import (PieceFailed, batch_coupling, functional_masks_off, reduction_kind,
                                                uses_batch_statistics)
     from catapult.curvature.stateless import AttributesKept, RenormedCopies, functional_call
 
@@ -443,7 +443,11 @@ def _shard_reduction(model, loss_fn, batch) -> str | None:
             inner.eval()
         # F.dropout's masks (drawn where it is called with training=True) leave the caller's RNG alone
         with torch.no_grad(), fixed_rng(0, next(iter(params.values())).device):
-            _, kind, shown = reduction_kind(loss_at, params, x, y, pieces, dtype)
+            try:
+                _, kind, shown = reduction_kind(loss_at, params, x, y, pieces, dtype)
+            except PieceFailed:   # a model that needs its whole shard (a state shaped by the batch): torch's
+                # raw error on a call the model runs; told from the rows of one forward's output, as a sharded one
+                return _sharded_shard_reduction(inner, loss_fn, batch)
             if kind is None:  # told again without the masks of F.dropout called with training=True
                 # (no module to switch to eval: such a model was refused where a Dropout's was measured)
                 with functional_masks_off():

@@ -14,7 +14,7 @@ from torch.overrides import TorchFunctionMode
 
 from catapult.arguments import as_integer
 
-__all__ = ["ChosenChunkSize", "batch_coupling", "coupling_remedy", "functional_masks_off", "refuse_dropout",
+__all__ = ["ChosenChunkSize", "PieceFailed", "batch_coupling", "coupling_remedy", "functional_masks_off", "refuse_dropout",
            "reduction_kind", "split_batch", "uses_batch_statistics", "weighted_backward", "weighted_gradient"]
 
 
@@ -189,6 +189,30 @@ def _scalar(loss) -> float:
     return float(loss)
 
 
+class PieceFailed(RuntimeError):
+    """The forward of a piece of the batch raised (torch's error is its ``__cause__``) where the whole
+    batch's ran: a model that needs the whole batch, as one carrying a state shaped by it (an RNN's
+    hidden state kept in an attribute, ``(layers, batch, hidden)``) does.
+
+    >>> def loss_at(p, x, y):
+    ...     return (x.reshape(2) * p["w"]).sum()        # needs a batch of 2
+    >>> try:
+    ...     reduction_kind(loss_at, {"w": torch.ones(2)}, torch.ones(2, 1), torch.zeros(2),
+    ...                    [(torch.ones(1, 1), torch.zeros(1))] * 2, torch.float64)
+    ... except PieceFailed as err:
+    ...     type(err.__cause__).__name__
+    'RuntimeError'
+    """
+
+
+def _piece_loss(loss_at, params, x, y):
+    try:
+        return loss_at(params, x, y)
+    except RuntimeError as err:
+        raise PieceFailed(f"the forward of {x.shape[0] if torch.is_tensor(x) else 'some'} samples failed: "
+                          f"{err}") from err
+
+
 def _reduction(loss_at, params, x, y, pieces, mean_w, dtype):
     """``(full loss, kind, what was compared)``: ``kind`` is ``"mean"`` or ``"sum"`` where the whole
     batch's loss is the pieces' weighted mean or their sum, ``"both"`` where it is both (all 0),
@@ -196,7 +220,7 @@ def _reduction(loss_at, params, x, y, pieces, mean_w, dtype):
     with torch.no_grad():
         whole = loss_at(params, x, y)
         full = _scalar(whole)
-        losses = [_scalar(loss_at(params, xc, yc)) for xc, yc in pieces]
+        losses = [_scalar(_piece_loss(loss_at, params, xc, yc)) for xc, yc in pieces]
     as_mean = sum(w * l for w, l in zip(mean_w, losses))
     as_sum = sum(losses)
     # well above the rounding of a batch sum, well below what a loss that is not additive over
