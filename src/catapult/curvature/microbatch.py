@@ -318,7 +318,11 @@ def split_batch(model: torch.nn.Module, loss_at, params: dict, inputs, targets,
                          f"{coupling_remedy(model.get_submodule(coupled[0]))}use {instead}")
     pieces = [(x[i:i + chunk_size], y[i:i + chunk_size]) for i in range(0, n, chunk_size)]
     mean_w = [xc.shape[0] / n for xc, _ in pieces]
-    full, kind, shown = reduction_kind(loss_at, params, x, y, pieces, dtype)
+    try:
+        full, kind, shown = reduction_kind(loss_at, params, x, y, pieces, dtype)
+    except PieceFailed as err:   # (torch's raw error, about a hidden size the user never set)
+        raise ValueError(f"{option}: the model's forward runs on the whole batch but fails on a micro-batch "
+                         f"({err.__cause__}), as where it carries a state shaped by the batch; use {instead}") from err
     if kind == "both":
         raise ValueError(f"{option}: cannot tell whether loss_fn is a mean or a sum over samples, "
                          f"since its loss is 0 here and nearby ({shown}); use {instead}")
