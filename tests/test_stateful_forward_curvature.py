@@ -183,3 +183,28 @@ def test_micro_batches_of_a_model_whose_state_is_shaped_by_the_batch_are_refused
     with pytest.raises(ValueError, match=named) as err:
         catapult.sharpness(model, nn.MSELoss(), batch, **kwargs)
     assert "Expected hidden size" in str(err.value) and "state shaped by the batch" in str(err.value)
+
+
+def test_distributed_on_a_batch_shaped_state_whose_outputs_have_no_sample_rows_is_refused():
+    # the shard's halves cannot run such a model, and its output (time first) cannot be halved
+    # instead: a mean taken for a sum loss would halve its curvature on 2 ranks
+    from catapult.curvature.distributed import single_process_group
+
+    class TimeFirst(Carries):
+        def forward(self, x):
+            out, h = self.rnn(x, self.h)
+            self.h = h.detach()
+            return self.out(out).transpose(0, 1)   # (time, samples, 2)
+
+    torch.manual_seed(0)
+    model = TimeFirst().double()
+    model.h = model.h.double()
+    batch = (torch.randn(4, 5, 3, dtype=torch.float64), torch.randn(4, 5, 2, dtype=torch.float64))
+
+    def loss_fn(out, y):
+        return nn.functional.mse_loss(out.transpose(0, 1), y, reduction="sum")
+
+    state = model.h
+    with single_process_group(), pytest.raises(ValueError, match="no sample rows .* return them with the samples"):
+        catapult.sharpness(model, loss_fn, batch, distributed=True)
+    assert model.h is state

@@ -380,11 +380,13 @@ def _told(kind, shown, what) -> str | None:
     return None if kind == "both" else kind
 
 
-def _sharded_shard_reduction(model, loss_fn, batch) -> str | None:
+def _sharded_shard_reduction(model, loss_fn, batch, failed: Exception | None = None) -> str | None:
     """:func:`_shard_reduction` for a model sharded by FSDP2, whose forward is collective: one
     forward of the shard on every rank (the same count everywhere), and ``loss_fn`` on the
     output's rows. The model's train/eval mode is the caller's; a forward whose batch statistics
-    would move (train-mode BatchNorm) is not run, on any rank alike."""
+    would move (train-mode BatchNorm) is not run, on any rank alike. ``failed``: the error of an
+    unsharded model's forward on half its shard, which this replaces; such a model whose outputs have
+    no sample rows is refused (a mean taken for a sum loss would halve its curvature on 2 ranks)."""
     from catapult.curvature.hessian import fixed_rng
     from catapult.curvature.microbatch import reduction_kind, uses_batch_statistics
     from catapult.curvature.stateless import AttributesKept
@@ -398,6 +400,11 @@ def _sharded_shard_reduction(model, loss_fn, batch) -> str | None:
     n = x.shape[0]
     if not (n >= 1 and torch.is_tensor(out) and out.dim() >= 1 and out.shape[0] == n
             and torch.is_tensor(y) and y.dim() >= 1 and y.shape[0] == n):
+        if failed is not None:
+            raise ValueError(f"distributed=True: whether loss_fn is a mean or a sum over samples is told from the loss of "
+                             f"halves of this rank's shard, on which the model's forward fails ({failed.__cause__}; a "
+                             f"state shaped by the batch?), and its outputs and targets have no sample rows (dim 0) to "
+                             f"halve instead: return them with the samples first")
         return None
     rows, y, pieces, what = _halves(torch.arange(n, device=x.device), y)
 
@@ -445,9 +452,9 @@ def _shard_reduction(model, loss_fn, batch) -> str | None:
         with torch.no_grad(), fixed_rng(0, next(iter(params.values())).device):
             try:
                 _, kind, shown = reduction_kind(loss_at, params, x, y, pieces, dtype)
-            except PieceFailed:   # a model that needs its whole shard (a state shaped by the batch): torch's
+            except PieceFailed as err:   # a model that needs its whole shard (a state shaped by the batch): torch's
                 # raw error on a call the model runs; told from the rows of one forward's output, as a sharded one
-                return _sharded_shard_reduction(inner, loss_fn, batch)
+                return _sharded_shard_reduction(inner, loss_fn, batch, failed=err)
             if kind is None:  # told again without the masks of F.dropout called with training=True
                 # (no module to switch to eval: such a model was refused where a Dropout's was measured)
                 with functional_masks_off():
