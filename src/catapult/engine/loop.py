@@ -37,7 +37,9 @@ Step ``t = 0, 1, ..., steps`` (row ``t`` describes the parameters ``theta_t`` *b
    ``t = 0`` and stepped after every update), each group at ``lr_t * group["lr_mult"]``.
 2. Forward on batch ``t`` in train mode: ``train_loss_t``, ``train_accuracy_t``.
 3. Divergence: if ``train_loss_t`` is not finite or ``> divergence_factor * train_loss_0``
-   (default ``.inf``: only a non-finite loss, the paper's rule), row ``t`` is logged (loss,
+   (default ``.inf``: only a non-finite loss, the paper's rule), or any parameter of ``theta_t``
+   is not finite (failure ``non_finite_weights``: entries the batch does not read, e.g. Adam with
+   ``eps: 0`` on a zero-gradient coordinate, leave the loss finite), row ``t`` is logged (loss,
    accuracy, lr only) and the run ends with status ``"diverged"``.
 4. Backward (``t < steps``): gradients of ``train_loss_t``. With ``schedule.warmup:
    persistent`` the :class:`~catapult.schedules.PersistentCatapultWarmup` is then called with
@@ -54,7 +56,8 @@ Step ``t = 0, 1, ..., steps`` (row ``t`` describes the parameters ``theta_t`` *b
    ``lambda_max(M^1/2 H M^1/2)``, ``M`` the lr multipliers relative to the first group's.
    It never changes parameters, gradients or optimizer state.
 6. Test, if (``test_every > 0`` and ``t % test_every == 0``) or ``t == steps``: loss and
-   accuracy on the whole test set in eval mode.
+   accuracy on the whole test set in eval mode. A non-finite test loss ends the run after row
+   ``t`` is logged, with status ``"diverged"`` (failure ``non_finite_test_loss``).
 7. Row ``t`` is logged; ``threshold_t = instability_threshold(optimizer)`` at the first param
    group's lr ``lr_t * lr_mult`` (``2/lr_t`` for GD when every ``lr_mult`` is 1, as in the paper's muP);
    RAdam's is ``radam_threshold`` of its update ``t`` (:func:`catapult.engine.threshold` with ``step``).
@@ -79,6 +82,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,7 +99,8 @@ from catapult.engine.build import Run, build_run, threshold
 from catapult.engine.sharpness_rule import STEP_KIND_COLUMN, check_spectrum_cadence
 from catapult.engine.progress import Progress
 from catapult.engine.trajectories import plot_run
-from catapult.engine.step import diverged, evaluates_test, measures_sharpness, new_row, output_collapsed
+from catapult.engine.step import (NON_FINITE_TEST_LOSS, diverged, evaluates_test, failure_of, measures_sharpness,
+                                  new_row, output_collapsed, weights_finite)
 from catapult.engine.records import (MetricsFile, metric_columns, json_safe, summarize, threshold_label,
                                      warmup_summary)
 from catapult.engine.run_dir import (DIGESTED_FILES, RUN_FILES, RUN_MARKERS, RunClaim, RunDirectoryError, check_out_dir,
@@ -316,7 +321,8 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
     divergence_factor = config["train"]["divergence_factor"]
     reporter = Progress(progress, steps, config["name"])
     metrics: list[dict] = []
-    status, diverged_at, loss_0, collapsed = "finished", None, None, False
+    status, diverged_at, loss_0, collapsed, failure = "finished", None, None, False, None
+    parameters = list(model.parameters())
     looped = False  # the loop ran to its end: the progress display then shows the final status
     try:
         for t in range(steps + 1):
@@ -324,6 +330,8 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
             x, y = batches.batch(t)
             lr_t = float(schedule(t))
             row = new_row(t, lr_t, threshold(optimizer, step=t))
+            # theta_t after update t - 1 (theta_0 is the init): finite in every process
+            weights_ok = t == 0 or processes.all(weights_finite(parameters))
 
             outputs = forward(x)
             loss = loss_fn(outputs, y)
@@ -332,8 +340,8 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
             row["train_loss"] = loss_t
             if t == 0:
                 loss_0 = loss_t
-            if diverged(loss_t, loss_0, divergence_factor):
-                status, diverged_at = "diverged", t
+            if diverged(loss_t, loss_0, divergence_factor) or not weights_ok:
+                status, diverged_at, failure = "diverged", t, failure_of(loss_t, weights_ok)
                 metrics.append(row)
                 if metrics_file is not None:
                     metrics_file.write(row)
@@ -375,6 +383,9 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
             if metrics_file is not None:
                 metrics_file.write(row)
             reporter.update(row)
+            if row["test_loss"] is not None and not math.isfinite(row["test_loss"]):
+                status, diverged_at, failure = "diverged", t, NON_FINITE_TEST_LOSS
+                break
 
             if not final:
                 setup._cache["trained"] = True
@@ -395,7 +406,7 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
         threshold_target=threshold(optimizer, lr_trgt * optimizer.param_groups[0].get("lr_mult", 1.0)),
         n_params=setup.n_params, device=setup.device, sharpness_kind=rule.kind, matvecs_total=matvecs_total,
         measurements=measurements, unconverged=unconverged, wall_time=time.perf_counter() - started,
-        collapsed=collapsed, lambda0_batches=len(lambda0_all) or None,
+        collapsed=collapsed, lambda0_batches=len(lambda0_all) or None, failure=failure,
     )
     status = summary["status"]  # the paper's accuracy rule and the collapse rule (engine.step.final_status)
     reporter.close(status + (f" ({summary['failure']})" if summary.get("failure") else ""))

@@ -211,12 +211,14 @@ def threshold_label(config: Mapping[str, Any], sharpness_kind: str) -> str:
 def summarize(config, metrics, *, status, diverged_at, lambda_0, lr_trgt, threshold_target, n_params, device,
                sharpness_kind,
                matvecs_total, measurements, unconverged, wall_time, collapsed: bool = False,
-              lambda0_batches: int | None = None) -> dict:
+              lambda0_batches: int | None = None, failure: str | None = None) -> dict:
     """The run's scalars (``summary.json``). Non-finite numbers become ``null`` in the file.
 
     ``status`` is the loop's (``finished``/``diverged``); the summary's is
     :func:`~catapult.engine.step.final_status` of it (the paper's accuracy rule, ``collapsed``),
-    with ``failure`` saying which rule failed the run (``None`` if none did). A diverged run has
+    with ``failure`` saying which rule failed the run (``None`` if none did; a loop that ended
+    ``diverged`` may pass its own, e.g. ``"non_finite_weights"``, else it is read from the last
+    row's training loss). A diverged run has
     no final test loss, test accuracy or sharpness (``None``, as in the sweep store): its last
     evaluation came before it blew up and would flatter it; its best and peak values stay. Nor a
     final training accuracy where its last loss is not finite (the outputs it would count are not).
@@ -228,8 +230,9 @@ def summarize(config, metrics, *, status, diverged_at, lambda_0, lr_trgt, thresh
     from catapult.engine.step import failure_of, final_status  # step imports this module's columns
 
     events = detect_catapults(metrics)
-    failure = None
-    if status == "diverged" and last.get("train_loss") is not None:
+    if status == "diverged" and failure is not None:
+        pass
+    elif status == "diverged" and last.get("train_loss") is not None:
         failure = failure_of(last["train_loss"])
     else:
         status, failure = final_status(status, last.get("train_accuracy"), config, collapsed)

@@ -13,7 +13,8 @@ from catapult.optim import registry
 
 __all__ = ["new_row", "diverged", "measures_sharpness", "evaluates_test", "lambda0_batch_count",
            "chance_accuracy", "ADAM_FAMILY", "accuracy_rule_applies", "failure_of", "final_status",
-           "output_collapsed", "COLLAPSE_RTOL"]
+           "output_collapsed", "COLLAPSE_RTOL", "weights_finite", "rows_finite", "NON_FINITE_WEIGHTS",
+           "NON_FINITE_TEST_LOSS"]
 
 #: Optimizers the paper's accuracy failure rule covers (``train.accuracy_failure: auto``): the
 #: optimizer table's Adam family (:attr:`catapult.optim.registry.OptimizerSpec.family`).
@@ -47,6 +48,61 @@ def diverged(loss_t: float, loss_0: float, factor: float) -> bool:
     (True, True, False)
     """
     return not math.isfinite(loss_t) or (loss_0 > 0 and loss_t > factor * loss_0)
+
+
+#: ``failure`` of a run whose weights became non-finite while its training loss stayed finite
+#: (entries its batches never read, e.g. Adam with ``eps: 0`` on a zero-gradient coordinate).
+NON_FINITE_WEIGHTS = "non_finite_weights"
+#: ``failure`` of a run whose test (validation) loss was non-finite at an evaluation step.
+NON_FINITE_TEST_LOSS = "non_finite_test_loss"
+
+
+def weights_finite(tensors) -> bool:
+    """Whether every entry of every tensor in ``tensors`` is finite (one host sync). A sharded
+    tensor (a DTensor) is checked on its local shard. The second half of the divergence rule:
+    a run whose weights hold a nan or an inf has diverged even where its training loss, which
+    may read none of those entries, is finite.
+
+    >>> import torch
+    >>> weights_finite([torch.ones(2, 2), torch.zeros(3)]), weights_finite([torch.tensor([1.0, float("nan")])])
+    (True, False)
+    """
+    import torch
+
+    local = [t.to_local() if hasattr(t, "to_local") else t for t in tensors]
+    local = [t.detach() for t in local if t.numel() and t.is_floating_point()]
+    if not local:
+        return True
+    by_device: dict = {}
+    for t in local:
+        by_device.setdefault(t.device, []).append(t)
+    for same in by_device.values():
+        # the largest |entry| per tensor (amax propagates nan; no overflow), then one host sync:
+        # ~10x faster on the CPU than torch's fused inf-norm or isfinite(), ~0.05 ms for the FCN
+        tops = torch.stack([t.abs().amax() for t in same])
+        if not bool(torch.isfinite(tops).all()):
+            return False
+    return True
+
+
+def rows_finite(tensors) -> list[bool]:
+    """Per member of stacked tensors (each ``[N, ...]``, one row per member): whether every entry
+    of that member's rows is finite (the batched engines' :func:`weights_finite`).
+
+    >>> import torch
+    >>> w = torch.ones(3, 2, 2); w[1, 0, 1] = float("inf")
+    >>> rows_finite([w, torch.zeros(3, 4)])
+    [True, False, True]
+    """
+    import torch
+
+    ok = None
+    for t in tensors:
+        if t.numel() == 0:
+            continue
+        row = torch.isfinite(t.detach().reshape(t.shape[0], -1).abs().amax(dim=1))  # amax keeps nan
+        ok = row if ok is None else ok & row
+    return [] if ok is None else ok.tolist()
 
 
 def measures_sharpness(t: int, every: int, steps: int) -> bool:
@@ -105,14 +161,17 @@ def accuracy_rule_applies(config: Mapping[str, Any]) -> bool:
     return on and chance_accuracy(config) is not None
 
 
-def failure_of(loss_t: float) -> str:
-    """Why :func:`diverged` fired on a row with training loss ``loss_t``: ``"non_finite_loss"``,
-    or (a finite loss it fired on) ``"loss_above_factor"``.
+def failure_of(loss_t: float, weights_ok: bool = True) -> str:
+    """Why a run diverged on a row with training loss ``loss_t``: ``"non_finite_loss"``; or,
+    its loss finite, :data:`NON_FINITE_WEIGHTS` where its weights were not (``weights_ok``
+    False), else ``"loss_above_factor"`` (:func:`diverged` fired on a finite loss).
 
-    >>> failure_of(float("inf")), failure_of(11.0)
-    ('non_finite_loss', 'loss_above_factor')
+    >>> failure_of(float("inf")), failure_of(11.0), failure_of(2.0, weights_ok=False)
+    ('non_finite_loss', 'loss_above_factor', 'non_finite_weights')
     """
-    return "non_finite_loss" if not math.isfinite(loss_t) else "loss_above_factor"
+    if not math.isfinite(loss_t):
+        return "non_finite_loss"
+    return "loss_above_factor" if weights_ok else NON_FINITE_WEIGHTS
 
 
 def final_status(status: str, final_train_accuracy: float | None, config: Mapping[str, Any],

@@ -67,6 +67,7 @@ import torch
 from catapult.curvature import batched_lanczos
 from catapult.curvature.start import mixed_starts
 from catapult.engine.sharpness_rule import SOLVE_SEED
+from catapult.engine.step import rows_finite
 from catapult.sweep.batched_loop import open_group, train_group
 from catapult.sweep.batched_model import StackedModel
 from catapult.sweep.batched_optim import SUPPORTED as OPTIMIZERS
@@ -170,6 +171,9 @@ class FuncStack:
 
     def outputs(self, rows: list[int], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.model.outputs(rows, x, y)
+
+    def finite_rows(self) -> list[bool]:
+        return rows_finite(list(self.model.params.values()))
 
 
 def run_group(cells: Sequence[Cell], *, data: Any = None) -> Iterator[tuple[int, CellResult]]:

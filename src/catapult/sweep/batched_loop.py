@@ -17,6 +17,7 @@ nothing in the others.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Protocol, Sequence
@@ -25,7 +26,7 @@ import torch
 
 from catapult import config as cfg
 from catapult.engine.sharpness_rule import STEP_KIND_COLUMN, step_kind
-from catapult.engine.step import diverged, new_row, output_collapsed
+from catapult.engine.step import NON_FINITE_TEST_LOSS, diverged, failure_of, new_row, output_collapsed
 from catapult.sweep.batched_optim import StackedOptimizer
 from catapult.sweep.executors import Cell, CellResult, worker_name
 from catapult.sweep.member import Member
@@ -67,6 +68,10 @@ class Stack(Protocol):
     def outputs(self, rows: list[int], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The network outputs ``[len(rows), batch, ...]`` of members ``rows`` on ``x`` (for the
         collapse rule, :func:`catapult.engine.step.output_collapsed`)."""
+
+    def finite_rows(self) -> list[bool]:
+        """Per current row: whether every parameter entry is finite
+        (:func:`catapult.engine.step.rows_finite`; the divergence rule's weights half)."""
 
 
 @dataclass
@@ -185,6 +190,8 @@ def train_group(group: Group, stack: Stack, *, keep_models: bool = True) -> Iter
         # stack may apply the update during the gradient pass (a member that diverges at t is
         # updated too, and dropped below, as with the separate update)
         fused = stack.fuses and all(t < mb.steps and not mb.sharpness_at(t) and not mb.test_at(t) for mb in active)
+        # theta_t (after update t - 1) finite, per member: read before a fused pass updates it
+        weights_ok = [True] * len(active) if t == 0 else stack.finite_rows()
         losses, accs, grads = stack.loss_grads(x, y, any(t < mb.steps for mb in active), lrs if fused else None)
         loss_list = losses.tolist()
         rows, alive, gone = [], [], []
@@ -195,8 +202,8 @@ def train_group(group: Group, stack: Stack, *, keep_models: bool = True) -> Iter
             rows.append(row)
             if t == 0:
                 mb.loss_0 = loss_t
-            if diverged(loss_t, mb.loss_0, mb.divergence_factor):
-                mb.status, mb.diverged_at = "diverged", t
+            if diverged(loss_t, mb.loss_0, mb.divergence_factor) or not weights_ok[r]:
+                mb.status, mb.diverged_at, mb.failure = "diverged", t, failure_of(loss_t, weights_ok[r])
                 mb.metrics.append(row)
                 gone.append(r)
             else:
@@ -249,6 +256,13 @@ def train_group(group: Group, stack: Stack, *, keep_models: bool = True) -> Iter
         if test_rows:
             for r, (tl, ta) in zip(test_rows, stack.evaluate(test_rows, x_test, y_test)):
                 rows[r]["test_loss"], rows[r]["test_accuracy"] = tl, ta
+            # a non-finite test loss ends the member after its row (as run)
+            for r in [r for r in test_rows if not math.isfinite(rows[r]["test_loss"])]:
+                mb = active[r]
+                mb.status, mb.diverged_at, mb.failure = "diverged", t, NON_FINITE_TEST_LOSS
+                mb.metrics.append(rows[r])
+                alive.remove(r)
+                gone.append(r)
 
         finished = []
         for r in alive:

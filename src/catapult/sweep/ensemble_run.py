@@ -16,6 +16,7 @@ import torch
 from catapult.curvature import EigenEstimate, batched_lanczos
 from catapult.curvature.start import mixed_starts
 from catapult.engine.sharpness_rule import SOLVE_SEED
+from catapult.engine.step import rows_finite
 from catapult.sweep.batched_loop import open_group, train_group
 from catapult.sweep.batched_optim import StackedOptimizer
 from catapult.sweep.ensemble_kernels import MLPStack, even_ranges
@@ -91,6 +92,10 @@ class KernelStack(MLPStack):
         """The network outputs ``[len(rows), batch, classes]`` of members ``rows`` on ``x``."""
         idx = torch.as_tensor(rows, dtype=torch.long, device=self.params[0].device)
         return self.forward([p[idx] for p in self.params], [m[idx] if m is not None else None for m in self.masks], x)
+
+    def finite_rows(self) -> list[bool]:
+        """Per member: every parameter entry finite (:func:`catapult.engine.step.rows_finite`)."""
+        return rows_finite(self.params)
 
     # ---- curvature
     def sharpness(self, rows: list[int], x, y, inits: torch.Tensor, *, kind: str = "hessian",

@@ -43,6 +43,7 @@ class Member:
     loss_0: float | None = None
     status: str = "finished"
     diverged_at: int | None = None
+    failure: str | None = None  # why it diverged, as the loop saw it (engine.step.failure_of)
     collapsed: bool = False     # the collapse rule at its final step (engine.step.output_collapsed)
     matvecs_total: int = 0
     measurements: int = 0
@@ -153,7 +154,7 @@ class Member:
             lr_trgt=self.lr_trgt, threshold_target=self.threshold_at(self.lr_trgt), n_params=n_params,
             device=device, sharpness_kind=sharpness_kind, matvecs_total=self.matvecs_total,
             measurements=self.measurements, unconverged=self.unconverged, wall_time=wall_time,
-            collapsed=self.collapsed, lambda0_batches=self._lambda0_batches())
+            collapsed=self.collapsed, lambda0_batches=self._lambda0_batches(), failure=self.failure)
         if self.warmup is not None:
             summary.update(warmup_summary(self.config, self.metrics, self.lr_trgt, self.warmup))
         return CellResult(summary["status"], self.metrics, summary, worker=worker)  # the paper's accuracy rule

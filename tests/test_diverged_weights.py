@@ -1,0 +1,126 @@
+"""A run whose weights or test loss become non-finite is ``diverged`` (with the step), in the
+local engine and both batched engines alike, even where its training loss stays finite.
+
+Adam with ``eps: 0`` divides a zero gradient entry by ``sqrt(v) = 0``: the embedding rows of
+tokens that no training batch contains become nan after the first update, while the training
+loss, which never reads them, stays finite. Such runs used to finish with nan weights and a nan
+test loss."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from catapult import config as cfg
+from catapult import engine
+from catapult.engine import loop
+from catapult.sweep.batched import FuncStack, run_group
+from catapult.sweep.ensemble_run import KernelStack, run_ensemble
+from catapult.sweep.executors import Cell
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+# full batch, no biases (a key bias has a gradient of exactly 0 in one engine and of rounding
+# size in the other, so only the embedding rows are certain to have zero gradients)
+GPT = {"name": "eps0", "seed": 0, "data": {"name": "shakespeare", "context": 4, "n_train": 8, "n_test": 8},
+       "model": {"name": "gpt", "width": 8, "depth": 1, "n_heads": 2, "bias": False}, "loss": "cross_entropy",
+       "optimizer": {"name": "adam", "lr": 0.001, "eps": 0.0}, "schedule": {"warmup": "linear", "warmup_steps": 1},
+       "train": {"steps": 3, "batch_size": None}, "eval": {"sharpness_every": 0, "test_every": 1}}
+
+
+def test_nan_embedding_rows_with_a_finite_training_loss_are_a_divergence_in_every_engine():
+    config = cfg.validate(GPT)
+    setup = engine.build_run(config)
+    x, _ = setup.batches.batch(0)
+    unseen = sorted(set(range(setup.model.wte.num_embeddings)) - set(x.flatten().tolist()))
+    assert unseen  # the premise: some tokens are in no training batch
+
+    local = engine.run(config, progress="none")
+    wte = local.model.wte.weight.detach()
+    # the rows that went nan are exactly those of the unseen tokens; everything else is finite
+    assert torch.isnan(wte[unseen]).all()
+    seen = [i for i in range(wte.shape[0]) if i not in set(unseen)]
+    assert torch.isfinite(wte[seen]).all()
+    assert all(torch.isfinite(p).all() for n, p in local.model.named_parameters() if n != "wte.weight")
+    assert (local.status, local.summary["diverged_at"], local.summary["failure"]) == ("diverged", 1, "non_finite_weights")
+    assert [r["step"] for r in local.metrics] == [0, 1]
+    assert math.isfinite(local.metrics[1]["train_loss"])   # the loss alone would not have told
+    assert local.summary["final_test_loss"] is None and local.summary["steps_completed"] == 1
+
+    batched = dict(run_group([Cell(0, config)]))[0]
+    assert (batched.status, batched.summary["diverged_at"], batched.summary["failure"]) == (
+        "diverged", 1, "non_finite_weights")
+    assert [r["step"] for r in batched.metrics] == [0, 1]
+    assert batched.metrics[1]["train_loss"] == pytest.approx(local.metrics[1]["train_loss"], rel=1e-5)
+
+
+MLP = {"data": {"name": "digits", "n_train": 64, "n_test": 32}, "dtype": "float64",
+       "model": {"name": "mlp", "width": 16, "depth": 3}, "optimizer": {"name": "sgd", "lr": 0.05},
+       "train": {"steps": 4}, "eval": {"sharpness_every": 0, "test_every": 1}}
+
+
+def _mlp(i: int) -> dict:
+    return cfg.validate({**MLP, "name": f"c{i}", "seed": i})
+
+
+def test_a_nan_test_loss_ends_a_local_run_as_diverged_at_that_step(monkeypatch):
+    real, calls = loop.evaluate, []
+
+    def spoiled(model, loss_fn, x, y):
+        calls.append(1)
+        loss, acc = real(model, loss_fn, x, y)
+        return (float("nan"), acc) if len(calls) == 3 else (loss, acc)   # the step-2 evaluation
+
+    monkeypatch.setattr(loop, "evaluate", spoiled)
+    result = engine.run(_mlp(0), progress="none")
+    assert (result.status, result.summary["diverged_at"], result.summary["failure"]) == (
+        "diverged", 2, "non_finite_test_loss")
+    assert [r["step"] for r in result.metrics] == [0, 1, 2] and math.isnan(result.metrics[2]["test_loss"])
+    assert result.summary["final_test_loss"] is None and result.summary["steps_completed"] == 2
+
+
+@pytest.mark.parametrize("run_engine, stack", [(run_ensemble, KernelStack), (run_group, FuncStack)],
+                         ids=["kernels", "func"])
+def test_a_nan_test_loss_ends_that_member_alone_in_the_batched_engines(run_engine, stack, monkeypatch):
+    real, calls = stack.evaluate, []
+
+    def spoiled(self, rows, x, y, *args, **kwargs):
+        calls.append(1)
+        out = list(real(self, rows, x, y, *args, **kwargs))
+        if len(calls) == 3:  # step 2: member 1 (the second row) gets a nan test loss
+            out[1] = (float("nan"), out[1][1])
+        return out
+
+    alone = dict(run_engine([Cell(0, _mlp(0))]))[0]
+    monkeypatch.setattr(stack, "evaluate", spoiled)
+    results = dict(run_engine([Cell(0, _mlp(0)), Cell(1, _mlp(1))]))
+    hit = results[1]
+    assert (hit.status, hit.summary["diverged_at"], hit.summary["failure"]) == ("diverged", 2, "non_finite_test_loss")
+    assert [r["step"] for r in hit.metrics] == [0, 1, 2] and math.isnan(hit.metrics[2]["test_loss"])
+    other = results[0]
+    assert other.status == "finished" and len(other.metrics) == 5
+    for a, b in zip(other.metrics, alone.metrics):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-12)
+        assert a["test_loss"] == pytest.approx(b["test_loss"], rel=1e-12)
+
+
+@pytest.mark.parametrize("run_engine, stack", [(run_ensemble, KernelStack), (run_group, FuncStack)],
+                         ids=["kernels", "func"])
+def test_the_stacks_weight_check_reads_each_members_own_rows(run_engine, stack, monkeypatch):
+    seen = []
+    real = stack.finite_rows
+
+    def spy(self):
+        params = self.params if stack is KernelStack else list(self.model.params.values())
+        if not seen:
+            with torch.no_grad():
+                params[0][1].view(-1)[3] = float("inf")   # member 1's first weight, after update 0
+        seen.append(real(self))
+        return seen[-1]
+
+    monkeypatch.setattr(stack, "finite_rows", spy)
+    results = dict(run_engine([Cell(0, _mlp(0)), Cell(1, _mlp(1)), Cell(2, _mlp(2))]))
+    assert seen[0] == [True, False, True]
+    assert (results[1].status, results[1].summary["diverged_at"]) == ("diverged", 1)
+    assert results[0].status == results[2].status == "finished"
