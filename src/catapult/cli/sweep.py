@@ -188,9 +188,12 @@ def _sweep_command(args: argparse.Namespace) -> int:
             plan = _dry_run_store(store, base, spec, cells)
         except StoreError as err:
             return _fail("sweep", str(err))
-        print(f"{len(cells)} cells over {', '.join(spec.keys) or '(no swept keys)'}; all valid; {plan}")
+        twins = sum(c.same_as is not None for c in cells)
+        runs = f" ({len(cells) - twins} distinct runs: {twins} cells are the same run as an earlier cell)" if twins else ""
+        print(f"{len(cells)} cells over {', '.join(spec.keys) or '(no swept keys)'}{runs}; all valid; {plan}")
         for c in cells:
-            print(f"  cell {c.id}: " + " ".join(f"{k}={v}" for k, v in c.swept.items()))
+            print(f"  cell {c.id}: " + " ".join(f"{k}={v}" for k, v in c.swept.items())
+                  + (f"  (the same run as cell {c.same_as}: run once, recorded at both)" if c.same_as is not None else ""))
         return 0
     try:
         outcome = run_sweep(base, spec, store, executor=args.executor, executor_options=options,
@@ -216,6 +219,11 @@ def _sweep_command(args: argparse.Namespace) -> int:
           + (f", {outcome.unresolved} failed without running: lambda_0 could not be measured"
              if outcome.unresolved else "")
           + f"{', resumed' if outcome.mode == 'resumed' else ''}) in {outcome.wall_time_s:.1f} s")
+    if outcome.same_runs:
+        pairs = ", ".join(f"{i} = {j}" for i, j in list(outcome.same_runs.items())[:8])
+        more = f" and {len(outcome.same_runs) - 8} more" if len(outcome.same_runs) > 8 else ""
+        print(f"{len(outcome.same_runs)} {'cells are' if len(outcome.same_runs) > 1 else 'cell is'} the same run as an "
+              f"earlier cell (cell {pairs}{more}): each such run ran once and its result is recorded at both")
     for reason, ids in _fallback_groups(outcome.fallbacks):
         print(f"{len(ids)} cell{'s' if len(ids) > 1 else ''} ran on the local engine, not batched "
               f"({_id_list(ids)}): {reason}")

@@ -16,7 +16,12 @@
    (:meth:`catapult.sweep.store.Store.claim`), and record every result in its own
    transaction the moment it arrives, updating one progress bar for the whole sweep;
 5. when no cell is left to claim but other drivers still hold some, wait for them, taking
-   over the cells of any driver that dies (kill -9), so the sweep is complete on return.
+   over the cells of any driver that dies (kill -9), so the sweep is complete on return;
+6. a cell whose config is an earlier cell's (:attr:`catapult.sweep.spec.CellSpec.same_as`, the
+   dense reference of a ``[rigl, gmp]`` x density grid) is never run: once the earlier cell is
+   recorded, its result (metrics, summary with ``same_run_as``, status or error) is recorded at
+   this cell too, so both grid positions resolve to one run (``--where``, export, plots); a
+   resume copies what an interrupted sweep had not.
 
 Any number of drivers may run the same sweep on one store: each cell is computed by one of
 them and recorded exactly once. Finished and diverged cells are results and are never
@@ -71,6 +76,11 @@ class SweepOutcome:
     ran_ids: list = field(default_factory=list)
     fallbacks: list = field(default_factory=list)
     unresolved: int = 0
+    #: ``{cell id: id of the earlier cell it is the same run as}`` (:attr:`CellSpec.same_as`):
+    #: such a cell is never run; the other's result is recorded at it too
+    same_runs: dict = field(default_factory=dict)
+    #: how many of those were recorded now (copied from the run of the other cell)
+    copied: int = 0
 
 
 def axes_metadata(spec: SweepSpec) -> list[dict]:
@@ -367,6 +377,10 @@ def run_sweep(
             since = time.time()  # failures recorded before this are retried, later ones are final
             heartbeat = Heartbeat(store.path, driver_id, heartbeat_s)
             todo = store.todo()
+            same_runs = {c.id: c.same_as for c in cells if c.same_as is not None}
+            copies = [cell_id for cell_id in todo if cell_id in same_runs]  # recorded after the runs
+            todo = [cell_id for cell_id in todo if cell_id not in same_runs]
+            copied = 0
             counts = store.counts()
             report = SweepProgress(len(cells), counts, progress, stream, name)
             ran_ids: list[int] = []
@@ -469,6 +483,18 @@ def run_sweep(
                                            "are running on this store")
                             waiting_said = True
                         time.sleep(poll_s)
+                # ---- cells that are another cell's run: that cell's result, recorded here too
+                for cell_id in copies:
+                    source = store.cell(same_runs[cell_id])
+                    if source["status"] not in (*DONE_STATUSES, "failed"):
+                        continue  # another driver runs it, and copies it when done
+                    if not store.claim(cell_id, driver_id, retry_failed_before=since):
+                        continue  # another driver copies it
+                    result = _copied_result(store, source, by_id[cell_id].config["name"])
+                    status = store.record(cell_id, result, lambda_0=source["lambda_0"], driver_id=driver_id)
+                    if status is not None:
+                        copied += 1
+                        report.update(cell_id, status, by_id[cell_id].swept, result)
             finally:
                 report.close()
                 heartbeat.stop()
@@ -481,5 +507,15 @@ def run_sweep(
     return SweepOutcome(
         store=Path(store_path), mode=mode, total=len(cells), counts=final_counts, ran=len(ran_ids),
         reused=done_before, lambda0_measured=measured, wall_time_s=time.perf_counter() - started,
-        ran_ids=ran_ids, fallbacks=fallbacks, unresolved=unresolved,
+        ran_ids=ran_ids, fallbacks=fallbacks, unresolved=unresolved, same_runs=same_runs, copied=copied,
     )
+
+
+def _copied_result(store: Store, source: Mapping[str, Any], name: str) -> CellResult:
+    """The recorded result of the cell row ``source`` as that of a cell named ``name`` that is
+    the same run (:attr:`catapult.sweep.spec.CellSpec.same_as`): its summary names that cell and
+    says ``same_run_as``; a failed source gives a failure naming it (retried with it)."""
+    if source["status"] == "failed":
+        return CellResult("failed", [], {}, error=f"the same run as cell {source['id']}, which failed: {source['error']}")
+    summary = {**(source["summary"] or {}), "name": name, "same_run_as": source["id"]}
+    return CellResult(source["status"], store.metrics(source["id"]), summary, worker=source["worker"])

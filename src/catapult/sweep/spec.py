@@ -472,11 +472,16 @@ def _drop_dotted(mapping: dict, key: str) -> None:
 @dataclass(frozen=True)
 class CellSpec:
     """One grid point: ``id`` (0-based, grid order), ``config`` (validated, in the config's own
-    units, e.g. ``optimizer.lr = "2^3/lambda0"``) and ``swept`` (dotted key -> value)."""
+    units, e.g. ``optimizer.lr = "2^3/lambda0"``) and ``swept`` (dotted key -> value).
+    ``same_as``: the id of an earlier cell whose config is this one's (all but its name), else
+    ``None``: the dense reference of a grid over ``model.sparsity.method: [rigl, gmp]`` and
+    ``model.density: [1, ...]`` is one run at two grid positions; a sweep runs it once and records
+    its result at both."""
 
     id: int
     config: dict
     swept: dict
+    same_as: int | None = None
 
 
 def expand(base: Mapping[str, Any], spec: SweepSpec) -> list[CellSpec]:
@@ -488,6 +493,7 @@ def expand(base: Mapping[str, Any], spec: SweepSpec) -> list[CellSpec]:
     """
     cells: list[CellSpec] = []
     problems: list[tuple[str, str]] = []
+    first_of: dict[str, int] = {}  # a config (but its name) -> the first cell that has it
     name = base.get("name") or "sweep"
     for index, combo in enumerate(itertools.product(*(axis.values for axis in spec.axes))):
         swept = {axis.key: value for axis, value in zip(spec.axes, combo)}
@@ -502,7 +508,9 @@ def expand(base: Mapping[str, Any], spec: SweepSpec) -> list[CellSpec]:
         swept = {key: get_dotted(config, key) for key in swept}
         if dense is not None and "model.sparsity.method" in swept:
             swept["model.sparsity.method"] = dense  # its grid position (what --where selects); the config ran static
-        cells.append(CellSpec(index, config, swept))
+        same = canonical_json({k: v for k, v in config.items() if k != "name"})
+        cells.append(CellSpec(index, config, swept, first_of.get(same)))
+        first_of.setdefault(same, index)
     if problems:
         raise cells_error(problems)
     _refuse_equal_values(spec, cells)

@@ -197,5 +197,7 @@ def grid_notes(base: Mapping[str, Any], axes: Mapping[str, tuple]) -> list[str]:
         if found:
             notes.append(f"the cells at model.density 1 run the dense model, which has no mask for "
                          f"{' or '.join(found)} to change (their stored config says model.sparsity.method: static, "
-                         f"its other model.sparsity keys at their defaults)")
+                         f"its other model.sparsity keys at their defaults)"
+                         + (f"; with {' and '.join(found)} both swept, that dense run runs once and is recorded "
+                            f"at both grid positions" if len(found) > 1 else ""))
     return notes
