@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import warnings
 from pathlib import Path
 
 from catapult.cli.common import (check_image_file, check_out_file, figure_path, store_problem, threads_problem,
@@ -157,7 +158,7 @@ def _sweep_command(args: argparse.Namespace) -> int:
     from catapult.sweep.driver import run_sweep
     from catapult.cli.common import overrides_from_args
     from catapult.sweep.spec import expand, load_sweep
-    from catapult.sweep.variants import grid_notes
+    from catapult.sweep.variants import SweepNote, grid_notes
 
     options = _executor_options(args)  # flags first: a bad one is refused before the store is touched
     if isinstance(options, str):
@@ -177,7 +178,9 @@ def _sweep_command(args: argparse.Namespace) -> int:
     if args.dry_run:
         from catapult.sweep.driver import refuse_sharded_cells
 
-        cells = expand(base, spec)
+        with warnings.catch_warnings():  # printed above as notes
+            warnings.simplefilter("ignore", SweepNote)
+            cells = expand(base, spec)
         refuse_sharded_cells(cells)  # as the sweep does on any machine
         if args.ray_address is None:  # the checks a run makes on this machine (a cluster's machines may differ)
             from catapult.sweep.driver import refuse_impossible_cells, refuse_missing_data
@@ -196,8 +199,10 @@ def _sweep_command(args: argparse.Namespace) -> int:
                   + (f"  (the same run as cell {c.same_as}: run once, recorded at both)" if c.same_as is not None else ""))
         return 0
     try:
-        outcome = run_sweep(base, spec, store, executor=args.executor, executor_options=options,
-                            progress=args.progress)
+        with warnings.catch_warnings():  # printed above as notes
+            warnings.simplefilter("ignore", SweepNote)
+            outcome = run_sweep(base, spec, store, executor=args.executor, executor_options=options,
+                                progress=args.progress)
     except KeyboardInterrupt:
         if not store.exists():  # before the store was made: nothing was written, nothing to export
             print(f"catapult sweep: interrupted before any cell ran ({store} was not written). Rerun with:\n"

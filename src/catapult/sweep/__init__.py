@@ -27,6 +27,7 @@ from catapult.sweep.executors import (
 from catapult.sweep.lambda0 import lambda0_key, measure_lambda0
 from catapult.sweep.spec import Axis, CellSpec, SweepSpec, expand, load_sweep, parse_sweep
 from catapult.sweep.spec_document import spec_document
+from catapult.sweep.variants import SweepNote
 
 __all__ = [
     "Axis",
@@ -39,6 +40,7 @@ __all__ = [
     "run_sweep",
     "SweepOutcome",
     "SweepProgress",
+    "SweepNote",
     "Cell",
     "CellResult",
     "Executor",

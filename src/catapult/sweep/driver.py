@@ -51,6 +51,7 @@ from catapult.sweep.executors import Cell, CellResult, Executor, get_executor, t
 from catapult.sweep.lambda0 import lambda0_inputs, lambda0_key, measure_lambda0, needs_lambda0, resolve_cell_lr
 from catapult.sweep.spec import CellSpec, SweepSpec, canonical_json, cell_problems, cells_error, expand
 from catapult.sweep.spec_document import spec_document
+from catapult.sweep.variants import grid_notes
 
 __all__ = ["run_sweep", "SweepOutcome", "SweepProgress", "axes_metadata", "refuse_impossible_cells",
            "refuse_missing_data", "refuse_sharded_cells"]
@@ -81,6 +82,9 @@ class SweepOutcome:
     same_runs: dict = field(default_factory=dict)
     #: how many of those were recorded now (copied from the run of the other cell)
     copied: int = 0
+    #: the grid's notes (:func:`catapult.sweep.variants.grid_notes`), each also issued as a
+    #: :class:`~catapult.sweep.variants.SweepNote` warning: what ``catapult sweep`` prints
+    notes: list = field(default_factory=list)
 
 
 def axes_metadata(spec: SweepSpec) -> list[dict]:
@@ -348,7 +352,8 @@ def run_sweep(
     hold while waiting for them; ``heartbeat_s``: see :class:`catapult.sweep.claims.Heartbeat`.
     """
     started = time.perf_counter()
-    cells = expand(base, spec)
+    cells = expand(base, spec)  # its notes: SweepNote warnings (and outcome.notes)
+    notes = grid_notes(base, {axis.key: axis.values for axis in spec.axes})
     refuse_sharded_cells(cells)  # on any machine, before the store is written
     by_id = {c.id: c for c in cells}
     document = spec_document(base, spec)
@@ -508,6 +513,7 @@ def run_sweep(
         store=Path(store_path), mode=mode, total=len(cells), counts=final_counts, ran=len(ran_ids),
         reused=done_before, lambda0_measured=measured, wall_time_s=time.perf_counter() - started,
         ran_ids=ran_ids, fallbacks=fallbacks, unresolved=unresolved, same_runs=same_runs, copied=copied,
+        notes=notes,
     )
 
 

@@ -47,6 +47,7 @@ import itertools
 import json
 import math
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -55,7 +56,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from catapult import config as cfg
 from catapult.config.io import plain_data
 from catapult.sweep.dotted import get_dotted, set_dotted
-from catapult.sweep.variants import cell_mapping
+from catapult.sweep.variants import SweepNote, cell_mapping, grid_notes
 
 __all__ = [
     "Axis",
@@ -489,7 +490,9 @@ def expand(base: Mapping[str, Any], spec: SweepSpec) -> list[CellSpec]:
 
     Cell ``i`` is named ``<base name>-<i>``. Raises one :class:`~catapult.config.ConfigError`
     listing every invalid cell, e.g. ``cell 3 (schedule.warmup_steps=0) schedule.warmup_steps:
-    ... out of range``, before any work starts.
+    ... out of range``, before any work starts. Each note of
+    :func:`~catapult.sweep.variants.grid_notes` (cells that run without an option the base sets,
+    ...) is issued as a :class:`~catapult.sweep.variants.SweepNote` warning.
     """
     cells: list[CellSpec] = []
     problems: list[tuple[str, str]] = []
@@ -514,6 +517,8 @@ def expand(base: Mapping[str, Any], spec: SweepSpec) -> list[CellSpec]:
     if problems:
         raise cells_error(problems)
     _refuse_equal_values(spec, cells)
+    for note in grid_notes(base, {axis.key: axis.values for axis in spec.axes}):  # what catapult sweep prints
+        warnings.warn(note, SweepNote, stacklevel=2)
     return cells
 
 

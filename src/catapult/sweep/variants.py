@@ -16,7 +16,26 @@ from typing import Any, Callable, Mapping, Union
 from catapult import config as cfg
 from catapult.sweep.dotted import get_dotted, set_dotted
 
-__all__ = ["VARIANT_OPTIONS", "cell_mapping", "dense_reference", "grid_notes"]
+__all__ = ["VARIANT_OPTIONS", "SweepNote", "cell_mapping", "dense_reference", "grid_notes"]
+
+
+class SweepNote(UserWarning):
+    """What a grid runs otherwise than its base config reads (:func:`grid_notes`): cells that run
+    without an option their variant does not read, a spectrum block capped at k, the dense model
+    at a density of 1. ``catapult sweep`` prints these as notes; from Python,
+    :func:`catapult.sweep.expand` and :func:`catapult.sweep.run_sweep` issue each as a warning of
+    this class (``warnings.simplefilter("ignore", SweepNote)`` silences them,
+    ``warnings.catch_warnings(record=True)`` collects them), and ``SweepOutcome.notes`` lists them.
+
+    >>> import warnings
+    >>> from catapult.sweep import SweepSpec, expand, parse_sweep
+    >>> base = cfg.validate({"optimizer": {"name": "sgd", "momentum": 0.9}, "train": {"steps": 2}})
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     cells = expand(base, parse_sweep({"grid": {"optimizer.name": ["sgd", "adam"]}}))
+    >>> [w.category.__name__ for w in caught], str(caught[0].message).split(":")[0]
+    (['SweepNote'], 'optimizer.momentum (0.9) is read by optimizer.name sgd only')
+    """
 
 _ADAM_FAMILY = ("adam", "adamw", "radam", "gi-adam")
 
