@@ -124,3 +124,22 @@ def test_the_stacks_weight_check_reads_each_members_own_rows(run_engine, stack, 
     assert seen[0] == [True, False, True]
     assert (results[1].status, results[1].summary["diverged_at"]) == ("diverged", 1)
     assert results[0].status == results[2].status == "finished"
+
+
+def test_a_spike_the_run_diverged_in_by_its_weights_is_no_catapult():
+    from catapult.engine.records import summarize
+
+    # loss 1 -> spike to 5 at step 2, sharpness 10 before, 4 after the peak; the run ends at step 4
+    # still above 1.5x its minimum: a spike it never came back from
+    losses, sharp = [1.0, 1.0, 5.0, 4.0, 3.0], [10.0, 10.0, None, 4.0, None]
+    metrics = [{"step": t, "train_loss": l, "train_accuracy": 0.5, "sharpness": s, "test_loss": None,
+                "test_accuracy": None, "lr": 0.1, "threshold": 20.0} for t, (l, s) in enumerate(zip(losses, sharp))]
+    config = cfg.validate({"train": {"steps": 4}})
+
+    def events(**status):
+        return summarize(config, metrics, lambda_0=1.0, lr_trgt=0.1, threshold_target=20.0, n_params=1,
+                         device="cpu", sharpness_kind="hessian", matvecs_total=0, measurements=3, unconverged=0,
+                         wall_time=0.0, **status)["catapults"]
+
+    assert len(events(status="finished", diverged_at=None)) == 1   # the spike, as the rule reads it
+    assert events(status="diverged", diverged_at=4, failure="non_finite_weights") == []

@@ -230,6 +230,8 @@ def summarize(config, metrics, *, status, diverged_at, lambda_0, lr_trgt, thresh
     from catapult.engine.step import failure_of, final_status  # step imports this module's columns
 
     events = detect_catapults(metrics)
+    if diverged_at is not None:  # a spike the run diverged in never came back, whatever ended it
+        events = [e for e in events if e.end is not None]  # (a nan loss: detect_catapults drops it)
     if status == "diverged" and failure is not None:
         pass
     elif status == "diverged" and last.get("train_loss") is not None:
