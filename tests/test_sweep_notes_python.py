@@ -54,3 +54,18 @@ def test_a_grid_without_notes_warns_nothing(tmp_path):
     path.write_text(GRID.replace(", momentum: 0.9", ""))
     (cells, caught) = _caught(lambda: expand(*load_sweep(path)))
     assert len(cells) == 2 and caught == []
+
+
+def test_a_base_not_yet_validated_gets_its_notes_and_no_key_error(tmp_path):
+    # run_sweep / expand accept a plain mapping; the notes read keys it leaves out as defaults
+    # (the first version of the warning raised KeyError 'spectrum_block_size' on such a base)
+    from catapult.sweep import parse_sweep
+
+    base = {"data": {"name": "digits", "n_train": 32, "n_test": 8}, "optimizer": {"name": "sgd", "momentum": 0.9},
+            "train": {"steps": 1}, "eval": {"sharpness_every": 0}}
+    spec = parse_sweep({"grid": {"optimizer.name": ["sgd", "adam"]}})
+    cells, caught = _caught(lambda: expand(base, spec))
+    assert len(cells) == 2 and len(caught) == 1 and str(caught[0].message).startswith("optimizer.momentum (0.9)")
+    plain = {k: v for k, v in base.items() if k != "optimizer"}
+    cells, caught = _caught(lambda: expand(plain, parse_sweep({"grid": {"train.steps": [1, 2]}})))
+    assert len(cells) == 2 and caught == []

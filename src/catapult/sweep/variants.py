@@ -180,10 +180,19 @@ def cell_mapping(base: Mapping[str, Any], swept: Mapping[str, Any]) -> tuple[dic
     return mapping, dense
 
 
+def _base_value(base: Mapping[str, Any], key: str) -> Any:
+    """``key``'s value in ``base``, or its default where ``base`` (a mapping not yet validated,
+    as :func:`catapult.sweep.run_sweep` accepts) leaves it out."""
+    try:
+        return get_dotted(base, key)
+    except (KeyError, TypeError):
+        return cfg.get(key).default
+
+
 def grid_notes(base: Mapping[str, Any], axes: Mapping[str, tuple]) -> list[str]:
     """One line per option that some cells of a grid run without (:func:`cell_mapping`): the
-    option the validated ``base`` sets, the swept values that do not read it. ``axes``: swept key
-    -> its values.
+    option ``base`` sets (keys it leaves out are at their defaults), the swept values that do not
+    read it. ``axes``: swept key -> its values.
 
     >>> base = cfg.validate({"optimizer": {"name": "sgd", "momentum": 0.9}})
     >>> note, = grid_notes(base, {"optimizer.name": ("sgd", "adam")})
@@ -195,14 +204,14 @@ def grid_notes(base: Mapping[str, Any], axes: Mapping[str, tuple]) -> list[str]:
     notes = []
     for decider, option, readers in VARIANT_OPTIONS:
         default = cfg.get(option).default
-        if decider not in axes or option in axes or get_dotted(base, option) == default:
+        if decider not in axes or option in axes or _base_value(base, option) == default:
             continue
         others = [_written(v) for v in axes[decider] if not _reads(readers, _normalized(decider, v))]
         if others:
-            notes.append(f"{option} ({_written(get_dotted(base, option))}) is read by {decider} "
+            notes.append(f"{option} ({_written(_base_value(base, option))}) is read by {decider} "
                          f"{_readers_text(readers, decider)} only: the cells with {decider} {', '.join(others)} "
                          f"run without it (their stored config has its default, {_written(default)})")
-    block = get_dotted(base, "eval.spectrum_block_size")
+    block = _base_value(base, "eval.spectrum_block_size")
     if "eval.spectrum_top_k" in axes and "eval.spectrum_block_size" not in axes:
         small = [_written(k) for k in axes["eval.spectrum_top_k"]
                  if _capped_block(base, {"eval.spectrum_top_k": k}) is not None]
@@ -210,7 +219,7 @@ def grid_notes(base: Mapping[str, Any], axes: Mapping[str, tuple]) -> list[str]:
             notes.append(f"eval.spectrum_block_size ({block}) is at most eval.spectrum_top_k: the cells with "
                          f"eval.spectrum_top_k {', '.join(small)} run with a block of their k (as many copies found)")
     if "model.density" in axes:
-        methods = axes.get("model.sparsity.method", (base["model"]["sparsity"]["method"],))
+        methods = axes.get("model.sparsity.method", (_base_value(base, "model.sparsity.method"),))
         found = sorted({dense_reference({"model": {"sparsity": {"method": m}}}, {"model.density": d})
                         for d in axes["model.density"] for m in methods} - {None})
         if found:
