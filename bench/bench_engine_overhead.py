@@ -231,6 +231,7 @@ def engine_extras(case: str) -> list[tuple[str, float]]:
     whole step (forward, loss, ``.item()``, backward, update) for scale."""
     from catapult import schedules
     from catapult.engine.records import METRIC_COLUMNS
+    from catapult.engine.step import weights_finite
     from catapult.losses import accuracy
 
     setup = engine.build_run(make_config(case))
@@ -240,6 +241,7 @@ def engine_extras(case: str) -> list[tuple[str, float]]:
     bare_optimizer = _bare_optimizer(setup.config, model)
     x, y = setup.batches.batch(0)
     outputs = model(x).detach()
+    parameters = list(model.parameters())
     loss_fn(model(x), y).backward()  # gradients for both optimizers' steps (lr 0 changes nothing)
     for opt in (optimizer, bare_optimizer):
         for group in opt.param_groups:
@@ -269,6 +271,7 @@ def engine_extras(case: str) -> list[tuple[str, float]]:
               ("schedule(t)", _best_us(lambda: float(schedule(1)))),
               ("scheduler.step()", sched_us),
               ("metrics row", _best_us(row)),
+              ("weights_finite(parameters)", _best_us(lambda: weights_finite(parameters))),
               (f"optimizer.step(): {len(optimizer.param_groups)} groups - 1 group", opt_groups)]
     extras.append(("bare step (forward, loss, .item(), backward, update)", _best_us(bare_step, repeat=5, number=10)))
     return extras

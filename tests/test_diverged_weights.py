@@ -143,3 +143,24 @@ def test_a_spike_the_run_diverged_in_by_its_weights_is_no_catapult():
 
     assert len(events(status="finished", diverged_at=None)) == 1   # the spike, as the rule reads it
     assert events(status="diverged", diverged_at=4, failure="non_finite_weights") == []
+
+
+def test_the_weights_are_read_where_the_test_set_is_so_a_run_that_tests_only_at_its_end_diverges_there(monkeypatch):
+    # the scan of every weight is not paid per step (1-3% of a small minibatch step): it runs where
+    # the test set is evaluated, here only the final step, and finds the nan rows there
+    config = cfg.validate({**GPT, "eval": {"sharpness_every": 0, "test_every": 0}})
+    real, calls = loop.weights_finite, []
+
+    def counted(parameters):
+        calls.append(1)
+        return real(parameters)
+
+    monkeypatch.setattr(loop, "weights_finite", counted)
+    local = engine.run(config, progress="none")
+    assert len(calls) == 1
+    assert (local.status, local.summary["diverged_at"], local.summary["failure"]) == ("diverged", 3, "non_finite_weights")
+    assert [r["step"] for r in local.metrics] == [0, 1, 2, 3]
+    assert all(r["test_loss"] is None for r in local.metrics)
+    batched = dict(run_group([Cell(0, config)]))[0]
+    assert (batched.status, batched.summary["diverged_at"], batched.summary["failure"]) == (
+        "diverged", 3, "non_finite_weights")

@@ -37,9 +37,10 @@ Step ``t = 0, 1, ..., steps`` (row ``t`` describes the parameters ``theta_t`` *b
    ``t = 0`` and stepped after every update), each group at ``lr_t * group["lr_mult"]``.
 2. Forward on batch ``t`` in train mode: ``train_loss_t``, ``train_accuracy_t``.
 3. Divergence: if ``train_loss_t`` is not finite or ``> divergence_factor * train_loss_0``
-   (default ``.inf``: only a non-finite loss, the paper's rule), or any parameter of ``theta_t``
-   is not finite (failure ``non_finite_weights``: entries the batch does not read, e.g. Adam with
-   ``eps: 0`` on a zero-gradient coordinate, leave the loss finite), row ``t`` is logged (loss,
+   (default ``.inf``: only a non-finite loss, the paper's rule), or, at a step that evaluates the
+   test set (step 6), any parameter of ``theta_t`` is not finite (failure ``non_finite_weights``:
+   entries the batch does not read, e.g. Adam with ``eps: 0`` on a zero-gradient coordinate,
+   leave the loss finite), row ``t`` is logged (loss,
    accuracy, lr only) and the run ends with status ``"diverged"``.
 4. Backward (``t < steps``): gradients of ``train_loss_t``. With ``schedule.warmup:
    persistent`` the :class:`~catapult.schedules.PersistentCatapultWarmup` is then called with
@@ -330,8 +331,12 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
             x, y = batches.batch(t)
             lr_t = float(schedule(t))
             row = new_row(t, lr_t, threshold(optimizer, step=t))
-            # theta_t after update t - 1 (theta_0 is the init): finite in every process
-            weights_ok = t == 0 or processes.all(weights_finite(parameters))
+            # theta_t after update t - 1 (theta_0 is the init): finite in every process. Read where
+            # the test set is (a weight no batch reads shows there first) and at the end, not every
+            # step: a scan of every weight costs 1-3% of a small minibatch step (RESULTS, "Engine
+            # overhead"), and a run's loss turns non-finite with any weight its batches do read
+            weights_ok = (t == 0 or not evaluates_test(t, test_every, steps)
+                          or processes.all(weights_finite(parameters)))
 
             outputs = forward(x)
             loss = loss_fn(outputs, y)

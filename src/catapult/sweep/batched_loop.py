@@ -190,8 +190,12 @@ def train_group(group: Group, stack: Stack, *, keep_models: bool = True) -> Iter
         # stack may apply the update during the gradient pass (a member that diverges at t is
         # updated too, and dropped below, as with the separate update)
         fused = stack.fuses and all(t < mb.steps and not mb.sharpness_at(t) and not mb.test_at(t) for mb in active)
-        # theta_t (after update t - 1) finite, per member: read before a fused pass updates it
-        weights_ok = [True] * len(active) if t == 0 else stack.finite_rows()
+        # theta_t (after update t - 1) finite, per member: read before a fused pass updates it, at
+        # the steps where the member evaluates its test set, as run reads it (engine.loop)
+        checks = [t > 0 and mb.test_at(t) for mb in active]
+        weights_ok = [True] * len(active)
+        if any(checks):
+            weights_ok = [ok or not check for ok, check in zip(stack.finite_rows(), checks)]
         losses, accs, grads = stack.loss_grads(x, y, any(t < mb.steps for mb in active), lrs if fused else None)
         loss_list = losses.tolist()
         rows, alive, gone = [], [], []
