@@ -192,6 +192,7 @@ def report(results: list[dict], parametrizations: list[str], densities: list[flo
 
 NORMS = (("update_over_init", "probe (output rms)"), ("update_over_init_frob", "Frobenius"),
          ("update_over_init_spec", "spectral"))
+EXTRA = (("update_entry_over_lr_sum", "Adam entry rms / lr sum"), ("update_stable_rank", "update stable rank"))
 
 
 def _width_of(run: dict, args: dict) -> int:
@@ -223,9 +224,38 @@ def width_cells(paths: list[str], steps: list[int]) -> dict:
             for rec in r["records"]:
                 if rec["step"] not in steps:
                     continue
-                for key, _ in NORMS:
+                for key, _ in NORMS + EXTRA:
                     if key in rec:
                         out.setdefault((cell, rec["step"], key), {}).setdefault(width, []).append(rec[key])
+    return out
+
+
+def matrix_cells(paths: list[str], steps: list[int]) -> dict:
+    """{(cell, step, kind, norm): {width: [per-seed ratio, averaged over the blocks]}} from each
+    record's ``layers``; ``kind`` is the matrix's name without its block (``attn.qkv``, ``mlp.proj``)."""
+    out: dict = {}
+    for path in paths:
+        saved = json.loads(Path(path).read_text())
+        seen = set()
+        for r in saved["runs"]:
+            width = _width_of(r, saved["args"])
+            dense = r["density"] == 1.0
+            cell = "dense" if dense else f"{r['parametrization']} {r['density']:g}"
+            if dense and (width, r["seed"]) in seen:
+                continue
+            if dense:
+                seen.add((width, r["seed"]))
+            for rec in r["records"]:
+                if rec["step"] not in steps or "layers" not in rec:
+                    continue
+                kinds: dict = {}
+                for name, ratios in rec["layers"].items():
+                    kind = ".".join(name.split(".")[2:])
+                    for norm, value in ratios.items():
+                        kinds.setdefault((kind, norm), []).append(value)
+                for (kind, norm), values in kinds.items():
+                    out.setdefault((cell, rec["step"], kind, norm), {}).setdefault(width, []).append(
+                        float(np.mean(values)))
     return out
 
 
@@ -258,14 +288,26 @@ def width_report(paths: list[str], steps: list[int], fig: str | None = None) -> 
         row = {"cell": cell, "step": step, "norm": key, "widths": widths, "means": means,
                "seeds": [by_width[w] for w in widths], "local_slopes": local, "fit_A": a, "fit_B": b}
         rows.append(row)
-        name = dict(NORMS)[key]
+        name = dict(NORMS + EXTRA)[key]
         vals = "; ".join(f"{w}: {_ms(by_width[w]) if len(by_width[w]) > 1 else f'{means[i]:.3g}'} "
                          f"[{', '.join(f'{v:.3g}' for v in by_width[w])}]" for i, w in enumerate(widths))
         limit = f"{math.sqrt(a):.3g}" if a > 0 else "none (A <= 0)"
         print(f"| {cell} | {step} | {name} | {vals} | slopes {' / '.join(f'{x:+.2f}' for x in local)} "
               f"| limit {limit}, B/A {b / a if a > 0 else math.nan:.3g} |")
+    per_matrix = matrix_cells(paths, steps)
+    if per_matrix:
+        print("\nper matrix kind (mean over the blocks, then mean over seeds) at each width; local log2-log2 slopes")
+        for (cell, step, kind, norm), by_width in sorted(per_matrix.items(), key=lambda kv: (kv[0][0] != "dense", kv[0])):
+            widths = sorted(by_width)
+            means = [float(np.mean(by_width[w])) for w in widths]
+            local = [float(np.log2(means[i + 1] / means[i]) / np.log2(widths[i + 1] / widths[i]))
+                     for i in range(len(widths) - 1)] if all(m > 0 for m in means) else []
+            rows.append({"cell": cell, "step": step, "matrix": kind, "norm": norm, "widths": widths,
+                         "means": means, "local_slopes": local})
+            print(f"| {cell} | {step} | {kind} | {norm} | " + "; ".join(f"{w}: {m:.3g}" for w, m in zip(widths, means))
+                  + f" | slopes {' / '.join(f'{x:+.2f}' for x in local)} |")
     if fig:
-        _width_figure(rows, steps, fig)
+        _width_figure([r for r in rows if "matrix" not in r], steps, fig)
     return rows
 
 

@@ -67,3 +67,15 @@ def test_width_cells_one_dense_cell_width_from_the_runs_or_the_overrides(tmp_pat
     sparse = next(r for r in rows if r["cell"] == "supar_lr 0.015625" and r["norm"] == "update_over_init")
     assert sparse["local_slopes"] == [pytest.approx(-0.5)]   # 40 -> 20 over 4x
     assert "supar_lr 0.015625" in capsys.readouterr().out
+
+
+def test_matrix_cells_average_each_kind_over_the_blocks(tmp_path):
+    rec = {"step": 5, "update_over_init": 1.0, "layers": {
+        "blocks.0.attn.qkv": {"probe": 1.0, "frob": 0.5}, "blocks.1.attn.qkv": {"probe": 3.0, "frob": 1.5},
+        "blocks.0.mlp.proj": {"probe": 4.0, "frob": 2.0}}}
+    f = tmp_path / "w.json"
+    f.write_text(json.dumps({"args": {"set": []}, "runs": [
+        {"parametrization": "mup", "density": 0.5, "seed": 0, "width": 128, "records": [rec]}]}))
+    cells = abl.matrix_cells([str(f)], [5])
+    assert cells[("mup 0.5", 5, "attn.qkv", "probe")] == {128: [2.0]}
+    assert cells[("mup 0.5", 5, "mlp.proj", "frob")] == {128: [2.0]}
