@@ -278,7 +278,7 @@ def width_report(paths: list[str], steps: list[int], fig: str | None = None) -> 
     cells = width_cells(paths, steps)
     rows = []
     print("update / init against width: mean ± sample std over seeds [per-seed]; local log2-log2 slopes "
-          "between successive widths; fit ratio^2 = A + B / width (limit sqrt(A), B/A)")
+          "between successive widths; fit ratio^2 = A + B / width (limit sqrt(A), B/A, its worst relative error)")
     for (cell, step, key), by_width in sorted(cells.items(), key=lambda kv: (kv[0][0] != "dense", kv[0])):
         widths = sorted(by_width)
         means = [float(np.mean(by_width[w])) for w in widths]
@@ -289,11 +289,15 @@ def width_report(paths: list[str], steps: list[int], fig: str | None = None) -> 
                "seeds": [by_width[w] for w in widths], "local_slopes": local, "fit_A": a, "fit_B": b}
         rows.append(row)
         name = dict(NORMS + EXTRA)[key]
-        vals = "; ".join(f"{w}: {_ms(by_width[w]) if len(by_width[w]) > 1 else f'{means[i]:.3g}'} "
+        vals = "; ".join(f"{w}: {means[i]:.3g}" + (f" ± {np.std(by_width[w], ddof=1):.2g}" if len(by_width[w]) > 1 else "")
+                         + " "
                          f"[{', '.join(f'{v:.3g}' for v in by_width[w])}]" for i, w in enumerate(widths))
         limit = f"{math.sqrt(a):.3g}" if a > 0 else "none (A <= 0)"
+        fitted = [math.sqrt(max(a + b / w, 0.0)) for w in widths] if len(widths) >= 2 else []
+        worst = max((abs(f / m - 1) for f, m in zip(fitted, means) if m > 0), default=math.nan)
+        row["fit_worst_rel_error"] = worst
         print(f"| {cell} | {step} | {name} | {vals} | slopes {' / '.join(f'{x:+.2f}' for x in local)} "
-              f"| limit {limit}, B/A {b / a if a > 0 else math.nan:.3g} |")
+              f"| limit {limit}, B/A {b / a if a > 0 else math.nan:.3g}, fit off by <= {100 * worst:.0f}% |")
     per_matrix = matrix_cells(paths, steps)
     if per_matrix:
         print("\nper matrix kind (mean over the blocks, then mean over seeds) at each width; local log2-log2 slopes")
