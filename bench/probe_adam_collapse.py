@@ -69,6 +69,9 @@ def main(argv=None) -> int:
     p.add_argument("--hessian", action="store_true", help="also the Hessian's sharpness")
     p.add_argument("--set", nargs="*", default=[], help="config overrides key=value (dtype=float64, optimizer.eps=1e-12)")
     p.add_argument("--check", help="a sweep store holding this cell: compare the training loss step by step")
+    p.add_argument("--units", help="write the hidden units' state at the last step here (JSON): per layer the alive "
+                                   "units, and over them the median share of inputs a unit is active on, the median of "
+                                   "its largest and of its mean positive pre-activation, its bias, its weight row norm")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
 
@@ -134,6 +137,28 @@ def main(argv=None) -> int:
         rows.append(row)
     for h in hooks:
         h.remove()
+    if a.units:
+        import json
+        pre: dict[int, torch.Tensor] = {}
+        grab = [layer.register_forward_hook(lambda mod, inp, out, i=i: pre.__setitem__(i, out.detach()))
+                for i, layer in enumerate(model.layers[:-1])]
+        with torch.no_grad():
+            model(x)
+        for h in grab:
+            h.remove()
+        units = {}
+        for i, z in pre.items():
+            live = (z > 0).any(0)
+            zl = z[:, live]
+            layer = model.layers[i]
+            w = layer.weight.detach()[live]
+            b = layer.bias.detach()[live] if layer.bias is not None else torch.zeros(int(live.sum()))
+            med = lambda v: float(v.median()) if v.numel() else None
+            units[f"layer_{i + 1}"] = dict(
+                alive=int(live.sum()), active_share=med((zl > 0).double().mean(0)), max_pre=med(zl.max(0).values),
+                mean_pos_pre=med(zl.clamp(min=0).mean(0)), bias=med(b), weight_norm=med(w.norm(dim=1)))
+        with open(a.units, "w") as fh:
+            json.dump(dict(seed=a.seed, twrm=a.twrm, lr=a.lr, step=a.stop, units=units), fh, indent=1)
     wall = time.perf_counter() - started
     with open(a.out, "w", newline="") as fh:
         w = csv.DictWriter(fh, COLUMNS)
