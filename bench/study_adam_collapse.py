@@ -12,7 +12,7 @@ steps before it, and the dead ReLU units per hidden layer at the end and at the 
 spike above 1e-2. Per store cell: status, the last step with >= 50% training accuracy, the lowest
 loss. The figure: per seed (columns), the training loss, the pre-conditioned sharpness over
 38 / lr_t, the Hessian sharpness, median sqrt(v_hat) and the dead units of all hidden layers against
-step, T_wrm 1 and T_wrm 300.
+step, T_wrm 1 and T_wrm 300 (a collapsed run's rows below the loss up to 100 steps after its collapse).
 """
 from __future__ import annotations
 
@@ -123,6 +123,9 @@ def figure(runs: list[dict], out: Path) -> None:
         label = f"T_wrm {run['twrm']}"
         st = [r["step"] for r in rows]
         axes[0][col].semilogy(st, [r["train_loss"] for r in rows], color=c, lw=0.4, label=label)
+        s = summary(run)
+        if s["collapsed"]:  # a dead net's curvature and moments say nothing: up to 100 steps after it
+            rows = rows[:s["last"] + 101]
         ms = [r for r in rows if r["precond_sharpness"] is not None]
         axes[1][col].semilogy([r["step"] for r in ms], [r["precond_sharpness"] / r["threshold"] for r in ms],
                               ".", color=c, ms=2, label=label)
@@ -134,7 +137,7 @@ def figure(runs: list[dict], out: Path) -> None:
                               label=label + " median")
         axes[3][col].semilogy([r["step"] for r in vs], [max(r["sqrt_vhat_p01"], 1e-14) for r in vs], color=c,
                               lw=0.6, ls=":", label=label + " 1st pct")
-        axes[4][col].plot(st, [r["dead_0"] + r["dead_1"] + r["dead_2"] for r in rows], color=c, lw=0.6, label=label)
+        axes[4][col].plot(st[:len(rows)], [r["dead_0"] + r["dead_1"] + r["dead_2"] for r in rows], color=c, lw=0.6, label=label)
     for col, seed in enumerate(seeds):
         axes[0][col].set_title(f"seed {seed}, lr_trgt 0.015625, T = 30,000")
         axes[1][col].axhline(1.0, color="k", ls="--", lw=0.6)
