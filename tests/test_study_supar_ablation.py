@@ -1,14 +1,17 @@
 """bench/study_supar_ablation.py's weight-norm ratios and its width read-out, against NumPy and
-hand-made JSONs (the script's training runs are minutes; these check only what it computes)."""
+hand-made JSONs (the script's training runs are minutes; these check only what it computes), and
+--from-json's tables on a JSON whose parts follow known power laws of density (slopes 0.5, 1, 0) and
+whose per-seed ratios and losses have known means and sample standard deviations."""
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
 import torch
 
-from bench_module import bench_module
+from bench_module import BENCH, bench_module
 
 abl = bench_module("study_supar_ablation")
 
@@ -79,3 +82,35 @@ def test_matrix_cells_average_each_kind_over_the_blocks(tmp_path):
     cells = abl.matrix_cells([str(f)], [5])
     assert cells[("mup 0.5", 5, "attn.qkv", "probe")] == {128: [2.0]}
     assert cells[("mup 0.5", 5, "mlp.proj", "frob")] == {128: [2.0]}
+
+
+def _record(step, density, seed):
+    init, update = 2.0 * density ** 0.5, 3.0 * density   # muP's laws: slopes 0.5 and 1
+    # update / init per seed: dense 2 and 4 (mean 3, sample std sqrt 2), sparsest 1 and 1
+    ratio = {1.0: [2.0, 4.0], 0.25: [1.0, 1.0]}[density][seed]
+    return {"step": step, "init": init, "update": update, "out": 5.0, "update_over_init": ratio}
+
+
+def test_from_json_reprints_slopes_seed_spreads_and_losses(tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(BENCH))
+    study = bench_module("study_supar_ablation")
+    runs = [{"parametrization": "mup", "density": d, "seed": s, "val_loss": {0: 1.0, 1: 2.0}[s],
+             "records": [_record(t, d, s) for t in (0, 5)]} for d in (1.0, 0.25) for s in (0, 1)]
+    args = {"parametrizations": "mup", "densities": "1,0.25", "seeds": "0,1", "steps_at": "0,5",
+            "lr": 0.001953125, "set": [], "out": None}
+    path = tmp_path / "saved.json"
+    path.write_text(json.dumps({"args": args, "wall_s": 1.0, "cpu_s": 1.0, "runs": runs, "slopes": []}))
+    monkeypatch.setattr(sys, "argv", ["study_supar_ablation.py", "--from-json", str(path)])
+    study.main()
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| mup |")]
+    # one slope row per step (init +0.50, update +1.00, out +0.00), update / init as mean ± sample
+    # std over the seeds at density 1 (2, 4: 3.00 ± 1.41) and at the sparsest (1, 1: 1.00 ± 0.00)
+    assert rows[:2] == [f"| mup | {t} | +0.50 | +1.00 | +0.00 | 3.00 ± 1.41 | 1.00 ± 0.00 |" for t in (0, 5)]
+    # the final losses per density, mean ± sample std over seeds (1, 2: 1.500 ± 0.707)
+    assert rows[2] == "| mup | 1.500 ± 0.707 | 1.500 ± 0.707 |"
+    assert len(rows) == 3
+    # the rows it returns (saved as the JSON's "slopes"): the seed-mean ratios, dense and sparsest
+    table = study.report(runs, ["mup"], [1.0, 0.25], [0, 5])
+    assert [(r["step"], r["ratio_dense"], r["ratio_sparse"]) for r in table] == [(0, 3.0, 1.0), (5, 3.0, 1.0)]
+    assert table[0]["ratio_dense_seeds"] == [2.0, 4.0] and table[0]["ratio_sparse_seeds"] == [1.0, 1.0]
