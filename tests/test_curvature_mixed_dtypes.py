@@ -177,3 +177,34 @@ def test_a_bfloat16_model_that_casts_to_bfloat16_itself_is_told_why_float32():
                                          r".*cast to the parameters' dtype") as caught:
         catapult.sharpness(model, nn.MSELoss(), batch)
     assert "dtype=None" not in str(caught.value)
+
+
+class HalfCast(nn.Module):
+    """A float32 Linear feeding a float64 one, its forward casting the input to float32 itself."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 2).double()
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x.float())).double())
+
+
+def test_dtype_float64_on_a_model_partly_float64_that_casts_to_float32_names_dtype():
+    # dtype=float64 casts the float32 layer (not every parameter was float64 already): its x.float()
+    # then meets float64 weights, which is the dtype= asked for, not the model's own mix
+    torch.manual_seed(0)
+    model, batch = HalfCast(), (torch.randn(5, 3), torch.randn(5, 2, dtype=torch.float64))
+    catapult.sharpness(model, mse, batch, tol=1e-4)   # measured in its own dtypes
+    with pytest.raises(ValueError, match=r"dtype=torch.float64: .*two dtypes"):
+        catapult.sharpness(model, mse, batch, dtype=torch.float64)
+
+
+def test_an_error_that_is_no_dtype_mix_is_not_named_one():
+    class BadShape(nn.Linear):
+        def forward(self, x):
+            return super().forward(x).view(-1, 7)   # 5 x 2 outputs: no shape of 7 columns
+
+    torch.manual_seed(0)
+    with pytest.raises(RuntimeError, match="is invalid for input of size 10"):
+        catapult.sharpness(BadShape(3, 2), nn.MSELoss(), (torch.randn(5, 3), torch.randn(5, 2)), dtype=torch.float64)
