@@ -208,3 +208,32 @@ def test_distributed_on_a_batch_shaped_state_whose_outputs_have_no_sample_rows_i
     with single_process_group(), pytest.raises(ValueError, match="no sample rows .* return them with the samples"):
         catapult.sharpness(model, loss_fn, batch, distributed=True)
     assert model.h is state
+
+
+class CarriedBelow(nn.Module):
+    """:class:`Carries` with its state held by a child module (an RNN block inside a larger model)."""
+
+    def __init__(self):
+        super().__init__()
+        self.block = Carries()
+
+    def forward(self, x):
+        return self.block(x)
+
+
+@pytest.mark.parametrize("kwargs", [{"hvp": "double_backprop"}, {"curvature": "ggn"}])
+def test_a_state_carried_by_a_submodule_is_put_back_too(kwargs):
+    torch.manual_seed(0)
+    model = CarriedBelow().double()
+    model.block.h = model.block.h.double()
+    batch = (torch.randn(4, 5, 3, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64))
+    with torch.no_grad():
+        model(batch[0])
+    state = model.block.h
+    fixed = AtState(copy.deepcopy(model.block), state.clone())
+    matrix = (dense_ggn(fixed, nn.MSELoss(), batch) if "curvature" in kwargs
+              else dense_hessian(fixed, nn.MSELoss(), batch))
+    truth = np.linalg.eigvalsh(np.asarray(matrix))[-1]
+    estimate = catapult.sharpness(model, nn.MSELoss(), batch, tol=1e-9, **kwargs)
+    assert estimate.value == pytest.approx(truth, rel=1e-7)
+    assert model.block.h is state
