@@ -97,3 +97,32 @@ def test_a_frozen_sparse_parameter_is_no_write():
     hessian = torch.autograd.functional.hessian(loss, torch.cat([p.reshape(-1) for p in params]))
     estimate = catapult.sharpness(model, nn.MSELoss(), batch, tol=1e-9)
     assert estimate.value == pytest.approx(float(np.linalg.eigvalsh(hessian.numpy())[-1]), rel=1e-7)
+
+
+def test_a_storage_swap_that_keeps_the_values_is_no_write():
+    # as cuDNN's flatten_parameters moves an RNN's weights into one buffer (set_: the version counter moves,
+    # the values do not): the function is the plain one, and its Hessian is measured
+    class Moves(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 5), nn.Linear(5, 3)
+
+        def forward(self, x):
+            with torch.no_grad():
+                self.a.weight.set_(self.a.weight.detach().clone())
+            return self.b(torch.tanh(self.a(x)))
+
+    torch.manual_seed(0)
+    model, batch = Moves().double(), _batch()
+    params = [p.detach().clone() for p in model.parameters()]
+    sizes = [p.numel() for p in params]
+    x, y = batch
+
+    def loss(flat):
+        w1, b1, w2, b2 = (t.view_as(p) for t, p in zip(flat.split(sizes), params))
+        return (((torch.tanh(x @ w1.T + b1) @ w2.T + b2) - y) ** 2).mean()
+
+    hessian = torch.autograd.functional.hessian(loss, torch.cat([p.reshape(-1) for p in params]))
+    estimate = catapult.sharpness(model, nn.MSELoss(), batch, tol=1e-9)
+    assert estimate.value == pytest.approx(float(np.linalg.eigvalsh(hessian.numpy())[-1]), rel=1e-7)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), params))
