@@ -237,3 +237,25 @@ def test_a_state_carried_by_a_submodule_is_put_back_too(kwargs):
     estimate = catapult.sharpness(model, nn.MSELoss(), batch, tol=1e-9, **kwargs)
     assert estimate.value == pytest.approx(truth, rel=1e-7)
     assert model.block.h is state
+
+
+def test_a_state_the_forward_creates_is_taken_away_again():
+    # no attribute before the call (the forward makes it on first use): the model is left without it
+    class Creates(Carries):
+        def __init__(self):
+            super().__init__()
+            del self.h
+
+        def forward(self, x):
+            if not hasattr(self, "h"):
+                self.h = torch.zeros(1, x.shape[0], 6, dtype=x.dtype)
+            return super().forward(x)
+
+    torch.manual_seed(0)
+    model = Creates().double()
+    batch = (torch.randn(4, 5, 3, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64))
+    fixed = AtState(copy.deepcopy(model), torch.zeros(1, 4, 6, dtype=torch.float64))
+    truth = np.linalg.eigvalsh(dense_hessian(fixed, nn.MSELoss(), batch).numpy())[-1]
+    for hvp in ("double_backprop", "forward_over_reverse"):
+        assert catapult.sharpness(model, nn.MSELoss(), batch, tol=1e-9, hvp=hvp).value == pytest.approx(truth, rel=1e-7)
+        assert "h" not in vars(model)
