@@ -108,6 +108,10 @@ def test_a_bpe_vocabulary_applies_to_the_bpe_cells_of_a_tokenizer_grid(tmp_path)
     char, bpe = expand(*load_sweep(path))
     assert (char.config["data"]["tokenizer"], char.config["data"]["vocab_size"]) == ("char", 4096)
     assert (bpe.config["data"]["tokenizer"], bpe.config["data"]["vocab_size"]) == ("bpe", 512)
+    # and the BPE cache directory, which the char tokenizer does not read either
+    char, bpe = expand(*load_sweep(path, [f"data.cache_dir={tmp_path / 'bpe_cache'}"]))
+    assert (char.config["data"]["tokenizer"], char.config["data"]["cache_dir"]) == ("char", None)
+    assert (bpe.config["data"]["tokenizer"], bpe.config["data"]["cache_dir"]) == ("bpe", str(tmp_path / "bpe_cache"))
 
 
 def test_a_root_applies_to_the_cells_of_the_data_that_reads_one(tmp_path, capsys):
