@@ -43,8 +43,8 @@ def _write(tmp_path, grid: str):
     # augmentation is for minibatch training; the spectrum is taken on the sharpness cadence
     ("    train.batch_size: [null, 16]\n", "data.augment.crop=1 data.augment.flip=true", "data.augment.crop",
      {None: 0, 16: 1}),
-    ("    eval.sharpness_every: [0, 2]\n", "eval.spectrum_top_k=2 eval.trace_matvecs=3", "eval.trace_matvecs",
-     {0: 0, 2: 3}),
+    ("    eval.sharpness_every: [0, 1, 2]\n", "eval.spectrum_top_k=2 eval.trace_matvecs=3", "eval.trace_matvecs",
+     {0: 0, 1: 3, 2: 3}),
     ("    eval.spectrum_top_k: [0, 3]\n", "eval.spectrum_block_size=2 eval.sharpness_every=2",
      "eval.spectrum_block_size", {0: 1, 3: 2}),
 ])
