@@ -146,3 +146,18 @@ def test_a_spectrum_block_above_a_swept_k_is_capped_at_that_k(tmp_path, capsys):
     path = _write(tmp_path, "    eval.spectrum_top_k: [1, 5]\n    eval.spectrum_block_size: [3]\n")
     with pytest.raises(cfg.ConfigError, match="at most eval.spectrum_top_k = 1"):
         expand(*load_sweep(path, ["eval.sharpness_every=2"]))
+
+
+def test_the_notes_write_values_as_yaml_does():
+    # a note names the option's value, the other cells' deciding values and the default as a config
+    # file writes them (false, true, null), which is what a user types back
+    from catapult.sweep.variants import grid_notes
+
+    base = cfg.validate({"optimizer": {"name": "gi-adam", "v_bias_correction": False}})
+    note, = grid_notes(base, {"optimizer.name": ("gi-adam", "adam")})
+    assert note == ("optimizer.v_bias_correction (false) is read by optimizer.name gi-adam only: the cells with "
+                    "optimizer.name adam run without it (their stored config has its default, true)")
+    base = cfg.validate({"data": {"augment": {"flip": True}}, "train": {"batch_size": 16}})
+    note, = grid_notes(base, {"train.batch_size": (None, 16)})
+    assert note.startswith("data.augment.flip (true) is read by train.batch_size not null (minibatch training) "
+                           "only: the cells with train.batch_size null run without it")
