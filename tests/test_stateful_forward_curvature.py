@@ -92,7 +92,7 @@ def _problem(in_place: bool = False):
 
 
 @pytest.mark.parametrize("kwargs", [{"hvp": "double_backprop"}, {"hvp": "forward_over_reverse"},
-                                    {"hvp": "finite_difference"}, {"curvature": "ggn"}])
+                                    {"hvp": "finite_difference"}, {"curvature": "ggn"}, {"hvp": "compiled"}])
 def test_every_mode_measures_at_the_state_the_model_had_and_keeps_it(kwargs):
     model, batch = _problem()
     state = model.h
