@@ -64,3 +64,20 @@ def test_a_forward_that_writes_a_copy_is_measured():
     for kwargs in ({}, {"chunk_size": 4}):
         value = catapult.sharpness(model, nn.MSELoss(), (x, y), tol=1e-9, **kwargs).value
         assert value == pytest.approx(truth, rel=1e-7)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"hvp": "finite_difference"}])
+def test_a_loss_fn_that_writes_the_targets_is_refused(kwargs):
+    # label smoothing written in place (y.mul_(0.9).add_(0.05)): every forward smoothed the targets again
+    class Plain(WritesInput):
+        def forward(self, x):
+            return self.b(torch.tanh(self.a(x)))
+
+    torch.manual_seed(0)
+    model, x, y = Plain().double(), torch.randn(8, 4, dtype=torch.float64), torch.rand(8, 3, dtype=torch.float64)
+
+    def smoothed(out, targets):
+        return nn.functional.mse_loss(out, targets.mul_(0.9).add_(0.05))
+
+    with pytest.raises(ValueError, match="the forward \\(the model or loss_fn\\) writes the batch in place"):
+        catapult.sharpness(model, smoothed, (x, y), **kwargs)
