@@ -105,3 +105,18 @@ def test_rows_a_difference_step_below_the_cap_in_the_max_norm_are_refused():
     model = Lookup(table, 0.3 + 1e-5, norm_type=float("inf"))
     with pytest.raises(ValueError, match=REFUSED):
         catapult.sharpness(model, F.cross_entropy, (tokens, labels), hvp="finite_difference")
+
+
+@pytest.mark.parametrize("large_in", ["first", "last"])
+def test_a_large_row_read_by_one_micro_batch_only_is_refused(large_in):
+    # micro-batches of 4: only one of them reads the rows above the cap (the others read small rows),
+    # and every shifted gradient renormalises those rows again
+    table = _signs() * torch.tensor([0.1, 1.0] * 3, dtype=torch.float64)[:, None]
+    torch.manual_seed(4)
+    small = torch.tensor([0, 2, 4])[torch.randint(0, 3, (8, 3))]
+    large = torch.tensor([1, 3, 5])[torch.randint(0, 3, (4, 3))]
+    tokens = torch.cat([large, small] if large_in == "first" else [small, large])
+    labels = torch.randint(0, 3, (12,))
+    with pytest.raises(ValueError, match=REFUSED):
+        catapult.sharpness(Lookup(table, 0.5), F.cross_entropy, (tokens, labels), hvp="finite_difference",
+                           chunk_size=4)
