@@ -111,3 +111,15 @@ def test_the_variant_table_names_what_each_sparsity_method_reads():
              if decider == "model.sparsity.method"}
     assert table == {key: {m for m, keys in SPARSITY_OPTIONS.items() if key in keys}
                      for key in ("update_every", "drop_fraction", "start_fraction", "end_fraction")}
+
+
+def test_a_grid_that_also_sweeps_a_rigl_option_refuses_its_dense_cells(tmp_path):
+    # the dense reference runs with none of the sparsity options; a grid that sweeps one of them too
+    # would make its density-1 cells copies of one run, and is refused there, as any grid that sweeps
+    # the option a variant does not read (README); the sparse cells expand
+    path = _write(tmp_path, "    model.density: [1, 0.5]\n    model.sparsity.drop_fraction: [0.1, 0.5]\n")
+    with pytest.raises(cfg.ConfigError) as err:
+        expand(*load_sweep(path))
+    bad = [key for key, _ in err.value.problems]
+    assert len(bad) == 2 and all(key.startswith("cell 0 ") or key.startswith("cell 1 ") for key in bad), bad
+    assert all("model.sparsity.drop_fraction" in key for key in bad)
