@@ -164,3 +164,22 @@ def test_distributed_calls_leave_a_direct_max_norm_lookup_as_it_was(call):
     with single_process_group():
         call(model, batch)
     assert unchanged(model, before)
+
+
+def test_probe_loss_and_critical_lr_trials_leave_a_direct_max_norm_table_as_it_was():
+    # probe_loss (the persistent warmup's check) and critical_lr's trial forwards of a frozen table (which
+    # the trials do not replace: only trainable parameters move) renormalised the model's own rows
+    from catapult.critical_lr import probe_loss
+
+    model, batch = direct_problem()
+    before = copy.deepcopy(model.state_dict())
+    plain = DirectBag(max_norm=None).double()
+    plain.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.embedding_renorm_(plain.table, batch[0].reshape(-1), 0.5, 2.0)
+        truth = float(F.cross_entropy(plain(batch[0]), batch[1]))
+    assert probe_loss(model, F.cross_entropy, batch) == pytest.approx(truth, rel=1e-12)
+    assert unchanged(model, before)
+    model.table.requires_grad_(False)
+    catapult.critical_lr(model, F.cross_entropy, batch, torch.optim.SGD([model.out.weight, model.out.bias], lr=0.1))
+    assert unchanged(model, before)
