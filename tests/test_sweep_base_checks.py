@@ -88,3 +88,13 @@ def test_an_override_of_the_seeds_axis_names_the_axis_that_loads(tmp_path, capsy
     assert cli.main(["sweep", str(grid), "seed=3", "--dry-run"]) == 2
     assert "(sweep.grid.seed=[...])" in capsys.readouterr().err
     assert cli.main(["sweep", str(grid), "sweep.grid.seed=[3]", "--dry-run"]) == 0
+
+
+def test_the_base_refusal_names_the_problem_every_cell_has(tmp_path):
+    # every cell keeps the base's cosine problem (train.steps 10 <= warmup_steps 50); the last cell also has
+    # its own (a block of 3 above top-k 2), which is no problem of the base
+    path = _write(tmp_path, "    eval.spectrum_block_size: [1, 3]\n",
+                  BASE.replace("sharpness_every: 0", "sharpness_every: 5, spectrum_top_k: 2"))
+    with pytest.raises(cfg.ConfigError) as err:
+        load_sweep(path)
+    assert [key for key, _ in err.value.problems] == ["schedule.decay"], err.value.problems
