@@ -45,3 +45,14 @@ def test_an_mlp_without_hidden_layers_refuses_a_base_density_below_1(depth):
         validate(config)
     assert [key for key, _ in refused.value.problems] == ["model.density"]
     assert "depth >= 3" in str(refused.value)
+
+
+@pytest.mark.parametrize("method, key, value", [
+    ("static", "update_every", 5), ("static", "drop_fraction", 0.5), ("static", "start_fraction", 0.1),
+    ("static", "end_fraction", 0.5), ("rigl", "start_fraction", 0.1), ("gmp", "drop_fraction", 0.5)])
+def test_each_sparsity_key_a_method_does_not_read_is_refused(method, key, value):
+    # static masks read none of the four, rigl no start_fraction, gmp no drop_fraction (README)
+    sparsity = {"method": method, "update_every": 1, "end_fraction": 0.75} if method != "static" else {"method": method}
+    with pytest.raises(ConfigError) as refused:
+        validate(_config(20, **dict(sparsity, **{key: value})))
+    assert [k for k, _ in refused.value.problems] == [f"model.sparsity.{key}"], refused.value.problems
