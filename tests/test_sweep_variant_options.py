@@ -161,3 +161,15 @@ def test_the_notes_write_values_as_yaml_does():
     note, = grid_notes(base, {"train.batch_size": (None, 16)})
     assert note.startswith("data.augment.flip (true) is read by train.batch_size not null (minibatch training) "
                            "only: the cells with train.batch_size null run without it")
+
+
+def test_no_note_for_a_swept_option_and_one_for_a_swept_dynamic_method_at_density_1():
+    from catapult.sweep.variants import grid_notes
+
+    # the option swept too: its cells are refused (expand), none runs without it, so no note says one does
+    base = cfg.validate({"optimizer": {"name": "sgd", "momentum": 0.9}})
+    assert grid_notes(base, {"optimizer.name": ("sgd", "adam"), "optimizer.momentum": (0.0, 0.9)}) == []
+    # a static base under a method axis [static, rigl] and a density axis with 1: the rigl cells at 1 run dense
+    base = cfg.validate({"model": {"density": 0.5}})
+    note, = grid_notes(base, {"model.density": (1.0, 0.5), "model.sparsity.method": ("static", "rigl")})
+    assert note.startswith("the cells at model.density 1 run the dense model, which has no mask for rigl to change")
