@@ -179,8 +179,11 @@ def test_runlength_gives_the_lr_and_lowest_loss_where_a_trained_run_failed(tmp_p
     runs = [run(0, True, [0.1, 0.6, 1.0, 0.3, 0.1], [1.0, 0.5, 1e-6, 0.2, 0.3], lrs),   # last >= 50% at step 2
             run(1, True, [0.1, 0.2, 0.1, 0.1, 0.1], [1.0] * 5, lrs),                     # never trained: '-'
             run(2, True, [0.1, 0.7, 0.2, 0.1, 0.1], [1.0, 0.4, 0.9, float("nan"), 0.5], lrs),  # last at step 1
-            run(3, False, [0.1, 0.6, 0.9, 0.95, 1.0], [1.0] * 5, lrs)]                   # finished: '-'
+            run(3, False, [0.1, 0.6, 0.9, 0.95, 1.0], [1.0] * 5, lrs),                   # finished: '-'
+            # exactly 50% at step 3 (its last such step); a non-finite loss at step 0 is left out of the min
+            run(4, True, [0.1, 0.6, 0.2, 0.5, 0.1], [float("nan"), 0.3, 0.7, 0.2, 0.9], lrs)]
     text = _study().runlength([FakeStore(runs)], tmp_path / "f.png")
-    # seed 0: step 2, lr there 0.25, min loss over steps 0-2 = 1e-6; seed 2: step 1, lr 0.125, min 0.4
-    assert ("- T = 5, adam, T_wrm 2: lr 0.25: 2 @ lr 0.25, min loss 1.0e-06, -, 1 @ lr 0.125, min loss 4.0e-01, -"
-            in text.split("Failed runs that had trained")[1])
+    # seed 0: step 2, lr there 0.25, min loss over steps 0-2 = 1e-6; seed 2: step 1, lr 0.125, min 0.4;
+    # seed 4: step 3, lr 0.25, min of the finite losses over steps 0-3 = 0.2
+    assert ("- T = 5, adam, T_wrm 2: lr 0.25: 2 @ lr 0.25, min loss 1.0e-06, -, 1 @ lr 0.125, min loss 4.0e-01, -, "
+            "3 @ lr 0.25, min loss 2.0e-01" in text.split("Failed runs that had trained")[1])
