@@ -45,3 +45,16 @@ def test_reverse_mode_products_measure_a_hooked_model(hvp):
     model, batch = _problem()
     truth = np.linalg.eigvalsh(dense_hessian(model, nn.MSELoss(), batch).numpy())[-1]
     assert catapult.sharpness(model, nn.MSELoss(), batch, hvp=hvp, tol=1e-9).value == pytest.approx(truth, rel=1e-7)
+
+
+def test_the_message_names_the_module_with_the_full_hook_not_one_with_a_legacy_hook():
+    import warnings
+
+    from catapult.curvature.twice import full_backward_hooked
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # register_backward_hook is deprecated
+        model[0].register_backward_hook(lambda *args: None)   # legacy: no BackwardHookFunction
+    model[1].register_full_backward_hook(lambda *args: None)
+    assert full_backward_hooked(model).startswith("module '1' has a full backward hook")
