@@ -26,6 +26,11 @@ _NO_DOUBLE_BACKWARD = "torch.compile with aot_autograd does not currently suppor
 _BAD_TANGENT = "Trying to set a forward gradient"
 
 
+#: torch's NotImplementedError where a custom ``autograd.Function`` has no ``backward`` (a first
+#: derivative missing: no mode measures it, finite differences neither).
+_NO_BACKWARD = "You must implement either the backward or vjp method"
+
+
 #: torch's RuntimeError where a reentrant ``torch.utils.checkpoint`` meets ``autograd.grad`` or
 #: ``backward(inputs=...)`` (every curvature product and gradient here takes one of those).
 REENTRANT_ERROR = "When use_reentrant=True, torch.utils.checkpoint is incompatible"
@@ -116,6 +121,12 @@ def named_missing_derivatives(method):
                                  "without setup_context, which torch.func's transforms need; hvp='double_backprop' "
                                  "(the default; it checks the Function's second derivatives) or 'finite_difference' "
                                  "measures it") from err
+            if _NO_BACKWARD in str(err):   # no first derivative: no mode has a way out (finite differences neither)
+                what = "curvature='ggn'" if self.mode == "gauss_newton" else f"hvp={self.mode!r}"
+                raise ValueError(f"{what}: the model (or loss_fn) goes through a custom autograd.Function without a "
+                                 f"backward, so it has no gradient, which every curvature mode needs (finite "
+                                 f"differences too): implement the Function's backward (torch: "
+                                 f"{str(err).strip().splitlines()[0]})") from err
             if self.mode == "finite_difference" or first_only or (first := _missing(err)) is None:
                 raise
             way_out = "hvp='finite_difference' takes its products from gradients alone"
