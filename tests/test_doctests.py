@@ -48,6 +48,7 @@ MODULES = (
     "catapult.curvature.certify",
     "catapult.curvature.grads_into",
     "catapult.critical_lr",
+    "catapult.critical_lr_passes",
     "catapult.parametrize",
     "catapult.parametrize_checks",
     "catapult.param_rules",
