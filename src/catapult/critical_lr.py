@@ -409,6 +409,7 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
                 upper, loss_upper = mid, loss_mid
         return CriticalLR(upper, lower, upper, passes, loss0)
     finally:
+        kept.restore()   # a trial's forward (or loss_fn) that raised after it moved the carried state
         with torch.no_grad():
             for p, p0 in originals:
                 p.copy_(p0)

@@ -1,0 +1,149 @@
+"""Exception safety of what the curvature API puts back: when the user's forward (or ``loss_fn``) raises
+midway -- on the k-th call, after it moved the state it carries (``self.h = h.detach()``) -- the exception
+reaches the caller as it was raised (the same object; a KeyboardInterrupt too), and the model and the
+process are as they were before the call: the carried state object, parameters (values and objects),
+buffers, ``.grad``, train/eval mode, requires_grad flags, hooks, the global RNG, grad mode, the
+attention kernels' flags, the parametrize cache flag, torch function modes and saved-tensor hooks. A
+training loop that skips a bad batch, or a notebook interrupted mid-call, goes on with the model it had.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.utils.parametrize as P
+
+import catapult
+from catapult.critical_lr import probe_loss
+
+
+class Boom(Exception):
+    """The user's own failure (a bad batch)."""
+
+
+class Memory(nn.Module):
+    """A running context vector carried to the next forward in a plain attribute; ``fail`` counts the
+    forwards and raises on the k-th, after the state was rebound."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.rec, self.out = nn.Linear(3, 6), nn.Linear(6, 6), nn.Linear(6, 2)
+        self.norm = nn.BatchNorm1d(6)
+        self.h = torch.zeros(6)
+        self.fail = None   # (k, exception) or None
+
+    def forward(self, x):
+        z = torch.tanh(self.norm(self.inp(x) + self.rec(self.h)))
+        self.h = z.mean(0).detach()
+        if self.fail is not None:
+            self.fail[0] -= 1
+            if self.fail[0] == 0:
+                raise self.fail[1]
+        return self.out(z)
+
+
+def _world(model):
+    """Everything the call may change and must put back (objects by identity, values by copy)."""
+    from catapult.curvature.compiled import _attention_kernels, _hooks_enabled
+
+    return dict(
+        h=model.h, h_value=model.h.clone(),
+        params=[(n, p, p.detach().clone(), p.requires_grad, p.grad) for n, p in model.named_parameters()],
+        buffers=[(n, b, b.clone()) for n, b in model.named_buffers()],
+        modes=[m.training for m in model.modules()],
+        hooks=[(len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks)) for m in model.modules()],
+        global_hooks=(len(nn.modules.module._global_forward_hooks), len(nn.modules.module._global_forward_pre_hooks)),
+        rng=torch.get_rng_state(), grad=torch.is_grad_enabled(), kernels=_attention_kernels(),
+        cache=P._cache_enabled, modes_stack=torch._C._len_torch_function_stack(), saved_hooks=_hooks_enabled(),
+    )
+
+
+def _same(before, after, where: str):
+    assert after["h"] is before["h"] and torch.equal(after["h_value"], before["h_value"]), \
+        f"the carried state moved ({where})"
+    for (n, p, v, rg, g), (n2, p2, v2, rg2, g2) in zip(before["params"], after["params"]):
+        assert n == n2 and p2 is p and torch.equal(v2, v) and rg2 == rg and g2 is g, f"{n} ({where})"
+    for (n, b, v), (n2, b2, v2) in zip(before["buffers"], after["buffers"]):
+        assert n == n2 and b2 is b and torch.equal(v2, v), f"{n} ({where})"
+    for key in ("modes", "hooks", "global_hooks", "grad", "kernels", "cache", "modes_stack", "saved_hooks"):
+        assert after[key] == before[key], f"{key} ({where})"
+    assert torch.equal(after["rng"], before["rng"]), f"the global RNG moved ({where})"
+
+
+def _batch():
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn(8, 3, generator=gen), torch.randn(8, 2, generator=gen)
+
+
+OPTIONS = {
+    "sharpness": {}, "sharpness_double_backprop": dict(hvp="double_backprop"),
+    "sharpness_finite_difference": dict(hvp="finite_difference"), "sharpness_chunks": dict(chunk_size=4),
+    "ggn": dict(curvature="ggn"), "ggn_chunks": dict(curvature="ggn", chunk_size=4),
+}
+NAMES = ["critical_lr", "probe_loss"]
+
+
+def _caller(name: str, loss_fn=None):
+    """``call(model, batch)`` for the API call ``name``."""
+    loss_fn = nn.MSELoss() if loss_fn is None else loss_fn
+    if name == "critical_lr":
+        return lambda m, b: catapult.critical_lr(m, loss_fn, b, torch.optim.SGD(m.parameters(), lr=0.1), lr_start=1e-3)
+    if name == "probe_loss":
+        return lambda m, b: probe_loss(m, loss_fn, b)
+    return lambda m, b: catapult.sharpness(m, loss_fn, b, tol=1e-3, max_iter=6, **OPTIONS[name])
+
+
+def _forwards(call, model, batch) -> int:
+    """How many forwards ``call`` runs on ``model`` (when nothing fails)."""
+    count = [0]
+    handle = model.register_forward_pre_hook(lambda *_: count.__setitem__(0, count[0] + 1))
+    try:
+        call(model, batch)
+    finally:
+        handle.remove()
+    return count[0]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_forward_raising_on_any_call_leaves_the_model_as_it_was(name):
+    torch.manual_seed(0)
+    model, batch = Memory(), _batch()
+    model.train()
+    model.norm.eval()   # (running statistics: micro-batches run it as the whole batch)
+    call = _caller(name)
+    total = _forwards(call, model, batch)
+    assert total >= 1
+    # the first forwards (state found), one in the middle and the last
+    picks = sorted({1, 2, 3, max(1, total // 2), total} - {k for k in (2, 3) if k > total})
+    for k in picks:
+        for err in (Boom(f"bad batch at forward {k}"), KeyboardInterrupt()):
+            before = _world(model)
+            model.fail = [k, err]
+            with pytest.raises(type(err)) as caught:
+                call(model, batch)
+            model.fail = None
+            assert caught.value is err
+            _same(before, _world(model), f"{type(err).__name__} at forward {k} of {total}")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_loss_fn_raising_leaves_the_model_as_it_was(name):
+    """The same when ``loss_fn`` raises (after the forward moved the state) on its k-th call."""
+    torch.manual_seed(0)
+    model, batch = Memory(), _batch()
+    model.norm.eval()
+    for k in (1, 2, 4):
+        err, count = Boom(f"loss {k}"), [0]
+
+        def loss_fn(out, y, k=k, err=err):
+            count[0] += 1
+            if count[0] == k:
+                raise err
+            return nn.functional.mse_loss(out, y)
+
+        before = _world(model)
+        try:
+            _caller(name, loss_fn)(model, batch)
+        except Boom as caught:
+            assert caught is err
+        _same(before, _world(model), f"{name}: loss_fn raised at call {k}")
