@@ -80,7 +80,7 @@ OPTIONS = {
     "sharpness_finite_difference": dict(hvp="finite_difference"), "sharpness_chunks": dict(chunk_size=4),
     "ggn": dict(curvature="ggn"), "ggn_chunks": dict(curvature="ggn", chunk_size=4),
 }
-NAMES = sorted([*(n for n in OPTIONS if not n.startswith("ggn")), "critical_lr", "probe_loss"])
+NAMES = sorted([*OPTIONS, "critical_lr", "probe_loss"])
 
 
 def _caller(name: str, loss_fn=None):

@@ -77,11 +77,18 @@ class GaussNewtonOperator(HessianOperator):
         :meth:`_forward_graph` takes them (for :func:`verify_gauss_newton`)."""
         with fixed_rng(self.seed, self.device), math_attention(), forms_for(self._forms_needed):
             buffers = {n: b.clone() for n, b in self._buffers.items()}
-            out = functional_call(self._model, {**self._frozen, **buffers, **params}, (inputs,),
-                                  renormed=self._renormed)
-            self._kept.restore()   # a state the forward carries (stateless.AttributesKept)
+            out = self._forward(params, buffers, inputs)
         pieces, spec = tree_flatten(out)
         return pieces, spec, [i for i, t in enumerate(pieces) if torch.is_tensor(t) and t.requires_grad]
+
+    def _forward(self, params: dict, buffers: dict, inputs):
+        """The model's outputs at ``params``; a state the forward carries put back after it
+        (:class:`~catapult.curvature.stateless.AttributesKept`), also where it raised."""
+        try:
+            return functional_call(self._model, {**self._frozen, **buffers, **params}, (inputs,),
+                                   renormed=self._renormed)
+        finally:
+            self._kept.restore()
 
     def _forward_graph(self, inputs, targets):
         """``(leaves, outs, dummies, jt, out_leaves, out_grads, loss)`` on one (micro-)batch: the
@@ -94,9 +101,7 @@ class GaussNewtonOperator(HessianOperator):
         with (torch.enable_grad(), fixed_rng(self.seed, self.device), math_attention(),
               forms_for(self._forms_needed)):
             buffers = {n: b.clone() for n, b in self._buffers.items()}
-            out = functional_call(self._model, {**self._frozen, **buffers, **params}, (inputs,),
-                                  renormed=self._renormed)
-            self._kept.restore()   # a state the forward carries (stateless.AttributesKept)
+            out = self._forward(params, buffers, inputs)
             pieces, spec = tree_flatten(out)
             where = [i for i, t in enumerate(pieces) if torch.is_tensor(t) and t.requires_grad]
             outs = [pieces[i] for i in where]
