@@ -360,10 +360,12 @@ class ShardedHessianOperator:
         (:class:`~catapult.curvature.stateless.AttributesKept`)."""
         state = self._kept.watch(self._model) if self._watch_state else contextlib.nullcontext()
         self._watch_state = False
-        with (torch.enable_grad(), fixed_rng(self.seed, self.device), forms_for(self._forms),
-              watch if watch is not None else contextlib.nullcontext(), state):
-            loss = self._loss_fn(self._model(self._inputs), self._targets)
-        self._kept.restore()   # (the differences saw the state moved on: refused as kinks)
+        try:   # (also where the forward or loss_fn raised: the caller gets the model's state back)
+            with (torch.enable_grad(), fixed_rng(self.seed, self.device), forms_for(self._forms),
+                  watch if watch is not None else contextlib.nullcontext(), state):
+                loss = self._loss_fn(self._model(self._inputs), self._targets)
+        finally:
+            self._kept.restore()   # (the differences saw the state moved on: refused as kinks)
         if not (torch.is_tensor(loss) and loss.numel() == 1):
             raise ValueError("loss_fn must return a scalar tensor")
         return loss
