@@ -79,6 +79,7 @@ OPTIONS = {
     "sharpness": {}, "sharpness_double_backprop": dict(hvp="double_backprop"),
     "sharpness_finite_difference": dict(hvp="finite_difference"), "sharpness_chunks": dict(chunk_size=4),
     "ggn": dict(curvature="ggn"), "ggn_chunks": dict(curvature="ggn", chunk_size=4),
+    "sharpness_compiled": dict(hvp="compiled"),
 }
 NAMES = sorted([*OPTIONS, "critical_lr", "probe_loss"])
 
@@ -219,3 +220,30 @@ def test_a_sharded_forward_raising_leaves_the_state_on_every_rank():
         wrong = [f"{where}: {got[where]}" for where, (raised, state_kept, rows_kept) in got.items()
                  if raised != f"forward {where.split(' at ')[1].split(' of ')[0]}" or not (state_kept and rows_kept)]
         assert not wrong, wrong
+
+
+def test_a_persistent_warmup_step_that_raises_changes_nothing():
+    """PersistentCatapultWarmup.step whose probe or search forward raises: the exception reaches the caller,
+    and the warmup's progress, the optimizer's lrs and the model (its carried state) are as before."""
+    from catapult.schedules import PersistentCatapultWarmup
+
+    torch.manual_seed(0)
+    model, batch = Memory(), _batch()
+    model.norm.eval()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    warmup = PersistentCatapultWarmup(opt, model, nn.MSELoss(), lr_target=10.0, lr_start=1e-3)
+    failed = 0
+    for k in (1, 2, 3, 5):
+        for step_batch in (batch, (batch[0], batch[1] * 0.5)):   # (another loss: a probe, or a search)
+            before, progress, lrs = _world(model), warmup.state_dict(), [g["lr"] for g in opt.param_groups]
+            err = Boom(f"forward {k}")
+            model.fail = [k, err]
+            try:
+                warmup.step(step_batch)
+            except Boom as caught:
+                assert caught is err
+                failed += 1
+                assert warmup.state_dict() == progress and [g["lr"] for g in opt.param_groups] == lrs
+                _same(before, _world(model), f"warmup step, forward {k}")
+            model.fail = None
+    assert failed >= 4
