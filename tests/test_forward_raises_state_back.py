@@ -81,7 +81,15 @@ OPTIONS = {
     "ggn": dict(curvature="ggn"), "ggn_chunks": dict(curvature="ggn", chunk_size=4),
     "sharpness_compiled": dict(hvp="compiled"),
 }
-NAMES = sorted([*OPTIONS, "critical_lr", "probe_loss"])
+OTHERS = {   # the other curvature entry points (their operators are the ones above)
+    "preconditioned_sharpness": lambda m, loss_fn, b: catapult.preconditioned_sharpness(
+        m, loss_fn, b, torch.optim.Adam(m.parameters()), tol=1e-3, max_iter=6),
+    "top_eigenpairs": lambda m, loss_fn, b: catapult.top_eigenpairs(m, loss_fn, b, k=2, tol=1e-2, max_iter=8),
+    "hessian_trace": lambda m, loss_fn, b: catapult.hessian_trace(m, loss_fn, b, matvecs=3),
+    "spectral_density": lambda m, loss_fn, b: catapult.spectral_density(m, loss_fn, b, runs=1, steps=3),
+    "sharpness_lean": lambda m, loss_fn, b: catapult.sharpness(m, loss_fn, b, tol=1e-3, max_iter=6, memory="lean"),
+}
+NAMES = sorted([*OPTIONS, *OTHERS, "critical_lr", "probe_loss"])
 
 
 def _caller(name: str, loss_fn=None):
@@ -91,6 +99,8 @@ def _caller(name: str, loss_fn=None):
         return lambda m, b: catapult.critical_lr(m, loss_fn, b, torch.optim.SGD(m.parameters(), lr=0.1), lr_start=1e-3)
     if name == "probe_loss":
         return lambda m, b: probe_loss(m, loss_fn, b)
+    if name in OTHERS:
+        return lambda m, b: OTHERS[name](m, loss_fn, b)
     return lambda m, b: catapult.sharpness(m, loss_fn, b, tol=1e-3, max_iter=6, **OPTIONS[name])
 
 
@@ -111,6 +121,8 @@ def test_forward_raising_on_any_call_leaves_the_model_as_it_was(name):
     model, batch = Memory(), _batch()
     model.train()
     model.norm.eval()   # (running statistics: micro-batches run it as the whole batch)
+    nn.functional.mse_loss(model(batch[0]), batch[1]).backward()   # .grad held (objects kept)
+    model.h = torch.zeros(6)
     call = _caller(name)
     total = _forwards(call, model, batch)
     assert total >= 1
@@ -120,8 +132,13 @@ def test_forward_raising_on_any_call_leaves_the_model_as_it_was(name):
         for err in (Boom(f"bad batch at forward {k}"), KeyboardInterrupt()):
             before = _world(model)
             model.fail = [k, err]
-            with pytest.raises(type(err)) as caught:
-                call(model, batch)
+            inside = []
+            with pytest.raises(type(err)) as caught, P.cached():   # (a caller's cache flag is put back)
+                try:
+                    call(model, batch)
+                finally:
+                    inside.append(P._cache_enabled)
+            assert inside == [1], "parametrize.cached()'s flag"
             model.fail = None
             assert caught.value is err
             _same(before, _world(model), f"{type(err).__name__} at forward {k} of {total}")
