@@ -187,26 +187,31 @@ class FailingMemory(nn.Module):
         return out
 
 
-def sharded_failures(rank, world):
-    """On an FSDP2-sharded model: whether the carried state and this rank's rows are as they were after
-    sharpness / critical_lr raised at forward k (every k up to the call's forwards)."""
+def sharded_failures(rank, world, sharded=True):
+    """On an FSDP2-sharded model (or, ``sharded=False``, an unsharded one): whether the carried state and this
+    rank's rows are as they were after sharpness / critical_lr raised at forward k (every k up to the call's
+    forwards)."""
     from torch.distributed.fsdp import fully_shard
 
     model = FailingMemory()
     x, y = model.batch
-    fully_shard(model.inner.inp)
-    fully_shard(model)
+    if sharded:
+        fully_shard(model.inner.inp)
+        fully_shard(model)
     shard = (x[4 * rank:4 * rank + 4], y[4 * rank:4 * rank + 4])
     calls = {"sharpness": lambda: catapult.sharpness(model, nn.MSELoss(), shard, tol=1e-3, max_iter=4,
                                                      distributed=True),
              "critical_lr": lambda: catapult.critical_lr(model, nn.MSELoss(), shard,
                                                          torch.optim.SGD(model.parameters(), lr=0.1),
                                                          lr_start=1e-3, distributed=True)}
+    def local(p):   # (a gathered root's plain parameter: not as it was)
+        return p.detach() if not sharded else p.to_local() if hasattr(p, "to_local") else None
+
     out = {}
     for name, call in calls.items():
         total = _forwards(lambda m, b: call(), model, None)
         for k in sorted({1, 2, 3, total // 2, total}):
-            state, rows = model.inner.h, [p.to_local().clone() for p in model.parameters()]
+            state, rows = model.inner.h, [local(p).clone() for p in model.parameters()]
             model.fail = [k, f"forward {k}"]
             try:
                 call()
@@ -216,10 +221,10 @@ def sharded_failures(rank, world):
             model.fail = None
             # FSDP2 leaves a root whose forward raised gathered; torch's documented recovery (2.10+) is the
             # user's, after any forward that raised: reset_iter_state on the root
-            model.reset_iter_state()
-            sharded = all(hasattr(p, "to_local") for p in model.parameters())   # (not left gathered)
-            out[f"{name} at {k} of {total}"] = (raised, model.inner.h is state, sharded and all(
-                torch.equal(p.to_local(), r) for p, r in zip(model.parameters(), rows)))
+            if sharded:
+                model.reset_iter_state()
+            rows_kept = all(local(p) is not None and torch.equal(local(p), r) for p, r in zip(model.parameters(), rows))
+            out[f"{name} at {k} of {total}"] = (raised, model.inner.h is state, rows_kept)
     return out
 
 
@@ -228,12 +233,14 @@ def sharded_failures(rank, world):
 @pytest.mark.skipif(not hasattr(getattr(torch.distributed, "fsdp", None), "FSDPModule")
                     or not hasattr(torch.distributed.fsdp.FSDPModule, "reset_iter_state"),
                     reason="FSDP2 without reset_iter_state (torch < 2.10)")
-def test_a_sharded_forward_raising_leaves_the_state_on_every_rank():
-    """FSDP2 (ShardedHessianOperator's forwards, critical_lr's trials), 2 gloo ranks: the caller gets the
-    exception and the model's state and rows back."""
+@pytest.mark.parametrize("sharded", [True, False])
+def test_a_sharded_forward_raising_leaves_the_state_on_every_rank(sharded):
+    """FSDP2 (ShardedHessianOperator's forwards, critical_lr's trials), or an unsharded model (the forwards
+    that tell a mean loss from a sum, the all-reduced products), 2 gloo ranks: the caller gets the exception
+    and the model's state and rows back."""
     from gloo_ranks import on_ranks
 
-    for got in on_ranks(sharded_failures):
+    for got in on_ranks(sharded_failures, sharded):
         wrong = [f"{where}: {got[where]}" for where, (raised, state_kept, rows_kept) in got.items()
                  if raised != f"forward {where.split(' at ')[1].split(' of ')[0]}" or not (state_kept and rows_kept)]
         assert not wrong, wrong
