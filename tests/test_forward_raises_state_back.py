@@ -252,8 +252,9 @@ def sharded_failures(rank, world, sharded=True):
             except Boom as err:
                 raised = str(err)
             model.fail = None
-            # FSDP2 leaves a root whose forward raised gathered; torch's documented recovery (2.10+) is the
-            # user's, after any forward that raised: reset_iter_state on the root
+            # FSDP2 leaves the root gathered after a forward that raised, as after any forward (its next training
+            # step gives the same outputs with or without this); reset_iter_state, torch's documented recovery,
+            # registers the shards again so that their rows can be read here
             if sharded:
                 model.reset_iter_state()
             rows_kept = all(local(p) is not None and torch.equal(local(p), r) for p, r in zip(model.parameters(), rows))
@@ -304,3 +305,25 @@ def test_a_persistent_warmup_step_that_raises_changes_nothing():
                 _same(before, _world(model), f"warmup step, forward {k}")
             model.fail = None
     assert failed >= 4
+
+
+def test_critical_lr_puts_back_a_loss_fns_own_parameter_when_a_trial_raises():
+    """A parameter outside the model (a loss_fn's own temperature, in the optimizer) is moved in place by the
+    trials: a trial forward that raises leaves it at its value (bitwise), with the exception the caller's."""
+    torch.manual_seed(0)
+    model, batch = Memory(), _batch()
+    model.norm.eval()
+    temperature = nn.Parameter(torch.tensor(1.3))
+
+    def loss_fn(out, y):
+        return nn.functional.mse_loss(out * temperature, y)
+
+    opt = torch.optim.SGD([*model.parameters(), temperature], lr=0.1)
+    for k in (2, 3, 5):
+        value, before, err = temperature.detach().clone(), _world(model), Boom(f"trial {k}")
+        model.fail = [k, err]
+        with pytest.raises(Boom) as caught:
+            catapult.critical_lr(model, loss_fn, batch, opt, lr_start=1e-3)
+        model.fail = None
+        assert caught.value is err and torch.equal(temperature.detach(), value)
+        _same(before, _world(model), f"trial forward {k}")
