@@ -360,13 +360,12 @@ class HessianOperator:
         written = ({n: (t._version, storage_of(t)) for n, t in {**self._frozen, **params}.items()}
                    if self._watch_renorm else None)
         state = self._kept.watch(self._model) if self._watch_renorm else contextlib.nullcontext()
-        try:   # (a forward or loss_fn that raised after it moved the state: the caller gets the model as it was)
-            with fixed_rng(self.seed, self.device), math_attention(), forms_for(self._forms_needed), watch, state:
-                buffers = {n: b.clone() for n, b in self._buffers.items()}   # a loss_fn may read params too
-                loss = functional_loss(self._model, {**self._frozen, **buffers, **params}, inputs, self._loss_fn,
-                                       targets, renormed=self._renormed, then=then)
-        finally:
-            self._kept.restore()
+        # (self._kept: the state put back after the forward, also where it or loss_fn raised)
+        with fixed_rng(self.seed, self.device), math_attention(), forms_for(self._forms_needed), watch, state, \
+                self._kept:
+            buffers = {n: b.clone() for n, b in self._buffers.items()}   # a loss_fn may read params too
+            loss = functional_loss(self._model, {**self._frozen, **buffers, **params}, inputs, self._loss_fn,
+                                   targets, renormed=self._renormed, then=then)
         if self._watch_renorm:
             self._renorm_seen, self._renorm_room = self._renorm_seen or watch.seen, min(self._renorm_room, watch.room)
             refuse_batch_written(versions, (inputs, targets))
@@ -435,18 +434,15 @@ class HessianOperator:
 
         total = None
         for x, y, w in self._chunks:
-            try:
-                with fixed_rng(self.seed, self.device):
-                    if name == "product":
-                        _, part = compiled.gradient_and_product(self._model, self._loss_fn, self._theta,
-                                                                vector, self._layout, self._frozen,
-                                                                self._buffers, x, y, self._forms_needed)
-                    else:
-                        part, _ = compiled.gradient_and_loss(self._model, self._loss_fn, vector,
-                                                             self._layout, self._frozen, self._buffers,
-                                                             x, y, self._forms_needed)
-            finally:
-                self._kept.restore()
+            with fixed_rng(self.seed, self.device), self._kept:   # (the state put back, also on a raise)
+                if name == "product":
+                    _, part = compiled.gradient_and_product(self._model, self._loss_fn, self._theta,
+                                                            vector, self._layout, self._frozen,
+                                                            self._buffers, x, y, self._forms_needed)
+                else:
+                    part, _ = compiled.gradient_and_loss(self._model, self._loss_fn, vector,
+                                                         self._layout, self._frozen, self._buffers,
+                                                         x, y, self._forms_needed)
             if total is None:
                 total = part if w == 1.0 else part.mul_(w)
             else:

@@ -276,6 +276,12 @@ class AttributesKept:
                              f"forward of the measurement would start from another state: rebind it (self.h = "
                              f"...) or pass the state in the batch")
 
+    def __enter__(self):   # ``with kept:`` puts the state back on the way out, also where the body raised
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
+
     def restore(self) -> None:
         for (module, name), value in self.moved.items():
             if value is self._ABSENT:
