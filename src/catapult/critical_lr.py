@@ -37,8 +37,8 @@ from catapult.curvature.rank_agreement import same_call_on_every_rank
 from catapult.curvature.sharded import is_sharded, reshard
 from catapult.curvature.start import outside_inference_mode
 from catapult.curvature.stateless import AttributesKept, RenormedCopies, refuse_scripted
-from catapult.critical_lr_passes import (ModelSnapshot, NonFiniteLossError, _forward_loss, _loss_and_gradient,
-                                         _shard_reducer, _sharded_loss_and_gradient, probe_loss)
+from catapult.critical_lr_passes import (ModelSnapshot, NonFiniteLossError, forward_loss, loss_and_gradient,
+                                         shard_reducer, sharded_loss_and_gradient, probe_loss)
 from catapult.arguments import caller_stacklevel, check_batch, check_module
 from catapult.optim import registry, rules
 from catapult.parametrize import group_lr_mult, unscaled_group_lrs
@@ -315,7 +315,7 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
 
     # distributed: batch is this rank's shard; the union's loss and its gradient are the
     # weighted sums over the ranks, all-reduced (catapult.curvature.distributed.union_weight)
-    reduce = _shard_reducer(model, loss_fn, batch) if distributed else None
+    reduce = shard_reducer(model, loss_fn, batch) if distributed else None
     if distributed:
         model = dist_ops.unwrap_ddp(model)
     snapshot = ModelSnapshot(model)
@@ -324,11 +324,11 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
     renormed, kept = False, AttributesKept()
     try:
         if sharded:
-            loss0, grads = _sharded_loss_and_gradient(model, loss_fn, batch, params, reduce.weight, kept)
+            loss0, grads = sharded_loss_and_gradient(model, loss_fn, batch, params, reduce.weight, kept)
         else:
             # an F.embedding(max_norm=) call in the forward gets a copy of the weight: it wrote the model's rows
             renorm = RenormedCopies()
-            loss0, grads = _loss_and_gradient(model, loss_fn, batch, params, snapshot, reduce, renorm, kept)
+            loss0, grads = loss_and_gradient(model, loss_fn, batch, params, snapshot, reduce, renorm, kept)
             renormed = renorm.seen
         passes += 1
         direction = next_step_direction(
@@ -366,7 +366,7 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
                     p.copy_(p0).add_(u, alpha=-lr)
                 reshard(model)  # a sharded model gathers the moved rows again (else nothing)
                 params = {name: torch.add(p.detach(), u, alpha=-lr) for name, p, u in shifted}
-                value = _forward_loss(model, loss_fn, batch, {**snapshot.buffer_copies(), **params},
+                value = forward_loss(model, loss_fn, batch, {**snapshot.buffer_copies(), **params},
                                       RenormedCopies() if renormed else None)
                 kept.restore()
                 value = float(value) if reduce is None else reduce(value)

@@ -89,7 +89,7 @@ class ModelSnapshot:
             torch.cuda.set_rng_state_all(self.cuda_rng)
 
 
-def _forward_loss(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
+def forward_loss(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
                   tensors: dict[str, Tensor], renorm: RenormedCopies | None = None) -> Tensor:
     """``loss_fn(model(inputs), targets)`` with the model's ``tensors`` (buffers, parameters)
     replaced by those given, by name, through the loss too (a loss_fn that reads the model's
@@ -115,7 +115,7 @@ def probe_loss(model: torch.nn.Module, loss_fn: Callable, batch: Sequence) -> fl
     snapshot = ModelSnapshot(model)
     try:
         with torch.no_grad(), AttributesKept().watch(model):   # (each training step's probe moved it on)
-            return float(_forward_loss(model, loss_fn, batch, snapshot.buffer_copies(), RenormedCopies()))
+            return float(forward_loss(model, loss_fn, batch, snapshot.buffer_copies(), RenormedCopies()))
     finally:
         snapshot.restore()
 
@@ -123,7 +123,7 @@ def probe_loss(model: torch.nn.Module, loss_fn: Callable, batch: Sequence) -> fl
 # --------------------------------------------------------------------------------------------
 # L0 and its gradient
 # --------------------------------------------------------------------------------------------
-def _shard_reducer(model, loss_fn, batch):
+def shard_reducer(model, loss_fn, batch):
     """``loss -> sum_r w_r loss_r`` over the ranks (``.weight`` = this rank's ``w_r``:
     :func:`~catapult.curvature.distributed.union_weight`)."""
     dist_ops.require_process_group()
@@ -147,15 +147,15 @@ def _shard_reducer(model, loss_fn, batch):
     return reduce
 
 
-def _loss_and_gradient(model, loss_fn, batch, params, snapshot, reduce, renorm: RenormedCopies | None = None,
+def loss_and_gradient(model, loss_fn, batch, params, snapshot, reduce, renorm: RenormedCopies | None = None,
                        kept: AttributesKept | None = None) -> tuple[float, list]:
     """``L0`` and this batch's gradient by ``params`` (the union's, with ``reduce``): one forward
     and backward pass through ``functional_call``, so ``.grad`` and the buffers are not touched
-    (under ``renorm``, as :func:`_forward_loss`; a state the forward carries in a plain attribute
+    (under ``renorm``, as :func:`forward_loss`; a state the forward carries in a plain attribute
     found by, and put back through, ``kept``: the trials each saw it moved on, 1.5528 for 1.5648)."""
     with torch.enable_grad(), kept.watch(model) if kept is not None else contextlib.nullcontext():
         versions = batch_versions(batch)   # a forward that writes the batch moves every trial's (stateless.py)
-        loss = _forward_loss(model, loss_fn, batch, snapshot.buffer_copies(), renorm)
+        loss = forward_loss(model, loss_fn, batch, snapshot.buffer_copies(), renorm)
         refuse_batch_written(versions, batch, "critical_lr")
         if not (torch.is_tensor(loss) and loss.numel() == 1):
             raise ValueError("critical_lr: loss_fn must return a scalar tensor, got "
@@ -191,7 +191,7 @@ def _loss_and_gradient(model, loss_fn, batch, params, snapshot, reduce, renorm: 
     return loss0, list(grads)
 
 
-def _sharded_loss_and_gradient(model, loss_fn, batch, params, weight: float, kept: AttributesKept) -> tuple[float, list]:
+def sharded_loss_and_gradient(model, loss_fn, batch, params, weight: float, kept: AttributesKept) -> tuple[float, list]:
     """``L0`` and the gradient by ``params`` of the union's loss for a model sharded by FSDP2, from its own forward
     and backward (:class:`~catapult.curvature.sharded.ShardedHessianOperator`, which leaves ``.grad`` as it was, and
     a state the forward carries found into ``kept``); the gradients are ``DTensor`` shards like the parameters."""
