@@ -17,7 +17,7 @@ from catapult.curvature import distributed as dist_ops
 from catapult.curvature.sharded import ShardedHessianOperator, is_sharded
 from catapult.curvature.stateless import (AttributesKept, RenormedCopies, batch_versions, functional_loss,
                                           refuse_batch_written)
-from catapult.curvature.torch_errors import REENTRANT_ERROR
+from catapult.curvature.torch_errors import REENTRANT_ERROR, functions_without_backward, no_backward_error
 
 __all__ = ["NonFiniteLossError", "ModelSnapshot", "probe_loss"]
 
@@ -147,6 +147,10 @@ def shard_reducer(model, loss_fn, batch):
     return reduce
 
 
+#: What a loss through a custom Function without a backward lacks here (no_backward_error).
+_STEP_NEEDS = "the search's step needs"
+
+
 def loss_and_gradient(model, loss_fn, batch, params, snapshot, reduce, renorm: RenormedCopies | None = None,
                        kept: AttributesKept | None = None) -> tuple[float, list]:
     """``L0`` and this batch's gradient by ``params`` (the union's, with ``reduce``): one forward
@@ -169,7 +173,11 @@ def loss_and_gradient(model, loss_fn, batch, params, snapshot, reduce, renorm: R
         try:
             grads = (torch.autograd.grad(loss, params, allow_unused=True) if loss.requires_grad
                      else [None] * len(params))
-        except RuntimeError as err:
+        except (RuntimeError, NotImplementedError) as err:
+            # a custom Function without a backward (torch's raw NotImplementedError was all it said)
+            missing = functions_without_backward(loss) if isinstance(err, NotImplementedError) else []
+            if (refusal := no_backward_error("critical_lr", err, missing, _STEP_NEEDS)) is not None:
+                raise refusal from err
             if str(err).startswith(REENTRANT_ERROR):   # torch's message, raw, was all it said
                 raise ValueError("critical_lr: the model calls torch.utils.checkpoint with use_reentrant=True, "
                                  "whose backward cannot be taken with respect to chosen tensors (autograd.grad), "
@@ -196,7 +204,12 @@ def sharded_loss_and_gradient(model, loss_fn, batch, params, weight: float, kept
     and backward (:class:`~catapult.curvature.sharded.ShardedHessianOperator`, which leaves ``.grad`` as it was, and
     a state the forward carries found into ``kept``); the gradients are ``DTensor`` shards like the parameters."""
     # (forms=False: the gradient the optimizer steps with, an embedding's scale_grad_by_freq included, as unsharded)
-    op = ShardedHessianOperator(model, loss_fn, batch, weight, vectors="local", forms=False, kept=kept)
+    try:
+        op = ShardedHessianOperator(model, loss_fn, batch, weight, vectors="local", forms=False, kept=kept)
+    except NotImplementedError as err:   # a custom Function without a backward: torch's raw error
+        if (refusal := no_backward_error("critical_lr", err, needs=_STEP_NEEDS)) is not None:
+            raise refusal from err
+        raise
     _check_finite_start(op.loss)
     by_param = {id(p): g for p, g in op.gradients()}
     return op.loss, [by_param.get(id(p)) for p in params]

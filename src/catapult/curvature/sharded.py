@@ -87,6 +87,7 @@ from catapult.curvature.hessian import fixed_rng
 from catapult.curvature.krylov import vector_norm
 from catapult.curvature.start import mixed_start, real_init, warm_start_weight
 from catapult.curvature.stateless import AttributesKept, RenormedCopies
+from catapult.curvature.torch_errors import functions_without_backward, no_backward_error
 from catapult.curvature.twice import forms_for, graph_functions, needs_forms
 
 
@@ -169,6 +170,10 @@ def check_sharded_options(*, distributed: bool, hvp: str = "auto", dtype=None, c
     if dtype is not None and param_dtype is not None and param_dtype != dtype:
         raise ValueError(f"dtype={dtype} differs from the sharded parameters' {param_dtype}: a sharded "
                          f"model is measured in its own dtype (cast it before fully_shard)")
+
+
+#: How the sharded operator's refusals name the call.
+SHARDED = "distributed=True on a model sharded by fully_shard"
 
 
 class ShardedHessianOperator:
@@ -256,6 +261,7 @@ class ShardedHessianOperator:
         # asked of the modules here, and of the first forward's graph (an F.embedding call) in _gradient_at
         # (forms=False: the model's own gradient, flags and all: critical_lr's step direction is the optimizer's)
         self._forms, self._walk = forms and needs_forms(model), forms
+        self._for_curvature = forms   # (forms=False: critical_lr's gradient, whose refusals it words itself)
         # a state the forward carries in a plain attribute (self.h = h.detach()), found by the first forward
         # and put back after every one (into ``kept``: critical_lr's trials put back the same)
         self._kept, self._watch_state = AttributesKept() if kept is None else kept, True
@@ -401,7 +407,13 @@ class ShardedHessianOperator:
                     reshard(self._model)   # a forward without a backward
                     loss = self._loss()
             with torch.enable_grad():
-                (loss.reshape(()) * self._scale).backward()
+                try:
+                    (loss.reshape(()) * self._scale).backward()
+                except NotImplementedError as err:   # a custom Function without a backward
+                    missing = functions_without_backward(loss)
+                    if self._for_curvature and (refusal := no_backward_error(SHARDED, err, missing)) is not None:
+                        raise refusal from err
+                    raise
             pieces = [torch.zeros(shape, dtype=self.dtype, device=self.device) if p.grad is None
                       else self.part(p.grad).to(self.dtype) for p, shape in zip(self._params, self.shapes)]
             flat = torch.cat([g.reshape(-1) for g in pieces])

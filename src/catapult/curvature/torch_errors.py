@@ -9,7 +9,8 @@ from __future__ import annotations
 import functools
 import re
 
-__all__ = ["named_missing_derivatives", "refuse_reentrant_checkpoint", "REENTRANT_MESSAGE", "REENTRANT_ERROR"]
+__all__ = ["named_missing_derivatives", "refuse_reentrant_checkpoint", "REENTRANT_MESSAGE", "REENTRANT_ERROR",
+           "no_backward_error", "functions_without_backward", "CURVATURE_NEEDS"]
 
 
 #: torch's RuntimeError where an op has no derivative formula at all (autograd's ``NotImplemented``
@@ -29,6 +30,72 @@ _BAD_TANGENT = "Trying to set a forward gradient"
 #: torch's NotImplementedError where a custom ``autograd.Function`` has no ``backward`` (a first
 #: derivative missing: no mode measures it, finite differences neither).
 _NO_BACKWARD = "You must implement either the backward or vjp method"
+
+
+#: What a loss through a custom Function without a backward lacks for a curvature (:func:`no_backward_error`).
+CURVATURE_NEEDS = "every curvature mode needs (finite differences too)"
+
+
+def mode_named(op) -> str:
+    """How an operator's messages name its mode: ``curvature='ggn'`` for the Gauss-Newton products
+    (also while its Hessian part is built)."""
+    ggn = op.mode == "gauss_newton" or getattr(op, "_scripted_mode", None) == "ggn"
+    return "curvature='ggn'" if ggn else f"hvp={op.mode!r}"
+
+
+def no_backward_error(what: str, err: Exception | None = None, names=(),
+                      needs: str = CURVATURE_NEEDS) -> ValueError | None:
+    """The ValueError for a loss through a custom ``torch.autograd.Function`` without a backward
+    (the names ``names`` where known: :func:`functions_without_backward`), for ``what`` (the mode,
+    or the function) which ``needs`` a gradient; from torch's error ``err`` (its first line quoted),
+    or None where ``err`` is another error. A first derivative is missing: no mode measures the
+    loss, finite differences neither.
+
+    >>> str(no_backward_error("catapult.critical_lr", names=["Clamp"], needs="the optimizer's step needs"))
+    "catapult.critical_lr: the model (or loss_fn) goes through a custom autograd.Function without a backward (Clamp), so it has no gradient, which the optimizer's step needs: implement the Function's backward"
+    >>> no_backward_error("hvp='double_backprop'", RuntimeError("another")) is None
+    True
+    """
+    if err is not None and _NO_BACKWARD not in str(err):
+        return None
+    which = f" ({', '.join(names)})" if names else ""
+    said = f" (torch: {(str(err).strip().splitlines() or [''])[0]})" if err is not None else ""
+    return ValueError(f"{what}: the model (or loss_fn) goes through a custom autograd.Function without a "
+                      f"backward{which}, so it has no gradient, which {needs}: implement the Function's "
+                      f"backward{said}")
+
+
+def functions_without_backward(loss) -> list[str]:
+    """The names of the custom ``torch.autograd.Function`` classes in the graph of ``loss`` that
+    have neither a ``backward`` nor a ``vjp`` (torch raises "You must implement either the
+    backward or vjp method" once a backward reaches them; torch.func's transforms first say the
+    Function lacks ``setup_context``, and its forward-mode products never call a backward at all).
+    Walked only for a graph that holds custom Functions.
+
+    >>> import torch
+    >>> class Twice(torch.autograd.Function):
+    ...     @staticmethod
+    ...     def forward(ctx, x):
+    ...         return 2 * x
+    >>> w = torch.ones(2, requires_grad=True)
+    >>> functions_without_backward(Twice.apply(w).sum()), functions_without_backward((2 * w).sum())
+    (['Twice'], [])
+    """
+    import torch
+
+    found, seen, stack = set(), set(), [loss.grad_fn]
+    base = torch.autograd.Function
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        cls = getattr(node, "_forward_cls", None)
+        if cls is not None and getattr(cls, "backward", None) is base.backward and \
+                getattr(cls, "vjp", None) is base.vjp:
+            found.add(cls.__name__)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return sorted(found)
 
 
 #: torch's RuntimeError where a reentrant ``torch.utils.checkpoint`` meets ``autograd.grad`` or
@@ -121,12 +188,8 @@ def named_missing_derivatives(method):
                                  "without setup_context, which torch.func's transforms need; hvp='double_backprop' "
                                  "(the default; it checks the Function's second derivatives) or 'finite_difference' "
                                  "measures it") from err
-            if _NO_BACKWARD in str(err):   # no first derivative: no mode has a way out (finite differences neither)
-                what = "curvature='ggn'" if self.mode == "gauss_newton" else f"hvp={self.mode!r}"
-                raise ValueError(f"{what}: the model (or loss_fn) goes through a custom autograd.Function without a "
-                                 f"backward, so it has no gradient, which every curvature mode needs (finite "
-                                 f"differences too): implement the Function's backward (torch: "
-                                 f"{str(err).strip().splitlines()[0]})") from err
+            if (refusal := no_backward_error(mode_named(self), err)) is not None:   # no mode has a way out
+                raise refusal from err
             if self.mode == "finite_difference" or first_only or (first := _missing(err)) is None:
                 raise
             way_out = "hvp='finite_difference' takes its products from gradients alone"

@@ -59,7 +59,8 @@ from torch.overrides import TorchFunctionMode
 from catapult.curvature.difference import central_step
 from catapult.curvature.modes import eager_stance, holds_compiled
 from catapult.curvature.stateless import renormed_lookup
-from catapult.curvature.torch_errors import refuse_reentrant_checkpoint
+from catapult.curvature.torch_errors import (functions_without_backward, mode_named, no_backward_error,
+                                            refuse_reentrant_checkpoint)
 from catapult.curvature.torchscript import profiled_runs, refuse_torchscript, torchscript_node, user_scripted
 
 __all__ = ["math_attention", "weight_norm_by_parts", "weight_norm_module", "custom_functions", "check_custom_functions",
@@ -375,6 +376,8 @@ def built_with_forms(op, build) -> list[str]:
     custom, fused, read, wrong, flagged, scripted = graph_functions(loss, watched)
     refuse_parameters_read(read)
     refuse_reentrant_checkpoint(custom)   # a double-backprop build got torch's error already
+    if custom and (missing := functions_without_backward(loss)):   # no gradient: torch.func's error hid it
+        raise no_backward_error(mode_named(op), names=missing)
     # F.embedding(..., scale_grad_by_freq=True) called directly; or with max_norm (HessianOperator._loss
     # passed it a copy of the weight, which every later forward must too)
     if (flagged or getattr(op, "_renorm_seen", False)) and not op._forms_needed:
