@@ -56,7 +56,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from catapult import config as cfg
 from catapult.config.io import plain_data
 from catapult.sweep.dotted import get_dotted, set_dotted
-from catapult.sweep.variants import SweepNote, cell_mapping, grid_notes
+from catapult.sweep.variants import SweepNote, cell_mapping, grid_notes, swept_key_hint
 
 __all__ = [
     "Axis",
@@ -504,8 +504,9 @@ def expand(base: Mapping[str, Any], spec: SweepSpec) -> list[CellSpec]:
         mapping["name"] = f"{name}-{index}"
         try:
             config = cfg.validate(mapping)
-        except cfg.ConfigError as err:
-            problems += cell_problems(index, swept, err)
+        except cfg.ConfigError as err:   # (a hint to remove a swept key: one the grid can act on)
+            hinted = cfg.ConfigError([(key, swept_key_hint(msg, swept, dense)) for key, msg in err.problems])
+            problems += cell_problems(index, swept, hinted)
             continue
         # keep the swept values as the config normalized them (e.g. 2000.0 -> 2000)
         swept = {key: get_dotted(config, key) for key in swept}

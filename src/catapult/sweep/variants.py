@@ -11,12 +11,13 @@ builds a cell that way; :func:`grid_notes` says which cells ran without what.
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any, Callable, Mapping, Union
 
 from catapult import config as cfg
 from catapult.sweep.dotted import get_dotted, set_dotted
 
-__all__ = ["VARIANT_OPTIONS", "SweepNote", "cell_mapping", "dense_reference", "grid_notes"]
+__all__ = ["VARIANT_OPTIONS", "SweepNote", "cell_mapping", "dense_reference", "grid_notes", "swept_key_hint"]
 
 
 class SweepNote(UserWarning):
@@ -229,3 +230,47 @@ def grid_notes(base: Mapping[str, Any], axes: Mapping[str, tuple]) -> list[str]:
                          + (f"; with {' and '.join(found)} both swept, that dense run runs once and is recorded "
                             f"at both grid positions" if len(found) > 1 else ""))
     return notes
+
+
+#: The hint of a config check that takes a key out (``config.checks``): "remove it (on the command
+#: line: model.sparsity.drop_fraction=0.3)", "remove data.augment (on the command line: ...)".
+_REMOVE_HINT = re.compile(r"remove (?:it|[\w.]+) \(on the command line: ([^()]*)\)")
+
+
+def swept_key_hint(message: str, swept: Mapping[str, Any], dense: str | None) -> str:
+    """A grid cell's problem ``message`` (the cell at the ``swept`` values; ``dense``: its
+    :func:`dense_reference` method) with a "remove it (on the command line: K=...)" hint for a key
+    ``K`` the grid sweeps said as what the grid can do: that override is refused beside the axis,
+    and removing it would not take the axis out. A cell that a density axis makes the dense model
+    (method static) is told to leave 1 out of that axis and run the dense reference as a sweep of
+    its own; one whose swept variant does not read ``K`` (:data:`VARIANT_OPTIONS`), to split the
+    grid by that variant; any other, to take the axis out.
+
+    >>> msg = "is read by model.sparsity.method rigl only (method is 'gmp'); remove it (on the command line: model.sparsity.drop_fraction=0.3)"
+    >>> swept_key_hint(msg, {"model.sparsity.method": "gmp", "model.sparsity.drop_fraction": 0.1}, None).split("; ")[1]
+    'the grid sweeps it, and sweep.grid.model.sparsity.method holds gmp, which does not read it: sweep it over the values that read it only, and run the others as a sweep of their own'
+    >>> swept_key_hint(msg, {"model.density": 0.5}, None) == msg   # not swept: the override does it
+    True
+    """
+    def hint(match: re.Match) -> str:
+        words = match.group(1).split()
+        key = next((k for k in (word.split("=", 1)[0] for word in words) if k in swept), None)
+        if key is None:
+            return match.group(0)
+        rest = [word for word in words if word.split("=", 1)[0] not in swept]   # data.augment's other keys
+        return grid_way(key) + (f" (the rest on the command line: {' '.join(rest)})" if rest else "")
+
+    def grid_way(key: str) -> str:
+        axis = f"sweep.grid.{key}"
+        if dense is not None and key.startswith("model.sparsity."):
+            density = _written(swept["model.density"])
+            return (f"the grid sweeps it, and model.density {density} runs this cell as the dense model (method "
+                    f"static): leave {density} out of sweep.grid.model.density and run the dense reference as a "
+                    f"sweep of its own")
+        for decider, option, readers in VARIANT_OPTIONS:
+            if option == key and decider in swept and not _reads(readers, _normalized(decider, swept[decider])):
+                return (f"the grid sweeps it, and sweep.grid.{decider} holds {_written(swept[decider])}, "
+                        f"which does not read it: sweep it over the values that read it only, and run the others "
+                        f"as a sweep of their own")
+        return f"the grid sweeps it: take {axis} out of the grid"
+    return _REMOVE_HINT.sub(hint, message)
