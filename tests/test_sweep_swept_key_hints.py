@@ -74,3 +74,14 @@ def test_a_hint_over_several_keys_keeps_the_unswept_ones(tmp_path, capsys):
     assert code == 2, err
     assert ("the grid sweeps it: take sweep.grid.data.augment.flip out of the grid (the rest on the command line: "
             "data.augment.crop=0)") in err, err
+
+
+def test_a_base_that_every_cell_refuses_is_told_the_same(tmp_path, capsys):
+    # the base sets the option the grid sweeps too: one problem, the base's, with the same hint
+    config = tmp_path / "grid.yaml"
+    config.write_text("name: base\noptimizer: {name: adam, lr: 0.01, momentum: 0.9}\ntrain: {steps: 2}\n"
+                      "eval: {sharpness_every: 0, test_every: 0}\nsweep: {grid: {optimizer.momentum: [0.5, 0.9]}}\n")
+    code = cli.main(["sweep", str(config), "--store", str(tmp_path / "s.db"), "--dry-run"])
+    err = capsys.readouterr().err
+    assert code == 2 and "the grid sweeps it: take sweep.grid.optimizer.momentum out of the grid" in err, err
+    assert "(on the command line:" not in err and "Traceback" not in err, err

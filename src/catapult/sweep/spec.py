@@ -444,16 +444,20 @@ def _validate_base(mapping: dict, spec: SweepSpec | None) -> dict:
         return cfg.validate(mapping)
     except cfg.ConfigError as err:
         problems = err.problems
+    swept, dense = {}, None
     for combo in itertools.product(*(axis.values for axis in spec.axes)):
+        swept = dict(zip(spec.keys, combo))
+        cell, dense = cell_mapping(mapping, swept)
         try:
-            cfg.validate(cell_mapping(mapping, dict(zip(spec.keys, combo)))[0])
+            cfg.validate(cell)
         except cfg.ConfigError as err:
             problems = [p for p in problems if p in err.problems]  # the base's: every cell has it
         else:
             problems = []
         if not problems:
             return cfg.validate(mapping, checks=False)
-    raise cfg.ConfigError(problems)
+    # every cell's (the last one's hint: a swept key's is the grid's to act on)
+    raise cfg.ConfigError([(key, swept_key_hint(msg, swept, dense)) for key, msg in problems])
 
 
 def _drop_dotted(mapping: dict, key: str) -> None:
