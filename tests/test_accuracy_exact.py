@@ -1,8 +1,14 @@
-"""``losses.accuracy`` (amax + arg-max on candidate rows only) equals the plain full arg-max
-definition ``mean_i [argmax_k f_k(x_i) == y_i]`` exactly, ties, infinities and NaNs included."""
+"""``losses.accuracy`` (amax + arg-max on candidate rows only, or the plain arg-max up to
+``PLAIN_ARGMAX_ENTRIES`` logits) equals the full arg-max definition ``mean_i [argmax_k f_k(x_i) == y_i]``
+exactly, ties, infinities and NaNs included, on both paths."""
+import pytest
 import torch
 
+from catapult import losses
 from catapult.losses import accuracy, argmax_hits
+
+# each test below runs on the candidate-row path (every size) and on the size rule as shipped
+both_paths = pytest.mark.parametrize("plain_up_to", [0, losses.PLAIN_ARGMAX_ENTRIES], ids=["candidates", "shipped"])
 
 
 def reference_accuracy(outputs, labels):
@@ -10,7 +16,9 @@ def reference_accuracy(outputs, labels):
     return (predicted == labels.reshape(-1)).double().mean().item()
 
 
-def test_accuracy_equals_full_argmax_with_ties_infs_and_nans():
+@both_paths
+def test_accuracy_equals_full_argmax_with_ties_infs_and_nans(plain_up_to, monkeypatch):
+    monkeypatch.setattr(losses, "PLAIN_ARGMAX_ENTRIES", plain_up_to)
     g = torch.Generator().manual_seed(0)
     for dtype in (torch.float32, torch.float64):
         for trial in range(20):
@@ -25,12 +33,25 @@ def test_accuracy_equals_full_argmax_with_ties_infs_and_nans():
             assert accuracy(logits.reshape(1, 257, 7), labels.reshape(1, 257)) == reference_accuracy(logits, labels)
 
 
-def test_first_maximum_wins_a_tie_and_nan_counts_as_the_maximum():
+@both_paths
+def test_first_maximum_wins_a_tie_and_nan_counts_as_the_maximum(plain_up_to, monkeypatch):
+    monkeypatch.setattr(losses, "PLAIN_ARGMAX_ENTRIES", plain_up_to)
     nan = float("nan")
     logits = torch.tensor([[3., 3., 0.], [3., 3., 0.], [0., nan, 9.], [nan, nan, 1.], [1., 2., 2.]])
     # torch's argmax: 0, 0, 1, 0, 1
     assert argmax_hits(logits, torch.tensor([0, 1, 1, 0, 1])) == 4  # rows 0, 2, 3, 4
     assert argmax_hits(logits, torch.tensor([-100, 5, 2, 0, 1])) == 2  # out-of-range labels never hit
+
+
+def test_token_logits_past_the_size_rule_take_the_candidate_rows_and_equal_the_full_argmax():
+    # (tokens x vocab) logits above PLAIN_ARGMAX_ENTRIES, with ties and an ignore index
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randint(0, 3, (600, 65), generator=g).float()
+    assert logits.numel() > losses.PLAIN_ARGMAX_ENTRIES
+    labels = torch.randint(0, 65, (600,), generator=g)
+    labels[::7] = -100
+    reference = int((logits.argmax(dim=-1) == labels).sum())
+    assert argmax_hits(logits, labels) == reference > 0
 
 
 def reference_collapsed(outputs, rtol):
