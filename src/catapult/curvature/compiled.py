@@ -30,6 +30,8 @@ from __future__ import annotations
 import math
 import warnings
 
+from typing import Callable
+
 import torch
 
 from catapult.curvature.hessian import math_attention
@@ -120,20 +122,20 @@ def _restore_attention_kernels(flags: dict) -> None:
         getattr(torch.backends.cuda, f"enable_{kernel}_sdp")(on)
 
 
-def _run(name: str, *args):
+def _run(name: str, *args, restore: Callable[[], None] | None = None):
     enabled, kernels = _hooks_enabled(), _attention_kernels()
     try:
         # (a caller's parametrize.cached() would hand every call the first one's weights: stateless.py)
         # (slots_kept: functional_call's restore misses a submodule at two paths)
         # (the model inside a Holder: the tensors stay in it through the loss, stateless.holding)
         with slots_kept(args[0]), parametrizations_uncached():
-            return _run_kept(name, Holder(args[0]), *args[1:], enabled=enabled)
+            return _run_kept(name, Holder(args[0]), *args[1:], enabled=enabled, restore=restore)
     finally:
         _restore_saved_tensor_hooks(enabled)
         _restore_attention_kernels(kernels)
 
 
-def _run_kept(name: str, *args, enabled: bool):
+def _run_kept(name: str, *args, enabled: bool, restore: Callable[[], None] | None = None):
     if name in compile_failures:
         return _EAGER[name](*args)
     if name not in _COMPILED:  # compiled on first use: importing catapult never touches dynamo
@@ -142,6 +144,8 @@ def _run_kept(name: str, *args, enabled: bool):
         return _COMPILED[name](*args)
     except Exception as err:
         _restore_saved_tensor_hooks(enabled)
+        if restore is not None:   # the failed call may have run part of the forward (up to a graph break)
+            restore()             # and moved a state it carries: the retry starts from the user's
         result = _EAGER[name](*args)  # the caller's own error raises here, and is theirs
         compile_failures[name] = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}"
         warnings.warn(f"hvp='compiled': torch.compile failed on the {name} "
@@ -151,7 +155,7 @@ def _run_kept(name: str, *args, enabled: bool):
 
 
 def gradient_and_loss(model, loss_fn, flat: torch.Tensor, layout, frozen: dict, buffers: dict,
-                      inputs, targets, forms: bool | None = None):
+                      inputs, targets, forms: bool | None = None, restore: Callable[[], None] | None = None):
     """``(flat gradient, loss)`` of ``loss_fn(model(inputs), targets)`` at the flat parameter
     vector ``flat``, compiled. ``layout``: ``(names, shapes, dtypes)`` of the parameters in
     ``flat`` (each is cast to its dtype); ``frozen``: the other parameters; ``buffers``: the
@@ -159,6 +163,9 @@ def gradient_and_loss(model, loss_fn, flat: torch.Tensor, layout, frozen: dict, 
     vectors in and out: one tensor for dynamo to guard and no per-parameter copies around the
     call (0.45 ms of a 5 ms gradient on the small GPT). ``forms``: whether the forward needs
     :func:`~catapult.curvature.twice.second_order_forms` (None: :func:`~catapult.curvature.twice.needs_forms`).
+    ``restore``: puts back what the model's forward moves (a state it carries in a plain attribute,
+    :class:`~catapult.curvature.stateless.AttributesKept`), called before the eager retry of a
+    compiled call that failed, which may have run part of the forward.
 
     Example (``L(w) = mean((x w)^2)``, gradient ``2 x^T x w / n``):
         >>> model = torch.nn.Linear(1, 1, bias=False)
@@ -168,11 +175,12 @@ def gradient_and_loss(model, loss_fn, flat: torch.Tensor, layout, frozen: dict, 
         ...                   torch.zeros(2, 1))
         (tensor([15.]), tensor(22.5000))
     """
-    return _run("gradient", model, loss_fn, flat, layout, frozen, buffers, inputs, targets, forms)
+    return _run("gradient", model, loss_fn, flat, layout, frozen, buffers, inputs, targets, forms, restore=restore)
 
 
 def gradient_and_product(model, loss_fn, flat: torch.Tensor, vector: torch.Tensor, layout,
-                         frozen: dict, buffers: dict, inputs, targets, forms: bool | None = None):
+                         frozen: dict, buffers: dict, inputs, targets, forms: bool | None = None,
+                         restore: Callable[[], None] | None = None):
     """``(flat gradient, H v)`` of ``loss_fn(model(inputs), targets)`` at the flat parameter
     vector ``flat`` along the flat ``vector``, by reverse over reverse, compiled (the other
     arguments as in :func:`gradient_and_loss`).
@@ -185,4 +193,5 @@ def gradient_and_product(model, loss_fn, flat: torch.Tensor, vector: torch.Tenso
         ...                      layout, {}, {}, x, torch.zeros(2, 1))[1]
         tensor([5.])
     """
-    return _run("product", model, loss_fn, flat, vector, layout, frozen, buffers, inputs, targets, forms)
+    return _run("product", model, loss_fn, flat, vector, layout, frozen, buffers, inputs, targets, forms,
+                restore=restore)

@@ -432,17 +432,17 @@ class HessianOperator:
         parameters (``"product"``)."""
         from catapult.curvature import compiled  # it imports this module's math_attention
 
-        total = None
+        total, restore = None, self._kept.restore   # (also before the eager retry of a failed compile)
         for x, y, w in self._chunks:
             with fixed_rng(self.seed, self.device), self._kept:   # (the state put back, also on a raise)
                 if name == "product":
                     _, part = compiled.gradient_and_product(self._model, self._loss_fn, self._theta,
                                                             vector, self._layout, self._frozen,
-                                                            self._buffers, x, y, self._forms_needed)
+                                                            self._buffers, x, y, self._forms_needed, restore)
                 else:
                     part, _ = compiled.gradient_and_loss(self._model, self._loss_fn, vector,
                                                          self._layout, self._frozen, self._buffers,
-                                                         x, y, self._forms_needed)
+                                                         x, y, self._forms_needed, restore)
             if total is None:
                 total = part if w == 1.0 else part.mul_(w)
             else:

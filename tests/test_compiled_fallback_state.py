@@ -1,0 +1,75 @@
+"""``hvp='compiled'`` falls back to the eager transform where the compiled call fails. A compiled call
+that had run part of the user's forward before it failed (dynamo runs the frame eagerly up to a graph
+break) left the state the forward carries in a plain attribute (``self.h = h.detach()``) moved on,
+as a tensor escaped from the transform, and the eager retry then ran on it: torch's internal assert
+('level.has_value() && level <= current_level ... escaped?'), seen once in the whole suite where the
+first compiled product of that model in the process failed. The retry starts from the user's state."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import catapult
+from catapult.curvature import compiled
+
+
+class Carries(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp, self.rec, self.out = nn.Linear(3, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+        self.h = torch.zeros(4, dtype=torch.float64)
+
+    def forward(self, x):
+        z = torch.tanh(self.inp(x) + self.rec(self.h))
+        self.h = z.mean(0).detach()
+        return self.out(z)
+
+
+class AtState(nn.Module):
+    """The same network with its state fixed (the truth's model)."""
+
+    def __init__(self, net, h):
+        super().__init__()
+        self.net, self.h = net, h
+
+    def forward(self, x):
+        return self.net.out(torch.tanh(self.net.inp(x) + self.net.rec(self.h)))
+
+
+def dense_top(model, loss_fn, batch):
+    params = dict(model.named_parameters())
+
+    def loss(flat):
+        tensors, i = {}, 0
+        for name, p in params.items():
+            tensors[name] = flat[i:i + p.numel()].view_as(p)
+            i += p.numel()
+        return loss_fn(torch.func.functional_call(model, tensors, (batch[0],)), batch[1])
+
+    flat = torch.cat([p.detach().reshape(-1) for p in params.values()])
+    return float(np.linalg.eigvalsh(torch.autograd.functional.hessian(loss, flat).numpy())[-1])
+
+
+def test_the_eager_retry_after_a_failed_compiled_product_starts_from_the_users_state(monkeypatch):
+    # (the compiled gradient's retry goes through the same _run_kept; sharpness calls only the product)
+    name = "product"
+    torch.manual_seed(0)
+    model = Carries().double()
+    gen = torch.Generator().manual_seed(1)
+    batch = (torch.randn(6, 3, generator=gen, dtype=torch.float64), torch.randn(6, 2, generator=gen, dtype=torch.float64))
+    state = torch.full((4,), 0.3, dtype=torch.float64)
+    model.h = state
+    truth = dense_top(AtState(model, state.clone()), nn.MSELoss(), batch)
+
+    def fails_after_running(*args):   # a compiled call that ran the forward eagerly, then failed
+        compiled._EAGER[name](*args)
+        raise RuntimeError("stand-in for a backend failure after a graph break")
+
+    monkeypatch.setattr(compiled, "compile_failures", {})
+    monkeypatch.setattr(compiled, "_COMPILED", {name: fails_after_running})
+    with pytest.warns(RuntimeWarning, match="torch.compile failed"):
+        estimate = catapult.sharpness(model, nn.MSELoss(), batch, tol=1e-10, hvp="compiled")
+    assert estimate.value == pytest.approx(truth, rel=1e-8)
+    assert model.h is state
