@@ -65,7 +65,7 @@ def test_the_eager_retry_after_a_failed_compiled_product_starts_from_the_users_s
 
     def fails_after_running(*args):   # a compiled call that ran the forward eagerly, then failed
         compiled._EAGER[name](*args)
-        raise RuntimeError("stand-in for a backend failure after a graph break")
+        raise torch._dynamo.exc.TorchRuntimeError("stand-in for a backend failure after a graph break")
 
     monkeypatch.setattr(compiled, "compile_failures", {})
     monkeypatch.setattr(compiled, "_COMPILED", {name: fails_after_running})
@@ -73,3 +73,30 @@ def test_the_eager_retry_after_a_failed_compiled_product_starts_from_the_users_s
         estimate = catapult.sharpness(model, nn.MSELoss(), batch, tol=1e-10, hvp="compiled")
     assert estimate.value == pytest.approx(truth, rel=1e-8)
     assert model.h is state
+
+
+class Boom(Exception):
+    """The user's own failure (a bad batch)."""
+
+
+def test_the_users_own_exception_in_a_compiled_call_is_raised_not_taken_for_a_compile_failure(monkeypatch):
+    # a forward that raises once (a bad batch) inside a compiled call that works: it was caught as a
+    # compile failure, retried eagerly (which passed), and hvp='compiled' given up for the process
+    # with a warning naming the user's error; now it reaches the caller as raised, the mode is kept
+    torch.manual_seed(0)
+    model = Carries().double()
+    batch = (torch.randn(6, 3, dtype=torch.float64), torch.randn(6, 2, dtype=torch.float64))
+    state = model.h
+    err, armed = Boom("bad batch"), [True]
+
+    def works(*args):   # a compiled call that works (the eager function), with the user's forward in it
+        if armed[0]:
+            armed[0] = False
+            raise err
+        return compiled._EAGER["product"](*args)
+
+    monkeypatch.setattr(compiled, "compile_failures", {})
+    monkeypatch.setattr(compiled, "_COMPILED", {"product": works})
+    with pytest.raises(Boom) as caught:
+        catapult.sharpness(model, nn.MSELoss(), batch, hvp="compiled")
+    assert caught.value is err and compiled.compile_failures == {} and model.h is state

@@ -28,6 +28,7 @@ functions either way. An error that the eager function raises too is the caller'
 from __future__ import annotations
 
 import math
+import os
 import warnings
 
 from typing import Callable
@@ -135,6 +136,23 @@ def _run(name: str, *args, restore: Callable[[], None] | None = None):
         _restore_attention_kernels(kernels)
 
 
+def _raised_by_user_code(err: BaseException) -> bool:
+    """Whether ``err`` was raised in code outside torch (the user's forward or loss): not one of
+    dynamo's or inductor's exceptions, and its innermost frame is not in torch's package. An error a
+    torch op raises (a shape mismatch in a layer) counts as torch's: the eager retry raises it again."""
+    if isinstance(err, torch._dynamo.exc.TorchDynamoException):
+        return False
+    tb = err.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return not os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_TORCH_DIR)
+
+
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
+
+
 def _run_kept(name: str, *args, enabled: bool, restore: Callable[[], None] | None = None):
     if name in compile_failures:
         return _EAGER[name](*args)
@@ -143,6 +161,8 @@ def _run_kept(name: str, *args, enabled: bool, restore: Callable[[], None] | Non
     try:
         return _COMPILED[name](*args)
     except Exception as err:
+        if _raised_by_user_code(err):   # the user's own exception (a bad batch): theirs, not a compile
+            raise                       # failure (an eager retry could pass, and the mode be given up)
         _restore_saved_tensor_hooks(enabled)
         if restore is not None:   # the failed call may have run part of the forward (up to a graph break)
             restore()             # and moved a state it carries: the retry starts from the user's
