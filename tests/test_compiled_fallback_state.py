@@ -68,7 +68,8 @@ def test_the_eager_retry_after_a_failed_compiled_product_starts_from_the_users_s
         raise torch._dynamo.exc.TorchRuntimeError("stand-in for a backend failure after a graph break")
 
     monkeypatch.setattr(compiled, "compile_failures", {})
-    monkeypatch.setattr(compiled, "_COMPILED", {name: fails_after_running})
+    # (the gradient, which the certificate may take, runs eagerly: no real compile in this test)
+    monkeypatch.setattr(compiled, "_COMPILED", {name: fails_after_running, "gradient": compiled._EAGER["gradient"]})
     with pytest.warns(RuntimeWarning, match="torch.compile failed"):
         estimate = catapult.sharpness(model, nn.MSELoss(), batch, tol=1e-10, hvp="compiled")
     assert estimate.value == pytest.approx(truth, rel=1e-8)
@@ -96,7 +97,7 @@ def test_the_users_own_exception_in_a_compiled_call_is_raised_not_taken_for_a_co
         return compiled._EAGER["product"](*args)
 
     monkeypatch.setattr(compiled, "compile_failures", {})
-    monkeypatch.setattr(compiled, "_COMPILED", {"product": works})
+    monkeypatch.setattr(compiled, "_COMPILED", {"product": works, "gradient": compiled._EAGER["gradient"]})
     with pytest.raises(Boom) as caught:
         catapult.sharpness(model, nn.MSELoss(), batch, hvp="compiled")
     assert caught.value is err and compiled.compile_failures == {} and model.h is state
