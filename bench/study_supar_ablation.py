@@ -210,52 +210,44 @@ def width_cells(paths: list[str], steps: list[int]) -> dict:
     ``"dense"`` for density 1 (one model under muP, SμPar and the ablations: the first
     parametrization's seeds are used) and ``"<parametrization> <density>"`` otherwise."""
     out: dict = {}
+    for cell, width, rec in _records(paths, steps):
+        for key, _ in NORMS + EXTRA:
+            if key in rec:
+                out.setdefault((cell, rec["step"], key), {}).setdefault(width, []).append(rec[key])
+    return out
+
+
+def _records(paths: list[str], steps: list[int]):
+    """``(cell, width, record)`` for every record at ``steps`` of the runs in the JSONs at ``paths``
+    (the cells of :func:`width_cells`; a dense seed once per width)."""
     for path in paths:
         saved = json.loads(Path(path).read_text())
         seen = set()
         for r in saved["runs"]:
             width = _width_of(r, saved["args"])
             dense = r["density"] == 1.0
-            cell = "dense" if dense else f"{r['parametrization']} {r['density']:g}"
             if dense and (width, r["seed"]) in seen:
                 continue
             if dense:
                 seen.add((width, r["seed"]))
+            cell = "dense" if dense else f"{r['parametrization']} {r['density']:g}"
             for rec in r["records"]:
-                if rec["step"] not in steps:
-                    continue
-                for key, _ in NORMS + EXTRA:
-                    if key in rec:
-                        out.setdefault((cell, rec["step"], key), {}).setdefault(width, []).append(rec[key])
-    return out
+                if rec["step"] in steps:
+                    yield cell, width, rec
 
 
 def matrix_cells(paths: list[str], steps: list[int]) -> dict:
     """{(cell, step, kind, norm): {width: [per-seed ratio, averaged over the blocks]}} from each
     record's ``layers``; ``kind`` is the matrix's name without its block (``attn.qkv``, ``mlp.proj``)."""
     out: dict = {}
-    for path in paths:
-        saved = json.loads(Path(path).read_text())
-        seen = set()
-        for r in saved["runs"]:
-            width = _width_of(r, saved["args"])
-            dense = r["density"] == 1.0
-            cell = "dense" if dense else f"{r['parametrization']} {r['density']:g}"
-            if dense and (width, r["seed"]) in seen:
-                continue
-            if dense:
-                seen.add((width, r["seed"]))
-            for rec in r["records"]:
-                if rec["step"] not in steps or "layers" not in rec:
-                    continue
-                kinds: dict = {}
-                for name, ratios in rec["layers"].items():
-                    kind = ".".join(name.split(".")[2:])
-                    for norm, value in ratios.items():
-                        kinds.setdefault((kind, norm), []).append(value)
-                for (kind, norm), values in kinds.items():
-                    out.setdefault((cell, rec["step"], kind, norm), {}).setdefault(width, []).append(
-                        float(np.mean(values)))
+    for cell, width, rec in _records(paths, steps):
+        kinds: dict = {}
+        for name, ratios in rec.get("layers", {}).items():
+            kind = ".".join(name.split(".")[2:])
+            for norm, value in ratios.items():
+                kinds.setdefault((kind, norm), []).append(value)
+        for (kind, norm), values in kinds.items():
+            out.setdefault((cell, rec["step"], kind, norm), {}).setdefault(width, []).append(float(np.mean(values)))
     return out
 
 

@@ -57,24 +57,17 @@ def measures(rank, world, sharded):
     return out
 
 
-def test_an_unsharded_model_is_measured_at_its_state_on_every_rank():
-    # the forwards that tell a mean loss from a sum (on the shard and its halves) moved the state:
-    # each half saw another one, so MSELoss was refused as 'neither a mean nor a sum' (sharpness and
-    # critical_lr alike), and the model was left a few forwards on
-    top, lr = truths()
-    for got in on_ranks(measures, False):
-        assert got["sharpness"] == pytest.approx(top, rel=1e-7)
-        assert got["critical_lr"] == pytest.approx(lr, rel=1e-9)
-        assert got["sharpness_kept"] and got["critical_lr_kept"]
-
-
-def test_a_sharded_model_is_measured_at_its_state_on_every_rank():
+@pytest.mark.parametrize("sharded", [False, True], ids=["unsharded", "fsdp2"])
+def test_a_model_is_measured_at_its_state_on_every_rank(sharded):
+    # unsharded: the forwards that tell a mean loss from a sum (on the shard and its halves) moved the
+    # state: each half saw another one, so MSELoss was refused as 'neither a mean nor a sum' (sharpness
+    # and critical_lr alike), and the model was left a few forwards on.
     # FSDP2: the forward that tells a mean from a sum and every forward of the differences moved the state
     # on, so the products saw another state each: refused as kinks ('the forward and backward differences
     # differ by 2.4'), and the model was left many forwards on; critical_lr's trials each saw the state
     # moved on by the one before: 2e-4 on 2 ranks (1.0312 in one) for the 1.1192 of the state fixed
     top, lr = truths()
-    for got in on_ranks(measures, True):
+    for got in on_ranks(measures, sharded):
         assert got["sharpness"] == pytest.approx(top, rel=1e-7)
         assert got["critical_lr"] == pytest.approx(lr, rel=1e-9)
         assert got["sharpness_kept"] and got["critical_lr_kept"]
