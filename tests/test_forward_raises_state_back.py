@@ -35,11 +35,15 @@ class Memory(nn.Module):
     def forward(self, x):
         z = torch.tanh(self.norm(self.inp(x) + self.rec(self.h)))
         self.h = z.mean(0).detach()
+        self.count_down()
+        return self.out(z)
+
+    def count_down(self):
+        """Raise ``fail``'s exception on its k-th forward (called after the state was rebound)."""
         if self.fail is not None:
             self.fail[0] -= 1
             if self.fail[0] == 0:
                 raise self.fail[1]
-        return self.out(z)
 
 
 class Mixed(Memory):
@@ -59,10 +63,7 @@ class Mixed(Memory):
         q = self.mix(z).unsqueeze(0)
         z = z + nn.functional.scaled_dot_product_attention(q, q, q).squeeze(0)
         self.h = z.mean(0).detach()
-        if self.fail is not None:
-            self.fail[0] -= 1
-            if self.fail[0] == 0:
-                raise self.fail[1]
+        self.count_down()
         return self.out(z)
 
 
