@@ -13,55 +13,16 @@ import torch.nn as nn
 
 import catapult
 from catapult.curvature import compiled
-
-
-class Carries(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.inp, self.rec, self.out = nn.Linear(3, 4), nn.Linear(4, 4), nn.Linear(4, 2)
-        self.h = torch.zeros(4, dtype=torch.float64)
-
-    def forward(self, x):
-        z = torch.tanh(self.inp(x) + self.rec(self.h))
-        self.h = z.mean(0).detach()
-        return self.out(z)
-
-
-class AtState(nn.Module):
-    """The same network with its state fixed (the truth's model)."""
-
-    def __init__(self, net, h):
-        super().__init__()
-        self.net, self.h = net, h
-
-    def forward(self, x):
-        return self.net.out(torch.tanh(self.net.inp(x) + self.net.rec(self.h)))
-
-
-def dense_top(model, loss_fn, batch):
-    params = dict(model.named_parameters())
-
-    def loss(flat):
-        tensors, i = {}, 0
-        for name, p in params.items():
-            tensors[name] = flat[i:i + p.numel()].view_as(p)
-            i += p.numel()
-        return loss_fn(torch.func.functional_call(model, tensors, (batch[0],)), batch[1])
-
-    flat = torch.cat([p.detach().reshape(-1) for p in params.values()])
-    return float(np.linalg.eigvalsh(torch.autograd.functional.hessian(loss, flat).numpy())[-1])
+from dense_curvature import dense_hessian
+from test_stateful_forward_curvature import MemoryAt, memory_problem
 
 
 def test_the_eager_retry_after_a_failed_compiled_product_starts_from_the_users_state(monkeypatch):
     # (the compiled gradient's retry goes through the same _run_kept; sharpness calls only the product)
     name = "product"
-    torch.manual_seed(0)
-    model = Carries().double()
-    gen = torch.Generator().manual_seed(1)
-    batch = (torch.randn(6, 3, generator=gen, dtype=torch.float64), torch.randn(6, 2, generator=gen, dtype=torch.float64))
-    state = torch.full((4,), 0.3, dtype=torch.float64)
-    model.h = state
-    truth = dense_top(AtState(model, state.clone()), nn.MSELoss(), batch)
+    model, batch = memory_problem()   # (the stateful model of test_stateful_forward_curvature)
+    state = model.h
+    truth = np.linalg.eigvalsh(dense_hessian(MemoryAt(model, state.clone()), nn.MSELoss(), batch).numpy())[-1]
 
     def fails_after_running(*args):   # a compiled call that ran the forward eagerly, then failed
         compiled._EAGER[name](*args)
@@ -84,9 +45,7 @@ def test_the_users_own_exception_in_a_compiled_call_is_raised_not_taken_for_a_co
     # a forward that raises once (a bad batch) inside a compiled call that works: it was caught as a
     # compile failure, retried eagerly (which passed), and hvp='compiled' given up for the process
     # with a warning naming the user's error; now it reaches the caller as raised, the mode is kept
-    torch.manual_seed(0)
-    model = Carries().double()
-    batch = (torch.randn(6, 3, dtype=torch.float64), torch.randn(6, 2, dtype=torch.float64))
+    model, batch = memory_problem()
     state = model.h
     err, armed = Boom("bad batch"), [True]
 
