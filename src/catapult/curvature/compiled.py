@@ -23,7 +23,11 @@ section 1i). The price is the first call's compile: 15-50 s for the two on a 2-c
 
 Where ``torch.compile`` fails (no C++ compiler for inductor, an operation it cannot trace), the
 function runs eagerly for the rest of the process, with one warning; the numbers are the same
-functions either way. An error that the eager function raises too is the caller's and propagates.
+functions either way. An error that the eager function raises too is the caller's and propagates;
+so does, without a retry, an exception the user's own code raises inside the compiled call (its
+innermost frame outside torch, not one of dynamo's): a forward that raises once on a bad batch is
+not taken for a compile failure. Before an eager retry, ``restore`` puts back what the failed call's
+forward moved (a state carried in a plain attribute).
 """
 from __future__ import annotations
 
