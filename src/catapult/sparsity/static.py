@@ -160,7 +160,10 @@ class MaskedLinear(nn.Linear):
         self._capture = bool(on)
         self._hook_accumulation()
 
-    @torch.compiler.disable  # its weak references are no graph: under train.compile dynamo failed on them
+    # Its weak references are no graph: under train.compile dynamo failed on them. torch's lazy
+    # form of ``torch.compiler.disable``: the eager one imports dynamo (and sympy) when this
+    # module is imported, 1.5 s of every ``import catapult``; this one at the first call.
+    @torch._disable_dynamo
     def _hook_accumulation(self) -> None:
         """Hook the weight Parameter in use, once each: the one of the updater's day and any
         that replaced it since (a ``load_state_dict(assign=True)`` resume, ``layer.weight =
