@@ -21,6 +21,7 @@ pytestmark = [pytest.mark.skipif(not dist.is_available(), reason="torch.distribu
               pytest.mark.slow]   # two spawned interpreters importing torch
 
 SHARDS = (3, 5)   # unequal: the union's weights are the shards' sizes
+RNN_SHARDS = (1, 7)   # one sample on rank 0 (told from the sample twice over), halves on rank 1
 
 
 def truths():
@@ -78,19 +79,19 @@ def rnn_problem():
     union's batch (8 samples) and state."""
     torch.manual_seed(0)
     model = Carries().double()
-    model.h = torch.zeros(1, sum(SHARDS), 6, dtype=torch.float64)
+    model.h = torch.zeros(1, sum(RNN_SHARDS), 6, dtype=torch.float64)
     with torch.no_grad():
-        model(torch.randn(sum(SHARDS), 5, 3, dtype=torch.float64))   # a batch trained before
-    return model, (torch.randn(sum(SHARDS), 5, 3, dtype=torch.float64),
-                   torch.randn(sum(SHARDS), 2, dtype=torch.float64))
+        model(torch.randn(sum(RNN_SHARDS), 5, 3, dtype=torch.float64))   # a batch trained before
+    return model, (torch.randn(sum(RNN_SHARDS), 5, 3, dtype=torch.float64),
+                   torch.randn(sum(RNN_SHARDS), 2, dtype=torch.float64))
 
 
 def rnn_measures(rank, world):
     model, (x, y) = rnn_problem()
-    lo = sum(SHARDS[:rank])
-    model.h = model.h[:, lo:lo + SHARDS[rank]].clone()   # each rank's state: its samples' rows
+    lo = sum(RNN_SHARDS[:rank])
+    model.h = model.h[:, lo:lo + RNN_SHARDS[rank]].clone()   # each rank's state: its samples' rows
     state = model.h
-    shard = (x[lo:lo + SHARDS[rank]], y[lo:lo + SHARDS[rank]])
+    shard = (x[lo:lo + RNN_SHARDS[rank]], y[lo:lo + RNN_SHARDS[rank]])
     out = {}
     for name, call in (("sharpness", lambda: catapult.sharpness(model, nn.MSELoss(), shard, tol=1e-10,
                                                                 distributed=True).value),
@@ -110,7 +111,10 @@ def rnn_measures(rank, world):
 def test_an_rnn_whose_state_is_shaped_by_the_batch_is_measured_on_every_rank():
     # telling a mean loss from a sum ran the model on each half of the shard, which a state of the
     # shard's size cannot run: torch's 'Expected hidden size (1, 2, 6), got [1, 3, 6]' on every call; a
-    # model that needs its whole shard is told from the rows of one forward's output (as a sharded one)
+    # model that needs its whole shard is told from the rows of one forward's output (as a sharded one).
+    # A shard of one sample (rank 0) was compared with the sample twice over, a batch of 2 its state of
+    # one row cannot run: torch's 'Expected hidden size (1, 2, 6), got [1, 1, 6]' reached the user on
+    # rank 0 (and 'rank 0 raised an error' on rank 1) where the union's answer can be computed
     model, batch = rnn_problem()
     fixed = AtState(copy.deepcopy(model), model.h.clone())   # the union's state: the ranks' rows
     top = float(np.linalg.eigvalsh(dense_hessian(fixed, nn.MSELoss(), batch).numpy())[-1])

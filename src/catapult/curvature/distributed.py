@@ -331,7 +331,9 @@ def union_weight(model, loss_fn, batch, device=None, *, testable: bool = True) -
     loss that is neither (a token mean with ``ignore_index``, a root mean square), or ranks that
     disagree, are refused on every rank: the shards' losses would not add up to the union's, and
     the answer was silently wrong. A shard of one sample compares its loss with that of the
-    sample twice over (a mean's is the same, a sum's twice it); a model with a train-mode dropout
+    sample twice over (a mean's is the same, a sum's twice it), or, where the model cannot run that
+    batch of 2 (a state shaped by the batch), from the rows of its one-sample forward's output, as a
+    sharded one; a model with a train-mode dropout
     tells in eval mode (its masks would differ between the calls), and is left in its mode; one
     that calls ``F.dropout`` with ``training=True`` (no module to switch), with the functional
     dropouts off (:func:`~catapult.curvature.microbatch.functional_masks_off`).
@@ -441,7 +443,12 @@ def _shard_reduction(model, loss_fn, batch) -> str | None:
 
     def loss_at(p, xs, ys):
         with RenormedCopies(), kept.watch(inner):
-            return loss_fn(functional_call(inner, p, (xs,)), ys)
+            try:
+                return loss_fn(functional_call(inner, p, (xs,)), ys)
+            except RuntimeError as err:   # a shard of one sample run twice over (a batch the shard is not): a
+                if xs.shape[0] == n:      # state shaped by the batch fails there as on a half of a larger shard
+                    raise
+                raise PieceFailed(f"the forward of {xs.shape[0]} samples failed: {err}") from err
 
     modes = [(module, module.training) for module in inner.modules()]
     dtype = next(iter(params.values())).dtype

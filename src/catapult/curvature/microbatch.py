@@ -208,6 +208,8 @@ class PieceFailed(RuntimeError):
 def _piece_loss(loss_at, params, x, y):
     try:
         return loss_at(params, x, y)
+    except PieceFailed:
+        raise
     except RuntimeError as err:
         raise PieceFailed(f"the forward of {x.shape[0] if torch.is_tensor(x) else 'some'} samples failed: "
                           f"{err}") from err
