@@ -164,3 +164,27 @@ def test_the_weights_are_read_where_the_test_set_is_so_a_run_that_tests_only_at_
     batched = dict(run_group([Cell(0, config)]))[0]
     assert (batched.status, batched.summary["diverged_at"], batched.summary["failure"]) == (
         "diverged", 3, "non_finite_weights")
+
+
+
+ABSURD_GPT = {"name": "absurd", "seed": 0, "dtype": "float64",
+              "data": {"name": "shakespeare", "context": 8, "n_train": 32, "n_test": 16}, "loss": "cross_entropy",
+              "model": {"name": "gpt", "width": 16, "depth": 1, "n_heads": 2}, "optimizer": {"name": "sgd", "lr": 4.0},
+              "schedule": {"warmup": "linear", "warmup_steps": 4}, "train": {"steps": 10, "divergence_factor": 1000},
+              "eval": {"sharpness_every": 0, "test_every": 0}}
+
+
+def test_an_absurd_lr_cell_ends_alike_in_both_engines_under_a_finite_divergence_factor():
+    # under the paper's rule alone (a non-finite loss) the status of such a cell is rounding's: the
+    # loss grows ~100x a step and the engines' rounding (the local GPT's fused attention kernel, the
+    # batched engine's math kernel) grows with it; this GPT at divergence_factor .inf and 20 steps ended
+    # 'diverged' at step 15 (nan: q k^T overflowing at weights ~1e186) locally and 'finished' at loss
+    # 2e23 on the torch.func engine. A finite factor decides while the engines still agree (README)
+    config = cfg.validate(ABSURD_GPT)
+    local = engine.run(config, progress="none")
+    assert (local.status, local.summary["diverged_at"], local.summary["failure"]) == ("diverged", 9, "loss_above_factor")
+    loss_0 = local.metrics[0]["train_loss"]
+    assert [r["train_loss"] > 1000 * loss_0 for r in local.metrics] == [False] * 9 + [True]
+    batched = dict(run_group([Cell(0, config)]))[0]
+    assert (batched.status, batched.summary["diverged_at"], batched.summary["failure"]) == (
+        "diverged", 9, "loss_above_factor")
