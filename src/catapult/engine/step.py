@@ -165,7 +165,11 @@ def accuracy_rule_applies(config: Mapping[str, Any]) -> bool:
 def failure_of(loss_t: float, weights_ok: bool = True) -> str:
     """Why a run diverged on a row with training loss ``loss_t``: ``"non_finite_loss"``; or,
     its loss finite, :data:`NON_FINITE_WEIGHTS` where its weights were not (``weights_ok``
-    False), else ``"loss_above_factor"`` (:func:`diverged` fired on a finite loss).
+    False), else ``"loss_above_factor"`` (:func:`diverged` fired on a finite loss). A loss that
+    is not finite wins, so one event can be labelled apart where engines round apart: Adam with
+    ``eps: 0`` turns a gradient that is exactly 0 in one engine into a nan weight the loss reads
+    (``non_finite_loss``), where a rounding-sized one in another leaves only unread rows nan
+    (:data:`NON_FINITE_WEIGHTS`); no rule on one row can tell the two apart (README, failure rules).
 
     >>> failure_of(float("inf")), failure_of(11.0), failure_of(2.0, weights_ok=False)
     ('non_finite_loss', 'loss_above_factor', 'non_finite_weights')
