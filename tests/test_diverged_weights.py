@@ -188,3 +188,33 @@ def test_an_absurd_lr_cell_ends_alike_in_both_engines_under_a_finite_divergence_
     batched = dict(run_group([Cell(0, config)]))[0]
     assert (batched.status, batched.summary["diverged_at"], batched.summary["failure"]) == (
         "diverged", 9, "loss_above_factor")
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf], ids=["nan", "inf", "-inf"])
+def test_the_weight_checks_find_any_non_finite_entry_of_either_sign(bad):
+    # truth: torch.isfinite over every entry (per tensor; per member row for the stacks). A row whose
+    # entries are finite but one -inf has a finite largest entry: amax alone would pass it
+    from catapult.engine.step import rows_finite, weights_finite
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(3, 4, 5, generator=g, dtype=torch.float64)
+    w[1, 2, 3] = bad
+    others = [torch.randn(3, 2, generator=g), torch.randn(3, generator=g)]
+    assert weights_finite([*others, w]) is bool(torch.isfinite(w).all()) is False
+    assert weights_finite([*others, w[0]]) is True
+    assert rows_finite([*others, w]) == [bool(torch.isfinite(w[i]).all()) for i in range(3)] == [True, False, True]
+
+
+def test_a_member_is_read_for_non_finite_weights_at_its_own_test_steps_not_at_another_members():
+    # train.steps and eval.test_every are per member: the eps=0 member tests only at its end (step 3),
+    # as run reads it; the other member's test at step 2 is not a weights check of the first
+    nan_rows = cfg.validate({**GPT, "name": "a", "eval": {"sharpness_every": 0, "test_every": 0}})
+    other = cfg.validate({**GPT, "name": "b", "optimizer": {**GPT["optimizer"], "eps": 1e-8},
+                          "train": {**GPT["train"], "steps": 4}, "eval": {"sharpness_every": 0, "test_every": 2}})
+    local = engine.run(nan_rows, progress="none")
+    assert (local.status, local.summary["diverged_at"]) == ("diverged", 3)
+    results = dict(run_group([Cell(0, nan_rows), Cell(1, other)]))
+    assert (results[0].status, results[0].summary["diverged_at"], results[0].summary["failure"]) == (
+        "diverged", 3, "non_finite_weights")
+    assert [r["step"] for r in results[0].metrics] == [r["step"] for r in local.metrics] == [0, 1, 2, 3]
+    assert results[1].status == "finished"
