@@ -60,3 +60,20 @@ def test_the_users_own_exception_in_a_compiled_call_is_raised_not_taken_for_a_co
     with pytest.raises(Boom) as caught:
         catapult.sharpness(model, nn.MSELoss(), batch, hvp="compiled")
     assert caught.value is err and compiled.compile_failures == {} and model.h is state
+
+
+def test_a_compile_failure_that_torchs_own_code_raises_falls_back_to_the_eager_function(monkeypatch):
+    # an error raised inside torch (its innermost frame in torch's package), not one of dynamo's own
+    # exceptions: a compile failure like any other, so the product runs eagerly, with the warning
+    model, batch = memory_problem()
+    truth = np.linalg.eigvalsh(dense_hessian(MemoryAt(model, model.h.clone()), nn.MSELoss(), batch).numpy())[-1]
+
+    def fails_in_torch(*args):
+        torch._check(False, lambda: "stand-in for a lowering failure")
+
+    monkeypatch.setattr(compiled, "compile_failures", {})
+    monkeypatch.setattr(compiled, "_COMPILED", {"product": fails_in_torch, "gradient": compiled._EAGER["gradient"]})
+    with pytest.warns(RuntimeWarning, match="torch.compile failed"):
+        estimate = catapult.sharpness(model, nn.MSELoss(), batch, tol=1e-10, hvp="compiled")
+    assert estimate.value == pytest.approx(truth, rel=1e-8)
+    assert "stand-in for a lowering failure" in compiled.compile_failures["product"]
