@@ -47,6 +47,18 @@ def test_the_two_dense_references_are_one_cell_config(grid):
     assert at[("rigl", 0.5)].same_as is None and at[("gmp", 0.5)].same_as is None
 
 
+def test_every_cell_that_is_an_earlier_cells_run_names_the_first_of_them(tmp_path):
+    # static, rigl and gmp at density 1 are three grid positions of one dense run: both later ones
+    # point at the first (a copy of a copy would wait on a cell that is itself copied last)
+    path = tmp_path / "three.yaml"
+    path.write_text(BASE.replace("[rigl, gmp]", "[static, rigl, gmp]"))
+    cells = expand(*load_sweep(path))
+    runs = [{k: v for k, v in c.config.items() if k != "name"} for c in cells]
+    truth = [next((j for j in range(i) if runs[j] == runs[i]), None) for i in range(len(cells))]
+    assert [c.same_as for c in cells] == truth
+    assert sorted(i for i, j in enumerate(truth) if j is not None) == [2, 4] and truth[4] == 0
+
+
 @pytest.mark.parametrize("executor", ["local", "ensemble"])
 def test_a_sweep_runs_the_shared_dense_reference_once_and_records_it_at_both_cells(grid, tmp_path, executor):
     ran, run_fn = _counting()
@@ -78,11 +90,14 @@ def test_a_resume_copies_the_result_into_a_cell_an_interrupted_sweep_left(grid, 
     with sqlite3.connect(store) as conn:  # as if interrupted before the copy
         conn.execute("UPDATE cells SET status = 'pending', train_loss = NULL, summary_json = NULL WHERE id = 2")
         conn.execute("DELETE FROM metrics WHERE cell_id = 2")
+        # (as a grid with a lambda0-relative lr records it: the one run's lambda_0 is the copy's too)
+        conn.execute("UPDATE cells SET lambda_0 = 2.5 WHERE id = 0")
     ran, run_fn = _counting()
     outcome = run_sweep(*load_sweep(grid), store, run_fn=run_fn, progress="none")
     assert ran == [] and outcome.mode == "resumed" and outcome.copied == 1 and outcome.counts["finished"] == 4
     with Store(store, create=False, readonly=True) as s:
         assert s.metrics(2) == s.metrics(0) and s.cell(2)["train_loss"] == s.cell(0)["train_loss"]
+        assert s.cell(2)["lambda_0"] == 2.5
 
 
 def test_a_failed_shared_run_fails_both_cells_and_a_rerun_retries_it(grid, tmp_path):

@@ -173,3 +173,8 @@ def test_no_note_for_a_swept_option_and_one_for_a_swept_dynamic_method_at_densit
     base = cfg.validate({"model": {"density": 0.5}})
     note, = grid_notes(base, {"model.density": (1.0, 0.5), "model.sparsity.method": ("static", "rigl")})
     assert note.startswith("the cells at model.density 1 run the dense model, which has no mask for rigl to change")
+    # one dynamic method: no other grid position shares its dense run, so no word of running it once;
+    # two: the two dense cells are one run (CellSpec.same_as), which the note says
+    assert "runs once" not in note
+    two, = grid_notes(base, {"model.density": (1.0, 0.5), "model.sparsity.method": ("rigl", "gmp")})
+    assert two.endswith("with gmp and rigl both swept, that dense run runs once and is recorded at both grid positions")
