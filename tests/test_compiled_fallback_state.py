@@ -77,3 +77,27 @@ def test_a_compile_failure_that_torchs_own_code_raises_falls_back_to_the_eager_f
         estimate = catapult.sharpness(model, nn.MSELoss(), batch, tol=1e-10, hvp="compiled")
     assert estimate.value == pytest.approx(truth, rel=1e-8)
     assert "stand-in for a lowering failure" in compiled.compile_failures["product"]
+
+
+def test_the_eager_retry_after_a_failed_compiled_gradient_starts_from_the_users_state(monkeypatch):
+    # the compiled gradient (the base the differences subtract) retries through the same path: its
+    # retry gets the restore too, so the gradient is the one at the user's state
+    from catapult.curvature import HessianOperator
+
+    model, batch = memory_problem()
+    state = model.h
+    fixed = MemoryAt(model, state.clone())
+    truth = torch.cat([g.reshape(-1) for g in torch.autograd.grad(nn.MSELoss()(fixed(batch[0]), batch[1]),
+                                                                 list(fixed.parameters()))])
+
+    def fails_after_running(*args):   # a compiled call that ran the forward eagerly, then failed
+        compiled._EAGER["gradient"](*args)
+        raise torch._dynamo.exc.TorchRuntimeError("stand-in for a backend failure after a graph break")
+
+    monkeypatch.setattr(compiled, "compile_failures", {})
+    monkeypatch.setattr(compiled, "_COMPILED", {"gradient": fails_after_running, "product": compiled._EAGER["product"]})
+    op = HessianOperator(model, nn.MSELoss(), batch, hvp="compiled")
+    with pytest.warns(RuntimeWarning, match="torch.compile failed on the gradient"):
+        gradient = op.gradient()
+    torch.testing.assert_close(gradient, truth, rtol=1e-10, atol=1e-12)
+    assert model.h is state
