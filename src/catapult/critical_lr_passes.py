@@ -207,7 +207,8 @@ def sharded_loss_and_gradient(model, loss_fn, batch, params, weight: float, kept
     try:
         op = ShardedHessianOperator(model, loss_fn, batch, weight, vectors="local", forms=False, kept=kept)
     except NotImplementedError as err:   # a custom Function without a backward: torch's raw error
-        if (refusal := no_backward_error("critical_lr", err, needs=_STEP_NEEDS)) is not None:
+        names = getattr(err, "functions_without_backward", ())   # (found in the graph by the operator)
+        if (refusal := no_backward_error("critical_lr", err, names, _STEP_NEEDS)) is not None:
             raise refusal from err
         raise
     _check_finite_start(op.loss)

@@ -27,7 +27,8 @@ from catapult.curvature.modes import HVP_MODES, holds_compiled, named_dtype_mix,
 from catapult.curvature.stateless import (AttributesKept, RenormedCopies, batch_versions, functional_loss,
                                           has_renormed_embeddings, refuse_batch_written, refuse_parameters_written,
                                           refuse_scripted, storage_of)
-from catapult.curvature.torch_errors import named_missing_derivatives
+from catapult.curvature.torch_errors import (functions_without_backward, mode_named, named_missing_derivatives,
+                                             no_backward_error)
 from catapult.curvature.twice import (built_with_forms, forms_for, math_attention, needs_forms, verify_operator,
                                       weight_norm_module)
 
@@ -297,8 +298,13 @@ class HessianOperator:
             refuse_constant(loss)
             if create_graph is None:
                 return leaves, loss, None
-            grads = weighted_gradient(loss, scale, leaves, self._eps, create_graph=create_graph,
-                                      allow_unused=True, materialize_grads=True)
+            try:
+                grads = weighted_gradient(loss, scale, leaves, self._eps, create_graph=create_graph,
+                                          allow_unused=True, materialize_grads=True)
+            except NotImplementedError as err:   # torch's error names no Function; the graph is at hand
+                if (refusal := no_backward_error(mode_named(self), err, functions_without_backward(loss))) is not None:
+                    raise refusal from err
+                raise
         return leaves, loss, grads
 
     @named_missing_derivatives

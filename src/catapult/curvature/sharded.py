@@ -413,6 +413,7 @@ class ShardedHessianOperator:
                     missing = functions_without_backward(loss)
                     if self._for_curvature and (refusal := no_backward_error(SHARDED, err, missing)) is not None:
                         raise refusal from err
+                    err.functions_without_backward = missing   # (critical_lr's refusal names them too)
                     raise
             pieces = [torch.zeros(shape, dtype=self.dtype, device=self.device) if p.grad is None
                       else self.part(p.grad).to(self.dtype) for p, shape in zip(self._params, self.shapes)]
