@@ -64,32 +64,34 @@ def _mlp(i: int) -> dict:
     return cfg.validate({**MLP, "name": f"c{i}", "seed": i})
 
 
-def test_a_nan_test_loss_ends_a_local_run_as_diverged_at_that_step(monkeypatch):
+@pytest.mark.parametrize("bad", [math.nan, math.inf], ids=["nan", "inf"])   # (an overflowing loss is inf)
+def test_a_nan_test_loss_ends_a_local_run_as_diverged_at_that_step(monkeypatch, bad):
     real, calls = loop.evaluate, []
 
     def spoiled(model, loss_fn, x, y):
         calls.append(1)
         loss, acc = real(model, loss_fn, x, y)
-        return (float("nan"), acc) if len(calls) == 3 else (loss, acc)   # the step-2 evaluation
+        return (bad, acc) if len(calls) == 3 else (loss, acc)   # the step-2 evaluation
 
     monkeypatch.setattr(loop, "evaluate", spoiled)
     result = engine.run(_mlp(0), progress="none")
     assert (result.status, result.summary["diverged_at"], result.summary["failure"]) == (
         "diverged", 2, "non_finite_test_loss")
-    assert [r["step"] for r in result.metrics] == [0, 1, 2] and math.isnan(result.metrics[2]["test_loss"])
+    assert [r["step"] for r in result.metrics] == [0, 1, 2] and not math.isfinite(result.metrics[2]["test_loss"])
     assert result.summary["final_test_loss"] is None and result.summary["steps_completed"] == 2
 
 
-@pytest.mark.parametrize("run_engine, stack", [(run_ensemble, KernelStack), (run_group, FuncStack)],
+# (one shared loop: a nan in one engine, an inf in the other)
+@pytest.mark.parametrize("run_engine, stack, bad", [(run_ensemble, KernelStack, math.inf), (run_group, FuncStack, math.nan)],
                          ids=["kernels", "func"])
-def test_a_nan_test_loss_ends_that_member_alone_in_the_batched_engines(run_engine, stack, monkeypatch):
+def test_a_nan_test_loss_ends_that_member_alone_in_the_batched_engines(run_engine, stack, bad, monkeypatch):
     real, calls = stack.evaluate, []
 
     def spoiled(self, rows, x, y, *args, **kwargs):
         calls.append(1)
         out = list(real(self, rows, x, y, *args, **kwargs))
-        if len(calls) == 3:  # step 2: member 1 (the second row) gets a nan test loss
-            out[1] = (float("nan"), out[1][1])
+        if len(calls) == 3:  # step 2: member 1 (the second row) gets a non-finite test loss
+            out[1] = (bad, out[1][1])
         return out
 
     alone = dict(run_engine([Cell(0, _mlp(0))]))[0]
@@ -97,7 +99,7 @@ def test_a_nan_test_loss_ends_that_member_alone_in_the_batched_engines(run_engin
     results = dict(run_engine([Cell(0, _mlp(0)), Cell(1, _mlp(1))]))
     hit = results[1]
     assert (hit.status, hit.summary["diverged_at"], hit.summary["failure"]) == ("diverged", 2, "non_finite_test_loss")
-    assert [r["step"] for r in hit.metrics] == [0, 1, 2] and math.isnan(hit.metrics[2]["test_loss"])
+    assert [r["step"] for r in hit.metrics] == [0, 1, 2] and not math.isfinite(hit.metrics[2]["test_loss"])
     other = results[0]
     assert other.status == "finished" and len(other.metrics) == 5
     for a, b in zip(other.metrics, alone.metrics):
