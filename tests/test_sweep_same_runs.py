@@ -73,7 +73,7 @@ def test_a_sweep_runs_the_shared_dense_reference_once_and_records_it_at_both_cel
         rows = {c["id"]: c for c in s.cells()}
         assert rows[2]["swept"] == {"model.sparsity.method": "gmp", "model.density": 1.0}  # what --where selects
         assert s.metrics(2) == s.metrics(0) and len(s.metrics(0)) == 4
-        for column in ("status", "train_loss", "best_train_loss", "steps_completed", "lambda_0"):
+        for column in ("status", "train_loss", "best_train_loss", "steps_completed", "lambda_0", "worker"):
             assert rows[2][column] == rows[0][column], column
         assert rows[2]["summary"]["same_run_as"] == 0 and rows[2]["summary"]["name"] == "dyn-2"
         assert "same_run_as" not in rows[0]["summary"]
