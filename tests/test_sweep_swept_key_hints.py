@@ -85,3 +85,13 @@ def test_a_base_that_every_cell_refuses_is_told_the_same(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "the grid sweeps it: take sweep.grid.optimizer.momentum out of the grid" in err, err
     assert "(on the command line:" not in err and "Traceback" not in err, err
+
+
+def test_a_dense_reference_cell_refused_for_a_key_that_is_no_sparsity_key_is_told_to_take_that_axis_out(
+        tmp_path, capsys):
+    # the density axis makes the cell at 1 the dense model, but momentum (which adam does not read) is no
+    # sparsity key: leaving 1 out of the density axis would not help there; taking the momentum axis out does
+    code, err = _sweep(tmp_path, capsys, "sweep.grid.model.density=[1.0,0.25]", "sweep.grid.optimizer.momentum=[0.0,0.9]")
+    assert code == 2 and "take sweep.grid.optimizer.momentum out of the grid" in err, err
+    assert "leave 1.0 out of sweep.grid.model.density" not in err, err
+    assert _sweep(tmp_path, capsys, "sweep.grid.model.density=[1.0,0.25]")[0] == 0
