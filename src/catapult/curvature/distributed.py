@@ -389,7 +389,7 @@ def _sharded_shard_reduction(model, loss_fn, batch, failed: Exception | None = N
     would move (train-mode BatchNorm) is not run, on any rank alike. ``failed``: the error of an
     unsharded model's forward on half its shard, which this replaces; such a model whose outputs have
     no sample rows is refused (a mean taken for a sum loss would halve its curvature on 2 ranks)."""
-    from catapult.curvature.hessian import fixed_rng
+    from catapult.curvature.rng import fixed_rng
     from catapult.curvature.microbatch import reduction_kind, uses_batch_statistics
     from catapult.curvature.stateless import AttributesKept
 
@@ -419,7 +419,7 @@ def _sharded_shard_reduction(model, loss_fn, batch, failed: Exception | None = N
 
 def _shard_reduction(model, loss_fn, batch) -> str | None:
     """``"mean"``, ``"sum"`` or None (cannot tell) for ``loss_fn`` on this rank's shard."""
-    from catapult.curvature.hessian import fixed_rng
+    from catapult.curvature.rng import fixed_rng
     from catapult.curvature.microbatch import (PieceFailed, batch_coupling, functional_masks_off, reduction_kind,
                                                uses_batch_statistics)
     from catapult.curvature.stateless import AttributesKept, RenormedCopies, functional_call

@@ -9,8 +9,9 @@ import math
 import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from catapult.curvature.hessian import HessianOperator, fixed_rng, math_attention
+from catapult.curvature.hessian import HessianOperator, math_attention
 from catapult.curvature.modes import holds_compiled
+from catapult.curvature.rng import fixed_rng
 from catapult.curvature.stateless import functional_call
 from catapult.curvature.torch_errors import named_missing_derivatives
 from catapult.curvature.twice import forms_for, graph_functions

@@ -24,6 +24,7 @@ from catapult.curvature.grads_into import (attach_grads, backward_into, flush_gr
                                            scalar_loss)
 from catapult.curvature.microbatch import refuse_dropout, split_batch, weighted_backward, weighted_gradient
 from catapult.curvature.modes import HVP_MODES, holds_compiled, named_dtype_mix, resolve_dtype, resolve_hvp
+from catapult.curvature.rng import fixed_rng
 from catapult.curvature.stateless import (AttributesKept, RenormedCopies, batch_versions, functional_loss,
                                           has_renormed_embeddings, refuse_batch_written, refuse_parameters_written,
                                           refuse_scripted, storage_of)
@@ -33,31 +34,6 @@ from catapult.curvature.twice import (built_with_forms, forms_for, math_attentio
                                       weight_norm_module)
 
 __all__ = ["HVP_MODES", "HessianOperator", "resolve_dtype", "resolve_hvp", "fixed_rng", "math_attention"]
-
-
-@contextlib.contextmanager
-def fixed_rng(seed: int, device: torch.device):
-    """Seed the generator(s) a forward pass on ``device`` may draw from (dropout) and restore
-    the global RNG state afterwards, so every forward in one solve sees the same dropout mask
-    and the caller's random stream is untouched.
-
-    Example:
-        >>> with fixed_rng(0, torch.device("cpu")):
-        ...     first = torch.rand(3)
-        >>> with fixed_rng(0, torch.device("cpu")):
-        ...     second = torch.rand(3)
-        >>> torch.equal(first, second)
-        True
-    """
-    cuda_devices = []
-    if device.type == "cuda":
-        cuda_devices = [device.index if device.index is not None else torch.cuda.current_device()]
-    with torch.random.fork_rng(devices=cuda_devices):
-        torch.default_generator.manual_seed(seed)
-        if cuda_devices:
-            with torch.cuda.device(cuda_devices[0]):
-                torch.cuda.manual_seed(seed)
-        yield
 
 
 class HessianOperator:

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from catapult.curvature.coarse import COARSE_MIN_SAMPLES
-from catapult.curvature.hessian import fixed_rng
+from catapult.curvature.rng import fixed_rng
 from catapult.curvature.krylov import inner_product, vector_norm, unit_roundoff
 from catapult.curvature.microbatch import batch_coupling, coupling_remedy
 from catapult.curvature.stateless import AttributesKept, functional_call

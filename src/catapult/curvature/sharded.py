@@ -38,7 +38,7 @@ section 5b).
 Each gradient moves the local shards to ``theta +- h u`` in place, then copies the saved shards
 back (bit for bit), and keeps ``.grad`` aside and puts it back, so the parameters, their
 gradients and the model's mode are as they were. The forward runs under the fixed RNG of
-:func:`~catapult.curvature.hessian.fixed_rng` (one dropout mask for every product).
+:func:`~catapult.curvature.rng.fixed_rng` (one dropout mask for every product).
 
 What is refused (ValueError naming it): ``distributed=False`` on a sharded model, ``hvp`` other
 than ``"auto"`` / ``"finite_difference"``, a ``dtype`` other than the parameters', micro-batches
@@ -83,7 +83,7 @@ from catapult.curvature.distributed import agreed, all_reduce_sum
 from catapult.curvature.difference import (RENORM_STEPS, central_step, checked_difference,
                                            refuse_renormed_differences, refuse_spectral_norm_differences,
                                            relative_gap, rounding_level)
-from catapult.curvature.hessian import fixed_rng
+from catapult.curvature.rng import fixed_rng
 from catapult.curvature.krylov import vector_norm
 from catapult.curvature.start import mixed_start, real_init, warm_start_weight
 from catapult.curvature.stateless import AttributesKept, RenormedCopies
