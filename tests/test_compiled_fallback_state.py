@@ -101,3 +101,21 @@ def test_the_eager_retry_after_a_failed_compiled_gradient_starts_from_the_users_
         gradient = op.gradient()
     torch.testing.assert_close(gradient, truth, rtol=1e-10, atol=1e-12)
     assert model.h is state
+
+
+def test_an_error_raised_in_inductors_generated_code_falls_back_to_the_eager_function(monkeypatch, tmp_path):
+    # the wrapper inductor generates (a size assert failing in it) lives in its cache folder, not in
+    # torch's package: its errors were taken for the user's own and raised, with no eager retry
+    model, batch = memory_problem()
+    truth = np.linalg.eigvalsh(dense_hessian(MemoryAt(model, model.h.clone()), nn.MSELoss(), batch).numpy())[-1]
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    generated = {}
+    exec(compile("def call(*args):\n    raise AssertionError('stand-in: expected size 4==5 at dim=0')\n",
+                 str(tmp_path / "ab" / "cabcdef.py"), "exec"), generated)
+
+    monkeypatch.setattr(compiled, "compile_failures", {})
+    monkeypatch.setattr(compiled, "_COMPILED", {"product": generated["call"], "gradient": compiled._EAGER["gradient"]})
+    with pytest.warns(RuntimeWarning, match="torch.compile failed"):
+        estimate = catapult.sharpness(model, nn.MSELoss(), batch, tol=1e-10, hvp="compiled")
+    assert estimate.value == pytest.approx(truth, rel=1e-8)
+    assert "stand-in: expected size" in compiled.compile_failures["product"]

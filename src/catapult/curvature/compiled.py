@@ -25,12 +25,13 @@ Where ``torch.compile`` fails (no C++ compiler for inductor, an operation it can
 function runs eagerly for the rest of the process, with one warning; the numbers are the same
 functions either way. An error that the eager function raises too is the caller's and propagates;
 so does, without a retry, an exception the user's own code raises inside the compiled call (its
-innermost frame outside torch, not one of dynamo's): a forward that raises once on a bad batch is
+innermost frame outside torch, triton and inductor's generated code, not one of dynamo's): a forward that raises once on a bad batch is
 not taken for a compile failure. Before an eager retry, ``restore`` puts back what the failed call's
 forward moved (a state carried in a plain attribute).
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import warnings
@@ -142,8 +143,10 @@ def _run(name: str, *args, restore: Callable[[], None] | None = None):
 
 def _raised_by_user_code(err: BaseException) -> bool:
     """Whether ``err`` was raised in code outside torch (the user's forward or loss): not one of
-    dynamo's or inductor's exceptions, and its innermost frame is not in torch's package. An error a
-    torch op raises (a shape mismatch in a layer) counts as torch's: the eager retry raises it again."""
+    dynamo's or inductor's exceptions, and its innermost frame is not torch's: neither in torch's or
+    triton's package nor in the code inductor generated (its cache folder: a size assert of the
+    compiled wrapper). An error a torch op raises (a shape mismatch in a layer) counts as torch's:
+    the eager retry raises it again."""
     if isinstance(err, torch._dynamo.exc.TorchDynamoException):
         return False
     tb = err.__traceback__
@@ -151,10 +154,20 @@ def _raised_by_user_code(err: BaseException) -> bool:
         return False
     while tb.tb_next is not None:
         tb = tb.tb_next
-    return not os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_TORCH_DIR)
+    return not os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_torch_code_folders())
 
 
-_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
+def _torch_code_folders() -> tuple[str, ...]:
+    """Torch's package, triton's (where installed) and inductor's cache folder of generated code
+    (read as inductor reads it, without its side effects: it sets the variable and makes the folder)."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    folders = [os.path.dirname(os.path.abspath(torch.__file__)),
+               os.path.abspath(os.environ.get("TORCHINDUCTOR_CACHE_DIR") or default_cache_dir())]
+    triton = importlib.util.find_spec("triton")
+    if triton is not None and triton.origin:
+        folders.append(os.path.dirname(os.path.abspath(triton.origin)))
+    return tuple(folder + os.sep for folder in folders)
 
 
 def _run_kept(name: str, *args, enabled: bool, restore: Callable[[], None] | None = None):
