@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 __all__ = ["check_real", "check_std", "check_batch", "check_module", "check_positive_int", "check_densities", "as_integer",
-           "as_real", "check_seed", "caller_stacklevel"]
+           "as_real", "check_seed", "check_flag", "caller_stacklevel"]
 
 
 def check_real(owner: str, label: str, value: Any, *, low: float | None = None, high: float | None = None,
@@ -193,6 +193,26 @@ def check_seed(model: str, label: str, value: Any) -> None:
     seed = as_integer(value)
     if seed is None or not -2 ** 63 <= seed < 2 ** 64:
         raise ValueError(f"{model} {label} must be an integer in [-2**63, 2**64) or None; got {_scalar(value)!r}")
+
+
+def check_flag(owner: str, label: str, value: Any) -> bool:
+    """``value`` as a bool, or a TypeError naming ``owner`` and ``label``: True, False, a NumPy bool
+    or the integers 0 and 1 (as ``torch.optim`` flags take them). Python's truthiness took
+    ``scale_by_group_lr="no"`` as True and ``[]`` as False, silently.
+
+    >>> check_flag("sharpness", "distributed", 1)
+    True
+    >>> check_flag("preconditioned_sharpness", "scale_by_group_lr", "no")
+    Traceback (most recent call last):
+    TypeError: preconditioned_sharpness: scale_by_group_lr must be True or False, got 'no'
+    """
+    if isinstance(value, bool):
+        return value
+    if type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_"):
+        return bool(value)
+    if isinstance(value, numbers.Integral) and value in (0, 1):
+        return bool(value)
+    raise TypeError(f"{owner}: {label} must be True or False, got {_scalar(value)!r}")
 
 
 def caller_stacklevel() -> int:

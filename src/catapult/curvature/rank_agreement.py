@@ -15,7 +15,7 @@ import zlib
 
 import torch
 
-from catapult.arguments import check_batch
+from catapult.arguments import check_batch, check_flag
 from catapult.curvature.distributed import agreed, check_shard_inputs, require_process_group, unwrap_ddp
 
 __all__ = ["PER_RANK_ARGUMENTS", "same_call_on_every_rank", "check_same_call"]
@@ -23,6 +23,9 @@ __all__ = ["PER_RANK_ARGUMENTS", "same_call_on_every_rank", "check_same_call"]
 #: arguments each rank may pass its own: its start vector (rank 0's is broadcast), its micro-batch
 #: size (a rank's micro-batches do not change how many products it runs), and its shard
 PER_RANK_ARGUMENTS = frozenset({"batch", "init", "chunk_size"})
+
+#: the entry points' on/off arguments, checked to be bools before anything else reads them
+FLAGS = ("distributed", "scale_by_group_lr")
 
 
 def same_call_on_every_rank(fn):
@@ -49,10 +52,15 @@ def same_call_on_every_rank(fn):
         except TypeError:
             return fn(*args, **kwargs)  # its own TypeError, named as Python names it
         bound.apply_defaults()
+        # truthiness took scale_by_group_lr="no" as True, and distributed=1 ran distributed
+        # without the checks below (they looked for True itself)
+        for name in FLAGS:
+            if name in bound.arguments:
+                bound.arguments[name] = check_flag(fn.__name__, name, bound.arguments[name])
         if bound.arguments.get("distributed") is True:
             require_process_group()
             check_same_call(fn.__name__, bound.arguments)
-        return fn(*args, **kwargs)
+        return fn(*bound.args, **bound.kwargs)
     return run
 
 

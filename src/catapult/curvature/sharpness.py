@@ -68,7 +68,7 @@ def memory_setting(memory: str, batch, chunk_size, max_basis, model=None, loss_f
     >>> memory_setting("fast", batch, None, None)
     (None, 32)
     """
-    if memory not in MEMORY_SETTINGS:
+    if not isinstance(memory, str) or memory not in MEMORY_SETTINGS:  # a list: "unhashable type"
         raise ValueError(f"memory must be one of {sorted(MEMORY_SETTINGS)}, got {memory!r}")
     setting = MEMORY_SETTINGS[memory]
     if memory == "fast":
