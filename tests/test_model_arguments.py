@@ -87,3 +87,27 @@ def test_inputs_of_another_float_dtype_than_the_weights_are_named(build, x):
     if weights == torch.float32:
         with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast's own casts still apply
             assert model(torch.randn(x.shape, dtype=torch.bfloat16)).shape[0] == x.shape[0]
+
+
+_GPT = dict(d_model=8, n_layers=1, n_heads=2, context=4)
+
+
+@pytest.mark.parametrize("build, words", [
+    (lambda v: MLP(3, 2, width=8, depth=2, bias=v), "MLP: bias must be True or False"),
+    (lambda v: GPT(10, bias=v, **_GPT), "GPT: bias must be True or False"),
+    (lambda v: GPT(10, tie_embeddings=v, **_GPT), "GPT: tie_embeddings must be True or False"),
+    (lambda v: GPT(10, final_norm=v, **_GPT), "GPT: final_norm must be True or False"),
+    (lambda v: WRN(3, 10, depth=10, widen=1, channels=4, bias=v), "WRN: bias must be True or False"),
+])
+@pytest.mark.parametrize("value", ["no", [], None, 2])
+def test_a_model_flag_that_is_not_a_bool_is_refused_naming_it(build, words, value):
+    """bias="no" built biases, tie_embeddings="no" tied the embeddings (Python's truthiness)."""
+    with pytest.raises(TypeError, match=words):
+        build(value)
+
+
+def test_a_model_flag_given_as_a_numpy_bool_or_0_1_builds_what_it_says():
+    assert not any(n.endswith("bias") for n, _ in MLP(3, 2, width=8, depth=2, bias=np.False_).named_parameters())
+    assert sum(p.numel() for p in MLP(3, 2, width=8, depth=2, bias=1).parameters()) == 3 * 8 + 8 + 8 * 2 + 2
+    tied = GPT(10, tie_embeddings=np.True_, **_GPT)
+    assert sum(p.numel() for p in tied.parameters()) < sum(p.numel() for p in GPT(10, tie_embeddings=0, **_GPT).parameters())

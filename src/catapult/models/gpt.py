@@ -38,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from catapult.parametrize import ParamSpec, check_parametrization, init_variance
-from catapult.arguments import check_densities, check_positive_int, check_real, check_seed, check_std
+from catapult.arguments import check_densities, check_flag, check_positive_int, check_real, check_seed, check_std
 from catapult.models.options import common_kwargs, section_dict
 from catapult.parametrize_state import attach_spec
 from catapult.sparsity import MaskedLinear, random_mask
@@ -194,6 +194,9 @@ class GPT(nn.Module):
         if parametrization == "sp" and (alpha_in != 1.0 or alpha_out != 1.0):
             raise ValueError("GPT alpha_in / alpha_out apply to mup and supar only")
         check_positive_int("GPT", "base_width", base_width, optional=True)
+        # bias="no", tie_embeddings="no" or final_norm=[] built what Python's truthiness said
+        bias, tie_embeddings, final_norm = (check_flag("GPT", label, value) for label, value in (
+            ("bias", bias), ("tie_embeddings", tie_embeddings), ("final_norm", final_norm)))
         self.vocab_size, self.d_model, self.n_layers = vocab_size, d_model, n_layers
         self.n_heads, self.context = n_heads, context
         self.parametrization = parametrization

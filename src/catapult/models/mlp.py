@@ -58,7 +58,7 @@ import torch
 import torch.nn as nn
 
 from catapult.parametrize import ParamSpec, ScaledLinear, check_parametrization, init_variance
-from catapult.arguments import check_densities, check_positive_int, check_real, check_seed
+from catapult.arguments import check_densities, check_flag, check_positive_int, check_real, check_seed
 from catapult.models.options import common_kwargs, section_dict
 from catapult.parametrize_state import attach_spec
 from catapult.scaled_layers import INIT_DISTRIBUTIONS, check_input_dtype, init_weight_
@@ -130,6 +130,7 @@ class MLP(nn.Module):
             raise ValueError(f"MLP init must be one of {INIT_DISTRIBUTIONS}; got {init!r}")
         check_positive_int("MLP", "base_width", base_width, optional=True)
         check_densities("MLP", density, base_density)
+        bias = check_flag("MLP", "bias", bias)  # bias="no" built biases
         if int(depth) < 3 and (float(density) != 1.0 or float(base_density) != 1.0):
             # the masks and SμPar's density factor are the hidden layers': the network trained dense
             raise ValueError(f"MLP density={density!r}, base_density={base_density!r}: the masks are the hidden "

@@ -63,7 +63,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from catapult.arguments import check_positive_int, check_real
+from catapult.arguments import check_flag, check_positive_int, check_real
 from catapult.models.options import section_dict
 from catapult.parametrize import ParamSpec, check_parametrization
 from catapult.parametrize_state import attach_spec
@@ -171,6 +171,7 @@ class WRN(nn.Module):
         if init not in INIT_DISTRIBUTIONS:
             raise ValueError(f"WRN init must be one of {INIT_DISTRIBUTIONS}; got {init!r}")
         check_positive_int("WRN", "base_widen", base_widen, optional=True)
+        bias = check_flag("WRN", "bias", bias)  # bias="no" built biases
         weight_var = check_real("WRN", "weight_var", weight_var, low=0.0, low_open=True)
         for label, value in (("alpha_in", alpha_in), ("alpha_out", alpha_out)):
             check_real("WRN", label, value, low=0.0, low_open=True)
