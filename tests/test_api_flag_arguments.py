@@ -14,10 +14,11 @@ import catapult
 from catapult.curvature import rank_agreement
 from catapult.curvature.distributed import single_process_group
 
-torch.manual_seed(0)
-X, Y = torch.randn(8, 3), torch.randn(8, 2)
+with torch.random.fork_rng():  # the global RNG of the tests collected after this one is left alone
+    torch.manual_seed(0)
+    X, Y = torch.randn(8, 3), torch.randn(8, 2)
+    MODEL = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
 MSE = nn.MSELoss()
-MODEL = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
 
 
 def _adam():
