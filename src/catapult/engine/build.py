@@ -79,10 +79,44 @@ def build_model(config: Mapping[str, Any], in_features: int, out_features: int,
 
 
 def _param_groups(model: nn.Module, lr: float, kind: str) -> list[dict]:
-    """Per-layer groups (muP/SμPar LR multipliers in ``group["lr_mult"]``)."""
+    """Per-layer groups (muP/SμPar LR multipliers in ``group["lr_mult"]``), neighbours with equal
+    settings merged (``param_groups(merge=True)``: torch's optimizers pay ~40 µs of Python per
+    group and step on CPU, 3.4% of a batch-128 step of the digits MLP; SP has one group)."""
     from catapult.parametrize import param_groups
 
-    return param_groups(model, lr, optimizer=kind)
+    return param_groups(model, lr, optimizer=kind, merge=True)
+
+
+def _load_unmerged_groups(optimizer: torch.optim.Optimizer, state_dict: dict) -> dict | None:
+    """``load_state_dict`` pre-hook of the engine's optimizers: a ``state_dict`` saved with one
+    group per kind (the engine before groups were merged, or ``param_groups()`` without
+    ``merge``) over the same parameters is merged as this optimizer's groups are (the
+    parameters' order across the groups is the same, so the state's indices are). Saved groups
+    that would become one but whose settings differ are refused, naming them; any other layout
+    is left to torch's loader and its message."""
+    saved, ours = state_dict.get("param_groups"), optimizer.param_groups
+    if not (isinstance(saved, list) and len(saved) > len(ours)
+            and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in saved)):
+        return None
+    merged, i = [], 0
+    for group in ours:
+        run, count = [], 0
+        while i < len(saved) and count < len(group["params"]):
+            run.append(saved[i])
+            count, i = count + len(saved[i]["params"]), i + 1
+        if count != len(group["params"]):
+            return None
+        first = {k: v for k, v in run[0].items() if k not in ("name", "params")}
+        for other in run[1:]:
+            settings = {k: v for k, v in other.items() if k not in ("name", "params")}
+            if settings != first:
+                keys = sorted(k for k in settings.keys() | first.keys() if settings.get(k) != first.get(k))
+                raise ValueError(
+                    f"load_state_dict: saved param groups {run[0].get('name', '?')!r} and {other.get('name', '?')!r} "
+                    f"differ in {', '.join(map(str, keys))}, but this optimizer updates their parameters as one "
+                    f"group ({group.get('name', '?')!r}, built with equal settings); it cannot take this state")
+        merged.append(dict(run[0], params=[index for g in run for index in g["params"]], name=group.get("name")))
+    return dict(state_dict, param_groups=merged) if i == len(saved) else None
 
 
 def _optimizer_options(name: str, o: Mapping[str, Any]) -> dict[str, Any]:
@@ -99,7 +133,9 @@ def _builder(name: str) -> Callable[[nn.Module, float, Mapping[str, Any]], torch
     spec = registry.get(name)
 
     def build(model: nn.Module, lr: float, o: Mapping[str, Any]) -> torch.optim.Optimizer:
-        return spec.build(_param_groups(model, lr, spec.family), lr=lr, **_optimizer_options(name, o))
+        optimizer = spec.build(_param_groups(model, lr, spec.family), lr=lr, **_optimizer_options(name, o))
+        optimizer.register_load_state_dict_pre_hook(_load_unmerged_groups)
+        return optimizer
 
     build.__name__ = f"build_{name.replace('-', '_')}"
     return build
