@@ -14,6 +14,7 @@ import catapult
 from catapult import engine
 from catapult.engine import build
 from catapult.engine.build import build_run
+from catapult.optim import GIAdam
 
 KINDS = ["input", "vector", "hidden", "output", "output_bias"]
 
@@ -93,3 +94,13 @@ def test_a_saved_state_whose_merged_groups_differ_is_refused():
     with pytest.raises(ValueError, match="'input' and 'hidden' differ in lr"):
         run.optimizer.load_state_dict(state)
     assert run.optimizer.param_groups[0]["lr"] == 1e-3 and not run.optimizer.state
+
+
+def test_a_gi_adam_state_of_other_shapes_is_refused_after_the_merge():
+    run = build_run(_config("sp", {"name": "gi-adam", "lr": 1e-3}))
+    other = build_run(dict(_config("sp", {"name": "gi-adam", "lr": 1e-3}),
+                           model={"width": 8, "depth": 4, "parametrization": "sp"})).model
+    old = GIAdam(catapult.param_groups(other, 1e-3), lr=1e-3)
+    _stepped(other, old, 1, seed=0)
+    with pytest.raises(ValueError, match=r"exp_avg of parameter 0 has shape \(8, 64\), the parameter it loads into \(16, 64\)"):
+        run.optimizer.load_state_dict(copy.deepcopy(old.state_dict()))
