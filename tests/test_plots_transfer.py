@@ -61,6 +61,9 @@ def test_optima_and_drift_in_log2_units(tmp_path):
     assert optima(only)["sp"][1.0][1] == pytest.approx(1.01)
     with pytest.raises(ValueError, match="not a swept key"):
         transfer_curves(_cells(), AXES, x="model.width")
+    # fixing the x axis left one point per curve: SP's drift of 2 read 0.0, as perfect transfer
+    with pytest.raises(ValueError, match="where: 'optimizer.lr' is the x axis"):
+        transfer_curves(_cells(), AXES, where={"optimizer.lr": 2.0**-3})
 
 
 def test_the_first_series_is_the_grid_s_first_when_the_config_normalized_its_value():

@@ -119,6 +119,9 @@ def transfer_curves(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[s
     for key in (where or {}):
         if key not in swept:
             raise ValueError(f"where: {key!r} is not a swept key; swept keys: {', '.join(sorted(swept))}")
+        if key == x:  # one point per curve: its own optimum, so every drift and shift read 0
+            raise ValueError(f"where: {key!r} is the x axis (--x); fixing it leaves one point per curve, "
+                             f"whose optimum cannot move: leave it out of --where")
     groups: dict[Any, dict[Any, dict[float, list[float]]]] = {}
     unfinished: dict[tuple[Any, Any], int] = {}
     kinds: set[bool] = set()
