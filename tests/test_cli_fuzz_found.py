@@ -39,8 +39,9 @@ def test_a_weight_decay_beyond_float32_is_refused(capsys, tmp_path, optimizer):
     (["optimizer.name=adam", "optimizer.lr=3e38"], "optimizer.lr"),          # step size 3e39 at beta1 0.9
     (["optimizer.name=gi-adam", "optimizer.lr=1e37", "optimizer.betas=[0.999, 0.999]"], "optimizer.lr"),
     (["optimizer.name=adamw", "schedule.lr_init=3e38", "schedule.warmup_steps=2"], "schedule.lr_init"),
-    # a decay towards lr_final: 7.9e38 at step 1 of 3 (mutation pass 6, SF3: lr_final unchecked)
-    (["optimizer.name=adam", "optimizer.lr=0.001", "schedule.decay=cosine", "schedule.lr_final=3e38",
+    # a decay towards lr_final: 7.9e38 at step 1 of 3 (mutation pass 6, SF3: lr_final unchecked); a c/lambda0 lr,
+    # as an lr_final above an absolute lr is refused for that alone
+    (["optimizer.name=adam", "optimizer.lr=0.001/lambda0", "schedule.decay=cosine", "schedule.lr_final=3e38",
       "train.steps=3"], "schedule.lr_final"),
 ])
 def test_an_adam_step_size_beyond_float32_is_refused(capsys, tmp_path, overrides, key):
@@ -112,7 +113,8 @@ SUPAR = ("data: {name: digits, n_train: 32, n_test: 16}\n"
     (["optimizer.name=adam", "optimizer.lr=1e37"], "optimizer.lr"),              # Adam's 80, and 1 / (1 - 0.9)
     (["optimizer.lr=1e30", "schedule.lr_init=1e38", "schedule.warmup_steps=2"], "schedule.lr_init"),
     # a decay towards lr_final: RuntimeError at step 1 of 3 (mutation pass 6, SS5: lr_final unchecked)
-    (["optimizer.lr=0.001", "schedule.decay=cosine", "schedule.lr_final=1e38", "train.steps=3"], "schedule.lr_final"),
+    (["optimizer.lr=0.001/lambda0", "schedule.decay=cosine", "schedule.lr_final=1e38", "train.steps=3"],
+     "schedule.lr_final"),
 ])
 def test_a_group_lr_multiplier_that_takes_the_step_beyond_float32_is_refused(capsys, tmp_path, overrides, key):
     # each lr is within float32, but the hidden group's lr is lr * (width / base_width)^-1 *

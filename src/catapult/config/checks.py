@@ -57,6 +57,15 @@ def _check_decay(config: dict) -> Problems:
     if sched["decay"] == "constant" and sched["lr_final"] is not None:
         yield ("schedule.lr_final", "is only used with schedule.decay cosine or linear; set it to null "
                                     "or choose a decay")
+    try:
+        lr = parse_lr(config["optimizer"]["lr"])
+    except ValueError:
+        lr = None
+    final = sched["lr_final"]
+    if sched["decay"] != "constant" and final is not None and lr is not None and not lr.relative \
+            and final > lr.value:  # a c/lambda0 lr: checked once lambda_0 is known (engine.build)
+        yield ("schedule.lr_final", f"{final:g} exceeds optimizer.lr ({lr.value:g}); the {sched['decay']} decay "
+                                    f"falls from optimizer.lr to schedule.lr_final")
     if sched["decay"] != "constant" and steps <= sched["warmup_steps"]:
         yield ("schedule.decay", f"{sched['decay']} decay needs train.steps ({steps}) > "
                                  f"schedule.warmup_steps ({sched['warmup_steps']})")

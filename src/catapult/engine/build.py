@@ -206,6 +206,7 @@ def _linear_warmup(schedule_cfg: Mapping[str, Any], lr_trgt: float, steps: int) 
     from catapult import schedules
 
     decay = schedule_cfg["decay"]
+    check_lr_final(schedule_cfg, lr_trgt)
     return schedules.warmup(
         lr_trgt,
         schedule_cfg["warmup_steps"],
@@ -230,6 +231,16 @@ def build_schedule(config: Mapping[str, Any], lr_trgt: float) -> Callable[[int],
     if rule not in WARMUPS:
         raise ValueError(f"schedule.warmup={rule!r} needs the model and optimizer: use build_warmup")
     return WARMUPS[rule](config["schedule"], lr_trgt, config["train"]["steps"])
+
+
+def check_lr_final(schedule_cfg: Mapping[str, Any], lr_trgt: float) -> None:
+    """A ConfigError naming ``schedule.lr_final`` when a decay would rise from ``lr_trgt`` to it: the config
+    check refuses it for an absolute lr, and for one relative to lambda_0 (``c/lambda0``) this is where
+    ``lr_trgt`` is first known."""
+    final = schedule_cfg["lr_final"]
+    if schedule_cfg["decay"] != "constant" and final is not None and float(final) > lr_trgt:
+        raise cfg.ConfigError([("schedule.lr_final", f"{float(final):g} exceeds the target lr {lr_trgt:g}; the "
+                                                     f"{schedule_cfg['decay']} decay falls from lr_trgt to lr_final")])
 
 
 def search_delta(config: Mapping[str, Any]) -> float:
@@ -306,6 +317,7 @@ def build_warmup(config: Mapping[str, Any], lr_trgt: float, model: nn.Module, lo
 
     sched, steps = config["schedule"], config["train"]["steps"]
     rule = sched["warmup"]
+    check_lr_final(sched, lr_trgt)  # before the catapult search
     if rule == "linear":
         return Warmup(build_schedule(config, lr_trgt))
     if distributed:

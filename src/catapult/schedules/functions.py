@@ -155,6 +155,9 @@ def _check_decay(decay, total_steps, lr_final, lr_target, warmup_steps):
             f"total_steps ({total_steps}) must be > warmup_steps ({warmup_steps}) for "
             f"decay={decay!r}: the decay runs from step warmup_steps - 1 to total_steps - 1")
     lr_final = lr_target / 10.0 if lr_final is None else checked_real("lr_final", lr_final)
+    if lr_final > lr_target:  # the "decay" rose from lr_target to lr_final
+        raise ValueError(f"lr_final ({lr_final:g}) must be <= lr_target ({lr_target:g}): decay={decay!r} "
+                         f"falls from lr_target to lr_final")
     return decay, total_steps, lr_final
 
 
@@ -252,8 +255,8 @@ def warmup(lr_target: float, warmup_steps: int, *, lr_init: float = 0.0, power: 
         decay: ``None`` / ``"constant"``, ``"cosine"`` or ``"linear"``.
         total_steps: number of optimizer steps of the run; required (and > ``warmup_steps``)
             when decaying, accepted and ignored otherwise.
-        lr_final: lr at the last step when decaying; default ``lr_target / 10`` (the warmup
-            paper's reference code). Must be ``None`` without decay.
+        lr_final: lr at the last step when decaying, <= ``lr_target``; default ``lr_target / 10``
+            (the warmup paper's reference code). Must be ``None`` without decay.
 
     Raises:
         TypeError / ValueError naming the bad argument.

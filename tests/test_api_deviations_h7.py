@@ -1,0 +1,32 @@
+"""Small API deviations from torch.optim / optax conventions (helper h7): each test fails on the code before its fix."""
+import pytest
+
+from catapult import schedules
+from catapult.config import ConfigError, validate
+
+
+@pytest.mark.parametrize("decay", ["cosine", "linear"])
+def test_a_decay_to_an_lr_final_above_lr_target_is_refused(decay):
+    # before: warmup(1.0, 2, decay="cosine", total_steps=5, lr_final=2.0) rose 0.5, 1.0, 1.25, 1.75, 2.0
+    with pytest.raises(ValueError, match=r"lr_final \(2\).*lr_target \(1\)"):
+        schedules.warmup(1.0, 2, decay=decay, total_steps=5, lr_final=2.0)
+    with pytest.raises(ValueError, match="lr_final"):
+        schedules.catapult_warmup(1.0, 4, 0.25, decay=decay, total_steps=8, lr_final=1.5)
+    flat = schedules.warmup(1.0, 2, decay=decay, total_steps=5, lr_final=1.0)  # lr_final == lr_target: flat
+    assert [flat(t) for t in range(5)] == [0.5, 1.0, 1.0, 1.0, 1.0]
+
+
+def test_the_config_refuses_an_lr_final_above_an_absolute_lr_and_build_one_above_a_resolved_lr():
+    with pytest.raises(ConfigError) as info:
+        validate({"optimizer": {"lr": 1.0}, "schedule": {"decay": "cosine", "lr_final": 2.0},
+                  "train": {"steps": 10}})
+    assert info.value.keys == ["schedule.lr_final"]
+    validate({"optimizer": {"lr": 1.0}, "schedule": {"decay": "cosine", "lr_final": 1.0}, "train": {"steps": 10}})
+    # a c/lambda0 lr is known at build time only: a ConfigError there (the CLI's exit 2), before any search
+    from catapult.engine.build import build_schedule
+    config = validate({"optimizer": {"lr": "2/lambda0"}, "schedule": {"decay": "linear", "lr_final": 0.5},
+                       "train": {"steps": 10}})
+    with pytest.raises(ConfigError) as info:
+        build_schedule(config, 0.25)
+    assert info.value.keys == ["schedule.lr_final"]
+    assert build_schedule(config, 1.0)(9) == 0.5
