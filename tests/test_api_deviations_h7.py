@@ -1,7 +1,9 @@
 """Small API deviations from torch.optim / optax conventions (helper h7): each test fails on the code before its fix."""
 import pytest
+import torch
 
-from catapult import schedules
+from catapult import instability_threshold, schedules
+from catapult.optim import GIAdam
 from catapult.config import ConfigError, validate
 
 
@@ -30,3 +32,16 @@ def test_the_config_refuses_an_lr_final_above_an_absolute_lr_and_build_one_above
         build_schedule(config, 0.25)
     assert info.value.keys == ["schedule.lr_final"]
     assert build_schedule(config, 1.0)(9) == 0.5
+
+
+@pytest.mark.parametrize("make", [lambda p: torch.optim.SGD(p, lr=0.1, maximize=True),
+                                  lambda p: torch.optim.Adam(p, lr=0.1, maximize=True),
+                                  lambda p: GIAdam(p, lr=0.1, maximize=True)])
+def test_instability_threshold_refuses_maximize_as_critical_lr_does(make):
+    # before: SGD gave 2 / lr = 20 and Adam 380, bounds on the sharpness of -loss_fn, not loss_fn's
+    w = [torch.nn.Parameter(torch.zeros(2))]
+    with pytest.raises(ValueError, match="instability_threshold: param group 0 has maximize=True"):
+        instability_threshold(make(w))
+    # a group without parameters does not step: its flag is not read
+    opt = torch.optim.SGD([{"params": w}, {"params": [], "maximize": True}], lr=0.1)
+    assert instability_threshold(opt) == pytest.approx(20.0)

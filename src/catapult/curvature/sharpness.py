@@ -22,7 +22,7 @@ from catapult.curvature.certify import certified
 from catapult.curvature.coarse import coarse_levels, coarse_start_vector
 from catapult.curvature.ggn import CURVATURES, GaussNewtonOperator
 from catapult.curvature.hessian import HessianOperator, resolve_dtype
-from catapult.optim import rules
+from catapult.optim import registry, rules
 from catapult.curvature.lanczos import EigenEstimate, lanczos_top_eigenpair
 from catapult.curvature.microbatch import ChosenChunkSize
 from catapult.curvature.preconditioner import PreconditionedOperator, adam_preconditioner, check_preconditioned
@@ -351,9 +351,16 @@ def instability_threshold(optimizer: torch.optim.Optimizer, lr: float | None = N
     ``preconditioned_sharpness(..., scale_by_group_lr=True)``, which folds each group's
     ``lr / lr_first_group`` into the operator so it is compared with this threshold directly.
 
+    ``torch.optim.Adamax`` takes Adam's formula with its own pre-conditioner ``P = u`` (the
+    running infinity norm ``exp_inf``, not ``sqrt(v) + eps``), which ``preconditioned_sharpness``
+    does not build (it refuses Adamax): compare with ``P^-1/2 H P^-1/2`` built from
+    ``optimizer.state[p]["exp_inf"]`` yourself.
+
     Raises:
         TypeError: for an optimizer of another kind (the message names it).
-        ValueError: for an lr that is not a finite number > 0.
+        ValueError: for an lr that is not a finite number > 0, or a param group with
+            ``maximize=True`` (its step ascends the loss: the threshold bounds the sharpness of
+            ``-loss_fn``; use ``maximize=False`` on the negated loss, as for :func:`catapult.critical_lr`).
 
     Example:
         >>> import torch
@@ -378,6 +385,9 @@ def instability_threshold(optimizer: torch.optim.Optimizer, lr: float | None = N
         raise TypeError("instability_threshold: torch.optim.NAdam is not supported: its Nesterov "
                         "momentum mu_t changes with the step, so Adam's (2 + 2 b1) / ((1 - b1) lr) "
                         "does not apply (it is (2 + 2 b1) / ((1 + 2 b1)(1 - b1) lr) once mu_t = b1)")
+    # a maximize step descends -loss_fn: its threshold bounds the sharpness of -loss_fn, not of loss_fn
+    # (SGD gave 2 / lr, Adam 38 / lr): refused as critical_lr and preconditioned_sharpness refuse it
+    registry.refuse_maximize(optimizer, "instability_threshold")
     _check_groups_share_the_rule(optimizer)
     if isinstance(optimizer, torch.optim.RAdam):
         from catapult.optim.thresholds import radam_threshold
