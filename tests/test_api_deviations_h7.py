@@ -45,3 +45,21 @@ def test_instability_threshold_refuses_maximize_as_critical_lr_does(make):
     # a group without parameters does not step: its flag is not read
     opt = torch.optim.SGD([{"params": w}, {"params": [], "maximize": True}], lr=0.1)
     assert instability_threshold(opt) == pytest.approx(20.0)
+
+
+def test_a_block_of_previous_eigenvectors_as_init_is_told_to_pass_one_row():
+    # before: "init has 27 elements but the model has 9 trainable parameter entries"
+    from catapult import sharpness, top_eigenpairs
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Tanh(), torch.nn.Linear(2, 1))
+    batch = (torch.randn(16, 2), torch.randn(16, 1))
+    eig = top_eigenpairs(model, torch.nn.MSELoss(), batch, k=3)
+    for solve in (lambda init: top_eigenpairs(model, torch.nn.MSELoss(), batch, k=3, init=init),
+                  lambda init: sharpness(model, torch.nn.MSELoss(), batch, init=init)):
+        with pytest.raises(ValueError, match=r"one flat start vector of 9 entries, got a 3 x 9 block.*eig\.vectors\[0\]"):
+            solve(eig.vectors)
+        with pytest.raises(ValueError, match="init has 8 elements but the model has 9"):
+            solve(torch.ones(8))
+    again = top_eigenpairs(model, torch.nn.MSELoss(), batch, k=3, init=eig.vectors[0])
+    assert again.values[0] == pytest.approx(eig.values[0], rel=1e-3)

@@ -85,7 +85,7 @@ from catapult.curvature.difference import (RENORM_STEPS, central_step, checked_d
                                            relative_gap, rounding_level)
 from catapult.curvature.rng import fixed_rng
 from catapult.curvature.krylov import vector_norm
-from catapult.curvature.start import mixed_start, real_init, warm_start_weight
+from catapult.curvature.start import init_size_error, mixed_start, real_init, warm_start_weight
 from catapult.curvature.stateless import AttributesKept, RenormedCopies
 from catapult.curvature.torch_errors import functions_without_backward, no_backward_error
 from catapult.curvature.twice import forms_for, graph_functions, needs_forms
@@ -320,8 +320,9 @@ class ShardedHessianOperator:
                 return flat
             if self.local and flat.numel() == self.dimension:
                 return self.localize(flat)
-            raise ValueError(f"init has {flat.numel()} elements but the model has {self.dimension} trainable "
-                             f"parameter entries" + (f" ({self.numel} on this rank)" if self.local else ""))
+            if self.local and init.dim() == 2 and init.shape[1] == self.numel:  # a block of this rank's parts
+                raise init_size_error(init, self.numel, " on this rank")
+            raise init_size_error(init, self.dimension, f" ({self.numel} on this rank)" if self.local else "")
 
         # one rank's bad init (another size, a complex one) raised there alone, and the others waited
         # in the norm's all-reduce until the process group's timeout

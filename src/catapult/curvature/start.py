@@ -178,6 +178,21 @@ def real_init(init) -> torch.Tensor:
     return init.detach().reshape(-1)
 
 
+def init_size_error(init, n: int, on_rank: str = "") -> ValueError:
+    """The ValueError for an ``init`` whose size is not the model's ``n`` trainable entries; a
+    ``k x n`` block (a previous :class:`~catapult.curvature.top_k.Eigenpairs`' ``vectors``) is told
+    that ``init`` is one flat vector, and to pass a row.
+
+    >>> init_size_error(torch.zeros(3, 8), 8)
+    ValueError('init is one flat start vector of 8 entries, got a 3 x 8 block (a previous Eigenpairs.vectors?): pass one row, e.g. eig.vectors[0]')
+    """
+    size = int(init.numel())
+    if init.dim() == 2 and init.shape[0] > 1 and init.shape[1] == n:
+        return ValueError(f"init is one flat start vector of {n} entries{on_rank}, got a {init.shape[0]} x "
+                          f"{init.shape[1]} block (a previous Eigenpairs.vectors?): pass one row, e.g. eig.vectors[0]")
+    return ValueError(f"init has {size} elements but the model has {n} trainable parameter entries{on_rank}")
+
+
 def start_vector(init, n: int, dtype: torch.dtype, device: torch.device, seed: int, *, tol: float):
     """The start vector of a solve to ``tol``: ``init`` flattened and cast (checked: finite,
     non-zero, one entry per trainable parameter entry; never ``init``'s memory, which the solvers
@@ -196,8 +211,7 @@ def start_vector(init, n: int, dtype: torch.dtype, device: torch.device, seed: i
         return seeded_normal(n, dtype, device, seed)
     source = real_init(init)
     if source.numel() != n:
-        raise ValueError(f"init has {source.numel()} elements but the model has {n} trainable "
-                         f"parameter entries")
+        raise init_size_error(init, n)
     if not (bool(torch.isfinite(source).all()) and bool((source != 0).any())):
         raise ValueError("init must be finite and non-zero")
     v0 = source.to(device=device, dtype=dtype, copy=True)
