@@ -63,3 +63,20 @@ def test_a_block_of_previous_eigenvectors_as_init_is_told_to_pass_one_row():
             solve(torch.ones(8))
     again = top_eigenpairs(model, torch.nn.MSELoss(), batch, k=3, init=eig.vectors[0])
     assert again.values[0] == pytest.approx(eig.values[0], rel=1e-3)
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_gi_adam_keeps_a_tensor_lr_as_torch_adam_does(foreach):
+    # before: GIAdam(lr=torch.tensor(0.1)) stored 0.1 as a float, so a scheduler that fills the tensor in place
+    # (torch's LRScheduler on a tensor lr) changed nothing the optimizer read
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    lr = torch.tensor(0.1)
+    opt = GIAdam([w], lr=lr, v0=0.0, foreach=foreach)
+    assert opt.param_groups[0]["lr"] is lr and opt.defaults["lr"] is lr
+    assert torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=lr).param_groups[0]["lr"] is lr
+    lr.fill_(0.5)  # the scheduler's write; the step reads it: a first Adam step moves each entry by lr
+    w.grad = torch.tensor([0.5, -4.0])
+    opt.step()
+    assert w.detach().tolist() == pytest.approx([0.5, -1.5], abs=1e-6)
+    with pytest.raises(ValueError, match="lr"):
+        GIAdam([w], lr=torch.tensor([0.1, 0.2]))

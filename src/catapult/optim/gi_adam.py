@@ -68,8 +68,9 @@ def _check_flag(name: str, value: Any, where: str, *, allow_none: bool = False) 
 
 def _checked_options(options: dict[str, Any], where: str = "") -> dict[str, Any]:
     """The options in ``options`` (constructor arguments, or the ones a param group sets
-    itself: then ``where`` names the group), checked and normalised; a group's tensor ``lr``
-    stays a tensor (schedulers fill it in place)."""
+    itself: then ``where`` names the group), checked and normalised; a tensor ``lr`` (one
+    element) stays that tensor, the constructor's as a group's, as ``torch.optim.Adam`` keeps it
+    (schedulers fill it in place)."""
     out = dict(options)
     if "lr" in out:
         lr = out["lr"]
@@ -78,7 +79,7 @@ def _checked_options(options: dict[str, Any], where: str = "") -> dict[str, Any]
         if isinstance(lr, bool) or not (isinstance(lr, numbers.Real) and math.isfinite(lr)
                                         and lr >= 0):
             raise ValueError(f"{where}Invalid learning rate lr={lr!r}: need a finite number >= 0")
-        if not (where and isinstance(out["lr"], Tensor)):
+        if not isinstance(out["lr"], Tensor):
             out["lr"] = float(lr)
     for name in ("eps", "weight_decay"):
         if name in out:
