@@ -235,7 +235,7 @@ class ScheduleConfig(Section):
     decay: Annotated[Literal["constant", "cosine", "linear"], choice()] = Field(
         "constant", description="after warmup, until train.steps")
     lr_final: Annotated[float | None, number(low=0.0)] = Field(
-        None, description="lr at the end of the decay (null = the schedule's default)")
+        None, description="lr at the end of the decay, <= optimizer.lr (null = the schedule's default, lr_trgt / 10)")
 
 
 class TrainConfig(Section):
