@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import sys
 import tempfile
 import time
 import uuid
@@ -219,6 +220,10 @@ def _open_reader(path: Path, timeout: float) -> tuple[sqlite3.Connection, bool, 
     if state[1] is None:  # no -wal
         return _opened(_uri(path, mode="ro", immutable="1"), timeout), False, state
     if _shm(path).exists():
+        if _wal_unmatched(path):
+            # a -wal whose header the -shm's index does not describe (a damaged -wal): SQLite
+            # answers SQLITE_PROTOCOL only after ~10 s of its own retries; read it as it recovers it
+            return _connect_copy(path, timeout, beside_shm=True)
         for attempt in range(100):
             key = _identity(path)
             try:
@@ -234,6 +239,33 @@ def _open_reader(path: Path, timeout: float) -> tuple[sqlite3.Connection, bool, 
                     raise
                 time.sleep(0.001 * min(attempt + 1, 20))  # refused while the writer restarts its -wal
     return _connect_copy(path, timeout)
+
+
+_WAL_MAGIC = (b"\x37\x7f\x06\x82", b"\x37\x7f\x06\x83")
+
+
+def _wal_unmatched(path: Path, looks: int = 3) -> bool:
+    """Whether the ``-shm`` beside ``path`` indexes frames of a ``-wal`` other than the one there
+    (its header not a WAL header, or salts other than those the index copied from it), on
+    ``looks`` reads 5 ms apart: a writer restarting its ``-wal`` writes the header first and the
+    index after it, so one read can see them apart. A false answer costs nothing (the readonly_shm
+    open is tried); a true one a private copy, read as SQLite recovers it."""
+    for look in range(looks):
+        if look:
+            time.sleep(0.005)
+        try:
+            with open(_shm(path), "rb") as f:
+                index = f.read(48)
+            with open(_wal(path), "rb") as f:
+                header = f.read(32)
+        except OSError:
+            return False
+        # the index header (native byte order): isInit at 12, mxFrame at 16, the salts at 32
+        if len(index) < 48 or index[12] != 1 or int.from_bytes(index[16:20], sys.byteorder) == 0:
+            return False
+        if len(header) == 32 and header[:4] in _WAL_MAGIC and header[16:24] == index[32:40]:
+            return False
+    return True
 
 
 def _opened(uri: str, timeout: float) -> sqlite3.Connection:
