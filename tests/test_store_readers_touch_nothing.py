@@ -2,7 +2,9 @@
 ``Store(create=False)``) create and change no file beside it -- not the store, not its ``-wal``,
 not its ``-shm`` -- whether a writer is running in another process, was killed (its ``-wal``
 still holding commits the main file lacks), or left a ``-wal`` without its ``-shm``; and they
-read every commit. Checked against the files' bytes and mtimes, with real SQLite files."""
+read every commit. Checked against the files' bytes and mtimes, with real SQLite files. The
+writers are other processes (:mod:`store_writers`: forked from a server that imported the store
+once, not a fresh interpreter each)."""
 from __future__ import annotations
 
 import hashlib
@@ -20,6 +22,7 @@ import pytest
 from catapult.cli import main
 from catapult.sweep.store import Store
 
+from store_writers import python_child, run_python
 from test_store_identity import CONFIG, _store
 
 PROBE = 0.123456789  # a value only the writer's un-merged commit holds
@@ -48,10 +51,8 @@ def _files(folder: Path) -> dict:
     return out
 
 
-def _writer(path: Path, mode: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), repr(PROBE), mode],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+def _writer(path: Path, mode: str) -> python_child:
+    proc = python_child(WRITER, str(path), repr(PROBE), mode, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.stdout.readline().strip() == "committed"
     return proc
 
@@ -235,9 +236,7 @@ sys.stdin.readline()
     with Store(store, create=False) as reader:
         assert reader.cells()[3]["best_test_accuracy"] not in (0.15, 0.25, 0.35, 0.45)
         for value in (0.15, 0.25, 0.35, 0.45):
-            writer = subprocess.Popen([sys.executable, "-c", script, str(store), repr(value)],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                      env={**os.environ, "OMP_NUM_THREADS": "1"})
+            writer = python_child(script, str(store), repr(value), env={**os.environ, "OMP_NUM_THREADS": "1"})
             try:
                 assert writer.stdout.readline().strip() == "committed"
                 assert reader.cells()[3]["best_test_accuracy"] == value
@@ -262,9 +261,9 @@ def test_opening_a_store_beside_a_driver_of_the_same_process_keeps_its_wal(tmp_p
     other = f"""
 from catapult.sweep.store import Store
 s = Store({str(path)!r}); s.conn.execute("INSERT INTO meta(key, value) VALUES ('other', 'y')"); s.close()"""
-    subprocess.run([sys.executable, "-c", other], check=True, timeout=120)
+    run_python(other, timeout=120)
     assert Path(f"{path}-wal").exists()  # this process's writer still uses it
-    third = subprocess.Popen([sys.executable, "-c", f"""
+    third = python_child(f"""
 import sys
 from catapult.sweep.store import Store
 s = Store({str(path)!r})
@@ -273,7 +272,7 @@ for i in range(200):
     s.conn.execute("INSERT INTO meta(key, value) VALUES (?, 'third')", (f"t{{i}}",))
 print("ok", flush=True)
 sys.stdin.readline()
-s.close()"""], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+s.close()""")
     assert third.stdout.readline().strip() == "ok"
     for i in range(200):
         writer.conn.execute("INSERT INTO meta(key, value) VALUES (?, 'first')", (f"f{i}",))
@@ -299,9 +298,7 @@ def test_a_reader_of_another_thread_does_not_stop_a_reopen(store):
         readers["seen"] = readers["thread"].cells()[2]["best_test_accuracy"]
 
     for value in (0.15, 0.25):
-        writer = subprocess.Popen([sys.executable, "-c", script, str(store), repr(value), "wait"],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                  env={**os.environ, "OMP_NUM_THREADS": "1"})
+        writer = python_child(script, str(store), repr(value), "wait", env={**os.environ, "OMP_NUM_THREADS": "1"})
         try:
             assert writer.stdout.readline().strip() == "committed"
             if value == 0.15:
