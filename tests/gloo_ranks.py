@@ -247,8 +247,8 @@ def on_ranks(body, *args, world: int = 2, timeout_s: float = 120.0, fresh: bool 
             return pool.run(body, args, timeout_s)
         finally:
             pool.close()
-    if _pool is not None and _pool.world != world:
-        _close_pool()
+    if _pool is not None and (_pool.world != world or not all(proc.is_alive() for proc in _pool.procs)):
+        _close_pool()  # another world size, or a rank gone since its last body (killed, OOM)
     if _pool is None:
         _pool = _Pool(world)
     try:
