@@ -13,7 +13,15 @@ def test_importing_catapult_leaves_torch_compile_unloaded():
     import subprocess
     import sys
 
-    probe = ("import sys, catapult, catapult.cli\n"
-             "print(sorted(m for m in ('torch._dynamo', 'torch._inductor', 'sympy') if m in sys.modules))")
+    # ... nor at a RigL step (dense gradients captured), where the lazy form wrapped at the first
+    # call: it imported them there, and made inductor's cache folder in the temp directory
+    probe = ("import sys, tempfile, pathlib, torch, catapult, catapult.cli\n"
+             "tempfile.tempdir = tempfile.mkdtemp()\n"
+             "layer = catapult.sparsity.MaskedLinear(6, 4, density=0.5)\n"
+             "layer.capture_dense_grad = True\n"
+             "layer(torch.ones(2, 6)).sum().backward()\n"
+             "assert layer.dense_grad is not None\n"
+             "print(sorted(m for m in ('torch._dynamo', 'torch._inductor', 'sympy') if m in sys.modules),\n"
+             "      sorted(p.name for p in pathlib.Path(tempfile.tempdir).iterdir()))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
-    assert out.stdout.strip() == "[]", out.stdout
+    assert out.stdout.strip() == "[] []", out.stdout

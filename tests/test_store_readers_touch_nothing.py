@@ -90,7 +90,9 @@ def store(tmp_path, monkeypatch):
     folder = tmp_path / "data"
     folder.mkdir()
     yield _store(folder / "s.db")
-    assert list((tmp_path / "tmp").iterdir()) == []  # no private copy left behind
+    # no private copy left behind (torch's own inductor cache folder aside: torch imports dynamo,
+    # which makes it, at the first model built on the meta device, the sweep's size check)
+    assert [p for p in (tmp_path / "tmp").iterdir() if not p.name.startswith("torchinductor_")] == []
 
 
 def test_readers_beside_a_live_writer_in_another_process(store, tmp_path, capsys):

@@ -160,11 +160,17 @@ class MaskedLinear(nn.Linear):
         self._capture = bool(on)
         self._hook_accumulation()
 
-    # Its weak references are no graph: under train.compile dynamo failed on them. torch's lazy
-    # form of ``torch.compiler.disable``: the eager one imports dynamo (and sympy) when this
-    # module is imported, 1.5 s of every ``import catapult``; this one at the first call.
-    @torch._disable_dynamo
     def _hook_accumulation(self) -> None:
+        # Its weak references are no graph (under train.compile dynamo failed on them): a traced
+        # call runs it outside the graph. Only then is dynamo touched: ``torch.compiler.disable``
+        # as a decorator imported dynamo and sympy with this module (1.5 s of every ``import
+        # catapult``), and wrapping at the first call still imported them, and made inductor's
+        # cache folder in the temp directory, at a RigL run's first step
+        if torch.compiler.is_compiling():
+            return _hook_accumulation_untraced(self)
+        self._hook_weights()
+
+    def _hook_weights(self) -> None:
         """Hook the weight Parameter in use, once each: the one of the updater's day and any
         that replaced it since (a ``load_state_dict(assign=True)`` resume, ``layer.weight =
         nn.Parameter(...)``, a weight unfrozen, a Parameter substituted by
@@ -360,3 +366,8 @@ def model_density(model: nn.Module) -> float:
         kept += int(module.mask.sum())
         total += module.mask.numel()
     return 1.0 if total == 0 else kept / total
+
+
+# torch's lazy form of ``torch.compiler.disable`` (dynamo imported at its first call, which only a
+# traced forward makes)
+_hook_accumulation_untraced = torch._disable_dynamo(lambda layer: layer._hook_weights())
