@@ -79,7 +79,7 @@ def test_the_best_cell_is_one_where_every_seed_finished_and_the_title_names_what
     # the value 0.5 is the collapsed cells' own: the legend said it was the mean of the "finished"
     # seeds with the "collapsed" ones among the others, left out
     legend = " ".join(t.get_text() for leg in fig.legends for t in leg.get_texts())
-    assert "collapsed ones counted" in legend, legend
+    assert "collapsed ones counted" in legend and "others diverged or failed" in legend.replace("\n", " "), legend
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["/d/\\$\\foo\\$", "/d/b"]
     assert phase_grid(_grid_cells(), GRID_AXES, "wall_time_s", "optimizer.lr", "data.cache_dir").best is None
     plot_cell_trajectories({"cell 0: data.cache_dir=/d/$\\foo$": [{"step": 0, "train_loss": 1.0}]},

@@ -373,8 +373,9 @@ def plot_phase_diagram(grid: PhaseGrid, path: str | Path | None = None, *, title
     if grid.best is not None:
         legend.append(Rectangle((0, 0), 1, 1, fill=False, edgecolor="red", linewidth=2, label="best"))
     if annotate and any(s == "partial" for row in grid.status for s in row):
-        legend.append(Line2D([], [], linestyle="none", label="value* : a seed diverged, failed or collapsed;\n"
-                                                             "the mean of those that finished, collapsed ones counted"))
+        legend.append(Line2D([], [], linestyle="none", label="value* : mean of the finished seeds,\n"
+                                                             "collapsed ones counted; others\n"
+                                                             "diverged or failed"))
     # below the whole figure, where constrained layout makes room for it: a legend hung under
     # the axes counts as the axes' own, and one wider than them (the value* line) squeezed a
     # narrow grid's axes to nothing ("constrained_layout not applied")
