@@ -368,3 +368,28 @@ def test_a_damaged_wal_beside_its_shm_is_read_without_sqlites_ten_second_retries
     assert time.perf_counter() - started < 5.0
     capsys.readouterr()
     assert _files(folder) == before
+
+
+def _posix_locks_of_this_process(path: Path) -> list[str]:
+    """The kernel's table (``/proc/locks``) of POSIX locks this process holds on ``path``."""
+    inode = os.stat(path).st_ino
+    rows = [line.split() for line in Path("/proc/locks").read_text().splitlines()]
+    return [" ".join(r[1:]) for r in rows if "->" not in r[1] and r[1] == "POSIX" and int(r[4]) == os.getpid()
+            and r[5].endswith(f":{inode}")]
+
+
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="reads Linux's lock table")
+def test_a_reader_beside_a_driver_of_the_same_process_keeps_the_drivers_shm_lock(tmp_path):
+    # the check for a damaged -wal read the -shm with open() and closed it: that dropped the
+    # driver's read lock on its -shm (byte 128, SQLite's sign that a connection is open), after which
+    # another process's connection takes itself for the first and rebuilds the index under the driver
+    path = tmp_path / "s.db"
+    driver = Store(path)
+    driver.conn.execute("PRAGMA wal_autocheckpoint = 0")
+    driver.conn.execute("INSERT INTO meta(key, value) VALUES ('mine', 'x')")
+    held = _posix_locks_of_this_process(Path(f"{path}-shm"))
+    assert held, "the driver holds no lock on its -shm: the premise is gone"
+    with Store(path, create=False) as reader:
+        assert reader.meta("mine") == "x"
+    assert _posix_locks_of_this_process(Path(f"{path}-shm")) == held
+    driver.close()

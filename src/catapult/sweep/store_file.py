@@ -244,12 +244,36 @@ def _open_reader(path: Path, timeout: float) -> tuple[sqlite3.Connection, bool, 
 _WAL_MAGIC = (b"\x37\x7f\x06\x82", b"\x37\x7f\x06\x83")
 
 
+def _open_in_this_process(*paths: Path) -> bool:
+    """Whether this process has a descriptor open on any of ``paths`` (True where it cannot tell:
+    no ``/proc/self/fd``)."""
+    try:
+        wanted = {os.stat(p)[1:3] for p in paths if p.exists()}   # (inode, device)
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                if os.stat(f"/proc/self/fd/{fd}")[1:3] in wanted:
+                    return True
+            except OSError:   # closed since the listing
+                continue
+    except OSError:
+        return True
+    return False
+
+
 def _wal_unmatched(path: Path, looks: int = 3) -> bool:
     """Whether the ``-shm`` beside ``path`` indexes frames of a ``-wal`` other than the one there
     (its header not a WAL header, or salts other than those the index copied from it), on
     ``looks`` reads 5 ms apart: a writer restarting its ``-wal`` writes the header first and the
     index after it, so one read can see them apart. A false answer costs nothing (the readonly_shm
-    open is tried); a true one a private copy, read as SQLite recovers it."""
+    open is tried); a true one a private copy, read as SQLite recovers it.
+
+    Read with ``open()`` only where this process holds no descriptor of either file (Linux's
+    ``/proc/self/fd``; elsewhere not read): closing one drops every POSIX lock of the process on
+    the file, and a driver of this process holds its ``-shm`` read lock, without which another
+    process opening the store takes itself for the first and rebuilds the index under it (the
+    reason :func:`_header_application_id` reads through SQLite)."""
+    if _open_in_this_process(_shm(path), _wal(path)):
+        return False
     for look in range(looks):
         if look:
             time.sleep(0.005)
