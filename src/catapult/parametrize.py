@@ -78,6 +78,7 @@ from catapult.scaled_layers import (WEIGHT_LAYERS, ScaledConv2d, ScaledEmbedding
 
 __all__ = [
     "unscaled_group_lrs",
+    "group_settings",
     "PARAMETRIZATIONS",
     "ROLES",
     "ParamSpec",
@@ -296,16 +297,25 @@ def param_groups(model: nn.Module, lr: float, optimizer: str = "adam", *,
     return _merge_neighbours(groups) if merge else groups
 
 
+def group_settings(group: Mapping[str, Any]) -> dict:
+    """A param group's settings: all but its ``name`` and ``params``. Groups with equal settings
+    update their parameters alike, so ``param_groups(merge=True)`` joins neighbours that have them
+    (and the engine's optimizers merge a ``state_dict`` saved unmerged by the same rule).
+
+    >>> group_settings({"name": "hidden", "params": [], "lr": 0.01, "lr_mult": 0.25})
+    {'lr': 0.01, 'lr_mult': 0.25}
+    """
+    return {k: v for k, v in group.items() if k not in ("name", "params")}
+
+
 def _merge_neighbours(groups: list[dict]) -> list[dict]:
-    """``groups`` with each run of neighbours whose settings (all but ``name`` and ``params``)
-    are equal joined into one; the parameters' order across the groups is kept."""
+    """``groups`` with each run of neighbours whose :func:`group_settings` are equal joined into
+    one; the parameters' order across the groups is kept."""
     out: list[dict] = []
     for group in groups:
-        last = out[-1] if out else None
-        if last is not None and ({k: v for k, v in last.items() if k not in ("name", "params")}
-                                 == {k: v for k, v in group.items() if k not in ("name", "params")}):
-            last["name"] = f"{last['name']}+{group['name']}"
-            last["params"] = last["params"] + group["params"]
+        if out and group_settings(out[-1]) == group_settings(group):
+            out[-1]["name"] = f"{out[-1]['name']}+{group['name']}"
+            out[-1]["params"] = out[-1]["params"] + group["params"]
         else:
             out.append(dict(group))
     return out

@@ -94,6 +94,8 @@ def _load_unmerged_groups(optimizer: torch.optim.Optimizer, state_dict: dict) ->
     parameters' order across the groups is the same, so the state's indices are). Saved groups
     that would become one but whose settings differ are refused, naming them; any other layout
     is left to torch's loader and its message."""
+    from catapult.parametrize import group_settings
+
     saved, ours = state_dict.get("param_groups"), optimizer.param_groups
     if not (isinstance(saved, list) and len(saved) > len(ours)
             and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in saved)):
@@ -106,9 +108,9 @@ def _load_unmerged_groups(optimizer: torch.optim.Optimizer, state_dict: dict) ->
             count, i = count + len(saved[i]["params"]), i + 1
         if count != len(group["params"]):
             return None
-        first = {k: v for k, v in run[0].items() if k not in ("name", "params")}
+        first = group_settings(run[0])
         for other in run[1:]:
-            settings = {k: v for k, v in other.items() if k not in ("name", "params")}
+            settings = group_settings(other)
             if settings != first:
                 keys = sorted(k for k in settings.keys() | first.keys() if settings.get(k) != first.get(k))
                 raise ValueError(
