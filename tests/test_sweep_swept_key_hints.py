@@ -16,9 +16,10 @@ BASE = ("name: hints\ndata: {name: shakespeare, context: 8, n_train: 64, n_test:
         "eval: {sharpness_every: 0, test_every: 0}\nsweep: {grid: {optimizer.lr: [0.01, 0.02]}}\n")
 
 
-def _sweep(tmp_path, capsys, *overrides):
+def _sweep(tmp_path, capsys, *overrides, text: str = BASE):
+    """``catapult sweep --dry-run`` of the grid ``text`` (with ``overrides``): (exit code, stderr)."""
     config = tmp_path / "grid.yaml"
-    config.write_text(BASE)
+    config.write_text(text)
     code = cli.main(["sweep", str(config), "--store", str(tmp_path / "s.db"), "--dry-run", *overrides])
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err and not (tmp_path / "s.db").exists()
@@ -66,11 +67,8 @@ def test_the_old_hint_was_refused_beside_its_axis(tmp_path, capsys):
 
 def test_a_hint_over_several_keys_keeps_the_unswept_ones(tmp_path, capsys):
     # full-batch GD with augmentation: flip swept, crop set by the base; crop's override stays
-    config = tmp_path / "grid.yaml"
-    config.write_text("name: aug\ndata: {augment: {crop: 2}}\ntrain: {steps: 2}\n"
-                      "eval: {sharpness_every: 0, test_every: 0}\nsweep: {grid: {data.augment.flip: [false, true]}}\n")
-    code = cli.main(["sweep", str(config), "--store", str(tmp_path / "s.db"), "--dry-run"])
-    err = capsys.readouterr().err
+    code, err = _sweep(tmp_path, capsys, text="name: aug\ndata: {augment: {crop: 2}}\ntrain: {steps: 2}\n"
+                       "eval: {sharpness_every: 0, test_every: 0}\nsweep: {grid: {data.augment.flip: [false, true]}}\n")
     assert code == 2, err
     assert ("the grid sweeps it: take sweep.grid.data.augment.flip out of the grid (the rest on the command line: "
             "data.augment.crop=0)") in err, err
@@ -78,11 +76,9 @@ def test_a_hint_over_several_keys_keeps_the_unswept_ones(tmp_path, capsys):
 
 def test_a_base_that_every_cell_refuses_is_told_the_same(tmp_path, capsys):
     # the base sets the option the grid sweeps too: one problem, the base's, with the same hint
-    config = tmp_path / "grid.yaml"
-    config.write_text("name: base\noptimizer: {name: adam, lr: 0.01, momentum: 0.9}\ntrain: {steps: 2}\n"
-                      "eval: {sharpness_every: 0, test_every: 0}\nsweep: {grid: {optimizer.momentum: [0.5, 0.9]}}\n")
-    code = cli.main(["sweep", str(config), "--store", str(tmp_path / "s.db"), "--dry-run"])
-    err = capsys.readouterr().err
+    code, err = _sweep(tmp_path, capsys, text="name: base\noptimizer: {name: adam, lr: 0.01, momentum: 0.9}\n"
+                       "train: {steps: 2}\neval: {sharpness_every: 0, test_every: 0}\n"
+                       "sweep: {grid: {optimizer.momentum: [0.5, 0.9]}}\n")
     assert code == 2 and "the grid sweeps it: take sweep.grid.optimizer.momentum out of the grid" in err, err
     assert "(on the command line:" not in err and "Traceback" not in err, err
 
