@@ -111,7 +111,8 @@ SUPAR = ("data: {name: digits, n_train: 32, n_test: 16}\n"
 @pytest.mark.parametrize("overrides, key", [
     (["optimizer.lr=1e38"], "optimizer.lr"),                                     # SGD hidden lr_mult 10
     (["optimizer.name=adam", "optimizer.lr=1e37"], "optimizer.lr"),              # Adam's 80, and 1 / (1 - 0.9)
-    (["optimizer.lr=1e30", "schedule.lr_init=1e38", "schedule.warmup_steps=2"], "schedule.lr_init"),
+    # (an lr_init above an absolute lr is refused first, as a warmup that falls: a c/lambda0 lr here)
+    (["optimizer.lr=0.001/lambda0", "schedule.lr_init=1e38", "schedule.warmup_steps=2"], "schedule.lr_init"),
     # a decay towards lr_final: RuntimeError at step 1 of 3 (mutation pass 6, SS5: lr_final unchecked)
     (["optimizer.lr=0.001/lambda0", "schedule.decay=cosine", "schedule.lr_final=1e38", "train.steps=3"],
      "schedule.lr_final"),

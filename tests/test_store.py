@@ -94,7 +94,7 @@ def test_interrupted_cells_are_redone_and_only_they(tmp_path):
 
 def test_a_failing_cell_is_recorded_and_the_sweep_goes_on_then_retried(tmp_path):
     config = cfg.validate({"name": "t", "train": {"steps": 3}})
-    spec = parse_sweep({"grid": {"schedule.lr_init": [0.0, 0.01, 0.02], "optimizer.lr": [0.01]}})
+    spec = parse_sweep({"grid": {"schedule.lr_init": [0.0, 0.01, 0.02], "optimizer.lr": [0.02]}})
     out = _run(config, spec, tmp_path / "s.db", FakeRun(fail_lr_init=0.01))
     assert out.counts == {"pending": 0, "running": 0, "finished": 2, "diverged": 0, "failed": 1}
     with Store(tmp_path / "s.db", create=False) as store:

@@ -71,6 +71,24 @@ def _check_decay(config: dict) -> Problems:
                                  f"schedule.warmup_steps ({sched['warmup_steps']})")
 
 
+def _check_lr_init(config: dict) -> Problems:
+    """The linear warmup rises from ``schedule.lr_init`` to ``optimizer.lr``: an ``lr_init`` above an
+    absolute lr made a "warmup" that fell (``warmup(1.0, 4, lr_init=2.0)``: 1.75, 1.5, 1.25, 1.0); a
+    ``c/lambda0`` lr is checked once lambda_0 is known (:func:`catapult.engine.build.check_lr_init`). An
+    ``lr_init`` beyond the dtype's range is :func:`_check_dtype_range`'s to name."""
+    sched = config["schedule"]
+    if sched["warmup"] != "linear":  # lr_init is refused there (_check_catapult_warmup)
+        return
+    try:
+        lr = parse_lr(config["optimizer"]["lr"])
+    except ValueError:
+        return
+    top = DTYPE_MAX[config["dtype"]] / step_size_factor(config["optimizer"])
+    if not lr.relative and lr.value < sched["lr_init"] <= top:
+        yield ("schedule.lr_init", f"{sched['lr_init']:g} exceeds optimizer.lr ({lr.value:g}); the linear warmup "
+                                   f"rises from schedule.lr_init to optimizer.lr")
+
+
 def _check_data_root(config: dict) -> Problems:
     if config["data"]["name"] == "digits" and config["data"]["root"] is not None:
         yield ("data.root", "digits ship with scikit-learn and take no root; set data.root to null")
@@ -409,6 +427,6 @@ def _check_difference_products(config: dict) -> Problems:
 
 #: The cross-key checks, run in this order on a config whose keys validated individually.
 CHECKS: list[Callable[[dict], Problems]] = [
-    _check_decay, _check_data_root, _check_model_data, _check_adam_family, _check_catapult_warmup,
+    _check_decay, _check_lr_init, _check_data_root, _check_model_data, _check_adam_family, _check_catapult_warmup,
     _check_dtype_range, _check_wrn_and_augment, _check_text_tokens, _check_spectrum, _check_difference_products,
 ]

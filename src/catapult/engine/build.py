@@ -209,6 +209,7 @@ def _linear_warmup(schedule_cfg: Mapping[str, Any], lr_trgt: float, steps: int) 
 
     decay = schedule_cfg["decay"]
     check_lr_final(schedule_cfg, lr_trgt)
+    check_lr_init(schedule_cfg, lr_trgt)
     return schedules.warmup(
         lr_trgt,
         schedule_cfg["warmup_steps"],
@@ -243,6 +244,15 @@ def check_lr_final(schedule_cfg: Mapping[str, Any], lr_trgt: float) -> None:
     if schedule_cfg["decay"] != "constant" and final is not None and float(final) > lr_trgt:
         raise cfg.ConfigError([("schedule.lr_final", f"{float(final):g} exceeds the target lr {lr_trgt:g}; the "
                                                      f"{schedule_cfg['decay']} decay falls from lr_trgt to lr_final")])
+
+
+def check_lr_init(schedule_cfg: Mapping[str, Any], lr_trgt: float) -> None:
+    """A ConfigError naming ``schedule.lr_init`` when the linear warmup would fall from it to ``lr_trgt``:
+    the config check refuses it for an absolute lr; for a ``c/lambda0`` one ``lr_trgt`` is first known here."""
+    init = float(schedule_cfg["lr_init"])
+    if init > lr_trgt:
+        raise cfg.ConfigError([("schedule.lr_init", f"{init:g} exceeds the target lr {lr_trgt:g}; the linear warmup "
+                                                    f"rises from lr_init to lr_trgt")])
 
 
 def search_delta(config: Mapping[str, Any]) -> float:

@@ -223,8 +223,12 @@ class WarmupSchedule:
     def __post_init__(self) -> None:
         # built directly (the class is public), a bad field crashed at some later step with a
         # bare TypeError/KeyError, or gave negative lrs: the same checks as warmup()
-        _set_fields(self, **_checked_warmup_fields(self), lr_init=checked_real("lr_init", self.lr_init),
-                    power=checked_real("power", self.power, positive=True))
+        fields = _checked_warmup_fields(self)
+        lr_init = checked_real("lr_init", self.lr_init)
+        if lr_init > fields["lr_target"]:  # the "warmup" fell from lr_init to lr_target
+            raise ValueError(f"lr_init ({lr_init:g}) must be <= lr_target ({fields['lr_target']:g}): the warmup "
+                             f"rises from lr_init to lr_target")
+        _set_fields(self, **fields, lr_init=lr_init, power=checked_real("power", self.power, positive=True))
 
     def __call__(self, t: int) -> float:
         t = _step(t)
@@ -250,7 +254,7 @@ def warmup(lr_target: float, warmup_steps: int, *, lr_init: float = 0.0, power: 
         lr_target: peak learning rate (``lr_trgt``), >= 0.
         warmup_steps: ``T_wrm`` >= 1.
         lr_init: learning rate extrapolated to ``t = -1`` (step 0 uses
-            ``lr_init + (lr_target - lr_init) / T``), >= 0.
+            ``lr_init + (lr_target - lr_init) / T``), ``0 <= lr_init <= lr_target``.
         power: exponent ``k`` > 0 of the polynomial warmup (1 = linear).
         decay: ``None`` / ``"constant"``, ``"cosine"`` or ``"linear"``.
         total_steps: number of optimizer steps of the run; required (and > ``warmup_steps``)
