@@ -41,3 +41,43 @@ def test_the_cli_refuses_an_lr_init_above_the_lr_before_any_work(tmp_path, capsy
     err = capsys.readouterr().err
     assert rc == 2 and "schedule.lr_init" in err and "Traceback" not in err
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.fixture(scope="module")
+def relative_lr_store(tmp_path_factory):
+    from catapult import config as cfg
+    from catapult.sweep import parse_sweep, run_sweep
+    from sweep_fakes import FakeRun
+
+    path = tmp_path_factory.mktemp("h3") / "s.db"
+    spec = parse_sweep({"grid": {"model.width": [8, 16], "optimizer.lr": {"log2_over_lambda0": [-5, -3]}},
+                        "seeds": [0, 1]})
+    run_sweep(cfg.validate({"name": "p", "train": {"steps": 3}}), spec, path, run_fn=FakeRun(diverge_above=1.0),
+              lambda0_fn=lambda c: 2.0, progress="none")
+    return path
+
+
+def test_the_optimum_transfer_prints_pastes_back_as_a_where_value(relative_lr_store, tmp_path, capsys):
+    # before: transfer printed the optimum 2^-5/lambda0 as "0.0312/λ0" (.3g), and neither it, 0.03125/λ0 nor
+    # 0.03125/lambda0 selected a cell of plot or transfer --where: "no cells match where=..." (exit 2)
+    from catapult import cli
+    from catapult.plots.phase import phase_grid
+    from catapult.sweep.store import Store
+
+    assert cli.main(["transfer", str(relative_lr_store), "--series", "model.width", "--out", str(tmp_path / "t.png")]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| all |"))
+    printed = row.split("|")[2].split(" (")[0].strip()
+    assert printed == "2^-5/λ0"   # test_loss = 0.1 + lr: the smallest lr is the best
+    with Store(relative_lr_store, create=False) as store:
+        cells, axes = store.cells(), store.axes()
+    want = sorted(c["id"] for c in cells if c["swept"]["optimizer.lr"] == "2^-5/lambda0")
+    for value in (printed, "0.03125/λ0", "0.03125/lambda0", "2^-5/lambda0", " 0.03125 / lambda_0"):
+        grid = phase_grid(cells, axes, "test_loss", x="model.width", y="seed", where={"optimizer.lr": value})
+        assert sorted(i for row in grid.members for m in row for i in m) == want, value
+    with pytest.raises(ValueError, match="no cells match"):   # another c, and an absolute lr, select nothing
+        phase_grid(cells, axes, "test_loss", x="model.width", y="seed", where={"optimizer.lr": "0.0312/λ0"})
+    with pytest.raises(ValueError, match="no cells match"):
+        phase_grid(cells, axes, "test_loss", x="model.width", y="seed", where={"optimizer.lr": 0.03125})
+    assert cli.main(["transfer", str(relative_lr_store), "--x", "model.width", "--series", "seed", "--where",
+                     f"optimizer.lr={printed}", "--out", str(tmp_path / "w.png")]) == 0
+    assert "| all | 8 (0.1" in capsys.readouterr().out

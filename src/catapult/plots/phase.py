@@ -34,6 +34,7 @@ __all__ = [
     "plain_text",
     "value_positions",
     "value_selects",
+    "relative_coefficient",
     "phase_grid",
     "unfinished_note",
     "RESULT_STATUSES",
@@ -255,8 +256,31 @@ def value_selects(axis: Mapping[str, Any], positions: Mapping[str, int], have: A
     """
     at = positions.get(canonical_json(have))
     label = axis["labels"][at] if at is not None else str(have)
-    return (canonical_json(have) == canonical_json(wanted) or str(wanted) in (label, str(have))
-            or (at is not None and positions.get(canonical_json(wanted)) == at))
+    if (canonical_json(have) == canonical_json(wanted) or str(wanted) in (label, str(have))
+            or (at is not None and positions.get(canonical_json(wanted)) == at)):
+        return True
+    # a learning rate c/lambda0 by its c, written either way: `catapult transfer` prints 0.125/λ0 for
+    # the grid's 2^-3/lambda0, and neither that nor 0.125/lambda0 selected it ("no cells match")
+    c = relative_coefficient(wanted)
+    return c is not None and c == relative_coefficient(have)
+
+
+def relative_coefficient(value: Any) -> float | None:
+    """The ``c`` of a learning rate ``c/lambda0``, also as the figures and tables write it (``c/λ0``);
+    ``None`` for anything else.
+
+    >>> relative_coefficient("2^-3/lambda0"), relative_coefficient("0.125/λ0"), relative_coefficient(0.125)
+    (0.125, 0.125, None)
+    """
+    if not isinstance(value, str):
+        return None
+    from catapult.config import parse_lr
+
+    try:
+        lr = parse_lr(value.replace("λ", "lambda").replace("₀", "0"))
+    except ValueError:
+        return None
+    return lr.value if lr.relative else None
 
 
 #: Statuses of a cell that has its result (or its final failure).

@@ -60,6 +60,9 @@ class TransferCurves:
     spread: dict[Any, dict[Any, list[tuple[float, float, int]]]] = field(default_factory=dict)
     #: x is the ``c`` of learning rates ``c/lambda0`` (shown as ``c/λ0``)
     x_relative: bool = False
+    #: ``{x: the grid's label of it}`` (``2^-3/λ0``, ``2^-5``): how the table writes an optimum, so
+    #: that it can be pasted as a ``--where`` value of ``catapult plot``
+    x_labels: dict[float, str] = field(default_factory=dict)
 
     @property
     def higher_is_better(self) -> bool:
@@ -127,6 +130,8 @@ def transfer_curves(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[s
     kinds: set[bool] = set()
     by_key = {a["key"]: a for a in axes}
     positions = {key: value_positions(axes, key, cells) for key in (where or {})}
+    x_positions = value_positions(axes, x, cells)
+    x_labels: dict[float, str] = {}
     for cell in cells:
         # as in the phase diagram: the value as stored, as the grid wrote it or its label
         if not all(value_selects(by_key[k], positions[k], cell["swept"].get(k), v) for k, v in (where or {}).items()):
@@ -139,6 +144,9 @@ def transfer_curves(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[s
             continue
         xv, relative = _x_value(cell, x)
         kinds.add(relative)
+        at = x_positions.get(canonical_json(cell["swept"].get(x)))
+        if at is not None:
+            x_labels.setdefault(xv, str(by_key[x]["labels"][at]))
         # a collapsed run finished (the store keeps it as finished): its metric counts, as in the phase grid
         value = cell.get(metric) if cell["status"] in ("finished", "collapsed") else None
         bucket = groups.setdefault(p, {}).setdefault(s, {}).setdefault(xv, [])
@@ -172,7 +180,8 @@ def transfer_curves(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[s
                 spreads.append((xv, sd, len(vals)))
             curves[p][s] = points
             spread[p][s] = spreads
-    return TransferCurves(metric, x, series, panel, curves, unfinished, spread, x_relative=kinds == {True})
+    return TransferCurves(metric, x, series, panel, curves, unfinished, spread, x_relative=kinds == {True},
+                          x_labels=x_labels)
 
 
 def incomplete_optima(curves: TransferCurves) -> list[tuple[Any, Any, int]]:
@@ -282,7 +291,12 @@ def _label(key: str | None, value: Any) -> str:
 
 
 def _x_text(curves: TransferCurves, x: float) -> str:
-    return f"{x:.3g}/λ0" if curves.x_relative else f"{x:.3g}"
+    """An optimum as the grid wrote it (its label), else its shortest exact text: ``.3g`` printed 2^-5
+    as ``0.0312``, which selected nothing when pasted as a ``--where`` value."""
+    if x in curves.x_labels:
+        return curves.x_labels[x]
+    text = f"{x:g}" if float(f"{x:g}") == x else repr(float(x))
+    return f"{text}/λ0" if curves.x_relative else text
 
 
 def optima_rows(curves: TransferCurves) -> tuple[list[str], list[list[str]]]:
