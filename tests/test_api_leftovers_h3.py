@@ -81,3 +81,71 @@ def test_the_optimum_transfer_prints_pastes_back_as_a_where_value(relative_lr_st
     assert cli.main(["transfer", str(relative_lr_store), "--x", "model.width", "--series", "seed", "--where",
                      f"optimizer.lr={printed}", "--out", str(tmp_path / "w.png")]) == 0
     assert "| all | 8 (0.1" in capsys.readouterr().out
+
+
+def _flag_calls(tmp_path):
+    """``(label, call with the flag set to the value given)`` for the public functions and classes
+    outside curvature and models that take a boolean flag."""
+    import torch
+
+    from catapult import engine
+    from catapult.data.augment import Augment
+    from catapult.data.cifar import load_cifar10
+    from catapult.data.digits import load_digits
+    from catapult.data.text import CharVocab
+    from catapult.engine.coord_check_study import run_coord_check
+    from catapult.engine.critical_lr_study import estimate
+    from catapult.engine.distributed import train_ddp
+    from catapult.engine.run_dir import check_out_dir
+    from catapult.engine.trajectories import plot_run, plot_trajectories
+    from catapult.files import save_figure
+    from catapult.plots.phase import plot_phase_diagram
+    from catapult.plots.spectrum import plot_spectral_density
+    from catapult.plots.transfer import transfer_curves
+    from catapult.scaled_layers import ScaledConv2d, ScaledLinear
+    from catapult.sparsity import MaskedLinear
+    from catapult.sweep.ensemble import EnsembleExecutor
+    from catapult.sweep.store import Store
+    from catapult.sweep.store_export import write_csv, write_parquet
+
+    config = validate({"train": {"steps": 1}})
+    return [
+        ("flip", lambda v: Augment(flip=v)),
+        ("standardize", lambda v: load_digits(standardize=v)),
+        ("standardize", lambda v: load_cifar10(tmp_path, standardize=v)),
+        ("strict", lambda v: CharVocab(("a",)).encode("ab", strict=v)),
+        ("bias", lambda v: MaskedLinear(2, 2, bias=v)),
+        ("bias", lambda v: ScaledLinear(2, 2, v)),
+        ("bias", lambda v: ScaledConv2d(1, 1, 3, bias=v)),
+        ("bias", lambda v: ScaledConv2d(1, 1, 3, 1, 0, 1, 1, v)),
+        ("create", lambda v: Store(tmp_path / "new.db", create=v)),
+        ("readonly", lambda v: Store(tmp_path / "new.db", readonly=v)),
+        ("aggregate", lambda v: write_csv(None, tmp_path / "x.csv", aggregate=v)),
+        ("aggregate", lambda v: write_parquet(None, tmp_path / "x.parquet", aggregate=v)),
+        ("overwrite", lambda v: engine.run(config, out_dir=tmp_path / "run", overwrite=v)),
+        ("overwrite", lambda v: train_ddp(config, out_dir=tmp_path / "run", overwrite=v)),
+        ("overwrite", lambda v: check_out_dir(tmp_path / "run", overwrite=v)),
+        ("progress", lambda v: run_coord_check(config, {}, progress=v)),
+        ("cap", lambda v: estimate(config, cap=v)),
+        ("kernels", lambda v: EnsembleExecutor(kernels=v)),
+        ("make_folder", lambda v: save_figure(None, tmp_path / "f.png", make_folder=v)),
+        ("log", lambda v: plot_spectral_density(None, log=v)),
+        ("annotate", lambda v: plot_phase_diagram(None, annotate=v)),
+        ("preconditioned", lambda v: plot_trajectories({}, preconditioned=v)),
+        ("preconditioned", lambda v: plot_run([], preconditioned=v)),
+        ("strict", lambda v: transfer_curves([], [], strict=v)),
+    ], torch
+
+
+@pytest.mark.parametrize("index", range(24))
+def test_boolean_flags_refuse_strings_and_lists(index, tmp_path):
+    # before: each took any truthy value -- Store(path, create="no") made a new empty store, run(...,
+    # overwrite="no") replaced an earlier run's files, plot_spectral_density(log="no") drew a log axis,
+    # load_digits(standardize="no") standardized; [] was False
+    calls, _ = _flag_calls(tmp_path)
+    assert len(calls) == 24
+    label, call = calls[index]
+    for bad in ("no", [], "False"):
+        with pytest.raises(TypeError, match=rf"{label} must be True or False, got {bad!r}".replace("[", r"\[").replace("]", r"\]")):
+            call(bad)
+    assert not (tmp_path / "new.db").exists() and not (tmp_path / "run").exists()

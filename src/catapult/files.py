@@ -74,6 +74,8 @@ def save_figure(fig, target, *, make_folder: bool = False, **savefig_kwargs) -> 
     A path gets the format of its suffix (none: PNG, and ``.png`` added) and is written whole
     (:func:`write_whole`); ``make_folder`` makes its folder first. A file gets ``format`` from
     ``savefig_kwargs`` (default PNG)."""
+    if not isinstance(make_folder, bool):  # make_folder="no" made the folder
+        raise TypeError(f"save_figure: make_folder must be True or False, got {make_folder!r}")
     if hasattr(target, "write"):
         fmt = savefig_kwargs.pop("format", None) or "png"
         fig.savefig(target, format=fmt, **figure_mark(f"figure.{fmt}"), **savefig_kwargs)

@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from catapult.arguments import check_flag
 from catapult.sparsity import MaskedLinear
 
 __all__ = ["ScaledLinear", "ScaledEmbedding", "ScaledConv2d", "WEIGHT_LAYERS", "SCALABLE_TYPES", "as_scaled",
@@ -193,6 +194,10 @@ class ScaledConv2d(nn.Conv2d):
 
     def __init__(self, *args, multiplier: float = 1.0, bias_multiplier: float | None = None,
                  **kwargs) -> None:
+        if "bias" in kwargs:  # bias="no" built a bias, as nn.Conv2d does
+            kwargs["bias"] = check_flag("ScaledConv2d", "bias", kwargs["bias"])
+        elif len(args) > 7:
+            args = (*args[:7], check_flag("ScaledConv2d", "bias", args[7]), *args[8:])
         super().__init__(*args, **kwargs)
         self.multiplier = float(multiplier)
         self.bias_multiplier = float(multiplier if bias_multiplier is None else bias_multiplier)

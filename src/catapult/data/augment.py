@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from catapult.arguments import as_integer, check_real
+from catapult.arguments import as_integer, check_flag, check_real
 
 __all__ = ["Augment", "flip_images", "pad_crop_images", "mixup_batch"]
 
@@ -110,6 +110,7 @@ class Augment:
     def __post_init__(self) -> None:
         # crop=inf raised OverflowError, mixup="0.5" "'>=' not supported", mixup=inf gave all-nan
         # soft targets, and a negative or text seed failed at the first batch, in NumPy's words
+        object.__setattr__(self, "flip", check_flag("augment", "flip", self.flip))  # flip="no" flipped
         crop = self.crop
         if not (as_integer(crop) is not None or isinstance(crop, float) and crop.is_integer()) or crop < 0:
             raise ValueError(f"augment crop must be an integer >= 0; got {crop!r}")

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from catapult.arguments import check_flag
 from catapult.data.reading import read_errors_named
 from catapult.data.safe_pickle import safe_loads
 from catapult.data.split import Split, check_count, standardize_per_sample
@@ -351,6 +352,7 @@ def _load(fmt: _Format, name: str, root, n_train, n_test, standardize: bool, lab
           names_key: str, num_classes: int) -> Split:
     for what, n in (("n_train", n_train), ("n_test", n_test)):
         check_count(n, 10**9, what, name)  # type/sign check before touching any file
+    standardize = check_flag(f"load_{name.split('-')[0]}", "standardize", standardize)  # "no" standardized
     source = _open_source(fmt, root)
     try:
         x_tr, y_tr = _read_part(source, fmt, fmt.train_files, n_train, label_key, num_classes,

@@ -16,6 +16,7 @@ import random
 import numpy as np
 import torch
 
+from catapult.arguments import check_flag
 from catapult.data.split import Split, check_count, standardize_per_sample
 
 __all__ = ["load_digits", "DIGITS_N_TRAIN", "DIGITS_N_TEST"]
@@ -36,6 +37,7 @@ def load_digits(n_train: int | None = None, n_test: int | None = None, *,
     Returns inputs float32 of shape ``(N, 1, 8, 8)`` (one channel; models flatten to 64) and
     int64 labels 0..9. ``classes`` are ``("0", ..., "9")``.
     """
+    standardize = check_flag("load_digits", "standardize", standardize)  # "no" standardized
     check_count(n_train, DIGITS_N_TRAIN, "n_train", "digits (train)")
     check_count(n_test, DIGITS_N_TEST, "n_test", "digits (test)")
     state = random.getstate()  # scikit-learn's first import draws from Python's global RNG (rich's

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from catapult.data import token_cache
+from catapult.arguments import check_flag
 from catapult.data.reading import read_errors_named
 from catapult.data.split import check_count
 from catapult.data.text_shards import is_held_out, is_validation
@@ -123,6 +124,7 @@ class CharVocab:
 
         Characters not in the vocabulary become `unk_id`, or raise ValueError if `strict`.
         """
+        strict = check_flag("CharVocab.encode", "strict", strict)  # strict="no" raised on unknown characters
         points = _code_points(text)
         pos = np.searchsorted(self._points, points)
         clipped = np.minimum(pos, max(len(self._points) - 1, 0))

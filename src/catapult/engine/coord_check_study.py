@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from catapult import config as cfg
+from catapult.arguments import check_flag
 from catapult.writing import csv_text, write_text_whole
 
 __all__ = ["parse_coord_check", "load_coord_check", "run_coord_check", "slope_table", "activation_tables",
@@ -272,6 +273,8 @@ def run_coord_check(config: Mapping[str, Any], spec: Mapping[str, Any], *, out_d
     """Run the check a validated ``(config, spec)`` describes; returns the rows (also written
     to ``out_dir`` with the figures when given). See the module docstring."""
     import torch
+
+    progress = check_flag("run_coord_check", "progress", progress)
 
     from catapult import engine as train
     from catapult.coord_check import coord_check, plot_coord_check

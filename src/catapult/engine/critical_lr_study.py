@@ -25,6 +25,7 @@ import math
 from typing import Any, Mapping
 
 from catapult import config as cfg
+from catapult.arguments import check_flag
 
 __all__ = ["estimate", "format_estimate"]
 
@@ -45,6 +46,7 @@ def estimate(config: Mapping[str, Any], *, cap: bool = False) -> dict:
     from catapult.critical_lr import NonFiniteLossError, NonFiniteStepError, critical_lr
     from catapult.engine.build import build_run, search_delta, search_lr_start, search_rtol, solver_options
 
+    cap = check_flag("estimate", "cap", cap)  # cap="no" capped the search at lr_trgt
     setup = build_run(config)
     config, model, loss_fn, batch = setup.config, setup.model, setup.loss_fn, setup.batches.batch(0)
     solver = solver_options(config)

@@ -60,6 +60,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from catapult import config as cfg
+from catapult.arguments import check_flag
 from catapult.data.text_shards import is_held_out, is_validation, text_shard_files, tokenize_text_shards
 from catapult.data.token_cache import npy_problem, token_cache_key
 from catapult.engine.build import assemble_run, build_model, check_warmup_across_processes, resolve_device
@@ -456,6 +457,7 @@ def train_ddp(config: Mapping[str, Any], *, out_dir: str | os.PathLike | None = 
     empty.
     """
     started = time.perf_counter()
+    overwrite = check_flag("train_ddp", "overwrite", overwrite)  # overwrite="no" replaced an earlier run's files
     config = cfg.validate(config)
     if config["model"]["name"] != "gpt" or config["loss"] != "cross_entropy":
         raise cfg.ConfigError([("model.name", "distributed training trains the gpt with loss cross_entropy")])

@@ -93,6 +93,7 @@ import torch
 import torch.nn as nn
 
 from catapult import config as cfg
+from catapult.arguments import check_flag
 from catapult.files import WRITTEN, file_digest
 from catapult.writing import write_errors_named, write_text_whole, write_whole
 from catapult.losses import accuracy, loss_and_accuracy
@@ -245,6 +246,7 @@ def run(config: Mapping[str, Any], *, out_dir: str | Path | None = None, progres
     in one that existed its run files are.
     """
     started = time.perf_counter()
+    overwrite = check_flag("run", "overwrite", overwrite)  # overwrite="no" replaced an earlier run's files
     check_spectrum_cadence(cfg.validate(config))  # before the data are loaded
     return in_run_directory(out_dir, overwrite, lambda out_path, writing: train(
         build_run(config), out_path, progress=progress, started=started, writing=writing, overwrite=overwrite))

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from catapult.arguments import check_flag
 from catapult.files import (PARTIAL_PREFIX, PNG_START, file_digest, is_run_record, partial_of_ours, recorded_digests,
                             run_output_of_ours)
 
@@ -49,6 +50,7 @@ def check_out_dir(out_dir: str | Path, overwrite: bool = False, *,
 
     Raises :class:`RunDirectoryError` saying what is in the way.
     """
+    overwrite = check_flag("check_out_dir", "overwrite", overwrite)  # "no" replaced an earlier run's files
     path = Path(out_dir)
     if path.is_symlink() and not path.exists():  # "exists and is not a directory" said nothing of a link
         raise RunDirectoryError(f"{path} is a link to {os.readlink(path)}, which does not exist; create that "

@@ -15,6 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from catapult.analysis import is_finite_number
+from catapult.arguments import check_flag
 from catapult.engine.records import is_spectrum_column
 from catapult.engine.sharpness_rule import RADAM_KIND
 from catapult.files import save_figure
@@ -97,6 +98,7 @@ def plot_trajectories(
     """
     from catapult.analysis import detect_catapults
 
+    preconditioned = check_flag("plot_trajectories", "preconditioned", preconditioned)  # "no": preconditioned
     spectra = {label: _spectrum_keys(metrics) for label, metrics in runs.items()}
     with_spectrum = any(eigs or trace for eigs, trace in spectra.values())
     fig = Figure(figsize=(16, 4.2) if with_spectrum else (11, 4.2), layout="constrained")

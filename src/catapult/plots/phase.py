@@ -25,6 +25,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
 from catapult.analysis import is_finite_number
+from catapult.arguments import check_flag
 from catapult.engine.records import is_spectrum_column
 from catapult.files import save_figure
 from catapult.sweep.spec import canonical_json
@@ -326,6 +327,8 @@ def plot_phase_diagram(grid: PhaseGrid, path: str | Path | None = None, *, title
     in red and starred. Losses use a log colour scale when all values are positive. Values are
     written in the cells when the grid is small (accuracy in %).
     """
+    if annotate is not None:  # annotate="no" wrote the values
+        annotate = check_flag("plot_phase_diagram", "annotate", annotate)
     ny, nx = grid.values.shape
     # 0.75 in a column and 0.55 in a row, up to a size image readers still open (a 200 x 200 grid
     # made a 206-megapixel PNG, which Pillow refuses as a decompression bomb)

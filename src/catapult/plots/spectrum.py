@@ -6,6 +6,7 @@ from typing import Sequence
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from catapult.arguments import check_flag
 from catapult.files import save_figure
 
 __all__ = ["plot_spectral_density"]
@@ -18,6 +19,7 @@ def plot_spectral_density(density, path=None, *, title: str | None = None, log: 
 
     ``marks``: eigenvalues drawn as dashed vertical lines (e.g. :func:`catapult.top_eigenpairs`'
     values, which the smoothed density blurs), labelled ``marks_label``."""
+    log = check_flag("plot_spectral_density", "log", log)  # log="no" drew a log axis
     fig = Figure(figsize=(5, 3.2))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)

@@ -27,6 +27,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from catapult.analysis import is_finite_number
+from catapult.arguments import check_flag
 from catapult.files import save_figure
 from catapult.plots.phase import plain_text, value_positions, value_selects
 from catapult.sweep.spec import canonical_json
@@ -102,6 +103,7 @@ def transfer_curves(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[s
     point where any member diverged or failed is NaN; cells with no result yet are counted in
     :attr:`TransferCurves.unfinished`. Learning rates ``c/lambda0`` are grouped by ``c``.
     """
+    strict = check_flag("transfer_curves", "strict", strict)  # strict="no" refused keys that are not swept
     if metric not in TRANSFER_METRICS:
         raise ValueError(f"unknown metric {metric!r}; allowed: {', '.join(TRANSFER_METRICS)}")
     swept = {a["key"] for a in axes}

@@ -34,6 +34,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
+from catapult.arguments import check_flag
+
 __all__ = [
     "MASK_METHODS",
     "random_mask",
@@ -257,6 +259,7 @@ class MaskedLinear(nn.Linear):
         device=None,
         dtype=None,
     ) -> None:
+        bias = check_flag(type(self).__name__, "bias", bias)  # bias="no" built a bias, as nn.Linear does
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.register_buffer("mask", None)
         if _check_density(density) < 1.0:

@@ -92,6 +92,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import torch
 
 from catapult import config as cfg
+from catapult.arguments import check_flag
 from catapult.curvature import batched_lanczos  # noqa: F401  (re-exported)
 from catapult.sweep.executors import Cell, CellResult, Executor, RunFn, run_cell, torch_threads
 from catapult.sweep.spec import canonical_json
@@ -319,7 +320,7 @@ class EnsembleExecutor(Executor):
                  max_members: int | None = None, threads: int | None = None, workers: int | None = None,
                  kernels: bool = True, func_memory_fraction: float = DEFAULT_FRACTION):
         super().__init__(run_fn)
-        self.kernels = bool(kernels)
+        self.kernels = check_flag("EnsembleExecutor", "kernels", kernels)  # kernels="no" used the kernels
         if not (isinstance(func_memory_fraction, (int, float)) and 0 < func_memory_fraction <= 1):
             raise ValueError(f"func_memory_fraction must be in (0, 1], got {func_memory_fraction!r}")
         self.func_memory_fraction = float(func_memory_fraction)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from catapult.analysis import is_finite_number
+from catapult.arguments import check_flag
 from catapult.sweep.claims import CLAIMS_DDL, LEASE_S, driver_alive, host_id, new_driver_id
 from catapult.sweep.store_schema import (BEST_METRICS, DDL, DONE_STATUSES, FINAL_METRICS, METRIC_COLUMNS,
                                          SCHEMA_VERSION, STATUSES)
@@ -109,7 +110,9 @@ class Store:
 
     def __init__(self, path: str | Path, *, create: bool = True, readonly: bool | None = None):
         self.path = Path(path)
-        self.readonly = (not create) if readonly is None else bool(readonly)
+        # create="no" was truthy: it made a new, empty store where the user asked only to open one
+        create = check_flag("Store", "create", create)
+        self.readonly = (not create) if readonly is None else check_flag("Store", "readonly", readonly)
         if not self.path.exists():
             if not create:
                 raise FileNotFoundError(f"store not found: {self.path}")

@@ -13,6 +13,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
+from catapult.arguments import check_flag
 from catapult.engine.records import is_spectrum_column, metric_columns
 from catapult.files import MARK
 from catapult.writing import csv_text, write_text_whole, write_whole
@@ -157,7 +158,8 @@ def aggregate_table(store) -> tuple[list[str], list[list[Any]]]:
 def write_csv(store, path: str | Path, *, aggregate: bool = False) -> Path:
     """Write :func:`export_table` (or, with ``aggregate``, :func:`aggregate_table`) as CSV
     (empty cell for ``None``; floats round-trip exactly), whole or not at all (:func:`write_whole`)."""
-    columns, rows = aggregate_table(store) if aggregate else export_table(store)
+    columns, rows = (aggregate_table(store) if check_flag("write_csv", "aggregate", aggregate)
+                     else export_table(store))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_whole(path, csv_text(columns, rows))  # a stopped export leaves no truncated CSV
@@ -173,7 +175,8 @@ def write_parquet(store, path: str | Path, *, aggregate: bool = False) -> Path:
     except ImportError:
         raise ImportError("parquet export needs pyarrow, an optional dependency: "
                           "pip install 'catapult[parquet]' (or export --format csv)") from None
-    columns, rows = aggregate_table(store) if aggregate else export_table(store)
+    columns, rows = (aggregate_table(store) if check_flag("write_parquet", "aggregate", aggregate)
+                     else export_table(store))
     data = {}
     for j, name in enumerate(columns):
         values = [row[j] for row in rows]
