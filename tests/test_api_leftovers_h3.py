@@ -149,3 +149,26 @@ def test_boolean_flags_refuse_strings_and_lists(index, tmp_path):
         with pytest.raises(TypeError, match=rf"{label} must be True or False, got {bad!r}".replace("[", r"\[").replace("]", r"\]")):
             call(bad)
     assert not (tmp_path / "new.db").exists() and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("label", [10, -1])
+def test_a_label_out_of_range_names_the_loss_the_label_and_the_classes(label):
+    # before: torch's "Class values must be smaller than num_classes." (mse, RuntimeError) and
+    # "Target 10 is out of bounds." (cross entropy, IndexError), also from inside sharpness
+    import math
+
+    import torch
+
+    from catapult import losses, sharpness
+
+    outputs, labels = torch.zeros(3, 10), torch.tensor([0, label, 2])
+    for loss in (losses.mse, losses.cross_entropy):
+        with pytest.raises(ValueError, match=rf"^{loss.__name__}: label {label} is out of range for 10 classes.*0\.\.9$"):
+            loss(outputs, labels)
+        model = torch.nn.Linear(2, 10)
+        with pytest.raises(ValueError, match=rf"{loss.__name__}: label {label} is out of range for 10 classes"):
+            sharpness(model, loss, (torch.ones(3, 2), labels))
+    # torch's ignore_index -100 still drops a row from cross entropy's mean: log 10 for uniform logits
+    assert losses.cross_entropy(outputs, torch.tensor([0, -100, 2])).item() == pytest.approx(math.log(10))
+    # in range: 0.5 * mean over 3 x 10 entries of the one-hot's three ones
+    assert losses.mse(outputs, torch.tensor([0, 9, 2])).item() == pytest.approx(0.5 * 3 / 30)

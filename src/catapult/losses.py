@@ -22,9 +22,44 @@ def _is_label_tensor(targets: torch.Tensor) -> bool:
     return not (targets.is_floating_point() or targets.is_complex())
 
 
-def one_hot(labels: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """One-hot encode integer ``labels``: ``out[..., k] = 1.0 if labels[...] == k else 0.0``."""
-    return F.one_hot(labels.long(), num_classes).to(dtype)
+def label_range_error(who: str, labels: torch.Tensor, num_classes: int, *, ignore_index: int | None = None
+                      ) -> ValueError | None:
+    """The ValueError for integer ``labels`` outside ``0 .. num_classes - 1`` (``ignore_index`` aside),
+    naming ``who`` (the loss), the first such label and the number of classes; None when all are in
+    range. Asked only once torch has refused the labels (no work on a loss that succeeds): torch said
+    "Class values must be smaller than num_classes." (mse) or "Target 10 is out of bounds." (cross
+    entropy), naming neither the loss nor the number of classes.
+
+    >>> print(label_range_error("mse", torch.tensor([3, 10, 0]), 10))
+    mse: label 10 is out of range for 10 classes (the outputs' last dimension): integer targets must be in 0..9
+    >>> label_range_error("cross_entropy", torch.tensor([3, -100]), 10, ignore_index=-100) is None
+    True
+    """
+    try:
+        flat = labels.reshape(-1).long()
+        bad = (flat < 0) | (flat >= num_classes)
+        if ignore_index is not None:
+            bad &= flat != ignore_index
+        if not bool(bad.any()):
+            return None
+        value = int(flat[bad][0])
+    except Exception:  # labels a transform cannot read back (vmap, fake tensors): torch's own error stands
+        return None
+    return ValueError(f"{who}: label {value} is out of range for {num_classes} classes (the outputs' last "
+                      f"dimension): integer targets must be in 0..{num_classes - 1}")
+
+
+def one_hot(labels: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32, *,
+            who: str = "one_hot") -> torch.Tensor:
+    """One-hot encode integer ``labels``: ``out[..., k] = 1.0 if labels[...] == k else 0.0``; a label
+    outside ``0 .. num_classes - 1`` is a ValueError naming ``who`` (:func:`label_range_error`)."""
+    try:
+        return F.one_hot(labels.long(), num_classes).to(dtype)
+    except RuntimeError as err:
+        problem = label_range_error(who, labels, num_classes)
+        if problem is None:
+            raise
+        raise problem from err
 
 
 def mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -35,7 +70,7 @@ def mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     float ``targets`` must have ``outputs``' shape.
     """
     if _is_label_tensor(targets):
-        targets = one_hot(targets, outputs.shape[-1], outputs.dtype)
+        targets = one_hot(targets, outputs.shape[-1], outputs.dtype, who="mse")
     if targets.shape != outputs.shape:
         raise ValueError(
             f"mse: targets of shape {tuple(targets.shape)} do not match outputs of shape "
@@ -48,13 +83,21 @@ def cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Softmax cross-entropy averaged over the batch: ``L = mean_i [-log softmax(f(x_i))_{y_i}]``.
 
     ``outputs`` are logits ``(..., K)``; leading dimensions (batch, sequence) are flattened.
-    Integer ``targets`` are labels; float ``targets`` of ``outputs``' shape are class
+    Integer ``targets`` are labels in ``0 .. K - 1`` (-100, torch's ``ignore_index``, drops a row from
+    the mean; any other label out of range is a ValueError); float ``targets`` of ``outputs``' shape are class
     probabilities: ``L = mean_i [-sum_k y_ik log softmax(f(x_i))_k]``.
     """
     num_classes = outputs.shape[-1]
     logits = outputs.reshape(-1, num_classes)
     if _is_label_tensor(targets):
-        return F.cross_entropy(logits, targets.reshape(-1).long())
+        labels = targets.reshape(-1).long()
+        try:
+            return F.cross_entropy(logits, labels)
+        except (IndexError, RuntimeError) as err:  # CPU: "Target 10 is out of bounds." (a CUDA device asserts)
+            problem = label_range_error("cross_entropy", labels, num_classes, ignore_index=-100)
+            if problem is None:
+                raise
+            raise problem from err
     if targets.shape != outputs.shape:
         raise ValueError(
             f"cross_entropy: targets of shape {tuple(targets.shape)} do not match outputs of "
