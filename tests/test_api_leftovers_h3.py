@@ -172,3 +172,22 @@ def test_a_label_out_of_range_names_the_loss_the_label_and_the_classes(label):
     assert losses.cross_entropy(outputs, torch.tensor([0, -100, 2])).item() == pytest.approx(math.log(10))
     # in range: 0.5 * mean over 3 x 10 entries of the one-hot's three ones
     assert losses.mse(outputs, torch.tensor([0, 9, 2])).item() == pytest.approx(0.5 * 3 / 30)
+
+
+def test_detect_catapults_refuses_thresholds_that_make_no_definition():
+    # before: rise=nan and drop=nan returned [] (no catapult) for a run with one; drop=-1 counted a spike
+    # after which the sharpness rose to 1.5x; lookback=-3 was taken as 0
+    from catapult.analysis import detect_catapults
+
+    rows = [dict(step=i, train_loss=loss, sharpness=s)
+            for i, (loss, s) in enumerate([(1.0, 10.0), (0.5, 10.0), (2.0, 10.0), (0.4, 5.0), (0.3, 5.0)])]
+    (event,) = detect_catapults(rows)   # the loss rose 4x over its minimum 0.5, the sharpness halved
+    assert (event.start, event.peak, event.end, event.sharpness_before, event.sharpness_after) == (2, 2, 3, 10.0, 5.0)
+    rising = [dict(r, sharpness=15.0) if r["step"] >= 3 else r for r in rows]
+    assert detect_catapults(rising) == []
+    for kwargs, name in [(dict(rise=float("nan")), "rise"), (dict(rise=0.5), "rise"), (dict(rise="2"), "rise"),
+                         (dict(drop=float("nan")), "drop"), (dict(drop=-1.0), "drop"), (dict(drop=1.0), "drop"),
+                         (dict(lookback=-3), "lookback"), (dict(lookback=1.5), "lookback")]:
+        with pytest.raises(ValueError, match=f"detect_catapults {name} must be"):
+            detect_catapults(rows, **kwargs)
+    assert detect_catapults(rows, rise=1.0, drop=0.0, lookback=0) == [event]

@@ -24,6 +24,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
+from catapult.arguments import as_integer, check_real
+
 __all__ = ["Catapult", "detect_catapults", "is_finite_number"]
 
 
@@ -66,8 +68,16 @@ def detect_catapults(
 
     See the module docstring for the definition. ``lookback`` (steps) defaults to twice the
     spacing of the sharpness measurements. Rows without sharpness are fine; a run without
-    any sharpness measurement has no detectable catapult.
+    any sharpness measurement has no detectable catapult. ``rise`` must be a finite number >= 1,
+    ``drop`` in ``[0, 1)`` and ``lookback`` None or an integer >= 0 (a ValueError naming it: ``rise=nan``
+    and ``drop=nan`` found no catapult at all, ``drop=-1`` counted spikes whose sharpness rose).
     """
+    rise = check_real("detect_catapults", "rise", rise, low=1.0)
+    drop = check_real("detect_catapults", "drop", drop, low=0.0, high=1.0, high_open=True)
+    if lookback is not None:
+        if as_integer(lookback) is None or as_integer(lookback) < 0:
+            raise ValueError(f"detect_catapults lookback must be None or an integer >= 0 (steps); got {lookback!r}")
+        lookback = as_integer(lookback)
     steps = [r["step"] for r in metrics]
     losses = [r.get("train_loss") for r in metrics]
     sharp = [(r["step"], r["sharpness"]) for r in metrics if is_finite_number(r.get("sharpness"))]
