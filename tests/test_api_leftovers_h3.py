@@ -191,3 +191,23 @@ def test_detect_catapults_refuses_thresholds_that_make_no_definition():
         with pytest.raises(ValueError, match=f"detect_catapults {name} must be"):
             detect_catapults(rows, **kwargs)
     assert detect_catapults(rows, rise=1.0, drop=0.0, lookback=0) == [event]
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(progress="line"), "progress"), (dict(poll_s=float("nan")), "poll_s"), (dict(poll_s=-1.0), "poll_s"),
+    (dict(heartbeat_s=float("nan")), "heartbeat_s"), (dict(heartbeat_s=0.0), "heartbeat_s"),
+    (dict(heartbeat_s=120.0), "heartbeat_s")])
+def test_run_sweep_refuses_driver_options_that_cannot_work_before_any_work(tmp_path, kwargs, name):
+    # before: progress="line" ran the sweep showing nothing; poll_s=nan raised from time.sleep only when
+    # waiting for another driver; heartbeat_s nan or 0 beat in a busy loop, and 120 (past the 60 s lease)
+    # let a second driver take this live driver's cells and run them again
+    from catapult import config as cfg
+    from catapult.sweep import parse_sweep, run_sweep
+    from sweep_fakes import FakeRun
+
+    fake = FakeRun()
+    spec = parse_sweep({"grid": {"optimizer.lr": [0.1]}})
+    options = {"progress": "none", **kwargs}
+    with pytest.raises(ValueError, match=f"run_sweep:? {name} must be"):
+        run_sweep(cfg.validate({"train": {"steps": 1}}), spec, tmp_path / "s.db", run_fn=fake, **options)
+    assert fake.calls == [] and not (tmp_path / "s.db").exists()

@@ -325,6 +325,26 @@ def _spectrum_problem(config: Mapping[str, Any], shapes: dict) -> cfg.ConfigErro
     return None
 
 
+#: What :class:`SweepProgress` shows for each ``progress`` (None is "auto").
+PROGRESS_MODES = ("auto", "bar", "lines", "none")
+
+
+def _check_driver_options(progress: Any, poll_s: Any, heartbeat_s: Any) -> None:
+    """ValueError naming ``progress``, ``poll_s`` or ``heartbeat_s`` of :func:`run_sweep` when it cannot
+    work as documented, before any work: ``progress="line"`` showed nothing, ``poll_s=nan`` or ``-1``
+    raised from ``time.sleep`` once the driver waited for another's cells, ``heartbeat_s=nan`` or ``0``
+    wrote the heartbeat in a busy loop (``Event.wait`` returns at once), and one of ``120`` beat after
+    the lease of :data:`~catapult.sweep.claims.LEASE_S` = 60 s ran out, which let another driver take
+    the cells of a live one and run them a second time."""
+    from catapult.arguments import check_real
+    from catapult.sweep.claims import LEASE_S
+
+    if progress is not None and progress not in PROGRESS_MODES:
+        raise ValueError(f"run_sweep: progress must be one of {', '.join(PROGRESS_MODES)}; got {progress!r}")
+    check_real("run_sweep", "poll_s", poll_s, low=0.0, low_open=True)
+    check_real("run_sweep", "heartbeat_s", heartbeat_s, low=0.0, high=LEASE_S / 2, low_open=True)
+
+
 def run_sweep(
     base: Mapping[str, Any],
     spec: SweepSpec,
@@ -350,8 +370,10 @@ def run_sweep(
     for an invalid cell and :class:`catapult.sweep.store.SpecChanged` for a store holding another
     sweep, both before any cell runs. ``poll_s``: how often to look at cells other drivers
     hold while waiting for them; ``heartbeat_s``: see :class:`catapult.sweep.claims.Heartbeat`.
+    ``progress``: ``"auto"``, ``"bar"``, ``"lines"`` or ``"none"`` (:class:`SweepProgress`).
     """
     started = time.perf_counter()
+    _check_driver_options(progress, poll_s, heartbeat_s)
     cells = expand(base, spec)  # its notes: SweepNote warnings (and outcome.notes)
     notes = grid_notes(base, {axis.key: axis.values for axis in spec.axes})
     refuse_sharded_cells(cells)  # on any machine, before the store is written
