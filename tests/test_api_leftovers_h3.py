@@ -211,3 +211,31 @@ def test_run_sweep_refuses_driver_options_that_cannot_work_before_any_work(tmp_p
     with pytest.raises(ValueError, match=f"run_sweep:? {name} must be"):
         run_sweep(cfg.validate({"train": {"steps": 1}}), spec, tmp_path / "s.db", run_fn=fake, **options)
     assert fake.calls == [] and not (tmp_path / "s.db").exists()
+
+
+@pytest.mark.parametrize("threads", [0, -1, 1.5, "2"])
+def test_executors_refuse_a_thread_count_that_is_not_a_positive_integer(tmp_path, threads):
+    # before: 1.5 ran on int(1.5) = 1 thread and "2" on 2; 0 and -1 made every cell fail in
+    # torch.set_num_threads after the store was written (failed: 1)
+    from catapult import config as cfg
+    from catapult.sweep import LocalExecutor, parse_sweep, run_sweep
+    from catapult.sweep.ensemble import EnsembleExecutor
+
+    for make in (LocalExecutor, EnsembleExecutor):
+        with pytest.raises(ValueError, match=f"{make.__name__} threads must be None or an integer >= 1"):
+            make(threads=threads)
+    with pytest.raises(ValueError, match="threads must be"):
+        run_sweep(cfg.validate({"train": {"steps": 1}}), parse_sweep({"grid": {"optimizer.lr": [0.1]}}),
+                  tmp_path / "s.db", executor_options={"threads": threads}, progress="none")
+    assert not (tmp_path / "s.db").exists()
+    assert LocalExecutor(threads=2).threads == 2 and EnsembleExecutor(threads=None).threads is None
+
+
+def test_the_ensemble_refuses_sizes_that_are_not_numbers_by_name():
+    # before: max_members=1.5 was taken, "3" and memory_mb="100" were bare TypeErrors ('<' not supported)
+    from catapult.sweep.ensemble import EnsembleExecutor
+
+    for kwargs, name in [(dict(max_members=1.5), "max_members"), (dict(max_members="3"), "max_members"),
+                         (dict(memory_mb="100"), "memory_mb")]:
+        with pytest.raises(ValueError, match=f"{name} must be"):
+            EnsembleExecutor(**kwargs)

@@ -92,9 +92,9 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import torch
 
 from catapult import config as cfg
-from catapult.arguments import check_flag
+from catapult.arguments import as_integer, as_real, check_flag
 from catapult.curvature import batched_lanczos  # noqa: F401  (re-exported)
-from catapult.sweep.executors import Cell, CellResult, Executor, RunFn, run_cell, torch_threads
+from catapult.sweep.executors import Cell, CellResult, Executor, RunFn, check_threads, run_cell, torch_threads
 from catapult.sweep.spec import canonical_json
 from catapult.sweep.ensemble_kernels import LOSSES
 from catapult.sweep.ensemble_run import run_ensemble
@@ -325,9 +325,9 @@ class EnsembleExecutor(Executor):
             raise ValueError(f"func_memory_fraction must be in (0, 1], got {func_memory_fraction!r}")
         self.func_memory_fraction = float(func_memory_fraction)
         memory_mb = DEFAULT_MEMORY_MB if memory_mb is None else memory_mb
-        if not memory_mb > 0:
+        if as_real(memory_mb) is None or not memory_mb > 0:  # "100" was a bare TypeError
             raise ValueError(f"memory_mb must be > 0, got {memory_mb!r}")
-        if max_members is not None and max_members < 1:
+        if max_members is not None and (as_integer(max_members) is None or max_members < 1):
             raise ValueError(f"max_members must be >= 1, got {max_members!r}")
         workers = 1 if workers is None else workers
         if not isinstance(workers, int) or workers < 1:
@@ -342,7 +342,7 @@ class EnsembleExecutor(Executor):
                                  f"picklable (a module-level function); {self.run_fn!r} is not: {err}") from None
         self.memory_mb = float(memory_mb)
         self.max_members = max_members
-        self.threads = threads
+        self.threads = check_threads("EnsembleExecutor", threads)
         self.workers = workers
         self.fallbacks: list[tuple[int, str]] = []
         self.chunks: list[list[int]] = []

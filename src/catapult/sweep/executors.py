@@ -131,6 +131,27 @@ def torch_threads(threads: int | None):
         torch.set_num_threads(before)
 
 
+def check_threads(owner: str, threads: Any) -> int | None:
+    """An executor's ``threads`` as an int, or None; a ValueError naming ``owner`` unless it is None or an
+    integer >= 1: ``threads=1.5`` ran on ``int(1.5)`` = 1 thread, ``"2"`` on 2, and ``0`` or ``-1`` made every
+    cell (and its lambda_0) fail in ``torch.set_num_threads`` after the store was written.
+
+    >>> check_threads("LocalExecutor", 2), check_threads("LocalExecutor", None)
+    (2, None)
+    >>> check_threads("LocalExecutor", 0)
+    Traceback (most recent call last):
+    ValueError: LocalExecutor threads must be None or an integer >= 1; got 0
+    """
+    if threads is None:
+        return None
+    from catapult.arguments import as_integer
+
+    count = as_integer(threads)
+    if count is None or count < 1:
+        raise ValueError(f"{owner} threads must be None or an integer >= 1; got {threads!r}")
+    return count
+
+
 def run_cell(run_fn: RunFn, cell: Cell, threads: int | None = None) -> CellResult:
     """Run one cell; an exception becomes a ``failed`` result carrying the error text.
 
@@ -181,7 +202,7 @@ class LocalExecutor(Executor):
 
     def __init__(self, run_fn: RunFn | None = None, *, threads: int | None = None):
         super().__init__(run_fn)
-        self.threads = threads
+        self.threads = check_threads("LocalExecutor", threads)
 
     def run(self, cells: Iterable[Cell]) -> Iterator[tuple[int, CellResult]]:
         for cell in cells:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import socket
 from typing import Any, Iterable, Iterator, Sequence
 
-from catapult.sweep.executors import Cell, CellResult, Executor, RunFn, run_cell
+from catapult.sweep.executors import Cell, CellResult, Executor, RunFn, check_threads, run_cell
 
 __all__ = ["RayExecutor", "import_ray", "ray_address_endpoint", "ray_address_problem"]
 
@@ -104,6 +104,7 @@ class RayExecutor(Executor):
         super().__init__(run_fn)
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        threads = check_threads("RayExecutor", threads)
         self.ray = import_ray()
         self.address = address
         self.runs_here = address is None  # a cluster's machines may hold more than this one
