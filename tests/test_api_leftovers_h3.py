@@ -239,3 +239,24 @@ def test_the_ensemble_refuses_sizes_that_are_not_numbers_by_name():
                          (dict(memory_mb="100"), "memory_mb")]:
         with pytest.raises(ValueError, match=f"{name} must be"):
             EnsembleExecutor(**kwargs)
+
+
+def test_text_windows_refuse_float_ids_and_fractional_sizes():
+    # before: get_batch / windows cast float ids with .long() (3.7 became the token 3, silently);
+    # batch_size=2.5 was torch.randint's error and windows(context=2.5) reshape's
+    import torch
+
+    from catapult.data.text import get_batch, windows
+
+    ids = torch.arange(40)
+    for call in (lambda i: get_batch(i, 2, 4), lambda i: windows(i, 4)):
+        with pytest.raises(TypeError, match="ids must be an integer tensor of token ids, got torch.float32"):
+            call(ids.float() + 0.7)
+    with pytest.raises(ValueError, match="batch_size and context must be integers >= 1, got 2.5, 4"):
+        get_batch(ids, 2.5, 4)
+    with pytest.raises(ValueError, match="context must be an integer >= 1, got 2.5"):
+        windows(ids, 2.5)
+    x, y = windows(ids.to(torch.int16), 4, 3)   # any integer dtype: windows i*4 .. i*4+3, shifted by one
+    assert x.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]] and y[0].tolist() == [1, 2, 3, 4]
+    xb, yb = get_batch(ids, 3, 5, generator=torch.Generator().manual_seed(0))
+    assert xb.shape == (3, 5) and torch.equal(yb - xb, torch.ones(3, 5, dtype=torch.long))

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from catapult.data import token_cache
-from catapult.arguments import check_flag
+from catapult.arguments import as_integer, check_flag
 from catapult.data.reading import read_errors_named
 from catapult.data.split import check_count
 from catapult.data.text_shards import is_held_out, is_validation
@@ -146,6 +146,14 @@ class CharVocab:
         return "".join(table[ids].tolist())
 
 
+def _check_token_ids(who: str, ids: object) -> None:
+    """A TypeError naming ``who`` unless ``ids`` is an integer tensor: float ids were cast with ``.long()``,
+    so 3.7 became the token 3, silently."""
+    if not isinstance(ids, torch.Tensor) or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        kind = ids.dtype if isinstance(ids, torch.Tensor) else type(ids).__name__
+        raise TypeError(f"{who}: ids must be an integer tensor of token ids, got {kind}")
+
+
 def get_batch(ids: torch.Tensor, batch_size: int, context: int, *,
               generator: torch.Generator | None = None,
               device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,10 +164,11 @@ def get_batch(ids: torch.Tensor, batch_size: int, context: int, *,
     ``x[b] = ids[s_b : s_b + context]`` and ``y[b] = ids[s_b + 1 : s_b + context + 1]``,
     both int64 of shape ``(batch_size, context)``, on ``device``.
     """
+    _check_token_ids("get_batch", ids)
     if ids.ndim != 1:
         raise ValueError(f"get_batch: ids must be 1-D, got shape {tuple(ids.shape)}")
-    if batch_size < 1 or context < 1:
-        raise ValueError(f"get_batch: batch_size and context must be >= 1, got {batch_size}, {context}")
+    if any(as_integer(v) is None or v < 1 for v in (batch_size, context)):  # 2.5: torch.randint's own words
+        raise ValueError(f"get_batch: batch_size and context must be integers >= 1, got {batch_size!r}, {context!r}")
     if ids.shape[0] <= context:
         raise ValueError(f"get_batch: a context of {context} needs more than {context} tokens, "
                          f"the text has {ids.shape[0]}")
@@ -181,10 +190,11 @@ def windows(ids: torch.Tensor, context: int, n: int | None = None, *,
     with ``ids``. Too short a text, or more windows asked for than there are, is an error
     naming the counts.
     """
+    _check_token_ids("windows", ids)
     if ids.ndim != 1:
         raise ValueError(f"windows: ids must be 1-D, got shape {tuple(ids.shape)}")
-    if context < 1:
-        raise ValueError(f"windows: context must be >= 1, got {context}")
+    if as_integer(context) is None or context < 1:  # 2.5: a float count of windows, then reshape's words
+        raise ValueError(f"windows: context must be an integer >= 1, got {context!r}")
     check_count(n, 2 ** 62, what, name)  # type and sign: -1 was sliced from the end, 2.5 a TypeError
     available = (ids.shape[0] - 1) // context
     if available < 1:
