@@ -260,3 +260,20 @@ def test_text_windows_refuse_float_ids_and_fractional_sizes():
     assert x.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]] and y[0].tolist() == [1, 2, 3, 4]
     xb, yb = get_batch(ids, 3, 5, generator=torch.Generator().manual_seed(0))
     assert xb.shape == (3, 5) and torch.equal(yb - xb, torch.ones(3, 5, dtype=torch.long))
+
+
+def test_initial_second_moment_refuses_a_v0_gi_adam_refuses():
+    # before: initial_second_moment(g, -1.0) gave v_0 = -g^2 (whose square root is NaN), nan gave NaN,
+    # and "Grad" was float()'s "could not convert string to float"
+    import torch
+
+    from catapult.optim import GIAdam, initial_second_moment
+
+    g = torch.tensor([1.0, -2.0])
+    for v0, error in ((-1.0, ValueError), (float("nan"), ValueError), ("Grad", ValueError), (True, TypeError)):
+        with pytest.raises(error, match="v0"):
+            initial_second_moment(g, v0)
+        with pytest.raises(error, match="v0"):
+            GIAdam([torch.nn.Parameter(torch.zeros(2))], v0=v0)
+    assert initial_second_moment(g, 0).tolist() == [0.0, 0.0] and initial_second_moment(g, 3).tolist() == [3.0, 12.0]
+    assert initial_second_moment(g, torch.tensor(2.0)).tolist() == [2.0, 8.0]   # a per-member tensor: as before

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from catapult.optim import rules
-from catapult.optim.rules import V0_CHOICES, initial_second_moment
+from catapult.optim.rules import V0_CHOICES, check_v0, initial_second_moment
 
 __all__ = ["GIAdam", "GIAdamW", "initial_second_moment", "V0_CHOICES"]
 
@@ -40,17 +40,7 @@ def _scalar_dtype() -> torch.dtype:
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
-def _check_v0(v0: Any) -> str | float:
-    if isinstance(v0, str):
-        if v0 not in V0_CHOICES:
-            raise ValueError(f"v0 must be one of {V0_CHOICES} or a number a >= 0, got {v0!r}")
-        return v0
-    if isinstance(v0, bool) or not isinstance(v0, numbers.Real):
-        raise TypeError(f"v0 must be one of {V0_CHOICES} or a number a >= 0, got {v0!r}")
-    v0 = float(v0)
-    if not (math.isfinite(v0) and v0 >= 0):
-        raise ValueError(f"v0 = a must be a finite number >= 0 (v_0 = a * g^2), got {v0}")
-    return v0
+_check_v0 = check_v0  # (the rule lives with initial_second_moment)
 
 
 _OPTIONS = ("lr", "betas", "eps", "weight_decay", "v_bias_correction", "v0", "foreach",

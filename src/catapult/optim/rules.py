@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -164,6 +165,26 @@ def l2_coefficient(rule: str, hp: Any, i: int = 0) -> Any:
 # --------------------------------------------------------------------------------------------
 # GI-Adam's v_0
 # --------------------------------------------------------------------------------------------
+def check_v0(v0: Any) -> str | float:
+    """A GI-Adam ``v0`` checked: ``"grad"``, ``"random"``, or ``a`` as a float once it is a finite number
+    ``>= 0``; a ValueError or TypeError naming ``v0`` otherwise (``a < 0`` starts from a negative second
+    moment, whose square root is NaN).
+
+    >>> check_v0("grad"), check_v0(2)
+    ('grad', 2.0)
+    """
+    if isinstance(v0, str):
+        if v0 not in V0_CHOICES:
+            raise ValueError(f"v0 must be one of {V0_CHOICES} or a number a >= 0, got {v0!r}")
+        return v0
+    if isinstance(v0, bool) or not isinstance(v0, numbers.Real):
+        raise TypeError(f"v0 must be one of {V0_CHOICES} or a number a >= 0, got {v0!r}")
+    v0 = float(v0)
+    if not (math.isfinite(v0) and v0 >= 0):
+        raise ValueError(f"v0 = a must be a finite number >= 0 (v_0 = a * g^2), got {v0}")
+    return v0
+
+
 def initial_second_moment(grad: Tensor, v0: str | float | Tensor, seed: int = 0) -> Tensor:
     """The second moment ``v_0`` GI-Adam starts from, for a first gradient ``grad``.
 
@@ -186,8 +207,9 @@ def initial_second_moment(grad: Tensor, v0: str | float | Tensor, seed: int = 0)
         (True, 4.1231, 4.1231)
     """
     g2 = torch.mul(grad, grad)
-    if _is_tensor(v0):
+    if _is_tensor(v0):  # per-member hyperparameters of the batched engines, checked by their configs
         return g2 * v0
+    v0 = check_v0(v0)  # v0=-1 gave v_0 = -g^2 (NaN steps), "Grad" float()'s own words
     if v0 == "grad":
         return g2
     if v0 == "random":
