@@ -277,3 +277,17 @@ def test_initial_second_moment_refuses_a_v0_gi_adam_refuses():
             GIAdam([torch.nn.Parameter(torch.zeros(2))], v0=v0)
     assert initial_second_moment(g, 0).tolist() == [0.0, 0.0] and initial_second_moment(g, 3).tolist() == [3.0, 12.0]
     assert initial_second_moment(g, torch.tensor(2.0)).tolist() == [2.0, 8.0]   # a per-member tensor: as before
+
+
+@pytest.mark.parametrize("eps", [float("nan"), 0.0, -1.0, "1e-12"])
+def test_standardize_per_sample_refuses_an_eps_that_breaks_its_promise(eps):
+    # before: eps=nan made every sample NaN, and eps 0 or -1 a constant sample 0/0 = NaN where the
+    # docstring promises zeros; "1e-12" was clamp_min's TypeError
+    import torch
+
+    from catapult.data import standardize_per_sample
+
+    with pytest.raises(ValueError, match="standardize_per_sample eps must be a finite number > 0"):
+        standardize_per_sample(torch.ones(2, 3), eps=eps)
+    out = standardize_per_sample(torch.tensor([[1.0, 1.0], [1.0, 3.0]]))
+    assert out.tolist() == [[0.0, 0.0], [-1.0, 1.0]]   # (x - mean) / population std: (1 - 2) / 1

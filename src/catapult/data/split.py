@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from catapult.arguments import check_real
+
 __all__ = ["Split", "standardize_per_sample", "first_n", "one_hot"]
 
 
@@ -23,9 +25,12 @@ def standardize_per_sample(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
 
     ``x_i <- (x_i - mean(x_i)) / std(x_i)`` with the population std (divide by the number of
     entries, not by that number minus one), taken over every dimension but the first. A constant
-    sample (std = 0) becomes all zeros instead of NaN: its std is clamped below at ``eps``.
+    sample (std = 0) becomes all zeros instead of NaN: its std is clamped below at ``eps`` (a finite
+    number > 0).
     Computed in float64 and returned in ``x``'s floating dtype (float32 for integer input).
     """
+    # eps=nan made every sample NaN, and eps <= 0 a constant sample 0/0 = NaN (not the zeros promised)
+    check_real("standardize_per_sample", "eps", eps, low=0.0, low_open=True)
     if x.ndim < 2:
         raise ValueError(f"standardize_per_sample expects (N, ...) with a sample dimension, got shape {tuple(x.shape)}")
     out_dtype = x.dtype if x.is_floating_point() else torch.float32
