@@ -291,3 +291,22 @@ def test_standardize_per_sample_refuses_an_eps_that_breaks_its_promise(eps):
         standardize_per_sample(torch.ones(2, 3), eps=eps)
     out = standardize_per_sample(torch.tensor([[1.0, 1.0], [1.0, 3.0]]))
     assert out.tolist() == [[0.0, 0.0], [-1.0, 1.0]]   # (x - mean) / population std: (1 - 2) / 1
+
+
+@pytest.mark.parametrize("make", ["linear", "conv"])
+def test_scaled_layers_refuse_a_multiplier_that_is_not_a_finite_number(make):
+    # before: multiplier=nan made every output NaN; "2" was taken as 2.0
+    import torch
+
+    from catapult.scaled_layers import ScaledConv2d, ScaledLinear
+
+    build = (lambda **kw: ScaledLinear(2, 1, **kw)) if make == "linear" else (lambda **kw: ScaledConv2d(1, 1, 1, **kw))
+    for kwargs, name in [(dict(multiplier=float("nan")), "multiplier"), (dict(multiplier="2"), "multiplier"),
+                         (dict(bias_multiplier=float("inf")), "bias_multiplier")]:
+        with pytest.raises(ValueError, match=f"{name} must be a finite number"):
+            build(**kwargs)
+    layer = build(multiplier=0.5, bias_multiplier=2)
+    with torch.no_grad():
+        layer.weight.fill_(1.0), layer.bias.fill_(1.0)
+    x = torch.ones(1, 2) if make == "linear" else torch.ones(1, 1, 1, 1)
+    assert layer(x).sum().item() == (0.5 * 2 + 2.0 if make == "linear" else 0.5 * 1 + 2.0)

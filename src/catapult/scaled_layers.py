@@ -25,12 +25,13 @@ as for a square hidden matrix. The *width* of a layer (what muP scales) is its
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from catapult.arguments import check_flag
+from catapult.arguments import check_flag, check_real
 from catapult.sparsity import MaskedLinear
 
 __all__ = ["ScaledLinear", "ScaledEmbedding", "ScaledConv2d", "WEIGHT_LAYERS", "SCALABLE_TYPES", "as_scaled",
@@ -161,11 +162,11 @@ class ScaledLinear(MaskedLinear):
                  multiplier: float = 1.0, bias_multiplier: float | None = None,
                  density: float = 1.0, mask_method: str = "exact",
                  generator: torch.Generator | None = None, device=None, dtype=None) -> None:
+        multipliers = _multipliers("ScaledLinear", multiplier, bias_multiplier)  # before any weight is drawn
         super().__init__(in_features, out_features, bias, density=density,
                          mask_method=mask_method, generator=generator, device=device,
                          dtype=dtype)
-        self.multiplier = float(multiplier)
-        self.bias_multiplier = float(multiplier if bias_multiplier is None else bias_multiplier)
+        self.multiplier, self.bias_multiplier = multipliers
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         weight = self.forward_weight()  # RigL's dense gradient is captured here too
@@ -198,9 +199,9 @@ class ScaledConv2d(nn.Conv2d):
             kwargs["bias"] = check_flag("ScaledConv2d", "bias", kwargs["bias"])
         elif len(args) > 7:
             args = (*args[:7], check_flag("ScaledConv2d", "bias", args[7]), *args[8:])
+        multipliers = _multipliers("ScaledConv2d", multiplier, bias_multiplier)
         super().__init__(*args, **kwargs)
-        self.multiplier = float(multiplier)
-        self.bias_multiplier = float(multiplier if bias_multiplier is None else bias_multiplier)
+        self.multiplier, self.bias_multiplier = multipliers
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         scale, bias_scale = self.multiplier, self.bias_multiplier
@@ -237,6 +238,14 @@ class ScaledEmbedding(nn.Embedding):
     def extra_repr(self) -> str:
         text = super().extra_repr()
         return text if self.multiplier == 1.0 else f"{text}, multiplier={self.multiplier:.4g}"
+
+
+def _multipliers(owner: str, multiplier: Any, bias_multiplier: Any) -> tuple[float, float]:
+    """``(multiplier, bias_multiplier)`` as floats (the bias's defaults to the weight's); a ValueError naming
+    ``owner`` unless each is a finite real number: nan made every output NaN, and ``"2"`` was taken as 2."""
+    scale = check_real(owner, "multiplier", multiplier)
+    bias_scale = scale if bias_multiplier is None else check_real(owner, "bias_multiplier", bias_multiplier)
+    return scale, bias_scale
 
 
 def _multiplier_repr(layer: nn.Module, text: str) -> str:
