@@ -310,3 +310,15 @@ def test_scaled_layers_refuse_a_multiplier_that_is_not_a_finite_number(make):
         layer.weight.fill_(1.0), layer.bias.fill_(1.0)
     x = torch.ones(1, 2) if make == "linear" else torch.ones(1, 1, 1, 1)
     assert layer(x).sum().item() == (0.5 * 2 + 2.0 if make == "linear" else 0.5 * 1 + 2.0)
+
+
+def test_a_report_of_a_metric_it_draws_no_diagram_of_is_refused(relative_lr_store, tmp_path):
+    # before: write_report(store, metric="accuracy") wrote a page with no best cell marked and only
+    # diverged cells' trajectories (exit fine, nothing said)
+    from catapult.report import write_report
+
+    for metric in ("accuracy", "sharpness"):
+        with pytest.raises(ValueError, match="report metric must be one of test_accuracy, test_loss, train_loss"):
+            write_report(relative_lr_store, tmp_path / "r.html", metric=metric)
+    assert not (tmp_path / "r.html").exists()
+    assert "cell" in write_report(relative_lr_store, tmp_path / "r.html", metric="test_loss").read_text()

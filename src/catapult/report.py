@@ -66,8 +66,17 @@ def _fmt(value: Any, key: str = "") -> str:
     return html.escape(str(value))  # everything from the store is text, never markup
 
 
+#: The phase diagrams a report draws; ``metric`` (the one whose best cell is marked and whose best and
+#: worst cells' trajectories are drawn) is one of them.
+REPORT_METRICS = ("test_accuracy", "test_loss", "train_loss")
+
+
 def build_report(store, *, title: str | None = None, metric: str = "test_accuracy") -> str:
-    """The report's HTML text for an open :class:`catapult.sweep.store.Store`."""
+    """The report's HTML text for an open :class:`catapult.sweep.store.Store`; ``metric`` one of
+    :data:`REPORT_METRICS` (a ValueError otherwise: ``"accuracy"`` made a report with no best cell and
+    only diverged cells' trajectories)."""
+    if metric not in REPORT_METRICS:
+        raise ValueError(f"report metric must be one of {', '.join(REPORT_METRICS)}; got {metric!r}")
     from catapult.plots.phase import (cell_label, default_axes, default_trajectory_cells, phase_grid,
                                       plot_cell_trajectories, plot_phase_diagram, unfinished_note, value_positions)
 
