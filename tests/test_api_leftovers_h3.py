@@ -322,3 +322,16 @@ def test_a_report_of_a_metric_it_draws_no_diagram_of_is_refused(relative_lr_stor
             write_report(relative_lr_store, tmp_path / "r.html", metric=metric)
     assert not (tmp_path / "r.html").exists()
     assert "cell" in write_report(relative_lr_store, tmp_path / "r.html", metric="test_loss").read_text()
+
+
+def test_load_dataset_refuses_options_the_dataset_does_not_read():
+    # before: load_dataset("shakespeare", standardise=False) or ("digits", context=128) dropped the
+    # keyword silently (any misspelling too)
+    from catapult.data import load_dataset
+
+    with pytest.raises(TypeError, match="'shakespeare' is a text corpus and takes no 'standardise'"):
+        load_dataset("shakespeare", standardise=False)
+    with pytest.raises(TypeError, match="context, tokenizer are text options and 'digits' is an image dataset"):
+        load_dataset("digits", context=128, tokenizer="bpe")
+    assert load_dataset("digits", n_train=4, n_test=2, context=64, standardize=False).x_train.max().item() <= 1.0
+    assert load_dataset("shakespeare", n_train=3, n_test=1, context=16).x_train.shape == (3, 16)

@@ -53,8 +53,21 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, n_train: i
     ``root`` locates CIFAR files (see `load_cifar10`); digits are embedded and take no root.
     ``n_train`` / ``n_test`` keep the first N samples. Extra keywords go to the loader
     (``standardize=``; ``labels="coarse"`` for cifar100). Unknown names raise ValueError
-    listing the allowed names.
+    listing the allowed names. The text options (``context``, ``val_fraction``, ``tokenizer``,
+    ``vocab_size``, ``cache_dir``) away from their defaults for an image dataset, and extra keywords
+    for a text corpus, are refused (a TypeError naming them): they were dropped silently, a
+    misspelt ``standardise=False`` too.
     """
+    if name in TEXT_DATASETS and kwargs:
+        raise TypeError(f"load_dataset: {name!r} is a text corpus and takes no {', '.join(map(repr, kwargs))} "
+                        f"(extra keywords go to the image loaders)")
+    if name in IMAGE_DATASETS:
+        given = [key for key, value, default in (("context", context, 64), ("val_fraction", val_fraction, 0.1),
+                                                 ("tokenizer", tokenizer, "char"), ("vocab_size", vocab_size, 4096),
+                                                 ("cache_dir", cache_dir, None)) if value != default]
+        if given:
+            raise TypeError(f"load_dataset: {', '.join(given)} {'is a text option' if len(given) == 1 else 'are text options'}"
+                            f" and {name!r} is an image dataset; leave {'it' if len(given) == 1 else 'them'} out")
     if name == "digits":
         if root is not None:
             raise ValueError(f"dataset 'digits' ships with scikit-learn and takes no root "
