@@ -335,3 +335,14 @@ def test_load_dataset_refuses_options_the_dataset_does_not_read():
         load_dataset("digits", context=128, tokenizer="bpe")
     assert load_dataset("digits", n_train=4, n_test=2, context=64, standardize=False).x_train.max().item() <= 1.0
     assert load_dataset("shakespeare", n_train=3, n_test=1, context=16).x_train.shape == (3, 16)
+
+
+def test_the_accuracy_failure_rule_set_on_for_text_data_is_refused():
+    # before: train.accuracy_failure: on with a text corpus was accepted and never applied (text has no
+    # class chance), so a GPT run the user asked to judge by it was never judged
+    with pytest.raises(ConfigError) as info:
+        validate({"data": {"name": "shakespeare"}, "model": {"name": "gpt"}, "train": {"accuracy_failure": "on"}})
+    assert info.value.keys == ["train.accuracy_failure"]
+    for mode in ("auto", "off"):
+        validate({"data": {"name": "shakespeare"}, "model": {"name": "gpt"}, "train": {"accuracy_failure": mode}})
+    validate({"train": {"accuracy_failure": "on"}})   # digits: 1.5 x 1/10

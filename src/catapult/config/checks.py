@@ -108,6 +108,9 @@ def _check_model_data(config: dict) -> Problems:
     if data["name"] == "shakespeare" and data["root"] is not None:
         yield ("data.root", "shakespeare is embedded and takes no root; set data.root to null "
                             "(or data.name: text for your own files)")
+    if text and config["train"]["accuracy_failure"] == "on":  # was taken and never applied
+        yield ("train.accuracy_failure", f"on applies the paper's 1.5 x chance rule to image data; data.name "
+                                         f"{data['name']!r} is text (no class chance): use auto or off")
     if not text:
         for key in ("context", "val_fraction"):
             if data[key] != _default(DataConfig, key):
