@@ -346,3 +346,21 @@ def test_the_accuracy_failure_rule_set_on_for_text_data_is_refused():
     for mode in ("auto", "off"):
         validate({"data": {"name": "shakespeare"}, "model": {"name": "gpt"}, "train": {"accuracy_failure": mode}})
     validate({"train": {"accuracy_failure": "on"}})   # digits: 1.5 x 1/10
+
+
+@pytest.mark.parametrize("seed", [2 ** 64, -2 ** 63 - 1])
+def test_gi_adam_refuses_a_seed_torch_cannot_take_when_built(seed):
+    # before: GIAdam(v0="random", seed=2**70) was built and failed at its first step with torch's
+    # "Overflow when unpacking long long" (so did seed 2**64 - 1 at its second parameter, seed + 1)
+    import torch
+
+    from catapult.optim import GIAdam
+
+    with pytest.raises(ValueError, match=r"seed must be in \[-2\*\*63, 2\*\*64\)"):
+        GIAdam([torch.nn.Parameter(torch.zeros(2))], v0="random", seed=seed)
+    params = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))]
+    opt = GIAdam(params, v0="random", seed=2 ** 64 - 1)
+    for p in params:
+        p.grad = torch.ones(2)
+    with pytest.raises(ValueError, match="seed 18446744073709551616 is beyond torch.Generator.manual_seed's range"):
+        opt.step()   # the second parameter draws from seed + 1

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from catapult.optim import rules
-from catapult.optim.rules import V0_CHOICES, check_v0, initial_second_moment
+from catapult.optim.rules import SEED_RANGE, V0_CHOICES, check_v0, initial_second_moment
 
 __all__ = ["GIAdam", "GIAdamW", "initial_second_moment", "V0_CHOICES"]
 
@@ -99,6 +99,8 @@ def _checked_options(options: dict[str, Any], where: str = "") -> dict[str, Any]
         seed = out["seed"]
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
             raise TypeError(f"{where}seed must be an integer, got {seed!r}")
+        if not SEED_RANGE[0] <= seed < SEED_RANGE[1]:  # v0="random" failed at the first step, in torch's words
+            raise ValueError(f"{where}seed must be in [-2**63, 2**64) (torch.Generator.manual_seed), got {seed}")
         out["seed"] = int(seed)
     return out
 

@@ -57,6 +57,8 @@ RULES = ("sgd", "adam", "adamw", "radam", "gi-adam")
 ADAM_RULES = ("adam", "adamw", "radam", "gi-adam")
 #: String values accepted for GI-Adam's ``v0`` (a number ``a >= 0`` is accepted too).
 V0_CHOICES = ("grad", "random")
+#: The seeds ``torch.Generator.manual_seed`` takes, ``[low, high)``.
+SEED_RANGE = (-2 ** 63, 2 ** 64)
 
 _REQUIRED = object()
 
@@ -213,6 +215,9 @@ def initial_second_moment(grad: Tensor, v0: str | float | Tensor, seed: int = 0)
     if v0 == "grad":
         return g2
     if v0 == "random":
+        if not SEED_RANGE[0] <= int(seed) < SEED_RANGE[1]:  # GIAdam's seed + the parameter's index
+            raise ValueError(f"v0='random': seed {int(seed)} is beyond torch.Generator.manual_seed's range [-2**63, "
+                             f"2**64) (GIAdam draws parameter i from seed + i: use a smaller seed)")
         generator = torch.Generator(device="cpu").manual_seed(int(seed))
         r = torch.rand(grad.shape, generator=generator, dtype=torch.float64)
         r = r.to(device=grad.device, dtype=grad.dtype)
