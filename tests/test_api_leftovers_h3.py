@@ -324,7 +324,7 @@ def test_a_report_of_a_metric_it_draws_no_diagram_of_is_refused(relative_lr_stor
     assert "cell" in write_report(relative_lr_store, tmp_path / "r.html", metric="test_loss").read_text()
 
 
-def test_load_dataset_refuses_options_the_dataset_does_not_read():
+def test_load_dataset_refuses_options_the_dataset_does_not_read(tmp_path):
     # before: load_dataset("shakespeare", standardise=False) or ("digits", context=128) dropped the
     # keyword silently (any misspelling too)
     from catapult.data import load_dataset
@@ -334,7 +334,8 @@ def test_load_dataset_refuses_options_the_dataset_does_not_read():
     with pytest.raises(TypeError, match="context, tokenizer are text options and 'digits' is an image dataset"):
         load_dataset("digits", context=128, tokenizer="bpe")
     assert load_dataset("digits", n_train=4, n_test=2, context=64, standardize=False).x_train.max().item() <= 1.0
-    assert load_dataset("shakespeare", n_train=3, n_test=1, context=16).x_train.shape == (3, 16)
+    (tmp_path / "t.txt").write_text("abcdefgh" * 8)
+    assert load_dataset("text", root=tmp_path / "t.txt", n_train=3, n_test=1, context=4).x_train.shape == (3, 4)
 
 
 def test_the_accuracy_failure_rule_set_on_for_text_data_is_refused():
