@@ -134,16 +134,17 @@ def _flag_calls(tmp_path):
         ("preconditioned", lambda v: plot_trajectories({}, preconditioned=v)),
         ("preconditioned", lambda v: plot_run([], preconditioned=v)),
         ("strict", lambda v: transfer_curves([], [], strict=v)),
+        ("interrupted", lambda v: Store.counts(None, interrupted=v)),
     ], torch
 
 
-@pytest.mark.parametrize("index", range(24))
+@pytest.mark.parametrize("index", range(25))
 def test_boolean_flags_refuse_strings_and_lists(index, tmp_path):
     # before: each took any truthy value -- Store(path, create="no") made a new empty store, run(...,
     # overwrite="no") replaced an earlier run's files, plot_spectral_density(log="no") drew a log axis,
     # load_digits(standardize="no") standardized; [] was False
     calls, _ = _flag_calls(tmp_path)
-    assert len(calls) == 24
+    assert len(calls) == 25
     label, call = calls[index]
     for bad in ("no", [], "False"):
         with pytest.raises(TypeError, match=rf"{label} must be True or False, got {bad!r}".replace("[", r"\[").replace("]", r"\]")):

@@ -335,6 +335,7 @@ class Store:
         """``{status: number of cells}`` for every stored status. With ``interrupted=True``
         also ``interrupted`` (``running`` cells no live driver holds), and ``running`` then
         counts only the cells a live driver holds."""
+        interrupted = check_flag("Store.counts", "interrupted", interrupted)
         out = dict.fromkeys(STATUSES, 0)
         for status, n in self.conn.execute("SELECT status, COUNT(*) FROM cells GROUP BY status"):
             out[status] = n
