@@ -229,7 +229,7 @@ class ScheduleConfig(Section):
                           "upper - lower <= rtol * lower as well, so lr_c is within rtol above the one-step "
                           "critical lr (null = the paper's delta stop only)", json_schema_extra=_added())
     warmup_steps: Annotated[int, integer(low=1)] = Field(1, description="T_wrm; 1 = no warmup")
-    lr_init: Annotated[float, number(low=0.0)] = Field(0.0, description="lr at the start of warmup")
+    lr_init: Annotated[float, number(low=0.0)] = Field(0.0, description="lr at the start of warmup, <= optimizer.lr")
     power: Annotated[float, number(low=0.0, low_open=True)] = Field(
         1.0, description="warmup exponent (1 = linear)")
     decay: Annotated[Literal["constant", "cosine", "linear"], choice()] = Field(
