@@ -104,3 +104,20 @@ def test_a_gi_adam_state_of_other_shapes_is_refused_after_the_merge():
     _stepped(other, old, 1, seed=0)
     with pytest.raises(ValueError, match=r"exp_avg of parameter 0 has shape \(8, 64\), the parameter it loads into \(16, 64\)"):
         run.optimizer.load_state_dict(copy.deepcopy(old.state_dict()))
+
+
+def test_merge_keeps_apart_neighbours_whose_weight_decay_differs():
+    # truth: the GPT-2 rule param_groups documents, per parameter (ndim >= 2 decays, 1-D does not);
+    # a merge that compared lr and lr_mult alone gave the biases the matrices' weight decay
+    from catapult.models import MLP
+
+    model = MLP(3, 2, width=8, depth=3)
+    unmerged = catapult.param_groups(model, 0.1, "adamw", weight_decay=0.1)
+    merged = catapult.param_groups(model, 0.1, "adamw", weight_decay=0.1, merge=True)
+    for groups in (unmerged, merged):
+        assert all(g["weight_decay"] == (0.1 if p.ndim >= 2 else 0.0) for g in groups for p in g["params"])
+    order = [p for g in unmerged for p in g["params"]]
+    assert all(p is q for p, q in zip([p for g in merged for p in g["params"]], order))
+    assert len(order) == len(list(model.parameters()))
+    # SP: the neighbours hidden and output (both matrices) merge; input and vector (biases) do not
+    assert [g["name"] for g in merged] == ["input", "vector", "hidden+output", "output_bias"]
