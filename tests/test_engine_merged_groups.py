@@ -121,3 +121,17 @@ def test_merge_keeps_apart_neighbours_whose_weight_decay_differs():
     assert len(order) == len(list(model.parameters()))
     # SP: the neighbours hidden and output (both matrices) merge; input and vector (biases) do not
     assert [g["name"] for g in merged] == ["input", "vector", "hidden+output", "output_bias"]
+
+
+def test_a_saved_state_with_groups_beyond_this_optimizers_parameters_is_refused():
+    # the saved groups' first five fill this optimizer's one group; a sixth (a parameter this model
+    # lacks) is no state of this optimizer: torch's loader refuses the group count, nothing loads
+    run = build_run(_config("sp", {"name": "adam", "lr": 1e-3}))
+    twin = copy.deepcopy(run.model)
+    extra = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    old = torch.optim.Adam(catapult.param_groups(twin, 1e-3) + [{"params": [extra], "name": "extra"}], lr=1e-3)
+    extra.grad = torch.ones(3, dtype=torch.float64)
+    _stepped(twin, old, 1, seed=0)
+    with pytest.raises(ValueError, match="different number of parameter groups"):
+        run.optimizer.load_state_dict(copy.deepcopy(old.state_dict()))
+    assert not run.optimizer.state
