@@ -370,18 +370,34 @@ def one_rank_bad_init(rank, world):
     shard(model)
     lo = sum(SHARDS[:rank])
     n = sum(p.numel() for p in mlp_problem()[0].parameters())
-    init = torch.ones(n + 1 if rank == 1 else n, dtype=torch.float64)   # rank 1's has another size
-    try:
-        catapult.sharpness(model, loss_fn, (x[lo:lo + SHARDS[rank]], y[lo:lo + SHARDS[rank]]), init=init,
-                           distributed=True, tol=1e-3)
-    except ValueError as err:
-        return str(err)
-    return "no error"
+    local = sum(p.to_local().numel() for p in model.parameters())   # this rank's rows
+
+    def message(init):
+        try:
+            catapult.sharpness(model, loss_fn, (x[lo:lo + SHARDS[rank]], y[lo:lo + SHARDS[rank]]), init=init,
+                               distributed=True, tol=1e-3)
+        except ValueError as err:
+            return str(err)
+        return "no error"
+
+    out = {"one rank": message(torch.ones(n + 1 if rank == 1 else n, dtype=torch.float64)),  # rank 1's: another size
+           "whole block": message(torch.ones(3, n, dtype=torch.float64)),   # 3 whole vectors, on every rank
+           "local block": message(torch.ones(3, local, dtype=torch.float64))}   # 3 of this rank's parts
+    return out, n, local
 
 
 def test_one_ranks_bad_sharded_init_stops_every_rank_naming_it():
     # rank 1 raised "init has ... elements" alone and rank 0 waited in the start vector's norm
     # all-reduce until the group's timeout (mutation pass 6's report); now both raise at once
-    messages = on_ranks(one_rank_bad_init, timeout_s=30.0)
+    results = on_ranks(one_rank_bad_init, timeout_s=30.0)
+    messages = [res["one rank"] for res, _, _ in results]
     assert "init has" in messages[1] and "elements" in messages[1]
     assert messages[0] != "no error" and "rank 1" in messages[0], messages[0]
+    # a block of vectors (a previous Eigenpairs' vectors) is told to pass one row, in the size it
+    # has: whole vectors of the model's n entries, or this rank's parts (mutation pass 10)
+    for res, n, local in results:
+        assert 0 < local < n
+        assert (f"init is one flat start vector of {n} entries ({local} on this rank), got a 3 x {n} block"
+                in res["whole block"]), res["whole block"]
+        assert (f"init is one flat start vector of {local} entries on this rank, got a 3 x {local} block"
+                in res["local block"]), res["local block"]
