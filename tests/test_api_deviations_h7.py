@@ -1,4 +1,6 @@
 """Small API deviations from torch.optim / optax conventions (helper h7): each test fails on the code before its fix."""
+import math
+
 import pytest
 import torch
 
@@ -61,6 +63,10 @@ def test_a_block_of_previous_eigenvectors_as_init_is_told_to_pass_one_row():
             solve(eig.vectors)
         with pytest.raises(ValueError, match="init has 8 elements but the model has 9"):
             solve(torch.ones(8))
+        # no block of whole vectors: none empty, of another width, or of more than 2 dimensions (mutation pass 10)
+        for shape in ((0, 9), (3, 5), (3, 1, 9)):
+            with pytest.raises(ValueError, match=rf"init has {math.prod(shape)} elements but the model has 9"):
+                solve(torch.ones(shape))
     again = top_eigenpairs(model, torch.nn.MSELoss(), batch, k=3, init=eig.vectors[0])
     assert again.values[0] == pytest.approx(eig.values[0], rel=1e-3)
 
