@@ -119,3 +119,23 @@ def test_an_error_raised_in_inductors_generated_code_falls_back_to_the_eager_fun
         estimate = catapult.sharpness(model, nn.MSELoss(), batch, tol=1e-10, hvp="compiled")
     assert estimate.value == pytest.approx(truth, rel=1e-8)
     assert "stand-in: expected size" in compiled.compile_failures["product"]
+
+
+def test_the_users_code_in_a_folder_named_like_inductors_cache_is_the_users(monkeypatch, tmp_path):
+    # torch's code is what lies inside its folders: a user's folder whose name merely begins with the
+    # cache folder's (".../torchinductor" and ".../torchinductor_models", as ".../torch" and
+    # ".../torch_geometric") holds the user's code, whose exception is raised, not retried eagerly
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "torchinductor"))
+    model, batch = memory_problem()
+    source = ("def call(*args):\n"
+              "    if armed:\n"
+              "        armed.pop()\n"
+              "        raise Boom('bad batch')\n"
+              "    return eager(*args)\n")
+    scope = {"armed": [True], "Boom": Boom, "eager": compiled._EAGER["product"]}
+    exec(compile(source, str(tmp_path / "torchinductor_models" / "net.py"), "exec"), scope)
+    monkeypatch.setattr(compiled, "compile_failures", {})
+    monkeypatch.setattr(compiled, "_COMPILED", {"product": scope["call"], "gradient": compiled._EAGER["gradient"]})
+    with pytest.raises(Boom, match="bad batch"):
+        catapult.sharpness(model, nn.MSELoss(), batch, hvp="compiled")
+    assert compiled.compile_failures == {}
