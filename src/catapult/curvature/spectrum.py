@@ -319,8 +319,10 @@ def lanczos_quadrature(matvec, v: torch.Tensor, steps: int, max_basis: int | Non
     Q[0] = v / vector_norm(v, reduce)
     T = np.zeros((steps, steps))
     m = steps
+    scale = 0.0  # the largest ||A q_j|| so far: what an invariant remainder is small beside
     for j in range(steps):
         w = matvec(Q[j % kept]).to(Q.dtype, copy=True)
+        scale = max(scale, float(vector_norm(w, reduce)))
         rows = Q[:min(j + 1, kept)]
         for _ in range(2):
             h = rows @ w
@@ -330,11 +332,14 @@ def lanczos_quadrature(matvec, v: torch.Tensor, steps: int, max_basis: int | Non
             if _ == 0:
                 T[j, j] = float(h[j % kept])
         beta = float(vector_norm(w, reduce))
-        if not (math.isfinite(beta) and math.isfinite(T[j, j])):
+        if not (math.isfinite(beta) and math.isfinite(T[j, j]) and math.isfinite(scale)):
             # numpy's eigh of a nan T fails with "Eigenvalues did not converge"
             raise ValueError(f"product {j + 1} of the Lanczos quadrature is not finite (a loss "
                              f"or curvature that is nan or inf: a diverged model?)")
-        if j + 1 == steps or beta <= 1e3 * torch.finfo(Q.dtype).eps * max(1.0, abs(T[j, j])):
+        # relative to the products' size: against max(1, |alpha_j|) every remainder of an operator
+        # with eigenvalues below ~1e3 eps (1e-13 in float64, 1e-4 in float32) was "invariant", and
+        # each run ended after one step, a single node at its Rayleigh quotient
+        if j + 1 == steps or beta <= 1e3 * torch.finfo(Q.dtype).eps * scale:
             m = j + 1
             break
         T[j + 1, j] = T[j, j + 1] = beta

@@ -1,0 +1,47 @@
+"""The spectrum functions do not depend on the operator's units: a loss scaled by ``c`` has
+the Hessian scaled by ``c``, so its spectral density's nodes scale by ``c`` and its weights do
+not change. Checked against the closed-form Hessian of a linear model (``H = 2 X^T X / N``
+under the mean squared error), whatever ``c`` and the dtype."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import catapult
+from catapult.curvature.spectrum import lanczos_quadrature
+
+
+def diagonal_problem(c: float, dtype):
+    """A bias-free ``Linear(4, 1)`` on ``X = diag(a)`` (4 samples): ``H = diag(a^2 / 2)``, here
+    ``c * (1, 2, 3, 4)``. A Rademacher probe has weight 1/4 on each eigenvector."""
+    model = torch.nn.Linear(4, 1, bias=False).to(dtype)
+    a = torch.sqrt(2 * c * torch.arange(1.0, 5.0, dtype=torch.float64)).to(dtype)
+    return model, torch.nn.MSELoss(), (torch.diag(a), torch.zeros(4, 1, dtype=dtype))
+
+
+@pytest.mark.parametrize("c, dtype, rtol", [(1.0, torch.float64, 1e-10), (1e-14, torch.float64, 1e-10),
+                                            (1.0, torch.float32, 1e-4), (1e-6, torch.float32, 1e-4)])
+@pytest.mark.parametrize("max_basis", [2, None])
+def test_spectral_density_of_a_small_scale_operator_keeps_every_eigenvalue(c, dtype, rtol, max_basis):
+    """Lanczos stopped where a remainder was under ``1e3 eps max(1, |alpha|)``, an absolute
+    level: every run on eigenvalues ~1e-14 (float64) or ~1e-6 (float32) ended after one step,
+    one node at its Rayleigh quotient ``2.5 c`` with all the weight."""
+    model, loss_fn, batch = diagonal_problem(c, dtype)
+    dens = catapult.spectral_density(model, loss_fn, batch, runs=2, steps=4, max_basis=max_basis)
+    truth = c * np.arange(1.0, 5.0)
+    for nodes, weights in zip(dens.nodes, dens.weights):
+        np.testing.assert_allclose(np.sort(nodes), truth, rtol=rtol)
+        np.testing.assert_allclose(weights, 0.25, rtol=rtol)
+
+
+def test_lanczos_quadrature_reproduces_the_moments_of_a_tiny_operator():
+    """Gauss quadrature of ``steps`` nodes is exact for degree < 2 steps: ``sum_j w_j theta_j^p
+    = v^T A^p v / ||v||^2`` for p <= 5, here on a float32 diagonal ``A`` of scale 1e-5."""
+    d = torch.linspace(1.0, 3.0, 12, dtype=torch.float64) * 1e-5
+    v = torch.linspace(0.5, 1.5, 12, dtype=torch.float64)
+    nodes, weights = lanczos_quadrature(lambda u: d.float() * u, v.float(), 3)
+    assert len(nodes) == 3
+    for p in range(6):
+        truth = float((v ** 2 * d ** p).sum() / (v ** 2).sum())
+        assert float(weights @ nodes ** p) == pytest.approx(truth, rel=1e-4)
