@@ -45,3 +45,24 @@ def test_lanczos_quadrature_reproduces_the_moments_of_a_tiny_operator():
     for p in range(6):
         truth = float((v ** 2 * d ** p).sum() / (v ** 2).sum())
         assert float(weights @ nodes ** p) == pytest.approx(truth, rel=1e-4)
+
+
+@pytest.mark.parametrize("c", [1.0, 1e-13])
+def test_the_default_width_is_one_percent_of_the_range_whatever_the_units(c):
+    """``sigma`` defaults to 1% of the nodes' range (3c here), so the four eigenvalues stay four
+    peaks, each of mass 1/4; an absolute floor of 1e-12 made it 300x that at c = 1e-13."""
+    model, loss_fn, batch = diagonal_problem(c, torch.float64)
+    dens = catapult.spectral_density(model, loss_fn, batch, runs=1, steps=4, grid_points=2001)
+    assert dens.sigma == pytest.approx(0.03 * c, rel=1e-9)
+    peak = 0.25 / (dens.sigma * np.sqrt(2 * np.pi))
+    for value in c * np.arange(1.0, 5.0):
+        at = int(np.argmin(np.abs(dens.grid - value)))
+        assert dens.density[at] == pytest.approx(peak, rel=1e-3)
+
+
+def test_a_zero_operator_has_its_density_at_zero():
+    model = torch.nn.Linear(3, 1, bias=False).double()
+    batch = (torch.zeros(2, 3, dtype=torch.float64), torch.zeros(2, 1, dtype=torch.float64))
+    dens = catapult.spectral_density(model, torch.nn.MSELoss(), batch, runs=2, steps=3)
+    assert dens.sigma > 0 and np.all(dens.nodes == 0.0)
+    assert dens.grid[0] < 0 < dens.grid[-1]

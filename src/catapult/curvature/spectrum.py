@@ -414,7 +414,9 @@ def spectral_density(model, loss_fn, batch, *, runs: int = 8, steps: int = 40,
     nodes, weights = np.array(nodes), np.array(weights)
     lo, hi = float(nodes.min()), float(nodes.max())
     if sigma is None:
-        sigma = max(0.01 * (hi - lo), 1e-12 * max(abs(lo), abs(hi), 1.0))
+        # relative floors only: an absolute 1e-12 was 300x the 1% of the range of eigenvalues
+        # c (1..4) at c = 1e-13, and drew their four peaks as one blob (1e-12 for a zero operator)
+        sigma = max(0.01 * (hi - lo), 1e-12 * max(abs(lo), abs(hi))) or 1e-12
     grid = np.linspace(lo - 3 * sigma, hi + 3 * sigma, int(grid_points))
     # the padded nodes (weight 0) add nothing: steps=10**6 on a small model made a grid x runs x
     # steps matrix of them (60 GiB, a MemoryError), though no more nodes than dimensions exist
