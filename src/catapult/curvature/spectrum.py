@@ -322,16 +322,18 @@ def lanczos_quadrature(matvec, v: torch.Tensor, steps: int, max_basis: int | Non
     scale = 0.0  # the largest ||A q_j|| so far: what an invariant remainder is small beside
     for j in range(steps):
         w = matvec(Q[j % kept]).to(Q.dtype, copy=True)
-        scale = max(scale, float(vector_norm(w, reduce)))
         rows = Q[:min(j + 1, kept)]
+        taken = 0.0
         for _ in range(2):
             h = rows @ w
             if reduce is not None:
                 h = reduce(h)
             w.addmv_(rows.T, h, alpha=-1.0)
+            taken += float(h @ h)
             if _ == 0:
                 T[j, j] = float(h[j % kept])
         beta = float(vector_norm(w, reduce))
+        scale = max(scale, math.sqrt(taken + beta * beta))  # ||A q_j||, by Pythagoras
         if not (math.isfinite(beta) and math.isfinite(T[j, j]) and math.isfinite(scale)):
             # numpy's eigh of a nan T fails with "Eigenvalues did not converge"
             raise ValueError(f"product {j + 1} of the Lanczos quadrature is not finite (a loss "
