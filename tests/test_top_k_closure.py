@@ -1,0 +1,72 @@
+"""Top-k past a closed Krylov space: a start vector's Krylov space holds one copy of each
+eigenvalue, so on a small operator it closes (a remainder at rounding level) before the top k
+are found, and fresh directions go on into the rest of ``R^n``, which holds only copies. The
+zeros of a rank-deficient Hessian are such copies, many times over, and they lie above its
+negative eigenvalues: ``converged`` top-k values must be the dense ones, copies included.
+Truth: ``numpy.linalg.eigvalsh`` of the dense matrix (float64)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import catapult
+from catapult.curvature.top_k import lanczos_top_k
+
+sys.path.insert(0, str(Path(__file__).parent))
+from dense_curvature import dense_hessian  # noqa: E402
+
+
+def operator(values, seed):
+    Q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(len(values), len(values))))
+    return torch.tensor((Q * np.asarray(values, dtype=np.float64)) @ Q.T)
+
+
+def test_zeros_above_negative_eigenvalues_are_all_counted():
+    """A 19x19 operator with 9 zeros between 5 positive and 5 negative eigenvalues: the Krylov
+    space closes after 11 products. Top 8 came back with one zero and -0.011, -0.051 (top 15:
+    5 zeros and down to -3.7), "converged"."""
+    values = [6.7, 5.2, 4.1, 1.8, 0.26] + [0.0] * 9 + [-0.011, -0.051, -2.7, -3.5, -3.7]
+    A = operator(values, 0)
+    truth = np.sort(values)[::-1]
+    for k in (6, 8, 15):
+        eig = lanczos_top_k(lambda v: A @ v, torch.ones(19, dtype=torch.float64), k, tol=1e-8)
+        assert eig.converged
+        np.testing.assert_allclose(eig.values, truth[:k], rtol=0, atol=1e-7)
+
+
+def test_top_eigenpairs_of_a_tiny_batch_hessian_past_its_rank():
+    """A 4-3-1 tanh MLP on 2 samples: 19 parameters, a Hessian with 9 zeros above 5 negative
+    eigenvalues."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 1)).double()
+    batch = (torch.randn(2, 4, dtype=torch.float64), torch.randn(2, 1, dtype=torch.float64))
+    loss_fn = torch.nn.MSELoss()
+    truth = np.linalg.eigvalsh(dense_hessian(model, loss_fn, batch).numpy())[::-1]
+    assert np.sum(np.abs(truth) < 1e-10) >= 8 and truth[-1] < -1.0
+    for k in (8, 15):
+        eig = catapult.top_eigenpairs(model, loss_fn, batch, k=k, tol=1e-6)
+        assert eig.converged
+        np.testing.assert_allclose(eig.values, truth[:k], rtol=0, atol=1e-6 * abs(truth).max())
+
+
+@settings(max_examples=25, deadline=None, derandomize=True, database=None)
+@given(data=st.data(), n=st.integers(4, 30))
+def test_converged_top_k_of_rank_deficient_indefinite_operators_are_the_dense_top_k(data, n):
+    """Distinct nonzero eigenvalues of both signs and a zero of any multiplicity, one start
+    vector: where the solve says ``converged``, the values are the dense top k."""
+    seed = data.draw(st.integers(0, 2 ** 32 - 1))
+    rng = np.random.default_rng(seed)
+    rank = data.draw(st.integers(1, n - 1))
+    nonzero = np.cumsum(rng.uniform(0.1, 1.0, size=rank)) * rng.choice([-1.0, 1.0], size=rank)
+    values = np.concatenate([nonzero, np.zeros(n - rank)])
+    A = operator(values, seed)
+    truth = np.sort(values)[::-1]
+    k = data.draw(st.integers(1, n))
+    eig = lanczos_top_k(lambda v: A @ v, torch.tensor(rng.normal(size=n)), k, tol=1e-8, max_iter=10 * n)
+    if eig.converged:
+        np.testing.assert_allclose(eig.values, truth[:k], rtol=0, atol=1e-6 * abs(truth).max())
