@@ -40,7 +40,11 @@ __all__ = ["Eigenpairs", "check_block_size", "check_k", "lanczos_top_k"]
 class Eigenpairs:
     """Top-k eigenpairs. ``values`` (floats, largest first), ``vectors`` (``(k, n)``, unit rows,
     orthonormal), ``matvecs``, ``converged`` (all ``k``), ``residuals`` (relative eigen-residual
-    ``||A v_i - theta_i v_i|| / |theta_i|`` of each pair; from ``top_eigenpairs`` on
+    ``||A v_i - theta_i v_i|| / max(|theta_i|, m)`` of each pair, ``m = min(100 eps max |theta| /
+    tol, max |theta|)``, as :func:`lanczos_top_k` judges them: an eigenvalue below ``m``, a zero
+    of a rank-deficient Hessian, is judged by its residual over ``m``, and in float32 at
+    ``tol=1e-5`` every one is, its true relative residual up to ``|theta_1| / |theta_i|`` times
+    the one reported; from ``top_eigenpairs`` on
     finite-difference products, the residual taken plus the products' own error:
     :func:`catapult.curvature.certify.certified_pairs`).
 
