@@ -366,3 +366,28 @@ def test_gi_adam_refuses_a_seed_torch_cannot_take_when_built(seed):
         p.grad = torch.ones(2)
     with pytest.raises(ValueError, match="seed 18446744073709551616 is beyond torch.Generator.manual_seed's range"):
         opt.step()   # the second parameter draws from seed + 1
+
+
+def test_flags_set_as_attributes_or_passed_to_the_spectrum_refuse_strings():
+    # before: layer.catapult_fixed = "no" made param_groups treat the layer as fixed (its lr unscaled),
+    # MaskedLinear.capture_dense_grad = "no" turned the capture on, and measure_spectrum(preconditioned="no")
+    # measured the pre-conditioned spectrum
+    import torch
+
+    from catapult import config as cfg
+    from catapult import param_groups
+    from catapult.engine.spectrum_study import measure_spectrum
+    from catapult.sparsity import MaskedLinear
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+    model[0].catapult_fixed = "no"
+    with pytest.raises(TypeError, match="module '0'.*catapult_fixed must be True or False, got 'no'"):
+        param_groups(model, 0.1)
+    model[0].catapult_fixed = False
+    assert sum(len(g["params"]) for g in param_groups(model, 0.1)) == 4
+    layer = MaskedLinear(2, 2, density=0.5)
+    with pytest.raises(TypeError, match="capture_dense_grad must be True or False"):
+        layer.capture_dense_grad = "no"
+    assert layer.capture_dense_grad is False
+    with pytest.raises(cfg.ConfigError, match="--preconditioned: must be True or False, got 'no'"):
+        measure_spectrum(validate({"optimizer": {"name": "adam"}}), preconditioned="no")

@@ -67,7 +67,7 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from catapult.arguments import STD_MAX, as_real, check_densities, check_module, check_real, check_seed, check_std
+from catapult.arguments import STD_MAX, as_real, check_densities, check_flag, check_module, check_real, check_seed, check_std
 from catapult.param_rules import (PARAMETRIZATIONS, ROLES, ParamSpec, check_parametrization, init_rule,
                                   init_variance, lr_multiplier, lr_rule, optimizer_family)
 from catapult.sparsity import MASK_METHODS, random_mask
@@ -248,7 +248,8 @@ def param_groups(model: nn.Module, lr: float, optimizer: str = "adam", *,
     unowned_matrices: list[str] = []
     for module_name, module in model.named_modules():
         role = getattr(module, "catapult_role", None)
-        fixed = bool(getattr(module, "catapult_fixed", False))
+        fixed = check_flag(f"param_groups: module {module_name or '(the model)'!r}", "catapult_fixed",
+                           getattr(module, "catapult_fixed", False))  # "no" was truthy: a fixed layer
         for param_name, param in module.named_parameters(recurse=False):
             if id(param) in seen or not param.requires_grad:
                 continue

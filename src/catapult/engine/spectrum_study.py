@@ -152,6 +152,9 @@ def measure_spectrum(config: Mapping[str, Any], *, weights: str | Path | None = 
         problems.append(("--density-steps", f"must be an integer >= 1, got {density_steps!r}"))
     if curvature not in CURVATURES:
         problems.append(("--curvature", f"must be one of {', '.join(CURVATURES)}, got {curvature!r}"))
+    if not isinstance(preconditioned, bool):  # "no" measured the pre-conditioned spectrum
+        problems.append(("--preconditioned", f"must be True or False, got {preconditioned!r}"))
+        preconditioned = False
     config = cfg.validate(config)
     if preconditioned and config["optimizer"]["name"] not in cfg.PRECONDITIONED_OPTIMIZERS:
         problems.append(("--preconditioned", f"needs an Adam-family optimizer "

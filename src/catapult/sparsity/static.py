@@ -159,7 +159,7 @@ class MaskedLinear(nn.Linear):
 
     @capture_dense_grad.setter
     def capture_dense_grad(self, on: bool) -> None:
-        self._capture = bool(on)
+        self._capture = check_flag(type(self).__name__, "capture_dense_grad", on)  # "no" captured
         self._hook_accumulation()
 
     def _hook_accumulation(self) -> None:
