@@ -391,3 +391,17 @@ def test_flags_set_as_attributes_or_passed_to_the_spectrum_refuse_strings():
     assert layer.capture_dense_grad is False
     with pytest.raises(cfg.ConfigError, match="--preconditioned: must be True or False, got 'no'"):
         measure_spectrum(validate({"optimizer": {"name": "adam"}}), preconditioned="no")
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(chunk_size=1.5), "chunk_size"), (dict(chunk_size=0), "chunk_size"), (dict(resubmits=-1), "resubmits"),
+    (dict(max_retries=2.5), "max_retries"), (dict(max_retries=-2), "max_retries"), (dict(num_cpus=0), "num_cpus"),
+    (dict(cpus_per_task=0), "cpus_per_task"), (dict(gpus_per_task=float("nan")), "gpus_per_task"),
+    (dict(threads=0), "threads")])
+def test_the_ray_executor_refuses_options_out_of_range_before_ray_starts(kwargs, name):
+    # before: chunk_size=1.5 ran chunks of int(1.5) = 1 cell, resubmits=-1 never resubmitted and
+    # max_retries=2.5 was 2, silently; cpus_per_task=0 and a nan gpus_per_task were handed to Ray as they were
+    from catapult.sweep.ray_executor import RayExecutor
+
+    with pytest.raises(ValueError, match=f"RayExecutor {name} must be"):
+        RayExecutor(**kwargs)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import socket
 from typing import Any, Iterable, Iterator, Sequence
 
+from catapult.arguments import as_integer, check_real
 from catapult.sweep.executors import Cell, CellResult, Executor, RunFn, check_threads, run_cell
 
 __all__ = ["RayExecutor", "import_ray", "ray_address_endpoint", "ray_address_problem"]
@@ -84,6 +85,18 @@ def _run_chunk(run_fn: RunFn, cells: Sequence[Cell], threads: int | None) -> lis
     return [(cell.id, run_cell(run_fn, cell, threads)) for cell in cells]
 
 
+def _check_counts(**counts: tuple) -> None:
+    """A ValueError naming the RayExecutor option unless it is an integer >= its low end (``num_cpus``
+    may be None): ``chunk_size=1.5`` ran chunks of ``int(1.5)`` = 1 cell, ``resubmits=-1`` never resubmitted,
+    ``max_retries=2.5`` was 2 (-1 is Ray's "retry forever")."""
+    for name, (value, low) in counts.items():
+        if name == "num_cpus" and value is None:
+            continue
+        if as_integer(value) is None or value < low:
+            raise ValueError(f"RayExecutor {name} must be an integer >= {low}"
+                             + (" or None" if name == "num_cpus" else "") + f"; got {value!r}")
+
+
 class RayExecutor(Executor):
     """Cells as Ray tasks (``chunk_size`` cells per task).
 
@@ -102,8 +115,10 @@ class RayExecutor(Executor):
                  max_retries: int = 3, resubmits: int = 1, threads: int | None = None,
                  init_kwargs: dict | None = None):
         super().__init__(run_fn)
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        _check_counts(chunk_size=(chunk_size, 1), max_retries=(max_retries, -1), resubmits=(resubmits, 0),
+                      num_cpus=(num_cpus, 1))
+        for name, value, positive in (("cpus_per_task", cpus_per_task, True), ("gpus_per_task", gpus_per_task, False)):
+            check_real("RayExecutor", name, value, low=0.0, low_open=positive)
         threads = check_threads("RayExecutor", threads)
         self.ray = import_ray()
         self.address = address
