@@ -405,3 +405,18 @@ def test_the_ray_executor_refuses_options_out_of_range_before_ray_starts(kwargs,
 
     with pytest.raises(ValueError, match=f"RayExecutor {name} must be"):
         RayExecutor(**kwargs)
+
+
+def test_a_runs_progress_typo_is_refused_before_any_work(tmp_path, monkeypatch):
+    # before: engine.run(config, progress="line") built the data, the model and lambda_0 and only then
+    # raised (here build_run was called: the AssertionError)
+    from catapult import engine
+    from catapult.engine import build
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the run was built")
+
+    monkeypatch.setattr(build, "build_run", no_work)
+    monkeypatch.setattr(engine.loop, "build_run", no_work)
+    with pytest.raises(ValueError, match="progress must be None, 'auto', 'bar', 'lines', 'none' or a bool, got 'line'"):
+        engine.run(validate({"train": {"steps": 1}}), progress="line")

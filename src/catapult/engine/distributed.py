@@ -69,6 +69,7 @@ from catapult.engine.sharpness_rule import check_spectrum_cadence
 from catapult.engine.step import COLLAPSE_RTOL
 from catapult.engine.seeds import seeds
 from catapult.engine.loop import Processes, RunDirectoryError, RunResult, check_out_dir, in_run_directory, train
+from catapult.engine.progress import progress_mode
 
 __all__ = ["TokenShards", "ShardBatches", "DataParallel", "FullyShardedDataParallel", "global_batch_rows",
            "validation_windows", "train_ddp", "DDPResult"]
@@ -458,6 +459,7 @@ def train_ddp(config: Mapping[str, Any], *, out_dir: str | os.PathLike | None = 
     """
     started = time.perf_counter()
     overwrite = check_flag("train_ddp", "overwrite", overwrite)  # overwrite="no" replaced an earlier run's files
+    progress_mode(progress)  # before the shards are read
     config = cfg.validate(config)
     if config["model"]["name"] != "gpt" or config["loss"] != "cross_entropy":
         raise cfg.ConfigError([("model.name", "distributed training trains the gpt with loss cross_entropy")])

@@ -99,7 +99,7 @@ from catapult.writing import write_errors_named, write_text_whole, write_whole
 from catapult.losses import accuracy, loss_and_accuracy
 from catapult.engine.build import Run, build_run, threshold
 from catapult.engine.sharpness_rule import STEP_KIND_COLUMN, check_spectrum_cadence
-from catapult.engine.progress import Progress
+from catapult.engine.progress import Progress, progress_mode
 from catapult.engine.trajectories import plot_run
 from catapult.engine.step import (NON_FINITE_TEST_LOSS, diverged, evaluates_test, failure_of, measures_sharpness,
                                   new_row, output_collapsed, weights_finite)
@@ -247,6 +247,7 @@ def run(config: Mapping[str, Any], *, out_dir: str | Path | None = None, progres
     """
     started = time.perf_counter()
     overwrite = check_flag("run", "overwrite", overwrite)  # overwrite="no" replaced an earlier run's files
+    progress_mode(progress)  # a typo was refused only after the data, model and lambda_0 were built
     check_spectrum_cadence(cfg.validate(config))  # before the data are loaded
     return in_run_directory(out_dir, overwrite, lambda out_path, writing: train(
         build_run(config), out_path, progress=progress, started=started, writing=writing, overwrite=overwrite))

@@ -4,21 +4,33 @@ from __future__ import annotations
 import sys
 from typing import Any, Mapping
 
-__all__ = ["Progress"]
+__all__ = ["Progress", "progress_mode"]
+
+
+def progress_mode(mode: Any) -> str:
+    """``"bar"``, ``"lines"`` or ``"none"`` for a run's ``progress`` (None/``"auto"``: a bar on a terminal,
+    lines otherwise; True/False: bar/none); a ValueError for anything else. :func:`catapult.engine.run`
+    asks it before any work (a typo was refused only once the data, the model and lambda_0 were built).
+
+    >>> progress_mode(False), progress_mode("lines")
+    ('none', 'lines')
+    """
+    if mode is None or mode == "auto":
+        return "bar" if sys.stderr.isatty() else "lines"
+    if mode is True:
+        return "bar"
+    if mode is False:
+        return "none"
+    if isinstance(mode, str) and mode in ("bar", "lines", "none"):
+        return mode
+    raise ValueError(f"progress must be None, 'auto', 'bar', 'lines', 'none' or a bool, got {mode!r}")
 
 
 class Progress:
     """A tqdm bar on a terminal, plain lines (about 10 per run) otherwise, or nothing."""
 
     def __init__(self, mode: Any, total: int, name: str):
-        if mode is None or mode == "auto":
-            mode = "bar" if sys.stderr.isatty() else "lines"
-        elif mode is True:
-            mode = "bar"
-        elif mode is False:
-            mode = "none"
-        if mode not in ("bar", "lines", "none"):
-            raise ValueError(f"progress must be None, 'auto', 'bar', 'lines', 'none' or a bool, got {mode!r}")
+        mode = progress_mode(mode)
         self.mode, self.total, self.name = mode, total, name
         self.every = max(1, total // 10)
         self.bar = None
