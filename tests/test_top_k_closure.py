@@ -70,3 +70,19 @@ def test_converged_top_k_of_rank_deficient_indefinite_operators_are_the_dense_to
     eig = lanczos_top_k(lambda v: A @ v, torch.tensor(rng.normal(size=n)), k, tol=1e-8, max_iter=10 * n)
     if eig.converged:
         np.testing.assert_allclose(eig.values, truth[:k], rtol=0, atol=1e-6 * abs(truth).max())
+
+
+def test_a_float32_space_that_closes_above_the_rounding_level_is_still_checked():
+    """Eigenvalues 0 (4 times), -1.0 and -1.1 in float32: the space closes after 3 products, but
+    its last remainder came out 1.6x the rounding level and was taken as a direction; top 3
+    were 0, -1.0, -1.1, "converged", where they are 0, 0, 0."""
+    found = []
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        A = operator([-1.0, -1.1, 0.0, 0.0, 0.0, 0.0], seed).float()
+        eig = lanczos_top_k(lambda v: A @ v, torch.tensor(rng.normal(size=6), dtype=torch.float32), 3,
+                            tol=1e-3, max_basis=7, seed=seed)
+        if eig.converged:
+            found.append(eig.values)
+    assert found
+    np.testing.assert_allclose(found, 0.0, atol=1e-5)
