@@ -135,3 +135,18 @@ def test_a_saved_state_with_groups_beyond_this_optimizers_parameters_is_refused(
     with pytest.raises(ValueError, match="different number of parameter groups"):
         run.optimizer.load_state_dict(copy.deepcopy(old.state_dict()))
     assert not run.optimizer.state
+
+
+def test_a_saved_state_whose_groups_hold_no_params_list_is_left_to_torchs_loader():
+    # an edited checkpoint: the merge hook reads no group it cannot count (a raw KeyError or
+    # TypeError from inside it), torch's loader refuses the group count, nothing loads
+    run = build_run(_config("sp", {"name": "adam", "lr": 1e-3}))
+    state = torch.optim.Adam(catapult.param_groups(copy.deepcopy(run.model), 1e-3), lr=1e-3).state_dict()
+    for broken in (None, "0 1"):
+        state["param_groups"][1]["params"] = broken
+        with pytest.raises(ValueError, match="different number of parameter groups"):
+            run.optimizer.load_state_dict(copy.deepcopy(state))
+    del state["param_groups"][1]["params"]
+    with pytest.raises(ValueError, match="different number of parameter groups"):
+        run.optimizer.load_state_dict(copy.deepcopy(state))
+    assert not run.optimizer.state
