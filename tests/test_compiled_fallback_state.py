@@ -139,3 +139,25 @@ def test_the_users_code_in_a_folder_named_like_inductors_cache_is_the_users(monk
     with pytest.raises(Boom, match="bad batch"):
         catapult.sharpness(model, nn.MSELoss(), batch, hvp="compiled")
     assert compiled.compile_failures == {}
+
+
+def test_an_error_raised_in_tritons_code_falls_back_to_the_eager_function(monkeypatch, tmp_path):
+    # triton's package (where installed; here a stand-in found where find_spec says it lies) is
+    # torch's code as inductor's generated kernels are: its errors are compile failures
+    import importlib.util
+    import types
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(compiled.importlib.util, "find_spec", lambda name, *a: types.SimpleNamespace(
+        origin=str(tmp_path / "triton" / "__init__.py")) if name == "triton" else real(name, *a))
+    model, batch = memory_problem()
+    truth = np.linalg.eigvalsh(dense_hessian(MemoryAt(model, model.h.clone()), nn.MSELoss(), batch).numpy())[-1]
+    scope = {}
+    exec(compile("def call(*args):\n    raise RuntimeError('stand-in: triton could not lower a kernel')\n",
+                 str(tmp_path / "triton" / "runtime" / "jit.py"), "exec"), scope)
+    monkeypatch.setattr(compiled, "compile_failures", {})
+    monkeypatch.setattr(compiled, "_COMPILED", {"product": scope["call"], "gradient": compiled._EAGER["gradient"]})
+    with pytest.warns(RuntimeWarning, match="torch.compile failed"):
+        estimate = catapult.sharpness(model, nn.MSELoss(), batch, tol=1e-10, hvp="compiled")
+    assert estimate.value == pytest.approx(truth, rel=1e-8)
+    assert "triton could not lower" in compiled.compile_failures["product"]
