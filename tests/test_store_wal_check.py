@@ -118,3 +118,16 @@ def test_a_wal_gone_meanwhile_is_no_damaged_wal(tmp_path):
     path = _left_by_a_writer(tmp_path)
     Path(f"{path}-wal").unlink()   # (a writer's last close merged and removed it)
     assert _wal_unmatched(path) is False
+
+
+def test_both_wal_magic_numbers_are_sqlites(tmp_path):
+    # the file format's magic is 0x377f0682 or 0x377f0683 (checksums in big-endian order, as a
+    # big-endian host writes them): a -wal of the latter, its salts those the index copied, is no damaged one
+    path = _left_by_a_writer(tmp_path)
+    wal = Path(f"{path}-wal")
+    data = bytearray(wal.read_bytes())
+    assert data[:4] in (b"\x37\x7f\x06\x82", b"\x37\x7f\x06\x83")
+    for last in (0x82, 0x83):
+        data[3] = last
+        wal.write_bytes(bytes(data))
+        assert _wal_unmatched(path) is False, hex(last)
