@@ -86,3 +86,16 @@ def test_gi_adam_keeps_a_tensor_lr_as_torch_adam_does(foreach):
     assert w.detach().tolist() == pytest.approx([0.5, -1.5], abs=1e-6)
     with pytest.raises(ValueError, match="lr"):
         GIAdam([w], lr=torch.tensor([0.1, 0.2]))
+
+
+def test_gi_adam_takes_a_one_element_tensor_lr_of_any_shape_as_torch_adam_does():
+    # torch.optim.Adam keeps lr=torch.tensor([0.1]) (one element, 1-D) as it keeps a 0-d one (mutation pass 10)
+    lr = torch.tensor([0.1])
+    assert torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=lr).param_groups[0]["lr"] is lr
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    opt = GIAdam([w], lr=lr, v0=0.0)
+    assert opt.param_groups[0]["lr"] is lr
+    lr.fill_(0.5)
+    w.grad = torch.tensor([0.5, -4.0])
+    opt.step()   # a first Adam step moves each entry by lr
+    assert w.detach().tolist() == pytest.approx([0.5, -1.5], abs=1e-6)
