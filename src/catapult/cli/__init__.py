@@ -25,8 +25,7 @@ from typing import Sequence
 from catapult.cli import coord_check, critical_lr, demo, spectrum, sweep, train, train_ddp
 from catapult.cli.common import add_config_arguments, apply_threads, config_from_args, overrides_from_args
 from catapult.config import ConfigError, MissingDependency
-from catapult.curvature.difference import UnreliableDifferenceError
-from catapult.engine.loop import RunDirectoryError
+from catapult.engine.run_dir import RunDirectoryError
 
 __all__ = ["main", "report", "build_parser", "COMMANDS", "add_config_arguments", "config_from_args",
            "overrides_from_args", "apply_threads", "MAX_MESSAGE"]
@@ -124,9 +123,17 @@ def report(command: str | None, err: BaseException, store: str | None = None) ->
     except KeyboardInterrupt:
         _error(command, "interrupted")
         return 130
-    except UnreliableDifferenceError as err:  # a measurement the run cannot make: its failure, not a defect
+    except _unreliable_difference() as err:  # a measurement the run cannot make: its failure, not a defect
         _error(command, f"{err}; or set eval.sharpness_hvp: double_backprop (exact products)")
         return 1
+
+
+def _unreliable_difference() -> type | tuple:
+    """:class:`~catapult.curvature.difference.UnreliableDifferenceError`, or no class (``()``, which
+    ``except`` matches nothing with) where its module was never imported: no such error can have
+    been raised then, and the command's start-up does not import torch for it."""
+    difference = sys.modules.get("catapult.curvature.difference")
+    return () if difference is None else difference.UnreliableDifferenceError
 
 
 def _detach_stdout() -> None:

@@ -6,7 +6,6 @@ import json
 from catapult.cli.common import add_config_arguments, check_image_file, config_from_args, figure_path, path_option
 from catapult.config import ConfigError
 from catapult.engine.records import json_safe
-from catapult.engine.spectrum_study import format_spectrum, measure_spectrum
 
 
 def register(subparsers) -> None:
@@ -60,6 +59,8 @@ def _command(args) -> int:
         check_image_file("--plot", args.plot)
         if args.density_runs == 0:
             raise ConfigError([("--plot", "draws the density, which --density-runs 0 skips")])
+    from catapult.engine.spectrum_study import format_spectrum, measure_spectrum  # torch: after the checks
+
     result = measure_spectrum(config, weights=args.weights,
                               top_k=_count(config, "spectrum_top_k", args.top_k, 5),
                               trace_matvecs=_count(config, "trace_matvecs", args.trace_matvecs, 100),

@@ -110,7 +110,7 @@ def register(subparsers) -> None:
                    help="trajectories file (default: <store>_trajectories.png)")
     p.set_defaults(func=_plot_command)
 
-    from catapult.plots.transfer import TRANSFER_METRICS
+    from catapult.sweep.store_schema import TRANSFER_METRICS
 
     p = subparsers.add_parser(
         "transfer", help="hyperparameter-transfer curves (metric vs lr per density/width) from a sweep store",

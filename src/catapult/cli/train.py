@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from catapult.cli.common import add_config_arguments, config_from_args, path_option
-from catapult.engine import format_summary, run
 
 
 def register(subparsers) -> None:
@@ -30,6 +29,8 @@ def register(subparsers) -> None:
 
 def _train_command(args) -> int:
     config = config_from_args(args)
+    from catapult.engine import format_summary, run  # torch: after the config is checked (its errors exit at once)
+
     out = Path(args.out) if args.out else Path("runs") / config["name"]
     result = run(config, out_dir=out, progress=args.progress, overwrite=args.overwrite)
     print(format_summary(result.summary))

@@ -13,20 +13,56 @@
 * :mod:`~catapult.engine.progress`, :mod:`~catapult.engine.trajectories`: a run's progress
   display and its ``trajectories.png``.
 """
-from catapult.engine.build import (ADAPTIVE, MODELS, OPTIMIZERS, WARMUPS, BatchStream, Run, RunData,
-                                   SharpnessRule, Warmup, assemble_run, batch_stream, build_augment, build_model, check_model_fits, build_optimizer, build_run,
-                                   build_schedule, build_warmup, lambda0_batches, load_data, load_data_once, resolve_device, search_delta,
-                                   search_lr_start, search_rtol, seeds, sharpness_rule, solver_options, threshold)
-from catapult.engine.loop import Processes, RunResult, evaluate, run, train
-from catapult.engine.records import (METRIC_COLUMNS, MetricsFile, metric_columns, format_summary, read_metrics, summarize,
-                                     threshold_label, warmup_summary, write_metrics)
+#: Each public name and where it is defined; imported at its first use (:mod:`catapult.lazy`).
+_EXPORTS = {
+    "Run": "catapult.engine.build:Run",
+    "build_run": "catapult.engine.build:build_run",
+    "assemble_run": "catapult.engine.build:assemble_run",
+    "run": "catapult.engine.loop:run",
+    "train": "catapult.engine.loop:train",
+    "Processes": "catapult.engine.loop:Processes",
+    "RunResult": "catapult.engine.loop:RunResult",
+    "evaluate": "catapult.engine.loop:evaluate",
+    "RunData": "catapult.engine.build:RunData",
+    "BatchStream": "catapult.engine.build:BatchStream",
+    "batch_stream": "catapult.engine.build:batch_stream",
+    "build_augment": "catapult.engine.build:build_augment",
+    "Warmup": "catapult.engine.build:Warmup",
+    "SharpnessRule": "catapult.engine.build:SharpnessRule",
+    "seeds": "catapult.engine.build:seeds",
+    "resolve_device": "catapult.engine.build:resolve_device",
+    "load_data": "catapult.engine.build:load_data",
+    "load_data_once": "catapult.engine.build:load_data_once",
+    "build_model": "catapult.engine.build:build_model",
+    "check_model_fits": "catapult.engine.build:check_model_fits",
+    "build_optimizer": "catapult.engine.build:build_optimizer",
+    "build_schedule": "catapult.engine.build:build_schedule",
+    "build_warmup": "catapult.engine.build:build_warmup",
+    "lambda0_batches": "catapult.engine.build:lambda0_batches",
+    "search_delta": "catapult.engine.build:search_delta",
+    "search_lr_start": "catapult.engine.build:search_lr_start",
+    "search_rtol": "catapult.engine.build:search_rtol",
+    "sharpness_rule": "catapult.engine.build:sharpness_rule",
+    "solver_options": "catapult.engine.build:solver_options",
+    "threshold": "catapult.engine.build:threshold",
+    "MODELS": "catapult.engine.build:MODELS",
+    "OPTIMIZERS": "catapult.engine.build:OPTIMIZERS",
+    "ADAPTIVE": "catapult.engine.build:ADAPTIVE",
+    "WARMUPS": "catapult.engine.build:WARMUPS",
+    "METRIC_COLUMNS": "catapult.engine.records:METRIC_COLUMNS",
+    "metric_columns": "catapult.engine.records:metric_columns",
+    "MetricsFile": "catapult.engine.records:MetricsFile",
+    "write_metrics": "catapult.engine.records:write_metrics",
+    "read_metrics": "catapult.engine.records:read_metrics",
+    "summarize": "catapult.engine.records:summarize",
+    "warmup_summary": "catapult.engine.records:warmup_summary",
+    "threshold_label": "catapult.engine.records:threshold_label",
+    "format_summary": "catapult.engine.records:format_summary",
+}
 
-__all__ = [
-    "Run", "build_run", "assemble_run", "run", "train", "Processes", "RunResult", "evaluate", "RunData", "BatchStream", "batch_stream", "build_augment",
-    "Warmup", "SharpnessRule",
-    "seeds", "resolve_device", "load_data", "load_data_once", "build_model", "check_model_fits", "build_optimizer", "build_schedule", "build_warmup",
-    "lambda0_batches", "search_delta", "search_lr_start", "search_rtol", "sharpness_rule", "solver_options", "threshold",
-    "MODELS", "OPTIMIZERS", "ADAPTIVE", "WARMUPS",
-    "METRIC_COLUMNS", "metric_columns", "MetricsFile", "write_metrics", "read_metrics", "summarize", "warmup_summary",
-    "threshold_label", "format_summary",
-]
+__all__ = list(_EXPORTS)
+
+from catapult.lazy import lazy_exports  # noqa: E402
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+del lazy_exports

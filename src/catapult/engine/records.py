@@ -14,11 +14,21 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from catapult.analysis import detect_catapults
-from catapult.engine.sharpness_rule import RADAM_KIND, STEP_KIND_COLUMN
 from catapult.writing import csv_cell, csv_text, write_errors_named
 
 __all__ = ["METRIC_COLUMNS", "metric_columns", "is_spectrum_column", "spectrum_setting", "write_metrics", "read_metrics", "MetricsFile", "json_safe", "finite",
-           "summarize", "warmup_summary", "threshold_label", "format_summary"]
+           "summarize", "warmup_summary", "threshold_label", "format_summary",
+           "RADAM_KIND", "STEP_KIND_COLUMN"]
+
+#: ``eval.sharpness_kind: auto``'s kind for RAdam: ``hessian`` while its next update is un-rectified,
+#: then ``preconditioned`` (:func:`catapult.engine.sharpness_rule.step_kind`); the rows measured say
+#: which (:data:`STEP_KIND_COLUMN`). Here, with the records that name it, so that reading a store or
+#: a ``metrics.csv`` does not import torch.
+RADAM_KIND = "hessian_then_preconditioned"
+
+#: The metrics column naming the kind a row's sharpness (and threshold) is, in runs whose kind
+#: changes during the run (:data:`RADAM_KIND`).
+STEP_KIND_COLUMN = "sharpness_kind"
 
 #: values are ``None`` (empty cells in the CSV).
 METRIC_COLUMNS = (

@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from catapult.config.errors import ConfigError
+from catapult.engine.records import RADAM_KIND, STEP_KIND_COLUMN
 from catapult.optim import registry
 
 __all__ = ["ADAPTIVE", "RADAM_KIND", "SOLVE_SEED", "solver_options", "curvature_options", "spectrum_estimates", "check_spectrum_cadence", "SharpnessRule", "sharpness_rule", "resolve_kind",
@@ -35,13 +36,8 @@ __all__ = ["ADAPTIVE", "RADAM_KIND", "SOLVE_SEED", "solver_options", "curvature_
 #: ``registry.preconditioned_names()``. RAdam is not there: it switches (:data:`RADAM_KIND`).
 ADAPTIVE = set(registry.preconditioned_names())
 
-#: ``auto``'s kind for RAdam: ``hessian`` while its next update is un-rectified, then
-#: ``preconditioned`` (:func:`step_kind`); the rows measured say which (:data:`STEP_KIND_COLUMN`).
-RADAM_KIND = "hessian_then_preconditioned"
-
-#: The metrics column naming the kind a row's sharpness (and threshold) is, in runs whose kind
-#: changes during the run (:data:`RADAM_KIND`).
-STEP_KIND_COLUMN = "sharpness_kind"
+# RADAM_KIND (``auto``'s kind for RAdam) and STEP_KIND_COLUMN (the column naming each row's kind)
+# are the records' (catapult.engine.records), which read a metrics file without torch
 
 
 #: The ``seed`` of the engine's sharpness solves (the random part of their warm starts,

@@ -3,7 +3,16 @@
 saving it when given a path. No pyplot global state is used, so plotting works headless."""
 from __future__ import annotations
 
-from catapult.engine.trajectories import plot_run, plot_trajectories
-from catapult.plots.spectrum import plot_spectral_density
+#: Each public name and where it is defined; imported at its first use (:mod:`catapult.lazy`).
+_EXPORTS = {
+    "plot_run": "catapult.engine.trajectories:plot_run",
+    "plot_trajectories": "catapult.engine.trajectories:plot_trajectories",
+    "plot_spectral_density": "catapult.plots.spectrum:plot_spectral_density",
+}
 
-__all__ = ["plot_run", "plot_trajectories", "plot_spectral_density"]
+__all__ = list(_EXPORTS)
+
+from catapult.lazy import lazy_exports  # noqa: E402
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+del lazy_exports

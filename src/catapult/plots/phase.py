@@ -15,20 +15,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import LogNorm, Normalize
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
-from matplotlib.patches import Rectangle
 
 from catapult.analysis import is_finite_number
 from catapult.arguments import check_flag
 from catapult.engine.records import is_spectrum_column
 from catapult.files import save_figure
 from catapult.sweep.spec import canonical_json
+
+if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn: the grids and tables need none
+    from matplotlib.figure import Figure
 
 __all__ = [
     "PhaseGrid",
@@ -308,6 +306,8 @@ def unfinished_note(grid: PhaseGrid) -> str | None:
 
 def _save(fig: Figure, path: str | Path | None) -> None:
     if path is not None:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
         FigureCanvasAgg(fig)
         save_figure(fig, path, make_folder=True, dpi=110)
 
@@ -329,6 +329,12 @@ def plot_phase_diagram(grid: PhaseGrid, path: str | Path | None = None, *, title
     """
     if annotate is not None:  # annotate="no" wrote the values
         annotate = check_flag("plot_phase_diagram", "annotate", annotate)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import LogNorm, Normalize
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Rectangle
+
     ny, nx = grid.values.shape
     # 0.75 in a column and 0.55 in a row, up to a size image readers still open (a 200 x 200 grid
     # made a 206-megapixel PNG, which Pillow refuses as a decompression bomb)
@@ -474,6 +480,9 @@ def plot_cell_trajectories(runs: Mapping[str, Sequence[Mapping[str, Any]]], path
     """Training loss (log), test accuracy and learning rate vs step for each labelled run
     (``runs``: label -> per-step metric dicts), plus a sharpness panel (with ``2/lr``-type
     thresholds dashed) when any run measured sharpness. A diverged run ends in an ``x``."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     statuses = dict(statuses or {})
     with_sharpness = any(is_finite_number(r.get("sharpness")) for rows in runs.values() for r in rows)
     panels = ["train_loss", "test_accuracy", "lr"] + (["sharpness"] if with_sharpness else [])

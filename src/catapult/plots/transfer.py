@@ -21,24 +21,24 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
-
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from catapult.analysis import is_finite_number
 from catapult.arguments import check_flag
 from catapult.files import save_figure
 from catapult.plots.phase import plain_text, value_positions, value_selects
 from catapult.sweep.spec import canonical_json
+from catapult.sweep.store_schema import TRANSFER_METRICS
+
+if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn: the curves and tables need none
+    from matplotlib.figure import Figure
 
 __all__ = ["TransferCurves", "transfer_curves", "optima", "drift", "shift", "plot_transfer", "transfer_table",
            "optima_rows", "transfer_summary", "incomplete_optima", "unfinished_note",
            "TRANSFER_METRICS"]
 
-#: Cell metrics a transfer curve can show (lower is better for losses, higher for accuracies).
-TRANSFER_METRICS = ("test_loss", "train_loss", "best_test_loss", "best_train_loss", "test_accuracy",
-                    "train_accuracy", "best_test_accuracy")
+# TRANSFER_METRICS, the cell metrics a transfer curve can show, is the store schema's: the command
+# line lists them without importing the plots
 
 
 @dataclass
@@ -358,6 +358,8 @@ def plot_transfer(curves: TransferCurves, path: str | Path | None = None, *, tit
     """One panel per panel value: metric vs ``x`` (log2 axis), one line per series value
     (darker = later in the sweep's order), each curve's optimum starred, failed points omitted."""
     import matplotlib as mpl
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     panels = list(curves.curves)
     ncols = min(3, len(panels))

@@ -14,40 +14,33 @@ store schema in :mod:`catapult.sweep.store`. Executors: :mod:`~catapult.sweep.ex
 """
 from __future__ import annotations
 
-from catapult.sweep.driver import SweepOutcome, SweepProgress, run_sweep
-from catapult.sweep.executors import (
-    EXECUTORS,
-    Cell,
-    CellResult,
-    Executor,
-    LocalExecutor,
-    get_executor,
-    run_cell,
-)
-from catapult.sweep.lambda0 import lambda0_key, measure_lambda0
-from catapult.sweep.spec import Axis, CellSpec, SweepSpec, expand, load_sweep, parse_sweep
-from catapult.sweep.spec_document import spec_document
-from catapult.sweep.variants import SweepNote
+#: Each public name and where it is defined; imported at its first use (:mod:`catapult.lazy`).
+_EXPORTS = {
+    "Axis": "catapult.sweep.spec:Axis",
+    "SweepSpec": "catapult.sweep.spec:SweepSpec",
+    "CellSpec": "catapult.sweep.spec:CellSpec",
+    "parse_sweep": "catapult.sweep.spec:parse_sweep",
+    "load_sweep": "catapult.sweep.spec:load_sweep",
+    "expand": "catapult.sweep.spec:expand",
+    "spec_document": "catapult.sweep.spec_document:spec_document",
+    "run_sweep": "catapult.sweep.driver:run_sweep",
+    "SweepOutcome": "catapult.sweep.driver:SweepOutcome",
+    "SweepProgress": "catapult.sweep.driver:SweepProgress",
+    "SweepNote": "catapult.sweep.variants:SweepNote",
+    "Cell": "catapult.sweep.executors:Cell",
+    "CellResult": "catapult.sweep.executors:CellResult",
+    "Executor": "catapult.sweep.executors:Executor",
+    "LocalExecutor": "catapult.sweep.executors:LocalExecutor",
+    "EXECUTORS": "catapult.sweep.executors:EXECUTORS",
+    "get_executor": "catapult.sweep.executors:get_executor",
+    "run_cell": "catapult.sweep.executors:run_cell",
+    "lambda0_key": "catapult.sweep.lambda0:lambda0_key",
+    "measure_lambda0": "catapult.sweep.lambda0:measure_lambda0",
+}
 
-__all__ = [
-    "Axis",
-    "SweepSpec",
-    "CellSpec",
-    "parse_sweep",
-    "load_sweep",
-    "expand",
-    "spec_document",
-    "run_sweep",
-    "SweepOutcome",
-    "SweepProgress",
-    "SweepNote",
-    "Cell",
-    "CellResult",
-    "Executor",
-    "LocalExecutor",
-    "EXECUTORS",
-    "get_executor",
-    "run_cell",
-    "lambda0_key",
-    "measure_lambda0",
-]
+__all__ = list(_EXPORTS)
+
+from catapult.lazy import lazy_exports  # noqa: E402
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+del lazy_exports

@@ -30,7 +30,7 @@ Schema (``SCHEMA_VERSION`` 1)::
 """
 from __future__ import annotations
 
-__all__ = ["SCHEMA_VERSION", "STATUSES", "DONE_STATUSES", "FINAL_METRICS", "BEST_METRICS", "METRIC_COLUMNS", "DDL",
+__all__ = ["SCHEMA_VERSION", "STATUSES", "DONE_STATUSES", "FINAL_METRICS", "BEST_METRICS", "TRANSFER_METRICS", "METRIC_COLUMNS", "DDL",
            "STORE_COLUMNS"]
 
 SCHEMA_VERSION = 1
@@ -42,6 +42,10 @@ DONE_STATUSES = ("finished", "diverged", "collapsed")  # collapsed: stored as fi
 FINAL_METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "sharpness")
 #: Best values over the run: min train/test loss, max test accuracy (the paper's cell value).
 BEST_METRICS = ("best_train_loss", "best_test_loss", "best_test_accuracy")
+#: The cell metrics a hyperparameter-transfer curve can show (lower is better for losses, higher
+#: for accuracies; :mod:`catapult.plots.transfer`, ``catapult transfer --metric``).
+TRANSFER_METRICS = ("test_loss", "train_loss", "best_test_loss", "best_train_loss", "test_accuracy",
+                    "train_accuracy", "best_test_accuracy")
 #: Per-step columns of the ``metrics`` table (the engine's ``METRIC_COLUMNS``).
 METRIC_COLUMNS = ("step", "lr", "threshold", "train_loss", "train_accuracy", "sharpness",
                   "sharpness_matvecs", "test_loss", "test_accuracy")

@@ -1,0 +1,104 @@
+"""Start-up: ``catapult --help``, a subcommand's ``--help`` and a store reader (``export``)
+import no torch (1.6 s of each call on an idle core); the packages whose names are
+imported at first use (:mod:`catapult.lazy`) give the same objects as eager imports did."""
+from __future__ import annotations
+
+import importlib
+import pickle
+import subprocess
+import sys
+import types
+
+import pytest
+
+import catapult
+
+from test_store_identity import _store
+
+LAZY = ("catapult", "catapult.engine", "catapult.sweep", "catapult.plots")
+
+
+def _defined(target: str):
+    """The object ``"module:attr"`` (or ``"module"``) names, read from that module's own namespace."""
+    module_name, _, attribute = target.partition(":")
+    module = importlib.import_module(module_name)
+    return vars(module)[attribute] if attribute else module
+
+
+@pytest.mark.parametrize("name", LAZY)
+def test_every_public_name_resolves_and_the_map_is_all(name):
+    package = importlib.import_module(name)
+    assert package.__all__ == list(package._EXPORTS)  # one list: they cannot drift apart
+    assert len(set(package.__all__)) == len(package.__all__)
+    for public, target in package._EXPORTS.items():
+        obj = getattr(package, public)
+        assert obj is _defined(target), (name, public)
+        if isinstance(obj, types.ModuleType):
+            assert obj.__name__ == target
+        elif isinstance(obj, (type, types.FunctionType)):
+            # pickled by reference (Ray / multiprocessing workers): the object's own module path
+            assert pickle.loads(pickle.dumps(obj)) is obj
+            assert getattr(importlib.import_module(obj.__module__), obj.__qualname__) is obj
+    assert set(package.__all__) <= set(dir(package))
+    namespace: dict = {}
+    exec(f"from {name} import *", namespace)
+    assert all(namespace[public] is getattr(package, public) for public in package.__all__)
+
+
+@pytest.mark.parametrize("package, public", [("catapult", "critical_lr"), ("catapult", "parametrize"),
+                                             ("catapult.engine", "seeds"), ("catapult.engine", "sharpness_rule"),
+                                             ("catapult.sweep", "spec_document")])
+def test_a_public_name_that_is_also_a_submodule_stays_the_public_object(package, public):
+    # ``import catapult.critical_lr`` (the engine does) sets the package's attribute to the module;
+    # the eager __init__ overwrote it with the function afterwards, and users call catapult.critical_lr(...)
+    submodule = importlib.import_module(f"{package}.{public}")
+    pkg = importlib.import_module(package)
+    obj = getattr(pkg, public)
+    assert callable(obj) and not isinstance(obj, types.ModuleType)
+    assert obj.__name__ == public and obj.__module__.startswith(package)
+    assert obj is not submodule
+
+
+def test_monkeypatching_a_shadowed_public_name_is_kept_and_undone(monkeypatch):
+    original = catapult.critical_lr
+
+    def fake(*args, **kwargs):
+        return "fake"
+
+    monkeypatch.setattr(catapult, "critical_lr", fake)
+    importlib.import_module("catapult.critical_lr")
+    assert catapult.critical_lr() == "fake"
+    monkeypatch.undo()
+    assert catapult.critical_lr is original
+
+
+def test_an_unknown_name_is_an_attribute_error():
+    with pytest.raises(AttributeError, match="no_such_name"):
+        catapult.no_such_name  # noqa: B018
+    assert not hasattr(catapult, "__main__")  # a submodule that runs the command line is never imported so
+
+
+PROBE = """
+import sys
+from catapult.cli import main
+codes = []
+for argv in (["--help"], ["export", "--help"], ["transfer", "--help"], ["train", "--help"],
+             ["export", sys.argv[1], "--out", sys.argv[2]]):
+    try:
+        codes.append(main(argv))
+    except SystemExit as stop:
+        codes.append(stop.code)
+print(codes, sorted(m for m in ("torch", "catapult.curvature", "catapult.engine.build") if m in sys.modules),
+      file=sys.stderr)
+"""
+
+
+def test_help_and_store_readers_leave_torch_unimported(tmp_path):
+    store = _store(tmp_path / "s.db")
+    out = tmp_path / "cells.csv"
+    done = subprocess.run([sys.executable, "-c", PROBE, str(store), str(out)],
+                          capture_output=True, text=True, timeout=120)
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == "[0, 0, 0, 0, 0] []", done.stderr[-2000:]
+    lines = [line for line in out.read_text().splitlines() if not line.startswith("#")]
+    assert lines[0].startswith("cell_id,") and len(lines) == 1 + 4  # the 2 x 2 grid's cells
