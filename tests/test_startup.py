@@ -102,3 +102,45 @@ def test_help_and_store_readers_leave_torch_unimported(tmp_path):
     assert last == "[0, 0, 0, 0, 0] []", done.stderr[-2000:]
     lines = [line for line in out.read_text().splitlines() if not line.startswith("#")]
     assert lines[0].startswith("cell_id,") and len(lines) == 1 + 4  # the 2 x 2 grid's cells
+
+
+REFUSALS = """
+import sys
+from catapult.cli import main
+bad, grid, folder, store, run_file = sys.argv[1:6]
+codes = []
+for argv in (["train", bad], ["spectrum", bad], ["critical-lr", bad], ["train-ddp", bad], ["coord-check", bad],
+             ["sweep", grid, "--dry-run"], ["demo", "--out", folder], ["export", store, "--out", run_file]):
+    try:
+        codes.append(main(argv))
+    except SystemExit as stop:
+        codes.append(stop.code)
+print(codes, "torch" in sys.modules, file=sys.stderr)
+"""
+
+
+def test_bad_input_is_refused_before_torch_is_imported(tmp_path):
+    # each refusal (exit 2) came after `import torch` (1.6 s): sweep --dry-run imported the driver
+    # before expanding the grid, coord-check took the parametrizations from catapult.parametrize,
+    # demo's folder check and export's --out check the run-directory rules from the training loop,
+    # train-ddp torch.distributed
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\noptimizer:\n  lr: -1\n")
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("name: x\nsweep:\n  grid:\n    optimizer.lr: [-1, 0.1]\n")
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("a user's file")
+    run = tmp_path / "run"  # a `catapult train` run's folder: export --out onto its metrics.csv is refused
+    run.mkdir()
+    (run / "metrics.csv").write_text("step,lr,threshold,train_loss,train_accuracy,sharpness,sharpness_matvecs,"
+                                     "test_loss,test_accuracy\n0,0.1,,1.0,,,,,\n")
+    (run / "summary.json").write_text('{"status": "finished", "final_train_loss": 1.0}')
+    store = _store(tmp_path / "s.db")
+    done = subprocess.run([sys.executable, "-c", REFUSALS, str(bad), str(grid), str(folder), str(store),
+                           str(run / "metrics.csv")],
+                          capture_output=True, text=True, timeout=120)
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1] == "[2, 2, 2, 2, 2, 2, 2, 2] False", done.stderr[-3000:]
+    assert "optimizer.lr" in lines[0] and "Traceback" not in done.stderr
+    assert "notes.txt" in lines[-3] and "is a file of the `catapult train` run" in lines[-2]

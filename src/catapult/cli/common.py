@@ -201,7 +201,7 @@ def check_out_file(option: str, path, replaces: tuple[str, ...] | None = None, *
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ConfigError([(option, f"the folder {folder} is not writable")])
     if path.exists() and any(is_run_record(folder / name) for name in ("metrics.csv", "summary.json")):
-        from catapult.engine.loop import RUN_FILES
+        from catapult.engine.run_dir import RUN_FILES  # not the loop: no torch for a refusal
 
         if path.name in RUN_FILES:  # a run record or marked figure, but the run's: `train --overwrite` refused it after
             raise ConfigError([(option, f"{path} is a file of the `catapult train` run in {path.parent}; give a "
@@ -272,7 +272,7 @@ def check_study_dir(command: str, out, owned, marker) -> Path:
     else (a user's folder, a ``train`` run of the same name, the folder of the config itself)
     is a :class:`~catapult.engine.loop.RunDirectoryError` (exit 2) before any work: its files
     would be overwritten."""
-    from catapult.engine.loop import RunDirectoryError, check_out_dir
+    from catapult.engine.run_dir import RunDirectoryError, check_out_dir  # not the loop: no torch for a refusal
 
     path = check_out_dir(out, overwrite=True, replaces=())  # ownership is judged below
     entries = list(path.iterdir()) if path.is_dir() else []

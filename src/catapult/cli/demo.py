@@ -46,7 +46,7 @@ def _owned(entry: Path, runs: set) -> bool:
     figure carrying catapult's mark, the demo's report (its first line). A name alone is not
     enough (a user's ``report.md`` was replaced), nor is a link (the file written would be the
     one it points to)."""
-    from catapult.engine.loop import RunDirectoryError, check_out_dir
+    from catapult.engine.run_dir import RunDirectoryError, check_out_dir  # not the loop: no torch to judge
 
     if entry.is_symlink():
         return False

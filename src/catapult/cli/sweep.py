@@ -155,7 +155,6 @@ def _fail(command: str, message: str) -> int:
 
 def _sweep_command(args: argparse.Namespace) -> int:
     from catapult.sweep.store import StoreError
-    from catapult.sweep.driver import run_sweep
     from catapult.cli.common import overrides_from_args
     from catapult.sweep.spec import expand, load_sweep
     from catapult.sweep.variants import SweepNote, grid_notes
@@ -176,11 +175,11 @@ def _sweep_command(args: argparse.Namespace) -> int:
         if problem:
             return _fail("sweep", f"--ray-address {problem}")
     if args.dry_run:
-        from catapult.sweep.driver import refuse_sharded_cells
-
         with warnings.catch_warnings():  # printed above as notes
             warnings.simplefilter("ignore", SweepNote)
-            cells = expand(base, spec)
+            cells = expand(base, spec)  # each cell's config checked: a bad one is refused before torch
+        from catapult.sweep.driver import refuse_sharded_cells
+
         refuse_sharded_cells(cells)  # as the sweep does on any machine
         if args.ray_address is None:  # the checks a run makes on this machine (a cluster's machines may differ)
             from catapult.sweep.driver import refuse_impossible_cells, refuse_missing_data
@@ -198,6 +197,8 @@ def _sweep_command(args: argparse.Namespace) -> int:
             print(f"  cell {c.id}: " + " ".join(f"{k}={v}" for k, v in c.swept.items())
                   + (f"  (the same run as cell {c.same_as}: run once, recorded at both)" if c.same_as is not None else ""))
         return 0
+    from catapult.sweep.driver import run_sweep  # torch: after the config and the flags are checked
+
     try:
         with warnings.catch_warnings():  # printed above as notes
             warnings.simplefilter("ignore", SweepNote)

@@ -40,12 +40,12 @@ def register(subparsers) -> None:
 
 
 def _command(args) -> int:
+    config = config_from_args(args)  # before torch: a bad config is refused at once
     import torch.distributed as dist
 
     from catapult.engine import format_summary
     from catapult.engine.distributed import train_ddp
 
-    config = config_from_args(args)
     out = Path(args.out) if args.out else Path("runs") / config["name"]
     world, rank = _launch()
     if args.backend != "auto":  # asked for by name: checked in one process too, where no group needs it

@@ -85,7 +85,7 @@ def _number_list(key: str, value: Any, *, integer: bool, low: float, high: float
 
 def parse_coord_check(section: Mapping[str, Any] | None) -> dict:
     """Validate a ``coord_check:`` section (defaults filled); :class:`ConfigError` names each bad key."""
-    from catapult.parametrize import PARAMETRIZATIONS
+    from catapult.param_rules import PARAMETRIZATIONS  # not catapult.parametrize: no torch for a refusal
 
     if section is None:
         section = {}
