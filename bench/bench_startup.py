@@ -1,8 +1,13 @@
-"""Start-up time of catapult: wall seconds of a fresh ``import catapult`` and of ``catapult --help``
-in new interpreters, for two checkouts alternated run for run (every CLI call, sweep worker and
-distributed rank pays it).
+"""Start-up time of catapult: wall seconds of new interpreters running ``import catapult`` (alone,
+and with a first use of its API), ``catapult --help``, ``catapult export --help``, ``catapult
+export`` of a small sweep store and a config refusal (``catapult train`` of a bad config, exit 2),
+for two checkouts alternated run for run (every CLI call, sweep worker and distributed rank pays
+the import).
 
     python bench/bench_startup.py --old /tmp/old-checkout --new . [--rounds 5]
+
+The store (4 cells, the real format) is written once by this checkout's code with the tests' fake
+run function (``tests/sweep_fakes.py``); both checkouts read the same file.
 """
 from __future__ import annotations
 
@@ -11,15 +16,49 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
 
-def wall(checkout: Path, args: list[str]) -> float:
+STORE_WRITER = """
+import sys
+from catapult import config as cfg
+from catapult.sweep import parse_sweep, run_sweep
+from sweep_fakes import FakeLambda0, FakeRun
+config = cfg.validate({"name": "t", "train": {"steps": 3}})
+spec = parse_sweep({"grid": {"optimizer.lr": [0.01, 0.02], "schedule.warmup_steps": [1, 4]}})
+run_sweep(config, spec, sys.argv[1], run_fn=FakeRun(), lambda0_fn=FakeLambda0(), progress="none")
+"""
+
+
+def wall(checkout: Path, args: list[str], codes: tuple[int, ...] = (0,)) -> float:
     env = {**os.environ, "PYTHONPATH": str(checkout / "src"), "OMP_NUM_THREADS": "1"}
     start = time.perf_counter()
-    subprocess.run([sys.executable, *args], env=env, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    done = subprocess.run([sys.executable, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seconds = time.perf_counter() - start
+    if done.returncode not in codes:
+        raise SystemExit(f"{checkout}: {' '.join(args)} exited {done.returncode}")
+    return seconds
+
+
+def probes(folder: Path) -> dict[str, tuple[list[str], tuple[int, ...]]]:
+    """name -> (interpreter arguments, accepted exit codes), with the store and config they read."""
+    store, bad = folder / "sweep.db", folder / "bad.yaml"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")])}
+    subprocess.run([sys.executable, "-c", STORE_WRITER, str(store)], env=env, check=True)
+    bad.write_text("name: bad\noptimizer:\n  lr: -1\n")
+    out = str(folder / "cells.csv")
+    return {
+        "import catapult": (["-c", "import catapult"], (0,)),
+        # a process that uses the API (a training script, a sweep worker) imports torch at the first use
+        "import catapult; catapult.sharpness": (["-c", "import catapult; catapult.sharpness"], (0,)),
+        "catapult --help": (["-m", "catapult", "--help"], (0,)),
+        "catapult export --help": (["-m", "catapult", "export", "--help"], (0,)),
+        "catapult export STORE --out CSV": (["-m", "catapult", "export", str(store), "--out", out], (0,)),
+        "catapult train BAD.yaml (exit 2)": (["-m", "catapult", "train", str(bad)], (2,)),
+    }
 
 
 def main() -> None:
@@ -28,15 +67,19 @@ def main() -> None:
     parser.add_argument("--new", type=Path, default=Path("."), help="this checkout (default: .)")
     parser.add_argument("--rounds", type=int, default=5)
     opts = parser.parse_args()
-    probes = {"import catapult": ["-c", "import catapult"], "catapult --help": ["-m", "catapult", "--help"]}
-    times = {(name, which): [] for name in probes for which in ("old", "new")}
-    for _ in range(opts.rounds):
-        for which, checkout in (("old", opts.old), ("new", opts.new)):
-            for name, args in probes.items():
-                times[name, which].append(wall(checkout.resolve(), args))
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = probes(Path(tmp))
+        times = {(name, which): [] for name in runs for which in ("old", "new")}
+        loads = []
+        for _ in range(opts.rounds):
+            loads.append(os.getloadavg()[0])
+            for which, checkout in (("old", opts.old), ("new", opts.new)):
+                for name, (args, codes) in runs.items():
+                    times[name, which].append(wall(checkout.resolve(), args, codes))
+    print(f"load average (1 min) at each round's start: {min(loads):.1f}-{max(loads):.1f}")
     print("| probe | old s, median (min-max) | new s, median (min-max) | new / old |")
     print("|---|---|---|---|")
-    for name in probes:
+    for name in runs:
         old, new = times[name, "old"], times[name, "new"]
         print(f"| {name} | {statistics.median(old):.2f} ({min(old):.2f}-{max(old):.2f}) | "
               f"{statistics.median(new):.2f} ({min(new):.2f}-{max(new):.2f}) | "

@@ -64,6 +64,7 @@ MODULES = (
     "catapult.sweep.store_file",
     "catapult.sweep.variants",
     "catapult.sweep.dotted",
+    "catapult.lazy",
 )
 
 # Public names without an example, and why.
