@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from catapult.cli.common import add_config_arguments, config_from_args, path_option
+from catapult.engine.run_dir import check_out_dir
 
 
 def register(subparsers) -> None:
@@ -29,9 +30,10 @@ def register(subparsers) -> None:
 
 def _train_command(args) -> int:
     config = config_from_args(args)
-    from catapult.engine import format_summary, run  # torch: after the config is checked (its errors exit at once)
-
     out = Path(args.out) if args.out else Path("runs") / config["name"]
+    check_out_dir(out, overwrite=args.overwrite)  # a folder in the way is refused before torch is imported
+    from catapult.engine import format_summary, run  # torch: after the config and the folder are checked
+
     result = run(config, out_dir=out, progress=args.progress, overwrite=args.overwrite)
     print(format_summary(result.summary))
     print(f"wrote {out}/ (config.yaml, metrics.csv, summary.json, trajectories.png, model.pt)")
