@@ -111,7 +111,7 @@ bad, grid, folder, store, run_file, good = sys.argv[1:7]
 codes = []
 for argv in (["train", bad], ["spectrum", bad], ["critical-lr", bad], ["train-ddp", bad], ["coord-check", bad],
              ["sweep", grid, "--dry-run"], ["demo", "--out", folder], ["export", store, "--out", run_file],
-             ["train", good, "--out", folder]):
+             ["train", good, "--out", folder], ["train-ddp", good]):
     try:
         codes.append(main(argv))
     except SystemExit as stop:
@@ -124,7 +124,8 @@ def test_bad_input_is_refused_before_torch_is_imported(tmp_path):
     # each refusal (exit 2) came after `import torch` (1.6 s): sweep --dry-run imported the driver
     # before expanding the grid, coord-check took the parametrizations from catapult.parametrize,
     # demo's folder check and export's --out check the run-directory rules from the training loop,
-    # train-ddp torch.distributed, train --out (a user's folder) the engine
+    # train-ddp torch.distributed (and its distributed-only keys the engine), train --out (a user's
+    # folder) the engine
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\noptimizer:\n  lr: -1\n")
     grid = tmp_path / "grid.yaml"
@@ -144,8 +145,10 @@ def test_bad_input_is_refused_before_torch_is_imported(tmp_path):
                            str(run / "metrics.csv"), str(good)],
                           capture_output=True, text=True, timeout=120)
     lines = done.stderr.strip().splitlines()
-    assert lines[-1] == "[2, 2, 2, 2, 2, 2, 2, 2, 2] False", done.stderr[-3000:]
+    assert lines[-1] == "[2, 2, 2, 2, 2, 2, 2, 2, 2, 2] False", done.stderr[-3000:]
     assert "optimizer.lr" in lines[0] and "Traceback" not in done.stderr
-    assert "notes.txt" in lines[-4] and "is a file of the `catapult train` run" in lines[-3]
-    assert lines[-2].startswith("catapult train: error: ") and "not empty" in lines[-2]
+    assert "notes.txt" in lines[-5] and "is a file of the `catapult train` run" in lines[-4]
+    assert lines[-3].startswith("catapult train: error: ") and "not empty" in lines[-3]
+    assert lines[-2] == ("catapult train-ddp: error: invalid config: model.name: distributed training trains "
+                         "the gpt with loss cross_entropy")
     assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]

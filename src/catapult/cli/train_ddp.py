@@ -11,6 +11,7 @@ from pathlib import Path
 
 from catapult.cli.common import add_config_arguments, config_from_args, path_option
 from catapult.config import ConfigError
+from catapult.engine.ddp_config import check_ddp_config
 
 
 def register(subparsers) -> None:
@@ -40,7 +41,8 @@ def register(subparsers) -> None:
 
 
 def _command(args) -> int:
-    config = config_from_args(args)  # before torch: a bad config is refused at once
+    config = config_from_args(args)  # before torch: a bad config is refused at once, on every rank
+    check_ddp_config(config)
     import torch.distributed as dist
 
     from catapult.engine import format_summary

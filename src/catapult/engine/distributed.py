@@ -63,6 +63,7 @@ from catapult import config as cfg
 from catapult.arguments import check_flag
 from catapult.data.text_shards import is_held_out, is_validation, text_shard_files, tokenize_text_shards
 from catapult.data.token_cache import npy_problem, token_cache_key
+from catapult.engine.ddp_config import check_ddp_config
 from catapult.engine.build import assemble_run, build_model, check_warmup_across_processes, resolve_device
 from catapult.engine.fsdp import check_fsdp, full_state_dict, shard_model
 from catapult.engine.sharpness_rule import check_spectrum_cadence
@@ -461,13 +462,7 @@ def train_ddp(config: Mapping[str, Any], *, out_dir: str | os.PathLike | None = 
     overwrite = check_flag("train_ddp", "overwrite", overwrite)  # overwrite="no" replaced an earlier run's files
     progress_mode(progress)  # before the shards are read
     config = cfg.validate(config)
-    if config["model"]["name"] != "gpt" or config["loss"] != "cross_entropy":
-        raise cfg.ConfigError([("model.name", "distributed training trains the gpt with loss cross_entropy")])
-    if config["train"]["batch_size"] is None:
-        raise cfg.ConfigError([("train.batch_size", "distributed training needs a global batch size")])
-    if config["data"]["root"] is None:  # the built-in corpora are not sharded token streams
-        raise cfg.ConfigError([("data.root", "distributed training reads token shards: set data.root to a "
-                                             "directory of *.npy, *.jsonl or *.parquet shards")])
+    check_ddp_config(config)
     distributed = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     if distributed:  # before any work; build_warmup checks again for callers of assemble_run
