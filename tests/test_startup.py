@@ -111,7 +111,8 @@ bad, grid, folder, store, run_file, good = sys.argv[1:7]
 codes = []
 for argv in (["train", bad], ["spectrum", bad], ["critical-lr", bad], ["train-ddp", bad], ["coord-check", bad],
              ["sweep", grid, "--dry-run"], ["demo", "--out", folder], ["export", store, "--out", run_file],
-             ["train", good, "--out", folder], ["train-ddp", good]):
+             ["train", good, "--out", folder], ["train-ddp", good],
+             ["spectrum", good, "--weights", folder + "/no.pt"]):
     try:
         codes.append(main(argv))
     except SystemExit as stop:
@@ -145,10 +146,22 @@ def test_bad_input_is_refused_before_torch_is_imported(tmp_path):
                            str(run / "metrics.csv"), str(good)],
                           capture_output=True, text=True, timeout=120)
     lines = done.stderr.strip().splitlines()
-    assert lines[-1] == "[2, 2, 2, 2, 2, 2, 2, 2, 2, 2] False", done.stderr[-3000:]
+    assert lines[-1] == "[2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2] False", done.stderr[-3000:]
     assert "optimizer.lr" in lines[0] and "Traceback" not in done.stderr
-    assert "notes.txt" in lines[-5] and "is a file of the `catapult train` run" in lines[-4]
-    assert lines[-3].startswith("catapult train: error: ") and "not empty" in lines[-3]
-    assert lines[-2] == ("catapult train-ddp: error: invalid config: model.name: distributed training trains "
+    assert "notes.txt" in lines[-6] and "is a file of the `catapult train` run" in lines[-5]
+    assert lines[-4].startswith("catapult train: error: ") and "not empty" in lines[-4]
+    assert lines[-3] == ("catapult train-ddp: error: invalid config: model.name: distributed training trains "
                          "the gpt with loss cross_entropy")
+    assert lines[-2] == f"catapult spectrum: error: --weights: {folder}/no.pt: no such file"
     assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+
+
+def test_a_missing_weights_file_is_refused_before_the_run_is_built(tmp_path, monkeypatch):
+    # measure_spectrum built the run (data loaded, model made) and only then found no file to load
+    from catapult import config as cfg
+    from catapult.engine.spectrum_study import measure_spectrum
+
+    monkeypatch.setattr("catapult.engine.build.build_run", lambda *a, **k: pytest.fail("the run was built"))
+    with pytest.raises(cfg.ConfigError) as info:
+        measure_spectrum(cfg.validate({"train": {"steps": 1}}), weights=tmp_path / "no.pt")
+    assert info.value.problems == [("--weights", f"{tmp_path}/no.pt: no such file")]

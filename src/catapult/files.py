@@ -19,7 +19,7 @@ from catapult.writing import PARTIAL_PREFIX, write_whole
 
 __all__ = ["MARK", "PARTIAL_PREFIX", "PNG_START", "UNMARKED_FIGURES", "figure_mark", "figure_path", "save_figure",
            "written_by_catapult", "is_run_record", "run_output_of_ours", "partial_of_ours", "cut_off_mapping",
-           "WRITTEN", "file_digest", "recorded_digests"]
+           "WRITTEN", "file_digest", "recorded_digests", "missing_file_problem"]
 
 #: The text catapult's figures, reports and Parquet exports carry in their metadata.
 MARK = "written by catapult"
@@ -39,6 +39,23 @@ UNMARKED_FIGURES = ("raw", "rgba", "pgf")
 #: The first bytes of every PNG file (its signature).
 PNG_START = b"\x89PNG\r\n\x1a\n"
 _LARGEST = 64 << 20  # a figure or report is far smaller; a bigger file is not read to be judged
+
+
+def missing_file_problem(path) -> str | None:
+    """Why ``path``, an input file a command reads (``spectrum --weights``), is not there to read, or
+    None: checked before any work, and without torch.
+
+    >>> missing_file_problem(__file__) is None
+    True
+    >>> missing_file_problem("/no/such/model.pt")
+    '/no/such/model.pt: no such file'
+    >>> missing_file_problem("/")
+    '/ is not a file'
+    """
+    path = Path(path)
+    if path.is_file():
+        return None
+    return f"{path}: no such file" if not path.exists() else f"{path} is not a file"
 
 
 def figure_mark(path) -> dict:

@@ -6,6 +6,7 @@ import json
 from catapult.cli.common import add_config_arguments, check_image_file, config_from_args, figure_path, path_option
 from catapult.config import ConfigError
 from catapult.engine.records import json_safe
+from catapult.files import missing_file_problem
 
 
 def register(subparsers) -> None:
@@ -59,6 +60,8 @@ def _command(args) -> int:
         check_image_file("--plot", args.plot)
         if args.density_runs == 0:
             raise ConfigError([("--plot", "draws the density, which --density-runs 0 skips")])
+    if args.weights is not None and (problem := missing_file_problem(args.weights)) is not None:
+        raise ConfigError([("--weights", problem)])
     from catapult.engine.spectrum_study import format_spectrum, measure_spectrum  # torch: after the checks
 
     result = measure_spectrum(config, weights=args.weights,

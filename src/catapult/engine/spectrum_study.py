@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from catapult import config as cfg
+from catapult.files import missing_file_problem
 from catapult.parametrize_state import ParametrizationMismatch
 
 __all__ = ["run_config_problems", "measure_spectrum", "load_weights", "format_spectrum"]
@@ -46,8 +47,8 @@ def load_weights(model: nn.Module, path: str | Path, *, key: str = "weights") ->
     ``DistributedDataParallel`` state (every name prefixed ``module.``) is accepted.
     """
     path = Path(path)
-    if not path.is_file():
-        raise cfg.ConfigError([(key, f"{path}: no such file" if not path.exists() else f"{path} is not a file")])
+    if (problem := missing_file_problem(path)) is not None:
+        raise cfg.ConfigError([(key, problem)])
     try:
         with warnings.catch_warnings():  # e.g. a pickle protocol torch.save does not write
             warnings.simplefilter("ignore")
@@ -163,7 +164,9 @@ def measure_spectrum(config: Mapping[str, Any], *, weights: str | Path | None = 
     if preconditioned and weights is not None:
         problems.append(("--preconditioned", "cannot go with --weights: the weights file holds no optimizer "
                                              "state, so the preconditioner would be a fresh optimizer's"))
-    if weights is not None:
+    if weights is not None and (problem := missing_file_problem(weights)) is not None:
+        problems.append(("--weights", problem))  # before the run is built (its data loaded)
+    elif weights is not None:
         problems += run_config_problems(config, Path(weights))
     if problems:
         raise cfg.ConfigError(problems)
