@@ -107,12 +107,12 @@ def test_help_and_store_readers_leave_torch_unimported(tmp_path):
 REFUSALS = """
 import sys
 from catapult.cli import main
-bad, grid, folder, store, run_file, good = sys.argv[1:7]
+bad, grid, folder, store, run_file, good, new_store = sys.argv[1:8]
 codes = []
 for argv in (["train", bad], ["spectrum", bad], ["critical-lr", bad], ["train-ddp", bad], ["coord-check", bad],
              ["sweep", grid, "--dry-run"], ["demo", "--out", folder], ["export", store, "--out", run_file],
              ["train", good, "--out", folder], ["train-ddp", good],
-             ["spectrum", good, "--weights", folder + "/no.pt"]):
+             ["spectrum", good, "--weights", folder + "/no.pt"], ["sweep", grid, "--store", new_store]):
     try:
         codes.append(main(argv))
     except SystemExit as stop:
@@ -122,8 +122,8 @@ print(codes, "torch" in sys.modules, file=sys.stderr)
 
 
 def test_bad_input_is_refused_before_torch_is_imported(tmp_path):
-    # each refusal (exit 2) came after `import torch` (1.6 s): sweep --dry-run imported the driver
-    # before expanding the grid, coord-check took the parametrizations from catapult.parametrize,
+    # each refusal (exit 2) came after `import torch` (1.6 s): sweep (--dry-run or not) imported the
+    # driver before expanding the grid, coord-check took the parametrizations from catapult.parametrize,
     # demo's folder check and export's --out check the run-directory rules from the training loop,
     # train-ddp torch.distributed (and its distributed-only keys the engine), train --out (a user's
     # folder) the engine
@@ -143,16 +143,18 @@ def test_bad_input_is_refused_before_torch_is_imported(tmp_path):
     good = tmp_path / "good.yaml"
     good.write_text("name: good\ntrain:\n  steps: 1\n")
     done = subprocess.run([sys.executable, "-c", REFUSALS, str(bad), str(grid), str(folder), str(store),
-                           str(run / "metrics.csv"), str(good)],
+                           str(run / "metrics.csv"), str(good), str(tmp_path / "new.db")],
                           capture_output=True, text=True, timeout=120)
     lines = done.stderr.strip().splitlines()
-    assert lines[-1] == "[2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2] False", done.stderr[-3000:]
+    assert lines[-1] == "[2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2] False", done.stderr[-3000:]
     assert "optimizer.lr" in lines[0] and "Traceback" not in done.stderr
-    assert "notes.txt" in lines[-6] and "is a file of the `catapult train` run" in lines[-5]
-    assert lines[-4].startswith("catapult train: error: ") and "not empty" in lines[-4]
-    assert lines[-3] == ("catapult train-ddp: error: invalid config: model.name: distributed training trains "
+    assert "notes.txt" in lines[-7] and "is a file of the `catapult train` run" in lines[-6]
+    assert lines[-5].startswith("catapult train: error: ") and "not empty" in lines[-5]
+    assert lines[-4] == ("catapult train-ddp: error: invalid config: model.name: distributed training trains "
                          "the gpt with loss cross_entropy")
-    assert lines[-2] == f"catapult spectrum: error: --weights: {folder}/no.pt: no such file"
+    assert lines[-3] == f"catapult spectrum: error: --weights: {folder}/no.pt: no such file"
+    assert lines[-2].startswith("catapult sweep: error: invalid config: cell 0 (optimizer.lr=-1)")
+    assert not (tmp_path / "new.db").exists()
     assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
 
 

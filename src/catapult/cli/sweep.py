@@ -174,10 +174,12 @@ def _sweep_command(args: argparse.Namespace) -> int:
         problem = ray_address_problem(args.ray_address)
         if problem:
             return _fail("sweep", f"--ray-address {problem}")
+    with warnings.catch_warnings():  # printed above as notes
+        warnings.simplefilter("ignore", SweepNote)
+        # each cell's config checked (~0.2 ms a cell; run_sweep expands again): a bad one is refused
+        # before the driver imports torch
+        cells = expand(base, spec)
     if args.dry_run:
-        with warnings.catch_warnings():  # printed above as notes
-            warnings.simplefilter("ignore", SweepNote)
-            cells = expand(base, spec)  # each cell's config checked: a bad one is refused before torch
         from catapult.sweep.driver import refuse_sharded_cells
 
         refuse_sharded_cells(cells)  # as the sweep does on any machine
