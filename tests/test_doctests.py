@@ -60,6 +60,7 @@ MODULES = (
     "catapult.engine.fsdp",
     "catapult.engine.model_size",
     "catapult.engine.persistent_warmup",
+    "catapult.engine.ddp_config",
     "catapult.models.options",
     "catapult.sweep.store_file",
     "catapult.sweep.variants",
