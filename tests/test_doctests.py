@@ -61,6 +61,7 @@ MODULES = (
     "catapult.engine.model_size",
     "catapult.engine.persistent_warmup",
     "catapult.engine.ddp_config",
+    "catapult.engine.step_lr",
     "catapult.models.options",
     "catapult.sweep.store_file",
     "catapult.sweep.variants",

@@ -33,8 +33,8 @@ eigenvector, before the optimizer exists; ``lr_trgt = c/lambda_0``.
 
 Step ``t = 0, 1, ..., steps`` (row ``t`` describes the parameters ``theta_t`` *before* update ``t``):
 
-1. ``lr_t = schedule(t)`` is already set on the optimizer (the scheduler was created at
-   ``t = 0`` and stepped after every update), each group at ``lr_t * group["lr_mult"]``.
+1. ``lr_t = schedule(t)`` is already set on the optimizer (at ``t = 0`` before the loop, then
+   after every update), each group at ``lr_t * group["lr_mult"]``.
 2. Forward on batch ``t`` in train mode: ``train_loss_t``, ``train_accuracy_t``.
 3. Divergence: if ``train_loss_t`` is not finite or ``> divergence_factor * train_loss_0``
    (default ``.inf``: only a non-finite loss, the paper's rule), or, at a step that evaluates the
@@ -64,7 +64,8 @@ Step ``t = 0, 1, ..., steps`` (row ``t`` describes the parameters ``theta_t`` *b
    RAdam's is ``radam_threshold`` of its update ``t`` (:func:`catapult.engine.threshold` with ``step``).
 8. Update (``t < steps``): ``optimizer.step()``; with dynamic sparsity (``model.sparsity.method``
    rigl/gmp) the :class:`~catapult.sparsity.MaskUpdater` then updates the masks if ``t`` is an
-   update step and re-applies them; then ``scheduler.step()`` (sets ``lr_{t+1}``).
+   update step and re-applies them; then ``lr_{t+1}`` is set (as ``schedules.attach``'s
+   ``scheduler.step()`` sets it: :class:`~catapult.engine.step_lr.StepLRs`).
 
 After the loop (:func:`~catapult.engine.step.final_status`): a finished run whose final training
 accuracy is below 1.5x chance is ``"diverged"`` when ``train.accuracy_failure`` applies (auto:
@@ -100,6 +101,7 @@ from catapult.losses import accuracy, loss_and_accuracy
 from catapult.engine.build import Run, build_run, threshold
 from catapult.engine.sharpness_rule import STEP_KIND_COLUMN, check_spectrum_cadence
 from catapult.engine.progress import Progress, progress_mode
+from catapult.engine.step_lr import StepLRs, StepThresholds
 from catapult.engine.trajectories import plot_run
 from catapult.engine.step import (NON_FINITE_TEST_LOSS, diverged, evaluates_test, failure_of, measures_sharpness,
                                   new_row, output_collapsed, weights_finite)
@@ -298,10 +300,10 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
     mask_updater = setup.mask_updater  # dynamic sparsity (model.sparsity.method rigl/gmp), else None
     forward = processes.wrap(model)  # same parameters (DDP: gradients averaged over the processes)
     forward = torch.compile(forward) if config["train"].get("compile") else forward
-    schedule, persistent = warmup_rule.schedule, warmup_rule.persistent
-    from catapult import schedules
-
-    scheduler = schedules.attach(optimizer, schedule)
+    persistent = warmup_rule.persistent
+    # the groups' lr_t * lr_mult, set as schedules.attach's scheduler sets them (step 0's now,
+    # lr_{t+1} after update t), and each row's threshold, at a lookup a step (engine.step_lr)
+    lrs, thresholds = StepLRs(optimizer, warmup_rule.schedule, last=steps), StepThresholds(optimizer)
     lambda0_all = setup.lambda0_estimates if setup.needs_lambda0 else []
     matvecs_total = sum(int(e.matvecs) for e in lambda0_all)
     unconverged = sum(int(not e.converged) for e in lambda0_all)
@@ -332,8 +334,8 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
         for t in range(steps + 1):
             final = t == steps
             x, y = batches.batch(t)
-            lr_t = float(schedule(t))
-            row = new_row(t, lr_t, threshold(optimizer, step=t))
+            lr_t = lrs.at(t)
+            row = new_row(t, lr_t, thresholds(lr_t, t))
             # theta_t after update t - 1 (theta_0 is the init): finite in every process. Read where
             # the test set is (a weight no batch reads shows there first) and at the end, not every
             # step: a scan of every weight costs 1-3% of a small minibatch step (RESULTS, "Engine
@@ -363,7 +365,7 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
                 loss.backward()
                 if persistent is not None:  # Alg. 3: this step's lr (may re-run the search)
                     row["lr"] = float(persistent.step((x, y), loss=loss_t))
-                    row["threshold"] = threshold(optimizer, step=t)
+                    row["threshold"] = thresholds(row["lr"], t)
             del loss, outputs
 
             if measures_sharpness(t, sharpness_every, steps):
@@ -401,7 +403,7 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
                 if mask_updater is not None:
                     processes.before_mask_update(mask_updater, t)
                     mask_updater.step(t, optimizer)
-                scheduler.step()
+                lrs.apply(t + 1)
         looped = True
     finally:
         if not looped:

@@ -1,0 +1,141 @@
+"""The learning rate and the instability threshold of each step of the engine's loop
+(:mod:`catapult.engine.loop`), at about a dict lookup a step.
+
+Why not torch's ``LRScheduler`` (``catapult.schedules.attach``) in the loop: inside a small
+minibatch step every call runs cold, at ~10x its hot time, and ``scheduler.step()``, a second
+``schedule(t)`` call and ``threshold(optimizer)`` cost 120-180 us of a 3 ms step of the
+benchmark's MLP (RESULTS, "Engine overhead ... the step's extras, in the loop"). The values are
+those of ``attach(optimizer, schedule)`` with ``scheduler.step()`` after every update, and of
+:func:`~catapult.engine.sharpness_rule.threshold` at every row, exactly.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Callable
+
+import torch
+
+from catapult.engine.sharpness_rule import threshold
+from catapult.parametrize import group_lr_mult
+from catapult.schedules import CatapultWarmupSchedule, WarmupSchedule
+from catapult.schedules.scheduler import set_group_lr, warn_replaced_group_lrs
+
+__all__ = ["StepLRs", "StepThresholds", "PURE_SCHEDULES"]
+
+#: Schedules whose ``lr(t)`` depends on ``t`` alone (frozen dataclasses): :class:`StepLRs`
+#: computes them ahead, :attr:`StepLRs.CHUNK` steps at a time. Any other callable (the persistent
+#: warmup's, which reads the warmup's current lr) is called once per step, when that step's lr is set.
+PURE_SCHEDULES = (WarmupSchedule, CatapultWarmupSchedule)
+
+
+def checked_lr(schedule: Callable[[int], float], t: int) -> float:
+    """``schedule(t)`` as a float, checked as ``ScheduleLR`` checks it: a TypeError unless a
+    number (a one-element tensor is read), a ValueError unless finite and >= 0.
+
+    >>> checked_lr(lambda t: 0.5 * t, 3)
+    1.5
+    """
+    lr = schedule(t)
+    if isinstance(lr, torch.Tensor) and lr.numel() == 1:
+        lr = lr.item()
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
+        raise TypeError(f"schedule returned {lr!r} at step {t}; expected a number (the lr)")
+    lr = float(lr)
+    if not math.isfinite(lr) or lr < 0:
+        raise ValueError(f"schedule returned lr={lr} at step {t}; expected a finite value >= 0")
+    return lr
+
+
+class StepLRs:
+    """``lr_t = schedule(t)`` of each step, and the optimizer's param groups set to ``lr_t * lr_mult``.
+
+    Construction sets step 0's lrs (warning as ``schedules.attach`` does when the groups' own
+    lrs differ and none sets ``lr_mult``); :meth:`apply` ``(t + 1)`` after update ``t`` sets the
+    next step's, as ``scheduler.step()`` does; :meth:`at` ``(t)`` is the row's lr, computed once
+    for both. The groups' ``lr_mult`` are read (and checked) once: nothing in a run changes them.
+    A tensor lr (GI-Adam's, a compiled step's) is filled in place. ``last``: the last step whose lr
+    is asked for (a pure schedule is not computed past it).
+
+    Example (the values ``attach`` gives; a group with ``lr_mult = 0.5`` gets half):
+        >>> from catapult.schedules import warmup
+        >>> w, v = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+        >>> opt = torch.optim.SGD([{"params": [w]}, {"params": [v], "lr_mult": 0.5}], lr=1.0)
+        >>> lrs = StepLRs(opt, warmup(1.0, 4), last=5)
+        >>> [g["lr"] for g in opt.param_groups]
+        [0.25, 0.125]
+        >>> lrs.apply(1), lrs.at(1), [g["lr"] for g in opt.param_groups]
+        (0.5, 0.5, [0.5, 0.25])
+    """
+
+    #: Steps of a pure schedule computed at once (hot, in one loop) when a step past the table is asked for.
+    CHUNK = 256
+
+    def __init__(self, optimizer: torch.optim.Optimizer, schedule: Callable[[int], float], last: int):
+        if not callable(schedule):
+            raise TypeError(f"schedule must be a callable step -> lr, got {schedule!r}")
+        warn_replaced_group_lrs(optimizer, "ScheduleLR")
+        self.optimizer, self.schedule, self.last = optimizer, schedule, int(last)
+        self.pure = type(schedule) in PURE_SCHEDULES
+        self._pairs = [(group, group_lr_mult(group, i)) for i, group in enumerate(optimizer.param_groups)]
+        self._table: list[float] = []  # lr_0, lr_1, ... of a pure schedule
+        self._t, self._lr = -1, 0.0  # the latest step another schedule was asked for, and its lr
+        self.apply(0)
+
+    def at(self, t: int) -> float:
+        """``lr_t``, checked (:func:`checked_lr`), computed once per step."""
+        if self.pure:
+            table = self._table
+            if t >= len(table):
+                self._extend(t)
+            return table[t]
+        if t != self._t:
+            self._lr, self._t = checked_lr(self.schedule, t), t
+        return self._lr
+
+    def _extend(self, t: int) -> None:
+        """Compute the table up to step ``t`` and on, at most :attr:`CHUNK` steps and ``last``.
+        A step whose lr is refused ends the chunk before it: its error is raised when that step is
+        asked for, where ``scheduler.step()`` raised it."""
+        table = self._table
+        for s in range(len(table), max(t + 1, min(t + self.CHUNK, self.last + 1))):
+            try:
+                table.append(checked_lr(self.schedule, s))
+            except (TypeError, ValueError):
+                if s <= t:
+                    raise
+                return
+
+    def apply(self, t: int) -> float:
+        """Set every group's lr to ``lr_t * lr_mult``; returns ``lr_t``."""
+        lr = self.at(t)
+        for group, mult in self._pairs:
+            if type(group["lr"]) is float:
+                group["lr"] = lr * mult
+            else:
+                set_group_lr(group, lr * mult)
+        return lr
+
+
+class StepThresholds:
+    """:func:`~catapult.engine.sharpness_rule.threshold` ``(optimizer, step=t)`` of a row whose
+    groups hold ``lr * lr_mult``, remembered for the latest ``lr``: the value depends on the step
+    for RAdam only, and otherwise on the lr and on hyper-parameters a run does not change.
+
+    >>> w = torch.nn.Parameter(torch.zeros(1))
+    >>> opt = torch.optim.SGD([w], lr=0.5)
+    >>> thresholds = StepThresholds(opt)
+    >>> thresholds(0.5, 0), thresholds(0.5, 1)
+    (4.0, 4.0)
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer):
+        self.optimizer = optimizer
+        self.by_step = isinstance(optimizer, torch.optim.RAdam)
+        self._lr: float | None = None
+        self._value = math.nan
+
+    def __call__(self, lr: float, t: int) -> float:
+        if self.by_step or lr != self._lr:  # a nan lr is never equal: computed again
+            self._value, self._lr = threshold(self.optimizer, step=t), lr
+        return self._value
