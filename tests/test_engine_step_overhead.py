@@ -164,3 +164,18 @@ def test_step_thresholds_equal_the_threshold_rule_and_follow_the_step_for_radam(
     values = [thresholds(0.01, t) for t in (0, 10)]
     assert values == [float(radam_threshold(0.01, (0.9, 0.999), t + 1)[1]) for t in (0, 10)]
     assert values[0] != values[1]  # un-rectified at torch's step 1, rectified at step 11
+
+
+def test_a_minibatch_is_the_documented_slice_of_its_epochs_permutation_without_a_copy_of_the_indices_per_step():
+    from catapult.engine import BatchStream
+
+    x, y = torch.arange(40.0).reshape(20, 2), torch.arange(20)
+    stream = BatchStream(x, y, batch_size=6, seed=5)  # 3 batches an epoch, 2 rows dropped
+    g = torch.Generator().manual_seed(5)
+    perms = [torch.randperm(20, generator=g) for _ in range(3)]
+    for t in range(9):
+        (xb, yb), calls = _python_calls(stream.batch, t)
+        idx = perms[t // 3][(t % 3) * 6:(t % 3 + 1) * 6]
+        assert torch.equal(yb, idx) and torch.equal(xb, x[idx])
+        if t % 3:  # inside an epoch: a slice and two gathers; before, a .to(device) of the indices each step
+            assert ("C", "to") not in calls and ("C", "randperm") not in calls

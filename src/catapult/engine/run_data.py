@@ -214,9 +214,11 @@ class BatchStream:
         while self._epoch < epoch:
             self._perm = torch.randperm(self.n, generator=self.generator)
             self._epoch += 1
+            if self._epoch == epoch:  # on the data's device once an epoch, not a .to() every step
+                self._perm = self._perm.to(self.x.device)
         if epoch != self._epoch:
             raise ValueError("BatchStream.batch must be called with non-decreasing steps")
-        idx = self._perm[b * self.batch_size:(b + 1) * self.batch_size].to(self.x.device)
+        idx = self._perm[b * self.batch_size:(b + 1) * self.batch_size]
         out = (self.x[idx], self.y[idx])
         if self.augment is not None:
             out = self.augment(*out, step=t)
