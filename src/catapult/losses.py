@@ -162,7 +162,7 @@ def loss_and_accuracy(loss: torch.Tensor, outputs: torch.Tensor, targets: torch.
     exact in float64, and the count is an integer). ``one_sync`` forces either way (None: by device).
     """
     if one_sync is None:
-        one_sync = outputs.device.type != "cpu"
+        one_sync = not outputs.is_cpu  # outputs.device.type != "cpu", without a device object (~7 us cold)
     if not one_sync:
         return float(loss.item()), accuracy(outputs, targets)
     flat = outputs.detach().reshape(-1, outputs.shape[-1])
