@@ -36,6 +36,7 @@ timed work is the same.
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_engine_overhead.py --quick    # smoke test
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_engine_overhead.py --profile gd   # cProfile of the engine
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_engine_overhead.py --extras       # the step's extras, alone
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_engine_overhead.py --in-loop --cases adam-b128 --reps 3  # inside a step
 
 ``--extras`` times each thing the engine's step does beyond the bare loop (the threshold, the
 accuracy, the schedule, the metrics row, the param groups (parametrize.param_groups) in ``optimizer.step()``)
@@ -49,6 +50,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import math
+import os
 import pstats
 import statistics
 import sys
@@ -225,19 +227,21 @@ def _best_pair_us(fa, fb, repeat: int = 15, number: int = 100) -> tuple[float, f
 
 def engine_extras(case: str) -> list[tuple[str, float]]:
     """CPU microseconds per step of each thing the engine's step does beyond the bare loop's,
-    timed alone (best of 7): the ``threshold`` call, ``accuracy`` on the step's outputs, the
-    schedule lookup, ``scheduler.step()``, the metrics row, and the optimizer step over the
+    timed alone (best of 7): the row's threshold, ``accuracy`` on the step's outputs, the
+    row's lr, setting the next step's lr (the old calls beside them), the metrics row, and the optimizer step over the
     engine's param groups (parametrize.param_groups) less the bare loop's one-group step. Then the bare loop's
     whole step (forward, loss, ``.item()``, backward, update) for scale."""
     from catapult import schedules
     from catapult.engine.records import METRIC_COLUMNS
     from catapult.engine.step import weights_finite
+    from catapult.engine.step_lr import StepLRs, StepThresholds
     from catapult.losses import accuracy
 
     setup = engine.build_run(make_config(case))
     model, loss_fn, optimizer = setup.model, setup.loss_fn, setup.optimizer
     schedule = setup.warmup.schedule
-    scheduler = schedules.attach(optimizer, schedule)
+    scheduler = schedules.attach(optimizer, schedule)  # what the loop called before StepLRs
+    lrs, thresholds = StepLRs(optimizer, schedule, last=10**6), StepThresholds(optimizer)
     bare_optimizer = _bare_optimizer(setup.config, model)
     x, y = setup.batches.batch(0)
     outputs = model(x).detach()
@@ -266,10 +270,11 @@ def engine_extras(case: str) -> list[tuple[str, float]]:
     with warnings.catch_warnings():  # scheduler.step() without optimizer.step() warns once
         warnings.simplefilter("ignore")
         sched_us = _best_us(scheduler.step)
-    extras = [("threshold(optimizer)", _best_us(lambda: engine.threshold(optimizer))),
+    extras = [("thresholds(lr_t, t) (StepThresholds; threshold(optimizer) alone: "
+               f"{_best_us(lambda: engine.threshold(optimizer)):.1f})", _best_us(lambda: thresholds(1e-3, 1))),
               ("accuracy(outputs, y)", _best_us(lambda: accuracy(outputs, y))),
-              ("schedule(t)", _best_us(lambda: float(schedule(1)))),
-              ("scheduler.step()", sched_us),
+              (f"lrs.at(t) (schedule(t) alone: {_best_us(lambda: float(schedule(1))):.1f})", _best_us(lambda: lrs.at(1))),
+              (f"lrs.apply(t + 1) (torch's scheduler.step(): {sched_us:.1f})", _best_us(lambda: lrs.apply(1))),
               ("metrics row", _best_us(row)),
               (NOT_PER_STEP, _best_us(lambda: weights_finite(parameters))),
               (f"optimizer.step(): {len(optimizer.param_groups)} groups - 1 group", opt_groups)]
@@ -280,6 +285,104 @@ def engine_extras(case: str) -> list[tuple[str, float]]:
 #: Timed beside the extras but paid only at the steps that evaluate the test set (engine.loop),
 #: so left out of their per-step sum.
 NOT_PER_STEP = "weights_finite(parameters), at test steps only (not summed)"
+
+
+def in_loop_extras(case: str, reps: int = 3, steps: int = 200, probes: dict | None = None) -> list[tuple[str, float, float]]:
+    """CPU microseconds per step of each of the engine's per-step extras timed *where the loop
+    runs it*, cold: a bare loop (forward, loss, ``.item()``, backward, update, on the run's
+    batches) with one extra inserted after the loss (``accuracy``, the row) or after the update
+    (setting the next lr), its thread CPU time read around that call alone; median over the
+    steps, then median and max over ``reps`` loops. An empty insertion (the clock's own cost) is
+    subtracted. Alone and hot, as ``--extras`` times them, these calls cost 5-10x less: inside a
+    step of large kernels their code and data are out of the caches (RESULTS, "Engine overhead").
+    Rows: the engine's calls, then the ones they replaced (``old:``). ``probes``: other calls to
+    time the same way, ``{name: ("loss" or "update", fn(context))}`` (context: ``t``, ``outputs``,
+    ``y``, ``loss``, ``optimizer``, ``lrs``, ``thresholds``, ``row``, ...)."""
+    import warnings
+
+    from catapult import schedules
+    from catapult.engine.records import METRIC_COLUMNS
+    from catapult.engine.step import diverged, evaluates_test, measures_sharpness, new_row
+    from catapult.engine.step_lr import StepLRs, StepThresholds
+    from catapult.losses import loss_and_accuracy
+
+    clock = time.thread_time_ns
+    config = make_config(case, steps)
+    reporter, rows = Progress("none", steps, "x"), []
+
+    def after_loss(fn):
+        return ("loss", fn)
+
+    def after_update(fn):
+        return ("update", fn)
+
+    extras = {
+        "nothing (the clock; subtracted)": after_loss(lambda c: None),
+        "loss_and_accuracy(loss, outputs, y) (with the loss.item() the bare loop has too)": after_loss(
+            lambda c: loss_and_accuracy(c["loss"], c["outputs"], c["y"])),
+        "row: lrs.at(t), thresholds(lr_t, t), new_row": after_loss(
+            lambda c: new_row(c["t"], c["lrs"].at(c["t"]), c["thresholds"](c["lrs"].at(c["t"]), c["t"]))),
+        "rules: diverged, evaluates_test x2, measures_sharpness": after_loss(
+            lambda c: (diverged(0.5, 1.0, math.inf), evaluates_test(c["t"], 0, steps),
+                       evaluates_test(c["t"], 0, steps), measures_sharpness(c["t"], 0, steps))),
+        "progress update, metrics.append": after_loss(lambda c: (reporter.update(c["row"]), rows.append(c["row"]))),
+        "lrs.apply(t + 1)": after_update(lambda c: c["lrs"].apply(c["t"] + 1)),
+        "old: threshold(optimizer, step=t)": after_loss(lambda c: engine.threshold(c["optimizer"], step=c["t"])),
+        "old: accuracy's general path (2 no_grad, 9 ops)": after_loss(
+            lambda c: (c["loss"].item(), _general_accuracy(c["outputs"], c["y"]))),
+        "old: schedule(t)": after_loss(lambda c: float(c["schedule"](c["t"]))),
+        "old: torch's scheduler.step()": after_update(lambda c: c["scheduler"].step()),
+    }
+    if probes is not None:
+        extras = {"nothing (the clock; subtracted)": extras["nothing (the clock; subtracted)"], **probes}
+
+    def one_loop(where: str, fn) -> float:
+        setup = engine.build_run(config)
+        model, loss_fn, optimizer, batches = setup.model, setup.loss_fn, setup.optimizer, setup.batches
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            context = {"optimizer": optimizer, "schedule": setup.warmup.schedule,
+                       "scheduler": schedules.attach(optimizer, setup.warmup.schedule),
+                       "lrs": StepLRs(optimizer, setup.warmup.schedule, last=steps),
+                       "thresholds": StepThresholds(optimizer), "row": dict.fromkeys(METRIC_COLUMNS)}
+        context["row"].update(step=0, lr=1e-3, threshold=1.0, train_loss=1.0, train_accuracy=0.5)
+        times = []
+        for t in range(steps):
+            x, y = batches.batch(t)
+            outputs = model(x)
+            loss = loss_fn(outputs, y)
+            context.update(t=t, outputs=outputs, y=y, loss=loss)
+            if where == "loss":
+                c0 = clock()
+                fn(context)
+                times.append(clock() - c0)
+            loss.item()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            context.update(outputs=None, loss=None)
+            del loss, outputs
+            optimizer.step()
+            if where == "update":
+                c0 = clock()
+                fn(context)
+                times.append(clock() - c0)
+        return statistics.median(times[5:]) / 1e3
+
+    for where, fn in extras.values():  # warm-up
+        one_loop(where, fn)
+    per_rep = {name: [] for name in extras}
+    for rep in range(reps):
+        for name in (list(extras) if rep % 2 == 0 else list(reversed(extras))):
+            per_rep[name].append(one_loop(*extras[name]))
+    floor = statistics.median(per_rep["nothing (the clock; subtracted)"])
+    return [(name, statistics.median(v) - floor, max(v) - floor) for name, v in per_rep.items()]
+
+
+def _general_accuracy(outputs, y):
+    """``losses.accuracy``'s general path (what every call took before the classifier fast path)."""
+    from catapult.losses import _accuracy
+
+    return _accuracy(outputs, y)
 
 
 def profile_engine(config: dict, top: int = 25) -> None:
@@ -343,6 +446,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="2 reps of 30 steps")
     parser.add_argument("--profile", choices=list(CASES), help="print a cProfile of the engine on this case")
+    parser.add_argument("--in-loop", action="store_true",
+                        help="only time the engine's per-step extras inside a bare loop's steps (see in_loop_extras)")
     parser.add_argument("--extras", action="store_true",
                         help="only time the engine's per-step extras alone (see engine_extras)")
     args = parser.parse_args(argv)
@@ -351,6 +456,13 @@ def main(argv=None) -> int:
         args.reps, args.steps = 2, 30
     if args.profile:
         profile_engine(make_config(args.profile, args.steps))
+        return 0
+    if args.in_loop:
+        for case in args.cases:
+            print(f"\n{case}: CPU us per step of each extra inside a bare loop's step (median over steps; "
+                  f"median and max of {args.reps} loops; load {os.getloadavg()[0]:.2f})\n\n| extra | us | max |\n|---|---|---|")
+            for name, us, top in in_loop_extras(case, reps=args.reps, steps=args.steps or 200):
+                print(f"| {name} | {us:.1f} | {top:.1f} |")
         return 0
     if args.extras:
         for case in args.cases:
