@@ -19,13 +19,13 @@ from catapult.losses import accuracy
 
 
 def _python_calls(fn, *args, **kwargs):
-    """``(fn(*args, **kwargs), Counter of (file name, function) of every Python call it made)``;
-    a call of a C function counts as ``("C", its name)``."""
+    """``(fn(*args, **kwargs), Counter of (file, function) of every Python call it made)``, the
+    file as its folder and name (``schedules/functions.py``); a C function's as ``("C", its name)``."""
     calls = Counter()
 
     def profile(frame, event, arg):
         if event == "call":
-            calls[frame.f_code.co_filename.rsplit("/", 1)[-1], frame.f_code.co_name] += 1
+            calls["/".join(frame.f_code.co_filename.split("/")[-2:]), frame.f_code.co_name] += 1
         elif event == "c_call":
             calls["C", getattr(arg, "__name__", "?")] += 1
 
@@ -47,7 +47,7 @@ def test_accuracy_of_a_classifier_batch_is_a_few_torch_calls_and_no_further_pyth
     value, calls = _python_calls(accuracy, outputs, labels)
     assert value == truth
     # before: 12 Python calls (two no_grad contexts) and a detach, four reshapes, a .to() and a .long()
-    assert {k for k in calls if k[0] != "C"} == {("losses.py", "accuracy")}
+    assert {k for k in calls if k[0] != "C"} == {("catapult/losses.py", "accuracy")}
     assert calls["C", "argmax"] == calls["C", "sum"] == 1
     assert sum(n for (where, name), n in calls.items() if where == "C" and name != "setprofile") <= 5
     assert outputs.grad is None and torch.is_grad_enabled()
@@ -70,10 +70,10 @@ def test_a_run_computes_each_lr_once_its_threshold_once_per_lr_and_no_torch_lr_s
     result, calls = _python_calls(engine.run, config, progress="none")
     steps = config["train"]["steps"]
     assert result.status == "finished" and len(result.metrics) == steps + 1
-    assert not [k for k in calls if k[0] == "lr_scheduler.py"]  # 200+ calls before
-    assert calls["functions.py", "__call__"] == steps + 1  # 2 * steps + 1 before (the row's, the scheduler's)
+    assert not [k for k in calls if k[0] == "optim/lr_scheduler.py"]  # 200+ calls before
+    assert calls["schedules/functions.py", "__call__"] == steps + 1  # 2 * steps + 1 before (the row's, the scheduler's)
     # one per distinct lr of the rows, and the summary's at lr_trgt (steps + 2 before)
-    assert calls["sharpness.py", "instability_threshold"] == distinct_lrs + 1
+    assert calls["curvature/sharpness.py", "instability_threshold"] == distinct_lrs + 1
     lr = optimizer["lr"]
     expected_lrs = [lr * min(1.0, (t + 1) / schedule["warmup_steps"]) for t in range(steps + 1)]
     assert [row["lr"] for row in result.metrics] == pytest.approx(expected_lrs, rel=1e-15)
