@@ -108,7 +108,7 @@ def test_step_lrs_set_what_torch_lr_scheduler_sets_at_every_step(schedule, monke
         scheduler.step()
         assert lrs.apply(t + 1) == lrs.at(t + 1) == float(schedule(t + 1))
         assert _groups_lr(ours) == _groups_lr(reference), t
-    assert len(lrs._table) <= 21
+    assert len(lrs._table) <= 7 and lrs.at(3) == float(schedule(3))  # one chunk held; a step behind it still answers
 
 
 def test_step_lrs_fill_a_tensor_lr_in_place_as_the_scheduler_does():

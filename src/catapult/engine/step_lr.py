@@ -78,33 +78,39 @@ class StepLRs:
         self.optimizer, self.schedule, self.last = optimizer, schedule, int(last)
         self.pure = type(schedule) in PURE_SCHEDULES
         self._pairs = [(group, group_lr_mult(group, i)) for i, group in enumerate(optimizer.param_groups)]
-        self._table: list[float] = []  # lr_0, lr_1, ... of a pure schedule
+        self._table: list[float] = []  # lr_s, lr_{s+1}, ... of a pure schedule, s = self._start
+        self._start = 0
         self._t, self._lr = -1, 0.0  # the latest step another schedule was asked for, and its lr
         self.apply(0)
 
     def at(self, t: int) -> float:
         """``lr_t``, checked (:func:`checked_lr`), computed once per step."""
         if self.pure:
-            table = self._table
-            if t >= len(table):
+            i = t - self._start
+            if not 0 <= i < len(self._table):
+                if i < 0:  # behind the chunk (the loop never asks): computed on its own
+                    return checked_lr(self.schedule, t)
                 self._extend(t)
-            return table[t]
+                i = t - self._start
+            return self._table[i]
         if t != self._t:
             self._lr, self._t = checked_lr(self.schedule, t), t
         return self._lr
 
     def _extend(self, t: int) -> None:
-        """Compute the table up to step ``t`` and on, at most :attr:`CHUNK` steps and ``last``.
-        A step whose lr is refused ends the chunk before it: its error is raised when that step is
-        asked for, where ``scheduler.step()`` raised it."""
-        table = self._table
-        for s in range(len(table), max(t + 1, min(t + self.CHUNK, self.last + 1))):
+        """Replace the table by steps ``t, t + 1, ...``: at most :attr:`CHUNK` of them, none past
+        ``last`` (so a long run holds one chunk, not a float per step). A step whose lr is refused
+        ends the chunk before it: its error is raised when that step is asked for, where
+        ``scheduler.step()`` raised it."""
+        table: list[float] = []
+        for s in range(t, max(t + 1, min(t + self.CHUNK, self.last + 1))):
             try:
                 table.append(checked_lr(self.schedule, s))
             except (TypeError, ValueError):
-                if s <= t:
+                if s == t:
                     raise
-                return
+                break
+        self._table, self._start = table, t
 
     def apply(self, t: int) -> float:
         """Set every group's lr to ``lr_t * lr_mult``; returns ``lr_t``."""
