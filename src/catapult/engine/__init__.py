@@ -4,6 +4,8 @@
   dtype, seeds, data, batch stream, model, loss, lambda_0, optimizer, warmup rule);
 * :mod:`~catapult.engine.step`: the step semantics both engines share (row, divergence rule,
   measurement cadence);
+* :mod:`~catapult.engine.step_lr`: each step's lr and threshold in the local loop, set as
+  ``schedules.attach``'s scheduler would set them, at a lookup a step;
 * :mod:`~catapult.engine.loop`: :func:`run` -- the step semantics (its docstring is the
   contract a batched engine reproduces) and the training loop, :func:`train`, which
   :mod:`~catapult.engine.distributed`'s data-parallel runs use too;
