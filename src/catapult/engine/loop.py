@@ -308,6 +308,7 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
     matvecs_total = sum(int(e.matvecs) for e in lambda0_all)
     unconverged = sum(int(not e.converged) for e in lambda0_all)
     measurements = 0
+    spectrum_unconverged = 0  # top-k solves (the eig_i columns) that did not converge
     warm: torch.Tensor | None = setup.start_vector
     cold_start = setup.start_vector if config["eval"]["sharpness_start"] == "cold" else None
 
@@ -384,7 +385,9 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
                 if kind_t != rule.kind:  # a kind that changes during the run: say which
                     row[STEP_KIND_COLUMN] = kind_t
                 if rule.spectrum is not None:  # eval.spectrum_top_k / eval.trace_matvecs
-                    row.update(rule.spectrum(model, loss_fn, (x, y), optimizer, kind=kind_t))
+                    entries, spectrum_converged = rule.spectrum(model, loss_fn, (x, y), optimizer, kind=kind_t)
+                    row.update(entries)
+                    spectrum_unconverged += int(spectrum_converged is False)
 
             if x_test is not None and evaluates_test(t, test_every, steps):
                 row["test_loss"], row["test_accuracy"] = processes.evaluate(model, loss_fn, x_test, y_test)
@@ -416,7 +419,7 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
         threshold_target=threshold(optimizer, lr_trgt * optimizer.param_groups[0].get("lr_mult", 1.0)),
         n_params=setup.n_params, device=setup.device, sharpness_kind=rule.kind, matvecs_total=matvecs_total,
         measurements=measurements, unconverged=unconverged, wall_time=time.perf_counter() - started,
-        collapsed=collapsed, lambda0_batches=len(lambda0_all) or None, failure=failure,
+        spectrum_unconverged=spectrum_unconverged, collapsed=collapsed, lambda0_batches=len(lambda0_all) or None, failure=failure,
     )
     status = summary["status"]  # the paper's accuracy rule and the collapse rule (engine.step.final_status)
     reporter.close(status + (f" ({summary['failure']})" if summary.get("failure") else ""))

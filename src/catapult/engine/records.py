@@ -221,7 +221,8 @@ def threshold_label(config: Mapping[str, Any], sharpness_kind: str) -> str:
 def summarize(config, metrics, *, status, diverged_at, lambda_0, lr_trgt, threshold_target, n_params, device,
                sharpness_kind,
                matvecs_total, measurements, unconverged, wall_time, collapsed: bool = False,
-              lambda0_batches: int | None = None, failure: str | None = None) -> dict:
+              lambda0_batches: int | None = None, failure: str | None = None,
+              spectrum_unconverged: int = 0) -> dict:
     """The run's scalars (``summary.json``). Non-finite numbers become ``null`` in the file.
 
     ``status`` is the loop's (``finished``/``diverged``); the summary's is
@@ -232,6 +233,9 @@ def summarize(config, metrics, *, status, diverged_at, lambda_0, lr_trgt, thresh
     no final test loss, test accuracy or sharpness (``None``, as in the sweep store): its last
     evaluation came before it blew up and would flatter it; its best and peak values stay. Nor a
     final training accuracy where its last loss is not finite (the outputs it would count are not).
+    ``unconverged`` counts the sharpness solves that did not reach ``eval.sharpness_tol``
+    (``sharpness_unconverged``), ``spectrum_unconverged`` the top-k solves of the ``eig_i``
+    columns that did not (``eval.spectrum_top_k``; 0 where none was taken).
     """
     losses = [r["train_loss"] for r in metrics if finite(r["train_loss"])]
     sharp = [(r["step"], r["sharpness"]) for r in metrics if r["sharpness"] is not None]
@@ -284,6 +288,7 @@ def summarize(config, metrics, *, status, diverged_at, lambda_0, lr_trgt, thresh
         "sharpness_measurements": measurements,
         "sharpness_matvecs": matvecs_total,
         "sharpness_unconverged": unconverged,
+        "spectrum_unconverged": spectrum_unconverged,
         "num_params": n_params,
         "device": str(device),
         "dtype": config["dtype"],
@@ -317,4 +322,11 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     if summary["sharpness_measurements"]:
         lines.append(f"  sharpness: final {fmt(summary['final_sharpness'])}  threshold at lr_trgt "
                      f"{fmt(summary['threshold_target'])}  catapult: {'yes' if summary['catapult'] else 'no'}")
+    # solves that stopped short of eval.sharpness_tol: their values are logged, unmarked per row
+    # (a summary written before spectrum_unconverged existed has no such key)
+    short = [f"{n} {what}" for key, what in (("sharpness_unconverged", "sharpness"), ("spectrum_unconverged", "top-k (eig_i)"))
+             if (n := summary.get(key))]
+    if short:
+        lines.append(f"  NOT converged to eval.sharpness_tol: {', '.join(short)} solve(s); their values are "
+                     f"approximate (raise eval.sharpness_max_iter)")
     return "\n".join(lines)

@@ -197,7 +197,9 @@ class SharpnessRule:
     kind: str
     hessian: Callable
     measure: Callable
-    spectrum: Callable | None = None  # (model, loss_fn, batch, optimizer[, kind]) -> row entries
+    # (model, loss_fn, batch, optimizer[, kind]) -> (row entries, whether the top-k solve converged:
+    # None without one, eval.spectrum_top_k 0; the Hutch++ trace spends a fixed budget, no test)
+    spectrum: Callable | None = None
 
     def kind_at(self, optimizer: torch.optim.Optimizer, t: int) -> str:
         """The kind measured at row ``t`` (:func:`step_kind`)."""
@@ -252,13 +254,14 @@ def sharpness_rule(config: Mapping[str, Any], model: nn.Module | None = None, *,
 
     def spectrum(model, loss_fn, batch, optimizer, kind: str | None = None):
         """eig_1..eig_k and hessian_trace of the operator whose top eigenvalue the row's sharpness
-        is: P^-1/2 H P^-1/2 (preconditioned), M^1/2 H M^1/2 (lr_scaled), else H."""
+        is: P^-1/2 H P^-1/2 (preconditioned), M^1/2 H M^1/2 (lr_scaled), else H; and whether the
+        top-k solve converged (None: none taken), which the run's ``spectrum_unconverged`` counts."""
         opt = optimizer if (kind or rule_kind) in ("preconditioned", "lr_scaled") else None
         eig, trace = spectrum_estimates(config, model, loss_fn, batch, top_k=top_k,
                                         trace_matvecs=trace_matvecs, optimizer=opt, distributed=distributed)
         row = {} if eig is None else {f"eig_{i + 1}": float(v) for i, v in enumerate(eig.values)}
         if trace is not None:
             row["hessian_trace"] = trace
-        return row
+        return row, (None if eig is None else bool(eig.converged))
 
     return SharpnessRule(kind, hessian, measure, spectrum if (top_k or trace_matvecs) else None)
