@@ -135,3 +135,21 @@ def test_mixup_of_soft_float64_targets_mixes_them_as_given():
     assert tm.dtype == torch.float64
     np.testing.assert_allclose(tm.numpy(), expected, rtol=1e-15, atol=1e-15)
     np.testing.assert_allclose(tm.sum(1).numpy(), np.ones(5), rtol=1e-14)
+
+
+def test_pad_crop_images_refuses_offsets_outside_0_to_2pad():
+    """rows=-1 read the padded image from its far end (the last padding row landed on top of the
+    image, silently); offsets past 2 pad, a negative pad and one offset per image are checked too."""
+    from catapult.data.augment import pad_crop_images
+    x = torch.arange(1.0, 10.0).reshape(1, 1, 3, 3)
+    good = pad_crop_images(x, 1, torch.tensor([2]), torch.tensor([1]))   # shift up by one
+    assert good.flatten().tolist() == [4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 0.0, 0.0, 0.0]
+    for rows, cols, label in ((-1, 1, "rows"), (1, -2, "cols"), (3, 1, "rows")):
+        with pytest.raises(ValueError, match=rf"{label} must lie in 0\.\.2"):
+            pad_crop_images(x, 1, torch.tensor([rows]), torch.tensor([cols]))
+    with pytest.raises(ValueError, match="pad must be an integer >= 0"):
+        pad_crop_images(x, -1, torch.tensor([0]), torch.tensor([0]))
+    with pytest.raises(ValueError, match=r"rows must be an integer tensor of shape \(1,\)"):
+        pad_crop_images(x, 1, torch.tensor([1, 1]), torch.tensor([1]))
+    with pytest.raises(ValueError, match="cols must be an integer tensor"):
+        pad_crop_images(x, 1, torch.tensor([1]), torch.tensor([1.0]))

@@ -47,13 +47,39 @@ def flip_images(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
 def pad_crop_images(x: torch.Tensor, pad: int, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """``out[n] = zero_pad(x[n], pad)[:, rows[n] : rows[n] + H, cols[n] : cols[n] + W]``.
 
-    ``rows``, ``cols``: integer offsets in ``0..2 pad`` (``pad`` = no shift).
+    ``rows``, ``cols``: integer offsets in ``0..2 pad`` (``pad`` = no shift), one per image; a
+    ValueError names the argument otherwise (a negative offset read the padded image from its
+    far end: ``rows = -1`` put the last padding row on top of the image, silently).
 
     Example (shift a 1x3 image one pixel right, zeros come in on the left):
         >>> x = torch.tensor([[[[1.0, 2.0, 3.0]]]])
         >>> pad_crop_images(x, 1, torch.tensor([1]), torch.tensor([0])).flatten().tolist()
         [0.0, 1.0, 2.0]
     """
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        raise ValueError(f"pad_crop_images: x must be images (N, C, H, W); got {_shape_of(x)}")
+    p = as_integer(pad)
+    if p is None or p < 0:
+        raise ValueError(f"pad_crop_images: pad must be an integer >= 0; got {pad!r}")
+    for label, offsets in (("rows", rows), ("cols", cols)):
+        if not isinstance(offsets, torch.Tensor) or offsets.shape != (x.shape[0],) or offsets.is_floating_point() \
+                or offsets.is_complex() or offsets.dtype == torch.bool:
+            raise ValueError(f"pad_crop_images: {label} must be an integer tensor of shape ({x.shape[0]},) "
+                             f"(one offset per image); got {_shape_of(offsets)}")
+        if offsets.numel() and not (0 <= int(offsets.min()) and int(offsets.max()) <= 2 * p):
+            raise ValueError(f"pad_crop_images: {label} must lie in 0..{2 * p} (2 pad); got values from "
+                             f"{int(offsets.min())} to {int(offsets.max())}")
+    return _pad_crop(x, p, rows, cols)
+
+
+def _shape_of(value: object) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return repr(value) if isinstance(value, (int, float, str)) else type(value).__name__
+
+
+def _pad_crop(x: torch.Tensor, pad: int, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    # Augment's path: its offsets are drawn in 0..2 pad, so no per-batch scan of them (a sync on GPU)
     n, c, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))
     r = rows.view(n, 1) + torch.arange(h, device=x.device)          # (N, H)
@@ -154,8 +180,8 @@ class Augment:
         if self.flip:
             x = flip_images(x, torch.as_tensor(flips, device=device))
         if self.crop:
-            x = pad_crop_images(x, int(self.crop), torch.as_tensor(offsets[0], device=device),
-                                torch.as_tensor(offsets[1], device=device))
+            x = _pad_crop(x, int(self.crop), torch.as_tensor(offsets[0], device=device),
+                          torch.as_tensor(offsets[1], device=device))
         if lam is not None:
             targets = y if y.is_floating_point() else F.one_hot(y.long(), int(self.num_classes)).to(x.dtype)
             x, y = mixup_batch(x, targets, torch.as_tensor(partner, device=device),
