@@ -153,3 +153,22 @@ def test_pad_crop_images_refuses_offsets_outside_0_to_2pad():
         pad_crop_images(x, 1, torch.tensor([1, 1]), torch.tensor([1]))
     with pytest.raises(ValueError, match="cols must be an integer tensor"):
         pad_crop_images(x, 1, torch.tensor([1]), torch.tensor([1.0]))
+
+
+def test_mixup_batch_checks_lam_targets_and_partner():
+    """A float lam raised AttributeError; integer targets cast lam to 0 (every sample took its
+    partner's label, silently); lam = 1.5 or NaN extrapolated past both samples."""
+    from catapult.data.augment import mixup_batch
+    x, t, partner = torch.tensor([[0.0], [4.0]]), torch.eye(2), torch.tensor([1, 0])
+    xm, tm = mixup_batch(x, t, partner, 0.75)                      # one weight for the batch
+    assert xm.flatten().tolist() == [1.0, 3.0] and tm.tolist() == [[0.75, 0.25], [0.25, 0.75]]
+    assert mixup_batch(x, t, partner, torch.tensor(0.25))[0].flatten().tolist() == [3.0, 1.0]
+    for lam in (1.5, float("nan"), -0.1, "0.5", torch.tensor([0.5, 1.5]), torch.tensor([0.5, float("nan")])):
+        with pytest.raises(ValueError, match="lam must"):
+            mixup_batch(x, t, partner, lam)
+    with pytest.raises(ValueError, match=r"lam must be .* shape \(2,\)"):
+        mixup_batch(x, t, partner, torch.tensor([0.2, 0.3, 0.4]))
+    with pytest.raises(TypeError, match="targets must be floating-point soft targets"):
+        mixup_batch(x, torch.eye(2, dtype=torch.long), partner, torch.tensor([0.75, 0.75]))
+    with pytest.raises(TypeError, match="partner must be an integer tensor"):
+        mixup_batch(x, t, torch.tensor([1.0, 0.0]), 0.5)

@@ -89,16 +89,49 @@ def _pad_crop(x: torch.Tensor, pad: int, rows: torch.Tensor, cols: torch.Tensor)
 
 
 def mixup_batch(x: torch.Tensor, targets: torch.Tensor, partner: torch.Tensor,
-                lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                lam: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
     """``(lam x + (1 - lam) x[partner], lam t + (1 - lam) t[partner])`` per sample (``t``: float
-    targets of shape ``(N, K)``).
+    targets of shape ``(N, K)``; ``partner``: integer indices of shape ``(N,)``).
+
+    ``lam``: weights in ``[0, 1]``, one per sample (shape ``(N,)``) or one number for the whole
+    batch (a float or a 0-d tensor). A ValueError/TypeError names the argument otherwise: integer
+    targets cast the weights to 0 (every sample took its partner's label, silently), and weights
+    outside ``[0, 1]`` or NaN extrapolated past both samples.
 
     Example:
         >>> x, t = torch.tensor([[0.0], [4.0]]), torch.eye(2)
         >>> xm, tm = mixup_batch(x, t, torch.tensor([1, 0]), torch.tensor([0.75, 1.0]))
         >>> xm.flatten().tolist(), tm.tolist()
         ([1.0, 4.0], [[0.75, 0.25], [0.0, 1.0]])
+        >>> mixup_batch(x, t, torch.tensor([1, 0]), 0.5)[1].tolist()
+        [[0.5, 0.5], [0.5, 0.5]]
     """
+    if not isinstance(x, torch.Tensor) or x.dim() < 1 or not x.is_floating_point():
+        raise TypeError(f"mixup_batch: x must be a floating-point tensor (N, ...); got {_shape_of(x)}")
+    n = x.shape[0]
+    if not isinstance(targets, torch.Tensor) or targets.shape[:1] != (n,) or targets.dim() != 2 \
+            or not targets.is_floating_point():
+        raise TypeError(f"mixup_batch: targets must be floating-point soft targets of shape ({n}, K) "
+                        f"(one-hot integer labels first); got {_shape_of(targets)}")
+    if not isinstance(partner, torch.Tensor) or partner.shape != (n,) or partner.is_floating_point() \
+            or partner.is_complex() or partner.dtype == torch.bool:
+        raise TypeError(f"mixup_batch: partner must be an integer tensor of shape ({n},); got {_shape_of(partner)}")
+    if isinstance(lam, torch.Tensor):
+        if lam.shape not in ((), (n,)) or not lam.is_floating_point():
+            raise ValueError(f"mixup_batch: lam must be a float, a 0-d tensor or a floating-point tensor of "
+                             f"shape ({n},); got {_shape_of(lam)}")
+        if lam.numel() and not bool(((lam >= 0) & (lam <= 1)).all()):
+            got = "NaN" if bool(lam.isnan().any()) else f"values from {float(lam.min())} to {float(lam.max())}"
+            raise ValueError(f"mixup_batch: lam must lie in [0, 1]; got {got}")
+        lam = lam.expand(n)
+    else:
+        lam = torch.full((n,), check_real("mixup_batch", "lam", lam, low=0.0, high=1.0), device=x.device)
+    return _mixup(x, targets, partner, lam)
+
+
+def _mixup(x: torch.Tensor, targets: torch.Tensor, partner: torch.Tensor,
+           lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # Augment's path: its weights are Beta draws and its targets float, so no per-batch checks
     shape = (-1,) + (1,) * (x.dim() - 1)
     lam_x = lam.to(x.dtype).view(shape)
     lam_t = lam.to(targets.dtype).view(-1, 1)
@@ -184,6 +217,6 @@ class Augment:
                           torch.as_tensor(offsets[1], device=device))
         if lam is not None:
             targets = y if y.is_floating_point() else F.one_hot(y.long(), int(self.num_classes)).to(x.dtype)
-            x, y = mixup_batch(x, targets, torch.as_tensor(partner, device=device),
-                               torch.as_tensor(lam, device=device))
+            x, y = _mixup(x, targets, torch.as_tensor(partner, device=device),
+                          torch.as_tensor(lam, device=device))
         return x, y
