@@ -283,3 +283,12 @@ def test_a_few_nul_characters_in_utf8_text_are_kept(tmp_path):
 
     (tmp_path / "corpus.txt").write_text("some text \0 with a NUL in it\n" * 5)
     assert "\0" in load_text(tmp_path / "corpus.txt").vocab.chars
+
+
+def test_load_text_codec_errors_name_the_file(tmp_path):
+    """UTF-16 without a byte-order mark raised the codec's bare UnicodeError ("UTF-16 stream does
+    not start with BOM"), naming neither the file nor the encoding."""
+    f = tmp_path / "plain.txt"
+    f.write_bytes(b"hello world, twice: hello world\n")
+    with pytest.raises(ValueError, match=r"plain\.txt: not valid utf-16 text \(UTF-16 stream does not start with BOM"):
+        load_text(f, encoding="utf-16")

@@ -286,9 +286,10 @@ def _read(path: Path, encoding: str) -> str:
         with read_errors_named(path):
             text = path.read_text(encoding="utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8")
                                   else encoding)
-    except UnicodeDecodeError as exc:
+    except UnicodeError as exc:  # UnicodeDecodeError, or a codec's own ("UTF-16 stream does not start with BOM")
+        source = _source_encoding(exc.object) if isinstance(exc, UnicodeDecodeError) else "<its encoding>"
         raise ValueError(f"{path}: not valid {encoding} text ({exc}); re-save it as {encoding}, e.g. "
-                         f"`iconv -f {_source_encoding(exc.object)} -t utf-8` (from Python, load_text(..., "
+                         f"`iconv -f {source} -t utf-8` (from Python, load_text(..., "
                          f"encoding=...) reads other encodings into a character-level corpus)") from exc
     if not text:
         raise ValueError(f"{path}: the file is empty")
