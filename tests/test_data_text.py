@@ -292,3 +292,13 @@ def test_load_text_codec_errors_name_the_file(tmp_path):
     f.write_bytes(b"hello world, twice: hello world\n")
     with pytest.raises(ValueError, match=r"plain\.txt: not valid utf-16 text \(UTF-16 stream does not start with BOM"):
         load_text(f, encoding="utf-16")
+
+
+def test_load_text_refuses_codecs_that_are_no_text_encoding(tmp_path):
+    """encoding='rot13' passed the codec lookup and failed at the first file with Python's
+    "'rot13' is not a text encoding; use codecs.open()" LookupError, naming no argument."""
+    f = tmp_path / "plain.txt"
+    f.write_text("hello world, twice: hello world\n")
+    for enc in ("rot13", "base64", "zlib"):
+        with pytest.raises(ValueError, match=rf"load_text: encoding must be a text encoding .*'{enc}'"):
+            load_text(f, encoding=enc)

@@ -339,10 +339,13 @@ def text_splits(path_or_dir: str | os.PathLike, *, val_fraction: float = 0.1,
     """``(name, train, val, test)`` texts of a user's files, split as `load_text` describes."""
     _check_fraction(val_fraction)
     try:
-        codecs.lookup(encoding)
+        codec = codecs.lookup(encoding)
     except (LookupError, TypeError):  # before any file: Python's "unknown encoding: bogus" named no argument
         raise ValueError(f"load_text: encoding must be a codec Python knows (utf-8, latin1, utf-16, ...); "
                          f"got {encoding!r}") from None
+    if not getattr(codec, "_is_text_encoding", True):  # rot13, base64, zlib: LookupError at the first file
+        raise ValueError(f"load_text: encoding must be a text encoding (utf-8, latin1, utf-16, ...); "
+                         f"{encoding!r} is a bytes-to-bytes or str-to-str codec")
     path = Path(path_or_dir).expanduser()
     if path.is_file():
         text = _read(path, encoding)
