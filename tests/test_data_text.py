@@ -302,3 +302,13 @@ def test_load_text_refuses_codecs_that_are_no_text_encoding(tmp_path):
     for enc in ("rot13", "base64", "zlib"):
         with pytest.raises(ValueError, match=rf"load_text: encoding must be a text encoding .*'{enc}'"):
             load_text(f, encoding=enc)
+
+
+def test_load_text_drops_the_utf8_byte_order_mark_under_every_alias(tmp_path):
+    """encoding='u8' or 'utf' (Python's aliases of UTF-8) kept a leading byte-order mark as U+FEFF,
+    an extra token of the vocabulary (10 characters where the text has 9), silently."""
+    f = tmp_path / "bom.txt"
+    f.write_bytes(b"\xef\xbb\xbf" + b"hello world hello world\n")
+    for enc in ("utf-8", "u8", "utf", "UTF_8", "utf8"):
+        corpus = load_text(f, encoding=enc)
+        assert corpus.vocab_size == len(set("hello world hello world\n")) == 9, enc

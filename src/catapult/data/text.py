@@ -284,8 +284,8 @@ def _read(path: Path, encoding: str) -> str:
     try:
         # a UTF-8 byte-order mark is no text: it stayed in as U+FEFF, a token of the corpus
         with read_errors_named(path):
-            text = path.read_text(encoding="utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8")
-                                  else encoding)
+            # by the codec's own name: the aliases "u8", "utf", "UTF_8" kept the mark
+            text = path.read_text(encoding="utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding)
     except UnicodeError as exc:  # UnicodeDecodeError, or a codec's own ("UTF-16 stream does not start with BOM")
         source = _source_encoding(exc.object) if isinstance(exc, UnicodeDecodeError) else "<its encoding>"
         raise ValueError(f"{path}: not valid {encoding} text ({exc}); re-save it as {encoding}, e.g. "
