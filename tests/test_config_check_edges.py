@@ -40,3 +40,19 @@ def test_gpt_heads_must_divide_the_width(width, heads, ok):
 def test_only_the_persistent_warmup_is_refused_a_decay():
     assert _keys({"schedule": {"warmup": "persistent", "decay": "cosine"}, "train": {"steps": 50}}) == ["schedule.decay"]
     assert _keys({"schedule": {"warmup": "catapult", "decay": "cosine"}, "train": {"steps": 50}}) == []
+
+
+def test_checks_is_a_flag_not_a_list_of_checks(tmp_path):
+    """validate(config, checks=[]) skipped every cross-key check (a decay ending before its warmup
+    passed), and checks=[my_check] ran the built-in ones only, silently; load_config likewise."""
+    short = {"schedule": {"decay": "cosine", "warmup_steps": 5}, "train": {"steps": 5}}
+    assert _keys(short) == ["schedule.decay"]
+    assert cfg.validate(short, checks=False)["train"]["steps"] == 5
+    for checks in ([], [lambda config: []], "yes", None):
+        with pytest.raises(TypeError, match="validate: checks must be True or False"):
+            cfg.validate(short, checks=checks)
+    path = tmp_path / "short.yaml"
+    path.write_text("train:\n  steps: 5\n")
+    assert cfg.load_config(path, checks=0)["train"]["steps"] == 5
+    with pytest.raises(TypeError, match="load_config: checks must be True or False"):
+        cfg.load_config(path, checks=[])

@@ -13,6 +13,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 from pydantic import BaseModel
 
+from catapult.arguments import check_flag
 from catapult.config.errors import ConfigError
 from catapult.config.schema import section_model, unknown_key, validate
 from catapult.config.sections import RunConfig
@@ -364,6 +365,7 @@ def load_config(path: str | Path, overrides: Iterable[str] = (), set_aside: dict
     written in the file names the key's line and column there. ``checks=False``: each key on its
     own only (:func:`~catapult.config.validate`'s).
     """
+    checks = check_flag("load_config", "checks", checks)  # a flag: checks=[] skipped the cross-key checks
     path = Path(path)
     mapping, positions = read_yaml(path)
     for section in STUDY_SECTIONS:

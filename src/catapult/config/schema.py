@@ -15,6 +15,7 @@ from typing import Any, Mapping
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
+from catapult.arguments import check_flag
 from catapult.config.checks import CHECKS
 from catapult.config.errors import ConfigError, describe, unknown_key_message
 from catapult.config.options import Option
@@ -169,9 +170,12 @@ def validate(mapping: Mapping[str, Any] | None, model: type[BaseModel] = RunConf
 
     ``checks=False`` leaves out the cross-key :data:`~catapult.config.checks.CHECKS`: every key
     valid on its own is all it asks (a sweep's base config, whose swept keys each cell replaces).
+    ``checks`` is a flag, not a list of checks: anything but True/False (or 0/1) is a TypeError
+    (``checks=[]`` skipped every cross-key check, and ``checks=[my_check]`` ran the built-in ones
+    only, silently).
 
     >>> short = {"train": {"steps": 5}, "schedule": {"decay": "cosine", "warmup_steps": 10}}
     >>> validate(short, checks=False)["train"]["steps"]
     5
     """
-    return _checked(mapping, model, checks)[1]
+    return _checked(mapping, model, check_flag("validate", "checks", checks))[1]
