@@ -99,6 +99,7 @@ def plot_trajectories(
     from catapult.analysis import detect_catapults
 
     preconditioned = check_flag("plot_trajectories", "preconditioned", preconditioned)  # "no": preconditioned
+    check_runs("plot_trajectories", runs)
     spectra = {label: _spectrum_keys(metrics) for label, metrics in runs.items()}
     with_spectrum = any(eigs or trace for eigs, trace in spectra.values())
     fig = Figure(figsize=(16, 4.2) if with_spectrum else (11, 4.2), layout="constrained")
@@ -213,6 +214,21 @@ def _clip_threshold_axis(ax, runs: Mapping[str, Metrics]) -> None:
     if finals:
         low, high = min(low, min(finals)), max(high, max(finals))
     ax.set_ylim(low / 2.0, high * 8.0)
+
+
+def check_runs(owner: str, runs: Any) -> None:
+    """Raise unless ``runs`` is a non-empty mapping label -> per-step metrics (``{}`` drew empty
+    panels, silently; a bare list of rows raised AttributeError).
+
+    >>> check_runs("plot_trajectories", {})
+    Traceback (most recent call last):
+    ValueError: plot_trajectories: runs is empty: no run to draw (give {label: metrics rows})
+    """
+    if not isinstance(runs, Mapping):
+        raise TypeError(f"{owner}: runs must map a legend label to a run's metrics rows "
+                        f"({{'run': rows}}); got {type(runs).__name__}")
+    if not runs:
+        raise ValueError(f"{owner}: runs is empty: no run to draw (give {{label: metrics rows}})")
 
 
 def plot_run(metrics: Metrics, path: str | Path | BinaryIO | None = None, *, title: str | None = None,

@@ -483,6 +483,9 @@ def plot_cell_trajectories(runs: Mapping[str, Sequence[Mapping[str, Any]]], path
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from catapult.engine.trajectories import check_runs
+
+    check_runs("plot_cell_trajectories", runs)
     statuses = dict(statuses or {})
     with_sharpness = any(is_finite_number(r.get("sharpness")) for rows in runs.values() for r in rows)
     panels = ["train_loss", "test_accuracy", "lr"] + (["sharpness"] if with_sharpness else [])
