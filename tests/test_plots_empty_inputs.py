@@ -20,3 +20,31 @@ def test_runs_must_be_a_non_empty_mapping(plot):
         plot(ROWS)
     fig = plot({"a": ROWS})                      # one run: its two loss points are drawn
     assert any(list(line.get_xdata()) == [0, 1] for line in fig.axes[0].lines)
+
+
+def test_plot_spectral_density_checks_density_and_marks():
+    """An empty grid raised NumPy's "zero-size array to reduction operation maximum", a plain dict
+    AttributeError; marks="12" drew dashed lines at eigenvalues 1 and 2, silently."""
+    import numpy as np
+    import torch
+
+    from catapult.plots import plot_spectral_density
+
+    class Density:
+        def __init__(self, grid, density):
+            self.grid, self.density = grid, density
+
+    good = Density(np.linspace(0.0, 2.0, 5), np.ones(5))
+    fig = plot_spectral_density(good, marks=torch.tensor([1.5, 0.5]), log=False)
+    assert sorted(line.get_xdata()[0] for line in fig.axes[0].lines[1:]) == [0.5, 1.5]
+    with pytest.raises(ValueError, match="non-empty 1-d arrays of one length; got shapes \\(0,\\) and \\(0,\\)"):
+        plot_spectral_density(Density(np.array([]), np.array([])))
+    with pytest.raises(ValueError, match="got shapes \\(3,\\) and \\(4,\\)"):
+        plot_spectral_density(Density(np.arange(3.0), np.ones(4)))
+    with pytest.raises(TypeError, match="density must have .grid and .density"):
+        plot_spectral_density({"grid": [0.0, 1.0], "density": [1.0, 1.0]})
+    for marks in ("12", 3.0):
+        with pytest.raises(TypeError, match="marks must be a sequence of eigenvalues"):
+            plot_spectral_density(good, marks=marks)
+    with pytest.raises(ValueError, match="marks must be finite"):
+        plot_spectral_density(good, marks=[1.0, float("nan")])
