@@ -17,7 +17,7 @@ from catapult.arguments import check_flag
 from catapult.engine.records import is_spectrum_column, metric_columns
 from catapult.files import MARK
 from catapult.writing import csv_text, write_text_whole, write_whole
-from catapult.sweep.store import BEST_METRICS, FINAL_METRICS
+from catapult.sweep.store_schema import BEST_METRICS, FINAL_METRICS  # not .store: it re-exports this module
 
 __all__ = ["EXPORT_COLUMNS", "AGGREGATE_METRICS", "export_table", "aggregate_table", "mean_std", "last_spectrum", "spectrum_columns",
            "write_csv", "write_parquet"]
