@@ -172,3 +172,16 @@ def test_mixup_batch_checks_lam_targets_and_partner():
         mixup_batch(x, torch.eye(2, dtype=torch.long), partner, torch.tensor([0.75, 0.75]))
     with pytest.raises(TypeError, match="partner must be an integer tensor"):
         mixup_batch(x, t, torch.tensor([1.0, 0.0]), 0.5)
+
+
+def test_flip_images_checks_shapes():
+    """flip of shape (1,) was broadcast (every image mirrored) and a 3-d x came back 4-d, silently."""
+    from catapult.data.augment import flip_images
+    x = torch.arange(4.0).reshape(2, 1, 1, 2)
+    assert flip_images(x, torch.tensor([False, True])).flatten().tolist() == [0.0, 1.0, 3.0, 2.0]
+    with pytest.raises(ValueError, match=r"flip must be a bool tensor of shape \(2,\)"):
+        flip_images(x, torch.tensor([True]))
+    with pytest.raises(ValueError, match="flip must be a bool tensor"):
+        flip_images(x, torch.tensor([1, 0]))
+    with pytest.raises(ValueError, match=r"x must be images \(N, C, H, W\)"):
+        flip_images(x.reshape(2, 1, 2), torch.tensor([True, False]))

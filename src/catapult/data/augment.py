@@ -40,7 +40,16 @@ def flip_images(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
         >>> x = torch.arange(4.0).reshape(2, 1, 1, 2)
         >>> flip_images(x, torch.tensor([True, False])).flatten().tolist()
         [1.0, 0.0, 2.0, 3.0]
+
+    ``x``: images ``(N, C, H, W)``; ``flip``: a bool tensor of shape ``(N,)``. Anything else is a
+    ValueError naming it (shapes only: no scan of the values): ``flip`` of shape ``(1,)`` was
+    broadcast and mirrored every image, a 3-d ``x`` came back with an extra dimension, silently.
     """
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        raise ValueError(f"flip_images: x must be images (N, C, H, W); got {_shape_of(x)}")
+    if not isinstance(flip, torch.Tensor) or flip.dtype != torch.bool or flip.shape != (x.shape[0],):
+        raise ValueError(f"flip_images: flip must be a bool tensor of shape ({x.shape[0]},) (one per image); "
+                         f"got {_shape_of(flip)}")
     return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
 
 
