@@ -48,3 +48,10 @@ def test_plot_spectral_density_checks_density_and_marks():
             plot_spectral_density(good, marks=marks)
     with pytest.raises(ValueError, match="marks must be finite"):
         plot_spectral_density(good, marks=[1.0, float("nan")])
+
+
+def test_transfer_curves_without_swept_keys_says_so():
+    """axes=[] said "--x 'optimizer.lr' is not a swept key; swept keys: " (an empty list)."""
+    from catapult.plots.transfer import transfer_curves
+    with pytest.raises(ValueError, match="transfer_curves: axes is empty"):
+        transfer_curves([], [])

@@ -107,6 +107,8 @@ def transfer_curves(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[s
     if metric not in TRANSFER_METRICS:
         raise ValueError(f"unknown metric {metric!r}; allowed: {', '.join(TRANSFER_METRICS)}")
     swept = {a["key"] for a in axes}
+    if not swept:  # said "--x 'optimizer.lr' is not a swept key; swept keys: " (an empty list)
+        raise ValueError("transfer_curves: axes is empty: the sweep has no swept keys to draw curves over")
     if x not in swept:
         raise ValueError(f"--x {x!r} is not a swept key; swept keys: {', '.join(sorted(swept))}")
     if strict:
