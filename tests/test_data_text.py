@@ -312,3 +312,15 @@ def test_load_text_drops_the_utf8_byte_order_mark_under_every_alias(tmp_path):
     for enc in ("utf-8", "u8", "utf", "UTF_8", "utf8"):
         corpus = load_text(f, encoding=enc)
         assert corpus.vocab_size == len(set("hello world hello world\n")) == 9, enc
+
+
+def test_load_text_advice_converts_to_the_encoding_asked_for(tmp_path):
+    """encoding='utf-32-le' on a 3-byte file advised "re-save it as utf-32-le, e.g. `iconv -f
+    latin1 -t utf-8`": the command it gave wrote a file the same call refuses again."""
+    f = tmp_path / "short.txt"
+    f.write_bytes(b"caf")
+    with pytest.raises(ValueError, match=r"re-save it as utf-32-le, e.g. `iconv -f latin1 -t utf-32-le`"):
+        load_text(f, encoding="utf-32-le")
+    f.write_bytes("caf\xe9".encode("latin1"))
+    with pytest.raises(ValueError, match=r"`iconv -f latin1 -t utf-8`"):
+        load_text(f)

@@ -289,7 +289,7 @@ def _read(path: Path, encoding: str) -> str:
     except UnicodeError as exc:  # UnicodeDecodeError, or a codec's own ("UTF-16 stream does not start with BOM")
         source = _source_encoding(exc.object) if isinstance(exc, UnicodeDecodeError) else "<its encoding>"
         raise ValueError(f"{path}: not valid {encoding} text ({exc}); re-save it as {encoding}, e.g. "
-                         f"`iconv -f {source} -t utf-8` (from Python, load_text(..., "
+                         f"`iconv -f {source} -t {encoding}` (from Python, load_text(..., "
                          f"encoding=...) reads other encodings into a character-level corpus)") from exc
     if not text:
         raise ValueError(f"{path}: the file is empty")
