@@ -153,3 +153,15 @@ def test_loading_digits_leaves_pythons_global_rng_alone():
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "True"
+
+
+def test_standardize_per_sample_refuses_complex_and_non_tensors():
+    """A complex sample lost its imaginary part (1+1j, 2 -> -1, 1, as if 1, 2), with only NumPy's
+    ComplexWarning; a NumPy array raised AttributeError ('is_floating_point')."""
+    x = torch.tensor([[3.0, 1.0, 2.0]])
+    ref = (np.array([3.0, 1.0, 2.0]) - 2.0) / np.sqrt(2.0 / 3.0)
+    assert np.allclose(standardize_per_sample(x).numpy(), ref)
+    with pytest.raises(TypeError, match="x must be a real tensor .*complex64"):
+        standardize_per_sample(torch.tensor([[1 + 1j, 2 + 0j]]))
+    with pytest.raises(TypeError, match="x must be a real tensor .*ndarray"):
+        standardize_per_sample(np.ones((2, 3)))

@@ -31,6 +31,9 @@ def standardize_per_sample(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """
     # eps=nan made every sample NaN, and eps <= 0 a constant sample 0/0 = NaN (not the zeros promised)
     check_real("standardize_per_sample", "eps", eps, low=0.0, low_open=True)
+    if not isinstance(x, torch.Tensor) or x.is_complex():  # complex: the imaginary part was dropped, silently
+        raise TypeError(f"standardize_per_sample: x must be a real tensor (N, ...); got "
+                        f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}")
     if x.ndim < 2:
         raise ValueError(f"standardize_per_sample expects (N, ...) with a sample dimension, got shape {tuple(x.shape)}")
     out_dtype = x.dtype if x.is_floating_point() else torch.float32
