@@ -165,3 +165,16 @@ def test_standardize_per_sample_refuses_complex_and_non_tensors():
         standardize_per_sample(torch.tensor([[1 + 1j, 2 + 0j]]))
     with pytest.raises(TypeError, match="x must be a real tensor .*ndarray"):
         standardize_per_sample(np.ones((2, 3)))
+
+
+def test_one_hot_checks_num_classes_and_label_shape():
+    """num_classes=-1 said "labels must lie in [0, -1)", 2.5 raised torch's "must be int, not
+    float", and labels of shape (1, 2) came back (1, 2, 2), not the documented (N, num_classes)."""
+    assert one_hot(torch.tensor([2, 0]), np.int64(3)).tolist() == [[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]
+    for k in (-1, 0, 2.5, True, "3"):
+        with pytest.raises(ValueError, match="one_hot: num_classes must be an integer >= 1"):
+            one_hot(torch.tensor([0, 1]), k)
+    with pytest.raises(ValueError, match=r"one_hot: labels must be a 1-d tensor .*\(1, 2\)"):
+        one_hot(torch.tensor([[0, 1]]), 2)
+    with pytest.raises(ValueError, match="labels must be a 1-d tensor .*list"):
+        one_hot([0, 1], 2)

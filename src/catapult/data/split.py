@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from catapult.arguments import check_real
+from catapult.arguments import as_integer, check_real
 
 __all__ = ["Split", "standardize_per_sample", "first_n", "one_hot"]
 
@@ -68,7 +68,16 @@ def first_n(tensor: torch.Tensor, n: int | None, *, what: str = "n", name: str =
 
 def one_hot(labels: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """One-hot rows: ``out[i, labels[i]] = 1`` and 0 elsewhere, shape ``(N, num_classes)``."""
-    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+    # num_classes=-1 said "labels must lie in [0, -1)", 2.5 torch's "must be int, not float", 0 with
+    # no labels "Can not infer total number of classes"; labels of shape (1, N) came back (1, N, K)
+    k = as_integer(num_classes)
+    if k is None or k < 1:
+        raise ValueError(f"one_hot: num_classes must be an integer >= 1; got {num_classes!r}")
+    if not isinstance(labels, torch.Tensor) or labels.ndim != 1:
+        raise ValueError(f"one_hot: labels must be a 1-d tensor of class labels (N,); got "
+                         f"{tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__}")
+    num_classes = k
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
         raise TypeError(f"one_hot expects integer class labels, got dtype {labels.dtype}")
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
         raise ValueError(f"labels must lie in [0, {num_classes}), got range "
