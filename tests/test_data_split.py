@@ -178,3 +178,16 @@ def test_one_hot_checks_num_classes_and_label_shape():
         one_hot(torch.tensor([[0, 1]]), 2)
     with pytest.raises(ValueError, match="labels must be a 1-d tensor .*list"):
         one_hot([0, 1], 2)
+
+
+def test_counts_take_numpy_integers():
+    """n_train=np.int64(100) was refused ("n_train must be an int or None, got np.int64(100)"),
+    though the solvers' counts take NumPy integers (catapult.arguments.as_integer)."""
+    x = torch.arange(10.0)
+    assert first_n(x, np.int64(3)).tolist() == [0.0, 1.0, 2.0]
+    assert first_n(x, torch.tensor(2)).tolist() == [0.0, 1.0]
+    for bad in (2.0, True, "3"):
+        with pytest.raises(TypeError, match="n must be an int or None"):
+            first_n(x, bad)
+    with pytest.raises(ValueError, match="first_n: tensor must have a first"):
+        first_n(torch.tensor(5.0), 1)

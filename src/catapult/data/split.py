@@ -52,8 +52,9 @@ def check_count(n: int | None, available: int, what: str, name: str) -> int:
     """Validate a requested sample count `n` (None = all) against `available`."""
     if n is None:
         return available
-    if isinstance(n, bool) or not isinstance(n, int):
+    if as_integer(n) is None:  # a NumPy integer (n_train=np.int64(100)) was refused as "not an int"
         raise TypeError(f"{what} must be an int or None, got {n!r} ({type(n).__name__})")
+    n = as_integer(n)
     if n < 0:
         raise ValueError(f"{what} must be >= 0, got {n}")
     if n > available:
@@ -63,6 +64,9 @@ def check_count(n: int | None, available: int, what: str, name: str) -> int:
 
 def first_n(tensor: torch.Tensor, n: int | None, *, what: str = "n", name: str = "the data") -> torch.Tensor:
     """The first ``n`` rows of ``tensor`` (all when ``n`` is None); an error if there are fewer."""
+    if not isinstance(tensor, torch.Tensor) or tensor.ndim < 1:  # a 0-d tensor: "tuple index out of range"
+        raise ValueError(f"first_n: tensor must have a first (sample) dimension; got "
+                         f"{tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__}")
     return tensor[: check_count(n, tensor.shape[0], what, name)]
 
 
