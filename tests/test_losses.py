@@ -78,3 +78,20 @@ def test_accuracy_of_soft_targets_counts_their_own_argmax_as_the_class(one_sync)
     assert accuracy(outputs, targets) == pytest.approx(2 / 3, abs=0)
     loss = torch.tensor(1.25)
     assert loss_and_accuracy(loss, outputs, targets, one_sync=one_sync) == (1.25, pytest.approx(2 / 3, abs=1e-15))
+
+
+def test_integer_targets_must_match_the_output_rows():
+    """Labels of shape (T, B) for outputs (B, T, K) were flattened and paired with the wrong rows:
+    a loss and an accuracy of other labels, silently."""
+    torch.manual_seed(0)
+    outputs, labels = torch.randn(2, 3, 4), torch.randint(4, (2, 3))
+    logp = torch.log_softmax(outputs, -1).numpy()
+    ref = -np.mean([logp[b, t, labels[b, t]] for b in range(2) for t in range(3)])
+    assert abs(float(cross_entropy(outputs, labels)) - ref) < 1e-6
+    assert abs(float(cross_entropy(outputs, labels.reshape(-1))) - ref) < 1e-6   # flat: row order
+    assert abs(float(cross_entropy(outputs.reshape(6, 4), labels)) - ref) < 1e-6
+    for bad in (labels.T.contiguous(), labels.unsqueeze(-1)):
+        with pytest.raises(ValueError, match=r"cross_entropy: integer targets of shape .* outputs of shape \(2, 3, 4\)"):
+            cross_entropy(outputs, bad)
+        with pytest.raises(ValueError, match=r"accuracy: integer targets of shape"):
+            accuracy(outputs, bad)

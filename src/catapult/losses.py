@@ -49,6 +49,17 @@ def label_range_error(who: str, labels: torch.Tensor, num_classes: int, *, ignor
                       f"dimension): integer targets must be in 0..{num_classes - 1}")
 
 
+def _check_label_shape(who: str, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+    # labels of shape (T, B) for outputs (B, T, K) have the right count and were paired with the
+    # wrong rows after flattening, silently; one label per row, in the rows' own shape, or either
+    # side flat (labels (B*T,), or logits (B*T, K) for labels (B, T)): row order, no ambiguity
+    flat = (targets.dim() == 1 or outputs.dim() == 2) and targets.numel() * outputs.shape[-1] == outputs.numel()
+    if targets.shape != outputs.shape[:-1] and not flat:
+        raise ValueError(f"{who}: integer targets of shape {tuple(targets.shape)} do not match outputs of shape "
+                         f"{tuple(outputs.shape)}: give one label per output row, of shape "
+                         f"{tuple(outputs.shape[:-1])} (or flat)")
+
+
 def one_hot(labels: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32, *,
             who: str = "one_hot") -> torch.Tensor:
     """One-hot encode integer ``labels``: ``out[..., k] = 1.0 if labels[...] == k else 0.0``; a label
@@ -90,6 +101,7 @@ def cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     num_classes = outputs.shape[-1]
     logits = outputs.reshape(-1, num_classes)
     if _is_label_tensor(targets):
+        _check_label_shape("cross_entropy", outputs, targets)
         labels = targets.reshape(-1).long()
         try:
             return F.cross_entropy(logits, labels)
@@ -144,6 +156,7 @@ def _accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> float:
     """:func:`accuracy`'s general path: leading dimensions flattened, float targets' arg-max."""
     flat = outputs.detach().reshape(-1, outputs.shape[-1])
     if _is_label_tensor(targets):
+        _check_label_shape("accuracy", outputs, targets)
         labels = targets.reshape(-1)
     else:
         labels = targets.reshape(-1, targets.shape[-1]).argmax(dim=-1)
