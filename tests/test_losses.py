@@ -95,3 +95,27 @@ def test_integer_targets_must_match_the_output_rows():
             cross_entropy(outputs, bad)
         with pytest.raises(ValueError, match=r"accuracy: integer targets of shape"):
             accuracy(outputs, bad)
+
+
+def test_accuracy_soft_targets_must_match_the_outputs():
+    """Soft targets of shape (3, 2, K) for outputs (2, 3, K) were flattened and paired with the
+    wrong rows, silently (cross_entropy and mse refuse them)."""
+    outputs = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]], [[0.0, 1.0], [0.0, 1.0], [1.0, 0.0]]])
+    soft = torch.nn.functional.one_hot(outputs.argmax(-1), 2).float()        # every row a hit
+    assert accuracy(outputs, soft) == 1.0
+    assert accuracy(outputs.reshape(6, 2), soft) == 1.0 and accuracy(outputs, soft.reshape(6, 2)) == 1.0
+    with pytest.raises(ValueError, match=r"accuracy: float targets of shape \(3, 2, 2\)"):
+        accuracy(outputs, soft.reshape(3, 2, 2))
+
+
+def test_loss_and_accuracy_one_sync_checks_target_shapes():
+    """The accelerator path of loss_and_accuracy (one_sync=True) counted hits of transposed labels."""
+    from catapult.losses import loss_and_accuracy
+    outputs, labels = torch.randn(2, 3, 4), torch.randint(4, (2, 3))
+    loss = cross_entropy(outputs, labels)
+    assert loss_and_accuracy(loss, outputs, labels, one_sync=True)[1] == accuracy(outputs, labels)
+    with pytest.raises(ValueError, match=r"accuracy: integer targets of shape \(3, 2\)"):
+        loss_and_accuracy(loss, outputs, labels.T.contiguous(), one_sync=True)
+    soft = torch.nn.functional.one_hot(labels, 4).float()
+    with pytest.raises(ValueError, match=r"accuracy: float targets of shape \(3, 2, 4\)"):
+        loss_and_accuracy(loss, outputs, soft.transpose(0, 1).contiguous(), one_sync=True)

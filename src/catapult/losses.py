@@ -60,6 +60,15 @@ def _check_label_shape(who: str, outputs: torch.Tensor, targets: torch.Tensor) -
                          f"{tuple(outputs.shape[:-1])} (or flat)")
 
 
+def _check_soft_shape(who: str, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+    # soft targets (3, 2, K) for outputs (2, 3, K) were paired with the wrong rows, silently
+    rows = ((targets.dim() == 2 or outputs.dim() == 2) and targets.shape[-1:] == outputs.shape[-1:]
+            and targets.numel() == outputs.numel())
+    if targets.shape != outputs.shape and not rows:
+        raise ValueError(f"{who}: float targets of shape {tuple(targets.shape)} do not match outputs of "
+                         f"shape {tuple(outputs.shape)} (give integer labels or probabilities of the outputs' shape)")
+
+
 def one_hot(labels: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32, *,
             who: str = "one_hot") -> torch.Tensor:
     """One-hot encode integer ``labels``: ``out[..., k] = 1.0 if labels[...] == k else 0.0``; a label
@@ -159,6 +168,7 @@ def _accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> float:
         _check_label_shape("accuracy", outputs, targets)
         labels = targets.reshape(-1)
     else:
+        _check_soft_shape("accuracy", outputs, targets)
         labels = targets.reshape(-1, targets.shape[-1]).argmax(dim=-1)
     if labels.numel() == 0:
         return float("nan")
@@ -178,6 +188,7 @@ def loss_and_accuracy(loss: torch.Tensor, outputs: torch.Tensor, targets: torch.
         one_sync = not outputs.is_cpu  # outputs.device.type != "cpu", without a device object (~7 us cold)
     if not one_sync:
         return float(loss.item()), accuracy(outputs, targets)
+    (_check_label_shape if _is_label_tensor(targets) else _check_soft_shape)("accuracy", outputs, targets)
     flat = outputs.detach().reshape(-1, outputs.shape[-1])
     labels = targets.reshape(-1) if _is_label_tensor(targets) else \
         targets.reshape(-1, targets.shape[-1]).argmax(dim=-1)
