@@ -13,9 +13,8 @@ from typing import Any, Iterable, Mapping
 import yaml
 from pydantic import BaseModel
 
-from catapult.arguments import check_flag
 from catapult.config.errors import ConfigError
-from catapult.config.schema import section_model, unknown_key, validate
+from catapult.config.schema import checks_flag, section_model, unknown_key, validate
 from catapult.config.sections import RunConfig
 
 __all__ = ["STUDY_SECTIONS", "parse_override", "apply_overrides", "read_mapping", "read_yaml", "key_positions",
@@ -365,7 +364,7 @@ def load_config(path: str | Path, overrides: Iterable[str] = (), set_aside: dict
     written in the file names the key's line and column there. ``checks=False``: each key on its
     own only (:func:`~catapult.config.validate`'s).
     """
-    checks = check_flag("load_config", "checks", checks)  # a flag: checks=[] skipped the cross-key checks
+    checks = checks_flag("load_config", checks)  # a flag: checks=[] skipped the cross-key checks
     path = Path(path)
     mapping, positions = read_yaml(path)
     for section in STUDY_SECTIONS:

@@ -15,7 +15,6 @@ from typing import Any, Mapping
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-from catapult.arguments import check_flag
 from catapult.config.checks import CHECKS
 from catapult.config.errors import ConfigError, describe, unknown_key_message
 from catapult.config.options import Option
@@ -178,4 +177,18 @@ def validate(mapping: Mapping[str, Any] | None, model: type[BaseModel] = RunConf
     >>> validate(short, checks=False)["train"]["steps"]
     5
     """
-    return _checked(mapping, model, check_flag("validate", "checks", checks))[1]
+    return _checked(mapping, model, checks_flag("validate", checks))[1]
+
+
+def checks_flag(owner: str, checks: Any) -> bool:
+    """``checks`` as a bool (True, False, 0 or 1), or a TypeError naming ``owner``: it was taken by
+    its truthiness, so ``checks=[]`` skipped every cross-key check, silently. (The config package
+    imports no other catapult package: not :func:`catapult.arguments.check_flag`.)
+
+    >>> checks_flag("validate", 0)
+    False
+    """
+    if isinstance(checks, bool) or (isinstance(checks, int) and checks in (0, 1)) or \
+            type(checks).__name__ == "bool_" and type(checks).__module__ == "numpy":
+        return bool(checks)
+    raise TypeError(f"{owner}: checks must be True or False, got {checks!r}")
