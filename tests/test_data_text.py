@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -324,3 +325,13 @@ def test_load_text_advice_converts_to_the_encoding_asked_for(tmp_path):
     f.write_bytes("caf\xe9".encode("latin1"))
     with pytest.raises(ValueError, match=r"`iconv -f latin1 -t utf-8`"):
         load_text(f)
+
+
+def test_char_vocab_decode_refuses_non_integer_ids():
+    """decode(torch.tensor([0.0, 1.7])) cut 1.7 to id 1 and decode(["1"]) parsed the text, silently."""
+    vocab = CharVocab.from_text("hello")                    # chars e, h, l, o
+    assert vocab.decode([1, 0, 2]) == "hel" and vocab.decode(np.array([3], np.uint8)) == "o"
+    assert vocab.decode([]) == ""
+    for ids in (torch.tensor([0.0, 1.7]), ["1"], np.array([True])):
+        with pytest.raises(TypeError, match="CharVocab.decode: ids must be integers"):
+            vocab.decode(ids)

@@ -138,7 +138,10 @@ class CharVocab:
 
     def decode(self, ids) -> str:
         """The text of a sequence of ids (tensor, array or list); `unk_id` becomes U+FFFD."""
-        ids = np.asarray(ids.cpu() if isinstance(ids, torch.Tensor) else ids, dtype=np.int64).reshape(-1)
+        raw = np.asarray(ids.detach().cpu() if isinstance(ids, torch.Tensor) else ids)
+        if raw.size and raw.dtype.kind not in "iu":  # 1.7 was cut to id 1, "1" parsed, silently
+            raise TypeError(f"CharVocab.decode: ids must be integers (a tensor, array or list of ids); got {raw.dtype}")
+        ids = raw.astype(np.int64).reshape(-1)
         if ids.size and (ids.min() < 0 or ids.max() > self.unk_id):
             raise ValueError(f"CharVocab.decode: ids must lie in [0, {self.unk_id}], got "
                              f"[{ids.min()}, {ids.max()}]")
