@@ -185,3 +185,11 @@ def test_flip_images_checks_shapes():
         flip_images(x, torch.tensor([1, 0]))
     with pytest.raises(ValueError, match=r"x must be images \(N, C, H, W\)"):
         flip_images(x.reshape(2, 1, 2), torch.tensor([True, False]))
+
+
+def test_mixup_names_labels_out_of_range():
+    """A label >= num_classes raised torch's "Class values must be smaller than num_classes.",
+    naming neither the label nor augment."""
+    aug = Augment(mixup=0.4, num_classes=3, seed=0)
+    with pytest.raises(ValueError, match="augment mixup: label 5 is out of range for 3 classes"):
+        aug(torch.randn(4, 1, 4, 4), torch.tensor([0, 1, 2, 5]), step=0)

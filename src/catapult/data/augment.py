@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from catapult.arguments import as_integer, check_flag, check_real
+from catapult.losses import label_range_error
 
 __all__ = ["Augment", "flip_images", "pad_crop_images", "mixup_batch"]
 
@@ -225,7 +226,16 @@ class Augment:
             x = _pad_crop(x, int(self.crop), torch.as_tensor(offsets[0], device=device),
                           torch.as_tensor(offsets[1], device=device))
         if lam is not None:
-            targets = y if y.is_floating_point() else F.one_hot(y.long(), int(self.num_classes)).to(x.dtype)
+            if y.is_floating_point():
+                targets = y
+            else:
+                try:
+                    targets = F.one_hot(y.long(), int(self.num_classes)).to(x.dtype)
+                except RuntimeError as err:  # torch: "Class values must be smaller than num_classes."
+                    problem = label_range_error("augment mixup", y, int(self.num_classes))
+                    if problem is None:
+                        raise
+                    raise problem from err
             x, y = _mixup(x, targets, torch.as_tensor(partner, device=device),
                           torch.as_tensor(lam, device=device))
         return x, y
