@@ -11,7 +11,6 @@ those of ``attach(optimizer, schedule)`` with ``scheduler.step()`` after every u
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Callable
 
 import torch
@@ -19,7 +18,7 @@ import torch
 from catapult.engine.sharpness_rule import threshold
 from catapult.parametrize import group_lr_mult
 from catapult.schedules import CatapultWarmupSchedule, WarmupSchedule
-from catapult.schedules.scheduler import set_group_lr, warn_replaced_group_lrs
+from catapult.schedules.scheduler import checked_lr, set_group_lr, warn_replaced_group_lrs
 
 __all__ = ["StepLRs", "StepThresholds", "PURE_SCHEDULES"]
 
@@ -27,24 +26,6 @@ __all__ = ["StepLRs", "StepThresholds", "PURE_SCHEDULES"]
 #: computes them ahead, :attr:`StepLRs.CHUNK` steps at a time. Any other callable (the persistent
 #: warmup's, which reads the warmup's current lr) is called once per step, when that step's lr is set.
 PURE_SCHEDULES = (WarmupSchedule, CatapultWarmupSchedule)
-
-
-def checked_lr(schedule: Callable[[int], float], t: int) -> float:
-    """``schedule(t)`` as a float, checked as ``ScheduleLR`` checks it: a TypeError unless a
-    number (a one-element tensor is read), a ValueError unless finite and >= 0.
-
-    >>> checked_lr(lambda t: 0.5 * t, 3)
-    1.5
-    """
-    lr = schedule(t)
-    if isinstance(lr, torch.Tensor) and lr.numel() == 1:
-        lr = lr.item()
-    if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
-        raise TypeError(f"schedule returned {lr!r} at step {t}; expected a number (the lr)")
-    lr = float(lr)
-    if not math.isfinite(lr) or lr < 0:
-        raise ValueError(f"schedule returned lr={lr} at step {t}; expected a finite value >= 0")
-    return lr
 
 
 class StepLRs:
@@ -84,7 +65,7 @@ class StepLRs:
         self.apply(0)
 
     def at(self, t: int) -> float:
-        """``lr_t``, checked (:func:`checked_lr`), computed once per step."""
+        """``lr_t``, checked (:func:`~catapult.schedules.scheduler.checked_lr`), computed once per step."""
         if self.pure:
             i = t - self._start
             if not 0 <= i < len(self._table):

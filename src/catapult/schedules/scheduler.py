@@ -12,7 +12,26 @@ import torch
 from catapult.arguments import caller_stacklevel
 from catapult.parametrize import group_lr_mult, unscaled_group_lrs
 
-__all__ = ["ScheduleLR", "attach", "warn_replaced_group_lrs"]
+__all__ = ["ScheduleLR", "attach", "warn_replaced_group_lrs", "checked_lr"]
+
+
+def checked_lr(schedule: Callable[[int], float], t: int) -> float:
+    """``schedule(t)`` as a float: a TypeError unless a number (a one-element tensor is read; a
+    NumPy scalar is a number), a ValueError unless finite and >= 0. The one check of a schedule's
+    value, for :class:`ScheduleLR` and the engine's lr setter (:mod:`catapult.engine.step_lr`).
+
+    >>> checked_lr(lambda t: 0.5 * t, 3)
+    1.5
+    """
+    lr = schedule(t)
+    if isinstance(lr, torch.Tensor) and lr.numel() == 1:
+        lr = lr.item()
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
+        raise TypeError(f"schedule returned {lr!r} at step {t}; expected a number (the lr)")
+    lr = float(lr)
+    if not math.isfinite(lr) or lr < 0:
+        raise ValueError(f"schedule returned lr={lr} at step {t}; expected a finite value >= 0")
+    return lr
 
 # --------------------------------------------------------------------------------------------
 # Attaching a schedule to an optimizer
@@ -87,16 +106,7 @@ class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def _lr_at(self, t: int) -> float:
-        lr = self.fn(t)
-        if isinstance(lr, torch.Tensor) and lr.numel() == 1:
-            lr = lr.item()
-        # a NumPy scalar is a number too (np.float32(0.1) was refused as "not a number")
-        if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
-            raise TypeError(f"schedule returned {lr!r} at step {t}; expected a number (the lr)")
-        lr = float(lr)
-        if not math.isfinite(lr) or lr < 0:
-            raise ValueError(f"schedule returned lr={lr} at step {t}; expected a finite value >= 0")
-        return lr
+        return checked_lr(self.fn, t)
 
     def get_lr(self) -> list[float]:
         """``[fn(t) * lr_mult for each param group]`` with ``t = last_epoch``."""
