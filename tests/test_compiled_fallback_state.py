@@ -106,19 +106,25 @@ def test_the_eager_retry_after_a_failed_compiled_gradient_starts_from_the_users_
 def test_an_error_raised_in_inductors_generated_code_falls_back_to_the_eager_function(monkeypatch, tmp_path):
     # the wrapper inductor generates (a size assert failing in it) lives in its cache folder, not in
     # torch's package: its errors were taken for the user's own and raised, with no eager retry
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    _sharpness_falls_back_from(monkeypatch, tmp_path / "ab" / "cabcdef.py", "AssertionError",
+                               "stand-in: expected size 4==5 at dim=0")
+
+
+def _sharpness_falls_back_from(monkeypatch, path, error, message):
+    """The compiled product replaced by a stand-in whose code lies at ``path`` and raises
+    ``error(message)``: sharpness warns, falls back to the eager product (the dense Hessian's top
+    eigenvalue) and records the failure."""
     model, batch = memory_problem()
     truth = np.linalg.eigvalsh(dense_hessian(MemoryAt(model, model.h.clone()), nn.MSELoss(), batch).numpy())[-1]
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
-    generated = {}
-    exec(compile("def call(*args):\n    raise AssertionError('stand-in: expected size 4==5 at dim=0')\n",
-                 str(tmp_path / "ab" / "cabcdef.py"), "exec"), generated)
-
+    scope = {}
+    exec(compile(f"def call(*args):\n    raise {error}({message!r})\n", str(path), "exec"), scope)
     monkeypatch.setattr(compiled, "compile_failures", {})
-    monkeypatch.setattr(compiled, "_COMPILED", {"product": generated["call"], "gradient": compiled._EAGER["gradient"]})
+    monkeypatch.setattr(compiled, "_COMPILED", {"product": scope["call"], "gradient": compiled._EAGER["gradient"]})
     with pytest.warns(RuntimeWarning, match="torch.compile failed"):
         estimate = catapult.sharpness(model, nn.MSELoss(), batch, tol=1e-10, hvp="compiled")
     assert estimate.value == pytest.approx(truth, rel=1e-8)
-    assert "stand-in: expected size" in compiled.compile_failures["product"]
+    assert message in compiled.compile_failures["product"]
 
 
 def test_the_users_code_in_a_folder_named_like_inductors_cache_is_the_users(monkeypatch, tmp_path):
@@ -150,14 +156,5 @@ def test_an_error_raised_in_tritons_code_falls_back_to_the_eager_function(monkey
     real = importlib.util.find_spec
     monkeypatch.setattr(compiled.importlib.util, "find_spec", lambda name, *a: types.SimpleNamespace(
         origin=str(tmp_path / "triton" / "__init__.py")) if name == "triton" else real(name, *a))
-    model, batch = memory_problem()
-    truth = np.linalg.eigvalsh(dense_hessian(MemoryAt(model, model.h.clone()), nn.MSELoss(), batch).numpy())[-1]
-    scope = {}
-    exec(compile("def call(*args):\n    raise RuntimeError('stand-in: triton could not lower a kernel')\n",
-                 str(tmp_path / "triton" / "runtime" / "jit.py"), "exec"), scope)
-    monkeypatch.setattr(compiled, "compile_failures", {})
-    monkeypatch.setattr(compiled, "_COMPILED", {"product": scope["call"], "gradient": compiled._EAGER["gradient"]})
-    with pytest.warns(RuntimeWarning, match="torch.compile failed"):
-        estimate = catapult.sharpness(model, nn.MSELoss(), batch, tol=1e-10, hvp="compiled")
-    assert estimate.value == pytest.approx(truth, rel=1e-8)
-    assert "triton could not lower" in compiled.compile_failures["product"]
+    _sharpness_falls_back_from(monkeypatch, tmp_path / "triton" / "runtime" / "jit.py", "RuntimeError",
+                               "stand-in: triton could not lower a kernel")
