@@ -54,5 +54,12 @@ def test_checks_is_a_flag_not_a_list_of_checks(tmp_path):
     path = tmp_path / "short.yaml"
     path.write_text("train:\n  steps: 5\n")
     assert cfg.load_config(path, checks=0)["train"]["steps"] == 5
+    # NumPy's bools and integers 0/1 are flags, as catapult.arguments.check_flag takes them
+    # (NumPy 2 names its bool type "bool": np.True_ was refused)
+    np = pytest.importorskip("numpy")
+    assert cfg.validate(short, checks=np.False_)["train"]["steps"] == 5
+    assert cfg.load_config(path, checks=np.int64(0))["train"]["steps"] == 5
+    with pytest.raises(cfg.ConfigError):
+        cfg.validate(short, checks=np.True_)
     with pytest.raises(TypeError, match="load_config: checks must be True or False"):
         cfg.load_config(path, checks=[])

@@ -9,6 +9,7 @@ cross-key :data:`~catapult.config.checks.CHECKS` run once every key is valid on 
 from __future__ import annotations
 
 import functools
+import numbers
 from dataclasses import replace
 from typing import Any, Mapping
 
@@ -188,7 +189,8 @@ def checks_flag(owner: str, checks: Any) -> bool:
     >>> checks_flag("validate", 0)
     False
     """
-    if isinstance(checks, bool) or (isinstance(checks, int) and checks in (0, 1)) or \
-            type(checks).__name__ == "bool_" and type(checks).__module__ == "numpy":
+    # the rule of catapult.arguments.check_flag: NumPy's bool is "bool" in NumPy 2 ("bool_" before)
+    if isinstance(checks, bool) or (isinstance(checks, numbers.Integral) and checks in (0, 1)) or \
+            type(checks).__name__ in ("bool", "bool_") and type(checks).__module__ == "numpy":
         return bool(checks)
     raise TypeError(f"{owner}: checks must be True or False, got {checks!r}")
