@@ -70,8 +70,9 @@ from typing import Callable
 import torch
 
 from catapult.curvature.difference import difference_operator, scaled_step
-from catapult.curvature.krylov import operator_chain, vector_norm
+from catapult.curvature.krylov import operator_chain, unit_roundoff, vector_norm
 from catapult.curvature.lanczos import EigenEstimate
+from catapult.curvature.stopping import ERROR_FLOOR_ULPS
 from catapult.curvature.top_k import Eigenpairs
 
 __all__ = ["RESTARTS", "CHECK_STEP_FACTOR", "MIDDLE_STEP_FACTOR", "EXTRAPOLATION_MARGIN", "ROUNDING_FLOOR",
@@ -146,13 +147,19 @@ def certified(matvec, est: EigenEstimate, *, tol: float, max_iter: int,
             return EigenEstimate(math.nan, y, used, False, math.nan, math.nan, est.coarse_matvecs, est.coarse_cost)
 
 
-def measured(matvec, fd, y: torch.Tensor, theta: float, reduce=None, tol: float = 0.0) -> tuple[float, float, int]:
+def measured(matvec, fd, y: torch.Tensor, theta: float, reduce=None, tol: float = 0.0, *,
+             largest: float | None = None) -> tuple[float, float, int]:
     """``(r, e, products)`` for the unit vector ``y`` and the value ``theta`` (the module
     docstring): ``r`` and ``e`` from products at the step of ``fd`` (the difference operator behind
     ``matvec``) and at :data:`CHECK_STEP_FACTOR` times it; where ``r + e > tol``, also the
     extrapolated pair from a third product at :data:`MIDDLE_STEP_FACTOR` times it, if its sum is
     smaller. ``e`` is infinite where the kink check refuses every retry of the second step. Both
-    are relative to ``|theta|``.
+    are relative to ``|theta|``; with ``largest`` (the largest ``|theta_i|`` of a top-k solve) to
+    ``max(|theta|, m)`` instead, ``m = min(max(100 eps largest, 12.5 rho) / tol, largest)`` with ``rho``
+    the products' rounding along ``y`` (:data:`ROUNDING_FLOOR`): the floor by which
+    :func:`~catapult.curvature.top_k.lanczos_top_k` judges an eigenvalue the arithmetic does not
+    resolve (a zero of a rank-deficient Hessian), with what difference products resolve in place
+    of an exact product's ``eps spread``.
 
     Example: ``2 I`` whose products are off by ``1e-3 (s h)^2`` along the other coordinate (pure
     truncation, ``s`` the step's multiple): the pair from two products says ``1e-3 + 3e-3``; the
@@ -168,7 +175,9 @@ def measured(matvec, fd, y: torch.Tensor, theta: float, reduce=None, tol: float 
     >>> [round(x, 6) for x in measured(op, op, y, 2.0, tol=1e-3)]
     [0.0, 0.0, 3]
     """
-    floor = _relative(_rounding_floor(matvec, fd, y, reduce), theta)   # before the products: one vector, freed
+    rounding = _rounding_floor(matvec, fd, y, reduce)   # before the products: one vector, freed
+    over = theta if largest is None else max(abs(theta), _smallest(matvec, y.dtype, largest, rounding, tol))
+    floor = _relative(rounding, over)
     # in place, three vectors beside y (one more than memory="lean"'s solver keeps): each product returned is
     # the operator's own fresh tensor
     product = matvec(y)
@@ -176,12 +185,12 @@ def measured(matvec, fd, y: torch.Tensor, theta: float, reduce=None, tol: float 
     if delta is not None:
         delta.sub_(product)                                   # D_2h y - D_h y
     remainder = product.sub_(y, alpha=theta)                  # D_h y - theta y
-    residual = _relative(float(vector_norm(remainder, reduce)), theta)
+    residual = _relative(float(vector_norm(remainder, reduce)), over)
     if delta is None:
         return residual, math.inf, 2
     # not below the rounding the products carry: two draws of it can cancel (one parameter: r = 0, and D_2h y
     # came out equal to D_h y, 1e-4 off, in float32)
-    error = max(_relative(float(vector_norm(delta, reduce)), theta), floor)
+    error = max(_relative(float(vector_norm(delta, reduce)), over), floor)
     if residual + error <= tol or not math.isfinite(residual):
         return residual, error, 2
     middle = _product_at(matvec, fd, y, MIDDLE_STEP_FACTOR)
@@ -190,9 +199,9 @@ def measured(matvec, fd, y: torch.Tensor, theta: float, reduce=None, tol: float 
     k2, m2 = CHECK_STEP_FACTOR ** 2, MIDDLE_STEP_FACTOR ** 2
     # X = D_h y - delta / (k^2 - 1) and X' = D_h y - (D_mh y - D_h y) / (m^2 - 1): the h^2 term cancelled
     spread = middle.sub_(remainder).sub_(y, alpha=theta).div_(m2 - 1.0).sub_(delta, alpha=1.0 / (k2 - 1.0))
-    error_x = max(EXTRAPOLATION_MARGIN * _relative(float(vector_norm(spread, reduce)), theta),   # X - X'
+    error_x = max(EXTRAPOLATION_MARGIN * _relative(float(vector_norm(spread, reduce)), over),   # X - X'
                   math.sqrt(k2 ** 2 + 1.0 / k2) / (k2 - 1.0) * floor)   # X = (k^2 D_h - D_kh) / (k^2 - 1)'s rounding
-    residual_x = _relative(float(vector_norm(remainder.sub_(delta, alpha=1.0 / (k2 - 1.0)), reduce)), theta)
+    residual_x = _relative(float(vector_norm(remainder.sub_(delta, alpha=1.0 / (k2 - 1.0)), reduce)), over)
     if residual_x + error_x < residual + error:
         return residual_x, error_x, 3
     return residual, error, 3
@@ -228,6 +237,16 @@ def _rounding_floor(matvec, fd, y: torch.Tensor, reduce=None) -> float:
     return ROUNDING_FLOOR * rounding(scale) * float(vector_norm(scale * y, reduce))
 
 
+def _smallest(matvec, dtype: torch.dtype, largest: float, rounding: float, tol: float) -> float:
+    """``m`` of :func:`measured`: where the least bound a pair can claim is ``tol / 12.5``, as in
+    :func:`~catapult.curvature.top_k.lanczos_top_k`, whose ``m = 100 eps largest / tol`` puts its
+    residuals' floor ``ERROR_FLOOR_ULPS eps largest`` (8 ulps) at 8% of ``tol m``; here the floor is
+    the larger of that and the products' rounding ``rounding`` (``e`` is never below it):
+    ``min(max(100 eps largest, 12.5 rounding) / tol, largest)``, at least 1e-300."""
+    least = max(ERROR_FLOOR_ULPS * unit_roundoff(matvec, dtype) * largest, rounding)
+    return max(min(100.0 / ERROR_FLOOR_ULPS * least / tol, largest) if tol > 0 else largest, 1e-300)
+
+
 def _relative(size: float, theta: float) -> float:
     """``size / |theta|``; for ``theta = 0``, 0 when ``size`` is 0 and infinite otherwise (nan stays nan)."""
     if theta:
@@ -239,7 +258,9 @@ def certified_pairs(matvec, eig: Eigenpairs, *, tol: float, reduce=None) -> Eige
     """``eig`` (top-k pairs) as they stand against the Hessian where ``matvec``'s products are
     differences, else ``eig`` itself: each pair's ``residuals[i]`` becomes its bound of the module
     docstring (:func:`measured`: two or three products per pair, counted in ``matvecs``; no second
-    solve), and ``converged`` says whether every one is within ``tol``.
+    solve), relative to ``|theta_i|`` floored as the exact solver floors it (``largest``: an
+    eigenvalue below what the difference products resolve, a zero of a rank-deficient Hessian, is
+    judged by its absolute bound), and ``converged`` says whether every one is within ``tol``.
 
     >>> class Differences:
     ...     mode, step_factor = "finite_difference", 1.0
@@ -254,8 +275,12 @@ def certified_pairs(matvec, eig: Eigenpairs, *, tol: float, reduce=None) -> Eige
     if fd is None or not all(math.isfinite(v) for v in eig.values):
         return eig
     bounds, extra = [], 0
+    # relative to |theta_i| floored as lanczos_top_k floors it: a zero of a rank-deficient Hessian
+    # was divided by its own |theta| ~ 1e-16 (float64 differences, 21-parameter tanh MLP past its
+    # rank: bounds 13 .. 310, converged=False, where the exact solver converged to 8e-5)
+    largest = max(abs(v) for v in eig.values)
     for theta, y in zip(eig.values, eig.vectors):
-        residual, error, products = measured(matvec, fd, y, theta, reduce, tol)
+        residual, error, products = measured(matvec, fd, y, theta, reduce, tol, largest=largest)
         bounds.append(residual + error)
         extra += products
     converged = all(b <= tol for b in bounds)   # False for a nan bound

@@ -45,7 +45,8 @@ class Eigenpairs:
     of a rank-deficient Hessian, is judged by its residual over ``m``, and in float32 at
     ``tol=1e-5`` every one is, its true relative residual up to ``|theta_1| / |theta_i|`` times
     the one reported; from ``top_eigenpairs`` on
-    finite-difference products, the residual taken plus the products' own error:
+    finite-difference products, the residual taken plus the products' own error, over the same
+    floored ``|theta_i|`` with ``m`` from what the products resolve where that is coarser:
     :func:`catapult.curvature.certify.certified_pairs`).
 
     >>> eig = Eigenpairs([2.0, 1.0], torch.eye(2), matvecs=2, converged=True, residuals=[0.0, 0.0])
