@@ -104,8 +104,10 @@ def test_two_gloo_processes_match_one_process_on_the_union_batch(tmp_path):
         for column in ("eig_1", "hessian_trace"):   # the spectrum columns: the union batch's too
             assert [r[column] for r in metrics if r["step"] in (0, 2, 4)] == pytest.approx(
                 [r[column] for r in catapult.metrics if r["step"] in (0, 2, 4)], rel=1e-6)
-        # and whether each top-k solve converged, counted as one process counts it
+        # and whether each top-k solve converged, counted and marked per row as one process does
         assert summary["spectrum_unconverged"] == catapult.summary["spectrum_unconverged"]
+        assert [r.get("eig_converged") for r in metrics] == [r.get("eig_converged") for r in catapult.metrics]
+        assert {r.get("eig_converged") for r in metrics if r["step"] in (0, 2, 4)} <= {0, 1}
         # the validation loss: each rank evaluates half the held-out windows, all-reduced
         assert metrics[-1]["test_loss"] == pytest.approx(catapult.metrics[-1]["test_loss"], rel=1e-9)
         assert metrics[-1]["test_accuracy"] == pytest.approx(catapult.metrics[-1]["test_accuracy"], rel=1e-9)

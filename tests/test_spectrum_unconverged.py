@@ -69,3 +69,31 @@ def test_a_summary_written_before_the_count_still_formats():
     _, summary = _row0(_config(sharpness_every=0))
     del summary["spectrum_unconverged"]
     assert "NOT converged" not in format_summary(summary)
+
+
+def test_each_row_marks_whether_its_top_k_solve_converged(dense_top3, tmp_path):
+    # the summary's count said how many rows were approximate, not which: eig_converged marks each
+    # measured row (1 / 0), empty on rows without a top-k solve, last in the header (the columns
+    # before it keep their places). Read back with the csv module, not the engine's reader.
+    import csv
+
+    from catapult.engine.records import read_metrics
+
+    config = _config(spectrum_top_k=3, sharpness_max_iter=2, sharpness_tol=1e-12, sharpness_every=2)
+    config["train"], config["optimizer"] = {"steps": 2}, {"lr": 1e-3}
+    res = train(engine.build_run(config), tmp_path / "run", progress="none")
+    with open(tmp_path / "run" / "metrics.csv", newline="") as fh:
+        header, *rows = list(csv.reader(fh))
+    assert header[-5:] == ["test_accuracy", "eig_1", "eig_2", "eig_3", "eig_converged"]
+    marks = [dict(zip(header, r))["eig_converged"] for r in rows]
+    assert marks == ["0", "", "0"]   # steps 0 and 2 measured, cut short by max_iter 2
+    assert abs(float(rows[0][header.index("eig_3")]) - dense_top3[2]) > 1e-4 * dense_top3[2]
+    assert res.summary["spectrum_unconverged"] == 2
+    assert [r["eig_converged"] for r in read_metrics(tmp_path / "run" / "metrics.csv")] == [0, None, 0]
+    row, _ = _row0(_config(spectrum_top_k=3, sharpness_max_iter=200, sharpness_tol=1e-10))
+    assert row["eig_converged"] == 1 and row["eig_3"] == pytest.approx(dense_top3[2], rel=1e-7)
+
+
+def test_a_trace_alone_has_no_mark():
+    row, _ = _row0(_config(trace_matvecs=3))
+    assert "eig_converged" not in row

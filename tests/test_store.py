@@ -305,6 +305,45 @@ def test_export_has_the_last_logged_spectrum_of_cells_that_log_it(tmp_path):
         assert next(csv.reader(fh))[-1] == "error"
 
 
+def test_export_marks_whether_the_last_eig_i_converged(tmp_path):
+    # each row's eig_converged (1 / 0) goes through the store's extra columns; the export gives the
+    # mark of the row whose eig_i it shows (not the last mark of any row), the aggregate the
+    # fraction of seeds that converged (the report's table takes the export's spectrum columns). A
+    # store without marks (written before them: _spectrum_stores) keeps its columns (test above)
+    from catapult.sweep.store_export import aggregate_table
+
+    fake = FakeRun(diverge_above=1.0)
+
+    def run_fn(config, progress=None):
+        result = fake(config, progress)
+        for row in result.metrics:
+            if row["step"] % 2 == 0 and math.isfinite(row["train_loss"]):
+                # seed 0: the last solve (step 4) is cut short; seed 1: only the first (step 0)
+                last = row["step"] == 4
+                row.update(eig_1=10.0 + row["step"], eig_converged=int(last != (config["seed"] == 0)))
+        if result.metrics[-1]["step"] == 4:   # a later row with a NaN solve does not move the mark
+            result.metrics.append({**result.metrics[-1], "step": 5, "eig_1": float("nan"), "eig_converged": 0})
+        return result
+
+    config, spec = _sweep(lrs=("2^-3/lambda0", "2^0/lambda0"), warm=(1,), eval={"sharpness_every": 2, "spectrum_top_k": 1})
+    _run(config, spec, tmp_path / "s.db", run_fn)
+    with Store(tmp_path / "s.db", create=False) as store:
+        write_csv(store, tmp_path / "out.csv")
+        columns, rows = aggregate_table(store)
+    with open(tmp_path / "out.csv", newline="") as fh:
+        exported = list(csv.DictReader(fh))
+    assert list(exported[0])[-2:] == ["eig_1", "eig_converged"]
+    finished = [r for r in exported if r["status"] == "finished"]
+    assert finished and {r["seed"] for r in finished} == {"0", "1"}
+    for row in exported:
+        if row["status"] == "finished":
+            assert row["eig_1"] == "14.0" and row["eig_converged"] == ("0" if row["seed"] == "0" else "1")
+        else:
+            assert row["eig_converged"] == ""
+    means = [r[columns.index("eig_converged_mean")] for r in rows if r[columns.index("n_finished")] == 2]
+    assert means and all(m == 0.5 for m in means)
+
+
 def test_plot_shows_the_last_logged_spectrum(tmp_path, capsys):
     # catapult plot --metric eig_<i> / hessian_trace: the heatmap of each cell's last logged value
     # (means over seeds); refused, exit 2 and nothing written, where no cell logged it

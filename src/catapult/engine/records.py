@@ -30,6 +30,12 @@ RADAM_KIND = "hessian_then_preconditioned"
 #: changes during the run (:data:`RADAM_KIND`).
 STEP_KIND_COLUMN = "sharpness_kind"
 
+#: The metrics column marking each row's top-k solve (``eig_1 .. eig_k``, ``eval.spectrum_top_k``):
+#: 1 where it converged to ``eval.sharpness_tol`` (every pair), 0 where it stopped short (the values
+#: are logged all the same, approximate); empty on rows without one. The run's
+#: ``spectrum_unconverged`` counts its 0s.
+EIG_CONVERGED_COLUMN = "eig_converged"
+
 #: values are ``None`` (empty cells in the CSV).
 METRIC_COLUMNS = (
     "step",
@@ -42,17 +48,19 @@ METRIC_COLUMNS = (
     "test_loss",
     "test_accuracy",
 )
-_INT_COLUMNS = {"step", "sharpness_matvecs"}
+_INT_COLUMNS = {"step", "sharpness_matvecs", EIG_CONVERGED_COLUMN}
 
 
 def metric_columns(config: Mapping[str, Any] | None = None) -> tuple[str, ...]:
     """The ``metrics.csv`` header of a run: :data:`METRIC_COLUMNS`, then the spectrum it logs on
     its sharpness cadence (``eig_1 .. eig_k`` for ``eval.spectrum_top_k = k``, ``hessian_trace``
     for ``eval.trace_matvecs > 0``), then ``sharpness_kind`` (``hessian`` / ``preconditioned``
-    per measured row) where the kind changes during the run (RAdam with ``auto`` measuring sharpness).
+    per measured row) where the kind changes during the run (RAdam with ``auto`` measuring sharpness),
+    then, with ``eig_1 .. eig_k``, ``eig_converged`` (1 / 0 per top-k solve:
+    :data:`EIG_CONVERGED_COLUMN`), last so that the columns before it keep their places.
 
-    >>> metric_columns({"eval": {"spectrum_top_k": 2, "trace_matvecs": 10}})[-3:]
-    ('eig_1', 'eig_2', 'hessian_trace')
+    >>> metric_columns({"eval": {"spectrum_top_k": 2, "trace_matvecs": 10}})[-4:]
+    ('eig_1', 'eig_2', 'hessian_trace', 'eig_converged')
     >>> metric_columns({"optimizer": {"name": "radam"}, "eval": {"sharpness_kind": "auto", "sharpness_every": 5}})[-1]
     'sharpness_kind'
     >>> metric_columns() == METRIC_COLUMNS
@@ -65,6 +73,8 @@ def metric_columns(config: Mapping[str, Any] | None = None) -> tuple[str, ...]:
     if ((config or {}).get("optimizer", {}).get("name") == "radam" and ev.get("sharpness_kind") == "auto"
             and int(ev.get("sharpness_every") or 0) > 0):
         extra.append(STEP_KIND_COLUMN)
+    if int(ev.get("spectrum_top_k") or 0) > 0:
+        extra.append(EIG_CONVERGED_COLUMN)
     return METRIC_COLUMNS + tuple(extra)
 
 
@@ -97,7 +107,7 @@ def write_metrics(rows: Iterable[Mapping[str, Any]], path: str | Path,
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    """Read a ``metrics.csv`` back: ints for ``step``/``sharpness_matvecs``, text for
+    """Read a ``metrics.csv`` back: ints for ``step``/``sharpness_matvecs``/``eig_converged``, text for
     ``sharpness_kind``, floats otherwise, ``None`` for empty cells (``pandas.read_csv`` reads
     the same file directly, with NaN)."""
     rows = []
@@ -322,8 +332,8 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     if summary["sharpness_measurements"]:
         lines.append(f"  sharpness: final {fmt(summary['final_sharpness'])}  threshold at lr_trgt "
                      f"{fmt(summary['threshold_target'])}  catapult: {'yes' if summary['catapult'] else 'no'}")
-    # solves that stopped short of eval.sharpness_tol: their values are logged, unmarked per row
-    # (a summary written before spectrum_unconverged existed has no such key)
+    # solves that stopped short of eval.sharpness_tol: their values are logged (a top-k solve's rows
+    # marked eig_converged 0; a summary written before spectrum_unconverged existed has no such key)
     short = [f"{n} {what}" for key, what in (("sharpness_unconverged", "sharpness"), ("spectrum_unconverged", "top-k (eig_i)"))
              if (n := summary.get(key))]
     if short:

@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from catapult.config.errors import ConfigError
-from catapult.engine.records import RADAM_KIND, STEP_KIND_COLUMN
+from catapult.engine.records import EIG_CONVERGED_COLUMN, RADAM_KIND, STEP_KIND_COLUMN
 from catapult.optim import registry
 
 __all__ = ["ADAPTIVE", "RADAM_KIND", "SOLVE_SEED", "solver_options", "curvature_options", "spectrum_estimates", "check_spectrum_cadence", "SharpnessRule", "sharpness_rule", "resolve_kind",
@@ -255,11 +255,14 @@ def sharpness_rule(config: Mapping[str, Any], model: nn.Module | None = None, *,
     def spectrum(model, loss_fn, batch, optimizer, kind: str | None = None):
         """eig_1..eig_k and hessian_trace of the operator whose top eigenvalue the row's sharpness
         is: P^-1/2 H P^-1/2 (preconditioned), M^1/2 H M^1/2 (lr_scaled), else H; and whether the
-        top-k solve converged (None: none taken), which the run's ``spectrum_unconverged`` counts."""
+        top-k solve converged (None: none taken), which the run's ``spectrum_unconverged`` counts and
+        the row's ``eig_converged`` (1 / 0) says."""
         opt = optimizer if (kind or rule_kind) in ("preconditioned", "lr_scaled") else None
         eig, trace = spectrum_estimates(config, model, loss_fn, batch, top_k=top_k,
                                         trace_matvecs=trace_matvecs, optimizer=opt, distributed=distributed)
         row = {} if eig is None else {f"eig_{i + 1}": float(v) for i, v in enumerate(eig.values)}
+        if eig is not None:  # the row's own mark (records.EIG_CONVERGED_COLUMN)
+            row[EIG_CONVERGED_COLUMN] = int(bool(eig.converged))
         if trace is not None:
             row["hessian_trace"] = trace
         return row, (None if eig is None else bool(eig.converged))

@@ -4,7 +4,9 @@
 
 A ``running`` cell that no live driver holds is exported with status ``interrupted``. Sweeps
 that log the spectrum (``eval.spectrum_top_k``, ``eval.trace_matvecs``) gain the last logged
-``eig_1 .. eig_k`` and ``hessian_trace`` of each cell as columns (and their means over seeds).
+``eig_1 .. eig_k`` and ``hessian_trace`` of each cell as columns (and their means over seeds),
+and ``eig_converged``, whether the top-k solve of those ``eig_i`` converged (1 / 0; over seeds its
+mean is the fraction that did; empty for cells of stores written before the mark).
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from catapult.arguments import check_flag
-from catapult.engine.records import is_spectrum_column, metric_columns
+from catapult.engine.records import EIG_CONVERGED_COLUMN, is_spectrum_column, metric_columns
 from catapult.files import MARK
 from catapult.writing import csv_text, write_text_whole, write_whole
 from catapult.sweep.store_schema import BEST_METRICS, FINAL_METRICS  # not .store: it re-exports this module
@@ -33,7 +35,8 @@ def export_table(store) -> tuple[list[str], list[list[Any]]]:
     name, the value as in the config, e.g. ``"2^3/lambda0"``), then :data:`EXPORT_COLUMNS`
     (final metrics ``train_loss``, ``train_accuracy``, ``test_loss``, ``test_accuracy``,
     ``sharpness``; best values; lambda_0; absolute ``lr_target``; ...), then, where cells logged
-    the spectrum, :func:`spectrum_columns` (last logged values). Missing values are ``None``.
+    the spectrum, :func:`spectrum_columns` (last logged values, and the mark of the top-k solve that
+    gave the ``eig_i``). Missing values are ``None``.
     """
     keys = [a["key"] for a in store.axes()]
     cells = store.cells()
@@ -54,10 +57,11 @@ def export_table(store) -> tuple[list[str], list[list[Any]]]:
 
 
 def last_spectrum(store, cell: dict) -> dict[str, float]:
-    """The last logged value of each spectrum column (``eig_i``, ``hessian_trace``) of ``cell``;
-    empty for a cell whose config logs none (its metrics are then not read), and for a cell that
-    did not finish: like its sharpness, a diverged run's last value before it blew up would
-    flatter it (its eig_1 stood beside a blank sharpness)."""
+    """The last logged value of each spectrum column (``eig_i``, ``hessian_trace``) of ``cell``,
+    and ``eig_converged``, the mark of the row whose top-k solve gave the last ``eig_i`` (absent for
+    rows of a store written before the mark); empty for a cell whose config logs none (its metrics
+    are then not read), and for a cell that did not finish: like its sharpness, a diverged run's
+    last value before it blew up would flatter it (its eig_1 stood beside a blank sharpness)."""
     logged = [c for c in metric_columns(cell.get("config")) if is_spectrum_column(c)]
     if not logged or cell.get("status") != "finished":   # as the store gives a final sharpness
         return {}
@@ -67,19 +71,26 @@ def last_spectrum(store, cell: dict) -> dict[str, float]:
             value = row.get(key)
             if isinstance(value, (int, float)) and math.isfinite(value):
                 last[key] = value
+                if key == "eig_1":  # a solve's eig_i are all finite or all NaN: this row gave them
+                    mark = row.get(EIG_CONVERGED_COLUMN)
+                    if isinstance(mark, int) and not isinstance(mark, bool):
+                        last[EIG_CONVERGED_COLUMN] = mark
+                    else:
+                        last.pop(EIG_CONVERGED_COLUMN, None)
     return last
 
 
 def spectrum_columns(spectra) -> list[str]:
-    """``eig_1 .. eig_K`` (``K`` the largest index any cell logged) then ``hessian_trace`` where
-    any cell logged it.
+    """``eig_1 .. eig_K`` (``K`` the largest index any cell logged) then ``hessian_trace`` and
+    ``eig_converged`` where any cell has them.
 
-    >>> spectrum_columns([{}, {"eig_2": 1.0, "eig_1": 2.0}, {"hessian_trace": 9.0}])
-    ['eig_1', 'eig_2', 'hessian_trace']
+    >>> spectrum_columns([{}, {"eig_2": 1.0, "eig_1": 2.0, "eig_converged": 1}, {"hessian_trace": 9.0}])
+    ['eig_1', 'eig_2', 'hessian_trace', 'eig_converged']
     """
     found = {key for spectrum in spectra for key in spectrum}
-    top = max((int(k[4:]) for k in found if k.startswith("eig_")), default=0)
-    return [f"eig_{i}" for i in range(1, top + 1)] + (["hessian_trace"] if "hessian_trace" in found else [])
+    top = max((int(k[4:]) for k in found if is_spectrum_column(k) and k.startswith("eig_")), default=0)
+    return ([f"eig_{i}" for i in range(1, top + 1)] + (["hessian_trace"] if "hessian_trace" in found else [])
+            + ([EIG_CONVERGED_COLUMN] if EIG_CONVERGED_COLUMN in found else []))
 
 
 #: Columns :func:`aggregate_table` averages over seeds.
@@ -117,7 +128,8 @@ def aggregate_table(store) -> tuple[list[str], list[list[Any]]]:
     ``<metric>_std`` (sample std over seeds, :func:`mean_std`) and ``<metric>_n`` (seeds that
     have a finite value: the metrics of finished and collapsed seeds only, as in the phase diagram,
     but ``lambda_0``, ``lr_target`` and ``steps_completed`` of diverged seeds too); the spectrum columns of
-    :func:`export_table` likewise. A store without a seed axis gives
+    :func:`export_table` likewise (``eig_converged_mean``: the fraction of seeds whose last top-k
+    solve converged). A store without a seed axis gives
     one row per cell with ``n_seeds = 1`` and no std (an empty cell: one value has none).
     """
     columns, rows = export_table(store)
@@ -133,7 +145,7 @@ def aggregate_table(store) -> tuple[list[str], list[list[Any]]]:
             groups[key] = []
             order.append(key)
         groups[key].append(row)
-    metrics = [*AGGREGATE_METRICS, *(c for c in columns if is_spectrum_column(c))]
+    metrics = [*AGGREGATE_METRICS, *(c for c in columns if is_spectrum_column(c) or c == EIG_CONVERGED_COLUMN)]
     out_columns = [*keys, "n_seeds", "n_finished", "n_diverged", "n_collapsed", "status"]
     for m in metrics:
         out_columns += [f"{m}_mean", f"{m}_std", f"{m}_n"]
