@@ -97,3 +97,25 @@ def test_each_row_marks_whether_its_top_k_solve_converged(dense_top3, tmp_path):
 def test_a_trace_alone_has_no_mark():
     row, _ = _row0(_config(trace_matvecs=3))
     assert "eig_converged" not in row
+
+
+@pytest.mark.parametrize("max_basis, k, kept", [(10, 3, 10), (20, 3, 20), (10, 6, 19)])
+def test_the_top_k_solve_keeps_no_more_krylov_vectors_than_max_basis(dense_top3, monkeypatch, max_basis, k, kept):
+    # eval.sharpness_max_basis is a memory bound ("Krylov vectors kept"): the engine's top-k solve
+    # ignored it and kept the solver's own 32 vectors; it now keeps the bound, or 3 k + block where
+    # the bound leaves less (a solve restarting after every block costs up to 17x the products)
+    from catapult.curvature import top_k
+
+    capacities = []
+
+    class Recorded(top_k.KrylovBasis):
+        def __init__(self, *args, capacity=None, **kwargs):
+            capacities.append(capacity)
+            super().__init__(*args, capacity=capacity, **kwargs)
+
+    monkeypatch.setattr(top_k, "KrylovBasis", Recorded)
+    row, summary = _row0(_config(spectrum_top_k=k, sharpness_max_basis=max_basis, sharpness_tol=1e-10,
+                                 sharpness_max_iter=200))
+    assert capacities == [kept]
+    assert summary["spectrum_unconverged"] == 0 and row["eig_converged"] == 1
+    assert [row[f"eig_{i}"] for i in (1, 2, 3)] == pytest.approx(dense_top3, rel=1e-7)

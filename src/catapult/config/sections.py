@@ -301,7 +301,10 @@ class EvalConfig(Section):
     sharpness_dtype: Annotated[Dtype | None, choice()] = Field(
         None, description="solver precision (null = the run's dtype)")
     sharpness_max_basis: Annotated[int, integer(low=2)] = Field(
-        20, description="Krylov vectors kept (memory: one parameter-sized vector each; thick restart beyond)")
+        20, description="Krylov vectors kept (memory: one parameter-sized vector each; thick restart beyond), "
+                        "by the sharpness and the top-k (spectrum_top_k = k) solves; the top-k solve keeps at "
+                        "least 3 k + spectrum_block_size, or its own max(2 k + 10, 32) + block - 1 where "
+                        "that is less (fewer restart too often)")
     sharpness_chunk_size: Annotated[int | None, integer(low=1)] = Field(
         None, description="HVPs over micro-batches of at most this many samples "
                           "(less memory, ~a gradient more per HVP; null = whole batch)")
