@@ -262,6 +262,8 @@ def test_float32_differences_below_their_own_error_say_what_to_do(capsys):
     assert not s["converged"] and s["residual"] > 1e-6 and s["hvp"] == "finite_difference"
     line = format_spectrum(s)
     assert "NOT converged: the largest residual is" in line and "eval.sharpness_dtype=float64" in line
+    # below its product budget: more products would not help, and the line does not ask for them
+    assert s["eigen_matvecs"] < s["max_iter"] and "raise eval.sharpness_max_iter" not in line
     values, _ = _dense(dict(config, dtype="float64"))
     double = measure_spectrum(dict(config, eval=dict(config["eval"], sharpness_dtype="float64")), top_k=2,
                               trace_matvecs=0, density_runs=0)

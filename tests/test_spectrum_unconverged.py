@@ -119,3 +119,27 @@ def test_the_top_k_solve_keeps_no_more_krylov_vectors_than_max_basis(dense_top3,
     assert capacities == [kept]
     assert summary["spectrum_unconverged"] == 0 and row["eig_converged"] == 1
     assert [row[f"eig_{i}"] for i in (1, 2, 3)] == pytest.approx(dense_top3, rel=1e-7)
+
+
+def test_the_advice_names_the_remedy_that_works():
+    # float32 difference products at tol 1e-5: their own error is above the tol, and the summary
+    # said "raise eval.sharpness_max_iter", which changed nothing (the solves stopped at 12-23
+    # products of 100, and of 1000); float64 products converge
+    def tanh32(**ev):
+        config = _config(sharpness_hvp="finite_difference", sharpness_tol=1e-5, spectrum_top_k=2, **ev)
+        return dict(config, dtype="float32", model={"width": 2, "depth": 2, "activation": "tanh"})
+
+    for max_iter in (100, 1000):
+        row, summary = _row0(tanh32(sharpness_max_iter=max_iter))
+        assert summary["sharpness_unconverged"] == summary["spectrum_unconverged"] == 1
+        assert row["sharpness_matvecs"] < 100 and row["eig_converged"] == 0
+        assert summary["unconverged_below_budget"] == 2
+        advice = format_summary(summary)
+        assert "eval.sharpness_dtype=float64" in advice and "raise eval.sharpness_max_iter" not in advice
+    _, summary = _row0(tanh32(sharpness_dtype="float64"))
+    assert summary["sharpness_unconverged"] == summary["spectrum_unconverged"] == 0
+    # a budget too small is still told to raise it, and nothing else
+    _, summary = _row0(_config(spectrum_top_k=3, sharpness_max_iter=2, sharpness_tol=1e-12))
+    assert summary["unconverged_below_budget"] == 0
+    advice = format_summary(summary)
+    assert "(raise eval.sharpness_max_iter)" in advice and "float64" not in advice

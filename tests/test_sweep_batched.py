@@ -71,7 +71,7 @@ def _assert_same(local, res: CellResult):
                 assert _close(a[key], b[key]), (a["step"], key, a[key], b[key])
     for key in ("status", "diverged_at", "steps_completed", "sharpness_measurements", "sharpness_matvecs",
                 "num_params", "sharpness_kind", "warmup", "lr_target_reached_at", "searches",
-                "search_forward_passes", "catapult"):
+                "search_forward_passes", "catapult", "sharpness_unconverged", "unconverged_below_budget"):
         assert res.summary[key] == local.summary[key], key
     for key in ("lambda_0", "lr_target", "threshold_target", "final_train_loss", "final_test_loss",
                 "final_test_accuracy", "final_sharpness", "peak_sharpness", "lr_critical",
@@ -287,6 +287,27 @@ def test_cells_logging_the_spectrum_run_locally_with_their_columns():
         assert res.status == "finished"
         assert all(math.isfinite(row["eig_2"]) and math.isfinite(row["hessian_trace"])
                    and row["eig_converged"] in (0, 1) for row in res.metrics)
+
+
+def test_batched_summaries_count_solves_stopped_below_their_budget_as_local_does():
+    # float32 at tol 1e-7, below its rounding: every solve stops short of the tol well below its
+    # budget of 30 products (the run's advice is then float64 or a looser tol, not more products)
+    from catapult.sweep.ensemble import EnsembleExecutor
+
+    def local(config, progress=None):
+        return train.run(config, progress="none")
+
+    cells = [_cell(MLP, i, dtype="float32", train={"steps": 1}, optimizer={"name": "sgd", "lr": 0.05 * (i + 1)},
+                   eval={"sharpness_every": 1, "sharpness_tol": 1e-7, "test_every": 0}) for i in range(2)]
+    executor = EnsembleExecutor(local, kernels=True)
+    batched = dict(executor.run(cells))
+    assert executor.fallbacks == []
+    for cell in cells:
+        want = local(cell.config).summary
+        got = batched[cell.id].summary
+        assert want["sharpness_unconverged"] == want["unconverged_below_budget"] == 2   # rows 0 and 1
+        assert got["sharpness_unconverged"] == want["sharpness_unconverged"]
+        assert got["unconverged_below_budget"] == want["unconverged_below_budget"]
 
 
 @pytest.mark.parametrize("evaluation, reason", [

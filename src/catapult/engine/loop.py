@@ -307,6 +307,10 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
     lambda0_all = setup.lambda0_estimates if setup.needs_lambda0 else []
     matvecs_total = sum(int(e.matvecs) for e in lambda0_all)
     unconverged = sum(int(not e.converged) for e in lambda0_all)
+    # unconverged solves that stopped below their product budget: the products' precision, not the
+    # budget, held them (records.unconverged_advice)
+    max_iter = config["eval"]["sharpness_max_iter"]
+    below_budget = sum(int(not e.converged and e.matvecs < max_iter) for e in lambda0_all)
     measurements = 0
     spectrum_unconverged = 0  # top-k solves (the eig_i columns) that did not converge
     warm: torch.Tensor | None = setup.start_vector
@@ -377,6 +381,7 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
                     est = rule.measure(model, loss_fn, (x, y), optimizer, warm, kind=kind_t)
                     matvecs_total += int(est.matvecs)
                     unconverged += int(not est.converged)
+                    below_budget += int(not est.converged and est.matvecs < max_iter)
                 # eval.sharpness_start: cold starts every measurement from the run's own vector
                 warm = est.vector if cold_start is None else cold_start
                 row["sharpness"] = float(est.value)
@@ -385,9 +390,10 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
                 if kind_t != rule.kind:  # a kind that changes during the run: say which
                     row[STEP_KIND_COLUMN] = kind_t
                 if rule.spectrum is not None:  # eval.spectrum_top_k / eval.trace_matvecs
-                    entries, spectrum_converged = rule.spectrum(model, loss_fn, (x, y), optimizer, kind=kind_t)
+                    entries, spectrum_converged, short = rule.spectrum(model, loss_fn, (x, y), optimizer, kind=kind_t)
                     row.update(entries)
                     spectrum_unconverged += int(spectrum_converged is False)
+                    below_budget += int(short)
 
             if x_test is not None and evaluates_test(t, test_every, steps):
                 row["test_loss"], row["test_accuracy"] = processes.evaluate(model, loss_fn, x_test, y_test)
@@ -419,7 +425,7 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
         threshold_target=threshold(optimizer, lr_trgt * optimizer.param_groups[0].get("lr_mult", 1.0)),
         n_params=setup.n_params, device=setup.device, sharpness_kind=rule.kind, matvecs_total=matvecs_total,
         measurements=measurements, unconverged=unconverged, wall_time=time.perf_counter() - started,
-        spectrum_unconverged=spectrum_unconverged, collapsed=collapsed, lambda0_batches=len(lambda0_all) or None, failure=failure,
+        spectrum_unconverged=spectrum_unconverged, unconverged_below_budget=below_budget, collapsed=collapsed, lambda0_batches=len(lambda0_all) or None, failure=failure,
     )
     status = summary["status"]  # the paper's accuracy rule and the collapse rule (engine.step.final_status)
     reporter.close(status + (f" ({summary['failure']})" if summary.get("failure") else ""))

@@ -17,7 +17,7 @@ from catapult.analysis import detect_catapults
 from catapult.writing import csv_cell, csv_text, write_errors_named
 
 __all__ = ["METRIC_COLUMNS", "metric_columns", "is_spectrum_column", "spectrum_setting", "write_metrics", "read_metrics", "MetricsFile", "json_safe", "finite",
-           "summarize", "warmup_summary", "threshold_label", "format_summary",
+           "summarize", "warmup_summary", "threshold_label", "format_summary", "unconverged_advice",
            "RADAM_KIND", "STEP_KIND_COLUMN"]
 
 #: ``eval.sharpness_kind: auto``'s kind for RAdam: ``hessian`` while its next update is un-rectified,
@@ -232,7 +232,7 @@ def summarize(config, metrics, *, status, diverged_at, lambda_0, lr_trgt, thresh
                sharpness_kind,
                matvecs_total, measurements, unconverged, wall_time, collapsed: bool = False,
               lambda0_batches: int | None = None, failure: str | None = None,
-              spectrum_unconverged: int = 0) -> dict:
+              spectrum_unconverged: int = 0, unconverged_below_budget: int = 0) -> dict:
     """The run's scalars (``summary.json``). Non-finite numbers become ``null`` in the file.
 
     ``status`` is the loop's (``finished``/``diverged``); the summary's is
@@ -245,7 +245,11 @@ def summarize(config, metrics, *, status, diverged_at, lambda_0, lr_trgt, thresh
     final training accuracy where its last loss is not finite (the outputs it would count are not).
     ``unconverged`` counts the sharpness solves that did not reach ``eval.sharpness_tol``
     (``sharpness_unconverged``), ``spectrum_unconverged`` the top-k solves of the ``eig_i``
-    columns that did not (``eval.spectrum_top_k``; 0 where none was taken).
+    columns that did not (``eval.spectrum_top_k``; 0 where none was taken), and
+    ``unconverged_below_budget`` those of both that stopped below their product budget
+    (``eval.sharpness_max_iter``; a top-k solve's at least ``3 k``): there the products' own error
+    (finite differences) or rounding is above the tol, and more products would not help
+    (:func:`unconverged_advice`).
     """
     losses = [r["train_loss"] for r in metrics if finite(r["train_loss"])]
     sharp = [(r["step"], r["sharpness"]) for r in metrics if r["sharpness"] is not None]
@@ -299,11 +303,42 @@ def summarize(config, metrics, *, status, diverged_at, lambda_0, lr_trgt, thresh
         "sharpness_matvecs": matvecs_total,
         "sharpness_unconverged": unconverged,
         "spectrum_unconverged": spectrum_unconverged,
+        "unconverged_below_budget": unconverged_below_budget,
         "num_params": n_params,
         "device": str(device),
         "dtype": config["dtype"],
         "wall_time_s": wall_time,
     }
+
+
+#: What to do about solves that stopped below their product budget short of ``eval.sharpness_tol``.
+PRECISION_ADVICE = ("the products' own error (finite differences) or rounding is above eval.sharpness_tol, and "
+                    "more products do not help: loosen eval.sharpness_tol, or take the products in float64 "
+                    "(eval.sharpness_dtype=float64)")
+
+
+def unconverged_advice(summary: Mapping[str, Any]) -> str:
+    """What to do about a run's unconverged solves (``sharpness_unconverged`` +
+    ``spectrum_unconverged``): raise ``eval.sharpness_max_iter`` for those that used all of it; for
+    those that stopped below it (``unconverged_below_budget``: a float32 solve at a tol under its
+    rounding, or finite-difference products whose own error is above the tol), a looser tol or
+    float64. A summary written before the count gives both.
+
+    >>> unconverged_advice({"sharpness_unconverged": 2, "spectrum_unconverged": 0, "unconverged_below_budget": 0})
+    'raise eval.sharpness_max_iter'
+    >>> unconverged_advice({"sharpness_unconverged": 2, "spectrum_unconverged": 1, "unconverged_below_budget": 1})[:70]
+    '2 used all of eval.sharpness_max_iter: raise it; 1 stopped below it: t'
+    """
+    total = int(summary.get("sharpness_unconverged") or 0) + int(summary.get("spectrum_unconverged") or 0)
+    short = summary.get("unconverged_below_budget")
+    if short is None:
+        return f"raise eval.sharpness_max_iter where they used all of it; where they stopped below it, {PRECISION_ADVICE}"
+    if not short:
+        return "raise eval.sharpness_max_iter"
+    if short >= total:
+        return f"they stopped below eval.sharpness_max_iter: {PRECISION_ADVICE}"
+    return (f"{total - short} used all of eval.sharpness_max_iter: raise it; {short} stopped below it: "
+            f"{PRECISION_ADVICE}")
 
 
 def format_summary(summary: Mapping[str, Any]) -> str:
@@ -338,5 +373,5 @@ def format_summary(summary: Mapping[str, Any]) -> str:
              if (n := summary.get(key))]
     if short:
         lines.append(f"  NOT converged to eval.sharpness_tol: {', '.join(short)} solve(s); their values are "
-                     f"approximate (raise eval.sharpness_max_iter)")
+                     f"approximate ({unconverged_advice(summary)})")
     return "\n".join(lines)

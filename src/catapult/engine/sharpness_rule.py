@@ -226,7 +226,8 @@ class SharpnessRule:
     hessian: Callable
     measure: Callable
     # (model, loss_fn, batch, optimizer[, kind]) -> (row entries, whether the top-k solve converged:
-    # None without one, eval.spectrum_top_k 0; the Hutch++ trace spends a fixed budget, no test)
+    # None without one, eval.spectrum_top_k 0; the Hutch++ trace spends a fixed budget, no test;
+    # whether it stopped unconverged below its product budget)
     spectrum: Callable | None = None
 
     def kind_at(self, optimizer: torch.optim.Optimizer, t: int) -> str:
@@ -284,7 +285,8 @@ def sharpness_rule(config: Mapping[str, Any], model: nn.Module | None = None, *,
         """eig_1..eig_k and hessian_trace of the operator whose top eigenvalue the row's sharpness
         is: P^-1/2 H P^-1/2 (preconditioned), M^1/2 H M^1/2 (lr_scaled), else H; and whether the
         top-k solve converged (None: none taken), which the run's ``spectrum_unconverged`` counts and
-        the row's ``eig_converged`` (1 / 0) says."""
+        the row's ``eig_converged`` (1 / 0) says; and whether it stopped short of the tol below its
+        product budget (``unconverged_below_budget``)."""
         opt = optimizer if (kind or rule_kind) in ("preconditioned", "lr_scaled") else None
         eig, trace = spectrum_estimates(config, model, loss_fn, batch, top_k=top_k,
                                         trace_matvecs=trace_matvecs, optimizer=opt, distributed=distributed)
@@ -293,6 +295,9 @@ def sharpness_rule(config: Mapping[str, Any], model: nn.Module | None = None, *,
             row[EIG_CONVERGED_COLUMN] = int(bool(eig.converged))
         if trace is not None:
             row["hessian_trace"] = trace
-        return row, (None if eig is None else bool(eig.converged))
+        if eig is None:
+            return row, None, False
+        # its budget, as spectrum_estimates sets it: short of tol below it, more products would not help
+        return row, bool(eig.converged), not eig.converged and eig.matvecs < max(ev["sharpness_max_iter"], 3 * top_k)
 
     return SharpnessRule(kind, hessian, measure, spectrum if (top_k or trace_matvecs) else None)

@@ -132,7 +132,7 @@ def measure_spectrum(config: Mapping[str, Any], *, weights: str | Path | None = 
     on batch 0, before any product. Returns a dict: ``name``, ``curvature``, ``preconditioned``, ``weights``,
     ``batch_size``, ``n_params``, ``eigenvalues`` (largest first), ``eigen_matvecs``,
     ``converged`` (and with eigenvalues: the largest ``residual`` of the pairs, the ``tol`` and
-    ``hvp`` they were measured with), ``trace``, ``trace_matvecs`` (asked), ``trace_products`` (spent: at most ``n_params``, where the
+    ``hvp`` they were measured with, and ``max_iter``, the solve's product budget), ``trace``, ``trace_matvecs`` (asked), ``trace_products`` (spent: at most ``n_params``, where the
     trace is exact), ``density`` (the
     :class:`~catapult.curvature.spectrum.SpectralDensity`, or None), ``density_runs``,
     ``density_steps``.
@@ -194,7 +194,8 @@ def measure_spectrum(config: Mapping[str, Any], *, weights: str | Path | None = 
     if eig is not None:
         out.update(eigenvalues=[float(v) for v in eig.values], eigen_matvecs=int(eig.matvecs),
                    converged=bool(eig.converged), residual=max(float(r) for r in eig.residuals),
-                   tol=float(config["eval"]["sharpness_tol"]), hvp=config["eval"]["sharpness_hvp"])
+                   tol=float(config["eval"]["sharpness_tol"]), hvp=config["eval"]["sharpness_hvp"],
+                   max_iter=max(int(config["eval"]["sharpness_max_iter"]), 3 * top_k))
     if density_runs:
         out["density"] = curv.spectral_density(model, loss_fn, batch, runs=density_runs, steps=density_steps,
                                                **curvature_options(config, optimizer, curvature))
@@ -202,17 +203,26 @@ def measure_spectrum(config: Mapping[str, Any], *, weights: str | Path | None = 
 
 
 def not_converged(s: Mapping[str, Any]) -> str:
-    """What to do about eigenpairs that did not reach ``eval.sharpness_tol``: more products, and
-    with finite-difference products, whose own error the residuals include
-    (:mod:`catapult.curvature.certify`), also float64 or a looser tol.
+    """What to do about eigenpairs that did not reach ``eval.sharpness_tol``: more products where
+    the solve used all of its budget (``max_iter``, the products' at least ``3 k``), else (it stopped
+    below it: float32 rounding, or finite-difference products whose own error the residuals
+    include, :mod:`catapult.curvature.certify`, above the tol) float64 or a looser tol, which more
+    products would not replace (:data:`~catapult.engine.records.PRECISION_ADVICE`). Without
+    ``max_iter`` (a result from before it was recorded): both.
 
-    >>> not_converged({"residual": 2e-3, "tol": 1e-3, "hvp": "double_backprop"})
+    >>> not_converged({"residual": 2e-3, "tol": 1e-3, "hvp": "double_backprop", "eigen_matvecs": 100, "max_iter": 100})
     'NOT converged: the largest residual is 0.002, above eval.sharpness_tol=0.001; raise eval.sharpness_max_iter'
+    >>> not_converged({"residual": 2e-6, "tol": 1e-7, "eigen_matvecs": 23, "max_iter": 100})[-89:]
+    'loosen eval.sharpness_tol, or take the products in float64 (eval.sharpness_dtype=float64)'
     """
-    advice = "raise eval.sharpness_max_iter"
-    if s.get("hvp") == "finite_difference":
-        advice += (", or, where the difference products' own error is above the tol (float32), set "
-                   "eval.sharpness_dtype=float64 or loosen eval.sharpness_tol")
+    from catapult.engine.records import PRECISION_ADVICE
+
+    if "max_iter" not in s:
+        advice = f"raise eval.sharpness_max_iter where it used all of it; where it stopped below it, {PRECISION_ADVICE}"
+    elif s.get("eigen_matvecs", 0) >= s["max_iter"]:
+        advice = "raise eval.sharpness_max_iter"
+    else:
+        advice = f"it stopped below eval.sharpness_max_iter ({s['eigen_matvecs']} of {s['max_iter']} products): {PRECISION_ADVICE}"
     if "residual" not in s:
         return f"NOT converged: {advice}"
     return f"NOT converged: the largest residual is {s['residual']:.2g}, above eval.sharpness_tol={s['tol']:g}; {advice}"

@@ -245,6 +245,7 @@ def train_group(group: Group, stack: Stack, *, keep_models: bool = True) -> Iter
                 measured[r] = est
                 active[r].matvecs_total += int(est.matvecs)
                 active[r].unconverged += int(not est.converged)
+                active[r].below_budget += int(not est.converged and est.matvecs < active[r].max_iter)
         for r, est in sorted(measured.items()):
             mb = active[r]
             # eval.sharpness_start: cold starts every measurement from the member's own vector (as run)

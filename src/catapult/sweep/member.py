@@ -48,6 +48,7 @@ class Member:
     matvecs_total: int = 0
     measurements: int = 0
     unconverged: int = 0
+    below_budget: int = 0  # unconverged solves that stopped below max_iter (summary: unconverged_below_budget)
 
     @classmethod
     def of(cls, cell: Cell, config: Mapping[str, Any]) -> "Member":
@@ -108,6 +109,7 @@ class Member:
             mb.lambda0_estimate, mb.lambda_0 = est, float(est.value)
             mb.matvecs_total += int(est.matvecs)
             mb.unconverged += int(not est.converged)
+            mb.below_budget += int(not est.converged and est.matvecs < mb.max_iter)
         # lambda_0 averaged over batches 0 .. k-1 (eval.lambda0_batches), as Run.lambda_0:
         # ``solve_on(t)`` solves on batch t, each member warm-started from its batch-0 vector
         if solve_on is None:
@@ -124,6 +126,7 @@ class Member:
                 values[i].append(float(est.value))
                 members[i].matvecs_total += int(est.matvecs)
                 members[i].unconverged += int(not est.converged)
+                members[i].below_budget += int(not est.converged and est.matvecs < members[i].max_iter)
         for i in need:
             members[i].lambda_0 = float(sum(values[i]) / len(values[i]))
 
@@ -154,6 +157,7 @@ class Member:
             lr_trgt=self.lr_trgt, threshold_target=self.threshold_at(self.lr_trgt), n_params=n_params,
             device=device, sharpness_kind=sharpness_kind, matvecs_total=self.matvecs_total,
             measurements=self.measurements, unconverged=self.unconverged, wall_time=wall_time,
+            unconverged_below_budget=self.below_budget,
             collapsed=self.collapsed, lambda0_batches=self._lambda0_batches(), failure=self.failure)
         if self.warmup is not None:
             summary.update(warmup_summary(self.config, self.metrics, self.lr_trgt, self.warmup))
