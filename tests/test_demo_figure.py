@@ -111,3 +111,21 @@ def test_a_runs_figure_names_the_operator_its_kind_measures(optimizer, model, ki
     assert drawn["kind"] == kind
     _, ax_sharp, ax_spec = drawn["figure"].axes
     assert sharpness in ax_sharp.get_ylabel() and operator in ax_spec.get_ylabel()
+
+
+def test_the_spectrum_panel_crosses_out_eigenvalues_whose_solve_did_not_converge():
+    # eig_converged 0 rows were drawn like any other: a reader of trajectories.png could not
+    # tell which eig_i were approximate
+    rows = [dict(step=t, lr=0.1, threshold=20.0, train_loss=1.0, sharpness=5.0 + t, eig_1=5.0 + t, eig_2=2.0 + t,
+                 eig_converged=mark) for t, mark in enumerate([1, 0, 1, None])]
+    rows[3].update(sharpness=None, eig_1=None, eig_2=None)   # a row without a solve
+    ax_spec = plot_run(rows).axes[2]
+    crossed = [line for line in ax_spec.get_lines() if line.get_marker() == "x"]
+    assert len(crossed) == 1
+    assert sorted(zip(crossed[0].get_xdata(), crossed[0].get_ydata())) == [(1, 3.0), (1, 6.0)]
+    assert "x: not converged" in ax_spec.get_title()
+    for row in rows:
+        row["eig_converged"] = None if row["eig_1"] is None else 1
+    ax_spec = plot_run(rows).axes[2]
+    assert not [line for line in ax_spec.get_lines() if line.get_marker() == "x"]
+    assert "not converged" not in ax_spec.get_title()

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 from catapult.analysis import is_finite_number
 from catapult.arguments import check_flag
-from catapult.engine.records import is_spectrum_column
+from catapult.engine.records import EIG_CONVERGED_COLUMN, is_spectrum_column
 from catapult.engine.sharpness_rule import RADAM_KIND
 from catapult.files import save_figure
 
@@ -181,8 +181,10 @@ def _spectrum_panel(ax, runs: Mapping[str, Metrics], spectra: Mapping[str, tuple
                     colors: list[str], *, operator: str = "H") -> None:
     """(c): each run's ``eig_i`` in its colour, fading with ``i`` (linear axis: eigenvalues may
     be negative), and its ``hessian_trace`` dashed on a right-hand axis; both of ``operator``
-    (:data:`OPERATORS`: the one the engine logs them of under the run's kind)."""
+    (:data:`OPERATORS`: the one the engine logs them of under the run's kind). The ``eig_i`` of a
+    row whose top-k solve did not converge (``eig_converged`` 0) are crossed out."""
     trace_ax = None
+    unconverged = False
     for color, (label, metrics) in zip(colors, runs.items()):
         eigs, has_trace = spectra[label]
         for i, key in enumerate(eigs):
@@ -190,17 +192,25 @@ def _spectrum_panel(ax, runs: Mapping[str, Metrics], spectra: Mapping[str, tuple
             ax.plot(xs, ys, color=color, lw=1.2, alpha=max(1.0 - 0.6 * i / max(len(eigs) - 1, 1), 0.3),
                     marker="." if len(xs) < 60 else None, ms=3,
                     label=f"{label}: eig_1 .. eig_{len(eigs)}" if i == 0 and len(runs) > 1 else None)
+        short = [(row["step"], float(row[key])) for row in metrics if row.get(EIG_CONVERGED_COLUMN) == 0
+                 for key in eigs if is_finite_number(row.get(key))]
+        if short:
+            ax.plot([x for x, _ in short], [y for _, y in short], ls="none", marker="x", ms=5, color="crimson",
+                    label=None if unconverged else "not converged")
+            unconverged = True
         if has_trace:
             trace_ax = trace_ax or ax.twinx()
             xs, ys = _series(metrics, "hessian_trace", positive=False)
             trace_ax.plot(xs, ys, color=color if len(runs) > 1 else "0.25", lw=1.0, ls="--")
     top_k = max((len(eigs) for eigs, _ in spectra.values()), default=0)
     title = f"(c) top {top_k} eigenvalues (eig_1 darkest)" if top_k else "(c) spectrum"
+    if unconverged:
+        title += ", x: not converged"
     ax.set(xlabel="step", ylabel=f"eigenvalue of {operator}" if top_k else "", title=title)
     if trace_ax is not None:
         trace_ax.set_ylabel(f"trace of {operator} (dashed, Hutch++)" if operator != "H"
                             else "Hessian trace (dashed, Hutch++)")
-    if len(runs) > 1 and top_k:
+    if (len(runs) > 1 or unconverged) and top_k:
         ax.legend(fontsize=8, loc="best")
 
 
