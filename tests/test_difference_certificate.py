@@ -251,3 +251,24 @@ def test_difference_top_eigenpairs_past_the_rank_judge_the_zeros_as_the_exact_so
     # the pairs the products resolve keep their own relative bound
     for value, vector, reported in zip(eig.values[:rank], eig.vectors.double().numpy(), eig.residuals):
         assert np.linalg.norm(H @ vector - value * vector) / abs(value) <= reported
+
+
+def test_difference_top_eigenpairs_of_a_negative_dominated_spectrum_take_the_solvers_scale():
+    # a concave quadratic (minus an MSE) of a linear model on 3 samples: its top eigenvalues are
+    # zeros, above -0.63 .. -4.7. The floor was taken of the top k's own |theta| (~2e-11, the
+    # differences' error), so the zeros reported bounds 5.7 .. 7.6, not converged, where the exact
+    # solver, whose floor is of every Ritz value, converged
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 2).double()
+    batch = (torch.randn(3, 6, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64))
+
+    def loss_fn(out, target):
+        return -torch.nn.functional.mse_loss(out, target)
+
+    truth = np.linalg.eigvalsh(dense_hessian(model, loss_fn, batch).numpy())
+    assert np.all(np.abs(truth[-3:]) < 1e-14) and truth[0] < -4
+    exact = catapult.top_eigenpairs(model, loss_fn, batch, k=3, tol=1e-3, hvp="double_backprop")
+    eig = catapult.top_eigenpairs(model, loss_fn, batch, k=3, tol=1e-3, hvp="finite_difference")
+    assert exact.converged and eig.converged and max(eig.residuals) <= 1e-3
+    assert eig.scale == pytest.approx(-truth[0], rel=1e-6)   # the spectrum's size, not the top 3's
+    assert max(abs(v) for v in eig.values) <= 1e-3 * eig.scale   # zeros, to the tol of that size

@@ -258,9 +258,10 @@ def certified_pairs(matvec, eig: Eigenpairs, *, tol: float, reduce=None) -> Eige
     """``eig`` (top-k pairs) as they stand against the Hessian where ``matvec``'s products are
     differences, else ``eig`` itself: each pair's ``residuals[i]`` becomes its bound of the module
     docstring (:func:`measured`: two or three products per pair, counted in ``matvecs``; no second
-    solve), relative to ``|theta_i|`` floored as the exact solver floors it (``largest``: an
-    eigenvalue below what the difference products resolve, a zero of a rank-deficient Hessian, is
-    judged by its absolute bound), and ``converged`` says whether every one is within ``tol``.
+    solve), relative to ``|theta_i|`` floored as the exact solver floors it (``largest``, its
+    ``scale`` where known: an eigenvalue below what the difference products resolve, a zero of a
+    rank-deficient Hessian, is judged by its absolute bound), and ``converged`` says whether every
+    one is within ``tol``.
 
     >>> class Differences:
     ...     mode, step_factor = "finite_difference", 1.0
@@ -278,10 +279,13 @@ def certified_pairs(matvec, eig: Eigenpairs, *, tol: float, reduce=None) -> Eige
     # relative to |theta_i| floored as lanczos_top_k floors it: a zero of a rank-deficient Hessian
     # was divided by its own |theta| ~ 1e-16 (float64 differences, 21-parameter tanh MLP past its
     # rank: bounds 13 .. 310, converged=False, where the exact solver converged to 8e-5)
-    largest = max(abs(v) for v in eig.values)
+    # the exact solver's scale (every Ritz value, a negative-dominated spectrum's too: top 3 of a concave
+    # quadratic are zeros, and their own largest |theta| ~ 2e-11 left bounds of 5.7 .. 7.6)
+    largest = max([abs(v) for v in eig.values] + ([eig.scale] if eig.scale is not None and math.isfinite(eig.scale)
+                                                   else []))
     for theta, y in zip(eig.values, eig.vectors):
         residual, error, products = measured(matvec, fd, y, theta, reduce, tol, largest=largest)
         bounds.append(residual + error)
         extra += products
     converged = all(b <= tol for b in bounds)   # False for a nan bound
-    return Eigenpairs(list(eig.values), eig.vectors, eig.matvecs + extra, converged, bounds)
+    return Eigenpairs(list(eig.values), eig.vectors, eig.matvecs + extra, converged, bounds, scale=eig.scale)

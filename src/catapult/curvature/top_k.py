@@ -59,6 +59,9 @@ class Eigenpairs:
     matvecs: int
     converged: bool
     residuals: list
+    #: ``max |theta|`` over the Ritz values of the last projected matrix (not only the top ``k``: a
+    #: negative-dominated spectrum's), the scale ``m`` is taken of; None where not known
+    scale: float | None = None
 
 
 def check_k(k, n: int | None) -> int:
@@ -305,4 +308,4 @@ def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_it
     else:  # each row's norm over every rank's part
         V = V / reduce((V * V).sum(dim=1)).sqrt().unsqueeze(1)
     return Eigenpairs([float(values[i]) for i in order], V, matvecs, converged,
-                      [float(r) for r in residuals])
+                      [float(r) for r in residuals], scale=float(np.max(np.abs(values))))
