@@ -91,9 +91,12 @@ def test_rigl_keeps_density_exactly_and_masked_weights_zero(name):
             if grown.any():
                 changed_steps.append(t)
                 assert torch.all(module.weight[grown] == 0)  # grown weights start at 0 ...
-                for value in optimizer.state[module.weight].values():
+                for key, value in optimizer.state[module.weight].items():
                     if torch.is_tensor(value) and value.shape == module.weight.shape:
-                        assert torch.all(value[grown] == 0)  # ... with zero optimizer state
+                        if name == "gi-adam" and key == "exp_avg_sq":  # GI-Adam's v_0 = g^2 of the grow score
+                            assert torch.equal(value[grown], module.dense_grad[grown] ** 2)
+                        else:
+                            assert torch.all(value[grown] == 0)  # ... with zero optimizer state
 
     _train(model, optimizer, updater, 14, check)
     assert set(changed_steps) and set(changed_steps) <= {2, 4, 6, 8, 10}  # updates at t % 2 == 0, t < 12

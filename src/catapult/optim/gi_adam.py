@@ -291,6 +291,36 @@ class GIAdam(torch.optim.Optimizer):
         group = self._find_group(param) if group is None else group
         return group["seed"] + self._param_index(param) if group["v0"] == "random" else 0
 
+    @torch.no_grad()
+    def start_entries_(self, param: Tensor, where: Tensor, grad: Tensor) -> None:
+        """Start the entries ``where`` of ``param``'s state afresh from their gradient ``grad``
+        (shaped like ``param``): ``m = 0`` and ``v = init(g)`` there, GI-Adam's start of an entry
+        whose first gradient is ``g``; the step count is kept. Dynamic sparsity calls it for the
+        weights RigL grows (:func:`catapult.sparsity.reset_state_`), where a zeroed ``v`` gave
+        Adam's start. Before ``param``'s first step it does nothing (that step starts every entry).
+        ``v0="random"`` draws the entries' ``v`` from the parameter's seed plus its step count.
+
+        >>> w = torch.nn.Parameter(torch.zeros(2))
+        >>> opt = GIAdam([w], lr=0.1)
+        >>> w.grad = torch.tensor([1.0, 0.0]); opt.step()
+        >>> opt.start_entries_(w, torch.tensor([False, True]), torch.tensor([5.0, 3.0]))
+        >>> opt.state[w]["exp_avg_sq"]
+        tensor([1., 9.])
+        """
+        state = self.state.get(param)
+        if not state or state.get("exp_avg_sq") is None:
+            return
+        if where.shape != param.shape or grad.shape != param.shape:
+            raise ValueError(f"start_entries_: where {tuple(where.shape)} and grad {tuple(grad.shape)} must have "
+                             f"the parameter's shape {tuple(param.shape)}")
+        group = self._find_group(param)
+        seed = self.v0_seed(param, group)
+        if group["v0"] == "random":  # another draw than the first step's, the same on every rank
+            seed = (seed + int(state["step"].item())) % 2 ** 64
+        v0 = initial_second_moment(grad.detach()[where].to(state["exp_avg_sq"].dtype), group["v0"], seed)
+        state["exp_avg"].masked_fill_(where, 0)
+        state["exp_avg_sq"][where] = v0.to(state["exp_avg_sq"].device)
+
     # ----------------------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
