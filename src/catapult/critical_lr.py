@@ -34,7 +34,7 @@ from torch import Tensor
 
 from catapult.curvature import distributed as dist_ops
 from catapult.curvature.rank_agreement import same_call_on_every_rank
-from catapult.curvature.sharded import is_sharded, reshard
+from catapult.curvature.sharded import is_sharded, reset_after_error, reshard
 from catapult.curvature.start import outside_inference_mode
 from catapult.curvature.stateless import AttributesKept, RenormedCopies, refuse_scripted
 from catapult.critical_lr_passes import (ModelSnapshot, NonFiniteLossError, forward_loss, loss_and_gradient,
@@ -408,6 +408,9 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
             else:
                 upper, loss_upper = mid, loss_mid
         return CriticalLR(upper, lower, upper, passes, loss0)
+    except BaseException:   # a trial that raised inside the model left the root gathered at theta - lr u
+        reset_after_error(model)   # (reshard below is a no-op there)
+        raise
     finally:
         kept.restore()   # a trial's forward (or loss_fn) that raised after it moved the carried state
         with torch.no_grad():

@@ -390,15 +390,29 @@ def _sharded_shard_reduction(model, loss_fn, batch, failed: Exception | None = N
     unsharded model's forward on half its shard, which this replaces; such a model whose outputs have
     no sample rows is refused (a mean taken for a sum loss would halve its curvature on 2 ranks)."""
     from catapult.curvature.rng import fixed_rng
-    from catapult.curvature.microbatch import reduction_kind, uses_batch_statistics
+    from catapult.curvature.microbatch import uses_batch_statistics
     from catapult.curvature.stateless import AttributesKept
+    from catapult.curvature.sharded import reset_on_error, reshard
 
     if any(uses_batch_statistics(m) for m in model.modules()):
         return None
     x, y = batch
-    # a dropout's masks leave the global generators alone; a state the forward carries is put back
-    with torch.no_grad(), fixed_rng(0, x.device), AttributesKept().watch(model):
-        out = model(x)
+    # a dropout's masks leave the global generators alone; a state the forward carries is put back;
+    # FSDP's root keeps its gathered weights after a forward without a backward (a loss_fn may read
+    # them): freed after (where the forward or loss_fn raised, they were the caller's next forward's
+    # weights, until its backward)
+    with reset_on_error(model):
+        with torch.no_grad(), fixed_rng(0, x.device), AttributesKept().watch(model):
+            out = model(x)
+        kind = _sharded_reduction_of(out, loss_fn, x, y, failed)
+        reshard(model)
+    return kind
+
+
+def _sharded_reduction_of(out, loss_fn, x, y, failed: Exception | None) -> str | None:
+    """:func:`_sharded_shard_reduction`'s answer from the forward's output ``out``."""
+    from catapult.curvature.microbatch import reduction_kind
+
     n = x.shape[0]
     if not (n >= 1 and torch.is_tensor(out) and out.dim() >= 1 and out.shape[0] == n
             and torch.is_tensor(y) and y.dim() >= 1 and y.shape[0] == n):

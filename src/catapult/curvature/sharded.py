@@ -91,7 +91,7 @@ from catapult.curvature.torch_errors import functions_without_backward, no_backw
 from catapult.curvature.twice import forms_for, graph_functions, needs_forms
 
 
-__all__ = ["is_sharded", "reshard", "full_tensor", "check_sharded_options",
+__all__ = ["is_sharded", "reshard", "reset_after_error", "reset_on_error", "full_tensor", "check_sharded_options",
            "ShardedHessianOperator"]
 
 
@@ -131,6 +131,47 @@ def reshard(model: torch.nn.Module) -> None:
     """
     for module in _fsdp_modules(model):
         module.reshard()
+
+
+def reset_after_error(model: torch.nn.Module) -> None:
+    """Put FSDP2's state of ``model`` back after one of its forwards (or a ``loss_fn`` after it,
+    or a backward) raised midway: the root's ``reset_iter_state()`` (where torch's ``FSDPModule``
+    has it, as 2.13 does; it also reshards a root whose forward raised inside a block, which
+    :func:`reshard` leaves gathered, so an older torch leaves that one gathered until the next
+    backward), then :func:`reshard`. The curvature calls and :func:`catapult.critical_lr` call it when they
+    raise: the root held the gathered weights of their last forward (``theta + h u`` of a
+    difference, a trial's ``theta - lr u``), and the caller's next forward read them instead of
+    the shards. No collective (one rank's error does not wait on the others); an error of its
+    own is dropped, so that the caller's error is the one raised. Nothing for a model without
+    ``fully_shard``.
+
+    >>> reset_after_error(torch.nn.Linear(2, 1))
+    """
+    with contextlib.suppress(Exception):   # the caller's error is the one to raise
+        modules = _fsdp_modules(model)
+        for module in modules:
+            reset = getattr(module, "reset_iter_state", None)
+            if callable(reset):
+                try:
+                    reset()
+                except RuntimeError:   # not the root ("must be called on the root FSDP module")
+                    pass
+        for module in modules:
+            module.reshard()
+
+
+@contextlib.contextmanager
+def reset_on_error(model: torch.nn.Module):
+    """:func:`reset_after_error` of ``model`` where the block raises, then the error itself.
+
+    >>> with reset_on_error(torch.nn.Linear(2, 1)):
+    ...     pass
+    """
+    try:
+        yield
+    except BaseException:
+        reset_after_error(model)
+        raise
 
 
 def full_tensor(t: torch.Tensor) -> torch.Tensor:
@@ -419,6 +460,9 @@ class ShardedHessianOperator:
             pieces = [torch.zeros(shape, dtype=self.dtype, device=self.device) if p.grad is None
                       else self.part(p.grad).to(self.dtype) for p, shape in zip(self._params, self.shapes)]
             flat = torch.cat([g.reshape(-1) for g in pieces])
+        except BaseException:   # a forward, loss_fn or backward that raised left the root gathered at theta + h u
+            reset_after_error(self._model)
+            raise
         finally:
             with torch.no_grad():
                 for p, saved in zip(self._params, self._saved):
