@@ -32,7 +32,7 @@ from catapult.sweep.claims import CLAIMS_DDL, LEASE_S, driver_alive, host_id, ne
 from catapult.sweep.store_schema import (BEST_METRICS, DDL, DONE_STATUSES, FINAL_METRICS, METRIC_COLUMNS,
                                          SCHEMA_VERSION, STATUSES)
 from catapult.sweep.store_file import (APPLICATION_ID, connect_readonly, create_store_file, identify,
-                                       missing_columns, sqlite_damage)
+                                       missing_columns, opening, sqlite_damage)
 
 __all__ = [
     "Store",
@@ -153,9 +153,10 @@ class Store:
             if self.readonly:
                 self.conn = connect_readonly(self.path)
             else:
-                self.conn = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
-                self._check_columns()  # before anything is written to it
-                self.conn.execute("PRAGMA journal_mode=WAL")
+                with opening():   # no reader of this process open()s the store's files as it takes its locks
+                    self.conn = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
+                    self._check_columns()  # before anything is written to it
+                    self.conn.execute("PRAGMA journal_mode=WAL")
                 self.conn.execute("PRAGMA synchronous=FULL")
                 self.conn.execute("PRAGMA foreign_keys=ON")
                 # a 0.1.0 store is upgraded in place: marked with the application_id and given

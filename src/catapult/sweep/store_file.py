@@ -25,6 +25,7 @@ import shutil
 import sqlite3
 import sys
 import tempfile
+import threading
 import time
 import uuid
 import weakref
@@ -213,9 +214,28 @@ def connect_readonly(path: str | Path, timeout: float = 30.0) -> "ReadOnlyConnec
     return ReadOnlyConnection(Path(path), timeout)
 
 
+#: Held while this process reads a store's files with ``open()`` (:func:`_wal_unmatched`,
+#: :func:`_connect_copy`: closing a descriptor drops every POSIX lock the process holds on the file)
+#: and while a connection of catapult's opens a store and takes its first locks (:func:`opening`), so
+#: that no connection of this process opens a store while its files are read so. (A driver thread that
+#: opened the store during such a read lost its ``-shm`` read lock when the reader closed the file.)
+_RAW_READS = threading.RLock()
+
+
+def opening():
+    """The lock a connection of catapult's opens a store under (``with opening(): ...``), up to its
+    first query: readers of this process then never ``open()`` the store's files meanwhile."""
+    return _RAW_READS
+
+
 def _open_reader(path: Path, timeout: float) -> tuple[sqlite3.Connection, bool, tuple]:
     """The connection :func:`connect_readonly` describes, whether it follows a live WAL index,
     and the key of the files it reads (:func:`_identity` when live, else :func:`_state`)."""
+    with _RAW_READS:   # what is read with open() below, and the connection's opening
+        return _open_reader_locked(path, timeout)
+
+
+def _open_reader_locked(path: Path, timeout: float) -> tuple[sqlite3.Connection, bool, tuple]:
     state = _state(path)
     if state[1] is None:  # no -wal
         return _opened(_uri(path, mode="ro", immutable="1"), timeout), False, state
@@ -244,9 +264,9 @@ def _open_reader(path: Path, timeout: float) -> tuple[sqlite3.Connection, bool, 
 _WAL_MAGIC = (b"\x37\x7f\x06\x82", b"\x37\x7f\x06\x83")
 
 
-def _open_in_this_process(*paths: Path) -> bool:
-    """Whether this process has a descriptor open on any of ``paths`` (True where it cannot tell:
-    no ``/proc/self/fd``)."""
+def _open_in_this_process(*paths: Path, unknown: bool = True) -> bool:
+    """Whether this process has a descriptor open on any of ``paths`` (``unknown`` where it cannot
+    tell: no ``/proc/self/fd``)."""
     try:
         wanted = {os.stat(p)[1:3] for p in paths if p.exists()}   # (inode, device)
         for fd in os.listdir("/proc/self/fd"):
@@ -256,7 +276,7 @@ def _open_in_this_process(*paths: Path) -> bool:
             except OSError:   # closed since the listing
                 continue
     except OSError:
-        return True
+        return unknown
     return False
 
 
@@ -271,7 +291,13 @@ def _wal_unmatched(path: Path, looks: int = 3) -> bool:
     ``/proc/self/fd``; elsewhere not read): closing one drops every POSIX lock of the process on
     the file, and a driver of this process holds its ``-shm`` read lock, without which another
     process opening the store takes itself for the first and rebuilds the index under it (the
-    reason :func:`_header_application_id` reads through SQLite)."""
+    reason :func:`_header_application_id` reads through SQLite). Under :data:`_RAW_READS`, so
+    that no connection of catapult's in this process opens the store meanwhile."""
+    with _RAW_READS:
+        return _wal_unmatched_locked(path, looks)
+
+
+def _wal_unmatched_locked(path: Path, looks: int) -> bool:
     if _open_in_this_process(_shm(path), _wal(path)):
         return False
     for look in range(looks):
@@ -461,9 +487,21 @@ def _stamp(path: Path) -> tuple | None:
 def _connect_copy(path: Path, timeout: float, beside_shm: bool = False) -> tuple[sqlite3.Connection, bool, tuple]:
     """The store and its ``-wal`` (no ``-shm``: no writer) read from a private copy: merged into
     one file in a temporary folder, opened ``immutable`` and unlinked (where the system allows
-    an open file to be; elsewhere the folder is left in the temporary directory)."""
+    an open file to be; elsewhere the folder is left in the temporary directory). Refused where a
+    connection of this process holds the store's ``-shm`` or ``-wal`` (a writer, or a reader of its
+    WAL index, whose locks closing the copied files would drop)."""
     real = Path(os.path.realpath(path))
     shm = _shm(real)
+    with _RAW_READS:
+        if _open_in_this_process(shm, _wal(real), unknown=False):
+            raise sqlite3.OperationalError(
+                f"{path} is read from a copy here (its -wal has no -shm, or one that does not match it: a "
+                f"damaged -wal), and a connection of this process has the store's -wal or -shm open, whose "
+                f"locks closing the copied files would drop: close it, or read the store from another process")
+        return _connect_copy_locked(path, real, shm, timeout, beside_shm)
+
+
+def _connect_copy_locked(path: Path, real: Path, shm: Path, timeout: float, beside_shm: bool):
     for _ in range(5):
         before = _state(real)
         folder = Path(tempfile.mkdtemp(prefix="catapult-store-"))

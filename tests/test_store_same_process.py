@@ -1,0 +1,116 @@
+"""A store read in the process that writes it (a notebook reading progress while ``run_sweep`` runs
+in a thread): closing a descriptor drops every POSIX lock the process holds on the file, so a reader
+that ``open()``s the store's files (``store_file._wal_unmatched``, ``_connect_copy``) must never do
+so while a connection of this process holds them, nor while one opens. Truth: ``/proc/locks``.
+
+Each case runs in a subprocess of its own: the test process never holds a store's locks while its
+files are opened and closed."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.skipif(not Path("/proc/locks").exists() or not Path("/proc/self/fd").exists(),
+                                reason="reads the process's locks and descriptors from /proc (Linux)")
+
+_COMMON = textwrap.dedent('''
+    import json, os, shutil, sqlite3, sys, threading
+    from pathlib import Path
+    from catapult.sweep import store_file
+    from catapult.sweep.store import Store
+
+    folder = Path(sys.argv[1])
+    path = folder / "s.db"
+
+    def left_by_a_writer():
+        """A store with a commit in its -wal, and the -wal and -shm a killed writer leaves."""
+        live = folder / "live.db"
+        store = Store(live)
+        with store.transaction() as conn:
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('x', '1')")
+        for suffix in ("", "-wal", "-shm"):
+            shutil.copyfile(f"{live}{suffix}", f"{path}{suffix}")
+        store.close()
+
+    def held_locks(suffix):
+        """The POSIX locks this process holds on the store's file ``suffix`` ("" the main file)."""
+        inode = os.stat(f"{path}{suffix}").st_ino
+        with open("/proc/locks") as fh:
+            return [line.split()[3] for line in fh if line.split()[1] == "POSIX"
+                    and int(line.split()[4]) == os.getpid() and int(line.split()[5].split(":")[2]) == inode]
+''')
+
+_DRIVER_OPENS_MEANWHILE = _COMMON + textwrap.dedent('''
+    left_by_a_writer()
+    opened, release, seen = threading.Event(), threading.Event(), {}
+
+    def driver():   # a driver of this process opens the store as the reader looks at its -shm
+        store = Store(path)
+        store.counts()
+        opened.set()
+        release.wait(10)
+        seen["shm"], seen["db"] = held_locks("-shm"), held_locks("")
+        store.close()
+
+    real_open = open
+
+    def looking(file, *args, **kwargs):
+        handle = real_open(file, *args, **kwargs)
+        if str(file).endswith("-shm") and "thread" not in seen:
+            seen["thread"] = threading.Thread(target=driver)
+            seen["thread"].start()
+            seen["opened_meanwhile"] = opened.wait(1.0)
+        return handle
+
+    store_file.open = looking
+    reader = store_file.connect_readonly(path)
+    seen["rows"] = reader.execute("SELECT value FROM meta WHERE key = 'x'").fetchall()
+    reader.close()
+    opened.wait(10)
+    release.set()
+    seen.pop("thread").join(10)
+    print(json.dumps(seen))
+''')
+
+_COPY_BESIDE_A_WRITER = _COMMON + textwrap.dedent('''
+    store = Store(path)
+    with store.transaction() as conn:
+        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('x', '1')")
+    before = {"shm": held_locks("-shm"), "db": held_locks("")}
+    try:   # the path a damaged -wal takes (SQLite's SQLITE_PROTOCOL, or a -shm that does not index it)
+        store_file._connect_copy(path, 30.0, beside_shm=True)
+        error = None
+    except sqlite3.OperationalError as err:
+        error = str(err)
+    after = {"shm": held_locks("-shm"), "db": held_locks("")}
+    store.close()
+    print(json.dumps({"before": before, "after": after, "error": error}))
+''')
+
+
+def _run(script: str, folder: Path) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-c", script, str(folder)], capture_output=True, text=True, timeout=60,
+                          env=env)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_driver_opening_the_store_while_a_reader_of_its_process_looks_at_its_files_keeps_its_locks(tmp_path):
+    seen = _run(_DRIVER_OPENS_MEANWHILE, tmp_path)
+    assert seen["rows"] == [["1"]]             # the reader read the commit in the -wal
+    assert seen["opened_meanwhile"] is False   # the driver's opening waited for the reader's look
+    assert seen["shm"] == ["READ"] and seen["db"] == ["READ"]   # SQLite's locks of a WAL connection
+
+
+def test_a_copy_is_refused_where_a_connection_of_this_process_holds_the_store(tmp_path):
+    got = _run(_COPY_BESIDE_A_WRITER, tmp_path)
+    assert got["before"] == {"shm": ["READ"], "db": ["READ"]}
+    assert got["after"] == got["before"]       # the writer's locks are still held
+    assert "a connection of this process has the store's -wal or -shm open" in got["error"]
