@@ -65,7 +65,7 @@ _DRIVER_OPENS_MEANWHILE = _COMMON + textwrap.dedent('''
         if str(file).endswith("-shm") and "thread" not in seen:
             seen["thread"] = threading.Thread(target=driver)
             seen["thread"].start()
-            seen["opened_meanwhile"] = opened.wait(1.0)
+            seen["opened_meanwhile"] = opened.wait(0.5)
         return handle
 
     store_file.open = looking
