@@ -94,6 +94,24 @@ _COPY_BESIDE_A_WRITER = _COMMON + textwrap.dedent('''
 ''')
 
 
+_OUT_CHECK_BESIDE_A_WRITER = _COMMON + textwrap.dedent('''
+    from catapult.cli.common import check_out_file
+    from catapult.config import ConfigError
+
+    store = Store(path)
+    store.counts()
+    before = {"shm": held_locks("-shm"), "db": held_locks("")}
+    try:   # `export s.db --out s.db` in the process whose sweep writes s.db
+        check_out_file("--out", path, replaces=(".csv",), as_suffix=".csv")
+        error = None
+    except ConfigError as err:
+        error = str(err)
+    after = {"shm": held_locks("-shm"), "db": held_locks("")}
+    store.close()
+    print(json.dumps({"before": before, "after": after, "error": error}))
+''')
+
+
 def _run(script: str, folder: Path) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     done = subprocess.run([sys.executable, "-c", script, str(folder)], capture_output=True, text=True, timeout=60,
@@ -114,3 +132,10 @@ def test_a_copy_is_refused_where_a_connection_of_this_process_holds_the_store(tm
     assert got["before"] == {"shm": ["READ"], "db": ["READ"]}
     assert got["after"] == got["before"]       # the writer's locks are still held
     assert "a connection of this process has the store's -wal or -shm open" in got["error"]
+
+
+def test_an_out_file_that_is_the_store_of_a_writer_of_this_process_is_refused_with_its_locks_kept(tmp_path):
+    got = _run(_OUT_CHECK_BESIDE_A_WRITER, tmp_path)
+    assert got["before"] == {"shm": ["READ"], "db": ["READ"]}
+    assert got["after"] == got["before"]
+    assert "is an SQLite database (a sweep store?) that would be overwritten" in got["error"]

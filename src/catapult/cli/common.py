@@ -10,7 +10,7 @@ from pathlib import Path
 
 from catapult.config import ConfigError, load_config
 from catapult.files import UNMARKED_FIGURES, figure_path, is_run_record, partial_of_ours, written_by_catapult
-from catapult.sweep.store_file import SQLITE_MAGIC
+from catapult.sweep.store_file import has_sqlite_header
 
 __all__ = ["add_config_arguments", "config_from_args", "overrides_from_args", "apply_threads", "check_out_file",
            "check_image_file", "figure_path", "check_study_dir", "threads_problem", "max_threads", "workers_problem",
@@ -222,14 +222,9 @@ def check_out_file(option: str, path, replaces: tuple[str, ...] | None = None, *
 
 
 def _is_sqlite(path: Path) -> bool:
-    """Whether ``path`` is an existing file with SQLite's header (a sweep store, this one or another)."""
-    if not path.is_file():  # a FIFO: open() would wait for a writer
-        return False
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
-    except OSError:  # missing, or not ours to read: nothing of it is overwritten by this check
-        return False
+    """Whether ``path`` is an existing file with SQLite's header (a sweep store, this one or another;
+    :func:`~catapult.sweep.store_file.has_sqlite_header`, which leaves a driver's locks of this process alone)."""
+    return has_sqlite_header(path)
 
 
 def check_image_file(option: str, path) -> None:

@@ -34,7 +34,7 @@ from urllib.parse import quote
 
 from catapult.sweep.store_schema import STORE_COLUMNS
 
-__all__ = ["APPLICATION_ID", "SQLITE_MAGIC", "identify", "missing_columns", "connect_readonly", "ReadOnlyConnection",
+__all__ = ["APPLICATION_ID", "SQLITE_MAGIC", "identify", "has_sqlite_header", "missing_columns", "connect_readonly", "ReadOnlyConnection",
            "create_store_file", "sqlite_damage"]
 
 #: ``PRAGMA application_id`` of every catapult store: the ASCII bytes ``"CtPt"``.
@@ -85,6 +85,33 @@ def _header_application_id(path: Path) -> int | None:
             conn.close()
     except sqlite3.DatabaseError:  # "file is not a database": another magic
         return None
+
+
+def has_sqlite_header(path: str | Path) -> bool:
+    """Whether ``path`` is a regular file that starts with :data:`SQLITE_MAGIC` (a store, this one or
+    another). Read with ``open()`` only where this process holds no descriptor of the file (closing
+    one drops every POSIX lock of the process on it: ``export s.db --out s.db`` in a notebook beside
+    its sweep left the driver without its main-file lock), else through SQLite (readable or damaged)
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> create_store_file(folder / "s.db", "CREATE TABLE cells (id INTEGER)")
+    True
+    >>> _ = (folder / "notes.txt").write_text("not a database")
+    >>> has_sqlite_header(folder / "s.db"), has_sqlite_header(folder / "notes.txt")
+    (True, False)
+    """
+    path = Path(path)
+    if not path.is_file():  # a FIFO: open() would wait for a writer
+        return False
+    with _RAW_READS:
+        if not _open_in_this_process(path):
+            try:
+                with open(path, "rb") as fh:
+                    return fh.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
+            except OSError:  # not ours to read: nothing of it is overwritten by this check
+                return False
+    return _header_application_id(path) is not None or sqlite_damage(path) is not None
 
 
 def sqlite_damage(path: str | Path) -> str | None:
