@@ -112,6 +112,25 @@ _OUT_CHECK_BESIDE_A_WRITER = _COMMON + textwrap.dedent('''
 ''')
 
 
+_DRIVER_STARTS_BESIDE_A_READER = _COMMON + textwrap.dedent('''
+    left_by_a_writer()   # (its -wal and -shm: the reader follows the WAL index, read-only)
+    reader = Store(path, create=False)
+    before = reader.conn._live
+    try:   # a sweep started in the notebook that reads its store
+        driver = Store(path)
+        with driver.transaction() as conn:
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('y', '2')")
+        error = None
+    except Exception as err:
+        error, driver = f"{type(err).__name__}: {err}", None
+    seen = reader.meta("y")
+    if driver is not None:
+        driver.close()
+    reader.close()
+    print(json.dumps({"live": before, "error": error, "seen": seen}))
+''')
+
+
 def _run(script: str, folder: Path) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     done = subprocess.run([sys.executable, "-c", script, str(folder)], capture_output=True, text=True, timeout=60,
@@ -139,3 +158,12 @@ def test_an_out_file_that_is_the_store_of_a_writer_of_this_process_is_refused_wi
     assert got["before"] == {"shm": ["READ"], "db": ["READ"]}
     assert got["after"] == got["before"]
     assert "is an SQLite database (a sweep store?) that would be overwritten" in got["error"]
+
+
+def test_a_driver_starts_in_a_process_whose_reader_follows_the_stores_wal_index(tmp_path):
+    # SQLite shares one WAL index per file and process: the reader's, opened read-only, refused the
+    # writer ("attempt to write a readonly database", as "not a usable catapult sweep store")
+    got = _run(_DRIVER_STARTS_BESIDE_A_READER, tmp_path)
+    assert got["live"] is True
+    assert got["error"] is None
+    assert got["seen"] == "2"   # the reader, reopened, reads the driver's commit

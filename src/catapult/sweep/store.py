@@ -31,8 +31,8 @@ from catapult.arguments import check_flag
 from catapult.sweep.claims import CLAIMS_DDL, LEASE_S, driver_alive, host_id, new_driver_id
 from catapult.sweep.store_schema import (BEST_METRICS, DDL, DONE_STATUSES, FINAL_METRICS, METRIC_COLUMNS,
                                          SCHEMA_VERSION, STATUSES)
-from catapult.sweep.store_file import (APPLICATION_ID, connect_readonly, create_store_file, identify,
-                                       missing_columns, opening, sqlite_damage)
+from catapult.sweep.store_file import (APPLICATION_ID, connect_readonly, create_store_file, drop_live_readers,
+                                       identify, missing_columns, opening, sqlite_damage)
 
 __all__ = [
     "Store",
@@ -154,6 +154,7 @@ class Store:
                 self.conn = connect_readonly(self.path)
             else:
                 with opening():   # no reader of this process open()s the store's files as it takes its locks
+                    drop_live_readers(self.path)   # (one holding the WAL index read-only: no write could pass)
                     self.conn = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
                     self._check_columns()  # before anything is written to it
                     self.conn.execute("PRAGMA journal_mode=WAL")

@@ -241,18 +241,25 @@ def connect_readonly(path: str | Path, timeout: float = 30.0) -> "ReadOnlyConnec
     return ReadOnlyConnection(Path(path), timeout)
 
 
-#: Held while this process reads a store's files with ``open()`` (:func:`_wal_unmatched`,
-#: :func:`_connect_copy`: closing a descriptor drops every POSIX lock the process holds on the file)
-#: and while a connection of catapult's opens a store and takes its first locks (:func:`opening`), so
-#: that no connection of this process opens a store while its files are read so. (A driver thread that
-#: opened the store during such a read lost its ``-shm`` read lock when the reader closed the file.)
+#: Held while this process reads a store's files with ``open()`` (whose close drops every POSIX lock
+#: of the process on the file) and while a connection of catapult's opens a store (:func:`opening`).
 _RAW_READS = threading.RLock()
 
 
 def opening():
-    """The lock a connection of catapult's opens a store under (``with opening(): ...``), up to its
-    first query: readers of this process then never ``open()`` the store's files meanwhile."""
+    """The lock a connection of catapult's opens a store under, up to its first query: readers of
+    this process never ``open()`` the store's files meanwhile (a driver thread lost its ``-shm`` lock)."""
     return _RAW_READS
+
+
+def drop_live_readers(path: str | Path) -> None:
+    """Close this process's readers of ``path``'s WAL index (each reopens at its next query) before a
+    writer of this process opens it, under :func:`opening`: SQLite shares one index per file and
+    process, and one a reader opened read-only refused the writer ("attempt to write a readonly database")."""
+    real = os.path.realpath(path)
+    for reader in list(_READERS):
+        if reader._live and os.path.realpath(reader._source) == real:
+            reader._drop()
 
 
 def _open_reader(path: Path, timeout: float) -> tuple[sqlite3.Connection, bool, tuple]:
@@ -515,8 +522,7 @@ def _connect_copy(path: Path, timeout: float, beside_shm: bool = False) -> tuple
     """The store and its ``-wal`` (no ``-shm``: no writer) read from a private copy: merged into
     one file in a temporary folder, opened ``immutable`` and unlinked (where the system allows
     an open file to be; elsewhere the folder is left in the temporary directory). Refused where a
-    connection of this process holds the store's ``-shm`` or ``-wal`` (a writer, or a reader of its
-    WAL index, whose locks closing the copied files would drop)."""
+    connection of this process holds the store's ``-shm`` or ``-wal``, whose locks the copy would drop."""
     real = Path(os.path.realpath(path))
     shm = _shm(real)
     with _RAW_READS:
