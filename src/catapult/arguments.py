@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 __all__ = ["check_real", "check_std", "check_batch", "check_module", "check_positive_int", "check_densities", "as_integer",
-           "as_real", "check_seed", "check_flag", "caller_stacklevel"]
+           "check_integer", "as_real", "check_seed", "check_flag", "caller_stacklevel"]
 
 
 def check_real(owner: str, label: str, value: Any, *, low: float | None = None, high: float | None = None,
@@ -77,6 +77,41 @@ def as_integer(value: Any) -> int | None:
     """
     value = _scalar(value)
     return int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else None
+
+
+def check_integer(owner: str, label: str, value: Any, *, low: int | None = 1, high: int | None = None,
+                  optional: bool = False) -> int | None:
+    """``value`` as an int once it is an integer (:func:`as_integer`'s rule: a Python or NumPy
+    integer or a 0-d integer tensor; not a bool, not ``3.0``, not a string) in ``[low, high]``
+    (None: no bound); None when ``optional`` and ``value`` is None; a ValueError naming ``owner``
+    and ``label`` otherwise. The one check behind the library's counts, sizes and steps, so
+    ``True`` is no count anywhere and ``np.int64(3)`` is one everywhere.
+
+    >>> import numpy as np
+    >>> check_integer("LocalExecutor", "threads", np.int64(2)), check_integer("LocalExecutor", "threads", None, optional=True)
+    (2, None)
+    >>> check_integer("LocalExecutor", "threads", True, optional=True)
+    Traceback (most recent call last):
+    ValueError: LocalExecutor threads must be None or an integer >= 1; got True
+    >>> check_integer("top_eigenpairs", "block_size", 6, high=5)
+    Traceback (most recent call last):
+    ValueError: top_eigenpairs block_size must be an integer in [1, 5]; got 6
+    """
+    if optional and value is None:
+        return None
+    count = as_integer(value)
+    if count is None or (low is not None and count < low) or (high is not None and count > high):
+        if low is None and high is None:
+            where = ""
+        elif high is None:
+            where = f" >= {low}"
+        elif low is None:
+            where = f" <= {high}"
+        else:
+            where = f" in [{low}, {high}]"
+        who = f"{owner} {label}" if owner else label
+        raise ValueError(f"{who} must be {'None or ' if optional else ''}an integer{where}; got {_scalar(value)!r}")
+    return count
 
 
 def as_real(value: Any) -> float | None:

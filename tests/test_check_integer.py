@@ -1,0 +1,50 @@
+"""``catapult.arguments.check_integer``: the one rule of the library's integer arguments (counts,
+sizes, steps), and the sites that use it: ``True`` is no count anywhere, ``np.int64(3)`` and a 0-d
+integer tensor are counts everywhere, ``3.0``, ``3.5``, ``"3"``, nan and inf are refused with a
+ValueError naming the owner, the argument and the value."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from catapult.arguments import check_integer
+
+NOT_INTEGERS = [True, False, 3.0, 3.5, "3", float("nan"), float("inf"), None, [3], np.float64(3.0),
+                torch.tensor(3.0), torch.tensor([3])]
+INTEGERS = [(3, 3), (np.int64(3), 3), (np.int8(3), 3), (torch.tensor(3), 3), (np.array(3), 3), (2 ** 70, 2 ** 70)]
+
+
+@pytest.mark.parametrize("value, expected", INTEGERS)
+def test_integers_of_every_kind_come_back_as_python_ints(value, expected):
+    out = check_integer("f", "n", value, low=None)
+    assert out == expected and type(out) is int
+
+
+@pytest.mark.parametrize("value", NOT_INTEGERS)
+def test_what_is_no_integer_is_refused_naming_owner_label_and_value(value):
+    with pytest.raises(ValueError, match=r"^f n must be an integer >= 1; got ") as err:
+        check_integer("f", "n", value)
+    plain = value.item() if getattr(value, "ndim", None) == 0 else value  # a 0-d tensor or NumPy scalar
+    assert str(err.value).endswith(f"; got {plain!r}")
+
+
+@pytest.mark.parametrize("value, low, high, words", [
+    (0, 1, None, "f n must be an integer >= 1; got 0"),
+    (-1, 0, None, "f n must be an integer >= 0; got -1"),
+    (6, 1, 5, r"f n must be an integer in \[1, 5\]; got 6"),
+    (6, None, 5, "f n must be an integer <= 5; got 6"),
+    (np.int64(1), 2, None, "f n must be an integer >= 2; got 1"),
+])
+def test_bounds_are_inclusive_and_named(value, low, high, words):
+    with pytest.raises(ValueError, match=f"^{words}$"):
+        check_integer("f", "n", value, low=low, high=high)
+    for edge in (low, high):
+        if edge is not None:
+            assert check_integer("f", "n", edge, low=low, high=high) == edge
+
+
+def test_optional_takes_none_and_says_so_when_refusing():
+    assert check_integer("f", "n", None, optional=True) is None
+    with pytest.raises(ValueError, match=r"^f n must be None or an integer >= 1; got 0$"):
+        check_integer("f", "n", 0, optional=True)
