@@ -48,3 +48,14 @@ def test_optional_takes_none_and_says_so_when_refusing():
     assert check_integer("f", "n", None, optional=True) is None
     with pytest.raises(ValueError, match=r"^f n must be None or an integer >= 1; got 0$"):
         check_integer("f", "n", 0, optional=True)
+
+
+def test_ensemble_executor_counts_follow_the_rule():
+    # workers=True ran one worker (isinstance(True, int)); np.int64(2) was refused
+    from catapult.sweep.ensemble import EnsembleExecutor
+
+    with pytest.raises(ValueError, match=r"^EnsembleExecutor workers must be an integer >= 1; got True$"):
+        EnsembleExecutor(workers=True)
+    assert EnsembleExecutor(workers=np.int64(1)).workers == 1
+    executor = EnsembleExecutor(max_members=torch.tensor(3))
+    assert executor.max_members == 3 and type(executor.max_members) is int

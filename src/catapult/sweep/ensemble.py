@@ -92,7 +92,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import torch
 
 from catapult import config as cfg
-from catapult.arguments import as_integer, as_real, check_flag
+from catapult.arguments import as_real, check_flag, check_integer
 from catapult.curvature import batched_lanczos  # noqa: F401  (re-exported)
 from catapult.sweep.executors import Cell, CellResult, Executor, RunFn, check_threads, run_cell, torch_threads
 from catapult.sweep.spec import canonical_json
@@ -327,11 +327,9 @@ class EnsembleExecutor(Executor):
         memory_mb = DEFAULT_MEMORY_MB if memory_mb is None else memory_mb
         if as_real(memory_mb) is None or not memory_mb > 0:  # "100" was a bare TypeError
             raise ValueError(f"memory_mb must be > 0, got {memory_mb!r}")
-        if max_members is not None and (as_integer(max_members) is None or max_members < 1):
-            raise ValueError(f"max_members must be >= 1, got {max_members!r}")
-        workers = 1 if workers is None else workers
-        if not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+        max_members = check_integer("EnsembleExecutor", "max_members", max_members, optional=True)
+        # workers=True ran as 1 worker (isinstance(True, int)) and np.int64(2) was refused
+        workers = check_integer("EnsembleExecutor", "workers", 1 if workers is None else workers)
         if workers > 1:
             import pickle
 
