@@ -59,3 +59,26 @@ def test_ensemble_executor_counts_follow_the_rule():
     assert EnsembleExecutor(workers=np.int64(1)).workers == 1
     executor = EnsembleExecutor(max_members=torch.tensor(3))
     assert executor.max_members == 3 and type(executor.max_members) is int
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(max_iter=True), "max_iter must be an integer >= 1; got True"),      # ran one product
+    (dict(max_iter=3.0), "max_iter must be an integer >= 1; got 3.0"),
+    (dict(max_iter=float("inf")), "max_iter must be an integer >= 1; got inf"),  # OverflowError
+    (dict(max_basis=3.5), "max_basis must be an integer >= 2; got 3.5"),      # a basis of 3
+    (dict(max_basis="3"), "max_basis must be an integer >= 2; got '3'"),      # '<' not supported
+    (dict(tol=float("inf")), "tol must be a finite number > 0; got inf"),     # the start called converged
+])
+def test_the_public_eigen_solvers_take_integers_by_the_rule(kwargs, words):
+    from catapult.curvature import lanczos_top_eigenpair
+    from catapult.curvature.lean import lean_top_eigenpair
+
+    A = torch.diag(torch.arange(1.0, 11.0, dtype=torch.float64))
+    v0 = torch.ones(10, dtype=torch.float64)
+    with pytest.raises(ValueError, match=f"^lanczos_top_eigenpair {words}$"):
+        lanczos_top_eigenpair(lambda v: A @ v, v0, **kwargs)
+    if "max_basis" not in kwargs:   # the lean solver keeps no basis, and needs two products
+        with pytest.raises(ValueError, match=f"^lean_top_eigenpair {words.replace('>= 1', '>= 2')}$"):
+            lean_top_eigenpair(lambda v: A @ v, v0, **kwargs)
+    assert lanczos_top_eigenpair(lambda v: A @ v, v0, max_iter=np.int64(40), max_basis=torch.tensor(4),
+                                 tol=1e-10).value == pytest.approx(10.0, rel=1e-9)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from catapult.arguments import check_integer, check_real
 from catapult.curvature.krylov import KrylovBasis, inner_product, rows_inner_products, vector_norm, unit_roundoff
 from catapult.curvature.stopping import (ERROR_FLOOR_ULPS, eigenvalue_error_bound, error_floor, krylov_invariant,
                                          relative_residual, reported_bound, rounding_level, stop_test)
@@ -254,12 +255,11 @@ def lanczos_top_eigenpair(
         >>> est.vector.abs().round(decimals=6)
         tensor([1., 0., 0.], dtype=torch.float64)
     """
-    if not tol > 0:
-        raise ValueError(f"tol must be > 0, got {tol!r}")
-    if int(max_iter) != max_iter or max_iter < 1:
-        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
-    if max_basis < 2:
-        raise ValueError(f"max_basis must be >= 2, got {max_basis!r}")
+    # max_iter=True ran one product, max_basis=3.5 was a basis of 3 and tol=inf called the start
+    # vector's Rayleigh quotient converged; max_basis="3" and max_iter=inf failed in Python's words
+    tol = check_real("lanczos_top_eigenpair", "tol", tol, low=0.0, low_open=True)
+    max_iter = check_integer("lanczos_top_eigenpair", "max_iter", max_iter)
+    max_basis = check_integer("lanczos_top_eigenpair", "max_basis", max_basis, low=2)
     # a rank's part of a split vector may be empty (a parameter with fewer rows than ranks)
     if v0.dim() != 1 or (v0.numel() == 0 and dimension is None):
         raise ValueError(f"v0 must be a non-empty 1-D tensor, got shape {tuple(v0.shape)}")

@@ -39,6 +39,7 @@ import warnings
 import numpy as np
 import torch
 
+from catapult.arguments import check_integer, check_real
 from catapult.curvature.coarse import COARSE_MIN_SAMPLES
 from catapult.curvature.rng import fixed_rng
 from catapult.curvature.krylov import inner_product, vector_norm, unit_roundoff
@@ -220,11 +221,9 @@ def lean_top_eigenpair(matvec, v0: torch.Tensor, *, tol: float = 1e-3, max_iter:
         >>> est.vector.abs().round(decimals=6)
         tensor([1., 0., 0., 0.], dtype=torch.float64)
     """
-    if not tol > 0:
-        raise ValueError(f"tol must be > 0, got {tol!r}")
-    if int(max_iter) != max_iter or max_iter < 2:
-        raise ValueError(f"max_iter must be an integer >= 2 (a Lanczos step and the check), "
-                         f"got {max_iter!r}")
+    # max_iter=3.0 was taken and inf failed in int()'s words, tol=inf called any start converged
+    tol = check_real("lean_top_eigenpair", "tol", tol, low=0.0, low_open=True)
+    max_iter = check_integer("lean_top_eigenpair", "max_iter", max_iter, low=2)  # a Lanczos step and the check
     if v0.dim() != 1 or (v0.numel() == 0 and dimension is None) or not v0.is_floating_point():
         raise ValueError(f"v0 must be a non-empty 1-D floating-point tensor, got {v0.dtype} of "
                          f"shape {tuple(v0.shape)}")
