@@ -82,3 +82,25 @@ def test_the_public_eigen_solvers_take_integers_by_the_rule(kwargs, words):
             lean_top_eigenpair(lambda v: A @ v, v0, **kwargs)
     assert lanczos_top_eigenpair(lambda v: A @ v, v0, max_iter=np.int64(40), max_basis=torch.tensor(4),
                                  tol=1e-10).value == pytest.approx(10.0, rel=1e-9)
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(max_iter=[0, 10]), r"max_iter\[0\] must be an integer >= 1; got 0"),      # ran to convergence
+    (dict(max_iter=[10, 3.5]), r"max_iter\[1\] must be an integer >= 1; got 3.5"),
+    (dict(max_iter=[True, 10]), r"max_iter\[0\] must be an integer >= 1; got True"),  # one product
+    (dict(tol=[-1.0, 1e-8]), r"tol\[0\] must be a finite number > 0; got -1.0"),      # ran out max_iter
+    (dict(tol=[float("nan"), 1e-8]), r"tol\[0\] must be a finite number > 0; got nan"),
+    (dict(max_basis=True), "max_basis must be an integer >= 2; got True"),            # an IndexError
+    (dict(max_basis=3.5), "max_basis must be an integer >= 2; got 3.5"),
+    (dict(tol=[1e-8]), r"tol and max_iter need one entry per row of v0 \(2\); got 1 and 2"),
+])
+def test_batched_lanczos_checks_its_counts_and_tolerances(kwargs, words):
+    from catapult.curvature import batched_lanczos
+
+    A = torch.diag(torch.arange(1.0, 11.0, dtype=torch.float64))
+    options = dict(tol=[1e-8, 1e-8], max_iter=[10, 10]) | kwargs
+    with pytest.raises(ValueError, match=f"^batched_lanczos:? {words}$"):
+        batched_lanczos(lambda active, V: V @ A, torch.ones(2, 10, dtype=torch.float64), **options)
+    ests = batched_lanczos(lambda active, V: V @ A, torch.ones(2, 10, dtype=torch.float64), tol=[1e-10, 1e-10],
+                           max_iter=[np.int64(40), torch.tensor(2)], max_basis=np.int64(20))
+    assert ests[0].value == pytest.approx(10.0, rel=1e-9) and ests[1].matvecs == 2

@@ -386,6 +386,14 @@ def batched_lanczos(matvec, v0: torch.Tensor, *, tol: Sequence[float], max_iter:
         ([2.0, 5.0], [True, True])
     """
     m, n = v0.shape
+    # nothing was checked: max_iter=[0] or [3.5] never met ``matvecs == max_iter`` and ran to
+    # convergence, [True] stopped after one product, tol=[-1] ran out max_iter, max_basis=True an IndexError
+    tol = [check_real("batched_lanczos", f"tol[{k}]", t, low=0.0, low_open=True) for k, t in enumerate(tol)]
+    max_iter = [check_integer("batched_lanczos", f"max_iter[{k}]", c) for k, c in enumerate(max_iter)]
+    if len(tol) != m or len(max_iter) != m:
+        raise ValueError(f"batched_lanczos: tol and max_iter need one entry per row of v0 ({m}); "
+                         f"got {len(tol)} and {len(max_iter)}")
+    max_basis = check_integer("batched_lanczos", "max_basis", max_basis, low=2)
     capacity, keep = restart_sizes(max_basis, n)
     eps = torch.finfo(v0.dtype).eps
     # each row's norm in chunks (vector_norm): one pass over 4e6 float32 entries left the start
