@@ -104,3 +104,16 @@ def test_batched_lanczos_checks_its_counts_and_tolerances(kwargs, words):
     ests = batched_lanczos(lambda active, V: V @ A, torch.ones(2, 10, dtype=torch.float64), tol=[1e-10, 1e-10],
                            max_iter=[np.int64(40), torch.tensor(2)], max_basis=np.int64(20))
     assert ests[0].value == pytest.approx(10.0, rel=1e-9) and ests[1].matvecs == 2
+
+
+@pytest.mark.parametrize("steps", [True, 3.5, "3", 0, -1, float("inf")])
+def test_lanczos_quadrature_takes_an_integer_number_of_steps(steps):
+    # int(steps) made True one step and 3.5 / "3" three; 0 and -1 failed inside with an IndexError
+    from catapult.curvature.spectrum import lanczos_quadrature
+
+    A = torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+    v = torch.ones(3, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"^lanczos_quadrature steps must be an integer >= 1; got "):
+        lanczos_quadrature(lambda u: A @ u, v, steps)
+    nodes, weights = lanczos_quadrature(lambda u: A @ u, v, np.int64(3))   # the eigenvalues, a third each
+    assert nodes.tolist() == pytest.approx([1.0, 2.0, 3.0]) and weights.tolist() == pytest.approx([1 / 3] * 3)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from catapult.arguments import as_integer, as_real
+from catapult.arguments import as_integer, as_real, check_integer
 from catapult.curvature import distributed as dist_ops
 from catapult.curvature.ggn import CURVATURES, GaussNewtonOperator
 from catapult.curvature.certify import certified_pairs
@@ -312,7 +312,9 @@ def lanczos_quadrature(matvec, v: torch.Tensor, steps: int, max_basis: int | Non
         [1.0, 3.0]
     """
     n = v.numel()
-    steps = min(int(steps), n if dimension is None else dimension)
+    # int(steps) took True as one step, 3.5 and "3" as 3; 0 and -1 failed inside (IndexError)
+    steps = check_integer("lanczos_quadrature", "steps", steps)
+    steps = min(steps, n if dimension is None else dimension)
     max_basis = check_max_basis(max_basis)
     kept = steps if max_basis is None else min(max_basis, steps)
     Q = v.new_zeros((kept, n))  # ring: q_j lives in row j % kept
