@@ -117,3 +117,14 @@ def test_lanczos_quadrature_takes_an_integer_number_of_steps(steps):
         lanczos_quadrature(lambda u: A @ u, v, steps)
     nodes, weights = lanczos_quadrature(lambda u: A @ u, v, np.int64(3))   # the eigenvalues, a third each
     assert nodes.tolist() == pytest.approx([1.0, 2.0, 3.0]) and weights.tolist() == pytest.approx([1 / 3] * 3)
+
+
+@pytest.mark.parametrize("seed", [3.5, "3", True, float("nan"), 2 ** 64, None])
+def test_hutch_plus_plus_takes_a_generator_seed(seed):
+    # int(seed) made 3.5 and "3" the seed 3 and True the seed 1, silently; nan and 2**64 failed in torch's words
+    from catapult.curvature.spectrum import hutch_plus_plus
+
+    A = torch.diag(torch.arange(1.0, 11.0, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"^hutch_plus_plus seed must be an integer in \[-2\*\*63, 2\*\*64\); got "):
+        hutch_plus_plus(lambda v: A @ v, 10, 3, seed=seed)
+    assert hutch_plus_plus(lambda v: A @ v, 10, 3, seed=np.int64(3)) == hutch_plus_plus(lambda v: A @ v, 10, 3, seed=3)

@@ -213,21 +213,25 @@ def check_densities(model: str, density: float, base_density: float) -> None:
         raise ValueError(f"{model} density and base_density must be in (0, 1]; got {density!r}, {base_density!r}")
 
 
-def check_seed(model: str, label: str, value: Any) -> None:
-    """ValueError naming ``model`` and ``label`` unless ``value`` is None or an integer a torch
-    generator takes (``-2**63 <= value < 2**64``): ``mask_seed=1.5`` was the seed 1, and ``"a"`` or
-    ``2**64`` raised int()'s or torch's words, naming no argument.
+def check_seed(model: str, label: str, value: Any, *, optional: bool = True) -> int | None:
+    """``value`` as an int, or None (with ``optional``, the default), once it is an integer a torch
+    generator takes (``-2**63 <= value < 2**64``, :func:`as_integer`'s rule); a ValueError naming
+    ``model`` and ``label`` otherwise: ``mask_seed=1.5`` was the seed 1, and ``"a"`` or ``2**64``
+    raised int()'s or torch's words, naming no argument.
 
-    >>> check_seed("MLP", "mask_seed", None); check_seed("MLP", "mask_seed", -1)
+    >>> check_seed("MLP", "mask_seed", None), check_seed("MLP", "mask_seed", -1)
+    (None, -1)
     >>> check_seed("GPT", "mask_seed", 1.5)
     Traceback (most recent call last):
     ValueError: GPT mask_seed must be an integer in [-2**63, 2**64) or None; got 1.5
     """
-    if value is None:
-        return
+    if optional and value is None:
+        return None
     seed = as_integer(value)
     if seed is None or not -2 ** 63 <= seed < 2 ** 64:
-        raise ValueError(f"{model} {label} must be an integer in [-2**63, 2**64) or None; got {_scalar(value)!r}")
+        raise ValueError(f"{model} {label} must be an integer in [-2**63, 2**64){' or None' if optional else ''}; "
+                         f"got {_scalar(value)!r}")
+    return seed
 
 
 def check_flag(owner: str, label: str, value: Any) -> bool:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from catapult.arguments import as_integer, as_real, check_integer
+from catapult.arguments import as_integer, as_real, check_integer, check_seed
 from catapult.curvature import distributed as dist_ops
 from catapult.curvature.ggn import CURVATURES, GaussNewtonOperator
 from catapult.curvature.certify import certified_pairs
@@ -197,6 +197,7 @@ def hutch_plus_plus(matvec, n: int | None, matvecs: int, *, dtype=torch.float64,
         6.0
     """
     matvecs = check_matvecs(matvecs)
+    seed = check_seed("hutch_plus_plus", "seed", seed, optional=False)  # int(seed): 3.5 and "3" were the seed 3
     if split is not None and n is None:
         n = split.dimension
     if split is not None and n != split.dimension:
@@ -218,7 +219,7 @@ def hutch_plus_plus(matvec, n: int | None, matvecs: int, *, dtype=torch.float64,
             total += dot(e, matvec(e).to(dtype))
             unit[i] = 0.0
         return total
-    gen = torch.Generator().manual_seed(int(seed))
+    gen = torch.Generator().manual_seed(seed)
     s = matvecs // 3
     g_cols = matvecs - 2 * s
     AS = torch.stack([matvec(_probe(split, n, gen, dtype, device)).to(dtype) for _ in range(s)])
