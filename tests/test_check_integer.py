@@ -128,3 +128,17 @@ def test_hutch_plus_plus_takes_a_generator_seed(seed):
     with pytest.raises(ValueError, match=r"^hutch_plus_plus seed must be an integer in \[-2\*\*63, 2\*\*64\); got "):
         hutch_plus_plus(lambda v: A @ v, 10, 3, seed=seed)
     assert hutch_plus_plus(lambda v: A @ v, 10, 3, seed=np.int64(3)) == hutch_plus_plus(lambda v: A @ v, 10, 3, seed=3)
+
+
+@pytest.mark.parametrize("seed, words", [(2 ** 64, "18446744073709551616"), (-2 ** 63 - 1, "-9223372036854775809"),
+                                         (2.0, "2.0"), (True, "True")])
+def test_the_curvature_operator_names_a_seed_beyond_the_generators_range(seed, words):
+    # 2**64 failed at the first product in torch's "Overflow when unpacking long long"
+    import catapult
+
+    model, batch = torch.nn.Linear(3, 2), (torch.ones(4, 3), torch.zeros(4, 2))
+    with pytest.raises(ValueError, match=rf"^HessianOperator seed must be an integer in \[-2\*\*63, 2\*\*64\); got {words}$"):
+        catapult.hessian_trace(model, torch.nn.MSELoss(), batch, seed=seed, matvecs=3)
+    # a 0-d tensor is the seed it holds (it was refused)
+    assert catapult.hessian_trace(model, torch.nn.MSELoss(), batch, seed=torch.tensor(3), matvecs=3) == \
+        catapult.hessian_trace(model, torch.nn.MSELoss(), batch, seed=3, matvecs=3)

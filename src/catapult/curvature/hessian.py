@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-import numbers
 from typing import Callable
 
 import torch
 from torch.autograd.graph import get_gradient_edge
 from torch.utils._pytree import tree_map
 
-from catapult.arguments import check_batch, check_module
+from catapult.arguments import check_batch, check_module, check_seed
 from catapult.curvature.difference import (central_step, checked_difference, refuse_renormed_differences,
                                            refuse_spectral_norm_differences, relative_gap, rounding_level)
 from catapult.curvature.forward_ad import jvp_of_gradient
@@ -139,8 +138,8 @@ class HessianOperator:
         check_batch("HessianOperator", batch)  # a pair, and no input of 0 samples
         if hvp not in HVP_MODES:
             raise ValueError(f"hvp must be one of {HVP_MODES}, got {hvp!r}")
-        if not (isinstance(seed, numbers.Integral) and not isinstance(seed, bool)):
-            raise ValueError(f"seed must be an integer, got {seed!r}")
+        # 2**64 failed at the first product in torch's "Overflow when unpacking long long"; torch.tensor(3) was refused
+        seed = check_seed("HessianOperator", "seed", seed, optional=False)
         dtype, promoted = resolve_dtype(dtype), None
         trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
         if not trainable:
@@ -177,7 +176,7 @@ class HessianOperator:
         refuse_scripted("", model, self._scripted_mode or hvp)   # a parameterless one: torch.func's are wrong
         if hvp == "finite_difference":
             refuse_spectral_norm_differences(model, "hvp='finite_difference'")
-        self.seed = int(seed)
+        self.seed = seed
         self.names = list(trainable)
         self.shapes = [p.shape for p in trainable.values()]
         self.sizes = [p.numel() for p in trainable.values()]
