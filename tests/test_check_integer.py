@@ -142,3 +142,19 @@ def test_the_curvature_operator_names_a_seed_beyond_the_generators_range(seed, w
     # a 0-d tensor is the seed it holds (it was refused)
     assert catapult.hessian_trace(model, torch.nn.MSELoss(), batch, seed=torch.tensor(3), matvecs=3) == \
         catapult.hessian_trace(model, torch.nn.MSELoss(), batch, seed=3, matvecs=3)
+
+
+@pytest.mark.parametrize("vocab_size", [300.5, "300", 300.0, True, 256])
+def test_a_bpe_vocabulary_size_is_an_integer_before_any_training(vocab_size, tmp_path):
+    # int(vocab_size) on the way to the cache key made 300.5 and "300" a trained vocabulary of 300 ids
+    from catapult.data import load_dataset
+    from catapult.data.text import load_bpe_corpus
+    from catapult.data.tokenize import train_bpe
+
+    with pytest.raises(ValueError, match=r"^load_dataset vocab_size must be an integer >= 257; got "):
+        load_dataset("shakespeare", tokenizer="bpe", vocab_size=vocab_size, cache_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"^load_bpe_corpus vocab_size must be an integer >= 257; got "):
+        load_bpe_corpus("shakespeare", vocab_size=vocab_size, cache_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"^train_bpe vocab_size must be an integer >= 257; got "):
+        train_bpe(["abc"], vocab_size)
+    assert not any(tmp_path.iterdir())   # refused before anything was trained or written

@@ -26,6 +26,7 @@ from catapult.data.digits import load_digits
 from catapult.data.safe_pickle import CorruptPickleError, UnsafePickleError
 from catapult.data.split import Split, first_n, one_hot, standardize_per_sample
 from catapult.data import text, token_cache
+from catapult.data.tokenize import check_vocab_size
 
 __all__ = ["Split", "Augment", "load_digits", "load_cifar10", "load_cifar100", "find_cifar", "load_dataset", "DATASETS",
            "IMAGE_DATASETS", "TEXT_DATASETS",
@@ -78,6 +79,8 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, n_train: i
     if name == "cifar100":
         return load_cifar100(root, n_train, n_test, **kwargs)
     if name in TEXT_DATASETS:
+        if tokenizer == "bpe":  # int(vocab_size) below made 300.5 and "300" a vocabulary of 300
+            vocab_size = check_vocab_size("load_dataset", vocab_size)
         return _corpus(name, root, val_fraction, tokenizer, vocab_size, cache_dir).windows(context, n_train, n_test)
     raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
 

@@ -37,7 +37,7 @@ from catapult.arguments import as_integer, check_flag
 from catapult.data.reading import read_errors_named
 from catapult.data.split import check_count
 from catapult.data.text_shards import is_held_out, is_validation
-from catapult.data.tokenize import (TOKENIZERS, BPEVocab, bpe_file_name, fingerprint, load_cached_vocab,
+from catapult.data.tokenize import (TOKENIZERS, BPEVocab, bpe_file_name, check_vocab_size, fingerprint, load_cached_vocab,
                                     load_or_train_bpe)
 
 __all__ = ["CharVocab", "TextCorpus", "WindowSplit", "get_batch", "windows", "load_shakespeare",
@@ -470,9 +470,10 @@ def load_bpe_corpus(name: str, *, root: str | os.PathLike | None = None, val_fra
     """
     _check_source(name, root)
     _check_fraction(val_fraction)
+    vocab_size = check_vocab_size("load_bpe_corpus", vocab_size)
     key = corpus_key(name, root, val_fraction)
     directory = token_cache.cache_dir(root, cache_dir)
-    tokenizer_key = f"bpe-v{int(vocab_size)}-{key}"
+    tokenizer_key = f"bpe-v{vocab_size}-{key}"
     tokenizer_file = directory / bpe_file_name(vocab_size, key)
     files = {split: directory / token_cache.token_file_name(name, split, tokenizer_key)
              for split in ("train", "val", "test")}

@@ -41,7 +41,7 @@ import numpy as np
 
 from catapult.config import ConfigError
 from catapult.data import token_cache
-from catapult.data.tokenize import BPEVocab, bpe_file_name, fingerprint, load_cached_vocab, save_new, train_bpe
+from catapult.data.tokenize import BPEVocab, bpe_file_name, check_vocab_size, fingerprint, load_cached_vocab, save_new, train_bpe
 
 __all__ = ["TEXT_SUFFIXES", "VALIDATION", "HELD_OUT", "name_words", "is_held_out", "is_validation", "text_shard_files", "iter_texts",
            "tokenize_text_shards", "DOCUMENT_SEPARATOR"]
@@ -194,6 +194,7 @@ def tokenize_text_shards(root: str | os.PathLike, *, vocab_size: int, text_key: 
 
     Files already in the cache are not rewritten (:func:`catapult.data.token_cache.save_array`),
     so processes may race: each ends up mapping the same complete files."""
+    vocab_size = check_vocab_size("tokenize_text_shards", vocab_size)
     files = text_shard_files(root)
     if not files:
         raise ConfigError([("data.root", f"{root}: no {' / '.join('*' + s for s in TEXT_SUFFIXES)} text shards")])
@@ -218,7 +219,7 @@ def tokenize_text_shards(root: str | os.PathLike, *, vocab_size: int, text_key: 
             raise problems[0]
         if not save_new(vocab, tokenizer_file):
             vocab = _from_cache(lambda: load_cached_vocab(tokenizer_file, vocab_size))
-    tokenizer_key = f"bpe-v{int(vocab_size)}-{key}"
+    tokenizer_key = f"bpe-v{vocab_size}-{key}"
     arrays = []
     for f in files:
         out = directory / token_cache.token_file_name(f.name, "tokens", tokenizer_key)

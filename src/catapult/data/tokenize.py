@@ -27,6 +27,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from catapult.arguments import check_integer
 from catapult.config.errors import MissingDependency
 from catapult.data import token_cache
 
@@ -149,14 +150,25 @@ def _cut(text: str, chunk_chars: int) -> Iterable[str]:
     yield text[start:]
 
 
+def check_vocab_size(owner: str, vocab_size) -> int:
+    """``vocab_size`` as an int once it is an integer >= 257 (the 256 byte symbols plus one merge,
+    :func:`~catapult.arguments.check_integer`); a ValueError naming ``owner`` otherwise: 300.5 and
+    "300" were cut to 300 by ``int()`` on the way to the cache key and the trainer.
+
+    >>> check_vocab_size("train_bpe", 300.5)
+    Traceback (most recent call last):
+    ValueError: train_bpe vocab_size must be an integer >= 257; got 300.5
+    """
+    return check_integer(owner, "vocab_size", vocab_size, low=257)
+
+
 def train_bpe(texts: Iterable[str], vocab_size: int = 4096) -> BPEVocab:
     """A byte-level BPE vocabulary of (at most) ``vocab_size`` ids trained on ``texts``.
 
     ``vocab_size`` must be at least 257 (the 256 byte symbols plus one merge). The trainer
     starts from the full byte alphabet, so every byte has an id even if the text never shows it.
     """
-    if int(vocab_size) != vocab_size or vocab_size < 257:
-        raise ValueError(f"vocab_size must be an integer >= 257 (256 byte symbols + merges); got {vocab_size!r}")
+    vocab_size = check_vocab_size("train_bpe", vocab_size)
     tk = _require_tokenizers()
     tokenizer = tk.Tokenizer(tk.models.BPE())
     tokenizer.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False)
