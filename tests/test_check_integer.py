@@ -158,3 +158,17 @@ def test_a_bpe_vocabulary_size_is_an_integer_before_any_training(vocab_size, tmp
     with pytest.raises(ValueError, match=r"^train_bpe vocab_size must be an integer >= 257; got "):
         train_bpe(["abc"], vocab_size)
     assert not any(tmp_path.iterdir())   # refused before anything was trained or written
+
+
+@pytest.mark.parametrize("key, value", [("steps", 2.5), ("searches", "7"), ("forward_passes", -3), ("steps", True)])
+def test_persistent_warmup_restores_integer_counters_only(key, value):
+    # int() restored steps=2.5 as 2 and searches="7" as 7; forward_passes=-3 came back as it was
+    from catapult.schedules import PersistentCatapultWarmup
+
+    model = torch.nn.Linear(2, 1)
+    warmup = PersistentCatapultWarmup(torch.optim.SGD(model.parameters(), lr=0.0), model, torch.nn.MSELoss(), 1.0)
+    state = warmup.state_dict() | {key: value}
+    with pytest.raises(ValueError, match=rf"^PersistentCatapultWarmup state_dict {key} must be an integer >= 0; got "):
+        warmup.load_state_dict(state)
+    warmup.load_state_dict(warmup.state_dict() | {key: np.int64(4)})
+    assert getattr(warmup, key) == 4 and type(getattr(warmup, key)) is int

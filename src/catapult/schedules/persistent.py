@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import torch
 
-from catapult.arguments import check_batch, check_module
+from catapult.arguments import check_batch, check_integer, check_module
 from catapult.critical_lr import GROUP_LRS_WARNING, critical_lr, probe_loss
 from catapult.optim import registry
 from catapult.parametrize import group_lr_mult
@@ -211,9 +211,10 @@ class PersistentCatapultWarmup:
         if loss_ref is not None and (isinstance(loss_ref, bool) or not isinstance(loss_ref, (int, float))):
             raise TypeError(f"PersistentCatapultWarmup state_dict has loss_ref={loss_ref!r}; expected a number")
         self.lr, self.loss_ref = lr, loss_ref
-        self.steps = int(state_dict["steps"])
-        self.searches = int(state_dict["searches"])
-        self.forward_passes = int(state_dict["forward_passes"])
+        # int() took steps=2.5 as 2, "7" as 7 and -3 as it came
+        self.steps, self.searches, self.forward_passes = (
+            check_integer("PersistentCatapultWarmup state_dict", key, state_dict[key], low=0)
+            for key in ("steps", "searches", "forward_passes"))
         self.history = [dict(entry) for entry in state_dict["history"]]
         if self.lr is not None:
             self._apply()
