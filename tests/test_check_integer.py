@@ -172,3 +172,13 @@ def test_persistent_warmup_restores_integer_counters_only(key, value):
         warmup.load_state_dict(state)
     warmup.load_state_dict(warmup.state_dict() | {key: np.int64(4)})
     assert getattr(warmup, key) == 4 and type(getattr(warmup, key)) is int
+
+
+@pytest.mark.parametrize("workers", [0, -3, True, 2.5, "2"])
+def test_run_demo_refuses_a_worker_count_before_any_work(workers, tmp_path):
+    # workers=0 ran the default 2 processes and -3 / True one, silently; 2.5 failed in the pool
+    from catapult.demo import run_demo
+
+    with pytest.raises(ValueError, match=r"^run_demo workers must be None or an integer >= 1; got "):
+        run_demo(tmp_path / "demo", workers=workers)
+    assert not (tmp_path / "demo").exists()

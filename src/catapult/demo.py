@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from catapult import config as cfg
+from catapult.arguments import check_integer
 from catapult.writing import write_text_whole, write_whole
 
 __all__ = ["PARAMETRIZATIONS", "WARMUP_STEPS", "LR_TARGET", "BASE_CONFIG", "demo_configs",
@@ -177,6 +178,8 @@ def run_demo(out: str | Path = "runs/demo", *, workers: int | None = None, echo=
     ``workers`` processes (default: up to 2, the CPU count) run the configs with one torch
     thread each; ``workers=1`` runs them in this process. ``echo`` gets progress lines.
     """
+    # workers=0 ran the default 2 processes, -3 and True one, silently; 2.5 failed in the pool
+    workers = check_integer("run_demo", "workers", workers, optional=True)
     out = Path(out)
     configs = list(demo_configs() if configs is None else configs)
     workers = max(1, min(workers or min(2, os.cpu_count() or 1), len(configs)))
