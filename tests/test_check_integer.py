@@ -182,3 +182,12 @@ def test_run_demo_refuses_a_worker_count_before_any_work(workers, tmp_path):
     with pytest.raises(ValueError, match=r"^run_demo workers must be None or an integer >= 1; got "):
         run_demo(tmp_path / "demo", workers=workers)
     assert not (tmp_path / "demo").exists()
+
+
+def test_the_ray_executor_keeps_its_counts_as_ints():
+    from catapult.sweep.ray_executor import _check_counts
+
+    counts = _check_counts(chunk_size=(np.int64(2), 1), max_retries=(-1, -1), num_cpus=(None, 1))
+    assert counts == {"chunk_size": 2, "max_retries": -1, "num_cpus": None} and type(counts["chunk_size"]) is int
+    with pytest.raises(ValueError, match=r"^RayExecutor num_cpus must be None or an integer >= 1; got True$"):
+        _check_counts(num_cpus=(True, 1))

@@ -142,14 +142,9 @@ def check_threads(owner: str, threads: Any) -> int | None:
     Traceback (most recent call last):
     ValueError: LocalExecutor threads must be None or an integer >= 1; got 0
     """
-    if threads is None:
-        return None
-    from catapult.arguments import as_integer
+    from catapult.arguments import check_integer
 
-    count = as_integer(threads)
-    if count is None or count < 1:
-        raise ValueError(f"{owner} threads must be None or an integer >= 1; got {threads!r}")
-    return count
+    return check_integer(owner, "threads", threads, optional=True)
 
 
 def run_cell(run_fn: RunFn, cell: Cell, threads: int | None = None) -> CellResult:

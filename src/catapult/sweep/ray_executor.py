@@ -20,7 +20,7 @@ from __future__ import annotations
 import socket
 from typing import Any, Iterable, Iterator, Sequence
 
-from catapult.arguments import as_integer, check_real
+from catapult.arguments import check_integer, check_real
 from catapult.sweep.executors import Cell, CellResult, Executor, RunFn, check_threads, run_cell
 
 __all__ = ["RayExecutor", "import_ray", "ray_address_endpoint", "ray_address_problem"]
@@ -85,16 +85,12 @@ def _run_chunk(run_fn: RunFn, cells: Sequence[Cell], threads: int | None) -> lis
     return [(cell.id, run_cell(run_fn, cell, threads)) for cell in cells]
 
 
-def _check_counts(**counts: tuple) -> None:
-    """A ValueError naming the RayExecutor option unless it is an integer >= its low end (``num_cpus``
-    may be None): ``chunk_size=1.5`` ran chunks of ``int(1.5)`` = 1 cell, ``resubmits=-1`` never resubmitted,
-    ``max_retries=2.5`` was 2 (-1 is Ray's "retry forever")."""
-    for name, (value, low) in counts.items():
-        if name == "num_cpus" and value is None:
-            continue
-        if as_integer(value) is None or value < low:
-            raise ValueError(f"RayExecutor {name} must be an integer >= {low}"
-                             + (" or None" if name == "num_cpus" else "") + f"; got {value!r}")
+def _check_counts(**counts: tuple) -> dict[str, int | None]:
+    """The RayExecutor options as ints, through :func:`~catapult.arguments.check_integer` (each an
+    integer >= its low end; ``num_cpus`` may be None): ``chunk_size=1.5`` ran chunks of ``int(1.5)`` = 1
+    cell, ``resubmits=-1`` never resubmitted, ``max_retries=2.5`` was 2 (-1 is Ray's "retry forever")."""
+    return {name: check_integer("RayExecutor", name, value, low=low, optional=name == "num_cpus")
+            for name, (value, low) in counts.items()}
 
 
 class RayExecutor(Executor):
@@ -115,20 +111,20 @@ class RayExecutor(Executor):
                  max_retries: int = 3, resubmits: int = 1, threads: int | None = None,
                  init_kwargs: dict | None = None):
         super().__init__(run_fn)
-        _check_counts(chunk_size=(chunk_size, 1), max_retries=(max_retries, -1), resubmits=(resubmits, 0),
-                      num_cpus=(num_cpus, 1))
+        counts = _check_counts(chunk_size=(chunk_size, 1), max_retries=(max_retries, -1), resubmits=(resubmits, 0),
+                               num_cpus=(num_cpus, 1))
         for name, value, positive in (("cpus_per_task", cpus_per_task, True), ("gpus_per_task", gpus_per_task, False)):
             check_real("RayExecutor", name, value, low=0.0, low_open=positive)
         threads = check_threads("RayExecutor", threads)
         self.ray = import_ray()
         self.address = address
         self.runs_here = address is None  # a cluster's machines may hold more than this one
-        self.num_cpus = num_cpus
-        self.chunk_size = int(chunk_size)
+        self.num_cpus = counts["num_cpus"]
+        self.chunk_size = counts["chunk_size"]
         self.cpus_per_task = cpus_per_task
         self.gpus_per_task = gpus_per_task
-        self.max_retries = int(max_retries)
-        self.resubmits = int(resubmits)
+        self.max_retries = counts["max_retries"]
+        self.resubmits = counts["resubmits"]
         self.threads = threads
         self.init_kwargs = dict(init_kwargs or {})
         self._owns_ray = False
