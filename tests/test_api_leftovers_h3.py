@@ -253,9 +253,9 @@ def test_text_windows_refuse_float_ids_and_fractional_sizes():
     for call in (lambda i: get_batch(i, 2, 4), lambda i: windows(i, 4)):
         with pytest.raises(TypeError, match="ids must be an integer tensor of token ids, got torch.float32"):
             call(ids.float() + 0.7)
-    with pytest.raises(ValueError, match="batch_size and context must be integers >= 1, got 2.5, 4"):
+    with pytest.raises(ValueError, match="^get_batch batch_size must be an integer >= 1; got 2.5$"):
         get_batch(ids, 2.5, 4)
-    with pytest.raises(ValueError, match="context must be an integer >= 1, got 2.5"):
+    with pytest.raises(ValueError, match="^windows context must be an integer >= 1; got 2.5$"):
         windows(ids, 2.5)
     x, y = windows(ids.to(torch.int16), 4, 3)   # any integer dtype: windows i*4 .. i*4+3, shifted by one
     assert x.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]] and y[0].tolist() == [1, 2, 3, 4]

@@ -93,9 +93,9 @@ def test_bad_augment_settings_exit_2_naming_the_key(tmp_path, capsys, override, 
     (dict(mixup="0.5", num_classes=4), "augment mixup must be a finite number"),  # "'>=' not supported"
     (dict(crop=float("inf")), r"augment crop must be an integer >= 0; got inf"),  # OverflowError
     (dict(crop=True), "augment crop must be an integer"),
-    (dict(mixup=0.5, num_classes=2.5), "augment num_classes must be a positive integer; got 2.5"),
+    (dict(mixup=0.5, num_classes=2.5), "augment num_classes must be an integer >= 1; got 2.5"),
     (dict(flip=True, seed=-1), "augment seed must be an integer >= 0; got -1"),  # NumPy's words at the first batch
-    (dict(flip=True, seed="a"), "augment seed must be an integer >= 0"),
+    (dict(flip=True, seed="a"), "augment seed must be an integer >= 0; got 'a'"),
 ])
 def test_bad_settings_are_named_when_built(kwargs, words):
     with pytest.raises(ValueError, match=words):
@@ -147,7 +147,7 @@ def test_pad_crop_images_refuses_offsets_outside_0_to_2pad():
     for rows, cols, label in ((-1, 1, "rows"), (1, -2, "cols"), (3, 1, "rows")):
         with pytest.raises(ValueError, match=rf"{label} must lie in 0\.\.2"):
             pad_crop_images(x, 1, torch.tensor([rows]), torch.tensor([cols]))
-    with pytest.raises(ValueError, match="pad must be an integer >= 0"):
+    with pytest.raises(ValueError, match="^pad_crop_images pad must be an integer >= 0; got -1$"):
         pad_crop_images(x, -1, torch.tensor([0]), torch.tensor([0]))
     with pytest.raises(ValueError, match=r"rows must be an integer tensor of shape \(1,\)"):
         pad_crop_images(x, 1, torch.tensor([1, 1]), torch.tensor([1]))

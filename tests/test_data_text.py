@@ -177,10 +177,10 @@ def test_windows_are_consecutive_and_counted():
     from catapult.data.text import CharVocab, TextCorpus
 
     corpus = TextCorpus(train=ids, val=ids, vocab=CharVocab.from_text("ab"), name="t")
-    for n, error in ((-1, ValueError), (-3, ValueError), (2.5, TypeError), (True, TypeError)):
-        with pytest.raises(error, match=r"n_train must be"):
+    for n in (-1, -3, 2.5, True):
+        with pytest.raises(ValueError, match=rf"^n_train must be None or an integer >= 0; got {n!r}$"):
             corpus.windows(4, n_train=n)
-    with pytest.raises(ValueError, match=r"n_test must be >= 0, got -1"):
+    with pytest.raises(ValueError, match=r"^n_test must be None or an integer >= 0; got -1$"):
         corpus.windows(4, n_test=-1)
     # the count's key: the CLI said "data: t (validation): asked for 9 windows", naming no data.n_test
     with pytest.raises(ValueError, match=r"t \(validation\): n_test=9 asks for 9 windows of 4 tokens, but it holds only 5"):

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from catapult.arguments import as_integer, check_flag, check_real
+from catapult.arguments import as_integer, check_flag, check_integer, check_real
 from catapult.losses import label_range_error
 
 __all__ = ["Augment", "flip_images", "pad_crop_images", "mixup_batch"]
@@ -68,9 +68,7 @@ def pad_crop_images(x: torch.Tensor, pad: int, rows: torch.Tensor, cols: torch.T
     """
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         raise ValueError(f"pad_crop_images: x must be images (N, C, H, W); got {_shape_of(x)}")
-    p = as_integer(pad)
-    if p is None or p < 0:
-        raise ValueError(f"pad_crop_images: pad must be an integer >= 0; got {pad!r}")
+    p = check_integer("pad_crop_images", "pad", pad, low=0)
     for label, offsets in (("rows", rows), ("cols", cols)):
         if not isinstance(offsets, torch.Tensor) or offsets.shape != (x.shape[0],) or offsets.is_floating_point() \
                 or offsets.is_complex() or offsets.dtype == torch.bool:
@@ -186,10 +184,9 @@ class Augment:
         check_real("augment", "mixup", self.mixup, low=0.0)
         if self.mixup > 0 and not self.num_classes:
             raise ValueError("augment mixup needs num_classes (for the soft targets)")
-        if self.mixup > 0 and (as_integer(self.num_classes) is None or self.num_classes < 1):
-            raise ValueError(f"augment num_classes must be a positive integer; got {self.num_classes!r}")
-        if as_integer(self.seed) is None or self.seed < 0:
-            raise ValueError(f"augment seed must be an integer >= 0; got {self.seed!r}")
+        if self.mixup > 0:
+            object.__setattr__(self, "num_classes", check_integer("augment", "num_classes", self.num_classes))
+        object.__setattr__(self, "seed", check_integer("augment", "seed", self.seed, low=0))
 
     @property
     def active(self) -> bool:

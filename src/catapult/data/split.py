@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from catapult.arguments import as_integer, check_real
+from catapult.arguments import check_integer, check_real
 
 __all__ = ["Split", "standardize_per_sample", "first_n", "one_hot"]
 
@@ -50,13 +50,9 @@ def standardize_per_sample(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
 
 def check_count(n: int | None, available: int, what: str, name: str) -> int:
     """Validate a requested sample count `n` (None = all) against `available`."""
+    n = check_integer("", what, n, low=0, optional=True)  # a NumPy integer too (n_train=np.int64(100))
     if n is None:
         return available
-    if as_integer(n) is None:  # a NumPy integer (n_train=np.int64(100)) was refused as "not an int"
-        raise TypeError(f"{what} must be an int or None, got {n!r} ({type(n).__name__})")
-    n = as_integer(n)
-    if n < 0:
-        raise ValueError(f"{what} must be >= 0, got {n}")
     if n > available:
         raise ValueError(f"{what}={n} exceeds the {available} samples available in {name}")
     return n
@@ -74,9 +70,7 @@ def one_hot(labels: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.f
     """One-hot rows: ``out[i, labels[i]] = 1`` and 0 elsewhere, shape ``(N, num_classes)``."""
     # num_classes=-1 said "labels must lie in [0, -1)", 2.5 torch's "must be int, not float", 0 with
     # no labels "Can not infer total number of classes"; labels of shape (1, N) came back (1, N, K)
-    k = as_integer(num_classes)
-    if k is None or k < 1:
-        raise ValueError(f"one_hot: num_classes must be an integer >= 1; got {num_classes!r}")
+    k = check_integer("one_hot", "num_classes", num_classes)
     if not isinstance(labels, torch.Tensor) or labels.ndim != 1:
         raise ValueError(f"one_hot: labels must be a 1-d tensor of class labels (N,); got "
                          f"{tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__}")

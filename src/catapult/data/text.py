@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from catapult.data import token_cache
-from catapult.arguments import as_integer, check_flag
+from catapult.arguments import check_flag, check_integer
 from catapult.data.reading import read_errors_named
 from catapult.data.split import check_count
 from catapult.data.text_shards import is_held_out, is_validation
@@ -170,8 +170,8 @@ def get_batch(ids: torch.Tensor, batch_size: int, context: int, *,
     _check_token_ids("get_batch", ids)
     if ids.ndim != 1:
         raise ValueError(f"get_batch: ids must be 1-D, got shape {tuple(ids.shape)}")
-    if any(as_integer(v) is None or v < 1 for v in (batch_size, context)):  # 2.5: torch.randint's own words
-        raise ValueError(f"get_batch: batch_size and context must be integers >= 1, got {batch_size!r}, {context!r}")
+    # 2.5: torch.randint's own words
+    batch_size, context = (check_integer("get_batch", label, v) for label, v in (("batch_size", batch_size), ("context", context)))
     if ids.shape[0] <= context:
         raise ValueError(f"get_batch: a context of {context} needs more than {context} tokens, "
                          f"the text has {ids.shape[0]}")
@@ -196,8 +196,7 @@ def windows(ids: torch.Tensor, context: int, n: int | None = None, *,
     _check_token_ids("windows", ids)
     if ids.ndim != 1:
         raise ValueError(f"windows: ids must be 1-D, got shape {tuple(ids.shape)}")
-    if as_integer(context) is None or context < 1:  # 2.5: a float count of windows, then reshape's words
-        raise ValueError(f"windows: context must be an integer >= 1, got {context!r}")
+    context = check_integer("windows", "context", context)  # 2.5: a float count of windows, then reshape's words
     check_count(n, 2 ** 62, what, name)  # type and sign: -1 was sliced from the end, 2.5 a TypeError
     available = (ids.shape[0] - 1) // context
     if available < 1:
