@@ -159,11 +159,11 @@ def test_numpy_integers_are_counts_like_python_integers():
 
 
 @pytest.mark.parametrize("call, words", [
-    (lambda m: catapult.sharpness(m, MSE, (X, Y), max_basis="5"), r"max_basis must be None or an integer >= 2, got '5'"),
-    (lambda m: catapult.sharpness(m, MSE, (X, Y), max_basis=2.5), "max_basis must be None or an integer >= 2, got 2.5"),
+    (lambda m: catapult.sharpness(m, MSE, (X, Y), max_basis="5"), r"^sharpness max_basis must be None or an integer >= 2; got '5'$"),
+    (lambda m: catapult.sharpness(m, MSE, (X, Y), max_basis=2.5), "^sharpness max_basis must be None or an integer >= 2; got 2.5$"),
     (lambda m: catapult.sharpness(m, MSE, (X, Y), memory="lean", max_basis=True), "got True"),
-    (lambda m: catapult.top_eigenpairs(m, MSE, (X, Y), 1, max_basis=4.5), "max_basis must be None or an integer >= 2"),
-    (lambda m: catapult.spectral_density(m, MSE, (X, Y), max_basis="all"), "max_basis must be None or an integer >= 2"),
+    (lambda m: catapult.top_eigenpairs(m, MSE, (X, Y), 1, max_basis=4.5), "^top_eigenpairs max_basis must be None or an integer >= 2; got 4.5$"),
+    (lambda m: catapult.spectral_density(m, MSE, (X, Y), max_basis="all"), "^spectral_density max_basis must be None or an integer >= 2; got 'all'$"),
     (lambda m: catapult.spectral_density(m, MSE, (X, Y), sigma=True),
      "sigma must be None or a finite number > 0, got True"),
     (lambda m: catapult.sharpness(m, MSE, (X, Y), coarse=2),

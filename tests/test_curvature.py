@@ -251,7 +251,7 @@ def test_bad_arguments_are_named():
         sharpness(model, mse, batch, tol=0)
     with pytest.raises(ValueError, match="batch must be a pair"):
         sharpness(model, mse, batch[0])
-    with pytest.raises(ValueError, match="max_iter must be an integer >= 1, got True"):
+    with pytest.raises(ValueError, match="^sharpness max_iter must be an integer >= 1; got True$"):
         sharpness(model, mse, batch, max_iter=True)
     with pytest.raises(ValueError, match=r"HessianOperator seed must be an integer in \[-2\*\*63, 2\*\*64\); got 'a'"):
         sharpness(model, mse, batch, seed="a")
@@ -486,7 +486,7 @@ def test_chunking_refuses_what_it_cannot_split_exactly():
                                          r"nor a sum .* use memory='fast'$"):
         sharpness(model, rms, batch, memory="lean")
     for bad in (0, -2, 2.5, True):
-        with pytest.raises(ValueError, match="chunk_size must be None or an integer"):
+        with pytest.raises(ValueError, match=rf"^HessianOperator chunk_size must be None or an integer >= 1; got {bad!r}$"):
             sharpness(model, mse, batch, chunk_size=bad)
     with pytest.raises(ValueError, match="targets have 15"):
         HessianOperator(model, mse, (batch[0], batch[1][:15]), chunk_size=4)

@@ -26,7 +26,7 @@ def test_top_eigenpairs_takes_max_iter_equal_to_k_and_refuses_one_less():
 
 def test_hutch_plus_plus_needs_three_products():
     assert check_matvecs(3) == 3
-    with pytest.raises(ValueError, match="matvecs must be an integer >= 3, got 2"):
+    with pytest.raises(ValueError, match="^hessian_trace matvecs must be an integer >= 3; got 2$"):
         check_matvecs(2)
     model, loss_fn, batch = diagonal_problem()
     # 3 products on 3 dimensions: exact, tr H = 8/3 + 2/3 + 6
@@ -38,7 +38,7 @@ def test_hutch_plus_plus_needs_three_products():
 @pytest.mark.parametrize("runs, steps", [(0, 2), (2, 0)])
 def test_spectral_density_refuses_zero_runs_or_steps_naming_them(runs, steps):
     model, loss_fn, batch = diagonal_problem()
-    with pytest.raises(ValueError, match="runs and steps must be integers >= 1"):
+    with pytest.raises(ValueError, match=rf"^spectral_density {'runs' if runs == 0 else 'steps'} must be an integer >= 1; got 0$"):
         catapult.spectral_density(model, loss_fn, batch, runs=runs, steps=steps)
 
 

@@ -12,7 +12,7 @@ import math
 import torch
 from torch.overrides import TorchFunctionMode
 
-from catapult.arguments import as_integer
+from catapult.arguments import check_integer
 
 __all__ = ["ChosenChunkSize", "PieceFailed", "batch_coupling", "coupling_remedy", "functional_masks_off", "refuse_dropout",
            "reduction_kind", "split_batch", "uses_batch_statistics", "weighted_backward", "weighted_gradient"]
@@ -297,9 +297,7 @@ def split_batch(model: torch.nn.Module, loss_at, params: dict, inputs, targets,
     whole = [(inputs, targets, 1.0)]
     if chunk_size is None:
         return whole, float("nan")
-    size = as_integer(chunk_size)  # a NumPy integer too (it was refused as "must be an integer")
-    if size is None or size < 1:
-        raise ValueError(f"chunk_size must be None or an integer >= 1, got {chunk_size!r}")
+    size = check_integer("HessianOperator", "chunk_size", chunk_size, optional=True)  # a NumPy integer too
     chunk_size = chunk_size if isinstance(chunk_size, int) else size  # ChosenChunkSize stays itself
     x, y = inputs, targets
     if not (torch.is_tensor(x) and torch.is_tensor(y) and x.dim() >= 1 and y.dim() >= 1):

@@ -491,7 +491,7 @@ def preconditioned_sharpness(model: torch.nn.Module, loss_fn, batch,
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     check_preconditioned(optimizer)
-    tol, max_iter, max_basis = check_solver_args(tol, max_iter, max_basis)
+    tol, max_iter, max_basis = check_solver_args(tol, max_iter, max_basis, owner="preconditioned_sharpness")
     check_curvature(curvature)
     basis_free = memory == "lean" and max_basis is None  # as in sharpness
     chunk_size, max_basis = memory_setting(memory, batch, chunk_size, max_basis, model, loss_fn,

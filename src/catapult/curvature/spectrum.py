@@ -10,13 +10,12 @@ optimizer's state, or the global random number generators.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from catapult.arguments import as_integer, as_real, check_integer, check_seed
+from catapult.arguments import as_real, check_integer, check_seed
 from catapult.curvature import distributed as dist_ops
 from catapult.curvature.ggn import CURVATURES, GaussNewtonOperator
 from catapult.curvature.certify import certified_pairs
@@ -103,7 +102,7 @@ def top_eigenpairs(model, loss_fn, batch, k: int = 5, *, tol: float = 1e-3, init
         >>> [round(v, 4) for v in eig.values]
         [4.0, 1.0]
     """
-    tol, max_iter, max_basis = check_solver_args(tol, max_iter, max_basis)
+    tol, max_iter, max_basis = check_solver_args(tol, max_iter, max_basis, owner="top_eigenpairs")
     # k and the block first, before the operator's graph is built (k, then the block it bounds)
     trainable = (sum(p.numel() for p in model.parameters() if p.requires_grad)
                  if isinstance(model, torch.nn.Module) else 0)
@@ -156,18 +155,15 @@ def _orthonormal_rows(rows: torch.Tensor, reduce=None) -> torch.Tensor:
     return rows
 
 
-def check_matvecs(matvecs) -> int:
-    """``matvecs`` as an int; a ValueError unless it is an integer >= 3 (Hutch++'s least).
+def check_matvecs(matvecs, owner: str = "hessian_trace") -> int:
+    """``matvecs`` as an int; a ValueError naming ``owner`` unless it is an integer >= 3 (Hutch++'s least).
 
     >>> check_matvecs(3), check_matvecs(2.5)
     Traceback (most recent call last):
     ...
-    ValueError: matvecs must be an integer >= 3, got 2.5
+    ValueError: hessian_trace matvecs must be an integer >= 3; got 2.5
     """
-    count = as_integer(matvecs)
-    if count is None or count < 3:
-        raise ValueError(f"matvecs must be an integer >= 3, got {matvecs!r}")
-    return count
+    return check_integer(owner, "matvecs", matvecs, low=3)
 
 
 def hutch_plus_plus(matvec, n: int | None, matvecs: int, *, dtype=torch.float64, device="cpu",
@@ -196,15 +192,13 @@ def hutch_plus_plus(matvec, n: int | None, matvecs: int, *, dtype=torch.float64,
         >>> round(hutch_plus_plus(lambda v: A @ v, 3, 9), 6)
         6.0
     """
-    matvecs = check_matvecs(matvecs)
+    matvecs = check_matvecs(matvecs, "hutch_plus_plus")
     seed = check_seed("hutch_plus_plus", "seed", seed, optional=False)  # int(seed): 3.5 and "3" were the seed 3
     if split is not None and n is None:
         n = split.dimension
     if split is not None and n != split.dimension:
         raise ValueError(f"n = {n} is not the split vectors' whole length {split.dimension}: pass n=None")
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-        raise ValueError(f"n must be a positive integer (the operator's dimension), got {n!r}")
-    n = int(n)
+    n = check_integer("hutch_plus_plus", "n", n)  # the operator's dimension
     reduce = None if split is None else split.reduce
 
     def dot(a, b):
@@ -316,7 +310,7 @@ def lanczos_quadrature(matvec, v: torch.Tensor, steps: int, max_basis: int | Non
     # int(steps) took True as one step, 3.5 and "3" as 3; 0 and -1 failed inside (IndexError)
     steps = check_integer("lanczos_quadrature", "steps", steps)
     steps = min(steps, n if dimension is None else dimension)
-    max_basis = check_max_basis(max_basis)
+    max_basis = check_max_basis(max_basis, owner="lanczos_quadrature")
     kept = steps if max_basis is None else min(max_basis, steps)
     Q = v.new_zeros((kept, n))  # ring: q_j lives in row j % kept
     Q[0] = v / vector_norm(v, reduce)
@@ -393,16 +387,13 @@ def spectral_density(model, loss_fn, batch, *, runs: int = 8, steps: int = 40,
         >>> sorted(set(dens.nodes.round(4).ravel().tolist())), round(float(dens.weights.sum()) / 4, 6)
         ([1.0, 4.0], 1.0)
     """
-    counts = as_integer(runs), as_integer(steps), as_integer(grid_points)
-    if not all(n is not None and n >= 1 for n in counts[:2]):
-        raise ValueError(f"runs and steps must be integers >= 1, got {runs!r}, {steps!r}")
-    if counts[2] is None or counts[2] < 2:
-        raise ValueError(f"grid_points must be an integer >= 2, got {grid_points!r}")
+    counts = [check_integer("spectral_density", label, value, low=low)
+              for label, value, low in (("runs", runs, 1), ("steps", steps, 1), ("grid_points", grid_points, 2))]
     width = None if sigma is None else as_real(sigma)
     if sigma is not None and (width is None or not width > 0):
         raise ValueError(f"sigma must be None or a finite number > 0, got {sigma!r}")
     (runs, steps, grid_points), sigma = counts, width
-    max_basis = check_max_basis(max_basis)
+    max_basis = check_max_basis(max_basis, owner="spectral_density")
     op = curvature_operator(model, loss_fn, batch, curvature=curvature, optimizer=optimizer,
                             dtype=dtype, hvp=hvp, seed=seed, chunk_size=chunk_size,
                             distributed=distributed, scale_by_group_lr=scale_by_group_lr,

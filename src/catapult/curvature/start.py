@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch.utils._pytree import tree_map
 
-from catapult.arguments import as_integer, as_real
+from catapult.arguments import check_integer, check_real
 from catapult.curvature import distributed as dist_ops
 from catapult.curvature.krylov import vector_norm
 from catapult.scaled_layers import autocast_enabled
@@ -280,35 +280,29 @@ def solver_split(op) -> dict:
                                                                       "dimension": split.dimension}
 
 
-def check_solver_args(tol, max_iter, max_basis=None) -> tuple[float, int, int | None]:
+def check_solver_args(tol, max_iter, max_basis=None, *, owner: str = "sharpness") -> tuple[float, int, int | None]:
     """``(tol, max_iter, max_basis)`` as float, int and int-or-None once ``tol`` is finite and
-    > 0, ``max_iter`` an integer >= 1 and ``max_basis`` None or an integer >= 2 (NumPy integers
-    and 0-d tensors are numbers too); a ValueError naming the argument otherwise.
+    > 0, ``max_iter`` an integer >= 1 and ``max_basis`` None or an integer >= 2
+    (:func:`~catapult.arguments.check_integer`: NumPy integers and 0-d tensors are numbers too);
+    a ValueError naming ``owner`` and the argument otherwise.
 
     >>> check_solver_args(1e-3, 10)
     (0.001, 10, None)
     >>> check_solver_args(0.0, 10)
     Traceback (most recent call last):
     ...
-    ValueError: tol must be a finite number > 0, got 0.0
+    ValueError: sharpness tol must be a finite number > 0; got 0.0
     """
     # inf would stop after one matvec and call any start vector's Rayleigh quotient "converged"
-    real_tol, count = as_real(tol), as_integer(max_iter)
-    if real_tol is None or not real_tol > 0:
-        raise ValueError(f"tol must be a finite number > 0, got {tol!r}")
-    if count is None or count < 1:
-        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
-    return real_tol, count, check_max_basis(max_basis)
+    real_tol = check_real(owner, "tol", tol, low=0.0, low_open=True)
+    return real_tol, check_integer(owner, "max_iter", max_iter), check_max_basis(max_basis, owner=owner)
 
 
-def check_max_basis(max_basis) -> int | None:
-    """``max_basis`` as None or an int >= 2 (Krylov vectors kept); a ValueError otherwise
-    (``"5"`` failed inside the solver, "'<' not supported", and ``2.5`` was taken).
+def check_max_basis(max_basis, *, owner: str = "sharpness") -> int | None:
+    """``max_basis`` as None or an int >= 2 (Krylov vectors kept); a ValueError naming ``owner``
+    otherwise (``"5"`` failed inside the solver, "'<' not supported", and ``2.5`` was taken).
 
     >>> check_max_basis(None), check_max_basis(4)
     (None, 4)
     """
-    basis = None if max_basis is None else as_integer(max_basis)
-    if max_basis is not None and (basis is None or basis < 2):
-        raise ValueError(f"max_basis must be None or an integer >= 2, got {max_basis!r}")
-    return basis
+    return check_integer(owner, "max_basis", max_basis, low=2, optional=True)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from catapult.arguments import as_integer
+from catapult.arguments import check_integer
 from catapult.curvature.krylov import KrylovBasis, inner_product, vector_norm, unit_roundoff
 from catapult.curvature.stopping import ERROR_FLOOR_ULPS, rounding_level
 
@@ -64,25 +64,21 @@ class Eigenpairs:
     scale: float | None = None
 
 
-def check_k(k, n: int | None) -> int:
+def check_k(k, n: int | None, owner: str = "top_eigenpairs") -> int:
     """``k`` as an int; a ValueError unless it is an integer in ``[1, n]`` (``n`` eigenvalues
-    exist; ``n=None``: no upper bound known yet; a bool is not a count, a NumPy integer is).
+    exist; ``n=None``: no upper bound known yet; :func:`~catapult.arguments.check_integer`).
 
     >>> check_k(3, 10)
     3
     >>> check_k(0, 10)
     Traceback (most recent call last):
     ...
-    ValueError: k must be an integer in [1, 10], got 0
+    ValueError: top_eigenpairs k must be an integer in [1, 10]; got 0
     """
-    count = as_integer(k)
-    if count is None or not 1 <= count <= (count if n is None else n):
-        raise ValueError(f"k must be an integer in [1, {'the parameter count' if n is None else n}], "
-                         f"got {k!r}")
-    return count
+    return check_integer(owner, "k", k, high=n)
 
 
-def check_block_size(block_size, k: int) -> int:
+def check_block_size(block_size, k: int, owner: str = "top_eigenpairs") -> int:
     """``block_size`` as an int; a ValueError unless ``1 <= block_size <= k`` (an integer): a
     block of ``k`` already finds ``k`` copies of an eigenvalue, a larger one only costs products
     and vectors.
@@ -92,13 +88,9 @@ def check_block_size(block_size, k: int) -> int:
     >>> check_block_size(6, 5)
     Traceback (most recent call last):
     ...
-    ValueError: block_size must be an integer in [1, k = 5] (a block of k finds k copies of an eigenvalue), got 6
+    ValueError: top_eigenpairs block_size must be an integer in [1, 5]; got 6
     """
-    size = as_integer(block_size)
-    if size is None or not 1 <= size <= k:
-        raise ValueError(f"block_size must be an integer in [1, k = {k}] (a block of k finds k copies "
-                         f"of an eigenvalue), got {block_size!r}")
-    return size
+    return check_integer(owner, "block_size", block_size, high=k)
 
 
 def _orthonormal_block(vectors: list[torch.Tensor], norms: list[float], floor: float, reduce=None,

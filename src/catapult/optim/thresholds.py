@@ -75,8 +75,9 @@ def lr_scaled_sharpness(model: torch.nn.Module, loss_fn, batch, optimizer: torch
     from catapult.curvature import HessianOperator, lanczos_top_eigenpair
     from catapult.curvature.certify import certified
     from catapult.curvature.preconditioner import PreconditionedOperator, step_preconditioner
-    from catapult.curvature.start import start_vector
+    from catapult.curvature.start import check_solver_args, start_vector
 
+    tol, max_iter, max_basis = check_solver_args(tol, max_iter, max_basis, owner="lr_scaled_sharpness")
     op = HessianOperator(model, loss_fn, batch, dtype=dtype, hvp=hvp, seed=seed, chunk_size=chunk_size)
     matvec = PreconditionedOperator(op, *step_preconditioner(model, optimizer, op, scale_by_group_lr=True))
     v0 = start_vector(init, op.numel, op.dtype, op.device, seed, tol=tol)  # a warm start mixed as sharpness's
