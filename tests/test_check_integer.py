@@ -191,3 +191,23 @@ def test_the_ray_executor_keeps_its_counts_as_ints():
     assert counts == {"chunk_size": 2, "max_retries": -1, "num_cpus": None} and type(counts["chunk_size"]) is int
     with pytest.raises(ValueError, match=r"^RayExecutor num_cpus must be None or an integer >= 1; got True$"):
         _check_counts(num_cpus=(True, 1))
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(max_iter=0), "max_iter must be an integer >= 1; got 0"),            # one value for k=2
+    (dict(max_iter=True), "max_iter must be an integer >= 1; got True"),
+    (dict(max_iter=3.5), "max_iter must be an integer >= 1; got 3.5"),
+    (dict(tol=float("inf")), "tol must be a finite number > 0; got inf"),     # a wrong pair, "converged"
+    (dict(max_basis=8.0), "max_basis must be None or an integer >= 2; got 8.0"),
+    (dict(seed=3.5, block_size=2), r"seed must be an integer in \[-2\*\*63, 2\*\*64\); got 3.5"),
+    (dict(dimension="30"), "dimension must be an integer >= 1; got '30'"),
+])
+def test_lanczos_top_k_checks_its_solver_arguments(kwargs, words):
+    from catapult.curvature.spectrum import lanczos_top_k
+
+    A = torch.diag(torch.arange(1.0, 31.0, dtype=torch.float64))
+    v0 = torch.ones(30, dtype=torch.float64)
+    with pytest.raises(ValueError, match=f"^lanczos_top_k {words}$"):
+        lanczos_top_k(lambda v: A @ v, v0, 2, **kwargs)
+    eig = lanczos_top_k(lambda v: A @ v, v0, np.int64(2), max_iter=np.int64(300), tol=1e-10)
+    assert eig.values == pytest.approx([30.0, 29.0], rel=1e-9) and eig.converged

@@ -29,8 +29,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from catapult.arguments import check_integer
+from catapult.arguments import check_integer, check_seed
 from catapult.curvature.krylov import KrylovBasis, inner_product, vector_norm, unit_roundoff
+from catapult.curvature.start import check_solver_args
 from catapult.curvature.stopping import ERROR_FLOOR_ULPS, rounding_level
 
 __all__ = ["Eigenpairs", "check_block_size", "check_k", "lanczos_top_k"]
@@ -188,9 +189,13 @@ def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_it
         >>> [round(x, 6) for x in lanczos_top_k(lambda v: A @ v, torch.ones(5, dtype=torch.float64), 2).values]
         [5.0, 5.0]
     """
-    n = v0.numel() if dimension is None else int(dimension)
-    k = check_k(k, n)
-    b = block_size = check_block_size(block_size, k)
+    # max_iter=0, -1 or True returned one value for k=2, tol=inf called a wrong pair converged,
+    # max_iter=3.5 was taken, seed=3.5 and max_basis=8.0 failed in torch's or range()'s words
+    tol, max_iter, max_basis = check_solver_args(tol, max_iter, max_basis, owner="lanczos_top_k")
+    seed = check_seed("lanczos_top_k", "seed", seed, optional=False)
+    n = v0.numel() if dimension is None else check_integer("lanczos_top_k", "dimension", dimension)
+    k = check_k(k, n, "lanczos_top_k")
+    b = block_size = check_block_size(block_size, k, "lanczos_top_k")
     capacity = min(n, max_basis if max_basis is not None else max(2 * k + 10, 20) + b - 1)
     if capacity < min(n, k + b + 1):
         raise ValueError(f"max_basis must be >= k + block_size + 1 = {k + b + 1}, got {max_basis!r}")
