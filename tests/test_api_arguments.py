@@ -65,8 +65,8 @@ def test_a_model_that_is_not_a_module_is_named():
     ({"steps": float("nan")}, "steps must be an integer >= 1; got nan"),
     ({"seeds": []}, "seeds must be a non-empty list of integer seeds"),
     ({"seeds": "01"}, "seeds must be a list of integer seeds; got '01'"),
-    ({"seeds": [0.5]}, "seeds must be a non-empty list of integer seeds"),
-    ({"seeds": [0, 2 ** 64]}, r"seeds must lie in \[-2\*\*63, 2\*\*64\) \(torch.manual_seed\); got \[0, 18446744073709551616\]"),
+    ({"seeds": [0.5]}, r"seeds\[0\] must be an integer in \[-2\*\*63, 2\*\*64\); got 0.5"),
+    ({"seeds": [0, 2 ** 64]}, r"seeds\[1\] must be an integer in \[-2\*\*63, 2\*\*64\); got 18446744073709551616"),
     ({"values": []}, "values is empty"),
 ])
 def test_coord_check_names_its_bad_arguments(kwargs, words):

@@ -320,8 +320,8 @@ def test_attach_warns_when_it_replaces_differing_group_lrs():
     (lambda: schedules.WarmupSchedule(1.0, 4, decay="cosine"), "needs total_steps"),
     (lambda: schedules.WarmupSchedule(1.0, 4, decay="cos", total_steps=9), "decay must be"),
     (lambda: schedules.WarmupSchedule(-1.0, 4), "lr_target must be >= 0"),
-    (lambda: schedules.WarmupSchedule(1.0, 0), "warmup_steps must be >= 1"),
-    (lambda: schedules.CatapultWarmupSchedule(1.0, 0, 0.5), "warmup_steps must be >= 1"),
+    (lambda: schedules.WarmupSchedule(1.0, 0), "^warmup_steps must be an integer >= 1; got 0$"),
+    (lambda: schedules.CatapultWarmupSchedule(1.0, 0, 0.5), "^warmup_steps must be an integer >= 1; got 0$"),
     (lambda: schedules.CatapultWarmupSchedule(1.0, 4, float("nan")), "lr_critical must be finite"),
 ])
 def test_the_public_schedule_classes_check_their_fields_as_the_factories_do(build, match):

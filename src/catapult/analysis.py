@@ -24,7 +24,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
-from catapult.arguments import as_integer, check_real
+from catapult.arguments import check_integer, check_real
 
 __all__ = ["Catapult", "detect_catapults", "is_finite_number"]
 
@@ -74,10 +74,7 @@ def detect_catapults(
     """
     rise = check_real("detect_catapults", "rise", rise, low=1.0)
     drop = check_real("detect_catapults", "drop", drop, low=0.0, high=1.0, high_open=True)
-    if lookback is not None:
-        if as_integer(lookback) is None or as_integer(lookback) < 0:
-            raise ValueError(f"detect_catapults lookback must be None or an integer >= 0 (steps); got {lookback!r}")
-        lookback = as_integer(lookback)
+    lookback = check_integer("detect_catapults", "lookback", lookback, low=0, optional=True)  # steps
     steps = [r["step"] for r in metrics]
     losses = [r.get("train_loss") for r in metrics]
     sharp = [(r["step"], r["sharpness"]) for r in metrics if is_finite_number(r.get("sharpness"))]

@@ -22,7 +22,6 @@ of the same block and the seeds.
 from __future__ import annotations
 
 import math
-import numbers
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import Callable, Mapping, Sequence
@@ -31,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from catapult.arguments import check_batch, check_real
+from catapult.arguments import check_batch, check_integer, check_real, check_seed
 from catapult.parametrize import param_groups
 from catapult.files import save_figure
 
@@ -112,8 +111,7 @@ def coord_check(
 
     A run whose loss becomes non-finite keeps going; its rows carry the non-finite values.
     """
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-        raise ValueError(f"coord_check steps must be an integer >= 1; got {steps!r}")
+    steps = check_integer("coord_check", "steps", steps)
     values = list(values)
     if not values:
         raise ValueError("coord_check values is empty: give the widths or densities to compare")
@@ -122,10 +120,10 @@ def coord_check(
     if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Iterable):  # "01" ran seeds 0 and 1
         raise ValueError(f"coord_check seeds must be a list of integer seeds; got {seeds!r}")
     seeds = list(seeds)
-    if not seeds or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) for s in seeds):
+    if not seeds:
         raise ValueError(f"coord_check seeds must be a non-empty list of integer seeds; got {seeds!r}")
-    if any(not -2 ** 63 <= int(s) < 2 ** 64 for s in seeds):  # torch.manual_seed's overflow, mid-study
-        raise ValueError(f"coord_check seeds must lie in [-2**63, 2**64) (torch.manual_seed); got {seeds!r}")
+    # each a seed torch.manual_seed takes (its overflow came mid-study)
+    seeds = [check_seed("coord_check", f"seeds[{i}]", s, optional=False) for i, s in enumerate(seeds)]
     if not callable(batch):
         check_batch("coord_check", batch)
     # checked before the first model is built: 'lion' was param_groups' refusal, listing gi-adam and

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from catapult.arguments import as_real
+from catapult.arguments import as_real, check_integer
 from catapult.parametrize import group_lr_mult
 
 __all__ = ["group_lr_multipliers", "lr_scaled_sharpness", "radam_rho", "radam_rectified",
@@ -96,8 +96,7 @@ def radam_rho(t: int, beta2: float) -> float:
     1.0
     """
     # t = 0 divided by zero (1 - b2^0), t = -1 or 2.5 gave a verdict for a step that is none
-    if isinstance(t, bool) or not isinstance(t, numbers.Integral) or t < 1:
-        raise ValueError(f"t must be an integer >= 1 (RAdam's 1-based step), got {t!r}")
+    t = check_integer("", "t", t)  # RAdam's 1-based step (the formulas name no owner)
     if isinstance(beta2, bool) or not (isinstance(beta2, numbers.Real) and 0.0 <= beta2 < 1.0):
         raise ValueError(f"beta2 must be a number in [0, 1), got {beta2!r}")
     rho_inf = 2.0 / (1.0 - beta2) - 1.0

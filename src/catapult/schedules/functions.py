@@ -10,6 +10,7 @@ import numbers
 from dataclasses import dataclass
 from typing import Any
 
+from catapult.arguments import check_integer
 from catapult.critical_lr import CriticalLR
 
 __all__ = [
@@ -118,11 +119,7 @@ def checked_real(name: str, value: Any, *, positive: bool = False) -> float:
 
 
 def _count(name: str, value: Any, *, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
+    return check_integer("", name, value, low=minimum)
 
 
 def _step(t: Any) -> int:

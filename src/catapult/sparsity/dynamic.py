@@ -48,6 +48,7 @@ from typing import Iterator
 import torch
 import torch.nn as nn
 
+from catapult.arguments import check_integer
 from catapult.sparsity.static import MaskedLinear, exact_nonzeros, masked_modules
 
 __all__ = ["DYNAMIC_METHODS", "rigl_drop_fraction", "gmp_density", "MaskUpdater", "rigl_update", "prune_to",
@@ -158,11 +159,10 @@ class MaskUpdater:
                  start_step: int = 0) -> None:
         if method not in DYNAMIC_METHODS:
             raise ValueError(f"sparsity method must be one of {DYNAMIC_METHODS}; got {method!r}")
-        for name, value, low in (("update_every", update_every, 1), ("start_step", start_step, 0),
-                                 ("end_step", 0 if end_step is None else end_step, 0)):
-            # 1.5 was step 1; NumPy integers are steps (numbers.Integral), as counts are elsewhere
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
+        # 1.5 was step 1; NumPy integers are steps, as counts are elsewhere
+        update_every = check_integer("MaskUpdater", "update_every", update_every)
+        start_step = check_integer("MaskUpdater", "start_step", start_step, low=0)
+        end_step = check_integer("MaskUpdater", "end_step", end_step, low=0, optional=True)
         for name, value in (("final_density", final_density), ("drop_fraction", drop_fraction)):
             # a drop fraction above 1 grew more weights than it dropped: the density changed
             if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and 0.0 < value <= 1.0):
