@@ -358,7 +358,7 @@ def test_gi_adam_refuses_a_seed_torch_cannot_take_when_built(seed):
 
     from catapult.optim import GIAdam
 
-    with pytest.raises(ValueError, match=r"seed must be in \[-2\*\*63, 2\*\*64\)"):
+    with pytest.raises(ValueError, match=rf"^GIAdam seed must be an integer in \[-2\*\*63, 2\*\*64\); got {seed}$"):
         GIAdam([torch.nn.Parameter(torch.zeros(2))], v0="random", seed=seed)
     params = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))]
     opt = GIAdam(params, v0="random", seed=2 ** 64 - 1)

@@ -211,3 +211,15 @@ def test_lanczos_top_k_checks_its_solver_arguments(kwargs, words):
         lanczos_top_k(lambda v: A @ v, v0, 2, **kwargs)
     eig = lanczos_top_k(lambda v: A @ v, v0, np.int64(2), max_iter=np.int64(300), tol=1e-10)
     assert eig.values == pytest.approx([30.0, 29.0], rel=1e-9) and eig.converged
+
+
+def test_gi_adam_seeds_follow_the_seed_rule_in_groups_too():
+    from catapult.optim import GIAdam
+
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    assert GIAdam(params, v0="random", seed=torch.tensor(3)).defaults["seed"] == 3   # it was refused
+    with pytest.raises(ValueError, match=r"^GIAdam seed must be an integer in \[-2\*\*63, 2\*\*64\); got True$"):
+        GIAdam(params, seed=True)
+    opt = GIAdam(params)
+    with pytest.raises(ValueError, match=r"^GIAdam param group 1: seed must be an integer in \[-2\*\*63, 2\*\*64\); got 1.5$"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(1))], "seed": 1.5})

@@ -29,8 +29,9 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import Tensor
 
+from catapult.arguments import check_seed
 from catapult.optim import rules
-from catapult.optim.rules import SEED_RANGE, V0_CHOICES, check_v0, initial_second_moment
+from catapult.optim.rules import V0_CHOICES, check_v0, initial_second_moment
 
 __all__ = ["GIAdam", "GIAdamW", "initial_second_moment", "V0_CHOICES"]
 
@@ -96,12 +97,8 @@ def _checked_options(options: dict[str, Any], where: str = "") -> dict[str, Any]
         except (TypeError, ValueError) as err:
             raise type(err)(f"{where}{err}") from None
     if "seed" in out:
-        seed = out["seed"]
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise TypeError(f"{where}seed must be an integer, got {seed!r}")
-        if not SEED_RANGE[0] <= seed < SEED_RANGE[1]:  # v0="random" failed at the first step, in torch's words
-            raise ValueError(f"{where}seed must be in [-2**63, 2**64) (torch.Generator.manual_seed), got {seed}")
-        out["seed"] = int(seed)
+        # beyond torch.Generator.manual_seed's range v0="random" failed at the first step, in torch's words
+        out["seed"] = check_seed(f"GIAdam {where}".rstrip(), "seed", out["seed"], optional=False)
     return out
 
 
