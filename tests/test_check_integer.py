@@ -223,3 +223,21 @@ def test_gi_adam_seeds_follow_the_seed_rule_in_groups_too():
     opt = GIAdam(params)
     with pytest.raises(ValueError, match=r"^GIAdam param group 1: seed must be an integer in \[-2\*\*63, 2\*\*64\); got 1.5$"):
         opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(1))], "seed": 1.5})
+
+
+@pytest.mark.parametrize("in_features, words", [
+    ("3072", "a positive integer or a sample shape \\(C, H, W\\); got '3072'"),   # read as the shape ("3", "0", "7", "2"): 3 channels
+    (True, "a positive integer or a sample shape \\(C, H, W\\); got True"),       # one flat feature: 1 channel
+    (0, "an integer >= 1; got 0"),
+    ((3, 0, 32), "a positive integer; got 0"),
+])
+def test_wrn_from_config_reads_in_features_by_the_rule(in_features, words):
+    from catapult.config import ModelConfig
+    from catapult.models.wrn import WRN
+
+    config = ModelConfig(name="wrn", depth=10, widen=1)
+    with pytest.raises(ValueError, match=f"^WRN in_features must be {words}$"):
+        WRN.from_config(config, in_features, 10)
+    # a NumPy integer or a 0-d tensor is the size it holds (np.int64 failed: "not iterable"): 3 x 32 x 32
+    assert WRN.from_config(config, np.int64(3072), 10).in_channels == 3
+    assert WRN.from_config(config, torch.tensor(64), 10).in_channels == 1

@@ -57,13 +57,14 @@ density 1 equals the table-form muP (convs are dense: ``density < 1`` is refused
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from catapult.arguments import check_flag, check_positive_int, check_real
+from catapult.arguments import as_integer, check_flag, check_integer, check_positive_int, check_real
 from catapult.models.options import section_dict
 from catapult.parametrize import ParamSpec, check_parametrization
 from catapult.parametrize_state import attach_spec
@@ -287,8 +288,19 @@ def input_channels(in_features: int | Sequence[int]) -> int:
     >>> input_channels(64), input_channels(3072), input_channels((3, 32, 32))
     (1, 3, 3)
     """
-    if not isinstance(in_features, int):
-        return int(tuple(in_features)[0])
+    # "3072" was read as the shape ("3", "0", "7", "2"): 3 channels; True as 1 flat feature (1 channel);
+    # np.int64(3072) failed in tuple()'s words ("not iterable")
+    count = as_integer(in_features)
+    if count is None:
+        shape = () if isinstance(in_features, (str, bytes)) or not isinstance(in_features, Iterable) \
+            else tuple(in_features)
+        if not shape:
+            raise ValueError(f"WRN in_features must be a positive integer or a sample shape (C, H, W); "
+                             f"got {in_features!r}")
+        for size in shape:
+            check_positive_int("WRN", "in_features", size)
+        return int(shape[0])
+    in_features = check_integer("WRN", "in_features", count)
     for channels in (1, 3):
         side = math.isqrt(in_features // channels)
         if in_features % channels == 0 and channels * side * side == in_features:
