@@ -241,3 +241,12 @@ def test_wrn_from_config_reads_in_features_by_the_rule(in_features, words):
     # a NumPy integer or a 0-d tensor is the size it holds (np.int64 failed: "not iterable"): 3 x 32 x 32
     assert WRN.from_config(config, np.int64(3072), 10).in_channels == 3
     assert WRN.from_config(config, torch.tensor(64), 10).in_channels == 1
+
+
+@pytest.mark.parametrize("depth", [float("inf"), float("nan"), None])
+def test_a_wrn_depth_that_is_no_number_is_named(depth):
+    # int(depth): OverflowError at inf, "cannot convert float NaN to integer" and int()'s TypeError
+    from catapult.models.wrn import WRN
+
+    with pytest.raises(ValueError, match=rf"^WRN depth must be a positive integer; got {depth!r}$"):
+        WRN(3, 10, depth=depth)

@@ -84,6 +84,7 @@ def wrn_blocks_per_group(depth: int) -> int:
         >>> wrn_blocks_per_group(16), wrn_blocks_per_group(28)
         (2, 4)
     """
+    check_positive_int("WRN", "depth", depth)  # int(depth) raised OverflowError at inf, int()'s words at nan / None
     if int(depth) != depth or depth < 10 or (depth - 4) % 6:
         raise ValueError(f"WRN depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 40, ...); got {depth!r}")
     return (int(depth) - 4) // 6
