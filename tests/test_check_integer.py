@@ -250,3 +250,19 @@ def test_a_wrn_depth_that_is_no_number_is_named(depth):
 
     with pytest.raises(ValueError, match=rf"^WRN depth must be a positive integer; got {depth!r}$"):
         WRN(3, 10, depth=depth)
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(probe=2.5), "probe must be an integer >= 1; got 2.5"),   # a probe of 2 samples
+    (dict(probe=0), "probe must be an integer >= 1; got 0"),       # one sample
+    (dict(probe="3"), "probe must be an integer >= 1; got '3'"),
+    (dict(seed=1.5), r"seed must be an integer in \[-2\*\*63, 2\*\*64\); got 1.5"),
+])
+def test_activation_bytes_takes_an_integer_probe(kwargs, words):
+    from catapult.curvature.lean import activation_bytes
+
+    model, batch = torch.nn.Linear(2, 1, bias=False), (torch.zeros(10, 2), torch.zeros(10, 1))
+    with pytest.raises(ValueError, match=f"^activation_bytes {words}$"):
+        activation_bytes(model, torch.nn.MSELoss(), batch, **kwargs)
+    # MSE saves the (10, 1) float32 output: 40 bytes, from a probe of any size
+    assert activation_bytes(model, torch.nn.MSELoss(), batch, probe=np.int64(3)) == (40, 40)

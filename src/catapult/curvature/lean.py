@@ -39,7 +39,7 @@ import warnings
 import numpy as np
 import torch
 
-from catapult.arguments import check_integer, check_real
+from catapult.arguments import check_integer, check_real, check_seed
 from catapult.curvature.coarse import COARSE_MIN_SAMPLES
 from catapult.curvature.rng import fixed_rng
 from catapult.curvature.krylov import inner_product, vector_norm, unit_roundoff
@@ -110,9 +110,12 @@ def activation_bytes(model: torch.nn.Module, loss_fn, batch, *, probe: int = 8,
     >>> activation_bytes(model, torch.nn.MSELoss(), (torch.zeros(10, 2), torch.zeros(10, 1)))
     (40, 40)
     """
+    # int(probe) made 2.5 and "3" probes of 2 and 3 samples, 0 and -1 one, silently; seed=1.5 failed in torch
+    probe = check_integer("activation_bytes", "probe", probe)
+    seed = check_seed("activation_bytes", "seed", seed, optional=False)
     inputs, targets = batch
     n = inputs.shape[0]
-    k = max(1, min(int(probe), n))
+    k = max(1, min(probe, n))
     x, y = inputs[:k], targets[:k] if torch.is_tensor(targets) and targets.dim() else targets
     params = {name: p.detach().requires_grad_(p.requires_grad) for name, p in model.named_parameters()}
     buffers = {name: b.clone() for name, b in model.named_buffers()}
