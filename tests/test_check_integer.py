@@ -266,3 +266,19 @@ def test_activation_bytes_takes_an_integer_probe(kwargs, words):
         activation_bytes(model, torch.nn.MSELoss(), batch, **kwargs)
     # MSE saves the (10, 1) float32 output: 40 bytes, from a probe of any size
     assert activation_bytes(model, torch.nn.MSELoss(), batch, probe=np.int64(3)) == (40, 40)
+
+
+@pytest.mark.parametrize("dimension", ["10", 10.5, True, 0])
+def test_the_split_vectors_dimension_is_an_integer(dimension):
+    # int(dimension) took "10" and 10.5 as 10 (lanczos_quadrature: a TypeError from min())
+    from catapult.curvature import lanczos_top_eigenpair
+    from catapult.curvature.lean import lean_top_eigenpair
+    from catapult.curvature.spectrum import lanczos_quadrature
+
+    A = torch.diag(torch.arange(1.0, 11.0, dtype=torch.float64))
+    v0 = torch.ones(10, dtype=torch.float64)
+    for solve in (lanczos_top_eigenpair, lean_top_eigenpair):
+        with pytest.raises(ValueError, match=rf"^{solve.__name__} dimension must be an integer >= 1; got "):
+            solve(lambda v: A @ v, v0, dimension=dimension)
+    with pytest.raises(ValueError, match=r"^lanczos_quadrature dimension must be an integer >= 1; got "):
+        lanczos_quadrature(lambda v: A @ v, v0, 3, dimension=dimension)

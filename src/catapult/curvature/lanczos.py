@@ -265,7 +265,8 @@ def lanczos_top_eigenpair(
         raise ValueError(f"v0 must be a non-empty 1-D tensor, got shape {tuple(v0.shape)}")
     if not v0.is_floating_point():
         raise ValueError(f"v0 must be a floating-point tensor, got {v0.dtype}")
-    n = v0.numel() if dimension is None else int(dimension)
+    # int(dimension) took "30" and 30.5 as 30
+    n = v0.numel() if dimension is None else check_integer("lanczos_top_eigenpair", "dimension", dimension)
     norm0 = vector_norm(v0, reduce)
     norm0_host = float(norm0)
     if not (math.isfinite(norm0_host) and norm0_host > 0):

@@ -230,7 +230,7 @@ def lean_top_eigenpair(matvec, v0: torch.Tensor, *, tol: float = 1e-3, max_iter:
     if v0.dim() != 1 or (v0.numel() == 0 and dimension is None) or not v0.is_floating_point():
         raise ValueError(f"v0 must be a non-empty 1-D floating-point tensor, got {v0.dtype} of "
                          f"shape {tuple(v0.shape)}")
-    n = v0.numel() if dimension is None else int(dimension)
+    n = v0.numel() if dimension is None else check_integer("lean_top_eigenpair", "dimension", dimension)
     eps = unit_roundoff(matvec, v0.dtype)
     norm = float(vector_norm(v0, reduce))
     if not (math.isfinite(norm) and norm > 0):

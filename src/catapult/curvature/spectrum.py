@@ -309,7 +309,7 @@ def lanczos_quadrature(matvec, v: torch.Tensor, steps: int, max_basis: int | Non
     n = v.numel()
     # int(steps) took True as one step, 3.5 and "3" as 3; 0 and -1 failed inside (IndexError)
     steps = check_integer("lanczos_quadrature", "steps", steps)
-    steps = min(steps, n if dimension is None else dimension)
+    steps = min(steps, n if dimension is None else check_integer("lanczos_quadrature", "dimension", dimension))
     max_basis = check_max_basis(max_basis, owner="lanczos_quadrature")
     kept = steps if max_basis is None else min(max_basis, steps)
     Q = v.new_zeros((kept, n))  # ring: q_j lives in row j % kept
