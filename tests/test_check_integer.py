@@ -282,3 +282,15 @@ def test_the_split_vectors_dimension_is_an_integer(dimension):
             solve(lambda v: A @ v, v0, dimension=dimension)
     with pytest.raises(ValueError, match=r"^lanczos_quadrature dimension must be an integer >= 1; got "):
         lanczos_quadrature(lambda v: A @ v, v0, 3, dimension=dimension)
+
+
+def test_the_ensemble_memory_fraction_is_a_number_in_its_range():
+    # func_memory_fraction=True was the fraction 1.0 (isinstance(True, int)); np.float32(0.5) was refused
+    from catapult.sweep.ensemble import EnsembleExecutor
+
+    for bad in (True, 0, 1.5, float("nan"), "0.5"):
+        with pytest.raises(ValueError, match=r"^EnsembleExecutor func_memory_fraction must be a finite number in \(0, 1\]; got "):
+            EnsembleExecutor(func_memory_fraction=bad)
+    assert EnsembleExecutor(func_memory_fraction=np.float32(0.5)).func_memory_fraction == 0.5
+    with pytest.raises(ValueError, match=r"^EnsembleExecutor memory_mb must be a finite number > 0; got '100'$"):
+        EnsembleExecutor(memory_mb="100")

@@ -92,7 +92,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import torch
 
 from catapult import config as cfg
-from catapult.arguments import as_real, check_flag, check_integer
+from catapult.arguments import check_flag, check_integer, check_real
 from catapult.curvature import batched_lanczos  # noqa: F401  (re-exported)
 from catapult.sweep.executors import Cell, CellResult, Executor, RunFn, check_threads, run_cell, torch_threads
 from catapult.sweep.spec import canonical_json
@@ -321,12 +321,11 @@ class EnsembleExecutor(Executor):
                  kernels: bool = True, func_memory_fraction: float = DEFAULT_FRACTION):
         super().__init__(run_fn)
         self.kernels = check_flag("EnsembleExecutor", "kernels", kernels)  # kernels="no" used the kernels
-        if not (isinstance(func_memory_fraction, (int, float)) and 0 < func_memory_fraction <= 1):
-            raise ValueError(f"func_memory_fraction must be in (0, 1], got {func_memory_fraction!r}")
-        self.func_memory_fraction = float(func_memory_fraction)
-        memory_mb = DEFAULT_MEMORY_MB if memory_mb is None else memory_mb
-        if as_real(memory_mb) is None or not memory_mb > 0:  # "100" was a bare TypeError
-            raise ValueError(f"memory_mb must be > 0, got {memory_mb!r}")
+        # func_memory_fraction=True was the fraction 1.0 (isinstance(True, int)), np.float32(0.5) was refused
+        self.func_memory_fraction = check_real("EnsembleExecutor", "func_memory_fraction", func_memory_fraction,
+                                               low=0.0, high=1.0, low_open=True)
+        memory_mb = DEFAULT_MEMORY_MB if memory_mb is None else memory_mb  # "100" was a bare TypeError
+        memory_mb = check_real("EnsembleExecutor", "memory_mb", memory_mb, low=0.0, low_open=True)
         max_members = check_integer("EnsembleExecutor", "max_members", max_members, optional=True)
         # workers=True ran as 1 worker (isinstance(True, int)) and np.int64(2) was refused
         workers = check_integer("EnsembleExecutor", "workers", 1 if workers is None else workers)
