@@ -294,3 +294,13 @@ def test_the_ensemble_memory_fraction_is_a_number_in_its_range():
     assert EnsembleExecutor(func_memory_fraction=np.float32(0.5)).func_memory_fraction == 0.5
     with pytest.raises(ValueError, match=r"^EnsembleExecutor memory_mb must be a finite number > 0; got '100'$"):
         EnsembleExecutor(memory_mb="100")
+
+
+@pytest.mark.parametrize("seed", [3.5, "3", True])
+def test_the_sharded_operator_takes_its_seed_by_the_rule(seed):
+    # int(seed): sharpness(distributed=True, seed=3.5) on an FSDP2 model used the seed 3, silently
+    from catapult.curvature.sharded import ShardedHessianOperator
+
+    batch = (torch.ones(4, 2), torch.zeros(4, 1))
+    with pytest.raises(ValueError, match=r"^ShardedHessianOperator seed must be an integer in \[-2\*\*63, 2\*\*64\); got "):
+        ShardedHessianOperator(torch.nn.Linear(2, 1), torch.nn.MSELoss(), batch, 1.0, seed=seed)

@@ -77,7 +77,7 @@ import math
 
 import torch
 
-from catapult.arguments import check_batch
+from catapult.arguments import check_batch, check_seed
 
 from catapult.curvature.distributed import agreed, all_reduce_sum
 from catapult.curvature.difference import (RENORM_STEPS, central_step, checked_difference,
@@ -257,6 +257,8 @@ class ShardedHessianOperator:
         if not callable(loss_fn):
             raise TypeError("loss_fn must be callable as loss_fn(outputs, targets)")
         check_batch("ShardedHessianOperator", batch, allow_empty=True)
+        # int(seed) below made sharpness(distributed=True, seed=3.5) on an FSDP2 model the seed 3, "3" too
+        seed = check_seed("ShardedHessianOperator", "seed", seed, optional=False)
         import torch.distributed as dist
         DTensor = _dtensor_type()
         self._model = model
@@ -289,7 +291,7 @@ class ShardedHessianOperator:
         self.reduce = all_reduce_sum if self.local else None   # inner products of split vectors
         self.dtype = self._params[0].dtype
         self.device = self._params[0].to_local().device
-        self.seed, self.weight = int(seed), float(weight)
+        self.seed, self.weight = seed, float(weight)
         self._scale = self.weight * dist.get_world_size()   # FSDP's reduce-scatter takes the mean
         self._eps = max(float(torch.finfo(p.dtype).eps) for p in self._params)
         self.matvecs = 0
