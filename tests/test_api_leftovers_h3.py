@@ -219,11 +219,12 @@ def test_executors_refuse_a_thread_count_that_is_not_a_positive_integer(tmp_path
     # before: 1.5 ran on int(1.5) = 1 thread and "2" on 2; 0 and -1 made every cell fail in
     # torch.set_num_threads after the store was written (failed: 1)
     from catapult import config as cfg
+    from catapult.arguments import max_threads
     from catapult.sweep import LocalExecutor, parse_sweep, run_sweep
     from catapult.sweep.ensemble import EnsembleExecutor
 
     for make in (LocalExecutor, EnsembleExecutor):
-        with pytest.raises(ValueError, match=f"{make.__name__} threads must be None or an integer >= 1"):
+        with pytest.raises(ValueError, match=rf"^{make.__name__} threads must be None or an integer in \[1, {max_threads()}\]; got "):
             make(threads=threads)
     with pytest.raises(ValueError, match="threads must be"):
         run_sweep(cfg.validate({"train": {"steps": 1}}), parse_sweep({"grid": {"optimizer.lr": [0.1]}}),

@@ -304,3 +304,16 @@ def test_the_sharded_operator_takes_its_seed_by_the_rule(seed):
     batch = (torch.ones(4, 2), torch.zeros(4, 1))
     with pytest.raises(ValueError, match=r"^ShardedHessianOperator seed must be an integer in \[-2\*\*63, 2\*\*64\); got "):
         ShardedHessianOperator(torch.nn.Linear(2, 1), torch.nn.MSELoss(), batch, 1.0, seed=seed)
+
+
+def test_executors_refuse_more_threads_than_openmp_can_make():
+    # threads=10**6 passed and every cell failed in OpenMP (a segfault, or libgomp's exit), 2**31 in torch's words
+    import os
+
+    from catapult.sweep.executors import LocalExecutor
+
+    most = max(64, 4 * (os.cpu_count() or 1))   # the CLI's --threads bound
+    assert LocalExecutor(threads=most).threads == most
+    for bad in (most + 1, 10 ** 6, 2 ** 31):
+        with pytest.raises(ValueError, match=rf"^LocalExecutor threads must be None or an integer in \[1, {most}\]; got {bad}$"):
+            LocalExecutor(threads=bad)

@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 __all__ = ["check_real", "check_std", "check_batch", "check_module", "check_positive_int", "check_densities", "as_integer",
-           "check_integer", "as_real", "check_seed", "check_flag", "caller_stacklevel"]
+           "check_integer", "as_real", "check_seed", "check_flag", "caller_stacklevel", "max_threads"]
 
 
 def check_real(owner: str, label: str, value: Any, *, low: float | None = None, high: float | None = None,
@@ -112,6 +112,19 @@ def check_integer(owner: str, label: str, value: Any, *, low: int | None = 1, hi
         who = f"{owner} {label}" if owner else label
         raise ValueError(f"{who} must be {'None or ' if optional else ''}an integer{where}; got {_scalar(value)!r}")
     return count
+
+
+def max_threads() -> int:
+    """The most torch threads a process is given (``--threads``, an executor's ``threads``): 4 per
+    CPU of this machine, at least 64. Far more made OpenMP fail to create its threads (a segfault,
+    or libgomp's message and exit code 1), and 2**31 failed in torch's words.
+
+    >>> max_threads() >= 64
+    True
+    """
+    import os
+
+    return max(64, 4 * (os.cpu_count() or 1))
 
 
 def as_real(value: Any) -> float | None:

@@ -8,6 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from catapult.arguments import max_threads
 from catapult.config import ConfigError, load_config
 from catapult.files import UNMARKED_FIGURES, figure_path, is_run_record, partial_of_ours, written_by_catapult
 from catapult.sweep.store_file import has_sqlite_header
@@ -104,12 +105,6 @@ def overrides_from_args(args: argparse.Namespace) -> list[str]:
         seen[key] = shown
     overrides = [text for text, _ in given]
     return overrides
-
-
-def max_threads() -> int:
-    """The most ``--threads`` accepted: 4 per CPU of this machine, at least 64. Far more made
-    OpenMP fail to create its threads (a segfault, or libgomp's message and exit code 1)."""
-    return max(64, 4 * (os.cpu_count() or 1))
 
 
 def threads_problem(threads: int | None) -> str | None:

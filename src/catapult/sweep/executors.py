@@ -133,18 +133,21 @@ def torch_threads(threads: int | None):
 
 def check_threads(owner: str, threads: Any) -> int | None:
     """An executor's ``threads`` as an int, or None; a ValueError naming ``owner`` unless it is None or an
-    integer >= 1: ``threads=1.5`` ran on ``int(1.5)`` = 1 thread, ``"2"`` on 2, and ``0`` or ``-1`` made every
-    cell (and its lambda_0) fail in ``torch.set_num_threads`` after the store was written.
+    integer in ``[1, max_threads()]`` (:func:`~catapult.arguments.max_threads`): ``threads=1.5`` ran on
+    ``int(1.5)`` = 1 thread, ``"2"`` on 2, and ``0`` or ``-1`` made every cell (and its lambda_0) fail in
+    ``torch.set_num_threads`` after the store was written.
 
     >>> check_threads("LocalExecutor", 2), check_threads("LocalExecutor", None)
     (2, None)
-    >>> check_threads("LocalExecutor", 0)
+    >>> check_threads("LocalExecutor", 0)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    ValueError: LocalExecutor threads must be None or an integer >= 1; got 0
+    ValueError: LocalExecutor threads must be None or an integer in [1, ...]; got 0
     """
-    from catapult.arguments import check_integer
+    from catapult.arguments import check_integer, max_threads
 
-    return check_integer(owner, "threads", threads, optional=True)
+    # threads=10**6 passed and OpenMP failed to create the threads in every cell (a segfault, or
+    # libgomp's exit), 2**31 in torch's words, after the store was written
+    return check_integer(owner, "threads", threads, high=max_threads(), optional=True)
 
 
 def run_cell(run_fn: RunFn, cell: Cell, threads: int | None = None) -> CellResult:
