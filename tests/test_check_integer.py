@@ -317,3 +317,14 @@ def test_executors_refuse_more_threads_than_openmp_can_make():
     for bad in (most + 1, 10 ** 6, 2 ** 31):
         with pytest.raises(ValueError, match=rf"^LocalExecutor threads must be None or an integer in \[1, {most}\]; got {bad}$"):
             LocalExecutor(threads=bad)
+
+
+@pytest.mark.parametrize("kwargs, words", [(dict(vocab_size=300), "vocab_size is a BPE option"),
+                                           (dict(vocab_size=300, cache_dir="c"), "vocab_size, cache_dir are BPE options")])
+def test_load_dataset_refuses_bpe_options_under_the_char_tokenizer(kwargs, words):
+    # vocab_size=300 with tokenizer="char" was dropped silently (the config refuses it: data.vocab_size)
+    from catapult.data import load_dataset
+
+    with pytest.raises(TypeError, match=f"^load_dataset: {words} and tokenizer is 'char'; set tokenizer='bpe' or leave"):
+        load_dataset("shakespeare", context=8, n_train=2, n_test=2, **kwargs)
+    assert load_dataset("shakespeare", context=8, n_train=2, n_test=2, vocab_size=4096).x_train.shape == (2, 8)

@@ -79,6 +79,11 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, n_train: i
     if name == "cifar100":
         return load_cifar100(root, n_train, n_test, **kwargs)
     if name in TEXT_DATASETS:
+        given = [key for key, value, default in (("vocab_size", vocab_size, 4096), ("cache_dir", cache_dir, None))
+                 if value != default]
+        if tokenizer == "char" and given:  # vocab_size=300 with the char tokenizer was dropped silently
+            raise TypeError(f"load_dataset: {', '.join(given)} {'is a BPE option' if len(given) == 1 else 'are BPE options'}"
+                            f" and tokenizer is 'char'; set tokenizer='bpe' or leave {'it' if len(given) == 1 else 'them'} out")
         if tokenizer == "bpe":  # int(vocab_size) below made 300.5 and "300" a vocabulary of 300
             vocab_size = check_vocab_size("load_dataset", vocab_size)
         return _corpus(name, root, val_fraction, tokenizer, vocab_size, cache_dir).windows(context, n_train, n_test)
