@@ -328,3 +328,14 @@ def test_load_dataset_refuses_bpe_options_under_the_char_tokenizer(kwargs, words
     with pytest.raises(TypeError, match=f"^load_dataset: {words} and tokenizer is 'char'; set tokenizer='bpe' or leave"):
         load_dataset("shakespeare", context=8, n_train=2, n_test=2, **kwargs)
     assert load_dataset("shakespeare", context=8, n_train=2, n_test=2, vocab_size=4096).x_train.shape == (2, 8)
+
+
+@pytest.mark.parametrize("seed", [3.5, "3", True])
+def test_start_vectors_take_a_seed_by_the_rule(seed):
+    # int(seed): start_vector(None, ..., seed=3.5) drew the seed-3 vector, silently
+    from catapult.curvature.start import start_vector
+
+    with pytest.raises(ValueError, match=r"^seeded_normal seed must be an integer in \[-2\*\*63, 2\*\*64\); got "):
+        start_vector(None, 4, torch.float64, torch.device("cpu"), seed, tol=1e-3)
+    assert torch.equal(start_vector(None, 4, torch.float64, torch.device("cpu"), np.int64(3), tol=1e-3),
+                       start_vector(None, 4, torch.float64, torch.device("cpu"), 3, tol=1e-3))

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch.utils._pytree import tree_map
 
-from catapult.arguments import check_integer, check_real
+from catapult.arguments import check_integer, check_real, check_seed
 from catapult.curvature import distributed as dist_ops
 from catapult.curvature.krylov import vector_norm
 from catapult.scaled_layers import autocast_enabled
@@ -109,7 +109,7 @@ def seeded_normal(n: int, dtype: torch.dtype, device: torch.device, seed: int) -
     True
     """
     gen = torch.Generator(device=device)
-    gen.manual_seed(int(seed))
+    gen.manual_seed(check_seed("seeded_normal", "seed", seed, optional=False))  # int(seed): 3.5 and "3" were 3
     return torch.randn(n, generator=gen, dtype=dtype, device=device)
 
 
