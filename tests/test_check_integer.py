@@ -339,3 +339,19 @@ def test_start_vectors_take_a_seed_by_the_rule(seed):
         start_vector(None, 4, torch.float64, torch.device("cpu"), seed, tol=1e-3)
     assert torch.equal(start_vector(None, 4, torch.float64, torch.device("cpu"), np.int64(3), tol=1e-3),
                        start_vector(None, 4, torch.float64, torch.device("cpu"), 3, tol=1e-3))
+
+
+@pytest.mark.parametrize("kwargs, words", [(dict(block=2.5), "block must be an integer >= 1; got 2.5"),
+                                           (dict(block=True), "block must be an integer >= 1; got True"),
+                                           (dict(capacity=2.5), "capacity must be None or an integer >= 1; got 2.5"),
+                                           (dict(capacity=0), "capacity must be None or an integer >= 1; got 0")])
+def test_a_krylov_basis_takes_integer_sizes(kwargs, words):
+    # block=2.5 or capacity=2.5 failed at the first append (divmod, new_empty); True was a block of 1
+    from catapult.curvature import KrylovBasis
+
+    with pytest.raises(ValueError, match=f"^KrylovBasis {words}$"):
+        KrylovBasis(torch.zeros(3, dtype=torch.float64), **kwargs)
+    basis = KrylovBasis(torch.zeros(3, dtype=torch.float64), block=np.int64(2), capacity=torch.tensor(3))
+    for row in torch.eye(3, dtype=torch.float64):
+        basis.append(row)
+    assert basis.size == 3 and [b.shape[0] for b in basis.blocks] == [2, 1]

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 
 import torch
 
+from catapult.arguments import check_integer
+
 __all__ = ["KrylovBasis", "FRESH_DRAWS", "inner_product", "rows_inner_products", "vector_norm", "unit_roundoff",
            "operator_chain"]
 
@@ -125,8 +127,10 @@ class KrylovBasis:
     def __init__(self, like: torch.Tensor, block: int = 4, capacity: int | None = None, reduce=None):
         self.like = like
         self.reduce = reduce  # vectors split over ranks: inner products are summed over them
-        self.block = block
-        self.capacity = capacity  # the last block holds only the rows up to it (lean memory)
+        # block=2.5 or capacity=2.5 failed at the first append (divmod, new_empty), True was a block of 1
+        self.block = check_integer("KrylovBasis", "block", block)
+        # the last block holds only the rows up to it (lean memory)
+        self.capacity = check_integer("KrylovBasis", "capacity", capacity, optional=True)
         self.blocks: list[torch.Tensor] = []
         self.size = 0
 
