@@ -355,3 +355,14 @@ def test_a_krylov_basis_takes_integer_sizes(kwargs, words):
     for row in torch.eye(3, dtype=torch.float64):
         basis.append(row)
     assert basis.size == 3 and [b.shape[0] for b in basis.blocks] == [2, 1]
+
+
+@pytest.mark.parametrize("seed", [3.5, "3", True])
+def test_a_random_second_moment_takes_an_integer_seed(seed):
+    # int(seed): initial_second_moment(g, "random", seed=3.5) drew the seed-3 v0, silently
+    from catapult.optim.rules import initial_second_moment
+
+    g = torch.tensor([1.0, -2.0])
+    with pytest.raises(ValueError, match=r"^initial_second_moment seed must be an integer; got "):
+        initial_second_moment(g, "random", seed=seed)
+    assert torch.equal(initial_second_moment(g, "random", seed=np.int64(3)), initial_second_moment(g, "random", seed=3))

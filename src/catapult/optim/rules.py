@@ -48,6 +48,8 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from catapult.arguments import check_integer
+
 __all__ = ["RULES", "ADAM_RULES", "State", "init", "update", "preconditioner", "direction",
            "threshold", "l2_coefficient", "initial_second_moment", "V0_CHOICES"]
 
@@ -215,10 +217,11 @@ def initial_second_moment(grad: Tensor, v0: str | float | Tensor, seed: int = 0)
     if v0 == "grad":
         return g2
     if v0 == "random":
-        if not SEED_RANGE[0] <= int(seed) < SEED_RANGE[1]:  # GIAdam's seed + the parameter's index
-            raise ValueError(f"v0='random': seed {int(seed)} is beyond torch.Generator.manual_seed's range [-2**63, "
+        seed = check_integer("initial_second_moment", "seed", seed, low=None)  # int(seed): 3.5 and "3" were 3
+        if not SEED_RANGE[0] <= seed < SEED_RANGE[1]:  # GIAdam's seed + the parameter's index
+            raise ValueError(f"v0='random': seed {seed} is beyond torch.Generator.manual_seed's range [-2**63, "
                              f"2**64) (GIAdam draws parameter i from seed + i: use a smaller seed)")
-        generator = torch.Generator(device="cpu").manual_seed(int(seed))
+        generator = torch.Generator(device="cpu").manual_seed(seed)
         r = torch.rand(grad.shape, generator=generator, dtype=torch.float64)
         r = r.to(device=grad.device, dtype=grad.dtype)
         r_norm = r.norm()
