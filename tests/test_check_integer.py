@@ -366,3 +366,17 @@ def test_a_random_second_moment_takes_an_integer_seed(seed):
     with pytest.raises(ValueError, match=r"^initial_second_moment seed must be an integer; got "):
         initial_second_moment(g, "random", seed=seed)
     assert torch.equal(initial_second_moment(g, "random", seed=np.int64(3)), initial_second_moment(g, "random", seed=3))
+
+
+@pytest.mark.parametrize("threads", [1.5, True, 0, 10 ** 6])
+def test_torch_threads_takes_a_thread_count_by_the_rule(threads):
+    # int(threads) made 1.5 and True one thread, silently; 0 failed in torch, 10**6 in OpenMP
+    from catapult.sweep.executors import torch_threads
+
+    before = torch.get_num_threads()
+    with pytest.raises(ValueError, match=r"^torch_threads threads must be None or an integer in \[1, \d+\]; got "):
+        with torch_threads(threads):
+            pass
+    with torch_threads(np.int64(1)):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before

@@ -118,13 +118,14 @@ def torch_threads(threads: int | None):
     bit-for-bit reproducible only at a fixed thread count, so executors that must agree
     (local vs Ray workers, which default to one thread per CPU) take the same ``threads``.
     """
+    threads = check_threads("torch_threads", threads)  # int(threads) made 1.5 and True one thread
     if threads is None:
         yield
         return
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(int(threads))
+    torch.set_num_threads(threads)
     try:
         yield
     finally:

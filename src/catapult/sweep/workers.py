@@ -34,7 +34,8 @@ import time
 from multiprocessing.connection import wait
 from typing import Any, Callable, Iterator
 
-from catapult.sweep.executors import error_text
+from catapult.arguments import check_integer
+from catapult.sweep.executors import check_threads, error_text
 
 __all__ = ["StreamPool", "exit_with_parent"]
 
@@ -104,10 +105,8 @@ class StreamPool:
     Processes start on first use; :meth:`close` stops them (also as a context manager)."""
 
     def __init__(self, workers: int, threads: int | None = None):
-        if workers < 1:
-            raise ValueError(f"workers must be >= 1, got {workers!r}")
-        self.size = int(workers)
-        self.threads = threads
+        self.size = check_integer("StreamPool", "workers", workers)
+        self.threads = check_threads("StreamPool", threads)
         self._ctx = multiprocessing.get_context("spawn")
         self._workers: list[_Worker | None] = [None] * self.size
         self._queue: collections.deque = collections.deque()
