@@ -380,3 +380,18 @@ def test_torch_threads_takes_a_thread_count_by_the_rule(threads):
     with torch_threads(np.int64(1)):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+
+
+def test_measure_spectrum_counts_follow_the_rule_and_name_the_flag():
+    # np.int64(2) was refused ("--top-k must be an integer >= 0, got np.int64(2)"), unlike every other count
+    from catapult.config import ConfigError, validate
+    from catapult.engine.spectrum_study import measure_spectrum
+
+    with pytest.raises(ConfigError) as info:
+        measure_spectrum(validate({}), top_k=np.int64(2), trace_matvecs=2.5, density_runs=True, density_steps=0)
+    assert info.value.problems == [("--trace-matvecs", "must be an integer >= 0; got 2.5"),
+                                   ("--density-runs", "must be an integer >= 0; got True"),
+                                   ("--density-steps", "must be an integer >= 1; got 0")]
+    with pytest.raises(ConfigError) as info:
+        measure_spectrum(validate({}), trace_matvecs=np.int64(2))
+    assert info.value.problems == [("--trace-matvecs", "must be 0 (skip) or an integer >= 3; got 2")]

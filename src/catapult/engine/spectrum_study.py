@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from catapult import config as cfg
+from catapult.arguments import check_integer
 from catapult.files import missing_file_problem
 from catapult.parametrize_state import ParametrizationMismatch
 
@@ -143,14 +144,18 @@ def measure_spectrum(config: Mapping[str, Any], *, weights: str | Path | None = 
     from catapult.engine.build import build_run
     from catapult.engine.sharpness_rule import curvature_options, spectrum_estimates
 
-    problems = [(f"--{name.replace('_', '-')}", f"must be an integer >= 0, got {value!r}")
-                for name, value in (("top_k", top_k), ("trace_matvecs", trace_matvecs),
-                                    ("density_runs", density_runs))
-                if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0)]
-    if type(trace_matvecs) is int and trace_matvecs in (1, 2):  # Hutch++ splits its products in three
-        problems.append(("--trace-matvecs", f"must be 0 (skip) or an integer >= 3, got {trace_matvecs!r}"))
-    if not (isinstance(density_steps, int) and not isinstance(density_steps, bool) and density_steps >= 1):
-        problems.append(("--density-steps", f"must be an integer >= 1, got {density_steps!r}"))
+    problems, counts = [], {}
+    for name, value, low in (("top_k", top_k, 0), ("trace_matvecs", trace_matvecs, 0),
+                             ("density_runs", density_runs, 0), ("density_steps", density_steps, 1)):
+        try:  # the library's one integer rule (np.int64(2) was refused here), the flag named
+            counts[name] = check_integer("", name, value, low=low)
+        except ValueError as err:
+            problems.append((f"--{name.replace('_', '-')}", str(err).removeprefix(f"{name} ")))
+    if counts.get("trace_matvecs") in (1, 2):  # Hutch++ splits its products in three
+        problems.append(("--trace-matvecs", f"must be 0 (skip) or an integer >= 3; got {counts['trace_matvecs']}"))
+    top_k, trace_matvecs, density_runs, density_steps = (counts.get(name, value) for name, value in (
+        ("top_k", top_k), ("trace_matvecs", trace_matvecs), ("density_runs", density_runs),
+        ("density_steps", density_steps)))
     if curvature not in CURVATURES:
         problems.append(("--curvature", f"must be one of {', '.join(CURVATURES)}, got {curvature!r}"))
     if not isinstance(preconditioned, bool):  # "no" measured the pre-conditioned spectrum
