@@ -1,6 +1,6 @@
 """A store read in the process that writes it (a notebook reading progress while ``run_sweep`` runs
 in a thread): closing a descriptor drops every POSIX lock the process holds on the file, so a reader
-that ``open()``s the store's files (``store_file._wal_unmatched``, ``_connect_copy``) must never do
+that ``open()``s the store's files (``store_raw._wal_unmatched``, ``store_file._connect_copy``) must never do
 so while a connection of this process holds them, nor while one opens. Truth: ``/proc/locks``.
 
 Each case runs in a subprocess of its own: the test process never holds a store's locks while its
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(not Path("/proc/locks").exists() or not Path("/p
 _COMMON = textwrap.dedent('''
     import json, os, shutil, sqlite3, sys, threading
     from pathlib import Path
-    from catapult.sweep import store_file
+    from catapult.sweep import store_file, store_raw
     from catapult.sweep.store import Store
 
     folder = Path(sys.argv[1])
@@ -68,7 +68,7 @@ _DRIVER_OPENS_MEANWHILE = _COMMON + textwrap.dedent('''
             seen["opened_meanwhile"] = opened.wait(0.5)
         return handle
 
-    store_file.open = looking
+    store_raw.open = looking
     reader = store_file.connect_readonly(path)
     seen["rows"] = reader.execute("SELECT value FROM meta WHERE key = 'x'").fetchall()
     reader.close()

@@ -1,4 +1,4 @@
-"""The damaged ``-wal`` check of the store readers (``store_file._wal_unmatched``, stop 53), on real
+"""The damaged ``-wal`` check of the store readers (``store_raw._wal_unmatched``, stop 53), on real
 SQLite files: the ``-wal`` and ``-shm`` a writer leaves (copied while it is connected, as a killed
 one leaves them), healthy or damaged in one field of the WAL header. Truth: SQLite's own reading
 of the same files, a fresh connection that recovers the ``-wal`` from its header and frames, and
@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from catapult.sweep import store_file
-from catapult.sweep.store_file import _wal_unmatched, connect_readonly
+from catapult.sweep.store_file import connect_readonly
+from catapult.sweep.store_raw import _wal_unmatched
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="the check reads only on Linux")
 

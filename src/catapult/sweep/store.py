@@ -29,10 +29,10 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 from catapult.analysis import is_finite_number
 from catapult.arguments import check_flag
 from catapult.sweep.claims import CLAIMS_DDL, LEASE_S, driver_alive, host_id, new_driver_id
-from catapult.sweep.store_schema import (BEST_METRICS, DDL, DONE_STATUSES, FINAL_METRICS, METRIC_COLUMNS,
-                                         SCHEMA_VERSION, STATUSES)
+from catapult.sweep.store_schema import BEST_METRICS, DDL, DONE_STATUSES, FINAL_METRICS, METRIC_COLUMNS, SCHEMA_VERSION, STATUSES
 from catapult.sweep.store_file import (APPLICATION_ID, connect_readonly, create_store_file, drop_live_readers,
-                                       identify, missing_columns, opening, sqlite_damage)
+                                       identify, missing_columns, sqlite_damage)
+from catapult.sweep.store_raw import opening
 
 __all__ = [
     "Store",
