@@ -25,3 +25,30 @@ def test_rows_taken_by_iteration_are_gone_as_from_an_sqlite3_cursor(tmp_path):
     finally:
         plain.close()
         reader.close()
+
+
+def test_a_reader_dropped_by_another_thread_after_its_reopen_reads_again(tmp_path, monkeypatch):
+    """A writer of this process closes its live readers (``drop_live_readers``) from its own thread;
+    one that lands between a reader's reopen and its query left the query a None connection
+    (AttributeError, ~1 run in 2 of test_store_same_process under load). The drop is made to land
+    there; the truth is the new store's zero cells."""
+    from catapult.sweep.store import Store
+    from catapult.sweep.store_file import ReadOnlyConnection
+
+    path = tmp_path / "s.db"
+    Store(path).close()
+    reader = connect_readonly(path)
+    real_reopen, drops = ReadOnlyConnection._reopen, []
+
+    def reopen_then_dropped(self):
+        real_reopen(self)
+        if not drops:
+            drops.append(self)
+            self._drop()   # what the writer's thread does at this moment
+    monkeypatch.setattr(ReadOnlyConnection, "_reopen", reopen_then_dropped)
+    reader._drop()
+    try:
+        assert reader.execute("SELECT COUNT(*) FROM cells").fetchone() == (0,)
+        assert drops == [reader]
+    finally:
+        reader.close()

@@ -368,9 +368,9 @@ class ReadOnlyConnection:
         return _identity(self._source) if self._live else _state(self._source)
 
     def _drop(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        conn, self._conn = self._conn, None   # another thread may drop it too (a writer of this process)
+        if conn is not None:
+            conn.close()
 
     def _reopen(self) -> None:
         real = os.path.realpath(self._source)
@@ -397,6 +397,8 @@ class ReadOnlyConnection:
             if self._conn is None or self._now() != self._key:
                 self._reopen()
             conn = self._conn
+            if conn is None:  # dropped meanwhile by another thread (drop_live_readers, a reopen): again
+                continue
             try:
                 rows, cursor = self._rows(conn, sql, parameters)  # plain tuples (row_factory None)
             except sqlite3.ProgrammingError:
