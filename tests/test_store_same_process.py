@@ -1,6 +1,6 @@
 """A store read in the process that writes it (a notebook reading progress while ``run_sweep`` runs
 in a thread): closing a descriptor drops every POSIX lock the process holds on the file, so a reader
-that ``open()``s the store's files (``store_raw._wal_unmatched``, ``store_file._connect_copy``) must never do
+that ``open()``s the store's files (``store_raw.wal_unmatched``, ``store_file._connect_copy``) must never do
 so while a connection of this process holds them, nor while one opens. Truth: ``/proc/locks``.
 
 Each case runs in a subprocess of its own: the test process never holds a store's locks while its

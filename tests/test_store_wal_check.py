@@ -1,4 +1,4 @@
-"""The damaged ``-wal`` check of the store readers (``store_raw._wal_unmatched``, stop 53), on real
+"""The damaged ``-wal`` check of the store readers (``store_raw.wal_unmatched``, stop 53), on real
 SQLite files: the ``-wal`` and ``-shm`` a writer leaves (copied while it is connected, as a killed
 one leaves them), healthy or damaged in one field of the WAL header. Truth: SQLite's own reading
 of the same files, a fresh connection that recovers the ``-wal`` from its header and frames, and
@@ -14,7 +14,7 @@ import pytest
 
 from catapult.sweep import store_file
 from catapult.sweep.store_file import connect_readonly
-from catapult.sweep.store_raw import _wal_unmatched
+from catapult.sweep.store_raw import wal_unmatched
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="the check reads only on Linux")
 
@@ -64,12 +64,12 @@ def _read(path: Path) -> list:
 def test_a_healthy_wal_and_one_a_checkpoint_truncated_are_not_damaged(tmp_path):
     (tmp_path / "a").mkdir()
     healthy = _left_by_a_writer(tmp_path / "a")
-    assert _wal_unmatched(healthy) is False
+    assert wal_unmatched(healthy) is False
     assert _read(healthy) == _recovered(healthy, tmp_path / "a-truth") == [(2,)]
     (tmp_path / "b").mkdir()
     emptied = _left_by_a_writer(tmp_path / "b", truncate=True)
     assert Path(f"{emptied}-wal").stat().st_size == 0
-    assert _wal_unmatched(emptied) is False
+    assert wal_unmatched(emptied) is False
     assert _read(emptied) == [(1,)]
 
 
@@ -80,7 +80,7 @@ def test_a_wal_header_damaged_in_one_field_is_read_as_sqlite_recovers_it(tmp_pat
     data = bytearray(wal.read_bytes())
     data[span] = bytes(b ^ 0xFF for b in data[span])
     wal.write_bytes(bytes(data))
-    assert _wal_unmatched(path) is True
+    assert wal_unmatched(path) is True
     truth = _recovered(path, tmp_path / "truth")
     assert truth == [(1,)]   # SQLite drops a -wal whose header is not its own: the commit in it is lost
     assert _read(path) == truth
@@ -92,11 +92,11 @@ def test_the_files_are_not_read_where_this_process_holds_one_of_them(tmp_path):
     path = _left_by_a_writer(tmp_path)
     wal = Path(f"{path}-wal")
     wal.write_bytes(os.urandom(wal.stat().st_size))
-    assert _wal_unmatched(path) is True
+    assert wal_unmatched(path) is True
     for held in (Path(f"{path}-shm"), wal):
         fd = os.open(held, os.O_RDONLY)
         try:
-            assert _wal_unmatched(path) is False, held.name
+            assert wal_unmatched(path) is False, held.name
         finally:
             os.close(fd)
 
@@ -112,13 +112,13 @@ def test_where_this_process_cannot_list_its_descriptors_it_reads_nothing(tmp_pat
         return real(folder)
 
     monkeypatch.setattr(store_file.os, "listdir", listdir)
-    assert _wal_unmatched(path) is False
+    assert wal_unmatched(path) is False
 
 
 def test_a_wal_gone_meanwhile_is_no_damaged_wal(tmp_path):
     path = _left_by_a_writer(tmp_path)
     Path(f"{path}-wal").unlink()   # (a writer's last close merged and removed it)
-    assert _wal_unmatched(path) is False
+    assert wal_unmatched(path) is False
 
 
 def test_both_wal_magic_numbers_are_sqlites(tmp_path):
@@ -131,4 +131,4 @@ def test_both_wal_magic_numbers_are_sqlites(tmp_path):
     for last in (0x82, 0x83):
         data[3] = last
         wal.write_bytes(bytes(data))
-        assert _wal_unmatched(path) is False, hex(last)
+        assert wal_unmatched(path) is False, hex(last)

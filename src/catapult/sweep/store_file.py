@@ -30,7 +30,7 @@ import weakref
 from pathlib import Path
 from urllib.parse import quote
 
-from catapult.sweep.store_raw import _RAW_READS, _open_in_this_process, _shm, _wal, _wal_unmatched
+from catapult.sweep.store_raw import open_in_this_process, opening, shm_path, wal_path, wal_unmatched
 from catapult.sweep.store_schema import STORE_COLUMNS
 
 __all__ = ["APPLICATION_ID", "SQLITE_MAGIC", "identify", "has_sqlite_header", "missing_columns", "connect_readonly", "ReadOnlyConnection",
@@ -103,8 +103,8 @@ def has_sqlite_header(path: str | Path) -> bool:
     path = Path(path)
     if not path.is_file():  # a FIFO: open() would wait for a writer
         return False
-    with _RAW_READS:
-        if not _open_in_this_process(path):
+    with opening():
+        if not open_in_this_process(path):
             try:
                 with open(path, "rb") as fh:
                     return fh.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
@@ -242,7 +242,7 @@ def drop_live_readers(path: str | Path) -> None:
 def _open_reader(path: Path, timeout: float) -> tuple[sqlite3.Connection, bool, tuple]:
     """The connection :func:`connect_readonly` describes, whether it follows a live WAL index,
     and the key of the files it reads (:func:`_identity` when live, else :func:`_state`)."""
-    with _RAW_READS:   # what is read with open() below, and the connection's opening
+    with opening():   # what is read with open() below, and the connection's opening
         return _open_reader_locked(path, timeout)
 
 
@@ -250,8 +250,8 @@ def _open_reader_locked(path: Path, timeout: float) -> tuple[sqlite3.Connection,
     state = _state(path)
     if state[1] is None:  # no -wal
         return _opened(_uri(path, mode="ro", immutable="1"), timeout), False, state
-    if _shm(path).exists():
-        if _wal_unmatched(path):
+    if shm_path(path).exists():
+        if wal_unmatched(path):
             # a -wal whose header the -shm's index does not describe (a damaged -wal): SQLite
             # answers SQLITE_PROTOCOL only after ~10 s of its own retries; read it as it recovers it
             return _connect_copy(path, timeout, beside_shm=True)
@@ -260,7 +260,7 @@ def _open_reader_locked(path: Path, timeout: float) -> tuple[sqlite3.Connection,
             try:
                 return _opened(_uri(path, mode="ro", readonly_shm="1"), timeout), True, key
             except sqlite3.OperationalError as err:
-                if not (_wal(path).exists() and _shm(path).exists()):
+                if not (wal_path(path).exists() and shm_path(path).exists()):
                     return _open_reader(path, timeout)  # the writer closed meanwhile: -wal merged
                 if "locking protocol" in str(err):
                     # SQLITE_PROTOCOL after SQLite's own retries: a -wal that does not match the
@@ -423,12 +423,12 @@ class ReadOnlyConnection:
 def _state(path: Path) -> tuple:
     """What tells a store's files changed: the main file's and the ``-wal``'s stamps."""
     real = Path(os.path.realpath(path))
-    return _stamp(real), _stamp(_wal(real))
+    return _stamp(real), _stamp(wal_path(real))
 
 
 def _identity(path: Path) -> tuple:
     """Which files a live reader has open: the inodes of the main file, ``-wal`` and ``-shm``."""
-    stamps = (_stamp(Path(os.path.realpath(path))), _stamp(_wal(path)), _stamp(_shm(path)))
+    stamps = (_stamp(Path(os.path.realpath(path))), _stamp(wal_path(path)), _stamp(shm_path(path)))
     return tuple(stamp[0] if stamp else None for stamp in stamps)
 
 
@@ -446,9 +446,9 @@ def _connect_copy(path: Path, timeout: float, beside_shm: bool = False) -> tuple
     an open file to be; elsewhere the folder is left in the temporary directory). Refused where a
     connection of this process holds the store's ``-shm`` or ``-wal``, whose locks the copy would drop."""
     real = Path(os.path.realpath(path))
-    shm = _shm(real)
-    with _RAW_READS:
-        if _open_in_this_process(shm, _wal(real), unknown=False):
+    shm = shm_path(real)
+    with opening():
+        if open_in_this_process(shm, wal_path(real), unknown=False):
             raise sqlite3.OperationalError(
                 f"{path} is read from a copy here (its -wal has no -shm, or one that does not match it: a "
                 f"damaged -wal), and a connection of this process has the store's -wal or -shm open, whose "
@@ -464,7 +464,7 @@ def _connect_copy_locked(path: Path, real: Path, shm: Path, timeout: float, besi
         try:
             shutil.copyfile(real, copy)
             if before[1] is not None:
-                shutil.copyfile(_wal(real), f"{copy}-wal")
+                shutil.copyfile(wal_path(real), f"{copy}-wal")
         except FileNotFoundError:  # the -wal was merged and removed meanwhile
             shutil.rmtree(folder, ignore_errors=True)
             return _open_reader(path, timeout)

@@ -18,14 +18,14 @@ from pathlib import Path
 __all__ = ["opening"]
 
 
-def _wal(path: Path) -> Path:
+def wal_path(path: Path) -> Path:
     """The store's ``-wal`` file: SQLite names it after the file a symbolic link points to, so a
     store reached through a link is read with its uncommitted-to-main pages too."""
     return Path(f"{os.path.realpath(path)}-wal")
 
 
-def _shm(path: Path) -> Path:
-    """The store's ``-shm`` file (SQLite's WAL index), named as :func:`_wal` names the ``-wal``."""
+def shm_path(path: Path) -> Path:
+    """The store's ``-shm`` file (SQLite's WAL index), named as :func:`wal_path` names the ``-wal``."""
     return Path(f"{os.path.realpath(path)}-shm")
 
 
@@ -43,7 +43,7 @@ def opening():
 _WAL_MAGIC = (b"\x37\x7f\x06\x82", b"\x37\x7f\x06\x83")
 
 
-def _open_in_this_process(*paths: Path, unknown: bool = True) -> bool:
+def open_in_this_process(*paths: Path, unknown: bool = True) -> bool:
     """Whether this process has a descriptor open on any of ``paths`` (``unknown`` where it cannot
     tell: no ``/proc/self/fd``)."""
     try:
@@ -59,7 +59,7 @@ def _open_in_this_process(*paths: Path, unknown: bool = True) -> bool:
     return False
 
 
-def _wal_unmatched(path: Path, looks: int = 3) -> bool:
+def wal_unmatched(path: Path, looks: int = 3) -> bool:
     """Whether the ``-shm`` beside ``path`` indexes frames of a ``-wal`` other than the one there
     (its header not a WAL header, or salts other than those the index copied from it), on
     ``looks`` reads 5 ms apart: a writer restarting its ``-wal`` writes the header first and the
@@ -77,15 +77,15 @@ def _wal_unmatched(path: Path, looks: int = 3) -> bool:
 
 
 def _wal_unmatched_locked(path: Path, looks: int) -> bool:
-    if _open_in_this_process(_shm(path), _wal(path)):
+    if open_in_this_process(shm_path(path), wal_path(path)):
         return False
     for look in range(looks):
         if look:
             time.sleep(0.005)
         try:
-            with open(_shm(path), "rb") as f:
+            with open(shm_path(path), "rb") as f:
                 index = f.read(48)
-            with open(_wal(path), "rb") as f:
+            with open(wal_path(path), "rb") as f:
                 header = f.read(32)
         except OSError:
             return False
