@@ -238,7 +238,7 @@ def test_a_chunk_that_raises_runs_through_run_fn(monkeypatch):
     cells = [_cell(MLP, i, optimizer={"name": "sgd", "lr": 0.1}, eval={"sharpness_every": 0},
                    train={"steps": 2}) for i in range(2)]
 
-    def broken(chunk, data=None):
+    def broken(chunk, data=None, pad_lone=True):
         yield chunk[0].id, CellResult("finished", [], {})
         raise RuntimeError("boom")
 

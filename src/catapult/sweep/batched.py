@@ -114,8 +114,8 @@ class FuncStack:
 
     def __init__(self, models: Sequence[torch.nn.Module], loss_fn, members: Sequence, *,
                  sharpness_dtype: torch.dtype | None, max_basis: int, hvp: str = "auto",
-                 chunk_size: int | None = None):
-        self.model = StackedModel(models, loss_fn)
+                 chunk_size: int | None = None, pad_lone: bool = True):
+        self.model = StackedModel(models, loss_fn, pad_lone=pad_lone)
         self.members = list(members)
         self.names = self.model.names
         self.n_params = self.model.numel
@@ -176,10 +176,14 @@ class FuncStack:
         return rows_finite(list(self.model.params.values()))
 
 
-def run_group(cells: Sequence[Cell], *, data: Any = None) -> Iterator[tuple[int, CellResult]]:
+def run_group(cells: Sequence[Cell], *, data: Any = None, pad_lone: bool = True) -> Iterator[tuple[int, CellResult]]:
     """Train ``cells`` (one group: equal :func:`~catapult.sweep.ensemble.group_key`) together
     as one :class:`FuncStack` in the batched loop (:func:`catapult.sweep.batched_loop.train_group`);
-    yields ``(cell_id, CellResult)`` as each member finishes or diverges (module docstring)."""
+    yields ``(cell_id, CellResult)`` as each member finishes or diverges (module docstring).
+    ``pad_lone``: a lone member of a convolutional model computes beside a copy of itself
+    (:class:`~catapult.sweep.batched_model.StackedModel`), so it rounds as in a chunk of
+    more; the executor passes ``False`` where its memory budget or ``max_members`` holds one
+    member per chunk."""
     group = open_group(cells, data)
     if len({group_key(c) for c in group.configs}) > 1:
         raise ValueError("run_group: the cells differ beyond the per-member keys (see group_key)")
@@ -187,5 +191,5 @@ def run_group(cells: Sequence[Cell], *, data: Any = None) -> Iterator[tuple[int,
     sdtype = getattr(torch, ev0["sharpness_dtype"]) if ev0["sharpness_dtype"] else None
     stack = FuncStack(group.models, group.loss_fn, group.members, sharpness_dtype=sdtype,
                       max_basis=ev0["sharpness_max_basis"], hvp=ev0["sharpness_hvp"],
-                      chunk_size=ev0["sharpness_chunk_size"])
+                      chunk_size=ev0["sharpness_chunk_size"], pad_lone=pad_lone)
     yield from train_group(group, stack)

@@ -18,6 +18,15 @@ Hessian-vector product at once, exactly as the local engine's
 Attention runs on the math kernel of ``scaled_dot_product_attention`` everywhere: it is the
 kernel with a batching rule (the fused CPU kernel would fall back to a loop over members) and
 with a double backward; it computes the same function as the fused kernels.
+
+A lone member of a convolutional model runs beside a copy of itself (:attr:`StackedModel.pad_lone`),
+whose results are dropped. Under ``vmap`` a convolution of one member is torch's convolution
+on the member's own memory layout (the WRN's channel LayerNorm leaves channels-last strides),
+while two or more members run as one grouped convolution on a contiguous copy, whose
+algorithm rounds otherwise: on a WRN a member's loss moved by ~2e-7 relative at step 0
+whenever it ran alone (a resumed sweep's last cell, the survivor of a chunk, a Lanczos
+member left iterating). From two members on, a member's bits do not depend on which members
+share its chunk, nor on its row. MLPs and GPTs round the same alone and are not padded.
 """
 from __future__ import annotations
 
@@ -32,6 +41,11 @@ from catapult.curvature.hessian import math_attention, resolve_hvp
 __all__ = ["StackedModel", "StackedHessian", "accuracies"]
 
 
+def _has_conv(module: torch.nn.Module) -> bool:
+    """Whether ``module`` holds a convolution (``torch.nn`` Conv/ConvTranspose, any dimension)."""
+    return any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in module.modules())
+
+
 class StackedModel:
     """``N`` members of one architecture as stacked tensors (see the module docstring).
 
@@ -39,10 +53,14 @@ class StackedModel:
     order, the order of the flat vectors of :mod:`catapult.curvature`); ``buffers``: name ->
     ``[N, *shape]`` (masks, fixed position tables). ``loss_fn(outputs, targets)`` is the
     local engine's loss. Rows of every tensor follow the member order; :meth:`keep` drops rows.
+    ``pad_lone`` (``pad_lone=True`` and the architecture has a convolution): every ``vmap``
+    over a single member runs it beside a copy of itself (module docstring), so a member
+    rounds alike in a chunk of any size; ``pad_lone=False`` where two members do not fit.
     """
 
-    def __init__(self, models: Sequence[torch.nn.Module], loss_fn: Callable):
+    def __init__(self, models: Sequence[torch.nn.Module], loss_fn: Callable, *, pad_lone: bool = True):
         self.module = models[0]
+        self.pad_lone = bool(pad_lone) and _has_conv(self.module)
         self.loss_fn = loss_fn
         self.names = [n for n, p in self.module.named_parameters() if p.requires_grad]
         self.frozen = {n: p.detach() for n, p in self.module.named_parameters() if not p.requires_grad}
@@ -90,16 +108,35 @@ class StackedModel:
                        ) -> tuple[torch.Tensor, list[float], dict[str, torch.Tensor] | None]:
         """``(losses [N], accuracies, grads)`` of every member on the shared batch ``(x, y)``;
         ``grads`` (name -> ``[N, *shape]``) only when ``need_grads``."""
+        params, buffers = self.params, self.buffers
+        pad = self.padded_count(self.members) > self.members
+        if pad:  # a lone member beside its copy (module docstring); its buffers are written back
+            idx = self.padded_rows(torch.zeros(1, dtype=torch.long, device=x.device))
+            params, buffers = self._cast(params, idx, None), self._cast(buffers, idx, None)
         with math_attention():
             if need_grads:
                 fn = vmap(grad_and_value(self._member_loss, has_aux=True), in_dims=(0, 0, None, None))
-                grads, (losses, out) = fn(self.params, self.buffers, x, y)
+                grads, (losses, out) = fn(params, buffers, x, y)
             else:
                 with torch.no_grad():
-                    losses, out = vmap(self._member_loss, in_dims=(0, 0, None, None))(
-                        self.params, self.buffers, x, y)
+                    losses, out = vmap(self._member_loss, in_dims=(0, 0, None, None))(params, buffers, x, y)
                 grads = None
+        if pad:
+            with torch.no_grad():  # what the forward updated in place (BatchNorm's running statistics)
+                for n, b in self.buffers.items():
+                    b.copy_(buffers[n][:1])
+            losses, out = losses[:1], out[:1]
+            grads = None if grads is None else {n: g[:1] for n, g in grads.items()}
         return losses.detach(), accuracies(out.detach(), y), grads
+
+    def padded_count(self, n: int) -> int:
+        """Members a ``vmap`` over ``n`` members runs: 2 for a lone one where :attr:`pad_lone`."""
+        return 2 if self.pad_lone and n == 1 else n
+
+    def padded_rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """``idx`` (member rows), a lone row twice where :attr:`pad_lone`: the rows a ``vmap``
+        runs; results beyond ``len(idx)`` are the copy's."""
+        return idx.repeat(2) if self.padded_count(idx.numel()) > idx.numel() else idx
 
     @torch.no_grad()
     def evaluate(self, rows: Sequence[int], x: torch.Tensor, y: torch.Tensor,
@@ -126,8 +163,12 @@ class StackedModel:
                     group = self.members_per_pass(xb)
                     for g in range(0, len(rows), group):
                         idx = torch.as_tensor(list(rows[g:g + group]), dtype=torch.long, device=x.device)
+                        n_rows = idx.numel()
+                        if group > 1:  # one member per pass rounds alike for every member
+                            idx = self.padded_rows(idx)
                         params, buffers = self._cast(self.params, idx, None), self._cast(self.buffers, idx, None)
                         losses, out = vmap(self._member_loss, in_dims=(0, 0, None, None))(params, buffers, xb, yb)
+                        losses, out = losses[:n_rows], out[:n_rows]
                         for i, (lv, av) in enumerate(zip(losses.tolist(), accuracies(out, yb)), start=g):
                             loss_tot[i] += lv * xb.shape[0]
                             acc_tot[i] += av * xb.shape[0]
@@ -139,10 +180,10 @@ class StackedModel:
     def outputs(self, rows: Sequence[int], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The network outputs ``[len(rows), batch, ...]`` of members ``rows`` on ``x`` (train
         mode, as the training forward; for the collapse rule)."""
-        idx = torch.as_tensor(list(rows), dtype=torch.long, device=x.device)
+        idx = self.padded_rows(torch.as_tensor(list(rows), dtype=torch.long, device=x.device))
         params, buffers = self._cast(self.params, idx, None), self._cast(self.buffers, idx, None)
         with math_attention():
-            return vmap(self._member_loss, in_dims=(0, 0, None, None))(params, buffers, x, y)[1]
+            return vmap(self._member_loss, in_dims=(0, 0, None, None))(params, buffers, x, y)[1][:len(rows)]
 
     def members_per_pass(self, x: torch.Tensor, budget_bytes: int = 32 * 2**20) -> int:
         """Members whose forward on ``x`` fits ``budget_bytes`` of one activation: ``rows x
@@ -238,14 +279,15 @@ class StackedHessian:
         if len(self.chunks) == 1 and self.mode == "double_backprop":
             self._graph = self._build(list(range(len(self.rows))), x, y)
             grads = self._graph["grads"]
-            self.gradient = torch.cat([g.detach().reshape(g.shape[0], -1) for g in grads], dim=1)
+            self.gradient = torch.cat([g.detach().reshape(g.shape[0], -1) for g in grads], dim=1)[:len(self.rows)]
         else:
             self.gradient = self._chunked_gradient()
 
     def _inputs(self, local: Sequence[int]) -> tuple[dict, dict]:
-        """Parameters and buffers of members ``local`` (indices into ``rows``), cast."""
+        """Parameters and buffers of members ``local`` (indices into ``rows``), cast; a lone
+        member with its copy where the model pads one (:meth:`StackedModel.padded_rows`)."""
         dev = next(iter(self.model.params.values())).device
-        idx = torch.as_tensor([self.rows[i] for i in local], dtype=torch.long, device=dev)
+        idx = self.model.padded_rows(torch.as_tensor([self.rows[i] for i in local], dtype=torch.long, device=dev))
         return self.model._cast(self.model.params, idx, self.dtype), self.model._cast(self.model.buffers, idx, self.dtype)
 
     def _build(self, local: list[int], x, y) -> dict:
@@ -257,7 +299,8 @@ class StackedHessian:
                 dict(zip(self.model.names, leaves)), buffers, x, y)
             grads = torch.autograd.grad(losses.sum(), leaves, create_graph=True,
                                         allow_unused=True, materialize_grads=True)
-        return dict(local=local, where={m: r for r, m in enumerate(local)}, leaves=leaves, grads=grads,
+        return dict(local=local, rows=self.model.padded_count(len(local)), where={m: r for r, m in enumerate(local)},
+                    leaves=leaves, grads=grads,
                     diff=[i for i, g in enumerate(grads) if g.requires_grad])
 
     def _chunked_gradient(self) -> torch.Tensor:
@@ -268,7 +311,7 @@ class StackedHessian:
             for x, y, w in self.chunks:
                 grads, _ = vmap(grad_and_value(self.model._member_loss, has_aux=True),
                                 in_dims=(0, 0, None, None))(params, buffers, x, y)
-                flat = self.model.flat(grads).detach()
+                flat = self.model.flat(grads).detach()[:len(self.rows)]
                 out = flat * w if out is None else out.add_(flat, alpha=w)
         return out
 
@@ -276,7 +319,7 @@ class StackedHessian:
         """Products of members ``active`` from a gradient graph holding (at least) them."""
         if not graph["diff"]:
             return torch.zeros_like(V)
-        n_graph = len(graph["local"])
+        n_graph = graph["rows"]  # a lone member's copy included
         pos = torch.as_tensor([graph["where"][a] for a in active], dtype=torch.long, device=V.device)
         full = V.new_zeros((n_graph, V.shape[1])) if len(active) < n_graph else None
         if full is not None:
@@ -294,6 +337,9 @@ class StackedHessian:
     def _jvp_product(self, active: list[int], V: torch.Tensor, x, y) -> torch.Tensor:
         """Forward-over-reverse products of members ``active`` on ``(x, y)``."""
         params, buffers = self._inputs(active)
+        n = len(active)
+        if self.model.padded_count(n) > n:  # a lone member's copy: the same tangent
+            V = V.repeat(2, 1)
         tangents = dict(zip(self.model.names, self.model.split(V)))
 
         def member_hvp(p, b, v):
@@ -302,13 +348,13 @@ class StackedHessian:
 
         with math_attention():
             hv = vmap(member_hvp)(params, buffers, tangents)
-        return self.model.flat(hv)
+        return self.model.flat(hv)[:n]
 
     def matvec(self, active: Sequence[int], V: torch.Tensor) -> torch.Tensor:
         active = [int(a) for a in active]
         V = V.to(self.dtype)
         if self._graph is not None:  # double backprop on the whole batch: one graph
-            if len(active) <= len(self._graph["local"]) // 2:
+            if self.model.padded_count(len(active)) <= self._graph["rows"] // 2:  # a rebuilt graph's rows
                 x, y, _ = self.chunks[0]
                 self._graph = self._build(active, x, y)
             return self._graph_product(self._graph, active, V)

@@ -61,7 +61,9 @@ in float64 (``dtype=float64``) they agree to 3e-11 in every cell:
 
 Grouping: cells are grouped by their config with the per-member keys (:data:`PER_MEMBER_KEYS`)
 removed, plus the data seed for minibatch runs. A group is split into chunks whose estimated
-memory fits the budget; chunking changes nothing in the results. Hand-kernel chunks:
+memory fits the budget; chunking changes nothing in the results, at one thread count (a lone
+member of a conv model computes beside a copy of itself where a chunk may hold two:
+:class:`~catapult.sweep.batched_model.StackedModel`'s ``pad_lone``). Hand-kernel chunks:
 :func:`member_bytes` (parameters, optimizer state, Lanczos basis, activations of the batch and
 the test set) against ``memory_mb``. torch.func chunks: one member's parameters, buffers and the
 activations autograd saves on one batch, measured for any architecture
@@ -229,18 +231,19 @@ ENGINES = ("kernels", "func")
 
 
 def _run_batched_chunk(chunk: Sequence[Cell], run_fn: RunFn, threads: int | None,
-                       data: Any = None, engine: str = "kernels") -> Iterator[tuple[int, CellResult, str | None]]:
+                       data: Any = None, engine: str = "kernels",
+                       pad_lone: bool = True) -> Iterator[tuple[int, CellResult, str | None]]:
     """One chunk through :func:`run_ensemble` (``engine="kernels"``) or
-    :func:`catapult.sweep.batched.run_group` (``"func"``); yields ``(cell_id, result,
-    fallback)`` where ``fallback`` is the reason a cell ran locally (through ``run_fn``) or
-    ``None``. If the batched engine raises, the chunk's remaining cells run locally."""
+    :func:`catapult.sweep.batched.run_group` (``"func"``, with ``pad_lone``); yields
+    ``(cell_id, result, fallback)`` where ``fallback`` is the reason a cell ran locally (through
+    ``run_fn``) or ``None``. If the batched engine raises, the chunk's remaining cells run locally."""
     from catapult.sweep.batched import run_group
 
     done: set[int] = set()
     try:
         with torch_threads(threads):
             members = (run_ensemble(chunk, data=data) if engine == "kernels"
-                       else run_group(chunk, data=data))
+                       else run_group(chunk, data=data, pad_lone=pad_lone))
             for cell_id, result in members:
                 done.add(cell_id)
                 yield cell_id, result, None
@@ -260,7 +263,7 @@ def _chunk_job(arg: tuple) -> Iterator[tuple[int, CellResult, str | None]]:
     to run locally (``reason`` given), with the worker's cached data."""
     from catapult import engine as train
 
-    chunk, run_fn, threads, reason, engine = arg
+    chunk, run_fn, threads, reason, engine, pad_lone = arg
     if reason is not None:
         for cell in chunk:
             yield cell.id, run_cell(run_fn, cell, threads), reason
@@ -272,7 +275,7 @@ def _chunk_job(arg: tuple) -> Iterator[tuple[int, CellResult, str | None]]:
             _WORKER_DATA[key] = train.load_data(config)
         except Exception:
             _WORKER_DATA[key] = None  # run_ensemble loads it again and reports the error
-    yield from _run_batched_chunk(chunk, run_fn, threads, _WORKER_DATA[key], engine)
+    yield from _run_batched_chunk(chunk, run_fn, threads, _WORKER_DATA[key], engine, pad_lone)
 
 
 def run_batched(cells: Sequence[Cell], *, threads: int | None = None, run_fn: RunFn | None = None,
@@ -344,6 +347,9 @@ class EnsembleExecutor(Executor):
         self.fallbacks: list[tuple[int, str]] = []
         self.chunks: list[list[int]] = []
         self.engines: dict[int, str] = {}  # cell id -> the batched engine that trained it
+        # cells of torch.func groups whose chunks may hold two members: a lone member of a
+        # conv model runs beside a copy there (batched_model.StackedModel.pad_lone)
+        self._pairs: set[int] = set()
         self._data: dict[str, Any] = {}  # data section (JSON) -> train.load_data(config), from plan
         self._pool = None
 
@@ -356,6 +362,7 @@ class EnsembleExecutor(Executor):
 
         groups: dict[tuple[str, str], list[Cell]] = {}
         local: list[tuple[Cell, str]] = []
+        self._pairs = set()
         for cell in cells:
             try:
                 config = cfg.validate(cell.config)
@@ -371,7 +378,10 @@ class EnsembleExecutor(Executor):
                 groups.setdefault((engine, group_key(config)), []).append(cell)
         chunks: list[tuple[str, list[Cell]]] = []
         for (engine, _), members in groups.items():
-            size = self._chunk_size(cfg.validate(members[0].config), members, engine)
+            cap = self._chunk_size(cfg.validate(members[0].config), members, engine)
+            if engine == "func" and cap >= 2:
+                self._pairs.update(c.id for c in members)
+            size = min(cap, len(members))
             count = -(-len(members) // size)
             if self.workers > 1:
                 count = max(count, min(self.workers, len(members)))
@@ -386,6 +396,8 @@ class EnsembleExecutor(Executor):
         return canonical_json(config["data"])
 
     def _chunk_size(self, config: Mapping[str, Any], members: Sequence[Cell], engine: str = "kernels") -> int:
+        """Members a chunk of ``members``' group may hold: the memory budget's, at most
+        ``max_members`` (not capped by the group's size)."""
         from catapult import engine as train
 
         try:
@@ -408,7 +420,7 @@ class EnsembleExecutor(Executor):
 
         if self.max_members is not None:
             size = min(size, self.max_members)
-        return min(size, len(members))
+        return size
 
     def run(self, cells: Iterable[Cell]) -> Iterator[tuple[int, CellResult]]:
         cells = list(cells)
@@ -422,7 +434,8 @@ class EnsembleExecutor(Executor):
         for engine, chunk in chunks:
             self.chunks.append([c.id for c in chunk])
             data = self._data.get(self._data_key(cfg.validate(chunk[0].config)))
-            for cell_id, result, reason in _run_batched_chunk(chunk, self.run_fn, self.threads, data, engine):
+            pad = chunk[0].id in self._pairs
+            for cell_id, result, reason in _run_batched_chunk(chunk, self.run_fn, self.threads, data, engine, pad):
                 if reason is not None:
                     self.fallbacks.append((cell_id, reason))
                 else:
@@ -444,7 +457,8 @@ class EnsembleExecutor(Executor):
         def submit(chunk: list[Cell], reason: str | None, tries: int, engine: str = "kernels") -> None:
             key = len(jobs)
             jobs[key] = (chunk, reason, tries, engine)
-            self._pool.submit(key, _chunk_job, (chunk, self.run_fn, self._pool.threads, reason, engine))
+            pad = chunk[0].id in self._pairs
+            self._pool.submit(key, _chunk_job, (chunk, self.run_fn, self._pool.threads, reason, engine, pad))
 
         for engine, chunk in chunks:  # the big jobs first, local cells fill the gaps
             self.chunks.append([c.id for c in chunk])
