@@ -86,3 +86,26 @@ def test_a_float32_space_that_closes_above_the_rounding_level_is_still_checked()
             found.append(eig.values)
     assert found
     np.testing.assert_allclose(found, 0.0, atol=1e-5)
+
+
+def test_a_budget_that_ends_before_the_check_of_a_closed_space_is_not_converged():
+    """Eigenvalues 5, 5, 3, 1, -2: the start vector's space closes after 4 products with top 2
+    = 5, 3 (one copy of 5 seen), and the 5th product finds the other 5. ``max_iter=4`` ended the
+    solve before that check and reported 5, 3 as converged; ``converged`` means the dense top k."""
+    A = operator([5.0, 5.0, 3.0, 1.0, -2.0], 0)
+    truth = np.sort(np.linalg.eigvalsh(A.numpy()))[::-1][:2]
+    v0 = torch.ones(5, dtype=torch.float64)
+    for max_iter in (4, 5, 6, 300):
+        eig = lanczos_top_k(lambda v: A @ v, v0, 2, max_iter=max_iter)
+        if eig.converged:
+            np.testing.assert_allclose(eig.values, truth, atol=1e-9)
+    assert lanczos_top_k(lambda v: A @ v, v0, 2, max_iter=300).converged
+    # every budget from the closing product up: converged ones are the dense top 2
+    for seed in range(8):
+        A = operator([0.0] * 6 + [-1.0, -2.0], seed)
+        truth = np.sort(np.linalg.eigvalsh(A.numpy()))[::-1][:4]
+        for max_iter in range(2, 10):
+            eig = lanczos_top_k(lambda v: A @ v, torch.tensor(np.random.default_rng(seed).normal(size=8)), 4,
+                                max_iter=max_iter, tol=1e-6)
+            if eig.converged:
+                np.testing.assert_allclose(eig.values, truth, atol=1e-6, err_msg=f"seed {seed} max_iter {max_iter}")
