@@ -66,3 +66,36 @@ def test_a_zero_operator_has_its_density_at_zero():
     dens = catapult.spectral_density(model, torch.nn.MSELoss(), batch, runs=2, steps=3)
     assert dens.sigma > 0 and np.all(dens.nodes == 0.0)
     assert dens.grid[0] < 0 < dens.grid[-1]
+
+
+@pytest.mark.parametrize("dtype, shift, spread", [(torch.float64, 0.0, 1.0), (torch.float64, 1000.0, 1.0),
+                                                  (torch.float64, 1.0, 1e-3), (torch.float32, 1000.0, 1.0),
+                                                  (torch.float32, 1.0, 1e-3)])
+def test_the_quadrature_of_three_distinct_eigenvalues_is_three_nodes_at_them(dtype, shift, spread):
+    """Eigenvalues ``shift + spread * (1, 2, 3)``, 50 times each: the Krylov space of any start
+    closes after 3 products, and Gauss quadrature is those 3 eigenvalues weighted by the start's
+    squared projections on their eigenspaces. The remainder at closing is rounding beside
+    ``||A q_j||``, not beside the off-diagonal betas alone (shift 1000: 10 nodes, 7 of them noise
+    directions), and the stop is at ``1e3 eps`` of it (``1e5 eps`` stopped float32 after 1)."""
+    rng = np.random.default_rng(0)
+    levels = shift + spread * np.array([1.0, 2.0, 3.0])
+    Q, _ = np.linalg.qr(rng.normal(size=(150, 150)))
+    A = torch.tensor((Q * np.repeat(levels, 50)) @ Q.T, dtype=dtype)
+    v = rng.normal(size=150)
+    projections = ((Q.T @ v) ** 2).reshape(3, 50).sum(axis=1) / (v @ v)
+    nodes, weights = lanczos_quadrature(lambda u: A @ u, torch.tensor(v, dtype=dtype), 10)
+    order = np.argsort(nodes)
+    rtol = 1e-10 if dtype == torch.float64 else 1e-5
+    np.testing.assert_allclose(np.asarray(nodes)[order], levels, rtol=rtol, atol=rtol * spread)
+    np.testing.assert_allclose(np.asarray(weights)[order], projections, rtol=1e-3 if dtype == torch.float32 else 1e-8)
+
+
+def test_the_default_width_of_a_narrow_cluster_far_from_zero_is_one_percent_of_its_range():
+    """Eigenvalues 1 and 1 + 1e-7: ``sigma`` = 1e-9 (1% of the range), its relative floor being
+    ``1e-12 max |theta|``, far below; a floor of 1e-6 |theta| would draw one blob."""
+    model = torch.nn.Linear(2, 1, bias=False).double()
+    a = torch.sqrt(torch.tensor([1.0, 1.0 + 1e-7], dtype=torch.float64))  # H = diag(a^2) under MSE of 2 samples
+    dens = catapult.spectral_density(model, torch.nn.MSELoss(), (torch.diag(a), torch.zeros(2, 1, dtype=torch.float64)),
+                                     runs=1, steps=2)
+    assert np.sort(dens.nodes[0]) == pytest.approx([1.0, 1.0 + 1e-7], rel=1e-12, abs=1e-14)
+    assert dens.sigma == pytest.approx(1e-9, rel=1e-5)
