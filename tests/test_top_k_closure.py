@@ -109,3 +109,22 @@ def test_a_budget_that_ends_before_the_check_of_a_closed_space_is_not_converged(
                                 max_iter=max_iter, tol=1e-6)
             if eig.converged:
                 np.testing.assert_allclose(eig.values, truth, atol=1e-6, err_msg=f"seed {seed} max_iter {max_iter}")
+
+
+def test_a_triple_top_eigenvalue_past_a_closed_space_is_found_whole():
+    """Eigenvalues 5 (3 times), 3, 1 (10 times each) and -2 (17 times): the start vector's space
+    closes after 4 products with top 3 = 5, 3, 1, and one product of a fresh direction (its
+    Rayleigh quotient, a mean of the copies, ~0.4) left them unchanged: 5, 3, 1 came back
+    "converged" where the dense top 3 is 5, 5, 5 (and top 4 of 10 zeros over negatives, 0, 0,
+    -1, -1). Each fresh direction's own space must close before the top k stand."""
+    cases = [([5.0] * 3 + [3.0] * 10 + [1.0] * 10 + [-2.0] * 17, 3, 1),
+             ([0.0] * 10 + [-1.0] * 10 + [-2.0] * 20, 4, 1),
+             ([5.0] * 3 + [3.0] * 10 + [1.0] * 10 + [-2.0] * 17, 4, 2)]
+    for values, k, block_size in cases:
+        truth = np.sort(values)[::-1][:k]
+        for seed in range(2):
+            A = operator(values, seed)
+            v0 = torch.tensor(np.random.default_rng(seed).normal(size=len(values)))
+            eig = lanczos_top_k(lambda v: A @ v, v0, k, tol=1e-6, block_size=block_size, max_basis=41)
+            assert eig.converged, (values[:4], k, seed)
+            np.testing.assert_allclose(eig.values, truth, atol=1e-6, err_msg=f"k {k} seed {seed}")

@@ -170,11 +170,13 @@ def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_it
 
     Once a Krylov space closes (a remainder at rounding level), the rest of ``R^n`` holds only
     copies of eigenvalues already seen, which its products never reached: the top ``k`` are
-    then taken as converged only when one more block, into that rest, leaves them unchanged
-    (to ``tol``), so copies of an eigenvalue above the ``k``-th one (the zeros of a
-    rank-deficient Hessian above its negative eigenvalues) are not skipped. That costs one
-    block of products, and only on spaces that close (small ``n``, or ``k`` past the rank) A
-    ``max_iter`` that ends the run before that block is ``converged=False``.
+    then taken as converged only when the Krylov space of a fresh direction, in that rest, has
+    closed too and left them unchanged (to ``tol``): it holds one more copy of each eigenvalue
+    left there, so copies of an eigenvalue above the ``k``-th one (the zeros of a rank-deficient
+    Hessian above its negative eigenvalues, a triple top eigenvalue) are not skipped. That costs
+    at most one product per distinct eigenvalue for each fresh space, and only on spaces that
+    close (small ``n``, or ``k`` past the rank). A ``max_iter`` that ends the run before that
+    check is ``converged=False``.
 
     Example (a double top eigenvalue among 23: one start vector sees one copy, a block both):
         >>> A = torch.diag(torch.cat([torch.tensor([5.0, 5.0, 3.0]), torch.linspace(-2.0, 1.0, 20)]).double())
@@ -249,7 +251,8 @@ def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_it
         new, R, C = _orthonormal_block(products, norms, rounding_level(scale, size, eps), reduce, basis)
         # a remainder at rounding level (an invariant space), or within 100x of it: in float32 the
         # remainder of a closed space came out 1.6x the level, taken as a direction of noise
-        closed = closed or len(new) < len(products) or min(norms) <= 100 * rounding_level(scale, size, eps)
+        closes = len(new) < len(products) or min(norms) <= 100 * rounding_level(scale, size, eps)
+        closed = closed or closes
         M[:size, block.start:size] += C
         M[size:size + len(new), block.start:size] = R
         values, vectors = np.linalg.eigh((M[:done, :done] + M[:done, :done].T) / 2)
@@ -266,17 +269,21 @@ def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_it
         if done >= k and max(residuals) <= tol:
             # once a Krylov space has closed, the rest of R^n holds copies of eigenvalues already
             # seen (a zero of a rank-deficient Hessian, many times), which no product has reached:
-            # the top k stand only if one more block, into that rest, leaves them as they are
-            # (a 19-parameter Hessian with 9 zeros above its negative eigenvalues gave top 15
-            # with 5 zeros and -3.70 for the 15th, where 9 zeros and -0.011 are, "converged")
+            # the top k stand only if the next space to close, a fresh direction's in that rest
+            # (one more copy of each eigenvalue there), leaves them as they are (a 19-parameter
+            # Hessian with 9 zeros above its negative eigenvalues gave top 15 with 5 zeros and
+            # -3.70 for the 15th, where 9 zeros and -0.011 are, "converged"). Not one block
+            # after the closing one: a fresh direction's first product is its Rayleigh quotient,
+            # a mean of the copies, below the k-th value, and 5 (3 times), 3, 1, -2 (many times)
+            # gave top 3 = 5, 3, 1 "converged". Nor at max_iter: [5, 5, 3, 1, -2] at max_iter=4
+            # gave [5, 3], converged=True; the budget's end is converged=False
             top_values = values[top]
-            # (not at max_iter either: [5, 5, 3, 1, -2] at max_iter=4 gave [5, 3], converged=True,
-            # where one more product finds the second 5; the budget's end is converged=False)
-            if not closed or (
-                    claimed is not None and np.allclose(claimed, top_values, rtol=tol, atol=tol * spread)):
+            if not closed or (closes and claimed is not None
+                              and np.allclose(claimed, top_values, rtol=tol, atol=tol * spread)):
                 converged = True
                 break
-            claimed = top_values
+            if closes:
+                claimed = top_values
         if done == n:  # the basis spans R^n: exact, to rounding
             converged = done >= k and max(residuals) <= tol
             break
