@@ -24,3 +24,17 @@ def test_dir_of_a_lazy_package_lists_its_attributes_and_its_lazy_names():
     names = dir(catapult)
     assert {"__name__", "__doc__", "__path__"} <= set(names)
     assert set(vars(catapult)) <= set(names) and set(catapult.__all__) <= set(names)
+
+
+def test_an_optimum_without_a_grid_label_is_written_as_its_shortest_exact_text():
+    """Curves built without the grid's labels: ``%g`` where it reads back to the same float, else
+    ``repr`` (1/3 as 0.333333 selected no cell of ``--where``), with ``/λ0`` for relative lrs."""
+    from catapult.plots.transfer import TransferCurves, _x_text
+
+    def curves(relative):
+        return TransferCurves("test_loss", "optimizer.lr", None, None, {}, x_relative=relative)
+
+    assert _x_text(curves(False), 0.03125) == "0.03125"
+    assert _x_text(curves(False), 1 / 3) == "0.3333333333333333" and float(_x_text(curves(False), 1 / 3)) == 1 / 3
+    assert _x_text(curves(True), 2.0 ** -5) == "0.03125/λ0"
+    assert _x_text(curves(True), 0.1 + 0.2) == "0.30000000000000004/λ0"
