@@ -62,6 +62,7 @@ MODULES = (
     "catapult.engine.persistent_warmup",
     "catapult.engine.ddp_config",
     "catapult.engine.step_lr",
+    "catapult.engine.step_accuracy",
     "catapult.models.options",
     "catapult.sweep.store_file",
     "catapult.sweep.variants",

@@ -6,6 +6,8 @@
   measurement cadence);
 * :mod:`~catapult.engine.step_lr`: each step's lr and threshold in the local loop, set as
   ``schedules.attach``'s scheduler would set them, at a lookup a step;
+* :mod:`~catapult.engine.step_accuracy`: each row's training accuracy in the local loop, a
+  classifier's counted a chunk of steps at a time;
 * :mod:`~catapult.engine.loop`: :func:`run` -- the step semantics (its docstring is the
   contract a batched engine reproduces) and the training loop, :func:`train`, which
   :mod:`~catapult.engine.distributed`'s data-parallel runs use too;

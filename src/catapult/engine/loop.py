@@ -101,6 +101,7 @@ from catapult.losses import accuracy, loss_and_accuracy
 from catapult.engine.build import Run, build_run, threshold
 from catapult.engine.sharpness_rule import STEP_KIND_COLUMN, check_spectrum_cadence
 from catapult.engine.progress import Progress, progress_mode
+from catapult.engine.step_accuracy import StepAccuracies
 from catapult.engine.step_lr import StepLRs, StepThresholds
 from catapult.engine.trajectories import plot_run
 from catapult.engine.step import (NON_FINITE_TEST_LOSS, diverged, evaluates_test, failure_of, measures_sharpness,
@@ -316,6 +317,10 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
     warm: torch.Tensor | None = setup.start_vector
     cold_start = setup.start_vector if config["eval"]["sharpness_start"] == "cold" else None
 
+    # each row's train_accuracy: a classifier's counted CHUNK steps at a time (engine.step_accuracy),
+    # where the processes' means are this process's own values; data-parallel: at once, with the loss
+    accuracies = StepAccuracies() if type(processes).mean is Processes.mean else None
+    complete = None if accuracies is None else accuracies.resolve
     metrics_file = None
     if out_path is not None:
         writing.append(claim_run_directory(out_path, overwrite))
@@ -323,14 +328,14 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
             (out_path / name).unlink(missing_ok=True)
         # the records' header first, on disk at once: a run killed from here on leaves a folder
         # that reads as a run's (`--overwrite`, `catapult demo` rerun over it)
-        metrics_file = MetricsFile(out_path / "metrics.csv", metric_columns(config))
+        metrics_file = MetricsFile(out_path / "metrics.csv", metric_columns(config), before_flush=complete)
         with write_errors_named(out_path / "config.yaml"):  # a full disk named no file
             (out_path / "config.yaml").write_text(cfg.dump_config(config))
 
     # ---- the loop
     test_every = config["eval"]["test_every"]
     divergence_factor = config["train"]["divergence_factor"]
-    reporter = Progress(progress, steps, config["name"])
+    reporter = Progress(progress, steps, config["name"], before_line=complete)
     metrics: list[dict] = []
     status, diverged_at, loss_0, collapsed, failure = "finished", None, None, False, None
     parameters = list(model.parameters())
@@ -351,7 +356,10 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
             outputs = forward(x)
             loss = loss_fn(outputs, y)
             # one host sync; data-parallel: the whole batch's means, the same in every process
-            loss_t, row["train_accuracy"] = processes.mean(loss_and_accuracy(loss, outputs, y))
+            if accuracies is None:
+                loss_t, row["train_accuracy"] = processes.mean(loss_and_accuracy(loss, outputs, y))
+            else:
+                loss_t = accuracies.add(row, loss, outputs, y)
             row["train_loss"] = loss_t
             if t == 0:
                 loss_0 = loss_t
@@ -413,6 +421,8 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
                     processes.before_mask_update(mask_updater, t)
                     mask_updater.step(t, optimizer)
                 lrs.apply(t + 1)
+        if accuracies is not None:  # every row's accuracy, before the summary reads the last one
+            accuracies.resolve()
         looped = True
     finally:
         if not looped:

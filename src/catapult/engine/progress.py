@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 __all__ = ["Progress", "progress_mode"]
 
@@ -27,11 +27,13 @@ def progress_mode(mode: Any) -> str:
 
 
 class Progress:
-    """A tqdm bar on a terminal, plain lines (about 10 per run) otherwise, or nothing."""
+    """A tqdm bar on a terminal, plain lines (about 10 per run) otherwise, or nothing.
+    ``before_line`` (optional) is called before a line shows a row (which then holds its
+    ``train_accuracy``: :class:`~catapult.engine.step_accuracy.StepAccuracies`)."""
 
-    def __init__(self, mode: Any, total: int, name: str):
+    def __init__(self, mode: Any, total: int, name: str, before_line: Callable[[], None] | None = None):
         mode = progress_mode(mode)
-        self.mode, self.total, self.name = mode, total, name
+        self.mode, self.total, self.name, self.before_line = mode, total, name, before_line
         self.every = max(1, total // 10)
         self.bar = None
         if mode == "bar":
@@ -52,6 +54,8 @@ class Progress:
             if t > self.bar.n:
                 self.bar.update(t - self.bar.n)
         elif self.mode == "lines" and (t % self.every == 0 or t == self.total):
+            if self.before_line is not None:
+                self.before_line()
             text = f"[{self.name}] step {t}/{self.total} loss {row['train_loss']:.4e} acc {row['train_accuracy']:.3f} lr {row['lr']:.3e}"
             if self.last_sharpness is not None:
                 text += f" sharpness {self.last_sharpness:.4g} (threshold {row['threshold']:.4g})"

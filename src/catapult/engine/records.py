@@ -11,7 +11,7 @@ import math
 import re
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from catapult.analysis import detect_catapults
 from catapult.writing import csv_cell, csv_text, write_errors_named
@@ -141,10 +141,12 @@ class MetricsFile:
     A row is formatted when it is flushed, not when it is written: :meth:`write` keeps the row
     (read it then; do not change it after writing it). Formatting a row's nine cells inside a
     training step cost ~35 µs of CPU there, cold (RESULTS, "Engine overhead"); at a flush, once
-    a second, the rows are formatted in one hot loop."""
+    a second, the rows are formatted in one hot loop. ``before_flush`` (optional) is called
+    before each flush (the loop's :class:`~catapult.engine.step_accuracy.StepAccuracies` fills
+    the accuracies its rows wait for)."""
 
     def __init__(self, path: Path, columns: Sequence[str] = METRIC_COLUMNS,
-                 flush_seconds: float = METRICS_FLUSH_SECONDS):
+                 flush_seconds: float = METRICS_FLUSH_SECONDS, before_flush: Callable[[], None] | None = None):
         self.path = Path(path)
         self.columns = tuple(columns)
         self.fh = open(path, "w", newline="")
@@ -162,6 +164,7 @@ class MetricsFile:
         self.flush_seconds = float(flush_seconds)
         self._flushed_at = -math.inf  # the first row goes out at once
         self._rows: list[Mapping[str, Any]] = []  # written, not yet flushed
+        self.before_flush = before_flush
 
     def write(self, row: Mapping[str, Any]) -> None:
         """Add ``row``; flush when the cadence says so."""
@@ -173,6 +176,8 @@ class MetricsFile:
 
     def flush(self) -> None:
         """Format the rows written since the last flush and hand them to the OS."""
+        if self.before_flush is not None and self._rows:
+            self.before_flush()
         rows, self._rows = self._rows, []
         columns = self.columns
         with write_errors_named(self.path):
