@@ -346,12 +346,12 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
             x, y = batches.batch(t)
             lr_t = lrs.at(t)
             row = new_row(t, lr_t, thresholds(lr_t, t))
+            tests = evaluates_test(t, test_every, steps)
             # theta_t after update t - 1 (theta_0 is the init): finite in every process. Read where
             # the test set is (a weight no batch reads shows there first) and at the end, not every
             # step: a scan of every weight costs 1-3% of a small minibatch step (RESULTS, "Engine
             # overhead"), and a run's loss turns non-finite with any weight its batches do read
-            weights_ok = (t == 0 or not evaluates_test(t, test_every, steps)
-                          or processes.all(weights_finite(parameters)))
+            weights_ok = t == 0 or not tests or processes.all(weights_finite(parameters))
 
             outputs = forward(x)
             loss = loss_fn(outputs, y)
@@ -403,7 +403,7 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
                     spectrum_unconverged += int(spectrum_converged is False)
                     below_budget += int(short)
 
-            if x_test is not None and evaluates_test(t, test_every, steps):
+            if tests and x_test is not None:
                 row["test_loss"], row["test_accuracy"] = processes.evaluate(model, loss_fn, x_test, y_test)
 
             metrics.append(row)

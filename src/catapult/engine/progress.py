@@ -43,6 +43,8 @@ class Progress:
         self.last_sharpness: float | None = None
 
     def update(self, row: Mapping[str, Any]) -> None:
+        if self.mode == "none":  # nothing shown: nothing to do at every step
+            return
         if row.get("sharpness") is not None:
             self.last_sharpness = row["sharpness"]
         t = row["step"]

@@ -34,9 +34,13 @@ def new_row(t: int, lr: float, threshold: float) -> dict[str, Any]:
     >>> row["step"], row["lr"], row["threshold"], row["train_loss"]
     (3, 0.5, 4.0, None)
     """
-    row: dict[str, Any] = dict.fromkeys(METRIC_COLUMNS)
-    row.update(step=t, lr=lr, threshold=threshold)
+    row = _EMPTY_ROW.copy()  # one C call (a keyword update built a dict: ~6 us of a step, cold)
+    row["step"], row["lr"], row["threshold"] = t, lr, threshold
     return row
+
+
+#: Every :data:`METRIC_COLUMNS` key, None: what :func:`new_row` copies.
+_EMPTY_ROW: dict[str, Any] = dict.fromkeys(METRIC_COLUMNS)
 
 
 def diverged(loss_t: float, loss_0: float, factor: float) -> bool:
