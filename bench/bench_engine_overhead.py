@@ -37,6 +37,7 @@ timed work is the same.
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_engine_overhead.py --profile gd   # cProfile of the engine
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_engine_overhead.py --extras       # the step's extras, alone
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_engine_overhead.py --in-loop --cases adam-b128 --reps 3  # inside a step
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_engine_overhead.py --cases adam-b128 --write  # the engine writes a run dir
 
 ``--extras`` times each thing the engine's step does beyond the bare loop (the threshold, the
 accuracy, the schedule, the metrics row, the param groups (parametrize.param_groups) in ``optimizer.step()``)
@@ -129,18 +130,25 @@ def step_median(stamps: list[tuple[float, float]]) -> tuple[float, float]:
 Timing = tuple[tuple[float, float], tuple[float, float], float]  # (run, step median, final train loss)
 
 
-def time_engine(config: dict) -> Timing:
+def time_engine(config: dict, write: bool = False) -> Timing:
     """``engine.run``: (wall, CPU) seconds of the run less its build_run, the median (wall, CPU)
-    seconds of one step, and the final train loss."""
+    seconds of one step, and the final train loss. ``write``: into a run directory (a temporary
+    folder), as ``catapult train --out`` does: ``metrics.csv`` rows at every step, and the run's
+    files at the end (in the run's time, not in its steps')."""
+    import tempfile
+
     timed = _TimedBuild(engine_loop.build_run)
     engine_loop.build_run, engine_loop.Progress = timed, _StampedProgress
     _StampedProgress.stamps = []
+    folder = tempfile.TemporaryDirectory() if write else None
     try:
         start = _now()
-        result = engine.run(config, progress="none")
+        result = engine.run(config, progress="none", out_dir=None if folder is None else os.path.join(folder.name, "run"))
         total = _since(start)
     finally:
         engine_loop.build_run, engine_loop.Progress = timed.build, Progress
+        if folder is not None:
+            folder.cleanup()
     assert result.status == "finished", result.status
     assert len(_StampedProgress.stamps) == config["train"]["steps"] + 1
     run_seconds = (total[0] - timed.seconds[0], total[1] - timed.seconds[1])
@@ -227,13 +235,14 @@ def _best_pair_us(fa, fb, repeat: int = 15, number: int = 100) -> tuple[float, f
 
 def engine_extras(case: str) -> list[tuple[str, float]]:
     """CPU microseconds per step of each thing the engine's step does beyond the bare loop's,
-    timed alone (best of 7): the row's threshold, ``accuracy`` on the step's outputs, the
+    timed alone (best of 7): the row's threshold, the accuracies' ``add`` of the step's outputs, the
     row's lr, setting the next step's lr (the old calls beside them), the metrics row, and the optimizer step over the
     engine's param groups (parametrize.param_groups) less the bare loop's one-group step. Then the bare loop's
     whole step (forward, loss, ``.item()``, backward, update) for scale."""
     from catapult import schedules
     from catapult.engine.records import METRIC_COLUMNS
     from catapult.engine.step import weights_finite
+    from catapult.engine.step_accuracy import StepAccuracies
     from catapult.engine.step_lr import StepLRs, StepThresholds
     from catapult.losses import accuracy
 
@@ -245,6 +254,7 @@ def engine_extras(case: str) -> list[tuple[str, float]]:
     bare_optimizer = _bare_optimizer(setup.config, model)
     x, y = setup.batches.batch(0)
     outputs = model(x).detach()
+    loss, accuracies = loss_fn(outputs, y), StepAccuracies()
     parameters = list(model.parameters())
     loss_fn(model(x), y).backward()  # gradients for both optimizers' steps (lr 0 changes nothing)
     for opt in (optimizer, bare_optimizer):
@@ -272,7 +282,8 @@ def engine_extras(case: str) -> list[tuple[str, float]]:
         sched_us = _best_us(scheduler.step)
     extras = [("thresholds(lr_t, t) (StepThresholds; threshold(optimizer) alone: "
                f"{_best_us(lambda: engine.threshold(optimizer)):.1f})", _best_us(lambda: thresholds(1e-3, 1))),
-              ("accuracy(outputs, y)", _best_us(lambda: accuracy(outputs, y))),
+              (f"accuracies.add(row, loss, outputs, y), with loss.item() (accuracy(outputs, y) alone: "
+               f"{_best_us(lambda: accuracy(outputs, y)):.1f})", _best_us(lambda: accuracies.add({}, loss, outputs, y))),
               (f"lrs.at(t) (schedule(t) alone: {_best_us(lambda: float(schedule(1))):.1f})", _best_us(lambda: lrs.at(1))),
               (f"lrs.apply(t + 1) (torch's scheduler.step(): {sched_us:.1f})", _best_us(lambda: lrs.apply(1))),
               ("metrics row", _best_us(row)),
@@ -287,13 +298,15 @@ def engine_extras(case: str) -> list[tuple[str, float]]:
 NOT_PER_STEP = "weights_finite(parameters), at test steps only (not summed)"
 
 
-def in_loop_extras(case: str, reps: int = 3, steps: int = 200, probes: dict | None = None) -> list[tuple[str, float, float]]:
+def in_loop_extras(case: str, reps: int = 3, steps: int = 200,
+                   probes: dict | None = None) -> list[tuple[str, float, float, float]]:
     """CPU microseconds per step of each of the engine's per-step extras timed *where the loop
     runs it*, cold: a bare loop (forward, loss, ``.item()``, backward, update, on the run's
     batches) with one extra inserted after the loss (``accuracy``, the row) or after the update
     (setting the next lr), its thread CPU time read around that call alone; median over the
-    steps, then median and max over ``reps`` loops. An empty insertion (the clock's own cost) is
-    subtracted. Alone and hot, as ``--extras`` times them, these calls cost 5-10x less: inside a
+    steps, then median and max over ``reps`` loops, and the mean over the steps (median over the
+    loops: it holds what a call does once in many steps, e.g. the accuracies' count of a chunk of
+    steps, and a loaded host's bursts). An empty insertion (the clock's own cost) is subtracted. Alone and hot, as ``--extras`` times them, these calls cost 5-10x less: inside a
     step of large kernels their code and data are out of the caches (RESULTS, "Engine overhead").
     Rows: the engine's calls, then the ones they replaced (``old:``). ``probes``: other calls to
     time the same way, ``{name: ("loss" or "update", fn(context))}`` (context: ``t``, ``outputs``,
@@ -302,13 +315,19 @@ def in_loop_extras(case: str, reps: int = 3, steps: int = 200, probes: dict | No
 
     from catapult import schedules
     from catapult.engine.records import METRIC_COLUMNS
+    import tempfile
+
+    from catapult.engine.records import MetricsFile
     from catapult.engine.step import diverged, evaluates_test, measures_sharpness, new_row
+    from catapult.engine.step_accuracy import StepAccuracies
     from catapult.engine.step_lr import StepLRs, StepThresholds
     from catapult.losses import loss_and_accuracy
 
     clock = time.thread_time_ns
     config = make_config(case, steps)
     reporter, rows = Progress("none", steps, "x"), []
+    folder = tempfile.TemporaryDirectory()
+    metrics_file = MetricsFile(os.path.join(folder.name, "metrics.csv"))
 
     def after_loss(fn):
         return ("loss", fn)
@@ -318,15 +337,20 @@ def in_loop_extras(case: str, reps: int = 3, steps: int = 200, probes: dict | No
 
     extras = {
         "nothing (the clock; subtracted)": after_loss(lambda c: None),
-        "loss_and_accuracy(loss, outputs, y) (with the loss.item() the bare loop has too)": after_loss(
-            lambda c: loss_and_accuracy(c["loss"], c["outputs"], c["y"])),
+        "accuracies.add(row, loss, outputs, y) (with the loss.item() the bare loop has too)": after_loss(
+            lambda c: c["accuracies"].add(dict(c["row"]), c["loss"], c["outputs"], c["y"])),
         "row: lrs.at(t), thresholds(lr_t, t), new_row": after_loss(
             lambda c: new_row(c["t"], c["lrs"].at(c["t"]), c["thresholds"](c["lrs"].at(c["t"]), c["t"]))),
         "rules: diverged, evaluates_test x2, measures_sharpness": after_loss(
             lambda c: (diverged(0.5, 1.0, math.inf), evaluates_test(c["t"], 0, steps),
                        evaluates_test(c["t"], 0, steps), measures_sharpness(c["t"], 0, steps))),
         "progress update, metrics.append": after_loss(lambda c: (reporter.update(c["row"]), rows.append(c["row"]))),
+        "metrics_file.write(row) (catapult train's out dir)": after_loss(lambda c: metrics_file.write(dict(c["row"]))),
         "lrs.apply(t + 1)": after_update(lambda c: c["lrs"].apply(c["t"] + 1)),
+        "old: loss_and_accuracy(loss, outputs, y) (stop 54)": after_loss(
+            lambda c: loss_and_accuracy(c["loss"], c["outputs"], c["y"])),
+        "old: metrics_file.write formatting the row (stop 54)": after_loss(
+            lambda c: _formatted_write(metrics_file, dict(c["row"]))),
         "old: threshold(optimizer, step=t)": after_loss(lambda c: engine.threshold(c["optimizer"], step=c["t"])),
         "old: accuracy's general path (2 no_grad, 9 ops)": after_loss(
             lambda c: (c["loss"].item(), _general_accuracy(c["outputs"], c["y"]))),
@@ -344,7 +368,8 @@ def in_loop_extras(case: str, reps: int = 3, steps: int = 200, probes: dict | No
             context = {"optimizer": optimizer, "schedule": setup.warmup.schedule,
                        "scheduler": schedules.attach(optimizer, setup.warmup.schedule),
                        "lrs": StepLRs(optimizer, setup.warmup.schedule, last=steps),
-                       "thresholds": StepThresholds(optimizer), "row": dict.fromkeys(METRIC_COLUMNS)}
+                       "thresholds": StepThresholds(optimizer), "row": dict.fromkeys(METRIC_COLUMNS),
+                       "accuracies": StepAccuracies()}
         context["row"].update(step=0, lr=1e-3, threshold=1.0, train_loss=1.0, train_accuracy=0.5)
         times = []
         for t in range(steps):
@@ -366,16 +391,32 @@ def in_loop_extras(case: str, reps: int = 3, steps: int = 200, probes: dict | No
                 c0 = clock()
                 fn(context)
                 times.append(clock() - c0)
-        return statistics.median(times[5:]) / 1e3
+        return statistics.median(times[5:]) / 1e3, statistics.mean(times[5:]) / 1e3
 
-    for where, fn in extras.values():  # warm-up
-        one_loop(where, fn)
-    per_rep = {name: [] for name in extras}
-    for rep in range(reps):
-        for name in (list(extras) if rep % 2 == 0 else list(reversed(extras))):
-            per_rep[name].append(one_loop(*extras[name]))
-    floor = statistics.median(per_rep["nothing (the clock; subtracted)"])
-    return [(name, statistics.median(v) - floor, max(v) - floor) for name, v in per_rep.items()]
+    try:
+        for where, fn in extras.values():  # warm-up
+            one_loop(where, fn)
+        per_rep = {name: [] for name in extras}
+        for rep in range(reps):
+            for name in (list(extras) if rep % 2 == 0 else list(reversed(extras))):
+                per_rep[name].append(one_loop(*extras[name]))
+    finally:
+        metrics_file.close()
+        folder.cleanup()
+    floor = statistics.median(m for m, _ in per_rep["nothing (the clock; subtracted)"])
+    mean_floor = statistics.median(a for _, a in per_rep["nothing (the clock; subtracted)"])
+    return [(name, statistics.median(m for m, _ in v) - floor, max(m for m, _ in v) - floor,
+             statistics.median(a for _, a in v) - mean_floor) for name, v in per_rep.items()]
+
+
+def _formatted_write(metrics_file, row) -> None:
+    """What ``MetricsFile.write`` did until the rows waited for the flush: the row's cells
+    formatted and handed to the csv writer inside the step."""
+    from catapult.writing import csv_cell, write_errors_named
+
+    metrics_file.write(row)  # the cadence's clock and the list (flushes as the file does)
+    with write_errors_named(metrics_file.path):
+        metrics_file.writer.writerow([csv_cell(row.get(c)) for c in metrics_file.columns])
 
 
 def _general_accuracy(outputs, y):
@@ -396,11 +437,12 @@ def profile_engine(config: dict, top: int = 25) -> None:
     pstats.Stats(prof).sort_stats("tottime").print_stats(top)
 
 
-def bench_case(case: str, reps: int, steps: int | None) -> dict:
+def bench_case(case: str, reps: int, steps: int | None, write: bool = False) -> dict:
     """Alternating repetitions of the engine and both bare loops on ``case``; per-repetition
-    ratios of the whole run's and of the median step's wall and CPU time (module docstring)."""
+    ratios of the whole run's and of the median step's wall and CPU time (module docstring).
+    ``write``: the engine writes a run directory (:func:`time_engine`)."""
     config = make_config(case, steps)
-    runners = {"engine": lambda: time_engine(config),
+    runners = {"engine": lambda: time_engine(config, write),
                "bare+item": lambda: time_bare(config, item=True),
                "bare": lambda: time_bare(config, item=False)}
     for run in runners.values():  # warm-up: first-call costs outside the timings
@@ -448,6 +490,8 @@ def main(argv=None) -> int:
     parser.add_argument("--profile", choices=list(CASES), help="print a cProfile of the engine on this case")
     parser.add_argument("--in-loop", action="store_true",
                         help="only time the engine's per-step extras inside a bare loop's steps (see in_loop_extras)")
+    parser.add_argument("--write", action="store_true",
+                        help="the engine writes a run directory (metrics.csv at every step), as catapult train --out does")
     parser.add_argument("--extras", action="store_true",
                         help="only time the engine's per-step extras alone (see engine_extras)")
     args = parser.parse_args(argv)
@@ -459,10 +503,11 @@ def main(argv=None) -> int:
         return 0
     if args.in_loop:
         for case in args.cases:
-            print(f"\n{case}: CPU us per step of each extra inside a bare loop's step (median over steps; "
-                  f"median and max of {args.reps} loops; load {os.getloadavg()[0]:.2f})\n\n| extra | us | max |\n|---|---|---|")
-            for name, us, top in in_loop_extras(case, reps=args.reps, steps=args.steps or 200):
-                print(f"| {name} | {us:.1f} | {top:.1f} |")
+            print(f"\n{case}: CPU us per step of each extra inside a bare loop's step (median over steps: "
+                  f"median and max of {args.reps} loops; mean over steps: median of the loops; load "
+                  f"{os.getloadavg()[0]:.2f})\n\n| extra | us | max | mean |\n|---|---|---|---|")
+            for name, us, top, mean in in_loop_extras(case, reps=args.reps, steps=args.steps or 200):
+                print(f"| {name} | {us:.1f} | {top:.1f} | {mean:.1f} |")
         return 0
     if args.extras:
         for case in args.cases:
@@ -478,7 +523,7 @@ def main(argv=None) -> int:
         return 0
     started = time.perf_counter()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)", flush=True)
-    rows = [row for case in args.cases for row in bench_case(case, args.reps, args.steps)]
+    rows = [row for case in args.cases for row in bench_case(case, args.reps, args.steps, args.write)]
     print(f"\ntotal bench time {time.perf_counter() - started:.0f} s; {args.reps} repetitions; ratio = median "
           "(min-max) of the per-repetition engine/bare ratios; ms = median over repetitions; measure 'step' = "
           "median step of a run, 'run' = whole run (less set-up) / steps\n")
