@@ -104,6 +104,58 @@ def test_help_and_store_readers_leave_torch_unimported(tmp_path):
     assert lines[0].startswith("cell_id,") and len(lines) == 1 + 4  # the 2 x 2 grid's cells
 
 
+HELP = """
+import sys
+from catapult.cli import main
+codes = []
+for argv in (["--help"], ["train", "--help"], ["coord-check", "--help"], ["sweep", "--help"]):
+    try:
+        codes.append(main(argv))
+    except SystemExit as stop:
+        codes.append(stop.code)
+import catapult.config
+print(codes, sorted(m for m in ("pydantic", "yaml", "torch") if m in sys.modules), file=sys.stderr)
+catapult.config.ConfigError, catapult.config.MissingDependency
+print(sorted(m for m in ("pydantic", "yaml") if m in sys.modules), file=sys.stderr)
+catapult.config.SCHEMA
+print(sorted(m for m in ("pydantic", "yaml") if m in sys.modules), file=sys.stderr)
+"""
+
+
+def test_help_imports_neither_pydantic_nor_yaml():
+    # the parser's build imported the whole config package (pydantic, YAML): 0.15 s of `catapult
+    # --help`'s 0.22; the config's names are now imported at their first use (the errors: at once)
+    done = subprocess.run([sys.executable, "-c", HELP], capture_output=True, text=True, timeout=120)
+    assert done.stderr.strip().splitlines()[-3:] == ["[0, 0, 0, 0] []", "[]", "['pydantic']"], done.stderr[-2000:]
+
+
+def test_the_config_packages_names_are_its_modules_objects():
+    # what the eager package imported from each module (its __init__ before the names were lazy)
+    import importlib
+
+    import catapult.config as C
+
+    homes = {"checks": "CHECKS", "errors": "ConfigError InvalidValue MissingDependency",
+             "io": "STUDY_SECTIONS apply_overrides dump_config key_positions load_config parse_override read_mapping "
+                   "read_yaml",
+             "lr": "LR LR_GRAMMAR learning_rate lr_needs_lambda0 parse_lr resolve_lr",
+             "options": "Option as_float boolean choice integer number numbers string",
+             "validation": "defaults get known_keys leaf_keys parse per_member_keys schema validate",
+             "sections": "PRECONDITIONED_OPTIMIZERS TEXT_DATASETS DataConfig EvalConfig ModelConfig OptimizerConfig "
+                         "RunConfig ScheduleConfig Section TrainConfig"}
+    names = {name: module for module, listed in homes.items() for name in listed.split()}
+    assert set(C.__all__) == set(names) | {"SCHEMA"}
+    for name, module in names.items():
+        assert getattr(C, name) is getattr(importlib.import_module(f"catapult.config.{module}"), name), name
+    assert C.SCHEMA == C.schema() and callable(C.schema)   # the function, not a submodule of that name
+    assert set(C.__all__) <= set(dir(C)) and C.io.MAX_YAML_DEPTH == 50
+    namespace: dict = {}
+    exec("from catapult.config import *", namespace)
+    assert all(namespace[name] is getattr(C, name) for name in C.__all__)
+    with pytest.raises(AttributeError, match="no_such_name"):
+        C.no_such_name  # noqa: B018
+
+
 REFUSALS = """
 import sys
 from catapult.cli import main

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from catapult.arguments import max_threads
-from catapult.config import ConfigError, load_config
+from catapult.config import ConfigError
 from catapult.files import UNMARKED_FIGURES, figure_path, is_run_record, partial_of_ours, written_by_catapult
 from catapult.sweep.store_file import has_sqlite_header
 
@@ -49,6 +49,8 @@ def config_from_args(args: argparse.Namespace) -> dict:
     Raises :class:`~catapult.config.ConfigError` naming each bad key; :func:`main` turns that
     into a message on stderr and exit code 2. Applies ``--threads`` (``torch.set_num_threads``).
     """
+    from catapult.config import load_config  # here: the parser's build (``--help``) reads no YAML, no pydantic
+
     set_aside: dict = {}
     config = load_config(args.config, overrides_from_args(args), set_aside=set_aside)
     apply_threads(args)

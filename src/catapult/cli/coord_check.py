@@ -5,11 +5,8 @@ import csv
 import sys
 from pathlib import Path
 
-import yaml
-
 from catapult.cli.common import (add_config_arguments, apply_threads, check_study_dir, overrides_from_args, path_option,
                                  partial_of_ours, sweep_ignored_note)
-from catapult.config import RunConfig
 from catapult.engine.coord_check_study import (CSV_COLUMNS, TABLE_TITLE, load_coord_check, result_groups,
                                                run_coord_check, slope_table)
 from catapult.files import PARTIAL_PREFIX, PNG_START, cut_off_mapping, written_by_catapult
@@ -74,19 +71,23 @@ def _written_or_cut_off(entry: Path, name: str) -> bool:
     return _owned_as(entry, name) or (name == "config.yaml" and _cut_off_config(entry))
 
 
-#: The top-level keys of the config.yaml coord-check writes, in the order it writes them
-#: (:func:`catapult.config.dump_config`: the run's keys in schema order, then its own section).
-_CONFIG_KEYS = (*RunConfig.model_fields, "coord_check")
+def _config_keys() -> tuple[str, ...]:
+    """The top-level keys of the config.yaml coord-check writes, in the order it writes them
+    (:func:`catapult.config.dump_config`: the run's keys in schema order, then its own section).
+    Asked when a folder is judged, so that the parser's build (``--help``) imports no pydantic."""
+    from catapult.config import RunConfig
+
+    return (*RunConfig.model_fields, "coord_check")
 
 
 def _cut_off_config(entry: Path) -> bool:
     """Whether ``entry`` holds the start of a config.yaml as coord-check writes it, cut off
-    mid-write (:func:`catapult.files.cut_off_mapping` of :data:`_CONFIG_KEYS`; some may be
+    mid-write (:func:`catapult.files.cut_off_mapping` of :func:`_config_keys`; some may be
     missing)."""
     if entry.is_symlink() or not entry.is_file() or entry.stat().st_size > 1 << 20:
         return False
     try:
-        return cut_off_mapping(entry.read_bytes(), _CONFIG_KEYS)
+        return cut_off_mapping(entry.read_bytes(), _config_keys())
     except OSError:
         return False
 
@@ -102,6 +103,8 @@ def _start(name: str) -> bytes | None:
 
 def _owned_as(entry: Path, name: str) -> bool:
     """Whether the file ``entry`` holds what coord-check writes under ``name``."""
+    import yaml  # here, not at the module's import: the parser's build (``--help``) reads no YAML
+
     if entry.is_symlink() or not entry.is_file():
         return False
     try:

@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel
 
 from catapult.config.errors import ConfigError
-from catapult.config.schema import checks_flag, section_model, unknown_key, validate
+from catapult.config.validation import checks_flag, section_model, unknown_key, validate
 from catapult.config.sections import RunConfig
 
 __all__ = ["STUDY_SECTIONS", "parse_override", "apply_overrides", "read_mapping", "read_yaml", "key_positions",
