@@ -169,3 +169,25 @@ def test_a_steps_row_and_rules_cost_one_copy_one_test_rule_and_no_progress_work(
     monkeypatch.setattr(loop, "evaluates_test", lambda *a: asked.append(a[0]) or rule(*a))
     result = loop.run(_tiny(9), progress="none")
     assert asked == list(range(10)) and result.metrics[-1]["test_loss"] is not None
+
+
+def test_processes_that_combine_their_means_get_the_accuracy_with_the_loss_at_once():
+    # data-parallel processes all-reduce the loss and the accuracy together (Processes.mean): no
+    # accuracy waits there. A stand-in whose mean halves both shows each row went through it
+    import numpy as np
+
+    from catapult import engine
+    from catapult.engine.loop import Processes
+
+    class Halves(Processes):
+        def mean(self, values, rows=None):
+            return tuple(v / 2 for v in values)
+
+    config = _tiny(5)
+    setup = engine.build_run(config)
+    seen = []
+    setup.model.register_forward_hook(lambda m, args, out: seen.append(out.detach().clone()) if m.training else None)
+    result = engine.train(setup, progress="none", processes=Halves())
+    labels = [y for _, y in setup.batches.first_batches(len(seen))]
+    for row, out, y in zip(result.metrics, seen, labels):
+        assert row["train_accuracy"] == int(np.sum(np.argmax(out.numpy(), axis=1) == y.numpy())) / y.shape[0] / 2
