@@ -37,8 +37,8 @@ def test_mixup_refuses_integer_weights_and_misshaped_targets_or_partners():
 def test_get_batch_refuses_empty_sizes_and_boolean_ids():
     ids = torch.arange(20)
     assert [v.shape for v in get_batch(ids, 2, 3, generator=torch.Generator().manual_seed(0))] == [(2, 3), (2, 3)]
-    for size in ((0, 3), (2, 0)):
-        with pytest.raises(ValueError, match="get_batch: batch_size and context must be integers >= 1"):
+    for size, name in (((0, 3), "batch_size"), ((2, 0), "context")):
+        with pytest.raises(ValueError, match=f"^get_batch {name} must be an integer >= 1; got 0$"):
             get_batch(ids, *size)
     with pytest.raises(TypeError, match="get_batch: ids must be an integer tensor of token ids, got torch.bool"):
         get_batch(ids > 5, 2, 3)
