@@ -32,16 +32,21 @@ def check_real(owner: str, label: str, value: Any, *, low: float | None = None, 
     ok = ok and (low is None or (real > low if low_open else real >= low))
     ok = ok and (high is None or (real < high if high_open else real <= high))
     if not ok:
-        if low is None and high is None:
-            where = ""
-        elif high is None:
-            where = f" {'>' if low_open else '>='} {low:g}"
-        elif low is None:
-            where = f" {'<' if high_open else '<='} {high:g}"
-        else:
-            where = f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        where = _range_text(low, high, low_open, high_open, "g")
         raise ValueError(f"{owner} {label} must be a finite number{where}; got {value!r}")
     return real
+
+
+def _range_text(low, high, low_open: bool = False, high_open: bool = False, spec: str = "") -> str:
+    """The range a check names in its message: ``" >= 1"``, ``" < 2"``, ``" in (0, 1]"``, or ``""``
+    (no bound); ``spec`` formats the bounds (``"g"`` for reals)."""
+    if low is None and high is None:
+        return ""
+    if high is None:
+        return f" {'>' if low_open else '>='} {low:{spec}}"
+    if low is None:
+        return f" {'<' if high_open else '<='} {high:{spec}}"
+    return f" in {'(' if low_open else '['}{low:{spec}}, {high:{spec}}{')' if high_open else ']'}"
 
 
 #: The largest standard deviation whose square (a variance) is a finite float.
@@ -101,14 +106,7 @@ def check_integer(owner: str, label: str, value: Any, *, low: int | None = 1, hi
         return None
     count = as_integer(value)
     if count is None or (low is not None and count < low) or (high is not None and count > high):
-        if low is None and high is None:
-            where = ""
-        elif high is None:
-            where = f" >= {low}"
-        elif low is None:
-            where = f" <= {high}"
-        else:
-            where = f" in [{low}, {high}]"
+        where = _range_text(low, high)
         who = f"{owner} {label}" if owner else label
         raise ValueError(f"{who} must be {'None or ' if optional else ''}an integer{where}; got {_scalar(value)!r}")
     return count
