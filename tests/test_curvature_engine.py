@@ -49,11 +49,11 @@ def test_metrics_csv_holds_the_logged_spectrum(tmp_path):
 
     result = run(tiny("sgd", spectrum_top_k=2, trace_matvecs=6), out_dir=tmp_path / "run", progress="none")
     header = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0].split(",")
-    assert header[-4:] == ["eig_1", "eig_2", "hessian_trace", "eig_converged"]
+    assert header[-5:] == ["eig_1", "eig_2", "hessian_trace", "eig_converged", "sharpness_converged"]
     rows = read_metrics(tmp_path / "run" / "metrics.csv")
     assert len(rows) == len(result.metrics)
     for got, want in zip(rows, result.metrics):
-        for key in ("eig_1", "eig_2", "hessian_trace", "eig_converged"):
+        for key in ("eig_1", "eig_2", "hessian_trace", "eig_converged", "sharpness_converged"):
             assert got[key] == want.get(key)  # repr round-trips floats exactly; None when not measured
 
 

@@ -108,6 +108,9 @@ def test_two_gloo_processes_match_one_process_on_the_union_batch(tmp_path):
         assert summary["spectrum_unconverged"] == catapult.summary["spectrum_unconverged"]
         assert [r.get("eig_converged") for r in metrics] == [r.get("eig_converged") for r in catapult.metrics]
         assert {r.get("eig_converged") for r in metrics if r["step"] in (0, 2, 4)} <= {0, 1}
+        # and each sharpness solve's mark: the ranks' solve is one solve, marked as one process marks it
+        assert [r.get("sharpness_converged") for r in metrics] == [r.get("sharpness_converged") for r in catapult.metrics]
+        assert [r.get("sharpness_converged") is not None for r in metrics] == [r["sharpness"] is not None for r in metrics]
         # the validation loss: each rank evaluates half the held-out windows, all-reduced
         assert metrics[-1]["test_loss"] == pytest.approx(catapult.metrics[-1]["test_loss"], rel=1e-9)
         assert metrics[-1]["test_accuracy"] == pytest.approx(catapult.metrics[-1]["test_accuracy"], rel=1e-9)

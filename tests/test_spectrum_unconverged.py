@@ -84,7 +84,7 @@ def test_each_row_marks_whether_its_top_k_solve_converged(dense_top3, tmp_path):
     res = train(engine.build_run(config), tmp_path / "run", progress="none")
     with open(tmp_path / "run" / "metrics.csv", newline="") as fh:
         header, *rows = list(csv.reader(fh))
-    assert header[-5:] == ["test_accuracy", "eig_1", "eig_2", "eig_3", "eig_converged"]
+    assert header[-6:] == ["test_accuracy", "eig_1", "eig_2", "eig_3", "eig_converged", "sharpness_converged"]
     marks = [dict(zip(header, r))["eig_converged"] for r in rows]
     assert marks == ["0", "", "0"]   # steps 0 and 2 measured, cut short by max_iter 2
     assert abs(float(rows[0][header.index("eig_3")]) - dense_top3[2]) > 1e-4 * dense_top3[2]
@@ -143,3 +143,38 @@ def test_the_advice_names_the_remedy_that_works():
     assert summary["unconverged_below_budget"] == 0
     advice = format_summary(summary)
     assert "(raise eval.sharpness_max_iter)" in advice and "float64" not in advice
+
+
+def test_each_row_marks_whether_its_sharpness_solve_converged(dense_top3, tmp_path):
+    # the sharpness column had no per-row mark (only summary.json's sharpness_unconverged count): a
+    # solve cut short at max_iter 2 logged a sharpness off the dense top eigenvalue like any other.
+    # sharpness_converged marks each measured row (1 / 0), empty elsewhere, last in the header
+    # (after eig_converged: the columns before it keep their places). Read with the csv module.
+    import csv
+
+    from catapult.engine.records import read_metrics
+
+    config = _config(spectrum_top_k=1, sharpness_max_iter=2, sharpness_tol=1e-12, sharpness_every=2)
+    config["train"], config["optimizer"] = {"steps": 2}, {"lr": 1e-3}
+    res = train(engine.build_run(config), tmp_path / "run", progress="none")
+    with open(tmp_path / "run" / "metrics.csv", newline="") as fh:
+        header, *rows = list(csv.reader(fh))
+    assert header[:9] == ["step", "lr", "threshold", "train_loss", "train_accuracy", "sharpness",
+                          "sharpness_matvecs", "test_loss", "test_accuracy"]
+    assert header[-3:] == ["eig_1", "eig_converged", "sharpness_converged"]
+    marks = [dict(zip(header, r))["sharpness_converged"] for r in rows]
+    assert marks == ["0", "", "0"]   # steps 0 and 2 measured, both cut short by max_iter 2
+    assert abs(float(rows[0][header.index("sharpness")]) - dense_top3[0]) > 1e-4 * dense_top3[0]
+    assert res.summary["sharpness_unconverged"] == 2
+    assert [r["sharpness_converged"] for r in read_metrics(tmp_path / "run" / "metrics.csv")] == [0, None, 0]
+    row, summary = _row0(_config(sharpness_max_iter=200, sharpness_tol=1e-10))
+    assert row["sharpness_converged"] == 1 and row["sharpness"] == pytest.approx(dense_top3[0], rel=1e-7)
+    assert summary["sharpness_unconverged"] == 0
+
+
+def test_a_run_without_sharpness_has_no_mark(tmp_path):
+    config = _config(sharpness_every=0)
+    config["train"], config["optimizer"] = {"steps": 1}, {"lr": 1e-3}
+    train(engine.build_run(config), tmp_path / "run", progress="none")
+    header = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "sharpness_converged" not in header

@@ -69,6 +69,8 @@ def _assert_same(local, res: CellResult):
                 assert a[key] == b[key], (a["step"], key, a[key], b[key])
             else:
                 assert _close(a[key], b[key]), (a["step"], key, a[key], b[key])
+        # each sharpness row's mark, as the local engine's (the summaries' counts agree below)
+        assert a.get("sharpness_converged") == b.get("sharpness_converged"), a["step"]
     for key in ("status", "diverged_at", "steps_completed", "sharpness_measurements", "sharpness_matvecs",
                 "num_params", "sharpness_kind", "warmup", "lr_target_reached_at", "searches",
                 "search_forward_passes", "catapult", "sharpness_unconverged", "unconverged_below_budget"):

@@ -50,6 +50,9 @@ def _assert_same(local, ens, *, matvecs=True, rtol=RTOL):
                 assert (a[key] is None) == (b[key] is None)
                 continue
             assert _close(a[key], b[key], rtol), (a["step"], key, a[key], b[key])
+        # the rows' columns are the local engine's: a sharpness row carries its solve's mark
+        assert (a.get("sharpness_converged") is None) == (b.get("sharpness_converged") is None), a["step"]
+        assert b.get("sharpness_converged") in (None, 0, 1)
     for key in ("status", "diverged_at", "steps_completed", "sharpness_measurements", "num_params", "sharpness_kind"):
         assert ens.summary[key] == local.summary[key], key
     for key in ("lambda_0", "lr_target", "threshold_target", "final_train_loss", "final_test_accuracy",

@@ -183,11 +183,15 @@ def test_run_directory_files(tmp_path):
     assert summary["status"] == "finished" and summary["lambda_0"] == pytest.approx(result.summary["lambda_0"])
     with open(out / "metrics.csv", newline="") as fh:
         rows = list(csv.reader(fh))
-    assert tuple(rows[0]) == METRIC_COLUMNS and len(rows) == 13 + 1
+    # the sharpness solves' marks last (after the columns every run has)
+    assert tuple(rows[0]) == (*METRIC_COLUMNS, "sharpness_converged") and len(rows) == 13 + 1
+    mark_col = len(METRIC_COLUMNS)
+    assert [r[mark_col] for r in rows[1:]] == ["1" if t % 4 == 0 or t == 12 else "" for t in range(13)]
     sharp_col = METRIC_COLUMNS.index("sharpness")
     assert [r[sharp_col] != "" for r in rows[1:]] == [t % 4 == 0 or t == 12 for t in range(13)]
     back = read_metrics(out / "metrics.csv")
-    assert back == result.metrics  # floats round-trip exactly, empty cells -> None
+    # floats round-trip exactly, empty cells -> None (a mark only sharpness rows carry in memory too)
+    assert back == [{**dict.fromkeys(rows[0]), **row} for row in result.metrics]
     assert (out / "trajectories.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # a CPU run repeats byte for byte, weights and figure included: the digests it records agree
     run(cfg, out_dir=tmp_path / "again", progress="none")

@@ -106,7 +106,7 @@ from catapult.engine.step_lr import StepLRs, StepThresholds
 from catapult.engine.trajectories import plot_run
 from catapult.engine.step import (NON_FINITE_TEST_LOSS, diverged, evaluates_test, failure_of, measures_sharpness,
                                   new_row, output_collapsed, weights_finite)
-from catapult.engine.records import (MetricsFile, metric_columns, json_safe, summarize, threshold_label,
+from catapult.engine.records import (SHARPNESS_CONVERGED_COLUMN, MetricsFile, metric_columns, json_safe, summarize, threshold_label,
                                      warmup_summary)
 from catapult.engine.run_dir import (DIGESTED_FILES, RUN_FILES, RUN_MARKERS, RunClaim, RunDirectoryError, check_out_dir,
                                      claim_run_directory, in_run_directory, make_out_dir)
@@ -394,6 +394,7 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
                 warm = est.vector if cold_start is None else cold_start
                 row["sharpness"] = float(est.value)
                 row["sharpness_matvecs"] = int(est.matvecs)
+                row[SHARPNESS_CONVERGED_COLUMN] = int(bool(est.converged))  # the row's own mark
                 measurements += 1
                 if kind_t != rule.kind:  # a kind that changes during the run: say which
                     row[STEP_KIND_COLUMN] = kind_t

@@ -36,6 +36,13 @@ STEP_KIND_COLUMN = "sharpness_kind"
 #: ``spectrum_unconverged`` counts its 0s.
 EIG_CONVERGED_COLUMN = "eig_converged"
 
+#: The metrics column marking each row's sharpness solve (the ``sharpness`` column: of the Hessian,
+#: or of the operator ``sharpness_kind`` names; one solve per row): 1 where it converged to
+#: ``eval.sharpness_tol``, 0 where it stopped short (its value logged all the same, approximate);
+#: empty on rows without one. The run's ``sharpness_unconverged`` counts its 0s (and those of the
+#: lambda_0 solves on batches after the first, which have no row).
+SHARPNESS_CONVERGED_COLUMN = "sharpness_converged"
+
 #: values are ``None`` (empty cells in the CSV).
 METRIC_COLUMNS = (
     "step",
@@ -48,7 +55,7 @@ METRIC_COLUMNS = (
     "test_loss",
     "test_accuracy",
 )
-_INT_COLUMNS = {"step", "sharpness_matvecs", EIG_CONVERGED_COLUMN}
+_INT_COLUMNS = {"step", "sharpness_matvecs", EIG_CONVERGED_COLUMN, SHARPNESS_CONVERGED_COLUMN}
 
 
 def metric_columns(config: Mapping[str, Any] | None = None) -> tuple[str, ...]:
@@ -57,12 +64,14 @@ def metric_columns(config: Mapping[str, Any] | None = None) -> tuple[str, ...]:
     for ``eval.trace_matvecs > 0``), then ``sharpness_kind`` (``hessian`` / ``preconditioned``
     per measured row) where the kind changes during the run (RAdam with ``auto`` measuring sharpness),
     then, with ``eig_1 .. eig_k``, ``eig_converged`` (1 / 0 per top-k solve:
-    :data:`EIG_CONVERGED_COLUMN`), last so that the columns before it keep their places.
+    :data:`EIG_CONVERGED_COLUMN`), then, where it measures sharpness (``eval.sharpness_every > 0``),
+    ``sharpness_converged`` (1 / 0 per sharpness solve: :data:`SHARPNESS_CONVERGED_COLUMN`); these
+    marks are last so that the columns before them keep their places.
 
     >>> metric_columns({"eval": {"spectrum_top_k": 2, "trace_matvecs": 10}})[-4:]
     ('eig_1', 'eig_2', 'hessian_trace', 'eig_converged')
-    >>> metric_columns({"optimizer": {"name": "radam"}, "eval": {"sharpness_kind": "auto", "sharpness_every": 5}})[-1]
-    'sharpness_kind'
+    >>> metric_columns({"optimizer": {"name": "radam"}, "eval": {"sharpness_kind": "auto", "sharpness_every": 5}})[-2:]
+    ('sharpness_kind', 'sharpness_converged')
     >>> metric_columns() == METRIC_COLUMNS
     True
     """
@@ -75,6 +84,8 @@ def metric_columns(config: Mapping[str, Any] | None = None) -> tuple[str, ...]:
         extra.append(STEP_KIND_COLUMN)
     if int(ev.get("spectrum_top_k") or 0) > 0:
         extra.append(EIG_CONVERGED_COLUMN)
+    if int(ev.get("sharpness_every") or 0) > 0:
+        extra.append(SHARPNESS_CONVERGED_COLUMN)
     return METRIC_COLUMNS + tuple(extra)
 
 
@@ -107,7 +118,7 @@ def write_metrics(rows: Iterable[Mapping[str, Any]], path: str | Path,
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    """Read a ``metrics.csv`` back: ints for ``step``/``sharpness_matvecs``/``eig_converged``, text for
+    """Read a ``metrics.csv`` back: ints for ``step``/``sharpness_matvecs``/``eig_converged``/``sharpness_converged``, text for
     ``sharpness_kind``, floats otherwise, ``None`` for empty cells (``pandas.read_csv`` reads
     the same file directly, with NaN)."""
     rows = []

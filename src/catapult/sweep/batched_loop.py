@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 import torch
 
 from catapult import config as cfg
+from catapult.engine.records import SHARPNESS_CONVERGED_COLUMN
 from catapult.engine.sharpness_rule import STEP_KIND_COLUMN, step_kind
 from catapult.engine.step import NON_FINITE_TEST_LOSS, diverged, failure_of, new_row, output_collapsed
 from catapult.sweep.batched_optim import StackedOptimizer
@@ -253,6 +254,7 @@ def train_group(group: Group, stack: Stack, *, keep_models: bool = True) -> Iter
                        else mb.start_vector(est.vector.numel(), est.vector.device, est.vector.dtype))
             rows[r]["sharpness"] = float(est.value)
             rows[r]["sharpness_matvecs"] = int(est.matvecs)
+            rows[r][SHARPNESS_CONVERGED_COLUMN] = int(bool(est.converged))  # as run marks it
             if kinds[r] != kind:  # a kind that changes during the run: say which (as run does)
                 rows[r][STEP_KIND_COLUMN] = kinds[r]
             mb.measurements += 1
