@@ -534,3 +534,54 @@ def test_seeds_as_a_count_or_as_its_list_resume_the_same_sweep(tmp_path, first, 
     for other in (3, [1, 0], [0, 2]):  # other seeds, or the same ones in another order, are other cells
         with pytest.raises(SpecChanged):
             _run(config, parse_sweep({"grid": grid, "seeds": other}), tmp_path / "s.db", FakeRun())
+
+
+def test_export_marks_whether_the_final_sharpness_converged(tmp_path):
+    # the export's final sharpness had no mark of its solve (only summary_json's run-level count):
+    # sharpness_converged is the mark of the row the final sharpness came from (not the last mark of
+    # any row), empty where the cell has no final sharpness, last; --aggregate gives its mean over
+    # seeds, and the report's results table takes the same column
+    from catapult.report import write_report
+    from catapult.sweep.store_export import aggregate_table
+
+    fake = FakeRun(diverge_above=1.0)
+
+    def run_fn(config, progress=None):
+        result = fake(config, progress)
+        for row in result.metrics:
+            if row["step"] % 2 == 0 and math.isfinite(row["train_loss"]):
+                # seed 0: the last solve (step 4) is cut short; seed 1: only the first (step 0)
+                last = row["step"] == 4
+                row.update(sharpness=10.0 + row["step"], sharpness_converged=int(last != (config["seed"] == 0)))
+        return result
+
+    config, spec = _sweep(lrs=("2^-3/lambda0", "2^0/lambda0"), warm=(1,), eval={"sharpness_every": 2})
+    _run(config, spec, tmp_path / "s.db", run_fn)
+    with Store(tmp_path / "s.db", create=False) as store:
+        write_csv(store, tmp_path / "out.csv")
+        columns, rows = aggregate_table(store)
+    write_report(tmp_path / "s.db", tmp_path / "report.html")
+    with open(tmp_path / "out.csv", newline="") as fh:
+        exported = list(csv.DictReader(fh))
+    assert list(exported[0])[-1] == "sharpness_converged"
+    finished = [r for r in exported if r["status"] == "finished"]
+    assert finished and {r["seed"] for r in finished} == {"0", "1"}
+    for row in exported:
+        if row["status"] == "finished":
+            assert row["sharpness"] == "14.0" and row["sharpness_converged"] == ("0" if row["seed"] == "0" else "1")
+        else:
+            assert row["sharpness"] == "" and row["sharpness_converged"] == ""
+    means = [r[columns.index("sharpness_converged_mean")] for r in rows if r[columns.index("n_finished")] == 2]
+    assert means and all(m == 0.5 for m in means)
+    assert "<th>sharpness_converged</th>" in (tmp_path / "report.html").read_text()
+
+
+def test_a_store_without_sharpness_marks_exports_without_the_column(tmp_path):
+    # stores written before the mark: their rows have none; the export keeps its columns
+    from catapult.sweep.store_export import export_table
+
+    config, spec = _sweep(lrs=("2^-3/lambda0",), warm=(1,), eval={"sharpness_every": 2})
+    _run(config, spec, tmp_path / "s.db", FakeRun(diverge_above=1.0))
+    with Store(tmp_path / "s.db", create=False) as store:
+        columns, _ = export_table(store)
+    assert "sharpness_converged" not in columns and columns[-1] == "error"

@@ -456,6 +456,23 @@ class Store:
             out.append(d)
         return out
 
+    def last_measured(self, cell_id: int, column: str) -> dict | None:
+        """The last per-step row of one cell whose ``column`` (one of the ``metrics`` table's
+        :data:`METRIC_COLUMNS`) holds a value, as :meth:`metrics` gives rows; ``None`` if none does.
+        One indexed lookup: the cell's other rows are not read."""
+        if column not in METRIC_COLUMNS:
+            raise ValueError(f"last_measured: column={column!r} is not one of {METRIC_COLUMNS}")
+        row = self.conn.execute(f"SELECT * FROM metrics WHERE cell_id = ? AND {column} IS NOT NULL "
+                                "ORDER BY step DESC LIMIT 1", (cell_id,)).fetchone()
+        if row is None:
+            return None
+        d = dict(row)
+        d.pop("cell_id")
+        extra = d.pop("extra_json")
+        if extra:
+            d.update(self.json_field(extra, f"cell {cell_id} step {d['step']} extra_json"))
+        return d
+
     # ---- writing results
 
     def record(self, cell_id: int, result: Any, *, lambda_0: float | None = None,

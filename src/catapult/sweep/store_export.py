@@ -6,7 +6,9 @@ A ``running`` cell that no live driver holds is exported with status ``interrupt
 that log the spectrum (``eval.spectrum_top_k``, ``eval.trace_matvecs``) gain the last logged
 ``eig_1 .. eig_k`` and ``hessian_trace`` of each cell as columns (and their means over seeds),
 and ``eig_converged``, whether the top-k solve of those ``eig_i`` converged (1 / 0; over seeds its
-mean is the fraction that did; empty for cells of stores written before the mark).
+mean is the fraction that did; empty for cells of stores written before the mark). Cells with a
+final ``sharpness`` gain ``sharpness_converged``, whether the solve that gave it converged (1 / 0,
+last; likewise).
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from catapult.arguments import check_flag
-from catapult.engine.records import EIG_CONVERGED_COLUMN, is_spectrum_column, metric_columns
+from catapult.engine.records import EIG_CONVERGED_COLUMN, SHARPNESS_CONVERGED_COLUMN, is_spectrum_column, metric_columns
 from catapult.files import MARK
 from catapult.writing import csv_text, write_text_whole, write_whole
 from catapult.sweep.store_schema import BEST_METRICS, FINAL_METRICS  # not .store: it re-exports this module
@@ -44,7 +46,7 @@ def export_table(store) -> tuple[list[str], list[list[Any]]]:
         for key in cell["swept"]:
             if key not in keys:
                 keys.append(key)
-    spectra = {cell["id"]: last_spectrum(store, cell) for cell in cells}
+    spectra = {cell["id"]: {**last_spectrum(store, cell), **sharpness_mark(store, cell)} for cell in cells}
     extra = spectrum_columns(spectra.values())
     columns = ["cell_id", *keys, *EXPORT_COLUMNS, *extra]
     rows = []
@@ -80,17 +82,36 @@ def last_spectrum(store, cell: dict) -> dict[str, float]:
     return last
 
 
+def sharpness_mark(store, cell: dict) -> dict[str, int]:
+    """``{"sharpness_converged": 1 / 0}``: the mark of the sharpness solve that gave ``cell``'s final
+    ``sharpness`` (the row it was read from); empty where the cell has no final sharpness (not
+    finished, not measured, or NaN) and for rows of a store written before the mark. One indexed
+    read of that row (:meth:`~catapult.sweep.store.Store.last_measured`), not the cell's metrics."""
+    if cell.get("sharpness") is None:
+        return {}
+    row = store.last_measured(cell["id"], "sharpness")
+    mark = None if row is None else row.get(SHARPNESS_CONVERGED_COLUMN)
+    # the row the cell's final value came from (a NaN one is stored NULL: the cell's value too)
+    if row is None or row["sharpness"] != cell["sharpness"] or not isinstance(mark, int) or isinstance(mark, bool):
+        return {}
+    return {SHARPNESS_CONVERGED_COLUMN: mark}
+
+
 def spectrum_columns(spectra) -> list[str]:
     """``eig_1 .. eig_K`` (``K`` the largest index any cell logged) then ``hessian_trace`` and
-    ``eig_converged`` where any cell has them.
+    ``eig_converged`` where any cell has them, and last ``sharpness_converged``
+    (:func:`sharpness_mark`) where any cell has it.
 
     >>> spectrum_columns([{}, {"eig_2": 1.0, "eig_1": 2.0, "eig_converged": 1}, {"hessian_trace": 9.0}])
     ['eig_1', 'eig_2', 'hessian_trace', 'eig_converged']
+    >>> spectrum_columns([{"sharpness_converged": 0}, {"eig_1": 2.0}])
+    ['eig_1', 'sharpness_converged']
     """
     found = {key for spectrum in spectra for key in spectrum}
     top = max((int(k[4:]) for k in found if is_spectrum_column(k) and k.startswith("eig_")), default=0)
     return ([f"eig_{i}" for i in range(1, top + 1)] + (["hessian_trace"] if "hessian_trace" in found else [])
-            + ([EIG_CONVERGED_COLUMN] if EIG_CONVERGED_COLUMN in found else []))
+            + ([EIG_CONVERGED_COLUMN] if EIG_CONVERGED_COLUMN in found else [])
+            + ([SHARPNESS_CONVERGED_COLUMN] if SHARPNESS_CONVERGED_COLUMN in found else []))
 
 
 #: Columns :func:`aggregate_table` averages over seeds.
@@ -129,7 +150,7 @@ def aggregate_table(store) -> tuple[list[str], list[list[Any]]]:
     have a finite value: the metrics of finished and collapsed seeds only, as in the phase diagram,
     but ``lambda_0``, ``lr_target`` and ``steps_completed`` of diverged seeds too); the spectrum columns of
     :func:`export_table` likewise (``eig_converged_mean``: the fraction of seeds whose last top-k
-    solve converged). A store without a seed axis gives
+    solve converged; ``sharpness_converged_mean`` that of their final sharpness). A store without a seed axis gives
     one row per cell with ``n_seeds = 1`` and no std (an empty cell: one value has none).
     """
     columns, rows = export_table(store)
@@ -145,7 +166,7 @@ def aggregate_table(store) -> tuple[list[str], list[list[Any]]]:
             groups[key] = []
             order.append(key)
         groups[key].append(row)
-    metrics = [*AGGREGATE_METRICS, *(c for c in columns if is_spectrum_column(c) or c == EIG_CONVERGED_COLUMN)]
+    metrics = [*AGGREGATE_METRICS, *(c for c in columns if is_spectrum_column(c) or c in (EIG_CONVERGED_COLUMN, SHARPNESS_CONVERGED_COLUMN))]
     out_columns = [*keys, "n_seeds", "n_finished", "n_diverged", "n_collapsed", "status"]
     for m in metrics:
         out_columns += [f"{m}_mean", f"{m}_std", f"{m}_n"]
