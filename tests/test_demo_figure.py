@@ -129,3 +129,23 @@ def test_the_spectrum_panel_crosses_out_eigenvalues_whose_solve_did_not_converge
     ax_spec = plot_run(rows).axes[2]
     assert not [line for line in ax_spec.get_lines() if line.get_marker() == "x"]
     assert "not converged" not in ax_spec.get_title()
+
+
+def test_the_sharpness_panels_cross_out_values_whose_solve_did_not_converge():
+    # sharpness_converged 0 rows were drawn like any other in trajectories.png's panel (b) and in the
+    # report's cell trajectories: the edge-of-stability picture could not tell which were approximate
+    from catapult.plots.phase import plot_cell_trajectories
+
+    rows = [dict(step=t, lr=0.1, threshold=20.0, train_loss=1.0, test_accuracy=None, sharpness=5.0 + t,
+                 sharpness_converged=mark) for t, mark in enumerate([1, 0, 1, None, 0])]
+    rows[3].update(sharpness=None)   # a row without a solve
+    rows[4].update(sharpness=float("nan"))   # nothing to draw on a log axis
+    for ax in (plot_run(rows).axes[1], plot_cell_trajectories({"run": rows}).axes[-1]):
+        crossed = [line for line in ax.get_lines() if line.get_marker() == "x"]
+        assert len(crossed) == 1 and list(zip(crossed[0].get_xdata(), crossed[0].get_ydata())) == [(1, 6.0)]
+        assert "x: not converged" in ax.get_title()
+    for row in rows:
+        row["sharpness_converged"] = None if row["sharpness"] is None else 1
+    for ax in (plot_run(rows).axes[1], plot_cell_trajectories({"run": rows}).axes[-1]):
+        assert not [line for line in ax.get_lines() if line.get_marker() == "x"]
+        assert "not converged" not in ax.get_title()

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 from catapult.analysis import is_finite_number
 from catapult.arguments import check_flag
-from catapult.engine.records import EIG_CONVERGED_COLUMN, is_spectrum_column
+from catapult.engine.records import EIG_CONVERGED_COLUMN, SHARPNESS_CONVERGED_COLUMN, is_spectrum_column
 from catapult.engine.sharpness_rule import RADAM_KIND
 from catapult.files import save_figure
 
@@ -107,7 +107,7 @@ def plot_trajectories(
     ax_loss, ax_sharp, *ax_spectrum = fig.subplots(1, 3 if with_spectrum else 2)
     colors = [f"C{i % 10}" for i in range(len(runs))]
     top = loss_axis_top(runs)
-    any_sharpness, any_clipped, any_catapult = False, False, False
+    any_sharpness, any_clipped, any_catapult, any_short = False, False, False, False
     for color, (label, metrics) in zip(colors, runs.items()):
         status = (statuses or {}).get(label)
         sx, sy = _series(metrics, "sharpness")
@@ -132,6 +132,11 @@ def plot_trajectories(
         if sx:
             any_sharpness = True
             ax_sharp.plot(sx, sy, color=color, lw=1.2, marker="." if len(sx) < 60 else None, ms=3, label=legend)
+            short = unconverged_points(metrics, "sharpness", SHARPNESS_CONVERGED_COLUMN)
+            if short:
+                ax_sharp.plot(*zip(*short), ls="none", marker="x", ms=6, color="crimson",
+                              label=None if any_short else "not converged")
+                any_short = True
         xs, ys = _threshold_series(metrics)
         ax_sharp.plot(xs, ys, color=color, lw=1.0, ls="--", alpha=0.8)
     loss_title = "(a) training loss"
@@ -151,7 +156,9 @@ def plot_trajectories(
     # (2 + 2 b1) / ((1 - b1) lr_t), which is the rows' "threshold" column for those runs.
     kind = kind or ("preconditioned" if preconditioned else "hessian")
     ax_sharp.set(yscale="log", xlabel="step", ylabel=SHARPNESS_LABELS.get(kind, SHARPNESS_LABELS["hessian"]),
-                 title=f"(b) sharpness (dashed: {threshold_label})")
+                 title=f"(b) sharpness (dashed: {threshold_label})" + (", x: not converged" if any_short else ""))
+    if any_short:  # the marks' meaning, beside the runs' colours
+        ax_sharp.legend(fontsize=8, loc="best")
     if not any_sharpness:
         ax_sharp.text(0.5, 0.5, "sharpness not measured\n(eval.sharpness_every: 0)", transform=ax_sharp.transAxes,
                       ha="center", va="center", fontsize=11, color="0.35")
@@ -167,6 +174,19 @@ def plot_trajectories(
     if path is not None:
         save_figure(fig, path, make_folder=True, dpi=110)
     return fig
+
+
+def unconverged_points(metrics: Metrics, column: str, mark: str) -> list[tuple[int, float]]:
+    """``(step, value)`` of the rows whose solve of ``column`` stopped short (``mark`` 0, e.g.
+    ``sharpness_converged``), where the value can be drawn on a log axis (finite, positive).
+
+    >>> unconverged_points([{"step": 0, "sharpness": 3.0, "sharpness_converged": 0},
+    ...                     {"step": 1, "sharpness": 4.0, "sharpness_converged": 1}, {"step": 2}],
+    ...                    "sharpness", "sharpness_converged")
+    [(0, 3.0)]
+    """
+    return [(row["step"], float(row[column])) for row in metrics
+            if row.get(mark) == 0 and is_finite_number(row.get(column)) and float(row[column]) > 0]
 
 
 def _spectrum_keys(metrics: Metrics) -> tuple[list[str], bool]:

@@ -483,7 +483,8 @@ def plot_cell_trajectories(runs: Mapping[str, Sequence[Mapping[str, Any]]], path
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from catapult.engine.trajectories import check_runs
+    from catapult.engine.records import SHARPNESS_CONVERGED_COLUMN
+    from catapult.engine.trajectories import check_runs, unconverged_points
 
     check_runs("plot_cell_trajectories", runs)
     statuses = dict(statuses or {})
@@ -493,6 +494,7 @@ def plot_cell_trajectories(runs: Mapping[str, Sequence[Mapping[str, Any]]], path
     FigureCanvasAgg(fig)
     axes = [fig.add_subplot(1, len(panels), k + 1) for k in range(len(panels))]
     colors = [f"C{k % 10}" for k in range(len(runs))]
+    any_short = False
     for (label, rows), color in zip(runs.items(), colors):
         for ax, key in zip(axes, panels):
             pts = [(r["step"], r[key]) for r in rows if is_finite_number(r.get(key)) and (key == "test_accuracy" or r[key] > 0)]
@@ -503,12 +505,17 @@ def plot_cell_trajectories(runs: Mapping[str, Sequence[Mapping[str, Any]]], path
             if key == "train_loss" and statuses.get(label) == "diverged":
                 ax.plot([xs[-1]], [ys[-1]], marker="x", color=color, markersize=9, mew=2)
             if key == "sharpness":
+                short = unconverged_points(rows, "sharpness", SHARPNESS_CONVERGED_COLUMN)
+                if short:  # solves cut short of eval.sharpness_tol: their values are approximate
+                    ax.plot(*zip(*short), ls="none", marker="x", ms=6, color="crimson",
+                            label=None if any_short else "sharpness not converged")
+                    any_short = True
                 thr = [(r["step"], r["threshold"]) for r in rows if is_finite_number(r.get("threshold")) and r["threshold"] > 0]
                 if thr:
                     tx, ty = zip(*thr)
                     ax.plot(tx, ty, color=color, lw=1.0, ls="--")
     titles = {"train_loss": "training loss", "test_accuracy": "test accuracy", "lr": "learning rate",
-              "sharpness": "sharpness (dashed: threshold)"}
+              "sharpness": "sharpness (dashed: threshold" + (", x: not converged)" if any_short else ")")}
     for ax, key in zip(axes, panels):
         ax.set_title(titles[key], fontsize=10)
         ax.set_xlabel("step")
@@ -516,6 +523,9 @@ def plot_cell_trajectories(runs: Mapping[str, Sequence[Mapping[str, Any]]], path
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
+    if any_short:  # the crosses' entry, from the sharpness panel
+        handles += [h for h, text in zip(*axes[-1].get_legend_handles_labels()) if text == "sharpness not converged"]
+        labels.append("sharpness not converged")
     if handles:
         fig.legend(handles, labels, loc="outside lower center", ncol=min(len(handles), 2), fontsize=8, frameon=False)
     if title:
