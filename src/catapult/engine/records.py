@@ -39,8 +39,8 @@ EIG_CONVERGED_COLUMN = "eig_converged"
 #: The metrics column marking each row's sharpness solve (the ``sharpness`` column: of the Hessian,
 #: or of the operator ``sharpness_kind`` names; one solve per row): 1 where it converged to
 #: ``eval.sharpness_tol``, 0 where it stopped short (its value logged all the same, approximate);
-#: empty on rows without one. The run's ``sharpness_unconverged`` counts its 0s (and those of the
-#: lambda_0 solves on batches after the first, which have no row).
+#: empty on rows without one. The run's ``sharpness_unconverged`` counts its 0s, and the lambda_0
+#: solves that gave no row's sharpness (batches after the first; a row 0 of another kind).
 SHARPNESS_CONVERGED_COLUMN = "sharpness_converged"
 
 #: values are ``None`` (empty cells in the CSV).
