@@ -107,3 +107,24 @@ def test_plotting_a_metric_no_cell_has_exits_2(tmp_path, capsys):
     assert cli.main(["sweep", str(config), "--store", str(store), "--progress", "none", "--threads", "1"]) == 0
     assert cli.main(["plot", str(store), "--metric", "sharpness", "--out", str(tmp_path / "x.png")]) == 2
     assert "no cell of" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
+
+
+def test_the_sharpness_heatmap_marks_cells_whose_value_came_from_an_unconverged_solve(tmp_path):
+    # catapult plot --metric sharpness (and eig_<i>) averaged approximate final values into the
+    # heatmap like any other: a cell with a seed whose final solve was cut short is now crossed
+    cells = []
+    for i, (lr, seed, mark) in enumerate([(0.1, 0, 1), (0.1, 1, 0), (0.2, 0, 1), (0.2, 1, 1)]):
+        cells.append({"id": i, "status": "finished", "sharpness": 10.0 + i, "sharpness_converged": mark,
+                      "eig_1": 10.0 + i, "eig_converged": 1 - mark if lr == 0.2 else 1,
+                      "swept": {"optimizer.lr": lr, "seed": seed}})
+    axes = [{"key": "optimizer.lr", "values": [0.1, 0.2], "labels": ["0.1", "0.2"]},
+            {"key": "seed", "values": [0, 1], "labels": ["0", "1"]}]
+    grid = phase_grid(cells, axes, "sharpness", "optimizer.lr", None)
+    assert grid.values[0].tolist() == [10.5, 12.5] and grid.unconverged[0].tolist() == [1, 0]
+    crossed = [line for line in plot_phase_diagram(grid).axes[0].get_lines() if line.get_marker() == "x"]
+    assert len(crossed) == 1 and round(float(crossed[0].get_xdata()[0])) == 0
+    assert phase_grid(cells, axes, "eig_1", "optimizer.lr", None).unconverged[0].tolist() == [0, 2]
+    assert phase_grid(cells, axes, "test_loss", "optimizer.lr", None).unconverged is None
+    unmarked = [{k: v for k, v in c.items() if k != "sharpness_converged"} for c in cells]   # an old store's
+    grid = phase_grid(unmarked, axes, "sharpness", "optimizer.lr", None)
+    assert not [line for line in plot_phase_diagram(grid).axes[0].get_lines() if line.get_marker() == "x"]

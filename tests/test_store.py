@@ -536,7 +536,7 @@ def test_seeds_as_a_count_or_as_its_list_resume_the_same_sweep(tmp_path, first, 
             _run(config, parse_sweep({"grid": grid, "seeds": other}), tmp_path / "s.db", FakeRun())
 
 
-def test_export_marks_whether_the_final_sharpness_converged(tmp_path):
+def test_export_marks_whether_the_final_sharpness_converged(tmp_path, monkeypatch):
     # the export's final sharpness had no mark of its solve (only summary_json's run-level count):
     # sharpness_converged is the mark of the row the final sharpness came from (not the last mark of
     # any row), empty where the cell has no final sharpness, last; --aggregate gives its mean over
@@ -574,6 +574,23 @@ def test_export_marks_whether_the_final_sharpness_converged(tmp_path):
     means = [r[columns.index("sharpness_converged_mean")] for r in rows if r[columns.index("n_finished")] == 2]
     assert means and all(m == 0.5 for m in means)
     assert "<th>sharpness_converged</th>" in (tmp_path / "report.html").read_text()
+    # catapult plot --metric sharpness: the heatmap's cells know which of their seeds' values are approximate
+    import catapult.plots.phase as phase
+    from catapult import cli
+
+    grids = []
+    drawn = phase.plot_phase_diagram
+
+    def keep(grid, *args, **kwargs):
+        grids.append(grid)
+        return drawn(grid, *args, **kwargs)
+
+    monkeypatch.setattr(phase, "plot_phase_diagram", keep)
+    assert cli.main(["plot", str(tmp_path / "s.db"), "--metric", "sharpness", "--out", str(tmp_path / "h.png"),
+                     "--trajectories-out", str(tmp_path / "t.png")]) == 0
+    (grid,) = grids
+    finished = {(i, j) for i, row in enumerate(grid.status) for j, s in enumerate(row) if s == "ok"}
+    assert finished and all(grid.unconverged[i, j] == 1 for i, j in finished)   # seed 0's, of two
 
 
 def test_a_store_without_sharpness_marks_exports_without_the_column(tmp_path):

@@ -422,7 +422,7 @@ def _plot_command(args: argparse.Namespace) -> int:
 
     from catapult.engine.records import is_spectrum_column, spectrum_setting
     from catapult.sweep.store import Store, StoreError
-    from catapult.sweep.store_export import last_spectrum
+    from catapult.sweep.store_export import last_spectrum, sharpness_mark
 
     store_path = Path(args.store)
     try:
@@ -434,6 +434,8 @@ def _plot_command(args: argparse.Namespace) -> int:
                 if not any(args.metric in cell for cell in cells):
                     return _fail("plot", f"no cell of {store_path} logged {args.metric} "
                                          f"(it needs {spectrum_setting(args.metric)})")
+            elif args.metric == "sharpness":  # whether each final sharpness' solve converged
+                cells = [{**cell, **sharpness_mark(store, cell)} for cell in cells]
             grid = phase_grid(cells, axes, args.metric, args.x, args.y, where=_parse_where(args.where))
             if not np.isfinite(grid.values).any() and not any(
                     s in ("diverged", "failed") for row in grid.status for s in row):

@@ -21,7 +21,7 @@ import numpy as np
 
 from catapult.analysis import is_finite_number
 from catapult.arguments import check_flag
-from catapult.engine.records import is_spectrum_column
+from catapult.engine.records import EIG_CONVERGED_COLUMN, SHARPNESS_CONVERGED_COLUMN, is_spectrum_column
 from catapult.files import save_figure
 from catapult.sweep.spec import canonical_json
 
@@ -108,6 +108,21 @@ class PhaseGrid:
     spread: np.ndarray | None = None
     counts: np.ndarray | None = None
     averaged: list[str] = field(default_factory=list)
+    #: how many of the values averaged into each cell came from a solve that did not converge (the
+    #: cells' ``sharpness_converged`` / ``eig_converged`` 0: :func:`convergence_mark`); None: no marks
+    unconverged: np.ndarray | None = None
+
+
+def convergence_mark(metric: str) -> str | None:
+    """The cell key marking whether the solve behind ``metric``'s value converged: ``sharpness``'s
+    ``sharpness_converged``, an ``eig_<i>``'s ``eig_converged``; None for other metrics.
+
+    >>> convergence_mark("sharpness"), convergence_mark("eig_2"), convergence_mark("test_loss")
+    ('sharpness_converged', 'eig_converged', None)
+    """
+    if metric == "sharpness":
+        return SHARPNESS_CONVERGED_COLUMN
+    return EIG_CONVERGED_COLUMN if is_spectrum_column(metric) and metric.startswith("eig_") else None
 
 
 def default_axes(axes: Sequence[Mapping[str, Any]]) -> tuple[str, str | None]:
@@ -194,6 +209,8 @@ def phase_grid(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[str, A
     status = [["missing"] * nx for _ in range(ny)]
     spread = np.full((ny, nx), np.nan)
     counts = np.zeros((ny, nx), dtype=int)
+    mark = convergence_mark(metric)
+    unconverged = None if mark is None else np.zeros((ny, nx), dtype=int)
     counts_as_result = ("finished", "diverged", "collapsed") if metric in ("lambda_0",) else ("finished", "collapsed")
     for i in range(ny):
         for j in range(nx):
@@ -201,7 +218,10 @@ def phase_grid(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[str, A
             if not group:
                 continue
             states = [c["status"] for c in group]
-            good = [c[metric] for c in group if c["status"] in counts_as_result and is_finite_number(c.get(metric))]
+            taken = [c for c in group if c["status"] in counts_as_result and is_finite_number(c.get(metric))]
+            good = [c[metric] for c in taken]
+            if unconverged is not None:
+                unconverged[i, j] = sum(c.get(mark) == 0 for c in taken)
             if good:
                 values[i, j] = float(np.mean(good))
                 counts[i, j] = len(good)
@@ -224,7 +244,7 @@ def phase_grid(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[str, A
         len({canonical_json(c["swept"].get(a["key"])) for c in m}) > 1 for row in members for m in row)]
     return PhaseGrid(metric, x, y, list(xa["labels"]), list(ya["labels"]), list(xa["values"]), list(ya["values"]),
                      values, status, [[[c["id"] for c in m] for m in row] for row in members], best, where,
-                     unfinished, spread, counts, averaged)
+                     unfinished, spread, counts, averaged, unconverged)
 
 
 def value_positions(axes: Sequence[Mapping[str, Any]], key: str, cells: Sequence[Mapping[str, Any]]) -> dict[str, int]:
@@ -382,6 +402,11 @@ def plot_phase_diagram(grid: PhaseGrid, path: str | Path | None = None, *, title
                 if sd is not None and np.isfinite(sd):  # seeds: mean and sample std
                     text += "\n±" + _format_value(sd, grid.metric)
                 ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if light else "black")
+    short = [] if grid.unconverged is None else [(i, j) for i in range(ny) for j in range(nx)
+                                                   if grid.unconverged[i, j] > 0 and np.isfinite(grid.values[i, j])]
+    if short:  # a value (or a seed's, in a mean) from a solve cut short of eval.sharpness_tol
+        ax.plot([j - 0.33 for _, j in short], [i + 0.3 for i, _ in short], ls="none", marker="x", ms=6,
+                mew=1.6, color="crimson")
     if grid.best is not None:
         i, j = grid.best
         ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.2))
@@ -405,6 +430,9 @@ def plot_phase_diagram(grid: PhaseGrid, path: str | Path | None = None, *, title
                                 label="failed"))
     if grid.best is not None:
         legend.append(Rectangle((0, 0), 1, 1, fill=False, edgecolor="red", linewidth=2, label="best"))
+    if short:
+        legend.append(Line2D([], [], linestyle="none", marker="x", color="crimson", mew=1.6,
+                             label="from a solve that did not converge"))
     if annotate and any(s == "partial" for row in grid.status for s in row):
         legend.append(Line2D([], [], linestyle="none", label="value* : mean of the finished seeds,\n"
                                                              "collapsed ones counted; others\n"
@@ -483,7 +511,6 @@ def plot_cell_trajectories(runs: Mapping[str, Sequence[Mapping[str, Any]]], path
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from catapult.engine.records import SHARPNESS_CONVERGED_COLUMN
     from catapult.engine.trajectories import check_runs, unconverged_points
 
     check_runs("plot_cell_trajectories", runs)
