@@ -26,13 +26,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from catapult.analysis import is_finite_number
 from catapult.arguments import check_flag
 from catapult.sweep.claims import CLAIMS_DDL, LEASE_S, driver_alive, host_id, new_driver_id
 from catapult.sweep.store_schema import BEST_METRICS, DDL, DONE_STATUSES, FINAL_METRICS, METRIC_COLUMNS, SCHEMA_VERSION, STATUSES
 from catapult.sweep.store_file import (APPLICATION_ID, connect_readonly, create_store_file, drop_live_readers,
                                        identify, missing_columns, sqlite_damage)
 from catapult.sweep.store_raw import opening
+from catapult.sweep.store_rows import best_metrics, final_metrics, json_text, metric_row, sql_real
 
 __all__ = [
     "Store",
@@ -76,21 +76,6 @@ class SpecChanged(StoreError):
             f"{path} holds a different sweep; refusing to mix results. What changed:\n{lines}\n"
             "Use a new --store path for the new sweep, or rerun the original config to resume it."
         )
-
-
-def _real(value: Any) -> float | None:
-    """A float for SQLite: NaN -> None (SQLite has none), inf kept, non-numbers -> None."""
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(x) else x
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, default=str, allow_nan=True)
 
 
 class Store:
@@ -261,13 +246,13 @@ class Store:
                     ("schema_version", str(SCHEMA_VERSION)),
                     ("spec_json", canonical_json(document)),
                     ("spec_hash", digest),
-                    ("axes_json", _json(list(axes))),
+                    ("axes_json", json_text(list(axes))),
                     ("created_at", repr(now)),
                     ("catapult_version", __version__),
                 ])
                 conn.executemany(
                     "INSERT INTO cells(id, config_json, swept_json, status) VALUES (?, ?, ?, 'pending')",
-                    [(c.id, _json(c.config), _json(c.swept)) for c in cells],
+                    [(c.id, json_text(c.config), json_text(c.swept)) for c in cells],
                 )
                 return "new"
             self.check_cells(cells)
@@ -278,7 +263,7 @@ class Store:
         ``cells``. The same spec can do that (sweep.grid's keys listed in another order), and the
         remaining cells would then train other cells' configs under their ids. Reads only."""
         stored_cells = {i: json.loads(v) for i, v in self.conn.execute("SELECT id, swept_json FROM cells")}
-        moved = [c for c in cells if stored_cells.get(c.id) != json.loads(_json(c.swept))]
+        moved = [c for c in cells if stored_cells.get(c.id) != json.loads(json_text(c.swept))]
         if moved or len(stored_cells) != len(cells):
             first = moved[0] if moved else None
             raise SpecChanged(self.path, [
@@ -500,8 +485,8 @@ class Store:
         summary = dict(getattr(result, "summary", None) or {})
         error = getattr(result, "error", None)
         worker = getattr(result, "worker", None)
-        final = _final_metrics(metrics, status)
-        best = _best_metrics(metrics)
+        final = final_metrics(metrics, status)
+        best = best_metrics(metrics)
         if lambda_0 is None:
             lambda_0 = summary.get("lambda_0")
         steps_completed = summary.get("steps_completed")
@@ -510,19 +495,19 @@ class Store:
         values = {
             "status": status,
             "error": error,
-            "lambda_0": _real(lambda_0),
-            "lr_target": _real(summary.get("lr_target")),
-            **{m: _real(final.get(m)) for m in FINAL_METRICS},
-            **{m: _real(best.get(m)) for m in BEST_METRICS},
+            "lambda_0": sql_real(lambda_0),
+            "lr_target": sql_real(summary.get("lr_target")),
+            **{m: sql_real(final.get(m)) for m in FINAL_METRICS},
+            **{m: sql_real(best.get(m)) for m in BEST_METRICS},
             "steps_completed": steps_completed,
             "diverged_at": summary.get("diverged_at"),
-            "summary_json": _json(summary) if summary else None,
+            "summary_json": json_text(summary) if summary else None,
             "finished_at": time.time(),
-            "wall_time_s": _real(summary.get("wall_time_s")),
+            "wall_time_s": sql_real(summary.get("wall_time_s")),
         }
         if worker is not None:
             values["worker"] = worker
-        rows = [_metric_row(cell_id, m) for m in metrics]
+        rows = [metric_row(cell_id, m) for m in metrics]
         with self.transaction() as conn:
             if conn.execute("SELECT 1 FROM cells WHERE id = ?", (cell_id,)).fetchone() is None:
                 raise KeyError(f"no cell {cell_id} in {self.path}")
@@ -560,7 +545,7 @@ class Store:
         lr with the value every other cell of the sweep uses."""
         with self.transaction() as conn:
             conn.execute("INSERT OR IGNORE INTO lambda0(key, value, inputs_json, measured_at) VALUES (?, ?, ?, ?)",
-                         (key, float(value), _json(inputs) if inputs is not None else None, time.time()))
+                         (key, float(value), json_text(inputs) if inputs is not None else None, time.time()))
             return float(conn.execute("SELECT value FROM lambda0 WHERE key = ?", (key,)).fetchone()[0])
 
     def lambda0_table(self) -> list[dict]:
@@ -570,47 +555,6 @@ class Store:
 #: The cells columns that hold a number or NULL.
 _NUMBER_COLUMNS = ("attempts", "lambda_0", "lr_target", *FINAL_METRICS, *BEST_METRICS, "steps_completed",
                    "diverged_at", "started_at", "finished_at", "wall_time_s")
-
-
-def _final_metrics(metrics: Sequence[Mapping[str, Any]], status: str) -> dict:
-    """Final values: train loss/accuracy of the last logged row; for a finished run also test
-    loss/accuracy and sharpness from the last row that has them (a diverged run has no final
-    test values: its last evaluation was before it blew up and would flatter it)."""
-    out: dict[str, Any] = {}
-    if not metrics:
-        return out
-    last = metrics[-1]
-    out["train_loss"] = last.get("train_loss")
-    out["train_accuracy"] = last.get("train_accuracy")
-    if status != "finished":
-        return out
-    for key in ("test_loss", "test_accuracy", "sharpness"):
-        for row in reversed(metrics):
-            if row.get(key) is not None:
-                out[key] = row[key]
-                break
-    return out
-
-
-def _best_metrics(metrics: Sequence[Mapping[str, Any]]) -> dict:
-    def pick(key, fn):
-        values = [row[key] for row in metrics if is_finite_number(row.get(key))]
-        return fn(values) if values else None
-
-    return {
-        "best_train_loss": pick("train_loss", min),
-        "best_test_loss": pick("test_loss", min),
-        "best_test_accuracy": pick("test_accuracy", max),
-    }
-
-
-def _metric_row(cell_id: int, row: Mapping[str, Any]) -> tuple:
-    extra = {k: v for k, v in row.items() if k not in METRIC_COLUMNS}
-    values = []
-    for col in METRIC_COLUMNS:
-        v = row.get(col)
-        values.append(int(v) if col in ("step", "sharpness_matvecs") and v is not None else _real(v))
-    return (cell_id, *values, _json(extra) if extra else None)
 
 
 # the export (one row per cell) lives in its own module; its names are this module's too

@@ -1,0 +1,93 @@
+"""How a run's result becomes the store's rows: numbers SQLite can hold, JSON text, the final and
+best values of a cell, and one ``metrics`` row per logged row (:class:`catapult.sweep.store.Store`)."""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Mapping, Sequence
+
+from catapult.analysis import is_finite_number
+from catapult.sweep.store_schema import METRIC_COLUMNS
+
+__all__ = ["sql_real", "json_text", "final_metrics", "best_metrics", "metric_row"]
+
+
+def sql_real(value: Any) -> float | None:
+    """A float for SQLite: NaN -> None (SQLite has none), inf kept, non-numbers -> None.
+
+    >>> sql_real(float("nan")), sql_real(float("inf")), sql_real("x"), sql_real(True), sql_real(2)
+    (None, inf, None, None, 2.0)
+    """
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(x) else x
+
+
+def json_text(value: Any) -> str:
+    """``value`` as the store's JSON text (non-JSON values by ``str``, NaN and inf kept).
+
+    >>> json_text({"lr": float("nan"), "path": __import__("pathlib").Path("a")})
+    '{"lr": NaN, "path": "a"}'
+    """
+    return json.dumps(value, default=str, allow_nan=True)
+
+
+def final_metrics(metrics: Sequence[Mapping[str, Any]], status: str) -> dict:
+    """Final values: train loss/accuracy of the last logged row; for a finished run also test
+    loss/accuracy and sharpness from the last row that has them (a diverged run has no final
+    test values: its last evaluation was before it blew up and would flatter it).
+
+    >>> rows = [{"train_loss": 2.0, "test_loss": 1.5}, {"train_loss": 1.0}]
+    >>> final_metrics(rows, "finished"), final_metrics(rows, "diverged")
+    ({'train_loss': 1.0, 'train_accuracy': None, 'test_loss': 1.5}, {'train_loss': 1.0, 'train_accuracy': None})
+    """
+    out: dict[str, Any] = {}
+    if not metrics:
+        return out
+    last = metrics[-1]
+    out["train_loss"] = last.get("train_loss")
+    out["train_accuracy"] = last.get("train_accuracy")
+    if status != "finished":
+        return out
+    for key in ("test_loss", "test_accuracy", "sharpness"):
+        for row in reversed(metrics):
+            if row.get(key) is not None:
+                out[key] = row[key]
+                break
+    return out
+
+
+def best_metrics(metrics: Sequence[Mapping[str, Any]]) -> dict:
+    """The best finite train loss, test loss and test accuracy over a run's rows (None where none).
+
+    >>> best_metrics([{"train_loss": 2.0}, {"train_loss": float("nan")}, {"train_loss": 1.0}])
+    {'best_train_loss': 1.0, 'best_test_loss': None, 'best_test_accuracy': None}
+    """
+    def pick(key, fn):
+        values = [row[key] for row in metrics if is_finite_number(row.get(key))]
+        return fn(values) if values else None
+
+    return {
+        "best_train_loss": pick("train_loss", min),
+        "best_test_loss": pick("test_loss", min),
+        "best_test_accuracy": pick("test_accuracy", max),
+    }
+
+
+def metric_row(cell_id: int, row: Mapping[str, Any]) -> tuple:
+    """A logged row as the store's ``metrics`` row: its known columns, the rest as JSON text.
+
+    >>> row = metric_row(7, {"step": 3, "train_loss": 0.5, "note": "x"})
+    >>> row[:2], row[-1]
+    ((7, 3), '{"note": "x"}')
+    """
+    extra = {k: v for k, v in row.items() if k not in METRIC_COLUMNS}
+    values = []
+    for col in METRIC_COLUMNS:
+        v = row.get(col)
+        values.append(int(v) if col in ("step", "sharpness_matvecs") and v is not None else sql_real(v))
+    return (cell_id, *values, json_text(extra) if extra else None)
