@@ -130,3 +130,20 @@ def test_a_triple_top_eigenvalue_past_a_closed_space_is_found_whole():
             np.testing.assert_allclose(eig.values, truth, atol=1e-6, err_msg=f"k {k} seed {seed}")
             # by the closures' check (zeros compared to tol * spread), not by spanning R^n: 15-20 products
             assert eig.matvecs < len(values) - 10, (k, seed, eig.matvecs)
+
+
+def test_a_block_whose_fresh_space_closes_in_part_is_not_a_closed_space():
+    """Eigenvalues 0.2 (3 times), -1.5, -1.8, -4.5, -4.6, -5 (8 times), a block of 2: the block's
+    space closes after 8 products with 0.2 twice, and the two fresh directions span 3 directions
+    (0.2 once, -5 twice), so their first remainders are 1 of 2 (a partial closure). That was
+    taken as the fresh space closed, and top 4 = 0.2, 0.2, -1.5, -1.8 came back "converged" (10
+    products, float64 and float32), where 0.2 is 3 times: the fresh space must close whole."""
+    values = [0.2] * 3 + [-1.5, -1.8, -4.5, -4.6] + [-5.0] * 8
+    truth = np.sort(values)[::-1][:4]
+    for dtype, tol in ((torch.float64, 1e-6), (torch.float32, 1e-4)):
+        for seed in range(2):
+            A = operator(values, seed).to(dtype)
+            v0 = torch.tensor(np.random.default_rng(seed).normal(size=15), dtype=dtype)
+            eig = lanczos_top_k(lambda v: A @ v, v0, 4, tol=tol, block_size=2)
+            assert eig.converged, (dtype, seed)
+            np.testing.assert_allclose(eig.values, truth, atol=1e-5, err_msg=f"{dtype} seed {seed}")

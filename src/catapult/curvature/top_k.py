@@ -175,8 +175,11 @@ def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_it
     left there, so copies of an eigenvalue above the ``k``-th one (the zeros of a rank-deficient
     Hessian above its negative eigenvalues, a triple top eigenvalue) are not skipped. That costs
     at most one product per distinct eigenvalue for each fresh space, and only on spaces that
-    close (small ``n``, or ``k`` past the rank). A ``max_iter`` that ends the run before that
-    check is ``converged=False``.
+    close (small ``n``, or ``k`` past the rank). With a block, a space has closed when every
+    remainder of a block has (not one: that draws a fresh direction beside the others), and while
+    the claim is checked no fresh direction refills a block that closes in part, so the space
+    checking it closes whole. A ``max_iter`` that ends the run before that check is
+    ``converged=False``.
 
     Example (a double top eigenvalue among 23: one start vector sees one copy, a block both):
         >>> A = torch.diag(torch.cat([torch.tensor([5.0, 5.0, 3.0]), torch.linspace(-2.0, 1.0, 20)]).double())
@@ -251,8 +254,14 @@ def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_it
         new, R, C = _orthonormal_block(products, norms, rounding_level(scale, size, eps), reduce, basis)
         # a remainder at rounding level (an invariant space), or within 100x of it: in float32 the
         # remainder of a closed space came out 1.6x the level, taken as a direction of noise
-        closes = len(new) < len(products) or min(norms) <= 100 * rounding_level(scale, size, eps)
+        noise = 100 * rounding_level(scale, size, eps)
+        closes = len(new) < len(products) or min(norms) <= noise
         closed = closed or closes
+        # the whole space closed (every remainder at that level), not one direction of a block:
+        # with a block of 2, the fresh space of eigenvalues 0.2 (once) and -4.95 (6 times) is 3
+        # directions, its first remainders 1 (a partial closure), and the claim [0.2, 0.2, -1.5,
+        # -1.8] stood there "converged" where 0.2 is 3 times
+        shut = not new or float(np.linalg.norm(R, 2)) <= noise
         M[:size, block.start:size] += C
         M[size:size + len(new), block.start:size] = R
         values, vectors = np.linalg.eigh((M[:done, :done] + M[:done, :done].T) / 2)
@@ -278,7 +287,7 @@ def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_it
             # gave top 3 = 5, 3, 1 "converged". Nor at max_iter: [5, 5, 3, 1, -2] at max_iter=4
             # gave [5, 3], converged=True; the budget's end is converged=False
             top_values = values[top]
-            if not closed or (closes and claimed is not None
+            if not closed or (shut and claimed is not None
                               and np.allclose(claimed, top_values, rtol=tol, atol=tol * spread)):
                 converged = True
                 break
@@ -289,7 +298,10 @@ def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_it
             break
         if matvecs >= max_iter:
             break
-        adding = min(len(block), n - size)  # the next block: new directions, then fresh ones
+        # the next block: new directions, then fresh ones; but while a claim is being checked,
+        # none after a partial closure, so the fresh space closes whole (refilled, it went on
+        # closing in part: 5 (3 times), 3, 1, -2 at a block of 2 took 36 products, not 18)
+        adding = min(len(new) if new and claimed is not None and not shut else b, n - size)
         if size + adding > capacity:  # thick restart to the top Ritz vectors, before adding
             kept = min(keep, capacity - adding)
             S = vectors[:, order[:kept]]
