@@ -214,6 +214,11 @@ def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_it
         basis.append(basis.fresh_direction(seed * 7919 + fresh))
         fresh += 1
     M = np.zeros((capacity + b, capacity + b))  # Q^T A Q, and the couplings of the next block
+    # each basis vector's coupling when it was made (the norm of the remainder normalised into it;
+    # inf: a unit start or fresh direction): a direction normalised from a remainder rho carries
+    # rounding ~eps ||A q|| / rho outside the Krylov space, so its own remainder, once the space
+    # has closed, is that much above the rounding level
+    made = np.full(capacity + b, math.inf)
     done, matvecs, scale = 0, 0, 0.0
     values = vectors = None
     converged, residuals = False, [math.inf] * k
@@ -255,13 +260,19 @@ def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_it
         # a remainder at rounding level (an invariant space), or within 100x of it: in float32 the
         # remainder of a closed space came out 1.6x the level, taken as a direction of noise
         noise = 100 * rounding_level(scale, size, eps)
-        closes = len(new) < len(products) or min(norms) <= noise
+        # each product's remainder against its vector's own noise (``made``): a space closing
+        # on a direction made from a remainder 2e-3 of the scale left 2.6e-12, 1.1x 100 levels,
+        # taken as a new direction, and top 4 of 3.6 (3 times), 3.2 (twice), 3.1, 1, -1.4 at a
+        # block of 2 came back 3.6, 3.6, 3.2, 3.2 "converged"
+        # (up to tol * scale: a direction made from a remainder near the level is noise itself)
+        noise_of = np.clip(noise * scale / made[block.start:size], noise, max(noise, tol * scale))
+        closes = len(new) < len(products) or bool(np.any(np.asarray(norms) <= noise_of))
         closed = closed or closes
         # the whole space closed (every remainder at that level), not one direction of a block:
         # with a block of 2, the fresh space of eigenvalues 0.2 (once) and -4.95 (6 times) is 3
         # directions, its first remainders 1 (a partial closure), and the claim [0.2, 0.2, -1.5,
         # -1.8] stood there "converged" where 0.2 is 3 times
-        shut = not new or float(np.linalg.norm(R, 2)) <= noise
+        shut = not new or bool(np.all(np.linalg.norm(R, axis=0) <= noise_of))
         M[:size, block.start:size] += C
         M[size:size + len(new), block.start:size] = R
         values, vectors = np.linalg.eigh((M[:done, :done] + M[:done, :done].T) / 2)
@@ -309,7 +320,10 @@ def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_it
             M = np.zeros_like(M)
             M[:kept, :kept] = np.diag(values[order[:kept]])
             M[kept:kept + len(new), :kept] = R @ S[block.start:size]
+            made[:kept] = np.min(made[:size])  # Ritz vectors carry what their parts did
             done = kept
+        made[basis.size:basis.size + len(new)] = np.linalg.norm(R, axis=1)
+        made[basis.size + len(new):] = math.inf
         for q in new:
             basis.append(q)
         while basis.size < done + adding:  # invariant directions: fresh seeded ones, uncoupled
