@@ -185,3 +185,17 @@ def test_a_closure_on_a_direction_made_from_a_small_remainder_is_seen():
     eig = lanczos_top_k(lambda v: A @ v, torch.tensor(np.random.default_rng(2).normal(size=40)), 3, tol=1e-6)
     assert eig.converged and eig.matvecs <= 20, eig.matvecs
     np.testing.assert_allclose(eig.values, [5.0] * 3, atol=1e-6)
+
+
+def test_a_closure_at_the_end_of_a_long_chain_is_seen():
+    """Rounding grows along the chain of directions (each normalisation by a coupling ``rho``
+    multiplies it by ``scale / rho``): three zeros above 20 negatives (one 4 times), a block of 2
+    (seed 5): the block's space of 20 closed with remainders 8.7e-11 and 3.7e-10, 5x over the last
+    factor's allowance, and top 6 came back with 2 zeros and -1.74, "converged"."""
+    values = [-2.98, -2.94, -3.26, -2.04, -1.78, -1.93, -2.54, -2.57, -3.65, -1.48, -1.74, -2.61, -4.28,
+              -3.73, -1.29, -1.27, -2.82, 0.0, 0.0, 0.0, -2.98, -2.98, -2.98]
+    A = operator(values, 5)
+    eig = lanczos_top_k(lambda v: A @ v, torch.tensor(np.random.default_rng(5).normal(size=23)), 6,
+                        tol=1e-6, block_size=2)
+    assert eig.converged
+    np.testing.assert_allclose(eig.values, np.sort(values)[::-1][:6], atol=1e-6)

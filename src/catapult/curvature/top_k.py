@@ -214,11 +214,11 @@ def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_it
         basis.append(basis.fresh_direction(seed * 7919 + fresh))
         fresh += 1
     M = np.zeros((capacity + b, capacity + b))  # Q^T A Q, and the couplings of the next block
-    # each basis vector's coupling when it was made (the norm of the remainder normalised into it;
-    # inf: a unit start or fresh direction): a direction normalised from a remainder rho carries
-    # rounding ~eps ||A q|| / rho outside the Krylov space, so its own remainder, once the space
-    # has closed, is that much above the rounding level
-    made = np.full(capacity + b, math.inf)
+    # each basis vector's rounding over the level (1: a start or fresh direction): a direction
+    # normalised from a remainder rho of products of size `scale` carries its parents' rounding
+    # times scale / rho outside the Krylov space (the chain's own amplification), so once the
+    # space has closed its remainder is that much above the rounding level
+    made = np.ones(capacity + b)
     done, matvecs, scale = 0, 0, 0.0
     values = vectors = None
     converged, residuals = False, [math.inf] * k
@@ -263,9 +263,11 @@ def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_it
         # each product's remainder against its vector's own noise (``made``): a space closing
         # on a direction made from a remainder 2e-3 of the scale left 2.6e-12, 1.1x 100 levels,
         # taken as a new direction, and top 4 of 3.6 (3 times), 3.2 (twice), 3.1, 1, -1.4 at a
-        # block of 2 came back 3.6, 3.6, 3.2, 3.2 "converged"
+        # block of 2 came back 3.6, 3.6, 3.2, 3.2 "converged"; at the end of a 20-vector chain
+        # whose couplings were 0.1-0.6 of the scale a closed space left 3.7e-10 (20x 100 levels
+        # times the last factor alone), and top 6 missed a third zero, "converged"
         # (up to tol * scale: a direction made from a remainder near the level is noise itself)
-        noise_of = np.clip(noise * scale / made[block.start:size], noise, max(noise, tol * scale))
+        noise_of = np.clip(noise * made[block.start:size], noise, max(noise, tol * scale))
         closes = len(new) < len(products) or bool(np.any(np.asarray(norms) <= noise_of))
         closed = closed or closes
         # the whole space closed (every remainder at that level), not one direction of a block:
@@ -320,10 +322,12 @@ def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_it
             M = np.zeros_like(M)
             M[:kept, :kept] = np.diag(values[order[:kept]])
             M[kept:kept + len(new), :kept] = R @ S[block.start:size]
-            made[:kept] = np.min(made[:size])  # Ritz vectors carry what their parts did
+            made[:kept] = np.max(made[:size])  # Ritz vectors carry what their parts did
             done = kept
-        made[basis.size:basis.size + len(new)] = np.linalg.norm(R, axis=1)
-        made[basis.size + len(new):] = math.inf
+        # (each factor at most 1 / eps: past tol / (1000 eps) the cap at tol * scale decides)
+        made[basis.size:basis.size + len(new)] = min(float(np.max(made[block.start:size])), 1 / eps) * (
+            scale / np.maximum(np.linalg.norm(R, axis=1), max(eps * scale, 1e-300)))
+        made[basis.size + len(new):] = 1.0
         for q in new:
             basis.append(q)
         while basis.size < done + adding:  # invariant directions: fresh seeded ones, uncoupled
