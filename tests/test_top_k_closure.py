@@ -199,3 +199,16 @@ def test_a_closure_at_the_end_of_a_long_chain_is_seen():
                         tol=1e-6, block_size=2)
     assert eig.converged
     np.testing.assert_allclose(eig.values, np.sort(values)[::-1][:6], atol=1e-6)
+
+
+def test_remainders_that_outnumber_the_space_left_are_not_a_closure():
+    """23 distinct eigenvalues, top 3 at a block of 3 (a basis of at most 22): after 21 products
+    3 remainders share the 2 directions left of R^n, so one drops, and that was taken as a closed
+    space; past the restart no space could close whole and the solve ran to ``max_iter`` (460
+    products), ``converged=False``, its values right."""
+    values = np.random.default_rng(1075).normal(size=23)
+    A = operator(values, 1075)
+    eig = lanczos_top_k(lambda v: A @ v, torch.tensor(np.random.default_rng(0).normal(size=23)), 3,
+                        tol=1e-6, block_size=3, max_iter=460)
+    assert eig.converged and eig.matvecs < 100, eig.matvecs
+    np.testing.assert_allclose(eig.values, np.sort(values)[::-1][:3], atol=1e-6)

@@ -268,7 +268,10 @@ def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_it
         # times the last factor alone), and top 6 missed a third zero, "converged"
         # (up to tol * scale: a direction made from a remainder near the level is noise itself)
         noise_of = np.clip(noise * made[block.start:size], noise, max(noise, tol * scale))
-        closes = len(new) < len(products) or bool(np.any(np.asarray(norms) <= noise_of))
+        # (fewer remainders than products only where R^n has room for them all: 3 remainders
+        # with 2 directions of R^n left were a "closure", and past the restart a random
+        # spectrum's top 3 ran to max_iter, converged=False)
+        closes = len(new) < min(len(products), n - size) or bool(np.any(np.asarray(norms) <= noise_of))
         closed = closed or closes
         # the whole space closed (every remainder at that level), not one direction of a block:
         # with a block of 2, the fresh space of eigenvalues 0.2 (once) and -4.95 (6 times) is 3
