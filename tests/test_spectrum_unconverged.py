@@ -71,19 +71,26 @@ def test_a_summary_written_before_the_count_still_formats():
     assert "NOT converged" not in format_summary(summary)
 
 
-def test_each_row_marks_whether_its_top_k_solve_converged(dense_top3, tmp_path):
-    # the summary's count said how many rows were approximate, not which: eig_converged marks each
-    # measured row (1 / 0), empty on rows without a top-k solve, last in the header (the columns
-    # before it keep their places). Read back with the csv module, not the engine's reader.
+def _cut_short_run(tmp_path, top_k):
+    """A 2-step run measuring at steps 0 and 2 with solves cut short at max_iter 2: its result and
+    its metrics.csv read with the csv module (header, rows), not the engine's reader."""
     import csv
 
-    from catapult.engine.records import read_metrics
-
-    config = _config(spectrum_top_k=3, sharpness_max_iter=2, sharpness_tol=1e-12, sharpness_every=2)
+    config = _config(spectrum_top_k=top_k, sharpness_max_iter=2, sharpness_tol=1e-12, sharpness_every=2)
     config["train"], config["optimizer"] = {"steps": 2}, {"lr": 1e-3}
     res = train(engine.build_run(config), tmp_path / "run", progress="none")
     with open(tmp_path / "run" / "metrics.csv", newline="") as fh:
         header, *rows = list(csv.reader(fh))
+    return res, header, rows
+
+
+def test_each_row_marks_whether_its_top_k_solve_converged(dense_top3, tmp_path):
+    # the summary's count said how many rows were approximate, not which: eig_converged marks each
+    # measured row (1 / 0), empty on rows without a top-k solve, last in the header (the columns
+    # before it keep their places). Read back with the csv module, not the engine's reader.
+    from catapult.engine.records import read_metrics
+
+    res, header, rows = _cut_short_run(tmp_path, top_k=3)
     assert header[-6:] == ["test_accuracy", "eig_1", "eig_2", "eig_3", "eig_converged", "sharpness_converged"]
     marks = [dict(zip(header, r))["eig_converged"] for r in rows]
     assert marks == ["0", "", "0"]   # steps 0 and 2 measured, cut short by max_iter 2
@@ -150,15 +157,9 @@ def test_each_row_marks_whether_its_sharpness_solve_converged(dense_top3, tmp_pa
     # solve cut short at max_iter 2 logged a sharpness off the dense top eigenvalue like any other.
     # sharpness_converged marks each measured row (1 / 0), empty elsewhere, last in the header
     # (after eig_converged: the columns before it keep their places). Read with the csv module.
-    import csv
-
     from catapult.engine.records import read_metrics
 
-    config = _config(spectrum_top_k=1, sharpness_max_iter=2, sharpness_tol=1e-12, sharpness_every=2)
-    config["train"], config["optimizer"] = {"steps": 2}, {"lr": 1e-3}
-    res = train(engine.build_run(config), tmp_path / "run", progress="none")
-    with open(tmp_path / "run" / "metrics.csv", newline="") as fh:
-        header, *rows = list(csv.reader(fh))
+    res, header, rows = _cut_short_run(tmp_path, top_k=1)
     assert header[:9] == ["step", "lr", "threshold", "train_loss", "train_accuracy", "sharpness",
                           "sharpness_matvecs", "test_loss", "test_accuracy"]
     assert header[-3:] == ["eig_1", "eig_converged", "sharpness_converged"]

@@ -305,6 +305,21 @@ def test_export_has_the_last_logged_spectrum_of_cells_that_log_it(tmp_path):
         assert next(csv.reader(fh))[-1] == "error"
 
 
+def _marked_runs(value: str, mark: str):
+    """FakeRun cells whose even finite rows log ``value`` = 10 + step with a convergence ``mark``:
+    seed 0's last solve (step 4) is cut short, seed 1's first (step 0) only."""
+    fake = FakeRun(diverge_above=1.0)
+
+    def run_fn(config, progress=None):
+        result = fake(config, progress)
+        for row in result.metrics:
+            if row["step"] % 2 == 0 and math.isfinite(row["train_loss"]):
+                last = row["step"] == 4
+                row.update({value: 10.0 + row["step"], mark: int(last != (config["seed"] == 0))})
+        return result
+    return run_fn
+
+
 def test_export_marks_whether_the_last_eig_i_converged(tmp_path):
     # each row's eig_converged (1 / 0) goes through the store's extra columns; the export gives the
     # mark of the row whose eig_i it shows (not the last mark of any row), the aggregate the
@@ -312,15 +327,10 @@ def test_export_marks_whether_the_last_eig_i_converged(tmp_path):
     # store without marks (written before them: _spectrum_stores) keeps its columns (test above)
     from catapult.sweep.store_export import aggregate_table
 
-    fake = FakeRun(diverge_above=1.0)
+    marked = _marked_runs("eig_1", "eig_converged")
 
     def run_fn(config, progress=None):
-        result = fake(config, progress)
-        for row in result.metrics:
-            if row["step"] % 2 == 0 and math.isfinite(row["train_loss"]):
-                # seed 0: the last solve (step 4) is cut short; seed 1: only the first (step 0)
-                last = row["step"] == 4
-                row.update(eig_1=10.0 + row["step"], eig_converged=int(last != (config["seed"] == 0)))
+        result = marked(config, progress)
         if result.metrics[-1]["step"] == 4:   # a later row with a NaN solve does not move the mark
             result.metrics.append({**result.metrics[-1], "step": 5, "eig_1": float("nan"), "eig_converged": 0})
         return result
@@ -544,16 +554,7 @@ def test_export_marks_whether_the_final_sharpness_converged(tmp_path, monkeypatc
     from catapult.report import write_report
     from catapult.sweep.store_export import aggregate_table
 
-    fake = FakeRun(diverge_above=1.0)
-
-    def run_fn(config, progress=None):
-        result = fake(config, progress)
-        for row in result.metrics:
-            if row["step"] % 2 == 0 and math.isfinite(row["train_loss"]):
-                # seed 0: the last solve (step 4) is cut short; seed 1: only the first (step 0)
-                last = row["step"] == 4
-                row.update(sharpness=10.0 + row["step"], sharpness_converged=int(last != (config["seed"] == 0)))
-        return result
+    run_fn = _marked_runs("sharpness", "sharpness_converged")
 
     config, spec = _sweep(lrs=("2^-3/lambda0", "2^0/lambda0"), warm=(1,), eval={"sharpness_every": 2})
     _run(config, spec, tmp_path / "s.db", run_fn)
