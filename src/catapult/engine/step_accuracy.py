@@ -21,7 +21,9 @@ from catapult.losses import loss_and_accuracy
 __all__ = ["StepAccuracies", "classifier_batch", "stacked_hits", "MAX_ENTRIES"]
 
 #: Outputs of one batch that :class:`StepAccuracies` keeps for a later count, at most (with
-#: :attr:`StepAccuracies.CHUNK` batches: 4 MiB of float32 held).
+#: :attr:`StepAccuracies.CHUNK` batches: 4 MiB of float32 held). A memory cap, not
+#: :data:`catapult.losses.PLAIN_ARGMAX_ENTRIES` (a speed crossover of the same size): above either,
+#: the counts are the same (:func:`catapult.losses.argmax_hits` gives plain arg-max's counts).
 MAX_ENTRIES = 1 << 14
 
 
@@ -69,7 +71,7 @@ class StepAccuracies:
     """
 
     #: Steps whose classifier batches wait before their hits are counted at once (at most
-    #: CHUNK x :data:`~catapult.losses.PLAIN_ARGMAX_ENTRIES` outputs held: 4 MiB of float32).
+    #: CHUNK x :data:`MAX_ENTRIES` outputs held: 4 MiB of float32).
     CHUNK = 64
 
     def __init__(self) -> None:
