@@ -65,6 +65,8 @@ MODULES = (
     "catapult.engine.step_accuracy",
     "catapult.models.options",
     "catapult.sweep.store_file",
+    "catapult.sweep.store_raw",
+    "catapult.sweep.store_rows",
     "catapult.sweep.variants",
     "catapult.sweep.dotted",
     "catapult.lazy",

@@ -15,17 +15,25 @@ import threading
 import time
 from pathlib import Path
 
-__all__ = ["opening"]
+__all__ = ["wal_path", "shm_path", "opening", "open_in_this_process", "wal_unmatched"]
 
 
 def wal_path(path: Path) -> Path:
     """The store's ``-wal`` file: SQLite names it after the file a symbolic link points to, so a
-    store reached through a link is read with its uncommitted-to-main pages too."""
+    store reached through a link is read with its uncommitted-to-main pages too.
+
+    >>> wal_path(Path("runs/sweep.db")).name
+    'sweep.db-wal'
+    """
     return Path(f"{os.path.realpath(path)}-wal")
 
 
 def shm_path(path: Path) -> Path:
-    """The store's ``-shm`` file (SQLite's WAL index), named as :func:`wal_path` names the ``-wal``."""
+    """The store's ``-shm`` file (SQLite's WAL index), named as :func:`wal_path` names the ``-wal``.
+
+    >>> shm_path(Path("runs/sweep.db")).name
+    'sweep.db-shm'
+    """
     return Path(f"{os.path.realpath(path)}-shm")
 
 
@@ -36,7 +44,12 @@ _RAW_READS = threading.RLock()
 
 def opening():
     """The lock a connection of catapult's opens a store under, up to its first query: readers of
-    this process never ``open()`` the store's files meanwhile (a driver thread lost its ``-shm`` lock)."""
+    this process never ``open()`` the store's files meanwhile (a driver thread lost its ``-shm`` lock).
+    Re-entrant, so a reader already holding it may open a connection.
+
+    >>> with opening(), opening():
+    ...     pass
+    """
     return _RAW_READS
 
 
@@ -45,7 +58,17 @@ _WAL_MAGIC = (b"\x37\x7f\x06\x82", b"\x37\x7f\x06\x83")
 
 def open_in_this_process(*paths: Path, unknown: bool = True) -> bool:
     """Whether this process has a descriptor open on any of ``paths`` (``unknown`` where it cannot
-    tell: no ``/proc/self/fd``)."""
+    tell: no ``/proc/self/fd``).
+
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "store.db"
+    >>> _ = path.write_bytes(b"")
+    >>> with open(path, "rb"):
+    ...     open_in_this_process(path)
+    True
+    >>> open_in_this_process(path, Path("absent"))   # closed again; a missing file is open nowhere
+    False
+    """
     try:
         wanted = {os.stat(p)[1:3] for p in paths if p.exists()}   # (inode, device)
         for fd in os.listdir("/proc/self/fd"):
@@ -71,7 +94,16 @@ def wal_unmatched(path: Path, looks: int = 3) -> bool:
     the file, and a driver of this process holds its ``-shm`` read lock, without which another
     process opening the store takes itself for the first and rebuilds the index under it (the
     reason :func:`_header_application_id` reads through SQLite). Under :data:`_RAW_READS`, so
-    that no connection of catapult's in this process opens the store meanwhile."""
+    that no connection of catapult's in this process opens the store meanwhile.
+
+    >>> import sqlite3, tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "store.db"
+    >>> con = sqlite3.connect(path)
+    >>> _ = con.execute("PRAGMA journal_mode=wal"), con.execute("CREATE TABLE t(x)"), con.commit()
+    >>> wal_unmatched(path)      # this process holds the files open: not read, so no
+    False
+    >>> con.close()
+    """
     with _RAW_READS:
         return _wal_unmatched_locked(path, looks)
 
