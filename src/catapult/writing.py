@@ -19,7 +19,8 @@ try:
 except ImportError:   # Windows: no flock (write_whole then works by path names)
     fcntl = None
 
-__all__ = ["PARTIAL_PREFIX", "write_whole", "write_text_whole", "write_errors_named", "csv_cell", "csv_text"]
+__all__ = ["PARTIAL_PREFIX", "write_whole", "write_text_whole", "write_errors_named", "csv_cell", "csv_text",
+           "link_new"]
 
 #: What :func:`write_whole` puts before a file's name while it writes it.
 PARTIAL_PREFIX = ".partial-"
@@ -170,6 +171,28 @@ def csv_text(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 def write_text_whole(path, text: str) -> None:
     """:func:`write_whole` of ``text`` in UTF-8."""
     write_whole(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def link_new(written, path) -> bool:
+    """Publish the finished file ``written`` under ``path`` unless something is there already: a
+    hard link, which fails rather than replace, so readers see a whole file or none and two
+    writers racing to ``path`` leave the first one's. True if this call published it; the caller
+    removes ``written`` either way.
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> for text in ("first", "second"):
+    ...     _ = (folder / "tmp").write_text(text)
+    ...     print(link_new(folder / "tmp", folder / "cache.npy"), (folder / "cache.npy").read_text())
+    ...     (folder / "tmp").unlink()
+    True first
+    False first
+    """
+    try:
+        os.link(written, path)
+    except FileExistsError:
+        return False
+    return True
 
 
 #: How often a thing found at the partial name is removed before write_whole gives up: only

@@ -26,6 +26,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from catapult.writing import link_new
+
 __all__ = ["cache_dir", "user_cache_dir", "save_array", "cached_array", "as_tensor", "token_file_name",
            "npy_problem", "check_owned", "file_stamp", "load_cached_array", "token_cache_key"]
 
@@ -115,11 +117,7 @@ def save_array(array: np.ndarray, path: str | os.PathLike) -> bool:
         with os.fdopen(fd, "wb") as f:
             np.save(f, np.ascontiguousarray(array), allow_pickle=False)
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; a shared data directory wants readable files
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-        return True
+        return link_new(tmp, path)
     finally:
         os.unlink(tmp)
 

@@ -32,6 +32,7 @@ from urllib.parse import quote
 
 from catapult.sweep.store_raw import open_in_this_process, opening, shm_path, wal_path, wal_unmatched
 from catapult.sweep.store_schema import STORE_COLUMNS
+from catapult.writing import link_new
 
 __all__ = ["APPLICATION_ID", "SQLITE_MAGIC", "identify", "has_sqlite_header", "missing_columns", "connect_readonly", "ReadOnlyConnection",
            "create_store_file", "sqlite_damage"]
@@ -515,11 +516,7 @@ def create_store_file(path: str | Path, ddl: str) -> bool:
             conn.executescript(f"BEGIN; {ddl}; COMMIT;")
         finally:
             conn.close()  # the last connection checkpoints: everything is in the main file
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-        return True
+        return link_new(tmp, path)
     finally:
         for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
             try:
