@@ -447,6 +447,8 @@ def _plot_command(args: argparse.Namespace) -> int:
             missing = [i for i in ids if i not in known]
             if missing:  # before the heatmap is written: a refused command writes nothing
                 return _fail("plot", f"no cells {missing} in {store_path} (ids 0..{len(cells) - 1})")
+            # read before the heatmap is written too: a damaged row (extra_json) left the heatmap behind
+            runs = {cell_label(known[i], axes): store.metrics(i) for i in ids}
             out = figure_path(args.out) if args.out else Path(f"{stem}_{args.metric}.png")
             plot_phase_diagram(grid, out)
             print(f"wrote {out}")
@@ -454,7 +456,6 @@ def _plot_command(args: argparse.Namespace) -> int:
             if note:
                 print(f"catapult plot: warning: {note}", file=sys.stderr)
             if ids:
-                runs = {cell_label(known[i], axes): store.metrics(i) for i in ids}
                 statuses = {label: known[i]["status"] for label, i in zip(runs, ids)}
                 traj = (figure_path(args.trajectories_out) if args.trajectories_out
                         else Path(f"{stem}_trajectories.png"))
