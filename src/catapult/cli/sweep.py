@@ -489,6 +489,10 @@ def _transfer_command(args: argparse.Namespace) -> int:
                                      metric=args.metric, where=_parse_where(args.where), strict=True)
     except (StoreError, ValueError) as err:
         return _fail("transfer", str(err))
+    if not curves.curves:  # every cell pending or interrupted: was a ZeroDivisionError in plot_transfer
+        waiting = sum(curves.unfinished.values())
+        return _fail("transfer", f"no cell of {store_path}{' that matches --where' if args.where else ''} has a "
+                                 f"result yet ({waiting} not run or interrupted); run or resume the sweep first")
     out = figure_path(args.out) if args.out else Path(f"{store_path.with_suffix('')}_transfer.png")
     plot_transfer(curves, out, title=store_path.stem)
     print(json.dumps(transfer_summary(curves), indent=2) if args.json else transfer_table(curves))

@@ -364,6 +364,9 @@ def plot_transfer(curves: TransferCurves, path: str | Path | None = None, *, tit
     from matplotlib.figure import Figure
 
     panels = list(curves.curves)
+    if not panels:  # every cell unfinished (TransferCurves.unfinished): no panel to draw
+        raise ValueError(f"plot_transfer: no curves to draw ({sum(curves.unfinished.values())} cells have no "
+                         f"result yet)")
     ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
     fig = Figure(figsize=(4.4 * ncols, 3.4 * nrows), constrained_layout=True)
