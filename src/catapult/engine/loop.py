@@ -437,6 +437,7 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
         n_params=setup.n_params, device=setup.device, sharpness_kind=rule.kind, matvecs_total=matvecs_total,
         measurements=measurements, unconverged=unconverged, wall_time=time.perf_counter() - started,
         spectrum_unconverged=spectrum_unconverged, unconverged_below_budget=below_budget, collapsed=collapsed, lambda0_batches=len(lambda0_all) or None, failure=failure,
+        lambda_0_converged=None if lambda_0 is None else all(bool(e.converged) for e in lambda0_all),
     )
     status = summary["status"]  # the paper's accuracy rule and the collapse rule (engine.step.final_status)
     reporter.close(status + (f" ({summary['failure']})" if summary.get("failure") else ""))

@@ -17,7 +17,7 @@ from catapult.analysis import detect_catapults
 from catapult.writing import csv_cell, csv_text, write_errors_named
 
 __all__ = ["METRIC_COLUMNS", "metric_columns", "is_spectrum_column", "spectrum_setting", "write_metrics", "read_metrics", "MetricsFile", "json_safe", "finite",
-           "summarize", "warmup_summary", "threshold_label", "format_summary", "unconverged_advice",
+           "summarize", "warmup_summary", "threshold_label", "format_summary", "unconverged_advice", "lambda_0_note",
            "RADAM_KIND", "STEP_KIND_COLUMN"]
 
 #: ``eval.sharpness_kind: auto``'s kind for RAdam: ``hessian`` while its next update is un-rectified,
@@ -266,7 +266,8 @@ def summarize(config, metrics, *, status, diverged_at, lambda_0, lr_trgt, thresh
                sharpness_kind,
                matvecs_total, measurements, unconverged, wall_time, collapsed: bool = False,
               lambda0_batches: int | None = None, failure: str | None = None,
-              spectrum_unconverged: int = 0, unconverged_below_budget: int = 0) -> dict:
+              spectrum_unconverged: int = 0, unconverged_below_budget: int = 0,
+              lambda_0_converged: bool | None = None) -> dict:
     """The run's scalars (``summary.json``). Non-finite numbers become ``null`` in the file.
 
     ``status`` is the loop's (``finished``/``diverged``); the summary's is
@@ -284,9 +285,18 @@ def summarize(config, metrics, *, status, diverged_at, lambda_0, lr_trgt, thresh
     (``eval.sharpness_max_iter``; a top-k solve's at least ``3 k``): there the products' own error
     (finite differences) or rounding is above the tol, and more products would not help
     (:func:`unconverged_advice`).
+
+    ``final_sharpness_converged`` and ``peak_sharpness_converged`` are the marks
+    (:data:`SHARPNESS_CONVERGED_COLUMN`) of the rows ``final_sharpness`` and ``peak_sharpness``
+    were read from (``None`` where there is no such value, or its row has no mark), and
+    ``lambda_0_converged`` whether every solve lambda_0 averages converged (``None`` where
+    lambda_0 was not measured): a learning rate ``c/lambda0`` inherits its error
+    (:func:`lambda_0_note`).
     """
     losses = [r["train_loss"] for r in metrics if finite(r["train_loss"])]
     sharp = [(r["step"], r["sharpness"]) for r in metrics if r["sharpness"] is not None]
+    # each sharpness value's row, for its solve's mark (None: a row without one)
+    marked = [r for r in metrics if r["sharpness"] is not None]
     tests = [r for r in metrics if r["test_loss"] is not None]
     last = metrics[-1] if metrics else {}
     from catapult.engine.step import failure_of, final_status  # step imports this module's columns
@@ -330,7 +340,12 @@ def summarize(config, metrics, *, status, diverged_at, lambda_0, lr_trgt, thresh
         "lambda0_batches": lambda0_batches,
         "sharpness_kind": sharpness_kind,
         "final_sharpness": final_sharp[-1][1] if final_sharp else None,
+        "final_sharpness_converged": _mark(marked[-1]) if final_sharp else None,
         "peak_sharpness": max(peaks) if (peaks := [v for _, v in sharp if finite(v)]) else None,
+        # the first row that reached the peak (max() takes the first of equal values too)
+        "peak_sharpness_converged": (_mark(next(r for r in marked if r["sharpness"] == max(peaks)))
+                                     if peaks else None),
+        "lambda_0_converged": None if lambda_0_converged is None else bool(lambda_0_converged),
         "catapult": bool(events),
         "catapults": [e.as_dict() for e in events],
         "sharpness_measurements": measurements,
@@ -343,6 +358,12 @@ def summarize(config, metrics, *, status, diverged_at, lambda_0, lr_trgt, thresh
         "dtype": config["dtype"],
         "wall_time_s": wall_time,
     }
+
+
+def _mark(row: Mapping[str, Any]) -> bool | None:
+    """A sharpness row's mark as a bool (``None``: the row has none, e.g. rows of an older file)."""
+    mark = row.get(SHARPNESS_CONVERGED_COLUMN)
+    return None if mark is None else bool(mark)
 
 
 #: What to do about solves that stopped below their product budget short of ``eval.sharpness_tol``.
@@ -362,7 +383,13 @@ def unconverged_advice(summary: Mapping[str, Any]) -> str:
     'raise eval.sharpness_max_iter'
     >>> unconverged_advice({"sharpness_unconverged": 2, "spectrum_unconverged": 1, "unconverged_below_budget": 1})[:70]
     '2 used all of eval.sharpness_max_iter: raise it; 1 stopped below it: t'
+
+    Where lambda_0 is one of them and the lr ``c/lambda0`` came from it, it names it (:func:`lambda_0_note`).
     """
+    return _remedy(summary) + (f"; {note}" if (note := lambda_0_note(summary)) else "")
+
+
+def _remedy(summary: Mapping[str, Any]) -> str:
     total = int(summary.get("sharpness_unconverged") or 0) + int(summary.get("spectrum_unconverged") or 0)
     short = summary.get("unconverged_below_budget")
     if short is None:
@@ -375,8 +402,30 @@ def unconverged_advice(summary: Mapping[str, Any]) -> str:
             f"{PRECISION_ADVICE}")
 
 
+def lambda_0_note(summary: Mapping[str, Any]) -> str:
+    """What a run's ``lambda_0_converged`` says of its learning rate: where it is False and the lr is
+    ``c/lambda0``, that lambda_0 came from a solve that stopped short of ``eval.sharpness_tol`` and
+    ``lr_trgt`` carries its error; ``""`` otherwise (converged, not measured, a summary written before
+    the mark, or an absolute lr, which lambda_0 does not touch: its value is marked all the same).
+
+    >>> lambda_0_note({"lambda_0_converged": False, "lr": "2^3/lambda0"})
+    "lambda_0 is from a solve that did not converge: lr '2^3/lambda0' (lr_trgt) carries its error"
+    >>> lambda_0_note({"lambda_0_converged": False, "lr": 0.1}), lambda_0_note({})
+    ('', '')
+    """
+    lr = summary.get("lr")
+    if summary.get("lambda_0_converged") is not False or not (isinstance(lr, str) and "lambda0" in lr):
+        return ""
+    return f"lambda_0 is from a solve that did not converge: lr {lr!r} (lr_trgt) carries its error"
+
+
+def _short(mark: bool | None) -> str:
+    """The mark a value from an unconverged solve carries in :func:`format_summary`."""
+    return " (not converged)" if mark is False else ""
+
+
 def format_summary(summary: Mapping[str, Any]) -> str:
-    """A few human-readable lines about a run."""
+    """A few human-readable lines about a run; values from solves that did not converge say so."""
 
     def fmt(x, spec=".4g"):
         return "-" if x is None else format(x, spec)
@@ -386,7 +435,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         + (f" at step {summary['diverged_at']}" if summary["diverged_at"] is not None else "")
         + (f" ({summary['failure']})" if summary.get("failure") else "")
         + f" after {summary['steps_completed']} steps ({summary['wall_time_s']:.1f} s)",
-        f"  lambda_0 {fmt(summary['lambda_0'])}  lr_trgt {fmt(summary['lr_target'])}"
+        f"  lambda_0 {fmt(summary['lambda_0'])}{_short(summary.get('lambda_0_converged'))}  lr_trgt {fmt(summary['lr_target'])}"
         f"  (lr_trgt * lambda_0 = {fmt(summary['lr_target_times_lambda_0'], '.3g')})",
         f"  train loss: initial {fmt(summary['initial_train_loss'])}  peak {fmt(summary['peak_train_loss'])}"
         f"  final {fmt(summary['final_train_loss'])}",
@@ -399,7 +448,9 @@ def format_summary(summary: Mapping[str, Any]) -> str:
                      f"{fmt(summary['lr_target_reached_at'], 'd')}  searches {summary['searches']} "
                      f"({summary['search_forward_passes']} forward passes)")
     if summary["sharpness_measurements"]:
-        lines.append(f"  sharpness: final {fmt(summary['final_sharpness'])}  threshold at lr_trgt "
+        lines.append(f"  sharpness: final {fmt(summary['final_sharpness'])}{_short(summary.get('final_sharpness_converged'))}"
+                     f"  peak {fmt(summary.get('peak_sharpness'))}{_short(summary.get('peak_sharpness_converged'))}"
+                     "  threshold at lr_trgt "
                      f"{fmt(summary['threshold_target'])}  catapult: {'yes' if summary['catapult'] else 'no'}")
     # solves that stopped short of eval.sharpness_tol: their values are logged (a top-k solve's rows
     # marked eig_converged 0; a summary written before spectrum_unconverged existed has no such key)

@@ -49,6 +49,7 @@ class Member:
     measurements: int = 0
     unconverged: int = 0
     below_budget: int = 0  # unconverged solves that stopped below max_iter (summary: unconverged_below_budget)
+    lambda0_converged: bool | None = None  # every solve its lambda_0 averages converged (summary: lambda_0_converged)
 
     @classmethod
     def of(cls, cell: Cell, config: Mapping[str, Any]) -> "Member":
@@ -106,7 +107,7 @@ class Member:
     def _measure(members: list["Member"], need: list[int], solve, solve_on) -> None:
         for i, est in zip(need, solve(need, torch.stack([members[i].warm for i in need]))):
             mb = members[i]
-            mb.lambda0_estimate, mb.lambda_0 = est, float(est.value)
+            mb.lambda0_estimate, mb.lambda_0, mb.lambda0_converged = est, float(est.value), bool(est.converged)
             mb.matvecs_total += int(est.matvecs)
             mb.unconverged += int(not est.converged)
             mb.below_budget += int(not est.converged and est.matvecs < mb.max_iter)
@@ -126,6 +127,7 @@ class Member:
                 values[i].append(float(est.value))
                 members[i].matvecs_total += int(est.matvecs)
                 members[i].unconverged += int(not est.converged)
+                members[i].lambda0_converged = members[i].lambda0_converged and bool(est.converged)
                 members[i].below_budget += int(not est.converged and est.matvecs < members[i].max_iter)
         for i in need:
             members[i].lambda_0 = float(sum(values[i]) / len(values[i]))
@@ -158,7 +160,8 @@ class Member:
             device=device, sharpness_kind=sharpness_kind, matvecs_total=self.matvecs_total,
             measurements=self.measurements, unconverged=self.unconverged, wall_time=wall_time,
             unconverged_below_budget=self.below_budget,
-            collapsed=self.collapsed, lambda0_batches=self._lambda0_batches(), failure=self.failure)
+            collapsed=self.collapsed, lambda0_batches=self._lambda0_batches(), failure=self.failure,
+            lambda_0_converged=self.lambda0_converged if self.needs_lambda0 else None)
         if self.warmup is not None:
             summary.update(warmup_summary(self.config, self.metrics, self.lr_trgt, self.warmup))
         return CellResult(summary["status"], self.metrics, summary, worker=worker)  # the paper's accuracy rule
