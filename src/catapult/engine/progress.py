@@ -4,6 +4,8 @@ from __future__ import annotations
 import sys
 from typing import Any, Callable, Mapping
 
+from catapult.engine.records import SHARPNESS_CONVERGED_COLUMN
+
 __all__ = ["Progress", "progress_mode"]
 
 
@@ -27,7 +29,9 @@ def progress_mode(mode: Any) -> str:
 
 
 class Progress:
-    """A tqdm bar on a terminal, plain lines (about 10 per run) otherwise, or nothing.
+    """A tqdm bar on a terminal, plain lines (about 10 per run) otherwise, or nothing. The
+    sharpness shown is the last measured, with a trailing ``?`` where its solve stopped short of
+    ``eval.sharpness_tol`` (its row's ``sharpness_converged`` 0).
     ``before_line`` (optional) is called before a line shows a row (which then holds its
     ``train_accuracy``: :class:`~catapult.engine.step_accuracy.StepAccuracies`)."""
 
@@ -41,17 +45,19 @@ class Progress:
 
             self.bar = tqdm(total=total, desc=name, unit="step", dynamic_ncols=True, leave=True)
         self.last_sharpness: float | None = None
+        self.last_mark = ""  # "?" after a sharpness whose solve did not converge (sharpness_converged 0)
 
     def update(self, row: Mapping[str, Any]) -> None:
         if self.mode == "none":  # nothing shown: nothing to do at every step
             return
-        if row.get("sharpness") is not None:
+        if row.get("sharpness") is not None:  # a measured row: its value, and its solve's mark
             self.last_sharpness = row["sharpness"]
+            self.last_mark = "?" if row.get(SHARPNESS_CONVERGED_COLUMN) == 0 else ""
         t = row["step"]
         if self.mode == "bar":
             post = {"loss": f"{row['train_loss']:.3e}", "lr": f"{row['lr']:.2e}"}
             if self.last_sharpness is not None:
-                post["sharp"] = f"{self.last_sharpness:.3g}"
+                post["sharp"] = f"{self.last_sharpness:.3g}{self.last_mark}"
             self.bar.set_postfix(post, refresh=False)
             if t > self.bar.n:
                 self.bar.update(t - self.bar.n)
@@ -60,7 +66,7 @@ class Progress:
                 self.before_line()
             text = f"[{self.name}] step {t}/{self.total} loss {row['train_loss']:.4e} acc {row['train_accuracy']:.3f} lr {row['lr']:.3e}"
             if self.last_sharpness is not None:
-                text += f" sharpness {self.last_sharpness:.4g} (threshold {row['threshold']:.4g})"
+                text += f" sharpness {self.last_sharpness:.4g}{self.last_mark} (threshold {row['threshold']:.4g})"
             if row.get("test_loss") is not None:
                 text += f" test_loss {row['test_loss']:.4e} test_acc {row['test_accuracy']:.3f}"
             print(text, file=sys.stderr, flush=True)
