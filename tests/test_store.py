@@ -603,3 +603,37 @@ def test_a_store_without_sharpness_marks_exports_without_the_column(tmp_path):
     with Store(tmp_path / "s.db", create=False) as store:
         columns, _ = export_table(store)
     assert "sharpness_converged" not in columns and columns[-1] == "error"
+
+
+def test_export_marks_whether_each_cells_lambda0_converged(tmp_path):
+    # a cell's summary says whether its lambda_0 solve converged (lambda_0_converged); the export,
+    # --aggregate (the fraction of seeds, diverged ones too, as lambda_0's mean) and the report's
+    # table gave lambda_0 with no mark. Seed 0's solve is cut short; a summary without the key
+    # (written before it) exports an empty mark
+    from catapult.report import write_report
+    from catapult.sweep.store_export import aggregate_table
+
+    fake = FakeRun(diverge_above=1.0)
+
+    def run_fn(config, progress=None):
+        result = fake(config, progress)
+        if config["optimizer"]["lr"] < 0.1:   # 2^-3/lambda0 (lambda_0 2 or 3): marked; 2^0: no key
+            result.summary.update(lambda_0=2.0 + config["seed"], lambda_0_converged=config["seed"] == 1)
+        return result
+
+    config, spec = _sweep(lrs=("2^-3/lambda0", "2^0/lambda0"), warm=(1,), eval={"sharpness_every": 2})
+    _run(config, spec, tmp_path / "s.db", run_fn)
+    with Store(tmp_path / "s.db", create=False) as store:
+        write_csv(store, tmp_path / "out.csv")
+        columns, rows = aggregate_table(store)
+    write_report(tmp_path / "s.db", tmp_path / "report.html")
+    with open(tmp_path / "out.csv", newline="") as fh:
+        exported = list(csv.DictReader(fh))
+    assert list(exported[0])[-1] == "lambda_0_converged"
+    marks = sorted((r["optimizer.lr"], r["seed"], r["lambda_0_converged"]) for r in exported)
+    assert marks == [("2^-3/lambda0", "0", "0"), ("2^-3/lambda0", "1", "1"), ("2^0/lambda0", "0", ""),
+                     ("2^0/lambda0", "1", "")]
+    lr = columns.index("optimizer.lr")
+    means = {r[lr]: r[columns.index("lambda_0_converged_mean")] for r in rows}
+    assert means == {"2^-3/lambda0": 0.5, "2^0/lambda0": None}
+    assert "<th>lambda_0_converged</th>" in (tmp_path / "report.html").read_text()

@@ -143,12 +143,12 @@ def build_report(store, *, title: str | None = None, metric: str = "test_accurac
 
     # ---- results table
     from catapult.sweep.store import BEST_METRICS, FINAL_METRICS
-    from catapult.sweep.store_export import last_spectrum, sharpness_mark, spectrum_columns
+    from catapult.sweep.store_export import cell_marks, spectrum_columns
 
     keys = [a["key"] for a in axes]
     metric_cols = [m for m in (*FINAL_METRICS, *BEST_METRICS) if any(c.get(m) is not None for c in cells)]
-    # eval.spectrum_top_k / trace_matvecs, and whether the final sharpness' solve converged
-    spectra = {c["id"]: {**last_spectrum(store, c), **sharpness_mark(store, c)} for c in cells}
+    # eval.spectrum_top_k / trace_matvecs, and whether the final sharpness' and lambda_0's solves converged
+    spectra = {c["id"]: cell_marks(store, c) for c in cells}
     metric_cols += spectrum_columns(spectra.values())
     head = ["cell", *keys, "status", *metric_cols, "lambda_0", "lr_target", "steps", "time (s)", "error"]
     parts.append("<h2>Results</h2><p>Final values are at the last step (test metrics from the last evaluation); "

@@ -7,8 +7,10 @@ that log the spectrum (``eval.spectrum_top_k``, ``eval.trace_matvecs``) gain the
 ``eig_1 .. eig_k`` and ``hessian_trace`` of each cell as columns (and their means over seeds),
 and ``eig_converged``, whether the top-k solve of those ``eig_i`` converged (1 / 0; over seeds its
 mean is the fraction that did; empty for cells of stores written before the mark). Cells with a
-final ``sharpness`` gain ``sharpness_converged``, whether the solve that gave it converged (1 / 0,
-last; likewise).
+final ``sharpness`` gain ``sharpness_converged``, whether the solve that gave it converged (1 / 0;
+likewise), and cells whose run measured lambda_0 ``lambda_0_converged``, whether every solve it
+averages converged (1 / 0, last; from the cell's summary: empty for summaries written before it,
+and for cells that did not measure it, an absolute lr and no sharpness tracked).
 """
 from __future__ import annotations
 
@@ -24,8 +26,12 @@ from catapult.writing import csv_text, write_text_whole, write_whole
 from catapult.sweep.store_schema import BEST_METRICS, FINAL_METRICS  # not .store: it re-exports this module
 
 __all__ = ["EXPORT_COLUMNS", "AGGREGATE_METRICS", "export_table", "aggregate_table", "mean_std", "last_spectrum", "spectrum_columns",
+           "cell_marks", "LAMBDA0_CONVERGED_COLUMN",
            "write_csv", "write_parquet"]
 
+
+#: The export column marking a cell's lambda_0 (its summary's ``lambda_0_converged``, as 1 / 0).
+LAMBDA0_CONVERGED_COLUMN = "lambda_0_converged"
 
 #: Columns after the swept keys in an export, in order.
 EXPORT_COLUMNS = ("status", *FINAL_METRICS, *BEST_METRICS, "lambda_0", "lr_target", "steps_completed",
@@ -46,7 +52,7 @@ def export_table(store) -> tuple[list[str], list[list[Any]]]:
         for key in cell["swept"]:
             if key not in keys:
                 keys.append(key)
-    spectra = {cell["id"]: {**last_spectrum(store, cell), **sharpness_mark(store, cell)} for cell in cells}
+    spectra = {cell["id"]: cell_marks(store, cell) for cell in cells}
     extra = spectrum_columns(spectra.values())
     columns = ["cell_id", *keys, *EXPORT_COLUMNS, *extra]
     rows = []
@@ -97,10 +103,26 @@ def sharpness_mark(store, cell: dict) -> dict[str, int]:
     return {SHARPNESS_CONVERGED_COLUMN: mark}
 
 
+def cell_marks(store, cell: dict) -> dict[str, Any]:
+    """The columns after :data:`EXPORT_COLUMNS` of ``cell``: its :func:`last_spectrum`, its
+    :func:`sharpness_mark` and ``lambda_0_converged`` (:data:`LAMBDA0_CONVERGED_COLUMN`: 1 / 0 from
+    its summary where that gives a mark for a measured lambda_0; absent otherwise).
+
+    >>> cell_marks(None, {"id": 1, "summary": {"lambda_0": 2.5, "lambda_0_converged": False}})
+    {'lambda_0_converged': 0}
+    """
+    out = {**last_spectrum(store, cell), **sharpness_mark(store, cell)}
+    summary = cell.get("summary") or {}
+    mark = summary.get("lambda_0_converged")
+    if isinstance(mark, bool) and summary.get("lambda_0") is not None:
+        out[LAMBDA0_CONVERGED_COLUMN] = int(mark)
+    return out
+
+
 def spectrum_columns(spectra) -> list[str]:
     """``eig_1 .. eig_K`` (``K`` the largest index any cell logged) then ``hessian_trace`` and
-    ``eig_converged`` where any cell has them, and last ``sharpness_converged``
-    (:func:`sharpness_mark`) where any cell has it.
+    ``eig_converged`` where any cell has them, then ``sharpness_converged``
+    (:func:`sharpness_mark`) and last ``lambda_0_converged`` (:func:`cell_marks`) where any cell has them.
 
     >>> spectrum_columns([{}, {"eig_2": 1.0, "eig_1": 2.0, "eig_converged": 1}, {"hessian_trace": 9.0}])
     ['eig_1', 'eig_2', 'hessian_trace', 'eig_converged']
@@ -111,13 +133,14 @@ def spectrum_columns(spectra) -> list[str]:
     top = max((int(k[4:]) for k in found if is_spectrum_column(k) and k.startswith("eig_")), default=0)
     return ([f"eig_{i}" for i in range(1, top + 1)] + (["hessian_trace"] if "hessian_trace" in found else [])
             + ([EIG_CONVERGED_COLUMN] if EIG_CONVERGED_COLUMN in found else [])
-            + ([SHARPNESS_CONVERGED_COLUMN] if SHARPNESS_CONVERGED_COLUMN in found else []))
+            + ([SHARPNESS_CONVERGED_COLUMN] if SHARPNESS_CONVERGED_COLUMN in found else [])
+            + ([LAMBDA0_CONVERGED_COLUMN] if LAMBDA0_CONVERGED_COLUMN in found else []))
 
 
 #: Columns :func:`aggregate_table` averages over seeds.
 AGGREGATE_METRICS = (*FINAL_METRICS, *BEST_METRICS, "lambda_0", "lr_target", "steps_completed")
 #: ... over every seed with a result, a diverged one included; the others over finished seeds only
-_OF_EVERY_RESULT = ("lambda_0", "lr_target", "steps_completed")
+_OF_EVERY_RESULT = ("lambda_0", "lr_target", "steps_completed", LAMBDA0_CONVERGED_COLUMN)
 
 
 def mean_std(values: Sequence[Any]) -> tuple[float | None, float | None, int]:
@@ -150,7 +173,8 @@ def aggregate_table(store) -> tuple[list[str], list[list[Any]]]:
     have a finite value: the metrics of finished and collapsed seeds only, as in the phase diagram,
     but ``lambda_0``, ``lr_target`` and ``steps_completed`` of diverged seeds too); the spectrum columns of
     :func:`export_table` likewise (``eig_converged_mean``: the fraction of seeds whose last top-k
-    solve converged; ``sharpness_converged_mean`` that of their final sharpness). A store without a seed axis gives
+    solve converged; ``sharpness_converged_mean`` that of their final sharpness; ``lambda_0_converged_mean``
+    that of their lambda_0, over every seed with a result as ``lambda_0``). A store without a seed axis gives
     one row per cell with ``n_seeds = 1`` and no std (an empty cell: one value has none).
     """
     columns, rows = export_table(store)
@@ -166,7 +190,8 @@ def aggregate_table(store) -> tuple[list[str], list[list[Any]]]:
             groups[key] = []
             order.append(key)
         groups[key].append(row)
-    metrics = [*AGGREGATE_METRICS, *(c for c in columns if is_spectrum_column(c) or c in (EIG_CONVERGED_COLUMN, SHARPNESS_CONVERGED_COLUMN))]
+    metrics = [*AGGREGATE_METRICS, *(c for c in columns if is_spectrum_column(c)
+                                     or c in (EIG_CONVERGED_COLUMN, SHARPNESS_CONVERGED_COLUMN, LAMBDA0_CONVERGED_COLUMN))]
     out_columns = [*keys, "n_seeds", "n_finished", "n_diverged", "n_collapsed", "status"]
     for m in metrics:
         out_columns += [f"{m}_mean", f"{m}_std", f"{m}_n"]
