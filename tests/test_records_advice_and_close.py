@@ -41,3 +41,15 @@ def test_close_closes_the_file_where_its_last_flush_fails(tmp_path):
         records.close()
     assert info.value.errno == 28 and info.value.filename == str(path)
     assert records.fh.closed
+
+
+def test_the_solve_marks_are_read_back_as_ints(tmp_path):
+    # 1 / 0 marks, not 1.0 / 0.0 (which compare equal to them: only their type tells)
+    from catapult.engine.records import metric_columns, read_metrics, write_metrics
+
+    columns = metric_columns({"eval": {"spectrum_top_k": 1, "sharpness_every": 1}})
+    rows = [{**dict.fromkeys(columns), "step": 0, "eig_1": 2.5, "eig_converged": 1, "sharpness": 2.5,
+             "sharpness_converged": 0}]
+    write_metrics(rows, tmp_path / "metrics.csv", columns)
+    (back,) = read_metrics(tmp_path / "metrics.csv")
+    assert [(back[k], type(back[k])) for k in ("eig_converged", "sharpness_converged")] == [(1, int), (0, int)]
