@@ -142,3 +142,63 @@ def test_a_lone_batchnorm_members_running_statistics_come_back_from_the_copy(mon
     alone = dict(run_group([cell]))[0]
     local = engine.run(cell.config, progress="none")
     assert alone.metrics[-1]["test_loss"] == pytest.approx(local.metrics[-1]["test_loss"], rel=1e-9)
+
+
+class _FunctionalConv(torch.nn.Module):
+    """A user's model with no ``torch.nn`` conv layer: ``F.conv2d`` on its own weights, a
+    LayerNorm over channels between (the channels-last strides of the WRN's)."""
+
+    def __init__(self, out_features):
+        super().__init__()
+        self.w1 = torch.nn.Parameter(torch.randn(4, 1, 3, 3) / 3)
+        self.w2 = torch.nn.Parameter(torch.randn(4, 4, 3, 3) / 6)
+        self.norm = torch.nn.LayerNorm(4)
+        self.head = torch.nn.Linear(4 * 8 * 8, out_features)
+
+    def forward(self, x):
+        h = torch.nn.functional.conv2d(x.reshape(-1, 1, 8, 8), self.w1, padding=1)
+        h = self.norm(h.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        h = torch.nn.functional.conv2d(torch.relu(h), self.w2, padding=1)
+        return self.head(h.flatten(1))
+
+
+def test_a_model_calling_functional_conv_is_padded_and_its_cells_bits_do_not_depend_on_the_chunk(monkeypatch):
+    # before: only torch.nn conv layers were looked for; this model's lone cell (a resumed
+    # sweep's last) rounded otherwise than in the whole sweep (gradients from step 0)
+    from catapult import engine
+
+    monkeypatch.setitem(engine.MODELS, "mlp", lambda model, n_in, n_out: _FunctionalConv(n_out))
+    cells = [Cell(i, cfg.validate({"name": f"c{i}", "data": {"name": "digits", "n_train": 32, "n_test": 16},
+                                   "optimizer": {"name": "adam", "lr": lr}, "train": {"steps": 3, "batch_size": 16},
+                                   "eval": {"sharpness_every": 3, "test_every": 3, "sharpness_max_iter": 3}}))
+             for i, lr in enumerate([0.001, 0.004])]
+    whole = dict(EnsembleExecutor(kernels=False, threads=1).run(cells))
+    resumed = dict(EnsembleExecutor(kernels=False, threads=1).run(cells[1:]))
+    _same(whole[1], resumed[1])
+
+
+def test_the_probe_finds_functional_convolutions_once_and_leaves_other_models_and_the_generators_alone():
+    from catapult.models.mlp import MLP
+
+    mse = get_loss("mse")
+    x, y = torch.randn(4, 64), torch.randn(4, 10)
+    functional = StackedModel([_FunctionalConv(10)], mse)
+    mlp = StackedModel([MLP(64, 10, width=8, depth=2)], mse)
+    state = torch.get_rng_state()
+    for stacked in (functional, mlp):
+        stacked.loss_and_grads(x, y, False)
+    assert functional.pad_lone and not mlp.pad_lone
+    assert torch.equal(torch.get_rng_state(), state)
+
+    class Transposed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(1, 2, 3, 3))
+
+        def forward(self, x):
+            return torch.nn.functional.conv_transpose2d(x.reshape(-1, 1, 8, 8), self.w).flatten(1)
+
+    stacked = StackedModel([Transposed()], mse)
+    stacked.evaluate([0], x, torch.randn(4, 200))   # the test pass probes too
+    assert stacked.pad_lone
+    assert not StackedModel([_FunctionalConv(10)], mse, pad_lone=False).pad_lone

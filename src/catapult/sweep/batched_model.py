@@ -26,14 +26,19 @@ while two or more members run as one grouped convolution on a contiguous copy, w
 algorithm rounds otherwise: on a WRN a member's loss moved by ~2e-7 relative at step 0
 whenever it ran alone (a resumed sweep's last cell, the survivor of a chunk, a Lanczos
 member left iterating). From two members on, a member's bits do not depend on which members
-share its chunk, nor on its row. MLPs and GPTs round the same alone and are not padded.
+share its chunk, nor on its row. MLPs and GPTs round the same alone and are not padded. A model
+runs a convolution when it holds a ``torch.nn`` conv layer or, failing that, when one shows at
+torch's dispatcher during a probe forward (:meth:`StackedModel.probe`): a user's model that
+calls ``torch.nn.functional.conv2d`` on its own weights rounds as a WRN does.
 """
 from __future__ import annotations
 
+import re
 from typing import Callable, Sequence
 
 import torch
 from torch.func import functional_call, grad, grad_and_value, stack_module_state, vmap
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from catapult.curvature.forward_ad import jvp_of_gradient
 from catapult.curvature.hessian import math_attention, resolve_hvp
@@ -46,6 +51,24 @@ def _has_conv(module: torch.nn.Module) -> bool:
     return any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in module.modules())
 
 
+#: aten ops that run a convolution (``aten::convolution`` is where ``torch.nn.functional.conv*``,
+#: ``torch.conv*`` and the ``nn`` layers meet; the others are its backends, for a model calling them)
+_CONV_OP = re.compile(r"^aten::(_?convolution|conv\d|conv_transpose\d|conv_tbc|\w*_convolution\w*|slow_conv\w*|thnn_conv\w*)$")
+
+
+class _ConvSeen(TorchDispatchMode):
+    """Records whether any convolution op runs under it (the probe of :meth:`StackedModel._probe`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not self.seen and _CONV_OP.match(func._schema.name):
+            self.seen = True
+        return func(*args, **(kwargs or {}))
+
+
 class StackedModel:
     """``N`` members of one architecture as stacked tensors (see the module docstring).
 
@@ -53,14 +76,19 @@ class StackedModel:
     order, the order of the flat vectors of :mod:`catapult.curvature`); ``buffers``: name ->
     ``[N, *shape]`` (masks, fixed position tables). ``loss_fn(outputs, targets)`` is the
     local engine's loss. Rows of every tensor follow the member order; :meth:`keep` drops rows.
-    ``pad_lone`` (``pad_lone=True`` and the architecture has a convolution): every ``vmap``
+    ``pad_lone`` (``pad_lone=True`` and the architecture runs a convolution): every ``vmap``
     over a single member runs it beside a copy of itself (module docstring), so a member
     rounds alike in a chunk of any size; ``pad_lone=False`` where two members do not fit.
+    A ``torch.nn`` conv layer settles it at once; a model that calls ``torch.nn.functional.conv*``
+    (or any op reaching ``aten::convolution``) is found by one probe, member 0's forward on one
+    row of the first batch (eval mode, watched at torch's dispatcher), before the first ``vmap``.
     """
 
     def __init__(self, models: Sequence[torch.nn.Module], loss_fn: Callable, *, pad_lone: bool = True):
         self.module = models[0]
         self.pad_lone = bool(pad_lone) and _has_conv(self.module)
+        self._conv_known = self.pad_lone or not pad_lone  # else the first batch's probe decides
+        self._widest: int | None = None
         self.loss_fn = loss_fn
         self.names = [n for n, p in self.module.named_parameters() if p.requires_grad]
         self.frozen = {n: p.detach() for n, p in self.module.named_parameters() if not p.requires_grad}
@@ -108,6 +136,7 @@ class StackedModel:
                        ) -> tuple[torch.Tensor, list[float], dict[str, torch.Tensor] | None]:
         """``(losses [N], accuracies, grads)`` of every member on the shared batch ``(x, y)``;
         ``grads`` (name -> ``[N, *shape]``) only when ``need_grads``."""
+        self.probe(x)
         params, buffers = self.params, self.buffers
         pad = self.padded_count(self.members) > self.members
         if pad:  # a lone member beside its copy (module docstring); its buffers are written back
@@ -129,6 +158,12 @@ class StackedModel:
             grads = None if grads is None else {n: g[:1] for n, g in grads.items()}
         return losses.detach(), accuracies(out.detach(), y), grads
 
+    def probe(self, x: torch.Tensor) -> None:
+        """Settle :attr:`pad_lone` on the batch ``x`` where no ``torch.nn`` conv layer did
+        (class docstring); every method that runs a ``vmap`` calls it first. Once per model."""
+        if not self._conv_known:
+            self._look(x)
+
     def padded_count(self, n: int) -> int:
         """Members a ``vmap`` over ``n`` members runs: 2 for a lone one where :attr:`pad_lone`."""
         return 2 if self.pad_lone and n == 1 else n
@@ -149,6 +184,7 @@ class StackedModel:
         near the cache)."""
         from catapult.engine.loop import eval_chunk_rows
 
+        self.probe(x)
         was_training = self.module.training
         self.module.eval()
         try:
@@ -180,6 +216,7 @@ class StackedModel:
     def outputs(self, rows: Sequence[int], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The network outputs ``[len(rows), batch, ...]`` of members ``rows`` on ``x`` (train
         mode, as the training forward; for the collapse rule)."""
+        self.probe(x)
         idx = self.padded_rows(torch.as_tensor(list(rows), dtype=torch.long, device=x.device))
         params, buffers = self._cast(self.params, idx, None), self._cast(self.buffers, idx, None)
         with math_attention():
@@ -194,32 +231,41 @@ class StackedModel:
         per = max(1, x.shape[0] * self.widest_activation(x) * itemsize)
         return max(1, budget_bytes // per)
 
-    @torch.no_grad()
     def widest_activation(self, x: torch.Tensor) -> int:
         """Elements of the largest submodule output for one row of ``x`` (member 0, eval mode,
         forward hooks; measured on the first call and cached): any architecture's widest
         activation per sample, for sizing member groups."""
-        if getattr(self, "_widest", None) is None:
-            sizes: list[int] = []
-
-            def record(module, inputs, output):
-                if torch.is_tensor(output):
-                    sizes.append(output.numel())
-
-            hooks = [m.register_forward_hook(record) for m in self.module.modules()]
-            was_training = self.module.training
-            self.module.eval()  # no batch-norm statistics updated by the measurement
-            try:
-                first = {**self.frozen, **{n: b[0] for n, b in self.buffers.items()},
-                         **{n: p[0] for n, p in self.params.items()}}
-                with math_attention():
-                    functional_call(self.module, first, (x[:1],))
-            finally:
-                for h in hooks:
-                    h.remove()
-                self.module.train(was_training)
-            self._widest = max(sizes, default=1)
+        if self._widest is None:
+            self._look(x)
         return self._widest
+
+    @torch.no_grad()
+    def _look(self, x: torch.Tensor) -> None:
+        """Member 0's forward on one row of ``x`` (eval mode: no batch-norm statistics updated;
+        the global generators untouched), measuring :meth:`widest_activation` and whether a
+        convolution runs (:meth:`probe`)."""
+        sizes: list[int] = []
+
+        def record(module, inputs, output):
+            if torch.is_tensor(output):
+                sizes.append(output.numel())
+
+        hooks = [m.register_forward_hook(record) for m in self.module.modules()]
+        was_training = self.module.training
+        self.module.eval()
+        try:
+            first = {**self.frozen, **{n: b[0] for n, b in self.buffers.items()},
+                     **{n: p[0] for n, p in self.params.items()}}
+            devices = [x.device] if x.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices), math_attention(), _ConvSeen() as conv:
+                functional_call(self.module, first, (x[:1],))
+        finally:
+            for h in hooks:
+                h.remove()
+            self.module.train(was_training)
+        self._widest = max(sizes, default=1)
+        if not self._conv_known:
+            self.pad_lone, self._conv_known = conv.seen, True
 
     def hessian(self, rows: Sequence[int], x: torch.Tensor, y: torch.Tensor,
                 dtype: torch.dtype | None = None, *, hvp: str = "auto",
@@ -264,6 +310,7 @@ class StackedHessian:
     def __init__(self, model: StackedModel, rows: Sequence[int], x, y, dtype, *, hvp: str = "auto",
                  chunk_size: int | None = None):
         self.model = model
+        model.probe(x)
         self.rows = list(rows)
         self.dtype = dtype if dtype is not None else next(iter(model.params.values())).dtype
         x = x.to(dtype) if dtype is not None and x.is_floating_point() else x
