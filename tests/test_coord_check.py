@@ -208,3 +208,30 @@ def test_bad_arguments_are_refused_naming_them_before_any_model_is_built(kwargs,
     with pytest.raises(error, match=words):
         coord_check(make, args.pop("values"), **args)
     assert built == []
+
+
+def test_an_optimizer_factory_sets_the_learning_rate_and_an_lr_beside_it_is_refused():
+    # before: lr=0.5 beside a factory was silently ignored (the factory's 0.1 ran)
+    x, y = torch.randn(6, 4, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 0, 1, 1, 0])
+    built = []
+
+    def make(width):
+        built.append(width)
+        return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+
+    factory = lambda model: torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"coord_check lr=0.5 with an optimizer factory"):
+        coord_check(make, [8], batch=(x, y), steps=2, seeds=(0,), blocks={"0": "hidden"}, lr=0.5, optimizer=factory)
+    assert built == []
+    rows = coord_check(make, [8], batch=(x, y), steps=2, seeds=(0,), blocks={"0": "hidden"}, optimizer=factory)
+    torch.manual_seed(0)   # the truth: one hand-written SGD step at the factory's 0.1
+    model = make(8)
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            p -= 0.1 * p.grad
+    after = torch.nn.functional.cross_entropy(model(x), y).item()
+    assert [r["loss"] for r in rows] == [pytest.approx(loss.item(), rel=1e-6), pytest.approx(after, rel=1e-6)]
+    with pytest.raises(TypeError, match=r"coord_check optimizer: the factory .* returned None, not an optimizer"):
+        coord_check(make, [8], batch=(x, y), steps=1, seeds=(0,), blocks={"0": "hidden"}, optimizer=lambda m: None)

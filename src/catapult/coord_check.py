@@ -73,10 +73,19 @@ def find_blocks(model: nn.Module,
 _OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
 
-def _make_optimizer(model: nn.Module, lr: float, optimizer) -> torch.optim.Optimizer:
-    if callable(optimizer):
-        return optimizer(model)
+#: ``lr`` of a named optimizer when none is given.
+_DEFAULT_LR = 1e-2
+
+
+def _make_optimizer(model: nn.Module, lr: float | None, optimizer) -> torch.optim.Optimizer:
+    if callable(optimizer):  # its own learning rates (coord_check refused an lr beside it)
+        opt = optimizer(model)
+        if not (callable(getattr(opt, "step", None)) and callable(getattr(opt, "zero_grad", None))):
+            raise TypeError(f"coord_check optimizer: the factory {optimizer!r} returned {opt!r}, not an "
+                            "optimizer (an object with step() and zero_grad(), e.g. a torch.optim.Optimizer)")
+        return opt
     name = optimizer.lower()   # one of _OPTIMIZERS: coord_check checked it
+    lr = _DEFAULT_LR if lr is None else lr
     return _OPTIMIZERS[name](param_groups(model, lr, optimizer=name), lr=lr)
 
 
@@ -87,7 +96,7 @@ def coord_check(
     batch: Batch | Callable[[int], Batch],
     steps: int = 10,
     seeds: Sequence[int] = (0, 1, 2),
-    lr: float = 1e-2,
+    lr: float | None = None,
     optimizer: str | Callable[[nn.Module], torch.optim.Optimizer] = "adam",
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     blocks: Mapping[str, str] | None = None,
@@ -103,8 +112,10 @@ def coord_check(
         batch: ``(inputs, targets)`` used at every step, or ``step -> (inputs, targets)``.
         steps: number of training steps recorded (forward passes ``t = 0 .. steps-1``).
         seeds: one run per seed and value.
-        lr, optimizer: ``"sgd" | "adam" | "adamw"`` with :func:`catapult.param_groups` (so
-            each model's own per-layer learning rates apply), or ``model -> optimizer``.
+        lr, optimizer: ``"sgd" | "adam" | "adamw"`` at ``lr`` (default 1e-2) with
+            :func:`catapult.param_groups` (so each model's own per-layer learning rates
+            apply); or a factory ``model -> optimizer``, which sets its own learning rates:
+            ``lr`` is then refused (a ValueError), since it could not reach the optimizer.
         loss_fn: ``(outputs, targets) -> scalar``; default :func:`default_loss`.
         blocks: ``{module_name: block}`` to override :func:`find_blocks`.
         device: where to run (default: CPU / the model's device).
@@ -132,7 +143,12 @@ def coord_check(
         if not isinstance(optimizer, str) or optimizer.lower() not in _OPTIMIZERS:
             raise ValueError(f"coord_check optimizer must be {', '.join(map(repr, _OPTIMIZERS))} or a callable "
                              f"model -> optimizer; got {optimizer!r}")
-        check_real("coord_check", "lr", lr, low=0.0)
+        if lr is not None:
+            check_real("coord_check", "lr", lr, low=0.0)
+    elif lr is not None:  # it was ignored: the factory's own learning rate ran
+        raise ValueError(f"coord_check lr={lr!r} with an optimizer factory: the factory {optimizer!r} builds the "
+                         "optimizer and sets its learning rates, so lr would not reach it; set the learning "
+                         "rate inside the factory and leave lr out")
     if blocks is not None and not isinstance(blocks, Mapping):
         raise TypeError(f"coord_check blocks must be a mapping {{module name: block name}}; got {type(blocks).__name__}")
     if loss_fn is not None and not callable(loss_fn):

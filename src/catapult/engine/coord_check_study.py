@@ -301,7 +301,7 @@ def run_coord_check(config: Mapping[str, Any], spec: Mapping[str, Any], *, out_d
                     return train.build_optimizer({**config, "seed": _s}, model, lr)
 
                 part = coord_check(make_model, values, batch=lambda t: batches[t], steps=steps, seeds=[seed],
-                                   lr=lr, optimizer=make_optimizer, loss_fn=loss_fn)
+                                   optimizer=make_optimizer, loss_fn=loss_fn)
                 for row in part:
                     row.update(parametrization=parametrization, axis=axis)
                 rows.extend(part)
