@@ -39,6 +39,7 @@ _EXPORTS = {
     "load_data_once": "catapult.engine.build:load_data_once",
     "build_model": "catapult.engine.build:build_model",
     "check_model_fits": "catapult.engine.build:check_model_fits",
+    "check_labels": "catapult.engine.build:check_labels",
     "build_optimizer": "catapult.engine.build:build_optimizer",
     "build_schedule": "catapult.engine.build:build_schedule",
     "build_warmup": "catapult.engine.build:build_warmup",

@@ -24,8 +24,8 @@ from catapult import config as cfg
 from catapult.config.checks import sparsity_steps, step_size_factor
 from catapult.losses import get_loss
 from catapult.optim import registry
-from catapult.engine.model_size import (MODELS, check_fits, check_model_fits, check_spectrum_fits, gpt_context,
-                                        model_parameters, size_error)
+from catapult.engine.model_size import (MODELS, check_fits, check_labels, check_model_fits, check_spectrum_fits,
+                                        gpt_context, model_parameters, size_error)
 from catapult.engine.fsdp import check_fsdp
 from catapult.engine.run_data import (BatchStream, RunData, batch_stream, build_augment, lambda0_batches, load_data,
                                       load_data_once)
@@ -33,7 +33,7 @@ from catapult.engine.seeds import seeds
 from catapult.engine.sharpness_rule import ADAPTIVE, SharpnessRule, sharpness_rule, solver_options, threshold
 
 __all__ = [
-    "Run", "build_run", "assemble_run", "seeds", "resolve_device", "MODELS", "RunData", "load_data", "load_data_once", "build_model", "model_parameters", "check_model_fits",
+    "Run", "build_run", "assemble_run", "seeds", "resolve_device", "MODELS", "RunData", "load_data", "load_data_once", "build_model", "model_parameters", "check_model_fits", "check_labels",
     "lambda0_batches", "OPTIMIZERS", "ADAPTIVE", "build_optimizer", "WARMUPS", "build_schedule", "search_delta",
     "search_lr_start", "search_rtol", "Warmup", "build_warmup", "check_warmup_across_processes", "BatchStream", "batch_stream", "build_augment", "solver_options", "SharpnessRule",
     "sharpness_rule", "threshold", "build_mask_updater",
@@ -510,6 +510,7 @@ def build_run(config: Mapping[str, Any]) -> Run:
     data = load_data(config, device, dtype)
     batches = batch_stream(config, data)
     model = build_model(config, data.in_features, data.num_classes, device, dtype)
+    check_labels(config, model, data)   # a model of yours with fewer outputs than labels: before any work
     return assemble_run(config, model, batches, device, data=data)
 
 

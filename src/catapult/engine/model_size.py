@@ -21,7 +21,8 @@ from catapult import config as cfg
 from catapult.engine.run_data import data_shape_bounds
 from catapult.models import GPT, MLP, WRN
 
-__all__ = ["MODELS", "model_parameters", "check_fits", "check_model_fits", "check_spectrum_fits", "size_error", "gpt_context"]
+__all__ = ["MODELS", "model_parameters", "check_fits", "check_model_fits", "check_spectrum_fits", "check_labels",
+           "shipped_model", "size_error", "gpt_context"]
 
 
 #: model.name -> builder(model_config, in_features, out_features) -> nn.Module. For the mlp
@@ -30,6 +31,9 @@ __all__ = ["MODELS", "model_parameters", "check_fits", "check_model_fits", "chec
 #: vocabulary size.
 MODELS: dict[str, Callable[[Mapping[str, Any], int, int], nn.Module]] = {
     "mlp": MLP.from_config, "gpt": GPT.from_config, "wrn": WRN.from_config}
+
+#: The builders catapult ships: each gives ``out_features`` outputs (:func:`check_labels` trusts them).
+_OWN_BUILDERS = dict(MODELS)
 
 
 #: Two depths per model family between which, and beyond, each extra unit of depth adds the same
@@ -167,6 +171,70 @@ def check_spectrum_fits(config: Mapping[str, Any], n_params: int) -> None:
     if top_k > n_params:
         raise cfg.ConfigError(f"{top_k} eigenvalues asked of a model with {n_params} trainable "
                               f"parameters; at most {n_params}", key="eval.spectrum_top_k")
+
+
+def shipped_model(name: str) -> bool:
+    """Whether ``model.name`` builds one of catapult's own models (its :data:`MODELS` entry not
+    replaced): one with the data's class count of outputs, which :func:`check_labels` need not run.
+
+    >>> shipped_model("wrn"), shipped_model("mine")
+    (True, False)
+    """
+    own = _OWN_BUILDERS.get(name)
+    return own is not None and MODELS.get(name) == own
+
+
+def check_labels(config: Mapping[str, Any], model: nn.Module, data: Any) -> None:
+    """Raise :class:`~catapult.config.ConfigError` naming ``model.name`` when the data's integer
+    labels (``data``: a :class:`~catapult.engine.run_data.RunData`; token ids for text) reach past
+    the outputs of ``model``: a label of ``K`` or more for ``K`` outputs was, at the first step, a
+    CUDA device-side assert (the process unusable) or torch's IndexError on the CPU. Once per run,
+    before any work: a model catapult builds has the data's class count of outputs by construction
+    (no check); a model of yours (an :data:`MODELS` entry) is run once on one training sample (eval
+    mode, no gradient, the generators untouched) and its last dimension compared with the labels.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> from catapult.config import validate
+        >>> data = SimpleNamespace(x_train=torch.zeros(2, 4), y_train=torch.tensor([0, 4]), y_test=torch.tensor([1]),
+        ...                        num_classes=5)
+        >>> MODELS["four"] = lambda model, n_in, n_out: nn.Linear(n_in, 4)   # out_features ignored
+        >>> config = validate({"model": {"name": "mlp"}})
+        >>> check_labels({**config, "model": {**config["model"], "name": "four"}}, nn.Linear(4, 4), data)
+        Traceback (most recent call last):
+        ...
+        catapult.config.errors.ConfigError: model.name: model 'four' gives 4 outputs per sample, but the training labels of data 'digits' reach 4 (5 classes): its builder must return a model of out_features=5 outputs
+        >>> del MODELS["four"]
+    """
+    name = config["model"]["name"]
+    if shipped_model(name):
+        return
+    parts = [(what, y) for what, y in (("training", data.y_train), ("test", data.y_test))
+             if torch.is_tensor(y) and y.numel() and not (y.is_floating_point() or y.is_complex())]
+    if not parts or any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
+        return   # soft targets or none: no label to index with; a lazy module's weights: the first step draws them
+    x = data.x_train[:1]
+    weight = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if weight is not None:  # data loaded in another dtype (the caller casts its batches)
+        x = x.to(weight.device, weight.dtype if x.is_floating_point() else x.dtype)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
+            out = model(x)
+    finally:
+        model.train(was_training)
+    width = out.shape[-1] if torch.is_tensor(out) and out.dim() else None
+    if width is None:
+        return   # not a tensor of scores: the loss judges it
+    for what, y in parts:
+        low, high = (int(v) for v in torch.aminmax(y))
+        bad = high if high >= width else low if low < 0 else None
+        if bad is not None:
+            raise cfg.ConfigError(
+                f"model {name!r} gives {width} outputs per sample, but the {what} labels of data "
+                f"{config['data']['name']!r} reach {bad} ({data.num_classes} classes): its builder must return a "
+                f"model of out_features={data.num_classes} outputs", key="model.name")
 
 
 #: Words of torch's errors for a tensor size it cannot hold or even compute.

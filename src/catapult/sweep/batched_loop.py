@@ -122,6 +122,8 @@ def open_group(cells: Sequence[Cell], data: Any = None) -> Group:
     for cell, config in zip(cells, configs):
         members.append(Member.of(cell, config))
         model = engine.build_model(config, data.in_features, data.num_classes, device, dtype)
+        if not models:  # the members share the model keys: one check (a user's model with too few outputs)
+            engine.check_labels(config, model, data)
         model.train()
         models.append(model)
     return Group(cells, configs, device, dtype, data, batches, get_loss(c0["loss"]), sharpness_kind(c0, models[0]),

@@ -105,6 +105,7 @@ def chunk_members(config: Mapping[str, Any], data: Any, budget: int) -> tuple[in
     device = engine.resolve_device(config["device"])
     dtype = getattr(torch, config["dtype"])
     model = engine.build_model(config, data.in_features, data.num_classes, device, dtype)
+    engine.check_labels(config, model, data)   # before the loss below indexes with them
     model.train()
     n_batch = config["train"]["batch_size"] or data.x_train.shape[0]
     x = data.x_train[:n_batch].to(device)

@@ -40,8 +40,9 @@ from typing import Any, Callable, Mapping
 import torch
 
 from catapult import config as cfg
-from catapult.engine.build import load_data, resolve_device
-from catapult.engine.model_size import check_fits, check_model_fits, check_spectrum_fits, model_parameters
+from catapult.engine.build import build_model, load_data, resolve_device
+from catapult.engine.model_size import (check_fits, check_labels, check_model_fits, check_spectrum_fits, model_parameters,
+                                        shipped_model)
 from catapult.engine.sharpness_rule import check_spectrum_cadence
 from catapult.engine.run_data import data_shape_bounds
 from catapult.sweep.claims import HEARTBEAT_S, Heartbeat
@@ -194,7 +195,8 @@ def refuse_impossible_cells(cells: list[CellSpec]) -> None:
     """Raise one :class:`~catapult.config.ConfigError` naming every cell that asks a CUDA device
     this machine does not have, whose model's weights cannot fit in the memory of this machine (or
     of the cell's device) with the data it trains on, or that asks more Hessian eigenvalues
-    (``eval.spectrum_top_k``) than its model has parameters, before the store is written or any
+    (``eval.spectrum_top_k``) than its model has parameters, or whose model of yours has fewer
+    outputs than its data has labels (:func:`_label_problem`), before the store is written or any
     cell runs; each distinct model, device and data section is judged once, with the words of
     ``catapult train``'s refusal.
 
@@ -207,6 +209,7 @@ def refuse_impossible_cells(cells: list[CellSpec]) -> None:
     verdicts: dict[str, cfg.ConfigError | None] = {}
     shapes: dict[str, tuple[int, int] | None] = {}
     devices: dict[str, Any] = {}  # name -> torch.device, or the ConfigError of a CUDA device missing here
+    loaded: dict[str, Any] = {}   # data section -> its data (None: does not load), for models of yours
     for cell in cells:
         name = cell.config["device"]
         if name not in devices:
@@ -222,7 +225,7 @@ def refuse_impossible_cells(cells: list[CellSpec]) -> None:
             continue
         key = canonical_json([cell.config["model"], cell.config["dtype"], cell.config["data"], str(devices[name])])
         if key not in verdicts:
-            verdicts[key] = _size_problem(cell.config, devices[name], shapes)
+            verdicts[key] = _size_problem(cell.config, devices[name], shapes) or _label_problem(cell.config, loaded)
         err = verdicts[key] or _spectrum_problem(cell.config, shapes)
         if err is not None:
             problems += cell_problems(cell.id, cell.swept, err)
@@ -301,6 +304,30 @@ def _size_problem(config: Mapping[str, Any], device, shapes: dict) -> cfg.Config
             check_fits(config, *exact, device, dtype)
     except cfg.ConfigError as err:
         return err
+    return None
+
+
+def _label_problem(config: Mapping[str, Any], loaded: dict) -> cfg.ConfigError | None:
+    """:func:`catapult.engine.model_size.check_labels`'s error for a model of yours (an
+    ``engine.MODELS`` entry catapult does not ship) with fewer outputs than its data has labels
+    (a CUDA device-side assert at the cell's first step), or None. The data is loaded once per data
+    section, on the CPU, and only for such models; one that does not load or build is the cell's to report."""
+    if shipped_model(config["model"]["name"]):
+        return None
+    key = canonical_json(config["data"])
+    if key not in loaded:
+        try:
+            loaded[key] = load_data(config)
+        except Exception:  # noqa: BLE001
+            loaded[key] = None
+    data = loaded[key]
+    try:
+        if data is not None:
+            check_labels(config, build_model(config, data.in_features, data.num_classes), data)
+    except cfg.ConfigError as err:
+        return err
+    except Exception:  # noqa: BLE001  (a model that does not build: the cell's own error)
+        return None
     return None
 
 
