@@ -235,3 +235,18 @@ def test_an_optimizer_factory_sets_the_learning_rate_and_an_lr_beside_it_is_refu
     assert [r["loss"] for r in rows] == [pytest.approx(loss.item(), rel=1e-6), pytest.approx(after, rel=1e-6)]
     with pytest.raises(TypeError, match=r"coord_check optimizer: the factory .* returned None, not an optimizer"):
         coord_check(make, [8], batch=(x, y), steps=1, seeds=(0,), blocks={"0": "hidden"}, optimizer=lambda m: None)
+
+
+def test_labels_past_the_models_outputs_are_refused_before_the_loss_indexes_with_them():
+    # before: torch's "IndexError: Target 7 is out of bounds." traceback (a device-side assert on CUDA)
+    x = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 7, 1, 2, 0])
+    make = lambda width: torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 5))
+    with pytest.raises(ValueError, match=r"coord_check batch \(step 0\): label 7 is out of range for 5 classes"):
+        coord_check(make, [8], batch=(x, y), steps=2, seeds=(0,), blocks={"0": "hidden"})
+    late = lambda step: (x, y if step == 1 else y.clamp(max=4))
+    with pytest.raises(ValueError, match=r"coord_check batch \(step 1\): label 7"):
+        coord_check(make, [8], batch=late, steps=2, seeds=(0,), blocks={"0": "hidden"}, optimizer="sgd")
+    ignored = y.clone()
+    ignored[2] = -100   # cross-entropy's ignore_index: a label that is left out, not out of range
+    assert len(coord_check(make, [8], batch=(x, ignored), steps=1, seeds=(0,), blocks={"0": "hidden"})) == 1

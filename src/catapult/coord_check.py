@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from catapult.arguments import check_batch, check_integer, check_real, check_seed
 from catapult.parametrize import param_groups
 from catapult.files import save_figure
+from catapult.losses import cross_entropy, label_range_error, mse
 
 __all__ = ["coord_check", "coord_slopes", "activation_table", "block_order", "plot_coord_check",
            "find_blocks", "default_loss", "BLOCK_ORDER"]
@@ -155,6 +156,11 @@ def coord_check(
         raise TypeError(f"coord_check loss_fn must be a callable (outputs, targets) -> loss; got {loss_fn!r}")
     device = _checked_device(device)
     loss_fn = loss_fn or default_loss
+    # class labels indexed by a loss whose meaning is known: checked against the outputs' width on
+    # the first run's batches (the later runs take the same ones), before that loss indexes with them
+    # (a label >= width was a CUDA device-side assert, or torch's IndexError traceback on the CPU)
+    labelled = {default_loss: -100, cross_entropy: -100, mse: None}
+    unchecked = set(range(steps)) if loss_fn in labelled else set()
     rows: list[dict] = []
     # under fork_rng: the caller's RNG state is restored afterwards (it was left at the last
     # seed's plus the training's dropout draws, so a user's later random draws changed)
@@ -185,7 +191,11 @@ def coord_check(
                         if device is not None:
                             inputs, targets = inputs.to(device), targets.to(device)
                         current.clear()
-                        loss = loss_fn(model(inputs), targets)
+                        outputs = model(inputs)
+                        if step in unchecked:
+                            unchecked.discard(step)
+                            _check_labels(outputs, targets, labelled[loss_fn], step)
+                        loss = loss_fn(outputs, targets)
                         for name, (_, block) in hooked.items():
                             rows.append({"value": float(value), "seed": int(seed), "step": step,
                                          "block": block, "module": name,
@@ -198,6 +208,17 @@ def coord_check(
                     for handle in handles:
                         handle.remove()
     return rows
+
+
+def _check_labels(outputs, targets, ignore_index: int | None, step: int) -> None:
+    """A ValueError naming the label, the class count and the step where integer ``targets``
+    reach past ``outputs``' last dimension."""
+    if torch.is_tensor(targets) and torch.is_tensor(outputs) and outputs.dim() and not (
+            targets.is_floating_point() or targets.is_complex()):
+        problem = label_range_error(f"coord_check batch (step {step})", targets, outputs.shape[-1],
+                                    ignore_index=ignore_index)
+        if problem is not None:
+            raise problem
 
 
 def _pooled_mean(calls: list[tuple[float, int]]) -> float:
