@@ -103,7 +103,11 @@ def attach_spec(module: nn.Module, spec) -> nn.Module:
     returns ``module``."""
     module.catapult_spec = spec
     if not getattr(module, _HOOKED, False):
-        module.register_state_dict_post_hook(_save_hook)
-        module.register_load_state_dict_pre_hook(_load_hook)
+        if hasattr(module, "register_state_dict_post_hook"):
+            module.register_state_dict_post_hook(_save_hook)
+            module.register_load_state_dict_pre_hook(_load_hook)
+        else:  # torch < 2.5 (AttributeError at every MLP/GPT/WRN built): the same hooks' older names
+            module._register_state_dict_hook(_save_hook)
+            module._register_load_state_dict_pre_hook(_load_hook, with_module=True)
         setattr(module, _HOOKED, True)
     return module

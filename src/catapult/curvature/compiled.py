@@ -157,13 +157,30 @@ def _raised_by_user_code(err: BaseException) -> bool:
     return not os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_torch_code_folders())
 
 
+def _inductor_default_cache_dir() -> str:
+    """Inductor's default cache folder: its own answer where torch has ``cache_dir_utils``,
+    else the same rule (``torchinductor_<user>`` in the temp directory; torch 2.2's ImportError
+    replaced the compiled error being judged)."""
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    except ImportError:
+        import getpass
+        import re
+        import tempfile
+
+        try:
+            user = getpass.getuser()
+        except (KeyError, ImportError, OSError):
+            user = f"uid_{os.getuid()}" if hasattr(os, "getuid") else "unknown_user"
+        return os.path.join(tempfile.gettempdir(), "torchinductor_" + re.sub(r'[\\/:*?"<>|]', "_", user))
+    return default_cache_dir()
+
+
 def _torch_code_folders() -> tuple[str, ...]:
     """Torch's package, triton's (where installed) and inductor's cache folder of generated code
     (read as inductor reads it, without its side effects: it sets the variable and makes the folder)."""
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-
     folders = [os.path.dirname(os.path.abspath(torch.__file__)),
-               os.path.abspath(os.environ.get("TORCHINDUCTOR_CACHE_DIR") or default_cache_dir())]
+               os.path.abspath(os.environ.get("TORCHINDUCTOR_CACHE_DIR") or _inductor_default_cache_dir())]
     triton = importlib.util.find_spec("triton")
     if triton is not None and triton.origin:
         folders.append(os.path.dirname(os.path.abspath(triton.origin)))

@@ -70,7 +70,9 @@ __all__ = ["math_attention", "weight_norm_by_parts", "weight_norm_module", "cust
 
 def math_attention():
     """Context that restricts ``F.scaled_dot_product_attention`` to its math kernel (twice
-    differentiable); a no-op on torch builds without ``torch.nn.attention``.
+    differentiable). Torch before 2.3 has no ``torch.nn.attention``: there the process-wide flags of
+    ``torch.backends.cuda`` (which its CPU kernel choice reads too) turn the flash and
+    memory-efficient kernels off inside and back as they were after.
 
     Example:
         >>> q = torch.ones(1, 2, 4)
@@ -81,9 +83,25 @@ def math_attention():
     """
     try:
         from torch.nn.attention import SDPBackend, sdpa_kernel
-    except ImportError:  # torch < 2.3
-        return contextlib.nullcontext()
+    except ImportError:  # torch < 2.3: it was a no-op, and a fused kernel has no double backward
+        return _math_attention_flags()
     return sdpa_kernel([SDPBackend.MATH])
+
+
+@contextlib.contextmanager
+def _math_attention_flags():
+    """:func:`math_attention` on torch < 2.3: only the math kernel's flag on, the others restored after."""
+    cuda = torch.backends.cuda
+    kernels = [k for k in ("flash", "mem_efficient", "cudnn") if hasattr(cuda, f"{k}_sdp_enabled")]
+    before = {k: bool(getattr(cuda, f"{k}_sdp_enabled")()) for k in (*kernels, "math")}
+    try:
+        for k in kernels:
+            getattr(cuda, f"enable_{k}_sdp")(False)
+        cuda.enable_math_sdp(True)
+        yield
+    finally:
+        for k, on in before.items():
+            getattr(cuda, f"enable_{k}_sdp")(on)
 
 
 _EMBEDDING_GRADIENT_FLAGS = {"scale_grad_by_freq": False, "sparse": False}

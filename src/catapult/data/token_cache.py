@@ -168,7 +168,12 @@ def load_cached_array(path: str | os.PathLike, vocab_size: int | None = None) ->
 def as_tensor(array: np.ndarray) -> torch.Tensor:
     """A 1-D integer tensor sharing memory with ``array`` (a read-only memory map stays mapped:
     nothing is read until it is indexed). The tensor must not be written to (nothing in catapult
-    writes token ids in place); uint16 maps to ``torch.uint16``, uint32 to ``torch.uint32``."""
+    writes token ids in place); uint16 maps to ``torch.uint16``, uint32 to ``torch.uint32``. Torch
+    before 2.3 has neither (``from_numpy`` raised TypeError): there the ids are read into int32
+    (uint16) or int64 (uint32), the same values, no longer mapped."""
+    wide = {np.dtype(np.uint16): ("uint16", np.int32), np.dtype(np.uint32): ("uint32", np.int64)}.get(array.dtype)
+    if wide is not None and not hasattr(torch, wide[0]):
+        return torch.from_numpy(np.asarray(array, dtype=wide[1]))
     with warnings.catch_warnings():  # torch warns that the mapped buffer is read-only
         warnings.simplefilter("ignore", UserWarning)
         return torch.from_numpy(array)

@@ -64,6 +64,10 @@ def check_fsdp(config: Mapping[str, Any], distributed: bool) -> None:
     if not config["train"]["fsdp"]:
         return
     problems = []
+    if not _fsdp2_available():   # torch 2.2 - 2.5: shard_model's ImportError came mid-setup, in every rank
+        problems.append(("train.fsdp", f"needs FSDP2 (torch.distributed.fsdp.fully_shard and torch.distributed.tensor, "
+                                       f"torch 2.6 or later); this torch is {torch.__version__}: upgrade torch or "
+                                       f"train unsharded (train.fsdp=false)"))
     if not distributed:
         problems.append(("train.fsdp", "shards a model over the processes of catapult train-ddp started by "
                                        "torchrun; this run has none"))
@@ -87,6 +91,16 @@ def check_fsdp(config: Mapping[str, Any], distributed: bool) -> None:
         problems.append(("train.compile", "is not combined with train.fsdp"))
     if problems:
         raise cfg.ConfigError(problems)
+
+
+def _fsdp2_available() -> bool:
+    """Whether this torch has FSDP2's public names (``fully_shard``, ``FSDPModule``, ``DTensor``)."""
+    try:
+        import torch.distributed.fsdp as fsdp
+        import torch.distributed.tensor as tensor
+    except ImportError:  # torch 2.2's torch.distributed.tensor is its tensor parallelism alone; a torch without distributed
+        return False
+    return hasattr(fsdp, "fully_shard") and hasattr(fsdp, "FSDPModule") and hasattr(tensor, "DTensor")
 
 
 def shard_model(model: nn.Module) -> nn.Module:

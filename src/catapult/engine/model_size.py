@@ -254,7 +254,10 @@ def size_error(model: Mapping[str, Any], err: BaseException, context: int | None
         model: model.width=99999999999 and model.depth=3 cannot be built here (a tensor size overflows int64); reduce model.width or model.depth
     """
     text = str(err)
-    if not (isinstance(err, (MemoryError, torch.OutOfMemoryError)) or any(w in text for w in _SIZE_ERROR_WORDS)):
+    # torch.OutOfMemoryError from torch 2.5, torch.cuda's before (on torch 2.2 - 2.4 the name alone
+    # raised AttributeError over the error judged here)
+    out_of_memory = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    if not (isinstance(err, (MemoryError, out_of_memory)) or any(w in text for w in _SIZE_ERROR_WORDS)):
         raise err
     found = re.search(r"allocate (\d+) bytes", text)
     if found:

@@ -168,7 +168,7 @@ class MaskedLinear(nn.Linear):
         # as a decorator imported dynamo and sympy with this module (1.5 s of every ``import
         # catapult``), and wrapping at the first call still imported them, and made inductor's
         # cache folder in the temp directory, at a RigL run's first step
-        if torch.compiler.is_compiling():
+        if _compiling():
             return _hook_accumulation_untraced(self)
         self._hook_weights()
 
@@ -374,3 +374,11 @@ def model_density(model: nn.Module) -> float:
 # torch's lazy form of ``torch.compiler.disable`` (dynamo imported at its first call, which only a
 # traced forward makes)
 _hook_accumulation_untraced = torch._disable_dynamo(lambda layer: layer._hook_weights())
+
+
+def _compiling() -> bool:
+    """Whether dynamo is tracing this call: ``torch.compiler.is_compiling`` (torch >= 2.3), else
+    ``torch._utils.is_compiling``, which torch 2.2's dynamo answers alike (an AttributeError at a
+    RigL layer's first ``capture_dense_grad`` before)."""
+    is_compiling = getattr(torch.compiler, "is_compiling", None)
+    return is_compiling() if is_compiling is not None else torch._utils.is_compiling()
