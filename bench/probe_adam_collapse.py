@@ -20,6 +20,9 @@ It stops after ``--stop`` steps (the schedule is still that of ``train.steps``).
 row per step (the sharpness and v columns empty where not measured).
 
     OMP_NUM_THREADS=1 nice -n 10 python bench/probe_adam_collapse.py --seed 1 --twrm 300 --lr 0.015625 --stop 8000 --out /tmp/c.csv
+
+``--kill 27,24,25`` kills all but that many units of each hidden layer at init (a random choice seeded by
+the run's seed): a warmup run with the unit count a no-warmup run is left with after its first steps.
 """
 from __future__ import annotations
 
@@ -58,6 +61,23 @@ def config_of(seed: int, twrm: int, lr: float, sets: list[str]) -> dict:
     return c
 
 
+def kill_units(model, alive: list[int], seed: int) -> None:
+    """Leave ``alive[i]`` units of hidden layer i; zero the rest's weight rows and biases (dead ReLU units for good)."""
+    hidden = model.layers[:-1]
+    if len(alive) != len(hidden):
+        raise SystemExit(f"--kill: {len(alive)} counts for {len(hidden)} hidden layers")
+    gen = torch.Generator().manual_seed(1000 + seed)
+    with torch.no_grad():
+        for layer, keep in zip(hidden, alive):
+            width = layer.weight.shape[0]
+            if not 0 < keep <= width:
+                raise SystemExit(f"--kill: {keep} alive units of a layer of {width}")
+            dead = torch.randperm(width, generator=gen)[keep:]
+            layer.weight[dead] = 0.0
+            if layer.bias is not None:
+                layer.bias[dead] = 0.0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seed", type=int, required=True)
@@ -72,6 +92,9 @@ def main(argv=None) -> int:
     p.add_argument("--units", help="write the hidden units' state at the last step here (JSON): per layer the alive "
                                    "units, and over them the median share of inputs a unit is active on, the median of "
                                    "its largest and of its mean positive pre-activation, its bias, its weight row norm")
+    p.add_argument("--kill", help="comma-separated alive units to leave per hidden layer (27,24,25): the rest, drawn "
+                                  "at random (generator seeded 1000 + seed), are killed at init (weight row and bias "
+                                  "zero: no positive pre-activation, so no gradient reaches them again)")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
 
@@ -84,6 +107,8 @@ def main(argv=None) -> int:
     from catapult import schedules
     scheduler = schedules.attach(opt, schedule)
     params = [q for q in model.parameters() if q.requires_grad]
+    if a.kill:
+        kill_units(model, [int(n) for n in a.kill.split(",")], a.seed)
 
     alive: dict[int, torch.Tensor] = {}
     hooks = [layer.register_forward_hook(lambda mod, inp, out, i=i: alive.__setitem__(i, (out > 0).any(0)))
