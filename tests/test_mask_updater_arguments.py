@@ -36,5 +36,5 @@ def test_rigl_update_refuses_a_fraction_that_is_not_a_number(fraction):
     weight, grad = torch.randn(4, 4), torch.randn(4, 4)
     mask = torch.zeros(4, 4, dtype=torch.bool)
     mask[:2] = True
-    with pytest.raises(ValueError, match="rigl_update fraction must be a number in"):
+    with pytest.raises(ValueError, match="rigl_update fraction must be a finite number in"):
         rigl_update(weight, mask, grad, fraction)

@@ -126,8 +126,8 @@ def test_persistent_warmup_bad_arguments():
     assert {k: saved[k] for k in ("lr_start", "rtol", "warm_start")} == {"lr_start": 1e-4, "rtol": None, "warm_start": True}
     schedules.PersistentCatapultWarmup(opt, model, _mse, 1.0, delta=0.1).load_state_dict(saved)
     # the lr a state_dict sets on the groups is checked: never above the target, never negative
-    for lr, error, words in ((5.0, ValueError, "above this warmup's lr_target"), (-5.0, ValueError, "must be > 0"),
-                             ("x", TypeError, "must be a real number")):
+    for lr, error, words in ((5.0, ValueError, "above this warmup's lr_target"), (-5.0, ValueError, "must be a finite number > 0"),
+                             ("x", ValueError, r"state_dict\['lr'\] must be a finite number > 0; got 'x'")):
         with pytest.raises(error, match=words):
             schedules.PersistentCatapultWarmup(opt, model, _mse, 1.0).load_state_dict({**saved, "lr": lr})
     assert opt.param_groups[0]["lr"] == 0.0

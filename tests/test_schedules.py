@@ -319,10 +319,11 @@ def test_attach_warns_when_it_replaces_differing_group_lrs():
 @pytest.mark.parametrize("build, match", [
     (lambda: schedules.WarmupSchedule(1.0, 4, decay="cosine"), "needs total_steps"),
     (lambda: schedules.WarmupSchedule(1.0, 4, decay="cos", total_steps=9), "decay must be"),
-    (lambda: schedules.WarmupSchedule(-1.0, 4), "lr_target must be >= 0"),
+    (lambda: schedules.WarmupSchedule(-1.0, 4), "^WarmupSchedule lr_target must be a finite number >= 0; got -1.0$"),
     (lambda: schedules.WarmupSchedule(1.0, 0), "^warmup_steps must be an integer >= 1; got 0$"),
     (lambda: schedules.CatapultWarmupSchedule(1.0, 0, 0.5), "^warmup_steps must be an integer >= 1; got 0$"),
-    (lambda: schedules.CatapultWarmupSchedule(1.0, 4, float("nan")), "lr_critical must be finite"),
+    (lambda: schedules.CatapultWarmupSchedule(1.0, 4, float("nan")),
+     "^CatapultWarmupSchedule lr_critical must be a finite number >= 0; got nan$"),
 ])
 def test_the_public_schedule_classes_check_their_fields_as_the_factories_do(build, match):
     # built directly, these crashed at a later step (TypeError on None - 1, KeyError 'cos',

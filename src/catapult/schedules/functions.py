@@ -10,7 +10,7 @@ import numbers
 from dataclasses import dataclass
 from typing import Any
 
-from catapult.arguments import check_integer
+from catapult.arguments import check_integer, check_real
 from catapult.critical_lr import CriticalLR
 
 __all__ = [
@@ -44,6 +44,14 @@ def polynomial_warmup_factor(t: int, warmup_steps: int, power: float = 1.0) -> f
         >>> polynomial_warmup_factor(1, 4, power=2.0)      # ((1 + 1) / 4) ** 2
         0.25
     """
+    # power=nan gave 1.0 (the target at step 0), True ran as power 1 and power <= 0 gave 1.0 at every step
+    power = check_real("polynomial_warmup_factor", "power", power, low=0.0, low_open=True)
+    warmup_steps = check_integer("polynomial_warmup_factor", "warmup_steps", warmup_steps)
+    return _warmup_factor(t, warmup_steps, power)
+
+
+def _warmup_factor(t: int, warmup_steps: int, power: float) -> float:
+    """:func:`polynomial_warmup_factor` on checked arguments (a schedule's per-step path)."""
     return min(1.0, ((t + 1) / warmup_steps) ** power)
 
 
@@ -79,6 +87,11 @@ def cosine_decay(s: float, lr_start: float, lr_end: float) -> float:
         >>> cosine_decay(0.0, 0.3, 0.03)
         0.3
     """
+    # s=nan gave nan, s outside [0, 1] an lr beyond lr_start or lr_end (cos is even: s=-0.5 was s=0.5)
+    return _cosine(*_checked_decay("cosine_decay", s, lr_start, lr_end))
+
+
+def _cosine(s: float, lr_start: float, lr_end: float) -> float:
     c = 0.5 * (1.0 + math.cos(math.pi * s))
     return c * lr_start + (1.0 - c) * lr_end
 
@@ -94,28 +107,31 @@ def linear_decay(s: float, lr_start: float, lr_end: float) -> float:
         >>> linear_decay(1.0, 1.0, 0.1)
         0.1
     """
+    return _linear(*_checked_decay("linear_decay", s, lr_start, lr_end))
+
+
+def _linear(s: float, lr_start: float, lr_end: float) -> float:
     return (1.0 - s) * lr_start + s * lr_end
 
 
-_DECAY_FNS = {"cosine": cosine_decay, "linear": linear_decay}
+def _checked_decay(owner: str, s: Any, lr_start: Any, lr_end: Any) -> tuple[float, float, float]:
+    """A decay's progress in [0, 1] and its two finite lrs (>= 0), checked (the public functions only:
+    a schedule checks its lrs once, at construction, and computes ``s`` itself)."""
+    return (check_real(owner, "s", s, low=0.0, high=1.0), check_real(owner, "lr_start", lr_start, low=0.0),
+            check_real(owner, "lr_end", lr_end, low=0.0))
+
+
+_DECAY_FNS = {"cosine": _cosine, "linear": _linear}
 
 
 # --------------------------------------------------------------------------------------------
 # Argument checks (clear errors that name the argument)
 # --------------------------------------------------------------------------------------------
-def checked_real(name: str, value: Any, *, positive: bool = False) -> float:
+def checked_real(owner: str, name: str, value: Any, *, positive: bool = False) -> float:
     """``value`` as a float once it is a finite real (``> 0`` with ``positive``, else ``>= 0``):
-    a TypeError or ValueError naming ``name`` otherwise (the schedules' argument check)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    if positive and value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return value
+    :func:`catapult.arguments.check_real`'s ValueError naming ``owner`` and ``name`` otherwise (the
+    schedules' argument check; a 0-d tensor is a number, as it is everywhere)."""
+    return check_real(owner, name, value, low=0.0, low_open=positive)
 
 
 def _count(name: str, value: Any, *, minimum: int = 1) -> int:
@@ -130,7 +146,7 @@ def _step(t: Any) -> int:
     return int(t)
 
 
-def _check_decay(decay, total_steps, lr_final, lr_target, warmup_steps):
+def _check_decay(decay, total_steps, lr_final, lr_target, warmup_steps, owner):
     """Validate the decay arguments; return (decay, total_steps, lr_final) normalised."""
     if decay is None:
         decay = "constant"
@@ -151,7 +167,7 @@ def _check_decay(decay, total_steps, lr_final, lr_target, warmup_steps):
         raise ValueError(
             f"total_steps ({total_steps}) must be > warmup_steps ({warmup_steps}) for "
             f"decay={decay!r}: the decay runs from step warmup_steps - 1 to total_steps - 1")
-    lr_final = lr_target / 10.0 if lr_final is None else checked_real("lr_final", lr_final)
+    lr_final = lr_target / 10.0 if lr_final is None else checked_real(owner, "lr_final", lr_final)
     if lr_final > lr_target:  # the "decay" rose from lr_target to lr_final
         raise ValueError(f"lr_final ({lr_final:g}) must be <= lr_target ({lr_target:g}): decay={decay!r} "
                          f"falls from lr_target to lr_final")
@@ -167,10 +183,11 @@ def _set_fields(schedule: Any, **values: Any) -> None:
 def _checked_warmup_fields(schedule: Any) -> dict[str, Any]:
     """The checked fields both warmup schedules have (``lr_target``, ``warmup_steps`` and the decay's),
     as the factories check them."""
-    lr_target = checked_real("lr_target", schedule.lr_target)
+    owner = type(schedule).__name__
+    lr_target = checked_real(owner, "lr_target", schedule.lr_target)
     warmup_steps = _count("warmup_steps", schedule.warmup_steps)
     decay, total_steps, lr_final = _check_decay(schedule.decay, schedule.total_steps, schedule.lr_final,
-                                                lr_target, warmup_steps)
+                                                lr_target, warmup_steps, owner)
     return dict(lr_target=lr_target, warmup_steps=warmup_steps, decay=decay, total_steps=total_steps,
                 lr_final=lr_final)
 
@@ -221,17 +238,18 @@ class WarmupSchedule:
         # built directly (the class is public), a bad field crashed at some later step with a
         # bare TypeError/KeyError, or gave negative lrs: the same checks as warmup()
         fields = _checked_warmup_fields(self)
-        lr_init = checked_real("lr_init", self.lr_init)
+        lr_init = checked_real("WarmupSchedule", "lr_init", self.lr_init)
         if lr_init > fields["lr_target"]:  # the "warmup" fell from lr_init to lr_target
             raise ValueError(f"lr_init ({lr_init:g}) must be <= lr_target ({fields['lr_target']:g}): the warmup "
                              f"rises from lr_init to lr_target")
-        _set_fields(self, **fields, lr_init=lr_init, power=checked_real("power", self.power, positive=True))
+        power = checked_real("WarmupSchedule", "power", self.power, positive=True)
+        _set_fields(self, **fields, lr_init=lr_init, power=power)
 
     def __call__(self, t: int) -> float:
         t = _step(t)
         peak = self.warmup_steps - 1
         if t < peak:
-            factor = polynomial_warmup_factor(t, self.warmup_steps, self.power)
+            factor = _warmup_factor(t, self.warmup_steps, self.power)
             return self.lr_init + (self.lr_target - self.lr_init) * factor
         return _after_peak(t, self.lr_target, peak, self.decay, self.total_steps, self.lr_final)
 
@@ -301,7 +319,8 @@ class CatapultWarmupSchedule:
 
     def __post_init__(self) -> None:
         # the same checks as catapult_warmup() (warmup_steps=0 divided by zero at step 0)
-        _set_fields(self, **_checked_warmup_fields(self), lr_critical=checked_real("lr_critical", self.lr_critical))
+        lr_critical = checked_real("CatapultWarmupSchedule", "lr_critical", self.lr_critical)
+        _set_fields(self, **_checked_warmup_fields(self), lr_critical=lr_critical)
 
     @property
     def peak_step(self) -> int:

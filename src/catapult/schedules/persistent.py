@@ -100,17 +100,17 @@ class PersistentCatapultWarmup:
         check_module("PersistentCatapultWarmup", model)
         if not callable(loss_fn):
             raise TypeError("loss_fn must be callable: loss_fn(outputs, targets) -> scalar")
-        self.lr_target = checked_real("lr_target", lr_target, positive=True)
-        self.delta = checked_real("delta", delta, positive=True)
+        self.lr_target = checked_real("PersistentCatapultWarmup", "lr_target", lr_target, positive=True)
+        self.delta = checked_real("PersistentCatapultWarmup", "delta", delta, positive=True)
         if lr_start is None:
             lr_start = min(1e-4, self.lr_target)
-        self.lr_start = checked_real("lr_start", lr_start, positive=True)
+        self.lr_start = checked_real("PersistentCatapultWarmup", "lr_start", lr_start, positive=True)
         if self.lr_start > self.lr_target:
             raise ValueError(f"lr_start ({self.lr_start}) must be <= lr_target ({self.lr_target})")
         if not isinstance(warm_start, bool):  # bool("no") is True
             raise TypeError(f"warm_start must be True or False, got {warm_start!r}")
         self.warm_start = warm_start
-        self.rtol = None if rtol is None else checked_real("rtol", rtol, positive=True)
+        self.rtol = None if rtol is None else checked_real("PersistentCatapultWarmup", "rtol", rtol, positive=True)
         registry.refuse_maximize(optimizer, "PersistentCatapultWarmup")
         self.optimizer, self.model, self.loss_fn = optimizer, model, loss_fn
         warn_replaced_group_lrs(optimizer, type(self).__name__)
@@ -203,7 +203,7 @@ class PersistentCatapultWarmup:
                                  f"{state_dict[key]!r}, this warmup has {key}={getattr(self, key)!r}")
         lr = state_dict["lr"]
         if lr is not None:  # the lr the groups get: a checked base lr, never above the target
-            lr = checked_real("state_dict['lr']", lr, positive=True)
+            lr = checked_real("PersistentCatapultWarmup", "state_dict['lr']", lr, positive=True)
             if lr > self.lr_target:
                 raise ValueError(f"PersistentCatapultWarmup state_dict has lr={lr!r} above this "
                                  f"warmup's lr_target={self.lr_target!r}")

@@ -41,14 +41,13 @@ optimizer step the updater re-applies the masks (``W <- W ⊙ M``), so a masked 
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 import torch.nn as nn
 
-from catapult.arguments import check_integer
+from catapult.arguments import check_integer, check_real
 from catapult.sparsity.static import MaskedLinear, exact_nonzeros, masked_modules
 
 __all__ = ["DYNAMIC_METHODS", "rigl_drop_fraction", "gmp_density", "MaskUpdater", "rigl_update", "prune_to",
@@ -64,6 +63,8 @@ def rigl_drop_fraction(t: int, alpha: float, end_step: int) -> float:
     >>> rigl_drop_fraction(0, 0.3, 100), rigl_drop_fraction(50, 0.3, 100), rigl_drop_fraction(100, 0.3, 100)
     (0.3, 0.15, 0.0)
     """
+    # alpha=nan, -0.3 or True (as 1.0) gave a fraction that rigl_update refused, or ran, only at the first update
+    alpha = check_real("rigl_drop_fraction", "alpha", alpha, low=0.0, high=1.0)
     if t >= end_step:
         return 0.0
     return 0.5 * alpha * (1.0 + math.cos(math.pi * t / end_step))
@@ -76,6 +77,9 @@ def gmp_density(t: int, final_density: float, start_step: int, end_step: int,
     >>> gmp_density(0, 0.1, 0, 10), gmp_density(10, 0.1, 0, 10), round(gmp_density(5, 0.1, 0, 10), 4)
     (1.0, 0.1, 0.2125)
     """
+    # nan, inf, True (as 1.0) and densities outside (0, 1] gave such a density back, silently
+    final_density = check_real("gmp_density", "final_density", final_density, low=0.0, high=1.0, low_open=True)
+    initial_density = check_real("gmp_density", "initial_density", initial_density, low=0.0, high=1.0, low_open=True)
     if end_step <= start_step:
         return final_density if t >= end_step else initial_density
     progress = min(1.0, max(0.0, (t - start_step) / (end_step - start_step)))
@@ -98,9 +102,8 @@ def rigl_update(weight: torch.Tensor, mask: torch.Tensor, dense_grad: torch.Tens
     Drop the ``k = floor(fraction * n_active)`` active entries of smallest ``|weight|``, then
     grow the ``k`` inactive entries (after the drop) of largest ``|dense_grad|``. Ties break
     by index order of ``torch.topk``."""
-    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0.0 <= fraction <= 1.0:
-        # 1.5 dropped the active entries and as many inactive ones, then grew them all: the count rose
-        raise ValueError(f"rigl_update fraction must be a number in [0, 1]; got {fraction!r}")
+    # 1.5 dropped the active entries and as many inactive ones, then grew them all: the count rose
+    fraction = check_real("rigl_update", "fraction", fraction, low=0.0, high=1.0)
     if not (weight.shape == mask.shape == dense_grad.shape):
         raise ValueError(f"rigl_update: weight {tuple(weight.shape)}, mask {tuple(mask.shape)} and dense_grad "
                          f"{tuple(dense_grad.shape)} must have one shape")
@@ -163,10 +166,9 @@ class MaskUpdater:
         update_every = check_integer("MaskUpdater", "update_every", update_every)
         start_step = check_integer("MaskUpdater", "start_step", start_step, low=0)
         end_step = check_integer("MaskUpdater", "end_step", end_step, low=0, optional=True)
-        for name, value in (("final_density", final_density), ("drop_fraction", drop_fraction)):
-            # a drop fraction above 1 grew more weights than it dropped: the density changed
-            if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and 0.0 < value <= 1.0):
-                raise ValueError(f"{name} must be a number in (0, 1]; got {value!r}")
+        # a drop fraction above 1 grew more weights than it dropped: the density changed
+        final_density = check_real("MaskUpdater", "final_density", final_density, low=0.0, high=1.0, low_open=True)
+        drop_fraction = check_real("MaskUpdater", "drop_fraction", drop_fraction, low=0.0, high=1.0, low_open=True)
         if method != "static":
             _check_schedule(method, final_density, update_every, end_step, start_step)
         self.method, self.final_density = method, float(final_density)

@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
-from catapult.arguments import check_flag
+from catapult.arguments import check_flag, check_real
 
 __all__ = [
     "MASK_METHODS",
@@ -49,16 +49,15 @@ __all__ = [
 MASK_METHODS = ("exact", "bernoulli")
 
 
-def _check_density(density: float) -> float:
-    density = float(density)
-    if not (0.0 < density <= 1.0) or math.isnan(density):
-        raise ValueError(f"density must be in (0, 1] (density = 1 - sparsity); got {density!r}")
-    return density
+def _check_density(owner: str, density: float) -> float:
+    # float(density) took True as 1.0 (a dense layer) and "0.1" as 0.1; MaskedLinear(density=True) then
+    # failed in torch's words
+    return check_real(owner, "density", density, low=0.0, high=1.0, low_open=True)
 
 
 def exact_nonzeros(numel: int, density: float) -> int:
     """Number of kept entries of an exact-density mask: ``max(1, floor(density * numel + 1/2))``."""
-    density = _check_density(density)
+    density = _check_density("exact_nonzeros", density)
     return max(1, min(numel, int(math.floor(density * numel + 0.5))))
 
 
@@ -78,7 +77,7 @@ def random_mask(
     random numbers. Sampling happens on the CPU with ``generator`` (or the global CPU RNG), so a
     seed gives the same mask on every device.
     """
-    density = _check_density(density)
+    density = _check_density("random_mask", density)
     if method not in MASK_METHODS:
         raise ValueError(f"mask method must be one of {MASK_METHODS}; got {method!r}")
     shape = torch.Size(shape)
@@ -262,7 +261,8 @@ class MaskedLinear(nn.Linear):
         bias = check_flag(type(self).__name__, "bias", bias)  # bias="no" built a bias, as nn.Linear does
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.register_buffer("mask", None)
-        if _check_density(density) < 1.0:
+        density = _check_density(type(self).__name__, density)
+        if density < 1.0:
             self.set_mask(random_mask(self.weight.shape, density, method=mask_method,
                                       generator=generator))
 
@@ -342,6 +342,8 @@ def sparsify_(
     converted, because a subclass's own ``forward`` would be lost. Pass ``mask`` to install a
     given mask instead of sampling one.
     """
+    if mask is None:  # before the layer changes class: a refused density leaves it as it was
+        density = _check_density("sparsify_", density)
     if not isinstance(linear, MaskedLinear):
         if type(linear) is not nn.Linear:
             raise TypeError(

@@ -1,0 +1,121 @@
+"""``catapult.arguments.check_real`` at the sites that checked their real numbers by hand (or not at
+all): nan, +-inf, a bool, a string and a one-element list are refused everywhere with one ValueError
+naming the owner, the argument and the value; a NumPy scalar and a 0-d tensor are the number they
+hold. Each site's out-of-range values, and the silently wrong answers they gave, are checked
+against the closed form the function documents."""
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from catapult import schedules, sparsity
+
+NOT_REALS = [float("nan"), float("inf"), -float("inf"), True, "0.5", [0.5]]
+
+# (id, call with the value, "owner label" the message starts with)
+SITES = [
+    ("polynomial_warmup_factor.power", lambda v: schedules.polynomial_warmup_factor(1, 4, v),
+     "polynomial_warmup_factor power"),
+    ("cosine_decay.s", lambda v: schedules.cosine_decay(v, 1.0, 0.1), "cosine_decay s"),
+    ("cosine_decay.lr_end", lambda v: schedules.cosine_decay(0.5, 1.0, v), "cosine_decay lr_end"),
+    ("linear_decay.s", lambda v: schedules.linear_decay(v, 1.0, 0.1), "linear_decay s"),
+    ("warmup.lr_target", lambda v: schedules.warmup(v, 4), "WarmupSchedule lr_target"),
+    ("warmup.power", lambda v: schedules.warmup(1.0, 4, power=v), "WarmupSchedule power"),
+    ("catapult_warmup.lr_critical", lambda v: schedules.catapult_warmup(1.0, 4, v), "CatapultWarmupSchedule lr_critical"),
+    ("exact_nonzeros.density", lambda v: sparsity.exact_nonzeros(100, v), "exact_nonzeros density"),
+    ("random_mask.density", lambda v: sparsity.random_mask((10, 10), v), "random_mask density"),
+    ("MaskedLinear.density", lambda v: sparsity.MaskedLinear(10, 10, density=v), "MaskedLinear density"),
+    ("sparsify_.density", lambda v: sparsity.sparsify_(torch.nn.Linear(10, 10), v), "sparsify_ density"),
+    ("rigl_drop_fraction.alpha", lambda v: sparsity.rigl_drop_fraction(1, v, 10), "rigl_drop_fraction alpha"),
+    ("gmp_density.final_density", lambda v: sparsity.gmp_density(5, v, 0, 10), "gmp_density final_density"),
+    ("gmp_density.initial_density", lambda v: sparsity.gmp_density(5, 0.5, 0, 10, initial_density=v),
+     "gmp_density initial_density"),
+]
+
+
+@pytest.mark.parametrize("value", NOT_REALS, ids=repr)
+@pytest.mark.parametrize("site, call, who", SITES, ids=[s[0] for s in SITES])
+def test_what_is_no_finite_real_is_refused_naming_owner_argument_and_value(site, call, who, value):
+    with pytest.raises(ValueError, match=f"^{re.escape(who)} must be a finite number") as err:
+        call(value)
+    assert str(err.value).endswith(f"; got {value!r}")
+
+
+# sites whose arithmetic (float(), *, **) took a NumPy scalar and a 0-d tensor already
+TOOK_0D = {"cosine_decay.lr_end", "exact_nonzeros.density", "random_mask.density", "MaskedLinear.density",
+           "sparsify_.density", "gmp_density.final_density", "gmp_density.initial_density"}
+REFUSED_0D = [s for s in SITES if s[0] not in TOOK_0D]
+
+
+@pytest.mark.parametrize("site, call, who", REFUSED_0D, ids=[s[0] for s in REFUSED_0D])
+def test_a_numpy_scalar_and_a_0d_tensor_are_the_number_they_hold(site, call, who):
+    # warmup(torch.tensor(0.5), 4) was a TypeError, random_mask(..., np.float32) ran, ...: now all alike
+    def plain(out):
+        return out.tolist() if isinstance(out, torch.Tensor) else out.weight.count_nonzero().item() \
+            if isinstance(out, torch.nn.Module) else out
+
+    torch.manual_seed(0)
+    expected = plain(call(0.5))
+    for value in (np.float64(0.5), np.float32(0.5), torch.tensor(0.5), torch.tensor(0.5, dtype=torch.float64)):
+        torch.manual_seed(0)
+        assert plain(call(value)) == expected
+
+
+def test_polynomial_warmup_factor_refuses_powers_that_gave_the_target_at_once():
+    # ((t + 1) / T) ** p: power nan gave 1.0 (min(1, nan)), 0 and -1 gave 1.0 at every step, inf gave 0.0
+    # and True ran as power 1
+    for power in (float("nan"), 0.0, -1.0, float("inf"), True):
+        with pytest.raises(ValueError, match="^polynomial_warmup_factor power must be a finite number > 0; got "):
+            schedules.polynomial_warmup_factor(1, 4, power)
+    assert schedules.polynomial_warmup_factor(1, 4, np.float32(2.0)) == (2 / 4) ** 2
+    with pytest.raises(ValueError, match="^polynomial_warmup_factor warmup_steps must be an integer >= 1; got 0$"):
+        schedules.polynomial_warmup_factor(1, 0)     # ZeroDivisionError
+
+
+@pytest.mark.parametrize("decay", [schedules.cosine_decay, schedules.linear_decay])
+def test_decays_refuse_progress_outside_0_1_that_left_the_lr_range(decay):
+    # cosine_decay(-0.5, 1, 0.1) was 0.55 (cos is even), linear_decay(1.5, 1, 0.1) -0.35: an lr below 0
+    for s in (-0.5, 1.5):
+        with pytest.raises(ValueError, match=rf"^{decay.__name__} s must be a finite number in \[0, 1\]; got {s}$"):
+            decay(s, 1.0, 0.1)
+    assert decay(0.0, 1.0, 0.1) == 1.0 and decay(1.0, 1.0, 0.1) == 0.1
+
+
+def test_schedule_lrs_take_a_0d_tensor_and_refuse_a_bool_with_one_error_type():
+    # TypeError ("must be a real number") for True and for a 0-d tensor; ValueError for nan
+    assert schedules.warmup(torch.tensor(2.0), 2)(1) == 2.0
+    with pytest.raises(ValueError, match="^WarmupSchedule lr_target must be a finite number >= 0; got True$"):
+        schedules.warmup(True, 2)
+
+
+def test_sparsity_densities_refuse_true_that_ran_as_a_dense_layer():
+    # exact_nonzeros(100, True) was 100 of 100 kept, sparsify_(layer, True) a dense "sparse" layer,
+    # exact_nonzeros(100, "0.1") was 10, MaskedLinear(density=True) an AttributeError from torch
+    with pytest.raises(ValueError, match=r"^exact_nonzeros density must be a finite number in \(0, 1\]; got True$"):
+        sparsity.exact_nonzeros(100, True)
+    layer = torch.nn.Linear(4, 4)
+    with pytest.raises(ValueError, match="^sparsify_ density must be a finite number"):
+        sparsity.sparsify_(layer, True)
+    assert type(layer) is torch.nn.Linear and not hasattr(layer, "mask")  # refused before it changed class
+    assert sparsity.exact_nonzeros(100, torch.tensor(0.25)) == 25
+    mask = sparsity.random_mask((10, 10), np.float32(0.3), generator=torch.Generator().manual_seed(0))
+    assert int(mask.sum()) == 30
+
+
+def test_gmp_density_and_rigl_drop_fraction_refuse_what_they_returned_silently():
+    # gmp_density(5, nan, 0, 10) was nan, (5, 1.5, ...) 1.4375 (above dense), (5, -0.1, ...) 0.0375;
+    # rigl_drop_fraction(1, -0.3, 10) a negative fraction, (1, nan, 10) nan
+    for value in (float("nan"), 1.5, -0.1, 0.0):
+        with pytest.raises(ValueError, match=r"^gmp_density final_density must be a finite number in \(0, 1\]"):
+            sparsity.gmp_density(5, value, 0, 10)
+    for value in (float("nan"), -0.3, 1.5):
+        with pytest.raises(ValueError, match=r"^rigl_drop_fraction alpha must be a finite number in \[0, 1\]"):
+            sparsity.rigl_drop_fraction(1, value, 10)
+    # the closed forms: d_f + (d_0 - d_f)(1 - 1/2)^3 and (alpha / 2)(1 + cos(pi / 10))
+    assert sparsity.gmp_density(5, np.float64(0.1), 0, 10) == pytest.approx(0.1 + 0.9 / 8)
+    assert sparsity.rigl_drop_fraction(1, torch.tensor(0.3, dtype=torch.float64), 10) == pytest.approx(
+        0.15 * (1 + math.cos(math.pi / 10)))
