@@ -6,13 +6,21 @@ against the closed form the function documents."""
 from __future__ import annotations
 
 import math
+import os
 import re
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from catapult import schedules, sparsity
+from catapult.engine import MetricsFile
+from catapult.models.wrn import ChannelLayerNorm
+from catapult.scaled_layers import init_weight_
+from catapult.sweep.batched_memory import func_member_bytes, memory_budget
+from catapult.sweep.claims import LEASE_S, Heartbeat
 
 NOT_REALS = [float("nan"), float("inf"), -float("inf"), True, "0.5", [0.5]]
 
@@ -34,6 +42,16 @@ SITES = [
     ("gmp_density.final_density", lambda v: sparsity.gmp_density(5, v, 0, 10), "gmp_density final_density"),
     ("gmp_density.initial_density", lambda v: sparsity.gmp_density(5, 0.5, 0, 10, initial_density=v),
      "gmp_density initial_density"),
+    ("ChannelLayerNorm.eps", lambda v: ChannelLayerNorm(3, eps=v), "ChannelLayerNorm eps"),
+    ("init_weight_.var", lambda v: init_weight_(torch.empty(4, 4), v), "init_weight_ var"),
+    ("memory_budget.fraction", lambda v: memory_budget("cpu", v, total_ram=1000), "memory_budget fraction"),
+    ("func_member_bytes.hvp_fraction", lambda v: func_member_bytes(
+        n_params=10, buffer_bytes=0, activations=10, itemsize=4, rule="sgd", sharpness=True, hvp_fraction=v),
+     "func_member_bytes hvp_fraction"),
+    ("Heartbeat.interval", lambda v: Heartbeat(os.path.join(tempfile.mkdtemp(), "s.db"), "d", v).stop(),
+     "Heartbeat interval"),
+    ("MetricsFile.flush_seconds", lambda v: MetricsFile(Path(tempfile.mkdtemp()) / "m.csv", flush_seconds=v).close(),
+     "MetricsFile flush_seconds"),
 ]
 
 
@@ -47,7 +65,9 @@ def test_what_is_no_finite_real_is_refused_naming_owner_argument_and_value(site,
 
 # sites whose arithmetic (float(), *, **) took a NumPy scalar and a 0-d tensor already
 TOOK_0D = {"cosine_decay.lr_end", "exact_nonzeros.density", "random_mask.density", "MaskedLinear.density",
-           "sparsify_.density", "gmp_density.final_density", "gmp_density.initial_density"}
+           "sparsify_.density", "gmp_density.final_density", "gmp_density.initial_density", "ChannelLayerNorm.eps",
+           "init_weight_.var", "memory_budget.fraction", "func_member_bytes.hvp_fraction",
+           "Heartbeat.interval", "MetricsFile.flush_seconds"}
 REFUSED_0D = [s for s in SITES if s[0] not in TOOK_0D]
 
 
@@ -119,3 +139,50 @@ def test_gmp_density_and_rigl_drop_fraction_refuse_what_they_returned_silently()
     assert sparsity.gmp_density(5, np.float64(0.1), 0, 10) == pytest.approx(0.1 + 0.9 / 8)
     assert sparsity.rigl_drop_fraction(1, torch.tensor(0.3, dtype=torch.float64), 10) == pytest.approx(
         0.15 * (1 + math.cos(math.pi / 10)))
+
+
+def test_layer_norm_eps_and_init_variance_refuse_what_gave_nan_weights_or_outputs():
+    # ChannelLayerNorm(3, eps=nan) gave an all-nan output, (2.5) 2 channels; init_weight_(w, inf) an all-nan
+    # weight and (w, True) variance 1
+    x = torch.arange(24.0).reshape(1, 3, 2, 4)
+    with pytest.raises(ValueError, match="^ChannelLayerNorm eps must be a finite number >= 0; got nan$"):
+        ChannelLayerNorm(3, eps=float("nan"))
+    with pytest.raises(ValueError, match="^ChannelLayerNorm channels must be an integer >= 1; got 2.5$"):
+        ChannelLayerNorm(2.5)
+    y = ChannelLayerNorm(3, eps=np.float32(0.0))(x)[0, :, 0, 0]        # (0, 8, 16) standardised: +-sqrt(3/2)
+    assert torch.allclose(y, torch.tensor([-1.0, 0.0, 1.0]) * math.sqrt(1.5))
+    for var in (float("inf"), True, -1.0):
+        with pytest.raises(ValueError, match="^init_weight_ var must be a finite number >= 0; got "):
+            init_weight_(torch.empty(4), var)
+
+
+def test_memory_plans_refuse_fractions_that_planned_the_wrong_amount():
+    # memory_budget(fraction=True) planned 100% of the RAM; hvp_fraction=nan counted as 1, -1 subtracted the
+    # HVP's activations: bytes = itemsize * (n_params * (3 + 2 * state) + 2 * activations) + s_h * (...)
+    assert memory_budget("cpu", torch.tensor(0.5), total_ram=1000) == 500
+    with pytest.raises(ValueError, match=r"^memory_budget fraction must be a finite number in \(0, 1\]; got True$"):
+        memory_budget("cpu", True, total_ram=1000)
+    for share in (float("nan"), -1.0, 0.0):
+        with pytest.raises(ValueError, match="^func_member_bytes hvp_fraction must be a finite number > 0"):
+            func_member_bytes(n_params=10, buffer_bytes=0, activations=10, itemsize=4, rule="sgd", sharpness=True,
+                              hvp_fraction=share)
+    assert func_member_bytes(n_params=10, buffer_bytes=0, activations=10, itemsize=4, rule="sgd", sharpness=True,
+                             hvp_fraction=np.float32(0.5)) == 4 * (10 * 5 + 20) + 4 * (10 * 27 + 15)
+
+
+def test_heartbeat_refuses_an_interval_that_lets_the_lease_lapse(tmp_path):
+    # Heartbeat(interval=LEASE_S) beat once a lease: the driver read as dead between beats and its claims were
+    # taken; interval="5" killed the thread at its first wait, silently
+    for interval in (LEASE_S, "5", 0.0):
+        with pytest.raises(ValueError, match=rf"^Heartbeat interval must be a finite number in \(0, {LEASE_S / 2:g}\]"):
+            Heartbeat(tmp_path / "s.db", "d", interval)
+    beat = Heartbeat(tmp_path / "s.db", "d", np.float64(LEASE_S / 2))
+    beat.stop()
+    assert beat.interval == LEASE_S / 2 and type(beat.interval) is float
+
+
+def test_metrics_file_refuses_a_cadence_that_never_flushed_before_creating_the_file(tmp_path):
+    # flush_seconds=nan: now - last >= nan is never true, so no row reached the file until close()
+    with pytest.raises(ValueError, match="^MetricsFile flush_seconds must be a finite number >= 0; got nan$"):
+        MetricsFile(tmp_path / "m.csv", flush_seconds=float("nan"))
+    assert not (tmp_path / "m.csv").exists()

@@ -64,7 +64,8 @@ def init_weight_(weight: torch.Tensor, var: float, distribution: str = "normal")
     """
     if distribution not in INIT_DISTRIBUTIONS:
         raise ValueError(f"init must be one of {INIT_DISTRIBUTIONS}; got {distribution!r}")
-    std = math.sqrt(var)
+    # var=True drew variance 1, var=inf an all-nan weight; nan and -1 failed in torch's or math's words
+    std = math.sqrt(check_real("init_weight_", "var", var, low=0.0))
     with torch.no_grad():
         if distribution == "normal":
             weight.normal_(0.0, std)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from catapult.analysis import detect_catapults
+from catapult.arguments import check_real
 from catapult.writing import csv_cell, csv_text, write_errors_named
 
 __all__ = ["METRIC_COLUMNS", "metric_columns", "is_spectrum_column", "spectrum_setting", "write_metrics", "read_metrics", "MetricsFile", "json_safe", "finite",
@@ -158,6 +159,9 @@ class MetricsFile:
 
     def __init__(self, path: Path, columns: Sequence[str] = METRIC_COLUMNS,
                  flush_seconds: float = METRICS_FLUSH_SECONDS, before_flush: Callable[[], None] | None = None):
+        # before the file opens: flush_seconds=nan never flushed by time (a killed run lost every row), and
+        # True was 1 s
+        self.flush_seconds = check_real("MetricsFile", "flush_seconds", flush_seconds, low=0.0)
         self.path = Path(path)
         self.columns = tuple(columns)
         self.fh = open(path, "w", newline="")
@@ -172,7 +176,6 @@ class MetricsFile:
             except OSError:  # what could not be flushed still cannot: the error above says so
                 pass
             raise
-        self.flush_seconds = float(flush_seconds)
         self._flushed_at = -math.inf  # the first row goes out at once
         self._rows: list[Mapping[str, Any]] = []  # written, not yet flushed
         self.before_flush = before_flush

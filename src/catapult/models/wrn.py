@@ -102,7 +102,9 @@ class ChannelLayerNorm(nn.Module):
 
     def __init__(self, channels: int, eps: float = 1e-5) -> None:
         super().__init__()
-        self.channels, self.eps = int(channels), float(eps)
+        # int(2.5) was 2 channels; eps=nan gave an all-nan output, eps=-1 nan where a pixel's variance is below 1
+        self.channels = check_integer("ChannelLayerNorm", "channels", channels)
+        self.eps = check_real("ChannelLayerNorm", "eps", eps, low=0.0)
         self.weight = nn.Parameter(torch.ones(self.channels))
         self.bias = nn.Parameter(torch.zeros(self.channels))
 

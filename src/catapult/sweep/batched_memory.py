@@ -30,6 +30,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from catapult import config as cfg
+from catapult.arguments import check_real
 
 __all__ = ["saved_activation_elements", "func_member_bytes", "memory_budget", "chunk_members",
            "STATE_TENSORS", "DEFAULT_FRACTION", "CUDA_FRACTION"]
@@ -72,6 +73,8 @@ def func_member_bytes(*, n_params: int, buffer_bytes: int, activations: int, ite
     """Bytes one member adds to a chunk (the module docstring's formula). ``activations``:
     :func:`saved_activation_elements` on one training batch; ``hvp_fraction``: the share of
     the batch in one HVP micro-batch (``chunk_size / batch``, at most 1)."""
+    # nan counted as 1 (min(1.0, nan)), a negative share took the HVP's activations off the plan
+    hvp_fraction = check_real("func_member_bytes", "hvp_fraction", hvp_fraction, low=0.0, low_open=True)
     state = STATE_TENSORS[rule] + (1 if amsgrad else 0)
     train = itemsize * (n_params * (3 + 2 * state) + 2 * activations) + buffer_bytes
     if not sharpness:
@@ -84,8 +87,8 @@ def memory_budget(device: torch.device | str, fraction: float = DEFAULT_FRACTION
                   total_ram: int | None = None, cuda_free: int | None = None) -> int:
     """Bytes a chunk may plan for on ``device`` (module docstring); ``total_ram`` /
     ``cuda_free`` replace what is read from the machine (for tests)."""
-    if not 0 < fraction <= 1:
-        raise ValueError(f"the memory fraction must be in (0, 1], got {fraction!r}")
+    # fraction=True planned for all of the RAM; "0.5" failed in Python's words
+    fraction = check_real("memory_budget", "fraction", fraction, low=0.0, high=1.0, low_open=True)
     device = torch.device(device)
     if device.type == "cuda":
         free = torch.cuda.mem_get_info(device)[0] if cuda_free is None else cuda_free

@@ -35,6 +35,8 @@ import uuid
 from pathlib import Path
 from typing import Mapping
 
+from catapult.arguments import check_real
+
 __all__ = ["CLAIMS_DDL", "LEASE_S", "HEARTBEAT_S", "new_driver_id", "host_id", "pid_alive", "driver_alive",
            "Heartbeat"]
 
@@ -104,6 +106,10 @@ class Heartbeat:
     ``interval`` seconds on its own connection, until :meth:`stop`."""
 
     def __init__(self, path: str | Path, driver_id: str, interval: float = HEARTBEAT_S):
+        # checked here, not in the thread: "5" or nan killed the thread at its first wait (the driver's lease
+        # then ran out and its claims went to others), and an interval beyond half the lease let it lapse
+        # between beats
+        interval = check_real("Heartbeat", "interval", interval, low=0.0, high=LEASE_S / 2, low_open=True)
         self.path, self.driver_id, self.interval = Path(path), driver_id, interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="catapult-heartbeat", daemon=True)
