@@ -165,7 +165,7 @@ def test_numpy_integers_are_counts_like_python_integers():
     (lambda m: catapult.top_eigenpairs(m, MSE, (X, Y), 1, max_basis=4.5), "^top_eigenpairs max_basis must be None or an integer >= 2; got 4.5$"),
     (lambda m: catapult.spectral_density(m, MSE, (X, Y), max_basis="all"), "^spectral_density max_basis must be None or an integer >= 2; got 'all'$"),
     (lambda m: catapult.spectral_density(m, MSE, (X, Y), sigma=True),
-     "sigma must be None or a finite number > 0, got True"),
+     "^spectral_density sigma must be a finite number > 0; got True$"),
     (lambda m: catapult.sharpness(m, MSE, (X, Y), coarse=2),
      r"coarse must be 'auto', None or \(divisor, tol\) pairs, got 2"),
     (lambda m: catapult.sharpness(m, MSE, (X, Y), init=torch.ones(8, dtype=torch.complex64)),

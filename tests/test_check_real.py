@@ -16,11 +16,34 @@ import pytest
 import torch
 
 from catapult import schedules, sparsity
+from catapult import critical_lr, param_groups, spectral_density
+from catapult.data.text import text_splits
 from catapult.engine import MetricsFile
+from catapult.optim.thresholds import radam_rho, radam_threshold
 from catapult.models.wrn import ChannelLayerNorm
 from catapult.scaled_layers import init_weight_
 from catapult.sweep.batched_memory import func_member_bytes, memory_budget
 from catapult.sweep.claims import LEASE_S, Heartbeat
+
+def _critical_lr(**kwargs):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    batch = (torch.randn(8, 3), torch.randn(8, 1))
+    return critical_lr(model, torch.nn.MSELoss(), batch, torch.optim.SGD(model.parameters(), lr=0.1), **kwargs).lr
+
+
+def _density(**kwargs):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    batch = (torch.randn(8, 3), torch.randn(8, 1))
+    return spectral_density(model, torch.nn.MSELoss(), batch, runs=1, steps=2, grid_points=5, **kwargs).density.tolist()
+
+
+def _text_file():
+    path = Path(tempfile.mkdtemp()) / "t.txt"
+    path.write_text("hello world, this is text. " * 40)
+    return path
+
 
 NOT_REALS = [float("nan"), float("inf"), -float("inf"), True, "0.5", [0.5]]
 
@@ -52,6 +75,16 @@ SITES = [
      "Heartbeat interval"),
     ("MetricsFile.flush_seconds", lambda v: MetricsFile(Path(tempfile.mkdtemp()) / "m.csv", flush_seconds=v).close(),
      "MetricsFile flush_seconds"),
+    ("critical_lr.lr_start", lambda v: _critical_lr(lr_start=v), "critical_lr lr_start"),
+    ("critical_lr.rtol", lambda v: _critical_lr(rtol=v), "critical_lr rtol"),
+    ("text_splits.val_fraction", lambda v: text_splits(_text_file(), val_fraction=v), "load_text val_fraction"),
+    ("radam_rho.beta2", lambda v: radam_rho(5, v), "radam_rho beta2"),
+    ("radam_threshold.betas[0]", lambda v: radam_threshold(0.1, (v, 0.999), 5), "radam_threshold betas[0]"),
+    ("radam_threshold.betas[1]", lambda v: radam_threshold(0.1, (0.9, v), 5), "radam_threshold betas[1]"),
+    ("spectral_density.sigma", lambda v: _density(sigma=v), "spectral_density sigma"),
+    ("param_groups.lr", lambda v: param_groups(torch.nn.Linear(2, 2), v), "param_groups lr"),
+    ("param_groups.weight_decay", lambda v: param_groups(torch.nn.Linear(2, 2), 0.1, weight_decay=v),
+     "param_groups weight_decay"),
 ]
 
 
@@ -67,7 +100,8 @@ def test_what_is_no_finite_real_is_refused_naming_owner_argument_and_value(site,
 TOOK_0D = {"cosine_decay.lr_end", "exact_nonzeros.density", "random_mask.density", "MaskedLinear.density",
            "sparsify_.density", "gmp_density.final_density", "gmp_density.initial_density", "ChannelLayerNorm.eps",
            "init_weight_.var", "memory_budget.fraction", "func_member_bytes.hvp_fraction",
-           "Heartbeat.interval", "MetricsFile.flush_seconds"}
+           "Heartbeat.interval", "MetricsFile.flush_seconds", "critical_lr.rtol", "radam_threshold.betas[0]", "radam_threshold.betas[1]",
+           "spectral_density.sigma", "param_groups.lr", "param_groups.weight_decay"}
 REFUSED_0D = [s for s in SITES if s[0] not in TOOK_0D]
 
 
@@ -186,3 +220,26 @@ def test_metrics_file_refuses_a_cadence_that_never_flushed_before_creating_the_f
     with pytest.raises(ValueError, match="^MetricsFile flush_seconds must be a finite number >= 0; got nan$"):
         MetricsFile(tmp_path / "m.csv", flush_seconds=float("nan"))
     assert not (tmp_path / "m.csv").exists()
+
+
+def test_radam_threshold_refuses_a_beta1_that_gave_a_nan_or_zero_threshold():
+    # (2 + 2 b1) / ((1 - b1) lr): b1=nan gave nan, b1=-1 gave 0 (every sharpness "above" it), b1=1 and True
+    # ZeroDivisionError; betas=(0.9, "0.1") ran as beta2 = 0.1
+    for b1 in (float("nan"), -1.0, 1.0, True):
+        with pytest.raises(ValueError, match=r"^radam_threshold betas\[0\] must be a finite number in \[0, 1\); got "):
+            radam_threshold(0.1, (b1, 0.999), 1)
+    with pytest.raises(ValueError, match=r"^radam_threshold betas\[1\] must be a finite number in \[0, 1\); got '0.1'$"):
+        radam_threshold(0.1, (0.9, "0.1"), 1)
+    kind, value = radam_threshold(torch.tensor(0.1, dtype=torch.float64), (np.float32(0.5), 0.999), 1)
+    assert kind == "hessian" and value == pytest.approx((2 + 2 * 0.5) / ((1 - 0.5) * 0.1))
+
+
+def test_bools_and_strings_that_were_type_errors_are_value_errors_now():
+    # critical_lr(lr_start=True), param_groups(lr="0.1"): TypeError; a 0-d tensor val_fraction and a NumPy
+    # beta2 of radam_rho were refused or taken by the same rule as everywhere else
+    with pytest.raises(ValueError, match="^critical_lr lr_start must be a finite number > 0; got True$"):
+        _critical_lr(lr_start=True)
+    with pytest.raises(ValueError, match="^param_groups lr must be a finite number >= 0; got '0.1'$"):
+        param_groups(torch.nn.Linear(2, 2), "0.1")
+    train, val = text_splits(_text_file(), val_fraction=torch.tensor(0.25))[1:3]
+    assert len(val) == pytest.approx(len(train + val) / 4, abs=1)

@@ -200,7 +200,7 @@ def test_gmp_reaches_the_final_density_where_end_step_is_no_multiple_of_update_e
                                     {"final_density": 1.5}, {"final_density": math.nan}])
 def test_mask_updater_arguments_outside_their_range_are_refused(kwargs):
     # drop_fraction 2.0 took a RigL model from density 0.2 to 0.39 in one update
-    with pytest.raises(ValueError, match="must be a number in \\(0, 1\\]"):
+    with pytest.raises(ValueError, match="must be a finite number in \\(0, 1\\]"):
         MaskUpdater(_model(density=0.25), "rigl", end_step=10, **kwargs)
 
 

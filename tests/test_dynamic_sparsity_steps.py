@@ -188,5 +188,5 @@ def test_numpy_reals_are_fractions_and_densities_like_python_floats():
     updater = MaskUpdater(_model(1.0), "gmp", final_density=np.float32(0.5), drop_fraction=np.float32(0.25),
                           update_every=5, end_step=20)
     assert (updater.final_density, updater.drop_fraction) == (0.5, 0.25)
-    with pytest.raises(ValueError, match="must be a number in \\[0, 1\\]"):
+    with pytest.raises(ValueError, match="must be a finite number in \\[0, 1\\]"):
         rigl_update(weight, mask, grad, np.float64(1.5))

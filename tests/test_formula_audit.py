@@ -185,7 +185,7 @@ def test_engine_lr_scaled_kind_measures_the_lr_scaled_sharpness_and_is_sgd_only(
     (lambda: radam_threshold(0.1, (0.9, 0.999), 0), "^t must be an integer >= 1; got 0$"),
     (lambda: radam_threshold(0.1, (0.9, 0.999), 2.5), "^t must be an integer >= 1; got 2.5$"),
     (lambda: radam_rectified(-1, 0.999), "^t must be an integer >= 1; got -1$"),
-    (lambda: radam_rectified(3, 1.0), r"beta2 must be a number in \[0, 1\)"),
+    (lambda: radam_rectified(3, 1.0), r"^radam_rho beta2 must be a finite number in \[0, 1\); got 1.0$"),
     (lambda: radam_threshold(0.0, (0.9, 0.999), 3), "lr must be a finite number > 0"),
 ])
 def test_radam_thresholds_refuse_a_step_or_lr_that_is_none(call, match):

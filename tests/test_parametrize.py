@@ -227,10 +227,10 @@ def test_ablation_models_mix_the_mup_and_supar_models(ablation):
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    (dict(lr=-0.1), ValueError, "lr must be a finite number >= 0, got -0.1"),
+    (dict(lr=-0.1), ValueError, "lr must be a finite number >= 0; got -0.1"),
     (dict(lr=float("nan")), ValueError, "lr must be a finite number >= 0"),
     (dict(lr=float("inf")), ValueError, "lr must be a finite number >= 0"),
-    (dict(lr="0.1"), TypeError, "lr must be a real number"),
+    (dict(lr="0.1"), ValueError, "^param_groups lr must be a finite number >= 0; got '0.1'$"),
     (dict(lr=0.1, weight_decay=-0.01), ValueError, "weight_decay must be a finite number >= 0"),
     (dict(lr=0.1, weight_decay=float("nan")), ValueError, "weight_decay must be a finite"),
 ])

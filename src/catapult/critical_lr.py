@@ -24,7 +24,6 @@ are never written.
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Sequence
@@ -39,7 +38,7 @@ from catapult.curvature.start import outside_inference_mode
 from catapult.curvature.stateless import AttributesKept, RenormedCopies, refuse_scripted
 from catapult.critical_lr_passes import (ModelSnapshot, NonFiniteLossError, forward_loss, loss_and_gradient,
                                          shard_reducer, sharded_loss_and_gradient, probe_loss)
-from catapult.arguments import caller_stacklevel, check_batch, check_module
+from catapult.arguments import caller_stacklevel, check_batch, check_module, check_real
 from catapult.optim import registry, rules
 from catapult.parametrize import group_lr_mult, unscaled_group_lrs
 
@@ -169,12 +168,7 @@ def next_step_direction(optimizer: torch.optim.Optimizer,
 def _check_positive(name: str, value, *, allow_none: bool = False):
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    value = float(value)
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value}")
-    return value
+    return check_real("critical_lr", name, value, low=0.0, low_open=True)
 
 
 #: How :func:`critical_lr`'s warning about groups' own lrs begins (PersistentCatapultWarmup, which

@@ -232,15 +232,9 @@ def param_groups(model: nn.Module, lr: float, optimizer: str = "adam", *,
         raise TypeError(f"param_groups: merge must be True or False, got {merge!r}")
     family = optimizer_family(optimizer)
     # torch.optim checks only its default lr, not a group's: a bad value would train silently
-    for name, value in (("lr", lr), ("weight_decay", 0.0 if weight_decay is None else weight_decay)):
-        try:
-            number = None if isinstance(value, (bool, str)) else float(value)
-        except (TypeError, ValueError, RuntimeError):
-            number = None
-        if number is None:
-            raise TypeError(f"param_groups: {name} must be a real number, got {value!r}")
-        if not (math.isfinite(number) and number >= 0):
-            raise ValueError(f"param_groups: {name} must be a finite number >= 0, got {value}")
+    lr = check_real("param_groups", "lr", lr, low=0.0)
+    if weight_decay is not None:
+        weight_decay = check_real("param_groups", "weight_decay", weight_decay, low=0.0)
     spec = find_spec(model) or ParamSpec("sp")
     seen: set[int] = set()
     order: list[tuple] = []

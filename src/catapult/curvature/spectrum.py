@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from catapult.arguments import as_real, check_integer, check_seed
+from catapult.arguments import check_integer, check_real, check_seed
 from catapult.curvature import distributed as dist_ops
 from catapult.curvature.ggn import CURVATURES, GaussNewtonOperator
 from catapult.curvature.certify import certified_pairs
@@ -389,9 +389,7 @@ def spectral_density(model, loss_fn, batch, *, runs: int = 8, steps: int = 40,
     """
     counts = [check_integer("spectral_density", label, value, low=low)
               for label, value, low in (("runs", runs, 1), ("steps", steps, 1), ("grid_points", grid_points, 2))]
-    width = None if sigma is None else as_real(sigma)
-    if sigma is not None and (width is None or not width > 0):
-        raise ValueError(f"sigma must be None or a finite number > 0, got {sigma!r}")
+    width = None if sigma is None else check_real("spectral_density", "sigma", sigma, low=0.0, low_open=True)
     (runs, steps, grid_points), sigma = counts, width
     max_basis = check_max_basis(max_basis, owner="spectral_density")
     op = curvature_operator(model, loss_fn, batch, curvature=curvature, optimizer=optimizer,

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from catapult.data import token_cache
-from catapult.arguments import check_flag, check_integer
+from catapult.arguments import check_flag, check_integer, check_real
 from catapult.data.reading import read_errors_named
 from catapult.data.split import check_count
 from catapult.data.text_shards import is_held_out, is_validation
@@ -316,9 +316,9 @@ def _join(texts: list[str]) -> str:
     return "".join(t if t.endswith("\n") else t + "\n" for t in texts)
 
 
-def _check_fraction(val_fraction: float) -> None:
-    if not (isinstance(val_fraction, (int, float)) and 0.0 < val_fraction < 1.0):
-        raise ValueError(f"val_fraction must be a number in (0, 1), got {val_fraction!r}")
+def _check_fraction(owner: str, val_fraction: float) -> float:
+    # a 0-d tensor or np.float32 was refused ("must be a number in (0, 1)"), as it is a number everywhere else
+    return check_real(owner, "val_fraction", val_fraction, low=0.0, high=1.0, low_open=True, high_open=True)
 
 
 def _tail_split(text: str, val_fraction: float, source: str) -> tuple[str, str]:
@@ -339,7 +339,7 @@ def _corpus(name: str, train: str, val: str, test: str | None = None) -> TextCor
 def text_splits(path_or_dir: str | os.PathLike, *, val_fraction: float = 0.1,
                 encoding: str = "utf-8", name: str | None = None) -> tuple[str, str, str, str | None]:
     """``(name, train, val, test)`` texts of a user's files, split as `load_text` describes."""
-    _check_fraction(val_fraction)
+    val_fraction = _check_fraction("load_text", val_fraction)
     try:
         codec = codecs.lookup(encoding)
     except (LookupError, TypeError):  # before any file: Python's "unknown encoding: bogus" named no argument
@@ -423,7 +423,7 @@ def load_shakespeare(*, val_fraction: float = 0.1) -> TextCorpus:
     ~5.06M characters; the last ``val_fraction`` of characters is validation. 84 distinct
     characters, so ``vocab_size = 85``. Credit: see `SHAKESPEARE_CREDIT` (CC-BY 2.5).
     """
-    _check_fraction(val_fraction)
+    val_fraction = _check_fraction("load_shakespeare", val_fraction)
     text = _join([_read(f, "utf-8") for f in shakespeare_files()])
     return _corpus("shakespeare", *_tail_split(text, val_fraction, "shakespeare"))
 
@@ -468,7 +468,7 @@ def load_bpe_corpus(name: str, *, root: str | os.PathLike | None = None, val_fra
     slices they take to int64).
     """
     _check_source(name, root)
-    _check_fraction(val_fraction)
+    val_fraction = _check_fraction("load_bpe_corpus", val_fraction)
     vocab_size = check_vocab_size("load_bpe_corpus", vocab_size)
     key = corpus_key(name, root, val_fraction)
     directory = token_cache.cache_dir(root, cache_dir)

@@ -24,12 +24,11 @@ rectification ``r_t``: pre-conditioned sharpness against ``(2 + 2 b1) / ((1 - b1
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
 import torch
 
-from catapult.arguments import as_real, check_integer
+from catapult.arguments import check_integer, check_real
 from catapult.parametrize import group_lr_mult
 
 __all__ = ["group_lr_multipliers", "lr_scaled_sharpness", "radam_rho", "radam_rectified",
@@ -97,8 +96,7 @@ def radam_rho(t: int, beta2: float) -> float:
     """
     # t = 0 divided by zero (1 - b2^0), t = -1 or 2.5 gave a verdict for a step that is none
     t = check_integer("", "t", t)  # RAdam's 1-based step (the formulas name no owner)
-    if isinstance(beta2, bool) or not (isinstance(beta2, numbers.Real) and 0.0 <= beta2 < 1.0):
-        raise ValueError(f"beta2 must be a number in [0, 1), got {beta2!r}")
+    beta2 = check_real("radam_rho", "beta2", beta2, low=0.0, high=1.0, high_open=True)
     rho_inf = 2.0 / (1.0 - beta2) - 1.0
     return rho_inf - 2.0 * t * beta2 ** t / (1.0 - beta2 ** t)
 
@@ -132,10 +130,11 @@ def radam_threshold(lr: float, betas: Any, t: int) -> tuple[str, float]:
     >>> radam_threshold(0.1, (0.9, 0.999), 6)[0]
     'preconditioned'
     """
-    b1, b2 = float(betas[0]), float(betas[1])
-    given, lr = lr, as_real(lr)     # a 0-d tensor lr (a group's) is a number too
-    if lr is None or not lr > 0:
-        raise ValueError(f"lr must be a finite number > 0, got {given!r}")
+    # b1=nan gave a nan threshold, b1=-1 a threshold of 0 and b1=1 (or True) ZeroDivisionError; betas=(0.9, "0.1")
+    # ran as 0.1. A 0-d tensor lr (a group's) is a number too.
+    b1 = check_real("radam_threshold", "betas[0]", betas[0], low=0.0, high=1.0, high_open=True)
+    b2 = check_real("radam_threshold", "betas[1]", betas[1], low=0.0, high=1.0, high_open=True)
+    lr = check_real("radam_threshold", "lr", lr, low=0.0, low_open=True)
     base = (2.0 + 2.0 * b1) / ((1.0 - b1) * lr)
     if not radam_rectified(t, b2):
         return "hessian", base
