@@ -54,7 +54,7 @@ def test_ensemble_executor_counts_follow_the_rule():
     # workers=True ran one worker (isinstance(True, int)); np.int64(2) was refused
     from catapult.sweep.ensemble import EnsembleExecutor
 
-    with pytest.raises(ValueError, match=r"^EnsembleExecutor workers must be an integer >= 1; got True$"):
+    with pytest.raises(ValueError, match=r"^EnsembleExecutor workers must be an integer in \[1, \d+\]; got True$"):
         EnsembleExecutor(workers=True)
     assert EnsembleExecutor(workers=np.int64(1)).workers == 1
     executor = EnsembleExecutor(max_members=torch.tensor(3))
@@ -395,3 +395,33 @@ def test_measure_spectrum_counts_follow_the_rule_and_name_the_flag():
     with pytest.raises(ConfigError) as info:
         measure_spectrum(validate({}), trace_matvecs=np.int64(2))
     assert info.value.problems == [("--trace-matvecs", "must be 0 (skip) or an integer >= 3; got 2")]
+
+
+def test_worker_counts_are_bounded_as_the_cli_bounds_them():
+    # EnsembleExecutor(workers=10**6) and StreamPool(10**6) were taken (a spawned process per chunk); the CLI's
+    # --workers stopped at max_workers() (4 per CPU) already
+    from catapult.arguments import max_workers
+    from catapult.sweep.ensemble import EnsembleExecutor
+    from catapult.sweep.workers import StreamPool
+
+    most = max_workers()
+    with pytest.raises(ValueError, match=rf"^EnsembleExecutor workers must be an integer in \[1, {most}\]; got {most + 1}$"):
+        EnsembleExecutor(workers=most + 1)
+    with pytest.raises(ValueError, match=rf"^StreamPool workers must be an integer in \[1, {most}\]; got {10 ** 6}$"):
+        StreamPool(10 ** 6)
+    pool = StreamPool(np.int64(most))
+    assert pool.size == most
+    pool.close()
+
+
+def test_bpe_encode_array_chunk_chars_is_a_count():
+    # chunk_chars=2.5 failed in str.find's words ("slice indices must be integers") at the first newline past it
+    pytest.importorskip("tokenizers")
+    from catapult.data.tokenize import train_bpe
+
+    text = "a b\nc d\ne f\n" * 20
+    vocab = train_bpe([text], vocab_size=300)
+    for bad in (2.5, True, 0, "4"):
+        with pytest.raises(ValueError, match=r"^BPEVocab.encode_array chunk_chars must be an integer >= 1; got "):
+            vocab.encode_array(text, chunk_chars=bad)
+    assert np.array_equal(vocab.encode_array(text, chunk_chars=np.int64(5)), vocab.encode_array(text))

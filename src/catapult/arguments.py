@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 __all__ = ["check_real", "check_std", "check_batch", "check_module", "check_positive_int", "check_densities", "as_integer",
-           "check_integer", "as_real", "check_seed", "check_flag", "caller_stacklevel", "max_threads"]
+           "check_integer", "as_real", "check_seed", "check_flag", "caller_stacklevel", "max_threads", "max_workers"]
 
 
 def check_real(owner: str, label: str, value: Any, *, low: float | None = None, high: float | None = None,
@@ -123,6 +123,20 @@ def max_threads() -> int:
     import os
 
     return max(64, 4 * (os.cpu_count() or 1))
+
+
+def max_workers() -> int:
+    """The most worker processes a sweep is given (``--workers``, ``EnsembleExecutor(workers=)``,
+    ``StreamPool``): 4 per CPU of this machine. Each is a process that imports torch and holds its
+    own chunk of cells; past the CPUs they only contend (``--workers 1000`` on 2 cores spawned a
+    process per chunk, and ``EnsembleExecutor(workers=10**6)`` tried to).
+
+    >>> max_workers() >= 4
+    True
+    """
+    import os
+
+    return 4 * (os.cpu_count() or 1)
 
 
 def as_real(value: Any) -> float | None:

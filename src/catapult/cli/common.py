@@ -8,7 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from catapult.arguments import max_threads
+from catapult.arguments import max_threads, max_workers
 from catapult.config import ConfigError
 from catapult.files import UNMARKED_FIGURES, figure_path, is_run_record, partial_of_ours, written_by_catapult
 from catapult.sweep.store_file import has_sqlite_header
@@ -112,13 +112,6 @@ def overrides_from_args(args: argparse.Namespace) -> list[str]:
 def threads_problem(threads: int | None) -> str | None:
     """What is wrong with a ``--threads`` value (below 1, above :func:`max_threads`), or None."""
     return _count_problem(threads, max_threads())
-
-
-def max_workers() -> int:
-    """The most worker processes (``sweep --workers``, ``demo --workers``) accepted: 4 per CPU of
-    this machine. Each is a process that imports torch and holds its own chunk of cells; past the
-    CPUs they only contend (``--workers 1000`` on 2 cores spawned a process per chunk)."""
-    return 4 * (os.cpu_count() or 1)
 
 
 def workers_problem(workers: int | None) -> str | None:

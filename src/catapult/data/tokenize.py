@@ -106,6 +106,8 @@ class BPEVocab:
         non-whitespace characters: the byte-level pre-tokenizer splits there anyway and BPE never
         merges across pre-tokens, so the ids equal those of encoding the whole text at once
         (a test checks it)."""
+        # 2.5 failed in str.find's words (slice indices) at the first newline past it, True cut every line
+        chunk_chars = check_integer("BPEVocab.encode_array", "chunk_chars", chunk_chars)
         pieces = list(_cut(text, chunk_chars))
         # encode_batch_fast (tokenizers >= 0.21) skips the character offsets, which are not needed here
         encode = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)

@@ -94,7 +94,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import torch
 
 from catapult import config as cfg
-from catapult.arguments import check_flag, check_integer, check_real
+from catapult.arguments import check_flag, check_integer, check_real, max_workers
 from catapult.curvature import batched_lanczos  # noqa: F401  (re-exported)
 from catapult.sweep.executors import Cell, CellResult, Executor, RunFn, check_threads, run_cell, torch_threads
 from catapult.sweep.spec import canonical_json
@@ -331,7 +331,8 @@ class EnsembleExecutor(Executor):
         memory_mb = check_real("EnsembleExecutor", "memory_mb", memory_mb, low=0.0, low_open=True)
         max_members = check_integer("EnsembleExecutor", "max_members", max_members, optional=True)
         # workers=True ran as 1 worker (isinstance(True, int)) and np.int64(2) was refused
-        workers = check_integer("EnsembleExecutor", "workers", 1 if workers is None else workers)
+        # at most max_workers() (4 per CPU, the CLI's bound): workers=10**6 spawned a process per chunk
+        workers = check_integer("EnsembleExecutor", "workers", 1 if workers is None else workers, high=max_workers())
         if workers > 1:
             import pickle
 

@@ -34,7 +34,7 @@ import time
 from multiprocessing.connection import wait
 from typing import Any, Callable, Iterator
 
-from catapult.arguments import check_integer
+from catapult.arguments import check_integer, max_workers
 from catapult.sweep.executors import check_threads, error_text
 
 __all__ = ["StreamPool", "exit_with_parent"]
@@ -105,7 +105,7 @@ class StreamPool:
     Processes start on first use; :meth:`close` stops them (also as a context manager)."""
 
     def __init__(self, workers: int, threads: int | None = None):
-        self.size = check_integer("StreamPool", "workers", workers)
+        self.size = check_integer("StreamPool", "workers", workers, high=max_workers())
         self.threads = check_threads("StreamPool", threads)
         self._ctx = multiprocessing.get_context("spawn")
         self._workers: list[_Worker | None] = [None] * self.size
