@@ -257,3 +257,40 @@ def test_a_remove_it_refusal_says_how_to_remove_the_key_on_the_command_line(tmp_
         hints.append(hint)
     (tmp_path / "c.yaml").write_text(text)
     C.load_config(tmp_path / "c.yaml", [*overrides, *hints])   # the hints are the way out
+
+
+def test_integer_keys_refuse_quoted_numbers_and_take_numpy_integers(tmp_path, capsys):
+    # train.steps: "50" (quoted) ran as 50 steps, while np.int64(50) from a generated grid was refused
+    # ("expected an integer >= 1, got np.int64(50) (int64)"); YAML's unquoted 2e3 stays a string and is taken
+    import numpy as np
+
+    from catapult.cli import main
+
+    err = _load_error(tmp_path, 'train: {steps: "50"}\n')
+    assert err.keys == ["train.steps"] and "a quoted number is text; write it unquoted" in str(err)
+    for text in ('"+5"', '"50.0"', "'7'"):
+        assert _load_error(tmp_path, f"model: {{width: {text}}}\n").keys == ["model.width"]
+    ok = C.validate({"train": {"steps": np.int64(50)}, "model": {"width": np.int32(8)},
+                     "optimizer": {"lr": np.float32(0.5)}, "data": {"n_train": "2e3"}})
+    assert (ok["train"]["steps"], ok["model"]["width"], ok["optimizer"]["lr"], ok["data"]["n_train"]) == (50, 8, 0.5, 2000)
+    assert type(ok["train"]["steps"]) is int and type(ok["optimizer"]["lr"]) is float
+    path = tmp_path / "q.yaml"
+    path.write_text('data: {name: digits, n_train: 64, n_test: 32}\nmodel: {name: mlp, width: 8, depth: 2}\n'
+                    'train: {steps: "3"}\neval: {sharpness_every: 0}\n')
+    assert main(["train", str(path), "--out", str(tmp_path / "run")]) == 2
+    out = capsys.readouterr().err
+    assert "train.steps: expected an integer >= 0, got '3' (str): a quoted number is text" in out and "Traceback" not in out
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_relative_lr_refuses_a_lambda_0_that_is_no_number():
+    # LR(2, relative).resolve(True) was 2.0 (True = 1), "4.0" a TypeError in Python's words, a 0-d tensor gave a
+    # tensor lr
+    import numpy as np
+
+    lr = C.parse_lr("2/lambda0")
+    for bad in (True, "4.0", float("nan"), 0.0):
+        with pytest.raises(ValueError, match="needs a positive finite lambda_0, got "):
+            lr.resolve(bad)
+    assert lr.resolve(np.float32(4.0)) == 0.5 and type(lr.resolve(torch.tensor(4.0))) is float
+    assert C.parse_lr(np.float32(0.25)).value == 0.25

@@ -132,7 +132,7 @@ def test_dump_then_load_gives_the_same_config(tmp_path):
 
 
 def test_parse_gives_attribute_access():
-    run = parse({"model": {"width": "64", "parametrization": "SP"}, "optimizer": {"lr": "32/lambda0"},
+    run = parse({"model": {"width": 64, "parametrization": "SP"}, "optimizer": {"lr": "32/lambda0"},
                  "train": {"steps": 2e3}})
     assert isinstance(run, C.RunConfig) and isinstance(run.model, C.ModelConfig)
     assert run.model.width == 64 and run.model.parametrization == "sp"

@@ -6,6 +6,7 @@ learning rate 32 times the stability threshold's ``1/lambda_0`` (GD is stable be
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +28,11 @@ class LR:
         """The learning rate in absolute units: ``value / lambda_0`` if relative, else ``value``."""
         if not self.relative:
             return self.value
-        if lambda_0 is None or not math.isfinite(lambda_0) or lambda_0 <= 0:
+        # lambda_0=True was 1 (the lr was c itself), "2.0" a TypeError in Python's words; a 0-d tensor gave a tensor lr
+        if getattr(lambda_0, "ndim", None) == 0 and hasattr(lambda_0, "item"):
+            lambda_0 = lambda_0.item()
+        real = isinstance(lambda_0, numbers.Real) and not isinstance(lambda_0, bool)
+        if not real or not math.isfinite(lambda_0) or lambda_0 <= 0:
             raise ValueError(f"a learning rate relative to lambda_0 needs a positive finite lambda_0, got {lambda_0!r}")
         return self.value / lambda_0
 
@@ -70,8 +75,8 @@ def parse_lr(value: Any) -> LR:
         if not (NUMBER_TEXT.match(value) or _POWER.match(value)):
             raise ValueError(f"expected {LR_GRAMMAR}, got {short_repr(value)}")
         x = _parse_coefficient(value)
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        x = float(value) if isinstance(value, float) or abs(value) < 2 ** 1000 else math.inf
+    elif isinstance(value, numbers.Real) and not isinstance(value, bool):  # NumPy scalars too (a generated grid)
+        x = float(value) if not isinstance(value, numbers.Integral) or abs(value) < 2 ** 1000 else math.inf
     else:
         raise ValueError(f"expected {LR_GRAMMAR}, got {describe(value)}")
     if not (math.isfinite(x) and x > 0):

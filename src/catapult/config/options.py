@@ -11,6 +11,7 @@ annotated type (``X | None``, ``Literal[...]``), so each is declared once.
 from __future__ import annotations
 
 import math
+import numbers as _numbers
 import re
 import types
 import typing
@@ -121,7 +122,7 @@ def as_float(value: Any, kind: str) -> float:
     """
     if isinstance(value, bool):
         raise ValueError(f"expected {kind}, got {describe(value)}")
-    if isinstance(value, (int, float)):
+    if isinstance(value, _numbers.Real):  # NumPy scalars too (np.float32(0.5), np.int64(3): a generated grid's values)
         try:
             x = float(value)
         except OverflowError:  # an int beyond any float: out of every range
@@ -135,13 +136,30 @@ def as_float(value: Any, kind: str) -> float:
     return x
 
 
+#: Numeric text with an exponent: what PyYAML (YAML 1.1) leaves as a string when written unquoted (``2e3``).
+EXPONENT_TEXT = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+\s*$")
+
+
 def integer(default=None, *, low=None, high=None, nullable=False, doc="") -> Option:
-    """An integer in ``[low, high]`` (either bound optional). ``2e3`` and ``2000.0`` are accepted."""
+    """An integer in ``[low, high]`` (either bound optional): a Python or NumPy integer, an integral
+    float (``2000.0``) or the exponent text YAML leaves unparsed (``2e3``). Other text, ``"50"``,
+    is refused: YAML reads an unquoted 50 as the integer, so the string was quoted (a typo).
+
+    >>> integer(low=1).check("2e3"), integer(low=1).check(2000.0)
+    (2000, 2000)
+    >>> integer(low=1).check("50")
+    Traceback (most recent call last):
+    ...
+    ValueError: expected an integer >= 1, got '50' (str): a quoted number is text; write it unquoted
+    """
     kind = "an integer" + (f" {_range_text(low, high, False, False)}" if low is not None or high is not None else "")
 
     def check(value):
-        if isinstance(value, int) and not isinstance(value, bool):
-            x = value  # exact: a float would round integers above 2**53 (a seed would change)
+        if isinstance(value, _numbers.Integral) and not isinstance(value, bool):
+            x = int(value)  # exact: a float would round integers above 2**53 (a seed would change)
+        elif isinstance(value, str) and NUMBER_TEXT.match(value) and not EXPONENT_TEXT.match(value):
+            # "50" in the YAML (quoted, or train.steps='"50"') ran as 50 without a word
+            raise ValueError(f"expected {kind}, got {describe(value)}: a quoted number is text; write it unquoted")
         else:
             x = as_float(value, kind)
             if not math.isfinite(x) or x != int(x):
