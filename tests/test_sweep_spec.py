@@ -105,7 +105,7 @@ def test_bad_sweep_sections_name_the_key(section, key, words):
     ({"model.width": [16, 16.0]}, "16 and 16.0 are the same value"),
     ({"optimizer.lr": [0.5, "2^-1"]}, "0.5 and '2^-1' are the same value"),
     ({"optimizer.lr": ["1/lambda0", "1.0 / lambda_0"]}, "'1/lambda0' and '1.0 / lambda_0' are the same"),
-    ({"optimizer.lr": [0.1, 0.2], "train.steps": [10, "10"]}, "10 and '10' are the same value"),
+    ({"optimizer.lr": [0.1, 0.2], "train.steps": [10, "1e1"]}, "10 and '1e1' are the same value"),
 ])
 def test_values_spelled_differently_but_equal_are_refused(grid, words):
     # they passed the raw-value duplicate test, and each such cell ran twice under two ids
