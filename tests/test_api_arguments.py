@@ -134,7 +134,7 @@ def test_scale_by_group_lr_without_an_optimizer_is_refused(call):
 def test_instability_threshold_refuses_an_lr_that_is_not_a_finite_positive_number(lr):
     # inf gave a threshold of 0.0, "0.1" gave 20.0 and True gave 2.0
     opt = _sgd(nn.Linear(3, 2))
-    with pytest.raises(ValueError, match=r"instability_threshold: lr must be a finite number > 0, got "):
+    with pytest.raises(ValueError, match=r"instability_threshold lr must be a finite number > 0; got "):
         catapult.instability_threshold(opt, lr=lr)
     assert catapult.instability_threshold(opt, lr=np.float32(0.5)) == 4.0
 

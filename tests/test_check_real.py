@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from catapult import schedules, sparsity
-from catapult import critical_lr, param_groups, spectral_density
+from catapult import critical_lr, instability_threshold, param_groups, spectral_density
+from catapult.curvature.forward_ad import huber_from_definition
 from catapult.data.text import text_splits
 from catapult.engine import MetricsFile
 from catapult.optim.thresholds import radam_rho, radam_threshold
@@ -83,6 +84,8 @@ SITES = [
     ("radam_threshold.betas[1]", lambda v: radam_threshold(0.1, (0.9, v), 5), "radam_threshold betas[1]"),
     ("spectral_density.sigma", lambda v: _density(sigma=v), "spectral_density sigma"),
     ("param_groups.lr", lambda v: param_groups(torch.nn.Linear(2, 2), v), "param_groups lr"),
+    ("instability_threshold.lr", lambda v: instability_threshold(torch.optim.SGD([torch.zeros(1)], lr=0.1), v),
+     "instability_threshold lr"),
     ("param_groups.weight_decay", lambda v: param_groups(torch.nn.Linear(2, 2), 0.1, weight_decay=v),
      "param_groups weight_decay"),
 ]
@@ -101,7 +104,8 @@ TOOK_0D = {"cosine_decay.lr_end", "exact_nonzeros.density", "random_mask.density
            "sparsify_.density", "gmp_density.final_density", "gmp_density.initial_density", "ChannelLayerNorm.eps",
            "init_weight_.var", "memory_budget.fraction", "func_member_bytes.hvp_fraction",
            "Heartbeat.interval", "MetricsFile.flush_seconds", "critical_lr.rtol", "radam_threshold.betas[0]", "radam_threshold.betas[1]",
-           "spectral_density.sigma", "param_groups.lr", "param_groups.weight_decay"}
+           "spectral_density.sigma", "param_groups.lr", "param_groups.weight_decay",
+           "instability_threshold.lr"}
 REFUSED_0D = [s for s in SITES if s[0] not in TOOK_0D]
 
 
@@ -243,3 +247,15 @@ def test_bools_and_strings_that_were_type_errors_are_value_errors_now():
         param_groups(torch.nn.Linear(2, 2), "0.1")
     train, val = text_splits(_text_file(), val_fraction=torch.tensor(0.25))[1:3]
     assert len(val) == pytest.approx(len(train + val) / 4, abs=1)
+
+
+def test_huber_from_definition_refuses_the_deltas_torch_refuses():
+    # under forward-mode AD the Huber loss is rebuilt from its definition: delta=-1 gave a negative loss and
+    # delta=nan a nan one (and their curvature), where F.huber_loss raises; delta=inf is the halved square in both
+    a, b = torch.tensor([0.5, -3.0]), torch.zeros(2)
+    for delta in (-1.0, 0.0, float("nan")):
+        with pytest.raises(RuntimeError, match="huber_loss does not support non-positive values for delta"):
+            torch.nn.functional.huber_loss(a, b, delta=delta)
+        with pytest.raises(RuntimeError, match="huber_loss does not support non-positive values for delta"):
+            huber_from_definition(a, b, delta=delta)
+    assert torch.equal(huber_from_definition(a, b, delta=math.inf), torch.nn.functional.huber_loss(a, b, delta=math.inf))

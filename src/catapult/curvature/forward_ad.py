@@ -32,6 +32,8 @@ def huber_from_definition(input: torch.Tensor, target: torch.Tensor, reduction: 
     >>> huber_from_definition(a, b, "none"), F.huber_loss(a, b, reduction="none")
     (tensor([0.1250, 2.5000]), tensor([0.1250, 2.5000]))
     """
+    if not delta > 0:  # torch's own words and kind: delta=-1 or nan gave a negative or nan loss (and curvature) here
+        raise RuntimeError("huber_loss does not support non-positive values for delta.")
     d = input - target
     size = d.abs()
     elementwise = torch.where(size < delta, 0.5 * d * d, delta * (size - 0.5 * delta))

@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from catapult.arguments import as_real
+from catapult.arguments import as_real, check_real
 from catapult.curvature import distributed as dist_ops
 from catapult.curvature import lean, sharded
 from catapult.curvature.certify import certified
@@ -377,10 +377,8 @@ def instability_threshold(optimizer: torch.optim.Optimizer, lr: float | None = N
     if not optimizer.param_groups:
         raise ValueError("optimizer has no param groups")
     group = optimizer.param_groups[0]
-    given = group["lr"] if lr is None else lr
-    lr = as_real(given)  # lr=inf gave 0.0, lr="0.1" 20.0 and lr=True 2.0
-    if lr is None or not lr > 0:
-        raise ValueError(f"instability_threshold: lr must be a finite number > 0, got {given!r}")
+    # lr=inf gave 0.0, lr="0.1" 20.0 and lr=True 2.0
+    lr = check_real("instability_threshold", "lr", group["lr"] if lr is None else lr, low=0.0, low_open=True)
     if isinstance(optimizer, torch.optim.NAdam):
         raise TypeError("instability_threshold: torch.optim.NAdam is not supported: its Nesterov "
                         "momentum mu_t changes with the step, so Adam's (2 + 2 b1) / ((1 - b1) lr) "
