@@ -21,6 +21,7 @@ from catapult.curvature.forward_ad import huber_from_definition
 from catapult.data.text import text_splits
 from catapult.engine import MetricsFile
 from catapult.optim.thresholds import radam_rho, radam_threshold
+from catapult.models.gpt import CausalSelfAttention, FeedForward
 from catapult.models.wrn import ChannelLayerNorm
 from catapult.scaled_layers import init_weight_
 from catapult.sweep.batched_memory import func_member_bytes, memory_budget
@@ -86,6 +87,11 @@ SITES = [
     ("param_groups.lr", lambda v: param_groups(torch.nn.Linear(2, 2), v), "param_groups lr"),
     ("instability_threshold.lr", lambda v: instability_threshold(torch.optim.SGD([torch.zeros(1)], lr=0.1), v),
      "instability_threshold lr"),
+    ("FeedForward.dropout", lambda v: FeedForward(4, activation="gelu", bias=True, dropout=v), "FeedForward dropout"),
+    ("CausalSelfAttention.dropout", lambda v: CausalSelfAttention(4, 2, scale=0.5, bias=True, dropout=v),
+     "CausalSelfAttention dropout"),
+    ("CausalSelfAttention.scale", lambda v: CausalSelfAttention(4, 2, scale=v, bias=True, dropout=0.0),
+     "CausalSelfAttention scale"),
     ("param_groups.weight_decay", lambda v: param_groups(torch.nn.Linear(2, 2), 0.1, weight_decay=v),
      "param_groups weight_decay"),
 ]
@@ -105,7 +111,8 @@ TOOK_0D = {"cosine_decay.lr_end", "exact_nonzeros.density", "random_mask.density
            "init_weight_.var", "memory_budget.fraction", "func_member_bytes.hvp_fraction",
            "Heartbeat.interval", "MetricsFile.flush_seconds", "critical_lr.rtol", "radam_threshold.betas[0]", "radam_threshold.betas[1]",
            "spectral_density.sigma", "param_groups.lr", "param_groups.weight_decay",
-           "instability_threshold.lr"}
+           "instability_threshold.lr", "FeedForward.dropout", "CausalSelfAttention.dropout",
+           "CausalSelfAttention.scale"}
 REFUSED_0D = [s for s in SITES if s[0] not in TOOK_0D]
 
 
@@ -259,3 +266,15 @@ def test_huber_from_definition_refuses_the_deltas_torch_refuses():
         with pytest.raises(RuntimeError, match="huber_loss does not support non-positive values for delta"):
             huber_from_definition(a, b, delta=delta)
     assert torch.equal(huber_from_definition(a, b, delta=math.inf), torch.nn.functional.huber_loss(a, b, delta=math.inf))
+
+
+def test_gpt_blocks_built_alone_refuse_a_dropout_that_zeroed_every_output():
+    # FeedForward(dropout=True) was nn.Dropout(p=1): in training every output 0; CausalSelfAttention(scale=nan)
+    # gave nan attention; GPT checked its own dropout in [0, 1) already
+    for p in (True, 1.0, -0.5, float("nan")):
+        with pytest.raises(ValueError, match=r"^FeedForward dropout must be a finite number in \[0, 1\); got "):
+            FeedForward(4, activation="gelu", bias=True, dropout=p)
+    with pytest.raises(ValueError, match="^CausalSelfAttention scale must be a finite number > 0; got nan$"):
+        CausalSelfAttention(4, 2, scale=float("nan"), bias=True, dropout=0.0)
+    block = FeedForward(4, activation="gelu", bias=True, dropout=np.float32(0.25))
+    assert block.dropout.p == 0.25 and type(block.dropout.p) is float

@@ -64,6 +64,11 @@ def sinusoidal_positions(context: int, d_model: int) -> torch.Tensor:
     return table.float()
 
 
+def _check_dropout(owner: str, dropout) -> float:
+    """A dropout probability in [0, 1), as :class:`GPT` checks its own (p = 1 zeroes every output)."""
+    return check_real(owner, "dropout", dropout, low=0.0, high=1.0, high_open=True)
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with fused QKV: softmax(q k^T * scale + causal) v."""
 
@@ -71,8 +76,9 @@ class CausalSelfAttention(nn.Module):
                  dropout: float) -> None:
         super().__init__()
         self.n_heads = n_heads
-        self.scale = scale  # 1/sqrt(dh) (SP) or 1/dh (muP, SμPar)
-        self.dropout = dropout
+        # built alone (the class is public): scale=nan gave nan attention, dropout=True dropped everything (p = 1)
+        self.scale = check_real("CausalSelfAttention", "scale", scale, low=0.0, low_open=True)  # 1/sqrt(dh) or 1/dh
+        self.dropout = dropout = _check_dropout("CausalSelfAttention", dropout)
         self.qkv = MaskedLinear(d_model, 3 * d_model, bias=bias)
         self.proj = MaskedLinear(d_model, d_model, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
@@ -99,7 +105,7 @@ class FeedForward(nn.Module):
         self.fc = MaskedLinear(d_model, 4 * d_model, bias=bias)
         self.act = ACTIVATIONS[activation]()
         self.proj = MaskedLinear(4 * d_model, d_model, bias=bias)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(_check_dropout("FeedForward", dropout))  # True was p = 1: an all-zero output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.proj(self.act(self.fc(x))))
@@ -188,7 +194,7 @@ class GPT(nn.Module):
         check_densities("GPT", density, base_density)
         check_seed("GPT", "mask_seed", mask_seed)
         init_std = check_std("GPT", "init_std", init_std)  # init_std**2 raised OverflowError above 1.3e154
-        dropout = check_real("GPT", "dropout", dropout, low=0.0, high=1.0, high_open=True)
+        dropout = _check_dropout("GPT", dropout)
         for label, value in (("alpha_in", alpha_in), ("alpha_out", alpha_out)):
             check_real("GPT", label, value, low=0.0, low_open=True)
         if parametrization == "sp" and (alpha_in != 1.0 or alpha_out != 1.0):
