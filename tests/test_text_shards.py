@@ -290,3 +290,23 @@ def test_token_caches_of_several_tokenizations_are_not_read_as_one_stream(tmp_pa
     (alone / f"{one.files[0].name.split('.')[2]}.json").write_text("{}")
     with pytest.raises(ConfigError, match=r"1 tokenization\(s\) \(bpe-v300-[0-9a-f]+ and 1 other array\(s\) \(mine\.npy"):
         TokenShards(alone, vocab_size=300)
+
+
+@pytest.mark.parametrize("name", ["corpus.txt", "wiki.train.raw"])
+def test_a_plain_text_file_is_named_as_no_token_shard(tmp_path, capsys, name):
+    # `catapult train`'s own data.root (data.name: text) given to train-ddp: it was "not a readable
+    # .npy token array (not a .npy file: NumPy would read it as a pickle, refused unread)"
+    from catapult.cli import main
+
+    text = tmp_path / name
+    text.write_text("the cat sat on the mat\n" * 50)
+    with pytest.raises(ConfigError, match=rf"{name} is not a token shard: train-ddp reads \*\.npy token arrays, "
+                                          r"or \*\.jsonl / \*\.parquet text"):
+        TokenShards(text, VOCAB, cache_dir=tmp_path / "cache")
+    config = tmp_path / "ddp.yaml"
+    config.write_text(yaml.safe_dump(_ddp_config(text, tmp_path / "cache")))
+    capsys.readouterr()
+    assert main(["train-ddp", str(config), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "is not a token shard" in err and "pickle" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists() and text.read_text() == "the cat sat on the mat\n" * 50

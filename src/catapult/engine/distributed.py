@@ -134,6 +134,10 @@ class TokenShards:
             try:
                 a = np.load(f, mmap_mode="r", allow_pickle=False)
             except (ValueError, OSError, EOFError) as exc:
+                if f.suffix.lower() != ".npy":  # `catapult train`'s corpus.txt was called a refused pickle
+                    raise cfg.ConfigError([("data.root", f"{f} is not a token shard: train-ddp reads *.npy token "
+                                                         f"arrays, or *.jsonl / *.parquet text (a plain text file "
+                                                         f"is `catapult train`'s data.name: text)")]) from None
                 raise cfg.ConfigError([("data.root", f"{f}: not a readable .npy token array "
                                                      f"({npy_problem(exc)})")]) from None
             if a.ndim != 1 or a.dtype.kind not in "ui":
