@@ -73,3 +73,25 @@ def test_a_sweep_with_train_fsdp_is_refused_by_its_dry_run_and_said_once(tmp_pat
     assert cli.main([*argv, "sweep.grid.train.fsdp=[false, true]", "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert err.count("train.fsdp=True) train.fsdp: shards") == 3 and "train.fsdp=False" not in err, err
+
+
+@pytest.mark.parametrize("where", ["default", "option"])
+def test_a_file_where_the_stores_folder_goes_is_refused_by_the_dry_run_too(tmp_path, capsys, monkeypatch, where):
+    # runs/<name> a file (a user's notes, named like the sweep): the run exits 2 ("runs/tiny is a
+    # file where a directory is needed", or for runs/tiny/deeper/s.db "runs/tiny/deeper: Not a
+    # directory"), and --dry-run said "all valid; a new store would be written at ..." and exited 0
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "tiny").write_text("notes\n")
+    config = tmp_path / "tiny.yaml"
+    config.write_text("name: tiny\ndata: {name: digits, n_train: 16, n_test: 8}\nmodel: {width: 4, depth: 2}\n"
+                      "train: {steps: 1}\neval: {sharpness_every: 0, test_every: 0}\n"
+                      "sweep: {grid: {schedule.warmup_steps: [1, 2]}}\n")
+    store = ["--store", "runs/tiny/deeper/s.db"] if where == "option" else []
+    assert cli.main(["sweep", str(config), *store, "--progress", "none", "--threads", "1", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("catapult sweep: error: runs/tiny is a file where a directory is needed (the folder of "
+                          f"the store runs/tiny/{'deeper/s.db' if store else 'sweep.db'})"), err
+    assert len(err.strip().splitlines()) == 1, err
+    assert (tmp_path / "runs" / "tiny").read_text() == "notes\n" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "runs", "tiny.yaml"]

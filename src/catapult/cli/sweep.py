@@ -260,9 +260,13 @@ def _dry_run_store(store: Path, base, spec, cells) -> str:
     the same sweep (with how many cells are done). Raises ``StoreError`` where the run would
     refuse the store: another sweep's, cells numbered differently, not a store at all."""
     from catapult.sweep.spec_document import spec_document
-    from catapult.sweep.store import Store
+    from catapult.sweep.store import Store, StoreError
 
     if not store.exists():
+        # a file where the store's folder goes: the run refuses it, and the dry run said "all valid"
+        folder = next((p for p in store.parents if p.exists() or p.is_symlink()), Path("."))
+        if not folder.is_dir():
+            raise StoreError(f"{folder} is a file where a directory is needed (the folder of the store {store})")
         return f"a new store would be written at {store}"
     with Store(store, create=False, readonly=True) as existing:
         if existing.check_spec(spec_document(base, spec)) is None:
