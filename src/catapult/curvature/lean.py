@@ -11,7 +11,10 @@ Two parts:
   vector, ``A`` the training step's saved activations); measured 1.0-2.8x a training step on
   the Fig. 1 FCN (``bench/RESULTS.md``, issue 16, section 3c).
 * **the top-k and the thick-restart solver** (:func:`catapult.top_eigenpairs`, or an explicit
-  ``max_basis``) keep a basis, sized by :func:`lean_sizes` from the memory model below.
+  ``max_basis``) keep a basis, sized by :func:`lean_sizes` from the memory model below; the
+  top-k at least :func:`~catapult.curvature.top_k.restart_floor` vectors (``3 k + block``: a
+  basis near ``k`` restarts after every product and rarely converges), beyond that budget where
+  it is smaller.
 
 Memory model of the basis solvers (bytes above the set-up state, which already holds the model
 and the batch):

@@ -34,7 +34,7 @@ from catapult.curvature.krylov import KrylovBasis, inner_product, vector_norm, u
 from catapult.curvature.start import check_solver_args
 from catapult.curvature.stopping import ERROR_FLOOR_ULPS, rounding_level
 
-__all__ = ["Eigenpairs", "check_block_size", "check_k", "lanczos_top_k"]
+__all__ = ["Eigenpairs", "check_block_size", "check_k", "lanczos_top_k", "restart_floor"]
 
 
 @dataclass
@@ -131,6 +131,23 @@ def _orthonormal_block(vectors: list[torch.Tensor], norms: list[float], floor: f
             R[len(basis), i] = norm
             basis.append(w.div_(norm))
     return basis, R[:len(basis)], C
+
+
+def restart_floor(k: int, block_size: int = 1, own: int = 32) -> int:
+    """The fewest Krylov vectors a top-``k`` solve in blocks of ``block_size`` should keep:
+    ``3 k + block_size``, or ``max(2 k + 10, own) + block_size - 1`` (``own``: the fast setting's
+    basis, :data:`~catapult.curvature.MEMORY_SETTINGS`) where that is less.
+
+    A thick restart keeps ``k + block_size + 1`` Ritz vectors (at least): a basis near that
+    restarts after every block and converges barely faster than the power method. The top 5 of a
+    2,058-parameter MLP at ``tol=1e-3`` in 7 vectors (``memory="lean"``'s basis before this floor)
+    converged in 0 of 5 seeds within 100 products, in 11 vectors (``2 k + 1``) in 57, in 16
+    (``3 k + 1``) in 52, in 32 in 50 (``bench/bench_lean_topk.py``, ``bench/RESULTS.md``).
+
+    >>> restart_floor(3), restart_floor(5, 2), restart_floor(20)
+    (10, 17, 50)
+    """
+    return min(3 * k + block_size, max(2 * k + 10, own) + block_size - 1)
 
 
 def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_iter: int = 300,

@@ -105,7 +105,8 @@ def spectrum_estimates(config: Mapping[str, Any], model: nn.Module, loss_fn, bat
 
 def top_k_basis(max_basis: int | None, k: int, block: int) -> int | None:
     """The Krylov vectors a top-``k`` solve (blocks of ``block``) keeps under the config's
-    ``eval.sharpness_max_basis`` (``max_basis``; None under ``memory: lean``, which sizes its own):
+    ``eval.sharpness_max_basis`` (``max_basis``; None under ``memory: lean``, which sizes its own,
+    with the same floor, :func:`catapult.curvature.top_k.restart_floor`):
     that bound, but at least ``min(3 k + block, own)``, ``own = max(2 k + 10, 32) + block - 1`` the
     solver's own basis (:func:`catapult.top_eigenpairs`), which the engine kept whatever the bound
     before (32 vectors for a top 3 under ``eval.sharpness_max_basis: 10``).
@@ -123,9 +124,9 @@ def top_k_basis(max_basis: int | None, k: int, block: int) -> int | None:
     if max_basis is None:
         return None
     from catapult.curvature import MEMORY_SETTINGS
+    from catapult.curvature.top_k import restart_floor
 
-    own = max(2 * k + 10, int(MEMORY_SETTINGS["fast"]["max_basis"])) + block - 1
-    return max(int(max_basis), min(3 * k + block, own))
+    return max(int(max_basis), restart_floor(k, block, int(MEMORY_SETTINGS["fast"]["max_basis"])))
 
 
 def check_spectrum_cadence(config: Mapping[str, Any]) -> None:
