@@ -121,3 +121,27 @@ def test_the_batched_engine_marks_its_summaries_as_the_local_one():
         got, ref = batched[cell.id].summary, local(cell.config).summary
         for key in ("lambda_0_converged", "final_sharpness_converged", "peak_sharpness_converged"):
             assert got[key] is ref[key] is want, (cell.id, key)
+
+
+def test_each_catapult_carries_the_marks_of_its_sharpness_before_and_after():
+    # a catapult is a verdict on two sharpness values (before the spike, after its peak): a drop read
+    # off a solve cut short may be the solve's error, and the summary's catapults said nothing of it
+    from catapult.engine.records import summarize as summarize_
+
+    def events(before_mark, after_mark):
+        losses, sharp = [1.0, 1.0, 5.0, 1.0, 1.0], [10.0, 10.0, None, 4.0, None]
+        marks = [1, before_mark, None, after_mark, None]
+        metrics = [{"step": t, "train_loss": l, "train_accuracy": 0.5, "sharpness": s, "test_loss": None,
+                    "test_accuracy": None, "lr": 0.1, "threshold": 20.0,
+                    **({} if m is None else {"sharpness_converged": m})}
+                   for t, (l, s, m) in enumerate(zip(losses, sharp, marks))]
+        config = {"name": "r", "train": {"steps": 4}, "optimizer": {"lr": 0.1, "name": "sgd"}, "dtype": "float64",
+                  "eval": {}}
+        return summarize_(config, metrics, status="finished", diverged_at=None, lambda_0=1.0, lr_trgt=0.1,
+                          threshold_target=20.0, n_params=1, device="cpu", sharpness_kind="hessian",
+                          matvecs_total=0, measurements=3, unconverged=0, wall_time=0.0)["catapults"]
+
+    assert [e["sharpness_converged"] for e in events(1, 1)] == [True]
+    assert [e["sharpness_converged"] for e in events(1, 0)] == [False]   # after the peak: cut short
+    assert [e["sharpness_converged"] for e in events(0, 1)] == [False]   # step 1's 10.0 is the one before
+    assert [e["sharpness_converged"] for e in events(None, 1)] == [None]  # a row without a mark

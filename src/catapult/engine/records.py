@@ -289,6 +289,8 @@ def summarize(config, metrics, *, status, diverged_at, lambda_0, lr_trgt, thresh
     (finite differences) or rounding is above the tol, and more products would not help
     (:func:`unconverged_advice`).
 
+    Each of ``catapults`` carries ``sharpness_converged``: whether the solves of its
+    ``sharpness_before`` and ``sharpness_after`` (the catapult's verdict) both converged.
     ``final_sharpness_converged`` and ``peak_sharpness_converged`` are the marks
     (:data:`SHARPNESS_CONVERGED_COLUMN`) of the rows ``final_sharpness`` and ``peak_sharpness``
     were read from (``None`` where there is no such value, or its row has no mark), and
@@ -350,7 +352,7 @@ def summarize(config, metrics, *, status, diverged_at, lambda_0, lr_trgt, thresh
                                      if peaks else None),
         "lambda_0_converged": None if lambda_0_converged is None else bool(lambda_0_converged),
         "catapult": bool(events),
-        "catapults": [e.as_dict() for e in events],
+        "catapults": [{**e.as_dict(), "sharpness_converged": _catapult_mark(e, marked)} for e in events],
         "sharpness_measurements": measurements,
         "sharpness_matvecs": matvecs_total,
         "sharpness_unconverged": unconverged,
@@ -361,6 +363,16 @@ def summarize(config, metrics, *, status, diverged_at, lambda_0, lr_trgt, thresh
         "dtype": config["dtype"],
         "wall_time_s": wall_time,
     }
+
+
+def _catapult_mark(event, marked: Sequence[Mapping[str, Any]]) -> bool | None:
+    """Whether the solves of a catapult's ``sharpness_before`` (the last row up to its start with
+    that value) and ``sharpness_after`` (the first after its peak) both converged: False where
+    either did not, None where a row has no mark."""
+    before = next((r for r in reversed(marked) if r["step"] <= event.start and r["sharpness"] == event.sharpness_before), None)
+    after = next((r for r in marked if r["step"] > event.peak and r["sharpness"] == event.sharpness_after), None)
+    marks = [None if r is None else _mark(r) for r in (before, after)]
+    return False if False in marks else (None if None in marks else True)
 
 
 def _mark(row: Mapping[str, Any]) -> bool | None:
