@@ -44,9 +44,13 @@ def test_readme_python_snippets_run_as_written(tmp_path):
     pre = dict(re.findall(r"(Adam|GIAdam)\s+first-step.*pre-conditioned sharpness ([0-9.e+-]+)",
                           proc.stdout))
     assert set(lr_c) == set(pre) == {"Adam", "GIAdam"}, proc.stdout
+    # Adam's first-step denominator is |g| + eps, GI-Adam's |g| / sqrt(1 - b2) + eps: between 1x and
+    # 1/sqrt(1 - b2) ~ 31.6x apart. Not a fixed figure: the first snippet's run crosses the edge of
+    # stability, so the trained weights follow the rounding (5.1 on one machine at 1 thread; 5.84 at
+    # 1 thread and 8.25 at 2 on another, for the same code).
     ratio = float(pre["Adam"]) / float(pre["GIAdam"])
-    quoted = float(re.search(r"\|g\|: ([0-9.]+)x on this model", README).group(1))
-    assert abs(ratio - quoted) <= 0.05 * quoted, (ratio, quoted)
+    assert re.search(r"up to 1/sqrt\(1 - b2\) ~ 32x larger", README)
+    assert 1 < ratio <= 1 / (1 - 0.999) ** 0.5, ratio
     quoted = float(re.search(r"first-step lr_c ~(\d+)x Adam's", README).group(1))
     assert abs(float(lr_c["GIAdam"]) / float(lr_c["Adam"]) - quoted) <= 0.1 * quoted, lr_c
     searches = re.search(r"(\d+) searches, (\d+) forward passes", proc.stdout)
