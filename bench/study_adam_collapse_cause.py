@@ -73,13 +73,17 @@ def read(path: Path) -> dict:
     sp = [s for s in spikes(loss) if 1000 <= s[0] <= end]
     before = [s for s in spikes(loss) if s[0] >= 1000 and (not collapsed or s[0] < last - 50)]
     width = 64
+    big = []  # spikes above 1e-2 before the collapse (or the fatal one): fewest alive units of layer 3 during each
+    for st, _, peak, stop in spikes(loss):
+        if peak > 1e-2 and st >= 300:
+            big.append((st, peak, width - max(d[2] for d in dead[st:min(stop + 1, len(dead))])))
 
     def alive(t: int) -> tuple[int, ...]:
         return tuple(width - d for d in dead[min(t, len(dead) - 1)])
     return dict(arm=m.group(1), twrm=int(m.group(2)), seed=int(m.group(3)), steps=len(rows) - 1,
                 collapsed=collapsed, last=last, min_loss=min(loss), alive20=alive(20), alive3000=alive(3000),
                 rate30=len(sp) / ((end - 1000) / 1000), rate1000=len([s for s in sp if s[2] > 1000 * s[1]]) / ((end - 1000) / 1000),
-                peak=max((s[2] for s in before), default=math.nan), dead=dead, loss=loss)
+                peak=max((s[2] for s in before), default=math.nan), dead=dead, loss=loss, big=big)
 
 
 def main(argv=None) -> int:
@@ -96,12 +100,15 @@ def main(argv=None) -> int:
     runs = sorted(runs, key=lambda r: (list(ARMS).index((r["arm"], r["twrm"])), r["seed"]))
     lines = ["| arm | seed | steps | collapsed (last step >= 50%) | lowest loss | alive at step 20 (layers 1 / 2 / 3) | "
              "alive at 3,000 | rises > 30x / > 1,000x per 1,000 steps (1,000 .. min(7,000, collapse)) | "
-             "largest peak loss before the collapse (or the end) |", "|---|---|---|---|---|---|---|---|---|"]
+             "largest peak loss before the collapse (or the end) | spikes above 1e-2 from step 300: step, peak, fewest "
+             "alive units of layer 3 during it |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         lines.append(f"| {ARMS[(r['arm'], r['twrm'])]} | {r['seed']} | {r['steps']} | "
                      f"{'yes (' + str(r['last']) + ')' if r['collapsed'] else 'no'} | {r['min_loss']:.1e} | "
                      f"{' / '.join(map(str, r['alive20']))} | {' / '.join(map(str, r['alive3000']))} | "
-                     f"{r['rate30']:.1f} / {r['rate1000']:.2f} | {r['peak']:.1e} |")
+                     f"{r['rate30']:.1f} / {r['rate1000']:.2f} | {r['peak']:.1e} | "
+                     + ("; ".join(f"{b[0]}: {b[1]:.0e}, {b[2]}" for b in r["big"]) if r.get("big") is not None
+                        else "see the section before") + " |")
     base = [r for r in runs if (r["arm"], r["twrm"]) == ("base", 300)]
     nb, cb = len(base), sum(r["collapsed"] for r in base)
     lines += ["", "| arm | runs | collapsed | one-sided Fisher p against the warmup baseline (fewer collapses) | "
@@ -139,8 +146,8 @@ def main(argv=None) -> int:
                 ax2.plot(range(len(r["dead"])), [192 - sum(d) for d in r["dead"]], color=c, lw=0.7, alpha=0.8)
         ax0.plot([], [], "o", color=c, label=name)
         k = sum(r["collapsed"] for r in rs)
-        ax1.bar(name.replace(", ", ",\n"), k / len(rs), color=c)
-        ax1.text(name.replace(", ", ",\n"), k / len(rs) + 0.02, f"{k} of {len(rs)}", ha="center", fontsize=8)
+        ax1.bar(name.replace(", ", ",\n").replace(" (", "\n("), k / len(rs), color=c)
+        ax1.text(name.replace(", ", ",\n").replace(" (", "\n("), k / len(rs) + 0.02, f"{k} of {len(rs)}", ha="center", fontsize=8)
     ax0.set_xlabel("alive units at step 3,000 (mean of the 3 hidden layers, of 64)")
     ax0.set_ylabel("loss rises > 30x per 1,000 steps (1,000 .. min(7,000, collapse))")
     ax0.set_title("the two correlates per run (filled: collapsed by the last step)", fontsize=9)
