@@ -241,3 +241,34 @@ def test_grouped_conv_fan_in_counts_one_group_and_parametrize_uses_it():
     parametrize(net, "mup", base_width=16, mask_seed=0)
     assert net[2].catapult_role == "hidden"
     assert net[2].weight.var().item() == pytest.approx(1 / (8 * 9), rel=0.1)   # 64 / 8 inputs, 3x3
+
+
+def test_the_shortcut_conv_reads_a_contiguous_input():
+    # A block's input is a LayerNorm's output with channels-last strides; torch 2.13's CPU 1x1
+    # stride-2 convolution backward on such an input, at one thread, corrupted the heap.
+    model = WRN(3, 4, depth=10, widen=1, channels=2)
+    seen = []
+    for module in model.modules():
+        if getattr(module, "shortcut", None) is not None:
+            module.shortcut.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))
+    model(torch.randn(2, 3, 6, 6)).sum().backward()
+    assert seen and all(seen), seen
+
+
+def test_a_wrn_trains_at_one_thread_without_a_crash(tmp_path):
+    # in a child process: the crash (abort or segfault, measured on an AVX2 AMD EPYC) kills its process
+    import subprocess
+    import sys
+
+    script = ("import torch, torch.nn.functional as F\n"
+              "from catapult.models import WRN\n"
+              "torch.manual_seed(0)\n"
+              "model = WRN(3, 4, depth=10, widen=1, channels=2)\n"
+              "x, y = torch.randn(2, 3, 6, 6), torch.tensor([0, 3])\n"
+              "for _ in range(3):\n"
+              "    F.cross_entropy(model(x), y).backward()\n"
+              "print('trained')\n")
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300,
+                          cwd=tmp_path)
+    assert proc.returncode == 0 and "trained" in proc.stdout, (proc.returncode, proc.stderr[-2000:])

@@ -129,7 +129,10 @@ class _Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.relu(self.norm1(self.conv1(x)))
         h = self.norm2(self.conv2(h))
-        skip = x if self.shortcut is None else self.shortcut_norm(self.shortcut(x))
+        # x (a LayerNorm's output, moved back) has channels-last strides; torch 2.13's CPU 1x1 stride-2
+        # convolution's backward on such an input at one thread corrupts the heap (abort or segfault,
+        # measured on an AVX2 AMD EPYC), so the shortcut reads a contiguous copy
+        skip = x if self.shortcut is None else self.shortcut_norm(self.shortcut(x.contiguous()))
         return F.relu(h + skip)
 
 
