@@ -53,3 +53,18 @@ def test_last_measured_takes_only_the_metrics_tables_columns(tmp_path, column):
     with Store(tmp_path / "s.db") as store:
         with pytest.raises(ValueError, match=r"last_measured: column=.* is not one of"):
             store.last_measured(1, column)
+
+
+def test_last_measured_is_the_last_row_with_a_value_in_the_column(tmp_path):
+    # rows after the last measurement (sharpness_every 2: odd steps have none) are not it
+    from types import SimpleNamespace
+
+    cell = SimpleNamespace(id=0, config={"name": "c"}, swept={"optimizer.lr": 0.1})
+    rows = [{"step": t, "train_loss": 1.0 / (t + 1), "sharpness": 10.0 + t if t % 2 == 0 else None,
+             "sharpness_converged": t % 4 // 2} for t in range(4)]
+    with Store(tmp_path / "s.db") as store:
+        store.open_sweep({"spec": 1}, [cell])
+        store.record(0, SimpleNamespace(status="finished", metrics=rows, summary={}))
+        row = store.last_measured(0, "sharpness")
+        assert (row["step"], row["sharpness"], row["sharpness_converged"]) == (2, 12.0, 1)
+        assert store.last_measured(0, "test_loss") is None
