@@ -136,6 +136,19 @@ def test_write_configs_never_writes_through_a_link_nor_waits_on_a_fifo(tmp_path,
     assert codes == [2]
 
 
+@pytest.mark.parametrize("where", ["/dev/null", "file", "file/sub", "dangling"])
+def test_write_configs_names_a_file_where_a_folder_is_needed(tmp_path, capsys, where):
+    # `--write-configs /dev/null` said "/dev/null: File exists", a path under a file "Not a directory"
+    (tmp_path / "file").write_text("mine\n")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    path = where if where == "/dev/null" else str(tmp_path / where)
+    assert cli.main(["demo", "--write-configs", path]) == 2
+    err = capsys.readouterr().err
+    blocker = where if where == "/dev/null" else str(tmp_path / where.split("/")[0])
+    assert f"--write-configs: {blocker} is not a directory" in err
+    assert (tmp_path / "file").read_text() == "mine\n" and not (tmp_path / "nowhere").exists()
+
+
 def test_the_shipped_demo_configs_are_what_write_configs_writes(tmp_path):
     # configs/demo had drifted from the command (keys added since were missing)
     from catapult.demo import write_configs

@@ -103,6 +103,17 @@ def _written_config(path: Path) -> bool:
     return first.startswith(_CONFIG_HEADER) and second.startswith(_CONFIG_GENERATED)
 
 
+def _not_a_folder(directory: Path) -> Path | None:
+    """The first of ``directory`` and its parents that exists but is not a folder (``/dev/null``, a
+    file), which ``mkdir`` would refuse as "File exists" / "Not a directory"; ``None`` if there is none."""
+    for path in (directory, *directory.parents):
+        if path.exists():
+            return None if path.is_dir() else path
+        if path.is_symlink():  # a dangling link: mkdir cannot make a folder through it
+            return path
+    return None
+
+
 def write_configs(directory: str | Path) -> list[Path]:
     """Write each run's config as ``<directory>/<name>.yaml`` (what ``configs/demo`` ships).
 
@@ -110,6 +121,9 @@ def write_configs(directory: str | Path) -> list[Path]:
     any other, a config of the user's, is a :class:`~catapult.config.ConfigError` before
     anything is written."""
     directory = Path(directory)
+    if blocker := _not_a_folder(directory):
+        raise cfg.ConfigError([("--write-configs", f"{blocker} is not a directory (a folder is needed there "
+                                                   "to hold the configs); choose another path")])
     configs = demo_configs()
     foreign = [path.name for path in (directory / f"{c['name']}.yaml" for c in configs)
                if path.exists() and not _written_config(path)]
