@@ -138,6 +138,8 @@ def test_vocab_file_loads_back_as_the_same_tokenizer(tmp_path):
 @pytest.mark.parametrize("damage, words", [
     ("ids", r"text\.train\.bpe-v300-\w+\.npy: token id 299 is beyond the tokenizer's \d+ ids"),
     ("empty tokenizer", r"bpe-v300-\w+\.json: a tokenizer of 0 ids, not a byte-level BPE of at most 300"),
+    # a cut-off tokenizer file lacked the hint the .npy caches' messages give
+    ("truncated tokenizer", r"bpe-v300-\w+\.json: not a tokenizers JSON file \(.*\); delete it to re-tokenise$"),
 ])
 def test_a_damaged_token_cache_is_a_config_error_before_training(tmp_path, damage, words):
     # both were a traceback: an embedding IndexError mid-run, a GPT with vocab_size 0
@@ -152,6 +154,10 @@ def test_a_damaged_token_cache_is_a_config_error_before_training(tmp_path, damag
         ids[7] = 299  # < 300 = data.vocab_size, but no id of this tokenizer
         train.unlink()
         np.save(train, ids)
+    elif damage == "truncated tokenizer":
+        [tok_file] = root.glob("bpe-v300-*.json")
+        whole = tok_file.read_bytes()
+        tok_file.write_bytes(whole[:len(whole) // 2])
     else:
         [tok_file] = root.glob("bpe-v300-*.json")
         tok_file.write_text(json.dumps({"version": "1.0", "model": {"type": "BPE", "vocab": {}, "merges": []}}))

@@ -79,11 +79,17 @@ class BPEVocab:
         """Read a tokenizer JSON file (the ``tokenizers`` library's format). With ``vocab_size``
         (the size it was trained for) a file of fewer than 256 ids (not byte-level) or more than
         ``vocab_size`` is a ValueError naming it: a damaged cache, not the tokenizer asked for."""
+        return cls._read(path, vocab_size, "")
+
+    @classmethod
+    def _read(cls, path, vocab_size: int | None, hint: str) -> "BPEVocab":
+        """:meth:`load`; a file the library cannot read is a ValueError ending in ``hint`` (what the
+        cache's reader says to do; a wrong size already says "delete it to retrain")."""
         tokenizers = _require_tokenizers()
         try:
             vocab = cls(tokenizers.Tokenizer.from_file(str(path)), path)
         except Exception as exc:  # the library raises a bare Exception on a malformed file
-            raise ValueError(f"{path}: not a tokenizers JSON file ({exc})") from None
+            raise ValueError(f"{path}: not a tokenizers JSON file ({exc}){hint}") from None
         if vocab_size is not None and not 256 <= vocab.size <= vocab_size:
             raise ValueError(f"{path}: a tokenizer of {vocab.size} ids, not a byte-level BPE of at most "
                              f"{vocab_size}; delete it to retrain")
@@ -228,4 +234,5 @@ def load_cached_vocab(path: str | os.PathLike, vocab_size: int | None = None) ->
     user's (:func:`~catapult.data.token_cache.check_owned`): ``BPEVocab.load`` reads any file
     the caller names; a cache is read only when catapult wrote it."""
     token_cache.check_owned(path)
-    return BPEVocab.load(path, vocab_size)
+    # a truncated or damaged cache file: say what to do, as the .npy caches' messages do
+    return BPEVocab._read(path, vocab_size, "; delete it to re-tokenise")
