@@ -63,3 +63,22 @@ def test_checks_is_a_flag_not_a_list_of_checks(tmp_path):
         cfg.validate(short, checks=np.True_)
     with pytest.raises(TypeError, match="load_config: checks must be True or False"):
         cfg.load_config(path, checks=[])
+
+
+@pytest.mark.parametrize("section, key, low", [("train", "steps", 0), ("schedule", "warmup_steps", 1)])
+def test_step_counts_have_an_upper_bound(tmp_path, capsys, section, key, low):
+    # `train.steps: 1e26` was accepted and trained forever
+    from catapult import arguments, cli
+    from catapult.config import options
+
+    assert options.MAX_STEPS == arguments.MAX_STEPS == 10 ** 9   # config keeps its own copy (it imports no other package)
+    top = {"train": {"steps": 10 ** 9}} if key == "warmup_steps" else {}  # a warmup of 10**9 needs as many steps
+    assert _keys({**top, section: {key: 10 ** 9}}) == []
+    for value in (10 ** 9 + 1, "1e26", 1e26):
+        assert _keys({**top, section: {key: value}}) == [f"{section}.{key}"]
+    config = tmp_path / "huge.yaml"
+    config.write_text(f"data: {{name: digits, n_train: 8, n_test: 8}}\nmodel: {{width: 4, depth: 2}}\n{section}: {{{key}: 1e26}}\n")
+    assert cli.main(["train", str(config), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert f"{section}.{key}" in err and "1000000000" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()

@@ -279,7 +279,7 @@ def test_integer_keys_refuse_quoted_numbers_and_take_numpy_integers(tmp_path, ca
                     'train: {steps: "3"}\neval: {sharpness_every: 0}\n')
     assert main(["train", str(path), "--out", str(tmp_path / "run")]) == 2
     out = capsys.readouterr().err
-    assert "train.steps: expected an integer >= 0, got '3' (str): a quoted number is text" in out and "Traceback" not in out
+    assert "train.steps: expected an integer >= 0 and <= 1000000000, got '3' (str): a quoted number is text" in out and "Traceback" not in out
     assert not (tmp_path / "run").exists()
 
 

@@ -101,6 +101,10 @@ def test_schedule_is_picklable_and_pure():
     (dict(lr_target=1.0, warmup_steps=2, decay="cosine", total_steps=10, lr_final=-1),
      "lr_final"),
     (dict(lr_target=True, warmup_steps=2), "lr_target"),
+    # step counts past catapult.arguments.MAX_STEPS (10**9), as train.steps: 1e26 was accepted
+    (dict(lr_target=1.0, warmup_steps=10 ** 9 + 1), r"^warmup_steps must be an integer in \[1, 1000000000\]"),
+    (dict(lr_target=1.0, warmup_steps=2, decay="cosine", total_steps=10 ** 26), r"^total_steps must be an integer in \[1, 1000000000\]"),
+    (dict(lr_target=1.0, warmup_steps=2, total_steps=10 ** 26), r"^total_steps must be an integer in \[1, 1000000000\]"),
 ])
 def test_bad_arguments_name_the_problem(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
@@ -320,8 +324,8 @@ def test_attach_warns_when_it_replaces_differing_group_lrs():
     (lambda: schedules.WarmupSchedule(1.0, 4, decay="cosine"), "needs total_steps"),
     (lambda: schedules.WarmupSchedule(1.0, 4, decay="cos", total_steps=9), "decay must be"),
     (lambda: schedules.WarmupSchedule(-1.0, 4), "^WarmupSchedule lr_target must be a finite number >= 0; got -1.0$"),
-    (lambda: schedules.WarmupSchedule(1.0, 0), "^warmup_steps must be an integer >= 1; got 0$"),
-    (lambda: schedules.CatapultWarmupSchedule(1.0, 0, 0.5), "^warmup_steps must be an integer >= 1; got 0$"),
+    (lambda: schedules.WarmupSchedule(1.0, 0), "^warmup_steps must be an integer in \\[1, 1000000000\\]; got 0$"),
+    (lambda: schedules.CatapultWarmupSchedule(1.0, 0, 0.5), "^warmup_steps must be an integer in \\[1, 1000000000\\]; got 0$"),
     (lambda: schedules.CatapultWarmupSchedule(1.0, 4, float("nan")),
      "^CatapultWarmupSchedule lr_critical must be a finite number >= 0; got nan$"),
 ])
@@ -348,3 +352,14 @@ def test_the_last_step_uses_lr_final_exactly(lr_target, lr_final):
         want = lr_target / 10 if lr_final is None else lr_final
         assert f(9) == f(12) == want
         assert f(2) == lr_target          # the peak, exactly, at step warmup_steps - 1
+
+
+def test_step_counts_past_the_bound_are_refused_everywhere_a_schedule_takes_them():
+    # 10**9 itself is a schedule; one more step is refused by the factories, the classes and the building block
+    assert warmup(1.0, 10 ** 9)(0) == 1e-9
+    assert warmup(1.0, 4, decay="linear", total_steps=10 ** 9)(10 ** 9 - 1) == pytest.approx(0.1)
+    for build in (lambda: schedules.catapult_warmup(1.0, 10 ** 9 + 1, 0.5),
+                  lambda: schedules.CatapultWarmupSchedule(1.0, 4, 0.5, decay="cosine", total_steps=2 ** 63),
+                  lambda: schedules.polynomial_warmup_factor(0, 10 ** 12)):
+        with pytest.raises(ValueError, match=r"in \[1, 1000000000\]"):
+            build()

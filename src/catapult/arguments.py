@@ -84,6 +84,14 @@ def as_integer(value: Any) -> int | None:
     return int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else None
 
 
+#: The most optimizer steps a run or a schedule takes (``train.steps``, ``schedule.warmup_steps``, a
+#: schedule's ``total_steps``/``warmup_steps``): 10**9, a round number below int32's 2**31 - 1 (so a
+#: step index fits every integer type it meets) and far beyond any run (11.6 days at 1,000 steps a
+#: second); ``train.steps: 1e26`` was accepted and trained forever. ``catapult.config`` keeps the
+#: same number (it imports no other catapult package; a test holds them equal).
+MAX_STEPS = 10 ** 9
+
+
 def check_integer(owner: str, label: str, value: Any, *, low: int | None = 1, high: int | None = None,
                   optional: bool = False) -> int | None:
     """``value`` as an int once it is an integer (:func:`as_integer`'s rule: a Python or NumPy

@@ -140,6 +140,13 @@ def as_float(value: Any, kind: str) -> float:
 EXPONENT_TEXT = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+\s*$")
 
 
+#: The most optimizer steps a config asks for (``train.steps``, ``schedule.warmup_steps``): 10**9,
+#: below int32's 2**31 - 1 and far beyond any run (11.6 days at 1,000 steps a second); the same
+#: number as :data:`catapult.arguments.MAX_STEPS` (this package imports no other; a test holds
+#: them equal). ``train.steps: 1e26`` was accepted and trained forever.
+MAX_STEPS = 10 ** 9
+
+
 def integer(default=None, *, low=None, high=None, nullable=False, doc="") -> Option:
     """An integer in ``[low, high]`` (either bound optional): a Python or NumPy integer, an integral
     float (``2000.0``) or the exponent text YAML leaves unparsed (``2e3``). Other text, ``"50"``,

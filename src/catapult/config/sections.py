@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from catapult.config.errors import describe, short_repr
-from catapult.config.options import NUMBER_TEXT, Option, as_float, boolean, choice, integer, number, numbers, string
+from catapult.config.options import MAX_STEPS, NUMBER_TEXT, Option, as_float, boolean, choice, integer, number, numbers, string
 from catapult.config.lr import learning_rate
 
 __all__ = ["Section", "AugmentConfig", "DataConfig", "SparsityConfig", "ModelConfig", "OptimizerConfig", "ScheduleConfig", "TrainConfig",
@@ -228,7 +228,7 @@ class ScheduleConfig(Section):
         None, description="critical-lr search (catapult/persistent warmup, catapult critical-lr): bisect until "
                           "upper - lower <= rtol * lower as well, so lr_c is within rtol above the one-step "
                           "critical lr (null = the paper's delta stop only)", json_schema_extra=_added())
-    warmup_steps: Annotated[int, integer(low=1)] = Field(1, description="T_wrm; 1 = no warmup")
+    warmup_steps: Annotated[int, integer(low=1, high=MAX_STEPS)] = Field(1, description="T_wrm; 1 = no warmup")
     lr_init: Annotated[float, number(low=0.0)] = Field(0.0, description="lr at the start of warmup, <= optimizer.lr")
     power: Annotated[float, number(low=0.0, low_open=True)] = Field(
         1.0, description="warmup exponent (1 = linear)")
@@ -239,7 +239,7 @@ class ScheduleConfig(Section):
 
 
 class TrainConfig(Section):
-    steps: Annotated[int, integer(low=0)] = Field(
+    steps: Annotated[int, integer(low=0, high=MAX_STEPS)] = Field(
         2000, description="optimizer steps", json_schema_extra=_per_member())
     batch_size: Annotated[int | None, integer(low=1)] = Field(None, description="null = full-batch GD")
     divergence_factor: Annotated[float, number(low=1.0, low_open=True, allow_inf=True)] = Field(

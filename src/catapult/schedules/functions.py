@@ -10,7 +10,7 @@ import numbers
 from dataclasses import dataclass
 from typing import Any
 
-from catapult.arguments import check_integer, check_real
+from catapult.arguments import MAX_STEPS, check_integer, check_real
 from catapult.critical_lr import CriticalLR
 
 __all__ = [
@@ -46,7 +46,7 @@ def polynomial_warmup_factor(t: int, warmup_steps: int, power: float = 1.0) -> f
     """
     # power=nan gave 1.0 (the target at step 0), True ran as power 1 and power <= 0 gave 1.0 at every step
     power = check_real("polynomial_warmup_factor", "power", power, low=0.0, low_open=True)
-    warmup_steps = check_integer("polynomial_warmup_factor", "warmup_steps", warmup_steps)
+    warmup_steps = check_integer("polynomial_warmup_factor", "warmup_steps", warmup_steps, high=MAX_STEPS)
     return _warmup_factor(t, warmup_steps, power)
 
 
@@ -135,7 +135,8 @@ def checked_real(owner: str, name: str, value: Any, *, positive: bool = False) -
 
 
 def _count(name: str, value: Any, *, minimum: int = 1) -> int:
-    return check_integer("", name, value, low=minimum)
+    """A step count (``warmup_steps``, ``total_steps``): an integer in ``[minimum, MAX_STEPS]``."""
+    return check_integer("", name, value, low=minimum, high=MAX_STEPS)
 
 
 def _step(t: Any) -> int:
