@@ -128,3 +128,34 @@ def test_the_sharpness_heatmap_marks_cells_whose_value_came_from_an_unconverged_
     unmarked = [{k: v for k, v in c.items() if k != "sharpness_converged"} for c in cells]   # an old store's
     grid = phase_grid(unmarked, axes, "sharpness", "optimizer.lr", None)
     assert not [line for line in plot_phase_diagram(grid).axes[0].get_lines() if line.get_marker() == "x"]
+
+
+@pytest.mark.parametrize("metric, values", [("test_loss", [0.5, 2.0, 1e306]), ("sharpness", [1.0, 3.0, 1.7e308]),
+                                            ("sharpness", [-1.7e308, 3.0, 1.7e308]), ("test_loss", [1e-300, 2.0, 1e300])])
+def test_a_value_near_the_float_maximum_is_drawn_as_a_diverged_cell(tmp_path, metric, values):
+    # `catapult plot` ended in an OverflowError from matplotlib's tick formatter (a test_loss of
+    # 1e306 on the log scale, a sharpness of 1.7e308, a log scale over 600 decades), or "Axis limits
+    # cannot be NaN or Inf"
+    import warnings
+
+    from matplotlib.colors import to_rgba
+    from matplotlib.patches import Rectangle
+
+    from catapult.plots.phase import DRAWABLE_MAX
+
+    cells = [{"id": j, "status": "finished", metric: v, "swept": {"optimizer.lr": 0.1 * (j + 1)}}
+             for j, v in enumerate(values)]
+    axes = [{"key": "optimizer.lr", "values": [0.1, 0.2, 0.3], "labels": ["0.1", "0.2", "0.3"]}]
+    grid = phase_grid(cells, axes, metric, "optimizer.lr", None)
+    assert grid.values[0].tolist() == values
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # numpy's overflow warnings in the colour norm too
+        fig = plot_phase_diagram(grid, tmp_path / "phase.png")
+    assert (tmp_path / "phase.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    hatched = sorted(round(p.get_x() + 0.5) for p in fig.axes[0].patches
+                     if isinstance(p, Rectangle) and p.get_hatch() == "xx" and p.get_facecolor() == to_rgba("#bdbdbd"))
+    assert hatched == [j for j, v in enumerate(values) if abs(v) > DRAWABLE_MAX]
+    mesh = fig.axes[0].collections[0]
+    drawn = [v for v in values if abs(v) <= DRAWABLE_MAX]
+    scale = (min(drawn), max(drawn)) if len(drawn) > 1 else (0.9 * drawn[0], 1.1 * drawn[0])  # one value: +-10%
+    assert (mesh.norm.vmin, mesh.norm.vmax) == pytest.approx(scale)   # the colour scale spans the drawable values

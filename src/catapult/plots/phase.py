@@ -338,11 +338,19 @@ def _format_value(x: float, metric: str) -> str:
     return f"{x:.2g}"
 
 
+#: The largest magnitude a heatmap cell's colour shows; beyond it a value is drawn as a diverged cell
+#: is (a loss or sharpness of 1e306 is one; float32 training overflows at 3.4e38 anyway). 1e100
+#: leaves matplotlib's colour-bar ticks room below the float maximum, 1.8e308: a log scale's locator
+#: goes two strides of decades past the top (1e300 over 1e-300 overflowed), a linear one sums the range.
+DRAWABLE_MAX = 1e100
+
+
 def plot_phase_diagram(grid: PhaseGrid, path: str | Path | None = None, *, title: str | None = None,
                        annotate: bool | None = None) -> Figure:
     """Heatmap of ``grid.values`` (x: ``grid.x_key``, y: ``grid.y_key``) in the config's units.
 
-    Diverged cells: grey with ``xx`` hatching; failed: pink with ``//``; not yet run: blank;
+    Diverged cells, and values beyond :data:`DRAWABLE_MAX` in magnitude: grey with ``xx`` hatching;
+    failed: pink with ``//``; not yet run: blank;
     ``partial`` cells (some members diverged/failed) carry a ``*``; the best cell is outlined
     in red and starred. Losses use a log colour scale when all values are positive. Values are
     written in the cells when the grid is small (accuracy in %).
@@ -362,8 +370,13 @@ def plot_phase_diagram(grid: PhaseGrid, path: str | Path | None = None, *, title
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    finite = grid.values[np.isfinite(grid.values)]
-    use_log = "loss" in grid.metric and finite.size and finite.min() > 0 and finite.max() / finite.min() > 20
+    # a value beyond DRAWABLE_MAX (a test_loss of 1e306, a sharpness of 1.7e308) is off any colour
+    # scale: matplotlib's ticks overflowed (an OverflowError out of `catapult plot`); it is drawn as
+    # a diverged cell is, and the scale spans the others
+    off_scale = np.isfinite(grid.values) & (np.abs(grid.values) > DRAWABLE_MAX)
+    drawable = np.isfinite(grid.values) & ~off_scale
+    finite = grid.values[drawable]
+    use_log = "loss" in grid.metric and finite.size and finite.min() > 0 and finite.max() > 20 * finite.min()
     if finite.size:
         lo, hi = float(finite.min()), float(finite.max())
         if lo == hi:
@@ -372,7 +385,7 @@ def plot_phase_diagram(grid: PhaseGrid, path: str | Path | None = None, *, title
     else:
         norm = Normalize(0, 1)
     cmap = "viridis" if higher_is_better(grid.metric) else "viridis_r"
-    masked = np.ma.masked_invalid(grid.values)
+    masked = np.ma.masked_invalid(np.where(drawable, grid.values, np.nan))  # a masked 1e306 still overflowed the norm
     mesh = ax.pcolormesh(np.arange(nx + 1) - 0.5, np.arange(ny + 1) - 0.5, masked, cmap=cmap, norm=norm,
                          edgecolors="white", linewidth=0.5)
     cbar = fig.colorbar(mesh, ax=ax, shrink=0.9)
@@ -388,7 +401,7 @@ def plot_phase_diagram(grid: PhaseGrid, path: str | Path | None = None, *, title
     styles = {"diverged": ("#bdbdbd", "xx"), "failed": ("#f4c2c2", "//")}
     for i in range(ny):
         for j in range(nx):
-            state = grid.status[i][j]
+            state = "diverged" if off_scale[i, j] and grid.status[i][j] not in styles else grid.status[i][j]
             if state in styles:
                 face, hatch = styles[state]
                 ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor=face, hatch=hatch, edgecolor="#555555",
