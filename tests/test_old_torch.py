@@ -127,6 +127,12 @@ def test_models_carry_and_check_their_parametrization_without_the_public_state_d
 
     monkeypatch.delattr(torch.nn.Module, "register_state_dict_post_hook")
     monkeypatch.delattr(torch.nn.Module, "register_load_state_dict_pre_hook")
+    # torch marks a hook function registered through the public name (_from_public_api), and its
+    # private registration then refuses it: an earlier test in this process built a model; torch
+    # 2.2 has no public name, so no mark
+    from catapult import parametrize_state
+
+    monkeypatch.delattr(parametrize_state._save_hook, "_from_public_api", raising=False)
 
     def mlp(parametrization, seed):
         torch.manual_seed(seed)
