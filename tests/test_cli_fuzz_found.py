@@ -175,6 +175,16 @@ def test_numbers_in_their_plain_forms_still_load(tmp_path):
     assert config["model"]["width"] == 10
 
 
+def test_an_override_of_thousands_of_digits_is_refused_as_text_not_a_traceback(tmp_path):
+    # hypothesis found it: int() of 5,000 digits raised "Exceeds the limit (4300 digits)" in parse_override
+    from catapult import config as C
+
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {name: digits, n_train: 16, n_test: 8}\nmodel: {width: 4, depth: 2}\n")
+    with pytest.raises(C.ConfigError, match="data.augment.crop"):
+        C.load_config(path, ["data.augment.crop=" + "9" * 5000])
+
+
 def test_a_coord_check_seed_past_64_bits_is_refused_naming_it(capsys, tmp_path):
     # torch.manual_seed(2**64) raised ValueError "Overflow when unpacking long long" mid-study
     base = ("data: {name: digits, n_train: 32, n_test: 16}\nmodel: {width: 8, depth: 3, base_width: 8}\n"

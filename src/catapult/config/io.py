@@ -159,9 +159,10 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = raw
     except RecursionError:  # pragma: no cover - the loader's depth bound comes first
         raise ConfigError([(key, "the value is nested too deeply")]) from None
-    if isinstance(value, str) and re.fullmatch(r"[+-]?[0-9]+", raw.strip()):
+    if isinstance(value, str) and re.fullmatch(r"[+-]?[0-9]{1,100}", raw.strip()):
         # digits YAML keeps as text (a leading zero, 010): a command line is read as written, in
-        # base 10 (the config's strict integer keys refuse text, which only quotes make in a file)
+        # base 10 (the config's strict integer keys refuse text, which only quotes make in a file);
+        # past 100 digits it stays text and is refused (int() of 4,300+ digits raises)
         value = int(raw.strip())
     # YAML's syntax inside a plain value: data.root=/data/a #2.txt was cut to /data/a (a comment),
     # and data.root=/data/my: file.txt became a mapping, each silently or with no word on why
