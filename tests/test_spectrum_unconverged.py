@@ -5,7 +5,7 @@ product budget logged eig_3 1% off the dense Hessian's with no mark anywhere. Ch
 the dense Hessian of a 160-parameter MLP at its init (``train.steps: 0``: row 0 is the init)."""
 import pytest
 import torch
-from torch.func import functional_call
+from dense_curvature import dense_hessian
 
 from catapult import engine
 from catapult.engine.loop import train
@@ -21,18 +21,7 @@ def _config(**ev):
 @pytest.fixture(scope="module")
 def dense_top3():
     setup = engine.build_run(_config())
-    x, y = setup.batches.batch(0)
-    named = [(k, p.shape) for k, p in setup.model.named_parameters()]
-    flat = torch.cat([p.detach().reshape(-1) for p in setup.model.parameters()])
-
-    def loss(v):
-        parts, i = {}, 0
-        for k, shape in named:
-            parts[k] = v[i:i + shape.numel()].reshape(shape)
-            i += shape.numel()
-        return setup.loss_fn(functional_call(setup.model, parts, (x,)), y)
-
-    hessian = torch.autograd.functional.hessian(loss, flat)
+    hessian = dense_hessian(setup.model, setup.loss_fn, setup.batches.batch(0))
     return torch.linalg.eigvalsh(hessian).flip(0)[:3].tolist()
 
 

@@ -6,7 +6,7 @@ error). Before them the summary gave a final sharpness, a peak and a lambda_0 cu
 Checked against the dense Hessian of a 160-parameter MLP at its init."""
 import pytest
 import torch
-from torch.func import functional_call
+from dense_curvature import dense_hessian
 
 from catapult import engine
 from catapult.engine.records import format_summary, summarize, unconverged_advice
@@ -21,18 +21,7 @@ def _config(steps=0, **ev):
 @pytest.fixture(scope="module")
 def dense_lambda0():
     setup = engine.build_run(_config())
-    x, y = setup.batches.batch(0)
-    named = [(k, p.shape) for k, p in setup.model.named_parameters()]
-    flat = torch.cat([p.detach().reshape(-1) for p in setup.model.parameters()])
-
-    def loss(v):
-        parts, i = {}, 0
-        for k, shape in named:
-            parts[k] = v[i:i + shape.numel()].reshape(shape)
-            i += shape.numel()
-        return setup.loss_fn(functional_call(setup.model, parts, (x,)), y)
-
-    return float(torch.linalg.eigvalsh(torch.autograd.functional.hessian(loss, flat))[-1])
+    return float(torch.linalg.eigvalsh(dense_hessian(setup.model, setup.loss_fn, setup.batches.batch(0)))[-1])
 
 
 CUT_SHORT = dict(sharpness_max_iter=2, sharpness_tol=1e-12)
