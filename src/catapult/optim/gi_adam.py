@@ -36,9 +36,16 @@ from catapult.optim.rules import V0_CHOICES, check_v0, initial_second_moment
 __all__ = ["GIAdam", "GIAdamW", "initial_second_moment", "V0_CHOICES"]
 
 
-def _scalar_dtype() -> torch.dtype:
-    # torch.optim.Adam keeps "step" as a float32 CPU tensor (float64 under a float64 default).
-    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+#: The dtype of ``state["step"]``: float64, exact to 2**53 steps. torch.optim.Adam keeps a float32
+#: CPU tensor (float64 under a float64 default), which stops counting at 2**24 (float32(2**24 + 1)
+#: is 2**24): every later step's bias correction ``1 - b^t`` reused t = 2**24 + 1. A loaded count
+#: of any other dtype (a checkpoint of torch Adam, or of this optimizer before) is made this one.
+STEP_DTYPE = torch.float64
+
+
+def _step_count(value: Any) -> Tensor:
+    """``state["step"]`` as a :data:`STEP_DTYPE` CPU tensor (a tensor of another dtype, or a number)."""
+    return torch.tensor(float(value), dtype=STEP_DTYPE)
 
 
 _check_v0 = check_v0  # (the rule lives with initial_second_moment)
@@ -165,7 +172,8 @@ class GIAdam(torch.optim.Optimizer):
     parameter) gives ``v_0 = 0``, i.e. Adam's start for that parameter. Keep torch's default
     ``set_to_none=True`` so that unused parameters are skipped until they get a gradient.
 
-    State per parameter uses torch Adam's keys -- ``"step"`` (a scalar float tensor, like torch),
+    State per parameter uses torch Adam's keys -- ``"step"`` (a scalar float tensor, like torch's, but
+    float64: :data:`STEP_DTYPE`),
     ``"exp_avg"``, ``"exp_avg_sq"`` -- so code that reads Adam state works unchanged.
     Weight decay is already decoupled, so :data:`GIAdamW` is an alias of this class.
 
@@ -211,8 +219,10 @@ class GIAdam(torch.optim.Optimizer):
             group.setdefault("v0", "grad")
             for p in group["params"]:
                 p_state = self.state.get(p, {})
-                if p_state and not torch.is_tensor(p_state["step"]):
-                    p_state["step"] = torch.tensor(float(p_state["step"]), dtype=_scalar_dtype())
+                step = p_state.get("step") if p_state else None
+                if step is not None and not (torch.is_tensor(step) and step.dtype == STEP_DTYPE
+                                             and step.device.type == "cpu"):
+                    p_state["step"] = _step_count(step)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch.optim's ``load_state_dict``, after the constructor's checks of every group's
@@ -345,7 +355,7 @@ class GIAdam(torch.optim.Optimizer):
                     continue
                 state = self.state[p]
                 if len(state) == 0:     # v_0 is set by rules.update from this first gradient
-                    state["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
+                    state["step"] = _step_count(0)
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 params.append(p)
             # rules.State has one step count: parameters at different counts (one that missed

@@ -28,6 +28,7 @@ from typing import Any, Sequence
 import torch
 
 from catapult.optim import rules
+from catapult.optim.gi_adam import STEP_DTYPE
 from catapult.optim.registry import rule_for
 
 __all__ = ["StackedOptimizer", "SUPPORTED"]
@@ -314,8 +315,10 @@ class StackedOptimizer:
             if st.momentum_buffer is not None and st.momentum_buffer[k] is not None:
                 out["momentum_buffer"] = st.momentum_buffer[k][row].clone()
             return out
-        # torch.optim keeps "step" as a float32 tensor (float64 under a float64 default dtype)
-        scalar = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+        # torch.optim keeps "step" as a float32 tensor (float64 under a float64 default dtype);
+        # GI-Adam a float64 one, which counts past 2**24 (float32 stops there)
+        scalar = (STEP_DTYPE if self.rule == "gi-adam" or torch.get_default_dtype() == torch.float64
+                  else torch.float32)
         out["step"] = torch.tensor(float(st.step), dtype=scalar)
         out["exp_avg"] = st.exp_avg[k][row].clone()
         out["exp_avg_sq"] = st.exp_avg_sq[k][row].clone()
