@@ -269,10 +269,11 @@ def _damaged_store(tmp_path) -> Path:
 def test_a_store_damaged_past_its_header_is_a_message_not_a_traceback(command, tmp_path, capsys):
     # the header (application_id) is intact, so the damage shows only when a page is read
     store = _damaged_store(tmp_path)
-    assert cli.main([command, str(store), "--out", str(tmp_path / "out.png")]) == 2
+    out = tmp_path / ("out.csv" if command == "export" else "out.png")   # export --out out.png: refused by its suffix
+    assert cli.main([command, str(store), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "damaged.db" in err and "malformed" in err
-    assert not (tmp_path / "out.png").exists()
+    assert not out.exists()
 
 
 def test_a_store_damaged_in_its_metrics_is_a_message_not_a_traceback(tmp_path, capsys):
@@ -422,6 +423,22 @@ def test_export_refuses_a_format_that_contradicts_the_file_name(tmp_path, capsys
     assert not out.exists()
     assert cli.main(["export", str(store), "--format", "csv", "--out", str(out)]) == 0  # agreeing: fine
     assert out.read_text().startswith("cell_id,")
+
+
+@pytest.mark.parametrize("name, fmt", [("cells.xlsx", None), ("cells.XLS", None), ("cells.json", "csv"),
+                                       ("cells.csv.gz", None), ("cells.tsv", "parquet")])
+def test_export_refuses_a_suffix_of_a_format_it_does_not_write(tmp_path, capsys, name, fmt):
+    # `export --out cells.xlsx` wrote CSV text under a spreadsheet's name (exit 0), which Excel then
+    # refused to open; the suffixes written are .csv and .txt (CSV), .parquet and .pq, and a name
+    # without one (CSV)
+    store = _legacy_store(tmp_path)
+    out = tmp_path / name
+    assert cli.main(["export", str(store), "--out", str(out), *(["--format", fmt] if fmt else [])]) == 2
+    err = capsys.readouterr().err
+    assert f"--out: {name} names no format export writes: csv (.csv, .txt) or parquet (.parquet, .pq)" in err and "Traceback" not in err
+    assert not out.exists()
+    assert cli.main(["export", str(store), "--out", str(tmp_path / "cells")]) == 0   # no suffix: CSV, as before
+    assert (tmp_path / "cells").read_text().startswith("cell_id,")
 
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")

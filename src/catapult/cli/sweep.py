@@ -82,7 +82,9 @@ def register(subparsers) -> None:
                                           "test_accuracy, sharpness), best metrics, lambda_0, lr_target, ...; cells that "
                                           "logged the spectrum add their last eig_1..eig_k and hessian_trace")
     p.add_argument("store", metavar="STORE", help="sweep store (SQLite file)")
-    p.add_argument("--format", choices=("csv", "parquet"), help="default: from --out's suffix, else csv")
+    p.add_argument("--format", choices=("csv", "parquet"),
+                   help="default: from --out's suffix (.csv or .txt; .parquet or .pq), csv for a name without "
+                        "one; another suffix is refused")
     p.add_argument("--out", type=path_option, metavar="FILE", required=True, help="output file")
     p.add_argument("--aggregate", action="store_true",
                    help="one row per cell over seeds (sweep.seeds): n_seeds, n_finished, n_diverged, n_collapsed, "
@@ -361,13 +363,16 @@ def _export_command(args: argparse.Namespace) -> int:
     if problem := store_problem(args.store):
         return _fail("export", problem)
     out = Path(args.out)
-    named = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}.get(out.suffix.lower())
+    named = {".csv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet"}.get(out.suffix.lower())
     if args.format and named and args.format != named:  # a .csv name holding parquet bytes misleads
         return _fail("export", f"--format {args.format} does not match --out {out.name}; "
                                f"name the file .{'parquet' if args.format == 'parquet' else 'csv'}")
     fmt = args.format or named or "csv"
     # a name without a suffix is judged as the format written there: the same command replaces it
     check_out_file("--out", args.out, replaces=(".csv", ".parquet", ".pq"), as_suffix=f".{fmt}")
+    if out.suffix and named is None:  # `--out x.xlsx` wrote CSV under a name that promised a spreadsheet
+        return _fail("export", f"--out: {out.name} names no format export writes: csv (.csv, .txt) or parquet "
+                               f"(.parquet, .pq); give one of those suffixes (none: csv)")
     from catapult.sweep.store import Store, StoreError, write_csv, write_parquet
 
     try:
