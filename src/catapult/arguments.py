@@ -258,13 +258,11 @@ def check_seed(model: str, label: str, value: Any, *, optional: bool = True) -> 
     Traceback (most recent call last):
     ValueError: GPT mask_seed must be an integer in [-2**63, 2**64) or None; got 1.5
     """
-    if optional and value is None:
-        return None
-    seed = as_integer(value)
-    if seed is None or not -2 ** 63 <= seed < 2 ** 64:
+    try:
+        return check_integer(model, label, value, low=-2 ** 63, high=2 ** 64 - 1, optional=optional)
+    except ValueError:  # the range as torch's generators state it, not [-9223372036854775808, ...]
         raise ValueError(f"{model} {label} must be an integer in [-2**63, 2**64){' or None' if optional else ''}; "
-                         f"got {_scalar(value)!r}")
-    return seed
+                         f"got {_scalar(value)!r}") from None
 
 
 def check_flag(owner: str, label: str, value: Any) -> bool:
