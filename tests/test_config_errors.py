@@ -22,6 +22,19 @@ def _load_error(tmp_path, text: str | bytes, overrides=()) -> C.ConfigError:
     return info.value
 
 
+def _train_refusal(tmp_path, capsys, text: str) -> str:
+    """``catapult train`` of the config ``text``: refused with exit 2, no traceback and no run
+    directory; its stderr."""
+    from catapult.cli import main
+
+    path = tmp_path / "refused.yaml"
+    path.write_text(text)
+    assert main(["train", str(path), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and not (tmp_path / "run").exists()
+    return err
+
+
 def test_a_config_that_is_not_utf8_names_the_encoding(tmp_path):
     err = _load_error(tmp_path, b"name: \xff\xfe run\n")
     assert "not UTF-8" in str(err) and "0xff" in str(err)
@@ -189,7 +202,6 @@ def test_a_spectrum_without_a_sharpness_cadence_is_refused_by_train_and_sweep(tm
 def test_more_eigenvalues_than_parameters_is_refused_when_the_run_is_built(tmp_path, capsys):
     # the digits MLP of width 8, depth 2 has 64*8 + 8*10 + 8 + 10 = 610 parameters: asking 700
     # eigenvalues failed with a traceback at the first sharpness step; now exit 2 before training
-    from catapult.cli import main
     from catapult.engine import build_run
 
     raw = {"data": {"name": "digits"}, "model": {"name": "mlp", "width": 8, "depth": 2},
@@ -199,13 +211,9 @@ def test_more_eigenvalues_than_parameters_is_refused_when_the_run_is_built(tmp_p
         build_run(raw)
     raw["eval"]["spectrum_top_k"] = 610
     assert build_run(raw).n_params == 610
-    path = tmp_path / "top.yaml"
-    path.write_text("data: {name: digits}\nmodel: {name: mlp, width: 8, depth: 2}\n"
-                    "eval: {sharpness_every: 1, spectrum_top_k: 611}\n")
-    assert main(["train", str(path), "--out", str(tmp_path / "run")]) == 2
-    err = capsys.readouterr().err
-    assert "eval.spectrum_top_k: 611" in err and "Traceback" not in err
-    assert not (tmp_path / "run").exists()
+    err = _train_refusal(tmp_path, capsys, "data: {name: digits}\nmodel: {name: mlp, width: 8, depth: 2}\n"
+                                           "eval: {sharpness_every: 1, spectrum_top_k: 611}\n")
+    assert "eval.spectrum_top_k: 611" in err
 
 
 @pytest.mark.parametrize("overrides, key", [
@@ -264,8 +272,6 @@ def test_integer_keys_refuse_quoted_numbers_and_take_numpy_integers(tmp_path, ca
     # ("expected an integer >= 1, got np.int64(50) (int64)"); YAML's unquoted 2e3 stays a string and is taken
     import numpy as np
 
-    from catapult.cli import main
-
     err = _load_error(tmp_path, 'train: {steps: "50"}\n')
     assert err.keys == ["train.steps"] and "a quoted number is text; write it unquoted" in str(err)
     for text in ('"+5"', '"50.0"', "'7'"):
@@ -274,13 +280,10 @@ def test_integer_keys_refuse_quoted_numbers_and_take_numpy_integers(tmp_path, ca
                      "optimizer": {"lr": np.float32(0.5)}, "data": {"n_train": "2e3"}})
     assert (ok["train"]["steps"], ok["model"]["width"], ok["optimizer"]["lr"], ok["data"]["n_train"]) == (50, 8, 0.5, 2000)
     assert type(ok["train"]["steps"]) is int and type(ok["optimizer"]["lr"]) is float
-    path = tmp_path / "q.yaml"
-    path.write_text('data: {name: digits, n_train: 64, n_test: 32}\nmodel: {name: mlp, width: 8, depth: 2}\n'
-                    'train: {steps: "3"}\neval: {sharpness_every: 0}\n')
-    assert main(["train", str(path), "--out", str(tmp_path / "run")]) == 2
-    out = capsys.readouterr().err
-    assert "train.steps: expected an integer >= 0 and <= 1000000000, got '3' (str): a quoted number is text" in out and "Traceback" not in out
-    assert not (tmp_path / "run").exists()
+    err = _train_refusal(tmp_path, capsys, 'data: {name: digits, n_train: 64, n_test: 32}\n'
+                                           'model: {name: mlp, width: 8, depth: 2}\n'
+                                           'train: {steps: "3"}\neval: {sharpness_every: 0}\n')
+    assert "train.steps: expected an integer >= 0 and <= 1000000000, got '3' (str): a quoted number is text" in err
 
 
 def test_a_relative_lr_refuses_a_lambda_0_that_is_no_number():

@@ -546,15 +546,12 @@ def test_seeds_as_a_count_or_as_its_list_resume_the_same_sweep(tmp_path, first, 
             _run(config, parse_sweep({"grid": grid, "seeds": other}), tmp_path / "s.db", FakeRun())
 
 
-def test_export_marks_whether_the_final_sharpness_converged(tmp_path, monkeypatch):
-    # the export's final sharpness had no mark of its solve (only summary_json's run-level count):
-    # sharpness_converged is the mark of the row the final sharpness came from (not the last mark of
-    # any row), empty where the cell has no final sharpness, last; --aggregate gives its mean over
-    # seeds, and the report's results table takes the same column
+def _export_round(tmp_path, run_fn):
+    """A sweep of two relative lrs (2^-3/lambda0, 2^0/lambda0) over seeds 0 and 1 run by ``run_fn``,
+    exported (write_csv), aggregated (aggregate_table) and reported (write_report): the exported
+    rows, the aggregate's columns and rows, and the report's HTML."""
     from catapult.report import write_report
     from catapult.sweep.store_export import aggregate_table
-
-    run_fn = _marked_runs("sharpness", "sharpness_converged")
 
     config, spec = _sweep(lrs=("2^-3/lambda0", "2^0/lambda0"), warm=(1,), eval={"sharpness_every": 2})
     _run(config, spec, tmp_path / "s.db", run_fn)
@@ -564,6 +561,15 @@ def test_export_marks_whether_the_final_sharpness_converged(tmp_path, monkeypatc
     write_report(tmp_path / "s.db", tmp_path / "report.html")
     with open(tmp_path / "out.csv", newline="") as fh:
         exported = list(csv.DictReader(fh))
+    return exported, columns, rows, (tmp_path / "report.html").read_text()
+
+
+def test_export_marks_whether_the_final_sharpness_converged(tmp_path, monkeypatch):
+    # the export's final sharpness had no mark of its solve (only summary_json's run-level count):
+    # sharpness_converged is the mark of the row the final sharpness came from (not the last mark of
+    # any row), empty where the cell has no final sharpness, last; --aggregate gives its mean over
+    # seeds, and the report's results table takes the same column
+    exported, columns, rows, report = _export_round(tmp_path, _marked_runs("sharpness", "sharpness_converged"))
     assert list(exported[0])[-1] == "sharpness_converged"
     finished = [r for r in exported if r["status"] == "finished"]
     assert finished and {r["seed"] for r in finished} == {"0", "1"}
@@ -574,7 +580,7 @@ def test_export_marks_whether_the_final_sharpness_converged(tmp_path, monkeypatc
             assert row["sharpness"] == "" and row["sharpness_converged"] == ""
     means = [r[columns.index("sharpness_converged_mean")] for r in rows if r[columns.index("n_finished")] == 2]
     assert means and all(m == 0.5 for m in means)
-    assert "<th>sharpness_converged</th>" in (tmp_path / "report.html").read_text()
+    assert "<th>sharpness_converged</th>" in report
     # catapult plot --metric sharpness: the heatmap's cells know which of their seeds' values are approximate
     import catapult.plots.phase as phase
     from catapult import cli
@@ -610,9 +616,6 @@ def test_export_marks_whether_each_cells_lambda0_converged(tmp_path):
     # --aggregate (the fraction of seeds, diverged ones too, as lambda_0's mean) and the report's
     # table gave lambda_0 with no mark. Seed 0's solve is cut short; a summary without the key
     # (written before it) exports an empty mark
-    from catapult.report import write_report
-    from catapult.sweep.store_export import aggregate_table
-
     fake = FakeRun(diverge_above=1.0)
 
     def run_fn(config, progress=None):
@@ -621,14 +624,7 @@ def test_export_marks_whether_each_cells_lambda0_converged(tmp_path):
             result.summary.update(lambda_0=2.0 + config["seed"], lambda_0_converged=config["seed"] == 1)
         return result
 
-    config, spec = _sweep(lrs=("2^-3/lambda0", "2^0/lambda0"), warm=(1,), eval={"sharpness_every": 2})
-    _run(config, spec, tmp_path / "s.db", run_fn)
-    with Store(tmp_path / "s.db", create=False) as store:
-        write_csv(store, tmp_path / "out.csv")
-        columns, rows = aggregate_table(store)
-    write_report(tmp_path / "s.db", tmp_path / "report.html")
-    with open(tmp_path / "out.csv", newline="") as fh:
-        exported = list(csv.DictReader(fh))
+    exported, columns, rows, report = _export_round(tmp_path, run_fn)
     assert list(exported[0])[-1] == "lambda_0_converged"
     marks = sorted((r["optimizer.lr"], r["seed"], r["lambda_0_converged"]) for r in exported)
     assert marks == [("2^-3/lambda0", "0", "0"), ("2^-3/lambda0", "1", "1"), ("2^0/lambda0", "0", ""),
@@ -636,4 +632,4 @@ def test_export_marks_whether_each_cells_lambda0_converged(tmp_path):
     lr = columns.index("optimizer.lr")
     means = {r[lr]: r[columns.index("lambda_0_converged_mean")] for r in rows}
     assert means == {"2^-3/lambda0": 0.5, "2^0/lambda0": None}
-    assert "<th>lambda_0_converged</th>" in (tmp_path / "report.html").read_text()
+    assert "<th>lambda_0_converged</th>" in report
