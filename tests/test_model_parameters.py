@@ -3,6 +3,8 @@ probes at two depths, extrapolated), checked against the count of the model actu
 or width no machine holds is refused by ``build_model`` in milliseconds, naming the keys; and
 ``check_model_fits`` refuses it from the config alone, before ``build_run`` loads data and before
 ``run_sweep`` writes its store (except on machines elsewhere)."""
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -46,6 +48,25 @@ def test_probing_leaves_the_global_random_stream_alone():
     after = torch.rand(3)
     torch.manual_seed(3)
     assert torch.equal(after, torch.rand(3))
+
+
+def test_probing_imports_no_torch_compile_machinery():
+    # normal_ on a meta tensor runs torch's Python reference, whose first call imported torch._dynamo
+    # (3-11 s on a loaded 2-core host): every sweep driver paid it in its impossible-cell check, a Ray
+    # driver (which trains nothing) before Ray started. The counts are the built models' (CASES)
+    import subprocess
+    import sys
+
+    probe = ("import sys\n"
+             "from catapult.engine.model_size import model_parameters\n"
+             "from test_model_parameters import CASES, _config\n"
+             "print([model_parameters(_config(m), n_in, n_out) for m, n_in, n_out in CASES],\n"
+             "      sorted(m for m in ('torch._dynamo', 'sympy') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).parent)
+    assert out.returncode == 0, out.stderr[-2000:]
+    built = [sum(p.numel() for p in build_model(_config(m), n_in, n_out).parameters()) for m, n_in, n_out in CASES]
+    assert out.stdout.strip() == f"{built} []"
 
 
 @pytest.mark.parametrize("model", [{"name": "mlp", "width": 256, "depth": 10**6},

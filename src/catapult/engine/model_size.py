@@ -41,6 +41,21 @@ _OWN_BUILDERS = dict(MODELS)
 _PROBE_DEPTHS = {"mlp": (2, 3), "gpt": (1, 2), "wrn": (10, 16)}
 
 
+class _NoMetaDraws(torch.overrides.TorchFunctionMode):
+    """Normal draws into ``meta`` tensors are skipped: such a tensor holds no values, and torch runs
+    ``normal_`` on ``meta`` through its Python reference, whose first call imports ``torch._dynamo``
+    (3-11 s on a loaded 2-core host), which every sweep driver paid in its impossible-cell check, a
+    Ray driver (which trains nothing) before Ray started."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (torch.Tensor.normal_, nn.init.normal_):
+            tensor = args[0] if args else kwargs.get("tensor")   # nn.init.normal_ passes it by name
+            if isinstance(tensor, torch.Tensor) and tensor.is_meta:
+                return tensor
+        return func(*args, **kwargs)
+
+
 def model_parameters(config: Mapping[str, Any], in_features: int, out_features: int) -> int:
     """How many parameters the config's model has, found without building it: the model is built
     dense on the ``meta`` device (no storage) at the two depths of ``_PROBE_DEPTHS`` and the count
@@ -59,7 +74,7 @@ def model_parameters(config: Mapping[str, Any], in_features: int, out_features: 
     low, high = _PROBE_DEPTHS.get(name, (depth, depth))
 
     def count(at_depth: int) -> int:
-        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        with torch.random.fork_rng(devices=[]), torch.device("meta"), _NoMetaDraws():
             model = MODELS[name]({**model_cfg, "depth": at_depth}, in_features, out_features)
         return sum(p.numel() for p in model.parameters())
 

@@ -55,6 +55,8 @@ POSITIONS = ("learned", "sinusoidal")
 
 def sinusoidal_positions(context: int, d_model: int) -> torch.Tensor:
     """``P[t, 2i] = sin(t / 10000^(2i/d))``, ``P[t, 2i+1] = cos(t / 10000^(2i/d))``, shape (T, d)."""
+    if torch.empty(0).is_meta:  # built under torch.device("meta") (a model-size probe): the shape alone, as
+        return torch.empty(context, d_model)   # torch's meta arange/exp import torch._dynamo (seconds)
     position = torch.arange(context, dtype=torch.float64).unsqueeze(1)
     frequency = torch.exp(-math.log(10000.0) * torch.arange(0, d_model, 2, dtype=torch.float64)
                           / d_model)
