@@ -46,11 +46,14 @@ def _hostile_store(path):
     conn.execute("PRAGMA writable_schema=OFF")
     conn.close()
     conn = sqlite3.connect(path, isolation_level=None)
-    swept = json.dumps({"optimizer.lr": MARKUP, "schedule.warmup_steps": MARKUP, "model.density": MARKUP,
-                        "seed": MARKUP})
     conn.execute("UPDATE cells SET error = ?, worker = ?, summary_json = ? WHERE id % 2 = 0",
                  (MARKUP, MARKUP, json.dumps({"note": MARKUP})))
-    conn.execute("UPDATE cells SET status = ?, swept_json = ? WHERE id = 1", (MARKUP, swept))
+    conn.execute("UPDATE cells SET status = ? WHERE id = 1", (MARKUP,))
+    # a swept value is the grid's value at the cell's place (a value off the grid is a damaged store):
+    # markup as model.density's second value, in the axis and in every cell at that place (odd ids)
+    for cell_id, text in conn.execute("SELECT id, swept_json FROM cells WHERE id % 2 = 1").fetchall():
+        conn.execute("UPDATE cells SET swept_json = ? WHERE id = ?",
+                     (json.dumps({**json.loads(text), "model.density": MARKUP}), cell_id))
     conn.execute("UPDATE cells SET status = 'failed', error = ? WHERE id = 3", (MARKUP + "\n" + MARKUP,))
     conn.execute("UPDATE metrics SET extra_json = ?", (json.dumps({"note": MARKUP}),))
     conn.execute("UPDATE lambda0 SET key = ? || rowid, inputs_json = ?", (MARKUP, json.dumps({"seed": MARKUP})))
@@ -58,6 +61,8 @@ def _hostile_store(path):
     for axis in axes:
         axis["labels"] = [MARKUP for _ in axis["labels"]]
         axis["title"] = MARKUP
+        if axis["key"] == "model.density":
+            axis["values"][1] = MARKUP
     conn.execute("UPDATE meta SET value = ? WHERE key = 'axes_json'", (json.dumps(axes),))
     spec_doc = json.loads(conn.execute("SELECT value FROM meta WHERE key='spec_json'").fetchone()[0])
     spec_doc["base"]["name"] = MARKUP

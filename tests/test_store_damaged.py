@@ -27,6 +27,18 @@ DAMAGE = {
     "config_json": ("UPDATE cells SET config_json = '{bad' WHERE id = 0", "cell 0 config_json is not valid JSON"),
     "swept_json": ("UPDATE cells SET swept_json = '[1, 2]' WHERE id = 0", "cell 0 swept_json is a JSON list"),
     "summary_json": ("UPDATE cells SET summary_json = '5' WHERE id = 0", "cell 0 summary_json is a JSON int"),
+    # a hand-edited swept value off the grid was drawn at the cell's place (or another value's),
+    # exported and reported as if the sweep had run it
+    "swept_off_grid": ("""UPDATE cells SET swept_json = '{"optimizer.lr": "2^0/lambda0", "schedule.warmup_steps": 7}'
+                          WHERE id = 0""",
+                       "cell 0 swept_json schedule.warmup_steps 7 is not the grid's value at the cell's place (1)"),
+    "swept_other_place": ("""UPDATE cells SET swept_json = '{"optimizer.lr": "2^1/lambda0", "schedule.warmup_steps": 1}'
+                             WHERE id = 0""",
+                          "cell 0 swept_json optimizer.lr '2^1/lambda0' is not the grid's value at the cell's place"),
+    "swept_made_up": ("""UPDATE cells SET swept_json = '{"optimizer.lr": "2^5/lambda0", "schedule.warmup_steps": 1}'
+                         WHERE id = 0""", "cells 0 and 1 hold different optimizer.lr values"),
+    "swept_keys": ("""UPDATE cells SET swept_json = '{"optimizer.lr": "2^0/lambda0"}' WHERE id = 0""",
+                   "cell 0 swept_json has the keys ['optimizer.lr'], not the grid's"),
     "extra_json": ("UPDATE metrics SET extra_json = '[1' WHERE cell_id = 0 AND step = 0",
                    "cell 0 step 0 extra_json is not valid JSON"),
     "lambda0_inputs": ("UPDATE lambda0 SET inputs_json = '['", "inputs_json is not valid JSON"),

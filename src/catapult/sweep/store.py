@@ -32,6 +32,7 @@ from catapult.sweep.store_schema import BEST_METRICS, DDL, DONE_STATUSES, FINAL_
 from catapult.sweep.store_file import (APPLICATION_ID, connect_readonly, create_store_file, drop_live_readers,
                                        identify, missing_columns, sqlite_damage)
 from catapult.sweep.store_raw import opening
+from catapult.sweep.store_grid import grid_value_problem
 from catapult.sweep.store_rows import best_metrics, final_metrics, json_text, metric_row, sql_real
 
 __all__ = [
@@ -421,6 +422,9 @@ class Store:
             if d["status"] == "finished" and (d["summary"] or {}).get("status") == "collapsed":
                 d["status"] = "collapsed"
             out.append(d)
+        problem = grid_value_problem(out, self.axes()) if out else None
+        if problem:  # a hand-edited value off the grid was drawn, exported and reported as a result
+            raise StoreError(f"{self.path} is damaged: {problem}")
         return out
 
     def cell(self, cell_id: int) -> dict:

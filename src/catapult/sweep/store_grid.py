@@ -1,0 +1,79 @@
+"""A stored cell's swept values against the sweep's grid (``meta.axes_json``): a cell's place on each
+axis follows from its id (grid order, first axis slowest), and the value its ``swept_json`` holds
+there must be the grid's value at that place, as written (``"2^-3"``, ``5.0``) or as the config
+normalized it (``0.125``, ``5``). A hand-edited value off the grid was drawn by ``catapult plot``
+at the cell's place (or at another value's), exported and reported as if the sweep had run it."""
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any, Mapping, Sequence
+
+__all__ = ["grid_value_problem"]
+
+_POWER = re.compile(r"\s*([0-9.eE+-]+)\s*\^\s*([0-9.eE+-]+)\s*")
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a finite float when it is a real number or a grid's text for one (``"1e-2"``,
+    ``"2^-3"``); None otherwise (a bool, a name, ``"2^-3/lambda0"``)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        x = float(value)
+    elif isinstance(value, str):
+        power = _POWER.fullmatch(value)
+        try:
+            x = float(power[1]) ** float(power[2]) if power else float(value)
+        except (ValueError, OverflowError, ZeroDivisionError):
+            return None
+    else:
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _text(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def grid_value_problem(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[str, Any]]) -> str | None:
+    """What is wrong with the swept values of ``cells`` (dicts with ``id`` and ``swept``) on the grid
+    of ``axes``, or None: a key the grid does not sweep or a swept key missing, a cell id past the
+    grid, a value that is another place's value, a number other than its place's number, or two
+    cells at one place holding different values.
+
+    >>> axes = [{"key": "optimizer.lr", "values": ["2^-3", 0.5], "labels": ["2^-3", "0.5"]}]
+    >>> grid_value_problem([{"id": 0, "swept": {"optimizer.lr": 0.125}}, {"id": 1, "swept": {"optimizer.lr": 0.5}}], axes)
+    >>> grid_value_problem([{"id": 1, "swept": {"optimizer.lr": 0.7}}], axes)
+    "cell 1 swept_json optimizer.lr 0.7 is not the grid's value at the cell's place (0.5)"
+    """
+    if not axes:
+        return None
+    lengths = [len(a["values"]) for a in axes]
+    total = math.prod(lengths)
+    keys = [a["key"] for a in axes]
+    held: dict[tuple[int, int], tuple[int, str]] = {}
+    for cell in cells:
+        cid, swept = cell["id"], cell["swept"]
+        if not isinstance(swept, dict) or set(swept) != set(keys):
+            have = sorted(swept) if isinstance(swept, dict) else swept
+            return f"cell {cid} swept_json has the keys {have}, not the grid's {sorted(keys)}"
+        if not isinstance(cid, int) or not 0 <= cid < total:
+            return f"cell {cid} is not one of the grid's {total} cells"
+        for k, axis in enumerate(axes):
+            place = (cid // math.prod(lengths[k + 1:])) % lengths[k]
+            value, written = swept[axis["key"]], axis["values"][place]
+            text = _text(value)
+            if text != _text(written):
+                others = [i for i, v in enumerate(axis["values"]) if i != place and _text(v) == text]
+                want, have = _number(written), _number(value)
+                if others or (want is not None and (have is None or isinstance(value, str)
+                                                    or not math.isclose(have, want, rel_tol=1e-9))):
+                    return (f"cell {cid} swept_json {axis['key']} {value!r:.40} is not the grid's value at the "
+                            f"cell's place ({axis['labels'][place]})")
+            first = held.setdefault((k, place), (cid, text))
+            if first[1] != text:  # one place, two values: one of them was edited
+                return (f"cells {first[0]} and {cid} hold different {axis['key']} values ({first[1]:.40} and "
+                        f"{text:.40}) at one place of the grid ({axis['labels'][place]})")
+    return None
