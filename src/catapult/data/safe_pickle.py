@@ -193,18 +193,10 @@ def _finish(obj: Any) -> Any:
         if id(node) in seen:
             continue
         seen.add(id(node))
-        if isinstance(node, dict):
-            items = list(node.items())
-            for key, value in items:
+        if isinstance(node, (dict, list)):
+            for key, value in list(node.items() if isinstance(node, dict) else enumerate(node)):
                 if isinstance(value, _ArrayState):
                     node[key] = _built(value)
-                else:
-                    _plain_value(value)
-                    todo.append(value)
-        elif isinstance(node, list):
-            for i, value in enumerate(node):
-                if isinstance(value, _ArrayState):
-                    node[i] = _built(value)
                 else:
                     _plain_value(value)
                     todo.append(value)
