@@ -14,10 +14,20 @@ and the sharpness of WRN-16-4 on a batch (HVPs and seconds to tol 1e-3).
    seeded start vector) of WRN-16-4 (SP, MSE, 10 classes) at init on ``--n`` standard-normal
    CIFAR-shaped inputs with random labels: lambda_max, HVPs, wall and CPU seconds, and one
    gradient's seconds for scale.
+4. ``shortcut``: the cost of the contiguous copy a block's 1x1 stride-2 shortcut conv reads (its
+   input, a LayerNorm output, has channels-last strides; 2f83d3e: torch 2.13's CPU backward of that
+   conv on such an input corrupted the heap at one thread, seen at 2 channels and 6x6): forward +
+   backward (cross-entropy) of the studies' WRN-10-1 (fig3_wrn_small / table1_wrn_small: trunc_normal,
+   SP, CIFAR 3x32x32, batch 64) and of WRN-16-4 at ``--batch``, with the copy (the model as shipped)
+   and without it (the block's forward before 2f83d3e, set on each shortcut block), on the same
+   weights and inputs. Median CPU seconds of ``--steps`` passes after one warm-up, order
+   alternating per repetition, and the ratio with / without per repetition; the gradients of the two
+   are compared.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python bench/bench_wrn.py                 # batch 16, n 64 (CPU)
     OMP_NUM_THREADS=1 PYTHONPATH=src python bench/bench_wrn.py --quick         # smoke test
     OMP_NUM_THREADS=1 PYTHONPATH=src python bench/bench_wrn.py --only sharpness --n 1000 --chunk 125
+    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/bench_wrn.py --only shortcut --steps 10 --reps 6
     PYTHONPATH=src python bench/bench_wrn.py --device cuda --batch 128 --n 1000 --steps 50   # GPU
 """
 from __future__ import annotations
@@ -28,10 +38,12 @@ import statistics
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_engine_overhead as overhead  # noqa: E402  (the bare loop and the stamps, shared)
@@ -132,6 +144,57 @@ def bench_sharpness(n: int, device: str, chunk: int | None = None) -> None:
           f"{getattr(est, 'coarse_matvecs', 0)}, peak RSS {peak_rss_gib():.2f} GiB")
 
 
+def _forward_without_copy(block, x: torch.Tensor) -> torch.Tensor:
+    """A WRN block's forward as it was before 2f83d3e: the shortcut conv reads ``x`` itself."""
+    h = F.relu(block.norm1(block.conv1(x)))
+    h = block.norm2(block.conv2(h))
+    skip = x if block.shortcut is None else block.shortcut_norm(block.shortcut(x))
+    return F.relu(h + skip)
+
+
+def bench_shortcut(batch: int, steps: int, reps: int, device: str) -> None:
+    for title, depth, widen, n in (("WRN-10-1", 10, 1, 64), ("WRN-16-4", 16, 4, batch)):
+        torch.manual_seed(0)
+        model = WRN(3, 10, depth=depth, widen=widen, parametrization="sp", init="trunc_normal").to(device)
+        blocks = [m for m in model.modules() if getattr(m, "shortcut", None) is not None]
+        gen = torch.Generator().manual_seed(1)
+        x = torch.randn(n, 3, 32, 32, generator=gen).to(device)
+        y = torch.randint(0, 10, (n,), generator=gen).to(device)
+
+        def passes(copy: bool) -> tuple[float, list[torch.Tensor]]:
+            for block in blocks:
+                if copy:
+                    block.__dict__.pop("forward", None)     # the class's forward: the copy
+                else:
+                    block.forward = types.MethodType(_forward_without_copy, block)
+            times = []
+            for i in range(steps + 1):
+                model.zero_grad(set_to_none=True)
+                start = time.process_time()
+                F.cross_entropy(model(x), y).backward()
+                if device != "cpu":
+                    torch.cuda.synchronize()
+                if i:   # the first pass warms up
+                    times.append(time.process_time() - start)
+            return statistics.median(times), [p.grad.clone() for p in model.parameters()]
+
+        ratios, with_copy, without = [], [], []
+        for rep in range(reps):
+            got = {}
+            for copy in ((True, False) if rep % 2 == 0 else (False, True)):
+                got[copy] = passes(copy)
+            with_copy.append(got[True][0])
+            without.append(got[False][0])
+            ratios.append(got[True][0] / got[False][0])
+            gap = max(((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+                      for a, b in zip(got[True][1], got[False][1]))
+            print(f"  {title} rep {rep}: with copy {got[True][0] * 1e3:.1f} ms, without {got[False][0] * 1e3:.1f} ms, "
+                  f"ratio {ratios[-1]:.3f}; gradients' largest relative gap {gap:.1e}", flush=True)
+        print(f"shortcut copy, {title} batch {n}, forward + backward (CPU ms, median of {reps}): with "
+              f"{statistics.median(with_copy) * 1e3:.1f}, without {statistics.median(without) * 1e3:.1f}, "
+              f"with/without median {statistics.median(ratios):.3f} (range {min(ratios):.3f}-{max(ratios):.3f})")
+
+
 def peak_rss_gib() -> float:
     """This process's peak resident memory (Linux ``ru_maxrss`` is in KiB)."""
     import resource
@@ -148,8 +211,9 @@ def main(argv=None) -> None:
                         help="sharpness micro-batch (HVPs over chunks; ~30 MB per sample per chunk on CPU)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true", help="batch 4, 3 steps, 2 reps, n 8")
-    parser.add_argument("--only", choices=["step", "sharpness"], default=None,
-                        help="run one part (step = step + augment; sharpness alone takes ~25 min CPU at n 1000)")
+    parser.add_argument("--only", choices=["step", "sharpness", "shortcut"], default=None,
+                        help="run one part (step = step + augment; sharpness alone takes ~25 min CPU at n 1000; "
+                             "shortcut: the block's contiguous copy, with / without)")
     args = parser.parse_args(argv)
     if args.quick:
         args.batch, args.steps, args.reps, args.n = 4, 3, 2, 8
@@ -160,6 +224,8 @@ def main(argv=None) -> None:
         bench_augment(args.batch, args.device, bare_step)
     if args.only in (None, "sharpness"):
         bench_sharpness(args.n, args.device, args.chunk)
+    if args.only in (None, "shortcut"):
+        bench_shortcut(args.batch, args.steps, args.reps, args.device)
 
 
 if __name__ == "__main__":
