@@ -53,6 +53,8 @@ def grid_value_problem(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mappin
     lengths = [len(a["values"]) for a in axes]
     total = math.prod(lengths)
     keys = [a["key"] for a in axes]
+    strides = [math.prod(lengths[k + 1:]) for k in range(len(axes))]
+    written_texts = [[_text(v) for v in a["values"]] for a in axes]
     held: dict[tuple[int, int], tuple[int, str]] = {}
     for cell in cells:
         cid, swept = cell["id"], cell["swept"]
@@ -62,11 +64,11 @@ def grid_value_problem(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mappin
         if not isinstance(cid, int) or not 0 <= cid < total:
             return f"cell {cid} is not one of the grid's {total} cells"
         for k, axis in enumerate(axes):
-            place = (cid // math.prod(lengths[k + 1:])) % lengths[k]
+            place = (cid // strides[k]) % lengths[k]
             value, written = swept[axis["key"]], axis["values"][place]
             text = _text(value)
-            if text != _text(written):
-                others = [i for i, v in enumerate(axis["values"]) if i != place and _text(v) == text]
+            if text != written_texts[k][place]:
+                others = [i for i, t in enumerate(written_texts[k]) if i != place and t == text]
                 want, have = _number(written), _number(value)
                 if others or (want is not None and (have is None or isinstance(value, str)
                                                     or not math.isclose(have, want, rel_tol=1e-9))):
