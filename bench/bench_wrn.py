@@ -14,15 +14,16 @@ and the sharpness of WRN-16-4 on a batch (HVPs and seconds to tol 1e-3).
    seeded start vector) of WRN-16-4 (SP, MSE, 10 classes) at init on ``--n`` standard-normal
    CIFAR-shaped inputs with random labels: lambda_max, HVPs, wall and CPU seconds, and one
    gradient's seconds for scale.
-4. ``shortcut``: the cost of the contiguous copy a block's 1x1 stride-2 shortcut conv reads (its
-   input, a LayerNorm output, has channels-last strides; 2f83d3e: torch 2.13's CPU backward of that
-   conv on such an input corrupted the heap at one thread, seen at 2 channels and 6x6): forward +
-   backward (cross-entropy) of the studies' WRN-10-1 (fig3_wrn_small / table1_wrn_small: trunc_normal,
-   SP, CIFAR 3x32x32, batch 64) and of WRN-16-4 at ``--batch``, with the copy (the model as shipped)
-   and without it (the block's forward before 2f83d3e, set on each shortcut block), on the same
-   weights and inputs. Median CPU seconds of ``--steps`` passes after one warm-up, order
-   alternating per repetition, and the ratio with / without per repetition; the gradients of the two
-   are compared.
+4. ``shortcut``: the cost of the three ways a downsampling block's 1x1 stride-2 shortcut has been
+   written. Its input, a LayerNorm output, has channels-last strides, and torch 2.13's CPU backward
+   of a strided 1x1 conv on such an input corrupted the heap at one thread (2f83d3e): ``strided``
+   (the conv on ``x``, before 2f83d3e; it may crash at one thread on an affected host), ``copy``
+   (on ``x.contiguous()``, 2f83d3e) and ``subsampled`` (a stride-1 conv of ``x[..., ::2, ::2]``,
+   the model as shipped). Forward + backward (cross-entropy) of the studies' WRN-10-1
+   (fig3_wrn_small / table1_wrn_small: trunc_normal, SP, CIFAR 3x32x32, batch 64) and of WRN-16-4
+   at ``--batch``, same weights and inputs. Median CPU seconds of ``--steps`` passes after one
+   warm-up, the order rotating per repetition, and the ratios subsampled / the others per
+   repetition; the gradients are compared.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python bench/bench_wrn.py                 # batch 16, n 64 (CPU)
     OMP_NUM_THREADS=1 PYTHONPATH=src python bench/bench_wrn.py --quick         # smoke test
@@ -144,12 +145,19 @@ def bench_sharpness(n: int, device: str, chunk: int | None = None) -> None:
           f"{getattr(est, 'coarse_matvecs', 0)}, peak RSS {peak_rss_gib():.2f} GiB")
 
 
-def _forward_without_copy(block, x: torch.Tensor) -> torch.Tensor:
-    """A WRN block's forward as it was before 2f83d3e: the shortcut conv reads ``x`` itself."""
+def _forward_strided(block, x: torch.Tensor, copy: bool) -> torch.Tensor:
+    """A WRN block's forward with its shortcut as a strided 1x1 conv: on ``x`` itself (before
+    2f83d3e) or on ``x.contiguous()`` (2f83d3e until the subsampled shortcut)."""
     h = F.relu(block.norm1(block.conv1(x)))
     h = block.norm2(block.conv2(h))
-    skip = x if block.shortcut is None else block.shortcut_norm(block.shortcut(x))
-    return F.relu(h + skip)
+    if block.shortcut is None:
+        return F.relu(h + x)
+    conv = block.shortcut
+    skip = F.conv2d(x.contiguous() if copy else x, conv.weight, None, stride=block.shortcut_stride)
+    return F.relu(h + block.shortcut_norm(skip * conv.multiplier))
+
+
+SHORTCUTS = ("subsampled", "copy", "strided")
 
 
 def bench_shortcut(batch: int, steps: int, reps: int, device: str) -> None:
@@ -161,12 +169,12 @@ def bench_shortcut(batch: int, steps: int, reps: int, device: str) -> None:
         x = torch.randn(n, 3, 32, 32, generator=gen).to(device)
         y = torch.randint(0, 10, (n,), generator=gen).to(device)
 
-        def passes(copy: bool) -> tuple[float, list[torch.Tensor]]:
+        def passes(kind: str) -> tuple[float, list[torch.Tensor]]:
             for block in blocks:
-                if copy:
-                    block.__dict__.pop("forward", None)     # the class's forward: the copy
-                else:
-                    block.forward = types.MethodType(_forward_without_copy, block)
+                block.__dict__.pop("forward", None)     # the class's forward: the subsampled view
+                if kind != "subsampled":
+                    block.forward = types.MethodType(
+                        lambda blk, inp, copy=(kind == "copy"): _forward_strided(blk, inp, copy), block)
             times = []
             for i in range(steps + 1):
                 model.zero_grad(set_to_none=True)
@@ -178,21 +186,24 @@ def bench_shortcut(batch: int, steps: int, reps: int, device: str) -> None:
                     times.append(time.process_time() - start)
             return statistics.median(times), [p.grad.clone() for p in model.parameters()]
 
-        ratios, with_copy, without = [], [], []
+        times = {kind: [] for kind in SHORTCUTS}
+        ratios = {kind: [] for kind in SHORTCUTS[1:]}
         for rep in range(reps):
             got = {}
-            for copy in ((True, False) if rep % 2 == 0 else (False, True)):
-                got[copy] = passes(copy)
-            with_copy.append(got[True][0])
-            without.append(got[False][0])
-            ratios.append(got[True][0] / got[False][0])
+            for kind in SHORTCUTS[rep % 3:] + SHORTCUTS[:rep % 3]:     # the order rotates
+                got[kind] = passes(kind)
+            for kind in SHORTCUTS:
+                times[kind].append(got[kind][0])
+            for kind in SHORTCUTS[1:]:
+                ratios[kind].append(got["subsampled"][0] / got[kind][0])
             gap = max(((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
-                      for a, b in zip(got[True][1], got[False][1]))
-            print(f"  {title} rep {rep}: with copy {got[True][0] * 1e3:.1f} ms, without {got[False][0] * 1e3:.1f} ms, "
-                  f"ratio {ratios[-1]:.3f}; gradients' largest relative gap {gap:.1e}", flush=True)
-        print(f"shortcut copy, {title} batch {n}, forward + backward (CPU ms, median of {reps}): with "
-              f"{statistics.median(with_copy) * 1e3:.1f}, without {statistics.median(without) * 1e3:.1f}, "
-              f"with/without median {statistics.median(ratios):.3f} (range {min(ratios):.3f}-{max(ratios):.3f})")
+                      for a, b in zip(got["subsampled"][1], got["strided"][1]))
+            print(f"  {title} rep {rep}: " + ", ".join(f"{k} {got[k][0] * 1e3:.1f} ms" for k in SHORTCUTS)
+                  + f"; gradients' largest relative gap, subsampled vs strided {gap:.1e}", flush=True)
+        print(f"shortcut, {title} batch {n}, forward + backward (CPU ms, median of {reps}): "
+              + ", ".join(f"{k} {statistics.median(times[k]) * 1e3:.1f}" for k in SHORTCUTS)
+              + "; subsampled / " + ", subsampled / ".join(
+                  f"{k} median {statistics.median(r):.3f} (range {min(r):.3f}-{max(r):.3f})" for k, r in ratios.items()))
 
 
 def peak_rss_gib() -> float:

@@ -243,16 +243,26 @@ def test_grouped_conv_fan_in_counts_one_group_and_parametrize_uses_it():
     assert net[2].weight.var().item() == pytest.approx(1 / (8 * 9), rel=0.1)   # 64 / 8 inputs, 3x3
 
 
-def test_the_shortcut_conv_reads_a_contiguous_input():
+def test_no_conv_is_a_strided_1x1_and_the_shortcut_is_the_strided_conv_it_replaces():
     # A block's input is a LayerNorm's output with channels-last strides; torch 2.13's CPU 1x1
-    # stride-2 convolution backward on such an input, at one thread, corrupted the heap.
+    # stride-2 convolution backward on such an input, at one thread, corrupted the heap. The
+    # shortcut subsamples, then runs a stride-1 conv: the same map, checked against F.conv2d.
+    torch.manual_seed(0)
     model = WRN(3, 4, depth=10, widen=1, channels=2)
-    seen = []
-    for module in model.modules():
-        if getattr(module, "shortcut", None) is not None:
-            module.shortcut.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))
-    model(torch.randn(2, 3, 6, 6)).sum().backward()
-    assert seen and all(seen), seen
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert not [c for c in convs if c.kernel_size == (1, 1) and c.stride != (1, 1)]
+    blocks = [m for m in model.modules() if getattr(m, "shortcut", None) is not None]
+    assert [b.shortcut_stride for b in blocks] == [2, 2]
+    for size in (6, 7):   # odd sizes: conv stride 2 keeps ceil(size / 2) pixels, as [::2] does
+        for block in blocks:
+            conv, seen = block.shortcut, []
+            x = torch.randn(2, conv.in_channels, size, size).contiguous(memory_format=torch.channels_last)
+            hook = block.shortcut_norm.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+            block(x)
+            hook.remove()
+            want = torch.nn.functional.conv2d(x.contiguous(), conv.weight, stride=2) * conv.multiplier
+            assert seen[0].shape == want.shape == (2, conv.out_channels, (size + 1) // 2, (size + 1) // 2)
+            torch.testing.assert_close(seen[0], want)   # float32 defaults: one summation order vs another
 
 
 def test_a_wrn_trains_at_one_thread_without_a_crash(tmp_path):

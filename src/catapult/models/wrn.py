@@ -6,7 +6,7 @@ Architecture (``n = (d - 4) / 6`` blocks per group, ``k`` the widen factor)::
     stem:     conv3x3(C -> 16) -> LN -> ReLU
     group g = 1, 2, 3 (widths 16k, 32k, 64k; stride 1, 2, 2), n blocks each:
         block: h = LN(conv3x3(ReLU(LN(conv3x3_stride(x)))))
-               out = ReLU(h + shortcut(x)),  shortcut = x, or LN(conv1x1_stride(x)) when the
+               out = ReLU(h + shortcut(x)),  shortcut = x, or LN(conv1x1(x[::stride, ::stride])) when the
                channels or the resolution change (ResNet-v1 order, as the paper states it:
                conv -> LN -> ReLU -> conv -> LN, plus the shortcut, then ReLU)
     head:     global mean over the pixels -> linear readout (64k -> classes)
@@ -119,20 +119,27 @@ class ChannelLayerNorm(nn.Module):
 class _Block(nn.Module):
     """conv -> LN -> ReLU -> conv -> LN, plus the shortcut, then ReLU."""
 
-    def __init__(self, conv1: ScaledConv2d, conv2: ScaledConv2d, shortcut: ScaledConv2d | None) -> None:
+    def __init__(self, conv1: ScaledConv2d, conv2: ScaledConv2d, shortcut: ScaledConv2d | None,
+                 shortcut_stride: int = 1) -> None:
         super().__init__()
         self.conv1, self.norm1 = conv1, ChannelLayerNorm(conv1.out_channels)
         self.conv2, self.norm2 = conv2, ChannelLayerNorm(conv2.out_channels)
-        self.shortcut = shortcut
+        self.shortcut, self.shortcut_stride = shortcut, shortcut_stride
         self.shortcut_norm = None if shortcut is None else ChannelLayerNorm(shortcut.out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.relu(self.norm1(self.conv1(x)))
         h = self.norm2(self.conv2(h))
-        # x (a LayerNorm's output, moved back) has channels-last strides; torch 2.13's CPU 1x1 stride-2
-        # convolution's backward on such an input at one thread corrupts the heap (abort or segfault,
-        # measured on an AVX2 AMD EPYC), so the shortcut reads a contiguous copy
-        skip = x if self.shortcut is None else self.shortcut_norm(self.shortcut(x.contiguous()))
+        if self.shortcut is None:
+            skip = x
+        else:
+            # A 1x1 stride-s conv is a 1x1 stride-1 conv of every s-th pixel. Written so because x (a
+            # LayerNorm's output, moved back) has channels-last strides, and torch 2.13's CPU 1x1
+            # stride-2 conv backward on such an input, at one thread, corrupts the heap (abort or
+            # segfault, measured on an AVX2 AMD EPYC). The subsampled view costs less than a
+            # contiguous copy of x (bench_wrn.py --only shortcut).
+            s = self.shortcut_stride
+            skip = self.shortcut_norm(self.shortcut(x if s == 1 else x[..., ::s, ::s]))
         return F.relu(h + skip)
 
 
@@ -206,8 +213,9 @@ class WRN(nn.Module):
                 role = "input" if group == 0 and b == 0 else "hidden"   # reads the stem: fan-in fixed as k grows
                 conv1 = self._conv(channels, width, 3, s, role)
                 conv2 = self._conv(width, width, 3, 1, "hidden")
-                shortcut = None if (s == 1 and channels == width) else self._conv(channels, width, 1, s, role)
-                blocks.append(_Block(conv1, conv2, shortcut))
+                # the shortcut's stride is the block's subsampling (see _Block.forward); its conv has stride 1
+                shortcut = None if (s == 1 and channels == width) else self._conv(channels, width, 1, 1, role)
+                blocks.append(_Block(conv1, conv2, shortcut, s))
                 channels = width
         self.blocks = nn.Sequential(*blocks)
         self.readout = self._readout(channels, self.num_classes, bias, float(alpha_out))
