@@ -49,7 +49,6 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_engine_overhead as overhead  # noqa: E402  (the bare loop and the stamps, shared)
 
-from catapult import engine  # noqa: E402
 from catapult.curvature import sharpness  # noqa: E402
 from catapult.data import Augment  # noqa: E402
 from catapult.losses import mse  # noqa: E402
