@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from catapult.arguments import check_batch, check_integer, check_real, check_seed
+from catapult.arguments import MAX_STEPS, check_batch, check_integer, check_real, check_seed
 from catapult.parametrize import param_groups
 from catapult.files import save_figure
 from catapult.losses import cross_entropy, label_range_error, mse
@@ -123,7 +123,7 @@ def coord_check(
 
     A run whose loss becomes non-finite keeps going; its rows carry the non-finite values.
     """
-    steps = check_integer("coord_check", "steps", steps)
+    steps = check_integer("coord_check", "steps", steps, high=MAX_STEPS)
     values = list(values)
     if not values:
         raise ValueError("coord_check values is empty: give the widths or densities to compare")

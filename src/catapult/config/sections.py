@@ -113,7 +113,7 @@ class SparsityConfig(Section):
     method: Annotated[Literal["static", "rigl", "gmp"], choice()] = Field(
         "static", description="static = masks fixed at init; rigl = drop by |W|, regrow by |grad| (density kept); "
                               "gmp = gradual magnitude pruning from dense to model.density (cubic schedule)")
-    update_every: Annotated[int, integer(low=1)] = Field(
+    update_every: Annotated[int, integer(low=1, high=MAX_STEPS)] = Field(
         100, description="rigl/gmp: steps between mask updates")
     drop_fraction: Annotated[float, number(low=0.0, high=1.0, low_open=True)] = Field(
         0.3, description="rigl: initial drop fraction alpha (cosine-decayed to 0 at end_fraction)")
@@ -279,7 +279,7 @@ def _check_trace_matvecs(value: Any) -> int:
 
 
 class EvalConfig(Section):
-    sharpness_every: Annotated[int, integer(low=0)] = Field(
+    sharpness_every: Annotated[int, integer(low=0, high=MAX_STEPS)] = Field(
         10, description="measure sharpness every k steps (0 = never)", json_schema_extra=_per_member())
     sharpness_tol: Annotated[float, number(low=0.0, low_open=True)] = Field(
         1e-3, description="relative tolerance of the eigen-solver", json_schema_extra=_per_member())
@@ -335,7 +335,7 @@ class EvalConfig(Section):
     trace_matvecs: Annotated[int, Option(None, _check_trace_matvecs, _TRACE_MATVECS_KIND)] = Field(
         0, description="log the trace (hessian_trace, Hutch++ with this many products, same kind "
                        "as sharpness) at every sharpness measurement (0 = off; else >= 3)", json_schema_extra=_added())
-    test_every: Annotated[int, integer(low=0)] = Field(
+    test_every: Annotated[int, integer(low=0, high=MAX_STEPS)] = Field(
         100, description="test loss/accuracy every m steps (0 = only at the end)", json_schema_extra=_per_member())
 
 

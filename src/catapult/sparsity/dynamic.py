@@ -47,7 +47,7 @@ from typing import Iterator
 import torch
 import torch.nn as nn
 
-from catapult.arguments import check_integer, check_real
+from catapult.arguments import MAX_STEPS, check_integer, check_real
 from catapult.sparsity.static import MaskedLinear, exact_nonzeros, masked_modules
 
 __all__ = ["DYNAMIC_METHODS", "rigl_drop_fraction", "gmp_density", "MaskUpdater", "rigl_update", "prune_to",
@@ -163,9 +163,10 @@ class MaskUpdater:
         if method not in DYNAMIC_METHODS:
             raise ValueError(f"sparsity method must be one of {DYNAMIC_METHODS}; got {method!r}")
         # 1.5 was step 1; NumPy integers are steps, as counts are elsewhere
-        update_every = check_integer("MaskUpdater", "update_every", update_every)
-        start_step = check_integer("MaskUpdater", "start_step", start_step, low=0)
-        end_step = check_integer("MaskUpdater", "end_step", end_step, low=0, optional=True)
+        # steps, bounded as train.steps is (MAX_STEPS): update_every=1e26 was "never"
+        update_every = check_integer("MaskUpdater", "update_every", update_every, high=MAX_STEPS)
+        start_step = check_integer("MaskUpdater", "start_step", start_step, low=0, high=MAX_STEPS)
+        end_step = check_integer("MaskUpdater", "end_step", end_step, low=0, high=MAX_STEPS, optional=True)
         # a drop fraction above 1 grew more weights than it dropped: the density changed
         final_density = check_real("MaskUpdater", "final_density", final_density, low=0.0, high=1.0, low_open=True)
         drop_fraction = check_real("MaskUpdater", "drop_fraction", drop_fraction, low=0.0, high=1.0, low_open=True)
