@@ -65,6 +65,7 @@ from catapult.data.text_shards import is_held_out, is_validation, text_shard_fil
 from catapult.data.token_cache import npy_problem, token_cache_key
 from catapult.engine.ddp_config import check_ddp_config
 from catapult.engine.build import assemble_run, build_model, check_warmup_across_processes, resolve_device
+from catapult.engine.model_size import check_token_outputs
 from catapult.engine.fsdp import check_fsdp, full_state_dict, shard_model
 from catapult.engine.sharpness_rule import check_spectrum_cadence
 from catapult.engine.step import COLLAPSE_RTOL
@@ -502,7 +503,10 @@ def train_ddp(config: Mapping[str, Any], *, out_dir: str | os.PathLike | None = 
         if len(shards) < context + 1:
             raise cfg.ConfigError([("data.root", f"{len(shards)} training tokens in {d['root']}: fewer than "
                                                  f"one window of data.context + 1 = {context + 1}")])
-        model = build_model(config, context, shards.vocab_size or d["vocab_size"], device, dtype)
+        vocab = shards.vocab_size or d["vocab_size"]
+        model = build_model(config, context, vocab, device, dtype)
+        # a model of yours with fewer outputs than ids: before any work (a CUDA device assert at step 0)
+        check_token_outputs(config, model, vocab, context)
         if sharded:  # before assemble_run builds the optimizer: it must hold the shards
             shard_model(model)
         batches = ShardBatches(shards, context, batch_size, rank, world, seeds(config["seed"])[1], device)

@@ -22,7 +22,7 @@ from catapult.engine.run_data import data_shape_bounds
 from catapult.models import GPT, MLP, WRN
 
 __all__ = ["MODELS", "model_parameters", "check_fits", "check_model_fits", "check_spectrum_fits", "check_labels",
-           "shipped_model", "size_error", "gpt_context"]
+           "check_token_outputs", "shipped_model", "size_error", "gpt_context"]
 
 
 #: model.name -> builder(model_config, in_features, out_features) -> nn.Module. For the mlp
@@ -228,18 +228,7 @@ def check_labels(config: Mapping[str, Any], model: nn.Module, data: Any) -> None
              if torch.is_tensor(y) and y.numel() and not (y.is_floating_point() or y.is_complex())]
     if not parts or any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
         return   # soft targets or none: no label to index with; a lazy module's weights: the first step draws them
-    x = data.x_train[:1]
-    weight = next((p for p in model.parameters() if p.is_floating_point()), None)
-    if weight is not None:  # data loaded in another dtype (the caller casts its batches)
-        x = x.to(weight.device, weight.dtype if x.is_floating_point() else x.dtype)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
-            out = model(x)
-    finally:
-        model.train(was_training)
-    width = out.shape[-1] if torch.is_tensor(out) and out.dim() else None
+    width = _output_width(model, data.x_train[:1])
     if width is None:
         return   # not a tensor of scores: the loss judges it
     for what, y in parts:
@@ -250,6 +239,57 @@ def check_labels(config: Mapping[str, Any], model: nn.Module, data: Any) -> None
                 f"model {name!r} gives {width} outputs per sample, but the {what} labels of data "
                 f"{config['data']['name']!r} reach {bad} ({data.num_classes} classes): its builder must return a "
                 f"model of out_features={data.num_classes} outputs", key="model.name")
+
+
+def _output_width(model: nn.Module, x: torch.Tensor) -> int | None:
+    """The last dimension of ``model(x)`` (eval mode, no gradient, the generators untouched; ``x``
+    moved to the model's device and float dtype), ``None`` where the output is no tensor of scores."""
+    weight = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if weight is not None:  # data loaded in another dtype (the caller casts its batches)
+        x = x.to(weight.device, weight.dtype if x.is_floating_point() else x.dtype)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
+            out = model(x)
+    finally:
+        model.train(was_training)
+    return out.shape[-1] if torch.is_tensor(out) and out.dim() else None
+
+
+def check_token_outputs(config: Mapping[str, Any], model: nn.Module, vocab_size: int, context: int) -> None:
+    """:func:`check_labels` for a token stream (``catapult train-ddp``'s shards): a
+    :class:`~catapult.config.ConfigError` naming ``model.name`` when a model of yours (the ``gpt``
+    entry of :data:`MODELS` replaced) gives fewer scores per token than ``vocab_size``. Every id of
+    the shards lies in ``0 .. vocab_size - 1`` (checked as they are opened) and is a label, so a label
+    past its outputs was, at the first step, a CUDA device-side assert or a late error on the CPU.
+    The model runs once on one window of ``context`` ids 0 (valid for any vocabulary); catapult's
+    GPT has ``vocab_size`` outputs by construction (no check).
+
+    Example:
+        >>> config = {"model": {"name": "gpt"}}   # only model.name is read
+        >>> class Bigram(nn.Module):   # ids -> 200 scores each, whatever vocabulary it is asked for
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.emb, self.out = nn.Embedding(300, 4), nn.Linear(4, 200)
+        ...     def forward(self, idx):
+        ...         return self.out(self.emb(idx))
+        >>> MODELS["gpt"] = lambda model, context, vocab: Bigram()
+        >>> check_token_outputs(config, Bigram(), 300, 8)
+        Traceback (most recent call last):
+        ...
+        catapult.config.errors.ConfigError: model.name: model 'gpt' gives 200 outputs per token, but the token ids of data.root may reach 299 (vocabulary of 300 ids, each a label): its builder must return a model of out_features=300 outputs
+        >>> MODELS["gpt"] = _OWN_BUILDERS["gpt"]
+    """
+    name = config["model"]["name"]
+    if shipped_model(name) or any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
+        return   # a lazy module's weights: the first step draws them
+    width = _output_width(model, torch.zeros((1, context), dtype=torch.long))
+    if width is not None and width < vocab_size:
+        raise cfg.ConfigError(
+            f"model {name!r} gives {width} outputs per token, but the token ids of data.root may reach "
+            f"{vocab_size - 1} (vocabulary of {vocab_size} ids, each a label): its builder must return a model "
+            f"of out_features={vocab_size} outputs", key="model.name")
 
 
 #: Words of torch's errors for a tensor size it cannot hold or even compute.
