@@ -172,11 +172,13 @@ def build_report(store, *, title: str | None = None, metric: str = "test_accurac
     lam = store.lambda0_table()
     if lam:
         parts.append("<h2>lambda_0 (sharpness at initialization)</h2><table><tr><th>key</th><th>seed</th>"
-                     "<th>lambda_0</th></tr>")
+                     "<th>lambda_0</th><th>converged</th></tr>")
         for row in lam:
             inputs = store.json_field(row["inputs_json"] or None, f"lambda0 {row['key']!r} inputs_json") or {}
+            mark = store.lambda0_converged(row["key"])   # checked: a damaged mark is a StoreError
             parts.append(f"<tr><td class='text'>{html.escape(row['key'])}</td><td>{_fmt(inputs.get('seed'))}</td>"
-                         f"<td>{_fmt(row['value'])}</td></tr>")
+                         f"<td>{_fmt(row['value'])}</td><td class='text'>"
+                         f"{'' if mark is None else 'yes' if mark else 'no'}</td></tr>")
         parts.append("</table>")
     parts.append("<h2>Sweep spec</h2><pre>" + html.escape(yaml.safe_dump(
         {**spec["base"], "sweep": spec["sweep"]}, sort_keys=False, default_flow_style=None)) + "</pre>")

@@ -36,6 +36,8 @@ _EXPORTS = {
     "run_cell": "catapult.sweep.executors:run_cell",
     "lambda0_key": "catapult.sweep.lambda0:lambda0_key",
     "measure_lambda0": "catapult.sweep.lambda0:measure_lambda0",
+    "lambda0_measurement": "catapult.sweep.lambda0:lambda0_measurement",
+    "Lambda0": "catapult.sweep.lambda0:Lambda0",
 }
 
 __all__ = list(_EXPORTS)

@@ -49,7 +49,7 @@ from catapult.sweep.claims import HEARTBEAT_S, Heartbeat
 from catapult.sweep.store import DONE_STATUSES, Store
 from catapult.sweep.store_file import identify
 from catapult.sweep.executors import Cell, CellResult, Executor, get_executor, torch_threads, worker_name
-from catapult.sweep.lambda0 import lambda0_inputs, lambda0_key, measure_lambda0, needs_lambda0, resolve_cell_lr
+from catapult.sweep.lambda0 import lambda0_inputs, lambda0_key, lambda0_measurement, needs_lambda0, resolve_cell_lr
 from catapult.sweep.spec import CellSpec, SweepSpec, canonical_json, cell_problems, cells_error, expand
 from catapult.sweep.spec_document import spec_document
 from catapult.sweep.variants import grid_notes
@@ -380,7 +380,7 @@ def run_sweep(
     executor: str | Executor = "local",
     executor_options: Mapping[str, Any] | None = None,
     run_fn: Callable[..., Any] | None = None,
-    lambda0_fn: Callable[[Mapping[str, Any]], float] | None = None,
+    lambda0_fn: Callable[[Mapping[str, Any]], Any] | None = None,
     progress: str = "auto",
     stream=None,
     poll_s: float = 1.0,
@@ -390,10 +390,12 @@ def run_sweep(
 
     ``executor`` is a name in :data:`catapult.sweep.executors.EXECUTORS` (built with ``run_fn``
     and ``executor_options``) or an :class:`Executor` instance. ``run_fn`` defaults to
-    :func:`catapult.engine.run`; ``lambda0_fn(config) -> float`` to
-    :func:`catapult.sweep.lambda0.measure_lambda0`, called here in the driver at the executor's
+    :func:`catapult.engine.run`; ``lambda0_fn(config)`` to
+    :func:`catapult.sweep.lambda0.lambda0_measurement`, called here in the driver at the executor's
     ``threads`` (if it has that attribute), so lambda_0 is the same number whichever executor
-    and driver thread count run the sweep. Raises :class:`catapult.config.ConfigError`
+    and driver thread count run the sweep; it returns lambda_0, or a ``(lambda_0, converged)`` pair
+    (a :class:`~catapult.sweep.lambda0.Lambda0`), whose mark the store's cache keeps (a bare
+    number: unknown) and the export gives the cells whose lr it resolved (``lambda_0_converged``). Raises :class:`catapult.config.ConfigError`
     for an invalid cell and :class:`catapult.sweep.store.SpecChanged` for a store holding another
     sweep, both before any cell runs. ``poll_s``: how often to look at cells other drivers
     hold while waiting for them; ``heartbeat_s``: see :class:`catapult.sweep.claims.Heartbeat`.
@@ -417,7 +419,7 @@ def run_sweep(
         except (cfg.ConfigError, FileNotFoundError):
             engine.close()
             raise
-    lambda0_fn = lambda0_fn or measure_lambda0
+    lambda0_fn = lambda0_fn or lambda0_measurement
     name = base.get("name") or "sweep"
     try:
         # another sweep's store is refused before it is opened for writing (which upgrades a
@@ -459,7 +461,7 @@ def run_sweep(
                                     # at the executor's thread count, so lambda_0 does not depend on
                                     # the driver's (float reductions round differently per thread count)
                                     with torch_threads(getattr(engine, "threads", None)):
-                                        cached = float(lambda0_fn(cell.config))
+                                        cached, mark = _with_mark(lambda0_fn(cell.config))
                                 except Exception as err:  # recorded as the cells' failure
                                     errors[key] = f"measuring lambda_0 failed: {type(err).__name__}: {err}"
                                     cached = None
@@ -467,7 +469,8 @@ def run_sweep(
                                     measured += 1
                                     if math.isfinite(cached) and cached > 0:
                                         # another driver may have stored its measurement first
-                                        cached = store.put_lambda0(key, cached, lambda0_inputs(cell.config))
+                                        cached = store.put_lambda0(key, cached, lambda0_inputs(cell.config),
+                                                                   converged=mark)
                                     else:
                                         errors[key] = (f"lambda_0 = {cached!r} is not a positive finite number; "
                                                        f"cannot resolve optimizer.lr={cell.config['optimizer']['lr']!r}")
@@ -564,6 +567,15 @@ def run_sweep(
         ran_ids=ran_ids, fallbacks=fallbacks, unresolved=unresolved, same_runs=same_runs, copied=copied,
         notes=notes,
     )
+
+
+def _with_mark(measured: Any) -> tuple[float, bool | None]:
+    """``(lambda_0, converged)`` from what a ``lambda0_fn`` returned: a number (mark unknown) or a
+    ``(value, converged)`` pair such as :class:`~catapult.sweep.lambda0.Lambda0`."""
+    if isinstance(measured, tuple) and len(measured) == 2:
+        value, mark = measured
+        return float(value), None if mark is None else bool(mark)
+    return float(measured), None
 
 
 def _copied_result(store: Store, source: Mapping[str, Any], name: str) -> CellResult:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 from catapult import config as cfg
 from catapult.engine.step import lambda0_batch_count
 from catapult.sweep.spec import canonical_json
 
-__all__ = ["lambda0_key", "lambda0_inputs", "measure_lambda0", "needs_lambda0", "resolve_cell_lr"]
+__all__ = ["lambda0_key", "lambda0_inputs", "measure_lambda0", "Lambda0", "lambda0_measurement", "needs_lambda0",
+           "resolve_cell_lr"]
 
 
 def lambda0_inputs(config: Mapping[str, Any]) -> dict:
@@ -70,8 +71,36 @@ def measure_lambda0(config: Mapping[str, Any]) -> float:
     Same seeds (``seeds(seed)``: init, data, sharpness start vector), same model build, batch 0
     of the same :class:`~catapult.engine.BatchStream`, Hessian sharpness with the config's
     ``eval.sharpness_*`` solver settings from ``randn(P, generator=sharpness_seed)``, so the
-    value is bit-for-bit the engine's on the same device.
+    value is bit-for-bit the engine's on the same device. :func:`lambda0_measurement` gives
+    whether its solves converged too.
+    """
+    return lambda0_measurement(config).value
+
+
+class Lambda0(NamedTuple):
+    """A measured lambda_0 and whether every solve it averages converged (``None``: unknown), the
+    summary's ``lambda_0`` and ``lambda_0_converged``; a sweep's cache keeps both.
+
+    >>> Lambda0(2.5, False)
+    Lambda0(value=2.5, converged=False)
+    """
+
+    value: float
+    converged: bool | None
+
+
+def lambda0_measurement(config: Mapping[str, Any]) -> Lambda0:
+    """:func:`measure_lambda0`'s value with its convergence mark (every solve of the
+    ``eval.lambda0_batches`` it averages reached ``eval.sharpness_tol``), as the run's summary
+    gives them (the default ``lambda0_fn`` of :func:`catapult.sweep.run_sweep`).
+
+    >>> from catapult import config as cfg
+    >>> lam = lambda0_measurement(cfg.validate({"data": {"name": "digits", "n_train": 16, "n_test": 8},
+    ...                                         "model": {"width": 8, "depth": 2}}))
+    >>> lam.value > 0, lam.converged
+    (True, True)
     """
     from catapult.engine import build_run
 
-    return build_run(config).lambda_0
+    run = build_run(config)
+    return Lambda0(run.lambda_0, all(bool(e.converged) for e in run.lambda0_estimates))

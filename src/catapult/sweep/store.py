@@ -30,7 +30,7 @@ from catapult.arguments import check_flag
 from catapult.sweep.claims import CLAIMS_DDL, LEASE_S, driver_alive, host_id, new_driver_id
 from catapult.sweep.store_schema import BEST_METRICS, DDL, DONE_STATUSES, FINAL_METRICS, METRIC_COLUMNS, SCHEMA_VERSION, STATUSES
 from catapult.sweep.store_file import (APPLICATION_ID, connect_readonly, create_store_file, drop_live_readers,
-                                       identify, missing_columns, sqlite_damage)
+                                       identify, missing_added_columns, missing_columns, sqlite_damage)
 from catapult.sweep.store_raw import opening
 from catapult.sweep.store_grid import grid_value_problem
 from catapult.sweep.store_rows import best_metrics, final_metrics, json_text, metric_row, sql_real
@@ -154,6 +154,9 @@ class Store:
                     for statement in (DDL + CLAIMS_DDL).split(";"):
                         if statement.strip():
                             conn.execute(statement)
+                    # columns added since 0.1.0 (store_schema.ADDED_COLUMNS), NULL in the rows there
+                    for table, column, kind in missing_added_columns(conn):
+                        conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
             self.conn.row_factory = sqlite3.Row
             self._check_is_store()
             version = self.meta("schema_version")  # the first read of a page: a damaged file fails here
@@ -542,18 +545,45 @@ class Store:
                              f"positive finite number")
         return float(value)
 
-    def put_lambda0(self, key: str, value: float, inputs: Mapping[str, Any] | None = None) -> float:
+    def put_lambda0(self, key: str, value: float, inputs: Mapping[str, Any] | None = None, *,
+                    converged: bool | None = None) -> float:
         """Cache one lambda_0 (its own transaction) and return the cached value: the first one
         stored wins, so a driver that measured the same key at once with another (a concurrent
         sweep on this store, whose thread count or CPU may round differently) resolves its cells'
-        lr with the value every other cell of the sweep uses."""
+        lr with the value every other cell of the sweep uses. ``converged``: whether every solve
+        the value averages converged (``None``: unknown), kept with it (:meth:`lambda0_converged`)."""
+        if converged is not None:
+            converged = check_flag("Store.put_lambda0", "converged", converged)
         with self.transaction() as conn:
-            conn.execute("INSERT OR IGNORE INTO lambda0(key, value, inputs_json, measured_at) VALUES (?, ?, ?, ?)",
-                         (key, float(value), json_text(inputs) if inputs is not None else None, time.time()))
+            conn.execute("INSERT OR IGNORE INTO lambda0(key, value, inputs_json, measured_at, converged) "
+                         "VALUES (?, ?, ?, ?, ?)",
+                         (key, float(value), json_text(inputs) if inputs is not None else None, time.time(),
+                          None if converged is None else int(converged)))
             return float(conn.execute("SELECT value FROM lambda0 WHERE key = ?", (key,)).fetchone()[0])
 
+    def _has_lambda0_mark(self) -> bool:
+        """Whether the lambda0 table has the ``converged`` column (a store before it: read as unknown)."""
+        if not hasattr(self, "_lambda0_mark"):
+            self._lambda0_mark = any(r[1] == "converged" for r in self.conn.execute("PRAGMA table_info(lambda0)"))
+        return self._lambda0_mark
+
+    def lambda0_converged(self, key: str) -> bool | None:
+        """Whether every solve of the cached lambda_0 for ``key`` converged; ``None`` where that is
+        unknown: no such value, a store written before the mark, or a ``lambda0_fn`` that gave none."""
+        if not self._has_lambda0_mark():
+            return None
+        row = self.conn.execute("SELECT converged FROM lambda0 WHERE key = ?", (key,)).fetchone()
+        mark = None if row is None else row[0]
+        if mark is not None and (isinstance(mark, bool) or mark not in (0, 1)):
+            raise StoreError(f"{self.path} is damaged: the convergence mark of its cached lambda_0 for {key} "
+                             f"is {mark!r:.40}, not 1, 0 or empty")
+        return None if mark is None else bool(mark)
+
     def lambda0_table(self) -> list[dict]:
-        return [dict(r) for r in self.conn.execute("SELECT key, value, inputs_json, measured_at FROM lambda0")]
+        """The cached lambda_0 rows: ``key``, ``value``, ``inputs_json``, ``measured_at`` and
+        ``converged`` (1 / 0, ``None`` where unknown, as in a store written before the mark)."""
+        mark = "converged" if self._has_lambda0_mark() else "NULL AS converged"
+        return [dict(r) for r in self.conn.execute(f"SELECT key, value, inputs_json, measured_at, {mark} FROM lambda0")]
 
 
 #: The cells columns that hold a number or NULL.

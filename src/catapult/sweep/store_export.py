@@ -8,9 +8,11 @@ that log the spectrum (``eval.spectrum_top_k``, ``eval.trace_matvecs``) gain the
 and ``eig_converged``, whether the top-k solve of those ``eig_i`` converged (1 / 0; over seeds its
 mean is the fraction that did; empty for cells of stores written before the mark). Cells with a
 final ``sharpness`` gain ``sharpness_converged``, whether the solve that gave it converged (1 / 0;
-likewise), and cells whose run measured lambda_0 ``lambda_0_converged``, whether every solve it
-averages converged (1 / 0, last; from the cell's summary: empty for summaries written before it,
-and for cells that did not measure it, an absolute lr and no sharpness tracked).
+likewise); cells whose summary has one ``peak_sharpness`` with ``peak_sharpness_converged``; and
+cells with a ``lambda_0`` ``lambda_0_converged``, whether every solve it averages converged (1 / 0,
+last): for an lr ``c/lambda0`` the mark the store's lambda_0 cache keeps with the value that resolved
+it, else the cell's summary's (empty for stores and summaries written before the marks, and for
+cells that did not measure it, an absolute lr and no sharpness tracked).
 """
 from __future__ import annotations
 
@@ -26,12 +28,15 @@ from catapult.writing import csv_text, write_text_whole, write_whole
 from catapult.sweep.store_schema import BEST_METRICS, FINAL_METRICS  # not .store: it re-exports this module
 
 __all__ = ["EXPORT_COLUMNS", "AGGREGATE_METRICS", "export_table", "aggregate_table", "mean_std", "last_spectrum", "spectrum_columns",
-           "cell_marks", "LAMBDA0_CONVERGED_COLUMN",
+           "cell_marks", "peak_sharpness", "cached_lambda0_mark", "LAMBDA0_CONVERGED_COLUMN", "PEAK_SHARPNESS_COLUMN",
+           "PEAK_CONVERGED_COLUMN",
            "write_csv", "write_parquet"]
 
 
-#: The export column marking a cell's lambda_0 (its summary's ``lambda_0_converged``, as 1 / 0).
+#: The export column marking a cell's lambda_0 (1 / 0: :func:`cell_marks`).
 LAMBDA0_CONVERGED_COLUMN = "lambda_0_converged"
+#: The export columns of a cell's peak sharpness and its solve's mark (:func:`peak_sharpness`).
+PEAK_SHARPNESS_COLUMN, PEAK_CONVERGED_COLUMN = "peak_sharpness", "peak_sharpness_converged"
 
 #: Columns after the swept keys in an export, in order.
 EXPORT_COLUMNS = ("status", *FINAL_METRICS, *BEST_METRICS, "lambda_0", "lr_target", "steps_completed",
@@ -103,18 +108,59 @@ def sharpness_mark(store, cell: dict) -> dict[str, int]:
     return {SHARPNESS_CONVERGED_COLUMN: mark}
 
 
+def peak_sharpness(cell: dict) -> dict[str, Any]:
+    """``peak_sharpness`` and ``peak_sharpness_converged`` (1 / 0) of ``cell``, from its summary (the
+    largest finite sharpness of the run, a diverged one's too, and the mark of the solve that gave
+    it); each absent where the summary has none (no sharpness tracked, a summary written before the
+    mark, a failed cell).
+
+    >>> peak_sharpness({"summary": {"peak_sharpness": 41.5, "peak_sharpness_converged": True}})
+    {'peak_sharpness': 41.5, 'peak_sharpness_converged': 1}
+    """
+    summary = cell.get("summary") or {}
+    peak, mark = summary.get(PEAK_SHARPNESS_COLUMN), summary.get(PEAK_CONVERGED_COLUMN)
+    out: dict[str, Any] = {}
+    if isinstance(peak, (int, float)) and not isinstance(peak, bool) and math.isfinite(peak):
+        out[PEAK_SHARPNESS_COLUMN] = peak
+        if isinstance(mark, bool):
+            out[PEAK_CONVERGED_COLUMN] = int(mark)
+    return out
+
+
+def cached_lambda0_mark(store, cell: dict) -> bool | None:
+    """Whether the solves of the cached lambda_0 that resolved ``cell``'s ``c/lambda0`` lr
+    converged (:meth:`~catapult.sweep.store.Store.lambda0_converged` of its
+    :func:`~catapult.sweep.lambda0.lambda0_key`); ``None`` for an absolute lr and where the store
+    does not say (a store written before the mark, a ``lambda0_fn`` that gave none)."""
+    from catapult.sweep.lambda0 import lambda0_key, needs_lambda0
+
+    config = cell.get("config")
+    try:
+        if store is None or not needs_lambda0(config):
+            return None
+        key = lambda0_key(config)
+    except (KeyError, TypeError, ValueError):   # a config without the keys the driver read: no mark
+        return None
+    return store.lambda0_converged(key)
+
+
 def cell_marks(store, cell: dict) -> dict[str, Any]:
     """The columns after :data:`EXPORT_COLUMNS` of ``cell``: its :func:`last_spectrum`, its
-    :func:`sharpness_mark` and ``lambda_0_converged`` (:data:`LAMBDA0_CONVERGED_COLUMN`: 1 / 0 from
-    its summary where that gives a mark for a measured lambda_0; absent otherwise).
+    :func:`sharpness_mark`, its :func:`peak_sharpness` and ``lambda_0_converged``
+    (:data:`LAMBDA0_CONVERGED_COLUMN`: 1 / 0 for the cell's ``lambda_0``: where its lr is
+    ``c/lambda0``, the mark the store's cache keeps for the value that resolved it
+    (:func:`cached_lambda0_mark`; the cell's run may measure none); else, or where the cache does not
+    say, its summary's mark for a lambda_0 its run measured; absent otherwise).
 
     >>> cell_marks(None, {"id": 1, "summary": {"lambda_0": 2.5, "lambda_0_converged": False}})
     {'lambda_0_converged': 0}
     """
-    out = {**last_spectrum(store, cell), **sharpness_mark(store, cell)}
+    out = {**last_spectrum(store, cell), **sharpness_mark(store, cell), **peak_sharpness(cell)}
     summary = cell.get("summary") or {}
-    mark = summary.get("lambda_0_converged")
-    if isinstance(mark, bool) and summary.get("lambda_0") is not None:
+    mark = cached_lambda0_mark(store, cell) if cell.get("lambda_0") is not None else None
+    if mark is None and summary.get("lambda_0") is not None:
+        mark = summary.get("lambda_0_converged")
+    if isinstance(mark, bool):
         out[LAMBDA0_CONVERGED_COLUMN] = int(mark)
     return out
 
@@ -122,7 +168,8 @@ def cell_marks(store, cell: dict) -> dict[str, Any]:
 def spectrum_columns(spectra) -> list[str]:
     """``eig_1 .. eig_K`` (``K`` the largest index any cell logged) then ``hessian_trace`` and
     ``eig_converged`` where any cell has them, then ``sharpness_converged``
-    (:func:`sharpness_mark`) and last ``lambda_0_converged`` (:func:`cell_marks`) where any cell has them.
+    (:func:`sharpness_mark`), ``peak_sharpness`` and ``peak_sharpness_converged``
+    (:func:`peak_sharpness`) and last ``lambda_0_converged`` (:func:`cell_marks`) where any cell has them.
 
     >>> spectrum_columns([{}, {"eig_2": 1.0, "eig_1": 2.0, "eig_converged": 1}, {"hessian_trace": 9.0}])
     ['eig_1', 'eig_2', 'hessian_trace', 'eig_converged']
@@ -134,6 +181,7 @@ def spectrum_columns(spectra) -> list[str]:
     return ([f"eig_{i}" for i in range(1, top + 1)] + (["hessian_trace"] if "hessian_trace" in found else [])
             + ([EIG_CONVERGED_COLUMN] if EIG_CONVERGED_COLUMN in found else [])
             + ([SHARPNESS_CONVERGED_COLUMN] if SHARPNESS_CONVERGED_COLUMN in found else [])
+            + [c for c in (PEAK_SHARPNESS_COLUMN, PEAK_CONVERGED_COLUMN) if c in found]
             + ([LAMBDA0_CONVERGED_COLUMN] if LAMBDA0_CONVERGED_COLUMN in found else []))
 
 
@@ -173,8 +221,10 @@ def aggregate_table(store) -> tuple[list[str], list[list[Any]]]:
     have a finite value: the metrics of finished and collapsed seeds only, as in the phase diagram,
     but ``lambda_0``, ``lr_target`` and ``steps_completed`` of diverged seeds too); the spectrum columns of
     :func:`export_table` likewise (``eig_converged_mean``: the fraction of seeds whose last top-k
-    solve converged; ``sharpness_converged_mean`` that of their final sharpness; ``lambda_0_converged_mean``
-    that of their lambda_0, over every seed with a result as ``lambda_0``). A store without a seed axis gives
+    solve converged; ``sharpness_converged_mean`` that of their final sharpness;
+    ``peak_sharpness_mean`` and ``peak_sharpness_converged_mean`` over finished seeds, as the final
+    sharpness; ``lambda_0_converged_mean`` that of their lambda_0, over every seed with a result as
+    ``lambda_0``). A store without a seed axis gives
     one row per cell with ``n_seeds = 1`` and no std (an empty cell: one value has none).
     """
     columns, rows = export_table(store)
@@ -191,7 +241,8 @@ def aggregate_table(store) -> tuple[list[str], list[list[Any]]]:
             order.append(key)
         groups[key].append(row)
     metrics = [*AGGREGATE_METRICS, *(c for c in columns if is_spectrum_column(c)
-                                     or c in (EIG_CONVERGED_COLUMN, SHARPNESS_CONVERGED_COLUMN, LAMBDA0_CONVERGED_COLUMN))]
+                                     or c in (EIG_CONVERGED_COLUMN, SHARPNESS_CONVERGED_COLUMN, PEAK_SHARPNESS_COLUMN,
+                                              PEAK_CONVERGED_COLUMN, LAMBDA0_CONVERGED_COLUMN))]
     out_columns = [*keys, "n_seeds", "n_finished", "n_diverged", "n_collapsed", "status"]
     for m in metrics:
         out_columns += [f"{m}_mean", f"{m}_std", f"{m}_n"]

@@ -31,10 +31,10 @@ from pathlib import Path
 from urllib.parse import quote
 
 from catapult.sweep.store_raw import open_in_this_process, opening, shm_path, wal_path, wal_unmatched
-from catapult.sweep.store_schema import STORE_COLUMNS
+from catapult.sweep.store_schema import ADDED_COLUMNS, STORE_COLUMNS
 from catapult.writing import link_new
 
-__all__ = ["APPLICATION_ID", "SQLITE_MAGIC", "identify", "has_sqlite_header", "missing_columns", "connect_readonly", "ReadOnlyConnection",
+__all__ = ["APPLICATION_ID", "SQLITE_MAGIC", "identify", "has_sqlite_header", "missing_columns", "missing_added_columns", "connect_readonly", "ReadOnlyConnection",
            "create_store_file", "sqlite_damage"]
 
 #: ``PRAGMA application_id`` of every catapult store: the ASCII bytes ``"CtPt"``.
@@ -56,6 +56,23 @@ def missing_columns(conn: sqlite3.Connection) -> list[str]:
     for table, columns in STORE_COLUMNS.items():
         present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
         missing += [f"{table}.{column}" for column in columns if present and column not in present]
+    return missing
+
+
+def missing_added_columns(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
+    """``(table, column, SQL type)`` for each of :data:`~catapult.sweep.store_schema.ADDED_COLUMNS`
+    that a table of ``conn``'s database lacks (a store written before the column; a table that is
+    not there at all is not counted). A store opened for writing adds them.
+
+    >>> conn = sqlite3.connect(":memory:")
+    >>> _ = conn.execute("CREATE TABLE lambda0 (key TEXT PRIMARY KEY, value REAL, inputs_json TEXT, measured_at REAL)")
+    >>> missing_added_columns(conn)
+    [('lambda0', 'converged', 'INTEGER')]
+    """
+    missing = []
+    for table, columns in ADDED_COLUMNS.items():
+        present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        missing += [(table, column, kind) for column, kind in columns if present and column not in present]
     return missing
 
 

@@ -24,13 +24,21 @@ Schema (``SCHEMA_VERSION`` 1)::
             sharpness REAL, sharpness_matvecs INTEGER, test_loss, test_accuracy REAL,
             extra_json TEXT,                 -- any other per-step keys
             PRIMARY KEY (cell_id, step))
-    lambda0(key TEXT PRIMARY KEY, value REAL, inputs_json TEXT, measured_at REAL)
+    lambda0(key TEXT PRIMARY KEY, value REAL, inputs_json TEXT, measured_at REAL,
+            converged INTEGER)               -- 1 / 0: whether every solve the value averages
+                                             -- converged; NULL: unknown (a store before the column,
+                                             -- or a lambda0_fn that gives no mark)
     drivers(id, host, pid, started_at, heartbeat), claims(cell_id, driver, claimed_at)
                                              -- who runs what: catapult.sweep.claims
+
+Columns added since catapult 0.1.0 (:data:`ADDED_COLUMNS`, nullable, so ``SCHEMA_VERSION`` stays 1:
+a catapult that does not know them reads and writes such a store as before, leaving them NULL)
+are added in place when a store is opened for writing (``ALTER TABLE ... ADD COLUMN``, with the
+claims tables); a reader of a store without them reads NULL (unknown) for them.
 """
 from __future__ import annotations
 
-__all__ = ["SCHEMA_VERSION", "STATUSES", "DONE_STATUSES", "FINAL_METRICS", "BEST_METRICS", "TRANSFER_METRICS", "METRIC_COLUMNS", "DDL",
+__all__ = ["SCHEMA_VERSION", "ADDED_COLUMNS", "STATUSES", "DONE_STATUSES", "FINAL_METRICS", "BEST_METRICS", "TRANSFER_METRICS", "METRIC_COLUMNS", "DDL",
            "STORE_COLUMNS"]
 
 SCHEMA_VERSION = 1
@@ -75,9 +83,13 @@ CREATE TABLE IF NOT EXISTS metrics (
     PRIMARY KEY (cell_id, step)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS lambda0 (
-    key TEXT PRIMARY KEY, value REAL NOT NULL, inputs_json TEXT, measured_at REAL
+    key TEXT PRIMARY KEY, value REAL NOT NULL, inputs_json TEXT, measured_at REAL, converged INTEGER
 );
 """
+
+#: ``{table: ((column, SQL type), ...)}``: the nullable columns added to a table of ``DDL`` since
+#: catapult 0.1.0 (module docstring); a store opened for writing gains those it lacks.
+ADDED_COLUMNS = {"lambda0": (("converged", "INTEGER"),)}
 
 #: The columns of the tables every store has, the same since catapult 0.1.0 (``DDL``'s): a file
 #: whose tables have the names but not these columns is another program's (or a damaged store),
