@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from catapult import schedules
+from catapult.data.text import text_splits
 from catapult.optim.thresholds import radam_threshold
 from catapult.sparsity import MaskUpdater
 from catapult.sparsity.dynamic import gmp_density, rigl_update
+from test_check_real import _text_file
 from test_dynamic_sparsity_steps import _model
 
 # (id, call with the value, value past the end, "owner label" and range the message names)
@@ -28,6 +30,10 @@ PAST_THE_END = [
     # fraction 1.5: the active entries dropped and as many inactive ones, then all grown
     ("rigl_update.fraction", lambda v: rigl_update(torch.arange(4.0), torch.tensor([True, True, False, False]),
                                                    torch.ones(4), v), 1.5, "rigl_update fraction", " in [0, 1]"),
+    # val_fraction 0 was refused by the split in other words ("... characters are too few to hold out
+    # val_fraction=0.0"), which blame the text
+    ("text_splits.val_fraction", lambda v: text_splits(_text_file(), val_fraction=v), 0.0, "load_text val_fraction",
+     " in (0, 1)"),
     # drop_fraction 0: RigL's masks never change (a schedule that changes no mask is refused)
     ("MaskUpdater.drop_fraction", lambda v: MaskUpdater(_model(0.5), "rigl", final_density=0.5, update_every=1,
                                                         end_step=10, drop_fraction=v), 0.0,
