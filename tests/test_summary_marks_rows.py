@@ -63,3 +63,15 @@ def test_one_unconverged_solve_makes_the_verdict_unconverged_whatever_the_others
     assert _catapult([10.0, 10.0, None, 4.0, None], [1, None, None, 0, None])["sharpness_converged"] is False
     assert _catapult([10.0, 10.0, None, 4.0, None], [1, 0, None, None, None])["sharpness_converged"] is False
     assert _catapult([10.0, 10.0, None, 4.0, None], [1, 1, None, None, None])["sharpness_converged"] is None
+
+
+def test_a_summary_without_the_lambda0_mark_has_no_note_whatever_its_lr():
+    # a summary written before lambda_0_converged (or lambda_0 not measured: None) with lr c/lambda0
+    # says nothing of lambda_0's solve: only False says it did not converge
+    from catapult.engine.records import lambda_0_note, unconverged_advice
+
+    for summary in ({"lr": "2^3/lambda0"}, {"lr": "2^3/lambda0", "lambda_0_converged": None},
+                    {"lr": "2^3/lambda0", "lambda_0_converged": True}):
+        assert lambda_0_note(summary) == ""
+        assert "lambda_0 is from" not in unconverged_advice({**summary, "sharpness_unconverged": 1})
+    assert lambda_0_note({"lr": "2^3/lambda0", "lambda_0_converged": False}).startswith("lambda_0 is from a solve")
