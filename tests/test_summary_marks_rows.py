@@ -75,3 +75,12 @@ def test_a_summary_without_the_lambda0_mark_has_no_note_whatever_its_lr():
         assert lambda_0_note(summary) == ""
         assert "lambda_0 is from" not in unconverged_advice({**summary, "sharpness_unconverged": 1})
     assert lambda_0_note({"lr": "2^3/lambda0", "lambda_0_converged": False}).startswith("lambda_0 is from a solve")
+
+
+def test_the_text_marks_the_peak_and_the_final_value_each_by_its_own_solve():
+    from catapult.engine.records import format_summary
+
+    text = format_summary({**_summary([(0, 5.0, 0), (1, 3.0, 1)]), "wall_time_s": 0.0})
+    assert "final 3  peak 5 (not converged)  threshold" in text, text
+    text = format_summary({**_summary([(0, 5.0, 1), (1, 3.0, 0)]), "wall_time_s": 0.0})
+    assert "final 3 (not converged)  peak 5  threshold" in text, text
