@@ -25,7 +25,8 @@ def _config(root, steps=4):
                 model=dict(name="gpt", width=16, depth=1, n_heads=2, density=0.5,
                            sparsity=sparsity),
                 loss="cross_entropy", optimizer=dict(name="adam", lr=3e-3),
-                schedule=dict(warmup_steps=2), train=dict(steps=steps, batch_size=8))
+                schedule=dict(warmup_steps=2), train=dict(steps=steps, batch_size=8),
+                eval=dict(lambda0_batches=2))   # not 10: the rows are the same; lambda_0 has 8 solves fewer
 
 
 def _catapult_config(root):
@@ -34,7 +35,7 @@ def _catapult_config(root):
     union batch across ranks."""
     config = _config(root)
     config.update(schedule=dict(warmup="catapult", warmup_steps=2),
-                  eval=dict(sharpness_every=2, spectrum_top_k=1, trace_matvecs=3))
+                  eval=dict(sharpness_every=2, spectrum_top_k=1, trace_matvecs=3, lambda0_batches=2))
     config["optimizer"]["lr"] = 1.0
     return config
 
@@ -96,6 +97,7 @@ def test_two_gloo_processes_match_one_process_on_the_union_batch(tmp_path):
         # batch's, so every rank logs the lrs and sharpness one process logs
         metrics, summary = got["catapult"]
         assert summary["lr_critical"] == pytest.approx(catapult.summary["lr_critical"], rel=1e-9)
+        assert summary["lambda_0"] == pytest.approx(catapult.summary["lambda_0"], rel=1e-6)
         assert [r["lr"] for r in metrics] == pytest.approx([r["lr"] for r in catapult.metrics], rel=1e-9)
         measured = [(r["step"], r["sharpness"]) for r in metrics if r["sharpness"] is not None]
         assert [t for t, _ in measured] == [0, 2, 4]

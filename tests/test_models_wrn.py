@@ -185,7 +185,9 @@ WRN_CELL = {"data": {"name": "digits", "n_train": 48, "n_test": 16,
             "dtype": "float64", "loss": "cross_entropy",
             "optimizer": {"name": "sgd", "momentum": 0.9},
             "train": {"steps": 3, "batch_size": 16},
-            "eval": {"sharpness_every": 2, "test_every": 2, "sharpness_max_iter": 8}}
+            # lambda_0 over 2 batches (the augmented batch 0, an unaugmented batch 1), not 10: the rows
+            # compared are the same numbers (the step-0 sharpness is batch 0's either way)
+            "eval": {"sharpness_every": 2, "test_every": 2, "sharpness_max_iter": 8, "lambda0_batches": 2}}
 
 
 def test_batched_members_equal_their_local_runs_with_augmentation():
@@ -196,6 +198,7 @@ def test_batched_members_equal_their_local_runs_with_augmentation():
         local = train.run(cell.config, out_dir=None)
         res = batched[cell.id]
         assert res.status == local.status
+        assert res.summary["lambda_0"] == pytest.approx(local.summary["lambda_0"], rel=1e-9)
         for a, b in zip(local.metrics, res.metrics):
             for key in ("train_loss", "train_accuracy", "sharpness", "test_loss"):
                 if a[key] is None:
