@@ -40,7 +40,8 @@ GPT = {
     "loss": "cross_entropy",
     "dtype": "float64",
     "train": {"steps": 6, "batch_size": 8},
-    "eval": {"sharpness_every": 3, "test_every": 2, "sharpness_max_iter": 30},
+    # lambda_0 over 2 minibatches (the second warm-started), not 10: the MLP minibatch cells keep the default
+    "eval": {"sharpness_every": 3, "test_every": 2, "sharpness_max_iter": 30, "lambda0_batches": 2},
 }
 
 
