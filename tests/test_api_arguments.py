@@ -61,8 +61,8 @@ def test_a_model_that_is_not_a_module_is_named():
 
 
 @pytest.mark.parametrize("kwargs, words", [
-    ({"steps": 2.5}, "steps must be an integer >= 1; got 2.5"),
-    ({"steps": float("nan")}, "steps must be an integer >= 1; got nan"),
+    ({"steps": 2.5}, "steps must be an integer in \\[1, 1000000000\\]; got 2.5"),
+    ({"steps": float("nan")}, "steps must be an integer in \\[1, 1000000000\\]; got nan"),
     ({"seeds": []}, "seeds must be a non-empty list of integer seeds"),
     ({"seeds": "01"}, "seeds must be a list of integer seeds; got '01'"),
     ({"seeds": [0.5]}, r"seeds\[0\] must be an integer in \[-2\*\*63, 2\*\*64\); got 0.5"),
