@@ -13,6 +13,7 @@ Loopback only, as on a machine without a network (Ray then finds no outside addr
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tempfile
@@ -26,7 +27,9 @@ def mark(what: str) -> None:
     print(f"[{time.time() - T0:7.2f} s] {what}", file=sys.stderr, flush=True)
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     mark("python up")
     import catapult.sweep.driver as driver
     mark("catapult.sweep.driver imported (torch with it)")
