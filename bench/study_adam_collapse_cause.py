@@ -57,6 +57,24 @@ def fisher_one_sided(a: int, n_a: int, b: int, n_b: int) -> float:
     return sum(math.comb(n_a, i) * math.comb(n_b, k - i) for i in range(0, a + 1) if k - i <= n_b) / math.comb(n, k)
 
 
+def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) interval of a binomial share k of n, by bisection on the binomial tails."""
+    tail = (1 - level) / 2
+
+    def cdf(p: float, upto: int) -> float:  # P(X <= upto), X ~ Binomial(n, p)
+        return sum(math.comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(upto + 1))
+
+    def solve(f) -> float:  # f increasing in p, root in [0, 1]
+        lo, hi = 0.0, 1.0
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if f(mid) < 0 else (lo, mid)
+        return (lo + hi) / 2
+    low = 0.0 if k == 0 else solve(lambda p: (1 - cdf(p, k - 1)) - tail)
+    high = 1.0 if k == n else solve(lambda p: tail - cdf(p, k))
+    return low, high
+
+
 def read(path: Path) -> dict:
     m = re.fullmatch(r"(\w+?)_T(\d+)_s(\d+)", path.stem)
     if not m:
@@ -113,7 +131,8 @@ def main(argv=None) -> int:
     nb, cb = len(base), sum(r["collapsed"] for r in base)
     lines += ["", "| arm | runs | collapsed | one-sided Fisher p against the warmup baseline (fewer collapses) | "
               "rises > 30x per 1,000 steps, median (range) | rises > 1,000x, median | alive units at 3,000, mean a "
-              "layer, median (range) over runs |", "|---|---|---|---|---|---|---|"]
+              "layer, median (range) over runs | share collapsed, exact 95% interval | collapse steps |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for key, name in ARMS.items():
         rs = [r for r in runs if (r["arm"], r["twrm"]) == key]
         if not rs:
@@ -122,9 +141,12 @@ def main(argv=None) -> int:
         fp = "-" if key == ("base", 300) or not nb else f"{fisher_one_sided(c, len(rs), cb, nb):.3f}"
         rate = [r["rate30"] for r in rs]
         al = [sum(r["alive3000"]) / 3 for r in rs]
+        lo, hi = clopper_pearson(c, len(rs))
         lines.append(f"| {name} | {len(rs)} | {c} of {len(rs)} | {fp} | {statistics.median(rate):.1f} "
                      f"({min(rate):.1f}-{max(rate):.1f}) | {statistics.median(r['rate1000'] for r in rs):.2f} | "
-                     f"{statistics.median(al):.1f} ({min(al):.1f}-{max(al):.1f}) |")
+                     f"{statistics.median(al):.1f} ({min(al):.1f}-{max(al):.1f}) | "
+                     f"{c / len(rs):.2f} ({lo:.2f}-{hi:.2f}) | "
+                     f"{', '.join(str(r['last']) for r in rs if r['collapsed']) or '-'} |")
     text = "\n".join(lines)
     print(text)
     out = Path(a.out)
@@ -156,8 +178,9 @@ def main(argv=None) -> int:
     ax1.set_ylim(0, 1.1)
     ax1.tick_params(axis="x", labelsize=7)
     stops = sorted({r["steps"] for r in runs if isinstance(r["steps"], int)})
-    ax1.set_title(f"collapses by step {stops[-1] if stops else 30000:,} (lr 0.015625, cosine over 30,000; "
-                  "recorded seeds by 11,000)", fontsize=9)
+    recorded = any(isinstance(r["steps"], str) for r in runs)
+    ax1.set_title(f"collapses by step {stops[-1] if stops else 30000:,} (lr 0.015625, cosine over 30,000"
+                  + ("; recorded seeds by 11,000)" if recorded else ")"), fontsize=9)
     ax2.set_xscale("symlog", linthresh=10)
     ax2.set_xlabel("step")
     ax2.set_ylabel("alive ReLU units (of 192)")
