@@ -41,6 +41,8 @@ COLOUR = {("base", 300): "tab:red", ("base", 1): "tab:blue", ("kill", 300): "tab
 # Seeds 0-2 of the two baselines as printed in "Why Adam with T_wrm 300 collapses at lr 0.0156 where Adam T_wrm 1
 # trains" (30,000-step probes, the same detector over steps 1,000-7,000; alive units at step 3,000 from its
 # --units files, at step 20 from its dead counts); used for a (arm, seed) with no probe file given.
+# The committed probe does not reproduce these runs past their first steps (warmup seed 1 survives to step 11,000 now,
+# seed 2 collapses at 9,505; RESULTS, "The W7 interventions at 18 seeds an arm"): read new probes with --no-recorded.
 RECORDED = [
     dict(arm="base", twrm=300, seed=0, collapsed=False, last=None, alive20=(63, 62, 62), alive3000=(63, 61, 64), rate30=2.8, rate1000=0.17),
     dict(arm="base", twrm=300, seed=1, collapsed=True, last=7757, alive20=(64, 63, 61), alive3000=(63, 64, 62), rate30=5.0, rate1000=0.0),
