@@ -9,12 +9,12 @@ import re
 import pytest
 import torch
 
-from catapult import schedules
+from catapult import instability_threshold, schedules
 from catapult.data.text import text_splits
 from catapult.optim.thresholds import radam_threshold
 from catapult.sparsity import MaskUpdater
 from catapult.sparsity.dynamic import gmp_density, rigl_update
-from test_check_real import _text_file
+from test_check_real import _density, _text_file
 from test_dynamic_sparsity_steps import _model
 
 # (id, call with the value, value past the end, "owner label" and range the message names)
@@ -34,6 +34,11 @@ PAST_THE_END = [
     # val_fraction=0.0"), which blame the text
     ("text_splits.val_fraction", lambda v: text_splits(_text_file(), val_fraction=v), 0.0, "load_text val_fraction",
      " in (0, 1)"),
+    # sigma 0: a Gaussian of width 0 (the density's kernel divides by it)
+    ("spectral_density.sigma", lambda v: _density(sigma=v), 0.0, "spectral_density sigma", " > 0"),
+    # lr 0: the threshold 2 / lr divides by it
+    ("instability_threshold.lr", lambda v: instability_threshold(torch.optim.SGD([torch.zeros(1)], lr=0.1), v), 0.0,
+     "instability_threshold lr", " > 0"),
     # drop_fraction 0: RigL's masks never change (a schedule that changes no mask is refused)
     ("MaskUpdater.drop_fraction", lambda v: MaskUpdater(_model(0.5), "rigl", final_density=0.5, update_every=1,
                                                         end_step=10, drop_fraction=v), 0.0,
