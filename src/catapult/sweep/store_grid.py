@@ -7,27 +7,29 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from typing import Any, Mapping, Sequence
+
+from catapult.config.lr import parse_lr
 
 __all__ = ["grid_value_problem"]
 
-_POWER = re.compile(r"\s*([0-9.eE+-]+)\s*\^\s*([0-9.eE+-]+)\s*")
-
 
 def _number(value: Any) -> float | None:
-    """``value`` as a finite float when it is a real number or a grid's text for one (``"1e-2"``,
-    ``"2^-3"``); None otherwise (a bool, a name, ``"2^-3/lambda0"``)."""
+    """``value`` as a finite float when it is a real number or the config's text for a positive one
+    (``"1e-2"``, ``"2^-3"``: :func:`catapult.config.lr.parse_lr`'s grammar, by which the config
+    normalized it); None otherwise (a bool, a name, ``"2^-3/lambda0"``)."""
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
         x = float(value)
     elif isinstance(value, str):
-        power = _POWER.fullmatch(value)
         try:
-            x = float(power[1]) ** float(power[2]) if power else float(value)
-        except (ValueError, OverflowError, ZeroDivisionError):
+            lr = parse_lr(value)
+        except ValueError:
             return None
+        if lr.relative:
+            return None
+        x = lr.value
     else:
         return None
     return x if math.isfinite(x) else None
