@@ -131,7 +131,11 @@ def cached_lambda0_mark(store, cell: dict) -> bool | None:
     """Whether the solves of the cached lambda_0 that resolved ``cell``'s ``c/lambda0`` lr
     converged (:meth:`~catapult.sweep.store.Store.lambda0_converged` of its
     :func:`~catapult.sweep.lambda0.lambda0_key`); ``None`` for an absolute lr and where the store
-    does not say (a store written before the mark, a ``lambda0_fn`` that gave none)."""
+    does not say (a store written before the mark, a ``lambda0_fn`` that gave none).
+
+    >>> cached_lambda0_mark(None, {"config": {"optimizer": {"lr": "2^-3/lambda0"}}}) is None   # no store
+    True
+    """
     from catapult.sweep.lambda0 import lambda0_key, needs_lambda0
 
     config = cell.get("config")
