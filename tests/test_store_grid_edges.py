@@ -1,0 +1,44 @@
+"""``store_grid.grid_value_problem``'s edges (mutation pass 14): a stored cell's swept value must be
+the grid's value at the cell's place, as written or as the config normalized it (the module's
+docstring). Truth: the grid as written in the sweep's spec and the rule of that docstring."""
+from __future__ import annotations
+
+import pytest
+
+from catapult.sweep.store_grid import grid_value_problem
+
+LR_AXIS = {"key": "optimizer.lr", "values": ["2^0/lambda0", "2^1/lambda0"], "labels": ["2^0/λ0", "2^1/λ0"]}
+
+
+def test_a_swept_key_the_grid_does_not_sweep_is_refused_as_a_missing_one_is():
+    cells = [{"id": 0, "swept": {"optimizer.lr": "2^0/lambda0", "seed": 0}}]
+    assert grid_value_problem(cells, [LR_AXIS]) == ("cell 0 swept_json has the keys ['optimizer.lr', 'seed'], "
+                                                    "not the grid's ['optimizer.lr']")
+
+
+@pytest.mark.parametrize("cid", [-1, 2, 3])
+def test_a_cell_id_outside_the_grid_is_refused(cid):
+    # ids 0 .. 1 for two places: -1 and 2 wrapped round to a place (1 and 0) whose value they held
+    value = LR_AXIS["values"][cid % 2]
+    assert grid_value_problem([{"id": cid, "swept": {"optimizer.lr": value}}], [LR_AXIS]) == \
+        f"cell {cid} is not one of the grid's 2 cells"
+
+
+NUMBER_AXIS = {"key": "optimizer.lr", "values": ["2^-3", 0.5], "labels": ["2^-3", "0.5"]}
+
+
+def test_a_number_place_takes_its_number_and_refuses_text_or_another_number():
+    # the config stores a number as a number (2^-3 -> 0.125): text there, even of the same number,
+    # was written by hand, as is a name, null or a flag; a number a millionth off is another learning rate
+    assert grid_value_problem([{"id": 0, "swept": {"optimizer.lr": 0.125}}], [NUMBER_AXIS]) is None
+    for edited in ("0.125", "2^-3 ", 0.125 * (1 + 1e-6), 0.125 * (1 - 1e-4), "sgd", None, True):
+        assert grid_value_problem([{"id": 0, "swept": {"optimizer.lr": edited}}], [NUMBER_AXIS]) == \
+            f"cell 0 swept_json optimizer.lr {edited!r:.40} is not the grid's value at the cell's place (2^-3)"
+
+
+def test_the_text_of_a_number_is_not_the_number():
+    # '1' and 1 print alike; the config stores schedule.warmup_steps as the integer
+    axis = {"key": "schedule.warmup_steps", "values": [1, 4], "labels": ["1", "4"]}
+    assert grid_value_problem([{"id": 1, "swept": {"schedule.warmup_steps": 4}}], [axis]) is None
+    assert grid_value_problem([{"id": 1, "swept": {"schedule.warmup_steps": "4"}}], [axis]) == \
+        "cell 1 swept_json schedule.warmup_steps '4' is not the grid's value at the cell's place (4)"
