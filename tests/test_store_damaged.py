@@ -36,7 +36,7 @@ DAMAGE = {
                              WHERE id = 0""",
                           "cell 0 swept_json optimizer.lr '2^1/lambda0' is not the grid's value at the cell's place"),
     "swept_made_up": ("""UPDATE cells SET swept_json = '{"optimizer.lr": "2^5/lambda0", "schedule.warmup_steps": 1}'
-                         WHERE id = 0""", "cells 0 and 1 hold different optimizer.lr values"),
+                         WHERE id = 0""", "cell 0 swept_json optimizer.lr '2^5/lambda0' is not the grid's value"),
     "swept_keys": ("""UPDATE cells SET swept_json = '{"optimizer.lr": "2^0/lambda0"}' WHERE id = 0""",
                    "cell 0 swept_json has the keys ['optimizer.lr'], not the grid's"),
     "extra_json": ("UPDATE metrics SET extra_json = '[1' WHERE cell_id = 0 AND step = 0",

@@ -3,11 +3,49 @@ the grid's value at the cell's place, as written or as the config normalized it 
 docstring). Truth: the grid as written in the sweep's spec and the rule of that docstring."""
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 
+from catapult import config as cfg
+from catapult.cli import main
+from catapult.sweep import parse_sweep, run_sweep
+from catapult.sweep.store import Store, StoreError
 from catapult.sweep.store_grid import grid_value_problem
 
+from sweep_fakes import FakeLambda0, FakeRun
+
 LR_AXIS = {"key": "optimizer.lr", "values": ["2^0/lambda0", "2^1/lambda0"], "labels": ["2^0/λ0", "2^1/λ0"]}
+
+
+def test_a_made_up_relative_lr_at_a_place_no_other_cell_holds_is_refused(tmp_path, capsys):
+    # a one-axis sweep of relative lrs (a critical-lr sweep), no seeds: each place has one cell, so
+    # 'two cells at one place' cannot see the edit; 2^5/lambda0 was exported as a result of the grid
+    config = cfg.validate({"name": "t", "train": {"steps": 3}})
+    spec = parse_sweep({"grid": {"optimizer.lr": {"log2_over_lambda0": [0, 1]}}})
+    path = tmp_path / "s.db"
+    run_sweep(config, spec, path, run_fn=FakeRun(), lambda0_fn=FakeLambda0(), progress="none")
+    conn = sqlite3.connect(path)
+    conn.execute("""UPDATE cells SET swept_json = '{"optimizer.lr": "2^5/lambda0"}' WHERE id = 0""")
+    conn.commit()
+    conn.close()
+    with Store(path, create=False) as store, pytest.raises(StoreError, match="damaged: cell 0 swept_json optimizer.lr "
+                                                                            "'2\\^5/lambda0' is not the grid's value"):
+        store.cells()
+    assert main(["export", str(path), "--out", str(tmp_path / "o.csv")]) == 2
+    assert "cell 0 swept_json optimizer.lr" in capsys.readouterr().err
+    assert not (tmp_path / "o.csv").exists()
+
+
+def test_relative_lrs_pass_as_the_config_stores_them_and_are_refused_off_their_place():
+    assert grid_value_problem([{"id": 0, "swept": {"optimizer.lr": "2^0/lambda0"}},
+                               {"id": 1, "swept": {"optimizer.lr": "2^1/lambda0"}}], [LR_AXIS]) is None
+    # the config keeps a relative lr stripped of the spaces a grid may have written around it
+    spaced = {**LR_AXIS, "values": [" 2^0/lambda0 ", "2^1/lambda0"]}
+    assert grid_value_problem([{"id": 0, "swept": {"optimizer.lr": "2^0/lambda0"}}], [spaced]) is None
+    for edited in ("2^5/lambda0", "0.5/lambda0", "2^0", 1.0):
+        problem = grid_value_problem([{"id": 0, "swept": {"optimizer.lr": edited}}], [LR_AXIS])
+        assert problem and problem.startswith("cell 0 swept_json optimizer.lr") and problem.endswith("(2^0/λ0)")
 
 
 def test_a_swept_key_the_grid_does_not_sweep_is_refused_as_a_missing_one_is():
@@ -42,3 +80,15 @@ def test_the_text_of_a_number_is_not_the_number():
     assert grid_value_problem([{"id": 1, "swept": {"schedule.warmup_steps": 4}}], [axis]) is None
     assert grid_value_problem([{"id": 1, "swept": {"schedule.warmup_steps": "4"}}], [axis]) == \
         "cell 1 swept_json schedule.warmup_steps '4' is not the grid's value at the cell's place (4)"
+
+
+def test_two_cells_at_one_place_holding_different_names_are_refused():
+    # a name is stored as the config normalized it ('SGD' -> 'sgd'), so its text is not compared
+    # with the grid's; the cells sharing its place must agree
+    axes = [{"key": "optimizer.name", "values": ["SGD", "adam"], "labels": ["SGD", "adam"]},
+            {"key": "seed", "values": [0, 1], "labels": ["0", "1"]}]
+    assert grid_value_problem([{"id": 0, "swept": {"optimizer.name": "sgd", "seed": 0}},
+                               {"id": 1, "swept": {"optimizer.name": "sgd", "seed": 1}}], axes) is None
+    assert grid_value_problem([{"id": 0, "swept": {"optimizer.name": "sgd", "seed": 0}},
+                               {"id": 1, "swept": {"optimizer.name": "sgdm", "seed": 1}}], axes) == \
+        'cells 0 and 1 hold different optimizer.name values ("sgd" and "sgdm") at one place of the grid (SGD)'

@@ -35,6 +35,18 @@ def _number(value: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def _relative(value: Any) -> float | None:
+    """The coefficient ``c`` of a relative lr text ``"c/lambda0"`` (kept as text by the config,
+    stripped), None for anything else."""
+    if not isinstance(value, str):
+        return None
+    try:
+        lr = parse_lr(value)
+    except ValueError:
+        return None
+    return lr.value if lr.relative else None
+
+
 def _text(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
@@ -42,8 +54,8 @@ def _text(value: Any) -> str:
 def grid_value_problem(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[str, Any]]) -> str | None:
     """What is wrong with the swept values of ``cells`` (dicts with ``id`` and ``swept``) on the grid
     of ``axes``, or None: a key the grid does not sweep or a swept key missing, a cell id past the
-    grid, a value that is another place's value, a number other than its place's number, or two
-    cells at one place holding different values.
+    grid, a value that is another place's value, a number other than its place's number, a relative
+    lr other than its place's ``c/lambda0``, or two cells at one place holding different values.
 
     >>> axes = [{"key": "optimizer.lr", "values": ["2^-3", 0.5], "labels": ["2^-3", "0.5"]}]
     >>> grid_value_problem([{"id": 0, "swept": {"optimizer.lr": 0.125}}, {"id": 1, "swept": {"optimizer.lr": 0.5}}], axes)
@@ -72,8 +84,10 @@ def grid_value_problem(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mappin
             if text != written_texts[k][place]:
                 others = [i for i, t in enumerate(written_texts[k]) if i != place and t == text]
                 want, have = _number(written), _number(value)
+                relative = _relative(written)   # a c/lambda0 place: its c (one cell may hold the place alone)
                 if others or (want is not None and (have is None or isinstance(value, str)
-                                                    or not math.isclose(have, want, rel_tol=1e-9))):
+                                                    or not math.isclose(have, want, rel_tol=1e-9))) \
+                        or (relative is not None and _relative(value) != relative):
                     return (f"cell {cid} swept_json {axis['key']} {value!r:.40} is not the grid's value at the "
                             f"cell's place ({axis['labels'][place]})")
             first = held.setdefault((k, place), (cid, text))
