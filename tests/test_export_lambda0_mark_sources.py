@@ -61,3 +61,23 @@ def test_a_config_the_driver_could_not_read_gives_no_mark(tmp_path, config):
 @pytest.mark.parametrize("peak", [True, math.nan, math.inf, "41.5"])
 def test_a_peak_that_is_no_finite_number_is_left_out(peak):
     assert peak_sharpness({"summary": {"peak_sharpness": peak, "peak_sharpness_converged": True}}) == {}
+
+
+def test_the_aggregate_averages_the_peaks_mark_over_seeds(tmp_path):
+    from catapult.sweep.store_export import aggregate_table
+
+    fake = FakeRun()
+
+    def run_fn(config, progress=None):   # seed 0's peak solve converged, seed 1's did not
+        result = fake(config, progress)
+        result.summary.update(peak_sharpness=10.0 + config["seed"], peak_sharpness_converged=config["seed"] == 0)
+        return result
+
+    config = cfg.validate({"name": "t", "train": {"steps": 3}, "eval": {"sharpness_every": 0}})
+    spec = parse_sweep({"grid": {"optimizer.lr": [0.05]}, "seeds": [0, 1]})
+    run_sweep(config, spec, tmp_path / "s.db", run_fn=run_fn, progress="none")
+    with Store(tmp_path / "s.db", create=False) as store:
+        columns, (row,) = aggregate_table(store)
+    got = {c: row[columns.index(c)] for c in ("peak_sharpness_mean", "peak_sharpness_converged_mean",
+                                              "peak_sharpness_converged_n")}
+    assert got == {"peak_sharpness_mean": 10.5, "peak_sharpness_converged_mean": 0.5, "peak_sharpness_converged_n": 2}
