@@ -119,3 +119,26 @@ def test_ctrl_c_says_how_to_resume_and_export_shows_interrupted(tmp_path):
     done = subprocess.run(_catapult(*words[1:]), capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "6 cells:" in done.stdout and "resumed" in done.stdout
+
+
+def test_resume_command_of_a_piped_config_asks_for_the_config_again(tmp_path):
+    # `catapult sweep /dev/stdin < run.yaml` or `<(...)`: the resume line printed the pipe's path as
+    # the config, a command that waited on the terminal (/dev/stdin) or found no file (/dev/fd/63)
+    import argparse
+
+    from catapult.cli.sweep import resume_command
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    gone = tmp_path / "fd" / "63"   # a `<(...)` descriptor, closed by the time the line is printed
+    plain = tmp_path / "run.yaml"
+    plain.write_text("{}\n")
+    store = tmp_path / "s.db"
+    for config in (fifo, gone):
+        args = argparse.Namespace(config=str(config), overrides=["train.steps=9"], threads=1)
+        command, note = resume_command(args, store).split("\n")
+        assert shlex.split(command) == ["catapult", "sweep", "CONFIG", "--store", str(store), "--threads", "1",
+                                        "train.steps=9"]
+        assert note.strip().startswith(f"(CONFIG: the config read from {config}, a pipe"), note
+    args = argparse.Namespace(config=str(plain), overrides=[])
+    assert resume_command(args, store) == shlex.join(["catapult", "sweep", str(plain), "--store", str(store)])

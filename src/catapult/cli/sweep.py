@@ -22,7 +22,9 @@ holding a different sweep, not a store, missing optional dependency), with the p
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
+import stat
 import sys
 import warnings
 from pathlib import Path
@@ -343,8 +345,18 @@ def _executor_options(args: argparse.Namespace) -> dict | str:
 
 def resume_command(args: argparse.Namespace, store: Path) -> str:
     """The ``catapult sweep`` command line that resumes this sweep: the same config, overrides
-    and executor options, with ``--store`` spelled out (shell-quoted)."""
-    words = ["catapult", "sweep", str(args.config), "--store", str(store)]
+    and executor options, with ``--store`` spelled out (shell-quoted). A config that came through
+    a pipe (``/dev/stdin``, ``<(...)``'s ``/dev/fd/63``, a named pipe) cannot be read again from
+    that path: the command names it ``CONFIG`` and a second line says to give it again (the path
+    printed as the command to rerun waited on the terminal, or was not found).
+
+    >>> import argparse
+    >>> print(resume_command(argparse.Namespace(config="/dev/null", overrides=["train.steps=9"]), Path("s.db")))
+    catapult sweep CONFIG --store s.db train.steps=9
+      (CONFIG: the config read from /dev/null, a pipe that is not read again; give the same config, a file or a pipe)
+    """
+    piped = _not_a_file(args.config)
+    words = ["catapult", "sweep", "CONFIG" if piped else str(args.config), "--store", str(store)]
     flags = [("--executor", "executor", "local"), ("--ray-address", "ray_address", None),
              ("--num-cpus", "num_cpus", None), ("--chunk-size", "chunk_size", None),
              ("--ensemble-memory-mb", "ensemble_memory_mb", None), ("--workers", "workers", None),
@@ -356,7 +368,19 @@ def resume_command(args: argparse.Namespace, store: Path) -> str:
     if getattr(args, "no_kernels", False):
         words.append("--no-kernels")
     words += list(getattr(args, "overrides", []))
-    return shlex.join(words)
+    line = shlex.join(words)
+    if piped:
+        line += (f"\n  (CONFIG: the config read from {args.config}, a pipe that is not read again; give the same "
+                 f"config, a file or a pipe)")
+    return line
+
+
+def _not_a_file(path) -> bool:
+    """Whether the config ``path`` is no regular file now (a pipe or a terminal, or gone)."""
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return True
 
 
 def _export_command(args: argparse.Namespace) -> int:
