@@ -310,3 +310,19 @@ def test_a_plain_text_file_is_named_as_no_token_shard(tmp_path, capsys, name):
     err = capsys.readouterr().err
     assert "is not a token shard" in err and "pickle" not in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "run").exists() and text.read_text() == "the cat sat on the mat\n" * 50
+
+
+def test_token_arrays_beside_text_shards_are_refused_not_left_out(tmp_path):
+    # a folder of *.npy shards with a *.jsonl beside them (an index, a dataset card) trained on the
+    # jsonl alone: text shards took the folder and every array was left out of the stream silently
+    root = tmp_path / "data"
+    root.mkdir()
+    _jsonl(root / "a.jsonl", DOCS_A)
+    first = TokenShards(root, VOCAB)   # its own caches, beside the text, are no foreign arrays
+    again = TokenShards(root, VOCAB)
+    assert len(again) == len(first) > 0 and all(f.parent == root for f in again.files)
+    np.save(root / "shard_000.npy", np.arange(50, dtype=np.uint16))
+    np.save(root / "shard_001.npy", np.arange(50, dtype=np.uint16))
+    with pytest.raises(ConfigError, match=r"data\.root: .*data holds text shards \(a\.jsonl, \.\.\.\) and token "
+                                          r"arrays \(shard_000\.npy and 1 more\)"):
+        TokenShards(root, VOCAB)

@@ -93,6 +93,19 @@ def check_one_tokenization(files: list[Path]) -> None:
                                              f"corpus; put the shards of one tokenization in a folder of their own")])
 
 
+def check_one_kind(root: Path, texts: list[Path]) -> None:
+    """ConfigError on ``data.root`` where the folder ``root`` holds text shards (``texts``) beside
+    ``*.npy`` token arrays that are not catapult's caches of it
+    (:func:`~catapult.data.token_cache.token_cache_key`): the text is read, and the arrays were
+    left out of the training stream without a word."""
+    arrays = [f.name for f in sorted(root.glob("*.npy")) if token_cache_key(f) is None] if root.is_dir() else []
+    if arrays:
+        more = f" and {len(arrays) - 1} more" if len(arrays) > 1 else ""
+        raise cfg.ConfigError([("data.root", f"{root} holds text shards ({texts[0].name}, ...) and token arrays "
+                                             f"({arrays[0]}{more}): train-ddp reads the text and would leave the "
+                                             f"arrays out; put each kind in a folder of its own")])
+
+
 class TokenShards:
     """Memory-mapped token shards as one stream (module docstring): ``*.npy`` arrays, or
     ``*.jsonl`` / ``*.parquet`` text tokenised once (``text_key``, ``cache_dir``: the
@@ -108,6 +121,7 @@ class TokenShards:
             raise FileNotFoundError(f"data.root {root} does not exist")
         texts = text_shard_files(root)
         if texts:
+            check_one_kind(root, texts)
             if vocab_size is None:
                 raise cfg.ConfigError([("data.vocab_size", "text shards need a vocabulary size for the tokenizer")])
             vocab, arrays = tokenize_text_shards(root, vocab_size=vocab_size, text_key=text_key, cache_dir=cache_dir)
