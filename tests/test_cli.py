@@ -163,3 +163,19 @@ def test_every_option_with_a_default_says_it_in_its_help():
                 if "default" not in (action.help or ""):
                     missing.append(f"{name} {action.option_strings[0]}")
     assert not missing, missing
+
+
+def test_a_coord_check_section_is_said_to_be_ignored_by_the_other_commands(tmp_path, capsys):
+    # a config's coord_check: section was set aside by train, critical-lr, spectrum and sweep
+    # without a word, where a sweep: section gets a note
+    config = tmp_path / "tinycc.yaml"
+    config.write_text(tiny_text("tinycc") + "coord_check:\n  widths: [8, 16]\n  steps: 1\n")
+    note = "note: the config's coord_check: section is ignored (`catapult coord-check` runs it)"
+    assert main(["train", str(config), "--out", str(tmp_path / "run"), "--progress", "none", "--threads", "1"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"catapult train: {note}" in err
+    swept = tmp_path / "tinyccsweep.yaml"
+    swept.write_text(config.read_text() + "sweep:\n  grid:\n    optimizer.lr: [0.5, 1]\n")
+    assert main(["sweep", str(swept), "--store", str(tmp_path / "s.db"), "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"catapult sweep: {note}" in err

@@ -16,7 +16,7 @@ from catapult.sweep.store_file import has_sqlite_header
 __all__ = ["add_config_arguments", "config_from_args", "overrides_from_args", "apply_threads", "check_out_file",
            "check_image_file", "figure_path", "check_study_dir", "threads_problem", "max_threads", "workers_problem",
            "max_workers",
-           "partial_of_ours", "path_option", "store_problem"]
+           "partial_of_ours", "path_option", "store_problem", "coord_check_ignored_note"]
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,6 +56,8 @@ def config_from_args(args: argparse.Namespace) -> dict:
     apply_threads(args)
     if "sweep" in set_aside:
         print(sweep_ignored_note(getattr(args, "command", None), set_aside["sweep"], config), file=sys.stderr)
+    if "coord_check" in set_aside:  # as for sweep: (it was set aside without a word)
+        print(coord_check_ignored_note(getattr(args, "command", None)), file=sys.stderr)
     if config["model"]["name"] == "gpt" and config["loss"] == "mse":  # the default: a GPT's first loss read 0.038
         print(f"catapult {getattr(args, 'command', None) or 'train'}: note: loss is mse (the default) on the GPT's "
               f"logits; language models train with loss: cross_entropy (the papers' GPT configs set it)",
@@ -80,6 +82,17 @@ def sweep_ignored_note(command: str | None, sweep, config: dict) -> str:
     shown = ", ".join(f"{key}={_value_at(config, key)}" for key in keys) or "none"
     return (f"catapult {command or 'train'}: note: the config's sweep: section is ignored (`catapult sweep` "
             f"runs it); the swept keys take their base values: {shown}")
+
+
+def coord_check_ignored_note(command: str | None) -> str:
+    """The one line a command other than ``coord-check`` prints for a config with a
+    ``coord_check:`` section, which it sets aside.
+
+    >>> coord_check_ignored_note("sweep")
+    "catapult sweep: note: the config's coord_check: section is ignored (`catapult coord-check` runs it)"
+    """
+    return (f"catapult {command or 'train'}: note: the config's coord_check: section is ignored "
+            f"(`catapult coord-check` runs it)")
 
 
 def _value_at(config: dict, dotted: str):

@@ -29,8 +29,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from catapult.cli.common import (check_image_file, check_out_file, figure_path, store_problem, threads_problem,
-                                 workers_problem)
+from catapult.cli.common import (check_image_file, check_out_file, coord_check_ignored_note, figure_path, store_problem,
+                                 threads_problem, workers_problem)
 from catapult.config import ConfigError
 
 __all__ = ["register", "resume_command"]
@@ -168,7 +168,10 @@ def _sweep_command(args: argparse.Namespace) -> int:
         return _fail("sweep", options)
     if args.store is not None and (problem := store_problem(args.store)):  # '' meant the default store
         return _fail("sweep", f"--store: {problem}")
-    base, spec = load_sweep(args.config, overrides_from_args(args))
+    set_aside: dict = {}
+    base, spec = load_sweep(args.config, overrides_from_args(args), set_aside=set_aside)
+    if "coord_check" in set_aside:
+        print(coord_check_ignored_note("sweep"), file=sys.stderr)
     for note in grid_notes(base, {axis.key: axis.values for axis in spec.axes}):
         print(f"catapult sweep: note: {note}", file=sys.stderr)
     store = Path(args.store) if args.store is not None else Path("runs") / base["name"] / "sweep.db"

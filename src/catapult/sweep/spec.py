@@ -379,7 +379,8 @@ def _apply_sweep_overrides(section: dict, overrides: Sequence[tuple[str, Any]]) 
     return section
 
 
-def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> tuple[dict, SweepSpec]:
+def load_sweep(path: str | Path, overrides: Iterable[str] = (),
+               set_aside: dict | None = None) -> tuple[dict, SweepSpec]:
     """Read a sweep config: ``(base_config, spec)``.
 
     The base config (everything but ``sweep:``) gets the non-``sweep.`` overrides and is
@@ -387,13 +388,16 @@ def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> tuple[dict, S
     runs it: a swept key's base value is not checked, and a problem between keys only where every
     cell has it (:func:`expand` names the cells that keep one); the
     ``sweep:`` section gets the ``sweep.*`` overrides. Raises :class:`~catapult.config.ConfigError`.
-    Cells are validated by :func:`expand`.
+    Cells are validated by :func:`expand`. ``set_aside`` (a dict) receives the other study
+    sections the file had (``coord_check:``), which a sweep does not run.
     """
     path = Path(path)
     mapping = cfg.read_mapping(path)
     base_overrides, sweep_overrides = _split_overrides(overrides)
     section = mapping.pop("sweep", None)
     for other in cfg.STUDY_SECTIONS:
+        if other in mapping and set_aside is not None:
+            set_aside[other] = mapping[other]
         mapping.pop(other, None)
     if section is not None and not isinstance(section, Mapping):
         raise cfg.ConfigError([("sweep", f"expected a mapping with keys grid and seeds, got {section!r}")])
