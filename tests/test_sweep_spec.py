@@ -93,6 +93,8 @@ def test_invalid_cells_are_all_named_before_any_work():
     ({"grid": []}, "sweep.grid", "expected a mapping of dotted config keys"),
     ({"grid": 0}, "sweep.grid", "expected a mapping of dotted config keys"),
     ({"grid": ""}, "sweep.grid", "expected a mapping of dotted config keys"),
+    # the run's label: its cells were one run stored under two ids, and averaged as two results
+    ({"grid": {"name": ["a", "b"]}}, "sweep.grid.name", "changes no cell's run"),
 ])
 def test_bad_sweep_sections_name_the_key(section, key, words):
     with pytest.raises(cfg.ConfigError) as info:

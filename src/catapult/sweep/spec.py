@@ -276,6 +276,11 @@ def parse_sweep(section: Any) -> SweepSpec:
         if key == "seed" and "seeds" in section:
             problems.append((f"sweep.grid.{key}", "seed is swept by sweep.seeds; give it only once"))
             continue
+        if key == "name":  # its cells were one run under several labels, stored and averaged as distinct
+            problems.append((f"sweep.grid.{key}", "name labels the sweep (and its default store runs/<name>/); it "
+                                                  "changes no cell's run, so every value would run the same run: "
+                                                  "sweep keys that change the run"))
+            continue
         try:
             axis = _parse_axis(key, raw)
         except ValueError as err:
