@@ -32,3 +32,24 @@ def test_a_relative_lr_is_stored_stripped_and_lambda0_is_spelt_in_any_case():
         assert cfg.parse_lr(spelling) == cfg.LR(32.0, relative=True)
         assert cfg.resolve_lr(spelling, 64.0) == 0.5
         assert _value_label(spelling) == "32/λ0"  # the sweep's axis label reads it the same way
+
+
+@pytest.mark.parametrize("text", ["seed = 1\n[optimizer]\nlr = 0.1\n", "[run]\nname = tiny\nsteps=5\n",
+                                  "optimizer.lr = 0.1\n"])
+def test_a_toml_or_ini_file_is_named_as_such(tmp_path, text):
+    # YAML reads `key = value` lines as one plain string: the message said "got str" and no more
+    path = tmp_path / "run.toml"
+    path.write_text(text)
+    with pytest.raises(cfg.ConfigError) as info:
+        cfg.load_config(path)
+    message = str(info.value)
+    assert "; it looks like TOML or INI (key = value): a config is YAML, written key: value" \
+        in message, message
+    assert "\n" not in message
+
+
+def test_a_plain_word_file_gets_no_toml_hint(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("hello world\n")
+    with pytest.raises(cfg.ConfigError, match=r"got str$"):
+        cfg.load_config(path)

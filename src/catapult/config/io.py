@@ -306,7 +306,8 @@ def read_yaml(path: str | Path) -> tuple[dict, dict[str, tuple[int, int]]]:
         mapping = safe_yaml(text)
         positions = key_positions(text, duplicates)
     except yaml.YAMLError as err:
-        raise ConfigError([("<file>", f"{path} is not valid YAML: {yaml_problem(err)}")]) from None
+        raise ConfigError([("<file>", f"{path} is not valid YAML: {yaml_problem(err)}{_assignment_hint(text)}")]) \
+            from None
     if duplicates:  # the earlier value would be dropped without a word
         raise ConfigError([(key, f"written twice in {path.name} (line {first[0]} and line {second[0]}); "
                                  f"keep one") for key, first, second in duplicates])
@@ -314,8 +315,23 @@ def read_yaml(path: str | Path) -> tuple[dict, dict[str, tuple[int, int]]]:
         raise ConfigError([("<file>", f"{path} is empty (no keys); give a config with its keys, "
                                       f"e.g. one of configs/, or '{{}}' for every default")])
     if not isinstance(mapping, dict):
-        raise ConfigError([("<file>", f"{path} must hold a mapping of keys, got {type(mapping).__name__}")])
+        # TOML or INI (`seed = 1`, `[optimizer]`) reads in YAML as one string: "got str" said nothing of why
+        hint = _assignment_hint(text) if isinstance(mapping, str) else ""
+        raise ConfigError([("<file>", f"{path} must hold a mapping of keys, got {type(mapping).__name__}{hint}")])
     return mapping, positions
+
+
+#: A line ``key = value`` (TOML, INI), which YAML reads as part of a plain string.
+_ASSIGNMENT = re.compile(r"^[ \t]*[A-Za-z_][\w.-]*[ \t]*=", re.M)
+
+
+def _assignment_hint(text: str) -> str:
+    """What a refused config's message adds where ``text`` has a ``key = value`` line: it looks
+    like TOML or INI ("got str", or a YAML syntax error, said nothing of why)."""
+    if not _ASSIGNMENT.search(text):
+        return ""
+    return ("; it looks like TOML or INI (key = value): a config is YAML, written key: value, a section's keys "
+            "under it (optimizer: {lr: 0.1})")
 
 
 def yaml_problem(err: yaml.YAMLError) -> str:
