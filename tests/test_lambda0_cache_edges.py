@@ -38,3 +38,20 @@ def test_a_table_the_file_lacks_gains_no_column():
         assert missing_added_columns(conn) == []
     finally:
         conn.close()
+
+
+def test_the_report_refuses_a_damaged_mark_as_the_export_does(tmp_path, capsys):
+    from catapult.cli import main
+
+    config = cfg.validate({"name": "t", "train": {"steps": 3}, "eval": {"sharpness_every": 0}})
+    spec = parse_sweep({"grid": {"optimizer.lr": ["2^-3/lambda0"]}})
+    run_sweep(config, spec, tmp_path / "s.db", run_fn=FakeRun(), lambda0_fn=lambda c: Lambda0(2.0, True),
+              progress="none")
+    conn = sqlite3.connect(tmp_path / "s.db")
+    # a cached value no cell's lr used (the export never reads its mark), marked 7: not 1, 0 or empty
+    conn.execute("INSERT INTO lambda0(key, value, inputs_json, measured_at, converged) VALUES ('k', 3.0, NULL, 0, 7)")
+    conn.commit()
+    conn.close()
+    assert main(["report", str(tmp_path / "s.db"), "--out", str(tmp_path / "r.html")]) == 2
+    assert "convergence mark of its cached lambda_0" in capsys.readouterr().err
+    assert not (tmp_path / "r.html").exists()
