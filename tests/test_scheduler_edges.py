@@ -20,3 +20,12 @@ def test_a_flag_is_no_learning_rate(flag):
 def test_a_one_element_tensor_and_a_numpy_scalar_are_read():
     assert checked_lr(lambda t: torch.tensor([0.25]), 1) == 0.25
     assert checked_lr(lambda t: np.float32(0.5), 1) == 0.5
+
+
+def test_attach_refuses_an_optimizer_without_groups():
+    from catapult.schedules.scheduler import attach
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    opt.param_groups.clear()   # nothing left to set: the schedule did nothing, silently
+    with pytest.raises(ValueError, match="no param groups"):
+        attach(opt, lambda t: 0.1)
