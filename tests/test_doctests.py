@@ -47,6 +47,7 @@ MODULES = (
     "catapult.curvature.torchscript",
     "catapult.curvature.certify",
     "catapult.curvature.grads_into",
+    "catapult.curvature.tracker",
     "catapult.critical_lr",
     "catapult.critical_lr_passes",
     "catapult.parametrize",

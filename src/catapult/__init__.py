@@ -17,6 +17,8 @@ _EXPORTS = {
     "spectral_density": "catapult.curvature.spectrum:spectral_density",
     "Eigenpairs": "catapult.curvature.spectrum:Eigenpairs",
     "SpectralDensity": "catapult.curvature.spectrum:SpectralDensity",
+    "SharpnessTracker": "catapult.curvature.tracker:SharpnessTracker",
+    "SharpnessRecord": "catapult.curvature.tracker:SharpnessRecord",
     "CriticalLR": "catapult.critical_lr:CriticalLR",
     "critical_lr": "catapult.critical_lr:critical_lr",
     "param_groups": "catapult.parametrize:param_groups",

@@ -1,0 +1,257 @@
+"""Sharpness tracking in your own training loop: :class:`SharpnessTracker`, a callback that
+measures the sharpness that bounds the optimizer's next step every ``every`` calls, warm-started
+from its last eigenvector, and records it beside that step's instability threshold.
+
+Which sharpness (``kind="auto"``), as ``catapult train`` measures it
+(:mod:`catapult.engine.sharpness_rule`):
+
+* no optimizer, or SGD whose param groups step with one lr: ``"hessian"``, ``lambda_max(H)``;
+* SGD whose groups' lrs differ (``catapult.param_groups`` under muP / SμPar, or groups set by
+  hand): ``"lr_scaled"``, ``lambda_max(M^1/2 H M^1/2)`` with ``M = diag(lr_i / lr_0)``
+  (:func:`catapult.optim.thresholds.lr_scaled_sharpness`), which ``2 / lr_0`` bounds;
+* Adam, AdamW, GI-Adam: ``"preconditioned"``, ``lambda_max(P^-1/2 H P^-1/2)`` of the next step's
+  pre-conditioner, each group's block scaled by its lr relative to the first group's;
+* RAdam: ``"hessian"`` while its next step is un-rectified, ``"preconditioned"`` afterwards.
+
+The threshold is :func:`~catapult.curvature.sharpness.instability_threshold` at the first group's
+current lr (``inf`` while that lr is 0, as at the start of a warmup from 0).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import torch
+
+from catapult.arguments import MAX_STEPS, check_integer, check_module
+from catapult.curvature.sharpness import instability_threshold, preconditioned_sharpness, sharpness
+from catapult.optim import registry
+
+__all__ = ["SharpnessRecord", "SharpnessTracker", "TRACKER_KINDS"]
+
+#: ``kind`` values of :class:`SharpnessTracker`
+TRACKER_KINDS = ("auto", "hessian", "preconditioned", "lr_scaled")
+
+#: solver options passed through to the measurement (those of :func:`catapult.sharpness`; ``init``
+#: is the tracker's warm start, ``coarse`` applies to cold Hessian solves only)
+_SOLVER_OPTIONS = ("tol", "max_iter", "dtype", "hvp", "seed", "max_basis", "chunk_size", "memory",
+                   "distributed", "curvature")
+#: the options lr_scaled_sharpness takes
+_LR_SCALED_OPTIONS = ("tol", "max_iter", "dtype", "hvp", "seed", "max_basis", "chunk_size")
+
+
+@dataclass(frozen=True)
+class SharpnessRecord:
+    """One measurement of a :class:`SharpnessTracker`: ``step`` (the tracker's call count before
+    this call, 0-based), ``value`` (the sharpness of ``kind``), ``threshold`` (the instability
+    threshold of the optimizer's next step; ``None`` without an optimizer, ``inf`` at lr 0),
+    ``lr`` (the first param group's lr; ``None`` without an optimizer), ``kind``, ``matvecs``
+    (products spent) and ``converged``.
+
+    Example:
+        >>> record = SharpnessRecord(step=0, value=4.0, threshold=20.0, lr=0.1, kind="hessian",
+        ...                          matvecs=3, converged=True)
+        >>> record.ratio                     # value / threshold: above 1, past the edge
+        0.2
+    """
+
+    step: int
+    value: float
+    threshold: float | None
+    lr: float | None
+    kind: str
+    matvecs: int
+    converged: bool
+
+    @property
+    def ratio(self) -> float | None:
+        """``value / threshold`` (``None`` without a threshold; 0 at an infinite one): 1 is the
+        edge of stability."""
+        if self.threshold is None:
+            return None
+        return 0.0 if math.isinf(self.threshold) else self.value / self.threshold
+
+
+def _first_lr(optimizer: torch.optim.Optimizer) -> float:
+    lr = optimizer.param_groups[0]["lr"]
+    return float(lr.item() if isinstance(lr, torch.Tensor) else lr)
+
+
+def _steps_of(optimizer: torch.optim.Optimizer) -> int:
+    """The optimizer's step count: the largest ``state[p]["step"]`` (0 before the first step)."""
+    steps = [float(state["step"]) for state in optimizer.state.values()
+             if isinstance(state, dict) and "step" in state]
+    return int(max(steps, default=0))
+
+
+def _trainable_count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+class SharpnessTracker:
+    """Measure the sharpness every ``every`` calls in your own loop, warm-started, beside the
+    optimizer's instability threshold.
+
+    Call it once per training step, after ``loss.backward()`` (or anywhere before
+    ``optimizer.step()``): ``tracker.step(batch)`` (or ``tracker(batch)``) measures on the calls
+    ``0, every, 2 every, ...`` and returns a :class:`SharpnessRecord`, else ``None``; every record
+    is also appended to ``tracker.history``. The measurement is of the step the optimizer is about
+    to take: its pre-conditioner and its lr (after the scheduler's last ``step()``). Like the
+    functions it calls, it changes nothing of the model (parameters, ``.grad``, buffers such as
+    BatchNorm's running statistics, train/eval mode) or the optimizer, nor the global RNG.
+
+    Each measurement starts from the previous one's eigenvector (``init=``, with the random part
+    every warm start gets: :func:`catapult.sharpness`), so it costs a handful of products once
+    the sharpness moves slowly; a measurement that gave ``nan`` (a diverged loss), or a change in
+    the number of trainable parameter entries, starts the next one cold.
+
+    Args:
+        model, loss_fn: the loss ``loss_fn(model(inputs), targets)`` of each ``batch``.
+        optimizer: the loop's optimizer (SGD, Adam, AdamW, RAdam, GI-Adam), or ``None``: then the
+            Hessian's sharpness and no threshold.
+        every: measure on every ``every``-th call (the first call measures).
+        kind: ``"auto"`` (the module docstring's rule), or one of ``"hessian"``,
+            ``"preconditioned"`` (Adam family), ``"lr_scaled"`` (SGD).
+        **options: solver options of :func:`catapult.sharpness` (``tol``, ``max_iter``,
+            ``dtype``, ``hvp``, ``seed``, ``max_basis``, ``chunk_size``, ``memory``,
+            ``distributed``, ``curvature``); the lr-scaled sharpness takes the first seven only.
+
+    ``state_dict()`` / ``load_state_dict()`` save and restore the call count, the warm start
+    and the history (plain Python and one tensor), as ``torch.optim`` objects do.
+
+    Raises:
+        TypeError / ValueError: at construction, for a model that is not a module, an optimizer
+            the rules do not cover (the message names it), an unknown ``kind`` or option, or a
+            ``kind`` that does not fit the optimizer.
+
+    Example (GD on ``L(w) = mean((x w - y)^2)`` with ``x = (2, 0), (0, 1)``: Hessian
+    ``diag(4, 1)``, so the sharpness is 4 and the threshold ``2 / lr = 20``):
+        >>> model = torch.nn.Linear(2, 1, bias=False)
+        >>> batch = (torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0], [0.0]]))
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> tracker = SharpnessTracker(model, torch.nn.MSELoss(), opt, every=2)
+        >>> for step in range(4):
+        ...     opt.zero_grad()
+        ...     torch.nn.MSELoss()(model(batch[0]), batch[1]).backward()
+        ...     record = tracker.step(batch)
+        ...     opt.step()
+        >>> [(r.step, round(r.value, 3), r.threshold, r.kind) for r in tracker.history]
+        [(0, 4.0, 20.0, 'hessian'), (2, 4.0, 20.0, 'hessian')]
+    """
+
+    def __init__(self, model: torch.nn.Module, loss_fn: Callable, optimizer: torch.optim.Optimizer | None = None,
+                 *, every: int = 1, kind: str = "auto", **options: Any):
+        check_module("SharpnessTracker", model)
+        if not callable(loss_fn):
+            raise TypeError(f"SharpnessTracker: loss_fn must be callable, got {type(loss_fn).__name__}")
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"SharpnessTracker: optimizer must be a torch.optim.Optimizer or None, "
+                            f"got {type(optimizer).__name__}")
+        self.every = check_integer("SharpnessTracker", "every", every, high=MAX_STEPS)
+        if kind not in TRACKER_KINDS:
+            raise ValueError(f"SharpnessTracker: kind must be one of {TRACKER_KINDS}; got {kind!r}")
+        unknown = sorted(set(options) - set(_SOLVER_OPTIONS))
+        if unknown:
+            raise TypeError(f"SharpnessTracker: unknown solver option(s) {unknown}; known: "
+                            f"{list(_SOLVER_OPTIONS)} (init is the tracker's warm start)")
+        family = None
+        if optimizer is not None:
+            spec = registry.spec_for(optimizer)     # NotImplementedError naming an unsupported one
+            family = "adam" if spec.preconditioned else spec.rule
+            registry.refuse_maximize(optimizer, "SharpnessTracker")
+        if kind != "auto":
+            fits = {"hessian": True, "preconditioned": family in ("adam", "radam"), "lr_scaled": family == "sgd"}
+            if not fits[kind]:
+                raise ValueError(f"SharpnessTracker: kind={kind!r} does not fit "
+                                 f"{type(optimizer).__name__ if optimizer is not None else 'no optimizer'}")
+        self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+        self.kind, self.options = kind, dict(options)
+        self.calls = 0
+        self.history: list[SharpnessRecord] = []
+        self.vector: torch.Tensor | None = None
+        self._count: int | None = None     # trainable entries when self.vector was measured
+
+    # -- which sharpness, which threshold ---------------------------------------------------
+    def _kind_now(self) -> str:
+        opt = self.optimizer
+        if self.kind != "auto":
+            return self.kind
+        if opt is None:
+            return "hessian"
+        spec = registry.spec_for(opt)
+        if spec.preconditioned:
+            return "preconditioned"
+        if spec.rule == "radam":
+            from catapult.optim.thresholds import radam_rectified
+
+            beta2 = float(opt.param_groups[0]["betas"][1])
+            return "preconditioned" if radam_rectified(_steps_of(opt) + 1, beta2) else "hessian"
+        from catapult.optim.thresholds import group_lr_multipliers
+
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        m = group_lr_multipliers(opt, params)
+        moving = m[m > 0]
+        return "lr_scaled" if moving.numel() and bool((moving != moving[0]).any()) else "hessian"
+
+    def _threshold(self) -> float | None:
+        if self.optimizer is None:
+            return None
+        if not _first_lr(self.optimizer) > 0:
+            return math.inf
+        return float(instability_threshold(self.optimizer))
+
+    def _measure(self, batch, kind: str, init):
+        if kind == "hessian":
+            return sharpness(self.model, self.loss_fn, batch, init=init, **self.options)
+        if kind == "preconditioned":
+            return preconditioned_sharpness(self.model, self.loss_fn, batch, self.optimizer, init=init,
+                                            scale_by_group_lr=True, **self.options)
+        from catapult.optim.thresholds import lr_scaled_sharpness
+
+        other = sorted(k for k in self.options if k not in _LR_SCALED_OPTIONS)
+        if other:
+            raise ValueError(f"SharpnessTracker: the lr-scaled sharpness (SGD whose groups' lrs differ) "
+                             f"takes no {other}; pass kind='hessian' to measure the Hessian's instead")
+        return lr_scaled_sharpness(self.model, self.loss_fn, batch, self.optimizer, init=init, **self.options)
+
+    # -- the callback ---------------------------------------------------------------------
+    def step(self, batch) -> SharpnessRecord | None:
+        """Count one call; on every ``every``-th (the first included) measure on ``batch`` and
+        return the :class:`SharpnessRecord` (also appended to ``history``), else ``None``."""
+        t = self.calls
+        self.calls += 1
+        if t % self.every:
+            return None
+        count = _trainable_count(self.model)
+        init = self.vector if self.vector is not None and count == self._count else None
+        kind = self._kind_now()
+        est = self._measure(batch, kind, init)
+        finite = math.isfinite(est.value)
+        self.vector = est.vector.detach() if finite else None
+        self._count = count
+        lr = None if self.optimizer is None else _first_lr(self.optimizer)
+        record = SharpnessRecord(step=t, value=float(est.value), threshold=self._threshold(), lr=lr,
+                                 kind=kind, matvecs=int(est.matvecs), converged=bool(est.converged))
+        self.history.append(record)
+        return record
+
+    __call__ = step
+
+    def state_dict(self) -> dict[str, Any]:
+        """The call count, the warm start and the history (records as dicts)."""
+        return {"calls": self.calls, "vector": self.vector, "count": self._count,
+                "history": [asdict(r) for r in self.history]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved (the warm start moved to the model's device)."""
+        missing = sorted({"calls", "vector", "count", "history"} - set(state_dict))
+        if missing:
+            raise ValueError(f"SharpnessTracker.load_state_dict: the state lacks {missing}")
+        self.calls = check_integer("SharpnessTracker.load_state_dict", "calls", state_dict["calls"], low=0)
+        vector = state_dict["vector"]
+        if vector is not None:
+            device = next((p.device for p in self.model.parameters()), vector.device)
+            vector = vector.to(device)
+        self.vector, self._count = vector, state_dict["count"]
+        self.history = [SharpnessRecord(**r) for r in state_dict["history"]]
