@@ -11,11 +11,12 @@ import math
 
 import torch
 from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import keystr, tree_flatten_with_path, tree_map
 
 from catapult.arguments import check_integer
 
 __all__ = ["ChosenChunkSize", "PieceFailed", "batch_coupling", "coupling_remedy", "functional_masks_off", "refuse_dropout",
-           "reduction_kind", "split_batch", "uses_batch_statistics", "weighted_backward", "weighted_gradient"]
+           "reduction_kind", "sample_count", "sample_rows", "split_batch", "uses_batch_statistics", "weighted_backward", "weighted_gradient"]
 
 
 def _mask_drawer(module: torch.nn.Module) -> str | None:
@@ -211,7 +212,7 @@ def _piece_loss(loss_at, params, x, y):
     except PieceFailed:
         raise
     except RuntimeError as err:
-        raise PieceFailed(f"the forward of {x.shape[0] if torch.is_tensor(x) else 'some'} samples failed: "
+        raise PieceFailed(f"the forward of {_rows_or_none(x) or 'some'} samples failed: "
                           f"{err}") from err
 
 
@@ -259,8 +260,8 @@ def reduction_kind(loss_at, params: dict, inputs, targets, pieces, dtype: torch.
     ...                (x[2:], torch.zeros(1))], torch.float64)[1]
     'sum'
     """
-    n = sum(xc.shape[0] for xc, _ in pieces)
-    mean_w = [xc.shape[0] / n for xc, _ in pieces]
+    sizes = [sample_count(xc, "inputs") for xc, _ in pieces]
+    mean_w = [k / sum(sizes) for k in sizes]
     full, kind, shown = _reduction(loss_at, params, inputs, targets, pieces, mean_w, dtype)
     if kind in ("both", None):
         # a zero loss (targets the model fits exactly) is both a mean and a sum of zeros, and
@@ -273,6 +274,53 @@ def reduction_kind(loss_at, params: dict, inputs, targets, pieces, dtype: torch.
     return full, kind, shown
 
 
+def _sample_leaves(tree) -> list[tuple[str, torch.Tensor]]:
+    """``(path, tensor)`` of the tensor leaves with a sample dimension (dim >= 1) of nested
+    inputs or targets (tuples, lists, dicts: a model taking several inputs, an HF-style
+    ``{"input_ids": ..., "attention_mask": ...}``)."""
+    return [(keystr(path), leaf) for path, leaf in tree_flatten_with_path(tree)[0]
+            if torch.is_tensor(leaf) and leaf.dim() >= 1]
+
+
+def sample_count(tree, what: str = "inputs") -> int:
+    """The number of samples (dim 0) of a batch's ``inputs`` or ``targets``: a tensor, or tuples,
+    lists and dicts of them, whose tensors with a dim 0 all have the same length (0-d tensors and
+    other leaves, such as flags, go whole to every micro-batch); else a ValueError naming ``what``
+    and the leaves that differ.
+
+    >>> sample_count({"input_ids": torch.zeros(6, 4), "attention_mask": torch.ones(6, 4), "flag": True})
+    6
+    >>> sample_count((torch.zeros(6, 2), torch.zeros(5)))
+    Traceback (most recent call last):
+    ValueError: chunk_size: the batch's inputs have different sample counts (dim 0): [0] has 6, [1] has 5
+    """
+    leaves = _sample_leaves(tree)
+    if not leaves:
+        raise ValueError(f"chunk_size needs the batch's {what} to hold tensors with a sample "
+                         f"dimension (dim 0)")
+    counts = {int(t.shape[0]) for _, t in leaves}
+    if len(counts) > 1:
+        shown = ", ".join(f"{path or what} has {t.shape[0]}" for path, t in leaves[:6])
+        raise ValueError(f"chunk_size: the batch's {what} have different sample counts (dim 0): {shown}")
+    return counts.pop()
+
+
+def _rows_or_none(tree) -> int | None:
+    leaves = _sample_leaves(tree)
+    return int(leaves[0][1].shape[0]) if leaves else None
+
+
+def sample_rows(tree, start: int, stop: int):
+    """Samples ``start:stop`` of nested inputs or targets (see :func:`sample_count`): every tensor
+    with a dim 0 sliced there, everything else as it is.
+
+    >>> sample_rows({"ids": torch.arange(6).view(3, 2), "scale": torch.tensor(2.0)}, 1, 3)
+    {'ids': tensor([[2, 3],
+            [4, 5]]), 'scale': tensor(2.)}
+    """
+    return tree_map(lambda t: t[start:stop] if torch.is_tensor(t) and t.dim() >= 1 else t, tree)
+
+
 def split_batch(model: torch.nn.Module, loss_at, params: dict, inputs, targets,
                 chunk_size: int | None, dtype: torch.dtype) -> tuple[list[tuple], float]:
     """``([(inputs, targets, weight)], loss)``: the micro-batches of at most ``chunk_size``
@@ -282,7 +330,9 @@ def split_batch(model: torch.nn.Module, loss_at, params: dict, inputs, targets,
     when the whole batch's loss equals the pieces' weighted mean, ``1`` when it equals their sum
     (to ``400 eps`` relative, at least ``1e-9``, at most 2%: ``5e-5`` in float32; where the loss is 0,
     both would, and the test is made again at parameters nudged by 1%); any other loss is refused, and so are
-    train-mode BatchNorm and dropout (:func:`batch_coupling`).
+    train-mode BatchNorm and dropout (:func:`batch_coupling`). ``inputs`` and ``targets`` are tensors,
+    or tuples, lists and dicts of them (an HF-style ``{"input_ids", "attention_mask"}``) whose tensors
+    share dim 0 (:func:`sample_count`; other leaves go whole to every piece: :func:`sample_rows`).
 
     Example (a mean loss over 3 samples, pieces of 2 and 1):
         >>> model = torch.nn.Linear(1, 1, bias=False)
@@ -300,13 +350,9 @@ def split_batch(model: torch.nn.Module, loss_at, params: dict, inputs, targets,
     size = check_integer("HessianOperator", "chunk_size", chunk_size, optional=True)  # a NumPy integer too
     chunk_size = chunk_size if isinstance(chunk_size, int) else size  # ChosenChunkSize stays itself
     x, y = inputs, targets
-    if not (torch.is_tensor(x) and torch.is_tensor(y) and x.dim() >= 1 and y.dim() >= 1):
-        raise ValueError("chunk_size needs the batch's inputs and targets to be tensors with a "
-                         "sample dimension (dim 0)")
-    n = x.shape[0]
-    if y.shape[0] != n:
-        raise ValueError(f"chunk_size: inputs have {n} samples (dim 0) but targets have "
-                         f"{y.shape[0]}")
+    n, m = sample_count(x, "inputs"), sample_count(y, "targets")
+    if m != n:
+        raise ValueError(f"chunk_size: inputs have {n} samples (dim 0) but targets have {m}")
     if chunk_size >= n:
         return whole, float("nan")
     # the option the messages name: the caller's chunk_size, or the micro-batches lean chose
@@ -316,8 +362,8 @@ def split_batch(model: torch.nn.Module, loss_at, params: dict, inputs, targets,
     if coupled is not None:
         raise ValueError(f"{option}: module {coupled[0]!r} is {coupled[1]} would differ per chunk; "
                          f"{coupling_remedy(model.get_submodule(coupled[0]))}use {instead}")
-    pieces = [(x[i:i + chunk_size], y[i:i + chunk_size]) for i in range(0, n, chunk_size)]
-    mean_w = [xc.shape[0] / n for xc, _ in pieces]
+    pieces = [(sample_rows(x, i, i + chunk_size), sample_rows(y, i, i + chunk_size)) for i in range(0, n, chunk_size)]
+    mean_w = [min(chunk_size, n - i) / n for i in range(0, n, chunk_size)]
     try:
         full, kind, shown = reduction_kind(loss_at, params, x, y, pieces, dtype)
     except PieceFailed as err:   # (torch's raw error, about a hidden size the user never set)

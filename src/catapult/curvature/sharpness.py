@@ -55,8 +55,9 @@ def memory_setting(memory: str, batch, chunk_size, max_basis, model=None, loss_f
     :func:`~catapult.curvature.lean.activation_bytes`, with ``L`` its largest tensor): ``m``
     micro-batches with ``A / m <= P / 2`` and the largest basis ``B <= 10`` with
     ``(B + 8) P + 2.6 A / m' <= 3 (P + A + L)`` (``m' = min(m, 4)`` for >= 256 samples). Where
-    no ``B >= 3`` fits, it warns (RuntimeWarning) and uses ``B = 3``. Without a model (or a tensor batch) it
-    falls back to 4 micro-batches and 10 vectors. With ``distributed=True`` every rank sizes
+    no ``B >= 3`` fits, it warns (RuntimeWarning) and uses ``B = 3``. Without a model it falls back
+    to 4 micro-batches and 10 vectors; with inputs that are not one tensor (a tuple or dict of them), to
+    10 vectors and no micro-batches (pass ``chunk_size`` for those). With ``distributed=True`` every rank sizes
     from its own shard and then takes the ranks' smallest basis (the ranks must run the same
     number of products; micro-batches stay per rank). ``basis_free=True`` (the basis-free
     solver of :func:`sharpness`'s ``"lean"``) sizes only the micro-batches and never warns.
