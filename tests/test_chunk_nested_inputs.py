@@ -140,3 +140,15 @@ def test_leaves_with_different_sample_counts_are_refused_by_name():
         catapult.sharpness(model, loss_fn, (xs, y[:-1]), chunk_size=5)
     with pytest.raises(ValueError, match="sample dimension"):
         catapult.sharpness(model, loss_fn, (xs, torch.tensor(1.0, dtype=torch.float64)), chunk_size=5)
+
+
+def test_lean_memory_cuts_a_dict_batch_into_micro_batches():
+    """memory='lean' sized micro-batches from a tensor batch only: a dict batch of 300 samples ran
+    whole (chunk_size None), however large."""
+    from catapult.curvature.sharpness import memory_setting
+
+    torch.manual_seed(0)
+    model = TokenModel().double()
+    batch = _token_batch(300)
+    chunk, _ = memory_setting("lean", batch, None, None, model, token_loss)
+    assert chunk is not None and 1 <= chunk < 300      # the products on those pieces: tests above

@@ -41,12 +41,13 @@ import warnings
 
 import numpy as np
 import torch
+from torch.utils._pytree import tree_leaves
 
 from catapult.arguments import check_integer, check_real, check_seed
 from catapult.curvature.coarse import COARSE_MIN_SAMPLES
 from catapult.curvature.rng import fixed_rng
 from catapult.curvature.krylov import inner_product, vector_norm, unit_roundoff
-from catapult.curvature.microbatch import batch_coupling, coupling_remedy
+from catapult.curvature.microbatch import batch_coupling, coupling_remedy, sample_count, sample_rows
 from catapult.curvature.stateless import AttributesKept, functional_call
 from catapult.curvature.lanczos import EigenEstimate, ritz_pairs, top_ritz_pair
 from catapult.curvature.stopping import error_floor, krylov_invariant, relative_residual
@@ -117,13 +118,13 @@ def activation_bytes(model: torch.nn.Module, loss_fn, batch, *, probe: int = 8,
     probe = check_integer("activation_bytes", "probe", probe)
     seed = check_seed("activation_bytes", "seed", seed, optional=False)
     inputs, targets = batch
-    n = inputs.shape[0]
+    n = sample_count(inputs)  # a tensor, or tuples / lists / dicts of tensors sharing dim 0
     k = max(1, min(probe, n))
-    x, y = inputs[:k], targets[:k] if torch.is_tensor(targets) and targets.dim() else targets
+    x, y = sample_rows(inputs, 0, k), sample_rows(targets, 0, k) if _samples_or_none(targets) == n else targets
     params = {name: p.detach().requires_grad_(p.requires_grad) for name, p in model.named_parameters()}
     buffers = {name: b.clone() for name, b in model.named_buffers()}
     held = {t.untyped_storage().data_ptr() for t in [*params.values(), *buffers.values()]}
-    held |= {t.untyped_storage().data_ptr() for t in (inputs, targets) if torch.is_tensor(t)}
+    held |= {t.untyped_storage().data_ptr() for t in tree_leaves((inputs, targets)) if torch.is_tensor(t)}
     seen: dict = {}
 
     def pack(t):
@@ -133,11 +134,21 @@ def activation_bytes(model: torch.nn.Module, loss_fn, batch, *, probe: int = 8,
         return t
 
     # (a state the forward carries in a plain attribute is put back: memory='lean' measured one batch on)
-    with torch.enable_grad(), fixed_rng(seed, x.device), AttributesKept().watch(model), \
+    device = next(t.device for t in tree_leaves(x) if torch.is_tensor(t))
+    with torch.enable_grad(), fixed_rng(seed, device), AttributesKept().watch(model), \
             torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         loss_fn(functional_call(model, {**params, **buffers}, (x,)), y)
     scale = n / k
     return int(round(sum(seen.values()) * scale)), int(round(max(seen.values(), default=0) * scale))
+
+
+
+def _samples_or_none(tree) -> int | None:
+    """:func:`~catapult.curvature.microbatch.sample_count` of ``tree``, or None where it has none."""
+    try:
+        return sample_count(tree, "targets")
+    except ValueError:
+        return None
 
 
 def refuse_batch_coupling(model: torch.nn.Module, chunk_size: int) -> None:

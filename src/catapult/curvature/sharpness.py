@@ -24,14 +24,14 @@ from catapult.curvature.ggn import CURVATURES, GaussNewtonOperator
 from catapult.curvature.hessian import HessianOperator, resolve_dtype
 from catapult.optim import registry, rules
 from catapult.curvature.lanczos import EigenEstimate, lanczos_top_eigenpair
-from catapult.curvature.microbatch import ChosenChunkSize
+from catapult.curvature.microbatch import ChosenChunkSize, sample_count
 from catapult.curvature.preconditioner import PreconditionedOperator, adam_preconditioner, check_preconditioned
 from catapult.curvature.rank_agreement import same_call_on_every_rank
 from catapult.curvature.start import (check_solver_args, initial_vector, outside_autocast,
                                       outside_inference_mode, solver_split)
 
 __all__ = ["sharpness", "preconditioned_sharpness", "instability_threshold", "MEMORY_SETTINGS",
-           "build_operator", "memory_setting", "check_curvature"]
+           "build_operator", "memory_setting", "lean_samples", "check_curvature"]
 
 #: Named memory settings: ``"fast"`` (default: the whole batch in one graph, up to 32 Krylov
 #: vectors, allocated as the solve grows: a clustered top spectrum, the project's GPT on BPE text,
@@ -56,8 +56,9 @@ def memory_setting(memory: str, batch, chunk_size, max_basis, model=None, loss_f
     micro-batches with ``A / m <= P / 2`` and the largest basis ``B <= 10`` with
     ``(B + 8) P + 2.6 A / m' <= 3 (P + A + L)`` (``m' = min(m, 4)`` for >= 256 samples). Where
     no ``B >= 3`` fits, it warns (RuntimeWarning) and uses ``B = 3``. Without a model it falls back
-    to 4 micro-batches and 10 vectors; with inputs that are not one tensor (a tuple or dict of them), to
-    10 vectors and no micro-batches (pass ``chunk_size`` for those). With ``distributed=True`` every rank sizes
+    to 4 micro-batches and 10 vectors; inputs may be tuples, lists or dicts of tensors sharing dim 0
+    (:func:`~catapult.curvature.microbatch.sample_count`; with ``distributed``, one tensor); where
+    they hold no such tensors, 10 vectors and no micro-batches. With ``distributed=True`` every rank sizes
     from its own shard and then takes the ranks' smallest basis (the ranks must run the same
     number of products; micro-batches stay per rank). ``basis_free=True`` (the basis-free
     solver of :func:`sharpness`'s ``"lean"``) sizes only the micro-batches and never warns.
@@ -75,9 +76,9 @@ def memory_setting(memory: str, batch, chunk_size, max_basis, model=None, loss_f
     if memory == "fast":
         return chunk_size, setting["max_basis"] if max_basis is None else max_basis
     inputs = batch[0] if isinstance(batch, (tuple, list)) and batch else None
-    if not (torch.is_tensor(inputs) and inputs.dim()):
+    n = lean_samples(inputs, distributed)
+    if n is None:
         return chunk_size, lean.LEAN_MAX_BASIS if max_basis is None else max_basis
-    n = inputs.shape[0]
     if model is None:  # no model to size from: the setting measured on the Fig. 1 FCN
         chunks, basis = 4, lean.LEAN_MAX_BASIS
     elif sharded.is_sharded(model):  # FSDP holds one block's weights at a time: no micro-batches
@@ -109,6 +110,25 @@ def memory_setting(memory: str, batch, chunk_size, max_basis, model=None, loss_f
     # a rank whose shard is cut into micro-batches refuses; one with a single micro-batch must too
     dist_ops.agreed(refuse_coupling, inputs.device) if distributed else refuse_coupling()
     return chunk_size, basis if max_basis is None else min(basis, max_basis)
+
+
+
+def lean_samples(inputs, distributed: bool = False) -> int | None:
+    """The sample count ``memory="lean"`` sizes its micro-batches by: dim 0 of a tensor, or of the
+    tensors of nested inputs (not with ``distributed``, whose shards are tensors); None where there
+    is none (then no micro-batches).
+
+    >>> lean_samples(torch.zeros(5, 2)), lean_samples({"ids": torch.zeros(5, 3), "flag": True}), lean_samples(3.0)
+    (5, 5, None)
+    """
+    if torch.is_tensor(inputs):
+        return int(inputs.shape[0]) if inputs.dim() else None
+    if distributed:
+        return None
+    try:
+        return sample_count(inputs)
+    except ValueError:
+        return None
 
 
 def build_operator(model, loss_fn, batch, *, curvature="hessian", dtype=None, hvp="auto", seed=0,
