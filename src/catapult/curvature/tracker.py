@@ -183,10 +183,9 @@ class SharpnessTracker:
         if spec.preconditioned:
             return "preconditioned"
         if spec.rule == "radam":
-            from catapult.optim.thresholds import radam_rectified
+            from catapult.optim.thresholds import radam_step_kind
 
-            beta2 = float(opt.param_groups[0]["betas"][1])
-            return "preconditioned" if radam_rectified(_steps_of(opt) + 1, beta2) else "hessian"
+            return radam_step_kind(opt, _steps_of(opt) + 1)
         from catapult.optim.thresholds import group_lr_multipliers
 
         params = [p for p in self.model.parameters() if p.requires_grad]

@@ -188,9 +188,9 @@ def step_kind(kind: str, optimizer: torch.optim.Optimizer, t: int) -> str:
     un-rectified / rectified (``optimizer``'s first group's ``beta2``)."""
     if kind != RADAM_KIND:
         return kind
-    from catapult.optim.thresholds import radam_rectified
+    from catapult.optim.thresholds import radam_step_kind
 
-    return "preconditioned" if radam_rectified(t + 1, float(optimizer.param_groups[0]["betas"][1])) else "hessian"
+    return radam_step_kind(optimizer, t + 1)
 
 
 def threshold(optimizer: torch.optim.Optimizer, lr: float | None = None, step: int | None = None) -> float:

@@ -32,7 +32,7 @@ from catapult.arguments import check_integer, check_real
 from catapult.parametrize import group_lr_mult
 
 __all__ = ["group_lr_multipliers", "lr_scaled_sharpness", "radam_rho", "radam_rectified",
-           "radam_rectification", "radam_threshold"]
+           "radam_rectification", "radam_threshold", "radam_step_kind"]
 
 
 def group_lr_multipliers(optimizer: torch.optim.Optimizer, params) -> torch.Tensor:
@@ -108,6 +108,18 @@ def radam_rectified(t: int, beta2: float) -> bool:
     [1, 2, 3, 4, 5]
     """
     return radam_rho(t, beta2) > 5.0
+
+
+def radam_step_kind(optimizer: torch.optim.Optimizer, t: int) -> str:
+    """The sharpness that bounds RAdam's step ``t`` (1-based, torch's count): ``"hessian"`` while
+    that step is un-rectified (EMA-momentum SGD), ``"preconditioned"`` afterwards; ``beta2`` is the
+    first param group's. One rule for the engine's rows and :class:`catapult.SharpnessTracker`.
+
+    >>> opt = torch.optim.RAdam([torch.zeros(1, requires_grad=True)], betas=(0.9, 0.999))
+    >>> [radam_step_kind(opt, t) for t in (1, 5, 6)]
+    ['hessian', 'hessian', 'preconditioned']
+    """
+    return "preconditioned" if radam_rectified(t, float(optimizer.param_groups[0]["betas"][1])) else "hessian"
 
 
 def radam_rectification(t: int, beta2: float) -> float:
