@@ -24,3 +24,13 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def lean_chunks_small_batches(monkeypatch):
+    """``memory="lean"`` cut by its relative rule alone (no 1 MiB floor,
+    ``catapult.curvature.lean.LEAN_MIN_CHUNK_BYTES = 0``): the tiny models of the tests then
+    run lean's micro-batched paths, as a model whose activations are megabytes does."""
+    from catapult.curvature import lean
+
+    monkeypatch.setattr(lean, "LEAN_MIN_CHUNK_BYTES", 0)

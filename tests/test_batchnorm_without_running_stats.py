@@ -30,8 +30,8 @@ def test_whole_batch_sharpness_is_the_batch_statistics_hessian():
 
 @pytest.mark.parametrize("options, option", [({"chunk_size": 4}, "chunk_size"),
                                              ({"memory": "lean"}, "memory='lean'")])
-def test_micro_batches_refuse_it_naming_the_module(options, option):
-    model, batch = problem()
+def test_micro_batches_refuse_it_naming_the_module(options, option, lean_chunks_small_batches):
+    model, batch = problem()   # (lean: micro-batches by its relative rule; whole, 12 samples are one chunk)
     with pytest.raises(ValueError, match=r"module '1' is a BatchNorm without running statistics "
                                          r"\(track_running_stats=False\)") as err:
         catapult.sharpness(model, F.cross_entropy, batch, **options)

@@ -473,7 +473,7 @@ def test_chunked_preconditioned_sharpness_matches_unchunked():
     assert chunked.value == pytest.approx(whole.value, rel=1e-9)
 
 
-def test_chunking_refuses_what_it_cannot_split_exactly():
+def test_chunking_refuses_what_it_cannot_split_exactly(lean_chunks_small_batches):
     model, batch = tiny_mlp()
 
     def rms(outputs, labels):  # not additive over samples

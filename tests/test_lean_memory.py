@@ -39,7 +39,7 @@ def test_activation_estimate_matches_the_hand_count():
     # n = 40: A = 11200 -> m = 16 (700); T = 23512; (70536 - 16576 - 1820) // 2072 = 25 -> cap 10
     (40, (3, 10)),
 ])
-def test_lean_sizes_match_the_hand_computation(n, expected):
+def test_lean_sizes_match_the_hand_computation(n, expected, lean_chunks_small_batches):
     model, loss_fn, batch = mlp(n)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -49,7 +49,7 @@ def test_lean_sizes_match_the_hand_computation(n, expected):
     assert memory_setting("fast", batch, None, None, model, loss_fn) == (None, 32)  # unchanged
 
 
-def test_lean_warns_and_uses_the_minimum_when_3x_cannot_be_met():
+def test_lean_warns_and_uses_the_minimum_when_3x_cannot_be_met(lean_chunks_small_batches):
     # n = 8: A = 2240, L = 2048 -> m = 4 (560); T = 6360;
     # (19080 - 16576 - ceil(2.6 * 560)) // 2072 = 1048 // 2072 = 0 < 3: not possible
     assert lean_sizes(2072, 2240, 2048, 8) == (4, 3, False)
@@ -58,13 +58,51 @@ def test_lean_warns_and_uses_the_minimum_when_3x_cannot_be_met():
         assert memory_setting("lean", batch, None, None, model, loss_fn) == (2, 3)
 
 
+def test_lean_runs_a_tiny_model_as_one_chunk_with_the_same_answer(monkeypatch):
+    """The relative rule alone (activations of a micro-batch <= P / 2) cut 64 samples of a
+    50-parameter model into micro-batches of 2: 387 loss evaluations for 4 products (each product
+    re-runs a forward per micro-batch). A micro-batch's activations are not cut below 1 MiB
+    (lean.LEAN_MIN_CHUNK_BYTES): one chunk, a loss evaluation or two a product, the same value
+    (to float64 rounding) and the same basis."""
+    from catapult.curvature import lean
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 2), nn.Tanh(), nn.Linear(2, 2)).double()
+    assert sum(p.numel() for p in model.parameters()) == 50
+    gen = torch.Generator().manual_seed(0)
+    batch = (torch.randn(64, 4, generator=gen, dtype=torch.float64),
+             torch.randn(64, 2, generator=gen, dtype=torch.float64))
+    calls = [0]
+
+    def loss_fn(out, y):
+        calls[0] += 1
+        return nn.functional.mse_loss(out, y)
+
+    # P = 400 B, A = 64 x (6 + 2 + 2) x 8 B = 5120 B
+    assert activation_bytes(model, loss_fn, batch)[0] == 5120
+    assert memory_setting("lean", batch, None, None, model, loss_fn) == (None, 10)
+    calls[0] = 0
+    est = catapult.sharpness(model, loss_fn, batch, tol=1e-10, max_iter=200, memory="lean")
+    evaluations = calls[0]
+    assert est.converged and evaluations <= 2 * est.matvecs + 10, (evaluations, est.matvecs)
+    # against the dense Hessian, and against the relative rule's micro-batches (of 2)
+    top = dense_eigenvalues(model, loss_fn, batch)[-1]
+    assert abs(est.value - top) <= 1e-9 * abs(top)
+    monkeypatch.setattr(lean, "LEAN_MIN_CHUNK_BYTES", 0)
+    assert memory_setting("lean", batch, None, None, model, loss_fn) == (2, 10)
+    calls[0] = 0
+    chunked = catapult.sharpness(model, loss_fn, batch, tol=1e-10, max_iter=200, memory="lean")
+    assert calls[0] > 10 * evaluations
+    assert est.value == pytest.approx(chunked.value, rel=1e-12)
+
+
 def dense_eigenvalues(model, loss_fn, batch):
     """Eigenvalues (ascending) of the dense float64 Hessian (independent of the library's
     operators)."""
     return np.linalg.eigvalsh(dense_hessian(model, loss_fn, batch).numpy())
 
 
-def test_lean_and_fast_agree_on_the_top_eigenvalue_within_tol():
+def test_lean_and_fast_agree_on_the_top_eigenvalue_within_tol(lean_chunks_small_batches):
     model, loss_fn, batch = mlp(8, seed=1)  # lean: 4 micro-batches, no Krylov basis
     tol = 1e-6
     fast = catapult.sharpness(model, loss_fn, batch, tol=tol, max_iter=1000)
@@ -149,7 +187,7 @@ def test_accumulate_and_rebuilt_graph_equal_the_product(chunk_size):
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_lean_preconditioned_sharpness_equals_the_fast_one():
+def test_lean_preconditioned_sharpness_equals_the_fast_one(lean_chunks_small_batches):
     model, loss_fn, batch = mlp(24, hidden=8, seed=2)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     loss_fn(model(batch[0]), batch[1]).backward()
@@ -209,7 +247,7 @@ def test_lean_top_eigenpairs_keeps_its_sized_basis(monkeypatch):
 
 
 @pytest.mark.parametrize("layer", [nn.BatchNorm1d(32), nn.Dropout(0.3)], ids=["batchnorm", "dropout"])
-def test_lean_names_itself_when_its_micro_batches_meet_a_train_mode_layer(layer):
+def test_lean_names_itself_when_its_micro_batches_meet_a_train_mode_layer(layer, lean_chunks_small_batches):
     """memory="lean" chose the micro-batches, yet the refusal told the user to "use
     chunk_size=None" -- what they had done. It now names memory='lean' and memory='fast', and
     "fast" on the same model in train mode works."""

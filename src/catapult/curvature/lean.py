@@ -53,7 +53,8 @@ from catapult.curvature.lanczos import EigenEstimate, ritz_pairs, top_ritz_pair
 from catapult.curvature.stopping import error_floor, krylov_invariant, relative_residual
 
 __all__ = ["lean_sizes", "activation_bytes", "LEAN_RATIO", "LEAN_MIN_BASIS", "LEAN_MAX_BASIS",
-           "LEAN_OVERHEAD_VECTORS", "LEAN_HVP_ACTIVATIONS", "lean_top_eigenpair", "refuse_batch_coupling"]
+           "LEAN_OVERHEAD_VECTORS", "LEAN_HVP_ACTIVATIONS", "LEAN_MIN_CHUNK_BYTES", "lean_top_eigenpair",
+           "refuse_batch_coupling"]
 
 #: The promise: predicted peak <= LEAN_RATIO x a training step's.
 LEAN_RATIO = 3
@@ -63,6 +64,14 @@ LEAN_MIN_BASIS, LEAN_MAX_BASIS = 3, 10
 #: Parameter-sized vectors besides the basis, and the HVP's working memory in activations of
 #: one micro-batch (both fit to the Fig. 1 FCN's measured peaks).
 LEAN_OVERHEAD_VECTORS, LEAN_HVP_ACTIVATIONS = 8, 2.6
+#: A micro-batch's activations are never cut below this (1 MiB; the whole batch where its
+#: activations are less): on a small model the relative rule alone (``A / m <= P / 2``) cut a
+#: batch of 64 into micro-batches of 2 (a 50-parameter MLP: ~100 forwards a product, ~1 s a solve
+#: for kilobytes saved). The most it adds to a solve's peak is the HVP working memory of one such
+#: micro-batch, ``2.6 x 1 MiB``, below the ~9 MB of allocator and runtime overhead a process
+#: already has (``bench/RESULTS.md``, issue 16, 3c); on the Fig. 1 FCN, where 3x was measured,
+#: ``P / 2 = 4 MiB`` is above it and the sizes are unchanged.
+LEAN_MIN_CHUNK_BYTES = 2 ** 20
 
 
 def lean_sizes(param_bytes: int, act_bytes: int, largest_bytes: int,
@@ -71,28 +80,40 @@ def lean_sizes(param_bytes: int, act_bytes: int, largest_bytes: int,
     parameter-sized vector), ``A = act_bytes`` (a training step's saved activations on the
     batch), ``L = largest_bytes`` (the largest one of them) and ``n`` samples.
 
-    * ``chunks m``: the smallest power of two with ``A / m <= P / 2``, at most ``n``;
+    * ``chunks m``: the smallest power of two with ``A / m <= max(P / 2, F)``, at most ``n``,
+      where ``F`` = :data:`LEAN_MIN_CHUNK_BYTES` (1 MiB): activations of a micro-batch are not
+      cut below ``F`` (one chunk where ``A <= F``);
     * ``max_basis B = min(10, floor((3 (P + A + L) - 8 P - ceil(2.6 A / m')) / P))`` with
-      ``m' = min(m, 4)`` when ``n >= 256`` (the coarse start's unchunked quarter) else ``m``:
-      the largest basis whose predicted peak ``(B + 8) P + 2.6 A / m'`` is ``<= 3 x`` the
-      step's ``P + A + L``;
+      ``m'`` from the relative rule alone (``m_r``, the smallest power of two with
+      ``A / m_r <= P / 2``): ``min(m_r, 4)`` when ``n >= 256`` (the coarse start's unchunked
+      quarter) else ``m_r``: the largest basis whose predicted peak ``(B + 8) P + 2.6 A / m'``
+      is ``<= 3 x`` the step's ``P + A + L``; the floor ``F`` adds at most ``2.6 F`` bytes
+      to that peak (memory not worth hundreds of products), and leaves ``B`` as it was;
     * if that ``B < 3``, 3x cannot be met (small batches: the step is little more than one
       gradient while the solver needs >= 11 parameter-sized vectors): ``fits = False`` and
       ``B = 3``, the minimum (the caller warns).
 
     >>> # m = 8 (A/8 = 0.46 P), m' = 4: floor(17.7 - 8 - 2.405) = 7
-    >>> lean_sizes(1_000_000, 3_700_000, 1_200_000, 5000)
+    >>> lean_sizes(8_000_000, 29_600_000, 9_600_000, 5000)   # P = 8 MB, A = 3.7 P, L = 1.2 P
     (8, 7, True)
     >>> # m = 4: floor(10.2 - 8 - 1.17) = 1 < 3
-    >>> lean_sizes(1_000_000, 1_800_000, 600_000, 2500)
+    >>> lean_sizes(8_000_000, 14_400_000, 4_800_000, 2500)   # A = 1.8 P, L = 0.6 P
     (4, 3, False)
+    >>> # a 50-parameter model, 64 samples: 4 kB of activations are one chunk (m_r = 64)
+    >>> lean_sizes(200, 4096, 1536, 64)
+    (1, 10, True)
     """
     P, A, L, n = int(param_bytes), int(act_bytes), int(largest_bytes), max(1, int(n))
-    m = 1
-    while 2 * A > m * P and m < n:
-        m *= 2
-    m = min(m, n)
-    m_eff = min(m, 4) if n >= COARSE_MIN_SAMPLES else m
+
+    def chunks(per_chunk: float) -> int:  # the smallest power of two with A / m <= per_chunk, at most n
+        m = 1
+        while A > m * per_chunk and m < n:
+            m *= 2
+        return min(m, n)
+
+    m_relative = chunks(P / 2)
+    m = chunks(max(P / 2, LEAN_MIN_CHUNK_BYTES))
+    m_eff = min(m_relative, 4) if n >= COARSE_MIN_SAMPLES else m_relative
     hvp_bytes = math.ceil(LEAN_HVP_ACTIVATIONS * A / m_eff)
     basis = (LEAN_RATIO * (P + A + L) - LEAN_OVERHEAD_VECTORS * P - hvp_bytes) // P
     if basis < LEAN_MIN_BASIS:

@@ -53,7 +53,7 @@ def memory_setting(memory: str, batch, chunk_size, max_basis, model=None, loss_f
     ``"lean"`` sizes both from the problem (:func:`catapult.curvature.lean.lean_sizes`, with
     ``P`` = trainable parameter count x element size and ``A`` =
     :func:`~catapult.curvature.lean.activation_bytes`, with ``L`` its largest tensor): ``m``
-    micro-batches with ``A / m <= P / 2`` and the largest basis ``B <= 10`` with
+    micro-batches with ``A / m <= max(P / 2, 1 MiB)`` (:data:`~catapult.curvature.lean.LEAN_MIN_CHUNK_BYTES`) and the largest basis ``B <= 10`` with
     ``(B + 8) P + 2.6 A / m' <= 3 (P + A + L)`` (``m' = min(m, 4)`` for >= 256 samples). Where
     no ``B >= 3`` fits, it warns (RuntimeWarning) and uses ``B = 3``. Without a model it falls back
     to 4 micro-batches and 10 vectors; inputs may be tuples, lists or dicts of tensors sharing dim 0
@@ -65,8 +65,8 @@ def memory_setting(memory: str, batch, chunk_size, max_basis, model=None, loss_f
 
     >>> model = torch.nn.Linear(2, 1, bias=False)   # P = 8, A = L = 40 bytes (n = 10)
     >>> batch = (torch.zeros(10, 2), torch.zeros(10, 1))
-    >>> memory_setting("lean", batch, None, None, model, torch.nn.MSELoss())  # m=10 (cap n)
-    (1, 10)
+    >>> memory_setting("lean", batch, None, None, model, torch.nn.MSELoss())  # 40 B: one chunk
+    (None, 10)
     >>> memory_setting("fast", batch, None, None)
     (None, 32)
     """
