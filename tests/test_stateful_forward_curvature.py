@@ -176,9 +176,11 @@ def test_memory_lean_measures_at_the_state_the_model_had_and_keeps_it():
 @pytest.mark.parametrize("kwargs, named", [({"chunk_size": 2}, r"chunk_size: .* use chunk_size=None"),
                                            ({"memory": "lean"}, r"memory='lean' \(micro-batches of 1\): .* use "
                                                                 r"memory='fast'")])
-def test_micro_batches_of_a_model_whose_state_is_shaped_by_the_batch_are_refused_by_name(kwargs, named):
+def test_micro_batches_of_a_model_whose_state_is_shaped_by_the_batch_are_refused_by_name(kwargs, named,
+                                                                                        lean_chunks_small_batches):
     # an RNN's state (1, 4, 6) cannot run on a micro-batch: torch's raw 'Expected hidden size (1, 2, 6),
     # got [1, 4, 6]', which names no option; now the option that split the batch, and the way out
+    # (lean by its relative rule: 4 samples of kilobytes would be one chunk under its 1 MiB floor)
     model, batch = _problem()
     with pytest.raises(ValueError, match=named) as err:
         catapult.sharpness(model, nn.MSELoss(), batch, **kwargs)
