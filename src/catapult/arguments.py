@@ -91,6 +91,16 @@ def as_integer(value: Any) -> int | None:
 #: same number (it imports no other catapult package; a test holds them equal).
 MAX_STEPS = 10 ** 9
 
+#: The most curvature-operator products one call may spend (a solver's ``max_iter``, a trace's
+#: ``matvecs``, a density's ``runs`` and ``steps``; ``eval.sharpness_max_iter`` and
+#: ``eval.trace_matvecs``): 10**5, 1,000x the solvers' default of 100 and 10x the most the
+#: project's tests and benchmarks ask (an exact 10,000-product trace); a Hessian-vector product
+#: costs about two training steps, so beyond it one measurement outlasts the training it measures,
+#: and the basis-free solver's tridiagonal matrix (``max_iter / 2`` rows, an eigh a step) would
+#: outgrow memory. ``max_iter=1e9`` was taken and ran until killed. ``catapult.config`` keeps the
+#: same number (a test holds them equal).
+MAX_PRODUCTS = 10 ** 5
+
 
 def check_integer(owner: str, label: str, value: Any, *, low: int | None = 1, high: int | None = None,
                   optional: bool = False) -> int | None:

@@ -146,6 +146,19 @@ EXPONENT_TEXT = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+\s*$")
 #: them equal). ``train.steps: 1e26`` was accepted and trained forever.
 MAX_STEPS = 10 ** 9
 
+#: The most curvature products one measurement asks for (``eval.sharpness_max_iter``,
+#: ``eval.trace_matvecs``, 3 per ``eval.spectrum_top_k`` eigenvalue): 10**5, the same number as
+#: :data:`catapult.arguments.MAX_PRODUCTS` (a test holds them equal): 1,000x the default of 100; a
+#: product costs about two training steps, so beyond it one measurement outlasts the run it measures.
+#: ``eval.sharpness_max_iter: 1e9`` was taken and ran until killed.
+MAX_PRODUCTS = 10 ** 5
+
+#: The most training batches lambda_0 averages over (``eval.lambda0_batches``): 1,000, 100x the
+#: paper's 10 (the mean's sampling error a tenth of theirs) and, at the default 100 products a solve,
+#: ``MAX_PRODUCTS`` products; the batches are held in memory together while it is measured, so
+#: ``eval.lambda0_batches: 1e9`` filled memory before its first solve.
+MAX_LAMBDA0_BATCHES = 1000
+
 
 def integer(default=None, *, low=None, high=None, nullable=False, doc="") -> Option:
     """An integer in ``[low, high]`` (either bound optional): a Python or NumPy integer, an integral

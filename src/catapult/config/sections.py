@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from catapult.config.errors import describe, short_repr
-from catapult.config.options import MAX_STEPS, NUMBER_TEXT, Option, as_float, boolean, choice, integer, number, numbers, string
+from catapult.config.options import MAX_LAMBDA0_BATCHES, MAX_PRODUCTS, MAX_STEPS, NUMBER_TEXT, Option, as_float, boolean, choice, integer, number, numbers, string
 from catapult.config.lr import learning_rate
 
 __all__ = ["Section", "AugmentConfig", "DataConfig", "SparsityConfig", "ModelConfig", "OptimizerConfig", "ScheduleConfig", "TrainConfig",
@@ -262,7 +262,7 @@ class TrainConfig(Section):
         json_schema_extra=_added())
 
 
-_TRACE_MATVECS_KIND = "0 (off) or an integer >= 3"
+_TRACE_MATVECS_KIND = f"0 (off) or an integer in [3, {MAX_PRODUCTS}]"
 _count = integer(low=0).check
 
 
@@ -273,7 +273,7 @@ def _check_trace_matvecs(value: Any) -> int:
         n = _count(value)
     except ValueError:
         n = None
-    if n is None or n in (1, 2):
+    if n is None or n in (1, 2) or n > MAX_PRODUCTS:
         raise ValueError(f"expected {_TRACE_MATVECS_KIND} (Hutch++ splits its products in three), got {describe(value)}")
     return n
 
@@ -283,7 +283,7 @@ class EvalConfig(Section):
         10, description="measure sharpness every k steps (0 = never)", json_schema_extra=_per_member())
     sharpness_tol: Annotated[float, number(low=0.0, low_open=True)] = Field(
         1e-3, description="relative tolerance of the eigen-solver", json_schema_extra=_per_member())
-    sharpness_max_iter: Annotated[int, integer(low=1)] = Field(
+    sharpness_max_iter: Annotated[int, integer(low=1, high=MAX_PRODUCTS)] = Field(
         100, description="most Hessian-vector products per measurement", json_schema_extra=_per_member())
     sharpness_kind: Annotated[Literal["auto", "hessian", "preconditioned", "lr_scaled"], choice()] = Field(
         "auto", description="auto = pre-conditioned for adam/adamw/gi-adam; radam: the Hessian's while its update "
@@ -308,7 +308,7 @@ class EvalConfig(Section):
     sharpness_chunk_size: Annotated[int | None, integer(low=1)] = Field(
         None, description="HVPs over micro-batches of at most this many samples "
                           "(less memory, ~a gradient more per HVP; null = whole batch)")
-    lambda0_batches: Annotated[int | None, integer(low=1)] = Field(
+    lambda0_batches: Annotated[int | None, integer(low=1, high=MAX_LAMBDA0_BATCHES)] = Field(
         None, description="lambda_0 = mean sharpness at init over the first k training batches (the paper: "
                           "10); null = 10 for minibatch runs, 1 for full batch")
     # issue 16: named memory setting and spectrum logging on the sharpness cadence
@@ -324,7 +324,7 @@ class EvalConfig(Section):
                             "products, for a spectrum whose top is made of nearly uncoupled eigenvalues that "
                             "overtake one another (Adam with coupled weight decay: bench/RESULTS.md, issue 16, 2b)",
         json_schema_extra=_added(per_member=True))
-    spectrum_top_k: Annotated[int, integer(low=0)] = Field(
+    spectrum_top_k: Annotated[int, integer(low=0, high=MAX_PRODUCTS // 3)] = Field(
         0, description="log the top-k eigenvalues (eig_1..eig_k, same kind as sharpness) at every "
                        "sharpness measurement (0 = off)", json_schema_extra=_added())
     spectrum_block_size: Annotated[int, integer(low=1)] = Field(

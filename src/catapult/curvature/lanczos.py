@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from catapult.arguments import check_integer, check_real
+from catapult.arguments import MAX_PRODUCTS, check_integer, check_real
 from catapult.curvature.krylov import KrylovBasis, inner_product, rows_inner_products, vector_norm, unit_roundoff
 from catapult.curvature.stopping import (ERROR_FLOOR_ULPS, eigenvalue_error_bound, error_floor, krylov_invariant,
                                          relative_residual, reported_bound, rounding_level, stop_test)
@@ -258,7 +258,7 @@ def lanczos_top_eigenpair(
     # max_iter=True ran one product, max_basis=3.5 was a basis of 3 and tol=inf called the start
     # vector's Rayleigh quotient converged; max_basis="3" and max_iter=inf failed in Python's words
     tol = check_real("lanczos_top_eigenpair", "tol", tol, low=0.0, low_open=True)
-    max_iter = check_integer("lanczos_top_eigenpair", "max_iter", max_iter)
+    max_iter = check_integer("lanczos_top_eigenpair", "max_iter", max_iter, high=MAX_PRODUCTS)
     max_basis = check_integer("lanczos_top_eigenpair", "max_basis", max_basis, low=2)
     # a rank's part of a split vector may be empty (a parameter with fewer rows than ranks)
     if v0.dim() != 1 or (v0.numel() == 0 and dimension is None):
@@ -390,7 +390,7 @@ def batched_lanczos(matvec, v0: torch.Tensor, *, tol: Sequence[float], max_iter:
     # nothing was checked: max_iter=[0] or [3.5] never met ``matvecs == max_iter`` and ran to
     # convergence, [True] stopped after one product, tol=[-1] ran out max_iter, max_basis=True an IndexError
     tol = [check_real("batched_lanczos", f"tol[{k}]", t, low=0.0, low_open=True) for k, t in enumerate(tol)]
-    max_iter = [check_integer("batched_lanczos", f"max_iter[{k}]", c) for k, c in enumerate(max_iter)]
+    max_iter = [check_integer("batched_lanczos", f"max_iter[{k}]", c, high=MAX_PRODUCTS) for k, c in enumerate(max_iter)]
     if len(tol) != m or len(max_iter) != m:
         raise ValueError(f"batched_lanczos: tol and max_iter need one entry per row of v0 ({m}); "
                          f"got {len(tol)} and {len(max_iter)}")

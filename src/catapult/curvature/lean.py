@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch.utils._pytree import tree_leaves
 
-from catapult.arguments import check_integer, check_real, check_seed
+from catapult.arguments import MAX_PRODUCTS, check_integer, check_real, check_seed
 from catapult.curvature.coarse import COARSE_MIN_SAMPLES
 from catapult.curvature.rng import fixed_rng
 from catapult.curvature.krylov import inner_product, vector_norm, unit_roundoff
@@ -261,7 +261,7 @@ def lean_top_eigenpair(matvec, v0: torch.Tensor, *, tol: float = 1e-3, max_iter:
     """
     # max_iter=3.0 was taken and inf failed in int()'s words, tol=inf called any start converged
     tol = check_real("lean_top_eigenpair", "tol", tol, low=0.0, low_open=True)
-    max_iter = check_integer("lean_top_eigenpair", "max_iter", max_iter, low=2)  # a Lanczos step and the check
+    max_iter = check_integer("lean_top_eigenpair", "max_iter", max_iter, low=2, high=MAX_PRODUCTS)  # a Lanczos step and the check
     if v0.dim() != 1 or (v0.numel() == 0 and dimension is None) or not v0.is_floating_point():
         raise ValueError(f"v0 must be a non-empty 1-D floating-point tensor, got {v0.dtype} of "
                          f"shape {tuple(v0.shape)}")

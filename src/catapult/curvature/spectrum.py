@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from catapult.arguments import check_integer, check_real, check_seed
+from catapult.arguments import MAX_PRODUCTS, check_integer, check_real, check_seed
 from catapult.curvature import distributed as dist_ops
 from catapult.curvature.ggn import CURVATURES, GaussNewtonOperator
 from catapult.curvature.certify import certified_pairs
@@ -157,15 +157,30 @@ def _orthonormal_rows(rows: torch.Tensor, reduce=None) -> torch.Tensor:
     return rows
 
 
-def check_matvecs(matvecs, owner: str = "hessian_trace") -> int:
-    """``matvecs`` as an int; a ValueError naming ``owner`` unless it is an integer >= 3 (Hutch++'s least).
+def check_matvecs(matvecs, owner: str = "hessian_trace", n: int | None = None) -> int:
+    """``matvecs`` as an int; a ValueError naming ``owner`` unless it is an integer >= 3 (Hutch++'s
+    least) whose products are at most :data:`catapult.arguments.MAX_PRODUCTS` (10**5): with the
+    operator's dimension ``n`` known, a count ``>= n`` is the exact trace from ``n`` products, so
+    ``min(matvecs, n)`` is bounded (``matvecs=10**6`` on a small model is its exact trace; on a
+    model of 10**7 parameters it ran until killed).
 
-    >>> check_matvecs(3), check_matvecs(2.5)
+    >>> check_matvecs(3), check_matvecs(10 ** 6, n=30)
+    (3, 1000000)
+    >>> check_matvecs(10 ** 6, n=10 ** 7)
+    Traceback (most recent call last):
+    ...
+    ValueError: hessian_trace matvecs must be an integer in [3, 100000], or at least the operator's dimension where that is at most 100000 (the exact trace); got 1000000 for dimension 10000000
+    >>> check_matvecs(2.5)
     Traceback (most recent call last):
     ...
     ValueError: hessian_trace matvecs must be an integer >= 3; got 2.5
     """
-    return check_integer(owner, "matvecs", matvecs, low=3)
+    matvecs = check_integer(owner, "matvecs", matvecs, low=3)
+    if n is not None and min(matvecs, n) > MAX_PRODUCTS:
+        raise ValueError(f"{owner} matvecs must be an integer in [3, {MAX_PRODUCTS}], or at least the operator's "
+                         f"dimension where that is at most {MAX_PRODUCTS} (the exact trace); got {matvecs} "
+                         f"for dimension {n}")
+    return matvecs
 
 
 def hutch_plus_plus(matvec, n: int | None, matvecs: int, *, dtype=torch.float64, device="cpu",
@@ -201,6 +216,7 @@ def hutch_plus_plus(matvec, n: int | None, matvecs: int, *, dtype=torch.float64,
     if split is not None and n != split.dimension:
         raise ValueError(f"n = {n} is not the split vectors' whole length {split.dimension}: pass n=None")
     n = check_integer("hutch_plus_plus", "n", n)  # the operator's dimension
+    check_matvecs(matvecs, "hutch_plus_plus", n)
     reduce = None if split is None else split.reduce
 
     def dot(a, b):
@@ -256,6 +272,7 @@ def hessian_trace(model, loss_fn, batch, *, matvecs: int = 100, curvature: str =
                             distributed=distributed, scale_by_group_lr=scale_by_group_lr,
                             sharded_vectors="local")
     split = split_operator(op)
+    check_matvecs(matvecs, n=op.numel if split is None else split.dimension)  # named as hessian_trace's
     return hutch_plus_plus(op, op.numel if split is None else None, matvecs, dtype=op.dtype,
                            device=op.device, seed=seed, split=split)
 
@@ -310,7 +327,7 @@ def lanczos_quadrature(matvec, v: torch.Tensor, steps: int, max_basis: int | Non
     """
     n = v.numel()
     # int(steps) took True as one step, 3.5 and "3" as 3; 0 and -1 failed inside (IndexError)
-    steps = check_integer("lanczos_quadrature", "steps", steps)
+    steps = check_integer("lanczos_quadrature", "steps", steps, high=MAX_PRODUCTS)
     steps = min(steps, n if dimension is None else check_integer("lanczos_quadrature", "dimension", dimension))
     max_basis = check_max_basis(max_basis, owner="lanczos_quadrature")
     kept = steps if max_basis is None else min(max_basis, steps)
@@ -362,7 +379,7 @@ def spectral_density(model, loss_fn, batch, *, runs: int = 8, steps: int = 40,
     :func:`lanczos_quadrature` of ``steps`` steps each, and the density
     ``phi(x) = (1/runs) sum_r sum_j w_rj N(x; theta_rj, sigma^2)`` on ``grid_points`` points
     spanning the nodes +- 3 sigma (default ``sigma`` = 1% of the nodes' range). Costs
-    ``runs * steps`` products. Plot with :func:`catapult.plots.plot_spectral_density`.
+    ``runs * steps`` products, at most 10**5 (:data:`catapult.arguments.MAX_PRODUCTS`). Plot with :func:`catapult.plots.plot_spectral_density`.
     ``optimizer`` and ``scale_by_group_lr`` choose the pre-conditioned operator as in
     :func:`top_eigenpairs`.
 
@@ -389,8 +406,13 @@ def spectral_density(model, loss_fn, batch, *, runs: int = 8, steps: int = 40,
         >>> sorted(set(dens.nodes.round(4).ravel().tolist())), round(float(dens.weights.sum()) / 4, 6)
         ([1.0, 4.0], 1.0)
     """
-    counts = [check_integer("spectral_density", label, value, low=low)
-              for label, value, low in (("runs", runs, 1), ("steps", steps, 1), ("grid_points", grid_points, 2))]
+    # runs and steps are counts of products (runs x steps of them), bounded as a solver's max_iter is
+    counts = [check_integer("spectral_density", label, value, low=low, high=high)
+              for label, value, low, high in (("runs", runs, 1, MAX_PRODUCTS), ("steps", steps, 1, MAX_PRODUCTS),
+                                              ("grid_points", grid_points, 2, None))]
+    if counts[0] * counts[1] > MAX_PRODUCTS:  # runs=1000, steps=1000: 10**6 products
+        raise ValueError(f"spectral_density runs x steps must be at most {MAX_PRODUCTS} products; got "
+                         f"{counts[0]} x {counts[1]} = {counts[0] * counts[1]}")
     width = None if sigma is None else check_real("spectral_density", "sigma", sigma, low=0.0, low_open=True)
     (runs, steps, grid_points), sigma = counts, width
     max_basis = check_max_basis(max_basis, owner="spectral_density")

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch.utils._pytree import tree_map
 
-from catapult.arguments import check_integer, check_real, check_seed
+from catapult.arguments import MAX_PRODUCTS, check_integer, check_real, check_seed
 from catapult.curvature import distributed as dist_ops
 from catapult.curvature.krylov import vector_norm
 from catapult.scaled_layers import autocast_enabled
@@ -282,7 +282,8 @@ def solver_split(op) -> dict:
 
 def check_solver_args(tol, max_iter, max_basis=None, *, owner: str = "sharpness") -> tuple[float, int, int | None]:
     """``(tol, max_iter, max_basis)`` as float, int and int-or-None once ``tol`` is finite and
-    > 0, ``max_iter`` an integer >= 1 and ``max_basis`` None or an integer >= 2
+    > 0, ``max_iter`` an integer in ``[1, MAX_PRODUCTS]`` (10**5,
+    :data:`catapult.arguments.MAX_PRODUCTS`) and ``max_basis`` None or an integer >= 2
     (:func:`~catapult.arguments.check_integer`: NumPy integers and 0-d tensors are numbers too);
     a ValueError naming ``owner`` and the argument otherwise.
 
@@ -292,10 +293,16 @@ def check_solver_args(tol, max_iter, max_basis=None, *, owner: str = "sharpness"
     Traceback (most recent call last):
     ...
     ValueError: sharpness tol must be a finite number > 0; got 0.0
+    >>> check_solver_args(1e-3, 10 ** 9)
+    Traceback (most recent call last):
+    ...
+    ValueError: sharpness max_iter must be an integer in [1, 100000]; got 1000000000
     """
     # inf would stop after one matvec and call any start vector's Rayleigh quotient "converged"
     real_tol = check_real(owner, "tol", tol, low=0.0, low_open=True)
-    return real_tol, check_integer(owner, "max_iter", max_iter), check_max_basis(max_basis, owner=owner)
+    # max_iter=10**9 was taken: a solve that never converges ran until killed
+    return (real_tol, check_integer(owner, "max_iter", max_iter, high=MAX_PRODUCTS),
+            check_max_basis(max_basis, owner=owner))
 
 
 def check_max_basis(max_basis, *, owner: str = "sharpness") -> int | None:

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from catapult import config as cfg
-from catapult.arguments import check_integer
+from catapult.arguments import MAX_PRODUCTS, check_integer
 from catapult.files import missing_file_problem
 from catapult.parametrize_state import ParametrizationMismatch
 
@@ -145,14 +145,20 @@ def measure_spectrum(config: Mapping[str, Any], *, weights: str | Path | None = 
     from catapult.engine.sharpness_rule import curvature_options, spectrum_estimates
 
     problems, counts = [], {}
-    for name, value, low in (("top_k", top_k, 0), ("trace_matvecs", trace_matvecs, 0),
-                             ("density_runs", density_runs, 0), ("density_steps", density_steps, 1)):
+    # counts of products, bounded as the library's are (MAX_PRODUCTS; a top-k solve spends >= 3 k)
+    for name, value, low, high in (("top_k", top_k, 0, MAX_PRODUCTS // 3), ("trace_matvecs", trace_matvecs, 0, MAX_PRODUCTS),
+                                   ("density_runs", density_runs, 0, MAX_PRODUCTS),
+                                   ("density_steps", density_steps, 1, MAX_PRODUCTS)):
         try:  # the library's one integer rule (np.int64(2) was refused here), the flag named
-            counts[name] = check_integer("", name, value, low=low)
+            counts[name] = check_integer("", name, value, low=low, high=high)
         except ValueError as err:
             problems.append((f"--{name.replace('_', '-')}", str(err).removeprefix(f"{name} ")))
     if counts.get("trace_matvecs") in (1, 2):  # Hutch++ splits its products in three
-        problems.append(("--trace-matvecs", f"must be 0 (skip) or an integer >= 3; got {counts['trace_matvecs']}"))
+        problems.append(("--trace-matvecs", f"must be 0 (skip) or an integer in [3, {MAX_PRODUCTS}]; "
+                                            f"got {counts['trace_matvecs']}"))
+    if counts.get("density_runs", 0) * counts.get("density_steps", 0) > MAX_PRODUCTS:
+        problems.append(("--density-runs", f"x --density-steps must be at most {MAX_PRODUCTS} products; got "
+                                           f"{counts['density_runs']} x {counts['density_steps']}"))
     top_k, trace_matvecs, density_runs, density_steps = (counts.get(name, value) for name, value in (
         ("top_k", top_k), ("trace_matvecs", trace_matvecs), ("density_runs", density_runs),
         ("density_steps", density_steps)))

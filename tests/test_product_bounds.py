@@ -1,0 +1,144 @@
+"""Counts of curvature products and solves are bounded (``MAX_PRODUCTS`` = 10**5 products a call,
+``MAX_LAMBDA0_BATCHES`` = 1,000 solves for lambda_0): ``eval.sharpness_max_iter: 1e9`` or
+``max_iter=10**9`` ran until killed, ``eval.lambda0_batches: 1e9`` filled memory with batches before
+its first solve. Refused before any work: exit 2 naming the key (config), a ValueError naming the
+argument (Python), in check_integer's words."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import catapult
+from catapult import arguments
+from catapult import config as cfg
+from catapult.config import options
+
+MOST = 100_000
+
+
+def test_the_config_keeps_the_librarys_bounds():
+    assert options.MAX_PRODUCTS == arguments.MAX_PRODUCTS == MOST
+    assert options.MAX_LAMBDA0_BATCHES == 1000
+
+
+@pytest.mark.parametrize("key, most, low", [
+    ("sharpness_max_iter", MOST, 1), ("lambda0_batches", 1000, 1), ("spectrum_top_k", MOST // 3, 0),
+])
+def test_count_keys_refuse_more_than_their_bound_naming_the_key(key, most, low):
+    for value in (most + 1, "1e9", 1e26, 10 ** 30):
+        with pytest.raises(cfg.ConfigError) as err:
+            cfg.validate({"eval": {key: value}})
+        assert err.value.keys == [f"eval.{key}"]
+        assert f"expected an integer >= {low} and <= {most}" in str(err.value)
+    cfg.validate({"eval": {key: most}})   # the bound is in
+
+
+def test_trace_matvecs_is_bounded_too():
+    for value in (MOST + 1, "1e9"):
+        with pytest.raises(cfg.ConfigError) as err:
+            cfg.validate({"eval": {"trace_matvecs": value}})
+        assert err.value.keys == ["eval.trace_matvecs"] and f"0 (off) or an integer in [3, {MOST}]" in str(err.value)
+    assert cfg.validate({"eval": {"trace_matvecs": MOST}})["eval"]["trace_matvecs"] == MOST
+
+
+@pytest.mark.parametrize("key", ["lambda0_batches", "sharpness_max_iter"])
+def test_the_command_line_refuses_a_huge_count_before_any_work(tmp_path, capsys, key):
+    from catapult import cli
+
+    config = tmp_path / "huge.yaml"
+    config.write_text("data: {name: digits, n_train: 8, n_test: 8}\nmodel: {width: 4, depth: 2}\n"
+                      f"train: {{steps: 2, batch_size: 4}}\neval: {{{key}: 1e9}}\n")
+    assert cli.main(["train", str(config), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert f"eval.{key}" in err and "<= " in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_measure_lambda0_refuses_a_huge_batch_count():
+    from catapult.sweep.lambda0 import measure_lambda0
+
+    with pytest.raises(cfg.ConfigError, match=r"eval\.lambda0_batches"):
+        measure_lambda0({"data": {"name": "digits", "n_train": 8, "n_test": 8}, "model": {"width": 4, "depth": 2},
+                         "train": {"batch_size": 4}, "eval": {"lambda0_batches": 10 ** 9}})
+
+
+def _problem():
+    torch.manual_seed(0)
+    return nn.Linear(3, 2), nn.MSELoss(), (torch.randn(8, 3), torch.randn(8, 2))
+
+
+@pytest.mark.parametrize("owner, call", [
+    ("sharpness", lambda m, l, b, n: catapult.sharpness(m, l, b, max_iter=n)),
+    ("sharpness", lambda m, l, b, n: catapult.sharpness(m, l, b, max_iter=n, memory="lean")),
+    ("top_eigenpairs", lambda m, l, b, n: catapult.top_eigenpairs(m, l, b, k=2, max_iter=n)),
+    ("preconditioned_sharpness", lambda m, l, b, n: catapult.preconditioned_sharpness(
+        m, l, b, torch.optim.Adam(m.parameters()), max_iter=n)),
+])
+def test_the_solvers_refuse_a_huge_max_iter(owner, call):
+    model, loss_fn, batch = _problem()
+    with pytest.raises(ValueError, match=rf"^{owner} max_iter must be an integer in \[1, {MOST}\]; got 1000000000$"):
+        call(model, loss_fn, batch, 10 ** 9)
+
+
+def test_the_bare_solvers_refuse_a_huge_max_iter_before_any_product():
+    from catapult.curvature import batched_lanczos, lanczos_top_eigenpair
+    from catapult.curvature.lean import lean_top_eigenpair
+    from catapult.curvature.top_k import lanczos_top_k
+
+    products = []
+
+    def matvec(v):
+        products.append(1)
+        return v
+
+    v0 = torch.ones(4, dtype=torch.float64)
+    for owner, call in (("lanczos_top_eigenpair", lambda: lanczos_top_eigenpair(matvec, v0, max_iter=MOST + 1)),
+                        ("lean_top_eigenpair", lambda: lean_top_eigenpair(matvec, v0, max_iter=MOST + 1)),
+                        ("lanczos_top_k", lambda: lanczos_top_k(matvec, v0, 2, max_iter=MOST + 1)),
+                        ("batched_lanczos", lambda: batched_lanczos(matvec, v0[None], tol=[1e-3], max_iter=[MOST + 1]))):
+        with pytest.raises(ValueError, match=rf"^{owner} max_iter(\[0\])? must be an integer in \[\d, {MOST}\]"):
+            call()
+    assert not products
+    assert lanczos_top_eigenpair(matvec, v0, max_iter=MOST).converged   # the bound is in
+
+
+def test_a_trace_is_bounded_by_the_products_it_spends():
+    from catapult.curvature.spectrum import hutch_plus_plus
+
+    products = []
+
+    def matvec(v):
+        products.append(1)
+        return v
+
+    # a count >= the dimension is the exact trace from n products: taken on a small operator
+    assert hutch_plus_plus(matvec, 30, 10 ** 6) == pytest.approx(30.0) and len(products) == 30
+    products.clear()
+    with pytest.raises(ValueError, match=r"^hutch_plus_plus matvecs must be an integer in \[3, 100000\], or at least "
+                                         r"the operator's dimension .*; got 1000000 for dimension 10000000$"):
+        hutch_plus_plus(matvec, 10 ** 7, 10 ** 6)
+    assert not products
+    big = nn.Linear(400, 300)    # 120,300 parameters: refused once the operator knows them, before a product
+    x, y = torch.randn(2, 400), torch.randn(2, 300)
+    with pytest.raises(ValueError, match=r"^hessian_trace matvecs must be an integer in \[3, 100000\]"):
+        catapult.hessian_trace(big, nn.MSELoss(), (x, y), matvecs=10 ** 6)
+
+
+def test_a_density_is_bounded_by_runs_x_steps():
+    model, loss_fn, batch = _problem()
+    with pytest.raises(ValueError, match=r"^spectral_density steps must be an integer in \[1, 100000\]; got 1000000000$"):
+        catapult.spectral_density(model, loss_fn, batch, steps=10 ** 9)
+    with pytest.raises(ValueError, match=r"^spectral_density runs x steps must be at most 100000 products; "
+                                         r"got 1000 x 1000 = 1000000$"):
+        catapult.spectral_density(model, loss_fn, batch, runs=1000, steps=1000)
+
+
+def test_catapult_spectrum_names_the_flag():
+    from catapult.engine.spectrum_study import measure_spectrum
+
+    with pytest.raises(cfg.ConfigError) as info:
+        measure_spectrum(cfg.validate({}), top_k=MOST, trace_matvecs=10 ** 9, density_runs=8, density_steps=10 ** 5)
+    assert info.value.problems == [("--top-k", "must be an integer in [0, 33333]; got 100000"),
+                                   ("--trace-matvecs", "must be an integer in [0, 100000]; got 1000000000"),
+                                   ("--density-runs", "x --density-steps must be at most 100000 products; got 8 x 100000")]
