@@ -269,7 +269,8 @@ def _damaged_store(tmp_path) -> Path:
 def test_a_store_damaged_past_its_header_is_a_message_not_a_traceback(command, tmp_path, capsys):
     # the header (application_id) is intact, so the damage shows only when a page is read
     store = _damaged_store(tmp_path)
-    out = tmp_path / ("out.csv" if command == "export" else "out.png")   # export --out out.png: refused by its suffix
+    # export --out out.png and report --out out.png: refused by their suffix
+    out = tmp_path / {"export": "out.csv", "report": "out.html"}.get(command, "out.png")
     assert cli.main([command, str(store), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "damaged.db" in err and "malformed" in err

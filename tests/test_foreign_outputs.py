@@ -89,7 +89,6 @@ def test_an_export_without_a_suffix_is_replaced_by_the_same_command_and_a_users_
     (["export", "s.db", "--out"], "cells.txt", b"a,b\n1,2\n"),
     (["export", "s.db", "--format", "csv", "--out"], "cells", b"cell_id\tstatus\n"),   # .tsv: refused
     (["report", "s.db", "--out"], "page", b"<html>mine</html>"),
-    (["report", "s.db", "--out"], "page.txt", b"<html>mine</html>"),
 ])
 def test_an_output_under_another_suffix_is_replaced_by_the_same_command_and_a_users_file_is_not(
         store, tmp_path, capsys, argv, name, mine):
@@ -105,6 +104,25 @@ def test_an_output_under_another_suffix_is_replaced_by_the_same_command_and_a_us
     err = capsys.readouterr().err
     assert f"{name} exists and " in err and "Traceback" not in err
     assert (tmp_path / name).read_bytes() == mine
+
+
+@pytest.mark.parametrize("name", ["page.txt", "page.md", "page.PDF"])
+def test_a_report_under_a_name_of_another_format_is_refused(store, tmp_path, capsys, name):
+    # `report --out page.txt` wrote the HTML page under a name that promised text; refused as
+    # `export --out x.xlsx` is, naming the file and the format, and nothing is written
+    before = _files(tmp_path)
+    assert cli.main(["report", "s.db", "--out", name]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"catapult report: error: --out: {name} names no format report writes: HTML (.html, .htm)")
+    assert "Traceback" not in err and _files(tmp_path) == before
+    from catapult.report import write_report
+
+    with pytest.raises(ValueError, match=rf"^out: {name} names no format write_report writes: HTML"):
+        write_report(store, tmp_path / name)
+    assert _files(tmp_path) == before
+    for ok in ("page.htm", "page.HTML"):  # the HTML suffixes, any case
+        assert cli.main(["report", "s.db", "--out", ok]) == 0
+        assert (tmp_path / ok).read_bytes().lstrip().lower().startswith(b"<!doctype html")
 
 
 def test_a_report_does_not_replace_a_figure_catapult_drew(store, tmp_path, capsys):

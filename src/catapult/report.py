@@ -264,11 +264,15 @@ def _label(by_label: Mapping[str, Mapping[str, str]], key: str, value: Any) -> s
 
 def write_report(store_path: str | Path, out: str | Path | None = None, **kwargs) -> Path:
     """Write the report of the store at ``store_path`` to ``out`` (default: next to the store,
-    ``<store stem>.html``) and return the path."""
+    ``<store stem>.html``) and return the path. The page is HTML: an ``out`` named with another
+    suffix than ``.html`` or ``.htm`` (none is HTML too) is a ValueError, before the store is read."""
     from catapult.sweep.store import Store
 
     store_path = Path(store_path)
     out = Path(out) if out is not None else store_path.with_suffix(".html")
+    if out.suffix.lower() not in ("", ".html", ".htm"):  # page.txt held HTML
+        raise ValueError(f"out: {out.name} names no format write_report writes: HTML (.html, .htm); "
+                         f"give one of those suffixes (none: html)")
     with Store(store_path, create=False) as store:
         text = build_report(store, **kwargs)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -139,7 +139,8 @@ def register(subparsers) -> None:
                               description="Phase diagrams and trajectories (embedded PNG), the results table and "
                                           "the sweep spec in one HTML file that opens offline.")
     p.add_argument("store", metavar="STORE", help="sweep store (SQLite file)")
-    p.add_argument("--out", type=path_option, metavar="FILE.html", help="default: <store>.html")
+    p.add_argument("--out", type=path_option, metavar="FILE.html",
+                   help="default: <store>.html; .html or .htm (none: HTML too), another suffix is refused")
     p.set_defaults(func=_report_command)
 
 
@@ -551,6 +552,10 @@ def _report_command(args: argparse.Namespace) -> int:
     # the default, <store>.html, is the store itself for a store named x.html
     check_out_file("--out", args.out if args.out is not None else Path(args.store).with_suffix(".html"),
                    replaces=(".html", ".htm"), as_suffix=".html")
+    suffix = Path(args.out).suffix.lower() if args.out is not None else ".html"
+    if suffix not in ("", ".html", ".htm"):  # `--out page.txt` wrote HTML under a name that promised text
+        return _fail("report", f"--out: {Path(args.out).name} names no format report writes: HTML (.html, .htm); "
+                               f"give one of those suffixes (none: html)")
     from catapult.report import write_report
     from catapult.sweep.store import StoreError
 
