@@ -132,6 +132,13 @@ class SweepProgress:
         remaining = self.total - self.done - self.failed
         return max(remaining, 0) * (time.perf_counter() - self.started) / self.ran
 
+    def start(self, queued: int, executor: str) -> None:
+        """The sweep's first line (``lines`` mode; a bar shows its count at once): the cells it runs
+        and on what. The first finished cell can be minutes away (Ray starting, lambda_0, a cell)."""
+        if self.mode == "lines":
+            print(f"[{self.name}] {queued} cell{'' if queued == 1 else 's'} to run ({self.done} of {self.total} "
+                  f"already in the store) on {executor}", file=self.stream, flush=True)
+
     def message(self, text: str) -> None:
         if self.mode == "bar" and self.bar is not None:
             self.bar.write(text, file=self.stream)
@@ -439,6 +446,9 @@ def run_sweep(
             copied = 0
             counts = store.counts()
             report = SweepProgress(len(cells), counts, progress, stream, name)
+            if todo or copies:
+                report.start(len(todo) + len(copies), engine.describe())
+            engine.progress = lambda text: report.message(f"[{name}] {text}")
             ran_ids: list[int] = []
             unresolved = 0
             try:
@@ -553,6 +563,7 @@ def run_sweep(
                         copied += 1
                         report.update(cell_id, status, by_id[cell_id].swept, result)
             finally:
+                engine.progress = None
                 report.close()
                 heartbeat.stop()
                 store.release_driver(driver_id)

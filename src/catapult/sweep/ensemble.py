@@ -354,6 +354,15 @@ class EnsembleExecutor(Executor):
         self._data: dict[str, Any] = {}  # data section (JSON) -> train.load_data(config), from plan
         self._pool = None
 
+    def describe(self) -> str:
+        """The ensemble executor and its worker processes.
+
+        >>> EnsembleExecutor(workers=1).describe()
+        'the ensemble executor (cells batched into one model, in this process)'
+        """
+        where = "in this process" if self.workers == 1 else f"in {self.workers} worker processes"
+        return f"the ensemble executor (cells batched into one model, {where})"
+
     def plan(self, cells: Sequence[Cell]) -> tuple[list[tuple[str, list[Cell]]], list[tuple[Cell, str]]]:
         """``(chunks, local)``: batched chunks as ``(engine, cells)`` (each within the memory
         budget, and at least ``workers`` per group) and the cells to run locally with the

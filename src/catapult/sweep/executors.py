@@ -177,9 +177,27 @@ class Executor:
     #: whether cells run on this machine (in this process or its children), so a model too large
     #: for this machine's memory can be refused before the sweep starts
     runs_here = True
+    #: the progress hook: ``progress(text)`` shows a line on the sweep's display (the driver sets
+    #: it while cells run; None: nothing is shown). An executor whose first result takes long to
+    #: come (Ray: the instance starts, then whole cells run) says there what it started.
+    progress: Callable[[str], None] | None = None
 
     def __init__(self, run_fn: RunFn | None = None):
         self.run_fn = run_fn or default_run_fn
+
+    def describe(self) -> str:
+        """What the sweep's start line says runs its cells: the executor and how many cells it
+        runs at once.
+
+        >>> Executor().describe()
+        'the base executor'
+        """
+        return f"the {self.name} executor"
+
+    def say(self, text: str) -> None:
+        """Show ``text`` through the :attr:`progress` hook, if the driver set one."""
+        if self.progress is not None:
+            self.progress(text)
 
     def run(self, cells: Iterable[Cell]) -> Iterator[tuple[int, CellResult]]:
         raise NotImplementedError
@@ -202,6 +220,16 @@ class LocalExecutor(Executor):
     def __init__(self, run_fn: RunFn | None = None, *, threads: int | None = None):
         super().__init__(run_fn)
         self.threads = check_threads("LocalExecutor", threads)
+
+    def describe(self) -> str:
+        """The local executor and its torch threads.
+
+        >>> LocalExecutor(threads=2).describe()
+        'the local executor (one cell at a time in this process, 2 torch threads)'
+        """
+        threads = "torch's default threads" if self.threads is None else f"{self.threads} torch thread" + (
+            "s" if self.threads > 1 else "")
+        return f"the local executor (one cell at a time in this process, {threads})"
 
     def run(self, cells: Iterable[Cell]) -> Iterator[tuple[int, CellResult]]:
         for cell in cells:

@@ -129,6 +129,15 @@ class RayExecutor(Executor):
         self.init_kwargs = dict(init_kwargs or {})
         self._owns_ray = False
 
+    def describe(self) -> str:
+        """The Ray instance the cells will run on (a local one, or a cluster's address) and the
+        size of its tasks; what it holds is known once Ray has started (:meth:`run` says it then)."""
+        where = (f"a local Ray instance on {'all' if self.num_cpus is None else self.num_cpus} CPUs"
+                 if self.address is None else f"the Ray cluster at {self.address}")
+        cells = f"{self.chunk_size} cell{'s' if self.chunk_size > 1 else ''}"
+        cpus = f"{self.cpus_per_task:g} CPU{'' if self.cpus_per_task == 1 else 's'}"
+        return f"the ray executor ({where}; {cells} and {cpus} a task)"
+
     def _ensure_ray(self) -> None:
         ray = self.ray
         if ray.is_initialized():
@@ -147,6 +156,8 @@ class RayExecutor(Executor):
         cells = list(cells)
         if not cells:
             return
+        self.say(f"starting Ray for {len(cells)} cell{'s' if len(cells) > 1 else ''}"
+                 if not ray.is_initialized() else f"submitting {len(cells)} cells to Ray")
         self._ensure_ray()
         task = ray.remote(_run_chunk).options(
             max_retries=self.max_retries, retry_exceptions=False,
@@ -157,6 +168,10 @@ class RayExecutor(Executor):
         pending: dict[Any, tuple[list[Cell], int]] = {}
         for chunk in chunks:
             pending[task.remote(run_fn_ref, chunk, self.threads)] = (chunk, 0)
+        cpus = float(ray.cluster_resources().get("CPU", 0.0))
+        at_once = min(len(chunks), int(cpus // self.cpus_per_task))
+        self.say(f"ray: {len(chunks)} task{'s' if len(chunks) > 1 else ''} submitted to {cpus:g} CPUs, "
+                 f"up to {at_once} running at once; results come as each task finishes")
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
