@@ -179,3 +179,18 @@ def test_a_diverged_cell_exports_its_peak_and_the_aggregate_leaves_it_out(tmp_pa
         columns, agg = aggregate_table(store)
     means = {r[columns.index("optimizer.lr")]: r[columns.index("peak_sharpness_mean")] for r in agg}
     assert means == {"2^0/lambda0": 10.5, "2^2/lambda0": None}
+
+
+def test_a_reader_open_across_the_upgrade_sees_the_marks_written_after_it(tmp_path):
+    # a reader (a notebook's Store(path, create=False)) opened on a store from before the mark, and a
+    # sweep that upgrades the file meanwhile: the reader kept "no column" from its first read and gave
+    # every mark as unknown until it was reopened; it now looks again while it finds none
+    store_path = tmp_path / "old.db"
+    shutil.copyfile(OLD_STORE, store_path)
+    with Store(store_path, create=False) as reader:
+        (row,) = reader.lambda0_table()
+        assert row["converged"] is None and reader.lambda0_converged("new") is None
+        with Store(store_path) as writer:   # opened for writing: gains the column
+            writer.put_lambda0("new", 4.0, converged=False)
+        assert reader.lambda0_converged("new") is False
+        assert {r["key"]: r["converged"] for r in reader.lambda0_table()} == {row["key"]: None, "new": 0}

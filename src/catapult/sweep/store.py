@@ -562,8 +562,11 @@ class Store:
             return float(conn.execute("SELECT value FROM lambda0 WHERE key = ?", (key,)).fetchone()[0])
 
     def _has_lambda0_mark(self) -> bool:
-        """Whether the lambda0 table has the ``converged`` column (a store before it: read as unknown)."""
-        if not hasattr(self, "_lambda0_mark"):
+        """Whether the lambda0 table has the ``converged`` column (a store before it: read as unknown).
+        Only a found column is kept (no store loses it): a reader opened on a store before the mark
+        looks again at its next read, so it sees the marks once a sweep has upgraded the file
+        (it read them as unknown until it was reopened; one PRAGMA a read on such a store)."""
+        if not getattr(self, "_lambda0_mark", False):
             self._lambda0_mark = any(r[1] == "converged" for r in self.conn.execute("PRAGMA table_info(lambda0)"))
         return self._lambda0_mark
 
