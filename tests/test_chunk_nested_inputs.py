@@ -143,12 +143,13 @@ def test_leaves_with_different_sample_counts_are_refused_by_name():
 
 
 def test_lean_memory_cuts_a_dict_batch_into_micro_batches():
-    """memory='lean' sized micro-batches from a tensor batch only: a dict batch of 300 samples ran
-    whole (chunk_size None), however large."""
+    """memory='lean' sized micro-batches from a tensor batch only: a dict batch of 5,000 samples ran
+    whole (chunk_size None), however large. (5,000: its activations pass lean's 1 MiB floor,
+    LEAN_MIN_CHUNK_BYTES, below which a batch is one chunk.)"""
     from catapult.curvature.sharpness import memory_setting
 
     torch.manual_seed(0)
     model = TokenModel().double()
-    batch = _token_batch(300)
+    batch = _token_batch(5000)
     chunk, _ = memory_setting("lean", batch, None, None, model, token_loss)
-    assert chunk is not None and 1 <= chunk < 300      # the products on those pieces: tests above
+    assert chunk is not None and 1 <= chunk < 5000      # the products on those pieces: tests above
