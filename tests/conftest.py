@@ -3,17 +3,34 @@ from __future__ import annotations
 
 import os
 
-import pytest
-import torch
+
+def _worker_threads() -> int | None:
+    """Under pytest-xdist (``make test`` runs ``-n auto``) the workers share the cores: each
+    worker's share of them, or None outside xdist."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not workers:
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // int(workers))
+
+
+# NumPy's OpenBLAS (the tests' dense eigvalsh/eigh, SciPy's too) reads its thread count when it is
+# loaded, which is after this file: without it two workers on two cores ran four BLAS threads,
+# whose spin-waits cost 28% more CPU on the dense-Hessian files (bench/RESULTS.md, "Test suite").
+# Set before torch is imported (it may load NumPy); subprocesses the tests start inherit it.
+if _worker_threads() is not None:
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", str(_worker_threads()))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 
 def pytest_configure(config):
-    """Under pytest-xdist (``make test`` runs ``-n auto``) the workers share the cores: each
-    takes its share of intra-op threads, so two workers on two cores do not run four threads."""
-    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
-    if workers:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        torch.set_num_threads(max(1, cores // int(workers)))
+    """Each xdist worker takes its share of intra-op threads, so two workers on two cores do not
+    run four threads."""
+    threads = _worker_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture
