@@ -12,6 +12,8 @@ import time
 
 import pytest
 
+from catapult.cli import main
+
 CONFIG = """
 name: killme
 data: {name: digits, n_train: 128, n_test: 64}
@@ -60,7 +62,7 @@ def _done(store):
 
 
 @pytest.mark.slow
-def test_kill_9_mid_sweep_then_resume(tmp_path):
+def test_kill_9_mid_sweep_then_resume(tmp_path, capsys, single_thread):
     config = tmp_path / "sweep.yaml"
     config.write_text(textwrap.dedent(CONFIG))
     store = tmp_path / "s.db"
@@ -99,9 +101,14 @@ def test_kill_9_mid_sweep_then_resume(tmp_path):
         assert metrics[i] == 61 if row[0] == "finished" else metrics[i] >= 1
     assert len(lam) == 1  # lambda_0 measured once and kept
 
-    done = subprocess.run(_sweep_cmd(config, store), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert f"{CELLS} cells:" in done.stdout and "resumed" in done.stdout
+    # the same command again, in this process (what is tested is the store the kill left, not a
+    # second process: a subprocess cost a torch import, ~7 s of CPU); its --threads 1 is undone
+    # by the single_thread fixture
+    capsys.readouterr()
+    code = main(_sweep_cmd(config, store)[3:])
+    done = capsys.readouterr()
+    assert code == 0, done.err
+    assert f"{CELLS} cells:" in done.out and "resumed" in done.out
     after, metrics_after, lam_after = _snapshot(store)
     assert all(row[0] in ("finished", "diverged") for row in after.values())
     assert any(row[0] == "diverged" for row in after.values())
@@ -110,4 +117,4 @@ def test_kill_9_mid_sweep_then_resume(tmp_path):
     for i in set(after) - set(finished):
         assert after[i][1] == (2 if cells[i][0] == "running" else 1)
     assert lam_after == lam  # no new lambda_0 measurement
-    assert "measuring lambda_0" not in done.stderr
+    assert "measuring lambda_0" not in done.err
