@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from catapult.cli import main
 from catapult.sweep.workers import StreamPool
 
 
@@ -174,7 +175,7 @@ def test_ensemble_workers_options_are_checked_before_any_work():
     EnsembleExecutor(run_fn=lambda config, progress="none": None, workers=1)  # in process: any callable
 
 
-def test_sweep_cli_with_two_workers(tmp_path):
+def test_sweep_cli_with_two_workers(tmp_path, capsys, single_thread):
     config = tmp_path / "s.yaml"
     config.write_text(textwrap.dedent("""
         name: two_workers
@@ -187,10 +188,14 @@ def test_sweep_cli_with_two_workers(tmp_path):
             optimizer.lr: [0.05, 0.1, 0.2, 100.0]
             schedule.warmup_steps: [1, 8]
     """))
-    cmd = [sys.executable, "-m", "catapult", "sweep", str(config), "--store", str(tmp_path / "s.db"),
+    # the driver in this process (its two workers are spawned processes either way; a driver
+    # process of its own cost a torch import, ~7 s of CPU); single_thread undoes its --threads 1
+    cmd = ["sweep", str(config), "--store", str(tmp_path / "s.db"),
            "--executor", "ensemble", "--workers", "2", "--threads", "1", "--progress", "none"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert "8 cells: 6 finished, 2 diverged, 0 failed" in done.stdout
-    bad = subprocess.run(cmd[:-8] + ["--workers", "2"], capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "--workers needs --executor ensemble" in bad.stderr
+    capsys.readouterr()
+    code = main(cmd)
+    done = capsys.readouterr()
+    assert code == 0, done.err
+    assert "8 cells: 6 finished, 2 diverged, 0 failed" in done.out
+    code = main(cmd[:-8] + ["--workers", "2"])
+    assert code == 2 and "--workers needs --executor ensemble" in capsys.readouterr().err
