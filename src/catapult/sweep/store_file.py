@@ -24,6 +24,7 @@ import os
 import shutil
 import sqlite3
 import tempfile
+import threading
 import time
 import uuid
 import weakref
@@ -376,6 +377,10 @@ class ReadOnlyConnection:
     def __init__(self, path: Path, timeout: float = 30.0) -> None:
         self._source, self._timeout, self._conn = Path(path), timeout, None
         self.row_factory = None
+        # held while a query runs on the connection and while it is dropped: another thread (a
+        # writer of this process, drop_live_readers) closing it mid-query crashed the process
+        # (SIGSEGV in sqlite3; 6-9 of 30 runs of test_store_same_process's driver-meanwhile case)
+        self._lock = threading.RLock()
         self._open()
         _READERS.add(self)
 
@@ -386,9 +391,10 @@ class ReadOnlyConnection:
         return _identity(self._source) if self._live else _state(self._source)
 
     def _drop(self) -> None:
-        conn, self._conn = self._conn, None   # another thread may drop it too (a writer of this process)
-        if conn is not None:
-            conn.close()
+        with self._lock:   # never under a query of another thread
+            conn, self._conn = self._conn, None   # another thread may drop it too (a writer of this process)
+            if conn is not None:
+                conn.close()
 
     def _reopen(self) -> None:
         real = os.path.realpath(self._source)
@@ -401,13 +407,16 @@ class ReadOnlyConnection:
 
     def _rows(self, conn: sqlite3.Connection, sql, parameters):
         for attempt in range(100):
-            try:
-                cursor = conn.execute(sql, parameters)
-                return cursor.fetchall(), cursor
-            except sqlite3.OperationalError as err:
-                if not self._live or "readonly database" not in str(err) or attempt == 99:
-                    raise
-                time.sleep(0.001 * min(attempt + 1, 20))
+            with self._lock:
+                if self._conn is not conn:   # dropped by another thread since: execute reads again
+                    raise sqlite3.ProgrammingError("the reader's connection was dropped meanwhile")
+                try:
+                    cursor = conn.execute(sql, parameters)
+                    return cursor.fetchall(), cursor
+                except sqlite3.OperationalError as err:
+                    if not self._live or "readonly database" not in str(err) or attempt == 99:
+                        raise
+            time.sleep(0.001 * min(attempt + 1, 20))
 
     def execute(self, sql: str, parameters=()) -> _Rows:
         """``sql`` run on the store as it is now; its rows are read at once."""
