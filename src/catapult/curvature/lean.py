@@ -47,7 +47,7 @@ from catapult.arguments import MAX_PRODUCTS, check_integer, check_real, check_se
 from catapult.curvature.coarse import COARSE_MIN_SAMPLES
 from catapult.curvature.rng import fixed_rng
 from catapult.curvature.krylov import inner_product, vector_norm, unit_roundoff
-from catapult.curvature.microbatch import batch_coupling, coupling_remedy, sample_count, sample_rows
+from catapult.curvature.microbatch import batch_coupling, coupling_remedy, sample_count, sample_count_or_none, sample_rows
 from catapult.curvature.stateless import AttributesKept, functional_call
 from catapult.curvature.lanczos import EigenEstimate, ritz_pairs, top_ritz_pair
 from catapult.curvature.stopping import error_floor, krylov_invariant, relative_residual
@@ -141,7 +141,7 @@ def activation_bytes(model: torch.nn.Module, loss_fn, batch, *, probe: int = 8,
     inputs, targets = batch
     n = sample_count(inputs)  # a tensor, or tuples / lists / dicts of tensors sharing dim 0
     k = max(1, min(probe, n))
-    x, y = sample_rows(inputs, 0, k), sample_rows(targets, 0, k) if _samples_or_none(targets) == n else targets
+    x, y = sample_rows(inputs, 0, k), sample_rows(targets, 0, k) if sample_count_or_none(targets) == n else targets
     params = {name: p.detach().requires_grad_(p.requires_grad) for name, p in model.named_parameters()}
     buffers = {name: b.clone() for name, b in model.named_buffers()}
     held = {t.untyped_storage().data_ptr() for t in [*params.values(), *buffers.values()]}
@@ -161,15 +161,6 @@ def activation_bytes(model: torch.nn.Module, loss_fn, batch, *, probe: int = 8,
         loss_fn(functional_call(model, {**params, **buffers}, (x,)), y)
     scale = n / k
     return int(round(sum(seen.values()) * scale)), int(round(max(seen.values(), default=0) * scale))
-
-
-
-def _samples_or_none(tree) -> int | None:
-    """:func:`~catapult.curvature.microbatch.sample_count` of ``tree``, or None where it has none."""
-    try:
-        return sample_count(tree, "targets")
-    except ValueError:
-        return None
 
 
 def refuse_batch_coupling(model: torch.nn.Module, chunk_size: int) -> None:

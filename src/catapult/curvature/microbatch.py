@@ -11,12 +11,12 @@ import math
 
 import torch
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import keystr, tree_flatten_with_path, tree_map
+from torch.utils._pytree import tree_map
 
 from catapult.arguments import check_integer
 
 __all__ = ["ChosenChunkSize", "PieceFailed", "batch_coupling", "coupling_remedy", "functional_masks_off", "refuse_dropout",
-           "reduction_kind", "sample_count", "sample_rows", "split_batch", "uses_batch_statistics", "weighted_backward", "weighted_gradient"]
+           "reduction_kind", "sample_count", "sample_count_or_none", "sample_rows", "split_batch", "uses_batch_statistics", "weighted_backward", "weighted_gradient"]
 
 
 def _mask_drawer(module: torch.nn.Module) -> str | None:
@@ -212,7 +212,7 @@ def _piece_loss(loss_at, params, x, y):
     except PieceFailed:
         raise
     except RuntimeError as err:
-        raise PieceFailed(f"the forward of {_rows_or_none(x) or 'some'} samples failed: "
+        raise PieceFailed(f"the forward of {sample_count_or_none(x) or 'some'} samples failed: "
                           f"{err}") from err
 
 
@@ -274,12 +274,20 @@ def reduction_kind(loss_at, params: dict, inputs, targets, pieces, dtype: torch.
     return full, kind, shown
 
 
-def _sample_leaves(tree) -> list[tuple[str, torch.Tensor]]:
+def _sample_leaves(tree, path: str = "") -> list[tuple[str, torch.Tensor]]:
     """``(path, tensor)`` of the tensor leaves with a sample dimension (dim >= 1) of nested
     inputs or targets (tuples, lists, dicts: a model taking several inputs, an HF-style
-    ``{"input_ids": ..., "attention_mask": ...}``)."""
-    return [(keystr(path), leaf) for path, leaf in tree_flatten_with_path(tree)[0]
-            if torch.is_tensor(leaf) and leaf.dim() >= 1]
+    ``{"input_ids": ..., "attention_mask": ...}``); ``path`` as ``['input_ids']`` or ``[0]``.
+    (Walked here rather than with torch's pytree key paths, which torch 2.2, our floor, lacks.)"""
+    if torch.is_tensor(tree):
+        return [(path, tree)] if tree.dim() >= 1 else []
+    if isinstance(tree, dict):
+        items = [(f"{path}[{key!r}]", value) for key, value in tree.items()]
+    elif isinstance(tree, (tuple, list)):
+        items = [(f"{path}[{i}]", value) for i, value in enumerate(tree)]
+    else:
+        return []
+    return [leaf for sub, value in items for leaf in _sample_leaves(value, sub)]
 
 
 def sample_count(tree, what: str = "inputs") -> int:
@@ -305,9 +313,17 @@ def sample_count(tree, what: str = "inputs") -> int:
     return counts.pop()
 
 
-def _rows_or_none(tree) -> int | None:
-    leaves = _sample_leaves(tree)
-    return int(leaves[0][1].shape[0]) if leaves else None
+def sample_count_or_none(tree) -> int | None:
+    """:func:`sample_count` of ``tree``, or None where it has no one sample count (no tensor with
+    a dim 0, or tensors that differ there).
+
+    >>> sample_count_or_none(torch.zeros(5, 2)), sample_count_or_none({"ids": torch.zeros(5, 3)}), sample_count_or_none(3.0)
+    (5, 5, None)
+    """
+    try:
+        return sample_count(tree)
+    except ValueError:
+        return None
 
 
 def sample_rows(tree, start: int, stop: int):

@@ -24,7 +24,7 @@ from catapult.curvature.ggn import CURVATURES, GaussNewtonOperator
 from catapult.curvature.hessian import HessianOperator, resolve_dtype
 from catapult.optim import registry, rules
 from catapult.curvature.lanczos import EigenEstimate, lanczos_top_eigenpair
-from catapult.curvature.microbatch import ChosenChunkSize, sample_count
+from catapult.curvature.microbatch import ChosenChunkSize, sample_count_or_none
 from catapult.curvature.preconditioner import PreconditionedOperator, adam_preconditioner, check_preconditioned
 from catapult.curvature.rank_agreement import same_call_on_every_rank
 from catapult.curvature.start import (check_solver_args, initial_vector, outside_autocast,
@@ -112,7 +112,6 @@ def memory_setting(memory: str, batch, chunk_size, max_basis, model=None, loss_f
     return chunk_size, basis if max_basis is None else min(basis, max_basis)
 
 
-
 def lean_samples(inputs, distributed: bool = False) -> int | None:
     """The sample count ``memory="lean"`` sizes its micro-batches by: dim 0 of a tensor, or of the
     tensors of nested inputs (not with ``distributed``, whose shards are tensors); None where there
@@ -121,14 +120,9 @@ def lean_samples(inputs, distributed: bool = False) -> int | None:
     >>> lean_samples(torch.zeros(5, 2)), lean_samples({"ids": torch.zeros(5, 3), "flag": True}), lean_samples(3.0)
     (5, 5, None)
     """
-    if torch.is_tensor(inputs):
-        return int(inputs.shape[0]) if inputs.dim() else None
-    if distributed:
+    if distributed and not torch.is_tensor(inputs):
         return None
-    try:
-        return sample_count(inputs)
-    except ValueError:
-        return None
+    return sample_count_or_none(inputs)
 
 
 def build_operator(model, loss_fn, batch, *, curvature="hessian", dtype=None, hvp="auto", seed=0,
