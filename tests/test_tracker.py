@@ -194,3 +194,76 @@ def test_an_optimizer_without_a_rule_is_refused_by_name():
     model = _net()
     with pytest.raises(NotImplementedError, match="RMSprop"):
         catapult.SharpnessTracker(model, LOSS, torch.optim.RMSprop(model.parameters()))
+
+
+def _block_top(hessian, rows) -> float:
+    return _top(hessian[np.ix_(rows, rows)])
+
+
+@pytest.mark.parametrize("held", ["frozen_group", "unheld"])
+def test_sgd_leaves_out_what_its_step_does_not_move(held):
+    """The second layer at lr 0, or held by no group: the step moves the first layer alone, whose
+    Hessian block's top bounds it (the whole Hessian's, 5x larger here, was recorded as 'hessian')."""
+    batch = _batch()
+    model = _net()
+    groups = [{"params": model[0].parameters(), "lr": 0.1}]
+    if held == "frozen_group":
+        groups.append({"params": model[2].parameters(), "lr": 0.0})
+    record = catapult.SharpnessTracker(model, LOSS, torch.optim.SGD(groups), tol=1e-9, max_iter=200).step(batch)
+    hessian = dense_hessian(model, LOSS, batch).numpy()
+    assert _block_top(hessian, range(20)) < 0.5 * _top(hessian)
+    assert record.kind == "lr_scaled" and record.converged
+    assert record.value == pytest.approx(_block_top(hessian, range(20)), rel=1e-8)
+    assert record.threshold == pytest.approx(20.0) and record.lr == 0.1
+
+
+def test_a_first_group_at_lr_0_is_measured_against_the_group_that_moves():
+    """A frozen first group (lr 0) beside a group at lr 0.1: the step is the second group's, so its
+    block's top against 2 / 0.1 (SGD), and Adam's P^-1/2 H P^-1/2 on that block against 38 / lr
+    (the threshold was inf, every ratio 0, whatever the second group did)."""
+    batch = _batch()
+    hessian = dense_hessian(_net(), LOSS, batch).numpy()
+    second = range(20, 32)
+    model = _net()
+    sgd = torch.optim.SGD([{"params": model[0].parameters(), "lr": 0.0}, {"params": model[2].parameters(), "lr": 0.1}])
+    record = catapult.SharpnessTracker(model, LOSS, sgd, tol=1e-9, max_iter=200).step(batch)
+    assert record.kind == "lr_scaled" and record.lr == 0.1
+    assert record.value == pytest.approx(_block_top(hessian, second), rel=1e-8)
+    assert record.threshold == pytest.approx(20.0) and record.ratio == pytest.approx(record.value / 20.0)
+
+    model = _net()
+    adam = torch.optim.Adam([{"params": model[0].parameters(), "lr": 0.0}, {"params": model[2].parameters(), "lr": 1e-2}])
+    g = dense_gradient(model, LOSS, batch).numpy()[20:]
+    P = (1 - 0.9) * (np.sqrt((1 - 0.999) * g ** 2 / (1 - 0.999)) + 1e-8)     # Adam's first step
+    d = 1 / np.sqrt(P)
+    record = catapult.SharpnessTracker(model, LOSS, adam, tol=1e-9, max_iter=200).step(batch)
+    assert record.kind == "preconditioned" and record.lr == 1e-2
+    assert record.value == pytest.approx(_top(d[:, None] * hessian[20:, 20:] * d[None, :]), rel=1e-7)
+    assert record.threshold == pytest.approx(38 / 1e-2, rel=1e-12)
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"vector": [1.0, 2.0]}, "vector must be None or a finite, non-zero 1-D float tensor"),
+    ({"vector": torch.zeros(3, dtype=torch.float64)}, r"vector must be .* of count \(32\) entries"),
+    ({"vector": torch.full((32,), math.nan, dtype=torch.float64)}, "vector must be None or a finite"),
+    ({"count": "32"}, "count must be None or an integer"),
+    ({"history": None}, "history must be a list"),
+    ({"history": [{"step": 0}]}, r"history\[0\] must be a dict of the fields"),
+    ({"history": [{"step": 0, "value": "4", "threshold": None, "lr": None, "kind": "hessian",
+                   "matvecs": 3, "converged": True}]}, r"history\[0\] value must be a real number"),
+    ({"history": [{"step": 0, "value": 4.0, "threshold": None, "lr": None, "kind": "top",
+                   "matvecs": 3, "converged": True}]}, r"history\[0\] kind must be one of"),
+    ({"extra": 1}, r"unknown keys \['extra'\]"),
+])
+def test_load_state_dict_refuses_a_state_that_is_not_one_before_changing_anything(change, words):
+    batch = _batch()
+    model = _net()
+    tracker = catapult.SharpnessTracker(model, LOSS)
+    tracker.step(batch)
+    state = copy.deepcopy(tracker.state_dict())
+    other = catapult.SharpnessTracker(model, LOSS)
+    with pytest.raises(ValueError, match=words):
+        other.load_state_dict({**state, **change})
+    assert other.calls == 0 and other.vector is None and other.history == []
+    other.load_state_dict(state)
+    assert other.step(batch) == tracker.step(batch)

@@ -5,22 +5,28 @@ from its last eigenvector, and records it beside that step's instability thresho
 Which sharpness (``kind="auto"``), as ``catapult train`` measures it
 (:mod:`catapult.engine.sharpness_rule`):
 
-* no optimizer, or SGD whose param groups step with one lr: ``"hessian"``, ``lambda_max(H)``;
+* no optimizer, or SGD that steps every trainable parameter with one lr: ``"hessian"``,
+  ``lambda_max(H)``;
 * SGD whose groups' lrs differ (``catapult.param_groups`` under muP / SμPar, or groups set by
-  hand): ``"lr_scaled"``, ``lambda_max(M^1/2 H M^1/2)`` with ``M = diag(lr_i / lr_0)``
+  hand; a group at lr 0 and parameters no group holds, which the step does not move, included):
+  ``"lr_scaled"``, ``lambda_max(M^1/2 H M^1/2)`` with ``M = diag(lr_i / lr_0)``
   (:func:`catapult.optim.thresholds.lr_scaled_sharpness`), which ``2 / lr_0`` bounds;
 * Adam, AdamW, GI-Adam: ``"preconditioned"``, ``lambda_max(P^-1/2 H P^-1/2)`` of the next step's
   pre-conditioner, each group's block scaled by its lr relative to the first group's;
 * RAdam: ``"hessian"`` while its next step is un-rectified, ``"preconditioned"`` afterwards.
 
 The threshold is :func:`~catapult.curvature.sharpness.instability_threshold` at the first group's
-current lr (``inf`` while that lr is 0, as at the start of a warmup from 0).
+current lr (``inf`` while every group's lr is 0, as at the start of a warmup from 0). Where the
+first group's lr is 0 while another group's is not (a frozen part listed first), the first group
+that moves is the reference instead (its lr is ``lr_0`` above and the record's ``lr``).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+import numbers
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -46,7 +52,8 @@ class SharpnessRecord:
     """One measurement of a :class:`SharpnessTracker`: ``step`` (the tracker's call count before
     this call, 0-based), ``value`` (the sharpness of ``kind``), ``threshold`` (the instability
     threshold of the optimizer's next step; ``None`` without an optimizer, ``inf`` at lr 0),
-    ``lr`` (the first param group's lr; ``None`` without an optimizer), ``kind``, ``matvecs``
+    ``lr`` (the first param group's lr, or the first moving group's where that one is at 0;
+    ``None`` without an optimizer), ``kind``, ``matvecs``
     (products spent) and ``converged``.
 
     Example:
@@ -73,9 +80,32 @@ class SharpnessRecord:
         return 0.0 if math.isinf(self.threshold) else self.value / self.threshold
 
 
-def _first_lr(optimizer: torch.optim.Optimizer) -> float:
-    lr = optimizer.param_groups[0]["lr"]
+def _group_lr(group: dict) -> float:
+    lr = group["lr"]
     return float(lr.item() if isinstance(lr, torch.Tensor) else lr)
+
+
+def _first_lr(optimizer: torch.optim.Optimizer) -> float:
+    return _group_lr(optimizer.param_groups[0])
+
+
+def _reference_view(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """``optimizer``, or where its first group's lr is 0 while another group moves (parameters,
+    lr > 0) a shallow view of it whose first group is the first that moves: the measurements'
+    operators and the threshold take the first group as their reference (``lr_i / lr_0``,
+    ``2 / lr_0``), and a first group held at lr 0 (a frozen part listed first) made the threshold
+    ``inf`` (ratio 0) and the operator one in which every group moved alike, while the next step
+    moves the other groups. The view shares the optimizer's state and groups; nothing is changed."""
+    groups = optimizer.param_groups
+    if _group_lr(groups[0]) > 0:
+        return optimizer
+    moving = next((g for g in groups if g["params"] and _group_lr(g) > 0), None)
+    if moving is None:      # every group at lr 0 (a warmup from 0): the first group's, inf
+        return optimizer
+    view = object.__new__(type(optimizer))
+    view.__dict__.update(optimizer.__dict__)
+    view.param_groups = [moving] + [g for g in groups if g is not moving]
+    return view
 
 
 def _steps_of(optimizer: torch.optim.Optimizer) -> int:
@@ -87,6 +117,35 @@ def _steps_of(optimizer: torch.optim.Optimizer) -> int:
 
 def _trainable_count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _record_from(owner: str, i: int, fields: Any) -> SharpnessRecord:
+    """The :class:`SharpnessRecord` of a saved ``asdict`` record, each field checked; a ValueError
+    naming ``history[i]`` and the field otherwise."""
+    where = f"{owner}: history[{i}]"
+    names = [f.name for f in dataclasses.fields(SharpnessRecord)]
+    if not isinstance(fields, Mapping) or set(fields) != set(names):
+        shown = sorted(map(str, fields)) if isinstance(fields, Mapping) else type(fields).__name__
+        raise ValueError(f"{where} must be a dict of the fields {names}; got {shown}")
+
+    def real(name, *, none=False, finite=False):
+        value = fields[name]
+        if none and value is None:
+            return None
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        if not ok or (finite and not math.isfinite(value)):
+            raise ValueError(f"{where} {name} must be {'None or ' if none else ''}a real number; got {value!r}")
+        return float(value)
+
+    kind = fields["kind"]
+    if kind not in TRACKER_KINDS[1:]:
+        raise ValueError(f"{where} kind must be one of {TRACKER_KINDS[1:]}; got {kind!r}")
+    if not isinstance(fields["converged"], bool):
+        raise ValueError(f"{where} converged must be True or False; got {fields['converged']!r}")
+    return SharpnessRecord(step=check_integer(where, "step", fields["step"], low=0), value=real("value"),
+                           threshold=real("threshold", none=True), lr=real("lr", none=True, finite=True),
+                           kind=kind, matvecs=check_integer(where, "matvecs", fields["matvecs"], low=0),
+                           converged=fields["converged"])
 
 
 class SharpnessTracker:
@@ -118,7 +177,8 @@ class SharpnessTracker:
             ``distributed``, ``curvature``); the lr-scaled sharpness takes the first seven only.
 
     ``state_dict()`` / ``load_state_dict()`` save and restore the call count, the warm start
-    and the history (plain Python and one tensor), as ``torch.optim`` objects do.
+    and the history (plain Python and one tensor, so ``torch.load(..., weights_only=True)`` reads
+    it back), as ``torch.optim`` objects do; ``load_state_dict`` refuses a state that is not one.
 
     Raises:
         TypeError / ValueError: at construction, for a model that is not a module, an optimizer
@@ -188,23 +248,26 @@ class SharpnessTracker:
             return radam_step_kind(opt, _steps_of(opt) + 1)
         from catapult.optim.thresholds import group_lr_multipliers
 
+        # every trainable entry stepped at the reference lr: the Hessian's; else (groups at other
+        # lrs, a group at lr 0, parameters no group holds) M^1/2 H M^1/2, which leaves out what
+        # the step does not move (the Hessian's took a frozen group's curvature for the step's)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        m = group_lr_multipliers(opt, params)
-        moving = m[m > 0]
-        return "lr_scaled" if moving.numel() and bool((moving != moving[0]).any()) else "hessian"
+        m = group_lr_multipliers(_reference_view(opt), params)
+        return "lr_scaled" if bool((m != 1.0).any()) else "hessian"
 
     def _threshold(self) -> float | None:
         if self.optimizer is None:
             return None
-        if not _first_lr(self.optimizer) > 0:
+        reference = _reference_view(self.optimizer)
+        if not _first_lr(reference) > 0:
             return math.inf
-        return float(instability_threshold(self.optimizer))
+        return float(instability_threshold(reference))
 
     def _measure(self, batch, kind: str, init):
         if kind == "hessian":
             return sharpness(self.model, self.loss_fn, batch, init=init, **self.options)
         if kind == "preconditioned":
-            return preconditioned_sharpness(self.model, self.loss_fn, batch, self.optimizer, init=init,
+            return preconditioned_sharpness(self.model, self.loss_fn, batch, _reference_view(self.optimizer), init=init,
                                             scale_by_group_lr=True, **self.options)
         from catapult.optim.thresholds import lr_scaled_sharpness
 
@@ -212,7 +275,8 @@ class SharpnessTracker:
         if other:
             raise ValueError(f"SharpnessTracker: the lr-scaled sharpness (SGD whose groups' lrs differ) "
                              f"takes no {other}; pass kind='hessian' to measure the Hessian's instead")
-        return lr_scaled_sharpness(self.model, self.loss_fn, batch, self.optimizer, init=init, **self.options)
+        return lr_scaled_sharpness(self.model, self.loss_fn, batch, _reference_view(self.optimizer), init=init,
+                                   **self.options)
 
     # -- the callback ---------------------------------------------------------------------
     def step(self, batch) -> SharpnessRecord | None:
@@ -229,7 +293,7 @@ class SharpnessTracker:
         finite = math.isfinite(est.value)
         self.vector = est.vector.detach() if finite else None
         self._count = count
-        lr = None if self.optimizer is None else _first_lr(self.optimizer)
+        lr = None if self.optimizer is None else _first_lr(_reference_view(self.optimizer))
         record = SharpnessRecord(step=t, value=float(est.value), threshold=self._threshold(), lr=lr,
                                  kind=kind, matvecs=int(est.matvecs), converged=bool(est.converged))
         self.history.append(record)
@@ -243,14 +307,34 @@ class SharpnessTracker:
                 "history": [asdict(r) for r in self.history]}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` saved (the warm start moved to the model's device)."""
-        missing = sorted({"calls", "vector", "count", "history"} - set(state_dict))
-        if missing:
-            raise ValueError(f"SharpnessTracker.load_state_dict: the state lacks {missing}")
-        self.calls = check_integer("SharpnessTracker.load_state_dict", "calls", state_dict["calls"], low=0)
+        """Restore what :meth:`state_dict` saved (the warm start moved to the model's device).
+        A state that is not one (a key missing or extra, a vector that is not a finite non-zero
+        flat float tensor of ``count`` entries, a record with other fields or values) is refused
+        with a ValueError naming the key, before anything is changed: a bad vector was taken and
+        failed every later measurement ("init must be finite and non-zero")."""
+        owner = "SharpnessTracker.load_state_dict"
+        if not isinstance(state_dict, Mapping):
+            raise ValueError(f"{owner}: the state must be a dict as state_dict() returns, got "
+                             f"{type(state_dict).__name__}")
+        keys = {"calls", "vector", "count", "history"}
+        missing, extra = sorted(keys - set(state_dict)), sorted(map(str, set(state_dict) - keys))
+        if missing or extra:
+            raise ValueError(f"{owner}: the state " + ("lacks " + str(missing) if missing else "")
+                             + (" and " if missing and extra else "") + ("has unknown keys " + str(extra) if extra else ""))
+        calls = check_integer(owner, "calls", state_dict["calls"], low=0)
+        count = check_integer(owner, "count", state_dict["count"], low=1, optional=True)
         vector = state_dict["vector"]
         if vector is not None:
+            if not (isinstance(vector, torch.Tensor) and vector.dim() == 1 and vector.is_floating_point()
+                    and count == vector.numel() and bool(torch.isfinite(vector).all()) and bool(vector.any())):
+                shown = (f"a {vector.dtype} tensor of shape {tuple(vector.shape)}" if isinstance(vector, torch.Tensor)
+                         else type(vector).__name__)
+                raise ValueError(f"{owner}: vector must be None or a finite, non-zero 1-D float tensor of count "
+                                 f"({count}) entries; got {shown}")
             device = next((p.device for p in self.model.parameters()), vector.device)
             vector = vector.to(device)
-        self.vector, self._count = vector, state_dict["count"]
-        self.history = [SharpnessRecord(**r) for r in state_dict["history"]]
+        history = state_dict["history"]
+        if not isinstance(history, (list, tuple)):
+            raise ValueError(f"{owner}: history must be a list of records (dicts), got {type(history).__name__}")
+        records = [_record_from(owner, i, r) for i, r in enumerate(history)]
+        self.calls, self.vector, self._count, self.history = calls, vector, count, records
