@@ -6,6 +6,10 @@ Gauss-Newton matrices of the whole batch (tests/dense_curvature.py is for tensor
 loss is built here over the flat parameters with torch.func)."""
 from __future__ import annotations
 
+import copy
+import dataclasses
+from collections import UserDict
+
 import numpy as np
 import pytest
 import torch
@@ -14,6 +18,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 import catapult
+from catapult.curvature.microbatch import map_tensors, sample_count, split_batch
 
 
 class TokenModel(nn.Module):
@@ -153,3 +158,82 @@ def test_lean_memory_cuts_a_dict_batch_into_micro_batches():
     batch = _token_batch(5000)
     chunk, _ = memory_setting("lean", batch, None, None, model, token_loss)
     assert chunk is not None and 1 <= chunk < 5000      # the products on those pieces: tests above
+
+
+class Encoding(UserDict):
+    """Like an HF ``BatchEncoding``: a ``UserDict``, not a dict."""
+
+
+class TaggedDict(dict):
+    """A dict subclass torch's pytree does not know (it took it for one leaf)."""
+
+    tag = "mine"
+
+
+class Pair(tuple):
+    """A tuple subclass that is no namedtuple."""
+
+
+@dataclasses.dataclass
+class Features:
+    a: torch.Tensor
+    b: torch.Tensor
+    note: str = "kept"
+
+
+class FeatureInputs(TwoInputs):
+    def forward(self, xs):
+        if isinstance(xs, Features):
+            xs = (xs.a, xs.b)
+        elif isinstance(xs, (dict, UserDict)):
+            xs = (xs["a"], xs["b"])
+        return super().forward(xs)
+
+
+def _wrapped(which):
+    """``(model, loss_fn, batch)``: two inputs in a container of kind ``which``."""
+    torch.manual_seed(0)
+    (a, b), y = _two_batch()
+    xs = {"user_dict": Encoding(a=a, b=b), "dict_subclass": TaggedDict(a=a, b=b), "tuple_subclass": Pair((a, b)),
+          "dataclass": Features(a, b)}[which]
+    return FeatureInputs().double(), sum_mse, (xs, y)
+
+
+#: (a namedtuple, which torch's pytree knows, was cut right before: not here)
+KINDS = ["user_dict", "dict_subclass", "tuple_subclass", "dataclass"]
+
+
+@pytest.mark.parametrize("which", KINDS)
+def test_chunks_of_mappings_subclasses_and_dataclasses_are_the_dense_top(which):
+    """Samples were counted inside a dict subclass, a tuple subclass, but torch's pytree cut them
+    as one leaf (each micro-batch got the whole of it: refused as 'fails on a micro-batch', a
+    StopIteration under memory='lean'); a UserDict (HF BatchEncoding) and a dataclass were refused."""
+    model, loss_fn, batch = _wrapped(which)
+    top = _eigs(dense_hessian(model, loss_fn, batch))[0]
+    est = catapult.sharpness(model, loss_fn, batch, chunk_size=5, tol=1e-9, max_iter=300)
+    assert est.value == pytest.approx(top, rel=1e-9)
+    pieces, _ = split_batch(model, lambda p, x, y: loss_fn(functional_call(model, p, (x,)), y),
+                            dict(model.named_parameters()), *batch, 5, torch.float64)
+    assert len(pieces) == 5 and all(type(x) is type(batch[0]) for x, _, _ in pieces)
+    assert sum(sample_count(x) for x, _, _ in pieces) == 23
+
+
+@pytest.mark.parametrize("which", ["dict_subclass", "tuple_subclass"])   # (the others ran whole)
+def test_lean_cuts_subclassed_containers(which, lean_chunks_small_batches):
+    model, loss_fn, batch = _wrapped(which)
+    top = _eigs(dense_hessian(model, loss_fn, batch))[0]
+    assert catapult.sharpness(model, loss_fn, batch, memory="lean", tol=1e-9, max_iter=300).value == pytest.approx(top, rel=1e-8)
+
+
+@pytest.mark.parametrize("which", KINDS)
+def test_dtype_casts_the_tensors_of_every_container(which):
+    """dtype=float64 on a float32 model: the inputs in a dict subclass, UserDict, tuple subclass or
+    dataclass stayed float32 (refused as a model that 'meets tensors of two dtypes')."""
+    model, loss_fn, batch = _wrapped(which)
+    single = map_tensors(lambda t: t.float() if t.is_floating_point() else t, batch)
+    model = model.float()
+    truth = (copy.deepcopy(model).double(), map_tensors(lambda t: t.double() if t.is_floating_point() else t, single))
+    top = _eigs(dense_hessian(truth[0], loss_fn, truth[1]))[0]
+    est = catapult.sharpness(model, loss_fn, single, dtype=torch.float64, tol=1e-9, max_iter=300)
+    assert est.value == pytest.approx(top, rel=1e-9)
+    assert type(single[0]) is type(batch[0])

@@ -13,7 +13,6 @@ from typing import Callable
 
 import torch
 from torch.autograd.graph import get_gradient_edge
-from torch.utils._pytree import tree_map
 
 from catapult.arguments import check_batch, check_module, check_seed
 from catapult.curvature.difference import (central_step, checked_difference, refuse_renormed_differences,
@@ -21,7 +20,8 @@ from catapult.curvature.difference import (central_step, checked_difference, ref
 from catapult.curvature.forward_ad import jvp_of_gradient
 from catapult.curvature.grads_into import (attach_grads, backward_into, flush_grads, refuse_constant,
                                            scalar_loss)
-from catapult.curvature.microbatch import refuse_dropout, split_batch, weighted_backward, weighted_gradient
+from catapult.curvature.microbatch import (map_tensors, refuse_dropout, split_batch, weighted_backward,
+                                           weighted_gradient)
 from catapult.curvature.modes import HVP_MODES, holds_compiled, named_dtype_mix, resolve_dtype, resolve_hvp
 from catapult.curvature.rng import fixed_rng
 from catapult.curvature.stateless import (AttributesKept, RenormedCopies, batch_versions, functional_loss,
@@ -42,7 +42,7 @@ class HessianOperator:
     ``model.parameters()`` order), on one fixed batch, in the mode (train/eval) the model is in.
     The model is evaluated through :func:`torch.func.functional_call` on detached copies of its
     parameters and on clones of its buffers, cast to ``dtype`` when given (together with the
-    floating-point inputs and targets, tensors nested in tuples, lists and dicts included), so
+    floating-point inputs and targets, tensors nested in tuples, lists, dicts, mappings and dataclasses included), so
     the model's parameters, ``.grad``, buffers (e.g. BatchNorm running statistics) and mode are
     never changed. Every forward pass runs with the CPU/CUDA generator seeded with ``seed``
     inside :func:`torch.random.fork_rng`: in train mode with dropout ``H`` is the Hessian for
@@ -197,9 +197,10 @@ class HessianOperator:
         self._frozen = {n: cast(p) for n, p in model.named_parameters() if not p.requires_grad}
         self._buffers = {n: cast(b) for n, b in model.named_buffers()}
         inputs, targets = batch
-        # tensors nested in tuples, lists and dicts (a model taking several inputs) are cast too
-        self._inputs = tree_map(lambda t: cast(t) if torch.is_tensor(t) else t, inputs)
-        self._targets = tree_map(lambda t: cast(t) if torch.is_tensor(t) else t, targets)
+        # tensors nested in tuples, lists, dicts, mappings, dataclasses (a model taking several inputs)
+        # are cast too (microbatch.map_tensors: torch's pytree left a dict subclass's uncast)
+        self._inputs = map_tensors(cast, inputs)
+        self._targets = map_tensors(cast, targets)
         self._model, self._loss_fn = model, loss_fn
         # asked once: a scan of the modules in every forward cost the small GPT's sharpness ~1% (twice.py)
         self._forms_needed, self._renormed = needs_forms(model), has_renormed_embeddings(model)

@@ -41,13 +41,13 @@ import warnings
 
 import numpy as np
 import torch
-from torch.utils._pytree import tree_leaves
 
 from catapult.arguments import MAX_PRODUCTS, check_integer, check_real, check_seed
 from catapult.curvature.coarse import COARSE_MIN_SAMPLES
 from catapult.curvature.rng import fixed_rng
 from catapult.curvature.krylov import inner_product, vector_norm, unit_roundoff
-from catapult.curvature.microbatch import batch_coupling, coupling_remedy, sample_count, sample_count_or_none, sample_rows
+from catapult.curvature.microbatch import (batch_coupling, coupling_remedy, sample_count, sample_count_or_none, sample_rows,
+                                           tensor_leaves)
 from catapult.curvature.stateless import AttributesKept, functional_call
 from catapult.curvature.lanczos import EigenEstimate, ritz_pairs, top_ritz_pair
 from catapult.curvature.stopping import error_floor, krylov_invariant, relative_residual
@@ -145,7 +145,7 @@ def activation_bytes(model: torch.nn.Module, loss_fn, batch, *, probe: int = 8,
     params = {name: p.detach().requires_grad_(p.requires_grad) for name, p in model.named_parameters()}
     buffers = {name: b.clone() for name, b in model.named_buffers()}
     held = {t.untyped_storage().data_ptr() for t in [*params.values(), *buffers.values()]}
-    held |= {t.untyped_storage().data_ptr() for t in tree_leaves((inputs, targets)) if torch.is_tensor(t)}
+    held |= {t.untyped_storage().data_ptr() for t in tensor_leaves((inputs, targets))}
     seen: dict = {}
 
     def pack(t):
@@ -155,7 +155,7 @@ def activation_bytes(model: torch.nn.Module, loss_fn, batch, *, probe: int = 8,
         return t
 
     # (a state the forward carries in a plain attribute is put back: memory='lean' measured one batch on)
-    device = next(t.device for t in tree_leaves(x) if torch.is_tensor(t))
+    device = next(t.device for t in tensor_leaves(x))
     with torch.enable_grad(), fixed_rng(seed, device), AttributesKept().watch(model), \
             torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         loss_fn(functional_call(model, {**params, **buffers}, (x,)), y)

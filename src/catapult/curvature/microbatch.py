@@ -7,16 +7,19 @@ samples of a batch (train-mode BatchNorm) or draws per call (train-mode dropout)
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
+from collections.abc import MutableMapping
+from typing import Any, Callable
 
 import torch
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_map
 
 from catapult.arguments import check_integer
 
-__all__ = ["ChosenChunkSize", "PieceFailed", "batch_coupling", "coupling_remedy", "functional_masks_off", "refuse_dropout",
-           "reduction_kind", "sample_count", "sample_count_or_none", "sample_rows", "split_batch", "uses_batch_statistics", "weighted_backward", "weighted_gradient"]
+__all__ = ["ChosenChunkSize", "PieceFailed", "batch_coupling", "coupling_remedy", "functional_masks_off", "map_tensors", "refuse_dropout",
+           "reduction_kind", "sample_count", "sample_count_or_none", "sample_rows", "split_batch", "tensor_leaves", "uses_batch_statistics", "weighted_backward", "weighted_gradient"]
 
 
 def _mask_drawer(module: torch.nn.Module) -> str | None:
@@ -274,25 +277,81 @@ def reduction_kind(loss_at, params: dict, inputs, targets, pieces, dtype: torch.
     return full, kind, shown
 
 
+def _children(tree) -> list[tuple[str, Any, Any]] | None:
+    """``(path step, key, value)`` of each child of a container a batch is walked into -- dicts and
+    other mutable mappings (an HF ``BatchEncoding`` is a ``UserDict``), tuples (namedtuples too),
+    lists, dataclass instances -- or None for a leaf."""
+    if isinstance(tree, (dict, MutableMapping)):
+        return [(f"[{key!r}]", key, value) for key, value in tree.items()]
+    if isinstance(tree, (tuple, list)):
+        return [(f"[{i}]", i, value) for i, value in enumerate(tree)]
+    if dataclasses.is_dataclass(tree) and not isinstance(tree, type):
+        return [(f".{f.name}", f.name, getattr(tree, f.name)) for f in dataclasses.fields(tree) if f.init]
+    return None
+
+
+def _rebuilt(tree, children: list, values: list):
+    """``tree``'s container of its own type holding ``values`` in place of its children's."""
+    if type(tree) in (dict, list, tuple):
+        return dict(zip((key for _, key, _ in children), values)) if type(tree) is dict else type(tree)(values)
+    if isinstance(tree, tuple):
+        return type(tree)(*values) if hasattr(tree, "_fields") else type(tree)(values)   # a namedtuple
+    if dataclasses.is_dataclass(tree):
+        return dataclasses.replace(tree, **{key: value for (_, key, _), value in zip(children, values)})
+    out = copy.copy(tree)   # a dict or list subclass, a UserDict: its class and attributes kept
+    if isinstance(out, list):
+        out[:] = values
+    else:
+        for (_, key, _), value in zip(children, values):
+            out[key] = value
+    return out
+
+
+def map_tensors(fn: Callable[[torch.Tensor], Any], tree):
+    """``tree`` with ``fn`` applied to each tensor in it, walked as :func:`sample_count` walks a
+    batch (dicts, mutable mappings, tuples, namedtuples, lists, dataclasses; each rebuilt as its own
+    type); other leaves as they are. torch's pytree, used before, took a ``dict`` or ``tuple``
+    subclass it does not know, a ``UserDict`` and a dataclass for leaves: the micro-batches
+    and ``dtype=`` left their tensors whole and uncast, while their samples were counted.
+
+    >>> from collections import UserDict
+    >>> class Encoding(UserDict): pass
+    >>> out = map_tensors(lambda t: t * 2, Encoding(ids=torch.ones(2), mask=[torch.ones(1), "keep"]))
+    >>> type(out).__name__, out["ids"].tolist(), out["mask"][0].tolist(), out["mask"][1]
+    ('Encoding', [2.0, 2.0], [2.0], 'keep')
+    """
+    if torch.is_tensor(tree):
+        return fn(tree)
+    children = _children(tree)
+    if children is None:
+        return tree
+    return _rebuilt(tree, children, [map_tensors(fn, value) for _, _, value in children])
+
+
+def tensor_leaves(tree) -> list[torch.Tensor]:
+    """The tensors in ``tree``, walked as :func:`map_tensors` walks it.
+
+    >>> [t.tolist() for t in tensor_leaves({"a": (torch.ones(1), 3), "b": [torch.zeros(2)]})]
+    [[1.0], [0.0, 0.0]]
+    """
+    if torch.is_tensor(tree):
+        return [tree]
+    return [leaf for _, _, value in (_children(tree) or []) for leaf in tensor_leaves(value)]
+
+
 def _sample_leaves(tree, path: str = "") -> list[tuple[str, torch.Tensor]]:
     """``(path, tensor)`` of the tensor leaves with a sample dimension (dim >= 1) of nested
-    inputs or targets (tuples, lists, dicts: a model taking several inputs, an HF-style
-    ``{"input_ids": ..., "attention_mask": ...}``); ``path`` as ``['input_ids']`` or ``[0]``.
+    inputs or targets (:func:`map_tensors`' containers: a model taking several inputs, an HF-style
+    ``{"input_ids": ..., "attention_mask": ...}``); ``path`` as ``['input_ids']``, ``[0]`` or ``.ids``.
     (Walked here rather than with torch's pytree key paths, which torch 2.2, our floor, lacks.)"""
     if torch.is_tensor(tree):
         return [(path, tree)] if tree.dim() >= 1 else []
-    if isinstance(tree, dict):
-        items = [(f"{path}[{key!r}]", value) for key, value in tree.items()]
-    elif isinstance(tree, (tuple, list)):
-        items = [(f"{path}[{i}]", value) for i, value in enumerate(tree)]
-    else:
-        return []
-    return [leaf for sub, value in items for leaf in _sample_leaves(value, sub)]
+    return [leaf for step, _, value in (_children(tree) or []) for leaf in _sample_leaves(value, path + step)]
 
 
 def sample_count(tree, what: str = "inputs") -> int:
     """The number of samples (dim 0) of a batch's ``inputs`` or ``targets``: a tensor, or tuples,
-    lists and dicts of them, whose tensors with a dim 0 all have the same length (0-d tensors and
+    lists, dicts (:func:`map_tensors`' containers) of them, whose tensors with a dim 0 all have the same length (0-d tensors and
     other leaves, such as flags, go whole to every micro-batch); else a ValueError naming ``what``
     and the leaves that differ.
 
@@ -334,7 +393,7 @@ def sample_rows(tree, start: int, stop: int):
     {'ids': tensor([[2, 3],
             [4, 5]]), 'scale': tensor(2.)}
     """
-    return tree_map(lambda t: t[start:stop] if torch.is_tensor(t) and t.dim() >= 1 else t, tree)
+    return map_tensors(lambda t: t[start:stop] if t.dim() >= 1 else t, tree)
 
 
 def split_batch(model: torch.nn.Module, loss_at, params: dict, inputs, targets,

@@ -149,9 +149,9 @@ def batch_versions(*trees) -> list[int]:
     >>> batch_versions((x, [x[:1]])) == before
     False
     """
-    from torch.utils._pytree import tree_leaves
+    from catapult.curvature.microbatch import tensor_leaves   # (its containers: a dict subclass's too)
 
-    return [t._version for t in tree_leaves(list(trees)) if torch.is_tensor(t)]
+    return [t._version for t in tensor_leaves(list(trees))]
 
 
 def refuse_batch_written(before: list[int], trees, owner: str = "") -> None:
