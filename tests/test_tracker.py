@@ -267,3 +267,24 @@ def test_load_state_dict_refuses_a_state_that_is_not_one_before_changing_anythin
     assert other.calls == 0 and other.vector is None and other.history == []
     other.load_state_dict(state)
     assert other.step(batch) == tracker.step(batch)
+
+
+@pytest.mark.parametrize("lr", [math.nan, -0.1, math.inf])
+def test_an_lr_that_no_step_has_is_refused_by_group(lr):
+    """A scheduler past its end or a hand-set group lr: nan and -0.1 were recorded with threshold
+    inf (ratio 0); inf too."""
+    model = _net()
+    opt = torch.optim.SGD([{"params": model[0].parameters(), "lr": 0.1}, {"params": model[2].parameters(), "lr": 0.1}])
+    tracker = catapult.SharpnessTracker(model, LOSS, opt)
+    opt.param_groups[1]["lr"] = lr
+    with pytest.raises(ValueError, match=rf"param group 1 has lr={lr!r}; .* finite lr >= 0"):
+        tracker.step(_batch())
+
+
+def test_a_model_without_trainable_parameters_is_named_under_sgd():
+    """(the SGD rule's multipliers failed first, in torch's words: 'torch.cat(): expected a
+    non-empty list of Tensors')"""
+    model = _net().requires_grad_(False)
+    tracker = catapult.SharpnessTracker(model, LOSS, torch.optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(ValueError, match="no parameters with requires_grad=True"):
+        tracker.step(_batch())

@@ -89,6 +89,16 @@ def _first_lr(optimizer: torch.optim.Optimizer) -> float:
     return _group_lr(optimizer.param_groups[0])
 
 
+def _check_lrs(optimizer: torch.optim.Optimizer) -> None:
+    """A ValueError naming a param group whose lr is not a finite number >= 0 (set by hand or by a
+    scheduler past its end): a nan or negative lr was recorded with threshold ``inf``, ratio 0."""
+    for i, group in enumerate(optimizer.param_groups):
+        lr = _group_lr(group)
+        if not (math.isfinite(lr) and lr >= 0):
+            raise ValueError(f"SharpnessTracker: param group {i} has lr={lr!r}; the step it measures needs a "
+                             f"finite lr >= 0 in every group")
+
+
 def _reference_view(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     """``optimizer``, or where its first group's lr is 0 while another group moves (parameters,
     lr > 0) a shallow view of it whose first group is the first that moves: the measurements'
@@ -252,6 +262,8 @@ class SharpnessTracker:
         # lrs, a group at lr 0, parameters no group holds) M^1/2 H M^1/2, which leaves out what
         # the step does not move (the Hessian's took a frozen group's curvature for the step's)
         params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:      # (the measurement names it; the multipliers' torch.cat of nothing did not)
+            return "hessian"
         m = group_lr_multipliers(_reference_view(opt), params)
         return "lr_scaled" if bool((m != 1.0).any()) else "hessian"
 
@@ -286,6 +298,8 @@ class SharpnessTracker:
         self.calls += 1
         if t % self.every:
             return None
+        if self.optimizer is not None:
+            _check_lrs(self.optimizer)
         count = _trainable_count(self.model)
         init = self.vector if self.vector is not None and count == self._count else None
         kind = self._kind_now()
