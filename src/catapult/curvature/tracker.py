@@ -166,7 +166,11 @@ class SharpnessTracker:
     ``optimizer.step()``): ``tracker.step(batch)`` (or ``tracker(batch)``) measures on the calls
     ``0, every, 2 every, ...`` and returns a :class:`SharpnessRecord`, else ``None``; every record
     is also appended to ``tracker.history``. The measurement is of the step the optimizer is about
-    to take: its pre-conditioner and its lr (after the scheduler's last ``step()``). Like the
+    to take: its pre-conditioner and its lr (after the scheduler's last ``step()``). The Adam
+    family's pre-conditioner is built from the gradient of ``loss_fn`` on ``batch``, not from
+    ``.grad`` (so a ``GradScaler``'s scaled gradients do not enter it): under gradient accumulation
+    pass the whole accumulated batch, with a ``loss_fn`` whose gradient is the accumulated one
+    (the sum of ``k`` micro-batch means is ``k`` times the batch mean's). Like the
     functions it calls, it changes nothing of the model (parameters, ``.grad``, buffers such as
     BatchNorm's running statistics, train/eval mode) or the optimizer, nor the global RNG.
 
@@ -285,8 +289,9 @@ class SharpnessTracker:
 
         other = sorted(k for k in self.options if k not in _LR_SCALED_OPTIONS)
         if other:
-            raise ValueError(f"SharpnessTracker: the lr-scaled sharpness (SGD whose groups' lrs differ) "
-                             f"takes no {other}; pass kind='hessian' to measure the Hessian's instead")
+            raise ValueError(f"SharpnessTracker: the lr-scaled sharpness (SGD whose groups' lrs differ, or that "
+                             f"leaves parameters unmoved: a group at lr 0, parameters no group holds) takes no "
+                             f"{other}; pass kind='hessian' to measure the whole Hessian's instead")
         return lr_scaled_sharpness(self.model, self.loss_fn, batch, _reference_view(self.optimizer), init=init,
                                    **self.options)
 
