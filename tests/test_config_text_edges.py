@@ -53,3 +53,12 @@ def test_a_plain_word_file_gets_no_toml_hint(tmp_path):
     path.write_text("hello world\n")
     with pytest.raises(cfg.ConfigError, match=r"got str$"):
         cfg.load_config(path)
+
+
+def test_a_yaml_error_away_from_an_assignment_in_a_string_gets_no_toml_hint(tmp_path):
+    # an unclosed '[' on line 3; 'lr = 0.1' is inside the block string of notes: (told 'it looks like TOML')
+    path = tmp_path / "run.yaml"
+    path.write_text("notes: |\n  lr = 0.1 was too high\nseed: [1\n")
+    with pytest.raises(cfg.ConfigError, match=r"is not valid YAML: line 4, column 1") as info:
+        cfg.load_config(path)
+    assert "TOML" not in str(info.value)

@@ -306,8 +306,9 @@ def read_yaml(path: str | Path) -> tuple[dict, dict[str, tuple[int, int]]]:
         mapping = safe_yaml(text)
         positions = key_positions(text, duplicates)
     except yaml.YAMLError as err:
-        raise ConfigError([("<file>", f"{path} is not valid YAML: {yaml_problem(err)}{_assignment_hint(text)}")]) \
-            from None
+        mark = getattr(err, "problem_mark", None)
+        hint = _assignment_hint(text, None if mark is None else mark.line)
+        raise ConfigError([("<file>", f"{path} is not valid YAML: {yaml_problem(err)}{hint}")]) from None
     if duplicates:  # the earlier value would be dropped without a word
         raise ConfigError([(key, f"written twice in {path.name} (line {first[0]} and line {second[0]}); "
                                  f"keep one") for key, first, second in duplicates])
@@ -323,11 +324,20 @@ def read_yaml(path: str | Path) -> tuple[dict, dict[str, tuple[int, int]]]:
 
 #: A line ``key = value`` (TOML, INI), which YAML reads as part of a plain string.
 _ASSIGNMENT = re.compile(r"^[ \t]*[A-Za-z_][\w.-]*[ \t]*=", re.M)
+#: A ``[section]`` line (TOML, INI).
+_SECTION = re.compile(r"^[ \t]*\[[^\]\n]+\][ \t]*$", re.M)
 
 
-def _assignment_hint(text: str) -> str:
+def _assignment_hint(text: str, error_line: int | None = None) -> str:
     """What a refused config's message adds where ``text`` has a ``key = value`` line: it looks
-    like TOML or INI ("got str", or a YAML syntax error, said nothing of why)."""
+    like TOML or INI ("got str", or a YAML syntax error, said nothing of why). For a syntax error
+    at ``error_line`` (0-based), only where that line or the one before it is such a line or a
+    ``[section]``: a YAML file whose error was elsewhere (an unclosed ``[``) was told it looked like
+    TOML for an ``x = 1`` inside one of its strings."""
+    if error_line is not None:
+        near = "\n".join(text.splitlines()[max(0, error_line - 1):error_line + 1])
+        if not (_ASSIGNMENT.search(near) or _SECTION.search(near)):
+            return ""
     if not _ASSIGNMENT.search(text):
         return ""
     return ("; it looks like TOML or INI (key = value): a config is YAML, written key: value, a section's keys "
