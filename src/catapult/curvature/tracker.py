@@ -51,10 +51,10 @@ _LR_SCALED_OPTIONS = ("tol", "max_iter", "dtype", "hvp", "seed", "max_basis", "c
 class SharpnessRecord:
     """One measurement of a :class:`SharpnessTracker`: ``step`` (the tracker's call count before
     this call, 0-based), ``value`` (the sharpness of ``kind``), ``threshold`` (the instability
-    threshold of the optimizer's next step; ``None`` without an optimizer, ``inf`` at lr 0),
-    ``lr`` (the first param group's lr, or the first moving group's where that one is at 0;
-    ``None`` without an optimizer), ``kind``, ``matvecs``
-    (products spent) and ``converged``.
+    threshold of the optimizer's next step; ``None`` without an optimizer, ``inf`` while every
+    group's lr is 0), ``lr`` (the first param group's lr, or the first moving group's where that
+    one is at 0; ``None`` without an optimizer), ``kind``, ``matvecs`` (products spent) and
+    ``converged``.
 
     Example:
         >>> record = SharpnessRecord(step=0, value=4.0, threshold=20.0, lr=0.1, kind="hessian",
