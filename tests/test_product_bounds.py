@@ -142,3 +142,29 @@ def test_catapult_spectrum_names_the_flag():
     assert info.value.problems == [("--top-k", "must be an integer in [0, 33333]; got 100000"),
                                    ("--trace-matvecs", "must be an integer in [0, 100000]; got 1000000000"),
                                    ("--density-runs", "x --density-steps must be at most 100000 products; got 8 x 100000")]
+
+
+def test_spectral_density_bounds_its_grid_and_draws_a_large_one_in_blocks(monkeypatch):
+    """grid_points=10**9 spent every product, then raised NumPy's MemoryError (a 1.9 TiB grid x nodes
+    matrix): refused first now, naming it; a grid at the bound is drawn in blocks of rows, each
+    point the Gaussian mixture of the returned nodes and weights (re-derived in NumPy)."""
+    import numpy as np
+
+    from catapult.curvature import spectrum
+
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    batch = (torch.randn(8, 3), torch.randn(8, 1))
+    calls = []
+    monkeypatch.setattr(spectrum, "lanczos_quadrature", lambda *a, **k: calls.append(1))
+    with pytest.raises(ValueError, match=r"^spectral_density grid_points must be an integer in \[2, 1000000\]; got 1000000001$"):
+        catapult.spectral_density(model, nn.MSELoss(), batch, grid_points=10 ** 9 + 1)
+    assert calls == []                       # before any product
+    monkeypatch.undo()
+    dens = catapult.spectral_density(model.double(), nn.MSELoss(), (batch[0].double(), batch[1].double()),
+                                     runs=2, steps=3, grid_points=spectrum.MAX_GRID_POINTS)
+    assert dens.grid.size == 10 ** 6
+    at = np.r_[0:5, 499_998:500_003, 10 ** 6 - 5:10 ** 6]
+    z = (dens.grid[at, None] - dens.nodes.ravel()[None, :]) / dens.sigma
+    direct = np.exp(-0.5 * z ** 2) @ dens.weights.ravel() / (2 * dens.sigma * np.sqrt(2 * np.pi))
+    np.testing.assert_allclose(dens.density[at], direct, rtol=1e-12, atol=1e-300)

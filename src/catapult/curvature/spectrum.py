@@ -31,6 +31,11 @@ __all__ = ["CURVATURES", "GaussNewtonOperator", "Eigenpairs", "SpectralDensity",
            "curvature_operator", "lanczos_top_k", "top_eigenpairs", "check_matvecs", "hutch_plus_plus",
            "hessian_trace", "lanczos_quadrature", "spectral_density"]
 
+#: The most grid points :func:`spectral_density` draws its density on (a plot has ~10**3 pixels
+#: across; 10**9 was a MemoryError after every product had been spent).
+MAX_GRID_POINTS = 10 ** 6
+
+
 def curvature_operator(model, loss_fn, batch, *, curvature: str = "hessian", optimizer=None,
                        dtype=None, hvp: str = "auto", seed: int = 0, chunk_size=None,
                        distributed: bool = False, scale_by_group_lr: bool = False,
@@ -379,7 +384,8 @@ def spectral_density(model, loss_fn, batch, *, runs: int = 8, steps: int = 40,
     :func:`lanczos_quadrature` of ``steps`` steps each, and the density
     ``phi(x) = (1/runs) sum_r sum_j w_rj N(x; theta_rj, sigma^2)`` on ``grid_points`` points
     spanning the nodes +- 3 sigma (default ``sigma`` = 1% of the nodes' range). Costs
-    ``runs * steps`` products, at most 10**5 (:data:`catapult.arguments.MAX_PRODUCTS`). Plot with :func:`catapult.plots.plot_spectral_density`.
+    ``runs * steps`` products, at most 10**5 (:data:`catapult.arguments.MAX_PRODUCTS`), on at most
+    ``MAX_GRID_POINTS`` (10**6) grid points. Plot with :func:`catapult.plots.plot_spectral_density`.
     ``optimizer`` and ``scale_by_group_lr`` choose the pre-conditioned operator as in
     :func:`top_eigenpairs`.
 
@@ -409,7 +415,7 @@ def spectral_density(model, loss_fn, batch, *, runs: int = 8, steps: int = 40,
     # runs and steps are counts of products (runs x steps of them), bounded as a solver's max_iter is
     counts = [check_integer("spectral_density", label, value, low=low, high=high)
               for label, value, low, high in (("runs", runs, 1, MAX_PRODUCTS), ("steps", steps, 1, MAX_PRODUCTS),
-                                              ("grid_points", grid_points, 2, None))]
+                                              ("grid_points", grid_points, 2, MAX_GRID_POINTS))]
     if counts[0] * counts[1] > MAX_PRODUCTS:  # runs=1000, steps=1000: 10**6 products
         raise ValueError(f"spectral_density runs x steps must be at most {MAX_PRODUCTS} products; got "
                          f"{counts[0]} x {counts[1]} = {counts[0] * counts[1]}")
@@ -439,6 +445,10 @@ def spectral_density(model, loss_fn, batch, *, runs: int = 8, steps: int = 40,
     # the padded nodes (weight 0) add nothing: steps=10**6 on a small model made a grid x runs x
     # steps matrix of them (60 GiB, a MemoryError), though no more nodes than dimensions exist
     kept = weights.ravel() > 0
-    z = (grid[:, None] - nodes.ravel()[kept][None, :]) / sigma
-    density = (np.exp(-0.5 * z ** 2) @ weights.ravel()[kept]) / (runs * sigma * math.sqrt(2 * math.pi))
+    centres, mass = nodes.ravel()[kept], weights.ravel()[kept]
+    # in blocks of grid rows (about 2**22 entries of the grid x nodes matrix each): grid_points=10**6
+    # beside 256 nodes was a 1.9 GiB matrix at once (10**9 a MemoryError after every product)
+    rows = max(1, 2 ** 22 // max(1, centres.size))
+    density = np.concatenate([np.exp(-0.5 * ((grid[i:i + rows, None] - centres[None, :]) / sigma) ** 2) @ mass
+                              for i in range(0, grid.size, rows)]) / (runs * sigma * math.sqrt(2 * math.pi))
     return SpectralDensity(grid, density, nodes, weights, float(sigma))
