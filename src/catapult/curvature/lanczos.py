@@ -20,7 +20,8 @@ __all__ = [
     "EigenEstimate", "KrylovBasis", "lanczos_top_eigenpair", "batched_lanczos",
     # the Lanczos step and its pieces (KrylovBasis from catapult.curvature.krylov; the stopping test
     # and the error bounds from catapult.curvature.stopping)
-    "lanczos_step", "restart_sizes", "tridiagonal_update", "ritz_pairs", "top_ritz_pair", "relative_residual",
+    "lanczos_step", "restart_sizes", "tridiagonal_update", "ritz_pairs", "top_ritz_pair", "tridiagonal_top_pair",
+    "relative_residual",
     "rounding_level", "krylov_invariant", "eigenvalue_error_bound", "stop_test", "thick_restart",
     "ERROR_FLOOR_ULPS", "error_floor", "reported_bound",
 ]
@@ -134,6 +135,39 @@ def top_ritz_pair(ritz_values: np.ndarray, ritz_vectors: np.ndarray) -> tuple[fl
     (5.0, [0.0, 1.0, 0.0])
     """
     return float(ritz_values[-1]), ritz_vectors[:, -1]
+
+
+def tridiagonal_top_pair(alphas: Sequence[float], betas: Sequence[float]) -> tuple[float, np.ndarray, float]:
+    """``(theta, s, lowest)`` of the symmetric tridiagonal ``T_m`` with diagonal ``alphas`` (``m``)
+    and off-diagonal ``betas`` (``m - 1``): its largest eigenvalue ``theta``, that eigenvalue's unit
+    eigenvector ``s`` (sign: its entry of largest magnitude is positive) and its smallest eigenvalue ``lowest``.
+
+    Bisection and inverse iteration on ``T_m`` itself (LAPACK ``stebz`` / ``stein`` through
+    ``scipy.linalg.eigh_tridiagonal``): ``O(m)`` work for the two values and the vector, where
+    :func:`ritz_pairs`' dense ``eigh`` of the ``m x m`` matrix is ``O(m^3)`` (a solver that asks at
+    every step pays ``O(m^4)`` in all). Equal to ``numpy.linalg.eigh`` of the dense ``T_m`` to
+    float64 rounding (``tests/test_tridiagonal_top_pair.py``).
+
+    >>> theta, s, lowest = tridiagonal_top_pair([2.0, 2.0], [1.0])
+    >>> round(theta, 12), s.round(6).tolist(), round(lowest, 12)
+    (3.0, [0.707107, 0.707107], 1.0)
+    """
+    d = np.asarray(alphas, dtype=np.float64)
+    e = np.asarray(betas, dtype=np.float64)
+    m = d.shape[0]
+    if d.ndim != 1 or m == 0 or e.shape != (m - 1,):
+        raise ValueError(f"tridiagonal_top_pair needs m >= 1 diagonal and m - 1 off-diagonal entries, "
+                         f"got {d.shape} and {e.shape}")
+    if m == 1:
+        return float(d[0]), np.ones(1), float(d[0])
+    from scipy.linalg import eigh_tridiagonal, eigvalsh_tridiagonal  # scikit-learn's dependency; ~0.1 s to import
+
+    top, vectors = eigh_tridiagonal(d, e, select="i", select_range=(m - 1, m - 1), check_finite=False)
+    lowest = eigvalsh_tridiagonal(d, e, select="i", select_range=(0, 0), check_finite=False)
+    s = vectors[:, 0]
+    if s[np.argmax(np.abs(s))] < 0:  # not s_0's sign: s_0 can be 1e-49, its sign noise
+        s = -s
+    return float(top[0]), s, float(lowest[0])
 
 
 def thick_restart(ritz_values: np.ndarray, ritz_vectors: np.ndarray, beta: float, keep: int,
