@@ -5,6 +5,7 @@ its first solve. Refused before any work: exit 2 naming the key (config), a Valu
 argument (Python), in check_integer's words."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -129,9 +130,45 @@ def test_a_density_is_bounded_by_runs_x_steps():
     model, loss_fn, batch = _problem()
     with pytest.raises(ValueError, match=r"^spectral_density steps must be an integer in \[1, 100000\]; got 1000000000$"):
         catapult.spectral_density(model, loss_fn, batch, steps=10 ** 9)
+    big = nn.Linear(40, 30)  # 1,230 parameters: steps=1000 all run
+    x, y = torch.randn(2, 40), torch.randn(2, 30)
     with pytest.raises(ValueError, match=r"^spectral_density runs x steps must be at most 100000 products; "
                                          r"got 1000 x 1000 = 1000000$"):
-        catapult.spectral_density(model, loss_fn, batch, runs=1000, steps=1000)
+        catapult.spectral_density(big, loss_fn, (x, y), runs=1000, steps=1000)
+    # steps above the dimension: 200 runs x min(1000, 1230)
+    with pytest.raises(ValueError, match=r"^spectral_density runs x steps must be at most 100000 products; "
+                                         r"got 101 x 1000 = 101000$"):
+        catapult.spectral_density(big, loss_fn, (x, y), runs=101, steps=1000)
+    with pytest.raises(ValueError, match=r"got 100 x 1230 = 123000 \(steps capped at the operator's dimension 1230\)$"):
+        catapult.spectral_density(big, loss_fn, (x, y), runs=100, steps=2000)
+
+
+def test_a_density_caps_the_products_that_run_not_runs_x_steps(monkeypatch):
+    """A run of Lanczos quadrature stops at the dimension n (8 here): 3 runs x 10**5 steps is
+    24 products, under the cap; it was refused as 3 x 10**5."""
+    from catapult.curvature import spectrum
+
+    model, loss_fn, batch = _problem()
+    n = sum(p.numel() for p in model.parameters())
+    lengths = []
+    real = spectrum.lanczos_quadrature
+
+    def counted(matvec, v, steps, *args, **kwargs):
+        lengths.append(min(steps, v.numel()))
+        return real(matvec, v, steps, *args, **kwargs)
+
+    monkeypatch.setattr(spectrum, "lanczos_quadrature", counted)
+    dens = catapult.spectral_density(model, loss_fn, batch, runs=3, steps=10 ** 5)
+    assert n == 8 and lengths == [8, 8, 8]
+    # nodes/weights: runs x min(steps, n), not runs x steps (mostly zero-weight padding)
+    assert dens.nodes.shape == dens.weights.shape == (3, 8)
+    # a Linear(3, 2) under MSE over N d = 16 entries: H = (2 / 16) kron(I_2, X^T X), X with a
+    # column of ones (the bias); every node of weight is one of its eigenvalues
+    x = torch.cat([batch[0], torch.ones(8, 1)], dim=1).double()
+    eigenvalues = np.linalg.eigvalsh((x.T @ x).numpy() / 8)
+    nodes = dens.nodes[dens.weights > 1e-9]
+    assert np.abs(nodes[:, None] - eigenvalues[None, :]).min(axis=1).max() <= 1e-4 * eigenvalues.max()
+    assert np.allclose(dens.weights.sum(axis=1), 1.0)
 
 
 def test_catapult_spectrum_names_the_flag():
@@ -140,8 +177,12 @@ def test_catapult_spectrum_names_the_flag():
     with pytest.raises(cfg.ConfigError) as info:
         measure_spectrum(cfg.validate({}), top_k=MOST, trace_matvecs=10 ** 9, density_runs=8, density_steps=10 ** 5)
     assert info.value.problems == [("--top-k", "must be an integer in [0, 33333]; got 100000"),
-                                   ("--trace-matvecs", "must be an integer in [0, 100000]; got 1000000000"),
-                                   ("--density-runs", "x --density-steps must be at most 100000 products; got 8 x 100000")]
+                                   ("--trace-matvecs", "must be an integer in [0, 100000]; got 1000000000")]
+    # runs x steps is checked against the products that run, runs x min(steps, n), once the model is
+    # built (563,722 parameters in the default run): 8 x 10**5 is refused, with its flag
+    with pytest.raises(cfg.ConfigError) as info:
+        measure_spectrum(cfg.validate({}), top_k=0, trace_matvecs=0, density_runs=8, density_steps=10 ** 5)
+    assert info.value.problems == [("--density-runs", "x --density-steps must be at most 100000 products; got 8 x 100000")]
 
 
 def test_spectral_density_bounds_its_grid_and_draws_a_large_one_in_blocks(monkeypatch):

@@ -427,16 +427,17 @@ def test_spectral_density_is_the_documented_gaussian_smoothing_of_its_nodes():
 
 
 def test_a_quadrature_that_ends_early_pads_with_zero_weight():
-    """H = diag(4, 1) has 2 dimensions: 5 steps end after 2 and the 3 padded nodes carry no
-    weight, so each run's weights still sum to 1 (a probability measure) and the two
+    """H = (1/2) kron(I_2, diag(4, 1)) has 4 dimensions but 2 eigenvalues (2 and 0.5, twice
+    each): 5 steps are capped at the dimension (4) and end after 2, and the 2 padded nodes carry
+    no weight, so each run's weights still sum to 1 (a probability measure) and the two
     eigenvalues keep half the mass each."""
-    model = torch.nn.Linear(2, 1, bias=False)
-    batch = (torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0], [0.0]]))
+    model = torch.nn.Linear(2, 2, bias=False)
+    batch = (torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.zeros(2, 2))
     dens = catapult.spectral_density(model, torch.nn.MSELoss(), batch, runs=3, steps=5)
-    assert dens.nodes.shape == dens.weights.shape == (3, 5)
+    assert dens.nodes.shape == dens.weights.shape == (3, 4)   # runs x min(steps, n)
     np.testing.assert_allclose(dens.weights.sum(axis=1), 1.0, rtol=1e-12)
     np.testing.assert_allclose(dens.weights[:, 2:], 0.0, atol=0)
-    for value in (1.0, 4.0):
+    for value in (0.5, 2.0):
         mass = dens.weights[np.isclose(dens.nodes, value)].sum() / 3
         assert mass == pytest.approx(0.5, rel=1e-5)        # float32 model
 

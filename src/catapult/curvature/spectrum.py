@@ -28,7 +28,7 @@ from catapult.curvature.start import (check_max_basis, check_solver_args, initia
                                       outside_autocast, outside_inference_mode, solver_split, split_operator)
 
 __all__ = ["CURVATURES", "GaussNewtonOperator", "Eigenpairs", "SpectralDensity",
-           "curvature_operator", "lanczos_top_k", "top_eigenpairs", "check_matvecs", "hutch_plus_plus",
+           "curvature_operator", "lanczos_top_k", "top_eigenpairs", "check_matvecs", "check_density_products", "hutch_plus_plus",
            "hessian_trace", "lanczos_quadrature", "spectral_density"]
 
 #: The most grid points :func:`spectral_density` draws its density on (a plot has ~10**3 pixels
@@ -162,6 +162,25 @@ def _orthonormal_rows(rows: torch.Tensor, reduce=None) -> torch.Tensor:
     return rows
 
 
+def check_density_products(runs: int, steps: int, n: int | None = None, owner: str = "spectral_density") -> None:
+    """A ValueError naming ``owner`` unless the products :func:`spectral_density` runs, ``runs x
+    min(steps, n)``, are at most :data:`catapult.arguments.MAX_PRODUCTS` (10**5): a run of
+    Lanczos quadrature stops at the operator's dimension ``n`` (``None``: not known yet, so
+    ``steps`` counts), so ``steps=10**4`` with 100 runs on a 30-parameter model is 3,000 products.
+
+    >>> check_density_products(100, 10 ** 4, n=30)
+    >>> check_density_products(100, 10 ** 4)
+    Traceback (most recent call last):
+    ...
+    ValueError: spectral_density runs x steps must be at most 100000 products; got 100 x 10000 = 1000000
+    """
+    ran = steps if n is None else min(steps, n)
+    if runs * ran > MAX_PRODUCTS:  # runs=1000, steps=1000: 10**6 products
+        at = "" if ran == steps else f" (steps capped at the operator's dimension {n})"
+        raise ValueError(f"{owner} runs x steps must be at most {MAX_PRODUCTS} products; got "
+                         f"{runs} x {ran} = {runs * ran}{at}")
+
+
 def check_matvecs(matvecs, owner: str = "hessian_trace", n: int | None = None) -> int:
     """``matvecs`` as an int; a ValueError naming ``owner`` unless it is an integer >= 3 (Hutch++'s
     least) whose products are at most :data:`catapult.arguments.MAX_PRODUCTS` (10**5): with the
@@ -285,7 +304,8 @@ def hessian_trace(model, loss_fn, batch, *, matvecs: int = 100, curvature: str =
 @dataclass
 class SpectralDensity:
     """Smoothed eigenvalue density ``grid``/``density`` (numpy arrays; ``density`` integrates to
-    ~1 over the grid) and the quadrature ``nodes``/``weights`` (``runs x steps``) it came from.
+    ~1 over the grid) and the quadrature ``nodes``/``weights`` (``runs x min(steps, n)``, ``n`` the operator's
+    dimension) it came from.
 
     >>> d = SpectralDensity(np.zeros(3), np.ones(3), np.ones((1, 1)), np.ones((1, 1)), 0.1)
     >>> d.grid.shape, d.sigma
@@ -384,7 +404,8 @@ def spectral_density(model, loss_fn, batch, *, runs: int = 8, steps: int = 40,
     :func:`lanczos_quadrature` of ``steps`` steps each, and the density
     ``phi(x) = (1/runs) sum_r sum_j w_rj N(x; theta_rj, sigma^2)`` on ``grid_points`` points
     spanning the nodes +- 3 sigma (default ``sigma`` = 1% of the nodes' range). Costs
-    ``runs * steps`` products, at most 10**5 (:data:`catapult.arguments.MAX_PRODUCTS`), on at most
+    ``runs * min(steps, n)`` products (a run stops at the dimension ``n``), at most 10**5
+    (:data:`catapult.arguments.MAX_PRODUCTS`, :func:`check_density_products`), on at most
     ``MAX_GRID_POINTS`` (10**6) grid points. Plot with :func:`catapult.plots.plot_spectral_density`.
     ``optimizer`` and ``scale_by_group_lr`` choose the pre-conditioned operator as in
     :func:`top_eigenpairs`.
@@ -412,13 +433,10 @@ def spectral_density(model, loss_fn, batch, *, runs: int = 8, steps: int = 40,
         >>> sorted(set(dens.nodes.round(4).ravel().tolist())), round(float(dens.weights.sum()) / 4, 6)
         ([1.0, 4.0], 1.0)
     """
-    # runs and steps are counts of products (runs x steps of them), bounded as a solver's max_iter is
+    # runs and steps are counts of products (runs x min(steps, n) of them), bounded as a solver's max_iter is
     counts = [check_integer("spectral_density", label, value, low=low, high=high)
               for label, value, low, high in (("runs", runs, 1, MAX_PRODUCTS), ("steps", steps, 1, MAX_PRODUCTS),
                                               ("grid_points", grid_points, 2, MAX_GRID_POINTS))]
-    if counts[0] * counts[1] > MAX_PRODUCTS:  # runs=1000, steps=1000: 10**6 products
-        raise ValueError(f"spectral_density runs x steps must be at most {MAX_PRODUCTS} products; got "
-                         f"{counts[0]} x {counts[1]} = {counts[0] * counts[1]}")
     width = None if sigma is None else check_real("spectral_density", "sigma", sigma, low=0.0, low_open=True)
     (runs, steps, grid_points), sigma = counts, width
     max_basis = check_max_basis(max_basis, owner="spectral_density")
@@ -427,6 +445,11 @@ def spectral_density(model, loss_fn, batch, *, runs: int = 8, steps: int = 40,
                             distributed=distributed, scale_by_group_lr=scale_by_group_lr,
                             sharded_vectors="local")
     split = split_operator(op)
+    # a run takes at most n steps (lanczos_quadrature stops at the dimension): what runs is capped,
+    # not runs x steps (10**4 runs of steps=40 on a 2-parameter model were refused, 2 x 10**4 products)
+    n = op.numel if split is None else split.dimension
+    check_density_products(runs, steps, n)
+    steps = min(steps, n)  # and the nodes padded to it: runs x steps of them could be 10**10
     gen = torch.Generator().manual_seed(int(seed))
     nodes, weights = [], []
     for _ in range(runs):

@@ -156,9 +156,6 @@ def measure_spectrum(config: Mapping[str, Any], *, weights: str | Path | None = 
     if counts.get("trace_matvecs") in (1, 2):  # Hutch++ splits its products in three
         problems.append(("--trace-matvecs", f"must be 0 (skip) or an integer in [3, {MAX_PRODUCTS}]; "
                                             f"got {counts['trace_matvecs']}"))
-    if counts.get("density_runs", 0) * counts.get("density_steps", 0) > MAX_PRODUCTS:
-        problems.append(("--density-runs", f"x --density-steps must be at most {MAX_PRODUCTS} products; got "
-                                           f"{counts['density_runs']} x {counts['density_steps']}"))
     top_k, trace_matvecs, density_runs, density_steps = (counts.get(name, value) for name, value in (
         ("top_k", top_k), ("trace_matvecs", trace_matvecs), ("density_runs", density_runs),
         ("density_steps", density_steps)))
@@ -186,6 +183,12 @@ def measure_spectrum(config: Mapping[str, Any], *, weights: str | Path | None = 
     config, model, loss_fn, batch = setup.config, setup.model, setup.loss_fn, setup.batches.batch(0)
     if top_k > setup.n_params:
         raise cfg.ConfigError([("--top-k", f"{top_k} exceeds the model's {setup.n_params} parameters")])
+    # a density run stops at the dimension: runs x min(steps, n) products run, and are capped
+    if density_runs * min(density_steps, setup.n_params) > MAX_PRODUCTS:
+        raise cfg.ConfigError([("--density-runs", f"x --density-steps must be at most {MAX_PRODUCTS} products; got "
+                                                  f"{density_runs} x {min(density_steps, setup.n_params)}"
+                                                  + ("" if density_steps <= setup.n_params else
+                                                     f" (steps capped at the model's {setup.n_params} parameters)"))])
     if weights is not None:
         load_weights(model, weights, key="--weights")
     loss = probe_loss(model, loss_fn, batch)
