@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from catapult.config.errors import ConfigError
 from catapult.config.validation import checks_flag, section_model, unknown_key, validate
-from catapult.config.sections import RunConfig
+from catapult.config.sections import RUN_NAME, RunConfig
 
 __all__ = ["STUDY_SECTIONS", "parse_override", "apply_overrides", "read_mapping", "read_yaml", "key_positions",
            "load_config", "dump_config", "safe_yaml", "yaml_problem", "plain_data", "MAX_YAML_DEPTH",
@@ -408,12 +408,22 @@ def load_config(path: str | Path, overrides: Iterable[str] = (), set_aside: dict
     for text in overrides:
         key = text.split("=", 1)[0].strip()
         positions = {k: v for k, v in positions.items() if k != key and not k.startswith(key + ".")}
+    unnamed = []  # '...yaml' gave the name '..': refused as a 'name' the user never set
     if mapping.get("name") is None:
         mapping["name"] = re.sub(r"[^A-Za-z0-9_.+=-]", "_", path.stem) or "run"
+        if not re.fullmatch(RUN_NAME, mapping["name"]):
+            mapping["name"] = "run"  # the other keys are still checked, and reported with it
+            unnamed = [("name", f"not set, and the config file's name {path.name!r} gives no run name "
+                                f"(its stem {path.stem!r}; a run name starts with a letter or digit, then "
+                                f"letters, digits and _ . + = -, as it names runs/<name>/): set name: in the "
+                                f"file or name=... on the command line")]
     try:
-        return validate(mapping, checks=checks)
+        config = validate(mapping, checks=checks)
     except ConfigError as err:
-        raise ConfigError(_located(err.problems, positions, path.name)) from None
+        raise ConfigError(unnamed + _located(err.problems, positions, path.name)) from None
+    if unnamed:
+        raise ConfigError(unnamed)
+    return config
 
 
 def dump_config(config: Mapping[str, Any] | BaseModel) -> str:

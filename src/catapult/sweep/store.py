@@ -303,7 +303,9 @@ class Store:
 
     def axes(self) -> list[dict]:
         """Per-axis metadata: ``[{key, values, labels, form, title}, ...]`` in axis order."""
-        axes = self.json_field(self.meta("axes_json") or "[]", "meta axes_json", list)
+        if (text := self.meta("axes_json")) is None and self.meta("spec_json") is None:  # as spec(); plot: "no swept keys"
+            raise StoreError(f"{self.path} holds no sweep yet")
+        axes = self.json_field(text or "[]", "meta axes_json", list)
         if not all(isinstance(a, dict) and isinstance(a.get("key"), str) and isinstance(a.get("values"), list)
                    and isinstance(a.get("labels"), list) and len(a["labels"]) == len(a["values"]) for a in axes):
             raise StoreError(f"{self.path} is damaged: meta axes_json is not a list of axes "
