@@ -80,3 +80,38 @@ def test_configs_the_readme_names_validate(path):
     overrides = sorted({tok for line in README.splitlines() if path in line
                         for tok in line.split() if re.fullmatch(r"[a-z_][\w.]*=\S+", tok)})
     load_config(ROOT / path, overrides)
+
+
+OUTPUT_FLAGS = ("--out", "--plot", "--store", "--trajectories-out", "--write-configs")
+
+
+def readme_commands(text: str) -> list[str]:
+    """Every command the README gives: its indented lines (continuations joined) and its inline
+    code spans that start with a program a reader would run."""
+    lines, joined = text.splitlines(), []
+    for line in lines:
+        if joined and joined[-1].endswith("\\"):
+            joined[-1] = joined[-1][:-1] + " " + line.strip()
+        elif line.startswith("    "):
+            joined.append(line.strip())
+    inline = re.findall(r"`((?:catapult|python|torchrun|make) [^`\n]+)`", text)
+    return [c for c in joined + inline if re.match(r"(catapult|python|torchrun|make)\b", c)]
+
+
+def test_readme_commands_write_under_runs():
+    """A README command run from the repository's root writes under runs/ (git-ignored): `--plot
+    spectrum.png` and `--out cells.csv` left files beside README.md."""
+    import shlex
+
+    outputs = []
+    for command in readme_commands(README):
+        tokens = shlex.split(command.split(" # ")[0].replace("[", " ").replace("]", " "), comments=True)
+        for flag, value in zip(tokens, tokens[1:] + [""]):
+            if flag in OUTPUT_FLAGS:
+                outputs.append((command, value))
+            elif flag.split("=")[0] in OUTPUT_FLAGS:
+                outputs.append((command, flag.split("=", 1)[1]))
+    assert len(outputs) >= 10, outputs
+    # a placeholder (STORE, DIR, FILE) is the reader's own choice
+    wrong = [(c, v) for c, v in outputs if not (v.startswith("runs/") or v.isupper())]
+    assert not wrong, wrong
