@@ -71,7 +71,7 @@ from catapult.arguments import STD_MAX, as_real, check_densities, check_flag, ch
 from catapult.param_rules import (PARAMETRIZATIONS, ROLES, ParamSpec, check_parametrization, init_rule,
                                   init_variance, lr_multiplier, lr_rule, optimizer_family)
 from catapult.sparsity import MASK_METHODS, random_mask
-from catapult.parametrize_checks import check_masks, check_scalable, check_shared
+from catapult.parametrize_checks import check_inferred_readout, check_masks, check_scalable, check_shared
 from catapult.parametrize_state import attach_spec
 from catapult.scaled_layers import (WEIGHT_LAYERS, ScaledConv2d, ScaledEmbedding, ScaledLinear,
                                     as_scaled, fan_in as layer_fan_in, layer_width)
@@ -444,11 +444,13 @@ def parametrize(
         raise ValueError("alpha_in / alpha_out apply to mup and supar only; SP has no multipliers")
     all_layers = {name: sub for name, sub in module.named_modules()}
     layer_roles = infer_roles(module)
+    inferred = set(layer_roles)  # the roles no earlier call and no roles= gave
     earlier = getattr(module, "catapult_roles", None)  # a second call keeps the first's (roles= given then were lost)
     if isinstance(earlier, dict):
         for name in layer_roles:
             if name in earlier and (earlier[name] is None or earlier[name] in ROLES):
                 layer_roles[name] = earlier[name]
+                inferred.discard(name)
     if roles is not None and not isinstance(roles, Mapping):  # a list of pairs raised "'list' object has no attribute 'items'"
         raise TypeError(f"parametrize() roles must be a mapping {{layer name: role or None}}; got {type(roles).__name__}")
     for name, role in (roles or {}).items():
@@ -458,6 +460,7 @@ def parametrize(
         if role is not None and role not in ROLES:
             raise ValueError(f"roles[{name!r}] must be one of {ROLES} or None; got {role!r}")
         layer_roles[name] = role
+        inferred.discard(name)
     chosen = dict(layer_roles)
     untouched = [name for name, role in layer_roles.items() if role is None]
     layer_roles = {name: role for name, role in layer_roles.items() if role is not None}
@@ -491,6 +494,7 @@ def parametrize(
     check_masks(all_layers, layer_roles, density)  # before any layer changes
     check_scalable(all_layers, layer_roles)
     check_shared(all_layers, layer_roles)
+    check_inferred_readout(all_layers, layer_roles, inferred)
 
     initialised: set[int] = set()
     masks: dict[int, torch.Tensor] = {}  # per weight: a weight shared by two hidden layers gets one mask

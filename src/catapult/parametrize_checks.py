@@ -1,7 +1,7 @@
 """What :func:`catapult.parametrize.parametrize` refuses about a user's layers, checked before it
 changes any of them (each refusal was once a half-converted model or a silent wrong answer):
-masks where they cannot apply, one weight shared by layers of different rules, and layers it
-cannot convert."""
+masks where they cannot apply, one weight shared by layers of different rules, layers it
+cannot convert, and a readout inferred where the model reads out through its embedding."""
 from __future__ import annotations
 
 from typing import Mapping
@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from catapult.scaled_layers import SCALABLE_TYPES, ScaledConv2d, ScaledEmbedding, ScaledLinear
 
-__all__ = ["check_masks", "check_shared", "check_scalable"]
+__all__ = ["check_masks", "check_shared", "check_scalable", "check_inferred_readout"]
 
 
 def check_masks(layers: Mapping[str, nn.Module], roles: Mapping[str, str], density: float) -> None:
@@ -83,6 +83,42 @@ def check_shared(layers: Mapping[str, nn.Module], roles: Mapping[str, str]) -> N
                 "init, mask and learning rate cannot serve an input or output layer too. Roles follow the "
                 "registration order (infer_roles): pass the right one, e.g. "
                 f"roles={{{hidden!r}: 'output'}} for a readout tied to the embedding")
+
+
+def check_inferred_readout(layers: Mapping[str, nn.Module], roles: Mapping[str, str], inferred: set[str]) -> None:
+    """Refuse, before any layer changes, a readout taken by registration order (``inferred``: the
+    names whose role no ``roles=`` or earlier call gave) that returns to the width of an input
+    embedding it does not share a weight with: the layer before ``F.linear(h, embed.weight)``, a
+    readout tied to the embedding through a function. There :func:`infer_roles` called the last
+    ``nn.Linear`` the readout (its init, the ``1 / m_d`` multiplier and the output lr), and the real
+    readout, no module, got none of them: a silent wrong muP. A readout module tied to the
+    embedding (``head.weight = embed.weight``) is fine, and ``roles={name: 'output'}`` says the layer
+    is the readout after all.
+
+    >>> embed, body, head = nn.Embedding(50, 8), nn.Linear(8, 8), nn.Linear(8, 50, bias=False)
+    >>> check_inferred_readout({"embed": embed, "head": head}, {"embed": "input", "head": "output"}, {"embed", "head"})
+    >>> check_inferred_readout({"embed": embed, "body": body}, {"embed": "input", "body": "output"}, {"embed", "body"})
+    Traceback (most recent call last):
+    ...
+    ValueError: parametrize(): 'body' (Linear 8 -> 8) is the last Linear, so it was taken as the readout, but it returns to the width of the embedding 'embed' (8), as the layer before a readout tied through F.linear(h, embed.weight) does; such a readout is no module and gets no output init, multiplier or lr. Make it one: head = nn.Linear(8, 50, bias=False); head.weight = embed.weight; logits = head(h) (an input and an output layer may share a weight), or, if 'body' is the readout, pass roles={'body': 'output'}
+    """
+    embeddings = {name: layer for name, layer in layers.items()
+                  if roles.get(name) == "input" and isinstance(layer, nn.Embedding)}
+    for name, role in roles.items():
+        layer = layers[name]
+        if role != "output" or name not in inferred or not isinstance(layer, nn.Linear):
+            continue
+        for embed_name, embed in embeddings.items():
+            if layer.weight is not embed.weight and layer.out_features == embed.embedding_dim:
+                d, vocab = embed.embedding_dim, embed.num_embeddings
+                raise ValueError(
+                    f"parametrize(): {name!r} (Linear {layer.in_features} -> {layer.out_features}) is the last Linear, "
+                    f"so it was taken as the readout, but it returns to the width of the embedding {embed_name!r} "
+                    f"({d}), as the layer before a readout tied through F.linear(h, {embed_name}.weight) does; such a "
+                    f"readout is no module and gets no output init, multiplier or lr. Make it one: "
+                    f"head = nn.Linear({d}, {vocab}, bias=False); head.weight = {embed_name}.weight; logits = head(h) "
+                    f"(an input and an output layer may share a weight), or, if {name!r} is the readout, pass "
+                    f"roles={{{name!r}: 'output'}}")
 
 
 def check_scalable(layers: Mapping[str, nn.Module], roles: Mapping[str, str]) -> None:
