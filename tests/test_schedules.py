@@ -220,8 +220,9 @@ def test_attach_inside_torch_composite_schedulers_resumes_as_uninterrupted(compo
         sched3.load_state_dict(ckpt["sched"])
         got = run(model3, opt3, sched3, 4)
     # closed forms after the warmup: SequentialLR hands over to ExponentialLR (from the
-    # optimizer's initial lr 1, 0.5 per step); ChainedScheduler halves f(t) * lr_mult = 0.5
-    decay = [[0.5 ** (t - 4) if composite == "SequentialLR" else 0.25] for t in range(6, 10)]
+    # optimizer's initial lr 1, 0.5 per step); ChainedScheduler composes, f(t) * lr_mult * 0.5^t
+    # (it halved f(t) * lr_mult = 0.5 once, 0.25 for ever: no decay)
+    decay = [[0.5 ** (t - 4) if composite == "SequentialLR" else f(t) * 0.5 * 0.5 ** t] for t in range(6, 10)]
     assert want[6:] == decay
     assert got == want[6:]
     for p, q in zip(model.parameters(), model3.parameters()):

@@ -70,13 +70,26 @@ def warn_replaced_group_lrs(optimizer: torch.optim.Optimizer, who: str) -> bool:
 
 
 class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
-    """A ``torch.optim`` scheduler that sets ``group["lr"] = fn(t) * group.get("lr_mult", 1.0)``.
+    """A ``torch.optim`` scheduler that sets ``group["lr"] = fn(t) * group.get("lr_mult", 1.0)``,
+    times what other schedulers multiplied in.
 
     ``t`` (``last_epoch``) counts ``scheduler.step()`` calls; construction already sets the
     groups to ``fn(0)``, so call ``optimizer.step()`` then ``scheduler.step()`` each iteration
     and optimizer step ``t`` uses ``fn(t)``. Per-group ``lr_mult`` (set by
     ``catapult.param_groups`` for muP / SμPar) is re-applied at every step, so the schedule is
     relative to each group's multiplier.
+
+    **Composing** (it is chainable, as torch's ``ExponentialLR`` is): where something else scaled a
+    group's lr since this scheduler's last step (``ExponentialLR`` / ``StepLR`` /
+    ``MultiplicativeLR`` in a ``ChainedScheduler``, ``ReduceLROnPlateau``, a hand edit), that
+    factor is kept, so the lr is ``fn(t) * lr_mult * (their product)``: warmup times decay. (It
+    replaced it: ``ChainedScheduler([attach(opt, warmup(...)), ExponentialLR(opt, 0.5)])``
+    halved the lr once and never decayed.) A factor applied while this scheduler's lr was 0 is
+    not seen. In ``SequentialLR`` a scheduler taking over at a milestone starts from the groups'
+    ``initial_lr`` (their lr before any scheduler: with :func:`catapult.param_groups`,
+    ``lr_target * lr_mult``), and this one, taking over, starts afresh (``fn(0)``). ``LambdaLR``
+    sets absolute lrs too (``initial_lr * lambda(t)``): beside this one the last to step wins, as
+    between torch's own; compose the functions instead (``attach(opt, lambda t: fn(t) * g(t))``).
 
     ``state_dict()`` holds the step counters only (``fn`` may be a closure and is not saved).
     To resume, as with torch's schedulers: rebuild the scheduler with the same ``fn`` (this sets
@@ -101,6 +114,8 @@ class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
         if not callable(fn):
             raise TypeError(f"fn must be a callable step -> lr, got {fn!r}")
         self.fn = fn
+        #: per group, the product of the factors other schedulers applied (1: none)
+        self.factors = [1.0] * len(optimizer.param_groups)
         if last_epoch == -1:
             warn_replaced_group_lrs(optimizer, type(self).__name__)
         super().__init__(optimizer, last_epoch)
@@ -109,7 +124,23 @@ class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
         return checked_lr(self.fn, t)
 
     def get_lr(self) -> list[float]:
-        """``[fn(t) * lr_mult for each param group]`` with ``t = last_epoch``."""
+        """``[fn(t) * lr_mult * factor for each param group]`` with ``t = last_epoch``; ``factor``
+        takes in the ratio of the group's lr now to the one this scheduler set last."""
+        lr = self._lr_at(self.last_epoch)
+        last = getattr(self, "_last_lr", None)  # what the previous step set (none before the first)
+        groups = self.optimizer.param_groups
+        if last is not None and len(last) == len(groups) == len(self.factors):
+            for i, (group, before) in enumerate(zip(groups, last)):
+                now, before = float(group["lr"]), float(before)
+                if now != before and before > 0:  # another scheduler's (or a hand's) factor
+                    self.factors[i] *= now / before
+        return [lr * group_lr_mult(group, i) * factor
+                for i, (group, factor) in enumerate(zip(groups, self.factors))]
+
+    def _get_closed_form_lr(self) -> list[float]:
+        """``step(epoch)`` (``SequentialLR`` handing over at a milestone): ``fn(epoch) * lr_mult``,
+        the factors reset."""
+        self.factors = [1.0] * len(self.optimizer.param_groups)
         lr = self._lr_at(self.last_epoch)
         return [lr * group_lr_mult(group, i) for i, group in enumerate(self.optimizer.param_groups)]
 
@@ -118,8 +149,11 @@ class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
         return {k: v for k, v in self.__dict__.items() if k not in ("optimizer", "fn")}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the step counters (the optimizer's own ``load_state_dict`` restores the lr)."""
+        """Restore the step counters and factors (the optimizer's own ``load_state_dict`` restores
+        the lr)."""
         self.__dict__.update({k: v for k, v in state_dict.items() if k not in ("optimizer", "fn")})
+        if "factors" not in state_dict:  # saved before the factors were: none were applied then
+            self.factors = [1.0] * len(self.optimizer.param_groups)
 
 
 def attach(optimizer: torch.optim.Optimizer, fn: Callable[[int], float]) -> ScheduleLR:
@@ -128,6 +162,8 @@ def attach(optimizer: torch.optim.Optimizer, fn: Callable[[int], float]) -> Sche
     Each param group's lr becomes ``fn(t) * group.get("lr_mult", 1.0)``; the groups hold
     ``fn(0)`` as soon as this returns. The groups' own lrs are replaced, not scaled (a
     ``UserWarning`` says so when they differ and no group sets ``lr_mult``). Call ``scheduler.step()`` after each ``optimizer.step()``.
+    Decays from other schedulers compose (a ``ChainedScheduler`` with ``ExponentialLR``: the lr
+    is ``fn(t) * lr_mult * gamma^t``); see :class:`ScheduleLR`.
 
     Example:
         >>> import torch
