@@ -84,11 +84,37 @@ def test_the_text_of_a_number_is_not_the_number():
 
 def test_two_cells_at_one_place_holding_different_names_are_refused():
     # a name is stored as the config normalized it ('SGD' -> 'sgd'), so its text is not compared
-    # with the grid's; the cells sharing its place must agree
+    # with the grid's; the cells sharing its place must agree (a made-up name is refused before:
+    # the test below)
     axes = [{"key": "optimizer.name", "values": ["SGD", "adam"], "labels": ["SGD", "adam"]},
             {"key": "seed", "values": [0, 1], "labels": ["0", "1"]}]
     assert grid_value_problem([{"id": 0, "swept": {"optimizer.name": "sgd", "seed": 0}},
                                {"id": 1, "swept": {"optimizer.name": "sgd", "seed": 1}}], axes) is None
     assert grid_value_problem([{"id": 0, "swept": {"optimizer.name": "sgd", "seed": 0}},
-                               {"id": 1, "swept": {"optimizer.name": "sgdm", "seed": 1}}], axes) == \
-        'cells 0 and 1 hold different optimizer.name values ("sgd" and "sgdm") at one place of the grid (SGD)'
+                               {"id": 1, "swept": {"optimizer.name": "SGD", "seed": 1}}], axes) == \
+        'cells 0 and 1 hold different optimizer.name values ("sgd" and "SGD") at one place of the grid (SGD)'
+
+
+def test_a_made_up_name_at_a_place_no_other_cell_holds_is_refused(tmp_path, capsys):
+    # a one-axis sweep of optimizer names, no seeds: each place has one cell, so 'two cells at one
+    # place' cannot see an edit; 'rmsprop' (no optimizer of the config) or 'adamw' (another place's
+    # normalized name, not its text) at 'SGD''s cell was exported as a result of the grid
+    axes = [{"key": "optimizer.name", "values": ["SGD", "Adam"], "labels": ["SGD", "Adam"]}]
+    assert grid_value_problem([{"id": 0, "swept": {"optimizer.name": "sgd"}},
+                               {"id": 1, "swept": {"optimizer.name": "adam"}}], axes) is None
+    for edited in ("rmsprop", "adam", "radam", None, 3):
+        assert grid_value_problem([{"id": 0, "swept": {"optimizer.name": edited}}], axes) == \
+            f"cell 0 swept_json optimizer.name {edited!r} is not the grid's value at the cell's place (SGD)"
+    config = cfg.validate({"name": "t", "train": {"steps": 3}})
+    spec = parse_sweep({"grid": {"optimizer.name": ["SGD", "Adam"]}})
+    path = tmp_path / "s.db"
+    run_sweep(config, spec, path, run_fn=FakeRun(), lambda0_fn=FakeLambda0(), progress="none")
+    with Store(path, create=False) as store:
+        assert [c["swept"]["optimizer.name"] for c in store.cells()] == ["sgd", "adam"]   # as the config made them
+    conn = sqlite3.connect(path)
+    conn.execute("""UPDATE cells SET swept_json = '{"optimizer.name": "rmsprop"}' WHERE id = 0""")
+    conn.commit()
+    conn.close()
+    assert main(["export", str(path), "--out", str(tmp_path / "o.csv")]) == 2
+    assert "cell 0 swept_json optimizer.name 'rmsprop' is not the grid's value" in capsys.readouterr().err
+    assert not (tmp_path / "o.csv").exists()

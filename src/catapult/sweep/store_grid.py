@@ -1,7 +1,7 @@
 """A stored cell's swept values against the sweep's grid (``meta.axes_json``): a cell's place on each
 axis follows from its id (grid order, first axis slowest), and the value its ``swept_json`` holds
-there must be the grid's value at that place, as written (``"2^-3"``, ``5.0``) or as the config
-normalized it (``0.125``, ``5``). A hand-edited value off the grid was drawn by ``catapult plot``
+there must be the grid's value at that place, as written (``"2^-3"``, ``5.0``, ``"SGD"``) or as the
+config normalized it (``0.125``, ``5``, ``"sgd"``). A hand-edited value off the grid was drawn by ``catapult plot``
 at the cell's place (or at another value's), exported and reported as if the sweep had run it."""
 from __future__ import annotations
 
@@ -47,6 +47,18 @@ def _relative(value: Any) -> float | None:
     return lr.value if lr.relative else None
 
 
+def _normalized(key: str, value: Any) -> tuple[Any] | None:
+    """``(value as the config normalizes it at key,)`` (a name's case and spaces: ``"SGD"`` ->
+    ``"sgd"``; :func:`catapult.config.get`'s option), None where the config refuses it or does not
+    know the key."""
+    from catapult import config as cfg
+
+    try:
+        return (cfg.get(key).validate(value),)
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
 def _text(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
@@ -55,7 +67,8 @@ def grid_value_problem(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mappin
     """What is wrong with the swept values of ``cells`` (dicts with ``id`` and ``swept``) on the grid
     of ``axes``, or None: a key the grid does not sweep or a swept key missing, a cell id past the
     grid, a value that is another place's value, a number other than its place's number, a relative
-    lr other than its place's ``c/lambda0``, or two cells at one place holding different values.
+    lr other than its place's ``c/lambda0``, a name other than its place's as the config normalizes
+    it, or two cells at one place holding different values.
 
     >>> axes = [{"key": "optimizer.lr", "values": ["2^-3", 0.5], "labels": ["2^-3", "0.5"]}]
     >>> grid_value_problem([{"id": 0, "swept": {"optimizer.lr": 0.125}}, {"id": 1, "swept": {"optimizer.lr": 0.5}}], axes)
@@ -85,9 +98,14 @@ def grid_value_problem(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mappin
                 others = [i for i, t in enumerate(written_texts[k]) if i != place and t == text]
                 want, have = _number(written), _number(value)
                 relative = _relative(written)   # a c/lambda0 place: its c (one cell may hold the place alone)
+                # a name's place ("SGD"): what the config makes of it (one cell may hold the place alone,
+                # and a made-up "rmsprop" there was read as a result of the grid)
+                named = (isinstance(written, str) and want is None and relative is None
+                         and (place_value := _normalized(axis["key"], written)) is not None)
                 if others or (want is not None and (have is None or isinstance(value, str)
                                                     or not math.isclose(have, want, rel_tol=1e-9))) \
-                        or (relative is not None and _relative(value) != relative):
+                        or (relative is not None and _relative(value) != relative) \
+                        or (named and _normalized(axis["key"], value) != place_value):
                     return (f"cell {cid} swept_json {axis['key']} {value!r:.40} is not the grid's value at the "
                             f"cell's place ({axis['labels'][place]})")
             first = held.setdefault((k, place), (cid, text))
