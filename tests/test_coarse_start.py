@@ -109,7 +109,7 @@ def test_sub_batch_levels_at_a_loose_tol_keep_its_promise(tol):
 def test_coarse_levels_parse_and_refuse():
     x, y = torch.zeros(100, 3), torch.zeros(100)
     assert coarse_levels((x, y), "auto") == [(FINITE_DIFFERENCE, 3e-3)]
-    assert coarse_levels(({"a": x}, y), "auto") == [(FINITE_DIFFERENCE, 3e-3)]  # no tensor batch
+    assert coarse_levels(({"a": x}, y), "auto") == [(FINITE_DIFFERENCE, 3e-3)]  # 100 samples, nested or not
     assert coarse_levels((x, y), ((4, 1e-2), ("finite_difference", 2e-3))) == [
         (25, 1e-2), (FINITE_DIFFERENCE, 2e-3)]
     assert coarse_levels((x, y), None) == []
@@ -122,8 +122,9 @@ def test_coarse_levels_parse_and_refuse():
                 ((4, 1e-3, 2),), (4,)]:
         with pytest.raises(ValueError, match="coarse levels"):
             coarse_levels((x, y), bad)
+    assert coarse_levels(({"a": x}, y), ((4, 1e-3),)) == [(25, 1e-3)]   # nested inputs sharing dim 0
     with pytest.raises(ValueError, match="sample dimension"):
-        coarse_levels(({"a": x}, y), ((4, 1e-3),))
+        coarse_levels(({"a": 1.0}, y), ((4, 1e-3),))
     with pytest.raises(ValueError, match="coarse must be"):
         coarse_levels((x, y), "fine")
 

@@ -29,6 +29,7 @@ import torch
 from catapult.arguments import as_integer, as_real
 from catapult.curvature.hessian import HessianOperator
 from catapult.curvature.lanczos import lanczos_top_eigenpair
+from catapult.curvature.microbatch import sample_count, sample_count_or_none, sample_index
 
 __all__ = ["COARSE_MIN_SAMPLES", "COARSE_LEVELS", "SMALL_BATCH_LEVELS", "FINITE_DIFFERENCE",
            "FINITE_DIFFERENCE_COST", "FINITE_DIFFERENCE_MAX_ITER", "FINITE_DIFFERENCE_CONSISTENCY",
@@ -68,8 +69,9 @@ def coarse_levels(batch, coarse, tol: float | None = None) -> list[tuple[int | s
     ``samples`` = :data:`FINITE_DIFFERENCE` for a finite-difference level on the whole batch.
 
     ``coarse`` is ``None`` (none), ``"auto"`` (:data:`COARSE_LEVELS` when the batch's inputs and
-    targets are tensors sharing a sample dimension of at least :data:`COARSE_MIN_SAMPLES`, else
-    :data:`SMALL_BATCH_LEVELS`) or a sequence of ``(divisor, tol)`` pairs (one pair alone is one
+    targets share a sample dimension of at least :data:`COARSE_MIN_SAMPLES`, else
+    :data:`SMALL_BATCH_LEVELS`; tensors, or tuples, lists and dicts of tensors sharing dim 0, as an
+    HF-style ``{"input_ids", "attention_mask"}``: :func:`~catapult.curvature.microbatch.sample_count`) or a sequence of ``(divisor, tol)`` pairs (one pair alone is one
     level), where ``divisor`` is
     an integer >= 2 (``n // divisor`` samples, :func:`sub_batch`) or :data:`FINITE_DIFFERENCE`.
 
@@ -83,14 +85,15 @@ def coarse_levels(batch, coarse, tol: float | None = None) -> list[tuple[int | s
     ([(62, 0.003), (250, 0.003)], [('finite_difference', 0.003)])
     >>> coarse_levels((x, y), "auto", tol=1e-3), coarse_levels((x, y), "auto", tol=1e-2)
     ([(62, 0.003), (250, 0.003)], [(62, 0.01), (250, 0.01)])
+    >>> coarse_levels(({"input_ids": x, "attention_mask": x}, {"labels": y}), "auto")
+    [(62, 0.003), (250, 0.003)]
     """
     if coarse is None:
         return []
     inputs, targets = batch
-    n = None
-    if (torch.is_tensor(inputs) and torch.is_tensor(targets) and inputs.dim() >= 1
-            and targets.dim() >= 1 and inputs.shape[0] == targets.shape[0]):
-        n = inputs.shape[0]
+    n = sample_count_or_none(inputs)   # a nested batch's too (a dict batch got no sub-batch levels)
+    if n is not None and sample_count_or_none(targets) != n:
+        n = None
     if isinstance(coarse, str):
         if coarse != "auto":
             raise ValueError(f"coarse must be 'auto', None or (divisor, tol) pairs, got {coarse!r}")
@@ -116,14 +119,15 @@ def coarse_levels(batch, coarse, tol: float | None = None) -> list[tuple[int | s
             raise ValueError(f"coarse levels must be (divisor >= 2, tol > 0) or "
                              f"('{FINITE_DIFFERENCE}', tol) pairs, got {(divisor, level_tol)!r}")
         if n is None:
-            raise ValueError("coarse sub-batch levels need the batch's inputs and targets to be "
+            raise ValueError("coarse sub-batch levels need the batch's inputs and targets to hold "
                              "tensors with a common sample dimension (dim 0)")
         levels.append((max(1, n // count), real_tol))
     return levels
 
 
 def sub_batch(inputs, targets, m: int):
-    """``m`` of the batch's samples, every ``(n // m)``-th from the first: spread over a batch
+    """``m`` of the batch's samples, every ``(n // m)``-th from the first (of every tensor with a
+    sample dimension of nested inputs and targets: :func:`~catapult.curvature.microbatch.sample_index`): spread over a batch
     sorted by class or by source, rather than its first ``m`` (which may lack the directions of
     the top eigenvector altogether: the full solve then starts orthogonal to it and certifies
     another eigenvalue; a linear model whose first half of samples uses features 0-1 and second
@@ -132,12 +136,12 @@ def sub_batch(inputs, targets, m: int):
     >>> x = torch.arange(10.0).unsqueeze(1)
     >>> sub_batch(x, x.squeeze(1), 3)[1]
     tensor([0., 3., 6.])
+    >>> sub_batch({"ids": x, "flag": True}, x, 3)[0]["ids"].squeeze(1)
+    tensor([0., 3., 6.])
     """
-    stride = inputs.shape[0] // m
-
-    def pick(t):
-        return t[::stride][:m].contiguous() if torch.is_tensor(t) else t[::stride][:m]
-    return pick(inputs), pick(targets)
+    stride = sample_count(inputs, option="coarse") // m
+    rows = list(range(0, stride * m, stride))   # the rows of t[::stride][:m]
+    return sample_index(inputs, rows), sample_index(targets, rows)
 
 
 def difference_consistency(op, v: torch.Tensor) -> tuple[float, torch.Tensor]:
@@ -229,7 +233,7 @@ def coarse_start_vector(model, loss_fn, batch, v0: torch.Tensor, levels, *, dtyp
             if est.vector.isfinite().all() and math.isfinite(est.value):
                 vector = est.vector
             continue
-        n = inputs.shape[0]
+        n = sample_count(inputs, option="coarse")
         sub = HessianOperator(model, loss_fn, sub_batch(inputs, targets, m), dtype=dtype, hvp=hvp,
                               seed=seed, **(operator_options or {}))
         if solve is not None:

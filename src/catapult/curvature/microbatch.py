@@ -19,7 +19,8 @@ from torch.overrides import TorchFunctionMode
 from catapult.arguments import check_integer
 
 __all__ = ["ChosenChunkSize", "PieceFailed", "batch_coupling", "coupling_remedy", "functional_masks_off", "map_tensors", "refuse_dropout",
-           "reduction_kind", "sample_count", "sample_count_or_none", "sample_rows", "split_batch", "tensor_leaves", "uses_batch_statistics", "weighted_backward", "weighted_gradient"]
+           "reduction_kind", "sample_count", "sample_count_or_none", "sample_device", "sample_index", "sample_rows", "split_batch",
+           "tensor_leaves", "uses_batch_statistics", "weighted_backward", "weighted_gradient"]
 
 
 def _mask_drawer(module: torch.nn.Module) -> str | None:
@@ -349,11 +350,11 @@ def _sample_leaves(tree, path: str = "") -> list[tuple[str, torch.Tensor]]:
     return [leaf for step, _, value in (_children(tree) or []) for leaf in _sample_leaves(value, path + step)]
 
 
-def sample_count(tree, what: str = "inputs") -> int:
+def sample_count(tree, what: str = "inputs", option: str = "chunk_size") -> int:
     """The number of samples (dim 0) of a batch's ``inputs`` or ``targets``: a tensor, or tuples,
     lists, dicts (:func:`map_tensors`' containers) of them, whose tensors with a dim 0 all have the same length (0-d tensors and
-    other leaves, such as flags, go whole to every micro-batch); else a ValueError naming ``what``
-    and the leaves that differ.
+    other leaves, such as flags, go whole to every micro-batch); else a ValueError naming ``what``,
+    the leaves that differ and ``option``, the setting that needs the count.
 
     >>> sample_count({"input_ids": torch.zeros(6, 4), "attention_mask": torch.ones(6, 4), "flag": True})
     6
@@ -363,12 +364,12 @@ def sample_count(tree, what: str = "inputs") -> int:
     """
     leaves = _sample_leaves(tree)
     if not leaves:
-        raise ValueError(f"chunk_size needs the batch's {what} to hold tensors with a sample "
+        raise ValueError(f"{option} needs the batch's {what} to hold tensors with a sample "
                          f"dimension (dim 0)")
     counts = {int(t.shape[0]) for _, t in leaves}
     if len(counts) > 1:
         shown = ", ".join(f"{path or what} has {t.shape[0]}" for path, t in leaves[:6])
-        raise ValueError(f"chunk_size: the batch's {what} have different sample counts (dim 0): {shown}")
+        raise ValueError(f"{option}: the batch's {what} have different sample counts (dim 0): {shown}")
     return counts.pop()
 
 
@@ -394,6 +395,31 @@ def sample_rows(tree, start: int, stop: int):
             [4, 5]]), 'scale': tensor(2.)}
     """
     return map_tensors(lambda t: t[start:stop] if t.dim() >= 1 else t, tree)
+
+
+def sample_index(tree, index):
+    """Samples ``index`` (a list or 1-d integer tensor of rows, in that order, repeats allowed) of
+    nested inputs or targets (see :func:`sample_count`): every tensor with a dim 0 indexed there (a
+    copy, contiguous), everything else as it is.
+
+    >>> sample_index({"ids": torch.arange(6).view(3, 2), "flag": True}, [2, 0])
+    {'ids': tensor([[4, 5],
+            [0, 1]]), 'flag': True}
+    """
+    if torch.is_tensor(index):
+        return map_tensors(lambda t: t[index.to(t.device)] if t.dim() >= 1 else t, tree)
+    return map_tensors(lambda t: t[index] if t.dim() >= 1 else t, tree)
+
+
+def sample_device(tree) -> torch.device | None:
+    """The device of the first tensor with a sample dimension (dim 0) of nested inputs or targets
+    (see :func:`sample_count`), or None where there is none.
+
+    >>> sample_device({"flag": True, "ids": torch.zeros(2, 3)}), sample_device(3.0)
+    (device(type='cpu'), None)
+    """
+    leaves = _sample_leaves(tree)
+    return leaves[0][1].device if leaves else None
 
 
 def split_batch(model: torch.nn.Module, loss_at, params: dict, inputs, targets,
