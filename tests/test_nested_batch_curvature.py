@@ -9,15 +9,19 @@ equivalent tensor batch (the models below only re-pack their input), and one pro
 union of the shards."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
 import catapult
 from catapult.curvature.coarse import COARSE_LEVELS, coarse_levels, sub_batch
-from dense_curvature import dense_hessian
+from dense_curvature import dense_ggn, dense_hessian
+from gloo_ranks import on_ranks
 
 N = 320            # >= COARSE_MIN_SAMPLES: the sub-batch levels
+SHARDS = (200, 120)
 
 
 class Core(nn.Module):
@@ -112,3 +116,100 @@ def test_default_coarse_start_of_a_nested_batch_is_the_tensor_batchs(name):
     assert lean.value == pytest.approx(top, rel=1e-10)
     assert lean.coarse_matvecs == catapult.sharpness(core, tensor_loss, (x, y), tol=1e-9, max_iter=600,
                                                      memory="lean").coarse_matvecs
+
+
+def measure(model, loss_fn, batch, opt, **kw):
+    n_params = sum(p.numel() for p in model.parameters())
+    return {
+        "sharpness": catapult.sharpness(model, loss_fn, batch, tol=1e-10, max_iter=300, **kw).value,
+        "lean": catapult.sharpness(model, loss_fn, batch, tol=1e-10, max_iter=1000, memory="lean", **kw).value,
+        "ggn": catapult.sharpness(model, loss_fn, batch, tol=1e-10, max_iter=300, curvature="ggn", **kw).value,
+        "preconditioned": catapult.preconditioned_sharpness(model, loss_fn, batch, opt, tol=1e-10, **kw).value,
+        "top3": catapult.top_eigenpairs(model, loss_fn, batch, k=3, tol=1e-10, **kw).values,
+        "trace": catapult.hessian_trace(model, loss_fn, batch, matvecs=n_params, **kw),   # the exact diagonal
+        "critical_lr": catapult.critical_lr(model, loss_fn, batch, torch.optim.SGD(model.parameters(), lr=0.1),
+                                            lr_start=1e-4, **kw).lr,
+        "tracker": catapult.SharpnessTracker(model, loss_fn, None, tol=1e-10, **kw).step(batch).value,
+    }
+
+
+def adam(core, x, y):
+    opt = torch.optim.Adam(core.parameters(), lr=1e-2)
+    nn.functional.mse_loss(core(x), y).backward()
+    opt.step()
+    opt.zero_grad()
+    return opt
+
+
+def shard_measures(rank, world, name):
+    lo, hi = sum(SHARDS[:rank]), sum(SHARDS[:rank + 1])
+    core, x, y = data()
+    opt = adam(core, x, y)      # the same full-batch step on every rank
+    model, loss_fn, batch, _ = case(name, core, x[lo:hi], y[lo:hi])
+    return measure(model, loss_fn, batch, opt, distributed=True)
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
+@pytest.mark.parametrize("name", CASES)
+def test_two_gloo_ranks_on_nested_shards_equal_one_process_on_the_union(name):
+    """dict_targets_sum was silently wrong before (a mean taken for the sum: 566 for 1070), the
+    nested inputs refused ("needs the batch's inputs to be a tensor")."""
+    ranks = on_ranks(shard_measures, name)
+    core, x, y = data()
+    opt = adam(core, x, y)
+    model, loss_fn, batch, tensor_loss = case(name, core, x, y)
+    single = measure(model, loss_fn, batch, opt)
+    dense = np.linalg.eigvalsh(dense_hessian(core, tensor_loss, (x, y)).numpy())[::-1]
+    assert single["sharpness"] == pytest.approx(dense[0], rel=1e-9)
+    np.testing.assert_allclose(single["top3"], dense[:3], rtol=1e-9)
+    assert single["trace"] == pytest.approx(dense.sum(), rel=1e-9)
+    assert single["ggn"] == pytest.approx(np.linalg.eigvalsh(dense_ggn(core, tensor_loss, (x, y)))[-1], rel=1e-9)
+    for got in ranks:
+        for key in ("sharpness", "lean", "ggn", "preconditioned", "trace", "critical_lr", "tracker"):
+            assert got[key] == pytest.approx(single[key], rel=1e-6), key
+        np.testing.assert_allclose(got["top3"], single["top3"], rtol=1e-6)
+
+
+class DictOut(nn.Module):
+    """HF style out: ``{"logits": ...}``; nested inputs (a dict) or a tensor in."""
+
+    def __init__(self, core):
+        super().__init__()
+        self.core = core
+
+    def forward(self, batch):
+        x = torch.cat([batch["a"], batch["b"]], 1) if isinstance(batch, dict) else batch
+        return {"logits": self.core(x)}
+
+
+def logits_sum_loss(out, t):
+    return ((out["logits"] - t["y"]) ** 2).sum()
+
+
+def fsdp_batch(which, x, y):
+    inputs = {"a": x[:, :2], "b": x[:, 2:]} if which == "dict_inputs" else x
+    return inputs, {"y": y}
+
+
+def fsdp_sharpness(rank, world, which):
+    from torch.distributed.fsdp import fully_shard
+
+    core, x, y = data()
+    lo, hi = sum(SHARDS[:rank]), sum(SHARDS[:rank + 1])
+    model = DictOut(core)
+    fully_shard(model.core.l1)
+    fully_shard(model)
+    return catapult.sharpness(model, logits_sum_loss, fsdp_batch(which, x[lo:hi], y[lo:hi]), tol=1e-10,
+                              distributed=True).value
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
+@pytest.mark.parametrize("which", ["dict_inputs", "tensor_inputs"])
+def test_two_fsdp_ranks_with_dict_outputs_and_targets_equal_one_process_on_the_union(which):
+    """A model sharded by FSDP2 tells a mean from a sum from its output's rows: dict outputs and
+    targets were 'cannot tell', so a sum loss was taken for a mean (tensor inputs: silently wrong);
+    dict inputs were refused."""
+    core, x, y = data()
+    top = float(torch.linalg.eigvalsh(dense_hessian(core, sum_loss, (x, y)))[-1])
+    for value in on_ranks(fsdp_sharpness, which):
+        assert value == pytest.approx(top, rel=1e-8)   # float64 central differences of FSDP's gradient

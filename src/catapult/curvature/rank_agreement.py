@@ -66,7 +66,7 @@ def same_call_on_every_rank(fn):
 
 def check_same_call(name: str, arguments: dict) -> None:
     """Raise the same ValueError on every rank (every rank must call it) unless every rank's
-    ``arguments["batch"]`` is a pair with tensor inputs, the ranks called ``name`` with the same
+    ``arguments["batch"]`` is a pair whose inputs have a sample dimension (a tensor, or nested tensors sharing dim 0), the ranks called ``name`` with the same
     settings (every argument but :data:`PER_RANK_ARGUMENTS` that is a number, string, None or
     dtype; any other object counts by its type, so ``optimizer=None`` on one rank and an
     optimizer on another differ), the same model parameters (``arguments["model"]``, unwrapped

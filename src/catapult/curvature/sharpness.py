@@ -24,7 +24,7 @@ from catapult.curvature.ggn import CURVATURES, GaussNewtonOperator
 from catapult.curvature.hessian import HessianOperator, resolve_dtype
 from catapult.optim import registry, rules
 from catapult.curvature.lanczos import EigenEstimate, lanczos_top_eigenpair
-from catapult.curvature.microbatch import ChosenChunkSize, sample_count_or_none
+from catapult.curvature.microbatch import ChosenChunkSize, sample_count_or_none, sample_device
 from catapult.curvature.preconditioner import PreconditionedOperator, adam_preconditioner, check_preconditioned
 from catapult.curvature.rank_agreement import same_call_on_every_rank
 from catapult.curvature.start import (check_solver_args, initial_vector, outside_autocast,
@@ -57,7 +57,7 @@ def memory_setting(memory: str, batch, chunk_size, max_basis, model=None, loss_f
     ``(B + 8) P + 2.6 A / m' <= 3 (P + A + L)`` (``m' = min(m, 4)`` for >= 256 samples). Where
     no ``B >= 3`` fits, it warns (RuntimeWarning) and uses ``B = 3``. Without a model it falls back
     to 4 micro-batches and 10 vectors; inputs may be tuples, lists or dicts of tensors sharing dim 0
-    (:func:`~catapult.curvature.microbatch.sample_count`; with ``distributed``, one tensor); where
+    (:func:`~catapult.curvature.microbatch.sample_count`), with ``distributed`` too; where
     they hold no such tensors, 10 vectors and no micro-batches. With ``distributed=True`` every rank sizes
     from its own shard and then takes the ranks' smallest basis (the ranks must run the same
     number of products; micro-batches stay per rank). ``basis_free=True`` (the basis-free
@@ -76,7 +76,8 @@ def memory_setting(memory: str, batch, chunk_size, max_basis, model=None, loss_f
     if memory == "fast":
         return chunk_size, setting["max_basis"] if max_basis is None else max_basis
     inputs = batch[0] if isinstance(batch, (tuple, list)) and batch else None
-    n = lean_samples(inputs, distributed)
+    n = lean_samples(inputs)
+    device = sample_device(inputs)   # the collectives' (a nested batch's first tensor's)
     if n is None:
         return chunk_size, lean.LEAN_MAX_BASIS if max_basis is None else max_basis
     if model is None:  # no model to size from: the setting measured on the Fig. 1 FCN
@@ -97,9 +98,9 @@ def memory_setting(memory: str, batch, chunk_size, max_basis, model=None, loss_f
 
         # a forward that fails on one rank's shard stops every rank (the others waited in the
         # basis all-reduce below until the group's timeout)
-        chunks, basis = dist_ops.agreed(sized, inputs.device) if distributed else sized()
+        chunks, basis = dist_ops.agreed(sized, device) if distributed else sized()
     if distributed:
-        basis = dist_ops.agreed_minimum(basis, device=inputs.device)
+        basis = dist_ops.agreed_minimum(basis, device=device)
     if chunk_size is None and chunks > 1:
         chunk_size = ChosenChunkSize(max(1, math.ceil(n / chunks)))  # its errors name memory='lean'
 
@@ -108,20 +109,18 @@ def memory_setting(memory: str, batch, chunk_size, max_basis, model=None, loss_f
             lean.refuse_batch_coupling(model, chunk_size)
 
     # a rank whose shard is cut into micro-batches refuses; one with a single micro-batch must too
-    dist_ops.agreed(refuse_coupling, inputs.device) if distributed else refuse_coupling()
+    dist_ops.agreed(refuse_coupling, device) if distributed else refuse_coupling()
     return chunk_size, basis if max_basis is None else min(basis, max_basis)
 
 
-def lean_samples(inputs, distributed: bool = False) -> int | None:
+def lean_samples(inputs) -> int | None:
     """The sample count ``memory="lean"`` sizes its micro-batches by: dim 0 of a tensor, or of the
-    tensors of nested inputs (not with ``distributed``, whose shards are tensors); None where there
-    is none (then no micro-batches).
+    tensors of nested inputs (also a rank's shard with ``distributed``); None where there is none
+    (then no micro-batches).
 
     >>> lean_samples(torch.zeros(5, 2)), lean_samples({"ids": torch.zeros(5, 3), "flag": True}), lean_samples(3.0)
     (5, 5, None)
     """
-    if distributed and not torch.is_tensor(inputs):
-        return None
     return sample_count_or_none(inputs)
 
 
