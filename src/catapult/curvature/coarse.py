@@ -140,7 +140,7 @@ def sub_batch(inputs, targets, m: int):
     tensor([0., 3., 6.])
     """
     stride = sample_count(inputs, option="coarse") // m
-    rows = list(range(0, stride * m, stride))   # the rows of t[::stride][:m]
+    rows = slice(0, stride * m, stride)   # the rows of t[::stride][:m]
     return sample_index(inputs, rows), sample_index(targets, rows)
 
 

@@ -398,17 +398,27 @@ def sample_rows(tree, start: int, stop: int):
 
 
 def sample_index(tree, index):
-    """Samples ``index`` (a list or 1-d integer tensor of rows, in that order, repeats allowed) of
-    nested inputs or targets (see :func:`sample_count`): every tensor with a dim 0 indexed there (a
-    copy, contiguous), everything else as it is.
+    """Samples ``index`` of nested inputs or targets (see :func:`sample_count`): every tensor with a
+    dim 0 indexed there, contiguous, everything else as it is. ``index``: a list or 1-d integer
+    tensor of rows (in that order, repeats allowed: a copy), or a ``slice`` (rows every ``step``-th:
+    copied where they are not contiguous).
 
     >>> sample_index({"ids": torch.arange(6).view(3, 2), "flag": True}, [2, 0])
     {'ids': tensor([[4, 5],
             [0, 1]]), 'flag': True}
+    >>> sample_index(torch.arange(6), slice(0, 6, 2))
+    tensor([0, 2, 4])
     """
     if torch.is_tensor(index):
-        return map_tensors(lambda t: t[index.to(t.device)] if t.dim() >= 1 else t, tree)
-    return map_tensors(lambda t: t[index] if t.dim() >= 1 else t, tree)
+        def pick(t):
+            return t[index.to(t.device)]
+    elif isinstance(index, slice):
+        def pick(t):
+            return t[index].contiguous()
+    else:
+        def pick(t):
+            return t[index]
+    return map_tensors(lambda t: pick(t) if t.dim() >= 1 else t, tree)
 
 
 def sample_device(tree) -> torch.device | None:
