@@ -127,6 +127,7 @@ def measure(model, loss_fn, batch, opt, **kw):
         "preconditioned": catapult.preconditioned_sharpness(model, loss_fn, batch, opt, tol=1e-10, **kw).value,
         "top3": catapult.top_eigenpairs(model, loss_fn, batch, k=3, tol=1e-10, **kw).values,
         "trace": catapult.hessian_trace(model, loss_fn, batch, matvecs=n_params, **kw),   # the exact diagonal
+        "density": catapult.spectral_density(model, loss_fn, batch, runs=2, steps=10, **kw).density.tolist(),
         "critical_lr": catapult.critical_lr(model, loss_fn, batch, torch.optim.SGD(model.parameters(), lr=0.1),
                                             lr_start=1e-4, **kw).lr,
         "tracker": catapult.SharpnessTracker(model, loss_fn, None, tol=1e-10, **kw).step(batch).value,
@@ -168,6 +169,7 @@ def test_two_gloo_ranks_on_nested_shards_equal_one_process_on_the_union(name):
         for key in ("sharpness", "lean", "ggn", "preconditioned", "trace", "critical_lr", "tracker"):
             assert got[key] == pytest.approx(single[key], rel=1e-6), key
         np.testing.assert_allclose(got["top3"], single["top3"], rtol=1e-6)
+        np.testing.assert_allclose(got["density"], single["density"], rtol=1e-6, atol=1e-9 * max(single["density"]))
 
 
 class DictOut(nn.Module):
