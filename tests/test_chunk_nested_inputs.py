@@ -143,8 +143,13 @@ def test_leaves_with_different_sample_counts_are_refused_by_name():
     model, loss_fn, (xs, y) = _models()[1]
     with pytest.raises(ValueError, match="inputs have 23 samples .* but targets have 22"):
         catapult.sharpness(model, loss_fn, (xs, y[:-1]), chunk_size=5)
+    # inputs without a sample dimension are refused; targets without one (a 0-d target, None with the
+    # labels inside the inputs) go whole to every micro-batch (tests/test_nested_batch_curvature.py)
     with pytest.raises(ValueError, match="sample dimension"):
-        catapult.sharpness(model, loss_fn, (xs, torch.tensor(1.0, dtype=torch.float64)), chunk_size=5)
+        catapult.sharpness(model, loss_fn, ((xs[0][0, 0], xs[1][0, 0]), y), chunk_size=5)
+    one = torch.tensor(1.0, dtype=torch.float64)
+    assert catapult.sharpness(model, loss_fn, (xs, one), chunk_size=5, tol=1e-9, max_iter=300).value == pytest.approx(
+        catapult.sharpness(model, loss_fn, (xs, one), tol=1e-9, max_iter=300).value, rel=1e-9)
 
 
 def test_lean_memory_cuts_a_dict_batch_into_micro_batches():

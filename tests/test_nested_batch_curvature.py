@@ -53,6 +53,21 @@ class PairInputs(nn.Module):
         return self.core(torch.cat(xs, 1))
 
 
+class LabelsInside(nn.Module):
+    """HF style with the labels inside the input dict and the loss in the output (targets None)."""
+
+    def __init__(self, core):
+        super().__init__()
+        self.core = core
+
+    def forward(self, batch):
+        return {"loss": ((self.core(torch.cat([batch["a"], batch["b"]], 1)) - batch["labels"]) ** 2).sum()}
+
+
+def output_loss(out, _):
+    return out["loss"]
+
+
 def sum_loss(out, y):
     return ((out - y) ** 2).sum()
 
@@ -77,11 +92,13 @@ def case(name, core, x, y):
         return DictInputs(core), nn.MSELoss(), ({"a": x[:, :2], "b": x[:, 2:], "scale": 1.0}, y), nn.MSELoss()
     if name == "pair_inputs_sum":
         return PairInputs(core), sum_loss, ((x[:, :3], x[:, 3:]), y), sum_loss
+    if name == "labels_in_inputs_sum":
+        return LabelsInside(core), output_loss, ({"a": x[:, :2], "b": x[:, 2:], "labels": y}, None), sum_loss
     assert name == "dict_targets_sum"
     return core, dict_target_sum_loss, (x, {"y": y}), sum_loss
 
 
-CASES = ["dict_inputs_mean", "pair_inputs_sum", "dict_targets_sum"]
+CASES = ["dict_inputs_mean", "pair_inputs_sum", "dict_targets_sum", "labels_in_inputs_sum"]
 
 
 def test_coarse_levels_and_sub_batches_of_a_nested_batch_are_the_tensor_batchs():
@@ -112,6 +129,8 @@ def test_default_coarse_start_of_a_nested_batch_is_the_tensor_batchs(name):
     assert nested.value == pytest.approx(top, rel=1e-10)
     # the same levels (sub-batches, not the finite-difference level), so the same products
     assert (nested.coarse_matvecs, nested.matvecs) == (tensor.coarse_matvecs, tensor.matvecs)
+    chunked = catapult.sharpness(model, loss_fn, batch, tol=1e-9, max_iter=300, chunk_size=64)
+    assert chunked.value == pytest.approx(top, rel=1e-10)   # labels_in_inputs_sum: was refused (targets None)
     lean = catapult.sharpness(model, loss_fn, batch, tol=1e-9, max_iter=600, memory="lean")
     assert lean.value == pytest.approx(top, rel=1e-10)
     assert lean.coarse_matvecs == catapult.sharpness(core, tensor_loss, (x, y), tol=1e-9, max_iter=600,
@@ -153,8 +172,9 @@ def shard_measures(rank, world, name):
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
 @pytest.mark.parametrize("name", CASES)
 def test_two_gloo_ranks_on_nested_shards_equal_one_process_on_the_union(name):
-    """dict_targets_sum was silently wrong before (a mean taken for the sum: 566 for 1070), the
-    nested inputs refused ("needs the batch's inputs to be a tensor")."""
+    """dict_targets_sum was silently wrong before (a mean taken for the sum: 566 for 1070), and so
+    was labels_in_inputs_sum (targets None: 'cannot tell', a mean taken) once nested inputs were
+    taken; nested inputs were refused ("needs the batch's inputs to be a tensor")."""
     ranks = on_ranks(shard_measures, name)
     core, x, y = data()
     opt = adam(core, x, y)
@@ -164,7 +184,8 @@ def test_two_gloo_ranks_on_nested_shards_equal_one_process_on_the_union(name):
     assert single["sharpness"] == pytest.approx(dense[0], rel=1e-9)
     np.testing.assert_allclose(single["top3"], dense[:3], rtol=1e-9)
     assert single["trace"] == pytest.approx(dense.sum(), rel=1e-9)
-    assert single["ggn"] == pytest.approx(np.linalg.eigvalsh(dense_ggn(core, tensor_loss, (x, y)))[-1], rel=1e-9)
+    if name != "labels_in_inputs_sum":   # (there the model's output is the loss: another Gauss-Newton split)
+        assert single["ggn"] == pytest.approx(np.linalg.eigvalsh(dense_ggn(core, tensor_loss, (x, y)))[-1], rel=1e-9)
     for got in ranks:
         for key in ("sharpness", "lean", "ggn", "preconditioned", "trace", "critical_lr", "tracker"):
             assert got[key] == pytest.approx(single[key], rel=1e-6), key

@@ -29,7 +29,7 @@ import torch
 from catapult.arguments import as_integer, as_real
 from catapult.curvature.hessian import HessianOperator
 from catapult.curvature.lanczos import lanczos_top_eigenpair
-from catapult.curvature.microbatch import sample_count, sample_count_or_none, sample_index
+from catapult.curvature.microbatch import sample_count, sample_count_or_none, sample_index, shares_samples
 
 __all__ = ["COARSE_MIN_SAMPLES", "COARSE_LEVELS", "SMALL_BATCH_LEVELS", "FINITE_DIFFERENCE",
            "FINITE_DIFFERENCE_COST", "FINITE_DIFFERENCE_MAX_ITER", "FINITE_DIFFERENCE_CONSISTENCY",
@@ -92,7 +92,7 @@ def coarse_levels(batch, coarse, tol: float | None = None) -> list[tuple[int | s
         return []
     inputs, targets = batch
     n = sample_count_or_none(inputs)   # a nested batch's too (a dict batch got no sub-batch levels)
-    if n is not None and sample_count_or_none(targets) != n:
+    if n is not None and not shares_samples(targets, n):   # (targets=None, labels in the inputs: whole)
         n = None
     if isinstance(coarse, str):
         if coarse != "auto":

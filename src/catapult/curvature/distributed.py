@@ -68,7 +68,8 @@ from typing import Any, Callable
 
 import torch
 
-from catapult.curvature.microbatch import sample_count, sample_count_or_none, sample_device, sample_index, sample_rows
+from catapult.curvature.microbatch import (sample_count, sample_count_or_none, sample_device, sample_index, sample_rows,
+                                           shares_samples)
 
 __all__ = ["require_process_group", "check_shardable", "check_shard_inputs", "unwrap_ddp", "shard_weight", "all_reduce_sum",
            "agreed_minimum", "agreed", "agreed_gap", "refusals_agreed", "rank0_flag", "union_weight",
@@ -426,7 +427,7 @@ def _sharded_reduction_of(out, loss_fn, x, y, failed: Exception | None) -> str |
 
     # outputs and targets: tensors, or tuples, lists and dicts of them (an HF-style {"logits": ...})
     n = sample_count(x)
-    if not (n >= 1 and sample_count_or_none(out) == n and sample_count_or_none(y) == n):
+    if not (n >= 1 and sample_count_or_none(out) == n and shares_samples(y, n)):
         if failed is not None:
             raise ValueError(f"distributed=True: whether loss_fn is a mean or a sum over samples is told from the loss of "
                              f"halves of this rank's shard, on which the model's forward fails ({failed.__cause__}; a "
@@ -462,9 +463,10 @@ def _shard_reduction(model, loss_fn, batch) -> str | None:
     # a train-mode dropout draws a mask per call, so the halves' losses would not add up: the
     # loss_fn's reduction is told in eval mode (a mean taken for it halved a sum loss on 2 ranks)
     masks_only = coupling is not None and not any(uses_batch_statistics(m) for m in inner.modules())
-    # targets without this sample count cannot be halved (dict targets were, before, and a sum loss
-    # was taken for a mean: a sharpness of 566 for 1070 on shards of 200 and 120 samples)
-    if n < 1 or not params or (coupling is not None and not masks_only) or sample_count_or_none(y) != n:
+    # targets of another sample count cannot be halved; targets with none go whole to each half (dict
+    # targets, and None with the labels inside the inputs, could not be told, and a sum loss was taken
+    # for a mean: a sharpness of 566 for 1070 on shards of 200 and 120 samples)
+    if n < 1 or not params or (coupling is not None and not masks_only) or not shares_samples(y, n):
         return None
     x, y, pieces, what = _halves(x, y)
 

@@ -19,8 +19,8 @@ from torch.overrides import TorchFunctionMode
 from catapult.arguments import check_integer
 
 __all__ = ["ChosenChunkSize", "PieceFailed", "batch_coupling", "coupling_remedy", "functional_masks_off", "map_tensors", "refuse_dropout",
-           "reduction_kind", "sample_count", "sample_count_or_none", "sample_device", "sample_index", "sample_rows", "split_batch",
-           "tensor_leaves", "uses_batch_statistics", "weighted_backward", "weighted_gradient"]
+           "reduction_kind", "sample_count", "sample_count_or_none", "sample_device", "sample_index", "sample_rows", "shares_samples",
+           "split_batch", "tensor_leaves", "uses_batch_statistics", "weighted_backward", "weighted_gradient"]
 
 
 def _mask_drawer(module: torch.nn.Module) -> str | None:
@@ -386,6 +386,18 @@ def sample_count_or_none(tree) -> int | None:
         return None
 
 
+def shares_samples(tree, n: int) -> bool:
+    """Whether ``tree`` (a batch's targets) goes with inputs of ``n`` samples when they are cut
+    into pieces: its tensors with a dim 0 have ``n`` rows (:func:`sample_count`), or it has none
+    and goes whole to every piece (``None`` targets, with the labels inside an HF-style input dict
+    and the loss in the model's output; a 0-d target).
+
+    >>> shares_samples({"labels": torch.zeros(4, 3)}, 4), shares_samples(None, 4), shares_samples(torch.zeros(5), 4)
+    (True, True, False)
+    """
+    return sample_device(tree) is None or sample_count_or_none(tree) == n
+
+
 def sample_rows(tree, start: int, stop: int):
     """Samples ``start:stop`` of nested inputs or targets (see :func:`sample_count`): every tensor
     with a dim 0 sliced there, everything else as it is.
@@ -443,7 +455,8 @@ def split_batch(model: torch.nn.Module, loss_at, params: dict, inputs, targets,
     both would, and the test is made again at parameters nudged by 1%); any other loss is refused, and so are
     train-mode BatchNorm and dropout (:func:`batch_coupling`). ``inputs`` and ``targets`` are tensors,
     or tuples, lists and dicts of them (an HF-style ``{"input_ids", "attention_mask"}``) whose tensors
-    share dim 0 (:func:`sample_count`; other leaves go whole to every piece: :func:`sample_rows`).
+    share dim 0 (:func:`sample_count`; other leaves go whole to every piece: :func:`sample_rows`, and
+    so do targets with no sample dimension at all, as ``None``: :func:`shares_samples`).
 
     Example (a mean loss over 3 samples, pieces of 2 and 1):
         >>> model = torch.nn.Linear(1, 1, bias=False)
@@ -461,9 +474,9 @@ def split_batch(model: torch.nn.Module, loss_at, params: dict, inputs, targets,
     size = check_integer("HessianOperator", "chunk_size", chunk_size, optional=True)  # a NumPy integer too
     chunk_size = chunk_size if isinstance(chunk_size, int) else size  # ChosenChunkSize stays itself
     x, y = inputs, targets
-    n, m = sample_count(x, "inputs"), sample_count(y, "targets")
-    if m != n:
-        raise ValueError(f"chunk_size: inputs have {n} samples (dim 0) but targets have {m}")
+    n = sample_count(x, "inputs")
+    if not shares_samples(y, n):   # (targets without a sample dimension go whole to every piece)
+        raise ValueError(f"chunk_size: inputs have {n} samples (dim 0) but targets have {sample_count(y, 'targets')}")
     if chunk_size >= n:
         return whole, float("nan")
     # the option the messages name: the caller's chunk_size, or the micro-batches lean chose
