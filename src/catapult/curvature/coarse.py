@@ -45,7 +45,7 @@ COARSE_MIN_SAMPLES = 256
 COARSE_LEVELS = ((16, 3e-3), (4, 3e-3))
 #: The level name of a solve on the whole batch with one-sided difference products.
 FINITE_DIFFERENCE = "finite_difference"
-#: ``coarse="auto"`` below :data:`COARSE_MIN_SAMPLES` samples (or without a tensor batch): one
+#: ``coarse="auto"`` below :data:`COARSE_MIN_SAMPLES` samples (or without a sample count shared by inputs and targets): one
 #: finite-difference level, to a residual of 3e-3: near the products' error (2e-3 relative on the
 #: small GPT's top eigenvector in float32), it leaves 3 exact products there (tols 2e-3 .. 1e-2
 #: measured, 2-5 exact products; bench/RESULTS.md, issue 16).
