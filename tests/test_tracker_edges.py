@@ -1,0 +1,133 @@
+"""catapult.SharpnessTracker's rules that test_tracker's training loops do not reach (mutation
+pass 15), each against independent truth: the dense float64 Hessian (or Gauss-Newton matrix) of
+the parameters the step moves, the docstrings' rules for kinds, options and the saved state."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import catapult
+from catapult.arguments import MAX_STEPS
+from catapult.curvature.tracker import SharpnessRecord
+from dense_curvature import dense_ggn, dense_hessian
+
+LOSS = nn.MSELoss()
+
+
+def _net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2)).double()
+
+
+def _batch(n=12):
+    gen = torch.Generator().manual_seed(1)
+    return (torch.randn(n, 3, generator=gen, dtype=torch.float64),
+            torch.randn(n, 2, generator=gen, dtype=torch.float64))
+
+
+def _top(a) -> float:
+    a = np.asarray(a)
+    return float(np.linalg.eigvalsh((a + a.T) / 2)[-1])
+
+
+def _step(model, opt, batch):
+    opt.zero_grad()
+    LOSS(model(batch[0]), batch[1]).backward()
+    opt.step()
+
+
+def test_the_ratio_is_none_without_a_threshold_and_0_at_an_infinite_one():
+    rec = dict(step=0, lr=None, kind="hessian", matvecs=3, converged=True)
+    assert SharpnessRecord(value=4.0, threshold=None, **rec).ratio is None
+    assert SharpnessRecord(value=math.nan, threshold=math.inf, **rec).ratio == 0.0
+    assert SharpnessRecord(value=math.inf, threshold=math.inf, **rec).ratio == 0.0
+
+
+def test_a_kind_given_is_measured_whatever_the_optimizer():
+    """kind='hessian' beside Adam: lambda_max(H) of the dense Hessian, not the pre-conditioned one."""
+    batch, model = _batch(), _net()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    record = catapult.SharpnessTracker(model, LOSS, opt, kind="hessian", tol=1e-9, max_iter=200).step(batch)
+    assert record.kind == "hessian"
+    assert record.value == pytest.approx(_top(dense_hessian(model, LOSS, batch)), rel=1e-8)
+
+
+def test_radam_takes_the_preconditioned_kind():
+    batch, model = _batch(), _net()
+    opt = torch.optim.RAdam(model.parameters(), lr=1e-3)
+    tracker = catapult.SharpnessTracker(model, LOSS, opt, kind="preconditioned")
+    for _ in range(6):          # torch RAdam's step 7 is rectified (b2 = 0.999: from t = 6 on)
+        _step(model, opt, batch)
+    record = tracker.step(batch)
+    assert record.kind == "preconditioned" and math.isfinite(record.value)
+
+
+@pytest.mark.parametrize("make, kwargs, words", [
+    (lambda m: torch.optim.Adam(m.parameters()), {"kind": "lr_scaled"}, "does not fit Adam"),
+    (lambda m: torch.optim.SGD(m.parameters(), lr=0.1, maximize=True), {}, "maximize"),
+    (lambda m: torch.optim.SGD(m.parameters(), lr=0.1), {"every": MAX_STEPS + 1}, "every must be an integer"),
+])
+def test_what_the_rules_do_not_cover_is_refused_at_construction(make, kwargs, words):
+    model = _net()
+    with pytest.raises(ValueError, match=words):
+        catapult.SharpnessTracker(model, LOSS, make(model), **kwargs)
+
+
+def test_every_solver_option_of_sharpness_is_taken():
+    """memory and curvature (beyond the seven the lr-scaled sharpness takes) reach the solve:
+    memory='lean' gives the Hessian's top, curvature='ggn' the Gauss-Newton matrix's."""
+    batch, model = _batch(), _net()
+    lean = catapult.SharpnessTracker(model, LOSS, memory="lean", tol=1e-9, max_iter=200).step(batch)
+    assert lean.value == pytest.approx(_top(dense_hessian(model, LOSS, batch)), rel=1e-7)
+    ggn = catapult.SharpnessTracker(model, LOSS, curvature="ggn", tol=1e-9, max_iter=200).step(batch)
+    assert ggn.value == pytest.approx(_top(dense_ggn(model, LOSS, batch)), rel=1e-7)
+
+
+def test_the_lr_scaled_sharpness_names_the_options_it_does_not_take():
+    batch, model = _batch(), _net()
+    opt = torch.optim.SGD([{"params": model[0].parameters(), "lr": 0.2},
+                           {"params": model[2].parameters(), "lr": 0.05}])
+    tracker = catapult.SharpnessTracker(model, LOSS, opt, memory="lean")
+    with pytest.raises(ValueError, match=r"takes no \['memory'\]"):
+        tracker.step(batch)
+
+
+def test_three_groups_two_of_them_alike_are_lr_scaled():
+    batch, model = _batch(), _net()
+    opt = torch.optim.SGD([{"params": [model[0].weight], "lr": 0.2}, {"params": [model[0].bias], "lr": 0.2},
+                           {"params": model[2].parameters(), "lr": 0.05}])
+    record = catapult.SharpnessTracker(model, LOSS, opt, tol=1e-9, max_iter=200).step(batch)
+    n0 = sum(p.numel() for p in model[0].parameters())
+    n = sum(p.numel() for p in model.parameters())
+    d = np.sqrt(np.r_[np.ones(n0), np.full(n - n0, 0.25)])
+    assert record.kind == "lr_scaled"
+    assert record.value == pytest.approx(_top(d[:, None] * dense_hessian(model, LOSS, batch).numpy() * d), rel=1e-8)
+
+
+def test_a_nan_measurement_starts_the_next_one_cold():
+    """A diverged batch gives nan; the next measurement is the cold start's, product for product."""
+    batch, model = _batch(), _net()
+    tracker = catapult.SharpnessTracker(model, LOSS, tol=1e-9, max_iter=200)
+    bad = (torch.full_like(batch[0], math.nan), batch[1])
+    assert math.isnan(tracker.step(bad).value)
+    after = tracker.step(batch)
+    cold = catapult.SharpnessTracker(model, LOSS, tol=1e-9, max_iter=200).step(batch)
+    assert (after.value, after.matvecs) == (cold.value, cold.matvecs)
+    assert after.value == pytest.approx(_top(dense_hessian(model, LOSS, batch)), rel=1e-8)
+
+
+def test_the_state_before_any_call_loads_and_a_partial_state_is_refused_by_name():
+    model = _net()
+    fresh = catapult.SharpnessTracker(model, LOSS)
+    state = fresh.state_dict()
+    other = catapult.SharpnessTracker(model, LOSS)
+    other.step(_batch())
+    other.load_state_dict(state)
+    assert (other.calls, other.vector, other.history) == (0, None, [])
+    del state["count"]
+    with pytest.raises(ValueError, match=r"lacks \['count'\]"):
+        other.load_state_dict(state)
