@@ -118,3 +118,14 @@ def test_a_made_up_name_at_a_place_no_other_cell_holds_is_refused(tmp_path, caps
     assert main(["export", str(path), "--out", str(tmp_path / "o.csv")]) == 2
     assert "cell 0 swept_json optimizer.name 'rmsprop' is not the grid's value" in capsys.readouterr().err
     assert not (tmp_path / "o.csv").exists()
+
+
+def test_a_number_at_an_infinite_place_must_be_infinite():
+    # train.divergence_factor alone takes inf: a place of inf took any number (1e308, 10), since
+    # only finite numbers were compared with their place's (mutation pass 14's G3, retried in 15)
+    axes = [{"key": "train.divergence_factor", "values": [10.0, float("inf")], "labels": ["10", "inf"]}]
+    assert grid_value_problem([{"id": 0, "swept": {"train.divergence_factor": 10}},
+                               {"id": 1, "swept": {"train.divergence_factor": float("inf")}}], axes) is None
+    for edited in (1e308, 1e6):
+        assert grid_value_problem([{"id": 1, "swept": {"train.divergence_factor": edited}}], axes) == (
+            f"cell 1 swept_json train.divergence_factor {edited!r} is not the grid's value at the cell's place (inf)")

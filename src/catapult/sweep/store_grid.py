@@ -15,9 +15,10 @@ __all__ = ["grid_value_problem"]
 
 
 def _number(value: Any) -> float | None:
-    """``value`` as a finite float when it is a real number or the config's text for a positive one
+    """``value`` as a float when it is a real number (infinities too: ``train.divergence_factor``
+    takes inf, and a place of inf took any number) or the config's text for a positive one
     (``"1e-2"``, ``"2^-3"``: :func:`catapult.config.lr.parse_lr`'s grammar, by which the config
-    normalized it); None otherwise (a bool, a name, ``"2^-3/lambda0"``)."""
+    normalized it); None otherwise (nan, a bool, a name, ``"2^-3/lambda0"``)."""
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
@@ -32,7 +33,7 @@ def _number(value: Any) -> float | None:
         x = lr.value
     else:
         return None
-    return x if math.isfinite(x) else None
+    return None if math.isnan(x) else x
 
 
 def _relative(value: Any) -> float | None:
