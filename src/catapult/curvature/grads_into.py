@@ -7,9 +7,13 @@ graph), so no second parameter-sized vector is ever formed.
 """
 from __future__ import annotations
 
-import torch
+import functools
 
-__all__ = ["refuse_constant", "scalar_loss", "attach_grads", "flush_grads", "backward_into"]
+import torch
+from torch.autograd.graph import get_gradient_edge
+
+__all__ = ["refuse_constant", "scalar_loss", "attach_grads", "flush_grads", "backward_into",
+           "edges_as_outputs", "graph_handles"]
 
 
 def refuse_constant(loss: torch.Tensor) -> None:
@@ -98,3 +102,41 @@ def backward_into(leaves, views, edges, grad_outputs, retain_graph: bool) -> Non
     finally:
         for leaf in leaves:
             leaf.grad = None
+
+
+@functools.cache
+def edges_as_outputs() -> bool:
+    """Whether ``torch.autograd.backward`` takes a :class:`~torch.autograd.graph.GradientEdge`
+    as an output to differentiate (torch 2.3 and later; torch 2.2 has ``get_gradient_edge``
+    but its ``backward`` reads the edge as a tensor and raises ``AttributeError: 'GradientEdge'
+    object has no attribute 'is_nested'``). Probed once, on a two-element graph.
+
+    >>> isinstance(edges_as_outputs(), bool)
+    True
+    """
+    w = torch.zeros(1, requires_grad=True)
+    with torch.enable_grad():
+        y = w * 2.0
+        try:
+            torch.autograd.backward([get_gradient_edge(y)], grad_tensors=[torch.ones(1)], inputs=[w])
+        except (AttributeError, TypeError, RuntimeError):
+            return False
+    return w.grad is not None and w.grad.tolist() == [2.0]
+
+
+def graph_handles(tensors) -> list:
+    """What :func:`backward_into` differentiates for ``tensors`` (outputs of a graph): their
+    gradient edges, so that their values can be freed while the graph stays alive, where this
+    torch's ``backward`` takes edges (:func:`edges_as_outputs`); else the tensors themselves
+    (torch 2.2: the same products, with the values kept until the backward).
+
+    >>> w = torch.zeros(2, requires_grad=True)
+    >>> out = torch.zeros(2)
+    >>> handles = graph_handles([w @ torch.tensor([3.0, 4.0])])
+    >>> backward_into([w], [out], handles, [torch.tensor(1.0)], False)
+    >>> out
+    tensor([3., 4.])
+    """
+    if edges_as_outputs():
+        return [get_gradient_edge(t) for t in tensors]
+    return list(tensors)

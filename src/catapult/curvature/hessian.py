@@ -12,14 +12,13 @@ import math
 from typing import Callable
 
 import torch
-from torch.autograd.graph import get_gradient_edge
 
 from catapult.arguments import check_batch, check_module, check_seed
 from catapult.curvature.difference import (central_step, checked_difference, refuse_renormed_differences,
                                            refuse_spectral_norm_differences, relative_gap, rounding_level)
 from catapult.curvature.forward_ad import jvp_of_gradient
-from catapult.curvature.grads_into import (attach_grads, backward_into, flush_grads, refuse_constant,
-                                           scalar_loss)
+from catapult.curvature.grads_into import (attach_grads, backward_into, flush_grads, graph_handles,
+                                           refuse_constant, scalar_loss)
 from catapult.curvature.microbatch import (map_tensors, refuse_dropout, split_batch, weighted_backward,
                                            weighted_gradient)
 from catapult.curvature.modes import HVP_MODES, holds_compiled, named_dtype_mix, resolve_dtype, resolve_hvp
@@ -317,15 +316,15 @@ class HessianOperator:
             return out
         if not self._per_product:
             if self._diff:
-                edges = [get_gradient_edge(self._grads[i]) for i in self._diff]
+                edges = graph_handles([self._grads[i] for i in self._diff])
                 backward_into(self._leaves, views, edges, [parts[i] for i in self._diff],
                                retain_graph=True)
             return out
         for x, y, w in self._chunks:
             leaves, _, grads = self._gradient_graph(x, y, create_graph=True, scale=w)
             diff = [i for i, g in enumerate(grads) if g.requires_grad]
-            edges = [get_gradient_edge(grads[i]) for i in diff]
-            del grads  # the graph stays alive through the edges; the gradient values are freed
+            edges = graph_handles([grads[i] for i in diff])
+            del grads  # the graph stays alive through the edges; the gradient values are freed (torch 2.3+)
             if edges:
                 backward_into(leaves, views, edges, [parts[i] for i in diff],
                                retain_graph=False)
