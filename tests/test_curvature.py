@@ -284,7 +284,7 @@ def dense_preconditioned(model, loss_fn, batch, optimizer, gi_adam=False, gi_v0=
     group = optimizer.param_groups[0]
     b1, b2 = group["betas"]
     eps, wd = group["eps"], group["weight_decay"]
-    l2 = isinstance(optimizer, torch.optim.Adam) and not group["decoupled_weight_decay"]
+    l2 = isinstance(optimizer, torch.optim.Adam) and not group.get("decoupled_weight_decay", False)  # torch 2.2: no key
     if l2:
         g = g + wd * theta
     state = [optimizer.state.get(p, {}) for p in model.parameters()]

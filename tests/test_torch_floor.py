@@ -47,3 +47,36 @@ def test_lean_sharpness_without_gradient_edge_outputs_is_the_dense_top_eigenvalu
     got = catapult.sharpness(model, nn.MSELoss(), batch, memory="lean", chunk_size=chunk_size, tol=1e-10)
     top = np.linalg.eigvalsh(dense_hessian(model, nn.MSELoss(), batch).numpy())[-1]
     assert float(got.value) == pytest.approx(top, rel=1e-8)
+
+
+def _adam_state(weight_decay, decoupled):
+    """A torch Adam's state_dict after one step; ``decoupled=None``: without the
+    ``decoupled_weight_decay`` entry, as torch 2.2's Adam and AdamW write it."""
+    w = torch.nn.Parameter(torch.ones(3))
+    adam = torch.optim.Adam([w], lr=0.1, weight_decay=weight_decay)
+    w.grad = torch.ones(3)
+    adam.step()
+    state = adam.state_dict()
+    state["param_groups"][0].pop("decoupled_weight_decay", None)
+    if decoupled is not None:
+        state["param_groups"][0]["decoupled_weight_decay"] = decoupled
+    return state
+
+
+def test_a_torch_2_2_adam_state_with_weight_decay_is_not_taken_as_decoupled():
+    # S: torch 2.2's Adam writes no decoupled_weight_decay, and GIAdam took its coupled L2 decay
+    # of 0.5 as a decoupled one (lr * 0.5 per step): another optimizer, silently
+    from catapult.optim import GIAdam
+
+    ours = GIAdam([torch.nn.Parameter(torch.ones(3))], lr=0.1)
+    before = str(ours.state_dict())
+    with pytest.raises(ValueError, match=r"state_dict param group 0: .*weight_decay=0\.5 and no "
+                                         r"decoupled_weight_decay .*'decoupled_weight_decay' to True"):
+        ours.load_state_dict(_adam_state(0.5, None))
+    assert str(ours.state_dict()) == before
+    ours.load_state_dict(_adam_state(0.5, True))      # said decoupled (AdamW's): loads
+    assert ours.param_groups[0]["weight_decay"] == 0.5
+    fresh = GIAdam([torch.nn.Parameter(torch.ones(3))], lr=0.1)
+    fresh.load_state_dict(_adam_state(0.0, None))    # no decay: nothing to tell apart, loads
+    assert torch.equal(next(iter(fresh.state.values()))["exp_avg_sq"], torch.full((3,), 0.001))
+    fresh.load_state_dict(fresh.state_dict())        # GIAdam's own state never had the entry

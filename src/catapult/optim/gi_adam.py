@@ -132,6 +132,19 @@ def _check_torch_adam_flags(options: dict[str, Any], where: str, weight_decay: A
                          "weight_decay=0")
 
 
+def _check_unsaid_coupling(group: dict[str, Any], where: str) -> None:
+    """Refuse a torch Adam/AdamW param group (it has ``amsgrad``, GIAdam's has ``v0``) with a
+    weight decay and no ``decoupled_weight_decay``: torch before the flag (2.2) writes none, for
+    Adam's coupled L2 and AdamW's decoupled decay alike, and GIAdam took either as decoupled."""
+    weight_decay = group.get("weight_decay", 0)
+    if ("amsgrad" in group and "v0" not in group and "decoupled_weight_decay" not in group
+            and isinstance(weight_decay, numbers.Real) and weight_decay != 0):
+        raise ValueError(f"{where}a torch Adam/AdamW state with weight_decay={weight_decay!r} and no "
+                         "decoupled_weight_decay (an older torch, such as 2.2, writes none): Adam's "
+                         "decay is a coupled L2 penalty, GIAdam's decoupled. If it came from AdamW, "
+                         "set the group's 'decoupled_weight_decay' to True before loading it")
+
+
 class GIAdam(torch.optim.Optimizer):
     """Adam whose second moment starts at ``v0 * g_1^2`` (GI-Adam), with decoupled weight decay.
 
@@ -235,6 +248,7 @@ class GIAdam(torch.optim.Optimizer):
                 _checked_options({k: v for k, v in group.items() if k in _OPTIONS}, where)
                 _check_torch_adam_flags(group, where, group.get("weight_decay",
                                                                 self.defaults["weight_decay"]))
+                _check_unsaid_coupling(group, where)
         self._check_state_shapes(state_dict)
         super().load_state_dict(state_dict)
 

@@ -140,9 +140,9 @@ def rule_for(optimizer: torch.optim.Optimizer, group: Mapping[str, Any] | None =
     group with ``decoupled_weight_decay=True`` follows ``"adamw"``.
 
     Example:
-        >>> opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(2))],
-        ...                        decoupled_weight_decay=True)
-        >>> rule_for(opt), rule_for(opt, opt.param_groups[0])
+        >>> opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(2))])
+        >>> group = {**opt.param_groups[0], "decoupled_weight_decay": True}   # (no such flag in torch 2.2)
+        >>> rule_for(opt), rule_for(opt, group)
         ('adam', 'adamw')
     """
     rule = spec_for(optimizer).rule
