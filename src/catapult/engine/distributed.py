@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -386,6 +387,7 @@ def _on_every_rank(work, distributed: bool) -> Any:
     others), so no rank goes on alone into a collective the failed one never reaches. A
     ConfigError, RunDirectoryError or OSError keeps its type (the CLI's exit code 2); an
     exception of a type not built into Python is a RuntimeError naming it and its rank."""
+    kept: list = []   # the verdicts' tensors, alive until the group is freed (_gather_objects)
     with _setup_group() if distributed else contextlib.nullcontext() as group:
         # the group first, while every rank is here: the others then wait on it for this work
         result, problem = None, None
@@ -397,16 +399,41 @@ def _on_every_rank(work, distributed: bool) -> Any:
             if problem is not None:
                 raise problem
             return result
-        every: list = [None] * dist.get_world_size()
         verdict = None if problem is None else (type(problem).__name__, str(problem),
                                                 getattr(problem, "problems", None))
-        dist.all_gather_object(every, verdict, group=group)
+        every = _gather_objects(verdict, group, kept)
+        del group   # the context's reference is then the last: the group is freed as it exits
+    del kept
     failed = next((r for r, p in enumerate(every) if p is not None), None)
     if failed is None:
         return result
     if failed == dist.get_rank():
         raise problem
     raise _same_error(failed, *every[failed])
+
+
+def _gather_objects(obj: Any, group, kept: list) -> list:
+    """``dist.all_gather_object(every, obj, group=group)``'s ``every``, from tensors that ``kept``
+    holds. Torch before 2.8 frees a gloo group holding the GIL while joining its worker threads,
+    and a worker freeing the last collective's tensors, whose Python objects
+    ``all_gather_object`` had dropped, waits for the GIL: ``catapult train-ddp`` hung at its
+    set-up on torch 2.2 (both ranks, until killed). Freed while ``kept`` holds them, their Python
+    objects stay alive and the worker needs no GIL."""
+    world = dist.get_world_size()
+    if group is None:        # the default group (no gloo): it outlives the call
+        every: list = [None] * world
+        dist.all_gather_object(every, obj)
+        return every
+    data = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8)
+    size = torch.tensor([data.numel()], dtype=torch.long)
+    sizes = [torch.zeros(1, dtype=torch.long) for _ in range(world)]
+    dist.all_gather(sizes, size, group=group)
+    padded = torch.zeros(max(int(n) for n in sizes), dtype=torch.uint8)
+    padded[:data.numel()] = data
+    out = [torch.zeros_like(padded) for _ in range(world)]
+    dist.all_gather(out, padded, group=group)
+    kept.extend([size, *sizes, padded, *out])
+    return [pickle.loads(o[:int(n)].numpy().tobytes()) for o, n in zip(out, sizes)]
 
 
 #: How long the ranks wait for each other in a set-up step (:func:`_on_every_rank`): rank 0
