@@ -13,6 +13,7 @@ import torch
 
 import catapult
 from catapult.schedules import PersistentCatapultWarmup
+from torch_features import FSDP2
 
 
 class NoBackward(torch.autograd.Function):
@@ -92,11 +93,14 @@ def test_a_function_without_backward_is_named_and_no_mode_is_offered(entry):
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
 @pytest.mark.parametrize("entry", ["sharpness", "finite_difference", "ggn", "top_eigenpairs", "hessian_trace",
-                                   "critical_lr", "fsdp_sharpness", "fsdp_critical_lr"])
+                                   "critical_lr", pytest.param("fsdp_sharpness", marks=FSDP2),
+                                   pytest.param("fsdp_critical_lr", marks=FSDP2)])
 def test_a_function_without_backward_is_named_under_distributed(entry):
-    from torch.distributed.fsdp import fully_shard
-
     from catapult.curvature.distributed import single_process_group
+
+    def fully_shard(m):
+        from torch.distributed.fsdp import fully_shard   # torch 2.6+ (FSDP2)
+        return fully_shard(m)
 
     calls = {
         "sharpness": lambda m, b: catapult.sharpness(m, LOSS, b, distributed=True),

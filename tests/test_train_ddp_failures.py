@@ -15,6 +15,7 @@ import yaml
 
 from catapult.engine.distributed import ShardBatches, TokenShards
 from gloo_ranks import free_port
+from torch_features import FSDP2
 
 VOCAB = 257
 # injects the failure on rank FAIL_RANK, then runs the real command line
@@ -102,6 +103,7 @@ def test_one_rank_failing_mid_run_ends_every_rank_with_a_message(tmp_path):
     assert not out.exists()                 # the partial run directory goes, as in one process
 
 
+@FSDP2
 def test_a_forward_failing_on_one_rank_of_a_sharded_model_ends_every_rank(tmp_path):
     # the lambda_0 sharpness on batch 2: the failed rank's forward raised inside union_weight's
     # agreement, whose all-reduce met the other rank's FSDP all-gather, and both waited there until
