@@ -58,7 +58,9 @@ def dense_ggn(model, loss_fn, batch):
     _, outputs, theta = flat_loss(model, loss_fn, batch)
     out = outputs(theta).detach()
     J = torch.autograd.functional.jacobian(outputs, theta, vectorize=True).reshape(out.numel(), -1)
-    HL = torch.autograd.functional.hessian(lambda o: loss_fn(o.view(out.shape), batch[1]),
+    # a float target in the outputs' float64 (torch 2.2's mse_loss backward refuses the mix)
+    target = batch[1].to(out.dtype) if torch.is_floating_point(batch[1]) else batch[1]
+    HL = torch.autograd.functional.hessian(lambda o: loss_fn(o.view(out.shape), target),
                                            out.reshape(-1))
     return (J.T @ HL @ J).numpy()
 
