@@ -47,7 +47,7 @@ test: $(VENV)/.installed-test
 
 # The suite on the oldest torch pyproject.toml accepts (torch>=2.2), in its own .venv-floor (not
 # part of `make test`; bench/RESULTS.md, "torch 2.2, the declared floor"). PyPI's torch 2.2.2 is
-# its CUDA build with the nvidia-* libraries (~3 GiB; it runs on CPU); NumPy stays 1.x (torch 2.2
+# its CUDA build with the nvidia-* libraries (~6 GiB with them; it runs on CPU); NumPy stays 1.x (torch 2.2
 # was built against it) and so pyarrow below 26 (26 refuses NumPy 1.x at import). pytest-timeout
 # turns a hang into a failure: on 2.2 a gloo set-up hung until killed (stop 59).
 FLOOR_VENV  := .venv-floor
