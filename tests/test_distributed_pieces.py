@@ -191,3 +191,26 @@ def test_a_set_up_step_waits_for_rank_0_past_the_groups_timeout():
     got = on_ranks(_slow_rank0_set_up, timeout_s=3)
     assert got[0]["got"] == "tokenised" and got[1]["got"] is None
     assert got[1]["waited"] >= 4.5
+
+
+def test_single_process_group_waits_for_its_collectives_before_freeing_the_group(monkeypatch):
+    # torch 2.2's gloo destructor joins its workers holding the GIL while a worker frees a
+    # finished all-reduce whose tensor Python dropped (shard_weight's example hung every few
+    # uses on 2.2.2). 2.13's destructor releases the GIL, so the deadlock cannot happen here: the
+    # test emulates the old destructor by asking, when the group is destroyed, whether a barrier
+    # (which waits, the GIL released, until the earlier collectives are done) came after the
+    # last collective.
+    import torch.distributed as dist
+
+    from catapult.curvature.distributed import shard_weight, single_process_group
+
+    calls = []
+    barrier, destroy, all_reduce = dist.barrier, dist.destroy_process_group, dist.all_reduce
+    monkeypatch.setattr(dist, "barrier", lambda *a, **k: (calls.append("barrier"), barrier(*a, **k))[1])
+    monkeypatch.setattr(dist, "all_reduce", lambda *a, **k: (calls.append("all_reduce"), all_reduce(*a, **k))[1])
+    monkeypatch.setattr(dist, "destroy_process_group", lambda *a, **k: (calls.append("destroy"), destroy(*a, **k))[1])
+    with single_process_group():
+        assert shard_weight((torch.zeros(6, 2), torch.zeros(6))) == 1.0
+    assert calls[-1] == "destroy" and calls[:-1].index("all_reduce") < len(calls) - 2
+    assert calls[-2] == "barrier", calls
+    assert not dist.is_initialized()

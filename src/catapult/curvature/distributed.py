@@ -114,6 +114,12 @@ def single_process_group(backend: str = "gloo"):
     try:
         yield
     finally:
+        if dist.is_initialized() and dist.get_backend() == "gloo":
+            # torch before 2.8 frees a gloo group holding the GIL while joining its workers, and a
+            # worker freeing a finished collective whose tensors Python dropped waits for the GIL
+            # (shard_weight's example hung on torch 2.2.2 every few uses). The barrier waits, the
+            # GIL released, until the earlier collectives are done and freed.
+            dist.barrier()
         dist.destroy_process_group()
 
 
