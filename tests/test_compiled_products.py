@@ -119,3 +119,33 @@ def test_a_torch_compiled_model_is_measured_with_products_it_can_differentiate()
     assert catapult.sharpness(model, loss_fn, batch, tol=1e-6).value == pytest.approx(top, rel=1e-4)
     with pytest.raises(ValueError, match="hvp='double_backprop' cannot differentiate a torch.compile'd model"):
         catapult.sharpness(model, loss_fn, batch, hvp="double_backprop")
+
+
+@pytest.mark.parametrize("dynamo", [True, False])
+def test_torch_22s_dynamo_error_under_torch_func_names_the_torch_not_the_models_forward(dynamo):
+    # torch 2.2.2's dynamo, tracing hvp='compiled' under torch.func, raised its own
+    # InternalTorchDynamoError "Cannot access data pointer of Tensor that doesn't have storage" for
+    # any model: catapult said the model's forward read a tensor's memory (NumPy, .data_ptr()).
+    # 2.13 traces it, so the product raises 2.2's error here; the same words from the model's
+    # own code keep the forward's message.
+    import torch._dynamo.exc as dynamo_exc
+
+    from catapult.curvature.torch_errors import named_missing_derivatives
+
+    words = "Cannot access data pointer of Tensor that doesn't have storage"
+    error = dynamo_exc.InternalTorchDynamoError(words) if dynamo else RuntimeError(words)
+
+    class Op:
+        mode = "compiled"
+
+        @named_missing_derivatives
+        def product(self):
+            raise error
+
+    with pytest.raises(ValueError) as refusal:
+        Op().product()
+    if dynamo:
+        assert f"torch {torch.__version__}'s torch.compile" in str(refusal.value)
+        assert "hvp='forward_over_reverse'" in str(refusal.value) and "reads a tensor" not in str(refusal.value)
+    else:
+        assert "reads a tensor's memory" in str(refusal.value)

@@ -134,6 +134,13 @@ def _missing(err: Exception) -> str | None:
     return None
 
 
+def _from_dynamo(err: BaseException) -> bool:
+    """Whether ``err`` is torch.compile's own error (``torch._dynamo.exc``): torch 2.2's dynamo
+    raised "Cannot access data pointer of Tensor that doesn't have storage" tracing under
+    ``torch.func`` whatever the model did."""
+    return type(err).__module__.startswith("torch._dynamo")
+
+
 def named_missing_derivatives(method):
     """Decorate an operator method (``self.mode`` its hvp mode): torch's error for a second
     derivative it lacks (a NotImplementedError: ``nn.EmbeddingBag``'s "the derivative for
@@ -178,6 +185,12 @@ def named_missing_derivatives(method):
                 raise ValueError(f"hvp={self.mode!r}: torch.func cannot differentiate a forward that uses saved-"
                                  f"tensor hooks (torch.utils.checkpoint with use_reentrant=False, activation "
                                  f"offloading); hvp='double_backprop' (the default) measures it") from err
+            if self.mode == "compiled" and "doesn't have storage" in str(err) and _from_dynamo(err):
+                import torch
+                raise ValueError(f"hvp='compiled': torch {torch.__version__}'s torch.compile cannot trace these "
+                                 f"products under torch.func ({type(err).__name__}: {str(err).splitlines()[0]}), "
+                                 f"a limit of this torch, not of the model; hvp='forward_over_reverse' takes the "
+                                 f"same products uncompiled") from err
             if self.mode in ("forward_over_reverse", "compiled") and "doesn't have storage" in str(err):
                 raise ValueError(f"hvp={self.mode!r}: torch.func cannot run this model's forward, which reads a "
                                  f"tensor's memory itself (NumPy, .data_ptr() or a custom kernel in a custom "
