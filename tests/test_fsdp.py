@@ -12,8 +12,11 @@ from catapult.config import ConfigError
 from catapult.curvature.distributed import single_process_group
 from catapult.engine.distributed import train_ddp
 from gloo_ranks import on_ranks
+from torch_features import FSDP2
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
+# every test here trains, or is refused, with train.fsdp, which torch before 2.6 refuses first
+pytestmark = [pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in"),
+              FSDP2]
 
 VOCAB = 257
 
