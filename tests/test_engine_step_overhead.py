@@ -16,7 +16,6 @@ from catapult import engine, schedules
 from catapult.engine import step_lr
 from catapult.engine.step_lr import StepLRs, StepThresholds
 from catapult.losses import accuracy
-from torch_features import TENSOR_LR_SCHEDULER
 
 
 def _python_calls(fn, *args, **kwargs):
@@ -112,7 +111,6 @@ def test_step_lrs_set_what_torch_lr_scheduler_sets_at_every_step(schedule, monke
     assert len(lrs._table) <= 7 and lrs.at(3) == float(schedule(3))  # one chunk held; a step behind it still answers
 
 
-@TENSOR_LR_SCHEDULER
 def test_step_lrs_fill_a_tensor_lr_in_place_as_the_scheduler_does():
     reference, ours = _two_group_sgd(tensor_lr=True), _two_group_sgd(tensor_lr=True)
     tensors = [g["lr"] for g in ours.param_groups]

@@ -311,3 +311,28 @@ def test_a_state_dict_at_the_target_or_from_before_the_settings_loads():
     fresh.load_state_dict({**old, "lr": 0.25, "loss_ref": 0.5})
     assert (fresh.lr, fresh.lr_start, fresh.warm_start) == (0.25, 1e-3, False)
     assert [g["lr"] for g in opt.param_groups] == [0.125, 0.25]
+
+
+def test_a_tensor_lr_stays_the_groups_tensor_under_torch_22s_scheduler_step(monkeypatch):
+    # torch 2.2's LRScheduler.step wrote `group["lr"] = lr`, replacing a tensor lr with a float
+    # (a compiled or captured optimizer.step kept reading the old tensor's lr, silently); 2.13's
+    # fills it in place. Emulated here with 2.2's step.
+    def step_of_torch_22(self, epoch=None):
+        self._step_count += 1
+        self.last_epoch += 1
+        for group, lr in zip(self.optimizer.param_groups, self.get_lr()):
+            group["lr"] = lr
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+    monkeypatch.setattr(torch.optim.lr_scheduler.LRScheduler, "step", step_of_torch_22)
+    f = warmup(1.0, 4)
+    opt = torch.optim.SGD([{"params": [torch.nn.Parameter(torch.zeros(2))], "lr_mult": 1.0, "lr": torch.tensor(0.01)},
+                           {"params": [torch.nn.Parameter(torch.zeros(3))], "lr_mult": 0.3, "lr": torch.tensor(0.01)}])
+    lrs = [group["lr"] for group in opt.param_groups]
+    sched = attach(opt, f)
+    for t in range(6):
+        assert [group["lr"] for group in opt.param_groups] == lrs   # the same tensors
+        # float32 fn(t) * lr_mult exactly: no factor read from the float32 rounding of the last lr
+        assert [float(lr) for lr in lrs] == [float(torch.tensor(f(t) * m)) for m in (1.0, 0.3)], t
+        opt.step()
+        sched.step()

@@ -123,6 +123,20 @@ class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
     def _lr_at(self, t: int) -> float:
         return checked_lr(self.fn, t)
 
+    def step(self, epoch: int | None = None) -> None:
+        """torch's step, a tensor lr filled in place: torch 2.2's replaced it with a float, so a
+        compiled or captured ``optimizer.step`` kept reading the old lr."""
+        held = [group["lr"] for group in self.optimizer.param_groups]
+        super().step(epoch) if epoch is not None else super().step()
+        replaced = False
+        for group, lr in zip(self.optimizer.param_groups, held):
+            if isinstance(lr, torch.Tensor) and group["lr"] is not lr:
+                lr.fill_(float(group["lr"]))
+                group["lr"], replaced = lr, True
+        if replaced:   # the lrs set, as newer torch keeps them (copies): the next factors compare like
+            self._last_lr = [g["lr"].clone() if isinstance(g["lr"], torch.Tensor) else g["lr"]
+                             for g in self.optimizer.param_groups]
+
     def get_lr(self) -> list[float]:
         """``[fn(t) * lr_mult * factor for each param group]`` with ``t = last_epoch``; ``factor``
         takes in the ratio of the group's lr now to the one this scheduler set last."""
