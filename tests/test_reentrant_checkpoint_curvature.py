@@ -114,3 +114,33 @@ def test_critical_lr_refuses_a_reentrant_checkpoint_naming_the_way_out():
     out = catapult.critical_lr(model, nn.MSELoss(), batch, torch.optim.SGD(model.parameters(), lr=0.1))
     ref = catapult.critical_lr(plain, nn.MSELoss(), batch, torch.optim.SGD(plain.parameters(), lr=0.1))
     assert (out.lower, out.upper) == (ref.lower, ref.upper)
+
+
+class _Torch22Checkpoint(torch.autograd.Function):
+    """The block's pass through, whose backward raises what torch 2.2's reentrant checkpoint
+    raised under autograd.grad (its words differ from newer torch's)."""
+
+    @staticmethod
+    def forward(ctx, h):
+        return h.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("Checkpointing is not compatible with .grad() or when an `inputs` parameter is passed "
+                           "to .backward(). Please use .backward() and do not pass its `inputs` argument.")
+
+
+@pytest.mark.parametrize("call", ["sharpness", "critical_lr"])
+def test_torch_22s_words_for_a_reentrant_checkpoint_are_refused_alike(call):
+    # on torch 2.2.2 every curvature call and critical_lr let torch's raw RuntimeError through:
+    # only the newer words ("When use_reentrant=True, ...") were recognised
+    model, batch = _setup()
+    model.reentrant = None
+    model.block.register_forward_hook(lambda module, args, out: _Torch22Checkpoint.apply(out))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match="use_reentrant=True.*pass use_reentrant=False"):
+            if call == "critical_lr":
+                catapult.critical_lr(model, nn.MSELoss(), batch, torch.optim.SGD(model.parameters(), lr=0.1))
+            else:
+                catapult.sharpness(model, nn.MSELoss(), batch)

@@ -17,7 +17,7 @@ from catapult.curvature import distributed as dist_ops
 from catapult.curvature.sharded import ShardedHessianOperator, is_sharded
 from catapult.curvature.stateless import (AttributesKept, RenormedCopies, batch_versions, functional_loss,
                                           refuse_batch_written)
-from catapult.curvature.torch_errors import REENTRANT_ERROR, functions_without_backward, no_backward_error
+from catapult.curvature.torch_errors import functions_without_backward, is_reentrant_error, no_backward_error
 
 __all__ = ["NonFiniteLossError", "ModelSnapshot", "probe_loss"]
 
@@ -178,7 +178,7 @@ def loss_and_gradient(model, loss_fn, batch, params, snapshot, reduce, renorm: R
             missing = functions_without_backward(loss) if isinstance(err, NotImplementedError) else []
             if (refusal := no_backward_error("critical_lr", err, missing, _STEP_NEEDS)) is not None:
                 raise refusal from err
-            if str(err).startswith(REENTRANT_ERROR):   # torch's message, raw, was all it said
+            if is_reentrant_error(err):   # torch's message, raw, was all it said
                 raise ValueError("critical_lr: the model calls torch.utils.checkpoint with use_reentrant=True, "
                                  "whose backward cannot be taken with respect to chosen tensors (autograd.grad), "
                                  "as the gradient here is without touching .grad: pass use_reentrant=False") from err

@@ -10,7 +10,7 @@ import functools
 import re
 
 __all__ = ["named_missing_derivatives", "refuse_reentrant_checkpoint", "REENTRANT_MESSAGE", "REENTRANT_ERROR",
-           "no_backward_error", "functions_without_backward", "CURVATURE_NEEDS"]
+           "is_reentrant_error", "no_backward_error", "functions_without_backward", "CURVATURE_NEEDS"]
 
 
 #: torch's RuntimeError where an op has no derivative formula at all (autograd's ``NotImplemented``
@@ -102,6 +102,25 @@ def functions_without_backward(loss) -> list[str]:
 #: ``backward(inputs=...)`` (every curvature product and gradient here takes one of those).
 REENTRANT_ERROR = "When use_reentrant=True, torch.utils.checkpoint is incompatible"
 
+#: torch 2.2's words for :data:`REENTRANT_ERROR`.
+_REENTRANT_ERROR_22 = "Checkpointing is not compatible with .grad() or when an `inputs` parameter is passed"
+
+
+def is_reentrant_error(err: BaseException) -> bool:
+    """Whether ``err`` is torch's refusal of a reentrant ``torch.utils.checkpoint`` under
+    ``autograd.grad`` or ``backward(inputs=...)``, in any supported torch's words (torch 2.2 said
+    it otherwise: :data:`REENTRANT_ERROR` alone let its raw RuntimeError through).
+
+    >>> is_reentrant_error(RuntimeError(REENTRANT_ERROR + " with .grad()"))
+    True
+    >>> is_reentrant_error(RuntimeError("Checkpointing is not compatible with .grad() or when an `inputs` "
+    ...                                 "parameter is passed to .backward()."))
+    True
+    >>> is_reentrant_error(RuntimeError("out of memory"))
+    False
+    """
+    return str(err).startswith((REENTRANT_ERROR, _REENTRANT_ERROR_22))
+
 #: What a loss through a reentrant checkpoint is told (its block's parameters are not in the outer
 #: graph: its backward re-runs the block and calls ``backward`` itself, which neither ``autograd.grad``
 #: nor ``torch.func`` can reach into).
@@ -170,7 +189,7 @@ def named_missing_derivatives(method):
         try:
             return method(self, *args, **kwargs)
         except (NotImplementedError, RuntimeError) as err:
-            if str(err).startswith(REENTRANT_ERROR):    # any mode, the gradient too
+            if is_reentrant_error(err):    # any mode, the gradient too
                 raise ValueError(REENTRANT_MESSAGE) from err
             # a torch.compile'd function the model calls (which holds_compiled cannot see)
             if _NO_DOUBLE_BACKWARD in str(err):
