@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dense_curvature import dense_hessian
+from torch_features import FSDP2
 
 import catapult
 
@@ -131,6 +132,7 @@ def test_finite_differences_under_a_max_norm_no_row_reaches_are_measured():
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
+@FSDP2
 @pytest.mark.parametrize("make", [problem, direct_problem])
 def test_a_sharded_model_refuses_finite_differences_over_renormalised_rows(make):
     # FSDP2's products are finite differences: 0.3847 (0.3832 for the direct call) for the exact 0.3952

@@ -19,6 +19,7 @@ import catapult
 from catapult.curvature.coarse import COARSE_LEVELS, coarse_levels, sub_batch
 from dense_curvature import dense_ggn, dense_hessian
 from gloo_ranks import on_ranks
+from torch_features import FSDP2
 
 N = 320            # >= COARSE_MIN_SAMPLES: the sub-batch levels
 SHARDS = (200, 120)
@@ -227,6 +228,7 @@ def fsdp_sharpness(rank, world, which):
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
+@FSDP2
 @pytest.mark.parametrize("which", ["dict_inputs", "tensor_inputs"])
 def test_two_fsdp_ranks_with_dict_outputs_and_targets_equal_one_process_on_the_union(which):
     """A model sharded by FSDP2 tells a mean from a sum from its output's rows: dict outputs and

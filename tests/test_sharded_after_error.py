@@ -10,8 +10,10 @@ import torch.nn as nn
 
 import catapult
 from gloo_ranks import on_ranks
+from torch_features import FSDP2
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
+pytestmark = [pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in"),
+              FSDP2]   # every test shards with fully_shard
 
 
 class Boom(Exception):

@@ -12,6 +12,9 @@ from torch import nn
 
 import catapult
 from test_functional_embedding_flags import ModuleLookup, _problem
+from torch_features import FSDP2
+
+pytestmark = FSDP2   # it shards with fully_shard
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")

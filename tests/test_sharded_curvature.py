@@ -13,8 +13,10 @@ import catapult
 from catapult.curvature.distributed import single_process_group
 from dense_curvature import dense_hessian
 from gloo_ranks import on_ranks
+from torch_features import FSDP2
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
+pytestmark = [pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in"),
+              FSDP2]   # every test shards with fully_shard
 
 
 def mlp_problem(n=9):
