@@ -16,6 +16,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 import catapult
 from catapult.curvature.hessian import HessianOperator
 from dense_curvature import dense_hessian
+from torch_features import FSDP2
 
 
 def _problem(legacy: bool):
@@ -48,6 +49,7 @@ def test_finite_differences_refuse_a_train_mode_spectral_norm(legacy):
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
+@FSDP2
 def test_a_sharded_model_refuses_it_too_and_stays_usable():
     # FSDP2's products are finite differences: 3.8931 in train mode where eval mode (the stored vectors) has 3.8778
     from torch.distributed.fsdp import fully_shard

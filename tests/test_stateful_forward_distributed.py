@@ -15,6 +15,7 @@ import torch.nn as nn
 import catapult
 from dense_curvature import dense_hessian
 from gloo_ranks import on_ranks
+from torch_features import FSDP2
 from test_stateful_forward_curvature import AtState, Carries, MemoryAt, memory_problem
 
 pytestmark = [pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built"),
@@ -58,7 +59,7 @@ def measures(rank, world, sharded):
     return out
 
 
-@pytest.mark.parametrize("sharded", [False, True], ids=["unsharded", "fsdp2"])
+@pytest.mark.parametrize("sharded", [False, pytest.param(True, marks=FSDP2)], ids=["unsharded", "fsdp2"])
 def test_a_model_is_measured_at_its_state_on_every_rank(sharded):
     # unsharded: the forwards that tell a mean loss from a sum (on the shard and its halves) moved the
     # state: each half saw another one, so MSELoss was refused as 'neither a mean nor a sum' (sharpness
