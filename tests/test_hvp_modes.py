@@ -184,3 +184,30 @@ def test_stacked_hessian_with_mse_loss(mode, chunk_size):
     for m, model in enumerate(members):
         want = dense_hessian(model, loss_fn, (x, y)) @ V[m]
         assert torch.linalg.vector_norm(got[m] - want) <= 1e-10 * torch.linalg.vector_norm(want)
+
+
+@pytest.mark.parametrize("mode", ["auto", "double_backprop"])
+def test_products_take_torch_22s_materialised_zeros(mode, monkeypatch):
+    # torch 2.2's autograd.grad(materialize_grads=True) gave an unused leaf zeros that require grad
+    # (newer torch: only under create_graph): the chunked product's in-place sum into its output's
+    # views raised "A view was created in no_grad mode and is being modified inplace". Emulated here.
+    grad = torch.autograd.grad
+
+    def grad_of_torch_22(outputs, inputs, *args, materialize_grads=False, **kwargs):
+        if not materialize_grads:
+            return grad(outputs, inputs, *args, **kwargs)
+        kwargs["allow_unused"] = True
+        got = grad(outputs, inputs, *args, **kwargs)
+        return tuple(g if g is not None else torch.zeros_like(i, requires_grad=True) for g, i in zip(got, inputs))
+
+    monkeypatch.setattr(torch.autograd, "grad", grad_of_torch_22)
+    model, loss_fn, batch = problem("unused")
+    H = dense_hessian(model, loss_fn, batch)
+    for chunk_size in (4, None):
+        op = HessianOperator(model, loss_fn, batch, hvp=mode, chunk_size=chunk_size)
+        v = torch.randn(op.numel, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+        got = op(v)
+        assert not got.requires_grad
+        assert torch.linalg.vector_norm(got - H @ v) <= 1e-10 * torch.linalg.vector_norm(H @ v)
+    truth = float(torch.linalg.eigvalsh(H)[-1])   # and Lanczos on those products (2.2: add_'s alpha refused)
+    assert catapult.sharpness(model, loss_fn, batch, hvp=mode, tol=1e-10, max_iter=200).value == pytest.approx(truth, rel=1e-8)

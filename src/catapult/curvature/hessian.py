@@ -402,8 +402,8 @@ class HessianOperator:
                 _, hv = jvp_of_gradient(torch.func.grad(self._loss), self._params, tangents,
                                         x, y)
                 pieces = [hv[n] for n in self.names]
-            for o, h in zip(views, pieces):
-                o.add_(h, alpha=w)
+            for o, h in zip(views, pieces):   # torch 2.2 materialised an unused leaf's zeros requiring grad
+                o.add_(h.detach(), alpha=w)
             del pieces
         return out
 
@@ -569,7 +569,9 @@ class HessianOperator:
                                          grad_outputs=[parts[i] for i in self._diff],
                                          retain_graph=True, allow_unused=True,
                                          materialize_grads=True)
-            return torch.cat([h.reshape(-1) for h in hv])
+            # detached: torch 2.2 materialised an unused leaf's zeros requiring grad (Lanczos then
+            # refused its inner products as add_'s alpha)
+            return torch.cat([h.reshape(-1) for h in hv]).detach()
         (grads, _), (hv, _) = jvp_of_gradient(self._grad_fn, self._params,
                                               dict(zip(self.names, parts)), self._inputs,
                                               self._targets)
