@@ -15,6 +15,7 @@ from torch import nn
 
 import catapult
 from dense_curvature import dense_ggn, dense_hessian
+from torch_features import FSDP2
 
 
 class Lookup(nn.Module):
@@ -77,6 +78,7 @@ class ModuleLookup(nn.Module):
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
+@FSDP2
 @pytest.mark.parametrize("functional", [False, True])
 def test_a_model_sharded_by_fsdp2_takes_its_lookups_without_their_flags(functional):
     # the sharded operator's differences of the model's own gradient took scale_grad_by_freq (4.0% off, and
@@ -99,6 +101,7 @@ def test_a_model_sharded_by_fsdp2_takes_its_lookups_without_their_flags(function
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
+@FSDP2
 def test_sharded_critical_lr_steps_along_the_optimizers_own_gradient():
     # critical_lr's direction is the optimizer's next step, from the gradient training takes (the flag's): the
     # sharded search must bracket the same lr as the unsharded one
