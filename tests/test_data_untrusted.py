@@ -190,3 +190,22 @@ def test_the_cli_reports_bad_cifar_files_with_exit_2(tmp_path, capsys):
     code, err = _cli(tmp_path, tmp_path / "evil", capsys)
     assert code == 2 and "calls numpy.ndarray directly" in err and len(err) < 2000
     assert not (tmp_path / "run").exists()
+
+
+def test_no_module_of_the_package_unpickles_with_plain_pickle():
+    # the one reader of pickles is data.safe_pickle (a restricted Unpickler); stop 59's gloo
+    # set-up gather had added a plain pickle.loads of another rank's bytes (now JSON)
+    import ast
+
+    import catapult
+
+    package = Path(catapult.__file__).parent
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        if path.name == "safe_pickle.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                    and node.value.id in ("pickle", "cPickle", "_pickle") and node.attr in ("load", "loads", "Unpickler")):
+                found.append(f"{path.relative_to(package)}:{node.lineno}")
+    assert found == []

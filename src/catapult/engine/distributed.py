@@ -47,8 +47,8 @@ copied (:mod:`catapult.engine.fsdp`, :class:`FullyShardedDataParallel`); the res
 from __future__ import annotations
 
 import contextlib
+import json
 import os
-import pickle
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -400,7 +400,8 @@ def _on_every_rank(work, distributed: bool) -> Any:
                 raise problem
             return result
         verdict = None if problem is None else (type(problem).__name__, str(problem),
-                                                getattr(problem, "problems", None))
+                                                [list(p) for p in problem.problems]
+                                                if isinstance(problem, cfg.ConfigError) else None)
         every = _gather_objects(verdict, group, kept)
         del group   # the context's reference is then the last: the group is freed as it exits
     del kept
@@ -418,13 +419,14 @@ def _gather_objects(obj: Any, group, kept: list) -> list:
     and a worker freeing the last collective's tensors, whose Python objects
     ``all_gather_object`` had dropped, waits for the GIL: ``catapult train-ddp`` hung at its
     set-up on torch 2.2 (both ranks, until killed). Freed while ``kept`` holds them, their Python
-    objects stay alive and the worker needs no GIL."""
+    objects stay alive and the worker needs no GIL. ``obj`` travels as JSON (tuples come back as
+    lists), never as a pickle: another rank's bytes are not run."""
     world = dist.get_world_size()
     if group is None:        # the default group (no gloo): it outlives the call
         every: list = [None] * world
         dist.all_gather_object(every, obj)
         return every
-    data = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8)
+    data = torch.frombuffer(bytearray(json.dumps(obj).encode()), dtype=torch.uint8)
     size = torch.tensor([data.numel()], dtype=torch.long)
     sizes = [torch.zeros(1, dtype=torch.long) for _ in range(world)]
     dist.all_gather(sizes, size, group=group)
@@ -433,7 +435,7 @@ def _gather_objects(obj: Any, group, kept: list) -> list:
     out = [torch.zeros_like(padded) for _ in range(world)]
     dist.all_gather(out, padded, group=group)
     kept.extend([size, *sizes, padded, *out])
-    return [pickle.loads(o[:int(n)].numpy().tobytes()) for o, n in zip(out, sizes)]
+    return [json.loads(o[:int(n)].numpy().tobytes().decode()) for o, n in zip(out, sizes)]
 
 
 #: How long the ranks wait for each other in a set-up step (:func:`_on_every_rank`): rank 0
@@ -464,7 +466,7 @@ def _same_error(rank: int, kind: str, message: str, problems: Any) -> Exception:
     import builtins
 
     if kind == "ConfigError" and problems is not None:
-        return cfg.ConfigError(problems)
+        return cfg.ConfigError([tuple(p) for p in problems])   # (key, message) pairs, sent as lists
     if kind == "RunDirectoryError":
         return RunDirectoryError(message)
     builtin = getattr(builtins, kind, None)
