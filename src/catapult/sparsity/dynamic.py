@@ -181,7 +181,9 @@ class MaskUpdater:
             raise ValueError(f"{method} updates the masks of MaskedLinear layers, and the model has none with a "
                              "mask; sparsify_ its hidden Linear layers first (gmp prunes from dense: "
                              "sparsify_(layer, 1.0) gives an all-ones mask)")
-        _ties(self.layers)  # tied layers with different masks: refused now, not at the first update
+        # tied layers with different masks: refused now, not at the first update; and each tie's one
+        # mask its own before any forward (a compiled one included) reads it
+        _own_masks(_ties(self.layers))
         self.updates = 0
         for layer in self.layers:
             layer.module.capture_dense_grad = method == "rigl"
@@ -210,7 +212,9 @@ class MaskUpdater:
         optimizer state of every entry that changed), then re-apply all masks. True if masks changed."""
         changed_any = False
         if self.is_update_step(t):
-            for tie in _ties(self.layers):  # of the weights in use now (a load_state_dict(assign=True) unties them)
+            ties = _ties(self.layers)  # of the weights in use now (a load_state_dict(assign=True) unties them)
+            _own_masks(ties)           # a no-op unless a mask was replaced or shared since
+            for tie in ties:
                 changed_any |= self._update_layer(tie, t, optimizer)
             self.updates += 1
         for layer in self.layers:
@@ -245,8 +249,10 @@ class MaskUpdater:
             return False
         grown = new_mask & ~mask
         module.weight.data.masked_fill_(grown, 0.0)   # grown weights start at 0
-        for layer in tie:
-            layer.module.mask = new_mask              # a tie keeps one mask
+        # in place, into the tie's one mask (_own_masks): torch 2.2's compiled forward kept reading
+        # the buffer it was traced with, so an assigned new mask never reached train.compile's graph
+        # (RigL grew weights that then took no gradient, and the dropped ones took it)
+        mask.copy_(new_mask)
         module.apply_mask_()                          # dropped weights become 0
         if optimizer is not None:
             reset_state_(optimizer, module.weight, changed & ~new_mask)  # dropped
@@ -275,6 +281,27 @@ def _check_schedule(method: str, final_density: float, update_every: int, end_st
                              f"end_step {end_step} prune nothing")
         if final_density == 1.0:
             raise ValueError("gmp prunes down to final_density: final_density 1 (the default) prunes nothing")
+
+
+def _own_masks(ties: list[list[_Layer]]) -> None:
+    """Give every tie one mask tensor of its own, which the updates then write in place: a mask
+    shared with another tie's (one tensor passed to two layers' ``set_mask``), a window of a larger
+    tensor or a non-contiguous one is replaced by a copy, and a tie's layers all take its first
+    layer's. Masks written in place are what a compiled forward reads: torch 2.2's
+    ``torch.compile`` keeps the buffer tensors it traced and does not recompile when a module's
+    buffer is reassigned."""
+    owner: dict[int, int] = {}  # storage address -> the tie whose mask it holds
+    for i, tie in enumerate(ties):
+        mask = tie[0].module.mask
+        storage = mask.untyped_storage()
+        whole = (mask.is_contiguous() and mask.storage_offset() == 0
+                 and storage.nbytes() == mask.numel() * mask.element_size())
+        if not whole or owner.get(storage.data_ptr(), i) != i:
+            mask = mask.clone(memory_format=torch.contiguous_format)
+        owner[mask.untyped_storage().data_ptr()] = i
+        for layer in tie:
+            if layer.module.mask is not mask:
+                layer.module.mask = mask
 
 
 def _ties(layers: list[_Layer]) -> list[list[_Layer]]:
