@@ -34,6 +34,7 @@ from torch import Tensor
 from catapult.curvature import distributed as dist_ops
 from catapult.curvature.rank_agreement import same_call_on_every_rank
 from catapult.curvature.sharded import is_sharded, reset_after_error, reshard
+from catapult.curvature.modes import refuse_stale_compiled
 from catapult.curvature.start import outside_inference_mode
 from catapult.curvature.stateless import AttributesKept, RenormedCopies, refuse_scripted
 from catapult.critical_lr_passes import (ModelSnapshot, NonFiniteLossError, forward_loss, loss_and_gradient,
@@ -284,6 +285,7 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     check_module("critical_lr", model)
     refuse_scripted("critical_lr", model)
+    refuse_stale_compiled("critical_lr", model)   # torch 2.2.2: every trial loss at the traced parameters
     check_batch("critical_lr", batch, allow_empty=distributed)
     registry.spec_for(optimizer)              # unsupported optimizer: fail before any work
     registry.refuse_maximize(optimizer, "critical_lr")

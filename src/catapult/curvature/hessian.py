@@ -21,7 +21,8 @@ from catapult.curvature.grads_into import (attach_grads, backward_into, flush_gr
                                            refuse_constant, scalar_loss)
 from catapult.curvature.microbatch import (map_tensors, refuse_dropout, split_batch, weighted_backward,
                                            weighted_gradient)
-from catapult.curvature.modes import HVP_MODES, holds_compiled, named_dtype_mix, resolve_dtype, resolve_hvp
+from catapult.curvature.modes import (HVP_MODES, holds_compiled, named_dtype_mix, refuse_stale_compiled, resolve_dtype,
+                                      resolve_hvp)
 from catapult.curvature.rng import fixed_rng
 from catapult.curvature.stateless import (AttributesKept, RenormedCopies, batch_versions, functional_loss,
                                           has_renormed_embeddings, refuse_batch_written, refuse_parameters_written,
@@ -163,6 +164,7 @@ class HessianOperator:
                              f"(freeze it with requires_grad_(False) to measure the others)")
         if not self.dtype.is_floating_point:
             raise ValueError(f"parameters must be floating point, got {self.dtype}")
+        refuse_stale_compiled("HessianOperator", model)   # torch 2.2.2: products at the traced parameters
         if hvp in ("auto", "double_backprop") and holds_compiled(model):
             # torch.compile's graphs have no double backward: it failed at the first product
             # ("aot_autograd does not currently support double backward"); forward-over-reverse

@@ -6,11 +6,13 @@ modes exist and what ``"auto"`` picks on a device.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 
 import torch
 
-__all__ = ["HVP_MODES", "resolve_hvp", "resolve_dtype", "holds_compiled", "eager_stance", "named_dtype_mix"]
+__all__ = ["HVP_MODES", "resolve_hvp", "resolve_dtype", "holds_compiled", "refuse_stale_compiled", "eager_stance",
+           "named_dtype_mix"]
 
 
 #: Accepted values of ``hvp=``. ``"auto"`` picks the mode measured fastest (see
@@ -56,6 +58,54 @@ def holds_compiled(model: torch.nn.Module) -> bool:
     """
     return any(isinstance(getattr(sub, "_orig_mod", None), torch.nn.Module)
                or getattr(sub, "_compiled_call_impl", None) is not None for sub in model.modules())
+
+
+def refuse_stale_compiled(owner: str, model: torch.nn.Module) -> None:
+    """A ValueError where ``model`` holds a ``torch.compile``'d module (:func:`holds_compiled`) and
+    this torch's compiled modules keep reading the parameters and buffers they were traced with
+    (torch 2.2.2's do: the tensors ``torch.func.functional_call`` substitutes never reach the graph).
+    Every measurement takes the model at other parameters that way: on 2.2.2 a compiled model's
+    ``hvp='finite_difference'`` sharpness was 0.0, converged, and its critical lr 2.9e17 (2.125
+    uncompiled). Probed once per process (a tiny module of its own, compiled by dynamo's eager
+    backend), and only for a model that holds compiled code.
+
+    Example:
+        >>> refuse_stale_compiled("sharpness", torch.nn.Linear(2, 1))   # nothing compiled: nothing to ask
+    """
+    if not holds_compiled(model) or _compiled_modules_follow_substitutes():
+        return
+    raise ValueError(f"{owner}: torch {torch.__version__}'s torch.compile'd modules keep reading the parameters "
+                     f"they were traced with, so the model at other parameters (torch.func.functional_call, "
+                     f"which every measurement uses) would be the traced one (a compiled model's "
+                     f"hvp='finite_difference' sharpness was 0.0 on torch 2.2.2); pass the model uncompiled "
+                     f"(torch.compile(model)._orig_mod, a module not .compile()'d), or use a newer torch")
+
+
+class _Probe(torch.nn.Module):
+    """``x * weight``: a module of its own for :func:`_compiled_modules_follow_substitutes` (its compiled
+    code takes no cache slot of a user's module class)."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        return x * self.weight
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_modules_follow_substitutes() -> bool:
+    """Whether a compiled module called by ``torch.func.functional_call`` with a substituted weight
+    computes with it (torch 2.13: yes; 2.2.2: it reads the traced weight). A torch that cannot
+    compile the probe says no."""
+    try:
+        compiled = torch.compile(_Probe(), backend="eager")
+        x = torch.ones(1)
+        traced = float(compiled(x))
+        moved = float(torch.func.functional_call(compiled, {"_orig_mod.weight": torch.full((1,), 2.0)}, (x,)))
+    except Exception:   # noqa: BLE001 -- any failure of torch.compile here: it cannot be trusted
+        return False
+    return traced == 1.0 and moved == 2.0
 
 
 def eager_stance(compiled: bool):

@@ -25,6 +25,7 @@ from catapult.curvature.hessian import HessianOperator, resolve_dtype
 from catapult.optim import registry, rules
 from catapult.curvature.lanczos import EigenEstimate, lanczos_top_eigenpair
 from catapult.curvature.microbatch import ChosenChunkSize, sample_count_or_none, sample_device
+from catapult.curvature.modes import refuse_stale_compiled
 from catapult.curvature.preconditioner import PreconditionedOperator, adam_preconditioner, check_preconditioned
 from catapult.curvature.rank_agreement import same_call_on_every_rank
 from catapult.curvature.start import (check_solver_args, initial_vector, outside_autocast,
@@ -86,6 +87,7 @@ def memory_setting(memory: str, batch, chunk_size, max_basis, model=None, loss_f
         chunks, basis = 1, lean.LEAN_MAX_BASIS
     else:
         model = dist_ops.unwrap_ddp(model)
+        refuse_stale_compiled("memory='lean'", model)   # its sizing forward substitutes the parameters too
 
         def sized():  # a forward on this rank's shard
             trainable = [p for p in model.parameters() if p.requires_grad]
