@@ -17,6 +17,7 @@ import catapult
 from dense_curvature import dense_hessian
 from test_missing_second_derivatives import ProductPool
 from test_weight_norm_curvature import DirectCall, problem
+from torch_features import needs_compile_under_func
 
 
 @pytest.fixture(autouse=True)
@@ -26,6 +27,7 @@ def _quiet():
         yield
 
 
+@needs_compile_under_func
 def test_a_scatter_reduce_product_inside_a_compiled_model_is_seen():
     torch.manual_seed(0)
     model = ProductPool().double()
@@ -41,6 +43,7 @@ def test_a_scatter_reduce_product_inside_a_compiled_model_is_seen():
         assert est.converged and est.value == pytest.approx(truth, rel=1e-8), hvp
 
 
+@needs_compile_under_func
 def test_a_weight_norm_called_inside_a_compiled_model_is_taken_by_parts():
     _, hand, batch = problem("parametrization", 0)
     truth = np.linalg.eigvalsh(dense_hessian(hand, F.cross_entropy, batch).numpy())[-1]
@@ -70,6 +73,7 @@ def _two_layers(activation=None):
     return model, plain, batch
 
 
+@needs_compile_under_func
 def test_a_model_compiled_in_place_is_measured_forward_over_reverse():
     # before: module.compile() was taken for an eager model, and the default double backprop raised torch's
     # RuntimeError "torch.compile with aot_autograd does not currently support double backward"
@@ -89,6 +93,7 @@ def _compiled_activation(h):
     return torch.tanh(h) * 1.5
 
 
+@needs_compile_under_func
 def test_a_compiled_function_in_the_forward_names_the_modes_that_measure_it():
     # a torch.compile'd function (no compiled module to see): torch's raw RuntimeError "torch.compile with
     # aot_autograd does not currently support double backward" from double backprop (micro-batches and

@@ -210,6 +210,13 @@ def named_missing_derivatives(method):
                                  f"products under torch.func ({type(err).__name__}: {str(err).splitlines()[0]}), "
                                  f"a limit of this torch, not of the model; hvp='forward_over_reverse' takes the "
                                  f"same products uncompiled") from err
+            if self.mode == "forward_over_reverse" and "doesn't have storage" in str(err) and _from_dynamo(err):
+                # torch 2.2.2: a torch.compile'd function the model calls, under torch.func
+                import torch
+                raise ValueError(f"hvp='forward_over_reverse': torch {torch.__version__}'s torch.compile cannot "
+                                 f"run the compiled code this model calls under torch.func ({type(err).__name__}: "
+                                 f"{str(err).splitlines()[0]}), a limit of this torch, not of the model; "
+                                 f"hvp='finite_difference' takes its products from gradients alone") from err
             if self.mode in ("forward_over_reverse", "compiled") and "doesn't have storage" in str(err):
                 raise ValueError(f"hvp={self.mode!r}: torch.func cannot run this model's forward, which reads a "
                                  f"tensor's memory itself (NumPy, .data_ptr() or a custom kernel in a custom "
