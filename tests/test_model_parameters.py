@@ -66,6 +66,11 @@ def test_probing_imports_no_torch_compile_machinery():
                          cwd=Path(__file__).parent)
     assert out.returncode == 0, out.stderr[-2000:]
     built = [sum(p.numel() for p in build_model(_config(m), n_in, n_out).parameters()) for m, n_in, n_out in CASES]
+    from torch_features import meta_factories_import_sympy   # here: its FSDP2 probe imports sympy with the file
+
+    if out.stdout.strip() == f"{built} ['sympy']" and meta_factories_import_sympy():
+        pytest.skip("this torch's meta tensor factories import sympy themselves (torch 2.2: torch.ones(2, "
+                    "device='meta') runs a Python reference whose size check imports it): no model builds without")
     assert out.stdout.strip() == f"{built} []"
 
 

@@ -83,3 +83,14 @@ def needs_compile_under_func(test):
                         "the traced weights): a newer torch")
         return test(*args, **kwargs)
     return run
+
+
+def meta_factories_import_sympy() -> bool:
+    """Whether a bare ``torch.ones(2, device="meta")`` imports sympy, in a fresh process (torch 2.2:
+    its meta factories run Python references whose size checks import it; 2.13: no)."""
+    import subprocess
+    import sys
+
+    probe = "import sys, torch\ntorch.ones(2, device='meta')\nprint('sympy' in sys.modules)\n"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    return out.returncode == 0 and out.stdout.strip() == "True"
