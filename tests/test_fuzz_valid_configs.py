@@ -68,12 +68,14 @@ def test_a_sparsity_key_its_method_does_not_read_is_refused(sparsity, key):
 
 
 
+# init normal: torch's trunc_normal_ draws other numbers from one seed on 2.2 (inverse CDF) than on 2.13,
+# and the run with trunc_normal, seed 1, crossed no kink on 2.2.2 (seed 7 with normal crosses on both)
 FD_RELU_FLOAT64 = """\
 name: fd
 dtype: float64
-seed: 1
+seed: 7
 data: {name: digits, n_train: 16, n_test: 8}
-model: {name: mlp, width: 8, depth: 3, activation: relu, init: trunc_normal, parametrization: mup, base_width: 8, alpha_out: 2.0}
+model: {name: mlp, width: 8, depth: 3, activation: relu, init: normal, parametrization: mup, base_width: 8, alpha_out: 2.0}
 optimizer: {name: adam, lr: 0.5/lambda0}
 schedule: {warmup: catapult, delta: 0.01, warmup_steps: 8}
 train: {steps: 4, batch_size: 8}
