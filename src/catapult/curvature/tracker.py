@@ -118,6 +118,20 @@ def _reference_view(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     return view
 
 
+def _check_holds(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> None:
+    """A ValueError unless ``optimizer`` holds one of the model's trainable parameters (when it
+    has any: the measurement names a model without). The optimizer of another model (or of the
+    model before a ``copy.deepcopy``) moves none of them: ``kind="hessian"`` (given, or RAdam's
+    un-rectified steps) recorded ``lambda_max(H)`` beside that optimizer's threshold, where the
+    pre-conditioned and lr-scaled kinds refused it."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    if trainable and not any(id(p) in held for p in trainable):
+        raise ValueError(f"SharpnessTracker: the optimizer ({type(optimizer).__name__}) holds none of the "
+                         f"model's trainable parameters (is it the optimizer of another model, or of a "
+                         f"copy?): its step moves none of them, so no sharpness bounds it")
+
+
 def _steps_of(optimizer: torch.optim.Optimizer) -> int:
     """The optimizer's step count: the largest ``state[p]["step"]`` (0 before the first step)."""
     steps = [float(state["step"]) for state in optimizer.state.values()
@@ -196,8 +210,9 @@ class SharpnessTracker:
 
     Raises:
         TypeError / ValueError: at construction, for a model that is not a module, an optimizer
-            the rules do not cover (the message names it), an unknown ``kind`` or option, or a
-            ``kind`` that does not fit the optimizer.
+            the rules do not cover (the message names it) or that holds none of the model's
+            trainable parameters, an unknown ``kind`` or option, or a ``kind`` that does not fit
+            the optimizer.
 
     Example (GD on ``L(w) = mean((x w - y)^2)`` with ``x = (2, 0), (0, 1)``: Hessian
     ``diag(4, 1)``, so the sharpness is 4 and the threshold ``2 / lr = 20``):
@@ -234,6 +249,7 @@ class SharpnessTracker:
             spec = registry.spec_for(optimizer)     # NotImplementedError naming an unsupported one
             family = "adam" if spec.preconditioned else spec.rule
             registry.refuse_maximize(optimizer, "SharpnessTracker")
+            _check_holds(optimizer, model)
         if kind != "auto":
             fits = {"hessian": True, "preconditioned": family in ("adam", "radam"), "lr_scaled": family == "sgd"}
             if not fits[kind]:
@@ -298,24 +314,36 @@ class SharpnessTracker:
     # -- the callback ---------------------------------------------------------------------
     def step(self, batch) -> SharpnessRecord | None:
         """Count one call; on every ``every``-th (the first included) measure on ``batch`` and
-        return the :class:`SharpnessRecord` (also appended to ``history``), else ``None``."""
+        return the :class:`SharpnessRecord` (also appended to ``history``), else ``None``.
+
+        A measurement that raises (a refused optimizer state, a ``loss_fn`` that raises, an
+        interrupt) leaves the tracker as it was: the call is not counted, so calling again
+        with the same step's batch measures that step; what the optimizer's state makes
+        unmeasurable (an lr no step has, groups whose thresholds differ, an optimizer that
+        holds none of the model's parameters) is refused before any product."""
         t = self.calls
-        self.calls += 1
         if t % self.every:
+            self.calls = t + 1
             return None
+        threshold = lr = None
         if self.optimizer is not None:
             _check_lrs(self.optimizer)
+            _check_holds(self.optimizer, self.model)
+            # the threshold first: groups whose rules differ were refused after the whole solve
+            threshold = self._threshold()
+            lr = _first_lr(_reference_view(self.optimizer))
         count = _trainable_count(self.model)
         init = self.vector if self.vector is not None and count == self._count else None
         kind = self._kind_now()
         est = self._measure(batch, kind, init)
-        finite = math.isfinite(est.value)
-        self.vector = est.vector.detach() if finite else None
-        self._count = count
-        lr = None if self.optimizer is None else _first_lr(_reference_view(self.optimizer))
-        record = SharpnessRecord(step=t, value=float(est.value), threshold=self._threshold(), lr=lr,
+        record = SharpnessRecord(step=t, value=float(est.value), threshold=threshold, lr=lr,
                                  kind=kind, matvecs=int(est.matvecs), converged=bool(est.converged))
+        # nothing is changed before the measurement returns: a raise above leaves calls, the warm start
+        # and the history as they were
+        self.vector = est.vector.detach() if math.isfinite(est.value) else None
+        self._count = count
         self.history.append(record)
+        self.calls = t + 1
         return record
 
     __call__ = step
