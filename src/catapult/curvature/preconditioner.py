@@ -61,10 +61,17 @@ def _adam_preconditioner(optimizer, grad_flat: torch.Tensor, names, params,
         def relative_lr(group) -> float:
             return float(group_lr_multipliers(optimizer, group["params"][:1])[0]) if group["params"] else 1.0
     dtype, device = grad_flat.dtype, grad_flat.device
+    r_scale = None
+    if any(registry.rule_for(optimizer, g) == "radam" for g in optimizer.param_groups):
+        from catapult.optim.thresholds import radam_step_scales
+
+        # each parameter's own rectification relative to the threshold's (torch counts each
+        # parameter's steps apart; a lagging one was scaled by the largest count's r_t)
+        r_scale = radam_step_scales(optimizer, params) or None
     pieces, l2_pieces = [], []
     has_l2 = False
     offset = 0
-    for name, p in zip(names, params):
+    for k, (name, p) in enumerate(zip(names, params)):
         p_part = part(p.detach())
         n = p_part.numel()
         g = grad_flat[offset:offset + n].view(p_part.shape)
@@ -93,6 +100,8 @@ def _adam_preconditioner(optimizer, grad_flat: torch.Tensor, names, params,
                              "pre-conditioner; measure the Hessian's sharpness "
                              "(catapult.optim.thresholds.radam_threshold says which applies)")
         inv = 1.0 / P[0]
+        if r_scale is not None and r_scale[k] != 1.0:
+            inv = inv * r_scale[k]
         if scale_by_group_lr:
             inv = inv * relative_lr(group)
         pieces.append(torch.sqrt(inv).reshape(-1))

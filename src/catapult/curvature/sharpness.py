@@ -472,7 +472,11 @@ def preconditioned_sharpness(model: torch.nn.Module, loss_fn, batch,
         P  = (1 - b1^(t+1)) * (sqrt(v' / (1 - b2^(t+1))) + eps)
 
     (GI-Adam groups with ``v_bias_correction=False`` skip the ``1 - b2^(t+1)`` division; with
-    ``amsgrad`` the running maximum of ``v`` is used.) ``P^-1 H`` is not symmetric; its
+    ``amsgrad`` the running maximum of ``v`` is used. RAdam, once rectified: each parameter's
+    block also carries ``r_p / r_ref``, its own next step's rectification relative to the
+    threshold's, since torch counts each parameter's steps apart:
+    :func:`catapult.optim.thresholds.radam_step_scales`; 1 where the counts and ``beta2`` agree;
+    a step rectified for some parameters only is refused.) ``P^-1 H`` is not symmetric; its
     eigenvalues are those of the symmetric ``P^-1/2 H P^-1/2``, whose top eigenpair the Lanczos
     solver finds (``est.vector`` is in those coordinates: ``P^1/2`` times a ``P^-1 H``
     eigenvector). Compare with ``instability_threshold(optimizer)`` = ``(2+2 b1)/((1-b1) lr)``.

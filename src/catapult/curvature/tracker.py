@@ -272,16 +272,19 @@ class SharpnessTracker:
         spec = registry.spec_for(opt)
         if spec.preconditioned:
             return "preconditioned"
+        params = [p for p in self.model.parameters() if p.requires_grad]
         if spec.rule == "radam":
-            from catapult.optim.thresholds import radam_step_kind
+            from catapult.optim.thresholds import radam_step_kind, radam_step_scales
 
-            return radam_step_kind(opt, _steps_of(opt) + 1)
+            # each parameter's own step count: a step rectified for some parameters only is
+            # refused here, before any product (radam_step_kind reads the largest count)
+            radam_step_scales(_reference_view(opt), params)
+            return radam_step_kind(_reference_view(opt), _steps_of(opt) + 1)
         from catapult.optim.thresholds import group_lr_multipliers
 
         # every trainable entry stepped at the reference lr: the Hessian's; else (groups at other
         # lrs, a group at lr 0, parameters no group holds) M^1/2 H M^1/2, which leaves out what
         # the step does not move (the Hessian's took a frozen group's curvature for the step's)
-        params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:      # (the measurement names it; the multipliers' torch.cat of nothing did not)
             return "hessian"
         m = group_lr_multipliers(_reference_view(opt), params)

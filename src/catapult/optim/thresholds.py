@@ -32,7 +32,7 @@ from catapult.arguments import check_integer, check_real
 from catapult.parametrize import group_lr_mult
 
 __all__ = ["group_lr_multipliers", "lr_scaled_sharpness", "radam_rho", "radam_rectified",
-           "radam_rectification", "radam_threshold", "radam_step_kind"]
+           "radam_rectification", "radam_threshold", "radam_step_kind", "radam_step_scales"]
 
 
 def group_lr_multipliers(optimizer: torch.optim.Optimizer, params) -> torch.Tensor:
@@ -151,3 +151,55 @@ def radam_threshold(lr: float, betas: Any, t: int) -> tuple[str, float]:
     if not radam_rectified(t, b2):
         return "hessian", base
     return "preconditioned", base / radam_rectification(t, b2)
+
+
+def radam_step_scales(optimizer: torch.optim.Optimizer, params) -> list[float | None]:
+    """Each of ``params``' rectification relative to the threshold's: ``r_p / r_ref``, where
+    ``r_p = r_t`` of that parameter's own next step (``t`` = its ``state["step"] + 1``, as torch
+    RAdam counts each parameter apart; ``beta2`` its group's) and ``r_ref`` that of
+    :func:`~catapult.curvature.sharpness.instability_threshold`'s step (the largest count + 1, the
+    first group's ``beta2``); ``None`` for a parameter no group holds. ``[]`` while every step is
+    un-rectified (no pre-conditioner, one threshold). A parameter that lags (no gradient on some
+    steps, a group added later) or whose group has another ``beta2`` has its step scaled by its
+    own ``r_p``: the pre-conditioned operator carries ``r_p / r_ref`` (1 where the counts and
+    ``beta2`` agree), so it is compared with that threshold as is.
+
+    Raises:
+        ValueError: when the next step is rectified for some of these parameters (or the
+            threshold's step) and not for others: part of it is EMA-momentum SGD, part Adam's,
+            and no single sharpness bounds it (the message names a parameter of each).
+
+    Example (the second parameter two steps behind: ``r_7 / r_9`` at ``b2 = 0.999``):
+        >>> a, b = torch.zeros(1, requires_grad=True), torch.zeros(1, requires_grad=True)
+        >>> opt = torch.optim.RAdam([a, b])
+        >>> for k in range(8):
+        ...     a.grad, b.grad = torch.ones(1), (torch.ones(1) if k >= 2 else None)
+        ...     opt.step()
+        >>> [round(s, 4) for s in radam_step_scales(opt, [a, b])]
+        [1.0, 0.7423]
+    """
+    groups = optimizer.param_groups
+    where = {id(p): g for g in groups for p in g["params"]}
+
+    def count(p) -> int:
+        state = optimizer.state.get(p, {})
+        return int(float(state["step"])) if isinstance(state, dict) and "step" in state else 0
+
+    steps = [float(st["step"]) for st in optimizer.state.values() if isinstance(st, dict) and "step" in st]
+    t_ref = int(max(steps, default=0)) + 1
+    b2_ref = float(groups[0]["betas"][1])
+    held = [(i, p, where[id(p)]) for i, p in enumerate(params) if id(p) in where]
+    own = [(i, count(p) + 1, float(g["betas"][1])) for i, p, g in held]
+    ref_ok = radam_rectified(t_ref, b2_ref)
+    odd = next(((i, t) for i, t, b2 in own if radam_rectified(t, b2) != ref_ok), None)
+    if odd is not None:
+        i, t = odd
+        raise ValueError(f"RAdam's next step is {'un-' if ref_ok else ''}rectified for parameter {i} (its own step "
+                         f"{t}) and {'' if ref_ok else 'un-'}rectified at step {t_ref} (the threshold's: the largest "
+                         f"step count + 1): part of the step is momentum SGD, part Adam's, so no single sharpness "
+                         f"bounds it (torch RAdam counts each parameter's steps apart)")
+    if not ref_ok:
+        return []
+    r_ref = radam_rectification(t_ref, b2_ref)
+    scale = {i: radam_rectification(t, b2) / r_ref for i, t, b2 in own}
+    return [scale.get(i) for i in range(len(params))]
