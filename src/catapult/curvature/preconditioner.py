@@ -54,8 +54,9 @@ def _adam_preconditioner(optimizer, grad_flat: torch.Tensor, names, params,
     if lr_ref > 0:
         def relative_lr(group) -> float:
             return float(group["lr"]) / lr_ref
-    else:  # a schedule at lr 0 (cosine decay to lr_final=0): lr_i / lr_0 was a ZeroDivisionError;
-        # the groups' lr_mult ratios, as for SGD (group_lr_multipliers), keep the operator of the other steps
+    else:  # a first group at lr 0: relative to the first group that moves (a frozen part listed
+        # first), or while every group is at 0 (cosine decay to lr_final=0) the groups' lr_mult
+        # ratios, as for SGD (group_lr_multipliers); lr_i / lr_0 was a ZeroDivisionError
         from catapult.optim.thresholds import group_lr_multipliers
 
         def relative_lr(group) -> float:

@@ -487,7 +487,10 @@ def preconditioned_sharpness(model: torch.nn.Module, loss_fn, batch,
     left out. Parameters with ``requires_grad`` that belong to no param group are not moved by
     the step and get ``P^-1 = 0``. ``scale_by_group_lr=True`` multiplies each group's block of
     ``P^-1`` by ``group["lr"] / param_groups[0]["lr"]`` (per-group lr multipliers, e.g. muP;
-    while the first group's lr is 0, by the groups' ``lr_mult`` ratios, as for SGD).
+    while the first group's lr is 0 and another group moves, by ``group["lr"]`` over the first
+    moving group's, as :class:`catapult.SharpnessTracker` measures it: compare with
+    ``instability_threshold(optimizer, lr=that lr)``; while every group is at lr 0, by the
+    groups' ``lr_mult`` ratios: :func:`catapult.optim.thresholds.group_lr_multipliers`).
 
     Keyword arguments are those of :func:`sharpness` (``distributed=True`` reduces the gradient
     too, so ``P`` is built from the union's gradient; no ``coarse`` start here;

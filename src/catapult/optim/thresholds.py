@@ -38,13 +38,27 @@ __all__ = ["group_lr_multipliers", "lr_scaled_sharpness", "radam_rho", "radam_re
 def group_lr_multipliers(optimizer: torch.optim.Optimizer, params) -> torch.Tensor:
     """Flat ``m`` (one entry per scalar parameter of ``params``, in order): each parameter's group
     lr relative to the first group's, ``lr_i / lr_0`` -- the lrs the step applies, as the Adam
-    pre-conditioner's ``scale_by_group_lr`` takes them; at ``lr_0 = 0`` (a schedule at 0) the
-    ratios ``lr_mult_i / lr_mult_0`` when the groups carry ``lr_mult``, else 1; 0 for a parameter
-    no group holds (the step does not move it)."""
+    pre-conditioner's ``scale_by_group_lr`` takes them. Where the first group's lr is 0 while
+    another group moves (parameters, lr > 0: a frozen part listed first), relative to the first
+    group that moves, as :class:`catapult.SharpnessTracker` takes it (compare with
+    ``instability_threshold(optimizer, lr=that group's lr)``; the frozen groups get 0); while every
+    group is at lr 0 (a schedule at 0) the ratios ``lr_mult_i / lr_mult_0`` when the groups carry
+    ``lr_mult``, else 1; 0 for a parameter no group holds (the step does not move it).
+
+    Example (the first group frozen at lr 0: the group at 0.1 is the reference):
+        >>> a, b = torch.zeros(1, requires_grad=True), torch.zeros(2, requires_grad=True)
+        >>> opt = torch.optim.SGD([{"params": [a], "lr": 0.0}, {"params": [b], "lr": 0.1}])
+        >>> group_lr_multipliers(opt, [a, b]).tolist()
+        [0.0, 1.0, 1.0]
+    """
     groups = optimizer.param_groups
     first = groups[0]
     where = {id(p): g for g in groups for p in g["params"]}
     lr_0 = float(first["lr"])
+    if not lr_0 > 0:
+        # a frozen first group beside one that moves: the operator took every group alike
+        # (ratios 1, or lr_mult's), the frozen one included, where the tracker's defers to the mover
+        lr_0 = next((float(g["lr"]) for g in groups if g["params"] and float(g["lr"]) > 0), lr_0)
 
     def rel(g) -> float:
         # the groups' own lrs first: lr_mult ratios were preferred, so groups whose lrs had been
