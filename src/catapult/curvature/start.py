@@ -12,11 +12,11 @@ import math
 from collections.abc import Sequence
 
 import torch
-from torch.utils._pytree import tree_map
 
 from catapult.arguments import MAX_PRODUCTS, check_integer, check_real, check_seed
 from catapult.curvature import distributed as dist_ops
 from catapult.curvature.krylov import vector_norm
+from catapult.curvature.microbatch import map_tensors, tensor_leaves
 from catapult.scaled_layers import autocast_enabled
 
 __all__ = ["outside_inference_mode", "outside_autocast", "check_solver_args", "check_max_basis", "start_vector", "initial_vector",
@@ -56,15 +56,20 @@ def outside_inference_mode(fn):
     >>> grad_recorded(x)
     True
     """
-    def usable(t):
-        return t.clone() if torch.is_tensor(t) and t.is_inference() else t
+    def usable(arg):
+        # the batch walker's containers (microbatch.map_tensors: a UserDict, dict subclasses,
+        # dataclasses, which torch's pytree took for leaves); the model and what holds no
+        # inference tensor are passed as they are
+        if isinstance(arg, torch.nn.Module) or not any(t.is_inference() for t in tensor_leaves(arg)):
+            return arg
+        return map_tensors(lambda t: t.clone() if t.is_inference() else t, arg)
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
         if not torch.is_inference_mode_enabled():
-            return fn(*tree_map(usable, args), **tree_map(usable, kwargs))
+            return fn(*map(usable, args), **{key: usable(value) for key, value in kwargs.items()})
         with torch.inference_mode(False):
-            return fn(*tree_map(usable, args), **tree_map(usable, kwargs))
+            return fn(*map(usable, args), **{key: usable(value) for key, value in kwargs.items()})
     return run
 
 
