@@ -180,7 +180,7 @@ def test_trace_matvecs_is_off_or_enough_for_hutchpp(value, valid):
     if valid:
         assert C.validate({"eval": {"trace_matvecs": value}})["eval"]["trace_matvecs"] == value
         return
-    with pytest.raises(C.ConfigError, match=r"eval\.trace_matvecs: expected 0 \(off\) or an integer in \[3, 100000\]"):
+    with pytest.raises(C.ConfigError, match=r"eval\.trace_matvecs: expected 0 \(off\) or an integer >= 3"):
         C.validate({"eval": {"trace_matvecs": value}})
 
 

@@ -262,18 +262,25 @@ class TrainConfig(Section):
         json_schema_extra=_added())
 
 
-_TRACE_MATVECS_KIND = f"0 (off) or an integer in [3, {MAX_PRODUCTS}]"
+#: The largest ``eval.trace_matvecs`` a config holds: a 64-bit integer (the run stores' columns). The
+#: products that run are ``min(trace_matvecs, n)`` for a model of ``n`` trainable parameters (a count
+#: >= n is the exact trace from n products), bounded by ``MAX_PRODUCTS`` once the model is built.
+MAX_TRACE_MATVECS = 2 ** 63 - 1
+_TRACE_MATVECS_KIND = f"0 (off) or an integer >= 3 (min(it, the model's trainable parameters) products run: at most {MAX_PRODUCTS})"
 _count = integer(low=0).check
 
 
 def _check_trace_matvecs(value: Any) -> int:
     """``eval.trace_matvecs``: 0 (off), or Hutch++'s product count, at least 3 (a third each for
-    the sketch, its projection and the Hutchinson rest), as :func:`catapult.hessian_trace` needs."""
+    the sketch, its projection and the Hutchinson rest), as :func:`catapult.hessian_trace` needs.
+    Its bound is on the products that run, ``min(it, n)``, checked once the model is built
+    (:func:`catapult.engine.model_size.check_spectrum_fits`): 10**6 on a model of 5,000
+    parameters is its exact trace, and was refused here as above ``MAX_PRODUCTS``."""
     try:
         n = _count(value)
     except ValueError:
         n = None
-    if n is None or n in (1, 2) or n > MAX_PRODUCTS:
+    if n is None or n in (1, 2) or n > MAX_TRACE_MATVECS:
         raise ValueError(f"expected {_TRACE_MATVECS_KIND} (Hutch++ splits its products in three), got {describe(value)}")
     return n
 

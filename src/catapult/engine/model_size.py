@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from catapult import config as cfg
+from catapult.arguments import MAX_PRODUCTS
 from catapult.engine.run_data import data_shape_bounds
 from catapult.models import GPT, MLP, WRN
 
@@ -172,7 +173,9 @@ def check_model_fits(config: Mapping[str, Any], device: torch.device | str = "cp
 
 def check_spectrum_fits(config: Mapping[str, Any], n_params: int) -> None:
     """Raise :class:`~catapult.config.ConfigError` naming ``eval.spectrum_top_k`` when it asks
-    more eigenvalues of the Hessian than the model's ``n_params`` (trainable) parameters give.
+    more eigenvalues of the Hessian than the model's ``n_params`` (trainable) parameters give, or
+    ``eval.trace_matvecs`` when the products that run, ``min(it, n_params)``, exceed
+    :data:`~catapult.arguments.MAX_PRODUCTS`.
 
     Example:
         >>> from catapult.config import validate
@@ -181,11 +184,20 @@ def check_spectrum_fits(config: Mapping[str, Any], n_params: int) -> None:
         Traceback (most recent call last):
         ...
         catapult.config.errors.ConfigError: eval.spectrum_top_k: 6 eigenvalues asked of a model with 5 trainable parameters; at most 5
+        >>> check_spectrum_fits(validate({"eval": {"sharpness_every": 1, "trace_matvecs": 10 ** 6}}), 5000)  # exact
+        >>> check_spectrum_fits(validate({"eval": {"sharpness_every": 1, "trace_matvecs": 10 ** 6}}), 10 ** 6)
+        Traceback (most recent call last):
+        ...
+        catapult.config.errors.ConfigError: eval.trace_matvecs: 1000000 products asked of a model with 1000000 trainable parameters: min(it, 1000000) must be at most 100000
     """
     top_k = config["eval"].get("spectrum_top_k") or 0
     if top_k > n_params:
         raise cfg.ConfigError(f"{top_k} eigenvalues asked of a model with {n_params} trainable "
                               f"parameters; at most {n_params}", key="eval.spectrum_top_k")
+    trace = config["eval"].get("trace_matvecs") or 0
+    if min(trace, n_params) > MAX_PRODUCTS:   # a count >= n_params is the exact trace from n_params products
+        raise cfg.ConfigError(f"{trace} products asked of a model with {n_params} trainable parameters: "
+                              f"min(it, {n_params}) must be at most {MAX_PRODUCTS}", key="eval.trace_matvecs")
 
 
 def shipped_model(name: str) -> bool:

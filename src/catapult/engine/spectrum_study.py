@@ -146,7 +146,8 @@ def measure_spectrum(config: Mapping[str, Any], *, weights: str | Path | None = 
 
     problems, counts = [], {}
     # counts of products, bounded as the library's are (MAX_PRODUCTS; a top-k solve spends >= 3 k)
-    for name, value, low, high in (("top_k", top_k, 0, MAX_PRODUCTS // 3), ("trace_matvecs", trace_matvecs, 0, MAX_PRODUCTS),
+    # (trace_matvecs: the products that run, min(it, n), are bounded once the model is built)
+    for name, value, low, high in (("top_k", top_k, 0, MAX_PRODUCTS // 3), ("trace_matvecs", trace_matvecs, 0, None),
                                    ("density_runs", density_runs, 0, MAX_PRODUCTS),
                                    ("density_steps", density_steps, 1, MAX_PRODUCTS)):
         try:  # the library's one integer rule (np.int64(2) was refused here), the flag named
@@ -154,8 +155,7 @@ def measure_spectrum(config: Mapping[str, Any], *, weights: str | Path | None = 
         except ValueError as err:
             problems.append((f"--{name.replace('_', '-')}", str(err).removeprefix(f"{name} ")))
     if counts.get("trace_matvecs") in (1, 2):  # Hutch++ splits its products in three
-        problems.append(("--trace-matvecs", f"must be 0 (skip) or an integer in [3, {MAX_PRODUCTS}]; "
-                                            f"got {counts['trace_matvecs']}"))
+        problems.append(("--trace-matvecs", f"must be 0 (skip) or an integer >= 3; got {counts['trace_matvecs']}"))
     top_k, trace_matvecs, density_runs, density_steps = (counts.get(name, value) for name, value in (
         ("top_k", top_k), ("trace_matvecs", trace_matvecs), ("density_runs", density_runs),
         ("density_steps", density_steps)))
@@ -183,6 +183,11 @@ def measure_spectrum(config: Mapping[str, Any], *, weights: str | Path | None = 
     config, model, loss_fn, batch = setup.config, setup.model, setup.loss_fn, setup.batches.batch(0)
     if top_k > setup.n_params:
         raise cfg.ConfigError([("--top-k", f"{top_k} exceeds the model's {setup.n_params} parameters")])
+    # a count >= n is the exact trace from n products: min(it, n) run, and are capped
+    if min(trace_matvecs, setup.n_params) > MAX_PRODUCTS:
+        raise cfg.ConfigError([("--trace-matvecs", f"must be at most {MAX_PRODUCTS} products, or at least the model's "
+                                                   f"{setup.n_params} parameters where that is at most {MAX_PRODUCTS} "
+                                                   f"(the exact trace); got {trace_matvecs}")])
     # a density run stops at the dimension: runs x min(steps, n) products run, and are capped
     if density_runs * min(density_steps, setup.n_params) > MAX_PRODUCTS:
         raise cfg.ConfigError([("--density-runs", f"x --density-steps must be at most {MAX_PRODUCTS} products; got "

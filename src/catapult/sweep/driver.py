@@ -40,6 +40,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from catapult import config as cfg
+from catapult.arguments import MAX_PRODUCTS
 from catapult.engine.build import build_model, load_data, resolve_device
 from catapult.engine.model_size import (check_fits, check_labels, check_model_fits, check_spectrum_fits, model_parameters,
                                         shipped_model)
@@ -343,10 +344,10 @@ def _spectrum_problem(config: Mapping[str, Any], shapes: dict) -> cfg.ConfigErro
     :func:`catapult.engine.model_size.check_spectrum_fits`'s error for ``config``, or None; the
     data's shapes come from :func:`_data_shapes` (loaded only where the count at the least shapes
     the data can have, :func:`~catapult.engine.run_data.data_shape_bounds`, does not settle it)."""
-    top_k = config["eval"].get("spectrum_top_k") or 0
+    top_k, trace = config["eval"].get("spectrum_top_k") or 0, config["eval"].get("trace_matvecs") or 0
     try:
-        check_spectrum_cadence(config)
-        if not top_k or top_k <= model_parameters(config, *data_shape_bounds(config["data"])[0]):
+        check_spectrum_cadence(config)   # (a trace of at most MAX_PRODUCTS fits whatever the model: min(it, n) run)
+        if (not top_k or top_k <= model_parameters(config, *data_shape_bounds(config["data"])[0])) and trace <= MAX_PRODUCTS:
             return None
         exact = _data_shapes(config, shapes)
         if exact is None:
