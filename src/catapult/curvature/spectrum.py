@@ -305,7 +305,8 @@ def hessian_trace(model, loss_fn, batch, *, matvecs: int = 100, curvature: str =
 class SpectralDensity:
     """Smoothed eigenvalue density ``grid``/``density`` (numpy arrays; ``density`` integrates to
     ~1 over the grid) and the quadrature ``nodes``/``weights`` (``runs x min(steps, n)``, ``n`` the operator's
-    dimension) it came from.
+    dimension) it came from; ``matvecs``: the products spent (a run that reaches an invariant
+    subspace stops early, its nodes padded with zero weights), ``None`` where not counted.
 
     >>> d = SpectralDensity(np.zeros(3), np.ones(3), np.ones((1, 1)), np.ones((1, 1)), 0.1)
     >>> d.grid.shape, d.sigma
@@ -317,6 +318,7 @@ class SpectralDensity:
     nodes: np.ndarray
     weights: np.ndarray
     sigma: float
+    matvecs: int | None = None
 
 
 def lanczos_quadrature(matvec, v: torch.Tensor, steps: int, max_basis: int | None = None, *,
@@ -451,10 +453,11 @@ def spectral_density(model, loss_fn, batch, *, runs: int = 8, steps: int = 40,
     check_density_products(runs, steps, n)
     steps = min(steps, n)  # and the nodes padded to it: runs x steps of them could be 10**10
     gen = torch.Generator().manual_seed(int(seed))
-    nodes, weights = [], []
+    nodes, weights, spent = [], [], 0
     for _ in range(runs):
         v = _probe(split, op.numel, gen, op.dtype, op.device)
         t, w = lanczos_quadrature(op, v, steps, max_basis, **solver_split(op))
+        spent += len(t)   # one product a Lanczos step
         pad = steps - len(t)  # an invariant subspace ends early: pad with zero-weight nodes
         nodes.append(np.concatenate([t, np.full(pad, t[-1])]))
         weights.append(np.concatenate([w, np.zeros(pad)]))
@@ -474,4 +477,4 @@ def spectral_density(model, loss_fn, batch, *, runs: int = 8, steps: int = 40,
     rows = max(1, 2 ** 22 // max(1, centres.size))
     density = np.concatenate([np.exp(-0.5 * ((grid[i:i + rows, None] - centres[None, :]) / sigma) ** 2) @ mass
                               for i in range(0, grid.size, rows)]) / (runs * sigma * math.sqrt(2 * math.pi))
-    return SpectralDensity(grid, density, nodes, weights, float(sigma))
+    return SpectralDensity(grid, density, nodes, weights, float(sigma), spent)

@@ -136,7 +136,8 @@ def measure_spectrum(config: Mapping[str, Any], *, weights: str | Path | None = 
     ``hvp`` they were measured with, and ``max_iter``, the solve's product budget), ``trace``, ``trace_matvecs`` (asked), ``trace_products`` (spent: at most ``n_params``, where the
     trace is exact), ``density`` (the
     :class:`~catapult.curvature.spectrum.SpectralDensity`, or None), ``density_runs``,
-    ``density_steps``.
+    ``density_steps`` (asked; a run takes at most ``n_params``) and ``density_products`` (spent,
+    with a density).
     """
     from catapult import curvature as curv
     from catapult.critical_lr import probe_loss
@@ -205,7 +206,7 @@ def measure_spectrum(config: Mapping[str, Any], *, weights: str | Path | None = 
                                weights=None if weights is None else str(weights), batch_size=int(batch[0].shape[0]),
                                n_params=setup.n_params, eigenvalues=[], eigen_matvecs=0, converged=None,
                                trace=None, trace_matvecs=trace_matvecs, density=None,
-                               density_runs=density_runs, density_steps=density_steps)
+                               density_runs=density_runs, density_steps=density_steps, density_products=None)
     # Hutch++ with as many products as parameters takes the exact diagonal from n products instead
     out["trace_products"] = min(trace_matvecs, setup.n_params)
     eig, out["trace"] = spectrum_estimates(config, model, loss_fn, batch, top_k=top_k, trace_matvecs=trace_matvecs,
@@ -218,6 +219,7 @@ def measure_spectrum(config: Mapping[str, Any], *, weights: str | Path | None = 
     if density_runs:
         out["density"] = curv.spectral_density(model, loss_fn, batch, runs=density_runs, steps=density_steps,
                                                **curvature_options(config, optimizer, curvature))
+        out["density_products"] = out["density"].matvecs
     return out
 
 
@@ -266,6 +268,12 @@ def format_spectrum(s: Mapping[str, Any]) -> str:
     if dens is not None:
         nodes = dens.nodes[dens.weights > 0] if dens.weights.size else dens.nodes
         low, high = (float(nodes.min()), float(nodes.max())) if nodes.size else (math.nan, math.nan)
-        lines.append(f"  spectral density (SLQ, {s['density_runs']} runs x {s['density_steps']} steps): "
+        # what ran: a run stops at the dimension (steps capped at n_params) or at an invariant subspace
+        steps = dens.nodes.shape[1] if dens.nodes.ndim == 2 else s["density_steps"]
+        capped = f", {s['density_steps']} asked: at most one per parameter" if steps < s["density_steps"] else ""
+        spent = s.get("density_products")
+        early = ("" if spent is None or spent >= s["density_runs"] * steps else
+                 f"; {spent} products, runs that reached an invariant subspace stopped early")
+        lines.append(f"  spectral density (SLQ, {s['density_runs']} runs x {steps} steps{capped}{early}): "
                      f"quadrature nodes in [{low:.4g}, {high:.4g}]")
     return "\n".join(lines)
