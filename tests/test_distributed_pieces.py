@@ -145,7 +145,8 @@ def test_build_warmup_refuses_the_persistent_rule_across_processes():
 def test_a_shard_is_cut_into_halves_of_ceil_and_floor_n_over_2_samples():
     # a shard of 2 samples was cut into 2 and 0 (an empty half's mean loss is nan): every mean
     # and sum loss was then refused as "neither a mean nor a sum"
-    from catapult.curvature.distributed import _halves, single_process_group, union_weight
+    from catapult.curvature.distributed import single_process_group, union_weight
+    from catapult.curvature.shard_reduction import halves as _halves
 
     for n, sizes in ((2, [1, 1]), (3, [2, 1]), (4, [2, 2]), (5, [3, 2])):
         x, y = torch.randn(n, 2), torch.randn(n, 1)

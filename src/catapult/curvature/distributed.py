@@ -68,8 +68,7 @@ from typing import Any, Callable
 
 import torch
 
-from catapult.curvature.microbatch import (sample_count, sample_count_or_none, sample_device, sample_index, sample_rows,
-                                           shares_samples)
+from catapult.curvature.microbatch import sample_count, sample_device
 
 __all__ = ["require_process_group", "check_shardable", "check_shard_inputs", "unwrap_ddp", "shard_weight", "all_reduce_sum",
            "agreed_minimum", "agreed", "agreed_gap", "refusals_agreed", "rank0_flag", "union_weight",
@@ -353,7 +352,10 @@ def union_weight(model, loss_fn, batch, device=None, *, testable: bool = True) -
     ``testable=False`` (a model sharded by FSDP2, whose forwards are collective): every rank runs
     one forward (no grad) of its whole shard and tells from the loss of the output's halves
     (a mean was taken for every loss, and a sum loss's curvature on 2 ranks came out at 0.57x
-    the union's). A rank that cannot tell (a train-mode BatchNorm; a loss that is 0 on its shard and
+    the union's); where some rank's output has no sample rows (a model that returns only its scalar
+    loss, as HF's ``outputs.loss``), every rank runs three more forwards, of its shard and its halves,
+    in eval mode (:func:`~catapult.curvature.shard_reduction.sharded_shard_reduction`; a mean was
+    taken there, and a sum loss's sharpness came out at 1/2 the union's on 2 ranks). A rank that cannot tell (a train-mode BatchNorm; a loss that is 0 on its shard and
     nearby, with the functional dropouts or without them) follows the others, and a mean is taken where
     no rank can tell.
 
@@ -363,8 +365,10 @@ def union_weight(model, loss_fn, batch, device=None, *, testable: bool = True) -
     ...     union_weight(model, torch.nn.MSELoss(), batch), union_weight(model, torch.nn.MSELoss(reduction="sum"), batch)
     (1.0, 1.0)
     """
+    from catapult.curvature.shard_reduction import shard_reduction, sharded_shard_reduction
+
     weight = shard_weight(batch, device)
-    kind = agreed(lambda: (_shard_reduction if testable else _sharded_shard_reduction)(model, loss_fn, batch),
+    kind = agreed(lambda: (shard_reduction if testable else sharded_shard_reduction)(model, loss_fn, batch),
                   device, collective=not testable)
     votes = torch.tensor([float(kind == "mean"), float(kind == "sum")], dtype=torch.float64, device=device)
     means, sums = all_reduce_sum(votes).tolist()
@@ -372,146 +376,6 @@ def union_weight(model, loss_fn, batch, device=None, *, testable: bool = True) -
         raise ValueError("distributed=True: loss_fn is a mean over samples on some ranks' shards and a sum on "
                          "others'; give every rank the same loss")
     return 1.0 if sums else weight
-
-
-def _halves(x, y) -> tuple:
-    """``(x, y, pieces, what)``: the shard and its two halves; one sample is compared with the
-    sample twice over (a mean's loss is the same, a sum's twice it: a mean taken for it halved a
-    sum loss on shards of one sample each). ``x`` and ``y`` are tensors, or tuples, lists and dicts
-    of tensors sharing dim 0 (:func:`~catapult.curvature.microbatch.sample_rows`)."""
-    n = sample_count(x)
-    if n >= 2:
-        half = (n + 1) // 2
-        return x, y, [(sample_rows(x, 0, half), sample_rows(y, 0, half)),
-                      (sample_rows(x, half, n), sample_rows(y, half, n))], "its two halves"
-    twice = [0, 0]
-    return sample_index(x, twice), sample_index(y, twice), [(x, y), (x, y)], "its sample and the sample twice over"
-
-
-def _told(kind, shown, what) -> str | None:
-    if kind is None:
-        raise ValueError(f"distributed=True: loss_fn is neither a mean nor a sum over samples on this rank's shard "
-                         f"({what}: {shown}), so the ranks' losses do not add up to the union's loss; use "
-                         f"a loss that averages or sums per-sample terms (a forward that draws random numbers "
-                         f"per call, other than by a Dropout module or F.dropout, reads the same: call "
-                         f"model.eval() or draw them from a fixed seed)")
-    return None if kind == "both" else kind
-
-
-def _sharded_shard_reduction(model, loss_fn, batch, failed: Exception | None = None) -> str | None:
-    """:func:`_shard_reduction` for a model sharded by FSDP2, whose forward is collective: one
-    forward of the shard on every rank (the same count everywhere), and ``loss_fn`` on the
-    output's rows. The model's train/eval mode is the caller's; a forward whose batch statistics
-    would move (train-mode BatchNorm) is not run, on any rank alike. ``failed``: the error of an
-    unsharded model's forward on half its shard, which this replaces; such a model whose outputs have
-    no sample rows is refused (a mean taken for a sum loss would halve its curvature on 2 ranks)."""
-    from catapult.curvature.rng import fixed_rng
-    from catapult.curvature.microbatch import uses_batch_statistics
-    from catapult.curvature.stateless import AttributesKept
-    from catapult.curvature.sharded import reset_on_error, reshard
-
-    if any(uses_batch_statistics(m) for m in model.modules()):
-        return None
-    x, y = batch
-    # a dropout's masks leave the global generators alone; a state the forward carries is put back;
-    # FSDP's root keeps its gathered weights after a forward without a backward (a loss_fn may read
-    # them): freed after (where the forward or loss_fn raised, they were the caller's next forward's
-    # weights, until its backward)
-    with reset_on_error(model):
-        with torch.no_grad(), fixed_rng(0, sample_device(x)), AttributesKept().watch(model):
-            out = model(x)
-        kind = _sharded_reduction_of(out, loss_fn, x, y, failed)
-        reshard(model)
-    return kind
-
-
-def _sharded_reduction_of(out, loss_fn, x, y, failed: Exception | None) -> str | None:
-    """:func:`_sharded_shard_reduction`'s answer from the forward's output ``out``."""
-    from torch.utils._pytree import tree_flatten, tree_unflatten
-
-    from catapult.curvature.microbatch import reduction_kind
-
-    # outputs and targets: tensors, or tuples, lists and dicts of them (an HF-style {"logits": ...})
-    n = sample_count(x)
-    if not (n >= 1 and sample_count_or_none(out) == n and shares_samples(y, n)):
-        if failed is not None:
-            raise ValueError(f"distributed=True: whether loss_fn is a mean or a sum over samples is told from the loss of "
-                             f"halves of this rank's shard, on which the model's forward fails ({failed.__cause__}; a "
-                             f"state shaped by the batch?), and its outputs and targets have no sample rows (dim 0) to "
-                             f"halve instead: return them with the samples first")
-        return None
-    rows, y, pieces, what = _halves(torch.arange(n, device=sample_device(out)), y)
-    # the output's floating tensors are the "parameters" reduction_kind may nudge (a loss that is 0 here)
-    leaves, spec = tree_flatten(out)
-    floating = {str(i): t for i, t in enumerate(leaves) if torch.is_tensor(t) and t.is_floating_point()}
-
-    def loss_at(p, idx, ys):
-        tree = tree_unflatten([p.get(str(i), t) for i, t in enumerate(leaves)], spec)
-        return loss_fn(sample_index(tree, idx), ys)
-
-    dtype = next(iter(floating.values())).dtype if floating else torch.float64
-    _, kind, shown = reduction_kind(loss_at, floating, rows, y, pieces, dtype)
-    return _told(kind, shown, what)
-
-
-def _shard_reduction(model, loss_fn, batch) -> str | None:
-    """``"mean"``, ``"sum"`` or None (cannot tell) for ``loss_fn`` on this rank's shard."""
-    from catapult.curvature.rng import fixed_rng
-    from catapult.curvature.microbatch import (PieceFailed, batch_coupling, functional_masks_off, reduction_kind,
-                                               uses_batch_statistics)
-    from catapult.curvature.stateless import AttributesKept, RenormedCopies, functional_call
-
-    inner = unwrap_ddp(model)
-    x, y = batch
-    params = {name: p.detach() for name, p in inner.named_parameters()}
-    n = sample_count(x)   # a tensor, or tuples, lists and dicts of tensors sharing dim 0 (shard_weight checked it)
-    coupling = batch_coupling(inner)
-    # a train-mode dropout draws a mask per call, so the halves' losses would not add up: the
-    # loss_fn's reduction is told in eval mode (a mean taken for it halved a sum loss on 2 ranks)
-    masks_only = coupling is not None and not any(uses_batch_statistics(m) for m in inner.modules())
-    # targets of another sample count cannot be halved; targets with none go whole to each half (dict
-    # targets, and None with the labels inside the inputs, could not be told, and a sum loss was taken
-    # for a mean: a sharpness of 566 for 1070 on shards of 200 and 120 samples)
-    if n < 1 or not params or (coupling is not None and not masks_only) or not shares_samples(y, n):
-        return None
-    x, y, pieces, what = _halves(x, y)
-
-    # (an F.embedding(max_norm=) call in the forward: a copy of the weight; a state the forward carries in a
-    # plain attribute put back after each forward: the halves saw it moved on, and a mean loss was refused)
-    kept = AttributesKept()
-
-    def loss_at(p, xs, ys):
-        with RenormedCopies(), kept.watch(inner):
-            try:
-                return loss_fn(functional_call(inner, p, (xs,)), ys)
-            except RuntimeError as err:   # a shard of one sample run twice over (a batch the shard is not): a
-                if sample_count(xs) == n:  # state shaped by the batch fails there as on a half of a larger shard
-                    raise
-                raise PieceFailed(f"the forward of {sample_count(xs)} samples failed: {err}") from err
-
-    modes = [(module, module.training) for module in inner.modules()]
-    dtype = next(iter(params.values())).dtype
-    try:
-        if masks_only:
-            inner.eval()
-        # F.dropout's masks (drawn where it is called with training=True) leave the caller's RNG alone
-        with torch.no_grad(), fixed_rng(0, next(iter(params.values())).device):
-            try:
-                _, kind, shown = reduction_kind(loss_at, params, x, y, pieces, dtype)
-            except PieceFailed as err:   # a model that needs its whole shard (a state shaped by the batch): torch's
-                # raw error on a call the model runs; told from the rows of one forward's output, as a sharded one
-                return _sharded_shard_reduction(inner, loss_fn, batch, failed=err)
-            if kind is None:  # told again without the masks of F.dropout called with training=True
-                # (no module to switch to eval: such a model was refused where a Dropout's was measured)
-                with functional_masks_off():
-                    _, without, _ = reduction_kind(loss_at, params, x, y, pieces, dtype)
-                # "both": 0 there and nearby without them (a hinge loss its margins satisfy), so this
-                # shard cannot tell, as one whose loss is 0 outright: it follows the others (it refused)
-                kind = without if without is not None else kind
-    finally:
-        for module, training in modes:
-            module.training = training
-    return _told(kind, shown, what)
 
 
 def broadcast_vector(v: torch.Tensor) -> torch.Tensor:

@@ -250,13 +250,14 @@ def _reduction(loss_at, params, x, y, pieces, mean_w, dtype):
     return full, ("both" if len(kinds) == 2 else kinds[0] if kinds else None), shown
 
 
-def reduction_kind(loss_at, params: dict, inputs, targets, pieces, dtype: torch.dtype):
+def reduction_kind(loss_at, params: dict, inputs, targets, pieces, dtype: torch.dtype, *, nearby: bool = True):
     """``(full loss, kind, what was compared)``: whether the loss of ``inputs`` / ``targets`` is
     the ``pieces``' weighted mean (``"mean"``, weights ``|B_k| / |B|``) or their sum (``"sum"``),
     to ``400 eps`` relative (at least ``1e-9``, at most 2%; the eps of the coarser of the loss's
     dtype and ``dtype``); ``"both"`` where it is 0 here and at parameters nudged by 1% (a zero
     loss, targets the model fits exactly, is both), None where it is neither.
-    ``loss_at(params, inputs, targets)`` is the loss.
+    ``loss_at(params, inputs, targets)`` is the loss. ``nearby=False``: no second try at nudged
+    parameters (a caller whose every call must run the same forwards, as FSDP2's collective ones).
 
     >>> loss_at = lambda p, x, y: ((x * p["w"] - y) ** 2).sum()
     >>> x = torch.tensor([1.0, 2.0, 3.0])
@@ -267,7 +268,7 @@ def reduction_kind(loss_at, params: dict, inputs, targets, pieces, dtype: torch.
     sizes = [sample_count(xc, "inputs") for xc, _ in pieces]
     mean_w = [k / sum(sizes) for k in sizes]
     full, kind, shown = _reduction(loss_at, params, inputs, targets, pieces, mean_w, dtype)
-    if kind in ("both", None):
+    if kind in ("both", None) and nearby:
         # a zero loss (targets the model fits exactly) is both a mean and a sum of zeros, and
         # rounding-level losses neither: ask again a little away from the parameters, where the
         # losses are not 0 (the reduction is the loss_fn's, the same at every point)

@@ -1,0 +1,232 @@
+"""Whether ``loss_fn`` is a mean or a sum over the samples of this rank's shard, for
+:func:`~catapult.curvature.distributed.union_weight` (which weights each rank's products by
+``|B_r| / |B|`` for a mean, 1 for a sum).
+
+A rank tells from its shard's two halves, as one process does
+(:func:`~catapult.curvature.microbatch.reduction_kind`): the whole shard's loss is the halves'
+size-weighted mean, or their sum. An unsharded model's halves run through ``functional_call``
+(:func:`shard_reduction`); a model sharded by FSDP2 runs collective forwards, the same count on
+every rank (:func:`sharded_shard_reduction`): one of the whole shard, whose output rows the loss
+is told from, and, where any rank's output has no sample rows (a model that returns only its
+scalar loss, as HF's ``outputs.loss``), one of each half and of the whole shard on every rank.
+"""
+from __future__ import annotations
+
+import torch
+
+from catapult.curvature.microbatch import sample_count, sample_count_or_none, sample_device, sample_index, \
+    sample_rows, shares_samples
+
+__all__ = ["halves", "shard_reduction", "sharded_shard_reduction"]
+
+
+def halves(x, y) -> tuple:
+    """``(x, y, pieces, what)``: the shard and its two halves; one sample is compared with the
+    sample twice over (a mean's loss is the same, a sum's twice it: a mean taken for it halved a
+    sum loss on shards of one sample each). ``x`` and ``y`` are tensors, or tuples, lists and dicts
+    of tensors sharing dim 0 (:func:`~catapult.curvature.microbatch.sample_rows`).
+
+    >>> x = torch.arange(5.0)
+    >>> [piece[0].tolist() for piece in halves(x, x)[2]]
+    [[0.0, 1.0, 2.0], [3.0, 4.0]]
+    >>> whole, _, _, what = halves(x[:1], x[:1])
+    >>> whole.tolist(), what
+    ([0.0, 0.0], 'its sample and the sample twice over')
+    """
+    n = sample_count(x)
+    if n >= 2:
+        half = (n + 1) // 2
+        return x, y, [(sample_rows(x, 0, half), sample_rows(y, 0, half)),
+                      (sample_rows(x, half, n), sample_rows(y, half, n))], "its two halves"
+    twice = [0, 0]
+    return sample_index(x, twice), sample_index(y, twice), [(x, y), (x, y)], "its sample and the sample twice over"
+
+
+def _told(kind, shown, what) -> str | None:
+    if kind is None:
+        raise ValueError(f"distributed=True: loss_fn is neither a mean nor a sum over samples on this rank's shard "
+                         f"({what}: {shown}), so the ranks' losses do not add up to the union's loss; use "
+                         f"a loss that averages or sums per-sample terms (a forward that draws random numbers "
+                         f"per call, other than by a Dropout module or F.dropout, reads the same: call "
+                         f"model.eval() or draw them from a fixed seed)")
+    return None if kind == "both" else kind
+
+
+def _any_rank(flag: bool, device) -> bool:
+    """Whether ``flag`` holds on some rank (every rank must call it)."""
+    import torch.distributed as dist
+
+    t = torch.tensor([float(bool(flag))], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def sharded_shard_reduction(model, loss_fn, batch, failed: Exception | None = None) -> str | None:
+    """:func:`shard_reduction` for a model sharded by FSDP2, whose forward is collective
+    (every rank must call it, ``failed`` None): one forward of the shard on every rank, and
+    ``loss_fn`` on its output's rows; where some rank's output has no sample rows (a model that
+    returns only its scalar loss: a mean was taken for a sum loss there, its sharpness 1/2 the
+    union's on 2 ranks), every rank runs three more forwards, of its shard and of its halves
+    (:func:`halves`), with its dropouts off (their masks would differ between the calls), and tells
+    from their losses as one process does. The model's train/eval mode is the caller's; a forward
+    whose batch statistics would move (train-mode BatchNorm) is not run, on any rank alike.
+    ``failed``: the error of an unsharded model's forward on half its shard (no collectives),
+    which this replaces; such a model whose outputs have no sample rows is refused.
+
+    >>> from catapult.curvature.distributed import single_process_group
+    >>> batch = (torch.randn(4, 2), torch.randn(4, 1))
+    >>> with single_process_group():
+    ...     sharded_shard_reduction(torch.nn.Linear(2, 1), torch.nn.MSELoss(reduction="sum"), batch)
+    'sum'
+    """
+    from catapult.curvature.microbatch import uses_batch_statistics
+    from catapult.curvature.rng import fixed_rng
+    from catapult.curvature.sharded import reset_on_error, reshard
+    from catapult.curvature.stateless import AttributesKept
+
+    if any(uses_batch_statistics(m) for m in model.modules()):
+        return None
+    x, y = batch
+    # a dropout's masks leave the global generators alone; a state the forward carries is put back;
+    # FSDP's root keeps its gathered weights after a forward without a backward (a loss_fn may read
+    # them): freed after (where the forward or loss_fn raised, they were the caller's next forward's
+    # weights, until its backward)
+    with reset_on_error(model):
+        with torch.no_grad(), fixed_rng(0, sample_device(x)), AttributesKept().watch(model):
+            out = model(x)
+        n = sample_count(x)
+        rows = n >= 1 and sample_count_or_none(out) == n and shares_samples(y, n)
+        # where some rank's output has no rows, every rank runs the halves' forwards alike
+        if failed is None and _any_rank(not rows, sample_device(x)):
+            del out
+            kind = _reduction_of_halves(model, loss_fn, x, y)
+        else:
+            kind = _reduction_of_rows(out, loss_fn, x, y, failed)
+        reshard(model)
+    return kind
+
+
+def _reduction_of_halves(model, loss_fn, x, y) -> str | None:
+    """:func:`sharded_shard_reduction`'s answer from three forwards (collective): the shard's and
+    its halves' losses, the dropout modules in eval mode and the functional ones off."""
+    from catapult.curvature.microbatch import functional_masks_off, reduction_kind
+    from catapult.curvature.rng import fixed_rng
+    from catapult.curvature.stateless import AttributesKept
+
+    whole, ys, pieces, what = halves(x, y)
+    kept = AttributesKept()
+    first = next((p for p in model.parameters() if p.is_floating_point()), None)
+    dtype = first.dtype if first is not None else torch.float64
+
+    def loss_at(_, xs, ys):
+        with kept.watch(model):
+            return loss_fn(model(xs), ys)
+
+    modes = [(module, module.training) for module in model.modules()]
+    try:
+        model.eval()   # (a BatchNorm using batch statistics was not run: sharded_shard_reduction)
+        with torch.no_grad(), fixed_rng(0, sample_device(x)), functional_masks_off():
+            # no second try at nudged parameters (a loss that is 0 here): a rank that cannot tell
+            # follows the others, and every rank runs the same forwards
+            _, kind, shown = reduction_kind(loss_at, {}, whole, ys, pieces, dtype, nearby=False)
+    finally:
+        for module, training in modes:
+            module.training = training
+    return _told(kind, shown, what)
+
+
+def _reduction_of_rows(out, loss_fn, x, y, failed: Exception | None) -> str | None:
+    """:func:`sharded_shard_reduction`'s answer from the forward's output ``out``."""
+    from torch.utils._pytree import tree_flatten, tree_unflatten
+
+    from catapult.curvature.microbatch import reduction_kind
+
+    # outputs and targets: tensors, or tuples, lists and dicts of them (an HF-style {"logits": ...})
+    n = sample_count(x)
+    if not (n >= 1 and sample_count_or_none(out) == n and shares_samples(y, n)):
+        raise ValueError(f"distributed=True: whether loss_fn is a mean or a sum over samples is told from the loss of "
+                         f"halves of this rank's shard, on which the model's forward fails ({failed.__cause__}; a "
+                         f"state shaped by the batch?), and its outputs and targets have no sample rows (dim 0) to "
+                         f"halve instead: return them with the samples first")
+    rows, y, pieces, what = halves(torch.arange(n, device=sample_device(out)), y)
+    # the output's floating tensors are the "parameters" reduction_kind may nudge (a loss that is 0 here)
+    leaves, spec = tree_flatten(out)
+    floating = {str(i): t for i, t in enumerate(leaves) if torch.is_tensor(t) and t.is_floating_point()}
+
+    def loss_at(p, idx, ys):
+        tree = tree_unflatten([p.get(str(i), t) for i, t in enumerate(leaves)], spec)
+        return loss_fn(sample_index(tree, idx), ys)
+
+    dtype = next(iter(floating.values())).dtype if floating else torch.float64
+    _, kind, shown = reduction_kind(loss_at, floating, rows, y, pieces, dtype)
+    return _told(kind, shown, what)
+
+
+def shard_reduction(model, loss_fn, batch) -> str | None:
+    """``"mean"``, ``"sum"`` or None (cannot tell) for ``loss_fn`` on this rank's shard of an
+    unsharded model (no collectives): from the losses of the shard and its halves (:func:`halves`),
+    through ``functional_call``; a train-mode dropout is told in eval mode, ``F.dropout`` called
+    with ``training=True`` without its masks; a model whose forward fails on a half (a state shaped by
+    the batch) from the rows of its output (:func:`sharded_shard_reduction` with ``failed``).
+
+    >>> batch = (torch.randn(4, 2), torch.randn(4, 1))
+    >>> shard_reduction(torch.nn.Linear(2, 1), torch.nn.MSELoss(), batch)
+    'mean'
+    """
+    from catapult.curvature.rng import fixed_rng
+    from catapult.curvature.microbatch import (PieceFailed, batch_coupling, functional_masks_off, reduction_kind,
+                                               uses_batch_statistics)
+    from catapult.curvature.distributed import unwrap_ddp
+    from catapult.curvature.stateless import AttributesKept, RenormedCopies, functional_call
+
+    inner = unwrap_ddp(model)
+    x, y = batch
+    params = {name: p.detach() for name, p in inner.named_parameters()}
+    n = sample_count(x)   # a tensor, or tuples, lists and dicts of tensors sharing dim 0 (shard_weight checked it)
+    coupling = batch_coupling(inner)
+    # a train-mode dropout draws a mask per call, so the halves' losses would not add up: the
+    # loss_fn's reduction is told in eval mode (a mean taken for it halved a sum loss on 2 ranks)
+    masks_only = coupling is not None and not any(uses_batch_statistics(m) for m in inner.modules())
+    # targets of another sample count cannot be halved; targets with none go whole to each half (dict
+    # targets, and None with the labels inside the inputs, could not be told, and a sum loss was taken
+    # for a mean: a sharpness of 566 for 1070 on shards of 200 and 120 samples)
+    if n < 1 or not params or (coupling is not None and not masks_only) or not shares_samples(y, n):
+        return None
+    x, y, pieces, what = halves(x, y)
+
+    # (an F.embedding(max_norm=) call in the forward: a copy of the weight; a state the forward carries in a
+    # plain attribute put back after each forward: the halves saw it moved on, and a mean loss was refused)
+    kept = AttributesKept()
+
+    def loss_at(p, xs, ys):
+        with RenormedCopies(), kept.watch(inner):
+            try:
+                return loss_fn(functional_call(inner, p, (xs,)), ys)
+            except RuntimeError as err:   # a shard of one sample run twice over (a batch the shard is not): a
+                if sample_count(xs) == n:  # state shaped by the batch fails there as on a half of a larger shard
+                    raise
+                raise PieceFailed(f"the forward of {sample_count(xs)} samples failed: {err}") from err
+
+    modes = [(module, module.training) for module in inner.modules()]
+    dtype = next(iter(params.values())).dtype
+    try:
+        if masks_only:
+            inner.eval()
+        # F.dropout's masks (drawn where it is called with training=True) leave the caller's RNG alone
+        with torch.no_grad(), fixed_rng(0, next(iter(params.values())).device):
+            try:
+                _, kind, shown = reduction_kind(loss_at, params, x, y, pieces, dtype)
+            except PieceFailed as err:   # a model that needs its whole shard (a state shaped by the batch): torch's
+                # raw error on a call the model runs; told from the rows of one forward's output, as a sharded one
+                return sharded_shard_reduction(inner, loss_fn, batch, failed=err)
+            if kind is None:  # told again without the masks of F.dropout called with training=True
+                # (no module to switch to eval: such a model was refused where a Dropout's was measured)
+                with functional_masks_off():
+                    _, without, _ = reduction_kind(loss_at, params, x, y, pieces, dtype)
+                # "both": 0 there and nearby without them (a hinge loss its margins satisfy), so this
+                # shard cannot tell, as one whose loss is 0 outright: it follows the others (it refused)
+                kind = without if without is not None else kind
+    finally:
+        for module, training in modes:
+            module.training = training
+    return _told(kind, shown, what)

@@ -1,0 +1,85 @@
+"""A model sharded by FSDP2 that returns only its scalar loss (HF's ``outputs.loss``: the labels in
+the input dict, targets None), under ``distributed=True`` on 2 gloo ranks. Its output has no sample
+rows to halve, so no rank could tell a sum loss from a mean and a mean was taken: a summed loss's
+sharpness came out at 1/2 the union's (silently). Truth: the dense float64 Hessian of the union's
+loss, and one unsharded process's critical lr on the union."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+import catapult
+from dense_curvature import dense_hessian
+from gloo_ranks import on_ranks
+from torch_features import FSDP2
+
+pytestmark = [pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built"), FSDP2]
+
+
+class Core(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(5, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.l2(torch.tanh(self.l1(x)))
+
+
+class LossInside(nn.Module):
+    """HF style: ``{"x", "labels"}`` in, ``{"loss": ...}`` out (summed or averaged over samples),
+    with a train-mode dropout of p = 0 in eval mode's place and one of p > 0 never reached."""
+
+    def __init__(self, core, reduction):
+        super().__init__()
+        self.core, self.reduction = core, reduction
+
+    def forward(self, batch):
+        return {"loss": nn.functional.mse_loss(self.core(batch["x"]), batch["labels"], reduction=self.reduction)}
+
+
+def output_loss(out, _):
+    return out["loss"]
+
+
+def data(n):
+    torch.manual_seed(0)
+    core = Core().double()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(n, 5, generator=gen, dtype=torch.float64)
+    y = torch.randn(n, 2, generator=gen, dtype=torch.float64)
+    return core, x, y
+
+
+def sharded_measures(rank, world, reduction, rows):
+    from torch.distributed.fsdp import fully_shard
+
+    core, x, y = data(sum(rows))
+    lo, hi = sum(rows[:rank]), sum(rows[:rank + 1])
+    model = LossInside(core, reduction)
+    fully_shard(model.core.l1)
+    fully_shard(model)
+    batch = ({"x": x[lo:hi], "labels": y[lo:hi]}, None)
+    sharp = catapult.sharpness(model, output_loss, batch, tol=1e-10, distributed=True).value
+    lr = catapult.critical_lr(model, output_loss, batch, torch.optim.SGD(model.parameters(), lr=0.1),
+                              lr_start=1e-3, rtol=1e-3, distributed=True).lr
+    return sharp, lr
+
+
+@pytest.mark.slow  # two spawned interpreters importing torch
+@pytest.mark.parametrize("reduction, rows", [("sum", (7, 5)), ("sum", (1, 8)), ("mean", (7, 5))])
+def test_a_sharded_model_returning_its_scalar_loss_is_measured_on_the_unions_loss(reduction, rows):
+    # before: 'cannot tell' on every rank, a mean taken; the summed loss's sharpness was 1/2 the union's
+    core, x, y = data(sum(rows))
+
+    def union_loss(out, target):
+        return nn.functional.mse_loss(out, target, reduction=reduction)
+
+    top = float(torch.linalg.eigvalsh(dense_hessian(core, union_loss, (x, y)))[-1])
+    model = LossInside(core, reduction)
+    want_lr = catapult.critical_lr(model, output_loss, ({"x": x, "labels": y}, None),
+                                   torch.optim.SGD(model.parameters(), lr=0.1), lr_start=1e-3, rtol=1e-3).lr
+    for sharp, lr in on_ranks(sharded_measures, reduction, rows):
+        assert sharp == pytest.approx(top, rel=1e-8)   # float64 central differences of FSDP's gradient
+        assert lr == pytest.approx(want_lr, rel=1e-6)
