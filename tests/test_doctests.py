@@ -40,6 +40,7 @@ MODULES = (
     "catapult.curvature.spectrum",
     "catapult.curvature.ggn",
     "catapult.curvature.coarse",
+    "catapult.curvature.coarse_ranks",
     "catapult.curvature.shard_reduction",
     "catapult.curvature.lean",
     "catapult.curvature.distributed",

@@ -64,7 +64,8 @@ FINITE_DIFFERENCE_MAX_ITER = 30
 FINITE_DIFFERENCE_CONSISTENCY = 0.1
 
 
-def coarse_levels(batch, coarse, tol: float | None = None) -> list[tuple[int | str, float]]:
+def coarse_levels(batch, coarse, tol: float | None = None, *,
+                  union_samples: int | None = None) -> list[tuple[int | str, float]]:
     """The ``(samples, tol)`` of the coarse solves for ``batch`` under ``coarse``, with
     ``samples`` = :data:`FINITE_DIFFERENCE` for a finite-difference level on the whole batch.
 
@@ -80,6 +81,10 @@ def coarse_levels(batch, coarse, tol: float | None = None) -> list[tuple[int | s
     to be only costs products: at tol 1e-2 and 3e-2, 11-28% less CPU time, bench/RESULTS.md,
     issue 16, 1b). Levels given explicitly keep their tols.
 
+    ``union_samples`` (``distributed=True``: the union's sample count over the ranks, or None
+    where some rank's batch has none): ``"auto"`` chooses by it, so that every rank runs the same
+    levels; each level's ``n // divisor`` is still this batch's (the rank's shard's).
+
     >>> x, y = torch.zeros(1000, 3), torch.zeros(1000)
     >>> coarse_levels((x, y), "auto"), coarse_levels((x[:100], y[:100]), "auto")
     ([(62, 0.003), (250, 0.003)], [('finite_difference', 0.003)])
@@ -87,6 +92,8 @@ def coarse_levels(batch, coarse, tol: float | None = None) -> list[tuple[int | s
     ([(62, 0.003), (250, 0.003)], [(62, 0.01), (250, 0.01)])
     >>> coarse_levels(({"input_ids": x, "attention_mask": x}, {"labels": y}), "auto")
     [(62, 0.003), (250, 0.003)]
+    >>> coarse_levels((x[:160], y[:160]), "auto", union_samples=320)   # a rank's shard of 160
+    [(10, 0.003), (40, 0.003)]
     """
     if coarse is None:
         return []
@@ -97,7 +104,8 @@ def coarse_levels(batch, coarse, tol: float | None = None) -> list[tuple[int | s
     if isinstance(coarse, str):
         if coarse != "auto":
             raise ValueError(f"coarse must be 'auto', None or (divisor, tol) pairs, got {coarse!r}")
-        coarse = COARSE_LEVELS if n is not None and n >= COARSE_MIN_SAMPLES else SMALL_BATCH_LEVELS
+        chooser = n if union_samples is None else union_samples
+        coarse = COARSE_LEVELS if n is not None and chooser >= COARSE_MIN_SAMPLES else SMALL_BATCH_LEVELS
         coarse = [(divisor, max(level_tol, tol or 0.0)) for divisor, level_tol in coarse]
     if not isinstance(coarse, (tuple, list)):  # coarse=2 failed inside: "'int' object is not iterable"
         raise ValueError(f"coarse must be 'auto', None or (divisor, tol) pairs, got {coarse!r}")
@@ -172,7 +180,7 @@ def difference_consistency(op, v: torch.Tensor) -> tuple[float, torch.Tensor]:
 def coarse_start_vector(model, loss_fn, batch, v0: torch.Tensor, levels, *, dtype=None,
                         hvp: str = "auto", seed: int = 0, max_basis: int = 20,
                         max_iter: int = 100, op=None, operator_options: dict | None = None,
-                        solve=None) -> tuple[torch.Tensor, int, float]:
+                        solve=None, sub_operator=None) -> tuple[torch.Tensor, int, float]:
     """``(vector, products, cost)``: ``v0`` carried through the top-eigenvector solves of each
     level (``levels`` from :func:`coarse_levels`), in order: on ``m`` samples (:func:`sub_batch`), or on the
     whole batch with difference products (``op``, the whole batch's
@@ -193,7 +201,11 @@ def coarse_start_vector(model, loss_fn, batch, v0: torch.Tensor, levels, *, dtyp
     ``operator_options`` are further :class:`HessianOperator` arguments for the sub-batch
     operators (``memory="lean"``: its micro-batches, no retained graph); ``solve(op, v, tol=,
     max_iter=)`` replaces their solver (``memory="lean"``:
-    :func:`catapult.curvature.lean.lean_top_eigenpair`).
+    :func:`catapult.curvature.lean.lean_top_eigenpair`). ``sub_operator(sub_batch, m)``, where
+    given, builds a sub-batch level's operator and returns it with the level's share of the whole
+    batch's samples (``distributed=True``: the union of the ranks' sub-batches,
+    :func:`catapult.curvature.coarse_ranks.sub_batch_operator`); ``op`` then takes
+    ``forward_difference`` all the same.
 
     Example (one level on samples 0 and 2 of 4, which already hold the top direction):
         >>> model = torch.nn.Linear(2, 1, bias=False)
@@ -233,9 +245,12 @@ def coarse_start_vector(model, loss_fn, batch, v0: torch.Tensor, levels, *, dtyp
             if est.vector.isfinite().all() and math.isfinite(est.value):
                 vector = est.vector
             continue
-        n = sample_count(inputs, option="coarse")
-        sub = HessianOperator(model, loss_fn, sub_batch(inputs, targets, m), dtype=dtype, hvp=hvp,
-                              seed=seed, **(operator_options or {}))
+        if sub_operator is not None:
+            sub, share = sub_operator(sub_batch(inputs, targets, m), m)
+        else:
+            sub = HessianOperator(model, loss_fn, sub_batch(inputs, targets, m), dtype=dtype, hvp=hvp,
+                                  seed=seed, **(operator_options or {}))
+            share = m / sample_count(inputs, option="coarse")
         if solve is not None:
             est = solve(sub, vector, tol=tol, max_iter=max_iter)
         else:
@@ -243,7 +258,7 @@ def coarse_start_vector(model, loss_fn, batch, v0: torch.Tensor, levels, *, dtyp
                                         max_basis=max_basis, reorthogonalize=False,
                                         _fresh_output=True)
         products += est.matvecs
-        cost += est.matvecs * m / n
+        cost += est.matvecs * share
         if est.vector.isfinite().all() and est.converged:
             vector = est.vector
     return vector, products, cost

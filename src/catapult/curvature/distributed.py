@@ -334,9 +334,10 @@ def rank0_flag(flag: bool, device=None) -> bool:
     return bool(t.item())
 
 
-def union_weight(model, loss_fn, batch, device=None, *, testable: bool = True) -> float:
+def union_weight(model, loss_fn, batch, device=None, *, testable: bool = True, kind: bool = False):
     """This rank's weight in the union's loss (every rank must call it): its :func:`shard_weight`
-    ``|B_r| / |B|`` where ``loss_fn`` is a mean over samples, 1 where it is a sum.
+    ``|B_r| / |B|`` where ``loss_fn`` is a mean over samples, 1 where it is a sum (``kind=True``:
+    ``(weight, "mean" or "sum")``).
 
     Each rank tells which from its shard's two halves
     (:func:`~catapult.curvature.microbatch.reduction_kind`, two forward passes without grad). A
@@ -368,14 +369,15 @@ def union_weight(model, loss_fn, batch, device=None, *, testable: bool = True) -
     from catapult.curvature.shard_reduction import shard_reduction, sharded_shard_reduction
 
     weight = shard_weight(batch, device)
-    kind = agreed(lambda: (shard_reduction if testable else sharded_shard_reduction)(model, loss_fn, batch),
+    told = agreed(lambda: (shard_reduction if testable else sharded_shard_reduction)(model, loss_fn, batch),
                   device, collective=not testable)
-    votes = torch.tensor([float(kind == "mean"), float(kind == "sum")], dtype=torch.float64, device=device)
+    votes = torch.tensor([float(told == "mean"), float(told == "sum")], dtype=torch.float64, device=device)
     means, sums = all_reduce_sum(votes).tolist()
     if means and sums:
         raise ValueError("distributed=True: loss_fn is a mean over samples on some ranks' shards and a sum on "
                          "others'; give every rank the same loss")
-    return 1.0 if sums else weight
+    weight = 1.0 if sums else weight
+    return (weight, "sum" if sums else "mean") if kind else weight
 
 
 def broadcast_vector(v: torch.Tensor) -> torch.Tensor:
@@ -395,7 +397,9 @@ class DistributedOperator:
 
     ``op`` is a local :class:`~catapult.curvature.HessianOperator` (or any operator with
     ``numel``, ``dtype``, ``device``, ``loss`` and ``gradient()``); ``weight`` is this rank's
-    :func:`shard_weight`. ``loss`` and ``gradient()`` are reduced the same way.
+    :func:`shard_weight` (1 for a sum loss: ``summed``, :func:`union_weight`'s ``kind``). ``loss``,
+    ``gradient()`` and ``forward_difference(v)`` (the coarse start's one-sided differences,
+    :mod:`catapult.curvature.coarse_ranks`) are reduced the same way.
 
     Example (one rank: the union is this shard, ``H = diag(4, 1)``):
         >>> from catapult.curvature import HessianOperator
@@ -408,8 +412,8 @@ class DistributedOperator:
         (tensor([4., 1.]), 1)
     """
 
-    def __init__(self, op, weight: float):
-        self.op, self.weight = op, float(weight)
+    def __init__(self, op, weight: float, *, summed: bool = False):
+        self.op, self.weight, self.summed = op, float(weight), bool(summed)
         if hasattr(op, "agree_gap"):  # finite differences: every rank decides on the ranks' largest gap
             op.agree_gap = lambda gap: agreed_gap(gap, op.device)
         self.numel, self.dtype, self.device = op.numel, op.dtype, op.device
@@ -437,3 +441,10 @@ class DistributedOperator:
             self._skipped += 1
             return torch.full_like(v, math.nan)
         return all_reduce_sum(self.op(v).mul_(self.weight))
+
+    def forward_difference(self, v: torch.Tensor) -> torch.Tensor:
+        """``sum_r w_r (g_r(theta + h u) - g_r(theta)) / h * ||v||``: the union's one-sided difference
+        (:meth:`~catapult.curvature.HessianOperator.forward_difference`), not counted in ``matvecs``."""
+        if self._diverged:
+            return torch.full_like(v, math.nan)
+        return all_reduce_sum(self.op.forward_difference(v).mul_(self.weight))

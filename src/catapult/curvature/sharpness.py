@@ -17,7 +17,7 @@ import torch
 
 from catapult.arguments import as_real, check_real
 from catapult.curvature import distributed as dist_ops
-from catapult.curvature import lean, sharded
+from catapult.curvature import coarse_ranks, lean, sharded
 from catapult.curvature.certify import certified
 from catapult.curvature.coarse import coarse_levels, coarse_start_vector
 from catapult.curvature.ggn import CURVATURES, GaussNewtonOperator
@@ -157,7 +157,8 @@ def build_operator(model, loss_fn, batch, *, curvature="hessian", dtype=None, hv
         params = [p for p in model.parameters()] if isinstance(model, torch.nn.Module) else []
         # every rank, before its operator: an empty shard, or a loss that is not a mean or a sum
         # over samples, is refused on all ranks alike
-        weight = dist_ops.union_weight(model, loss_fn, batch, params[0].device if params else None, testable=not fsdp)
+        weight, kind = dist_ops.union_weight(model, loss_fn, batch, params[0].device if params else None,
+                                             testable=not fsdp, kind=True)
     if fsdp:
         return sharded.ShardedHessianOperator(model, loss_fn, batch, weight, seed=seed, vectors=sharded_vectors)
 
@@ -169,7 +170,7 @@ def build_operator(model, loss_fn, batch, *, curvature="hessian", dtype=None, hv
 
     if distributed:  # a refusal on one rank's shard (its micro-batch split, its forward) stops all ranks
         return dist_ops.DistributedOperator(dist_ops.agreed(local_operator, params[0].device if params else None),
-                                            weight)
+                                            weight, summed=kind == "sum")
     return local_operator()
 
 
@@ -248,13 +249,16 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
             FCN at 5000-1000 samples (``bench/RESULTS.md``, issue 16, 3c). ``tol`` is kept: the
             returned residual is computed from ``A y``, not estimated.
         coarse: start vector from solves on cheaper operators (:mod:`catapult.curvature.coarse`):
-            ``"auto"`` (default; only without ``init``, not with ``distributed``: nested
+            ``"auto"`` (default; only without ``init``, and not for a model sharded by FSDP2: nested
             sub-batches (every 16th, then every 4th sample) for batches of >= 256 samples,
             else the whole batch with one-sided finite-difference products, one gradient each,
             skipped after two gradients where the loss is not smooth at the difference step,
             e.g. ReLU kinks in float32; each level stops at a residual of 3e-3, or at ``tol``
             where that is looser), ``None`` (a random start), or
             ``(divisor, tol)`` levels (``divisor`` an integer >= 2 or ``"finite_difference"``).
+            With ``distributed=True`` each rank cuts its own shard alike and the products are
+            all-reduced; ``"auto"`` chooses by the union's sample count
+            (:mod:`catapult.curvature.coarse_ranks`).
             The answer and its ``tol`` are the exact full batch's; ``est.coarse_matvecs``
             counts the cheaper products.
         distributed: inside an initialised ``torch.distributed`` process group, ``batch`` is
@@ -305,13 +309,22 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
                         seed=seed, chunk_size=chunk_size, distributed=distributed,
                         retain_graph=not basis_free, sharded_vectors="local")
     v0 = initial_vector(op, init, seed, distributed, tol=tol)  # a copy: solvers write into it
-    levels = ([] if (init is not None or distributed or curvature == "ggn")
-              else coarse_levels(batch, coarse, tol))
+    fsdp = sharded.is_sharded(model)
+    # rank 0's init is every rank's (initial_vector): an init on one rank only ran levels on the others
+    warm = dist_ops.rank0_flag(init is not None, op.device) if distributed and not fsdp else init is not None
+    if warm or curvature == "ggn" or fsdp:
+        levels = []   # (a model sharded by FSDP2 starts cold: coarse_ranks)
+    elif distributed:   # each rank's shard cut alike, the products all-reduced (coarse_ranks)
+        levels = coarse_ranks.union_levels(batch, coarse, tol, op.device)
+    else:
+        levels = coarse_levels(batch, coarse, tol)
     coarse_products, coarse_cost = 0, 0.0
     if levels:
+        sub_operator = coarse_ranks.sub_batch_operator(op, model, loss_fn, batch, dtype=dtype, hvp=hvp, seed=seed,
+                                                       options=options) if distributed else None
         v0, coarse_products, coarse_cost = coarse_start_vector(
             model, loss_fn, batch, v0, levels, dtype=dtype, hvp=hvp, seed=seed,
-            max_basis=max_basis, op=op, operator_options=options,
+            max_basis=max_basis, op=op, operator_options=options, sub_operator=sub_operator,
             solve=functools.partial(lean.lean_top_eigenpair, overwrite=True) if basis_free else None)
     solve = _solver(op, max_basis=max_basis, basis_free=basis_free)
     est = certified(op, solve(v0, max_iter, tol), tol=tol, max_iter=max_iter, solve=solve,

@@ -1,0 +1,105 @@
+"""sharpness(distributed=True) starts from the coarse levels one process takes (catapult.curvature.
+coarse_ranks): each rank cuts its shard alike, the products are all-reduced. 2 gloo ranks on
+loopback against one process on the union (float64, to 1e-6), and the product counts the rule
+gives: where the shards are contiguous runs whose length the divisors divide, the ranks' sub-batches
+make up the union's own, so the levels and the exact solve take one process's counts; the
+finite-difference level of a small batch is the union's whatever the shards. Before, every
+distributed solve started cold (no coarse products, more exact ones)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+import catapult
+from gloo_ranks import on_ranks
+
+pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
+
+
+def problem(n, reduction="mean"):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 2)).double()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(n, 3, generator=gen, dtype=torch.float64)
+    y = torch.randn(n, 2, generator=gen, dtype=torch.float64)
+    return model, nn.MSELoss(reduction=reduction), (x, y)
+
+
+def solves(model, loss_fn, batch, distributed):
+    kw = {"distributed": True} if distributed else {}
+    out = {}
+    for name, extra in (("fast", {}), ("lean", {"memory": "lean", "max_iter": 1000}),
+                        ("cold", {"coarse": None})):
+        est = catapult.sharpness(model, loss_fn, batch, tol=1e-8, **extra, **kw)
+        out[name] = (est.value, est.matvecs, est.coarse_matvecs, est.coarse_cost)
+    return out
+
+
+def contiguous(rank, world, shards, reduction, wrap, interleaved=False):
+    model, loss_fn, (x, y) = problem(sum(shards), reduction)
+    if interleaved:
+        shard = (x[rank::world], y[rank::world])
+    else:
+        lo = sum(shards[:rank])
+        shard = (x[lo:lo + shards[rank]], y[lo:lo + shards[rank]])
+    if wrap:
+        model = nn.parallel.DistributedDataParallel(model)
+    out = solves(model, loss_fn, shard, True)
+    del model   # a DDP wrapper goes while the group is alive
+    return out
+
+
+@pytest.mark.slow  # two spawned interpreters importing torch
+@pytest.mark.parametrize("shards, reduction, wrap", [((256, 256), "mean", False), ((256, 256), "sum", True),
+                                                     ((10, 6), "mean", False), ((10, 6), "sum", False)])
+def test_two_ranks_take_one_process_coarse_start_and_its_product_counts(shards, reduction, wrap):
+    model, loss_fn, batch = problem(sum(shards), reduction)
+    single = solves(model, loss_fn, batch, False)
+    assert single["fast"][2] > 0 and single["lean"][2] > 0 and single["cold"][2] == 0
+    for got in on_ranks(contiguous, shards, reduction, wrap):
+        for name in ("fast", "lean", "cold"):
+            value, matvecs, coarse_matvecs, coarse_cost = got[name]
+            assert value == pytest.approx(single[name][0], rel=1e-6), name
+            # the union's levels: one process's products, exact and coarse (was 0 coarse, the cold count)
+            if name == "lean" and shards == (10, 6):
+                # lean sizes its basis per shard and takes the ranks' smallest (3 here, 10 for the
+                # union): the finite-difference level's Lanczos keeps that many vectors, so its
+                # vector (not its product count) is another one's, and so is the exact solve's count
+                assert coarse_matvecs == single[name][2], name
+            else:
+                assert (matvecs, coarse_matvecs) == single[name][1:3], name
+            assert coarse_cost == pytest.approx(single[name][3], rel=1e-12), name
+        assert got["fast"][1] < got["cold"][1]
+
+
+def test_interleaved_shards_take_sub_batch_levels_of_the_union():
+    # shards x[rank::2] of 300 samples: each rank's 150 // 16 and 150 // 4 samples, every 16th and
+    # 4th of its own (not the union's every 16th); the levels are the Hessians of the union of
+    # those, and the answer is the union's all the same
+    model, loss_fn, batch = problem(300)
+    want = catapult.sharpness(model, loss_fn, batch, tol=1e-8)
+    ranks = on_ranks(contiguous, (150, 150), "mean", False, True)
+    for got in ranks:
+        value, matvecs, coarse_matvecs, coarse_cost = got["fast"]
+        assert value == pytest.approx(want.value, rel=1e-6)
+        assert coarse_matvecs > 0 and matvecs < got["cold"][1]
+        # the levels' share of the union's samples: (9 + 9) / 300 and (37 + 37) / 300 per product
+        assert 0 < coarse_cost <= coarse_matvecs * 74 / 300
+    assert ranks[0] == ranks[1]
+
+
+def differing_levels(rank, world):
+    model, loss_fn, (x, y) = problem(64)
+    shard = (x[rank::world], y[rank::world])
+    try:
+        catapult.sharpness(model, loss_fn, shard, coarse=[[(2, 1e-2)], [(4, 1e-3)]][rank], distributed=True)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+def test_coarse_levels_that_differ_between_the_ranks_are_refused_on_every_rank():
+    for message in on_ranks(differing_levels):
+        assert message is not None and "coarse" in message
