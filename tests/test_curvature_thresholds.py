@@ -21,7 +21,10 @@ def test_thresholds_closed_form():
     assert instability_threshold(torch.optim.SGD(params(), lr=0.1, momentum=0.9)) == \
         pytest.approx(38.0)
     assert instability_threshold(torch.optim.Adam(params(), lr=1e-3)) == pytest.approx(38e3)
+    # AdamW's default weight_decay=0.01 (decoupled) lowers it by wd (1 + b1) / (1 - b1) = 0.03
     assert instability_threshold(torch.optim.AdamW(params(), lr=1e-3, betas=(0.5, 0.9))) == \
+        pytest.approx(3.0 / (0.5e-3) - 0.03, rel=1e-12)
+    assert instability_threshold(torch.optim.AdamW(params(), lr=1e-3, betas=(0.5, 0.9), weight_decay=0.0)) == \
         pytest.approx(3.0 / (0.5e-3))
     assert instability_threshold(torch.optim.SGD(params(), lr=0.1), lr=0.5) == pytest.approx(4.0)
 

@@ -2,7 +2,9 @@
 products: ``u -> d * (H (d * u)) + l2 * u`` (:class:`PreconditionedOperator`), the symmetric
 ``P^-1/2 (H + wd I) P^-1/2`` of the Adam family (:func:`adam_preconditioner`; ``P`` rebuilt from
 the optimizer's state without changing it) or, for SGD, ``M^1/2 H M^1/2`` with its per-group lr
-multipliers (:func:`step_preconditioner`). :func:`~catapult.curvature.sharpness.preconditioned_sharpness`
+multipliers (:func:`step_preconditioner`). Weight decay that the threshold's shift leaves out
+(groups decaying otherwise than the first: :func:`catapult.optim.thresholds.weight_decay_shift`)
+is in ``l2`` too. :func:`~catapult.curvature.sharpness.preconditioned_sharpness`
 and the spectrum's ``optimizer=`` solve on it.
 """
 from __future__ import annotations
@@ -71,6 +73,8 @@ def _adam_preconditioner(optimizer, grad_flat: torch.Tensor, names, params,
         r_scale = radam_step_scales(optimizer, params) or None
     pieces, l2_pieces = [], []
     has_l2 = False
+    first = optimizer.param_groups[0]
+    shift_0 = float(_decay_shift(optimizer, first))   # the threshold's (weight_decay_shift), in every row moved
     offset = 0
     for k, (name, p) in enumerate(zip(names, params)):
         p_part = part(p.detach())
@@ -86,7 +90,11 @@ def _adam_preconditioner(optimizer, grad_flat: torch.Tensor, names, params,
         hp = registry.hyperparameters(group, optimizer=optimizer, param=p)
         wd = float(rules.l2_coefficient(rule, hp))
         coupled_l2 = wd != 0.0  # torch Adam feeds g + wd * theta into v and descends L + wd/2 |theta|^2
-        has_l2 = has_l2 or coupled_l2
+        # decoupled decay is a shift of the threshold (weight_decay_shift): a group decaying
+        # otherwise than the first holds the difference here, lr-scaled as its step
+        own = relative_lr(group) if scale_by_group_lr else 1.0
+        extra = float(_decay_shift(optimizer, group)) * own - shift_0 if rule != "radam" and own else 0.0
+        has_l2 = has_l2 or coupled_l2 or extra != 0.0
         state = optimizer.state.get(p, {})
         rule_state = None
         if "exp_avg_sq" in state:
@@ -106,8 +114,8 @@ def _adam_preconditioner(optimizer, grad_flat: torch.Tensor, names, params,
         if scale_by_group_lr:
             inv = inv * relative_lr(group)
         pieces.append(torch.sqrt(inv).reshape(-1))
-        l2_pieces.append((inv * wd).reshape(-1) if coupled_l2 else torch.zeros(n, dtype=dtype,
-                                                                              device=device))
+        l2_piece = (inv * wd).reshape(-1) if coupled_l2 else torch.zeros(n, dtype=dtype, device=device)
+        l2_pieces.append(l2_piece + extra if extra != 0.0 else l2_piece)
     return torch.cat(pieces), (torch.cat(l2_pieces) if has_l2 else None)
 
 
@@ -158,7 +166,10 @@ def step_preconditioner(model, optimizer, op, scale_by_group_lr: bool = False):
     ``d = 1`` on the parameters it holds (0 elsewhere), times ``M^1/2`` with
     ``scale_by_group_lr`` (``M = diag(lr_i / lr_0)``,
     :func:`catapult.optim.thresholds.group_lr_multipliers`): the operator ``M^1/2 H M^1/2`` of
-    the ``lr_scaled`` sharpness. ``l2`` is None for SGD (its sharpness is the loss's Hessian's).
+    the ``lr_scaled`` sharpness. ``l2`` is None for SGD whose moving groups share one weight decay
+    (the threshold's shift holds it: the sharpness is the loss's), else the rows ``m_i wd_i - wd_0``
+    (:func:`catapult.optim.thresholds.weight_decay_shift`; likewise the Adam family's decoupled decay,
+    ``(1 + b1) / (1 - b1)`` times that, RAdam's excepted).
 
     Example (SGD, the second group at half the first group's lr: ``d^2 = (1, 0.5)``):
         >>> model = torch.nn.Linear(2, 1, bias=True)
@@ -179,8 +190,36 @@ def step_preconditioner(model, optimizer, op, scale_by_group_lr: bool = False):
     m = group_lr_multipliers(optimizer, params)
     if not scale_by_group_lr:
         m = (m > 0).to(m.dtype)
+    l2 = _sgd_decay_rows(optimizer, params, m)
     m = m.sqrt().to(device=op.device, dtype=op.dtype)
-    return (op.localize(m) if getattr(op, "local", False) else m), None   # split vectors: this rank's rows
+    local = getattr(op, "local", False)       # split vectors: this rank's rows
+    if l2 is not None:
+        l2 = l2.to(device=op.device, dtype=op.dtype)
+        l2 = op.localize(l2) if local else l2
+    return (op.localize(m) if local else m), l2
+
+
+def _decay_shift(optimizer, group) -> float:
+    """:func:`~catapult.optim.thresholds.weight_decay_shift` of one group (compared with the
+    operator :func:`step_preconditioner` builds for ``optimizer``)."""
+    from catapult.optim.thresholds import weight_decay_shift
+
+    rule = registry.rule_for(optimizer, group)
+    return weight_decay_shift(rule, registry.hyperparameters(group),
+                              operator="hessian" if rule == "sgd" else "preconditioned")
+
+
+def _sgd_decay_rows(optimizer, params, m: torch.Tensor) -> torch.Tensor | None:
+    """SGD's coupled L2 that the threshold's shift (the first group's ``wd_0``) leaves out: the step's
+    operator is ``M^1/2 (H + W) M^1/2`` with ``W = diag(wd_i)``, so ``m_i wd_i - wd_0`` on the rows the
+    step moves (``M^1/2 H M^1/2`` plus it, compared with ``2 / lr_0 - wd_0``, is exact); None where
+    that is 0 everywhere (one decay, one lr: the loss's own sharpness)."""
+    where = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    wd_0 = float(_decay_shift(optimizer, optimizer.param_groups[0]))
+    wd = torch.cat([torch.full((p.numel(),), float(_decay_shift(optimizer, where[id(p)])) if id(p) in where else 0.0,
+                               dtype=torch.float64) for p in params])
+    rows = torch.where(m > 0, m * wd - wd_0, torch.zeros_like(m))
+    return rows if bool((rows != 0).any()) else None
 
 
 class PreconditionedOperator:

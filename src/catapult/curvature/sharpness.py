@@ -380,6 +380,14 @@ def instability_threshold(optimizer: torch.optim.Optimizer, lr: float | None = N
     ``preconditioned_sharpness(..., scale_by_group_lr=True)``, which folds each group's
     ``lr / lr_first_group`` into the operator so it is compared with this threshold directly.
 
+    Weight decay ``wd`` (the first group's) lowers the threshold so that the sharpness compared
+    stays the loss's: SGD's (coupled L2, the step's curvature ``H + wd I``) by ``wd``, i.e.
+    ``lambda_max(H) + wd < (2 + 2b) / lr``; decoupled decay (AdamW, GI-Adam) by ``wd (1 + b1) /
+    (1 - b1)``; Adam's coupled L2 not at all, since :func:`preconditioned_sharpness` holds it
+    (``P^-1 (H + wd I)``). See :func:`catapult.optim.thresholds.weight_decay_shift`. Where the
+    groups' decays differ, the measured operators hold the difference from the first group's
+    (the lr-scaled and pre-conditioned ones; the plain Hessian's sharpness cannot).
+
     ``torch.optim.Adamax`` takes Adam's formula with its own pre-conditioner ``P = u`` (the
     running infinity norm ``exp_inf``, not ``sqrt(v) + eps``), which ``preconditioned_sharpness``
     does not build (it refuses Adamax): compare with ``P^-1/2 H P^-1/2`` built from
@@ -400,6 +408,8 @@ def instability_threshold(optimizer: torch.optim.Optimizer, lr: float | None = N
         38.0
         >>> round(instability_threshold(torch.optim.Adam(w, lr=0.1)), 6)      # 38 / lr
         380.0
+        >>> instability_threshold(torch.optim.SGD(w, lr=0.1, weight_decay=0.5))   # 2 / lr - wd
+        19.5
     """
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
@@ -416,19 +426,37 @@ def instability_threshold(optimizer: torch.optim.Optimizer, lr: float | None = N
     # (SGD gave 2 / lr, Adam 38 / lr): refused as critical_lr and preconditioned_sharpness refuse it
     registry.refuse_maximize(optimizer, "instability_threshold")
     _check_groups_share_the_rule(optimizer)
+    wd = check_real("instability_threshold", "weight_decay", group.get("weight_decay", 0.0), low=0.0)
     if isinstance(optimizer, torch.optim.RAdam):
         from catapult.optim.thresholds import radam_threshold
 
-        return float(radam_threshold(lr, [float(b) for b in group["betas"]], _steps_taken(optimizer) + 1)[1])
+        return float(radam_threshold(lr, [float(b) for b in group["betas"]], _steps_taken(optimizer) + 1,
+                                     weight_decay=wd, decoupled_weight_decay=group.get("decoupled_weight_decay", False))[1])
     if "betas" in group:
-        return float(rules.threshold("adam", {"lr": lr, "betas": [float(b) for b in group["betas"]]}))
+        betas = [float(b) for b in group["betas"]]
+        return float(rules.threshold(_adam_rule(optimizer, group, wd), {"lr": lr, "betas": betas, "weight_decay": wd}))
     if isinstance(optimizer, torch.optim.SGD):
         return float(rules.threshold("sgd", {
-            "lr": lr, "momentum": float(group.get("momentum", 0.0)),
+            "lr": lr, "momentum": float(group.get("momentum", 0.0)), "weight_decay": wd,
             "dampening": float(group.get("dampening", 0.0)), "nesterov": group.get("nesterov", False)}))
     raise TypeError(f"instability_threshold: unsupported optimizer {type(optimizer).__name__}; "
                     "supported: torch.optim.SGD (with or without momentum) and Adam-family "
                     "optimizers (param groups with 'betas')")
+
+
+def _adam_rule(optimizer: torch.optim.Optimizer, group, wd: float) -> str:
+    """The rule whose threshold an Adam-family optimizer takes: its registry rule (``"adamw"`` for
+    decoupled decay); ``torch.optim.Adamax`` (coupled L2, held by the operator ``P^-1 (H + wd I)``
+    one builds for it) and any optimizer without weight decay, ``"adam"``. A ValueError for another
+    optimizer with a weight decay: whether it is coupled decides the threshold."""
+    try:
+        return registry.rule_for(optimizer, group)
+    except NotImplementedError:
+        if wd == 0.0 or isinstance(optimizer, torch.optim.Adamax):
+            return "adam"
+        raise ValueError(f"instability_threshold: {type(optimizer).__name__} has weight_decay={wd!r}, and whether "
+                         "it is coupled (L2 in the gradient) or decoupled decides the threshold; supported with "
+                         "weight decay: SGD, Adam, AdamW, RAdam, Adamax and catapult.optim.GIAdam") from None
 
 
 def _steps_taken(optimizer: torch.optim.Optimizer) -> int:

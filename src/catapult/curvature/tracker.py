@@ -7,8 +7,8 @@ Which sharpness (``kind="auto"``), as ``catapult train`` measures it
 
 * no optimizer, or SGD that steps every trainable parameter with one lr: ``"hessian"``,
   ``lambda_max(H)``;
-* SGD whose groups' lrs differ (``catapult.param_groups`` under muP / SμPar, or groups set by
-  hand; a group at lr 0 and parameters no group holds, which the step does not move, included):
+* SGD whose groups' lrs (or weight decays) differ (``catapult.param_groups`` under muP / SμPar, or
+  groups set by hand; a group at lr 0 and parameters no group holds, which the step does not move, included):
   ``"lr_scaled"``, ``lambda_max(M^1/2 H M^1/2)`` with ``M = diag(lr_i / lr_0)``
   (:func:`catapult.optim.thresholds.lr_scaled_sharpness`), which ``2 / lr_0`` bounds;
 * Adam, AdamW, GI-Adam: ``"preconditioned"``, ``lambda_max(P^-1/2 H P^-1/2)`` of the next step's
@@ -16,7 +16,7 @@ Which sharpness (``kind="auto"``), as ``catapult train`` measures it
 * RAdam: ``"hessian"`` while its next step is un-rectified, ``"preconditioned"`` afterwards.
 
 The threshold is :func:`~catapult.curvature.sharpness.instability_threshold` at the first group's
-current lr (``inf`` while every group's lr is 0, as at the start of a warmup from 0). Where the
+current lr (lowered by its weight decay's own curvature, so that the sharpness stays the loss's) (``inf`` while every group's lr is 0, as at the start of a warmup from 0). Where the
 first group's lr is 0 while another group's is not (a frozen part listed first), the first group
 that moves is the reference instead (its lr is ``lr_0`` above and the record's ``lr``).
 """
@@ -73,10 +73,15 @@ class SharpnessRecord:
 
     @property
     def ratio(self) -> float | None:
-        """``value / threshold`` (``None`` without a threshold; 0 at an infinite one): 1 is the
-        edge of stability."""
+        """``value / threshold`` (``None`` without a threshold; 0 at an infinite one, ``inf`` at 0:
+        a weight decay with ``lr wd >= 2`` diverges alone): 1 is the edge of stability. With
+        weight decay the threshold is lowered by the decay's own curvature
+        (:func:`catapult.optim.thresholds.weight_decay_shift`), so the ratio is still the loss's
+        sharpness over what the step tolerates of it."""
         if self.threshold is None:
             return None
+        if self.threshold == 0:
+            return math.inf if self.value > 0 else 0.0
         return 0.0 if math.isinf(self.threshold) else self.value / self.threshold
 
 
@@ -288,7 +293,9 @@ class SharpnessTracker:
         if not params:      # (the measurement names it; the multipliers' torch.cat of nothing did not)
             return "hessian"
         m = group_lr_multipliers(_reference_view(opt), params)
-        return "lr_scaled" if bool((m != 1.0).any()) else "hessian"
+        # groups that decay otherwise than the reference: the lr-scaled operator holds the difference
+        decays = {float(g.get("weight_decay", 0.0)) for g in opt.param_groups if g["params"] and _group_lr(g) > 0}
+        return "lr_scaled" if bool((m != 1.0).any()) or len(decays) > 1 else "hessian"
 
     def _threshold(self) -> float | None:
         if self.optimizer is None:

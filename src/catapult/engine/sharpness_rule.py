@@ -210,8 +210,10 @@ def threshold(optimizer: torch.optim.Optimizer, lr: float | None = None, step: i
 
         # without a step (the summary's threshold at lr_trgt): the un-rectified rule, as before
         # instability_threshold read RAdam's step count, and as the batched engines report
-        return float(radam_threshold(current, optimizer.param_groups[0]["betas"],
-                                     1 if step is None else step + 1)[1])
+        group = optimizer.param_groups[0]
+        return float(radam_threshold(current, group["betas"], 1 if step is None else step + 1,
+                                     weight_decay=group.get("weight_decay", 0.0),
+                                     decoupled_weight_decay=group.get("decoupled_weight_decay", False))[1])
     return float(instability_threshold(optimizer, lr=current))
 
 

@@ -556,38 +556,22 @@ def direction(rule: str, params: Sequence[Tensor], grads: Sequence[Tensor], stat
     return out
 
 
-def threshold(rule: str, hp: Any) -> Any:
+def threshold(rule: str, hp: Any, *, operator: str | None = None) -> Any:
     """Instability threshold of the rule at learning rate ``lr`` (linear stability on a
-    quadratic; ``hp`` values are scalars or tensors, not per-parameter lists):
-
-    * SGD: ``2 / lr``; heavy-ball momentum ``b``, dampening ``d``: ``(2 + 2b) / ((1 - d) lr)``
-      (``inf`` at ``d = 1``: the step stops reading the gradient; ``0`` for ``d > 1``: it climbs);
-      nesterov: ``(2 + 2b) / ((1 + 2b) lr)``.
-    * Adam family (compared with the pre-conditioned sharpness):
-      ``(2 + 2 b1) / ((1 - b1) lr)`` (38 / lr for b1 = 0.9).
+    quadratic; ``hp`` values are scalars or tensors, not per-parameter lists): SGD ``2 / lr``,
+    heavy ball ``(2 + 2b) / ((1 - d) lr)``, nesterov ``(2 + 2b) / ((1 + 2b) lr)``; the Adam family
+    ``(2 + 2 b1) / ((1 - b1) lr)``, compared with the pre-conditioned sharpness; each lowered by
+    the weight decay the compared ``operator`` leaves out. Written once, in
+    :func:`catapult.optim.thresholds.rule_threshold` (the formulas and ``operator`` are there).
 
     Example:
         >>> threshold("sgd", {"lr": 0.1}), round(threshold("adam", {"lr": 1.0}), 6)
         (20.0, 38.0)
         >>> threshold("sgd", {"lr": torch.tensor([0.1, 0.2])})      # one lr per member
         tensor([20., 10.])
+        >>> threshold("sgd", {"lr": 0.1, "weight_decay": 0.5})       # lambda_max(H) + wd < 2 / lr
+        19.5
     """
-    hp = _mapping(hp)
-    lr = hp["lr"]
-    if _check_rule(rule) != "sgd":
-        b1 = _hp(hp, "beta1", 0)
-        return (2.0 + 2.0 * b1) / ((1.0 - b1) * lr)
-    b = hp.get("momentum", 0.0)
-    if not _is_tensor(b) and b == 0.0:
-        return 2.0 / lr
-    if hp.get("nesterov", False):
-        return (2.0 + 2.0 * b) / ((1.0 + 2.0 * b) * lr)
-    # dampening d = 1: after the first step the update no longer reads the gradient (stable at
-    # any curvature); d > 1 steps uphill (unstable at any positive curvature)
-    damped = 1.0 - hp.get("dampening", 0.0)
-    if not _is_tensor(damped) and damped <= 0:
-        return math.inf if damped == 0 else 0.0
-    heavy_ball = (2.0 + 2.0 * b) / (damped * lr)
-    if _is_tensor(damped):
-        heavy_ball = torch.where(damped < 0, torch.zeros_like(heavy_ball), heavy_ball)
-    return torch.where(b == 0, 2.0 / lr, heavy_ball) if _is_tensor(b) else heavy_ball
+    from catapult.optim.thresholds import rule_threshold
+
+    return rule_threshold(rule, hp, operator=operator)

@@ -13,6 +13,20 @@ not ``lambda_max(H)``: a hidden layer at ``lr / m_rho`` with ``m_rho < 1`` is *m
 than the raw sharpness says. :func:`lr_scaled_sharpness` measures it with the same Lanczos
 solver and Hessian-vector products as :func:`catapult.sharpness`.
 
+Weight decay (:func:`weight_decay_shift`, in :func:`rule_threshold`, the one place every threshold is
+computed). Coupled L2 (``g + wd theta``: SGD, Adam, RAdam) makes the step descend ``L + wd/2
+||theta||^2``, whose Hessian is ``H + wd I``: SGD (momentum ``mu``, dampening 0) is stable iff
+``lambda_max(H) + wd < (2 + 2 mu) / lr``. The loss's sharpness ``lambda_max(H)`` is therefore
+compared with the threshold lowered by ``wd``. Adam's pre-conditioned operator holds the L2
+itself (``P^-1 (H + wd I)``, not a shift of ``P^-1 H`` since ``P`` varies): no shift there.
+Decoupled decay (AdamW, GI-Adam) multiplies ``theta`` by ``1 - lr wd`` outside the moments; on a
+mode of ``P^-1 H`` with eigenvalue ``lam`` the step ``theta' = (1 - lr wd) theta - lr P^-1 m'``
+has the characteristic root ``-1`` at ``lr (1 - b1) lam = (2 - lr wd)(1 + b1)``, i.e. the
+threshold lowered by ``wd (1 + b1) / (1 - b1)`` (19 wd at b1 = 0.9). Where param groups decay
+differently, the difference from the first group's decay enters the measured operator as a
+diagonal (:func:`catapult.curvature.preconditioner.step_preconditioner`), so the comparison
+stays exact.
+
 RAdam (torch.optim.RAdam, Liu et al. 2020). With ``rho_inf = 2 / (1 - b2) - 1`` and
 ``rho_t = rho_inf - 2 t b2^t / (1 - b2^t)``, step ``t`` is un-rectified while ``rho_t <= 5``:
 ``theta <- theta - lr m_t / (1 - b1^t)``, EMA momentum SGD without any pre-conditioner, whose
@@ -23,16 +37,23 @@ rectification ``r_t``: pre-conditioned sharpness against ``(2 + 2 b1) / ((1 - b1
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
 from catapult.arguments import check_integer, check_real
+from catapult.optim import rules
 from catapult.parametrize import group_lr_mult
 
 __all__ = ["group_lr_multipliers", "lr_scaled_sharpness", "radam_rho", "radam_rectified",
-           "radam_rectification", "radam_threshold", "radam_step_kind", "radam_step_scales"]
+           "radam_rectification", "radam_threshold", "radam_step_kind", "radam_step_scales", "rule_threshold",
+           "weight_decay_shift", "OPERATORS"]
+
+#: What a threshold is compared with: the loss's Hessian (or SGD's lr-scaled ``M^1/2 H M^1/2``),
+#: or the pre-conditioned ``P^-1/2 H P^-1/2`` (holding Adam's coupled L2, ``P^-1/2 (H + wd I) P^-1/2``).
+OPERATORS = ("hessian", "preconditioned")
 
 
 def group_lr_multipliers(optimizer: torch.optim.Optimizer, params) -> torch.Tensor:
@@ -146,10 +167,14 @@ def radam_rectification(t: int, beta2: float) -> float:
     return math.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
 
 
-def radam_threshold(lr: float, betas: Any, t: int) -> tuple[str, float]:
+def radam_threshold(lr: float, betas: Any, t: int, *, weight_decay: float = 0.0,
+                    decoupled_weight_decay: bool = False) -> tuple[str, float]:
     """``(kind, threshold)`` for RAdam's step ``t`` (1-based, torch's count): ``("hessian",
     (2 + 2 b1) / ((1 - b1) lr))`` while un-rectified (EMA-momentum SGD), else
-    ``("preconditioned", (2 + 2 b1) / ((1 - b1) r_t lr))``.
+    ``("preconditioned", (2 + 2 b1) / ((1 - b1) r_t lr))``; lowered by the
+    :func:`weight_decay_shift` of that kind (coupled L2: ``wd`` on the Hessian, none on the
+    pre-conditioned operator, which holds it; decoupled: ``wd (1 + b1) / (1 - b1)``, then over
+    ``r_t``).
 
     >>> radam_threshold(0.1, (0.9, 0.999), 1)[0], round(radam_threshold(0.1, (0.9, 0.999), 1)[1], 6)
     ('hessian', 380.0)
@@ -161,10 +186,11 @@ def radam_threshold(lr: float, betas: Any, t: int) -> tuple[str, float]:
     b1 = check_real("radam_threshold", "betas[0]", betas[0], low=0.0, high=1.0, high_open=True)
     b2 = check_real("radam_threshold", "betas[1]", betas[1], low=0.0, high=1.0, high_open=True)
     lr = check_real("radam_threshold", "lr", lr, low=0.0, low_open=True)
-    base = (2.0 + 2.0 * b1) / ((1.0 - b1) * lr)
-    if not radam_rectified(t, b2):
-        return "hessian", base
-    return "preconditioned", base / radam_rectification(t, b2)
+    wd = check_real("radam_threshold", "weight_decay", weight_decay, low=0.0)
+    kind = "preconditioned" if radam_rectified(t, b2) else "hessian"
+    edge = rule_threshold("radam", {"lr": lr, "betas": (b1, b2), "weight_decay": wd,
+                                    "decoupled_weight_decay": bool(decoupled_weight_decay)}, operator=kind)
+    return kind, (edge if kind == "hessian" else edge / radam_rectification(t, b2))
 
 
 def radam_step_scales(optimizer: torch.optim.Optimizer, params) -> list[float | None]:
@@ -217,3 +243,100 @@ def radam_step_scales(optimizer: torch.optim.Optimizer, params) -> list[float | 
     r_ref = radam_rectification(t_ref, b2_ref)
     scale = {i: radam_rectification(t, b2) / r_ref for i, t, b2 in own}
     return [scale.get(i) for i in range(len(params))]
+
+
+def rule_threshold(rule: str, hp: Any, *, operator: str | None = None) -> Any:
+    """Instability threshold of update rule ``rule`` (:data:`catapult.optim.rules.RULES`) at
+    ``hp["lr"]`` (``hp`` values are numbers or tensors, one per member, not per-parameter lists):
+
+    * SGD: ``2 / lr``; heavy-ball momentum ``b``, dampening ``d``: ``(2 + 2b) / ((1 - d) lr)``
+      (``inf`` at ``d = 1``: the step stops reading the gradient; ``0`` for ``d > 1``: it climbs);
+      nesterov: ``(2 + 2b) / ((1 + 2b) lr)``.
+    * Adam family (compared with the pre-conditioned sharpness):
+      ``(2 + 2 b1) / ((1 - b1) lr)`` (38 / lr for b1 = 0.9).
+
+    minus :func:`weight_decay_shift` (``hp["weight_decay"]``), never below 0 (the decay alone
+    diverges at ``lr wd >= 2``). ``operator`` (:data:`OPERATORS`) is what the threshold is
+    compared with; default ``"hessian"`` for SGD, ``"preconditioned"`` for the Adam family.
+
+    Example:
+        >>> round(rule_threshold("sgd", {"lr": 0.1, "momentum": 0.9, "weight_decay": 1.0}), 6)   # 38 - wd
+        37.0
+        >>> round(rule_threshold("adamw", {"lr": 1.0, "weight_decay": 0.1}), 6)         # 38 - 19 wd
+        36.1
+        >>> round(rule_threshold("adam", {"lr": 1.0, "weight_decay": 0.1}), 6)          # P^-1 (H + wd I) holds it
+        38.0
+    """
+    hp = _as_mapping(hp)
+    lr = hp["lr"]
+    if rule not in rules.RULES:
+        raise ValueError(f"unknown optimizer rule {rule!r}; known: {', '.join(rules.RULES)}")
+    if rule != "sgd":
+        b1 = _beta1(hp)
+        base = (2.0 + 2.0 * b1) / ((1.0 - b1) * lr)
+    else:
+        base = _sgd_threshold(hp, lr)
+    shift = weight_decay_shift(rule, hp, operator=operator)
+    if not isinstance(shift, torch.Tensor) and shift == 0.0:
+        return base
+    out = base - shift
+    return out.clamp(min=0.0) if isinstance(out, torch.Tensor) else max(out, 0.0)
+
+
+def weight_decay_shift(rule: str, hp: Any, *, operator: str | None = None) -> Any:
+    """How much weight decay (``hp["weight_decay"]``, the first group's) lowers
+    :func:`rule_threshold`: the decay's own curvature in the units of the compared ``operator``'s
+    eigenvalues (module docstring).
+
+    * coupled L2 (SGD; Adam/RAdam without ``decoupled_weight_decay``): ``wd`` against the
+      Hessian's (or lr-scaled) sharpness; 0 against the pre-conditioned operator, which holds it.
+    * decoupled (AdamW, GI-Adam, ``decoupled_weight_decay=True``): ``wd (1 + b1) / (1 - b1)``.
+
+    Example:
+        >>> weight_decay_shift("sgd", {"weight_decay": 0.5}), weight_decay_shift("adam", {"weight_decay": 0.5})
+        (0.5, 0.0)
+        >>> round(weight_decay_shift("adamw", {"weight_decay": 0.5, "betas": (0.9, 0.999)}), 6)
+        9.5
+    """
+    hp = _as_mapping(hp)
+    if operator is None:
+        operator = "hessian" if rule == "sgd" else "preconditioned"
+    if operator not in OPERATORS:
+        raise ValueError(f"weight_decay_shift: operator must be one of {OPERATORS}, got {operator!r}")
+    wd = hp.get("weight_decay", 0.0)
+    if not isinstance(wd, torch.Tensor) and wd == 0:
+        return 0.0
+    coupled = rules.l2_coefficient(rule, hp)      # 0 for decoupled decay
+    if rule != "sgd" and not (isinstance(coupled, torch.Tensor) or coupled != 0):
+        b1 = _beta1(hp)
+        return wd * (1.0 + b1) / (1.0 - b1)
+    return wd if operator == "hessian" else 0.0
+
+
+def _as_mapping(hp: Any) -> Mapping[str, Any]:
+    if isinstance(hp, Mapping):
+        return hp
+    if dataclasses.is_dataclass(hp):
+        return {f.name: getattr(hp, f.name) for f in dataclasses.fields(hp)}
+    raise TypeError(f"hp must be a mapping or a dataclass, got {type(hp).__name__}")
+
+
+def _beta1(hp: Mapping[str, Any]) -> Any:
+    return hp["beta1"] if "beta1" in hp else hp.get("betas", (0.9, 0.999))[0]
+
+
+def _sgd_threshold(hp: Mapping[str, Any], lr: Any) -> Any:
+    b = hp.get("momentum", 0.0)
+    if not isinstance(b, torch.Tensor) and b == 0.0:
+        return 2.0 / lr
+    if hp.get("nesterov", False):
+        return (2.0 + 2.0 * b) / ((1.0 + 2.0 * b) * lr)
+    # dampening d = 1: after the first step the update no longer reads the gradient (stable at
+    # any curvature); d > 1 steps uphill (unstable at any positive curvature)
+    damped = 1.0 - hp.get("dampening", 0.0)
+    if not isinstance(damped, torch.Tensor) and damped <= 0:
+        return math.inf if damped == 0 else 0.0
+    heavy_ball = (2.0 + 2.0 * b) / (damped * lr)
+    if isinstance(damped, torch.Tensor):
+        heavy_ball = torch.where(damped < 0, torch.zeros_like(heavy_ball), heavy_ball)
+    return torch.where(b == 0, 2.0 / lr, heavy_ball) if isinstance(b, torch.Tensor) else heavy_ball
