@@ -249,7 +249,25 @@ def warmup_summary(config, metrics, lr_trgt: float, warmup_rule) -> dict:
 
 
 def threshold_label(config: Mapping[str, Any], sharpness_kind: str) -> str:
-    """How the instability threshold of the config's optimizer reads in a figure legend."""
+    """How the instability threshold of the config's optimizer reads in a figure legend (with
+    ``optimizer.weight_decay``, what it lowers the threshold by:
+    :func:`catapult.optim.thresholds.weight_decay_shift`).
+
+    >>> from catapult.config import validate
+    >>> threshold_label(validate({"optimizer": {"name": "sgd", "weight_decay": 0.5}}), "hessian")
+    '2/lr_t - wd (wd = 0.5)'
+    """
+    o = config["optimizer"]
+    wd = float(o.get("weight_decay", 0.0))
+    if not wd or (o["name"] in ("adam", "radam") and sharpness_kind == "preconditioned"):
+        return _undecayed_label(config, sharpness_kind)  # Adam's coupled L2 is in P^-1 (H + wd I)
+    if o["name"] in ("adamw", "gi-adam"):
+        b1 = float(o["betas"][0])
+        return f"{_undecayed_label(config, sharpness_kind)} - {(1 + b1) / (1 - b1):.3g} wd (wd = {wd:.3g})"
+    return f"{_undecayed_label(config, sharpness_kind)} - wd (wd = {wd:.3g})"
+
+
+def _undecayed_label(config: Mapping[str, Any], sharpness_kind: str) -> str:
     if sharpness_kind == "preconditioned":
         b1 = float(config["optimizer"]["betas"][0])
         return f"(2+2b1)/((1-b1) lr_t) = {(2 + 2 * b1) / (1 - b1):.3g}/lr_t"
