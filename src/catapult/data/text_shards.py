@@ -44,7 +44,7 @@ from catapult.data import token_cache
 from catapult.data.tokenize import BPEVocab, bpe_file_name, check_vocab_size, fingerprint, load_cached_vocab, save_new, train_bpe
 
 __all__ = ["TEXT_SUFFIXES", "VALIDATION", "HELD_OUT", "name_words", "is_held_out", "is_validation", "text_shard_files", "iter_texts",
-           "tokenize_text_shards", "DOCUMENT_SEPARATOR"]
+           "tokenize_text_shards", "DOCUMENT_SEPARATOR", "VOCAB_FILE", "stated_vocab_size"]
 
 #: File endings read as text shards.
 TEXT_SUFFIXES = (".jsonl", ".parquet")
@@ -55,6 +55,10 @@ HELD_OUT = VALIDATION + ("test",)
 #: Text appended to every document before it is encoded.
 DOCUMENT_SEPARATOR = "\n\n"
 _BATCH_DOCS = 1024
+#: The file beside pre-tokenised ``*.npy`` shards that states their vocabulary: ``{"vocab_size": N}``.
+VOCAB_FILE = "vocab_size.json"
+#: The largest vocabulary a stated size may have (uint32 ids).
+_MAX_VOCAB = 1 << 32
 
 
 def name_words(path: str | os.PathLike) -> set[str]:
@@ -236,3 +240,35 @@ def _from_cache(read):
         raise
     except ValueError as exc:
         raise ConfigError([("data.root", str(exc))]) from None
+
+
+def stated_vocab_size(root: str | os.PathLike) -> int | None:
+    """The vocabulary size that :data:`VOCAB_FILE` (``{"vocab_size": N}``) in the shard folder
+    ``root`` (or beside the one shard file ``root``) states for its pre-tokenised ``*.npy`` shards;
+    None without one. A token set of fewer ids than BPE's 257 (characters, a toy vocabulary) says
+    its true size here, as ``data.vocab_size`` (>= 257, a BPE option) cannot: the model gets ``N``
+    embedding rows and logits, and an id ``>= N`` in a shard is refused naming the shard. A file
+    that is not such a JSON object with an integer ``1 <= N <= 2^32`` is a ConfigError on
+    ``data.root`` naming it.
+
+    >>> import json, tempfile, pathlib
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> stated_vocab_size(folder) is None
+    True
+    >>> _ = (folder / VOCAB_FILE).write_text(json.dumps({"vocab_size": 65}))
+    >>> stated_vocab_size(folder)
+    65
+    """
+    root = Path(root).expanduser()
+    path = (root if root.is_dir() else root.parent) / VOCAB_FILE
+    if not path.is_file():
+        return None
+    try:
+        stated = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError([("data.root", f"{path}: not a JSON object {{\"vocab_size\": N}} ({exc})")]) from None
+    size = stated.get("vocab_size") if isinstance(stated, dict) else None
+    if not (isinstance(size, int) and not isinstance(size, bool) and 1 <= size <= _MAX_VOCAB):
+        raise ConfigError([("data.root", f"{path}: expected {{\"vocab_size\": N}} with an integer 1 <= N <= 2^32 "
+                                         f"(the shards' vocabulary size), got {json.dumps(stated)[:200]}")])
+    return size

@@ -17,7 +17,9 @@ shards: shards are consecutive pieces of one corpus). A file whose name has the 
 text: the training stream is the other files, and the validation stream the validation files
 (else the test ones), read the same way; the run's test columns are measured on its first
 ``data.n_test`` windows (:func:`validation_windows`). ``data.vocab_size`` is the model's
-vocabulary; an id at or beyond it is an error naming the shard. Under ``torchrun`` rank 0
+vocabulary (or, for ``*.npy`` shards, the size that a ``vocab_size.json`` beside them states,
+``{"vocab_size": N}``, any ``N >= 1``: :func:`catapult.data.text_shards.stated_vocab_size`); an id
+at or beyond it is an error naming the shard. Under ``torchrun`` rank 0
 tokenises text shards while the other ranks wait (up to :data:`SETUP_TIMEOUT`, 24 hours, not
 the process group's timeout: NCCL's default is 10 minutes), then every rank maps the same files; a bad
 file (one naming the file and line or column), or any error one rank meets while setting up,
@@ -62,7 +64,8 @@ import torch.nn as nn
 
 from catapult import config as cfg
 from catapult.arguments import check_flag
-from catapult.data.text_shards import is_held_out, is_validation, text_shard_files, tokenize_text_shards
+from catapult.data.text_shards import (VOCAB_FILE, is_held_out, is_validation, stated_vocab_size, text_shard_files,
+                                       tokenize_text_shards)
 from catapult.data.token_cache import npy_problem, token_cache_key
 from catapult.engine.ddp_config import check_ddp_config
 from catapult.engine.build import assemble_run, build_model, check_warmup_across_processes, resolve_device
@@ -116,11 +119,14 @@ class TokenShards:
 
     def __init__(self, root: str | os.PathLike, vocab_size: int | None = None, *, text_key: str = "text",
                  cache_dir: str | os.PathLike | None = None, check_ids: bool = True,
-                 held_out: bool = False) -> None:
+                 held_out: bool = False, vocab_size_set: bool = True) -> None:
         root = Path(root).expanduser()
         if not root.exists():  # before any listing or tokenising: the plain reason
             raise FileNotFoundError(f"data.root {root} does not exist")
         texts = text_shard_files(root)
+        stated = stated_vocab_size(root)   # vocab_size.json: the npy shards' own size
+        if stated is not None:
+            vocab_size = _stated_vocab(root, texts, stated, vocab_size, vocab_size_set)
         if texts:
             check_one_kind(root, texts)
             if vocab_size is None:
@@ -160,7 +166,7 @@ class TokenShards:
                 raise cfg.ConfigError([("data.root", f"{f}: expected a 1-D integer token array, "
                                                      f"got {a.dtype} {a.shape}")])
             if check_ids and not texts:  # before any step: an id out of range failed mid-run, a traceback
-                _check_token_ids(f, a, vocab_size)
+                _check_token_ids(f, a, vocab_size, "data.vocab_size" if stated is None else VOCAB_FILE)
             self.arrays.append(a)
         self.offsets = np.concatenate([[0], np.cumsum([len(a) for a in self.arrays])])
         self.vocab_size = vocab_size
@@ -186,6 +192,21 @@ class TokenShards:
         windows = np.stack([self.window(int(starts[r]), context + 1) for r in rows])
         w = torch.from_numpy(windows)
         return w[:, :-1], w[:, 1:]
+
+
+def _stated_vocab(root: Path, texts: list[Path], stated: int, vocab_size: int | None, vocab_size_set: bool) -> int:
+    """The vocabulary of npy shards whose folder states it (:data:`~catapult.data.text_shards.VOCAB_FILE`):
+    ``stated``, unless text shards are there (their tokenizer's size is theirs) or ``data.vocab_size``
+    was set (``vocab_size_set``) to another size: a ConfigError naming the key, each way."""
+    if texts:
+        raise cfg.ConfigError([("data.root", f"{root} holds text shards ({texts[0].name}, ...) and {VOCAB_FILE}, "
+                                             f"which states the size of pre-tokenised *.npy shards: the text's "
+                                             f"tokenizer has data.vocab_size ids; remove {VOCAB_FILE}")])
+    if vocab_size_set and vocab_size is not None and vocab_size != stated:
+        raise cfg.ConfigError([("data.vocab_size", f"{vocab_size}, and {VOCAB_FILE} at data.root states {stated} "
+                                                   f"ids: the shards are pre-tokenised; remove data.vocab_size and "
+                                                   f"data.tokenizer (the file's size is used)")])
+    return stated
 
 
 def _held_out_pairs(pairs: list) -> list:
@@ -232,9 +253,9 @@ def validation_windows(shards: TokenShards, context: int, n_test: int | None, ra
     return windows(torch.from_numpy(shards.window(lo * context, (hi - lo) * context + 1)), context, hi - lo)
 
 
-def _check_token_ids(path: Path, array: np.ndarray, vocab_size: int | None) -> None:
+def _check_token_ids(path: Path, array: np.ndarray, vocab_size: int | None, source: str = "data.vocab_size") -> None:
     """A ConfigError on ``data.root`` naming ``path`` if a token id of ``array`` is negative or
-    ``>= vocab_size``: one pass over the (memory-mapped) array, in chunks."""
+    ``>= vocab_size`` (stated by ``source``): one pass over the (memory-mapped) array, in chunks."""
     if not array.size or (array.dtype.kind == "u" and vocab_size is not None
                           and np.iinfo(array.dtype).max < vocab_size):
         return  # no id this dtype can hold is out of range
@@ -246,7 +267,7 @@ def _check_token_ids(path: Path, array: np.ndarray, vocab_size: int | None) -> N
             bad = low if low < 0 else high
             index = at + int(np.argmax(part == bad))
             raise cfg.ConfigError([("data.root", f"{path}: token id {bad} at index {index} is outside "
-                                                 f"0 .. data.vocab_size - 1 = {(vocab_size or 0) - 1}")])
+                                                 f"0 .. {source} - 1 = {(vocab_size or 0) - 1}")])
 
 
 def global_batch_rows(batch_size: int, rank: int, world_size: int) -> np.ndarray:
@@ -534,8 +555,10 @@ def train_ddp(config: Mapping[str, Any], *, out_dir: str | os.PathLike | None = 
         _on_every_rank(lambda: out_path is None or check_out_dir(out_path, overwrite), distributed)
 
     def open_shards(check_ids: bool = True) -> tuple[TokenShards, TokenShards]:
+        # data.vocab_size is the user's only with data.tokenizer: bpe (else the unused default)
         return tuple(TokenShards(d["root"], d["vocab_size"], text_key=d["text_key"], cache_dir=d["cache_dir"],
-                                 check_ids=check_ids, held_out=held_out) for held_out in (False, True))
+                                 check_ids=check_ids, held_out=held_out, vocab_size_set=d["tokenizer"] == "bpe")
+                     for held_out in (False, True))
 
     opened = _on_every_rank(lambda: open_shards() if rank == 0 else None, distributed)
     # the others map what rank 0 tokenised, after it checked the ids (a file missing on another

@@ -1,0 +1,107 @@
+"""Pre-tokenised ``*.npy`` shards of a small vocabulary (fewer than BPE's 257 ids) state their true
+size in ``vocab_size.json`` beside them (``data.vocab_size`` is a BPE option, >= 257): the model
+gets that many embedding rows and logits, and an id at or beyond it is refused naming the shard and
+the file (exit 2 on the command line), before any work. Real ``.npy`` files written with
+``np.save``; the truth is the model's own shapes."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from catapult.config import ConfigError
+from catapult.data.text_shards import VOCAB_FILE
+from catapult.engine.distributed import TokenShards, train_ddp
+
+VOCAB = 65   # a character-level corpus' size
+
+
+def _config(root, **data):
+    return dict(seed=0, dtype="float64", data=dict(name="text", root=str(root), context=8, **data),
+                model=dict(name="gpt", width=16, depth=1, n_heads=2), loss="cross_entropy",
+                optimizer=dict(name="adam", lr=1e-3), train=dict(steps=1, batch_size=4),
+                eval=dict(sharpness_every=0))
+
+
+@pytest.fixture
+def shards(tmp_path):
+    root = tmp_path / "shards"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        ids = rng.integers(0, VOCAB, 300).astype(np.uint16)
+        ids[5] = VOCAB - 1
+        np.save(root / f"part{i}.npy", ids)
+    (root / VOCAB_FILE).write_text(json.dumps({"vocab_size": VOCAB}))
+    return root
+
+
+def _sizes(model: torch.nn.Module) -> set[int]:
+    """The vocabulary sizes the model's embeddings and final layer have."""
+    sizes = {m.num_embeddings for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.num_embeddings != 8}
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    return sizes | {last.out_features}
+
+
+def test_the_stated_size_is_the_model_s_vocabulary(shards):
+    # the position embedding has data.context = 8 rows, left out
+    result = train_ddp(_config(shards))
+    assert result.summary["steps_completed"] == 1
+    assert _sizes(result.model) == {VOCAB}      # was 4096: data.vocab_size's default
+    assert TokenShards(shards, 4096, vocab_size_set=False).vocab_size == VOCAB
+
+
+def test_an_id_at_the_stated_size_is_refused_naming_the_shard_and_the_file(shards, tmp_path):
+    bad = np.load(shards / "part1.npy")
+    bad[17] = VOCAB
+    np.save(shards / "part1.npy", bad)
+    with pytest.raises(ConfigError) as err:
+        train_ddp(_config(shards), out_dir=tmp_path / "run")
+    assert err.value.keys == ["data.root"]
+    assert "part1.npy" in str(err.value) and f"token id {VOCAB} at index 17" in str(err.value)
+    assert f"{VOCAB_FILE} - 1 = {VOCAB - 1}" in str(err.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_command_exits_2_on_an_id_beyond_the_stated_size(shards, tmp_path, capsys):
+    from catapult.cli import main
+
+    bad = np.load(shards / "part0.npy")
+    bad[3] = 200
+    np.save(shards / "part0.npy", bad)
+    config = tmp_path / "ddp.yaml"
+    config.write_text(yaml.safe_dump(_config(shards)))
+    assert main(["train-ddp", str(config), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "data.root" in err and "part0.npy" in err and "token id 200" in err and "Traceback" not in err
+
+
+def test_a_bpe_vocab_size_that_disagrees_with_the_file_is_refused_naming_the_key(shards):
+    with pytest.raises(ConfigError) as err:
+        train_ddp(_config(shards, tokenizer="bpe", vocab_size=300))
+    assert err.value.keys == ["data.vocab_size"] and f"states {VOCAB}" in str(err.value)
+
+
+@pytest.mark.parametrize("text", ['{"vocab_size": 0}', '{"vocab": 65}', '{"vocab_size": 65.5}',
+                                  '{"vocab_size": true}', "[65]", "65,", "\xff"])
+def test_a_bad_vocab_file_is_refused_naming_it(shards, text):
+    (shards / VOCAB_FILE).write_bytes(text.encode("latin-1"))
+    with pytest.raises(ConfigError) as err:
+        TokenShards(shards, 4096, vocab_size_set=False)
+    assert err.value.keys == ["data.root"] and VOCAB_FILE in str(err.value)
+
+
+def test_a_vocab_file_beside_text_shards_is_refused(tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"text": "hello"}\n')
+    (tmp_path / VOCAB_FILE).write_text('{"vocab_size": 65}')
+    with pytest.raises(ConfigError) as err:
+        TokenShards(tmp_path, 300, cache_dir=tmp_path / "cache")
+    assert err.value.keys == ["data.root"] and "text shards" in str(err.value)
+
+
+def test_without_the_file_nothing_changes(shards):
+    (shards / VOCAB_FILE).unlink()
+    assert TokenShards(shards, 4096, vocab_size_set=False).vocab_size == 4096
