@@ -45,7 +45,7 @@ def test_train_end_to_end_writes_the_run_directory(tiny_config, tmp_path, capsys
                      "--threads", "1"])
     assert code == 0
     files = {p.name for p in out.iterdir()}
-    assert files == {"config.yaml", "metrics.csv", "summary.json", "trajectories.png", "model.pt"}
+    assert files == {".catapult-run.json", "config.yaml", "metrics.csv", "summary.json", "trajectories.png", "model.pt"}
     with open(out / "metrics.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [int(r["step"]) for r in rows] == list(range(7))

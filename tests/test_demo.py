@@ -21,8 +21,8 @@ def test_a_demo_run_writes_over_its_own_earlier_output(tmp_path):
     first = _run_one(config, str(out))
     second = _run_one(config, str(out))
     assert first[1]["final_train_loss"] == second[1]["final_train_loss"]
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "metrics.csv", "model.pt", "summary.json",
-                                                     "trajectories.png"]
+    assert sorted(p.name for p in out.iterdir()) == [".catapult-run.json", "config.yaml", "metrics.csv", "model.pt",
+                                                     "summary.json", "trajectories.png"]
 
 
 RUN = {"config.yaml": b"name: fig1_sp_T1\n", "metrics.csv": b"step,train_loss\n0,1.0\n",

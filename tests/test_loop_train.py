@@ -9,6 +9,7 @@ import torch
 
 from catapult.engine import build_run
 from catapult.engine.loop import RUN_FILES, Processes, in_run_directory, train
+from catapult.engine.run_dir import MANIFEST
 
 
 def _config():
@@ -51,7 +52,7 @@ def test_a_process_that_does_not_write_leaves_the_run_directory_alone(tmp_path):
     alone = tmp_path / "alone"
     alone.mkdir()
     train(build_run(_config()), alone, progress="none")   # the one process writes
-    assert {"metrics.csv", "summary.json"} <= {p.name for p in alone.iterdir()} <= set(RUN_FILES)
+    assert {"metrics.csv", "summary.json"} <= {p.name for p in alone.iterdir()} <= set(RUN_FILES) | {MANIFEST}
 
 
 def test_the_collapse_rule_is_the_processes_verdict_on_the_union_batch():
@@ -157,7 +158,7 @@ def test_a_run_stopped_while_writing_its_final_files_leaves_no_finished_summary(
     assert {"config.yaml", "metrics.csv"} <= set(kept)    # the rows written so far are kept
     monkeypatch.undo()
     loop.run(_config(), out_dir=tmp_path / "whole", progress="none")
-    assert sorted(p.name for p in (tmp_path / "whole").iterdir()) == sorted(RUN_FILES)
+    assert sorted(p.name for p in (tmp_path / "whole").iterdir()) == sorted(RUN_FILES + (MANIFEST,))
 
 
 def test_the_records_header_is_on_disk_before_any_row(tmp_path):

@@ -174,8 +174,8 @@ def test_run_directory_files(tmp_path):
     out = tmp_path / "run"
     cfg = tiny(eval={"sharpness_every": 4, "test_every": 5})
     result = run(cfg, out_dir=out, progress="none")
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "metrics.csv", "model.pt", "summary.json",
-                                                     "trajectories.png"]
+    assert sorted(p.name for p in out.iterdir()) == [".catapult-run.json", "config.yaml", "metrics.csv", "model.pt",
+                                                     "summary.json", "trajectories.png"]
     saved, final = torch.load(out / "model.pt", weights_only=True), result.model.state_dict()
     assert list(saved) == list(final) and all(torch.equal(saved[k], final[k]) for k in final)
     assert C.validate(yaml.safe_load((out / "config.yaml").read_text())) == result.config

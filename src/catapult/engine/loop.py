@@ -109,7 +109,7 @@ from catapult.engine.step import (NON_FINITE_TEST_LOSS, diverged, evaluates_test
 from catapult.engine.records import (SHARPNESS_CONVERGED_COLUMN, MetricsFile, metric_columns, json_safe, summarize, threshold_label,
                                      warmup_summary)
 from catapult.engine.run_dir import (DIGESTED_FILES, RUN_FILES, RUN_MARKERS, RunClaim, RunDirectoryError, check_out_dir,
-                                     claim_run_directory, in_run_directory, make_out_dir)
+                                     claim_run_directory, in_run_directory, make_out_dir, record_created, start_manifest)
 
 __all__ = ["RunResult", "run", "train", "Processes", "evaluate", "eval_chunk_rows", "EVAL_CHUNK_ELEMENTS", "RUN_FILES", "RUN_MARKERS", "RunDirectoryError",
            "check_out_dir", "make_out_dir", "in_run_directory", "RunClaim", "claim_run_directory"]
@@ -326,9 +326,14 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
         writing.append(claim_run_directory(out_path, overwrite))
         for name in RUN_FILES:  # overwrite: nothing of the earlier run survives next to this one
             (out_path / name).unlink(missing_ok=True)
+        # the manifest before any run file: a later --overwrite of a run killed before its summary
+        # replaces only what it lists (a user's torch.save file put there as model.pt is not)
+        start_manifest(out_path)
         # the records' header first, on disk at once: a run killed from here on leaves a folder
         # that reads as a run's (`--overwrite`, `catapult demo` rerun over it)
+        record_created(out_path, "metrics.csv", digest=False)
         metrics_file = MetricsFile(out_path / "metrics.csv", metric_columns(config), before_flush=complete)
+        record_created(out_path, "config.yaml", digest=False)   # a user may edit it (as the summary's digests)
         with write_errors_named(out_path / "config.yaml"):  # a full disk named no file
             (out_path / "config.yaml").write_text(cfg.dump_config(config))
 
@@ -446,9 +451,11 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
     if out_path is not None:  # each file whole or not at all, the summary (the run's verdict) last
         weights_path = out_path / "model.pt"  # `spectrum --weights`
         write_whole(weights_path, lambda fh: _save_weights(weights, fh, weights_path))
+        record_created(out_path, "model.pt")
         write_whole(out_path / "trajectories.png", lambda fh: plot_run(
             metrics, fh, title=config["name"], status=status, threshold_label=threshold_label(config, rule.kind),
             kind=rule.kind))
+        record_created(out_path, "trajectories.png")
         # the exact bytes of what came before, so that a later --overwrite replaces these files
         # and no user's file put in their place (config.yaml is left out: a user may edit it)
         written = {name: file_digest(out_path / name) for name in DIGESTED_FILES}

@@ -4,6 +4,7 @@
 writing (:func:`in_run_directory`). :func:`catapult.engine.loop.train` writes the files."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -11,9 +12,10 @@ from typing import Any
 from catapult.arguments import check_flag
 from catapult.files import (PARTIAL_PREFIX, PNG_START, file_digest, is_run_record, partial_of_ours, recorded_digests,
                             run_output_of_ours)
+from catapult.writing import write_text_whole
 
-__all__ = ["RUN_FILES", "RUN_MARKERS", "DIGESTED_FILES", "RunDirectoryError", "check_out_dir", "make_out_dir", "RunClaim",
-           "claim_run_directory", "in_run_directory"]
+__all__ = ["RUN_FILES", "RUN_MARKERS", "DIGESTED_FILES", "MANIFEST", "RunDirectoryError", "check_out_dir", "make_out_dir",
+           "RunClaim", "claim_run_directory", "in_run_directory", "start_manifest", "record_created", "created_files"]
 
 #: The files a run writes into its directory (``--overwrite`` replaces exactly these).
 RUN_FILES = ("config.yaml", "metrics.csv", "summary.json", "trajectories.png", "model.pt")
@@ -31,6 +33,55 @@ DIGESTED_FILES = ("metrics.csv", "model.pt", "trajectories.png")
 RUN_MARKERS = ("metrics.csv", "summary.json")
 
 
+#: The file a run writes first into its directory, before any run file: the run files it has
+#: created since, each with the SHA-256 of its bytes where written whole (``null`` for those it
+#: appends to or a user may edit: ``metrics.csv``, ``config.yaml``). A run killed before its
+#: ``summary.json`` (which records the digests of a finished run) leaves it, so ``--overwrite``
+#: replaces only what that run wrote: a ``torch.save`` file put there as ``model.pt`` since is not.
+MANIFEST = ".catapult-run.json"
+#: The manifest's one key.
+_MANIFEST_KEY = "catapult_run_created"
+
+
+def start_manifest(path: Path) -> None:
+    """Write the :data:`MANIFEST` of a run starting in ``path``: nothing created yet.
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> start_manifest(folder); created_files(folder)
+    {}
+    >>> _ = (folder / "model.pt").write_bytes(b"w"); record_created(folder, "model.pt"); sorted(created_files(folder))
+    ['model.pt']
+    """
+    write_text_whole(path / MANIFEST, json.dumps({_MANIFEST_KEY: {}}) + "\n")
+
+
+def record_created(path: Path, name: str, *, digest: bool = True) -> None:
+    """Add the run file ``name`` of ``path`` to its :data:`MANIFEST` (with its digest unless
+    ``digest=False``), written whole again."""
+    created = created_files(path) or {}
+    created[name] = file_digest(path / name) if digest else None
+    write_text_whole(path / MANIFEST, json.dumps({_MANIFEST_KEY: created}, indent=1) + "\n")
+
+
+def created_files(path: Path) -> dict[str, str | None] | None:
+    """The run files the :data:`MANIFEST` in ``path`` lists (name -> digest or None); None
+    without one, or where the file of that name is not a manifest a run wrote (a link, another
+    file: then it is not ours to replace either)."""
+    manifest = Path(path) / MANIFEST
+    try:
+        if manifest.is_symlink() or not manifest.is_file() or manifest.stat().st_size > 1 << 16:
+            return None
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    created = data.get(_MANIFEST_KEY) if isinstance(data, dict) and set(data) == {_MANIFEST_KEY} else None
+    if not isinstance(created, dict) or not all(isinstance(k, str) and (v is None or isinstance(v, str))
+                                                for k, v in created.items()):
+        return None
+    return created
+
+
 def check_out_dir(out_dir: str | Path, overwrite: bool = False, *,
                   replaces: tuple[str, ...] = RUN_FILES) -> Path:
     """``out_dir`` as a Path once it is known to be usable, before any work: a directory that is
@@ -46,7 +97,11 @@ def check_out_dir(out_dir: str | Path, overwrite: bool = False, *,
     Where the earlier run's ``summary.json`` records the digests of its files (runs from
     this version on, :data:`catapult.files.WRITTEN`), each must also have those exact bytes: a
     user's own ``model.pt`` saved there since is not the run's, though torch.save wrote it.
-    Other files of an earlier run's directory (a user's notes) are left as they are.
+    Other files of an earlier run's directory (a user's notes) are left as they are. A run killed
+    before its summary is judged by its :data:`MANIFEST`, written before any run file: a file it
+    does not list (a ``model.pt`` the run never wrote) or whose bytes differ from those it records
+    is refused; a folder of an earlier version's killed run (no manifest, no summary) may not hold
+    a ``model.pt`` (a run writes it just before the summary).
 
     Raises :class:`RunDirectoryError` saying what is in the way.
     """
@@ -175,7 +230,11 @@ def _check_earlier_run(path: Path, entries: list[Path], replaces: tuple[str, ...
     if links:
         raise RunDirectoryError(f"{path} is not an earlier run's directory (it holds {', '.join(links)} "
                                 f"(not a plain file)); {refuse}")
-    if not any(is_run_record(path / name) for name in RUN_MARKERS if name in replaces):
+    created = created_files(path)
+    if created is None and ((path / MANIFEST).exists() or (path / MANIFEST).is_symlink()):
+        # a file of the manifest's name that no run wrote: the next run would replace it
+        raise RunDirectoryError(f"{path / MANIFEST} is not the manifest a catapult run writes; {refuse}")
+    if created is None and not any(is_run_record(path / name) for name in RUN_MARKERS if name in replaces):
         # a user's folder (its metrics.csv beside a config, or only notes): the run's files
         # would be written into it, over or beside the user's own
         shown = [p.name for p in present] or [e.name for e in entries[:3]]
@@ -186,13 +245,18 @@ def _check_earlier_run(path: Path, entries: list[Path], replaces: tuple[str, ...
     foreign = [p.name for p in present if not run_output_of_ours(p)]
     foreign += [e.name for e in entries if e.name in partials
                 and not partial_of_ours(e, run_output_of_ours, _PARTIAL_STARTS.get)]
+    finished = is_run_record(path / "summary.json")   # its digests judge the files, below
+    if not finished and created is not None:  # killed before its summary: what its manifest lists, no more
+        foreign += [p.name for p in present if p.name not in created and p.name not in foreign]
+    elif not finished:  # a run of an earlier version: model.pt is written just before the summary, not before
+        foreign += [p.name for p in present if p.name == "model.pt" and p.name not in foreign]
     if foreign:
         names = ", ".join(str(path / name) for name in foreign)
         what = "is not a file" if len(foreign) == 1 else "are not files"
         raise RunDirectoryError(f"{names} {what} a catapult run wrote (judged by contents, not by name); "
                                 f"--overwrite replaces only a run's own files: move {'it' if len(foreign) == 1 else 'them'} "
                                 f"away, or choose a new or empty directory")
-    recorded = recorded_digests(path / "summary.json")
+    recorded = recorded_digests(path / "summary.json") if finished else {k: v for k, v in (created or {}).items() if v}
     changed = [p.name for p in present if p.name in recorded and file_digest(p) != recorded[p.name]]
     if changed:
         names = ", ".join(str(path / name) for name in changed)
@@ -211,7 +275,7 @@ def _discard(path: Path, created: bool) -> None:
     if created:
         shutil.rmtree(path, ignore_errors=True)
         return
-    for name in RUN_FILES:
+    for name in RUN_FILES + (MANIFEST,):
         try:
             (path / name).unlink()
         except OSError:

@@ -1,0 +1,91 @@
+"""``--overwrite`` of a run killed before its summary replaces only what that run wrote: the run
+writes a manifest (``.catapult-run.json``) before any run file and adds each file it creates, so a
+user's own ``torch.save`` file put there as ``model.pt`` afterwards is refused by name (exit 2) and
+left as it was; it was taken for the run's by its format alone (a torch zip). The kill is a
+``KeyboardInterrupt`` in the final ``torch.save``, which, as a kill does, leaves the run's files."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from catapult import cli
+from catapult.config import load_config
+from catapult.engine.run_dir import MANIFEST, RunDirectoryError, check_out_dir
+from tiny_run import tiny_config
+
+
+@pytest.fixture
+def killed(tmp_path, monkeypatch):
+    """The folder of a tiny run killed before its model.pt and summary (its config beside it)."""
+    import catapult.engine.loop as loop
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(tiny_config("tiny"))
+    out = tmp_path / "run"
+
+    def killed_in_save(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(loop, "_save_weights", killed_in_save)
+        with pytest.raises(KeyboardInterrupt):
+            loop.run(load_config(str(config)), out_dir=out, progress="none")
+    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST, "config.yaml", "metrics.csv"])
+    return config, out
+
+
+def _user_model(path):
+    torch.save({"w": torch.arange(3.0)}, path)   # a torch zip, as a run's model.pt is
+    return path.read_bytes()
+
+
+def test_a_users_model_put_in_a_killed_runs_folder_is_not_replaced(killed, capsys):
+    config, out = killed
+    mine = _user_model(out / "model.pt")
+    assert cli.main(["train", str(config), "--out", str(out), "--overwrite", "--progress", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "model.pt" in err and "Traceback" not in err
+    assert (out / "model.pt").read_bytes() == mine          # was replaced by the run's weights
+
+
+def test_a_killed_runs_own_files_are_replaced(killed, capsys):
+    config, out = killed
+    (out / "config.yaml").write_text((out / "config.yaml").read_text() + "# my note\n")   # edits are allowed
+    assert cli.main(["train", str(config), "--out", str(out), "--overwrite", "--progress", "none"]) == 0
+    assert json.loads((out / "summary.json").read_text())["status"]
+    listed = json.loads((out / MANIFEST).read_text())["catapult_run_created"]
+    assert sorted(listed) == ["config.yaml", "metrics.csv", "model.pt", "trajectories.png"]
+    assert listed["model.pt"].startswith("sha256:")
+    check_out_dir(out, overwrite=True)      # the finished run's folder may be overwritten again
+
+
+def test_a_model_pt_after_the_run_wrote_its_own_is_judged_by_the_recorded_bytes(killed):
+    _, out = killed
+    from catapult.engine.run_dir import record_created
+
+    torch.save({"w": torch.zeros(2)}, out / "model.pt")  # as if the run had written it, then been killed
+    record_created(out, "model.pt")
+    check_out_dir(out, overwrite=True)                   # the run's own: may be replaced
+    _user_model(out / "model.pt")                        # a user's saved over it since
+    with pytest.raises(RunDirectoryError, match="model.pt is not the file the earlier run wrote"):
+        check_out_dir(out, overwrite=True)
+
+
+def test_a_killed_run_of_an_earlier_version_may_not_hold_a_model_pt(killed):
+    _, out = killed
+    (out / MANIFEST).unlink()                            # no manifest: written before this version
+    check_out_dir(out, overwrite=True)                   # its config and records are still the run's
+    _user_model(out / "model.pt")
+    with pytest.raises(RunDirectoryError, match="model.pt is not a file a catapult run wrote"):
+        check_out_dir(out, overwrite=True)
+
+
+@pytest.mark.parametrize("text", ['{"mine": 1}', "not json", '{"catapult_run_created": {"model.pt": 3}}'])
+def test_a_file_of_the_manifests_name_that_no_run_wrote_is_refused(killed, text):
+    _, out = killed
+    (out / MANIFEST).write_text(text)
+    with pytest.raises(RunDirectoryError, match=r"\.catapult-run\.json"):
+        check_out_dir(out, overwrite=True)
+    assert (out / MANIFEST).read_text() == text
