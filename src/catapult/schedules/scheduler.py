@@ -87,7 +87,8 @@ class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
     halved the lr once and never decayed.) A factor applied while this scheduler's lr was 0 is
     not seen. In ``SequentialLR`` a scheduler taking over at a milestone starts from the groups'
     ``initial_lr`` (their lr before any scheduler: with :func:`catapult.param_groups`,
-    ``lr_target * lr_mult``), and this one, taking over, starts afresh (``fn(0)``). ``LambdaLR``
+    ``lr_target * lr_mult``), and this one, taking over or first, starts afresh (``fn(0)``); a
+    group added later (``add_param_group``) gets ``fn(t) * lr_mult`` from the next step. ``LambdaLR``
     sets absolute lrs too (``initial_lr * lambda(t)``): beside this one the last to step wins, as
     between torch's own; compose the functions instead (``attach(opt, lambda t: fn(t) * g(t))``).
 
@@ -143,7 +144,15 @@ class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
         lr = self._lr_at(self.last_epoch)
         last = getattr(self, "_last_lr", None)  # what the previous step set (none before the first)
         groups = self.optimizer.param_groups
-        if last is not None and len(last) == len(groups) == len(self.factors):
+        # a group added since (optimizer.add_param_group): factor 1 (the factors were one short, and
+        # torch's step refused the shorter list: "zip() argument 2 is shorter than argument 1")
+        self.factors = (list(self.factors) + [1.0] * len(groups))[:len(groups)]
+        if self._step_count <= 1:
+            # the first step: at construction, or SequentialLR's start, which had set the groups to
+            # their initial_lr (the lrs before any scheduler): no factor to take in (that initial_lr
+            # over fn(0) was taken for one, 4x the warmup's peak and every lr_mult lost)
+            self.factors = [1.0] * len(groups)
+        elif last is not None:
             for i, (group, before) in enumerate(zip(groups, last)):
                 now, before = float(group["lr"]), float(before)
                 if now != before and before > 0:  # another scheduler's (or a hand's) factor
