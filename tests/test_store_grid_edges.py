@@ -3,6 +3,7 @@ the grid's value at the cell's place, as written or as the config normalized it 
 docstring). Truth: the grid as written in the sweep's spec and the rule of that docstring."""
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import pytest
@@ -129,3 +130,28 @@ def test_a_number_at_an_infinite_place_must_be_infinite():
     for edited in (1e308, 1e6):
         assert grid_value_problem([{"id": 1, "swept": {"train.divergence_factor": edited}}], axes) == (
             f"cell 1 swept_json train.divergence_factor {edited!r} is not the grid's value at the cell's place (inf)")
+
+
+@pytest.mark.parametrize("key, places, edited", [
+    ("optimizer.betas", [[0.9, 0.999], [0.9, 0.95]], [0.9, 0.99]),
+    ("model.bias", [False], True),
+    ("train.batch_size", [None], 7),
+])
+def test_a_made_up_list_bool_or_none_at_a_place_no_other_cell_holds_is_refused(tmp_path, capsys, key, places, edited):
+    # a one-axis sweep of betas (or a bias, or a batch size left None): each place has one cell,
+    # and a place that is neither a number, a relative lr nor a name had no rule of its own: betas
+    # [0.9, 0.99] (no place of the grid) at [0.9, 0.999]'s cell, a bias true at a grid of false,
+    # were exported as results of the grid (the config ran the place's value)
+    config = cfg.validate({"name": "t", "train": {"steps": 3}, "optimizer": {"name": "adam"}})
+    spec = parse_sweep({"grid": {key: places}})
+    path = tmp_path / "s.db"
+    run_sweep(config, spec, path, run_fn=FakeRun(), lambda0_fn=FakeLambda0(), progress="none")
+    with Store(path, create=False) as store:
+        assert [c["swept"][key] for c in store.cells()] == places
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE cells SET swept_json = ? WHERE id = 0", (json.dumps({key: edited}),))
+    conn.commit()
+    conn.close()
+    assert main(["export", str(path), "--out", str(tmp_path / "o.csv")]) == 2
+    assert f"cell 0 swept_json {key} {edited!r} is not the grid's value" in capsys.readouterr().err
+    assert not (tmp_path / "o.csv").exists()

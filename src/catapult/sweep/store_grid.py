@@ -68,8 +68,8 @@ def grid_value_problem(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mappin
     """What is wrong with the swept values of ``cells`` (dicts with ``id`` and ``swept``) on the grid
     of ``axes``, or None: a key the grid does not sweep or a swept key missing, a cell id past the
     grid, a value that is another place's value, a number other than its place's number, a relative
-    lr other than its place's ``c/lambda0``, a name other than its place's as the config normalizes
-    it, or two cells at one place holding different values.
+    lr other than its place's ``c/lambda0``, any other value (a name, a bool, a list, None) other
+    than its place's as the config normalizes it, or two cells at one place holding different values.
 
     >>> axes = [{"key": "optimizer.lr", "values": ["2^-3", 0.5], "labels": ["2^-3", "0.5"]}]
     >>> grid_value_problem([{"id": 0, "swept": {"optimizer.lr": 0.125}}, {"id": 1, "swept": {"optimizer.lr": 0.5}}], axes)
@@ -99,9 +99,10 @@ def grid_value_problem(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mappin
                 others = [i for i, t in enumerate(written_texts[k]) if i != place and t == text]
                 want, have = _number(written), _number(value)
                 relative = _relative(written)   # a c/lambda0 place: its c (one cell may hold the place alone)
-                # a name's place ("SGD"): what the config makes of it (one cell may hold the place alone,
-                # and a made-up "rmsprop" there was read as a result of the grid)
-                named = (isinstance(written, str) and want is None and relative is None
+                # a place of a name ("SGD"), a bool, a list (optimizer.betas) or None: what the config
+                # makes of it (one cell may hold the place alone, and a made-up "rmsprop", betas
+                # [0.5, 0.5] or a bias false at a place of true was read as a result of the grid)
+                named = (want is None and relative is None
                          and (place_value := _normalized(axis["key"], written)) is not None)
                 if others or (want is not None and (have is None or isinstance(value, str)
                                                     or not math.isclose(have, want, rel_tol=1e-9))) \
