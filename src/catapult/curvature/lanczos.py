@@ -162,12 +162,19 @@ def tridiagonal_top_pair(alphas: Sequence[float], betas: Sequence[float]) -> tup
         return float(d[0]), np.ones(1), float(d[0])
     from scipy.linalg import eigh_tridiagonal, eigvalsh_tridiagonal  # scikit-learn's dependency; ~0.1 s to import
 
+    # stebz works with the squares of the off-diagonal: beyond ~1e154 it did not converge (a
+    # LinAlgError) or gave nan vectors, below ~1e-154 a wrong pair (2.0 for 2.65e-155 / 1e-155),
+    # where the dense eigh is right. Scaled to ~1 by a power of 2 (exact) and back.
+    scale = float(max(np.abs(d).max(), np.abs(e).max(initial=0.0)))
+    exponent = int(np.frexp(scale)[1]) if scale > 0 and math.isfinite(scale) else 0
+    d, e = np.ldexp(d, -exponent), np.ldexp(e, -exponent)
     top, vectors = eigh_tridiagonal(d, e, select="i", select_range=(m - 1, m - 1), check_finite=False)
     lowest = eigvalsh_tridiagonal(d, e, select="i", select_range=(0, 0), check_finite=False)
     s = vectors[:, 0]
     if s[np.argmax(np.abs(s))] < 0:  # not s_0's sign: s_0 can be 1e-49, its sign noise
         s = -s
-    return float(top[0]), s, float(lowest[0])
+    with np.errstate(over="ignore"):   # (a top past 1.8e308 is inf, as the dense eigh's)
+        return float(np.ldexp(top[0], exponent)), s, float(np.ldexp(lowest[0], exponent))
 
 
 def thick_restart(ritz_values: np.ndarray, ritz_vectors: np.ndarray, beta: float, keep: int,
