@@ -152,3 +152,26 @@ def test_sgd_that_moves_part_of_the_model_records_the_moved_blocks_sharpness(gro
     assert record.kind == "lr_scaled" and record.threshold == pytest.approx(2 / 0.1)
     assert record.value == pytest.approx(_top(H[n0:, n0:]), rel=1e-8)
     assert _top(H) > 1.2 * record.value          # the whole model's top is another number
+
+
+@pytest.mark.parametrize("first", ["frozen_body", "empty"])
+def test_a_first_group_that_moves_nothing_trainable_is_not_the_reference(first):
+    # fine-tuning a head: SGD([{body, lr 1e-3}, {head, lr 1e-2}]) with the body frozen by
+    # requires_grad=False (or an empty first group at lr 1.0). Every trainable parameter steps at
+    # 1e-2, so the record is the head block's Hessian top against 2 / 1e-2 ('hessian', lr 1e-2); the
+    # first group was the reference: 'lr_scaled', 10x the top (100x for the empty group), lr 1e-3
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2)).double()
+    gen = torch.Generator().manual_seed(1)
+    batch = (torch.randn(12, 3, generator=gen, dtype=torch.float64), torch.randn(12, 2, generator=gen, dtype=torch.float64))
+    loss = nn.MSELoss()
+    hessian = dense_hessian(model, loss, batch).numpy()[20:, 20:]   # the head's block (its 12 entries)
+    top = float(np.linalg.eigvalsh((hessian + hessian.T) / 2)[-1])
+    for p in model[0].parameters():
+        p.requires_grad_(False)
+    body = list(model[0].parameters()) if first == "frozen_body" else []
+    sgd = torch.optim.SGD([{"params": body, "lr": 1e-3 if body else 1.0}, {"params": model[2].parameters(), "lr": 1e-2}])
+    record = catapult.SharpnessTracker(model, loss, sgd, tol=1e-9, max_iter=200).step(batch)
+    assert record.kind == "hessian" and record.lr == 1e-2 and record.converged
+    assert record.value == pytest.approx(top, rel=1e-8)
+    assert record.threshold == pytest.approx(200.0, rel=1e-12)

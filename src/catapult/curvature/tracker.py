@@ -16,9 +16,11 @@ Which sharpness (``kind="auto"``), as ``catapult train`` measures it
 * RAdam: ``"hessian"`` while its next step is un-rectified, ``"preconditioned"`` afterwards.
 
 The threshold is :func:`~catapult.curvature.sharpness.instability_threshold` at the first group's
-current lr (lowered by its weight decay's own curvature, so that the sharpness stays the loss's) (``inf`` while every group's lr is 0, as at the start of a warmup from 0). Where the
-first group's lr is 0 while another group's is not (a frozen part listed first), the first group
-that moves is the reference instead (its lr is ``lr_0`` above and the record's ``lr``).
+current lr (lowered by its weight decay's own curvature, so that the sharpness stays the loss's)
+(``inf`` while every group's lr is 0, as at the start of a warmup from 0). Where the
+first group moves nothing while another moves (a part frozen by lr 0 or ``requires_grad=False``
+listed first, an empty group), the first group that moves is the reference instead (its lr is
+``lr_0`` above and the record's ``lr``).
 """
 from __future__ import annotations
 
@@ -104,17 +106,24 @@ def _check_lrs(optimizer: torch.optim.Optimizer) -> None:
                              f"finite lr >= 0 in every group")
 
 
+def _moves(group: dict) -> bool:
+    """Whether the step moves something of ``group``: an lr > 0 and a trainable parameter."""
+    return _group_lr(group) > 0 and any(p.requires_grad for p in group["params"])
+
+
 def _reference_view(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
-    """``optimizer``, or where its first group's lr is 0 while another group moves (parameters,
-    lr > 0) a shallow view of it whose first group is the first that moves: the measurements'
+    """``optimizer``, or where its first group moves nothing (lr 0, or no trainable parameter: an
+    empty group, a body frozen by ``requires_grad=False`` listed first) while another group moves
+    (a trainable parameter, lr > 0) a shallow view of it whose first group is the first that moves: the measurements'
     operators and the threshold take the first group as their reference (``lr_i / lr_0``,
     ``2 / lr_0``), and a first group held at lr 0 (a frozen part listed first) made the threshold
     ``inf`` (ratio 0) and the operator one in which every group moved alike, while the next step
-    moves the other groups. The view shares the optimizer's state and groups; nothing is changed."""
+    moves the other groups (a frozen first group at lr 1e-3 beside the head's 1e-2 gave the head's
+    top times 10 as 'lr_scaled', with lr 1e-3). The view shares the optimizer's state and groups; nothing is changed."""
     groups = optimizer.param_groups
-    if _group_lr(groups[0]) > 0:
+    if _moves(groups[0]):
         return optimizer
-    moving = next((g for g in groups if g["params"] and _group_lr(g) > 0), None)
+    moving = next((g for g in groups if _moves(g)), None)
     if moving is None:      # every group at lr 0 (a warmup from 0): the first group's, inf
         return optimizer
     view = object.__new__(type(optimizer))
