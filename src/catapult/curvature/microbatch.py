@@ -303,7 +303,17 @@ def _rebuilt(tree, children: list, values: list):
     out = copy.copy(tree)   # a dict or list subclass, a UserDict: its class and attributes kept
     if isinstance(out, list):
         out[:] = values
-    else:
+        return out
+    for (_, key, _), value in zip(children, values):
+        out[key] = value
+    changed = [(key, old) for (_, key, old), value in zip(children, values) if value is not old and tree[key] is value]
+    if changed:
+        # a mapping whose copy.copy shares its items with ``tree`` (a MutableMapping keeping them in
+        # an attribute): the user's batch was written over (chunk_size cut it to its first piece,
+        # then failed; dtype= left it cast). Put back, and copy the container, not the tensors.
+        for key, old in changed:
+            tree[key] = old
+        out = copy.deepcopy(tree, {id(old): old for _, _, old in children})
         for (_, key, _), value in zip(children, values):
             out[key] = value
     return out
