@@ -145,6 +145,23 @@ def _check_unsaid_coupling(group: dict[str, Any], where: str) -> None:
                          "set the group's 'decoupled_weight_decay' to True before loading it")
 
 
+#: The keys of a parameter's Adam state (GIAdam's and torch Adam/AdamW's alike).
+_STATE_KEYS = ("step", "exp_avg", "exp_avg_sq")
+
+
+def _check_state_keys(state_dict: Any) -> None:
+    """Refuse a saved parameter state that is not an Adam state (``step``, ``exp_avg``,
+    ``exp_avg_sq``; or empty): another optimizer's. An Adamax state (``exp_inf``) loaded and
+    stepped, its ``exp_avg_sq`` drawn afresh mid-run and its coupled L2 taken as decoupled; an
+    SGD state (``momentum_buffer``) loaded and the next ``step()`` raised ``KeyError: 'step'``."""
+    state = state_dict.get("state") if isinstance(state_dict, dict) else None
+    for key, entry in (state.items() if isinstance(state, dict) else ()):
+        if isinstance(entry, dict) and entry and set(entry) != set(_STATE_KEYS):
+            raise ValueError(f"state_dict: the state of parameter {key} has {sorted(map(str, entry))}, not an "
+                             f"Adam state {list(_STATE_KEYS)}: a state of another optimizer (exp_inf: Adamax; "
+                             f"momentum_buffer: SGD) does not load into GIAdam")
+
+
 class GIAdam(torch.optim.Optimizer):
     """Adam whose second moment starts at ``v0 * g_1^2`` (GI-Adam), with decoupled weight decay.
 
@@ -249,6 +266,7 @@ class GIAdam(torch.optim.Optimizer):
                 _check_torch_adam_flags(group, where, group.get("weight_decay",
                                                                 self.defaults["weight_decay"]))
                 _check_unsaid_coupling(group, where)
+        _check_state_keys(state_dict)
         self._check_state_shapes(state_dict)
         super().load_state_dict(state_dict)
 

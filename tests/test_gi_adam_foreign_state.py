@@ -1,0 +1,39 @@
+"""GIAdam.load_state_dict refuses a parameter state that is not an Adam state (step, exp_avg,
+exp_avg_sq): another optimizer's, as torch writes it. An Adamax state (exp_inf) loaded and stepped
+with a second moment drawn afresh mid-run; an SGD state (momentum_buffer) loaded and the next step
+raised KeyError 'step'. Truth: the states torch's own optimizers write; torch Adam's loads."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from catapult.optim import GIAdam
+
+
+def _saved(cls, **options):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 2)
+    opt = cls(model.parameters(), **options)
+    model(torch.randn(3, 2)).sum().backward()
+    opt.step()
+    return model, opt.state_dict()
+
+
+@pytest.mark.parametrize("cls, options, key", [
+    (torch.optim.Adamax, {"weight_decay": 0.0}, "exp_inf"),
+    (torch.optim.SGD, {"lr": 0.1, "momentum": 0.9}, "momentum_buffer"),
+    (torch.optim.NAdam, {}, "mu_product"),
+])
+def test_another_optimizers_state_is_refused_before_anything_changes(cls, options, key):
+    model, saved = _saved(cls, **options)
+    opt = GIAdam(model.parameters(), lr=0.01)
+    with pytest.raises(ValueError, match=rf"the state of parameter 0 has \[.*'{key}'.*\], not an Adam state"):
+        opt.load_state_dict(saved)
+    assert opt.state_dict()["state"] == {} and opt.param_groups[0]["lr"] == 0.01
+    # torch Adam's state (the same keys) still loads, and steps on from its count
+    _, adam = _saved(torch.optim.Adam)
+    opt.load_state_dict(adam)
+    model(torch.randn(3, 2)).sum().backward()
+    opt.step()
+    assert float(opt.state[model.weight]["step"]) == 2.0
+
