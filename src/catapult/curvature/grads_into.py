@@ -114,11 +114,13 @@ def edges_as_outputs() -> bool:
     >>> isinstance(edges_as_outputs(), bool)
     True
     """
-    w = torch.zeros(1, requires_grad=True)
-    with torch.enable_grad():
+    # outside inference mode and on the CPU (probed first under inference_mode or a default device
+    # "meta", the answer was False or a failure, kept for the process)
+    with torch.inference_mode(False), torch.enable_grad():
+        w = torch.zeros(1, requires_grad=True, device="cpu")
         y = w * 2.0
         try:
-            torch.autograd.backward([get_gradient_edge(y)], grad_tensors=[torch.ones(1)], inputs=[w])
+            torch.autograd.backward([get_gradient_edge(y)], grad_tensors=[torch.ones(1, device="cpu")], inputs=[w])
         except (AttributeError, TypeError, RuntimeError):
             return False
     return w.grad is not None and w.grad.tolist() == [2.0]
