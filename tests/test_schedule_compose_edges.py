@@ -68,3 +68,47 @@ def test_a_group_added_under_a_chained_decay_composes():
     got = _lrs(opt, chain, 4)
     want = [[F(t) * 0.5 ** t, F(t) * 0.25 * 0.5 ** t, F(t) * 0.5 * 0.5 ** (t - 3)] for t in range(4, 7)]
     np.testing.assert_allclose(got[1:], want, rtol=1e-12, atol=0)
+
+
+def test_a_factor_applied_while_the_schedules_lr_is_0_is_not_seen():
+    # warmup from 0: a hand edit of the lr at step 0 (0 -> 0.5) has no ratio to the 0 this
+    # scheduler set (the docstring: 'not seen'); the lrs go on as fn(t) * lr_mult (a ratio over 0
+    # was a ZeroDivisionError)
+    opt = _opt()
+    def fn(t):
+        return min(t, 4) / 4
+
+    sched = attach(opt, fn)
+    assert [g["lr"] for g in opt.param_groups] == [0.0, 0.0]
+    for group in opt.param_groups:
+        group["lr"] = 0.5
+    got = _lrs(opt, sched, 4)
+    np.testing.assert_allclose(got[1:], [[fn(t) * m for m in (1.0, 0.25)] for t in range(1, 4)], rtol=1e-12, atol=0)
+
+
+def test_a_hand_over_by_step_epoch_starts_afresh_without_the_factors_before_it():
+    # ChainedScheduler([attach, ExponentialLR(0.5)]) for 3 steps, then step(0) (what SequentialLR
+    # does at a milestone): fn(0) * lr_mult, and the plain steps after it fn(t) * lr_mult with no
+    # factor from before the hand-over (the docstring: 'starts afresh')
+    opt = _opt()
+    sched = attach(opt, F)
+    chain = lr_scheduler.ChainedScheduler([sched, lr_scheduler.ExponentialLR(opt, gamma=0.5)])
+    _lrs(opt, chain, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # torch's step(epoch) deprecation warning
+        sched.step(0)
+    got = _lrs(opt, sched, 3)
+    np.testing.assert_allclose(got, [[F(t) * m for m in (1.0, 0.25)] for t in range(3)], rtol=1e-12, atol=0)
+
+
+def test_a_state_saved_before_the_factors_existed_loads_with_none():
+    # a checkpoint of an older catapult (no 'factors' key), loaded into a scheduler that has run
+    # beside a decay: no factor was applied when it was saved, so the factors are 1
+    opt = _opt()
+    sched = attach(opt, F)
+    chain = lr_scheduler.ChainedScheduler([sched, lr_scheduler.ExponentialLR(opt, gamma=0.5)])
+    _lrs(opt, chain, 3)
+    assert sched.factors != [1.0, 1.0]
+    old = {k: v for k, v in sched.state_dict().items() if k != "factors"}
+    sched.load_state_dict(old)
+    assert sched.factors == [1.0, 1.0]
