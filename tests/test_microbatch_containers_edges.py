@@ -75,3 +75,11 @@ def test_rows_picked_by_a_slice_are_contiguous_and_0_d_tensors_go_whole():
     assert picked["x"].tolist() == [[0.0, 1.0], [4.0, 5.0], [8.0, 9.0]] and picked["x"].is_contiguous()
     assert picked["scale"] is scale
     assert sample_index({"x": x, "scale": scale}, [5, 0])["scale"] is scale
+
+
+def test_a_namedtuple_batch_is_rebuilt_field_by_field():
+    from collections import namedtuple
+
+    Pair = namedtuple("Pair", ["ids", "mask"])
+    piece = sample_rows(Pair(torch.arange(5), torch.ones(5)), 1, 3)
+    assert type(piece) is Pair and piece.ids.tolist() == [1, 2] and piece.mask.tolist() == [1.0, 1.0]
