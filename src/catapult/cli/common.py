@@ -3,6 +3,7 @@ validating the config (exit code 2 on bad input, by :func:`catapult.cli.main`), 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
@@ -14,7 +15,7 @@ from catapult.files import UNMARKED_FIGURES, figure_path, is_run_record, partial
 from catapult.sweep.store_file import has_sqlite_header
 
 __all__ = ["add_config_arguments", "config_from_args", "overrides_from_args", "apply_threads", "check_out_file",
-           "check_image_file", "figure_path", "check_study_dir", "threads_problem", "max_threads", "workers_problem",
+           "output_folders", "check_image_file", "figure_path", "check_study_dir", "threads_problem", "max_threads", "workers_problem",
            "max_workers",
            "partial_of_ours", "path_option", "store_problem", "coord_check_ignored_note"]
 
@@ -176,8 +177,9 @@ def check_out_file(option: str, path, replaces: tuple[str, ...] | None = None, *
     """Refuse, before any work, an output file path (``--out``) that is a directory, a symbolic
     link (writing through it would change the file it points to), an SQLite database (the store
     being read, or another), an existing file catapult did not write, one of a ``catapult train``
-    run's own files in its directory, or whose folder does not exist or cannot be written: a
-    ConfigError naming the option.
+    run's own files in its directory, or whose folder cannot be made or written (a file or a link
+    to nothing in its place, the nearest existing folder not writable): a ConfigError naming the
+    option. Missing folders are made when the file is written (:func:`output_folders`).
 
     ``replaces``: the suffixes of the files the command writes (e.g. ``(".html",)``). An existing
     file is replaced only when catapult wrote it in the format the command writes
@@ -197,12 +199,14 @@ def check_out_file(option: str, path, replaces: tuple[str, ...] | None = None, *
     if path.is_dir():
         raise ConfigError([(option, f"{path} is a directory; give a file name")])
     folder = path.absolute().parent
-    if folder.exists() and not folder.is_dir():
-        raise ConfigError([(option, f"{folder} is a file, not a folder")])
-    if not folder.is_dir():
-        raise ConfigError([(option, f"the folder {folder} does not exist")])
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ConfigError([(option, f"the folder {folder} is not writable")])
+    # missing folders are made when the file is written (output_folders); what stands in the way of
+    # making them is refused now: a file or a link to nothing where a folder goes, an unwritable folder
+    present = next(p for p in (folder, *folder.parents) if p.exists() or p.is_symlink())
+    if not present.is_dir():
+        what = "a link to nothing" if present.is_symlink() and not present.exists() else "a file"
+        raise ConfigError([(option, f"{present} is {what}, not a folder")])
+    if not os.access(present, os.W_OK | os.X_OK):
+        raise ConfigError([(option, f"the folder {present} is not writable")])
     if path.exists() and any(is_run_record(folder / name) for name in ("metrics.csv", "summary.json")):
         from catapult.engine.run_dir import RUN_FILES  # not the loop: no torch for a refusal
 
@@ -222,6 +226,40 @@ def check_out_file(option: str, path, replaces: tuple[str, ...] | None = None, *
     if path.exists() and not ours:
         raise ConfigError([(option, f"{path} exists and catapult did not write it; give a new file name "
                                     f"(or remove it first)")])
+
+
+@contextlib.contextmanager
+def output_folders(path):
+    """Make the missing folders of an output file the user named (``--plot runs/spectrum.png`` in
+    a fresh clone) for the block that writes it, as ``catapult train --out`` and a new sweep store
+    make theirs; where the block raises (a store that cannot be read, an interrupt), the folders it
+    made are removed again while empty, so a refused command leaves nothing behind. Only folders on
+    that path are made (:func:`check_out_file` refused, before any work, a file in their place).
+
+    >>> import tempfile, os
+    >>> root = tempfile.mkdtemp()
+    >>> with output_folders(os.path.join(root, "runs", "deep", "fig.png")):
+    ...     sorted(os.listdir(os.path.join(root, "runs")))
+    ['deep']
+    >>> try:
+    ...     with output_folders(os.path.join(root, "other", "fig.png")):
+    ...         raise KeyboardInterrupt
+    ... except KeyboardInterrupt:
+    ...     sorted(os.listdir(root))
+    ['runs']
+    """
+    folder = Path(path).absolute().parent
+    missing = [p for p in (folder, *folder.parents) if not (p.exists() or p.is_symlink())]   # deepest first
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield folder
+    except BaseException:
+        for made in missing:
+            try:
+                made.rmdir()
+            except OSError:   # something was written there (or it went): leave it and those above
+                break
+        raise
 
 
 def _is_sqlite(path: Path) -> bool:

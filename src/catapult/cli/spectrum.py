@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import json
 
-from catapult.cli.common import add_config_arguments, check_image_file, config_from_args, figure_path, path_option
+from catapult.cli.common import (add_config_arguments, check_image_file, config_from_args, figure_path, output_folders,
+                                 path_option)
 from catapult.config import ConfigError
 from catapult.engine.records import json_safe
 from catapult.files import missing_file_problem
@@ -83,8 +84,9 @@ def _command(args) -> int:
 
         what = "Gauss-Newton" if args.curvature == "ggn" else "Hessian"
         where = "trained weights" if args.weights else "initialisation"
-        plot_spectral_density(dens, args.plot, title=f"{result['name']}\n{what} spectrum at {where}, batch 0",
-                              marks=result["eigenvalues"])
+        with output_folders(args.plot):
+            plot_spectral_density(dens, args.plot, title=f"{result['name']}\n{what} spectrum at {where}, batch 0",
+                                  marks=result["eigenvalues"])
         if not args.json:
             print(f"wrote {figure_path(args.plot)}")
     return 0

@@ -29,8 +29,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from catapult.cli.common import (check_image_file, check_out_file, coord_check_ignored_note, figure_path, store_problem,
-                                 threads_problem, workers_problem)
+from catapult.cli.common import (check_image_file, check_out_file, coord_check_ignored_note, figure_path, output_folders,
+                                 store_problem, threads_problem, workers_problem)
 from catapult.config import ConfigError
 
 __all__ = ["register", "resume_command"]
@@ -407,8 +407,9 @@ def _export_command(args: argparse.Namespace) -> int:
         with Store(args.store, create=False) as store:
             store.spec()
             agg = bool(getattr(args, "aggregate", False))
-            path = (write_parquet(store, out, aggregate=agg) if fmt == "parquet"
-                    else write_csv(store, out, aggregate=agg))
+            with output_folders(out):
+                path = (write_parquet(store, out, aggregate=agg) if fmt == "parquet"
+                        else write_csv(store, out, aggregate=agg))
     except (StoreError, ImportError) as err:
         return _fail("export", str(err))
     print(f"wrote {path}")
@@ -487,7 +488,8 @@ def _plot_command(args: argparse.Namespace) -> int:
             # read before the heatmap is written too: a damaged row (extra_json) left the heatmap behind
             runs = {cell_label(known[i], axes): store.metrics(i) for i in ids}
             out = figure_path(args.out) if args.out else Path(f"{stem}_{args.metric}.png")
-            plot_phase_diagram(grid, out)
+            with output_folders(out):
+                plot_phase_diagram(grid, out)
             print(f"wrote {out}")
             note = unfinished_note(grid)
             if note:
@@ -496,7 +498,8 @@ def _plot_command(args: argparse.Namespace) -> int:
                 statuses = {label: known[i]["status"] for label, i in zip(runs, ids)}
                 traj = (figure_path(args.trajectories_out) if args.trajectories_out
                         else Path(f"{stem}_trajectories.png"))
-                plot_cell_trajectories(runs, traj, statuses=statuses)
+                with output_folders(traj):
+                    plot_cell_trajectories(runs, traj, statuses=statuses)
                 print(f"wrote {traj}")
     except (StoreError, ValueError) as err:
         return _fail("plot", str(err))
@@ -531,7 +534,8 @@ def _transfer_command(args: argparse.Namespace) -> int:
         return _fail("transfer", f"no cell of {store_path}{' that matches --where' if args.where else ''} has a "
                                  f"result yet ({waiting} not run or interrupted); run or resume the sweep first")
     out = figure_path(args.out) if args.out else Path(f"{store_path.with_suffix('')}_transfer.png")
-    plot_transfer(curves, out, title=store_path.stem)
+    with output_folders(out):
+        plot_transfer(curves, out, title=store_path.stem)
     print(json.dumps(transfer_summary(curves), indent=2) if args.json else transfer_table(curves))
     print(f"wrote {out}", file=sys.stderr if args.json else sys.stdout)
     note = unfinished_note(curves)
@@ -560,7 +564,8 @@ def _report_command(args: argparse.Namespace) -> int:
     from catapult.sweep.store import StoreError
 
     try:
-        out = write_report(args.store, args.out)
+        with output_folders(args.out if args.out is not None else Path(args.store).with_suffix(".html")):
+            out = write_report(args.store, args.out)
     except StoreError as err:
         return _fail("report", str(err))
     print(f"wrote {out}")
