@@ -66,3 +66,18 @@ def test_each_executor_says_what_runs_its_cells():
         "the ensemble executor (cells batched into one model, in 2 worker processes)")
     assert RayExecutor(finished).describe() == (
         "the ray executor (a local Ray instance on all CPUs; 1 cell and 1 CPU a task)")
+
+
+def test_the_start_line_shows_a_cluster_address_on_one_line_as_ray_reads_it():
+    """The address was printed as given: a newline in it split the start line, an IPv6 host:port
+    read as a host with colons; now host:port as ray_address_endpoint reads it (IPv6 in brackets,
+    ray:// kept), anything else quoted (repr), auto as is."""
+
+    def at(address):
+        line = RayExecutor(address=address).describe()
+        assert "\n" not in line
+        return line.split("(the Ray cluster at ", 1)[1].split(";", 1)[0]
+
+    assert [at(a) for a in ("ray://head:10001", "10.0.0.2:6379", "::1:6379", "auto")] == [
+        "ray://head:10001", "10.0.0.2:6379", "[::1]:6379", "auto"]
+    assert at("head:6379\n") == "'head:6379\\n'" and at("head :6379") == "'head :6379'"

@@ -19,7 +19,7 @@ import numpy as np
 import yaml
 
 from catapult.files import MARK
-from catapult.writing import write_text_whole
+from catapult.writing import counted, write_text_whole
 
 __all__ = ["build_report", "write_report", "figure_to_data_uri"]
 
@@ -94,7 +94,7 @@ def build_report(store, *, title: str | None = None, metric: str = "test_accurac
     when = _created(store)
     total_time = sum(c["wall_time_s"] or 0.0 for c in cells)
     parts.append(
-        f"<p>Store <code>{html.escape(str(store.path))}</code>, created {when}; {len(cells)} cells over "
+        f"<p>Store <code>{html.escape(str(store.path))}</code>, created {when}; {counted(len(cells), 'cell')} over "
         + ", ".join(f"<code>{html.escape(a['key'])}</code> ({len(a['values'])})" for a in axes)
         + f"; {total_time:.1f} s of training in all.</p>"
     )

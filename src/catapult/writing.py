@@ -20,7 +20,7 @@ except ImportError:   # Windows: no flock (write_whole then works by path names)
     fcntl = None
 
 __all__ = ["PARTIAL_PREFIX", "write_whole", "write_text_whole", "write_errors_named", "csv_cell", "csv_text",
-           "link_new"]
+           "link_new", "counted"]
 
 #: What :func:`write_whole` puts before a file's name while it writes it.
 PARTIAL_PREFIX = ".partial-"
@@ -137,6 +137,16 @@ def write_errors_named(path: str | os.PathLike) -> Iterator[None]:
         if err.filename is not None:
             raise
         raise OSError(err.errno, err.strerror or str(err), str(path)) from err
+
+
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """``n`` and ``noun`` as the summaries print a count: singular for 1, else the plural
+    (``noun + "s"`` unless given): "1 cell", "0 cells" ("1 cells" was printed).
+
+    >>> counted(1, "cell"), counted(0, "cell"), counted(2, "process", "processes")
+    ('1 cell', '0 cells', '2 processes')
+    """
+    return f"{n} {noun if n == 1 else (plural or noun + 's')}"
 
 
 def csv_cell(value: Any) -> str:

@@ -32,6 +32,7 @@ from pathlib import Path
 from catapult.cli.common import (check_image_file, check_out_file, coord_check_ignored_note, figure_path, output_folders,
                                  store_problem, threads_problem, workers_problem)
 from catapult.config import ConfigError
+from catapult.writing import counted
 
 __all__ = ["register", "resume_command"]
 
@@ -201,8 +202,9 @@ def _sweep_command(args: argparse.Namespace) -> int:
         except StoreError as err:
             return _fail("sweep", str(err))
         twins = sum(c.same_as is not None for c in cells)
-        runs = f" ({len(cells) - twins} distinct runs: {twins} cells are the same run as an earlier cell)" if twins else ""
-        print(f"{len(cells)} cells over {', '.join(spec.keys) or '(no swept keys)'}{runs}; all valid; {plan}")
+        runs = (f" ({counted(len(cells) - twins, 'distinct run')}: {counted(twins, 'cell')} "
+                f"{'is' if twins == 1 else 'are'} the same run as an earlier cell)") if twins else ""
+        print(f"{counted(len(cells), 'cell')} over {', '.join(spec.keys) or '(no swept keys)'}{runs}; all valid; {plan}")
         for c in cells:
             print(f"  cell {c.id}: " + " ".join(f"{k}={v}" for k, v in c.swept.items())
                   + (f"  (the same run as cell {c.same_as}: run once, recorded at both)" if c.same_as is not None else ""))
@@ -229,7 +231,7 @@ def _sweep_command(args: argparse.Namespace) -> int:
         return _fail("sweep", str(err))
     c = outcome.counts
     collapsed = _collapsed_cells(store)  # stored as finished; the summary line said only "finished"
-    print(f"{outcome.total} cells: {c['finished']} finished{f' ({collapsed} collapsed)' if collapsed else ''}, "
+    print(f"{counted(outcome.total, 'cell')}: {c['finished']} finished{f' ({collapsed} collapsed)' if collapsed else ''}, "
           f"{c['diverged']} diverged, {c['failed']} failed "
           f"({outcome.ran} run now, {outcome.reused} already in the store"
           + (f", {outcome.unresolved} failed without running: lambda_0 could not be measured"
@@ -282,7 +284,7 @@ def _dry_run_store(store: Path, base, spec, cells) -> str:
         existing.check_cells(cells)
         counts = existing.counts()
     done = sum(counts.get(status, 0) for status in ("finished", "diverged"))
-    return f"would resume the sweep in {store} ({done} of {len(cells)} cells already done)"
+    return f"would resume the sweep in {store} ({done} of {counted(len(cells), 'cell')} already done)"
 
 
 def _fallback_groups(fallbacks) -> list[tuple[str, list[int]]]:

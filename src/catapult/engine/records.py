@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from catapult.analysis import detect_catapults
 from catapult.arguments import check_real
-from catapult.writing import csv_cell, csv_text, write_errors_named
+from catapult.writing import counted, csv_cell, csv_text, write_errors_named
 
 __all__ = ["METRIC_COLUMNS", "metric_columns", "is_spectrum_column", "spectrum_setting", "write_metrics", "read_metrics", "MetricsFile", "json_safe", "finite",
            "summarize", "warmup_summary", "threshold_label", "format_summary", "unconverged_advice", "lambda_0_note",
@@ -467,7 +467,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         f"{summary['name']}: {summary['status']}"
         + (f" at step {summary['diverged_at']}" if summary["diverged_at"] is not None else "")
         + (f" ({summary['failure']})" if summary.get("failure") else "")
-        + f" after {summary['steps_completed']} steps ({summary['wall_time_s']:.1f} s)",
+        + f" after {counted(summary['steps_completed'], 'step')} ({summary['wall_time_s']:.1f} s)",
         f"  lambda_0 {fmt(summary['lambda_0'])}{_short(summary.get('lambda_0_converged'))}  lr_trgt {fmt(summary['lr_target'])}"
         f"  (lr_trgt * lambda_0 = {fmt(summary['lr_target_times_lambda_0'], '.3g')})",
         f"  train loss: initial {fmt(summary['initial_train_loss'])}  peak {fmt(summary['peak_train_loss'])}"

@@ -32,6 +32,7 @@ from catapult import config as cfg
 from catapult.arguments import MAX_PRODUCTS, check_integer
 from catapult.files import missing_file_problem
 from catapult.parametrize_state import ParametrizationMismatch
+from catapult.writing import counted
 
 __all__ = ["run_config_problems", "measure_spectrum", "load_weights", "format_spectrum"]
 
@@ -258,12 +259,12 @@ def format_spectrum(s: Mapping[str, Any]) -> str:
     lines = [f"{s['name']}: {what} at {where}, batch 0 ({s['batch_size']} samples, {s['n_params']:,} parameters)"]
     if s["eigenvalues"]:
         values = ", ".join(f"{v:.6g}" for v in s["eigenvalues"])
-        lines.append(f"  top {len(s['eigenvalues'])} eigenvalues: {values}  ({s['eigen_matvecs']} products, "
+        lines.append(f"  top {counted(len(s['eigenvalues']), 'eigenvalue')}: {values}  ({counted(s['eigen_matvecs'], 'product')}, "
                      f"{'converged' if s['converged'] else not_converged(s)})")
     if s["trace"] is not None:
         how = ("exact: the diagonal, one product per parameter" if s["trace_products"] >= s["n_params"]
                else "Hutch++")
-        lines.append(f"  trace ({how}, {s['trace_products']} products): {s['trace']:.6g}")
+        lines.append(f"  trace ({how}, {counted(s['trace_products'], 'product')}): {s['trace']:.6g}")
     dens = s["density"]
     if dens is not None:
         nodes = dens.nodes[dens.weights > 0] if dens.weights.size else dens.nodes
@@ -273,7 +274,7 @@ def format_spectrum(s: Mapping[str, Any]) -> str:
         capped = f", {s['density_steps']} asked: at most one per parameter" if steps < s["density_steps"] else ""
         spent = s.get("density_products")
         early = ("" if spent is None or spent >= s["density_runs"] * steps else
-                 f"; {spent} products, runs that reached an invariant subspace stopped early")
-        lines.append(f"  spectral density (SLQ, {s['density_runs']} runs x {steps} steps{capped}{early}): "
+                 f"; {counted(spent, 'product')}, runs that reached an invariant subspace stopped early")
+        lines.append(f"  spectral density (SLQ, {counted(s['density_runs'], 'run')} x {counted(steps, 'step')}{capped}{early}): "
                      f"quadrature nodes in [{low:.4g}, {high:.4g}]")
     return "\n".join(lines)

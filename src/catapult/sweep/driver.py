@@ -547,7 +547,7 @@ def run_sweep(
                         break
                     if len(settled) == took:  # nothing to take now: the rest is held by live drivers
                         if not waiting_said:
-                            report.message(f"[{name}] waiting for {len(others)} cells that other drivers "
+                            report.message(f"[{name}] waiting for {len(others)} cell{'' if len(others) == 1 else 's'} that other drivers "
                                            "are running on this store")
                             waiting_said = True
                         time.sleep(poll_s)

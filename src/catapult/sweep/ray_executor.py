@@ -52,6 +52,23 @@ def ray_address_endpoint(address: str) -> tuple[str, int] | None:
     return host.strip("[]"), int(port)
 
 
+def _shown_address(address) -> str:
+    """A cluster address as the start line shows it: ``host:port`` (``ray://`` kept, an IPv6 host
+    in brackets) as :func:`ray_address_endpoint` reads it, ``auto`` / ``local``; anything else
+    (a Python caller's address, not checked) quoted with ``repr``: one line whatever it holds.
+    It was printed as given (a trailing newline or space, ``ray://`` hosts in two spellings)."""
+    try:
+        endpoint = ray_address_endpoint(address)
+    except (ValueError, TypeError, AttributeError):
+        return repr(address)
+    if any(c.isspace() or not c.isprintable() for c in address):
+        return repr(address)
+    if endpoint is None:
+        return address
+    host, port = endpoint
+    return f"{'ray://' if address.startswith('ray://') else ''}{f'[{host}]' if ':' in host else host}:{port}"
+
+
 def ray_address_problem(address: str, timeout: float = CONNECT_TIMEOUT_S) -> str | None:
     """What is wrong with a cluster address, found before any work, or ``None``: its form
     (:func:`ray_address_endpoint`), or that nothing answers on its port within ``timeout``
@@ -133,7 +150,7 @@ class RayExecutor(Executor):
         """The Ray instance the cells will run on (a local one, or a cluster's address) and the
         size of its tasks; what it holds is known once Ray has started (:meth:`run` says it then)."""
         where = (f"a local Ray instance on {'all' if self.num_cpus is None else self.num_cpus} CPUs"
-                 if self.address is None else f"the Ray cluster at {self.address}")
+                 if self.address is None else f"the Ray cluster at {_shown_address(self.address)}")
         cells = f"{self.chunk_size} cell{'s' if self.chunk_size > 1 else ''}"
         cpus = f"{self.cpus_per_task:g} CPU{'' if self.cpus_per_task == 1 else 's'}"
         return f"the ray executor ({where}; {cells} and {cpus} a task)"
@@ -157,7 +174,7 @@ class RayExecutor(Executor):
         if not cells:
             return
         self.say(f"starting Ray for {len(cells)} cell{'s' if len(cells) > 1 else ''}"
-                 if not ray.is_initialized() else f"submitting {len(cells)} cells to Ray")
+                 if not ray.is_initialized() else f"submitting {len(cells)} cell{'s' if len(cells) > 1 else ''} to Ray")
         self._ensure_ray()
         task = ray.remote(_run_chunk).options(
             max_retries=self.max_retries, retry_exceptions=False,
