@@ -169,7 +169,9 @@ def step_preconditioner(model, optimizer, op, scale_by_group_lr: bool = False):
     the ``lr_scaled`` sharpness. ``l2`` is None for SGD whose moving groups share one weight decay
     (the threshold's shift holds it: the sharpness is the loss's), else the rows ``m_i wd_i - wd_0``
     (:func:`catapult.optim.thresholds.weight_decay_shift`; likewise the Adam family's decoupled decay,
-    ``(1 + b1) / (1 - b1)`` times that, RAdam's excepted).
+    ``(1 + b1) / (1 - b1)`` times that, RAdam's excepted). RAdam whose next step is un-rectified
+    (EMA-momentum SGD, no pre-conditioner) gets SGD's ``(d, l2)``, its decay (coupled, or decoupled
+    as ``wd (1 + b1) / (1 - b1)``) in the rows as SGD's.
 
     Example (SGD, the second group at half the first group's lr: ``d^2 = (1, 0.5)``):
         >>> model = torch.nn.Linear(2, 1, bias=True)
@@ -181,11 +183,11 @@ def step_preconditioner(model, optimizer, op, scale_by_group_lr: bool = False):
         >>> (d ** 2).round(decimals=4).tolist(), l2
         ([1.0, 1.0, 0.5], None)
     """
-    if registry.spec_for(optimizer).family != "sgd":
+    params = [p for p in model.parameters() if p.requires_grad]
+    if registry.spec_for(optimizer).family != "sgd" and not _radam_unrectified(optimizer, params):
         return adam_preconditioner(model, optimizer, op, scale_by_group_lr)
     from catapult.optim.thresholds import group_lr_multipliers
 
-    params = [p for p in model.parameters() if p.requires_grad]
     check_optimizer_holds(optimizer, params)
     m = group_lr_multipliers(optimizer, params)
     if not scale_by_group_lr:
@@ -199,14 +201,27 @@ def step_preconditioner(model, optimizer, op, scale_by_group_lr: bool = False):
     return (op.localize(m) if local else m), l2
 
 
-def _decay_shift(optimizer, group) -> float:
+def _radam_unrectified(optimizer, params) -> bool:
+    """Whether ``optimizer`` is RAdam whose next step is un-rectified for ``params`` (EMA-momentum
+    SGD: no pre-conditioner, so its operator is SGD's ``M^1/2 (H + W) M^1/2``); a step rectified
+    for some parameters only is refused (:func:`~catapult.optim.thresholds.radam_step_scales`)."""
+    if registry.spec_for(optimizer).rule != "radam":
+        return False
+    from catapult.optim.thresholds import radam_step_scales
+
+    return not radam_step_scales(optimizer, params)
+
+
+def _decay_shift(optimizer, group, operator: str | None = None) -> float:
     """:func:`~catapult.optim.thresholds.weight_decay_shift` of one group (compared with the
-    operator :func:`step_preconditioner` builds for ``optimizer``)."""
+    operator :func:`step_preconditioner` builds for ``optimizer``: ``operator``, by default the
+    Hessian's for SGD and the pre-conditioned one otherwise)."""
     from catapult.optim.thresholds import weight_decay_shift
 
     rule = registry.rule_for(optimizer, group)
-    return weight_decay_shift(rule, registry.hyperparameters(group),
-                              operator="hessian" if rule == "sgd" else "preconditioned")
+    if operator is None:
+        operator = "hessian" if rule == "sgd" else "preconditioned"
+    return weight_decay_shift(rule, registry.hyperparameters(group), operator=operator)
 
 
 def _sgd_decay_rows(optimizer, params, m: torch.Tensor) -> torch.Tensor | None:
@@ -215,8 +230,10 @@ def _sgd_decay_rows(optimizer, params, m: torch.Tensor) -> torch.Tensor | None:
     step moves (``M^1/2 H M^1/2`` plus it, compared with ``2 / lr_0 - wd_0``, is exact); None where
     that is 0 everywhere (one decay, one lr: the loss's own sharpness)."""
     where = {id(p): g for g in optimizer.param_groups for p in g["params"]}
-    wd_0 = float(_decay_shift(optimizer, optimizer.param_groups[0]))
-    wd = torch.cat([torch.full((p.numel(),), float(_decay_shift(optimizer, where[id(p)])) if id(p) in where else 0.0,
+    # (RAdam's un-rectified step is SGD's: its decay shifts the Hessian's threshold, coupled or not)
+    wd_0 = float(_decay_shift(optimizer, optimizer.param_groups[0], "hessian"))
+    wd = torch.cat([torch.full((p.numel(),), float(_decay_shift(optimizer, where[id(p)], "hessian"))
+                               if id(p) in where else 0.0,
                                dtype=torch.float64) for p in params])
     rows = torch.where(m > 0, m * wd - wd_0, torch.zeros_like(m))
     return rows if bool((rows != 0).any()) else None

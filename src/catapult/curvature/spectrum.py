@@ -44,7 +44,7 @@ def curvature_operator(model, loss_fn, batch, *, curvature: str = "hessian", opt
     (:func:`~catapult.curvature.sharpness.build_operator`) or the Gauss-Newton matrix
     (:class:`GaussNewtonOperator`), pre-conditioned as ``P^-1/2 A P^-1/2`` when an
     ``optimizer`` is given (:func:`~catapult.curvature.preconditioner.step_preconditioner`: Adam's
-    next step; for SGD with ``scale_by_group_lr`` ``P^-1 = M = diag(lr_i / lr_0)``, the
+    next step; for SGD, and RAdam before rectification, with ``scale_by_group_lr`` ``P^-1 = M = diag(lr_i / lr_0)``, the
     ``lr_scaled`` operator ``M^1/2 A M^1/2``). ``sharded_vectors``: as in
     :func:`~catapult.curvature.sharpness.build_operator` (a model sharded by FSDP2).
 

@@ -13,7 +13,8 @@ Which sharpness (``kind="auto"``), as ``catapult train`` measures it
   (:func:`catapult.optim.thresholds.lr_scaled_sharpness`), which ``2 / lr_0`` bounds;
 * Adam, AdamW, GI-Adam: ``"preconditioned"``, ``lambda_max(P^-1/2 H P^-1/2)`` of the next step's
   pre-conditioner, each group's block scaled by its lr relative to the first group's;
-* RAdam: ``"hessian"`` while its next step is un-rectified, ``"preconditioned"`` afterwards.
+* RAdam: while its next step is un-rectified (EMA-momentum SGD) SGD's rule (``"hessian"``, or
+  ``"lr_scaled"`` where the groups' lrs or decays differ or a part is not moved), ``"preconditioned"`` afterwards.
 
 The threshold is :func:`~catapult.curvature.sharpness.instability_threshold` at the first group's
 current lr (lowered by its weight decay's own curvature, so that the sharpness stays the loss's)
@@ -293,7 +294,10 @@ class SharpnessTracker:
             # each parameter's own step count: a step rectified for some parameters only is
             # refused here, before any product (radam_step_kind reads the largest count)
             radam_step_scales(_reference_view(opt), params)
-            return radam_step_kind(_reference_view(opt), _steps_of(opt) + 1)
+            if radam_step_kind(_reference_view(opt), _steps_of(opt) + 1) == "preconditioned":
+                return "preconditioned"
+            # un-rectified: EMA-momentum SGD, measured as SGD's step (the Hessian's took a frozen
+            # group's curvature, and groups at other lrs as if at the first one's)
         from catapult.optim.thresholds import group_lr_multipliers
 
         # every trainable entry stepped at the reference lr: the Hessian's; else (groups at other
@@ -303,7 +307,8 @@ class SharpnessTracker:
             return "hessian"
         m = group_lr_multipliers(_reference_view(opt), params)
         # groups that decay otherwise than the reference: the lr-scaled operator holds the difference
-        decays = {float(g.get("weight_decay", 0.0)) for g in opt.param_groups if g["params"] and _group_lr(g) > 0}
+        decays = {(float(g.get("weight_decay", 0.0)), bool(g.get("decoupled_weight_decay", False)))
+                  for g in opt.param_groups if g["params"] and _group_lr(g) > 0}
         return "lr_scaled" if bool((m != 1.0).any()) or len(decays) > 1 else "hessian"
 
     def _threshold(self) -> float | None:
@@ -324,7 +329,8 @@ class SharpnessTracker:
 
         other = sorted(k for k in self.options if k not in _LR_SCALED_OPTIONS)
         if other:
-            raise ValueError(f"SharpnessTracker: the lr-scaled sharpness (SGD whose groups' lrs differ, or that "
+            raise ValueError(f"SharpnessTracker: the lr-scaled sharpness (SGD, or RAdam before rectification, "
+                             f"whose groups' lrs differ, or that "
                              f"leaves parameters unmoved: a group at lr 0, parameters no group holds) takes no "
                              f"{other}; pass kind='hessian' to measure the whole Hessian's instead")
         return lr_scaled_sharpness(self.model, self.loss_fn, batch, _reference_view(self.optimizer), init=init,

@@ -103,7 +103,8 @@ def lr_scaled_sharpness(model: torch.nn.Module, loss_fn, batch, optimizer: torch
     """``lambda_max(M^1/2 H M^1/2)`` with ``M = diag(lr_i / lr_0)`` (see the module docstring): the
     sharpness to compare with the first group's ``instability_threshold`` (``2/lr_0``,
     ``(2 + 2b)/lr_0``) when the groups' learning rates differ. Equals ``catapult.sharpness`` when
-    every group has the first one's lr. Returns an :class:`~catapult.curvature.EigenEstimate`
+    every group has the first one's lr. RAdam whose next step is un-rectified (momentum SGD) is
+    measured as SGD (its decay, coupled or decoupled, in the rows). Returns an :class:`~catapult.curvature.EigenEstimate`
     (on ``hvp="finite_difference"`` certified as :func:`catapult.sharpness`'s: :mod:`~catapult.curvature.certify`);
     the model, its gradients and the optimizer are not changed."""
     from catapult.curvature import HessianOperator, lanczos_top_eigenpair
