@@ -50,3 +50,50 @@ def test_the_ranks_fingerprint_of_a_tensor_sums_every_chunk():
     t = torch.randn(2 * FINGERPRINT_CHUNK + 4 * 12345, generator=torch.Generator().manual_seed(0)).reshape(-1, 4)
     a = t.numpy().astype(np.float64).ravel()
     np.testing.assert_allclose(_fingerprint(t).numpy(), [np.abs(a).sum(), a.sum(), np.square(a).sum()], rtol=1e-12)
+
+
+def nested_settings_apart(rank, world):
+    from catapult.curvature.rank_agreement import check_same_call
+
+    model, loss_fn, (x, y) = problem()
+    lo = sum(SHARDS[:rank])
+    shard = (x[lo:lo + SHARDS[rank]], y[lo:lo + SHARDS[rank]])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    optimizer.param_groups[0]["milestones"] = [(0, 0.1), (10, 0.01 * (rank + 1))]   # nested, apart by rank
+    long = list(range(5000))   # past MAX_SETTING_ENTRIES: counted by type and length, alike on both ranks
+    long[-1] = rank
+    return answers_or_refusals({
+        # explicit levels whose divisors differ (coarse_ranks.union_levels compares only their kinds and tols)
+        "sharpness": lambda: catapult.sharpness(model, loss_fn, shard, distributed=True,
+                                                coarse=[(4 if rank == 0 else 2, 3e-3)]).value,
+        "nested": lambda: check_same_call("measure", {"model": model, "batch": shard,
+                                                      "levels": {"a": ((1, 2.0), [3, "x" * (rank + 1)])}}),
+        "group": lambda: check_same_call("measure", {"model": model, "batch": shard, "optimizer": optimizer}),
+        "long": lambda: check_same_call("measure", {"model": model, "batch": shard, "levels": long}),
+        "alike": lambda: check_same_call("measure", {"model": model, "batch": shard,
+                                                     "levels": {"b": [1, (2, None)], "a": ((1, 2.0), [3])}}),
+    })
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
+def test_settings_nested_in_tuples_lists_and_dicts_that_differ_between_the_ranks_are_refused():
+    # _setting spelt a tuple or list holding tuples or lists by its type only: coarse=[(4, tol)] on
+    # one rank and [(2, tol)] on the other, or an optimizer group's nested setting apart by rank, passed
+    for res in on_ranks(nested_settings_apart, timeout_s=60.0):
+        assert res["sharpness"] == ("distributed=True: sharpness's coarse differs between the ranks; pass the same "
+                                    "on every rank (the ranks would run different collectives)")
+        assert res["nested"] == ("distributed=True: measure's levels differs between the ranks; pass the same on "
+                                 "every rank (the ranks would run different collectives)")
+        assert res["group"] == ("distributed=True: measure's optimizer's milestones (param group 0) differs between "
+                                "the ranks; pass the same on every rank (the ranks would run different collectives)")
+        assert res["long"] is None and res["alike"] is None
+
+
+def test_a_setting_is_spelt_by_value_up_to_its_bound():
+    from catapult.curvature.rank_agreement import MAX_SETTING_ENTRIES, _setting
+
+    assert _setting([(16, 1e-3), (4, 1e-3)]) != _setting([(8, 1e-3), (4, 1e-3)])
+    assert _setting({"b": 1, "a": [2]}) == _setting({"a": [2], "b": 1}) != _setting({"a": [3], "b": 1})
+    assert _setting(((1,), object())) == "tuple(tuple(1), <object>)"
+    assert _setting(list(range(MAX_SETTING_ENTRIES))) == f"<list of {MAX_SETTING_ENTRIES}>"
+    assert _setting([list(range(3))]) == "list(list(0, 1, 2))"

@@ -68,7 +68,7 @@ def check_same_call(name: str, arguments: dict) -> None:
     """Raise the same ValueError on every rank (every rank must call it) unless every rank's
     ``arguments["batch"]`` is a pair whose inputs have a sample dimension (a tensor, or nested tensors sharing dim 0), the ranks called ``name`` with the same
     settings (every argument but :data:`PER_RANK_ARGUMENTS` that is a number, string, None or
-    dtype; any other object counts by its type, so ``optimizer=None`` on one rank and an
+    dtype, or a tuple, list or dict of them, nested, by value; any other object counts by its type, so ``optimizer=None`` on one rank and an
     optimizer on another differ), the same model parameters (``arguments["model"]``, unwrapped
     from DDP) and the same optimizer hyperparameters and state (``arguments["optimizer"]``), all
     but FSDP2's ``DTensor`` shards, whose rows differ by rank. The settings set how many
@@ -160,13 +160,52 @@ def _named_parameters(model) -> list:
     return list(unwrap_ddp(model).named_parameters()) if isinstance(model, torch.nn.Module) else []
 
 
+#: How many entries (scalars and containers) of a nested tuple, list or dict setting are spelt
+#: by value; a larger or deeper one counts by its type and length.
+MAX_SETTING_ENTRIES = 4096
+MAX_SETTING_DEPTH = 32
+
+_SCALARS = (bool, int, float, str, torch.dtype, torch.device)
+
+
 def _setting(value) -> str:
-    """A setting as every rank spells it alike: a number, string, None, dtype or device (or a
-    tuple of them) by its repr, any other object by its type (each rank has its own)."""
-    scalars = (bool, int, float, str, torch.dtype, torch.device)
-    if value is None or isinstance(value, scalars) or (
-            isinstance(value, (tuple, list)) and all(v is None or isinstance(v, scalars) for v in value)):
+    """A setting as every rank spells it alike: a number, string, None, dtype or device by its
+    repr, a tuple, list or dict of them (nested, up to :data:`MAX_SETTING_ENTRIES` entries) by
+    its entries' reprs, any other object by its type (each rank has its own). Nested tuples and
+    lists counted by their type only, so ``((16, 1e-3),)`` on one rank and ``((8, 1e-3),)`` on
+    another passed as the same setting."""
+    budget = [MAX_SETTING_ENTRIES]
+    spelt = _spelt(value, budget, 0)
+    if spelt is None:
+        size = f" of {len(value)}" if isinstance(value, (tuple, list, dict)) else ""
+        return f"<{type(value).__name__}{size}>"
+    return spelt
+
+
+def _spelt(value, budget: list, depth: int) -> str | None:
+    """``value`` spelt by :func:`_setting`, or None once ``budget[0]`` entries or
+    :data:`MAX_SETTING_DEPTH` levels are spent."""
+    budget[0] -= 1
+    if budget[0] < 0 or depth > MAX_SETTING_DEPTH:
+        return None
+    if value is None or isinstance(value, _SCALARS):
         return repr(value)   # an Adam's betas too
+    if isinstance(value, (tuple, list)):
+        parts = []
+        for item in value:
+            part = _spelt(item, budget, depth + 1)
+            if part is None:
+                return None
+            parts.append(part)
+        return f"{type(value).__name__}({', '.join(parts)})"
+    if isinstance(value, dict):
+        parts = []
+        for key, item in value.items():
+            spelt_key, part = _spelt(key, budget, depth + 1), _spelt(item, budget, depth + 1)
+            if spelt_key is None or part is None:
+                return None
+            parts.append(f"{spelt_key}: {part}")
+        return "{" + ", ".join(sorted(parts)) + "}"
     return f"<{type(value).__name__}>"
 
 
