@@ -6,7 +6,8 @@ Commands that read a run config use :mod:`catapult.cli.common`, so they all acce
 any work.
 
 Exit codes: 0 success (a diverged run is a result, still 0); 2 bad input (config key/value,
-missing, corrupt or hostile config or data file, an unusable run directory, a full disk),
+missing, corrupt or hostile config or data file, an unusable run directory, a full disk, a batch
+the config's micro-batches cannot split: ``MicroBatchRefused``, naming the key),
 with a short message on stderr (at most :data:`MAX_MESSAGE` characters, no traceback) and no
 partial run directory left behind; 1, with such a message, a run that failed on a measurement it
 cannot make (finite-difference products whose steps cross ReLU kinks, which the config's checks
@@ -123,6 +124,10 @@ def report(command: str | None, err: BaseException, store: str | None = None) ->
     except KeyboardInterrupt:
         _error(command, "interrupted")
         return 130
+    except _micro_batch_refused() as err:  # the config's micro-batches cannot split this model's batch
+        key = "eval.sharpness_memory: fast" if err.option == "memory" else "eval.sharpness_chunk_size: null"
+        _error(command, f"{err} (in a config: {key})")
+        return 2
     except _unreliable_difference() as err:  # a measurement the run cannot make: its failure, not a defect
         _error(command, f"{err}; or set eval.sharpness_hvp: double_backprop (exact products)")
         return 1
@@ -134,6 +139,13 @@ def _unreliable_difference() -> type | tuple:
     been raised then, and the command's start-up does not import torch for it."""
     difference = sys.modules.get("catapult.curvature.difference")
     return () if difference is None else difference.UnreliableDifferenceError
+
+
+def _micro_batch_refused() -> type | tuple:
+    """:class:`~catapult.curvature.microbatch.MicroBatchRefused`, or no class where its module was
+    never imported (as :func:`_unreliable_difference`)."""
+    microbatch = sys.modules.get("catapult.curvature.microbatch")
+    return () if microbatch is None else microbatch.MicroBatchRefused
 
 
 def _detach_stdout() -> None:

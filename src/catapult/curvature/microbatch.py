@@ -18,7 +18,7 @@ from torch.overrides import TorchFunctionMode
 
 from catapult.arguments import check_integer
 
-__all__ = ["ChosenChunkSize", "PieceFailed", "batch_coupling", "coupling_remedy", "functional_masks_off", "map_tensors", "refuse_dropout",
+__all__ = ["ChosenChunkSize", "PieceFailed", "MicroBatchRefused", "batch_coupling", "coupling_remedy", "functional_masks_off", "map_tensors", "refuse_dropout",
            "reduction_kind", "sample_count", "sample_count_or_none", "sample_device", "sample_index", "sample_rows", "shares_samples",
            "split_batch", "tensor_leaves", "uses_batch_statistics", "weighted_backward", "weighted_gradient"]
 
@@ -210,14 +210,44 @@ class PieceFailed(RuntimeError):
     """
 
 
+    @classmethod
+    def of(cls, count, err: BaseException) -> "PieceFailed":
+        """The error for a forward of ``count`` samples that raised ``err`` (its cause): a short
+        text, torch's first line cut at 300 characters (a shape error runs to many lines).
+
+        >>> str(PieceFailed.of(2, RuntimeError("Expected hidden size (1, 2, 6)\\n  got (1, 4, 6)")))
+        'the forward of 2 samples failed: Expected hidden size (1, 2, 6)'
+        """
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        first = first if len(first) <= 300 else first[:300] + "..."
+        failed = cls(f"the forward of {count} samples failed: {first}")
+        failed.__cause__ = err
+        return failed
+
+
+class MicroBatchRefused(ValueError):
+    """The batch cannot be split as ``option`` asks (``"chunk_size"``, or ``"memory"``: lean's own
+    micro-batches): the model's forward fails on a piece (:class:`PieceFailed`, whose text the message
+    holds), the loss is neither a mean nor a sum over samples, or a module couples the samples. The
+    command line reports it with exit code 2, naming the config key (``eval.sharpness_chunk_size``,
+    ``eval.sharpness_memory``).
+
+    >>> MicroBatchRefused("chunk_size: ...", "chunk_size").option
+    'chunk_size'
+    """
+
+    def __init__(self, message: str, option: str):
+        super().__init__(message)
+        self.option = option
+
+
 def _piece_loss(loss_at, params, x, y):
     try:
         return loss_at(params, x, y)
     except PieceFailed:
         raise
     except RuntimeError as err:
-        raise PieceFailed(f"the forward of {sample_count_or_none(x) or 'some'} samples failed: "
-                          f"{err}") from err
+        raise PieceFailed.of(sample_count_or_none(x) or "some", err) from err
 
 
 def _reduction(loss_at, params, x, y, pieces, mean_w, dtype):
@@ -493,23 +523,25 @@ def split_batch(model: torch.nn.Module, loss_at, params: dict, inputs, targets,
     # the option the messages name: the caller's chunk_size, or the micro-batches lean chose
     option, instead = ((f"memory='lean' (micro-batches of {chunk_size})", "memory='fast'")
                        if isinstance(chunk_size, ChosenChunkSize) else ("chunk_size", "chunk_size=None"))
+    key = "memory" if isinstance(chunk_size, ChosenChunkSize) else "chunk_size"
     coupled = batch_coupling(model)
     if coupled is not None:
-        raise ValueError(f"{option}: module {coupled[0]!r} is {coupled[1]} would differ per chunk; "
-                         f"{coupling_remedy(model.get_submodule(coupled[0]))}use {instead}")
+        raise MicroBatchRefused(f"{option}: module {coupled[0]!r} is {coupled[1]} would differ per chunk; "
+                                f"{coupling_remedy(model.get_submodule(coupled[0]))}use {instead}", key)
     pieces = [(sample_rows(x, i, i + chunk_size), sample_rows(y, i, i + chunk_size)) for i in range(0, n, chunk_size)]
     mean_w = [min(chunk_size, n - i) / n for i in range(0, n, chunk_size)]
     try:
         full, kind, shown = reduction_kind(loss_at, params, x, y, pieces, dtype)
-    except PieceFailed as err:   # (torch's raw error, about a hidden size the user never set)
-        raise ValueError(f"{option}: the model's forward runs on the whole batch but fails on a micro-batch "
-                         f"({err.__cause__}), as where it carries a state shaped by the batch; use {instead}") from err
+    except PieceFailed as err:   # (torch's raw error, about a hidden size the user never set, in its text)
+        raise MicroBatchRefused(f"{option}: the model's forward runs on the whole batch of {n} but fails on a "
+                                f"micro-batch ({err}), as where it carries a state shaped by the batch; use {instead}",
+                                key) from err
     if kind == "both":
-        raise ValueError(f"{option}: cannot tell whether loss_fn is a mean or a sum over samples, "
-                         f"since its loss is 0 here and nearby ({shown}); use {instead}")
+        raise MicroBatchRefused(f"{option}: cannot tell whether loss_fn is a mean or a sum over samples, "
+                                f"since its loss is 0 here and nearby ({shown}); use {instead}", key)
     if kind is None:
-        raise ValueError(f"{option}: loss_fn is neither a mean nor a sum over samples ({shown}), or the "
-                         f"model draws masks in its forward (F.dropout in train mode) or couples samples; "
-                         f"use {instead}")
+        raise MicroBatchRefused(f"{option}: loss_fn is neither a mean nor a sum over samples ({shown}), or the "
+                                f"model draws masks in its forward (F.dropout in train mode) or couples samples; "
+                                f"use {instead}", key)
     weights = mean_w if kind == "mean" else [1.0] * len(pieces)
     return [(xc, yc, w) for (xc, yc), w in zip(pieces, weights)], full

@@ -145,7 +145,7 @@ def _reduction_of_rows(out, loss_fn, x, y, failed: Exception | None) -> str | No
     n = sample_count(x)
     if not (n >= 1 and sample_count_or_none(out) == n and shares_samples(y, n)):
         raise ValueError(f"distributed=True: whether loss_fn is a mean or a sum over samples is told from the loss of "
-                         f"halves of this rank's shard, on which the model's forward fails ({failed.__cause__}; a "
+                         f"halves of this rank's shard, on which the model's forward fails ({failed}; a "
                          f"state shaped by the batch?), and its outputs and targets have no sample rows (dim 0) to "
                          f"halve instead: return them with the samples first")
     rows, y, pieces, what = halves(torch.arange(n, device=sample_device(out)), y)
@@ -205,7 +205,7 @@ def shard_reduction(model, loss_fn, batch) -> str | None:
             except RuntimeError as err:   # a shard of one sample run twice over (a batch the shard is not): a
                 if sample_count(xs) == n:  # state shaped by the batch fails there as on a half of a larger shard
                     raise
-                raise PieceFailed(f"the forward of {sample_count(xs)} samples failed: {err}") from err
+                raise PieceFailed.of(sample_count(xs), err) from err
 
     modes = [(module, module.training) for module in inner.modules()]
     dtype = next(iter(params.values())).dtype
