@@ -97,6 +97,11 @@ class StackedOptimizer:
         self.values["lr_mult"] = [[float(gs[k].get("lr_mult", 1.0)) for gs in groups]
                                   for k in range(len(self.names))]
         self.lr_mult0 = [float(opt.param_groups[0].get("lr_mult", 1.0)) for opt in optimizers]
+        # the first group's weight_decay_shift: the threshold's (engine.threshold), whose difference
+        # from each group's the operators hold (as curvature.preconditioner's)
+        self.decay_shift0 = [self._decay_shift(float(opt.param_groups[0].get("weight_decay", 0.0)),
+                                               _group_value(opt.param_groups[0], "beta1") if self.rule != "sgd" else 0.0)
+                             for opt in optimizers]
         self.random_v0 = self.rule == "gi-adam" and any(
             v == "random" for row in self.values["v0"] for v in row)
         self.state: rules.State | None = None
@@ -122,6 +127,7 @@ class StackedOptimizer:
             return
         self.values = {key: [[row[r] for r in rows] for row in per_param] for key, per_param in self.values.items()}
         self.lr_mult0 = [self.lr_mult0[r] for r in rows]
+        self.decay_shift0 = [self.decay_shift0[r] for r in rows]
         self.optimizers = [self.optimizers[r] for r in rows]
         self.member_params = [self.member_params[r] for r in rows]
         if self.state is not None:
@@ -269,12 +275,39 @@ class StackedOptimizer:
             inv = (1.0 / P_k) * ratio
             d_parts.append(torch.sqrt(inv).reshape(len(rows), -1))
             wd = rules.l2_coefficient(self.rule, hp, k)
+            decay = self._decay_rows(rows, k, inv)
             if isinstance(wd, torch.Tensor) or wd != 0:
                 has_l2 = True
-                l2_parts.append((inv * wd).reshape(len(rows), -1))
+                l2 = (inv * wd).reshape(len(rows), -1)
+                l2_parts.append(l2 if decay is None else l2 + decay)
             else:
-                l2_parts.append(torch.zeros_like(inv).reshape(len(rows), -1))
+                l2_parts.append(torch.zeros_like(inv).reshape(len(rows), -1) if decay is None else decay)
+            has_l2 = has_l2 or decay is not None
         return torch.cat(d_parts, dim=1), (torch.cat(l2_parts, dim=1) if has_l2 else None)
+
+    def _decay_shift(self, wd: float, beta1: float) -> float:
+        """:func:`~catapult.optim.thresholds.weight_decay_shift` of a group of this rule (compared
+        with the lr-scaled operator for SGD, the pre-conditioned one otherwise); 0 for RAdam."""
+        from catapult.optim.thresholds import weight_decay_shift
+
+        if self.rule == "radam" or not wd:
+            return 0.0
+        return float(weight_decay_shift(self.rule, {"weight_decay": wd, "beta1": beta1},
+                                        operator="hessian" if self.rule == "sgd" else "preconditioned"))
+
+    def _decay_rows(self, rows: Sequence[int], k: int, like: torch.Tensor) -> torch.Tensor | None:
+        """``[len(rows), numel]``: the decay of parameter ``k`` that the threshold's shift (the first
+        group's, :attr:`decay_shift0`) leaves out, ``s_k m_k - s_0`` where the step moves it
+        (:func:`catapult.curvature.preconditioner.step_preconditioner`'s rows); None where it is 0."""
+        extra = []
+        for r in rows:
+            m = self.values["lr_mult"][k][r] / self.lr_mult0[r]
+            b1 = self.values["beta1"][k][r] if "beta1" in self.values else 0.0
+            extra.append(self._decay_shift(float(self.values["weight_decay"][k][r]), b1) * m - self.decay_shift0[r]
+                         if m else 0.0)
+        if not any(extra):
+            return None
+        return (torch.zeros_like(like) + _col(extra, like)).reshape(len(rows), -1)
 
     def _gi_first_preconditioner(self, g: torch.Tensor, v0: torch.Tensor, hp: dict, k: int) -> torch.Tensor:
         """GI-Adam's ``P`` before its first step from a given ``v_0`` (``rules.preconditioner``'s
@@ -290,11 +323,11 @@ class StackedOptimizer:
         return (1.0 - b1) * (torch.sqrt(v_next / c) + eps)
 
     def lr_scale(self, rows: Sequence[int], params: dict[str, torch.Tensor],
-                 dtype: torch.dtype) -> tuple[torch.Tensor, None]:
-        """``(d, None)``, ``d`` flat ``[len(rows), P]``: ``M^1/2`` of members ``rows``, each entry
-        ``sqrt(lr_mult / lr_mult_0)`` of its parameter's group, so ``d * H(d * v)`` is the
-        operator of :func:`catapult.optim.thresholds.lr_scaled_sharpness` (no pre-conditioner,
-        no L2 term)."""
+                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(d, l2)``, ``d`` flat ``[len(rows), P]``: ``M^1/2`` of members ``rows``, each entry
+        ``sqrt(lr_mult / lr_mult_0)`` of its parameter's group, so ``d * H(d * v) + l2 * v`` is the
+        operator of :func:`catapult.optim.thresholds.lr_scaled_sharpness` (no pre-conditioner; ``l2``
+        the weight decay the threshold's shift leaves out, :meth:`_decay_rows`, None where that is 0)."""
         rows = list(rows)
         parts = []
         for k, name in enumerate(self.names):
@@ -302,7 +335,13 @@ class StackedOptimizer:
             ratio = torch.tensor([self.values["lr_mult"][k][r] / self.lr_mult0[r] for r in rows],
                                  dtype=dtype, device=p.device)
             parts.append(ratio.sqrt()[:, None].expand(len(rows), p[0].numel()))
-        return torch.cat(parts, dim=1), None
+        decays = [self._decay_rows(rows, k, torch.zeros((len(rows), params[name][0].numel()), dtype=dtype,
+                                                        device=params[name].device))
+                  for k, name in enumerate(self.names)]
+        if all(x is None for x in decays):
+            return torch.cat(parts, dim=1), None
+        l2 = [torch.zeros_like(part) if x is None else x for part, x in zip(parts, decays)]
+        return torch.cat(parts, dim=1), torch.cat(l2, dim=1)
 
     # ---- one member as torch state (for rules that run on a member's own optimizer)
     def torch_state(self, row: int, k: int) -> dict[str, torch.Tensor]:
