@@ -175,3 +175,24 @@ def test_a_first_group_that_moves_nothing_trainable_is_not_the_reference(first):
     assert record.kind == "hessian" and record.lr == 1e-2 and record.converged
     assert record.value == pytest.approx(top, rel=1e-8)
     assert record.threshold == pytest.approx(200.0, rel=1e-12)
+
+
+def test_groups_after_the_reference_keep_their_lr_ratio():
+    # SGD([{first layer, lr 0}, {head weight, lr 0.1}, {head bias, lr 0.05}]): the reference is the
+    # head weight's group, and the bias group behind it still steps at half its lr:
+    # M = diag(0 (first layer), 1 (head weight), 0.5 (head bias)); the top of M^1/2 H M^1/2
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2)).double()
+    gen = torch.Generator().manual_seed(1)
+    batch = (torch.randn(12, 3, generator=gen, dtype=torch.float64), torch.randn(12, 2, generator=gen, dtype=torch.float64))
+    loss = nn.MSELoss()
+    hessian = dense_hessian(model, loss, batch).numpy()
+    d = np.sqrt(np.array([0.0] * 20 + [1.0] * 10 + [0.5] * 2))
+    scaled = d[:, None] * hessian * d[None, :]
+    top = float(np.linalg.eigvalsh((scaled + scaled.T) / 2)[-1])
+    sgd = torch.optim.SGD([{"params": model[0].parameters(), "lr": 0.0}, {"params": [model[2].weight], "lr": 0.1},
+                           {"params": [model[2].bias], "lr": 0.05}])
+    record = catapult.SharpnessTracker(model, loss, sgd, tol=1e-9, max_iter=200).step(batch)
+    assert record.kind == "lr_scaled" and record.lr == 0.1 and record.converged
+    assert record.value == pytest.approx(top, rel=1e-8)
+    assert record.threshold == pytest.approx(20.0, rel=1e-12)
