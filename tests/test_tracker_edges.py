@@ -196,3 +196,44 @@ def test_groups_after_the_reference_keep_their_lr_ratio():
     assert record.kind == "lr_scaled" and record.lr == 0.1 and record.converged
     assert record.value == pytest.approx(top, rel=1e-8)
     assert record.threshold == pytest.approx(20.0, rel=1e-12)
+
+
+def _record(**change):
+    return {"step": 0, "value": 4.0, "threshold": 20.0, "lr": 0.1, "kind": "hessian", "matvecs": 3,
+            "converged": True, **change}
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"history": [_record(kind="auto")]}, r"history\[0\] kind must be one of"),          # no measurement's kind
+    ({"history": [_record(converged="yes")]}, r"history\[0\] converged must be True or False"),
+    ({"history": [_record(threshold="20")]}, r"history\[0\] threshold must be None or a real number"),
+    ({"history": [_record(lr=math.inf)]}, r"history\[0\] lr must be None or a real number"),
+    ({"history": [_record(step=-1)]}, r"history\[0\]"),
+    ({"history": [_record(matvecs=2.5)]}, r"history\[0\]"),
+    ({"history": [_record(value=True)]}, r"history\[0\] value must be a real number"),
+    ({"vector": torch.ones(3, dtype=torch.float64)}, r"vector must be .* of count \(32\) entries"),
+    ({"vector": torch.zeros(32, dtype=torch.float64)}, r"vector must be None or a finite, non-zero"),
+])
+def test_load_state_dict_refuses_each_field_that_is_not_a_records(change, words):
+    # each check of SharpnessTracker.load_state_dict on its own (a record's kind, converged,
+    # threshold, lr, step, matvecs, value; a vector of another length; a zero vector of the count)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2)).double()
+    gen = torch.Generator().manual_seed(1)
+    batch = (torch.randn(12, 3, generator=gen, dtype=torch.float64), torch.randn(12, 2, generator=gen, dtype=torch.float64))
+    tracker = catapult.SharpnessTracker(model, nn.MSELoss())
+    tracker.step(batch)
+    state = tracker.state_dict()
+    other = catapult.SharpnessTracker(model, nn.MSELoss())
+    with pytest.raises(ValueError, match=words):
+        other.load_state_dict({**state, **change})
+    assert other.calls == 0 and other.vector is None and other.history == []
+
+
+def test_load_state_dict_refuses_a_list_and_takes_a_tuple_history():
+    model = nn.Linear(2, 1)
+    tracker = catapult.SharpnessTracker(model, nn.MSELoss())
+    with pytest.raises(ValueError, match="the state must be a dict as state_dict\\(\\) returns, got list"):
+        tracker.load_state_dict([("calls", 0)])
+    tracker.load_state_dict({"calls": 1, "vector": None, "count": None, "history": (_record(),)})
+    assert tracker.calls == 1 and tracker.history[0].value == 4.0
