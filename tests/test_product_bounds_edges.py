@@ -50,3 +50,22 @@ def test_catapult_spectrum_names_density_steps_past_its_bound():
     with pytest.raises(cfg.ConfigError) as info:
         measure_spectrum(cfg.validate({}), top_k=0, trace_matvecs=0, density_runs=0, density_steps=10 ** 9)
     assert info.value.problems == [("--density-steps", f"must be an integer in [1, {MOST}]; got 1000000000")]
+
+
+def test_a_grid_one_row_past_a_block_is_drawn_to_its_last_point():
+    # the density is drawn in blocks of 2**22 // (nodes kept) grid rows: a grid of one block and
+    # one row has its last point drawn too (re-derived in NumPy from the returned nodes and weights)
+    import numpy as np
+
+    torch.manual_seed(0)
+    model = nn.Linear(1, 1).double()
+    batch = (torch.randn(8, 1, dtype=torch.float64), torch.randn(8, 1, dtype=torch.float64))
+    first = catapult.spectral_density(model, nn.MSELoss(), batch, runs=4, steps=2, grid_points=16)
+    kept = int((first.weights > 0).sum())
+    rows = 2 ** 22 // kept
+    dens = catapult.spectral_density(model, nn.MSELoss(), batch, runs=4, steps=2, grid_points=rows + 1)
+    assert dens.grid.shape == dens.density.shape == (rows + 1,)
+    at = np.r_[0:3, rows - 2:rows + 1]
+    z = (dens.grid[at, None] - dens.nodes.ravel()[None, :]) / dens.sigma
+    direct = np.exp(-0.5 * z ** 2) @ dens.weights.ravel() / (4 * dens.sigma * np.sqrt(2 * np.pi))
+    np.testing.assert_allclose(dens.density[at], direct, rtol=1e-12, atol=1e-300)

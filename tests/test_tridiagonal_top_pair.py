@@ -115,3 +115,11 @@ def test_the_lean_solver_at_a_curvature_of_1e_minus_160_is_the_dense_top():
     est = lean_top_eigenpair(lambda v: a @ v, torch.ones(30, dtype=torch.float64), tol=1e-8, max_iter=500)
     assert est.converged and est.matvecs < 500
     assert abs(est.value - top) <= 1e-6 * abs(top)
+
+
+def test_a_zero_diagonal_is_scaled_by_its_off_diagonal():
+    # T = [[0, b, 0], [b, 0, b], [0, b, 0]] with b = 1e200: eigenvalues -sqrt(2) b, 0, sqrt(2) b;
+    # the scale is the largest entry of either diagonal (the main one alone is 0 here)
+    theta, s, lowest = tridiagonal_top_pair([0.0, 0.0, 0.0], [1e200, 1e200])
+    assert theta == pytest.approx(np.sqrt(2) * 1e200, rel=1e-14) and lowest == pytest.approx(-np.sqrt(2) * 1e200, rel=1e-14)
+    np.testing.assert_allclose(s, [0.5, np.sqrt(0.5), 0.5], rtol=1e-12)
