@@ -37,3 +37,14 @@ def test_another_optimizers_state_is_refused_before_anything_changes(cls, option
     opt.step()
     assert float(opt.state[model.weight]["step"]) == 2.0
 
+
+
+def test_a_parameter_state_lacking_adams_second_moment_is_refused():
+    # a torch Adam state with exp_avg_sq removed (a hand-trimmed checkpoint): GIAdam would draw it
+    # afresh at the next step, mid-run, as its first step's v_0
+    model, saved = _saved(torch.optim.Adam)
+    for entry in saved["state"].values():
+        del entry["exp_avg_sq"]
+    opt = GIAdam(model.parameters())
+    with pytest.raises(ValueError, match=r"the state of parameter 0 has \['exp_avg', 'step'\], not an Adam state"):
+        opt.load_state_dict(saved)
