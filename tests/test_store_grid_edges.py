@@ -155,3 +155,11 @@ def test_a_made_up_list_bool_or_none_at_a_place_no_other_cell_holds_is_refused(t
     assert main(["export", str(path), "--out", str(tmp_path / "o.csv")]) == 2
     assert f"cell 0 swept_json {key} {edited!r} is not the grid's value" in capsys.readouterr().err
     assert not (tmp_path / "o.csv").exists()
+
+
+def test_a_number_within_rounding_of_its_place_is_its_place_not_a_name():
+    # a number place takes a value within 1e-9 of it (the number rule), and the name rule (what
+    # the config makes of a value) is not asked of numbers: 0.1 (1 + 1e-12) at a place of 0.1
+    axes = [{"key": "optimizer.lr", "values": [0.1, 0.2], "labels": ["0.1", "0.2"]}]
+    assert grid_value_problem([{"id": 0, "swept": {"optimizer.lr": 0.1 * (1 + 1e-12)}}], axes) is None
+    assert grid_value_problem([{"id": 0, "swept": {"optimizer.lr": 0.1 * (1 + 1e-6)}}], axes) is not None
