@@ -78,6 +78,7 @@ def _reductions_and_verdict(rank, world, bad):
         got["error"] = None
     except ConfigError as exc:
         got["error"] = (type(exc).__name__, str(exc))
+        got["pairs"] = [type(p).__name__ for p in exc.problems]   # (key, message) tuples, as ConfigError's
     return got
 
 
@@ -96,6 +97,7 @@ def test_data_parallel_reduces_over_both_processes_and_shares_rank0s_verdict(tmp
         assert torch.equal(got["grad_4"], torch.full((2, 2), 1.5))   # (1 + 2) / 2 on every rank
         kind, message = got["error"]
         assert kind == "ConfigError" and "data.root" in message and "part0.npy" in message
+        assert got["pairs"] == ["tuple"]   # rank 1's, rebuilt from rank 0's verdict (sent as JSON lists)
 
 
 def test_batch_t_is_drawn_from_the_data_seed_and_t(tmp_path):
