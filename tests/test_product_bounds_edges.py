@@ -69,3 +69,16 @@ def test_a_grid_one_row_past_a_block_is_drawn_to_its_last_point():
     z = (dens.grid[at, None] - dens.nodes.ravel()[None, :]) / dens.sigma
     direct = np.exp(-0.5 * z ** 2) @ dens.weights.ravel() / (4 * dens.sigma * np.sqrt(2 * np.pi))
     np.testing.assert_allclose(dens.density[at], direct, rtol=1e-12, atol=1e-300)
+
+
+def test_runs_x_steps_of_exactly_the_bound_are_taken_before_the_cap_and_after_it():
+    # the density above runs 2 x min(steps, 8): its products never reach the bound; here the
+    # bound itself, 10**5 products, is taken and one more is refused, with and without the cap
+    from catapult.curvature.spectrum import check_density_products
+
+    check_density_products(2, MOST // 2)
+    check_density_products(MOST, 40, n=1)
+    with pytest.raises(ValueError, match=r"got 2 x 50001 = 100002$"):
+        check_density_products(2, MOST // 2 + 1)
+    with pytest.raises(ValueError, match=r"got 100000 x 2 = 200000 \(steps capped at the operator's dimension 2\)$"):
+        check_density_products(MOST, 40, n=2)
