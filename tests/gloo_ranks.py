@@ -6,7 +6,8 @@ are where multi-process tests go flaky:
 
 - ``spawn``, never ``fork``: a fork after torch started its threads can deadlock;
 - a timeout on the group, so a rank left waiting in a collective fails the test, not hangs it;
-- a barrier before ``destroy_process_group``, so no rank tears down while another is in flight;
+- a barrier before ``destroy_process_group``, so no rank tears down while another is in flight,
+  and the group's object freed only at the next body (torch 2.2.2's gloo teardown deadlock, ``_run_one``);
 - ``os._exit(0)`` once the result is on disk and the group is gone. A rank has ended with
   ``terminate called without an active exception`` (SIGABRT) in full-suite runs, twice, in two
   tests, and never in 167 loaded reruns of one: a native thread met at interpreter teardown is
@@ -82,16 +83,28 @@ class _Process:
         warnings._filters_mutated()
 
 
+#: The last body's process group, kept from ``destroy_process_group`` until the next body starts.
+_RETIRED: list = []
+
+
 def _run_one(rank, world, port, out_dir, timeout_s, body, args):
-    """One body on a new process group; its result on disk. Raises what the body raises."""
+    """One body on a new process group; its result on disk. Raises what the body raises.
+
+    The group is freed at the next body, not by ``destroy_process_group``: torch 2.2.2's gloo
+    destructor joins its worker threads holding the GIL, and a worker still freeing a finished
+    collective whose tensor Python had dropped waits for the GIL (a rank of
+    ``test_two_gloo_ranks_equal_one_process_on_the_union`` hung there, barrier or not). By the
+    next body the workers are idle: this process waited for the job without the GIL."""
     import torch.distributed as dist
 
+    _RETIRED.clear()
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=timeout_s))
     try:
         torch.save(body(rank, world, *args), os.path.join(out_dir, f"rank{rank}.pt"))
         dist.barrier()
     finally:
+        _RETIRED.append(dist.group.WORLD)
         dist.destroy_process_group()
 
 
