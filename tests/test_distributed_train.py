@@ -181,7 +181,14 @@ def test_train_ddp_overwrite_refuses_links_and_never_writes_through_them(tmp_pat
     assert main(["train-ddp", str(config), "--out", str(out), "--overwrite"]) == 2
     assert "model.pt is not a file a catapult run wrote" in capsys.readouterr().err
     assert (out / "model.pt").read_text() == "a user's model\n"
-    torch.save({"stale": torch.zeros(1)}, out / "model.pt")   # torch.save's, as a run writes it
+    torch.save({"stale": torch.zeros(1)}, out / "model.pt")   # torch.save's, but no run recorded writing it
+    assert main(["train-ddp", str(config), "--out", str(out), "--overwrite"]) == 2
+    assert "model.pt is not a file a catapult run wrote" in capsys.readouterr().err
+    from catapult.engine.run_dir import record_created, start_manifest
+
+    start_manifest(out)    # as the run that wrote these files recorded them before it was killed
+    record_created(out, "metrics.csv", digest=False)
+    record_created(out, "model.pt")
     assert main(["train-ddp", str(config), "--out", str(out), "--overwrite"]) == 0
     header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
     assert header[:2] == ["step", "lr"] and "train_loss" in header  # `catapult train`'s columns
