@@ -71,3 +71,16 @@ def test_a_batch_smaller_than_the_probe_is_measured_whole():
     """nn.Linear(2, 1) without bias under MSE saves its output: 4 bytes a float32 sample."""
     model = nn.Linear(2, 1, bias=False)
     assert activation_bytes(model, nn.MSELoss(), (torch.zeros(3, 2), torch.zeros(3, 1))) == (12, 12)
+
+
+def test_activation_bytes_passes_targets_of_another_length_whole():
+    # targets with no sample count of the inputs' (class weights, 5 for 8 samples) go whole to
+    # the probe's forward, as to every micro-batch: cut to the probe's 2 rows they failed to
+    # broadcast. Truth: Tanh's output, 16 float32 a sample saved once (it is the second Linear's
+    # input), over 8 samples; the weights are the batch's own (not counted)
+    from catapult.curvature.lean import activation_bytes
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Tanh(), torch.nn.Linear(16, 5))
+    x, class_weights = torch.randn(8, 3), torch.rand(5)
+    assert activation_bytes(model, lambda out, w: (out * w).sum(), (x, class_weights), probe=2) == (16 * 4 * 8, 16 * 4 * 8)
