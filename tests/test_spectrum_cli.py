@@ -196,7 +196,7 @@ def test_bad_weights_exit_2_naming_the_problem(case, tmp_path, capsys):
     (["--trace-matvecs", "2"], "--trace-matvecs"),                # Hutch++ needs 3 (a traceback)
     (["--preconditioned"], "--preconditioned"),                  # sgd has no preconditioner
     (["--plot", "x.png", "--density-runs", "0"], "--plot"),
-    (["--plot", "no/such/dir/x.png"], "--plot"),
+    (["--plot", "c.yaml/x.png"], "--plot"),                       # a file where a folder goes (a missing one is made)
     (["--top-k", "236"], "--top-k"),                              # more than the 235 parameters
 ])
 def test_bad_options_exit_2_before_any_product(argv, key, tmp_path, capsys, monkeypatch):
