@@ -7,9 +7,8 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.utils._pytree import tree_flatten, tree_unflatten
-
 from catapult.curvature.hessian import HessianOperator, math_attention
+from catapult.curvature.microbatch import opaque_leaves, tensor_leaves, with_tensors
 from catapult.curvature.modes import holds_compiled
 from catapult.curvature.rng import fixed_rng
 from catapult.curvature.stateless import functional_call
@@ -73,14 +72,14 @@ class GaussNewtonOperator(HessianOperator):
             verify_gauss_newton(self, self._custom)
 
     def _outputs(self, params: dict, inputs) -> tuple:
-        """``(pieces, spec, where)``: the model's outputs at ``params`` (leaves that require grad),
+        """``(pieces, tree, where)``: the tensors of the model's outputs ``tree`` at ``params``,
         flattened, and the positions of those that depend on the parameters, as
         :meth:`_forward_graph` takes them (for :func:`verify_gauss_newton`)."""
         with fixed_rng(self.seed, self.device), math_attention(), forms_for(self._forms_needed):
             buffers = {n: b.clone() for n, b in self._buffers.items()}
             out = self._forward(params, buffers, inputs)
-        pieces, spec = tree_flatten(out)
-        return pieces, spec, [i for i, t in enumerate(pieces) if torch.is_tensor(t) and t.requires_grad]
+        pieces = tensor_leaves(out)   # (the one walker: a UserDict, dict subclass or dataclass output too)
+        return pieces, out, [i for i, t in enumerate(pieces) if t.requires_grad]
 
     def _forward(self, params: dict, buffers: dict, inputs):
         """The model's outputs at ``params``; a state the forward carries put back after it
@@ -103,30 +102,32 @@ class GaussNewtonOperator(HessianOperator):
               forms_for(self._forms_needed)):
             buffers = {n: b.clone() for n, b in self._buffers.items()}
             out = self._forward(params, buffers, inputs)
-            pieces, spec = tree_flatten(out)
-            where = [i for i, t in enumerate(pieces) if torch.is_tensor(t) and t.requires_grad]
+            # the outputs' tensors, walked as the batches are (microbatch.tensor_leaves): torch's pytree
+            # took a UserDict, a dict subclass or a dataclass for a leaf, and G was refused there
+            pieces = tensor_leaves(out)
+            where = [i for i, t in enumerate(pieces) if t.requires_grad]
             outs = [pieces[i] for i in where]
             dummies = [torch.zeros_like(o, requires_grad=True) for o in outs]
             jt = torch.autograd.grad(outs, leaves, dummies, create_graph=True, allow_unused=True,
                                      materialize_grads=True) if outs else [torch.zeros_like(p) for p in leaves]
-            pieces = [t.detach() if torch.is_tensor(t) else t for t in pieces]
+            pieces = [t.detach() for t in pieces]
             out_leaves = [pieces[i].requires_grad_(True) for i in where]
-            loss = self._loss_fn(tree_unflatten(pieces, spec), targets)
+            loss = self._loss_fn(with_tensors(out, pieces), targets)
             out_grads = torch.autograd.grad(loss, out_leaves, create_graph=True, allow_unused=True,
                                             materialize_grads=True) if outs else []
         if not getattr(self, "_loss_walked", False):  # once: the loss of the outputs only, or refused
             self._loss_walked = True
             # the model's own parameters (read by loss_fn itself), and this graph's leaves (reached
-            # through an output tree_flatten could not see into: a dataclass; G came out 0)
+            # through an output the walker cannot see into: an object of another class; G came out 0)
             watched = {id(p): "model:" + name for name, p in self._model.named_parameters() if p.requires_grad}
             watched.update({id(leaf): "leaf:" + name for name, leaf in zip(self.names, leaves)})
             reached = graph_functions(loss, watched).read if torch.is_tensor(loss) and loss.requires_grad else []
             if any(name.startswith("leaf:") for name in reached):
-                kinds = sorted({type(t).__name__ for t in pieces if not torch.is_tensor(t)})
+                kinds = sorted({type(t).__name__ for t in opaque_leaves(out)})
                 raise ValueError(f"curvature='ggn' takes J from the model's outputs that are tensors, or tuples, "
-                                 f"lists and dicts of them, but the loss reaches the parameters through an output "
-                                 f"it cannot see into ({', '.join(kinds)}; G would be 0 there): return a tensor or "
-                                 f"a dict of them, or register the type with torch.utils._pytree")
+                                 f"lists, dicts (mappings) and dataclasses of them, but the loss reaches the "
+                                 f"parameters through an output it cannot see into ({', '.join(kinds)}; G would "
+                                 f"be 0 there): return a tensor or a dict of them")
             read = [name.removeprefix("model:") for name in reached if name.startswith("model:")]
             if read:
                 raise ValueError(f"curvature='ggn' takes the loss as a function of the model's outputs, but "
@@ -200,12 +201,12 @@ def verify_gauss_newton(op: GaussNewtonOperator, names: list[str]) -> None:
     base, spec, where = op._outputs(dict(zip(op.names, leaves)), x)
 
     def loss_gradient(at: list[torch.Tensor]) -> tuple:
-        pieces = [t.detach() if torch.is_tensor(t) else t for t in base]
+        pieces = [t.detach() for t in base]
         at = [o.detach().requires_grad_(True) for o in at]
         for i, o in zip(where, at):
             pieces[i] = o
         with torch.enable_grad(), fixed_rng(op.seed, op.device):
-            loss = op._loss_fn(tree_unflatten(pieces, spec), y)
+            loss = op._loss_fn(with_tensors(spec, pieces), y)
             return torch.autograd.grad(loss, at, allow_unused=True, materialize_grads=True)
 
     def difference(u: torch.Tensor, h: float) -> torch.Tensor:

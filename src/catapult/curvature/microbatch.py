@@ -20,7 +20,8 @@ from catapult.arguments import check_integer
 
 __all__ = ["ChosenChunkSize", "PieceFailed", "MicroBatchRefused", "batch_coupling", "coupling_remedy", "functional_masks_off", "map_tensors", "refuse_dropout",
            "reduction_kind", "sample_count", "sample_count_or_none", "sample_device", "sample_index", "sample_rows", "shares_samples",
-           "split_batch", "tensor_leaves", "uses_batch_statistics", "weighted_backward", "weighted_gradient"]
+           "split_batch", "tensor_leaves", "uses_batch_statistics", "weighted_backward", "weighted_gradient",
+           "with_tensors", "opaque_leaves"]
 
 
 def _mask_drawer(module: torch.nn.Module) -> str | None:
@@ -379,6 +380,36 @@ def tensor_leaves(tree) -> list[torch.Tensor]:
     if torch.is_tensor(tree):
         return [tree]
     return [leaf for _, _, value in (_children(tree) or []) for leaf in tensor_leaves(value)]
+
+
+def with_tensors(tree, tensors: list):
+    """``tree`` with its tensors replaced by ``tensors``, in :func:`tensor_leaves`' order (the
+    inverse of that walk, as torch's ``tree_unflatten`` of ``tree_flatten``; other leaves kept).
+
+    >>> tree = {"a": (torch.ones(1), 3), "b": [torch.zeros(2)]}
+    >>> out = with_tensors(tree, [t + 1 for t in tensor_leaves(tree)])
+    >>> out["a"][0].tolist(), out["a"][1], out["b"][0].tolist()
+    ([2.0], 3, [1.0, 1.0])
+    """
+    replacements = iter(tensors)
+    return map_tensors(lambda _: next(replacements), tree)
+
+
+def opaque_leaves(tree) -> list:
+    """The leaves of ``tree`` that are not tensors (what :func:`map_tensors` does not walk into:
+    numbers, strings, objects of other classes), in its order.
+
+    >>> class Box:
+    ...     pass
+    >>> [type(leaf).__name__ for leaf in opaque_leaves((torch.ones(1), {"b": Box(), "n": 2}))]
+    ['Box', 'int']
+    """
+    if torch.is_tensor(tree):
+        return []
+    children = _children(tree)
+    if children is None:
+        return [tree]
+    return [leaf for _, _, value in children for leaf in opaque_leaves(value)]
 
 
 def _sample_leaves(tree, path: str = "") -> list[tuple[str, torch.Tensor]]:
