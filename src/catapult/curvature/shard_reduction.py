@@ -137,11 +137,10 @@ def _reduction_of_halves(model, loss_fn, x, y) -> str | None:
 
 def _reduction_of_rows(out, loss_fn, x, y, failed: Exception | None) -> str | None:
     """:func:`sharded_shard_reduction`'s answer from the forward's output ``out``."""
-    from torch.utils._pytree import tree_flatten, tree_unflatten
+    from catapult.curvature.microbatch import reduction_kind, tensor_leaves, with_tensors
 
-    from catapult.curvature.microbatch import reduction_kind
-
-    # outputs and targets: tensors, or tuples, lists and dicts of them (an HF-style {"logits": ...})
+    # outputs and targets: tensors, or tuples, lists, dicts (mappings) and dataclasses of them (an HF-style
+    # {"logits": ...})
     n = sample_count(x)
     if not (n >= 1 and sample_count_or_none(out) == n and shares_samples(y, n)):
         raise ValueError(f"distributed=True: whether loss_fn is a mean or a sum over samples is told from the loss of "
@@ -150,11 +149,14 @@ def _reduction_of_rows(out, loss_fn, x, y, failed: Exception | None) -> str | No
                          f"halve instead: return them with the samples first")
     rows, y, pieces, what = halves(torch.arange(n, device=sample_device(out)), y)
     # the output's floating tensors are the "parameters" reduction_kind may nudge (a loss that is 0 here)
-    leaves, spec = tree_flatten(out)
-    floating = {str(i): t for i, t in enumerate(leaves) if torch.is_tensor(t) and t.is_floating_point()}
+    # (walked as the batches are: torch's pytree took a UserDict, a dict subclass or a dataclass output for
+    # a leaf, so a loss that is 0 on the shard had nothing to nudge and could not be told: a sum loss was
+    # weighted as a mean, its sharpness 1/2 the union's on 2 ranks)
+    leaves = tensor_leaves(out)
+    floating = {str(i): t for i, t in enumerate(leaves) if t.is_floating_point()}
 
     def loss_at(p, idx, ys):
-        tree = tree_unflatten([p.get(str(i), t) for i, t in enumerate(leaves)], spec)
+        tree = with_tensors(out, [p.get(str(i), t) for i, t in enumerate(leaves)])
         return loss_fn(sample_index(tree, idx), ys)
 
     dtype = next(iter(floating.values())).dtype if floating else torch.float64
