@@ -2,7 +2,7 @@
 time of ``sharpness`` on 2 gloo ranks (loopback, one thread each, contiguous shards) with the
 default coarse start against a cold start, and one process on the union, same run.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_distributed_coarse.py [--n 4096] [--width 128] [--repeats 3]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_distributed_coarse.py [--n 4096] [--width 128] [--repeats 4] [--ranks-only]
 
 Prints one row per setting: exact products, coarse products, their full-batch-equivalent cost,
 the median wall and CPU seconds per call (rank 0's: each rank holds half the samples) and the
@@ -22,6 +22,7 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 
 import catapult
+from catapult.curvature.coarse import COARSE_LEVELS, SMALL_BATCH_LEVELS
 
 
 def problem(n: int, seed: int, width: int = 128):
@@ -39,20 +40,26 @@ def problem(n: int, seed: int, width: int = 128):
     return model, nn.CrossEntropyLoss(), (x, y)
 
 
+#: the settings, each call alternated with the others: "auto", the sub-batch levels forced, the
+#: finite-difference level forced, a cold start
+SETTINGS = (("auto", "auto"), ("sub-batch", list(COARSE_LEVELS)), ("difference", list(SMALL_BATCH_LEVELS)),
+            ("None", None))
+
+
 def measure(model, loss_fn, batch, repeats: int, **kw) -> list:
-    rows = []
-    for coarse in ("auto", None):
-        times, cpu, est = [], [], None
-        for _ in range(repeats):
+    times = {name: [] for name, _ in SETTINGS}
+    cpu = {name: [] for name, _ in SETTINGS}
+    ests = {}
+    for r in range(repeats):
+        for name, coarse in SETTINGS[r % len(SETTINGS):] + SETTINGS[:r % len(SETTINGS)]:
             if kw.get("distributed"):
                 dist.barrier()
             start, start_cpu = time.perf_counter(), time.process_time()
-            est = catapult.sharpness(model, loss_fn, batch, coarse=coarse, **kw)
-            times.append(time.perf_counter() - start)
-            cpu.append(time.process_time() - start_cpu)
-        rows.append((coarse, est.matvecs, est.coarse_matvecs, est.coarse_cost, statistics.median(times),
-                     statistics.median(cpu), est.value))
-    return rows
+            ests[name] = catapult.sharpness(model, loss_fn, batch, coarse=coarse, **kw)
+            times[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+    return [(name, ests[name].matvecs, ests[name].coarse_matvecs, ests[name].coarse_cost,
+             statistics.median(times[name]), statistics.median(cpu[name]), ests[name].value) for name, _ in SETTINGS]
 
 
 def rank_main(rank: int, world: int, port: int, n: int, width: int, repeats: int, out):
@@ -73,11 +80,15 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=4096)
     parser.add_argument("--width", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--ranks-only", action="store_true", help="skip the one-process run")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model, loss_fn, batch = problem(args.n, 0, args.width)
-    single = measure(model, loss_fn, batch, args.repeats)
+    params = sum(p.numel() for p in model.parameters())
+    print(f"width {args.width}: {params} parameters; per-rank work of a coarsest product "
+          f"{params * (args.n // 2 // COARSE_LEVELS[0][0]):.3g} parameter-samples")
+    single = [] if args.ranks_only else measure(model, loss_fn, batch, args.repeats)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -27,17 +27,22 @@ def problem(n, reduction="mean"):
     return model, nn.MSELoss(reduction=reduction), (x, y)
 
 
-def solves(model, loss_fn, batch, distributed):
+#: coarse="auto"'s sub-batch levels at tol 1e-8, given explicitly: under distributed=True "auto"
+#: gives this small model the finite-difference level (coarse_ranks.sub_batch_pays)
+SUB_BATCH = [(16, 3e-3), (4, 3e-3)]
+
+
+def solves(model, loss_fn, batch, distributed, coarse="auto"):
     kw = {"distributed": True} if distributed else {}
     out = {}
-    for name, extra in (("fast", {}), ("lean", {"memory": "lean", "max_iter": 1000}),
+    for name, extra in (("fast", {"coarse": coarse}), ("lean", {"memory": "lean", "max_iter": 1000, "coarse": coarse}),
                         ("cold", {"coarse": None})):
         est = catapult.sharpness(model, loss_fn, batch, tol=1e-8, **extra, **kw)
         out[name] = (est.value, est.matvecs, est.coarse_matvecs, est.coarse_cost)
     return out
 
 
-def contiguous(rank, world, shards, reduction, wrap, interleaved=False):
+def contiguous(rank, world, shards, reduction, wrap, interleaved=False, coarse="auto"):
     model, loss_fn, (x, y) = problem(sum(shards), reduction)
     if interleaved:
         shard = (x[rank::world], y[rank::world])
@@ -46,7 +51,7 @@ def contiguous(rank, world, shards, reduction, wrap, interleaved=False):
         shard = (x[lo:lo + shards[rank]], y[lo:lo + shards[rank]])
     if wrap:
         model = nn.parallel.DistributedDataParallel(model)
-    out = solves(model, loss_fn, shard, True)
+    out = solves(model, loss_fn, shard, True, coarse)
     del model   # a DDP wrapper goes while the group is alive
     return out
 
@@ -56,9 +61,10 @@ def contiguous(rank, world, shards, reduction, wrap, interleaved=False):
                                                      ((10, 6), "mean", False), ((10, 6), "sum", False)])
 def test_two_ranks_take_one_process_coarse_start_and_its_product_counts(shards, reduction, wrap):
     model, loss_fn, batch = problem(sum(shards), reduction)
-    single = solves(model, loss_fn, batch, False)
+    coarse = SUB_BATCH if sum(shards) >= 256 else "auto"
+    single = solves(model, loss_fn, batch, False, coarse)
     assert single["fast"][2] > 0 and single["lean"][2] > 0 and single["cold"][2] == 0
-    for got in on_ranks(contiguous, shards, reduction, wrap):
+    for got in on_ranks(contiguous, shards, reduction, wrap, False, coarse):
         for name in ("fast", "lean", "cold"):
             value, matvecs, coarse_matvecs, coarse_cost = got[name]
             assert value == pytest.approx(single[name][0], rel=1e-6), name
@@ -80,7 +86,7 @@ def test_interleaved_shards_take_sub_batch_levels_of_the_union():
     # those, and the answer is the union's all the same
     model, loss_fn, batch = problem(300)
     want = catapult.sharpness(model, loss_fn, batch, tol=1e-8)
-    ranks = on_ranks(contiguous, (150, 150), "mean", False, True)
+    ranks = on_ranks(contiguous, (150, 150), "mean", False, True, SUB_BATCH)
     for got in ranks:
         value, matvecs, coarse_matvecs, coarse_cost = got["fast"]
         assert value == pytest.approx(want.value, rel=1e-6)
@@ -103,3 +109,38 @@ def differing_levels(rank, world):
 def test_coarse_levels_that_differ_between_the_ranks_are_refused_on_every_rank():
     for message in on_ranks(differing_levels):
         assert message is not None and "coarse" in message
+
+
+def auto_levels(rank, world, min_work):
+    from catapult.curvature import coarse_ranks
+
+    model, loss_fn, (x, y) = problem(512)
+    shard = (x[256 * rank:256 * (rank + 1)], y[256 * rank:256 * (rank + 1)])
+    kept = coarse_ranks.COARSE_MIN_RANK_WORK
+    coarse_ranks.COARSE_MIN_RANK_WORK = min_work   # (the rank processes are reused: put back below)
+    try:
+        est = catapult.sharpness(model, loss_fn, shard, tol=1e-8, distributed=True)
+    finally:
+        coarse_ranks.COARSE_MIN_RANK_WORK = kept
+    return est.value, est.matvecs, est.coarse_matvecs, est.coarse_cost
+
+
+@pytest.mark.slow  # two spawned interpreters importing torch
+def test_auto_takes_sub_batch_levels_only_where_a_coarse_product_pays_for_its_all_reduce():
+    # 512 samples on 2 ranks, a 50-parameter model: a coarsest product works on 50 x (256 // 16) =
+    # 800 parameter-samples per rank, far below COARSE_MIN_RANK_WORK, so "auto" takes the
+    # finite-difference level (one process's on the union: its value and counts); with the
+    # threshold at 800 it takes one process's sub-batch levels. Before, the sub-batch levels always
+    # (the 2-rank counts: 12 exact + 14 coarse, for the difference level's 10 + 7)
+    from catapult.curvature.coarse_ranks import COARSE_MIN_RANK_WORK
+
+    model, loss_fn, batch = problem(512)
+    assert sum(p.numel() for p in model.parameters()) == 50
+    difference = catapult.sharpness(model, loss_fn, batch, tol=1e-8, coarse=[("finite_difference", 3e-3)])
+    sub_batch = catapult.sharpness(model, loss_fn, batch, tol=1e-8)   # one process: "auto", the sub-batch levels
+    assert sub_batch.coarse_matvecs != difference.coarse_matvecs
+    for min_work, want in ((COARSE_MIN_RANK_WORK, difference), (800, sub_batch)):
+        for value, matvecs, coarse_matvecs, coarse_cost in on_ranks(auto_levels, min_work):
+            assert value == pytest.approx(want.value, rel=1e-6), min_work
+            assert (matvecs, coarse_matvecs) == (want.matvecs, want.coarse_matvecs), min_work
+            assert coarse_cost == pytest.approx(want.coarse_cost, rel=1e-12), min_work

@@ -8,7 +8,9 @@ the union, as the exact solve's are:
 
 * **the choice** under ``coarse="auto"`` is the union's: sub-batch levels when the ranks'
   samples add up to at least :data:`~catapult.curvature.coarse.COARSE_MIN_SAMPLES` (every rank's
-  batch sharing a sample dimension between inputs and targets), else the finite-difference level;
+  batch sharing a sample dimension between inputs and targets) and a coarsest product's work on a
+  rank reaches :data:`COARSE_MIN_RANK_WORK` (:func:`sub_batch_pays`), else the finite-difference
+  level;
   every rank runs the same levels with the same tols (explicit levels that differ between the
   ranks are refused on every rank);
 * **a sub-batch level** on ``m_r = n_r // divisor`` samples of each rank's ``n_r`` (at least 1) is
@@ -32,11 +34,35 @@ import zlib
 import torch
 
 from catapult.curvature import distributed as dist_ops
-from catapult.curvature.coarse import FINITE_DIFFERENCE, coarse_levels
+from catapult.curvature.coarse import COARSE_LEVELS, COARSE_MIN_SAMPLES, FINITE_DIFFERENCE, coarse_levels
 from catapult.curvature.hessian import HessianOperator
 from catapult.curvature.microbatch import sample_count, sample_count_or_none, shares_samples
 
-__all__ = ["union_samples", "union_levels", "sub_batch_operator"]
+__all__ = ["COARSE_MIN_RANK_WORK", "sub_batch_pays", "union_samples", "union_levels", "sub_batch_operator"]
+
+#: ``coarse="auto"`` with ``distributed=True`` takes sub-batch levels only where a coarsest level's
+#: product on a rank works on at least this many parameter-samples (parameters x ``n_r // 16``):
+#: each coarse product is also an all-reduce, whose fixed cost (the collective and its Python,
+#: ~1 ms of a rank's CPU on gloo) does not shrink with the sub-batch, so on a small model the ~45
+#: cheap products cost more than the exact ones they save. Measured on 2 gloo ranks, tanh MLPs,
+#: rank 0's CPU against a cold start (``bench/bench_distributed_coarse.py``, ``bench/RESULTS.md``):
+#: +0.6% to +17% at 2.8e6, -10% at 5.6e6, -24% at 1.1e7, -13% at 2.0e7, -23% at 7.3e7. Below it
+#: the level is the finite-difference one (a gradient and an all-reduce per product, on the whole
+#: shard), as for a union of fewer than 256 samples. CPU-calibrated (gloo): on GPUs a product
+#: is faster and the fixed cost larger in proportion.
+COARSE_MIN_RANK_WORK = 5_000_000
+
+
+def sub_batch_pays(union: int, world: int, params: int) -> bool:
+    """Whether ``coarse="auto"`` takes sub-batch levels on ``world`` ranks holding ``union``
+    samples of a model of ``params`` parameters (the same on every rank: no timing): the union
+    has at least :data:`~catapult.curvature.coarse.COARSE_MIN_SAMPLES` samples and a coarsest
+    product's work per rank, ``params * (union // world // 16)``, reaches :data:`COARSE_MIN_RANK_WORK`.
+
+    >>> sub_batch_pays(4096, 2, 22_026), sub_batch_pays(8192, 2, 22_026), sub_batch_pays(200, 1, 10 ** 9)
+    (False, True, False)
+    """
+    return union >= COARSE_MIN_SAMPLES and params * (union // world // COARSE_LEVELS[0][0]) >= COARSE_MIN_RANK_WORK
 
 
 def union_samples(batch, device=None) -> int | None:
@@ -57,19 +83,30 @@ def union_samples(batch, device=None) -> int | None:
     return None if unknown else int(total)
 
 
-def union_levels(batch, coarse, tol: float, device=None) -> list[tuple[int | str, float]]:
+def union_levels(batch, coarse, tol: float, device=None, *, params: int | None = None) -> list[tuple[int | str, float]]:
     """:func:`~catapult.curvature.coarse.coarse_levels` of this rank's shard, chosen by the union's
-    sample count (every rank must call it): each rank's own ``n_r // divisor``, the same kinds and
-    tols on every rank. A refusal on one rank (sub-batch levels for a batch without a sample
-    dimension), or levels that differ between the ranks, stop every rank with a ValueError.
+    sample count and, where ``params`` (the model's parameter count, the same on every rank) is
+    given, by :func:`sub_batch_pays` (every rank must call it): each rank's own ``n_r // divisor``,
+    the same kinds and tols on every rank. A refusal on one rank (sub-batch levels for a batch
+    without a sample dimension), or levels that differ between the ranks, stop every rank with a
+    ValueError.
 
     >>> x, y = torch.zeros(160, 3), torch.zeros(160)
     >>> with dist_ops.single_process_group():
     ...     union_levels((x, y), "auto", 1e-3), union_levels((x, y), [(4, 1e-2)], 1e-3)
     ([('finite_difference', 0.003)], [(40, 0.01)])
+    >>> x, y = torch.zeros(4096, 3), torch.zeros(4096)
+    >>> with dist_ops.single_process_group():
+    ...     union_levels((x, y), "auto", 1e-3, params=1000), union_levels((x, y), "auto", 1e-3, params=10 ** 6)
+    ([('finite_difference', 0.003)], [(256, 0.003), (1024, 0.003)])
     """
     union = union_samples(batch, device)
-    levels = dist_ops.agreed(lambda: coarse_levels(batch, coarse, tol, union_samples=union), device)
+    chooser = union
+    if coarse == "auto" and union is not None and params is not None:
+        import torch.distributed as dist
+
+        chooser = union if sub_batch_pays(union, dist.get_world_size(), params) else 0   # the difference level
+    levels = dist_ops.agreed(lambda: coarse_levels(batch, coarse, tol, union_samples=chooser), device)
     spelled = ";".join(f"{m == FINITE_DIFFERENCE}:{level_tol!r}" for m, level_tol in levels)
     code = float(zlib.crc32(spelled.encode()))
     import torch.distributed as dist

@@ -257,8 +257,9 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
             where that is looser), ``None`` (a random start), or
             ``(divisor, tol)`` levels (``divisor`` an integer >= 2 or ``"finite_difference"``).
             With ``distributed=True`` each rank cuts its own shard alike and the products are
-            all-reduced; ``"auto"`` chooses by the union's sample count
-            (:mod:`catapult.curvature.coarse_ranks`).
+            all-reduced; ``"auto"`` chooses by the union's sample count and takes sub-batch
+            levels only where a coarse product's work per rank pays for its all-reduce
+            (:func:`~catapult.curvature.coarse_ranks.sub_batch_pays`).
             The answer and its ``tol`` are the exact full batch's; ``est.coarse_matvecs``
             counts the cheaper products.
         distributed: inside an initialised ``torch.distributed`` process group, ``batch`` is
@@ -315,7 +316,7 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
     if warm or curvature == "ggn" or fsdp:
         levels = []   # (a model sharded by FSDP2 starts cold: coarse_ranks)
     elif distributed:   # each rank's shard cut alike, the products all-reduced (coarse_ranks)
-        levels = coarse_ranks.union_levels(batch, coarse, tol, op.device)
+        levels = coarse_ranks.union_levels(batch, coarse, tol, op.device, params=v0.numel())
     else:
         levels = coarse_levels(batch, coarse, tol)
     coarse_products, coarse_cost = 0, 0.0
