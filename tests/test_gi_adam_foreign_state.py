@@ -48,3 +48,31 @@ def test_a_parameter_state_lacking_adams_second_moment_is_refused():
     opt = GIAdam(model.parameters())
     with pytest.raises(ValueError, match=r"the state of parameter 0 has \['exp_avg', 'step'\], not an Adam state"):
         opt.load_state_dict(saved)
+
+
+@pytest.mark.parametrize("cls, options, key", [
+    (torch.optim.SGD, {"lr": 0.1, "weight_decay": 0.5}, "'dampening', 'momentum', 'nesterov'"),
+    (torch.optim.NAdam, {}, "'momentum_decay'"),
+    (torch.optim.Adamax, {"weight_decay": 0.5}, "neither 'v0' .* nor 'amsgrad'"),
+    (torch.optim.RAdam, {}, "neither 'v0' .* nor 'amsgrad'"),
+])
+def test_another_optimizers_group_without_parameter_state_is_refused_naming_its_keys(cls, options, key):
+    # S: an SGD(lr=0.1, weight_decay=0.5) group before any step has no parameter state, and
+    # GIAdam loaded it: lr 0.1 taken as Adam's and SGD's coupled L2 decay (0.5 * theta added to
+    # the gradient) as a decoupled one (theta *= 1 - lr * 0.5). Truth: torch's own state_dicts
+    # and the keys torch writes for each optimizer's group.
+    model = torch.nn.Linear(2, 2)
+    saved = cls(model.parameters(), **options).state_dict()
+    assert saved["state"] == {}
+    opt = GIAdam(model.parameters(), lr=0.01)
+    before = str(opt.state_dict())
+    with pytest.raises(ValueError, match=rf"state_dict param group 0: has {key}.* param group of another optimizer"):
+        opt.load_state_dict(saved)
+    assert str(opt.state_dict()) == before
+    # torch Adam's and AdamW's groups (amsgrad) and GIAdam's own (v0) still load, with a
+    # scheduler's initial_lr and any key a user added to the group
+    for other in (torch.optim.Adam(model.parameters(), lr=0.2), torch.optim.AdamW(model.parameters(), lr=0.2),
+                  GIAdam(model.parameters(), lr=0.2)):
+        other.param_groups[0].update(initial_lr=0.2, name="body")
+        opt.load_state_dict(other.state_dict())
+        assert opt.param_groups[0]["lr"] == 0.2 and opt.param_groups[0]["name"] == "body"

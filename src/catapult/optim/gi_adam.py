@@ -145,6 +145,28 @@ def _check_unsaid_coupling(group: dict[str, Any], where: str) -> None:
                          "set the group's 'decoupled_weight_decay' to True before loading it")
 
 
+#: The keys of the param groups that GIAdam and torch Adam/AdamW write (and torch's ``params``,
+#: ``param_names``; a scheduler's ``initial_lr``).
+_ADAM_GROUP_KEYS = frozenset(_OPTIONS) | frozenset(_TORCH_ADAM_FLAGS) | {
+    "decoupled_weight_decay", "params", "param_names", "initial_lr"}
+
+
+def _check_adam_group(group: dict[str, Any], where: str) -> None:
+    """Refuse a saved param group that is not an Adam-family group: one with neither ``v0``
+    (GIAdam's) nor ``amsgrad`` (torch Adam/AdamW's), named by its keys that no Adam group has.
+    Another optimizer's group with no parameter state yet (an SGD before its first step, or
+    one without momentum) loaded, its lr taken as Adam's and its weight decay (SGD's and
+    Adamax's couple it, an L2 gradient) as decoupled; RAdam's (no key of its own) stepped on
+    unrectified."""
+    if "v0" in group or "amsgrad" in group:
+        return
+    foreign = sorted(str(k) for k in group if k not in _ADAM_GROUP_KEYS)
+    said = (f"has {', '.join(map(repr, foreign))}, no key of an Adam group" if foreign
+            else f"has neither 'v0' (GIAdam's) nor 'amsgrad' (torch Adam/AdamW's), keys {sorted(map(str, group))}")
+    raise ValueError(f"{where}{said}: a param group of another optimizer (momentum: SGD; momentum_decay: "
+                     "NAdam; none of its own: Adamax, RAdam) does not load into GIAdam")
+
+
 #: The keys of a parameter's Adam state (GIAdam's and torch Adam/AdamW's alike).
 _STATE_KEYS = ("step", "exp_avg", "exp_avg_sq")
 
@@ -266,7 +288,10 @@ class GIAdam(torch.optim.Optimizer):
                 _check_torch_adam_flags(group, where, group.get("weight_decay",
                                                                 self.defaults["weight_decay"]))
                 _check_unsaid_coupling(group, where)
-        _check_state_keys(state_dict)
+        _check_state_keys(state_dict)   # (a parameter state names the optimizer better than its group)
+        for i, group in enumerate(groups if isinstance(groups, list) else []):
+            if isinstance(group, dict):
+                _check_adam_group(group, f"state_dict param group {i}: ")
         self._check_state_shapes(state_dict)
         super().load_state_dict(state_dict)
 
