@@ -19,7 +19,7 @@ from torch.overrides import TorchFunctionMode
 from catapult.arguments import check_integer
 
 __all__ = ["ChosenChunkSize", "PieceFailed", "MicroBatchRefused", "batch_coupling", "coupling_remedy", "functional_masks_off", "map_tensors", "refuse_dropout",
-           "reduction_kind", "sample_count", "sample_count_or_none", "sample_device", "sample_index", "sample_rows", "shares_samples",
+           "refuse_sparse", "reduction_kind", "sample_count", "sample_count_or_none", "sample_device", "sample_index", "sample_rows", "shares_samples",
            "split_batch", "tensor_leaves", "uses_batch_statistics", "weighted_backward", "weighted_gradient",
            "with_tensors", "opaque_leaves"]
 
@@ -516,6 +516,25 @@ def sample_device(tree) -> torch.device | None:
     return leaves[0][1].device if leaves else None
 
 
+def refuse_sparse(tree, what: str, option: str, key: str, instead: str) -> None:
+    """Refuse a batch's ``inputs`` or ``targets`` (``what``) holding a sparse tensor (COO, CSR, any
+    layout but strided) where ``option`` cuts it into micro-batches (``key``: ``"chunk_size"`` or
+    ``"memory"``): a :class:`MicroBatchRefused` naming the option and the leaf, before any product.
+    (torch slices no sparse tensor along dim 0 by a view: the micro-batches failed inside torch with
+    ``NotImplementedError: Could not run 'aten::as_strided' ... 'SparseCPU'``.)
+
+    >>> refuse_sparse({"x": torch.eye(3).to_sparse()}, "inputs", "chunk_size", "chunk_size", "chunk_size=None")
+    Traceback (most recent call last):
+    catapult.curvature.microbatch.MicroBatchRefused: chunk_size: the batch's inputs ['x'] hold a sparse tensor (torch.sparse_coo), which micro-batches cannot cut; use chunk_size=None, or a dense batch (.to_dense())
+    >>> refuse_sparse(torch.zeros(3, 2), "inputs", "chunk_size", "chunk_size", "chunk_size=None")
+    """
+    for path, t in _sample_leaves(tree):
+        if t.layout != torch.strided:
+            raise MicroBatchRefused(f"{option}: the batch's {what}{(' ' + path) if path else ''} hold a sparse tensor "
+                                    f"({t.layout}), which micro-batches cannot cut; use {instead}, or a dense "
+                                    "batch (.to_dense())", key)
+
+
 def split_batch(model: torch.nn.Module, loss_at, params: dict, inputs, targets,
                 chunk_size: int | None, dtype: torch.dtype) -> tuple[list[tuple], float]:
     """``([(inputs, targets, weight)], loss)``: the micro-batches of at most ``chunk_size``
@@ -546,15 +565,17 @@ def split_batch(model: torch.nn.Module, loss_at, params: dict, inputs, targets,
     size = check_integer("HessianOperator", "chunk_size", chunk_size, optional=True)  # a NumPy integer too
     chunk_size = chunk_size if isinstance(chunk_size, int) else size  # ChosenChunkSize stays itself
     x, y = inputs, targets
+    # the option the messages name: the caller's chunk_size, or the micro-batches lean chose
+    option, instead = ((f"memory='lean' (micro-batches of {chunk_size})", "memory='fast'")
+                       if isinstance(chunk_size, ChosenChunkSize) else ("chunk_size", "chunk_size=None"))
+    key = "memory" if isinstance(chunk_size, ChosenChunkSize) else "chunk_size"
     n = sample_count(x, "inputs")
     if not shares_samples(y, n):   # (targets without a sample dimension go whole to every piece)
         raise ValueError(f"chunk_size: inputs have {n} samples (dim 0) but targets have {sample_count(y, 'targets')}")
     if chunk_size >= n:
         return whole, float("nan")
-    # the option the messages name: the caller's chunk_size, or the micro-batches lean chose
-    option, instead = ((f"memory='lean' (micro-batches of {chunk_size})", "memory='fast'")
-                       if isinstance(chunk_size, ChosenChunkSize) else ("chunk_size", "chunk_size=None"))
-    key = "memory" if isinstance(chunk_size, ChosenChunkSize) else "chunk_size"
+    refuse_sparse(x, "inputs", option, key, instead)
+    refuse_sparse(y, "targets", option, key, instead)
     coupled = batch_coupling(model)
     if coupled is not None:
         raise MicroBatchRefused(f"{option}: module {coupled[0]!r} is {coupled[1]} would differ per chunk; "

@@ -24,7 +24,7 @@ from catapult.curvature.ggn import CURVATURES, GaussNewtonOperator
 from catapult.curvature.hessian import HessianOperator, resolve_dtype
 from catapult.optim import registry, rules
 from catapult.curvature.lanczos import EigenEstimate, lanczos_top_eigenpair
-from catapult.curvature.microbatch import ChosenChunkSize, sample_count_or_none, sample_device
+from catapult.curvature.microbatch import ChosenChunkSize, refuse_sparse, sample_count_or_none, sample_device
 from catapult.curvature.modes import refuse_stale_compiled
 from catapult.curvature.preconditioner import PreconditionedOperator, adam_preconditioner, check_preconditioned
 from catapult.curvature.rank_agreement import same_call_on_every_rank
@@ -87,6 +87,8 @@ def memory_setting(memory: str, batch, chunk_size, max_basis, model=None, loss_f
         chunks, basis = 1, lean.LEAN_MAX_BASIS
     else:
         model = dist_ops.unwrap_ddp(model)
+        for part, what in zip(batch, ("inputs", "targets")):   # (its sizing forward cuts a probe's rows)
+            refuse_sparse(part, what, "memory='lean'", "memory", "memory='fast'")
         refuse_stale_compiled("memory='lean'", model)   # its sizing forward substitutes the parameters too
 
         def sized():  # a forward on this rank's shard
