@@ -217,3 +217,28 @@ def test_single_process_group_waits_for_its_collectives_before_freeing_the_group
     assert calls[-1] == "destroy" and calls[:-1].index("all_reduce") < len(calls) - 2
     assert calls[-2] == "barrier", calls
     assert not dist.is_initialized()
+
+
+def _verdict_json_cannot_encode(rank, world):
+    from pathlib import PurePosixPath
+
+    from catapult.engine import distributed
+
+    def work():   # rank 0's verdict holds a value JSON cannot encode (a path as a problem's message)
+        if rank == 0:
+            raise ConfigError([("data.root", PurePosixPath("/data/part0.npy"))])
+        return "done"
+    try:
+        distributed._on_every_rank(work, True)
+        return None
+    except Exception as exc:
+        return type(exc).__name__, [list(map(str, p)) for p in getattr(exc, "problems", [])]
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
+def test_a_verdict_json_cannot_encode_still_reaches_every_rank():
+    # json.dumps raised TypeError on rank 0 alone, before its collective, and rank 1 waited in
+    # its all_gather (the set-up group's 24-hour timeout): now the value travels as its repr
+    ranks = on_ranks(_verdict_json_cannot_encode)
+    assert ranks[0] == ("ConfigError", [["data.root", "/data/part0.npy"]])      # rank 0's own error
+    assert ranks[1] == ("ConfigError", [["data.root", "PurePosixPath('/data/part0.npy')"]])

@@ -447,7 +447,11 @@ def _gather_objects(obj: Any, group, kept: list) -> list:
         every: list = [None] * world
         dist.all_gather_object(every, obj)
         return every
-    data = torch.frombuffer(bytearray(json.dumps(obj).encode()), dtype=torch.uint8)
+    try:   # a value JSON cannot encode as its repr (a Path in a ConfigError's problems): json.dumps
+        text = json.dumps(obj, default=repr)   # raised on that rank alone, and the others waited
+    except (TypeError, ValueError, RecursionError):   # a key that is not a string, a cycle: the whole's
+        text = json.dumps(repr(obj))
+    data = torch.frombuffer(bytearray(text.encode()), dtype=torch.uint8)
     size = torch.tensor([data.numel()], dtype=torch.long)
     sizes = [torch.zeros(1, dtype=torch.long) for _ in range(world)]
     dist.all_gather(sizes, size, group=group)
