@@ -81,8 +81,13 @@ def test_torch_func_products_through_a_scripted_function_are_refused(hvp, settle
 @pytest.mark.parametrize("hvp", ["auto", "compiled"])
 def test_a_compiled_model_calling_a_scripted_function_is_refused(hvp):
     # measured before: 1.0740 (fresh) / 1.1782 and 1.7326 (settled) for 2.1516
+    from torch_features import compiles_under_func
+
     model, batch = _setup(settled=False)
-    with pytest.raises(ValueError, match="TorchScript function.*'finite_difference'.*uncompiled"):
+    # torch 2.2.2 refuses any compiled model first (its compiled modules keep their traced parameters)
+    words = ("TorchScript function.*'finite_difference'.*uncompiled" if compiles_under_func() else
+             "torch.compile'd modules keep reading the parameters they were traced with.*uncompiled")
+    with pytest.raises(ValueError, match=words):
         catapult.sharpness(torch.compile(model), nn.MSELoss(), batch, hvp=hvp)
 
 
