@@ -14,7 +14,7 @@ import torch
 from catapult.arguments import check_integer
 
 __all__ = ["KrylovBasis", "FRESH_DRAWS", "inner_product", "rows_inner_products", "vector_norm", "unit_roundoff",
-           "operator_chain"]
+           "operator_chain", "product_exponent", "scaled_back", "SAFE_EXPONENT"]
 
 #: Random draws :meth:`KrylovBasis.fresh_direction` makes before it gives up (each one lies
 #: in the basis' span with probability zero, unless the basis spans the space).
@@ -108,6 +108,53 @@ def vector_norm(a: torch.Tensor, reduce=None) -> torch.Tensor:
         return torch.linalg.vector_norm(a)
     flat = a.reshape(-1)
     return _dot(flat, flat).sqrt()
+
+
+#: :func:`product_exponent`'s window: a product whose largest entry lies in
+#: ``[2**-SAFE_EXPONENT, 2**SAFE_EXPONENT)`` is used as it is (squares of its entries, and of a
+#: remainder ``1e-100`` of it, stay normal floats in float64 and float32 alike).
+SAFE_EXPONENT = 100
+
+
+def product_exponent(w: torch.Tensor, reduce=None) -> int:
+    """``e`` with ``2**-e * w``'s largest entry in ``[0.5, 1)`` (an exact power of two, within
+    +-1000), or 0 where ``w``'s largest entry already lies in ``[2**-SAFE_EXPONENT,
+    2**SAFE_EXPONENT)``, is 0 or is not finite. With ``reduce``, the largest entries of the ranks'
+    parts summed over the ranks (the same ``e`` on every rank).
+
+    Why: the solvers' norms are square roots of sums of squares, which underflow for a float64
+    operator of norm ~1e-154 (a tiny loss: ``beta = 0``, "invariant", converged after 1-2
+    products on a wrong value) and overflow past ~1e154 (``nan``). A solver scales its operator by
+    ``2**-e`` (exact: the same rounding) and its eigenvalue back by ``2**e``.
+
+    >>> product_exponent(torch.tensor([3.0, -1.0])), product_exponent(torch.tensor([0.0]))
+    (0, 0)
+    >>> product_exponent(torch.tensor([1e-200, -3e-200], dtype=torch.float64))
+    -662
+    """
+    if w.numel():
+        top = w.detach().abs().amax().reshape(1)
+    else:
+        top = w.new_zeros(1)
+    if reduce is not None:
+        top = reduce(top)
+    top = float(top)
+    if not math.isfinite(top) or top == 0 or 2.0 ** -SAFE_EXPONENT <= top < 2.0 ** SAFE_EXPONENT:
+        return 0
+    return max(-1000, min(1000, math.frexp(top)[1]))
+
+
+def scaled_back(value: float, exponent: int) -> float:
+    """``2**exponent * value``: the eigenvalue of ``A`` from a solve on ``2**-exponent A``
+    (:func:`product_exponent`); past float64's range, an infinity of ``value``'s sign.
+
+    >>> scaled_back(0.75, -662) == 0.75 * 2.0 ** -662, scaled_back(-0.5, 1030)
+    (True, -inf)
+    """
+    try:
+        return math.ldexp(value, exponent)
+    except OverflowError:
+        return math.copysign(math.inf, value)
 
 
 class KrylovBasis:

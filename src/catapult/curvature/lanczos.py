@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from catapult.arguments import MAX_PRODUCTS, check_integer, check_real
-from catapult.curvature.krylov import KrylovBasis, inner_product, rows_inner_products, vector_norm, unit_roundoff
+from catapult.curvature.krylov import (KrylovBasis, inner_product, product_exponent, rows_inner_products, scaled_back,
+                                       vector_norm, unit_roundoff)
 from catapult.curvature.stopping import (ERROR_FLOOR_ULPS, eigenvalue_error_bound, error_floor, krylov_invariant,
                                          relative_residual, reported_bound, rounding_level, stop_test)
 
@@ -267,6 +268,10 @@ def lanczos_top_eigenpair(
 
     The basis lives on ``v0``'s device and dtype; per iteration only the two scalars
     ``alpha = q^T A q`` and ``beta`` are copied to the host (the convergence test needs them).
+    An operator whose first product's largest entry lies outside ``2**-100 .. 2**100`` (a loss
+    scaled by 1e-200) is solved as ``2**-e A`` and its eigenvalue scaled back
+    (:func:`~catapult.curvature.krylov.product_exponent`; exact, so the same products and
+    rounding), where sums of squares would underflow or overflow.
 
     Args:
         matvec: ``v -> A v`` on flat tensors shaped like ``v0``; ``A`` must be symmetric.
@@ -334,6 +339,14 @@ def lanczos_top_eigenpair(
         w = w.to(q.dtype)
         if not _fresh_output:
             w = w.clone()
+        if matvecs == 1:
+            # the solve runs on 2**-e A (exact): norms of a float64 operator below ~1e-154
+            # underflowed (beta = 0: "converged" after 1-2 products, -0.013x the top at 1e-200)
+            # and past ~1e154 overflowed (nan); e = 0 for ordinary operators (no work added)
+            exponent = product_exponent(w, reduce)
+            unscale = math.ldexp(1.0, -exponent)
+        if exponent:
+            w.mul_(unscale)
         alpha_t, beta_t = lanczos_step(basis, T, w, reorthogonalize=reorthogonalize)
         alpha, beta = torch.stack([alpha_t, beta_t.to(alpha_t.dtype)]).tolist()  # one sync
         if not (math.isfinite(alpha) and math.isfinite(beta)):
@@ -359,7 +372,8 @@ def lanczos_top_eigenpair(
         return EigenEstimate(float("nan"), v0 / norm0, matvecs, False, float("nan"))
     vector = basis.combine(torch.as_tensor(s, dtype=v0.dtype, device=v0.device))
     vector /= vector_norm(vector, reduce)
-    return EigenEstimate(theta, vector, matvecs, converged, rel, bound)
+    return EigenEstimate(scaled_back(theta, exponent), vector, matvecs, converged, rel, bound)
+
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,76 @@
+"""Operators of tiny or huge norm (float64): the solvers run on ``2**-e A`` (exact) and report
+``2**e`` times its eigenvalue. Before, norms of products below ~1e-154 underflowed (``beta = 0``:
+"invariant", converged after 1-2 products on a wrong value) or lost digits to subnormal squares
+(converged 1.7e-6 / 1.2e-8 off at 1e-160 with a bound of ~1e-15), and past ~1e154 overflowed (nan).
+Truth: numpy's dense ``eigh`` of the scaled matrix."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from catapult.curvature.krylov import product_exponent, scaled_back
+from catapult.curvature.lanczos import lanczos_top_eigenpair
+from catapult.curvature.lean import lean_top_eigenpair
+
+SOLVERS = [lanczos_top_eigenpair, lean_top_eigenpair]
+
+
+def matrix_and_start():
+    g = torch.Generator().manual_seed(0)
+    B = torch.randn(12, 12, generator=g, dtype=torch.float64)
+    return B + B.T, torch.randn(12, generator=g, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+@pytest.mark.parametrize("scale", [1e-200, 1e-160, 1e160])
+def test_scaled_operator_matches_dense_eigh(solver, scale):
+    A0, v0 = matrix_and_start()
+    A = A0 * scale
+    values, vectors = np.linalg.eigh(A.numpy())
+    est = solver(lambda v: A @ v, v0.clone(), tol=1e-8, max_iter=100)
+    assert est.converged
+    assert abs(est.value / values[-1] - 1) <= 1e-12
+    assert est.error_bound <= 1e-8
+    assert abs(float(est.vector @ torch.as_tensor(vectors[:, -1]))) == pytest.approx(1.0, abs=1e-10)
+    # the products spent are those of the unscaled problem
+    ordinary = solver(lambda v: A0 @ v, v0.clone(), tol=1e-8, max_iter=100)
+    assert est.matvecs == ordinary.matvecs
+
+
+@pytest.mark.parametrize("solver, products", [(lanczos_top_eigenpair, 12), (lean_top_eigenpair, 24)])
+def test_ordinary_product_counts_unchanged(solver, products):
+    # the counts the solvers spent on this operator before the scaling (no work added in range)
+    A0, v0 = matrix_and_start()
+    est = solver(lambda v: A0 @ v, v0.clone(), tol=1e-8, max_iter=100)
+    assert est.matvecs == products and est.converged
+    assert est.value == pytest.approx(float(np.linalg.eigh(A0.numpy())[0][-1]), rel=1e-13)
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_power_of_two_scaling_is_exact(solver):
+    # 2**-700 A: the same iteration, every number exactly 2**-700 times (the vector the same)
+    A0, v0 = matrix_and_start()
+    A = A0 * 2.0 ** -700
+    ordinary = solver(lambda v: A0 @ v, v0.clone(), tol=1e-8, max_iter=100)
+    tiny = solver(lambda v: A @ v, v0.clone(), tol=1e-8, max_iter=100)
+    assert tiny.value == ordinary.value * 2.0 ** -700
+    assert torch.equal(tiny.vector, ordinary.vector) and tiny.matvecs == ordinary.matvecs
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_identity_reduce_takes_the_same_scale(solver):
+    # the sharded path: the exponent from the ranks' largest entries, summed (one rank here)
+    A0, v0 = matrix_and_start()
+    A = A0 * 1e-200
+    est = solver(lambda v: A @ v, v0.clone(), tol=1e-8, max_iter=100, reduce=lambda t: t)
+    assert est.converged and abs(est.value / float(np.linalg.eigh(A.numpy())[0][-1]) - 1) <= 1e-12
+
+
+def test_product_exponent_and_scaled_back():
+    w = torch.tensor([1e-200, -3e-200], dtype=torch.float64)
+    e = product_exponent(w)
+    assert 0.5 <= float((w * 2.0 ** -e).abs().max()) < 1.0
+    assert product_exponent(torch.tensor([float("nan"), 1e-200], dtype=torch.float64)) == 0
+    assert product_exponent(torch.zeros(0)) == 0
+    assert scaled_back(3.0, -1100) == 0.0 and scaled_back(3.0, 1100) == math.inf
