@@ -74,3 +74,20 @@ def test_product_exponent_and_scaled_back():
     assert product_exponent(torch.tensor([float("nan"), 1e-200], dtype=torch.float64)) == 0
     assert product_exponent(torch.zeros(0)) == 0
     assert scaled_back(3.0, -1100) == 0.0 and scaled_back(3.0, 1100) == math.inf
+
+
+@pytest.mark.parametrize("exponent", [531, -664])
+def test_sharpness_of_a_scaled_loss_is_the_scaled_sharpness(exponent):
+    # a loss times 2**k: every product exactly 2**k times (the same iteration); the coarse
+    # start's difference check overflowed at 2**531 (nan: level skipped, 15 products for 10)
+    from catapult.curvature.sharpness import sharpness
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)).double()
+    x, y = torch.randn(16, 3, dtype=torch.float64), torch.randn(16, 1, dtype=torch.float64)
+    c = 2.0 ** exponent
+    for memory in ("fast", "lean"):
+        plain = sharpness(model, torch.nn.MSELoss(), (x, y), tol=1e-8, memory=memory)
+        scaled = sharpness(model, lambda out, t: c * torch.nn.functional.mse_loss(out, t), (x, y), tol=1e-8,
+                           memory=memory)
+        assert scaled.converged and scaled.matvecs == plain.matvecs
+        assert scaled.value == pytest.approx(c * plain.value, rel=1e-12)
