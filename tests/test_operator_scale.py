@@ -91,3 +91,20 @@ def test_sharpness_of_a_scaled_loss_is_the_scaled_sharpness(exponent):
                            memory=memory)
         assert scaled.converged and scaled.matvecs == plain.matvecs
         assert scaled.value == pytest.approx(c * plain.value, rel=1e-12)
+
+
+def test_batched_members_of_different_scales():
+    # each member its own 2**-e (kept through the compaction after two members stop at 3 products)
+    from catapult.curvature.lanczos import batched_lanczos
+    A0, v0 = matrix_and_start()
+    scales = [1e-200, 1.0, 1e160, 1e-160]
+    A = torch.stack([A0 * c for c in scales])
+    ests = batched_lanczos(lambda active, V: torch.einsum("kij,kj->ki", A[torch.as_tensor(active)], V),
+                           v0.expand(4, -1).clone(), tol=[1e-8] * 4, max_iter=[3, 3, 100, 100])
+    top = float(np.linalg.eigh(A0.numpy())[0][-1])
+    for est, c in zip(ests[2:], scales[2:]):
+        assert est.converged and est.matvecs == 12
+        assert abs(est.value / float(np.linalg.eigh((A0 * c).numpy())[0][-1]) - 1) <= 1e-12
+    # the stopped members: not converged, each 2**e times what its own scaled solve saw
+    assert not ests[0].converged and ests[0].value / 1e-200 == pytest.approx(ests[1].value, rel=1e-12)
+    assert ests[1].value < top

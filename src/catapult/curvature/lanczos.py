@@ -476,6 +476,11 @@ def batched_lanczos(matvec, v0: torch.Tensor, *, tol: Sequence[float], max_iter:
             w = torch.zeros_like(q)
             w[where] = matvec(active, q[where]).to(q.dtype)
         matvecs += 1
+        if matvecs == 1:  # each member on 2**-e A, as lanczos_top_eigenpair (1e-200: -1.7x off, converged)
+            exponents = np.array([product_exponent(row) for row in w], dtype=np.int64)
+            unscale = torch.as_tensor(np.ldexp(1.0, -exponents), dtype=q.dtype, device=q.device)[:, None]
+        if exponents.any():
+            w.mul_(unscale)
         couple = torch.as_tensor(T[:, :j, j], dtype=q.dtype, device=q.device)
         alpha_t, h, beta_t = _orthogonalise_rows(w, q, basis, couple, size)
         alpha_t = alpha_t + h[:, j]
@@ -499,7 +504,8 @@ def batched_lanczos(matvec, v0: torch.Tensor, *, tol: Sequence[float], max_iter:
             if stop or matvecs == max_iter[member]:
                 vector = torch.as_tensor(s, dtype=q.dtype, device=q.device) @ _own_row(basis[r, :size])
                 vector /= vector_norm(vector)
-                results[member] = EigenEstimate(theta, vector, matvecs, converged, rel, bound)
+                results[member] = EigenEstimate(scaled_back(theta, int(exponents[r])), vector, matvecs, converged, rel,
+                                                bound)
                 done[k] = True
         if done.all():
             break
@@ -520,5 +526,6 @@ def batched_lanczos(matvec, v0: torch.Tensor, *, tol: Sequence[float], max_iter:
             if len(rows) <= basis.shape[0] // 2:
                 sel = torch.as_tensor(rows, device=basis.device)
                 basis, start, T = basis[sel], start[sel], T[rows]
+                exponents, unscale = exponents[rows], unscale[sel]
                 rows = np.arange(len(rows))
     return results  # type: ignore[return-value]
