@@ -108,3 +108,17 @@ def test_batched_members_of_different_scales():
     # the stopped members: not converged, each 2**e times what its own scaled solve saw
     assert not ests[0].converged and ests[0].value / 1e-200 == pytest.approx(ests[1].value, rel=1e-12)
     assert ests[1].value < top
+
+
+@pytest.mark.parametrize("scale", [1e-200, 1e-160, 1e160])
+def test_top_k_of_a_scaled_operator(scale):
+    # before: 1e-200 41% off, 1e-160 2.4e-10 off (tol 1e-8), both converged; 1e160 nan
+    from catapult.curvature.top_k import lanczos_top_k
+    A0, v0 = matrix_and_start()
+    A = A0 * scale
+    truth = np.linalg.eigh(A.numpy())[0][::-1][:3]
+    est = lanczos_top_k(lambda v: A @ v, v0.clone(), 3, tol=1e-8)
+    ordinary = lanczos_top_k(lambda v: A0 @ v, v0.clone(), 3, tol=1e-8)
+    assert est.converged and est.matvecs == ordinary.matvecs == 12
+    assert np.abs(np.array(est.values) / truth - 1).max() <= 1e-12
+    assert est.scale == pytest.approx(ordinary.scale * scale, rel=1e-12)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from catapult.arguments import check_integer, check_seed
-from catapult.curvature.krylov import KrylovBasis, inner_product, vector_norm, unit_roundoff
+from catapult.curvature.krylov import KrylovBasis, inner_product, product_exponent, scaled_back, vector_norm, unit_roundoff
 from catapult.curvature.start import check_solver_args
 from catapult.curvature.stopping import ERROR_FLOOR_ULPS, rounding_level
 
@@ -246,6 +246,11 @@ def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_it
         for i in block:
             products.append(matvec(basis.row(i)).to(v0.dtype).clone())
             matvecs += 1
+            if matvecs == 1:  # on 2**-e A, as lanczos_top_eigenpair (1e-200: 41% off, converged)
+                exponent = product_exponent(products[0], reduce)
+                unscale = math.ldexp(1.0, -exponent)
+            if exponent:
+                products[-1].mul_(unscale)
         for i, w in zip(block, products):  # w becomes the residual r_i = A q_i - Q M[:, i]
             # the large components first (Lanczos' local recurrence: A q_i lies mostly in the
             # span of this block and the vectors coupled to it, the block before or the kept
@@ -364,5 +369,5 @@ def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_it
         V = V / torch.linalg.vector_norm(V, dim=1, keepdim=True)
     else:  # each row's norm over every rank's part
         V = V / reduce((V * V).sum(dim=1)).sqrt().unsqueeze(1)
-    return Eigenpairs([float(values[i]) for i in order], V, matvecs, converged,
-                      [float(r) for r in residuals], scale=float(np.max(np.abs(values))))
+    return Eigenpairs([scaled_back(float(values[i]), exponent) for i in order], V, matvecs, converged,
+                      [float(r) for r in residuals], scale=scaled_back(float(np.max(np.abs(values))), exponent))
