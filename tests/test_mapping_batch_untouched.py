@@ -4,34 +4,17 @@
 model under a mean squared error, and the batch's own tensors, by identity, after the call."""
 from __future__ import annotations
 
-from collections.abc import MutableMapping
-
 import numpy as np
 import pytest
 import torch
 
 import catapult
 from catapult.curvature.microbatch import map_tensors, sample_rows
+from test_microbatch_containers_edges import Held
 
 
-class Batch(MutableMapping):
-    def __init__(self, **items):
-        self._items = dict(items)
-
-    def __getitem__(self, key):
-        return self._items[key]
-
-    def __setitem__(self, key, value):
-        self._items[key] = value
-
-    def __delitem__(self, key):
-        del self._items[key]
-
-    def __iter__(self):
-        return iter(self._items)
-
-    def __len__(self):
-        return len(self._items)
+# a mapping keeping its items in an attribute (copy.copy shares them): one fixture for both files
+Batch = Held
 
 
 class Model(torch.nn.Module):

@@ -153,6 +153,18 @@ def ratio_at(name: str, a: torch.Tensor, wd: float, lr: float) -> float:
 NAMES = ("sgd", "sgd-momentum", "adam", "adamw", "radam", "radam-decoupled")
 
 
+class Two(torch.nn.Module):
+    """Two scalar parameters, each its own group's (the loss's quadratic form couples them)."""
+
+    def __init__(self):
+        super().__init__()
+        self.u = torch.nn.Parameter(torch.tensor([X0], dtype=torch.float64))
+        self.v = torch.nn.Parameter(torch.tensor([X0], dtype=torch.float64))
+
+    def forward(self, inputs):
+        return torch.cat([self.u, self.v]) + 0 * inputs.sum()
+
+
 @pytest.mark.parametrize("wd", [0.0, 2.0])
 @pytest.mark.parametrize("name", NAMES)
 def test_the_ratio_is_one_at_the_measured_boundary_of_divergence(name, wd):
@@ -172,15 +184,6 @@ def test_sgd_groups_decaying_differently_hold_the_difference_in_the_operator():
     a = torch.tensor([[6.0, 2.0], [2.0, 3.0]], dtype=torch.float64)
     w = torch.diag(torch.tensor([4.0, 0.0], dtype=torch.float64))
     truth = 2.0 / float(torch.linalg.eigvalsh(a + w).max())
-
-    class Two(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.u = torch.nn.Parameter(torch.tensor([X0], dtype=torch.float64))
-            self.v = torch.nn.Parameter(torch.tensor([X0], dtype=torch.float64))
-
-        def forward(self, inputs):
-            return torch.cat([self.u, self.v]) + 0 * inputs.sum()
 
     def make(lr):
         model = Two()
@@ -220,15 +223,6 @@ def test_adamw_groups_decaying_differently_hold_the_difference_in_the_operator()
     measured boundary (found by running AdamW with ``P ~ eps``)."""
     a = torch.tensor([[6.0, 2.0], [2.0, 3.0]], dtype=torch.float64)
     decays = (0.0, 0.5)
-
-    class Two(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.u = torch.nn.Parameter(torch.tensor([X0], dtype=torch.float64))
-            self.v = torch.nn.Parameter(torch.tensor([X0], dtype=torch.float64))
-
-        def forward(self, inputs):
-            return torch.cat([self.u, self.v]) + 0 * inputs.sum()
 
     def make(lr):
         model = Two()
