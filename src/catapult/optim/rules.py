@@ -84,7 +84,16 @@ class State:
 # --------------------------------------------------------------------------------------------
 # Hyperparameters and scalar-or-tensor arithmetic
 # --------------------------------------------------------------------------------------------
-def _mapping(hp: Any) -> Mapping[str, Any]:
+def hp_mapping(hp: Any) -> Mapping[str, Any]:
+    """``hp`` (a mapping, or a dataclass of hyperparameters) as a mapping of its fields.
+
+    Example:
+        >>> @dataclasses.dataclass
+        ... class Hyper:
+        ...     lr: float = 0.1
+        >>> hp_mapping({"lr": 0.1})["lr"], hp_mapping(Hyper())["lr"]
+        (0.1, 0.1)
+    """
     if isinstance(hp, Mapping):
         return hp
     if dataclasses.is_dataclass(hp):
@@ -160,7 +169,7 @@ def l2_coefficient(rule: str, hp: Any, i: int = 0) -> Any:
         >>> l2_coefficient("adam", {"weight_decay": 0.01}), l2_coefficient("adamw", {"weight_decay": 0.01})
         (0.01, 0.0)
     """
-    hp = _mapping(hp)
+    hp = hp_mapping(hp)
     if _check_rule(rule) != "sgd" and _decoupled(rule, hp, i):
         return 0.0
     return _hp(hp, "weight_decay", i, 0.0)
@@ -252,7 +261,7 @@ def init(rule: str, params: Sequence[Tensor], hp: Any) -> State:
         >>> init("adam", [torch.zeros(2)], {}).exp_avg_sq, init("gi-adam", [torch.zeros(2)], {}).exp_avg_sq
         ([tensor([0., 0.])], [None])
     """
-    hp = _mapping(hp)
+    hp = hp_mapping(hp)
     n = len(params)
     if _check_rule(rule) == "sgd":
         return State(step=0, momentum_buffer=[None] * n)
@@ -364,7 +373,7 @@ def update(rule: str, params: Sequence[Tensor], grads: Sequence[Tensor], state: 
         >>> new, state.exp_avg                  # m_1 = (1 - b1) g
         ([tensor([0.9000, 2.1000])], [tensor([ 0.3000, -0.0500])])
     """
-    hp = _mapping(hp)
+    hp = hp_mapping(hp)
     _check_rule(rule)
     n = len(params)
     new_params: list[Tensor] = []
@@ -448,7 +457,7 @@ def preconditioner(rule: str, grads: Sequence[Tensor], state: State | None, hp: 
         >>> preconditioner("sgd", [torch.tensor([2.0, -1.0])], None, {}) is None
         True
     """
-    hp = _mapping(hp)
+    hp = hp_mapping(hp)
     if _check_rule(rule) == "sgd":
         return None
     out = []
@@ -520,7 +529,7 @@ def direction(rule: str, params: Sequence[Tensor], grads: Sequence[Tensor], stat
         >>> direction("sgd", [torch.zeros(2)], [torch.tensor([1.0, 0.0])], state, {"momentum": 0.9})
         [tensor([1.9000, 0.9000])]
     """
-    hp = _mapping(hp)
+    hp = hp_mapping(hp)
     _check_rule(rule)
     out = []
     for i, (p, g) in enumerate(zip(params, grads)):

@@ -37,7 +37,6 @@ rectification ``r_t``: pre-conditioned sharpness against ``(2 + 2 b1) / ((1 - b1
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, Mapping
 
@@ -268,7 +267,7 @@ def rule_threshold(rule: str, hp: Any, *, operator: str | None = None) -> Any:
         >>> round(rule_threshold("adam", {"lr": 1.0, "weight_decay": 0.1}), 6)          # P^-1 (H + wd I) holds it
         38.0
     """
-    hp = _as_mapping(hp)
+    hp = rules.hp_mapping(hp)
     lr = hp["lr"]
     if rule not in rules.RULES:
         raise ValueError(f"unknown optimizer rule {rule!r}; known: {', '.join(rules.RULES)}")
@@ -299,7 +298,7 @@ def weight_decay_shift(rule: str, hp: Any, *, operator: str | None = None) -> An
         >>> round(weight_decay_shift("adamw", {"weight_decay": 0.5, "betas": (0.9, 0.999)}), 6)
         9.5
     """
-    hp = _as_mapping(hp)
+    hp = rules.hp_mapping(hp)
     if operator is None:
         operator = "hessian" if rule == "sgd" else "preconditioned"
     if operator not in OPERATORS:
@@ -312,14 +311,6 @@ def weight_decay_shift(rule: str, hp: Any, *, operator: str | None = None) -> An
         b1 = _beta1(hp)
         return wd * (1.0 + b1) / (1.0 - b1)
     return wd if operator == "hessian" else 0.0
-
-
-def _as_mapping(hp: Any) -> Mapping[str, Any]:
-    if isinstance(hp, Mapping):
-        return hp
-    if dataclasses.is_dataclass(hp):
-        return {f.name: getattr(hp, f.name) for f in dataclasses.fields(hp)}
-    raise TypeError(f"hp must be a mapping or a dataclass, got {type(hp).__name__}")
 
 
 def _beta1(hp: Mapping[str, Any]) -> Any:
