@@ -122,3 +122,41 @@ def test_top_k_of_a_scaled_operator(scale):
     assert est.converged and est.matvecs == ordinary.matvecs == 12
     assert np.abs(np.array(est.values) / truth - 1).max() <= 1e-12
     assert est.scale == pytest.approx(ordinary.scale * scale, rel=1e-12)
+
+
+def _tanh_mse():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)).double()
+    return model, (torch.randn(16, 3, dtype=torch.float64), torch.randn(16, 1, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("exponent", [531, -664])
+@pytest.mark.parametrize("memory", ["fast", "lean"])
+def test_difference_certificate_of_a_scaled_loss(exponent, memory):
+    # finite-difference products of 2**k x MSE are 2**k times the plain ones (the same steps): the
+    # certificate's bound is relative, so it is the plain one. Before: at 2**531 the gradient's norm
+    # overflowed (rounding floor inf: error_bound inf, converged=False, one product more); at 2**-664
+    # every norm underflowed (error_bound 0.0, a claim of exactness)
+    from catapult.curvature.sharpness import sharpness
+    model, batch = _tanh_mse()
+    c = 2.0 ** exponent
+    plain = sharpness(model, torch.nn.MSELoss(), batch, tol=1e-6, memory=memory, hvp="finite_difference")
+    scaled = sharpness(model, lambda out, t: c * torch.nn.functional.mse_loss(out, t), batch, tol=1e-6,
+                       memory=memory, hvp="finite_difference")
+    assert scaled.value == pytest.approx(c * plain.value, rel=1e-12)
+    assert 0 < scaled.error_bound < math.inf
+    assert scaled.error_bound == pytest.approx(plain.error_bound, rel=1e-6)
+    assert scaled.residual == pytest.approx(plain.residual, rel=1e-6)
+    assert scaled.converged == plain.converged and scaled.matvecs == plain.matvecs
+
+
+@pytest.mark.parametrize("memory, value, bound, products",
+                         [("fast", "0x1.7ecc2b29677f4p+1", 6.138369720269123e-07, 9),
+                          ("lean", "0x1.7ecc2b296e74bp+1", 6.138369719664993e-07, 16)])
+def test_difference_certificate_ordinary_scale_unchanged(memory, value, bound, products):
+    # pinned from before the scale-safe norms (the same arithmetic in range)
+    from catapult.curvature.sharpness import sharpness
+    model, batch = _tanh_mse()
+    est = sharpness(model, torch.nn.MSELoss(), batch, tol=1e-6, memory=memory, hvp="finite_difference")
+    assert est.value == float.fromhex(value) and est.error_bound == bound
+    assert est.converged and est.matvecs == products

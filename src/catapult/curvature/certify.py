@@ -70,7 +70,7 @@ from typing import Callable
 import torch
 
 from catapult.curvature.difference import difference_operator, scaled_step
-from catapult.curvature.krylov import operator_chain, unit_roundoff, vector_norm
+from catapult.curvature.krylov import operator_chain, scaled_norm, unit_roundoff, vector_norm
 from catapult.curvature.lanczos import EigenEstimate
 from catapult.curvature.stopping import ERROR_FLOOR_ULPS
 from catapult.curvature.top_k import Eigenpairs
@@ -175,6 +175,8 @@ def measured(matvec, fd, y: torch.Tensor, theta: float, reduce=None, tol: float 
     >>> [round(x, 6) for x in measured(op, op, y, 2.0, tol=1e-3)]
     [0.0, 0.0, 3]
     """
+    # norms as 2**e ||2**-e x|| (krylov.scaled_norm): a loss scaled by 2**531 overflowed them (e = inf: not
+    # converged), one by 2**-664 underflowed r, e and the floor to 0 (error_bound 0.0, a claim of exactness)
     rounding = _rounding_floor(matvec, fd, y, reduce)   # before the products: one vector, freed
     over = theta if largest is None else max(abs(theta), _smallest(matvec, y.dtype, largest, rounding, tol))
     floor = _relative(rounding, over)
@@ -185,12 +187,12 @@ def measured(matvec, fd, y: torch.Tensor, theta: float, reduce=None, tol: float 
     if delta is not None:
         delta.sub_(product)                                   # D_2h y - D_h y
     remainder = product.sub_(y, alpha=theta)                  # D_h y - theta y
-    residual = _relative(float(vector_norm(remainder, reduce)), over)
+    residual = _relative(scaled_norm(remainder, reduce), over)
     if delta is None:
         return residual, math.inf, 2
     # not below the rounding the products carry: two draws of it can cancel (one parameter: r = 0, and D_2h y
     # came out equal to D_h y, 1e-4 off, in float32)
-    error = max(_relative(float(vector_norm(delta, reduce)), over), floor)
+    error = max(_relative(scaled_norm(delta, reduce), over), floor)
     if residual + error <= tol or not math.isfinite(residual):
         return residual, error, 2
     middle = _product_at(matvec, fd, y, MIDDLE_STEP_FACTOR)
@@ -199,9 +201,9 @@ def measured(matvec, fd, y: torch.Tensor, theta: float, reduce=None, tol: float 
     k2, m2 = CHECK_STEP_FACTOR ** 2, MIDDLE_STEP_FACTOR ** 2
     # X = D_h y - delta / (k^2 - 1) and X' = D_h y - (D_mh y - D_h y) / (m^2 - 1): the h^2 term cancelled
     spread = middle.sub_(remainder).sub_(y, alpha=theta).div_(m2 - 1.0).sub_(delta, alpha=1.0 / (k2 - 1.0))
-    error_x = max(EXTRAPOLATION_MARGIN * _relative(float(vector_norm(spread, reduce)), over),   # X - X'
+    error_x = max(EXTRAPOLATION_MARGIN * _relative(scaled_norm(spread, reduce), over),   # X - X'
                   math.sqrt(k2 ** 2 + 1.0 / k2) / (k2 - 1.0) * floor)   # X = (k^2 D_h - D_kh) / (k^2 - 1)'s rounding
-    residual_x = _relative(float(vector_norm(remainder.sub_(delta, alpha=1.0 / (k2 - 1.0)), reduce)), over)
+    residual_x = _relative(scaled_norm(remainder.sub_(delta, alpha=1.0 / (k2 - 1.0)), reduce), over)
     if residual_x + error_x < residual + error:
         return residual_x, error_x, 3
     return residual, error, 3
@@ -234,7 +236,7 @@ def _rounding_floor(matvec, fd, y: torch.Tensor, reduce=None) -> float:
             scale = d if scale is None else scale * d
     if scale is None:
         return ROUNDING_FLOOR * rounding()
-    return ROUNDING_FLOOR * rounding(scale) * float(vector_norm(scale * y, reduce))
+    return ROUNDING_FLOOR * rounding(scale) * scaled_norm(scale * y, reduce)
 
 
 def _smallest(matvec, dtype: torch.dtype, largest: float, rounding: float, tol: float) -> float:

@@ -19,6 +19,7 @@ from catapult.curvature.difference import (central_step, checked_difference, ref
 from catapult.curvature.forward_ad import jvp_of_gradient
 from catapult.curvature.grads_into import (attach_grads, backward_into, flush_grads, graph_handles,
                                            refuse_constant, scalar_loss)
+from catapult.curvature.krylov import scaled_norm
 from catapult.curvature.microbatch import (map_tensors, refuse_dropout, split_batch, weighted_backward,
                                            weighted_gradient)
 from catapult.curvature.modes import (HVP_MODES, holds_compiled, named_dtype_mix, refuse_stale_compiled, resolve_dtype,
@@ -482,7 +483,8 @@ class HessianOperator:
             return
         base, work, leaves = self._difference_base(), torch.empty_like(out), self._leaf_buffers()
         views = self.split(work)
-        noise = rounding_level(self._eps, float(torch.linalg.vector_norm(base)))
+        # scale-safe norms (a loss times 2**531 overflowed them: gap nan, accepted; times 2**-664 they were 0 and 0)
+        noise = rounding_level(self._eps, scaled_norm(base))
 
         def forward(h: float) -> None:  # work = g(theta + h u) - g0
             work.copy_(base).neg_()
@@ -491,11 +493,11 @@ class HessianOperator:
         def product_at(h: float):
             s = norm / (2.0 * h)
             forward(h)
-            first = float(torch.linalg.vector_norm(work))
+            first = scaled_norm(work)
             out.add_(work, alpha=2.0 * s)
             self._gradient_into(leaves, views, parts, -h / norm)   # work = g+ + g- - g0
             work.sub_(base)
-            gap = self.agree_gap(relative_gap(float(torch.linalg.vector_norm(work)), first, noise))
+            gap = self.agree_gap(relative_gap(scaled_norm(work), first, noise))
 
             def finish(accepted: bool) -> None:
                 if accepted:
@@ -515,7 +517,7 @@ class HessianOperator:
         diagonal ``scale`` (:data:`~catapult.curvature.certify.ROUNDING_FLOOR`); the ranks' largest
         under :class:`~catapult.curvature.distributed.DistributedOperator` (a collective)."""
         base = self._difference_base()
-        norm = float(torch.linalg.vector_norm(base if scale is None else base * scale))
+        norm = scaled_norm(base if scale is None else base * scale)
         return self.agree_gap(self._eps * norm / central_step(self._eps))
 
     @named_missing_derivatives

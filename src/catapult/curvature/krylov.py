@@ -14,7 +14,7 @@ import torch
 from catapult.arguments import check_integer
 
 __all__ = ["KrylovBasis", "FRESH_DRAWS", "inner_product", "rows_inner_products", "vector_norm", "unit_roundoff",
-           "operator_chain", "product_exponent", "scaled_back", "SAFE_EXPONENT"]
+           "operator_chain", "product_exponent", "scaled_back", "SAFE_EXPONENT", "scaled_norm"]
 
 #: Random draws :meth:`KrylovBasis.fresh_direction` makes before it gives up (each one lies
 #: in the basis' span with probability zero, unless the basis spans the space).
@@ -155,6 +155,31 @@ def scaled_back(value: float, exponent: int) -> float:
         return math.ldexp(value, exponent)
     except OverflowError:
         return math.copysign(math.inf, value)
+
+
+def scaled_norm(a: torch.Tensor, reduce=None) -> float:
+    """``||a||`` as a float, also where the sum of squares overflows (an operator scaled by ~1e160:
+    ``inf``) or underflows (~1e-160: 0, or digits lost to subnormal squares): there it is
+    ``2**e ||2**-e a||`` with ``e`` from :func:`product_exponent` (exact: a power of two). A norm
+    whose square lies well inside the dtype's range (``tiny**0.25 .. max**0.25``) is
+    :func:`vector_norm`'s own, bit for bit, at no extra cost; ``nan`` and ``inf`` entries give
+    :func:`vector_norm`'s ``nan`` / ``inf``. With ``reduce``, over every rank's part (every rank
+    takes the same branch: the norm is the ranks' sum).
+
+    >>> a = torch.tensor([3.0, 4.0], dtype=torch.float64)
+    >>> scaled_norm(a), float(vector_norm(a * 2.0 ** 600)), float(vector_norm(a * 2.0 ** -600))
+    (5.0, inf, 0.0)
+    >>> scaled_norm(a * 2.0 ** 600) == 5 * 2.0 ** 600, scaled_norm(a * 2.0 ** -600) == 5 * 2.0 ** -600
+    (True, True)
+    """
+    norm = float(vector_norm(a, reduce))
+    info = torch.finfo(a.dtype) if a.dtype.is_floating_point else torch.finfo(torch.float64)
+    if info.tiny ** 0.25 <= norm <= info.max ** 0.25:
+        return norm
+    exponent = product_exponent(a, reduce)
+    if exponent == 0:   # in range, 0, or not finite: the norm as it came
+        return norm
+    return scaled_back(float(vector_norm(a * math.ldexp(1.0, -exponent), reduce)), exponent)
 
 
 class KrylovBasis:
