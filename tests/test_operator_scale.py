@@ -160,3 +160,25 @@ def test_difference_certificate_ordinary_scale_unchanged(memory, value, bound, p
     est = sharpness(model, torch.nn.MSELoss(), batch, tol=1e-6, memory=memory, hvp="finite_difference")
     assert est.value == float.fromhex(value) and est.error_bound == bound
     assert est.converged and est.matvecs == products
+
+
+@pytest.mark.parametrize("dtype, exponent", [(torch.float32, 100), (torch.float32, -100),
+                                             (torch.float64, 531), (torch.float64, -664)])
+def test_kink_check_of_a_scaled_loss(dtype, exponent):
+    # a ReLU MLP's products cross kinks: float32's steps are shrunk 3 times over 20 products. Every
+    # gradient of 2**k x the loss is 2**k times, so the same gaps and retries. Before, the gaps' norms overflowed
+    # (float32 2**100: nan, accepted) or underflowed (0 and 0: gap 0): no step shrunk, the kinks not seen
+    from catapult.curvature import HessianOperator
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1)).to(dtype)
+    x, y = torch.randn(64, 3, dtype=dtype), torch.randn(64, 1, dtype=dtype)
+    found = []
+    for c in (1.0, 2.0 ** exponent):
+        op = HessianOperator(model, lambda out, t, c=c: c * torch.nn.functional.mse_loss(out, t), (x, y),
+                             hvp="finite_difference")
+        g = torch.Generator().manual_seed(1)
+        for _ in range(20):
+            op(torch.randn(op.numel, generator=g, dtype=dtype))
+        found.append((op.shrunk_steps, op.difference_gap))
+    # (float64's smaller step crosses no kink here: its gaps, not its retries, are compared)
+    assert found[0][1] > 0 and found[1] == found[0] and (found[0][0] > 0 or dtype == torch.float64)

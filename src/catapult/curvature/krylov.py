@@ -132,16 +132,16 @@ def product_exponent(w: torch.Tensor, reduce=None) -> int:
     >>> product_exponent(torch.tensor([1e-200, -3e-200], dtype=torch.float64))
     -662
     """
-    if w.numel():
-        top = w.detach().abs().amax().reshape(1)
-    else:
-        top = w.new_zeros(1)
-    if reduce is not None:
-        top = reduce(top)
-    top = float(top)
+    top = _largest_entry(w, reduce)
     if not math.isfinite(top) or top == 0 or 2.0 ** -SAFE_EXPONENT <= top < 2.0 ** SAFE_EXPONENT:
         return 0
     return max(-1000, min(1000, math.frexp(top)[1]))
+
+
+def _largest_entry(w: torch.Tensor, reduce=None) -> float:
+    """``max |w_i|`` (0 for no entries), the ranks' parts' summed with ``reduce``."""
+    top = w.detach().abs().amax().reshape(1) if w.numel() else w.new_zeros(1)
+    return float(top if reduce is None else reduce(top))
 
 
 def scaled_back(value: float, exponent: int) -> float:
@@ -160,7 +160,7 @@ def scaled_back(value: float, exponent: int) -> float:
 def scaled_norm(a: torch.Tensor, reduce=None) -> float:
     """``||a||`` as a float, also where the sum of squares overflows (an operator scaled by ~1e160:
     ``inf``) or underflows (~1e-160: 0, or digits lost to subnormal squares): there it is
-    ``2**e ||2**-e a||`` with ``e`` from :func:`product_exponent` (exact: a power of two). A norm
+    ``2**e ||2**-e a||`` with ``2**-e a``'s largest entry in ``[0.5, 1)`` (exact: a power of two). A norm
     whose square lies well inside the dtype's range (``tiny**0.25 .. max**0.25``) is
     :func:`vector_norm`'s own, bit for bit, at no extra cost; ``nan`` and ``inf`` entries give
     :func:`vector_norm`'s ``nan`` / ``inf``. With ``reduce``, over every rank's part (every rank
@@ -176,9 +176,11 @@ def scaled_norm(a: torch.Tensor, reduce=None) -> float:
     info = torch.finfo(a.dtype) if a.dtype.is_floating_point else torch.finfo(torch.float64)
     if info.tiny ** 0.25 <= norm <= info.max ** 0.25:
         return norm
-    exponent = product_exponent(a, reduce)
-    if exponent == 0:   # in range, 0, or not finite: the norm as it came
+    top = _largest_entry(a, reduce)   # (not product_exponent's window: 2**100 squared overflows float32)
+    if not math.isfinite(top) or top == 0:
         return norm
+    limit = math.frexp(info.max)[1] - 2   # 2**-e a number of the dtype (a subnormal top: 2**limit times)
+    exponent = max(-limit, min(limit, math.frexp(top)[1]))
     return scaled_back(float(vector_norm(a * math.ldexp(1.0, -exponent), reduce)), exponent)
 
 
