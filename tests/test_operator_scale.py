@@ -182,3 +182,19 @@ def test_kink_check_of_a_scaled_loss(dtype, exponent):
         found.append((op.shrunk_steps, op.difference_gap))
     # (float64's smaller step crosses no kink here: its gaps, not its retries, are compared)
     assert found[0][1] > 0 and found[1] == found[0] and (found[0][0] > 0 or dtype == torch.float64)
+
+
+@pytest.mark.parametrize("exponent", [-600, 600])
+def test_start_vector_of_extreme_norm(exponent):
+    # only v0's direction counts: 2**k v0 gives the same solve. Before, at 2**-600 (norm < ~1e-154: its
+    # squares underflow) lanczos and lean refused it as "v0 must be finite and non-zero" and top_k's basis
+    # was inf; at 2**600 all three divided by an infinite norm (a zero start)
+    from catapult.curvature.top_k import lanczos_top_k
+    A0, v0 = matrix_and_start()
+    for solver in SOLVERS:
+        plain = solver(lambda v: A0 @ v, v0.clone(), tol=1e-8, max_iter=100)
+        scaled = solver(lambda v: A0 @ v, v0 * 2.0 ** exponent, tol=1e-8, max_iter=100)
+        assert scaled.value == plain.value and scaled.matvecs == plain.matvecs and scaled.converged
+    plain = lanczos_top_k(lambda v: A0 @ v, v0.clone(), 3, tol=1e-8)
+    scaled = lanczos_top_k(lambda v: A0 @ v, v0 * 2.0 ** exponent, 3, tol=1e-8)
+    assert scaled.values == plain.values and scaled.matvecs == plain.matvecs and scaled.converged

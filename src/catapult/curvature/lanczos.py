@@ -13,7 +13,7 @@ import torch
 
 from catapult.arguments import MAX_PRODUCTS, check_integer, check_real
 from catapult.curvature.krylov import (KrylovBasis, inner_product, product_exponent, rows_inner_products, scaled_back,
-                                       vector_norm, unit_roundoff)
+                                       scaled_norm, vector_norm, unit_roundoff)
 from catapult.curvature.stopping import (ERROR_FLOOR_ULPS, eigenvalue_error_bound, error_floor, krylov_invariant,
                                          relative_residual, reported_bound, rounding_level, stop_test)
 
@@ -313,9 +313,9 @@ def lanczos_top_eigenpair(
         raise ValueError(f"v0 must be a floating-point tensor, got {v0.dtype}")
     # int(dimension) took "30" and 30.5 as 30
     n = v0.numel() if dimension is None else check_integer("lanczos_top_eigenpair", "dimension", dimension)
-    norm0 = vector_norm(v0, reduce)
-    norm0_host = float(norm0)
-    if not (math.isfinite(norm0_host) and norm0_host > 0):
+    # 2**e ||2**-e v0||: a v0 of norm < ~1e-154 (squares underflowing to 0) was refused as "non-zero"
+    norm0 = scaled_norm(v0, reduce)
+    if not (math.isfinite(norm0) and norm0 > 0):
         raise ValueError("v0 must be finite and non-zero")
 
     capacity, keep = restart_sizes(max_basis, n)

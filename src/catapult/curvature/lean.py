@@ -44,7 +44,8 @@ import torch
 from catapult.arguments import MAX_PRODUCTS, check_integer, check_real, check_seed
 from catapult.curvature.coarse import COARSE_MIN_SAMPLES
 from catapult.curvature.rng import fixed_rng
-from catapult.curvature.krylov import inner_product, product_exponent, scaled_back, vector_norm, unit_roundoff
+from catapult.curvature.krylov import (inner_product, product_exponent, scaled_back, scaled_norm, vector_norm,
+                                       unit_roundoff)
 from catapult.curvature.microbatch import (batch_coupling, coupling_remedy, sample_count, sample_count_or_none, sample_rows,
                                            tensor_leaves)
 from catapult.curvature.stateless import AttributesKept, functional_call
@@ -259,7 +260,7 @@ def lean_top_eigenpair(matvec, v0: torch.Tensor, *, tol: float = 1e-3, max_iter:
                          f"shape {tuple(v0.shape)}")
     n = v0.numel() if dimension is None else check_integer("lean_top_eigenpair", "dimension", dimension)
     eps = unit_roundoff(matvec, v0.dtype)
-    norm = float(vector_norm(v0, reduce))
+    norm = scaled_norm(v0, reduce)   # (a norm < ~1e-154 underflowed to 0: "non-zero" refused)
     if not (math.isfinite(norm) and norm > 0):
         raise ValueError("v0 must be finite and non-zero")
     home = v0 if overwrite else v0.clone()  # q_0's buffer, and the result's

@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from catapult.arguments import check_integer, check_seed
-from catapult.curvature.krylov import KrylovBasis, inner_product, product_exponent, scaled_back, vector_norm, unit_roundoff
+from catapult.curvature.krylov import (KrylovBasis, inner_product, product_exponent, scaled_back, scaled_norm, vector_norm,
+                                       unit_roundoff)
 from catapult.curvature.start import check_solver_args
 from catapult.curvature.stopping import ERROR_FLOOR_ULPS, rounding_level
 
@@ -225,7 +226,7 @@ def lanczos_top_k(matvec, v0: torch.Tensor, k: int, *, tol: float = 1e-3, max_it
     keep = min(capacity - b, max(k + b + 1, capacity // 2))
     eps = unit_roundoff(matvec, v0.dtype)
     basis = KrylovBasis(v0, capacity=capacity, reduce=reduce)
-    basis.append(v0 / vector_norm(v0, reduce))
+    basis.append(v0 / scaled_norm(v0, reduce))   # (a norm < ~1e-154 underflowed to 0: a basis of inf / nan)
     fresh = 0  # fresh directions drawn so far: draw `fresh` of seed s uses seed 7919 s + fresh
     while basis.size < b:
         basis.append(basis.fresh_direction(seed * 7919 + fresh))
