@@ -403,3 +403,20 @@ def test_one_ranks_bad_sharded_init_stops_every_rank_naming_it():
                 in res["whole block"]), res["whole block"]
         assert (f"init is one flat start vector of {local} entries on this rank, got a 3 x {local} block"
                 in res["local block"]), res["local block"]
+
+
+def test_a_sharded_scaled_loss_gives_the_scaled_sharpness_and_the_same_certificate():
+    # every difference of 2**k x the loss is 2**k times: the same products, the bound (relative) the plain one.
+    # Before, the gradient's norm overflowed at 2**531 (rounding floor inf: error_bound inf, not converged, 17
+    # products); at 2**-664 it underflowed (floor 0, the kink check's gaps 0 / 0; the bound held by e here)
+    model, loss_fn, batch = mlp_problem()
+    with single_process_group():
+        model = shard(model)
+        plain = catapult.sharpness(model, loss_fn, batch, tol=1e-6, distributed=True)
+        for c in (2.0 ** 531, 2.0 ** -664):
+            scaled = catapult.sharpness(model, lambda out, t, c=c: c * F.mse_loss(out, t), batch, tol=1e-6,
+                                        distributed=True)
+            assert scaled.value == pytest.approx(c * plain.value, rel=1e-12)
+            assert 0 < scaled.error_bound < float("inf")
+            assert scaled.error_bound == pytest.approx(plain.error_bound, rel=1e-6)
+            assert scaled.converged == plain.converged and scaled.matvecs == plain.matvecs

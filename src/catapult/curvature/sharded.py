@@ -84,7 +84,7 @@ from catapult.curvature.difference import (RENORM_STEPS, central_step, checked_d
                                            refuse_renormed_differences, refuse_spectral_norm_differences,
                                            relative_gap, rounding_level)
 from catapult.curvature.rng import fixed_rng
-from catapult.curvature.krylov import vector_norm
+from catapult.curvature.krylov import scaled_norm, vector_norm
 from catapult.curvature.start import init_size_error, mixed_start, real_init, warm_start_weight
 from catapult.curvature.stateless import AttributesKept, RenormedCopies
 from catapult.curvature.torch_errors import functions_without_backward, no_backward_error
@@ -312,7 +312,7 @@ class ShardedHessianOperator:
         total = torch.tensor([loss * self.weight], dtype=torch.float64, device=self.device)
         self.loss = float(all_reduce_sum(total))
         # the gradients' rounding, below which a second difference is no kink (difference.py)
-        self._gradient_norm = float(vector_norm(self._grad_flat, self.reduce))   # every rank's alike
+        self._gradient_norm = scaled_norm(self._grad_flat, self.reduce)   # every rank's alike
         self._noise = rounding_level(self._eps, self._gradient_norm)
 
     def _rows(self, full: torch.Tensor, p) -> torch.Tensor:
@@ -478,7 +478,7 @@ class ShardedHessianOperator:
         the rounding in a product of a unit vector, seen through a diagonal ``scale`` (this rank's
         rows, like the vectors; :data:`~catapult.curvature.certify.ROUNDING_FLOOR`)."""
         norm = (self._gradient_norm if scale is None
-                else float(vector_norm(self._grad_flat * scale, self.reduce)))
+                else scaled_norm(self._grad_flat * scale, self.reduce))
         return self._eps * norm / central_step(self._eps)
 
     def gradients(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -501,15 +501,15 @@ class ShardedHessianOperator:
             raise ValueError(f"expected a flat vector of {self.numel} elements (one per trainable "
                              f"parameter entry), got shape {tuple(v.shape)}")
         self.matvecs += 1
-        norm = float(vector_norm(v, self.reduce))
+        norm = scaled_norm(v, self.reduce)
         if norm == 0:
             return torch.zeros_like(v)
 
         def product_at(h):
             plus, _ = self._gradient_at(v, h / norm)
             minus, _ = self._gradient_at(v, -h / norm)
-            forward = float(vector_norm(plus - self._grad_flat, self.reduce))
-            gap = relative_gap(float(vector_norm(plus + minus - 2.0 * self._grad_flat, self.reduce)), forward,
+            forward = scaled_norm(plus - self._grad_flat, self.reduce)
+            gap = relative_gap(scaled_norm(plus + minus - 2.0 * self._grad_flat, self.reduce), forward,
                                self._noise)
             return gap, lambda accepted: plus.sub_(minus).mul_(norm / (2.0 * h))
 
