@@ -198,3 +198,18 @@ def test_start_vector_of_extreme_norm(exponent):
     plain = lanczos_top_k(lambda v: A0 @ v, v0.clone(), 3, tol=1e-8)
     scaled = lanczos_top_k(lambda v: A0 @ v, v0 * 2.0 ** exponent, 3, tol=1e-8)
     assert scaled.values == plain.values and scaled.matvecs == plain.matvecs and scaled.converged
+
+
+@pytest.mark.parametrize("exponent", [-80, 80])
+def test_float32_operator_of_extreme_scale(exponent):
+    # float32's squares overflow from 2**64 and underflow below 2**-63: product_exponent's float64 window
+    # (2**+-100) left 2**-80 A at -1.73x the top, converged after 1 product, and 2**80 A nan
+    from catapult.curvature.top_k import lanczos_top_k
+    A0, v0 = matrix_and_start()
+    A = (A0 * 2.0 ** exponent).float()
+    top = float(np.linalg.eigh(A.double().numpy())[0][-1])
+    for solver in SOLVERS:
+        est = solver(lambda v: A @ v, v0.float(), tol=1e-4, max_iter=100)
+        assert est.converged and abs(est.value / top - 1) <= 1e-5
+    eig = lanczos_top_k(lambda v: A @ v, v0.float(), 2, tol=1e-4)
+    assert eig.converged and abs(eig.values[0] / top - 1) <= 1e-5

@@ -110,9 +110,10 @@ def vector_norm(a: torch.Tensor, reduce=None) -> torch.Tensor:
     return _dot(flat, flat).sqrt()
 
 
-#: :func:`product_exponent`'s window: a product whose largest entry lies in
+#: :func:`product_exponent`'s window: a float64 product whose largest entry lies in
 #: ``[2**-SAFE_EXPONENT, 2**SAFE_EXPONENT)`` is used as it is (squares of its entries, and of a
-#: remainder ``1e-100`` of it, stay normal floats in float64 and float32 alike).
+#: remainder ``1e-100`` of it, stay normal floats); float32's is ``2**+-21`` (its squares overflow
+#: from ``2**64``; a remainder ``1e-12`` of such an entry still squares to a normal float).
 SAFE_EXPONENT = 100
 
 
@@ -133,7 +134,11 @@ def product_exponent(w: torch.Tensor, reduce=None) -> int:
     -662
     """
     top = _largest_entry(w, reduce)
-    if not math.isfinite(top) or top == 0 or 2.0 ** -SAFE_EXPONENT <= top < 2.0 ** SAFE_EXPONENT:
+    # float32's squares overflow from 2**64: its window 2**+-21 (a sixth of its exponent range)
+    window = SAFE_EXPONENT
+    if w.is_floating_point():
+        window = min(window, math.frexp(torch.finfo(w.dtype).max)[1] // 6)
+    if not math.isfinite(top) or top == 0 or 2.0 ** -window <= top < 2.0 ** window:
         return 0
     return max(-1000, min(1000, math.frexp(top)[1]))
 
