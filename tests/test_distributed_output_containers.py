@@ -8,7 +8,6 @@ sharpness came out at 1/2 the union's; against the dense float64 Hessian of the 
 from __future__ import annotations
 
 import dataclasses
-from collections import UserDict
 
 import numpy as np
 import pytest
@@ -19,19 +18,12 @@ import torch.nn as nn
 import catapult
 from dense_curvature import dense_hessian
 from gloo_ranks import on_ranks
+from test_ggn_output_containers import Encoding, Outputs   # a UserDict and a dict subclass
 
 pytestmark = [pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built"),
               pytest.mark.slow]   # two spawned interpreters importing torch
 
 ROWS = 4   # each rank's shard; the model's state has as many rows
-
-
-class Encoding(UserDict):
-    pass
-
-
-class Outputs(dict):
-    pass
 
 
 @dataclasses.dataclass

@@ -13,18 +13,10 @@ import torch.nn as nn
 import catapult
 from dense_curvature import dense_hessian
 from gloo_ranks import on_ranks
+from test_nested_batch_curvature import Core   # the same 5-4-2 tanh MLP
 from torch_features import FSDP2
 
 pytestmark = [pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built"), FSDP2]
-
-
-class Core(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.l1, self.l2 = nn.Linear(5, 4), nn.Linear(4, 2)
-
-    def forward(self, x):
-        return self.l2(torch.tanh(self.l1(x)))
 
 
 class LossInside(nn.Module):
