@@ -234,10 +234,10 @@ def test_a_sweep_refuses_a_model_that_fits_one_feature_but_not_its_datas_shapes(
     # 2.96e9 bytes = 2.8 GiB in float32; at one input and one class it has 2e7 (0.07 GiB). On a
     # machine of 1 GiB the lower bound passes and every cell used to fail after the store was made
     from catapult.cli import main
-    from catapult.sweep import driver
+    from catapult.sweep import cell_refusals
 
     monkeypatch.setattr(model_size, "_memory_bytes", lambda device: 2**30)
-    monkeypatch.setattr(driver, "load_data", _no_data)  # digits' shapes are known without reading them
+    monkeypatch.setattr(cell_refusals, "load_data", _no_data)  # digits' shapes are known without reading them
     path = _sweep_file(tmp_path, "{name: digits, n_train: 32, n_test: 16}",
                        "{name: mlp, width: 10000000, depth: 2, bias: false}")
     said = ("model.width=10000000 and model.depth=2 make a model of 2.8 GiB, more than this machine's "
@@ -259,7 +259,7 @@ def test_a_sweep_loads_text_data_once_where_only_its_vocabulary_decides(tmp_path
     # file's 201 (200 characters + 1), nor surely at one per code point, so the data is read,
     # once for both cells, and both refused
     from catapult.engine import run_data
-    from catapult.sweep import driver, run_sweep
+    from catapult.sweep import cell_refusals, run_sweep
     from catapult.sweep.spec import load_sweep
     from sweep_fakes import FakeRun
 
@@ -270,7 +270,7 @@ def test_a_sweep_loads_text_data_once_where_only_its_vocabulary_decides(tmp_path
     small, large = model_parameters(base, 8, 1), model_parameters(base, 8, 201)
     monkeypatch.setattr(model_size, "_memory_bytes", lambda device: 2 * small + 2 * large)  # between the two
     loads = []
-    monkeypatch.setattr(driver, "load_data", lambda config: loads.append(1) or run_data.load_data(config))
+    monkeypatch.setattr(cell_refusals, "load_data", lambda config: loads.append(1) or run_data.load_data(config))
     fake = FakeRun()
     with pytest.raises(ConfigError) as refused:
         run_sweep(base, spec, tmp_path / "s.db", run_fn=fake, progress="none")
@@ -284,11 +284,11 @@ def test_a_sweep_loads_text_data_once_where_only_its_vocabulary_decides(tmp_path
 def test_a_sweep_reads_no_data_where_the_model_fits_its_largest_shapes(tmp_path, monkeypatch):
     # bpe ids number at most data.vocab_size, char ids one per Unicode code point and the unknown
     # one: a model that fits at that many needs no reading
-    from catapult.sweep import driver
+    from catapult.sweep import cell_refusals
     from catapult.sweep.driver import refuse_impossible_cells
     from catapult.sweep.spec import expand, load_sweep
 
-    monkeypatch.setattr(driver, "load_data", _no_data)
+    monkeypatch.setattr(cell_refusals, "load_data", _no_data)
     for data in ("{name: digits}", "{name: shakespeare, tokenizer: bpe, vocab_size: 512, context: 8}",
                  "{name: shakespeare, context: 8}"):
         model = "{name: gpt, width: 16, depth: 1, n_heads: 2}" if "shakespeare" in data else "{name: mlp, width: 16}"

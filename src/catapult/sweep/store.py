@@ -7,7 +7,9 @@ writing upgrades it in place: the application_id is set and the ``drivers``/``cl
 tables are added (nothing else changes; catapult 0.1.0 can still read it). Readers
 (export, plot, transfer, report) open it read-only and leave it as it is.
 
-Schema: :mod:`catapult.sweep.store_schema`.
+Schema: :mod:`catapult.sweep.store_schema`. Parts: drivers and claims
+(:mod:`catapult.sweep.store_claims`), the lambda_0 cache (:mod:`catapult.sweep.store_lambda0`),
+the errors (:mod:`catapult.sweep.store_errors`), the export (:mod:`catapult.sweep.store_export`).
 
 Durability: every result is written in its own transaction (the cell row and all its metric
 rows together), with ``synchronous=FULL``; a process killed at any moment (``kill -9``) leaves
@@ -18,7 +20,6 @@ Non-finite floats: ``inf`` is stored as is, ``nan`` becomes NULL (SQLite has no 
 from __future__ import annotations
 
 import json
-import math
 import os
 import sqlite3
 import time
@@ -27,7 +28,10 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from catapult.arguments import check_flag
-from catapult.sweep.claims import CLAIMS_DDL, LEASE_S, driver_alive, host_id, new_driver_id
+from catapult.sweep.claims import CLAIMS_DDL
+from catapult.sweep.store_claims import DriverClaims
+from catapult.sweep.store_errors import SpecChanged, StoreError
+from catapult.sweep.store_lambda0 import Lambda0Cache
 from catapult.sweep.store_schema import BEST_METRICS, DDL, DONE_STATUSES, FINAL_METRICS, METRIC_COLUMNS, SCHEMA_VERSION, STATUSES
 from catapult.sweep.store_file import (APPLICATION_ID, connect_readonly, create_store_file, drop_live_readers,
                                        identify, missing_added_columns, missing_columns, sqlite_damage)
@@ -62,24 +66,8 @@ def _on_read_only_file_system(folder: Path) -> bool:
     except OSError:
         return False
 
-class StoreError(RuntimeError):
-    """A store that cannot be used: not a catapult store, a newer schema, no sweep in it."""
 
-
-class SpecChanged(StoreError):
-    """The store holds a different sweep than the one requested. ``changes`` lists what differs
-    (one ``"key: old -> new"`` line each)."""
-
-    def __init__(self, path: str | Path, changes: Sequence[str]):
-        self.changes = list(changes)
-        lines = "\n".join(f"  {line}" for line in self.changes) or "  (the spec documents differ)"
-        super().__init__(
-            f"{path} holds a different sweep; refusing to mix results. What changed:\n{lines}\n"
-            "Use a new --store path for the new sweep, or rerun the original config to resume it."
-        )
-
-
-class Store:
+class Store(DriverClaims, Lambda0Cache):
     """A sweep's results in one SQLite file.
 
     ``Store(path)`` opens for writing, creating the file if it does not exist; any number of
@@ -337,71 +325,6 @@ class Store:
             out["running"] -= out["interrupted"]
         return out
 
-    # ---- drivers and claims (see catapult.sweep.claims)
-
-    def _drivers(self) -> dict[str, sqlite3.Row]:
-        if not self._has_claims:
-            return {}
-        return {r["id"]: r for r in self.conn.execute("SELECT * FROM drivers")}
-
-    def _claims(self) -> dict[int, str]:
-        if not self._has_claims:
-            return {}
-        return {r[0]: r[1] for r in self.conn.execute("SELECT cell_id, driver FROM claims")}
-
-    def interrupted_ids(self) -> set[int]:
-        """``running`` cells that no live driver holds: their driver was stopped (Ctrl-C,
-        kill -9, a crash). A resumed or concurrent driver claims them again."""
-        drivers, claims = self._drivers(), self._claims()
-        now = time.time()
-        return {r[0] for r in self.conn.execute("SELECT id FROM cells WHERE status = 'running'")
-                if not driver_alive(drivers.get(claims.get(r[0])), now)}
-
-    def register_driver(self) -> str:
-        """Enter a new driver (this process) and return its id; see :mod:`catapult.sweep.claims`."""
-        driver_id = new_driver_id()
-        now = time.time()
-        with self.transaction() as conn:
-            # forget drivers long dead (kill -9) that hold nothing: the table stays small
-            conn.execute("DELETE FROM drivers WHERE heartbeat < ? AND id NOT IN (SELECT driver FROM claims)",
-                         (now - 10 * LEASE_S,))
-            conn.execute("INSERT INTO drivers(id, host, pid, started_at, heartbeat) VALUES (?, ?, ?, ?, ?)",
-                         (driver_id, host_id(), os.getpid(), now, now))
-        return driver_id
-
-    def release_driver(self, driver_id: str) -> None:
-        """Drop a driver and its claims (its ``running`` cells become ``interrupted``)."""
-        with self.transaction() as conn:
-            conn.execute("DELETE FROM claims WHERE driver = ?", (driver_id,))
-            conn.execute("DELETE FROM drivers WHERE id = ?", (driver_id,))
-
-    def claim(self, cell_id: int, driver_id: str, *, retry_failed_before: float = 0.0,
-              worker: str | None = None) -> bool:
-        """Atomically take one cell for ``driver_id``; True if taken (then ``running``,
-        ``attempts += 1``). A cell can be taken when it is ``pending``; ``running`` with no
-        live holder (interrupted); or ``failed`` with ``finished_at < retry_failed_before``
-        (a failure from before this driver started: a failure in this session is final)."""
-        now = time.time()
-        with self.transaction() as conn:
-            row = conn.execute("SELECT status, finished_at FROM cells WHERE id = ?", (cell_id,)).fetchone()
-            if row is None:
-                raise KeyError(f"no cell {cell_id} in {self.path}")
-            status, finished_at = row[0], row[1]
-            holder = conn.execute("SELECT driver FROM claims WHERE cell_id = ?", (cell_id,)).fetchone()
-            if holder is not None and holder[0] != driver_id:
-                drow = conn.execute("SELECT * FROM drivers WHERE id = ?", (holder[0],)).fetchone()
-                if driver_alive(drow, now):
-                    return False
-            if status in DONE_STATUSES:
-                return False
-            if status == "failed" and not (finished_at is None or finished_at < retry_failed_before):
-                return False
-            conn.execute("INSERT OR REPLACE INTO claims(cell_id, driver, claimed_at) VALUES (?, ?, ?)",
-                         (cell_id, driver_id, now))
-            conn.execute("UPDATE cells SET status = 'running', attempts = attempts + 1, started_at = ?, "
-                         "worker = ? WHERE id = ?", (now, worker, cell_id))
-        return True
-
     def cells(self, ids: Iterable[int] | None = None) -> list[dict]:
         """Cell rows as dicts (``config`` and ``swept`` and ``summary`` parsed), in grid order.
         ``status`` is as stored, except that a ``running`` cell no live driver holds is
@@ -532,64 +455,6 @@ class Store:
             conn.execute(f"UPDATE cells SET {', '.join(f'{k} = ?' for k in values)} WHERE id = ?",
                          [*values.values(), cell_id])
         return reported
-
-    # ---- lambda_0 cache
-
-    def get_lambda0(self, key: str) -> float | None:
-        """The cached lambda_0 for a :func:`~catapult.sweep.lambda0.lambda0_key`, or ``None``."""
-        row = self.conn.execute("SELECT value FROM lambda0 WHERE key = ?", (key,)).fetchone()
-        if row is None:
-            return None
-        value = row[0]
-        # measured values are stored only when positive and finite: anything else was not written here
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-            raise StoreError(f"{self.path} is damaged: its cached lambda_0 for {key} is {value!r}, not a "
-                             f"positive finite number")
-        return float(value)
-
-    def put_lambda0(self, key: str, value: float, inputs: Mapping[str, Any] | None = None, *,
-                    converged: bool | None = None) -> float:
-        """Cache one lambda_0 (its own transaction) and return the cached value: the first one
-        stored wins, so a driver that measured the same key at once with another (a concurrent
-        sweep on this store, whose thread count or CPU may round differently) resolves its cells'
-        lr with the value every other cell of the sweep uses. ``converged``: whether every solve
-        the value averages converged (``None``: unknown), kept with it (:meth:`lambda0_converged`)."""
-        if converged is not None:
-            converged = check_flag("Store.put_lambda0", "converged", converged)
-        with self.transaction() as conn:
-            conn.execute("INSERT OR IGNORE INTO lambda0(key, value, inputs_json, measured_at, converged) "
-                         "VALUES (?, ?, ?, ?, ?)",
-                         (key, float(value), json_text(inputs) if inputs is not None else None, time.time(),
-                          None if converged is None else int(converged)))
-            return float(conn.execute("SELECT value FROM lambda0 WHERE key = ?", (key,)).fetchone()[0])
-
-    def _has_lambda0_mark(self) -> bool:
-        """Whether the lambda0 table has the ``converged`` column (a store before it: read as unknown).
-        Only a found column is kept (no store loses it): a reader opened on a store before the mark
-        looks again at its next read, so it sees the marks once a sweep has upgraded the file
-        (it read them as unknown until it was reopened; one PRAGMA a read on such a store)."""
-        if not getattr(self, "_lambda0_mark", False):
-            self._lambda0_mark = any(r[1] == "converged" for r in self.conn.execute("PRAGMA table_info(lambda0)"))
-        return self._lambda0_mark
-
-    def lambda0_converged(self, key: str) -> bool | None:
-        """Whether every solve of the cached lambda_0 for ``key`` converged; ``None`` where that is
-        unknown: no such value, a store written before the mark, or a ``lambda0_fn`` that gave none."""
-        if not self._has_lambda0_mark():
-            return None
-        row = self.conn.execute("SELECT converged FROM lambda0 WHERE key = ?", (key,)).fetchone()
-        mark = None if row is None else row[0]
-        if mark is not None and (isinstance(mark, bool) or mark not in (0, 1)):
-            raise StoreError(f"{self.path} is damaged: the convergence mark of its cached lambda_0 for {key} "
-                             f"is {mark!r:.40}, not 1, 0 or empty")
-        return None if mark is None else bool(mark)
-
-    def lambda0_table(self) -> list[dict]:
-        """The cached lambda_0 rows: ``key``, ``value``, ``inputs_json``, ``measured_at`` and
-        ``converged`` (1 / 0, ``None`` where unknown, as in a store written before the mark)."""
-        mark = "converged" if self._has_lambda0_mark() else "NULL AS converged"
-        return [dict(r) for r in self.conn.execute(f"SELECT key, value, inputs_json, measured_at, {mark} FROM lambda0")]
-
 
 #: The cells columns that hold a number or NULL.
 _NUMBER_COLUMNS = ("attempts", "lambda_0", "lr_target", *FINAL_METRICS, *BEST_METRICS, "steps_completed",
