@@ -7,132 +7,22 @@ samples of a batch (train-mode BatchNorm) or draws per call (train-mode dropout)
 """
 from __future__ import annotations
 
-import copy
-import dataclasses
 import math
-from collections.abc import MutableMapping
-from typing import Any, Callable
 
 import torch
-from torch.overrides import TorchFunctionMode
 
 from catapult.arguments import check_integer
+# the batch walk, the samples and the couplings, split out of this module; imported from here too
+from catapult.curvature.batch_tree import map_tensors, opaque_leaves, tensor_leaves, with_tensors
+from catapult.curvature.coupling import (batch_coupling, coupling_remedy, functional_masks_off, refuse_dropout,
+                                         uses_batch_statistics)
+from catapult.curvature.samples import (sample_count, sample_count_or_none, sample_device, sample_index,
+                                        sample_leaves, sample_rows, shares_samples)
 
 __all__ = ["ChosenChunkSize", "PieceFailed", "MicroBatchRefused", "batch_coupling", "coupling_remedy", "functional_masks_off", "map_tensors", "refuse_dropout",
            "refuse_sparse", "reduction_kind", "sample_count", "sample_count_or_none", "sample_device", "sample_index", "sample_rows", "shares_samples",
            "split_batch", "tensor_leaves", "uses_batch_statistics", "weighted_backward", "weighted_gradient",
            "with_tensors", "opaque_leaves"]
-
-
-def _mask_drawer(module: torch.nn.Module) -> str | None:
-    """What ``module`` is where its train-mode forward draws a random mask per call (a Dropout
-    with ``p > 0``; a MultiheadAttention with ``dropout > 0``, on its attention weights; an RNN,
-    LSTM or GRU with ``dropout > 0`` between its layers), else None."""
-    if not module.training:
-        return None
-    if isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p > 0:
-        return "a Dropout in train mode"
-    if isinstance(module, torch.nn.MultiheadAttention) and module.dropout > 0:
-        return f"a MultiheadAttention in train mode with dropout={module.dropout}"
-    if isinstance(module, torch.nn.RNNBase) and module.dropout > 0 and module.num_layers > 1:
-        return f"a {type(module).__name__} in train mode with dropout={module.dropout} between its layers"
-    return None
-
-
-def _draws_a_mask(module: torch.nn.Module) -> bool:
-    return _mask_drawer(module) is not None
-
-
-def uses_batch_statistics(module: torch.nn.Module) -> bool:
-    """Whether ``module`` is a BatchNorm that normalises by the batch's own statistics: in train
-    mode, or in either mode without running statistics (``track_running_stats=False``), as torch
-    does.
-
-    >>> bn = torch.nn.BatchNorm1d(2, track_running_stats=False)
-    >>> uses_batch_statistics(bn.eval()), uses_batch_statistics(torch.nn.BatchNorm1d(2).eval())
-    (True, False)
-    """
-    return isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and (
-        module.training or (module.running_mean is None and module.running_var is None))
-
-
-def batch_coupling(model: torch.nn.Module) -> tuple[str, str] | None:
-    """``(name, what)`` of the first module that makes a sample's loss depend on how the batch is
-    cut (a BatchNorm that uses batch statistics, :func:`uses_batch_statistics`; a train-mode
-    Dropout with ``p > 0``: its mask, drawn per call), or ``None``.
-
-    Example:
-        >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
-        >>> batch_coupling(model)
-        ('1', 'a BatchNorm in train mode, whose batch statistics')
-        >>> batch_coupling(model.eval()) is None
-        True
-    """
-    for name, module in model.named_modules():
-        if uses_batch_statistics(module):
-            return name, ("a BatchNorm in train mode, whose batch statistics" if module.training else
-                          "a BatchNorm without running statistics (track_running_stats=False), whose "
-                          "batch statistics")
-        if _draws_a_mask(module):
-            return name, f"{_mask_drawer(module)}, whose mask"
-    return None
-
-
-def coupling_remedy(module: torch.nn.Module) -> str:
-    """``"call model.eval() or "`` where the coupling ``module`` (:func:`batch_coupling`) is in
-    train mode (eval mode takes its coupling away), else ``""`` (a BatchNorm without running
-    statistics couples in either mode).
-
-    >>> coupling_remedy(torch.nn.Dropout(0.5)), coupling_remedy(torch.nn.BatchNorm1d(2, track_running_stats=False).eval())
-    ('call model.eval() or ', '')
-    """
-    return "call model.eval() or " if module.training else ""
-
-
-def refuse_dropout(model: torch.nn.Module, option: str, why: str, instead: str) -> None:
-    """A ValueError naming the first train-mode Dropout with ``p > 0``, whose mask ``why``.
-
-    Example:
-        >>> refuse_dropout(torch.nn.Sequential(torch.nn.Dropout(0.1)), "chunk_size",
-        ...                "would differ per chunk", "chunk_size=None")
-        Traceback (most recent call last):
-            ...
-        ValueError: chunk_size: module '0' is a Dropout in train mode, whose mask would differ per chunk; call model.eval() or use chunk_size=None
-    """
-    for name, module in model.named_modules():
-        if _draws_a_mask(module):
-            raise ValueError(f"{option}: module {name!r} is {_mask_drawer(module)}, whose mask {why}; "
-                             f"call model.eval() or use {instead}")
-
-
-#: The functional dropouts, which draw a mask where ``training`` is true whatever the modules' mode.
-_FUNCTIONAL_DROPOUTS = tuple(getattr(torch.nn.functional, name) for name in (
-    "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout")) + tuple(
-    getattr(torch, name) for name in ("dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout"))
-
-
-class functional_masks_off(TorchFunctionMode):  # noqa: N801 -- used as a context, like torch's modes
-    """Context in which the functional dropouts (``F.dropout`` and its kin) return their input, and
-    ``F.scaled_dot_product_attention`` takes ``dropout_p=0``: what a forward that calls them with
-    ``training=True`` (no module whose mode to switch) computes without its masks. For telling a
-    loss's reduction only (a few forwards without grad): the mode routes every torch call through
-    Python.
-
-    >>> x = torch.ones(4)
-    >>> with functional_masks_off():
-    ...     torch.nn.functional.dropout(x, 0.5, training=True)
-    tensor([1., 1., 1., 1.])
-    """
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func in _FUNCTIONAL_DROPOUTS:
-            return args[0] if args else kwargs["input"]
-        if func is torch.nn.functional.scaled_dot_product_attention:
-            if len(args) > 4:
-                args = (*args[:4], 0.0, *args[5:])
-            kwargs = {**kwargs, "dropout_p": 0.0} if "dropout_p" in kwargs else kwargs
-        return func(*args, **kwargs)
 
 
 def _weight_outside(loss: torch.Tensor, weight: float, eps: float) -> bool:
@@ -310,212 +200,6 @@ def reduction_kind(loss_at, params: dict, inputs, targets, pieces, dtype: torch.
     return full, kind, shown
 
 
-def _children(tree) -> list[tuple[str, Any, Any]] | None:
-    """``(path step, key, value)`` of each child of a container a batch is walked into -- dicts and
-    other mutable mappings (an HF ``BatchEncoding`` is a ``UserDict``), tuples (namedtuples too),
-    lists, dataclass instances -- or None for a leaf."""
-    if isinstance(tree, (dict, MutableMapping)):
-        return [(f"[{key!r}]", key, value) for key, value in tree.items()]
-    if isinstance(tree, (tuple, list)):
-        return [(f"[{i}]", i, value) for i, value in enumerate(tree)]
-    if dataclasses.is_dataclass(tree) and not isinstance(tree, type):
-        return [(f".{f.name}", f.name, getattr(tree, f.name)) for f in dataclasses.fields(tree) if f.init]
-    return None
-
-
-def _rebuilt(tree, children: list, values: list):
-    """``tree``'s container of its own type holding ``values`` in place of its children's."""
-    if type(tree) in (dict, list, tuple):
-        return dict(zip((key for _, key, _ in children), values)) if type(tree) is dict else type(tree)(values)
-    if isinstance(tree, tuple):
-        return type(tree)(*values) if hasattr(tree, "_fields") else type(tree)(values)   # a namedtuple
-    if dataclasses.is_dataclass(tree):
-        return dataclasses.replace(tree, **{key: value for (_, key, _), value in zip(children, values)})
-    out = copy.copy(tree)   # a dict or list subclass, a UserDict: its class and attributes kept
-    if isinstance(out, list):
-        out[:] = values
-        return out
-    for (_, key, _), value in zip(children, values):
-        out[key] = value
-    changed = [(key, old) for (_, key, old), value in zip(children, values) if value is not old and tree[key] is value]
-    if changed:
-        # a mapping whose copy.copy shares its items with ``tree`` (a MutableMapping keeping them in
-        # an attribute): the user's batch was written over (chunk_size cut it to its first piece,
-        # then failed; dtype= left it cast). Put back, and copy the container, not the tensors.
-        for key, old in changed:
-            tree[key] = old
-        out = copy.deepcopy(tree, {id(old): old for _, _, old in children})
-        for (_, key, _), value in zip(children, values):
-            out[key] = value
-    return out
-
-
-def map_tensors(fn: Callable[[torch.Tensor], Any], tree):
-    """``tree`` with ``fn`` applied to each tensor in it, walked as :func:`sample_count` walks a
-    batch (dicts, mutable mappings, tuples, namedtuples, lists, dataclasses; each rebuilt as its own
-    type); other leaves as they are. torch's pytree, used before, took a ``dict`` or ``tuple``
-    subclass it does not know, a ``UserDict`` and a dataclass for leaves: the micro-batches
-    and ``dtype=`` left their tensors whole and uncast, while their samples were counted.
-
-    >>> from collections import UserDict
-    >>> class Encoding(UserDict): pass
-    >>> out = map_tensors(lambda t: t * 2, Encoding(ids=torch.ones(2), mask=[torch.ones(1), "keep"]))
-    >>> type(out).__name__, out["ids"].tolist(), out["mask"][0].tolist(), out["mask"][1]
-    ('Encoding', [2.0, 2.0], [2.0], 'keep')
-    """
-    if torch.is_tensor(tree):
-        return fn(tree)
-    children = _children(tree)
-    if children is None:
-        return tree
-    return _rebuilt(tree, children, [map_tensors(fn, value) for _, _, value in children])
-
-
-def tensor_leaves(tree) -> list[torch.Tensor]:
-    """The tensors in ``tree``, walked as :func:`map_tensors` walks it.
-
-    >>> [t.tolist() for t in tensor_leaves({"a": (torch.ones(1), 3), "b": [torch.zeros(2)]})]
-    [[1.0], [0.0, 0.0]]
-    """
-    if torch.is_tensor(tree):
-        return [tree]
-    return [leaf for _, _, value in (_children(tree) or []) for leaf in tensor_leaves(value)]
-
-
-def with_tensors(tree, tensors: list):
-    """``tree`` with its tensors replaced by ``tensors``, in :func:`tensor_leaves`' order (the
-    inverse of that walk, as torch's ``tree_unflatten`` of ``tree_flatten``; other leaves kept).
-
-    >>> tree = {"a": (torch.ones(1), 3), "b": [torch.zeros(2)]}
-    >>> out = with_tensors(tree, [t + 1 for t in tensor_leaves(tree)])
-    >>> out["a"][0].tolist(), out["a"][1], out["b"][0].tolist()
-    ([2.0], 3, [1.0, 1.0])
-    """
-    replacements = iter(tensors)
-    return map_tensors(lambda _: next(replacements), tree)
-
-
-def opaque_leaves(tree) -> list:
-    """The leaves of ``tree`` that are not tensors (what :func:`map_tensors` does not walk into:
-    numbers, strings, objects of other classes), in its order.
-
-    >>> class Box:
-    ...     pass
-    >>> [type(leaf).__name__ for leaf in opaque_leaves((torch.ones(1), {"b": Box(), "n": 2}))]
-    ['Box', 'int']
-    """
-    if torch.is_tensor(tree):
-        return []
-    children = _children(tree)
-    if children is None:
-        return [tree]
-    return [leaf for _, _, value in children for leaf in opaque_leaves(value)]
-
-
-def _sample_leaves(tree, path: str = "") -> list[tuple[str, torch.Tensor]]:
-    """``(path, tensor)`` of the tensor leaves with a sample dimension (dim >= 1) of nested
-    inputs or targets (:func:`map_tensors`' containers: a model taking several inputs, an HF-style
-    ``{"input_ids": ..., "attention_mask": ...}``); ``path`` as ``['input_ids']``, ``[0]`` or ``.ids``.
-    (Walked here rather than with torch's pytree key paths, which torch 2.2, our floor, lacks.)"""
-    if torch.is_tensor(tree):
-        return [(path, tree)] if tree.dim() >= 1 else []
-    return [leaf for step, _, value in (_children(tree) or []) for leaf in _sample_leaves(value, path + step)]
-
-
-def sample_count(tree, what: str = "inputs", option: str = "chunk_size") -> int:
-    """The number of samples (dim 0) of a batch's ``inputs`` or ``targets``: a tensor, or tuples,
-    lists, dicts (:func:`map_tensors`' containers) of them, whose tensors with a dim 0 all have the same length (0-d tensors and
-    other leaves, such as flags, go whole to every micro-batch); else a ValueError naming ``what``,
-    the leaves that differ and ``option``, the setting that needs the count.
-
-    >>> sample_count({"input_ids": torch.zeros(6, 4), "attention_mask": torch.ones(6, 4), "flag": True})
-    6
-    >>> sample_count((torch.zeros(6, 2), torch.zeros(5)))
-    Traceback (most recent call last):
-    ValueError: chunk_size: the batch's inputs have different sample counts (dim 0): [0] has 6, [1] has 5
-    """
-    leaves = _sample_leaves(tree)
-    if not leaves:
-        raise ValueError(f"{option} needs the batch's {what} to hold tensors with a sample "
-                         f"dimension (dim 0)")
-    counts = {int(t.shape[0]) for _, t in leaves}
-    if len(counts) > 1:
-        shown = ", ".join(f"{path or what} has {t.shape[0]}" for path, t in leaves[:6])
-        raise ValueError(f"{option}: the batch's {what} have different sample counts (dim 0): {shown}")
-    return counts.pop()
-
-
-def sample_count_or_none(tree) -> int | None:
-    """:func:`sample_count` of ``tree``, or None where it has no one sample count (no tensor with
-    a dim 0, or tensors that differ there).
-
-    >>> sample_count_or_none(torch.zeros(5, 2)), sample_count_or_none({"ids": torch.zeros(5, 3)}), sample_count_or_none(3.0)
-    (5, 5, None)
-    """
-    try:
-        return sample_count(tree)
-    except ValueError:
-        return None
-
-
-def shares_samples(tree, n: int) -> bool:
-    """Whether ``tree`` (a batch's targets) goes with inputs of ``n`` samples when they are cut
-    into pieces: its tensors with a dim 0 have ``n`` rows (:func:`sample_count`), or it has none
-    and goes whole to every piece (``None`` targets, with the labels inside an HF-style input dict
-    and the loss in the model's output; a 0-d target).
-
-    >>> shares_samples({"labels": torch.zeros(4, 3)}, 4), shares_samples(None, 4), shares_samples(torch.zeros(5), 4)
-    (True, True, False)
-    """
-    return sample_device(tree) is None or sample_count_or_none(tree) == n
-
-
-def sample_rows(tree, start: int, stop: int):
-    """Samples ``start:stop`` of nested inputs or targets (see :func:`sample_count`): every tensor
-    with a dim 0 sliced there, everything else as it is.
-
-    >>> sample_rows({"ids": torch.arange(6).view(3, 2), "scale": torch.tensor(2.0)}, 1, 3)
-    {'ids': tensor([[2, 3],
-            [4, 5]]), 'scale': tensor(2.)}
-    """
-    return map_tensors(lambda t: t[start:stop] if t.dim() >= 1 else t, tree)
-
-
-def sample_index(tree, index):
-    """Samples ``index`` of nested inputs or targets (see :func:`sample_count`): every tensor with a
-    dim 0 indexed there, contiguous, everything else as it is. ``index``: a list or 1-d integer
-    tensor of rows (in that order, repeats allowed: a copy), or a ``slice`` (rows every ``step``-th:
-    copied where they are not contiguous).
-
-    >>> sample_index({"ids": torch.arange(6).view(3, 2), "flag": True}, [2, 0])
-    {'ids': tensor([[4, 5],
-            [0, 1]]), 'flag': True}
-    >>> sample_index(torch.arange(6), slice(0, 6, 2))
-    tensor([0, 2, 4])
-    """
-    if torch.is_tensor(index):
-        def pick(t):
-            return t[index.to(t.device)]
-    elif isinstance(index, slice):
-        def pick(t):
-            return t[index].contiguous()
-    else:
-        def pick(t):
-            return t[index]
-    return map_tensors(lambda t: pick(t) if t.dim() >= 1 else t, tree)
-
-
-def sample_device(tree) -> torch.device | None:
-    """The device of the first tensor with a sample dimension (dim 0) of nested inputs or targets
-    (see :func:`sample_count`), or None where there is none.
-
-    >>> sample_device({"flag": True, "ids": torch.zeros(2, 3)}), sample_device(3.0)
-    (device(type='cpu'), None)
-    """
-    leaves = _sample_leaves(tree)
-    return leaves[0][1].device if leaves else None
-
-
 def refuse_sparse(tree, what: str, option: str, key: str, instead: str) -> None:
     """Refuse a batch's ``inputs`` or ``targets`` (``what``) holding a sparse tensor (COO, CSR, any
     layout but strided) where ``option`` cuts it into micro-batches (``key``: ``"chunk_size"`` or
@@ -528,7 +212,7 @@ def refuse_sparse(tree, what: str, option: str, key: str, instead: str) -> None:
     catapult.curvature.microbatch.MicroBatchRefused: chunk_size: the batch's inputs ['x'] hold a sparse tensor (torch.sparse_coo), which micro-batches cannot cut; use chunk_size=None, or a dense batch (.to_dense())
     >>> refuse_sparse(torch.zeros(3, 2), "inputs", "chunk_size", "chunk_size", "chunk_size=None")
     """
-    for path, t in _sample_leaves(tree):
+    for path, t in sample_leaves(tree):
         if t.layout != torch.strided:
             raise MicroBatchRefused(f"{option}: the batch's {what}{(' ' + path) if path else ''} hold a sparse tensor "
                                     f"({t.layout}), which micro-batches cannot cut; use {instead}, or a dense "

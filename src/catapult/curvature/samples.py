@@ -1,0 +1,118 @@
+"""The samples of a batch (dim 0 of its tensors, in nested inputs and targets): counted, cut
+into rows, indexed, located; what micro-batches, the coarse start and the distributed operators
+cut a batch with.
+"""
+from __future__ import annotations
+
+import torch
+
+from catapult.curvature.batch_tree import leaf_paths, map_tensors
+
+__all__ = ["sample_count", "sample_count_or_none", "sample_device", "sample_index", "sample_leaves", "sample_rows",
+           "shares_samples"]
+
+
+def sample_leaves(tree) -> list[tuple[str, torch.Tensor]]:
+    """``(path, tensor)`` of the tensor leaves with a sample dimension (dim >= 1) of nested
+    inputs or targets (:func:`~catapult.curvature.batch_tree.map_tensors`' containers: a model
+    taking several inputs, an HF-style ``{"input_ids": ..., "attention_mask": ...}``); ``path`` as
+    ``['input_ids']``, ``[0]`` or ``.ids``.
+
+    >>> [(path, tuple(t.shape)) for path, t in sample_leaves({"ids": torch.zeros(3, 2), "scale": torch.tensor(2.0)})]
+    [("['ids']", (3, 2))]
+    """
+    return [(path, t) for path, t in leaf_paths(tree) if t.dim() >= 1]
+
+
+def sample_count(tree, what: str = "inputs", option: str = "chunk_size") -> int:
+    """The number of samples (dim 0) of a batch's ``inputs`` or ``targets``: a tensor, or tuples,
+    lists, dicts (:func:`map_tensors`' containers) of them, whose tensors with a dim 0 all have the same length (0-d tensors and
+    other leaves, such as flags, go whole to every micro-batch); else a ValueError naming ``what``,
+    the leaves that differ and ``option``, the setting that needs the count.
+
+    >>> sample_count({"input_ids": torch.zeros(6, 4), "attention_mask": torch.ones(6, 4), "flag": True})
+    6
+    >>> sample_count((torch.zeros(6, 2), torch.zeros(5)))
+    Traceback (most recent call last):
+    ValueError: chunk_size: the batch's inputs have different sample counts (dim 0): [0] has 6, [1] has 5
+    """
+    leaves = sample_leaves(tree)
+    if not leaves:
+        raise ValueError(f"{option} needs the batch's {what} to hold tensors with a sample "
+                         f"dimension (dim 0)")
+    counts = {int(t.shape[0]) for _, t in leaves}
+    if len(counts) > 1:
+        shown = ", ".join(f"{path or what} has {t.shape[0]}" for path, t in leaves[:6])
+        raise ValueError(f"{option}: the batch's {what} have different sample counts (dim 0): {shown}")
+    return counts.pop()
+
+
+def sample_count_or_none(tree) -> int | None:
+    """:func:`sample_count` of ``tree``, or None where it has no one sample count (no tensor with
+    a dim 0, or tensors that differ there).
+
+    >>> sample_count_or_none(torch.zeros(5, 2)), sample_count_or_none({"ids": torch.zeros(5, 3)}), sample_count_or_none(3.0)
+    (5, 5, None)
+    """
+    try:
+        return sample_count(tree)
+    except ValueError:
+        return None
+
+
+def shares_samples(tree, n: int) -> bool:
+    """Whether ``tree`` (a batch's targets) goes with inputs of ``n`` samples when they are cut
+    into pieces: its tensors with a dim 0 have ``n`` rows (:func:`sample_count`), or it has none
+    and goes whole to every piece (``None`` targets, with the labels inside an HF-style input dict
+    and the loss in the model's output; a 0-d target).
+
+    >>> shares_samples({"labels": torch.zeros(4, 3)}, 4), shares_samples(None, 4), shares_samples(torch.zeros(5), 4)
+    (True, True, False)
+    """
+    return sample_device(tree) is None or sample_count_or_none(tree) == n
+
+
+def sample_rows(tree, start: int, stop: int):
+    """Samples ``start:stop`` of nested inputs or targets (see :func:`sample_count`): every tensor
+    with a dim 0 sliced there, everything else as it is.
+
+    >>> sample_rows({"ids": torch.arange(6).view(3, 2), "scale": torch.tensor(2.0)}, 1, 3)
+    {'ids': tensor([[2, 3],
+            [4, 5]]), 'scale': tensor(2.)}
+    """
+    return map_tensors(lambda t: t[start:stop] if t.dim() >= 1 else t, tree)
+
+
+def sample_index(tree, index):
+    """Samples ``index`` of nested inputs or targets (see :func:`sample_count`): every tensor with a
+    dim 0 indexed there, contiguous, everything else as it is. ``index``: a list or 1-d integer
+    tensor of rows (in that order, repeats allowed: a copy), or a ``slice`` (rows every ``step``-th:
+    copied where they are not contiguous).
+
+    >>> sample_index({"ids": torch.arange(6).view(3, 2), "flag": True}, [2, 0])
+    {'ids': tensor([[4, 5],
+            [0, 1]]), 'flag': True}
+    >>> sample_index(torch.arange(6), slice(0, 6, 2))
+    tensor([0, 2, 4])
+    """
+    if torch.is_tensor(index):
+        def pick(t):
+            return t[index.to(t.device)]
+    elif isinstance(index, slice):
+        def pick(t):
+            return t[index].contiguous()
+    else:
+        def pick(t):
+            return t[index]
+    return map_tensors(lambda t: pick(t) if t.dim() >= 1 else t, tree)
+
+
+def sample_device(tree) -> torch.device | None:
+    """The device of the first tensor with a sample dimension (dim 0) of nested inputs or targets
+    (see :func:`sample_count`), or None where there is none.
+
+    >>> sample_device({"flag": True, "ids": torch.zeros(2, 3)}), sample_device(3.0)
+    (device(type='cpu'), None)
+    """
+    leaves = sample_leaves(tree)
+    return leaves[0][1].device if leaves else None
