@@ -420,3 +420,19 @@ def test_a_sharded_scaled_loss_gives_the_scaled_sharpness_and_the_same_certifica
             assert 0 < scaled.error_bound < float("inf")
             assert scaled.error_bound == pytest.approx(plain.error_bound, rel=1e-6)
             assert scaled.converged == plain.converged and scaled.matvecs == plain.matvecs
+
+
+def test_a_sharded_init_of_partly_subnormal_squares_is_its_directions_start():
+    # 2**k init: the same start bit for bit (the init scaled by its largest entry's power of two over the
+    # ranks). Before, the norm was plain: at 2**-530 its squares are partly subnormal (2e-6 off), so the
+    # start differed from the plain init's and two products gave a value 1e-8 apart
+    model, loss_fn, batch = mlp_problem()
+    n = sum(p.numel() for p in model.parameters())
+    init = torch.linspace(1.0, 2.0, n, dtype=torch.float64)
+    with single_process_group():
+        model = shard(model)
+        plain = catapult.sharpness(model, loss_fn, batch, init=init, max_iter=2, coarse=None, distributed=True)
+        for k in (-530, -545, 600):
+            est = catapult.sharpness(model, loss_fn, batch, init=init * 2.0 ** k, max_iter=2, coarse=None,
+                                     distributed=True)
+            assert est.value == plain.value, k

@@ -117,10 +117,11 @@ def vector_norm(a: torch.Tensor, reduce=None) -> torch.Tensor:
 SAFE_EXPONENT = 100
 
 
-def product_exponent(w: torch.Tensor, reduce=None) -> int:
+def product_exponent(w: torch.Tensor, reduce=None, dtype: torch.dtype | None = None) -> int:
     """``e`` with ``2**-e * w``'s largest entry in ``[0.5, 1)`` (an exact power of two, within
     +-1000), or 0 where ``w``'s largest entry already lies in ``[2**-SAFE_EXPONENT,
-    2**SAFE_EXPONENT)``, is 0 or is not finite. With ``reduce``, the largest entries of the ranks'
+    2**SAFE_EXPONENT)`` (narrower for a narrower dtype: ``dtype``'s where given, the one ``w`` is
+    to be cast to, else ``w``'s), is 0 or is not finite. With ``reduce``, the largest entries of the ranks'
     parts summed over the ranks (the same ``e`` on every rank).
 
     Why: the solvers' norms are square roots of sums of squares, which underflow for a float64
@@ -136,8 +137,9 @@ def product_exponent(w: torch.Tensor, reduce=None) -> int:
     top = _largest_entry(w, reduce)
     # float32's squares overflow from 2**64: its window 2**+-21 (a sixth of its exponent range)
     window = SAFE_EXPONENT
-    if w.is_floating_point():
-        window = min(window, math.frexp(torch.finfo(w.dtype).max)[1] // 6)
+    dtype = w.dtype if dtype is None else dtype
+    if dtype.is_floating_point:
+        window = min(window, math.frexp(torch.finfo(dtype).max)[1] // 6)
     if not math.isfinite(top) or top == 0 or 2.0 ** -window <= top < 2.0 ** window:
         return 0
     return max(-1000, min(1000, math.frexp(top)[1]))

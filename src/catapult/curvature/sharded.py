@@ -84,8 +84,8 @@ from catapult.curvature.difference import (RENORM_STEPS, central_step, checked_d
                                            refuse_renormed_differences, refuse_spectral_norm_differences,
                                            relative_gap, rounding_level)
 from catapult.curvature.rng import fixed_rng
-from catapult.curvature.krylov import scaled_norm, vector_norm
-from catapult.curvature.start import init_size_error, mixed_start, real_init, warm_start_weight
+from catapult.curvature.krylov import scaled_norm
+from catapult.curvature.start import init_direction, init_size_error, mixed_start, real_init, warm_start_weight
 from catapult.curvature.stateless import AttributesKept, RenormedCopies
 from catapult.curvature.torch_errors import functions_without_backward, no_backward_error
 from catapult.curvature.twice import forms_for, graph_functions, needs_forms
@@ -370,23 +370,13 @@ class ShardedHessianOperator:
         # one rank's bad init (another size, a complex one) raised there alone, and the others waited
         # in the norm's all-reduce until the process group's timeout
         source = agreed(checked_part, self.device) if self.local else checked_part()
-        v = source.to(dtype=self.dtype, copy=True)
-        norm = float(vector_norm(v, self.reduce))
+        # only its direction counts: scaled by 2**-e (exact) where its largest entry over the ranks lies
+        # outside the dtype's window (start.init_direction). Before, a plain norm: 2**-530 v was a norm
+        # 2e-6 off (squares partly subnormal), a start not v's; only a norm of 0 or inf was rescaled
+        v = init_direction(source, self.dtype, self.device, self.reduce)
+        norm = scaled_norm(v, self.reduce)   # the same on every rank: a bad part refused on all of them
         if not (math.isfinite(norm) and norm > 0):
-            # as start.start_vector: a finite non-zero init whose norm (or cast) overflowed or
-            # underflowed is taken for its direction, scaled by its largest entry over the ranks
-            counts = torch.tensor([float((~torch.isfinite(source)).sum()), float((source != 0).sum())],
-                                  dtype=torch.float64, device=self.device)
-            if self.local:
-                all_reduce_sum(counts)
-            if counts[0] > 0 or counts[1] == 0:
-                raise ValueError("init must be finite and non-zero")
-            largest = source.abs().max().reshape(1) if source.numel() else source.new_zeros(1)
-            if self.local:
-                import torch.distributed as dist
-
-                dist.all_reduce(largest, op=dist.ReduceOp.MAX)
-            v = (source / largest).to(dtype=self.dtype)
+            raise ValueError("init must be finite and non-zero")
         return mixed_start(v, drawn(), warm_start_weight(tol), self.reduce)
 
     def rademacher(self, gen: torch.Generator) -> torch.Tensor:

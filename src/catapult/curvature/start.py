@@ -15,13 +15,13 @@ import torch
 
 from catapult.arguments import MAX_PRODUCTS, check_integer, check_real, check_seed
 from catapult.curvature import distributed as dist_ops
-from catapult.curvature.krylov import vector_norm
+from catapult.curvature.krylov import product_exponent, scaled_norm
 from catapult.curvature.microbatch import map_tensors, tensor_leaves
 from catapult.scaled_layers import autocast_enabled
 
 __all__ = ["outside_inference_mode", "outside_autocast", "check_solver_args", "check_max_basis", "start_vector", "initial_vector",
            "split_operator", "solver_split", "WARM_START_MIX", "WARM_START_MIX_MAX", "warm_start_weight", "seeded_normal", "mixed_start",
-           "mixed_starts", "real_init"]
+           "mixed_starts", "real_init", "init_direction"]
 
 #: The seeded random part of every warm start per unit of the solve's ``tol``
 #: (:func:`warm_start_weight`). Without it a warm start lying wholly in an invariant subspace of the
@@ -142,8 +142,9 @@ def mixed_start(vector: torch.Tensor, random: torch.Tensor, weight: float, reduc
     >>> mixed_start(torch.tensor([2.0, 0.0]), torch.tensor([0.0, 5.0]), 0.25).tolist()
     [1.0, 0.25]
     """
-    scale = vector_norm(vector, reduce)
-    return (vector / scale).add_(random, alpha=float(weight) / float(vector_norm(random, reduce)))
+    # scaled_norm: a vector 2**-530 v (its squares partly subnormal) had a norm 2e-6 off (the same bits in range)
+    scale = scaled_norm(vector, reduce)
+    return (vector / scale).add_(random, alpha=float(weight) / scaled_norm(random, reduce))
 
 
 def mixed_starts(rows: torch.Tensor, seed: int, tol: Sequence[float]) -> torch.Tensor:
@@ -219,13 +220,25 @@ def start_vector(init, n: int, dtype: torch.dtype, device: torch.device, seed: i
         raise init_size_error(init, n)
     if not (bool(torch.isfinite(source).all()) and bool((source != 0).any())):
         raise ValueError("init must be finite and non-zero")
-    v0 = source.to(device=device, dtype=dtype, copy=True)
-    norm = float(torch.linalg.vector_norm(v0))
-    if not (math.isfinite(norm) and norm > 0):
-        # only its direction counts: entries near the dtype's limits overflowed its norm (or the
-        # cast), tiny ones underflowed, and such an init was refused as not finite / zero
-        v0 = (source / source.abs().max()).to(device=device, dtype=dtype)
-    return mixed_start(v0, seeded_normal(n, dtype, device, seed), warm_start_weight(tol))
+    return mixed_start(init_direction(source, dtype, device), seeded_normal(n, dtype, device, seed),
+                       warm_start_weight(tol))
+
+
+def init_direction(source: torch.Tensor, dtype: torch.dtype, device, reduce=None) -> torch.Tensor:
+    """``source`` (finite, non-zero: checked) cast to ``dtype`` on ``device`` (a copy), times
+    ``2**-e`` first (exact) where its largest entry lies outside ``dtype``'s window
+    (:func:`~catapult.curvature.krylov.product_exponent`; over the ranks' parts with ``reduce``):
+    only its direction counts. Inside it, ``source`` as it is (the start of an ordinary init, bit
+    for bit). Before, an init whose norm's squares over- or underflowed only partly kept a norm off by
+    up to 1e-4 (float64, 2**-530 v), so its mixed start was not the one ``v`` gives.
+
+    >>> v = torch.tensor([3.0, 4.0], dtype=torch.float64) * 2.0 ** -1000
+    >>> init_direction(v, torch.float32, "cpu").tolist()
+    [0.375, 0.5]
+    """
+    exponent = product_exponent(source, reduce, dtype=dtype)
+    scaled = source * math.ldexp(1.0, -exponent) if exponent else source
+    return scaled.to(device=device, dtype=dtype, copy=True)
 
 
 def split_operator(op):
