@@ -64,13 +64,15 @@ def _adam_preconditioner(optimizer, grad_flat: torch.Tensor, names, params,
         def relative_lr(group) -> float:
             return float(group_lr_multipliers(optimizer, group["params"][:1])[0]) if group["params"] else 1.0
     dtype, device = grad_flat.dtype, grad_flat.device
-    r_scale = None
+    r_scale, r_ref = None, 1.0
     if any(registry.rule_for(optimizer, g) == "radam" for g in optimizer.param_groups):
-        from catapult.optim.thresholds import radam_step_scales
+        from catapult.optim.thresholds import radam_rectification, radam_reference_step, radam_step_scales
 
         # each parameter's own rectification relative to the threshold's (torch counts each
         # parameter's steps apart; a lagging one was scaled by the largest count's r_t)
         r_scale = radam_step_scales(optimizer, params) or None
+        if r_scale is not None:   # the threshold's r_t: (2 - lr wd)(1 + b1) / ((1 - b1) lr r_t)
+            r_ref = radam_rectification(*radam_reference_step(optimizer))
     pieces, l2_pieces = [], []
     has_l2 = False
     first = optimizer.param_groups[0]
@@ -91,9 +93,10 @@ def _adam_preconditioner(optimizer, grad_flat: torch.Tensor, names, params,
         wd = float(rules.l2_coefficient(rule, hp))
         coupled_l2 = wd != 0.0  # torch Adam feeds g + wd * theta into v and descends L + wd/2 |theta|^2
         # decoupled decay is a shift of the threshold (weight_decay_shift): a group decaying
-        # otherwise than the first holds the difference here, lr-scaled as its step
+        # otherwise than the first holds the difference here, lr-scaled as its step (RAdam's
+        # over the threshold's r_t: its decay is not rectified, its threshold is divided by r_t)
         own = relative_lr(group) if scale_by_group_lr else 1.0
-        extra = float(_decay_shift(optimizer, group)) * own - shift_0 if rule != "radam" and own else 0.0
+        extra = (float(_decay_shift(optimizer, group)) * own - shift_0) / r_ref if own else 0.0
         has_l2 = has_l2 or coupled_l2 or extra != 0.0
         state = optimizer.state.get(p, {})
         rule_state = None
@@ -169,7 +172,7 @@ def step_preconditioner(model, optimizer, op, scale_by_group_lr: bool = False):
     the ``lr_scaled`` sharpness. ``l2`` is None for SGD whose moving groups share one weight decay
     (the threshold's shift holds it: the sharpness is the loss's), else the rows ``m_i wd_i - wd_0``
     (:func:`catapult.optim.thresholds.weight_decay_shift`; likewise the Adam family's decoupled decay,
-    ``(1 + b1) / (1 - b1)`` times that, RAdam's excepted). RAdam whose next step is un-rectified
+    ``(1 + b1) / (1 - b1)`` times that; RAdam's, rectified, also over the threshold's ``r_t``). RAdam whose next step is un-rectified
     (EMA-momentum SGD, no pre-conditioner) gets SGD's ``(d, l2)``, its decay (coupled, or decoupled
     as ``wd (1 + b1) / (1 - b1)``) in the rows as SGD's.
 

@@ -47,7 +47,7 @@ from catapult.optim import rules
 from catapult.parametrize import group_lr_mult
 
 __all__ = ["group_lr_multipliers", "lr_scaled_sharpness", "radam_rho", "radam_rectified",
-           "radam_rectification", "radam_threshold", "radam_step_kind", "radam_step_scales", "rule_threshold",
+           "radam_rectification", "radam_threshold", "radam_step_kind", "radam_step_scales", "radam_reference_step", "rule_threshold",
            "weight_decay_shift", "OPERATORS"]
 
 #: What a threshold is compared with: the loss's Hessian (or SGD's lr-scaled ``M^1/2 H M^1/2``),
@@ -193,6 +193,24 @@ def radam_threshold(lr: float, betas: Any, t: int, *, weight_decay: float = 0.0,
     return kind, (edge if kind == "hessian" else edge / radam_rectification(t, b2))
 
 
+def radam_reference_step(optimizer: torch.optim.Optimizer) -> tuple[int, float]:
+    """``(t, beta2)`` of the step RAdam's threshold is taken at (:func:`radam_threshold`, as
+    :func:`~catapult.curvature.sharpness.instability_threshold` reads it): the largest parameter
+    step count + 1 and the first group's ``beta2``. The pre-conditioned operator's rows are
+    relative to ``radam_rectification(t, beta2)`` (:func:`radam_step_scales`; a decoupled decay
+    that differs from the first group's enters them divided by it).
+
+    Example:
+        >>> w = torch.zeros(1, requires_grad=True)
+        >>> opt = torch.optim.RAdam([w], betas=(0.9, 0.99))
+        >>> w.grad = torch.ones(1); opt.step(); opt.step()
+        >>> radam_reference_step(opt)
+        (3, 0.99)
+    """
+    steps = [float(st["step"]) for st in optimizer.state.values() if isinstance(st, dict) and "step" in st]
+    return int(max(steps, default=0)) + 1, float(optimizer.param_groups[0]["betas"][1])
+
+
 def radam_step_scales(optimizer: torch.optim.Optimizer, params) -> list[float | None]:
     """Each of ``params``' rectification relative to the threshold's: ``r_p / r_ref``, where
     ``r_p = r_t`` of that parameter's own next step (``t`` = its ``state["step"] + 1``, as torch
@@ -225,9 +243,7 @@ def radam_step_scales(optimizer: torch.optim.Optimizer, params) -> list[float | 
         state = optimizer.state.get(p, {})
         return int(float(state["step"])) if isinstance(state, dict) and "step" in state else 0
 
-    steps = [float(st["step"]) for st in optimizer.state.values() if isinstance(st, dict) and "step" in st]
-    t_ref = int(max(steps, default=0)) + 1
-    b2_ref = float(groups[0]["betas"][1])
+    t_ref, b2_ref = radam_reference_step(optimizer)
     held = [(i, p, where[id(p)]) for i, p in enumerate(params) if id(p) in where]
     own = [(i, count(p) + 1, float(g["betas"][1])) for i, p, g in held]
     ref_ok = radam_rectified(t_ref, b2_ref)
