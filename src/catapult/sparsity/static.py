@@ -267,7 +267,10 @@ class MaskedLinear(nn.Linear):
                                       generator=generator))
 
     def set_mask(self, mask: torch.Tensor | None) -> None:
-        """Install ``mask`` (bool, weight-shaped; ``None`` = dense) and zero the pruned weights."""
+        """Install a copy of ``mask`` (bool, weight-shaped; ``None`` = dense) and zero the pruned
+        weights. A copy: :class:`~catapult.sparsity.MaskUpdater` writes a layer's mask in place, and
+        the caller's tensor (one mask given to the layers of two models, each with its updater)
+        was that layer's, so one model's RigL/GMP update changed the other's mask and the caller's."""
         if mask is None:
             self.mask = None
             return
@@ -276,7 +279,7 @@ class MaskedLinear(nn.Linear):
                 f"mask shape {tuple(mask.shape)} does not match weight shape "
                 f"{tuple(self.weight.shape)}"
             )
-        self.mask = mask.to(device=self.weight.device, dtype=torch.bool)
+        self.mask = mask.to(device=self.weight.device, dtype=torch.bool, copy=True)
         self.apply_mask_()
 
     @torch.no_grad()
