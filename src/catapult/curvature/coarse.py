@@ -31,6 +31,7 @@ from catapult.curvature.hessian import HessianOperator
 from catapult.curvature.krylov import product_exponent
 from catapult.curvature.lanczos import lanczos_top_eigenpair
 from catapult.curvature.microbatch import sample_count, sample_count_or_none, sample_index, shares_samples
+from catapult.curvature.samples import block_rows, sample_leaves
 
 __all__ = ["COARSE_MIN_SAMPLES", "COARSE_LEVELS", "SMALL_BATCH_LEVELS", "FINITE_DIFFERENCE",
            "FINITE_DIFFERENCE_COST", "FINITE_DIFFERENCE_MAX_ITER", "FINITE_DIFFERENCE_CONSISTENCY",
@@ -102,9 +103,14 @@ def coarse_levels(batch, coarse, tol: float | None = None, *,
     n = sample_count_or_none(inputs)   # a nested batch's too (a dict batch got no sub-batch levels)
     if n is not None and not shares_samples(targets, n):   # (targets=None, labels in the inputs: whole)
         n = None
+    # a block-sparse (BSR, BSC) leaf is cut by whole blocks of rows (sparse batches of other
+    # layouts are cut by any rows: samples.sparse_rows)
+    block = math.lcm(1, *(block_rows(t) for part in batch for _, t in sample_leaves(part)))
     if isinstance(coarse, str):
         if coarse != "auto":
             raise ValueError(f"coarse must be 'auto', None or (divisor, tol) pairs, got {coarse!r}")
+        if n is not None and any(max(1, n // divisor) % block for divisor, _ in COARSE_LEVELS):
+            n = None   # sub-batches it cannot cut: the finite-difference level on the whole batch
         chooser = n if union_samples is None else union_samples
         coarse = COARSE_LEVELS if n is not None and chooser >= COARSE_MIN_SAMPLES else SMALL_BATCH_LEVELS
         coarse = [(divisor, max(level_tol, tol or 0.0)) for divisor, level_tol in coarse]
@@ -130,6 +136,10 @@ def coarse_levels(batch, coarse, tol: float | None = None, *,
         if n is None:
             raise ValueError("coarse sub-batch levels need the batch's inputs and targets to hold "
                              "tensors with a common sample dimension (dim 0)")
+        if max(1, n // count) % block:
+            raise ValueError(f"coarse level {(divisor, level_tol)!r}: its {max(1, n // count)} samples cut a block-sparse "
+                             f"batch (blocks of {block} rows) inside a block; use coarse levels whose sub-batches "
+                             f"are whole blocks, coarse='auto' or coarse=None")
         levels.append((max(1, n // count), real_tol))
     return levels
 

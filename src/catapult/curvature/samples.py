@@ -9,7 +9,7 @@ import torch
 from catapult.curvature.batch_tree import leaf_paths, map_tensors
 
 __all__ = ["sample_count", "sample_count_or_none", "sample_device", "sample_index", "sample_leaves", "sample_rows",
-           "shares_samples"]
+           "shares_samples", "sparse_rows", "block_rows"]
 
 
 def sample_leaves(tree) -> list[tuple[str, torch.Tensor]]:
@@ -80,7 +80,14 @@ def sample_rows(tree, start: int, stop: int):
     {'ids': tensor([[2, 3],
             [4, 5]]), 'scale': tensor(2.)}
     """
-    return map_tensors(lambda t: t[start:stop] if t.dim() >= 1 else t, tree)
+    def cut(t):
+        if t.dim() < 1:
+            return t
+        if t.layout != torch.strided:
+            return sparse_rows(t, torch.arange(*slice(start, stop).indices(int(t.shape[0]))))
+        return t[start:stop]
+
+    return map_tensors(cut, tree)
 
 
 def sample_index(tree, index):
@@ -104,7 +111,62 @@ def sample_index(tree, index):
     else:
         def pick(t):
             return t[index]
-    return map_tensors(lambda t: pick(t) if t.dim() >= 1 else t, tree)
+
+    def cut(t):
+        if t.dim() < 1:
+            return t
+        if t.layout == torch.strided:
+            return pick(t)
+        rows = (torch.arange(*index.indices(int(t.shape[0]))) if isinstance(index, slice)
+                else torch.as_tensor(index, dtype=torch.long))
+        return sparse_rows(t, rows)
+
+    return map_tensors(cut, tree)
+
+
+def sparse_rows(t: torch.Tensor, rows) -> torch.Tensor:
+    """Rows ``rows`` (dim 0; a 1-d integer tensor or a list, in that order, repeats allowed) of a
+    sparse tensor, in its own layout: COO by ``index_select``; CSR, CSC, BSR and BSC through COO and
+    back, or where dim 0 is a batch dimension (a 3-d CSR) by cutting its index and value tensors.
+    torch indexes and slices none of them along dim 0 (``t[rows]``: "Could not run 'aten::index'
+    ... 'SparseCPU'", CSR "do not have strides"), which is what failed :func:`sample_index`'s
+    sub-batches of the coarse start (``sharpness`` on 256 or more sparse samples).
+
+    >>> x = torch.tensor([[0.0, 1.0], [2.0, 0.0], [0.0, 3.0]])
+    >>> [sparse_rows(s, [2, 0]).to_dense().tolist() for s in (x.to_sparse(), x.to_sparse_csr())]
+    [[[0.0, 3.0], [0.0, 1.0]], [[0.0, 3.0], [0.0, 1.0]]]
+    >>> sparse_rows(x.to_sparse_csr(), [1]).layout
+    torch.sparse_csr
+    """
+    rows = torch.as_tensor(rows, dtype=torch.long).to(t.device)
+    if t.layout == torch.sparse_coo:
+        return t.index_select(0, rows)
+    row_major = t.layout in (torch.sparse_csr, torch.sparse_bsr)
+    if t.dim() - t.dense_dim() > 2:   # batch dimensions first: each index and value tensor has them
+        compressed, plain = ((t.crow_indices(), t.col_indices()) if row_major else (t.ccol_indices(), t.row_indices()))
+        return torch.sparse_compressed_tensor(compressed.index_select(0, rows), plain.index_select(0, rows),
+                                              t.values().index_select(0, rows), size=(len(rows), *t.shape[1:]),
+                                              layout=t.layout, dtype=t.dtype, device=t.device)
+    block = block_rows(t)
+    if len(rows) % block:
+        raise ValueError(f"a {t.layout} tensor holds blocks of {block} rows: {len(rows)} of its rows (dim 0) are "
+                         f"not a whole number of blocks")
+    blocked = t.layout in (torch.sparse_bsr, torch.sparse_bsc)
+    return t.to_sparse().index_select(0, rows).to_sparse(layout=t.layout,
+                                                         blocksize=tuple(t.values().shape[1:3]) if blocked else None)
+
+
+def block_rows(t: torch.Tensor) -> int:
+    """The rows (dim 0) of one block of a BSR or BSC tensor whose dim 0 is a row dimension (no
+    batch dimensions): a cut of its rows (:func:`sparse_rows`) must hold a multiple of them; 1 for
+    every other tensor.
+
+    >>> block_rows(torch.ones(4, 4).to_sparse_bsr((2, 2))), block_rows(torch.ones(4, 4).to_sparse_csr())
+    (2, 1)
+    """
+    if t.layout in (torch.sparse_bsr, torch.sparse_bsc) and t.dim() - t.dense_dim() == 2:
+        return int(t.values().shape[1])
+    return 1
 
 
 def sample_device(tree) -> torch.device | None:

@@ -1,0 +1,116 @@
+"""Sparse inputs (COO, CSR) of 256 samples or more with default settings: ``coarse="auto"`` cuts
+them into its sub-batches (``samples.sparse_rows``). Before, ``sharpness`` failed inside torch
+(COO ``NotImplementedError: Could not run 'aten::as_strided' ... 'SparseCPU'``, CSR "Sparse CSR
+tensors do not have strides"), and ``distributed=True`` failed in its loss-reduction check (the
+shard's halves). Truth: the same batch dense (rel 1e-5), and the rows cut from the dense tensor."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+
+import catapult
+from catapult.curvature.coarse import FINITE_DIFFERENCE, coarse_levels
+from catapult.curvature.samples import sample_index, sample_rows, sparse_rows
+
+pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+LAYOUTS = {"coo": lambda x: x.to_sparse(), "csr": lambda x: x.to_sparse_csr()}
+
+
+def _problem(n=300):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).double()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(n, 4, generator=gen, dtype=torch.float64)
+    x[x < 0.3] = 0
+    return model, x, torch.randn(n, 1, generator=gen, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_defaults_on_a_sparse_batch_give_the_dense_answers(layout):
+    model, x, y = _problem()
+    sparse = LAYOUTS[layout](x)
+    loss = torch.nn.MSELoss()
+    dense_est = catapult.sharpness(model, loss, (x, y))
+    est = catapult.sharpness(model, loss, (sparse, y))
+    assert dense_est.coarse_matvecs > 0 and est.coarse_matvecs == dense_est.coarse_matvecs   # the sub-batch levels ran
+    assert est.value == pytest.approx(dense_est.value, rel=1e-5)
+    # the truth of the dense answer itself: the dense Hessian's top eigenvalue
+    params = dict(model.named_parameters())
+
+    def flat_loss(theta):
+        chunks, i = {}, 0
+        for name, p in params.items():
+            chunks[name] = theta[i:i + p.numel()].view_as(p)
+            i += p.numel()
+        return loss(torch.func.functional_call(model, chunks, (x,)), y)
+
+    theta = torch.cat([p.detach().reshape(-1) for p in params.values()])
+    top = torch.linalg.eigvalsh(torch.autograd.functional.hessian(flat_loss, theta))[-1].item()
+    assert est.value == pytest.approx(top, rel=1e-5)
+    pairs, dense_pairs = (catapult.top_eigenpairs(model, loss, (b, y), k=2) for b in (sparse, x))
+    assert list(pairs.values) == pytest.approx(list(dense_pairs.values), rel=1e-5)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    assert catapult.critical_lr(model, loss, (sparse, y), opt).lr == catapult.critical_lr(model, loss, (x, y), opt).lr
+
+
+def _layouts(x):
+    """Every sparse layout torch has, with dim 0 a row dimension (and a 3-d CSR, dim 0 a batch one)."""
+    x3 = torch.stack([x, 2 * x, -x], dim=-1)   # (n, 4, 3)
+    # a batched CSR holds the same number of elements per batch: one pattern, scaled per sample
+    xb = (torch.arange(1.0, len(x) + 1)[:, None, None] * (torch.arange(12.0).view(4, 3) % 3 == 1))
+    return {"coo": (x.to_sparse(), x), "coo hybrid": (x3.to_sparse(1), x3), "coo 3-d": (x3.to_sparse(), x3),
+            "csr": (x.to_sparse_csr(), x), "csc": (x.to_sparse_csc(), x),
+            "bsr": (x.to_sparse_bsr((2, 2)), x), "bsc": (x.to_sparse_bsc((2, 2)), x),
+            "csr hybrid": (x3.to_sparse_csr(dense_dim=1), x3), "csr batched": (xb.to_sparse_csr(), xb)}
+
+
+@pytest.mark.parametrize("name", ["coo", "coo hybrid", "coo 3-d", "csr", "csc", "bsr", "bsc", "csr hybrid",
+                                  "csr batched"])
+def test_sparse_rows_are_the_dense_rows_in_the_same_layout(name):
+    x = torch.arange(40.0).view(10, 4) % 3
+    sparse, dense = _layouts(x)[name]
+    blocked = name in ("bsr", "bsc")   # blocks of 2 rows: cut by whole blocks only
+    for rows in ([7, 0, 7, 1], torch.arange(0, 10, 3 if blocked else 4), []):
+        out = sparse_rows(sparse, rows)
+        assert out.layout == sparse.layout
+        assert torch.equal(out.to_dense(), dense[torch.as_tensor(rows, dtype=torch.long)])
+    if blocked:
+        with pytest.raises(ValueError, match=r"blocks of 2 rows: 3 of its rows"):
+            sparse_rows(sparse, [7, 0, 7])
+        return
+    # the walkers the coarse start and the shard checks cut batches with
+    assert torch.equal(sample_index({"x": sparse}, slice(0, 9, 3))["x"].to_dense(), dense[0:9:3])
+    assert torch.equal(sample_index(sparse, [2, 2]).to_dense(), dense[[2, 2]])
+    assert torch.equal(sample_rows((sparse, 1), 3, 8)[0].to_dense(), dense[3:8])
+
+
+def test_a_block_sparse_batch_gets_sub_batches_of_whole_blocks_or_none():
+    x = torch.ones(300, 4)
+    y = torch.zeros(300)
+    x320, y320 = torch.ones(320, 4), torch.zeros(320)
+    # 300 // 16 = 18 rows is 9 blocks of 2, 300 // 4 = 75 is not: "auto" takes the difference level
+    assert coarse_levels((x.to_sparse_bsr((2, 2)), y), "auto") == [(FINITE_DIFFERENCE, 3e-3)]
+    assert coarse_levels((x320.to_sparse_bsr((2, 2)), y320), "auto") == [(20, 3e-3), (80, 3e-3)]
+    assert coarse_levels((x.to_sparse_bsr((2, 2)), y), [(16, 1e-2)]) == [(18, 1e-2)]
+    with pytest.raises(ValueError, match=r"coarse level \(4, 0.01\): its 75 samples cut a block-sparse batch"):
+        coarse_levels((x.to_sparse_bsr((2, 2)), y), [(4, 1e-2)])
+
+
+def _distributed(rank, world, layout):
+    model, x, y = _problem(400)
+    lo = rank * 200
+    return catapult.sharpness(model, torch.nn.MSELoss(), (LAYOUTS[layout](x[lo:lo + 200]), y[lo:lo + 200]),
+                              distributed=True).value
+
+
+@pytest.mark.slow  # two spawned interpreters importing torch
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_distributed_shards_of_a_sparse_batch(layout):
+    from gloo_ranks import on_ranks
+
+    model, x, y = _problem(400)
+    whole = catapult.sharpness(model, torch.nn.MSELoss(), (x, y)).value
+    for value in on_ranks(_distributed, layout):
+        assert value == pytest.approx(whole, rel=1e-5)
