@@ -71,6 +71,7 @@ MODULES = (
     "catapult.engine.ddp_config",
     "catapult.engine.step_lr",
     "catapult.engine.step_accuracy",
+    "catapult.engine.gather_json",
     "catapult.models.options",
     "catapult.sweep.store_file",
     "catapult.sweep.store_raw",

@@ -49,7 +49,6 @@ copied (:mod:`catapult.engine.fsdp`, :class:`FullyShardedDataParallel`); the res
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -71,6 +70,7 @@ from catapult.engine.ddp_config import check_ddp_config
 from catapult.engine.build import assemble_run, build_model, check_warmup_across_processes, resolve_device
 from catapult.engine.model_size import check_token_outputs
 from catapult.engine.fsdp import check_fsdp, full_state_dict, shard_model
+from catapult.engine.gather_json import gather_json
 from catapult.engine.sharpness_rule import check_spectrum_cadence
 from catapult.engine.step import COLLAPSE_RTOL
 from catapult.engine.seeds import seeds
@@ -408,7 +408,7 @@ def _on_every_rank(work, distributed: bool) -> Any:
     others), so no rank goes on alone into a collective the failed one never reaches. A
     ConfigError, RunDirectoryError or OSError keeps its type (the CLI's exit code 2); an
     exception of a type not built into Python is a RuntimeError naming it and its rank."""
-    kept: list = []   # the verdicts' tensors, alive until the group is freed (_gather_objects)
+    kept: list = []   # the verdicts' tensors, alive until the group is freed (gather_json)
     with _setup_group() if distributed else contextlib.nullcontext() as group:
         # the group first, while every rank is here: the others then wait on it for this work
         result, problem = None, None
@@ -423,7 +423,7 @@ def _on_every_rank(work, distributed: bool) -> Any:
         verdict = None if problem is None else (type(problem).__name__, str(problem),
                                                 [list(p) for p in problem.problems]
                                                 if isinstance(problem, cfg.ConfigError) else None)
-        every = _gather_objects(verdict, group, kept)
+        every = gather_json(verdict, group, kept)   # JSON, never a pickle
         del group   # the context's reference is then the last: the group is freed as it exits
     del kept
     failed = next((r for r, p in enumerate(every) if p is not None), None)
@@ -432,35 +432,6 @@ def _on_every_rank(work, distributed: bool) -> Any:
     if failed == dist.get_rank():
         raise problem
     raise _same_error(failed, *every[failed])
-
-
-def _gather_objects(obj: Any, group, kept: list) -> list:
-    """``dist.all_gather_object(every, obj, group=group)``'s ``every``, from tensors that ``kept``
-    holds. Torch before 2.8 frees a gloo group holding the GIL while joining its worker threads,
-    and a worker freeing the last collective's tensors, whose Python objects
-    ``all_gather_object`` had dropped, waits for the GIL: ``catapult train-ddp`` hung at its
-    set-up on torch 2.2 (both ranks, until killed). Freed while ``kept`` holds them, their Python
-    objects stay alive and the worker needs no GIL. ``obj`` travels as JSON (tuples come back as
-    lists), never as a pickle: another rank's bytes are not run."""
-    world = dist.get_world_size()
-    if group is None:        # the default group (no gloo): it outlives the call
-        every: list = [None] * world
-        dist.all_gather_object(every, obj)
-        return every
-    try:   # a value JSON cannot encode as its repr (a Path in a ConfigError's problems): json.dumps
-        text = json.dumps(obj, default=repr)   # raised on that rank alone, and the others waited
-    except (TypeError, ValueError, RecursionError):   # a key that is not a string, a cycle: the whole's
-        text = json.dumps(repr(obj))
-    data = torch.frombuffer(bytearray(text.encode()), dtype=torch.uint8)
-    size = torch.tensor([data.numel()], dtype=torch.long)
-    sizes = [torch.zeros(1, dtype=torch.long) for _ in range(world)]
-    dist.all_gather(sizes, size, group=group)
-    padded = torch.zeros(max(int(n) for n in sizes), dtype=torch.uint8)
-    padded[:data.numel()] = data
-    out = [torch.zeros_like(padded) for _ in range(world)]
-    dist.all_gather(out, padded, group=group)
-    kept.extend([size, *sizes, padded, *out])
-    return [json.loads(o[:int(n)].numpy().tobytes().decode()) for o, n in zip(out, sizes)]
 
 
 #: How long the ranks wait for each other in a set-up step (:func:`_on_every_rank`): rank 0

@@ -1,0 +1,90 @@
+"""The ranks' set-up verdicts travel as JSON bytes, never as a pickle, on the default group too
+(``engine.gather_json``). Before, where gloo was not built in (``_setup_group`` yields no group),
+``_on_every_rank`` gathered them with ``dist.all_gather_object``, which pickles on one rank and
+unpickles on the others. Truth: 2 gloo ranks whose pickling is made to raise (``pickle``'s
+functions and classes, and the ones torch's object collectives bound at import), the values JSON
+gives back, and a scan of src/ for the collectives that pickle."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+
+from gloo_ranks import on_ranks
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
+SRC = Path(__file__).resolve().parents[1] / "src" / "catapult"
+#: torch's collectives that pickle their objects
+PICKLING = {"all_gather_object", "gather_object", "broadcast_object_list", "scatter_object_list",
+            "send_object_list", "recv_object_list"}
+
+
+def _no_pickle(monkeypatch):
+    import pickle
+
+    import torch.distributed as dist
+    import torch.distributed.distributed_c10d as c10d
+
+    def refused(*args, **kwargs):
+        raise AssertionError("pickled")
+
+    for name in ("dumps", "loads", "dump", "load", "Pickler", "Unpickler"):
+        monkeypatch.setattr(pickle, name, refused)
+    for name in ("_pickler", "_unpickler"):   # what torch's object collectives pickle with
+        if hasattr(c10d, name):
+            monkeypatch.setattr(c10d, name, refused)
+    for name in PICKLING:
+        if hasattr(dist, name):
+            monkeypatch.setattr(dist, name, refused)
+
+
+def _without_gloo_group(rank, world):
+    from pathlib import PurePosixPath
+
+    import torch.distributed as dist
+
+    from catapult.config import ConfigError
+    from catapult.engine import distributed
+    from catapult.engine.gather_json import gather_json
+
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _no_pickle(monkeypatch)
+        monkeypatch.setattr(dist, "is_gloo_available", lambda: False)   # no set-up group: the default one
+        gathered = gather_json({"rank": rank, "pair": (rank, "x"), "path": PurePosixPath(f"/d/{rank}")})
+        done = distributed._on_every_rank(lambda: f"done {rank}", True)
+
+        def work():
+            if rank == 1:
+                raise ConfigError([("data.root", "no shards at /data")])
+            return "fine"
+        try:
+            distributed._on_every_rank(work, True)
+            failed = None
+        except ConfigError as exc:
+            failed = [list(p) for p in exc.problems]
+    return {"gathered": gathered, "done": done, "failed": failed}
+
+
+def test_the_default_groups_verdicts_travel_as_json_without_pickle():
+    for rank, got in enumerate(on_ranks(_without_gloo_group)):
+        assert got["gathered"] == [{"rank": r, "pair": [r, "x"], "path": f"PurePosixPath('/d/{r}')"} for r in range(2)]
+        assert got["done"] == f"done {rank}"
+        assert got["failed"] == [["data.root", "no shards at /data"]]   # rank 1's error, on both ranks
+
+
+def test_no_source_file_calls_a_collective_that_pickles_or_an_unrestricted_torch_load():
+    found = []
+    for path in sorted(SRC.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            if name in PICKLING:
+                found.append(f"{path.relative_to(SRC)}:{node.lineno} {name}")
+            if name == "load" and isinstance(node.func, ast.Attribute) and getattr(node.func.value, "id", "") == "torch":
+                weights_only = [k.value for k in node.keywords if k.arg == "weights_only"]
+                if not (weights_only and isinstance(weights_only[0], ast.Constant) and weights_only[0].value is True):
+                    found.append(f"{path.relative_to(SRC)}:{node.lineno} torch.load without weights_only=True")
+    assert found == []
