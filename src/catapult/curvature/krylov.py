@@ -102,6 +102,8 @@ def vector_norm(a: torch.Tensor, reduce=None) -> torch.Tensor:
     >>> float(vector_norm(torch.tensor([3.0, 4.0])))
     5.0
     """
+    if a.dtype == torch.float16 and (reduce is not None or (a.device.type == "cpu" and a.numel() > DOT_CHUNK)):
+        return _float16_norm(a, reduce)
     if reduce is not None:
         return inner_product(a, a, reduce).sqrt()
     if a.device.type != "cpu" or a.numel() <= DOT_CHUNK:
@@ -110,16 +112,31 @@ def vector_norm(a: torch.Tensor, reduce=None) -> torch.Tensor:
     return _dot(flat, flat).sqrt()
 
 
+def _float16_norm(a: torch.Tensor, reduce=None) -> torch.Tensor:
+    """:func:`vector_norm` of a float16 vector from float32 sums of squares (chunks of
+    :data:`DOT_CHUNK` entries, summed over the ranks with ``reduce``), as a float16 0-d tensor.
+    float16 squares overflow from 256: a dot ``a^T a`` of 300000 entries near 0.5 was ``inf`` (the
+    solvers refused a start of ones as "not finite"); torch's own norm sums in float32 already."""
+    flat = a.reshape(-1)
+    squares = torch.stack([torch.linalg.vector_norm(c, dtype=torch.float32) for c in flat.split(DOT_CHUNK)]
+                          or [flat.new_zeros((), dtype=torch.float32)]).square().sum()
+    if reduce is not None:
+        squares = reduce(squares.reshape(1)).reshape(())
+    return squares.sqrt().to(a.dtype)
+
+
 #: :func:`product_exponent`'s window: a float64 product whose largest entry lies in
 #: ``[2**-SAFE_EXPONENT, 2**SAFE_EXPONENT)`` is used as it is (squares of its entries, and of a
 #: remainder ``1e-100`` of it, stay normal floats); float32's is ``2**+-21`` (its squares overflow
-#: from ``2**64``; a remainder ``1e-12`` of such an entry still squares to a normal float).
+#: from ``2**64``; a remainder ``1e-12`` of such an entry still squares to a normal float), float16's
+#: ``2**+-2`` (a sixth of the exponent range each time; float16 norms are float32 sums of squares,
+#: :func:`vector_norm`).
 SAFE_EXPONENT = 100
 
 
 def product_exponent(w: torch.Tensor, reduce=None, dtype: torch.dtype | None = None) -> int:
     """``e`` with ``2**-e * w``'s largest entry in ``[0.5, 1)`` (an exact power of two, within
-    +-1000), or 0 where ``w``'s largest entry already lies in ``[2**-SAFE_EXPONENT,
+    +-1000 and ``2**-e`` a normal number of ``w``'s dtype: float16 +-14, float32 +-126), or 0 where ``w``'s largest entry already lies in ``[2**-SAFE_EXPONENT,
     2**SAFE_EXPONENT)`` (narrower for a narrower dtype: ``dtype``'s where given, the one ``w`` is
     to be cast to, else ``w``'s), is 0 or is not finite. With ``reduce``, the largest entries of the ranks'
     parts summed over the ranks (the same ``e`` on every rank).
@@ -142,7 +159,11 @@ def product_exponent(w: torch.Tensor, reduce=None, dtype: torch.dtype | None = N
         window = min(window, math.frexp(torch.finfo(dtype).max)[1] // 6)
     if not math.isfinite(top) or top == 0 or 2.0 ** -window <= top < 2.0 ** window:
         return 0
-    return max(-1000, min(1000, math.frexp(top)[1]))
+    # 2**-e a normal number of the dtype: float16's 2**18 was inf (batched_lanczos: nan) or refused as a
+    # Half alpha (lean: RuntimeError) for products of top ~2**-19; 2**-+14 leaves such a top within 2**-5
+    # (w's dtype, which 2**-e multiplies: a float64 init 2**-529 for a float32 start takes 2**529)
+    bound = 1000 if not w.is_floating_point() else min(1000, math.frexp(torch.finfo(w.dtype).max)[1] - 2)
+    return max(-bound, min(bound, math.frexp(top)[1]))
 
 
 def _largest_entry(w: torch.Tensor, reduce=None) -> float:

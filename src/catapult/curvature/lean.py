@@ -274,7 +274,7 @@ def lean_top_eigenpair(matvec, v0: torch.Tensor, *, tol: float = 1e-3, max_iter:
         if exponent:  # 2**-e A v into out, through a temporary (only for operators of norm
             tmp = torch.zeros_like(out)  # outside 2**-100 .. 2**100: no cost otherwise)
             _apply(matvec, v, tmp)
-            out.add_(tmp, alpha=unscale)
+            out.add_(tmp.mul_(unscale))   # (as alpha=: a float16 2**18 is no Half, a RuntimeError)
         else:
             _apply(matvec, v, out)
 

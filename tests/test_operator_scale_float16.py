@@ -1,0 +1,68 @@
+"""float16 operators: every solver (lanczos, lean, top-k, batched) on a 12x12 operator in float16 at
+scales 2**-20 .. 2**12, and on a long float16 vector. float16's window (krylov.product_exponent) is
+2**+-2; its squares overflow from 256. Before: the scale 2**-e of products below 2**-15 was no
+float16 number (2**18: lean raised "value cannot be converted to type c10::Half without overflow",
+batched_lanczos returned nan), and the norm of 300000 entries of 1 was inf (its chunked dot summed
+float16 squares: the solvers refused a start of ones as "not finite"). Truth: numpy's eigh of the
+float16 matrix (in float64); float16 products round at 1e-3, subnormal ones (below 2**-14) far more."""
+import numpy as np
+import pytest
+import torch
+
+from catapult.curvature.krylov import product_exponent, vector_norm
+from catapult.curvature.lanczos import batched_lanczos, lanczos_top_eigenpair
+from catapult.curvature.lean import lean_top_eigenpair
+from catapult.curvature.top_k import lanczos_top_k
+
+
+def float16_products():
+    try:   # (a torch without float16 matrix products on the CPU: nothing to check)
+        return bool(torch.isfinite(torch.ones(2, 2, dtype=torch.float16) @ torch.ones(2, dtype=torch.float16)).all())
+    except RuntimeError:
+        return False
+
+
+pytestmark = pytest.mark.skipif(not float16_products(), reason="no float16 matrix products on this CPU build")
+
+
+def solve_all(matvec, v0, tol):
+    """(name, value, converged) of every solver on ``matvec`` from ``v0``."""
+    out = []
+    for solver in (lanczos_top_eigenpair, lean_top_eigenpair):
+        est = solver(matvec, v0.clone(), tol=tol, max_iter=100)
+        out.append((solver.__name__, est.value, est.converged))
+    eig = lanczos_top_k(matvec, v0.clone(), 2, tol=tol, max_iter=100)
+    out.append(("lanczos_top_k", eig.values[0], eig.converged))
+    est = batched_lanczos(lambda active, W: torch.stack([matvec(w) for w in W]), v0.clone()[None], tol=[tol],
+                          max_iter=[100])[0]
+    out.append(("batched_lanczos", est.value, est.converged))
+    return out
+
+
+def test_every_solver_on_a_float16_operator():
+    g = torch.Generator().manual_seed(0)
+    B = torch.randn(12, 12, generator=g, dtype=torch.float64)
+    v0 = torch.randn(12, generator=g, dtype=torch.float64).half()
+    # 2**-20: every product subnormal (a few bits), near but not to 1e-3; before, lean raised, batched nan
+    for exponent, rel in ((-20, 2e-2), (-10, 5e-3), (0, 5e-3), (12, 5e-3)):
+        A = ((B + B.T) * 2.0 ** exponent).half()
+        top = float(np.linalg.eigh(A.double().numpy())[0][-1])
+        for name, value, converged in solve_all(lambda v: A @ v, v0, tol=3e-2):
+            assert abs(value / top - 1) <= rel, (exponent, name, value, top)
+
+
+def test_a_long_float16_start_of_ones():
+    n = 300000
+    d = 0.9 + 0.1 * torch.rand(n, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    d[:3] = torch.tensor([2.0, 1.5, 1.2], dtype=torch.float64)
+    D, ones = d.half(), torch.ones(n, dtype=torch.float16)
+    assert float(vector_norm(ones)) == pytest.approx(n ** 0.5, rel=1e-3)
+    for name, value, converged in solve_all(lambda v: D * v, ones, tol=1e-2):
+        assert converged and value == pytest.approx(2.0, rel=1e-2), name
+
+
+def test_float16_window_and_scales():
+    # products with their top in [2**-2, 2**2) are used as they are; outside, 2**-e is a normal float16
+    for top, e in ((0.25, 0), (3.9, 0), (4.0, 3), (0.2, -2), (2.0 ** -20, -14), (60000.0, 14)):
+        assert product_exponent(torch.tensor([top, -top / 3], dtype=torch.float16)) == e, top
+        assert float(torch.tensor(2.0 ** -e, dtype=torch.float16)) == 2.0 ** -e
