@@ -89,3 +89,23 @@ def test_a_file_of_the_manifests_name_that_no_run_wrote_is_refused(killed, text)
     with pytest.raises(RunDirectoryError, match=r"\.catapult-run\.json"):
         check_out_dir(out, overwrite=True)
     assert (out / MANIFEST).read_text() == text
+
+
+def test_a_users_file_at_the_manifests_partial_name_is_not_removed(killed, capsys):
+    """The run's first write (the manifest, written whole through ``.partial-.catapult-run.json``)
+    removes a leftover at that name: a user's file there went without a word."""
+    config, out = killed
+    mine = out / (".partial-" + MANIFEST)
+    mine.write_text("my notes\n")
+    assert cli.main(["train", str(config), "--out", str(out), "--overwrite", "--progress", "none"]) == 2
+    err = capsys.readouterr().err
+    assert mine.name in err and "Traceback" not in err
+    assert mine.read_text() == "my notes\n"
+
+
+@pytest.mark.parametrize("left", ["", '{\n "catapult_run_', '{\n "catapult_run_created": {\n  "metrics.csv": null\n }\n}\n'])
+def test_a_manifest_write_left_by_a_killed_run_is_replaced(killed, left):
+    config, out = killed
+    (out / (".partial-" + MANIFEST)).write_text(left)   # nothing, a cut-off start, or a whole manifest not renamed
+    assert cli.main(["train", str(config), "--out", str(out), "--overwrite", "--progress", "none"]) == 0
+    assert not (out / (".partial-" + MANIFEST)).exists()

@@ -53,7 +53,7 @@ def start_manifest(path: Path) -> None:
     >>> _ = (folder / "model.pt").write_bytes(b"w"); record_created(folder, "model.pt"); sorted(created_files(folder))
     ['model.pt']
     """
-    write_text_whole(path / MANIFEST, json.dumps({_MANIFEST_KEY: {}}) + "\n")
+    write_text_whole(path / MANIFEST, json.dumps({_MANIFEST_KEY: {}}, indent=1) + "\n")
 
 
 def record_created(path: Path, name: str, *, digest: bool = True) -> None:
@@ -218,7 +218,20 @@ def claim_run_directory(path: Path, overwrite: bool | None = None) -> RunClaim:
 #: How the run files that :func:`~catapult.writing.write_whole` writes begin: a ``.partial-``
 #: file a stopped write left is the run's when it is a cut-off part of this (the next write
 #: removes it, so a user's file of that name must not be there).
-_PARTIAL_STARTS = {"model.pt": b"PK\x03\x04", "trajectories.png": PNG_START, "summary.json": b'{\n  "'}
+_PARTIAL_STARTS = {"model.pt": b"PK\x03\x04", "trajectories.png": PNG_START, "summary.json": b'{\n  "',
+                   MANIFEST: b'{\n "' + _MANIFEST_KEY.encode() + b'": {'}
+
+
+def _ours_whole(entry: Path, name: str) -> bool:
+    """:func:`catapult.files.run_output_of_ours`, and for the :data:`MANIFEST`'s name a manifest a
+    run wrote (:func:`created_files` of a folder holding it under that name)."""
+    if name != MANIFEST:
+        return run_output_of_ours(entry, name)
+    try:
+        data = json.loads(entry.read_text(encoding="utf-8")) if entry.stat().st_size <= 1 << 16 else None
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and set(data) == {_MANIFEST_KEY} and isinstance(data[_MANIFEST_KEY], dict)
 
 
 def _check_earlier_run(path: Path, entries: list[Path], replaces: tuple[str, ...]) -> None:
@@ -241,10 +254,11 @@ def _check_earlier_run(path: Path, entries: list[Path], replaces: tuple[str, ...
         more = f" and {len(entries) - 3} more" if not present and len(entries) > 3 else ""
         raise RunDirectoryError(f"{path} is not an earlier run's directory (it holds {', '.join(shown)}{more}, "
                                 f"but not a run's {' or '.join(RUN_MARKERS)}); {refuse}")
-    partials = {PARTIAL_PREFIX + name for name in replaces if name in _PARTIAL_STARTS}
+    # (the manifest's too: the run's first write removes a leftover there, a user's file of that name)
+    partials = {PARTIAL_PREFIX + name for name in replaces + (MANIFEST,) if name in _PARTIAL_STARTS}
     foreign = [p.name for p in present if not run_output_of_ours(p)]
     foreign += [e.name for e in entries if e.name in partials
-                and not partial_of_ours(e, run_output_of_ours, _PARTIAL_STARTS.get)]
+                and not partial_of_ours(e, _ours_whole, _PARTIAL_STARTS.get)]
     finished = is_run_record(path / "summary.json")   # its digests judge the files, below
     if not finished and created is not None:  # killed before its summary: what its manifest lists, no more
         foreign += [p.name for p in present if p.name not in created and p.name not in foreign]
