@@ -82,7 +82,8 @@ def test_a_killed_run_of_an_earlier_version_may_not_hold_a_model_pt(killed):
         check_out_dir(out, overwrite=True)
 
 
-@pytest.mark.parametrize("text", ['{"mine": 1}', "not json", '{"catapult_run_created": {"model.pt": 3}}'])
+@pytest.mark.parametrize("text", ['{"mine": 1}', "not json", '{"catapult_run_created": {"model.pt": 3}}',
+                                  '{"catapult_run_created": {}, "mine": 1}'])
 def test_a_file_of_the_manifests_name_that_no_run_wrote_is_refused(killed, text):
     _, out = killed
     (out / MANIFEST).write_text(text)
@@ -109,3 +110,30 @@ def test_a_manifest_write_left_by_a_killed_run_is_replaced(killed, left):
     (out / (".partial-" + MANIFEST)).write_text(left)   # nothing, a cut-off start, or a whole manifest not renamed
     assert cli.main(["train", str(config), "--out", str(out), "--overwrite", "--progress", "none"]) == 0
     assert not (out / (".partial-" + MANIFEST)).exists()
+
+
+def test_a_link_or_a_fifo_at_the_manifests_name_is_not_read_as_a_manifest(killed, tmp_path):
+    """Mutation pass 17 (RD1, RD2): the manifest is read only where it is a plain file. A link to
+    a run's own manifest is not the run's (refused, the link kept); a FIFO (its writer would feed
+    any manifest) is refused without being opened (a read would wait for a writer)."""
+    import os
+    import threading
+
+    _, out = killed
+    copy = tmp_path / "elsewhere.json"
+    copy.write_bytes((out / MANIFEST).read_bytes())
+    (out / MANIFEST).unlink()
+    (out / MANIFEST).symlink_to(copy)
+    with pytest.raises(RunDirectoryError, match=r"\.catapult-run\.json is not the manifest"):
+        check_out_dir(out, overwrite=True)
+    assert (out / MANIFEST).is_symlink()
+    (out / MANIFEST).unlink()
+    os.mkfifo(out / MANIFEST)
+    fed = threading.Thread(target=lambda: (out / MANIFEST).write_text(copy.read_text()), daemon=True)
+    fed.start()   # blocks until someone opens the FIFO for reading
+    try:
+        with pytest.raises(RunDirectoryError, match=r"\.catapult-run\.json is not the manifest"):
+            check_out_dir(out, overwrite=True)
+    finally:
+        os.close(os.open(out / MANIFEST, os.O_RDONLY | os.O_NONBLOCK))   # let the writer go
+        fed.join(5)
