@@ -20,6 +20,7 @@ from torch_features import FSDP2
 
 MODULES = (
     "catapult.arguments",
+    "catapult.compiled_state",
     "catapult.schedules.functions",
     "catapult.schedules.scheduler",
     "catapult.schedules.persistent",

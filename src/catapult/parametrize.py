@@ -68,6 +68,7 @@ import torch
 import torch.nn as nn
 
 from catapult.arguments import STD_MAX, as_real, check_densities, check_flag, check_module, check_real, check_seed, check_std
+from catapult.compiled_state import retrace_compiled
 from catapult.param_rules import (PARAMETRIZATIONS, ROLES, ParamSpec, check_parametrization, init_rule,
                                   init_variance, lr_multiplier, lr_rule, optimizer_family)
 from catapult.sparsity import MASK_METHODS, random_mask
@@ -546,4 +547,7 @@ def parametrize(
                 layer.set_mask(masks[id(layer.weight)])
     module.catapult_roles = chosen  # None included: a later call on this module leaves those alone too
     attach_spec(module, ParamSpec(parametrization, width_mult, density_mult, "table"))  # + state_dict record
+    # torch 2.2.2: a model compiled before this call kept its traced multipliers (a second
+    # parametrize's were never used) until its compiled code is traced again
+    retrace_compiled()
     return module

@@ -48,6 +48,7 @@ import torch
 import torch.nn as nn
 
 from catapult.arguments import MAX_STEPS, check_integer, check_real
+from catapult.compiled_state import retrace_compiled
 from catapult.sparsity.static import MaskedLinear, exact_nonzeros, masked_modules
 
 __all__ = ["DYNAMIC_METHODS", "rigl_drop_fraction", "gmp_density", "MaskUpdater", "rigl_update", "prune_to",
@@ -291,6 +292,7 @@ def _own_masks(ties: list[list[_Layer]]) -> None:
     ``torch.compile`` keeps the buffer tensors it traced and does not recompile when a module's
     buffer is reassigned."""
     owner: dict[int, int] = {}  # storage address -> the tie whose mask it holds
+    replaced = False
     for i, tie in enumerate(ties):
         mask = tie[0].module.mask
         storage = mask.untyped_storage()
@@ -302,6 +304,9 @@ def _own_masks(ties: list[list[_Layer]]) -> None:
         for layer in tie:
             if layer.module.mask is not mask:
                 layer.module.mask = mask
+                replaced = True
+    if replaced:   # torch 2.2.2: code compiled before kept reading the replaced masks
+        retrace_compiled()
 
 
 def _ties(layers: list[_Layer]) -> list[list[_Layer]]:

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
 from catapult.arguments import check_flag, check_real
+from catapult.compiled_state import retrace_compiled
 
 __all__ = [
     "MASK_METHODS",
@@ -270,9 +271,12 @@ class MaskedLinear(nn.Linear):
         """Install a copy of ``mask`` (bool, weight-shaped; ``None`` = dense) and zero the pruned
         weights. A copy: :class:`~catapult.sparsity.MaskUpdater` writes a layer's mask in place, and
         the caller's tensor (one mask given to the layers of two models, each with its updater)
-        was that layer's, so one model's RigL/GMP update changed the other's mask and the caller's."""
+        was that layer's, so one model's RigL/GMP update changed the other's mask and the caller's.
+        Code compiled before that keeps the old mask on torch 2.2 unless traced again
+        (:func:`catapult.compiled_state.retrace_compiled`, called here)."""
         if mask is None:
             self.mask = None
+            retrace_compiled()   # torch 2.2.2: a compiled forward kept multiplying by the old mask
             return
         if tuple(mask.shape) != tuple(self.weight.shape):
             raise ValueError(
@@ -280,6 +284,9 @@ class MaskedLinear(nn.Linear):
                 f"{tuple(self.weight.shape)}"
             )
         self.mask = mask.to(device=self.weight.device, dtype=torch.bool, copy=True)
+        # torch 2.2.2: a model compiled before took its gradient through the old mask (grown
+        # weights none, dropped ones some), until its compiled code is traced again
+        retrace_compiled()
         self.apply_mask_()
 
     @torch.no_grad()
