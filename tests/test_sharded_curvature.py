@@ -436,3 +436,22 @@ def test_a_sharded_init_of_partly_subnormal_squares_is_its_directions_start():
             est = catapult.sharpness(model, loss_fn, batch, init=init * 2.0 ** k, max_iter=2, coarse=None,
                                      distributed=True)
             assert est.value == plain.value, k
+
+
+def test_a_sharded_scaled_loss_gives_the_scaled_trace_and_density():
+    # Hutch++'s probes are orthonormalised from their all-reduced Gram matrix, which squares the products:
+    # before, 2**531 x the loss raised a LinAlgError (inf Gram), 2**-664 an IndexError (a zero Gram: no
+    # rows kept); the quadrature's norms over- / underflowed as unsharded. Now 2**k times the plain ones
+    model, loss_fn, batch = mlp_problem()
+    with single_process_group():
+        model = shard(model)
+        trace = catapult.hessian_trace(model, loss_fn, batch, matvecs=9, distributed=True)
+        density = catapult.spectral_density(model, loss_fn, batch, runs=2, steps=10, distributed=True)
+        for c in (2.0 ** 531, 2.0 ** -664):
+            loss = lambda out, t, c=c: c * F.mse_loss(out, t)   # noqa: E731
+            assert catapult.hessian_trace(model, loss, batch, matvecs=9, distributed=True) / c == pytest.approx(
+                trace, rel=1e-12)
+            scaled = catapult.spectral_density(model, loss, batch, runs=2, steps=10, distributed=True)
+            assert scaled.matvecs == density.matvecs == 20
+            np.testing.assert_allclose(scaled.nodes / c, density.nodes, rtol=1e-12)
+            np.testing.assert_allclose(scaled.weights, density.weights, rtol=0, atol=1e-12)

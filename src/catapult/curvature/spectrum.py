@@ -23,7 +23,7 @@ from catapult.curvature.top_k import Eigenpairs, check_block_size, check_k, lanc
 from catapult.curvature.preconditioner import PreconditionedOperator, step_preconditioner
 from catapult.curvature.rank_agreement import same_call_on_every_rank
 from catapult.curvature.sharpness import MEMORY_SETTINGS, build_operator, memory_setting
-from catapult.curvature.krylov import inner_product, vector_norm
+from catapult.curvature.krylov import inner_product, product_exponent, scaled_back, scaled_norm, vector_norm
 from catapult.curvature.start import (check_max_basis, check_solver_args, initial_vector,
                                       outside_autocast, outside_inference_mode, solver_split, split_operator)
 
@@ -155,6 +155,10 @@ def _orthonormal_rows(rows: torch.Tensor, reduce=None) -> torch.Tensor:
     if reduce is None:
         return torch.linalg.qr(rows.T)[0].T
     eps = torch.finfo(rows.dtype).eps
+    # the Gram matrix squares the rows: of products ~1e160 (float64) it was inf, of ~1e-200 zero
+    exponent = product_exponent(rows, reduce)
+    if exponent:
+        rows = rows * math.ldexp(1.0, -exponent)   # (exact: the same orthonormal rows)
     for _ in range(2):
         evals, evecs = torch.linalg.eigh(reduce(rows @ rows.T))
         keep = evals > rows.shape[0] * eps * evals[-1].clamp(min=0)
@@ -359,12 +363,21 @@ def lanczos_quadrature(matvec, v: torch.Tensor, steps: int, max_basis: int | Non
     max_basis = check_max_basis(max_basis, owner="lanczos_quadrature")
     kept = steps if max_basis is None else min(max_basis, steps)
     Q = v.new_zeros((kept, n))  # ring: q_j lives in row j % kept
-    Q[0] = v / vector_norm(v, reduce)
+    Q[0] = v / scaled_norm(v, reduce)
     T = np.zeros((steps, steps))
     m = steps
     scale = 0.0  # the largest ||A q_j|| so far: what an invariant remainder is small beside
+    exponent, unscale = 0, 1.0   # the run is on 2**-exponent A (krylov.product_exponent, from the first product)
     for j in range(steps):
         w = matvec(Q[j % kept]).to(Q.dtype, copy=True)
+        if j == 0:
+            # squares of products below ~1e-154 (float64; 2**-63 float32) underflowed: beta = 0, one node
+            # at the Rayleigh quotient, "invariant" (1e-200 A: 1 node for 12); past ~1e154 overflowed (a
+            # ValueError "not finite" at 1e160). Exact powers of two: the same run, its nodes 2**exponent times
+            exponent = product_exponent(w, reduce)
+            unscale = math.ldexp(1.0, -exponent)
+        if exponent:
+            w.mul_(unscale)
         rows = Q[:min(j + 1, kept)]
         taken = 0.0
         for _ in range(2):
@@ -390,6 +403,8 @@ def lanczos_quadrature(matvec, v: torch.Tensor, steps: int, max_basis: int | Non
         T[j + 1, j] = T[j, j + 1] = beta
         Q[(j + 1) % kept] = w / beta
     nodes, vecs = np.linalg.eigh(T[:m, :m])
+    if exponent:
+        nodes = np.array([scaled_back(float(x), exponent) for x in nodes])
     return nodes, vecs[0] ** 2
 
 
