@@ -315,7 +315,7 @@ class HessianOperator:
         parts, views = self.split(v), self.split(out)
         self.matvecs += 1
         if self.mode == "finite_difference":
-            self._finite_difference_into(parts, out, float(torch.linalg.vector_norm(v)))
+            self._finite_difference_into(parts, out, scaled_norm(v))
             return out
         if not self._per_product:
             if self._diff:
@@ -538,7 +538,7 @@ class HessianOperator:
             tensor([4., 1.], dtype=torch.float64)
         """
         v = v.to(device=self.device, dtype=self.dtype)
-        norm = float(torch.linalg.vector_norm(v))
+        norm = scaled_norm(v)   # (plain: a v of norm < ~1e-154 gave H v = 0, one past ~1e154 nan)
         if norm == 0 or not self._finite_loss:
             return torch.zeros_like(v) if self._finite_loss else torch.full_like(v, math.nan)
         h = self._eps ** 0.5
@@ -559,7 +559,7 @@ class HessianOperator:
             return torch.full_like(v, math.nan)
         if self.mode == "finite_difference":
             out = torch.zeros_like(v)
-            self._finite_difference_into(parts, out, float(torch.linalg.vector_norm(v)))
+            self._finite_difference_into(parts, out, scaled_norm(v))
             return out
         if self.mode == "compiled":
             return self._compiled_call("product", v)
