@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import time
 from pathlib import Path
 
 from catapult.cli.common import add_config_arguments, config_from_args, path_option
@@ -74,12 +75,33 @@ def _command(args) -> int:
             _leave(exc, rank)
         raise
     if started:
-        dist.destroy_process_group()
+        end_process_group()
     if rank == 0:
         print(format_summary(result.summary))
         print(f"train-ddp: {world} process(es), {result.tokens_per_second:,.0f} tokens/s; wrote {out}/ "
               f"(config.yaml, metrics.csv, summary.json, trajectories.png, model.pt)")
     return 0
+
+
+#: How long :func:`end_process_group` lets go of the GIL before the group's object is freed.
+GROUP_SETTLE_SECONDS = 0.2
+
+
+def end_process_group() -> None:
+    """``dist.destroy_process_group()``, with the default group's object freed only after this
+    thread has let go of the GIL for :data:`GROUP_SETTLE_SECONDS`. torch before 2.8 frees a gloo
+    group holding the GIL while it joins the group's worker threads, and a worker still dropping
+    a finished collective whose tensors' Python objects are gone needs the GIL: on torch 2.2.2 a
+    group of one whose last all-reduces' tensors were dropped at once hung in
+    ``destroy_process_group`` 3 times in 3, and the test harness's ranks hung so after a barrier
+    (stop 60). torch's bookkeeping lets go of the group at once, as before; the group's threads
+    are joined once any such worker has had the GIL."""
+    import torch.distributed as dist
+
+    group = dist.group.WORLD   # the default group's object, kept past torch's bookkeeping
+    dist.destroy_process_group()
+    time.sleep(GROUP_SETTLE_SECONDS)   # the GIL let go: a worker freeing tensors finishes
+    del group                          # the last reference: gloo joins its (idle) threads here
 
 
 #: What gloo says on the ranks left in a collective when another rank's process has gone.
