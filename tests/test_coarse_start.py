@@ -97,11 +97,13 @@ def test_finite_difference_level_finds_the_top_eigenvector():
 def test_sub_batch_levels_at_a_loose_tol_keep_its_promise(tol):
     # under coarse="auto" the levels stop at the solve's own tol when it is looser than theirs;
     # the exact solve still certifies it (a tanh MLP on 300 samples, dense float64 Hessian)
-    assert coarse_levels((torch.zeros(300, 4), torch.zeros(300)), "auto", tol) == [(18, tol), (75, tol)]
+    assert coarse_levels((torch.zeros(300, 4), torch.zeros(300)), "auto", tol) == [
+        (FINITE_DIFFERENCE, tol), (18, tol), (75, tol)]
     for seed in range(3):
         model, loss_fn, batch = small_problem(n=300, seed=40 + seed)
         top = np.linalg.eigvalsh(dense_hessian(model, loss_fn, batch).numpy())[-1]
-        est = catapult.sharpness(model, loss_fn, batch, tol=tol, seed=seed)
+        # the sub-batch levels themselves ("auto" runs them where its difference level is skipped)
+        est = catapult.sharpness(model, loss_fn, batch, tol=tol, seed=seed, coarse=[(16, tol), (4, tol)])
         assert est.coarse_matvecs > 0 and est.converged and est.error_bound <= tol
         assert abs(est.value - top) / abs(top) <= est.error_bound
 
@@ -166,8 +168,8 @@ def test_sub_batch_levels_take_samples_from_all_of_a_sorted_batch():
     model = nn.Linear(4, 1, bias=False).double()
     top = float(np.linalg.eigvalsh(dense_hessian(model, nn.MSELoss(), batch).numpy())[-1])
     assert top > 8
-    assert coarse_levels(batch, "auto")[0][0] == 32  # a sub-batch level runs
-    est = catapult.sharpness(model, nn.MSELoss(), batch)
+    assert coarse_levels(batch, "auto")[1][0] == 32  # a sub-batch level (where the difference level is skipped)
+    est = catapult.sharpness(model, nn.MSELoss(), batch, coarse=[(16, 3e-3), (4, 3e-3)])
     assert est.converged and est.value == pytest.approx(top, rel=1e-6)
 
 
@@ -200,7 +202,8 @@ def test_auto_levels_start_at_exactly_coarse_min_samples():
     from catapult.curvature.coarse import COARSE_MIN_SAMPLES, SMALL_BATCH_LEVELS
 
     x, y = torch.zeros(COARSE_MIN_SAMPLES, 3), torch.zeros(COARSE_MIN_SAMPLES)
-    assert coarse_levels((x, y), "auto") == [(COARSE_MIN_SAMPLES // 16, 3e-3), (COARSE_MIN_SAMPLES // 4, 3e-3)]
+    assert coarse_levels((x, y), "auto") == [(FINITE_DIFFERENCE, 3e-3), (COARSE_MIN_SAMPLES // 16, 3e-3),
+                                             (COARSE_MIN_SAMPLES // 4, 3e-3)]
     assert coarse_levels((x[:-1], y[:-1]), "auto") == list(SMALL_BATCH_LEVELS)
 
 
@@ -224,3 +227,28 @@ def test_targets_without_the_inputs_sample_dimension_get_no_sub_batch_levels():
     assert coarse_levels((x, y), "auto") == [(FINITE_DIFFERENCE, 3e-3)]
     with pytest.raises(ValueError, match="sample dimension"):
         coarse_levels((x, y), ((4, 1e-3),))
+
+
+def test_auto_tries_the_difference_level_first_on_a_large_batch():
+    # stop 61: the finite-difference level first at 256 samples or more too (0.54-0.80x of the
+    # sub-batch levels' CPU on a GPT, a tanh CNN and a float64 ReLU MLP; bench/bench_first_start.py);
+    # the sub-batch levels run only where its kink check skips it. Before, "auto" took the sub-batch
+    # levels alone there. Truth: the same calls with the levels given explicitly, and the dense top.
+    from catapult.curvature.coarse import COARSE_LEVELS, SMALL_BATCH_LEVELS
+
+    model, loss_fn, batch = small_problem(n=300, seed=41)
+    top = np.linalg.eigvalsh(dense_hessian(model, loss_fn, batch).numpy())[-1]
+    auto = catapult.sharpness(model, loss_fn, batch, tol=1e-6)
+    difference = catapult.sharpness(model, loss_fn, batch, tol=1e-6, coarse=list(SMALL_BATCH_LEVELS))
+    assert (auto.matvecs, auto.coarse_matvecs, auto.value) == (difference.matvecs, difference.coarse_matvecs,
+                                                               difference.value)
+    assert auto.coarse_cost == pytest.approx(FINITE_DIFFERENCE_COST * auto.coarse_matvecs)   # no sub-batch product
+    assert auto.value == pytest.approx(top, rel=1e-6)
+    # across ReLU kinks in float32 the level is skipped after its 2 gradients: the sub-batch levels run
+    torch.manual_seed(0)
+    relu = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    batch = (torch.randn(512, 32), torch.randint(0, 10, (512,)))
+    auto = catapult.sharpness(relu, nn.CrossEntropyLoss(), batch)
+    sub = catapult.sharpness(relu, nn.CrossEntropyLoss(), batch, coarse=list(COARSE_LEVELS))
+    assert auto.coarse_matvecs == sub.coarse_matvecs + 2 and auto.matvecs == sub.matvecs
+    assert auto.value == sub.value and auto.coarse_cost == pytest.approx(sub.coarse_cost + FINITE_DIFFERENCE_COST * 2)

@@ -120,9 +120,10 @@ def auto_levels(rank, world, min_work):
     coarse_ranks.COARSE_MIN_RANK_WORK = min_work   # (the rank processes are reused: put back below)
     try:
         est = catapult.sharpness(model, loss_fn, shard, tol=1e-8, distributed=True)
+        levels = coarse_ranks.union_levels(shard, "auto", 1e-8, params=50)
     finally:
         coarse_ranks.COARSE_MIN_RANK_WORK = kept
-    return est.value, est.matvecs, est.coarse_matvecs, est.coarse_cost
+    return est.value, est.matvecs, est.coarse_matvecs, est.coarse_cost, levels
 
 
 @pytest.mark.slow  # two spawned interpreters importing torch
@@ -131,16 +132,21 @@ def test_auto_takes_sub_batch_levels_only_where_a_coarse_product_pays_for_its_al
     # 800 parameter-samples per rank, far below COARSE_MIN_RANK_WORK, so "auto" takes the
     # finite-difference level (one process's on the union: its value and counts); with the
     # threshold at 800 it takes one process's sub-batch levels. Before, the sub-batch levels always
-    # (the 2-rank counts: 12 exact + 14 coarse, for the difference level's 10 + 7)
+    # (the 2-rank counts: 12 exact + 14 coarse, for the difference level's 10 + 7). Since stop 61 the
+    # sub-batch levels follow the difference level, and run only where it is skipped (not on this
+    # smooth model: the counts are the difference level's either way, the levels say which were chosen)
+    from catapult.curvature.coarse import FINITE_DIFFERENCE
     from catapult.curvature.coarse_ranks import COARSE_MIN_RANK_WORK
 
     model, loss_fn, batch = problem(512)
     assert sum(p.numel() for p in model.parameters()) == 50
     difference = catapult.sharpness(model, loss_fn, batch, tol=1e-8, coarse=[("finite_difference", 3e-3)])
-    sub_batch = catapult.sharpness(model, loss_fn, batch, tol=1e-8)   # one process: "auto", the sub-batch levels
-    assert sub_batch.coarse_matvecs != difference.coarse_matvecs
-    for min_work, want in ((COARSE_MIN_RANK_WORK, difference), (800, sub_batch)):
-        for value, matvecs, coarse_matvecs, coarse_cost in on_ranks(auto_levels, min_work):
-            assert value == pytest.approx(want.value, rel=1e-6), min_work
-            assert (matvecs, coarse_matvecs) == (want.matvecs, want.coarse_matvecs), min_work
-            assert coarse_cost == pytest.approx(want.coarse_cost, rel=1e-12), min_work
+    auto = catapult.sharpness(model, loss_fn, batch, tol=1e-8)   # one process: the difference level, which ran
+    assert (auto.matvecs, auto.coarse_matvecs) == (difference.matvecs, difference.coarse_matvecs)
+    for min_work, want in ((COARSE_MIN_RANK_WORK, [(FINITE_DIFFERENCE, 3e-3)]),
+                           (800, [(FINITE_DIFFERENCE, 3e-3), (16, 3e-3), (64, 3e-3)])):
+        for value, matvecs, coarse_matvecs, coarse_cost, levels in on_ranks(auto_levels, min_work):
+            assert [tuple(level) for level in levels] == want, min_work
+            assert value == pytest.approx(difference.value, rel=1e-6), min_work
+            assert (matvecs, coarse_matvecs) == (difference.matvecs, difference.coarse_matvecs), min_work
+            assert coarse_cost == pytest.approx(difference.coarse_cost, rel=1e-12), min_work

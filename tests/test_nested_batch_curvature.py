@@ -105,7 +105,7 @@ CASES = ["dict_inputs_mean", "pair_inputs_sum", "dict_targets_sum", "labels_in_i
 def test_coarse_levels_and_sub_batches_of_a_nested_batch_are_the_tensor_batchs():
     _, x, y = data()
     want = coarse_levels((x, y), "auto")
-    assert [m for m, _ in want] == [N // d for d, _ in COARSE_LEVELS]
+    assert [m for m, _ in want] == ["finite_difference"] + [N // d for d, _ in COARSE_LEVELS]
     for name in CASES:
         model, _, batch, _ = case(name, *data())
         assert coarse_levels(batch, "auto") == want, name

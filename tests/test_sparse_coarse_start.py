@@ -33,8 +33,13 @@ def test_defaults_on_a_sparse_batch_give_the_dense_answers(layout):
     loss = torch.nn.MSELoss()
     dense_est = catapult.sharpness(model, loss, (x, y))
     est = catapult.sharpness(model, loss, (sparse, y))
-    assert dense_est.coarse_matvecs > 0 and est.coarse_matvecs == dense_est.coarse_matvecs   # the sub-batch levels ran
+    assert dense_est.coarse_matvecs > 0 and est.coarse_matvecs == dense_est.coarse_matvecs
     assert est.value == pytest.approx(dense_est.value, rel=1e-5)
+    # a float32 ReLU model: "auto"'s difference level is skipped (kinks), and its sub-batch levels cut the batch
+    relu = torch.nn.Sequential(torch.nn.Linear(4, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
+    relu_dense, relu_sparse = (catapult.sharpness(relu, loss, (b.float(), y.float())) for b in (x, sparse))
+    assert relu_sparse.coarse_matvecs == relu_dense.coarse_matvecs > 2   # sub-batch products beyond the check's 2
+    assert relu_sparse.value == pytest.approx(relu_dense.value, rel=1e-5)
     # the truth of the dense answer itself: the dense Hessian's top eigenvalue
     params = dict(model.named_parameters())
 
@@ -91,7 +96,8 @@ def test_a_block_sparse_batch_gets_sub_batches_of_whole_blocks_or_none():
     x320, y320 = torch.ones(320, 4), torch.zeros(320)
     # 300 // 16 = 18 rows is 9 blocks of 2, 300 // 4 = 75 is not: "auto" takes the difference level
     assert coarse_levels((x.to_sparse_bsr((2, 2)), y), "auto") == [(FINITE_DIFFERENCE, 3e-3)]
-    assert coarse_levels((x320.to_sparse_bsr((2, 2)), y320), "auto") == [(20, 3e-3), (80, 3e-3)]
+    assert coarse_levels((x320.to_sparse_bsr((2, 2)), y320), "auto") == [(FINITE_DIFFERENCE, 3e-3), (20, 3e-3),
+                                                                          (80, 3e-3)]
     assert coarse_levels((x.to_sparse_bsr((2, 2)), y), [(16, 1e-2)]) == [(18, 1e-2)]
     with pytest.raises(ValueError, match=r"coarse level \(4, 0.01\): its 75 samples cut a block-sparse batch"):
         coarse_levels((x.to_sparse_bsr((2, 2)), y), [(4, 1e-2)])

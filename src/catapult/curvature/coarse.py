@@ -14,6 +14,10 @@ the Hessian's top (outlier) eigenspace. That work can be done on cheaper operato
   an exact product, relative error ~1e-3 in float32). Lanczos on it converges like on the exact
   Hessian down to near its error, so its vector leaves only the last few exact products.
 
+Under ``coarse="auto"`` the finite-difference level comes first at every batch size (the sub-batch
+levels of a large batch are its fallback, where its kink check skips it: ReLU in float32), and a
+small batch has no sub-batch levels.
+
 The final answer and its stopping test (``tol``) are those of the exact full-batch solve only: a
 coarse level changes where Lanczos starts, never what it certifies.
 
@@ -71,9 +75,10 @@ def coarse_levels(batch, coarse, tol: float | None = None, *,
     """The ``(samples, tol)`` of the coarse solves for ``batch`` under ``coarse``, with
     ``samples`` = :data:`FINITE_DIFFERENCE` for a finite-difference level on the whole batch.
 
-    ``coarse`` is ``None`` (none), ``"auto"`` (:data:`COARSE_LEVELS` when the batch's inputs and
-    targets share a sample dimension of at least :data:`COARSE_MIN_SAMPLES`, else
-    :data:`SMALL_BATCH_LEVELS`; tensors, or tuples, lists and dicts of tensors sharing dim 0, as an
+    ``coarse`` is ``None`` (none), ``"auto"`` (:data:`SMALL_BATCH_LEVELS` then
+    :data:`COARSE_LEVELS` when the batch's inputs and targets share a sample dimension of at least
+    :data:`COARSE_MIN_SAMPLES`, else :data:`SMALL_BATCH_LEVELS` alone: the finite-difference level
+    first, its sub-batch levels only where it is skipped, :func:`coarse_start_vector`; tensors, or tuples, lists and dicts of tensors sharing dim 0, as an
     HF-style ``{"input_ids", "attention_mask"}``: :func:`~catapult.curvature.microbatch.sample_count`) or a sequence of ``(divisor, tol)`` pairs (one pair alone is one
     level), where ``divisor`` is
     an integer >= 2 (``n // divisor`` samples, :func:`sub_batch`) or :data:`FINITE_DIFFERENCE`.
@@ -89,12 +94,12 @@ def coarse_levels(batch, coarse, tol: float | None = None, *,
 
     >>> x, y = torch.zeros(1000, 3), torch.zeros(1000)
     >>> coarse_levels((x, y), "auto"), coarse_levels((x[:100], y[:100]), "auto")
-    ([(62, 0.003), (250, 0.003)], [('finite_difference', 0.003)])
-    >>> coarse_levels((x, y), "auto", tol=1e-3), coarse_levels((x, y), "auto", tol=1e-2)
-    ([(62, 0.003), (250, 0.003)], [(62, 0.01), (250, 0.01)])
-    >>> coarse_levels(({"input_ids": x, "attention_mask": x}, {"labels": y}), "auto")
+    ([('finite_difference', 0.003), (62, 0.003), (250, 0.003)], [('finite_difference', 0.003)])
+    >>> coarse_levels((x, y), "auto", tol=1e-2)
+    [('finite_difference', 0.01), (62, 0.01), (250, 0.01)]
+    >>> coarse_levels(({"input_ids": x, "attention_mask": x}, {"labels": y}), "auto")[1:]
     [(62, 0.003), (250, 0.003)]
-    >>> coarse_levels((x[:160], y[:160]), "auto", union_samples=320)   # a rank's shard of 160
+    >>> coarse_levels((x[:160], y[:160]), "auto", union_samples=320)[1:]   # a rank's shard of 160
     [(10, 0.003), (40, 0.003)]
     """
     if coarse is None:
@@ -112,7 +117,8 @@ def coarse_levels(batch, coarse, tol: float | None = None, *,
         if n is not None and any(max(1, n // divisor) % block for divisor, _ in COARSE_LEVELS):
             n = None   # sub-batches it cannot cut: the finite-difference level on the whole batch
         chooser = n if union_samples is None else union_samples
-        coarse = COARSE_LEVELS if n is not None and chooser >= COARSE_MIN_SAMPLES else SMALL_BATCH_LEVELS
+        # the difference level first: its sub-batch levels run only where its kink check skips it
+        coarse = SMALL_BATCH_LEVELS + COARSE_LEVELS if n is not None and chooser >= COARSE_MIN_SAMPLES else SMALL_BATCH_LEVELS
         coarse = [(divisor, max(level_tol, tol or 0.0)) for divisor, level_tol in coarse]
     if not isinstance(coarse, (tuple, list)):  # coarse=2 failed inside: "'int' object is not iterable"
         raise ValueError(f"coarse must be 'auto', None or (divisor, tol) pairs, got {coarse!r}")
@@ -210,7 +216,11 @@ def coarse_start_vector(model, loss_fn, batch, v0: torch.Tensor, levels, *, dtyp
     whenever it is finite (after at most :data:`FINITE_DIFFERENCE_MAX_ITER` products). A
     finite-difference level first checks :func:`difference_consistency` along its start vector
     (one extra gradient; its forward difference is the solve's first product) and is skipped
-    when the gap exceeds :data:`FINITE_DIFFERENCE_CONSISTENCY` (a non-smooth loss).
+    when the gap exceeds :data:`FINITE_DIFFERENCE_CONSISTENCY` (a non-smooth loss). Sub-batch
+    levels after a finite-difference level that ran are skipped: its vector is already the whole
+    batch's, and they are its fallback where it is skipped (``coarse="auto"`` on 256 samples or
+    more; trying it first cost 0.54-0.80x of the sub-batch levels' CPU on a GPT, a tanh CNN and a
+    float64 ReLU MLP, 1.10x on a float32 ReLU MLP, where it is skipped: ``bench/RESULTS.md``).
     ``products`` counts the levels' products; ``cost`` weighs each by its level's ``m / n``, or
     :data:`FINITE_DIFFERENCE_COST` for a difference product (full-batch-equivalent products).
     ``operator_options`` are further :class:`HessianOperator` arguments for the sub-batch
@@ -232,7 +242,10 @@ def coarse_start_vector(model, loss_fn, batch, v0: torch.Tensor, levels, *, dtyp
     """
     inputs, targets = batch
     vector, products, cost = v0, 0, 0.0
+    difference_ran = False
     for m, tol in levels:
+        if m != FINITE_DIFFERENCE and difference_ran:
+            continue   # the whole batch's vector already: sub-batch levels are the difference level's fallback
         if m == FINITE_DIFFERENCE:
             if op is None:
                 op = HessianOperator(model, loss_fn, batch, dtype=dtype, hvp=hvp, seed=seed,
@@ -258,7 +271,7 @@ def coarse_start_vector(model, loss_fn, batch, v0: torch.Tensor, levels, *, dtyp
             products += est.matvecs
             cost += est.matvecs * FINITE_DIFFERENCE_COST
             if est.vector.isfinite().all() and math.isfinite(est.value):
-                vector = est.vector
+                vector, difference_ran = est.vector, True
             continue
         if sub_operator is not None:
             sub, share = sub_operator(sub_batch(inputs, targets, m), m)

@@ -9,8 +9,9 @@ the union, as the exact solve's are:
 * **the choice** under ``coarse="auto"`` is the union's: sub-batch levels when the ranks'
   samples add up to at least :data:`~catapult.curvature.coarse.COARSE_MIN_SAMPLES` (every rank's
   batch sharing a sample dimension between inputs and targets) and a coarsest product's work on a
-  rank reaches :data:`COARSE_MIN_RANK_WORK` (:func:`sub_batch_pays`), else the finite-difference
-  level;
+  rank reaches :data:`COARSE_MIN_RANK_WORK` (:func:`sub_batch_pays`), after the finite-difference
+  level and only where its kink check skips it (as in one process), else the finite-difference
+  level alone;
   every rank runs the same levels with the same tols (explicit levels that differ between the
   ranks are refused on every rank);
 * **a sub-batch level** on ``m_r = n_r // divisor`` samples of each rank's ``n_r`` (at least 1) is
@@ -98,7 +99,7 @@ def union_levels(batch, coarse, tol: float, device=None, *, params: int | None =
     >>> x, y = torch.zeros(4096, 3), torch.zeros(4096)
     >>> with dist_ops.single_process_group():
     ...     union_levels((x, y), "auto", 1e-3, params=1000), union_levels((x, y), "auto", 1e-3, params=10 ** 6)
-    ([('finite_difference', 0.003)], [(256, 0.003), (1024, 0.003)])
+    ([('finite_difference', 0.003)], [('finite_difference', 0.003), (256, 0.003), (1024, 0.003)])
     """
     union = union_samples(batch, device)
     chooser = union

@@ -251,16 +251,16 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
             FCN at 5000-1000 samples (``bench/RESULTS.md``, issue 16, 3c). ``tol`` is kept: the
             returned residual is computed from ``A y``, not estimated.
         coarse: start vector from solves on cheaper operators (:mod:`catapult.curvature.coarse`):
-            ``"auto"`` (default; only without ``init``, and not for a model sharded by FSDP2: nested
-            sub-batches (every 16th, then every 4th sample) for batches of >= 256 samples,
-            else the whole batch with one-sided finite-difference products, one gradient each,
-            skipped after two gradients where the loss is not smooth at the difference step,
-            e.g. ReLU kinks in float32; each level stops at a residual of 3e-3, or at ``tol``
+            ``"auto"`` (default; only without ``init``, and not for a model sharded by FSDP2: the
+            whole batch with one-sided finite-difference products, one gradient each, skipped
+            after two gradients where the loss is not smooth at the difference step, e.g. ReLU
+            kinks in float32, and then, for batches of >= 256 samples, nested sub-batches (every
+            16th, then every 4th sample); each level stops at a residual of 3e-3, or at ``tol``
             where that is looser), ``None`` (a random start), or
             ``(divisor, tol)`` levels (``divisor`` an integer >= 2 or ``"finite_difference"``).
             With ``distributed=True`` each rank cuts its own shard alike and the products are
             all-reduced; ``"auto"`` chooses by the union's sample count and takes sub-batch
-            levels only where a coarse product's work per rank pays for its all-reduce
+            levels (after the difference level) only where a coarse product's work per rank pays for its all-reduce
             (:func:`~catapult.curvature.coarse_ranks.sub_batch_pays`).
             The answer and its ``tol`` are the exact full batch's; ``est.coarse_matvecs``
             counts the cheaper products.
