@@ -66,3 +66,24 @@ def test_float16_window_and_scales():
     for top, e in ((0.25, 0), (3.9, 0), (4.0, 3), (0.2, -2), (2.0 ** -20, -14), (60000.0, 14)):
         assert product_exponent(torch.tensor([top, -top / 3], dtype=torch.float16)) == e, top
         assert float(torch.tensor(2.0 ** -e, dtype=torch.float16)) == 2.0 ** -e
+
+
+@pytest.mark.parametrize("dtype, rel", [(torch.float16, 1e-3), (torch.bfloat16, 5e-3)])
+def test_the_quadrature_of_a_half_precision_operator(dtype, rel):
+    # its "invariant" test was beta <= 1e3 eps x the products' size: 0.98 for float16 (7.8 for bfloat16),
+    # so every run ended after one step, a single node at the Rayleigh quotient. (The public spectrum
+    # functions measure a half-precision model in float32; lanczos_quadrature takes any vector.)
+    from catapult.curvature.spectrum import lanczos_quadrature
+    g = torch.Generator().manual_seed(0)
+    B = torch.randn(12, 12, generator=g, dtype=torch.float64)
+    v = (torch.randint(0, 2, (12,), generator=g) * 2 - 1).double()
+    A = ((B + B.T) * 2.0 ** -10).to(dtype)
+    dense = A.double().numpy()
+    values = np.linalg.eigh(dense)[0]
+    radius = np.abs(values).max()
+    nodes, weights = lanczos_quadrature(lambda x: A @ x, v.to(dtype), 12)
+    assert len(nodes) == 12 and np.abs(np.sort(nodes) - values).max() <= 2 * rel * radius
+    u = v.numpy() / np.linalg.norm(v.numpy())
+    for p in range(4):
+        moment = u @ np.linalg.matrix_power(dense / radius, p) @ u
+        assert (weights * (nodes / radius) ** p).sum() == pytest.approx(moment, abs=rel), p

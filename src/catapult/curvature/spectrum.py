@@ -367,6 +367,8 @@ def lanczos_quadrature(matvec, v: torch.Tensor, steps: int, max_basis: int | Non
     T = np.zeros((steps, steps))
     m = steps
     scale = 0.0  # the largest ||A q_j|| so far: what an invariant remainder is small beside
+    eps = torch.finfo(Q.dtype).eps
+    invariant = min(1e3 * eps, math.sqrt(eps))   # (1e3 eps in float32 and float64)
     exponent, unscale = 0, 1.0   # the run is on 2**-exponent A (krylov.product_exponent, from the first product)
     for j in range(steps):
         w = matvec(Q[j % kept]).to(Q.dtype, copy=True)
@@ -396,8 +398,9 @@ def lanczos_quadrature(matvec, v: torch.Tensor, steps: int, max_basis: int | Non
                              f"or curvature that is nan or inf: a diverged model?)")
         # relative to the products' size: against max(1, |alpha_j|) every remainder of an operator
         # with eigenvalues below ~1e3 eps (1e-13 in float64, 1e-4 in float32) was "invariant", and
-        # each run ended after one step, a single node at its Rayleigh quotient
-        if j + 1 == steps or beta <= 1e3 * torch.finfo(Q.dtype).eps * scale:
+        # each run ended after one step, a single node at its Rayleigh quotient; at most sqrt(eps): float16's
+        # 1e3 eps is 0.98 (bfloat16's 7.8), and every float16 / bfloat16 run ended after one step
+        if j + 1 == steps or beta <= invariant * scale:
             m = j + 1
             break
         T[j + 1, j] = T[j, j + 1] = beta
