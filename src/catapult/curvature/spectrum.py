@@ -153,6 +153,8 @@ def _orthonormal_rows(rows: torch.Tensor, reduce=None) -> torch.Tensor:
     the all-reduced Gram matrix ``M M^T = V Lambda V^T`` (rows of a rank-deficient ``M`` with
     ``lambda <= s eps lambda_max`` dropped)."""
     if reduce is None:
+        if rows.dtype in (torch.float16, torch.bfloat16):   # (torch has no half-precision QR: NotImplementedError)
+            return torch.linalg.qr(rows.T.float())[0].T.to(rows.dtype)
         return torch.linalg.qr(rows.T)[0].T
     eps = torch.finfo(rows.dtype).eps
     # the Gram matrix squares the rows: of products ~1e160 (float64) it was inf, of ~1e-200 zero
