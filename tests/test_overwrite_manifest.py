@@ -113,8 +113,8 @@ def test_a_manifest_write_left_by_a_killed_run_is_replaced(killed, left):
 
 
 def test_a_link_or_a_fifo_at_the_manifests_name_is_not_read_as_a_manifest(killed, tmp_path):
-    """Mutation pass 17 (RD1, RD2): the manifest is read only where it is a plain file. A link to
-    a run's own manifest is not the run's (refused, the link kept); a FIFO (its writer would feed
+    """Mutation pass 17 (RD1, RD2, RD6): the manifest is read only where it is a plain file. A link to
+    a run's own manifest, or to nothing, is not the run's (refused, the link kept); a FIFO (its writer would feed
     any manifest) is refused without being opened (a read would wait for a writer)."""
     import os
     import threading
@@ -127,6 +127,9 @@ def test_a_link_or_a_fifo_at_the_manifests_name_is_not_read_as_a_manifest(killed
     with pytest.raises(RunDirectoryError, match=r"\.catapult-run\.json is not the manifest"):
         check_out_dir(out, overwrite=True)
     assert (out / MANIFEST).is_symlink()
+    copy.unlink()        # a link to nothing (RD6: not there, so judged by the run's records alone)
+    with pytest.raises(RunDirectoryError, match=r"\.catapult-run\.json is not the manifest"):
+        check_out_dir(out, overwrite=True)
     (out / MANIFEST).unlink()
     os.mkfifo(out / MANIFEST)
     fed = threading.Thread(target=lambda: (out / MANIFEST).write_text(copy.read_text()), daemon=True)
@@ -137,3 +140,50 @@ def test_a_link_or_a_fifo_at_the_manifests_name_is_not_read_as_a_manifest(killed
     finally:
         os.close(os.open(out / MANIFEST, os.O_RDONLY | os.O_NONBLOCK))   # let the writer go
         fed.join(5)
+
+
+def test_a_figure_the_killed_run_did_not_list_is_refused(killed):
+    """Mutation pass 17 (RD9): a run killed before its summary lists what it created; a
+    matplotlib PNG put there as trajectories.png (a run's figure by its format) is not in it."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    _, out = killed
+    fig = plt.figure()
+    fig.savefig(out / "trajectories.png")
+    plt.close(fig)
+    mine = (out / "trajectories.png").read_bytes()
+    with pytest.raises(RunDirectoryError, match="trajectories.png is not a file a catapult run wrote"):
+        check_out_dir(out, overwrite=True)
+    assert (out / "trajectories.png").read_bytes() == mine
+
+
+def test_a_folder_holding_only_a_fresh_manifest_is_an_earlier_runs(tmp_path):
+    """Mutation pass 17 (RD12): a run killed right after its manifest (before the records' header
+    reached the disk) left a folder that --overwrite takes; it was judged by the records alone."""
+    from catapult.engine.run_dir import start_manifest
+
+    out = tmp_path / "run"
+    out.mkdir()
+    start_manifest(out)
+    assert check_out_dir(out, overwrite=True) == out
+
+
+def test_a_run_that_fails_in_a_folder_it_did_not_create_leaves_no_manifest(tmp_path, monkeypatch):
+    """Mutation pass 17 (RD11): a run that raises after it started writing into an existing empty
+    folder removes what it wrote, its manifest included: the folder is empty again."""
+    import catapult.engine.loop as loop
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(tiny_config("tiny"))
+    out = tmp_path / "run"
+    out.mkdir()
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(loop, "_save_weights", full_disk)
+    with pytest.raises(OSError):
+        loop.run(load_config(str(config)), out_dir=out, progress="none")
+    assert list(out.iterdir()) == []
