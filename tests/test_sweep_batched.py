@@ -190,6 +190,20 @@ def test_mlp_radam_full_batch_sharpness_switches_at_rectification():
                          if r["sharpness"] is not None}
 
 
+def test_mlp_supar_radam_is_lr_scaled_until_rectified():
+    # SμPar RAdam: its un-rectified updates are EMA-momentum SGD at each group's lr, bounded by
+    # M^1/2 (H + W) M^1/2 (the coupled decay's difference m_i wd - wd in W), not lambda_max(H), which
+    # both engines recorded; the batched one left the decay rows out of RAdam's lr-scaled operator
+    cells = [_cell(MLP, i, seed=i, model={"parametrization": "supar", "base_width": 4, "density": 0.5},
+                   optimizer={"name": "radam", "lr": lr, "weight_decay": wd}, train={"steps": 7})
+             for i, (lr, wd) in enumerate([(1e-2, 0.0), (3e-2, 0.05)])]
+    local, results = _check(cells)
+    assert local[1].summary["sharpness_kind"] == "lr_scaled_then_preconditioned"
+    for cell in cells:
+        kinds = {r["step"]: r.get("sharpness_kind") for r in results[cell.id].metrics if r["sharpness"] is not None}
+        assert kinds == {0: "lr_scaled", 3: "lr_scaled", 6: "preconditioned", 7: "preconditioned"}
+
+
 @pytest.mark.parametrize("v0, bias_correction", [("grad", True), (2.0, False), ("random", True)])
 def test_mlp_gi_adam_v0_options_preconditioned(v0, bias_correction):
     # full batch, so members differ in seed: v0="random" draws each member's own v_0

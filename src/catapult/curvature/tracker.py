@@ -214,7 +214,9 @@ class SharpnessTracker:
             Hessian's sharpness and no threshold.
         every: measure on every ``every``-th call (the first call measures).
         kind: ``"auto"`` (the module docstring's rule), or one of ``"hessian"``,
-            ``"preconditioned"`` (Adam family), ``"lr_scaled"`` (SGD).
+            ``"preconditioned"`` (Adam family), ``"lr_scaled"`` (SGD). ``"hessian"`` is refused at a
+            step without a pre-conditioner (SGD, RAdam before rectification) whose moving groups
+            decay differently (a ValueError, before any product): the threshold holds one decay only.
         **options: solver options of :func:`catapult.sharpness` (``tol``, ``max_iter``,
             ``dtype``, ``hvp``, ``seed``, ``max_basis``, ``chunk_size``, ``memory``,
             ``distributed``, ``curvature``); the lr-scaled sharpness takes the first seven only.
@@ -288,28 +290,40 @@ class SharpnessTracker:
         if spec.preconditioned:
             return "preconditioned"
         params = [p for p in self.model.parameters() if p.requires_grad]
-        if spec.rule == "radam":
-            from catapult.optim.thresholds import radam_step_kind, radam_step_scales
+        view = _reference_view(opt)
+        from catapult.optim.thresholds import radam_step_kind, radam_step_scales, unpreconditioned_kind
 
+        if spec.rule == "radam":
             # each parameter's own step count: a step rectified for some parameters only is
             # refused here, before any product (radam_step_kind reads the largest count)
-            radam_step_scales(_reference_view(opt), params)
-            if radam_step_kind(_reference_view(opt), _steps_of(opt) + 1) == "preconditioned":
-                return "preconditioned"
+            radam_step_scales(view, params)
             # un-rectified: EMA-momentum SGD, measured as SGD's step (the Hessian's took a frozen
             # group's curvature, and groups at other lrs as if at the first one's)
-        from catapult.optim.thresholds import group_lr_multipliers
+            return radam_step_kind(view, _steps_of(opt) + 1, params)
+        # every trainable entry stepped at the reference lr and one decay: the Hessian's; else M^1/2 (H + W) M^1/2
+        return unpreconditioned_kind(view, params)
 
-        # every trainable entry stepped at the reference lr: the Hessian's; else (groups at other
-        # lrs, a group at lr 0, parameters no group holds) M^1/2 H M^1/2, which leaves out what
-        # the step does not move (the Hessian's took a frozen group's curvature for the step's)
-        if not params:      # (the measurement names it; the multipliers' torch.cat of nothing did not)
-            return "hessian"
-        m = group_lr_multipliers(_reference_view(opt), params)
-        # groups that decay otherwise than the reference: the lr-scaled operator holds the difference
-        decays = {(float(g.get("weight_decay", 0.0)), bool(g.get("decoupled_weight_decay", False)))
-                  for g in opt.param_groups if g["params"] and _group_lr(g) > 0}
-        return "lr_scaled" if bool((m != 1.0).any()) or len(decays) > 1 else "hessian"
+    def _check_hessian_decay(self) -> None:
+        """A ValueError where ``kind="hessian"`` is given for a step without a pre-conditioner (SGD;
+        RAdam before rectification) whose moving groups decay differently: the threshold is lowered
+        by the first group's decay only, and ``lambda_max(H)`` cannot hold the others' (the step's
+        operator is ``M^1/2 (H + W) M^1/2``, which ``kind="auto"`` measures): the ratio was off by up
+        to the decays' difference, silently."""
+        opt = self.optimizer
+        if self.kind != "hessian" or opt is None:
+            return
+        from catapult.optim.thresholds import group_decays, radam_step_kind
+
+        rule = registry.spec_for(opt).rule
+        bare = rule == "sgd" or (rule == "radam" and radam_step_kind(_reference_view(opt), _steps_of(opt) + 1)
+                                 == "hessian")
+        decays = group_decays(opt)
+        if bare and len(decays) > 1:
+            shown = ", ".join(f"{wd:g}{' decoupled' if dec else ''}" for wd, dec in sorted(decays))
+            raise ValueError(f"SharpnessTracker: kind='hessian' with param groups that decay differently "
+                             f"(weight_decay {shown}): the threshold holds one group's decay, and the Hessian's "
+                             f"sharpness none of the others'; pass kind='auto' (the lr-scaled sharpness "
+                             f"M^1/2 (H + W) M^1/2 holds each group's)")
 
     def _threshold(self) -> float | None:
         if self.optimizer is None:
@@ -354,6 +368,7 @@ class SharpnessTracker:
         if self.optimizer is not None:
             _check_lrs(self.optimizer)
             _check_holds(self.optimizer, self.model)
+            self._check_hessian_decay()
             # the threshold first: groups whose rules differ were refused after the whole solve
             threshold = self._threshold()
             lr = _first_lr(_reference_view(self.optimizer))

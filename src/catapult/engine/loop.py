@@ -51,10 +51,10 @@ Step ``t = 0, 1, ..., steps`` (row ``t`` describes the parameters ``theta_t`` *b
    on batch ``t`` at ``theta_t``, warm-started from the previous measurement's eigenvector (at
    ``t = 0`` the lambda_0 estimate is reused, not recomputed). With ``eval.sharpness_kind: auto``
    (:mod:`catapult.engine.sharpness_rule`) it is, for Adam-family optimizers, the pre-conditioned
-   sharpness of the preconditioner the update ``t`` is about to apply; for RAdam the Hessian's
+   sharpness of the preconditioner the update ``t`` is about to apply; for RAdam SGD's kind below
    while update ``t`` is un-rectified and the pre-conditioned one after (the row's
    ``sharpness_kind`` says which); for SGD whose groups' lrs differ (muP table form, SμPar)
-   ``lambda_max(M^1/2 H M^1/2)``, ``M`` the lr multipliers relative to the first group's.
+   ``lambda_max(M^1/2 H M^1/2)``, ``M`` the lr multipliers relative to the first group's, else the Hessian's.
    It never changes parameters, gradients or optimizer state.
 6. Test, if (``test_every > 0`` and ``t % test_every == 0``) or ``t == steps``: loss and
    accuracy on the whole test set in eval mode. A non-finite test loss ends the run after row

@@ -19,16 +19,24 @@ from catapult.writing import counted, csv_cell, csv_text, write_errors_named
 
 __all__ = ["METRIC_COLUMNS", "metric_columns", "is_spectrum_column", "spectrum_setting", "write_metrics", "read_metrics", "MetricsFile", "json_safe", "finite",
            "summarize", "warmup_summary", "threshold_label", "format_summary", "unconverged_advice", "lambda_0_note",
-           "RADAM_KIND", "STEP_KIND_COLUMN"]
+           "RADAM_KIND", "RADAM_LR_SCALED_KIND", "RADAM_KINDS", "STEP_KIND_COLUMN"]
 
-#: ``eval.sharpness_kind: auto``'s kind for RAdam: ``hessian`` while its next update is un-rectified,
-#: then ``preconditioned`` (:func:`catapult.engine.sharpness_rule.step_kind`); the rows measured say
-#: which (:data:`STEP_KIND_COLUMN`). Here, with the records that name it, so that reading a store or
-#: a ``metrics.csv`` does not import torch.
+#: ``eval.sharpness_kind: auto``'s kind for RAdam whose groups step at one lr: ``hessian`` while its
+#: next update is un-rectified, then ``preconditioned`` (:func:`catapult.engine.sharpness_rule.step_kind`);
+#: the rows measured say which (:data:`STEP_KIND_COLUMN`). Here, with the records that name it, so that
+#: reading a store or a ``metrics.csv`` does not import torch.
 RADAM_KIND = "hessian_then_preconditioned"
 
+#: ``auto``'s kind for RAdam whose groups' lrs differ (muP with ``base_width``, SμPar): its un-rectified
+#: update is EMA-momentum SGD at each group's lr, bounded by the ``lr_scaled`` sharpness
+#: ``M^1/2 H M^1/2`` (:func:`catapult.optim.thresholds.unpreconditioned_kind`), then ``preconditioned``.
+RADAM_LR_SCALED_KIND = "lr_scaled_then_preconditioned"
+
+#: Each RAdam kind's un-rectified kind (the rectified one is ``preconditioned``).
+RADAM_KINDS = {RADAM_KIND: "hessian", RADAM_LR_SCALED_KIND: "lr_scaled"}
+
 #: The metrics column naming the kind a row's sharpness (and threshold) is, in runs whose kind
-#: changes during the run (:data:`RADAM_KIND`).
+#: changes during the run (:data:`RADAM_KINDS`).
 STEP_KIND_COLUMN = "sharpness_kind"
 
 #: The metrics column marking each row's top-k solve (``eig_1 .. eig_k``, ``eval.spectrum_top_k``):
@@ -249,17 +257,30 @@ def warmup_summary(config, metrics, lr_trgt: float, warmup_rule) -> dict:
 
 
 def threshold_label(config: Mapping[str, Any], sharpness_kind: str) -> str:
-    """How the instability threshold of the config's optimizer reads in a figure legend (with
-    ``optimizer.weight_decay``, what it lowers the threshold by:
-    :func:`catapult.optim.thresholds.weight_decay_shift`).
+    """How the instability threshold of the config's optimizer reads in a figure legend: the rule
+    :func:`catapult.engine.sharpness_rule.threshold` draws, with ``optimizer.weight_decay`` what it
+    lowers that threshold by (:func:`catapult.optim.thresholds.weight_decay_shift`: SGD's coupled L2
+    ``wd``; AdamW's and GI-Adam's decoupled decay ``(1 + b1) / (1 - b1) wd``; nothing for Adam's
+    coupled L2, which the pre-conditioned operator holds, whatever the kind). RAdam's threshold
+    switches at rectification whatever the kind: ``wd`` off the un-rectified (momentum-SGD) rule,
+    none off the rectified one, whose pre-conditioned operator holds the L2.
 
     >>> from catapult.config import validate
     >>> threshold_label(validate({"optimizer": {"name": "sgd", "weight_decay": 0.5}}), "hessian")
     '2/lr_t - wd (wd = 0.5)'
+    >>> threshold_label(validate({"optimizer": {"name": "adam", "weight_decay": 0.5}}), "hessian")
+    '(2+2b1)/((1-b1) lr_t), the Adam rule (for the pre-conditioned sharpness)'
+    >>> threshold_label(validate({"optimizer": {"name": "radam", "weight_decay": 0.5}}), RADAM_KIND)
+    'RAdam: (2+2b1)/((1-b1) lr_t) - wd (Hessian) until rectified, then (2+2b1)/((1-b1) r_t lr_t) (pre-conditioned) (wd = 0.5)'
     """
     o = config["optimizer"]
     wd = float(o.get("weight_decay", 0.0))
-    if not wd or (o["name"] in ("adam", "radam") and sharpness_kind == "preconditioned"):
+    if o["name"] == "radam":
+        operator = {RADAM_KIND: " (Hessian)", RADAM_LR_SCALED_KIND: " (lr-scaled, the first group's lr_t)"}
+        return (f"RAdam: (2+2b1)/((1-b1) lr_t){' - wd' if wd else ''}{operator.get(sharpness_kind, '')} until "
+                f"rectified, then (2+2b1)/((1-b1) r_t lr_t){' (pre-conditioned)' if sharpness_kind in operator else ''}"
+                + (f" (wd = {wd:.3g})" if wd else ""))
+    if not wd or o["name"] == "adam":
         return _undecayed_label(config, sharpness_kind)  # Adam's coupled L2 is in P^-1 (H + wd I)
     if o["name"] in ("adamw", "gi-adam"):
         b1 = float(o["betas"][0])
@@ -271,8 +292,6 @@ def _undecayed_label(config: Mapping[str, Any], sharpness_kind: str) -> str:
     if sharpness_kind == "preconditioned":
         b1 = float(config["optimizer"]["betas"][0])
         return f"(2+2b1)/((1-b1) lr_t) = {(2 + 2 * b1) / (1 - b1):.3g}/lr_t"
-    if sharpness_kind == RADAM_KIND:
-        return "RAdam: (2+2b1)/((1-b1) lr_t) (Hessian) until rectified, then / r_t (pre-conditioned)"
     if sharpness_kind == "lr_scaled":
         return "2/lr_t of the first group (lr-scaled sharpness)" + (
             "" if config["optimizer"]["momentum"] == 0 else ", (2+2b)/lr_t with momentum")

@@ -7,13 +7,19 @@ of each row. Both engines (:mod:`catapult.engine.loop` and the batched one in
 
 * Adam, AdamW, GI-Adam (:data:`ADAPTIVE`): ``preconditioned``, ``lambda_max(P^-1 H)`` of the
   pre-conditioner the next update applies, against ``(2 + 2 b1) / ((1 - b1) lr)``;
-* RAdam: :data:`RADAM_KIND`, i.e. per row (:func:`step_kind`) the Hessian's sharpness while
-  the update about to be applied is un-rectified (``rho_t <= 5``: EMA-momentum SGD), the
-  pre-conditioned one afterwards, each against :func:`catapult.optim.thresholds.radam_threshold`;
+* RAdam: :data:`RADAM_KIND`, i.e. per row (:func:`step_kind`) while the update about to be applied
+  is un-rectified (``rho_t <= 5``: EMA-momentum SGD) SGD's kind below, the pre-conditioned one
+  afterwards, each against :func:`catapult.optim.thresholds.radam_threshold`; where the groups'
+  lrs differ (muP with ``base_width``, SμPar) :data:`RADAM_LR_SCALED_KIND`: ``lr_scaled`` rows
+  until rectified (``hessian`` rows measured ``lambda_max(H)`` there, not the step's operator);
 * SGD whose param groups' learning rates differ (the muP table form, SμPar:
   ``lr_mult`` not all equal): ``lr_scaled``, ``lambda_max(M^1/2 H M^1/2)`` with
   ``M = diag(lr_i / lr_0)``, the sharpness that ``2 / lr_0`` of the first group bounds;
 * SGD with one learning rate for every group: ``hessian`` (``lambda_max(H)``).
+
+SGD's choice between the two (and RAdam's before rectification) is
+:func:`catapult.optim.thresholds.unpreconditioned_kind`, the rule :class:`catapult.SharpnessTracker`
+takes too.
 """
 from __future__ import annotations
 
@@ -26,17 +32,17 @@ import torch
 import torch.nn as nn
 
 from catapult.config.errors import ConfigError
-from catapult.engine.records import EIG_CONVERGED_COLUMN, RADAM_KIND, STEP_KIND_COLUMN
+from catapult.engine.records import EIG_CONVERGED_COLUMN, RADAM_KIND, RADAM_KINDS, RADAM_LR_SCALED_KIND, STEP_KIND_COLUMN
 from catapult.optim import registry
 
-__all__ = ["ADAPTIVE", "RADAM_KIND", "SOLVE_SEED", "solver_options", "curvature_options", "spectrum_estimates", "top_k_basis", "check_spectrum_cadence", "SharpnessRule", "sharpness_rule", "resolve_kind",
+__all__ = ["ADAPTIVE", "RADAM_KIND", "RADAM_LR_SCALED_KIND", "SOLVE_SEED", "solver_options", "curvature_options", "spectrum_estimates", "top_k_basis", "check_spectrum_cadence", "SharpnessRule", "sharpness_rule", "resolve_kind",
            "group_lrs_differ", "step_kind", "threshold", "STEP_KIND_COLUMN"]
 
 #: Optimizers whose sharpness is the pre-conditioned one (``eval.sharpness_kind: auto``):
 #: ``registry.preconditioned_names()``. RAdam is not there: it switches (:data:`RADAM_KIND`).
 ADAPTIVE = set(registry.preconditioned_names())
 
-# RADAM_KIND (``auto``'s kind for RAdam) and STEP_KIND_COLUMN (the column naming each row's kind)
+# RADAM_KIND, RADAM_LR_SCALED_KIND (``auto``'s kinds for RAdam) and STEP_KIND_COLUMN (the column naming each row's kind)
 # are the records' (catapult.engine.records), which read a metrics file without torch
 
 
@@ -157,40 +163,50 @@ def check_spectrum_cadence(config: Mapping[str, Any]) -> None:
 
 def group_lrs_differ(model: nn.Module, optimizer_name: str) -> bool:
     """Whether the param groups :func:`catapult.param_groups` gives ``model`` for the family of
-    ``optimizer_name`` (the groups the engine's optimizer gets) have different ``lr_mult``."""
+    ``optimizer_name`` (the groups the engine's optimizer gets) have different ``lr_mult``: whether
+    a step without a pre-conditioner over them is bounded by the ``lr_scaled`` sharpness
+    (:func:`catapult.optim.thresholds.unpreconditioned_kind`, the tracker's rule, on those groups)."""
+    from catapult.optim.thresholds import unpreconditioned_kind
     from catapult.parametrize import param_groups
 
     with warnings.catch_warnings():  # the optimizer's own grouping warns, once
         warnings.simplefilter("ignore")
         groups = param_groups(model, 1.0, optimizer=registry.get(optimizer_name).family)
-    return len({float(g["lr_mult"]) for g in groups}) > 1
+    if not groups:
+        return False
+    steps = torch.optim.SGD(groups, lr=1.0)   # holds the groups' lrs only: no state, no step
+    return unpreconditioned_kind(steps, [p for g in groups for p in g["params"]]) == "lr_scaled"
 
 
 def resolve_kind(config: Mapping[str, Any], model: nn.Module | None) -> str:
     """``eval.sharpness_kind`` with ``auto`` resolved (module docstring); ``model`` (the run's)
-    decides SGD's kind: ``lr_scaled`` when its groups' learning rates differ."""
+    decides SGD's and RAdam's kind: ``lr_scaled`` (RAdam: :data:`RADAM_LR_SCALED_KIND`) when its
+    groups' learning rates differ."""
     kind = config["eval"]["sharpness_kind"]
     if kind != "auto":
         return kind
     name = config["optimizer"]["name"]
     if name in ADAPTIVE:
         return "preconditioned"
-    if name == "radam":
-        return RADAM_KIND
     if model is None:
-        raise ValueError("resolve_kind: eval.sharpness_kind auto with sgd needs the run's model")
-    return "lr_scaled" if group_lrs_differ(model, name) else "hessian"
+        raise ValueError(f"resolve_kind: eval.sharpness_kind auto with {name} needs the run's model")
+    differ = group_lrs_differ(model, name)
+    if name == "radam":
+        return RADAM_LR_SCALED_KIND if differ else RADAM_KIND
+    return "lr_scaled" if differ else "hessian"
 
 
 def step_kind(kind: str, optimizer: torch.optim.Optimizer, t: int) -> str:
     """The kind measured at row ``t`` (before update ``t``, torch's step ``t + 1``): ``kind``,
-    or for :data:`RADAM_KIND` ``"hessian"`` / ``"preconditioned"`` as that update is
-    un-rectified / rectified (``optimizer``'s first group's ``beta2``)."""
-    if kind != RADAM_KIND:
+    or for an RAdam kind (:data:`~catapult.engine.records.RADAM_KINDS`) its un-rectified kind
+    (``"hessian"``; ``"lr_scaled"`` for :data:`RADAM_LR_SCALED_KIND`) / ``"preconditioned"`` as
+    that update is un-rectified / rectified (``optimizer``'s first group's ``beta2``,
+    :func:`catapult.optim.thresholds.radam_step_kind`)."""
+    if kind not in RADAM_KINDS:
         return kind
     from catapult.optim.thresholds import radam_step_kind
 
-    return radam_step_kind(optimizer, t + 1)
+    return "preconditioned" if radam_step_kind(optimizer, t + 1) == "preconditioned" else RADAM_KINDS[kind]
 
 
 def threshold(optimizer: torch.optim.Optimizer, lr: float | None = None, step: int | None = None) -> float:
@@ -220,7 +236,7 @@ def threshold(optimizer: torch.optim.Optimizer, lr: float | None = None, step: i
 @dataclass(frozen=True)
 class SharpnessRule:
     """How a run measures sharpness: ``kind`` is ``"hessian"``, ``"preconditioned"``,
-    ``"lr_scaled"`` or :data:`RADAM_KIND`; ``hessian(...)`` and ``measure(...)`` take ``(model,
+    ``"lr_scaled"``, :data:`RADAM_KIND` or :data:`RADAM_LR_SCALED_KIND`; ``hessian(...)`` and ``measure(...)`` take ``(model,
     loss_fn, batch, optimizer, init)`` and return an :class:`~catapult.curvature.EigenEstimate`;
     ``measure`` is the kind the run reports (``kind=`` one of the fixed kinds overrides it: the
     row's :func:`step_kind`); lambda_0 is always the Hessian's."""
@@ -246,16 +262,18 @@ def sharpness_rule(config: Mapping[str, Any], model: nn.Module | None = None, *,
     ``distributed``: the run is data-parallel inside an initialised process group, and each
     measurement's batch is this rank's shard; the Hessian and pre-conditioned sharpness and the
     spectrum columns are then the union batch's, on every rank (``distributed=True`` of
-    :func:`catapult.sharpness`). The lr-scaled kind is not measured across processes: tracking
-    it (``eval.sharpness_every > 0``) is a ConfigError naming ``eval.sharpness_kind``."""
+    :func:`catapult.sharpness`). The lr-scaled kind (and RAdam's before rectification where the
+    groups' lrs differ) is not measured across processes: tracking it (``eval.sharpness_every >
+    0``) is a ConfigError naming ``eval.sharpness_kind``."""
     from catapult import curvature
 
     ev = config["eval"]
     kwargs = solver_options(config)
     kind = resolve_kind(config, model)
     if distributed:
-        if kind == "lr_scaled" and ev["sharpness_every"] > 0:
-            raise ConfigError([("eval.sharpness_kind", "the lr-scaled sharpness (SGD with per-group learning "
+        if kind in ("lr_scaled", RADAM_LR_SCALED_KIND) and ev["sharpness_every"] > 0:
+            raise ConfigError([("eval.sharpness_kind", "the lr-scaled sharpness (SGD, or RAdam before its "
+                                                       "update is rectified, with per-group learning "
                                                        "rates) is not measured across processes; set "
                                                        "eval.sharpness_kind: hessian, or eval.sharpness_every: 0")])
         kwargs["distributed"] = True

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from catapult.analysis import is_finite_number
 from catapult.arguments import check_flag
 from catapult.engine.records import EIG_CONVERGED_COLUMN, SHARPNESS_CONVERGED_COLUMN, is_spectrum_column
-from catapult.engine.sharpness_rule import RADAM_KIND
+from catapult.engine.sharpness_rule import RADAM_KIND, RADAM_LR_SCALED_KIND
 from catapult.files import save_figure
 
 Metrics = Sequence[Mapping[str, Any]]
@@ -25,12 +25,14 @@ Metrics = Sequence[Mapping[str, Any]]
 #: The operator each ``eval.sharpness_kind`` measures (the sharpness, ``eig_i`` and
 #: ``hessian_trace`` are all of it): panel (b)'s and (c)'s labels.
 OPERATORS = {"hessian": "H", "preconditioned": "$P^{-1/2} H P^{-1/2}$", "lr_scaled": "$M^{1/2} H M^{1/2}$",
-             RADAM_KIND: "H, then $P^{-1/2} H P^{-1/2}$ once rectified"}
+             RADAM_KIND: "H, then $P^{-1/2} H P^{-1/2}$ once rectified",
+             RADAM_LR_SCALED_KIND: "$M^{1/2} H M^{1/2}$, then $P^{-1/2} H P^{-1/2}$ once rectified"}
 #: Panel (b)'s label per kind (``lambda_max(P^-1 H)`` is ``lambda_max(P^-1/2 H P^-1/2)``).
 SHARPNESS_LABELS = {"hessian": "sharpness  $\\lambda_{max}(H)$",
                     "preconditioned": "pre-conditioned sharpness  $\\lambda_{max}(P^{-1}H)$",
                     "lr_scaled": "lr-scaled sharpness  $\\lambda_{max}(M H)$",
-                    RADAM_KIND: "$\\lambda_{max}(H)$, then $\\lambda_{max}(P^{-1}H)$ once rectified"}
+                    RADAM_KIND: "$\\lambda_{max}(H)$, then $\\lambda_{max}(P^{-1}H)$ once rectified",
+                    RADAM_LR_SCALED_KIND: "$\\lambda_{max}(M H)$, then $\\lambda_{max}(P^{-1}H)$ once rectified"}
 
 
 def _series(metrics: Metrics, key: str, positive: bool = True) -> tuple[list[float], list[float]]:

@@ -46,8 +46,9 @@ from catapult.arguments import check_integer, check_real
 from catapult.optim import rules
 from catapult.parametrize import group_lr_mult
 
-__all__ = ["group_lr_multipliers", "lr_scaled_sharpness", "radam_rho", "radam_rectified",
-           "radam_rectification", "radam_threshold", "radam_step_kind", "radam_step_scales", "radam_reference_step", "rule_threshold",
+__all__ = ["group_lr_multipliers", "group_decays", "unpreconditioned_kind", "lr_scaled_sharpness", "radam_rho",
+           "radam_rectified", "radam_rectification", "radam_threshold", "radam_step_kind", "radam_step_scales",
+           "radam_reference_step", "rule_threshold",
            "weight_decay_shift", "OPERATORS"]
 
 #: What a threshold is compared with: the loss's Hessian (or SGD's lr-scaled ``M^1/2 H M^1/2``),
@@ -94,6 +95,47 @@ def group_lr_multipliers(optimizer: torch.optim.Optimizer, params) -> torch.Tens
         g = where.get(id(p))
         out.append(torch.full((p.numel(),), 0.0 if g is None else rel(g), dtype=torch.float64))
     return torch.cat(out)
+
+
+def unpreconditioned_kind(optimizer: torch.optim.Optimizer, params) -> str:
+    """The sharpness that bounds a step without a pre-conditioner (SGD; RAdam while its step is
+    un-rectified, EMA-momentum SGD) over ``params`` (the trainable parameters the sharpness is of):
+    ``"hessian"`` where the step moves every one of them at the first group's lr
+    (:func:`group_lr_multipliers` all 1) and its moving groups decay alike (one weight decay, coupled
+    or decoupled), else ``"lr_scaled"``, ``M^1/2 (H + W) M^1/2`` (:func:`lr_scaled_sharpness`), which
+    takes every group at its own lr, leaves out what the step does not move and holds the decays'
+    difference. The one rule of the engine (:func:`catapult.engine.sharpness_rule.resolve_kind`), the
+    batched sweeps and :class:`catapult.SharpnessTracker` (:func:`radam_step_kind` with ``params``).
+
+    Example:
+        >>> a, b = torch.zeros(1, requires_grad=True), torch.zeros(1, requires_grad=True)
+        >>> unpreconditioned_kind(torch.optim.SGD([a, b], lr=0.1), [a, b])
+        'hessian'
+        >>> unpreconditioned_kind(torch.optim.SGD([{"params": [a]}, {"params": [b], "lr": 0.05}], lr=0.1), [a, b])
+        'lr_scaled'
+        >>> unpreconditioned_kind(torch.optim.SGD([{"params": [a]}, {"params": [b], "weight_decay": 0.1}], lr=0.1),
+        ...                       [a, b])
+        'lr_scaled'
+    """
+    params = list(params)
+    if not params:      # (the measurement names it; the multipliers' torch.cat of nothing did not)
+        return "hessian"
+    m = group_lr_multipliers(optimizer, params)
+    return "lr_scaled" if bool((m != 1.0).any()) or len(group_decays(optimizer)) > 1 else "hessian"
+
+
+def group_decays(optimizer: torch.optim.Optimizer) -> set[tuple[float, bool]]:
+    """The distinct ``(weight_decay, decoupled_weight_decay)`` of the param groups the step moves
+    (parameters, lr > 0): more than one, and no single shift of the threshold holds the decay
+    (:func:`weight_decay_shift` is the first group's; the lr-scaled and pre-conditioned operators
+    hold the difference).
+
+    >>> a, b = torch.zeros(1, requires_grad=True), torch.zeros(1, requires_grad=True)
+    >>> sorted(group_decays(torch.optim.SGD([{"params": [a]}, {"params": [b], "weight_decay": 0.1}], lr=0.1)))
+    [(0.0, False), (0.1, False)]
+    """
+    return {(float(g.get("weight_decay", 0.0)), bool(g.get("decoupled_weight_decay", False)))
+            for g in optimizer.param_groups if g["params"] and float(g["lr"]) > 0}
 
 
 def lr_scaled_sharpness(model: torch.nn.Module, loss_fn, batch, optimizer: torch.optim.Optimizer, *,
@@ -145,16 +187,23 @@ def radam_rectified(t: int, beta2: float) -> bool:
     return radam_rho(t, beta2) > 5.0
 
 
-def radam_step_kind(optimizer: torch.optim.Optimizer, t: int) -> str:
-    """The sharpness that bounds RAdam's step ``t`` (1-based, torch's count): ``"hessian"`` while
-    that step is un-rectified (EMA-momentum SGD), ``"preconditioned"`` afterwards; ``beta2`` is the
-    first param group's. One rule for the engine's rows and :class:`catapult.SharpnessTracker`.
+def radam_step_kind(optimizer: torch.optim.Optimizer, t: int, params=None) -> str:
+    """The sharpness that bounds RAdam's step ``t`` (1-based, torch's count): ``"preconditioned"``
+    once that step is rectified; before, the step is EMA-momentum SGD: with ``params`` (the trainable
+    parameters) SGD's :func:`unpreconditioned_kind` (``"lr_scaled"`` where the groups' lrs or decays
+    differ, or a part is not moved), without ``"hessian"``; ``beta2`` is the first param group's. One
+    rule for the engine's rows and :class:`catapult.SharpnessTracker`.
 
-    >>> opt = torch.optim.RAdam([torch.zeros(1, requires_grad=True)], betas=(0.9, 0.999))
+    >>> a, b = torch.zeros(1, requires_grad=True), torch.zeros(1, requires_grad=True)
+    >>> opt = torch.optim.RAdam([{"params": [a]}, {"params": [b], "lr": 1e-4}], lr=1e-3, betas=(0.9, 0.999))
     >>> [radam_step_kind(opt, t) for t in (1, 5, 6)]
     ['hessian', 'hessian', 'preconditioned']
+    >>> [radam_step_kind(opt, t, [a, b]) for t in (1, 5, 6)]
+    ['lr_scaled', 'lr_scaled', 'preconditioned']
     """
-    return "preconditioned" if radam_rectified(t, float(optimizer.param_groups[0]["betas"][1])) else "hessian"
+    if radam_rectified(t, float(optimizer.param_groups[0]["betas"][1])):
+        return "preconditioned"
+    return "hessian" if params is None else unpreconditioned_kind(optimizer, params)
 
 
 def radam_rectification(t: int, beta2: float) -> float:

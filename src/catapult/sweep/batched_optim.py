@@ -99,9 +99,8 @@ class StackedOptimizer:
         self.lr_mult0 = [float(opt.param_groups[0].get("lr_mult", 1.0)) for opt in optimizers]
         # the first group's weight_decay_shift: the threshold's (engine.threshold), whose difference
         # from each group's the operators hold (as curvature.preconditioner's)
-        self.decay_shift0 = [self._decay_shift(float(opt.param_groups[0].get("weight_decay", 0.0)),
-                                               _group_value(opt.param_groups[0], "beta1") if self.rule != "sgd" else 0.0)
-                             for opt in optimizers]
+        self.decay0 = [(float(opt.param_groups[0].get("weight_decay", 0.0)),
+                        _group_value(opt.param_groups[0], "beta1") if self.rule != "sgd" else 0.0) for opt in optimizers]
         self.random_v0 = self.rule == "gi-adam" and any(
             v == "random" for row in self.values["v0"] for v in row)
         self.state: rules.State | None = None
@@ -127,7 +126,7 @@ class StackedOptimizer:
             return
         self.values = {key: [[row[r] for r in rows] for row in per_param] for key, per_param in self.values.items()}
         self.lr_mult0 = [self.lr_mult0[r] for r in rows]
-        self.decay_shift0 = [self.decay_shift0[r] for r in rows]
+        self.decay0 = [self.decay0[r] for r in rows]
         self.optimizers = [self.optimizers[r] for r in rows]
         self.member_params = [self.member_params[r] for r in rows]
         if self.state is not None:
@@ -285,25 +284,28 @@ class StackedOptimizer:
             has_l2 = has_l2 or decay is not None
         return torch.cat(d_parts, dim=1), (torch.cat(l2_parts, dim=1) if has_l2 else None)
 
-    def _decay_shift(self, wd: float, beta1: float) -> float:
-        """:func:`~catapult.optim.thresholds.weight_decay_shift` of a group of this rule (compared
-        with the lr-scaled operator for SGD, the pre-conditioned one otherwise); 0 for RAdam."""
+    def _decay_shift(self, wd: float, beta1: float, operator: str) -> float:
+        """:func:`~catapult.optim.thresholds.weight_decay_shift` of a group of this rule compared with
+        ``operator``: ``"hessian"`` for the lr-scaled one (SGD; RAdam before rectification, whose step
+        is EMA-momentum SGD), ``"preconditioned"`` (which holds a coupled L2 itself: 0 for Adam's and
+        RAdam's)."""
         from catapult.optim.thresholds import weight_decay_shift
 
-        if self.rule == "radam" or not wd:
+        if not wd:
             return 0.0
-        return float(weight_decay_shift(self.rule, {"weight_decay": wd, "beta1": beta1},
-                                        operator="hessian" if self.rule == "sgd" else "preconditioned"))
+        return float(weight_decay_shift(self.rule, {"weight_decay": wd, "beta1": beta1}, operator=operator))
 
-    def _decay_rows(self, rows: Sequence[int], k: int, like: torch.Tensor) -> torch.Tensor | None:
+    def _decay_rows(self, rows: Sequence[int], k: int, like: torch.Tensor,
+                    operator: str = "preconditioned") -> torch.Tensor | None:
         """``[len(rows), numel]``: the decay of parameter ``k`` that the threshold's shift (the first
-        group's, :attr:`decay_shift0`) leaves out, ``s_k m_k - s_0`` where the step moves it
-        (:func:`catapult.curvature.preconditioner.step_preconditioner`'s rows); None where it is 0."""
+        group's, :attr:`decay0`) leaves out, ``s_k m_k - s_0`` where the step moves it, each shift that of
+        ``operator`` (:func:`catapult.curvature.preconditioner.step_preconditioner`'s rows); None where it is 0."""
         extra = []
         for r in rows:
             m = self.values["lr_mult"][k][r] / self.lr_mult0[r]
             b1 = self.values["beta1"][k][r] if "beta1" in self.values else 0.0
-            extra.append(self._decay_shift(float(self.values["weight_decay"][k][r]), b1) * m - self.decay_shift0[r]
+            shift0 = self._decay_shift(*self.decay0[r], operator)
+            extra.append(self._decay_shift(float(self.values["weight_decay"][k][r]), b1, operator) * m - shift0
                          if m else 0.0)
         if not any(extra):
             return None
@@ -336,7 +338,7 @@ class StackedOptimizer:
                                  dtype=dtype, device=p.device)
             parts.append(ratio.sqrt()[:, None].expand(len(rows), p[0].numel()))
         decays = [self._decay_rows(rows, k, torch.zeros((len(rows), params[name][0].numel()), dtype=dtype,
-                                                        device=params[name].device))
+                                                        device=params[name].device), "hessian")
                   for k, name in enumerate(self.names)]
         if all(x is None for x in decays):
             return torch.cat(parts, dim=1), None
