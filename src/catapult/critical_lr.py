@@ -43,7 +43,8 @@ from catapult.arguments import caller_stacklevel, check_batch, check_module, che
 from catapult.optim import registry, rules
 from catapult.parametrize import group_lr_mult, unscaled_group_lrs
 
-__all__ = ["CriticalLR", "NonFiniteLossError", "NonFiniteStepError", "critical_lr", "next_step_direction", "probe_loss", "ModelSnapshot"]
+__all__ = ["CriticalLR", "NonFiniteLossError", "NonFiniteStepError", "critical_lr", "next_step_direction", "probe_loss", "ModelSnapshot",
+           "coupled_l2_penalty"]
 
 #: Safety limits of the search (a loss that keeps falling forever, a discontinuous loss).
 MAX_DOUBLINGS = 64
@@ -188,6 +189,44 @@ def _warn_group_lrs_ignored(optimizer: torch.optim.Optimizer) -> None:
                       f"catapult.param_groups does", UserWarning, stacklevel=caller_stacklevel())
 
 
+def coupled_l2_penalty(optimizer: torch.optim.Optimizer, direction: Sequence[tuple[Tensor, Tensor]], *,
+                       sharded: bool = False) -> Callable[[float], float]:
+    """``lr -> sum_i wd_i / 2 ||theta_i - lr u_i||^2`` over the parameters of ``direction``
+    (:func:`next_step_direction`'s pairs) whose groups add a coupled L2 ``wd_i theta`` to the gradient
+    (SGD, Adam, RAdam without ``decoupled_weight_decay``: :func:`catapult.optim.rules.l2_coefficient`):
+    the step descends ``L + wd/2 ||theta||^2``, so that is the objective whose rise :func:`critical_lr`
+    reads, as the instability threshold is that of ``H + wd I``
+    (:func:`catapult.optim.thresholds.weight_decay_shift`). Decoupled decay adds nothing (0 at every lr).
+    In float64; ``sharded``: each rank holds its rows of each parameter (summed over the ranks).
+
+    Example (SGD, ``wd = 2``, ``theta = 1``, ``u = theta + grad = 3``: ``(1 - 3 lr)^2``):
+        >>> w = torch.nn.Parameter(torch.ones(1))
+        >>> penalty = coupled_l2_penalty(torch.optim.SGD([w], lr=0.1, weight_decay=2.0), [(w, torch.full((1,), 3.0))])
+        >>> penalty(0.0), penalty(1.0)
+        (1.0, 4.0)
+    """
+    where = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    device = direction[0][0].device if direction else torch.device("cpu")   # (NCCL reduces on the GPU)
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    for p, u in direction:
+        group = where[id(p)]
+        wd = float(rules.l2_coefficient(registry.rule_for(optimizer, group),
+                                        registry.hyperparameters(group, optimizer=optimizer, param=p)))
+        if wd == 0.0:
+            continue
+        theta, step = p.detach(), u.detach()
+        if sharded:
+            theta, step = theta.to_local(), step.to_local()
+        theta, step = theta.reshape(-1).to(torch.float64), step.reshape(-1).to(torch.float64)
+        sums += wd / 2 * torch.stack([theta @ theta, -2.0 * (theta @ step), step @ step]).to(device)
+    if sharded:   # every rank calls this (critical_lr is one call on every rank), with its rows
+        dist_ops.all_reduce_sum(sums)
+    a, b, c = (float(x) for x in sums.cpu())
+    if a == b == c == 0.0:
+        return lambda lr: 0.0
+    return lambda lr: a + b * lr + c * lr * lr
+
+
 @outside_inference_mode
 @same_call_on_every_rank
 def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
@@ -197,7 +236,10 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
     """Critical learning rate of the optimizer's next step on ``batch`` (paper Alg. 1-2).
 
     With ``u`` = :func:`next_step_direction` (from this batch's gradient and the optimizer's
-    current state) and ``L(lr) = loss_fn(model(inputs), targets)`` at ``theta - lr u``::
+    current state) and ``L(lr) = loss_fn(model(inputs), targets)`` at ``theta - lr u``, plus the
+    coupled L2 ``wd/2 ||theta - lr u||^2`` of groups whose step adds ``wd theta`` to the gradient
+    (SGD, Adam, RAdam: the objective the step descends, :func:`coupled_l2_penalty`; none for
+    decoupled decay)::
 
         L0 = L(0)
         lr = lr_start; while L(lr) <= L0: lower = lr; lr = 2 lr (capped at lr_max)
@@ -353,6 +395,8 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
             shifted = [(owned[id(p)], p, u) for p, u in direction if id(p) in owned]
             in_place = [(p, u) for p, u in direction if id(p) not in owned]
         originals = [(p, p.detach().clone()) for p, _ in in_place]
+        l2 = coupled_l2_penalty(optimizer, direction, sharded=sharded)
+        loss0 = loss0 + l2(0.0)
 
         def trial(lr: float) -> float:
             nonlocal passes
@@ -365,7 +409,7 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
                 value = forward_loss(model, loss_fn, batch, {**snapshot.buffer_copies(), **params},
                                       RenormedCopies() if renormed else None)
                 kept.restore()
-                value = float(value) if reduce is None else reduce(value)
+                value = (float(value) if reduce is None else reduce(value)) + l2(lr)
             passes += 1
             return value if math.isfinite(value) else math.inf
 

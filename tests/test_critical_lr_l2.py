@@ -1,0 +1,56 @@
+"""critical_lr with coupled L2 (SGD, Adam, RAdam ``weight_decay``): the step descends
+``J = L + wd/2 ||theta||^2`` and its instability threshold is that of ``H + wd I``
+(``2 / lr - wd``), but the search read the rise of ``L`` alone, so its ``lr_c`` disagreed with the
+threshold the rows are compared with (1.3x on the quadratic below). Truth: the closed form on a
+quadratic ``L = 1/2 (x - x*)^T A (x - x*)``: along the step's direction ``u``, ``J(x - lr u)``
+rises past ``lr_J = 2 grad_J . u / u^T (A + wd I) u``; ``L`` alone past ``lr_L = 2 grad_L . u /
+u^T A u``, which decoupled decay (AdamW) still reads."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from catapult import critical_lr
+from catapult.critical_lr import next_step_direction
+
+A = torch.diag(torch.tensor([10.0, 1.0, 3.0], dtype=torch.float64))
+TARGET = torch.tensor([1.0, -0.5, 0.25], dtype=torch.float64)
+WD = 2.0
+BATCH = (torch.zeros(1, dtype=torch.float64), None)
+
+
+class Point(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.x = torch.nn.Parameter(torch.tensor([0.3, 0.2, -0.1], dtype=torch.float64))
+
+    def forward(self, inputs):
+        return self.x + 0 * inputs.sum()
+
+
+def loss(out, _):
+    return 0.5 * (out - TARGET) @ A @ (out - TARGET)
+
+
+OPTIMIZERS = {"sgd": (lambda ps: torch.optim.SGD(ps, lr=0.1, weight_decay=WD), True),
+              "adam": (lambda ps: torch.optim.Adam(ps, lr=0.1, weight_decay=WD), True),
+              "radam": (lambda ps: torch.optim.RAdam(ps, lr=0.1, weight_decay=WD), True),
+              "adamw": (lambda ps: torch.optim.AdamW(ps, lr=0.1, weight_decay=WD), False)}
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_the_search_reads_the_objective_the_step_descends(name):
+    build, coupled = OPTIMIZERS[name]
+    model = Point()
+    opt = build(model.parameters())
+    x = model.x.detach()
+    grad_l = A @ (x - TARGET)
+    (_, u), = next_step_direction(opt, {model.x: grad_l})   # (its rule adds the coupled wd x itself)
+    if coupled:
+        truth = 2 * float((grad_l + WD * x) @ u) / float(u @ (A + WD * torch.eye(3, dtype=torch.float64)) @ u)
+    else:
+        truth = 2 * float(grad_l @ u) / float(u @ A @ u)
+    res = critical_lr(model, loss, BATCH, opt, delta=1e-12, rtol=1e-9)
+    assert res.lr == pytest.approx(truth, rel=1e-7)
+    if coupled:   # the loss alone rises elsewhere: the answer was that
+        assert abs(2 * float(grad_l @ u) / float(u @ A @ u) / truth - 1) > 0.05
