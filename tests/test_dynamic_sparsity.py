@@ -403,8 +403,9 @@ def test_rigl_under_train_compile_grows_what_it_grows_uncompiled():
                                                                          rel=1e-5)
 
 
+@pytest.mark.parametrize("how", ["shared", "window", "prefix"])
 @pytest.mark.parametrize("method", ["rigl", "gmp"])
-def test_mask_updates_reach_a_forward_holding_the_mask_tensors_it_was_traced_with(method):
+def test_mask_updates_reach_a_forward_holding_the_mask_tensors_it_was_traced_with(method, how):
     # torch 2.2's torch.compile keeps reading the buffer tensors it traced (no recompile when a
     # module's buffer is reassigned), and the updater assigned every changed layer a new mask: under
     # train.compile on 2.2, RigL's grown weights took no gradient and the dropped ones took it (the
@@ -412,17 +413,31 @@ def test_mask_updates_reach_a_forward_holding_the_mask_tensors_it_was_traced_wit
     # here as such a graph holds them: the masks after the updater is built, as the engine compiles.
     from catapult.sparsity import MaskedLinear, random_mask
 
+    # (set_mask installs a copy; a buffer assigned directly, or loaded with assign=True, is the
+    # caller's tensor: one given to two untied layers, a window of a larger tensor, or the first
+    # rows of a longer storage must each be copied before the updater writes it in place)
+    big = {"window": torch.zeros(6, 12, dtype=torch.bool), "prefix": torch.zeros(72, dtype=torch.bool)}.get(how)
+
     def net(shared):
         torch.manual_seed(0)
         density = 0.5 if method == "rigl" else 1.0   # gmp prunes from dense
         a, b = MaskedLinear(6, 6), MaskedLinear(6, 6)
         a.set_mask(random_mask(a.weight.shape, density, generator=torch.Generator().manual_seed(0)))
-        b.set_mask(a.mask if shared else a.mask.clone())   # one tensor given to two untied layers
+        b.set_mask(a.mask.clone())
+        if shared and how == "shared":
+            b.mask = a.mask                      # one tensor given to two untied layers
+        elif shared and how == "window":
+            big[:, :6] = a.mask
+            b.mask = big[:, :6]
+        elif shared:
+            big[:36] = a.mask.reshape(-1)
+            b.mask = big[:36].view(6, 6)
         model = torch.nn.Sequential(a, torch.nn.Tanh(), b)
         updater = MaskUpdater(model, method, update_every=1, end_step=10, drop_fraction=1.0, final_density=0.25)
         return model, updater
 
     model, updater = net(shared=True)
+    kept = None if big is None else big.clone()
     held = [m.mask for _, m in masked_modules(model)]
     before = [m.clone() for m in held]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -440,6 +455,7 @@ def test_mask_updates_reach_a_forward_holding_the_mask_tensors_it_was_traced_wit
     optimizer.step()
     plain_updater.step(1, optimizer)
     assert all(torch.equal(m.mask, p.mask) for (_, m), (_, p) in zip(masked_modules(model), masked_modules(plain)))
+    assert big is None or torch.equal(big, kept)                           # the caller's tensor as it was
 
 
 @pytest.mark.parametrize("zero", ["none", "zeros"])
