@@ -95,3 +95,18 @@ def test_a_measurement_that_raises_leaves_the_tracker_as_it_was():
     assert record.step == 2 and record.value == pytest.approx(top, rel=1e-8)
     assert [tracker.step(batch) is None, tracker.step(batch).step] == [True, 4]
     assert [r.step for r in tracker.history] == [0, 2, 4]
+
+
+def test_an_optimizer_of_part_of_the_model_is_measured():
+    """Mutation pass 17 (TK2): an optimizer that holds some of the model's trainable parameters
+    (the head only: the body is not moved) is not refused; the record's value is the top of the
+    dense float64 Hessian's head block (the lr-scaled operator, M = 0 on the body)."""
+    from dense_curvature import dense_hessian
+
+    model = _net()
+    record = catapult.SharpnessTracker(model, LOSS, torch.optim.SGD(model[2].parameters(), lr=0.1),
+                                       tol=1e-10).step(_batch())
+    H = dense_hessian(model, LOSS, _batch())
+    head = sum(p.numel() for p in model[0].parameters())
+    assert record.kind == "lr_scaled"
+    assert record.value == pytest.approx(float(torch.linalg.eigvalsh(H[head:, head:]).max()), rel=1e-8)
