@@ -141,34 +141,35 @@ def _piece_loss(loss_at, params, x, y):
         raise PieceFailed.of(sample_count_or_none(x) or "some", err) from err
 
 
-def _reduction(loss_at, params, x, y, pieces, mean_w, dtype):
+def _reduction(loss_at, params, x, y, pieces, mean_w, dtype, nearby=True):
     """``(full loss, kind, what was compared)``: ``kind`` is ``"mean"`` or ``"sum"`` where the whole
-    batch's loss is the pieces' weighted mean or their sum, ``"both"`` where it is both (all 0),
-    None where it is neither; a loss that is not finite counts as a mean."""
+    batch's loss is the pieces' weighted mean or their sum, relative to the losses' own size (at any
+    scale), ``"both"`` where both (all 0), None where neither; a loss that is not finite is a mean.
+    ``nearby=False`` (no nudged retry): neither, within ``rtol x 1e-30`` (an exact fit's rounding), is both."""
     with torch.no_grad():
         whole = loss_at(params, x, y)
         full = _scalar(whole)
         losses = [_scalar(_piece_loss(loss_at, params, xc, yc)) for xc, yc in pieces]
     as_mean = sum(w * l for w, l in zip(mean_w, losses))
     as_sum = sum(losses)
-    # well above the rounding of a batch sum, well below what a loss that is not additive over
-    # samples (e.g. a root-mean-square) typically shows between chunks; in the coarser of the
-    # parameters' dtype and the loss's own (a float64 model whose loss_fn returns float32 was
-    # refused as neither: 0.970059 for a mean of 0.970059)
+    # well above the rounding of a batch sum, well below what a loss not additive over samples (a
+    # root-mean-square) shows between chunks; in the coarser of the parameters' dtype and the loss's
+    # own (a float64 model whose loss_fn returns float32 was refused: 0.970059 for a mean of 0.970059)
     if torch.is_tensor(whole) and whole.is_floating_point() and torch.finfo(whole.dtype).eps > torch.finfo(dtype).eps:
         dtype = whole.dtype
     # (at most 2%: a bfloat16 loss's 400 eps, 3.1, took every loss for both a mean and a sum, and
     # it was refused as 'its loss is 0 here and nearby'; a mean and a sum of pieces differ 2x)
     rtol = min(max(400.0 * torch.finfo(dtype).eps, 1e-9), 2e-2)
 
-    def close(a, b):
-        return abs(a - b) <= rtol * max(abs(a), abs(b), 1e-30)
+    def kind_of(floor):   # (a floor of 1e-30 took any loss below it, 2**-300 x MSE, for both: 'cannot tell')
+        ok = [abs(full - b) <= rtol * max(abs(full), abs(b), floor) for b in (as_mean, as_sum)]
+        return "both" if all(ok) else "mean" if ok[0] else "sum" if ok[1] else None
 
     shown = f"full batch {full:.6g}, chunks' mean {as_mean:.6g}, sum {as_sum:.6g}"
-    if not math.isfinite(full):
-        return full, "mean", shown
-    kinds = [k for k, ok in (("mean", close(full, as_mean)), ("sum", close(full, as_sum))) if ok]
-    return full, ("both" if len(kinds) == 2 else kinds[0] if kinds else None), shown
+    kind = kind_of(0.0) if math.isfinite(full) else "mean"
+    if kind is None and not nearby:   # rounding-level losses (an exact fit) cannot tell, as before
+        kind = "both" if kind_of(1e-30) == "both" else None
+    return full, kind, shown
 
 
 def reduction_kind(loss_at, params: dict, inputs, targets, pieces, dtype: torch.dtype, *, nearby: bool = True):
@@ -188,7 +189,7 @@ def reduction_kind(loss_at, params: dict, inputs, targets, pieces, dtype: torch.
     """
     sizes = [sample_count(xc, "inputs") for xc, _ in pieces]
     mean_w = [k / sum(sizes) for k in sizes]
-    full, kind, shown = _reduction(loss_at, params, inputs, targets, pieces, mean_w, dtype)
+    full, kind, shown = _reduction(loss_at, params, inputs, targets, pieces, mean_w, dtype, nearby)
     if kind in ("both", None) and nearby:
         # a zero loss (targets the model fits exactly) is both a mean and a sum of zeros, and
         # rounding-level losses neither: ask again a little away from the parameters, where the

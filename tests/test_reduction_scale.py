@@ -1,0 +1,98 @@
+"""Whether a loss is a mean or a sum over samples (``chunk_size``, lean's micro-batches) at any
+scale of the loss: the losses were compared to an absolute floor of 1e-30, so a genuine loss
+below it (2**-300 x MSE) was refused as 'cannot tell whether loss_fn is a mean or a sum'.
+Truth: the dense float64 Hessian's top eigenvalue, times 2**k."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+import catapult
+from catapult.curvature.microbatch import reduction_kind
+from dense_curvature import dense_hessian
+
+
+def _model_and_batch():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2)).double()
+    gen = torch.Generator().manual_seed(1)
+    return model, (torch.randn(8, 3, generator=gen, dtype=torch.float64),
+                   torch.randn(8, 2, generator=gen, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("exponent", [-300, 300])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("split", ["chunk_size", "lean"])
+def test_micro_batches_of_a_scaled_loss(exponent, reduction, split, lean_chunks_small_batches):
+    model, batch = _model_and_batch()
+    c = 2.0 ** exponent
+
+    def loss_fn(out, y):
+        return c * nn.functional.mse_loss(out, y, reduction=reduction)
+
+    top = float(torch.linalg.eigvalsh(dense_hessian(model, nn.MSELoss(reduction=reduction), batch))[-1])
+    options = dict(chunk_size=3) if split == "chunk_size" else dict(memory="lean")
+    est = catapult.sharpness(model, loss_fn, batch, tol=1e-10, **options)
+    assert est.value == pytest.approx(c * top, rel=1e-8)
+
+
+@pytest.mark.parametrize("exponent", [-300, -120, 0, 300])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("nearby", [True, False])
+def test_reduction_kind_of_a_scaled_loss(exponent, reduction, nearby):
+    # without the nudged retry too (FSDP2's halves): the losses' own scale, not 1e-30
+    c = 2.0 ** exponent
+    loss_at = lambda p, x, y: c * nn.functional.mse_loss(x * p["w"], y, reduction=reduction)
+    x, y = torch.arange(1.0, 6.0, dtype=torch.float64), torch.zeros(5, dtype=torch.float64)
+    pieces = [(x[:3], y[:3]), (x[3:], y[3:])]
+    assert reduction_kind(loss_at, {"w": torch.tensor(0.5, dtype=torch.float64)}, x, y, pieces, torch.float64,
+                          nearby=nearby)[1] == reduction
+
+
+def test_an_exact_fit_that_is_only_rounding_cannot_tell_without_the_retry():
+    # FSDP2's halves (no nudged retry): losses at rounding level that are neither a mean nor a sum
+    # of the whole's (an exact fit) cannot tell (the rank follows the others), as before; above
+    # rtol x 1e-30 apart they are neither (refused), as before
+    x = torch.zeros(5)
+    pieces = [(x[:3], x[:3]), (x[3:], x[3:])]
+    for losses, kind in (({3: 1.3e-42, 2: 4.0e-43, 5: 2.9e-42}, "both"), ({3: 1.3e-33, 2: 4.0e-34, 5: 2.9e-33}, None)):
+        loss_at = lambda p, x, y: torch.tensor(losses[len(x)], dtype=torch.float64)
+        assert reduction_kind(loss_at, {}, x, x, pieces, torch.float64, nearby=False)[1] == kind
+
+
+class LossInside(nn.Module):
+    """HF style: the labels in, the scalar loss out (no sample rows: FSDP2's check runs the halves)."""
+
+    def __init__(self, core, scale, reduction):
+        super().__init__()
+        self.core, self.scale, self.reduction = core, scale, reduction
+
+    def forward(self, batch):
+        return self.scale * nn.functional.mse_loss(self.core(batch["x"]), batch["labels"], reduction=self.reduction)
+
+
+@pytest.mark.parametrize("exponent", [-300, 0, 300])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_sharded_halves_of_a_scaled_scalar_loss(exponent, reduction):
+    # before: at 2**-300 'both' (cannot tell) on the rank, and a mean was taken for a sum loss (its
+    # sharpness 1/2 the union's on 2 ranks)
+    from catapult.curvature.distributed import single_process_group
+    from catapult.curvature.shard_reduction import sharded_shard_reduction
+    core, (x, y) = _model_and_batch()
+    with single_process_group():
+        kind = sharded_shard_reduction(LossInside(core, 2.0 ** exponent, reduction), lambda out, _: out,
+                                       ({"x": x, "labels": y}, None))
+        with torch.no_grad():
+            fitted = core(x)   # an exact fit: 0 or rounding, cannot tell (the rank follows the others)
+        fit = sharded_shard_reduction(LossInside(core, 2.0 ** exponent, reduction), lambda out, _: out,
+                                      ({"x": x, "labels": fitted}, None))
+    assert kind == reduction and fit is None
+
+
+def test_a_root_mean_square_is_neither_at_any_scale():
+    loss_at = lambda p, x, y: 2.0 ** -300 * ((x * p["w"] - y) ** 2).mean().sqrt()
+    x, y = torch.arange(1.0, 6.0, dtype=torch.float64), torch.zeros(5, dtype=torch.float64)
+    pieces = [(x[:3], y[:3]), (x[3:], y[3:])]
+    assert reduction_kind(loss_at, {"w": torch.tensor(0.5, dtype=torch.float64)}, x, y, pieces,
+                          torch.float64)[1] is None
