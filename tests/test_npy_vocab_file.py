@@ -105,3 +105,26 @@ def test_a_vocab_file_beside_text_shards_is_refused(tmp_path):
 def test_without_the_file_nothing_changes(shards):
     (shards / VOCAB_FILE).unlink()
     assert TokenShards(shards, 4096, vocab_size_set=False).vocab_size == 4096
+
+
+@pytest.mark.parametrize("text", ['{"vocab_size": true}', '{"vocab_size": 0}', '{"vocab_size": 4294967297}'])
+def test_the_stated_size_is_an_integer_from_1_to_2_to_the_32(shards, text):
+    """Mutation pass 17 (VS1-VS3): stated_vocab_size itself refuses a bool, 0 and 2**32 + 1 (the
+    shards' ids refused some of them later, by another message)."""
+    from catapult.data.text_shards import stated_vocab_size
+
+    (shards / VOCAB_FILE).write_text(text)
+    with pytest.raises(ConfigError) as err:
+        stated_vocab_size(shards)
+    assert err.value.keys == ["data.root"] and VOCAB_FILE in str(err.value)
+    (shards / VOCAB_FILE).write_text('{"vocab_size": 4294967296}')
+    assert stated_vocab_size(shards) == 2 ** 32
+
+
+def test_the_file_beside_one_shard_file_is_read(shards):
+    """Mutation pass 17 (VS4): data.root naming one .npy shard reads the vocab file beside it."""
+    from catapult.data.text_shards import stated_vocab_size
+
+    (shards / VOCAB_FILE).write_text('{"vocab_size": 65}')
+    one = sorted(shards.glob("*.npy"))[0]
+    assert stated_vocab_size(one) == 65 and stated_vocab_size(shards) == 65
