@@ -68,3 +68,14 @@ def test_every_group_at_lr_0_keeps_the_lr_mult_ratios():
     a, b = torch.zeros(2, requires_grad=True), torch.zeros(1, requires_grad=True)
     opt = torch.optim.SGD([{"params": [a], "lr": 0.0, "lr_mult": 2.0}, {"params": [b], "lr": 0.0, "lr_mult": 1.0}])
     assert group_lr_multipliers(opt, [a, b]).tolist() == [1.0, 1.0, 0.5]
+
+
+def test_an_empty_group_is_not_the_reference():
+    """Mutation pass 17 (TH19): the reference is the first group that holds parameters and moves
+    them; an empty group at lr 0.5 between the frozen first group and the one at 0.1 is not it
+    (the multipliers were 0.2 for 1)."""
+    from catapult.optim.thresholds import group_lr_multipliers
+
+    a, b = torch.zeros(1, requires_grad=True), torch.zeros(2, requires_grad=True)
+    opt = torch.optim.SGD([{"params": [a], "lr": 0.0}, {"params": [], "lr": 0.5}, {"params": [b], "lr": 0.1}])
+    assert group_lr_multipliers(opt, [a, b]).tolist() == [0.0, 1.0, 1.0]
