@@ -492,3 +492,29 @@ def test_the_grow_score_sums_over_a_layers_uses_and_over_micro_batches_as_grad_d
     clear()                                                            # the next step starts afresh
     layer(x2).pow(2).sum().backward()
     assert torch.allclose(layer.dense_grad, truth(lambda f: f(x2).pow(2).sum()), atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["rigl", "gmp"])
+def test_a_mask_shared_after_the_updater_was_built_is_updated_per_layer(method):
+    """Mutation pass 17 (DY6): a mask buffer assigned to a second untied layer after the updater
+    was built (one tensor on both) is copied at the next update, not written for both in place:
+    each layer's mask is its own update, as with two separate tensors."""
+    from catapult.sparsity import MaskedLinear, random_mask
+
+    def net(shared):
+        torch.manual_seed(0)
+        density = 0.5 if method == "rigl" else 1.0
+        a, b = MaskedLinear(6, 6), MaskedLinear(6, 6)
+        a.set_mask(random_mask(a.weight.shape, density, generator=torch.Generator().manual_seed(0)))
+        b.set_mask(a.mask.clone())
+        model = torch.nn.Sequential(a, torch.nn.Tanh(), b)
+        updater = MaskUpdater(model, method, update_every=1, end_step=10, drop_fraction=1.0, final_density=0.25)
+        if shared:
+            b.mask = a.mask
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        model(torch.randn(8, 6, generator=torch.Generator().manual_seed(1))).pow(2).sum().backward()
+        optimizer.step()
+        assert updater.step(1, optimizer)
+        return [m.mask for _, m in masked_modules(model)]
+
+    assert all(torch.equal(s, p) for s, p in zip(net(True), net(False)))
