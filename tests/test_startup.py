@@ -219,3 +219,27 @@ def test_a_missing_weights_file_is_refused_before_the_run_is_built(tmp_path, mon
     with pytest.raises(cfg.ConfigError) as info:
         measure_spectrum(cfg.validate({"train": {"steps": 1}}), weights=tmp_path / "no.pt")
     assert info.value.problems == [("--weights", f"{tmp_path}/no.pt: no such file")]
+
+
+UNUSED = """
+import sys
+from catapult.cli import main
+codes = []
+for argv in (["--help"], ["train", sys.argv[1]]):
+    try:
+        codes.append(main(argv))
+    except SystemExit as stop:
+        codes.append(stop.code)
+print(codes, sorted(m for m in ("torch", "matplotlib", "scipy", "multiprocessing", "concurrent.futures.process",
+                                "catapult.engine.records", "catapult.analysis") if m in sys.modules), file=sys.stderr)
+"""
+
+
+def test_help_and_a_refusal_leave_the_other_commands_modules_unimported(tmp_path):
+    # a refusal should be fast: the demo's process pool (multiprocessing, concurrent.futures.process)
+    # and critical-lr's / spectrum's records (catapult.analysis) were imported by every catapult call
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("bogus_key: 1\n")
+    done = subprocess.run([sys.executable, "-c", UNUSED, str(bad)], capture_output=True, text=True, timeout=120)
+    assert done.stderr.strip().splitlines()[-1] == "[0, 2] []", done.stderr[-2000:]
+    assert "bogus_key: unknown key" in done.stderr

@@ -28,7 +28,6 @@ import copy
 import math
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -156,10 +155,12 @@ def _init_worker(parent_pid: int) -> None:
     torch.set_num_threads(1)
 
 
-def _worker_pool(workers: int) -> ProcessPoolExecutor:
+def _worker_pool(workers: int):
     """The demo's pool: ``workers`` spawned processes (no fork of a process that holds torch
-    threads) of one torch thread each, which end when this process does, even on ``kill -9``."""
+    threads) of one torch thread each, which end when this process does, even on ``kill -9``
+    (multiprocessing imported here: every ``catapult`` call, a config refusal too, paid it)."""
     import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
     return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_init_worker, initargs=(os.getpid(),))
@@ -219,6 +220,8 @@ def run_demo(out: str | Path = "runs/demo", *, workers: int | None = None, echo=
         finally:
             torch.set_num_threads(threads)
     else:
+        from concurrent.futures import as_completed
+
         with _worker_pool(workers) as pool:
             futures = [pool.submit(_run_one, c, str(out / c["name"])) for c in configs]
             for future in as_completed(futures):

@@ -4,8 +4,6 @@ from __future__ import annotations
 import json
 
 from catapult.cli.common import add_config_arguments, config_from_args
-from catapult.engine.critical_lr_study import estimate, format_estimate
-from catapult.engine.records import json_safe
 
 
 def register(subparsers) -> None:
@@ -25,6 +23,10 @@ def register(subparsers) -> None:
 
 
 def _command(args) -> int:
+    # (imported here: the records' analysis and dataclasses were paid by every catapult call)
+    from catapult.engine.critical_lr_study import estimate, format_estimate
+    from catapult.engine.records import json_safe
+
     config = config_from_args(args)
     e = estimate(config, cap=args.cap)
     if args.json:

@@ -6,7 +6,6 @@ import json
 from catapult.cli.common import (add_config_arguments, check_image_file, config_from_args, figure_path, output_folders,
                                  path_option)
 from catapult.config import ConfigError
-from catapult.engine.records import json_safe
 from catapult.files import missing_file_problem
 
 
@@ -72,6 +71,8 @@ def _command(args) -> int:
                               curvature=args.curvature, preconditioned=args.preconditioned)
     dens = result["density"]
     if args.json:
+        from catapult.engine.records import json_safe
+
         doc = json_safe({k: v for k, v in result.items() if k != "density"})
         doc["density"] = None if dens is None else {
             "grid": [float(x) for x in dens.grid], "density": [float(x) for x in dens.density],
