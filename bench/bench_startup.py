@@ -4,7 +4,10 @@ export`` of a small sweep store and a config refusal (``catapult train`` of a ba
 for two checkouts alternated run for run (every CLI call, sweep worker and distributed rank pays
 the import).
 
-    python bench/bench_startup.py --old /tmp/old-checkout --new . [--rounds 5]
+    python bench/bench_startup.py --old /tmp/old-checkout --new . [--rounds 5] [--cpu] [--no-torch]
+
+``--cpu``: a second table of the interpreters' CPU seconds (user + system, ``RUSAGE_CHILDREN``),
+steadier than wall time on a loaded machine; ``--no-torch``: without the probe that imports torch.
 
 The store (4 cells, the real format) is written once by this checkout's code with the tests' fake
 run function (``tests/sweep_fakes.py``); both checkouts read the same file.
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -33,14 +37,20 @@ run_sweep(config, spec, sys.argv[1], run_fn=FakeRun(), lambda0_fn=FakeLambda0(),
 """
 
 
-def wall(checkout: Path, args: list[str], codes: tuple[int, ...] = (0,)) -> float:
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def wall(checkout: Path, args: list[str], codes: tuple[int, ...] = (0,)) -> tuple[float, float]:
+    """``(wall seconds, CPU seconds)`` of a new interpreter running ``args``."""
     env = {**os.environ, "PYTHONPATH": str(checkout / "src"), "OMP_NUM_THREADS": "1"}
-    start = time.perf_counter()
+    cpu, start = _children_cpu(), time.perf_counter()
     done = subprocess.run([sys.executable, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     seconds = time.perf_counter() - start
     if done.returncode not in codes:
         raise SystemExit(f"{checkout}: {' '.join(args)} exited {done.returncode}")
-    return seconds
+    return seconds, _children_cpu() - cpu
 
 
 def probes(folder: Path) -> dict[str, tuple[list[str], tuple[int, ...]]]:
@@ -66,24 +76,32 @@ def main() -> None:
     parser.add_argument("--old", type=Path, required=True, help="the checkout to compare against")
     parser.add_argument("--new", type=Path, default=Path("."), help="this checkout (default: .)")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--cpu", action="store_true", help="also a table of CPU seconds")
+    parser.add_argument("--no-torch", action="store_true", help="without the probe that imports torch")
     opts = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         runs = probes(Path(tmp))
+        if opts.no_torch:
+            del runs["import catapult; catapult.sharpness"]
         times = {(name, which): [] for name in runs for which in ("old", "new")}
+        cpus = {key: [] for key in times}
         loads = []
         for _ in range(opts.rounds):
             loads.append(os.getloadavg()[0])
             for which, checkout in (("old", opts.old), ("new", opts.new)):
                 for name, (args, codes) in runs.items():
-                    times[name, which].append(wall(checkout.resolve(), args, codes))
+                    seconds, cpu = wall(checkout.resolve(), args, codes)
+                    times[name, which].append(seconds)
+                    cpus[name, which].append(cpu)
     print(f"load average (1 min) at each round's start: {min(loads):.1f}-{max(loads):.1f}")
-    print("| probe | old s, median (min-max) | new s, median (min-max) | new / old |")
-    print("|---|---|---|---|")
-    for name in runs:
-        old, new = times[name, "old"], times[name, "new"]
-        print(f"| {name} | {statistics.median(old):.2f} ({min(old):.2f}-{max(old):.2f}) | "
-              f"{statistics.median(new):.2f} ({min(new):.2f}-{max(new):.2f}) | "
-              f"{statistics.median(new) / statistics.median(old):.2f} |")
+    for title, table in (("wall s", times), ("CPU s", cpus))[:2 if opts.cpu else 1]:
+        print(f"| probe | old {title}, median (min-max) | new {title}, median (min-max) | new / old |")
+        print("|---|---|---|---|")
+        for name in runs:
+            old, new = table[name, "old"], table[name, "new"]
+            print(f"| {name} | {statistics.median(old):.2f} ({min(old):.2f}-{max(old):.2f}) | "
+                  f"{statistics.median(new):.2f} ({min(new):.2f}-{max(new):.2f}) | "
+                  f"{statistics.median(new) / statistics.median(old):.2f} |")
 
 
 if __name__ == "__main__":
