@@ -128,3 +128,39 @@ def test_the_file_beside_one_shard_file_is_read(shards):
     (shards / VOCAB_FILE).write_text('{"vocab_size": 65}')
     one = sorted(shards.glob("*.npy"))[0]
     assert stated_vocab_size(one) == 65 and stated_vocab_size(shards) == 65
+
+
+@pytest.mark.parametrize("kind", ["folder", "broken link", "fifo"])
+def test_a_vocab_file_that_is_not_a_regular_file_is_refused_naming_it(shards, tmp_path, capsys, kind):
+    """A vocab_size.json that is a folder, a link to nothing or a FIFO beside the ``.npy`` shards was
+    skipped as if absent (the model silently got data.vocab_size's 4096 ids): refused on data.root
+    naming the file, and the command exits 2 before any run folder is made."""
+    import os
+
+    from catapult.cli import main
+
+    path = shards / VOCAB_FILE
+    path.unlink()
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "broken link":
+        path.symlink_to(tmp_path / "missing.json")
+    else:
+        os.mkfifo(path)
+    with pytest.raises(ConfigError) as err:
+        TokenShards(shards, 4096, vocab_size_set=False)
+    assert err.value.keys == ["data.root"] and str(path) in str(err.value)
+    config = tmp_path / "ddp.yaml"
+    config.write_text(yaml.safe_dump(_config(shards)))
+    assert main(["train-ddp", str(config), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "data.root" in err and VOCAB_FILE in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_link_to_a_vocab_file_is_read(shards, tmp_path):
+    real = tmp_path / "sizes.json"
+    real.write_text('{"vocab_size": 65}')
+    (shards / VOCAB_FILE).unlink()
+    (shards / VOCAB_FILE).symlink_to(real)
+    assert TokenShards(shards, 4096, vocab_size_set=False).vocab_size == VOCAB

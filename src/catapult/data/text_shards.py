@@ -248,8 +248,9 @@ def stated_vocab_size(root: str | os.PathLike) -> int | None:
     None without one. A token set of fewer ids than BPE's 257 (characters, a toy vocabulary) says
     its true size here, as ``data.vocab_size`` (>= 257, a BPE option) cannot: the model gets ``N``
     embedding rows and logits, and an id ``>= N`` in a shard is refused naming the shard. A file
-    that is not such a JSON object with an integer ``1 <= N <= 2^32`` is a ConfigError on
-    ``data.root`` naming it.
+    that is not such a JSON object with an integer ``1 <= N <= 2^32``, or a :data:`VOCAB_FILE`
+    that is not a regular file (a folder, a broken link, a FIFO), is a ConfigError on ``data.root``
+    naming it.
 
     >>> import json, tempfile, pathlib
     >>> folder = pathlib.Path(tempfile.mkdtemp())
@@ -262,6 +263,9 @@ def stated_vocab_size(root: str | os.PathLike) -> int | None:
     root = Path(root).expanduser()
     path = (root if root.is_dir() else root.parent) / VOCAB_FILE
     if not path.is_file():
+        if path.is_symlink() or path.exists():  # a folder, a dangling link, a FIFO: refused, not skipped
+            raise ConfigError([("data.root", f"{path}: not a regular file (a folder, a broken link or a "
+                                             f"special file); {VOCAB_FILE} must be a JSON file {{\"vocab_size\": N}}")])
         return None
     try:
         stated = json.loads(path.read_text(encoding="utf-8"))
