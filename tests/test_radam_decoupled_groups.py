@@ -19,6 +19,7 @@ import torch.nn as nn
 
 import catapult
 from dense_curvature import dense_gradient, dense_hessian
+from test_tracker_radam_counts import radam_next_step_scales
 
 MSE = nn.MSELoss()
 B1 = 0.9
@@ -45,23 +46,10 @@ def _edge_measure(model, batch, opt, alpha: float) -> float:
     next step with every group's lr times ``alpha`` (1: the step's linear map has the root -1)."""
     H = dense_hessian(model, MSE, batch).numpy()
     g = dense_gradient(model, MSE, batch).numpy()
-    scales, decay, offset = [], [], 0
-    for group in opt.param_groups:
-        b1, b2 = group["betas"]
-        for p in group["params"]:
-            n, state = p.numel(), opt.state[p]
-            t = float(state["step"]) + 1
-            v = b2 * state["exp_avg_sq"].numpy().reshape(-1) + (1 - b2) * g[offset:offset + n] ** 2
-            rho_inf = 2 / (1 - b2) - 1
-            rho = rho_inf - 2 * t * b2 ** t / (1 - b2 ** t)
-            assert rho > 5
-            r = np.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
-            scales.append(alpha * group["lr"] * r * np.sqrt(1 - b2 ** t) / ((1 - b1 ** t) * (np.sqrt(v) + group["eps"])))
-            decay.append(np.full(n, alpha * group["lr"] * group["weight_decay"]))
-            offset += n
-    s = np.sqrt(np.concatenate(scales))
+    scales, decay = radam_next_step_scales(opt, g, alpha)
+    s = np.sqrt(scales)
     left = (1 - B1) * s[:, None] * H * s[None, :]        # symmetric: S^1/2 H S^1/2
-    right = np.diag((1 + B1) * (2 - np.concatenate(decay)))
+    right = np.diag((1 + B1) * (2 - decay))
     return float(scipy.linalg.eigh(left, right, eigvals_only=True)[-1])
 
 

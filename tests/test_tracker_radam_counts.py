@@ -34,13 +34,12 @@ def _setup(lag: int, beta2_second: float, steps: int = 10):
     return model, batch, opt
 
 
-def _true_ratio(model, batch, opt) -> float:
-    """lambda_max(S H) (1 - b1) / (2 + 2 b1): torch RAdam's rectified step applies
-    S = lr r_t sqrt(1 - b2^t) / ((1 - b1^t)(sqrt(v') + eps)) to the EMA momentum, each parameter
-    at its own t = state step + 1 (heavy ball at lr (1 - b1) S: stable while that is < 1)."""
-    H = dense_hessian(model, LOSS, batch).numpy()
-    g = dense_gradient(model, LOSS, batch).numpy()
-    scales, offset = [], 0
+def radam_next_step_scales(opt, g, alpha: float = 1.0):
+    """Per parameter entry, torch RAdam's rectified next-step scale
+    ``S = alpha lr r_t sqrt(1 - b2^t) / ((1 - b1^t)(sqrt(v') + eps))`` (each parameter at its own
+    t = state step + 1, its group's beta2, ``v'`` after the gradient ``g``) and its group's
+    ``alpha lr wd``, as two flat NumPy vectors."""
+    scales, decay, offset = [], [], 0
     for group in opt.param_groups:
         b1, b2 = group["betas"]
         for p in group["params"]:
@@ -51,9 +50,19 @@ def _true_ratio(model, batch, opt) -> float:
             rho = rho_inf - 2 * t * b2 ** t / (1 - b2 ** t)
             assert rho > 5
             r = np.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
-            scales.append(group["lr"] * r * np.sqrt(1 - b2 ** t) / ((1 - b1 ** t) * (np.sqrt(v) + group["eps"])))
+            scales.append(alpha * group["lr"] * r * np.sqrt(1 - b2 ** t) / ((1 - b1 ** t) * (np.sqrt(v) + group["eps"])))
+            decay.append(np.full(n, alpha * group["lr"] * group["weight_decay"]))
             offset += n
-    s = np.sqrt(np.concatenate(scales))
+    return np.concatenate(scales), np.concatenate(decay)
+
+
+def _true_ratio(model, batch, opt) -> float:
+    """lambda_max(S H) (1 - b1) / (2 + 2 b1): torch RAdam's rectified step applies
+    S = lr r_t sqrt(1 - b2^t) / ((1 - b1^t)(sqrt(v') + eps)) to the EMA momentum, each parameter
+    at its own t = state step + 1 (heavy ball at lr (1 - b1) S: stable while that is < 1)."""
+    H = dense_hessian(model, LOSS, batch).numpy()
+    g = dense_gradient(model, LOSS, batch).numpy()
+    s = np.sqrt(radam_next_step_scales(opt, g)[0])
     b1 = opt.param_groups[0]["betas"][0]
     return float(np.linalg.eigvalsh(s[:, None] * H * s[None, :])[-1]) * (1 - b1) / (2 + 2 * b1)
 
