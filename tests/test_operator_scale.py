@@ -154,11 +154,15 @@ def test_difference_certificate_of_a_scaled_loss(exponent, memory):
                          [("fast", "0x1.7ecc2b29677f4p+1", 6.138369720269123e-07, 9),
                           ("lean", "0x1.7ecc2b296e74bp+1", 6.138369719664993e-07, 16)])
 def test_difference_certificate_ordinary_scale_unchanged(memory, value, bound, products):
-    # pinned from before the scale-safe norms (the same arithmetic in range)
+    # pinned from before the scale-safe norms on torch 2.13 (the same arithmetic in range). torch
+    # 2.2.2 gives the same loss and gradient bits but its reductions round the certificate
+    # differently: value 1 ulp off (lean), bound 2e-11 - 4e-11 relative; so within 2 ulps and 1e-10
     from catapult.curvature.sharpness import sharpness
     model, batch = _tanh_mse()
     est = sharpness(model, torch.nn.MSELoss(), batch, tol=1e-6, memory=memory, hvp="finite_difference")
-    assert est.value == float.fromhex(value) and est.error_bound == bound
+    pinned = float.fromhex(value)
+    assert abs(est.value - pinned) <= 2 * math.ulp(pinned)
+    assert est.error_bound == pytest.approx(bound, rel=1e-10, abs=0)
     assert est.converged and est.matvecs == products
 
 
