@@ -115,8 +115,10 @@ def test_two_processes_training_into_one_new_folder_leave_one_whole_run(tmp_path
                               "--progress", "none", f"train.steps={steps}", f"seed={seed}"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for steps, seed in ((300, 1), (1500, 2))]
-    codes = [p.wait(timeout=300) for p in runs]
-    errors = [p.stderr.read() for p in runs]
+    # communicate drains both pipes while waiting (a full pipe would stall a run); 900 s: the
+    # longer run took 72 s alone and outlived 300 s on a host at load 15 (torch 2.2.2's suite)
+    errors = [p.communicate(timeout=900)[1] for p in runs]
+    codes = [p.returncode for p in runs]
     # one writes; the other is refused: the folder is locked, or (once the first has finished)
     # holds a run and --overwrite was not given. Both exited 0 before, each over the other's files.
     assert sorted(codes) == [0, 2], errors
