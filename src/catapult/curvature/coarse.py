@@ -16,7 +16,8 @@ the Hessian's top (outlier) eigenspace. That work can be done on cheaper operato
 
 Under ``coarse="auto"`` the finite-difference level comes first at every batch size (the sub-batch
 levels of a large batch are its fallback, where its kink check skips it: ReLU in float32), and a
-small batch has no sub-batch levels.
+small batch has no sub-batch levels. A float32 model holding a kinked activation module starts at
+the sub-batch levels (:func:`kink_guess`, called by ``sharpness``).
 
 The final answer and its stopping test (``tol``) are those of the exact full-batch solve only: a
 coarse level changes where Lanczos starts, never what it certifies.
@@ -29,6 +30,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn as nn
 
 from catapult.arguments import as_integer, as_real
 from catapult.curvature.hessian import HessianOperator
@@ -37,7 +39,7 @@ from catapult.curvature.lanczos import lanczos_top_eigenpair
 from catapult.curvature.microbatch import sample_count, sample_count_or_none, sample_index, shares_samples
 from catapult.curvature.samples import block_rows, sample_leaves
 
-__all__ = ["COARSE_MIN_SAMPLES", "COARSE_LEVELS", "SMALL_BATCH_LEVELS", "FINITE_DIFFERENCE",
+__all__ = ["KINKED_ACTIVATIONS", "kink_guess", "COARSE_MIN_SAMPLES", "COARSE_LEVELS", "SMALL_BATCH_LEVELS", "FINITE_DIFFERENCE",
            "FINITE_DIFFERENCE_COST", "FINITE_DIFFERENCE_MAX_ITER", "FINITE_DIFFERENCE_CONSISTENCY",
            "coarse_levels", "difference_consistency", "coarse_start_vector", "sub_batch"]
 
@@ -56,6 +58,11 @@ FINITE_DIFFERENCE = "finite_difference"
 #: small GPT's top eigenvector in float32), it leaves 3 exact products there (tols 2e-3 .. 1e-2
 #: measured, 2-5 exact products; bench/RESULTS.md, issue 16).
 SMALL_BATCH_LEVELS = ((FINITE_DIFFERENCE, 3e-3),)
+#: Activation modules with a kink (a jump in the first derivative): across them, float32 difference
+#: products are skipped by the kink check, so ``coarse="auto"`` does not try the difference level
+#: first on a float32 model holding one (:func:`kink_guess`).
+KINKED_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.Hardtanh, nn.Hardswish,
+                      nn.Hardsigmoid, nn.Threshold)
 #: Full-batch-equivalent cost counted per difference product (one gradient vs a product's two
 #: passes) in ``coarse_cost``.
 FINITE_DIFFERENCE_COST = 0.5
@@ -290,3 +297,25 @@ def coarse_start_vector(model, loss_fn, batch, v0: torch.Tensor, levels, *, dtyp
         if est.vector.isfinite().all() and est.converged:
             vector = est.vector
     return vector, products, cost
+
+
+def kink_guess(levels, model, dtype) -> list:
+    """``coarse="auto"``'s levels for ``model`` measured in ``dtype``: without the leading
+    finite-difference level where the model holds a :data:`KINKED_ACTIVATIONS` module and ``dtype``
+    is narrower than float64, where that level's kink check would skip it after two gradients
+    (+15% of a call on issue 16's float32 ReLU FCN, bench/RESULTS.md); else ``levels`` as they are.
+    A guess from the modules only: a model calling ``F.relu`` keeps the level, and its check.
+
+    Example:
+        >>> levels = [(FINITE_DIFFERENCE, 3e-3), (16, 3e-3), (4, 3e-3)]
+        >>> relu = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
+        >>> kink_guess(levels, relu, torch.float32)
+        [(16, 0.003), (4, 0.003)]
+        >>> kink_guess(levels, relu, torch.float64)[0][0], kink_guess(levels, nn.Tanh(), torch.float32)[0][0]
+        ('finite_difference', 'finite_difference')
+    """
+    levels = list(levels)
+    if (len(levels) < 2 or levels[0][0] != FINITE_DIFFERENCE or dtype == torch.float64
+            or not any(isinstance(module, KINKED_ACTIVATIONS) for module in model.modules())):
+        return levels
+    return levels[1:]

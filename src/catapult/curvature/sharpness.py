@@ -19,7 +19,7 @@ from catapult.arguments import as_real, check_real
 from catapult.curvature import distributed as dist_ops
 from catapult.curvature import coarse_ranks, lean, sharded
 from catapult.curvature.certify import certified
-from catapult.curvature.coarse import coarse_levels, coarse_start_vector
+from catapult.curvature.coarse import coarse_levels, coarse_start_vector, kink_guess
 from catapult.curvature.ggn import CURVATURES, GaussNewtonOperator
 from catapult.curvature.hessian import HessianOperator, resolve_dtype
 from catapult.optim import registry, rules
@@ -321,6 +321,8 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
         levels = coarse_ranks.union_levels(batch, coarse, tol, op.device, params=v0.numel())
     else:
         levels = coarse_levels(batch, coarse, tol)
+        if isinstance(coarse, str) and coarse == "auto":   # float32 ReLU: straight to the sub-batch levels
+            levels = kink_guess(levels, model, op.dtype)
     coarse_products, coarse_cost = 0, 0.0
     if levels:
         sub_operator = coarse_ranks.sub_batch_operator(op, model, loss_fn, batch, dtype=dtype, hvp=hvp, seed=seed,
