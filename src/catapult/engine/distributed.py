@@ -70,7 +70,7 @@ from catapult.engine.ddp_config import check_ddp_config
 from catapult.engine.build import assemble_run, build_model, check_warmup_across_processes, resolve_device
 from catapult.engine.model_size import check_token_outputs
 from catapult.engine.fsdp import check_fsdp, full_state_dict, shard_model
-from catapult.engine.gather_json import gather_json
+from catapult.engine.gather_json import collective_device, gather_json
 from catapult.engine.sharpness_rule import check_spectrum_cadence
 from catapult.engine.step import COLLAPSE_RTOL
 from catapult.engine.seeds import seeds
@@ -367,8 +367,7 @@ class DataParallel(Processes):
 
     @staticmethod
     def _device() -> torch.device:
-        # nccl reduces CUDA tensors only; gloo CPU ones
-        return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+        return collective_device()   # nccl reduces CUDA tensors only; gloo CPU ones
 
 
 class FullyShardedDataParallel(DataParallel):
