@@ -80,7 +80,8 @@ class CriticalLR:
         forward_passes: forward passes spent, including the one that gave ``loss0`` (and the
             gradient); with ``distributed=True`` those this process ran, with the ones that told
             whether ``loss_fn`` is a mean or a sum over samples.
-        loss0: ``L(theta)`` on the batch.
+        loss0: ``L(theta)`` on the batch (the loss alone: without the coupled L2 that the search's
+            objective adds, :func:`coupled_l2_penalty`).
 
     Example:
         >>> result = CriticalLR(lr=0.5, lower=0.25, upper=0.5, forward_passes=3, loss0=1.0)
@@ -396,7 +397,9 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
             in_place = [(p, u) for p, u in direction if id(p) not in owned]
         originals = [(p, p.detach().clone()) for p, _ in in_place]
         l2 = coupled_l2_penalty(optimizer, direction, sharded=sharded)
-        loss0 = loss0 + l2(0.0)
+        # the search compares the objective J = L + coupled L2; the result's loss0 stays L (what a
+        # persistent warmup compares the training loss with: J there re-searched on a risen loss)
+        objective0 = loss0 + l2(0.0)
 
         def trial(lr: float) -> float:
             nonlocal passes
@@ -413,12 +416,12 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
             passes += 1
             return value if math.isfinite(value) else math.inf
 
-        rise_tolerance = loss0 + delta * abs(loss0)
+        rise_tolerance = objective0 + delta * abs(objective0)
 
         # 1. exponential search
         lr = lr_start
         loss_lr = trial(lr)
-        if loss_lr > loss0:
+        if loss_lr > objective0:
             return CriticalLR(lr_start, 0.0, lr_start, passes, loss0)
         lower = lr
         for _ in range(MAX_DOUBLINGS):
@@ -426,7 +429,7 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
                 return CriticalLR(lr_max, lr_max, lr_max, passes, loss0)
             lr = 2.0 * lr if lr_max is None else min(2.0 * lr, lr_max)
             loss_lr = trial(lr)
-            if loss_lr > loss0:
+            if loss_lr > objective0:
                 break
             lower = lr
         else:
@@ -443,7 +446,7 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
                 break
             mid = 0.5 * (lower + upper)
             loss_mid = trial(mid)
-            if loss_mid <= loss0:
+            if loss_mid <= objective0:
                 lower = mid
             else:
                 upper, loss_upper = mid, loss_mid
