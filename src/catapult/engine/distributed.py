@@ -466,7 +466,15 @@ def _same_error(rank: int, kind: str, message: str, problems: Any) -> Exception:
         return RunDirectoryError(message)
     builtin = getattr(builtins, kind, None)
     if isinstance(builtin, type) and issubclass(builtin, Exception):
-        return builtin(message)
+        # one that takes more than a message (UnicodeDecodeError's 5 arguments, ExceptionGroup's list)
+        # raised a TypeError here, on every other rank, in place of the failure: its nearest base that
+        # takes one, the kind named in the message
+        for base in builtin.__mro__:
+            if issubclass(base, Exception):
+                try:
+                    return base(message if base is builtin else f"{kind}: {message}")
+                except TypeError:
+                    continue
     return RuntimeError(f"rank {rank}: {kind}: {message}")
 
 
