@@ -370,8 +370,9 @@ def instability_threshold(optimizer: torch.optim.Optimizer, lr: float | None = N
       ``(2 + 2 b1) / ((1 - b1) lr)`` (= 38/lr for b1 = 0.9). ``torch.optim.NAdam`` is refused:
       its Nesterov step ``b1 m + (1 - b1) g`` has ``(2 + 2 b1) / ((1 + 2 b1)(1 - b1) lr)``
       (2.8x lower at b1 = 0.9) once ``mu_t`` reaches ``b1``, and a step-dependent one before.
-      ``torch.optim.RAdam``: the threshold of its next step ``t`` (one more than the steps in
-      its state): that formula while ``t`` is un-rectified (EMA-momentum SGD, compared with the
+      ``torch.optim.RAdam``: the threshold of its next step ``t`` (one more than the largest step
+      count in its state of the parameters that require grad:
+      :func:`catapult.optim.thresholds.radam_reference_step`): that formula while ``t`` is un-rectified (EMA-momentum SGD, compared with the
       Hessian's sharpness), and ``(2 + 2 b1) / ((1 - b1) r_t lr)`` once it is rectified, since
       a rectified step scales the update by ``r_t`` (compared with the pre-conditioned
       sharpness): :func:`catapult.optim.thresholds.radam_threshold` (``lr, betas, t``), as the
@@ -435,7 +436,10 @@ def instability_threshold(optimizer: torch.optim.Optimizer, lr: float | None = N
     if isinstance(optimizer, torch.optim.RAdam):
         from catapult.optim.thresholds import radam_threshold
 
-        return float(radam_threshold(lr, [float(b) for b in group["betas"]], _steps_taken(optimizer) + 1,
+        from catapult.optim.thresholds import radam_reference_step
+
+        # the largest count of what can move (a frozen part's counts are not the step's)
+        return float(radam_threshold(lr, [float(b) for b in group["betas"]], radam_reference_step(optimizer)[0],
                                      weight_decay=wd, decoupled_weight_decay=group.get("decoupled_weight_decay", False))[1])
     if "betas" in group:
         betas = [float(b) for b in group["betas"]]
@@ -462,14 +466,6 @@ def _adam_rule(optimizer: torch.optim.Optimizer, group, wd: float) -> str:
         raise ValueError(f"instability_threshold: {type(optimizer).__name__} has weight_decay={wd!r}, and whether "
                          "it is coupled (L2 in the gradient) or decoupled decides the threshold; supported with "
                          "weight decay: SGD, Adam, AdamW, RAdam, Adamax and catapult.optim.GIAdam") from None
-
-
-def _steps_taken(optimizer: torch.optim.Optimizer) -> int:
-    """The optimizer's step count: the largest ``state[p]["step"]`` of its parameters (0
-    before the first step)."""
-    steps = [as_real(state["step"]) for state in optimizer.state.values()
-             if isinstance(state, dict) and "step" in state]
-    return int(max((s for s in steps if s is not None), default=0))
 
 
 def _check_groups_share_the_rule(optimizer: torch.optim.Optimizer) -> None:

@@ -148,10 +148,11 @@ def _check_holds(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> No
 
 
 def _steps_of(optimizer: torch.optim.Optimizer) -> int:
-    """The optimizer's step count: the largest ``state[p]["step"]`` (0 before the first step)."""
-    steps = [float(state["step"]) for state in optimizer.state.values()
-             if isinstance(state, dict) and "step" in state]
-    return int(max(steps, default=0))
+    """The optimizer's step count: the largest ``state[p]["step"]`` of what can move (0 before the
+    first step; :func:`catapult.optim.thresholds.radam_reference_step`)."""
+    from catapult.optim.thresholds import radam_reference_step
+
+    return radam_reference_step(optimizer)[0] - 1
 
 
 def _trainable_count(model: torch.nn.Module) -> int:

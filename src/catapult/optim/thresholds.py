@@ -244,10 +244,13 @@ def radam_threshold(lr: float, betas: Any, t: int, *, weight_decay: float = 0.0,
 
 def radam_reference_step(optimizer: torch.optim.Optimizer) -> tuple[int, float]:
     """``(t, beta2)`` of the step RAdam's threshold is taken at (:func:`radam_threshold`, as
-    :func:`~catapult.curvature.sharpness.instability_threshold` reads it): the largest parameter
-    step count + 1 and the first group's ``beta2``. The pre-conditioned operator's rows are
-    relative to ``radam_rectification(t, beta2)`` (:func:`radam_step_scales`; a decoupled decay
-    that differs from the first group's enters them divided by it).
+    :func:`~catapult.curvature.sharpness.instability_threshold` reads it): the largest step count + 1
+    of the parameters that require grad (those the step can move: a part frozen by
+    ``requires_grad=False`` keeps the counts its training left, and its larger count made a fine-tuned
+    head's un-rectified step 1 the rectified step 11; all of them where none requires grad) and the
+    first group's ``beta2``. The pre-conditioned operator's rows are relative to
+    ``radam_rectification(t, beta2)`` (:func:`radam_step_scales`; a decoupled decay that differs from
+    the first group's enters them divided by it).
 
     Example:
         >>> w = torch.zeros(1, requires_grad=True)
@@ -256,7 +259,10 @@ def radam_reference_step(optimizer: torch.optim.Optimizer) -> tuple[int, float]:
         >>> radam_reference_step(opt)
         (3, 0.99)
     """
-    steps = [float(st["step"]) for st in optimizer.state.values() if isinstance(st, dict) and "step" in st]
+    held = [p for g in optimizer.param_groups for p in g["params"]]
+    movable = [p for p in held if p.requires_grad] or held
+    states = (optimizer.state.get(p) for p in movable)
+    steps = [float(st["step"]) for st in states if isinstance(st, dict) and "step" in st]
     return int(max(steps, default=0)) + 1, float(optimizer.param_groups[0]["betas"][1])
 
 
