@@ -51,3 +51,28 @@ def test_hessian_kind_with_one_decay_is_measured():
     record = catapult.SharpnessTracker(model, LOSS, opt, kind="hessian", tol=1e-12, max_iter=200).step(batch)
     assert record.value == pytest.approx(np.linalg.eigvalsh(dense_hessian(model, LOSS, batch).numpy())[-1], rel=1e-9)
     assert record.threshold == pytest.approx(2 / 0.1 - 0.5)
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+@pytest.mark.parametrize("frozen_first", [True, False])
+def test_a_group_frozen_by_requires_grad_decays_nothing(name, frozen_first):
+    """A group whose parameters do not require grad (a frozen body, its own weight decay) is not
+    moved by the step: its decay is no part of it. ``kind="hessian"`` was refused ('groups that
+    decay differently') and ``auto`` recorded ``lr_scaled``; the step is plain GD on the rest, whose
+    edge is the trainable block's ``lambda_max(H)`` against ``2 / lr - wd`` of the moving group."""
+    model, batch, _ = _setup(OPTIMIZERS[name])
+    model.bias.requires_grad_(False)
+    groups = [{"params": [model.bias], "weight_decay": 3.0}, {"params": [model.weight], "weight_decay": 0.5}]
+    opt = OPTIMIZERS[name](groups if frozen_first else groups[::-1])
+    top = np.linalg.eigvalsh(dense_hessian(model, LOSS, batch).numpy())[-1]      # the weight's block
+    for kind in ("hessian", "auto"):
+        record = catapult.SharpnessTracker(model, LOSS, opt, kind=kind, tol=1e-12, max_iter=200).step(batch)
+        assert record.kind == "hessian"
+        assert record.value == pytest.approx(top, rel=1e-9)
+        assert record.threshold == pytest.approx(rule_edge(name) - 0.5, rel=1e-12)
+
+
+def rule_edge(name: str) -> float:
+    """The first step's edge at lr 0.1 without decay: GD's 2 / lr; RAdam's un-rectified step
+    (EMA momentum 0.9) (2 + 2 b1) / ((1 - b1) lr)."""
+    return 2 / 0.1 if name == "sgd" else (2 + 2 * 0.9) / ((1 - 0.9) * 0.1)

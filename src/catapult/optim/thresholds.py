@@ -126,16 +126,17 @@ def unpreconditioned_kind(optimizer: torch.optim.Optimizer, params) -> str:
 
 def group_decays(optimizer: torch.optim.Optimizer) -> set[tuple[float, bool]]:
     """The distinct ``(weight_decay, decoupled_weight_decay)`` of the param groups the step moves
-    (parameters, lr > 0): more than one, and no single shift of the threshold holds the decay
-    (:func:`weight_decay_shift` is the first group's; the lr-scaled and pre-conditioned operators
-    hold the difference).
+    (a parameter that requires grad, lr > 0; a part frozen by ``requires_grad=False`` has no gradient
+    and torch's step leaves it, decay included): more than one, and no single shift of the threshold
+    holds the decay (:func:`weight_decay_shift` is the first group's; the lr-scaled and
+    pre-conditioned operators hold the difference).
 
     >>> a, b = torch.zeros(1, requires_grad=True), torch.zeros(1, requires_grad=True)
     >>> sorted(group_decays(torch.optim.SGD([{"params": [a]}, {"params": [b], "weight_decay": 0.1}], lr=0.1)))
     [(0.0, False), (0.1, False)]
     """
     return {(float(g.get("weight_decay", 0.0)), bool(g.get("decoupled_weight_decay", False)))
-            for g in optimizer.param_groups if g["params"] and float(g["lr"]) > 0}
+            for g in optimizer.param_groups if any(p.requires_grad for p in g["params"]) and float(g["lr"]) > 0}
 
 
 def lr_scaled_sharpness(model: torch.nn.Module, loss_fn, batch, optimizer: torch.optim.Optimizer, *,
