@@ -86,7 +86,7 @@ def test_a_bpe_vocab_size_that_disagrees_with_the_file_is_refused_naming_the_key
 
 
 @pytest.mark.parametrize("text", ['{"vocab_size": 0}', '{"vocab": 65}', '{"vocab_size": 65.5}',
-                                  '{"vocab_size": true}', "[65]", "65,", "\xff"])
+                                  '{"vocab_size": true}', "[65]", "65,", "\xff", "[" * 60000])
 def test_a_bad_vocab_file_is_refused_naming_it(shards, text):
     (shards / VOCAB_FILE).write_bytes(text.encode("latin-1"))
     with pytest.raises(ConfigError) as err:

@@ -169,7 +169,7 @@ def _run_record_as(path: Path, name: str) -> bool:
                 return False
             summary = json.loads(path.read_text())
             return isinstance(summary, dict) and {"status", "steps_completed"} <= summary.keys()
-    except (OSError, ValueError, UnicodeDecodeError):
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):   # (JSON nested too deeply)
         return False
     return False
 
@@ -264,7 +264,7 @@ def recorded_digests(summary_path) -> dict[str, str]:
         return {}
     try:
         written = json.loads(path.read_text()).get(WRITTEN)
-    except (OSError, ValueError, UnicodeDecodeError):
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
         return {}
     if not isinstance(written, dict):
         return {}

@@ -269,8 +269,9 @@ def stated_vocab_size(root: str | os.PathLike) -> int | None:
         return None
     try:
         stated = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ConfigError([("data.root", f"{path}: not a JSON object {{\"vocab_size\": N}} ({exc})")]) from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:   # (RecursionError: nested too deeply)
+        raise ConfigError([("data.root", f"{path}: not a JSON object {{\"vocab_size\": N}} "
+                                         f"({'nested too deeply' if isinstance(exc, RecursionError) else exc})")]) from None
     size = stated.get("vocab_size") if isinstance(stated, dict) else None
     if not (isinstance(size, int) and not isinstance(size, bool) and 1 <= size <= _MAX_VOCAB):
         raise ConfigError([("data.root", f"{path}: expected {{\"vocab_size\": N}} with an integer 1 <= N <= 2^32 "

@@ -73,7 +73,7 @@ def created_files(path: Path) -> dict[str, str | None] | None:
         if manifest.is_symlink() or not manifest.is_file() or manifest.stat().st_size > 1 << 16:
             return None
         data = json.loads(manifest.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):   # (nested too deeply: not ours)
         return None
     created = data.get(_MANIFEST_KEY) if isinstance(data, dict) and set(data) == {_MANIFEST_KEY} else None
     if not isinstance(created, dict) or not all(isinstance(k, str) and (v is None or isinstance(v, str))
@@ -229,7 +229,7 @@ def _ours_whole(entry: Path, name: str) -> bool:
         return run_output_of_ours(entry, name)
     try:
         data = json.loads(entry.read_text(encoding="utf-8")) if entry.stat().st_size <= 1 << 16 else None
-    except (OSError, ValueError, UnicodeDecodeError):
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
         return False
     return isinstance(data, dict) and set(data) == {_MANIFEST_KEY} and isinstance(data[_MANIFEST_KEY], dict)
 
