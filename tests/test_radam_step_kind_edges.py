@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from catapult.optim.thresholds import radam_step_kind
+from catapult.optim.thresholds import group_decays, radam_step_kind, unpreconditioned_kind
 
 
 def _rho(t, b2):
@@ -20,3 +20,26 @@ def test_the_first_groups_beta2_decides():
     assert [radam_step_kind(opt, t) for t in (5, 6, 50)] == ["hessian", "preconditioned", "preconditioned"]
     other = torch.optim.RAdam([{"params": [b], "betas": (0.9, 0.5)}, {"params": [a], "betas": (0.5, 0.999)}])
     assert [radam_step_kind(other, t) for t in (6, 50)] == ["hessian", "hessian"]
+
+
+def test_no_trainable_parameters_is_the_plain_hessian_kind():
+    # (mutation pass 18, TH2) nothing is moved at another lr and nothing decays apart: the plain
+    # Hessian's kind; the measurement itself then names the empty parameter list
+    a = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.SGD([{"params": [a]}, {"params": [torch.zeros(1, requires_grad=True)], "lr": 0.5}], lr=0.1)
+    assert unpreconditioned_kind(opt, []) == "hessian" and unpreconditioned_kind(opt, iter([])) == "hessian"
+    assert radam_step_kind(torch.optim.RAdam([a], lr=0.1), 1, []) == "hessian"
+
+
+def test_one_decay_coupled_in_one_group_and_decoupled_in_the_other_is_two_decays():
+    # (mutation pass 18, TH8) RAdam's coupled decay adds wd theta to the gradient (through the EMA:
+    # SGD's threshold shift (1 + b1) / (1 - b1) wd), the decoupled one multiplies theta by 1 - lr wd
+    # (a shift of wd): the same number is two decays, and no single shift of the first group holds both
+    a, b = torch.zeros(1, requires_grad=True), torch.zeros(1, requires_grad=True)
+    opt = torch.optim.RAdam([{"params": [a]}, {"params": [b], "decoupled_weight_decay": True}], lr=0.1,
+                            weight_decay=0.1)
+    assert group_decays(opt) == {(0.1, False), (0.1, True)}
+    assert unpreconditioned_kind(opt, [a, b]) == "lr_scaled"
+    assert radam_step_kind(opt, 1, [a, b]) == "lr_scaled"
+    same = torch.optim.RAdam([{"params": [a]}, {"params": [b]}], lr=0.1, weight_decay=0.1, decoupled_weight_decay=True)
+    assert group_decays(same) == {(0.1, True)} and unpreconditioned_kind(same, [a, b]) == "hessian"
