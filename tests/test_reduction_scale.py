@@ -96,3 +96,36 @@ def test_a_root_mean_square_is_neither_at_any_scale():
     pieces = [(x[:3], y[:3]), (x[3:], y[3:])]
     assert reduction_kind(loss_at, {"w": torch.tensor(0.5, dtype=torch.float64)}, x, y, pieces,
                           torch.float64)[1] is None
+
+
+def test_one_kind_within_the_rounding_floor_alone_is_still_neither():
+    # (mutation pass 18, MB3) without the retry only 'both within rtol x 1e-30' is an exact fit's
+    # rounding: a whole 2.5e-39 whose pieces' mean is 2e-39 (20% apart) and sum 4e-39 is neither,
+    # not a mean (float64's rtol 1e-9 x 1e-30 holds the mean's 5e-40 gap, not the sum's 1.5e-39)
+    x = torch.zeros(5)
+    pieces = [(x[:3], x[:3]), (x[3:], x[3:])]
+    losses = {3: 2.0e-39, 2: 2.0e-39, 5: 2.5e-39}
+    loss_at = lambda p, x, y: torch.tensor(losses[len(x)], dtype=torch.float64)
+    assert reduction_kind(loss_at, {}, x, x, pieces, torch.float64, nearby=False)[1] is None
+
+
+def test_a_loss_that_is_zero_everywhere_is_both():
+    # (mutation pass 18, MB7) 0 here and at the nudged parameters: a mean and a sum of zeros, 'both'
+    # (a strict comparison took 0 <= 0 for a miss: neither)
+    loss_at = lambda p, x, y: (x * p["w"] * 0.0).sum()
+    x = torch.arange(1.0, 6.0, dtype=torch.float64)
+    pieces = [(x[:3], x[:3]), (x[3:], x[3:])]
+    for nearby in (True, False):
+        assert reduction_kind(loss_at, {"w": torch.tensor(0.5, dtype=torch.float64)}, x, x, pieces,
+                              torch.float64, nearby=nearby)[1] == "both"
+
+
+@pytest.mark.parametrize("whole, pieces_loss", [(1.0, 1.0201), (1.0201, 1.0)])
+def test_the_comparison_is_relative_to_the_larger_of_the_two(whole, pieces_loss):
+    # (mutation pass 18, MB6) float16's rtol is 2% (400 eps = 0.39, capped): |1 - 1.0201| = 0.0201 is within
+    # 2% of 1.0201, the larger, whichever side holds it (relative to the whole alone it was a miss one way)
+    x = torch.zeros(5)
+    pieces = [(x[:3], x[:3]), (x[3:], x[3:])]
+    losses = {3: pieces_loss, 2: pieces_loss, 5: whole}
+    loss_at = lambda p, x, y: torch.tensor(losses[len(x)], dtype=torch.float64)
+    assert reduction_kind(loss_at, {}, x, x, pieces, torch.float16, nearby=False)[1] == "mean"
