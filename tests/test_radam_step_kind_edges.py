@@ -43,3 +43,14 @@ def test_one_decay_coupled_in_one_group_and_decoupled_in_the_other_is_two_decays
     assert radam_step_kind(opt, 1, [a, b]) == "lr_scaled"
     same = torch.optim.RAdam([{"params": [a]}, {"params": [b]}], lr=0.1, weight_decay=0.1, decoupled_weight_decay=True)
     assert group_decays(same) == {(0.1, True)} and unpreconditioned_kind(same, [a, b]) == "hessian"
+
+
+def test_groups_the_step_does_not_move_add_no_decay():
+    # (mutation pass 18, TH9-TH11) a group at lr 0 (frozen) or without parameters decays nothing,
+    # whatever its weight_decay says: one decay, and over the moving parameters the plain Hessian
+    a, b = torch.zeros(1, requires_grad=True), torch.zeros(1, requires_grad=True)
+    opt = torch.optim.SGD([{"params": [a]}, {"params": [b], "lr": 0.0, "weight_decay": 0.5},
+                           {"params": [], "weight_decay": 0.25}], lr=0.1, weight_decay=0.1)
+    assert group_decays(opt) == {(0.1, False)}
+    assert unpreconditioned_kind(opt, [a]) == "hessian"
+    assert unpreconditioned_kind(opt, [a, b]) == "lr_scaled"   # b is not moved: M holds its 0
