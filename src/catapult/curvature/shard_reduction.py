@@ -16,6 +16,7 @@ import torch
 
 from catapult.curvature.microbatch import sample_count, sample_count_or_none, sample_device, sample_index, \
     sample_rows, shares_samples
+from catapult.curvature.samples import block_rows, sample_leaves
 
 __all__ = ["halves", "shard_reduction", "sharded_shard_reduction"]
 
@@ -34,12 +35,15 @@ def halves(x, y) -> tuple:
     ([0.0, 0.0], 'its sample and the sample twice over')
     """
     n = sample_count(x)
-    if n >= 2:
-        half = (n + 1) // 2
+    # a BSR/BSC leaf is cut between its blocks of rows (half of 6 rows in blocks of 2 was refused)
+    block = max((block_rows(t) for tree in (x, y) for _, t in sample_leaves(tree)), default=1)
+    half = -(-((n + 1) // 2) // block) * block
+    if 0 < half < n:
         return x, y, [(sample_rows(x, 0, half), sample_rows(y, 0, half)),
                       (sample_rows(x, half, n), sample_rows(y, half, n))], "its two halves"
-    twice = [0, 0]
-    return sample_index(x, twice), sample_index(y, twice), [(x, y), (x, y)], "its sample and the sample twice over"
+    twice = list(range(n)) * 2   # one sample (or one block of rows), and it twice over
+    return (sample_index(x, twice), sample_index(y, twice), [(x, y), (x, y)],
+            "its sample and the sample twice over" if n == 1 else "its samples and the samples twice over")
 
 
 def _told(kind, shown, what) -> str | None:
