@@ -54,3 +54,18 @@ def test_the_search_reads_the_objective_the_step_descends(name):
     assert res.lr == pytest.approx(truth, rel=1e-7)
     if coupled:   # the loss alone rises elsewhere: the answer was that
         assert abs(2 * float(grad_l @ u) / float(u @ A @ u) / truth - 1) > 0.05
+
+
+def test_coupled_l2_penalty_refuses_pairs_that_are_not_the_optimizers_by_name():
+    """Its pairs are next_step_direction's: a parameter the optimizer does not hold was a bare
+    ``KeyError: 140430256880160`` (an id), a step of another size torch's copy error."""
+    from catapult.critical_lr import coupled_l2_penalty
+
+    w, other = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+    opt = torch.optim.SGD([w], lr=0.1, weight_decay=1.0)
+    with pytest.raises(ValueError, match=r"coupled_l2_penalty: direction\[1\]'s parameter is not one of the optimizer's"):
+        coupled_l2_penalty(opt, [(w, torch.ones(2)), (other, torch.ones(2))])
+    with pytest.raises(ValueError, match=r"coupled_l2_penalty: direction\[0\] has a step of shape \(3,\) for a parameter "
+                                         r"of shape \(2,\)"):
+        coupled_l2_penalty(opt, [(w, torch.ones(3))])
+    assert coupled_l2_penalty(opt, [(w, torch.ones(2))])(1.0) == 0.0      # wd/2 ||1 - 1 * 1||^2

@@ -209,8 +209,14 @@ def coupled_l2_penalty(optimizer: torch.optim.Optimizer, direction: Sequence[tup
     where = {id(p): g for g in optimizer.param_groups for p in g["params"]}
     device = direction[0][0].device if direction else torch.device("cpu")   # (NCCL reduces on the GPU)
     sums = torch.zeros(3, dtype=torch.float64, device=device)
-    for p, u in direction:
-        group = where[id(p)]
+    for i, (p, u) in enumerate(direction):
+        group = where.get(id(p))
+        if group is None:   # (was a KeyError naming an id)
+            raise ValueError(f"coupled_l2_penalty: direction[{i}]'s parameter is not one of the optimizer's "
+                             f"(pass next_step_direction(optimizer, grads)'s pairs)")
+        if u.numel() != p.numel():
+            raise ValueError(f"coupled_l2_penalty: direction[{i}] has a step of shape {tuple(u.shape)} for a "
+                             f"parameter of shape {tuple(p.shape)}")
         wd = float(rules.l2_coefficient(registry.rule_for(optimizer, group),
                                         registry.hyperparameters(group, optimizer=optimizer, param=p)))
         if wd == 0.0:
