@@ -58,3 +58,14 @@ def test_sharpness_from_a_scaled_init_is_the_sharpness_from_the_init():
     for k in (-530, -545, 600):
         est = catapult.sharpness(model, torch.nn.MSELoss(), batch, init=init * 2.0 ** k, max_iter=2, coarse=None)
         assert est.value == plain.value, k
+
+
+@pytest.mark.parametrize("dtype, exponent", [(torch.float16, 20), (torch.float16, -30), (torch.float32, 90),
+                                             (torch.float32, -90)])
+def test_a_float64_init_in_float64s_window_but_not_the_solves_is_its_direction(dtype, exponent):
+    # (mutation pass 18, KS3) the window is the target dtype's (product_exponent(dtype=)): 2**20 v is
+    # no float16 (inf past 65504) and 2**-30 v is 0 there, though float64 would scale neither
+    v = torch.randn(40, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    plain = start_vector(v, 40, dtype, torch.device("cpu"), 0, tol=1e-3)
+    scaled = start_vector(v * 2.0 ** exponent, 40, dtype, torch.device("cpu"), 0, tol=1e-3)
+    assert bool(torch.isfinite(plain).all()) and torch.equal(scaled, plain)
