@@ -2,13 +2,15 @@
 gives, bit for bit (a power of two scales every number exactly). Before, the norms were plain sums
 of squares: at 2**-530 (float64) they are partly subnormal (a norm 2e-6 off), below ~2**-540 zero
 and past ~2**512 infinite. Truth: the solve from ``v`` itself, and numpy's dense ``eigh``."""
+import math
+
 import numpy as np
 import pytest
 import torch
 
 import catapult
 from catapult.curvature.lanczos import batched_lanczos
-from catapult.curvature.start import start_vector
+from catapult.curvature.start import init_direction, start_vector
 
 
 def matrix_and_start():
@@ -69,3 +71,18 @@ def test_a_float64_init_in_float64s_window_but_not_the_solves_is_its_direction(d
     plain = start_vector(v, 40, dtype, torch.device("cpu"), 0, tol=1e-3)
     scaled = start_vector(v * 2.0 ** exponent, 40, dtype, torch.device("cpu"), 0, tol=1e-3)
     assert bool(torch.isfinite(plain).all()) and torch.equal(scaled, plain)
+
+
+def test_init_direction_takes_one_power_of_two_over_the_ranks_parts():
+    # (mutation pass 18, KS4) two ranks' parts of one init, their largest entries 2**-600 and 2**-604 apart in
+    # scale: each rank's reduce sums the other's largest entry in (as an all-reduce of the maxima does), so both
+    # scale by the same 2**-e and the parts stay one direction (each scaled by its own: a factor 16 between them)
+    gen = torch.Generator().manual_seed(5)
+    parts = [torch.randn(6, generator=gen, dtype=torch.float64) * 2.0 ** -600,
+             torch.randn(4, generator=gen, dtype=torch.float64) * 2.0 ** -604]
+    tops = [float(p.abs().max()) for p in parts]
+    out = [init_direction(p, torch.float64, "cpu", reduce=lambda t, r=r: t + tops[1 - r]) for r, p in enumerate(parts)]
+    ratios = torch.cat([o / p for o, p in zip(out, parts)])
+    assert torch.equal(ratios, torch.full_like(ratios, ratios[0].item()))
+    assert math.frexp(ratios[0].item())[0] == 0.5   # an exact power of two
+    assert 2.0 ** -100 <= float(torch.cat(out).abs().max()) < 1   # into the window
