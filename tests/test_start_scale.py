@@ -10,7 +10,7 @@ import torch
 
 import catapult
 from catapult.curvature.lanczos import batched_lanczos
-from catapult.curvature.start import init_direction, start_vector
+from catapult.curvature.start import init_direction, mixed_start, start_vector
 
 
 def matrix_and_start():
@@ -86,3 +86,17 @@ def test_init_direction_takes_one_power_of_two_over_the_ranks_parts():
     assert torch.equal(ratios, torch.full_like(ratios, ratios[0].item()))
     assert math.frexp(ratios[0].item())[0] == 0.5   # an exact power of two
     assert 2.0 ** -100 <= float(torch.cat(out).abs().max()) < 1   # into the window
+
+
+def test_init_direction_is_a_copy_and_mixed_start_norms_over_the_ranks():
+    # (mutation pass 18, KS5) init_direction returns a copy even where nothing is scaled or cast (the
+    # caller's init is not the start it may write into)
+    v = torch.linspace(1.0, 2.0, 7, dtype=torch.float64)
+    out = init_direction(v, torch.float64, "cpu")
+    assert torch.equal(out, v) and out.data_ptr() != v.data_ptr()
+    # (KS7) two ranks holding equal parts p of the vector [p, p]: an all-reduce of a sum is 2 t. Each rank's
+    # part of the mixed start is the half of the whole vector's (both norms over the ranks, the random part's too)
+    gen = torch.Generator().manual_seed(7)
+    p, r = torch.randn(5, generator=gen, dtype=torch.float64), torch.randn(5, generator=gen, dtype=torch.float64)
+    whole = mixed_start(torch.cat([p, p]), torch.cat([r, r]), 0.25)
+    np.testing.assert_allclose(mixed_start(p, r, 0.25, lambda t: 2 * t).numpy(), whole[:5].numpy(), rtol=1e-15, atol=0)
