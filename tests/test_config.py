@@ -85,7 +85,7 @@ def test_cross_key_checks():
     ("1e-3", None, 1e-3),
 ])
 def test_lr_grammar(spec, lam, expected):
-    assert resolve_lr(spec, lam) == pytest.approx(expected, rel=1e-15)
+    assert resolve_lr(spec, lam) == pytest.approx(expected, rel=1e-15, abs=0)
     assert C.lr_needs_lambda0(spec) == (lam is not None)
 
 

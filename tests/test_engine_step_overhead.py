@@ -76,7 +76,7 @@ def test_a_run_computes_each_lr_once_its_threshold_once_per_lr_and_no_torch_lr_s
     assert calls["curvature/sharpness.py", "instability_threshold"] == distinct_lrs + 1
     lr = optimizer["lr"]
     expected_lrs = [lr * min(1.0, (t + 1) / schedule["warmup_steps"]) for t in range(steps + 1)]
-    assert [row["lr"] for row in result.metrics] == pytest.approx(expected_lrs, rel=1e-15)
+    assert [row["lr"] for row in result.metrics] == pytest.approx(expected_lrs, rel=1e-15, abs=0)
     factor = 38.0 if optimizer["name"] == "adam" else 2.0  # (2 + 2 b1) / (1 - b1), and GD's 2
     assert [row["threshold"] for row in result.metrics] == pytest.approx([factor / x for x in expected_lrs])
 

@@ -39,7 +39,7 @@ def test_results_are_stored_per_cell_with_final_best_and_per_step_metrics(tmp_pa
             lam0 = 2.0 + cell["swept"]["seed"]
             lr = cfg.resolve_lr(cell["swept"]["optimizer.lr"], lam0)
             warm = cell["swept"]["schedule.warmup_steps"]
-            assert cell["lambda_0"] == lam0 and cell["lr_target"] == pytest.approx(lr, rel=1e-15)
+            assert cell["lambda_0"] == lam0 and cell["lr_target"] == pytest.approx(lr, rel=1e-15, abs=0)
             assert cell["config"]["optimizer"]["lr"] == cell["swept"]["optimizer.lr"]  # config's own units
             rows = store.metrics(cell["id"])
             if lr * 8 / min(warm, 8) > 1.0:
@@ -404,7 +404,7 @@ def test_a_lambda0_another_driver_stored_first_is_the_one_every_cell_uses(tmp_pa
         assert store.get_lambda0(lambda0_key(cells[0]["config"])) == 2.5
         for cell in cells:
             assert cell["lambda_0"] == 2.5
-            assert cell["lr_target"] == pytest.approx(cfg.resolve_lr(cell["swept"]["optimizer.lr"], 2.5), rel=1e-15)
+            assert cell["lr_target"] == pytest.approx(cfg.resolve_lr(cell["swept"]["optimizer.lr"], 2.5), rel=1e-15, abs=0)
     with Store(tmp_path / "t.db") as store:  # the first value stored is kept and returned
         assert store.put_lambda0("k", 3.0) == 3.0 and store.put_lambda0("k", 4.0) == 3.0
         assert store.get_lambda0("k") == 3.0

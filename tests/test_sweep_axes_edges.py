@@ -11,7 +11,7 @@ from catapult.sweep.spec import parse_sweep
 def test_an_inclusive_range_keeps_a_stop_that_rounding_puts_just_beyond_it():
     # (0.3 - 0) / 0.1 = 2.9999999999999996 in floating point: four values, 0.3 included
     axis = parse_sweep({"grid": {"optimizer.weight_decay": {"range": [0, 0.3, 0.1]}}}).axis("optimizer.weight_decay")
-    assert len(axis) == 4 and axis.values[-1] == pytest.approx(0.3, rel=1e-15)
+    assert len(axis) == 4 and axis.values[-1] == pytest.approx(0.3, rel=1e-15, abs=0)
 
 
 def test_integer_labels_are_written_in_full():
