@@ -16,8 +16,9 @@ the Hessian's top (outlier) eigenspace. That work can be done on cheaper operato
 
 Under ``coarse="auto"`` the finite-difference level comes first at every batch size (the sub-batch
 levels of a large batch are its fallback, where its kink check skips it: ReLU in float32), and a
-small batch has no sub-batch levels. A float32 model holding a kinked activation module starts at
-the sub-batch levels (:func:`kink_guess`, called by ``sharpness``).
+small batch has no sub-batch levels. A float32 model holding a kinked activation module, or whose
+loss's graph goes through a kinked op (``F.relu``, ``clamp``, ``abs``...), starts at the sub-batch
+levels (:func:`kink_guess`, called by ``sharpness``).
 
 The final answer and its stopping test (``tol``) are those of the exact full-batch solve only: a
 coarse level changes where Lanczos starts, never what it certifies.
@@ -39,7 +40,7 @@ from catapult.curvature.lanczos import lanczos_top_eigenpair
 from catapult.curvature.microbatch import sample_count, sample_count_or_none, sample_index, shares_samples
 from catapult.curvature.samples import block_rows, sample_leaves
 
-__all__ = ["KINKED_ACTIVATIONS", "kink_guess", "COARSE_MIN_SAMPLES", "COARSE_LEVELS", "SMALL_BATCH_LEVELS", "FINITE_DIFFERENCE",
+__all__ = ["KINKED_ACTIVATIONS", "kink_seen", "kink_guess", "COARSE_MIN_SAMPLES", "COARSE_LEVELS", "SMALL_BATCH_LEVELS", "FINITE_DIFFERENCE",
            "FINITE_DIFFERENCE_COST", "FINITE_DIFFERENCE_MAX_ITER", "FINITE_DIFFERENCE_CONSISTENCY",
            "coarse_levels", "difference_consistency", "coarse_start_vector", "sub_batch"]
 
@@ -299,12 +300,28 @@ def coarse_start_vector(model, loss_fn, batch, v0: torch.Tensor, levels, *, dtyp
     return vector, products, cost
 
 
-def kink_guess(levels, model, dtype) -> list:
+def kink_seen(model, dtype, graph: bool = False) -> bool:
+    """Whether ``coarse="auto"`` guesses ``model``'s loss kinked at the difference step in
+    ``dtype``: narrower than float64, and the model (None: none to scan) holds a :data:`KINKED_ACTIVATIONS` module or
+    ``graph`` (the operator's ``kinked``: its loss's graph, walked once at its build, goes through a
+    kinked op, ``F.relu`` or ``clamp`` called in a forward: :data:`~catapult.curvature.twice.KINKED_NODES`).
+
+    >>> kink_seen(nn.ReLU(), torch.float32), kink_seen(nn.Tanh(), torch.float32), kink_seen(nn.Tanh(), torch.float32, True)
+    (True, False, True)
+    >>> kink_seen(nn.ReLU(), torch.float64, True)
+    False
+    """
+    return dtype != torch.float64 and (bool(graph) or (model is not None and any(
+        isinstance(module, KINKED_ACTIVATIONS) for module in model.modules())))
+
+
+def kink_guess(levels, model, dtype, graph: bool = False) -> list:
     """``coarse="auto"``'s levels for ``model`` measured in ``dtype``: without the leading
-    finite-difference level where the model holds a :data:`KINKED_ACTIVATIONS` module and ``dtype``
-    is narrower than float64, where that level's kink check would skip it after two gradients
-    (+15% of a call on issue 16's float32 ReLU FCN, bench/RESULTS.md); else ``levels`` as they are.
-    A guess from the modules only: a model calling ``F.relu`` keeps the level, and its check.
+    finite-difference level where :func:`kink_seen` (a kinked activation module, or ``graph``: a
+    kinked op in the loss's graph, ``F.relu`` included) and sub-batch levels follow, since that
+    level's kink check would skip it after two gradients (+15% of a call on issue 16's float32 ReLU
+    FCN, bench/RESULTS.md); else ``levels`` as they are. A guess: a wrong one costs the difference
+    level's saving, never accuracy (the exact solve certifies the answer).
 
     Example:
         >>> levels = [(FINITE_DIFFERENCE, 3e-3), (16, 3e-3), (4, 3e-3)]
@@ -313,9 +330,10 @@ def kink_guess(levels, model, dtype) -> list:
         [(16, 0.003), (4, 0.003)]
         >>> kink_guess(levels, relu, torch.float64)[0][0], kink_guess(levels, nn.Tanh(), torch.float32)[0][0]
         ('finite_difference', 'finite_difference')
+        >>> kink_guess(levels, nn.Tanh(), torch.float32, graph=True)   # F.relu in its forward
+        [(16, 0.003), (4, 0.003)]
     """
     levels = list(levels)
-    if (len(levels) < 2 or levels[0][0] != FINITE_DIFFERENCE or dtype == torch.float64
-            or not any(isinstance(module, KINKED_ACTIVATIONS) for module in model.modules())):
+    if len(levels) < 2 or levels[0][0] != FINITE_DIFFERENCE or not kink_seen(model, dtype, graph):
         return levels
     return levels[1:]

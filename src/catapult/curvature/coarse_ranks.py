@@ -11,7 +11,8 @@ the union, as the exact solve's are:
   batch sharing a sample dimension between inputs and targets) and a coarsest product's work on a
   rank reaches :data:`COARSE_MIN_RANK_WORK` (:func:`sub_batch_pays`), after the finite-difference
   level and only where its kink check skips it (as in one process), else the finite-difference
-  level alone;
+  level alone; where any rank guesses the model kinked (:func:`~catapult.curvature.coarse.kink_guess`),
+  the sub-batch levels alone;
   every rank runs the same levels with the same tols (explicit levels that differ between the
   ranks are refused on every rank);
 * **a sub-batch level** on ``m_r = n_r // divisor`` samples of each rank's ``n_r`` (at least 1) is
@@ -35,7 +36,7 @@ import zlib
 import torch
 
 from catapult.curvature import distributed as dist_ops
-from catapult.curvature.coarse import COARSE_LEVELS, COARSE_MIN_SAMPLES, FINITE_DIFFERENCE, coarse_levels
+from catapult.curvature.coarse import COARSE_LEVELS, COARSE_MIN_SAMPLES, FINITE_DIFFERENCE, coarse_levels, kink_guess
 from catapult.curvature.hessian import HessianOperator
 from catapult.curvature.microbatch import sample_count, sample_count_or_none, shares_samples
 
@@ -84,13 +85,18 @@ def union_samples(batch, device=None) -> int | None:
     return None if unknown else int(total)
 
 
-def union_levels(batch, coarse, tol: float, device=None, *, params: int | None = None) -> list[tuple[int | str, float]]:
+def union_levels(batch, coarse, tol: float, device=None, *, params: int | None = None,
+                 kinked: bool = False) -> list[tuple[int | str, float]]:
     """:func:`~catapult.curvature.coarse.coarse_levels` of this rank's shard, chosen by the union's
     sample count and, where ``params`` (the model's parameter count, the same on every rank) is
     given, by :func:`sub_batch_pays` (every rank must call it): each rank's own ``n_r // divisor``,
     the same kinds and tols on every rank. A refusal on one rank (sub-batch levels for a batch
     without a sample dimension), or levels that differ between the ranks, stop every rank with a
-    ValueError.
+    ValueError. ``kinked``: this rank's kink guess (:func:`~catapult.curvature.coarse.kink_seen`,
+    from the model and its operator's graph on this shard); under ``"auto"`` the leading
+    finite-difference level is dropped before sub-batch levels where any rank guessed so (the
+    ranks' largest, in the levels' own agreement all-reduce: no further collective), as
+    :func:`~catapult.curvature.coarse.kink_guess` in one process.
 
     >>> x, y = torch.zeros(160, 3), torch.zeros(160)
     >>> with dist_ops.single_process_group():
@@ -100,6 +106,9 @@ def union_levels(batch, coarse, tol: float, device=None, *, params: int | None =
     >>> with dist_ops.single_process_group():
     ...     union_levels((x, y), "auto", 1e-3, params=1000), union_levels((x, y), "auto", 1e-3, params=10 ** 6)
     ([('finite_difference', 0.003)], [('finite_difference', 0.003), (256, 0.003), (1024, 0.003)])
+    >>> with dist_ops.single_process_group():
+    ...     union_levels((x, y), "auto", 1e-3, params=10 ** 6, kinked=True)
+    [(256, 0.003), (1024, 0.003)]
     """
     union = union_samples(batch, device)
     chooser = union
@@ -112,11 +121,13 @@ def union_levels(batch, coarse, tol: float, device=None, *, params: int | None =
     code = float(zlib.crc32(spelled.encode()))
     import torch.distributed as dist
 
-    ends = torch.tensor([code, -code], dtype=torch.float64, device=device)
+    ends = torch.tensor([code, -code, float(bool(kinked))], dtype=torch.float64, device=device)
     dist.all_reduce(ends, op=dist.ReduceOp.MAX)
     if ends[0].item() != -ends[1].item():
         raise ValueError("distributed=True: sharpness's coarse levels differ between the ranks; pass the same "
                          "coarse= on every rank (the ranks would run different collectives)")
+    if isinstance(coarse, str) and coarse == "auto" and ends[2].item():   # some rank guessed kinks
+        return kink_guess(levels, None, torch.float32, graph=True)
     return levels
 
 

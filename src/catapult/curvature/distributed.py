@@ -418,6 +418,7 @@ class DistributedOperator:
             op.agree_gap = lambda gap: agreed_gap(gap, op.device)
         self.numel, self.dtype, self.device = op.numel, op.dtype, op.device
         self.names = getattr(op, "names", None)
+        self.kinked = getattr(op, "kinked", False)   # this rank's graph (coarse_ranks.union_levels agrees it)
         self._grad = None
         loss = torch.tensor([op.loss * self.weight], dtype=torch.float64, device=op.device)
         self.loss = float(all_reduce_sum(loss))

@@ -108,6 +108,8 @@ class HessianOperator:
     operator holds no parameter-sized state between products (``memory="lean"``).
 
     Attributes: ``numel``, ``dtype``, ``device``, ``mode`` (resolved hvp mode), ``loss`` (float),
+    ``kinked`` (whether the loss's graph goes through a kinked op such as ``F.relu``:
+    :data:`~catapult.curvature.twice.KINKED_NODES`),
     ``gradient()`` (flat gradient at the current parameters, computed once), ``matvecs``,
     ``chunks`` (number of micro-batches, 1 without ``chunk_size``), ``forward_difference(v)``
     (a one-sided difference approximation of ``H v`` from one gradient, for start vectors).

@@ -19,7 +19,7 @@ from catapult.arguments import as_real, check_real
 from catapult.curvature import distributed as dist_ops
 from catapult.curvature import coarse_ranks, lean, sharded
 from catapult.curvature.certify import certified
-from catapult.curvature.coarse import coarse_levels, coarse_start_vector, kink_guess
+from catapult.curvature.coarse import coarse_levels, coarse_start_vector, kink_guess, kink_seen
 from catapult.curvature.ggn import CURVATURES, GaussNewtonOperator
 from catapult.curvature.hessian import HessianOperator, resolve_dtype
 from catapult.optim import registry, rules
@@ -255,8 +255,9 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
             whole batch with one-sided finite-difference products, one gradient each, skipped
             after two gradients where the loss is not smooth at the difference step, e.g. ReLU
             kinks in float32, and then, for batches of >= 256 samples, nested sub-batches (every
-            16th, then every 4th sample); each level stops at a residual of 3e-3, or at ``tol``
-            where that is looser), ``None`` (a random start), or
+            16th, then every 4th sample: where a float32 model holds kinked activations, modules
+            or ops such as ``F.relu``, these alone, :func:`~catapult.curvature.coarse.kink_guess`);
+            each level stops at a residual of 3e-3, or at ``tol`` where that is looser), ``None`` (a random start), or
             ``(divisor, tol)`` levels (``divisor`` an integer >= 2 or ``"finite_difference"``).
             With ``distributed=True`` each rank cuts its own shard alike and the products are
             all-reduced; ``"auto"`` chooses by the union's sample count and takes sub-batch
@@ -318,11 +319,12 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
     if warm or curvature == "ggn" or fsdp:
         levels = []   # (a model sharded by FSDP2 starts cold: coarse_ranks)
     elif distributed:   # each rank's shard cut alike, the products all-reduced (coarse_ranks)
-        levels = coarse_ranks.union_levels(batch, coarse, tol, op.device, params=v0.numel())
+        levels = coarse_ranks.union_levels(batch, coarse, tol, op.device, params=v0.numel(),
+                                           kinked=kink_seen(model, op.dtype, getattr(op, "kinked", False)))
     else:
         levels = coarse_levels(batch, coarse, tol)
         if isinstance(coarse, str) and coarse == "auto":   # float32 ReLU: straight to the sub-batch levels
-            levels = kink_guess(levels, model, op.dtype)
+            levels = kink_guess(levels, model, op.dtype, graph=getattr(op, "kinked", False))
     coarse_products, coarse_cost = 0, 0.0
     if levels:
         sub_operator = coarse_ranks.sub_batch_operator(op, model, loss_fn, batch, dtype=dtype, hvp=hvp, seed=seed,

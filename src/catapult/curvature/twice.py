@@ -65,7 +65,7 @@ from catapult.curvature.torch_errors import (functions_without_backward, mode_na
 from catapult.curvature.torchscript import profiled_runs, refuse_torchscript, torchscript_node, user_scripted
 
 __all__ = ["math_attention", "weight_norm_by_parts", "weight_norm_module", "custom_functions", "check_custom_functions",
-           "verify_operator", "built_with_forms", "GraphScan", "graph_functions", "refuse_parameters_read",
+           "verify_operator", "built_with_forms", "GraphScan", "KINKED_NODES", "graph_functions", "refuse_parameters_read",
            "second_order_forms", "needs_forms", "forms_for", "full_backward_hooked"]
 
 
@@ -232,6 +232,18 @@ class GraphScan(NamedTuple):
     wrong_forward: list  # ops whose forward-mode derivative torch takes wrong
     flagged: bool = False  # an embedding lookup with scale_grad_by_freq or sparse (a backward-only flag)
     scripted: bool = False  # a TorchScript function's differentiable graph (torchscript.py)
+    kinked: bool = False    # an op of KINKED_NODES (a ReLU called as F.relu too)
+
+
+#: The ``grad_fn`` names, less their ``Backward<n>`` tail, of the elementwise ops with a kink (a jump
+#: in the first derivative) that :func:`graph_functions` marks ``kinked``: ``F.relu``/``nn.ReLU``,
+#: ``threshold``, ``hardtanh``/``relu6``, ``leaky_relu``, ``prelu``, ``rrelu``, ``hardswish``,
+#: ``hardsigmoid``, ``clamp``, ``abs``, two-tensor ``max``/``min`` (``maximum``, ``fmax``...),
+#: ``hardshrink``, ``softshrink``. Reductions (``x.max(dim)``, ``amax``) are not: most hold a
+#: softmax's or a log-sum-exp's shift, whose derivative cancels (a smooth loss).
+KINKED_NODES = frozenset({"Relu", "Threshold", "Hardtanh", "LeakyRelu", "Prelu", "PreluKernel", "RreluWithNoise",
+                          "Hardswish", "Hardsigmoid", "Clamp", "ClampMin", "ClampMax", "Abs", "Maximum",
+                          "Minimum", "Fmax", "Fmin", "Hardshrink", "Softshrink"})
 
 
 #: The ``grad_fn`` names of ``F.embedding`` and ``F.embedding_bag``, whose saved flags
@@ -261,18 +273,21 @@ def graph_functions(loss: torch.Tensor, watched: dict | None = None) -> GraphSca
     reaches as leaves; the ops whose forward-mode derivative torch gets wrong; and whether an
     embedding lookup has ``scale_grad_by_freq`` or ``sparse`` on (an ``F.embedding`` call in a
     forward, which :func:`needs_forms` does not see); and whether it goes through a TorchScript
-    function's differentiable graph (:mod:`~catapult.curvature.torchscript`).
+    function's differentiable graph (:mod:`~catapult.curvature.torchscript`); and whether it holds
+    an op of :data:`KINKED_NODES` (``kinked``: the coarse start's guess, :func:`catapult.curvature.coarse.kink_guess`).
 
     >>> v = torch.ones(2, 3, requires_grad=True)
     >>> tuple(graph_functions(torch._weight_norm(v, torch.ones(2, 1), 0).sum()))
-    ([], True, [], [], False, False)
+    ([], True, [], [], False, False, False)
     >>> tuple(graph_functions((2 * v).sum(), {id(v): "v"}))
-    ([], False, ['v'], [], False, False)
+    ([], False, ['v'], [], False, False, False)
+    >>> graph_functions(torch.nn.functional.relu(v).sum()).kinked, graph_functions(v.tanh().sum()).kinked
+    (True, False)
     >>> graph_functions(torch.nn.functional.embedding(torch.tensor([1, 1]), v, scale_grad_by_freq=True).sum()).flagged
     True
     """
     found, seen, stack, fused, read, wrong = set(), set(), [loss.grad_fn], False, set(), set()
-    flagged = scripted = False
+    flagged = scripted = kinked = False
     watched = watched or {}
     while stack:
         node = stack.pop()
@@ -291,8 +306,9 @@ def graph_functions(loss: torch.Tensor, watched: dict | None = None) -> GraphSca
             flagged = _flagged_embedding(node)
         if name == "CppFunction" and not scripted:
             scripted = torchscript_node(node)
+        kinked = kinked or name[:name.rfind("Backward")] in KINKED_NODES
         stack.extend(next_node for next_node, _ in node.next_functions)
-    return GraphScan(sorted(found), fused, sorted(read), sorted(wrong), flagged, scripted)
+    return GraphScan(sorted(found), fused, sorted(read), sorted(wrong), flagged, scripted, kinked)
 
 
 def refuse_parameters_read(read: list[str]) -> None:
@@ -376,7 +392,7 @@ def built_with_forms(op, build) -> list[str]:
     forward AD) turns :class:`second_order_forms` on for ``op`` and is built again; where they do
     not reach it (``hvp="compiled"``, whose graphs the mode does not reach) it is refused. A loss
     that reaches the model's own parameters is refused (:func:`refuse_parameters_read`), in every
-    mode.
+    mode. Sets ``op.kinked``, whether the graph holds a kinked op (:data:`KINKED_NODES`).
 
     >>> from catapult.curvature.hessian import HessianOperator
     >>> class Model(torch.nn.Module):
@@ -393,7 +409,7 @@ def built_with_forms(op, build) -> list[str]:
     with eager_stance(compiled_model):
         loss = build()
     watched = {id(p): name for name, p in op._model.named_parameters() if p.requires_grad}
-    custom, fused, read, wrong, flagged, scripted = graph_functions(loss, watched)
+    custom, fused, read, wrong, flagged, scripted, op.kinked = graph_functions(loss, watched)
     refuse_parameters_read(read)
     refuse_reentrant_checkpoint(custom)   # a double-backprop build got torch's error already
     if custom and (missing := functions_without_backward(loss)):   # no gradient: torch.func's error hid it
@@ -403,7 +419,7 @@ def built_with_forms(op, build) -> list[str]:
     if (flagged or getattr(op, "_renorm_seen", False)) and not op._forms_needed:
         op._forms_needed = True
         with eager_stance(compiled_model):
-            custom, fused, _, wrong, _, scripted = graph_functions(build())
+            custom, fused, _, wrong, _, scripted, _ = graph_functions(build())
     if op.mode == "finite_difference":
         return []
     # a TorchScript function's graph, which torch.func's products do not pass through (the GGN's
