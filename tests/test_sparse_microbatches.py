@@ -1,49 +1,101 @@
-"""Sparse inputs (COO, CSR) with ``chunk_size`` or ``memory="lean"``: refused before any forward,
-naming the option (torch slices no sparse tensor along dim 0 by a view: the micro-batches failed
-inside torch with ``NotImplementedError: Could not run 'aten::as_strided' ... 'SparseCPU'``, lean's
-sizing probe with ``Cannot access storage of SparseTensorImpl``). Without micro-batches the sparse
-batch still runs. Truth: the same batch dense, and a count of the model's forwards."""
+"""Sparse inputs and targets (COO, CSR, CSC; BSR by whole blocks) with ``chunk_size`` or
+``memory="lean"``: cut into micro-batches by rows in their own layout
+(:func:`catapult.curvature.samples.sparse_rows`), as the coarse start's sub-batches are; lean's
+sizing probe counts a sparse tensor by its index and value tensors. Before stop 62 both were refused
+(``microbatch.refuse_sparse``). Truth: the same batch dense, and the dense float64 Hessian's top
+eigenvalue (``numpy.linalg.eigvalsh``). A block-sparse batch that micro-batches would cut inside a
+block is refused before any forward, naming the option."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 import catapult
+from catapult.curvature import lean
 from catapult.curvature.microbatch import MicroBatchRefused
+from catapult.curvature.sharpness import memory_setting
+from dense_curvature import dense_hessian
+
+pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+
+
+class _Densify(torch.nn.Module):
+    """A 4-8-1 tanh MLP that reads its input dense (so any sparse layout runs its forward)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+
+    def forward(self, x):
+        return self.net(x.to_dense() if x.layout != torch.strided else x)
 
 
 def _problem():
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
-    x = torch.randn(30, 4)
+    model = _Densify().double()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(30, 4, generator=gen, dtype=torch.float64)
     x[x < 0.3] = 0
-    return model, x, torch.randn(30, 1)
+    return model, x, torch.randn(30, 1, generator=gen, dtype=torch.float64)
 
 
-@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
-@pytest.mark.parametrize("layout", ["coo", "csr"])
-@pytest.mark.parametrize("options, message", [
-    ({"chunk_size": 7}, r"chunk_size: the batch's inputs hold a sparse tensor \(torch\.sparse_c..\).*use chunk_size=None"),
-    ({"memory": "lean"}, r"memory='lean': the batch's inputs hold a sparse tensor \(torch\.sparse_c..\).*use memory='fast'"),
-])
-def test_sparse_inputs_are_refused_where_micro_batches_would_cut_them(layout, options, message):
+LAYOUTS = {"coo": lambda t: t.to_sparse(), "csr": lambda t: t.to_sparse_csr(), "csc": lambda t: t.to_sparse_csc(),
+           "bsr": lambda t: t.to_sparse_bsr((2, 2))}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_sparse_inputs_are_cut_into_micro_batches(layout):
     model, x, y = _problem()
-    sparse = x.to_sparse() if layout == "coo" else x.to_sparse_csr()
+    loss_fn = torch.nn.MSELoss()
+    top = np.linalg.eigvalsh(dense_hessian(model, loss_fn, (x, y)).numpy())[-1]
+    sparse = LAYOUTS[layout](x)
+    for options in ({"chunk_size": 8}, {"chunk_size": 8, "curvature": "ggn"}, {"chunk_size": 30}):
+        dense = catapult.sharpness(model, loss_fn, (x, y), tol=1e-10, **options)
+        got = catapult.sharpness(model, loss_fn, (sparse, y), tol=1e-10, **options)
+        assert got.value == pytest.approx(dense.value, rel=1e-12) and got.matvecs == dense.matvecs, options
+        if "curvature" not in options:
+            assert got.value == pytest.approx(top, rel=1e-9)
+    op = catapult.curvature.HessianOperator(model, loss_fn, (sparse, y), chunk_size=8)
+    assert op.chunks == 4
+
+
+def test_sparse_targets_are_cut_too():
+    model, x, y = _problem()
+    loss = lambda out, t: torch.nn.functional.mse_loss(out, t["y"].to_dense())   # noqa: E731
+    top = np.linalg.eigvalsh(dense_hessian(model, torch.nn.MSELoss(), (x, y)).numpy())[-1]
+    for layout in ("coo", "csr"):
+        got = catapult.sharpness(model, loss, (x, {"y": LAYOUTS[layout](y)}), tol=1e-10, chunk_size=7)
+        assert got.value == pytest.approx(top, rel=1e-9)
+
+
+def test_a_chunk_that_cuts_a_block_is_refused_before_any_forward():
+    model, x, y = _problem()
     forwards = []
     hook = model.register_forward_hook(lambda *_: forwards.append(1))
-    with pytest.raises(MicroBatchRefused, match=message) as caught:
-        catapult.sharpness(model, torch.nn.MSELoss(), (sparse, y), **options)
-    assert caught.value.option == ("memory" if "memory" in options else "chunk_size") and forwards == []
+    with pytest.raises(MicroBatchRefused, match=r"chunk_size: the batch's inputs hold a torch.sparse_bsr tensor of "
+                                                r"blocks of 2 rows, which micro-batches of 7 would cut") as caught:
+        catapult.sharpness(model, torch.nn.MSELoss(), (x.to_sparse_bsr((2, 2)), y), chunk_size=7)
+    assert caught.value.option == "chunk_size" and forwards == []
     hook.remove()
-    # no micro-batches (none asked, or chunk_size >= the 30 samples): the sparse batch runs, as dense
-    dense = catapult.sharpness(model, torch.nn.MSELoss(), (x, y), seed=0).value
-    for kept in ({}, {"chunk_size": 30}):
-        value = catapult.sharpness(model, torch.nn.MSELoss(), (sparse, y), seed=0, **kept).value
-        assert value == pytest.approx(dense, rel=1e-5)
 
 
-def test_sparse_targets_are_refused_too_naming_the_leaf():
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_lean_sizes_and_cuts_a_sparse_batch_as_its_dense_one(layout, monkeypatch):
+    # lean.LEAN_MIN_CHUNK_BYTES (1 MiB) at 0: this small problem's activations are then several
+    # micro-batches (A / m <= P / 2), which lean's sizing probe must measure on the sparse batch
     model, x, y = _problem()
-    with pytest.raises(MicroBatchRefused, match=r"chunk_size: the batch's targets \['y'\] hold a sparse tensor"):
-        catapult.sharpness(model, lambda out, t: torch.nn.functional.mse_loss(out, t["y"].to_dense()),
-                           (x, {"y": y.to_sparse()}), chunk_size=7)
+    loss_fn = torch.nn.MSELoss()
+    monkeypatch.setattr(lean, "LEAN_MIN_CHUNK_BYTES", 0)
+    sparse = LAYOUTS[layout](x)
+    # the sparse batch's rows are not counted (the set-up state holds the batch), the forward's dense
+    # copy of them is, as the Linear saves it: 30 samples x 4 features x 8 bytes more than the dense
+    # batch's count (before: "Cannot access storage of SparseTensorImpl")
+    (total, largest), (dense_total, dense_largest) = (lean.activation_bytes(model, loss_fn, (inputs, y))
+                                                      for inputs in (sparse, x))
+    assert (total, largest) == (dense_total + 30 * 4 * 8, dense_largest)
+    chunk, _ = memory_setting("lean", (sparse, y), None, None, model, loss_fn, basis_free=True)
+    assert 1 < chunk < 30 and chunk % (2 if layout == "bsr" else 1) == 0   # whole blocks of 2 rows
+    top = np.linalg.eigvalsh(dense_hessian(model, loss_fn, (x, y)).numpy())[-1]
+    got = catapult.sharpness(model, loss_fn, (sparse, y), tol=1e-8, memory="lean", max_iter=1000)
+    assert got.converged and got.value == pytest.approx(top, rel=1e-7)

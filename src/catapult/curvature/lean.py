@@ -48,13 +48,14 @@ from catapult.curvature.krylov import (inner_product, product_exponent, scaled_b
                                        unit_roundoff)
 from catapult.curvature.microbatch import (batch_coupling, coupling_remedy, sample_count, sample_count_or_none, sample_rows,
                                            tensor_leaves)
+from catapult.curvature.samples import block_rows, sample_leaves
 from catapult.curvature.stateless import AttributesKept, functional_call
 from catapult.curvature.lanczos import EigenEstimate, tridiagonal_top_pair
 from catapult.curvature.stopping import error_floor, relative_residual, rounding_level
 
 __all__ = ["lean_sizes", "activation_bytes", "LEAN_RATIO", "LEAN_MIN_BASIS", "LEAN_MAX_BASIS",
            "LEAN_OVERHEAD_VECTORS", "LEAN_HVP_ACTIVATIONS", "LEAN_MIN_CHUNK_BYTES", "lean_top_eigenpair",
-           "refuse_batch_coupling"]
+           "refuse_batch_coupling", "strided_parts", "chunk_rows"]
 
 #: The promise: predicted peak <= LEAN_RATIO x a training step's.
 LEAN_RATIO = 3
@@ -140,18 +141,22 @@ def activation_bytes(model: torch.nn.Module, loss_fn, batch, *, probe: int = 8,
     seed = check_seed("activation_bytes", "seed", seed, optional=False)
     inputs, targets = batch
     n = sample_count(inputs)  # a tensor, or tuples / lists / dicts of tensors sharing dim 0
-    k = max(1, min(probe, n))
+    k = chunk_rows(max(1, min(probe, n)), batch)   # a block-sparse batch's whole blocks
     x, y = sample_rows(inputs, 0, k), sample_rows(targets, 0, k) if sample_count_or_none(targets) == n else targets
     params = {name: p.detach().requires_grad_(p.requires_grad) for name, p in model.named_parameters()}
     buffers = {name: b.clone() for name, b in model.named_buffers()}
     held = {t.untyped_storage().data_ptr() for t in [*params.values(), *buffers.values()]}
-    held |= {t.untyped_storage().data_ptr() for t in tensor_leaves((inputs, targets))}
+    # the batch, and the probe's rows (a sparse batch's are copies: samples.sparse_rows), by their
+    # strided parts (a sparse tensor has no storage of its own: "Cannot access storage of SparseTensorImpl")
+    held |= {part.untyped_storage().data_ptr() for t in tensor_leaves((inputs, targets, x, y))
+             for part in strided_parts(t)}
     seen: dict = {}
 
     def pack(t):
-        if torch.is_tensor(t) and t.untyped_storage().data_ptr() not in held:
-            key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
-            seen[key] = t.numel() * t.element_size()
+        for part in strided_parts(t) if torch.is_tensor(t) else ():
+            if part.untyped_storage().data_ptr() not in held:
+                key = (part.untyped_storage().data_ptr(), part.storage_offset(), tuple(part.shape))
+                seen[key] = part.numel() * part.element_size()
         return t
 
     # (a state the forward carries in a plain attribute is put back: memory='lean' measured one batch on)
@@ -161,6 +166,37 @@ def activation_bytes(model: torch.nn.Module, loss_fn, batch, *, probe: int = 8,
         loss_fn(functional_call(model, {**params, **buffers}, (x,)), y)
     scale = n / k
     return int(round(sum(seen.values()) * scale)), int(round(max(seen.values(), default=0) * scale))
+
+
+def strided_parts(t: torch.Tensor) -> list[torch.Tensor]:
+    """The strided tensors holding ``t``'s values: ``t`` itself, or a sparse tensor's index and
+    value tensors (COO; CSR, CSC, BSR, BSC), whose storages :func:`activation_bytes` counts.
+
+    >>> [p.tolist() for p in strided_parts(torch.tensor([[0.0, 2.0]]).to_sparse_csr())]
+    [[0, 1], [1], [2.0]]
+    """
+    if t.layout == torch.strided:
+        return [t]
+    if t.layout == torch.sparse_coo:
+        return [t._indices(), t._values()]
+    if t.layout in (torch.sparse_csr, torch.sparse_bsr):
+        return [t.crow_indices(), t.col_indices(), t.values()]
+    return [t.ccol_indices(), t.row_indices(), t.values()]
+
+
+def chunk_rows(rows: int, batch) -> int:
+    """``rows`` samples rounded up to whole blocks of a block-sparse (BSR, BSC) leaf of ``batch``'s
+    inputs or targets (:func:`~catapult.curvature.samples.block_rows`), at most the batch's samples:
+    the micro-batches ``memory="lean"`` chooses, and its sizing probe, cut no block.
+
+    >>> x = torch.eye(8)
+    >>> chunk_rows(3, (x.to_sparse_bsr((2, 2)), x)), chunk_rows(3, (x, x)), chunk_rows(7, (x.to_sparse_bsr((4, 4)), x))
+    (4, 3, 8)
+    """
+    block = math.lcm(1, *(block_rows(t) for part in batch for _, t in sample_leaves(part)))
+    rows = -(-int(rows) // block) * block
+    n = sample_count_or_none(batch[0])
+    return rows if n is None else min(rows, n)
 
 
 def refuse_batch_coupling(model: torch.nn.Module, chunk_size: int) -> None:

@@ -16,11 +16,11 @@ from catapult.arguments import check_integer
 from catapult.curvature.batch_tree import map_tensors, opaque_leaves, tensor_leaves, with_tensors
 from catapult.curvature.coupling import (batch_coupling, coupling_remedy, functional_masks_off, refuse_dropout,
                                          uses_batch_statistics)
-from catapult.curvature.samples import (sample_count, sample_count_or_none, sample_device, sample_index,
+from catapult.curvature.samples import (block_rows, sample_count, sample_count_or_none, sample_device, sample_index,
                                         sample_leaves, sample_rows, shares_samples)
 
 __all__ = ["ChosenChunkSize", "PieceFailed", "MicroBatchRefused", "batch_coupling", "coupling_remedy", "functional_masks_off", "map_tensors", "refuse_dropout",
-           "refuse_sparse", "reduction_kind", "sample_count", "sample_count_or_none", "sample_device", "sample_index", "sample_rows", "shares_samples",
+           "refuse_sparse", "refuse_split_blocks", "reduction_kind", "sample_count", "sample_count_or_none", "sample_device", "sample_index", "sample_rows", "shares_samples",
            "split_batch", "tensor_leaves", "uses_batch_statistics", "weighted_backward", "weighted_gradient",
            "with_tensors", "opaque_leaves"]
 
@@ -220,6 +220,25 @@ def refuse_sparse(tree, what: str, option: str, key: str, instead: str) -> None:
                                     "batch (.to_dense())", key)
 
 
+def refuse_split_blocks(tree, what: str, rows: int, option: str, key: str, instead: str) -> None:
+    """Refuse a batch's ``inputs`` or ``targets`` (``what``) holding a block-sparse tensor (BSR, BSC)
+    whose blocks of rows micro-batches of ``rows`` samples would cut (``option``, ``key``: as
+    :func:`refuse_sparse`): a :class:`MicroBatchRefused` before any product. Other sparse tensors
+    (COO, CSR, CSC; BSR and BSC where ``rows`` is a multiple of their block's rows) are cut by rows
+    (:func:`~catapult.curvature.samples.sparse_rows`).
+
+    >>> refuse_split_blocks(torch.eye(4).to_sparse_bsr((2, 2)), "inputs", 3, "chunk_size", "chunk_size", "chunk_size=None")
+    Traceback (most recent call last):
+    catapult.curvature.microbatch.MicroBatchRefused: chunk_size: the batch's inputs hold a torch.sparse_bsr tensor of blocks of 2 rows, which micro-batches of 3 would cut inside a block; use a multiple of 2, chunk_size=None, or a dense batch (.to_dense())
+    >>> refuse_split_blocks(torch.eye(4).to_sparse_bsr((2, 2)), "inputs", 2, "chunk_size", "chunk_size", "chunk_size=None")
+    """
+    for path, t in sample_leaves(tree):
+        if rows % (block := block_rows(t)):
+            raise MicroBatchRefused(f"{option}: the batch's {what}{(' ' + path) if path else ''} hold a {t.layout} tensor "
+                                    f"of blocks of {block} rows, which micro-batches of {rows} would cut inside a "
+                                    f"block; use a multiple of {block}, {instead}, or a dense batch (.to_dense())", key)
+
+
 def split_batch(model: torch.nn.Module, loss_at, params: dict, inputs, targets,
                 chunk_size: int | None, dtype: torch.dtype) -> tuple[list[tuple], float]:
     """``([(inputs, targets, weight)], loss)``: the micro-batches of at most ``chunk_size``
@@ -259,8 +278,10 @@ def split_batch(model: torch.nn.Module, loss_at, params: dict, inputs, targets,
         raise ValueError(f"chunk_size: inputs have {n} samples (dim 0) but targets have {sample_count(y, 'targets')}")
     if chunk_size >= n:
         return whole, float("nan")
-    refuse_sparse(x, "inputs", option, key, instead)
-    refuse_sparse(y, "targets", option, key, instead)
+    # sparse leaves are cut by rows in their own layout (samples.sparse_rows); block-sparse ones by
+    # whole blocks only
+    refuse_split_blocks(x, "inputs", chunk_size, option, key, instead)
+    refuse_split_blocks(y, "targets", chunk_size, option, key, instead)
     coupled = batch_coupling(model)
     if coupled is not None:
         raise MicroBatchRefused(f"{option}: module {coupled[0]!r} is {coupled[1]} would differ per chunk; "

@@ -24,7 +24,7 @@ from catapult.curvature.ggn import CURVATURES, GaussNewtonOperator
 from catapult.curvature.hessian import HessianOperator, resolve_dtype
 from catapult.optim import registry, rules
 from catapult.curvature.lanczos import EigenEstimate, lanczos_top_eigenpair
-from catapult.curvature.microbatch import ChosenChunkSize, refuse_sparse, sample_count_or_none, sample_device
+from catapult.curvature.microbatch import ChosenChunkSize, sample_count_or_none, sample_device
 from catapult.curvature.modes import refuse_stale_compiled
 from catapult.curvature.preconditioner import PreconditionedOperator, adam_preconditioner, check_preconditioned
 from catapult.curvature.rank_agreement import same_call_on_every_rank
@@ -87,8 +87,6 @@ def memory_setting(memory: str, batch, chunk_size, max_basis, model=None, loss_f
         chunks, basis = 1, lean.LEAN_MAX_BASIS
     else:
         model = dist_ops.unwrap_ddp(model)
-        for part, what in zip(batch, ("inputs", "targets")):   # (its sizing forward cuts a probe's rows)
-            refuse_sparse(part, what, "memory='lean'", "memory", "memory='fast'")
         refuse_stale_compiled("memory='lean'", model)   # its sizing forward substitutes the parameters too
 
         def sized():  # a forward on this rank's shard
@@ -106,7 +104,7 @@ def memory_setting(memory: str, batch, chunk_size, max_basis, model=None, loss_f
     if distributed:
         basis = dist_ops.agreed_minimum(basis, device=device)
     if chunk_size is None and chunks > 1:
-        chunk_size = ChosenChunkSize(max(1, math.ceil(n / chunks)))  # its errors name memory='lean'
+        chunk_size = ChosenChunkSize(lean.chunk_rows(max(1, math.ceil(n / chunks)), batch))  # errors name memory='lean'
 
     def refuse_coupling():  # the user did not ask for micro-batches: name what did
         if model is not None and isinstance(chunk_size, ChosenChunkSize):
