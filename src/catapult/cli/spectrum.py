@@ -19,7 +19,8 @@ def register(subparsers) -> None:
                     "`catapult train` starts with), with the config's eval.sharpness_* solver "
                     "settings: the top-k eigenvalues (Lanczos), the trace (Hutch++) and the "
                     "spectral density (stochastic Lanczos quadrature). At initialisation, or from "
-                    "the model.pt a `catapult train` run directory holds (--weights). Prints the "
+                    "the model.pt a `catapult train` or `train-ddp` run directory holds (--weights; a run on token "
+                    "shards reads them as train-ddp did). Prints the "
                     "numbers (--json: one JSON object) and, with --plot, draws the density with the "
                     "top eigenvalues marked. Nothing is trained.",
     )

@@ -9,7 +9,7 @@ import math
 from typing import Callable, Iterable
 
 from catapult.config.lr import parse_lr
-from catapult.config.sections import (PRECONDITIONED_OPTIMIZERS, TEXT_DATASETS, AugmentConfig, DataConfig,
+from catapult.config.sections import (BPE_VOCAB_SIZES, PRECONDITIONED_OPTIMIZERS, TEXT_DATASETS, AugmentConfig, DataConfig,
                                       ModelConfig, EvalConfig, OptimizerConfig, ScheduleConfig, SparsityConfig)
 
 __all__ = ["CHECKS", "kink_problems", "step_size_factor", "sparsity_steps"]
@@ -298,16 +298,20 @@ def _check_wrn_and_augment(config: dict) -> Problems:
 def _check_text_tokens(config: dict) -> Problems:
     """Tokenizer keys (issue 15) only for text data; mask dynamics only where there are masks."""
     data, model = config["data"], config["model"]
+    low, high = BPE_VOCAB_SIZES
+    sized = data["tokenizer"] == "none" or low <= data["vocab_size"] <= high
+    if not sized:  # a tokenizer's size (as the key's own bound said before sizes below 257 were taken)
+        yield ("data.vocab_size", f"expected an integer >= {low} and <= {high} with data.tokenizer "
+                                  f"{data['tokenizer']}, got {data['vocab_size']}" + (
+                                      " (fewer ids: pre-tokenised *.npy shards, data.tokenizer: none)"
+                                      if data["vocab_size"] < low else ""))
     if data["name"] not in TEXT_DATASETS:
         for key in ("tokenizer", "vocab_size", "cache_dir"):
-            if data[key] != _default(DataConfig, key):
+            if data[key] != _default(DataConfig, key) and (sized or key != "vocab_size"):
                 yield (f"data.{key}", f"is a text-data option (data.name is {data['name']!r}); "
                                       f"{_remove(DataConfig, key, f'data.{key}')}")
-    elif data["tokenizer"] == "char":
-        for key in ("vocab_size", "cache_dir"):
-            if data[key] != _default(DataConfig, key):
-                yield (f"data.{key}", f"is a BPE option; set data.tokenizer: bpe or "
-                                      f"{_remove(DataConfig, key, f'data.{key}')}")
+    elif sized:
+        yield from _check_token_ids(data)
     method = model["sparsity"]["method"]
     maskless = {"wrn": "the wrn's convolutions have none (dense); use static",
                 "mlp": f"an mlp of depth {model['depth']} has no hidden layer to mask; use static or model.depth >= 3"}
@@ -331,6 +335,32 @@ def _check_text_tokens(config: dict) -> Problems:
 #: The ``model.sparsity`` keys each method reads (the others were accepted and ignored).
 SPARSITY_OPTIONS = {"static": (), "rigl": ("update_every", "drop_fraction", "end_fraction"),
                     "gmp": ("update_every", "start_fraction", "end_fraction")}
+
+
+def _check_token_ids(data: dict) -> Problems:
+    """The tokenizer keys of text data: ``char`` takes neither ``data.vocab_size`` nor
+    ``data.cache_dir``; ``none`` (pre-tokenised ``*.npy`` shards, whose vocabulary ``data.vocab_size``
+    is at any size from 1, as ``train-ddp`` records it) reads ``data.root`` of ``data.name: text``
+    and has no tokenizer's cache.
+
+    >>> list(_check_token_ids({"name": "text", "root": "s", "tokenizer": "none", "vocab_size": 65, "cache_dir": None}))
+    []
+    >>> [key for key, _ in _check_token_ids({"name": "shakespeare", "root": None, "tokenizer": "none",
+    ...                                      "vocab_size": 65, "cache_dir": "c"})]
+    ['data.tokenizer', 'data.cache_dir']
+    """
+    if data["tokenizer"] == "none":
+        if data["name"] != "text":  # (data.name text without a root is refused naming data.root)
+            yield ("data.tokenizer", f"none reads pre-tokenised *.npy token shards at data.root (data.name: text), "
+                                     f"and data.name is {data['name']!r}: use char or bpe")
+        if data["cache_dir"] is not None:
+            yield ("data.cache_dir", f"is a BPE option (the tokenizer's cache), and data.tokenizer is none: "
+                                     f"{_remove(DataConfig, 'cache_dir', 'data.cache_dir')}")
+    elif data["tokenizer"] == "char":
+        for key in ("vocab_size", "cache_dir"):
+            if data[key] != _default(DataConfig, key):
+                yield (f"data.{key}", f"is a BPE option; set data.tokenizer: bpe or "
+                                      f"{_remove(DataConfig, key, f'data.{key}')}")
 
 
 def _check_sparsity_options(sparsity: dict) -> Problems:

@@ -19,7 +19,7 @@ from catapult.config.options import MAX_LAMBDA0_BATCHES, MAX_PRODUCTS, MAX_STEPS
 from catapult.config.lr import learning_rate
 
 __all__ = ["Section", "AugmentConfig", "DataConfig", "SparsityConfig", "ModelConfig", "OptimizerConfig", "ScheduleConfig", "TrainConfig",
-           "EvalConfig", "RunConfig", "TEXT_DATASETS", "PRECONDITIONED_OPTIMIZERS", "RUN_NAME", "added_defaults", "drop_added_defaults"]
+           "EvalConfig", "RunConfig", "TEXT_DATASETS", "BPE_VOCAB_SIZES", "MAX_TOKEN_IDS", "PRECONDITIONED_OPTIMIZERS", "RUN_NAME", "added_defaults", "drop_added_defaults"]
 
 #: Datasets of tokens (trained by the gpt); the others are images (the mlp). Equals
 #: ``catapult.data.TEXT_DATASETS``, which a test checks: config may not import the data layer.
@@ -27,6 +27,12 @@ TEXT_DATASETS = ("shakespeare", "text")
 
 #: Optimizers whose curvature is the pre-conditioned sharpness (Adam, AdamW, GI-Adam).
 PRECONDITIONED_OPTIMIZERS = ("adam", "adamw", "gi-adam")
+
+#: The bounds of ``data.vocab_size`` with ``data.tokenizer`` char or bpe (a byte-level BPE: 256 byte
+#: symbols and at least one merge), and with ``none`` the most ids a ``vocab_size.json`` may state
+#: (uint32 shards; :func:`catapult.data.text_shards.stated_vocab_size`).
+BPE_VOCAB_SIZES = (257, 1 << 20)
+MAX_TOKEN_IDS = 1 << 32
 
 #: A run name: a directory name of letters, digits and ``_ . + = -``.
 RUN_NAME = r"[A-Za-z0-9][A-Za-z0-9_.+=-]*"
@@ -89,12 +95,14 @@ class DataConfig(Section):
         default_factory=AugmentConfig, description="images, minibatch training only: flip, crop, mixup",
         json_schema_extra=_added())
     # -- tokens (issue 15) --
-    tokenizer: Annotated[Literal["char", "bpe"], choice()] = Field(
+    tokenizer: Annotated[Literal["char", "bpe", "none"], choice()] = Field(
         "char", description="text only: char = one id per character; bpe = byte-level BPE trained on the "
-                            "training split (Hugging Face tokenizers), saved as JSON and reused",
+                            "training split (Hugging Face tokenizers), saved as JSON and reused; none = the "
+                            "*.npy shards at data.root are token ids already (what train-ddp records for them)",
         json_schema_extra=_added())
-    vocab_size: Annotated[int, integer(low=257, high=1 << 20)] = Field(
-        4096, description="text with tokenizer bpe: vocabulary size (256 byte symbols + merges; the papers: 4096)",
+    vocab_size: Annotated[int, integer(low=1, high=MAX_TOKEN_IDS)] = Field(
+        4096, description="text with tokenizer bpe: vocabulary size (256 byte symbols + merges, 257 to 1048576; "
+                          "the papers: 4096); with tokenizer none: the shards' vocabulary, any size from 1",
         json_schema_extra=_added())
     cache_dir: Annotated[str | None, string(what="a directory path")] = Field(
         None, description="text with tokenizer bpe: where the tokenizer JSON and the uint16 token arrays go "

@@ -497,7 +497,9 @@ def build_mask_updater(config: Mapping[str, Any], model: nn.Module):
 
 
 def build_run(config: Mapping[str, Any]) -> Run:
-    """Validate ``config`` and build its :class:`Run` (data loaded, model initialised).
+    """Validate ``config`` and build its :class:`Run` (data loaded, model initialised); data that
+    are token shards (:func:`~catapult.engine.shard_run.reads_shards`) are ``train-ddp``'s run in
+    one process (:func:`~catapult.engine.shard_run.build_shard_run`).
 
     Raises :class:`~catapult.config.ConfigError` (or the data loader's FileNotFoundError) on
     bad input, before any training work.
@@ -507,6 +509,10 @@ def build_run(config: Mapping[str, Any]) -> Run:
     device = resolve_device(config["device"])
     dtype = getattr(torch, config["dtype"])
     check_model_fits(config, device)  # before loading data: a mistyped width fails in milliseconds
+    from catapult.engine.shard_run import build_shard_run, reads_shards
+
+    if reads_shards(config["data"]):  # train-ddp's token shards: its run (one process) and its config.yaml
+        return build_shard_run(config, device)
     data = load_data(config, device, dtype)
     batches = batch_stream(config, data)
     model = build_model(config, data.in_features, data.num_classes, device, dtype)

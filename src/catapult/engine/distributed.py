@@ -19,7 +19,8 @@ text: the training stream is the other files, and the validation stream the vali
 ``data.n_test`` windows (:func:`validation_windows`). ``data.vocab_size`` is the model's
 vocabulary (or, for ``*.npy`` shards, the size that a ``vocab_size.json`` beside them states,
 ``{"vocab_size": N}``, any ``N >= 1``: :func:`catapult.data.text_shards.stated_vocab_size`); an id
-at or beyond it is an error naming the shard. Under ``torchrun`` rank 0
+at or beyond it is an error naming the shard. The run's ``config.yaml`` records it
+(:mod:`catapult.engine.shard_run`, which sets the run up), so the run folder reloads alone. Under ``torchrun`` rank 0
 tokenises text shards while the other ranks wait (up to :data:`SETUP_TIMEOUT`, 24 hours, not
 the process group's timeout: NCCL's default is 10 minutes), then every rank maps the same files; a bad
 file (one naming the file and line or column), or any error one rank meets while setting up,
@@ -67,13 +68,11 @@ from catapult.data.text_shards import (VOCAB_FILE, is_held_out, is_validation, s
                                        tokenize_text_shards)
 from catapult.data.token_cache import npy_problem, token_cache_key
 from catapult.engine.ddp_config import check_ddp_config
-from catapult.engine.build import assemble_run, build_model, check_warmup_across_processes, resolve_device
-from catapult.engine.model_size import check_token_outputs
-from catapult.engine.fsdp import check_fsdp, full_state_dict, shard_model
+from catapult.engine.build import check_warmup_across_processes, resolve_device
+from catapult.engine.fsdp import check_fsdp, full_state_dict
 from catapult.engine.gather_json import collective_device, gather_json
 from catapult.engine.sharpness_rule import check_spectrum_cadence
 from catapult.engine.step import COLLAPSE_RTOL
-from catapult.engine.seeds import seeds
 from catapult.engine.loop import Processes, RunDirectoryError, RunResult, check_out_dir, in_run_directory, train
 from catapult.engine.progress import progress_mode
 
@@ -203,8 +202,11 @@ def _stated_vocab(root: Path, texts: list[Path], stated: int, vocab_size: int | 
                                              f"which states the size of pre-tokenised *.npy shards: the text's "
                                              f"tokenizer has data.vocab_size ids; remove {VOCAB_FILE}")])
     if vocab_size_set and vocab_size is not None and vocab_size != stated:
-        raise cfg.ConfigError([("data.vocab_size", f"{vocab_size}, and {VOCAB_FILE} at data.root states {stated} "
-                                                   f"ids: the shards are pre-tokenised; remove data.vocab_size and "
+        # a run's config.yaml records its shards' size: another one there now is other shards
+        raise cfg.ConfigError([("data.vocab_size", f"{vocab_size}, and {(root if root.is_dir() else root.parent) / VOCAB_FILE} states {stated} ids: "
+                                                   f"the shards at data.root are not of this vocabulary (for a run's "
+                                                   f"config.yaml: not the shards it trained on); set "
+                                                   f"data.vocab_size={stated}, or remove data.vocab_size and "
                                                    f"data.tokenizer (the file's size is used)")])
     return stated
 
@@ -528,7 +530,6 @@ def train_ddp(config: Mapping[str, Any], *, out_dir: str | os.PathLike | None = 
         # NCCL's collectives (DataParallel's reductions) and FSDP's device mesh take the current
         # device: without this every rank of a node would use cuda:0
         torch.cuda.set_device(device)
-    dtype = getattr(torch, config["dtype"])
     d = config["data"]
     context, batch_size = d["context"], config["train"]["batch_size"]
     global_batch_rows(batch_size, rank, world)  # B % W == 0: a ConfigError before any file is read
@@ -536,32 +537,15 @@ def train_ddp(config: Mapping[str, Any], *, out_dir: str | os.PathLike | None = 
     if out_path is not None or distributed:
         _on_every_rank(lambda: out_path is None or check_out_dir(out_path, overwrite), distributed)
 
-    def open_shards(check_ids: bool = True) -> tuple[TokenShards, TokenShards]:
-        # data.vocab_size is the user's only with data.tokenizer: bpe (else the unused default)
-        return tuple(TokenShards(d["root"], d["vocab_size"], text_key=d["text_key"], cache_dir=d["cache_dir"],
-                                 check_ids=check_ids, held_out=held_out, vocab_size_set=d["tokenizer"] == "bpe")
-                     for held_out in (False, True))
+    from catapult.engine.shard_run import build_shard_run, open_shards
 
-    opened = _on_every_rank(lambda: open_shards() if rank == 0 else None, distributed)
+    opened = _on_every_rank(lambda: open_shards(config) if rank == 0 else None, distributed)
     # the others map what rank 0 tokenised, after it checked the ids (a file missing on another
     # node, a GPU missing for one rank: every rank stops with that rank's error)
 
     def set_up() -> Any:
-        shards, held_out = opened if opened is not None else open_shards(check_ids=False)
-        if len(shards) < context + 1:
-            raise cfg.ConfigError([("data.root", f"{len(shards)} training tokens in {d['root']}: fewer than "
-                                                 f"one window of data.context + 1 = {context + 1}")])
-        vocab = shards.vocab_size or d["vocab_size"]
-        model = build_model(config, context, vocab, device, dtype)
-        # a model of yours with fewer outputs than ids: before any work (a CUDA device assert at step 0)
-        check_token_outputs(config, model, vocab, context)
-        if sharded:  # before assemble_run builds the optimizer: it must hold the shards
-            shard_model(model)
-        batches = ShardBatches(shards, context, batch_size, rank, world, seeds(config["seed"])[1], device)
-        test = validation_windows(held_out, context, d["n_test"], rank, world, equal_shares=sharded)
-        test = None if test is None else (test[0].to(device), test[1].to(device))
-        return assemble_run(dict(config, device=str(device)), model, batches, device, test_set=test,
-                            distributed=distributed)
+        return build_shard_run(config, device, opened=opened if opened is not None else
+                               open_shards(config, check_ids=False), rank=rank, world=world, distributed=distributed)
 
     setup = _on_every_rank(set_up, distributed)
     processes = (FullyShardedDataParallel if sharded else DataParallel)(rank, world) if distributed else Processes()

@@ -67,6 +67,7 @@ def load_data(config: Mapping[str, Any], device: torch.device | str = "cpu",
 
     d = config["data"]
     _check_text_options(d)
+    _refuse_shards(d)
     try:
         split = data_mod.load_dataset(d["name"], root=d["root"], n_train=d["n_train"], n_test=d["n_test"],
                                       context=d["context"], val_fraction=d["val_fraction"],
@@ -101,10 +102,24 @@ def _root_words(err: Exception, d: Mapping[str, Any]) -> str:
             f"(or data.name=digits for the embedded data).")
 
 
+def _refuse_shards(d: Mapping[str, Any]) -> None:
+    """A ConfigError where the ``data`` section is token shards (a sweep's or coord-check's data,
+    held whole: the text loader named only its own ``*.txt`` files as missing)."""
+    from catapult.engine.shard_run import reads_shards
+
+    if reads_shards(d):
+        key = "data.tokenizer" if d["tokenizer"] == "none" else "data.root"
+        raise cfg.ConfigError([(key, f"{d['root']} is read as token shards (train-ddp's data: *.npy arrays, or "
+                                     f"*.jsonl / *.parquet text), a stream that catapult train, train-ddp, spectrum "
+                                     f"and critical-lr read; this command loads a text corpus whole (wiki.train.raw "
+                                     f"or *.txt files)")])
+
+
 def check_text_root(data: Mapping[str, Any]) -> None:
     """Raise the FileNotFoundError :func:`load_data` would (naming ``data.root``) where the
     ``data`` section of a ``text`` corpus points at nothing to train on: a path that does not
-    exist, or a folder without ``wiki.train.raw`` or ``*.txt`` files. Reads no file.
+    exist, or a folder without ``wiki.train.raw`` or ``*.txt`` files; a ConfigError where it holds
+    token shards instead (:func:`~catapult.engine.shard_run.reads_shards`). Reads no file.
 
     >>> check_text_root({"name": "text", "root": "/nonexistent/wikitext"})  # doctest: +ELLIPSIS
     Traceback (most recent call last):
@@ -112,6 +127,7 @@ def check_text_root(data: Mapping[str, Any]) -> None:
     """
     from catapult.data.text import source_files, text_splits
 
+    _refuse_shards(data)
     if data["name"] != "text" or data["root"] is None or source_files(data["root"]):
         return
     try:  # no file to read: the loader's own words for what is missing, at no cost
@@ -151,7 +167,7 @@ def data_shape_bounds(data: Mapping[str, Any]) -> tuple[tuple[int, int], tuple[i
     ``data:`` section, found without reading any data: ``(low, high)``, each coordinate of the
     loaded shapes between the two. The image datasets' shapes are fixed (``low == high``); a text
     corpus has ``data.context`` inputs and at least one token id, at most ``data.vocab_size`` with
-    the bpe tokenizer and, with the char tokenizer, one per Unicode code point and the unknown id
+    the bpe tokenizer or pre-tokenised shards (``none``) and, with the char tokenizer, one per Unicode code point and the unknown id
     (the text's distinct characters are known only once it is read).
 
     Example:
@@ -165,7 +181,7 @@ def data_shape_bounds(data: Mapping[str, Any]) -> tuple[tuple[int, int], tuple[i
     if data["name"] in _IMAGE_SHAPES:
         return _IMAGE_SHAPES[data["name"]], _IMAGE_SHAPES[data["name"]]
     context = int(data["context"])
-    ids = int(data["vocab_size"]) if data.get("tokenizer") == "bpe" else sys.maxunicode + 2
+    ids = int(data["vocab_size"]) if data.get("tokenizer") in ("bpe", "none") else sys.maxunicode + 2
     return (context, 1), (context, ids)
 
 

@@ -71,6 +71,7 @@ def load_weights(model: nn.Module, path: str | Path, *, key: str = "weights") ->
     if all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     own = model.state_dict()
+    _check_vocabulary(model, own, state, path)
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     if missing or unexpected:
         parts = ([f"missing {', '.join(missing[:4])}" + (" ..." if len(missing) > 4 else "")] if missing else []) + \
@@ -96,6 +97,30 @@ def load_weights(model: nn.Module, path: str | Path, *, key: str = "weights") ->
         model.load_state_dict(state)
     except ParametrizationMismatch as err:  # saved under another parametrization or density: was a traceback
         raise cfg.ConfigError([(key, f"{path} does not fit the config's model: {err}")]) from None
+
+
+def _check_vocabulary(model: nn.Module, own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],
+                      path: Path) -> None:
+    """A ConfigError naming ``data.vocab_size`` where a GPT's saved token embedding has another
+    number of rows than the model's vocabulary (the config's ``data.vocab_size``, or the size a
+    ``vocab_size.json`` beside its shards states): a config.yaml edited, or shards replaced, since
+    the weights were trained; it was a shape mismatch of the weights, not saying which key."""
+    mine, saved = own.get("wte.weight"), state.get("wte.weight")
+    vocab = getattr(model, "vocab_size", None)
+    if mine is None or saved is None or vocab is None or saved.ndim != 2 or saved.shape[0] == mine.shape[0]:
+        return
+    beside = path.parent / "config.yaml"
+    run = f" (its run's {beside} says data.vocab_size: " if beside.is_file() else ""
+    if run:
+        try:
+            run += f"{cfg.read_mapping(beside).get('data', {}).get('vocab_size', 'nothing')})"
+        except (cfg.ConfigError, OSError, ValueError, AttributeError):
+            run = ""
+    raise cfg.ConfigError([("data.vocab_size", f"the config's model has {vocab} token ids (data.vocab_size, or the "
+                                               f"vocab_size.json beside the shards at data.root), and {path} holds "
+                                               f"an embedding of {saved.shape[0]}{run}: the weights were trained on "
+                                               f"another vocabulary; measure them with the config, and the shards, "
+                                               f"they were trained with")])
 
 
 def run_config_problems(config: Mapping[str, Any], weights: Path) -> list[tuple[str, str]]:

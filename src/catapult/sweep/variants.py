@@ -63,7 +63,7 @@ VARIANT_OPTIONS: tuple[tuple[str, str, Readers], ...] = (
     ("model.sparsity.method", "model.sparsity.drop_fraction", ("rigl",)),
     ("model.sparsity.method", "model.sparsity.start_fraction", ("gmp",)),
     ("data.name", "data.root", ("cifar10", "cifar100", "text")),  # digits and shakespeare are embedded
-    ("data.tokenizer", "data.vocab_size", ("bpe",)),
+    ("data.tokenizer", "data.vocab_size", ("bpe", "none")),
     ("data.tokenizer", "data.cache_dir", ("bpe",)),
     ("eval.spectrum_top_k", "eval.spectrum_block_size", lambda k: k >= 1),
     # the spectrum and the trace are taken on the sharpness cadence: none at sharpness_every 0
