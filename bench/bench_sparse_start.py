@@ -1,7 +1,9 @@
-"""Benchmark: the start of ``sharpness`` on sparse inputs (COO, CSR) of >= 256 samples: the coarse
-sub-batch levels with the sparse batch cut by rows (``coarse="auto"``, ``samples.sparse_rows``)
-against a cold start (``coarse=None``) and the finite-difference level alone (what ``"auto"``
-gives a batch it cannot cut), same run, interleaved per seed.
+"""Benchmark: the start of ``sharpness`` on sparse inputs (COO, CSR) of >= 256 samples: ``coarse="auto"``
+(the finite-difference level first, the sub-batch levels where it is skipped or where a kink is
+guessed), the sub-batch levels given explicitly, with the sparse batch cut by rows
+(``samples.sparse_rows``), a cold start (``coarse=None``) and the finite-difference level alone,
+same run, interleaved per seed. The header of each problem says what a rule by non-zeros (the
+batch's non-zeros counted as dense rows against ``COARSE_MIN_SAMPLES``) would choose.
 
 Problems: ``bow``, a bag-of-words classifier (1024 samples x 2000 features at 1% density, a
 2000-64-10 tanh MLP, cross-entropy; ``bow8k``: 8192 samples); ``mlp``, 1024 samples x 64 features with 70% zeros, a
@@ -25,9 +27,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_sharpness import Timer  # noqa: E402
 
 from catapult.curvature import sharpness  # noqa: E402
-from catapult.curvature.coarse import SMALL_BATCH_LEVELS  # noqa: E402
+from catapult.curvature.coarse import COARSE_LEVELS, COARSE_MIN_SAMPLES, SMALL_BATCH_LEVELS  # noqa: E402
 
-STARTS = {"sub-batches, cut (auto)": "auto", "cold (None)": None, "finite difference only": SMALL_BATCH_LEVELS}
+STARTS = {"auto": "auto", "sub-batches, cut": list(COARSE_LEVELS), "cold (None)": None,
+          "finite difference only": SMALL_BATCH_LEVELS}
 
 
 def problem(name: str):
@@ -56,7 +59,12 @@ def main(argv=None):
           f"load avg at start {os.getloadavg()[0]:.2f}")
     for name in args.problems.split(","):
         model, loss, x, y = problem(name)
-        print(f"\n## {name} ({tuple(x.shape)}, {float((x != 0).float().mean()):.0%} non-zero)\n\n"
+        nonzeros = int((x != 0).sum())
+        dense_rows = nonzeros // x.shape[1]   # the candidate rule's samples: dense rows of the same non-zeros
+        print(f"\n## {name} ({tuple(x.shape)}, {float((x != 0).float().mean()):.0%} non-zero, {nonzeros} non-zeros: "
+              f"{dense_rows} dense rows' worth; a rule by non-zeros would take "
+              f"{'the sub-batch levels' if dense_rows >= COARSE_MIN_SAMPLES else 'no sub-batch levels'} on a sparse "
+              f"layout, where auto takes them at {x.shape[0]} samples)\n\n"
               "| layout | start | max rel. diff. from dense | exact products | coarse products | CPU s (mean) | "
               "vs cold |\n|---|---|---|---|---|---|---|")
         layouts = {"dense": x, "coo": x.to_sparse(), "csr": x.to_sparse_csr()}
