@@ -206,7 +206,7 @@ def _stated_vocab(root: Path, texts: list[Path], stated: int, vocab_size: int | 
         raise cfg.ConfigError([("data.vocab_size", f"{vocab_size}, and {(root if root.is_dir() else root.parent) / VOCAB_FILE} states {stated} ids: "
                                                    f"the shards at data.root are not of this vocabulary (for a run's "
                                                    f"config.yaml: not the shards it trained on); set "
-                                                   f"data.vocab_size={stated}, or remove data.vocab_size and "
+                                                   f"data.tokenizer=none data.vocab_size={stated}, or remove data.vocab_size and "
                                                    f"data.tokenizer (the file's size is used)")])
     return stated
 
