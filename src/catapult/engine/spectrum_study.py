@@ -34,10 +34,11 @@ from catapult.files import missing_file_problem
 from catapult.parametrize_state import ParametrizationMismatch
 from catapult.writing import counted
 
-__all__ = ["run_config_problems", "measure_spectrum", "load_weights", "format_spectrum"]
+__all__ = ["run_config_problems", "measure_spectrum", "load_weights", "vocabulary_source", "format_spectrum"]
 
 
-def load_weights(model: nn.Module, path: str | Path, *, key: str = "weights") -> None:
+def load_weights(model: nn.Module, path: str | Path, *, key: str = "weights",
+                 vocabulary: tuple[str, str] | None = None) -> None:
     """Load the ``state_dict`` saved at ``path`` into ``model``.
 
     Refuses, with a :class:`~catapult.config.ConfigError` naming ``key`` and the problem, a
@@ -47,6 +48,8 @@ def load_weights(model: nn.Module, path: str | Path, *, key: str = "weights") ->
     non-finite values (a diverged run's weights) and weights saved under
     another parametrization or density. A
     ``DistributedDataParallel`` state (every name prefixed ``module.``) is accepted.
+    ``vocabulary``: ``(config key, what sets it)`` of a GPT's token ids, named instead of ``key``
+    where the saved embedding has another number of rows (:func:`measure_spectrum` passes it).
     """
     path = Path(path)
     if (problem := missing_file_problem(path)) is not None:
@@ -71,7 +74,8 @@ def load_weights(model: nn.Module, path: str | Path, *, key: str = "weights") ->
     if all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     own = model.state_dict()
-    _check_vocabulary(model, own, state, path)
+    if vocabulary is not None:
+        _check_vocabulary(model, own, state, path, *vocabulary)
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     if missing or unexpected:
         parts = ([f"missing {', '.join(missing[:4])}" + (" ..." if len(missing) > 4 else "")] if missing else []) + \
@@ -100,9 +104,9 @@ def load_weights(model: nn.Module, path: str | Path, *, key: str = "weights") ->
 
 
 def _check_vocabulary(model: nn.Module, own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],
-                      path: Path) -> None:
-    """A ConfigError naming ``data.vocab_size`` where a GPT's saved token embedding has another
-    number of rows than the model's vocabulary (the config's ``data.vocab_size``, or the size a
+                      path: Path, key: str, source: str) -> None:
+    """A ConfigError naming ``key`` where a GPT's saved token embedding has another number of rows
+    than the model's vocabulary (set by ``source``: the config's ``data.vocab_size``, or the size a
     ``vocab_size.json`` beside its shards states): a config.yaml edited, or shards replaced, since
     the weights were trained; it was a shape mismatch of the weights, not saying which key."""
     mine, saved = own.get("wte.weight"), state.get("wte.weight")
@@ -116,11 +120,29 @@ def _check_vocabulary(model: nn.Module, own: Mapping[str, torch.Tensor], state: 
             run += f"{cfg.read_mapping(beside).get('data', {}).get('vocab_size', 'nothing')})"
         except (cfg.ConfigError, OSError, ValueError, AttributeError):
             run = ""
-    raise cfg.ConfigError([("data.vocab_size", f"the config's model has {vocab} token ids (data.vocab_size, or the "
-                                               f"vocab_size.json beside the shards at data.root), and {path} holds "
-                                               f"an embedding of {saved.shape[0]}{run}: the weights were trained on "
-                                               f"another vocabulary; measure them with the config, and the shards, "
-                                               f"they were trained with")])
+    raise cfg.ConfigError([(key, f"the config's model has {vocab} token ids ({source}), and {path} holds an "
+                                 f"embedding of {saved.shape[0]}{run}: the weights were trained on another "
+                                 f"vocabulary; measure them with the config, and the data, they were trained with")])
+
+
+def vocabulary_source(data: Mapping[str, Any]) -> tuple[str, str] | None:
+    """``(key, what sets it)`` for the vocabulary of a validated config's ``data`` section where a
+    key sets it: token shards (:func:`~catapult.engine.shard_run.reads_shards`) and BPE text. None
+    for characters (the text's own) and images.
+
+    >>> vocabulary_source({"name": "shakespeare", "tokenizer": "bpe", "root": None})
+    ('data.vocab_size', 'the BPE tokenizer trained to data.vocab_size ids, at most')
+    >>> vocabulary_source({"name": "digits", "tokenizer": "char", "root": None}) is None
+    True
+    """
+    from catapult.engine.shard_run import reads_shards
+
+    if reads_shards(data):
+        return "data.vocab_size", ("data.vocab_size" if data["tokenizer"] == "none" else
+                                   "the vocab_size.json beside the shards at data.root, else data.vocab_size")
+    if data["name"] in cfg.TEXT_DATASETS and data["tokenizer"] == "bpe":
+        return "data.vocab_size", "the BPE tokenizer trained to data.vocab_size ids, at most"
+    return None
 
 
 def run_config_problems(config: Mapping[str, Any], weights: Path) -> list[tuple[str, str]]:
@@ -222,7 +244,7 @@ def measure_spectrum(config: Mapping[str, Any], *, weights: str | Path | None = 
                                                   + ("" if density_steps <= setup.n_params else
                                                      f" (steps capped at the model's {setup.n_params} parameters)"))])
     if weights is not None:
-        load_weights(model, weights, key="--weights")
+        load_weights(model, weights, key="--weights", vocabulary=vocabulary_source(config["data"]))
     loss = probe_loss(model, loss_fn, batch)
     if not math.isfinite(loss):  # no curvature to measure: refused rather than a spectrum of NaNs
         raise cfg.ConfigError([("--weights" if weights is not None else "model",
