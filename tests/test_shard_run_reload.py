@@ -17,7 +17,7 @@ import yaml
 
 from catapult import config as cfg
 from catapult.cli import main
-from catapult.data.text_shards import VOCAB_FILE
+from catapult.data.text_shards import VOCAB_FILE, stated_vocab_size
 
 from dense_curvature import dense_hessian
 
@@ -169,10 +169,15 @@ def test_shards_replaced_by_another_vocabulary_are_refused(trained, tmp_path, ca
     assert "data.vocab_size: 11" in err and str(other / VOCAB_FILE) in err and "not the shards it trained on" in err
 
 
-def test_the_tokenizer_none_sizes_and_its_refusals():
+def test_the_tokenizer_none_sizes_and_its_refusals(tmp_path):
     ok = cfg.validate({"data": {"name": "text", "root": "s", "tokenizer": "none", "vocab_size": 65},
                        "model": {"name": "gpt"}})
     assert (ok["data"]["tokenizer"], ok["data"]["vocab_size"]) == ("none", 65)
+    # the largest size a vocab_size.json may state is recorded, and validates again
+    (tmp_path / VOCAB_FILE).write_text(json.dumps({"vocab_size": 2 ** 32}))
+    assert cfg.validate({"data": {"name": "text", "root": "s", "tokenizer": "none",
+                                  "vocab_size": stated_vocab_size(tmp_path)},
+                         "model": {"name": "gpt"}})["data"]["vocab_size"] == 2 ** 32
     for data, key, words in [({"tokenizer": "bpe", "vocab_size": 65}, "data.vocab_size", ">= 257"),
                              ({"vocab_size": 65}, "data.vocab_size", "tokenizer: none"),
                              ({"tokenizer": "none", "name": "shakespeare", "root": None}, "data.tokenizer", "shakespeare"),

@@ -28,10 +28,12 @@ TEXT_DATASETS = ("shakespeare", "text")
 #: Optimizers whose curvature is the pre-conditioned sharpness (Adam, AdamW, GI-Adam).
 PRECONDITIONED_OPTIMIZERS = ("adam", "adamw", "gi-adam")
 
-#: The bounds of ``data.vocab_size`` with ``data.tokenizer`` char or bpe (a byte-level BPE: 256 byte
-#: symbols and at least one merge), and with ``none`` the most ids a ``vocab_size.json`` may state
-#: (uint32 shards; :func:`catapult.data.text_shards.stated_vocab_size`).
+#: ``data.vocab_size``'s bounds with ``data.tokenizer`` char or bpe: a byte-level BPE's sizes (256
+#: byte symbols and at least one merge).
 BPE_VOCAB_SIZES = (257, 1 << 20)
+#: The most token ids ``data.vocab_size`` may say with ``data.tokenizer: none``: as many as a
+#: ``vocab_size.json`` beside uint32 shards may state (:func:`catapult.data.text_shards.stated_vocab_size`),
+#: so that a run's recorded size always validates again.
 MAX_TOKEN_IDS = 1 << 32
 
 #: A run name: a directory name of letters, digits and ``_ . + = -``.
