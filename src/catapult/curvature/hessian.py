@@ -365,6 +365,16 @@ class HessianOperator:
                              f"parameter entry), got shape {tuple(v.shape)}")
         return [c.view(s) for c, s in zip(torch.split(v, self.sizes), self.shapes)]
 
+    def unused_parameters(self) -> set[str]:
+        """Names of the trainable parameters the loss reaches on no piece of the batch: their ``.grad``
+        stays None, and an optimizer's step skips them (no move, no decay). One gradient's work."""
+        unused = set(self.names)
+        for x, y, _ in self._chunks:
+            leaves, loss, _ = self._gradient_graph(x, y, create_graph=None)
+            grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+            unused &= {n for n, g in zip(self.names, grads) if g is None}
+        return unused
+
     @named_missing_derivatives
     def gradient(self) -> torch.Tensor:
         """Flat gradient of the loss at the current parameters (computed once, cached)."""

@@ -41,7 +41,7 @@ def check_preconditioned(optimizer):
 
 
 def _adam_preconditioner(optimizer, grad_flat: torch.Tensor, names, params,
-                         scale_by_group_lr: bool, part=sharded.full_tensor):
+                         scale_by_group_lr: bool, part=sharded.full_tensor, unused=frozenset()):
     """Flat inverse square root of the next step's Adam preconditioner (0 off-optimizer), and
     the coupled-L2 rows ``P^-1 wd`` (None without coupled L2); ``P`` from
     :func:`catapult.optim.rules.preconditioner`. ``part`` maps a parameter-shaped tensor (a
@@ -70,7 +70,7 @@ def _adam_preconditioner(optimizer, grad_flat: torch.Tensor, names, params,
 
         # each parameter's own rectification relative to the threshold's (torch counts each
         # parameter's steps apart; a lagging one was scaled by the largest count's r_t)
-        r_scale = radam_step_scales(optimizer, params) or None
+        r_scale = radam_step_scales(optimizer, params, skip={id(p) for n, p in zip(names, params) if n in unused}) or None
         if r_scale is not None:   # the threshold's r_t: (2 - lr wd)(1 + b1) / ((1 - b1) lr r_t)
             r_ref = radam_rectification(*radam_reference_step(optimizer))
     pieces, l2_pieces = [], []
@@ -83,8 +83,8 @@ def _adam_preconditioner(optimizer, grad_flat: torch.Tensor, names, params,
         n = p_part.numel()
         g = grad_flat[offset:offset + n].view(p_part.shape)
         offset += n
-        group = where.get(id(p))
-        if group is None:  # not optimized: the step does not move it -> P^-1 = 0 there
+        group = where.get(id(p)) if name not in unused else None
+        if group is None:  # not optimized, or unreached by the loss: the step does not move it -> P^-1 = 0 there
             pieces.append(torch.zeros(n, dtype=dtype, device=device))
             l2_pieces.append(torch.zeros(n, dtype=dtype, device=device))
             continue
@@ -158,9 +158,26 @@ def adam_preconditioner(model, optimizer, op, scale_by_group_lr: bool = False):
     """
     params = [p for p in model.parameters() if p.requires_grad]
     check_optimizer_holds(optimizer, params)
+    grad = op.gradient()
+    unused = unused_parameters(op, grad)
     with torch.no_grad():
-        return _adam_preconditioner(optimizer, op.gradient(), op.names, params, scale_by_group_lr,
-                                    part=getattr(op, "part", sharded.full_tensor))
+        return _adam_preconditioner(optimizer, grad, op.names, params, scale_by_group_lr,
+                                    part=getattr(op, "part", sharded.full_tensor), unused=unused)
+
+
+def unused_parameters(op, grad: torch.Tensor | None = None) -> set[str]:
+    """The names of the trainable parameters ``op``'s loss does not reach (:meth:`HessianOperator.
+    unused_parameters`), where a parameter's gradient ``grad`` (``op``'s) is 0 throughout; else (and
+    for operators that do not tell: across processes, FSDP2's, Gauss-Newton's) none. torch's step
+    skips such a parameter (``.grad`` None): its decay rows were counted (``wd / eps`` under Adam's
+    coupled L2 at a zero entry, beside a step whose sharpness was 1e-5 of that)."""
+    find = getattr(op, "unused_parameters", None)
+    if find is None:
+        return set()
+    grad = op.gradient() if grad is None else grad
+    if not any(not bool(part.any()) for part in op.split(grad)):
+        return set()
+    return find()
 
 
 def step_preconditioner(model, optimizer, op, scale_by_group_lr: bool = False):
@@ -187,7 +204,7 @@ def step_preconditioner(model, optimizer, op, scale_by_group_lr: bool = False):
         ([1.0, 1.0, 0.5], None)
     """
     params = [p for p in model.parameters() if p.requires_grad]
-    if registry.spec_for(optimizer).family != "sgd" and not _radam_unrectified(optimizer, params):
+    if registry.spec_for(optimizer).family != "sgd" and not _radam_unrectified(optimizer, params, op):
         return adam_preconditioner(model, optimizer, op, scale_by_group_lr)
     from catapult.optim.thresholds import group_lr_multipliers
 
@@ -196,6 +213,10 @@ def step_preconditioner(model, optimizer, op, scale_by_group_lr: bool = False):
     if not scale_by_group_lr:
         m = (m > 0).to(m.dtype)
     l2 = _sgd_decay_rows(optimizer, params, m)
+    if l2 is not None and (unused := unused_parameters(op)):   # their decay rows: the step skips them
+        m = torch.cat([torch.zeros(p.numel(), dtype=m.dtype) if name in unused else part
+                       for name, p, part in zip(op.names, params, torch.split(m, [p.numel() for p in params]))])
+        l2 = _sgd_decay_rows(optimizer, params, m)
     m = m.sqrt().to(device=op.device, dtype=op.dtype)
     local = getattr(op, "local", False)       # split vectors: this rank's rows
     if l2 is not None:
@@ -204,7 +225,7 @@ def step_preconditioner(model, optimizer, op, scale_by_group_lr: bool = False):
     return (op.localize(m) if local else m), l2
 
 
-def _radam_unrectified(optimizer, params) -> bool:
+def _radam_unrectified(optimizer, params, op=None) -> bool:
     """Whether ``optimizer`` is RAdam whose next step is un-rectified for ``params`` (EMA-momentum
     SGD: no pre-conditioner, so its operator is SGD's ``M^1/2 (H + W) M^1/2``); a step rectified
     for some parameters only is refused (:func:`~catapult.optim.thresholds.radam_step_scales`)."""
@@ -212,7 +233,9 @@ def _radam_unrectified(optimizer, params) -> bool:
         return False
     from catapult.optim.thresholds import radam_step_scales
 
-    return not radam_step_scales(optimizer, params)
+    unused = set() if op is None else unused_parameters(op)   # (never stepped: their count is not the step's)
+    return not radam_step_scales(optimizer, params, skip={id(p) for n, p in zip(getattr(op, "names", ()), params)
+                                                          if n in unused})
 
 
 def _decay_shift(optimizer, group, operator: str | None = None) -> float:

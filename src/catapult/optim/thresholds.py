@@ -267,7 +267,7 @@ def radam_reference_step(optimizer: torch.optim.Optimizer) -> tuple[int, float]:
     return int(max(steps, default=0)) + 1, float(optimizer.param_groups[0]["betas"][1])
 
 
-def radam_step_scales(optimizer: torch.optim.Optimizer, params) -> list[float | None]:
+def radam_step_scales(optimizer: torch.optim.Optimizer, params, skip=frozenset()) -> list[float | None]:
     """Each of ``params``' rectification relative to the threshold's: ``r_p / r_ref``, where
     ``r_p = r_t`` of that parameter's own next step (``t`` = its ``state["step"] + 1``, as torch
     RAdam counts each parameter apart; ``beta2`` its group's) and ``r_ref`` that of
@@ -277,6 +277,9 @@ def radam_step_scales(optimizer: torch.optim.Optimizer, params) -> list[float | 
     steps, a group added later) or whose group has another ``beta2`` has its step scaled by its
     own ``r_p``: the pre-conditioned operator carries ``r_p / r_ref`` (1 where the counts and
     ``beta2`` agree), so it is compared with that threshold as is.
+
+    ``skip``: ids of parameters the step leaves (the loss does not reach them: torch skips a
+    parameter without a gradient), left out of the check (``None`` for them).
 
     Raises:
         ValueError: when the next step is rectified for some of these parameters (or the
@@ -300,7 +303,8 @@ def radam_step_scales(optimizer: torch.optim.Optimizer, params) -> list[float | 
         return int(float(state["step"])) if isinstance(state, dict) and "step" in state else 0
 
     t_ref, b2_ref = radam_reference_step(optimizer)
-    held = [(i, p, where[id(p)]) for i, p in enumerate(params) if id(p) in where]
+    # skip: ids of parameters the step leaves (no gradient: the loss does not reach them), as torch's does
+    held = [(i, p, where[id(p)]) for i, p in enumerate(params) if id(p) in where and id(p) not in skip]
     own = [(i, count(p) + 1, float(g["betas"][1])) for i, p, g in held]
     ref_ok = radam_rectified(t_ref, b2_ref)
     odd = next(((i, t) for i, t, b2 in own if radam_rectified(t, b2) != ref_ok), None)
