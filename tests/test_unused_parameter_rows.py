@@ -86,3 +86,5 @@ def test_radam_rectified_beside_an_unused_parameter_is_measured():
     truth = catapult.preconditioned_sharpness(model.body, LOSS, batch, body, tol=1e-12, max_iter=200).value
     got = catapult.preconditioned_sharpness(model, LOSS, batch, opt, tol=1e-12, max_iter=200)
     assert got.value == pytest.approx(truth, rel=1e-9)
+    record = catapult.SharpnessTracker(model, LOSS, opt, tol=1e-12, max_iter=200).step(batch)
+    assert record.kind == "preconditioned" and record.value == pytest.approx(truth, rel=1e-9)

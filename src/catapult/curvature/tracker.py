@@ -297,7 +297,9 @@ class SharpnessTracker:
         if spec.rule == "radam":
             # each parameter's own step count: a step rectified for some parameters only is
             # refused here, before any product (radam_step_kind reads the largest count)
-            radam_step_scales(view, params)
+            # (a parameter never stepped that has no gradient now, an unused one, is left to the
+            # measurement's own check, which asks the loss whether it reaches it)
+            radam_step_scales(view, params, skip={id(p) for p in params if p.grad is None and not opt.state.get(p)})
             # un-rectified: EMA-momentum SGD, measured as SGD's step (the Hessian's took a frozen
             # group's curvature, and groups at other lrs as if at the first one's)
             return radam_step_kind(view, _steps_of(opt) + 1, params)
