@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from catapult.optim.thresholds import group_decays, radam_step_kind, unpreconditioned_kind
+from catapult.optim.thresholds import group_decays, radam_reference_step, radam_step_kind, unpreconditioned_kind
 
 
 def _rho(t, b2):
@@ -54,3 +54,17 @@ def test_groups_the_step_does_not_move_add_no_decay():
     assert group_decays(opt) == {(0.1, False)}
     assert unpreconditioned_kind(opt, [a]) == "hessian"
     assert unpreconditioned_kind(opt, [a, b]) == "lr_scaled"   # b is not moved: M holds its 0
+
+
+def test_the_reference_step_is_the_largest_count_plus_one_at_the_first_groups_beta2():
+    # (mutation pass 18, TH15, TH17, TH18) torch RAdam counts steps per parameter; the threshold's step is
+    # the largest count + 1 (a parameter without a gradient is not stepped), beta2 the first group's
+    a, b = torch.zeros(1, requires_grad=True), torch.zeros(1, requires_grad=True)
+    opt = torch.optim.RAdam([{"params": [a], "betas": (0.9, 0.99)}, {"params": [b], "betas": (0.9, 0.5)}])
+    assert radam_reference_step(opt) == (1, 0.99)       # nothing stepped yet: the first step
+    a.grad = torch.ones(1)
+    opt.step()                                          # a: 1 step (first in the state), b: none
+    a.grad, b.grad = None, torch.ones(1)
+    opt.step(), opt.step(), opt.step()                  # b: 3 steps
+    assert [int(float(opt.state[p]["step"])) for p in (a, b)] == [1, 3]
+    assert radam_reference_step(opt) == (4, 0.99)
