@@ -101,3 +101,15 @@ def test_hutch_plus_plus_of_a_half_precision_operator(dtype):
                                                                                   rel=1e-3)
     single = hutch_plus_plus(lambda x: A.float() @ x, 12, 9, dtype=torch.float32)
     assert hutch_plus_plus(lambda x: A @ x, 12, 9, dtype=dtype) == pytest.approx(single, rel=3e-2)
+
+
+def test_a_float16_norm_is_a_float16_number_over_the_ranks():
+    # (mutation pass 18, KS17, KS18) the float32 sums of squares come back as a float16 0-d tensor (the
+    # vector's dtype, as torch's own norms), and with reduce they are summed over the ranks first: two
+    # ranks holding equal parts (an all-reduce of a sum is 2 t) give sqrt(2) times one part's norm
+    x = torch.full((3 * 2**16 + 5,), 0.5, dtype=torch.float16)     # squares sum to 49153.25: float16 sums overflow
+    truth = float(np.sqrt(np.sum(np.full(x.numel(), 0.25))))
+    for reduce, factor in ((None, 1.0), (lambda t: 2 * t, np.sqrt(2.0))):
+        norm = vector_norm(x, reduce)
+        assert norm.dtype == torch.float16 and norm.dim() == 0
+        assert float(norm) == float(torch.tensor(factor * truth, dtype=torch.float16))
