@@ -64,14 +64,17 @@ def _layouts(x):
     x3 = torch.stack([x, 2 * x, -x], dim=-1)   # (n, 4, 3)
     # a batched CSR holds the same number of elements per batch: one pattern, scaled per sample
     xb = (torch.arange(1.0, len(x) + 1)[:, None, None] * (torch.arange(12.0).view(4, 3) % 3 == 1))
+    xb4 = (torch.arange(1.0, len(x) + 1)[:, None, None] * (torch.arange(16.0).view(4, 4) % 5 == 1))
     return {"coo": (x.to_sparse(), x), "coo hybrid": (x3.to_sparse(1), x3), "coo 3-d": (x3.to_sparse(), x3),
             "csr": (x.to_sparse_csr(), x), "csc": (x.to_sparse_csc(), x),
             "bsr": (x.to_sparse_bsr((2, 2)), x), "bsc": (x.to_sparse_bsc((2, 2)), x),
-            "csr hybrid": (x3.to_sparse_csr(dense_dim=1), x3), "csr batched": (xb.to_sparse_csr(), xb)}
+            "csr hybrid": (x3.to_sparse_csr(dense_dim=1), x3), "csr batched": (xb.to_sparse_csr(), xb),
+            # (mutation pass 18, SC2) the other batched layouts: BSR is row-major (crow/col indices), CSC not
+            "bsr batched": (xb4.to_sparse_bsr((2, 2)), xb4), "csc batched": (xb.to_sparse_csc(), xb)}
 
 
 @pytest.mark.parametrize("name", ["coo", "coo hybrid", "coo 3-d", "csr", "csc", "bsr", "bsc", "csr hybrid",
-                                  "csr batched"])
+                                  "csr batched", "bsr batched", "csc batched"])
 def test_sparse_rows_are_the_dense_rows_in_the_same_layout(name):
     x = torch.arange(40.0).view(10, 4) % 3
     sparse, dense = _layouts(x)[name]
