@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from catapult import critical_lr
-from catapult.critical_lr import next_step_direction
+from catapult.critical_lr import coupled_l2_penalty, next_step_direction
 
 A = torch.diag(torch.tensor([10.0, 1.0, 3.0], dtype=torch.float64))
 TARGET = torch.tensor([1.0, -0.5, 0.25], dtype=torch.float64)
@@ -59,8 +59,6 @@ def test_the_search_reads_the_objective_the_step_descends(name):
 def test_coupled_l2_penalty_refuses_pairs_that_are_not_the_optimizers_by_name():
     """Its pairs are next_step_direction's: a parameter the optimizer does not hold was a bare
     ``KeyError: 140430256880160`` (an id), a step of another size torch's copy error."""
-    from catapult.critical_lr import coupled_l2_penalty
-
     w, other = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
     opt = torch.optim.SGD([w], lr=0.1, weight_decay=1.0)
     with pytest.raises(ValueError, match=r"coupled_l2_penalty: direction\[1\]'s parameter is not one of the optimizer's"):
@@ -69,3 +67,14 @@ def test_coupled_l2_penalty_refuses_pairs_that_are_not_the_optimizers_by_name():
                                          r"of shape \(2,\)"):
         coupled_l2_penalty(opt, [(w, torch.ones(3))])
     assert coupled_l2_penalty(opt, [(w, torch.ones(2))])(1.0) == 0.0      # wd/2 ||1 - 1 * 1||^2
+
+
+def test_the_penalty_of_a_float32_parameter_is_summed_in_float64():
+    # (mutation pass 18, CL10) theta = (1, 2**-13): ||theta||^2 = 1 + 2**-26, which float32 rounds to 1 (its
+    # eps is 2**-23); the penalty's sums are float64 (the docstring's promise), so wd/2 (1 + 2**-26) exactly
+    w = torch.nn.Parameter(torch.tensor([1.0, 2.0 ** -13]))
+    step = torch.tensor([2.0 ** -13, 0.0])
+    penalty = coupled_l2_penalty(torch.optim.SGD([w], lr=0.1, weight_decay=2.0), [(w, step)])
+    assert penalty(0.0) == 1.0 + 2.0 ** -26
+    # lr 1: ||theta - u||^2 = (1 - 2**-13)^2 + 2**-26 = 1 - 2**-12 + 2**-25, exact in float64
+    assert penalty(1.0) == 1.0 - 2.0 ** -12 + 2.0 ** -25
