@@ -77,7 +77,9 @@ def test_an_error_of_the_loss_itself_is_raised_as_it_is(monkeypatch):
     refuse["now"] = True
     with pytest.raises(ValueError, match="this loss refuses"):
         op(torch.ones(op.numel))
-    assert compiled.compile_failures == {}  # the caller's error, not the compiler's
+    # the caller's error, not the compiler's (a torch that cannot compile the transforms records its own reason)
+    assert compiled.compile_failures == {} or not compiled.transforms_compile()
+    assert not any("this loss refuses" in reason for reason in compiled.compile_failures.values())
 
 
 def test_train_mode_dropout_is_refused():

@@ -27,13 +27,16 @@ functions either way. An error that the eager function raises too is the caller'
 so does, without a retry, an exception the user's own code raises inside the compiled call (its
 innermost frame outside torch, triton and inductor's generated code, not one of dynamo's): a forward that raises once on a bad batch is
 not taken for a compile failure. Before an eager retry, ``restore`` puts back what the failed call's
-forward moved (a state carried in a plain attribute).
+forward moved (a state carried in a plain attribute). On a torch whose dynamo cannot trace the
+transforms (:func:`transforms_compile`: torch 2.2) nothing is compiled: both functions run eagerly,
+after one warning naming the setting and the torch version.
 """
 from __future__ import annotations
 
 import importlib.util
 import math
 import os
+import re
 import warnings
 
 from typing import Callable
@@ -44,7 +47,8 @@ from catapult.curvature.hessian import math_attention
 from catapult.curvature.stateless import Holder, holding, parametrizations_uncached, slots_kept
 from catapult.curvature.twice import forms_for, needs_forms
 
-__all__ = ["gradient_and_loss", "gradient_and_product", "compile_failures"]
+__all__ = ["gradient_and_loss", "gradient_and_product", "compile_failures", "transforms_compile",
+           "TRANSFORMS_COMPILE_FROM"]
 
 
 def _unflatten(flat: torch.Tensor, layout) -> dict:
@@ -187,7 +191,41 @@ def _torch_code_folders() -> tuple[str, ...]:
     return tuple(folder + os.sep for folder in folders)
 
 
+#: The oldest torch whose dynamo traces ``torch.func.grad_and_value`` and ``vjp`` (2.2.2's raises
+#: "Cannot access data pointer of Tensor that doesn't have storage" on both, after an ImportError of
+#: ``math_attention``'s ``torch.nn.attention``, a 2.3 module; 2.3.1 compiles them, bench/RESULTS.md).
+TRANSFORMS_COMPILE_FROM = (2, 3)
+
+
+def transforms_compile(version: str | None = None) -> bool:
+    """Whether ``torch.compile`` of this torch (or of torch ``version``) traces the ``torch.func``
+    transforms the compiled gradients and products are made of (:data:`TRANSFORMS_COMPILE_FROM`).
+
+    Example:
+        >>> transforms_compile("2.2.2+cu121"), transforms_compile("2.3.1"), transforms_compile("2.13.0+cpu")
+        (False, True, True)
+    """
+    major, minor = (int(part) for part in re.match(r"(\d+)\.(\d+)", version or torch.__version__).groups())
+    return (major, minor) >= TRANSFORMS_COMPILE_FROM
+
+
+def _eager_on_this_torch() -> None:
+    """Both functions eager for the process on a torch whose dynamo cannot trace their transforms,
+    with one warning (no compile tried: each try cost a failed trace and a warning of its own,
+    the first naming only torch.nn.attention)."""
+    reason = f"torch {torch.__version__}'s torch.compile cannot trace torch.func's grad_and_value and vjp"
+    fresh = [n for n in _EAGER if n not in _COMPILED and n not in compile_failures]
+    for n in fresh:
+        compile_failures[n] = reason
+    if fresh:
+        since = ".".join(map(str, TRANSFORMS_COMPILE_FROM))
+        warnings.warn(f"hvp='compiled': {reason} (torch {since} and later do); the gradients and products run "
+                      f"eagerly in this process, the same functions", RuntimeWarning, stacklevel=5)
+
+
 def _run_kept(name: str, *args, enabled: bool, restore: Callable[[], None] | None = None):
+    if name not in _COMPILED and name not in compile_failures and not transforms_compile():
+        _eager_on_this_torch()
     if name in compile_failures:
         return _EAGER[name](*args)
     if name not in _COMPILED:  # compiled on first use: importing catapult never touches dynamo
