@@ -7,7 +7,10 @@ the import).
     python bench/bench_startup.py --old /tmp/old-checkout --new . [--rounds 5] [--cpu] [--no-torch]
 
 ``--cpu``: a second table of the interpreters' CPU seconds (user + system, ``RUSAGE_CHILDREN``),
-steadier than wall time on a loaded machine; ``--no-torch``: without the probe that imports torch.
+steadier than wall time on a loaded machine; ``--no-torch``: without the probe that imports torch;
+``--first-use``: also a first ``catapult.sharpness`` call (a tiny MLP) and ``catapult spectrum`` of a
+small SGD config (top eigenvalue only), the processes that import torch and what it imports lazily
+(``torch._dynamo``, ``torch.distributed.fsdp``: bench/RESULTS.md, "torch 2.2, the declared floor").
 
 The store (4 cells, the real format) is written once by this checkout's code with the tests' fake
 run function (``tests/sweep_fakes.py``); both checkouts read the same file.
@@ -53,6 +56,33 @@ def wall(checkout: Path, args: list[str], codes: tuple[int, ...] = (0,)) -> tupl
     return seconds, _children_cpu() - cpu
 
 
+FIRST_SHARPNESS = """
+import torch, catapult
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+catapult.sharpness(model, torch.nn.MSELoss(), (torch.randn(16, 4), torch.randn(16, 1)))
+"""
+
+SGD_CONFIG = """name: tiny
+data: {name: digits, n_train: 64, n_test: 32}
+model: {name: mlp, width: 16, depth: 2}
+loss: mse
+optimizer: {name: sgd, lr: 0.1}
+"""
+
+
+def first_use_probes(folder: Path) -> dict[str, tuple[list[str], tuple[int, ...]]]:
+    """``--first-use``'s probes: a first sharpness call and a small SGD config's spectrum."""
+    config = folder / "sgd.yaml"
+    config.write_text(SGD_CONFIG)
+    return {
+        "first catapult.sharpness (tiny MLP)": (["-c", FIRST_SHARPNESS], (0,)),
+        "catapult spectrum SGD.yaml --top-k 1": (["-m", "catapult", "spectrum", str(config), "--top-k", "1",
+                                                  "--trace-matvecs", "0", "--density-runs", "0",
+                                                  "--progress", "none"], (0,)),
+    }
+
+
 def probes(folder: Path) -> dict[str, tuple[list[str], tuple[int, ...]]]:
     """name -> (interpreter arguments, accepted exit codes), with the store and config they read."""
     store, bad = folder / "sweep.db", folder / "bad.yaml"
@@ -78,11 +108,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--cpu", action="store_true", help="also a table of CPU seconds")
     parser.add_argument("--no-torch", action="store_true", help="without the probe that imports torch")
+    parser.add_argument("--first-use", action="store_true", help="also a first sharpness call and a spectrum")
     opts = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         runs = probes(Path(tmp))
         if opts.no_torch:
             del runs["import catapult; catapult.sharpness"]
+        if opts.first_use:
+            runs.update(first_use_probes(Path(tmp)))
         times = {(name, which): [] for name in runs for which in ("old", "new")}
         cpus = {key: [] for key in times}
         loads = []

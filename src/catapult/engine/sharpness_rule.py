@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, Callable, Mapping
 
 import torch
@@ -174,7 +175,12 @@ def group_lrs_differ(model: nn.Module, optimizer_name: str) -> bool:
         groups = param_groups(model, 1.0, optimizer=registry.get(optimizer_name).family)
     if not groups:
         return False
-    steps = torch.optim.SGD(groups, lr=1.0)   # holds the groups' lrs only: no state, no step
+    # the groups as torch's SGD(groups, lr=1.0) would hold them (its defaults: lr 1, no weight decay),
+    # read by the rule through param_groups alone; not an SGD, whose constructor imports torch._dynamo
+    # (+1.0 CPU s on torch 2.2.2, +1.7 on 2.13: bench/RESULTS.md), which `catapult spectrum` then paid
+    # for an optimizer it never builds
+    steps = SimpleNamespace(param_groups=[{"lr": 1.0, "weight_decay": 0.0, **g, "params": list(g["params"])}
+                                          for g in groups])
     return unpreconditioned_kind(steps, [p for g in groups for p in g["params"]]) == "lr_scaled"
 
 
