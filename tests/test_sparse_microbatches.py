@@ -7,6 +7,8 @@ eigenvalue (``numpy.linalg.eigvalsh``). A block-sparse batch that micro-batches 
 block is refused before any forward, naming the option."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -17,7 +19,8 @@ from catapult.curvature.microbatch import MicroBatchRefused
 from catapult.curvature.sharpness import memory_setting
 from dense_curvature import dense_hessian
 
-pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+pytestmark = [pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta"),
+              pytest.mark.filterwarnings("ignore:Sparse BSR tensor support is in beta")]
 
 
 class _Densify(torch.nn.Module):
@@ -99,3 +102,33 @@ def test_lean_sizes_and_cuts_a_sparse_batch_as_its_dense_one(layout, monkeypatch
     top = np.linalg.eigvalsh(dense_hessian(model, loss_fn, (x, y)).numpy())[-1]
     got = catapult.sharpness(model, loss_fn, (sparse, y), tol=1e-8, memory="lean", max_iter=1000)
     assert got.converged and got.value == pytest.approx(top, rel=1e-7)
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_forward_mode_products_refuse_a_sparse_batch_before_any_forward(layout):
+    # torch.func.jvp carries no sparse tensor: COO failed inside torch ("Could not run
+    # 'aten::_efficientzerotensor' ... 'SparseCPU'") after the first forward, CSR/CSC/BSR with a raw
+    # RuntimeError ("Sparse CSR tensors do not have strides"); hvp='compiled' so on the compressed layouts
+    model, x, y = _problem()
+    forwards = []
+    hook = model.register_forward_hook(lambda *_: forwards.append(1))
+    sparse, loss_fn = LAYOUTS[layout](x), torch.nn.MSELoss()
+    cases = [({"hvp": "forward_over_reverse"}, (sparse, y)), ({"hvp": "forward_over_reverse", "memory": "lean"}, (sparse, y)),
+             ({"hvp": "forward_over_reverse", "chunk_size": 8}, (sparse, y)),
+             ({"hvp": "forward_over_reverse"}, (x, {"y": y.to_sparse_bsr((2, 1)) if layout == "bsr" else LAYOUTS[layout](y)}))]
+    if layout != "coo":
+        cases.append(({"hvp": "compiled"}, (sparse, y)))
+    for options, batch in cases:
+        what = "inputs" if batch[0] is sparse else "targets['y']"
+        with pytest.raises(ValueError, match=rf"hvp='{options['hvp']}': the batch's {re.escape(what)} hold a "
+                                             rf"torch.sparse_{layout} tensor"):
+            catapult.sharpness(model, loss_fn, batch, **options)
+        with pytest.raises(ValueError, match=rf"hvp='{options['hvp']}'"):
+            catapult.curvature.HessianOperator(model, loss_fn, batch, hvp=options["hvp"])
+    assert forwards == []
+    # the Gauss-Newton products (forward over reverse inside) take them, as double backprop does
+    top = np.linalg.eigvalsh(dense_hessian(model, loss_fn, (x, y)).numpy())[-1]
+    assert catapult.sharpness(model, loss_fn, (sparse, y), tol=1e-10).value == pytest.approx(top, rel=1e-9)
+    dense_ggn = catapult.sharpness(model, loss_fn, (x, y), tol=1e-10, curvature="ggn").value
+    assert catapult.sharpness(model, loss_fn, (sparse, y), tol=1e-10, curvature="ggn").value == pytest.approx(dense_ggn, rel=1e-12)
+    hook.remove()

@@ -20,7 +20,43 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["jvp_of_gradient", "losses_for_forward_ad", "huber_from_definition"]
+from catapult.curvature.batch_tree import leaf_paths
+
+__all__ = ["jvp_of_gradient", "losses_for_forward_ad", "huber_from_definition", "refuse_sparse_products",
+           "COMPRESSED_LAYOUTS"]
+
+#: The compressed sparse layouts (CSR, CSC, BSR, BSC), which ``torch.func`` (``hvp="compiled"``'s
+#: products too) cannot carry: "Sparse CSR tensors do not have strides" (torch 2.13).
+COMPRESSED_LAYOUTS = (torch.sparse_csr, torch.sparse_csc, torch.sparse_bsr, torch.sparse_bsc)
+
+
+def refuse_sparse_products(hvp: str, batch) -> None:
+    """A ValueError naming ``hvp`` where its products cannot take a sparse tensor of ``batch``'s
+    inputs or targets, raised before any forward: ``"forward_over_reverse"`` any sparse layout
+    (torch 2.13 failed inside ``torch.func.jvp`` on every one: "Could not run
+    'aten::_efficientzerotensor' with arguments from the 'SparseCPU' backend" for COO, "Sparse CSR
+    tensors do not have strides" for the others, a sparse target too), ``"compiled"`` the
+    compressed ones (:data:`COMPRESSED_LAYOUTS`; COO ran). Double backprop and finite differences
+    take them (the curvature of the dense batch).
+
+    >>> x = torch.eye(3)
+    >>> refuse_sparse_products("forward_over_reverse", ({"a": x.to_sparse()}, x))
+    Traceback (most recent call last):
+    ValueError: hvp='forward_over_reverse': the batch's inputs['a'] hold a torch.sparse_coo tensor, which torch's forward-mode products (torch.func.jvp) cannot carry; use hvp='double_backprop' (the default) or 'finite_difference', or a dense batch (.to_dense())
+    >>> refuse_sparse_products("compiled", (x.to_sparse(), x)), refuse_sparse_products("double_backprop", (x.to_sparse_csr(), x))
+    (None, None)
+    """
+    refused = {"forward_over_reverse": lambda t: t.layout != torch.strided,
+               "compiled": lambda t: t.layout in COMPRESSED_LAYOUTS}.get(hvp)
+    if refused is None or not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        return
+    for what, tree in zip(("inputs", "targets"), batch):
+        for path, t in leaf_paths(tree):
+            if refused(t):
+                raise ValueError(f"hvp={hvp!r}: the batch's {what}{path} hold a {t.layout} tensor, which torch's "
+                                 f"{'forward-mode products (torch.func.jvp)' if hvp == 'forward_over_reverse' else 'compiled products (torch.func)'} "
+                                 "cannot carry; use hvp='double_backprop' (the default) or 'finite_difference', or a "
+                                 "dense batch (.to_dense())")
 
 
 def huber_from_definition(input: torch.Tensor, target: torch.Tensor, reduction: str = "mean",

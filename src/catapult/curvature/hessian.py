@@ -16,7 +16,7 @@ import torch
 from catapult.arguments import check_batch, check_module, check_seed
 from catapult.curvature.difference import (central_step, checked_difference, refuse_renormed_differences,
                                            refuse_spectral_norm_differences, relative_gap, rounding_level)
-from catapult.curvature.forward_ad import jvp_of_gradient
+from catapult.curvature.forward_ad import jvp_of_gradient, refuse_sparse_products
 from catapult.curvature.grads_into import (attach_grads, backward_into, flush_grads, graph_handles,
                                            refuse_constant, scalar_loss)
 from catapult.curvature.krylov import scaled_norm
@@ -178,6 +178,7 @@ class HessianOperator:
             hvp = "forward_over_reverse"
         self.mode = hvp = resolve_hvp(hvp, self.device)
         refuse_scripted("", model, self._scripted_mode or hvp)   # a parameterless one: torch.func's are wrong
+        refuse_sparse_products(self._scripted_mode or hvp, batch)   # the Gauss-Newton products take them
         if hvp == "finite_difference":
             refuse_spectral_norm_differences(model, "hvp='finite_difference'")
         self.seed = seed

@@ -20,6 +20,7 @@ from catapult.curvature import distributed as dist_ops
 from catapult.curvature import coarse_ranks, lean, sharded
 from catapult.curvature.certify import certified
 from catapult.curvature.coarse import coarse_levels, coarse_start_vector, kink_guess, kink_seen
+from catapult.curvature.forward_ad import refuse_sparse_products
 from catapult.curvature.ggn import CURVATURES, GaussNewtonOperator
 from catapult.curvature.hessian import HessianOperator, resolve_dtype
 from catapult.optim import registry, rules
@@ -143,6 +144,7 @@ def build_operator(model, loss_fn, batch, *, curvature="hessian", dtype=None, hv
     tensor([4., 1.])
     """
     check_curvature(curvature)
+    refuse_sparse_products(hvp if curvature == "hessian" else curvature, batch)   # before the ranks' forwards
     fsdp = isinstance(model, torch.nn.Module) and sharded.is_sharded(model)
     if fsdp:  # the options first; distributed=True is one of them
         sharded.reshard(model)  # the parameters are the shards again
@@ -299,6 +301,7 @@ def sharpness(model: torch.nn.Module, loss_fn, batch, *, tol: float = 1e-3, max_
     """
     tol, max_iter, max_basis = check_solver_args(tol, max_iter, max_basis)
     check_curvature(curvature)
+    refuse_sparse_products(hvp if curvature == "hessian" else curvature, batch)   # before lean's probe
     if curvature == "ggn" and coarse not in (None, "auto"):
         raise ValueError("coarse levels are Hessian solves: use coarse=None (or 'auto') with "
                          "curvature='ggn'")
@@ -556,6 +559,7 @@ def preconditioned_sharpness(model: torch.nn.Module, loss_fn, batch,
     check_preconditioned(optimizer)
     tol, max_iter, max_basis = check_solver_args(tol, max_iter, max_basis, owner="preconditioned_sharpness")
     check_curvature(curvature)
+    refuse_sparse_products(hvp if curvature == "hessian" else curvature, batch)   # as in sharpness
     basis_free = memory == "lean" and max_basis is None  # as in sharpness
     chunk_size, max_basis = memory_setting(memory, batch, chunk_size, max_basis, model, loss_fn,
                                            seed, distributed, basis_free=basis_free)
