@@ -80,3 +80,61 @@ def test_a_sharded_model_returning_its_scalar_loss_is_measured_on_the_unions_los
             sharp, lr = got[reduction]
             assert sharp == pytest.approx(top, rel=1e-8), reduction   # float64 central differences of FSDP's gradient
             assert lr == pytest.approx(want_lr, rel=1e-6), reduction
+
+
+class ScaledLossInside(nn.Module):
+    """``{"x", "labels"}`` in, ``{"loss": scale x ...}`` out: a root-mean-square (no sum over samples) or
+    a summed/averaged squared error."""
+
+    def __init__(self, core, reduction, scale):
+        super().__init__()
+        self.core, self.reduction, self.scale = core, reduction, scale
+
+    def forward(self, batch):
+        diff = self.core(batch["x"]) - batch["labels"]
+        if self.reduction == "rms":
+            return {"loss": self.scale * (diff ** 2).mean().sqrt()}
+        return {"loss": self.scale * nn.functional.mse_loss(diff, torch.zeros_like(diff), reduction=self.reduction)}
+
+
+def tiny_or_fitted_measures(rank, world, rows):
+    from torch.distributed.fsdp import fully_shard
+
+    core, x, y = data(sum(rows))
+    with torch.no_grad():
+        fitted = core(x)   # targets the model fits exactly: the losses are rounding, or 0
+    lo, hi = sum(rows[:rank]), sum(rows[:rank + 1])
+    out = {}
+    for reduction, exponent, targets in (("rms", -300, y), ("rms", 0, y), ("sum", 0, fitted), ("mean", 0, fitted)):
+        model = ScaledLossInside(data(sum(rows))[0], reduction, 2.0 ** exponent)
+        fully_shard(model.core.l1)
+        fully_shard(model)
+        before = [p.full_tensor().clone() for p in model.parameters()]
+        try:
+            got = catapult.sharpness(model, output_loss, ({"x": x[lo:hi], "labels": targets[lo:hi]}, None),
+                                     tol=1e-10, distributed=True).value
+        except ValueError as err:
+            got = str(err)
+        kept = all(torch.equal(p.full_tensor(), b) for p, b in zip(model.parameters(), before))
+        out[f"{reduction}{exponent}"] = (got, kept)
+    return out
+
+
+@pytest.mark.slow  # two spawned interpreters importing torch
+def test_tiny_and_exactly_fitted_scalar_losses_are_told_as_the_union_tells_them():
+    # before: FSDP2's halves compared losses below 1e-30 as rounding ('cannot tell' on every rank, a mean
+    # taken): 2**-300 x a root-mean-square gave a sharpness (3.87e-91; no sum over the ranks makes the
+    # union's loss), and an exactly fitted summed loss was taken for a mean (1/2 the union's sharpness)
+    rows = (7, 5)
+    core, x, y = data(sum(rows))
+    with torch.no_grad():
+        fitted = core(x)
+    ranks = on_ranks(tiny_or_fitted_measures, rows)
+    for got in ranks:
+        for case in ("rms-300", "rms0"):   # refused as at scale 1, on every rank
+            assert isinstance(got[case][0], str) and "neither a mean nor a sum" in got[case][0], case
+        for reduction in ("sum", "mean"):
+            top = float(torch.linalg.eigvalsh(dense_hessian(
+                core, lambda out, t: nn.functional.mse_loss(out, t, reduction=reduction), (x, fitted)))[-1])
+            assert got[f"{reduction}0"][0] == pytest.approx(top, rel=1e-7), reduction
+        assert all(kept for _, kept in got.values())   # the nudged parameters are put back bit for bit

@@ -141,7 +141,7 @@ def _piece_loss(loss_at, params, x, y):
         raise PieceFailed.of(sample_count_or_none(x) or "some", err) from err
 
 
-def _reduction(loss_at, params, x, y, pieces, mean_w, dtype, nearby=True):
+def _reduction(loss_at, params, x, y, pieces, mean_w, dtype, nearby=True, rounding=None):
     """``(full loss, kind, what was compared)``: ``kind`` is ``"mean"`` or ``"sum"`` where the whole
     batch's loss is the pieces' weighted mean or their sum, relative to the losses' own size (at any
     scale), ``"both"`` where both (all 0), None where neither; a loss that is not finite is a mean.
@@ -167,12 +167,13 @@ def _reduction(loss_at, params, x, y, pieces, mean_w, dtype, nearby=True):
 
     shown = f"full batch {full:.6g}, chunks' mean {as_mean:.6g}, sum {as_sum:.6g}"
     kind = kind_of(0.0) if math.isfinite(full) else "mean"
-    if kind is None and not nearby:   # rounding-level losses (an exact fit) cannot tell, as before
+    if kind is None and (not nearby if rounding is None else rounding):   # rounding-level losses (an exact fit) cannot tell
         kind = "both" if kind_of(1e-30) == "both" else None
     return full, kind, shown
 
 
-def reduction_kind(loss_at, params: dict, inputs, targets, pieces, dtype: torch.dtype, *, nearby: bool = True):
+def reduction_kind(loss_at, params: dict, inputs, targets, pieces, dtype: torch.dtype, *, nearby: bool = True,
+                   rounding: bool | None = None):
     """``(full loss, kind, what was compared)``: whether the loss of ``inputs`` / ``targets`` is
     the ``pieces``' weighted mean (``"mean"``, weights ``|B_k| / |B|``) or their sum (``"sum"``),
     to ``400 eps`` relative (at least ``1e-9``, at most 2%; the eps of the coarser of the loss's
@@ -180,6 +181,9 @@ def reduction_kind(loss_at, params: dict, inputs, targets, pieces, dtype: torch.
     loss, targets the model fits exactly, is both), None where it is neither.
     ``loss_at(params, inputs, targets)`` is the loss. ``nearby=False``: no second try at nudged
     parameters (a caller whose every call must run the same forwards, as FSDP2's collective ones).
+    ``rounding``: whether losses that are neither but within ``rtol x 1e-30`` of each other (an exact
+    fit's rounding) are ``"both"``; by default where ``nearby`` is False (a caller that nudged the
+    parameters itself passes False: 2**-300 x a root-mean-square is then neither).
 
     >>> loss_at = lambda p, x, y: ((x * p["w"] - y) ** 2).sum()
     >>> x = torch.tensor([1.0, 2.0, 3.0])
@@ -189,7 +193,7 @@ def reduction_kind(loss_at, params: dict, inputs, targets, pieces, dtype: torch.
     """
     sizes = [sample_count(xc, "inputs") for xc, _ in pieces]
     mean_w = [k / sum(sizes) for k in sizes]
-    full, kind, shown = _reduction(loss_at, params, inputs, targets, pieces, mean_w, dtype, nearby)
+    full, kind, shown = _reduction(loss_at, params, inputs, targets, pieces, mean_w, dtype, nearby, rounding)
     if kind in ("both", None) and nearby:
         # a zero loss (targets the model fits exactly) is both a mean and a sum of zeros, and
         # rounding-level losses neither: ask again a little away from the parameters, where the

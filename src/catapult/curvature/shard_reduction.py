@@ -12,13 +12,15 @@ scalar loss, as HF's ``outputs.loss``), one of each half and of the whole shard 
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from catapult.curvature.microbatch import sample_count, sample_count_or_none, sample_device, sample_index, \
     sample_rows, shares_samples
 from catapult.curvature.samples import block_rows, sample_leaves
 
-__all__ = ["halves", "shard_reduction", "sharded_shard_reduction"]
+__all__ = ["halves", "shard_reduction", "sharded_shard_reduction", "nudged_parameters"]
 
 
 def halves(x, y) -> tuple:
@@ -130,13 +132,55 @@ def _reduction_of_halves(model, loss_fn, x, y) -> str | None:
     try:
         model.eval()   # (a BatchNorm using batch statistics was not run: sharded_shard_reduction)
         with torch.no_grad(), fixed_rng(0, sample_device(x)), functional_masks_off():
-            # no second try at nudged parameters (a loss that is 0 here): a rank that cannot tell
-            # follows the others, and every rank runs the same forwards
+            # no second try of its own at nudged parameters: every rank must run the same forwards
             _, kind, shown = reduction_kind(loss_at, {}, whole, ys, pieces, dtype, nearby=False)
+            # "both": losses that are 0, or below 1e-30 and neither (an exact fit's rounding; but 2**-300 x a
+            # root-mean-square read so too, the ranks took a mean: a sharpness where the union's loss has
+            # no sum over the ranks): where any rank says so, every rank asks again at parameters nudged 1%
+            if _any_rank(kind == "both", sample_device(x)):
+                with nudged_parameters(model):
+                    _, again, again_shown = reduction_kind(loss_at, {}, whole, ys, pieces, dtype, nearby=False,
+                                                           rounding=False)
+                kind, shown = (again, again_shown) if kind == "both" else (kind, shown)
     finally:
         for module, training in modes:
             module.training = training
     return _told(kind, shown, what)
+
+
+@contextlib.contextmanager
+def nudged_parameters(model: torch.nn.Module, scale: float = 1e-2):
+    """Context in which each floating parameter of ``model`` is moved by ``scale`` x (its mean size +
+    ``scale``) x a standard normal draw (from a seed of 0, on the CPU: the global RNGs are left alone),
+    and put back bit for bit after. A parameter sharded by FSDP2 (a DTensor) moves its own shard on each
+    rank; the model is resharded before and after (FSDP's root keeps its gathered weights after a
+    forward without a backward, which the next forward would reuse). Every rank of a sharded model must
+    enter it alike (the reshard is local, but the forwards inside are collective).
+
+    >>> model = torch.nn.Linear(2, 1)
+    >>> before = [p.clone() for p in model.parameters()]
+    >>> with nudged_parameters(model):
+    ...     moved = [not torch.equal(p, b) for p, b in zip(model.parameters(), before)]
+    >>> moved, all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    ([True, True], True)
+    """
+    from catapult.curvature.sharded import reshard
+
+    reshard(model)   # (the parameters are the shards again)
+    shards = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters() if p.is_floating_point()]
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        kept = [t.detach().clone() for t in shards]
+        for t in shards:
+            size = float(t.abs().mean()) if t.numel() else 0.0
+            t.add_(scale * (size + scale) * torch.randn(t.shape, generator=generator, dtype=t.dtype).to(t.device))
+    try:
+        yield model
+    finally:
+        with torch.no_grad():
+            reshard(model)
+            for t, k in zip(shards, kept):
+                t.copy_(k)
 
 
 def _reduction_of_rows(out, loss_fn, x, y, failed: Exception | None) -> str | None:
