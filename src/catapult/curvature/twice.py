@@ -240,7 +240,8 @@ class GraphScan(NamedTuple):
 #: ``threshold``, ``hardtanh``/``relu6``, ``leaky_relu``, ``prelu``, ``rrelu``, ``hardswish``,
 #: ``hardsigmoid``, ``clamp``, ``abs``, two-tensor ``max``/``min`` (``maximum``, ``fmax``...),
 #: ``hardshrink``, ``softshrink``. Reductions (``x.max(dim)``, ``amax``) are not: most hold a
-#: softmax's or a log-sum-exp's shift, whose derivative cancels (a smooth loss).
+#: softmax's or a log-sum-exp's shift, whose derivative cancels (a smooth loss). Torch 2.2.2 (our
+#: floor) names all of them alike (``clamp(min=tensor)`` ``ClampBackward0``, scalar bounds ``ClampBackward1``).
 KINKED_NODES = frozenset({"Relu", "Threshold", "Hardtanh", "LeakyRelu", "Prelu", "PreluKernel", "RreluWithNoise",
                           "Hardswish", "Hardsigmoid", "Clamp", "ClampMin", "ClampMax", "Abs", "Maximum",
                           "Minimum", "Fmax", "Fmin", "Hardshrink", "Softshrink"})
