@@ -125,6 +125,8 @@ def test_forward_mode_products_refuse_a_sparse_batch_before_any_forward(layout):
             catapult.sharpness(model, loss_fn, batch, **options)
         with pytest.raises(ValueError, match=rf"hvp='{options['hvp']}'"):
             catapult.curvature.HessianOperator(model, loss_fn, batch, hvp=options["hvp"])
+        with pytest.raises(ValueError, match=rf"hvp='{options['hvp']}'"):   # lean's probe ran a forward first
+            catapult.top_eigenpairs(model, loss_fn, batch, k=2, **{"memory": "lean", **options})
     assert forwards == []
     # the Gauss-Newton products (forward over reverse inside) take them, as double backprop does
     top = np.linalg.eigvalsh(dense_hessian(model, loss_fn, (x, y)).numpy())[-1]

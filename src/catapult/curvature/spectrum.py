@@ -22,6 +22,7 @@ from catapult.curvature.certify import certified_pairs
 from catapult.curvature.top_k import Eigenpairs, check_block_size, check_k, lanczos_top_k, restart_floor
 from catapult.curvature.preconditioner import PreconditionedOperator, step_preconditioner
 from catapult.curvature.rank_agreement import same_call_on_every_rank
+from catapult.curvature.forward_ad import refuse_sparse_products
 from catapult.curvature.sharpness import MEMORY_SETTINGS, build_operator, memory_setting
 from catapult.curvature.krylov import inner_product, product_exponent, scaled_back, scaled_norm, vector_norm
 from catapult.curvature.start import (check_max_basis, check_solver_args, initial_vector,
@@ -115,6 +116,7 @@ def top_eigenpairs(model, loss_fn, batch, k: int = 5, *, tol: float = 1e-3, init
     if max_iter < k:  # k Ritz pairs need a Krylov space of k vectors, one product each
         raise ValueError(f"max_iter={max_iter} is below k={k}: k eigenpairs need at least k products")
     block_size = check_block_size(block_size, k)
+    refuse_sparse_products(hvp if curvature == "hessian" else curvature, batch)   # before lean's probe
     chunk_size, basis = memory_setting(memory, batch, chunk_size, max_basis, model, loss_fn, seed, distributed)
     op = curvature_operator(model, loss_fn, batch, curvature=curvature, optimizer=optimizer,
                             dtype=dtype, hvp=hvp, seed=seed, chunk_size=chunk_size,
