@@ -78,3 +78,11 @@ def test_the_penalty_of_a_float32_parameter_is_summed_in_float64():
     assert penalty(0.0) == 1.0 + 2.0 ** -26
     # lr 1: ||theta - u||^2 = (1 - 2**-13)^2 + 2**-26 = 1 - 2**-12 + 2**-25, exact in float64
     assert penalty(1.0) == 1.0 - 2.0 ** -12 + 2.0 ** -25
+
+
+def test_the_penalty_of_parameters_at_zero_is_the_steps_alone():
+    # (mutation pass 18, CL12) theta = 0: ||theta - lr u||^2 = lr^2 ||u||^2, so wd/2 9 lr^2 for u = 3 (the
+    # penalty is 0 only where all three of its coefficients are)
+    w = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
+    penalty = coupled_l2_penalty(torch.optim.SGD([w], lr=0.1, weight_decay=2.0), [(w, torch.full((1,), 3.0))])
+    assert (penalty(0.0), penalty(1.0), penalty(0.5)) == (0.0, 9.0, 2.25)

@@ -82,6 +82,8 @@ def test_sparse_rows_are_the_dense_rows_in_the_same_layout(name):
     for rows in ([7, 0, 7, 1], torch.arange(0, 10, 3 if blocked else 4), []):
         out = sparse_rows(sparse, rows)
         assert out.layout == sparse.layout
+        if blocked:   # (mutation pass 18, SC6) its own blocks of 2 x 2, not 1 x 1
+            assert out.values().shape[1:3] == sparse.values().shape[1:3] == (2, 2)
         assert torch.equal(out.to_dense(), dense[torch.as_tensor(rows, dtype=torch.long)])
     if blocked:
         with pytest.raises(ValueError, match=r"blocks of 2 rows: 3 of its rows"):
