@@ -67,7 +67,7 @@ def test_reduce_on_plateau_scales_the_schedule():
         plateau.step(1.0)   # no improvement after the first: halved at every step from the second
     # the plateau's cuts (after steps 1, 2, ...) are kept under the warmup's rise: F(t) * 0.5^(t-1)
     want = [F(0), F(1)] + [F(t) * 0.5 ** (t - 1) for t in range(2, 8)]
-    assert lrs == pytest.approx(want, rel=1e-12)
+    assert lrs == pytest.approx(want, rel=1e-12, abs=0)
 
 
 def test_alone_it_is_unchanged_a_hand_edit_is_kept_and_a_sequential_hand_over_starts_afresh():

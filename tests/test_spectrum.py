@@ -417,7 +417,7 @@ def test_spectral_density_is_the_documented_gaussian_smoothing_of_its_nodes():
     dens = catapult.spectral_density(model, loss_fn, batch, runs=3, steps=10, grid_points=257)
     lo, hi = dens.nodes.min(), dens.nodes.max()
     sigma = 0.01 * (hi - lo)
-    assert dens.sigma == pytest.approx(sigma, rel=1e-12)
+    assert dens.sigma == pytest.approx(sigma, rel=1e-12, abs=0)
     grid = np.linspace(lo - 3 * sigma, hi + 3 * sigma, 257)
     np.testing.assert_allclose(dens.grid, grid, rtol=1e-12, atol=1e-12 * (hi - lo))
     gauss = np.exp(-((grid[:, None] - dens.nodes.ravel()[None, :]) / sigma) ** 2 / 2) / (

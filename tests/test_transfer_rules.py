@@ -26,7 +26,7 @@ def test_the_spread_is_the_sample_std_and_a_collapsed_run_counts():
     (x, mean), = curves.curves[None][None]
     (_, sd, n), = curves.spread[None][None]
     assert (x, n) == (0.1, 3) and mean == pytest.approx(statistics.mean(losses), rel=1e-15, abs=0)
-    assert sd == pytest.approx(statistics.stdev(losses), rel=1e-12)   # n - 1 in the denominator
+    assert sd == pytest.approx(statistics.stdev(losses), rel=1e-12, abs=0)   # n - 1 in the denominator
 
 
 def test_absolute_and_relative_learning_rates_share_no_axis():
