@@ -114,3 +114,30 @@ def test_nothing_is_traced_again_where_nothing_was_compiled(monkeypatch):
     monkeypatch.setattr(compiled_state, "compiled_modules_follow_attributes", refuse)
     monkeypatch.delitem(sys.modules, "torch._dynamo", raising=False)
     assert compiled_state.retrace_compiled() is False
+
+
+def _compile_keeping(follows: bool):
+    """A stand-in for torch.compile on the probe's module: its compiled call reads the module's buffer and
+    float as they are now (``follows``, torch 2.13) or as they were at its first call (torch 2.2.2)."""
+    def compile_(module, backend=None, **kwargs):
+        traced = {}
+
+        def run(x):
+            if not traced or follows:
+                traced.update(scale=module.scale.clone(), factor=module.factor)
+            return x * traced["scale"] * traced["factor"]
+        return run
+    return compile_
+
+
+@pytest.mark.parametrize("follows", [True, False])
+def test_the_probe_says_whether_replaced_attributes_are_read(monkeypatch, follows):
+    # (mutation pass 18, CS1) the probe's verdict is the second call's value: 6.0 (the new buffer 2 and
+    # float 3) where compiled modules follow, 1.0 where they keep the traced ones, then False
+    probe = compiled_state.compiled_modules_follow_attributes
+    probe.cache_clear()
+    try:
+        monkeypatch.setattr(torch, "compile", _compile_keeping(follows))
+        assert probe() is follows
+    finally:
+        probe.cache_clear()
