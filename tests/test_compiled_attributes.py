@@ -116,28 +116,31 @@ def test_nothing_is_traced_again_where_nothing_was_compiled(monkeypatch):
     assert compiled_state.retrace_compiled() is False
 
 
-def _compile_keeping(follows: bool):
+def _compile_keeping(follows: bool, first_wrong: bool = False):
     """A stand-in for torch.compile on the probe's module: its compiled call reads the module's buffer and
-    float as they are now (``follows``, torch 2.13) or as they were at its first call (torch 2.2.2)."""
+    float as they are now (``follows``, torch 2.13) or as they were at its first call (torch 2.2.2);
+    ``first_wrong``: its first call's value is off (a compile that cannot be trusted)."""
     def compile_(module, backend=None, **kwargs):
         traced = {}
 
         def run(x):
-            if not traced or follows:
+            first = not traced
+            if first or follows:
                 traced.update(scale=module.scale.clone(), factor=module.factor)
-            return x * traced["scale"] * traced["factor"]
+            return x * traced["scale"] * traced["factor"] * (0.5 if first and first_wrong else 1.0)
         return run
     return compile_
 
 
-@pytest.mark.parametrize("follows", [True, False])
-def test_the_probe_says_whether_replaced_attributes_are_read(monkeypatch, follows):
-    # (mutation pass 18, CS1) the probe's verdict is the second call's value: 6.0 (the new buffer 2 and
-    # float 3) where compiled modules follow, 1.0 where they keep the traced ones, then False
+@pytest.mark.parametrize("follows, first_wrong", [(True, False), (False, False), (True, True)])
+def test_the_probe_says_whether_replaced_attributes_are_read(monkeypatch, follows, first_wrong):
+    # (mutation pass 18, CS1, CS2) the probe's verdict is the second call's value: 6.0 (the new buffer 2 and
+    # float 3) where compiled modules follow, 1.0 where they keep the traced ones, then False; and a first
+    # call off its 1.0 is a compile that cannot be trusted: False
     probe = compiled_state.compiled_modules_follow_attributes
     probe.cache_clear()
     try:
-        monkeypatch.setattr(torch, "compile", _compile_keeping(follows))
-        assert probe() is follows
+        monkeypatch.setattr(torch, "compile", _compile_keeping(follows, first_wrong))
+        assert probe() is (follows and not first_wrong)
     finally:
         probe.cache_clear()
