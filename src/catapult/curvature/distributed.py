@@ -419,6 +419,7 @@ class DistributedOperator:
         self.numel, self.dtype, self.device = op.numel, op.dtype, op.device
         self.names = getattr(op, "names", None)
         self.kinked = getattr(op, "kinked", False)   # this rank's graph (coarse_ranks.union_levels agrees it)
+        self.sizes = getattr(op, "sizes", None)   # (the parameters' entry counts, where op tells them)
         self._grad = None
         loss = torch.tensor([op.loss * self.weight], dtype=torch.float64, device=op.device)
         self.loss = float(all_reduce_sum(loss))
@@ -442,6 +443,18 @@ class DistributedOperator:
             self._skipped += 1
             return torch.full_like(v, math.nan)
         return all_reduce_sum(self.op(v).mul_(self.weight))
+
+    def unused_parameters(self) -> set[str]:
+        """Names of the trainable parameters the union's loss reaches on no rank's shard (each rank's
+        :meth:`~catapult.curvature.HessianOperator.unused_parameters`, agreed by one all-reduce of a
+        flag per parameter: one reached on another rank's shard is used). None for an operator that
+        does not tell (the Gauss-Newton one; every rank's is of one kind, so all skip the collective)."""
+        find = getattr(self.op, "unused_parameters", None)
+        if find is None or self.names is None:
+            return set()
+        local = find()
+        used = torch.tensor([0.0 if n in local else 1.0 for n in self.names], dtype=torch.float64, device=self.device)
+        return {n for n, flag in zip(self.names, all_reduce_sum(used).tolist()) if flag == 0.0}
 
     def forward_difference(self, v: torch.Tensor) -> torch.Tensor:
         """``sum_r w_r (g_r(theta + h u) - g_r(theta)) / h * ||v||``: the union's one-sided difference

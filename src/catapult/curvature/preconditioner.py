@@ -167,15 +167,16 @@ def adam_preconditioner(model, optimizer, op, scale_by_group_lr: bool = False):
 
 def unused_parameters(op, grad: torch.Tensor | None = None) -> set[str]:
     """The names of the trainable parameters ``op``'s loss does not reach (:meth:`HessianOperator.
-    unused_parameters`), where a parameter's gradient ``grad`` (``op``'s) is 0 throughout; else (and
-    for operators that do not tell: across processes, FSDP2's, Gauss-Newton's) none. torch's step
+    unused_parameters`; across processes, those reached on no rank's shard), where a parameter's gradient
+    ``grad`` (``op``'s) is 0 throughout; else (and for operators that do not tell: Gauss-Newton's) none. torch's step
     skips such a parameter (``.grad`` None): its decay rows were counted (``wd / eps`` under Adam's
     coupled L2 at a zero entry, beside a step whose sharpness was 1e-5 of that)."""
-    find = getattr(op, "unused_parameters", None)
-    if find is None:
+    find, sizes = getattr(op, "unused_parameters", None), getattr(op, "sizes", None)
+    if find is None or sizes is None:
         return set()
     grad = op.gradient() if grad is None else grad
-    if not any(not bool(part.any()) for part in op.split(grad)):
+    # (across processes: the union's gradient, alike on every rank, so every rank asks, or none)
+    if not any(not bool(part.any()) for part in torch.split(grad, sizes)):
         return set()
     return find()
 

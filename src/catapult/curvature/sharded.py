@@ -315,8 +315,12 @@ class ShardedHessianOperator:
         # and put back after every one (into ``kept``: critical_lr's trials put back the same)
         self._kept, self._watch_state = AttributesKept() if kept is None else kept, True
         self._grad_flat, loss = self._gradient_at(None, 0.0)
-        total = torch.tensor([loss * self.weight], dtype=torch.float64, device=self.device)
-        self.loss = float(all_reduce_sum(total))
+        # with the loss, a flag per parameter FSDP's backward gave a gradient (one the loss reaches on some
+        # rank's shard): the ones reached on none are unused_parameters(), agreed in the same all-reduce
+        total = all_reduce_sum(torch.tensor([loss * self.weight] + [float(r) for r in self._reached],
+                                            dtype=torch.float64, device=self.device)).tolist()
+        self.loss = float(total[0])
+        self._unused = {n for n, flag in zip(self.names, total[1:]) if flag == 0.0}
         # the gradients' rounding, below which a second difference is no kink (difference.py)
         self._gradient_norm = scaled_norm(self._grad_flat, self.reduce)   # every rank's alike
         self._noise = rounding_level(self._eps, self._gradient_norm)
@@ -455,6 +459,7 @@ class ShardedHessianOperator:
                         raise refusal from err
                     err.functions_without_backward = missing   # (critical_lr's refusal names them too)
                     raise
+            self._reached = [p.grad is not None for p in self._params]   # (False: FSDP's backward gave it none)
             pieces = [torch.zeros(shape, dtype=self.dtype, device=self.device) if p.grad is None
                       else self.part(p.grad).to(self.dtype) for p, shape in zip(self._params, self.shapes)]
             flat = torch.cat([g.reshape(-1) for g in pieces])
@@ -488,6 +493,11 @@ class ShardedHessianOperator:
     def gradient(self) -> torch.Tensor:
         """The union's flat gradient at the current parameters (computed once, at construction)."""
         return self._grad_flat
+
+    def unused_parameters(self) -> set[str]:
+        """Names of the trainable parameters the union's loss reaches on no rank's shard (FSDP's
+        backward gave them no gradient on any rank; found at construction, no collective here)."""
+        return set(self._unused)
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         """``H v`` for a full flat ``v`` (the same on every rank), by central differences, at the
