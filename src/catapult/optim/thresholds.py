@@ -97,11 +97,28 @@ def group_lr_multipliers(optimizer: torch.optim.Optimizer, params) -> torch.Tens
     return torch.cat(out)
 
 
+#: Groups whose lrs (or weight decays) differ by at most this many units in the last place of the
+#: parameters' precision, relatively, are alike to :func:`unpreconditioned_kind` and
+#: :func:`group_decays`: the step rounds ``lr * g`` there anyway (groups 1 ulp apart, from a schedule's
+#: arithmetic, were ``lr_scaled``, which the tracker refuses with ``memory`` / ``distributed``).
+ALIKE_ULPS = 4
+
+
+def _alike_tolerance(params) -> float:
+    """``ALIKE_ULPS`` relative units of the finest floating precision among ``params`` (float64's without one)."""
+    eps = [torch.finfo(p.dtype).eps for p in params if p.is_floating_point()]
+    return ALIKE_ULPS * min(eps, default=torch.finfo(torch.float64).eps)
+
+
+def _alike(a: float, b: float, tol: float) -> bool:
+    return a == b or abs(a - b) <= tol * max(abs(a), abs(b))
+
+
 def unpreconditioned_kind(optimizer: torch.optim.Optimizer, params) -> str:
     """The sharpness that bounds a step without a pre-conditioner (SGD; RAdam while its step is
     un-rectified, EMA-momentum SGD) over ``params`` (the trainable parameters the sharpness is of):
     ``"hessian"`` where the step moves every one of them at the first group's lr
-    (:func:`group_lr_multipliers` all 1) and its moving groups decay alike (one weight decay, coupled
+    (:func:`group_lr_multipliers` all 1, within :data:`ALIKE_ULPS` of the parameters' precision) and its moving groups decay alike (one weight decay, coupled
     or decoupled), else ``"lr_scaled"``, ``M^1/2 (H + W) M^1/2`` (:func:`lr_scaled_sharpness`), which
     takes every group at its own lr, leaves out what the step does not move and holds the decays'
     difference. The one rule of the engine (:func:`catapult.engine.sharpness_rule.resolve_kind`), the
@@ -121,7 +138,8 @@ def unpreconditioned_kind(optimizer: torch.optim.Optimizer, params) -> str:
     if not params:      # (the measurement names it; the multipliers' torch.cat of nothing did not)
         return "hessian"
     m = group_lr_multipliers(optimizer, params)
-    return "lr_scaled" if bool((m != 1.0).any()) or len(group_decays(optimizer)) > 1 else "hessian"
+    odd = bool(((m - 1.0).abs() > _alike_tolerance(params)).any())   # (lrs a few ulps apart: alike)
+    return "lr_scaled" if odd or len(group_decays(optimizer)) > 1 else "hessian"
 
 
 def group_decays(optimizer: torch.optim.Optimizer) -> set[tuple[float, bool]]:
@@ -129,14 +147,21 @@ def group_decays(optimizer: torch.optim.Optimizer) -> set[tuple[float, bool]]:
     (a parameter that requires grad, lr > 0; a part frozen by ``requires_grad=False`` has no gradient
     and torch's step leaves it, decay included): more than one, and no single shift of the threshold
     holds the decay (:func:`weight_decay_shift` is the first group's; the lr-scaled and
-    pre-conditioned operators hold the difference).
+    pre-conditioned operators hold the difference). Decays within :data:`ALIKE_ULPS` of the
+    parameters' precision are one (the first group's value).
 
     >>> a, b = torch.zeros(1, requires_grad=True), torch.zeros(1, requires_grad=True)
     >>> sorted(group_decays(torch.optim.SGD([{"params": [a]}, {"params": [b], "weight_decay": 0.1}], lr=0.1)))
     [(0.0, False), (0.1, False)]
     """
-    return {(float(g.get("weight_decay", 0.0)), bool(g.get("decoupled_weight_decay", False)))
-            for g in optimizer.param_groups if any(p.requires_grad for p in g["params"]) and float(g["lr"]) > 0}
+    moving = [g for g in optimizer.param_groups if any(p.requires_grad for p in g["params"]) and float(g["lr"]) > 0]
+    tol = _alike_tolerance([p for g in moving for p in g["params"] if p.requires_grad])
+    decays: set[tuple[float, bool]] = set()
+    for g in moving:   # decays a few ulps apart are one (the first group's value kept)
+        wd, decoupled = float(g.get("weight_decay", 0.0)), bool(g.get("decoupled_weight_decay", False))
+        if not any(d == decoupled and _alike(w, wd, tol) for w, d in decays):
+            decays.add((wd, decoupled))
+    return decays
 
 
 def lr_scaled_sharpness(model: torch.nn.Module, loss_fn, batch, optimizer: torch.optim.Optimizer, *,

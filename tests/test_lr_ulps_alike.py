@@ -1,0 +1,63 @@
+"""Param groups whose lrs (or weight decays) are a few ulps apart, as a schedule's arithmetic leaves
+them, take the same step up to its own rounding: the rule (``unpreconditioned_kind``,
+``group_decays``) calls them alike, so ``SharpnessTracker`` measures the Hessian's sharpness with
+``memory=`` (it refused: the lr-scaled sharpness takes no ``memory``) and ``kind="hessian"`` is not
+refused as 'groups that decay differently' (weight_decay '0.1, 0.1'). Truth: the dense Hessian."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import catapult
+from catapult.optim.thresholds import group_decays, unpreconditioned_kind
+from dense_curvature import dense_hessian
+
+LOSS = torch.nn.MSELoss()
+ULP_UP = math.nextafter(0.1, 1.0)   # 0.1 and the next float64
+
+
+def problem(dtype=torch.float64):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)).to(dtype)
+    gen = torch.Generator().manual_seed(1)
+    batch = (torch.randn(12, 3, generator=gen).to(dtype), torch.randn(12, 1, generator=gen).to(dtype))
+    return model, batch
+
+
+def two_groups(model, head, **body):
+    return torch.optim.SGD([dict({"params": list(model[0].parameters())}, **body),
+                            dict({"params": list(model[2].parameters())}, **head)], lr=0.1)
+
+
+def test_lrs_and_decays_one_ulp_apart_are_alike():
+    model, _ = problem()
+    params = list(model.parameters())
+    assert unpreconditioned_kind(two_groups(model, {"lr": ULP_UP}), params) == "hessian"
+    assert len(group_decays(two_groups(model, {"weight_decay": ULP_UP}, weight_decay=0.1))) == 1
+    # lrs or decays truly apart stay apart: 1e-9 relative at float64, or a decay beside none
+    assert unpreconditioned_kind(two_groups(model, {"lr": 0.1 * (1 + 1e-9)}), params) == "lr_scaled"
+    assert len(group_decays(two_groups(model, {"weight_decay": 1e-300}))) == 2
+
+
+def test_the_tolerance_is_the_parameters_precision():
+    f32 = float(np.float32(0.1))   # 0.1 through float32: 1.5e-8 relative, below float32's ulp, above float64's
+    model, _ = problem(torch.float32)
+    assert unpreconditioned_kind(two_groups(model, {"lr": f32}), list(model.parameters())) == "hessian"
+    model, _ = problem(torch.float64)
+    assert unpreconditioned_kind(two_groups(model, {"lr": f32}), list(model.parameters())) == "lr_scaled"
+
+
+def test_the_tracker_measures_groups_one_ulp_apart_as_the_hessian():
+    model, batch = problem()
+    top = float(np.linalg.eigvalsh(dense_hessian(model, LOSS, batch).numpy())[-1])
+    # before: kind 'lr_scaled', refused ('memory' is not an option of the lr-scaled sharpness)
+    record = catapult.SharpnessTracker(model, LOSS, two_groups(model, {"lr": ULP_UP}), memory="fast",
+                                       tol=1e-12, max_iter=200).step(batch)
+    assert record.kind == "hessian" and record.value == pytest.approx(top, rel=1e-9)
+    # before: refused, 'param groups that decay differently (weight_decay 0.1, 0.1)'
+    opt = two_groups(model, {"weight_decay": ULP_UP}, weight_decay=0.1)
+    record = catapult.SharpnessTracker(model, LOSS, opt, kind="hessian", tol=1e-12, max_iter=200).step(batch)
+    assert record.kind == "hessian" and record.value == pytest.approx(top, rel=1e-9)
