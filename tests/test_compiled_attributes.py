@@ -127,20 +127,23 @@ def _compile_keeping(follows: bool, first_wrong: bool = False):
             first = not traced
             if first or follows:
                 traced.update(scale=module.scale.clone(), factor=module.factor)
+            elif follows is None:   # the buffer read anew, the float kept as traced
+                traced.update(scale=module.scale.clone())
             return x * traced["scale"] * traced["factor"] * (0.5 if first and first_wrong else 1.0)
         return run
     return compile_
 
 
-@pytest.mark.parametrize("follows, first_wrong", [(True, False), (False, False), (True, True)])
+@pytest.mark.parametrize("follows, first_wrong", [(True, False), (False, False), (True, True), (None, False)])
 def test_the_probe_says_whether_replaced_attributes_are_read(monkeypatch, follows, first_wrong):
     # (mutation pass 18, CS1, CS2) the probe's verdict is the second call's value: 6.0 (the new buffer 2 and
     # float 3) where compiled modules follow, 1.0 where they keep the traced ones, then False; and a first
-    # call off its 1.0 is a compile that cannot be trusted: False
+    # call off its 1.0 is a compile that cannot be trusted: False; (CS3) one that reads the new buffer but
+    # keeps the traced float (2.0) does not follow either
     probe = compiled_state.compiled_modules_follow_attributes
     probe.cache_clear()
     try:
         monkeypatch.setattr(torch, "compile", _compile_keeping(follows, first_wrong))
-        assert probe() is (follows and not first_wrong)
+        assert probe() is (bool(follows) and not first_wrong)
     finally:
         probe.cache_clear()

@@ -88,3 +88,12 @@ def test_no_source_file_calls_a_collective_that_pickles_or_an_unrestricted_torch
                 if not (weights_only and isinstance(weights_only[0], ast.Constant) and weights_only[0].value is True):
                     found.append(f"{path.relative_to(SRC)}:{node.lineno} torch.load without weights_only=True")
     assert found == []
+
+
+@pytest.mark.parametrize("backend", ["gloo", "mpi", "cpu:gloo,cuda:nccl", "cpu:mpi,cuda:nccl", "undefined"])
+def test_a_group_whose_backend_holds_gloo_or_mpi_gathers_on_the_cpu(monkeypatch, backend):
+    # (mutation pass 18, GJ1) a backend string naming gloo or MPI for the CPU (alone, or beside NCCL for
+    # CUDA) takes CPU tensors; only a group without either gathers on the CUDA device
+    from catapult.engine import gather_json as module
+    monkeypatch.setattr(module.dist, "get_backend", lambda group=None: backend)
+    assert module.collective_device() == torch.device("cpu")
