@@ -97,3 +97,15 @@ def test_a_group_whose_backend_holds_gloo_or_mpi_gathers_on_the_cpu(monkeypatch,
     from catapult.engine import gather_json as module
     monkeypatch.setattr(module.dist, "get_backend", lambda group=None: backend)
     assert module.collective_device() == torch.device("cpu")
+
+
+def test_a_value_json_cannot_encode_as_a_whole_travels_as_its_repr():
+    # (mutation pass 18, GJ4) a cycle is json's ValueError ('Circular reference detected'), a key that is
+    # not a string its TypeError: both come back as the whole's repr (a raise there ends that rank alone)
+    from catapult.curvature.distributed import single_process_group
+    from catapult.engine.gather_json import gather_json
+    cycle = ["verdict"]
+    cycle.append(cycle)
+    with single_process_group():
+        assert gather_json(cycle) == [repr(cycle)]
+        assert gather_json({(1, 2): "x"}) == [repr({(1, 2): "x"})]
