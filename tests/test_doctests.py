@@ -21,6 +21,7 @@ from torch_features import FSDP2
 MODULES = (
     "catapult.arguments",
     "catapult.compiled_state",
+    "catapult.run_root",
     "catapult.schedules.functions",
     "catapult.schedules.scheduler",
     "catapult.schedules.persistent",

@@ -12,6 +12,7 @@ from pathlib import Path
 from catapult.arguments import max_threads, max_workers
 from catapult.config import ConfigError
 from catapult.files import UNMARKED_FIGURES, figure_path, is_run_record, partial_of_ours, written_by_catapult
+from catapult.run_root import relocated_root
 from catapult.sweep.store_file import has_sqlite_header
 
 __all__ = ["add_config_arguments", "config_from_args", "overrides_from_args", "apply_threads", "check_out_file",
@@ -49,11 +50,21 @@ def config_from_args(args: argparse.Namespace) -> dict:
 
     Raises :class:`~catapult.config.ConfigError` naming each bad key; :func:`main` turns that
     into a message on stderr and exit code 2. Applies ``--threads`` (``torch.set_num_threads``).
+    A run folder's ``config.yaml`` with a relative ``data.root`` reads the data the run read,
+    from any directory (:func:`catapult.run_root.relocated_root`; not where the command line
+    sets ``data.root``); where they moved, a ConfigError naming ``data.root`` and both paths.
     """
     from catapult.config import load_config  # here: the parser's build (``--help``) reads no YAML, no pydantic
 
     set_aside: dict = {}
-    config = load_config(args.config, overrides_from_args(args), set_aside=set_aside)
+    overrides = overrides_from_args(args)
+    config = load_config(args.config, overrides, set_aside=set_aside)
+    if not any(text.split("=", 1)[0].strip() in ("data", "data.root") for text in overrides):
+        root, problem = relocated_root(args.config, config)  # a run folder's relative data.root, from here
+        if problem is not None:
+            raise ConfigError([("data.root", problem)])
+        if root is not None:
+            config["data"]["root"] = root
     apply_threads(args)
     if "sweep" in set_aside:
         print(sweep_ignored_note(getattr(args, "command", None), set_aside["sweep"], config), file=sys.stderr)

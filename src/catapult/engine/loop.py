@@ -97,6 +97,7 @@ from catapult import config as cfg
 from catapult.arguments import check_flag
 from catapult.files import WRITTEN, file_digest
 from catapult.writing import write_errors_named, write_text_whole, write_whole
+from catapult.run_root import data_root_record
 from catapult.losses import accuracy, loss_and_accuracy
 from catapult.engine.build import Run, build_run, threshold
 from catapult.engine.sharpness_rule import STEP_KIND_COLUMN, check_spectrum_cadence
@@ -459,7 +460,9 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
         # the exact bytes of what came before, so that a later --overwrite replaces these files
         # and no user's file put in their place (config.yaml is left out: a user may edit it)
         written = {name: file_digest(out_path / name) for name in DIGESTED_FILES}
-        text = json.dumps(json_safe({**summary, WRITTEN: written}), indent=2, allow_nan=False) + "\n"
+        # and where its data.root was (run_root: a relative root reloads from any directory)
+        text = json.dumps(json_safe({**summary, WRITTEN: written, **data_root_record(config["data"]["root"])}),
+                          indent=2, allow_nan=False) + "\n"
         write_text_whole(out_path / "summary.json", text)
     return RunResult(status=status, metrics=metrics, summary=summary, config=config, model=model, out_dir=out_path)
 
