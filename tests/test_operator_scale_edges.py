@@ -30,7 +30,7 @@ def test_the_window_of_no_scaling_is_half_open(dtype, window):
 @pytest.mark.parametrize("solver", SOLVERS)
 def test_a_subnormal_float64_operator(solver):
     A0, v0 = matrix_and_start()
-    A = torch.ldexp(A0, torch.tensor(-1040))
+    A = torch.from_numpy(np.ldexp(A0.numpy(), -1040))   # (torch 2.2.2's ldexp of an int exponent tensor: 0)
     assert 0 < float(A.abs().max()) < np.finfo(np.float64).tiny
     top = math.ldexp(float(np.linalg.eigh(np.ldexp(A.numpy(), 1040))[0][-1]), -1040)
     est = solver(lambda v: A @ v, v0.clone(), tol=1e-8, max_iter=100)
