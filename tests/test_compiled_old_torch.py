@@ -27,6 +27,19 @@ def _compiled_sharpness(model, loss_fn, batch):
     return est.value, [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
 
 
+def _fresh_compiled_run(monkeypatch, seed: int):
+    """A first ``hvp="compiled"`` call in a process with no compile record: its value equals the
+    dense Hessian's top eigenvalue and it gave exactly one RuntimeWarning (returned)."""
+    monkeypatch.setattr(compiled, "compile_failures", {})
+    monkeypatch.setattr(compiled, "_COMPILED", {})
+    model, loss_fn, batch = small_problem(seed=seed)
+    truth = np.linalg.eigvalsh(dense_hessian(model, loss_fn, batch).numpy())[-1]
+    value, messages = _compiled_sharpness(model, loss_fn, batch)
+    assert value == pytest.approx(truth, rel=1e-8)
+    assert len(messages) == 1, messages
+    return model, loss_fn, batch, truth, messages
+
+
 def test_an_older_torch_runs_the_compiled_mode_eagerly_with_one_warning_and_no_compile(monkeypatch):
     # (torch's version set to 2.2.2: the rule on any torch; torch.compile must not even be called)
     def no_compile(*args, **kwargs):
@@ -34,13 +47,7 @@ def test_an_older_torch_runs_the_compiled_mode_eagerly_with_one_warning_and_no_c
 
     monkeypatch.setattr(torch, "__version__", TorchVersion("2.2.2"))
     monkeypatch.setattr(torch, "compile", no_compile)
-    monkeypatch.setattr(compiled, "compile_failures", {})
-    monkeypatch.setattr(compiled, "_COMPILED", {})
-    model, loss_fn, batch = small_problem(seed=2)
-    truth = np.linalg.eigvalsh(dense_hessian(model, loss_fn, batch).numpy())[-1]
-    value, messages = _compiled_sharpness(model, loss_fn, batch)
-    assert value == pytest.approx(truth, rel=1e-8)
-    assert len(messages) == 1, messages
+    model, loss_fn, batch, truth, messages = _fresh_compiled_run(monkeypatch, seed=2)
     assert messages[0].startswith("hvp='compiled': torch 2.2.2's torch.compile cannot trace")
     assert "torch 2.3 and later" in messages[0] and "eagerly" in messages[0]
     assert set(compiled.compile_failures) == {"gradient", "product"}
@@ -52,11 +59,5 @@ def test_an_older_torch_runs_the_compiled_mode_eagerly_with_one_warning_and_no_c
                                                           "torch 2.2 only")
 def test_torch_2_2_warns_once_naming_the_setting_and_the_torch(monkeypatch):
     # the real torch 2.2: before, two warnings, the first "No module named 'torch.nn.attention'"
-    monkeypatch.setattr(compiled, "compile_failures", {})
-    monkeypatch.setattr(compiled, "_COMPILED", {})
-    model, loss_fn, batch = small_problem(seed=3)
-    truth = np.linalg.eigvalsh(dense_hessian(model, loss_fn, batch).numpy())[-1]
-    value, messages = _compiled_sharpness(model, loss_fn, batch)
-    assert value == pytest.approx(truth, rel=1e-8)
-    assert len(messages) == 1, messages
+    _, _, _, _, messages = _fresh_compiled_run(monkeypatch, seed=3)
     assert f"torch {torch.__version__}'s" in messages[0] and "torch.nn.attention" not in messages[0]
