@@ -218,3 +218,19 @@ def test_a_text_shards_run_records_its_bpe_and_reloads(tmp_path, capsys):
     assert main(["spectrum", str(run / "config.yaml"), "--weights", str(run / "model.pt"), "--top-k", "1",
                  "--trace-matvecs", "0", "--density-runs", "0"]) == 0
     assert f"batch 0 ({BATCH} samples" in capsys.readouterr().out
+
+
+def test_reads_shards_lists_the_arrays_as_token_shards_reads_them(tmp_path):
+    # (review) reads_shards took any '.npy' suffix, upper case too, while TokenShards reads
+    # root.glob("*.npy"): a folder of X.NPY alone was sent to the shards path, which found none
+    from catapult.engine.distributed import TokenShards
+    from catapult.engine.shard_run import reads_shards
+
+    np.save(tmp_path / "part0.npy", np.arange(10, dtype=np.uint16))
+    (tmp_path / "part0.npy").rename(tmp_path / "PART0.NPY")
+    assert not reads_shards({"name": "text", "root": str(tmp_path), "tokenizer": "char"})
+    with pytest.raises(FileNotFoundError, match="no \\*.npy token shards"):
+        TokenShards(tmp_path, 16)
+    np.save(tmp_path / "part1.npy", np.arange(10, dtype=np.uint16))
+    assert reads_shards({"name": "text", "root": str(tmp_path), "tokenizer": "char"})
+    assert len(TokenShards(tmp_path, 16)) == 10

@@ -48,8 +48,10 @@ def reads_shards(data: Mapping[str, Any]) -> bool:
     root = Path(data["root"]).expanduser()
     if root.is_file():
         return root.suffix.lower() == ".npy" or bool(text_shard_files(root))
+    # the arrays TokenShards reads (its ``root.glob("*.npy")``): a folder of ``X.NPY`` alone was
+    # called shards here, then found to hold none
     return root.is_dir() and not source_files(root) and (
-        any(f.suffix.lower() == ".npy" for f in root.iterdir()) or bool(text_shard_files(root)))
+        next(root.glob("*.npy"), None) is not None or bool(text_shard_files(root)))
 
 
 def recorded_config(config: Mapping[str, Any], shards) -> dict:
