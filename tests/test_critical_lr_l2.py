@@ -86,3 +86,28 @@ def test_the_penalty_of_parameters_at_zero_is_the_steps_alone():
     w = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
     penalty = coupled_l2_penalty(torch.optim.SGD([w], lr=0.1, weight_decay=2.0), [(w, torch.full((1,), 3.0))])
     assert (penalty(0.0), penalty(1.0), penalty(0.5)) == (0.0, 9.0, 2.25)
+
+
+class Scalar(torch.nn.Module):
+    def __init__(self, x0: float):
+        super().__init__()
+        self.x = torch.nn.Parameter(torch.tensor([x0], dtype=torch.float64))
+
+    def forward(self, inputs):
+        return self.x + 0 * inputs.sum()
+
+
+def test_the_delta_stop_is_relative_to_the_loss_not_to_the_loss_plus_decay():
+    """``L = 1/2 (x - 10)^2`` at ``x = 9`` under SGD with ``wd = 1``: ``L0 = 1/2`` but ``J0 = L0 + wd/2 x^2 = 41``.
+    The step ``u = (x - 10) + wd x = 8`` gives ``J(lr) - J0 = 64 (lr^2 - lr)`` (curvature ``1 + wd = 2``), so
+    ``lr* = 1``, and the paper's stop ``J(upper) - J0 <= delta |L0|`` bounds ``upper`` by the root of
+    ``64 (lr^2 - lr) = delta L0``. A stop relative to ``J0`` (82x ``L0``) returned 1.03125 for that 1.00078."""
+    delta = 0.1
+    model = Scalar(9.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=1.0)
+    res = critical_lr(model, lambda out, _: 0.5 * ((out - 10.0) ** 2).sum(), BATCH, opt, lr_start=1 / 64,
+                      delta=delta)
+    bound = (1 + (1 + 4 * delta * 0.5 / 64) ** 0.5) / 2    # 64 lr^2 - 64 lr - delta L0 = 0
+    assert res.loss0 == 0.5
+    assert res.lower <= 1.0 < res.lr <= bound
+    assert res.lr == 1 + 2.0 ** -11           # the bisection of [1, 2] that first lands under the bound

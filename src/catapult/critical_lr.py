@@ -76,7 +76,8 @@ class CriticalLR:
             fell there; ``lr_start`` when it rose already at ``lr_start``).
         lower: the largest lr tried whose step did not raise the loss (0.0 if none).
         upper: the smallest lr tried whose step raised the loss, with
-            ``L <= L0 + delta |L0|`` (``lr_max`` when capped; ``inf`` if no rise was ever found).
+            ``L <= L0 + delta |L0|`` (``lr_max`` when capped; ``inf`` if no rise was ever found;
+            with coupled L2 the objective ``J = L + wd/2 ||theta||^2`` rises, by at most ``delta |L0|``).
         forward_passes: forward passes spent, including the one that gave ``loss0`` (and the
             gradient); with ``distributed=True`` those this process ran, with the ones that told
             whether ``loss_fn`` is a mean or a sum over samples.
@@ -254,6 +255,10 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
             mid = (lower + upper) / 2; if L(mid) <= L0: lower = mid else: upper = mid
         lr_c = upper
 
+    (With coupled L2, ``L`` above is the objective ``J``, but the accepted rise stays ``delta |L0|``,
+    relative to the loss alone as in the paper: a decay term ``wd/2 ||theta||^2`` larger than the
+    loss does not loosen the stop.)
+
     A trial counts as a rise only when ``L > L0`` (the paper writes "double while L < L0"):
     a tie -- a step too small to change a float32 loss -- keeps the search going instead of
     stopping at ``lr_start``.
@@ -277,7 +282,8 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
         optimizer: whose next step is probed (SGD, Adam, AdamW, RAdam, GIAdam).
         lr_start: first lr tried (paper: 1e-4, or ``lr_target / warmup_steps``).
         lr_max: stop the exponential search here (e.g. ``lr_target``); None = no cap.
-        delta: relative loss rise accepted at ``upper`` (paper: 0.1 for SGD, ~0.01 for Adam).
+        delta: relative loss rise accepted at ``upper`` (paper: 0.1 for SGD, ~0.01 for Adam):
+            ``delta |L0|``, of the loss ``L0`` without the coupled L2.
         distributed: inside an initialised ``torch.distributed`` process group, ``batch`` is this
             rank's shard: the loss and its gradient are the union's (all-reduced, weighted by
             shard size for a mean over samples and equally for a sum:
@@ -422,7 +428,9 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
             passes += 1
             return value if math.isfinite(value) else math.inf
 
-        rise_tolerance = objective0 + delta * abs(objective0)
+        # the accepted rise is delta |L0| (the paper's, relative to the loss): relative to J0 a large
+        # ||theta||^2 (wd/2 ||theta||^2 >> L0) would let `upper` stop far past lr* (1.03 for 1.0008)
+        rise_tolerance = objective0 + delta * abs(loss0)
 
         # 1. exponential search
         lr = lr_start
