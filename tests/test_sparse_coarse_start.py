@@ -5,6 +5,7 @@ tensors do not have strides"), and ``distributed=True`` failed in its loss-reduc
 shard's halves). Truth: the same batch dense (rel 1e-5), and the rows cut from the dense tensor."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -93,6 +94,26 @@ def test_sparse_rows_are_the_dense_rows_in_the_same_layout(name):
     assert torch.equal(sample_index({"x": sparse}, slice(0, 9, 3))["x"].to_dense(), dense[0:9:3])
     assert torch.equal(sample_index(sparse, [2, 2]).to_dense(), dense[[2, 2]])
     assert torch.equal(sample_rows((sparse, 1), 3, 8)[0].to_dense(), dense[3:8])
+
+
+
+@pytest.mark.parametrize("name", ["coo", "coo hybrid", "coo 3-d", "csr", "csc", "bsr", "bsc", "csr hybrid",
+                                  "csr batched", "bsr batched", "csc batched"])
+def test_a_boolean_mask_picks_the_same_rows_of_dense_and_sparse_tensors(name):
+    """A bool list was a mask on dense tensors (``t[[True, False, ...]]``) but rows 1 and 0 on sparse ones
+    (``torch.as_tensor(mask, dtype=long)``). Truth: NumPy's boolean indexing of the dense array."""
+    x = torch.arange(40.0).view(10, 4) % 3
+    sparse, dense = _layouts(x)[name]
+    keep = np.zeros(10, dtype=bool)
+    keep[[2, 3, 6, 7]] = True            # (whole blocks of 2 rows, for BSR and BSC)
+    truth = torch.from_numpy(dense.numpy()[keep])
+    for mask in (keep.tolist(), torch.from_numpy(keep), keep):
+        assert torch.equal(sample_index(dense, mask), truth)
+        assert torch.equal(sample_index({"x": sparse}, mask)["x"].to_dense(), truth)
+        assert torch.equal(sparse_rows(sparse, mask).to_dense(), truth)
+    for tree in (dense, sparse):         # a mask of another length: refused alike (torch: an IndexError, or rows)
+        with pytest.raises(ValueError, match=r"sample_index: a boolean mask of shape \(9,\) for 10 samples"):
+            sample_index(tree, keep[:9].tolist())
 
 
 def test_a_block_sparse_batch_gets_sub_batches_of_whole_blocks_or_none():

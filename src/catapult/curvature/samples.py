@@ -93,16 +93,25 @@ def sample_rows(tree, start: int, stop: int):
 def sample_index(tree, index):
     """Samples ``index`` of nested inputs or targets (see :func:`sample_count`): every tensor with a
     dim 0 indexed there, contiguous, everything else as it is. ``index``: a list or 1-d integer
-    tensor of rows (in that order, repeats allowed: a copy), or a ``slice`` (rows every ``step``-th:
-    copied where they are not contiguous).
+    tensor of rows (in that order, repeats allowed: a copy), a ``slice`` (rows every ``step``-th:
+    copied where they are not contiguous), or a boolean mask (a list or 1-d tensor of bools, one a
+    sample: the rows where it is true, as ``t[mask]`` reads it) -- the same rows for dense and
+    sparse tensors (a mask of another length is a ValueError).
 
     >>> sample_index({"ids": torch.arange(6).view(3, 2), "flag": True}, [2, 0])
     {'ids': tensor([[4, 5],
             [0, 1]]), 'flag': True}
     >>> sample_index(torch.arange(6), slice(0, 6, 2))
     tensor([0, 2, 4])
+    >>> sample_index(torch.arange(3), [True, False, True]), sample_index(torch.arange(3).to_sparse(), [True, False, True]).to_dense()
+    (tensor([0, 2]), tensor([0, 2]))
     """
-    if torch.is_tensor(index):
+    mask = _mask_or_none(index)
+    if mask is not None:
+        def pick(t):
+            return t[_mask_rows(mask, int(t.shape[0]), "sample_index").to(t.device)]
+        index = mask
+    elif torch.is_tensor(index):
         def pick(t):
             return t[index.to(t.device)]
     elif isinstance(index, slice):
@@ -118,15 +127,40 @@ def sample_index(tree, index):
         if t.layout == torch.strided:
             return pick(t)
         rows = (torch.arange(*index.indices(int(t.shape[0]))) if isinstance(index, slice)
+                else _mask_rows(mask, int(t.shape[0]), "sample_index") if mask is not None
                 else torch.as_tensor(index, dtype=torch.long))
         return sparse_rows(t, rows)
 
     return map_tensors(cut, tree)
 
 
+def _mask_or_none(index) -> torch.Tensor | None:
+    """``index`` as a bool tensor where it is a boolean mask (a bool tensor, a list or array of
+    bools), else None (rows, a slice): ``torch.as_tensor`` of ``[True, False]`` as integers is
+    rows 1 and 0, where ``t[[True, False]]`` is a mask."""
+    if torch.is_tensor(index):
+        return index if index.dtype == torch.bool else None
+    if not isinstance(index, (list, tuple)) and not hasattr(index, "__array__"):
+        return None
+    try:
+        index = torch.as_tensor(index)
+    except (TypeError, ValueError, RuntimeError):   # (rows of mixed types: indexing says what is wrong)
+        return None
+    return index if index.dtype == torch.bool else None
+
+
+def _mask_rows(mask: torch.Tensor, n: int, where: str) -> torch.Tensor:
+    """The rows where a boolean ``mask`` of ``n`` samples is true; a ValueError where it has
+    another shape."""
+    if mask.dim() != 1 or int(mask.shape[0]) != n:
+        raise ValueError(f"{where}: a boolean mask of shape {tuple(mask.shape)} for {n} samples (dim 0): it needs "
+                         f"one entry a sample")
+    return mask.nonzero().squeeze(1)
+
+
 def sparse_rows(t: torch.Tensor, rows) -> torch.Tensor:
-    """Rows ``rows`` (dim 0; a 1-d integer tensor or a list, in that order, repeats allowed) of a
-    sparse tensor, in its own layout: COO by ``index_select``; CSR, CSC, BSR and BSC through COO and
+    """Rows ``rows`` (dim 0; a 1-d integer tensor or a list, in that order, repeats allowed; or a
+    boolean mask, one entry a row, as :func:`sample_index` reads it) of a sparse tensor, in its own layout: COO by ``index_select``; CSR, CSC, BSR and BSC through COO and
     back, or where dim 0 is a batch dimension (a 3-d CSR) by cutting its index and value tensors.
     torch indexes and slices none of them along dim 0 (``t[rows]``: "Could not run 'aten::index'
     ... 'SparseCPU'", CSR "do not have strides"), which is what failed :func:`sample_index`'s
@@ -138,7 +172,9 @@ def sparse_rows(t: torch.Tensor, rows) -> torch.Tensor:
     >>> sparse_rows(x.to_sparse_csr(), [1]).layout
     torch.sparse_csr
     """
-    rows = torch.as_tensor(rows, dtype=torch.long).to(t.device)
+    mask = _mask_or_none(rows)
+    rows = (torch.as_tensor(rows, dtype=torch.long) if mask is None else
+            _mask_rows(mask, int(t.shape[0]), "sparse_rows")).to(t.device)
     if t.layout == torch.sparse_coo:
         return t.index_select(0, rows)
     row_major = t.layout in (torch.sparse_csr, torch.sparse_bsr)
