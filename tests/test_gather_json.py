@@ -109,3 +109,66 @@ def test_a_value_json_cannot_encode_as_a_whole_travels_as_its_repr():
     with single_process_group():
         assert gather_json(cycle) == [repr(cycle)]
         assert gather_json({(1, 2): "x"}) == [repr({(1, 2): "x"})]
+
+
+class _NoRepr:
+    """A value whose repr raises (JSON's fallback for a value it cannot encode is the repr)."""
+
+    def __repr__(self):
+        raise RuntimeError("no repr here")
+
+
+class _NoMessage(Exception):
+    """An exception whose str raises."""
+
+    def __str__(self):
+        raise RuntimeError("no message here")
+
+
+def _one_rank_cannot_encode(rank, world):
+    from catapult.engine import distributed
+    from catapult.engine.gather_json import gather_json
+
+    seen = {}
+    try:
+        seen["gather"] = gather_json({"rank": rank, "odd": _NoRepr() if rank == 1 else None})
+    except RuntimeError as exc:
+        seen["gather"] = ["raised", str(exc)]
+    seen["after"] = gather_json(rank)   # the group is still in step: the next collective pairs up
+
+    def work():
+        if rank == 1:
+            raise _NoMessage()
+        return "fine"
+    try:
+        seen["verdict"] = distributed._on_every_rank(work, True)
+    except Exception as exc:   # noqa: BLE001 - the kind is checked
+        seen["verdict"] = [type(exc).__name__, None if isinstance(exc, _NoMessage) else str(exc)]
+    return seen
+
+
+def test_an_object_one_rank_cannot_encode_raises_the_same_error_on_every_rank():
+    """Rank 1's value has a repr that raises: gather_json raised there alone and rank 0 waited in its
+    all_gather until the group's timeout (a hang: the set-up group's is 24 hours), and so did a set-up
+    step's failure whose ``str`` raises. Now both ranks run the collectives and raise rank 1's error.
+    The group's timeout (30 s) turns a hang into a failure."""
+    got = on_ranks(_one_rank_cannot_encode, timeout_s=30.0)
+    for rank in range(2):
+        assert got[rank]["gather"] == ["raised", "gather_json: rank 1's object could not be encoded (RuntimeError: "
+                                                 "no repr here); every rank of the group raises this"]
+        assert got[rank]["after"] == [0, 1]
+        # rank 1 raises its own _NoMessage; rank 0 a RuntimeError naming the kind and rank 1's stand-in message
+        assert got[rank]["verdict"][0] == ("_NoMessage" if rank == 1 else "RuntimeError")
+    assert got[0]["verdict"][1] == "rank 1: _NoMessage: (its message raised RuntimeError)"
+
+
+def test_a_key_error_reaches_the_other_ranks_quoted_once():
+    """A KeyError's message is its key's repr (``'x'``); the other ranks' copy was ``KeyError("'x'")``,
+    printed ``"'x'"``. Truth: the failing rank's own ``str``."""
+    from catapult.engine.distributed import _same_error
+    for key in ("data.root", 3, ("a", 1), object()):
+        original = KeyError(key)
+        copy = _same_error(1, "KeyError", str(original), None)
+        assert isinstance(copy, KeyError) and str(copy) == str(original)
+        if type(key) is not object:   # a literal key comes back as itself
+            assert copy.args == (key,)

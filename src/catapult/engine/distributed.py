@@ -49,6 +49,7 @@ copied (:mod:`catapult.engine.fsdp`, :class:`FullyShardedDataParallel`); the res
 """
 from __future__ import annotations
 
+import ast
 import contextlib
 import os
 import time
@@ -70,7 +71,7 @@ from catapult.data.token_cache import npy_problem, token_cache_key
 from catapult.engine.ddp_config import check_ddp_config
 from catapult.engine.build import check_warmup_across_processes, resolve_device
 from catapult.engine.fsdp import check_fsdp, full_state_dict
-from catapult.engine.gather_json import collective_device, gather_json
+from catapult.engine.gather_json import collective_device, error_message, gather_json
 from catapult.engine.sharpness_rule import check_spectrum_cadence
 from catapult.engine.step import COLLAPSE_RTOL
 from catapult.engine.loop import Processes, RunDirectoryError, RunResult, check_out_dir, in_run_directory, train
@@ -421,7 +422,8 @@ def _on_every_rank(work, distributed: bool) -> Any:
             if problem is not None:
                 raise problem
             return result
-        verdict = None if problem is None else (type(problem).__name__, str(problem),
+        # (str() of an exception may raise: that rank alone would leave the others waiting in the gather)
+        verdict = None if problem is None else (type(problem).__name__, error_message(problem),
                                                 [list(p) for p in problem.problems]
                                                 if isinstance(problem, cfg.ConfigError) else None)
         every = gather_json(verdict, group, kept)   # JSON, never a pickle
@@ -467,6 +469,8 @@ def _same_error(rank: int, kind: str, message: str, problems: Any) -> Exception:
     if kind == "RunDirectoryError":
         return RunDirectoryError(message)
     builtin = getattr(builtins, kind, None)
+    if builtin is KeyError:   # its message is its key's repr: KeyError(message) quoted it again ("'x'" as "\"'x'\"")
+        return _key_error(message)
     if isinstance(builtin, type) and issubclass(builtin, Exception):
         # one that takes more than a message (UnicodeDecodeError's 5 arguments, ExceptionGroup's list)
         # raised a TypeError here, on every other rank, in place of the failure: its nearest base that
@@ -478,6 +482,26 @@ def _same_error(rank: int, kind: str, message: str, problems: Any) -> Exception:
                 except TypeError:
                     continue
     return RuntimeError(f"rank {rank}: {kind}: {message}")
+
+
+def _key_error(message: str) -> KeyError:
+    """A KeyError whose ``str`` is ``message`` (a KeyError's ``str`` is its key's ``repr``): of the key
+    itself where ``message`` is a literal's repr (a string, a number, a tuple of them), else one that
+    prints ``message`` as it is."""
+    try:
+        key = ast.literal_eval(message)
+        if repr(key) == message:
+            return KeyError(key)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        pass
+    return _RankKeyError(message)
+
+
+class _RankKeyError(KeyError):
+    """A KeyError another rank raised whose key cannot be rebuilt: printed as that rank printed it."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["collective_device", "gather_json"]
+__all__ = ["collective_device", "error_message", "gather_json"]
 
 
 def collective_device(group=None) -> torch.device:
@@ -42,8 +42,10 @@ def gather_json(obj: Any, group=None, kept: list | None = None) -> list:
     """Every rank's ``obj``, in rank order, as JSON carries it (tuples come back as lists; a value
     JSON cannot encode, as a ``Path``, as its ``repr``; a whole it cannot encode, as a key that is
     not a string or a cycle, as the whole's ``repr``), gathered over ``group`` (None: the default
-    group). Every rank must call it. ``kept``, where given, receives the collectives' tensors: torch
-    before 2.8 frees a gloo group holding the GIL while joining its worker threads, and a worker
+    group). Every rank must call it. Where a rank's ``obj`` cannot be encoded at all (a ``repr`` that
+    raises), every rank still runs the same collectives and then raises the same RuntimeError, naming
+    that rank and its error (the lowest such rank's). ``kept``, where given, receives the collectives'
+    tensors: torch before 2.8 frees a gloo group holding the GIL while joining its worker threads, and a worker
     freeing the last collective's tensors, whose Python objects were dropped, waits for the GIL
     (``catapult train-ddp`` hung at its set-up on torch 2.2); held until the group is freed,
     they need no GIL.
@@ -53,13 +55,10 @@ def gather_json(obj: Any, group=None, kept: list | None = None) -> list:
     ...     gather_json(("ValueError", "bad", [("key", 2)]))
     [['ValueError', 'bad', [['key', 2]]]]
     """
-    try:   # a value JSON cannot encode as its repr (a Path in a ConfigError's problems): json.dumps
-        text = json.dumps(obj, default=repr)   # raised on that rank alone, and the others waited
-    except (TypeError, ValueError, RecursionError):   # a key that is not a string, a cycle: the whole's
-        text = json.dumps(repr(obj))
+    payload, failure = _encoded(obj)
     world = dist.get_world_size(group)
     device = collective_device(group)
-    data = torch.frombuffer(bytearray(text.encode()), dtype=torch.uint8).to(device)
+    data = torch.frombuffer(bytearray(payload), dtype=torch.uint8).to(device)
     size = torch.tensor([data.numel()], dtype=torch.long, device=device)
     sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(world)]
     dist.all_gather(sizes, size, group=group)
@@ -70,4 +69,44 @@ def gather_json(obj: Any, group=None, kept: list | None = None) -> list:
     dist.all_gather(out, padded, group=group)
     if kept is not None:
         kept.extend([size, *sizes, padded, *out])
-    return [json.loads(o[:n].cpu().numpy().tobytes().decode()) for o, n in zip(out, counts)]
+    every = [o[:n].cpu().numpy().tobytes() for o, n in zip(out, counts)]
+    failed = next((r for r, b in enumerate(every) if b[:1] == _FAILED), None)
+    if failed is not None:   # every rank ran both collectives: each raises the lowest failing rank's error
+        kind, message = json.loads(every[failed][1:].decode())
+        raise RuntimeError(f"gather_json: rank {failed}'s object could not be encoded ({kind}: {message}); "
+                           f"every rank of the group raises this") from failure
+    return [json.loads(b[1:].decode()) for b in every]
+
+
+#: The first byte of a rank's bytes: its object's JSON follows, or the error that encoding it raised.
+_ENCODED, _FAILED = b"V", b"E"
+
+
+def _encoded(obj: Any) -> tuple[bytes, Exception | None]:
+    """``obj``'s bytes for :func:`gather_json`, and None; or, where encoding it raised (a ``repr``
+    that raises, or returns no string), that error's kind and message, and the error: the rank
+    still joins the collectives (raising here left the other ranks waiting in them)."""
+    try:
+        try:   # a value JSON cannot encode as its repr (a Path in a ConfigError's problems): json.dumps
+            text = json.dumps(obj, default=repr)   # raised on that rank alone, and the others waited
+        except (TypeError, ValueError, RecursionError):   # a key that is not a string, a cycle: the whole's
+            text = json.dumps(repr(obj))
+        return _ENCODED + text.encode(), None
+    except Exception as err:   # noqa: BLE001 - any kind, sent to every rank
+        return _FAILED + json.dumps([type(err).__name__, error_message(err)]).encode(), err
+
+
+def error_message(err: BaseException) -> str:
+    """``str(err)``, or a stand-in where that raises (an exception whose ``__str__`` fails): what a
+    rank sends the others about its failure must not raise on that rank alone.
+
+    >>> class Broken(Exception):
+    ...     def __str__(self):
+    ...         raise RuntimeError("no message")
+    >>> error_message(ValueError("bad")), error_message(Broken())
+    ('bad', '(its message raised RuntimeError)')
+    """
+    try:
+        return str(err)
+    except Exception as inner:   # noqa: BLE001 - any kind
+        return f"(its message raised {type(inner).__name__})"
