@@ -12,7 +12,7 @@ import torch.distributed as dist
 
 import catapult
 from catapult.curvature.coarse import FINITE_DIFFERENCE, coarse_levels
-from catapult.curvature.samples import sample_index, sample_rows, sparse_rows
+from catapult.curvature.samples import block_rows, sample_index, sample_rows, sparse_rows
 
 pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
 LAYOUTS = {"coo": lambda x: x.to_sparse(), "csr": lambda x: x.to_sparse_csr()}
@@ -114,6 +114,22 @@ def test_a_boolean_mask_picks_the_same_rows_of_dense_and_sparse_tensors(name):
     for tree in (dense, sparse):         # a mask of another length: refused alike (torch: an IndexError, or rows)
         with pytest.raises(ValueError, match=r"sample_index: a boolean mask of shape \(9,\) for 10 samples"):
             sample_index(tree, keep[:9].tolist())
+
+
+def test_a_blocks_rows_with_blocks_that_are_not_square_and_cuts_that_run_past_the_rows():
+    """(mutation pass 19) A block's rows are the values' dim 1, its columns dim 2 (SC9 took the
+    columns: alike for the 2 x 2 blocks above); sample_rows cuts a sparse tensor as a slice cuts the
+    dense one, a stop past the rows and a negative start included (SC10 indexed rows that are not there)."""
+    x = torch.arange(36.0).view(6, 6) % 4
+    assert block_rows(x.to_sparse_bsr((2, 3))) == 2 and block_rows(x.to_sparse_bsc((3, 2))) == 3
+    cut = sparse_rows(x.to_sparse_bsr((2, 3)), [4, 5, 0, 1])
+    assert cut.values().shape[1:3] == (2, 3) and torch.equal(cut.to_dense(), x[[4, 5, 0, 1]])
+    with pytest.raises(ValueError, match=r"blocks of 3 rows: 2 of its rows"):
+        sparse_rows(x.to_sparse_bsc((3, 2)), [0, 1])
+    for to_sparse in LAYOUTS.values():
+        for start, stop in ((4, 10), (-3, 5), (0, 6)):
+            out = sample_rows(to_sparse(x), start, stop)
+            assert out.layout == to_sparse(x).layout and torch.equal(out.to_dense(), x[start:stop])
 
 
 def test_a_block_sparse_batch_gets_sub_batches_of_whole_blocks_or_none():
