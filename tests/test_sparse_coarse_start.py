@@ -96,7 +96,6 @@ def test_sparse_rows_are_the_dense_rows_in_the_same_layout(name):
     assert torch.equal(sample_rows((sparse, 1), 3, 8)[0].to_dense(), dense[3:8])
 
 
-
 @pytest.mark.parametrize("name", ["coo", "coo hybrid", "coo 3-d", "csr", "csc", "bsr", "bsc", "csr hybrid",
                                   "csr batched", "bsr batched", "csc batched"])
 def test_a_boolean_mask_picks_the_same_rows_of_dense_and_sparse_tensors(name):
