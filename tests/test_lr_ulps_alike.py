@@ -61,3 +61,15 @@ def test_the_tracker_measures_groups_one_ulp_apart_as_the_hessian():
     opt = two_groups(model, {"weight_decay": ULP_UP}, weight_decay=0.1)
     record = catapult.SharpnessTracker(model, LOSS, opt, kind="hessian", tol=1e-12, max_iter=200).step(batch)
     assert record.kind == "hessian" and record.value == pytest.approx(top, rel=1e-9)
+
+
+def test_alike_is_within_four_ulps_inclusive():
+    """(mutation pass 19) float64 parameters: lrs 1 and 1 + 4 ulps are alike, 5 ulps apart not; decays
+    1 and 1 - 4 * 2**-52 (exactly 4 ulps of the larger) alike, 5 apart not. TA2 (4000 ulps) took 5
+    ulps alike; TA5 (a strict bound) and TA6 (ulps of the smaller) took the 4 apart."""
+    model, _ = problem()
+    params, e = list(model.parameters()), 2.0 ** -52
+    assert unpreconditioned_kind(two_groups(model, {"lr": 1 + 4 * e}, lr=1.0), params) == "hessian"
+    assert unpreconditioned_kind(two_groups(model, {"lr": 1 + 5 * e}, lr=1.0), params) == "lr_scaled"
+    assert group_decays(two_groups(model, {"weight_decay": 1 - 4 * e}, weight_decay=1.0)) == {(1.0, False)}
+    assert len(group_decays(two_groups(model, {"weight_decay": 1 - 5 * e}, weight_decay=1.0))) == 2
