@@ -16,8 +16,9 @@ from matplotlib.figure import Figure
 
 from catapult.analysis import is_finite_number
 from catapult.arguments import check_flag
-from catapult.engine.records import EIG_CONVERGED_COLUMN, SHARPNESS_CONVERGED_COLUMN, is_spectrum_column
-from catapult.engine.sharpness_rule import RADAM_KIND, RADAM_LR_SCALED_KIND
+# the kinds from records, not sharpness_rule: that imports torch (2.7 s of `catapult plot` / `report`)
+from catapult.engine.records import (EIG_CONVERGED_COLUMN, RADAM_KIND, RADAM_LR_SCALED_KIND,
+                                     SHARPNESS_CONVERGED_COLUMN, is_spectrum_column)
 from catapult.files import save_figure
 
 Metrics = Sequence[Mapping[str, Any]]
