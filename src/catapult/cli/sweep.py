@@ -146,7 +146,7 @@ def register(subparsers) -> None:
 
 
 def _plot_metric(text: str) -> str:
-    from catapult.plots.phase import check_plot_metric
+    from catapult.sweep.store_schema import check_plot_metric  # not the plots: numpy, the config (a refusal's 0.4 s)
 
     try:
         return check_plot_metric(text)
@@ -390,7 +390,7 @@ def _not_a_file(path) -> bool:
 
 
 def _export_command(args: argparse.Namespace) -> int:
-    if problem := store_problem(args.store):
+    if problem := store_problem(args.store, reading=True):
         return _fail("export", problem)
     out = Path(args.out)
     named = {".csv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet"}.get(out.suffix.lower())
@@ -445,7 +445,7 @@ def _parse_where(items) -> dict:
 
 
 def _plot_command(args: argparse.Namespace) -> int:
-    if problem := store_problem(args.store):  # before the default names below are made of it
+    if problem := store_problem(args.store, reading=True):  # before the default names below are made of it
         return _fail("plot", problem)
     # the default names are checked too: a user's file (or a link) there is not catapult's to replace
     stem = Path(args.store).with_suffix("")
@@ -509,7 +509,7 @@ def _plot_command(args: argparse.Namespace) -> int:
 
 
 def _transfer_command(args: argparse.Namespace) -> int:
-    if problem := store_problem(args.store):  # before the default name below is made of it
+    if problem := store_problem(args.store, reading=True):  # before the default name below is made of it
         return _fail("transfer", problem)
     check_image_file("--out", args.out if args.out else Path(f"{Path(args.store).with_suffix('')}_transfer.png"))
     import json
@@ -553,7 +553,7 @@ def _default_role(key: str, swept: set, *taken) -> str | None:
 
 
 def _report_command(args: argparse.Namespace) -> int:
-    if problem := store_problem(args.store):  # before the default name below is made of it
+    if problem := store_problem(args.store, reading=True):  # before the default name below is made of it
         return _fail("report", problem)
     # the default, <store>.html, is the store itself for a store named x.html
     check_out_file("--out", args.out if args.out is not None else Path(args.store).with_suffix(".html"),

@@ -24,6 +24,8 @@ from catapult.arguments import check_flag
 from catapult.engine.records import EIG_CONVERGED_COLUMN, SHARPNESS_CONVERGED_COLUMN, is_spectrum_column
 from catapult.files import save_figure
 from catapult.sweep.spec import canonical_json
+# defined with the store's columns: `catapult plot`'s --metric is checked without this module (numpy)
+from catapult.sweep.store_schema import PLOT_METRICS, check_plot_metric
 
 if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn: the grids and tables need none
     from matplotlib.figure import Figure
@@ -48,31 +50,8 @@ __all__ = [
     "check_plot_metric",
 ]
 
-#: Cell values a phase diagram can show (columns of the store's ``cells`` table).
-PLOT_METRICS = ("test_accuracy", "test_loss", "train_loss", "train_accuracy", "sharpness",
-                "best_test_accuracy", "best_test_loss", "best_train_loss", "lambda_0", "lr_target",
-                "wall_time_s")
-
-
 # measures of the set-up, of curvature or of cost, not objectives: no cell of theirs is "best"
 _NO_OPTIMUM = ("lambda_0", "lr_target", "sharpness", "wall_time_s")
-
-
-def check_plot_metric(metric: str) -> str:
-    """``metric`` if a phase diagram can show it: one of :data:`PLOT_METRICS`, or a spectrum
-    column (``eig_<i>``, ``hessian_trace``: the last value a cell logged, with
-    ``eval.spectrum_top_k`` / ``eval.trace_matvecs``); else ``ValueError`` naming the choices.
-
-    >>> check_plot_metric("eig_2")
-    'eig_2'
-    >>> check_plot_metric("eig_0")
-    Traceback (most recent call last):
-    ...
-    ValueError: unknown metric 'eig_0'; allowed: test_accuracy, test_loss, train_loss, train_accuracy, sharpness, best_test_accuracy, best_test_loss, best_train_loss, lambda_0, lr_target, wall_time_s, eig_<i> (i >= 1), hessian_trace
-    """
-    if metric in PLOT_METRICS or is_spectrum_column(metric):
-        return metric
-    raise ValueError(f"unknown metric {metric!r}; allowed: {', '.join(PLOT_METRICS)}, eig_<i> (i >= 1), hessian_trace")
 
 
 def higher_is_better(metric: str) -> bool:

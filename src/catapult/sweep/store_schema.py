@@ -39,7 +39,7 @@ claims tables); a reader of a store without them reads NULL (unknown) for them.
 from __future__ import annotations
 
 __all__ = ["SCHEMA_VERSION", "ADDED_COLUMNS", "STATUSES", "DONE_STATUSES", "FINAL_METRICS", "BEST_METRICS", "TRANSFER_METRICS", "METRIC_COLUMNS", "DDL",
-           "STORE_COLUMNS"]
+           "STORE_COLUMNS", "PLOT_METRICS", "check_plot_metric"]
 
 SCHEMA_VERSION = 1
 #: Every status a cell can have. ``pending``/``running`` cells are (re)done by a resume;
@@ -54,6 +54,11 @@ BEST_METRICS = ("best_train_loss", "best_test_loss", "best_test_accuracy")
 #: for accuracies; :mod:`catapult.plots.transfer`, ``catapult transfer --metric``).
 TRANSFER_METRICS = ("test_loss", "train_loss", "best_test_loss", "best_train_loss", "test_accuracy",
                     "train_accuracy", "best_test_accuracy")
+#: Cell values a phase diagram can show (columns of the store's ``cells`` table;
+#: :mod:`catapult.plots.phase`, ``catapult plot --metric``).
+PLOT_METRICS = ("test_accuracy", "test_loss", "train_loss", "train_accuracy", "sharpness",
+                "best_test_accuracy", "best_test_loss", "best_train_loss", "lambda_0", "lr_target",
+                "wall_time_s")
 #: Per-step columns of the ``metrics`` table (the engine's ``METRIC_COLUMNS``).
 METRIC_COLUMNS = ("step", "lr", "threshold", "train_loss", "train_accuracy", "sharpness",
                   "sharpness_matvecs", "test_loss", "test_accuracy")
@@ -101,3 +106,24 @@ STORE_COLUMNS = {
               "started_at", "finished_at", "wall_time_s"),
     "metrics": ("cell_id", *METRIC_COLUMNS, "extra_json"),
 }
+
+
+def check_plot_metric(metric: str) -> str:
+    """``metric`` if a phase diagram can show it: one of :data:`PLOT_METRICS`, or a spectrum
+    column (``eig_<i>``, ``hessian_trace``: the last value a cell logged, with
+    ``eval.spectrum_top_k`` / ``eval.trace_matvecs``); else ``ValueError`` naming the choices.
+    Here, not in :mod:`catapult.plots.phase`: ``catapult plot`` checks its ``--metric`` (the default
+    too) while parsing its arguments, and a refused command imports no plotting (numpy, the config).
+
+    >>> check_plot_metric("eig_2")
+    'eig_2'
+    >>> check_plot_metric("eig_0")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown metric 'eig_0'; allowed: test_accuracy, test_loss, train_loss, train_accuracy, sharpness, best_test_accuracy, best_test_loss, best_train_loss, lambda_0, lr_target, wall_time_s, eig_<i> (i >= 1), hessian_trace
+    """
+    from catapult.engine.records import is_spectrum_column  # here: the store's modules import no records
+
+    if metric in PLOT_METRICS or is_spectrum_column(metric):
+        return metric
+    raise ValueError(f"unknown metric {metric!r}; allowed: {', '.join(PLOT_METRICS)}, eig_<i> (i >= 1), hessian_trace")
