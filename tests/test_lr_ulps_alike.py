@@ -73,3 +73,13 @@ def test_alike_is_within_four_ulps_inclusive():
     assert unpreconditioned_kind(two_groups(model, {"lr": 1 + 5 * e}, lr=1.0), params) == "lr_scaled"
     assert group_decays(two_groups(model, {"weight_decay": 1 - 4 * e}, weight_decay=1.0)) == {(1.0, False)}
     assert len(group_decays(two_groups(model, {"weight_decay": 1 - 5 * e}, weight_decay=1.0))) == 2
+
+
+def test_mixed_precisions_take_the_finest():
+    """(mutation pass 19, TA4) float64 and float32 parameters: the tolerance is float64's, so lrs 0.1
+    and float32's 0.1 (1.5e-8 apart) differ (TA4 took the coarsest precision, float32's: alike)."""
+    model, _ = problem(torch.float64)
+    model[2].float()
+    f32 = float(np.float32(0.1))
+    assert unpreconditioned_kind(two_groups(model, {"lr": f32}), list(model.parameters())) == "lr_scaled"
+    assert len(group_decays(two_groups(model, {"weight_decay": f32}, weight_decay=0.1))) == 2
