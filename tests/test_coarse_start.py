@@ -334,3 +334,16 @@ def _double(model):
     import copy
 
     return copy.deepcopy(model).double()
+
+
+def test_the_kink_guess_drops_only_a_leading_difference_level():
+    # (mutation pass 19, SC20) kink_guess takes out the finite-difference level only where it leads
+    # and sub-batch levels follow: levels that do not start with it, or it alone, stay as given
+    # (SC20 dropped any first level of a kinked model)
+    from catapult.curvature.coarse import kink_guess
+
+    relu = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
+    for levels in ([(16, 3e-3), (4, 3e-3)], [(4, 1e-2), (FINITE_DIFFERENCE, 3e-3)], [(FINITE_DIFFERENCE, 3e-3)]):
+        assert kink_guess(levels, relu, torch.float32) == levels
+        assert kink_guess(levels, nn.Tanh(), torch.float32, graph=True) == levels
+    assert kink_guess([(FINITE_DIFFERENCE, 3e-3), (4, 1e-2)], relu, torch.float32) == [(4, 1e-2)]
