@@ -55,3 +55,11 @@ def test_the_tracker_measures_the_heads_unrectified_step():
     assert record.kind == "hessian"
     assert record.value == pytest.approx(top, rel=1e-9)
     assert record.threshold == pytest.approx((2 + 2 * B1) / ((1 - B1) * LR), rel=1e-12)
+
+
+def test_with_every_part_frozen_the_reference_is_the_largest_count():
+    # (mutation pass 19, TA12) where no parameter requires grad, the counts of all of them: the body's
+    # 10 steps give step 11 (TA12 read none of them: step 1)
+    model, _, opt = _fine_tune()
+    model.requires_grad_(False)
+    assert radam_reference_step(opt) == (11, 0.999)
