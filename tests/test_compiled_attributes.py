@@ -116,6 +116,24 @@ def test_nothing_is_traced_again_where_nothing_was_compiled(monkeypatch):
     assert compiled_state.retrace_compiled() is False
 
 
+def test_nothing_is_probed_where_dynamo_is_imported_but_traced_nothing(monkeypatch):
+    # (mutation pass 18's CS6, judged in pass 19) dynamo imported (torch imports it for a meta-device
+    # model) with no frame traced: no probe (one compile of the private module; on torch 2.2.2 the
+    # probe's False then cleared the caches and answered True), False. CS6 skipped the frames check.
+    import collections
+
+    import torch._dynamo
+
+    def refuse():
+        raise AssertionError("probed")
+    monkeypatch.setattr(compiled_state, "compiled_modules_follow_attributes", refuse)
+    monkeypatch.setattr(torch._dynamo.utils, "counters", collections.defaultdict(collections.Counter))
+    assert compiled_state.retrace_compiled() is False
+    torch._dynamo.utils.counters["frames"]["total"] += 1   # a frame traced: the probe is asked
+    with pytest.raises(AssertionError, match="probed"):
+        compiled_state.retrace_compiled()
+
+
 def _compile_keeping(follows: bool, first_wrong: bool = False):
     """A stand-in for torch.compile on the probe's module: its compiled call reads the module's buffer and
     float as they are now (``follows``, torch 2.13) or as they were at its first call (torch 2.2.2);
