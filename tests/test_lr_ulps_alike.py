@@ -83,3 +83,27 @@ def test_mixed_precisions_take_the_finest():
     f32 = float(np.float32(0.1))
     assert unpreconditioned_kind(two_groups(model, {"lr": f32}), list(model.parameters())) == "lr_scaled"
     assert len(group_decays(two_groups(model, {"weight_decay": f32}, weight_decay=0.1))) == 2
+
+
+@pytest.mark.parametrize("dtype, apart", [(torch.bfloat16, 1.5e-2), (torch.float16, 3e-3)])
+def test_half_precision_parameters_keep_lrs_apart_at_float32s_ulp(dtype, apart):
+    """S: lrs ``apart`` (relative) are different steps for half-precision parameters: torch forms
+    ``lr * g`` in float32 on CUDA (opmath), and even where the CPU rounds ``lr`` to the parameters'
+    dtype first these lrs round apart (more than 1 ulp). They were alike to within 4 ulps of bf16 (3%)
+    or fp16 (0.4%): kind 'hessian', the tracker's lambda_max(H) for the lr-scaled operator at tol 1e-12
+    (2.5% low at bf16). Truth: the dense float64 ``M^1/2 H M^1/2`` of the same, exactly widened, weights."""
+    model, batch = problem(dtype)
+    params = list(model.parameters())
+    head_lr = 0.1 * (1 + apart)
+    assert torch.tensor(0.1, dtype=dtype) != torch.tensor(head_lr, dtype=dtype)   # apart in the dtype too
+    opt = two_groups(model, {"lr": head_lr})
+    assert unpreconditioned_kind(opt, params) == "lr_scaled"
+    assert len(group_decays(two_groups(model, {"weight_decay": head_lr}, weight_decay=0.1))) == 2
+    # a float32 rounding apart is still alike for them (float32 is the finest the step forms lr * g in)
+    assert unpreconditioned_kind(two_groups(model, {"lr": float(np.float32(0.1))}), params) == "hessian"
+    H = dense_hessian(model, LOSS, batch).numpy()
+    body = sum(p.numel() for p in model[0].parameters())
+    m = np.sqrt(np.r_[np.ones(body), np.full(H.shape[0] - body, head_lr / 0.1)])
+    truth = float(np.linalg.eigvalsh(m[:, None] * H * m[None, :])[-1])
+    record = catapult.SharpnessTracker(model, LOSS, opt, dtype=torch.float64, tol=1e-12, max_iter=200).step(batch)
+    assert record.kind == "lr_scaled" and record.value == pytest.approx(truth, rel=1e-9)

@@ -98,15 +98,17 @@ def group_lr_multipliers(optimizer: torch.optim.Optimizer, params) -> torch.Tens
 
 
 #: Groups whose lrs (or weight decays) differ by at most this many units in the last place of the
-#: parameters' precision, relatively, are alike to :func:`unpreconditioned_kind` and
+#: parameters' precision (float32's at most), relatively, are alike to :func:`unpreconditioned_kind` and
 #: :func:`group_decays`: the step rounds ``lr * g`` there anyway (groups 1 ulp apart, from a schedule's
 #: arithmetic, were ``lr_scaled``, which the tracker refuses with ``memory`` / ``distributed``).
 ALIKE_ULPS = 4
 
 
 def _alike_tolerance(params) -> float:
-    """``ALIKE_ULPS`` relative units of the finest floating precision among ``params`` (float64's without one)."""
-    eps = [torch.finfo(p.dtype).eps for p in params if p.is_floating_point()]
+    """``ALIKE_ULPS`` relative units of the finest floating precision among ``params`` (float64's
+    without one), float32's for half-precision ones: torch forms a bf16 or fp16 parameter's
+    ``lr * g`` in float32 on CUDA (opmath), so lrs 4 bf16 ulps (3%) apart were called alike there."""
+    eps = [min(torch.finfo(p.dtype).eps, torch.finfo(torch.float32).eps) for p in params if p.is_floating_point()]
     return ALIKE_ULPS * min(eps, default=torch.finfo(torch.float64).eps)
 
 
