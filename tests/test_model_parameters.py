@@ -103,6 +103,22 @@ def test_a_gpt_too_large_for_its_context_names_the_context():
         build_model(_config({"name": "gpt", "width": 8, "depth": 1, "n_heads": 2}), 10 ** 11, 65)
 
 
+def test_a_gpt_too_large_for_its_vocabulary_names_the_vocabulary():
+    # data.tokenizer: none takes up to 2^32 ids: a 512 GiB embedding was blamed on model.width=16,
+    # model.depth=1 and data.context=16 alone (the same model with one id is 0.0002 GiB)
+    config = validate({"model": {"name": "gpt", "width": 16, "depth": 1, "n_heads": 2},
+                       "data": {"name": "text", "root": "shards", "context": 16, "tokenizer": "none",
+                                "vocab_size": 2 ** 32}})
+    with pytest.raises(ConfigError, match=r"model\.width=16, model\.depth=1, data\.context=16 and a vocabulary of "
+                                          r"4,294,967,296 ids \(data\.vocab_size\) make a model of .* GiB, more than "
+                                          r"this machine's .* GiB of memory; reduce one of them"):
+        build_model(config, 16, 2 ** 32)
+    # the width is what makes it too large: the vocabulary is not named
+    with pytest.raises(ConfigError, match=r"model\.width=4000000, model\.depth=1 and data\.context=16 make"):
+        build_model(validate({"model": {"name": "gpt", "width": 4 * 10 ** 6, "depth": 1, "n_heads": 2},
+                              "data": {"name": "shakespeare", "context": 16}}), 16, 65)
+
+
 @pytest.mark.parametrize("dtype, refused", [(torch.float32, False), (torch.float64, True)])
 def test_the_memory_check_counts_the_dtype_it_casts_to(dtype, refused, monkeypatch):
     # a machine with room for the float32 weights and one byte more: float64 weights do not fit

@@ -95,16 +95,34 @@ def _memory_bytes(device: torch.device) -> int | None:
         return None
 
 
-def _too_large(model: Mapping[str, Any], why: str, context: int | None = None) -> cfg.ConfigError:
+def _too_large(model: Mapping[str, Any], why: str, context: int | None = None, vocab: str | None = None) -> cfg.ConfigError:
     """The error for a model no machine here holds, naming its width key (``widen`` for the wrn)
     and ``model.depth``, and for the gpt ``data.context`` (``context``: its position table and
-    buffers grow with it; ``data.context=10**11`` was blamed on a width of 8 and a depth of 1)."""
+    buffers grow with it; ``data.context=10**11`` was blamed on a width of 8 and a depth of 1) and,
+    where it is what makes the model too large, the vocabulary (``vocab``, :func:`_vocabulary`: 2^32
+    ids with ``data.tokenizer: none`` were blamed on a width of 16, a depth of 1 and a context of 16)."""
     across = "widen" if model["name"] == "wrn" else "width"
     if context is not None:
-        return cfg.ConfigError([("model", f"model.{across}={model[across]}, model.depth={model['depth']} and "
-                                          f"data.context={context} {why}; reduce one of them")])
+        keys = f"model.{across}={model[across]}, model.depth={model['depth']}" + (
+            f", data.context={context} and {vocab}" if vocab else f" and data.context={context}")
+        return cfg.ConfigError([("model", f"{keys} {why}; reduce one of them")])
     return cfg.ConfigError([("model", f"model.{across}={model[across]} and model.depth={model['depth']} {why}; "
                                       f"reduce model.{across} or model.depth")])
+
+
+def _vocabulary(config: Mapping[str, Any], in_features: int, out_features: int, have: int) -> str | None:
+    """The gpt's vocabulary (``out_features`` ids) as :func:`_too_large` names it, where the same model
+    with one id fits in ``have`` bytes (the vocabulary is what does not): the key that sets it with
+    ``data.tokenizer`` bpe or none. None otherwise, and for the other models."""
+    if config["model"]["name"] != "gpt" or out_features <= 1:
+        return None
+    try:
+        if 4 * model_parameters(config, in_features, 1) > have:
+            return None
+    except (NotImplementedError, RuntimeError, TypeError, OverflowError):
+        return None
+    key = " (data.vocab_size)" if (config.get("data") or {}).get("tokenizer") in ("bpe", "none") else ""
+    return f"a vocabulary of {out_features:,} ids{key}"
 
 
 def gpt_context(config: Mapping[str, Any], in_features: int) -> int | None:
@@ -148,7 +166,8 @@ def check_fits(config: Mapping[str, Any], in_features: int, out_features: int, d
         if have is not None and size > have:
             owner = "this machine's" if where.type == "cpu" else f"{where}'s"
             raise _too_large(config["model"], f"make a model of {size / 2**30:,.1f} GiB, more than {owner} "
-                                              f"{have / 2**30:,.1f} GiB of memory", gpt_context(config, in_features))
+                                              f"{have / 2**30:,.1f} GiB of memory", gpt_context(config, in_features),
+                             _vocabulary(config, in_features, out_features, have * needed // size))
 
 
 def check_model_fits(config: Mapping[str, Any], device: torch.device | str = "cpu") -> None:
