@@ -164,3 +164,12 @@ def test_a_link_to_a_vocab_file_is_read(shards, tmp_path):
     (shards / VOCAB_FILE).unlink()
     (shards / VOCAB_FILE).symlink_to(real)
     assert TokenShards(shards, 4096, vocab_size_set=False).vocab_size == VOCAB
+
+
+@pytest.mark.parametrize("vocab_size", [4096, VOCAB])
+def test_a_root_that_is_the_vocab_file_itself_is_refused_naming_the_folder(shards, vocab_size):
+    # data.root=shards/vocab_size.json was refused as 'data.vocab_size: 4096, and .../vocab_size.json
+    # states 65 ids' (the advice, data.vocab_size=65, then gave 'is not a token shard')
+    with pytest.raises(ConfigError) as err:
+        TokenShards(shards / VOCAB_FILE, vocab_size)
+    assert err.value.keys == ["data.root"] and f"data.root={shards}" in str(err.value)

@@ -250,7 +250,7 @@ def stated_vocab_size(root: str | os.PathLike) -> int | None:
     embedding rows and logits, and an id ``>= N`` in a shard is refused naming the shard. A file
     that is not such a JSON object with an integer ``1 <= N <= 2^32``, or a :data:`VOCAB_FILE`
     that is not a regular file (a folder, a broken link, a FIFO), is a ConfigError on ``data.root``
-    naming it.
+    naming it, as is a ``root`` that is that file itself (not a shard: the folder is named).
 
     >>> import json, tempfile, pathlib
     >>> folder = pathlib.Path(tempfile.mkdtemp())
@@ -261,6 +261,9 @@ def stated_vocab_size(root: str | os.PathLike) -> int | None:
     65
     """
     root = Path(root).expanduser()
+    if root.name == VOCAB_FILE and root.is_file():   # (was told apart from the shards by its size alone)
+        raise ConfigError([("data.root", f"{root} is the shards' {VOCAB_FILE}, not a shard: give their folder, "
+                                         f"data.root={root.parent}")])
     path = (root if root.is_dir() else root.parent) / VOCAB_FILE
     if not path.is_file():
         if path.is_symlink() or path.exists():  # a folder, a dangling link, a FIFO: refused, not skipped
