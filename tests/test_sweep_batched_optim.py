@@ -3,6 +3,7 @@ which the hand-derived kernels apply member span by member span, fused into thei
 equals each member's own torch optimizer in float64, and goes through :mod:`catapult.optim.rules`."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -92,3 +93,48 @@ def test_kernel_engine_updates_through_the_rules(monkeypatch):
     for r in results.values():
         losses = [row["train_loss"] for row in r.metrics]
         assert losses == [losses[0]] * len(losses)
+
+
+def _radam_rectification(t: int, b2: float) -> float:
+    """RAdam's r_t (Liu et al. 2020; torch.optim.RAdam's rect), from its definition in NumPy."""
+    rho_inf = 2.0 / (1.0 - b2) - 1.0
+    rho = rho_inf - 2.0 * t * b2 ** t / (1.0 - b2 ** t)
+    return float(np.sqrt((rho - 4.0) * (rho - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho)))
+
+
+def test_decoupled_radam_groups_decaying_otherwise_hold_their_decoupled_shift():
+    # torch's RAdam(decoupled_weight_decay=True) steps theta' = (1 - lr wd) theta - lr r_t P^-1 m': on a
+    # mode of P^-1 H (of H while un-rectified, where r_t is no factor) the root -1 of that map is at
+    # lr (1 - b1) r_t lam = (2 - lr wd)(1 + b1), a shift of wd (1 + b1) / (1 - b1) on the threshold
+    # (over r_t once rectified). The batched operators hold the bias group's shift minus the weight
+    # group's (the threshold's) on the bias rows; the decay was taken as a coupled L2: wd_1 - wd_0
+    # on the Hessian's rows, 0 on the pre-conditioned ones
+    torch.manual_seed(0)
+    models = [torch.nn.Linear(3, 2).double() for _ in range(2)]
+    names = [name for name, _ in models[0].named_parameters()]   # weight (group 0), bias (group 1)
+    hps = [dict(b1=0.9, wd=(0.1, 0.4)), dict(b1=0.8, wd=(0.3, 0.05))]
+    optimizers = [torch.optim.RAdam([{"params": [m.weight], "weight_decay": hp["wd"][0]},
+                                     {"params": [m.bias], "weight_decay": hp["wd"][1]}],
+                                    lr=1e-2, betas=(hp["b1"], 0.999), decoupled_weight_decay=True)
+                  for m, hp in zip(models, hps)]
+    stacked = StackedOptimizer("radam", optimizers, models, names)
+    params = {n: torch.stack([dict(m.named_parameters())[n].detach().clone() for m in models]) for n in names}
+
+    def shifts(hp):   # the bias rows' wd_1 (1 + b1) / (1 - b1) - wd_0 (1 + b1) / (1 - b1)
+        return (hp["wd"][1] - hp["wd"][0]) * (1 + hp["b1"]) / (1 - hp["b1"])
+
+    _, l2 = stacked.lr_scale([0, 1], params, torch.float64)   # un-rectified: SGD's operator
+    np.testing.assert_allclose(l2[:, :6].numpy(), 0.0, atol=0)
+    np.testing.assert_allclose(l2[:, 6:].numpy(), [[shifts(hp)] * 2 for hp in hps], rtol=1e-14, atol=0)
+    gen = torch.Generator().manual_seed(1)
+    while stacked.steps < 6:   # RAdam at b2 = 0.999 rectifies its 6th step; the next is the 7th
+        stacked.step(params, {n: torch.randn(p.shape, dtype=torch.float64, generator=gen)
+                              for n, p in params.items()}, [1e-2, 1e-2])
+    grads = [torch.randn(params[n].shape, dtype=torch.float64, generator=gen) for n in names]
+    _, l2 = stacked.preconditioner([0, 1], params, grads)
+    r_7 = _radam_rectification(7, 0.999)
+    np.testing.assert_allclose(l2[:, :6].numpy(), 0.0, atol=0)   # decoupled: no coupled-L2 term either
+    np.testing.assert_allclose(l2[:, 6:].numpy(), [[shifts(hp) / r_7] * 2 for hp in hps], rtol=1e-13, atol=0)
+    stacked.keep([1])   # a member that finished leaves: the other keeps its own beta2 and decays
+    _, l2 = stacked.preconditioner([0], params={n: p[1:] for n, p in params.items()}, grads=[g[1:] for g in grads])
+    np.testing.assert_allclose(l2[:, 6:].numpy(), [[shifts(hps[1]) / r_7] * 2], rtol=1e-13, atol=0)

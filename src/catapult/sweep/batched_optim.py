@@ -99,8 +99,14 @@ class StackedOptimizer:
         self.lr_mult0 = [float(opt.param_groups[0].get("lr_mult", 1.0)) for opt in optimizers]
         # the first group's weight_decay_shift: the threshold's (engine.threshold), whose difference
         # from each group's the operators hold (as curvature.preconditioner's)
+        # (wd, beta1, decoupled): RAdam's decoupled_weight_decay (torch >= 2.0; the config builds it coupled)
+        # shifts by wd (1 + b1) / (1 - b1), not by 0 as its coupled L2 does against the pre-conditioned operator
         self.decay0 = [(float(opt.param_groups[0].get("weight_decay", 0.0)),
-                        _group_value(opt.param_groups[0], "beta1") if self.rule != "sgd" else 0.0) for opt in optimizers]
+                        _group_value(opt.param_groups[0], "beta1") if self.rule != "sgd" else 0.0,
+                        bool(_group_value(opt.param_groups[0], "decoupled_weight_decay"))) for opt in optimizers]
+        # the threshold's beta2 (radam_reference_step's: the first group's), for RAdam's r_t
+        self.beta2_0 = [_group_value(opt.param_groups[0], "beta2") if self.rule == "radam" else 0.0
+                        for opt in optimizers]
         self.random_v0 = self.rule == "gi-adam" and any(
             v == "random" for row in self.values["v0"] for v in row)
         self.state: rules.State | None = None
@@ -127,6 +133,7 @@ class StackedOptimizer:
         self.values = {key: [[row[r] for r in rows] for row in per_param] for key, per_param in self.values.items()}
         self.lr_mult0 = [self.lr_mult0[r] for r in rows]
         self.decay0 = [self.decay0[r] for r in rows]
+        self.beta2_0 = [self.beta2_0[r] for r in rows]
         self.optimizers = [self.optimizers[r] for r in rows]
         self.member_params = [self.member_params[r] for r in rows]
         if self.state is not None:
@@ -284,16 +291,29 @@ class StackedOptimizer:
             has_l2 = has_l2 or decay is not None
         return torch.cat(d_parts, dim=1), (torch.cat(l2_parts, dim=1) if has_l2 else None)
 
-    def _decay_shift(self, wd: float, beta1: float, operator: str) -> float:
+    def _decay_shift(self, wd: float, beta1: float, decoupled: bool, operator: str) -> float:
         """:func:`~catapult.optim.thresholds.weight_decay_shift` of a group of this rule compared with
         ``operator``: ``"hessian"`` for the lr-scaled one (SGD; RAdam before rectification, whose step
         is EMA-momentum SGD), ``"preconditioned"`` (which holds a coupled L2 itself: 0 for Adam's and
-        RAdam's)."""
+        RAdam's). ``decoupled``: the group's ``decoupled_weight_decay`` (RAdam's: ``wd (1 + b1) /
+        (1 - b1)`` against either operator; it was taken as coupled, 0 against the pre-conditioned one)."""
         from catapult.optim.thresholds import weight_decay_shift
 
         if not wd:
             return 0.0
-        return float(weight_decay_shift(self.rule, {"weight_decay": wd, "beta1": beta1}, operator=operator))
+        hp = {"weight_decay": wd, "beta1": beta1, "decoupled_weight_decay": bool(decoupled)}
+        return float(weight_decay_shift(self.rule, hp, operator=operator))
+
+    def _rectification(self, row: int, operator: str) -> float:
+        """The threshold's RAdam rectification ``r_t`` of member ``row``'s next step (its first group's
+        beta2, :func:`~catapult.optim.thresholds.radam_threshold` divides by it), by which a decoupled
+        decay's difference is divided on the pre-conditioned operator (the decay is not rectified,
+        :func:`catapult.curvature.preconditioner.step_preconditioner`'s ``r_ref``); 1 otherwise."""
+        if self.rule != "radam" or operator != "preconditioned":
+            return 1.0
+        from catapult.optim.thresholds import radam_rectification
+
+        return float(radam_rectification(self.steps + 1, self.beta2_0[row]))
 
     def _decay_rows(self, rows: Sequence[int], k: int, like: torch.Tensor,
                     operator: str = "preconditioned") -> torch.Tensor | None:
@@ -304,9 +324,10 @@ class StackedOptimizer:
         for r in rows:
             m = self.values["lr_mult"][k][r] / self.lr_mult0[r]
             b1 = self.values["beta1"][k][r] if "beta1" in self.values else 0.0
+            decoupled = bool(self.values["decoupled_weight_decay"][k][r]) if "decoupled_weight_decay" in self.values else False
             shift0 = self._decay_shift(*self.decay0[r], operator)
-            extra.append(self._decay_shift(float(self.values["weight_decay"][k][r]), b1, operator) * m - shift0
-                         if m else 0.0)
+            own = self._decay_shift(float(self.values["weight_decay"][k][r]), b1, decoupled, operator)
+            extra.append((own * m - shift0) / self._rectification(r, operator) if m else 0.0)
         if not any(extra):
             return None
         return (torch.zeros_like(like) + _col(extra, like)).reshape(len(rows), -1)
