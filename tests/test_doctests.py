@@ -28,6 +28,7 @@ MODULES = (
     "catapult.curvature.hessian",
     "catapult.curvature.modes",
     "catapult.curvature.sharded",
+    "catapult.curvature.sharded_reach",
     "catapult.curvature.forward_ad",
     "catapult.curvature.difference",
     "catapult.curvature.compiled",

@@ -89,6 +89,7 @@ from catapult.curvature.krylov import scaled_norm
 from catapult.curvature.start import init_direction, init_size_error, mixed_start, real_init, warm_start_weight
 from catapult.curvature.stateless import AttributesKept, RenormedCopies
 from catapult.curvature.torch_errors import functions_without_backward, no_backward_error
+from catapult.curvature.sharded_reach import parameters_in_use, refuse_uneven_reach
 from catapult.curvature.twice import forms_for, graph_functions, needs_forms
 
 
@@ -314,6 +315,7 @@ class ShardedHessianOperator:
         # a state the forward carries in a plain attribute (self.h = h.detach()), found by the first forward
         # and put back after every one (into ``kept``: critical_lr's trials put back the same)
         self._kept, self._watch_state = AttributesKept() if kept is None else kept, True
+        self._first, self._world = True, dist.get_world_size()
         self._grad_flat, loss = self._gradient_at(None, 0.0)
         # with the loss, a flag per parameter FSDP's backward gave a gradient (one the loss reaches on some
         # rank's shard): the ones reached on none are unused_parameters(), agreed in the same all-reduce
@@ -404,15 +406,17 @@ class ShardedHessianOperator:
             parts.append((self._rows(full, p) if self.local else full).reshape(-1))
         return torch.cat(parts).to(device=self.device, dtype=self.dtype)
 
-    def _loss(self, watch=None) -> torch.Tensor:
+    def _loss(self, watch=None, found: dict | None = None) -> torch.Tensor:
         """This rank's loss, with its graph, at the parameters the model holds (under ``watch``, a
         :class:`~catapult.curvature.stateless.RenormedCopies`, where given), from the state the model had
-        (:class:`~catapult.curvature.stateless.AttributesKept`)."""
+        (:class:`~catapult.curvature.stateless.AttributesKept`); ``found``, where given, gets the gathered
+        parameters the forward used (:func:`~catapult.curvature.sharded_reach.parameters_in_use`)."""
         state = self._kept.watch(self._model) if self._watch_state else contextlib.nullcontext()
         self._watch_state = False
+        noted = parameters_in_use(self._model, found) if found is not None else contextlib.nullcontext()
         try:   # (also where the forward or loss_fn raised: the caller gets the model's state back)
             with (torch.enable_grad(), fixed_rng(self.seed, self.device), forms_for(self._forms),
-                  watch if watch is not None else contextlib.nullcontext(), state):
+                  watch if watch is not None else contextlib.nullcontext(), state, noted):
                 loss = self._loss_fn(self._model(self._inputs), self._targets)
         finally:
             self._kept.restore()   # (the differences saw the state moved on: refused as kinks)
@@ -433,14 +437,21 @@ class ShardedHessianOperator:
             for p in self._params:
                 p.grad = None
             watch = RenormedCopies() if self._walk else None
-            loss = self._loss(watch)
+            found = {} if v is None and self._first else None
+            loss = self._loss(watch, found)
+            if found is not None:   # the first gradient: the parameters each rank's loss reaches, before the
+                self._first = False   # backward, whose reduce-scatters differ where they differ (sharded_reach)
+                scan = graph_functions(loss, found)
+                values = [float(n in scan.read) for n in self.names]
+                if self._walk:
+                    # a max_norm lookup renormalising rows at (or a few steps from) theta: 0.3847 for 0.3952
+                    values += [0.0 if self._forms else float(scan.flagged),
+                               float(watch.room < RENORM_STEPS * central_step(self._eps))]
+                totals = all_reduce_sum(torch.tensor(values, dtype=torch.float64, device=self.device)).tolist()
+                refuse_uneven_reach(self.names, totals[:len(self.names)], self._world)
             if self._walk:   # once, agreed: every rank runs the same forwards (FSDP's all-gathers)
                 self._walk = False
-                flagged = 0.0 if self._forms else float(graph_functions(loss).flagged)
-                # a max_norm lookup renormalising rows at (or a few steps from) theta: 0.3847 for 0.3952
-                close = float(watch.room < RENORM_STEPS * central_step(self._eps))
-                flagged, close = all_reduce_sum(torch.tensor([flagged, close], dtype=torch.float64,
-                                                             device=self.device)).tolist()
+                flagged, close = totals[len(self.names):]
                 self._renorm_room = -math.inf if close else math.inf   # as every rank sees it
                 refuse_renormed_differences(self, "distributed=True on a model sharded by fully_shard (finite "
                                             "differences)", "measure the model unsharded (exact products), or "

@@ -1,0 +1,85 @@
+"""A model sharded by FSDP2 whose forward takes a branch on some ranks' shards and not on others'
+(``if x.shape[0] > 3: h = self.extra(h)``): FSDP2's backward reduce-scatters only the gradients a
+rank has, so the ranks' collectives differ. Before, ``sharpness`` and ``critical_lr`` with
+``distributed=True`` aborted rank 1's process inside FSDP's backward (gloo: "op.preamble.length <=
+op.nbytes ... collective mismatch", SIGABRT); now every rank raises the same ValueError naming the
+parameters, before the backward, and the model measures again afterwards. Truth for the measure
+after the refusal (every rank reaching ``extra``, 0 times its output on the rank that skips it):
+the top eigenvalue of the dense float64 Hessian of the union's loss, one process."""
+import pytest
+import torch
+import torch.nn as nn
+
+import catapult
+from dense_curvature import dense_hessian
+from gloo_ranks import on_ranks
+from torch_features import FSDP2
+
+pytestmark = [pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in"),
+              FSDP2]
+
+ROWS = (slice(0, 4), slice(4, 7))   # rank 0's shard takes the branch (4 samples), rank 1's (3) skips it
+
+
+class Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.first, self.extra, self.last = nn.Linear(3, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+        self.reach_always = False   # the way out: 0 times the branch where it is skipped
+
+    def forward(self, x):
+        h = torch.tanh(self.first(x))
+        if x.shape[0] > 3:
+            h = torch.tanh(self.extra(h))
+        elif self.reach_always:
+            h = h + 0 * torch.tanh(self.extra(h))
+        return self.last(h)
+
+
+class Union(nn.Module):
+    """The two shards' forwards on one process: an MSE mean over the 7 rows is the union's loss."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return torch.cat([self.model(x[rows]) for rows in ROWS])
+
+
+def problem():
+    torch.manual_seed(0)
+    model = Branchy().double()
+    return model, torch.randn(7, 3, dtype=torch.float64), torch.randn(7, 2, dtype=torch.float64)
+
+
+def branch_on_one_rank(rank, world):
+    from torch.distributed.fsdp import fully_shard
+
+    model, x, y = problem()
+    fully_shard(model)   # one sharded unit: the forwards agree, the backwards' reduce-scatters would not
+    batch = (x[ROWS[rank]], y[ROWS[rank]])
+    refused = []
+    for call in (lambda: catapult.sharpness(model, nn.MSELoss(), batch, distributed=True),
+                 lambda: catapult.critical_lr(model, nn.MSELoss(), batch, torch.optim.SGD(model.parameters(), lr=0.1),
+                                              distributed=True)):
+        try:
+            call()
+            refused.append("no error")
+        except ValueError as err:
+            refused.append(str(err))
+    model.reach_always = True
+    est = catapult.sharpness(model, nn.MSELoss(), batch, tol=1e-10, distributed=True)
+    return refused, est.value, est.converged
+
+
+def test_a_branch_some_ranks_take_is_refused_on_every_rank_and_the_model_measures_afterwards():
+    model, x, y = problem()
+    truth = float(torch.linalg.eigvalsh(dense_hessian(Union(model), nn.MSELoss(), (x, y)))[-1])
+    results = on_ranks(branch_on_one_rank, timeout_s=60.0)
+    for refused, value, converged in results:
+        for message in refused:
+            assert message.startswith("distributed=True on a model sharded by fully_shard: the loss reaches "
+                                      "'extra.weight' on 1, 'extra.bias' on 1 of the 2 ranks' shards"), message
+        assert converged and value == pytest.approx(truth, rel=1e-7)
+    assert results[0][0] == results[1][0]   # the same error on both ranks
