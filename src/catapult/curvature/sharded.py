@@ -42,8 +42,10 @@ gradients and the model's mode are as they were. The forward runs under the fixe
 
 What is refused (ValueError naming it): ``distributed=False`` on a sharded model, ``hvp`` other
 than ``"auto"`` / ``"finite_difference"``, a ``dtype`` other than the parameters', micro-batches
-(``chunk_size``), the Gauss-Newton curvature, and placements other than FSDP's ``Shard(0)`` or
-``Replicate()`` on a 1-D mesh.
+(``chunk_size``), the Gauss-Newton curvature, placements other than FSDP's ``Shard(0)`` or
+``Replicate()`` on a 1-D mesh, and a loss that reaches a parameter on some ranks' shards but not
+on others' (a branch only some ranks take: FSDP's reduce-scatters would differ;
+:mod:`~catapult.curvature.sharded_reach`), on every rank before the backward.
 
 What is not agreed: a forward that raises on one rank only (a token id beyond the vocabulary in
 that rank's shard). An unsharded model's first forward is guarded, and every rank stops with
