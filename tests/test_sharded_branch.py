@@ -1,6 +1,7 @@
 """A model sharded by FSDP2 whose forward takes a branch on some ranks' shards and not on others'
 (``if x.shape[0] > 3: h = self.extra(h)``): FSDP2's backward reduce-scatters only the gradients a
-rank has, so the ranks' collectives differ. Before, ``sharpness`` and ``critical_lr`` with
+rank has, so the ranks' collectives differ (and where the skipped module has its own ``fully_shard``,
+already its all-gather in the forward). Before, ``sharpness`` and ``critical_lr`` with
 ``distributed=True`` aborted rank 1's process inside FSDP's backward (gloo: "op.preamble.length <=
 op.nbytes ... collective mismatch", SIGABRT); now every rank raises the same ValueError naming the
 parameters, before the backward, and the model measures again afterwards. Truth for the measure
@@ -53,11 +54,14 @@ def problem():
     return model, torch.randn(7, 3, dtype=torch.float64), torch.randn(7, 2, dtype=torch.float64)
 
 
-def branch_on_one_rank(rank, world):
+def branch_on_one_rank(rank, world, layout):
     from torch.distributed.fsdp import fully_shard
 
     model, x, y = problem()
-    fully_shard(model)   # one sharded unit: the forwards agree, the backwards' reduce-scatters would not
+    if layout == "each module":   # the skipped module's all-gather (in its forward) would not pair up
+        for module in (model.first, model.extra, model.last):
+            fully_shard(module)
+    fully_shard(model)   # one unit: the forwards agree, the backwards' reduce-scatters would not
     batch = (x[ROWS[rank]], y[ROWS[rank]])
     refused = []
     for call in (lambda: catapult.sharpness(model, nn.MSELoss(), batch, distributed=True),
@@ -73,13 +77,15 @@ def branch_on_one_rank(rank, world):
     return refused, est.value, est.converged
 
 
-def test_a_branch_some_ranks_take_is_refused_on_every_rank_and_the_model_measures_afterwards():
+@pytest.mark.parametrize("layout", ["one unit", "each module"])
+def test_a_branch_some_ranks_take_is_refused_on_every_rank_and_the_model_measures_afterwards(layout):
     model, x, y = problem()
     truth = float(torch.linalg.eigvalsh(dense_hessian(Union(model), nn.MSELoss(), (x, y)))[-1])
-    results = on_ranks(branch_on_one_rank, timeout_s=60.0)
+    results = on_ranks(branch_on_one_rank, layout, timeout_s=60.0)
+    expected = ("the loss reaches 'extra.weight' on 1, 'extra.bias' on 1 of the 2 ranks' shards" if layout == "one unit"
+                else "the ranks' forwards call different sharded modules, 'extra' on some ranks and 'last' on others")
     for refused, value, converged in results:
         for message in refused:
-            assert message.startswith("distributed=True on a model sharded by fully_shard: the loss reaches "
-                                      "'extra.weight' on 1, 'extra.bias' on 1 of the 2 ranks' shards"), message
+            assert message.startswith(f"distributed=True on a model sharded by fully_shard: {expected}"), message
         assert converged and value == pytest.approx(truth, rel=1e-7)
     assert results[0][0] == results[1][0]   # the same error on both ranks

@@ -88,6 +88,7 @@ def sharded_shard_reduction(model, loss_fn, batch, failed: Exception | None = No
     from catapult.curvature.microbatch import uses_batch_statistics
     from catapult.curvature.rng import fixed_rng
     from catapult.curvature.sharded import reset_on_error, reshard
+    from catapult.curvature.sharded_reach import same_sharded_modules
     from catapult.curvature.stateless import AttributesKept
 
     if any(uses_batch_statistics(m) for m in model.modules()):
@@ -98,7 +99,9 @@ def sharded_shard_reduction(model, loss_fn, batch, failed: Exception | None = No
     # them): freed after (where the forward or loss_fn raised, they were the caller's next forward's
     # weights, until its backward)
     with reset_on_error(model):
-        with torch.no_grad(), fixed_rng(0, sample_device(x)), AttributesKept().watch(model):
+        # (a branch only some ranks take skips a sharded module there: refused alike, before its all-gather)
+        with (torch.no_grad(), fixed_rng(0, sample_device(x)), AttributesKept().watch(model),
+              same_sharded_modules(model, sample_device(x))):
             out = model(x)
         n = sample_count(x)
         rows = n >= 1 and sample_count_or_none(out) == n and shares_samples(y, n)
@@ -117,6 +120,7 @@ def _reduction_of_halves(model, loss_fn, x, y) -> str | None:
     its halves' losses, the dropout modules in eval mode and the functional ones off."""
     from catapult.curvature.microbatch import functional_masks_off, reduction_kind
     from catapult.curvature.rng import fixed_rng
+    from catapult.curvature.sharded_reach import same_sharded_modules
     from catapult.curvature.stateless import AttributesKept
 
     whole, ys, pieces, what = halves(x, y)
@@ -125,7 +129,7 @@ def _reduction_of_halves(model, loss_fn, x, y) -> str | None:
     dtype = first.dtype if first is not None else torch.float64
 
     def loss_at(_, xs, ys):
-        with kept.watch(model):
+        with kept.watch(model), same_sharded_modules(model, sample_device(x)):
             return loss_fn(model(xs), ys)
 
     modes = [(module, module.training) for module in model.modules()]

@@ -44,8 +44,9 @@ What is refused (ValueError naming it): ``distributed=False`` on a sharded model
 than ``"auto"`` / ``"finite_difference"``, a ``dtype`` other than the parameters', micro-batches
 (``chunk_size``), the Gauss-Newton curvature, placements other than FSDP's ``Shard(0)`` or
 ``Replicate()`` on a 1-D mesh, and a loss that reaches a parameter on some ranks' shards but not
-on others' (a branch only some ranks take: FSDP's reduce-scatters would differ;
-:mod:`~catapult.curvature.sharded_reach`), on every rank before the backward.
+on others' (a branch only some ranks take: FSDP's reduce-scatters would differ, or, where it skips a
+module with its own ``fully_shard``, its all-gather; :mod:`~catapult.curvature.sharded_reach`), on every
+rank before those collectives.
 
 What is not agreed: a forward that raises on one rank only (a token id beyond the vocabulary in
 that rank's shard). An unsharded model's first forward is guarded, and every rank stops with
@@ -91,7 +92,7 @@ from catapult.curvature.krylov import scaled_norm
 from catapult.curvature.start import init_direction, init_size_error, mixed_start, real_init, warm_start_weight
 from catapult.curvature.stateless import AttributesKept, RenormedCopies
 from catapult.curvature.torch_errors import functions_without_backward, no_backward_error
-from catapult.curvature.sharded_reach import parameters_in_use, refuse_uneven_reach
+from catapult.curvature.sharded_reach import parameters_in_use, refuse_uneven_reach, same_sharded_modules
 from catapult.curvature.twice import forms_for, graph_functions, needs_forms
 
 
@@ -415,7 +416,10 @@ class ShardedHessianOperator:
         parameters the forward used (:func:`~catapult.curvature.sharded_reach.parameters_in_use`)."""
         state = self._kept.watch(self._model) if self._watch_state else contextlib.nullcontext()
         self._watch_state = False
-        noted = parameters_in_use(self._model, found) if found is not None else contextlib.nullcontext()
+        noted = contextlib.ExitStack()
+        if found is not None:   # the first forward: the modules every rank calls agreed, the parameters noted
+            noted.enter_context(same_sharded_modules(self._model, self.device))
+            noted.enter_context(parameters_in_use(self._model, found))
         try:   # (also where the forward or loss_fn raised: the caller gets the model's state back)
             with (torch.enable_grad(), fixed_rng(self.seed, self.device), forms_for(self._forms),
                   watch if watch is not None else contextlib.nullcontext(), state, noted):

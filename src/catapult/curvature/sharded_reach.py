@@ -14,18 +14,22 @@ loss's graph for the ones it reaches, and all-reduces one flag a parameter; a pa
 on some ranks but not all is refused there, on every rank (:func:`refuse_uneven_reach`), before
 the backward. Parameters reached on no rank are the unused ones (left out as unsharded).
 
-Not seen: a branch that skips a module sharded by its own ``fully_shard`` call. Its all-gather
-runs in the module's forward, so the ranks' forwards already differ (the same abort, inside the
-forward): keep a branch inside one sharded module, or make every rank call the module.
+A branch that skips a module sharded by its own ``fully_shard`` call differs earlier: that
+module's all-gather runs in its forward, so the ranks' forwards already differ (the same abort,
+inside FSDP's forward). The first forward therefore agrees, before each such module gathers its
+weights and once more at its end, which module every rank is about to call (one all-reduce of two
+numbers each: :func:`same_sharded_modules`); where they differ, every rank raises the same
+ValueError naming both.
 """
 from __future__ import annotations
 
 import contextlib
+import sys
 from typing import Iterator
 
 import torch
 
-__all__ = ["parameters_in_use", "refuse_uneven_reach"]
+__all__ = ["parameters_in_use", "refuse_uneven_reach", "same_sharded_modules"]
 
 
 @contextlib.contextmanager
@@ -84,3 +88,56 @@ def refuse_uneven_reach(names: list[str], ranks_reaching: list[float], world: in
                      f"a rank has, so the ranks' collectives would differ (gloo aborts the process, NCCL waits); make "
                      f"every rank's forward reach the same parameters (e.g. add 0 times the branch's output where it "
                      f"is skipped), or measure the model unsharded")
+
+
+@contextlib.contextmanager
+def same_sharded_modules(model: torch.nn.Module, device: torch.device) -> Iterator[None]:
+    """While inside (every rank runs one forward of ``model`` in it), each module of ``model`` that
+    ``fully_shard`` sharded first agrees with the other ranks, before it gathers its weights, that
+    they are about to call the same module (its place in ``model.named_modules()``; one all-reduce
+    of two float64 numbers on ``device``), and so does the end of the forward; where they differ
+    every rank raises the same ValueError naming the two modules, in place of FSDP's all-gathers
+    that do not pair up. Nothing without a process group of several ranks or a sharded module.
+
+    >>> with same_sharded_modules(torch.nn.Linear(2, 1), torch.device("cpu")):   # no fully_shard: nothing
+    ...     pass
+    """
+    units = _sharded_units(model)
+    import torch.distributed as dist
+
+    if not units or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        yield
+        return
+    where = [name or "the model (its root)" for name, _ in units] + ["the end of the forward"]
+
+    def agree(index: int) -> None:
+        both = torch.tensor([index, -index], dtype=torch.float64, device=device)
+        dist.all_reduce(both, op=dist.ReduceOp.MAX)
+        high, low = int(both[0]), -int(both[1])
+        if high != low:
+            raise ValueError(f"distributed=True on a model sharded by fully_shard: the ranks' forwards call different "
+                             f"sharded modules, {where[low]!r} on some ranks and {where[high]!r} on others (a branch "
+                             f"only some ranks take): their FSDP all-gathers would not pair up (gloo aborts the "
+                             f"process, NCCL waits); make every rank call the same modules, or measure the model "
+                             f"unsharded")
+
+    handles = [module.register_forward_pre_hook(lambda _m, _a, i=i: agree(i), prepend=True)   # (before FSDP's)
+               for i, (_, module) in enumerate(units)]
+    try:
+        yield
+        agree(len(units))
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _sharded_units(model: torch.nn.Module) -> list:
+    """``(name, module)`` of the modules of ``model`` that ``fully_shard`` sharded (none where
+    ``torch.distributed.fsdp`` was never imported: no module can be one)."""
+    if "torch.distributed.fsdp" not in sys.modules:
+        return []
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return []
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, FSDPModule)]
