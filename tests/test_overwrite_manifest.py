@@ -104,6 +104,20 @@ def test_a_users_file_at_the_manifests_partial_name_is_not_removed(killed, capsy
     assert mine.read_text() == "my notes\n"
 
 
+@pytest.mark.parametrize("text", ['{"catapult_run_created": {}, "mine": 1}', '{"catapult_run_created": 3}',
+                                  '{"catapult_run_created": [], "x": {}}'])
+def test_a_partial_manifest_that_holds_more_or_other_than_a_runs_is_not_ours(killed, text):
+    # (mutation pass 19, RD3 / RD4 of pass 18) a run's manifest holds its one key, a dict: a
+    # .partial-.catapult-run.json with another key beside it, or that key naming no dict, is a user's
+    # (RD3 took any dict holding the key, RD4 any value of it: the run's first write removed the file)
+    _, out = killed
+    mine = out / (".partial-" + MANIFEST)
+    mine.write_text(text)
+    with pytest.raises(RunDirectoryError, match=r"\.partial-\.catapult-run\.json"):
+        check_out_dir(out, overwrite=True)
+    assert mine.read_text() == text
+
+
 @pytest.mark.parametrize("left", ["", '{\n "catapult_run_', '{\n "catapult_run_created": {\n  "metrics.csv": null\n }\n}\n'])
 def test_a_manifest_write_left_by_a_killed_run_is_replaced(killed, left):
     config, out = killed
