@@ -234,3 +234,29 @@ def test_reads_shards_lists_the_arrays_as_token_shards_reads_them(tmp_path):
     np.save(tmp_path / "part1.npy", np.arange(10, dtype=np.uint16))
     assert reads_shards({"name": "text", "root": str(tmp_path), "tokenizer": "char"})
     assert len(TokenShards(tmp_path, 16)) == 10
+
+
+def test_reads_shards_of_a_file_root_a_text_shards_folder_and_other_data(tmp_path):
+    # (mutation pass 19) a root that is one array file, of either suffix case, is shards as
+    # TokenShards reads it (SR3 took 'X.NPY' for a corpus, SR4 any array file); a folder of *.jsonl
+    # text shards alone is shards (SR6); data.name other than text never is, whatever its root holds (SR1)
+    from catapult.engine.distributed import TokenShards
+    from catapult.engine.shard_run import reads_shards
+
+    def text(root, name="text"):
+        return {"name": name, "root": str(root), "tokenizer": "char"}
+
+    arrays = tmp_path / "arrays"
+    arrays.mkdir()
+    np.save(arrays / "part0.npy", np.arange(10, dtype=np.uint16))
+    upper = (arrays / "part0.npy").rename(arrays / "PART0.NPY")
+    np.save(arrays / "part1.npy", np.arange(7, dtype=np.uint16))
+    for f, n in ((upper, 10), (arrays / "part1.npy", 7)):
+        assert reads_shards(text(f)) and len(TokenShards(f, 16)) == n
+    assert not reads_shards(text(arrays, "shakespeare")) and not reads_shards(text(upper, "shakespeare"))
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.jsonl").write_text(json.dumps({"text": "some words"}) + "\n")
+    assert reads_shards(text(docs)) and reads_shards(text(docs / "a.jsonl"))
+    (docs / "corpus.txt").write_text("a corpus beside its shards stays a corpus")
+    assert not reads_shards(text(docs))
