@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import catapult
 from catapult.models import GPT
 from catapult.models.gpt import sinusoidal_positions
+from rounding import assert_within_rounding, both_sides, gamma
 
 V = 40
 
@@ -89,7 +90,39 @@ def test_attention_logit_scale(param, power):
         attn.qkv.bias.normal_()
         attn.proj.bias.normal_()
     x = torch.randn(2, 8, 32)
-    torch.testing.assert_close(attn(x), _attention_by_hand(attn, x, 16 ** -power))
+    scale = 16 ** -power
+    # in float64: float32's rounding bound (init_std 0.3 makes the scores cancel) would miss a scale 1e-3
+    # off, which the float32 defaults caught; float64's catches one 1e-9 off
+    attn, x = attn.double(), x.double()
+    assert_within_rounding(attn(x), _attention_by_hand(attn, x, scale), _attention_rounding(attn, x, scale))
+
+
+def _attention_rounding(attn, x, scale):
+    """Twice a first-order forward-error bound of causal attention in ``x``'s dtype, entry by entry: each
+    product of length n adds gamma_(n+1) times its absolute-value product, a score error e_s moves a
+    softmax weight P by at most P (e_s + max e_s of its row), the softmax's own roundings (s - max, an exp
+    of a few ulps, a sum of T terms, a quotient) at most gamma_(T+8) P, and errors carry through the
+    products by their absolute values. Fused attention kernels round in other places; every such order
+    is within this bound of the exact value."""
+    B, T, C = x.shape
+    H, d, f32 = attn.n_heads, C // attn.n_heads, x.dtype
+    x, w, b = x.double(), attn.qkv.weight.detach().double(), attn.qkv.bias.detach().double()
+    wp, bp = attn.proj.weight.detach().double(), attn.proj.bias.detach().double()
+    heads = lambda t: t.view(B, T, H, d).transpose(1, 2)   # noqa: E731
+    q, k, v = (heads(t) for t in (x @ w.T + b).split(C, dim=2))
+    eq, ek, ev = (heads(t) for t in (gamma(C + 1, f32) * (x.abs() @ w.abs().T + b.abs())).split(C, dim=2))
+    causal = torch.triu(torch.ones(T, T, dtype=torch.bool), 1)
+    s = (q @ k.transpose(-1, -2)) * scale
+    e_s = scale * (gamma(d + 2, f32) * (q.abs() @ k.abs().transpose(-1, -2)) + eq @ k.abs().transpose(-1, -2)
+                   + q.abs() @ ek.transpose(-1, -2))
+    s_abs = s.abs().masked_fill(causal, 0)
+    e_s = (e_s + gamma(2, f32) * (s_abs + s_abs.amax(-1, keepdim=True))).masked_fill(causal, 0)
+    P = s.masked_fill(causal, -math.inf).softmax(-1)
+    e_P = P * (e_s + e_s.amax(-1, keepdim=True) + gamma(T + 8, f32))
+    y = P @ v
+    e_y = gamma(T + 1, f32) * (P @ v.abs()) + e_P @ v.abs() + P @ ev
+    y, e_y = (t.transpose(1, 2).reshape(B, T, C) for t in (y, e_y))
+    return 2 * (gamma(C + 1, f32) * (y.abs() @ wp.abs().T + bp.abs()) + e_y @ wp.abs().T)
 
 
 def test_multipliers_and_tied_embeddings():
@@ -103,8 +136,14 @@ def test_multipliers_and_tied_embeddings():
     model.ln_f.register_forward_hook(lambda m, i, o: captured.__setitem__("h", o))
     logits = model(idx)
     emb = 2.0 * (model.wte.weight[idx] + sinusoidal_positions(8, 64))
-    torch.testing.assert_close(captured["emb"], emb)
-    torch.testing.assert_close(logits, 0.75 * captured["h"] @ model.wte.weight.T)
+    # one rounding (the sum; the factor 2 is exact) each side
+    pos = sinusoidal_positions(8, 64)
+    assert_within_rounding(captured["emb"], emb,
+                           both_sides(1, 2.0 * (model.wte.weight[idx].abs() + pos.abs()), torch.float32))
+    # a length-64 dot product and the multiplier: 65 roundings each side
+    h = captured["h"]
+    assert_within_rounding(logits, 0.75 * h @ model.wte.weight.T,
+                           both_sides(65, 0.75 * h.abs() @ model.wte.weight.abs().T, torch.float32))
     assert "sinusoid" not in model.state_dict()
     untied = GPT(V, 64, 1, 2, 8, tie_embeddings=False)
     assert untied.num_params() - GPT(V, 64, 1, 2, 8, tie_embeddings=True).num_params() == V * 64

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 import catapult
 from catapult.models import MLP
+from rounding import assert_within_rounding, both_sides, gamma
 
 IN, OUT = 3 * 8 * 8, 64  # OUT large enough that the readout variance estimate is tight
 
@@ -114,26 +115,31 @@ def test_truncated_normal_keeps_the_variance_and_the_bound():
 
 def test_layer_forward_is_multiplier_times_affine_map():
     torch.manual_seed(0)
-    model = MLP(IN, OUT, 64, 3, parametrization="mup")
+    # float64: float32's rounding bound for 64-term sums is looser than what a wrong multiplier moves
+    model = MLP(IN, OUT, 64, 3, parametrization="mup").double()
     with torch.no_grad():
         for layer in model.layers:
             layer.bias.normal_()
-    x = torch.randn(5, IN)
+    x = torch.randn(5, IN, dtype=torch.float64)
     h = x
     for i, layer in enumerate(model.layers):
         n_in, n_out = layer.in_features, layer.out_features
         mult = 1 / math.sqrt(n_in) if i == 2 else math.sqrt(n_out / n_in)
         expected = mult * (h @ layer.weight.T + layer.bias)
         out = layer(h)
-        torch.testing.assert_close(out, expected)
+        # a length-n_in dot product, the bias and the multiplier: n_in + 2 roundings each side
+        magnitude = mult * (h.abs() @ layer.weight.abs().T + layer.bias.abs())
+        assert_within_rounding(out, expected, both_sides(n_in + 2, magnitude, torch.float64))
         h = torch.relu(out)
     # Table form: the bias sits outside the output multiplier.
-    model = MLP(IN, OUT, 64, 3, parametrization="mup", base_width=16, alpha_out=3.0)
+    model = MLP(IN, OUT, 64, 3, parametrization="mup", base_width=16, alpha_out=3.0).double()
     head = model.layers[-1]
     with torch.no_grad():
         head.bias.normal_()
-    h = torch.randn(5, 64)
-    torch.testing.assert_close(head(h), 3.0 / 4.0 * (h @ head.weight.T) + head.bias)
+    h = torch.randn(5, 64, dtype=torch.float64)
+    magnitude = 3.0 / 4.0 * (h.abs() @ head.weight.abs().T) + head.bias.abs()
+    assert_within_rounding(head(h), 3.0 / 4.0 * (h @ head.weight.T) + head.bias,
+                           both_sides(64 + 2, magnitude, torch.float64))
 
 
 def test_mup_forward_scale_is_width_independent():
@@ -262,7 +268,17 @@ def test_paper_mup_under_sgd_equals_per_layer_lrs_on_effective_weights():
                 h = torch.relu(h)
         return h
 
-    torch.testing.assert_close(model(x), plain_forward(x))
+    def rounding(x):
+        # twice a first-order forward-error bound, layer by layer: a fan-in of n adds gamma_(n+3) times the
+        # absolute-value product (the multiplier on either side, c W rounded once), |W| carries the error in
+        e, h = torch.zeros_like(x), x
+        for i, (w, b) in enumerate(zip(weights, biases)):
+            w, b = w.detach(), b.detach()
+            e = gamma(h.shape[-1] + 3, torch.float64) * (h.abs() @ w.abs().T + b.abs()) + e @ w.abs().T
+            h = torch.relu(h @ w.T + b) if i < len(weights) - 1 else h
+        return 2 * e
+
+    assert_within_rounding(model(x), plain_forward(x), rounding(x))
     assert all(g["lr_mult"] == 1.0 for g in catapult.param_groups(model, lr, "sgd"))
     F.cross_entropy(model(x), y).backward()
     with torch.no_grad():

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from rounding import assert_within_rounding, both_sides
 
 import catapult
 
@@ -63,7 +64,9 @@ def test_a_readout_tied_through_f_linear_is_refused_before_any_change_naming_the
     x = torch.tensor([[1, 2, 3]])
     h = model.embed.weight[x] * model.embed.multiplier
     h = h + model.fc2(torch.relu(model.fc1(h)))
-    torch.testing.assert_close(model(x), 0.5 * h @ model.embed.weight.T)   # logits = (1/m_d) h E^T
+    # logits = (1/m_d) h E^T: length-16 dot products and the multiplier (h is the model's own, bit for bit)
+    assert_within_rounding(model(x), 0.5 * h @ model.embed.weight.T,
+                           both_sides(16 + 1, 0.5 * h.abs() @ model.embed.weight.abs().T, torch.float32))
     # naming the layer the readout is taken as said (and kept by a second call)
     named = catapult.parametrize(FunctionTied(), "mup", base_width=8, roles={"fc2": "output"})
     assert named.fc2.catapult_role == "output"
