@@ -64,6 +64,7 @@ MODULES = (
     "catapult.parametrize_checks",
     "catapult.param_rules",
     "catapult.optim.gi_adam",
+    "catapult.optim.step_count",
     "catapult.optim.registry",
     "catapult.optim.rules",
     "catapult.engine.step",

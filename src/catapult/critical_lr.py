@@ -41,6 +41,7 @@ from catapult.critical_lr_passes import (ModelSnapshot, NonFiniteLossError, forw
                                          shard_reducer, sharded_loss_and_gradient, probe_loss)
 from catapult.arguments import caller_stacklevel, check_batch, check_module, check_real
 from catapult.optim import registry, rules
+from catapult.optim.step_count import torch_next_step
 from catapult.parametrize import group_lr_mult, unscaled_group_lrs
 
 __all__ = ["CriticalLR", "NonFiniteLossError", "NonFiniteStepError", "critical_lr", "next_step_direction", "probe_loss", "ModelSnapshot",
@@ -107,7 +108,8 @@ def _rule_state(rule: str, state: dict) -> rules.State | None:
         return rules.State(momentum_buffer=[state.get("momentum_buffer")])
     if state.get("exp_avg") is None:
         return None
-    return rules.State(step=int(float(state["step"])), exp_avg=[state["exp_avg"]],
+    # rules' t = step + 1 is torch's own next count (a float32 count stops at 2**24: torch_next_step)
+    return rules.State(step=torch_next_step(state["step"]) - 1, exp_avg=[state["exp_avg"]],
                        exp_avg_sq=[state["exp_avg_sq"]],
                        max_exp_avg_sq=[state.get("max_exp_avg_sq")])
 

@@ -13,6 +13,7 @@ import torch
 
 from catapult.curvature import sharded
 from catapult.optim import registry, rules
+from catapult.optim.step_count import torch_next_step
 
 __all__ = ["check_preconditioned", "check_optimizer_holds", "adam_preconditioner", "step_preconditioner",
            "PreconditionedOperator"]
@@ -103,7 +104,7 @@ def _adam_preconditioner(optimizer, grad_flat: torch.Tensor, names, params,
         if "exp_avg_sq" in state:
             v_max = state.get("max_exp_avg_sq")
             rule_state = rules.State(
-                step=int(float(state["step"])),
+                step=torch_next_step(state["step"]) - 1,   # rules' t = step + 1: torch's own next count
                 exp_avg_sq=[part(state["exp_avg_sq"].detach()).to(dtype)],
                 max_exp_avg_sq=[None if v_max is None else part(v_max.detach()).to(dtype)])
         P = rules.preconditioner(rule, [g], rule_state, hp, params=[p_part.to(dtype)])

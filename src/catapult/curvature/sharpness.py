@@ -509,7 +509,8 @@ def preconditioned_sharpness(model: torch.nn.Module, loss_fn, batch,
 
     ``P`` is the diagonal preconditioner the optimizer's *next* step will apply, rebuilt from
     its state without changing it: with ``g`` the gradient of the loss on ``batch``, ``t =
-    state["step"]`` (0 with no state yet), ``v = state["exp_avg_sq"]`` (0 with no state; for
+    state["step"]`` (0 with no state yet; ``t + 1`` below is torch's own next count, which a float32
+    ``step`` stops at ``2**24``: :func:`catapult.optim.step_count.torch_next_step`), ``v = state["exp_avg_sq"]`` (0 with no state; for
     GI-Adam with no state the ``v_0`` its first step would create from ``g``, via
     ``optimizer.initial_exp_avg_sq``: ``v_0 = g^2`` by default, so ``v' = g^2``)::
 

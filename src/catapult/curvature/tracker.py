@@ -147,12 +147,13 @@ def _check_holds(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> No
                          f"copy?): its step moves none of them, so no sharpness bounds it")
 
 
-def _steps_of(optimizer: torch.optim.Optimizer) -> int:
-    """The optimizer's step count: the largest ``state[p]["step"]`` of what can move (0 before the
-    first step; :func:`catapult.optim.thresholds.radam_reference_step`)."""
+def _next_step(optimizer: torch.optim.Optimizer) -> int:
+    """The 1-based count of the optimizer's next step: the largest ``state[p]["step"]`` of what can
+    move, plus 1 as torch adds it (1 before the first step; a float32 count stops at ``2**24``:
+    :func:`catapult.optim.thresholds.radam_reference_step`)."""
     from catapult.optim.thresholds import radam_reference_step
 
-    return radam_reference_step(optimizer)[0] - 1
+    return radam_reference_step(optimizer)[0]
 
 
 def _trainable_count(model: torch.nn.Module) -> int:
@@ -302,7 +303,7 @@ class SharpnessTracker:
             radam_step_scales(view, params, skip={id(p) for p in params if p.grad is None and not opt.state.get(p)})
             # un-rectified: EMA-momentum SGD, measured as SGD's step (the Hessian's took a frozen
             # group's curvature, and groups at other lrs as if at the first one's)
-            return radam_step_kind(view, _steps_of(opt) + 1, params)
+            return radam_step_kind(view, _next_step(opt), params)
         # every trainable entry stepped at the reference lr and one decay: the Hessian's; else M^1/2 (H + W) M^1/2
         return unpreconditioned_kind(view, params)
 
@@ -318,7 +319,7 @@ class SharpnessTracker:
         from catapult.optim.thresholds import group_decays, radam_step_kind
 
         rule = registry.spec_for(opt).rule
-        bare = rule == "sgd" or (rule == "radam" and radam_step_kind(_reference_view(opt), _steps_of(opt) + 1)
+        bare = rule == "sgd" or (rule == "radam" and radam_step_kind(_reference_view(opt), _next_step(opt))
                                  == "hessian")
         decays = group_decays(opt)
         if bare and len(decays) > 1:

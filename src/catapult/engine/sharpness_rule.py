@@ -210,16 +210,20 @@ def step_kind(kind: str, optimizer: torch.optim.Optimizer, t: int) -> str:
     :func:`catapult.optim.thresholds.radam_step_kind`)."""
     if kind not in RADAM_KINDS:
         return kind
+    from catapult.optim.step_count import counted_step
     from catapult.optim.thresholds import radam_step_kind
 
-    return "preconditioned" if radam_step_kind(optimizer, t + 1) == "preconditioned" else RADAM_KINDS[kind]
+    # torch's count of that update (a float32 count stops at 2**24), as threshold() takes it
+    step = counted_step(optimizer, t + 1)
+    return "preconditioned" if radam_step_kind(optimizer, step) == "preconditioned" else RADAM_KINDS[kind]
 
 
 def threshold(optimizer: torch.optim.Optimizer, lr: float | None = None, step: int | None = None) -> float:
     """``instability_threshold`` at the first group's current lr (or ``lr``); ``inf`` at lr 0.
 
     With ``step`` (the row, i.e. before update ``step``) an RAdam optimizer gets its step's own
-    threshold, :func:`catapult.optim.thresholds.radam_threshold` at torch's step ``step + 1``:
+    threshold, :func:`catapult.optim.thresholds.radam_threshold` at torch's step ``step + 1`` (as torch
+    counts it: :func:`~catapult.optim.step_count.counted_step`):
     the momentum-SGD one while un-rectified (the same value as Adam's rule), the Adam rule over
     the rectification ``r_t`` afterwards."""
     from catapult.curvature import instability_threshold
@@ -228,12 +232,15 @@ def threshold(optimizer: torch.optim.Optimizer, lr: float | None = None, step: i
     if not current > 0:
         return math.inf
     if isinstance(optimizer, torch.optim.RAdam):
+        from catapult.optim.step_count import counted_step
         from catapult.optim.thresholds import radam_threshold
 
         # without a step (the summary's threshold at lr_trgt): the un-rectified rule, as before
-        # instability_threshold read RAdam's step count, and as the batched engines report
+        # instability_threshold read RAdam's step count, and as the batched engines report. With one:
+        # the count torch's update takes (float32: it stops at 2**24, and so does its r_t); the batched
+        # engines' copies hold no state and count exactly, as their own update does
         group = optimizer.param_groups[0]
-        return float(radam_threshold(current, group["betas"], 1 if step is None else step + 1,
+        return float(radam_threshold(current, group["betas"], 1 if step is None else counted_step(optimizer, step + 1),
                                      weight_decay=group.get("weight_decay", 0.0),
                                      decoupled_weight_decay=group.get("decoupled_weight_decay", False))[1])
     return float(instability_threshold(optimizer, lr=current))

@@ -44,6 +44,7 @@ import torch
 
 from catapult.arguments import check_integer, check_real
 from catapult.optim import rules
+from catapult.optim.step_count import torch_next_step
 from catapult.parametrize import group_lr_mult
 
 __all__ = ["group_lr_multipliers", "group_decays", "unpreconditioned_kind", "lr_scaled_sharpness", "radam_rho",
@@ -273,7 +274,8 @@ def radam_threshold(lr: float, betas: Any, t: int, *, weight_decay: float = 0.0,
 def radam_reference_step(optimizer: torch.optim.Optimizer) -> tuple[int, float]:
     """``(t, beta2)`` of the step RAdam's threshold is taken at (:func:`radam_threshold`, as
     :func:`~catapult.curvature.sharpness.instability_threshold` reads it): the largest step count + 1
-    of the parameters that require grad (those the step can move: a part frozen by
+    (as torch adds it, :func:`~catapult.optim.step_count.torch_next_step`: a float32 count stops at
+    ``2**24``, and torch's update takes its ``r_t`` there) of the parameters that require grad (those the step can move: a part frozen by
     ``requires_grad=False`` keeps the counts its training left, and its larger count made a fine-tuned
     head's un-rectified step 1 the rectified step 11; all of them where none requires grad) and the
     first group's ``beta2``. The pre-conditioned operator's rows are relative to
@@ -290,14 +292,15 @@ def radam_reference_step(optimizer: torch.optim.Optimizer) -> tuple[int, float]:
     held = [p for g in optimizer.param_groups for p in g["params"]]
     movable = [p for p in held if p.requires_grad] or held
     states = (optimizer.state.get(p) for p in movable)
-    steps = [float(st["step"]) for st in states if isinstance(st, dict) and "step" in st]
-    return int(max(steps, default=0)) + 1, float(optimizer.param_groups[0]["betas"][1])
+    # torch's own next count (float32: it stops at 2**24, and its update's r_t reads that), not step + 1
+    steps = [torch_next_step(st["step"]) for st in states if isinstance(st, dict) and "step" in st]
+    return max(steps, default=1), float(optimizer.param_groups[0]["betas"][1])
 
 
 def radam_step_scales(optimizer: torch.optim.Optimizer, params, skip=frozenset()) -> list[float | None]:
     """Each of ``params``' rectification relative to the threshold's: ``r_p / r_ref``, where
-    ``r_p = r_t`` of that parameter's own next step (``t`` = its ``state["step"] + 1``, as torch
-    RAdam counts each parameter apart; ``beta2`` its group's) and ``r_ref`` that of
+    ``r_p = r_t`` of that parameter's own next step (``t`` = its ``state["step"] + 1`` as torch adds
+    it, :func:`~catapult.optim.step_count.torch_next_step`; torch RAdam counts each parameter apart; ``beta2`` its group's) and ``r_ref`` that of
     :func:`~catapult.curvature.sharpness.instability_threshold`'s step (the largest count + 1, the
     first group's ``beta2``); ``None`` for a parameter no group holds. ``[]`` while every step is
     un-rectified (no pre-conditioner, one threshold). A parameter that lags (no gradient on some
@@ -325,14 +328,14 @@ def radam_step_scales(optimizer: torch.optim.Optimizer, params, skip=frozenset()
     groups = optimizer.param_groups
     where = {id(p): g for g in groups for p in g["params"]}
 
-    def count(p) -> int:
+    def next_step(p) -> int:   # as torch counts it (torch_next_step)
         state = optimizer.state.get(p, {})
-        return int(float(state["step"])) if isinstance(state, dict) and "step" in state else 0
+        return torch_next_step(state["step"]) if isinstance(state, dict) and "step" in state else 1
 
     t_ref, b2_ref = radam_reference_step(optimizer)
     # skip: ids of parameters the step leaves (no gradient: the loss does not reach them), as torch's does
     held = [(i, p, where[id(p)]) for i, p in enumerate(params) if id(p) in where and id(p) not in skip]
-    own = [(i, count(p) + 1, float(g["betas"][1])) for i, p, g in held]
+    own = [(i, next_step(p), float(g["betas"][1])) for i, p, g in held]
     ref_ok = radam_rectified(t_ref, b2_ref)
     odd = next(((i, t) for i, t, b2 in own if radam_rectified(t, b2) != ref_ok), None)
     if odd is not None:
