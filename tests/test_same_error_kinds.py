@@ -24,3 +24,15 @@ def test_plain_builtins_keep_their_type_and_message():
     err = _same_error(1, "FileNotFoundError", "no such file: a.npy", None)
     assert type(err) is FileNotFoundError and str(err) == "no such file: a.npy"
     assert type(_same_error(1, "NotARealError", "x", None)) is RuntimeError
+
+
+def test_a_missing_dependency_keeps_its_kind_and_the_command_lines_exit_code_2():
+    """Rank 0 tokenises the text shards; without ``tokenizers`` it raises MissingDependency (the CLI's exit
+    code 2 and its install line), but the other ranks' copy was a RuntimeError, which the CLI reports as a
+    defect (its traceback raised again). Truth: ``cli.report`` of the original."""
+    from catapult.cli import report
+    from catapult.config import MissingDependency
+    message = "data.tokenizer: bpe needs the Hugging Face 'tokenizers' package: pip install tokenizers"
+    copy = _same_error(0, "MissingDependency", message, None)
+    assert type(copy) is MissingDependency and str(copy) == message
+    assert report("train-ddp", copy) == report("train-ddp", MissingDependency(message)) == 2

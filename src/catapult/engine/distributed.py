@@ -408,7 +408,7 @@ def _on_every_rank(work, distributed: bool) -> Any:
     """``work()`` on this rank; an exception it raises on any rank is raised on every rank (the
     lowest failing rank's: the original there, one of the same type and message on the
     others), so no rank goes on alone into a collective the failed one never reaches. A
-    ConfigError, RunDirectoryError or OSError keeps its type (the CLI's exit code 2); an
+    ConfigError, RunDirectoryError, MissingDependency or OSError keeps its type (the CLI's exit code 2); an
     exception of a type not built into Python is a RuntimeError naming it and its rank."""
     kept: list = []   # the verdicts' tensors, alive until the group is freed (gather_json)
     with _setup_group() if distributed else contextlib.nullcontext() as group:
@@ -468,6 +468,8 @@ def _same_error(rank: int, kind: str, message: str, problems: Any) -> Exception:
         return cfg.ConfigError([tuple(p) for p in problems])   # (key, message) pairs, sent as lists
     if kind == "RunDirectoryError":
         return RunDirectoryError(message)
+    if kind == "MissingDependency":   # (rank 0's tokenisation without tokenizers: exit code 2 there, and a
+        return cfg.MissingDependency(message)   # RuntimeError's traceback, a defect's, on the others)
     builtin = getattr(builtins, kind, None)
     if builtin is KeyError:   # its message is its key's repr: KeyError(message) quoted it again ("'x'" as "\"'x'\"")
         return _key_error(message)
