@@ -134,3 +134,48 @@ def test_forward_mode_products_refuse_a_sparse_batch_before_any_forward(layout):
     dense_ggn = catapult.sharpness(model, loss_fn, (x, y), tol=1e-10, curvature="ggn").value
     assert catapult.sharpness(model, loss_fn, (sparse, y), tol=1e-10, curvature="ggn").value == pytest.approx(dense_ggn, rel=1e-12)
     hook.remove()
+
+
+class _SparseProduct(torch.nn.Module):
+    """``x @ w`` by ``torch.sparse.mm`` for a sparse ``x``: the product saves the sparse rows it is given."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.w = torch.nn.Parameter(torch.randn(4, 1, dtype=torch.float64))
+
+    def forward(self, x):
+        return torch.sparse.mm(x, self.w) if x.layout != torch.strided else x @ self.w
+
+
+def test_lean_counts_no_batch_rows_and_the_sparse_tensors_a_forward_saves():
+    # (mutation pass 19) the probe's rows of a sparse batch are copies (sparse_rows), the batch all the
+    # same: a forward saving them counts as the dense one (240 = the 30 x 1 float64 output; LS4 counted
+    # the copies' indices and values); a sparse tensor the forward makes and saves is counted by its
+    # index and value tensors (86 nonzeros: 2 x 86 int64 + 86 float64 = 2064 bytes, beside relu's saved
+    # 30 x 8 output, 1920; LS5 counted strided tensors alone); the probe of a block-sparse batch takes
+    # whole blocks (3 rows -> 4; LS6 cut a block: ValueError); a COO tensor's parts are its indices and
+    # values (LS1 left out the indices)
+    model, x, y = _problem()
+    loss_fn = torch.nn.MSELoss()
+    for layout in ("coo", "csr"):
+        assert lean.activation_bytes(_SparseProduct(), loss_fn, (LAYOUTS[layout](x), y)) == \
+            lean.activation_bytes(_SparseProduct(), loss_fn, (x, y)) == (240, 240)
+
+    class SparseMiddle(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.a, self.w = torch.nn.Linear(4, 8).double(), torch.nn.Parameter(torch.randn(8, 1, dtype=torch.float64))
+
+        def forward(self, x):
+            return torch.sparse.mm(self.a(x).relu().to_sparse(), self.w)
+
+    middle = SparseMiddle()
+    assert middle.a(x).relu().count_nonzero() == 86
+    total, _ = lean.activation_bytes(middle, loss_fn, (x, y), probe=30)
+    assert total >= 86 * (2 * 8 + 8) + 30 * 8 * 8
+    bsr = LAYOUTS["bsr"](x)
+    assert lean.activation_bytes(model, loss_fn, (bsr, y), probe=3) == lean.activation_bytes(model, loss_fn, (bsr, y), probe=4)
+    coo = torch.tensor([[0.0, 2.0], [3.0, 0.0]]).to_sparse()
+    assert [p.tolist() for p in lean.strided_parts(coo)] == [[[0, 1], [1, 0]], [2.0, 3.0]]
