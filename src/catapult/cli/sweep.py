@@ -246,11 +246,14 @@ def _sweep_command(args: argparse.Namespace) -> int:
         print(f"{len(ids)} cell{'s' if len(ids) > 1 else ''} ran on the local engine, not batched "
               f"({_id_list(ids)}): {reason}")
     quoted = shlex.quote(str(store))
+    # beside the store, as plot and report write theirs (a bare results.csv landed in the working
+    # directory: the repository's root, for the README's commands, which keep their files under runs/)
+    table = shlex.quote(str(Path(store).with_name(Path(store).stem + "_cells.csv")))
     print(f"store: {store}   next: catapult plot {quoted}  |  catapult report {quoted}  |  "
-          f"catapult export {quoted} --out results.csv")
+          f"catapult export {quoted} --out {table}")
     if c["failed"]:  # an error, not a result (a diverged run is one): scripts and CI must see it
         print(f"catapult sweep: {c['failed']} cell{'s' if c['failed'] > 1 else ''} failed with an error; "
-              f"`catapult export {quoted} --out cells.csv` lists each one's error (column error). "
+              f"`catapult export {quoted} --out {table}` lists each one's error (column error). "
               f"Rerunning the command retries them", file=sys.stderr)
         return 1
     return 0
