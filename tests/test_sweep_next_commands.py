@@ -32,3 +32,21 @@ def test_the_suggested_commands_write_beside_the_store(tmp_path, monkeypatch, ca
     written = sorted(p.name for p in store.parent.iterdir())
     assert "s_cells.csv" in written and "s.html" in written, written
     assert (store.parent / "s_cells.csv").read_text().startswith("cell_id,optimizer.lr,")
+
+
+def test_an_interrupted_sweep_names_an_export_beside_the_store(tmp_path, monkeypatch, capsys):
+    import catapult.sweep.driver as driver
+
+    config = tmp_path / "nx.yaml"
+    config.write_text(yaml.safe_dump(CONFIG))
+    store = tmp_path / "runs" / "s.db"
+
+    def interrupted(base, spec, path, **kwargs):   # Ctrl-C after the store was made
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(driver, "run_sweep", interrupted)
+    assert cli.main(["sweep", str(config), "--store", str(store), "--threads", "1"]) == 130
+    err = capsys.readouterr().err
+    assert f"(catapult export {store} --out {store.parent / 's_cells.csv'})" in err, err

@@ -222,7 +222,7 @@ def _sweep_command(args: argparse.Namespace) -> int:
                   f"  {resume_command(args, store)}", file=sys.stderr)
             return 130
         print(f"catapult sweep: interrupted. Finished cells are kept in {store}; the cells that were running "
-              f"read 'interrupted' (catapult export {shlex.quote(str(store))} --out cells.csv).\n"
+              f"read 'interrupted' (catapult export {shlex.quote(str(store))} --out {_table_path(store)}).\n"
               f"Resume with:\n  {resume_command(args, store)}", file=sys.stderr)
         return 130
     except StoreError as err:
@@ -245,10 +245,7 @@ def _sweep_command(args: argparse.Namespace) -> int:
     for reason, ids in _fallback_groups(outcome.fallbacks):
         print(f"{len(ids)} cell{'s' if len(ids) > 1 else ''} ran on the local engine, not batched "
               f"({_id_list(ids)}): {reason}")
-    quoted = shlex.quote(str(store))
-    # beside the store, as plot and report write theirs (a bare results.csv landed in the working
-    # directory: the repository's root, for the README's commands, which keep their files under runs/)
-    table = shlex.quote(str(Path(store).with_name(Path(store).stem + "_cells.csv")))
+    quoted, table = shlex.quote(str(store)), _table_path(store)
     print(f"store: {store}   next: catapult plot {quoted}  |  catapult report {quoted}  |  "
           f"catapult export {quoted} --out {table}")
     if c["failed"]:  # an error, not a result (a diverged run is one): scripts and CI must see it
@@ -288,6 +285,13 @@ def _dry_run_store(store: Path, base, spec, cells) -> str:
         counts = existing.counts()
     done = sum(counts.get(status, 0) for status in ("finished", "diverged"))
     return f"would resume the sweep in {store} ({done} of {counted(len(cells), 'cell')} already done)"
+
+
+def _table_path(store) -> str:
+    """The export file the sweep's hints name, quoted for a shell: beside the store, as ``plot`` and
+    ``report`` write theirs (a bare ``results.csv`` landed in the working directory: the repository's
+    root for the README's commands, which keep their files under ``runs/``)."""
+    return shlex.quote(str(Path(store).with_name(Path(store).stem + "_cells.csv")))
 
 
 def _fallback_groups(fallbacks) -> list[tuple[str, list[int]]]:
