@@ -71,3 +71,19 @@ def test_a_result_without_a_worker_is_named_by_the_one_that_ran_it_and_errors_ke
     head, tail = text.split("\n", 1)
     assert head == "ValueError: the innermost cause"
     assert len(tail) == 200 and tail.rstrip().endswith("ValueError: the innermost cause")
+
+
+class _NoMessage(Exception):
+    def __str__(self):
+        raise RuntimeError("no message here")
+
+
+def test_an_exception_whose_message_raises_is_still_one_failed_cell():
+    """Formatting the error (``f"{err}"``) raised out of run_cell and stopped the sweep: "one cell's failure must
+    not stop the sweep". Now the cell fails with a stand-in message and the traceback."""
+    def boom(config, progress):
+        raise _NoMessage()
+    failed = run_cell(boom, _cell())
+    assert failed.status == "failed"
+    assert failed.error.startswith("_NoMessage: (its message raised RuntimeError)\n")
+    assert "in boom" in failed.error   # the traceback follows

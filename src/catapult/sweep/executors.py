@@ -105,7 +105,11 @@ def to_cell_result(result: Any, worker: str | None = None) -> CellResult:
 
 def error_text(err: BaseException, limit: int = 4000) -> str:
     tb = "".join(traceback.format_exception(type(err), err, err.__traceback__))
-    head = f"{type(err).__name__}: {err}"
+    try:
+        message = str(err)
+    except Exception as inner:   # noqa: BLE001 - an exception whose __str__ raises: the cell still fails alone
+        message = f"(its message raised {type(inner).__name__})"
+    head = f"{type(err).__name__}: {message}"
     tail = tb[-limit:]
     return f"{head}\n{tail}" if tail else head
 
