@@ -133,3 +133,27 @@ def test_from_the_run_s_own_directory_the_config_is_written_as_given(project, mo
     assert main(["train", "runs/tiny/config.yaml", "--out", "again", "--progress", "none"]) == 0
     assert (home / "again" / "config.yaml").read_bytes() == (run / "config.yaml").read_bytes()
     assert (home / "again" / "model.pt").read_bytes() == (run / "model.pt").read_bytes()
+
+
+def test_the_record_is_the_path_as_named_from_here_and_only_a_runs_summary_holds_one(tmp_path, monkeypatch):
+    # (mutation pass 19) 'read' is the working directory joined with the root, '~' expanded, no link
+    # resolved and no '..' folded (RR1 resolved it: the link's target), '~' expanded (RR2 kept it);
+    # only a run's summary.json (status, steps_completed) is read for it (RR3: any summary.json file)
+    import os
+
+    from catapult.run_root import data_root_record, recorded_root
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert data_root_record("link/../link")["data_root"] == {"given": "link/../link",
+                                                            "read": os.path.join(str(tmp_path), "link/../link")}
+    assert data_root_record("~/tiny")["data_root"]["read"] == os.path.join(str(tmp_path), "home", "tiny")
+    run = tmp_path / "run"
+    run.mkdir()
+    record = {"data_root": {"given": "tiny", "read": "/d"}}
+    (run / "summary.json").write_text(json.dumps(record))          # not a run's: no status, no step count
+    assert recorded_root(run) is None
+    (run / "summary.json").write_text(json.dumps({"status": "finished", "steps_completed": 1, **record}))
+    assert recorded_root(run) == {"given": "tiny", "read": "/d"}
