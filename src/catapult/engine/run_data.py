@@ -118,25 +118,28 @@ def _refuse_shards(d: Mapping[str, Any]) -> None:
 
 def _refuse_corpus_beside_arrays(d: Mapping[str, Any]) -> None:
     """A ConfigError on ``data.root`` where a text folder read as a corpus (``*.txt`` or
-    ``wiki.train.raw``: :func:`~catapult.data.text.source_files`) also holds ``*.npy`` arrays that are
-    not catapult's token caches of it (:func:`~catapult.data.token_cache.token_cache_key`): a shard
-    folder with its README.txt trained a character model on the README, the shards left out."""
+    ``wiki.train.raw``: :func:`~catapult.data.text.source_files`) also holds token shards: ``*.npy``
+    arrays that are not catapult's token caches of it (:func:`~catapult.data.token_cache.token_cache_key`)
+    or ``*.jsonl`` / ``*.parquet`` text shards. A shard folder with its README.txt trained a character
+    model on the README, the shards left out."""
     if d["name"] != "text" or d.get("root") is None or d.get("tokenizer") == "none":
         return
-    from catapult.data.text import source_files
-    from catapult.data.token_cache import token_cache_key
-
     root = Path(d["root"]).expanduser()
     if not root.is_dir():
         return
-    arrays = sorted(f.name for f in root.glob("*.npy") if token_cache_key(f) is None)
-    texts = source_files(root) if arrays else []
+    from catapult.data.text import source_files
+    from catapult.data.text_shards import text_shard_files
+    from catapult.data.token_cache import token_cache_key
+
+    shards = sorted(f.name for f in root.glob("*.npy") if token_cache_key(f) is None)
+    shards += [f.name for f in text_shard_files(root)]
+    texts = source_files(root) if shards else []
     if texts:
-        more = f" and {len(arrays) - 1} more" if len(arrays) > 1 else ""
-        raise cfg.ConfigError([("data.root", f"{root} holds text ({texts[0].name}, ...) and token arrays that are not its "
-                                             f"caches ({arrays[0]}{more}): the text would be read as the corpus and "
-                                             f"the arrays left out; put each kind in a folder of its own (a folder of "
-                                             f"*.npy arrays alone is read as token shards)")])
+        more = f" and {len(shards) - 1} more" if len(shards) > 1 else ""
+        raise cfg.ConfigError([("data.root", f"{root} holds text ({texts[0].name}, ...) and token shards that are not "
+                                             f"its caches ({shards[0]}{more}): the text would be read as the corpus "
+                                             f"and the shards left out; put each kind in a folder of its own (a "
+                                             f"folder of shards alone is read as token shards)")])
 
 
 def check_text_root(data: Mapping[str, Any]) -> None:
