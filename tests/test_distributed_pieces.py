@@ -178,12 +178,12 @@ def test_the_collapse_rule_is_the_union_batchs_not_each_ranks():
 def _slow_rank0_set_up(rank, world):
     import time
 
-    from catapult.engine.distributed import _on_every_rank
+    from catapult.engine.every_rank import on_every_rank
 
     # rank 0 tokenising text shards for longer than the process group's timeout (3 s here;
     # NCCL's default is 10 minutes) while rank 1 waits for its verdict
     started = time.perf_counter()
-    got = _on_every_rank(lambda: time.sleep(5) or "tokenised" if rank == 0 else None, True)
+    got = on_every_rank(lambda: time.sleep(5) or "tokenised" if rank == 0 else None, True)
     return {"got": got, "waited": time.perf_counter() - started}
 
 
@@ -222,14 +222,14 @@ def test_single_process_group_waits_for_its_collectives_before_freeing_the_group
 def _verdict_json_cannot_encode(rank, world):
     from pathlib import PurePosixPath
 
-    from catapult.engine import distributed
+    from catapult.engine import every_rank
 
     def work():   # rank 0's verdict holds a value JSON cannot encode (a path as a problem's message)
         if rank == 0:
             raise ConfigError([("data.root", PurePosixPath("/data/part0.npy"))])
         return "done"
     try:
-        distributed._on_every_rank(work, True)
+        every_rank.on_every_rank(work, True)
         return None
     except Exception as exc:
         return type(exc).__name__, [list(map(str, p)) for p in getattr(exc, "problems", [])]

@@ -1,6 +1,6 @@
 """The ranks' set-up verdicts travel as JSON bytes, never as a pickle, on the default group too
-(``engine.gather_json``). Before, where gloo was not built in (``_setup_group`` yields no group),
-``_on_every_rank`` gathered them with ``dist.all_gather_object``, which pickles on one rank and
+(``engine.gather_json``). Before, where gloo was not built in (``setup_group`` yields no group),
+``on_every_rank`` gathered them with ``dist.all_gather_object``, which pickles on one rank and
 unpickles on the others. Truth: 2 gloo ranks whose pickling is made to raise (``pickle``'s
 functions and classes, and the ones torch's object collectives bound at import), the values JSON
 gives back, and a scan of src/ for the collectives that pickle."""
@@ -46,21 +46,21 @@ def _without_gloo_group(rank, world):
     import torch.distributed as dist
 
     from catapult.config import ConfigError
-    from catapult.engine import distributed
+    from catapult.engine import every_rank
     from catapult.engine.gather_json import gather_json
 
     with pytest.MonkeyPatch.context() as monkeypatch:
         _no_pickle(monkeypatch)
         monkeypatch.setattr(dist, "is_gloo_available", lambda: False)   # no set-up group: the default one
         gathered = gather_json({"rank": rank, "pair": (rank, "x"), "path": PurePosixPath(f"/d/{rank}")})
-        done = distributed._on_every_rank(lambda: f"done {rank}", True)
+        done = every_rank.on_every_rank(lambda: f"done {rank}", True)
 
         def work():
             if rank == 1:
                 raise ConfigError([("data.root", "no shards at /data")])
             return "fine"
         try:
-            distributed._on_every_rank(work, True)
+            every_rank.on_every_rank(work, True)
             failed = None
         except ConfigError as exc:
             failed = [list(p) for p in exc.problems]
@@ -126,7 +126,7 @@ class _NoMessage(Exception):
 
 
 def _one_rank_cannot_encode(rank, world):
-    from catapult.engine import distributed
+    from catapult.engine import every_rank
     from catapult.engine.gather_json import gather_json
 
     seen = {}
@@ -141,7 +141,7 @@ def _one_rank_cannot_encode(rank, world):
             raise _NoMessage()
         return "fine"
     try:
-        seen["verdict"] = distributed._on_every_rank(work, True)
+        seen["verdict"] = every_rank.on_every_rank(work, True)
     except Exception as exc:   # noqa: BLE001 - the kind is checked
         seen["verdict"] = [type(exc).__name__, None if isinstance(exc, _NoMessage) else str(exc)]
     return seen
@@ -165,10 +165,10 @@ def test_an_object_one_rank_cannot_encode_raises_the_same_error_on_every_rank():
 def test_a_key_error_reaches_the_other_ranks_quoted_once():
     """A KeyError's message is its key's repr (``'x'``); the other ranks' copy was ``KeyError("'x'")``,
     printed ``"'x'"``. Truth: the failing rank's own ``str``."""
-    from catapult.engine.distributed import _same_error
+    from catapult.curvature.rank_errors import same_error
     for key in ("data.root", 3, ("a", 1), object()):
         original = KeyError(key)
-        copy = _same_error(1, "KeyError", str(original), None)
+        copy = same_error(1, "KeyError", str(original), None)
         assert isinstance(copy, KeyError) and str(copy) == str(original)
         if type(key) is not object:   # a literal key comes back as itself
             assert copy.args == (key,)

@@ -1,4 +1,4 @@
-"""The other ranks' copy of a set-up step's failure (``engine.distributed._same_error``) for a
+"""The other ranks' copy of a set-up step's failure (``curvature.rank_errors.same_error``) for a
 built-in exception whose constructor takes more than a message: UnicodeDecodeError (5 arguments),
 ExceptionGroup (a message and a list). Before, building the copy raised ``TypeError: function takes
 exactly 5 arguments (1 given)`` on every other rank, in place of the failure (a text shard that is not
@@ -8,22 +8,22 @@ from __future__ import annotations
 
 import pytest
 
-from catapult.engine.distributed import _same_error
+from catapult.curvature.rank_errors import error_verdict, same_error
 
 
 @pytest.mark.parametrize("kind, base", [("UnicodeDecodeError", UnicodeError), ("UnicodeEncodeError", UnicodeError),
                                         ("UnicodeTranslateError", UnicodeError), ("ExceptionGroup", Exception)])
 def test_a_builtin_that_takes_more_than_a_message_is_its_nearest_base(kind, base):
-    err = _same_error(1, kind, "'utf-8' codec can't decode byte 0xff in position 0", None)
+    err = same_error(1, kind, "'utf-8' codec can't decode byte 0xff in position 0", None)
     assert type(err) is base
     assert "UnicodeDecodeError" in str(err) or kind in str(err)
     assert "can't decode byte 0xff" in str(err)
 
 
 def test_plain_builtins_keep_their_type_and_message():
-    err = _same_error(1, "FileNotFoundError", "no such file: a.npy", None)
+    err = same_error(1, "FileNotFoundError", "no such file: a.npy", None)
     assert type(err) is FileNotFoundError and str(err) == "no such file: a.npy"
-    assert type(_same_error(1, "NotARealError", "x", None)) is RuntimeError
+    assert type(same_error(1, "NotARealError", "x", None)) is RuntimeError
 
 
 def test_a_missing_dependency_keeps_its_kind_and_the_command_lines_exit_code_2():
@@ -33,6 +33,47 @@ def test_a_missing_dependency_keeps_its_kind_and_the_command_lines_exit_code_2()
     from catapult.cli import report
     from catapult.config import MissingDependency
     message = "data.tokenizer: bpe needs the Hugging Face 'tokenizers' package: pip install tokenizers"
-    copy = _same_error(0, "MissingDependency", message, None)
+    copy = same_error(0, *error_verdict(MissingDependency(message)))
     assert type(copy) is MissingDependency and str(copy) == message
     assert report("train-ddp", copy) == report("train-ddp", MissingDependency(message)) == 2
+
+
+def test_catapults_own_errors_reach_the_other_ranks_as_themselves():
+    """Every kind of catapult's own that the command line ends with its exit code: the other ranks' copy
+    was a RuntimeError (``rank 0: MicroBatchRefused: ...``), a defect's traceback there; the copy is now
+    the same class with the same message and attributes. Truth: ``cli.report`` of the original, and its
+    attributes."""
+    from pathlib import PurePosixPath
+
+    from catapult.cli import report
+    from catapult.config import ConfigError
+    from catapult.curvature.difference import UnreliableDifferenceError
+    from catapult.curvature.microbatch import MicroBatchRefused
+    from catapult.engine.run_dir import RunDirectoryError
+    from catapult.sweep.store_errors import SpecChanged
+
+    originals = [MicroBatchRefused("memory: a module couples the samples", "memory"),
+                 UnreliableDifferenceError("finite-difference products are not reliable here"),
+                 RunDirectoryError("runs/a holds an earlier run"),
+                 ConfigError([("data.root", "no shards"), ("train.steps", "must be >= 1")]),
+                 SpecChanged("s.db", ["lr: 1 -> 2"])]
+    for original in originals:
+        copy = same_error(0, *error_verdict(original))
+        assert type(copy) is type(original) and str(copy) == str(original)
+        if not isinstance(original, SpecChanged):   # (`catapult sweep` reports it itself)
+            assert report("train-ddp", copy) == report("train-ddp", original)
+    assert same_error(0, *error_verdict(originals[0])).option == "memory"
+    assert same_error(0, *error_verdict(originals[3])).problems == originals[3].problems
+    assert same_error(0, *error_verdict(originals[4])).changes == ["lr: 1 -> 2"]
+    # a value JSON cannot encode comes as its repr, the problem kept (the CLI prints the problems)
+    odd = same_error(0, *error_verdict(ConfigError([("data.root", PurePosixPath("/d/a.npy"))])))
+    assert odd.problems == [("data.root", "PurePosixPath('/d/a.npy')")]
+
+
+def test_a_class_outside_catapult_or_not_an_exception_is_not_imported():
+    # the module a verdict names is imported only within the package, and only an exception class is built
+    assert type(same_error(2, "Popen", "x", {"module": "subprocess", "attributes": {}})) is RuntimeError
+    assert type(same_error(2, "ConfigError", "x", {"module": "catapult.nothing_here", "attributes": {}})) \
+        is RuntimeError
+    assert str(same_error(2, "validate", "x", {"module": "catapult.config", "attributes": {}})) == \
+        "rank 2: validate: x"

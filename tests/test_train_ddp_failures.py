@@ -34,6 +34,13 @@ if int(os.environ["RANK"]) == int(os.environ.get("FAIL_RANK", "-1")):
             x[0, 0] = 10 ** 6
         return x, y
     distributed.ShardBatches.batch = failing
+    if os.environ.get("FAULT") == "refused":  # a refusal of catapult's own inside an agreed step
+        import catapult.curvature.rank_agreement as agreement
+        from catapult.curvature.microbatch import MicroBatchRefused
+        def refusing(name, batch):
+            raise MicroBatchRefused(f"{name}: this rank's shard cannot be split into micro-batches", "chunk_size")
+        agreement._check_shard = refusing
+        distributed.ShardBatches.batch = batch
 from catapult.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -103,6 +110,20 @@ def test_one_rank_failing_mid_run_ends_every_rank_with_a_message(tmp_path):
     assert not out.exists()                 # the partial run directory goes, as in one process
 
 
+def test_a_refusal_of_catapults_own_on_one_rank_exits_2_on_every_rank_with_its_line(tmp_path):
+    """Rank 1 refuses its shard inside the sharpness's agreed check (a MicroBatchRefused, exit 2 with
+    one line). The other rank raised a ValueError naming rank 1, which the command line reports as a
+    defect: its traceback, exit 1. Now every rank raises rank 1's error, the same type and message.
+    Each rank runs under a 180 s limit, and the group's collectives stop a hang."""
+    results = _two_ranks(tmp_path, str(_config(tmp_path)), "eval.sharpness_every=2", "--out",
+                         str(tmp_path / "run"), fail_rank=1, fault="refused")
+    line = ("catapult train-ddp: error: sharpness: this rank's shard cannot be split into micro-batches "
+            "(in a config: eval.sharpness_chunk_size: null)")
+    for code, err in results:
+        assert (code, err.strip()) == (2, line), err
+    assert not (tmp_path / "run").exists()
+
+
 @FSDP2
 def test_a_forward_failing_on_one_rank_of_a_sharded_model_ends_every_rank(tmp_path):
     # the lambda_0 sharpness on batch 2: the failed rank's forward raised inside union_weight's
@@ -156,14 +177,14 @@ import torch.distributed as dist
 rank = int(sys.argv[1])
 dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + sys.argv[2], rank=rank, world_size=2,
                         timeout=datetime.timedelta(seconds=120))
-from catapult.engine.distributed import _on_every_rank
+from catapult.engine.every_rank import on_every_rank
 def work():
     if rank == 1:   # killed while the other waits for it (out of memory while tokenising)
         time.sleep(1)
         os._exit(3)
 started = time.perf_counter()
 try:
-    _on_every_rank(work, True)
+    on_every_rank(work, True)
 except Exception as exc:
     print(f"waited {time.perf_counter() - started:.1f} s: {exc}", flush=True)
     os._exit(4)

@@ -69,6 +69,7 @@ from typing import Any, Callable
 import torch
 
 from catapult.curvature.microbatch import sample_count, sample_device
+from catapult.curvature.rank_errors import broadcast_json, error_verdict, same_error
 
 __all__ = ["require_process_group", "check_shardable", "check_shard_inputs", "unwrap_ddp", "shard_weight", "all_reduce_sum",
            "agreed_minimum", "agreed", "agreed_gap", "refusals_agreed", "rank0_flag", "union_weight",
@@ -267,8 +268,10 @@ def refusals_agreed() -> bool:
 
 
 def agreed(build: Callable[[], Any], device=None, *, collective: bool = False) -> Any:
-    """``build()`` on every rank, its failure agreed (every rank must call it): a rank whose call
-    raises re-raises its error once the others know, and they raise a ValueError naming it. Left
+    """``build()`` on every rank, its failure agreed (every rank must call it): where a rank's call
+    raises, every rank raises the lowest failing rank's error once all know (the original there,
+    :func:`~catapult.curvature.rank_errors.same_error` of it, the same type and message, on the
+    others). Left
     to itself, the failing rank was the only one to say why, and the others waited in the next
     collective call until it exited (a refused micro-batch split, a kink in one rank's shard).
 
@@ -297,12 +300,15 @@ def agreed(build: Callable[[], Any], device=None, *, collective: bool = False) -
     failed = torch.zeros(dist.get_world_size(), dtype=torch.float64, device=device)
     failed[dist.get_rank()] = float(error is not None)
     ranks = [rank for rank, flag in enumerate(all_reduce_sum(failed).tolist()) if flag]
-    if error is not None:
+    if not ranks:
+        return result
+    # the lowest failing rank's verdict to every rank (a second collective only on failure): each
+    # raises it as the same type and message (a ValueError naming the rank was a defect's traceback
+    # on the others in `catapult train-ddp`, where the failing rank exited 2 with one line)
+    verdict = broadcast_json(error_verdict(error) if dist.get_rank() == ranks[0] else None, ranks[0], device)
+    if dist.get_rank() == ranks[0]:
         raise error
-    if ranks:
-        raise ValueError(f"distributed=True: rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} "
-                         f"raised an error (its own output says which); every rank stops with it")
-    return result
+    raise same_error(ranks[0], *verdict) from error   # a rank's own failure, where it had one, chained
 
 
 def agreed_gap(gap: float, device=None) -> float:

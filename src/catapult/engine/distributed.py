@@ -21,7 +21,7 @@ vocabulary (or, for ``*.npy`` shards, the size that a ``vocab_size.json`` beside
 ``{"vocab_size": N}``, any ``N >= 1``: :func:`catapult.data.text_shards.stated_vocab_size`); an id
 at or beyond it is an error naming the shard. The run's ``config.yaml`` records it
 (:mod:`catapult.engine.shard_run`, which sets the run up), so the run folder reloads alone. Under ``torchrun`` rank 0
-tokenises text shards while the other ranks wait (up to :data:`SETUP_TIMEOUT`, 24 hours, not
+tokenises text shards while the other ranks wait (up to :data:`~catapult.engine.every_rank.SETUP_TIMEOUT`, 24 hours, not
 the process group's timeout: NCCL's default is 10 minutes), then every rank maps the same files; a bad
 file (one naming the file and line or column), or any error one rank meets while setting up,
 stops every rank with the same error.
@@ -49,12 +49,9 @@ copied (:mod:`catapult.engine.fsdp`, :class:`FullyShardedDataParallel`); the res
 """
 from __future__ import annotations
 
-import ast
-import contextlib
 import os
 import time
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -71,10 +68,11 @@ from catapult.data.token_cache import npy_problem, token_cache_key
 from catapult.engine.ddp_config import check_ddp_config
 from catapult.engine.build import check_warmup_across_processes, resolve_device
 from catapult.engine.fsdp import check_fsdp, full_state_dict
-from catapult.engine.gather_json import collective_device, error_message, gather_json
+from catapult.engine.every_rank import on_every_rank
+from catapult.engine.gather_json import collective_device
 from catapult.engine.sharpness_rule import check_spectrum_cadence
 from catapult.engine.step import COLLAPSE_RTOL
-from catapult.engine.loop import Processes, RunDirectoryError, RunResult, check_out_dir, in_run_directory, train
+from catapult.engine.loop import Processes, RunResult, check_out_dir, in_run_directory, train
 from catapult.engine.progress import progress_mode
 
 __all__ = ["TokenShards", "ShardBatches", "DataParallel", "FullyShardedDataParallel", "global_batch_rows",
@@ -404,108 +402,6 @@ def _average_dense_grads(updater, world: int) -> None:
             layer.module.dense_grad = grad / world
 
 
-def _on_every_rank(work, distributed: bool) -> Any:
-    """``work()`` on this rank; an exception it raises on any rank is raised on every rank (the
-    lowest failing rank's: the original there, one of the same type and message on the
-    others), so no rank goes on alone into a collective the failed one never reaches. A
-    ConfigError, RunDirectoryError, MissingDependency or OSError keeps its type (the CLI's exit code 2); an
-    exception of a type not built into Python is a RuntimeError naming it and its rank."""
-    kept: list = []   # the verdicts' tensors, alive until the group is freed (gather_json)
-    with _setup_group() if distributed else contextlib.nullcontext() as group:
-        # the group first, while every rank is here: the others then wait on it for this work
-        result, problem = None, None
-        try:
-            result = work()
-        except Exception as exc:  # any kind: one rank's failure must stop every rank
-            problem = exc
-        if not distributed:
-            if problem is not None:
-                raise problem
-            return result
-        # (str() of an exception may raise: that rank alone would leave the others waiting in the gather)
-        verdict = None if problem is None else (type(problem).__name__, error_message(problem),
-                                                [list(p) for p in problem.problems]
-                                                if isinstance(problem, cfg.ConfigError) else None)
-        every = gather_json(verdict, group, kept)   # JSON, never a pickle
-        del group   # the context's reference is then the last: the group is freed as it exits
-    del kept
-    failed = next((r for r, p in enumerate(every) if p is not None), None)
-    if failed is None:
-        return result
-    if failed == dist.get_rank():
-        raise problem
-    raise _same_error(failed, *every[failed])
-
-
-#: How long the ranks wait for each other in a set-up step (:func:`_on_every_rank`): rank 0
-#: tokenises text shards while the others wait, for as long as a corpus takes. The process
-#: group's own timeout (NCCL's default 10 minutes, gloo's 30) is for the training's collectives.
-SETUP_TIMEOUT = timedelta(hours=24)
-
-
-@contextlib.contextmanager
-def _setup_group():
-    """A gloo group of every rank whose collectives wait :data:`SETUP_TIMEOUT` (the default
-    group where gloo is not built in), destroyed on exit. Every rank enters it together."""
-    if not dist.is_gloo_available():
-        yield None
-        return
-    group = dist.new_group(backend="gloo", timeout=SETUP_TIMEOUT)
-    # its connections now, while every rank is here: made lazily in the first collective, a rank
-    # that died in the meantime (killed while tokenising) left the others waiting for its address
-    dist.barrier(group=group)
-    try:
-        yield group
-    finally:
-        dist.destroy_process_group(group)
-
-
-def _same_error(rank: int, kind: str, message: str, problems: Any) -> Exception:
-    """An exception like the one (``kind``, ``message``) rank ``rank`` raised."""
-    import builtins
-
-    if kind == "ConfigError" and problems is not None:
-        return cfg.ConfigError([tuple(p) for p in problems])   # (key, message) pairs, sent as lists
-    if kind == "RunDirectoryError":
-        return RunDirectoryError(message)
-    if kind == "MissingDependency":   # (rank 0's tokenisation without tokenizers: exit code 2 there, and a
-        return cfg.MissingDependency(message)   # RuntimeError's traceback, a defect's, on the others)
-    builtin = getattr(builtins, kind, None)
-    if builtin is KeyError:   # its message is its key's repr: KeyError(message) quoted it again ("'x'" as "\"'x'\"")
-        return _key_error(message)
-    if isinstance(builtin, type) and issubclass(builtin, Exception):
-        # one that takes more than a message (UnicodeDecodeError's 5 arguments, ExceptionGroup's list)
-        # raised a TypeError here, on every other rank, in place of the failure: its nearest base that
-        # takes one, the kind named in the message
-        for base in builtin.__mro__:
-            if issubclass(base, Exception):
-                try:
-                    return base(message if base is builtin else f"{kind}: {message}")
-                except TypeError:
-                    continue
-    return RuntimeError(f"rank {rank}: {kind}: {message}")
-
-
-def _key_error(message: str) -> KeyError:
-    """A KeyError whose ``str`` is ``message`` (a KeyError's ``str`` is its key's ``repr``): of the key
-    itself where ``message`` is a literal's repr (a string, a number, a tuple of them), else one that
-    prints ``message`` as it is."""
-    try:
-        key = ast.literal_eval(message)
-        if repr(key) == message:
-            return KeyError(key)
-    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-        pass
-    return _RankKeyError(message)
-
-
-class _RankKeyError(KeyError):
-    """A KeyError another rank raised whose key cannot be rebuilt: printed as that rank printed it."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
 @dataclass
 class DDPResult(RunResult):
     """What :func:`train_ddp` returns on every rank: a :class:`~catapult.engine.RunResult` (the
@@ -561,11 +457,11 @@ def train_ddp(config: Mapping[str, Any], *, out_dir: str | os.PathLike | None = 
     global_batch_rows(batch_size, rank, world)  # B % W == 0: a ConfigError before any file is read
     out_path = None if out_dir is None or rank != 0 else Path(out_dir)
     if out_path is not None or distributed:
-        _on_every_rank(lambda: out_path is None or check_out_dir(out_path, overwrite), distributed)
+        on_every_rank(lambda: out_path is None or check_out_dir(out_path, overwrite), distributed)
 
     from catapult.engine.shard_run import build_shard_run, open_shards
 
-    opened = _on_every_rank(lambda: open_shards(config) if rank == 0 else None, distributed)
+    opened = on_every_rank(lambda: open_shards(config) if rank == 0 else None, distributed)
     # the others map what rank 0 tokenised, after it checked the ids (a file missing on another
     # node, a GPU missing for one rank: every rank stops with that rank's error)
 
@@ -573,7 +469,7 @@ def train_ddp(config: Mapping[str, Any], *, out_dir: str | os.PathLike | None = 
         return build_shard_run(config, device, opened=opened if opened is not None else
                                open_shards(config, check_ids=False), rank=rank, world=world, distributed=distributed)
 
-    setup = _on_every_rank(set_up, distributed)
+    setup = on_every_rank(set_up, distributed)
     processes = (FullyShardedDataParallel if sharded else DataParallel)(rank, world) if distributed else Processes()
     # the throughput of training: opening the shards (tokenising text ones, once) is set-up
     training = time.perf_counter()

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from catapult.curvature.rank_errors import error_message
+
 __all__ = ["collective_device", "error_message", "gather_json"]
 
 
@@ -94,19 +96,3 @@ def _encoded(obj: Any) -> tuple[bytes, Exception | None]:
         return _ENCODED + text.encode(), None
     except Exception as err:   # noqa: BLE001 - any kind, sent to every rank
         return _FAILED + json.dumps([type(err).__name__, error_message(err)]).encode(), err
-
-
-def error_message(err: BaseException) -> str:
-    """``str(err)``, or a stand-in where that raises (an exception whose ``__str__`` fails): what a
-    rank sends the others about its failure must not raise on that rank alone.
-
-    >>> class Broken(Exception):
-    ...     def __str__(self):
-    ...         raise RuntimeError("no message")
-    >>> error_message(ValueError("bad")), error_message(Broken())
-    ('bad', '(its message raised RuntimeError)')
-    """
-    try:
-        return str(err)
-    except Exception as inner:   # noqa: BLE001 - any kind
-        return f"(its message raised {type(inner).__name__})"
