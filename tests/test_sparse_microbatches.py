@@ -179,3 +179,19 @@ def test_lean_counts_no_batch_rows_and_the_sparse_tensors_a_forward_saves():
     assert lean.activation_bytes(model, loss_fn, (bsr, y), probe=3) == lean.activation_bytes(model, loss_fn, (bsr, y), probe=4)
     coo = torch.tensor([[0.0, 2.0], [3.0, 0.0]]).to_sparse()
     assert [p.tolist() for p in lean.strided_parts(coo)] == [[[0, 1], [1, 0]], [2.0, 3.0]]
+
+
+def test_chunk_rows_take_every_leafs_whole_blocks_and_no_more_than_the_batch():
+    # (mutation pass 19) blocks of 2 rows beside blocks of 3: a chunk holds whole blocks of both, a
+    # multiple of 6 (LS7 took the larger, 3: a cut inside the 2-row blocks); never more rows than the
+    # batch's 12 (LS9: 18); a BSR target that chunks would cut is refused before any forward, naming
+    # the targets (LS11 refused only inputs: sparse_rows' ValueError inside the operator)
+    x = torch.arange(72.0).view(12, 6) % 5
+    two, three = x.to_sparse_bsr((2, 2)), x.to_sparse_bsr((3, 3))
+    assert lean.chunk_rows(3, (two, three)) == 6 and lean.chunk_rows(7, (two, {"t": three})) == 12
+    assert lean.chunk_rows(13, (x, two)) == 12
+    model, x, y = _problem()
+    loss = lambda out, t: torch.nn.functional.mse_loss(out, t.to_dense())   # noqa: E731
+    with pytest.raises(MicroBatchRefused, match=r"chunk_size: the batch's targets hold a torch.sparse_bsr tensor "
+                                                r"of blocks of 2 rows, which micro-batches of 7 would cut"):
+        catapult.sharpness(model, loss, (x, y.to_sparse_bsr((2, 1))), chunk_size=7)
