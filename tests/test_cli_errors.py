@@ -357,7 +357,7 @@ def test_train_ddp_without_a_data_root_names_the_key(tmp_path, capsys):
                      "--progress", "none"]) == 2
     err = capsys.readouterr().err
     assert "data.root" in err and "Traceback" not in err and not (tmp_path / "run").exists()
-    assert cli.main(["train-ddp", str(config), "data.name=text", f"data.root={tmp_path / 'nowhere'}",
+    assert cli.main(["train-ddp", str(config), "data.name=text", f"data.root={tmp_path / 'nowhere'}", "data.n_train=null",
                      "--out", str(tmp_path / "run"), "--progress", "none"]) == 2
     assert "nowhere does not exist" in capsys.readouterr().err
 
