@@ -53,12 +53,38 @@ def test_readme_python_snippets_run_as_written(tmp_path):
     assert 1 < ratio <= 1 / (1 - 0.999) ** 0.5, ratio
     quoted = float(re.search(r"first-step lr_c ~(\d+)x Adam's", README).group(1))
     assert abs(float(lr_c["GIAdam"]) / float(lr_c["Adam"]) - quoted) <= 0.1 * quoted, lr_c
+    more_claims_of_the_snippets(proc.stdout)
     searches = re.search(r"(\d+) searches, (\d+) forward passes", proc.stdout)
     assert searches, proc.stdout
     words = {"six": 6}
     quoted = re.search(r"\((\w+) searches, ~(\d+) forward passes\)", README)
     assert int(searches.group(1)) == words[quoted.group(1)], searches.group(0)
     assert abs(int(searches.group(2)) - int(quoted.group(2))) <= 2, searches.group(0)
+
+
+def more_claims_of_the_snippets(out: str) -> None:
+    """What the snippets' comments and the prose beside them say of their printed lines (stop 63)."""
+    import ast
+    import math
+
+    # `tracker.step(batch)  # a SharpnessRecord on steps 0, 5; else None` (every=5, 10 steps)
+    records = ast.literal_eval(next(line for line in out.splitlines() if line.startswith("[(")))
+    quoted = re.search(r"a SharpnessRecord on steps ([\d, ]+);", README).group(1)
+    assert [r[0] for r in records] == [int(x) for x in quoted.split(",")], records
+    # SμPar's hidden group: lr / (m_d m_rho), m_d = width / base_width, m_rho = density / base_density
+    groups = [ast.literal_eval(line) for line in out.splitlines() if line.startswith("{'input'")]
+    assert len(groups) == 2, groups
+    assert groups[0]["hidden"] == pytest.approx(3e-3 / ((512 / 64) * (0.25 / 1.0)), rel=1e-12, abs=0)
+    assert groups[0]["input"] == groups[0]["output"] == 3e-3
+    assert groups[1]["hidden"] == round(2 ** -7 / ((128 / 64) * (1 / 16)), 5), groups[1]   # hidden: lr/(m_d m_rho)
+    # `initial loss ... ~ ln(vocab)`: a GPT at init predicts about uniformly
+    loss, log_vocab = map(float, re.search(r"initial loss ([\d.]+) ~ ln\(vocab\) = ([\d.]+)", out).groups())
+    assert abs(loss - log_vocab) < 0.05 * log_vocab, (loss, log_vocab)
+    # the persistent warmup's control: "the same lr_target from step 0 diverges to `nan`"
+    assert "diverges to `nan`" in README
+    assert math.isnan(float(re.search(r"constant lr_target: loss (\S+) after", out).group(1))), out
+    # the run-builder snippet's `# 64 sgd`
+    assert re.search(r"^64 sgd$", out, flags=re.M) and "# 64 sgd" in README
 
 
 def test_commands_the_readme_names_exist():
