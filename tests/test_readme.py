@@ -108,6 +108,21 @@ def test_configs_the_readme_names_validate(path):
     load_config(ROOT / path, overrides)
 
 
+def test_the_layout_table_is_the_import_contract():
+    """The README's layer table names every module of pyproject.toml's import-linter layers, each in its
+    layer (bottom up): it had left out the two lowest layers' modules and six others (stop 63)."""
+    block = re.search(r'^type = "layers"\nlayers = \[\n(.*?)^\]', (ROOT / "pyproject.toml").read_text(),
+                      flags=re.S | re.M).group(1)   # (tomllib is Python 3.11's; the project takes 3.10)
+    layers = re.findall(r'^\s*"([^"]+)",?$', block, flags=re.M)[::-1]
+    assert len(layers) >= 7, block
+    table = dict(re.findall(r"^\| (\d+) \| (.*?) \|", README, flags=re.M))
+    assert sorted(map(int, table)) == list(range(len(layers))), table
+    for i, layer in enumerate(layers):
+        modules = {m.strip().removeprefix("catapult.") for m in layer.split(":")}
+        named = {m.rstrip("/") for m in re.findall(r"`([\w/]+)`", table[str(i)])}
+        assert named == modules, (i, named ^ modules)
+
+
 OUTPUT_FLAGS = ("--out", "--plot", "--store", "--trajectories-out", "--write-configs")
 
 
