@@ -41,6 +41,11 @@ def check_masks(layers: Mapping[str, nn.Module], roles: Mapping[str, str], densi
             raise ValueError(f"parametrize(): sparsity masks are for Linear layers; {name!r} is a "
                              f"hidden nn.{type(layer).__name__.replace('Scaled', '')} (use density=1.0 or "
                              "give it role None)")
+        if density < 1.0 and role == "hidden" and density * layer.weight.numel() < 0.5:
+            # random_mask refused it at this layer, after the layers before it were converted and re-drawn
+            raise ValueError(f"parametrize(): density={density:g} keeps round({density:g} * {layer.weight.numel()}) = 0 "
+                             f"weights of hidden layer {name!r} ({tuple(layer.weight.shape)}); use a density >= "
+                             f"{0.5 / layer.weight.numel():.3g}")
         mask = getattr(layer, "mask", None)
         if density == 1.0 and role == "hidden" and isinstance(mask, torch.Tensor) and not bool(mask.all()):
             sparse.append(name)

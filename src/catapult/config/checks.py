@@ -283,6 +283,12 @@ def _check_wrn_and_augment(config: dict) -> Problems:
         yield ("model.density", f"the mlp masks its hidden (width x width) layers and depth {model['depth']} has "
                                 "none (input and readout stay dense): density and base_density must be 1, or "
                                 "use model.depth >= 3")
+    hidden = model["width"] if model["name"] in ("mlp", "gpt") and (model["name"] == "gpt" or model["depth"] >= 3) else 0
+    if hidden and model["density"] < 1.0 and model["density"] * hidden * hidden < 0.5:
+        # its exact mask kept 1 weight (density 1/width^2) while the run, SμPar's factor and the summary said density
+        yield ("model.density", f"{model['density']:g} keeps round({model['density']:g} * {hidden}^2) = 0 weights of a "
+                                f"{hidden}x{hidden} hidden matrix (the mask would keep 1: density {1 / hidden**2:.3g}); "
+                                f"use model.density >= {0.5 / hidden**2:.3g} or a larger model.width")
     augment = data.get("augment") or {}
     on = [k for k in ("flip", "crop", "mixup") if augment.get(k)]
     off = " ".join(_override(AugmentConfig, k, f"data.augment.{k}") for k in on)

@@ -73,10 +73,19 @@ def random_mask(
     """A random boolean mask of ``shape`` with the given density (fraction of ``True`` entries).
 
     ``method="exact"``: exactly :func:`exact_nonzeros` ``(numel, density)`` entries are ``True``
-    (first entries of a ``torch.randperm`` permutation). ``method="bernoulli"``: i.i.d.
+    (first entries of a ``torch.randperm`` permutation); a density whose count ``density * numel``
+    rounds to 0 is a ValueError (the mask would keep one entry, a density of ``1 / numel``). ``method="bernoulli"``: i.i.d.
     ``Bernoulli(density)`` entries. ``density == 1`` gives an all-``True`` mask without drawing
     random numbers. Sampling happens on the CPU with ``generator`` (or the global CPU RNG), so a
     seed gives the same mask on every device.
+
+    Example:
+        >>> int(random_mask((4, 8), 0.25, generator=torch.Generator().manual_seed(0)).sum())
+        8
+        >>> random_mask((4, 8), 0.01)
+        Traceback (most recent call last):
+        ...
+        ValueError: random_mask: density 0.01 keeps round(0.01 * 32) = 0 of the 32 entries of a (4, 8) mask (it would keep 1: density 0.0312, not 0.01); use a density >= 0.0156 or a larger matrix
     """
     density = _check_density("random_mask", density)
     if method not in MASK_METHODS:
@@ -86,6 +95,10 @@ def random_mask(
     if density == 1.0:
         mask = torch.ones(shape, dtype=torch.bool)
     elif method == "exact":
+        if density * numel < 0.5:  # exact_nonzeros' floor of 1: the mask was 1/numel dense, not density
+            raise ValueError(f"random_mask: density {density:g} keeps round({density:g} * {numel}) = 0 of the "
+                             f"{numel} entries of a {tuple(shape)} mask (it would keep 1: density {1 / numel:.3g}, "
+                             f"not {density:g}); use a density >= {0.5 / numel:.3g} or a larger matrix")
         keep = exact_nonzeros(numel, density)
         order = torch.randperm(numel, generator=generator)
         mask = torch.zeros(numel, dtype=torch.bool)

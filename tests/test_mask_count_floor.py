@@ -1,0 +1,75 @@
+"""An exact-density mask keeps ``round(density * numel)`` weights; where that rounds to 0 it kept 1
+(``exact_nonzeros``' floor), so the matrix was ``1 / numel`` dense, not ``density``: MLP(width 16,
+density 0.001) trained at density 0.0039 (3.9x), recorded as 0.001, with SμPar's init and lr factors
+``1 / m_rho`` taken from 0.001, without a word (S). Now refused: ``random_mask`` and the models with a
+ValueError naming the shape, ``parametrize`` before any layer changes, and the CLI with exit code 2
+naming ``model.density`` before any work. The truth: the mask's ``True`` count, counted."""
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+
+from catapult.cli import main
+from catapult.models import GPT, MLP
+from catapult.parametrize import parametrize
+from catapult.sparsity import MaskedLinear, random_mask
+
+
+@pytest.mark.parametrize("shape, density", [((16, 16), 0.001), ((8, 8), 0.0078), ((3, 5), 0.03)])
+def test_a_density_whose_count_rounds_to_zero_is_refused_not_floored_to_one(shape, density):
+    numel = shape[0] * shape[1]
+    assert density * numel < 0.5
+    with pytest.raises(ValueError, match=r"^random_mask: density .* keeps round\(.*\) = 0 of the "
+                                         rf"{numel} entries of a \({shape[0]}, {shape[1]}\) mask"):
+        random_mask(shape, density, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="keeps round"):
+        MaskedLinear(shape[1], shape[0], density=density)
+    # half a weight or more keeps its count, rounded half up, as before
+    just = 0.5 / numel
+    mask = random_mask(shape, just, generator=torch.Generator().manual_seed(0))
+    assert int(mask.sum()) == 1
+    mask = random_mask(shape, 2.4 / numel, generator=torch.Generator().manual_seed(0))
+    assert int(mask.sum()) == 2
+
+
+def test_the_models_refuse_it_naming_the_matrix():
+    with pytest.raises(ValueError, match=r"\(16, 16\) mask"):
+        MLP(4, 2, 16, 3, parametrization="supar", density=0.001)
+    with pytest.raises(ValueError, match=r"\(8, 8\) mask"):      # one of Q, K, V (each its own count)
+        GPT(50, 8, 1, 2, 8, parametrization="supar", density=0.005)
+
+
+def test_parametrize_refuses_it_before_any_layer_changes():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8),
+                                torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=r"^parametrize\(\): density=0.001 keeps round\(0.001 \* 64\) = 0 "
+                                         r"weights of hidden layer '2' \(\(8, 8\)\)"):
+        parametrize(model, "supar", density=0.001, base_width=4)
+    assert [type(m) for m in model] == [torch.nn.Linear, torch.nn.ReLU, torch.nn.Linear, torch.nn.ReLU,
+                                        torch.nn.Linear]
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def _config(tmp_path, command):
+    config = dict(name="tiny", seed=0, data=dict(name="digits", n_train=32, n_test=16),
+                  model=dict(name="mlp", width=16, depth=3, parametrization="supar"),
+                  loss="cross_entropy", optimizer=dict(name="adam", lr=0.01),
+                  train=dict(steps=1, batch_size=16), eval=dict(sharpness_every=0))
+    if command == "coord-check":
+        config["coord_check"] = dict(densities=[1.0, 0.001], seeds=[0], steps=1)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.parametrize("command", ["train", "coord-check"])
+def test_the_cli_refuses_it_with_exit_2_naming_model_density(tmp_path, capsys, command):
+    out = tmp_path / "out"
+    overrides = ["model.density=0.001"] if command == "train" else []
+    code = main([command, str(_config(tmp_path, command)), "--out", str(out), *overrides])
+    err = capsys.readouterr().err
+    assert code == 2 and "model.density" in err and "16x16" in err and "0.001" in err, err
+    assert "Traceback" not in err and not out.exists()
