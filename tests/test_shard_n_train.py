@@ -48,3 +48,33 @@ def test_the_command_exits_2_before_any_work(shards, tmp_path, capsys):
     assert main(["train", str(path), "data.n_train=10", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "data.n_train" in err and "Traceback" not in err and not out.exists()
+
+
+def test_a_run_folder_recorded_before_the_refusal_reloads_reading_every_token(shards, tmp_path, capsys):
+    """A shards run made before the refusal recorded the config's n_train (8192 in the shipped GPT
+    configs) and read every token. Reading its own config.yaml drops the key with one note, and
+    repeats that run bit for bit; the same config outside a run folder, or n_train given on the
+    command line, is refused."""
+    from catapult.engine.distributed import train_ddp
+
+    run = tmp_path / "run"
+    train_ddp(cfg.validate(_config(shards)), out_dir=run)
+    old = tmp_path / "old"
+    old.mkdir()
+    recorded = yaml.safe_load((run / "config.yaml").read_text())
+    recorded["data"]["n_train"] = 8192                      # as an earlier version wrote it
+    (old / "config.yaml").write_text(yaml.safe_dump(recorded))
+    (old / "summary.json").write_bytes((run / "summary.json").read_bytes())
+    again = tmp_path / "again"
+    assert main(["train", str(old / "config.yaml"), "--out", str(again), "--progress", "none"]) == 0
+    assert "data.n_train (8192) in this run's config.yaml is not applied" in capsys.readouterr().err
+    assert (run / "metrics.csv").read_bytes() == (again / "metrics.csv").read_bytes()
+    before, after = (torch.load(r / "model.pt", weights_only=True) for r in (run, again))
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    # given on the command line, it is the user's: refused
+    assert main(["train", str(old / "config.yaml"), "data.n_train=10", "--out", str(tmp_path / "x")]) == 2
+    assert "data.n_train" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    # outside a run folder (no summary.json beside it): refused as any config
+    (old / "summary.json").unlink()
+    assert main(["train", str(old / "config.yaml"), "--out", str(tmp_path / "y")]) == 2
+    assert "data.n_train" in capsys.readouterr().err and not (tmp_path / "y").exists()

@@ -59,12 +59,20 @@ def config_from_args(args: argparse.Namespace) -> dict:
     set_aside: dict = {}
     overrides = overrides_from_args(args)
     config = load_config(args.config, overrides, set_aside=set_aside)
-    if not any(text.split("=", 1)[0].strip() in ("data", "data.root") for text in overrides):
+    if not _set_on_command_line(overrides, "data.root"):
         root, problem = relocated_root(args.config, config)  # a run folder's relative data.root, from here
         if problem is not None:
             raise ConfigError([("data.root", problem)])
         if root is not None:
             config["data"]["root"] = root
+    if config["data"].get("n_train") is not None and not _set_on_command_line(overrides, "data.n_train") \
+            and is_run_record(Path(args.config).parent / "summary.json"):
+        from catapult.engine.shard_run import reads_shards
+        if reads_shards(config["data"]):   # a run before shards refused n_train recorded it, and read every token
+            print(f"catapult {getattr(args, 'command', None) or 'train'}: note: data.n_train "
+                  f"({config['data']['n_train']}) in this run's config.yaml is not applied: the run read every "
+                  f"token of its shards (it was recorded before token shards refused the key)", file=sys.stderr)
+            config["data"]["n_train"] = None
     apply_threads(args)
     if "sweep" in set_aside:
         print(sweep_ignored_note(getattr(args, "command", None), set_aside["sweep"], config), file=sys.stderr)
@@ -81,6 +89,13 @@ def config_from_args(args: argparse.Namespace) -> dict:
               f"to lr_trgt at the critical lr whenever the loss improved; any T_wrm gives the same run",
               file=sys.stderr)
     return config
+
+
+def _set_on_command_line(overrides, key: str) -> bool:
+    """Whether an override sets ``key`` or a section above it (``data=...``)."""
+    parts = key.split(".")
+    given = {text.split("=", 1)[0].strip() for text in overrides}
+    return any(".".join(parts[:i]) in given for i in range(1, len(parts) + 1))
 
 
 def sweep_ignored_note(command: str | None, sweep, config: dict) -> str:
