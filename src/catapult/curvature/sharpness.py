@@ -48,6 +48,20 @@ MEMORY_SETTINGS = {"fast": {"chunks": 1, "max_basis": 32},
                    "lean": {"chunks": "sized", "max_basis": lean.LEAN_MAX_BASIS}}
 
 
+def empty_batch_message(distributed: bool) -> str:
+    """What ``memory='lean'`` says of a batch (``distributed``: this rank's shard) with no samples,
+    as the products' own checks say it.
+
+    >>> empty_batch_message(False)
+    "memory='lean': the batch is empty: its inputs have 0 samples"
+    """
+    if not distributed:
+        return "memory='lean': the batch is empty: its inputs have 0 samples"
+    import torch.distributed as dist
+
+    return f"distributed=True: the shard of rank {dist.get_rank()} holds no samples; give every rank some"
+
+
 def memory_setting(memory: str, batch, chunk_size, max_basis, model=None, loss_fn=None, seed=0,
                    distributed=False, basis_free=False):
     """``(chunk_size, max_basis)`` for a named memory setting and explicit overrides.
@@ -91,6 +105,8 @@ def memory_setting(memory: str, batch, chunk_size, max_basis, model=None, loss_f
         refuse_stale_compiled("memory='lean'", model)   # its sizing forward substitutes the parameters too
 
         def sized():  # a forward on this rank's shard
+            if n == 0:   # (lean's sizing divided by the samples: ZeroDivisionError, on every rank)
+                raise ValueError(empty_batch_message(distributed))
             trainable = [p for p in model.parameters() if p.requires_grad]
             param_bytes = sum(p.numel() for p in trainable) * trainable[0].element_size()
             act_bytes, largest = lean.activation_bytes(model, loss_fn, batch, seed=seed)
