@@ -157,3 +157,28 @@ def test_the_record_is_the_path_as_named_from_here_and_only_a_runs_summary_holds
     assert recorded_root(run) is None
     (run / "summary.json").write_text(json.dumps({"status": "finished", "steps_completed": 1, **record}))
     assert recorded_root(run) == {"given": "tiny", "read": "/d"}
+
+
+def test_relocated_root_moves_only_the_recorded_relative_root_to_where_it_was_read(tmp_path, monkeypatch):
+    # (mutation pass 19) the run read 'tiny' at <run place>/tiny; from another directory that also
+    # holds a 'tiny', the run's place wins (RR8 preferred the one here); an edited root (RR6 moved it
+    # all the same), a '~' root (absolute: RR5 moved it) and a record whose 'read' is no path (RR4
+    # took it) keep the root as it stands
+    from catapult.run_root import relocated_root
+
+    place, here, run = tmp_path / "place", tmp_path / "here", tmp_path / "run"
+    for folder in (place / "tiny", here / "tiny", run, tmp_path / "home"):
+        folder.mkdir(parents=True)
+    monkeypatch.chdir(here)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+    def record(given, read):
+        (run / "summary.json").write_text(json.dumps({"status": "finished", "steps_completed": 3,
+                                                      "data_root": {"given": given, "read": read}}))
+        return run / "config.yaml"
+
+    config = record("tiny", str(place / "tiny"))
+    assert relocated_root(config, {"data": {"root": "tiny"}}) == (str(place / "tiny"), None)
+    assert relocated_root(config, {"data": {"root": "other"}}) == (None, None)
+    assert relocated_root(record("~/tiny", str(place / "tiny")), {"data": {"root": "~/tiny"}}) == (None, None)
+    assert relocated_root(record("tiny", 3), {"data": {"root": "tiny"}}) == (None, None)
