@@ -107,3 +107,14 @@ def test_half_precision_parameters_keep_lrs_apart_at_float32s_ulp(dtype, apart):
     truth = float(np.linalg.eigvalsh(m[:, None] * H * m[None, :])[-1])
     record = catapult.SharpnessTracker(model, LOSS, opt, dtype=torch.float64, tol=1e-12, max_iter=200).step(batch)
     assert record.kind == "lr_scaled" and record.value == pytest.approx(truth, rel=1e-9)
+
+
+def test_a_frozen_parameter_does_not_set_the_precision():
+    """(mutation pass 19, TA15) float32 trainable parameters beside a frozen float64 one in the same
+    group: the decays' tolerance is float32's (the step moves float32 values only), so 0.1 and
+    float32's 0.1 are one decay (TA15 let the frozen float64 parameter set it: two)."""
+    model, _ = problem(torch.float32)
+    frozen = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64), requires_grad=False)
+    opt = torch.optim.SGD([{"params": [*model[0].parameters(), frozen], "weight_decay": 0.1},
+                           {"params": list(model[2].parameters()), "weight_decay": float(np.float32(0.1))}], lr=0.1)
+    assert group_decays(opt) == {(0.1, False)}
