@@ -136,6 +136,10 @@ def readme_commands(text: str) -> list[str]:
         elif line.startswith("    "):
             joined.append(line.strip())
     inline = re.findall(r"`((?:catapult|python|torchrun|make) [^`\n]+)`", text)
+    # and a command named by its subcommand alone (`export --out results/cells.csv` left results/ beside README.md)
+    spans = re.findall(r"`((?:export|plot|report|transfer|spectrum|train|sweep) --[^`\n]+)`", text)
+    inline += ["catapult " + c for c in spans
+               if re.search(r"--[\w-]+[ =]\S", c)]   # a flag with its value, not `train --out` named in prose
     return [c for c in joined + inline if re.match(r"(catapult|python|torchrun|make)\b", c)]
 
 
