@@ -123,6 +123,26 @@ def test_the_layout_table_is_the_import_contract():
         assert named == modules, (i, named ^ modules)
 
 
+def test_the_search_delta_defaults_are_the_code_s():
+    """`schedule.delta`'s defaults as the README states them (stop 63: it named the key, not its values,
+    which differ from `critical_lr`'s own default for Adam)."""
+    import inspect
+
+    from catapult import critical_lr
+    from catapult.config import load_config
+    from catapult.engine.build import search_delta
+
+    said = re.search(r"by default ([\d.]+) for SGD and ([\d.]+) for the Adam family, where Python's\s+"
+                     r"`critical_lr\(\.\.\., delta=\)` is ([\d.]+) for every optimizer", README)
+    assert said, "the README no longer states schedule.delta's defaults"
+    sgd, adam, python = map(float, said.groups())
+    assert search_delta(load_config(ROOT / "configs/warmup/fig5_steps_saved.yaml", [])) == sgd
+    for name in ("adam", "adamw", "radam", "gi-adam"):
+        config = load_config(ROOT / "configs/adam/fig2_mechanisms.yaml", [f"optimizer.name={name}"])
+        assert search_delta(config) == adam, name
+    assert inspect.signature(critical_lr).parameters["delta"].default == python
+
+
 OUTPUT_FLAGS = ("--out", "--plot", "--store", "--trajectories-out", "--write-configs")
 
 
