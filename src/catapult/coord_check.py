@@ -35,7 +35,7 @@ from catapult.parametrize import param_groups
 from catapult.files import save_figure
 from catapult.losses import cross_entropy, label_range_error, mse
 
-__all__ = ["coord_check", "coord_slopes", "activation_table", "block_order", "plot_coord_check",
+__all__ = ["coord_check", "coord_slopes", "unfit_values", "activation_table", "block_order", "plot_coord_check",
            "find_blocks", "default_loss", "BLOCK_ORDER"]
 
 #: Forward order of the blocks (tables and figures list them so; unknown names go last).
@@ -272,13 +272,27 @@ def coord_slopes(rows: Iterable[dict]) -> dict[tuple[str, int], float]:
     """Least-squares slope of ``log mean_abs`` vs ``log value`` per ``(block, step)``.
 
     ``mean_abs`` is averaged over the block's modules and the seeds first. 0 = flat (what a
-    correct parameterization shows); SP over density shows clearly positive slopes. Entries
-    with non-finite or non-positive values are skipped (slope NaN if fewer than two remain).
+    correct parameterization shows); SP over density shows clearly positive slopes. A
+    ``(block, step)`` whose mean at some value is not a finite number > 0 (a run that diverged:
+    inf or nan; a block whose output is all 0, e.g. a dead ReLU layer) has slope NaN, as has one
+    with fewer than two values: fitted over the other values, the most unflat point was left out
+    and the slope could read flat. :func:`unfit_values` names those values.
+
+    Example:
+        >>> rows = [{"block": "mlp", "step": 0, "value": v, "seed": 0, "mean_abs": a}
+        ...         for v, a in ((64, 1.0), (256, 0.5))]
+        >>> round(coord_slopes(rows)[("mlp", 0)], 12)     # mean |out| halves per 4x width
+        -0.5
+        >>> coord_slopes(rows + [{"block": "mlp", "step": 0, "value": 1024, "seed": 0, "mean_abs": float("inf")}])
+        {('mlp', 0): nan}
     """
     slopes = {}
     for key, by_value in _averaged(rows).items():
-        points = [(math.log(v), math.log(sum(m) / len(m))) for v, m in by_value.items()
-                  if v > 0 and all(math.isfinite(x) for x in m) and sum(m) > 0]
+        means = {v: sum(m) / len(m) for v, m in by_value.items()}
+        if not all(math.isfinite(mean) and mean > 0 for mean in means.values()):
+            slopes[key] = float("nan")
+            continue
+        points = [(math.log(v), math.log(mean)) for v, mean in means.items() if v > 0]
         if len(points) < 2:
             slopes[key] = float("nan")
             continue
@@ -288,6 +302,26 @@ def coord_slopes(rows: Iterable[dict]) -> dict[tuple[str, int], float]:
         sxy = sum((p[0] - mx) * (p[1] - my) for p in points)
         slopes[key] = sxy / sxx if sxx > 0 else float("nan")
     return slopes
+
+
+def unfit_values(rows: Iterable[dict]) -> dict[tuple[str, int], list[tuple[float, float]]]:
+    """``{(block, step): [(value, mean), ...]}``: the values whose mean |activation| (over the
+    block's modules and the seeds) is not a finite number > 0, which leave that slope of
+    :func:`coord_slopes` NaN; ``(block, step)`` pairs without any are left out.
+
+    Example:
+        >>> rows = [{"block": "hidden", "step": 0, "value": v, "seed": 0, "mean_abs": a}
+        ...         for v, a in ((1, 0.0), (2, 0.3), (4, 0.3))]
+        >>> unfit_values(rows)
+        {('hidden', 0): [(1, 0.0)]}
+    """
+    out: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    for key, by_value in _averaged(rows).items():
+        bad = [(v, sum(m) / len(m)) for v, m in sorted(by_value.items())]
+        bad = [(v, mean) for v, mean in bad if not (math.isfinite(mean) and mean > 0)]
+        if bad:
+            out[key] = bad
+    return out
 
 
 def block_order(blocks: Iterable[str]) -> list[str]:

@@ -338,14 +338,26 @@ def activation_tables(rows: list[dict]) -> str:
 
 def slope_table(rows: list[dict]) -> str:
     """Markdown table: log-log slope of mean |activation| vs the varied value, per
-    (parameterization, axis, block), at the first and the last recorded step."""
-    from catapult.coord_check import block_order, coord_slopes
+    (parameterization, axis, block), at the first and the last recorded step; where the mean at
+    some value is no finite number > 0 (a diverged run, a dead block) the cell says which
+    (``n/a (inf at width 512)``) instead of a slope over the other values."""
+    from catapult.coord_check import block_order, coord_slopes, unfit_values
 
     lines = ["| parametrization | axis | block | slope at step 0 | slope at last step |", "|---|---|---|---|---|"]
     for parametrization, axis, part in result_groups(rows):
-        slopes = coord_slopes(part)
+        slopes, unfit = coord_slopes(part), unfit_values(part)
         last = max(step for _, step in slopes)
         for block in block_order(b for b, _ in slopes):
-            first_s, last_s = slopes.get((block, 0), math.nan), slopes.get((block, last), math.nan)
-            lines.append(f"| {parametrization} | {axis} | {block} | {first_s:+.3f} | {last_s:+.3f} |")
+            cells = [_slope_cell(slopes.get((block, step), math.nan), unfit.get((block, step)), axis)
+                     for step in (0, last)]
+            lines.append(f"| {parametrization} | {axis} | {block} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
+
+
+def _slope_cell(slope: float, unfit: list[tuple[float, float]] | None, axis: str) -> str:
+    """A slope, or why there is none: "n/a (inf at width 512)" where a run diverged or a block's
+    output was all 0 at some value (the slope was fitted over the other values, or printed "+nan")."""
+    if unfit:
+        said = ", ".join(f"{mean:g} at {axis} {value:g}" for value, mean in unfit[:3])
+        return f"n/a ({said}{', ...' if len(unfit) > 3 else ''})"
+    return f"{slope:+.3f}"
