@@ -269,9 +269,9 @@ def refusals_agreed() -> bool:
 
 def agreed(build: Callable[[], Any], device=None, *, collective: bool = False) -> Any:
     """``build()`` on every rank, its failure agreed (every rank must call it): where a rank's call
-    raises, every rank raises the lowest failing rank's error once all know (the original there,
-    :func:`~catapult.curvature.rank_errors.same_error` of it, the same type and message, on the
-    others). Left
+    raises, once all know, a failing rank raises its own error and every other rank the lowest
+    failing rank's (:func:`~catapult.curvature.rank_errors.same_error`: the same type and message).
+    Left
     to itself, the failing rank was the only one to say why, and the others waited in the next
     collective call until it exited (a refused micro-batch split, a kink in one rank's shard).
 
@@ -306,9 +306,9 @@ def agreed(build: Callable[[], Any], device=None, *, collective: bool = False) -
     # raises it as the same type and message (a ValueError naming the rank was a defect's traceback
     # on the others in `catapult train-ddp`, where the failing rank exited 2 with one line)
     verdict = broadcast_json(error_verdict(error) if dist.get_rank() == ranks[0] else None, ranks[0], device)
-    if dist.get_rank() == ranks[0]:
+    if error is not None:   # a failing rank raises its own (the caller may catch its kind)
         raise error
-    raise same_error(ranks[0], *verdict) from error   # a rank's own failure, where it had one, chained
+    raise same_error(ranks[0], *verdict)
 
 
 def agreed_gap(gap: float, device=None) -> float:
