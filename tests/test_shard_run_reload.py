@@ -260,3 +260,26 @@ def test_reads_shards_of_a_file_root_a_text_shards_folder_and_other_data(tmp_pat
     assert reads_shards(text(docs)) and reads_shards(text(docs / "a.jsonl"))
     (docs / "corpus.txt").write_text("a corpus beside its shards stays a corpus")
     assert not reads_shards(text(docs))
+
+
+def test_open_and_build_refuse_text_read_as_ids_and_shards_shorter_than_a_window(tmp_path):
+    # (mutation pass 19) data.tokenizer none over *.jsonl text is refused naming data.tokenizer (SR9
+    # tokenised the text anyway); shards of exactly data.context tokens hold no window of context + 1
+    # (SR11 let them through to the batches)
+    from catapult.engine.shard_run import build_shard_run, open_shards
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.jsonl").write_text(json.dumps({"text": "some words"}) + "\n")
+    with pytest.raises(cfg.ConfigError) as err:
+        open_shards(cfg.validate({"data": {"name": "text", "root": str(docs), "tokenizer": "none", "vocab_size": 300},
+                                  "model": {"name": "gpt"}}))
+    assert err.value.keys == ["data.tokenizer"] and "a.jsonl" in str(err.value)
+    arrays = tmp_path / "arrays"
+    arrays.mkdir()
+    np.save(arrays / "part0.npy", np.arange(CONTEXT, dtype=np.uint16))
+    config = cfg.validate(dict(_config(arrays), data=dict(name="text", root=str(arrays), context=CONTEXT,
+                                                          tokenizer="none", vocab_size=VOCAB)))
+    with pytest.raises(cfg.ConfigError) as err:
+        build_shard_run(config, torch.device("cpu"))
+    assert err.value.keys == ["data.root"] and f"{CONTEXT} training tokens" in str(err.value)
