@@ -97,3 +97,16 @@ def test_preconditioned_trace_and_density_of_a_scaled_loss():
         dens = catapult.spectral_density(model, loss, batch, runs=1, steps=n, max_basis=None, optimizer=opt)
         assert dens.matvecs == n, exponent   # before, at 2**-664: one step, one node
         np.testing.assert_allclose(np.sort(dens.nodes[0]), values, rtol=0, atol=1e-12 * radius)
+
+
+def test_quadrature_of_a_start_of_extreme_scale_over_ranks():
+    # (mutation pass 19's SL3, of pass 18) the start's norm with reduce (one rank's part; the sum over
+    # one rank is itself) is scale-safe: v x 1e-170 squares to 1e-340 (0 in float64), and the run is
+    # v's (SL3 divided by that 0: a start of inf)
+    A, v = matrix_and_probe()
+    one_rank = lambda t: t   # noqa: E731
+    nodes, weights = lanczos_quadrature(lambda x: A @ x, v, 12, reduce=one_rank)
+    tiny_nodes, tiny_weights = lanczos_quadrature(lambda x: A @ x, v * 1e-170, 12, reduce=one_rank)
+    np.testing.assert_allclose(tiny_nodes, nodes, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(tiny_weights, weights, rtol=1e-12, atol=0)
+    assert np.sort(nodes) == pytest.approx(np.linalg.eigh(A.numpy())[0], rel=1e-10, abs=1e-10)
