@@ -347,3 +347,17 @@ def test_the_kink_guess_drops_only_a_leading_difference_level():
         assert kink_guess(levels, relu, torch.float32) == levels
         assert kink_guess(levels, nn.Tanh(), torch.float32, graph=True) == levels
     assert kink_guess([(FINITE_DIFFERENCE, 3e-3), (4, 1e-2)], relu, torch.float32) == [(4, 1e-2)]
+
+
+def test_a_kinked_union_keeps_a_lone_difference_level():
+    # (mutation pass 19, KN10) across ranks, a kink guess drops the difference level only where
+    # sub-batch levels follow: a small union's lone difference level stays (KN10 left no level)
+    from catapult.curvature import distributed as dist_ops
+    from catapult.curvature.coarse_ranks import union_levels
+
+    x, y = torch.zeros(100, 3), torch.zeros(100)
+    with dist_ops.single_process_group():
+        assert union_levels((x, y), "auto", 1e-3, kinked=True) == [(FINITE_DIFFERENCE, 3e-3)]
+        # explicit levels as given (a divisor of 4: 25 samples)
+        assert union_levels((x, y), [(4, 1e-2), (FINITE_DIFFERENCE, 3e-3)], 1e-3, kinked=True) == \
+            [(25, 1e-2), (FINITE_DIFFERENCE, 3e-3)]
