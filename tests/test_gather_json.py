@@ -172,3 +172,17 @@ def test_a_key_error_reaches_the_other_ranks_quoted_once():
         assert isinstance(copy, KeyError) and str(copy) == str(original)
         if type(key) is not object:   # a literal key comes back as itself
             assert copy.args == (key,)
+
+
+def test_kept_receives_the_collectives_tensors():
+    # (mutation pass 19's GJ8, of pass 18) kept holds the size, the gathered sizes, the padded bytes and
+    # the gathered bytes (on torch < 2.8 their last reference must not go inside the gloo group's free;
+    # GJ8 kept none)
+    from catapult.curvature.distributed import single_process_group
+    from catapult.engine.gather_json import gather_json
+
+    kept = []
+    with single_process_group():
+        assert gather_json({"a": [1, 2]}, kept=kept) == [{"a": [1, 2]}]
+    assert len(kept) == 4 and all(torch.is_tensor(t) for t in kept)
+    assert bytes(kept[3][:int(kept[1])].tolist()).decode() == '{"a": [1, 2]}'
