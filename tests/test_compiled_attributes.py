@@ -165,3 +165,17 @@ def test_the_probe_says_whether_replaced_attributes_are_read(monkeypatch, follow
         assert probe() is (bool(follows) and not first_wrong)
     finally:
         probe.cache_clear()
+
+
+def test_a_torch_that_cannot_compile_the_probe_does_not_follow(monkeypatch):
+    # (mutation pass 19's CS8, of pass 18) torch.compile raising on the probe's module: no compile to
+    # trust, False (CS8 answered True: no retrace where one might be needed)
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+    probe = compiled_state.compiled_modules_follow_attributes
+    probe.cache_clear()
+    try:
+        monkeypatch.setattr(torch, "compile", broken)
+        assert probe() is False
+    finally:
+        probe.cache_clear()
