@@ -195,3 +195,17 @@ def test_chunk_rows_take_every_leafs_whole_blocks_and_no_more_than_the_batch():
     with pytest.raises(MicroBatchRefused, match=r"chunk_size: the batch's targets hold a torch.sparse_bsr tensor "
                                                 r"of blocks of 2 rows, which micro-batches of 7 would cut"):
         catapult.sharpness(model, loss, (x, y.to_sparse_bsr((2, 1))), chunk_size=7)
+
+
+def test_compiled_products_refuse_every_compressed_layout():
+    # (mutation pass 19, FA3) CSR, CSC, BSR and BSC: hvp='compiled' refuses each, before any forward
+    # (FA3 left BSC out: torch.func's "Sparse CSR tensors do not have strides" inside); COO runs
+    from catapult.curvature.forward_ad import refuse_sparse_products
+
+    x = torch.eye(4)
+    for sparse in (x.to_sparse_csr(), x.to_sparse_csc(), x.to_sparse_bsr((2, 2)), x.to_sparse_bsc((2, 2))):
+        with pytest.raises(ValueError, match=rf"hvp='compiled': the batch's inputs hold a {sparse.layout} tensor"):
+            refuse_sparse_products("compiled", (sparse, x))
+        with pytest.raises(ValueError, match=rf"hvp='compiled': the batch's targets hold a {sparse.layout} tensor"):
+            refuse_sparse_products("compiled", [x, sparse])
+    assert refuse_sparse_products("compiled", (x.to_sparse(), x)) is None
