@@ -118,6 +118,26 @@ def test_a_partial_manifest_that_holds_more_or_other_than_a_runs_is_not_ours(kil
     assert mine.read_text() == text
 
 
+def test_a_cut_off_copy_of_the_runs_own_manifest_is_replaced_and_a_long_one_is_not_ours(killed, tmp_path):
+    # (mutation pass 19, RD7 / RD6 of pass 18) a killed write of the manifest leaves a start of the bytes
+    # the run writes (indented JSON: RD7 wrote it on one line, so its cut-off starts were not the
+    # recognised start); a manifest-shaped file over 64 KiB is no run's (RD6 read it whole and took it)
+    _, out = killed
+    from catapult.engine.run_dir import start_manifest
+
+    (tmp_path / "fresh").mkdir()
+    start_manifest(tmp_path / "fresh")   # a run's first write: the manifest of no file yet
+    partial = out / (".partial-" + MANIFEST)
+    for written in ((out / MANIFEST).read_bytes(), (tmp_path / "fresh" / MANIFEST).read_bytes()):
+        partial.write_bytes(written[:12])
+        check_out_dir(out, overwrite=True)
+    big = json.dumps({"catapult_run_created": {}}, indent=1).replace("{}", "{" + " " * (1 << 16) + "}")
+    partial.write_text(big)
+    assert json.loads(big) == {"catapult_run_created": {}}
+    with pytest.raises(RunDirectoryError, match=r"\.partial-\.catapult-run\.json"):
+        check_out_dir(out, overwrite=True)
+
+
 @pytest.mark.parametrize("left", ["", '{\n "catapult_run_', '{\n "catapult_run_created": {\n  "metrics.csv": null\n }\n}\n'])
 def test_a_manifest_write_left_by_a_killed_run_is_replaced(killed, left):
     config, out = killed
