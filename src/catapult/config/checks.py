@@ -305,15 +305,19 @@ def _check_text_tokens(config: dict) -> Problems:
     """Tokenizer keys (issue 15) only for text data; mask dynamics only where there are masks."""
     data, model = config["data"], config["model"]
     low, high = BPE_VOCAB_SIZES
-    sized = data["tokenizer"] == "none" or low <= data["vocab_size"] <= high
-    if not sized:  # a tokenizer's size (as the key's own bound said before sizes below 257 were taken)
+    unsized = data["vocab_size"] is None and data["tokenizer"] != "none"  # null: the shards' size, none only
+    if unsized:
+        yield ("data.vocab_size", f"null (the size pre-tokenised shards state) is for data.tokenizer none; with "
+                                  f"{data['tokenizer']}: {_remove(DataConfig, 'vocab_size', 'data.vocab_size')}")
+    sized = not unsized and (data["tokenizer"] == "none" or low <= data["vocab_size"] <= high)
+    if not sized and not unsized:  # a tokenizer's size (as the key's own bound said before sizes below 257 were taken)
         yield ("data.vocab_size", f"expected an integer >= {low} and <= {high} with data.tokenizer "
                                   f"{data['tokenizer']}, got {data['vocab_size']}" + (
                                       " (fewer ids: pre-tokenised *.npy shards, data.tokenizer: none)"
                                       if data["vocab_size"] < low else ""))
     if data["name"] not in TEXT_DATASETS:
         for key in ("tokenizer", "vocab_size", "cache_dir"):
-            if data[key] != _default(DataConfig, key) and (sized or key != "vocab_size"):
+            if data[key] != _default(DataConfig, key) and (sized or key != "vocab_size") and data[key] is not None:
                 yield (f"data.{key}", f"is a text-data option (data.name is {data['name']!r}); "
                                       f"{_remove(DataConfig, key, f'data.{key}')}")
     elif sized:

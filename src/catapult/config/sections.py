@@ -102,9 +102,10 @@ class DataConfig(Section):
                             "training split (Hugging Face tokenizers), saved as JSON and reused; none = the "
                             "*.npy shards at data.root are token ids already (what train-ddp records for them)",
         json_schema_extra=_added())
-    vocab_size: Annotated[int, integer(low=1, high=MAX_TOKEN_IDS)] = Field(
+    vocab_size: Annotated[int | None, integer(low=1, high=MAX_TOKEN_IDS)] = Field(
         4096, description="text with tokenizer bpe: vocabulary size (256 byte symbols + merges, 257 to 1048576; "
-                          "the papers: 4096); with tokenizer none: the shards' vocabulary, any size from 1",
+                          "the papers: 4096); with tokenizer none: the shards' vocabulary, any size from 1 "
+                          "(not set, or null: the size their vocab_size.json states, else 4096)",
         json_schema_extra=_added())
     cache_dir: Annotated[str | None, string(what="a directory path")] = Field(
         None, description="text with tokenizer bpe: where the tokenizer JSON and the uint16 token arrays go "
@@ -114,6 +115,22 @@ class DataConfig(Section):
         "text", description="train-ddp text shards: the JSON field (*.jsonl, one object a line) or the "
                             "string column (*.parquet) that holds each document's text",
         json_schema_extra=_added())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unstated_vocabulary(cls, value: Any) -> Any:
+        """With ``tokenizer: none`` and no ``vocab_size`` given, the size is the shards' to state
+        (their ``vocab_size.json``): None, not the default 4096, which was then checked against the
+        file as if the user had written it (what pydantic's ``model_fields_set`` would say of it).
+
+        >>> DataConfig(name="text", tokenizer="none").vocab_size is None
+        True
+        >>> DataConfig(name="text", tokenizer="none", vocab_size=65).vocab_size, DataConfig().vocab_size
+        (65, 4096)
+        """
+        if isinstance(value, dict) and value.get("tokenizer") == "none" and "vocab_size" not in value:
+            value = dict(value, vocab_size=None)
+        return value
 
 
 class SparsityConfig(Section):

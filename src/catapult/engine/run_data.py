@@ -208,7 +208,11 @@ def data_shape_bounds(data: Mapping[str, Any]) -> tuple[tuple[int, int], tuple[i
     if data["name"] in _IMAGE_SHAPES:
         return _IMAGE_SHAPES[data["name"]], _IMAGE_SHAPES[data["name"]]
     context = int(data["context"])
-    ids = int(data["vocab_size"]) if data.get("tokenizer") in ("bpe", "none") else sys.maxunicode + 2
+    if data.get("tokenizer") in ("bpe", "none"):  # none without a size: a vocab_size.json's, up to 2^32
+        from catapult.config.sections import MAX_TOKEN_IDS
+        ids = int(data["vocab_size"]) if data.get("vocab_size") is not None else MAX_TOKEN_IDS
+    else:
+        ids = sys.maxunicode + 2
     return (context, 1), (context, ids)
 
 

@@ -25,6 +25,10 @@ from catapult.data.text_shards import text_shard_files
 
 __all__ = ["reads_shards", "recorded_config", "open_shards", "build_shard_run"]
 
+#: The vocabulary of ``*.npy`` shards with no ``vocab_size.json`` and no ``data.vocab_size``
+#: (``data.tokenizer: none``, the key left out or null): the key's default.
+UNSTATED_VOCAB_SIZE = 4096
+
 
 def reads_shards(data: Mapping[str, Any]) -> bool:
     """Whether a config's ``data`` section is token shards (``train-ddp``'s reading) rather than
@@ -93,8 +97,11 @@ def open_shards(config: Mapping[str, Any], check_ids: bool = True) -> tuple:
     if d["tokenizer"] == "none" and (texts := text_shard_files(d["root"])):
         raise cfg.ConfigError([("data.tokenizer", f"none says the shards are token ids, and data.root holds text "
                                                   f"({texts[0].name}, ...): use bpe (the text is tokenised once)")])
-    return tuple(TokenShards(d["root"], d["vocab_size"], text_key=d["text_key"], cache_dir=d["cache_dir"],
-                             check_ids=check_ids, held_out=held_out, vocab_size_set=d["tokenizer"] != "char")
+    # none without a size (null: not given) takes a vocab_size.json's, else the key's default
+    stated = d["tokenizer"] != "char" and d["vocab_size"] is not None
+    size = d["vocab_size"] if d["vocab_size"] is not None else UNSTATED_VOCAB_SIZE
+    return tuple(TokenShards(d["root"], size, text_key=d["text_key"], cache_dir=d["cache_dir"],
+                             check_ids=check_ids, held_out=held_out, vocab_size_set=stated)
                  for held_out in (False, True))
 
 
@@ -131,7 +138,7 @@ def build_shard_run(config: Mapping[str, Any], device: torch.device, *, opened: 
     if len(shards) < context + 1:
         raise cfg.ConfigError([("data.root", f"{len(shards)} training tokens in {d['root']}: fewer than "
                                              f"one window of data.context + 1 = {context + 1}")])
-    vocab = shards.vocab_size or d["vocab_size"]
+    vocab = shards.vocab_size or d["vocab_size"] or UNSTATED_VOCAB_SIZE
     model = build_model(config, context, vocab, device, getattr(torch, config["dtype"]))
     # a model of yours with fewer outputs than ids: before any work (a CUDA device assert at step 0)
     check_token_outputs(config, model, vocab, context)
