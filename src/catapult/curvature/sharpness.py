@@ -488,10 +488,14 @@ def _adam_rule(optimizer: torch.optim.Optimizer, group, wd: float) -> str:
 
 
 def _check_groups_share_the_rule(optimizer: torch.optim.Optimizer) -> None:
-    """ValueError when a param group that moves (parameters, lr > 0) differs from the first
-    group (whose rule the threshold takes) in what the threshold reads besides the lr (Adam's
-    ``b1``; SGD's momentum, dampening, nesterov): the first group's threshold is not that
-    group's, and no single number bounds both."""
+    """ValueError when a param group that moves (:func:`catapult.optim.thresholds.group_moves`: a
+    trainable parameter, lr > 0) differs from the first group (whose rule the threshold takes) in
+    what the threshold reads besides the lr (Adam's ``b1``; SGD's momentum, dampening, nesterov):
+    the first group's threshold is not that group's, and no single number bounds both. A group
+    frozen by ``requires_grad=False`` is not compared (a body frozen at another ``b1`` refused the
+    head's step, which its threshold bounds)."""
+    from catapult.optim.thresholds import group_moves
+
     def rule(group):
         if "betas" in group:
             return {"betas[0]": as_real(group["betas"][0])}
@@ -500,7 +504,7 @@ def _check_groups_share_the_rule(optimizer: torch.optim.Optimizer) -> None:
 
     first = rule(optimizer.param_groups[0])  # the group whose rule the threshold takes
     for i, group in enumerate(optimizer.param_groups[1:], start=1):
-        if not group.get("params") or as_real(group.get("lr", 0.0)) == 0.0:
+        if not group.get("params") or as_real(group.get("lr", 0.0)) == 0.0 or not group_moves(group):
             continue
         for key, value in rule(group).items():
             if value != first[key]:

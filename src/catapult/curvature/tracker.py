@@ -108,8 +108,10 @@ def _check_lrs(optimizer: torch.optim.Optimizer) -> None:
 
 
 def _moves(group: dict) -> bool:
-    """Whether the step moves something of ``group``: an lr > 0 and a trainable parameter."""
-    return _group_lr(group) > 0 and any(p.requires_grad for p in group["params"])
+    """Whether the step moves something of ``group`` (:func:`catapult.optim.thresholds.group_moves`)."""
+    from catapult.optim.thresholds import group_moves
+
+    return group_moves(group)
 
 
 def _reference_view(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:

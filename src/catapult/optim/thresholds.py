@@ -50,11 +50,31 @@ from catapult.parametrize import group_lr_mult
 __all__ = ["group_lr_multipliers", "group_decays", "unpreconditioned_kind", "lr_scaled_sharpness", "radam_rho",
            "radam_rectified", "radam_rectification", "radam_threshold", "radam_step_kind", "radam_step_scales",
            "radam_reference_step", "rule_threshold",
-           "weight_decay_shift", "OPERATORS"]
+           "weight_decay_shift", "OPERATORS", "group_moves"]
 
 #: What a threshold is compared with: the loss's Hessian (or SGD's lr-scaled ``M^1/2 H M^1/2``),
 #: or the pre-conditioned ``P^-1/2 H P^-1/2`` (holding Adam's coupled L2, ``P^-1/2 (H + wd I) P^-1/2``).
 OPERATORS = ("hessian", "preconditioned")
+
+
+def group_moves(group: Mapping[str, Any]) -> bool:
+    """Whether a step moves something of the param ``group``: an lr > 0 and a parameter that
+    requires grad (a part frozen by ``requires_grad=False`` has no gradient: torch's step leaves
+    it, decay included). The one rule of which groups a threshold is of:
+    :func:`group_decays`, :func:`catapult.instability_threshold`'s check that the groups share its
+    rule (a frozen group at another ``b1`` or momentum is not refused), and
+    :class:`catapult.SharpnessTracker`'s reference group (the first group that moves).
+
+    Example:
+        >>> a, b = torch.zeros(1), torch.zeros(1, requires_grad=True)
+        >>> group_moves({"params": [a], "lr": 0.1}), group_moves({"params": [b], "lr": 0.0})
+        (False, False)
+        >>> group_moves({"params": [a, b], "lr": 0.1})
+        True
+    """
+    lr = group["lr"]
+    lr = float(lr.item() if isinstance(lr, torch.Tensor) else lr)
+    return lr > 0 and any(p.requires_grad for p in group["params"])
 
 
 def group_lr_multipliers(optimizer: torch.optim.Optimizer, params) -> torch.Tensor:
@@ -157,7 +177,7 @@ def group_decays(optimizer: torch.optim.Optimizer) -> set[tuple[float, bool]]:
     >>> sorted(group_decays(torch.optim.SGD([{"params": [a]}, {"params": [b], "weight_decay": 0.1}], lr=0.1)))
     [(0.0, False), (0.1, False)]
     """
-    moving = [g for g in optimizer.param_groups if any(p.requires_grad for p in g["params"]) and float(g["lr"]) > 0]
+    moving = [g for g in optimizer.param_groups if group_moves(g)]
     tol = _alike_tolerance([p for g in moving for p in g["params"] if p.requires_grad])
     decays: set[tuple[float, bool]] = set()
     for g in moving:   # decays a few ulps apart are one (the first group's value kept)
