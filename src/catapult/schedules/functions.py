@@ -47,7 +47,8 @@ def polynomial_warmup_factor(t: int, warmup_steps: int, power: float = 1.0) -> f
     # power=nan gave 1.0 (the target at step 0), True ran as power 1 and power <= 0 gave 1.0 at every step
     power = check_real("polynomial_warmup_factor", "power", power, low=0.0, low_open=True)
     warmup_steps = check_integer("polynomial_warmup_factor", "warmup_steps", warmup_steps, high=MAX_STEPS)
-    return _warmup_factor(t, warmup_steps, power)
+    # t=-3 gave the factor -0.5 (a negative lr), t=2.5 a factor of no step, True step 1's
+    return _warmup_factor(_step(t), warmup_steps, power)
 
 
 def _warmup_factor(t: int, warmup_steps: int, power: float) -> float:
@@ -69,6 +70,15 @@ def decay_progress(t: int, start: int, total_steps: int) -> float:
         >>> [decay_progress(t, 4, 5) for t in (3, 4, 5)]         # the peak is the last step
         [0.0, 0.0, 1.0]
     """
+    # t=nan gave 0 (the peak), start=-2 a decay begun before step 0 and total_steps=-4 none at all
+    t = _step(t)
+    start = check_integer("decay_progress", "start", start, low=0, high=MAX_STEPS)
+    total_steps = check_integer("decay_progress", "total_steps", total_steps, low=1, high=MAX_STEPS)
+    return _progress(t, start, total_steps)
+
+
+def _progress(t: int, start: int, total_steps: int) -> float:
+    """:func:`decay_progress` on checked arguments (a schedule's per-step path)."""
     span = total_steps - 1 - start
     if span <= 0:                       # no room to decay: the peak at `start`, the final value after
         return 0.0 if t <= start else 1.0
@@ -197,7 +207,7 @@ def _after_peak(t: int, lr_peak: float, peak_step: int, decay: str, total_steps,
     """The lr at step ``t >= peak_step`` of a schedule that peaks at ``lr_peak``."""
     if decay == "constant":
         return lr_peak
-    s = decay_progress(t, peak_step, total_steps)
+    s = _progress(t, peak_step, total_steps)
     return _DECAY_FNS[decay](s, lr_peak, lr_final)
 
 

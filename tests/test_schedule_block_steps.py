@@ -1,0 +1,43 @@
+"""The public building blocks of the schedules take a step count as the schedules do
+(``t`` an integer >= 0): ``polynomial_warmup_factor(-3, 4)`` was -0.5 (a negative lr from a
+"fraction of the way to lr_target"), ``(2.5, 4)`` a factor of no step and ``True`` step 1's;
+``decay_progress`` took ``t=nan`` as the peak, a negative ``start`` as a decay begun before step 0
+and ``total_steps=-4`` as none at all. Truth: the closed forms ``min(1, ((t+1)/T)^k)`` and
+``clip((t - start)/(total - 1 - start), 0, 1)``, and torch's LinearLR for the linear warmup."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from catapult import schedules
+
+
+@pytest.mark.parametrize("t", [-1, -3, 2.5, True, math.nan, "2", np.float64(1.0)])
+def test_a_factor_of_no_step_is_refused(t):
+    with pytest.raises((TypeError, ValueError), match="step t must be"):
+        schedules.polynomial_warmup_factor(t, 4, 0.5)
+
+
+@pytest.mark.parametrize("args", [(math.nan, 3, 8), (-5, 3, 8), (2.5, 3, 8), (5, -2, 8), (3, 3, -4),
+                                  (3, 3, 0), (3, 1.5, 8)])
+def test_a_progress_of_bad_steps_is_refused(args):
+    with pytest.raises((TypeError, ValueError), match="step t must be|decay_progress"):
+        schedules.decay_progress(*args)
+
+
+def test_the_closed_forms_on_steps():
+    T, k = 7, 1.7
+    for t in range(12):
+        assert schedules.polynomial_warmup_factor(np.int64(t), T, k) == min(1.0, ((t + 1) / T) ** k)
+        assert schedules.decay_progress(t, 3, 11) == min(1.0, max(0.0, (t - 3) / 7))
+    # the linear warmup is torch's LinearLR from 1/T to 1 over T - 1 steps
+    w = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([w], lr=1.0)
+    linear = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1 / T, end_factor=1.0, total_iters=T - 1)
+    for t in range(12):
+        assert opt.param_groups[0]["lr"] == pytest.approx(schedules.polynomial_warmup_factor(t, T), rel=1e-12)
+        opt.step()
+        linear.step()
