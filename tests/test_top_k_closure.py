@@ -68,8 +68,10 @@ def test_converged_top_k_of_rank_deficient_indefinite_operators_are_the_dense_to
     truth = np.sort(values)[::-1]
     k = data.draw(st.integers(1, n))
     eig = lanczos_top_k(lambda v: A @ v, torch.tensor(rng.normal(size=n)), k, tol=1e-8, max_iter=10 * n)
-    if eig.converged:
-        np.testing.assert_allclose(eig.values, truth[:k], rtol=0, atol=1e-6 * abs(truth).max())
+    # every drawn operator converges at max_iter 10 n (25 of 25); an ``if eig.converged:`` here let a
+    # solve that never says converged pass without a compare
+    assert eig.converged
+    np.testing.assert_allclose(eig.values, truth[:k], rtol=0, atol=1e-6 * abs(truth).max())
 
 
 def test_a_float32_space_that_closes_above_the_rounding_level_is_still_checked():
