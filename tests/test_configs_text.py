@@ -17,6 +17,8 @@ def test_there_are_small_and_paper_scale_configs():
     names = {p.stem for p in SUPAR}
     for study in ("coord_check", "lr_transfer", "init_std", "width_transfer"):
         assert {f"{study}_small", f"{study}_paper"} <= names, study
+    # the fig4 GPT sweeps are parametrized from a glob too: one that found none ran no test
+    assert {"fig4_gpt_small", "fig4_gpt_paper"} <= {p.stem for p in CONFIGS[len(SUPAR):]}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)

@@ -75,8 +75,9 @@ def test_the_default_groups_verdicts_travel_as_json_without_pickle():
 
 
 def test_no_source_file_calls_a_collective_that_pickles_or_an_unrestricted_torch_load():
-    found = []
-    for path in sorted(SRC.rglob("*.py")):
+    found, paths = [], sorted(SRC.rglob("*.py"))
+    assert len(paths) > 100 and SRC / "engine" / "gather_json.py" in paths   # a scan of no files finds nothing
+    for path in paths:
         for node in ast.walk(ast.parse(path.read_text())):
             if not isinstance(node, ast.Call):
                 continue
