@@ -6,7 +6,7 @@ import pytest
 
 from catapult import cli
 from catapult.config import ConfigError, load_config
-from catapult.sweep.store import Store
+from catapult.sweep.store import Store, StoreError
 
 
 @pytest.mark.parametrize("file, stem", [("...yaml", ".."), ("..yaml", "."), ("-a.yaml", "-a"), ("_x.yaml", "_x")])
@@ -57,7 +57,7 @@ def test_a_store_with_no_sweep_is_said_so_by_every_reader(tmp_path, capsys, comm
 def test_axes_of_a_store_with_no_sweep_is_refused_and_of_a_sweep_without_swept_keys_is_empty(tmp_path):
     store = tmp_path / "s.db"
     with Store(store) as s:
-        with pytest.raises(Exception, match="holds no sweep yet"):   # was [] (no swept keys)
+        with pytest.raises(StoreError, match="holds no sweep yet"):   # was [] (no swept keys)
             s.axes()
         # a store whose spec is there keeps axes [] (a sweep of one cell): told apart
         s.conn.execute("INSERT INTO meta(key, value) VALUES ('spec_json', '{\"base\": {}, \"sweep\": {}}')")
