@@ -521,7 +521,8 @@ def _transfer_command(args: argparse.Namespace) -> int:
     check_image_file("--out", args.out if args.out else Path(f"{Path(args.store).with_suffix('')}_transfer.png"))
     import json
 
-    from catapult.plots.transfer import plot_transfer, transfer_curves, transfer_summary, transfer_table, unfinished_note
+    from catapult.plots.transfer import (edge_note, plot_transfer, transfer_curves, transfer_summary, transfer_table,
+                                         unfinished_note)
     from catapult.sweep.store import Store, StoreError
 
     store_path = Path(args.store)
@@ -547,9 +548,9 @@ def _transfer_command(args: argparse.Namespace) -> int:
         plot_transfer(curves, out, title=store_path.stem)
     print(json.dumps(transfer_summary(curves), indent=2) if args.json else transfer_table(curves))
     print(f"wrote {out}", file=sys.stderr if args.json else sys.stdout)
-    note = unfinished_note(curves)
-    if note:
-        print(f"catapult transfer: warning: {note}", file=sys.stderr)
+    for note in (unfinished_note(curves), edge_note(curves)):
+        if note:
+            print(f"catapult transfer: warning: {note}", file=sys.stderr)
     return 0
 
 

@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn: the curves 
     from matplotlib.figure import Figure
 
 __all__ = ["TransferCurves", "transfer_curves", "optima", "drift", "shift", "plot_transfer", "transfer_table",
-           "optima_rows", "transfer_summary", "incomplete_optima", "unfinished_note",
+           "optima_rows", "transfer_summary", "incomplete_optima", "unfinished_note", "edge_optima", "edge_note",
            "TRANSFER_METRICS"]
 
 # TRANSFER_METRICS, the cell metrics a transfer curve can show, is the store schema's: the command
@@ -217,6 +217,46 @@ def optima(curves: TransferCurves) -> dict[Any, dict[Any, tuple[float, float] | 
     return out
 
 
+def edge_optima(curves: TransferCurves) -> list[tuple[Any, Any, str]]:
+    """``[(panel, series, "lowest" | "highest")]``: the optima that lie at an end of their curve's
+    grid (no point, finished or failed, beyond them), where the best ``x`` may lie off the grid and
+    :func:`drift` and :func:`shift` are no measurement of it (two series both at the top end drift
+    0.0, "transfers", whatever their true optima). A failed (diverged) point beyond an optimum
+    brackets it.
+
+    Example:
+        >>> c = TransferCurves("test_loss", "optimizer.lr", "model.density", None,
+        ...                    {"all": {1.0: [(0.1, 2.0), (0.2, 1.5)], 0.5: [(0.1, 2.0), (0.2, 1.0), (0.4, math.nan)]}})
+        >>> edge_optima(c)
+        [('all', 1.0, 'highest')]
+    """
+    out = []
+    for p, best in optima(curves).items():
+        for s, o in best.items():
+            xs = [x for x, _ in curves.curves[p][s]]
+            if o is not None and o[0] in (xs[0], xs[-1]):
+                out.append((p, s, "lowest" if o[0] == xs[0] else "highest"))
+    return out
+
+
+def edge_note(curves: TransferCurves) -> str | None:
+    """``None`` unless some optimum lies at an end of the grid (:func:`edge_optima`); else which,
+    and that its drift and shift are bounds at best.
+
+    Example:
+        >>> c = TransferCurves("test_loss", "optimizer.lr", "model.density", None, {"all": {1.0: [(0.1, 2.0), (0.2, 1.5)]}})
+        >>> edge_note(c)
+        'the best optimizer.lr is at an end of the grid for density=1 (highest): the optimum may lie beyond it, and the drift and shift through it are no measurement of it; extend the grid of optimizer.lr'
+    """
+    rows = edge_optima(curves)
+    if not rows:
+        return None
+    which = "; ".join(f"{_label(curves.panel_key, p) + ' ' if curves.panel_key else ''}{_label(curves.series_key, s)} ({end})"
+                      for p, s, end in rows)
+    return (f"the best {curves.x_key} is at an end of the grid for {which}: the optimum may lie beyond it, and the "
+            f"drift and shift through it are no measurement of it; extend the grid of {curves.x_key}")
+
+
 def _log2_ratio(a: float, b: float) -> float:
     """``|log2(a / b)|``: 0 for equal values, inf where one is 0 and the other positive (no
     number of doublings reaches 0), NaN where a value is negative."""
@@ -353,7 +393,8 @@ def transfer_summary(curves: TransferCurves) -> dict:
                                    for s, pts in by.items()} for p, by in curves.spread.items()},
             "unfinished_cells": sum(curves.unfinished.values()),
             "incomplete_optima": [{"panel": _shown(p), "series": _shown(s), "unfinished": n}
-                                  for p, s, n in incomplete_optima(curves)]}
+                                  for p, s, n in incomplete_optima(curves)],
+            "edge_optima": [{"panel": _shown(p), "series": _shown(s), "end": end} for p, s, end in edge_optima(curves)]}
 
 
 def plot_transfer(curves: TransferCurves, path: str | Path | None = None, *, title: str | None = None) -> Figure:

@@ -1,0 +1,67 @@
+"""An optimum at an end of the swept grid (no point, finished or diverged, beyond it) is no measured
+optimum: two densities whose losses both still fall at the largest lr of the grid printed drift 0.0
+and shift 0.0, "the optimum transfers", without a word (S). ``catapult transfer`` now warns which
+curves end at their best (and ``--json`` lists them under ``edge_optima``); an optimum with a
+diverged point beyond it is bracketed and not named. The truth: parabolas in log2(lr) with known
+vertices, on and off the grid, and a real sweep whose Adam lrs 2^-8 .. 2^-6 are all below the best."""
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from catapult.cli import main
+from catapult.plots.transfer import drift, edge_note, edge_optima, transfer_curves
+
+AXES = [{"key": "model.density", "values": [1.0, 0.25], "labels": ["1", "0.25"]},
+        {"key": "optimizer.lr", "values": [2.0**k for k in range(-8, -3)], "labels": [f"2^{k}" for k in range(-8, -3)]}]
+
+
+def _cells(vertex, diverged_above=None):
+    """Loss 1 + 0.1 (log2 lr - vertex[rho])^2; cells above ``diverged_above`` diverged."""
+    cells = []
+    for rho in (1.0, 0.25):
+        for k in range(-8, -3):
+            gone = diverged_above is not None and k > diverged_above
+            cells.append({"id": len(cells), "status": "diverged" if gone else "finished", "lr_target": 2.0**k,
+                          "swept": {"model.density": rho, "optimizer.lr": 2.0**k},
+                          "test_loss": None if gone else 1.0 + 0.1 * (k - vertex[rho]) ** 2})
+    return cells
+
+
+def test_optima_past_the_top_of_the_grid_are_named_not_read_as_transfer():
+    curves = transfer_curves(_cells({1.0: -1, 0.25: -2}), AXES, panel=None)   # true drift 1, both off the grid
+    assert drift(curves) == {None: 0.0}                                      # what the table says
+    assert edge_optima(curves) == [(None, 1.0, "highest"), (None, 0.25, "highest")]
+    note = edge_note(curves)
+    assert "density=1 (highest)" in note and "density=0.25 (highest)" in note and "optimizer.lr" in note
+
+
+def test_bracketed_optima_and_a_diverged_point_beyond_are_not_named():
+    assert edge_optima(transfer_curves(_cells({1.0: -6, 0.25: -5}), AXES, panel=None)) == []
+    # the best finished lr is 2^-6, and 2^-5 .. 2^-4 diverged: the optimum is bracketed by divergence
+    curves = transfer_curves(_cells({1.0: -1, 0.25: -1}, diverged_above=-6), AXES, panel=None)
+    assert edge_optima(curves) == [] and edge_note(curves) is None
+    low = transfer_curves(_cells({1.0: -9, 0.25: -6}), AXES, panel=None)
+    assert edge_optima(low) == [(None, 1.0, "lowest")]
+
+
+def test_catapult_transfer_warns_of_an_optimum_at_the_grid_s_end(tmp_path, capsys):
+    config = {"name": "edge", "data": {"name": "digits", "n_train": 200, "n_test": 100},
+              "model": {"width": 32, "depth": 3, "parametrization": "supar", "base_width": 32},
+              "loss": "cross_entropy", "optimizer": {"name": "adam", "lr": 0.01},
+              "train": {"steps": 8, "batch_size": 50}, "eval": {"sharpness_every": 0, "test_every": 0},
+              "sweep": {"grid": {"model.density": [1.0, 0.25], "optimizer.lr": {"log2": [-8, -6, 2]}}}}
+    path = tmp_path / "edge.yaml"
+    path.write_text(yaml.safe_dump(config))
+    store = tmp_path / "edge.db"
+    assert main(["sweep", str(path), "--store", str(store), "--progress", "none"]) == 0
+    capsys.readouterr()
+    assert main(["transfer", str(store), "--out", str(tmp_path / "e.png"), "--json"]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    optima = {s: o["x"] for s, o in out["optima"]["None"].items()}
+    assert optima == {"1.0": 2.0**-6, "0.25": 2.0**-6}         # 8 Adam steps: the largest lr is best
+    assert out["edge_optima"] == [{"panel": "None", "series": "1.0", "end": "highest"},
+                                  {"panel": "None", "series": "0.25", "end": "highest"}]
+    assert "warning: the best optimizer.lr is at an end of the grid" in captured.err
