@@ -65,3 +65,5 @@ def test_catapult_transfer_warns_of_an_optimum_at_the_grid_s_end(tmp_path, capsy
     assert out["edge_optima"] == [{"panel": "None", "series": "1.0", "end": "highest"},
                                   {"panel": "None", "series": "0.25", "end": "highest"}]
     assert "warning: the best optimizer.lr is at an end of the grid" in captured.err
+    assert main(["report", str(store), "--out", str(tmp_path / "r.html")]) == 0      # the page says so too
+    assert "At the grid's end:</b> the best optimizer.lr is at an end of the grid" in (tmp_path / "r.html").read_text()

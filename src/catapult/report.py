@@ -229,7 +229,7 @@ def _seeds_section(store, axes: Sequence[Mapping[str, Any]]) -> list[str]:
 def _transfer_section(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[str, Any]]) -> list[str]:
     """For a transfer study (a swept lr or init std, and a swept density or width): the
     transfer curves per parameterization and the table of optima with their drift."""
-    from catapult.plots.transfer import optima_rows, plot_transfer, transfer_curves, unfinished_note
+    from catapult.plots.transfer import edge_note, optima_rows, plot_transfer, transfer_curves, unfinished_note
 
     multi = [a["key"] for a in axes if len(a["values"]) > 1]
     x = next((k for k in ("optimizer.lr", "model.init_std") if k in multi), None)
@@ -246,9 +246,10 @@ def _transfer_section(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping
     header, rows = optima_rows(curves)
     table = ["<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in header) + "</tr>"]
     table += ["<tr>" + "".join(f"<td class='text'>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows]
-    note = unfinished_note(curves)
+    note, edge = unfinished_note(curves), edge_note(curves)
     return [f"<h2>Transfer of {html.escape(x)} across {html.escape(series)}</h2>",
             f"<p class='warning'><b>Unfinished:</b> {html.escape(note)}.</p>" if note else "",
+            f"<p class='warning'><b>At the grid's end:</b> {html.escape(edge)}.</p>" if edge else "",
             f"<p>Best {html.escape(x)} per {html.escape(series)} (its test loss in brackets; F = every point "
             "failed), how far it moves, log2(max/min), and its largest move away from the first "
             f"{html.escape(series)}'s optimum.</p>",
