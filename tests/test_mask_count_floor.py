@@ -13,7 +13,7 @@ import yaml
 from catapult.cli import main
 from catapult.models import GPT, MLP
 from catapult.parametrize import parametrize
-from catapult.sparsity import MaskedLinear, random_mask
+from catapult.sparsity import MaskedLinear, MaskUpdater, random_mask, sparsify_
 
 
 @pytest.mark.parametrize("shape, density", [((16, 16), 0.001), ((8, 8), 0.0078), ((3, 5), 0.03)])
@@ -73,3 +73,15 @@ def test_the_cli_refuses_it_with_exit_2_naming_model_density(tmp_path, capsys, c
     err = capsys.readouterr().err
     assert code == 2 and "model.density" in err and "16x16" in err and "0.001" in err, err
     assert "Traceback" not in err and not out.exists()
+
+
+def test_gmp_refuses_a_final_density_that_keeps_no_weight_of_a_matrix():
+    # prune_to kept exact_nonzeros' floor of 1: the 16x16 layer ended at density 1/256, not 0.001
+    model = torch.nn.Sequential(torch.nn.Linear(4, 16), sparsify_(torch.nn.Linear(16, 16), 1.0), torch.nn.Linear(16, 2))
+    with pytest.raises(ValueError, match=r"^gmp final_density 0.001 keeps round\(0.001 \* 256\) = 0 weights of '1' "
+                                         r"\(\(16, 16\)\)"):
+        MaskUpdater(model, "gmp", final_density=0.001, update_every=1, end_step=4)
+    updater = MaskUpdater(model, "gmp", final_density=0.5 / 256, update_every=1, end_step=4)
+    for t in range(1, 5):
+        updater.step(t)
+    assert int(model[1].mask.sum()) == 1      # half a weight rounds up to one, as documented

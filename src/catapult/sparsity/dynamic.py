@@ -182,6 +182,14 @@ class MaskUpdater:
             raise ValueError(f"{method} updates the masks of MaskedLinear layers, and the model has none with a "
                              "mask; sparsify_ its hidden Linear layers first (gmp prunes from dense: "
                              "sparsify_(layer, 1.0) gives an all-ones mask)")
+        if method == "gmp":
+            for layer in self.layers:   # exact_nonzeros' floor kept 1 weight: another density than final_density
+                part = layer.module.weight.numel() // _parts(layer.module)
+                if final_density * part < 0.5:
+                    raise ValueError(f"gmp final_density {final_density:g} keeps round({final_density:g} * {part}) = 0 "
+                                     f"weights of {layer.name!r} ({tuple(layer.module.weight.shape)}"
+                                     f"{f', each of {_parts(layer.module)} parts' if _parts(layer.module) > 1 else ''}); "
+                                     f"it would keep 1 (density {1 / part:.3g}): use final_density >= {0.5 / part:.3g}")
         # tied layers with different masks: refused now, not at the first update; and each tie's one
         # mask its own before any forward (a compiled one included) reads it
         _own_masks(_ties(self.layers))
