@@ -186,4 +186,4 @@ def test_kept_receives_the_collectives_tensors():
     with single_process_group():
         assert gather_json({"a": [1, 2]}, kept=kept) == [{"a": [1, 2]}]
     assert len(kept) == 4 and all(torch.is_tensor(t) for t in kept)
-    assert bytes(kept[3][:int(kept[1])].tolist()).decode() == '{"a": [1, 2]}'
+    assert bytes(kept[3][:int(kept[1])].tolist()).decode() == 'V{"a": [1, 2]}'   # (a tag byte, then the JSON)
