@@ -88,3 +88,24 @@ def test_radam_rectified_beside_an_unused_parameter_is_measured():
     assert got.value == pytest.approx(truth, rel=1e-9)
     record = catapult.SharpnessTracker(model, LOSS, opt, tol=1e-12, max_iter=200).step(batch)
     assert record.kind == "preconditioned" and record.value == pytest.approx(truth, rel=1e-9)
+
+
+def test_a_parameter_reached_on_one_micro_batch_is_used():
+    # (mutation pass 19, UP1) the loss of micro-batch 1 reaches `first` only, that of micro-batch 2
+    # `second` only: over the batch both are used (UP1 kept the last piece's answer: `first` unused)
+    class Branches(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.first, self.second, self.never = (torch.nn.Linear(3, 1).double() for _ in range(3))
+
+        def forward(self, x):   # each sample through `first` or `second`, as its sign says
+            out, pos = x.new_zeros(len(x), 1), x[:, 0] > 0
+            for rows, layer in ((pos, self.first), (~pos, self.second)):
+                if rows.any():
+                    out = out.index_put((rows,), layer(x[rows]))
+            return out
+
+    x = torch.ones(4, 3, dtype=torch.float64)
+    x[2:] = -1.0
+    op = catapult.curvature.HessianOperator(Branches(), LOSS, (x, torch.zeros(4, 1, dtype=torch.float64)), chunk_size=2)
+    assert op.chunks == 2 and op.unused_parameters() == {"never.weight", "never.bias"}
