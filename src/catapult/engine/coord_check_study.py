@@ -97,12 +97,15 @@ def parse_coord_check(section: Mapping[str, Any] | None) -> dict:
     for key in unknown:
         problems.append((f"coord_check.{key}", f"unknown key; allowed: {', '.join(COORD_CHECK_DEFAULTS)}"))
     out = dict(COORD_CHECK_DEFAULTS, **{k: v for k, v in section.items() if k not in unknown})
+    given = {axis: out[axis] for axis in ("widths", "densities")}
     out["widths"] = _number_list("coord_check.widths", out["widths"], integer=True, low=1, high=None,
                                  problems=problems)
     out["densities"] = _number_list("coord_check.densities", out["densities"], integer=False, low=0.0,
                                     high=1.0, problems=problems)
     for axis, model_key in (("widths", "model.width"), ("densities", "model.density")):
-        if out[axis] is not None and len(out[axis]) == 1:  # its slopes would be nan, its figure one point
+        # its slopes would be nan, its figure one point; [8.5, 16] is two values, one refused above (it
+        # was also told "got one (16)", and to set model.width=16)
+        if out[axis] is not None and len(out[axis]) == 1 and len(given[axis]) == 1:
             problems.append((f"coord_check.{axis}", f"a slope needs two values or more, got one ({out[axis][0]}); "
                                                     f"for that one value set {model_key}={out[axis][0]} and "
                                                     f"coord_check.{axis}=null"))
