@@ -41,6 +41,12 @@ if int(os.environ["RANK"]) == int(os.environ.get("FAIL_RANK", "-1")):
             raise MicroBatchRefused(f"{name}: this rank's shard cannot be split into micro-batches", "chunk_size")
         agreement._check_shard = refusing
         distributed.ShardBatches.batch = batch
+    if os.environ.get("FAULT") == "device":  # this node has fewer GPUs than processes
+        from catapult.config import ConfigError
+        def missing(name):
+            raise ConfigError([("device", "cuda:1 requested but this machine has 1 CUDA device(s), cuda:0 to cuda:0")])
+        distributed.resolve_device = missing
+        distributed.ShardBatches.batch = batch
 from catapult.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -119,6 +125,20 @@ def test_a_refusal_of_catapults_own_on_one_rank_exits_2_on_every_rank_with_its_l
                          str(tmp_path / "run"), fail_rank=1, fault="refused")
     line = ("catapult train-ddp: error: sharpness: this rank's shard cannot be split into micro-batches "
             "(in a config: eval.sharpness_chunk_size: null)")
+    for code, err in results:
+        assert (code, err.strip()) == (2, line), err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_device_missing_on_one_rank_exits_2_on_every_rank(tmp_path):
+    """Rank 1's device is missing (its node has fewer GPUs than processes): its ConfigError was raised
+    before the set-up group, on that rank alone, and rank 0 waited in the group's creation for the
+    group's timeout (30 minutes with gloo; here the harness's 180 s limit fails the test). Now every
+    rank exits 2 with rank 1's line."""
+    results = _two_ranks(tmp_path, str(_config(tmp_path)), "--out", str(tmp_path / "run"), fail_rank=1,
+                         fault="device")
+    line = ("catapult train-ddp: error: invalid config: device: cuda:1 requested but this machine has 1 CUDA "
+            "device(s), cuda:0 to cuda:0")
     for code, err in results:
         assert (code, err.strip()) == (2, line), err
     assert not (tmp_path / "run").exists()
@@ -208,3 +228,23 @@ def test_a_rank_that_dies_in_a_set_up_step_stops_the_one_waiting_for_it_at_once(
             p.communicate()
     assert procs[0].returncode == 4 and "Connection closed by peer" in out, out
     assert float(out.split()[1]) < 30
+
+
+def test_a_local_rank_past_the_nodes_gpus_is_a_config_error_naming_it(tmp_path, monkeypatch):
+    """torchrun started more processes on a node than it has GPUs: LOCAL_RANK 1 of a 1-GPU node was
+    made ``cuda:1`` and handed to ``torch.cuda.set_device`` (torch's 'invalid device ordinal', a defect's
+    traceback). Now a ConfigError naming the device key, LOCAL_RANK and the node's count, before any
+    work. CUDA is stood in for (this machine's count: 1)."""
+    from catapult.config import ConfigError
+    from catapult.engine.distributed import train_ddp
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: pytest.fail(f"set_device({d})"))
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    config = yaml.safe_load(_config(tmp_path).read_text())
+    with pytest.raises(ConfigError) as info:
+        train_ddp({**config, "device": "cuda"}, out_dir=tmp_path / "run")
+    assert info.value.problems[0][0] == "device"
+    assert "LOCAL_RANK is 1, and this node has 1 CUDA device(s)" in str(info.value)
+    assert not (tmp_path / "run").exists()

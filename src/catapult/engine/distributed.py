@@ -402,6 +402,24 @@ def _average_dense_grads(updater, world: int) -> None:
             layer.module.dense_grad = grad / world
 
 
+def _rank_device(name: str, distributed: bool) -> torch.device:
+    """The device of this process: ``name`` resolved (:func:`~catapult.engine.build.resolve_device`),
+    and a CUDA one under torchrun (or unnumbered) made ``cuda:LOCAL_RANK`` and current: NCCL's
+    collectives and FSDP's device mesh take the current device (without it every rank of a node
+    used cuda:0). A ``LOCAL_RANK`` past this node's GPUs is a ConfigError naming it (was torch's
+    'invalid device ordinal')."""
+    device = resolve_device(name)
+    if device.type == "cuda" and (device.index is None or distributed):  # one GPU per process under torchrun
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        if local >= torch.cuda.device_count():
+            raise cfg.ConfigError([("device", f"{name!r}: this process's LOCAL_RANK is {local}, and this node has "
+                                              f"{torch.cuda.device_count()} CUDA device(s); start at most that "
+                                              f"many processes a node (torchrun --nproc_per_node)")])
+        device = torch.device(f"cuda:{local}")
+        torch.cuda.set_device(device)
+    return device
+
+
 @dataclass
 class DDPResult(RunResult):
     """What :func:`train_ddp` returns on every rank: a :class:`~catapult.engine.RunResult` (the
@@ -445,19 +463,22 @@ def train_ddp(config: Mapping[str, Any], *, out_dir: str | os.PathLike | None = 
     check_fsdp(config, distributed)
     check_spectrum_cadence(config)
     sharded = config["train"]["fsdp"]
-    # a CUDA device that is missing is a ConfigError before any work (it trained on the CPU)
-    device = resolve_device(str(device) if device is not None else config["device"])
-    if device.type == "cuda" and (device.index is None or distributed):  # one GPU per process under torchrun
-        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
-        # NCCL's collectives (DataParallel's reductions) and FSDP's device mesh take the current
-        # device: without this every rank of a node would use cuda:0
-        torch.cuda.set_device(device)
     d = config["data"]
     context, batch_size = d["context"], config["train"]["batch_size"]
     global_batch_rows(batch_size, rank, world)  # B % W == 0: a ConfigError before any file is read
     out_path = None if out_dir is None or rank != 0 else Path(out_dir)
-    if out_path is not None or distributed:
-        on_every_rank(lambda: out_path is None or check_out_dir(out_path, overwrite), distributed)
+    asked = str(device) if device is not None else config["device"]
+
+    def device_and_out_dir() -> torch.device:
+        # a CUDA device that is missing is a ConfigError before any work (it trained on the CPU);
+        # one rank's (a node with fewer GPUs than processes) stops every rank: raised on that rank
+        # alone, before the set-up group, the others waited in it for the group's timeout
+        here = _rank_device(asked, distributed)
+        if out_path is not None:
+            check_out_dir(out_path, overwrite)
+        return here
+
+    device = on_every_rank(device_and_out_dir, distributed)
 
     from catapult.engine.shard_run import build_shard_run, open_shards
 
