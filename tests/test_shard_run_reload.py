@@ -283,3 +283,16 @@ def test_open_and_build_refuse_text_read_as_ids_and_shards_shorter_than_a_window
     with pytest.raises(cfg.ConfigError) as err:
         build_shard_run(config, torch.device("cpu"))
     assert err.value.keys == ["data.root"] and f"{CONTEXT} training tokens" in str(err.value)
+
+
+def test_a_vocab_size_out_of_a_tokenizers_bounds_is_one_problem_said_once():
+    # (mutation pass 19) image data given a vocab_size below BPE's: one problem for the key (CF5 said it
+    # twice, as a text-data option too); above BPE's bound no advice of fewer ids (CF4 gave it there too)
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.validate({"data": {"name": "cifar10", "vocab_size": 65}})
+    assert err.value.keys == ["data.vocab_size"] and "fewer ids" in str(err.value)
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.validate({"data": {"name": "text", "root": "s", "tokenizer": "bpe", "vocab_size": 2 ** 21},
+                      "model": {"name": "gpt"}})
+    assert err.value.keys == ["data.vocab_size"] and "<= 1048576" in str(err.value)
+    assert "fewer ids" not in str(err.value)
