@@ -296,3 +296,6 @@ def test_a_vocab_size_out_of_a_tokenizers_bounds_is_one_problem_said_once():
                       "model": {"name": "gpt"}})
     assert err.value.keys == ["data.vocab_size"] and "<= 1048576" in str(err.value)
     assert "fewer ids" not in str(err.value)
+    with pytest.raises(cfg.ConfigError) as err:   # (CF9) with tokenizer none, any size from 1: 0 is none
+        cfg.validate({"data": {"name": "text", "root": "s", "tokenizer": "none", "vocab_size": 0}, "model": {"name": "gpt"}})
+    assert err.value.keys == ["data.vocab_size"]
