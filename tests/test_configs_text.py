@@ -90,3 +90,35 @@ def test_a_persistent_warmup_with_warmup_steps_is_noted(tmp_path, capsys, warmup
     config_from_args(args)
     err = capsys.readouterr().err
     assert (f"note: schedule.warmup_steps ({steps}) is not used by schedule.warmup: persistent" in err) == noted, err
+
+
+@pytest.mark.parametrize("command, schedule, noted", [
+    ("train", {"delta": 0.05}, "schedule.delta (0.05) is"),
+    ("train", {"lr_start": 1e-3, "rtol": 0.1}, "schedule.lr_start (0.001), schedule.rtol (0.1) are"),
+    ("train-ddp", {"rtol": 0.1}, "schedule.rtol (0.1) is"),
+    ("train", {}, None),                                           # the defaults (null): nothing to say
+    ("train", {"warmup": "catapult", "delta": 0.05}, None),        # read by the catapult warmup's search
+    ("train", {"warmup": "persistent", "lr_start": 1e-3}, None),
+    ("critical-lr", {"delta": 0.05}, None),                        # catapult critical-lr reads them
+])
+def test_search_keys_beside_a_linear_warmup_are_noted(tmp_path, capsys, command, schedule, noted):
+    # warmup: linear runs no critical-lr search: catapult train read schedule.delta / lr_start / rtol
+    # without a word (catapult critical-lr reads them), so a user tuning delta saw no change
+    import argparse
+
+    import yaml
+
+    from catapult.cli.common import config_from_args
+
+    config = {"name": "s", "data": {"name": "digits", "n_train": 32, "n_test": 16},
+              "schedule": {"warmup": "linear", **schedule}, "train": {"steps": 100}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(config))
+    args = argparse.Namespace(config=str(tmp_path / "s.yaml"), overrides=[], command=command)
+    config_from_args(args)
+    err = capsys.readouterr().err
+    if noted is None:
+        assert "critical-lr search" not in err, err
+    else:
+        assert f"catapult {command}: note: {noted} not used by schedule.warmup: linear, which runs no critical-lr " \
+               f"search" in err, err
+        assert err.count("note:") == 1, err

@@ -88,7 +88,34 @@ def config_from_args(args: argparse.Namespace) -> dict:
               f"({schedule['warmup_steps']}) is not used by schedule.warmup: persistent, which raises the lr "
               f"to lr_trgt at the critical lr whenever the loss improved; any T_wrm gives the same run",
               file=sys.stderr)
+    if (note := search_keys_note(getattr(args, "command", None), schedule)) is not None:
+        print(note, file=sys.stderr)
     return config
+
+
+#: the critical-lr search's keys, read by ``warmup: catapult`` / ``persistent`` and ``catapult critical-lr``
+SEARCH_KEYS = ("delta", "lr_start", "rtol")
+
+
+def search_keys_note(command: str | None, schedule: dict) -> str | None:
+    """The note ``catapult train`` / ``train-ddp`` print where ``schedule.delta`` / ``lr_start`` /
+    ``rtol`` are set (not their default, null) beside ``warmup: linear``, which runs no critical-lr
+    search and read them without a word; None otherwise (``catapult critical-lr`` reads them).
+
+    Example:
+        >>> search_keys_note("train", {"warmup": "linear", "delta": 0.05, "lr_start": None, "rtol": None})[:51]
+        'catapult train: note: schedule.delta (0.05) is not '
+        >>> search_keys_note("critical-lr", {"warmup": "linear", "delta": 0.05, "lr_start": None, "rtol": None})
+    """
+    command = command or "train"
+    if command not in ("train", "train-ddp") or schedule.get("warmup") != "linear":
+        return None
+    given = [f"schedule.{key} ({schedule[key]:g})" for key in SEARCH_KEYS if schedule.get(key) is not None]
+    if not given:
+        return None
+    return (f"catapult {command}: note: {', '.join(given)} {'is' if len(given) == 1 else 'are'} not used by "
+            f"schedule.warmup: linear, which runs no critical-lr search (warmup: catapult or persistent "
+            f"reads {'it' if len(given) == 1 else 'them'}, as does catapult critical-lr)")
 
 
 def _set_on_command_line(overrides, key: str) -> bool:
