@@ -30,6 +30,7 @@ def test_spectral_density_of_a_small_scale_operator_keeps_every_eigenvalue(c, dt
     model, loss_fn, batch = diagonal_problem(c, dtype)
     dens = catapult.spectral_density(model, loss_fn, batch, runs=2, steps=4, max_basis=max_basis)
     truth = c * np.arange(1.0, 5.0)
+    assert len(dens.nodes) == len(dens.weights) == 2   # one per run: the loop below compares something
     for nodes, weights in zip(dens.nodes, dens.weights):
         np.testing.assert_allclose(np.sort(nodes), truth, rtol=rtol)
         np.testing.assert_allclose(weights, 0.25, rtol=rtol)
