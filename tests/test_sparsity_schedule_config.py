@@ -100,7 +100,9 @@ def test_gmp_ending_with_training_ends_at_the_final_density(end_fraction):
     config = _config(20, method="gmp", update_every=5, end_fraction=end_fraction)
     config["model"]["width"] = 16
     result = run(config, progress="none")
-    for name, module in masked_modules(result.model):
+    masked = list(masked_modules(result.model))
+    assert len(masked) == 4   # the GPT's 4 masked matrices (measured): a loop over none checked nothing
+    for name, module in masked:
         parts = getattr(module, "catapult_mask_parts", 1)
         for block in module.mask.chunk(parts, dim=0):
             assert int(block.sum()) == math.floor(0.25 * block.numel() + 0.5), name   # the static count
