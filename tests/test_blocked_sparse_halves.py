@@ -51,3 +51,13 @@ def test_the_halves_of_a_blocked_shard_hold_whole_blocks():
     whole, targets, pieces, _ = halves(x[:2].to_sparse_bsr((2, 2)), x[:2])
     assert whole.to_dense().tolist() == targets.tolist() == x[[0, 1, 0, 1]].tolist()
     assert all(p[0].to_dense().tolist() == x[:2].tolist() for p in pieces)
+
+
+def test_a_shard_of_one_block_of_rows_is_its_samples_twice_over():
+    # (mutation pass 19, HV6) one 2-row block: the halves are the whole shard and it twice over, said
+    # in the plural (HV6 said 'its sample'), the rows doubled in order
+    x = torch.arange(4.0).view(2, 2)
+    whole, ys, pieces, what = halves(x.to_sparse_bsr((2, 2)), torch.zeros(2))
+    assert what == "its samples and the samples twice over" and len(pieces) == 2
+    assert torch.equal(whole.to_dense(), x[[0, 1, 0, 1]]) and torch.equal(ys, torch.zeros(4))
+    assert halves(x[:1], torch.zeros(1))[3] == "its sample and the sample twice over"
