@@ -60,8 +60,13 @@ def test_threshold_refuses_groups_whose_momentum_or_beta1_differ():
     assert instability_threshold(same) == pytest.approx(38.0)
     frozen_first = torch.optim.SGD([{"params": params(), "lr": 0.0}, {"params": params(), "momentum": 0.9}],
                                    lr=0.1)
-    with pytest.raises(ValueError, match=r"param group 1 has momentum=0.9"):
-        instability_threshold(frozen_first, lr=0.1)
+    # a frozen first group is not the threshold's (reference_group): the one group that moves has
+    # momentum 0.9, edge (2 + 2 * 0.9) / 0.1 = 38 (it was refused, as if the frozen group's 0 applied)
+    assert instability_threshold(frozen_first, lr=0.1) == pytest.approx(38.0)
+    assert instability_threshold(frozen_first) == pytest.approx(38.0)
+    frozen_first.add_param_group({"params": params(), "momentum": 0.0})
+    with pytest.raises(ValueError, match=r"param group 2 has momentum=0.0 and param group 1 momentum=0.9"):
+        instability_threshold(frozen_first)
 
 
 def _diverges(optimizer_factory, curvature, steps=3000):

@@ -53,7 +53,10 @@ def _adam_preconditioner(optimizer, grad_flat: torch.Tensor, names, params,
     for group in optimizer.param_groups:
         for p in group["params"]:
             where[id(p)] = group
-    lr_ref = float(optimizer.param_groups[0]["lr"])
+    from catapult.optim.thresholds import reference_group
+
+    first = reference_group(optimizer)   # the threshold's group: the first that moves
+    lr_ref = float(first["lr"])
     if lr_ref > 0:
         def relative_lr(group) -> float:
             return float(group["lr"]) / lr_ref
@@ -76,7 +79,6 @@ def _adam_preconditioner(optimizer, grad_flat: torch.Tensor, names, params,
             r_ref = radam_rectification(*radam_reference_step(optimizer))
     pieces, l2_pieces = [], []
     has_l2 = False
-    first = optimizer.param_groups[0]
     shift_0 = float(_decay_shift(optimizer, first))   # the threshold's (weight_decay_shift), in every row moved
     offset = 0
     for k, (name, p) in enumerate(zip(names, params)):
@@ -259,7 +261,9 @@ def _sgd_decay_rows(optimizer, params, m: torch.Tensor) -> torch.Tensor | None:
     that is 0 everywhere (one decay, one lr: the loss's own sharpness)."""
     where = {id(p): g for g in optimizer.param_groups for p in g["params"]}
     # (RAdam's un-rectified step is SGD's: its decay shifts the Hessian's threshold, coupled or not)
-    wd_0 = float(_decay_shift(optimizer, optimizer.param_groups[0], "hessian"))
+    from catapult.optim.thresholds import reference_group
+
+    wd_0 = float(_decay_shift(optimizer, reference_group(optimizer), "hessian"))
     wd = torch.cat([torch.full((p.numel(),), float(_decay_shift(optimizer, where[id(p)], "hessian"))
                                if id(p) in where else 0.0,
                                dtype=torch.float64) for p in params])

@@ -397,9 +397,9 @@ def instability_threshold(optimizer: torch.optim.Optimizer, lr: float | None = N
       sharpness): :func:`catapult.optim.thresholds.radam_threshold` (``lr, betas, t``), as the
       training engine uses.
 
-    ``lr`` defaults to the first param group's current ``lr``; ``momentum`` (with
-    ``dampening``, ``nesterov``) or ``b1`` are the first group's, and must be the same in every
-    other group that moves (has parameters and an lr > 0): groups that differ there have
+    ``lr`` defaults to the first param group's current ``lr`` (the first that moves, past a part frozen by lr 0 or
+    ``requires_grad=False``: :func:`~catapult.optim.thresholds.reference_group`); ``momentum`` (with ``dampening``,
+    ``nesterov``), ``b1`` and weight decay are that group's, and must be the same in every other group that moves (has parameters and an lr > 0): groups that differ there have
     different thresholds, and a ValueError names them. With per-group multipliers (``group["lr_mult"]``, as set by
     :func:`catapult.param_groups`) the groups have different lrs: pass the lr you mean, or use
     ``preconditioned_sharpness(..., scale_by_group_lr=True)``, which folds each group's
@@ -440,7 +440,8 @@ def instability_threshold(optimizer: torch.optim.Optimizer, lr: float | None = N
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     if not optimizer.param_groups:
         raise ValueError("optimizer has no param groups")
-    group = optimizer.param_groups[0]
+    from catapult.optim.thresholds import reference_group   # (lazy: the first sharpness call's imports)
+    group = reference_group(optimizer)   # the first group that moves (a frozen part listed first: not it)
     # lr=inf gave 0.0, lr="0.1" 20.0 and lr=True 2.0
     lr = check_real("instability_threshold", "lr", group["lr"] if lr is None else lr, low=0.0, low_open=True)
     if isinstance(optimizer, torch.optim.NAdam):
@@ -494,7 +495,7 @@ def _check_groups_share_the_rule(optimizer: torch.optim.Optimizer) -> None:
     the first group's threshold is not that group's, and no single number bounds both. A group
     frozen by ``requires_grad=False`` is not compared (a body frozen at another ``b1`` refused the
     head's step, which its threshold bounds)."""
-    from catapult.optim.thresholds import group_moves
+    from catapult.optim.thresholds import group_moves, reference_group
 
     def rule(group):
         if "betas" in group:
@@ -502,15 +503,16 @@ def _check_groups_share_the_rule(optimizer: torch.optim.Optimizer) -> None:
         return {key: (bool(group.get(key, False)) if key == "nesterov" else as_real(group.get(key, 0.0)))
                 for key in ("momentum", "dampening", "nesterov")}
 
-    first = rule(optimizer.param_groups[0])  # the group whose rule the threshold takes
-    for i, group in enumerate(optimizer.param_groups[1:], start=1):
+    ref = reference_group(optimizer)
+    first, at = rule(ref), next(i for i, g in enumerate(optimizer.param_groups) if g is ref)   # the threshold's
+    for i, group in enumerate(optimizer.param_groups[at + 1:], start=at + 1):
         if not group.get("params") or as_real(group.get("lr", 0.0)) == 0.0 or not group_moves(group):
             continue
         for key, value in rule(group).items():
             if value != first[key]:
                 raise ValueError(
                     f"instability_threshold: param group {i} has {key}={value!r} and param group "
-                    f"0 {key}={first[key]!r}: their thresholds differ and no single one "
+                    f"{at} {key}={first[key]!r}: their thresholds differ and no single one "
                     "applies; measure each group's parameters with an optimizer of that group alone")
 
 

@@ -50,7 +50,7 @@ from catapult.parametrize import group_lr_mult
 __all__ = ["group_lr_multipliers", "group_decays", "unpreconditioned_kind", "lr_scaled_sharpness", "radam_rho",
            "radam_rectified", "radam_rectification", "radam_threshold", "radam_step_kind", "radam_step_scales",
            "radam_reference_step", "rule_threshold",
-           "weight_decay_shift", "OPERATORS", "group_moves"]
+           "weight_decay_shift", "OPERATORS", "group_moves", "reference_group"]
 
 #: What a threshold is compared with: the loss's Hessian (or SGD's lr-scaled ``M^1/2 H M^1/2``),
 #: or the pre-conditioned ``P^-1/2 H P^-1/2`` (holding Adam's coupled L2, ``P^-1/2 (H + wd I) P^-1/2``).
@@ -77,13 +77,30 @@ def group_moves(group: Mapping[str, Any]) -> bool:
     return lr > 0 and any(p.requires_grad for p in group["params"])
 
 
+def reference_group(optimizer: torch.optim.Optimizer) -> Mapping[str, Any]:
+    """The param group a threshold is of: the first that moves (:func:`group_moves`), else (every
+    group at lr 0, a warmup from 0) the first. A part frozen by lr 0 or ``requires_grad=False``
+    listed first is passed over alike (only lr 0 was: a first group frozen by ``requires_grad=False``
+    at lr 0.1 beside the head's 0.05 was the reference of the multipliers). The one reference of
+    :func:`group_lr_multipliers`, :func:`catapult.instability_threshold`'s defaults and the
+    pre-conditioned / lr-scaled operators' decay rows.
+
+    Example:
+        >>> a, b = torch.zeros(1), torch.zeros(1, requires_grad=True)
+        >>> reference_group(torch.optim.SGD([{"params": [a], "lr": 0.1}, {"params": [b], "lr": 0.05}]))["lr"]
+        0.05
+    """
+    groups = optimizer.param_groups
+    return next((g for g in groups if group_moves(g)), groups[0])
+
+
 def group_lr_multipliers(optimizer: torch.optim.Optimizer, params) -> torch.Tensor:
     """Flat ``m`` (one entry per scalar parameter of ``params``, in order): each parameter's group
     lr relative to the first group's, ``lr_i / lr_0`` -- the lrs the step applies, as the Adam
-    pre-conditioner's ``scale_by_group_lr`` takes them. Where the first group's lr is 0 while
-    another group moves (parameters, lr > 0: a frozen part listed first), relative to the first
-    group that moves, as :class:`catapult.SharpnessTracker` takes it (compare with
-    ``instability_threshold(optimizer, lr=that group's lr)``; the frozen groups get 0); while every
+    pre-conditioner's ``scale_by_group_lr`` takes them. Where the first group moves nothing while
+    another group moves (lr 0 or ``requires_grad=False``: a frozen part listed first), relative to the
+    first group that moves (:func:`reference_group`), as :class:`catapult.SharpnessTracker` and
+    :func:`catapult.instability_threshold` take it (the frozen groups get 0); while every
     group is at lr 0 (a schedule at 0) the ratios ``lr_mult_i / lr_mult_0`` when the groups carry
     ``lr_mult``, else 1; 0 for a parameter no group holds (the step does not move it).
 
@@ -96,11 +113,9 @@ def group_lr_multipliers(optimizer: torch.optim.Optimizer, params) -> torch.Tens
     groups = optimizer.param_groups
     first = groups[0]
     where = {id(p): g for g in groups for p in g["params"]}
-    lr_0 = float(first["lr"])
-    if not lr_0 > 0:
-        # a frozen first group beside one that moves: the operator took every group alike
-        # (ratios 1, or lr_mult's), the frozen one included, where the tracker's defers to the mover
-        lr_0 = next((float(g["lr"]) for g in groups if g["params"] and float(g["lr"]) > 0), lr_0)
+    # a frozen first group (lr 0 or requires_grad=False) beside one that moves: relative to the mover,
+    # as the tracker and instability_threshold take it (reference_group)
+    lr_0 = float(reference_group(optimizer)["lr"])
 
     def rel(g) -> float:
         # the groups' own lrs first: lr_mult ratios were preferred, so groups whose lrs had been
