@@ -555,9 +555,9 @@ def preconditioned_sharpness(model: torch.nn.Module, loss_fn, batch,
     left out. Parameters with ``requires_grad`` that belong to no param group are not moved by
     the step and get ``P^-1 = 0``. ``scale_by_group_lr=True`` multiplies each group's block of
     ``P^-1`` by ``group["lr"] / param_groups[0]["lr"]`` (per-group lr multipliers, e.g. muP;
-    while the first group's lr is 0 and another group moves, by ``group["lr"]`` over the first
-    moving group's, as :class:`catapult.SharpnessTracker` measures it: compare with
-    ``instability_threshold(optimizer, lr=that lr)``; while every group is at lr 0, by the
+    while the first group moves nothing (lr 0, ``requires_grad=False``) and another moves, by ``group["lr"]``
+    over the first moving group's, as :class:`catapult.SharpnessTracker` measures it and
+    ``instability_threshold(optimizer)`` takes its lr (``reference_group``); while every group is at lr 0, by the
     groups' ``lr_mult`` ratios: :func:`catapult.optim.thresholds.group_lr_multipliers`).
 
     Keyword arguments are those of :func:`sharpness` (``distributed=True`` reduces the gradient
