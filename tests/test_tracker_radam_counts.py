@@ -99,3 +99,16 @@ def test_a_step_rectified_for_some_parameters_only_is_refused_before_any_product
     assert loss.calls == 0 and tracker.calls == 0
     with pytest.raises(ValueError, match="no single sharpness bounds it"):
         catapult.preconditioned_sharpness(model, LOSS, batch, opt)
+
+
+def test_the_refusal_comes_before_any_product_also_after_zero_grad():
+    """The same lagging RAdam, the tracker called after ``opt.zero_grad()`` (every ``.grad`` None, as
+    a loop that measures before its next backward leaves them): each parameter has its step counts,
+    so none is taken for an unused one, and the step is refused before the loss is called once."""
+    model, batch, opt = _setup(lag=4, beta2_second=0.999, steps=8)
+    opt.zero_grad()
+    loss = CountingLoss()
+    tracker = catapult.SharpnessTracker(model, loss, opt)
+    with pytest.raises(ValueError, match=r"un-rectified for parameter 2 \(its own step 5\) and rectified at step 9"):
+        tracker.step(batch)
+    assert loss.calls == 0 and tracker.calls == 0
