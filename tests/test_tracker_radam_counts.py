@@ -112,3 +112,28 @@ def test_the_refusal_comes_before_any_product_also_after_zero_grad():
     with pytest.raises(ValueError, match=r"un-rectified for parameter 2 \(its own step 5\) and rectified at step 9"):
         tracker.step(batch)
     assert loss.calls == 0 and tracker.calls == 0
+
+
+def _rho(t: int, b2: float) -> float:
+    rho_inf = 2 / (1 - b2) - 1
+    return rho_inf - 2 * t * b2 ** t / (1 - b2 ** t)
+
+
+@pytest.mark.parametrize("steps", [4, 5])
+def test_the_record_is_of_the_next_step_at_the_rectification_edge(steps):
+    """One group, beta2 0.999, ``steps`` steps taken: the record bounds step ``steps + 1``, which torch
+    RAdam rectifies where ``rho_t > 5`` (re-derived here: step 5 is not, step 6 is): after 4 steps the
+    whole Hessian's record, after 5 the pre-conditioned one."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    gen = torch.Generator().manual_seed(1)
+    batch = (torch.randn(10, 3, generator=gen, dtype=torch.float64),
+             torch.randn(10, 2, generator=gen, dtype=torch.float64))
+    opt = torch.optim.RAdam(model.parameters(), lr=0.01, betas=(0.9, 0.999))
+    for _ in range(steps):
+        opt.zero_grad()
+        LOSS(model(batch[0]), batch[1]).backward()
+        opt.step()
+    assert _rho(5, 0.999) <= 5 < _rho(6, 0.999)
+    record = catapult.SharpnessTracker(model, LOSS, opt, tol=1e-10, max_iter=300).step(batch)
+    assert record.kind == ("preconditioned" if _rho(steps + 1, 0.999) > 5 else "hessian")
