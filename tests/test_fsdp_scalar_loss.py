@@ -138,3 +138,38 @@ def test_tiny_and_exactly_fitted_scalar_losses_are_told_as_the_union_tells_them(
                 core, lambda out, t: nn.functional.mse_loss(out, t, reduction=reduction), (x, fitted)))[-1])
             assert got[f"{reduction}0"][0] == pytest.approx(top, rel=1e-7), reduction
         assert all(kept for _, kept in got.values())   # the nudged parameters are put back bit for bit
+
+
+def fitted_here_only_measures(rank, world, rows):
+    """A root-mean-square loss, rank 0's targets fitted exactly (its halves say 'both'), rank 1's not
+    (neither): every rank asks again at nudged parameters, and the error each raises."""
+    from torch.distributed.fsdp import fully_shard
+
+    core, x, y = data(sum(rows))
+    with torch.no_grad():
+        fitted = core(x)
+    targets = torch.cat([fitted[:rows[0]], y[rows[0]:]])
+    lo, hi = sum(rows[:rank]), sum(rows[:rank + 1])
+    model = ScaledLossInside(data(sum(rows))[0], "rms", 1.0)
+    fully_shard(model.core.l1)
+    fully_shard(model)
+    try:
+        catapult.sharpness(model, output_loss, ({"x": x[lo:hi], "labels": targets[lo:hi]}, None),
+                           tol=1e-10, distributed=True)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+@pytest.mark.slow  # two spawned interpreters importing torch
+def test_a_rank_that_is_neither_tells_its_own_losses_when_another_rank_asks_again():
+    """Rank 1's shard is neither a mean nor a sum at the parameters themselves: its refusal shows its
+    losses there (the shard's root-mean-square re-derived on the unsharded model), not those at the
+    parameters nudged because rank 0's exactly fitted shard said 'both'."""
+    rows = (7, 5)
+    core, x, y = data(sum(rows))
+    with torch.no_grad():
+        rms = float(((core(x[7:]) - y[7:]) ** 2).mean().sqrt())
+    got = on_ranks(fitted_here_only_measures, rows)
+    assert all(isinstance(g, str) and "neither a mean nor a sum" in g for g in got), got
+    assert f"full batch {rms:.6g}," in got[1], (rms, got[1])
