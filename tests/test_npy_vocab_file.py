@@ -16,14 +16,12 @@ from catapult.config import ConfigError
 from catapult.data.text_shards import VOCAB_FILE
 from catapult.engine.distributed import TokenShards, train_ddp
 
+from tiny_run import gpt_shards_config
+
 VOCAB = 65   # a character-level corpus' size
 
 
-def _config(root, **data):
-    return dict(seed=0, dtype="float64", data=dict(name="text", root=str(root), context=8, **data),
-                model=dict(name="gpt", width=16, depth=1, n_heads=2), loss="cross_entropy",
-                optimizer=dict(name="adam", lr=1e-3), train=dict(steps=1, batch_size=4),
-                eval=dict(sharpness_every=0))
+_config = gpt_shards_config
 
 
 @pytest.fixture

@@ -8,3 +8,12 @@ def tiny_config(name: str) -> str:
             "model: {width: 8, depth: 2}\n"
             "train: {steps: 2}\n"
             "eval: {sharpness_every: 0, test_every: 0}\n")
+
+
+def gpt_shards_config(root, **data) -> dict:
+    """A one-step float64 GPT (width 16, one block) on the token shards at ``root``, context 8,
+    with ``data`` keys added: the shards tests' run."""
+    return dict(seed=0, dtype="float64", data=dict(name="text", root=str(root), context=8, **data),
+                model=dict(name="gpt", width=16, depth=1, n_heads=2), loss="cross_entropy",
+                optimizer=dict(name="adam", lr=1e-3), train=dict(steps=1, batch_size=4),
+                eval=dict(sharpness_every=0))
