@@ -142,3 +142,28 @@ def test_the_comparison_is_relative_to_the_larger_of_the_two(whole, pieces_loss)
     losses = {3: pieces_loss, 2: pieces_loss, 5: whole}
     loss_at = lambda p, x, y: torch.tensor(losses[len(x)], dtype=torch.float64)
     assert reduction_kind(loss_at, {}, x, x, pieces, torch.float16, nearby=False)[1] == "mean"
+
+
+def test_nudged_parameters_move_each_by_its_size_plus_the_scale_from_a_seed_of_0():
+    """Each floating parameter moves by ``scale (mean|p| + scale) z``, ``z`` the next standard normal
+    draws of a CPU generator seeded 0 (in the parameters' order): a zero parameter (a zero-initialized
+    readout) moves by ``scale**2 z`` too; the global RNG is left alone, and the parameters come back
+    bit for bit."""
+    from catapult.curvature.shard_reduction import nudged_parameters
+
+    model = torch.nn.Linear(3, 2).double()
+    with torch.no_grad():
+        model.weight.zero_()
+        model.bias.copy_(torch.tensor([0.5, -1.5], dtype=torch.float64))
+    before = [p.detach().clone() for p in model.parameters()]
+    torch.manual_seed(7)
+    state = torch.get_rng_state()
+    gen = torch.Generator().manual_seed(0)
+    want = [b + 1e-2 * (float(b.abs().mean()) + 1e-2) * torch.randn(b.shape, generator=gen, dtype=b.dtype)
+            for b in before]
+    with nudged_parameters(model):
+        inside = [p.detach().clone() for p in model.parameters()]
+    assert all(torch.equal(p, w) for p, w in zip(inside, want))
+    assert not torch.equal(inside[0], before[0])   # the zero weight moved
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
