@@ -83,6 +83,9 @@ class _Process:
         warnings._filters_mutated()
 
 
+#: How long the ranks of a body wait for each other to join its group (seconds).
+RENDEZVOUS_S = 600.0
+
 #: The last body's process group, kept from ``destroy_process_group`` until the next body starts.
 _RETIRED: list = []
 
@@ -98,7 +101,12 @@ def _run_one(rank, world, port, out_dir, timeout_s, body, args):
     import torch.distributed as dist
 
     _RETIRED.clear()
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+    # the ranks meet with a wait of their own: a rank still importing torch on a loaded host (a
+    # second one took over 120 s at load ~21) is not a rank left waiting in a collective, which
+    # the group's timeout_s is for
+    store = dist.TCPStore("127.0.0.1", port, world, rank == 0,
+                          timeout=datetime.timedelta(seconds=max(timeout_s, RENDEZVOUS_S)))
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=timeout_s))
     try:
         torch.save(body(rank, world, *args), os.path.join(out_dir, f"rank{rank}.pt"))
