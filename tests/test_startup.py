@@ -150,6 +150,42 @@ def test_a_missing_store_is_refused_before_the_figures_are_imported(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == []   # no folder made, no file written
 
 
+FOREIGN_STORE = """
+import sys
+from catapult.cli import main
+codes = []
+for foreign in sys.argv[1:3]:
+    codes += [main(["plot", foreign]), main(["transfer", foreign]), main(["report", foreign]),
+              main(["export", foreign, "--out", foreign + ".csv"])]
+print(codes, sorted(m for m in ("matplotlib", "numpy", "pydantic", "yaml", "catapult.plots.phase", "catapult.report")
+                    if m in sys.modules), file=sys.stderr)
+"""
+
+
+def test_a_foreign_store_is_refused_before_the_figures_are_imported(tmp_path):
+    # a file that exists but is no store (another program's SQLite file, a text file) was refused by
+    # Store only after plot and transfer had checked their default figure names (matplotlib)
+    import sqlite3
+
+    other = tmp_path / "other.db"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE notes (body TEXT)")
+    conn.commit()
+    conn.close()
+    text = tmp_path / "notes.db"
+    text.write_text("not a database\n" * 20)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    done = subprocess.run([sys.executable, "-c", FOREIGN_STORE, str(other), str(text)],
+                          capture_output=True, text=True, timeout=120)
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1] == f"{[2] * 8} []", done.stderr[-2000:]
+    words = ("is not a catapult sweep store (no catapult application_id 0x43745074 in its SQLite header, and not "
+             "a store of catapult 0.1.0); it was left unchanged. Give the path of a sweep store.")
+    assert lines[:-1] == [f"catapult {command}: error: {path} {words}" for path in (other, text)
+                          for command in ("plot", "transfer", "report", "export")]
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before   # unchanged, nothing written
+
+
 HELP = """
 import sys
 from catapult.cli import main

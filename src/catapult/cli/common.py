@@ -215,9 +215,10 @@ def store_problem(text: str, *, reading: bool = False) -> str | None:
     nothing (SQLite would create the file it names); with ``reading`` (``export``, ``plot``,
     ``transfer``, ``report``) also no file at all, refused as :class:`~catapult.sweep.store.Store`
     refuses it but before the command imports its tables and figures (matplotlib, numpy: a missing
-    store's refusal took 0.7 s of CPU). Checked before any work and before output names are derived
-    from it (``Path('.').with_suffix`` raised ValueError); a foreign file is
-    :class:`~catapult.sweep.store.Store`'s to refuse.
+    store's refusal took 0.7 s of CPU), and an existing file that is no store (another program's
+    SQLite file, a text file: :func:`~catapult.sweep.store.file_problem`, in the Store's words;
+    ``plot`` and ``transfer`` imported matplotlib first). Checked before any work and before output
+    names are derived from it (``Path('.').with_suffix`` raised ValueError).
 
     >>> store_problem("no/such/store.db", reading=True)
     'store not found: no/such/store.db'
@@ -233,6 +234,10 @@ def store_problem(text: str, *, reading: bool = False) -> str | None:
                 f"store, or of a new file")
     if reading and not Path(text).exists():
         return f"store not found: {text}"   # Store(create=False)'s words
+    if reading:  # read-only through SQLite; this process holds no lock on the store yet
+        from catapult.sweep.store import file_problem
+
+        return file_problem(text)
     return None
 
 

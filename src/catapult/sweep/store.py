@@ -53,6 +53,7 @@ __all__ = [
     "export_table",
     "write_csv",
     "write_parquet",
+    "file_problem",
 ]
 
 
@@ -65,6 +66,45 @@ def _on_read_only_file_system(folder: Path) -> bool:
         return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
     except OSError:
         return False
+
+
+def _identify(path: Path, create: bool) -> str | StoreError:
+    """:func:`~catapult.sweep.store_file.identify`'s kind of the existing file ``path``, or the
+    StoreError that refuses it (unreadable, a damaged SQLite file, a file of another program)."""
+    try:
+        kind = identify(path)  # reads the header only: a foreign file stays untouched
+    except OSError as err:
+        return StoreError(f"cannot read {path}: {err.strerror or err}")
+    if kind == "foreign" and (damage := sqlite_damage(path)):
+        return StoreError(f"{path} is a damaged SQLite file (SQLite says: {damage}), perhaps a store "
+                          "cut short by a copy or a full disk; catapult cannot read it, and left it unchanged. "
+                          + ("Give --store a new path, or restore the store from a copy."
+                             if create else "Restore it from a copy."))
+    if kind == "foreign":
+        return StoreError(f"{path} is not a catapult sweep store (no catapult application_id "
+                          f"{APPLICATION_ID:#x} in its SQLite header, and not a store of catapult 0.1.0); "
+                          "it was left unchanged. " + ("Give --store a new path or an existing store."
+                                                       if create else "Give the path of a sweep store."))
+    return kind
+
+
+def file_problem(path: str | Path, *, create: bool = False) -> str | None:
+    """Why :class:`Store` would refuse the existing file ``path`` (the words of its
+    :class:`StoreError`), or None for a store (this schema's or catapult 0.1.0's). Reads only the
+    header, read-only through SQLite (no ``open()``: see
+    :func:`~catapult.sweep.store_file.has_sqlite_header`); the file is left unchanged. The CLI's
+    store readers refuse a foreign file with it before they import their tables and figures.
+
+    >>> import tempfile
+    >>> notes = Path(tempfile.mkdtemp()) / "notes.db"
+    >>> _ = notes.write_text("not a database")
+    >>> file_problem(notes).endswith("it was left unchanged. Give the path of a sweep store.")
+    True
+    >>> notes.read_text()
+    'not a database'
+    """
+    kind = _identify(Path(path), create)
+    return str(kind) if isinstance(kind, StoreError) else None
 
 
 class Store(DriverClaims, Lambda0Cache):
@@ -102,20 +142,9 @@ class Store(DriverClaims, Lambda0Cache):
                 raise  # a file in the way, a folder we may not write: the CLI names those
         if self.path.is_dir():
             raise StoreError(f"{self.path} is a directory, not a catapult sweep store")
-        try:
-            kind = identify(self.path)  # reads the header only: a foreign file stays untouched
-        except OSError as err:
-            raise StoreError(f"cannot read {self.path}: {err.strerror or err}") from None
-        if kind == "foreign" and (damage := sqlite_damage(self.path)):
-            raise StoreError(f"{self.path} is a damaged SQLite file (SQLite says: {damage}), perhaps a store "
-                             "cut short by a copy or a full disk; catapult cannot read it, and left it unchanged. "
-                             + ("Give --store a new path, or restore the store from a copy."
-                                if create else "Restore it from a copy."))
-        if kind == "foreign":
-            raise StoreError(f"{self.path} is not a catapult sweep store (no catapult application_id "
-                             f"{APPLICATION_ID:#x} in its SQLite header, and not a store of catapult 0.1.0); "
-                             "it was left unchanged. " + ("Give --store a new path or an existing store."
-                                                          if create else "Give the path of a sweep store."))
+        kind = _identify(self.path, create)
+        if isinstance(kind, StoreError):
+            raise kind
         self.legacy = kind == "legacy"
         if not self.readonly and not (os.access(self.path, os.W_OK)
                                       and os.access(self.path.absolute().parent, os.W_OK | os.X_OK)):
