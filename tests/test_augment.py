@@ -88,6 +88,35 @@ def test_bad_augment_settings_exit_2_naming_the_key(tmp_path, capsys, override, 
     assert key in capsys.readouterr().err
 
 
+def test_a_crop_of_the_whole_digit_side_is_reported_with_the_other_problems_before_any_work(tmp_path, capsys):
+    # train.steps 1 with a cosine decay: only the decay was reported; the crop came after the data was loaded
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {name: digits, n_train: 32, n_test: 16, augment: {crop: 8}}\nmodel: {width: 8, depth: 2}\n"
+                    "train: {steps: 1, batch_size: 8}\nschedule: {decay: cosine}\neval: {sharpness_every: 0}\n")
+    assert main(["train", str(path), "--out", str(tmp_path / "run"), "--progress", "none"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "catapult train: error: 2 problems in the config:", lines
+    assert lines[1].startswith("  schedule.decay: cosine decay needs train.steps (1) > schedule.warmup_steps (1)")
+    assert lines[2].startswith("  data.augment.crop: 8 is not below the 8x8 image side of data.name digits")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name, side", [("digits", 8), ("cifar10", 32), ("cifar100", 32)])
+def test_the_config_knows_each_image_side_before_the_data_is_loaded(name, side):
+    config = {"data": {"name": name, "root": "somewhere" if name != "digits" else None},
+              "train": {"batch_size": 8}}
+    for crop, refused in ((side - 1, False), (side, True), (side + 1, True)):
+        config["data"]["augment"] = {"crop": crop}
+        if refused:
+            with pytest.raises(cfg.ConfigError, match=rf"data.augment.crop: {crop} is not below the {side}x{side}"):
+                cfg.validate(config)
+        else:
+            cfg.validate(config)
+    if name == "digits":   # the side the loader gives (CIFAR's is its format's: 3072 = 3 x 32 x 32 per row)
+        assert tuple(train.load_data(cfg.validate({"data": {"name": name, "n_train": 4, "n_test": 4}})
+                                     ).x_train.shape[2:]) == (side, side)
+
+
 @pytest.mark.parametrize("kwargs, words", [
     (dict(mixup=float("inf"), num_classes=4), "augment mixup must be a finite number >= 0; got inf"),  # all-nan soft targets
     (dict(mixup="0.5", num_classes=4), "augment mixup must be a finite number"),  # "'>=' not supported"

@@ -17,6 +17,11 @@ __all__ = ["CHECKS", "kink_problems", "step_size_factor", "sparsity_steps"]
 Problems = Iterable[tuple[str, str]]
 
 
+#: The fixed image side of each image dataset (``catapult.data``: digits ``(N, 1, 8, 8)``, CIFAR
+#: ``(N, 3, 32, 32)``; a test checks them against the loaders): ``data.augment.crop`` must stay below it.
+IMAGE_SIDES = {"digits": 8, "cifar10": 32, "cifar100": 32}
+
+
 def _default(section, key: str):
     return section.model_fields[key].get_default(call_default_factory=True)
 
@@ -299,6 +304,13 @@ def _check_wrn_and_augment(config: dict) -> Problems:
         yield ("data.augment", f"{', '.join(on)} set with full-batch GD (train.batch_size null): augmentation "
                                f"is for minibatch training; remove data.augment (on the command line: {off}) "
                                "or set train.batch_size")
+    side = IMAGE_SIDES.get(data["name"])
+    if side is not None and augment.get("crop") and augment["crop"] >= side:
+        # the images' side is fixed by the dataset: known before the data is loaded (engine.run_data
+        # found it only then, after the other problems of the config had been reported alone)
+        yield ("data.augment.crop", f"{augment['crop']} is not below the {side}x{side} image side of "
+                                    f"data.name {data['name']}: the largest shifts leave no pixel "
+                                    f"(CIFAR: 4; 8x8 digits: 1)")
 
 
 def _check_text_tokens(config: dict) -> Problems:
