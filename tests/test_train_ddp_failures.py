@@ -47,6 +47,13 @@ if int(os.environ["RANK"]) == int(os.environ.get("FAIL_RANK", "-1")):
             raise ConfigError([("device", "cuda:1 requested but this machine has 1 CUDA device(s), cuda:0 to cuda:0")])
         distributed.resolve_device = missing
         distributed.ShardBatches.batch = batch
+    if os.environ.get("FAULT") == "plot":  # rank 0's disk full as it writes trajectories.png, after the loop
+        import errno
+        import catapult.engine.loop as loop
+        def full(*args, **kwargs):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        loop.plot_run = full
+        distributed.ShardBatches.batch = batch
 from catapult.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -114,6 +121,22 @@ def test_one_rank_failing_mid_run_ends_every_rank_with_a_message(tmp_path):
     assert err0.startswith("catapult train-ddp: error: rank 0: another process of this run stopped; "
                            "its own message says why (gloo: ")
     assert not out.exists()                 # the partial run directory goes, as in one process
+
+
+def test_rank_0_failing_to_write_the_run_files_ends_every_rank_with_its_error(tmp_path):
+    """Rank 0's disk fills as it writes trajectories.png after the loop: every rank exits 2 with
+    the file and the problem in one line, and the run folder goes. Rank 1 waited in the closing
+    barrier for a rank that had gone (gloo: "another process of this run stopped", exit 1; NCCL:
+    the watchdog's timeout, then SIGABRT)."""
+    config = _config(tmp_path)
+    out = tmp_path / "run"
+    results = _two_ranks(tmp_path, str(config), "--out", str(out), fail_rank=0, fault="plot")
+    png = str(out / "trajectories.png")
+    for code, err in results:
+        assert code == 2 and "Traceback" not in err and "another process" not in err, err
+        line, = err.strip().splitlines()
+        assert line.startswith("catapult train-ddp: error: ") and png in line and "No space left on device" in line
+    assert not out.exists()                 # what rank 0 wrote goes, as in one process
 
 
 def test_a_refusal_of_catapults_own_on_one_rank_exits_2_on_every_rank_with_its_line(tmp_path):

@@ -53,7 +53,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -322,6 +322,11 @@ class DataParallel(Processes):
 
     def wrap(self, model: nn.Module) -> nn.Module:
         return nn.parallel.DistributedDataParallel(model)
+
+    def agreed(self, work: Callable[[], Any]) -> Any:
+        # rank 0's run files: its failure is every rank's error here (on_every_rank), not a wait
+        # in the next collective or the closing barrier for a rank that has gone
+        return on_every_rank(work, True)
 
     def mean(self, values: tuple[float, ...], rows: int | None = None) -> tuple[float, ...]:
         if rows is None:  # every rank holds B / W rows: the global mean is the mean of the ranks' means

@@ -88,7 +88,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Mapping
+from typing import Any, BinaryIO, Callable, Mapping
 
 import torch
 import torch.nn as nn
@@ -185,8 +185,8 @@ class Processes:
     data-parallel form (each process a shard of every batch); the loop itself is the same.
 
     >>> one = Processes()
-    >>> one.mean((0.5, 0.25)), one.all(True), one.writes
-    ((0.5, 0.25), True, True)
+    >>> one.mean((0.5, 0.25)), one.all(True), one.writes, one.agreed(lambda: 42)
+    ((0.5, 0.25), True, True, 42)
     """
 
     #: Whether this process writes the run's files and shows its progress.
@@ -226,6 +226,13 @@ class Processes:
         """The final weights for ``model.pt``, asked of every process (a sharded model gathers
         them then)."""
         return model.state_dict()
+
+    def agreed(self, work: Callable[[], Any]) -> Any:
+        """``work()``, asked of every process (the writing one's run files, nothing on the
+        others): here one process, so its result or its exception as it is. Data-parallel: an
+        exception on any process is raised on every one (:func:`catapult.engine.every_rank.on_every_rank`),
+        so none waits alone in a collective the failed one never reaches."""
+        return work()
 
 
 
@@ -322,8 +329,10 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
     # where the processes' means are this process's own values; data-parallel: at once, with the loss
     accuracies = StepAccuracies() if type(processes).mean is Processes.mean else None
     complete = None if accuracies is None else accuracies.resolve
-    metrics_file = None
-    if out_path is not None:
+
+    def start_files() -> MetricsFile | None:
+        if out_path is None:
+            return None
         writing.append(claim_run_directory(out_path, overwrite))
         for name in RUN_FILES:  # overwrite: nothing of the earlier run survives next to this one
             (out_path / name).unlink(missing_ok=True)
@@ -333,10 +342,15 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
         # the records' header first, on disk at once: a run killed from here on leaves a folder
         # that reads as a run's (`--overwrite`, `catapult demo` rerun over it)
         record_created(out_path, "metrics.csv", digest=False)
-        metrics_file = MetricsFile(out_path / "metrics.csv", metric_columns(config), before_flush=complete)
+        opened = MetricsFile(out_path / "metrics.csv", metric_columns(config), before_flush=complete)
         record_created(out_path, "config.yaml", digest=False)   # a user may edit it (as the summary's digests)
         with write_errors_named(out_path / "config.yaml"):  # a full disk named no file
             (out_path / "config.yaml").write_text(cfg.dump_config(config))
+        return opened
+
+    # an agreed step (Processes.agreed): a failure of the writing process stops every process
+    # here, with its error, not in the first step's collective
+    metrics_file = processes.agreed(start_files)
 
     # ---- the loop
     test_every = config["eval"]["test_every"]
@@ -449,7 +463,11 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
     reporter.close(status + (f" ({summary['failure']})" if summary.get("failure") else ""))
     summary.update(warmup_summary(config, metrics, lr_trgt, warmup_rule))
     weights = processes.state_dict(model)
-    if out_path is not None:  # each file whole or not at all, the summary (the run's verdict) last
+
+    def write_files() -> None:
+        if out_path is None:
+            return
+        # each file whole or not at all, the summary (the run's verdict) last
         weights_path = out_path / "model.pt"  # `spectrum --weights`
         write_whole(weights_path, lambda fh: _save_weights(weights, fh, weights_path))
         record_created(out_path, "model.pt")
@@ -464,6 +482,11 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
         text = json.dumps(json_safe({**summary, WRITTEN: written, **data_root_record(config["data"]["root"])}),
                           indent=2, allow_nan=False) + "\n"
         write_text_whole(out_path / "summary.json", text)
+
+    # an agreed step: the writing process's failure (a full disk, a folder removed) is every
+    # process's error at once; the others waited for it in their closing barrier (gloo: "connection
+    # closed", exit 1; NCCL: the watchdog's timeout)
+    processes.agreed(write_files)
     return RunResult(status=status, metrics=metrics, summary=summary, config=config, model=model, out_dir=out_path)
 
 
