@@ -47,12 +47,17 @@ if int(os.environ["RANK"]) == int(os.environ.get("FAIL_RANK", "-1")):
             raise ConfigError([("device", "cuda:1 requested but this machine has 1 CUDA device(s), cuda:0 to cuda:0")])
         distributed.resolve_device = missing
         distributed.ShardBatches.batch = batch
-    if os.environ.get("FAULT") == "plot":  # rank 0's disk full as it writes trajectories.png, after the loop
-        import errno
+    if os.environ.get("FAULT") in ("plot", "manifest"):  # rank 0's disk full: trajectories.png after the
+        import errno                                       # loop, the run's manifest before it
         import catapult.engine.loop as loop
         def full(*args, **kwargs):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        loop.plot_run = full
+        def full_manifest(path):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path / ".catapult-run.json"))
+        if os.environ["FAULT"] == "plot":
+            loop.plot_run = full
+        else:
+            loop.start_manifest = full_manifest
         distributed.ShardBatches.batch = batch
 from catapult.cli import main
 sys.exit(main(sys.argv[1:]))
@@ -123,19 +128,21 @@ def test_one_rank_failing_mid_run_ends_every_rank_with_a_message(tmp_path):
     assert not out.exists()                 # the partial run directory goes, as in one process
 
 
-def test_rank_0_failing_to_write_the_run_files_ends_every_rank_with_its_error(tmp_path):
-    """Rank 0's disk fills as it writes trajectories.png after the loop: every rank exits 2 with
-    the file and the problem in one line, and the run folder goes. Rank 1 waited in the closing
-    barrier for a rank that had gone (gloo: "another process of this run stopped", exit 1; NCCL:
-    the watchdog's timeout, then SIGABRT)."""
+@pytest.mark.parametrize("fault, name", [("plot", "trajectories.png"), ("manifest", ".catapult-run.json")])
+def test_rank_0_failing_to_write_the_run_files_ends_every_rank_with_its_error(tmp_path, fault, name):
+    """Rank 0's disk fills as it writes trajectories.png after the loop, or the run's manifest
+    before it: every rank exits 2 with the file and the problem in one line, and the run folder
+    goes. Rank 1 waited for a rank that had gone, in the closing barrier or the first step's
+    all-reduce (gloo: "another process of this run stopped", exit 1; NCCL: the watchdog's
+    timeout, then SIGABRT)."""
     config = _config(tmp_path)
     out = tmp_path / "run"
-    results = _two_ranks(tmp_path, str(config), "--out", str(out), fail_rank=0, fault="plot")
-    png = str(out / "trajectories.png")
+    results = _two_ranks(tmp_path, str(config), "--out", str(out), fail_rank=0, fault=fault)
     for code, err in results:
         assert code == 2 and "Traceback" not in err and "another process" not in err, err
         line, = err.strip().splitlines()
-        assert line.startswith("catapult train-ddp: error: ") and png in line and "No space left on device" in line
+        assert line.startswith("catapult train-ddp: error: ") and "No space left on device" in line
+        assert str(out / name) in line
     assert not out.exists()                 # what rank 0 wrote goes, as in one process
 
 
