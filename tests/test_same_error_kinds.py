@@ -77,3 +77,27 @@ def test_a_class_outside_catapult_or_not_an_exception_is_not_imported():
         is RuntimeError
     assert str(same_error(2, "validate", "x", {"module": "catapult.config", "attributes": {}})) == \
         "rank 2: validate: x"
+
+
+@pytest.mark.parametrize("original", [OSError(28, "No space left on device", "/run/trajectories.png"),
+                                      FileNotFoundError(2, "No such file or directory", "part0.npy"),
+                                      PermissionError(13, "Permission denied"),
+                                      OSError(5, "Input/output error")])
+def test_an_os_error_keeps_its_errno_and_file_so_every_rank_prints_the_same_line(original):
+    """Rank 0's full disk writing the run files (train-ddp's agreed step) printed
+    "FILE: No space left on device" there and "[Errno 28] No space left on device: 'FILE'" on the
+    other ranks: the copy was ``OSError(str(original))``, no errno, no filename. Truth: the
+    original's attributes and ``cli.report``'s line of the original."""
+    import contextlib
+    import io
+
+    from catapult.cli import report
+    copy = same_error(0, *error_verdict(original))
+    assert type(copy) is type(original) and str(copy) == str(original)
+    assert (copy.errno, copy.strerror, copy.filename) == (original.errno, original.strerror, original.filename)
+    lines = []
+    for err in (original, copy):
+        with contextlib.redirect_stderr(io.StringIO()) as printed:
+            assert report("train-ddp", err) == 2
+        lines.append(printed.getvalue())
+    assert lines[0] == lines[1]

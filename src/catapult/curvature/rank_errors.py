@@ -53,6 +53,8 @@ def error_verdict(err: BaseException) -> list:
     ['ConfigError', 'data.root: no shards', {'module': 'catapult.config.errors', 'attributes': {'problems': [['data.root', 'no shards']]}}]
     >>> error_verdict(KeyError("x"))
     ['KeyError', "'x'", None]
+    >>> error_verdict(FileNotFoundError(2, "No such file or directory", "a.npy"))
+    ['FileNotFoundError', "[Errno 2] No such file or directory: 'a.npy'", {'os_error': [2, 'No such file or directory', 'a.npy']}]
     """
     kind, module = type(err).__qualname__, type(err).__module__
     details = None
@@ -67,6 +69,9 @@ def error_verdict(err: BaseException) -> list:
                 if len(text) <= MAX_ATTRIBUTE_CHARS:
                     attributes[name] = json.loads(text)
         details = {"module": module, "attributes": attributes}
+    elif isinstance(err, OSError) and isinstance(err.errno, int) and isinstance(err.strerror, str):
+        # its parts, so the copy names the file as the original does (the CLI's "FILE: problem")
+        details = {"os_error": [err.errno, err.strerror, err.filename if isinstance(err.filename, str) else None]}
     return [kind, error_message(err), details]
 
 
@@ -95,6 +100,11 @@ def same_error(rank: int, kind: str, message: str, details: Any = None) -> Excep
     import builtins
 
     builtin = getattr(builtins, kind, None)
+    parts = details.get("os_error") if isinstance(details, dict) else None
+    if isinstance(builtin, type) and issubclass(builtin, OSError) and _os_parts(parts):
+        err = builtin(*parts) if parts[2] is not None else builtin(*parts[:2])
+        if str(err) == message:   # its errno, strerror and filename, as the original's
+            return err
     if builtin is KeyError:   # its message is its key's repr: KeyError(message) quoted it again ("'x'" as "\"'x'\"")
         return _key_error(message)
     if isinstance(builtin, type) and issubclass(builtin, Exception):
@@ -108,6 +118,12 @@ def same_error(rank: int, kind: str, message: str, details: Any = None) -> Excep
                 except TypeError:
                     continue
     return RuntimeError(f"rank {rank}: {kind}: {message}")
+
+
+def _os_parts(parts: Any) -> bool:
+    """Whether ``parts`` is an OSError's ``[errno, strerror, filename or None]`` (:func:`error_verdict`)."""
+    return (isinstance(parts, list) and len(parts) == 3 and type(parts[0]) is int and isinstance(parts[1], str)
+            and (parts[2] is None or isinstance(parts[2], str)))
 
 
 def _own_class(kind: str, details: Any) -> type | None:
