@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from catapult.scaled_layers import SCALABLE_TYPES, ScaledConv2d, ScaledEmbedding, ScaledLinear
+from catapult.sparsity.static import keeps_no_entry
 
 __all__ = ["check_masks", "check_shared", "check_scalable", "check_inferred_readout"]
 
@@ -41,7 +42,7 @@ def check_masks(layers: Mapping[str, nn.Module], roles: Mapping[str, str], densi
             raise ValueError(f"parametrize(): sparsity masks are for Linear layers; {name!r} is a "
                              f"hidden nn.{type(layer).__name__.replace('Scaled', '')} (use density=1.0 or "
                              "give it role None)")
-        if density < 1.0 and role == "hidden" and density * layer.weight.numel() < 0.5:
+        if role == "hidden" and keeps_no_entry(layer.weight.numel(), density):
             # random_mask refused it at this layer, after the layers before it were converted and re-drawn
             raise ValueError(f"parametrize(): density={density:g} keeps round({density:g} * {layer.weight.numel()}) = 0 "
                              f"weights of hidden layer {name!r} ({tuple(layer.weight.shape)}); use a density >= "

@@ -289,6 +289,7 @@ def _check_wrn_and_augment(config: dict) -> Problems:
                                 "none (input and readout stay dense): density and base_density must be 1, or "
                                 "use model.depth >= 3")
     hidden = model["width"] if model["name"] in ("mlp", "gpt") and (model["name"] == "gpt" or model["depth"] >= 3) else 0
+    # sparsity.static.keeps_no_entry's rule (this package imports no other of catapult's)
     if hidden and model["density"] < 1.0 and model["density"] * hidden * hidden < 0.5:
         # its exact mask kept 1 weight (density 1/width^2) while the run, SμPar's factor and the summary said density
         yield ("model.density", f"{model['density']:g} keeps round({model['density']:g} * {hidden}^2) = 0 weights of a "

@@ -49,7 +49,7 @@ import torch.nn as nn
 
 from catapult.arguments import MAX_STEPS, check_integer, check_real
 from catapult.compiled_state import retrace_compiled
-from catapult.sparsity.static import MaskedLinear, exact_nonzeros, masked_modules
+from catapult.sparsity.static import MaskedLinear, exact_nonzeros, keeps_no_entry, masked_modules
 
 __all__ = ["DYNAMIC_METHODS", "rigl_drop_fraction", "gmp_density", "MaskUpdater", "rigl_update", "prune_to",
            "reset_state_"]
@@ -185,7 +185,7 @@ class MaskUpdater:
         if method == "gmp":
             for layer in self.layers:   # exact_nonzeros' floor kept 1 weight: another density than final_density
                 part = layer.module.weight.numel() // _parts(layer.module)
-                if final_density * part < 0.5:
+                if keeps_no_entry(part, final_density):
                     raise ValueError(f"gmp final_density {final_density:g} keeps round({final_density:g} * {part}) = 0 "
                                      f"weights of {layer.name!r} ({tuple(layer.module.weight.shape)}"
                                      f"{f', each of {_parts(layer.module)} parts' if _parts(layer.module) > 1 else ''}); "

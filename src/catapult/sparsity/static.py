@@ -41,6 +41,7 @@ __all__ = [
     "MASK_METHODS",
     "random_mask",
     "exact_nonzeros",
+    "keeps_no_entry",
     "MaskedLinear",
     "sparsify_",
     "masked_modules",
@@ -60,6 +61,19 @@ def exact_nonzeros(numel: int, density: float) -> int:
     """Number of kept entries of an exact-density mask: ``max(1, floor(density * numel + 1/2))``."""
     density = _check_density("exact_nonzeros", density)
     return max(1, min(numel, int(math.floor(density * numel + 0.5))))
+
+
+def keeps_no_entry(numel: int, density: float) -> bool:
+    """Whether ``density * numel`` rounds to no entry (below 1/2), where :func:`exact_nonzeros`'
+    floor of 1 would keep one, a density of ``1 / numel`` rather than ``density``: the one rule
+    :func:`random_mask`, ``parametrize()`` and gmp's ``final_density`` refuse by (the config
+    checks, which import no other catapult package, write it as ``density * numel < 0.5`` too).
+
+    Example:
+        >>> keeps_no_entry(256, 0.001), keeps_no_entry(256, 0.002), keeps_no_entry(256, 1.0)
+        (True, False, False)
+    """
+    return density < 1.0 and math.floor(density * numel + 0.5) == 0
 
 
 def random_mask(
@@ -95,7 +109,7 @@ def random_mask(
     if density == 1.0:
         mask = torch.ones(shape, dtype=torch.bool)
     elif method == "exact":
-        if density * numel < 0.5:  # exact_nonzeros' floor of 1: the mask was 1/numel dense, not density
+        if keeps_no_entry(numel, density):  # exact_nonzeros' floor of 1: the mask was 1/numel dense, not density
             raise ValueError(f"random_mask: density {density:g} keeps round({density:g} * {numel}) = 0 of the "
                              f"{numel} entries of a {tuple(shape)} mask (it would keep 1: density {1 / numel:.3g}, "
                              f"not {density:g}); use a density >= {0.5 / numel:.3g} or a larger matrix")
