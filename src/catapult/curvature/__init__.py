@@ -1,10 +1,10 @@
 """Curvature: top Hessian eigenvalue (sharpness), pre-conditioned sharpness, instability thresholds.
 
 Operators times algorithms: :mod:`~catapult.curvature.hessian` holds the matrix-free Hessian
-operator (Hessian-vector products), :mod:`~catapult.curvature.lanczos` the eigen-solvers (one
+operator (Hessian-vector products; its finite differences :mod:`~catapult.curvature.difference_products`), :mod:`~catapult.curvature.lanczos` the eigen-solvers (one
 operator, or many in lockstep for the batched engine), :mod:`~catapult.curvature.sharpness` the
 user-facing measurements built from them (:mod:`~catapult.curvature.preconditioner` the
-pre-conditioner of an optimizer's next step), :mod:`~catapult.curvature.spectrum` top-k, trace and
+pre-conditioner of an optimizer's next step, :mod:`~catapult.curvature.instability` its threshold), :mod:`~catapult.curvature.spectrum` top-k, trace and
 density (Hessian or Gauss-Newton, :mod:`~catapult.curvature.ggn`), :mod:`~catapult.curvature.start`
 a solve's start, :mod:`~catapult.curvature.coarse` coarse-to-fine start vectors,
 :mod:`~catapult.curvature.distributed` the all-reduced operator for ``distributed=True``,
