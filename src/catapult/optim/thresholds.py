@@ -255,8 +255,9 @@ def radam_step_kind(optimizer: torch.optim.Optimizer, t: int, params=None) -> st
     """The sharpness that bounds RAdam's step ``t`` (1-based, torch's count): ``"preconditioned"``
     once that step is rectified; before, the step is EMA-momentum SGD: with ``params`` (the trainable
     parameters) SGD's :func:`unpreconditioned_kind` (``"lr_scaled"`` where the groups' lrs or decays
-    differ, or a part is not moved), without ``"hessian"``; ``beta2`` is the first param group's. One
-    rule for the engine's rows and :class:`catapult.SharpnessTracker`.
+    differ, or a part is not moved), without ``"hessian"``; ``beta2`` is the reference group's
+    (:func:`reference_group`: the first that moves; a body frozen first at another ``beta2`` made the
+    head's rectified step 6 un-rectified). One rule for the engine's rows and :class:`catapult.SharpnessTracker`.
 
     >>> a, b = torch.zeros(1, requires_grad=True), torch.zeros(1, requires_grad=True)
     >>> opt = torch.optim.RAdam([{"params": [a]}, {"params": [b], "lr": 1e-4}], lr=1e-3, betas=(0.9, 0.999))
@@ -265,7 +266,7 @@ def radam_step_kind(optimizer: torch.optim.Optimizer, t: int, params=None) -> st
     >>> [radam_step_kind(opt, t, [a, b]) for t in (1, 5, 6)]
     ['lr_scaled', 'lr_scaled', 'preconditioned']
     """
-    if radam_rectified(t, float(optimizer.param_groups[0]["betas"][1])):
+    if radam_rectified(t, float(reference_group(optimizer)["betas"][1])):
         return "preconditioned"
     return "hessian" if params is None else unpreconditioned_kind(optimizer, params)
 
@@ -313,7 +314,9 @@ def radam_reference_step(optimizer: torch.optim.Optimizer) -> tuple[int, float]:
     ``2**24``, and torch's update takes its ``r_t`` there) of the parameters that require grad (those the step can move: a part frozen by
     ``requires_grad=False`` keeps the counts its training left, and its larger count made a fine-tuned
     head's un-rectified step 1 the rectified step 11; all of them where none requires grad) and the
-    first group's ``beta2``. The pre-conditioned operator's rows are relative to
+    ``beta2`` of :func:`reference_group` (the first group that moves, as the threshold's ``lr`` and ``b1``: a
+    body frozen first at ``beta2`` 0.99 beside a head at 0.999 made the pre-conditioned operator's rows
+    ``r_head / r_body`` = 0.32x the step's). The pre-conditioned operator's rows are relative to
     ``radam_rectification(t, beta2)`` (:func:`radam_step_scales`; a decoupled decay that differs from
     the first group's enters them divided by it).
 
@@ -329,7 +332,7 @@ def radam_reference_step(optimizer: torch.optim.Optimizer) -> tuple[int, float]:
     states = (optimizer.state.get(p) for p in movable)
     # torch's own next count (float32: it stops at 2**24, and its update's r_t reads that), not step + 1
     steps = [torch_next_step(st["step"]) for st in states if isinstance(st, dict) and "step" in st]
-    return max(steps, default=1), float(optimizer.param_groups[0]["betas"][1])
+    return max(steps, default=1), float(reference_group(optimizer)["betas"][1])
 
 
 def radam_step_scales(optimizer: torch.optim.Optimizer, params, skip=frozenset()) -> list[float | None]:
@@ -337,7 +340,7 @@ def radam_step_scales(optimizer: torch.optim.Optimizer, params, skip=frozenset()
     ``r_p = r_t`` of that parameter's own next step (``t`` = its ``state["step"] + 1`` as torch adds
     it, :func:`~catapult.optim.step_count.torch_next_step`; torch RAdam counts each parameter apart; ``beta2`` its group's) and ``r_ref`` that of
     :func:`~catapult.curvature.sharpness.instability_threshold`'s step (the largest count + 1, the
-    first group's ``beta2``); ``None`` for a parameter no group holds. ``[]`` while every step is
+    reference group's ``beta2``: :func:`radam_reference_step`); ``None`` for a parameter no group holds. ``[]`` while every step is
     un-rectified (no pre-conditioner, one threshold). A parameter that lags (no gradient on some
     steps, a group added later) or whose group has another ``beta2`` has its step scaled by its
     own ``r_p``: the pre-conditioned operator carries ``r_p / r_ref`` (1 where the counts and
