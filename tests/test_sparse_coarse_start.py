@@ -115,6 +115,36 @@ def test_a_boolean_mask_picks_the_same_rows_of_dense_and_sparse_tensors(name):
             sample_index(tree, keep[:9].tolist())
 
 
+@pytest.mark.parametrize("name", ["coo", "csr", "bsr", "csc batched"])
+def test_an_index_of_uint8_or_float_entries_is_refused_alike_on_dense_and_sparse_tensors(name):
+    """A uint8 index (tensor or array) was a mask on dense tensors (torch's deprecated reading:
+    [1, 0, 1, 0] picked rows 0 and 2) but rows 1, 0, 1, 0 on sparse ones (NumPy reads it as rows
+    too), so a sparse batch's samples silently differed from the dense batch's; a float tensor
+    was refused on dense tensors (torch's IndexError) and truncated to rows on sparse ones. Both
+    are now one ValueError naming the dtype, on either layout; bool masks and integer rows stay."""
+    x = torch.arange(40.0).view(10, 4) % 3
+    sparse, dense = _layouts(x)[name]
+    flags = np.zeros(10, dtype=np.uint8)
+    flags[[2, 3, 6, 7]] = 1
+    rows = [2, 3, 6, 7]
+    truth = torch.from_numpy(dense.numpy()[rows])            # NumPy's integer indexing
+    for index in (torch.from_numpy(flags), flags):
+        for tree in (dense, sparse):
+            with pytest.raises(ValueError, match=r"sample_index: an index of dtype .*uint8.*bool mask.*integer rows"):
+                sample_index(tree, index)
+        with pytest.raises(ValueError, match=r"sparse_rows: an index of dtype .*uint8"):
+            sparse_rows(sparse, index)
+    for index in (torch.tensor([2.0, 3.0, 6.0, 7.0]), np.array([2.7, 3.1, 6.0, 7.0])):
+        for tree in (dense, sparse):
+            with pytest.raises(ValueError, match=r"sample_index: an index of dtype .*float"):
+                sample_index(tree, index)
+    for index in (torch.tensor(rows), torch.tensor(rows, dtype=torch.int32), np.array(rows), rows,
+                  torch.from_numpy(flags.astype(bool)), flags.astype(bool)):
+        assert torch.equal(sample_index(dense, index), truth)
+        assert torch.equal(sample_index(sparse, index).to_dense(), truth)
+        assert torch.equal(sparse_rows(sparse, index).to_dense(), truth)
+
+
 def test_a_blocks_rows_with_blocks_that_are_not_square_and_cuts_that_run_past_the_rows():
     """(mutation pass 19) A block's rows are the values' dim 1, its columns dim 2 (SC9 took the
     columns: alike for the 2 x 2 blocks above); sample_rows cuts a sparse tensor as a slice cuts the

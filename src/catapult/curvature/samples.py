@@ -96,7 +96,8 @@ def sample_index(tree, index):
     tensor of rows (in that order, repeats allowed: a copy), a ``slice`` (rows every ``step``-th:
     copied where they are not contiguous), or a boolean mask (a list or 1-d tensor of bools, one a
     sample: the rows where it is true, as ``t[mask]`` reads it) -- the same rows for dense and
-    sparse tensors (a mask of another length is a ValueError).
+    sparse tensors (a mask of another length is a ValueError, as is a tensor or array of uint8 or
+    float entries: torch reads uint8 as a mask, NumPy as rows).
 
     >>> sample_index({"ids": torch.arange(6).view(3, 2), "flag": True}, [2, 0])
     {'ids': tensor([[4, 5],
@@ -107,6 +108,8 @@ def sample_index(tree, index):
     (tensor([0, 2]), tensor([0, 2]))
     """
     mask = _mask_or_none(index)
+    if mask is None:
+        _refuse_row_dtype(index, "sample_index")
     if mask is not None:
         def pick(t):
             return t[_mask_rows(mask, int(t.shape[0]), "sample_index").to(t.device)]
@@ -149,6 +152,25 @@ def _mask_or_none(index) -> torch.Tensor | None:
     return index if index.dtype == torch.bool else None
 
 
+def _refuse_row_dtype(index, where: str) -> None:
+    """A ValueError where ``index`` is a tensor or array of uint8 or floating entries: torch reads a
+    uint8 index as a mask on dense tensors (deprecated) and NumPy as rows, which the sparse rows
+    took (``[1, 0, 1, 0]``: rows 0 and 2 of a dense batch, rows 1, 0, 1, 0 of its sparse copy); a
+    float tensor was torch's IndexError on dense tensors and truncated to rows on sparse ones."""
+    if torch.is_tensor(index):
+        dtype = index.dtype
+    elif hasattr(index, "__array__") and hasattr(index, "dtype"):
+        try:
+            dtype = torch.as_tensor(index).dtype
+        except (TypeError, ValueError, RuntimeError):   # (an object array: indexing says what is wrong)
+            return
+    else:
+        return
+    if dtype == torch.uint8 or dtype.is_floating_point or dtype.is_complex:
+        raise ValueError(f"{where}: an index of dtype {dtype} picks samples (dim 0) ambiguously or not at all: "
+                         f"give a bool mask (one entry a sample) or integer rows")
+
+
 def _mask_rows(mask: torch.Tensor, n: int, where: str) -> torch.Tensor:
     """The rows where a boolean ``mask`` of ``n`` samples is true; a ValueError where it has
     another shape."""
@@ -173,6 +195,8 @@ def sparse_rows(t: torch.Tensor, rows) -> torch.Tensor:
     torch.sparse_csr
     """
     mask = _mask_or_none(rows)
+    if mask is None:
+        _refuse_row_dtype(rows, "sparse_rows")
     rows = (torch.as_tensor(rows, dtype=torch.long) if mask is None else
             _mask_rows(mask, int(t.shape[0]), "sparse_rows")).to(t.device)
     if t.layout == torch.sparse_coo:
