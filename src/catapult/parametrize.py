@@ -71,7 +71,7 @@ from catapult.arguments import STD_MAX, as_real, check_densities, check_flag, ch
 from catapult.compiled_state import retrace_compiled
 from catapult.param_rules import (PARAMETRIZATIONS, ROLES, ParamSpec, check_parametrization, init_rule,
                                   init_variance, lr_multiplier, lr_rule, optimizer_family)
-from catapult.sparsity import MASK_METHODS, random_mask
+from catapult.sparsity import MASK_METHODS, kept_density, random_mask
 from catapult.parametrize_checks import check_inferred_readout, check_masks, check_scalable, check_shared
 from catapult.parametrize_state import attach_spec
 from catapult.scaled_layers import (WEIGHT_LAYERS, ScaledConv2d, ScaledEmbedding, ScaledLinear,
@@ -264,9 +264,11 @@ def param_groups(model: nn.Module, lr: float, optimizer: str = "adam", *,
             if spec.lr_rule == "global":
                 mult = 1.0
             else:
-                mult = lr_multiplier(spec.parametrization, kind, family,
-                                     width_mult=spec.width_mult,
-                                     density_mult=spec.density_mult)
+                # a hidden matrix's m_rho is of the density its mask keeps (set where its mask was drawn)
+                density_mult = (getattr(module, "catapult_density_mult", spec.density_mult) if kind == "hidden"
+                                else spec.density_mult)
+                mult = lr_multiplier(spec.parametrization, kind, family, width_mult=spec.width_mult,
+                                     density_mult=density_mult)
             decay = None if weight_decay is None else (weight_decay if param.ndim >= 2 else 0.0)
             key = (kind, mult, decay)
             if key not in buckets:
@@ -400,7 +402,9 @@ def parametrize(
     falling back to the registration order; a module holding a parametrized one starts afresh. Then, with
     ``m_d = width / base_width`` (``width`` defaults to the output width of the first input
     layer, else of the first hidden layer, else the readout's input width; ``base_width=None``
-    means ``m_d = 1``) and ``m_rho = density / base_density``:
+    means ``m_d = 1``) and ``m_rho = density / base_density``, per hidden Linear the density its mask keeps
+    (:func:`catapult.sparsity.kept_density`: an exact mask's count, 3 of 81 for 1/32), its rows' mean
+    live fan-in; its init and :func:`param_groups`' lr use it (the layer's ``catapult_density_mult``):
 
     * init (weights ``N(0, var)``, biases 0): with ``init_std`` given, ``s^2 = init_std^2`` for
       every role, hidden layers scaled by :func:`init_variance`. With ``init_std=None``,
@@ -511,13 +515,20 @@ def parametrize(
         fan_in = layer_fan_in(layer)
         # a hidden Linear gets a fresh mask below: an earlier one must not zero live entries of the new
         new_mask = role == "hidden" and density < 1.0 and isinstance(layer, ScaledLinear)
+        # SμPar's m_rho of this matrix: of the density its mask keeps (an exact mask's count), read by param_groups
+        layer_density_mult = (kept_density(layer.weight.numel(), density, method=mask_method) / base_density
+                              if new_mask else density_mult)
+        if role == "hidden":
+            layer.catapult_density_mult = layer_density_mult
+        else:
+            layer.__dict__.pop("catapult_density_mult", None)  # a hidden layer's of an earlier call
         if init_std is not None:
             var = init_variance(parametrization, "input" if _depthwise(layer) else role, init_std**2,
-                                width_mult=width_mult, density_mult=density_mult)
+                                width_mult=width_mult, density_mult=layer_density_mult)
         elif parametrization == "sp" or role == "input" or _depthwise(layer):  # a depthwise conv is input-like
             var = gain**2 / fan_in
         elif role == "hidden":
-            var = gain**2 / fan_in / (density_mult if init_rule(parametrization) == "supar" else 1.0)
+            var = gain**2 / fan_in / (layer_density_mult if init_rule(parametrization) == "supar" else 1.0)
         else:  # output: the readout variance at the base width
             var = gain**2 / (fan_in / width_mult)
         with torch.no_grad():

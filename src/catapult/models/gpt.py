@@ -28,6 +28,8 @@ any parameterization): each of Q, K, V, the attention output and the two MLP mat
 own static random mask with exactly ``round(density * numel)`` nonzeros (``mask_method=
 "exact"``), stored as a ``mask`` buffer in the ``state_dict``. :func:`catapult.param_groups`
 gives the per-layer learning rates (Adam: hidden ``lr / m_d`` muP, ``lr / (m_d m_rho)`` SμPar).
+SμPar's ``m_rho`` of each hidden matrix is the density its mask keeps over ``base_density``
+(:func:`catapult.sparsity.kept_density`: 14 of 144 for 0.1, per Q, K and V), the rows' mean live fan-in.
 """
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ from catapult.parametrize import ParamSpec, check_parametrization, init_variance
 from catapult.arguments import check_densities, check_flag, check_positive_int, check_real, check_seed, check_std
 from catapult.models.options import common_kwargs, section_dict
 from catapult.parametrize_state import attach_spec
-from catapult.sparsity import MaskedLinear, random_mask
+from catapult.sparsity import MaskedLinear, kept_density, random_mask
 
 __all__ = ["GPT", "CausalSelfAttention", "FeedForward", "Block", "sinusoidal_positions"]
 
@@ -247,9 +249,6 @@ class GPT(nn.Module):
         attach_spec(self, ParamSpec(parametrization, width_mult, density_mult, "table"))  # + state_dict record
 
         # ---- initialisation (module docstring's table) ----
-        hidden_std = math.sqrt(init_variance(parametrization, "hidden", init_std**2,
-                                             width_mult=width_mult, density_mult=density_mult))
-        residual_std = hidden_std / math.sqrt(2 * n_layers)
         with torch.no_grad():
             nn.init.normal_(self.wte.weight, 0.0, init_std)
             if self.wpe is not None:
@@ -257,14 +256,24 @@ class GPT(nn.Module):
             for block in self.blocks:
                 block.attn.catapult_block = "attention"
                 block.mlp.catapult_block = "mlp"
-                for layer, std in ((block.attn.qkv, hidden_std), (block.attn.proj, residual_std),
-                                   (block.mlp.fc, hidden_std), (block.mlp.proj, residual_std)):
+                for layer, residual in ((block.attn.qkv, False), (block.attn.proj, True),
+                                        (block.mlp.fc, False), (block.mlp.proj, True)):
                     layer.catapult_role = "hidden"
-                    nn.init.normal_(layer.weight, 0.0, std)
+                    mask = None
+                    if mask_density is not None or self.density < 1.0:
+                        mask = self._mask_for(layer, mask_method, mask_generator, mask_density)
+                    # m_rho of the density this matrix's mask keeps (exact masks: its count; gmp: the count
+                    # it prunes to), which param_groups reads too
+                    layer.catapult_density_mult = kept_density(
+                        layer.weight.numel(), self.density, parts=getattr(layer, "catapult_mask_parts", 1),
+                        method="exact" if mask_density is not None else mask_method) / self.base_density
+                    std = math.sqrt(init_variance(parametrization, "hidden", init_std**2, width_mult=width_mult,
+                                                  density_mult=layer.catapult_density_mult))
+                    nn.init.normal_(layer.weight, 0.0, std / math.sqrt(2 * n_layers) if residual else std)
                     if layer.bias is not None:
                         nn.init.zeros_(layer.bias)
-                    if mask_density is not None or self.density < 1.0:
-                        layer.set_mask(self._mask_for(layer, mask_method, mask_generator, mask_density))
+                    if mask is not None:
+                        layer.set_mask(mask)
             if self.lm_head is not None:
                 nn.init.normal_(self.lm_head.weight, 0.0, init_std)
 

@@ -42,7 +42,9 @@ random masks with exactly ``round(density * width^2)`` nonzeros (``mask_method="
 Bernoulli masks; input and readout stay dense (so ``depth`` 1 and 2, which have no hidden layer,
 refuse a density or base_density below 1). Masks are drawn from their own generator seeded
 by ``mask_seed`` (default: drawn from the global RNG first), so with the same
-``torch.manual_seed`` the dense weights are identical across densities.
+``torch.manual_seed`` the dense weights are identical across densities. SμPar's ``m_rho`` is the
+density an exact mask keeps (``round(density * width^2) / width^2``: 3 / 81 at width 9 and 1/32;
+:func:`catapult.sparsity.kept_density`) over ``base_density``; Bernoulli masks use ``density``.
 
 The paper's reference FCN has no biases (``bias=False`` reproduces it); with ``bias=True`` they
 start at zero.
@@ -62,7 +64,7 @@ from catapult.arguments import check_densities, check_flag, check_positive_int, 
 from catapult.models.options import common_kwargs, section_dict
 from catapult.parametrize_state import attach_spec
 from catapult.scaled_layers import INIT_DISTRIBUTIONS, check_input_dtype, init_weight_
-from catapult.sparsity import random_mask
+from catapult.sparsity import kept_density, random_mask
 
 __all__ = ["MLP", "ACTIVATIONS"]
 
@@ -154,6 +156,8 @@ class MLP(nn.Module):
         d_base = self.width if base_width is None else int(base_width)
         width_mult = self.width / d_base
         density_mult = self.density / self.base_density
+        # SμPar's m_rho of a hidden (width x width) matrix: of the density its mask keeps (an exact mask's count)
+        hidden_density_mult = kept_density(self.width**2, self.density, method=mask_method) / self.base_density
 
         # The mask seed is drawn before any weight so that weights do not depend on density.
         if mask_seed is None:
@@ -180,8 +184,8 @@ class MLP(nn.Module):
                 if role == "input":
                     var, multiplier = weight_var / fan_in, alpha_in
                 elif role == "hidden":  # the base model's He variance v_w / d_base, by the table
-                    var = init_variance(parametrization, "hidden", weight_var / d_base,
-                                        width_mult=width_mult, density_mult=density_mult)
+                    var = init_variance(parametrization, "hidden", weight_var / d_base, width_mult=width_mult,
+                                        density_mult=hidden_density_mult)
                     multiplier = 1.0
                 else:
                     var, multiplier = 1.0 / d_base, alpha_out / width_mult
@@ -194,6 +198,8 @@ class MLP(nn.Module):
                 layer.set_mask(random_mask(layer.weight.shape, self.density,
                                            method=mask_method, generator=mask_generator))
             layer.catapult_role = role
+            if role == "hidden":
+                layer.catapult_density_mult = hidden_density_mult   # read by param_groups
             layer.catapult_block = "logits" if role == "output" else role
             layers.append(layer)
         self.layers = nn.ModuleList(layers)

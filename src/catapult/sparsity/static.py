@@ -42,6 +42,7 @@ __all__ = [
     "random_mask",
     "exact_nonzeros",
     "keeps_no_entry",
+    "kept_density",
     "MaskedLinear",
     "sparsify_",
     "masked_modules",
@@ -74,6 +75,30 @@ def keeps_no_entry(numel: int, density: float) -> bool:
         (True, False, False)
     """
     return density < 1.0 and math.floor(density * numel + 0.5) == 0
+
+
+def kept_density(numel: int, density: float, *, parts: int = 1, method: str = "exact") -> float:
+    """The density a mask of ``density`` keeps in a matrix of ``numel`` entries drawn as ``parts``
+    equal row blocks (Q, K and V of a fused projection): ``exact_nonzeros(numel / parts, density) *
+    parts / numel`` for ``method="exact"`` (the count every such mask has, and the one GMP prunes
+    to), ``density`` for ``"bernoulli"`` (its expectation; the count is random). SμPar's
+    corrections of a hidden matrix use it: the rows' mean number of live inputs, the forward's
+    fan-in, is ``kept_density * fan_in``, and the count rounds (``round(0.03125 * 81) = 3`` keeps
+    ``3 / 81 = 0.037``, 18.5% more than asked).
+
+    Example:
+        >>> kept_density(81, 0.03125), kept_density(81, 0.03125, method="bernoulli"), kept_density(4096, 0.25)
+        (0.037037037037037035, 0.03125, 0.25)
+    """
+    density = _check_density("kept_density", density)
+    if density == 1.0:
+        return density
+    if method not in MASK_METHODS:
+        raise ValueError(f"mask method must be one of {MASK_METHODS}; got {method!r}")
+    if method == "bernoulli":
+        return density
+    part = numel // parts
+    return exact_nonzeros(part, density) * parts / numel
 
 
 def random_mask(
