@@ -154,7 +154,9 @@ class GPT(nn.Module):
             the warmup paper's variant whose initial sharpness is ~100x larger).
         mask_density: density of the masks drawn at init when it differs from ``density``
             (which the parametrization uses): ``1.0`` gives all-ones masks for gradual
-            magnitude pruning to ``density``. ``None``: ``density``.
+            magnitude pruning to ``density``, whose SμPar init and lrs are then those of ``density``'s
+            count from step 0 (the dense start has ``1 / m_rho`` times a dense model's hidden init
+            variance; ``density=1.0`` corrects for the dense start instead, i.e. muP). ``None``: ``density``.
     """
 
     def __init__(
