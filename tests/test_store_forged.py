@@ -214,3 +214,66 @@ def test_the_summary_line_counts_collapsed_cells(tmp_path, capsys):
         conn.execute("UPDATE cells SET summary_json = json_set(summary_json, '$.status', 'collapsed') WHERE id = 1")
     assert cli.main(argv) == 0
     assert "2 cells: 2 finished (1 collapsed), 0 diverged" in capsys.readouterr().out
+
+
+def _damaged_store(tmp_path: Path) -> Path:
+    """A store file cut inside its first page (a copy or a full disk cut it short)."""
+    from catapult.sweep.store_file import create_store_file
+
+    path = tmp_path / "cut.db"
+    assert create_store_file(path, "CREATE TABLE cells (id INTEGER)")
+    path.write_bytes(path.read_bytes()[:2000])
+    return path
+
+
+@pytest.mark.parametrize("create, advice", [(False, "Restore it from a copy."),
+                                            (True, "Give --store a new path, or restore the store from a copy.")])
+def test_a_damaged_store_is_refused_with_the_advice_of_its_caller(tmp_path, create, advice):
+    """Mutation pass 20 (FP3): a damaged SQLite file given to `catapult sweep` (create=True) is told to take a
+    new path or restore the store; a reader (create=False) only to restore it. The file is left as it was."""
+    from catapult.sweep.store import Store, StoreError, file_problem
+
+    path = _damaged_store(tmp_path)
+    before = _md5(path)
+    problem = file_problem(path, create=create)
+    assert problem.startswith(f"{path} is a damaged SQLite file (SQLite says: ") and problem.endswith(
+        "catapult cannot read it, and left it unchanged. " + advice), problem
+    with pytest.raises(StoreError) as raised:
+        Store(path, create=create)
+    assert str(raised.value) == problem
+    assert _md5(path) == before
+
+
+@pytest.mark.parametrize("create, advice", [(False, "Give the path of a sweep store."),
+                                            (True, "Give --store a new path or an existing store.")])
+def test_a_foreign_file_is_refused_with_the_advice_of_its_caller(tmp_path, create, advice):
+    """Mutation pass 20 (FP4): a text file given to `catapult sweep` (create=True) is told to take a new path or
+    an existing store, a reader the path of a store; the words Store raises, the file unchanged."""
+    from catapult.sweep.store import Store, StoreError, file_problem
+
+    notes = tmp_path / "notes.db"
+    notes.write_text("not a database")
+    problem = file_problem(notes, create=create)
+    assert problem == (f"{notes} is not a catapult sweep store (no catapult application_id 0x43745074 in its "
+                       f"SQLite header, and not a store of catapult 0.1.0); it was left unchanged. {advice}")
+    with pytest.raises(StoreError) as raised:
+        Store(notes, create=create)
+    assert str(raised.value) == problem
+    assert notes.read_text() == "not a database"
+
+
+def test_a_file_that_cannot_be_read_is_a_problem_naming_it_not_an_os_error(tmp_path, monkeypatch, capsys):
+    """Mutation pass 20 (FP5): reading the header failing (a file this user may not read; root reads every
+    file, so the read is made to fail) is the Store's 'cannot read PATH: why', returned, not an OSError raised
+    out of the CLI's check."""
+    import catapult.sweep.store as store
+
+    path = tmp_path / "locked.db"
+    path.write_text("x")
+
+    def denied(_path):
+        raise PermissionError(13, "Permission denied", str(_path))
+    monkeypatch.setattr(store, "identify", denied)
+    assert store.file_problem(path) == f"cannot read {path}: Permission denied"
+    assert cli.main(["export", str(path), "--out", str(tmp_path / "o.csv")]) == 2
+    assert f"cannot read {path}: Permission denied" in capsys.readouterr().err
