@@ -101,3 +101,66 @@ def test_an_os_error_keeps_its_errno_and_file_so_every_rank_prints_the_same_line
             assert report("train-ddp", err) == 2
         lines.append(printed.getvalue())
     assert lines[0] == lines[1]
+
+
+def test_what_a_verdict_carries_of_a_catapult_error_is_its_public_attributes_within_the_bound():
+    """Mutation pass 20 (RE3, RE5, RE6): a verdict carries a catapult error's public attributes only (not
+    ``_private`` ones) and each as JSON of at most MAX_ATTRIBUTE_CHARS characters, that bound included: a
+    string attribute's JSON is its length + 2 quotes."""
+    from catapult.curvature.rank_errors import MAX_ATTRIBUTE_CHARS
+    from catapult.engine.run_dir import RunDirectoryError
+
+    err = RunDirectoryError("runs/a holds an earlier run")
+    err._cache = "private"
+    err.at_bound = "x" * (MAX_ATTRIBUTE_CHARS - 2)     # json.dumps: MAX_ATTRIBUTE_CHARS characters
+    err.past_bound = "y" * (MAX_ATTRIBUTE_CHARS - 1)   # one more
+    kind, message, details = error_verdict(err)
+    assert (kind, message) == ("RunDirectoryError", "runs/a holds an earlier run")
+    assert details == {"module": "catapult.engine.run_dir", "attributes": {"at_bound": err.at_bound}}
+    copy = same_error(1, kind, message, details)
+    assert type(copy) is RunDirectoryError and copy.at_bound == err.at_bound
+    assert not hasattr(copy, "_cache") and not hasattr(copy, "past_bound")
+
+
+def test_a_list_attribute_becomes_tuples_only_where_every_entry_is_a_list():
+    """Mutation pass 20 (RE10): a ConfigError's problems (a list of lists in JSON) come back as tuples; a
+    list mixing lists and other values comes back as it was sent (RE10 made ``"c"`` the tuple ``('c',)``)."""
+    from catapult.engine.run_dir import RunDirectoryError
+
+    err = RunDirectoryError("odd")
+    err.mixed, err.pairs = [[1, 2], "c"], [["a", 1], ["b", 2]]
+    copy = same_error(1, *error_verdict(err))
+    assert copy.mixed == [[1, 2], "c"] and copy.pairs == [("a", 1), ("b", 2)]
+
+
+def test_a_class_of_a_package_whose_name_starts_with_catapult_is_not_catapults_own():
+    """Mutation pass 20 (RE2): only the package ``catapult`` is ours: an exception of a module
+    ``catapultish.plugins`` carries no attributes (RE2 took any module name starting so) and reaches the
+    others as a RuntimeError naming it."""
+    class PluginError(Exception):
+        pass
+    PluginError.__module__, PluginError.__qualname__ = "catapultish.plugins", "PluginError"
+    err = PluginError("bad plugin")
+    err.secret = "not sent"
+    assert error_verdict(err) == ["PluginError", "bad plugin", None]
+    assert str(same_error(1, *error_verdict(err))) == "rank 1: PluginError: bad plugin"
+
+
+@pytest.mark.parametrize("original", [OSError("the disk went away"), OSError(2, "No such file", b"part0.npy"),
+                                      FileNotFoundError(2, "No such file or directory", "a.npy", None, "b.npy")])
+def test_an_os_error_whose_parts_cannot_make_the_same_line_travels_as_its_line(original):
+    """Mutation pass 20 (RE7, RE8, RE13): an OSError without errno/strerror carries no parts (RE7 sent
+    [None, None, None]); a bytes filename is left out of the parts, so the verdict stays JSON (RE8 sent the
+    bytes: json.dumps raised on that rank alone); where the parts rebuild another line (a second filename,
+    os.rename's 'a' -> 'b'), the copy is the message as sent (RE13 returned the rebuilt one, without '-> b').
+    Truth: the original's str and type, through a JSON round trip as between ranks."""
+    import json
+
+    verdict = json.loads(json.dumps(error_verdict(original)))
+    copy = same_error(0, *verdict)
+    assert type(copy) is type(original) and str(copy) == str(original)
+    if original.errno is None:
+        assert verdict[2] is None
+    else:
+        assert verdict[2] == {"os_error": [original.errno, original.strerror,
+                                           original.filename if isinstance(original.filename, str) else None]}
