@@ -73,7 +73,7 @@ def test_a_run_computes_each_lr_once_its_threshold_once_per_lr_and_no_torch_lr_s
     assert not [k for k in calls if k[0] == "optim/lr_scheduler.py"]  # 200+ calls before
     assert calls["schedules/functions.py", "__call__"] == steps + 1  # 2 * steps + 1 before (the row's, the scheduler's)
     # one per distinct lr of the rows, and the summary's at lr_trgt (steps + 2 before)
-    assert calls["curvature/sharpness.py", "instability_threshold"] == distinct_lrs + 1
+    assert calls["curvature/instability.py", "instability_threshold"] == distinct_lrs + 1
     lr = optimizer["lr"]
     expected_lrs = [lr * min(1.0, (t + 1) / schedule["warmup_steps"]) for t in range(steps + 1)]
     assert [row["lr"] for row in result.metrics] == pytest.approx(expected_lrs, rel=1e-15, abs=0)
