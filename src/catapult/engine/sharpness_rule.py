@@ -219,7 +219,11 @@ def step_kind(kind: str, optimizer: torch.optim.Optimizer, t: int) -> str:
 
 
 def threshold(optimizer: torch.optim.Optimizer, lr: float | None = None, step: int | None = None) -> float:
-    """``instability_threshold`` at the first group's current lr (or ``lr``); ``inf`` at lr 0.
+    """``instability_threshold`` at the reference group's current lr (or ``lr``); ``inf`` at lr 0. The
+    reference is :func:`catapult.optim.thresholds.reference_group`, the first group that moves, as
+    ``instability_threshold`` takes it (the engine's groups all move: it is their first); RAdam's betas and
+    weight decay are that group's too. A fine-tuning optimizer with a frozen body listed first was read at the
+    body's lr (SGD body 0.1 before a head at 0.05, momentum 0.9: 38 for the step's 76; a body at lr 0: inf).
 
     With ``step`` (the row, i.e. before update ``step``) an RAdam optimizer gets its step's own
     threshold, :func:`catapult.optim.thresholds.radam_threshold` at torch's step ``step + 1`` (as torch
@@ -227,8 +231,10 @@ def threshold(optimizer: torch.optim.Optimizer, lr: float | None = None, step: i
     the momentum-SGD one while un-rectified (the same value as Adam's rule), the Adam rule over
     the rectification ``r_t`` afterwards."""
     from catapult.curvature import instability_threshold
+    from catapult.optim.thresholds import reference_group
 
-    current = optimizer.param_groups[0]["lr"] if lr is None else lr
+    group = reference_group(optimizer)   # the first that moves (a body frozen first: not it)
+    current = group["lr"] if lr is None else lr
     if not current > 0:
         return math.inf
     if isinstance(optimizer, torch.optim.RAdam):
@@ -239,7 +245,6 @@ def threshold(optimizer: torch.optim.Optimizer, lr: float | None = None, step: i
         # instability_threshold read RAdam's step count, and as the batched engines report. With one:
         # the count torch's update takes (float32: it stops at 2**24, and so does its r_t); the batched
         # engines' copies hold no state and count exactly, as their own update does
-        group = optimizer.param_groups[0]
         return float(radam_threshold(current, group["betas"], 1 if step is None else counted_step(optimizer, step + 1),
                                      weight_decay=group.get("weight_decay", 0.0),
                                      decoupled_weight_decay=group.get("decoupled_weight_decay", False))[1])
