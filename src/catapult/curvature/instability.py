@@ -45,12 +45,12 @@ def instability_threshold(optimizer: torch.optim.Optimizer, lr: float | None = N
     ``preconditioned_sharpness(..., scale_by_group_lr=True)``, which folds each group's
     ``lr / lr_first_group`` into the operator so it is compared with this threshold directly.
 
-    Weight decay ``wd`` (the first group's) lowers the threshold so that the sharpness compared
+    Weight decay ``wd`` (that reference group's) lowers the threshold so that the sharpness compared
     stays the loss's: SGD's (coupled L2, the step's curvature ``H + wd I``) by ``wd``, i.e.
     ``lambda_max(H) + wd < (2 + 2b) / lr``; decoupled decay (AdamW, GI-Adam) by ``wd (1 + b1) /
     (1 - b1)``; Adam's coupled L2 not at all, since :func:`preconditioned_sharpness` holds it
     (``P^-1 (H + wd I)``). See :func:`catapult.optim.thresholds.weight_decay_shift`. Where the
-    groups' decays differ, the measured operators hold the difference from the first group's
+    groups' decays differ, the measured operators hold the difference from that group's
     (the lr-scaled and pre-conditioned ones; the plain Hessian's sharpness cannot).
 
     ``torch.optim.Adamax`` takes Adam's formula with its own pre-conditioner ``P = u`` (the

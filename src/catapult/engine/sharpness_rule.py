@@ -206,7 +206,7 @@ def step_kind(kind: str, optimizer: torch.optim.Optimizer, t: int) -> str:
     """The kind measured at row ``t`` (before update ``t``, torch's step ``t + 1``): ``kind``,
     or for an RAdam kind (:data:`~catapult.engine.records.RADAM_KINDS`) its un-rectified kind
     (``"hessian"``; ``"lr_scaled"`` for :data:`RADAM_LR_SCALED_KIND`) / ``"preconditioned"`` as
-    that update is un-rectified / rectified (``optimizer``'s first group's ``beta2``,
+    that update is un-rectified / rectified (``optimizer``'s reference group's ``beta2``, the first that moves,
     :func:`catapult.optim.thresholds.radam_step_kind`)."""
     if kind not in RADAM_KINDS:
         return kind

@@ -104,7 +104,8 @@ class StackedOptimizer:
         self.decay0 = [(float(opt.param_groups[0].get("weight_decay", 0.0)),
                         _group_value(opt.param_groups[0], "beta1") if self.rule != "sgd" else 0.0,
                         bool(_group_value(opt.param_groups[0], "decoupled_weight_decay"))) for opt in optimizers]
-        # the threshold's beta2 (radam_reference_step's: the first group's), for RAdam's r_t
+        # the threshold's beta2, for RAdam's r_t (radam_reference_step's: the reference group's, which is the
+        # first of the engine's groups: they hold no frozen parameter, and every lr_mult is > 0)
         self.beta2_0 = [_group_value(opt.param_groups[0], "beta2") if self.rule == "radam" else 0.0
                         for opt in optimizers]
         self.random_v0 = self.rule == "gi-adam" and any(
