@@ -164,3 +164,33 @@ def test_an_os_error_whose_parts_cannot_make_the_same_line_travels_as_its_line(o
     else:
         assert verdict[2] == {"os_error": [original.errno, original.strerror,
                                            original.filename if isinstance(original.filename, str) else None]}
+
+
+@pytest.mark.parametrize("message, key", [("'x'", "x"), ("(1, 'b')", (1, "b")), ("0x10", None), ("1.00", None),
+                                          ("<object at 0x1>", None)])
+def test_a_key_errors_copy_prints_the_line_the_failing_rank_printed(message, key):
+    """Mutation pass 20 (RE20): a KeyError's message is its key's repr; the copy is a KeyError of that key
+    only where the message is the key's own repr ('x', a tuple), else one printing the message as sent: a
+    message '0x10' (a key whose repr reads so) is not the key 16, printed '16' (RE20 took any literal)."""
+    copy = same_error(1, "KeyError", message)
+    assert isinstance(copy, KeyError) and str(copy) == message
+    if key is not None:
+        assert copy.args == (key,)
+
+
+def test_a_nested_exception_class_of_catapult_is_found_by_its_qualified_name(monkeypatch):
+    """Mutation pass 20 (RE23): a verdict names a class by its ``__qualname__`` (``Outer.Inner`` for a class
+    nested in another); the copy is that class, found part by part (RE23 looked up 'Outer.Inner' as one
+    attribute: a RuntimeError 'rank 1: Outer.Inner: ...')."""
+    import catapult.engine.run_dir as run_dir
+
+    class Outer:
+        class Inner(Exception):
+            pass
+    Outer.__module__ = Outer.Inner.__module__ = "catapult.engine.run_dir"
+    Outer.__qualname__, Outer.Inner.__qualname__ = "Outer", "Outer.Inner"
+    monkeypatch.setattr(run_dir, "Outer", Outer, raising=False)
+    err = Outer.Inner("nested")
+    err.option = "memory"
+    copy = same_error(1, *error_verdict(err))
+    assert type(copy) is Outer.Inner and str(copy) == "nested" and copy.option == "memory"
