@@ -194,3 +194,18 @@ def test_a_nested_exception_class_of_catapult_is_found_by_its_qualified_name(mon
     err.option = "memory"
     copy = same_error(1, *error_verdict(err))
     assert type(copy) is Outer.Inner and str(copy) == "nested" and copy.option == "memory"
+
+
+def test_a_verdict_naming_a_module_outside_catapult_or_a_class_it_only_imports_builds_no_such_class():
+    """Mutation pass 20 (RE18, RE19): a verdict's module is imported only within the package (RE18 imported
+    smtplib for SMTPException and built one), and only a class defined in the module named is built, not one
+    it imports (catapult.config re-exports ConfigError, defined in catapult.config.errors; RE19 built it):
+    either way a RuntimeError naming the kind and the rank."""
+    import sys
+
+    had_smtplib = "smtplib" in sys.modules
+    err = same_error(2, "SMTPException", "x", {"module": "smtplib", "attributes": {}})
+    assert type(err) is RuntimeError and str(err) == "rank 2: SMTPException: x"
+    assert ("smtplib" in sys.modules) == had_smtplib
+    err = same_error(2, "ConfigError", "x", {"module": "catapult.config", "attributes": {}})
+    assert type(err) is RuntimeError and str(err) == "rank 2: ConfigError: x"
