@@ -119,6 +119,23 @@ def test_a_gpt_too_large_for_its_vocabulary_names_the_vocabulary():
                               "data": {"name": "shakespeare", "context": 16}}), 16, 65)
 
 
+def test_a_vocabulary_the_shards_state_is_named_as_theirs_not_as_data_vocab_size(tmp_path):
+    """data.tokenizer none without data.vocab_size (null: the size the shards' vocab_size.json states)
+    and a file stating 2^32 ids: the refusal named data.vocab_size, which the config leaves unset, and
+    setting it lower is refused against the file; it names the file."""
+    import numpy as np
+
+    np.save(tmp_path / "part0.npy", np.arange(100, dtype=np.uint16))
+    (tmp_path / "vocab_size.json").write_text('{"vocab_size": 4294967296}')
+    config = validate({"model": {"name": "gpt", "width": 16, "depth": 1, "n_heads": 2},
+                       "data": {"name": "text", "root": str(tmp_path), "context": 16, "tokenizer": "none"}})
+    assert config["data"]["vocab_size"] is None
+    with pytest.raises(ConfigError, match=r"data\.context=16 and a vocabulary of 4,294,967,296 ids \(the "
+                                          r"vocab_size\.json of data\.root\) make a model of") as err:
+        build_model(config, 16, 2 ** 32)
+    assert "(data.vocab_size)" not in str(err.value)
+
+
 @pytest.mark.parametrize("dtype, refused", [(torch.float32, False), (torch.float64, True)])
 def test_the_memory_check_counts_the_dtype_it_casts_to(dtype, refused, monkeypatch):
     # a machine with room for the float32 weights and one byte more: float64 weights do not fit

@@ -113,7 +113,8 @@ def _too_large(model: Mapping[str, Any], why: str, context: int | None = None, v
 def _vocabulary(config: Mapping[str, Any], in_features: int, out_features: int, have: int) -> str | None:
     """The gpt's vocabulary (``out_features`` ids) as :func:`_too_large` names it, where the same model
     with one id fits in ``have`` bytes (the vocabulary is what does not): the key that sets it with
-    ``data.tokenizer`` bpe or none. None otherwise, and for the other models."""
+    ``data.tokenizer`` bpe or none (none with the key unset: the shards' ``vocab_size.json``). None
+    otherwise, and for the other models."""
     if config["model"]["name"] != "gpt" or out_features <= 1:
         return None
     try:
@@ -121,7 +122,11 @@ def _vocabulary(config: Mapping[str, Any], in_features: int, out_features: int, 
             return None
     except (NotImplementedError, RuntimeError, TypeError, OverflowError):
         return None
-    key = " (data.vocab_size)" if (config.get("data") or {}).get("tokenizer") in ("bpe", "none") else ""
+    data = config.get("data") or {}
+    key = " (data.vocab_size)" if data.get("tokenizer") in ("bpe", "none") else ""
+    if data.get("tokenizer") == "none" and data.get("vocab_size") is None:
+        # unset: the size the shards state (data.vocab_size set lower is refused against their file)
+        key = " (the vocab_size.json of data.root)"
     return f"a vocabulary of {out_features:,} ids{key}"
 
 
