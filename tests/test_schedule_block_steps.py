@@ -41,3 +41,15 @@ def test_the_closed_forms_on_steps():
         assert opt.param_groups[0]["lr"] == pytest.approx(schedules.polynomial_warmup_factor(t, T), rel=1e-12)
         opt.step()
         linear.step()
+
+
+@pytest.mark.parametrize("t, T, k", [(100, 10, 400.0), (10 ** 6, 1, 60.0), (3, 1, 1024.0), (10 ** 9, 2, 40.0)])
+def test_a_factor_past_the_warmup_is_1_for_any_power(t, T, k):
+    """min(1, ((t + 1) / T)^k) is 1 once t + 1 >= T; the power was taken first, and ((t + 1) / T)^k
+    past float's range raised a bare OverflowError (valid arguments: k finite > 0, t a step). The
+    warmup itself, which reads the factor before its peak only, was right."""
+    assert schedules.polynomial_warmup_factor(t, T, k) == 1.0
+    assert schedules.polynomial_warmup_factor(T - 1, T, k) == 1.0
+    if T > 1:   # before the peak: the power as it is (its underflow to 0 included)
+        assert schedules.polynomial_warmup_factor(T - 2, T, k) == ((T - 1) / T) ** k
+    assert schedules.warmup(1.0, T, power=k)(t) == 1.0

@@ -53,7 +53,9 @@ def polynomial_warmup_factor(t: int, warmup_steps: int, power: float = 1.0) -> f
 
 def _warmup_factor(t: int, warmup_steps: int, power: float) -> float:
     """:func:`polynomial_warmup_factor` on checked arguments (a schedule's per-step path)."""
-    return min(1.0, ((t + 1) / warmup_steps) ** power)
+    if t + 1 >= warmup_steps:   # the min's 1 (the power first: (101 / 10) ** 400 raised OverflowError)
+        return 1.0
+    return ((t + 1) / warmup_steps) ** power
 
 
 def decay_progress(t: int, start: int, total_steps: int) -> float:
