@@ -82,19 +82,23 @@ def test_a_class_outside_catapult_or_not_an_exception_is_not_imported():
 @pytest.mark.parametrize("original", [OSError(28, "No space left on device", "/run/trajectories.png"),
                                       FileNotFoundError(2, "No such file or directory", "part0.npy"),
                                       PermissionError(13, "Permission denied"),
-                                      OSError(5, "Input/output error")])
+                                      OSError(5, "Input/output error"),
+                                      # os.replace's two files (writing.write_whole renames a partial file)
+                                      IsADirectoryError(21, "Is a directory", ".partial-model.pt", None, "model.pt")])
 def test_an_os_error_keeps_its_errno_and_file_so_every_rank_prints_the_same_line(original):
     """Rank 0's full disk writing the run files (train-ddp's agreed step) printed
     "FILE: No space left on device" there and "[Errno 28] No space left on device: 'FILE'" on the
-    other ranks: the copy was ``OSError(str(original))``, no errno, no filename. Truth: the
-    original's attributes and ``cli.report``'s line of the original."""
+    other ranks: the copy was ``OSError(str(original))``, no errno, no filename (a rename's second
+    file, ``filename2``, still made it one: "A: Is a directory" there, the errno's whole text on the
+    others). Truth: the original's attributes and ``cli.report``'s line of the original."""
     import contextlib
     import io
 
     from catapult.cli import report
     copy = same_error(0, *error_verdict(original))
     assert type(copy) is type(original) and str(copy) == str(original)
-    assert (copy.errno, copy.strerror, copy.filename) == (original.errno, original.strerror, original.filename)
+    assert (copy.errno, copy.strerror, copy.filename, copy.filename2) == \
+        (original.errno, original.strerror, original.filename, original.filename2)
     lines = []
     for err in (original, copy):
         with contextlib.redirect_stderr(io.StringIO()) as printed:

@@ -71,7 +71,9 @@ def error_verdict(err: BaseException) -> list:
         details = {"module": module, "attributes": attributes}
     elif isinstance(err, OSError) and isinstance(err.errno, int) and isinstance(err.strerror, str):
         # its parts, so the copy names the file as the original does (the CLI's "FILE: problem")
-        details = {"os_error": [err.errno, err.strerror, err.filename if isinstance(err.filename, str) else None]}
+        # (and a rename's second file: os.replace's "A -> B")
+        details = {"os_error": [err.errno, err.strerror, err.filename if isinstance(err.filename, str) else None]
+                   + ([err.filename2] if isinstance(err.filename2, str) else [])}
     return [kind, error_message(err), details]
 
 
@@ -102,7 +104,8 @@ def same_error(rank: int, kind: str, message: str, details: Any = None) -> Excep
     builtin = getattr(builtins, kind, None)
     parts = details.get("os_error") if isinstance(details, dict) else None
     if isinstance(builtin, type) and issubclass(builtin, OSError) and _os_parts(parts):
-        err = builtin(*parts) if parts[2] is not None else builtin(*parts[:2])
+        err = (builtin(*parts[:3], None, parts[3]) if len(parts) == 4 else builtin(*parts) if parts[2] is not None
+               else builtin(*parts[:2]))
         if str(err) == message:   # its errno, strerror and filename, as the original's
             return err
     if builtin is KeyError:   # its message is its key's repr: KeyError(message) quoted it again ("'x'" as "\"'x'\"")
@@ -121,9 +124,10 @@ def same_error(rank: int, kind: str, message: str, details: Any = None) -> Excep
 
 
 def _os_parts(parts: Any) -> bool:
-    """Whether ``parts`` is an OSError's ``[errno, strerror, filename or None]`` (:func:`error_verdict`)."""
-    return (isinstance(parts, list) and len(parts) == 3 and type(parts[0]) is int and isinstance(parts[1], str)
-            and (parts[2] is None or isinstance(parts[2], str)))
+    """Whether ``parts`` is an OSError's ``[errno, strerror, filename or None]``, or with a rename's
+    ``filename2`` after them (:func:`error_verdict`)."""
+    return (isinstance(parts, list) and len(parts) in (3, 4) and type(parts[0]) is int and isinstance(parts[1], str)
+            and (parts[2] is None or isinstance(parts[2], str)) and all(isinstance(p, str) for p in parts[3:]))
 
 
 def _own_class(kind: str, details: Any) -> type | None:
