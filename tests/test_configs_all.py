@@ -33,8 +33,10 @@ def test_config_validates(path):
         base, spec = load_sweep(path, overrides)
         cells = expand(base, spec)
         assert cells and all(c.config["name"] for c in cells)
-    elif "coord_check" in top:
-        load_coord_check(path, overrides)
+    elif "coord_check" in top:   # (configs/supar/coord_check_*.yaml) every model it builds, validated
+        config, spec = load_coord_check(path, overrides)
+        axes = [values for values in (spec["widths"], spec["densities"]) if values is not None]
+        assert config["name"] and axes and all(len(values) >= 2 for values in axes) and spec["parametrizations"]
     else:
         assert cfg.load_config(path, overrides)["name"]
 
