@@ -171,13 +171,13 @@ def test_a_loss_with_a_non_differentiable_backward_is_refused_for_gauss_newton()
 def test_gauss_newton_products_through_a_differentiable_backward_pass_the_check(dtype):
     # a NumPy tanh whose backward is linear in grad (autograd differentiates it in grad) and a torch
     # one: J v is right, so the check passes and the products are the reference's
-    for act in (NumpyTanh.apply, TorchTanh.apply):
+    for act in (NumpyTanh.apply, TorchTanh.apply):   # each checked in each dtype
         model, batch, _ = problem(act)
         truth = dense_ggn_of_reference(batch)
         if dtype == torch.float64:
             eig = catapult.top_eigenpairs(model, F.cross_entropy, batch, k=2, tol=1e-10, curvature="ggn")
             np.testing.assert_allclose(eig.values, truth[:2], rtol=1e-8)
-        elif act is TorchTanh.apply:
+        else:
             model.float()
             est = catapult.sharpness(model, F.cross_entropy, (batch[0].float(), batch[1]), tol=1e-5, curvature="ggn")
             assert est.value == pytest.approx(truth[0], rel=1e-4)
