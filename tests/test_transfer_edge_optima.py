@@ -67,3 +67,23 @@ def test_catapult_transfer_warns_of_an_optimum_at_the_grid_s_end(tmp_path, capsy
     assert "warning: the best optimizer.lr is at an end of the grid" in captured.err
     assert main(["report", str(store), "--out", str(tmp_path / "r.html")]) == 0      # the page says so too
     assert "At the grid's end:</b> the best optimizer.lr is at an end of the grid" in (tmp_path / "r.html").read_text()
+
+
+def test_an_optimum_beside_unfinished_cells_is_not_at_the_grid_s_end():
+    """The grid's ends are its x values, not the curve's finished points: a sweep still running (its
+    larger lrs pending) named its best finished lr 'at an end of the grid' and advised extending the
+    grid that already went on (vertices at 2^-6: the points 2^-8 .. 2^-6 finished, 2^-5 and 2^-4
+    pending), and a lone finished point in the grid's middle 'lowest'. Those optima rest on
+    incomplete rows, which the unfinished note says; an optimum at a true end with cells still
+    pending inside the grid is named."""
+    def pending(cells, ks):
+        return [dict(c, status="pending", test_loss=None) if c["swept"]["optimizer.lr"] in [2.0**k for k in ks]
+                else c for c in cells]
+
+    running = transfer_curves(pending(_cells({1.0: -2, 0.25: -2}), (-5, -4)), AXES, panel=None)
+    assert [x for x, _ in running.curves[None][1.0]] == [2.0**-8, 2.0**-7, 2.0**-6]   # best: 2^-6, the last point
+    assert edge_optima(running) == [] and edge_note(running) is None
+    middle = transfer_curves(pending(_cells({1.0: -6, 0.25: -6}), (-8, -7, -5, -4)), AXES, panel=None)
+    assert edge_optima(middle) == []
+    top = transfer_curves(pending(_cells({1.0: -1, 0.25: -6}), (-7, -6)), AXES, panel=None)
+    assert edge_optima(top) == [(None, 1.0, "highest")]     # 2^-4, the grid's largest lr, finished and best

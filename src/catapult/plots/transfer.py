@@ -64,6 +64,9 @@ class TransferCurves:
     #: ``{x: the grid's label of it}`` (``2^-3/λ0``, ``2^-5``): how the table writes an optimum, so
     #: that it can be pasted as a ``--where`` value of ``catapult plot``
     x_labels: dict[float, str] = field(default_factory=dict)
+    #: ``{(panel, series): (lowest x, highest x)}`` of every matching cell, unfinished ones included:
+    #: the grid's ends (:func:`edge_optima`); a curve missing here ends at its own points
+    x_ends: dict[tuple[Any, Any], tuple[float, float]] = field(default_factory=dict)
 
     @property
     def higher_is_better(self) -> bool:
@@ -131,6 +134,7 @@ def transfer_curves(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[s
                              f"whose optimum cannot move: leave it out of --where")
     groups: dict[Any, dict[Any, dict[float, list[float]]]] = {}
     unfinished: dict[tuple[Any, Any], int] = {}
+    x_ends: dict[tuple[Any, Any], tuple[float, float]] = {}
     kinds: set[bool] = set()
     by_key = {a["key"]: a for a in axes}
     positions = {key: value_positions(axes, key, cells) for key in (where or {})}
@@ -142,12 +146,14 @@ def transfer_curves(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[s
             continue
         p = _hashable(cell["swept"].get(panel)) if panel else None
         s = _hashable(cell["swept"].get(series)) if series else None
+        xv, relative = _x_value(cell, x)
+        kinds.add(relative)
+        lo, hi = x_ends.get((p, s), (xv, xv))
+        x_ends[(p, s)] = (min(lo, xv), max(hi, xv))   # the grid's ends: a pending cell's x is on the grid too
         if cell["status"] not in ("finished", "diverged", "failed", "collapsed"):
             # not run yet (or interrupted): no point rather than a failed one, but counted
             unfinished[(p, s)] = unfinished.get((p, s), 0) + 1
             continue
-        xv, relative = _x_value(cell, x)
-        kinds.add(relative)
         at = x_positions.get(canonical_json(cell["swept"].get(x)))
         if at is not None:
             x_labels.setdefault(xv, str(by_key[x]["labels"][at]))
@@ -185,7 +191,7 @@ def transfer_curves(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[s
             curves[p][s] = points
             spread[p][s] = spreads
     return TransferCurves(metric, x, series, panel, curves, unfinished, spread, x_relative=kinds == {True},
-                          x_labels=x_labels)
+                          x_labels=x_labels, x_ends=x_ends)
 
 
 def incomplete_optima(curves: TransferCurves) -> list[tuple[Any, Any, int]]:
@@ -219,7 +225,9 @@ def optima(curves: TransferCurves) -> dict[Any, dict[Any, tuple[float, float] | 
 
 def edge_optima(curves: TransferCurves) -> list[tuple[Any, Any, str]]:
     """``[(panel, series, "lowest" | "highest")]``: the optima that lie at an end of their curve's
-    grid (no point, finished or failed, beyond them), where the best ``x`` may lie off the grid and
+    grid (no cell, finished, failed or not run yet, beyond them: :attr:`TransferCurves.x_ends`; a
+    best finished point with pending cells beyond it rests on incomplete rows, :func:`unfinished_note`),
+    where the best ``x`` may lie off the grid and
     :func:`drift` and :func:`shift` are no measurement of it (two series both at the top end drift
     0.0, "transfers", whatever their true optima). A failed (diverged) point beyond an optimum
     brackets it.
@@ -234,8 +242,10 @@ def edge_optima(curves: TransferCurves) -> list[tuple[Any, Any, str]]:
     for p, best in optima(curves).items():
         for s, o in best.items():
             xs = [x for x, _ in curves.curves[p][s]]
-            if o is not None and o[0] in (xs[0], xs[-1]):
-                out.append((p, s, "lowest" if o[0] == xs[0] else "highest"))
+            lo, hi = curves.x_ends.get((p, s), (xs[0], xs[-1]))
+            lo, hi = min(lo, xs[0]), max(hi, xs[-1])
+            if o is not None and o[0] in (lo, hi):
+                out.append((p, s, "lowest" if o[0] == lo else "highest"))
     return out
 
 
