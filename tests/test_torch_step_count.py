@@ -80,7 +80,7 @@ def test_radam_threshold_is_of_torchs_count():
     # the engine's row threshold at a row past 2**24 (the loop counts exactly; torch's count stopped)
     assert threshold(opt, step=T + 1000) == pytest.approx(want, rel=1e-12, abs=0)
     assert step_kind("hessian_then_preconditioned", opt, T + 1000) == "preconditioned"
-    # a stateless copy (the batched engines': their own update counts exactly) keeps the loop's count
+    # a stateless copy keeps the row as given (the batched loop gives it as torch counts it)
     copy = torch.optim.RAdam([torch.zeros(1, requires_grad=True)], lr=LR, betas=(b1, b2), eps=EPS)
     exact = (2 + 2 * b1) / ((1 - b1) * LR * _rectification(T + 1001, b2))
     assert threshold(copy, step=T + 1000) == pytest.approx(exact, rel=1e-12, abs=0)

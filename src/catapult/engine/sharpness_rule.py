@@ -243,8 +243,9 @@ def threshold(optimizer: torch.optim.Optimizer, lr: float | None = None, step: i
 
         # without a step (the summary's threshold at lr_trgt): the un-rectified rule, as before
         # instability_threshold read RAdam's step count, and as the batched engines report. With one:
-        # the count torch's update takes (float32: it stops at 2**24, and so does its r_t); the batched
-        # engines' copies hold no state and count exactly, as their own update does
+        # the count torch's update takes (float32: it stops at 2**24, and so does its r_t); a copy without
+        # state takes the row as given (the batched engines pass it as their members' torch optimizers count
+        # it, StackedOptimizer.torch_step, as their update does)
         return float(radam_threshold(current, group["betas"], 1 if step is None else counted_step(optimizer, step + 1),
                                      weight_decay=group.get("weight_decay", 0.0),
                                      decoupled_weight_decay=group.get("decoupled_weight_decay", False))[1])

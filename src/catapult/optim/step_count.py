@@ -9,7 +9,9 @@ update torch takes, so it reads the count as torch does (:func:`torch_next_step`
 number of updates. (GI-Adam keeps a float64 count, exact to ``2**53``.)
 
 The engines' own loop counts its updates exactly; :func:`counted_step` is that count as the
-optimizer it runs holds it.
+optimizer it runs holds it, :func:`count_in` as a count of a given dtype holds it (the batched
+engines' stacked update, which keeps no torch state, counts its updates as its members' torch
+optimizers would).
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["torch_next_step", "counted_step"]
+__all__ = ["torch_next_step", "counted_step", "count_in"]
 
 
 def torch_next_step(step: Any) -> int:
@@ -54,7 +56,22 @@ def counted_step(optimizer: torch.optim.Optimizer, t: int) -> int:
     """
     count = next((state["step"] for state in optimizer.state.values()
                   if isinstance(state, dict) and isinstance(state.get("step"), torch.Tensor)), None)
-    if count is None or not count.is_floating_point():
+    return count_in(None if count is None else count.dtype, t)
+
+
+def count_in(dtype: torch.dtype | None, t: int) -> int:
+    """Update ``t``'s count (1-based) as a count of ``dtype`` holds it, 1 added in place before
+    each update as torch adds it: ``t`` while ``dtype`` holds it exactly, that dtype's limit after
+    (float32: ``2**24``; float64: ``2**53``). ``t`` as given for ``None`` (no tensor count) or an
+    integer dtype.
+
+    Example:
+        >>> count_in(torch.float32, 2 ** 24 - 1), count_in(torch.float32, 2 ** 24 + 5)
+        (16777215, 16777216)
+        >>> count_in(torch.float64, 2 ** 24 + 5), count_in(None, 2 ** 60)
+        (16777221, 1152921504606846976)
+    """
+    if dtype is None or not dtype.is_floating_point:
         return t
     # the first integer whose successor the dtype cannot hold: 2 / eps (2**24 for float32's eps 2**-23)
-    return min(t, round(2.0 / torch.finfo(count.dtype).eps))
+    return min(t, round(2.0 / torch.finfo(dtype).eps))

@@ -189,6 +189,9 @@ def train_group(group: Group, stack: Stack, *, keep_models: bool = True) -> Iter
     while active:
         x, y = group.batches.batch(t)
         lrs = [float(mb.warmup.schedule(t)) for mb in active]
+        # the row as the members' torch optimizers count update t + 1 (a float32 count stops at 2**24), for
+        # RAdam's row threshold and kind: the members' own optimizers hold no state (the stack updates)
+        row_t = stack.opt.torch_step(t + 1) - 1
         # fused step: when no member measures anything at t (sharpness, test, final step), the
         # stack may apply the update during the gradient pass (a member that diverges at t is
         # updated too, and dropped below, as with the separate update)
@@ -203,7 +206,7 @@ def train_group(group: Group, stack: Stack, *, keep_models: bool = True) -> Iter
         loss_list = losses.tolist()
         rows, alive, gone = [], [], []
         for r, (mb, lr_t) in enumerate(zip(active, lrs)):
-            row = new_row(t, lr_t, mb.threshold_at(lr_t, t))
+            row = new_row(t, lr_t, mb.threshold_at(lr_t, row_t))
             loss_t = float(loss_list[r])
             row["train_loss"], row["train_accuracy"] = loss_t, accs[r]
             rows.append(row)
@@ -226,7 +229,7 @@ def train_group(group: Group, stack: Stack, *, keep_models: bool = True) -> Iter
                 stack.materialize(r)
             lrs[r] = float(pcw.step((x, y), loss=rows[r]["train_loss"]))
             rows[r]["lr"] = lrs[r]
-            rows[r]["threshold"] = active[r].threshold_at(lrs[r], t)
+            rows[r]["threshold"] = active[r].threshold_at(lrs[r], row_t)
 
         # sharpness, of each member's kind at t (RAdam: hessian until rectified); the lambda_0
         # estimate stands for t = 0 with the Hessian kind
@@ -236,7 +239,7 @@ def train_group(group: Group, stack: Stack, *, keep_models: bool = True) -> Iter
             mb = active[r]
             if not mb.sharpness_at(t):
                 continue
-            kinds[r] = step_kind(kind, mb.optimizer, t)
+            kinds[r] = step_kind(kind, mb.optimizer, row_t)
             if t == 0 and kinds[r] == "hessian" and mb.lambda0_estimate is not None:
                 measured[r] = mb.lambda0_estimate
             else:

@@ -30,6 +30,7 @@ import torch
 from catapult.optim import rules
 from catapult.optim.gi_adam import STEP_DTYPE
 from catapult.optim.registry import rule_for
+from catapult.optim.step_count import count_in
 
 __all__ = ["StackedOptimizer", "SUPPORTED"]
 
@@ -110,6 +111,12 @@ class StackedOptimizer:
                         for opt in optimizers]
         self.random_v0 = self.rule == "gi-adam" and any(
             v == "random" for row in self.values["v0"] for v in row)
+        # the dtype of the count each member's torch optimizer keeps in state["step"] (torch.optim: float32,
+        # float64 under a float64 default dtype; GI-Adam: float64; SGD: none): a float32 count stops at
+        # 2**24, and torch's bias corrections and RAdam's r_t reuse it (catapult.optim.step_count)
+        self.count_dtype: torch.dtype | None = (
+            None if self.rule == "sgd" else STEP_DTYPE if self.rule == "gi-adam" or torch.get_default_dtype() == torch.float64
+            else torch.float32)
         self.state: rules.State | None = None
         self._first: dict[str, list[bool]] = {}  # state fields the step in progress creates
 
@@ -124,7 +131,17 @@ class StackedOptimizer:
 
     @property
     def steps(self) -> int:
+        """The updates taken (exactly)."""
         return 0 if self.state is None else self.state.step
+
+    def torch_step(self, t: int) -> int:
+        """Update ``t``'s count (1-based) as the members' torch optimizers hold it
+        (:func:`~catapult.optim.step_count.count_in` of :attr:`count_dtype`: a float32 count stops at ``2**24``)."""
+        return count_in(self.count_dtype, t)
+
+    def _rules_step(self) -> int:
+        """The rules' ``step`` of the next update: its ``t = step + 1`` is torch's count of it."""
+        return self.torch_step(self.steps + 1) - 1
 
     def keep(self, rows: Sequence[int]) -> None:
         """Keep the members ``rows`` (indices of the current rows, in that order)."""
@@ -219,7 +236,7 @@ class StackedOptimizer:
             first = self._first.get(field, [False] * len(tensors))
             return [None if f else x[rows] for x, f in zip(tensors, first)]
 
-        sub = rules.State(step=st.step, exp_avg=part("exp_avg"), exp_avg_sq=part("exp_avg_sq"),
+        sub = rules.State(step=self._rules_step(), exp_avg=part("exp_avg"), exp_avg_sq=part("exp_avg_sq"),
                           max_exp_avg_sq=part("max_exp_avg_sq"), momentum_buffer=part("momentum_buffer"))
         if self.random_v0 and st.step == 0:
             sub.exp_avg_sq = self._random_v0(grads, range(s, e))
@@ -264,7 +281,7 @@ class StackedOptimizer:
         hp = self._hp(grads, rows=rows)
         state = None
         if self.state is not None and self.state.step > 0:
-            state = rules.State(step=self.state.step, exp_avg_sq=[
+            state = rules.State(step=self._rules_step(), exp_avg_sq=[
                 None if v is None else v.index_select(0, idx).to(dtype) for v in self.state.exp_avg_sq],
                 max_exp_avg_sq=None if self.state.max_exp_avg_sq is None else [
                     v.index_select(0, idx).to(dtype) for v in self.state.max_exp_avg_sq])
@@ -314,7 +331,7 @@ class StackedOptimizer:
             return 1.0
         from catapult.optim.thresholds import radam_rectification
 
-        return float(radam_rectification(self.steps + 1, self.beta2_0[row]))
+        return float(radam_rectification(self.torch_step(self.steps + 1), self.beta2_0[row]))
 
     def _decay_rows(self, rows: Sequence[int], k: int, like: torch.Tensor,
                     operator: str = "preconditioned") -> torch.Tensor | None:
@@ -378,11 +395,8 @@ class StackedOptimizer:
             if st.momentum_buffer is not None and st.momentum_buffer[k] is not None:
                 out["momentum_buffer"] = st.momentum_buffer[k][row].clone()
             return out
-        # torch.optim keeps "step" as a float32 tensor (float64 under a float64 default dtype);
-        # GI-Adam a float64 one, which counts past 2**24 (float32 stops there)
-        scalar = (STEP_DTYPE if self.rule == "gi-adam" or torch.get_default_dtype() == torch.float64
-                  else torch.float32)
-        out["step"] = torch.tensor(float(st.step), dtype=scalar)
+        # as torch holds it: float32 stops at 2**24 (it read 2**24 + 4 for 2**24 + 3 updates); GI-Adam float64
+        out["step"] = torch.tensor(float(self.torch_step(st.step)), dtype=self.count_dtype)
         out["exp_avg"] = st.exp_avg[k][row].clone()
         out["exp_avg_sq"] = st.exp_avg_sq[k][row].clone()
         if st.max_exp_avg_sq is not None:
