@@ -366,7 +366,9 @@ class HessianOperator(DifferenceProducts):
 
     def unused_parameters(self) -> set[str]:
         """Names of the trainable parameters the loss reaches on no piece of the batch: their ``.grad``
-        stays None, and an optimizer's step skips them (no move, no decay). One gradient's work."""
+        gets no value from it, and torch's step skips those whose ``.grad`` is None (no move, no decay; one
+        holding zeros, ``zero_grad(set_to_none=False)``, is stepped: ``curvature.preconditioner.skipped_parameters``
+        reads which). One gradient's work."""
         unused = set(self.names)
         for x, y, _ in self._chunks:
             leaves, loss, _ = self._gradient_graph(x, y, create_graph=None)

@@ -87,7 +87,7 @@ def _adam_preconditioner(optimizer, grad_flat: torch.Tensor, names, params,
         g = grad_flat[offset:offset + n].view(p_part.shape)
         offset += n
         group = where.get(id(p)) if name not in unused else None
-        if group is None:  # not optimized, or unreached by the loss: the step does not move it -> P^-1 = 0 there
+        if group is None:  # not optimized, or unreached with .grad None (skipped_parameters): not moved -> P^-1 = 0 there
             pieces.append(torch.zeros(n, dtype=dtype, device=device))
             l2_pieces.append(torch.zeros(n, dtype=dtype, device=device))
             continue
@@ -162,18 +162,24 @@ def adam_preconditioner(model, optimizer, op, scale_by_group_lr: bool = False):
     params = [p for p in model.parameters() if p.requires_grad]
     check_optimizer_holds(optimizer, params)
     grad = op.gradient()
-    unused = unused_parameters(op, grad)
+    unused = skipped_parameters(op, params, grad)
     with torch.no_grad():
         return _adam_preconditioner(optimizer, grad, op.names, params, scale_by_group_lr,
                                     part=getattr(op, "part", sharded.full_tensor), unused=unused)
 
 
-def unused_parameters(op, grad: torch.Tensor | None = None) -> set[str]:
-    """The names of the trainable parameters ``op``'s loss does not reach (:meth:`HessianOperator.
-    unused_parameters`; across processes, those reached on no rank's shard), where a parameter's gradient
-    ``grad`` (``op``'s) is 0 throughout; else (and for operators that do not tell: Gauss-Newton's) none. torch's step
-    skips such a parameter (``.grad`` None): its decay rows were counted (``wd / eps`` under Adam's
-    coupled L2 at a zero entry, beside a step whose sharpness was 1e-5 of that)."""
+def skipped_parameters(op, params, grad: torch.Tensor | None = None) -> set[str]:
+    """The names of the trainable parameters (``params``, in ``op.names``' order) torch's next step skips:
+    those ``op``'s loss does not reach (:meth:`HessianOperator.unused_parameters`; across processes, those
+    reached on no rank's shard) whose ``.grad`` is None now. torch's step skips a parameter by its ``.grad``
+    alone: a ``.grad`` of zeros (``zero_grad(set_to_none=False)`` after a pass that reached it, or zeros
+    written by other code) is stepped (Adam: its count, its moments, coupled L2 ``wd theta``; SGD: its
+    decay), so its rows stay. Read at the call: measure where the step reads it, after ``backward`` and
+    before ``step`` (as :class:`~catapult.curvature.SharpnessTracker` and ``catapult train`` do). Asked only
+    where a parameter's gradient ``grad`` (``op``'s) is 0 throughout; none for operators that do not tell
+    (Gauss-Newton's). A skipped parameter's decay rows were counted (``wd / eps`` under Adam's coupled L2 at
+    a zero entry, beside a step whose sharpness was 1e-5 of that); a stepped one's were left out (49.86
+    for the step's 590.27, tests/test_unused_parameter_zero_grads.py)."""
     find, sizes = getattr(op, "unused_parameters", None), getattr(op, "sizes", None)
     if find is None or sizes is None:
         return set()
@@ -181,7 +187,8 @@ def unused_parameters(op, grad: torch.Tensor | None = None) -> set[str]:
     # (across processes: the union's gradient, alike on every rank, so every rank asks, or none)
     if not any(not bool(part.any()) for part in torch.split(grad, sizes)):
         return set()
-    return find()
+    unused = find()
+    return {name for name, p in zip(op.names, params) if name in unused and p.grad is None}
 
 
 def step_preconditioner(model, optimizer, op, scale_by_group_lr: bool = False):
@@ -217,7 +224,7 @@ def step_preconditioner(model, optimizer, op, scale_by_group_lr: bool = False):
     if not scale_by_group_lr:
         m = (m > 0).to(m.dtype)
     l2 = _sgd_decay_rows(optimizer, params, m)
-    if l2 is not None and (unused := unused_parameters(op)):   # their decay rows: the step skips them
+    if l2 is not None and (unused := skipped_parameters(op, params)):   # their decay rows: the step skips them
         m = torch.cat([torch.zeros(p.numel(), dtype=m.dtype) if name in unused else part
                        for name, p, part in zip(op.names, params, torch.split(m, [p.numel() for p in params]))])
         l2 = _sgd_decay_rows(optimizer, params, m)
@@ -237,7 +244,7 @@ def _radam_unrectified(optimizer, params, op=None) -> bool:
         return False
     from catapult.optim.thresholds import radam_step_scales
 
-    unused = set() if op is None else unused_parameters(op)   # (never stepped: their count is not the step's)
+    unused = set() if op is None else skipped_parameters(op, params)   # (not stepped: their count is not the step's)
     return not radam_step_scales(optimizer, params, skip={id(p) for n, p in zip(getattr(op, "names", ()), params)
                                                           if n in unused})
 

@@ -406,7 +406,10 @@ def preconditioned_sharpness(model: torch.nn.Module, loss_fn, batch,
     ``L + wd/2 ||theta||^2``; both are included (the operator becomes
     ``P^-1/2 (H + wd I) P^-1/2``). Decoupled weight decay (AdamW, GI-Adam) is not curvature and is
     left out. Parameters with ``requires_grad`` that belong to no param group are not moved by
-    the step and get ``P^-1 = 0``. ``scale_by_group_lr=True`` multiplies each group's block of
+    the step and get ``P^-1 = 0``, as do those the loss never reaches whose ``.grad`` is None at the call
+    (torch's step skips them; one whose ``.grad`` holds zeros, ``zero_grad(set_to_none=False)``, is stepped and
+    keeps its rows, e.g. ``wd / P`` under coupled L2: call where the step reads ``.grad``, after ``backward``).
+    ``scale_by_group_lr=True`` multiplies each group's block of
     ``P^-1`` by ``group["lr"] / param_groups[0]["lr"]`` (per-group lr multipliers, e.g. muP;
     while the first group moves nothing (lr 0, ``requires_grad=False``) and another moves, by ``group["lr"]``
     over the first moving group's, as :class:`catapult.SharpnessTracker` measures it and

@@ -346,8 +346,8 @@ def radam_step_scales(optimizer: torch.optim.Optimizer, params, skip=frozenset()
     own ``r_p``: the pre-conditioned operator carries ``r_p / r_ref`` (1 where the counts and
     ``beta2`` agree), so it is compared with that threshold as is.
 
-    ``skip``: ids of parameters the step leaves (the loss does not reach them: torch skips a
-    parameter without a gradient), left out of the check (``None`` for them).
+    ``skip``: ids of parameters the step leaves (the loss does not reach them and their ``.grad`` is
+    None: torch skips a parameter without a ``.grad``), left out of the check (``None`` for them).
 
     Raises:
         ValueError: when the next step is rectified for some of these parameters (or the
@@ -371,7 +371,7 @@ def radam_step_scales(optimizer: torch.optim.Optimizer, params, skip=frozenset()
         return torch_next_step(state["step"]) if isinstance(state, dict) and "step" in state else 1
 
     t_ref, b2_ref = radam_reference_step(optimizer)
-    # skip: ids of parameters the step leaves (no gradient: the loss does not reach them), as torch's does
+    # skip: ids of parameters the step leaves (.grad None: the loss does not reach them), as torch's does
     held = [(i, p, where[id(p)]) for i, p in enumerate(params) if id(p) in where and id(p) not in skip]
     own = [(i, next_step(p), float(g["betas"][1])) for i, p, g in held]
     ref_ok = radam_rectified(t_ref, b2_ref)
