@@ -180,3 +180,38 @@ def test_readme_commands_write_under_runs():
     # a placeholder (STORE, DIR, FILE) is the reader's own choice
     wrong = [(c, v) for c, v in outputs if not (v.startswith("runs/") or v.isupper())]
     assert not wrong, wrong
+
+
+def _agrees_to_its_digits(quoted: str, value: float) -> bool:
+    """``quoted`` is ``value`` rounded to the places it shows ('1100' of 1132, '46' of 46.18, '0.18' of 0.181)."""
+    places = len(quoted.split(".")[1]) if "." in quoted else len(quoted.rstrip("0")) - len(quoted)
+    return float(quoted) == round(value, places)
+
+
+def test_the_gmp_step_0_figures_are_the_recorded_ones():
+    """The Dynamic sparsity paragraph's figures for gmp's step 0 and its cost in the loss are
+    bench/RESULTS.md's measurements, to the digits quoted (stop 64: it said mean |.| 44-48x and
+    67-81x for the recorded 46.2-48.3 and 67.3-79.7, and 0.19 above SP's for 6.250 - 6.069)."""
+    results = (ROOT / "bench" / "RESULTS.md").read_text()
+    table = results.split("**gmp at step 0.**")[1].split("\n\n")[1]
+    rows = {r[0]: [tuple(map(float, c)) for c in re.findall(r"([\d.]+) \(([\d.]+)\)", r[1])]
+            for r in re.findall(r"^\| (1/\d+) \|(.*)\|$", table, flags=re.M)}
+    assert set(rows) == {"1/2", "1/8", "1/32"} and all(len(v) == 5 for v in rows.values()), rows
+    said = re.search(r"output (\d+)-(\d+)x\s+the mean square of the static-mask SμPar model, the attention and "
+                     r"MLP blocks (\d+)-(\d+)x \(mean \|\.\| (\d+)-(\d+)x;\s+(\d+)x at 1/2, (\d+)-(\d+)x at 1/8\)",
+                     README)
+    assert said, "the README no longer quotes gmp's step 0 as before"
+    layers = sorted(square for square, _ in rows["1/32"][:2])
+    blocks = sorted(square for square, _ in rows["1/32"][2:4])
+    block_means = sorted(mean for _, mean in rows["1/32"][2:4])
+    at_half = sorted(square for square, _ in rows["1/2"][2:4])
+    at_eighth = sorted(square for square, _ in rows["1/8"][2:4])
+    quoted, recorded = said.groups(), (*layers, *blocks, *block_means, at_half[0], *at_eighth)
+    assert all(_agrees_to_its_digits(q, v) for q, v in zip(quoted, recorded)), list(zip(quoted, recorded))
+    assert all(_agrees_to_its_digits("4", v) for v in at_half), at_half
+    # the cost in training: best validation loss at 1/16, SμPar against SP ("GMP instead of RigL")
+    gmp = results.split("#### GMP instead of RigL")[1].split("####")[0]
+    best = {p: float(re.search(rf"^\| {p} \| 1/16 \|.*?\*\*([\d.]+) ±", gmp, flags=re.M).group(1))
+            for p in ("SP", "SμPar")}
+    gap = re.search(r"SμPar's best validation loss at width\s+64 and 1/16 lies ([\d.]+) above SP's", README)
+    assert gap and _agrees_to_its_digits(gap.group(1), best["SμPar"] - best["SP"]), (gap, best)
