@@ -28,6 +28,19 @@ def test_a_progress_of_bad_steps_is_refused(args):
         schedules.decay_progress(*args)
 
 
+@pytest.mark.parametrize("args, key", [((3, -1, 8), "start"), ((3, 3, 10 ** 9 + 1), "total_steps")])
+def test_the_progress_bounds_are_a_start_from_0_and_at_most_max_steps(args, key):
+    """Mutation pass 20 (SB3, SB5): start -1 (a decay begun a step before step 0) and total_steps one past
+    arguments.MAX_STEPS are refused naming the argument; the bounds themselves are taken (start 0, total_steps
+    MAX_STEPS: the closed form clip((t - start)/(total - 1 - start), 0, 1))."""
+    from catapult.arguments import MAX_STEPS
+
+    with pytest.raises(ValueError, match=f"decay_progress.*{key}"):
+        schedules.decay_progress(*args)
+    assert schedules.decay_progress(3, 0, 8) == 3 / 7
+    assert schedules.decay_progress(5, 3, MAX_STEPS) == 2 / (MAX_STEPS - 4)
+
+
 def test_the_closed_forms_on_steps():
     T, k = 7, 1.7
     for t in range(12):
