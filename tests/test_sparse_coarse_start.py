@@ -145,6 +145,28 @@ def test_an_index_of_uint8_or_float_entries_is_refused_alike_on_dense_and_sparse
         assert torch.equal(sparse_rows(sparse, index).to_dense(), truth)
 
 
+@pytest.mark.parametrize("name", ["coo", "csr", "bsr", "csc batched"])
+def test_a_tuple_of_bools_is_a_mask_and_a_mask_of_two_dims_is_refused(name):
+    """Mutation pass 20 (SM3, SM4): a tuple of bools is a mask as a list is (SM3 read it as rows 1 and 0 on
+    sparse tensors); a 2-d bool mask with one row a sample is refused naming its shape, on dense and sparse
+    tensors alike (SM4 checked only its length). Truth: NumPy's boolean indexing of the dense array."""
+    x = torch.arange(40.0).view(10, 4) % 3
+    sparse, dense = _layouts(x)[name]
+    keep = np.zeros(10, dtype=bool)
+    keep[[2, 3, 6, 7]] = True
+    truth = torch.from_numpy(dense.numpy()[keep])
+    mask = tuple(keep.tolist())
+    assert torch.equal(sample_index(dense, mask), truth)
+    assert torch.equal(sample_index({"x": sparse}, mask)["x"].to_dense(), truth)
+    assert torch.equal(sparse_rows(sparse, mask).to_dense(), truth)
+    square = torch.from_numpy(np.stack([keep, keep], axis=1))
+    for tree in (dense, sparse):
+        with pytest.raises(ValueError, match=r"sample_index: a boolean mask of shape \(10, 2\) for 10 samples"):
+            sample_index(tree, square)
+    with pytest.raises(ValueError, match=r"sparse_rows: a boolean mask of shape \(10, 2\) for 10 samples"):
+        sparse_rows(sparse, square)
+
+
 def test_a_blocks_rows_with_blocks_that_are_not_square_and_cuts_that_run_past_the_rows():
     """(mutation pass 19) A block's rows are the values' dim 1, its columns dim 2 (SC9 took the
     columns: alike for the 2 x 2 blocks above); sample_rows cuts a sparse tensor as a slice cuts the
