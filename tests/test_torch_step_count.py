@@ -123,3 +123,22 @@ def test_counts_as_torch_adds_them():
     w.grad = torch.ones(1)
     opt.step()
     assert counted_step(opt, T - 1) == T - 1 and counted_step(opt, T + 9) == T
+
+
+def test_a_count_is_stepped_in_its_own_dtype_and_counted_to_that_dtypes_limit():
+    """Mutation pass 20 (SC6, SC7, SC8): ``step + 1`` is formed in the count's own dtype, whatever it is (a
+    float16 count stops at 2**11, float64's holds 2**24 + 1; SC8 formed it in Python floats for any dtype
+    but float32); counted_step stops at the dtype's own limit (float64: 2**53, not float32's 2**24: SC6), and
+    a state whose step is a plain number (an optimizer that counts in numbers) is counted as given (SC7 took
+    its .is_floating_point() and raised AttributeError). Truth: torch's own in-place add in each dtype."""
+    for dtype, n in ((torch.float16, 2.0 ** 11), (torch.float64, 2.0 ** 24), (torch.float32, 2.0 ** 24)):
+        count = torch.tensor(n, dtype=dtype)
+        count.add_(1)   # what torch's optimizers do to state["step"]
+        assert torch_next_step(torch.tensor(n, dtype=dtype)) == int(count.item())
+    assert torch_next_step(torch.tensor(2.0 ** 11, dtype=torch.float16)) == 2 ** 11
+    w = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([w])
+    opt.state[w]["step"] = torch.tensor(3.0, dtype=torch.float64)
+    assert counted_step(opt, T + 5) == T + 5 and counted_step(opt, 2 ** 53 + 8) == 2 ** 53
+    opt.state[w]["step"] = 3
+    assert counted_step(opt, T + 5) == T + 5
