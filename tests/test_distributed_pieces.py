@@ -242,3 +242,22 @@ def test_a_verdict_json_cannot_encode_still_reaches_every_rank():
     ranks = on_ranks(_verdict_json_cannot_encode)
     assert ranks[0] == ("ConfigError", [["data.root", "/data/part0.npy"]])      # rank 0's own error
     assert ranks[1] == ("ConfigError", [["data.root", "PurePosixPath('/data/part0.npy')"]])
+
+
+def _every_rank_failing(rank, world):
+    from catapult.engine import every_rank
+
+    def work():
+        raise ConfigError([("data.root", f"rank {rank}'s shard is missing")])
+    try:
+        every_rank.on_every_rank(work, True)
+        return None
+    except ConfigError as exc:
+        return [list(p) for p in exc.problems]
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
+def test_where_every_rank_fails_every_rank_raises_the_lowest_failing_ranks_error():
+    """Mutation pass 20 (EV3): where each rank's set-up step fails with its own error, every rank raises
+    the lowest failing rank's, rank 0's own there (EV3 took the highest: rank 0 raised rank 1's)."""
+    assert on_ranks(_every_rank_failing) == [[["data.root", "rank 0's shard is missing"]]] * 2
