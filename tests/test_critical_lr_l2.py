@@ -111,3 +111,17 @@ def test_the_delta_stop_is_relative_to_the_loss_not_to_the_loss_plus_decay():
     assert res.loss0 == 0.5
     assert res.lower <= 1.0 < res.lr <= bound
     assert res.lr == 1 + 2.0 ** -11           # the bisection of [1, 2] that first lands under the bound
+
+
+def test_the_delta_stop_of_a_negative_loss_is_a_rise_of_delta_times_its_size():
+    """Mutation pass 20 (CD3): ``L = 1/2 (x - 10)^2 - 5`` at ``x = 9`` under plain SGD: ``L0 = -4.5``, the step
+    ``u = -1`` gives ``L(lr) - L0 = (lr^2 - 2 lr) / 2``, so ``lr* = 2``, and the stop ``L(upper) - L0 <= delta |L0|``
+    bounds ``upper`` by the root of ``lr^2 - 2 lr = 2 delta |L0|``, ``1 + sqrt(1 + 0.9)``. (CD3's ``delta L0``,
+    negative here, accepted no rise at all.)"""
+    delta = 0.1
+    model = Scalar(9.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    res = critical_lr(model, lambda out, _: 0.5 * ((out - 10.0) ** 2).sum() - 5.0, BATCH, opt, lr_start=1 / 64,
+                      delta=delta)
+    assert res.loss0 == -4.5
+    assert res.lower <= 2.0 < res.lr <= 1 + (1 + 2 * delta * 4.5) ** 0.5
