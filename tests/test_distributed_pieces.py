@@ -261,3 +261,32 @@ def test_where_every_rank_fails_every_rank_raises_the_lowest_failing_ranks_error
     """Mutation pass 20 (EV3): where each rank's set-up step fails with its own error, every rank raises
     the lowest failing rank's, rank 0's own there (EV3 took the highest: rank 0 raised rank 1's)."""
     assert on_ranks(_every_rank_failing) == [[["data.root", "rank 0's shard is missing"]]] * 2
+
+
+def test_the_set_up_group_is_gloo_waiting_setup_timeout_connected_at_once_and_destroyed_on_exit(monkeypatch):
+    """Mutation pass 20 (EV4, EV5, EV6): setup_group asks for a gloo group whose collectives wait SETUP_TIMEOUT
+    (EV5: the default, 30 minutes with gloo, for a tokenisation of hours), meets every rank in a barrier on it at
+    once (its connections made while every rank is there; EV4 left them to the first collective), and destroys
+    it on exit, the default group left (EV6 kept it). One process: the calls, as torch.distributed receives them."""
+    import torch.distributed as dist
+
+    from catapult.curvature.distributed import single_process_group
+    from catapult.engine.every_rank import SETUP_TIMEOUT, setup_group
+
+    calls = []
+    new_group, barrier, destroy = dist.new_group, dist.barrier, dist.destroy_process_group
+
+    def spy_new_group(*args, **kwargs):
+        group = new_group(*args, **kwargs)
+        calls.append(("new_group", kwargs.get("backend"), kwargs.get("timeout"), group))
+        return group
+    monkeypatch.setattr(dist, "new_group", spy_new_group)
+    monkeypatch.setattr(dist, "barrier", lambda *a, **k: (calls.append(("barrier", k.get("group"))), barrier(*a, **k))[1])
+    monkeypatch.setattr(dist, "destroy_process_group",
+                        lambda group=None: (calls.append(("destroy", group)), destroy(group))[1])
+    with single_process_group():
+        with setup_group() as group:
+            assert calls[0][:3] == ("new_group", "gloo", SETUP_TIMEOUT) and calls[0][3] is group
+            assert calls[1:] == [("barrier", group)]
+        assert calls[2:] == [("destroy", group)] and dist.is_initialized()
+    assert SETUP_TIMEOUT.total_seconds() == 24 * 3600
