@@ -122,3 +122,19 @@ def test_search_keys_beside_a_linear_warmup_are_noted(tmp_path, capsys, command,
         assert f"catapult {command}: note: {noted} not used by schedule.warmup: linear, which runs no critical-lr " \
                f"search" in err, err
         assert err.count("note:") == 1, err
+
+
+def test_the_search_keys_note_of_one_key_a_key_set_to_0_and_no_command():
+    """Mutation pass 20 (SN3, SN4, SN6): search_keys_note with no command is catapult train's (SN3 took it as
+    critical-lr's: no note); a key set to 0 is set, not the default null (SN4 passed over 0); one key 'is not
+    used' and the search 'reads it', two 'are' and 'them' (SN6 said 'them' of one)."""
+    from catapult.cli.common import search_keys_note
+
+    base = {"warmup": "linear", "delta": None, "lr_start": None, "rtol": None}
+    assert search_keys_note(None, dict(base, delta=0.05)) == (
+        "catapult train: note: schedule.delta (0.05) is not used by schedule.warmup: linear, which runs no "
+        "critical-lr search (warmup: catapult or persistent reads it, as does catapult critical-lr)")
+    assert search_keys_note("train-ddp", dict(base, delta=0.0, rtol=0.1)) == (
+        "catapult train-ddp: note: schedule.delta (0), schedule.rtol (0.1) are not used by schedule.warmup: "
+        "linear, which runs no critical-lr search (warmup: catapult or persistent reads them, as does catapult "
+        "critical-lr)")
