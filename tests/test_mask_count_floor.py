@@ -85,3 +85,26 @@ def test_gmp_refuses_a_final_density_that_keeps_no_weight_of_a_matrix():
     for t in range(1, 5):
         updater.step(t)
     assert int(model[1].mask.sum()) == 1      # half a weight rounds up to one, as documented
+
+
+def test_no_entry_is_the_rounded_count_exact_nonzeros_floors_and_never_density_1():
+    """Mutation pass 20 (KE1, KE2): keeps_no_entry is True exactly where exact_nonzeros' rounded count
+    floor(density * numel + 0.5) is 0 (its floor of 1 then keeps an entry the density does not): 0.49999999999999994
+    of one entry rounds to 1 in float64 (0.49999999999999994 + 0.5 == 1.0), a kept entry, not refused (KE2's
+    density * numel < 0.5 refused it); density 1 keeps every entry, an empty matrix's too (KE1 refused a 0-entry
+    hidden layer at density 1). Truth: NumPy's float64 of the same rounding."""
+    import numpy as np
+    import torch.nn as nn
+
+    from catapult.parametrize_checks import check_masks
+    from catapult.sparsity.static import exact_nonzeros, keeps_no_entry
+
+    tie = 0.49999999999999994
+    assert tie < 0.5 and np.floor(np.float64(tie) + 0.5) == 1.0
+    assert not keeps_no_entry(1, tie) and exact_nonzeros(1, tie) == 1
+    for numel in (1, 3, 256, 4096):
+        for density in (tie / numel, 0.4 / numel, 0.5 / numel, 0.6 / numel, 1.0 / numel, 0.25, 1.0):
+            rounded = int(np.floor(np.float64(density) * numel + 0.5))
+            assert keeps_no_entry(numel, density) == (density < 1.0 and rounded == 0), (numel, density)
+    assert not keeps_no_entry(0, 1.0)
+    assert check_masks({"h": nn.Linear(0, 4)}, {"h": "hidden"}, 1.0) is None
