@@ -89,3 +89,17 @@ def test_a_branch_some_ranks_take_is_refused_on_every_rank_and_the_model_measure
             assert message.startswith(f"distributed=True on a model sharded by fully_shard: {expected}"), message
         assert converged and value == pytest.approx(truth, rel=1e-7)
     assert results[0][0] == results[1][0]   # the same error on both ranks
+
+
+def test_more_than_six_parameters_reached_unevenly_are_named_six_and_counted():
+    """Mutation pass 20 (BR3): the refusal names the first six parameters reached on some ranks but not all,
+    and says how many more (BR3 left the rest unsaid); those reached on every rank or none are not named."""
+    from catapult.curvature.sharded_reach import refuse_uneven_reach
+
+    names = [f"block{i}.weight" for i in range(9)] + ["head.weight", "unused.weight"]
+    with pytest.raises(ValueError) as refused:
+        refuse_uneven_reach(names, [1.0] * 9 + [3.0, 0.0], 3)
+    shown = ", ".join(f"'block{i}.weight' on 1" for i in range(6))
+    assert str(refused.value).startswith(f"distributed=True on a model sharded by fully_shard: the loss reaches "
+                                         f"{shown} (and 3 more) of the 3 ranks' shards (a branch some ranks take)")
+    assert "head.weight" not in str(refused.value) and "unused" not in str(refused.value)
