@@ -320,8 +320,13 @@ def _check_text_tokens(config: dict) -> Problems:
     low, high = BPE_VOCAB_SIZES
     unsized = data["vocab_size"] is None and data["tokenizer"] != "none"  # null: the shards' size, none only
     if unsized:
-        yield ("data.vocab_size", f"null (the size pre-tokenised shards state) is for data.tokenizer none; with "
-                                  f"{data['tokenizer']}: {_remove(DataConfig, 'vocab_size', 'data.vocab_size')}")
+        # "remove it (on the command line: data.vocab_size=4096)" for both: bpe needs a size, char reads none
+        default = _override(DataConfig, "vocab_size", "data.vocab_size")
+        yield ("data.vocab_size", "null (the size pre-tokenised shards state) is for data.tokenizer none; " + (
+            f"with bpe give the vocabulary's size, {low} to {high} (the key left out: {default.split('=')[1]}; "
+            f"on the command line: {default})" if data["tokenizer"] == "bpe" else
+            f"with {data['tokenizer']} the vocabulary is the text's characters and reads no size: leave the key "
+            f"out (on the command line: {default}, its default, which {data['tokenizer']} does not read)"))
     sized = not unsized and (data["tokenizer"] == "none" or low <= data["vocab_size"] <= high)
     if not sized and not unsized:  # a tokenizer's size (as the key's own bound said before sizes below 257 were taken)
         yield ("data.vocab_size", f"expected an integer >= {low} and <= {high} with data.tokenizer "
