@@ -215,3 +215,35 @@ def test_the_gmp_step_0_figures_are_the_recorded_ones():
             for p in ("SP", "SμPar")}
     gap = re.search(r"SμPar's best validation loss at width\s+64 and 1/16 lies ([\d.]+) above SP's", README)
     assert gap and _agrees_to_its_digits(gap.group(1), best["SμPar"] - best["SP"]), (gap, best)
+
+
+def test_the_supar_row_figures_are_the_recorded_ones():
+    """The SμPar paragraph's figures for rows with few live inputs (width 64, density 1/64) are
+    bench/RESULTS.md's "Coordinates at init" and "Rows" tables, to the digits quoted, so a rerun of
+    bench/supar_kept_density.py that changes the tables shows here (they agree at stop 64)."""
+    results = (ROOT / "bench" / "RESULTS.md").read_text()
+    section = results.split("## SμPar's density: counts, rows and gmp's step 0")[1].split("**gmp at step 0.**")[0]
+    cells = {}   # (width, density) -> [(mean |y| ratio, mean y^2 ratio)] for q/k/v, MLP in, attention, MLP
+    width = None
+    for line in section.splitlines():
+        if re.match(r"^\| (\*\*)?width (\d+)", line):
+            width = int(re.search(r"width (\d+)", line).group(1))
+        elif width and (row := re.match(r"^\| (1/\d+) \|(.*)\|$", line)):
+            cells[width, row.group(1)] = [tuple(map(float, c)) for c in
+                                          re.findall(r"([\d.]+) \[([\d.]+)\]", row.group(2))]
+    said = re.search(r"(\d+)% of those units have none at init: their mean \|output\| at init reads ([\d.]+)x\s+"
+                     r"\(q/k/v\) and ([\d.]+)x \(MLP\) their dense value, and the attention and MLP blocks' that "
+                     r"the coordinate check plots\s+([\d.]+)x and ([\d.]+)x, while the mean square of q/k/v and "
+                     r"the MLP's first matrix stays within ([\d.]+)%\s+\(q/k/v's mean\s+\|output\|: ([\d.]+)x at "
+                     r"1/32, ([\d.]+)x at 1/16, ([\d.]+)x at 1/8; at width 256, ([\d.]+)x at 1/64", README)
+    assert said, "the README no longer quotes the rows' figures as before"
+    none, qkv, mlp_in, attn, mlp, within, at32, at16, at8, at256 = said.groups()
+    rows = re.search(r"^\| 64 x 64 \| 1/64 \| 1 \| [\d.]+ \| ([\d.]+) \|", section, flags=re.M)
+    assert _agrees_to_its_digits(none, 100 * float(rows.group(1))), (none, rows.group(0))
+    sparsest = cells[64, "1/64"]
+    for quoted, (mean_abs, _) in zip((qkv, mlp_in, attn, mlp), sparsest):
+        assert _agrees_to_its_digits(quoted, mean_abs), (quoted, sparsest)
+    assert all(round(100 * abs(square - 1), 9) <= float(within) for _, square in sparsest[:2]), (within, sparsest)
+    for quoted, cell in ((at32, cells[64, "1/32"]), (at16, cells[64, "1/16"]), (at8, cells[64, "1/8"]),
+                         (at256, cells[256, "1/64"])):
+        assert _agrees_to_its_digits(quoted, cell[0][0]), (quoted, cell)
