@@ -247,3 +247,36 @@ def test_the_supar_row_figures_are_the_recorded_ones():
     for quoted, cell in ((at32, cells[64, "1/32"]), (at16, cells[64, "1/16"]), (at8, cells[64, "1/8"]),
                          (at256, cells[256, "1/64"])):
         assert _agrees_to_its_digits(quoted, cell[0][0]), (quoted, cell)
+
+
+def test_every_shipped_sparse_config_keeps_its_asked_density():
+    """The SμPar paragraph: the kept density 'is the asked density wherever density * numel is a whole
+    number (every shipped config: powers of two)'. Every (width, density) a config under configs/ trains
+    (its model, its sweep grid, its coordinate check's densities) gives each mask part of a GPT a whole
+    count, so a config added off that rule shows here."""
+    import yaml
+
+    from catapult.models import GPT
+
+    probe = 16   # mask shapes of a GPT at width 16, as multiples of the width (one block)
+    with torch.device("meta"):
+        model = GPT(8, d_model=probe, n_layers=1, n_heads=1, context=4, density=0.5)
+    shapes = [(name, m.mask.shape[0] / probe, m.mask.shape[1] / probe, 3 if name.endswith("qkv") else 1)
+              for name, m in model.named_modules() if getattr(m, "mask", None) is not None]
+    assert len(shapes) == 4, shapes
+    checked = []
+    for path in sorted((ROOT / "configs").rglob("*.yaml")):
+        config = yaml.safe_load(path.read_text())
+        if not isinstance(config, dict) or (config.get("model") or {}).get("name") != "gpt":
+            continue
+        grid = (config.get("sweep") or {}).get("grid") or {}
+        widths = grid.get("model.width", [config["model"].get("width", 128)])
+        densities = grid.get("model.density", [config["model"].get("density", 1.0)])
+        pairs = [(w, d) for w in widths for d in densities]
+        pairs += [(config["model"]["width"], d) for d in (config.get("coord_check") or {}).get("densities", [])]
+        for width, density in pairs:
+            for name, rows, cols, parts in shapes:
+                count = density * (rows * width) * (cols * width) / parts
+                assert count == round(count), (path.name, width, density, name, count)
+            checked.append((path.name, width, density))
+    assert len({name for name, _, _ in checked}) >= 10 and any(d < 1 for _, _, d in checked), checked
