@@ -7,6 +7,7 @@ vertices, on and off the grid, and a real sweep whose Adam lrs 2^-8 .. 2^-6 are 
 from __future__ import annotations
 
 import json
+import math
 
 import yaml
 
@@ -87,3 +88,24 @@ def test_an_optimum_beside_unfinished_cells_is_not_at_the_grid_s_end():
     assert edge_optima(middle) == []
     top = transfer_curves(pending(_cells({1.0: -1, 0.25: -6}), (-7, -6)), AXES, panel=None)
     assert edge_optima(top) == [(None, 1.0, "highest")]     # 2^-4, the grid's largest lr, finished and best
+
+
+def test_a_best_density_of_1_is_the_end_of_its_range_not_of_the_grid():
+    """``--x model.density``: the dense model best (density 1, the top of the grid) was named an
+    optimum at the grid's end that 'may lie beyond it', with the advice to 'extend the grid of
+    model.density' past 1, where no density lies. Density 1 is the optimum of the range, and the
+    drift through it a measurement; an optimum at the grid's lowest density is still named (a
+    sparser grid can go on)."""
+    axes = [{"key": "optimizer.lr", "values": [2.0**-6, 2.0**-5], "labels": ["2^-6", "2^-5"]},
+            {"key": "model.density", "values": [1.0, 0.5, 0.25], "labels": ["1", "0.5", "0.25"]}]
+    cells = []
+    for k, best in ((-6, 1.0), (-5, 0.25)):         # loss (log2 density - log2 best)^2: one best per lr
+        for rho in (1.0, 0.5, 0.25):
+            cells.append({"id": len(cells), "status": "finished", "lr_target": 2.0**k,
+                          "swept": {"optimizer.lr": 2.0**k, "model.density": rho},
+                          "test_loss": 1.0 + (math.log2(rho) - math.log2(best)) ** 2})
+    curves = transfer_curves(cells, axes, x="model.density", series="optimizer.lr", panel=None)
+    assert drift(curves) == {None: 2.0}                          # log2(1 / 0.25): measured, not bounded
+    assert edge_optima(curves) == [(None, 2.0**-5, "lowest")]    # 1 at density 1 is not named
+    note = edge_note(curves)
+    assert "(lowest)" in note and "(highest)" not in note

@@ -230,7 +230,8 @@ def edge_optima(curves: TransferCurves) -> list[tuple[Any, Any, str]]:
     where the best ``x`` may lie off the grid and
     :func:`drift` and :func:`shift` are no measurement of it (two series both at the top end drift
     0.0, "transfers", whatever their true optima). A failed (diverged) point beyond an optimum
-    brackets it.
+    brackets it, and so does the end of the key's range: a best ``model.density`` of 1 (dense) is
+    not named (no grid goes past it; "extend the grid" was advised there).
 
     Example:
         >>> c = TransferCurves("test_loss", "optimizer.lr", "model.density", None,
@@ -244,8 +245,12 @@ def edge_optima(curves: TransferCurves) -> list[tuple[Any, Any, str]]:
             xs = [x for x, _ in curves.curves[p][s]]
             lo, hi = curves.x_ends.get((p, s), (xs[0], xs[-1]))
             lo, hi = min(lo, xs[0]), max(hi, xs[-1])
-            if o is not None and o[0] in (lo, hi):
-                out.append((p, s, "lowest" if o[0] == lo else "highest"))
+            if o is None or o[0] not in (lo, hi):
+                continue
+            end = "lowest" if o[0] == lo else "highest"
+            if end == "highest" and curves.x_key == "model.density" and hi >= 1.0:
+                continue  # the dense model: no grid goes past density 1, so it is the optimum, not a bound
+            out.append((p, s, end))
     return out
 
 
