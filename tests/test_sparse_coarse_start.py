@@ -213,3 +213,28 @@ def test_distributed_shards_of_a_sparse_batch(layout):
     whole = catapult.sharpness(model, torch.nn.MSELoss(), (x, y)).value
     for value in on_ranks(_distributed, layout):
         assert value == pytest.approx(whole, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["coo", "csr", "bsr", "csc batched"])
+def test_a_list_of_floats_is_refused_and_a_tuple_is_rows_on_dense_and_sparse_tensors(name):
+    """A list of floats was truncated to rows on every layout ([2.7, 3.1, 6.0, 7.0]: rows 2, 3, 6, 7),
+    as a float tensor is refused; a tuple of rows was the entry t[2, 3] of a dense tensor (indexing
+    its dims) and rows 2, 3 of a sparse one. Truth: NumPy's integer indexing of the rows."""
+    x = torch.arange(40.0).view(10, 4) % 3
+    sparse, dense = _layouts(x)[name]
+    rows = [2, 3, 6, 7]
+    truth = torch.from_numpy(dense.numpy()[rows])
+    for index in ([2.7, 3.1, 6.0, 7.0], (2.0, 3.0, 6.0, 7.0)):
+        for tree in (dense, sparse):
+            with pytest.raises(ValueError, match=r"sample_index: an index of dtype .*float"):
+                sample_index(tree, index)
+        with pytest.raises(ValueError, match=r"sparse_rows: an index of dtype .*float"):
+            sparse_rows(sparse, index)
+    for index in (tuple(rows), (3, 2), (7, 6)):
+        want = torch.from_numpy(dense.numpy()[list(index)])
+        assert torch.equal(sample_index(dense, index), want)
+        assert torch.equal(sample_index(sparse, index).to_dense(), want)
+        assert torch.equal(sparse_rows(sparse, index).to_dense(), want)
+    assert torch.equal(sample_index(dense, list(rows)), truth)
+    empty = (0, *dense.shape[1:])                          # no rows: [] is not a float index
+    assert sample_index(dense, []).shape == sample_index(sparse, []).shape == empty

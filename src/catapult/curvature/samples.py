@@ -93,11 +93,11 @@ def sample_rows(tree, start: int, stop: int):
 def sample_index(tree, index):
     """Samples ``index`` of nested inputs or targets (see :func:`sample_count`): every tensor with a
     dim 0 indexed there, contiguous, everything else as it is. ``index``: a list or 1-d integer
-    tensor of rows (in that order, repeats allowed: a copy), a ``slice`` (rows every ``step``-th:
+    tensor of rows (in that order, repeats allowed: a copy; a tuple is a list), a ``slice`` (rows every ``step``-th:
     copied where they are not contiguous), or a boolean mask (a list or 1-d tensor of bools, one a
     sample: the rows where it is true, as ``t[mask]`` reads it) -- the same rows for dense and
-    sparse tensors (a mask of another length is a ValueError, as is a tensor or array of uint8 or
-    float entries: torch reads uint8 as a mask, NumPy as rows).
+    sparse tensors (a mask of another length is a ValueError, as is a tensor, array or list of uint8 or
+    float entries: torch reads uint8 as a mask, NumPy as rows; floats were truncated to rows).
 
     >>> sample_index({"ids": torch.arange(6).view(3, 2), "flag": True}, [2, 0])
     {'ids': tensor([[4, 5],
@@ -110,6 +110,8 @@ def sample_index(tree, index):
     mask = _mask_or_none(index)
     if mask is None:
         _refuse_row_dtype(index, "sample_index")
+    if isinstance(index, tuple):   # rows, as a list: t[(0, 1)] is the entry t[0, 1] of a dense tensor, rows 0, 1 of a sparse one
+        index = list(index)
     if mask is not None:
         def pick(t):
             return t[_mask_rows(mask, int(t.shape[0]), "sample_index").to(t.device)]
@@ -159,7 +161,10 @@ def _refuse_row_dtype(index, where: str) -> None:
     float tensor was torch's IndexError on dense tensors and truncated to rows on sparse ones."""
     if torch.is_tensor(index):
         dtype = index.dtype
-    elif hasattr(index, "__array__") and hasattr(index, "dtype"):
+    elif isinstance(index, (list, tuple)) or (hasattr(index, "__array__") and hasattr(index, "dtype")):
+        # a list of floats too: [0.7, 2.9] was rows 0 and 2 on either layout (torch truncates it as NumPy did)
+        if isinstance(index, (list, tuple)) and not index:
+            return                                    # no rows (torch.as_tensor([]) is float)
         try:
             dtype = torch.as_tensor(index).dtype
         except (TypeError, ValueError, RuntimeError):   # (an object array: indexing says what is wrong)
