@@ -74,3 +74,36 @@ def test_one_moving_group_behind_a_frozen_one_is_the_hessian(freeze_by):
     est = lr_scaled_sharpness(model, torch.nn.MSELoss(), batch, opt, tol=1e-10, max_iter=50)
     assert est.value == pytest.approx(truth, rel=1e-8)
     assert instability_threshold(opt) == pytest.approx(2 / 0.05 - 0.02, rel=1e-12)
+
+
+@pytest.mark.parametrize("freeze_by", ["requires_grad", "lr_mult"])
+def test_a_warmup_from_0_is_relative_to_the_group_that_moves_next(freeze_by):
+    """Every group at lr 0 (a warmup from 0) with the body frozen first: the multipliers were the
+    lr_mults over the body's (frozen by requires_grad=False: 0.5 and 0.25 for the head's 1 and 0.5
+    from the next step on; frozen by lr_mult 0: every ratio 1), so the step-0 row measured another
+    operator than the rows after it. Truth: the lrs the steps apply, lr_i / lr_head (by hand), and
+    the dense Hessian's ``eigvalsh`` of ``M^1/2 H M^1/2``."""
+    model, _, batch, head = _setup([0.05], "lr")
+    body = model[0]
+    if freeze_by == "lr_mult":
+        body.requires_grad_(True)
+
+    def optimizer(scale, mults):
+        groups = [{"params": list(body.parameters()), "lr_mult": 1.0 if freeze_by == "requires_grad" else 0.0}]
+        groups += [{"params": [p], "lr_mult": m} for p, m in zip((head.weight, head.bias), mults)]
+        for g in groups:
+            g["lr"] = 0.1 * scale * g["lr_mult"]
+        return torch.optim.SGD(groups)
+
+    params = [head.weight, head.bias]
+    for mults in ((0.5, 0.25), (0.5, 0.5)):
+        warm, cold = optimizer(1.0, mults), optimizer(0.0, mults)
+        assert reference_group(cold) is cold.param_groups[1]
+        m = np.array([1.0, 1.0, 1.0, mults[1] / mults[0]])
+        assert group_lr_multipliers(cold, params).tolist() == group_lr_multipliers(warm, params).tolist() == m.tolist()
+        kind = "hessian" if mults[0] == mults[1] else "lr_scaled"
+        assert unpreconditioned_kind(cold, params) == unpreconditioned_kind(warm, params) == kind
+        dense = np.sqrt(m)[:, None] * _dense_hessian(model, head, batch) * np.sqrt(m)[None, :]
+        truth = float(np.linalg.eigvalsh(dense)[-1])
+        est = lr_scaled_sharpness(model, torch.nn.MSELoss(), batch, cold, tol=1e-10, max_iter=50)
+        assert est.value == pytest.approx(truth, rel=1e-8)

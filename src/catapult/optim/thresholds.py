@@ -79,7 +79,8 @@ def group_moves(group: Mapping[str, Any]) -> bool:
 
 def reference_group(optimizer: torch.optim.Optimizer) -> Mapping[str, Any]:
     """The param group a threshold is of: the first that moves (:func:`group_moves`), else (every
-    group at lr 0, a warmup from 0) the first. A part frozen by lr 0 or ``requires_grad=False``
+    group at lr 0, a warmup from 0) the first that a positive lr would move (a trainable parameter
+    and an ``lr_mult`` > 0: the reference of the steps that follow), else the first. A part frozen by lr 0 or ``requires_grad=False``
     listed first is passed over alike (only lr 0 was: a first group frozen by ``requires_grad=False``
     at lr 0.1 beside the head's 0.05 was the reference of the multipliers). The one reference of
     :func:`group_lr_multipliers`, :func:`catapult.instability_threshold`'s defaults and the
@@ -91,7 +92,13 @@ def reference_group(optimizer: torch.optim.Optimizer) -> Mapping[str, Any]:
         0.05
     """
     groups = optimizer.param_groups
-    return next((g for g in groups if group_moves(g)), groups[0])
+    moving = next((g for g in groups if group_moves(g)), None)
+    if moving is not None:
+        return moving
+    # every group at lr 0 (a warmup from 0): the first a positive lr moves, the one that is the reference
+    # from the next step on (the first group, frozen by requires_grad=False or lr_mult 0, was it at step 0)
+    return next((g for i, g in enumerate(groups)
+                 if any(p.requires_grad for p in g["params"]) and group_lr_mult(g, i) > 0), groups[0])
 
 
 def group_lr_multipliers(optimizer: torch.optim.Optimizer, params) -> torch.Tensor:
@@ -101,7 +108,8 @@ def group_lr_multipliers(optimizer: torch.optim.Optimizer, params) -> torch.Tens
     another group moves (lr 0 or ``requires_grad=False``: a frozen part listed first), relative to the
     first group that moves (:func:`reference_group`), as :class:`catapult.SharpnessTracker` and
     :func:`catapult.instability_threshold` take it (the frozen groups get 0); while every
-    group is at lr 0 (a schedule at 0) the ratios ``lr_mult_i / lr_mult_0`` when the groups carry
+    group is at lr 0 (a schedule at 0) the ratios ``lr_mult_i / lr_mult_0`` of the group a positive
+    lr moves first (:func:`reference_group`: the steps that follow are relative to it) when the groups carry
     ``lr_mult``, else 1; 0 for a parameter no group holds (the step does not move it).
 
     Example (the first group frozen at lr 0: the group at 0.1 is the reference):
@@ -111,11 +119,13 @@ def group_lr_multipliers(optimizer: torch.optim.Optimizer, params) -> torch.Tens
         [0.0, 1.0, 1.0]
     """
     groups = optimizer.param_groups
-    first = groups[0]
     where = {id(p): g for g in groups for p in g["params"]}
     # a frozen first group (lr 0 or requires_grad=False) beside one that moves: relative to the mover,
-    # as the tracker and instability_threshold take it (reference_group)
-    lr_0 = float(reference_group(optimizer)["lr"])
+    # as the tracker and instability_threshold take it (reference_group); every group at lr 0: relative to
+    # the one that moves from the next step on (the first group's lr_mult, of a part frozen by
+    # requires_grad=False, made the step-0 ratios another scale; one frozen by lr_mult 0 made them all 1)
+    first = reference_group(optimizer)
+    lr_0 = float(first["lr"])
 
     def rel(g) -> float:
         # the groups' own lrs first: lr_mult ratios were preferred, so groups whose lrs had been
