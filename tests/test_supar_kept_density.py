@@ -109,6 +109,24 @@ def test_gmp_corrects_for_the_count_it_prunes_to():
         assert _lr_mult_of(groups, layer.weight) == pytest.approx(1 / kept, rel=1e-12)
 
 
+def test_gpt_masks_sparser_than_density_are_refused():
+    """GPT(density=0.5, mask_density=0.25) drew masks keeping 0.25 (nothing grows them: gmp prunes down to
+    density, rigl keeps the count) and corrected SμPar's hidden init and lr for 0.5's count: lr_mult 2.0
+    for the 4.0 of the count its masks keep. Now a ValueError naming mask_density; values outside (0, 1]
+    are GPT's mask_density ValueError (they were random_mask's density). Truth: the masks' count."""
+    kwargs = dict(d_model=12, n_layers=1, n_heads=2, context=4, parametrization="supar", mask_seed=0)
+    with pytest.raises(ValueError, match=r"GPT mask_density \(0\.25\) is below density \(0\.5\)"):
+        GPT(11, density=0.5, mask_density=0.25, **kwargs)
+    for bad in (2.0, 0.0, "x"):
+        with pytest.raises(ValueError, match=r"GPT mask_density must be a finite number in \(0, 1\]"):
+            GPT(11, density=0.5, mask_density=bad, **kwargs)
+    model = GPT(11, density=0.25, mask_density=0.25, **kwargs)   # as asked: m_rho of the count it keeps
+    groups = catapult.param_groups(model, 1.0, "adam")
+    for layer in _hidden(model):
+        kept = int(layer.mask.sum()) / layer.mask.numel()
+        assert _lr_mult_of(groups, layer.weight) == pytest.approx(1 / kept, rel=1e-12)
+
+
 def test_parametrize_hidden_lr_and_init_follow_the_count():
     class Net(torch.nn.Module):
         def __init__(self):

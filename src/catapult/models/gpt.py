@@ -198,6 +198,14 @@ class GPT(nn.Module):
             raise ValueError(f"GPT activation must be one of {sorted(ACTIVATIONS)}; "
                              f"got {activation!r}")
         check_densities("GPT", density, base_density)
+        if mask_density is not None:  # refused as random_mask's density, and one below density was taken
+            mask_density = check_real("GPT", "mask_density", mask_density, low=0.0, high=1.0, low_open=True)
+            if mask_density < float(density):
+                # its masks keep fewer weights than density's count, which SμPar corrects for: gmp prunes
+                # down to density and rigl keeps the count, so nothing brings them there (0.25 for 0.5: 0.5x)
+                raise ValueError(f"GPT mask_density ({mask_density:g}) is below density ({float(density):g}): masks "
+                                 "start at mask_density and are pruned down to density (gmp), never grown; use "
+                                 "mask_density >= density (1.0 for gmp's dense start) or leave it None")
         check_seed("GPT", "mask_seed", mask_seed)
         init_std = check_std("GPT", "init_std", init_std)  # init_std**2 raised OverflowError above 1.3e154
         dropout = _check_dropout("GPT", dropout)
