@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from catapult import SharpnessTracker, instability_threshold
-from catapult.optim.thresholds import radam_reference_step
+from catapult.optim.thresholds import radam_reference_step, radam_step_kind
 
 LR, B1 = 1e-3, 0.9
 
@@ -63,3 +63,27 @@ def test_with_every_part_frozen_the_reference_is_the_largest_count():
     model, _, opt = _fine_tune()
     model.requires_grad_(False)
     assert radam_reference_step(opt) == (11, 0.999)
+
+
+def test_a_body_frozen_by_lr_0_counts_on_and_is_not_the_reference_step():
+    """A body frozen by lr 0 (its own group, still requiring grad) counts its steps on from its training
+    (10, then 11 beside the new head's 1), while the head's next step, torch's step 2, is un-rectified.
+    The reference step was the largest count over every parameter that requires grad: 12, rectified,
+    so instability_threshold gave 1 / r_12 = 17.3x the step's threshold (S) and the kind 'preconditioned'.
+    Truth: torch's own count of the head and rho_2 = 1999 - 4 (0.999^2) / (1 - 0.999^2) < 5."""
+    model, batch, opt = _fine_tune()
+    model[0].requires_grad_(True)
+    body, head = list(model[0].parameters()), list(model[2].parameters())
+    opt.param_groups[0]["params"] = body
+    opt.param_groups[0]["lr"] = 0.0                # the body frozen by lr 0
+    opt.add_param_group({"params": head, "lr": LR})
+    opt.zero_grad()
+    torch.nn.functional.mse_loss(model(batch[0]), batch[1]).backward()
+    opt.step()
+    assert [int(opt.state[p]["step"]) for p in (body[0], head[0])] == [11, 1]
+    t = int(opt.state[head[0]]["step"]) + 1
+    rho = 2 / (1 - 0.999) - 1 - 2 * t * 0.999**t / (1 - 0.999**t)
+    assert t == 2 and rho < 5                       # un-rectified: EMA-momentum SGD
+    assert radam_reference_step(opt) == (2, 0.999)
+    assert radam_step_kind(opt, radam_reference_step(opt)[0]) == "hessian"
+    assert instability_threshold(opt) == pytest.approx((2 + 2 * B1) / ((1 - B1) * LR), rel=1e-12)

@@ -323,7 +323,8 @@ def radam_reference_step(optimizer: torch.optim.Optimizer) -> tuple[int, float]:
     (as torch adds it, :func:`~catapult.optim.step_count.torch_next_step`: a float32 count stops at
     ``2**24``, and torch's update takes its ``r_t`` there) of the parameters that require grad (those the step can move: a part frozen by
     ``requires_grad=False`` keeps the counts its training left, and its larger count made a fine-tuned
-    head's un-rectified step 1 the rectified step 11; all of them where none requires grad) and the
+    head's un-rectified step 1 the rectified step 11; of the groups that move, :func:`group_moves`, where
+    one does: a part frozen by lr 0 counts on; all of them where none requires grad) and the
     ``beta2`` of :func:`reference_group` (the first group that moves, as the threshold's ``lr`` and ``b1``: a
     body frozen first at ``beta2`` 0.99 beside a head at 0.999 made the pre-conditioned operator's rows
     ``r_head / r_body`` = 0.32x the step's). The pre-conditioned operator's rows are relative to
@@ -338,7 +339,10 @@ def radam_reference_step(optimizer: torch.optim.Optimizer) -> tuple[int, float]:
         (3, 0.99)
     """
     held = [p for g in optimizer.param_groups for p in g["params"]]
-    movable = [p for p in held if p.requires_grad] or held
+    # those a step moves (group_moves): a body frozen by lr 0 still counts its steps (it has gradients), and
+    # its count (its earlier training's) made a fine-tuned head's un-rectified step 2 the rectified step 102
+    movable = ([p for g in optimizer.param_groups if group_moves(g) for p in g["params"] if p.requires_grad]
+               or [p for p in held if p.requires_grad] or held)
     states = (optimizer.state.get(p) for p in movable)
     # torch's own next count (float32: it stops at 2**24, and its update's r_t reads that), not step + 1
     steps = [torch_next_step(st["step"]) for st in states if isinstance(st, dict) and "step" in st]
