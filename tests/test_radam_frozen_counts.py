@@ -87,3 +87,7 @@ def test_a_body_frozen_by_lr_0_counts_on_and_is_not_the_reference_step():
     assert radam_reference_step(opt) == (2, 0.999)
     assert radam_step_kind(opt, radam_reference_step(opt)[0]) == "hessian"
     assert instability_threshold(opt) == pytest.approx((2 + 2 * B1) / ((1 - B1) * LR), rel=1e-12)
+    # a warmup from 0 (every group at lr 0) with the body frozen by lr_mult 0: the head's count still
+    for group, mult in zip(opt.param_groups, (0.0, 1.0)):
+        group["lr"], group["lr_mult"] = 0.0, mult
+    assert radam_reference_step(opt) == (2, 0.999) and radam_step_kind(opt, 2) == "hessian"

@@ -341,7 +341,10 @@ def radam_reference_step(optimizer: torch.optim.Optimizer) -> tuple[int, float]:
     held = [p for g in optimizer.param_groups for p in g["params"]]
     # those a step moves (group_moves): a body frozen by lr 0 still counts its steps (it has gradients), and
     # its count (its earlier training's) made a fine-tuned head's un-rectified step 2 the rectified step 102
-    movable = ([p for g in optimizer.param_groups if group_moves(g) for p in g["params"] if p.requires_grad]
+    # every group at lr 0 (a warmup from 0): those a positive lr moves (lr_mult > 0), as reference_group
+    groups = ([g for g in optimizer.param_groups if group_moves(g)]
+              or [g for i, g in enumerate(optimizer.param_groups) if group_lr_mult(g, i) > 0])
+    movable = ([p for g in groups for p in g["params"] if p.requires_grad]
                or [p for p in held if p.requires_grad] or held)
     states = (optimizer.state.get(p) for p in movable)
     # torch's own next count (float32: it stops at 2**24, and its update's r_t reads that), not step + 1
