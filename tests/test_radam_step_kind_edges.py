@@ -4,6 +4,7 @@ RAdam's step t is rectified once rho_t = rho_inf - 2 t b2^t / (1 - b2^t) > 5, rh
 beta1 plays no part."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from catapult.optim.thresholds import group_decays, radam_reference_step, radam_step_kind, unpreconditioned_kind
@@ -68,3 +69,25 @@ def test_the_reference_step_is_the_largest_count_plus_one_at_the_first_groups_be
     opt.step(), opt.step(), opt.step()                  # b: 3 steps
     assert [int(float(opt.state[p]["step"])) for p in (a, b)] == [1, 3]
     assert radam_reference_step(opt) == (4, 0.99)
+
+
+def test_a_parameter_with_no_state_yet_takes_its_first_step():
+    """Mutation pass 20 (TH14): a parameter RAdam has not stepped yet (no state: added after the others' steps,
+    or no gradient so far) takes step 1 next, un-rectified: beside one at its 3rd step (un-rectified too) the
+    scales are [] (one EMA-momentum SGD threshold); beside one at its 9th (rectified) the step is refused naming
+    parameter 1 'its own step 1'. (TH14 counted it at 0: radam_rho(0) divides by 1 - b2^0 = 0.)"""
+    from catapult.optim.thresholds import radam_step_scales
+
+    for steps, rectified in ((2, False), (8, True)):
+        a, b = torch.zeros(1, requires_grad=True), torch.zeros(1, requires_grad=True)
+        opt = torch.optim.RAdam([a, b])
+        for _ in range(steps):
+            a.grad = torch.ones(1)
+            opt.step()
+        assert b not in opt.state or "step" not in opt.state[b]
+        if not rectified:
+            assert radam_step_scales(opt, [a, b]) == []
+        else:
+            with pytest.raises(ValueError, match=r"un-rectified for parameter 1 \(its own step 1\) and rectified "
+                                                 r"at step 9"):
+                radam_step_scales(opt, [a, b])
