@@ -108,3 +108,20 @@ def test_no_entry_is_the_rounded_count_exact_nonzeros_floors_and_never_density_1
             assert keeps_no_entry(numel, density) == (density < 1.0 and rounded == 0), (numel, density)
     assert not keeps_no_entry(0, 1.0)
     assert check_masks({"h": nn.Linear(0, 4)}, {"h": "hidden"}, 1.0) is None
+
+
+def test_gmp_counts_the_floor_per_part_of_a_fused_matrix_and_for_a_one_weight_layer():
+    """Mutation pass 20 (KE8, KE10): a fused matrix (catapult_mask_parts = 3: Q, K and V masked apart) keeps
+    round(d * numel / 3) weights a part, so final_density 0.05 of a 6x4 weight (1.2 weights of 24, but 0.4 of each
+    part of 8) is refused naming its 3 parts (KE8 counted the whole matrix); a 1x1 layer at 0.3 keeps no weight
+    (KE10 exempted one-weight parts). final_density 0.07 (0.56 of a part) is taken."""
+    fused = sparsify_(torch.nn.Linear(4, 6), 1.0)
+    fused.catapult_mask_parts = 3
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), fused, torch.nn.Linear(6, 2))
+    with pytest.raises(ValueError, match=r"^gmp final_density 0.05 keeps round\(0.05 \* 8\) = 0 weights of '1' "
+                                         r"\(\(6, 4\), each of 3 parts\)"):
+        MaskUpdater(model, "gmp", final_density=0.05, update_every=1, end_step=4)
+    assert MaskUpdater(model, "gmp", final_density=0.07, update_every=1, end_step=4).layers
+    tiny = torch.nn.Sequential(torch.nn.Linear(3, 1), sparsify_(torch.nn.Linear(1, 1), 1.0), torch.nn.Linear(1, 2))
+    with pytest.raises(ValueError, match=r"^gmp final_density 0.3 keeps round\(0.3 \* 1\) = 0 weights of '1' "):
+        MaskUpdater(tiny, "gmp", final_density=0.3, update_every=1, end_step=4)
