@@ -103,3 +103,20 @@ def test_more_than_six_parameters_reached_unevenly_are_named_six_and_counted():
     assert str(refused.value).startswith(f"distributed=True on a model sharded by fully_shard: the loss reaches "
                                          f"{shown} (and 3 more) of the 3 ranks' shards (a branch some ranks take)")
     assert "head.weight" not in str(refused.value) and "unused" not in str(refused.value)
+
+
+def test_a_tied_parameter_in_use_is_noted_by_its_first_name():
+    """Mutation pass 20 (BR9): parameters_in_use names a tied parameter by its first name in
+    model.named_parameters() (the name the operator's reach flags are of), whichever module uses it, and keeps
+    the first note (BR9 noted the calling module's own alias, 'decoder.weight', which no flag is of). One process."""
+    from catapult.curvature.sharded_reach import parameters_in_use
+
+    model = nn.ModuleDict({"encoder": nn.Linear(3, 3, bias=False), "decoder": nn.Linear(3, 3, bias=False)})
+    model["decoder"].weight = model["encoder"].weight
+    assert [n for n, _ in model.named_parameters()] == ["encoder.weight"]
+    for order in (["decoder"], ["encoder", "decoder"]):
+        found = {}
+        with parameters_in_use(model, found):
+            for name in order:
+                model[name](torch.zeros(1, 3))
+        assert found == {id(model["encoder"].weight): "encoder.weight"}, order
