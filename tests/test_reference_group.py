@@ -107,3 +107,13 @@ def test_a_warmup_from_0_is_relative_to_the_group_that_moves_next(freeze_by):
         truth = float(np.linalg.eigvalsh(dense)[-1])
         est = lr_scaled_sharpness(model, torch.nn.MSELoss(), batch, cold, tol=1e-10, max_iter=50)
         assert est.value == pytest.approx(truth, rel=1e-8)
+
+
+def test_with_no_group_moving_the_reference_is_the_first():
+    """Mutation pass 20 (TH5): every group at lr 0 (a warmup from 0): the reference is the first group, as
+    documented (TH5 took the last); the multipliers are then the lr_mult ratios to the first's."""
+    a, b = torch.zeros(1, requires_grad=True), torch.zeros(2, requires_grad=True)
+    opt = torch.optim.SGD([{"params": [a], "lr": 0.0, "momentum": 0.9, "lr_mult": 1.0},
+                           {"params": [b], "lr": 0.0, "momentum": 0.5, "lr_mult": 0.25}], lr=0.0)
+    assert reference_group(opt) is opt.param_groups[0]
+    assert group_lr_multipliers(opt, [a, b]).tolist() == [1.0, 0.25, 0.25]
