@@ -142,3 +142,12 @@ def test_a_count_is_stepped_in_its_own_dtype_and_counted_to_that_dtypes_limit():
     assert counted_step(opt, T + 5) == T + 5 and counted_step(opt, 2 ** 53 + 8) == 2 ** 53
     opt.state[w]["step"] = 3
     assert counted_step(opt, T + 5) == T + 5
+
+
+def test_an_integer_tensor_count_is_counted_as_given():
+    """Mutation pass 20 (SC4): a state whose step is an integer tensor (no float limit: an optimizer that
+    counts in int64) is counted as given (SC4 asked torch.finfo of int64: TypeError)."""
+    w = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([w])
+    opt.state[w]["step"] = torch.tensor(3)
+    assert counted_step(opt, T + 5) == T + 5 and counted_step(opt, 2 ** 60) == 2 ** 60
