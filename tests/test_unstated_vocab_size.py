@@ -89,3 +89,12 @@ def test_null_is_for_none_only():
 def test_the_shape_bound_of_an_unstated_size_is_the_largest_a_file_may_state():
     d = cfg.validate({"data": {"name": "text", "root": "r", "tokenizer": "none"}, "model": {"name": "gpt"}})["data"]
     assert data_shape_bounds(d)[1] == (64, MAX_TOKEN_IDS)
+
+
+def test_image_data_with_tokenizer_none_and_a_null_size_is_one_problem():
+    """Mutation pass 20 (UV6): digits with data.tokenizer none and data.vocab_size null is one problem, the
+    tokenizer, a text-data option (UV6 also named the null size, which is the key unstated with none)."""
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.validate({"data": {"name": "digits", "tokenizer": "none", "vocab_size": None}})
+    assert err.value.problems == [("data.tokenizer", "is a text-data option (data.name is 'digits'); remove it "
+                                                     "(on the command line: data.tokenizer=char)")]
