@@ -109,3 +109,19 @@ def test_a_best_density_of_1_is_the_end_of_its_range_not_of_the_grid():
     assert edge_optima(curves) == [(None, 2.0**-5, "lowest")]    # 1 at density 1 is not named
     note = edge_note(curves)
     assert "(lowest)" in note and "(highest)" not in note
+
+
+def test_the_edge_note_names_the_panel_and_a_one_point_curves_end():
+    """Mutation pass 20 (TE3, TE6): with a panel axis the note names each optimum's panel and series
+    ('width=64 density=0.5 (lowest)'; TE6 left the panel out, so two panels' series read alike); a curve of
+    one lr is at its lowest end (its first point; TE3 called it highest)."""
+    from catapult.plots.transfer import TransferCurves
+
+    curves = TransferCurves("test_loss", "optimizer.lr", "model.density", "model.width",
+                            {64: {0.5: [(0.1, 1.0), (0.2, 1.5)], 1.0: [(0.1, 2.0), (0.2, 1.5), (0.4, 1.8)]},
+                             128: {0.5: [(0.1, 1.0)]}})
+    assert edge_optima(curves) == [(64, 0.5, "lowest"), (128, 0.5, "lowest")]
+    assert edge_note(curves) == (
+        "the best optimizer.lr is at an end of the grid for width=64 density=0.5 (lowest); width=128 density=0.5 "
+        "(lowest): the optimum may lie beyond it, and the drift and shift through it are no measurement of it; "
+        "extend the grid of optimizer.lr")
