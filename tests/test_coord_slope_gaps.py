@@ -58,3 +58,16 @@ def test_a_real_run_that_overflows_at_one_width_is_named():
     assert math.isnan(coord_slopes(rows)[("logits", 0)])
     assert "| sp | width | logits | n/a (inf at width 32) |" in slope_table(rows)
     assert math.isfinite(coord_slopes(rows)[("hidden", 0)])
+
+
+def test_the_unfit_values_are_sorted_and_of_the_seeds_mean_and_the_cell_says_there_are_more():
+    """Mutation pass 20 (CU3, CU4, CU6, CU7): unfit_values lists the values in increasing order whatever the
+    rows' order (CU3 kept the rows' order), each with the mean over the seeds (seeds 1.0 and nan: nan, unfit;
+    CU4 took the largest seed, max(1.0, nan) = 1.0, and passed the value over); the slope table's cell names the
+    first three and '...' where there are more (CU6 dropped the '...', CU7 named one)."""
+    rows = _rows([(512, 0.0), (256, 0.0), (128, 0.0), (64, 0.0), (32, 1.0)])
+    rows += [dict(r, seed=s, mean_abs=a) for r in _rows([(16, 0.0)]) for s, a in ((0, 1.0), (1, math.nan))]
+    unfit = unfit_values(rows)[("mlp", 0)]
+    assert [v for v, _ in unfit] == [16.0, 64.0, 128.0, 256.0, 512.0]
+    assert math.isnan(unfit[0][1]) and all(mean == 0.0 for _, mean in unfit[1:])
+    assert "| supar | width | mlp | n/a (nan at width 16, 0 at width 64, 0 at width 128, ...) |" in slope_table(rows)
