@@ -120,3 +120,40 @@ def test_a_tied_parameter_in_use_is_noted_by_its_first_name():
             for name in order:
                 model[name](torch.zeros(1, 3))
         assert found == {id(model["encoder"].weight): "encoder.weight"}, order
+
+
+class BranchAtTheEnd(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.first, self.last, self.extra = nn.Linear(3, 4), nn.Linear(4, 2), nn.Linear(2, 2)
+
+    def forward(self, x):
+        h = self.last(torch.tanh(self.first(x)))
+        return self.extra(h) if x.shape[0] > 3 else h
+
+
+def branch_skipping_the_last_sharded_module(rank, world):
+    from torch.distributed.fsdp import fully_shard
+
+    torch.manual_seed(0)
+    model = BranchAtTheEnd().double()
+    x, y = torch.randn(7, 3, dtype=torch.float64), torch.randn(7, 2, dtype=torch.float64)
+    for module in (model.first, model.last, model.extra):
+        fully_shard(module)
+    fully_shard(model)
+    try:
+        catapult.sharpness(model, nn.MSELoss(), (x[ROWS[rank]], y[ROWS[rank]]), distributed=True)
+        return "no error"
+    except ValueError as err:
+        return str(err)
+
+
+def test_a_branch_skipping_the_last_sharded_module_is_refused_at_the_end_of_the_forward():
+    """Mutation pass 20 (BR7): rank 1's forward skips the last module with its own fully_shard ('extra'), so
+    it ends where rank 0 gathers 'extra': the agreement at the end of the forward refuses it on both ranks, the
+    same ValueError naming 'extra' and 'the end of the forward' (BR7 had no end agreement: rank 1 went on to
+    its next collective while rank 0 waited to agree on 'extra')."""
+    results = on_ranks(branch_skipping_the_last_sharded_module, timeout_s=60.0)
+    expected = ("distributed=True on a model sharded by fully_shard: the ranks' forwards call different sharded "
+                "modules, 'extra' on some ranks and 'the end of the forward' on others")
+    assert results[0] == results[1] and results[0].startswith(expected), results
