@@ -19,7 +19,9 @@ Families (float32 unless named): ``tanh`` and ``relu`` MLPs 32-128-128-10 after 
 (cross-entropy, 4096 samples), ``frelu`` the ReLU MLP calling ``F.relu`` (no ReLU module),
 ``relu64`` the ReLU MLP in float64, ``gpt`` the project's GPT
 (vocabulary 65, width 64, 2 layers, 4 heads, GELU) on 256 sequences of 32 tokens with per-sequence
-targets, ``cnn`` a tanh CNN (two 3x3 convolutions of 16 channels, 8x8 inputs, 1024 samples).
+targets, ``cnn`` a tanh CNN (two 3x3 convolutions of 16 channels, 8x8 inputs, 1024 samples), ``cnnmax``
+that CNN with ``nn.MaxPool2d(2)`` after each convolution, ``cnnamax`` with a global max over each
+channel (``x.amax(dim=(2, 3))``) after the second.
 
 With ``--ranks``: 2 gloo ranks on loopback (one thread each, contiguous halves of ``--n``
 samples, 8192 by default, where ``coarse_ranks.sub_batch_pays`` takes the sub-batch levels for the
@@ -28,7 +30,7 @@ MLPs), rank 0's CPU seconds.
 ``graph walk ms``: one walk of the loss's graph (``twice.graph_functions``, made at every operator
 build, where the kinked ops are now marked), median of 20, one process only.
 
-Usage:  OMP_NUM_THREADS=1 .venv/bin/python bench/bench_first_start.py [--problems tanh,relu,frelu,relu64,gpt,cnn] [--repeats 4] [--ranks] [--n N]
+Usage:  OMP_NUM_THREADS=1 .venv/bin/python bench/bench_first_start.py [--problems tanh,relu,frelu,relu64,gpt,cnn,cnnmax,cnnamax] [--repeats 4] [--ranks] [--n N]
 """
 from __future__ import annotations
 
@@ -87,7 +89,23 @@ def problem(name: str, n: int | None = None):
         n = n or 1024
         x, y = torch.randn(n, 3, 8, 8, generator=gen), torch.randint(0, 10, (n,), generator=gen)
         return _trained(model, x, y, F.cross_entropy), nn.CrossEntropyLoss(), (x, y)
+    if name in ("cnnmax", "cnnamax"):   # the tanh CNN with max-pooling: nn.MaxPool2d(2) after each convolution,
+        # or ("cnnamax") a global max over each channel's 8x8 map (x.amax(dim=(2, 3)), a reduction)
+        pool = name == "cnnmax"
+        model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.Tanh(), *([nn.MaxPool2d(2)] if pool else []),
+                              nn.Conv2d(16, 16, 3, padding=1), nn.Tanh(), nn.MaxPool2d(2) if pool else GlobalMax(),
+                              nn.Flatten(), nn.Linear(16 * 4 if pool else 16, 10))
+        n = n or 1024
+        x, y = torch.randn(n, 3, 8, 8, generator=gen), torch.randint(0, 10, (n,), generator=gen)
+        return _trained(model, x, y, F.cross_entropy), nn.CrossEntropyLoss(), (x, y)
     raise SystemExit(f"unknown problem {name!r}")
+
+
+class GlobalMax(nn.Module):
+    """Each channel's largest value (``x.amax(dim=(2, 3))``: a max reduction, no pooling module)."""
+
+    def forward(self, x):
+        return x.amax(dim=(2, 3))
 
 
 class FunctionalRelu(nn.Module):

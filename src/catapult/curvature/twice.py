@@ -239,12 +239,21 @@ class GraphScan(NamedTuple):
 #: in the first derivative) that :func:`graph_functions` marks ``kinked``: ``F.relu``/``nn.ReLU``,
 #: ``threshold``, ``hardtanh``/``relu6``, ``leaky_relu``, ``prelu``, ``rrelu``, ``hardswish``,
 #: ``hardsigmoid``, ``clamp``, ``abs``, two-tensor ``max``/``min`` (``maximum``, ``fmax``...),
-#: ``hardshrink``, ``softshrink``. Reductions (``x.max(dim)``, ``amax``) are not: most hold a
-#: softmax's or a log-sum-exp's shift, whose derivative cancels (a smooth loss). Torch 2.2.2 (our
-#: floor) names all of them alike (``clamp(min=tensor)`` ``ClampBackward0``, scalar bounds ``ClampBackward1``).
+#: ``hardshrink``, ``softshrink``; and max-pooling (``max_pool1d/2d/3d``, with indices or not,
+#: ``adaptive_max_pool1d/2d/3d``, ``fractional_max_pool2d/3d``, the 1d ones pooled as 2d), whose kink
+#: (where a window's largest entry changes) a float32 difference step crossed on a max-pool CNN
+#: (bench/bench_first_start.py ``cnnmax``: its level skipped, 0.244 s against 0.199 s from the sub-batch levels).
+#: Reductions (``x.max(dim)``, ``amax``, ``topk``, ``sort``) are not: most hold a softmax's or a
+#: log-sum-exp's shift, whose derivative cancels (a smooth loss), and where one is a kink (a global max
+#: over each channel, ``cnnamax``) trying the difference level first cost 1.5% there. Nor is ``torch.where`` (its
+#: condition, often a fixed mask, is not in the graph) or ``round``/``floor`` (zero gradient). Torch 2.2.2
+#: (our floor) names the elementwise ones alike (``clamp(min=tensor)`` ``ClampBackward0``, scalar bounds
+#: ``ClampBackward1``); the max-pool names are torch 2.13's (``torch._C._functions``).
 KINKED_NODES = frozenset({"Relu", "Threshold", "Hardtanh", "LeakyRelu", "Prelu", "PreluKernel", "RreluWithNoise",
                           "Hardswish", "Hardsigmoid", "Clamp", "ClampMin", "ClampMax", "Abs", "Maximum",
-                          "Minimum", "Fmax", "Fmin", "Hardshrink", "Softshrink"})
+                          "Minimum", "Fmax", "Fmin", "Hardshrink", "Softshrink", "MaxPool2D", "MaxPool2DWithIndices",
+                          "MaxPool3DWithIndices", "AdaptiveMaxPool2D", "AdaptiveMaxPool3D", "FractionalMaxPool2D",
+                          "FractionalMaxPool3D", "MkldnnMaxPool2D", "MkldnnMaxPool3D"})
 
 
 #: The ``grad_fn`` names of ``F.embedding`` and ``F.embedding_bag``, whose saved flags
