@@ -242,10 +242,11 @@ class GraphScan(NamedTuple):
 #: ``hardshrink``, ``softshrink``; and max-pooling (``max_pool1d/2d/3d``, with indices or not,
 #: ``adaptive_max_pool1d/2d/3d``, ``fractional_max_pool2d/3d``, the 1d ones pooled as 2d), whose kink
 #: (where a window's largest entry changes) a float32 difference step crossed on a max-pool CNN
-#: (bench/bench_first_start.py ``cnnmax``: its level skipped, 0.244 s against 0.199 s from the sub-batch levels).
+#: (bench/bench_first_start.py ``cnnmax``: its level skipped, 2 gradients lost, 14-18% of the call).
 #: Reductions (``x.max(dim)``, ``amax``, ``topk``, ``sort``) are not: most hold a softmax's or a
-#: log-sum-exp's shift, whose derivative cancels (a smooth loss), and where one is a kink (a global max
-#: over each channel, ``cnnamax``) trying the difference level first cost 1.5% there. Nor is ``torch.where`` (its
+#: log-sum-exp's shift, whose derivative cancels (a smooth loss): where one is a kink (a global max over
+#: each channel, ``cnnamax``) trying the difference level first cost 2-14% (two runs), where a smooth loss
+#: guessed kinked would lose 35-48% (the tanh CNN started at the sub-batch levels). Nor is ``torch.where`` (its
 #: condition, often a fixed mask, is not in the graph) or ``round``/``floor`` (zero gradient). Torch 2.2.2
 #: (our floor) names the elementwise ones alike (``clamp(min=tensor)`` ``ClampBackward0``, scalar bounds
 #: ``ClampBackward1``); the max-pool names are torch 2.13's (``torch._C._functions``).
