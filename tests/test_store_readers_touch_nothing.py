@@ -371,14 +371,28 @@ def test_a_damaged_wal_beside_its_shm_is_read_without_sqlites_ten_second_retries
 
 
 def _posix_locks_of_this_process(path: Path) -> list[str]:
-    """The kernel's table (``/proc/locks``) of POSIX locks this process holds on ``path``."""
-    inode = os.stat(path).st_ino
-    rows = [line.split() for line in Path("/proc/locks").read_text().splitlines()]
-    return [" ".join(r[1:]) for r in rows if "->" not in r[1] and r[1] == "POSIX" and int(r[4]) == os.getpid()
-            and r[5].endswith(f":{inode}")]
+    """The POSIX locks this process holds on ``path`` ("TYPE START END", by range): the "lock:" lines of
+    ``/proc/self/fdinfo`` for this process's descriptors on the file (device and inode), where the kernel
+    lists, read whole, the locks taken through each. Not ``/proc/locks``: it comes a page per read() while
+    other processes' locks come and go, so it can list a lock twice or not at all (under load, with many
+    locks held on the host)."""
+    wanted = os.stat(path)[1:3]   # (inode, device)
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.stat(f"/proc/self/fd/{fd}")[1:3] != wanted:
+                continue
+            info = Path(f"/proc/self/fdinfo/{fd}").read_text()
+        except OSError:   # closed since the listing
+            continue
+        for line in info.splitlines():   # "lock: 1: POSIX  ADVISORY  READ PID MAJ:MIN:INODE START END"
+            fields = line.split()
+            if fields[:1] == ["lock:"] and fields[2] == "POSIX":
+                found.add((int(fields[7]), fields[8], fields[4]))
+    return [f"{kind} {start} {end}" for start, end, kind in sorted(found)]
 
 
-@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="reads Linux's lock table")
+@pytest.mark.skipif(not Path("/proc/self/fdinfo").exists(), reason="reads Linux's lock lists")
 def test_a_reader_beside_a_driver_of_the_same_process_keeps_the_drivers_shm_lock(tmp_path):
     # the check for a damaged -wal read the -shm with open() and closed it: that dropped the
     # driver's read lock on its -shm (byte 128, SQLite's sign that a connection is open), after which
