@@ -155,8 +155,8 @@ def test_a_class_of_a_package_whose_name_starts_with_catapult_is_not_catapults_o
 def test_an_os_error_whose_parts_cannot_make_the_same_line_travels_as_its_line(original):
     """Mutation pass 20 (RE7, RE8, RE13): an OSError without errno/strerror carries no parts (RE7 sent
     [None, None, None]); a bytes filename is left out of the parts, so the verdict stays JSON (RE8 sent the
-    bytes: json.dumps raised on that rank alone); where the parts rebuild another line (a second filename,
-    os.rename's 'a' -> 'b'), the copy is the message as sent (RE13 returned the rebuilt one, without '-> b').
+    bytes: json.dumps raised on that rank alone); a second filename (os.rename's 'a' -> 'b') travels after
+    them and the copy prints the same line (RE13 returned a line without '-> b').
     Truth: the original's str and type, through a JSON round trip as between ranks."""
     import json
 
@@ -167,7 +167,8 @@ def test_an_os_error_whose_parts_cannot_make_the_same_line_travels_as_its_line(o
         assert verdict[2] is None
     else:
         assert verdict[2] == {"os_error": [original.errno, original.strerror,
-                                           original.filename if isinstance(original.filename, str) else None]}
+                                           original.filename if isinstance(original.filename, str) else None]
+                              + ([original.filename2] if original.filename2 is not None else [])}
 
 
 @pytest.mark.parametrize("message, key", [("'x'", "x"), ("(1, 'b')", (1, "b")), ("0x10", None), ("1.00", None),
