@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from proc_locks import posix_locks
 
 from catapult.cli import main
 from catapult.sweep.store import Store
@@ -371,25 +372,8 @@ def test_a_damaged_wal_beside_its_shm_is_read_without_sqlites_ten_second_retries
 
 
 def _posix_locks_of_this_process(path: Path) -> list[str]:
-    """The POSIX locks this process holds on ``path`` ("TYPE START END", by range): the "lock:" lines of
-    ``/proc/self/fdinfo`` for this process's descriptors on the file (device and inode), where the kernel
-    lists, read whole, the locks taken through each. Not ``/proc/locks``: it comes a page per read() while
-    other processes' locks come and go, so it can list a lock twice or not at all (under load, with many
-    locks held on the host)."""
-    wanted = os.stat(path)[1:3]   # (inode, device)
-    found = set()
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            if os.stat(f"/proc/self/fd/{fd}")[1:3] != wanted:
-                continue
-            info = Path(f"/proc/self/fdinfo/{fd}").read_text()
-        except OSError:   # closed since the listing
-            continue
-        for line in info.splitlines():   # "lock: 1: POSIX  ADVISORY  READ PID MAJ:MIN:INODE START END"
-            fields = line.split()
-            if fields[:1] == ["lock:"] and fields[2] == "POSIX":
-                found.add((int(fields[7]), fields[8], fields[4]))
-    return [f"{kind} {start} {end}" for start, end, kind in sorted(found)]
+    """The POSIX locks this process holds on ``path``, "TYPE START END" by range (tests/proc_locks)."""
+    return [f"{kind} {start} {end}" for start, end, kind in posix_locks(path)]
 
 
 @pytest.mark.skipif(not Path("/proc/self/fdinfo").exists(), reason="reads Linux's lock lists")

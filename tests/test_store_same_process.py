@@ -20,8 +20,9 @@ import pytest
 pytestmark = pytest.mark.skipif(not Path("/proc/self/fdinfo").exists() or not Path("/proc/self/fd").exists(),
                                 reason="reads the process's locks and descriptors from /proc (Linux)")
 
-_COMMON = textwrap.dedent('''
+_COMMON = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n" + textwrap.dedent('''
     import json, os, shutil, sqlite3, sys, threading
+    from proc_locks import posix_locks
     from pathlib import Path
     from catapult.sweep import store_file, store_raw
     from catapult.sweep.store import Store
@@ -40,27 +41,9 @@ _COMMON = textwrap.dedent('''
         store.close()
 
     def held_locks(suffix):
-        """The POSIX locks this process holds on the store's file ``suffix`` ("" the main file), in the
-        order of their byte ranges: the "lock:" lines of /proc/self/fdinfo for the descriptors of this
-        process on that file (device and inode), each the file's own lock list read whole, where the kernel
-        lists the locks taken through that descriptor by this process. Not /proc/locks: it comes a page per
-        read() while other processes' locks come and go, so it can list a lock of ours twice or not at all
-        (seen under CI load: 'db': ['READ', 'READ'])."""
-        wanted = os.stat(f"{path}{suffix}")[1:3]   # (inode, device)
-        found = set()
-        for fd in os.listdir("/proc/self/fd"):
-            try:
-                if os.stat(f"/proc/self/fd/{fd}")[1:3] != wanted:
-                    continue
-                with open(f"/proc/self/fdinfo/{fd}") as fh:
-                    info = fh.read()
-            except OSError:   # closed since the listing
-                continue
-            for line in info.splitlines():   # "lock: 1: POSIX  ADVISORY  READ PID MAJ:MIN:INODE START END"
-                fields = line.split()
-                if fields[:1] == ["lock:"] and fields[2] == "POSIX":
-                    found.add((int(fields[7]), fields[8], fields[4]))
-        return [kind for *_, kind in sorted(found)]
+        """The kinds of the POSIX locks this process holds on the store's file ``suffix`` ("" the main
+        file), by byte range (tests/proc_locks.py: not /proc/locks, read a page at a time)."""
+        return [kind for *_, kind in posix_locks(f"{path}{suffix}")]
 ''')
 
 _DRIVER_OPENS_MEANWHILE = _COMMON + textwrap.dedent('''
