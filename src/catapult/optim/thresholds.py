@@ -91,14 +91,17 @@ def reference_group(optimizer: torch.optim.Optimizer) -> Mapping[str, Any]:
         >>> reference_group(torch.optim.SGD([{"params": [a], "lr": 0.1}, {"params": [b], "lr": 0.05}]))["lr"]
         0.05
     """
+    return next(iter(_stepping_groups(optimizer)), optimizer.param_groups[0])
+
+
+def _stepping_groups(optimizer: torch.optim.Optimizer) -> list[Mapping[str, Any]]:
+    """The groups a step moves (:func:`group_moves`), or, every group at lr 0 (a warmup from 0), those a
+    positive lr would move (a trainable parameter and an ``lr_mult`` > 0): the steps that follow are of
+    them (a first group frozen by ``requires_grad=False`` or ``lr_mult`` 0 was the reference at step 0)."""
     groups = optimizer.param_groups
-    moving = next((g for g in groups if group_moves(g)), None)
-    if moving is not None:
-        return moving
-    # every group at lr 0 (a warmup from 0): the first a positive lr moves, the one that is the reference
-    # from the next step on (the first group, frozen by requires_grad=False or lr_mult 0, was it at step 0)
-    return next((g for i, g in enumerate(groups)
-                 if any(p.requires_grad for p in g["params"]) and group_lr_mult(g, i) > 0), groups[0])
+    return ([g for g in groups if group_moves(g)]
+            or [g for i, g in enumerate(groups) if any(p.requires_grad for p in g["params"])
+                and group_lr_mult(g, i) > 0])
 
 
 def group_lr_multipliers(optimizer: torch.optim.Optimizer, params) -> torch.Tensor:
@@ -341,10 +344,8 @@ def radam_reference_step(optimizer: torch.optim.Optimizer) -> tuple[int, float]:
     held = [p for g in optimizer.param_groups for p in g["params"]]
     # those a step moves (group_moves): a body frozen by lr 0 still counts its steps (it has gradients), and
     # its count (its earlier training's) made a fine-tuned head's un-rectified step 2 the rectified step 102
-    # every group at lr 0 (a warmup from 0): those a positive lr moves (lr_mult > 0), as reference_group
-    groups = ([g for g in optimizer.param_groups if group_moves(g)]
-              or [g for i, g in enumerate(optimizer.param_groups) if group_lr_mult(g, i) > 0])
-    movable = ([p for g in groups for p in g["params"] if p.requires_grad]
+    # (every group at lr 0, a warmup from 0: those a positive lr moves, as reference_group)
+    movable = ([p for g in _stepping_groups(optimizer) for p in g["params"] if p.requires_grad]
                or [p for p in held if p.requires_grad] or held)
     states = (optimizer.state.get(p) for p in movable)
     # torch's own next count (float32: it stops at 2**24, and its update's r_t reads that), not step + 1
