@@ -238,3 +238,35 @@ def test_a_list_of_floats_is_refused_and_a_tuple_is_rows_on_dense_and_sparse_ten
     assert torch.equal(sample_index(dense, list(rows)), truth)
     empty = (0, *dense.shape[1:])                          # no rows: [] is not a float index
     assert sample_index(dense, []).shape == sample_index(sparse, []).shape == empty
+
+
+@pytest.mark.parametrize("name", ["coo", "coo hybrid", "coo 3-d", "csr", "csc", "bsr", "bsc", "csr hybrid",
+                                  "csr batched", "bsr batched", "csc batched"])
+def test_a_scalar_index_is_refused_alike_on_dense_and_sparse_tensors(name):
+    """A scalar index (an int, a 0-d tensor, a NumPy integer, a bool) dropped a dense tensor's sample
+    dimension (``t[3]``: shape (4,); ``t[True]`` added one) and was torch's IndexError or a TypeError of
+    ``len()`` on every sparse layout; rows of two dimensions shaped a dense batch (1, 2, ...) and failed on
+    sparse ones. Both are now one ValueError naming the index and the rule, on either layout, before any
+    indexing; ``[3]`` (a list of one row) is sample 3 on both, as NumPy's ``a[[3]]`` reads it."""
+    x = torch.arange(40.0).view(10, 4) % 3
+    sparse, dense = _layouts(x)[name]
+    for index in (3, torch.tensor(3), np.int64(3), np.array(3), True):
+        for tree in (dense, sparse, {"x": sparse}):
+            with pytest.raises(ValueError, match=r"sample_index: the index .*3.* is a scalar, not rows of samples .*"
+                                                 r"\(\[3\] for sample 3 alone\)" if index is not True else
+                                                 r"sample_index: the index True is a scalar"):
+                sample_index(tree, index)
+        with pytest.raises(ValueError, match=r"sparse_rows: the index .* is a scalar"):
+            sparse_rows(sparse, index)
+    for index in (torch.tensor([[2, 3]]), [[2, 3]], np.array([[2, 3]])):
+        for tree in (dense, sparse):
+            with pytest.raises(ValueError, match=r"sample_index: the index .* is rows of 2 dimensions"):
+                sample_index(tree, index)
+    if name in ("bsr", "bsc"):           # (blocks of 2 rows: one row is not a whole block)
+        rows, truth = [2, 3], torch.from_numpy(dense.numpy()[[2, 3]])
+    else:
+        rows, truth = [3], torch.from_numpy(dense.numpy()[[3]])
+    assert truth.shape[0] == len(rows)
+    assert torch.equal(sample_index(dense, rows), truth)
+    assert torch.equal(sample_index(sparse, rows).to_dense(), truth)
+    assert torch.equal(sparse_rows(sparse, np.array(rows)).to_dense(), truth)

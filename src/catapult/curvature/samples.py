@@ -97,7 +97,9 @@ def sample_index(tree, index):
     copied where they are not contiguous), or a boolean mask (a list or 1-d tensor of bools, one a
     sample: the rows where it is true, as ``t[mask]`` reads it) -- the same rows for dense and
     sparse tensors (a mask of another length is a ValueError, as is a tensor, array or list of uint8 or
-    float entries: torch reads uint8 as a mask, NumPy as rows; floats were truncated to rows).
+    float entries: torch reads uint8 as a mask, NumPy as rows; floats were truncated to rows). A scalar
+    index (``3``, ``torch.tensor(3)``, ``np.int64(3)``, ``True``) or rows of two dimensions is a ValueError
+    too: it would drop (or add) a dense tensor's sample dimension and has no sparse reading; ``[3]`` is sample 3.
 
     >>> sample_index({"ids": torch.arange(6).view(3, 2), "flag": True}, [2, 0])
     {'ids': tensor([[4, 5],
@@ -106,9 +108,13 @@ def sample_index(tree, index):
     tensor([0, 2, 4])
     >>> sample_index(torch.arange(3), [True, False, True]), sample_index(torch.arange(3).to_sparse(), [True, False, True]).to_dense()
     (tensor([0, 2]), tensor([0, 2]))
+    >>> sample_index(torch.arange(3), 2)
+    Traceback (most recent call last):
+    ValueError: sample_index: the index 2 is a scalar, not rows of samples (dim 0): it would drop or add a sample dimension of a dense tensor, and has no reading on a sparse one; give a list or 1-d tensor of rows ([3] for sample 3 alone), a slice or a 1-d bool mask
     """
     mask = _mask_or_none(index)
     if mask is None:
+        _refuse_not_rows(index, "sample_index")
         _refuse_row_dtype(index, "sample_index")
     if isinstance(index, tuple):   # rows, as a list: t[(0, 1)] is the entry t[0, 1] of a dense tensor, rows 0, 1 of a sparse one
         index = list(index)
@@ -152,6 +158,32 @@ def _mask_or_none(index) -> torch.Tensor | None:
     except (TypeError, ValueError, RuntimeError):   # (rows of mixed types: indexing says what is wrong)
         return None
     return index if index.dtype == torch.bool else None
+
+
+def _refuse_not_rows(index, where: str) -> None:
+    """A ValueError where ``index`` (not a boolean mask) is a scalar (an int, a 0-d tensor or array,
+    a NumPy integer, a bool, ``None``, ``...``) or rows of two or more dimensions: on a dense tensor
+    ``t[3]`` drops the sample dimension (dim 0), ``t[True]`` and ``t[None]`` add one, ``t[[[1, 2]]]``
+    shapes the samples (1, 2), and a sparse tensor has no such reading (torch's IndexError, a
+    TypeError of ``len()``); what is kept is rows of samples: a slice, a 1-d list, tensor or array of rows."""
+    if isinstance(index, slice):
+        return
+    if index is None or index is Ellipsis or isinstance(index, (bool, int, float, complex)):
+        shape = "a scalar"
+    elif torch.is_tensor(index) or isinstance(index, (list, tuple)) or hasattr(index, "__array__"):
+        try:
+            dims = index.dim() if torch.is_tensor(index) else torch.as_tensor(index).dim()
+        except (TypeError, ValueError, RuntimeError):   # (rows of mixed types: indexing says what is wrong)
+            return
+        if dims == 1:
+            return
+        shape = "a scalar" if dims == 0 else f"rows of {dims} dimensions"
+    else:
+        return
+    shown = repr(index) if len(repr(index)) <= 40 else repr(index)[:37] + "..."
+    raise ValueError(f"{where}: the index {shown} is {shape}, not rows of samples (dim 0): it would drop or add a "
+                     f"sample dimension of a dense tensor, and has no reading on a sparse one; give a list or 1-d "
+                     f"tensor of rows ([3] for sample 3 alone), a slice or a 1-d bool mask")
 
 
 def _refuse_row_dtype(index, where: str) -> None:
@@ -201,6 +233,7 @@ def sparse_rows(t: torch.Tensor, rows) -> torch.Tensor:
     """
     mask = _mask_or_none(rows)
     if mask is None:
+        _refuse_not_rows(rows, "sparse_rows")
         _refuse_row_dtype(rows, "sparse_rows")
     rows = (torch.as_tensor(rows, dtype=torch.long) if mask is None else
             _mask_rows(mask, int(t.shape[0]), "sparse_rows")).to(t.device)
