@@ -12,7 +12,7 @@ import functools
 import torch
 from torch.autograd.graph import get_gradient_edge
 
-__all__ = ["refuse_constant", "scalar_loss", "attach_grads", "flush_grads", "backward_into",
+__all__ = ["refuse_constant", "scalar_loss", "refuse_complex", "attach_grads", "flush_grads", "backward_into",
            "edges_as_outputs", "graph_handles"]
 
 
@@ -37,10 +37,30 @@ def scalar_loss(loss) -> torch.Tensor:
 
     >>> scalar_loss(torch.ones(1, 1)).shape
     torch.Size([])
+    >>> scalar_loss(torch.ones((), dtype=torch.complex64))
+    Traceback (most recent call last):
+        ...
+    ValueError: loss_fn must return a real scalar tensor, got dtype torch.complex64
     """
     if not (torch.is_tensor(loss) and loss.numel() == 1):
         raise ValueError("loss_fn must return a scalar tensor")
+    refuse_complex(loss)
     return loss.reshape(())
+
+
+def refuse_complex(loss) -> None:
+    """The ValueError a complex one-element ``loss`` gets: it has no Hessian of a real loss
+    (torch raised "grad can be implicitly created only for real scalar outputs", or ``float()``
+    of it "value cannot be converted to type double without overflow").
+
+    >>> refuse_complex(torch.ones(()))
+    >>> refuse_complex(torch.ones((), dtype=torch.complex128))
+    Traceback (most recent call last):
+        ...
+    ValueError: loss_fn must return a real scalar tensor, got dtype torch.complex128
+    """
+    if torch.is_tensor(loss) and loss.is_complex():
+        raise ValueError(f"loss_fn must return a real scalar tensor, got dtype {loss.dtype}")
 
 
 def attach_grads(leaves, views) -> None:

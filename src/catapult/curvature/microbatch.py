@@ -14,6 +14,7 @@ import torch
 from catapult.arguments import check_integer
 # the batch walk, the samples and the couplings, split out of this module; imported from here too
 from catapult.curvature.batch_tree import map_tensors, opaque_leaves, tensor_leaves, with_tensors
+from catapult.curvature.grads_into import refuse_complex
 from catapult.curvature.coupling import (batch_coupling, coupling_remedy, functional_masks_off, refuse_dropout,
                                          uses_batch_statistics)
 from catapult.curvature.samples import (block_rows, sample_count, sample_count_or_none, sample_device, sample_index,
@@ -82,6 +83,7 @@ def _scalar(loss) -> float:
     (``float`` of a vector said "only one element tensors can be converted to Python scalars")."""
     if torch.is_tensor(loss) and loss.numel() != 1:
         raise ValueError(f"loss_fn must return a scalar tensor, got shape {tuple(loss.shape)}")
+    refuse_complex(loss)   # float() of it: "value cannot be converted to type double without overflow"
     return float(loss)
 
 

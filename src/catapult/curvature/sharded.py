@@ -84,6 +84,7 @@ import torch
 from catapult.arguments import check_batch, check_seed
 
 from catapult.curvature.distributed import agreed, all_reduce_sum
+from catapult.curvature.grads_into import refuse_complex
 from catapult.curvature.difference import (RENORM_STEPS, central_step, checked_difference,
                                            refuse_renormed_differences, refuse_spectral_norm_differences,
                                            relative_gap, rounding_level)
@@ -428,6 +429,7 @@ class ShardedHessianOperator:
             self._kept.restore()   # (the differences saw the state moved on: refused as kinks)
         if not (torch.is_tensor(loss) and loss.numel() == 1):
             raise ValueError("loss_fn must return a scalar tensor")
+        refuse_complex(loss)
         return loss
 
     def _gradient_at(self, v: torch.Tensor | None, scale: float) -> tuple[torch.Tensor, float]:
