@@ -210,3 +210,88 @@ def test_no_module_of_the_package_unpickles_with_plain_pickle():
                     and node.value.id in ("pickle", "cPickle", "_pickle") and node.attr in ("load", "loads", "Unpickler")):
                 found.append(f"{path.relative_to(package)}:{node.lineno}")
     assert found == []
+
+
+# ---- mutation pass 21: each check of the stand-ins, by a pickle NumPy never writes that the check alone refuses
+
+def _bytes_op(raw: bytes) -> bytes:
+    return pickle.SHORT_BINBYTES + bytes([len(raw)]) + raw
+
+
+def _reconstructed(shape: bytes, dtype: bytes, raw: bytes, *, head: bytes | None = None,
+                   version: bytes = _int(1), fortran: bytes = pickle.NEWFALSE) -> bytes:
+    """``_reconstruct(numpy.ndarray, (0,), b'b')`` (or ``head``) BUILT with the array state
+    ``(version, shape, dtype, fortran, raw)``: how ``ndarray.__reduce__`` writes an array."""
+    if head is None:
+        head = _global("numpy.core.multiarray", "_reconstruct") + _tuple(
+            _global("numpy", "ndarray"), _tuple(_int(0)), _bytes_op(b"b")) + pickle.REDUCE
+    return head + _tuple(version, shape, dtype, fortran, _bytes_op(raw)) + pickle.BUILD
+
+
+def test_the_array_helper_builds_what_numpy_writes():
+    # the helper above is right: the plain case loads as NumPy's own array (so each refusal below is its check's)
+    got = safe_loads(_dict_pickle(_reconstructed(_tuple(_int(2), _int(3)), _uint8_dtype(), bytes(range(6)))))[b"data"]
+    np.testing.assert_array_equal(got, np.arange(6, dtype=np.uint8).reshape(2, 3))
+
+
+def _reconstruct_as(cls: bytes, shape: bytes, typecode: bytes) -> bytes:
+    return _global("numpy.core.multiarray", "_reconstruct") + _tuple(cls, shape, _bytes_op(typecode)) + pickle.REDUCE
+
+
+@pytest.mark.parametrize("head", [
+    _reconstruct_as(_global("numpy", "dtype"), _tuple(_int(0)), b"b"),       # another class than ndarray
+    _reconstruct_as(_global("numpy", "ndarray"), _tuple(_int(20_000), _int(3072)), b"b"),   # another shape
+    _reconstruct_as(_global("numpy", "ndarray"), _tuple(_int(0)), b"x"),     # another typecode
+])
+def test_reconstruct_is_refused_for_any_call_numpy_does_not_write_even_with_a_valid_state(head):
+    # mutation pass 21 (SP3-SP5): each of the three arguments was checked by no test (an array state
+    # that follows made each such call load)
+    payload = _dict_pickle(_reconstructed(_tuple(_int(2)), _uint8_dtype(), b"ab", head=head))
+    with pytest.raises(UnsafePickleError, match=r"calls numpy's _reconstruct other than as ndarray.__reduce__ writes it"):
+        safe_loads(payload, source="x")
+
+
+@pytest.mark.parametrize("shape, raw, words", [
+    (_tuple(_int(5)), b"abcdef", r"declares an array of shape \(5,\) \(5 bytes\) but holds 6 bytes"),   # more bytes
+    (_tuple(_int(-2), _int(-3)), b"abcdef", r"shape \(-2, -3\); expected a tuple of sizes >= 0"),     # negative sizes
+    (_tuple(*[_int(1)] * 33), b"a", r"gives an array the shape \(1, 1, 1"),                          # 33 dimensions
+])
+def test_an_array_state_is_refused_unless_its_shape_and_bytes_agree(shape, raw, words):
+    # mutation pass 21 (SP6-SP8): more bytes than the shape holds, negative sizes whose product is the
+    # byte count, and 33 dimensions were refused by the code but checked by no test (NumPy read the
+    # first two as a corrupt file, took the third)
+    with pytest.raises(UnsafePickleError, match=words):
+        safe_loads(_dict_pickle(_reconstructed(shape, _uint8_dtype(), raw)), source="x")
+
+
+def _dtype_with_state(names: bytes) -> bytes:
+    return (_global("numpy", "dtype") + _tuple(_unicode("u1"), pickle.NEWFALSE, pickle.NEWTRUE) + pickle.REDUCE
+            + _tuple(_int(3), _unicode("|"), pickle.NONE, names, pickle.NONE, _int(-1), _int(-1), _int(0))
+            + pickle.BUILD)
+
+
+def test_a_dtype_state_with_fields_is_refused():
+    # mutation pass 21 (SP10): a plain dtype's state has no subarray, names or fields
+    ok = safe_loads(_dict_pickle(_reconstructed(_tuple(_int(2)), _dtype_with_state(pickle.NONE), b"ab")))[b"data"]
+    np.testing.assert_array_equal(ok, np.array([97, 98], np.uint8))
+    with pytest.raises(UnsafePickleError, match="sets a dtype state NumPy does not write"):
+        safe_loads(_dict_pickle(_reconstructed(_tuple(_int(2)), _dtype_with_state(_tuple(_unicode("a"))), b"ab")))
+
+
+@pytest.mark.parametrize("version, fortran", [(_int(2), pickle.NEWFALSE), (_int(1), _int(1))])
+def test_an_array_state_of_another_version_or_a_non_bool_order_is_refused(version, fortran):
+    # mutation pass 21 (SP12): NumPy writes version 1 and a bool is_fortran
+    payload = _dict_pickle(_reconstructed(_tuple(_int(2)), _uint8_dtype(), b"ab", version=version, fortran=fortran))
+    with pytest.raises(UnsafePickleError, match="sets an array state NumPy does not write"):
+        safe_loads(payload, source="x")
+
+
+def test_frombuffer_is_refused_for_a_memory_order_other_than_c_or_f():
+    # mutation pass 21 (SP13): order 'A' (which numpy's reshape takes) was checked by no test
+    def call(order: str) -> bytes:
+        return _dict_pickle(_global("numpy.core.numeric", "_frombuffer") + _tuple(
+            _bytes_op(b"abcd"), _uint8_dtype(), _tuple(_int(2), _int(2)), _unicode(order)) + pickle.REDUCE)
+
+    np.testing.assert_array_equal(safe_loads(call("F"))[b"data"], np.array([[97, 99], [98, 100]], np.uint8))
+    with pytest.raises(UnsafePickleError, match="gives an array the memory order 'A'"):
+        safe_loads(call("A"), source="x")
