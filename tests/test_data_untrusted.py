@@ -295,3 +295,30 @@ def test_frombuffer_is_refused_for_a_memory_order_other_than_c_or_f():
     np.testing.assert_array_equal(safe_loads(call("F"))[b"data"], np.array([[97, 99], [98, 100]], np.uint8))
     with pytest.raises(UnsafePickleError, match="gives an array the memory order 'A'"):
         safe_loads(call("A"), source="x")
+
+
+def test_the_allow_list_is_the_cifar_formats_globals_and_nothing_else():
+    # mutation pass 21 (SP16, SP17): an entry added to ALLOWED_GLOBALS (builtins.getattr, numpy.frombuffer)
+    # passed every test, which named only globals outside the list
+    from catapult.data.safe_pickle import ALLOWED_GLOBALS
+
+    assert set(ALLOWED_GLOBALS) == {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"), ("builtins", "bytes"), ("__builtin__", "bytes")}
+    for name in (("builtins", "getattr"), ("numpy", "frombuffer"), ("numpy", "load")):
+        with pytest.raises(UnsafePickleError, match=f"refused to load the global '{name[0]}.{name[1]}'"):
+            safe_loads(_dict_pickle(_global(*name)), source="x")
+
+
+@pytest.mark.parametrize("data, words", [
+    (_tuple(_reconstructed(_tuple(_int(2)), _uint8_dtype(), b"ab")), "puts an array in a tuple"),       # SP19
+    (_uint8_dtype(), "leaves a numpy class, dtype or function in the data itself"),                   # SP20
+    (_reconstruct_as(_global("numpy", "ndarray"), _tuple(_int(0)), b"b"),
+     "calls numpy's _reconstruct without giving the array its data"),                                   # SP22
+])
+def test_what_numpy_never_leaves_in_a_data_file_is_refused(data, words):
+    # mutation pass 21: an array inside a tuple, a built dtype as a value and an array never given its
+    # state came back as catapult's stand-ins (or None) under mutants no test killed
+    with pytest.raises(UnsafePickleError, match=words):
+        safe_loads(_dict_pickle(data), source="x")
