@@ -322,3 +322,15 @@ def test_what_numpy_never_leaves_in_a_data_file_is_refused(data, words):
     # state came back as catapult's stand-ins (or None) under mutants no test killed
     with pytest.raises(UnsafePickleError, match=words):
         safe_loads(_dict_pickle(data), source="x")
+
+
+@pytest.mark.parametrize("dtype, raw, words", [
+    (_uint8_dtype(), _unicode("ab"), "gives an array data of type str; expected bytes"),           # SP25
+    (_int(5), _bytes_op(b"ab"), "gives an array a dtype that is not a plain numpy.dtype"),       # SP26
+])
+def test_an_array_state_with_data_or_a_dtype_of_another_kind_is_refused_as_unsafe(dtype, raw, words):
+    # mutation pass 21: without these checks NumPy's own TypeError / AttributeError read as a corrupt file
+    head = _reconstruct_as(_global("numpy", "ndarray"), _tuple(_int(0)), b"b")
+    payload = _dict_pickle(head + _tuple(_int(1), _tuple(_int(2)), dtype, pickle.NEWFALSE, raw) + pickle.BUILD)
+    with pytest.raises(UnsafePickleError, match=words):
+        safe_loads(payload, source="x")
