@@ -1,6 +1,6 @@
 """SμPar's density against the masks' counts (bench/RESULTS.md, "SμPar's density: counts, rows and gmp's step 0").
 
-Four tables:
+Six tables:
 
 * ``counts``: the density an exact mask keeps (``kept_density``) against the asked one, on every
   mask part (Q/K/V, attention output, MLP in and out) of the shipped ``configs/supar`` GPTs, and over
@@ -10,7 +10,12 @@ Four tables:
 * ``init``: mean |y| and mean y^2 at init of block 0's q/k/v, MLP-in, attention and MLP outputs of a
   SμPar GPT (2 blocks, base width = width) against density, relative to density 1 (8 seeds);
 * ``gmp``: the same at step 0 of ``model.sparsity.method: gmp`` (masks all ones, SμPar corrected for the
-  final density) and of a dense model, relative to the static-mask SμPar model.
+  final density) and of a dense model, relative to the static-mask SμPar model;
+* ``bernoulli_counts``: a Bernoulli mask's drawn density over the asked one per matrix (2000 masks each, 50 of
+  2048 x 2048): its sd (closed form ``sqrt((1 - rho) / (n rho))``), the share more than 5% off, the share with none;
+* ``bernoulli``: the ``init`` table's mean y^2 (seed mean +- seed sd) and mean |y| for exact masks, Bernoulli
+  masks corrected by the asked density (the library's rule) and by each matrix's drawn density (emulated:
+  weights times ``sqrt(asked / drawn)``), widths 32 and 64, 16 seeds.
 """
 from __future__ import annotations
 
@@ -67,19 +72,32 @@ def rows() -> None:
               f"{float((nnz == 0).double().mean()):7.3f} {float(nnz.sqrt().mean()) / math.sqrt(mean):13.3f}")
 
 
-def _outputs(width: int, seeds: int, **kwargs) -> dict[str, tuple[float, float]]:
-    """Mean (mean |y|, mean y^2) of the WATCHED outputs at init over seeds."""
-    acc = {name: [0.0, 0.0] for name in WATCHED}
+def _outputs(width: int, seeds: int, drawn: bool = False, **kwargs) -> dict[str, tuple[float, float]]:
+    """Mean (mean |y|, mean y^2) of the WATCHED outputs at init over seeds (per seed: :func:`_per_seed`)."""
+    got = _per_seed(width, seeds, drawn, **kwargs)
+    return {name: (sum(a) / seeds, sum(b) / seeds) for name, (a, b) in got.items()}
+
+
+def _per_seed(width: int, seeds: int, drawn: bool = False, **kwargs) -> dict[str, tuple[list, list]]:
+    """Per seed (mean |y|, mean y^2) of the WATCHED outputs at init; ``drawn``: every masked weight
+    times ``sqrt(density / drawn density)``, i.e. corrected by the density its mask drew."""
+    acc = {name: ([], []) for name in WATCHED}
     tokens = torch.randint(0, 256, (16, 32), generator=torch.Generator().manual_seed(100))
     for seed in range(seeds):
         torch.manual_seed(seed)
         model = GPT(256, d_model=width, n_layers=2, n_heads=max(1, width // 32), context=32, parametrization="supar",
                     base_width=width, init_std=0.02, mask_seed=seed, **kwargs).eval()
+        if drawn:
+            with torch.no_grad():
+                for module in model.modules():
+                    mask = getattr(module, "mask", None)
+                    if mask is not None and bool(mask.any()):
+                        module.weight.mul_(math.sqrt(model.density / float(mask.double().mean())))
         modules = dict(model.named_modules())
 
         def record(_module, _inputs, out, name):
-            acc[name][0] += float(out.abs().mean()) / seeds
-            acc[name][1] += float(out.pow(2).mean()) / seeds
+            acc[name][0].append(float(out.abs().mean()))
+            acc[name][1].append(float(out.pow(2).mean()))
 
         hooks = [modules[name].register_forward_hook(lambda m, i, o, name=name: record(m, i, o, name))
                  for name in WATCHED]
@@ -87,7 +105,7 @@ def _outputs(width: int, seeds: int, **kwargs) -> dict[str, tuple[float, float]]
             model(tokens)
         for hook in hooks:
             hook.remove()
-    return {name: (a, b) for name, (a, b) in acc.items()}
+    return acc
 
 
 def init(widths: list[int], seeds: int) -> None:
@@ -114,10 +132,43 @@ def gmp(seeds: int) -> None:
                   f"dense {dense[n][1] / static[n][1]:5.2f} ({dense[n][0] / static[n][0]:5.2f})")
 
 
+def bernoulli_counts() -> None:
+    print("== Bernoulli masks: drawn / asked density per matrix (2000 masks each, 50 of 2048 x 2048)")
+    g = torch.Generator().manual_seed(0)
+    for (o, i), rho in [((9, 9), 1 / 32), ((16, 16), 1 / 16), ((32, 32), 1 / 32), ((64, 64), 1 / 64),
+                        ((64, 64), 1 / 32), ((64, 64), 1 / 16), ((256, 64), 1 / 64), ((256, 256), 1 / 64),
+                        ((2048, 2048), 1 / 16)]:
+        draws = 2000 if o * i <= 65536 else 50
+        r = torch.stack([random_mask((o, i), rho, method="bernoulli", generator=g).double().mean()
+                         for _ in range(draws)]) / rho
+        print(f"  {str((o, i)):>12s} {rho:8.4g} n*rho {o * i * rho:8.1f}  sd {float(r.std()):.3f} "
+              f"(closed {math.sqrt((1 - rho) / (o * i * rho)):.3f})  >5% off {float(((r - 1).abs() > 0.05).double().mean()):.2f}"
+              f"  none {float((r == 0).double().mean()):.3f}")
+
+
+def bernoulli(widths: list[int], seeds: int) -> None:
+    for width in widths:
+        dense = _outputs(width, seeds)
+        print(f"== SμPar GPT width {width}, {seeds} seeds: mean y^2 / its density-1 mean, seed mean +- seed sd "
+              "[mean |y| ratio]")
+        print("  density  masks      " + "  ".join(f"{name[9:]:>22s}" for name in WATCHED))
+        for rho in (1 / 8, 1 / 32, 1 / 64):
+            for label, kwargs, drawn in (("exact", {}, False), ("bern/asked", {"mask_method": "bernoulli"}, False),
+                                         ("bern/drawn", {"mask_method": "bernoulli"}, True)):
+                got = _per_seed(width, seeds, drawn, density=rho, **kwargs)
+                cells = []
+                for n in WATCHED:
+                    square = torch.tensor(got[n][1]) / dense[n][1]
+                    size = torch.tensor(got[n][0]) / dense[n][0]
+                    cells.append(f"{float(square.mean()):.3f}+-{float(square.std()):.3f} [{float(size.mean()):.3f}]")
+                print(f"  {rho:<8.4g} {label:10s} " + "  ".join(f"{c:>22s}" for c in cells))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tables", default="counts,rows,init,gmp", help="comma-separated: counts,rows,init,gmp")
-    parser.add_argument("--widths", default="64,256", help="widths of the init table")
+    parser.add_argument("--tables", default="counts,rows,init,gmp",
+                        help="comma-separated: counts,rows,init,gmp,bernoulli_counts,bernoulli")
+    parser.add_argument("--widths", default=None, help="widths of the init (64,256) and bernoulli (32,64) tables")
     parser.add_argument("--seeds", type=int, default=8)
     args = parser.parse_args()
     tables = args.tables.split(",")
@@ -127,9 +178,13 @@ def main() -> None:
     if "rows" in tables:
         rows()
     if "init" in tables:
-        init([int(w) for w in args.widths.split(",")], args.seeds)
+        init([int(w) for w in (args.widths or "64,256").split(",")], args.seeds)
     if "gmp" in tables:
         gmp(args.seeds)
+    if "bernoulli_counts" in tables:
+        bernoulli_counts()
+    if "bernoulli" in tables:
+        bernoulli([int(w) for w in (args.widths or "32,64").split(",")], args.seeds)
 
 
 if __name__ == "__main__":
