@@ -167,3 +167,30 @@ def test_kept_density_is_the_exact_masks_count():
     # three parts (Q, K, V) keep their own counts: 3 * round(0.1 * 144) of 432, not round(0.1 * 432)
     assert kept_density(432, 0.1, parts=3) == 3 * 14 / 432
     assert math.isclose(kept_density(81, 1 / 32, method="bernoulli"), 1 / 32, rel_tol=0, abs_tol=0)
+
+
+def test_rigl_or_static_masks_denser_than_density_are_refused():
+    """GPT(density=0.25, mask_density=0.5) draws masks keeping 0.5 and corrects SμPar's init and lrs for
+    0.25's count; gmp prunes them to 0.25, but rigl keeps each mask's count and static masks change never,
+    so the model trained at twice its masks' lr silently (Adam lr_mult 4.0 on masks keeping 0.5, whose own is 2.0).
+    Now MaskUpdater for rigl or static refuses it naming mask_density and density; gmp runs. Truth: the
+    masks' count against the lr_mult param_groups gives."""
+    kwargs = dict(d_model=12, n_layers=1, n_heads=2, context=4, parametrization="supar", mask_seed=0)
+    model = GPT(11, density=0.25, mask_density=0.5, **kwargs)
+    groups = catapult.param_groups(model, 1.0, "adam")
+    for layer in _hidden(model):
+        kept = int(layer.mask.sum()) / layer.mask.numel()
+        assert kept == 0.5 and _lr_mult_of(groups, layer.weight) * kept == pytest.approx(2.0, rel=1e-12)
+    for method, extra in (("rigl", {"update_every": 1}), ("static", {})):
+        with pytest.raises(ValueError, match=r"keeps 0\.5 of its weights \(GPT's mask_density above its density "
+                                             rf"0\.25\).* {method} never prunes"):
+            MaskUpdater(model, method, end_step=4, **extra)
+    updater = MaskUpdater(model, "gmp", final_density=0.25, update_every=1, end_step=2)
+    for t in range(3):
+        updater.step(t)
+    for layer in _hidden(model):   # pruned to density's count: the lr_mult is its masks' again
+        kept = int(layer.mask.sum()) / layer.mask.numel()
+        assert _lr_mult_of(groups, layer.weight) * kept == pytest.approx(1.0, rel=1e-12)
+    MaskUpdater(model, "rigl", update_every=1, end_step=4)   # at density's count: rigl keeps it
+    dense_start = GPT(11, density=1.0, mask_density=1.0, **kwargs)   # the dense-start correction: nothing to prune to
+    MaskUpdater(dense_start, "gmp", final_density=0.25, update_every=1, end_step=2)

@@ -157,6 +157,10 @@ class GPT(nn.Module):
             magnitude pruning to ``density``, whose SμPar init and lrs are then those of ``density``'s
             count from step 0 (the dense start has ``1 / m_rho`` times a dense model's hidden init
             variance; ``density=1.0`` corrects for the dense start instead, i.e. muP). ``None``: ``density``.
+            Only gmp prunes masks down to ``density``: a :class:`~catapult.sparsity.MaskUpdater` for rigl
+            (which keeps each mask's count) or static masks refuses masks denser than ``density``'s count,
+            whose init and lrs would stay ``mask_density / density`` times too large; a model trained with
+            no updater is not checked.
     """
 
     def __init__(
@@ -284,6 +288,8 @@ class GPT(nn.Module):
                         nn.init.zeros_(layer.bias)
                     if mask is not None:
                         layer.set_mask(mask)
+                    if mask_density is not None:  # corrected for density's count: MaskUpdater checks it gets there
+                        layer.catapult_final_density = self.density
             if self.lm_head is not None:
                 nn.init.normal_(self.lm_head.weight, 0.0, init_std)
 

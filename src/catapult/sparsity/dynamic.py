@@ -190,6 +190,8 @@ class MaskUpdater:
                                      f"weights of {layer.name!r} ({tuple(layer.module.weight.shape)}"
                                      f"{f', each of {_parts(layer.module)} parts' if _parts(layer.module) > 1 else ''}); "
                                      f"it would keep 1 (density {1 / part:.3g}): use final_density >= {0.5 / part:.3g}")
+        if method != "gmp":
+            _check_pruned(self.layers, method)
         # tied layers with different masks: refused now, not at the first update; and each tie's one
         # mask its own before any forward (a compiled one included) reads it
         _own_masks(_ties(self.layers))
@@ -290,6 +292,24 @@ def _check_schedule(method: str, final_density: float, update_every: int, end_st
                              f"end_step {end_step} prune nothing")
         if final_density == 1.0:
             raise ValueError("gmp prunes down to final_density: final_density 1 (the default) prunes nothing")
+
+
+def _check_pruned(layers: list[_Layer], method: str) -> None:
+    """Refuse rigl or static masks on a layer whose mask keeps more than the count of the density
+    SμPar corrected it for (``GPT(density=d, mask_density=m)``, ``m > d``: its ``catapult_final_density``):
+    only gmp prunes it there, and rigl keeps the count, so its init and lrs stayed ``m / d`` times too
+    large (0.5 over 0.25: an Adam lr_mult of 1 / 0.25 on masks keeping 0.5)."""
+    for layer in layers:
+        final = getattr(layer.module, "catapult_final_density", None)
+        if final is None:
+            continue
+        parts = _row_blocks(layer.module.mask, _parts(layer.module))
+        if any(int(part.sum()) > exact_nonzeros(part.numel(), final) for part in parts):
+            kept = float(layer.module.mask.double().mean())
+            raise ValueError(f"{layer.name!r} keeps {kept:.4g} of its weights (GPT's mask_density above its density "
+                             f"{final:g}): its SμPar init and lrs are corrected for density {final:g}, and {method} "
+                             "never prunes the mask down there (only gmp does); use MaskUpdater(..., 'gmp', "
+                             f"final_density={final:g}), or build the GPT with mask_density=None")
 
 
 def _own_masks(ties: list[list[_Layer]]) -> None:
