@@ -35,6 +35,7 @@ from catapult.curvature import distributed as dist_ops
 from catapult.curvature.rank_agreement import same_call_on_every_rank
 from catapult.curvature.sharded import is_sharded, reset_after_error, reshard
 from catapult.curvature.modes import refuse_stale_compiled
+from catapult.curvature.preconditioner import step_skips
 from catapult.curvature.start import outside_inference_mode
 from catapult.curvature.stateless import AttributesKept, RenormedCopies, refuse_scripted
 from catapult.critical_lr_passes import (ModelSnapshot, NonFiniteLossError, forward_loss, loss_and_gradient,
@@ -259,7 +260,9 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
 
     (With coupled L2, ``L`` above is the objective ``J``, but the accepted rise stays ``delta |L0|``,
     relative to the loss alone as in the paper: a decay term ``wd/2 ||theta||^2`` larger than the
-    loss does not loosen the stop.)
+    loss does not loosen the stop. A parameter the loss does not reach is moved as torch's step moves it:
+    not at all while its ``.grad`` is None, by its decay with a ``.grad`` of zeros, its ``wd/2 ||theta||^2``
+    then in ``J``; ``.grad`` is read at the call, so call it where the step would read it.)
 
     A trial counts as a rise only when ``L > L0`` (the paper writes "double while L < L0"):
     a tie -- a step too small to change a float32 loss -- keeps the search going instead of
@@ -384,11 +387,15 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
             loss0, grads = loss_and_gradient(model, loss_fn, batch, params, snapshot, reduce, renorm, kept)
             renormed = renorm.seen
         passes += 1
-        direction = next_step_direction(
-            optimizer, {p: g for p, g in zip(params, grads) if g is not None})
-        if not direction:  # e.g. the optimizer of another model: no trial would move the loss
+        if all(g is None for g in grads):  # e.g. the optimizer of another model: no trial would move the loss
             raise ValueError("critical_lr: the loss does not depend on any parameter of "
                              "the optimizer")
+        # a parameter the loss does not reach is skipped by torch's step while its .grad is None, and
+        # stepped with a .grad of zeros (its coupled L2 wd theta then decays it: J falls by it too)
+        skips = step_skips(params, [g is not None for g in grads])
+        direction = next_step_direction(
+            optimizer, {p: torch.zeros_like(p) if g is None else g for p, g, skip in zip(params, grads, skips)
+                        if not skip})
         if not sharded:  # (a sharded direction's rows differ per rank: the trials' losses say it)
             bad = sum(int((~torch.isfinite(u)).sum()) for _, u in direction)
             if bad:  # every trial would be nan and read as a rise: lr_c = lr_start, silently

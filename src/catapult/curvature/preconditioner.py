@@ -188,7 +188,16 @@ def skipped_parameters(op, params, grad: torch.Tensor | None = None) -> set[str]
     if not any(not bool(part.any()) for part in torch.split(grad, sizes)):
         return set()
     unused = find()
-    return {name for name, p in zip(op.names, params) if name in unused and p.grad is None}
+    return {name for name, p, skip in zip(op.names, params, step_skips(params, [name not in unused for name in op.names]))
+            if skip}
+
+
+def step_skips(params, reached) -> list[bool]:
+    """Whether torch's next step skips each of ``params``: one the loss does not reach (``reached[i]``
+    false) whose ``.grad`` is None now; a ``.grad`` of zeros is stepped (its decay, its count, its moments),
+    as is every reached one (the rule of :func:`skipped_parameters`, and of :func:`catapult.critical_lr`'s
+    direction: a zero-filled ``.grad`` decays by its coupled L2 ``wd theta``)."""
+    return [not r and p.grad is None for p, r in zip(params, reached)]
 
 
 def step_preconditioner(model, optimizer, op, scale_by_group_lr: bool = False):
