@@ -25,12 +25,14 @@ NEAR_ONE = (1 - 1e-7, 1 - 1e-7)   # b^t ~ 0.19 at t = 2**24: 1 - b^t still moves
 
 def _members(cls, hp, count: int, count_dtype: torch.dtype):
     """Two members (Linear(2, 1), float64) and their stacked optimizer, each at ``count`` updates with
-    the same moments; returns (stacked, stacked params by name, [torch optimizer, its params] per member)."""
+    the same moments; returns (stacked, stacked params by name, [torch optimizer, its params] per member).
+    ``hp``: the optimizer's keywords, or a list of them, one a member."""
     torch.manual_seed(0)
+    hps = hp if isinstance(hp, list) else [hp, hp]
     models = [torch.nn.Linear(2, 1).double() for _ in range(2)]
     names = [name for name, _ in models[0].named_parameters()]
     stacked = StackedOptimizer({torch.optim.Adam: "adam", torch.optim.RAdam: "radam", GIAdam: "gi-adam"}[cls],
-                               [cls(m.parameters(), **hp) for m in models], models, names)
+                               [cls(m.parameters(), **h) for m, h in zip(models, hps)], models, names)
     params = {n: torch.stack([dict(m.named_parameters())[n].detach().clone() for m in models]) for n in names}
     gen = torch.Generator().manual_seed(1)
     m0 = [0.1 * torch.randn(p.shape, dtype=torch.float64, generator=gen) for p in params.values()]
@@ -39,7 +41,7 @@ def _members(cls, hp, count: int, count_dtype: torch.dtype):
     refs = []
     for i, model in enumerate(models):
         own = [p.detach().clone().requires_grad_(True) for p in model.parameters()]
-        opt = cls(own, **hp)
+        opt = cls(own, **hps[i])
         for k, p in enumerate(own):
             opt.state[p] = {"step": torch.tensor(float(count), dtype=count_dtype),
                             "exp_avg": m0[k][i].clone(), "exp_avg_sq": v0[k][i].clone()}
@@ -95,3 +97,40 @@ def test_a_member_materialised_past_2_24_holds_torchs_count():
     stacked.materialize(0, params)
     member = stacked.optimizers[0]
     assert {(float(s["step"]), s["step"].dtype) for s in member.state.values()} == {(float(T), torch.float32)}
+
+
+def test_radam_with_decoupled_decay_steps_across_2_24_as_torchs_own():
+    """RAdam's ``decoupled_weight_decay=True`` (torch >= 2.1: no guard at the 2.2 floor) decays
+    ``theta <- (1 - lr wd) theta`` before its rectified step, whose ``1 - b^t`` and ``r_t`` read the float32
+    count stopped at ``2**24``; the members decay apart (``wd`` a column of the stacked update). Truth: torch's
+    RAdam from ``state["step"] = 2**24 - 2``, bit for bit, its threshold, and the NumPy pre-conditioner of the
+    next step at ``t = 2**24`` from the raw gradient (decoupled: no ``wd theta`` in ``v'``). Found equal
+    (no fix); mutants that count exactly past ``2**24`` or read the decay as coupled fail it."""
+    b1, b2, eps = 0.9, 1 - 1e-8, 1e-8
+    hps = [dict(lr=0.1, betas=(b1, b2), eps=eps, weight_decay=wd, decoupled_weight_decay=True) for wd in (0.01, 0.3)]
+    stacked, params, refs, gen = _members(torch.optim.RAdam, hps, T - 2, torch.float32)
+    for step in range(4):
+        grads = [torch.randn(p.shape, dtype=torch.float64, generator=gen) for p in params.values()]
+        lrs = [0.1, 0.05]
+        stacked.step(params, grads, lrs)
+        for i, (opt, own) in enumerate(refs):
+            opt.param_groups[0]["lr"] = lrs[i]
+            for p, g in zip(own, grads):
+                p.grad = g[i].clone()
+            opt.step()
+            for p, name in zip(own, params):
+                assert torch.equal(params[name][i], p.detach()), (step, i, name)
+    assert {float(s["step"]) for opt, _ in refs for s in opt.state.values()} == {float(T)}
+    assert (float(stacked.torch_state(1, 0)["step"]), stacked.torch_state(1, 0)["step"].dtype) == (T, torch.float32)
+    row = stacked.torch_step(stacked.steps + 1) - 1
+    assert row == T - 1
+    for opt, _ in refs:   # the batched loop's row threshold is torch's own, the decoupled shift included
+        want = instability_threshold(opt, lr=0.1)
+        assert threshold(threshold_copy(opt), lr=0.1, step=row) == pytest.approx(want, rel=1e-13, abs=0)
+    grads = [torch.randn(p.shape, dtype=torch.float64, generator=gen) for p in params.values()]
+    d, l2 = stacked.preconditioner([0, 1], params, grads)
+    g = torch.cat([x.reshape(2, -1) for x in grads], dim=1).numpy()
+    v = torch.cat([x.reshape(2, -1) for x in stacked.state.exp_avg_sq], dim=1).numpy()
+    P = (1 - b1 ** T) * (np.sqrt(b2 * v + (1 - b2) * g ** 2) + eps) / np.sqrt(1 - b2 ** T)
+    np.testing.assert_allclose(d.numpy() ** 2, 1 / P, rtol=1e-12, atol=0)
+    assert l2 is None   # one group a member: its decay is the threshold's shift
