@@ -93,6 +93,45 @@ class _BoundedLoader(yaml.SafeLoader):
                     key_node.tag = _STR_TAG
         return super().construct_mapping(node, deep=deep)
 
+    def flatten_mapping(self, node):
+        """Refuse a key that two mappings of one merge list (``<<: [*a, *b]``) both set and the
+        mapping itself does not: YAML readers differ on which wins (the YAML 1.1 merge rule: the
+        first; PyYAML 6.0.4: the last, for keys of two or more characters), and ``optimizer: {<<:
+        [{lr: 0.1}, {lr: 0.2}]}`` trained at 0.2 where the rule says 0.1."""
+        own = {k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode) and k.tag != _MERGE_TAG}
+        for key_node, value_node in node.value:
+            if key_node.tag != _MERGE_TAG or not isinstance(value_node, yaml.SequenceNode):
+                continue
+            first: dict[str, int] = {}
+            for i, sub in enumerate(value_node.value):
+                for name in _mapping_keys(sub, set()) - own:
+                    if name in first:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"'{name}' is set by mappings {first[name] + 1} and {i + 1} of this "
+                                        f"'<<' merge list, and YAML readers differ on which one wins (the merge "
+                                        f"rule: the first; PyYAML 6.0.4: the last); set it in one of them only, "
+                                        f"or in this mapping itself", key_node.start_mark)
+                    first[name] = i
+        super().flatten_mapping(node)
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _mapping_keys(node: yaml.Node, seen: set[int]) -> set[str]:
+    """The plain keys a mapping node holds once its own merges are applied (none for another node)."""
+    if not isinstance(node, yaml.MappingNode) or id(node) in seen:
+        return set()
+    seen.add(id(node))
+    keys: set[str] = set()
+    for key_node, value_node in node.value:
+        if key_node.tag == _MERGE_TAG:
+            for sub in value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]:
+                keys |= _mapping_keys(sub, seen)
+        elif isinstance(key_node, yaml.ScalarNode):
+            keys.add(key_node.value)
+    return keys
+
 
 _STR_TAG = "tag:yaml.org,2002:str"
 #: The tags PyYAML's resolver gives a plain scalar other than a string.
