@@ -62,3 +62,16 @@ def test_a_yaml_error_away_from_an_assignment_in_a_string_gets_no_toml_hint(tmp_
     with pytest.raises(cfg.ConfigError, match=r"is not valid YAML: line 4, column 1") as info:
         cfg.load_config(path)
     assert "TOML" not in str(info.value)
+
+
+@pytest.mark.parametrize("text, seed", [("1e30", 10 ** 30), ("12345678901234567e3", 12345678901234567000)])
+def test_an_integer_in_exponent_text_is_the_number_written_not_its_float(text, seed):
+    # YAML leaves `seed: 1e30` as text; read through a float it ran seed 1000000000000000019884624838656
+    assert cfg.validate({"seed": text})["seed"] == seed
+
+
+@pytest.mark.parametrize("text", ["1e-400", "1.0000000000000000001e3", "-1e-400"])
+def test_exponent_text_that_is_no_integer_is_refused_though_its_float_is_one(text):
+    # 1e-400 is 0.0 as a float and 1.0000000000000000001e3 is 1000.0: they ran seed 0 and 1000
+    with pytest.raises(cfg.ConfigError, match=r"seed: expected an integer >= 0, got '"):
+        cfg.validate({"seed": text})

@@ -10,6 +10,7 @@ annotated type (``X | None``, ``Literal[...]``), so each is declared once.
 """
 from __future__ import annotations
 
+import decimal
 import math
 import numbers as _numbers
 import re
@@ -184,6 +185,13 @@ def integer(default=None, *, low=None, high=None, nullable=False, doc="") -> Opt
             x = as_float(value, kind)
             if not math.isfinite(x) or x != int(x):
                 raise ValueError(f"expected {kind}, got {describe(value)}")
+            if isinstance(value, str):
+                # the number written, not its float: seed 1e30 ran seed 1000000000000000019884624838656,
+                # and 1e-400 (0.0 as a float) ran 0 (finite as a float, so the text is at most ~309 digits)
+                exact = decimal.Decimal(value.strip())
+                if exact != exact.to_integral_value():
+                    raise ValueError(f"expected {kind}, got {describe(value)}")
+                x = int(exact)
         _check_range(x, low, high, False, False, kind, value)
         return int(x)
 
