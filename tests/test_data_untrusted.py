@@ -334,3 +334,10 @@ def test_an_array_state_with_data_or_a_dtype_of_another_kind_is_refused_as_unsaf
     payload = _dict_pickle(head + _tuple(_int(1), _tuple(_int(2)), dtype, pickle.NEWFALSE, raw) + pickle.BUILD)
     with pytest.raises(UnsafePickleError, match=words):
         safe_loads(payload, source="x")
+
+
+@pytest.mark.parametrize("top", [_global("numpy", "dtype"), _uint8_dtype(), _global("_codecs", "encode")])
+def test_a_stand_in_that_is_the_whole_pickle_is_refused(top):
+    # mutation pass 21 (SP28): the stand-in check of the top-level object (not inside a container) was run by no test
+    with pytest.raises(UnsafePickleError, match="in the data itself"):
+        safe_loads(pickle.PROTO + b"\x02" + top + pickle.STOP, source="x")
