@@ -293,3 +293,26 @@ def test_paper_mup_under_sgd_equals_per_layer_lrs_on_effective_weights():
     assert [layer.multiplier**2 for layer in model.layers] == pytest.approx(
         [width / IN, 1.0, 1.0 / width])
     torch.testing.assert_close(model(x), plain_forward(x))
+
+
+def test_table_form_alphas_density_refusals_and_the_repr():
+    # mutation pass 21: the table form's input multiplier alpha_in (ML5), alpha_out refused outside it (ML2), a
+    # density refused at depth 2, which has no hidden layer (ML1), and a base_density alone in the repr (ML11)
+    model = MLP(8, 2, 16, 3, parametrization="supar", alpha_in=2.5, alpha_out=3.0)
+    assert (model.layers[0].multiplier, model.layers[0].bias_multiplier) == (2.5, 1.0)
+    with pytest.raises(ValueError, match="alpha_in / alpha_out apply to the table form only"):
+        MLP(8, 2, parametrization="mup", alpha_out=2.0)
+    with pytest.raises(ValueError, match="depth 2 has none"):
+        MLP(8, 2, 16, 2, density=0.5)
+    assert "density=1, base_density=0.5" in repr(MLP(8, 2, 16, 3, parametrization="supar", base_density=0.5))
+
+
+def test_in_features_as_a_zero_d_array_is_its_value_and_a_string_is_refused_naming_it():
+    # mutation pass 21: a 0-d tensor or array is the number it holds (ML10: iterated, a TypeError), and a string
+    # is refused in the words that name it (ML9: its characters were read as a shape)
+    import numpy as np
+
+    for size in (torch.tensor(12), np.array(12), np.int64(12)):
+        assert MLP(size, 2, 4, 2).in_features == 12
+    with pytest.raises(ValueError, match="must be a positive integer or a shape of them; got '64'"):
+        MLP("64", 2, 4, 2)
