@@ -98,3 +98,59 @@ def test_a_checkpoint_loads_into_the_model_its_own_arguments_build():
     fresh = GPT(7, **kw)
     fresh.load_state_dict(_saved(pruned))
     assert model_density(fresh) == pytest.approx(0.25, abs=0.02)
+
+
+def test_another_mask_method_is_refused_under_supar():
+    """An exact-mask checkpoint (width 9, density 1/32: 3 of 81 weights, m_rho 0.037) loaded into a model
+    built with Bernoulli masks took its masks and kept the Bernoulli model's m_rho, the asked 1/32: hidden
+    Adam lr_mult 32.0 for the 27.0 of the masks' count (18.5%); the other way, a Bernoulli draw's mask in an
+    exact model. Now refused naming both methods, under SμPar and its ablations; under SP and muP, which do
+    not read the masks, it loads. Truth: 1 / the loaded mask's count, against param_groups' lr_mult."""
+    def build(parametrization, method, seed=0):
+        torch.manual_seed(seed)
+        return MLP(4, 2, width=9, depth=3, parametrization=parametrization, base_width=9, density=1 / 32,
+                   mask_method=method, mask_seed=seed)
+
+    exact = build("supar", "exact")
+    bernoulli = build("supar", "bernoulli", seed=1)
+    kept = int(exact.layers[1].mask.sum()) / 81
+    groups = catapult.param_groups(bernoulli, 1.0, "adam")
+    hidden_lr = next(g["lr_mult"] for g in groups if any(p is bernoulli.layers[1].weight for p in g["params"]))
+    assert kept == 3 / 81 and hidden_lr == pytest.approx(32.0, rel=1e-12)   # 1 / kept = 27: the load would mix them
+    for parametrization in ("supar", "supar_init", "supar_lr"):
+        with pytest.raises(ParametrizationMismatch, match=r"saved from a model with exact masks; the model it is "
+                                                          r"loaded into has bernoulli masks"):
+            build(parametrization, "bernoulli", seed=1).load_state_dict(_saved(build(parametrization, "exact")))
+        with pytest.raises(ParametrizationMismatch, match=r"with bernoulli masks; .* has exact masks"):
+            build(parametrization, "exact").load_state_dict(_saved(build(parametrization, "bernoulli", seed=1)))
+    for parametrization in ("sp", "mup"):
+        target = build(parametrization, "bernoulli", seed=1)
+        target.load_state_dict(_saved(build(parametrization, "exact")))
+        assert int(target.layers[1].mask.sum()) == 3
+
+
+def test_a_gmp_models_masks_are_refused_by_a_static_model():
+    """GPT(density=d, mask_density=1.0) is model.sparsity.method gmp: masks start all ones and are pruned to d.
+    Its checkpoint loaded into the static GPT(density=d): the model took the all-ones (or part-pruned) masks,
+    which nothing prunes there, with SμPar's init and lrs of d: at step 0 it trained dense (live density 1.0
+    in a 0.25 model). Now refused, either way and under any parametrization. Truth: the masks' count."""
+    from catapult.models import GPT
+
+    kw = dict(d_model=8, n_layers=1, n_heads=2, context=4, density=0.25, mask_seed=0)
+    for parametrization in ("supar", "sp"):
+        gmp = GPT(7, mask_density=1.0, parametrization=parametrization, **kw)
+        static = GPT(7, parametrization=parametrization, **kw)
+        assert model_density(gmp) == 1.0 and model_density(static) == 0.25
+        with pytest.raises(ParametrizationMismatch, match=r"with masks drawn at mask_density 1 for gmp to prune; "
+                                                          r"the model it is loaded into has exact masks"):
+            static.load_state_dict(_saved(gmp))
+        assert model_density(static) == 0.25                         # nothing copied
+        with pytest.raises(ParametrizationMismatch, match=r"with exact masks; .* has masks drawn at mask_density 1"):
+            gmp.load_state_dict(_saved(static))
+    old = _saved(GPT(7, mask_density=1.0, parametrization="supar", **kw))
+    for entry in old._metadata.values():   # a record saved before the mask keys existed: not compared on them
+        for key in ("mask_method", "mask_density"):
+            entry.get("catapult", {}).pop(key, None)
+    static = GPT(7, parametrization="supar", **kw)
+    static.load_state_dict(old)
+    assert model_density(static) == 1.0

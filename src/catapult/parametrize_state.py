@@ -19,6 +19,14 @@ and the built-in models) registers two hooks:
   masks draw it per seed, and GMP prunes it during training, so a checkpoint loads into the model
   its own arguments build. A ``state_dict`` without a record (an older checkpoint, a plain
   ``dict`` copy) loads as before.
+* the masks: the record's ``mask_method`` (``"exact"``, ``"bernoulli"``; ``None`` without masks) and
+  ``mask_density`` (the density a GPT's masks were drawn at for gmp, which prunes them to its density;
+  ``None``: drawn at the density) are compared too. The loaded masks replace the model's own, while
+  the model keeps the hidden init and lrs of its own: a gmp checkpoint's masks, part-pruned, in a
+  static model stayed as they were and were corrected for the final density; under SμPar (and its
+  ablations), whose ``m_rho`` is an exact mask's count but a Bernoulli mask's asked density, an exact
+  mask keeping 3 of 81 weights at 1/32 trained in a Bernoulli model at lr_mult 32 for the 27 of its count.
+  A record without these keys (saved before they were) is not compared on them.
 """
 from __future__ import annotations
 
@@ -51,10 +59,36 @@ def model_density(module: nn.Module) -> float:
 
 
 def state_record(module: nn.Module) -> dict[str, Any]:
-    """What is saved with the weights of ``module`` (which has ``catapult_spec``)."""
+    """What is saved with the weights of ``module`` (which has ``catapult_spec``; ``catapult_masks``
+    from :func:`attach_spec`)."""
     spec = module.catapult_spec
+    masks = getattr(module, "catapult_masks", None) or {}
     return {"parametrization": spec.parametrization, "density": model_density(module),
-            "width_mult": float(spec.width_mult), "density_mult": float(spec.density_mult), "lr_rule": spec.lr_rule}
+            "width_mult": float(spec.width_mult), "density_mult": float(spec.density_mult), "lr_rule": spec.lr_rule,
+            "mask_method": masks.get("mask_method"), "mask_density": masks.get("mask_density")}
+
+
+def _describe_masks(record: dict[str, Any]) -> str:
+    method, start = record.get("mask_method"), record.get("mask_density")
+    if method is None and start is None:
+        return "no masks"
+    if start is not None:
+        return f"masks drawn at mask_density {start:.6g} for gmp to prune" if isinstance(start, (int, float)) \
+            else f"masks drawn at mask_density {start!r}"
+    return f"{method} masks" if isinstance(method, str) else f"masks {method!r}"
+
+
+def _same_masks(saved: dict[str, Any], here: dict[str, Any]) -> bool:
+    """Whether the saved masks are those the model corrects for: the same gmp start (any
+    parameterization: a static model never prunes a gmp model's masks) and, under SμPar's init or
+    lr rule (its ``m_rho`` follows the method), the same method. A record saved before the keys
+    existed is not compared."""
+    if "mask_method" not in saved and "mask_density" not in saved:
+        return True
+    start, here_start = saved.get("mask_density"), here["mask_density"]
+    if (start is None) != (here_start is None) or (start is not None and not _same_number(start, here_start)):
+        return False
+    return not str(here["parametrization"]).startswith("supar") or saved.get("mask_method") == here["mask_method"]
 
 
 def _describe(record: dict[str, Any], widths: bool = False) -> str:
@@ -84,6 +118,14 @@ def _load_hook(module: nn.Module, state_dict, prefix: str, local_metadata: dict,
             and _same_number(saved.get("density_mult", here["density_mult"]), here["density_mult"])
             and (not widths or (_same_number(saved.get("width_mult", here["width_mult"]), here["width_mult"])
                                 and saved.get("lr_rule", here["lr_rule"]) == here["lr_rule"])))
+    if same and not _same_masks(saved, here):
+        raise ParametrizationMismatch(
+            f"this state_dict was saved from a model with {_describe_masks(saved)}; the model it is loaded into "
+            f"has {_describe_masks(here)} (parametrization {here['parametrization']!r}). Its masks would replace "
+            "this model's while the hidden init and lrs stay this model's (SμPar's m_rho: an exact mask's count, a "
+            "Bernoulli mask's asked density; gmp: pruned to density). Refusing to load it: build the model with the "
+            "saved mask_method (and mask_density / model.sparsity.method), or load into a copy of the model it "
+            "came from")
     if not same:
         raise ParametrizationMismatch(
             f"this state_dict was saved from a model with {_describe(saved, widths)}; the model it is loaded "
@@ -98,10 +140,12 @@ def _same_number(saved: Any, here: float) -> bool:
             and abs(float(saved) - here) <= 1e-9 * max(1.0, abs(here)))
 
 
-def attach_spec(module: nn.Module, spec) -> nn.Module:
+def attach_spec(module: nn.Module, spec, masks: tuple[str, float | None] | None = None) -> nn.Module:
     """Set ``module.catapult_spec = spec`` and register the save/load hooks (once per module);
-    returns ``module``."""
+    returns ``module``. ``masks``: ``(mask_method, mask_density)`` of a model whose hidden layers have
+    masks (``mask_density`` ``None`` unless they were drawn denser for gmp), recorded with the weights."""
     module.catapult_spec = spec
+    module.catapult_masks = None if masks is None else {"mask_method": masks[0], "mask_density": masks[1]}
     if not getattr(module, _HOOKED, False):
         if hasattr(module, "register_state_dict_post_hook"):
             module.register_state_dict_post_hook(_save_hook)

@@ -260,7 +260,9 @@ class GPT(nn.Module):
             self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
             self.lm_head.catapult_role = "output"
         self.catapult_block = "logits"
-        attach_spec(self, ParamSpec(parametrization, width_mult, density_mult, "table"))  # + state_dict record
+        masked = mask_density is not None or self.density < 1.0   # SμPar's m_rho: gmp's is the exact count's
+        attach_spec(self, ParamSpec(parametrization, width_mult, density_mult, "table"),  # + state_dict record
+                    masks=("exact" if mask_density is not None else mask_method, mask_density) if masked else None)
 
         # ---- initialisation (module docstring's table) ----
         with torch.no_grad():

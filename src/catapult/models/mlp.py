@@ -205,7 +205,8 @@ class MLP(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.activation = ACTIVATIONS[activation]()
         attach_spec(self, ParamSpec(parametrization, width_mult, density_mult,  # + state_dict record
-                                    "table" if table_form else "global"))
+                                    "table" if table_form else "global"),
+                    masks=(mask_method, None) if self.density < 1.0 else None)
 
     @classmethod
     def from_config(cls, model_cfg, in_features: int, out_features: int) -> "MLP":
