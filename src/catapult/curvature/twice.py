@@ -246,15 +246,21 @@ class GraphScan(NamedTuple):
 #: Reductions (``x.max(dim)``, ``amax``, ``topk``, ``sort``) are not: most hold a softmax's or a
 #: log-sum-exp's shift, whose derivative cancels (a smooth loss): where one is a kink (a global max over
 #: each channel, ``cnnamax``) trying the difference level first cost 2-14% (two runs), where a smooth loss
-#: guessed kinked would lose 35-48% (the tanh CNN started at the sub-batch levels). Nor is ``torch.where`` (its
-#: condition, often a fixed mask, is not in the graph) or ``round``/``floor`` (zero gradient). Torch 2.2.2
+#: guessed kinked would lose 35-48% (the tanh CNN started at the sub-batch levels). The steps of ``round``,
+#: ``floor``, ``ceil``, ``trunc``, ``sign``/``sgn`` and the sawtooths ``frac``, ``remainder``, ``fmod`` are
+#: (their output jumps, so the gradients of the layers after them jump: a float32 step crossed them on every
+#: direction measured, gap 2 as ReLU's, bench/fd_kinks.py). ``torch.where`` is not: its condition, not in the
+#: graph, is a fixed mask as often as not (an attention mask: smooth, gap 0.005), and only one from the
+#: parameters (``where(h > 0, h, 0.1 h)``: gap 2) is a kink. ``clamp`` with tensor bounds (a kink: gap 2) is
+#: named already (``ClampBackward0``, ``ClampMinBackward1``, ``ClampMaxBackward1``). Torch 2.2.2
 #: (our floor) names the elementwise ones alike (``clamp(min=tensor)`` ``ClampBackward0``, scalar bounds
 #: ``ClampBackward1``); the max-pool names are torch 2.13's (``torch._C._functions``).
 KINKED_NODES = frozenset({"Relu", "Threshold", "Hardtanh", "LeakyRelu", "Prelu", "PreluKernel", "RreluWithNoise",
                           "Hardswish", "Hardsigmoid", "Clamp", "ClampMin", "ClampMax", "Abs", "Maximum",
                           "Minimum", "Fmax", "Fmin", "Hardshrink", "Softshrink", "MaxPool2D", "MaxPool2DWithIndices",
                           "MaxPool3DWithIndices", "AdaptiveMaxPool2D", "AdaptiveMaxPool3D", "FractionalMaxPool2D",
-                          "FractionalMaxPool3D", "MkldnnMaxPool2D", "MkldnnMaxPool3D"})
+                          "FractionalMaxPool3D", "MkldnnMaxPool2D", "MkldnnMaxPool3D", "Round", "Floor", "Ceil",
+                          "Trunc", "Frac", "Remainder", "Fmod", "Sign", "Sgn"})
 
 
 #: The ``grad_fn`` names of ``F.embedding`` and ``F.embedding_bag``, whose saved flags
