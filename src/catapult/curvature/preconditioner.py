@@ -15,7 +15,7 @@ from catapult.curvature import sharded
 from catapult.optim import registry, rules
 from catapult.optim.step_count import torch_next_step
 
-__all__ = ["check_preconditioned", "check_optimizer_holds", "adam_preconditioner", "step_preconditioner",
+__all__ = ["check_preconditioned", "check_step_optimizer", "check_optimizer_holds", "adam_preconditioner", "step_preconditioner",
            "PreconditionedOperator"]
 
 
@@ -123,6 +123,32 @@ def _adam_preconditioner(optimizer, grad_flat: torch.Tensor, names, params,
         l2_piece = (inv * wd).reshape(-1) if coupled_l2 else torch.zeros(n, dtype=dtype, device=device)
         l2_pieces.append(l2_piece + extra if extra != 0.0 else l2_piece)
     return torch.cat(pieces), (torch.cat(l2_pieces) if has_l2 else None)
+
+
+def check_step_optimizer(optimizer, owner: str) -> None:
+    """A TypeError naming ``owner`` unless ``optimizer`` is one whose next step the spectrum's
+    ``optimizer=`` reads (:func:`step_preconditioner`: torch's SGD, Adam, AdamW, RAdam or
+    :class:`catapult.optim.GIAdam`), and the ValueError of a ``maximize=True`` group: before any
+    product (RMSprop, a string, or a list holding an Adam was the registry's NotImplementedError,
+    after the operator's graph had been built).
+
+    >>> w = [torch.nn.Parameter(torch.zeros(2))]
+    >>> check_step_optimizer(torch.optim.SGD(w, lr=0.1), "top_eigenpairs")
+    >>> check_step_optimizer(torch.optim.RMSprop(w), "hessian_trace")
+    Traceback (most recent call last):
+    ...
+    TypeError: hessian_trace optimizer= supports torch.optim.SGD, Adam, AdamW, RAdam and catapult.optim.GIAdam (the next step's pre-conditioner or per-group lrs), got RMSprop
+    """
+    supported = isinstance(optimizer, torch.optim.Optimizer)
+    if supported:
+        try:
+            registry.spec_for(optimizer)
+        except NotImplementedError:
+            supported = False
+    if not supported:
+        raise TypeError(f"{owner} optimizer= supports torch.optim.SGD, Adam, AdamW, RAdam and catapult.optim.GIAdam "
+                        f"(the next step's pre-conditioner or per-group lrs), got {type(optimizer).__name__}")
+    registry.refuse_maximize(optimizer, "the pre-conditioned sharpness")
 
 
 def check_optimizer_holds(optimizer, params) -> None:

@@ -22,7 +22,7 @@ from catapult.curvature import distributed as dist_ops
 from catapult.curvature.ggn import CURVATURES, GaussNewtonOperator
 from catapult.curvature.certify import certified_pairs
 from catapult.curvature.top_k import Eigenpairs, check_block_size, check_k, lanczos_top_k, restart_floor
-from catapult.curvature.preconditioner import PreconditionedOperator, step_preconditioner
+from catapult.curvature.preconditioner import PreconditionedOperator, check_step_optimizer, step_preconditioner
 from catapult.curvature.rank_agreement import same_call_on_every_rank
 from catapult.curvature.forward_ad import refuse_sparse_products
 from catapult.curvature.sharpness import MEMORY_SETTINGS, build_operator, memory_setting
@@ -59,6 +59,8 @@ def curvature_operator(model, loss_fn, batch, *, curvature: str = "hessian", opt
     """
     if scale_by_group_lr and optimizer is None:  # it was ignored: the plain operator came back
         raise ValueError("scale_by_group_lr=True scales by the optimizer's per-group lrs: pass optimizer=")
+    if optimizer is not None:
+        check_step_optimizer(optimizer, "curvature_operator")
     op = build_operator(model, loss_fn, batch, curvature=curvature, dtype=dtype, hvp=hvp,
                         seed=seed, chunk_size=chunk_size, distributed=distributed,
                         sharded_vectors=sharded_vectors)
@@ -111,6 +113,8 @@ def top_eigenpairs(model, loss_fn, batch, k: int = 5, *, tol: float = 1e-3, init
         [4.0, 1.0]
     """
     tol, max_iter, max_basis = check_solver_args(tol, max_iter, max_basis, owner="top_eigenpairs")
+    if optimizer is not None:   # before memory="lean"'s sizing forward and the operator's graph
+        check_step_optimizer(optimizer, "top_eigenpairs")
     # k and the block first, before the operator's graph is built (k, then the block it bounds)
     trainable = (sum(p.numel() for p in model.parameters() if p.requires_grad)
                  if isinstance(model, torch.nn.Module) else 0)
@@ -301,6 +305,8 @@ def hessian_trace(model, loss_fn, batch, *, matvecs: int = 100, curvature: str =
         5.0
     """
     matvecs = check_matvecs(matvecs)  # before the operator (and an optimizer's gradient) is built
+    if optimizer is not None:
+        check_step_optimizer(optimizer, "hessian_trace")
     op = curvature_operator(model, loss_fn, batch, curvature=curvature, optimizer=optimizer,
                             dtype=dtype, hvp=hvp, seed=seed, chunk_size=chunk_size,
                             distributed=distributed, scale_by_group_lr=scale_by_group_lr,
@@ -471,6 +477,8 @@ def spectral_density(model, loss_fn, batch, *, runs: int = 8, steps: int = 40,
     width = None if sigma is None else check_sigma(sigma)
     (runs, steps, grid_points), sigma = counts, width
     max_basis = check_max_basis(max_basis, owner="spectral_density")
+    if optimizer is not None:
+        check_step_optimizer(optimizer, "spectral_density")
     op = curvature_operator(model, loss_fn, batch, curvature=curvature, optimizer=optimizer,
                             dtype=dtype, hvp=hvp, seed=seed, chunk_size=chunk_size,
                             distributed=distributed, scale_by_group_lr=scale_by_group_lr,
