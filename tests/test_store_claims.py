@@ -127,3 +127,53 @@ def test_a_live_driver_is_not_taken_for_dead_from_another_pid_namespace(tmp_path
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr[-3000:]
         assert json.loads(out.stdout) == []  # alive there too, until its lease runs out
+
+
+def test_registering_forgets_only_drivers_ten_leases_dead_that_hold_nothing(tmp_path):
+    # mutation pass 21 (CL1, CL2): drivers 5 leases dead, or 11 leases dead holding a claim, are kept; one 11
+    # leases dead holding nothing is forgotten
+    path = _store(tmp_path / "s.db")
+    with Store(path) as store:
+        recent, holder, old = store.register_driver(), store.register_driver(), store.register_driver()
+        assert store.claim(0, holder)
+        now = time.time()
+        for driver, leases in ((recent, 5), (holder, 11), (old, 11)):
+            store.conn.execute("UPDATE drivers SET heartbeat = ? WHERE id = ?", (now - leases * LEASE_S, driver))
+        new = store.register_driver()
+        kept = {row[0] for row in store.conn.execute("SELECT id FROM drivers")}
+        assert kept == {recent, holder, new}
+
+
+def test_a_claim_by_its_own_holder_is_taken_and_a_diverged_cell_never_again(tmp_path):
+    # mutation pass 21: the holder's own claim on its running cell (CL3: refused as another live driver's), and a
+    # diverged result is done (CL4: only 'finished' was), as a finished one is
+    path = _store(tmp_path / "s.db")
+    with Store(path) as store:
+        one, two = store.register_driver(), store.register_driver()
+        assert store.claim(0, one) and store.claim(0, one) and store.cell(0)["attempts"] == 2
+        assert store.claim(1, one)
+        assert store.record(1, CellResult("diverged", [{"step": 0, "train_loss": 1e9}], {}), driver_id=one) == "diverged"
+        assert not store.claim(1, two) and not store.claim(1, one)
+
+
+def test_a_failure_at_the_drivers_start_instant_is_this_sessions(tmp_path):
+    # mutation pass 21 (CL5): finished_at == retry_failed_before is not before it: not retried
+    path = _store(tmp_path / "s.db")
+    with Store(path) as store:
+        one = store.register_driver()
+        assert store.claim(0, one)
+        assert store.record(0, CellResult("failed", [], {}, error="boom"), driver_id=one) == "failed"
+        at = store.cell(0)["finished_at"]
+        assert not store.claim(0, one, retry_failed_before=at)
+        assert store.claim(0, one, retry_failed_before=at + 1e-3)
+
+
+def test_a_released_driver_cannot_record_the_cells_it_held(tmp_path):
+    # mutation pass 21 (CL7): release_driver kept its claims, and the released driver still recorded its cell
+    path = _store(tmp_path / "s.db")
+    with Store(path) as store:
+        first = store.register_driver()
+        assert store.claim(2, first)
+        store.release_driver(first)
+        assert store.record(2, _done(), driver_id=first) is None
+        assert store.cell(2)["status"] == "interrupted" and store.interrupted_ids() == {2}
