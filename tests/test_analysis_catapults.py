@@ -80,3 +80,41 @@ def test_bool_and_nan_sharpness_are_not_measurements():
     (event,) = detect_catapults(rows, lookback=5)
     assert (event.sharpness_before, event.sharpness_after) == (10.0, 2.0)
     assert detect_catapults(_rows([1.0, 3.0, 1.0], [True, None, 0.5])) == []  # one measurement: none
+
+
+def test_a_spike_ends_at_a_loss_of_exactly_rise_times_the_minimum():
+    # mutation pass 21 (AN2): "L_e <= rise * m_s" is not strict: 0.75 == 1.5 * 0.5 at step 3 ends the spike
+    # started at step 2 (2.0 > 0.75); lookback 2, before = {10}, after = steps 3, 4 = {2}
+    (event,) = detect_catapults(_rows([0.5, 0.5, 2.0, 0.75, 0.5], [10.0, 10.0, 10.0, 2.0, 2.0]))
+    assert (event.start, event.peak, event.end) == (2, 2, 3)
+
+
+def test_the_lookback_window_includes_its_first_step():
+    # mutation pass 21 (AN5): measurements every 2 steps (lookback 4); the spike starts at step 6, so the window
+    # is steps 2..6 inclusive: step 2's 30 is before (max of 30, 10, 10), not 10
+    rows = _rows([1.0] * 6 + [3.0, 1.0, 1.0, 1.0], [None, None, 30.0, None, 10.0, None, 10.0, None, 2.0, None])
+    (event,) = detect_catapults(rows)
+    assert (event.start, event.sharpness_before, event.sharpness_after) == (6, 30.0, 2.0)
+
+
+def test_a_repeated_step_gives_the_lookback_of_a_spacing_of_one():
+    # mutation pass 21 (AN4): step 0 logged twice makes the smallest spacing 0, read as 1 (lookback 2): the spike
+    # at step 2 sees steps 0..2 = {30, 30, 20}, before 30 (a lookback of 0 saw none, then the last one, 20)
+    rows = [{"step": s, "train_loss": loss, "sharpness": sh} for s, loss, sh in
+            zip([0, 0, 1, 2, 3, 4], [1.0, 1.0, 1.0, 3.0, 1.0, 1.0], [30.0, 30.0, 20.0, None, 4.0, 4.0])]
+    (event,) = detect_catapults(rows)
+    assert (event.start, event.sharpness_before, event.sharpness_after) == (2, 30.0, 4.0)
+
+
+def test_after_is_the_smallest_measurement_after_the_peak_step_itself():
+    # mutation pass 21: the peak step's own measurement (1) is not after it (AN7); after = steps 4, 5 = {6, 3},
+    # the smallest 3, not the first (AN9); before (lookback 2) = steps 1..3 = {10, 10, 1}, 10
+    (event,) = detect_catapults(_rows([1.0, 1.0, 1.0, 3.0, 1.0, 1.0], [10.0, 10.0, 10.0, 1.0, 6.0, 3.0]))
+    assert (event.peak, event.sharpness_before, event.sharpness_after) == (3, 10.0, 3.0)
+
+
+def test_a_drop_of_exactly_drop_times_before_is_no_catapult():
+    # mutation pass 21 (AN8): "after < (1 - drop) * before" is strict: 5 == 0.5 * 10 is none; at drop 0.4 it is one
+    rows = _rows([1.0, 1.0, 1.0, 3.0, 1.0, 1.0], [10.0, 10.0, 10.0, 10.0, 5.0, 5.0])
+    assert detect_catapults(rows, drop=0.5) == []
+    assert [e.sharpness_after for e in detect_catapults(rows, drop=0.4)] == [5.0]
