@@ -45,7 +45,7 @@ def test_per_member_declaration_equals_the_old_constant():
 def test_known_keys_are_the_leaves_of_the_default_config():
     known = C.known_keys()
     assert known == frozenset(_leaves(C.defaults()))
-    assert "optimizer.lr" in known and "schedule" not in known and len(known) == 81   # 56 + eval.sharpness_start (stop 47) + train.fsdp + issue 16: eval.sharpness_memory/spectrum_top_k/spectrum_block_size/trace_matvecs + issue 14: model.widen, data.augment.{flip,crop,mixup}, train.accuracy_failure, eval.lambda0_batches + issue 15: data.tokenizer/vocab_size/cache_dir, model.final_norm, model.sparsity.* (5), train.compile + issue 14 wiring: schedule.rtol, model.channels, data.text_key
+    assert "optimizer.lr" in known and "schedule" not in known and len(known) == 82   # 56 + eval.sharpness_start (stop 47) + train.fsdp + issue 16: eval.sharpness_memory/spectrum_top_k/spectrum_block_size/trace_matvecs + issue 14: model.widen, data.augment.{flip,crop,mixup}, train.accuracy_failure, eval.lambda0_batches + issue 15: data.tokenizer/vocab_size/cache_dir, model.final_norm, model.sparsity.* (5), train.compile + issue 14 wiring: schedule.rtol, model.channels, data.text_key + stop 65: model.sparsity.supar_density
     assert C.leaf_keys() == list(_leaves(C.defaults()))  # declaration order
     for key in known:  # each leaf has its check, default and doc
         option = C.get(key)

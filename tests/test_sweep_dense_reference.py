@@ -97,7 +97,7 @@ def test_a_method_grid_runs_each_method_without_the_options_it_does_not_read(tmp
     path = _write(tmp_path, "    model.sparsity.method: [static, rigl, gmp]\n", base)
     cells = {c.swept["model.sparsity.method"]: c.config["model"]["sparsity"] for c in expand(*load_sweep(path))}
     default = {k: cfg.get(f"model.sparsity.{k}").default
-               for k in ("update_every", "drop_fraction", "start_fraction", "end_fraction")}
+               for k in ("update_every", "drop_fraction", "start_fraction", "end_fraction", "supar_density")}
     assert cells["static"] == {"method": "static", **default}
     assert cells["rigl"] == {**default, "method": "rigl", "update_every": 1, "drop_fraction": 0.5, "end_fraction": 0.75}
     assert cells["gmp"] == {**default, "method": "gmp", "update_every": 1, "end_fraction": 0.75}
@@ -110,7 +110,7 @@ def test_the_variant_table_names_what_each_sparsity_method_reads():
     table = {option.rsplit(".", 1)[1]: set(readers) for decider, option, readers in VARIANT_OPTIONS
              if decider == "model.sparsity.method"}
     assert table == {key: {m for m, keys in SPARSITY_OPTIONS.items() if key in keys}
-                     for key in ("update_every", "drop_fraction", "start_fraction", "end_fraction")}
+                     for key in ("update_every", "drop_fraction", "start_fraction", "end_fraction", "supar_density")}
 
 
 def test_a_grid_that_also_sweeps_a_rigl_option_refuses_its_dense_cells(tmp_path):

@@ -355,6 +355,12 @@ def _check_text_tokens(config: dict) -> Problems:
     if method != "static" and model["density"] < 1.0 and config["train"]["steps"] >= 1:
         yield from _check_mask_updates(model["sparsity"], config["train"]["steps"])
     yield from _check_sparsity_options(model["sparsity"])
+    if (model["sparsity"]["supar_density"] != _default(SparsityConfig, "supar_density")
+            and model["sparsity"]["method"] == "gmp" and model["parametrization"] not in DENSITY_CORRECTED):
+        yield ("model.sparsity.supar_density", f"is read by model.parametrization {', '.join(DENSITY_CORRECTED)} only "
+                                               f"(sp and mup do not correct for the density; it is "
+                                               f"{model['parametrization']!r}); "
+                                               f"{_remove(SparsityConfig, 'supar_density', 'model.sparsity.supar_density')}")
     if model["name"] != "gpt" and not model["final_norm"]:
         yield ("model.final_norm", f"is a gpt option (model.name is {model['name']!r}); "
                                    f"{_remove(ModelConfig, 'final_norm', 'model.final_norm')}")
@@ -362,7 +368,9 @@ def _check_text_tokens(config: dict) -> Problems:
 
 #: The ``model.sparsity`` keys each method reads (the others were accepted and ignored).
 SPARSITY_OPTIONS = {"static": (), "rigl": ("update_every", "drop_fraction", "end_fraction"),
-                    "gmp": ("update_every", "start_fraction", "end_fraction")}
+                    "gmp": ("update_every", "start_fraction", "end_fraction", "supar_density")}
+#: The parameterizations whose init or lrs correct for the density (``model.sparsity.supar_density``).
+DENSITY_CORRECTED = ("supar", "supar_init", "supar_lr")
 
 
 def _check_token_ids(data: dict) -> Problems:
@@ -396,7 +404,7 @@ def _check_sparsity_options(sparsity: dict) -> Problems:
     static masks read none, rigl no ``start_fraction``, gmp no ``drop_fraction`` (a run or a sweep
     over one changed nothing, under the value asked for)."""
     method = sparsity["method"]
-    for key in ("update_every", "drop_fraction", "start_fraction", "end_fraction"):
+    for key in ("update_every", "drop_fraction", "start_fraction", "end_fraction", "supar_density"):
         if key not in SPARSITY_OPTIONS[method] and sparsity[key] != _default(SparsityConfig, key):
             users = " and ".join(m for m, keys in SPARSITY_OPTIONS.items() if key in keys)
             yield (f"model.sparsity.{key}", f"is read by model.sparsity.method {users} only (method is {method!r}); "

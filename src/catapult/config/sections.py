@@ -148,6 +148,11 @@ class SparsityConfig(Section):
         0.0, description="gmp: pruning starts at this fraction of train.steps")
     end_fraction: Annotated[float, number(low=0.0, high=1.0, low_open=True)] = Field(
         0.75, description="rigl/gmp: no mask updates after this fraction of train.steps")
+    supar_density: Annotated[Literal["final", "dense"], choice()] = Field(
+        "final", description="gmp under SμPar (supar, supar_init, supar_lr): the density its init and lrs are "
+                             "corrected for from step 0: final = model.density's count (the masks start all "
+                             "ones), dense = the dense start (m_rho = 1 / base_density: SμPar under gmp is muP)",
+        json_schema_extra=_added())
 
 
 class ModelConfig(Section):

@@ -323,6 +323,8 @@ class GPT(nn.Module):
         sparsity = m.get("sparsity") or {}
         if sparsity.get("method") == "gmp" and m["density"] < 1.0:  # pruned gradually from dense
             kwargs["mask_density"] = 1.0
+            if sparsity.get("supar_density", "final") == "dense":  # SμPar of the dense start (muP)
+                kwargs["density"] = 1.0
         if m["init_std"] is not None:
             kwargs["init_std"] = m["init_std"]
         return cls(vocab_size, d_model=m["width"], n_layers=m["depth"], n_heads=m["n_heads"], context=context,

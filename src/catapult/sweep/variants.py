@@ -62,6 +62,8 @@ VARIANT_OPTIONS: tuple[tuple[str, str, Readers], ...] = (
     ("model.sparsity.method", "model.sparsity.end_fraction", ("rigl", "gmp")),
     ("model.sparsity.method", "model.sparsity.drop_fraction", ("rigl",)),
     ("model.sparsity.method", "model.sparsity.start_fraction", ("gmp",)),
+    ("model.sparsity.method", "model.sparsity.supar_density", ("gmp",)),
+    ("model.parametrization", "model.sparsity.supar_density", ("supar", "supar_init", "supar_lr")),
     ("data.name", "data.root", ("cifar10", "cifar100", "text")),  # digits and shakespeare are embedded
     ("data.tokenizer", "data.vocab_size", ("bpe", "none")),
     ("data.tokenizer", "data.cache_dir", ("bpe",)),
