@@ -194,3 +194,17 @@ def test_rigl_or_static_masks_denser_than_density_are_refused():
     MaskUpdater(model, "rigl", update_every=1, end_step=4)   # at density's count: rigl keeps it
     dense_start = GPT(11, density=1.0, mask_density=1.0, **kwargs)   # the dense-start correction: nothing to prune to
     MaskUpdater(dense_start, "gmp", final_density=0.25, update_every=1, end_step=2)
+
+
+def test_bernoulli_masks_drawn_at_density_itself_are_not_refused():
+    # mask_density equal to density has nothing for gmp to prune: a Bernoulli draw that keeps more than
+    # density's exact count (19 of 20 seeds here) was refused by rigl as if it were gmp's start
+    kwargs = dict(d_model=12, n_layers=1, n_heads=2, context=4, parametrization="supar", density=0.25,
+                  mask_density=0.25, mask_method="bernoulli")
+    above = 0
+    for seed in range(20):
+        model = GPT(11, mask_seed=seed, **kwargs)
+        above += any(int(m.mask.sum()) > 0.25 * m.mask.numel() for m in _hidden(model))
+        updater = MaskUpdater(model, "rigl", update_every=1, end_step=4)
+        assert len(updater.layers) == 4
+    assert above >= 15

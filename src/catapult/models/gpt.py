@@ -290,7 +290,8 @@ class GPT(nn.Module):
                         nn.init.zeros_(layer.bias)
                     if mask is not None:
                         layer.set_mask(mask)
-                    if mask_density is not None:  # corrected for density's count: MaskUpdater checks it gets there
+                    if mask_density is not None and mask_density > self.density:  # corrected for density's
+                        # count, which only gmp prunes the masks to: MaskUpdater checks that it gets there
                         layer.catapult_final_density = self.density
             if self.lm_head is not None:
                 nn.init.normal_(self.lm_head.weight, 0.0, init_std)
