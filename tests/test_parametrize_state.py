@@ -154,3 +154,21 @@ def test_a_gmp_models_masks_are_refused_by_a_static_model():
     static = GPT(7, parametrization="supar", **kw)
     static.load_state_dict(old)
     assert model_density(static) == 1.0
+
+
+def test_masks_drawn_at_the_density_itself_are_a_static_models():
+    """GPT(density=d, mask_density=d) draws the masks a static GPT(density=d) draws (nothing for gmp to
+    prune): its checkpoint loads into that model and back (the mask record refused it, naming a gmp start),
+    and a Bernoulli one is corrected by the asked density as the static one is (it took the exact count's:
+    14 of 144 at 0.1, hidden lr_mult 10.29 for 10.0). Truth: the static model's record and lr_mults."""
+    from catapult.models import GPT
+
+    kw = dict(d_model=12, n_layers=1, n_heads=2, context=4, parametrization="supar", density=0.1, mask_seed=0)
+    GPT(7, **kw).load_state_dict(_saved(GPT(7, mask_density=0.1, **kw)))
+    GPT(7, mask_density=0.1, **kw).load_state_dict(_saved(GPT(7, **kw)))
+    for method in ("exact", "bernoulli"):
+        static, drawn = GPT(7, mask_method=method, **kw), GPT(7, mask_density=0.1, mask_method=method, **kw)
+        lrs = [[g["lr_mult"] for g in catapult.param_groups(m, 1.0, "adam")] for m in (static, drawn)]
+        assert lrs[0] == lrs[1] and max(lrs[0]) == pytest.approx(1 / 0.1 if method == "bernoulli" else 144 / 14,
+                                                                   rel=1e-12)
+        static.load_state_dict(_saved(drawn))

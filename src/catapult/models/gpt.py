@@ -233,6 +233,8 @@ class GPT(nn.Module):
         self.input_multiplier = 1.0 if parametrization == "sp" else float(alpha_in)
         self.output_multiplier = 1.0 if parametrization == "sp" else alpha_out / width_mult
 
+        pruned = mask_density is not None and mask_density > self.density   # masks gmp prunes to density
+        correction = "exact" if pruned else mask_method   # gmp keeps exact counts; at density: the masks' method
         if mask_seed is None:  # drawn first so weights do not depend on density
             mask_seed = int(torch.randint(0, 2**62, (1,), device="cpu").item())  # cpu: also under a meta probe
         mask_generator = torch.Generator().manual_seed(int(mask_seed))
@@ -260,9 +262,9 @@ class GPT(nn.Module):
             self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
             self.lm_head.catapult_role = "output"
         self.catapult_block = "logits"
-        masked = mask_density is not None or self.density < 1.0   # SμPar's m_rho: gmp's is the exact count's
+        masked = mask_density is not None or self.density < 1.0
         attach_spec(self, ParamSpec(parametrization, width_mult, density_mult, "table"),  # + state_dict record
-                    masks=("exact" if mask_density is not None else mask_method, mask_density) if masked else None)
+                    masks=(correction, mask_density if pruned else None) if masked else None)
 
         # ---- initialisation (module docstring's table) ----
         with torch.no_grad():
@@ -282,7 +284,7 @@ class GPT(nn.Module):
                     # it prunes to), which param_groups reads too
                     layer.catapult_density_mult = kept_density(
                         layer.weight.numel(), self.density, parts=getattr(layer, "catapult_mask_parts", 1),
-                        method="exact" if mask_density is not None else mask_method) / self.base_density
+                        method=correction) / self.base_density
                     std = math.sqrt(init_variance(parametrization, "hidden", init_std**2, width_mult=width_mult,
                                                   density_mult=layer.catapult_density_mult))
                     nn.init.normal_(layer.weight, 0.0, std / math.sqrt(2 * n_layers) if residual else std)
@@ -290,8 +292,8 @@ class GPT(nn.Module):
                         nn.init.zeros_(layer.bias)
                     if mask is not None:
                         layer.set_mask(mask)
-                    if mask_density is not None and mask_density > self.density:  # corrected for density's
-                        # count, which only gmp prunes the masks to: MaskUpdater checks that it gets there
+                    if pruned:  # corrected for density's count, which only gmp prunes the masks to:
+                        # MaskUpdater checks that it gets there
                         layer.catapult_final_density = self.density
             if self.lm_head is not None:
                 nn.init.normal_(self.lm_head.weight, 0.0, init_std)
