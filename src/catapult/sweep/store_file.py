@@ -540,8 +540,13 @@ def create_store_file(path: str | Path, ddl: str) -> bool:
             conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(f"BEGIN; {ddl}; COMMIT;")
+            # everything into the main file, or an error: close() checkpoints too, but says nothing where
+            # that fails (a full disk), and the WAL removed below held the tables: a header-only store was
+            # linked into place, then refused as damaged ("perhaps ... a full disk ... left it unchanged")
+            if conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]:
+                raise sqlite3.OperationalError(f"the new store {path} could not be checkpointed (busy)")
         finally:
-            conn.close()  # the last connection checkpoints: everything is in the main file
+            conn.close()
         return link_new(tmp, path)
     finally:
         for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
