@@ -241,7 +241,7 @@ def test_a_store_on_a_full_disk_is_a_message_not_a_traceback(tmp_path, capsys, m
                       "train: {steps: 1}\neval: {sharpness_every: 0}\nsweep: {grid: {seed: [0]}}\n")
     assert main(["sweep", str(config), "--store", str(tmp_path / "s.db"), "--progress", "none"]) == 2
     err = capsys.readouterr().err
-    assert "the store cannot be written: database or disk is full" in err and "Traceback" not in err
+    assert f"{tmp_path / 's.db'} cannot be written: database or disk is full" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("width, depth, words", [(10**9, 2, "GiB"), (10**25, 2, "overflows"),

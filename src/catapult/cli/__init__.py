@@ -111,7 +111,7 @@ def report(command: str | None, err: BaseException, store: str | None = None) ->
             return 2
         where = store or "the store"
         if any(word in str(err) for word in ("disk", "full", "readonly", "read-only")):
-            _error(command, f"the store cannot be written: {err}")
+            _error(command, f"{where} cannot be written: {err}")
         elif "locked" in str(err):
             _error(command, f"{where} stayed locked by another process for 30 s: {err}")
         else:  # a schema that is not the store's ("no such column", "foreign key mismatch")

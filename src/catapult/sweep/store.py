@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -86,6 +87,21 @@ def _identify(path: Path, create: bool) -> str | StoreError:
                           "it was left unchanged. " + ("Give --store a new path or an existing store."
                                                        if create else "Give the path of a sweep store."))
     return kind
+
+
+def _disk_problem(path: Path, err: sqlite3.Error) -> str | None:
+    """The words for an SQLite error of the disk, not of the store, or None for another error: on a
+    full disk SQLite cannot grow the -shm file beside a store it opens ("disk I/O error", even for a
+    read) or the -wal ("database or disk is full"), and the store, whole, was called "not a usable
+    catapult sweep store"."""
+    if not any(words in str(err) for words in ("disk I/O error", "disk is full")):
+        return None
+    try:
+        room = f"; the disk holding it has {shutil.disk_usage(path.absolute().parent).free / 1024:,.0f} KiB free"
+    except OSError:
+        room = ""
+    return (f"{path} could not be opened for writing (SQLite says: {err}{room}); the store is as it was: free "
+            f"some space beside it (SQLite keeps its -wal and -shm files there) and run again")
 
 
 def file_problem(path: str | Path, *, create: bool = False) -> str | None:
@@ -178,7 +194,8 @@ class Store(DriverClaims, Lambda0Cache):
             self._check_is_store()
             version = self.meta("schema_version")  # the first read of a page: a damaged file fails here
         except sqlite3.DatabaseError as err:
-            raise StoreError(f"{self.path} is not a usable catapult sweep store (SQLite says: {err})") from None
+            raise StoreError(_disk_problem(self.path, err)
+                             or f"{self.path} is not a usable catapult sweep store (SQLite says: {err})") from None
         if version is not None and not version.isdigit():
             raise StoreError(f"{self.path} is damaged: its schema_version {version[:40]!r} is not a number")
         if version is not None and int(version) > SCHEMA_VERSION:
