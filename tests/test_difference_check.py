@@ -90,3 +90,35 @@ def test_smooth_losses_pass_the_check_at_the_first_step(dtype):
     assert op.shrunk_steps == 0 and op.difference_gap <= difference.MAX_GAP
     if dtype == torch.float64:  # in float32 the second difference is at the gradients' rounding
         assert op.difference_gap > 0
+
+
+def test_the_gap_and_the_retries_are_the_operators_over_all_its_products():
+    # mutation pass 21 (DP3, DP4): difference_gap is the largest gap of every product so far (not the last one's),
+    # shrunk_steps the sum of every product's retries (not the last one's)
+    model, loss_fn, batch = near_kink_mlp()
+    v = crossing_direction(model)
+    w = torch.randn(v.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    alone = {}
+    for name, u in (("v", v), ("w", w)):
+        op = HessianOperator(model, loss_fn, batch, hvp="finite_difference")
+        op(u)
+        alone[name] = (op.difference_gap, op.shrunk_steps)
+    assert alone["v"][0] != alone["w"][0] and alone["v"][1] >= 1
+    first, last = sorted(("v", "w"), key=lambda name: -alone[name][0])   # the larger gap first
+    both = HessianOperator(model, loss_fn, batch, hvp="finite_difference")
+    both({"v": v, "w": w}[first])
+    both({"v": v, "w": w}[last])
+    assert both.difference_gap == alone[first][0]
+    twice = HessianOperator(model, loss_fn, batch, hvp="finite_difference")
+    twice(v)
+    twice(v)
+    assert twice.shrunk_steps == 2 * alone["v"][1]
+
+
+def test_a_forward_difference_at_a_non_finite_loss_is_nan():
+    # mutation pass 21 (DP5): a weight of inf makes the loss nan: the product is nan, not a zero that reads as flat
+    model = torch.nn.Linear(2, 1, bias=False)
+    torch.nn.init.constant_(model.weight, float("inf"))
+    op = HessianOperator(model, torch.nn.MSELoss(), (torch.ones(3, 2), torch.ones(3, 1)), dtype=torch.float64)
+    for v in (torch.ones(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)):
+        assert bool(op.forward_difference(v).isnan().all())
