@@ -121,3 +121,11 @@ def test_threshold_unknown_optimizer_errors():
         instability_threshold(torch.optim.Adagrad(params(), lr=0.1))
     with pytest.raises(TypeError, match="RMSprop"):
         instability_threshold(torch.optim.RMSprop(params(), lr=0.1))
+
+
+def test_a_negative_weight_decay_is_refused_naming_it():
+    # mutation pass 21 (IN5): the group's weight decay had no lower bound checked by a test (-0.5 gave 2 / lr + 0.5)
+    opt = torch.optim.SGD(params(), lr=0.1)
+    opt.param_groups[0]["weight_decay"] = -0.5   # (torch refuses it at construction, not in a group set later)
+    with pytest.raises(ValueError, match="weight_decay must be a finite number >= 0; got -0.5"):
+        instability_threshold(opt)
