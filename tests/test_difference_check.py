@@ -122,3 +122,25 @@ def test_a_forward_difference_at_a_non_finite_loss_is_nan():
     op = HessianOperator(model, torch.nn.MSELoss(), (torch.ones(3, 2), torch.ones(3, 1)), dtype=torch.float64)
     for v in (torch.ones(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)):
         assert bool(op.forward_difference(v).isnan().all())
+
+
+def test_a_zero_vectors_product_is_zero():
+    # mutation pass 21 (DP10): ||v|| = 0 returns before the step h / ||v|| (inf; the shifted parameters were nan)
+    model, loss_fn, batch = near_kink_mlp()
+    op = HessianOperator(model, loss_fn, batch, hvp="finite_difference")
+    assert op(torch.zeros(op.numel, dtype=torch.float64)).abs().max() == 0
+    start = torch.linspace(-3.0, 5.0, op.numel, dtype=torch.float64)
+    assert torch.equal(op.accumulate(torch.zeros(op.numel, dtype=torch.float64), start.clone()), start)
+
+
+def test_the_difference_rounding_is_eps_times_the_scaled_gradient_over_the_first_step():
+    # mutation pass 21 (DP7, DP8): eps ||scale * g|| / h, h = eps^(1/3) (float64: eps = 2^-52); g by autograd
+    model, loss_fn, batch = near_kink_mlp()
+    op = HessianOperator(model, loss_fn, batch, hvp="finite_difference")
+    g = torch.cat([t.reshape(-1) for t in torch.autograd.grad(loss_fn(model(batch[0]), batch[1]),
+                                                             list(model.parameters()))])
+    scale = torch.linspace(0.5, 4.0, op.numel, dtype=torch.float64)
+    eps = 2.0 ** -52
+    for s, want in ((None, g), (scale, scale * g)):
+        got = op.difference_rounding() if s is None else op.difference_rounding(s)
+        assert got == pytest.approx(eps * float(torch.linalg.vector_norm(want)) / eps ** (1 / 3), rel=1e-12)
