@@ -498,3 +498,18 @@ def test_a_non_finite_float16_adam_step_names_float16_not_eps_zero():
     with pytest.warns(UserWarning, match="float16"):
         with pytest.raises(NonFiniteStepError, match=r"1 non-finite entries \(in float16 an eps and a \(1 - b2\) g\^2"):
             critical_lr(model, torch.nn.MSELoss(), batch, opt)
+
+
+def test_a_one_element_loss_of_shape_1_is_searched_as_its_scalar():
+    # mutation pass 21 (CP5): a loss of numel 1 is a scalar here (a shape-(1,) loss was refused when 0-d was asked)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 1)
+    batch = (torch.randn(8, 2), torch.randn(8, 1))
+    mse = torch.nn.MSELoss()
+    scalar = critical_lr(model, mse, batch, torch.optim.SGD(model.parameters(), lr=0.1))
+    shaped = critical_lr(model, lambda out, y: mse(out, y).reshape(1), batch,
+                       torch.optim.SGD(model.parameters(), lr=0.1))
+    assert shaped == scalar and scalar.forward_passes > 0
+    with pytest.raises(ValueError, match=r"loss_fn must return a scalar tensor, got shape \(1, 2\)"):
+        critical_lr(model, lambda out, y: mse(out, y).expand(1, 2), batch,
+                    torch.optim.SGD(model.parameters(), lr=0.1))
