@@ -41,7 +41,7 @@ import warnings
 
 import torch
 
-from catapult.arguments import MAX_PRODUCTS, check_integer, check_real, check_seed
+from catapult.arguments import MAX_PRODUCTS, caller_stacklevel, check_integer, check_real, check_seed
 from catapult.curvature.coarse import COARSE_MIN_SAMPLES
 from catapult.curvature.rng import fixed_rng
 from catapult.curvature.krylov import (inner_product, product_exponent, scaled_back, scaled_norm, vector_norm,
@@ -218,14 +218,26 @@ def refuse_batch_coupling(model: torch.nn.Module, chunk_size: int) -> None:
                          f"{coupling_remedy(model.get_submodule(coupled[0]))}use memory='fast'")
 
 
-def warn_unfit(n: int, param_bytes: int, act_bytes: int) -> None:
-    """The warning of a lean solve that cannot stay within 3x a training step."""
+def warn_unfit(n: int, param_bytes: int, act_bytes: int, basis: int = LEAN_MIN_BASIS) -> None:
+    """The warning of a lean solve that cannot stay within 3x a training step, naming the ``basis``
+    it uses (the minimum, or a top-k solve's restart floor above it), at the caller's line (a fixed
+    ``stacklevel=4`` named a line of catapult's, ``spectrum.py`` or ``sharpness.py``, so the default
+    filter showed it once per process; and top_eigenpairs' restart floor of 62 vectors (k=26) was "the
+    minimum basis of 3").
+
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     warn_unfit(8, 2 ** 20, 2 ** 21, basis=16)
+    >>> str(caught[0].message).endswith("using a basis of 16")
+    True
+    """
     warnings.warn(
         f"memory='lean': {LEAN_RATIO}x a training step's peak memory cannot be met for this batch "
         f"({n} samples, activations {act_bytes / 2**20:.1f} MiB vs parameters "
         f"{param_bytes / 2**20:.1f} MiB: the solver needs >= {LEAN_MIN_BASIS + LEAN_OVERHEAD_VECTORS} "
-        f"parameter-sized vectors; predicted by catapult.curvature.lean.lean_sizes); using the minimum basis of {LEAN_MIN_BASIS}", RuntimeWarning,
-        stacklevel=4)
+        f"parameter-sized vectors; predicted by catapult.curvature.lean.lean_sizes); using a basis of "
+        f"{max(basis, LEAN_MIN_BASIS)}", RuntimeWarning, stacklevel=caller_stacklevel())
 
 
 def _apply(matvec, v: torch.Tensor, out: torch.Tensor) -> None:

@@ -63,7 +63,7 @@ def empty_batch_message(distributed: bool) -> str:
 
 
 def memory_setting(memory: str, batch, chunk_size, max_basis, model=None, loss_fn=None, seed=0,
-                   distributed=False, basis_free=False):
+                   distributed=False, basis_free=False, basis_floor=0):
     """``(chunk_size, max_basis)`` for a named memory setting and explicit overrides.
 
     ``"lean"`` sizes both from the problem (:func:`catapult.curvature.lean.lean_sizes`, with
@@ -77,7 +77,9 @@ def memory_setting(memory: str, batch, chunk_size, max_basis, model=None, loss_f
     they hold no such tensors, 10 vectors and no micro-batches. With ``distributed=True`` every rank sizes
     from its own shard and then takes the ranks' smallest basis (the ranks must run the same
     number of products; micro-batches stay per rank). ``basis_free=True`` (the basis-free
-    solver of :func:`sharpness`'s ``"lean"``) sizes only the micro-batches and never warns.
+    solver of :func:`sharpness`'s ``"lean"``) sizes only the micro-batches and never warns;
+    ``basis_floor``: the basis the caller uses at least (:func:`~catapult.curvature.spectrum.top_eigenpairs`'
+    restart floor), which the warning names.
 
     >>> model = torch.nn.Linear(2, 1, bias=False)   # P = 8, A = L = 40 bytes (n = 10)
     >>> batch = (torch.zeros(10, 2), torch.zeros(10, 1))
@@ -112,7 +114,7 @@ def memory_setting(memory: str, batch, chunk_size, max_basis, model=None, loss_f
             act_bytes, largest = lean.activation_bytes(model, loss_fn, batch, seed=seed)
             chunks, basis, fits = lean.lean_sizes(param_bytes, act_bytes, largest, n)
             if not fits and not basis_free:
-                lean.warn_unfit(n, param_bytes, act_bytes)
+                lean.warn_unfit(n, param_bytes, act_bytes, basis=basis_floor)
             return chunks, basis
 
         # a forward that fails on one rank's shard stops every rank (the others waited in the

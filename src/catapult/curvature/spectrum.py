@@ -123,7 +123,9 @@ def top_eigenpairs(model, loss_fn, batch, k: int = 5, *, tol: float = 1e-3, init
         raise ValueError(f"max_iter={max_iter} is below k={k}: k eigenpairs need at least k products")
     block_size = check_block_size(block_size, k)
     refuse_sparse_products(hvp if curvature == "hessian" else curvature, batch)   # before lean's probe
-    chunk_size, basis = memory_setting(memory, batch, chunk_size, max_basis, model, loss_fn, seed, distributed)
+    floor = restart_floor(k, block_size, MEMORY_SETTINGS["fast"]["max_basis"]) if memory == "lean" else 0
+    chunk_size, basis = memory_setting(memory, batch, chunk_size, max_basis, model, loss_fn, seed, distributed,
+                                       basis_floor=floor if max_basis is None else 0)
     op = curvature_operator(model, loss_fn, batch, curvature=curvature, optimizer=optimizer,
                             dtype=dtype, hvp=hvp, seed=seed, chunk_size=chunk_size,
                             distributed=distributed, scale_by_group_lr=scale_by_group_lr,
@@ -133,8 +135,7 @@ def top_eigenpairs(model, loss_fn, batch, k: int = 5, *, tol: float = 1e-3, init
         # lean: its sized basis, but room for restarts to pay (its own floor, k + block + 1
         # vectors, restarted after every product: the top 5 of a 2,058-parameter MLP converged in
         # 0 of 5 seeds within 100 products; restart_floor); fast: the same room and more
-        basis = (max(basis, restart_floor(k, block_size, MEMORY_SETTINGS["fast"]["max_basis"])) if memory == "lean"
-                 else max(2 * k + 10, basis) + block_size - 1)
+        basis = max(basis, floor) if memory == "lean" else max(2 * k + 10, basis) + block_size - 1
     split = solver_split(op)
     eig = lanczos_top_k(op, v0, k, tol=tol, max_iter=max_iter, max_basis=basis,
                         block_size=block_size, seed=seed, **split)
