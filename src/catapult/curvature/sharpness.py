@@ -41,7 +41,10 @@ __all__ = ["sharpness", "preconditioned_sharpness", "instability_threshold", "ME
 #: and ``"lean"`` (micro-batches sized from the problem by
 #: :func:`catapult.curvature.lean.lean_sizes`; the top eigenpair by the basis-free
 #: :func:`catapult.curvature.lean.lean_top_eigenpair`, the top-k by a Krylov basis of 3-10
-#: vectors sized there, so the peak memory is <= 3x a training step's; ``bench/RESULTS.md``).
+#: vectors sized there, so the peak memory is <= 3x a training step's; ``bench/RESULTS.md``;
+#: but top-k keeps at least its restart floor, :func:`~catapult.curvature.top_k.restart_floor`,
+#: ``min(3 k + b, max(2 k + 10, 32) + b - 1)`` vectors, 16 for the top 5, beyond that budget where
+#: the sized basis is smaller, with the warning naming it only where no basis of 3 fits).
 #: An explicit ``chunk_size`` overrides the setting; with ``"lean"`` an explicit ``max_basis``
 #: is a cap on the sized basis (and selects the thick-restart solver with that basis).
 MEMORY_SETTINGS = {"fast": {"chunks": 1, "max_basis": 32},
