@@ -5,6 +5,8 @@ tensors do not have strides"), and ``distributed=True`` failed in its loss-reduc
 shard's halves). Truth: the same batch dense (rel 1e-5), and the rows cut from the dense tensor."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -250,13 +252,15 @@ def test_a_scalar_index_is_refused_alike_on_dense_and_sparse_tensors(name):
     indexing; ``[3]`` (a list of one row) is sample 3 on both, as NumPy's ``a[[3]]`` reads it."""
     x = torch.arange(40.0).view(10, 4) % 3
     sparse, dense = _layouts(x)[name]
-    for index in (3, torch.tensor(3), np.int64(3), np.array(3), True):
+    # the rule's example is the user's own row where the index is an integer ([2] for 2), [3] otherwise
+    for index, row in ((3, 3), (2, 2), (torch.tensor(5), 5), (np.int64(7), 7), (np.array(4), 4), (-1, -1),
+                       (True, None), (2.0, None)):
+        example = re.escape(f"([{row if row is not None else 3}] for sample {row if row is not None else 3} alone)")
         for tree in (dense, sparse, {"x": sparse}):
-            with pytest.raises(ValueError, match=r"sample_index: the index .*3.* is a scalar, not rows of samples .*"
-                                                 r"\(\[3\] for sample 3 alone\)" if index is not True else
-                                                 r"sample_index: the index True is a scalar"):
+            with pytest.raises(ValueError, match=rf"sample_index: the index .* is a scalar, not rows of "
+                                                 rf"samples .*{example}"):
                 sample_index(tree, index)
-        with pytest.raises(ValueError, match=r"sparse_rows: the index .* is a scalar"):
+        with pytest.raises(ValueError, match=rf"sparse_rows: the index .* is a scalar.*{example}"):
             sparse_rows(sparse, index)
     for index in (torch.tensor([[2, 3]]), [[2, 3]], np.array([[2, 3]])):
         for tree in (dense, sparse):

@@ -110,7 +110,7 @@ def sample_index(tree, index):
     (tensor([0, 2]), tensor([0, 2]))
     >>> sample_index(torch.arange(3), 2)
     Traceback (most recent call last):
-    ValueError: sample_index: the index 2 is a scalar, not rows of samples (dim 0): it would drop or add a sample dimension of a dense tensor, and has no reading on a sparse one; give a list or 1-d tensor of rows ([3] for sample 3 alone), a slice or a 1-d bool mask
+    ValueError: sample_index: the index 2 is a scalar, not rows of samples (dim 0): it would drop or add a sample dimension of a dense tensor, and has no reading on a sparse one; give a list or 1-d tensor of rows ([2] for sample 2 alone), a slice or a 1-d bool mask
     """
     mask = _mask_or_none(index)
     if mask is None:
@@ -181,9 +181,28 @@ def _refuse_not_rows(index, where: str) -> None:
     else:
         return
     shown = repr(index) if len(repr(index)) <= 40 else repr(index)[:37] + "..."
+    row = _integer_or_none(index)
+    example = f"[{row}] for sample {row} alone" if row is not None else "[3] for sample 3 alone"
     raise ValueError(f"{where}: the index {shown} is {shape}, not rows of samples (dim 0): it would drop or add a "
                      f"sample dimension of a dense tensor, and has no reading on a sparse one; give a list or 1-d "
-                     f"tensor of rows ([3] for sample 3 alone), a slice or a 1-d bool mask")
+                     f"tensor of rows ({example}), a slice or a 1-d bool mask")
+
+
+def _integer_or_none(index):
+    """The Python int a scalar integer index names (``2``, ``torch.tensor(2)``, ``np.int64(2)``,
+    ``np.array(2)``), or None for anything else (a bool, a float, None, rows)."""
+    if isinstance(index, bool) or (torch.is_tensor(index) and index.dtype == torch.bool):
+        return None
+    if isinstance(index, int):
+        return int(index)
+    if torch.is_tensor(index):
+        if index.dim() == 0 and not index.dtype.is_floating_point and not index.dtype.is_complex:
+            return int(index.item())
+        return None
+    dtype = getattr(index, "dtype", None)
+    if getattr(index, "ndim", None) == 0 and getattr(dtype, "kind", None) in ("i", "u"):
+        return int(index)
+    return None
 
 
 def _refuse_row_dtype(index, where: str) -> None:
