@@ -4,7 +4,7 @@ from __future__ import annotations
 from catapult.critical_lr import NonFiniteLossError
 from catapult.parametrize import group_lr_mult
 from catapult.schedules import PersistentCatapultWarmup
-from catapult.schedules.scheduler import set_group_lr
+from catapult.schedules.scheduler import separate_lr_tensors, set_group_lr
 
 __all__ = ["RunPersistentWarmup"]
 
@@ -30,6 +30,7 @@ class RunPersistentWarmup(PersistentCatapultWarmup):
             return super().step(batch, loss=loss)
         except NonFiniteLossError:
             lr = self.lr if self.lr is not None else self.lr_start
+            separate_lr_tensors(self.optimizer.param_groups)
             for index, group in enumerate(self.optimizer.param_groups):
                 set_group_lr(group, lr * group_lr_mult(group, index))
             self.steps += 1

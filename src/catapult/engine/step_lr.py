@@ -18,7 +18,7 @@ import torch
 from catapult.engine.sharpness_rule import threshold
 from catapult.parametrize import group_lr_mult
 from catapult.schedules import CatapultWarmupSchedule, WarmupSchedule
-from catapult.schedules.scheduler import checked_lr, set_group_lr, warn_replaced_group_lrs
+from catapult.schedules.scheduler import checked_lr, separate_lr_tensors, set_group_lr, warn_replaced_group_lrs
 
 __all__ = ["StepLRs", "StepThresholds", "PURE_SCHEDULES"]
 
@@ -58,6 +58,7 @@ class StepLRs:
         warn_replaced_group_lrs(optimizer, "ScheduleLR")
         self.optimizer, self.schedule, self.last = optimizer, schedule, int(last)
         self.pure = type(schedule) in PURE_SCHEDULES
+        separate_lr_tensors(optimizer.param_groups)   # (one shared tensor lr held the last group's)
         self._pairs = [(group, group_lr_mult(group, i)) for i, group in enumerate(optimizer.param_groups)]
         self._table: list[float] = []  # lr_s, lr_{s+1}, ... of a pure schedule, s = self._start
         self._start = 0

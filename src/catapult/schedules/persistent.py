@@ -13,7 +13,7 @@ from catapult.critical_lr import GROUP_LRS_WARNING, critical_lr, probe_loss
 from catapult.optim import registry
 from catapult.parametrize import group_lr_mult
 from catapult.schedules.functions import checked_real
-from catapult.schedules.scheduler import set_group_lr, warn_replaced_group_lrs
+from catapult.schedules.scheduler import separate_lr_tensors, set_group_lr, warn_replaced_group_lrs
 
 __all__ = ["PersistentCatapultWarmup"]
 
@@ -155,6 +155,7 @@ class PersistentCatapultWarmup:
                                  upper=result.upper, loss0=result.loss0, forward_passes=passes))
 
     def _apply(self) -> None:
+        separate_lr_tensors(self.optimizer.param_groups)   # (one shared tensor held the last group's lr)
         for index, group in enumerate(self.optimizer.param_groups):
             set_group_lr(group, self.lr * group_lr_mult(group, index))
 

@@ -12,7 +12,7 @@ import torch
 from catapult.arguments import caller_stacklevel
 from catapult.parametrize import group_lr_mult, unscaled_group_lrs
 
-__all__ = ["ScheduleLR", "attach", "warn_replaced_group_lrs", "checked_lr"]
+__all__ = ["ScheduleLR", "attach", "warn_replaced_group_lrs", "checked_lr", "separate_lr_tensors"]
 
 
 def checked_lr(schedule: Callable[[int], float], t: int) -> float:
@@ -36,6 +36,29 @@ def checked_lr(schedule: Callable[[int], float], t: int) -> float:
 # --------------------------------------------------------------------------------------------
 # Attaching a schedule to an optimizer
 # --------------------------------------------------------------------------------------------
+def separate_lr_tensors(groups) -> None:
+    """Give each param group whose tensor lr is the same tensor as an earlier group's its own copy
+    (same value, dtype and device). torch's optimizers give every group without an lr of its own the
+    constructor's ``lr`` object itself (``Adam(groups, lr=torch.tensor(0.01))``; a later
+    ``add_param_group`` too), so filling one group's lr in place filled them all: every group then
+    held the last group's ``fn(t) * lr_mult``, its own multiplier lost without a word.
+
+    >>> a, b = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    >>> opt = torch.optim.SGD([{"params": [a]}, {"params": [b]}], lr=torch.tensor(0.1))
+    >>> separate_lr_tensors(opt.param_groups)
+    >>> opt.param_groups[0]["lr"] is opt.param_groups[1]["lr"], float(opt.param_groups[1]["lr"])
+    (False, 0.10000000149011612)
+    """
+    seen: set[int] = set()
+    for group in groups:
+        lr = group.get("lr")
+        if isinstance(lr, torch.Tensor):
+            if id(lr) in seen:
+                group["lr"] = lr.detach().clone()
+            else:
+                seen.add(id(lr))
+
+
 def set_group_lr(group: dict, lr: float) -> None:
     """``group["lr"] = lr``, filled in place when the group holds a tensor lr (as torch's own
     schedulers do): a compiled or CUDA-graph-captured ``optimizer.step`` keeps reading it."""
@@ -126,7 +149,9 @@ class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
 
     def step(self, epoch: int | None = None) -> None:
         """torch's step, a tensor lr filled in place: torch 2.2's replaced it with a float, so a
-        compiled or captured ``optimizer.step`` kept reading the old lr."""
+        compiled or captured ``optimizer.step`` kept reading the old lr. Groups sharing one tensor
+        lr (torch's constructor default) are given their own first (:func:`separate_lr_tensors`)."""
+        separate_lr_tensors(self.optimizer.param_groups)
         held = [group["lr"] for group in self.optimizer.param_groups]
         super().step(epoch) if epoch is not None else super().step()
         replaced = False
