@@ -180,6 +180,43 @@ def test_attach_state_dict_round_trip():
     assert sched.get_last_lr() == sched2.get_last_lr()
 
 
+def test_attach_resumes_from_the_schedulers_state_alone_as_lambda_lr_does():
+    """A fresh optimizer (its state not loaded: a new optimizer, or only the scheduler saved) took its lr,
+    fn(0) * lr_mult, over the saved one for another scheduler's factor, fn(0) / fn(t), for good: a warmup to
+    1.0 resumed at step 4 of 8 ran at 0.2 for ever (0.15, 0.175, 0.2, 0.2, ...). torch's LambdaLR resumes at
+    fn(t) from its state alone; the truth is fn(t) * lr_mult, and so with either load order when both are."""
+    f = warmup(1.0, 8)
+    x = torch.randn(5, 3)
+    model, opt = _two_group_sgd()
+    sched = attach(opt, f)
+    for _ in range(4):
+        _train_step(model, opt, sched, x)
+    saved_opt, saved = opt.state_dict(), sched.state_dict()
+    lambda_opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    lambda_lr = torch.optim.lr_scheduler.LambdaLR(lambda_opt, f)
+    for _ in range(4):
+        lambda_opt.step()
+        lambda_lr.step()
+    lambda_saved = lambda_lr.state_dict()
+    for order in ("scheduler only", "optimizer first", "scheduler first"):
+        model2, opt2 = _two_group_sgd(seed=1)
+        sched2 = attach(opt2, f)
+        if order == "optimizer first":
+            opt2.load_state_dict(saved_opt)
+        sched2.load_state_dict(saved)
+        if order == "scheduler first":
+            opt2.load_state_dict(saved_opt)
+        lambda_opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)   # torch's own, resumed alone
+        lambda_lr = torch.optim.lr_scheduler.LambdaLR(lambda_opt, f)
+        lambda_lr.load_state_dict(lambda_saved)
+        for t in range(5, 11):
+            _train_step(model2, opt2, sched2, x)
+            lambda_opt.step()
+            lambda_lr.step()
+            assert [g["lr"] for g in opt2.param_groups] == pytest.approx([f(t), 0.25 * f(t)], rel=1e-12), (order, t)
+            assert lambda_opt.param_groups[0]["lr"] == pytest.approx(f(t), rel=1e-12)
+
+
 @pytest.mark.parametrize("composite", ["SequentialLR", "ChainedScheduler"])
 def test_attach_inside_torch_composite_schedulers_resumes_as_uninterrupted(composite):
     # the lr after the milestone is ExponentialLR's; loading the attached scheduler's state

@@ -119,7 +119,9 @@ class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
     To resume, as with torch's schedulers: rebuild the scheduler with the same ``fn`` (this sets
     the groups to ``fn(0)``), then ``optimizer.load_state_dict`` (restores the groups' lr) and
     ``scheduler.load_state_dict`` (restores the counters and leaves the lr alone, so that
-    inside ``SequentialLR`` / ``ChainedScheduler`` the lr another scheduler set survives).
+    inside ``SequentialLR`` / ``ChainedScheduler`` the lr another scheduler set survives). The
+    scheduler's state alone (a fresh optimizer) resumes too, as ``LambdaLR``'s does: from the next
+    ``step()`` the groups hold ``fn(t) * lr_mult`` (the fresh lr is not taken for another's factor).
 
     Example (a group with ``lr_mult = 0.5`` gets half the scheduled lr):
         >>> import torch
@@ -178,8 +180,14 @@ class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
             # over fn(0) was taken for one, 4x the warmup's peak and every lr_mult lost)
             self.factors = [1.0] * len(groups)
         elif last is not None:
+            # the lrs this scheduler had set itself when its load_state_dict ran (once): a group still there was
+            # not restored by the optimizer's load_state_dict (the fresh optimizer's fn(0) * lr_mult), and that
+            # ratio to the saved lr is nobody's factor (it was taken for one: fn(0) / fn(t) for good)
+            loaded, self._lrs_at_load = getattr(self, "_lrs_at_load", None) or [], None
             for i, (group, before) in enumerate(zip(groups, last)):
                 now, before = float(group["lr"]), float(before)
+                if i < len(loaded) and loaded[i] is not None and now == loaded[i]:
+                    continue
                 if now != before and before > 0:  # another scheduler's (or a hand's) factor
                     self.factors[i] *= now / before
         return [lr * group_lr_mult(group, i) * factor
@@ -194,14 +202,19 @@ class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
 
     def state_dict(self) -> dict[str, Any]:
         """Scheduler state without the optimizer and the schedule function."""
-        return {k: v for k, v in self.__dict__.items() if k not in ("optimizer", "fn")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("optimizer", "fn", "_lrs_at_load")}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the step counters and factors (the optimizer's own ``load_state_dict`` restores
         the lr)."""
-        self.__dict__.update({k: v for k, v in state_dict.items() if k not in ("optimizer", "fn")})
+        # a group holding what this scheduler set itself (the fresh optimizer's lr, fn(0) * lr_mult): where the
+        # next step still finds it, no optimizer state restored the group (loaded first, it holds the saved lr)
+        own = [float(lr) for lr in getattr(self, "_last_lr", None) or []]
+        self.__dict__.update({k: v for k, v in state_dict.items() if k not in ("optimizer", "fn", "_lrs_at_load")})
         if "factors" not in state_dict:  # saved before the factors were: none were applied then
             self.factors = [1.0] * len(self.optimizer.param_groups)
+        self._lrs_at_load = [float(group["lr"]) if i < len(own) and float(group["lr"]) == own[i] else None
+                             for i, group in enumerate(self.optimizer.param_groups)]
 
 
 def attach(optimizer: torch.optim.Optimizer, fn: Callable[[int], float]) -> ScheduleLR:
