@@ -174,16 +174,16 @@ class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
         # a group added since (optimizer.add_param_group): factor 1 (the factors were one short, and
         # torch's step refused the shorter list: "zip() argument 2 is shorter than argument 1")
         self.factors = (list(self.factors) + [1.0] * len(groups))[:len(groups)]
+        # the lrs this scheduler had set itself when its load_state_dict ran (read once): a group still there was
+        # not restored by the optimizer's load_state_dict (the fresh optimizer's fn(0) * lr_mult), and that
+        # ratio to the saved lr is nobody's factor (it was taken for one: fn(0) / fn(t) for good)
+        loaded, self._lrs_at_load = getattr(self, "_lrs_at_load", None) or [], None
         if self._step_count <= 1:
             # the first step: at construction, or SequentialLR's start, which had set the groups to
             # their initial_lr (the lrs before any scheduler): no factor to take in (that initial_lr
             # over fn(0) was taken for one, 4x the warmup's peak and every lr_mult lost)
             self.factors = [1.0] * len(groups)
         elif last is not None:
-            # the lrs this scheduler had set itself when its load_state_dict ran (once): a group still there was
-            # not restored by the optimizer's load_state_dict (the fresh optimizer's fn(0) * lr_mult), and that
-            # ratio to the saved lr is nobody's factor (it was taken for one: fn(0) / fn(t) for good)
-            loaded, self._lrs_at_load = getattr(self, "_lrs_at_load", None) or [], None
             for i, (group, before) in enumerate(zip(groups, last)):
                 now, before = float(group["lr"]), float(before)
                 if i < len(loaded) and loaded[i] is not None and now == loaded[i]:
@@ -196,7 +196,7 @@ class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
     def _get_closed_form_lr(self) -> list[float]:
         """``step(epoch)`` (``SequentialLR`` handing over at a milestone): ``fn(epoch) * lr_mult``,
         the factors reset."""
-        self.factors = [1.0] * len(self.optimizer.param_groups)
+        self.factors, self._lrs_at_load = [1.0] * len(self.optimizer.param_groups), None
         lr = self._lr_at(self.last_epoch)
         return [lr * group_lr_mult(group, i) for i, group in enumerate(self.optimizer.param_groups)]
 
