@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -73,6 +75,7 @@ class ModelSnapshot:
         self.cpu_rng = torch.get_rng_state()
         on_cuda = any(t.is_cuda for t in model.parameters()) or any(b.is_cuda for b, _ in self.buffers)
         self.cuda_rng = torch.cuda.get_rng_state_all() if on_cuda else None
+        self.host_rng = np.random.get_state(), random.getstate()   # a forward drawing np.random / random
 
     def buffer_copies(self) -> dict[str, Tensor]:
         """Fresh copies of the buffers as they were, by name (for ``functional_call``)."""
@@ -80,13 +83,15 @@ class ModelSnapshot:
 
     @torch.no_grad()
     def restore(self) -> None:
-        """Put buffers (those that changed) and RNG state back, bitwise."""
+        """Put buffers (those that changed) and RNG state (torch's, NumPy's global, ``random``'s) back, bitwise."""
         for buf, saved in self.buffers:
             if not torch.equal(buf, saved):
                 buf.copy_(saved)
         torch.set_rng_state(self.cpu_rng)
         if self.cuda_rng is not None:
             torch.cuda.set_rng_state_all(self.cuda_rng)
+        np.random.set_state(self.host_rng[0])
+        random.setstate(self.host_rng[1])
 
 
 def forward_loss(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,

@@ -46,7 +46,7 @@ class HessianOperator(DifferenceProducts):
     never changed. Every forward pass runs with the CPU/CUDA generator seeded with ``seed``
     inside :func:`torch.random.fork_rng`: in train mode with dropout ``H`` is the Hessian for
     one dropout mask, the same mask in every product, and the global RNG state is left as it
-    was.
+    was (NumPy's global generator and Python's ``random`` too: seeded per product, put back).
 
     Modes (``hvp=``):
       * ``"double_backprop"``: ``g = autograd.grad(L, theta, create_graph=True)`` once, then
