@@ -16,12 +16,14 @@ M_D, M_RHO = 4.0, 0.25
 
 # The table, written out independently (kind -> (sp, mup, supar)).
 ADAM = {"input": (1, 1, 1), "hidden": (1, 1 / M_D, 1 / (M_D * M_RHO)), "output": (1, 1, 1),
-        "vector": (1, 1, 1), "output_bias": (1, 1, 1)}
+        "vector": (1, 1, 1), "output_bias": (1, 1, 1), "fixed": (1, 1, 1)}
 SGD = {"input": (1, M_D, M_D), "hidden": (1, 1, 1 / M_RHO), "output": (1, M_D, M_D),
-       "vector": (1, M_D, M_D), "output_bias": (1, 1, 1)}
+       "vector": (1, M_D, M_D), "output_bias": (1, 1, 1), "fixed": (1, 1, 1)}
+# (mutation pass 21: "fixed", no dimension grown with the width, is 1 everywhere (PR2: SGD's muP gave m_d);
+# RAdam is of the Adam family (PR6: read as SGD, its muP hidden lr was 1, not 1 / m_d))
 
 
-@pytest.mark.parametrize("optimizer,table", [("adam", ADAM), ("adamw", ADAM), ("sgd", SGD)])
+@pytest.mark.parametrize("optimizer,table", [("adam", ADAM), ("adamw", ADAM), ("radam", ADAM), ("sgd", SGD)])
 def test_lr_multipliers_match_the_table(optimizer, table):
     for kind, expected in table.items():
         for param, value in zip(("sp", "mup", "supar"), expected):
