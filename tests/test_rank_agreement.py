@@ -72,6 +72,10 @@ def nested_settings_apart(rank, world):
         "long": lambda: check_same_call("measure", {"model": model, "batch": shard, "levels": long}),
         "alike": lambda: check_same_call("measure", {"model": model, "batch": shard,
                                                      "levels": {"b": [1, (2, None)], "a": ((1, 2.0), [3])}}),
+        # mutation pass 21 (RA1): each rank's own micro-batch size is its own (it does not change the collectives)
+        "chunks": lambda: check_same_call("measure", {"model": model, "batch": shard, "chunk_size": rank + 1}),
+        # mutation pass 21 (RA8): two functions of the same argument names are told apart by name
+        "names": lambda: check_same_call("measure" if rank == 0 else "gauge", {"model": model, "batch": shard}),
     })
 
 
@@ -79,14 +83,16 @@ def nested_settings_apart(rank, world):
 def test_settings_nested_in_tuples_lists_and_dicts_that_differ_between_the_ranks_are_refused():
     # _setting spelt a tuple or list holding tuples or lists by its type only: coarse=[(4, tol)] on
     # one rank and [(2, tol)] on the other, or an optimizer group's nested setting apart by rank, passed
-    for res in on_ranks(nested_settings_apart, timeout_s=60.0):
+    for rank, res in enumerate(on_ranks(nested_settings_apart, timeout_s=60.0)):
+        assert res["names"] == (f"distributed=True: the ranks called different functions ({['measure', 'gauge'][rank]} "
+                                "on this one); call the same on every rank")
         assert res["sharpness"] == ("distributed=True: sharpness's coarse differs between the ranks; pass the same "
                                     "on every rank (the ranks would run different collectives)")
         assert res["nested"] == ("distributed=True: measure's levels differs between the ranks; pass the same on "
                                  "every rank (the ranks would run different collectives)")
         assert res["group"] == ("distributed=True: measure's optimizer's milestones (param group 0) differs between "
                                 "the ranks; pass the same on every rank (the ranks would run different collectives)")
-        assert res["long"] is None and res["alike"] is None
+        assert res["long"] is None and res["alike"] is None and res["chunks"] is None
 
 
 def test_a_setting_is_spelt_by_value_up_to_its_bound():
@@ -97,3 +103,21 @@ def test_a_setting_is_spelt_by_value_up_to_its_bound():
     assert _setting(((1,), object())) == "tuple(tuple(1), <object>)"
     assert _setting(list(range(MAX_SETTING_ENTRIES))) == f"<list of {MAX_SETTING_ENTRIES}>"
     assert _setting([list(range(3))]) == "list(list(0, 1, 2))"
+
+
+def test_a_device_is_spelt_by_value_and_nesting_past_the_depth_bound_by_type():
+    # mutation pass 21: a torch.device is spelt as itself (RA4: '<device>' on every rank, cpu and meta alike);
+    # a list 33 levels deep is counted by type, 32 levels deep by value (RA5: the bound one level further)
+    from catapult.curvature.rank_agreement import MAX_SETTING_DEPTH, _setting
+
+    assert _setting(torch.device("cpu")) == "device(type='cpu')" != _setting(torch.device("meta"))
+
+    def nested(levels):
+        value = 0
+        for _ in range(levels):
+            value = [value]
+        return value
+
+    assert MAX_SETTING_DEPTH == 32
+    assert _setting(nested(32)) == "list(" * 32 + "0" + ")" * 32
+    assert _setting(nested(33)) == "<list of 1>"
