@@ -173,6 +173,23 @@ def test_a_truncated_batch_is_reported_as_truncated(tmp_path):
         load_cifar10(tmp_path)
 
 
+def test_a_damaged_byte_inside_a_batch_of_the_archive_is_caught_by_the_gzip_crc(tmp_path):
+    # incompressible pixels go into deflate's stored blocks, where a damaged byte decodes to another
+    # pixel; only the gzip CRC at the stream's end tells, and the reader stopped short of it
+    files = make_cifar10(tmp_path / "d", per_batch=40, n_test=40)
+    archive = make_targz(tmp_path / "d" / "cifar-10-batches-py", tmp_path / "cifar-10-python.tar.gz")
+    good = load_cifar10(archive, standardize=False)
+    want = np.concatenate([files[f"data_batch_{i}"][b"data"] for i in range(1, 6)])
+    np.testing.assert_array_equal(good.x_train.reshape(200, 3072).mul(255).round().numpy(), want)
+    raw = bytearray(archive.read_bytes())
+    at = raw.find(files["data_batch_2"][b"data"][20].tobytes())   # a row of pixels, stored verbatim
+    assert at > 0
+    raw[at + 100] ^= 0x10
+    archive.write_bytes(bytes(raw))
+    with pytest.raises(CorruptDataError, match="corrupt or truncated.*CRC check failed"):
+        load_cifar10(archive, n_train=80, n_test=0)
+
+
 def _cli(tmp_path, root: Path, capsys) -> tuple[int, str]:
     config = tmp_path / "c.yaml"
     config.write_text(f"data: {{name: cifar10, root: '{root}', n_train: 8, n_test: 4}}\n"

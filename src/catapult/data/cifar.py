@@ -127,9 +127,16 @@ class _TarSource:
         self._folders: set[str] = set()  # top folders of files outside the layout, to say what it is
         try:
             members = self._tar.getmembers()
+            # listing the members decompressed the whole stream but stopped short of its end, where
+            # gzip checks its CRC: a damaged byte in a batch (stored, i.e. incompressible, blocks)
+            # was read as other pixels, without a word. Reading the rest checks it.
+            self.check_complete()
         except _DECOMPRESS_ERRORS as exc:
             self._tar.close()
             raise self._corrupt(exc) from None
+        except CorruptDataError:
+            self._tar.close()
+            raise
         for member in members:
             if not member.isfile():
                 continue
