@@ -335,3 +335,25 @@ def test_char_vocab_decode_refuses_non_integer_ids():
     for ids in (torch.tensor([0.0, 1.7]), ["1"], np.array([True])):
         with pytest.raises(TypeError, match="CharVocab.decode: ids must be integers"):
             vocab.decode(ids)
+
+
+@pytest.mark.parametrize("layout", ["wikitext", "txt"])
+def test_a_broken_link_or_a_folder_where_a_split_file_is_is_refused_not_skipped(tmp_path, layout):
+    # a dangling wiki.valid.raw / valid.txt was skipped: the last 10% of the training text became
+    # the validation text, and a wiki.test.raw folder dropped the test split, without a word
+    train_name, valid_name, test_name = (("wiki.train.raw", "wiki.valid.raw", "wiki.test.raw") if layout == "wikitext"
+                                         else ("a.txt", "valid.txt", "test.txt"))
+    (tmp_path / train_name).write_text("the training text, long enough to hold some out\n" * 20)
+    (tmp_path / valid_name).symlink_to(tmp_path / "moved" / "valid")
+    with pytest.raises(FileNotFoundError, match=f"{valid_name}: a broken link .*moved/valid"):
+        load_text(tmp_path)
+    (tmp_path / valid_name).unlink()
+    (tmp_path / valid_name).write_text("validation text\n")
+    if layout == "wikitext":   # (a folder "c.txt" among *.txt files is no text: skipped, as before)
+        (tmp_path / test_name).mkdir()
+        with pytest.raises(ValueError, match=f"{test_name} is a folder, where a text file is read"):
+            load_text(tmp_path)
+        (tmp_path / test_name).rmdir()
+    (tmp_path / test_name).write_text("test text\n")
+    corpus = load_text(tmp_path)
+    assert (corpus.val.shape[0], corpus.test.shape[0]) == (len("validation text\n"), len("test text\n"))

@@ -3,6 +3,7 @@ like *.npy shards; bad files stop the command with exit 2 naming the file and li
 from __future__ import annotations
 
 import json
+import os
 import pickle
 
 import numpy as np
@@ -326,3 +327,21 @@ def test_token_arrays_beside_text_shards_are_refused_not_left_out(tmp_path):
     with pytest.raises(ConfigError, match=r"data\.root: .*data holds text shards \(a\.jsonl, \.\.\.\) and token "
                                           r"arrays \(shard_000\.npy and 1 more\)"):
         TokenShards(root, VOCAB)
+
+
+def test_a_broken_link_named_as_a_text_shard_is_refused_not_skipped(tmp_path):
+    # a dangling wiki.valid.jsonl was skipped: the run validated on nothing (an empty held-out stream)
+    root = tmp_path / "data"
+    root.mkdir()
+    _jsonl(root / "a.jsonl", DOCS_A)
+    (root / "wiki.valid.jsonl").symlink_to(tmp_path / "elsewhere" / "wiki.valid.jsonl")
+    with pytest.raises(ConfigError, match=r"wiki\.valid\.jsonl: a broken link where a text shard is read"):
+        TokenShards(root, VOCAB, cache_dir=tmp_path / "cache", held_out=True)
+    (root / "wiki.valid.jsonl").unlink()
+    os.mkfifo(root / "wiki.valid.jsonl")
+    with pytest.raises(ConfigError, match=r"wiki\.valid\.jsonl: not a regular file"):
+        TokenShards(root, VOCAB, cache_dir=tmp_path / "cache", held_out=True)
+    (root / "wiki.valid.jsonl").unlink()
+    _jsonl(root / "wiki.valid.jsonl", DOCS_VALID)
+    held = TokenShards(root, VOCAB, cache_dir=tmp_path / "cache", held_out=True)
+    assert [f.name for f in held.sources] == ["wiki.valid.jsonl"] and len(held) > 0

@@ -69,15 +69,33 @@ def folder_splits(path: Path) -> tuple[list[Path], list[Path], list[Path]]:
     >>> [[f.name for f in files] for files in folder_splits(folder)]
     [['a.txt', 'b.txt'], ['valid.txt'], ['test.txt']]
     """
-    if (path / WIKITEXT_FILES[0]).is_file():
-        return ([path / WIKITEXT_FILES[0]], [path / f for f in WIKITEXT_FILES[1:2] if (path / f).is_file()],
-                [path / f for f in WIKITEXT_FILES[2:] if (path / f).is_file()])
-    files = sorted(f for f in path.glob("*.txt") if f.is_file())
+    if _there(path / WIKITEXT_FILES[0]):
+        return ([_regular(path / WIKITEXT_FILES[0])], [_regular(path / f) for f in WIKITEXT_FILES[1:2] if _there(path / f)],
+                [_regular(path / f) for f in WIKITEXT_FILES[2:] if _there(path / f)])
+    files = sorted(_regular(f) for f in path.glob("*.txt") if not f.is_dir())  # a folder "c.txt" is no text
     training = [f for f in files if not is_held_out(f)]
     if not training:
         return files, [], []
     held = [f for f in files if is_held_out(f)]
     return training, [f for f in held if is_validation(f)], [f for f in held if not is_validation(f)]
+
+
+def _there(path: Path) -> bool:
+    """Whether a name is in its folder, a broken link too."""
+    return path.is_symlink() or path.exists()
+
+
+def _regular(path: Path) -> Path:
+    """``path`` if it is a regular file (a link to one too); else a FileNotFoundError / ValueError
+    naming it: a broken ``wiki.valid.raw`` or ``valid.txt`` link, or a ``wiki.valid.raw`` folder, was
+    skipped, and the last ``val_fraction`` of the training text became the validation text without a word."""
+    if path.is_file():
+        return path
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: a broken link (it points to {os.readlink(path)}, which does not exist); "
+                                f"fix the link or remove it")
+    raise ValueError(f"{path} is {'a folder' if path.is_dir() else 'not a regular file'}, where a text file is read; "
+                     f"rename or remove it")
 
 
 def _code_points(text: str) -> np.ndarray:

@@ -90,10 +90,19 @@ def is_validation(path: str | os.PathLike) -> bool:
 
 
 def text_shard_files(root: str | os.PathLike) -> list[Path]:
-    """The ``*.jsonl`` / ``*.parquet`` files at ``root`` (a directory: sorted by name; a file: itself)."""
+    """The ``*.jsonl`` / ``*.parquet`` files at ``root`` (a directory: sorted by name; a file: itself); in a
+    directory, such a name that is neither a folder nor a regular file (a broken link, a pipe) is a ConfigError on
+    ``data.root``."""
     root = Path(root).expanduser()
     if root.is_dir():
-        return sorted(f for f in root.iterdir() if f.is_file() and f.suffix in TEXT_SUFFIXES)
+        found = sorted(f for f in root.iterdir() if f.suffix in TEXT_SUFFIXES and not f.is_dir())
+        # a broken link (or a pipe) named valid.jsonl was skipped: no validation stream, or a
+        # training shard left out, without a word
+        odd = [f for f in found if not f.is_file()]
+        if odd:
+            raise _bad(odd[0], "", f"{'a broken link' if not odd[0].exists() else 'not a regular file'} where a "
+                                   f"text shard is read; fix or remove it")
+        return found
     return [root] if root.suffix in TEXT_SUFFIXES and root.is_file() else []
 
 
