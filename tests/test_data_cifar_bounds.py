@@ -1,5 +1,6 @@
 """CIFAR reader edges: a request that ends exactly at a batch file's end reads no further file,
-and the size bound on a batch file lets an official-sized CIFAR-100 ``train`` file through."""
+the size bound on a batch file lets an official-sized CIFAR-100 ``train`` file through, and a
+``.tar.gz`` in the official member order is decompressed once after its listing."""
 from __future__ import annotations
 
 import numpy as np
@@ -57,3 +58,31 @@ def test_an_official_sized_cifar100_train_file_is_not_refused_as_too_large():
     assert _read_checked(_SizedSource(size10), _CIFAR10, "data_batch_1") == b"read"
     with pytest.raises(CorruptDataError, match="more than a CIFAR-100 'train' file can be"):
         _read_checked(_SizedSource(2 * size), _CIFAR100, "train")
+
+
+def test_a_gzip_archive_is_decompressed_once_after_its_listing_whatever_its_member_order(tmp_path, monkeypatch):
+    # the official archive holds data_batch_4, readme.html, test_batch, data_batch_3, batches.meta,
+    # data_batch_2, data_batch_5, data_batch_1: reading the batches in name order went back in the
+    # stream at every file behind the last one read, and gzip then decompressed again from the start
+    import gzip
+    import io
+    import tarfile
+
+    files = make_cifar10(tmp_path / "d")
+    folder = tmp_path / "d" / "cifar-10-batches-py"
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name in ("data_batch_4", "readme.html", "test_batch", "data_batch_3", "batches.meta", "data_batch_2",
+                     "data_batch_5", "data_batch_1"):
+            raw = (folder / name).read_bytes() if name != "readme.html" else b"<html></html>"
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(raw)
+            tar.addfile(info, io.BytesIO(raw))
+    rewinds = []
+    real = gzip._GzipReader._rewind
+    monkeypatch.setattr(gzip._GzipReader, "_rewind", lambda self: rewinds.append(1) or real(self))
+    split = load_cifar10(archive, standardize=False)
+    want = np.concatenate([files[f"data_batch_{i}"][b"data"] for i in range(1, 6)])
+    np.testing.assert_array_equal(split.x_train.reshape(-1, 3072).mul(255).round().numpy(), want)
+    assert split.y_test.tolist() == list(files["test_batch"][b"labels"]) and split.classes[9] == "class9"
+    assert len(rewinds) == 1   # the listing reads to the end; one pass from the start reads every file
