@@ -77,6 +77,26 @@ def test_a_cache_file_another_user_owns_is_refused(tmp_path, monkeypatch):
     check_owned(planted)
 
 
+def test_a_cache_file_that_is_a_link_to_another_corpus_cache_is_refused(tmp_path):
+    # the owner check followed the link: links under corpus y's cache names to this user's cache of
+    # corpus x passed, and y was trained on x's tokens without a word
+    for folder, word in (("x", "cat"), ("y", "rat")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "corpus.txt").write_text(TRAIN.replace("cat", word))
+    assert "cat" in _decoded(_bpe(tmp_path / "x" / "corpus.txt", tmp_path / "cache_x"))
+    assert "rat" in _decoded(_bpe(tmp_path / "y" / "corpus.txt", tmp_path / "probe"))   # y's cache names
+    x_files, y_names = sorted((tmp_path / "cache_x").iterdir()), sorted(f.name for f in (tmp_path / "probe").iterdir())
+    (tmp_path / "cache_y").mkdir()
+    for y_name, x_file in zip(y_names, x_files):   # the tokenizer, then the train and val arrays
+        assert y_name.split("bpe-v300-")[0] == x_file.name.split("bpe-v300-")[0] and y_name != x_file.name
+        (tmp_path / "cache_y" / y_name).symlink_to(x_file)
+    with pytest.raises(ValueError, match=r"a token cache file that is a symbolic link \(to .*cache_x"):
+        _bpe(tmp_path / "y" / "corpus.txt", tmp_path / "cache_y")
+    with pytest.raises(ValueError, match="symbolic link"):
+        check_owned(tmp_path / "cache_y" / y_names[1])
+    check_owned(x_files[1])
+
+
 def test_a_folder_with_train_valid_test_files_uses_them_as_its_splits(tmp_path):
     (tmp_path / "train.txt").write_text(TRAIN)
     (tmp_path / "valid.txt").write_text("validation words only here\n" * 5)

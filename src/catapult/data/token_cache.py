@@ -48,12 +48,18 @@ def _writable_dir(path: Path) -> bool:
 def check_owned(path: str | os.PathLike) -> None:
     """Raise ValueError unless the cache file at ``path`` belongs to this user: catapult reads
     only the token caches it wrote (its names follow from the source files' sizes and times, so
-    anyone who may write the folder could plant a tokenizer or arrays there). No check where the
-    platform has no user ids."""
+    anyone who may write the folder could plant a tokenizer or arrays there), and unless it is a plain
+    file: a symbolic link there (to a cache of another corpus that is this user's) is refused too. No
+    owner check where the platform has no user ids."""
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode):  # followed, it passed as its target's owner's: another corpus' cache, say
+        raise ValueError(f"{path}: a token cache file that is a symbolic link (to {os.readlink(path)}); catapult "
+                         f"writes its caches as plain files and reads only those. Remove it, or set data.cache_dir "
+                         f"to a folder of your own")
     getuid = getattr(os, "getuid", None)
     if getuid is None:
         return
-    owner = os.stat(path).st_uid
+    owner = info.st_uid
     if owner != getuid():
         raise ValueError(f"{path}: a token cache file owned by another user (uid {owner}); catapult reads only the "
                          f"caches it wrote. Remove it, or set data.cache_dir to a folder of your own")
