@@ -535,8 +535,9 @@ def _transfer_command(args: argparse.Namespace) -> int:
             series = args.series if args.series is not None else _default_role("model.density", swept, args.x)
             panel = (args.panel if args.panel is not None
                      else _default_role("model.parametrization", swept, args.x, series))
+            where = _parse_where(args.where)
             curves = transfer_curves(store.cells(), axes, x=args.x, series=series, panel=panel,
-                                     metric=args.metric, where=_parse_where(args.where), strict=True)
+                                     metric=args.metric, where=where, strict=True)
     except (StoreError, ValueError) as err:
         return _fail("transfer", str(err))
     if not curves.curves:  # every cell pending or interrupted: was a ZeroDivisionError in plot_transfer
@@ -548,7 +549,13 @@ def _transfer_command(args: argparse.Namespace) -> int:
         plot_transfer(curves, out, title=store_path.stem)
     print(json.dumps(transfer_summary(curves), indent=2) if args.json else transfer_table(curves))
     print(f"wrote {out}", file=sys.stderr if args.json else sys.stdout)
-    for note in (unfinished_note(curves), edge_note(curves)):
+    # a swept key on no role was averaged over like a seed: relu and tanh cells made one point, and
+    # the table gave the mix's optimum without a word (the phase plot's title names such keys)
+    mixed = [f"{a['key']} ({len(a['values'])} values)" for a in axes if len(a["values"]) > 1
+             and a["key"] not in {"seed", args.x, series, panel, *where}]
+    mixed = mixed and (f"each point is the mean over {', '.join(mixed)}, not over seeds alone, and its optimum that "
+                       f"of the mix; fix such a key with --where KEY=VALUE, or draw it with --series or --panel")
+    for note in (unfinished_note(curves), edge_note(curves), mixed):
         if note:
             print(f"catapult transfer: warning: {note}", file=sys.stderr)
     return 0
