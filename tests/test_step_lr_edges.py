@@ -93,3 +93,14 @@ def test_a_bad_lr_mult_names_its_own_group():
     optimizer = _sgd(1.0, 0.5, math.nan)
     with pytest.raises(ValueError, match="param group 2: lr_mult must be a finite number >= 0, got nan"):
         StepLRs(optimizer, schedules.warmup(1.0, 2), last=3)
+
+
+def test_a_tensor_lr_is_filled_in_place():
+    # mutation pass 21 (SL6): a group whose lr is a tensor (GI-Adam's, a compiled step's) keeps that tensor, filled
+    # with lr_t (warmup(1.0, 4): 0.25 at step 0, 0.75 at step 2); the mutant put a float in its place
+    w = torch.nn.Parameter(torch.zeros(1))
+    lr = torch.tensor(0.5)
+    opt = torch.optim.Adam([w], lr=lr, foreach=False)
+    lrs = StepLRs(opt, schedules.warmup(1.0, 4), last=5)
+    assert opt.param_groups[0]["lr"] is lr and float(lr) == 0.25
+    assert lrs.apply(2) == 0.75 and opt.param_groups[0]["lr"] is lr and float(lr) == 0.75
