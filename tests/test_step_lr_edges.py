@@ -104,3 +104,15 @@ def test_a_tensor_lr_is_filled_in_place():
     lrs = StepLRs(opt, schedules.warmup(1.0, 4), last=5)
     assert opt.param_groups[0]["lr"] is lr and float(lr) == 0.25
     assert lrs.apply(2) == 0.75 and opt.param_groups[0]["lr"] is lr and float(lr) == 0.75
+
+
+def test_radams_row_threshold_follows_the_step_at_one_lr():
+    # mutation pass 21 (SL7): RAdam's threshold depends on the step (un-rectified 38 / lr until step 5, then
+    # 38 / (r_t lr)); the mutant kept step 0's 380 for every later row at the same lr
+    from catapult.engine.sharpness_rule import threshold
+
+    opt = torch.optim.RAdam([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    thresholds = step_lr.StepThresholds(opt)
+    got = [thresholds(0.1, t) for t in (0, 6, 10)]
+    assert got == [threshold(opt, step=t) for t in (0, 6, 10)] and len(set(got)) == 3
+    assert got[0] == pytest.approx(380.0, rel=1e-12)
