@@ -116,6 +116,9 @@ def test_bad_parquet_names_the_file_and_column(tmp_path):
         "nocol": (pa.table({"body": ["x"]}), r"nocol\.parquet: no column 'text'"),
         "ints": (pa.table({"text": [1, 2]}), r"ints\.parquet, column 'text': type int64"),
         "nulls": (pa.table({"text": ["a", None, "c"]}), r"nulls\.parquet, column 'text', row 1: null"),
+        # two columns of the name: pyarrow's KeyError ("Column text does not exist in schema"), a traceback
+        "twice": (pa.Table.from_arrays([pa.array(["a"]), pa.array(["b"])], names=["text", "text"]),
+                  r"twice\.parquet: 2 columns are named 'text' \(data\.text_key\)"),
     }
     for name, (table, where) in cases.items():
         folder = tmp_path / name

@@ -157,6 +157,9 @@ def _parquet_texts(path: Path, key: str) -> Iterator[str]:
     names = table.schema_arrow.names
     if key not in names:
         raise _bad(path, "", f"no column {key!r} (data.text_key; columns: {', '.join(map(repr, names[:10]))})")
+    if names.count(key) > 1:  # pyarrow's field() and iter_batches() raised a KeyError: a traceback
+        raise _bad(path, "", f"{names.count(key)} columns are named {key!r} (data.text_key); which is the text is "
+                             f"not known: rename the others")
     kind = table.schema_arrow.field(key).type
     if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
         raise _bad(path, f", column {key!r}", f"type {kind}, expected a string column")
