@@ -190,6 +190,31 @@ def test_a_damaged_byte_inside_a_batch_of_the_archive_is_caught_by_the_gzip_crc(
         load_cifar10(archive, n_train=80, n_test=0)
 
 
+def test_an_extended_tar_header_claiming_megabytes_is_refused_unread(tmp_path):
+    # tarfile reads a pax header whole: 16 KB of .tar.gz claiming a 16 MB header of zeros took 16 MB
+    # (the same at 1,000 : 1 for gigabytes), then was called "not a gzip, bzip2, xz or plain tar file"
+    import tracemalloc
+    import zlib
+
+    claimed = 16 << 20
+    header = tarfile.TarInfo("././@PaxHeader")
+    header.type, header.size = tarfile.XHDTYPE, claimed
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)   # gzip
+    raw = packer.compress(header.tobuf(format=tarfile.USTAR_FORMAT)) + b"".join(
+        packer.compress(bytes(1 << 20)) for _ in range(claimed >> 20)) + packer.compress(bytes(10240)) + packer.flush()
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    archive.write_bytes(raw)
+    assert len(raw) < claimed // 500
+    tracemalloc.start()
+    try:
+        with pytest.raises(CorruptDataError, match=r"extended header at offset 0 claims 16,777,216 bytes"):
+            load_cifar10(archive)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < claimed // 4
+
+
 def _cli(tmp_path, root: Path, capsys) -> tuple[int, str]:
     config = tmp_path / "c.yaml"
     config.write_text(f"data: {{name: cifar10, root: '{root}', n_train: 8, n_test: 4}}\n"

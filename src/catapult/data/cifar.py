@@ -53,6 +53,28 @@ class CorruptDataError(ValueError):
     """A data file or archive that is corrupt, truncated or larger than its format allows."""
 
 
+#: The most bytes a member's extended header (pax, GNU long name) may claim; the official archives have none.
+_MAX_EXTENDED_HEADER = 1 << 20
+_EXTENDED = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
+             tarfile.GNUTYPE_LONGLINK)
+
+
+class OversizedTarHeader(ValueError):
+    """An archive member's extended header larger than `_MAX_EXTENDED_HEADER` (then a CorruptDataError)."""
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A member header whose extended header is refused unread when it claims more than
+    `_MAX_EXTENDED_HEADER` bytes: tarfile reads it whole into memory, so a 204 KB ``.tar.gz``
+    claiming a 200 MB pax header of zeros took 200 MB (a 10 MB file: 10 GB)."""
+
+    def _proc_member(self, tarfile_):
+        if self.type in _EXTENDED and self.size > _MAX_EXTENDED_HEADER:
+            raise OversizedTarHeader(f"a member's extended header at offset {self.offset:,} claims {self.size:,} bytes "
+                                   f"(at most {_MAX_EXTENDED_HEADER:,})")
+        return super()._proc_member(tarfile_)
+
+
 @dataclass(frozen=True)
 class _Format:
     """Where a CIFAR variant keeps what, and how its labels are named."""
@@ -119,7 +141,9 @@ class _TarSource:
         self._max_bytes = max_bytes  # file name -> the most bytes it may hold (none read past it)
         self._fetched: dict[str, bytes] | None = None
         try:
-            self._tar = tarfile.open(archive, mode="r:*")
+            self._tar = tarfile.open(archive, mode="r:*", tarinfo=_BoundedTarInfo)
+        except OversizedTarHeader as exc:
+            raise self._corrupt(exc) from None
         except (tarfile.TarError, OSError, EOFError) as exc:
             # tarfile's "r:*" lists each compression it tried on its own line: one line here
             why = ("not a gzip, bzip2, xz or plain tar file" if isinstance(exc, tarfile.ReadError)
@@ -136,7 +160,7 @@ class _TarSource:
             # gzip checks its CRC: a damaged byte in a batch (stored, i.e. incompressible, blocks)
             # was read as other pixels, without a word. Reading the rest checks it.
             self.check_complete()
-        except _DECOMPRESS_ERRORS as exc:
+        except (*_DECOMPRESS_ERRORS, OversizedTarHeader) as exc:
             self._tar.close()
             raise self._corrupt(exc) from None
         except CorruptDataError:
