@@ -55,12 +55,16 @@ class CorruptDataError(ValueError):
 
 #: The most bytes a member's extended header (pax, GNU long name) may claim; the official archives have none.
 _MAX_EXTENDED_HEADER = 1 << 20
+#: The most members an archive may list: each is a Python object, and a few KB of .tar.gz can hold
+#: millions of empty headers (the official archives have 9 members).
+_MAX_MEMBERS = 10_000
 _EXTENDED = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
              tarfile.GNUTYPE_LONGLINK)
 
 
 class OversizedTarHeader(ValueError):
-    """An archive member's extended header larger than `_MAX_EXTENDED_HEADER` (then a CorruptDataError)."""
+    """An archive member's extended header larger than `_MAX_EXTENDED_HEADER`, or more than `_MAX_MEMBERS`
+    members (then a CorruptDataError)."""
 
 
 class _BoundedTarInfo(tarfile.TarInfo):
@@ -155,7 +159,11 @@ class _TarSource:
         self._members: dict[str, tarfile.TarInfo] = {}
         self._folders: set[str] = set()  # top folders of files outside the layout, to say what it is
         try:
-            members = self._tar.getmembers()
+            members = []
+            for member in self._tar:  # (not getmembers(): a stream of empty headers was listed whole)
+                members.append(member)
+                if len(members) > _MAX_MEMBERS:
+                    raise OversizedTarHeader(f"more than {_MAX_MEMBERS:,} members (the official archive has 9)")
             # listing the members decompressed the whole stream but stopped short of its end, where
             # gzip checks its CRC: a damaged byte in a batch (stored, i.e. incompressible, blocks)
             # was read as other pixels, without a word. Reading the rest checks it.
