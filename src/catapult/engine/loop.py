@@ -13,7 +13,9 @@ Seeds. ``seed`` is expanded by ``numpy.random.SeedSequence(seed).generate_state(
 independent 32-bit seeds (:mod:`catapult.engine.seeds`): ``init_seed`` (model init), ``data_seed``
 (batch order), ``sharpness_seed`` (the eigen-solver's first start vector, and the random vectors
 of the spectrum columns: Hutch++ probes, the top-k solve's fresh directions). Each drives its own
-``torch.Generator`` (CPU); nothing reads or changes the global RNG.
+``torch.Generator`` (CPU); nothing reads or changes the global RNG. A forward that draws (a
+train-mode Dropout of a user's model) draws from the global generators seeded with a fourth word,
+:func:`~catapult.engine.seeds.forward_seed`, for the whole run, and the caller's state is put back after.
 
 Init. Under ``torch.random.fork_rng`` with ``torch.manual_seed(init_seed)``, the model is built
 on the CPU in float32 (the same initial weights on every device; float64 runs start from the
@@ -99,7 +101,9 @@ from catapult.files import WRITTEN, file_digest
 from catapult.writing import write_errors_named, write_text_whole, write_whole
 from catapult.run_root import data_root_record
 from catapult.losses import accuracy, loss_and_accuracy
+from catapult.curvature.rng import fixed_rng
 from catapult.engine.build import Run, build_run, threshold
+from catapult.engine.seeds import forward_seed
 from catapult.engine.sharpness_rule import STEP_KIND_COLUMN, check_spectrum_cadence
 from catapult.engine.progress import Progress, progress_mode
 from catapult.engine.step_accuracy import StepAccuracies
@@ -276,13 +280,25 @@ def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, sta
     processes training this model combine (:class:`Processes`, the default, is one process);
     only a process whose ``processes.writes`` writes and shows progress. ``started``: the
     ``time.perf_counter()`` the summary's wall time counts from (default: now). A Run trains once:
-    once it has taken a step, a second ``train`` of it is a ValueError (build another)."""
+    once it has taken a step, a second ``train`` of it is a ValueError (build another).
+    A forward that draws (a train-mode Dropout of a model of yours) draws from the torch generators
+    seeded with :func:`~catapult.engine.seeds.forward_seed` of the config's seed, and the caller's
+    torch, NumPy and ``random`` states are put back afterwards (:func:`~catapult.curvature.rng.fixed_rng`)."""
+    with fixed_rng(forward_seed(setup.config["seed"]), torch.device(setup.device)):
+        return _train(setup, out_path, progress=progress, started=started, writing=writing, processes=processes,
+                      overwrite=overwrite)
+
+
+def _train(setup: Run, out_path: Path | None = None, *, progress: Any = None, started: float | None = None,
+           writing: list | None = None, processes: Processes | None = None,
+           overwrite: bool | None = None) -> RunResult:
+    """:func:`train` within its seeded stream."""
     processes = Processes() if processes is None else processes
     if writing is None and out_path is not None and processes.writes:  # the claim is this call's to release
         own: list[RunClaim] = []
         try:
-            return train(setup, out_path, progress=progress, started=started, writing=own, processes=processes,
-                         overwrite=overwrite)
+            return _train(setup, out_path, progress=progress, started=started, writing=own, processes=processes,
+                          overwrite=overwrite)
         finally:
             for claim in own:
                 claim.release()
