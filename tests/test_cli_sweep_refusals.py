@@ -95,3 +95,16 @@ def test_a_file_where_the_stores_folder_goes_is_refused_by_the_dry_run_too(tmp_p
     assert len(err.strip().splitlines()) == 1, err
     assert (tmp_path / "runs" / "tiny").read_text() == "notes\n" and sorted(p.name for p in tmp_path.iterdir()) == [
         "runs", "tiny.yaml"]
+
+
+def test_a_base_configs_missing_cuda_device_is_said_once_for_all_its_cells(tmp_path, capsys):
+    # mutation pass 21 (CR2): the base config's device refusal was repeated once per cell (3 here)
+    config = tmp_path / "grid.yaml"
+    config.write_text("name: grid\nmodel: {width: 8, depth: 2}\noptimizer: {lr: 0.1}\ntrain: {steps: 2}\n"
+                      "device: 'cuda:63'\neval: {sharpness_every: 0, test_every: 0}\n"
+                      "sweep: {grid: {schedule.warmup_steps: [1, 2, 3]}}\n")
+    store = tmp_path / "s.db"
+    assert cli.main(["sweep", str(config), "--store", str(store), "--progress", "none", "--threads", "1",
+                     "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("cuda:63") == 1 and "cell " not in err and "Traceback" not in err and not store.exists(), err
