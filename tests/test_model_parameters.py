@@ -346,3 +346,20 @@ def test_an_allocation_error_is_reported_in_gib_of_the_bytes_it_asked_for():
     message = str(model_size.size_error({"name": "mlp", "width": 10**5, "depth": 3}, err))
     assert "one tensor needs 3.0 GiB" in message  # 3221225472 = 3 * 2**30
     assert "model.width=100000 and model.depth=3 cannot be built here" in message
+
+
+def test_a_sweep_over_the_dtype_judges_each_dtypes_size(tmp_path, monkeypatch):
+    # mutation pass 21 (CR3): room for the float32 weights and one byte more (digits: 64 features, 10 classes): the
+    # float64 cell is refused and the float32 one not (the verdict was kept by model and data alone: neither refused)
+    from catapult.sweep import cell_refusals
+    from catapult.sweep.driver import refuse_impossible_cells
+    from catapult.sweep.spec import expand, load_sweep
+
+    base, spec = load_sweep(_sweep_file(tmp_path, "{name: digits}", "{name: mlp, width: 8, depth: 3}",
+                                        grid="{dtype: [float32, float64]}"))
+    weights = 4 * model_parameters(base, 64, 10)
+    monkeypatch.setattr(model_size, "_memory_bytes", lambda device: weights + 1)
+    monkeypatch.setattr(cell_refusals, "load_data", _no_data)
+    with pytest.raises(ConfigError, match="more than this machine's") as err:
+        refuse_impossible_cells(expand(base, spec))
+    assert "dtype=float64" in str(err.value) and "dtype=float32" not in str(err.value), str(err.value)
