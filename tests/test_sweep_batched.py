@@ -435,3 +435,24 @@ def test_hvp_mode_and_micro_batches_are_honoured_and_equal_local(hvp, chunk_size
     _check(cells)
     assert built and all(mode == hvp for mode, _ in built)
     assert all(sizes == ([64] if chunk_size is None else [24, 24, 16]) for _, sizes in built)
+
+
+def test_batched_summaries_do_not_count_solves_that_spent_their_budget_as_below_it():
+    # mutation pass 21 (BL6): float64 at tol 1e-12 with a budget of 3 products: every solve stops unconverged AT its
+    # budget, so none is "below budget" (the mutant counted every unconverged solve)
+    from catapult.sweep.ensemble import EnsembleExecutor
+
+    def local(config, progress=None):
+        return train.run(config, progress="none")
+
+    cells = [_cell(MLP, i, train={"steps": 1}, optimizer={"name": "sgd", "lr": 0.05 * (i + 1)},
+                   eval={"sharpness_every": 1, "sharpness_tol": 1e-12, "sharpness_max_iter": 3, "test_every": 0})
+             for i in range(2)]
+    executor = EnsembleExecutor(local, kernels=True)
+    batched = dict(executor.run(cells))
+    assert executor.fallbacks == []
+    for cell in cells:
+        want = local(cell.config).summary
+        got = batched[cell.id].summary
+        assert want["sharpness_unconverged"] == 2 and want["unconverged_below_budget"] == 0   # rows 0 and 1
+        assert got["sharpness_unconverged"] == 2 and got["unconverged_below_budget"] == 0
