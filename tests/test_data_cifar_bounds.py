@@ -86,3 +86,31 @@ def test_a_gzip_archive_is_decompressed_once_after_its_listing_whatever_its_memb
     np.testing.assert_array_equal(split.x_train.reshape(-1, 3072).mul(255).round().numpy(), want)
     assert split.y_test.tolist() == list(files["test_batch"][b"labels"]) and split.classes[9] == "class9"
     assert len(rewinds) == 1   # the listing reads to the end; one pass from the start reads every file
+
+
+def test_reading_ahead_in_an_archive_reads_only_the_files_of_the_format(tmp_path):
+    # the one forward pass holds the files it reads: any other file there (up to 10,000 members of
+    # up to 1 MB, a few KB each when packed) would be held too
+    import io
+    import tarfile
+    import tracemalloc
+
+    files = make_cifar10(tmp_path / "d")
+    folder = tmp_path / "d" / "cifar-10-batches-py"
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for i in range(40):
+            info = tarfile.TarInfo(f"cifar-10-batches-py/extra_{i}")
+            info.size = 1_000_000   # the most a file the format does not name may take
+            tar.addfile(info, io.BytesIO(bytes(info.size)))
+        for f in sorted(folder.iterdir()):
+            tar.add(f, arcname=f"{folder.name}/{f.name}")
+    assert archive.stat().st_size < 200_000
+    tracemalloc.start()
+    try:
+        split = load_cifar10(archive, n_train=4, n_test=1)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert split.y_train.tolist() == list(files["data_batch_1"][b"labels"])
+    assert peak < 10 << 20   # the 40 MB of other files are not held

@@ -139,10 +139,10 @@ class _DirSource:
 class _TarSource:
     """Batch files inside the official archive, read in memory without extracting to disk."""
 
-    def __init__(self, archive: Path, dirname: str, max_bytes=None) -> None:
+    def __init__(self, archive: Path, dirname: str, fmt: "_Format | None" = None) -> None:
         self.archive = archive
         self.dirname = dirname
-        self._max_bytes = max_bytes  # file name -> the most bytes it may hold (none read past it)
+        self._format = fmt  # the files read ahead (none past its size limit); None: none
         self._fetched: dict[str, bytes] | None = None
         try:
             self._tar = tarfile.open(archive, mode="r:*", tarinfo=_BoundedTarInfo)
@@ -209,7 +209,8 @@ class _TarSource:
         return self._members[name].size
 
     def read(self, name: str) -> bytes:
-        if self._fetched is None and isinstance(self._tar.fileobj, (gzip.GzipFile, bz2.BZ2File, lzma.LZMAFile)):
+        if self._fetched is None and self._format is not None and isinstance(
+                self._tar.fileobj, (gzip.GzipFile, bz2.BZ2File, lzma.LZMAFile)):
             self._fetch_all()
         if self._fetched is not None and name in self._fetched:
             return self._fetched.pop(name)
@@ -220,9 +221,11 @@ class _TarSource:
         compressed stream is read only forwards, and a member behind the last one read made it
         decompress again from the start (the official archive holds data_batch_1 last: reading
         the batches in name order decompressed its 163 MB about five times over)."""
+        fmt = self._format
+        wanted = {*fmt.train_files, *fmt.test_files, fmt.meta_file}  # (not any other file: 10,000 of 1 MB)
         self._fetched = {}
         for name, member in sorted(self._members.items(), key=lambda item: item[1].offset_data):
-            if self._max_bytes is None or member.size <= self._max_bytes(name):
+            if name in wanted and member.size <= fmt.max_bytes(name):
                 self._fetched[name] = self._read_member(name)
 
     def _read_member(self, name: str) -> bytes:
@@ -281,7 +284,7 @@ def _open_source(fmt: _Format, root: str | os.PathLike | None) -> _DirSource | _
     looked: list[str] = []
     for base in _candidate_roots(root):
         if base.is_file():
-            return _TarSource(base, fmt.dirname, fmt.max_bytes)
+            return _TarSource(base, fmt.dirname, fmt)
         if not base.is_dir():
             looked.append(f"{base} (does not exist)")
             continue
@@ -291,7 +294,7 @@ def _open_source(fmt: _Format, root: str | os.PathLike | None) -> _DirSource | _
             looked.append(f"{directory / fmt.test_files[0]} (missing)")
         archive = base / fmt.archive
         if archive.is_file():
-            return _TarSource(archive, fmt.dirname, fmt.max_bytes)
+            return _TarSource(archive, fmt.dirname, fmt)
         looked.append(f"{archive} (missing)")
     raise _not_found(fmt, looked)
 
