@@ -156,8 +156,9 @@ CALLS = {
     "critical_lr": lambda m, f, b, o: catapult.critical_lr(m, f, b, o, lr_start=1e-3, lr_max=1e3),
     "top_eigenpairs": lambda m, f, b, o: catapult.top_eigenpairs(m, f, b, k=2, tol=1e-2, max_iter=6),
     "hessian_trace": lambda m, f, b, o: catapult.hessian_trace(m, f, b, matvecs=6),
+    # 128 points: the default sigma (1% of the nodes' range) wants >= 107 for a grid that does not warn
     "spectral_density": lambda m, f, b, o: catapult.spectral_density(m, f, b, runs=1, steps=4,
-                                                                     grid_points=20),
+                                                                     grid_points=128),
     "param_groups": lambda m, f, b, o: catapult.param_groups(m, 0.1, optimizer="adam"),
 }
 

@@ -60,7 +60,7 @@ def test_a_grid_one_row_past_a_block_is_drawn_to_its_last_point():
     torch.manual_seed(0)
     model = nn.Linear(1, 1).double()
     batch = (torch.randn(8, 1, dtype=torch.float64), torch.randn(8, 1, dtype=torch.float64))
-    first = catapult.spectral_density(model, nn.MSELoss(), batch, runs=4, steps=2, grid_points=16)
+    first = catapult.spectral_density(model, nn.MSELoss(), batch, runs=4, steps=2, grid_points=128)
     kept = int((first.weights > 0).sum())
     rows = 2 ** 22 // kept
     dens = catapult.spectral_density(model, nn.MSELoss(), batch, runs=4, steps=2, grid_points=rows + 1)
