@@ -148,7 +148,7 @@ def check_step_optimizer(optimizer, owner: str) -> None:
     if not supported:
         raise TypeError(f"{owner} optimizer= supports torch.optim.SGD, Adam, AdamW, RAdam and catapult.optim.GIAdam "
                         f"(the next step's pre-conditioner or per-group lrs), got {type(optimizer).__name__}")
-    registry.refuse_maximize(optimizer, "the pre-conditioned sharpness")
+    registry.refuse_maximize(optimizer, owner)
 
 
 def check_optimizer_holds(optimizer, params) -> None:
