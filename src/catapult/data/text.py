@@ -36,7 +36,7 @@ from catapult.data import token_cache
 from catapult.arguments import check_flag, check_integer, check_real
 from catapult.data.reading import read_errors_named
 from catapult.data.split import check_count
-from catapult.data.text_shards import is_held_out, is_validation
+from catapult.data.text_shards import irregular_file, is_held_out, is_validation
 from catapult.data.tokenize import (TOKENIZERS, BPEVocab, bpe_file_name, check_vocab_size, fingerprint, load_cached_vocab,
                                     load_or_train_bpe)
 
@@ -89,13 +89,12 @@ def _regular(path: Path) -> Path:
     """``path`` if it is a regular file (a link to one too); else a FileNotFoundError / ValueError
     naming it: a broken ``wiki.valid.raw`` or ``valid.txt`` link, or a ``wiki.valid.raw`` folder, was
     skipped, and the last ``val_fraction`` of the training text became the validation text without a word."""
-    if path.is_file():
+    what = irregular_file(path)
+    if what is None:
         return path
     if not path.exists():
-        raise FileNotFoundError(f"{path}: a broken link (it points to {os.readlink(path)}, which does not exist); "
-                                f"fix the link or remove it")
-    raise ValueError(f"{path} is {'a folder' if path.is_dir() else 'not a regular file'}, where a text file is read; "
-                     f"rename or remove it")
+        raise FileNotFoundError(f"{path}: {what}; fix the link or remove it")
+    raise ValueError(f"{path} is {what}, where a text file is read; rename or remove it")
 
 
 def _code_points(text: str) -> np.ndarray:

@@ -43,7 +43,8 @@ from catapult.config import ConfigError
 from catapult.data import token_cache
 from catapult.data.tokenize import BPEVocab, bpe_file_name, check_vocab_size, fingerprint, load_cached_vocab, save_new, train_bpe
 
-__all__ = ["TEXT_SUFFIXES", "VALIDATION", "HELD_OUT", "name_words", "is_held_out", "is_validation", "text_shard_files", "iter_texts",
+__all__ = ["TEXT_SUFFIXES", "VALIDATION", "HELD_OUT", "name_words", "is_held_out", "is_validation", "irregular_file", "text_shard_files",
+           "iter_texts",
            "tokenize_text_shards", "DOCUMENT_SEPARATOR", "VOCAB_FILE", "stated_vocab_size"]
 
 #: File endings read as text shards.
@@ -89,6 +90,28 @@ def is_validation(path: str | os.PathLike) -> bool:
     return bool(name_words(path) & set(VALIDATION))
 
 
+def irregular_file(path: str | os.PathLike) -> str | None:
+    """What ``path`` is where a regular file is read (a broken link naming where it points, a folder,
+    or a special file such as a pipe), None where it is a regular file or a link to one: the words
+    :func:`text_shard_files` and :func:`catapult.data.text.folder_splits` refuse such a name with.
+
+    >>> import tempfile, pathlib
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> (folder / "valid.txt").symlink_to("moved/valid.txt")
+    >>> irregular_file(folder / "valid.txt"), irregular_file(folder)
+    ('a broken link (it points to moved/valid.txt, which does not exist)', 'a folder')
+    >>> _ = (folder / "a.txt").write_text("text")
+    >>> irregular_file(folder / "a.txt") is None
+    True
+    """
+    path = Path(path)
+    if path.is_file():
+        return None
+    if path.is_symlink() and not path.exists():
+        return f"a broken link (it points to {os.readlink(path)}, which does not exist)"
+    return "a folder" if path.is_dir() else "not a regular file"
+
+
 def text_shard_files(root: str | os.PathLike) -> list[Path]:
     """The ``*.jsonl`` / ``*.parquet`` files at ``root`` (a directory: sorted by name; a file: itself); in a
     directory, such a name that is neither a folder nor a regular file (a broken link, a pipe) is a ConfigError on
@@ -98,10 +121,9 @@ def text_shard_files(root: str | os.PathLike) -> list[Path]:
         found = sorted(f for f in root.iterdir() if f.suffix in TEXT_SUFFIXES and not f.is_dir())
         # a broken link (or a pipe) named valid.jsonl was skipped: no validation stream, or a
         # training shard left out, without a word
-        odd = [f for f in found if not f.is_file()]
+        odd = [(f, irregular_file(f)) for f in found if not f.is_file()]
         if odd:
-            raise _bad(odd[0], "", f"{'a broken link' if not odd[0].exists() else 'not a regular file'} where a "
-                                   f"text shard is read; fix or remove it")
+            raise _bad(odd[0][0], "", f"{odd[0][1]} where a text shard is read; fix or remove it")
         return found
     return [root] if root.suffix in TEXT_SUFFIXES and root.is_file() else []
 
