@@ -263,7 +263,10 @@ def sparse_rows(t: torch.Tensor, rows) -> torch.Tensor:
         compressed, plain = ((t.crow_indices(), t.col_indices()) if row_major else (t.ccol_indices(), t.row_indices()))
         return torch.sparse_compressed_tensor(compressed.index_select(0, rows), plain.index_select(0, rows),
                                               t.values().index_select(0, rows), size=(len(rows), *t.shape[1:]),
-                                              layout=t.layout, dtype=t.dtype, device=t.device)
+                                              layout=t.layout, dtype=t.dtype, device=t.device,
+                                              # whole batches of a valid tensor: valid (left implicit, torch
+                                              # warned once a process 'Sparse invariant checks are implicitly disabled')
+                                              check_invariants=False)
     block = block_rows(t)
     if len(rows) % block:
         raise ValueError(f"a {t.layout} tensor holds blocks of {block} rows: {len(rows)} of its rows (dim 0) are "
