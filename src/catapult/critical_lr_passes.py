@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from catapult.curvature import distributed as dist_ops
+from catapult.curvature.grads_into import refuse_complex
 from catapult.curvature.sharded import ShardedHessianOperator, is_sharded
 from catapult.curvature.stateless import (AttributesKept, RenormedCopies, batch_versions, functional_loss,
                                           refuse_batch_written)
@@ -170,8 +171,7 @@ def loss_and_gradient(model, loss_fn, batch, params, snapshot, reduce, renorm: R
             raise ValueError("critical_lr: loss_fn must return a scalar tensor, got "
                              + (f"shape {tuple(loss.shape)}" if torch.is_tensor(loss)
                                 else type(loss).__name__))
-        if loss.is_complex():   # float() of it: "value cannot be converted to type double without overflow"
-            raise ValueError(f"critical_lr: loss_fn must return a real scalar tensor, got dtype {loss.dtype}")
+        refuse_complex(loss, "critical_lr")   # float() of it: "value cannot be converted to type double ..."
         loss0 = float(loss.detach()) if reduce is None else reduce(loss.detach())
         _check_finite_start(loss0)
         if not loss.requires_grad and reduce is None:

@@ -48,19 +48,25 @@ def scalar_loss(loss) -> torch.Tensor:
     return loss.reshape(())
 
 
-def refuse_complex(loss) -> None:
-    """The ValueError a complex one-element ``loss`` gets: it has no Hessian of a real loss
-    (torch raised "grad can be implicitly created only for real scalar outputs", or ``float()``
-    of it "value cannot be converted to type double without overflow").
+def refuse_complex(loss, owner: str = "") -> None:
+    """The ValueError a complex one-element ``loss`` gets (its message opening with ``owner:``
+    where one is given): it has no Hessian of a real loss (torch raised "grad can be implicitly
+    created only for real scalar outputs", or ``float()`` of it "value cannot be converted to
+    type double without overflow").
 
     >>> refuse_complex(torch.ones(()))
     >>> refuse_complex(torch.ones((), dtype=torch.complex128))
     Traceback (most recent call last):
         ...
     ValueError: loss_fn must return a real scalar tensor, got dtype torch.complex128
+    >>> refuse_complex(torch.ones((), dtype=torch.complex64), "critical_lr")
+    Traceback (most recent call last):
+        ...
+    ValueError: critical_lr: loss_fn must return a real scalar tensor, got dtype torch.complex64
     """
     if torch.is_tensor(loss) and loss.is_complex():
-        raise ValueError(f"loss_fn must return a real scalar tensor, got dtype {loss.dtype}")
+        raise ValueError(f"{owner + ': ' if owner else ''}loss_fn must return a real scalar tensor, "
+                         f"got dtype {loss.dtype}")
 
 
 def attach_grads(leaves, views) -> None:
