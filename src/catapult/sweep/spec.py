@@ -28,7 +28,8 @@ Axis values (each axis is one dotted config key -> one of):
 ``{range: [start, stop(, step)]}``             ``start, start+step, ..., stop`` (inclusive)
 =============================================  ==============================================
 
-``start``/``stop``/``step`` may also be given as a mapping ``{start: 0, stop: 8, step: 2}``.
+``start``/``stop``/``step`` may also be given as a mapping ``{start: 0, stop: 8, step: 2}``; the
+values (and ``x``) are counted in decimal from them as written: ``[0.7, 0.9, 0.1]`` is 0.7, 0.8, 0.9.
 Each axis also carries *labels* in the config's own units (``2^3``, ``2^3/λ0``), used on plot
 axes and in reports.
 
@@ -43,6 +44,7 @@ whose swept variant does not read an option the base sets runs without it (a gri
 from __future__ import annotations
 
 import copy
+import decimal
 import itertools
 import json
 import math
@@ -158,7 +160,10 @@ def _arange(bounds: Any, where: str) -> list[float]:
     count = int(math.floor(span + 1e-9)) + 1 if span <= MAX_CELLS else MAX_CELLS + 1
     if count > MAX_CELLS:
         raise ValueError(f"{where}: {count} values is too many for one axis")
-    return [start + i * step for i in range(count)]
+    # in decimal from the numbers as written (their shortest repr): [0.7, 0.9, 0.1] is 0.7, 0.8, 0.9, not 0.7999999999999999
+    with decimal.localcontext(decimal.Context(prec=40)):
+        d_start, d_step = decimal.Decimal(repr(start)), decimal.Decimal(repr(step))
+        return [float(d_start + i * d_step) for i in range(count)]
 
 
 def _power_of_two(x: float) -> float | int:
