@@ -189,19 +189,23 @@ def final_status(status: str, final_train_accuracy: float | None, config: Mappin
 
     The paper's rules, in order: a run that ``"diverged"`` stays so; a finished run to which
     :func:`accuracy_rule_applies` and whose final training accuracy is ``< 1.5 * chance`` is
-    ``"diverged"`` (failure ``"final_accuracy_below_1.5x_chance"``); a finished run whose network
+    ``"diverged"`` (failure ``"final_accuracy_below_1.5x_chance"``), unless it took no step
+    (``train.steps: 0``: the model at init, not trained, so not failed by it); a finished run whose network
     output is constant across inputs (``collapsed``) is ``"collapsed"``; otherwise ``"finished"``.
 
     >>> c = {"data": {"name": "digits"}, "optimizer": {"name": "adam"}, "train": {"accuracy_failure": "auto"}}
     >>> final_status("finished", 0.14, c), final_status("finished", 0.16, c)
     (('diverged', 'final_accuracy_below_1.5x_chance'), ('finished', None))
+    >>> final_status("finished", 0.14, {**c, "train": {"accuracy_failure": "auto", "steps": 0}})
+    ('finished', None)
     >>> final_status("finished", 0.9, c, collapsed=True)
     ('collapsed', None)
     """
     if status != "finished":
         return status, None
     # 1.5 / classes, not 1.5 * chance: 1.5 * (1 / 10) rounds above the 0.15 of 3 hits in 20 rows
-    if accuracy_rule_applies(config) and (final_train_accuracy is None
+    trained = config["train"].get("steps") != 0  # steps 0: the model at init, which no training failed
+    if trained and accuracy_rule_applies(config) and (final_train_accuracy is None
                                           or final_train_accuracy < 1.5 / _CLASSES[config["data"]["name"]]):
         return "diverged", "final_accuracy_below_1.5x_chance"
     if collapsed:
