@@ -50,6 +50,7 @@ def test_a_sweep_asking_more_images_than_its_dataset_has_is_refused_before_the_s
     err = capsys.readouterr().err
     assert f"data: n_train={total - 300 + 1} exceeds the {total - 300} samples available in digits (train)" in err
     assert err.count("exceeds the") == 1, err   # the base config's: said once for its 2 cells (mutation pass 21, CR5)
+    assert "cell " not in err, err   # and not as a cell's (mutation pass 21, CR6)
     assert "Traceback" not in err and not store.exists()
     assert cli.main([*argv, "sweep.grid.data.n_test=[300, 301]", "--dry-run"]) == 2
     err = capsys.readouterr().err
