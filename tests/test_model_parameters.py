@@ -363,3 +363,22 @@ def test_a_sweep_over_the_dtype_judges_each_dtypes_size(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="more than this machine's") as err:
         refuse_impossible_cells(expand(base, spec))
     assert "dtype=float64" in str(err.value) and "dtype=float32" not in str(err.value), str(err.value)
+
+
+def test_a_sweep_refuses_a_trace_of_more_products_than_the_bound_on_a_large_model(tmp_path, monkeypatch):
+    # mutation pass 21 (CR8): eval.trace_matvecs = 10^6 on an MLP of 64*400 + 400 + 400*400 + 400 + 400*10 + 10 =
+    # 190,410 parameters runs min(10^6, 190,410) > MAX_PRODUCTS products: refused (the mutant let any trace pass
+    # when spectrum_top_k fit)
+    from catapult.sweep import cell_refusals
+    from catapult.sweep.driver import refuse_impossible_cells
+    from catapult.sweep.spec import expand, load_sweep
+
+    path = tmp_path / "grid.yaml"
+    path.write_text("name: grid\ndata: {name: digits}\nmodel: {name: mlp, width: 400, depth: 3}\n"
+                    "optimizer: {name: sgd, lr: 0.1}\ntrain: {steps: 1}\n"
+                    "eval: {sharpness_every: 1, trace_matvecs: 1000000}\nsweep: {grid: {seed: [0, 1]}}\n")
+    base, spec = load_sweep(path)
+    assert model_parameters(base, 64, 10) == 190_410
+    monkeypatch.setattr(cell_refusals, "load_data", _no_data)
+    with pytest.raises(ConfigError, match=r"eval.trace_matvecs: 1000000 products asked of a model with 190410"):
+        refuse_impossible_cells(expand(base, spec))
