@@ -456,3 +456,12 @@ def test_batched_summaries_do_not_count_solves_that_spent_their_budget_as_below_
         got = batched[cell.id].summary
         assert want["sharpness_unconverged"] == 2 and want["unconverged_below_budget"] == 0   # rows 0 and 1
         assert got["sharpness_unconverged"] == 2 and got["unconverged_below_budget"] == 0
+
+
+def test_persistent_warmup_still_searching_at_the_last_step_equals_local():
+    # mutation pass 21 (BL3): a run ending while its persistent warmup still climbs searches at no row past its
+    # last update (the mutant ran the warmup's step at the final row too: its lr and searches were not local's)
+    mlp = [_cell(MLP, i, seed=i, optimizer={"name": "sgd", "lr": lr}, schedule={"warmup": "persistent"},
+                 train={"steps": 2}) for i, lr in enumerate([8.0, 32.0])]
+    local, _ = _check(mlp)
+    assert all(local[c.id].summary["searches"] >= 1 for c in mlp)
