@@ -426,6 +426,10 @@ def test_l2_cache_size_read_from_sysfs_layout(tmp_path):
     (tmp_path / "index2" / "size").write_text("2M\n")
     assert _l2_cache_bytes(root=tmp_path) == 2 * 2**20
     assert _l2_cache_bytes(default=12345, root=tmp_path / "missing") == 12345
+    # a split L2 (its data half listed as 'Data'): that size (mutation pass 21, EK9: read past it to the default)
+    (tmp_path / "index2" / "type").write_text("Data\n")
+    (tmp_path / "index2" / "size").write_text("512K\n")
+    assert _l2_cache_bytes(default=12345, root=tmp_path) == 512 * 2**10
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (bench/gpu_check.sh runs it)")
