@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
@@ -335,6 +336,28 @@ def test_char_vocab_decode_refuses_non_integer_ids():
     for ids in (torch.tensor([0.0, 1.7]), ["1"], np.array([True])):
         with pytest.raises(TypeError, match="CharVocab.decode: ids must be integers"):
             vocab.decode(ids)
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo"])
+def test_a_folder_or_a_pipe_where_a_split_file_is_exits_2_on_the_command_line(tmp_path, capsys, kind):
+    # folder_splits' ValueError for these (ad0b94d4) reached `catapult train` through build_run's
+    # reads_shards, outside load_data's wrapper: a traceback and exit 1, where a broken link exits 2
+    from catapult.cli import main
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "wiki.train.raw").write_text("the training text, long enough to hold some out\n" * 40)
+    odd = corpus / "wiki.test.raw"
+    odd.mkdir() if kind == "folder" else os.mkfifo(odd)
+    config = tmp_path / "c.yaml"
+    config.write_text(f"name: t\ndata: {{name: text, root: '{corpus}', context: 8, tokenizer: char}}\n"
+                      "model: {name: gpt, width: 16, depth: 1}\nloss: cross_entropy\ntrain: {steps: 1}\n"
+                      "eval: {sharpness_every: 0}\n")
+    assert main(["train", str(config), "--out", str(tmp_path / "out"), "--progress", "none"]) == 2
+    err = capsys.readouterr().err
+    what = "a folder" if kind == "folder" else "not a regular file"
+    assert f"data.root: {odd} is {what}, where a text file is read; rename or remove it" in err
+    assert not (tmp_path / "out" / "metrics.csv").exists()
 
 
 @pytest.mark.parametrize("layout", ["wikitext", "txt"])

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from catapult.config import ConfigError
 from catapult.data import token_cache
 from catapult.arguments import check_flag, check_integer, check_real
 from catapult.data.reading import read_errors_named
@@ -86,15 +87,18 @@ def _there(path: Path) -> bool:
 
 
 def _regular(path: Path) -> Path:
-    """``path`` if it is a regular file (a link to one too); else a FileNotFoundError / ValueError
-    naming it: a broken ``wiki.valid.raw`` or ``valid.txt`` link, or a ``wiki.valid.raw`` folder, was
+    """``path`` if it is a regular file (a link to one too); else a FileNotFoundError / ConfigError
+    (a ValueError) on ``data.root`` naming it: a broken ``wiki.valid.raw`` or ``valid.txt`` link, or a ``wiki.valid.raw`` folder, was
     skipped, and the last ``val_fraction`` of the training text became the validation text without a word."""
     what = irregular_file(path)
     if what is None:
         return path
     if not path.exists():
         raise FileNotFoundError(f"{path}: {what}; fix the link or remove it")
-    raise ValueError(f"{path} is {what}, where a text file is read; rename or remove it")
+    # a ConfigError on data.root (a ValueError), as text_shard_files refuses a shard name that is no
+    # file: a plain ValueError here was a traceback and exit 1 from `catapult train` (run by build_run's
+    # reads_shards before load_data, which names the data section)
+    raise ConfigError([("data.root", f"{path} is {what}, where a text file is read; rename or remove it")])
 
 
 def _code_points(text: str) -> np.ndarray:
