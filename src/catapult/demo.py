@@ -129,16 +129,27 @@ def write_configs(directory: str | Path) -> list[Path]:
     if foreign:
         raise cfg.ConfigError([("--write-configs", f"{directory} holds {', '.join(foreign)}, not written by "
                                                    "`catapult demo --write-configs`; choose another directory")])
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True)
+        created = True
+    except FileExistsError:  # there before (checked a folder above): never removed
+        created = False
     paths = []
-    for c in configs:
-        path = directory / f"{c['name']}.yaml"
-        header = (f"{_CONFIG_HEADER}{c['model']['parametrization']}, "
-                  f"T_wrm = {c['schedule']['warmup_steps']}.\n"
-                  f"{_CONFIG_GENERATED}{directory}`; run alone with\n"
-                  f"#   catapult train {path}\n")
-        write_text_whole(path, header + cfg.dump_config(c))
-        paths.append(path)
+    try:
+        for c in configs:
+            path = directory / f"{c['name']}.yaml"
+            header = (f"{_CONFIG_HEADER}{c['model']['parametrization']}, "
+                      f"T_wrm = {c['schedule']['warmup_steps']}.\n"
+                      f"{_CONFIG_GENERATED}{directory}`; run alone with\n"
+                      f"#   catapult train {path}\n")
+            write_text_whole(path, header + cfg.dump_config(c))
+            paths.append(path)
+    except BaseException:  # a full disk, Ctrl-C: a folder it made goes (only that), as train's does
+        if created:
+            import shutil
+
+            shutil.rmtree(directory, ignore_errors=True)
+        raise
     return paths
 
 

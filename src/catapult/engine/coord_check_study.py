@@ -313,16 +313,27 @@ def run_coord_check(config: Mapping[str, Any], spec: Mapping[str, Any], *, out_d
                           flush=True)
     if out_dir is not None:
         out = Path(out_dir)
-        make_out_dir(out)
-        table = csv_text(CSV_COLUMNS, ([row.get(column) for column in CSV_COLUMNS] for row in rows))
-        write_text_whole(out / "coord_check.csv", table)
-        write_text_whole(out / "config.yaml", cfg.dump_config(config) + cfg.dump_config({"coord_check": dict(spec)}))
-        for parametrization, axis, part in result_groups(rows):
-            plot_coord_check(part, out / f"coord_check_{axis}_{parametrization}.png", xlabel=axis, panels=panels,
-                             title=f"{config['name']}: {parametrization}, mean |activation| vs {axis}")
-        write_text_whole(out / "coord_check_table.md", TABLE_TITLE + "\n\n" + activation_tables(rows)
-                         + "\n# Log-log slope vs the varied value (0 = flat)\n\n" + slope_table(rows) + "\n")
+        created = make_out_dir(out)
+        try:
+            _write_results(out, config, spec, rows, panels, plot_coord_check)
+        except BaseException:  # a full disk, a figure that fails, Ctrl-C: a folder it made goes, as train's does
+            if created:
+                import shutil
+
+                shutil.rmtree(out, ignore_errors=True)
+            raise
     return rows
+
+
+def _write_results(out: Path, config, spec, rows: list[dict], panels: str, plot_coord_check) -> None:
+    table = csv_text(CSV_COLUMNS, ([row.get(column) for column in CSV_COLUMNS] for row in rows))
+    write_text_whole(out / "coord_check.csv", table)
+    write_text_whole(out / "config.yaml", cfg.dump_config(config) + cfg.dump_config({"coord_check": dict(spec)}))
+    for parametrization, axis, part in result_groups(rows):
+        plot_coord_check(part, out / f"coord_check_{axis}_{parametrization}.png", xlabel=axis, panels=panels,
+                         title=f"{config['name']}: {parametrization}, mean |activation| vs {axis}")
+    write_text_whole(out / "coord_check_table.md", TABLE_TITLE + "\n\n" + activation_tables(rows)
+                     + "\n# Log-log slope vs the varied value (0 = flat)\n\n" + slope_table(rows) + "\n")
 
 
 def result_groups(rows: list[dict]):
