@@ -102,7 +102,7 @@ from catapult.writing import write_errors_named, write_text_whole, write_whole
 from catapult.run_root import data_root_record
 from catapult.losses import accuracy, loss_and_accuracy
 from catapult.curvature.rng import fixed_rng
-from catapult.engine.build import Run, build_run, threshold
+from catapult.engine.build import Run, build_run, resolve_device, threshold
 from catapult.engine.seeds import forward_seed
 from catapult.engine.sharpness_rule import STEP_KIND_COLUMN, check_spectrum_cadence
 from catapult.engine.progress import Progress, progress_mode
@@ -263,7 +263,12 @@ def run(config: Mapping[str, Any], *, out_dir: str | Path | None = None, progres
     started = time.perf_counter()
     overwrite = check_flag("run", "overwrite", overwrite)  # overwrite="no" replaced an earlier run's files
     progress_mode(progress)  # a typo was refused only after the data, model and lambda_0 were built
-    check_spectrum_cadence(cfg.validate(config))  # before the data are loaded
+    valid = cfg.validate(config)
+    check_spectrum_cadence(valid)  # before the data are loaded
+    from catapult.engine.model_size import check_model_fits, optimizer_copies
+
+    # the weights and the optimizer's state (Adam: 2 copies) must fit where it trains
+    check_model_fits(valid, resolve_device(valid["device"]), state_copies=optimizer_copies(valid))
     return in_run_directory(out_dir, overwrite, lambda out_path, writing: train(
         build_run(config), out_path, progress=progress, started=started, writing=writing, overwrite=overwrite))
 

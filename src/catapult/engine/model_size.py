@@ -22,7 +22,7 @@ from catapult.arguments import MAX_PRODUCTS
 from catapult.engine.run_data import data_shape_bounds
 from catapult.models import GPT, MLP, WRN
 
-__all__ = ["MODELS", "model_parameters", "check_fits", "check_model_fits", "check_spectrum_fits", "check_labels",
+__all__ = ["MODELS", "model_parameters", "check_fits", "check_model_fits", "optimizer_copies", "check_spectrum_fits", "check_labels",
            "check_token_outputs", "shipped_model", "size_error", "gpt_context"]
 
 
@@ -141,9 +141,11 @@ def gpt_context(config: Mapping[str, Any], in_features: int) -> int | None:
 
 
 def check_fits(config: Mapping[str, Any], in_features: int, out_features: int, device: torch.device,
-               dtype: torch.dtype) -> None:
+               dtype: torch.dtype, *, state_copies: int = 0) -> None:
     """Raise :class:`~catapult.config.ConfigError` when the model's weights alone exceed the
-    memory of the CPU, where it is built in float32, or of ``device`` in ``dtype``.
+    memory of the CPU, where it is built in float32, or of ``device`` in ``dtype``; with
+    ``state_copies`` (:func:`optimizer_copies`: a run that trains) the weights and that many more
+    copies of them (the optimizer's state) on ``device``.
 
     Example:
         >>> from catapult.config import validate
@@ -163,19 +165,35 @@ def check_fits(config: Mapping[str, Any], in_features: int, out_features: int, d
         raise size_error(config["model"], err, context=gpt_context(config, in_features)) from None
     # built on the CPU in float32, then cast and moved: the CPU holds the larger of the two
     final = needed * torch.finfo(dtype).bits // 32
-    needs = [(torch.device("cpu"), max(needed, final) if device.type == "cpu" else needed)]
+    trained = final * (1 + state_copies)
+    needs = [(torch.device("cpu"), max(needed, trained) if device.type == "cpu" else needed)]
     if device.type != "cpu":
-        needs.append((device, final))
+        needs.append((device, trained))
     for where, size in needs:
         have = _memory_bytes(where)
         if have is not None and size > have:
             owner = "this machine's" if where.type == "cpu" else f"{where}'s"
-            raise _too_large(config["model"], f"make a model of {size / 2**30:,.1f} GiB, more than {owner} "
+            state = (f" with the {config['optimizer']['name']} optimizer's {state_copies} copies of its weights"
+                     if state_copies and size == trained else "")
+            raise _too_large(config["model"], f"make a model of {size / 2**30:,.1f} GiB{state}, more than {owner} "
                                               f"{have / 2**30:,.1f} GiB of memory", gpt_context(config, in_features),
                              _vocabulary(config, in_features, out_features, have * needed // size))
 
 
-def check_model_fits(config: Mapping[str, Any], device: torch.device | str = "cpu") -> None:
+def optimizer_copies(config: Mapping[str, Any]) -> int:
+    """Copies of the weights the config's optimizer keeps once it steps (a lower bound): 2 for the
+    Adam family (first and second moments), 0 for the others.
+
+    >>> optimizer_copies({"optimizer": {"name": "adam"}}), optimizer_copies({"optimizer": {"name": "sgd"}})
+    (2, 0)
+    """
+    from catapult.optim import registry
+
+    name = config["optimizer"]["name"]
+    return 2 if name in registry.names() and registry.get(name).family == "adam" else 0
+
+
+def check_model_fits(config: Mapping[str, Any], device: torch.device | str = "cpu", *, state_copies: int = 0) -> None:
     """Raise :class:`~catapult.config.ConfigError` when the config's model cannot fit in the memory
     of the CPU (or ``device``) whatever its data holds, before any data is loaded: the model is
     counted with the least shapes the config's data can have
@@ -192,7 +210,7 @@ def check_model_fits(config: Mapping[str, Any], device: torch.device | str = "cp
         catapult.config.errors.ConfigError: model: model.width=1000000 and model.depth=1000 make a model of ...
     """
     least = data_shape_bounds(config["data"])[0]
-    check_fits(config, *least, torch.device(device), getattr(torch, config["dtype"]))
+    check_fits(config, *least, torch.device(device), getattr(torch, config["dtype"]), state_copies=state_copies)
 
 
 def check_spectrum_fits(config: Mapping[str, Any], n_params: int) -> None:
