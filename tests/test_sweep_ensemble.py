@@ -285,7 +285,7 @@ def test_phase_diagram_configs_expand_to_valid_cells(path, at_least):
     assert all(unsupported_reason(c.config) is None for c in cells)
 
 
-def _stacked(loss, parametrization, density, activation, n=5):
+def _stacked(loss, parametrization, density, activation, n=5, base_width=6):
     """A ``KernelStack`` of ``n`` float64 members (different seeds) on 50 digits, and the data."""
     from catapult.sweep.ensemble_run import KernelStack
     from catapult.sweep.member import Member as _Member
@@ -293,7 +293,7 @@ def _stacked(loss, parametrization, density, activation, n=5):
     configs = [cfg.validate({"name": f"m{i}", "seed": i, "dtype": "float64", "loss": loss,
                              "data": {"name": "digits", "n_train": 50, "n_test": 20},
                              "model": {"width": 12, "depth": 3, "parametrization": parametrization,
-                                       "base_width": 6, "density": density, "activation": activation}})
+                                       "base_width": base_width, "density": density, "activation": activation}})
                for i in range(n)]
     data = train.load_data(configs[0], "cpu", torch.float64)
     models = [train.build_model(c, data.in_features, data.num_classes, "cpu", torch.float64) for c in configs]
@@ -528,3 +528,29 @@ def test_a_resumed_ensemble_sweep_stores_the_bits_of_an_uninterrupted_one(tmp_pa
     for a, b in zip(whole[1], resumed[1]):
         keep = lambda s: {k: v for k, v in json.loads(s).items() if "time" not in k and "per_second" not in k}
         assert keep(a[4]) == keep(b[4])
+
+
+def test_paper_mup_biases_carry_their_multipliers_in_the_hand_derived_passes():
+    # mutation pass 21 (EK4, EK5): the warmup paper's muP (no base_width) multiplies each bias by its layer's
+    # multiplier (readout: 1 / sqrt(12)); the mutants dropped it in the narrow readout's forward (EK4) and in the
+    # bias gradients (EK5), and every stacked test was of the table form (bias multiplier 1). Truth: each member's
+    # own module's outputs, and autograd's gradients of the stacked forward
+    batch, data = _stacked("mse", "mup", 1.0, "relu", n=2, base_width=None)
+    assert batch.has_bias and batch.mults[-1][1] != 1.0
+    x, y = data.x_train, data.y_train
+    models = [train.build_model(cfg.validate({"name": f"m{i}", "seed": i, "dtype": "float64",
+                                              "data": {"name": "digits", "n_train": 50, "n_test": 20},
+                                              "model": {"width": 12, "depth": 3, "parametrization": "mup"}}),
+                                data.in_features, data.num_classes, "cpu", torch.float64) for i in range(2)]
+    for i, model in enumerate(models):
+        with torch.no_grad():
+            torch.nn.init.normal_(model.layers[-1].bias)   # a bias that is not 0, in the stack too
+        batch.params[-1][i] = model.layers[-1].bias.detach()
+    out = batch.forward(batch.params, batch.masks, x)
+    for i, model in enumerate(models):
+        assert torch.allclose(out[i], model(x).detach(), rtol=1e-12, atol=1e-14)
+    params = [p.detach().requires_grad_(True) for p in batch.params]
+    with torch.enable_grad():
+        grads = torch.autograd.grad(batch.losses(batch.forward(params, batch.masks, x), y).sum(), params)
+    for a, b in zip(grads, batch.loss_grads(x, y, True)[2]):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-14)
