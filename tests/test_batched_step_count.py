@@ -55,20 +55,26 @@ CASES = [(torch.optim.Adam, dict(lr=0.1, betas=NEAR_ONE), torch.float32, T),
          (GIAdam, dict(lr=0.1, betas=NEAR_ONE), torch.float64, T + 2)]
 
 
+def _four_steps_equal_torchs(stacked, params, refs, gen, name):
+    """Four steps of the stacked members (lrs 0.1, 0.05) and of torch's own optimizers on the same
+    gradients: every member's parameters equal torch's bit for bit after each step."""
+    for step in range(4):
+        grads = [torch.randn(p.shape, dtype=torch.float64, generator=gen) for p in params.values()]
+        lrs = [0.1, 0.05]
+        stacked.step(params, grads, lrs)
+        for i, (opt, own) in enumerate(refs):
+            opt.param_groups[0]["lr"] = lrs[i]
+            for p, g in zip(own, grads):
+                p.grad = g[i].clone()
+            opt.step()
+            for p, key in zip(own, params):
+                assert torch.equal(params[key][i], p.detach()), (name, step, i, key)
+
+
 def test_steps_across_2_24_equal_torchs_own_optimizers_bit_for_bit():
     for cls, hp, count_dtype, last in CASES:
         stacked, params, refs, gen = _members(cls, hp, T - 2, count_dtype)
-        for step in range(4):
-            grads = [torch.randn(p.shape, dtype=torch.float64, generator=gen) for p in params.values()]
-            lrs = [0.1, 0.05]
-            stacked.step(params, grads, lrs)
-            for i, (opt, own) in enumerate(refs):
-                opt.param_groups[0]["lr"] = lrs[i]
-                for p, g in zip(own, grads):
-                    p.grad = g[i].clone()
-                opt.step()
-                for p, name in zip(own, params):
-                    assert torch.equal(params[name][i], p.detach()), (cls.__name__, step, i, name)
+        _four_steps_equal_torchs(stacked, params, refs, gen, cls.__name__)
         assert {float(s["step"]) for opt, _ in refs for s in opt.state.values()} == {float(last)}
         # the state a member's own optimizer gets (a search runs on it): the count torch holds
         assert (float(stacked.torch_state(1, 0)["step"]), stacked.torch_state(1, 0)["step"].dtype) == (last, count_dtype)
@@ -109,17 +115,7 @@ def test_radam_with_decoupled_decay_steps_across_2_24_as_torchs_own():
     b1, b2, eps = 0.9, 1 - 1e-8, 1e-8
     hps = [dict(lr=0.1, betas=(b1, b2), eps=eps, weight_decay=wd, decoupled_weight_decay=True) for wd in (0.01, 0.3)]
     stacked, params, refs, gen = _members(torch.optim.RAdam, hps, T - 2, torch.float32)
-    for step in range(4):
-        grads = [torch.randn(p.shape, dtype=torch.float64, generator=gen) for p in params.values()]
-        lrs = [0.1, 0.05]
-        stacked.step(params, grads, lrs)
-        for i, (opt, own) in enumerate(refs):
-            opt.param_groups[0]["lr"] = lrs[i]
-            for p, g in zip(own, grads):
-                p.grad = g[i].clone()
-            opt.step()
-            for p, name in zip(own, params):
-                assert torch.equal(params[name][i], p.detach()), (step, i, name)
+    _four_steps_equal_torchs(stacked, params, refs, gen, "RAdam")
     assert {float(s["step"]) for opt, _ in refs for s in opt.state.values()} == {float(T)}
     assert (float(stacked.torch_state(1, 0)["step"]), stacked.torch_state(1, 0)["step"].dtype) == (T, torch.float32)
     row = stacked.torch_step(stacked.steps + 1) - 1
