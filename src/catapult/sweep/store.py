@@ -304,9 +304,48 @@ class Store(DriverClaims, Lambda0Cache):
         moved = [c for c in cells if stored_cells.get(c.id) != json.loads(json_text(c.swept))]
         if moved or len(stored_cells) != len(cells):
             first = moved[0] if moved else None
+            keys = self._rounded_range_keys(stored_cells, cells, moved)
+            if keys and first is not None:
+                axes = f"range {'axis' if len(keys) == 1 else 'axes'} {', '.join(keys)}"
+                listed = list(dict.fromkeys(stored_cells[i][keys[0]] for i in sorted(stored_cells)))
+                raise SpecChanged(self.path, [
+                    f"the values of the {axes} differ from this catapult's by float rounding alone: cell "
+                    f"{first.id} was {({k: stored_cells[first.id][k] for k in keys})}, is now "
+                    f"{({k: first.swept[k] for k in keys})}. The store was made by a catapult that counted "
+                    "ranges in binary floating point (start + i*step); this one counts them in decimal as written"],
+                    advice="This catapult cannot resume it: use a new --store path for the sweep (the range now "
+                    "gives the decimal values), or, to run the old values, list them explicitly in sweep.grid "
+                    f"(with a new --store path): {keys[0]}: {listed}")
             raise SpecChanged(self.path, [
                 "the cells are numbered differently (were sweep.grid's keys listed in another order?)"
                 + (f": cell {first.id} was {stored_cells.get(first.id)}, is now {first.swept}" if first else "")])
+
+    def _rounded_range_keys(self, stored: Mapping[int, Any], cells: Sequence[Any], moved: Sequence[Any]) -> list[str]:
+        """The ``range``/``log2`` axes whose stored values differ from ``cells``' by float rounding alone
+        (within 1e-12 of the axis's largest magnitude; a store of a catapult that counted ranges
+        start + i*step in binary), where every moved cell differs so and only there; else ``[]``."""
+        try:
+            ranged = {a["key"] for a in self.axes() if a.get("form") in ("range", "log2")}
+        except StoreError:
+            return []
+        if not moved or len(stored) != len(cells):
+            return []
+        new = {c.id: json.loads(json_text(c.swept)) for c in cells}
+        scale: dict[str, float | None] = {}   # a differing key's largest magnitude (None: not a range's numbers)
+        for c in moved:
+            old = stored.get(c.id)
+            if not isinstance(old, dict) or old.keys() != new[c.id].keys():
+                return []
+            for key in (k for k in new[c.id] if old[k] != new[c.id][k]):
+                if key not in scale:
+                    values = [new[i].get(key) for i in new] + [s.get(key) if isinstance(s, dict) else None
+                                                               for s in stored.values()]
+                    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                  and abs(v) < float("inf") for v in values)
+                    scale[key] = max(abs(v) for v in values) if key in ranged and numbers else None
+                if scale[key] is None or abs(old[key] - new[c.id][key]) > 1e-12 * scale[key]:
+                    return []
+        return list(scale)
 
     def check_spec(self, document: Mapping[str, Any]) -> str | None:
         """Raise :class:`SpecChanged` if this store holds a sweep other than ``document``'s;

@@ -14,12 +14,12 @@ class StoreError(RuntimeError):
 
 class SpecChanged(StoreError):
     """The store holds a different sweep than the one requested. ``changes`` lists what differs
-    (one ``"key: old -> new"`` line each)."""
+    (one ``"key: old -> new"`` line each); ``advice`` replaces the closing hint (what to do)."""
 
-    def __init__(self, path: str | Path, changes: Sequence[str]):
+    def __init__(self, path: str | Path, changes: Sequence[str], advice: str | None = None):
         self.changes = list(changes)
         lines = "\n".join(f"  {line}" for line in self.changes) or "  (the spec documents differ)"
         super().__init__(
             f"{path} holds a different sweep; refusing to mix results. What changed:\n{lines}\n"
-            "Use a new --store path for the new sweep, or rerun the original config to resume it."
+            + (advice or "Use a new --store path for the new sweep, or rerun the original config to resume it.")
         )
