@@ -1,7 +1,7 @@
-"""``coord-check`` and ``demo --write-configs`` that fail while writing (a full disk here) left the
-``--out`` folder they had created behind, empty or holding part of their files; ``train`` removes a
-run folder it made. They now remove the folder they made, and only that: a folder that was there
-before stays, with what was in it."""
+"""``coord-check``, ``demo --write-configs`` and ``demo`` that fail while writing (a full disk here)
+left the ``--out`` folder they had created behind, empty or holding part of their files; ``train``
+removes a run folder it made. They now remove the folder they made, and only that: a folder that was
+there before stays, with what was in it."""
 from __future__ import annotations
 
 import errno
@@ -63,4 +63,29 @@ def test_write_configs_removes_the_folder_it_made_and_no_other(tmp_path, monkeyp
     out.mkdir()   # there before, with a file of the user's: kept
     (out / "notes.txt").write_text("mine")
     assert main(["demo", "--write-configs", str(out)]) != 0 and "No space left" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def _tiny_demo_configs():
+    from catapult import config as cfg
+
+    config = demo.demo_configs(("mup",), (1,))[0]
+    config["data"].update(n_train=64, n_test=32)
+    config["model"]["width"] = 8
+    config["train"]["steps"] = 1
+    config["eval"].update(sharpness_every=0, test_every=0)
+    return [cfg.validate(config)]
+
+
+def test_run_demo_removes_the_folder_it_made_and_no_other(tmp_path, monkeypatch):
+    # the report is written last, after the run and the figure: a full disk there left demo/ behind
+    monkeypatch.setattr(demo, "write_text_whole", _full_disk_after(0, demo.write_text_whole))
+    out = tmp_path / "new" / "demo"
+    with pytest.raises(OSError, match="No space left"):
+        demo.run_demo(out, workers=1, echo=lambda line: None, configs=_tiny_demo_configs())
+    assert not out.exists() and (tmp_path / "new").is_dir()   # the folder it made, not its parent
+    out.mkdir()   # there before, with a file of the user's: kept, though it fails
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(OSError, match="No space left"):
+        demo.run_demo(out, workers=1, echo=lambda line: None, configs=_tiny_demo_configs())
     assert (out / "notes.txt").read_text() == "mine"

@@ -209,7 +209,13 @@ def run_demo(out: str | Path = "runs/demo", *, workers: int | None = None, echo=
     out = Path(out)
     configs = list(demo_configs() if configs is None else configs)
     workers = max(1, min(workers or min(2, os.cpu_count() or 1), len(configs)))
-    out.mkdir(parents=True, exist_ok=True)
+    from catapult.engine.run_dir import made_out_dir
+
+    with made_out_dir(out):  # a full disk, a failed run, Ctrl-C: a folder it made goes (only that), as train's does
+        return _run_into(out, configs, workers, echo)
+
+
+def _run_into(out: Path, configs: list[dict], workers: int, echo) -> DemoResult:
     started = time.perf_counter()
     summaries: dict[str, dict] = {}
     metrics: dict[str, list[dict]] = {}

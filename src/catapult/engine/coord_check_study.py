@@ -282,7 +282,7 @@ def run_coord_check(config: Mapping[str, Any], spec: Mapping[str, Any], *, out_d
     from catapult import engine as train
     from catapult.coord_check import coord_check, plot_coord_check
     from catapult.losses import get_loss
-    from catapult.engine.loop import make_out_dir
+    from catapult.engine.run_dir import made_out_dir
 
     device = train.resolve_device(config["device"])
     dtype = getattr(torch, config["dtype"])
@@ -313,15 +313,8 @@ def run_coord_check(config: Mapping[str, Any], spec: Mapping[str, Any], *, out_d
                           flush=True)
     if out_dir is not None:
         out = Path(out_dir)
-        created = make_out_dir(out)
-        try:
+        with made_out_dir(out):  # a full disk, a figure that fails, Ctrl-C: a folder it made goes, as train's does
             _write_results(out, config, spec, rows, panels, plot_coord_check)
-        except BaseException:  # a full disk, a figure that fails, Ctrl-C: a folder it made goes, as train's does
-            if created:
-                import shutil
-
-                shutil.rmtree(out, ignore_errors=True)
-            raise
     return rows
 
 

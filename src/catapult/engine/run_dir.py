@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from catapult.files import (PARTIAL_PREFIX, PNG_START, file_digest, is_run_recor
 from catapult.writing import write_text_whole
 
 __all__ = ["RUN_FILES", "RUN_MARKERS", "DIGESTED_FILES", "MANIFEST", "RunDirectoryError", "check_out_dir", "make_out_dir",
-           "RunClaim", "claim_run_directory", "in_run_directory", "start_manifest", "record_created", "created_files"]
+           "made_out_dir", "RunClaim", "claim_run_directory", "in_run_directory", "start_manifest", "record_created", "created_files"]
 
 #: The files a run writes into its directory (``--overwrite`` replaces exactly these).
 RUN_FILES = ("config.yaml", "metrics.csv", "summary.json", "trajectories.png", "model.pt")
@@ -145,6 +146,33 @@ def make_out_dir(path: Path) -> bool:
     except OSError as err:
         raise RunDirectoryError(f"cannot create the directory {path}: {err.strerror or err} (the file system "
                                 f"refused it); choose another directory") from None
+
+
+@contextmanager
+def made_out_dir(path: Path):
+    """Create ``path`` as :func:`make_out_dir` does and yield whether this call made it; when the
+    body fails (a full disk, a figure that fails, Ctrl-C) a folder it made goes, with what is in it,
+    as a failed run's does; a folder that was there before stays, with what was in it.
+
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> try:
+    ...     with made_out_dir(root / "new") as created:
+    ...         raise OSError("No space left on device")
+    ... except OSError:
+    ...     pass
+    >>> created, (root / "new").exists(), root.is_dir()
+    (True, False, True)
+    """
+    created = make_out_dir(path)
+    try:
+        yield created
+    except BaseException:
+        if created:
+            import shutil
+
+            shutil.rmtree(path, ignore_errors=True)
+        raise
 
 
 class RunClaim:
