@@ -129,13 +129,10 @@ def write_configs(directory: str | Path) -> list[Path]:
     if foreign:
         raise cfg.ConfigError([("--write-configs", f"{directory} holds {', '.join(foreign)}, not written by "
                                                    "`catapult demo --write-configs`; choose another directory")])
-    try:
-        directory.mkdir(parents=True)
-        created = True
-    except FileExistsError:  # there before (checked a folder above): never removed
-        created = False
+    from catapult.engine.run_dir import made_out_dir
+
     paths = []
-    try:
+    with made_out_dir(directory):  # a full disk, Ctrl-C: a folder it made goes (only that), as train's does
         for c in configs:
             path = directory / f"{c['name']}.yaml"
             header = (f"{_CONFIG_HEADER}{c['model']['parametrization']}, "
@@ -144,12 +141,6 @@ def write_configs(directory: str | Path) -> list[Path]:
                       f"#   catapult train {path}\n")
             write_text_whole(path, header + cfg.dump_config(c))
             paths.append(path)
-    except BaseException:  # a full disk, Ctrl-C: a folder it made goes (only that), as train's does
-        if created:
-            import shutil
-
-            shutil.rmtree(directory, ignore_errors=True)
-        raise
     return paths
 
 
