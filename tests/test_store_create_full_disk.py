@@ -16,15 +16,7 @@ import pytest
 from catapult.cli import main
 from catapult.sweep import store_file
 from catapult.sweep.store import Store
-
-GRID = """\
-name: full
-data: {name: digits, n_train: 32, n_test: 16}
-model: {name: mlp, width: 8, depth: 2}
-train: {steps: 1}
-eval: {sharpness_every: 0}
-sweep: {grid: {optimizer.lr: [0.1, 0.2]}}
-"""
+from tiny_run import two_cell_grid
 
 
 class _FullDisk:
@@ -70,7 +62,7 @@ def test_a_store_made_on_a_full_disk_is_an_error_of_the_disk_and_leaves_no_file(
 def test_the_sweep_says_the_disk_is_full_and_a_rerun_with_room_makes_the_store(tmp_path, capsys, monkeypatch,
                                                                                  full_disk):
     config = tmp_path / "grid.yaml"
-    config.write_text(GRID)
+    config.write_text(two_cell_grid())
     store = tmp_path / "s.db"
     argv = ["sweep", str(config), "--store", str(store), "--progress", "none", "--threads", "1"]
     assert main(argv) == 2

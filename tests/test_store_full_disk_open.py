@@ -13,15 +13,7 @@ import pytest
 from catapult.cli import main
 from catapult.sweep import store as store_module
 from catapult.sweep.store import Store, StoreError
-
-GRID = """\
-name: full
-data: {name: digits, n_train: 32, n_test: 16}
-model: {name: mlp, width: 8, depth: 2}
-train: {steps: 1}
-eval: {sharpness_every: 0}
-sweep: {grid: {optimizer.lr: [0.1, 0.2]}}
-"""
+from tiny_run import two_cell_grid
 
 
 class _NoRoomForTheShm:
@@ -60,7 +52,7 @@ def test_a_store_on_a_full_disk_is_named_whole_with_the_room_left(full_disk):
 
 def test_the_sweep_says_so_in_one_line(full_disk, tmp_path, capsys):
     config = tmp_path / "grid.yaml"
-    config.write_text(GRID)
+    config.write_text(two_cell_grid())
     assert main(["sweep", str(config), "--store", str(full_disk), "--progress", "none"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err

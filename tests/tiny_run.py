@@ -1,4 +1,5 @@
-"""The smallest run config the CLI tests train: an 8-wide MLP on 32 digits for 2 steps."""
+"""The smallest run config the CLI tests train: an 8-wide MLP on 32 digits for 2 steps; and the
+smallest sweep of it the store tests run (two one-step cells)."""
 
 
 def tiny_config(name: str) -> str:
@@ -8,6 +9,16 @@ def tiny_config(name: str) -> str:
             "model: {width: 8, depth: 2}\n"
             "train: {steps: 2}\n"
             "eval: {sharpness_every: 0, test_every: 0}\n")
+
+
+def two_cell_grid(name: str = "full") -> str:
+    """A YAML sweep config named ``name``: two one-step cells (lr 0.1, 0.2) of an 8-wide MLP on 32 digits."""
+    return (f"name: {name}\n"
+            "data: {name: digits, n_train: 32, n_test: 16}\n"
+            "model: {name: mlp, width: 8, depth: 2}\n"
+            "train: {steps: 1}\n"
+            "eval: {sharpness_every: 0}\n"
+            "sweep: {grid: {optimizer.lr: [0.1, 0.2]}}\n")
 
 
 def gpt_shards_config(root, **data) -> dict:
