@@ -306,25 +306,30 @@ def test_cells_logging_the_spectrum_run_locally_with_their_columns():
                    and row["eig_converged"] in (0, 1) for row in res.metrics)
 
 
-def test_batched_summaries_count_solves_stopped_below_their_budget_as_local_does():
-    # float32 at tol 1e-7, below its rounding: every solve stops short of the tol well below its
-    # budget of 30 products (the run's advice is then float64 or a looser tol, not more products)
+@pytest.mark.parametrize("dtype, evaluation, below", [
+    # float32 at tol 1e-7, below its rounding: every solve stops short of the tol well below its budget of 30
+    # products (the run's advice is then float64 or a looser tol, not more products)
+    ("float32", {"sharpness_tol": 1e-7}, 2),
+    # mutation pass 21 (BL6): float64 at tol 1e-12 with a budget of 3 products: every solve stops unconverged AT its
+    # budget, so none is "below budget" (the mutant counted every unconverged solve)
+    ("float64", {"sharpness_tol": 1e-12, "sharpness_max_iter": 3}, 0),
+])
+def test_batched_summaries_count_solves_stopped_below_their_budget_as_local_does(dtype, evaluation, below):
     from catapult.sweep.ensemble import EnsembleExecutor
 
     def local(config, progress=None):
         return train.run(config, progress="none")
 
-    cells = [_cell(MLP, i, dtype="float32", train={"steps": 1}, optimizer={"name": "sgd", "lr": 0.05 * (i + 1)},
-                   eval={"sharpness_every": 1, "sharpness_tol": 1e-7, "test_every": 0}) for i in range(2)]
+    cells = [_cell(MLP, i, dtype=dtype, train={"steps": 1}, optimizer={"name": "sgd", "lr": 0.05 * (i + 1)},
+                   eval={"sharpness_every": 1, "test_every": 0, **evaluation}) for i in range(2)]
     executor = EnsembleExecutor(local, kernels=True)
     batched = dict(executor.run(cells))
     assert executor.fallbacks == []
     for cell in cells:
         want = local(cell.config).summary
         got = batched[cell.id].summary
-        assert want["sharpness_unconverged"] == want["unconverged_below_budget"] == 2   # rows 0 and 1
-        assert got["sharpness_unconverged"] == want["sharpness_unconverged"]
-        assert got["unconverged_below_budget"] == want["unconverged_below_budget"]
+        assert want["sharpness_unconverged"] == 2 and want["unconverged_below_budget"] == below   # rows 0 and 1
+        assert got["sharpness_unconverged"] == 2 and got["unconverged_below_budget"] == below
 
 
 @pytest.mark.parametrize("evaluation, reason", [
@@ -435,27 +440,6 @@ def test_hvp_mode_and_micro_batches_are_honoured_and_equal_local(hvp, chunk_size
     _check(cells)
     assert built and all(mode == hvp for mode, _ in built)
     assert all(sizes == ([64] if chunk_size is None else [24, 24, 16]) for _, sizes in built)
-
-
-def test_batched_summaries_do_not_count_solves_that_spent_their_budget_as_below_it():
-    # mutation pass 21 (BL6): float64 at tol 1e-12 with a budget of 3 products: every solve stops unconverged AT its
-    # budget, so none is "below budget" (the mutant counted every unconverged solve)
-    from catapult.sweep.ensemble import EnsembleExecutor
-
-    def local(config, progress=None):
-        return train.run(config, progress="none")
-
-    cells = [_cell(MLP, i, train={"steps": 1}, optimizer={"name": "sgd", "lr": 0.05 * (i + 1)},
-                   eval={"sharpness_every": 1, "sharpness_tol": 1e-12, "sharpness_max_iter": 3, "test_every": 0})
-             for i in range(2)]
-    executor = EnsembleExecutor(local, kernels=True)
-    batched = dict(executor.run(cells))
-    assert executor.fallbacks == []
-    for cell in cells:
-        want = local(cell.config).summary
-        got = batched[cell.id].summary
-        assert want["sharpness_unconverged"] == 2 and want["unconverged_below_budget"] == 0   # rows 0 and 1
-        assert got["sharpness_unconverged"] == 2 and got["unconverged_below_budget"] == 0
 
 
 def test_persistent_warmup_still_searching_at_the_last_step_equals_local():
