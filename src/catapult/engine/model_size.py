@@ -22,8 +22,8 @@ from catapult.arguments import MAX_PRODUCTS
 from catapult.engine.run_data import data_shape_bounds
 from catapult.models import GPT, MLP, WRN
 
-__all__ = ["MODELS", "model_parameters", "check_fits", "check_model_fits", "optimizer_copies", "check_spectrum_fits", "check_labels",
-           "check_token_outputs", "shipped_model", "size_error", "gpt_context"]
+__all__ = ["MODELS", "model_parameters", "check_fits", "check_model_fits", "optimizer_copies", "check_spectrum_fits",
+           "check_labels", "check_token_outputs", "shipped_model", "size_error", "gpt_context"]
 
 
 #: model.name -> builder(model_config, in_features, out_features) -> nn.Module. For the mlp
