@@ -22,8 +22,8 @@ from catapult.arguments import MAX_PRODUCTS
 from catapult.engine.run_data import data_shape_bounds
 from catapult.models import GPT, MLP, WRN
 
-__all__ = ["MODELS", "model_parameters", "check_fits", "check_model_fits", "optimizer_copies", "check_spectrum_fits",
-           "check_labels", "check_token_outputs", "shipped_model", "size_error", "gpt_context"]
+__all__ = ["MODELS", "model_parameters", "check_fits", "check_model_fits", "optimizer_copies", "training_copies",
+           "check_spectrum_fits", "check_labels", "check_token_outputs", "shipped_model", "size_error", "gpt_context"]
 
 
 #: model.name -> builder(model_config, in_features, out_features) -> nn.Module. For the mlp
@@ -144,8 +144,8 @@ def check_fits(config: Mapping[str, Any], in_features: int, out_features: int, d
                dtype: torch.dtype, *, state_copies: int = 0) -> None:
     """Raise :class:`~catapult.config.ConfigError` when the model's weights alone exceed the
     memory of the CPU, where it is built in float32, or of ``device`` in ``dtype``; with
-    ``state_copies`` (:func:`optimizer_copies`: a run that trains) the weights and that many more
-    copies of them (the optimizer's state) on ``device``.
+    ``state_copies`` (:func:`training_copies`: a run that trains) the weights and that many more
+    copies of them (its gradients and the optimizer's state) on ``device``.
 
     Example:
         >>> from catapult.config import validate
@@ -173,24 +173,41 @@ def check_fits(config: Mapping[str, Any], in_features: int, out_features: int, d
         have = _memory_bytes(where)
         if have is not None and size > have:
             owner = "this machine's" if where.type == "cpu" else f"{where}'s"
-            state = (f" with the {config['optimizer']['name']} optimizer's {state_copies} copies of its weights"
-                     if state_copies and size == trained else "")
+            state = (f" with {state_copies} more copies of its weights (its gradients and the "
+                     f"{config['optimizer']['name']} optimizer's state)" if state_copies and size == trained else "")
             raise _too_large(config["model"], f"make a model of {size / 2**30:,.1f} GiB{state}, more than {owner} "
                                               f"{have / 2**30:,.1f} GiB of memory", gpt_context(config, in_features),
                              _vocabulary(config, in_features, out_features, have * needed // size))
 
 
 def optimizer_copies(config: Mapping[str, Any]) -> int:
-    """Copies of the weights the config's optimizer keeps once it steps (a lower bound): 2 for the
-    Adam family (first and second moments), 0 for the others.
+    """Copies of the weights the config's optimizer keeps in its state once it steps, as torch keeps
+    them: 2 for the Adam family (``exp_avg`` and ``exp_avg_sq``: adam, adamw, radam, gi-adam), 1 for
+    sgd with ``momentum`` above 0 (``momentum_buffer``), 0 for plain sgd (no state).
 
-    >>> optimizer_copies({"optimizer": {"name": "adam"}}), optimizer_copies({"optimizer": {"name": "sgd"}})
-    (2, 0)
+    >>> [optimizer_copies({"optimizer": {"name": n, "momentum": m}}) for n, m in (("adam", 0), ("sgd", 0), ("sgd", 0.9))]
+    [2, 0, 1]
     """
     from catapult.optim import registry
 
-    name = config["optimizer"]["name"]
-    return 2 if name in registry.names() and registry.get(name).family == "adam" else 0
+    optimizer = config["optimizer"]
+    name = optimizer["name"]
+    if name not in registry.names():
+        return 0
+    if registry.get(name).family == "adam":
+        return 2
+    return 1 if optimizer.get("momentum", 0.0) > 0 else 0
+
+
+def training_copies(config: Mapping[str, Any]) -> int:
+    """Copies of the weights, beyond the weights, that a run training the config holds from its
+    first step: the gradients (1) and the optimizer's state (:func:`optimizer_copies`). A lower
+    bound: the activations and torch's temporaries during a step are not counted.
+
+    >>> training_copies({"optimizer": {"name": "adam"}}), training_copies({"optimizer": {"name": "sgd", "momentum": 0.0}})
+    (3, 1)
+    """
+    return 1 + optimizer_copies(config)
 
 
 def check_model_fits(config: Mapping[str, Any], device: torch.device | str = "cpu", *, state_copies: int = 0) -> None:
