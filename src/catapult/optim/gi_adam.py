@@ -52,7 +52,7 @@ _check_v0 = check_v0  # (the rule lives with initial_second_moment)
 
 
 _OPTIONS = ("lr", "betas", "eps", "weight_decay", "v_bias_correction", "v0", "foreach",
-            "maximize", "seed")
+            "maximize", "seed", "decoupled_weight_decay")
 
 
 def _check_flag(name: str, value: Any, where: str, *, allow_none: bool = False) -> bool | None:
@@ -93,7 +93,7 @@ def _checked_options(options: dict[str, Any], where: str = "") -> dict[str, Any]
                         for b in betas)):
             raise ValueError(f"{where}Invalid betas={betas!r}: need two numbers in [0, 1)")
         out["betas"] = (float(betas[0]), float(betas[1]))
-    for name in ("v_bias_correction", "maximize"):
+    for name in ("v_bias_correction", "maximize", "decoupled_weight_decay"):
         if name in out:
             out[name] = _check_flag(name, out[name], where)
     if "foreach" in out:
@@ -124,7 +124,7 @@ def _check_torch_adam_flags(options: dict[str, Any], where: str, weight_decay: A
         if value not in off or not isinstance(value, (bool, type(None))):
             raise ValueError(f"{where}GIAdam does not support {name}={value!r} (accepted only "
                              f"{' or '.join(map(repr, off))}, for torch.optim.Adam compatibility)")
-    coupled = options.get("decoupled_weight_decay", True) is False
+    coupled = options.get("decoupled_weight_decay", True) in (False, 0)
     if coupled and isinstance(weight_decay, numbers.Real) and weight_decay != 0:
         raise ValueError(f"{where}decoupled_weight_decay=False with weight_decay={weight_decay!r} "
                          "is torch Adam's coupled L2 penalty; GIAdam's weight decay is decoupled "
@@ -148,7 +148,7 @@ def _check_unsaid_coupling(group: dict[str, Any], where: str) -> None:
 #: The keys of the param groups that GIAdam and torch Adam/AdamW write (and torch's ``params``,
 #: ``param_names``; a scheduler's ``initial_lr``).
 _ADAM_GROUP_KEYS = frozenset(_OPTIONS) | frozenset(_TORCH_ADAM_FLAGS) | {
-    "decoupled_weight_decay", "params", "param_names", "initial_lr"}
+    "params", "param_names", "initial_lr"}
 
 
 def _check_adam_group(group: dict[str, Any], where: str) -> None:
@@ -212,6 +212,9 @@ class GIAdam(torch.optim.Optimizer):
         maximize: ascend instead of descend.
         seed: base seed for ``v0="random"``; parameter number ``i`` (its position across all
             param groups) draws from ``torch.Generator().manual_seed(seed + i)``.
+        decoupled_weight_decay: torch Adam's flag, ``True`` (``False`` only with no weight decay);
+            every group carries it, so that a GIAdam ``state_dict`` loaded into ``torch.optim.Adam``
+            keeps the decay decoupled (without it torch Adam took it for its coupled L2).
         amsgrad, capturable, differentiable, fused: torch Adam's flags, accepted at their off
             values (``False``; ``fused`` also ``None``) so that code written for torch Adam runs
             unchanged; any other value is refused (not implemented), in a param group and in a
@@ -252,15 +255,19 @@ class GIAdam(torch.optim.Optimizer):
                  eps: float = 1e-8, weight_decay: float = 0.0, v_bias_correction: bool = True,
                  v0: str | float = "grad", *, foreach: bool | None = None, maximize: bool = False,
                  seed: int = 0, amsgrad: bool = False, capturable: bool = False,
-                 differentiable: bool = False, fused: bool | None = None):
+                 differentiable: bool = False, fused: bool | None = None,
+                 decoupled_weight_decay: bool = True):
         # torch Adam's other flags, so code that passes them at their off values switches over
         # unchanged; what they would turn on is not implemented here, and says so
-        _check_torch_adam_flags(dict(amsgrad=amsgrad, capturable=capturable,
-                                     differentiable=differentiable, fused=fused), "", weight_decay)
+        _check_torch_adam_flags(dict(amsgrad=amsgrad, capturable=capturable, differentiable=differentiable,
+                                     fused=fused, decoupled_weight_decay=decoupled_weight_decay), "", weight_decay)
+        # decoupled_weight_decay in every group: the groups said nothing of the decay's kind, and
+        # torch.optim.Adam, loading a GIAdam state_dict, defaulted to its coupled L2 (wd=0.1: 2.4e-3
+        # off the GIAdam continuation after one step)
         defaults = _checked_options(dict(
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
             v_bias_correction=v_bias_correction, v0=v0, foreach=foreach, maximize=maximize,
-            seed=seed))
+            seed=seed, decoupled_weight_decay=decoupled_weight_decay))
         super().__init__(params, defaults)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -269,6 +276,7 @@ class GIAdam(torch.optim.Optimizer):
             for key in ("v_bias_correction", "foreach", "maximize", "seed"):
                 group.setdefault(key, self.defaults.get(key))
             group.setdefault("v0", "grad")
+            group.setdefault("decoupled_weight_decay", True)   # (a GIAdam state saved before the key)
             for p in group["params"]:
                 p_state = self.state.get(p, {})
                 step = p_state.get("step") if p_state else None

@@ -1,0 +1,74 @@
+"""A GIAdam state_dict loaded into torch.optim.Adam keeps its weight decay decoupled. GIAdam's groups
+said nothing of the decay's kind, and torch Adam (which defaults ``decoupled_weight_decay`` to False
+for a group without it) continued with a coupled L2 penalty: 2.4e-3 off after one step at wd=0.1.
+Truth: GIAdam itself continuing (after the first step GI-Adam with bias correction is AdamW, the
+same arithmetic: bit-equal), and torch AdamW loading the same state."""
+from __future__ import annotations
+
+import inspect
+import io
+
+import pytest
+import torch
+
+from catapult.optim import GIAdam
+
+HAS_FLAG = "decoupled_weight_decay" in inspect.signature(torch.optim.Adam).parameters
+
+
+def _params():
+    torch.manual_seed(1)
+    return [torch.nn.Parameter(torch.randn(3, 2)), torch.nn.Parameter(torch.randn(4))]
+
+
+def _grads(params, t):
+    gen = torch.Generator().manual_seed(100 + t)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen)
+
+
+def _through_a_file(state):
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+@pytest.mark.skipif(not HAS_FLAG, reason="torch Adam has no decoupled_weight_decay before torch 2.6")
+@pytest.mark.parametrize("cls", [torch.optim.Adam, torch.optim.AdamW])
+def test_torch_adam_continues_a_gi_adam_state_with_its_decoupled_decay(cls):
+    ours = _params()
+    gi = GIAdam([{"params": [ours[0]]}, {"params": [ours[1]], "weight_decay": 0.3}], lr=0.01, weight_decay=0.1)
+    for t in range(3):
+        _grads(ours, t)
+        gi.step()
+    saved = _through_a_file(gi.state_dict())
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    torch_opt = cls([{"params": [theirs[0]]}, {"params": [theirs[1]]}], lr=0.5)
+    torch_opt.load_state_dict(saved)
+    for t in range(3, 6):
+        _grads(ours, t)
+        gi.step()
+        _grads(theirs, t)
+        torch_opt.step()
+    for a, b in zip(ours, theirs):
+        assert torch.equal(a, b)
+    assert [g["decoupled_weight_decay"] for g in saved["param_groups"]] == [True, True]
+
+
+def test_the_flag_is_checked_and_a_state_saved_without_it_loads_decoupled():
+    w = torch.nn.Parameter(torch.ones(2))
+    assert GIAdam([w]).param_groups[0]["decoupled_weight_decay"] is True
+    assert GIAdam([w], decoupled_weight_decay=False).param_groups[0]["decoupled_weight_decay"] is False  # no decay
+    with pytest.raises(ValueError, match="decoupled_weight_decay=False with weight_decay=0.1"):
+        GIAdam([w], weight_decay=0.1, decoupled_weight_decay=False)
+    with pytest.raises(TypeError, match="decoupled_weight_decay must be True or False"):
+        GIAdam([w], decoupled_weight_decay="yes")
+    opt = GIAdam([w], weight_decay=0.1)
+    w.grad = torch.ones(2)
+    opt.step()
+    old = opt.state_dict()
+    old["param_groups"][0].pop("decoupled_weight_decay")      # as GIAdam wrote it before
+    fresh = GIAdam([torch.nn.Parameter(torch.ones(2))])
+    fresh.load_state_dict(old)
+    assert fresh.param_groups[0]["decoupled_weight_decay"] is True
