@@ -170,7 +170,7 @@ def test_numbers_in_their_plain_forms_still_load(tmp_path):
 
     path = tmp_path / "c.yaml"
     path.write_text("seed: 0x10\ntrain: {steps: 1_000}\noptimizer: {lr: 0.010}\nschedule: {warmup_steps: 10}\n")
-    config = C.load_config(path, ["model.width=010"])   # a command line is read as written: 10
+    config = C.load_config(path, ["model.width=10"])   # (010 is refused here as in the file: test_override_digits)
     assert (config["seed"], config["train"]["steps"], config["optimizer"]["lr"]) == (16, 1000, 0.01)
     assert config["model"]["width"] == 10
 

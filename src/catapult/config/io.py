@@ -194,15 +194,14 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError([(text, _OVERRIDE_FORM)])
     try:
         value = safe_yaml(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
+    except yaml.YAMLError as err:
+        if _OTHER_BASE.match(raw.strip()):
+            # the file's rule (_number_as_written): seed=010 ran seed 10 where seed: 010 in a file is
+            # refused, and 1:30 was text here, 90 there; the same text means one thing on both routes
+            raise ConfigError([(key, getattr(err, "problem", None) or str(err))]) from None
+        value = raw   # digits YAML keeps as text (09) stay text, as in a file: an integer key refuses them
     except RecursionError:  # pragma: no cover - the loader's depth bound comes first
         raise ConfigError([(key, "the value is nested too deeply")]) from None
-    if isinstance(value, str) and re.fullmatch(r"[+-]?[0-9]{1,100}", raw.strip()):
-        # digits YAML keeps as text (a leading zero, 010): a command line is read as written, in
-        # base 10 (the config's strict integer keys refuse text, which only quotes make in a file);
-        # past 100 digits it stays text and is refused (int() of 4,300+ digits raises)
-        value = int(raw.strip())
     # YAML's syntax inside a plain value: data.root=/data/a #2.txt was cut to /data/a (a comment),
     # and data.root=/data/my: file.txt became a mapping, each silently or with no word on why
     if raw.count("#") > str(value).count("#"):

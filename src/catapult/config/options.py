@@ -139,6 +139,8 @@ def as_float(value: Any, kind: str) -> float:
 
 #: Numeric text with an exponent: what PyYAML (YAML 1.1) leaves as a string when written unquoted (``2e3``).
 EXPONENT_TEXT = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+\s*$")
+#: Digits after a leading zero (``09``, ``-007``), which YAML 1.1 reads as text, or as octal (``010``).
+_LEADING_ZERO = re.compile(r"^\s*[-+]?0\d")
 
 
 #: The most optimizer steps a config asks for (``train.steps``, ``schedule.warmup_steps``): 10**9,
@@ -180,11 +182,20 @@ def integer(default=None, *, low=None, high=None, nullable=False, doc="") -> Opt
             x = int(value)  # exact: a float would round integers above 2**53 (a seed would change)
         elif isinstance(value, str) and NUMBER_TEXT.match(value) and not EXPONENT_TEXT.match(value):
             # "50" in the YAML (quoted, or train.steps='"50"') ran as 50 without a word
+            if _LEADING_ZERO.match(value):   # 09: YAML 1.1 keeps it as text (010 it reads as octal 8)
+                raise ValueError(f"expected {kind}, got {describe(value)}: YAML reads digits after a leading zero "
+                                 f"as text (and 010 as octal 8); write the number without leading zeros")
             raise ValueError(f"expected {kind}, got {describe(value)}: a quoted number is text; write it unquoted")
         else:
             x = as_float(value, kind)
             if not math.isfinite(x) or x != int(x):
                 raise ValueError(f"expected {kind}, got {describe(value)}")
+            if not isinstance(value, str) and abs(x) > 2 ** 53:
+                # seed: 1.0e+30 (a YAML float: it has a '.') ran seed 1000000000000000019884624838656, where
+                # seed: 1e30 (text) is read exactly: past 2**53 a float is not the integer written
+                raise ValueError(f"expected {kind}, got {describe(value)}: a float is exact only up to 2**53 and "
+                                 f"this one is {int(x)}; write the integer's digits, or an exponent without a "
+                                 f"'.' (1e30), which is read exactly")
             if isinstance(value, str):
                 # the number written, not its float: seed 1e30 ran seed 1000000000000000019884624838656,
                 # and 1e-400 (0.0 as a float) ran 0 (finite as a float, so the text is at most ~309 digits)
