@@ -45,7 +45,8 @@ from catapult.data.tokenize import BPEVocab, bpe_file_name, check_vocab_size, fi
 
 __all__ = ["TEXT_SUFFIXES", "VALIDATION", "HELD_OUT", "name_words", "is_held_out", "is_validation", "irregular_file", "text_shard_files",
            "iter_texts",
-           "tokenize_text_shards", "DOCUMENT_SEPARATOR", "VOCAB_FILE", "stated_vocab_size"]
+           "tokenize_text_shards", "DOCUMENT_SEPARATOR", "VOCAB_FILE", "stated_vocab_size", "MAX_VOCAB_FILE_BYTES",
+           "MAX_JSONL_LINE_BYTES"]
 
 #: File endings read as text shards.
 TEXT_SUFFIXES = (".jsonl", ".parquet")
@@ -60,6 +61,13 @@ _BATCH_DOCS = 1024
 VOCAB_FILE = "vocab_size.json"
 #: The largest vocabulary a stated size may have (uint32 ids).
 _MAX_VOCAB = 1 << 32
+#: The most bytes a :data:`VOCAB_FILE` may hold: ``{"vocab_size": 4294967296}`` is 27, so 64 KiB leaves room
+#: for any spacing or extra fields, and a hostile file of gigabytes is refused before it is read.
+MAX_VOCAB_FILE_BYTES = 1 << 16
+#: The longest jsonl line (one document, its newline aside) read: 256 MiB. The longest documents of
+#: real corpora (whole books, long source files) are a few to tens of MB; a line past this (a file
+#: of gigabytes with no newline) is refused when this much is read, not read whole into memory.
+MAX_JSONL_LINE_BYTES = 1 << 28
 
 
 def name_words(path: str | os.PathLike) -> set[str]:
@@ -134,7 +142,10 @@ def _bad(path: Path, where: str, what: str) -> ConfigError:
 
 def _jsonl_texts(path: Path, key: str) -> Iterator[str]:
     with open(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
+        for number, raw in enumerate(iter(lambda: f.readline(MAX_JSONL_LINE_BYTES + 1), b""), start=1):
+            if len(raw) > MAX_JSONL_LINE_BYTES and not raw.endswith(b"\n"):   # (iterating f read a line whole)
+                raise _bad(path, f":{number}", f"a line longer than {MAX_JSONL_LINE_BYTES:,} bytes "
+                                               f"(text_shards.MAX_JSONL_LINE_BYTES); a jsonl line is one document")
             try:  # a UTF-8 byte-order mark opening the file is no text (json refused line 1 for it)
                 line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as exc:
@@ -305,8 +316,17 @@ def stated_vocab_size(root: str | os.PathLike) -> int | None:
                                              f"special file); {VOCAB_FILE} must be a JSON file {{\"vocab_size\": N}}")])
         return None
     try:
-        stated = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:   # (RecursionError: nested too deeply)
+        with open(path, "rb") as f:   # bounded: a file of gigabytes was read whole before any check
+            text = f.read(MAX_VOCAB_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError([("data.root", f"{path}: not a JSON object {{\"vocab_size\": N}} ({exc})")]) from None
+    if len(text) > MAX_VOCAB_FILE_BYTES:
+        raise ConfigError([("data.root", f"{path}: more than {MAX_VOCAB_FILE_BYTES:,} bytes "
+                                         f"(text_shards.MAX_VOCAB_FILE_BYTES); {VOCAB_FILE} is a JSON "
+                                         f"file {{\"vocab_size\": N}} of a few bytes")])
+    try:
+        stated = json.loads(text.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:   # (RecursionError: nested too deeply)
         raise ConfigError([("data.root", f"{path}: not a JSON object {{\"vocab_size\": N}} "
                                          f"({'nested too deeply' if isinstance(exc, RecursionError) else exc})")]) from None
     size = stated.get("vocab_size") if isinstance(stated, dict) else None
