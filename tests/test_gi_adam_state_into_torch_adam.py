@@ -1,8 +1,10 @@
-"""A GIAdam state_dict loaded into torch.optim.Adam keeps its weight decay decoupled. GIAdam's groups
-said nothing of the decay's kind, and torch Adam (which defaults ``decoupled_weight_decay`` to False
-for a group without it) continued with a coupled L2 penalty: 2.4e-3 off after one step at wd=0.1.
-Truth: GIAdam itself continuing (after the first step GI-Adam with bias correction is AdamW, the
-same arithmetic: bit-equal), and torch AdamW loading the same state."""
+"""GIAdam's and torch Adam's states loaded into each other continue as the optimizer that saved them
+says. A GIAdam state_dict loaded into torch.optim.Adam keeps its weight decay decoupled: GIAdam's
+groups said nothing of the decay's kind, and torch Adam (which defaults ``decoupled_weight_decay`` to
+False for a group without it) continued with a coupled L2 penalty, 2.4e-3 off after one step at
+wd=0.1. A torch Adam state loaded into GIAdam keeps Adam's bias correction of v. Truth: the saving
+optimizer continuing (after the first step GI-Adam with bias correction is AdamW, the same
+arithmetic: bit-equal)."""
 from __future__ import annotations
 
 import inspect
@@ -72,3 +74,34 @@ def test_the_flag_is_checked_and_a_state_saved_without_it_loads_decoupled():
     fresh = GIAdam([torch.nn.Parameter(torch.ones(2))])
     fresh.load_state_dict(old)
     assert fresh.param_groups[0]["decoupled_weight_decay"] is True
+
+
+@pytest.mark.parametrize("cls, options", [(torch.optim.AdamW, {"weight_decay": 0.1}), (torch.optim.Adam, {})])
+def test_a_torch_adam_state_continues_with_vs_bias_correction_as_adamw_would(cls, options):
+    # S: GIAdam(v_bias_correction=False) took a torch Adam state's v (started at 0, 1 - b2^t of its
+    # size) uncorrected: the next step was 1 / sqrt(1 - 0.999^4) = 15.8x AdamW's. Truth: torch AdamW
+    # (Adam) continuing; the two share the arithmetic, so bit-equal
+    theirs = _params()
+    torch_opt = cls(theirs, lr=0.01, **options)
+    for t in range(3):
+        _grads(theirs, t)
+        torch_opt.step()
+    saved = _through_a_file(torch_opt.state_dict())
+    if cls is torch.optim.AdamW:    # torch 2.2 writes no flag, and its decay is refused without it
+        saved["param_groups"][0].setdefault("decoupled_weight_decay", True)
+    ours = [torch.nn.Parameter(p.detach().clone()) for p in theirs]
+    gi = GIAdam(ours, lr=0.5, v_bias_correction=False, v0=2.0)
+    gi.load_state_dict(saved)
+    assert "v_bias_correction" not in saved["param_groups"][0]      # the caller's dict is left as it was
+    for t in range(3, 6):
+        _grads(theirs, t)
+        torch_opt.step()
+        _grads(ours, t)
+        gi.step()
+    for a, b in zip(ours, theirs):
+        assert torch.equal(a, b)
+    # GIAdam's own state keeps its setting
+    own = GIAdam([torch.nn.Parameter(torch.ones(2))], v_bias_correction=False)
+    other = GIAdam([torch.nn.Parameter(torch.ones(2))])
+    other.load_state_dict(own.state_dict())
+    assert other.param_groups[0]["v_bias_correction"] is False

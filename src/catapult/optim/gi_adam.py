@@ -132,12 +132,17 @@ def _check_torch_adam_flags(options: dict[str, Any], where: str, weight_decay: A
                          "weight_decay=0")
 
 
+def _is_torch_adam_group(group: Any) -> bool:
+    """A torch Adam/AdamW param group (it has ``amsgrad``; GIAdam's has ``v0``)."""
+    return isinstance(group, dict) and "amsgrad" in group and "v0" not in group
+
+
 def _check_unsaid_coupling(group: dict[str, Any], where: str) -> None:
     """Refuse a torch Adam/AdamW param group (it has ``amsgrad``, GIAdam's has ``v0``) with a
     weight decay and no ``decoupled_weight_decay``: torch before the flag (2.2) writes none, for
     Adam's coupled L2 and AdamW's decoupled decay alike, and GIAdam took either as decoupled."""
     weight_decay = group.get("weight_decay", 0)
-    if ("amsgrad" in group and "v0" not in group and "decoupled_weight_decay" not in group
+    if (_is_torch_adam_group(group) and "decoupled_weight_decay" not in group
             and isinstance(weight_decay, numbers.Real) and weight_decay != 0):
         raise ValueError(f"{where}a torch Adam/AdamW state with weight_decay={weight_decay!r} and no "
                          "decoupled_weight_decay (an older torch, such as 2.2, writes none): Adam's "
@@ -220,7 +225,9 @@ class GIAdam(torch.optim.Optimizer):
             unchanged; any other value is refused (not implemented), in a param group and in a
             loaded state_dict too. A ``torch.optim.Adam`` state_dict loads (and continues with
             GI-Adam's rule from its moments) when these are off and its weight decay is 0 or
-            decoupled (``decoupled_weight_decay=True``): Adam's coupled L2 is refused.
+            decoupled (``decoupled_weight_decay=True``): Adam's coupled L2 is refused. Its groups
+            take ``v_bias_correction=True`` (Adam's ``v`` starts at 0 and needs it), so it
+            continues as AdamW would.
 
     ``g_1`` is the parameter's first gradient that is not ``None``, taken as it is: a first
     gradient of zeros (``zero_grad(set_to_none=False)`` before a step that does not reach the
@@ -301,6 +308,14 @@ class GIAdam(torch.optim.Optimizer):
             if isinstance(group, dict):
                 _check_adam_group(group, f"state_dict param group {i}: ")
         self._check_state_shapes(state_dict)
+        if isinstance(groups, list) and any(map(_is_torch_adam_group, groups)):
+            # torch Adam/AdamW's v started at 0 and is always bias-corrected: its group takes
+            # v_bias_correction=True, as a saved group's other options are taken. It took this
+            # optimizer's (GIAdam(v_bias_correction=False): the next step 1 / sqrt(1 - b2^t) times
+            # AdamW's, 15.8x after 3 steps at b2 = 0.999)
+            state_dict = dict(state_dict, param_groups=[
+                dict(g, v_bias_correction=True) if _is_torch_adam_group(g) and "v_bias_correction" not in g
+                else g for g in groups])
         super().load_state_dict(state_dict)
 
     def _check_state_shapes(self, state_dict: dict[str, Any]) -> None:
