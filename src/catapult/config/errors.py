@@ -114,7 +114,8 @@ def unknown_key_message(dotted: str, siblings: Iterable[str], leaves: Sequence[s
         fixed = ".".join(parts[:level] + [match[0]] + parts[level + 1:])
         if fixed not in exists:
             fixed = ".".join(parts[:level] + [match[0]])
-        return f"unknown key (did you mean {fixed!r}?)"
+        if fixed in exists:  # else no key: 'model.spars.method' was told 'model.spars.mask_method'
+            return f"unknown key (did you mean {fixed!r}?)"
     match = difflib.get_close_matches(dotted, list(leaves), n=1, cutoff=0.75)
     if match:
         return f"unknown key (did you mean {match[0]!r}?)"

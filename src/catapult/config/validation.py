@@ -109,12 +109,35 @@ def _model_at(model: type[BaseModel], path: tuple) -> type[BaseModel] | None:
     return model
 
 
+def _dotted_name(loc: tuple, model: type[BaseModel]) -> str | None:
+    """For a name with dots in a config mapping (``optimizer.lr: 0.5`` in a YAML file, which reads it
+    as one name, not a path) whose path is a config key: how to write it; None otherwise. It was
+    refused as ``unknown key (did you mean 'optimizer.lr'?)``, naming itself as the fix.
+
+    >>> _dotted_name(("model", "sparsity.method"), RunConfig)
+    'a name with dots is no path inside a config mapping: nest it (sparsity: {method: ...}), or give model.sparsity.method=... on the command line'
+    >>> _dotted_name(("optimizer", "lrr"), RunConfig) is None
+    True
+    """
+    last = loc[-1] if loc else None
+    key = ".".join(str(part) for part in loc)
+    if not isinstance(last, str) or "." not in last or key not in _fields(model):
+        return None
+    parts = last.split(".")
+    nested = ": {".join(parts) + ": ..." + "}" * (len(parts) - 1)
+    return (f"a name with dots is no path inside a config mapping: nest it ({nested}), "
+            f"or give {key}=... on the command line")
+
+
 def _problem(error: dict, model: type[BaseModel]) -> tuple[str, str]:
     """One pydantic error as ``(dotted_key, message)``."""
     loc = tuple(error["loc"])
     key = ".".join(str(part) for part in loc)
     kind = error["type"]
     if kind in ("extra_forbidden", "invalid_key"):
+        dotted = _dotted_name(loc, model)
+        if dotted is not None:
+            return key, dotted
         parent = _model_at(model, loc[:-1])
         return key, unknown_key(key, parent.model_fields if parent is not None else [], model)
     if kind in ("model_type", "model_attributes_type", "dict_type"):
