@@ -34,3 +34,90 @@ def test_a_label_is_found_by_value_not_by_identity():
     spec = parse_sweep({"grid": {"optimizer.lr": {"log2_over_lambda0": [3, 4]}, "model.width": {"log2": [10, 11]}}})
     assert spec.axis("optimizer.lr").label_of("".join(["2^3", "/lambda0"])) == "2^3/λ0"
     assert spec.axis("model.width").label_of(int("1024")) == "2^10"
+
+
+# Mutation pass 22 (SS2-SS5, SS9, SS10, SS14, SS15, SS17): the axis forms' bounds and what they hold
+
+
+def _problems(section):
+    with pytest.raises(cfg.ConfigError) as caught:
+        parse_sweep(section)
+    return caught.value.problems
+
+
+def test_a_step_of_zero_is_refused_naming_the_axis_not_a_zero_division():
+    problems = _problems({"grid": {"train.steps": {"range": [0, 4, 0]}}})
+    assert [key for key, _ in problems] == ["sweep.grid.train.steps"]
+    assert "step must be a finite number > 0" in problems[0][1]
+
+
+def test_a_range_or_log2_axis_whose_stop_is_its_start_holds_that_one_value():
+    spec = parse_sweep({"grid": {"train.steps": {"range": [3, 3]}, "model.width": {"log2": [2, 2]}}})
+    assert spec.axis("train.steps").values == (3,) and spec.axis("model.width").values == (4,)
+
+
+def test_an_axis_of_exactly_max_cells_values_is_taken_and_one_more_is_refused():
+    from catapult.sweep.spec import MAX_CELLS
+
+    axis = parse_sweep({"grid": {"train.steps": {"range": [1, MAX_CELLS]}}}).axis("train.steps")
+    assert len(axis) == MAX_CELLS and axis.values[-1] == MAX_CELLS
+    problems = _problems({"grid": {"train.steps": {"range": [1, MAX_CELLS + 1]}}})
+    assert problems[0][0] == "sweep.grid.train.steps" and f"{MAX_CELLS + 1} values is too many" in problems[0][1]
+
+
+def test_the_largest_float_power_2_to_the_1023_is_taken():
+    axis = parse_sweep({"grid": {"model.width": {"log2": [1023, 1023]}}}).axis("model.width")
+    assert axis.values == (2 ** 1023,) and type(axis.values[0]) is int
+    assert "beyond the range of a float" in _problems({"grid": {"model.width": {"log2": [1024, 1024]}}})[0][1]
+
+
+def test_a_range_of_whole_numbers_holds_ints_and_one_with_fractions_floats():
+    values = parse_sweep({"grid": {"train.steps": {"range": [1, 3]}}}).axis("train.steps").values
+    assert values == (1, 2, 3) and [type(v) for v in values] == [int, int, int]
+    values = parse_sweep({"grid": {"optimizer.lr": {"range": [0.5, 1.5, 0.5]}}}).axis("optimizer.lr").values
+    assert [type(v) for v in values] == [float, int, float]
+
+
+def test_an_axis_mapping_with_two_forms_is_refused():
+    problems = _problems({"grid": {"train.steps": {"range": [1, 2], "log2": [0, 1]}}})
+    assert [key for key, _ in problems] == ["sweep.grid.train.steps"] and "expected a list of values" in problems[0][1]
+
+
+def test_more_seeds_than_a_sweep_may_have_are_named_as_the_seeds_key():
+    from catapult.sweep.spec import MAX_CELLS
+
+    problems = _problems({"seeds": MAX_CELLS + 1})
+    assert [key for key, _ in problems] == ["sweep.seeds"] and "number of seeds K >= 1" in problems[0][1]
+
+
+def test_a_seed_count_is_kept_as_the_count_and_a_seed_list_as_the_list():
+    assert parse_sweep({"seeds": 3}).raw == {"grid": {}, "seeds": 3}
+    assert parse_sweep({"seeds": [0, 1, 2]}).raw == {"grid": {}, "seeds": [0, 1, 2]}
+    assert parse_sweep({"seeds": 3}).axis("seed").values == (0, 1, 2)
+
+
+def test_a_repeated_seed_is_named_as_the_seeds_key():
+    problems = _problems({"seeds": [0, 1, 0]})
+    assert [key for key, _ in problems] == ["sweep.seeds"] and "repeats a value" in problems[0][1]
+
+
+def test_a_grid_of_exactly_max_cells_cells_is_taken_and_one_row_more_is_refused():
+    from catapult.sweep.spec import MAX_CELLS
+
+    spec = parse_sweep({"grid": {"train.steps": {"range": [1, 1000]}, "model.width": {"range": [1, MAX_CELLS // 1000]}}})
+    assert spec.size == MAX_CELLS
+    problems = _problems({"grid": {"train.steps": {"range": [1, 1000]},
+                                   "model.width": {"range": [1, MAX_CELLS // 1000 + 1]}}})
+    assert [key for key, _ in problems] == ["sweep"] and "more than the 100,000" in problems[0][1]
+
+
+@pytest.mark.parametrize("override", ["sweep={}", "sweep.grid.=[1, 2]"])
+def test_an_override_of_the_sweep_section_or_an_empty_grid_key_is_named_as_no_sweep_override(tmp_path, override):
+    from catapult.sweep.spec import load_sweep
+
+    path = tmp_path / "s.yaml"
+    path.write_text("train: {steps: 10}\nsweep: {grid: {optimizer.lr: [0.1, 0.2]}}\n")
+    with pytest.raises(cfg.ConfigError) as caught:
+        load_sweep(path, [override])
+    assert [key for key, _ in caught.value.problems] == [override.split("=")[0]]
+    assert "a sweep override is sweep.seeds=[...] or sweep.grid.<dotted key>=<values>" in caught.value.problems[0][1]
