@@ -92,6 +92,11 @@ def warn_replaced_group_lrs(optimizer: torch.optim.Optimizer, who: str) -> bool:
     return True
 
 
+#: What :meth:`ScheduleLR.state_dict` leaves out: the optimizer, the schedule function and the
+#: lrs and group dicts of this process, which mean nothing to another.
+_NOT_SAVED = ("optimizer", "fn", "_lrs_at_load", "_groups_seen")
+
+
 class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
     """A ``torch.optim`` scheduler that sets ``group["lr"] = fn(t) * group.get("lr_mult", 1.0)``,
     times what other schedulers multiplied in.
@@ -121,7 +126,9 @@ class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
     ``scheduler.load_state_dict`` (restores the counters and leaves the lr alone, so that
     inside ``SequentialLR`` / ``ChainedScheduler`` the lr another scheduler set survives). The
     scheduler's state alone (a fresh optimizer) resumes too, as ``LambdaLR``'s does: from the next
-    ``step()`` the groups hold ``fn(t) * lr_mult`` (the fresh lr is not taken for another's factor).
+    ``step()`` the groups hold ``fn(t) * lr_mult`` (the fresh lr is not taken for another's factor);
+    the optimizer's state alone (a fresh scheduler) runs the schedule afresh from the next ``step()``,
+    as ``LambdaLR`` does (the loaded lr is not taken for one either).
 
     Example (a group with ``lr_mult = 0.5`` gets half the scheduled lr):
         >>> import torch
@@ -156,6 +163,7 @@ class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
         separate_lr_tensors(self.optimizer.param_groups)
         held = [group["lr"] for group in self.optimizer.param_groups]
         super().step(epoch) if epoch is not None else super().step()
+        self._groups_seen = list(self.optimizer.param_groups)   # (the dicts themselves: see get_lr)
         replaced = False
         for group, lr in zip(self.optimizer.param_groups, held):
             if isinstance(lr, torch.Tensor) and group["lr"] is not lr:
@@ -184,9 +192,16 @@ class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
             # over fn(0) was taken for one, 4x the warmup's peak and every lr_mult lost)
             self.factors = [1.0] * len(groups)
         elif last is not None:
+            # the groups this scheduler stepped last: one replaced since (optimizer.load_state_dict
+            # builds new group dicts) with no state of this scheduler loaded after its last step holds
+            # the saved lr, nobody's factor (taken for one, an optimizer resumed beside a fresh
+            # scheduler ran at fn(t) * fn(saved t) / fn(0): warmup(0.1, 10) at 1.0, 10x its target)
+            seen, self._groups_seen = getattr(self, "_groups_seen", None), None
             for i, (group, before) in enumerate(zip(groups, last)):
                 now, before = float(group["lr"]), float(before)
                 if i < len(loaded) and loaded[i] is not None and now == loaded[i]:
+                    continue
+                if seen is not None and i < len(seen) and group is not seen[i]:
                     continue
                 if now != before and before > 0:  # another scheduler's (or a hand's) factor
                     self.factors[i] *= now / before
@@ -202,7 +217,7 @@ class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
 
     def state_dict(self) -> dict[str, Any]:
         """Scheduler state without the optimizer and the schedule function."""
-        return {k: v for k, v in self.__dict__.items() if k not in ("optimizer", "fn", "_lrs_at_load")}
+        return {k: v for k, v in self.__dict__.items() if k not in _NOT_SAVED}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the step counters and factors (the optimizer's own ``load_state_dict`` restores
@@ -210,7 +225,8 @@ class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
         # a group holding what this scheduler set itself (the fresh optimizer's lr, fn(0) * lr_mult): where the
         # next step still finds it, no optimizer state restored the group (loaded first, it holds the saved lr)
         own = [float(lr) for lr in getattr(self, "_last_lr", None) or []]
-        self.__dict__.update({k: v for k, v in state_dict.items() if k not in ("optimizer", "fn", "_lrs_at_load")})
+        self.__dict__.update({k: v for k, v in state_dict.items() if k not in _NOT_SAVED})
+        self._groups_seen = None    # (the optimizer's groups may be loaded before or after: the lrs say)
         if "factors" not in state_dict:  # saved before the factors were: none were applied then
             self.factors = [1.0] * len(self.optimizer.param_groups)
         self._lrs_at_load = [float(group["lr"]) if i < len(own) and float(group["lr"]) == own[i] else None
