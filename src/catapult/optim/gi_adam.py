@@ -172,6 +172,10 @@ def _check_adam_group(group: dict[str, Any], where: str) -> None:
                      "NAdam; none of its own: Adamax, RAdam) does not load into GIAdam")
 
 
+#: Dtypes narrower than float32's range, whose first ``v_0`` the step checks for overflow.
+_NARROW_DTYPES = tuple(d for d in (torch.float16, torch.bfloat16)
+                       if torch.finfo(d).max < torch.finfo(torch.float32).max)
+
 #: The keys of a parameter's Adam state (GIAdam's and torch Adam/AdamW's alike).
 _STATE_KEYS = ("step", "exp_avg", "exp_avg_sq")
 
@@ -233,6 +237,8 @@ class GIAdam(torch.optim.Optimizer):
     gradient of zeros (``zero_grad(set_to_none=False)`` before a step that does not reach the
     parameter) gives ``v_0 = 0``, i.e. Adam's start for that parameter. Keep torch's default
     ``set_to_none=True`` so that unused parameters are skipped until they get a gradient.
+    A first gradient whose ``v_0`` overflows a float16 parameter (``|g| > 255.9``) is refused, a
+    ValueError naming the parameter, before any state is made: those entries would never move again.
 
     State per parameter uses torch Adam's keys -- ``"step"`` (a scalar float tensor, like torch's, but
     float64: :data:`STEP_DTYPE`),
@@ -408,6 +414,22 @@ class GIAdam(torch.optim.Optimizer):
         state["exp_avg"].masked_fill_(where, 0)
         state["exp_avg_sq"][where] = v0.to(state["exp_avg_sq"].device)
 
+    def _check_v0_fits(self, param: Tensor, group: dict, index: int) -> None:
+        """A first gradient whose ``v_0`` overflows the parameter's dtype (float16: ``|g| > 255.9``
+        for ``g^2``; ``v0="random"``'s norm of ``g^2`` sooner) is refused, naming the parameter: ``v``
+        was inf there and the entries never moved again (``m / sqrt(inf) = 0``), silently (torch
+        Adam's ``(1 - b2) g^2`` fits at first). A gradient that is not finite itself is left alone."""
+        grad = -param.grad if group["maximize"] else param.grad
+        if not bool(torch.isfinite(grad).all()):
+            return
+        v0 = self.initial_exp_avg_sq(param, grad, group)
+        if not bool(torch.isfinite(v0).all()):
+            raise ValueError(
+                f"GIAdam: parameter {index} ({param.dtype}, shape {tuple(param.shape)}): its first second moment "
+                f"v_0 (v0={group['v0']!r}) overflows {param.dtype} (max {torch.finfo(param.dtype).max:g}; the "
+                f"largest |g| is {float(grad.abs().max()):g}), and those entries would never move again: train "
+                f"it in float32 (or bfloat16), or scale the loss down")
+
     # ----------------------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
@@ -423,11 +445,13 @@ class GIAdam(torch.optim.Optimizer):
         # Adam honours) was stepped without: the groups are checked at every step
         for i, group in enumerate(self.param_groups):
             _check_torch_adam_flags(group, f"param group {i}: ", group.get("weight_decay", 0.0))
-        for p in (p for group in self.param_groups for p in group["params"]):
+        for index, (group, p) in enumerate((g, p) for g in self.param_groups for p in g["params"]):
             if p.grad is not None and p.grad.is_sparse:
                 raise RuntimeError("GIAdam does not support sparse gradients")
             if p.grad is not None and torch.is_complex(p):
                 raise RuntimeError("GIAdam does not support complex parameters")
+            if p.grad is not None and not self.state.get(p) and p.dtype in _NARROW_DTYPES:
+                self._check_v0_fits(p, group, index)
         for group in self.param_groups:
             params = []
             for p in group["params"]:

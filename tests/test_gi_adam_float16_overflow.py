@@ -1,0 +1,51 @@
+"""GIAdam on float16 parameters refuses a first gradient whose v_0 overflows float16, before any
+state is made. v_0 = g^2 is inf for |g| > 255.9 (v0="random": once the norm of g^2 passes 65504),
+and those entries never moved again (m / sqrt(inf) = 0): after 3 steps of g = [300, 1, 1000] at
+lr 0.1 the weights were [0, -0.0131, 0] (torch AdamW: -0.3 each, its (1 - b2) g^2 fits). Truth: the
+float16 range (torch.finfo) and, where v_0 fits, the closed form of the first step,
+-lr sqrt(1 - b2) sign(g)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from catapult.optim import GIAdam
+
+
+def test_a_first_v0_beyond_float16_is_refused_before_any_state():
+    # S: it stepped, and the entries with |g| > 255.9 were frozen for good
+    fine, big = torch.nn.Parameter(torch.zeros(2, dtype=torch.float16)), torch.nn.Parameter(torch.zeros(3, dtype=torch.float16))
+    opt = GIAdam([fine, big], lr=0.1)
+    fine.grad = torch.tensor([3.0, -2.0], dtype=torch.float16)
+    big.grad = torch.tensor([300.0, 1.0, -1000.0], dtype=torch.float16)
+    with pytest.raises(ValueError, match=r"parameter 1 \(torch.float16, shape \(3,\)\).* overflows torch.float16 "
+                                         r"\(max 65504; the largest \|g\| is 1000\)"):
+        opt.step()
+    assert len(opt.state) == 0 and not fine.any() and not big.any()
+    # where v_0 fits (|g| <= 255.9, 255.9^2 < 65504) the first step is GI-Adam's: -lr sqrt(1 - b2) sign(g)
+    big.grad = torch.tensor([200.0, 1.0, -255.0], dtype=torch.float16)
+    opt.step()
+    want = -0.1 * math.sqrt(1 - 0.999)
+    for p, g in ((fine, fine.grad), (big, big.grad)):
+        assert torch.allclose(p.double(), want * torch.sign(g.double()), rtol=2e-3, atol=0)  # float16 roundings
+
+
+def test_random_v0_whose_norm_overflows_is_refused_and_non_finite_gradients_are_left_alone():
+    # every g^2 = 1600 fits, but the norm of g^2 over 4096 entries, 102400, does not: v_0 was inf everywhere
+    w = torch.nn.Parameter(torch.zeros(4096, dtype=torch.float16))
+    opt = GIAdam([w], lr=0.1, v0="random")
+    w.grad = torch.full((4096,), 40.0, dtype=torch.float16)
+    with pytest.raises(ValueError, match=r"parameter 0 .*v0='random'"):
+        opt.step()
+    assert len(opt.state) == 0
+    w.grad = torch.full((4096,), 10.0, dtype=torch.float16)   # norm 6400 fits
+    opt.step()
+    assert bool(torch.isfinite(opt.state[w]["exp_avg_sq"]).all()) and bool((w < 0).all())
+    # a gradient that is not finite itself diverges as it would anyway (NaN / inf in the weights)
+    v = torch.nn.Parameter(torch.zeros(2, dtype=torch.float16))
+    opt = GIAdam([v], lr=0.1)
+    v.grad = torch.tensor([math.inf, 1.0], dtype=torch.float16)
+    opt.step()
+    assert not bool(torch.isfinite(v).all())
