@@ -150,18 +150,18 @@ def test_a_density_is_bounded_by_runs_x_steps():
 def test_a_density_caps_the_products_that_run_not_runs_x_steps(monkeypatch):
     """A run of Lanczos quadrature stops at the dimension n (8 here): 3 runs x 10**5 steps is
     24 products, under the cap; it was refused as 3 x 10**5."""
-    from catapult.curvature import spectrum
+    from catapult.curvature import density
 
     model, loss_fn, batch = _problem()
     n = sum(p.numel() for p in model.parameters())
     lengths = []
-    real = spectrum.lanczos_quadrature
+    real = density.lanczos_quadrature
 
     def counted(matvec, v, steps, *args, **kwargs):
         lengths.append(min(steps, v.numel()))
         return real(matvec, v, steps, *args, **kwargs)
 
-    monkeypatch.setattr(spectrum, "lanczos_quadrature", counted)
+    monkeypatch.setattr(density, "lanczos_quadrature", counted)
     dens = catapult.spectral_density(model, loss_fn, batch, runs=3, steps=10 ** 5)
     assert n == 8 and lengths == [8, 8, 8]
     # nodes/weights: runs x min(steps, n), not runs x steps (mostly zero-weight padding)
@@ -195,19 +195,19 @@ def test_spectral_density_bounds_its_grid_and_draws_a_large_one_in_blocks(monkey
     point the Gaussian mixture of the returned nodes and weights (re-derived in NumPy)."""
     import numpy as np
 
-    from catapult.curvature import spectrum
+    from catapult.curvature import density
 
     torch.manual_seed(0)
     model = nn.Linear(3, 1)
     batch = (torch.randn(8, 3), torch.randn(8, 1))
     calls = []
-    monkeypatch.setattr(spectrum, "lanczos_quadrature", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(density, "lanczos_quadrature", lambda *a, **k: calls.append(1))
     with pytest.raises(ValueError, match=r"^spectral_density grid_points must be an integer in \[2, 1000000\]; got 1000000001$"):
         catapult.spectral_density(model, nn.MSELoss(), batch, grid_points=10 ** 9 + 1)
     assert calls == []                       # before any product
     monkeypatch.undo()
     dens = catapult.spectral_density(model.double(), nn.MSELoss(), (batch[0].double(), batch[1].double()),
-                                     runs=2, steps=3, grid_points=spectrum.MAX_GRID_POINTS)
+                                     runs=2, steps=3, grid_points=density.MAX_GRID_POINTS)
     assert dens.grid.size == 10 ** 6
     at = np.r_[0:5, 499_998:500_003, 10 ** 6 - 5:10 ** 6]
     z = (dens.grid[at, None] - dens.nodes.ravel()[None, :]) / dens.sigma

@@ -56,7 +56,7 @@ def test_orthonormal_rows_of_split_vectors_keep_the_rank_not_rounding_directions
     """Hutch++'s ``Q`` for vectors split over the ranks (the Gram-matrix path, ``reduce`` given):
     rows of rank 2 out of 3 give 2 orthonormal rows spanning them. A rounding-level eigenvalue of
     the Gram matrix (here positive in 3 of the 5 draws) kept as a direction added a row of noise."""
-    from catapult.curvature.spectrum import _orthonormal_rows
+    from catapult.curvature.trace import _orthonormal_rows
 
     torch.manual_seed(0)
     for _ in range(5):

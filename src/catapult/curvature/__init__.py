@@ -4,8 +4,9 @@ Operators times algorithms: :mod:`~catapult.curvature.hessian` holds the matrix-
 operator (Hessian-vector products; its finite differences :mod:`~catapult.curvature.difference_products`), :mod:`~catapult.curvature.lanczos` the eigen-solvers (one
 operator, or many in lockstep for the batched engine), :mod:`~catapult.curvature.sharpness` the
 user-facing measurements built from them (:mod:`~catapult.curvature.preconditioner` the
-pre-conditioner of an optimizer's next step, :mod:`~catapult.curvature.instability` its threshold), :mod:`~catapult.curvature.spectrum` top-k, trace and
-density (Hessian or Gauss-Newton, :mod:`~catapult.curvature.ggn`), :mod:`~catapult.curvature.start`
+pre-conditioner of an optimizer's next step, :mod:`~catapult.curvature.instability` its threshold), :mod:`~catapult.curvature.spectrum` top-k eigenpairs,
+:mod:`~catapult.curvature.trace` the trace and :mod:`~catapult.curvature.density` the spectral density (on
+:mod:`~catapult.curvature.spectral_operator`'s Hessian or Gauss-Newton operator, :mod:`~catapult.curvature.ggn`), :mod:`~catapult.curvature.start`
 a solve's start, :mod:`~catapult.curvature.coarse` coarse-to-fine start vectors,
 :mod:`~catapult.curvature.distributed` the all-reduced operator for ``distributed=True``,
 :mod:`~catapult.curvature.sharded` the one for a model sharded by FSDP2, and

@@ -19,7 +19,7 @@ of every random probe of the trace and the density), the gradients are never gat
 solvers sum their inner products over the ranks (``reduce``, one all-reduce of a few numbers
 per step), so a rank's memory for the solve is its share of ``max_basis`` vectors, not
 ``max_basis`` whole ones; ``est.vector`` is this rank's part. With ``vectors="full"`` (what
-:func:`~catapult.curvature.spectrum.curvature_operator` gives, an operator on whole vectors) the
+:func:`~catapult.curvature.spectral_operator.curvature_operator` gives, an operator on whole vectors) the
 gradients' shards are all-gathered and every rank runs the same iteration on whole vectors, as
 with :class:`~catapult.curvature.distributed.DistributedOperator`.
 
