@@ -28,7 +28,7 @@ def _both(tmp_path, key: str, text: str):
 
 @pytest.mark.parametrize("text, words", [
     ("010", "reads 010 as 8 (octal)"), ("-010", "reads -010 as -8 (octal)"), ("0_10", "reads 0_10 as 8 (octal)"),
-    ("1:30", "reads 1:30 as 90 (base 60)"),
+    ("1:30", "reads 1:30 as 90 (base 60)"), ("[010, 1]", "reads 010 as 8 (octal)"),   # (a list: a grid's values)
     ("09", "'09' (str): YAML reads digits after a leading zero as text"),
     ("007", "reads 007 as 7 (octal)"),
     ("1.0e+30", "a float is exact only up to 2**53 and this one is 1000000000000000019884624838656"),

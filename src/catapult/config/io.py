@@ -141,6 +141,8 @@ _RESOLVED_TAGS = tuple(f"tag:yaml.org,2002:{kind}" for kind in ("bool", "null", 
 #: Plain numbers YAML 1.1 (PyYAML) reads in another base than they look: ``010`` is the octal
 #: number 8 and ``1:30`` is 90 (base 60), where YAML 1.2 and JSON read 10 and a string.
 _OTHER_BASE = re.compile(r"^[-+]?(0[0-7_]+|[0-9][0-9_]*(:[0-5]?[0-9])+(\.[0-9_]*)?)$")
+#: How :func:`_number_as_written`'s refusal begins (:func:`parse_override` passes it on, naming the key).
+_OTHER_BASE_WORDS = "YAML 1.1 reads "
 
 
 def _number_as_written(loader: yaml.SafeLoader, node: yaml.ScalarNode, construct) -> Any:
@@ -150,7 +152,7 @@ def _number_as_written(loader: yaml.SafeLoader, node: yaml.ScalarNode, construct
     if _OTHER_BASE.match(text.strip()):
         value = construct(loader, node)
         raise yaml.constructor.ConstructorError(
-            None, None, f"YAML 1.1 reads {text} as {value} ({'base 60' if ':' in text else 'octal'}); write "
+            None, None, f"{_OTHER_BASE_WORDS}{text} as {value} ({'base 60' if ':' in text else 'octal'}); write "
                         f"the number you mean without leading zeros or colons, or quote it", node.start_mark)
     return construct(loader, node)
 
@@ -195,10 +197,11 @@ def parse_override(text: str) -> tuple[str, Any]:
     try:
         value = safe_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as err:
-        if _OTHER_BASE.match(raw.strip()):
+        problem = getattr(err, "problem", None) or ""
+        if problem.startswith(_OTHER_BASE_WORDS):
             # the file's rule (_number_as_written): seed=010 ran seed 10 where seed: 010 in a file is
-            # refused, and 1:30 was text here, 90 there; the same text means one thing on both routes
-            raise ConfigError([(key, getattr(err, "problem", None) or str(err))]) from None
+            # refused, and 1:30 was text here, 90 there, [010, 1] text here; one text means one thing
+            raise ConfigError([(key, problem)]) from None
         value = raw   # digits YAML keeps as text (09) stay text, as in a file: an integer key refuses them
     except RecursionError:  # pragma: no cover - the loader's depth bound comes first
         raise ConfigError([(key, "the value is nested too deeply")]) from None
