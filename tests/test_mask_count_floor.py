@@ -40,6 +40,25 @@ def test_the_models_refuse_it_naming_the_matrix():
         GPT(50, 8, 1, 2, 8, parametrization="supar", density=0.005)
 
 
+def test_bernoulli_masks_are_refused_at_the_same_count():
+    """A Bernoulli mask at a density whose count rounds to 0 kept no weight at all (MLP width 4, density 1e-30:
+    a 4x4 hidden layer of zeros under SμPar's lr_mult 1e30; a GPT's Q, K, V, projections and MLP likewise), built
+    by random_mask, MaskedLinear, the MLP and the GPT without a word, where the config, parametrize() and the exact
+    masks refuse that count. Truth: the count of True entries of what was built (0 before), and the refusal."""
+    with pytest.raises(ValueError, match=r"^random_mask: density 0.01 keeps round\(0.01 \* 16\) = 0 of the 16 entries "
+                                         r"of a \(4, 4\) mask \(a Bernoulli mask would keep none with probability 0.851\)"):
+        random_mask((4, 4), 0.01, method="bernoulli", generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"\(4, 4\) mask \(a Bernoulli"):
+        MLP(3, 2, width=4, depth=3, parametrization="supar", density=1e-30, mask_method="bernoulli", mask_seed=0)
+    with pytest.raises(ValueError, match=r"\(4, 4\) mask \(a Bernoulli"):   # one of Q, K, V
+        GPT(5, 4, 1, 1, 2, parametrization="supar", density=1e-30, mask_method="bernoulli", mask_seed=0)
+    with pytest.raises(ValueError, match=r"\(4, 4\) mask \(a Bernoulli"):
+        MaskedLinear(4, 4, density=0.01, mask_method="bernoulli")
+    # half an expected weight or more is drawn, as before: i.i.d. entries, any count
+    model = MLP(3, 2, width=4, depth=3, density=0.5 / 16, mask_method="bernoulli", mask_seed=0)
+    assert model.layers[1].mask.shape == (4, 4) and model.layers[1].mask.dtype == torch.bool
+
+
 def test_parametrize_refuses_it_before_any_layer_changes():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8),

@@ -112,9 +112,10 @@ def random_mask(
     """A random boolean mask of ``shape`` with the given density (fraction of ``True`` entries).
 
     ``method="exact"``: exactly :func:`exact_nonzeros` ``(numel, density)`` entries are ``True``
-    (first entries of a ``torch.randperm`` permutation); a density whose count ``density * numel``
-    rounds to 0 is a ValueError (the mask would keep one entry, a density of ``1 / numel``). ``method="bernoulli"``: i.i.d.
-    ``Bernoulli(density)`` entries. ``density == 1`` gives an all-``True`` mask without drawing
+    (first entries of a ``torch.randperm`` permutation). ``method="bernoulli"``: i.i.d.
+    ``Bernoulli(density)`` entries. Under either, a density whose count ``density * numel`` rounds to 0
+    is a ValueError (an exact mask would keep one entry, a density of ``1 / numel``; a Bernoulli mask
+    mostly none). ``density == 1`` gives an all-``True`` mask without drawing
     random numbers. Sampling happens on the CPU with ``generator`` (or the global CPU RNG), so a
     seed gives the same mask on every device.
 
@@ -131,13 +132,18 @@ def random_mask(
         raise ValueError(f"mask method must be one of {MASK_METHODS}; got {method!r}")
     shape = torch.Size(shape)
     numel = shape.numel()
+    if keeps_no_entry(numel, density):
+        # exact: exact_nonzeros' floor of 1, the mask was 1/numel dense, not density; bernoulli: a mask that
+        # mostly keeps nothing (density 1e-30 of a 4x4: every weight pruned, SμPar's lr_mult 1e30), which the
+        # config and parametrize() refused at the same count and MLP / GPT / MaskedLinear built silently
+        would = (f"it would keep 1: density {1 / numel:.3g}, not {density:g}" if method == "exact" else
+                 f"a Bernoulli mask would keep none with probability {(1 - density) ** numel:.3g}")
+        raise ValueError(f"random_mask: density {density:g} keeps round({density:g} * {numel}) = 0 of the "
+                         f"{numel} entries of a {tuple(shape)} mask ({would}); use a density >= "
+                         f"{0.5 / numel:.3g} or a larger matrix")
     if density == 1.0:
         mask = torch.ones(shape, dtype=torch.bool)
     elif method == "exact":
-        if keeps_no_entry(numel, density):  # exact_nonzeros' floor of 1: the mask was 1/numel dense, not density
-            raise ValueError(f"random_mask: density {density:g} keeps round({density:g} * {numel}) = 0 of the "
-                             f"{numel} entries of a {tuple(shape)} mask (it would keep 1: density {1 / numel:.3g}, "
-                             f"not {density:g}); use a density >= {0.5 / numel:.3g} or a larger matrix")
         keep = exact_nonzeros(numel, density)
         order = torch.randperm(numel, generator=generator)
         mask = torch.zeros(numel, dtype=torch.bool)
