@@ -104,6 +104,21 @@ def _disk_problem(path: Path, err: sqlite3.Error) -> str | None:
             f"some space beside it (SQLite keeps its -wal and -shm files there) and run again")
 
 
+def _name_problem(path: Path) -> StoreError | None:
+    """A path SQLite cannot take: one whose full name (links followed) is not UTF-8, which SQLite's
+    file names are (a byte ``0xff`` in a Linux name; Python holds it as a lone surrogate). Every store
+    command ended there in a UnicodeEncodeError traceback, exit 1, also for a store named in UTF-8
+    inside such a folder."""
+    full = os.fsencode(path.resolve())
+    try:
+        full.decode("utf-8")
+    except UnicodeDecodeError:
+        shown = full.decode("utf-8", "backslashreplace")
+        return StoreError(f"{shown} is no name SQLite can open a store by: it is not UTF-8; give the store "
+                          f"(and its folders) UTF-8 names")
+    return None
+
+
 def file_problem(path: str | Path, *, create: bool = False) -> str | None:
     """Why :class:`Store` would refuse the existing file ``path`` (the words of its
     :class:`StoreError`), or None for a store (this schema's or catapult 0.1.0's). Reads only the
@@ -119,7 +134,7 @@ def file_problem(path: str | Path, *, create: bool = False) -> str | None:
     >>> notes.read_text()
     'not a database'
     """
-    kind = _identify(Path(path), create)
+    kind = _name_problem(Path(path)) or _identify(Path(path), create)
     return str(kind) if isinstance(kind, StoreError) else None
 
 
@@ -143,6 +158,8 @@ class Store(DriverClaims, Lambda0Cache):
         # create="no" was truthy: it made a new, empty store where the user asked only to open one
         create = check_flag("Store", "create", create)
         self.readonly = (not create) if readonly is None else check_flag("Store", "readonly", readonly)
+        if problem := _name_problem(self.path):   # before any folder is made for it
+            raise problem
         if not self.path.exists():
             if not create:
                 raise FileNotFoundError(f"store not found: {self.path}")

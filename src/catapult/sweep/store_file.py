@@ -79,7 +79,8 @@ def missing_added_columns(conn: sqlite3.Connection) -> list[tuple[str, str, str]
 
 def _uri(path: Path, **params: str) -> str:
     query = "&".join(f"{k}={v}" for k, v in params.items())
-    return f"file:{quote(str(path.resolve()))}?{query}"
+    # the name's bytes, percent-encoded: a name that is not UTF-8 (a byte 0xff) raised UnicodeEncodeError
+    return f"file:{quote(os.fsencode(path.resolve()))}?{query}"
 
 
 def _header_application_id(path: Path) -> int | None:
