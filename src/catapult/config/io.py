@@ -19,7 +19,7 @@ from catapult.config.sections import RUN_NAME, RunConfig
 
 __all__ = ["STUDY_SECTIONS", "parse_override", "apply_overrides", "read_mapping", "read_yaml", "key_positions",
            "load_config", "dump_config", "safe_yaml", "yaml_problem", "plain_data", "MAX_YAML_DEPTH",
-           "MAX_YAML_NODES", "MAX_CONFIG_BYTES"]
+           "MAX_YAML_NODES", "MAX_CONFIG_BYTES", "name_from_file"]
 
 #: Each top-level section that belongs to a study command, not to the run, and that command
 #: (named when an override sets one of its keys).
@@ -424,6 +424,31 @@ def _located(problems: Iterable[tuple[str, str]], positions: Mapping[str, tuple[
     return out
 
 
+def name_from_file(mapping: dict, path: str | Path, fallback: str = "run") -> list[tuple[str, str]]:
+    """Where ``mapping`` sets no ``name``, set it from the config file's stem (characters a run name
+    cannot hold as ``_``) and return ``[]``; where that stem gives no run name, set ``fallback`` (the
+    other keys are still checked) and return the problem, for ``name`` (``'...yaml'`` gave the name
+    ``'..'``, and ``catapult sweep`` of ``ü.yaml`` was refused as ``got '_'``, a name never written).
+
+    >>> named = {}
+    >>> name_from_file(named, "configs/fig 1.yaml"), named
+    ([], {'name': 'fig_1'})
+    >>> name_from_file({}, "ü.yaml")[0][1][:60]
+    "not set, and the config file's name 'ü.yaml' gives no run na"
+    """
+    if mapping.get("name") is not None:
+        return []
+    path = Path(path)
+    mapping["name"] = re.sub(r"[^A-Za-z0-9_.+=-]", "_", path.stem) or fallback
+    if re.fullmatch(RUN_NAME, mapping["name"]):
+        return []
+    mapping["name"] = fallback
+    return [("name", f"not set, and the config file's name {path.name!r} gives no run name "
+                     f"(its stem {path.stem!r}; a run name starts with a letter or digit, then "
+                     f"letters, digits and _ . + = -, as it names runs/<name>/): set name: in the "
+                     f"file or name=... on the command line")]
+
+
 def load_config(path: str | Path, overrides: Iterable[str] = (), set_aside: dict | None = None, *,
                 checks: bool = True) -> dict:
     """Read a YAML config, apply ``key=value`` overrides, validate, fill defaults.
@@ -449,15 +474,7 @@ def load_config(path: str | Path, overrides: Iterable[str] = (), set_aside: dict
     for text in overrides:
         key = text.split("=", 1)[0].strip()
         positions = {k: v for k, v in positions.items() if k != key and not k.startswith(key + ".")}
-    unnamed = []  # '...yaml' gave the name '..': refused as a 'name' the user never set
-    if mapping.get("name") is None:
-        mapping["name"] = re.sub(r"[^A-Za-z0-9_.+=-]", "_", path.stem) or "run"
-        if not re.fullmatch(RUN_NAME, mapping["name"]):
-            mapping["name"] = "run"  # the other keys are still checked, and reported with it
-            unnamed = [("name", f"not set, and the config file's name {path.name!r} gives no run name "
-                                f"(its stem {path.stem!r}; a run name starts with a letter or digit, then "
-                                f"letters, digits and _ . + = -, as it names runs/<name>/): set name: in the "
-                                f"file or name=... on the command line")]
+    unnamed = name_from_file(mapping, path)
     try:
         config = validate(mapping, checks=checks)
     except ConfigError as err:

@@ -56,7 +56,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 
 from catapult import config as cfg
-from catapult.config.io import plain_data
+from catapult.config.io import name_from_file, plain_data
 from catapult.sweep.dotted import get_dotted, set_dotted
 from catapult.sweep.variants import SweepNote, cell_mapping, grid_notes, swept_key_hint
 
@@ -421,8 +421,7 @@ def load_sweep(path: str | Path, overrides: Iterable[str] = (),
     base = None
     try:
         mapping = cfg.apply_overrides(mapping, base_overrides)
-        if mapping.get("name") is None:
-            mapping["name"] = re.sub(r"[^A-Za-z0-9_.+=-]", "_", path.stem) or "sweep"
+        problems.extend(name_from_file(mapping, path, "sweep"))   # 'ü.yaml' was refused as got '_'
         base = _validate_base(mapping, spec)
     except cfg.ConfigError as err:
         problems.extend(err.problems)
