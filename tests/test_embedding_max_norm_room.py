@@ -120,3 +120,15 @@ def test_a_large_row_read_by_one_micro_batch_only_is_refused(large_in):
     with pytest.raises(ValueError, match=REFUSED):
         catapult.sharpness(Lookup(table, 0.5), F.cross_entropy, (tokens, labels), hvp="finite_difference",
                            chunk_size=4)
+
+
+def test_the_room_of_a_1_norm_lookup_is_in_units_of_a_2_norm_step():
+    # Mutation pass 22 (ST5): ||x||_1 <= sqrt(d) ||x||_2, so a row of 1-norm 4 under max_norm 10 in
+    # d = 4 columns is (10 - 4) / sqrt(4) = 3 unit 2-norm steps below the cap; in the 2-norm, 10 - 2 = 8
+    table = torch.ones(2, 4, dtype=torch.float64)
+    with RenormedCopies() as copies:
+        F.embedding(torch.tensor([1]), table, max_norm=10.0, norm_type=1.0)
+    assert copies.room == 3.0
+    with RenormedCopies() as copies:
+        F.embedding(torch.tensor([1]), table, max_norm=10.0)
+    assert copies.room == 8.0
