@@ -1,0 +1,33 @@
+"""Which existing files catapult takes for its own (:mod:`catapult.files`), judged by content on
+hand-written files: an export CSV's header (``cell_id`` first, with ``status``), a report (an HTML
+document that carries the mark), each checked against a near miss a user could have written."""
+from __future__ import annotations
+
+import pytest
+
+from catapult.files import MARK, written_by_catapult
+
+
+@pytest.mark.parametrize("header, ours", [
+    ("cell_id,optimizer.lr,status", True),
+    ("optimizer.lr,n_seeds,status", True),      # the aggregate's
+    ("cell_id,optimizer.lr", False),             # no status: a user's table (mutation pass 22, FI2)
+    ("n_seeds,optimizer.lr", False),
+    ("optimizer.lr,cell_id,status", False),      # cell_id not first (FI3)
+])
+def test_an_export_csv_is_known_by_cell_id_first_or_n_seeds_with_status(tmp_path, header, ours):
+    path = tmp_path / "cells.csv"
+    path.write_text(header + "\n0.1,0,finished\n")
+    assert written_by_catapult(path) is ours
+
+
+@pytest.mark.parametrize("text, ours", [
+    (f"<!DOCTYPE html>\n<html><head><meta name=\"generator\" content=\"{MARK}\"></head></html>", True),
+    (f"  \n<!doctype HTML><html><meta name=\"generator\" content=\"{MARK}\"></html>", True),
+    (f"<svg xmlns=\"http://www.w3.org/2000/svg\"><!-- {MARK} --></svg>", False),   # a marked figure, not a report (FI5)
+    ("<!DOCTYPE html>\n<html><body>a user's page</body></html>", False),
+])
+def test_a_report_is_an_html_document_that_carries_the_mark(tmp_path, text, ours):
+    path = tmp_path / "report.html"
+    path.write_text(text)
+    assert written_by_catapult(path) is ours
