@@ -31,3 +31,11 @@ def test_a_report_is_an_html_document_that_carries_the_mark(tmp_path, text, ours
     path = tmp_path / "report.html"
     path.write_text(text)
     assert written_by_catapult(path) is ours
+
+
+def test_a_file_is_judged_as_the_format_a_command_writes_there(tmp_path):
+    # export --format csv --out results.txt (FI7): its header, not its suffix, decides
+    path = tmp_path / "results.txt"
+    path.write_text("cell_id,optimizer.lr,status\n0,0.1,finished\n")
+    assert written_by_catapult(path, as_suffix=".csv") is True
+    assert written_by_catapult(path) is False   # as text: no mark in it

@@ -40,3 +40,25 @@ def test_a_scripted_module_with_buffers_only_is_refused_naming_torchscript():
                  lambda: catapult.critical_lr(model, nn.MSELoss(), batch, optimizer)):
         with pytest.raises(ValueError, match="TorchScript module"):
             call()
+
+
+class _Shift(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("shift", torch.ones(1))
+
+    def forward(self, x):
+        return x + self.shift
+
+
+def test_a_buffer_reached_by_two_paths_is_the_models_own_again_after_a_functional_call():
+    # Mutation pass 22 (ST14): functional_call swaps a shared slot once per path and put the tensor
+    # passed in back into the buffer slot, not the model's own buffer
+    from catapult.curvature.stateless import functional_call
+
+    inner = _Shift()
+    model = nn.Sequential(inner, inner)
+    own = inner.shift
+    out = functional_call(model, {"0.shift": torch.full((1,), 3.0)}, (torch.zeros(1),))
+    assert out.tolist() == [6.0]
+    assert inner.shift is own and inner.shift.tolist() == [1.0]
