@@ -132,3 +132,19 @@ def test_the_room_of_a_1_norm_lookup_is_in_units_of_a_2_norm_step():
     with RenormedCopies() as copies:
         F.embedding(torch.tensor([1]), table, max_norm=10.0)
     assert copies.room == 8.0
+
+
+@pytest.mark.parametrize("which", ["functional_call", "functional_loss"])
+def test_a_functional_call_left_to_look_copies_a_renormalised_weight(which):
+    # Mutation pass 22 (ST17, ST18): renormed=None (the default) means look, not "none there"
+    from catapult.curvature import stateless
+
+    model = nn.Embedding(3, 2, max_norm=1.0)
+    weight = torch.full((3, 2), 3.0)
+    ids = torch.tensor([0, 2])
+    if which == "functional_call":
+        out = stateless.functional_call(model, {"weight": weight}, (ids,))
+    else:
+        out = stateless.functional_loss(model, {"weight": weight}, ids, lambda o, y: o, None)
+    assert torch.equal(weight, torch.full((3, 2), 3.0))   # the tensor given is not written
+    assert torch.allclose(out.norm(dim=-1), torch.ones(2), rtol=1e-6, atol=0)   # the lookup is renormalised

@@ -39,3 +39,25 @@ def test_a_file_is_judged_as_the_format_a_command_writes_there(tmp_path):
     path.write_text("cell_id,optimizer.lr,status\n0,0.1,finished\n")
     assert written_by_catapult(path, as_suffix=".csv") is True
     assert written_by_catapult(path) is False   # as text: no mark in it
+
+
+def test_a_cut_off_last_line_is_a_mapping_only_where_it_starts_a_key_allowed_next():
+    # Mutation pass 22 (FI17)
+    from catapult.files import cut_off_mapping
+
+    keys = ["name", "data", "model"]
+    assert cut_off_mapping(b"name: a\nda", keys) is True
+    assert cut_off_mapping(b"name: a\nxyz", keys) is False
+    assert cut_off_mapping(b"name: a\nna", keys, skips=False) is False   # name again: not next
+
+
+def test_only_a_file_under_the_partial_prefix_is_a_stopped_writes_partial(tmp_path):
+    # Mutation pass 22 (FI20): a whole file under its real name is no partial file
+    from catapult.files import PARTIAL_PREFIX, partial_of_ours
+
+    for name in ("metrics.csv", PARTIAL_PREFIX + "metrics.csv"):
+        (tmp_path / name).write_text("step,train_loss\n")
+    # not written whole, but all of it the start of what the command writes there (any name)
+    whole, start = (lambda entry, name: False), (lambda name: b"step,train_loss\n")
+    assert partial_of_ours(tmp_path / (PARTIAL_PREFIX + "metrics.csv"), whole, start) is True
+    assert partial_of_ours(tmp_path / "metrics.csv", whole, start) is False
