@@ -80,6 +80,8 @@ def instability_threshold(optimizer: torch.optim.Optimizer, lr: float | None = N
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     if not optimizer.param_groups:
         raise ValueError("optimizer has no param groups")
+    # an SGD subclass whose step is its own (decoupled decay) got SGD's 2 / lr - wd
+    registry.refuse_overridden_step(optimizer, "instability_threshold")
     from catapult.optim.thresholds import reference_group   # (lazy: the first sharpness call's imports)
     group = reference_group(optimizer)   # the first group that moves (a frozen part listed first: not it)
     # lr=inf gave 0.0, lr="0.1" 20.0 and lr=True 2.0

@@ -16,6 +16,7 @@ factor, so its natural curvature is the Hessian's sharpness.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Mapping
@@ -27,7 +28,7 @@ from catapult.optim.gi_adam import GIAdam
 from catapult.parametrize import optimizer_family
 
 __all__ = ["OptimizerSpec", "get", "names", "preconditioned_names", "rule_for", "spec_for",
-           "hyperparameters", "refuse_maximize"]
+           "hyperparameters", "refuse_maximize", "refuse_overridden_step"]
 
 
 @dataclass(frozen=True)
@@ -119,20 +120,100 @@ def get(name: str) -> OptimizerSpec:
 def spec_for(optimizer: torch.optim.Optimizer) -> OptimizerSpec:
     """The entry of an optimizer instance (AdamW before Adam: it is a subclass).
 
+    A subclass of a table class is that class's entry only while its ``step`` is the table
+    class's (it may add methods and attributes): one that overrides ``step`` is refused
+    (:func:`refuse_overridden_step`), unless the class declares that its step is the update of
+    an entry, ``catapult_optimizer = "<name>"`` in its own body (a step that only logs, say).
+
     Raises:
         NotImplementedError: for a class not in the table (the message names it).
+        TypeError: for a subclass whose ``step`` overrides the table class's (the message names
+            both and the declaration).
 
     Example:
         >>> w = [torch.nn.Parameter(torch.zeros(2))]
         >>> spec_for(torch.optim.AdamW(w)).name, spec_for(torch.optim.Adam(w)).name
         ('adamw', 'adam')
+        >>> class Logged(torch.optim.SGD):
+        ...     catapult_optimizer = "sgd"          # its step is SGD's update (it only counts)
+        ...     def step(self, closure=None):
+        ...         self.calls = getattr(self, "calls", 0) + 1
+        ...         return super().step(closure)
+        >>> spec_for(Logged(w, lr=0.1)).name
+        'sgd'
     """
     for cls in (GIAdam, torch.optim.AdamW, torch.optim.Adam, torch.optim.RAdam, torch.optim.SGD):
         if isinstance(optimizer, cls):
+            refuse_overridden_step(optimizer)
+            declared = _declaring_class(type(optimizer))
+            if declared is not None:
+                return _BY_NAME[declared.__dict__["catapult_optimizer"]]
             return next(s for s in _SPECS if s.cls is cls)
     raise NotImplementedError(
         f"no update rule for {type(optimizer).__name__}; supported: torch.optim.SGD, Adam, AdamW, "
         "RAdam and catapult.optim.GIAdam")
+
+
+def _step_function(cls: type):
+    """The function under ``cls.step``: torch wraps a class's step in its profile hook (on the
+    first instance, in that class's own dict) and ``torch.optim``'s own steps in a grad-mode
+    decorator, both with ``functools.wraps``."""
+    return inspect.unwrap(cls.step)
+
+
+def _declaring_class(cls: type) -> type | None:
+    """The nearest class in ``cls``'s MRO whose own body sets ``catapult_optimizer``."""
+    return next((c for c in cls.__mro__ if "catapult_optimizer" in c.__dict__), None)
+
+
+def refuse_overridden_step(optimizer: torch.optim.Optimizer, where: str = "") -> None:
+    """A TypeError when ``optimizer`` is an instance of a subclass of a table class (SGD, Adam,
+    AdamW, RAdam, GIAdam) whose ``step`` is not that class's: its thresholds, critical-lr
+    direction and pre-conditioner are the table class's update, which that step may not follow
+    (an SGD subclass with decoupled weight decay got SGD's). A subclass that declares, in its own
+    body, ``catapult_optimizer = "<name>"`` (a registry name whose class it subclasses) is taken
+    as that entry's update, if no class below it overrides ``step`` again. A subclass that keeps
+    the step (adding methods or attributes) passes; so does any other class (not this check's).
+
+    >>> w = [torch.nn.Parameter(torch.zeros(2))]
+    >>> class SGDW(torch.optim.SGD):
+    ...     def step(self, closure=None):
+    ...         return super().step(closure)
+    >>> refuse_overridden_step(torch.optim.SGD(w, lr=0.1), "critical_lr")
+    >>> refuse_overridden_step(SGDW(w, lr=0.1), "critical_lr")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    TypeError: critical_lr: SGDW overrides the step of torch.optim.SGD: ...
+    """
+    cls = type(optimizer)
+    base = next((c for c in (GIAdam, torch.optim.AdamW, torch.optim.Adam, torch.optim.RAdam,
+                             torch.optim.SGD) if isinstance(optimizer, c)), None)
+    if base is None or cls is base:
+        return
+    declared = _declaring_class(cls)
+    prefix = f"{where}: " if where else ""
+    if declared is not None:
+        name = declared.__dict__["catapult_optimizer"]
+        spec = _BY_NAME.get(name) if isinstance(name, str) else None
+        if spec is None or not issubclass(declared, spec.cls):
+            raise TypeError(f"{prefix}{declared.__name__}.catapult_optimizer = {name!r} names no entry that "
+                            f"{declared.__name__} subclasses; known: {', '.join(names())}")
+        if _step_function(cls) is _step_function(declared):
+            return
+        base = declared
+    elif _step_function(cls) is _step_function(base):
+        return
+    # the class that wrote it: the furthest up with that function (torch's hook copies it into each
+    # instantiated subclass's own dict)
+    owner = [c for c in cls.__mro__ if "step" in c.__dict__ and _step_function(c) is _step_function(cls)][-1]
+    where_from = "" if owner is cls else f" (in {owner.__name__})"
+    base_name = base.__name__ if base is declared else f"{base.__module__.rsplit('.', 1)[0]}.{base.__name__}"
+    raise TypeError(
+        f"{prefix}{cls.__name__} overrides the step of {base_name}{where_from}: the thresholds, critical-lr "
+        f"direction and pre-conditioner catapult has are {base.__name__}'s update, which this step may not "
+        f"follow. If its update is {base.__name__}'s (the step only logs or counts), declare it in the class "
+        f"body: catapult_optimizer = \"<name>\" (one of {', '.join(names())}); otherwise use {base.__name__} "
+        "itself (or give no optimizer where that is optional)")
 
 
 def rule_for(optimizer: torch.optim.Optimizer, group: Mapping[str, Any] | None = None) -> str:
