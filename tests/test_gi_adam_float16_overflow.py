@@ -49,3 +49,26 @@ def test_random_v0_whose_norm_overflows_is_refused_and_non_finite_gradients_are_
     v.grad = torch.tensor([math.inf, 1.0], dtype=torch.float16)
     opt.step()
     assert not bool(torch.isfinite(v).all())
+
+
+def test_start_entries_refuses_a_v0_beyond_float16_before_touching_the_state():
+    # S: dynamic sparsity's restart of grown entries wrote v = g^2 = inf for |g| > 255.9 (float16):
+    # those weights never moved again (m / sqrt(inf) = 0)
+    w = torch.nn.Parameter(torch.zeros(3, dtype=torch.float16))
+    opt = GIAdam([w], lr=0.1)
+    w.grad = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float16)
+    opt.step()
+    before = {k: v.clone() for k, v in opt.state[w].items()}
+    where = torch.tensor([False, True, True])
+    for grad in (torch.tensor([0.0, 300.0, 1.0], dtype=torch.float16),   # 300^2 = 90000 > 65504
+                 torch.tensor([0.0, 1e5, 1.0])):                          # a float32 grad beyond float16 itself
+        with pytest.raises(ValueError, match=r"start_entries_: parameter 0, 2 restarted entries \(torch.float16, "
+                                             r"shape \(3,\)\).* overflows torch.float16 \(max 65504; the largest "
+                                             r"\|g\| is (300|100000)\)"):
+            opt.start_entries_(w, where, grad)
+        assert all(torch.equal(opt.state[w][k], v) for k, v in before.items())
+    # where v_0 fits (255^2 = 65025 <= 65504; float16 holds 65024, its spacing 32 there): m = 0 and v = g^2
+    opt.start_entries_(w, where, torch.tensor([0.0, 255.0, -4.0], dtype=torch.float16))
+    v = opt.state[w]["exp_avg_sq"]
+    assert float(v[1]) == 65024.0 and float(v[2]) == 16.0 and torch.equal(v[0], before["exp_avg_sq"][0])
+    assert float(opt.state[w]["exp_avg"][1]) == 0.0 and float(opt.state[w]["exp_avg"][2]) == 0.0

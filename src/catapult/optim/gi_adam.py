@@ -392,6 +392,8 @@ class GIAdam(torch.optim.Optimizer):
         weights RigL grows (:func:`catapult.sparsity.reset_state_`), where a zeroed ``v`` gave
         Adam's start. Before ``param``'s first step it does nothing (that step starts every entry).
         ``v0="random"`` draws the entries' ``v`` from the parameter's seed plus its step count.
+        A ``v`` that overflows the state's dtype (float16: ``|g| > 255.9``) is refused, a
+        ValueError naming the parameter, before the state is touched (as the first step's).
 
         >>> w = torch.nn.Parameter(torch.zeros(2))
         >>> opt = GIAdam([w], lr=0.1)
@@ -410,25 +412,34 @@ class GIAdam(torch.optim.Optimizer):
         seed = self.v0_seed(param, group)
         if group["v0"] == "random":  # another draw than the first step's, the same on every rank
             seed = (seed + int(state["step"].item())) % 2 ** 64
-        v0 = initial_second_moment(grad.detach()[where].to(state["exp_avg_sq"].dtype), group["v0"], seed)
+        entries = grad.detach()[where]
+        v0 = initial_second_moment(entries.to(state["exp_avg_sq"].dtype), group["v0"], seed)
+        # float16: a grown entry's g^2 above 65504 was an inf v there, the entry frozen for good
+        self._refuse_v0_overflow(param, group, entries, v0, f"GIAdam.start_entries_: parameter "
+                                 f"{self._param_index(param)}, {int(where.sum())} restarted entries")
         state["exp_avg"].masked_fill_(where, 0)
         state["exp_avg_sq"][where] = v0.to(state["exp_avg_sq"].device)
 
     def _check_v0_fits(self, param: Tensor, group: dict, index: int) -> None:
-        """A first gradient whose ``v_0`` overflows the parameter's dtype (float16: ``|g| > 255.9``
-        for ``g^2``; ``v0="random"``'s norm of ``g^2`` sooner) is refused, naming the parameter: ``v``
-        was inf there and the entries never moved again (``m / sqrt(inf) = 0``), silently (torch
-        Adam's ``(1 - b2) g^2`` fits at first). A gradient that is not finite itself is left alone."""
+        """The first step's :meth:`_refuse_v0_overflow`, before any state is made."""
         grad = -param.grad if group["maximize"] else param.grad
-        if not bool(torch.isfinite(grad).all()):
+        self._refuse_v0_overflow(param, group, grad, self.initial_exp_avg_sq(param, grad, group),
+                                 f"GIAdam: parameter {index}")
+
+    @staticmethod
+    def _refuse_v0_overflow(param: Tensor, group: dict, grad: Tensor, v0: Tensor, what: str) -> None:
+        """A first gradient whose ``v_0`` overflows the state's dtype (float16: ``|g| > 255.9``
+        for ``g^2``; ``v0="random"``'s norm of ``g^2`` sooner) is refused, naming the parameter
+        (``what``): ``v`` was inf there and the entries never moved again (``m / sqrt(inf) = 0``),
+        silently (torch Adam's ``(1 - b2) g^2`` fits at first). A gradient that is not finite
+        itself is left alone. The one rule of the first step and of :meth:`start_entries_`."""
+        if not bool(torch.isfinite(grad).all()) or bool(torch.isfinite(v0).all()):
             return
-        v0 = self.initial_exp_avg_sq(param, grad, group)
-        if not bool(torch.isfinite(v0).all()):
-            raise ValueError(
-                f"GIAdam: parameter {index} ({param.dtype}, shape {tuple(param.shape)}): its first second moment "
-                f"v_0 (v0={group['v0']!r}) overflows {param.dtype} (max {torch.finfo(param.dtype).max:g}; the "
-                f"largest |g| is {float(grad.abs().max()):g}), and those entries would never move again: train "
-                f"it in float32 (or bfloat16), or scale the loss down")
+        raise ValueError(
+            f"{what} ({param.dtype}, shape {tuple(param.shape)}): its first second moment "
+            f"v_0 (v0={group['v0']!r}) overflows {v0.dtype} (max {torch.finfo(v0.dtype).max:g}; the "
+            f"largest |g| is {float(grad.abs().max()):g}), and those entries would never move again: train "
+            f"it in float32 (or bfloat16), or scale the loss down")
 
     # ----------------------------------------------------------------------------------------
     @torch.no_grad()
