@@ -240,6 +240,24 @@ def coupled_l2_penalty(optimizer: torch.optim.Optimizer, direction: Sequence[tup
 
 @outside_inference_mode
 @same_call_on_every_rank
+def _warn_unmet_stop(lower: float, upper: float, loss_upper: float, rise_tolerance: float, objective0: float,
+                     rtol: float | None) -> None:
+    """A RuntimeWarning when the bisection ended (its cap, or a bracket of adjacent floats) with
+    ``upper`` short of its promise: a loss that jumps at ``lr*`` (``L(upper) > L0 + delta |L0|``
+    however close ``upper`` comes), or an ``rtol`` below what the floats can halve. Silent, the
+    result read as a point within ``delta`` (or ``rtol``) of the critical lr."""
+    unmet = []
+    if not loss_upper <= rise_tolerance:
+        unmet.append(f"the loss at upper is {loss_upper:.6g}, above L0 + delta |L0| = {rise_tolerance:.6g} "
+                     f"(L0 {objective0:.6g}: the loss jumps there)")
+    if rtol is not None and not upper - lower <= rtol * lower:
+        unmet.append(f"the bracket's relative width {(upper - lower) / lower:.3g} is above rtol = {rtol:g}")
+    if unmet:
+        warnings.warn(f"critical_lr: the bisection stopped at [lower, upper] = [{lower!r}, {upper!r}]: "
+                      f"{'; '.join(unmet)}; upper is the smallest lr tried that raised the loss",
+                      RuntimeWarning, stacklevel=caller_stacklevel())
+
+
 def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
                 optimizer: torch.optim.Optimizer, *, lr_start: float = 1e-4,
                 lr_max: float | None = None, delta: float = 0.1, rtol: float | None = None,
@@ -313,7 +331,9 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
     ``delta`` and by the curvature along ``u``: on a quadratic, ``L(lr) - L0 = a lr (lr - lr*)``
     so ``L(upper) <= (1 + delta) L0`` allows ``upper`` up to ``lr* (1 + delta L0/(a lr*^2))``
     -- 2.6-11 % above ``lr*`` at ``delta = 0.1`` in the audit's cases. Pass ``rtol`` for a
-    guaranteed bound.
+    guaranteed bound. A bisection that ends short of its stop (a loss that jumps at ``lr*``, so
+    that ``L(upper)`` stays above ``L0 + delta |L0|``; an ``rtol`` the floats cannot halve to)
+    stops once the bracket is two adjacent floats and says so in a ``RuntimeWarning``.
 
     Raises:
         ValueError: bad arguments, ``L0`` not finite (nothing to compare against), a loss
@@ -468,11 +488,14 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
             if loss_upper <= rise_tolerance and (rtol is None or upper - lower <= rtol * lower):
                 break
             mid = 0.5 * (lower + upper)
+            if not lower < mid < upper:   # the bracket is two adjacent floats: nothing left to halve
+                break
             loss_mid = trial(mid)
             if loss_mid <= objective0:
                 lower = mid
             else:
                 upper, loss_upper = mid, loss_mid
+        _warn_unmet_stop(lower, upper, loss_upper, rise_tolerance, objective0, rtol)
         return CriticalLR(upper, lower, upper, passes, loss0)
     except BaseException:   # a trial that raised inside the model left the root gathered at theta - lr u
         reset_after_error(model)   # (reshard below is a no-op there)
