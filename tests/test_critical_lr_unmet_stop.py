@@ -51,7 +51,8 @@ def test_a_loss_that_jumps_at_the_critical_lr_is_said_and_the_search_stops_on_a_
 
 def test_an_rtol_float64_cannot_meet_is_said_and_a_met_one_is_not():
     model = Quadratic()
-    with pytest.warns(RuntimeWarning, match=r"relative width 2\.22e-16 is above rtol = 1e-17"):
+    with pytest.warns(UserWarning, match="below the resolution of float64"), \
+            pytest.warns(RuntimeWarning, match=r"relative width 2\.22e-16 is above rtol = 1e-17"):
         res = critical_lr(model, _loss, BATCH, torch.optim.SGD(model.parameters(), lr=0.1), lr_start=1 / 64,
                           rtol=1e-17)
     assert res.lower == 0.5 and res.upper == 0.5 + 2.0 ** -53
@@ -60,3 +61,17 @@ def test_an_rtol_float64_cannot_meet_is_said_and_a_met_one_is_not():
         res = critical_lr(model, _loss, BATCH, torch.optim.SGD(model.parameters(), lr=0.1), lr_start=1 / 64,
                           rtol=1e-12)
     assert res.lower <= 0.5 <= res.upper and (res.upper - 0.5) / 0.5 <= 1e-12
+
+
+def test_an_rtol_below_the_parameters_resolution_is_said():
+    # S: float32, rtol = 1e-8: trial steps within ~3e-8 of lr* = 1/2 round to the same parameters and
+    # loss as lr* (a tie, read as no rise): the bracket [0.5000000267, 0.5000000305] missed lr*, silently
+    model = Quadratic().float()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.warns(UserWarning, match=r"rtol = 1e-08 is below the resolution of float32 parameters \(eps 1\.19e-07\)"):
+        res = critical_lr(model, _loss, BATCH, opt, lr_start=1 / 64, rtol=1e-8)
+    assert abs(res.upper - 0.5) / 0.5 <= 2 * torch.finfo(torch.float32).eps   # what float32 resolves
+    with warnings.catch_warnings():   # rtol = 1e-6 holds in float32: no warning, lr* inside the bracket
+        warnings.simplefilter("error")
+        res = critical_lr(model, _loss, BATCH, opt, lr_start=1 / 64, rtol=1e-6)
+    assert res.lower <= 0.5 <= res.upper and (res.upper - 0.5) / 0.5 <= 1e-6

@@ -323,7 +323,8 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
             along ``u`` crosses ``L0`` once (a quadratic, any locally convex ray):
             ``lower <= lr* <= upper`` at every bisection step, hence
             ``0 <= (upper - lr*) / lr* <= (upper - lower) / lower <= rtol``. Each halving of
-            the bracket costs one forward pass (about ``log2(1 / rtol)`` of them).
+            the bracket costs one forward pass (about ``log2(1 / rtol)`` of them). That holds to the
+            parameters' rounding: an ``rtol`` below their dtype's eps (float32: 1.2e-7) warns.
 
     What the returned lr means. ``lr = upper`` is the smallest lr *tried* at which the step
     raised the loss by at most ``delta |L0|``: a point past the one-step critical lr ``lr*``,
@@ -388,6 +389,14 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
                       f"the loss's rounding can read as rises, and the search may stop far below the critical lr "
                       f"of the float32 model; measure a float32 copy (or train under torch.autocast)",
                       stacklevel=caller_stacklevel())
+
+    coarsest = max((p.dtype for p in params if p.is_floating_point()), key=lambda d: torch.finfo(d).eps, default=None)
+    if rtol is not None and coarsest is not None and rtol < torch.finfo(coarsest).eps:
+        # float32, rtol = 1e-8: steps within 3e-8 of lr* = 1/2 rounded to the same parameters and
+        # loss, read as no rise; the bracket [0.50000003, 0.50000003] missed lr*, silently
+        warnings.warn(f"critical_lr: rtol = {rtol:g} is below the resolution of {str(coarsest)[6:]} parameters "
+                      f"(eps {torch.finfo(coarsest).eps:.3g}): trial steps that close to lr* round to the same "
+                      f"parameters and loss, and the bracket can miss lr* by about that much", stacklevel=caller_stacklevel())
 
     # distributed: batch is this rank's shard; the union's loss and its gradient are the
     # weighted sums over the ranks, all-reduced (catapult.curvature.distributed.union_weight)
