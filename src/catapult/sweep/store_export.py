@@ -74,9 +74,10 @@ def last_spectrum(store, cell: dict) -> dict[str, float]:
     and ``eig_converged``, the mark of the row whose top-k solve gave the last ``eig_i`` (absent for
     rows of a store written before the mark); empty for a cell whose config logs none (its metrics
     are then not read), and for a cell that did not finish: like its sharpness, a diverged run's
-    last value before it blew up would flatter it (its eig_1 stood beside a blank sharpness)."""
+    last value before it blew up would flatter it (its eig_1 stood beside a blank sharpness). A
+    collapsed run finished (its final sharpness is kept): its values are given (they were left out)."""
     logged = [c for c in metric_columns(cell.get("config")) if is_spectrum_column(c)]
-    if not logged or cell.get("status") != "finished":   # as the store gives a final sharpness
+    if not logged or cell.get("status") not in ("finished", "collapsed"):   # as the store gives a final sharpness
         return {}
     last: dict[str, float] = {}
     for row in store.metrics(cell["id"]):
