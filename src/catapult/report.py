@@ -211,12 +211,14 @@ def _seeds_section(store, axes: Sequence[Mapping[str, Any]]) -> list[str]:
     columns, rows = aggregate_table(store)
     keys = columns[:columns.index("n_seeds")]
     shown = ("best_test_accuracy", "test_accuracy", "best_test_loss", "train_loss")
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in [*keys, "seeds (finished/diverged)", *shown])
+    # a collapsed seed finished and its values are averaged: '2 (1/0)' read as one seed behind a mean ± std of two
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in [*keys, "seeds (finished/diverged/collapsed)", *shown])
     out = ["<h2>Over seeds (mean ± std)</h2><table><tr>" + head + "</tr>"]
     at = {c: j for j, c in enumerate(columns)}
     for row in rows:
         cells = [f"<td class='text'>{html.escape(str(row[at[k]]))}</td>" for k in keys]
-        cells.append(f"<td>{row[at['n_seeds']]} ({row[at['n_finished']]}/{row[at['n_diverged']]})</td>")
+        cells.append(f"<td>{row[at['n_seeds']]} ({row[at['n_finished']]}/{row[at['n_diverged']]}/"
+                     f"{row[at['n_collapsed']]})</td>")
         for m in shown:
             mean, sd = row[at[f"{m}_mean"]], row[at[f"{m}_std"]]
             text = "-" if mean is None else _fmt(mean, m) + ("" if sd is None else f" ± {_fmt(sd, m)}")
