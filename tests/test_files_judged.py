@@ -61,3 +61,14 @@ def test_only_a_file_under_the_partial_prefix_is_a_stopped_writes_partial(tmp_pa
     whole, start = (lambda entry, name: False), (lambda name: b"step,train_loss\n")
     assert partial_of_ours(tmp_path / (PARTIAL_PREFIX + "metrics.csv"), whole, start) is True
     assert partial_of_ours(tmp_path / "metrics.csv", whole, start) is False
+
+
+def test_an_earlier_versions_trajectories_png_is_a_png_with_matplotlibs_tag(tmp_path):
+    # Mutation pass 22 (FI11): the tag alone, in a file that is no PNG, is a user's file
+    from catapult.files import PNG_START, run_output_of_ours
+
+    tag = b"tEXtSoftware\x00Matplotlib version3.8.0"
+    (tmp_path / "trajectories.png").write_bytes(PNG_START + b"\x00\x00\x00\x19" + tag)
+    assert run_output_of_ours(tmp_path / "trajectories.png") is True
+    (tmp_path / "trajectories.png").write_bytes(b"my notes: " + tag)
+    assert run_output_of_ours(tmp_path / "trajectories.png") is False

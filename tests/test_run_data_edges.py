@@ -47,3 +47,12 @@ def test_a_step_of_an_earlier_epoch_is_refused_not_read_from_the_later_permutati
     stream.batch(0), stream.batch(2)
     with pytest.raises(ValueError, match="non-decreasing steps"):
         stream.batch(1)
+
+
+def test_augmentation_without_minibatches_is_refused_naming_data_augment():
+    # Mutation pass 22 (RD15): full-batch GD trains on the fixed data
+    from catapult.data import Augment
+
+    x, y = torch.zeros(4, 3, 8, 8), torch.arange(4)
+    with pytest.raises(ConfigError, match="data.augment"):
+        BatchStream(x, y, None, seed=0, augment=Augment(flip=True, crop=0, mixup=0.0, num_classes=4, seed=0))

@@ -40,6 +40,11 @@ def _write(tmp_path, grid: str):
      {"linear": "cosine", "persistent": "constant"}),
     ("    schedule.decay: [constant, linear]\n", "schedule.lr_final=0.001", "schedule.lr_final",
      {"constant": None, "linear": 0.001}),
+    # its lr_final goes with the decay (mutation pass 22, VA2); catapult warmup reads the decay (VA3)
+    ("    schedule.warmup: [linear, persistent]\n", "schedule.decay=cosine schedule.lr_final=0.001",
+     "schedule.lr_final", {"linear": 0.001, "persistent": None}),
+    ("    schedule.warmup: [linear, catapult, persistent]\n", "schedule.decay=cosine", "schedule.decay",
+     {"linear": "cosine", "catapult": "cosine", "persistent": "constant"}),
     # augmentation is for minibatch training; the spectrum is taken on the sharpness cadence
     ("    train.batch_size: [null, 16]\n", "data.augment.crop=1 data.augment.flip=true", "data.augment.crop",
      {None: 0, 16: 1}),
