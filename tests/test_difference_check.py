@@ -144,3 +144,22 @@ def test_the_difference_rounding_is_eps_times_the_scaled_gradient_over_the_first
     for s, want in ((None, g), (scale, scale * g)):
         got = op.difference_rounding() if s is None else op.difference_rounding(s)
         assert got == pytest.approx(eps * float(torch.linalg.vector_norm(want)) / eps ** (1 / 3), rel=1e-12)
+
+
+def test_the_kink_bound_and_the_rounding_level_are_the_measured_constants():
+    # Mutation pass 22 (DF1, DF3): a gap of 0.15 (above MAX_GAP 0.1, below the ReLU kinks' 0.28) is
+    # taken again at a 16 times smaller step; a second difference within 64 ulps of ||g|| is rounding
+    from catapult.curvature.difference import checked_difference, relative_gap, rounding_level
+
+    steps = []
+
+    def product_at(h):
+        steps.append(h)
+        gap = 0.15 if len(steps) == 1 else 0.05
+        return gap, (lambda accepted: h if accepted else None)
+
+    product, gap, retries = checked_difference(product_at, 1.0)
+    assert (product, gap, retries, steps) == (1.0 / 16, 0.05, 1, [1.0, 1.0 / 16])
+    eps = 2.0 ** -52
+    assert rounding_level(eps, 2.0) == 128 * eps
+    assert relative_gap(60 * eps, 1e-10, noise=rounding_level(eps, 1.0)) == 0.0

@@ -183,3 +183,18 @@ def test_no_note_for_a_swept_option_and_one_for_a_swept_dynamic_method_at_densit
     assert "runs once" not in note
     two, = grid_notes(base, {"model.density": (1.0, 0.5), "model.sparsity.method": ("rigl", "gmp")})
     assert two.endswith("with gmp and rigl both swept, that dense run runs once and is recorded at both grid positions")
+
+
+def test_the_notes_name_only_the_valid_values_that_do_not_read_the_option():
+    # Mutation pass 22 (VA6, VA8): a swept k of 1 reads the block (capped at 1); an invalid optimizer
+    # name is the cell's own validation's to name, not a cell that runs without momentum
+    from catapult.sweep.variants import grid_notes
+
+    base = cfg.validate({"eval": {"sharpness_every": 2, "spectrum_top_k": 2, "spectrum_block_size": 2},
+                         "optimizer": {"name": "sgd", "momentum": 0.9}})
+    notes = grid_notes(base, {"eval.spectrum_top_k": (0, 1, 3)})
+    assert [n.split(":")[0] for n in notes] == ["eval.spectrum_block_size (2) is read by eval.spectrum_top_k "
+                                                "values >= 1 only", "eval.spectrum_block_size (2) is at most "
+                                                "eval.spectrum_top_k"]
+    assert "the cells with eval.spectrum_top_k 0 run without it" in notes[0]
+    assert grid_notes(base, {"optimizer.name": ("sgd", "adamx")}) == []
