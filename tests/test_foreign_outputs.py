@@ -245,6 +245,8 @@ def test_a_store_that_cannot_be_written_says_so(tmp_path, capsys, monkeypatch):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert "is a catapult sweep store, but it cannot be written here" in err and "Traceback" not in err
+    # every reader of a store is named (transfer was left out)
+    assert "`export`, `plot`, `transfer` and `report` can still read it" in err
 
 
 def _train(config, out, *extra) -> int:

@@ -184,7 +184,7 @@ class Store(DriverClaims, Lambda0Cache):
             # SQLite's own word for it is "unable to open database file"
             raise StoreError(f"{self.path} is a catapult sweep store, but it cannot be written here: the file "
                              f"or its folder (where SQLite keeps its -wal and -shm files) is read-only; "
-                             f"`export`, `plot` and `report` can still read it")
+                             f"`export`, `plot`, `transfer` and `report` can still read it")
         try:
             if self.readonly:
                 self.conn = connect_readonly(self.path)
