@@ -273,8 +273,10 @@ def test_a_sweep_refuses_a_model_that_fits_one_feature_but_not_its_datas_shapes(
     monkeypatch.setattr(cell_refusals, "load_data", _no_data)  # digits' shapes are known without reading them
     path = _sweep_file(tmp_path, "{name: digits, n_train: 32, n_test: 16}",
                        "{name: mlp, width: 10000000, depth: 2, bias: false}")
-    said = ("model.width=10000000 and model.depth=2 make a model of 2.8 GiB, more than this machine's "
-            "1.0 GiB of memory; reduce model.width or model.depth")
+    # (trained: with its gradients, 2 x 2.96e9 bytes = 5.5 GiB, as catapult train counts it)
+    said = ("model.width=10000000 and model.depth=2 make a model of 5.5 GiB with 1 more copy of its weights (its "
+            "gradients and the sgd optimizer's state), more than this machine's 1.0 GiB of memory; reduce model.width "
+            "or model.depth")
     for extra in ([], ["--dry-run"], ["--executor", "ensemble"]):
         assert main(["sweep", str(path), "--store", str(tmp_path / "s.db"), *extra]) == 2
         err = capsys.readouterr().err
@@ -283,7 +285,7 @@ def test_a_sweep_refuses_a_model_that_fits_one_feature_but_not_its_datas_shapes(
     monkeypatch.setattr(build, "load_data", _no_data)  # train refuses it before reading the data too
     with pytest.raises(ConfigError) as train:  # catapult train's words for the same model
         build.build_run({"data": {"name": "digits", "n_train": 32, "n_test": 16},
-                         "model": {"name": "mlp", "width": 10**7, "depth": 2, "bias": False}})
+                         "model": {"name": "mlp", "width": 10**7, "depth": 2, "bias": False}}, trains=True)
     assert str(train.value) == f"model: {said}"
 
 
@@ -301,7 +303,8 @@ def test_a_sweep_loads_text_data_once_where_only_its_vocabulary_decides(tmp_path
     model = "{name: gpt, width: 64, depth: 1, n_heads: 2}"
     base, spec = load_sweep(_sweep_file(tmp_path, f"{{name: text, root: '{text}', context: 8}}", model))
     small, large = model_parameters(base, 8, 1), model_parameters(base, 8, 201)
-    monkeypatch.setattr(model_size, "_memory_bytes", lambda device: 2 * small + 2 * large)  # between the two
+    # between the two, trained (float32 weights and their gradients: 8 bytes a parameter)
+    monkeypatch.setattr(model_size, "_memory_bytes", lambda device: 4 * small + 4 * large)
     loads = []
     monkeypatch.setattr(cell_refusals, "load_data", lambda config: loads.append(1) or run_data.load_data(config))
     fake = FakeRun()
@@ -310,7 +313,7 @@ def test_a_sweep_loads_text_data_once_where_only_its_vocabulary_decides(tmp_path
     assert [key for key, _ in refused.value.problems] == ["cell 0 (seed=0) model", "cell 1 (seed=1) model"]
     assert len(loads) == 1 and fake.calls == [] and not (tmp_path / "s.db").exists()
     with pytest.raises(ConfigError) as train:  # the same words as catapult train's
-        build.build_run(base)
+        build.build_run(base, trains=True)
     assert refused.value.problems[0][1] == train.value.problems[0][1]
 
 
@@ -349,7 +352,7 @@ def test_an_allocation_error_is_reported_in_gib_of_the_bytes_it_asked_for():
 
 
 def test_a_sweep_over_the_dtype_judges_each_dtypes_size(tmp_path, monkeypatch):
-    # mutation pass 21 (CR3): room for the float32 weights and one byte more (digits: 64 features, 10 classes): the
+    # mutation pass 21 (CR3): room for the trained float32 weights and one byte more (digits: 64 features, 10 classes): the
     # float64 cell is refused and the float32 one not (the verdict was kept by model and data alone: neither refused)
     from catapult.sweep import cell_refusals
     from catapult.sweep.driver import refuse_impossible_cells
@@ -357,8 +360,8 @@ def test_a_sweep_over_the_dtype_judges_each_dtypes_size(tmp_path, monkeypatch):
 
     base, spec = load_sweep(_sweep_file(tmp_path, "{name: digits}", "{name: mlp, width: 8, depth: 3}",
                                         grid="{dtype: [float32, float64]}"))
-    weights = 4 * model_parameters(base, 64, 10)
-    monkeypatch.setattr(model_size, "_memory_bytes", lambda device: weights + 1)
+    weights = 4 * model_parameters(base, 64, 10)   # trained (sgd): the weights and their gradients, 2 copies
+    monkeypatch.setattr(model_size, "_memory_bytes", lambda device: 2 * weights + 1)
     monkeypatch.setattr(cell_refusals, "load_data", _no_data)
     with pytest.raises(ConfigError, match="more than this machine's") as err:
         refuse_impossible_cells(expand(base, spec))

@@ -25,7 +25,7 @@ from catapult.config.checks import sparsity_steps, step_size_factor
 from catapult.losses import get_loss
 from catapult.optim import registry
 from catapult.engine.model_size import (MODELS, check_fits, check_labels, check_model_fits, check_spectrum_fits,
-                                        gpt_context, model_parameters, size_error)
+                                        gpt_context, model_parameters, size_error, training_fit)
 from catapult.engine.fsdp import check_fsdp
 from catapult.engine.run_data import (BatchStream, RunData, batch_stream, build_augment, lambda0_batches, load_data,
                                       load_data_once)
@@ -58,16 +58,19 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_model(config: Mapping[str, Any], in_features: int, out_features: int,
-                device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> nn.Module:
+                device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, *,
+                fit: Mapping[str, int] | None = None) -> nn.Module:
     """The config's model, initialized from ``seeds(config["seed"])[0]`` on the CPU in float32,
     then moved to ``device``/``dtype`` (same initial weights on every device).
 
     A model whose weights alone exceed the memory of the CPU or of ``device``
     (:func:`model_parameters`) is a :class:`~catapult.config.ConfigError` naming its width and
-    depth keys, raised before anything is allocated."""
+    depth keys, raised before anything is allocated; ``fit`` (a run that trains it:
+    :func:`~catapult.engine.model_size.training_fit`) counts its gradients and the optimizer's
+    state too."""
     init_seed = seeds(config["seed"])[0]
     try:
-        check_fits(config, in_features, out_features, torch.device(device), dtype)
+        check_fits(config, in_features, out_features, torch.device(device), dtype, **(fit or {}))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(init_seed)
             with torch.device("cpu"):
@@ -496,26 +499,29 @@ def build_mask_updater(config: Mapping[str, Any], model: nn.Module):
                        end_step=end_step, start_step=start_step)
 
 
-def build_run(config: Mapping[str, Any]) -> Run:
+def build_run(config: Mapping[str, Any], *, trains: bool = False) -> Run:
     """Validate ``config`` and build its :class:`Run` (data loaded, model initialised); data that
     are token shards (:func:`~catapult.engine.shard_run.reads_shards`) are ``train-ddp``'s run in
     one process (:func:`~catapult.engine.shard_run.build_shard_run`).
 
     Raises :class:`~catapult.config.ConfigError` (or the data loader's FileNotFoundError) on
-    bad input, before any training work.
+    bad input, before any training work: a model too large for the memory it is built in among
+    them, counting its gradients and the optimizer's state too where ``trains``
+    (:func:`~catapult.engine.model_size.training_fit`, as a sweep's up-front check counts).
     """
     config = cfg.validate(config)
     check_fsdp(config, distributed=False)  # sharding is catapult train-ddp's
     device = resolve_device(config["device"])
     dtype = getattr(torch, config["dtype"])
-    check_model_fits(config, device)  # before loading data: a mistyped width fails in milliseconds
+    fit = training_fit(config) if trains else {}
+    check_model_fits(config, device, **fit)  # before loading data: a mistyped width fails in milliseconds
     from catapult.engine.shard_run import build_shard_run, reads_shards
 
     if reads_shards(config["data"]):  # train-ddp's token shards: its run (one process) and its config.yaml
-        return build_shard_run(config, device)
+        return build_shard_run(config, device, trains=trains)
     data = load_data(config, device, dtype)
     batches = batch_stream(config, data)
-    model = build_model(config, data.in_features, data.num_classes, device, dtype)
+    model = build_model(config, data.in_features, data.num_classes, device, dtype, fit=fit)
     check_labels(config, model, data)   # a model of yours with fewer outputs than labels: before any work
     return assemble_run(config, model, batches, device, data=data)
 

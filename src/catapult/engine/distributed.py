@@ -68,6 +68,7 @@ from catapult.data.token_cache import npy_problem, token_cache_key
 from catapult.engine.ddp_config import check_ddp_config
 from catapult.engine.build import check_warmup_across_processes, resolve_device
 from catapult.engine.fsdp import check_fsdp, full_state_dict
+from catapult.engine.model_size import check_model_fits, training_fit
 from catapult.engine.every_rank import on_every_rank
 from catapult.engine.gather_json import collective_device
 from catapult.engine.sharpness_rule import check_spectrum_cadence
@@ -479,6 +480,9 @@ def train_ddp(config: Mapping[str, Any], *, out_dir: str | os.PathLike | None = 
         # one rank's (a node with fewer GPUs than processes) stops every rank: raised on that rank
         # alone, before the set-up group, the others waited in it for the group's timeout
         here = _rank_device(asked, distributed)
+        # each rank holds the weights, their gradients and the optimizer's state (train.fsdp: a
+        # 1 / world share of them): at the least shapes now, at the shards' own when it builds
+        check_model_fits(config, here, **training_fit(config, world))
         if out_path is not None:
             check_out_dir(out_path, overwrite)
         return here
@@ -493,7 +497,8 @@ def train_ddp(config: Mapping[str, Any], *, out_dir: str | os.PathLike | None = 
 
     def set_up() -> Any:
         return build_shard_run(config, device, opened=opened if opened is not None else
-                               open_shards(config, check_ids=False), rank=rank, world=world, distributed=distributed)
+                               open_shards(config, check_ids=False), rank=rank, world=world, distributed=distributed,
+                               trains=True)
 
     setup = on_every_rank(set_up, distributed)
     processes = (FullyShardedDataParallel if sharded else DataParallel)(rank, world) if distributed else Processes()

@@ -265,12 +265,13 @@ def run(config: Mapping[str, Any], *, out_dir: str | Path | None = None, progres
     progress_mode(progress)  # a typo was refused only after the data, model and lambda_0 were built
     valid = cfg.validate(config)
     check_spectrum_cadence(valid)  # before the data are loaded
-    from catapult.engine.model_size import check_model_fits, training_copies
+    from catapult.engine.model_size import check_model_fits, training_fit
 
-    # the weights, their gradients and the optimizer's state (Adam: 2 copies) must fit where it trains
-    check_model_fits(valid, resolve_device(valid["device"]), state_copies=training_copies(valid))
+    # the weights, their gradients and the optimizer's state (Adam: 2 copies) must fit where it
+    # trains: at the data's least shapes now, at its own in build_run (a sweep counts the same)
+    check_model_fits(valid, resolve_device(valid["device"]), **training_fit(valid))
     return in_run_directory(out_dir, overwrite, lambda out_path, writing: train(
-        build_run(config), out_path, progress=progress, started=started, writing=writing, overwrite=overwrite))
+        build_run(config, trains=True), out_path, progress=progress, started=started, writing=writing, overwrite=overwrite))
 
 
 def train(setup: Run, out_path: Path | None = None, *, progress: Any = None, started: float | None = None,

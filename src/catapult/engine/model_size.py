@@ -22,7 +22,7 @@ from catapult.arguments import MAX_PRODUCTS
 from catapult.engine.run_data import data_shape_bounds
 from catapult.models import GPT, MLP, WRN
 
-__all__ = ["MODELS", "model_parameters", "check_fits", "check_model_fits", "optimizer_copies", "training_copies",
+__all__ = ["MODELS", "model_parameters", "check_fits", "check_model_fits", "optimizer_copies", "training_copies", "training_fit",
            "check_spectrum_fits", "check_labels", "check_token_outputs", "shipped_model", "size_error", "gpt_context"]
 
 
@@ -141,11 +141,13 @@ def gpt_context(config: Mapping[str, Any], in_features: int) -> int | None:
 
 
 def check_fits(config: Mapping[str, Any], in_features: int, out_features: int, device: torch.device,
-               dtype: torch.dtype, *, state_copies: int = 0) -> None:
+               dtype: torch.dtype, *, state_copies: int = 0, shards: int = 1) -> None:
     """Raise :class:`~catapult.config.ConfigError` when the model's weights alone exceed the
     memory of the CPU, where it is built in float32, or of ``device`` in ``dtype``; with
     ``state_copies`` (:func:`training_copies`: a run that trains) the weights and that many more
-    copies of them (its gradients and the optimizer's state) on ``device``.
+    copies of them (its gradients and the optimizer's state) on ``device``, divided among
+    ``shards`` processes (``train.fsdp``: each rank holds ``1 / shards`` of them, and all of the
+    weights while it builds the model, so it needs the larger of the two).
 
     Example:
         >>> from catapult.config import validate
@@ -165,7 +167,7 @@ def check_fits(config: Mapping[str, Any], in_features: int, out_features: int, d
         raise size_error(config["model"], err, context=gpt_context(config, in_features)) from None
     # built on the CPU in float32, then cast and moved: the CPU holds the larger of the two
     final = needed * torch.finfo(dtype).bits // 32
-    trained = final * (1 + state_copies)
+    trained = max(final, -(-final * (1 + state_copies) // shards))
     needs = [(torch.device("cpu"), max(needed, trained) if device.type == "cpu" else needed)]
     if device.type != "cpu":
         needs.append((device, trained))
@@ -173,8 +175,10 @@ def check_fits(config: Mapping[str, Any], in_features: int, out_features: int, d
         have = _memory_bytes(where)
         if have is not None and size > have:
             owner = "this machine's" if where.type == "cpu" else f"{where}'s"
-            state = (f" with {state_copies} more copies of its weights (its gradients and the "
-                     f"{config['optimizer']['name']} optimizer's state)" if state_copies and size == trained else "")
+            share = f", {1 + state_copies}/{shards} of them on each of {shards} processes" if shards > 1 else ""
+            state = (f" with {state_copies} more {'copy' if state_copies == 1 else 'copies'} of its weights (its gradients and the "
+                     f"{config['optimizer']['name']} optimizer's state{share})"
+                     if state_copies and size == trained and trained > final else "")
             raise _too_large(config["model"], f"make a model of {size / 2**30:,.1f} GiB{state}, more than {owner} "
                                               f"{have / 2**30:,.1f} GiB of memory", gpt_context(config, in_features),
                              _vocabulary(config, in_features, out_features, have * needed // size))
@@ -210,7 +214,22 @@ def training_copies(config: Mapping[str, Any]) -> int:
     return 1 + optimizer_copies(config)
 
 
-def check_model_fits(config: Mapping[str, Any], device: torch.device | str = "cpu", *, state_copies: int = 0) -> None:
+def training_fit(config: Mapping[str, Any], world: int = 1) -> dict[str, int]:
+    """The keywords of :func:`check_fits` for a run that trains ``config`` on ``world`` processes:
+    the rule ``catapult train``, ``catapult train-ddp`` and a sweep's up-front check all count by.
+    ``state_copies`` is :func:`training_copies` (the gradients and the optimizer's state); each
+    data-parallel rank holds all of them (``shards`` 1), a ``train.fsdp`` rank ``1 / world`` of them.
+
+    >>> training_fit({"optimizer": {"name": "adam"}, "train": {"fsdp": False}}, world=4)
+    {'state_copies': 3, 'shards': 1}
+    >>> training_fit({"optimizer": {"name": "adam"}, "train": {"fsdp": True}}, world=4)
+    {'state_copies': 3, 'shards': 4}
+    """
+    return {"state_copies": training_copies(config), "shards": world if (config.get("train") or {}).get("fsdp") else 1}
+
+
+def check_model_fits(config: Mapping[str, Any], device: torch.device | str = "cpu", *, state_copies: int = 0,
+                     shards: int = 1) -> None:
     """Raise :class:`~catapult.config.ConfigError` when the config's model cannot fit in the memory
     of the CPU (or ``device``) whatever its data holds, before any data is loaded: the model is
     counted with the least shapes the config's data can have
@@ -227,7 +246,8 @@ def check_model_fits(config: Mapping[str, Any], device: torch.device | str = "cp
         catapult.config.errors.ConfigError: model: model.width=1000000 and model.depth=1000 make a model of ...
     """
     least = data_shape_bounds(config["data"])[0]
-    check_fits(config, *least, torch.device(device), getattr(torch, config["dtype"]), state_copies=state_copies)
+    check_fits(config, *least, torch.device(device), getattr(torch, config["dtype"]), state_copies=state_copies,
+               shards=shards)
 
 
 def check_spectrum_fits(config: Mapping[str, Any], n_params: int) -> None:

@@ -106,7 +106,7 @@ def open_shards(config: Mapping[str, Any], check_ids: bool = True) -> tuple:
 
 
 def build_shard_run(config: Mapping[str, Any], device: torch.device, *, opened: tuple | None = None, rank: int = 0,
-                    world: int = 1, distributed: bool = False):
+                    world: int = 1, distributed: bool = False, trains: bool = False):
     """The :class:`~catapult.engine.build.Run` of a validated shards ``config`` (:func:`reads_shards`)
     for rank ``rank`` of ``world`` on ``device``: ``opened`` (:func:`open_shards`) or the shards
     opened here, the model of their vocabulary, this rank's rows of each global batch, its share
@@ -128,7 +128,7 @@ def build_shard_run(config: Mapping[str, Any], device: torch.device, *, opened: 
     from catapult.engine.build import assemble_run, build_model
     from catapult.engine.ddp_config import check_ddp_config
     from catapult.engine.distributed import ShardBatches, validation_windows
-    from catapult.engine.model_size import check_token_outputs
+    from catapult.engine.model_size import check_token_outputs, training_fit
     from catapult.engine.seeds import seeds
 
     check_ddp_config(config)
@@ -139,7 +139,10 @@ def build_shard_run(config: Mapping[str, Any], device: torch.device, *, opened: 
         raise cfg.ConfigError([("data.root", f"{len(shards)} training tokens in {d['root']}: fewer than "
                                              f"one window of data.context + 1 = {context + 1}")])
     vocab = shards.vocab_size or d["vocab_size"] or UNSTATED_VOCAB_SIZE
-    model = build_model(config, context, vocab, device, getattr(torch, config["dtype"]))
+    # where it trains: the gradients and the optimizer's state too, all on each rank (DDP), a
+    # 1 / world share of them with train.fsdp (training_fit)
+    fit = training_fit(config, world) if trains else None
+    model = build_model(config, context, vocab, device, getattr(torch, config["dtype"]), fit=fit)
     # a model of yours with fewer outputs than ids: before any work (a CUDA device assert at step 0)
     check_token_outputs(config, model, vocab, context)
     if sharded:  # before assemble_run builds the optimizer: it must hold the shards

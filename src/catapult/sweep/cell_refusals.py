@@ -13,7 +13,7 @@ from catapult import config as cfg
 from catapult.arguments import MAX_PRODUCTS
 from catapult.engine.build import build_model, load_data, resolve_device
 from catapult.engine.model_size import (check_fits, check_labels, check_model_fits, check_spectrum_fits, model_parameters,
-                                        shipped_model)
+                                        shipped_model, training_fit)
 from catapult.engine.sharpness_rule import check_spectrum_cadence
 from catapult.engine.run_data import data_shape_bounds
 from catapult.sweep.spec import CellSpec, canonical_json, cell_problems, cells_error
@@ -39,8 +39,9 @@ def refuse_sharded_cells(cells: list[CellSpec]) -> None:
 
 def refuse_impossible_cells(cells: list[CellSpec]) -> None:
     """Raise one :class:`~catapult.config.ConfigError` naming every cell that asks a CUDA device
-    this machine does not have, whose model's weights cannot fit in the memory of this machine (or
-    of the cell's device) with the data it trains on, or that asks more Hessian eigenvalues
+    this machine does not have, whose model cannot train in the memory of this machine (or of the
+    cell's device) with the data it trains on (its weights, gradients and optimizer state, counted
+    as ``catapult train`` counts them), or that asks more Hessian eigenvalues
     (``eval.spectrum_top_k``) than its model has parameters, or whose model of yours has fewer
     outputs than its data has labels (:func:`_label_problem`), before the store is written or any
     cell runs; each distinct model, device and data section is judged once, with the words of
@@ -69,7 +70,8 @@ def refuse_impossible_cells(cells: list[CellSpec]) -> None:
             elif devices[name].problems[0] not in problems:  # the base config's: said once
                 problems += devices[name].problems
             continue
-        key = canonical_json([cell.config["model"], cell.config["dtype"], cell.config["data"], str(devices[name])])
+        key = canonical_json([cell.config["model"], cell.config["dtype"], cell.config["data"], str(devices[name]),
+                              training_fit(cell.config)])
         if key not in verdicts:
             verdicts[key] = _size_problem(cell.config, devices[name], shapes) or _label_problem(cell.config, loaded)
         err = verdicts[key] or _spectrum_problem(cell.config, shapes)
@@ -133,21 +135,23 @@ def _data_shapes(config: Mapping[str, Any], shapes: dict) -> tuple[int, int] | N
 def _size_problem(config: Mapping[str, Any], device, shapes: dict) -> cfg.ConfigError | None:
     """The :class:`~catapult.config.ConfigError` that ``catapult train`` raises for ``config``'s
     model too large for this machine (:func:`catapult.engine.check_model_fits` at the data's least
-    shapes, then :func:`catapult.engine.model_size.check_fits` at its own), or None. The data is
+    shapes, then :func:`catapult.engine.model_size.check_fits` at its own), or None: its weights,
+    their gradients and the optimizer's state, by train's rule
+    (:func:`catapult.engine.model_size.training_fit`). The data is
     read only where the largest shapes it can have (:func:`catapult.engine.run_data.data_shape_bounds`)
     do not fit and its own shapes are not known without reading it."""
-    dtype = getattr(torch, config["dtype"])
+    dtype, fit = getattr(torch, config["dtype"]), training_fit(config)
     try:
-        check_model_fits(config, device)  # first, as train does: its message where this refuses
+        check_model_fits(config, device, **fit)  # first, as train does: its message where this refuses
         high = data_shape_bounds(config["data"])[1]
         try:
-            check_fits(config, *high, device, dtype)
+            check_fits(config, *high, device, dtype, **fit)
             return None  # fits whatever the data's shapes: nothing to read
         except cfg.ConfigError:
             pass
         exact = _data_shapes(config, shapes)  # the data's own shapes decide (None: it does not load,
         if exact is not None:                 # the cell's own error; its least shapes passed above)
-            check_fits(config, *exact, device, dtype)
+            check_fits(config, *exact, device, dtype, **fit)
     except cfg.ConfigError as err:
         return err
     return None
