@@ -34,6 +34,7 @@ from typing import Any, Mapping, Sequence
 
 from catapult import config as cfg
 from catapult.arguments import check_integer
+from catapult.engine.records import has_final_values
 from catapult.writing import write_text_whole, write_whole
 
 __all__ = ["PARAMETRIZATIONS", "WARMUP_STEPS", "LR_TARGET", "BASE_CONFIG", "demo_configs",
@@ -302,12 +303,12 @@ def report_table(configs: Sequence[Mapping[str, Any]], summaries: Mapping[str, M
         else:
             cat = "no"
         ratio = (s["final_sharpness"] / s["threshold_target"]
-                 if s["status"] == "finished" and s["final_sharpness"] and s["threshold_target"] else None)
+                 if has_final_values(s["status"]) and s["final_sharpness"] and s["threshold_target"] else None)
         lines.append(
             f"| {c['model']['parametrization']} | {c['schedule']['warmup_steps']} | {_fmt(s['lambda_0'])} "
             f"| {_fmt(s['lr_target'])} | {status} "
-            f"| {_fmt(s['final_train_loss']) if s['status'] == 'finished' else '-'} | {_fmt(s['peak_train_loss'])} "
-            f"| {cat} | {_fmt(s['final_sharpness']) if s['status'] == 'finished' else '-'} "
+            f"| {_fmt(s['final_train_loss']) if has_final_values(s['status']) else '-'} | {_fmt(s['peak_train_loss'])} "
+            f"| {cat} | {_fmt(s['final_sharpness']) if has_final_values(s['status']) else '-'} "
             f"| {_fmt(s['threshold_target'])} | {_fmt(ratio, '.2f')} |"
         )
     return "\n".join(lines)

@@ -18,7 +18,7 @@ from catapult.arguments import check_real
 from catapult.writing import counted, csv_cell, csv_text, write_errors_named
 
 __all__ = ["METRIC_COLUMNS", "metric_columns", "is_spectrum_column", "spectrum_setting", "write_metrics", "read_metrics", "MetricsFile", "json_safe", "finite",
-           "summarize", "warmup_summary", "threshold_label", "format_summary", "unconverged_advice", "lambda_0_note",
+           "summarize", "warmup_summary", "has_final_values", "threshold_label", "format_summary", "unconverged_advice", "lambda_0_note",
            "RADAM_KIND", "RADAM_LR_SCALED_KIND", "RADAM_KINDS", "STEP_KIND_COLUMN"]
 
 #: ``eval.sharpness_kind: auto``'s kind for RAdam whose groups step at one lr: ``hessian`` while its
@@ -232,6 +232,19 @@ def json_safe(value: Any) -> Any:
 def finite(x: float | None) -> bool:
     """``x`` is a number and finite (``None`` is not)."""
     return x is not None and math.isfinite(x)
+
+
+def has_final_values(status: str | None) -> bool:
+    """A run (or sweep cell) of this status ran to its end, so its final values (loss, accuracy,
+    sharpness) are a result: ``finished``, and ``collapsed`` (its output constant across inputs,
+    yet trained to the end: a store keeps such a cell ``finished`` with its final sharpness).
+    ``diverged`` (final values undefined), ``failed`` and the unfinished statuses are not.
+    Every table and figure that shows final values asks this, not ``status == "finished"``.
+
+    >>> [s for s in ("finished", "collapsed", "diverged", "failed", "running", None) if has_final_values(s)]
+    ['finished', 'collapsed']
+    """
+    return status in ("finished", "collapsed")
 
 
 def warmup_summary(config, metrics, lr_trgt: float, warmup_rule) -> dict:

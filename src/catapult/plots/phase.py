@@ -21,7 +21,7 @@ import numpy as np
 
 from catapult.analysis import is_finite_number
 from catapult.arguments import check_flag
-from catapult.engine.records import EIG_CONVERGED_COLUMN, SHARPNESS_CONVERGED_COLUMN, is_spectrum_column
+from catapult.engine.records import EIG_CONVERGED_COLUMN, SHARPNESS_CONVERGED_COLUMN, has_final_values, is_spectrum_column
 from catapult.files import save_figure
 from catapult.sweep.spec import canonical_json
 # defined with the store's columns: `catapult plot`'s --metric is checked without this module (numpy)
@@ -137,8 +137,9 @@ def phase_grid(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[str, A
 
     Cells not matching ``where`` (dotted key -> value; a value may also be given as its label
     or its text) are dropped; the remaining cells with the same ``(x, y)`` values are averaged
-    over their finished members (``finished`` and also ``diverged`` ones for metrics they have,
-    so lambda_0 shows everywhere; for every other metric only ``finished`` cells count).
+    over their members that ran to the end (``finished`` and ``collapsed``:
+    :func:`~catapult.engine.records.has_final_values`; for lambda_0, measured at step 0, also
+    ``diverged`` ones, so it shows everywhere).
     ``best`` is ``None`` for measures rather than objectives (``lambda_0``, ``lr_target``,
     ``sharpness``, ``eig_<i>``, ``hessian_trace``).
     """
@@ -190,14 +191,17 @@ def phase_grid(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[str, A
     counts = np.zeros((ny, nx), dtype=int)
     mark = convergence_mark(metric)
     unconverged = None if mark is None else np.zeros((ny, nx), dtype=int)
-    counts_as_result = ("finished", "diverged", "collapsed") if metric in ("lambda_0",) else ("finished", "collapsed")
+    # lambda_0 is measured at step 0, so a diverged cell has it too
+    def counts_as_result(s: str) -> bool:
+        return has_final_values(s) or (s == "diverged" and metric == "lambda_0")
+
     for i in range(ny):
         for j in range(nx):
             group = members[i][j]
             if not group:
                 continue
             states = [c["status"] for c in group]
-            taken = [c for c in group if c["status"] in counts_as_result and is_finite_number(c.get(metric))]
+            taken = [c for c in group if counts_as_result(c["status"]) and is_finite_number(c.get(metric))]
             good = [c[metric] for c in taken]
             if unconverged is not None:
                 unconverged[i, j] = sum(c.get(mark) == 0 for c in taken)
@@ -211,8 +215,8 @@ def phase_grid(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[str, A
                 status[i][j] = "diverged"
             elif "failed" in states:
                 status[i][j] = "failed"
-            elif all(s == "finished" for s in states):
-                status[i][j] = "ok"  # finished, but the metric was not measured
+            elif all(has_final_values(s) for s in states):  # ran to the end, but the metric was not measured
+                status[i][j] = "ok" if all(s == "finished" for s in states) else "partial"
     best = None
     candidates = [(i, j) for i in range(ny) for j in range(nx) if np.isfinite(values[i, j]) and status[i][j] == "ok"]
     if candidates and metric not in _NO_OPTIMUM and not is_spectrum_column(metric):
@@ -476,9 +480,10 @@ def cell_label(cell: Mapping[str, Any], axes: Sequence[Mapping[str, Any]] = ()) 
 
 
 def default_trajectory_cells(cells: Sequence[Mapping[str, Any]], metric: str = "test_accuracy", limit: int = 4) -> list[int]:
-    """A few telling cells: the best finished one, the worst finished one, and the first
-    diverged ones (at most ``limit``)."""
-    finished = [c for c in cells if c["status"] == "finished" and is_finite_number(c.get(metric))]
+    """A few telling cells: the best and the worst of those that ran to the end (finished or
+    collapsed: :func:`~catapult.engine.records.has_final_values`), and the first diverged ones
+    (at most ``limit``)."""
+    finished = [c for c in cells if has_final_values(c["status"]) and is_finite_number(c.get(metric))]
     chosen: list[int] = []
     if finished:
         pick = max if higher_is_better(metric) else min

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from catapult.analysis import is_finite_number
 from catapult.arguments import check_flag
+from catapult.engine.records import has_final_values
 from catapult.files import save_figure
 from catapult.plots.phase import plain_text, value_positions, value_selects
 from catapult.sweep.spec import canonical_json
@@ -158,7 +159,7 @@ def transfer_curves(cells: Sequence[Mapping[str, Any]], axes: Sequence[Mapping[s
         if at is not None:
             x_labels.setdefault(xv, str(by_key[x]["labels"][at]))
         # a collapsed run finished (the store keeps it as finished): its metric counts, as in the phase grid
-        value = cell.get(metric) if cell["status"] in ("finished", "collapsed") else None
+        value = cell.get(metric) if has_final_values(cell["status"]) else None
         bucket = groups.setdefault(p, {}).setdefault(s, {}).setdefault(xv, [])
         bucket.append(float(value) if is_finite_number(value) else math.nan)
     if not groups and not unfinished:

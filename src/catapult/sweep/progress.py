@@ -6,6 +6,7 @@ import sys
 import time
 from typing import Any, Mapping
 
+from catapult.engine.records import has_final_values
 from catapult.sweep.store_schema import DONE_STATUSES
 
 __all__ = ["SweepProgress"]
@@ -84,7 +85,7 @@ class SweepProgress:
             eta_text = "?" if eta is None else time.strftime("%H:%M:%S", time.gmtime(eta))
             extra = ""
             summary = getattr(result, "summary", None) or {}
-            if status == "finished" and summary.get("final_test_accuracy") is not None:
+            if has_final_values(status) and summary.get("final_test_accuracy") is not None:
                 extra = f" test_acc {summary['final_test_accuracy']:.4f}"
             elif status == "failed":
                 err = (getattr(result, "error", "") or "").splitlines()[:1]

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from catapult.arguments import check_flag
-from catapult.engine.records import EIG_CONVERGED_COLUMN, SHARPNESS_CONVERGED_COLUMN, is_spectrum_column, metric_columns
+from catapult.engine.records import EIG_CONVERGED_COLUMN, SHARPNESS_CONVERGED_COLUMN, has_final_values, is_spectrum_column, metric_columns
 from catapult.files import MARK
 from catapult.writing import csv_text, write_text_whole, write_whole
 from catapult.sweep.store_schema import BEST_METRICS, FINAL_METRICS  # not .store: it re-exports this module
@@ -77,7 +77,7 @@ def last_spectrum(store, cell: dict) -> dict[str, float]:
     last value before it blew up would flatter it (its eig_1 stood beside a blank sharpness). A
     collapsed run finished (its final sharpness is kept): its values are given (they were left out)."""
     logged = [c for c in metric_columns(cell.get("config")) if is_spectrum_column(c)]
-    if not logged or cell.get("status") not in ("finished", "collapsed"):   # as the store gives a final sharpness
+    if not logged or not has_final_values(cell.get("status")):   # as the store gives a final sharpness
         return {}
     last: dict[str, float] = {}
     for row in store.metrics(cell["id"]):
@@ -260,7 +260,7 @@ def aggregate_table(store) -> tuple[list[str], list[list[Any]]]:
         row = [members[0][index[k]] for k in keys]
         row += [len(done), statuses.count("finished"), statuses.count("diverged"), statuses.count("collapsed"),
                 common.pop() if len(common) == 1 else "mixed"]
-        finished = [r for r in done if r[index["status"]] in ("finished", "collapsed")]
+        finished = [r for r in done if has_final_values(r[index["status"]])]
         for m in metrics:
             # a diverged seed's train accuracy and best values are from before it blew up: they
             # would flatter the cell (plot, transfer and the paper count it a failure)
