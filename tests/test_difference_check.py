@@ -163,3 +163,20 @@ def test_the_kink_bound_and_the_rounding_level_are_the_measured_constants():
     eps = 2.0 ** -52
     assert rounding_level(eps, 2.0) == 128 * eps
     assert relative_gap(60 * eps, 1e-10, noise=rounding_level(eps, 1.0)) == 0.0
+
+
+def test_a_difference_that_is_not_finite_is_accepted_as_a_diverged_models_nan():
+    # Mutation pass 22 (DF4, DF5): either norm not finite is a nan gap, and a nan gap is accepted at
+    # the first step (the solvers report the nan), not retried into an UnreliableDifferenceError
+    import math
+
+    from catapult.curvature.difference import checked_difference, relative_gap
+
+    assert math.isnan(relative_gap(math.inf, 1.0)) and math.isnan(relative_gap(1.0, math.nan))
+    calls = []
+
+    def product_at(h):
+        calls.append(h)
+        return math.nan, (lambda accepted: "nan product" if accepted else None)
+
+    assert checked_difference(product_at, 1e-3)[::2] == ("nan product", 0) and calls == [1e-3]
