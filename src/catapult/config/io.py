@@ -19,7 +19,7 @@ from catapult.config.sections import RUN_NAME, RunConfig
 
 __all__ = ["STUDY_SECTIONS", "parse_override", "apply_overrides", "read_mapping", "read_yaml", "key_positions",
            "load_config", "dump_config", "safe_yaml", "yaml_problem", "plain_data", "MAX_YAML_DEPTH",
-           "MAX_YAML_NODES", "MAX_CONFIG_BYTES", "name_from_file"]
+           "MAX_YAML_NODES", "MAX_CONFIG_BYTES", "name_from_file", "located_problems"]
 
 #: Each top-level section that belongs to a study command, not to the run, and that command
 #: (named when an override sets one of its keys).
@@ -412,9 +412,24 @@ def read_mapping(path: str | Path) -> dict:
     return read_yaml(path)[0]
 
 
-def _located(problems: Iterable[tuple[str, str]], positions: Mapping[str, tuple[int, int]],
-             file: str) -> list[tuple[str, str]]:
-    """Each problem whose key is in the file, with ``(file line L, column C)`` appended."""
+def located_problems(problems: Iterable[tuple[str, str]], positions: Mapping[str, tuple[int, int]],
+                     file: str, overrides: Iterable[str] = ()) -> list[tuple[str, str]]:
+    """Each problem whose key is written in the file (``positions``: :func:`read_yaml`'s), with
+    ``(file line L, column C)`` appended; not one whose key (or a section above it) a ``key=value``
+    of ``overrides`` set: that value came from the command line, not from the file. What
+    ``catapult train`` and ``catapult sweep`` both say of a config's problems.
+
+    >>> problems = [("train.steps", "must be > 0"), ("optimizer.lr", "must be > 0"), ("seed", "bad")]
+    >>> at = {"train.steps": (3, 3), "optimizer.lr": (5, 3)}
+    >>> for key, message in located_problems(problems, at, "a.yaml", ["optimizer=..."]):
+    ...     print(key, "|", message)
+    train.steps | must be > 0 (a.yaml line 3, column 3)
+    optimizer.lr | must be > 0
+    seed | bad
+    """
+    for text in overrides:
+        key = text.split("=", 1)[0].strip()
+        positions = {k: v for k, v in positions.items() if k != key and not k.startswith(key + ".")}
     out = []
     for key, message in problems:
         if key in positions:
@@ -470,15 +485,11 @@ def load_config(path: str | Path, overrides: Iterable[str] = (), set_aside: dict
         mapping.pop(section, None)
     overrides = list(overrides)
     mapping = apply_overrides(mapping, overrides)
-    # an overridden value did not come from the file: its problem has no place there
-    for text in overrides:
-        key = text.split("=", 1)[0].strip()
-        positions = {k: v for k, v in positions.items() if k != key and not k.startswith(key + ".")}
     unnamed = name_from_file(mapping, path)
     try:
         config = validate(mapping, checks=checks)
     except ConfigError as err:
-        raise ConfigError(unnamed + _located(err.problems, positions, path.name)) from None
+        raise ConfigError(unnamed + located_problems(err.problems, positions, path.name, overrides)) from None
     if unnamed:
         raise ConfigError(unnamed)
     return config

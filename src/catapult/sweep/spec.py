@@ -56,7 +56,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 
 from catapult import config as cfg
-from catapult.config.io import name_from_file, plain_data
+from catapult.config.io import located_problems, name_from_file, plain_data
 from catapult.sweep.dotted import get_dotted, set_dotted
 from catapult.sweep.variants import SweepNote, cell_mapping, grid_notes, swept_key_hint
 
@@ -402,7 +402,8 @@ def load_sweep(path: str | Path, overrides: Iterable[str] = (),
     sections the file had (``coord_check:``), which a sweep does not run.
     """
     path = Path(path)
-    mapping = cfg.read_mapping(path)
+    mapping, positions = cfg.read_yaml(path)
+    overrides = list(overrides)
     base_overrides, sweep_overrides = _split_overrides(overrides)
     section = mapping.pop("sweep", None)
     for other in cfg.STUDY_SECTIONS:
@@ -410,7 +411,8 @@ def load_sweep(path: str | Path, overrides: Iterable[str] = (),
             set_aside[other] = mapping[other]
         mapping.pop(other, None)
     if section is not None and not isinstance(section, Mapping):
-        raise cfg.ConfigError([("sweep", f"expected a mapping with keys grid and seeds, got {section!r}")])
+        raise cfg.ConfigError(located_problems([("sweep", f"expected a mapping with keys grid and seeds, got "
+                                                          f"{section!r}")], positions, path.name, overrides))
     section = _apply_sweep_overrides(dict(section or {}), sweep_overrides)
     problems: list[tuple[str, str]] = []
     try:
@@ -431,8 +433,8 @@ def load_sweep(path: str | Path, overrides: Iterable[str] = (),
             if key in overridden:
                 axis = "sweep.seeds" if key == "seed" and "seeds" in spec.raw else f"sweep.grid.{key}"
                 problems.append((key, f"is swept by {axis}; override the axis instead ({axis}=[...])"))
-    if problems:
-        raise cfg.ConfigError(problems)
+    if problems:  # a key written in the file: its line and column there, as catapult train says
+        raise cfg.ConfigError(located_problems(problems, positions, path.name, overrides))
     return base, spec
 
 
