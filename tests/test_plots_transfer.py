@@ -57,6 +57,10 @@ def test_optima_and_drift_in_log2_units(tmp_path):
     # without a panel key the one panel is "all", as in the figure (the table said "None")
     one = transfer_curves([c for c in _cells() if c["swept"]["model.parametrization"] == "sp"], AXES, panel=None)
     assert "| all |" in transfer_table(one) and "None" not in transfer_table(one)
+    # and --json names that panel as the table does (it wrote the key "None")
+    from catapult.plots.transfer import transfer_summary
+    summary = transfer_summary(one)
+    assert list(summary["optima"]) == list(summary["drift_log2"]) == list(summary["spread"]) == ["all"]
     only = transfer_curves(_cells(), AXES, where={"seed": 1})
     assert optima(only)["sp"][1.0][1] == pytest.approx(1.01)
     with pytest.raises(ValueError, match="not a swept key"):
@@ -98,7 +102,7 @@ def test_transfer_command_on_a_real_sweep(tmp_path, capsys):
     assert main(["transfer", str(store), "--out", str(tmp_path / "tr.png"), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["panel"] is None and out["series"] == "model.density"
-    assert set(out["optima"]["None"]) == {"1.0", "0.25"}
+    assert set(out["optima"]["all"]) == {"1.0", "0.25"}
     assert (tmp_path / "tr.png").exists()
     assert main(["transfer", str(store), "--x", "model.width"]) == 2
     assert main(["report", str(store), "--out", str(tmp_path / "r.html")]) == 0
@@ -125,9 +129,9 @@ def test_a_list_valued_key_as_series_or_panel_gives_curves_not_a_traceback(tmp_p
     assert main(["transfer", str(store), "--series", "optimizer.betas", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     # FakeRun's test loss is 0.1 + lr: the optimum is the smallest lr under either betas
-    assert out["optima"]["None"] == {"[0.9, 0.999]": {"x": 0.1, "metric": pytest.approx(0.2)},
+    assert out["optima"]["all"] == {"[0.9, 0.999]": {"x": 0.1, "metric": pytest.approx(0.2)},
                                      "[0.95, 0.99]": {"x": 0.1, "metric": pytest.approx(0.2)}}
-    assert out["drift_log2"] == {"None": 0.0}
+    assert out["drift_log2"] == {"all": 0.0}
     assert main(["transfer", str(store), "--panel", "optimizer.betas", "--out", str(tmp_path / "p.png")]) == 0
     table = capsys.readouterr().out
     assert "| [0.9, 0.999] |" in table and "| [0.95, 0.99] |" in table
@@ -152,7 +156,7 @@ def test_an_optimum_at_zero_is_no_finite_log2_drift_and_is_drawn():
     assert drift(curves) == {None: math.inf} and shift(curves) == {None: math.inf}
     assert "| inf | inf |" in transfer_table(curves)
     summary = transfer_summary(curves)
-    assert summary["drift_log2"] == {"None": None} and summary["shift_log2"] == {"None": None}
+    assert summary["drift_log2"] == {"all": None} and summary["shift_log2"] == {"all": None}
     json.loads(json.dumps(summary, allow_nan=False))      # strict JSON: no Infinity
     fig = plot_transfer(curves)
     ax = fig.axes[0]

@@ -64,8 +64,8 @@ def test_plot_transfer_and_report_say_how_many_cells_are_unfinished(tmp_path, ca
     captured = capsys.readouterr()
     summary = json.loads(captured.out)
     assert summary["unfinished_cells"] == 2
-    assert summary["incomplete_optima"] == [{"panel": "None", "series": "0.5", "unfinished": 2}]
-    assert summary["optima"]["None"]["0.5"]["x"] == 0.04  # what the finished rows say, flagged above
+    assert summary["incomplete_optima"] == [{"panel": "all", "series": "0.5", "unfinished": 2}]
+    assert summary["optima"]["all"]["0.5"]["x"] == 0.04  # what the finished rows say, flagged above
     assert "2 cells are unfinished" in captured.err and "density=0.5 (2)" in captured.err
 
     assert main(["transfer", str(store), "--out", str(tmp_path / "t.png")]) == 0
@@ -93,4 +93,4 @@ def test_transfer_counts_a_collapsed_cell_as_a_result_not_as_unfinished(tmp_path
     summary = json.loads(captured.out)
     assert summary["unfinished_cells"] == 0 and summary["incomplete_optima"] == []
     assert "unfinished" not in captured.err
-    assert summary["optima"]["None"]["0.5"]["x"] == 0.01  # FakeRun's test loss 0.1 + lr: the collapsed cell's 0.11
+    assert summary["optima"]["all"]["0.5"]["x"] == 0.01  # FakeRun's test loss 0.1 + lr: the collapsed cell's 0.11

@@ -70,7 +70,7 @@ def test_export_aggregate_gives_mean_std_and_n_seeds(tmp_path):
                                  metric="test_accuracy")
         (_, sd, n), = curves.spread[None][None][:1]
         assert n == 3 and sd == pytest.approx(statistics.stdev(float(c["test_accuracy"]) for c in lr0))
-        assert transfer_summary(curves)["spread"]["None"]["None"][0]["n"] == 3
+        assert transfer_summary(curves)["spread"]["all"]["all"][0]["n"] == 3
         assert plot_transfer(curves).axes[0].collections  # the ± std band
         page = build_report(st)
     assert "Over seeds (mean ± std)" in page

@@ -61,10 +61,10 @@ def test_catapult_transfer_warns_of_an_optimum_at_the_grid_s_end(tmp_path, capsy
     assert main(["transfer", str(store), "--out", str(tmp_path / "e.png"), "--json"]) == 0
     captured = capsys.readouterr()
     out = json.loads(captured.out)
-    optima = {s: o["x"] for s, o in out["optima"]["None"].items()}
+    optima = {s: o["x"] for s, o in out["optima"]["all"].items()}
     assert optima == {"1.0": 2.0**-6, "0.25": 2.0**-6}         # 8 Adam steps: the largest lr is best
-    assert out["edge_optima"] == [{"panel": "None", "series": "1.0", "end": "highest"},
-                                  {"panel": "None", "series": "0.25", "end": "highest"}]
+    assert out["edge_optima"] == [{"panel": "all", "series": "1.0", "end": "highest"},
+                                  {"panel": "all", "series": "0.25", "end": "highest"}]
     assert "warning: the best optimizer.lr is at an end of the grid" in captured.err
     assert main(["report", str(store), "--out", str(tmp_path / "r.html")]) == 0      # the page says so too
     assert "At the grid's end:</b> the best optimizer.lr is at an end of the grid" in (tmp_path / "r.html").read_text()

@@ -395,22 +395,30 @@ def transfer_table(curves: TransferCurves) -> str:
 
 
 def transfer_summary(curves: TransferCurves) -> dict:
-    """The optima, drifts and shifts as plain JSON-ready data (NaN and inf as None; keys as text)."""
+    """The optima, drifts and shifts as plain JSON-ready data (NaN and inf as None; keys as text,
+    as the table writes them: ``"all"`` for the one panel or series when there is no panel or
+    series key, not ``"None"``)."""
     def num(v: float):
         return v if math.isfinite(v) else None   # strict JSON has no NaN or Infinity
 
+    def p_(value: Any) -> str:
+        return _label(None, value) if curves.panel_key is None else _shown(value)
+
+    def s_(value: Any) -> str:
+        return _label(None, value) if curves.series_key is None else _shown(value)
+
     return {"x": curves.x_key, "x_unit": "c of c/lambda0" if curves.x_relative else "value",
             "series": curves.series_key, "panel": curves.panel_key, "metric": curves.metric,
-            "optima": {_shown(p): {_shown(s): (None if o is None else {"x": o[0], "metric": o[1]}) for s, o in by.items()}
+            "optima": {p_(p): {s_(s): (None if o is None else {"x": o[0], "metric": o[1]}) for s, o in by.items()}
                        for p, by in optima(curves).items()},
-            "drift_log2": {_shown(p): num(d) for p, d in drift(curves).items()},
-            "shift_log2": {_shown(p): num(d) for p, d in shift(curves).items()},
-            "spread": {_shown(p): {_shown(s): [{"x": xv, "std": num(sd), "n": n} for xv, sd, n in pts]
+            "drift_log2": {p_(p): num(d) for p, d in drift(curves).items()},
+            "shift_log2": {p_(p): num(d) for p, d in shift(curves).items()},
+            "spread": {p_(p): {s_(s): [{"x": xv, "std": num(sd), "n": n} for xv, sd, n in pts]
                                    for s, pts in by.items()} for p, by in curves.spread.items()},
             "unfinished_cells": sum(curves.unfinished.values()),
-            "incomplete_optima": [{"panel": _shown(p), "series": _shown(s), "unfinished": n}
+            "incomplete_optima": [{"panel": p_(p), "series": s_(s), "unfinished": n}
                                   for p, s, n in incomplete_optima(curves)],
-            "edge_optima": [{"panel": _shown(p), "series": _shown(s), "end": end} for p, s, end in edge_optima(curves)]}
+            "edge_optima": [{"panel": p_(p), "series": s_(s), "end": end} for p, s, end in edge_optima(curves)]}
 
 
 def plot_transfer(curves: TransferCurves, path: str | Path | None = None, *, title: str | None = None) -> Figure:
