@@ -44,3 +44,17 @@ def test_the_demo_table_shows_a_collapsed_runs_final_values():
     row = report_table([config], {"r": summary}).splitlines()[2].split("|")[1:-1]
     # final loss, final sharpness and 3.0 / 4.0 = 0.75 (not '-')
     assert [row[5].strip(), row[8].strip(), row[10].strip()] == ["2.3", "3", "0.75"]
+
+
+def test_the_sweep_progress_line_shows_a_collapsed_cells_test_accuracy():
+    import io
+    from types import SimpleNamespace
+
+    from catapult.sweep.progress import SweepProgress
+
+    stream = io.StringIO()
+    progress = SweepProgress(2, {}, mode="lines", stream=stream)
+    progress.update(0, "collapsed", {"optimizer.lr": 0.1}, SimpleNamespace(summary={"final_test_accuracy": 0.1}))
+    progress.update(1, "finished", {"optimizer.lr": 0.2}, SimpleNamespace(summary={"final_test_accuracy": 0.5}))
+    assert [" test_acc 0.1000 " in line for line in stream.getvalue().splitlines()] == [True, False]
+    assert " test_acc 0.5000 " in stream.getvalue().splitlines()[1]
