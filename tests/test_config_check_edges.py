@@ -82,3 +82,13 @@ def test_step_counts_have_an_upper_bound(tmp_path, capsys, section, key, low):
     err = capsys.readouterr().err
     assert f"{section}.{key}" in err and "1000000000" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("checks", [2, -1])
+def test_an_integer_other_than_0_or_1_is_no_checks_flag(checks):
+    # Mutation pass 22 (CV1): checks=2 was taken as True
+    from catapult.config import validate
+
+    with pytest.raises(TypeError, match=f"validate: checks must be True or False, got {checks}"):
+        validate({}, checks=checks)
+    assert validate({}, checks=1) == validate({}, checks=True)

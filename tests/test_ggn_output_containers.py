@@ -68,3 +68,28 @@ def test_ggn_of_a_wrapped_output_is_the_dense_one(case, chunk_size):
     truth = np.linalg.eigvalsh(dense_ggn(model.net, plain, batch))[-1]
     est = catapult.sharpness(model, loss_fn, batch, curvature="ggn", tol=1e-10, max_iter=200, chunk_size=chunk_size)
     assert est.value == pytest.approx(truth, rel=1e-8)
+
+
+class _Box:
+    """An output of a class the walker cannot see into."""
+
+    def __init__(self, t):
+        self.t = t
+
+
+class _Boxed(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(2, 1)
+
+    def forward(self, x):
+        return _Box(self.lin(x))
+
+
+def test_a_loss_that_reaches_the_parameters_through_an_opaque_output_is_refused_not_a_zero_g():
+    # Mutation pass 22 (GN2): J is taken from the outputs it can see (none here): G came out 0
+    from catapult.curvature.ggn import GaussNewtonOperator
+
+    x, y = torch.ones(3, 2), torch.zeros(3, 1)
+    with pytest.raises(ValueError, match="through an output it cannot see into \\(_Box"):
+        GaussNewtonOperator(_Boxed(), lambda out, target: ((out.t - target) ** 2).mean(), (x, y))

@@ -57,3 +57,15 @@ def test_the_advised_form_is_the_same_step_and_measures_it():
     assert torch.equal(a.weight, b.weight)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, maximize=False)
     assert catapult.critical_lr(model, F.mse_loss, batch, opt, lr_start=1 / 64).lr == 0.5078125
+
+
+def test_an_empty_group_with_maximize_is_not_refused_but_the_first_one_with_parameters_is():
+    # Mutation pass 22 (RG3): a group without parameters steps nothing, whatever it says
+    from catapult.optim.registry import refuse_maximize
+
+    w = torch.nn.Parameter(torch.zeros(2))
+    refuse_maximize(torch.optim.SGD([{"params": [], "maximize": True}, {"params": [w]}], lr=0.1), "critical_lr")
+    v = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.SGD([{"params": [], "maximize": True}, {"params": [w]}, {"params": [v], "maximize": True}], lr=0.1)
+    with pytest.raises(ValueError, match="critical_lr: param group 2 has maximize=True"):
+        refuse_maximize(opt, "critical_lr")
