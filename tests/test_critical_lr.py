@@ -334,15 +334,38 @@ def test_float32_ties_keep_the_search_going():
     assert res.lower > 1.0
 
 
-def test_flat_loss_stops_at_lr_max_or_warns():
-    model = Point([0.0, 0.0])                         # at the minimum: u = 0, L constant
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    A = torch.eye(2, dtype=torch.float64)
-    res = critical_lr(model, quadratic, (BATCH_INPUT, A), opt, lr_max=1.0)
-    assert (res.lr, res.upper) == (1.0, 1.0)
-    with pytest.warns(RuntimeWarning, match="doublings"):
-        res = critical_lr(model, quadratic, (BATCH_INPUT, A), opt)
-    assert res.upper == math.inf and res.forward_passes == 2 + 64
+@pytest.mark.parametrize("make_opt", [lambda ps: torch.optim.SGD(ps, lr=0.0), lambda ps: torch.optim.Adam(ps),
+                                      lambda ps: GIAdam(ps, lr=0.1)], ids=["sgd", "adam", "gi_adam"])
+def test_a_zero_step_returns_at_once_saying_so(make_opt):
+    # at the minimum of L = x.x / 2 the gradient is 0, so the step is u = 0 (SGD: g; Adam's first: m_hat = 0):
+    # L(theta - lr u) = L0 at every lr. It spent 1 + 65 forwards doubling lr_start 64 times and warned that
+    # "the loss still falls" (it never moves); under lr_max it returned lr_max without a word
+    model = Point([0.0, 0.0])
+    forwards = []
+    model.register_forward_hook(lambda *args: forwards.append(1))
+    opt = make_opt(model.parameters())
+    state = copy.deepcopy(opt.state_dict())
+    for lr_max, expected, said in ((1.0, 1.0, r"1 \(lr_max\)"), (None, math.inf, r"inf \(no lr_max\)")):
+        forwards.clear()
+        with pytest.warns(RuntimeWarning, match=r"the optimizer's next step is zero .* no lr changes the loss, so "
+                                                r"none is critical; returning lr = lower = upper = " + said) as record:
+            res = critical_lr(model, quadratic, (BATCH_INPUT, torch.eye(2, dtype=torch.float64)), opt, lr_max=lr_max)
+        assert [w.filename for w in record] == [__file__]
+        assert (res.lr, res.lower, res.upper, res.loss0) == (expected, expected, expected, 0.0)
+        assert res.forward_passes == 1 and len(forwards) == 1
+        assert torch.equal(model.x, torch.zeros(2, dtype=torch.float64)) and model.x.grad is None
+        assert opt.state_dict() == state and len(opt.state) == 0
+
+
+def test_a_zero_gradient_with_momentum_still_moves_and_is_searched():
+    # g = 0 but a momentum buffer b = (1, 0): u = 0.5 b, and L = |lr u|^2 / 2 > L0 = 0 at lr_start already
+    model = Point([0.0, 0.0])
+    opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.5)
+    opt.state[model.x]["momentum_buffer"] = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = critical_lr(model, quadratic, (BATCH_INPUT, torch.eye(2, dtype=torch.float64)), opt, lr_start=0.25)
+    assert (res.lr, res.lower, res.upper, res.forward_passes) == (0.25, 0.0, 0.25, 2)
 
 
 def _diag_problem():
@@ -430,7 +453,7 @@ def test_warnings_point_at_the_callers_line_so_each_call_site_is_warned():
         critical_lr(model, torch.nn.MSELoss(), batch, torch.optim.SGD(model.parameters(), lr=0.1))
     assert [w.filename for w in record] == [__file__]
     flat = torch.nn.Linear(2, 1)
-    loss = lambda out, _: 0.0 * out.sum() + 1.0                            # noqa: E731 (never rises)
+    loss = lambda out, _: -out.sum()                                       # noqa: E731 (never rises)
     with pytest.warns(RuntimeWarning, match="doublings") as record:
         critical_lr(flat, loss, (torch.randn(4, 2), None), torch.optim.SGD(flat.parameters(), lr=0.1))
     assert [w.filename for w in record] == [__file__]

@@ -75,7 +75,9 @@ class CriticalLR:
 
     Attributes:
         lr: the critical learning rate ``lr_c`` (= ``upper``; ``lr_max`` when the loss still
-            fell there; ``lr_start`` when it rose already at ``lr_start``).
+            fell there; ``lr_start`` when it rose already at ``lr_start``). A zero step (no lr
+            moves the parameters) warns (``RuntimeWarning``) and gives ``lr = lower = upper = lr_max``,
+            or ``inf`` without ``lr_max``, from the one forward pass.
         lower: the largest lr tried whose step did not raise the loss (0.0 if none).
         upper: the smallest lr tried whose step raised the loss, with
             ``L <= L0 + delta |L0|`` (``lr_max`` when capped; ``inf`` if no rise was ever found;
@@ -238,6 +240,16 @@ def coupled_l2_penalty(optimizer: torch.optim.Optimizer, direction: Sequence[tup
     return lambda lr: a + b * lr + c * lr * lr
 
 
+@torch.no_grad()
+def _zero_step(direction: Sequence[tuple[Tensor, Tensor]], sharded: bool, distributed: bool) -> bool:
+    """Whether every entry of the step ``u`` is zero (on every rank's rows when ``distributed``)."""
+    moving = sum(int(torch.count_nonzero(u.to_local() if sharded else u)) for _, u in direction)
+    if distributed:   # every rank reaches this (after the same direction checks): agree on one answer
+        device = direction[0][0].device if direction else torch.device("cpu")
+        moving = int(dist_ops.all_reduce_sum(torch.tensor([moving], dtype=torch.int64, device=device)).item())
+    return moving == 0
+
+
 @outside_inference_mode
 @same_call_on_every_rank
 def _warn_unmet_stop(lower: float, upper: float, loss_upper: float, rise_tolerance: float, objective0: float,
@@ -287,8 +299,10 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
     stopping at ``lr_start``.
 
     If the loss rises at ``lr_start``, ``lr_c = lr_start`` (``lower = 0``); if it still
-    falls at ``lr_max``, ``lr_c = lower = upper = lr_max``. A non-finite trial loss counts as a
-    rise. The returned lr is a *base* lr: a param group with ``lr_mult`` moves by
+    falls at ``lr_max``, ``lr_c = lower = upper = lr_max``. A zero step ``u = 0`` (a stationary
+    point: zero gradient, no momentum or coupled decay) changes the loss at no lr: it returns at
+    once, ``lr = lower = upper = lr_max`` (``inf`` without one), with a ``RuntimeWarning``. A
+    non-finite trial loss counts as a rise. The returned lr is a *base* lr: a param group with ``lr_mult`` moves by
     ``lr * lr_mult * u`` (the convention of ``catapult.schedules.attach``), so the result can
     be fed straight into a schedule; the groups' current ``lr`` values play no part (groups
     with different lrs but no ``lr_mult`` all move with the same trial lr: a ``UserWarning``
@@ -435,6 +449,15 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
                        f"the step divides by 0 (the optimizer's own step is inf or nan there too)")
                 raise NonFiniteStepError(f"critical_lr: the optimizer's step direction has {bad} non-finite entries "
                                          f"({why}); no lr can be measured")
+        if _zero_step(direction, sharded, distributed):
+            # a stationary point (g = 0, no momentum, no coupled decay): every trial loss is L0, so the
+            # doublings ran out (65 forwards) and warned that the loss "still falls" at lr_start 2^64
+            lr = math.inf if lr_max is None else lr_max
+            warnings.warn(f"critical_lr: the optimizer's next step is zero (a zero gradient with no momentum or "
+                          f"decay to move the parameters): no lr changes the loss, so none is critical; returning "
+                          f"lr = lower = upper = {lr:g} ({'lr_max' if lr_max is not None else 'no lr_max'}) "
+                          f"without a trial", RuntimeWarning, stacklevel=caller_stacklevel())
+            return CriticalLR(lr, lr, lr, passes, loss0)
         if sharded:  # this rank's rows of each parameter, moved in place, restored from copies
             with torch.no_grad():
                 in_place, shifted = [(p.to_local(), u.to_local()) for p, u in direction], []
