@@ -368,6 +368,19 @@ def test_a_zero_gradient_with_momentum_still_moves_and_is_searched():
     assert (res.lr, res.lower, res.upper, res.forward_passes) == (0.25, 0.0, 0.25, 2)
 
 
+def test_a_loss_that_never_rises_returns_the_largest_lr_tried():
+    # L = -(x1 + x2) falls along u = (-1, -1) at every lr: 64 doublings of lr_start = 1/4 run out at 2^62,
+    # and lr is that lower end (upper = inf); the warning said "returning upper = inf" and nothing of lr
+    model = Point([0.0, 0.0])
+    with pytest.warns(RuntimeWarning, match=r"not risen above L0 by lr = 4.61169e\+18, 64 doublings of lr_start "
+                                            r"\(no lr_max\); returning lr = lower = 4.61169e\+18, the largest lr "
+                                            r"tried \(not a critical lr\), and upper = inf"):
+        res = critical_lr(model, lambda out, _: -out.sum(), (BATCH_INPUT, None),
+                          torch.optim.SGD(model.parameters(), lr=0.0), lr_start=0.25)
+    assert (res.lr, res.lower, res.upper) == (2.0 ** 62, 2.0 ** 62, math.inf)
+    assert res.forward_passes == 1 + 1 + 64
+
+
 def _diag_problem():
     """GD on L(w) = ((2 w1 - 1)^2 + w2^2) / 2 from w = 0: u = (-2, 0), L(lr) = (4 lr - 1)^2 / 2,
     which rises above L0 = 1/2 exactly for lr > lr* = 2/4; every trial lr is dyadic, so every

@@ -75,9 +75,11 @@ class CriticalLR:
 
     Attributes:
         lr: the critical learning rate ``lr_c`` (= ``upper``; ``lr_max`` when the loss still
-            fell there; ``lr_start`` when it rose already at ``lr_start``). A zero step (no lr
-            moves the parameters) warns (``RuntimeWarning``) and gives ``lr = lower = upper = lr_max``,
-            or ``inf`` without ``lr_max``, from the one forward pass.
+            fell there; ``lr_start`` when it rose already at ``lr_start``). Two cases without a rise
+            warn (``RuntimeWarning``) and differ: without ``lr_max``, a loss that never rose in
+            ``MAX_DOUBLINGS`` (64) doublings of ``lr_start`` gives ``lr = lower`` (``lr_start 2^64``,
+            the largest lr tried) and ``upper = inf``; a zero step (no lr moves the parameters) gives
+            ``lr = lower = upper = lr_max``, or ``inf`` without ``lr_max``, from the one forward pass.
         lower: the largest lr tried whose step did not raise the loss (0.0 if none).
         upper: the smallest lr tried whose step raised the loss, with
             ``L <= L0 + delta |L0|`` (``lr_max`` when capped; ``inf`` if no rise was ever found;
@@ -299,10 +301,11 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
     stopping at ``lr_start``.
 
     If the loss rises at ``lr_start``, ``lr_c = lr_start`` (``lower = 0``); if it still
-    falls at ``lr_max``, ``lr_c = lower = upper = lr_max``. A zero step ``u = 0`` (a stationary
-    point: zero gradient, no momentum or coupled decay) changes the loss at no lr: it returns at
-    once, ``lr = lower = upper = lr_max`` (``inf`` without one), with a ``RuntimeWarning``. A
-    non-finite trial loss counts as a rise. The returned lr is a *base* lr: a param group with ``lr_mult`` moves by
+    falls at ``lr_max``, ``lr_c = lower = upper = lr_max``; with no ``lr_max``, if it has not risen
+    after 64 doublings, ``lr = lower = lr_start 2^64`` and ``upper = inf``. A zero step ``u = 0`` (a
+    stationary point: zero gradient, no momentum or coupled decay) changes the loss at no lr: it
+    returns at once, ``lr = lower = upper = lr_max`` (``inf`` without one). Both warn
+    (``RuntimeWarning``). A non-finite trial loss counts as a rise. The returned lr is a *base* lr: a param group with ``lr_mult`` moves by
     ``lr * lr_mult * u`` (the convention of ``catapult.schedules.attach``), so the result can
     be fed straight into a schedule; the groups' current ``lr`` values play no part (groups
     with different lrs but no ``lr_mult`` all move with the same trial lr: a ``UserWarning``
@@ -508,8 +511,9 @@ def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
                 break
             lower = lr
         else:
-            warnings.warn(f"critical_lr: the loss still falls at lr = {lower:g} after "
-                          f"{MAX_DOUBLINGS} doublings; returning upper = inf", RuntimeWarning,
+            warnings.warn(f"critical_lr: the loss has not risen above L0 by lr = {lower:g}, {MAX_DOUBLINGS} "
+                          f"doublings of lr_start (no lr_max); returning lr = lower = {lower:g}, the largest lr "
+                          f"tried (not a critical lr), and upper = inf", RuntimeWarning,
                           stacklevel=caller_stacklevel())
             return CriticalLR(lower, lower, math.inf, passes, loss0)
         upper, loss_upper = lr, loss_lr
