@@ -72,3 +72,24 @@ def test_start_entries_refuses_a_v0_beyond_float16_before_touching_the_state():
     v = opt.state[w]["exp_avg_sq"]
     assert float(v[1]) == 65024.0 and float(v[2]) == 16.0 and torch.equal(v[0], before["exp_avg_sq"][0])
     assert float(opt.state[w]["exp_avg"][1]) == 0.0 and float(opt.state[w]["exp_avg"][2]) == 0.0
+
+
+@pytest.mark.parametrize("where, grad", [(torch.tensor([False, True, True]), torch.tensor([0.0, 300.0, 1.0])),
+                                         (torch.tensor([True]), torch.tensor([0.0, 1.0, 1.0]))],
+                         ids=["v0_overflow", "where_shape"])
+def test_reset_state_leaves_the_state_as_it_was_when_start_entries_refuses(where, grad):
+    # the refusal came after reset_state_ had zeroed m and v at `where` (a where of shape (1,) broadcast:
+    # every entry), so a caught error left those entries at Adam's zero start
+    from catapult.sparsity import reset_state_
+    w = torch.nn.Parameter(torch.zeros(3, dtype=torch.float16))
+    opt = GIAdam([w], lr=0.1)
+    w.grad = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float16)
+    opt.step()
+    before = {k: v.clone() for k, v in opt.state[w].items()}
+    assert bool((before["exp_avg"] != 0).all()) and bool((before["exp_avg_sq"] != 0).all())
+    with pytest.raises(ValueError, match=r"(overflows torch.float16|where \(1,\).* must have the parameter's shape)"):
+        reset_state_(opt, w, where, grad.to(torch.float16))
+    assert opt.state[w].keys() == before.keys()
+    for key, value in before.items():   # bit-equal: the same bytes
+        assert torch.equal(opt.state[w][key].view(torch.int16 if value.dtype == torch.float16 else value.dtype),
+                           value.view(torch.int16 if value.dtype == torch.float16 else value.dtype)), key

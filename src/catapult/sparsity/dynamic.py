@@ -360,7 +360,9 @@ def reset_state_(optimizer: torch.optim.Optimizer, param: torch.Tensor, where: t
 
     Given ``grad`` (the entries' gradient, shaped like ``param``), an optimizer with a
     ``start_entries_(param, where, grad)`` method (:class:`~catapult.optim.GIAdam`, whose
-    second moment starts from the first gradient) then starts those entries' state from ``grad``.
+    second moment starts from the first gradient) then starts those entries' state from ``grad``;
+    should it refuse (a ``v_0`` beyond float16, a ``where`` of another shape), the state is left
+    as it was, bit for bit.
 
     >>> w = torch.nn.Parameter(torch.ones(3))
     >>> opt = torch.optim.Adam([w], lr=0.1)
@@ -370,9 +372,20 @@ def reset_state_(optimizer: torch.optim.Optimizer, param: torch.Tensor, where: t
     tensor([0.1000, 0.0000, 0.3000])
     """
     state = optimizer.state.get(param, {})
-    for value in state.values():
-        if isinstance(value, torch.Tensor) and value.shape == param.shape:
-            value.masked_fill_(where, 0)
-    start = getattr(optimizer, "start_entries_", None)
-    if grad is not None and callable(start):
-        start(param, where, grad)
+    start = getattr(optimizer, "start_entries_", None) if grad is not None else None
+    zeroed = [value for value in state.values() if isinstance(value, torch.Tensor) and value.shape == param.shape]
+    kept = []
+    if callable(start) and zeroed:
+        if where.shape != param.shape:   # (masked_fill_ broadcast it over the state before start's refusal)
+            raise ValueError(f"reset_state_: where {tuple(where.shape)} must have the parameter's shape "
+                             f"{tuple(param.shape)}")
+        kept = [(value, value[where].clone()) for value in zeroed]   # the entries alone: cheap
+    for value in zeroed:
+        value.masked_fill_(where, 0)
+    if callable(start):
+        try:
+            start(param, where, grad)
+        except BaseException:   # a refusal (GIAdam: a v_0 beyond float16) came after the zeroing: undo it,
+            for value, entries in kept:   # so the state is as it was, bit for bit
+                value[where] = entries
+            raise
