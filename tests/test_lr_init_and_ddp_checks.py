@@ -48,7 +48,7 @@ def test_train_ddp_names_each_key_in_its_way(change, key):
 
 
 def test_run_refuses_an_overwrite_that_is_not_a_flag_before_any_work(tmp_path, monkeypatch):
-    monkeypatch.setattr(engine.loop, "build_run", lambda config: pytest.fail("built the run"))
+    monkeypatch.setattr(engine.loop, "build_run", lambda config, **kwargs: pytest.fail("built the run"))
     with pytest.raises(TypeError, match="overwrite"):
         engine.run({"data": {"name": "digits", "n_train": 8}}, out_dir=tmp_path / "run", overwrite="no", progress="none")
     assert not (tmp_path / "run").exists()

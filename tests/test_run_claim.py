@@ -38,8 +38,8 @@ def _meanwhile(monkeypatch, action):
     which another process may start writing there)."""
     build = loop.build_run
 
-    def build_then_act(config):
-        setup = build(config)
+    def build_then_act(config, **kwargs):   # (trains=True: run() counts the training state)
+        setup = build(config, **kwargs)
         action()
         return setup
 

@@ -151,8 +151,8 @@ def test_collapse_rule_and_a_collapsed_run_is_reported_collapsed(monkeypatch):
 
     original = loop.build_run
 
-    def dead(cfg):
-        setup = original(cfg)
+    def dead(cfg, **kwargs):
+        setup = original(cfg, **kwargs)
         first = next(m for m in setup.model.modules() if isinstance(m, torch.nn.Linear))
         with torch.no_grad():
             first.weight.zero_()
