@@ -138,9 +138,11 @@ def test_a_vocabulary_the_shards_state_is_named_as_theirs_not_as_data_vocab_size
 
 @pytest.mark.parametrize("dtype, refused", [(torch.float32, False), (torch.float64, True)])
 def test_the_memory_check_counts_the_dtype_it_casts_to(dtype, refused, monkeypatch):
-    # a machine with room for the float32 weights and one byte more: float64 weights do not fit
+    # a machine with room for the float32 weights (and their tensors' TENSOR_BYTES each) and one byte more:
+    # float64 weights do not fit
     config = _config({"name": "mlp", "width": 8, "depth": 3})
-    weights = 4 * sum(p.numel() for p in build_model(config, 4, 2).parameters())
+    params = list(build_model(config, 4, 2).parameters())
+    weights = 4 * sum(p.numel() for p in params) + model_size.TENSOR_BYTES * len(params)
     monkeypatch.setattr(model_size, "_memory_bytes", lambda device: weights + 1)
     if refused:
         with pytest.raises(ConfigError, match="more than this machine's"):
@@ -352,7 +354,7 @@ def test_an_allocation_error_is_reported_in_gib_of_the_bytes_it_asked_for():
 
 
 def test_a_sweep_over_the_dtype_judges_each_dtypes_size(tmp_path, monkeypatch):
-    # mutation pass 21 (CR3): room for the trained float32 weights and one byte more (digits: 64 features, 10 classes): the
+    # mutation pass 21 (CR3): room for the trained float32 weights (and tensors) and one byte more (digits: 64 features, 10 classes): the
     # float64 cell is refused and the float32 one not (the verdict was kept by model and data alone: neither refused)
     from catapult.sweep import cell_refusals
     from catapult.sweep.driver import refuse_impossible_cells
@@ -360,7 +362,8 @@ def test_a_sweep_over_the_dtype_judges_each_dtypes_size(tmp_path, monkeypatch):
 
     base, spec = load_sweep(_sweep_file(tmp_path, "{name: digits}", "{name: mlp, width: 8, depth: 3}",
                                         grid="{dtype: [float32, float64]}"))
-    weights = 4 * model_parameters(base, 64, 10)   # trained (sgd): the weights and their gradients, 2 copies
+    # trained (sgd): the weights and their gradients, 2 copies, each of 6 tensors (3 layers) of TENSOR_BYTES beside their values
+    weights = 4 * model_parameters(base, 64, 10) + model_size.TENSOR_BYTES * 6
     monkeypatch.setattr(model_size, "_memory_bytes", lambda device: 2 * weights + 1)
     monkeypatch.setattr(cell_refusals, "load_data", _no_data)
     with pytest.raises(ConfigError, match="more than this machine's") as err:

@@ -73,13 +73,15 @@ def test_each_rank_holds_all_copies_under_ddp_and_its_share_under_fsdp(monkeypat
     from catapult.engine.model_size import training_fit
 
     # truth: Adam holds weights, gradients, exp_avg, exp_avg_sq (4 copies); DDP keeps them all on each rank,
-    # FSDP 4 / world of them, never less than the full weights it builds before sharding
+    # FSDP 4 / world of them, never less than the full weights it builds before sharding; and on every rank the
+    # TENSOR_BYTES of each of the 4 copies' 6 tensors (FSDP2 shards each parameter: a tensor each still)
     config = cfg.validate({"data": {"name": "digits"}, "model": {"name": "mlp", "width": 400, "depth": 3},
                            "optimizer": {"name": "adam", "lr": 0.001}, "train": {"fsdp": fsdp}})
     weights = 4 * model_parameters(config, 64, 10)
     fit = training_fit(config, world)
-    monkeypatch.setattr(model_size, "_memory_bytes", lambda device: copies * weights)
+    tensors = model_size.TENSOR_BYTES * 6 * 4
+    monkeypatch.setattr(model_size, "_memory_bytes", lambda device: copies * weights + tensors)
     check_model_fits(config, "cpu", **fit)              # exactly its need: fits
-    monkeypatch.setattr(model_size, "_memory_bytes", lambda device: copies * weights - 1)
+    monkeypatch.setattr(model_size, "_memory_bytes", lambda device: copies * weights + tensors - 1)
     with pytest.raises(cfg.ConfigError, match=r"model\.width=400"):
         check_model_fits(config, "cpu", **fit)

@@ -69,20 +69,36 @@ def model_parameters(config: Mapping[str, Any], in_features: int, out_features: 
         >>> model_parameters(config, 4, 2) == 4 * 10 + 28 * 10 * 10 + 10 * 2
         True
     """
+    return _model_counts(config, in_features, out_features)[0]
+
+
+#: Bytes each parameter tensor of a built model holds on the CPU beside its values, at least: the
+#: tensor and its Parameter, its storage, its module's share. Measured on torch 2.13 (a model's peak
+#: RSS over its tensors, built on the CPU): 2.1 KiB (an MLP of width 1, depth 20,000), 3.5 KiB (the same
+#: without biases; a GPT of width 2, 2,000 blocks), 3.6 KiB (a WRN of 700 blocks a group); half the least.
+#: A step adds as much for each gradient and each tensor of the optimizer's state (an MLP of width 8,
+#: depth 10,000: 2.9 KiB a gradient beside its values after backward; the first step 3.2 KiB a
+#: parameter tensor for sgd, 3.5 with momentum, 4.5 for adam's three state tensors and their values).
+TENSOR_BYTES = 1024
+
+
+def _model_counts(config: Mapping[str, Any], in_features: int, out_features: int) -> tuple[int, int]:
+    """``(parameters, parameter tensors)`` of the config's model, counted as :func:`model_parameters` says."""
     # masks are buffers: no parameter count change (and the mlp probed at depth 2 has no hidden layer to mask)
     model_cfg = {**config["model"], "density": 1.0, "base_density": 1.0}
     name, depth = model_cfg["name"], int(model_cfg["depth"])
     low, high = _PROBE_DEPTHS.get(name, (depth, depth))
 
-    def count(at_depth: int) -> int:
+    def count(at_depth: int) -> tuple[int, int]:
         with torch.random.fork_rng(devices=[]), torch.device("meta"), _NoMetaDraws():
             model = MODELS[name]({**model_cfg, "depth": at_depth}, in_features, out_features)
-        return sum(p.numel() for p in model.parameters())
+        params = list(model.parameters())
+        return sum(p.numel() for p in params), len(params)
 
     if depth <= high:
         return count(depth)
     at_low, at_high = count(low), count(high)
-    return at_high + (at_high - at_low) * (depth - high) // (high - low)
+    return tuple(h + (h - l) * (depth - high) // (high - low) for l, h in zip(at_low, at_high))
 
 
 def _memory_bytes(device: torch.device) -> int | None:
@@ -142,12 +158,15 @@ def gpt_context(config: Mapping[str, Any], in_features: int) -> int | None:
 
 def check_fits(config: Mapping[str, Any], in_features: int, out_features: int, device: torch.device,
                dtype: torch.dtype, *, state_copies: int = 0, shards: int = 1) -> None:
-    """Raise :class:`~catapult.config.ConfigError` when the model's weights alone exceed the
-    memory of the CPU, where it is built in float32, or of ``device`` in ``dtype``; with
-    ``state_copies`` (:func:`training_copies`: a run that trains) the weights and that many more
-    copies of them (its gradients and the optimizer's state) on ``device``, divided among
-    ``shards`` processes (``train.fsdp``: each rank holds ``1 / shards`` of them, and all of the
-    weights while it builds the model, so it needs the larger of the two).
+    """Raise :class:`~catapult.config.ConfigError` when the model's weights exceed the memory of the
+    CPU, where it is built in float32, or of ``device`` in ``dtype``; with ``state_copies``
+    (:func:`training_copies`: a run that trains) the weights and that many more copies of them (its
+    gradients and the optimizer's state) on ``device``, divided among ``shards`` processes
+    (``train.fsdp``: each rank holds ``1 / shards`` of them, and all of the weights while it builds
+    the model, so it needs the larger of the two). Every copy is a tensor for each parameter tensor,
+    and the CPU holds each such tensor's :data:`TENSOR_BYTES` beside its values, wherever its values
+    are (an FSDP rank too: it shards each parameter): a narrow model of millions of layers holds more
+    in its tensors than in its weights.
 
     Example:
         >>> from catapult.config import validate
@@ -160,28 +179,41 @@ def check_fits(config: Mapping[str, Any], in_features: int, out_features: int, d
         catapult.config.errors.ConfigError: model: model.width=100000 and model.depth=1000 make a model of 37,178.8 GiB, ...
     """
     try:
-        needed = 4 * model_parameters(config, in_features, out_features)  # float32
+        params, tensors = _model_counts(config, in_features, out_features)
     except NotImplementedError:  # a layer the meta device cannot build: no estimate, no check
         return
     except (RuntimeError, TypeError, OverflowError) as err:  # a shape past int64, even on meta
         raise size_error(config["model"], err, context=gpt_context(config, in_features)) from None
-    # built on the CPU in float32, then cast and moved: the CPU holds the larger of the two
+    needed = 4 * params  # float32
+    # built on the CPU in float32, then cast and moved: the CPU holds the larger of the two, and every
+    # tensor's own bytes (TENSOR_BYTES: a width-8 mlp of depth 10**7 has 2.9 GiB of weights, and its
+    # 2 * 10**7 tensors took 11 GiB of RSS in 5 minutes of building, on their way to ~40), its
+    # gradients' and its optimizer state's too once it trains
     final = needed * torch.finfo(dtype).bits // 32
     trained = max(final, -(-final * (1 + state_copies) // shards))
-    needs = [(torch.device("cpu"), max(needed, trained) if device.type == "cpu" else needed)]
+    built, held = TENSOR_BYTES * tensors, TENSOR_BYTES * tensors * (1 + state_copies)
+    # (size, its values, its tensors' bytes): the CPU's larger of the build and of training
+    cpu = max((needed + built, needed, built), ((trained if device.type == "cpu" else 0) + held,
+                                                 trained if device.type == "cpu" else 0, held))
+    needs = [(torch.device("cpu"), *cpu)]
     if device.type != "cpu":
-        needs.append((device, trained))
-    for where, size in needs:
+        needs.append((device, trained, trained, 0))
+    for where, size, values, overhead in needs:
         have = _memory_bytes(where)
         if have is not None and size > have:
             owner = "this machine's" if where.type == "cpu" else f"{where}'s"
             share = f", {1 + state_copies}/{shards} of them on each of {shards} processes" if shards > 1 else ""
             state = (f" with {state_copies} more {'copy' if state_copies == 1 else 'copies'} of its weights (its gradients and the "
                      f"{config['optimizer']['name']} optimizer's state{share})"
-                     if state_copies and size == trained and trained > final else "")
+                     if state_copies and values == trained and trained > final else "")
+            if overhead >= size // 2:   # its tensors, not its values, fill the memory
+                more = overhead // TENSOR_BYTES - tensors
+                whose = "their gradients" + (" and optimizer state" if state_copies > 1 else "")
+                state += (f" ({tensors:,} parameter tensors" + (f" and {more:,} more for {whose}" if more else "")
+                          + f", of at least {TENSOR_BYTES} bytes each beside their values)")
             raise _too_large(config["model"], f"make a model of {size / 2**30:,.1f} GiB{state}, more than {owner} "
                                               f"{have / 2**30:,.1f} GiB of memory", gpt_context(config, in_features),
-                             _vocabulary(config, in_features, out_features, have * needed // size))
+                             _vocabulary(config, in_features, out_features, have * needed // max(size, 1)))
 
 
 def optimizer_copies(config: Mapping[str, Any]) -> int:
