@@ -9,6 +9,7 @@ import contextlib
 import csv
 import errno
 import io
+import json
 import os
 import stat
 from pathlib import Path
@@ -153,15 +154,24 @@ def csv_cell(value: Any) -> str:
     """One CSV cell of catapult's tables (exports, ``metrics.csv``, coord-check): empty for
     ``None``; a float as its shortest exact repr, so it reads back bit-for-bit, with ``inf`` and
     ``nan`` as pandas reads them (a NumPy float too, whose own repr is ``np.float64(...)``);
-    anything else as ``str``.
+    a list, tuple or mapping (a swept ``optimizer.betas``) as its JSON text, which ``json.loads``
+    reads back (Python's ``str`` wrote ``['flip', 'crop']``, ``[True, None]``, ``(0.9, 0.999)``: no
+    JSON); anything else as ``str``.
 
     >>> [csv_cell(v) for v in (None, 0.1, float("inf"), 3, "adam")]
     ['', '0.1', 'inf', '3', 'adam']
+    >>> [csv_cell(v) for v in ([0.9, 0.999], ("flip", True, None), {"lr": 0.1})]
+    ['[0.9, 0.999]', '["flip", true, null]', '{"lr": 0.1}']
     """
     if value is None:
         return ""
     if isinstance(value, float):
         return float.__repr__(value)
+    if isinstance(value, (list, tuple, dict)):
+        try:
+            return json.dumps(value, ensure_ascii=False)
+        except (TypeError, ValueError):   # an item JSON has no form for (not one a store holds)
+            return str(value)
     return str(value)
 
 

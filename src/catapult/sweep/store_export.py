@@ -24,7 +24,7 @@ from typing import Any, Sequence
 from catapult.arguments import check_flag
 from catapult.engine.records import EIG_CONVERGED_COLUMN, SHARPNESS_CONVERGED_COLUMN, has_final_values, is_spectrum_column, metric_columns
 from catapult.files import MARK
-from catapult.writing import csv_text, write_text_whole, write_whole
+from catapult.writing import csv_cell, csv_text, write_text_whole, write_whole
 from catapult.sweep.store_schema import BEST_METRICS, FINAL_METRICS  # not .store: it re-exports this module
 
 __all__ = ["EXPORT_COLUMNS", "AGGREGATE_METRICS", "export_table", "aggregate_table", "mean_std", "last_spectrum", "spectrum_columns",
@@ -282,7 +282,9 @@ def write_csv(store, path: str | Path, *, aggregate: bool = False) -> Path:
 
 def write_parquet(store, path: str | Path, *, aggregate: bool = False) -> Path:
     """Write :func:`export_table` (or :func:`aggregate_table`) as Parquet (needs the optional
-    ``pyarrow``). Swept columns whose values mix numbers and strings are written as strings."""
+    ``pyarrow``). Swept columns whose values mix numbers and strings are written as strings (a list
+    or mapping among them as its JSON text, as :func:`write_csv` writes it); a column of lists (a
+    swept ``optimizer.betas``) as Parquet's list type, or as JSON text where its items mix types."""
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -296,9 +298,14 @@ def write_parquet(store, path: str | Path, *, aggregate: bool = False) -> Path:
         values = [row[j] for row in rows]
         kinds = {type(v) for v in values if v is not None}
         if len(kinds) > 1 and not kinds <= {int, float}:
-            values = [None if v is None else str(v) for v in values]
+            values = [None if v is None else csv_cell(v) for v in values]   # a list as JSON, as in the CSV
         elif kinds == {int, float}:
             values = [None if v is None else float(v) for v in values]
+        elif kinds & {list, tuple, dict}:
+            try:   # a list column (betas) as Parquet's own list type, else (mixed items) its JSON text
+                pa.array(values)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+                values = [None if v is None else csv_cell(v) for v in values]
         data[name] = values
     table = pa.table(data)
     # the mark by which a later export knows the file as its own to replace (catapult.files)
