@@ -171,10 +171,12 @@ def test_a_full_disk_is_a_message_and_leaves_no_run_directory(tiny, tmp_path, ca
 
 
 def test_a_run_that_fails_midway_removes_only_what_it_wrote(tiny, tmp_path, monkeypatch):
+    # (model.pt's write: before it the run holds nothing worth keeping; a figure or summary that
+    # fails after it keeps the run's files: tests/test_results_kept_after_training.py)
     def boom(*args, **kwargs):
-        raise RuntimeError("plot failed")
+        raise RuntimeError("save failed")
 
-    monkeypatch.setattr("catapult.engine.loop.plot_run", boom)
+    monkeypatch.setattr("catapult.engine.loop._save_weights", boom)
     config = C.load_config(tiny)
     with pytest.raises(RuntimeError):
         run(config, out_dir=tmp_path / "new", progress="none")
@@ -182,7 +184,7 @@ def test_a_run_that_fails_midway_removes_only_what_it_wrote(tiny, tmp_path, monk
     kept = tmp_path / "kept"
     monkeypatch.undo()
     run(config, out_dir=kept, progress="none")   # an earlier run's directory, where --overwrite may write
-    monkeypatch.setattr("catapult.engine.loop.plot_run", boom)
+    monkeypatch.setattr("catapult.engine.loop._save_weights", boom)
     (kept / "notes.txt").write_text("mine")
     with pytest.raises(RuntimeError):
         run(config, out_dir=kept, progress="none", overwrite=True)

@@ -94,7 +94,7 @@ def test_the_claim_is_released_after_a_run_and_after_a_failed_one(tmp_path, monk
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(loop, "plot_run", full_disk)  # fails after the claim, while writing
+    monkeypatch.setattr(loop, "_save_weights", full_disk)  # fails after the claim, while writing model.pt
     with pytest.raises(OSError, match="No space"):
         engine.run(_config(), out_dir=tmp_path / "bad", progress="none")
     assert not (tmp_path / "bad").exists()  # what the failed run created is gone, and its claim with it

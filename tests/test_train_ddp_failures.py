@@ -131,18 +131,27 @@ def test_one_rank_failing_mid_run_ends_every_rank_with_a_message(tmp_path):
 @pytest.mark.parametrize("fault, name", [("plot", "trajectories.png"), ("manifest", ".catapult-run.json")])
 def test_rank_0_failing_to_write_the_run_files_ends_every_rank_with_its_error(tmp_path, fault, name):
     """Rank 0's disk fills as it writes trajectories.png after the loop, or the run's manifest
-    before it: every rank exits 2 with the file and the problem in one line, and the run folder
-    goes. Rank 1 waited for a rank that had gone, in the closing barrier or the first step's
-    all-reduce (gloo: "another process of this run stopped", exit 1; NCCL: the watchdog's
-    timeout, then SIGABRT)."""
+    before it: every rank exits with the file and the problem in one line. Rank 1 waited for a
+    rank that had gone, in the closing barrier or the first step's all-reduce (gloo: "another
+    process of this run stopped", exit 1; NCCL: the watchdog's timeout, then SIGABRT). The
+    manifest's failure (before training) removes the run folder, exit 2, as in one process; the
+    figure's (after model.pt) keeps model.pt, metrics.csv and config.yaml, exit 1 (ResultsKept)."""
     config = _config(tmp_path)
     out = tmp_path / "run"
     results = _two_ranks(tmp_path, str(config), "--out", str(out), fail_rank=0, fault=fault)
     for code, err in results:
-        assert code == 2 and "Traceback" not in err and "another process" not in err, err
+        assert code == (1 if fault == "plot" else 2) and "Traceback" not in err and "another process" not in err, err
     # rank 0's line on every rank (its errno and file carried: rank_errors.error_verdict)
-    assert [err for _, err in results] == [f"catapult train-ddp: error: {out / name}: No space left on device\n"] * 2
-    assert not out.exists()                 # what rank 0 wrote goes, as in one process
+    if fault == "plot":
+        kept = ", ".join(str(out / n) for n in ("config.yaml", "metrics.csv", "model.pt"))
+        line = (f"catapult train-ddp: error: {out / name} could not be written (No space left on device); the work "
+                f"finished and its {kept} are kept (the files after it are not written)\n")
+        assert [err for _, err in results] == [line] * 2
+        assert {"config.yaml", "metrics.csv", "model.pt"} <= {p.name for p in out.iterdir()}
+        assert not (out / "summary.json").exists()
+    else:
+        assert [err for _, err in results] == [f"catapult train-ddp: error: {out / name}: No space left on device\n"] * 2
+        assert not out.exists()                 # what rank 0 wrote goes, as in one process
 
 
 def test_a_refusal_of_catapults_own_on_one_rank_exits_2_on_every_rank_with_its_line(tmp_path):

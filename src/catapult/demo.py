@@ -195,6 +195,8 @@ def run_demo(out: str | Path = "runs/demo", *, workers: int | None = None, echo=
 
     ``workers`` processes (default: up to 2, the CPU count) run the configs with one torch
     thread each; ``workers=1`` runs them in this process. ``echo`` gets progress lines.
+    A failure before the runs are done removes an ``out`` it made; a figure or the report that
+    fails after them is a :class:`~catapult.engine.run_dir.ResultsKept` and the runs' folders stay.
     """
     # workers=0 ran the default 2 processes, -3 and True one, silently; 2.5 failed in the pool
     workers = check_integer("run_demo", "workers", workers, optional=True)
@@ -203,7 +205,9 @@ def run_demo(out: str | Path = "runs/demo", *, workers: int | None = None, echo=
     workers = max(1, min(workers or min(2, os.cpu_count() or 1), len(configs)))
     from catapult.engine.run_dir import made_out_dir
 
-    with made_out_dir(out):  # a full disk, a failed run, Ctrl-C: a folder it made goes (only that), as train's does
+    # a full disk, a failed run, Ctrl-C: a folder it made goes (only that), as train's does; once
+    # the runs are done, a figure or report that fails keeps their folders (results_kept)
+    with made_out_dir(out):
         return _run_into(out, configs, workers, echo)
 
 
@@ -239,12 +243,16 @@ def _run_into(out: Path, configs: list[dict], workers: int, echo) -> DemoResult:
     order = [c["name"] for c in configs]
     summaries = {name: summaries[name] for name in order}
     metrics = {name: metrics[name] for name in order}
+    from catapult.engine.run_dir import results_kept
+
+    # the runs are done: a figure or the report that fails keeps their folders (ResultsKept)
     figures = _figures(out, configs, summaries, metrics)
     wall = time.perf_counter() - started
     report = out / "report.md"
     table = report_table(configs, summaries)
-    text = _report(configs, table, figures, wall)
-    write_text_whole(report, text)
+    with results_kept(out, report.name, order + [f.name for f in figures]):
+        text = _report(configs, table, figures, wall)
+        write_text_whole(report, text)
     echo("")
     echo(table)
     echo("")
@@ -264,6 +272,7 @@ def _one_line(s: Mapping[str, Any]) -> str:
 
 
 def _figures(out: Path, configs, summaries, metrics) -> list[Path]:
+    from catapult.engine.run_dir import results_kept
     from catapult.plots import plot_trajectories
 
     figures = []
@@ -276,9 +285,10 @@ def _figures(out: Path, configs, summaries, metrics) -> list[Path]:
         title = (f"{'muP' if param == 'mup' else 'SP'}: FCN width {runs[0]['model']['width']}, depth "
                  f"{runs[0]['model']['depth']}; full-batch GD on MSE, digits; lr_trgt = {lr_text}, "
                  f"linear warmup over T_wrm steps")
-        write_whole(path, lambda fh: plot_trajectories(  # never a truncated figure of ours
-            {labels[c["name"]]: metrics[c["name"]] for c in runs}, fh, title=title,
-            statuses={labels[c["name"]]: summaries[c["name"]]["status"] for c in runs}))
+        with results_kept(out, path.name, [c["name"] for c in configs] + [f.name for f in figures]):
+            write_whole(path, lambda fh: plot_trajectories(  # never a truncated figure of ours
+                {labels[c["name"]]: metrics[c["name"]] for c in runs}, fh, title=title,
+                statuses={labels[c["name"]]: summaries[c["name"]]["status"] for c in runs}))
         figures.append(path)
     return figures
 

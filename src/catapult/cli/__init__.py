@@ -11,7 +11,9 @@ the config's micro-batches cannot split: ``MicroBatchRefused``, naming the key),
 with a short message on stderr (at most :data:`MAX_MESSAGE` characters, no traceback) and no
 partial run directory left behind; 1, with such a message, a run that failed on a measurement it
 cannot make (finite-difference products whose steps cross ReLU kinks, which the config's checks
-cannot foresee in float64: a pre-conditioned operator's steps are large on some parameters); 141 (128 + SIGPIPE, no message) when the reader of stdout
+cannot foresee in float64: a pre-conditioned operator's steps are large on some parameters), or whose
+step after the work failed (a figure, the summary: ``ResultsKept``, naming the file; what the work
+produced, ``model.pt`` and ``metrics.csv`` of a run, stays); 141 (128 + SIGPIPE, no message) when the reader of stdout
 went away, as in ``catapult sweep CONFIG --dry-run | head``.
 """
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Sequence
 from catapult.cli import coord_check, critical_lr, demo, spectrum, sweep, train, train_ddp
 from catapult.cli.common import add_config_arguments, apply_threads, config_from_args, overrides_from_args
 from catapult.config import ConfigError, MissingDependency
-from catapult.engine.run_dir import RunDirectoryError
+from catapult.engine.run_dir import ResultsKept, RunDirectoryError
 
 __all__ = ["main", "report", "build_parser", "COMMANDS", "add_config_arguments", "config_from_args",
            "overrides_from_args", "apply_threads", "MAX_MESSAGE"]
@@ -99,6 +101,9 @@ def report(command: str | None, err: BaseException, store: str | None = None) ->
     except RunDirectoryError as err:
         _error(command, str(err))
         return 2
+    except ResultsKept as err:  # a figure or summary after the work failed: its results stay, named
+        _error(command, str(err))
+        return 1
     except BrokenPipeError:  # whoever read stdout stopped (`catapult sweep --dry-run | head`): no error of the input
         _detach_stdout()
         return 141

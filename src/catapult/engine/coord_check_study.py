@@ -313,20 +313,30 @@ def run_coord_check(config: Mapping[str, Any], spec: Mapping[str, Any], *, out_d
                           flush=True)
     if out_dir is not None:
         out = Path(out_dir)
-        with made_out_dir(out):  # a full disk, a figure that fails, Ctrl-C: a folder it made goes, as train's does
+        # a full disk, Ctrl-C: a folder it made goes, as train's does; once coord_check.csv is written
+        # a figure or table that fails keeps it (results_kept)
+        with made_out_dir(out):
             _write_results(out, config, spec, rows, panels, plot_coord_check)
     return rows
 
 
 def _write_results(out: Path, config, spec, rows: list[dict], panels: str, plot_coord_check) -> None:
+    from catapult.engine.run_dir import results_kept
+
     table = csv_text(CSV_COLUMNS, ([row.get(column) for column in CSV_COLUMNS] for row in rows))
     write_text_whole(out / "coord_check.csv", table)
     write_text_whole(out / "config.yaml", cfg.dump_config(config) + cfg.dump_config({"coord_check": dict(spec)}))
+    # the measurements are written: a figure or the table that fails keeps them (ResultsKept)
+    kept = ["coord_check.csv", "config.yaml"]
     for parametrization, axis, part in result_groups(rows):
-        plot_coord_check(part, out / f"coord_check_{axis}_{parametrization}.png", xlabel=axis, panels=panels,
-                         title=f"{config['name']}: {parametrization}, mean |activation| vs {axis}")
-    write_text_whole(out / "coord_check_table.md", TABLE_TITLE + "\n\n" + activation_tables(rows)
-                     + "\n# Log-log slope vs the varied value (0 = flat)\n\n" + slope_table(rows) + "\n")
+        name = f"coord_check_{axis}_{parametrization}.png"
+        with results_kept(out, name, kept):
+            plot_coord_check(part, out / name, xlabel=axis, panels=panels,
+                             title=f"{config['name']}: {parametrization}, mean |activation| vs {axis}")
+        kept.append(name)
+    with results_kept(out, "coord_check_table.md", kept):
+        write_text_whole(out / "coord_check_table.md", TABLE_TITLE + "\n\n" + activation_tables(rows)
+                         + "\n# Log-log slope vs the varied value (0 = flat)\n\n" + slope_table(rows) + "\n")
 
 
 def result_groups(rows: list[dict]):

@@ -114,7 +114,8 @@ from catapult.engine.step import (NON_FINITE_TEST_LOSS, diverged, evaluates_test
 from catapult.engine.records import (SHARPNESS_CONVERGED_COLUMN, MetricsFile, metric_columns, json_safe, summarize, threshold_label,
                                      warmup_summary)
 from catapult.engine.run_dir import (DIGESTED_FILES, RUN_FILES, RUN_MARKERS, RunClaim, RunDirectoryError, check_out_dir,
-                                     claim_run_directory, in_run_directory, make_out_dir, record_created, start_manifest)
+                                     claim_run_directory, in_run_directory, make_out_dir, record_created, results_kept,
+                                     start_manifest)
 
 __all__ = ["RunResult", "run", "train", "Processes", "evaluate", "eval_chunk_rows", "EVAL_CHUNK_ELEMENTS", "RUN_FILES", "RUN_MARKERS", "RunDirectoryError",
            "check_out_dir", "make_out_dir", "in_run_directory", "RunClaim", "claim_run_directory"]
@@ -257,8 +258,10 @@ def run(config: Mapping[str, Any], *, out_dir: str | Path | None = None, progres
 
     ``out_dir`` is checked first (:func:`check_out_dir`): a directory holding anything is
     refused unless ``overwrite``, which replaces its :data:`RUN_FILES`. A run that fails with an
-    exception (a full disk included) leaves no partial run directory: one it created is removed,
-    in one that existed its run files are.
+    exception (a full disk included) before its ``model.pt`` is written leaves no partial run
+    directory: one it created is removed, in one that existed its run files are. One that fails
+    after it (the figure, the summary) keeps ``config.yaml``, ``metrics.csv`` and ``model.pt``
+    and raises :class:`~catapult.engine.run_dir.ResultsKept` naming the file that failed.
     """
     started = time.perf_counter()
     overwrite = check_flag("run", "overwrite", overwrite)  # overwrite="no" replaced an earlier run's files
@@ -493,17 +496,20 @@ def _train(setup: Run, out_path: Path | None = None, *, progress: Any = None, st
         weights_path = out_path / "model.pt"  # `spectrum --weights`
         write_whole(weights_path, lambda fh: _save_weights(weights, fh, weights_path))
         record_created(out_path, "model.pt")
-        write_whole(out_path / "trajectories.png", lambda fh: plot_run(
-            metrics, fh, title=config["name"], status=status, threshold_label=threshold_label(config, rule.kind),
-            kind=rule.kind))
-        record_created(out_path, "trajectories.png")
-        # the exact bytes of what came before, so that a later --overwrite replaces these files
-        # and no user's file put in their place (config.yaml is left out: a user may edit it)
-        written = {name: file_digest(out_path / name) for name in DIGESTED_FILES}
-        # and where its data.root was (run_root: a relative root reloads from any directory)
-        text = json.dumps(json_safe({**summary, WRITTEN: written, **data_root_record(config["data"]["root"])}),
-                          indent=2, allow_nan=False) + "\n"
-        write_text_whole(out_path / "summary.json", text)
+        # training's results are written: a figure or summary that fails keeps them (ResultsKept)
+        with results_kept(out_path, "trajectories.png", RUN_FILES):
+            write_whole(out_path / "trajectories.png", lambda fh: plot_run(
+                metrics, fh, title=config["name"], status=status, threshold_label=threshold_label(config, rule.kind),
+                kind=rule.kind))
+            record_created(out_path, "trajectories.png")
+        with results_kept(out_path, "summary.json", RUN_FILES):
+            # the exact bytes of what came before, so that a later --overwrite replaces these files
+            # and no user's file put in their place (config.yaml is left out: a user may edit it)
+            written = {name: file_digest(out_path / name) for name in DIGESTED_FILES}
+            # and where its data.root was (run_root: a relative root reloads from any directory)
+            text = json.dumps(json_safe({**summary, WRITTEN: written, **data_root_record(config["data"]["root"])}),
+                              indent=2, allow_nan=False) + "\n"
+            write_text_whole(out_path / "summary.json", text)
 
     # an agreed step: the writing process's failure (a full disk, a folder removed) is every
     # process's error at once; the others waited for it in their closing barrier (gloo: "connection

@@ -15,8 +15,8 @@ from catapult.files import (PARTIAL_PREFIX, PNG_START, file_digest, is_run_recor
                             run_output_of_ours)
 from catapult.writing import write_text_whole
 
-__all__ = ["RUN_FILES", "RUN_MARKERS", "DIGESTED_FILES", "MANIFEST", "RunDirectoryError", "check_out_dir", "make_out_dir",
-           "made_out_dir", "RunClaim", "claim_run_directory", "in_run_directory", "start_manifest", "record_created", "created_files"]
+__all__ = ["RUN_FILES", "RUN_MARKERS", "DIGESTED_FILES", "MANIFEST", "RunDirectoryError", "ResultsKept", "results_kept",
+           "check_out_dir", "make_out_dir", "made_out_dir", "RunClaim", "claim_run_directory", "in_run_directory", "start_manifest", "record_created", "created_files"]
 
 #: The files a run writes into its directory (``--overwrite`` replaces exactly these).
 RUN_FILES = ("config.yaml", "metrics.csv", "summary.json", "trajectories.png", "model.pt")
@@ -148,11 +148,66 @@ def make_out_dir(path: Path) -> bool:
                                 f"refused it); choose another directory") from None
 
 
+class ResultsKept(Exception):
+    """A step after the work (a figure, a table, the summary) failed, and what the work produced
+    is kept in ``path`` rather than removed with the folder (:func:`results_kept`): ``failed`` is
+    the file that step was writing, ``kept`` the files left, ``cause`` the step's own error.
+
+    >>> print(ResultsKept(Path("runs/a"), "trajectories.png", ["model.pt", "metrics.csv"], OSError(28, "No space left on device")))
+    runs/a/trajectories.png could not be written (No space left on device); the work finished and its runs/a/model.pt, runs/a/metrics.csv are kept (the files after it are not written)
+    """
+
+    def __init__(self, path: Path, failed: str, kept: list[str], cause: BaseException) -> None:
+        self.path, self.failed, self.kept, self.cause = Path(path), failed, list(kept), cause
+        why = (cause.strerror or str(cause)) if isinstance(cause, OSError) else f"{type(cause).__name__}: {cause}"
+        super().__init__(f"{self.path / failed} could not be written ({why}); the work finished and its "
+                         f"{', '.join(str(self.path / name) for name in self.kept)} are kept (the files after "
+                         f"it are not written)")
+
+
+@contextmanager
+def results_kept(path: Path, failed: str, kept):
+    """Run a step that writes ``path / failed`` after the work whose results ``kept`` (names in
+    ``path``, or a callable giving them) are already written: an exception there is a
+    :class:`ResultsKept` naming the file and what is kept, which :func:`in_run_directory` and
+    :func:`made_out_dir` leave in place (hours of training are not removed for a plot). An
+    interruption (Ctrl-C) passes as it is, and the folder stays too.
+
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> try:
+    ...     with made_out_dir(root / "new"):
+    ...         _ = (root / "new" / "model.pt").write_bytes(b"weights")
+    ...         with results_kept(root / "new", "figure.png", ["model.pt"]):
+    ...             raise ValueError("no figure")
+    ... except ResultsKept as err:
+    ...     print(err.failed, err.kept, sorted(p.name for p in (root / "new").iterdir()))
+    figure.png ['model.pt'] ['model.pt']
+    """
+    try:
+        yield
+    except Exception as err:
+        if isinstance(err, ResultsKept):
+            raise
+        names = kept() if callable(kept) else kept
+        raise ResultsKept(path, failed, [name for name in names if (Path(path) / name).exists()], err) from err
+    except BaseException as err:
+        err.catapult_results_kept = True  # Ctrl-C while a figure is drawn: the folder stays
+        raise
+
+
+def _keeps(err: BaseException) -> bool:
+    """Whether a failure came after the work, in a :func:`results_kept` step."""
+    return isinstance(err, ResultsKept) or getattr(err, "catapult_results_kept", False)
+
+
 @contextmanager
 def made_out_dir(path: Path):
     """Create ``path`` as :func:`make_out_dir` does and yield whether this call made it; when the
-    body fails (a full disk, a figure that fails, Ctrl-C) a folder it made goes, with what is in it,
-    as a failed run's does; a folder that was there before stays, with what was in it.
+    body fails (a full disk, bad input, Ctrl-C) before its results are written, a folder it made
+    goes, with what is in it, as a failed run's does; a folder that was there before stays, with
+    what was in it. A failure after them, in a :func:`results_kept` step (a figure, a table), keeps
+    the folder and what it holds.
 
     >>> import tempfile
     >>> root = Path(tempfile.mkdtemp())
@@ -167,8 +222,8 @@ def made_out_dir(path: Path):
     created = make_out_dir(path)
     try:
         yield created
-    except BaseException:
-        if created:
+    except BaseException as err:
+        if created and not _keeps(err):
             import shutil
 
             shutil.rmtree(path, ignore_errors=True)
@@ -329,7 +384,8 @@ def in_run_directory(out_dir: str | Path | None, overwrite: bool, body) -> Any:
     ``out_path`` None without one). ``body`` appends its :class:`RunClaim` to the list ``writing``
     before it writes its first file (:func:`train` does); if it then fails with an exception (a
     full disk included), what it wrote goes: the directory if the run created it, else its
-    :data:`RUN_FILES`. The claim is released at the end."""
+    :data:`RUN_FILES`; but a failure after training, once ``model.pt`` is written (a figure, the
+    summary: a :class:`ResultsKept`), leaves what it wrote. The claim is released at the end."""
     out_path = None if out_dir is None else check_out_dir(out_dir, overwrite)
     if out_path is None:
         return body(None, [])
@@ -337,8 +393,8 @@ def in_run_directory(out_dir: str | Path | None, overwrite: bool, body) -> Any:
     writing: list = []  # the claim, once the run starts writing: a failure before leaves all as it was
     try:
         return body(out_path, writing)
-    except Exception:
-        if writing:  # still holding the folder: no other run writes there meanwhile
+    except Exception as err:
+        if writing and not _keeps(err):  # still holding the folder: no other run writes there meanwhile
             claim = writing[0]  # (a body that claims nothing appends True)
             _discard(out_path, claim.created if isinstance(claim, RunClaim) else not existed)
         raise
