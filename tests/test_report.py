@@ -61,3 +61,19 @@ def test_results_table_labels_values_the_config_normalized_as_the_grid_does(tmp_
     page = write_report(tmp_path / "s.db").read_text()
     results = page[page.index("<h2>Results</h2>"):]
     assert re.findall(r"<tr class='[a-z]*'><td>\d+</td><td class='text'>([^<]*)</td>", results) == ["2^-1", "2^0", "2^1"]
+
+
+def test_the_over_seeds_table_labels_values_as_the_results_table_does(tmp_path):
+    # the results table read "2^-3", the over-seeds table the stored 0.125 for the same lr
+    import re
+
+    spec = parse_sweep({"grid": {"optimizer.lr": ["2^-3", 1.0]}, "seeds": 2})
+    run_sweep(cfg.validate({"name": "p", "train": {"steps": 3}}), spec, tmp_path / "s.db",
+              run_fn=FakeRun(diverge_above=100.0), lambda0_fn=lambda c: 2.0, progress="none")
+    page = write_report(tmp_path / "s.db").read_text()
+    results = page[page.index("<h2>Results</h2>"):]
+    seeds = page[page.index("Over seeds"):]
+    seeds = seeds[:seeds.index("</table>")]
+    labels = re.findall(r"<tr class='[a-z]*'><td>\d+</td><td class='text'>([^<]*)</td>", results)
+    assert labels == ["2^-3", "2^-3", "1", "1"]   # lr slowest, then the two seeds
+    assert re.findall(r"<tr><td class='text'>([^<]*)</td>", seeds) == ["2^-3", "1"]

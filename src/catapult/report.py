@@ -127,7 +127,7 @@ def build_report(store, *, title: str | None = None, metric: str = "test_accurac
     if not figures_made:
         parts.append("<p>No finished cells yet.</p>")
     parts.append("</div>")
-    parts.extend(_seeds_section(store, axes))
+    parts.extend(_seeds_section(store, axes, by_label))
     parts.extend(_transfer_section(cells, axes))
     chosen = default_trajectory_cells(cells, metric)
     if chosen:
@@ -201,9 +201,11 @@ def _created(store) -> str:
         raise StoreError(f"{store.path} is damaged: its created_at {created[:40]!r} is not a time") from None
 
 
-def _seeds_section(store, axes: Sequence[Mapping[str, Any]]) -> list[str]:
+def _seeds_section(store, axes: Sequence[Mapping[str, Any]],
+                   by_label: Mapping[str, Mapping[str, str]] | None = None) -> list[str]:
     """With a ``seed`` axis (``sweep.seeds``): one row per cell over its seeds, mean ± sample std
-    of the paper's metrics (:func:`catapult.sweep.store_export.aggregate_table`)."""
+    of the paper's metrics (:func:`catapult.sweep.store_export.aggregate_table`); each swept value
+    under its grid label (``by_label``, as the results table: ``2^-3``, not the stored ``0.125``)."""
     if not any(a["key"] == "seed" and len(a["values"]) > 1 for a in axes):
         return []
     from catapult.sweep.store_export import aggregate_table
@@ -216,7 +218,7 @@ def _seeds_section(store, axes: Sequence[Mapping[str, Any]]) -> list[str]:
     out = ["<h2>Over seeds (mean ± std)</h2><table><tr>" + head + "</tr>"]
     at = {c: j for j, c in enumerate(columns)}
     for row in rows:
-        cells = [f"<td class='text'>{html.escape(str(row[at[k]]))}</td>" for k in keys]
+        cells = [f"<td class='text'>{html.escape(_label(by_label or {}, k, row[at[k]]))}</td>" for k in keys]
         cells.append(f"<td>{row[at['n_seeds']]} ({row[at['n_finished']]}/{row[at['n_diverged']]}/"
                      f"{row[at['n_collapsed']]})</td>")
         for m in shown:
