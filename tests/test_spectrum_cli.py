@@ -341,3 +341,30 @@ def test_a_top_k_below_the_configs_block_size_takes_a_block_of_top_k():
     values, _ = _dense(blocked)
     s = measure_spectrum(blocked, top_k=1, trace_matvecs=0, density_runs=0)
     assert s["converged"] and s["eigenvalues"] == pytest.approx(values[:1].tolist(), rel=1e-6)
+
+
+def test_weights_of_another_model_name_name_only_the_keys_of_the_saved_model(tmp_path, capsys):
+    # an mlp's weights measured under a wrn config listed model.widen=4 (the config: 1) and
+    # model.channels, keys no mlp has; and under a gpt config model.n_heads: now model.name first,
+    # then only the keys the mlp is built from
+    from catapult.engine.spectrum_study import run_config_problems
+
+    run(CONFIG, out_dir=tmp_path / "run", progress="none")
+    config = tmp_path / "run" / "config.yaml"
+    weights = tmp_path / "run" / "model.pt"
+    argv = ["spectrum", str(config), "--weights", str(weights), "--top-k", "1", "--trace-matvecs", "0",
+            "--density-runs", "0", "model.name=wrn", "model.width=512", "model.depth=10", "model.widen=1", "model.channels=2"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert ("was trained with model.name='mlp' (the config: 'wrn'), model.width=3 (the config: 512), "
+            "model.depth=2 (the config: 10), by") in err, err
+    assert "widen" not in err and "channels" not in err and "Traceback" not in err
+    trained = yaml.safe_load(config.read_text())["model"]
+    from catapult import config as cfg
+
+    mlp = cfg.validate({**CONFIG, "model": trained})["model"]
+    gpt = {**mlp, "name": "gpt", "n_heads": 1, "positions": "rope", "final_norm": False, "init_std": 0.1,
+           "activation": "gelu"}
+    ((key, why),) = run_config_problems({"model": gpt}, weights)
+    assert key == "--weights"
+    assert "was trained with model.name='mlp' (the config: 'gpt'), model.activation='relu' (the config: 'gelu'), by" in why

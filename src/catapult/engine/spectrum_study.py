@@ -150,7 +150,9 @@ def run_config_problems(config: Mapping[str, Any], weights: Path) -> list[tuple[
     ``config.yaml`` and a run record beside it) whose run config's ``model`` section differs from
     ``config``'s: the weights load into a model of the same shapes, but with another activation or
     multiplier (``model.alpha_out``) it computes another function, and its spectrum was measured
-    silently. A run config that no longer validates is not compared."""
+    silently. Only keys the saved model is built from are named
+    (:func:`~catapult.models.options.model_keys`: an mlp's weights under a gpt config name
+    ``model.name``, not ``model.n_heads``). A run config that no longer validates is not compared."""
     from catapult.files import is_run_record
 
     folder = weights.parent
@@ -161,7 +163,10 @@ def run_config_problems(config: Mapping[str, Any], weights: Path) -> list[tuple[
         trained = cfg.validate(cfg.read_mapping(beside))["model"]
     except (cfg.ConfigError, OSError, ValueError):
         return []
-    changed = [key for key in config["model"] if key in trained and trained[key] != config["model"][key]]
+    from catapult.models.options import model_keys
+
+    # only the keys that make the saved model what it is (an mlp's has no model.n_heads), its name first
+    changed = [key for key in model_keys(trained) if key in config["model"] and trained[key] != config["model"][key]]
     if not changed:
         return []
     shown = ", ".join(f"model.{k}={trained[k]!r} (the config: {config['model'][k]!r})" for k in changed[:4])

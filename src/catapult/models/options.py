@@ -5,10 +5,20 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-__all__ = ["section_dict", "common_kwargs", "COMMON_KEYS"]
+__all__ = ["section_dict", "common_kwargs", "COMMON_KEYS", "MODEL_KEYS", "model_keys"]
 
 #: Constructor arguments the MLP and the GPT both take straight from ``model.*``.
 COMMON_KEYS = ("parametrization", "activation", "density", "base_density", "bias", "mask_method")
+
+#: The ``model.*`` keys each model's ``from_config`` reads, ``name`` and ``sparsity`` (the mask
+#: dynamics, whose masks a saved model keeps) added: the keys that make one model differ from another.
+MODEL_KEYS = {
+    "mlp": ("name", "width", "depth", *COMMON_KEYS, "alpha_in", "alpha_out", "init", "base_width", "sparsity"),
+    "wrn": ("name", "depth", "widen", "channels", "parametrization", "base_width", "alpha_in", "alpha_out",
+            "bias", "init", "sparsity"),
+    "gpt": ("name", "width", "depth", *COMMON_KEYS, "alpha_in", "alpha_out", "base_width", "positions",
+            "tie_embeddings", "final_norm", "init_std", "n_heads", "sparsity"),
+}
 
 
 def section_dict(model_cfg: Any) -> Mapping[str, Any]:
@@ -36,3 +46,20 @@ def common_kwargs(model_cfg: Any) -> dict[str, Any]:
     sp = m["parametrization"] == "sp"
     return {**{k: m[k] for k in COMMON_KEYS},
             "alpha_in": 1.0 if sp else m["alpha_in"], "alpha_out": 1.0 if sp else m["alpha_out"]}
+
+
+def model_keys(model_cfg: Any) -> tuple[str, ...]:
+    """The keys of :data:`MODEL_KEYS` that matter to the model ``model_cfg`` describes: its
+    model's, less ``alpha_in`` / ``alpha_out`` under SP (which has no multipliers:
+    :func:`common_kwargs`); every key for a name it does not know.
+
+    >>> ["n_heads" in model_keys({"name": name, "parametrization": "mup"}) for name in ("mlp", "gpt")]
+    [False, True]
+    >>> "alpha_out" in model_keys({"name": "mlp", "parametrization": "sp"})
+    False
+    """
+    m = section_dict(model_cfg)
+    keys = MODEL_KEYS.get(m.get("name"))
+    if keys is None:
+        return tuple(m)
+    return tuple(k for k in keys if not (m.get("parametrization") == "sp" and k in ("alpha_in", "alpha_out")))
