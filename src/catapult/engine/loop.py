@@ -105,6 +105,7 @@ from catapult.curvature.rng import fixed_rng
 from catapult.engine.build import Run, build_run, resolve_device, threshold
 from catapult.engine.seeds import forward_seed
 from catapult.engine.sharpness_rule import STEP_KIND_COLUMN, check_spectrum_cadence
+from catapult.engine.spectrum_study import with_function_record
 from catapult.engine.progress import Progress, progress_mode
 from catapult.engine.step_accuracy import StepAccuracies
 from catapult.engine.step_lr import StepLRs, StepThresholds
@@ -494,7 +495,9 @@ def _train(setup: Run, out_path: Path | None = None, *, progress: Any = None, st
             return
         # each file whole or not at all, the summary (the run's verdict) last
         weights_path = out_path / "model.pt"  # `spectrum --weights`
-        write_whole(weights_path, lambda fh: _save_weights(weights, fh, weights_path))
+        # with the model keys that change its function: a copy away from its config.yaml is refused too
+        recorded = with_function_record(weights, config["model"])
+        write_whole(weights_path, lambda fh: _save_weights(recorded, fh, weights_path))
         record_created(out_path, "model.pt")
         # training's results are written: a figure or summary that fails keeps them (ResultsKept)
         with results_kept(out_path, "trajectories.png", RUN_FILES):

@@ -34,11 +34,60 @@ from catapult.files import missing_file_problem
 from catapult.parametrize_state import ParametrizationMismatch
 from catapult.writing import counted
 
-__all__ = ["run_config_problems", "measure_spectrum", "load_weights", "vocabulary_source", "format_spectrum"]
+__all__ = ["run_config_problems", "measure_spectrum", "load_weights", "vocabulary_source", "format_spectrum",
+           "with_function_record"]
+
+#: The key, in the root entry of a run's ``model.pt`` ``state_dict._metadata``, of the model section's keys
+#: that change its function (:func:`catapult.models.options.function_record`).
+FUNCTION_RECORD_KEY = "catapult_model"
+
+
+def with_function_record(weights: Mapping[str, torch.Tensor], model_cfg: Mapping[str, Any]) -> Mapping[str, torch.Tensor]:
+    """``weights`` (a ``state_dict``) with the model section's keys that change its function recorded in
+    its ``_metadata`` (kept by ``torch.save`` and ``torch.load(weights_only=True)``; keys and tensors
+    unchanged), so that :func:`load_weights` refuses them for a config of another function even where
+    the file was copied away from its run folder (its ``config.yaml``).
+
+    >>> from collections import OrderedDict
+    >>> model = cfg.validate({"model": {"name": "mlp", "activation": "tanh"}})["model"]
+    >>> state = with_function_record(OrderedDict(w=torch.zeros(1)), model)
+    >>> state._metadata[""][FUNCTION_RECORD_KEY], list(state)
+    ({'activation': 'tanh', 'alpha_in': 1.0, 'alpha_out': 1.0}, ['w'])
+    """
+    from collections import OrderedDict
+
+    from catapult.models.options import function_record
+
+    state = weights if isinstance(weights, OrderedDict) else OrderedDict(weights)
+    metadata = getattr(state, "_metadata", None)
+    if metadata is None:
+        metadata = state._metadata = OrderedDict()   # type: ignore[attr-defined]
+    metadata[""] = {**metadata.get("", {}), FUNCTION_RECORD_KEY: function_record(model_cfg)}
+    return state
+
+
+def _function_problem(state: Mapping[str, torch.Tensor], model_cfg: Mapping[str, Any], path: Path) -> str | None:
+    """Why weights recorded with another function (:func:`with_function_record`) do not fit a model
+    built from ``model_cfg``; None where they agree or the file records nothing (saved before the
+    record was)."""
+    from catapult.models.options import function_record
+
+    metadata = getattr(state, "_metadata", None) or {}
+    saved = next((entry[FUNCTION_RECORD_KEY] for entry in (metadata.get(""), metadata.get("module"))
+                  if isinstance(entry, Mapping) and isinstance(entry.get(FUNCTION_RECORD_KEY), Mapping)), None)
+    if saved is None:
+        return None
+    mine = function_record(model_cfg)
+    changed = [key for key in mine if key in saved and saved[key] != mine[key]]
+    if not changed:
+        return None
+    shown = ", ".join(f"model.{k}={saved[k]!r} (the config: {mine[k]!r})" for k in changed)
+    return (f"{path} was trained with {shown}: the same weights compute another function; measure them with "
+            f"the model section they were trained with")
 
 
 def load_weights(model: nn.Module, path: str | Path, *, key: str = "weights",
-                 vocabulary: tuple[str, str] | None = None) -> None:
+                 vocabulary: tuple[str, str] | None = None, model_config: Mapping[str, Any] | None = None) -> None:
     """Load the ``state_dict`` saved at ``path`` into ``model``.
 
     Refuses, with a :class:`~catapult.config.ConfigError` naming ``key`` and the problem, a
@@ -50,6 +99,8 @@ def load_weights(model: nn.Module, path: str | Path, *, key: str = "weights",
     ``DistributedDataParallel`` state (every name prefixed ``module.``) is accepted.
     ``vocabulary``: ``(config key, what sets it)`` of a GPT's token ids, named instead of ``key``
     where the saved embedding has another number of rows (:func:`measure_spectrum` passes it).
+    ``model_config``: the config's model section, refused where the file records
+    (:func:`with_function_record`) another value of a key that changes the model's function.
     """
     path = Path(path)
     if (problem := missing_file_problem(path)) is not None:
@@ -97,6 +148,8 @@ def load_weights(model: nn.Module, path: str | Path, *, key: str = "weights",
                                          f"{str(state[name].dtype).removeprefix('torch.')} in the config")])
         if state[name].is_floating_point() and not bool(torch.isfinite(state[name]).all()):
             raise cfg.ConfigError([(key, f"{path}: {name} holds non-finite values (weights of a diverged run?)")])
+    if model_config is not None and (problem := _function_problem(state, model_config, path)) is not None:
+        raise cfg.ConfigError([(key, problem)])
     try:
         model.load_state_dict(state)
     except ParametrizationMismatch as err:  # saved under another parametrization or density: was a traceback
@@ -249,7 +302,8 @@ def measure_spectrum(config: Mapping[str, Any], *, weights: str | Path | None = 
                                                   + ("" if density_steps <= setup.n_params else
                                                      f" (steps capped at the model's {setup.n_params} parameters)"))])
     if weights is not None:
-        load_weights(model, weights, key="--weights", vocabulary=vocabulary_source(config["data"]))
+        load_weights(model, weights, key="--weights", vocabulary=vocabulary_source(config["data"]),
+                     model_config=config["model"])
     loss = probe_loss(model, loss_fn, batch)
     if not math.isfinite(loss):  # no curvature to measure: refused rather than a spectrum of NaNs
         raise cfg.ConfigError([("--weights" if weights is not None else "model",

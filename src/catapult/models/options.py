@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-__all__ = ["section_dict", "common_kwargs", "COMMON_KEYS", "MODEL_KEYS", "model_keys"]
+__all__ = ["section_dict", "common_kwargs", "COMMON_KEYS", "MODEL_KEYS", "model_keys", "function_record"]
 
 #: Constructor arguments the MLP and the GPT both take straight from ``model.*``.
 COMMON_KEYS = ("parametrization", "activation", "density", "base_density", "bias", "mask_method")
@@ -63,3 +63,27 @@ def model_keys(model_cfg: Any) -> tuple[str, ...]:
     if keys is None:
         return tuple(m)
     return tuple(k for k in keys if not (m.get("parametrization") == "sp" and k in ("alpha_in", "alpha_out")))
+
+
+#: Per ``model.name``, the model section's keys that change the function of given weights (same
+#: names and shapes, another function): what a run's ``model.pt`` records and a load must agree on.
+#: (The parametrization, density and width multiplier are the ``state_dict`` record of
+#: :mod:`catapult.parametrize_state`; width, depth and the like change the shapes.)
+_FUNCTION_KEYS = {"mlp": ("activation", "alpha_in", "alpha_out"), "wrn": ("alpha_in", "alpha_out"),
+                  "gpt": ("activation", "alpha_in", "alpha_out", "n_heads", "positions", "tie_embeddings", "final_norm")}
+
+
+def function_record(model_cfg: Any) -> dict[str, Any]:
+    """The keys of the model section that change what the model computes from its weights, with
+    the values the model is built with (``alpha_*`` 1 under SP, which ignores them); empty for a
+    model name of yours.
+
+    >>> from catapult.config import ModelConfig
+    >>> function_record(ModelConfig(name="mlp", activation="tanh", parametrization="mup", alpha_out=4.0))
+    {'activation': 'tanh', 'alpha_in': 1.0, 'alpha_out': 4.0}
+    >>> function_record(ModelConfig(name="mlp", parametrization="sp", alpha_out=4.0))["alpha_out"]
+    1.0
+    """
+    m = section_dict(model_cfg)
+    built = {**m, **common_kwargs(m)}
+    return {key: built[key] for key in _FUNCTION_KEYS.get(m["name"], ()) if key in built}
