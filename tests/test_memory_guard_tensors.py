@@ -62,8 +62,8 @@ def test_a_deep_narrow_model_whose_tensors_exceed_memory_is_refused_before_any_w
     weights = 4 * model_parameters(cfg.validate(config), 64, 10)   # float32; digits: 64 pixels, 10 classes
     assert 2 * weights < 60 * MIB   # 27.5 MiB of values, as much of gradients: fits; 400,000 tensors of >= 1 KiB do not
     with pytest.raises(cfg.ConfigError, match=r"model\.width=8 and model\.depth=100000 make a model of 0\.4 GiB "
-                                             r"with 1 more copy of its weights \(its gradients and the sgd optimizer's "
-                                             r"state\) \(200,000 parameter tensors and 200,000 more for their gradients, "
+                                             r"with 1 more copy of its weights \(its gradients; "
+                                             r"200,000 parameter tensors and 200,000 more for their gradients, "
                                              r"of at least 1024 bytes each beside their values\), more than this "
                                              r"machine's 0\.1 GiB"):
         run(config, out_dir=tmp_path / "run", progress="none")

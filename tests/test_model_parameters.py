@@ -277,7 +277,7 @@ def test_a_sweep_refuses_a_model_that_fits_one_feature_but_not_its_datas_shapes(
                        "{name: mlp, width: 10000000, depth: 2, bias: false}")
     # (trained: with its gradients, 2 x 2.96e9 bytes = 5.5 GiB, as catapult train counts it)
     said = ("model.width=10000000 and model.depth=2 make a model of 5.5 GiB with 1 more copy of its weights (its "
-            "gradients and the sgd optimizer's state), more than this machine's 1.0 GiB of memory; reduce model.width "
+            "gradients), more than this machine's 1.0 GiB of memory; reduce model.width "
             "or model.depth")
     for extra in ([], ["--dry-run"], ["--executor", "ensemble"]):
         assert main(["sweep", str(path), "--store", str(tmp_path / "s.db"), *extra]) == 2

@@ -203,14 +203,18 @@ def check_fits(config: Mapping[str, Any], in_features: int, out_features: int, d
         if have is not None and size > have:
             owner = "this machine's" if where.type == "cpu" else f"{where}'s"
             share = f", {1 + state_copies}/{shards} of them on each of {shards} processes" if shards > 1 else ""
-            state = (f" with {state_copies} more {'copy' if state_copies == 1 else 'copies'} of its weights (its gradients and the "
-                     f"{config['optimizer']['name']} optimizer's state{share})"
-                     if state_copies and values == trained and trained > final else "")
+            state, notes = "", []   # one parenthesis: what the copies are, then the tensors' bytes
+            if state_copies and values == trained and trained > final:
+                state = f" with {state_copies} more {'copy' if state_copies == 1 else 'copies'} of its weights"
+                # state_copies is training_copies: the gradients, then the optimizer's state (none for plain sgd)
+                notes.append("its gradients" + (f" and the {config['optimizer']['name']} optimizer's state"
+                                                if state_copies > 1 else "") + share)
             if overhead >= size // 2:   # its tensors, not its values, fill the memory
                 more = overhead // TENSOR_BYTES - tensors
                 whose = "their gradients" + (" and optimizer state" if state_copies > 1 else "")
-                state += (f" ({tensors:,} parameter tensors" + (f" and {more:,} more for {whose}" if more else "")
-                          + f", of at least {TENSOR_BYTES} bytes each beside their values)")
+                notes.append(f"{tensors:,} parameter tensors" + (f" and {more:,} more for {whose}" if more else "")
+                             + f", of at least {TENSOR_BYTES} bytes each beside their values")
+            state += f" ({'; '.join(notes)})" if notes else ""
             raise _too_large(config["model"], f"make a model of {size / 2**30:,.1f} GiB{state}, more than {owner} "
                                               f"{have / 2**30:,.1f} GiB of memory", gpt_context(config, in_features),
                              _vocabulary(config, in_features, out_features, have * needed // max(size, 1)))
