@@ -20,7 +20,7 @@ GIB = 2 ** 30
 def test_an_adam_model_whose_state_exceeds_memory_is_refused_before_any_work(monkeypatch, tmp_path):
     monkeypatch.setattr(model_size, "_memory_bytes", lambda device: int(23.5 * GIB))
 
-    def past_the_guard(config):   # the old code went on to build 8 GiB of weights: never here
+    def past_the_guard(config, **kwargs):   # (trains=True) the old code went on to build 8 GiB of weights: never here
         raise AssertionError("the model passed the memory guard")
     monkeypatch.setattr(loop, "build_run", past_the_guard)
     config = {"data": {"name": "digits"}, "model": {"name": "mlp", "width": 46_000, "depth": 3},
@@ -54,7 +54,7 @@ def test_an_sgd_momentum_model_whose_gradients_and_buffer_exceed_memory_is_refus
     # 7.9 GiB of weights: with its gradients 15.8 GiB, with the momentum buffer too 23.7 GiB > 23.5
     monkeypatch.setattr(model_size, "_memory_bytes", lambda device: int(23.5 * GIB))
 
-    def past_the_guard(config):
+    def past_the_guard(config, **kwargs):   # (trains=True)
         raise AssertionError("the model passed the memory guard")
     monkeypatch.setattr(loop, "build_run", past_the_guard)
     config = {"data": {"name": "digits"}, "model": {"name": "mlp", "width": 46_000, "depth": 3},

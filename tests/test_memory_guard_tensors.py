@@ -54,7 +54,7 @@ def test_a_built_models_tensors_take_more_than_tensor_bytes_each_beside_their_va
 def test_a_deep_narrow_model_whose_tensors_exceed_memory_is_refused_before_any_work(monkeypatch, tmp_path):
     monkeypatch.setattr(model_size, "_memory_bytes", lambda device: 100 * MIB)
 
-    def past_the_guard(config):   # the old code went on to build 200,000 tensors: never here
+    def past_the_guard(config, **kwargs):   # (trains=True) the old code went on to build 200,000 tensors: never here
         raise AssertionError("the model passed the memory guard")
     monkeypatch.setattr(loop, "build_run", past_the_guard)
     config = {"data": {"name": "digits"}, "model": {"name": "mlp", "width": 8, "depth": 100_000},
