@@ -83,5 +83,11 @@ def test_each_rank_holds_all_copies_under_ddp_and_its_share_under_fsdp(monkeypat
     monkeypatch.setattr(model_size, "_memory_bytes", lambda device: copies * weights + tensors)
     check_model_fits(config, "cpu", **fit)              # exactly its need: fits
     monkeypatch.setattr(model_size, "_memory_bytes", lambda device: copies * weights + tensors - 1)
-    with pytest.raises(cfg.ConfigError, match=r"model\.width=400"):
+    with pytest.raises(cfg.ConfigError, match=r"model\.width=400") as refused:
         check_model_fits(config, "cpu", **fit)
+    # the copies as counted: all 4 on a DDP rank, split under FSDP (8 ranks: its built weights alone, no copies)
+    said = {1: "(its gradients and the adam optimizer's state), more", 4: "(its gradients and the adam optimizer's "
+            "state), more", 2: "(its gradients and the adam optimizer's state; the 4 copies, weights included, split "
+            "among 2 processes), more", 8: "GiB, more"}[world]
+    message = str(refused.value)
+    assert said in message and ("copies" in message) == (world != 8), message

@@ -202,7 +202,8 @@ def check_fits(config: Mapping[str, Any], in_features: int, out_features: int, d
         have = _memory_bytes(where)
         if have is not None and size > have:
             owner = "this machine's" if where.type == "cpu" else f"{where}'s"
-            share = f", {1 + state_copies}/{shards} of them on each of {shards} processes" if shards > 1 else ""
+            share = (f"; the {1 + state_copies} copies, weights included, split among {shards} processes"
+                     if shards > 1 else "")
             state, notes = "", []   # one parenthesis: what the copies are, then the tensors' bytes
             if state_copies and values == trained and trained > final:
                 state = f" with {state_copies} more {'copy' if state_copies == 1 else 'copies'} of its weights"
