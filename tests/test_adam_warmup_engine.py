@@ -49,6 +49,16 @@ def test_optimizer_names_and_gi_adam_options():
     assert C.validate({"optimizer": {"name": "gi-adam", "v0": "random"}})["optimizer"]["v0"] == "random"
 
 
+def test_every_gi_adam_spelling_the_config_takes_is_the_registrys_entry():
+    # the config's alias table (sections.py) and the registry's (optim/registry.py) are two lists:
+    # registry.get("gi_adam") must be GIAdam's entry as the config's "gi_adam" is gi-adam (mutation pass 22b, RG4)
+    from catapult.optim import registry
+    for spelling in ("gi-adam", "giadam", "gi_adam"):
+        assert C.validate({"optimizer": {"name": spelling}})["optimizer"]["name"] == "gi-adam"
+        entry = registry.get(spelling)
+        assert entry.name == "gi-adam" and entry.cls is GIAdam
+
+
 @pytest.mark.parametrize("mapping, key, words", [
     ({"optimizer": {"name": "lion"}}, "optimizer.name", "gi-adam"),
     ({"optimizer": {"name": "gi-adam", "v0": -0.5}}, "optimizer.v0", "a >= 0"),

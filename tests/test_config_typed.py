@@ -176,3 +176,16 @@ def test_an_integer_above_two_to_the_53_is_kept_exactly():
     assert float(big) != big
     assert validate({"seed": big})["seed"] == big
     assert validate({"seed": "2e3"})["seed"] == 2000  # numeric text still accepted
+
+
+def test_a_subclass_dict_field_given_a_list_names_what_it_got():
+    """A RunConfig subclass's dict-typed field given a list or a string is a ConfigError naming the
+    key and the value it got, like a section's (mutation pass 22b, CV6: pydantic's 'dict_type' error
+    then read 'Input should be a valid dictionary', without the value)."""
+    class Tagged(C.RunConfig):
+        tags: dict[str, float] = {}
+
+    assert validate({"tags": {"a": 1}}, Tagged)["tags"] == {"a": 1.0}
+    for bad, shown in (([1, 2], r"\[1, 2\] \(list\)"), ("a", r"'a' \(str\)")):
+        with pytest.raises(ConfigError, match=rf"^tags: expected a mapping.*, got {shown}$"):
+            validate({"tags": bad}, Tagged)

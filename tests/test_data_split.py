@@ -191,3 +191,29 @@ def test_counts_take_numpy_integers():
             first_n(x, bad)
     with pytest.raises(ValueError, match="first_n: tensor must have a first"):
         first_n(torch.tensor(5.0), 1)
+
+
+def test_a_count_of_exactly_the_samples_available_is_all_of_them():
+    """n == available is the whole tensor, n + 1 is refused (mutation pass 22b, DS4: ``n >= available``
+    refused the count a user gives for 'all', e.g. load_digits(n_train=1497))."""
+    t = torch.arange(10)
+    assert torch.equal(first_n(t, 10), t)
+    with pytest.raises(ValueError, match="^n=11 exceeds the 10 samples available in the data$"):
+        first_n(t, 11)
+
+
+def test_class_names_must_name_every_class():
+    """classes has num_classes names, no fewer or more (mutation pass 22b, DS9: without the check
+    Split kept 2 names for 3 classes, and classes[2] named no label)."""
+    x, y = torch.zeros(4, 3), torch.tensor([0, 1, 2, 1])
+    assert Split(x, y, x, y, num_classes=3, name="ok", classes=["a", "b", "c"]).classes == ("a", "b", "c")
+    for names in (("a", "b"), ("a", "b", "c", "d")):
+        with pytest.raises(ValueError, match=rf"^bad: {len(names)} class names for 3 classes$"):
+            Split(x, y, x, y, num_classes=3, name="bad", classes=names)
+
+
+def test_one_hot_refuses_boolean_labels():
+    """Boolean labels are no class labels (mutation pass 22b, DS11: without the bool check
+    [True, False] came back as the rows of classes 1 and 0)."""
+    with pytest.raises(TypeError, match=r"^one_hot expects integer class labels, got dtype torch\.bool$"):
+        one_hot(torch.tensor([True, False]), 2)

@@ -157,3 +157,18 @@ def test_gauss_newton_of_a_model_returning_an_opaque_output_is_refused():
     # before: a Gauss-Newton sharpness of exactly 0.0 (tree_flatten saw no tensor in the output)
     with pytest.raises(ValueError, match=r"curvature='ggn' takes J from the model's outputs .*\(Output; G would be 0"):
         catapult.sharpness(model, loss_fn, batch, curvature="ggn")
+
+
+@pytest.mark.parametrize("chunk_size", [None, 1])
+def test_gauss_newton_of_an_overflowed_loss_is_nan(chunk_size):
+    """A loss that is inf with finite outputs (MSE of an output 1e200: (1e200)^2 overflows float64)
+    is a diverged model: every product is nan, as HessianOperator's (mutation pass 22b, GN6: without
+    the check G v came back finite, [2.] = 2 x^2 v, and the solvers would report a sharpness)."""
+    from catapult.curvature.ggn import GaussNewtonOperator
+    model = nn.Linear(1, 1, bias=False).double()
+    with torch.no_grad():
+        model.weight.fill_(1e200)
+    batch = (torch.tensor([[1.0]], dtype=torch.float64), torch.tensor([[0.0]], dtype=torch.float64))
+    G = GaussNewtonOperator(model, nn.MSELoss(), batch, chunk_size=chunk_size)
+    assert G.loss == float("inf")
+    assert torch.isnan(G(torch.tensor([1.0], dtype=torch.float64))).all()
