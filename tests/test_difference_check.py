@@ -180,3 +180,43 @@ def test_a_difference_that_is_not_finite_is_accepted_as_a_diverged_models_nan():
         return math.nan, (lambda accepted: "nan product" if accepted else None)
 
     assert checked_difference(product_at, 1e-3)[::2] == ("nan product", 0) and calls == [1e-3]
+
+
+def test_checked_difference_tries_three_steps_each_sixteen_times_smaller():
+    """STEPS = 3 at h, h/16, h/256: a pass at the third step is taken, three failures are refused
+    naming the three gaps (mutation pass 22b, DF2: STEPS = 2 refused the product h/256 passes)."""
+    from catapult.curvature.difference import UnreliableDifferenceError, checked_difference
+    def fake(gaps, steps):
+        def product_at(h):
+            steps.append(h)
+            return gaps[len(steps) - 1], lambda accepted: ("product", h) if accepted else None
+        return product_at
+    steps = []
+    assert checked_difference(fake([0.5, 0.5, 0.0], steps), 1.0) == (("product", 1 / 256), 0.0, 2)
+    assert steps == [1.0, 1 / 16, 1 / 256]
+    steps = []
+    with pytest.raises(UnreliableDifferenceError, match=r"differ by 0\.5, 0\.6, 0\.7 of the product at the steps 1 \.\. 0\.0039"):
+        checked_difference(fake([0.5, 0.6, 0.7, 0.0], steps), 1.0)
+    assert steps == [1.0, 1 / 16, 1 / 256]
+
+
+def test_scaled_step_multiplies_the_step_factor_it_finds():
+    """Nested: factor 2 inside factor 3 is 6, and each block restores what it found (mutation pass
+    22b, DF10: the inner block set 2, dropping the outer 3)."""
+    from catapult.curvature.difference import scaled_step
+    class Differences:
+        step_factor = 1.0
+    op = Differences()
+    with scaled_step(op, 3.0):
+        with scaled_step(op, 2.0):
+            assert op.step_factor == 6.0
+        assert op.step_factor == 3.0
+    assert op.step_factor == 1.0
+
+
+def test_relative_gap_above_the_noise_is_the_plain_ratio():
+    """second > noise: second / first, the noise not added to the first (mutation pass 22b, DF11:
+    0.5 / (1 + 0.25) = 0.4 for the true 0.5)."""
+    from catapult.curvature.difference import relative_gap
+    assert relative_gap(0.5, 1.0, noise=0.25) == 0.5
+    assert relative_gap(0.25, 1.0, noise=0.25) == 0.0

@@ -119,3 +119,25 @@ def test_loss_and_accuracy_one_sync_checks_target_shapes():
     soft = torch.nn.functional.one_hot(labels, 4).float()
     with pytest.raises(ValueError, match=r"accuracy: float targets of shape \(3, 2, 4\)"):
         loss_and_accuracy(loss, outputs, soft.transpose(0, 1).contiguous(), one_sync=True)
+
+
+def test_cross_entropy_refuses_probabilities_of_transposed_rows():
+    """Probabilities (3, 2, K) for outputs (2, 3, K) have the right count and would pair with the
+    wrong rows after flattening (mutation pass 22b, LS4: without the shape check a number came back)."""
+    outputs = torch.zeros(2, 3, 4)
+    probs = torch.full((3, 2, 4), 0.25)
+    assert cross_entropy(outputs, torch.full((2, 3, 4), 0.25)).item() == pytest.approx(np.log(4), rel=1e-6)
+    with pytest.raises(ValueError, match=r"^cross_entropy: targets of shape \(3, 2, 4\) do not match outputs of shape "
+                                         r"\(2, 3, 4\)"):
+        cross_entropy(outputs, probs)
+
+
+@pytest.mark.parametrize("one_sync", [False, True])
+def test_the_accuracy_of_no_rows_is_nan(one_sync):
+    """A mean over zero rows is undefined: accuracy and loss_and_accuracy (either path) say nan, not
+    0.0 (mutation pass 22b, LS7 and LS12: 0.0, a run that scored nothing)."""
+    from catapult.losses import loss_and_accuracy
+    outputs, labels = torch.zeros(0, 3), torch.zeros(0, dtype=torch.int64)
+    assert np.isnan(accuracy(outputs, labels)) and np.isnan(accuracy(outputs, torch.zeros(0, 3)))
+    loss, acc = loss_and_accuracy(torch.tensor(1.5), outputs, labels, one_sync=one_sync)
+    assert loss == 1.5 and np.isnan(acc)
