@@ -368,3 +368,22 @@ def test_weights_of_another_model_name_name_only_the_keys_of_the_saved_model(tmp
     ((key, why),) = run_config_problems({"model": gpt}, weights)
     assert key == "--weights"
     assert "was trained with model.name='mlp' (the config: 'gpt'), model.activation='relu' (the config: 'gelu'), by" in why
+
+
+def test_weights_message_says_how_many_differing_keys_it_cut(tmp_path):
+    # six model keys differ: the message showed four and said nothing of the other two
+    from catapult.engine.spectrum_study import run_config_problems
+
+    run(CONFIG, out_dir=tmp_path / "run", progress="none")
+    weights = tmp_path / "run" / "model.pt"
+    trained = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["model"]
+    assert (trained["width"], trained["depth"], trained["activation"], trained["bias"]) == (3, 2, "relu", True)
+    other = {**trained, "width": 5, "depth": 4, "activation": "gelu", "bias": False, "init": "orthogonal",
+             "base_width": 7}
+    ((key, why),) = run_config_problems({"model": other}, weights)
+    assert key == "--weights"
+    assert why.count("(the config: ") == 4, why
+    assert ", and 2 more (model.init, model.base_width), by" in why, why
+    ((_, four),) = run_config_problems({"model": {**other, "init": trained["init"], "base_width": trained["base_width"]}},
+                                       weights)
+    assert four.count("(the config: ") == 4 and "more" not in four, four

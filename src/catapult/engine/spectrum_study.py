@@ -223,6 +223,8 @@ def run_config_problems(config: Mapping[str, Any], weights: Path) -> list[tuple[
     if not changed:
         return []
     shown = ", ".join(f"model.{k}={trained[k]!r} (the config: {config['model'][k]!r})" for k in changed[:4])
+    if len(changed) > 4:   # the cut keys were not mentioned: the config looked nearer the run's than it is
+        shown += f", and {len(changed) - 4} more ({', '.join('model.' + k for k in changed[4:])})"
     return [("--weights", f"{weights} was trained with {shown}, by {beside}; measure it with that config "
                           f"(`catapult spectrum {beside} --weights {weights}`)")]
 
