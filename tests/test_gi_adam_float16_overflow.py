@@ -93,3 +93,46 @@ def test_reset_state_leaves_the_state_as_it_was_when_start_entries_refuses(where
     for key, value in before.items():   # bit-equal: the same bytes
         assert torch.equal(opt.state[w][key].view(torch.int16 if value.dtype == torch.float16 else value.dtype),
                            value.view(torch.int16 if value.dtype == torch.float16 else value.dtype)), key
+
+
+def test_a_rigl_update_that_gi_adam_refuses_changes_no_mask_weight_or_state():
+    # the refusal (a grown entry's v_0 = 300^2 beyond float16) came from reset_state_ after the masks had
+    # changed and the grown weights were zeroed (the first layer's update done whole, the second's mask,
+    # weights and dropped state): a caught error left the model half updated
+    from catapult.sparsity import MaskUpdater, MaskedLinear
+
+    gen = torch.Generator().manual_seed(0)
+    a = MaskedLinear(8, 8, density=0.25, generator=gen)
+    b = MaskedLinear(8, 8, density=0.25, generator=gen)
+    net = torch.nn.Sequential(a, torch.nn.Tanh(), b).half()
+    updater = MaskUpdater(net, "rigl", update_every=1, end_step=10, drop_fraction=0.5)
+    opt = GIAdam(net.parameters(), lr=0.01)
+    net(torch.randn(4, 8, generator=gen).half()).pow(2).sum().backward()
+    opt.step()
+    scores = []
+    for layer, big in ((a, 1.0), (b, 300.0)):   # |g| > 255.9: g^2 overflows float16 (max 65504)
+        score = torch.full((8, 8), 0.5, dtype=torch.float16)
+        score[~layer.mask] = torch.linspace(0.01, 0.02, int((~layer.mask).sum())).half()
+        score[torch.nonzero(~layer.mask)[0].unbind()] = big   # the first inactive entry grows first
+        layer.dense_grad = score
+        scores.append(score)
+
+    def snapshot():
+        bits = lambda t: t.detach().clone().view(torch.int16) if t.dtype == torch.float16 else t.detach().clone()
+        return ([bits(m.mask) for m in (a, b)] + [bits(p) for p in net.parameters()]
+                + [bits(v) for p in net.parameters() for v in opt.state[p].values()])
+
+    before = snapshot()
+    with pytest.raises(ValueError, match=r"start_entries_: parameter 2, \d+ restarted entries \(torch.float16, "
+                                         r"shape \(8, 8\)\).* overflows torch.float16.*the largest \|g\| is 300\)"):
+        updater.step(1, opt)
+    after = snapshot()
+    assert len(after) == len(before) and all(torch.equal(x, y) for x, y in zip(before, after))
+    # with a grow score that fits, the same update goes through: both masks change, grown v = g^2
+    scores[1][scores[1] == 300.0] = 2.0
+    masks = [a.mask.clone(), b.mask.clone()]
+    assert updater.step(1, opt)
+    for layer, mask, score in zip((a, b), masks, scores):
+        grown = layer.mask & ~mask
+        assert bool(grown.any()) and torch.equal(layer.weight.detach()[grown], torch.zeros(int(grown.sum())).half())
+        assert torch.equal(opt.state[layer.weight]["exp_avg_sq"][grown], score[grown] ** 2)

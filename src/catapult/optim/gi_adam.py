@@ -402,9 +402,38 @@ class GIAdam(torch.optim.Optimizer):
         >>> opt.state[w]["exp_avg_sq"]
         tensor([1., 9.])
         """
+        started = self._entries_v0(param, where, grad)
+        if started is None:
+            return
+        state, v0 = started
+        state["exp_avg"].masked_fill_(where, 0)
+        state["exp_avg_sq"][where] = v0.to(state["exp_avg_sq"].device)
+
+    @torch.no_grad()
+    def check_start_entries(self, param: Tensor, where: Tensor, grad: Tensor) -> None:
+        """Raise the ValueError :meth:`start_entries_` would raise for these arguments (a ``v``
+        beyond the state's dtype, a ``where`` or ``grad`` of another shape), touching nothing:
+        for a caller that changes more than the state (RigL's masks and weights) and must refuse
+        before any of it.
+
+        >>> w = torch.nn.Parameter(torch.zeros(2, dtype=torch.float16))
+        >>> opt = GIAdam([w], lr=0.1)
+        >>> w.grad = torch.ones(2, dtype=torch.float16); opt.step()
+        >>> try:
+        ...     opt.check_start_entries(w, torch.tensor([False, True]), torch.tensor([1.0, 300.0]).half())
+        ... except ValueError as e:
+        ...     print(str(e)[:46])
+        GIAdam.start_entries_: parameter 0, 1 restarte
+        >>> opt.state[w]["exp_avg_sq"]
+        tensor([1., 1.], dtype=torch.float16)
+        """
+        self._entries_v0(param, where, grad)
+
+    def _entries_v0(self, param: Tensor, where: Tensor, grad: Tensor) -> tuple[dict, Tensor] | None:
+        """``(state, v0)`` of :meth:`start_entries_` (None before the first step), its refusals raised."""
         state = self.state.get(param)
         if not state or state.get("exp_avg_sq") is None:
-            return
+            return None
         if where.shape != param.shape or grad.shape != param.shape:
             raise ValueError(f"start_entries_: where {tuple(where.shape)} and grad {tuple(grad.shape)} must have "
                              f"the parameter's shape {tuple(param.shape)}")
@@ -417,8 +446,7 @@ class GIAdam(torch.optim.Optimizer):
         # float16: a grown entry's g^2 above 65504 was an inf v there, the entry frozen for good
         self._refuse_v0_overflow(param, group, entries, v0, f"GIAdam.start_entries_: parameter "
                                  f"{self._param_index(param)}, {int(where.sum())} restarted entries")
-        state["exp_avg"].masked_fill_(where, 0)
-        state["exp_avg_sq"][where] = v0.to(state["exp_avg_sq"].device)
+        return state, v0
 
     def _check_v0_fits(self, param: Tensor, group: dict, index: int) -> None:
         """The first step's :meth:`_refuse_v0_overflow`, before any state is made."""

@@ -225,16 +225,24 @@ class MaskUpdater:
         if self.is_update_step(t):
             ties = _ties(self.layers)  # of the weights in use now (a load_state_dict(assign=True) unties them)
             _own_masks(ties)           # a no-op unless a mask was replaced or shared since
-            for tie in ties:
-                changed_any |= self._update_layer(tie, t, optimizer)
+            # every new mask, and the optimizer's refusal of any (GIAdam: a grown entry's v_0 beyond
+            # float16), before the first mask, weight or state changes: a refusal left them half updated
+            plans = [plan for plan in (self._new_mask(tie, t) for tie in ties) if plan is not None]
+            check = getattr(optimizer, "check_start_entries", None) if self.method == "rigl" else None
+            for module, new_mask, grad in plans if callable(check) else ():
+                check(module.weight, new_mask & ~module.mask, grad)
+            for module, new_mask, grad in plans:
+                _apply_mask(module, new_mask, grad, optimizer)
+            changed_any = bool(plans)
             self.updates += 1
         for layer in self.layers:
             layer.module.apply_mask_()
             layer.module._score_open = False  # the next step's score starts afresh
         return changed_any
 
-    def _update_layer(self, tie: list[_Layer], t: int, optimizer) -> bool:
-        """Update the mask of one weight, shared by the layers of ``tie`` (usually one)."""
+    def _new_mask(self, tie: list[_Layer], t: int) -> tuple[MaskedLinear, torch.Tensor, torch.Tensor | None] | None:
+        """``(module, new mask, RigL's dense gradient or None)`` of one weight, shared by the layers
+        of ``tie`` (usually one); None where the mask stays. Changes nothing."""
         module = tie[0].module
         parts = _parts(module)
         weight, mask = module.weight.detach(), module.mask
@@ -252,28 +260,33 @@ class MaskUpdater:
                                     _row_blocks(grad, parts), _row_blocks(new_mask, parts)):
                 out.copy_(rigl_update(w, m, g, fraction))
         else:
+            grad = None
             density = self.density_at(t)
             for w, m, out in zip(_row_blocks(weight, parts), _row_blocks(mask, parts), _row_blocks(new_mask, parts)):
                 out.copy_(prune_to(w, m, exact_nonzeros(m.numel(), density)))
-        changed = new_mask != mask
-        if not bool(changed.any()):
-            return False
-        grown = new_mask & ~mask
-        module.weight.data.masked_fill_(grown, 0.0)   # grown weights start at 0
-        # in place, into the tie's one mask (_own_masks): torch 2.2's compiled forward kept reading
-        # the buffer it was traced with, so an assigned new mask never reached train.compile's graph
-        # (RigL grew weights that then took no gradient, and the dropped ones took it)
-        mask.copy_(new_mask)
-        module.apply_mask_()                          # dropped weights become 0
-        if optimizer is not None:
-            reset_state_(optimizer, module.weight, changed & ~new_mask)  # dropped
-            reset_state_(optimizer, module.weight, grown, grad if self.method == "rigl" else None)
-        return True
+        return (module, new_mask, grad) if bool((new_mask != mask).any()) else None
 
     def densities(self) -> Iterator[tuple[str, float]]:
         """``(layer name, density)`` of every masked layer."""
         for layer in self.layers:
             yield layer.name, layer.module.density
+
+
+def _apply_mask(module: MaskedLinear, new_mask: torch.Tensor, grad: torch.Tensor | None, optimizer) -> None:
+    """Give ``module`` its ``new_mask``: grown weights start at 0, dropped ones become 0, and the
+    optimizer state of both starts afresh (the grown entries' from ``grad``, RigL's)."""
+    mask = module.mask
+    changed = new_mask != mask
+    grown = new_mask & ~mask
+    module.weight.data.masked_fill_(grown, 0.0)   # grown weights start at 0
+    # in place, into the tie's one mask (_own_masks): torch 2.2's compiled forward kept reading
+    # the buffer it was traced with, so an assigned new mask never reached train.compile's graph
+    # (RigL grew weights that then took no gradient, and the dropped ones took it)
+    mask.copy_(new_mask)
+    module.apply_mask_()                          # dropped weights become 0
+    if optimizer is not None:
+        reset_state_(optimizer, module.weight, changed & ~new_mask)  # dropped
+        reset_state_(optimizer, module.weight, grown, grad)
 
 
 def _check_schedule(method: str, final_density: float, update_every: int, end_step: int | None,
