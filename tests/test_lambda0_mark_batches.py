@@ -23,3 +23,19 @@ def test_a_lambda0_whose_solves_differ_is_not_converged_in_the_summary_or_the_sw
     assert marks == [False, True]   # the premise: one solve of the two did not converge
     assert lambda0_measurement(config).converged is False
     assert run(config).summary["lambda_0_converged"] is False
+
+
+def test_a_run_without_sharpness_tracking_or_a_lambda0_lr_measures_no_lambda0():
+    """eval.sharpness_every 0 with a numeric lr: no lambda_0 solve, summary lambda_0 None; tracking
+    (every 1) or an lr of c/lambda0 needs it (mutation pass 22b, BD14: sharpness_every >= 0 measured
+    lambda_0 on every run, a Lanczos solve no result asked for)."""
+    import yaml
+    from tiny_run import tiny_config
+    from catapult.engine import train
+    raw = yaml.safe_load(tiny_config("t"))
+    setup = build_run(cfg.validate(raw))
+    assert setup.needs_lambda0 is False
+    assert train(setup, progress="none").summary["lambda_0"] is None
+    for ev, lr in ((1, 0.125), (0, "2/lambda0")):
+        changed = {**raw, "eval": {**raw["eval"], "sharpness_every": ev}, "optimizer": {"lr": lr}}
+        assert build_run(cfg.validate(changed)).needs_lambda0 is True

@@ -336,3 +336,16 @@ def test_a_tensor_lr_stays_the_groups_tensor_under_torch_22s_scheduler_step(monk
         assert [float(lr) for lr in lrs] == [float(torch.tensor(f(t) * m)) for m in (1.0, 0.3)], t
         opt.step()
         sched.step()
+
+
+def test_lr_start_may_equal_lr_target_and_defaults_to_it_below_1e_4():
+    """lr_start == lr_target is a warmup that starts at its target (taken); lr_start above it is
+    refused; lr_start left out is min(1e-4, lr_target), so a target 5e-5 starts at 5e-5 (mutation
+    pass 22b, PW10: lr_start >= lr_target refused the equal case, and with it the 5e-5 default)."""
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    assert schedules.PersistentCatapultWarmup(opt, model, _mse, 0.5, lr_start=0.5).lr_start == 0.5
+    assert schedules.PersistentCatapultWarmup(opt, model, _mse, 5e-5).lr_start == 5e-5
+    assert schedules.PersistentCatapultWarmup(opt, model, _mse, 0.5).lr_start == 1e-4
+    with pytest.raises(ValueError, match=r"^lr_start \(0\.6\) must be <= lr_target \(0\.5\)$"):
+        schedules.PersistentCatapultWarmup(opt, model, _mse, 0.5, lr_start=0.6)
