@@ -39,3 +39,19 @@ def test_a_run_without_sharpness_tracking_or_a_lambda0_lr_measures_no_lambda0():
     for ev, lr in ((1, 0.125), (0, "2/lambda0")):
         changed = {**raw, "eval": {**raw["eval"], "sharpness_every": ev}, "optimizer": {"lr": lr}}
         assert build_run(cfg.validate(changed)).needs_lambda0 is True
+
+
+def test_a_runs_parameter_count_and_start_vector_leave_out_frozen_parameters():
+    """n_params (the Hessian's size, and the solvers' start vector's length) counts the trainable
+    parameters only: a model with its first weight frozen (8 x 64 of digits' MLP) has that many
+    fewer (mutation pass 22b, BD16: the frozen ones counted too)."""
+    import yaml
+    from tiny_run import tiny_config
+    from catapult.engine.build import assemble_run
+    setup = build_run(cfg.validate(yaml.safe_load(tiny_config("t"))))
+    first = next(setup.model.parameters())
+    first.requires_grad_(False)
+    trainable = sum(p.numel() for p in setup.model.parameters() if p.requires_grad)
+    frozen = assemble_run(setup.config, setup.model, setup.batches, setup.device, data=setup.data)
+    assert first.numel() == 8 * 64 and frozen.n_params == trainable == setup.n_params - 8 * 64
+    assert frozen.start_vector.numel() == trainable
