@@ -518,3 +518,22 @@ def test_a_mask_shared_after_the_updater_was_built_is_updated_per_layer(method):
         return [m.mask for _, m in masked_modules(model)]
 
     assert all(torch.equal(s, p) for s, p in zip(net(True), net(False)))
+
+
+def test_a_run_of_zero_steps_has_no_mask_updater(tmp_path):
+    """train.steps 0 with RigL masks: no update follows, so no MaskUpdater (None, as for static
+    masks); 6 steps have one (mutation pass 22b, BD15: without the steps == 0 check the 0-step run
+    was a ValueError, "update_every (2) >= end_step (0)")."""
+    from catapult.engine import build_run
+    from catapult.engine.build import build_mask_updater
+
+    (tmp_path / "t.txt").write_text("the quick brown fox jumps over the lazy dog\n" * 40)
+    config = dict(data=dict(name="text", root=str(tmp_path / "t.txt"), context=8, n_train=32, n_test=4),
+                  model=dict(name="gpt", width=16, depth=1, n_heads=2, density=0.5,
+                             sparsity=dict(method="rigl", update_every=2, end_fraction=1.0)),
+                  loss="cross_entropy", optimizer=dict(name="adam", lr=1e-2), train=dict(steps=0, batch_size=8),
+                  eval=dict(sharpness_every=0, test_every=0))
+    zero = validate(config)
+    assert build_mask_updater(zero, build_run(zero).model) is None
+    six = validate(dict(config, train=dict(steps=6, batch_size=8)))
+    assert isinstance(build_mask_updater(six, build_run(six).model), MaskUpdater)
