@@ -252,8 +252,6 @@ def _zero_step(direction: Sequence[tuple[Tensor, Tensor]], sharded: bool, distri
     return moving == 0
 
 
-@outside_inference_mode
-@same_call_on_every_rank
 def _warn_unmet_stop(lower: float, upper: float, loss_upper: float, rise_tolerance: float, objective0: float,
                      rtol: float | None) -> None:
     """A RuntimeWarning when the bisection ended (its cap, or a bracket of adjacent floats) with
@@ -272,6 +270,8 @@ def _warn_unmet_stop(lower: float, upper: float, loss_upper: float, rise_toleran
                       RuntimeWarning, stacklevel=caller_stacklevel())
 
 
+@outside_inference_mode
+@same_call_on_every_rank
 def critical_lr(model: torch.nn.Module, loss_fn: Callable, batch: Sequence,
                 optimizer: torch.optim.Optimizer, *, lr_start: float = 1e-4,
                 lr_max: float | None = None, delta: float = 0.1, rtol: float | None = None,
