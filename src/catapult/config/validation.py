@@ -143,7 +143,10 @@ def _problem(error: dict, model: type[BaseModel]) -> tuple[str, str]:
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         section = _model_at(model, loc)
         names = ", ".join(section.model_fields) if section is not None else ""
-        return key or "<config>", f"expected a mapping of keys ({names}), got {describe(error['input'])}"
+        # a dict-typed field, an Optional section or one with no fields: no key list to show
+        # (it read "expected a mapping of keys (), got [1, 2] (list)")
+        expected = f"a mapping of keys ({names})" if names else "a mapping"
+        return key or "<config>", f"expected {expected}, got {describe(error['input'])}"
     return key, error["msg"]
 
 
