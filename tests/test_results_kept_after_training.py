@@ -16,7 +16,7 @@ import torch
 from catapult import cli, demo
 from catapult.engine import loop
 from catapult.engine.run_dir import MANIFEST
-from tiny_run import tiny_config
+from tiny_run import tiny_config, tiny_demo_configs
 
 
 def _full(*args, **kwargs):
@@ -91,22 +91,11 @@ def test_coord_check_whose_figure_fails_keeps_its_measurements(tmp_path, capsys,
     assert (out / "coord_check.csv").read_text() == (tmp_path / "clean" / "coord_check.csv").read_text()
 
 
-def _tiny_demo_configs():
-    from catapult import config as cfg
-
-    config = demo.demo_configs(("mup",), (1,))[0]
-    config["data"].update(n_train=64, n_test=32)
-    config["model"]["width"] = 8
-    config["train"]["steps"] = 1
-    config["eval"].update(sharpness_every=0, test_every=0)
-    return [cfg.validate(config)]
-
-
 @pytest.mark.parametrize("failing", ["figure", "report"])
 def test_demo_whose_figure_or_report_fails_keeps_its_runs(tmp_path, monkeypatch, failing):
     from catapult.engine.run_dir import ResultsKept
 
-    configs = _tiny_demo_configs()
+    configs = tiny_demo_configs()
     if failing == "figure":
         monkeypatch.setattr("catapult.plots.plot_trajectories", _full)
     else:

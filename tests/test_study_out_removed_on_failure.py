@@ -11,6 +11,7 @@ import pytest
 from catapult import demo
 from catapult.cli import main
 from catapult.engine import coord_check_study
+from tiny_run import tiny_demo_configs
 
 TINY = """name: tiny
 data: {name: digits, n_train: 64, n_test: 32}
@@ -66,17 +67,6 @@ def test_write_configs_removes_the_folder_it_made_and_no_other(tmp_path, monkeyp
     assert (out / "notes.txt").read_text() == "mine"
 
 
-def _tiny_demo_configs():
-    from catapult import config as cfg
-
-    config = demo.demo_configs(("mup",), (1,))[0]
-    config["data"].update(n_train=64, n_test=32)
-    config["model"]["width"] = 8
-    config["train"]["steps"] = 1
-    config["eval"].update(sharpness_every=0, test_every=0)
-    return [cfg.validate(config)]
-
-
 def test_run_demo_removes_the_folder_it_made_and_no_other(tmp_path, monkeypatch):
     # a run that fails (its metrics.csv on a full disk) left demo/ behind; (a figure or the report
     # that fails after the runs keeps them: tests/test_results_kept_after_training.py)
@@ -87,10 +77,10 @@ def test_run_demo_removes_the_folder_it_made_and_no_other(tmp_path, monkeypatch)
     monkeypatch.setattr(records.MetricsFile, "write", full)
     out = tmp_path / "new" / "demo"
     with pytest.raises(OSError, match="No space left"):
-        demo.run_demo(out, workers=1, echo=lambda line: None, configs=_tiny_demo_configs())
+        demo.run_demo(out, workers=1, echo=lambda line: None, configs=tiny_demo_configs())
     assert not out.exists() and (tmp_path / "new").is_dir()   # the folder it made, not its parent
     out.mkdir()   # there before, with a file of the user's: kept, though it fails
     (out / "notes.txt").write_text("mine")
     with pytest.raises(OSError, match="No space left"):
-        demo.run_demo(out, workers=1, echo=lambda line: None, configs=_tiny_demo_configs())
+        demo.run_demo(out, workers=1, echo=lambda line: None, configs=tiny_demo_configs())
     assert (out / "notes.txt").read_text() == "mine"

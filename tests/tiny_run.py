@@ -28,3 +28,17 @@ def gpt_shards_config(root, **data) -> dict:
                 model=dict(name="gpt", width=16, depth=1, n_heads=2), loss="cross_entropy",
                 optimizer=dict(name="adam", lr=1e-3), train=dict(steps=1, batch_size=4),
                 eval=dict(sharpness_every=0))
+
+
+def tiny_demo_configs() -> list:
+    """The demo's one muP run of width multiplier 1, made tiny (an 8-wide MLP on 64 digits, one step,
+    nothing measured) and validated: the demo-failure tests' run."""
+    from catapult import config as cfg
+    from catapult import demo
+
+    config = demo.demo_configs(("mup",), (1,))[0]
+    config["data"].update(n_train=64, n_test=32)
+    config["model"]["width"] = 8
+    config["train"]["steps"] = 1
+    config["eval"].update(sharpness_every=0, test_every=0)
+    return [cfg.validate(config)]
