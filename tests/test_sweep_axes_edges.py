@@ -121,3 +121,29 @@ def test_an_override_of_the_sweep_section_or_an_empty_grid_key_is_named_as_no_sw
         load_sweep(path, [override])
     assert [key for key, _ in caught.value.problems] == [override.split("=")[0]]
     assert "a sweep override is sweep.seeds=[...] or sweep.grid.<dotted key>=<values>" in caught.value.problems[0][1]
+
+
+# Mutation pass 22c (SS31, SS32, SS33): the count of problems past the shown ones, and a sweep of no axes
+
+def test_cells_error_lists_shown_problems_whole_and_counts_only_those_past_them():
+    from catapult.sweep.spec import cells_error
+
+    exact = cells_error([(f"cell {i} optimizer.lr", "bad") for i in range(20)])
+    assert [key for key, _ in exact.problems] == [f"cell {i} optimizer.lr" for i in range(20)]   # no '... and 0 more'
+    over = cells_error([(f"cell {i} optimizer.lr", "bad") for i in range(23)])
+    assert [key for key, _ in over.problems[:20]] == [f"cell {i} optimizer.lr" for i in range(20)]
+    assert over.problems[20:] == [("", "... and 3 more problems")]   # 23 - 20, not 23
+
+
+def test_a_sweep_of_no_axes_is_one_cell():
+    from catapult.sweep.spec import expand
+
+    spec = parse_sweep({})
+    assert spec.axes == () and spec.size == 1
+    assert len(expand({"train": {"steps": 3}}, spec)) == spec.size
+
+
+def test_a_listed_relative_lr_is_labelled_in_lambda0_units_without_spaces():
+    # Mutation pass 22c (SS35): a value written 'c / lambda0' in a plain list is labelled c/λ0
+    axis = parse_sweep({"grid": {"optimizer.lr": ["2 / lambda0", "0.5/lambda_0", 0.1]}}).axis("optimizer.lr")
+    assert axis.labels == ("2/λ0", "0.5/λ0", "0.1")
