@@ -56,3 +56,15 @@ def test_augmentation_without_minibatches_is_refused_naming_data_augment():
     x, y = torch.zeros(4, 3, 8, 8), torch.arange(4)
     with pytest.raises(ConfigError, match="data.augment"):
         BatchStream(x, y, None, seed=0, augment=Augment(flip=True, crop=0, mixup=0.0, num_classes=4, seed=0))
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_the_cifar_training_sets_hold_50000_images_and_the_test_sets_10000(name):
+    # Mutation pass 22c (RD7): the standard archive's counts, known without reading it
+    from catapult.engine.run_data import check_image_counts
+
+    check_image_counts({"name": name, "n_train": 50000, "n_test": 10000})
+    for n_train, n_test in ((50001, None), (None, 10001)):
+        with pytest.raises(ConfigError) as caught:
+            check_image_counts({"name": name, "n_train": n_train, "n_test": n_test})
+        assert [k for k, _ in caught.value.problems] == ["data"] and f"{name} ({'train' if n_train else 'test'})" in str(caught.value)
