@@ -167,3 +167,18 @@ def test_a_missing_tokenizers_package_is_exit_2_naming_it(tmp_path, monkeypatch,
     assert code == 2
     err = capsys.readouterr().err
     assert "needs the Hugging Face 'tokenizers' package: pip install tokenizers" in err and "Traceback" not in err
+
+
+def test_a_cache_dir_under_a_folder_the_run_cannot_write_is_named_before_any_work(tmp_path, monkeypatch):
+    # Mutation pass 22c (RD3): the folder exists but is not writable (os.access says so; root's own
+    # mode bits would not bind, so the answer is given here); BPE training must not start
+    from pathlib import Path
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == locked else real_access(p, mode, **kw))
+    with pytest.raises(ConfigError) as info:
+        load_data(_config(tmp_path, cache_dir=str(locked / "cache")))
+    assert info.value.keys == ["data.cache_dir"] and f"{locked} is not writable" in str(info.value)
+    assert not (locked / "cache").exists() and not list(tmp_path.glob("bpe-*"))
