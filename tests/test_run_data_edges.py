@@ -68,3 +68,17 @@ def test_the_cifar_training_sets_hold_50000_images_and_the_test_sets_10000(name)
         with pytest.raises(ConfigError) as caught:
             check_image_counts({"name": name, "n_train": n_train, "n_test": n_test})
         assert [k for k, _ in caught.value.problems] == ["data"] and f"{name} ({'train' if n_train else 'test'})" in str(caught.value)
+
+
+def test_first_batches_are_the_stream_order_without_augmentation():
+    # Mutation pass 22c (RD13): lambda_0's batches are the training order's, never flipped
+    from catapult.data import Augment
+
+    x, y = torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(0)), torch.arange(8)
+    stream = BatchStream(x, y, 4, seed=0, augment=Augment(flip=True, crop=0, mixup=0.0, num_classes=8, seed=0))
+    first = stream.first_batches(2)
+    assert sorted(torch.cat([yb for _, yb in first]).tolist()) == list(range(8))
+    for t, (xb, yb) in enumerate(first):
+        assert torch.equal(xb, x[yb])   # the images as stored
+        assert torch.equal(stream.batch(t)[1], yb)   # the same order as the training stream's
+    assert any(not torch.equal(stream.batch(t)[0], x[stream.batch(t)[1]]) for t in range(2))   # which flips
