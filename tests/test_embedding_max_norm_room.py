@@ -148,3 +148,18 @@ def test_a_functional_call_left_to_look_copies_a_renormalised_weight(which):
         out = stateless.functional_loss(model, {"weight": weight}, ids, lambda o, y: o, None)
     assert torch.equal(weight, torch.full((3, 2), 3.0))   # the tensor given is not written
     assert torch.allclose(out.norm(dim=-1), torch.ones(2), rtol=1e-6, atol=0)   # the lookup is renormalised
+
+
+def test_a_max_norm_weight_not_given_is_copied_so_the_models_own_is_not_renormed():
+    # Mutation pass 22c (ST16): tensors that leave the embedding's weight out (its bias given)
+    # run the model's own weight; the lookup's renorm must write a copy, not the parameter
+    from catapult.curvature import stateless
+
+    model = nn.Sequential(nn.Embedding(3, 2, max_norm=1.0), nn.Linear(2, 1))
+    with torch.no_grad():
+        model[0].weight.fill_(3.0)
+    copies = stateless.renormed_copies(model, {"1.bias": torch.zeros(1)})
+    assert copies["0.weight"] is not model[0].weight and torch.equal(copies["0.weight"], torch.full((3, 2), 3.0))
+    out = stateless.functional_call(model, {"1.bias": torch.zeros(1)}, (torch.tensor([0, 2]),))
+    assert out.shape == (2, 1)
+    assert torch.equal(model[0].weight, torch.full((3, 2), 3.0))   # rows 0 and 2 had norm 3*sqrt(2) > 1
