@@ -24,3 +24,24 @@ def test_only_a_row_whose_solve_is_marked_unconverged_is_crossed_out():
     rows = [{"step": 0, "sharpness": 3.0}, {"step": 1, "sharpness": 4.0, "sharpness_converged": None},
             {"step": 2, "sharpness": 5.0, "sharpness_converged": 0}]
     assert unconverged_points(rows, "sharpness", "sharpness_converged") == [(2, 5.0)]
+
+
+def test_the_sharpness_axis_is_clipped_to_the_data_and_the_final_threshold_not_the_first():
+    # Mutation pass 22c (TR8): 2/lr starts at 200 in the warmup; the y-range is (min/2, max*8)
+    # over the sharpness 3 and the final threshold 2/0.5 = 4: (1.5, 32), not up to 200 * 8
+    rows = [{"step": t, "train_loss": 1.0, "sharpness": 3.0, "lr": lr} for t, lr in enumerate([0.01, 0.1, 0.5])]
+    fig = plot_run(rows)
+    assert list(_dashed(fig)[0].get_ydata()) == [200.0, 20.0, 4.0]
+    assert tuple(fig.axes[1].get_ylim()) == (1.5, 32.0)
+
+
+def test_spectrum_lines_fade_in_eigenvalue_order_eig_10_last():
+    # Mutation pass 22c (TR7): eig_1 .. eig_10 in number order (eig_10 is not second); line i of 10 has
+    # alpha 1 - 0.6 (i - 1) / 9, eig_i's values 11 - i here
+    rows = [{"step": t, "train_loss": 1.0, "sharpness": 3.0, **{f"eig_{i}": float(11 - i) for i in range(1, 11)}}
+            for t in range(3)]
+    ax, = [a for a in plot_run(rows).axes if a.get_title().startswith("(c)")]
+    lines = [line for line in ax.get_lines() if line.get_linestyle() == "-"]
+    assert [line.get_ydata()[0] for line in lines] == [float(11 - i) for i in range(1, 11)]
+    for i, line in enumerate(lines, start=1):
+        assert line.get_alpha() == max(1.0 - 0.6 * (i - 1) / 9, 0.3)
