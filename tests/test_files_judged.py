@@ -72,3 +72,10 @@ def test_an_earlier_versions_trajectories_png_is_a_png_with_matplotlibs_tag(tmp_
     assert run_output_of_ours(tmp_path / "trajectories.png") is True
     (tmp_path / "trajectories.png").write_bytes(b"my notes: " + tag)
     assert run_output_of_ours(tmp_path / "trajectories.png") is False
+
+
+def test_a_figure_path_without_a_suffix_is_marked_as_the_png_matplotlib_writes():
+    # Mutation pass 22c (FI1): savefig('phase') writes PNG, so it carries PNG's mark
+    from catapult.files import MARK, figure_mark
+
+    assert figure_mark("out/phase") == figure_mark("phase.PNG") == {"metadata": {"Software": MARK}}
