@@ -45,3 +45,15 @@ def test_spectrum_lines_fade_in_eigenvalue_order_eig_10_last():
     assert [line.get_ydata()[0] for line in lines] == [float(11 - i) for i in range(1, 11)]
     for i, line in enumerate(lines, start=1):
         assert line.get_alpha() == max(1.0 - 0.6 * (i - 1) / 9, 0.3)
+
+
+def test_only_a_diverged_run_is_crossed_at_its_last_loss_a_collapsed_one_is_not():
+    # Mutation pass 22c (TR10): the x marks divergence; a collapsed run (constant outputs) trained on
+    rows = [{"step": t, "train_loss": 1.0 / (t + 1), "sharpness": 3.0, "lr": 0.5} for t in range(3)]
+
+    def crosses(status):
+        return [(list(line.get_xdata()), list(line.get_ydata())) for line in plot_run(rows, status=status).axes[0].get_lines()
+                if line.get_marker() == "x"]
+
+    assert crosses("diverged") == [([2], [1.0 / 3])]
+    assert crosses("collapsed") == [] and crosses("converged") == []
