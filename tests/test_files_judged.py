@@ -79,3 +79,15 @@ def test_a_figure_path_without_a_suffix_is_marked_as_the_png_matplotlib_writes()
     from catapult.files import MARK, figure_mark
 
     assert figure_mark("out/phase") == figure_mark("phase.PNG") == {"metadata": {"Software": MARK}}
+
+
+def test_a_parquet_file_is_ours_only_where_its_catapult_metadata_is_the_mark(tmp_path):
+    # Mutation pass 22c (FI4): a user's table that has a 'catapult' key of its own is not an export
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    table = pa.table({"cell_id": [0], "status": ["converged"]})
+    for value, ours in ((MARK.encode(), True), (b"my notes on the catapult phase", False), (b"", False)):
+        path = tmp_path / f"t{len(value)}.parquet"
+        pq.write_table(table.replace_schema_metadata({b"catapult": value}), path)
+        assert written_by_catapult(path) is ours
