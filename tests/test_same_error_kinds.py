@@ -214,3 +214,19 @@ def test_a_verdict_naming_a_module_outside_catapult_or_a_class_it_only_imports_b
     assert ("smtplib" in sys.modules) == had_smtplib
     err = same_error(2, "ConfigError", "x", {"module": "catapult.config", "attributes": {}})
     assert type(err) is RuntimeError and str(err) == "rank 2: ConfigError: x"
+
+
+def test_write_errors_named_leaves_an_error_that_names_its_own_file_as_it_is():
+    # Mutation pass 22c (WR4): only a nameless OSError (a full disk) is given the path; one naming
+    # another file keeps its kind and its name
+    from catapult.writing import write_errors_named
+
+    raised = FileNotFoundError(2, "No such file or directory", "runs/a/.partial-metrics.csv")
+    with pytest.raises(FileNotFoundError) as caught:
+        with write_errors_named("runs/a/metrics.csv"):
+            raise raised
+    assert caught.value is raised and caught.value.filename == "runs/a/.partial-metrics.csv"
+    with pytest.raises(OSError) as nameless:
+        with write_errors_named("runs/a/metrics.csv"):
+            raise OSError(28, "No space left on device")
+    assert (nameless.value.errno, nameless.value.filename) == (28, "runs/a/metrics.csv")
