@@ -212,3 +212,16 @@ def test_an_error_without_a_file_name_while_writing_names_the_output(tmp_path, m
         write_whole(tmp_path / "a.txt", full)
     assert (info.value.errno, info.value.filename) == (errno.ENOSPC, str(tmp_path / "a.txt"))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("by_path", [False, True])
+def test_a_failed_rename_over_a_folder_names_the_path_not_the_partial_file(tmp_path, monkeypatch, by_path):
+    # Mutation pass 22c (WR11): os.replace names .partial-a.txt (and a.txt second); the error
+    # reported names a.txt, what the user asked for, and the partial file is gone
+    _by_path(monkeypatch, by_path)
+    (tmp_path / "a.txt").mkdir()
+    (tmp_path / "a.txt" / "mine").write_text("keep")
+    with pytest.raises(OSError) as caught:
+        write_whole(tmp_path / "a.txt", lambda fh: fh.write(b"whole"))
+    assert caught.value.filename == str(tmp_path / "a.txt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"] and (tmp_path / "a.txt" / "mine").read_text() == "keep"
