@@ -91,3 +91,20 @@ def test_a_parquet_file_is_ours_only_where_its_catapult_metadata_is_the_mark(tmp
         path = tmp_path / f"t{len(value)}.parquet"
         pq.write_table(table.replace_schema_metadata({b"catapult": value}), path)
         assert written_by_catapult(path) is ours
+
+
+def test_a_line_without_a_colon_before_the_last_is_no_cut_off_mapping():
+    # Mutation pass 22c (FI16): only the last line may be cut inside a key
+    from catapult.files import cut_off_mapping
+
+    keys = ["name", "data", "model"]
+    assert cut_off_mapping(b"name: a\nda", keys) is True
+    assert cut_off_mapping(b"name: a\nda\nmodel: {}\n", keys) is False
+
+
+def test_a_link_to_an_export_is_not_taken_for_catapults_own(tmp_path):
+    # Mutation pass 22c (FI21): judged by content, but never through a link
+    target = tmp_path / "results.csv"
+    target.write_text("cell_id,optimizer.lr,status\n0,0.1,converged\n")
+    (tmp_path / "link.csv").symlink_to(target)
+    assert written_by_catapult(target) is True and written_by_catapult(tmp_path / "link.csv") is False
