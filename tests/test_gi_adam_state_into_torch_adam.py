@@ -36,6 +36,19 @@ def _through_a_file(state):
     return torch.load(buffer, weights_only=True)
 
 
+def _continue_alike(*runs):
+    """Step each (optimizer, params) run on the same gradients for steps 3-5; every run's
+    parameters end bit-equal to the first's."""
+    for t in range(3, 6):
+        for optimizer, params in runs:
+            _grads(params, t)
+            optimizer.step()
+    first = runs[0][1]
+    for _, params in runs[1:]:
+        for a, b in zip(first, params):
+            assert torch.equal(a, b)
+
+
 @pytest.mark.skipif(not HAS_FLAG, reason="torch Adam has no decoupled_weight_decay before torch 2.6")
 @pytest.mark.parametrize("cls", [torch.optim.Adam, torch.optim.AdamW])
 def test_torch_adam_continues_a_gi_adam_state_with_its_decoupled_decay(cls):
@@ -48,13 +61,7 @@ def test_torch_adam_continues_a_gi_adam_state_with_its_decoupled_decay(cls):
     theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
     torch_opt = cls([{"params": [theirs[0]]}, {"params": [theirs[1]]}], lr=0.5)
     torch_opt.load_state_dict(saved)
-    for t in range(3, 6):
-        _grads(ours, t)
-        gi.step()
-        _grads(theirs, t)
-        torch_opt.step()
-    for a, b in zip(ours, theirs):
-        assert torch.equal(a, b)
+    _continue_alike((gi, ours), (torch_opt, theirs))
     assert [g["decoupled_weight_decay"] for g in saved["param_groups"]] == [True, True]
 
 
@@ -93,13 +100,7 @@ def test_a_torch_adam_state_continues_with_vs_bias_correction_as_adamw_would(cls
     gi = GIAdam(ours, lr=0.5, v_bias_correction=False, v0=2.0)
     gi.load_state_dict(saved)
     assert "v_bias_correction" not in saved["param_groups"][0]      # the caller's dict is left as it was
-    for t in range(3, 6):
-        _grads(theirs, t)
-        torch_opt.step()
-        _grads(ours, t)
-        gi.step()
-    for a, b in zip(ours, theirs):
-        assert torch.equal(a, b)
+    _continue_alike((gi, ours), (torch_opt, theirs))
     # GIAdam's own state keeps its setting
     own = GIAdam([torch.nn.Parameter(torch.ones(2))], v_bias_correction=False)
     other = GIAdam([torch.nn.Parameter(torch.ones(2))])
