@@ -248,11 +248,15 @@ def has_final_values(status: str | None) -> bool:
 
 
 def warmup_summary(config, metrics, lr_trgt: float, warmup_rule) -> dict:
-    """Warmup scalars: ``warmup`` (the rule), ``lr_target_reached_at`` (first logged step whose
-    lr is ``lr_trgt`` to 1e-9 relative; None if never), ``lr_critical`` / ``_lower`` / ``_upper``
+    """Warmup scalars: ``warmup`` (the rule), ``lr_target_reached_at`` (first step whose update used
+    ``lr_trgt``, to 1e-9 relative: the last row, the final one after the last update or the one a run
+    diverged at, took no step, so its lr is never it; None if never), ``lr_critical`` / ``_lower`` / ``_upper``
     (catapult: the step-0 search; persistent: the first search), ``search_forward_passes``
     (forward passes of all searches and loss probes; 0 for linear) and ``searches``."""
-    reached = next((r["step"] for r in metrics if r["lr"] is not None and r["lr"] >= lr_trgt * (1 - 1e-9)), None)
+    # (the final row's lr, the schedule's at t = steps, read as reached: a 30-step linear warmup over
+    # 31 steps "reached lr_trgt at step 30", whose updates 0..29 all ran below it)
+    reached = next((r["step"] for r in metrics[:-1] if r["lr"] is not None and r["lr"] >= lr_trgt * (1 - 1e-9)),
+                   None)
     out = dict(warmup=config["schedule"]["warmup"], lr_target_reached_at=reached, lr_critical=None,
                lr_critical_lower=None, lr_critical_upper=None, search_forward_passes=0, searches=0)
     out.update(warmup_rule.info)
