@@ -1,0 +1,52 @@
+"""catapult.optim.rules at the edges its formulas define (mutation pass 23): the steps below are
+worked by hand in binary-exact numbers, so each compare is exact."""
+from __future__ import annotations
+
+import torch
+
+from catapult.optim import rules
+
+
+def _t(*values):
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def test_a_negative_weight_decay_enters_sgds_step_as_the_formula_says():
+    # d = g + wd theta for any number wd != 0 (the rules check nothing: torch.optim refuses wd < 0,
+    # the formula does not): theta = (2, -4), g = (1, 1), wd = -0.25: d = (0.5, 2), lr 0.5 -> (1.75, -5)
+    theta, g = [_t(2.0, -4.0)], [_t(1.0, 1.0)]
+    new, _ = rules.update("sgd", theta, g, rules.init("sgd", theta, {}), {"lr": 0.5, "weight_decay": -0.25})
+    assert torch.equal(new[0], _t(1.75, -5.0))
+
+
+def test_sgds_l2_coefficient_is_its_weight_decay_even_where_decoupled_weight_decay_is_set():
+    # SGD has no decoupled weight decay: update folds wd theta into g whatever the flag says, and
+    # l2_coefficient must name the same wd (the step below: (theta - new) / lr - g = wd theta)
+    hp = {"lr": 0.5, "weight_decay": 0.25, "decoupled_weight_decay": True}
+    theta, g = [_t(2.0, -4.0)], [_t(1.0, 1.0)]
+    new, _ = rules.update("sgd", theta, g, rules.init("sgd", theta, hp), hp)
+    assert torch.equal((theta[0] - new[0]) / 0.5 - g[0], 0.25 * theta[0])
+    assert rules.l2_coefficient("sgd", hp) == 0.25
+    assert rules.l2_coefficient("adam", hp) == 0.0   # Adam with the flag is decoupled: no L2 in the gradient
+
+
+def test_a_bool_v0_is_refused_not_read_as_the_number_one():
+    # True is a numbers.Real: as a number it was v0 = 1.0 (v_0 = g^2, the "grad" rule) without a word
+    import pytest
+
+    for v0 in (True, False):
+        with pytest.raises(TypeError, match="v0 must be one of"):
+            rules.check_v0(v0)
+        with pytest.raises(TypeError, match="v0 must be one of"):
+            rules.initial_second_moment(_t(1.0, -2.0), v0)
+
+
+def test_the_random_v0_seed_range_is_torchs_half_open_one():
+    # torch.Generator.manual_seed takes [-2**63, 2**64): 2**64 - 1 draws, 2**64 is refused by name
+    import pytest
+
+    g = _t(1.0, -2.0)
+    v0 = rules.initial_second_moment(g, "random", seed=2 ** 64 - 1)
+    assert float(v0.norm()) == pytest.approx(float((g * g).norm()), rel=1e-12)
+    with pytest.raises(ValueError, match=r"seed 18446744073709551616 is beyond"):
+        rules.initial_second_moment(g, "random", seed=2 ** 64)
