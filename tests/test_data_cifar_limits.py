@@ -8,7 +8,7 @@ import zlib
 
 import pytest
 
-from catapult.data import load_cifar10
+from catapult.data import load_cifar10, load_cifar100
 from catapult.data.cifar import _MAX_EXTENDED_HEADER, _MAX_MEMBERS, CorruptDataError
 
 
@@ -105,3 +105,46 @@ def test_a_member_larger_than_its_format_allows_is_refused_without_being_read(tm
     with pytest.raises(CorruptDataError, match=r"data_batch_2: 34,280,001 bytes, more than a CIFAR-10 'data_batch_2' file can be"):
         load_cifar10(archive)
     assert read == ["data_batch_1"]
+
+
+def test_a_negative_label_is_refused_naming_the_file(tmp_path):
+    # -1 indexes the last class in a one-hot or a loss's gather: the range check has two ends
+    from test_data_cifar import make_cifar10, py2_dumps
+
+    files = make_cifar10(tmp_path)
+    batch = dict(files["data_batch_1"])
+    batch[b"labels"] = [-1] + list(batch[b"labels"])[1:]
+    (tmp_path / "cifar-10-batches-py" / "data_batch_1").write_bytes(py2_dumps(batch))
+    with pytest.raises(ValueError, match=r"data_batch_1: 'labels' values must lie in \[0, 10\), got \[-1, "):
+        load_cifar10(tmp_path)
+
+
+def test_a_file_of_exactly_its_formats_largest_size_is_read():
+    # the bound is the largest a file may be: size == limit is read, one byte more refused unread
+    from catapult.data.cifar import _CIFAR10, _read_checked
+
+    class Sized:
+        def __init__(self, size):
+            self.bytes = size
+
+        def size(self, name):
+            return self.bytes
+
+        def read(self, name):
+            return b"read"
+
+        def describe(self, name):
+            return name
+
+    limit = _CIFAR10.max_bytes("test_batch")
+    assert _read_checked(Sized(limit), _CIFAR10, "test_batch") == b"read"
+    with pytest.raises(CorruptDataError, match=r"test_batch: 34,280,001 bytes, more than a CIFAR-10 'test_batch' file"):
+        _read_checked(Sized(limit + 1), _CIFAR10, "test_batch")
+
+
+def test_cifar100_coarse_labels_name_their_split_as_such(tmp_path):
+    from test_data_cifar import make_cifar100
+
+    make_cifar100(tmp_path)
+    assert load_cifar100(tmp_path, labels="coarse").name == "cifar100-coarse"
+    assert load_cifar100(tmp_path, labels="fine").name == "cifar100"
