@@ -84,3 +84,19 @@ def test_each_copy_a_run_trains_holds_counts_its_tensors(optimizer, copies, monk
     monkeypatch.setattr(model_size, "_memory_bytes", lambda device: need - 1)   # one byte short: the last copy's tensors
     with pytest.raises(cfg.ConfigError, match=r"model\.width=8 and model\.depth=3 .*more than this machine's"):
         check_fits(config, 64, 10, torch.device("cpu"), torch.float32, **training_fit(config))
+
+
+def test_a_run_on_another_device_holds_its_copies_tensors_on_the_cpu_but_not_their_values(monkeypatch):
+    # (mutation pass 23) weights built on the CPU then moved: the CPU keeps each tensor's own bytes
+    # (TENSOR_BYTES) for the weights, gradients and adam's two state copies, their values the device
+    config = cfg.validate({"data": {"name": "digits"}, "model": {"name": "mlp", "width": 8, "depth": 3},
+                           "optimizer": {"name": "adam", "lr": 0.001}})
+    params = list(build_model(config, 64, 10).parameters())
+    values, tensors = 4 * sum(p.numel() for p in params), len(params)
+    held = 4 * TENSOR_BYTES * tensors
+    assert held > values + TENSOR_BYTES * tensors   # the build's own need is the smaller
+    monkeypatch.setattr(model_size, "_memory_bytes", lambda device: held if device.type == "cpu" else None)
+    check_fits(config, 64, 10, torch.device("cuda"), torch.float32, **training_fit(config))
+    monkeypatch.setattr(model_size, "_memory_bytes", lambda device: held - 1 if device.type == "cpu" else None)
+    with pytest.raises(cfg.ConfigError, match=r"model\.width=8 and model\.depth=3 .*more than this machine's"):
+        check_fits(config, 64, 10, torch.device("cuda"), torch.float32, **training_fit(config))
