@@ -38,7 +38,7 @@ def test_dynamic_sparsity_on_a_model_without_masks_is_one_problem_saying_use_sta
 @pytest.mark.parametrize("depth", [1, 2])
 def test_an_mlp_without_hidden_layers_refuses_a_base_density_below_1(depth):
     config = dict(data=dict(name="digits", n_train=32, n_test=16),
-                  model=dict(name="mlp", width=8, depth=depth, parametrization="supar", base_width=4,
+                  model=dict(name="mlp", width=8, depth=depth, parametrization="supar", base_width=8,
                              base_density=0.5),
                   train=dict(steps=2))
     with pytest.raises(ConfigError) as refused:

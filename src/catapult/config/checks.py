@@ -288,6 +288,13 @@ def _check_wrn_and_augment(config: dict) -> Problems:
         yield ("model.density", f"the mlp masks its hidden (width x width) layers and depth {model['depth']} has "
                                 "none (input and readout stay dense): density and base_density must be 1, or "
                                 "use model.depth >= 3")
+    if (model["name"] == "mlp" and model["depth"] == 1 and model["base_width"] is not None
+            and model["base_width"] != model["width"]):
+        # its one layer has no width-sized dimension: m_d scaled its readout multiplier and SGD lr silently
+        yield ("model.base_width", f"an mlp of depth 1 maps the inputs straight to the outputs, with no dimension "
+                                   f"that grows with model.width, so base_width {model['base_width']} (m_d = "
+                                   f"width / base_width) would scale a layer that does not grow; remove "
+                                   "model.base_width or use model.depth >= 2")
     hidden = model["width"] if model["name"] in ("mlp", "gpt") and (model["name"] == "gpt" or model["depth"] >= 3) else 0
     # sparsity.static.keeps_no_entry's rule (this package imports no other of catapult's)
     if hidden and model["density"] < 1.0 and model["density"] * hidden * hidden < 0.5:

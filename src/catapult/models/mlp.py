@@ -32,8 +32,9 @@ uses ``d_base = width``):
     hidden: the base model's SP (He) variance ``v_w / d_base`` divided by ``m_d`` (muP:
     ``v_w / width``) or by ``m_d m_rho`` (SμPar: ``v_w rho_base / (width * density)``, i.e. He
     init on the live fan-in when the base model is dense);
-    readout: var ``1 / d_base`` (the readout variance at the base width), multiplier
-    ``alpha_out / m_d`` (bias not multiplied).
+    readout: var ``1 / d_base`` (the readout variance at the base width; ``1 / in_features`` at
+    ``depth == 1``, whose one layer has no width-sized dimension and refuses a ``base_width``
+    other than ``width``), multiplier ``alpha_out / m_d`` (bias not multiplied).
     At the base shape this is exactly SP. :func:`catapult.param_groups` gives the table's
     per-layer learning rates (Adam: hidden ``lr / m_d`` or ``lr / (m_d m_rho)``).
 
@@ -138,6 +139,13 @@ class MLP(nn.Module):
             raise ValueError(f"MLP density={density!r}, base_density={base_density!r}: the masks are the hidden "
                              f"(width x width) layers', and depth {depth} has none (input and readout stay "
                              "dense); use depth >= 3 or density 1")
+        if int(depth) == 1 and base_width is not None and int(base_width) != int(width):
+            # its one layer maps in_features to out_features: no dimension grows with width, yet m_d scaled
+            # its readout multiplier (alpha_out / m_d) and its SGD lr (m_d), silently
+            raise ValueError(f"MLP base_width={base_width!r} with depth 1: the one layer maps in_features to "
+                             "out_features and has no width-sized dimension, so width / base_width would scale "
+                             "a layer that does not grow; leave base_width None (or equal to width), or use "
+                             "depth >= 2")
         check_seed("MLP", "mask_seed", mask_seed)
         weight_var = check_real("MLP", "weight_var", weight_var, low=0.0, low_open=True)
         for label, value in (("alpha_in", alpha_in), ("alpha_out", alpha_out)):
@@ -187,8 +195,8 @@ class MLP(nn.Module):
                     var = init_variance(parametrization, "hidden", weight_var / d_base, width_mult=width_mult,
                                         density_mult=hidden_density_mult)
                     multiplier = 1.0
-                else:
-                    var, multiplier = 1.0 / d_base, alpha_out / width_mult
+                else:  # the readout variance at the base width; depth 1 reads the inputs, whose count is fixed
+                    var, multiplier = 1.0 / (d_base if self.depth > 1 else fan_in), alpha_out / width_mult
             layer = ScaledLinear(fan_in, fan_out, bias=bias, multiplier=multiplier,
                                  bias_multiplier=bias_multiplier)
             init_weight_(layer.weight, var, init)
