@@ -72,7 +72,8 @@ from catapult.compiled_state import retrace_compiled
 from catapult.param_rules import (PARAMETRIZATIONS, ROLES, ParamSpec, check_parametrization, init_rule,
                                   init_variance, lr_multiplier, lr_rule, optimizer_family)
 from catapult.sparsity import MASK_METHODS, kept_density, random_mask
-from catapult.parametrize_checks import check_inferred_readout, check_masks, check_scalable, check_shared
+from catapult.parametrize_checks import (check_builtin, check_inferred_readout, check_masks, check_scalable,
+                                         check_shared)
 from catapult.parametrize_state import attach_spec
 from catapult.scaled_layers import (WEIGHT_LAYERS, ScaledConv2d, ScaledEmbedding, ScaledLinear,
                                     as_scaled, fan_in as layer_fan_in, layer_width)
@@ -423,6 +424,9 @@ def parametrize(
     * attention: ``parametrize`` sees layers, not the attention's arithmetic, so muP's
       ``1/d_head`` logit scale is the model's own to apply (``F.scaled_dot_product_attention(...,
       scale=1/d_head)``). ``nn.MultiheadAttention`` multiplies by its weights itself and is refused.
+    * catapult's own models (:class:`~catapult.models.GPT`, ``MLP``, ``WRN``), alone or inside a
+      container, are refused: their constructors take ``parametrization=`` and apply their own
+      table (the GPT's readout multiplier lives in its forward, where a layer's never reached).
 
     Layers become :class:`ScaledLinear` / :class:`ScaledConv2d` / :class:`ScaledEmbedding` (same objects, same
     parameters and ``state_dict`` keys, plus ``mask`` buffers for sparse layers); the root gets
@@ -445,6 +449,7 @@ def parametrize(
     """
     check_module("parametrize", module)
     check_parametrization(parametrization)
+    check_builtin(dict(module.named_modules()))  # GPT / MLP / WRN: parameterized by their constructors
     if parametrization == "sp" and (alpha_in != 1.0 or alpha_out != 1.0):
         raise ValueError("alpha_in / alpha_out apply to mup and supar only; SP has no multipliers")
     all_layers = {name: sub for name, sub in module.named_modules()}

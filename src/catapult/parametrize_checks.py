@@ -12,7 +12,7 @@ import torch.nn as nn
 from catapult.scaled_layers import SCALABLE_TYPES, ScaledConv2d, ScaledEmbedding, ScaledLinear
 from catapult.sparsity.static import keeps_no_entry
 
-__all__ = ["check_masks", "check_shared", "check_scalable", "check_inferred_readout"]
+__all__ = ["check_masks", "check_shared", "check_scalable", "check_inferred_readout", "check_builtin"]
 
 
 def check_masks(layers: Mapping[str, nn.Module], roles: Mapping[str, str], density: float) -> None:
@@ -166,3 +166,29 @@ def check_scalable(layers: Mapping[str, nn.Module], roles: Mapping[str, str]) ->
                 "torch.nn.utils.prune or weight_norm recompute it before every forward), so the init would be "
                 f"lost; make it plain first (torch.nn.utils.prune.remove(layer, 'weight')) and let parametrize "
                 f"draw the masks (density=), or give it role None (roles={{{name!r}: None}})")
+
+
+def check_builtin(layers: Mapping[str, nn.Module]) -> None:
+    """Refuse, before any layer changes, a module that is or holds one of catapult's models
+    (:class:`~catapult.models.GPT`, :class:`~catapult.models.MLP`, :class:`~catapult.models.WRN`:
+    class attribute ``catapult_builtin_model``), which take their parameterization as a constructor
+    argument. ``parametrize(GPT(...), "mup", base_width=8)`` set ``lm_head.multiplier`` to
+    ``1 / m_d``, which the GPT never applies (its forward reads out through ``F.linear(h,
+    lm_head.weight)`` times its own ``output_multiplier``, still SP's 1): the logits kept SP's scale
+    under muP's init and learning rates, without a word.
+
+    >>> check_builtin({"": nn.Sequential(nn.Linear(2, 3))})
+    >>> Model = type("GPT", (nn.Module,), {"catapult_builtin_model": True})
+    >>> check_builtin({"": nn.Sequential(), "lm": Model()})
+    Traceback (most recent call last):
+    ...
+    ValueError: parametrize(): 'lm' is a catapult.models.GPT, which is parameterized by its constructor (its forward and init apply its own table, which parametrize's multipliers and init would not all reach); build it as GPT(..., parametrization='mup', base_width=..., density=...) instead
+    """
+    for name, layer in layers.items():
+        if getattr(layer, "catapult_builtin_model", False):
+            kind = type(layer).__name__
+            raise ValueError(
+                f"parametrize(): {repr(name) if name else 'the module'} is a catapult.models.{kind}, which is parameterized by its "
+                "constructor (its forward and init apply its own table, which parametrize's multipliers and init "
+                f"would not all reach); build it as {kind}(..., parametrization='mup', base_width=..., density=...) "
+                "instead")

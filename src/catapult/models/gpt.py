@@ -163,6 +163,11 @@ class GPT(nn.Module):
             no updater is not checked.
     """
 
+    #: Parameterized by its constructor (``parametrization=``), which :func:`catapult.parametrize.parametrize`
+    #: refuses to redo: its forward applies the input and output multipliers and reads out through
+    #: ``F.linear(h, lm_head.weight)``, its attention the logit scale.
+    catapult_builtin_model = True
+
     def __init__(
         self,
         vocab_size: int,

@@ -100,6 +100,10 @@ class MLP(nn.Module):
         mask_method: ``"exact" | "bernoulli"``; mask_seed: seed of the mask generator.
     """
 
+    #: Parameterized by its constructor (``parametrization=``), which :func:`catapult.parametrize.parametrize`
+    #: refuses to redo: its layers' init (He, the warmup paper's muP form) and multipliers are its own table's.
+    catapult_builtin_model = True
+
     def __init__(
         self,
         in_features: int | Sequence[int],

@@ -170,6 +170,11 @@ class WRN(nn.Module):
         (torch.Size([5, 10]), torch.Size([5, 10]))
     """
 
+    #: Parameterized by its constructor (``parametrization=``), which :func:`catapult.parametrize.parametrize`
+    #: refuses to redo: its convs' roles (group 1's first conv and shortcut read the stem's fixed
+    #: channels), the fixed stem and its init are its own table's.
+    catapult_builtin_model = True
+
     def __init__(self, in_channels: int, num_classes: int, depth: int = 16, widen: int = 4, *,
                  parametrization: str = "sp", norm: str = "layer", base_widen: int | None = None,
                  alpha_in: float = 1.0, alpha_out: float = 1.0, bias: bool = True,
