@@ -18,7 +18,7 @@ from catapult.sweep.store_file import has_sqlite_header
 __all__ = ["add_config_arguments", "config_from_args", "overrides_from_args", "apply_threads", "check_out_file",
            "output_folders", "check_image_file", "figure_path", "check_study_dir", "threads_problem", "max_threads", "workers_problem",
            "max_workers",
-           "partial_of_ours", "path_option", "store_problem", "coord_check_ignored_note"]
+           "partial_of_ours", "path_option", "store_problem", "coord_check_ignored_note", "where_values"]
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -389,3 +389,55 @@ def check_study_dir(command: str, out, owned, marker) -> Path:
             raise RunDirectoryError(f"{path} is not a directory `catapult {command}` wrote (it holds {shown}); "
                                     f"choose a new or empty --out directory rather than overwrite files there")
     return path
+
+
+def where_values(items, axes=()) -> dict:
+    """``--where KEY=VALUE ...`` (every ``--where`` given, of ``plot`` and ``transfer``) as a dict,
+    each value read as the config reads it: its text as a ``key=value`` override's
+    (:func:`~catapult.config.io.parse_override`: ``seed=010``, YAML 1.1's octal 8, is refused as the
+    file and the override refuse it), then normalized by the key's config check (``seed=1e1`` is
+    seed 10, ``seed=09`` refused as the config refuses it for an integer key). A value written as
+    one of the axis's labels or grid values (``2^-3/λ0``, ``dense``) is kept as written: the plots
+    match it to its grid position. A ValueError names the key and the value: a form the override
+    refuses, an integer key's refusal, a key given twice (a cell has one value of each key, and
+    ``--where seed=0 seed=1`` took the last silently).
+
+    >>> where_values(["seed=1e1", "model.activation=tanh"])
+    {'seed': 10, 'model.activation': 'tanh'}
+    >>> where_values(["seed=010"])
+    Traceback (most recent call last):
+    ...
+    ValueError: --where seed=010: YAML 1.1 reads 010 as 8 (octal); write the number you mean without leading zeros or colons, or quote it
+    """
+    from catapult import config as C
+    from catapult.config.io import parse_override
+
+    written = {a["key"]: {str(v) for v in (*a["values"], *a["labels"])} for a in axes}
+    where, given = {}, {}
+    for text in items:
+        if "=" not in text:
+            raise ValueError(f"--where expects KEY=VALUE, got {text!r}")
+        key = text.split("=", 1)[0].strip()
+        if key in given:
+            raise ValueError(f"--where gives {key} twice ({given[key]!r} and {text!r}); a cell has one "
+                             f"value of each key: keep one")
+        given[key] = text
+        try:
+            key, value = parse_override(text)
+        except ConfigError as err:
+            raise ValueError("; ".join(f"--where {text}: {message}" for _, message in err.problems)) from None
+        if str(value) in written.get(key, ()) or value is None:
+            where[key] = value
+            continue
+        try:
+            option = C.get(key)
+        except KeyError:   # no config key (a typo): the plots name the swept keys
+            option = None
+        try:
+            value = option.validate(value) if option is not None else value
+        except C.InvalidValue as err:
+            if option.kind.startswith("an integer"):   # 09, '10', 1.5, 2^3: refused as the config refuses them
+                raise ValueError(f"--where {text}: {err}") from None
+            # another key's own forms the matcher reads (0.125/λ0, a variant name): kept as written
+        where[key] = value
+    return where

@@ -30,7 +30,7 @@ import warnings
 from pathlib import Path
 
 from catapult.cli.common import (check_image_file, check_out_file, coord_check_ignored_note, figure_path, output_folders,
-                                 store_problem, threads_problem, workers_problem)
+                                 store_problem, threads_problem, where_values, workers_problem)
 from catapult.config import ConfigError
 from catapult.writing import counted
 
@@ -425,32 +425,6 @@ def _export_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_where(items) -> dict:
-    """``--where KEY=VALUE ...`` (every ``--where`` given) as a dict; a key given twice is a
-    ValueError naming both: a cell has one value of each key, and the last one was taken
-    silently (``--where seed=0 seed=1`` plotted seed 1 and exited 0)."""
-    import yaml
-
-    from catapult.config.io import safe_yaml
-
-    where, given = {}, {}
-    for text in items:
-        if "=" not in text:
-            raise ValueError(f"--where expects KEY=VALUE, got {text!r}")
-        key, raw = text.split("=", 1)
-        key = key.strip()
-        if key in given:
-            raise ValueError(f"--where gives {key} twice ({given[key]!r} and {text!r}); a cell has one "
-                             f"value of each key: keep one")
-        given[key] = text
-        try:
-            value = safe_yaml(raw)  # bounded: no alias bombs from the command line
-        except yaml.YAMLError:
-            value = raw
-        where[key] = value
-    return where
-
-
 def _plot_command(args: argparse.Namespace) -> int:
     if problem := store_problem(args.store, reading=True):  # before the default names below are made of it
         return _fail("plot", problem)
@@ -483,7 +457,7 @@ def _plot_command(args: argparse.Namespace) -> int:
                                          f"(it needs {spectrum_setting(args.metric)})")
             elif args.metric == "sharpness":  # whether each final sharpness' solve converged
                 cells = [{**cell, **sharpness_mark(store, cell)} for cell in cells]
-            grid = phase_grid(cells, axes, args.metric, args.x, args.y, where=_parse_where(args.where))
+            grid = phase_grid(cells, axes, args.metric, args.x, args.y, where=where_values(args.where, axes))
             if not np.isfinite(grid.values).any() and not any(
                     s in ("diverged", "failed") for row in grid.status for s in row):
                 # an empty grid with a made-up 0..1 colour bar is no figure of the store
@@ -535,7 +509,7 @@ def _transfer_command(args: argparse.Namespace) -> int:
             series = args.series if args.series is not None else _default_role("model.density", swept, args.x)
             panel = (args.panel if args.panel is not None
                      else _default_role("model.parametrization", swept, args.x, series))
-            where = _parse_where(args.where)
+            where = where_values(args.where, axes)
             curves = transfer_curves(store.cells(), axes, x=args.x, series=series, panel=panel,
                                      metric=args.metric, where=where, strict=True)
     except (StoreError, ValueError) as err:
