@@ -563,7 +563,7 @@ def parametrize(
                 layer.set_mask(masks[id(layer.weight)])
     module.catapult_roles = chosen  # None included: a later call on this module leaves those alone too
     attach_spec(module, ParamSpec(parametrization, width_mult, density_mult, "table"),  # + state_dict record
-                masks=(mask_method, None) if density < 1.0 else None)
+                masks=(mask_method, None) if density < 1.0 else None, alphas=(alpha_in, alpha_out))
     # torch 2.2.2: a model compiled before this call kept its traced multipliers (a second
     # parametrize's were never used) until its compiled code is traced again
     retrace_compiled()

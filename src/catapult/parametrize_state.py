@@ -14,7 +14,10 @@ and the built-in models) registers two hooks:
 * loading: a ``state_dict`` whose record names another parameterization, another density
   multiplier (``density_mult``: the density the model was built for, over its base density;
   the multipliers and learning rates follow it) or, under muP and SμPar, another width
-  multiplier or lr rule (a model of the same shape built for another base width), raises :class:`ParametrizationMismatch` naming
+  multiplier or lr rule (a model of the same shape built for another base width) or another
+  ``alpha_in`` / ``alpha_out`` (the input and readout multipliers the weights were trained under: the
+  readout's is ``alpha_out / m_d``, refused for another ``m_d`` and so for another ``alpha_out``),
+  raises :class:`ParametrizationMismatch` naming
   both, before any tensor is copied. The live fraction of weights is not compared: Bernoulli
   masks draw it per seed, and GMP prunes it during training, so a checkpoint loads into the model
   its own arguments build. A ``state_dict`` without a record (an older checkpoint, a plain
@@ -63,9 +66,11 @@ def state_record(module: nn.Module) -> dict[str, Any]:
     from :func:`attach_spec`)."""
     spec = module.catapult_spec
     masks = getattr(module, "catapult_masks", None) or {}
+    alphas = getattr(module, "catapult_alphas", None) or {}
     return {"parametrization": spec.parametrization, "density": model_density(module),
             "width_mult": float(spec.width_mult), "density_mult": float(spec.density_mult), "lr_rule": spec.lr_rule,
-            "mask_method": masks.get("mask_method"), "mask_density": masks.get("mask_density")}
+            "mask_method": masks.get("mask_method"), "mask_density": masks.get("mask_density"),
+            "alpha_in": alphas.get("alpha_in"), "alpha_out": alphas.get("alpha_out")}
 
 
 def _describe_masks(record: dict[str, Any]) -> str:
@@ -96,6 +101,8 @@ def _describe(record: dict[str, Any], widths: bool = False) -> str:
         value = record.get(key)
         return f"{value:.6g}" if isinstance(value, (int, float)) else repr(value)
     width = f", width multiplier {shown('width_mult')} ({record.get('lr_rule')!r} rule)" if widths else ""
+    if widths and record.get("alpha_in") is not None:
+        width += f", alpha_in {shown('alpha_in')}, alpha_out {shown('alpha_out')}"
     return (f"parametrization {record.get('parametrization')!r}{width}, density multiplier {shown('density_mult')} "
             f"(live density {shown('density')})")
 
@@ -117,7 +124,8 @@ def _load_hook(module: nn.Module, state_dict, prefix: str, local_metadata: dict,
     same = (saved.get("parametrization") == here["parametrization"]
             and _same_number(saved.get("density_mult", here["density_mult"]), here["density_mult"])
             and (not widths or (_same_number(saved.get("width_mult", here["width_mult"]), here["width_mult"])
-                                and saved.get("lr_rule", here["lr_rule"]) == here["lr_rule"])))
+                                and saved.get("lr_rule", here["lr_rule"]) == here["lr_rule"]
+                                and _same_alphas(saved, here))))
     if same and not _same_masks(saved, here):
         raise ParametrizationMismatch(
             f"this state_dict was saved from a model with {_describe_masks(saved)}; the model it is loaded into "
@@ -130,7 +138,14 @@ def _load_hook(module: nn.Module, state_dict, prefix: str, local_metadata: dict,
         raise ParametrizationMismatch(
             f"this state_dict was saved from a model with {_describe(saved, widths)}; the model it is loaded "
             f"into has {_describe(here, widths)}. Refusing to load it: build the model with the saved "
-            "parametrization, base width and density, or load into a copy of the model it came from")
+            "parametrization, base width, density and alpha_in / alpha_out, or load into a copy of the model it came from")
+
+
+def _same_alphas(saved: dict[str, Any], here: dict[str, Any]) -> bool:
+    """Whether the saved ``alpha_in`` / ``alpha_out`` are the model's; a record or a model without them
+    (saved before they were recorded, a module of yours whose spec was attached without them) is not compared."""
+    return all(saved.get(key) is None or here[key] is None or _same_number(saved[key], here[key])
+               for key in ("alpha_in", "alpha_out"))
 
 
 def _same_number(saved: Any, here: float) -> bool:
@@ -140,12 +155,15 @@ def _same_number(saved: Any, here: float) -> bool:
             and abs(float(saved) - here) <= 1e-9 * max(1.0, abs(here)))
 
 
-def attach_spec(module: nn.Module, spec, masks: tuple[str, float | None] | None = None) -> nn.Module:
+def attach_spec(module: nn.Module, spec, masks: tuple[str, float | None] | None = None,
+                alphas: tuple[float, float] | None = None) -> nn.Module:
     """Set ``module.catapult_spec = spec`` and register the save/load hooks (once per module);
     returns ``module``. ``masks``: ``(mask_method, mask_density)`` of a model whose hidden layers have
-    masks (``mask_density`` ``None`` unless they were drawn denser for gmp), recorded with the weights."""
+    masks (``mask_density`` ``None`` unless they were drawn denser for gmp), recorded with the weights;
+    ``alphas``: its ``(alpha_in, alpha_out)``, recorded too (``None``: not recorded, not compared)."""
     module.catapult_spec = spec
     module.catapult_masks = None if masks is None else {"mask_method": masks[0], "mask_density": masks[1]}
+    module.catapult_alphas = None if alphas is None else {"alpha_in": float(alphas[0]), "alpha_out": float(alphas[1])}
     if not getattr(module, _HOOKED, False):
         if hasattr(module, "register_state_dict_post_hook"):
             module.register_state_dict_post_hook(_save_hook)

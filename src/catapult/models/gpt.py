@@ -269,7 +269,8 @@ class GPT(nn.Module):
         self.catapult_block = "logits"
         masked = mask_density is not None or self.density < 1.0
         attach_spec(self, ParamSpec(parametrization, width_mult, density_mult, "table"),  # + state_dict record
-                    masks=(correction, mask_density if pruned else None) if masked else None)
+                    masks=(correction, mask_density if pruned else None) if masked else None,
+                    alphas=(self.input_multiplier, 1.0 if parametrization == "sp" else alpha_out))
 
         # ---- initialisation (module docstring's table) ----
         with torch.no_grad():

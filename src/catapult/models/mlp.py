@@ -218,7 +218,7 @@ class MLP(nn.Module):
         self.activation = ACTIVATIONS[activation]()
         attach_spec(self, ParamSpec(parametrization, width_mult, density_mult,  # + state_dict record
                                     "table" if table_form else "global"),
-                    masks=(mask_method, None) if self.density < 1.0 else None)
+                    masks=(mask_method, None) if self.density < 1.0 else None, alphas=(alpha_in, alpha_out))
 
     @classmethod
     def from_config(cls, model_cfg, in_features: int, out_features: int) -> "MLP":

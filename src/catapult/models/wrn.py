@@ -225,7 +225,7 @@ class WRN(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.readout = self._readout(channels, self.num_classes, bias, float(alpha_out))
         attach_spec(self, ParamSpec(parametrization, self._width_mult, 1.0,   # + state_dict record
-                                    "global" if self._rule == "paper" else "table"))
+                                    "global" if self._rule == "paper" else "table"), alphas=(alpha_in, alpha_out))
 
     def _conv(self, c_in: int, c_out: int, kernel: int, stride: int, role: str) -> ScaledConv2d:
         conv = ScaledConv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False)
