@@ -19,7 +19,6 @@ Non-finite floats: ``inf`` is stored as is, ``nan`` becomes NULL (SQLite has no 
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sqlite3
@@ -38,7 +37,7 @@ from catapult.sweep.store_file import (APPLICATION_ID, connect_readonly, create_
                                        identify, missing_added_columns, missing_columns, sqlite_damage)
 from catapult.sweep.store_raw import opening
 from catapult.sweep.store_grid import grid_value_problem
-from catapult.sweep.store_rows import best_metrics, final_metrics, json_text, metric_row, sql_real
+from catapult.sweep.store_rows import best_metrics, final_metrics, json_text, metric_row, read_json, sql_real
 
 __all__ = [
     "Store",
@@ -262,7 +261,7 @@ class Store(DriverClaims, Lambda0Cache):
         if text is None:
             return None
         try:
-            value = json.loads(text)
+            value = read_json(text)
         except (TypeError, ValueError, RecursionError) as err:
             raise StoreError(f"{self.path} is damaged: {what} is not valid JSON ({err})") from None
         if not isinstance(value, kind):
@@ -286,7 +285,6 @@ class Store(DriverClaims, Lambda0Cache):
         :class:`SpecChanged` naming each changed key; nothing is modified then.
         """
         from catapult import __version__
-        from catapult.sweep.spec import canonical_json
         from catapult.sweep.spec_document import spec_hash
 
         digest = spec_hash(document)
@@ -299,7 +297,7 @@ class Store(DriverClaims, Lambda0Cache):
                 now = time.time()
                 conn.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", [
                     ("schema_version", str(SCHEMA_VERSION)),
-                    ("spec_json", canonical_json(document)),
+                    ("spec_json", json_text(document, canonical=True)),   # standard JSON (json_text)
                     ("spec_hash", digest),
                     ("axes_json", json_text(list(axes))),
                     ("created_at", repr(now)),
@@ -317,8 +315,8 @@ class Store(DriverClaims, Lambda0Cache):
         """Raise :class:`SpecChanged` if the stored cells are numbered differently from
         ``cells``. The same spec can do that (sweep.grid's keys listed in another order), and the
         remaining cells would then train other cells' configs under their ids. Reads only."""
-        stored_cells = {i: json.loads(v) for i, v in self.conn.execute("SELECT id, swept_json FROM cells")}
-        moved = [c for c in cells if stored_cells.get(c.id) != json.loads(json_text(c.swept))]
+        stored_cells = {i: read_json(v) for i, v in self.conn.execute("SELECT id, swept_json FROM cells")}
+        moved = [c for c in cells if stored_cells.get(c.id) != read_json(json_text(c.swept))]
         if moved or len(stored_cells) != len(cells):
             first = moved[0] if moved else None
             keys = self._rounded_range_keys(stored_cells, cells, moved)
@@ -347,7 +345,7 @@ class Store(DriverClaims, Lambda0Cache):
             return []
         if not moved or len(stored) != len(cells):
             return []
-        new = {c.id: json.loads(json_text(c.swept)) for c in cells}
+        new = {c.id: read_json(json_text(c.swept)) for c in cells}
         scale: dict[str, float | None] = {}   # a differing key's largest magnitude (None: not a range's numbers)
         for c in moved:
             old = stored.get(c.id)
@@ -375,7 +373,7 @@ class Store(DriverClaims, Lambda0Cache):
         stored = self.meta("spec_hash")
         if stored is not None and stored != spec_hash(document):
             old = self.json_field(self.meta("spec_json"), "meta spec_json")
-            new = json.loads(canonical_json(document))
+            new = read_json(canonical_json(document))
             if spec_hash(seeds_as_list(old)) != spec_hash(seeds_as_list(new)):
                 raise SpecChanged(self.path, diff_documents(old, new))
         return stored

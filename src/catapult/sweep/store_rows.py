@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any, Mapping, Sequence
 
 from catapult.analysis import is_finite_number
 from catapult.sweep.store_schema import METRIC_COLUMNS
 
-__all__ = ["sql_real", "json_text", "final_metrics", "best_metrics", "metric_row"]
+__all__ = ["sql_real", "json_text", "read_json", "final_metrics", "best_metrics", "metric_row"]
 
 
 def sql_real(value: Any) -> float | None:
@@ -27,13 +28,43 @@ def sql_real(value: Any) -> float | None:
     return None if math.isnan(x) else x
 
 
-def json_text(value: Any) -> str:
-    """``value`` as the store's JSON text (non-JSON values by ``str``, NaN and inf kept).
+#: A JSON string token, or one of the non-finite tokens Python's ``json`` writes outside strings.
+_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|(-?Infinity|NaN)')
+#: How a NaN is written: standard JSON has no NaN, and ``null`` would read back as None.
+NAN_MARK = {"$float": "NaN"}
 
-    >>> json_text({"lr": float("nan"), "path": __import__("pathlib").Path("a")})
-    '{"lr": NaN, "path": "a"}'
+
+def json_text(value: Any, *, canonical: bool = False) -> str:
+    """``value`` as the store's JSON text (non-JSON values by ``str``): standard JSON (RFC 8259),
+    which SQLite's ``json_extract`` reads. Python's ``allow_nan`` tokens were not: a store's
+    ``config_json`` held ``"divergence_factor": Infinity`` (the default), and
+    ``SELECT json_extract(config_json, '$.seed') FROM cells`` failed with "malformed JSON" (SQLite
+    before 3.42). ``inf`` is written ``1e999`` (a JSON number: SQLite and Python read it as inf), a
+    NaN as :data:`NAN_MARK`; :func:`read_json` reads both forms, and the old tokens, to the same
+    values. ``canonical``: sorted keys, no whitespace (the spec document's form).
+
+    >>> json_text({"lr": float("nan"), "f": -float("inf"), "path": __import__("pathlib").Path("a")})
+    '{"lr": {"$float": "NaN"}, "f": -1e999, "path": "a"}'
     """
-    return json.dumps(value, default=str, allow_nan=True)
+    text = (json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=True, default=str) if canonical
+            else json.dumps(value, default=str, allow_nan=True))
+    nan = json.dumps(NAN_MARK, separators=(",", ":") if canonical else None)
+    words = {"Infinity": "1e999", "-Infinity": "-1e999", "NaN": nan}
+    return _TOKENS.sub(lambda m: m.group(0) if m.group(1) is None else words[m.group(1)], text)
+
+
+def _non_finite(mapping: dict) -> Any:
+    return float("nan") if mapping == NAN_MARK else mapping
+
+
+def read_json(text: str) -> Any:
+    """The value of the store's JSON ``text``, as :func:`json_text` wrote it or as catapult wrote
+    it before (``Infinity``, ``NaN``): both read to the same values.
+
+    >>> read_json('{"a": 1e999, "b": {"$float": "NaN"}}'), read_json('{"a": Infinity, "b": NaN}')
+    ({'a': inf, 'b': nan}, {'a': inf, 'b': nan})
+    """
+    return json.loads(text, object_hook=_non_finite)
 
 
 def final_metrics(metrics: Sequence[Mapping[str, Any]], status: str) -> dict:
