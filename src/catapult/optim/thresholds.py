@@ -199,17 +199,22 @@ def group_decays(optimizer: torch.optim.Optimizer) -> set[tuple[float, bool]]:
     and torch's step leaves it, decay included): more than one, and no single shift of the threshold
     holds the decay (:func:`weight_decay_shift` is the first group's; the lr-scaled and
     pre-conditioned operators hold the difference). Decays within :data:`ALIKE_ULPS` of the
-    parameters' precision are one (the first group's value).
+    parameters' precision are one (the first group's value); a group of weight decay 0 is
+    ``(0.0, False)`` whatever its ``decoupled_weight_decay`` (no decay either way).
 
     >>> a, b = torch.zeros(1, requires_grad=True), torch.zeros(1, requires_grad=True)
     >>> sorted(group_decays(torch.optim.SGD([{"params": [a]}, {"params": [b], "weight_decay": 0.1}], lr=0.1)))
     [(0.0, False), (0.1, False)]
+    >>> group_decays(torch.optim.RAdam([{"params": [a]}, {"params": [b], "decoupled_weight_decay": True}]))
+    {(0.0, False)}
     """
     moving = [g for g in optimizer.param_groups if group_moves(g)]
     tol = _alike_tolerance([p for g in moving for p in g["params"] if p.requires_grad])
     decays: set[tuple[float, bool]] = set()
     for g in moving:   # decays a few ulps apart are one (the first group's value kept)
-        wd, decoupled = float(g.get("weight_decay", 0.0)), bool(g.get("decoupled_weight_decay", False))
+        wd = float(g.get("weight_decay", 0.0))
+        # no decay is no decay, coupled or not: a wd-0 group flagged decoupled counted as a second decay
+        decoupled = wd != 0.0 and bool(g.get("decoupled_weight_decay", False))
         if not any(d == decoupled and _alike(w, wd, tol) for w, d in decays):
             decays.add((wd, decoupled))
     return decays
