@@ -202,6 +202,8 @@ def _check_catapult_warmup(config: dict) -> Problems:
 
 #: The largest finite value of each run dtype (``torch.finfo(dtype).max``; config imports no torch).
 DTYPE_MAX = {"float32": 3.4028234663852886e38, "float64": 1.7976931348623157e308}
+#: The spacing of each run dtype's floats at 1 (``torch.finfo(dtype).eps``: 2**-23 and 2**-52).
+DTYPE_EPS = {"float32": 2.0 ** -23, "float64": 2.0 ** -52}
 #: The largest std whose square (a variance) is a finite float.
 VARIANCE_STD_MAX = math.sqrt(DTYPE_MAX["float64"])
 
@@ -248,6 +250,12 @@ def _check_dtype_range(config: dict) -> Problems:
         why = (f"the range of {dtype} (max {top:.4g})" if top < VARIANCE_STD_MAX else
                f"{VARIANCE_STD_MAX:.4g}, whose square (the init variance) is the largest finite float")
         yield ("model.init_std", f"{std:g} is beyond {why}; use a smaller value")
+    rtol, eps = config["schedule"]["rtol"], DTYPE_EPS[dtype]
+    if rtol is not None and rtol < eps:   # was only a warning of critical_lr, once the run had started
+        yield ("schedule.rtol", f"{rtol:g} is below the resolution of {dtype} (eps {eps!r}): the critical-lr "
+                                f"search's trial steps that close to lr_c round to the same parameters and loss, "
+                                f"and its bracket can miss lr_c by about eps; use rtol >= {eps!r}"
+                                + (" or dtype: float64" if dtype != "float64" else ""))
     for key, value in values:
         if value is not None and abs(value) > top:
             yield (key, f"{value:g} is beyond the range of {dtype} (max {top:.4g}); use a smaller value "
