@@ -272,3 +272,30 @@ def test_difference_top_eigenpairs_of_a_negative_dominated_spectrum_take_the_sol
     assert exact.converged and eig.converged and max(eig.residuals) <= 1e-3
     assert eig.scale == pytest.approx(-truth[0], rel=1e-6)   # the spectrum's size, not the top 3's
     assert max(abs(v) for v in eig.values) <= 1e-3 * eig.scale   # zeros, to the tol of that size
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_difference_solves_at_a_stationary_point_keep_the_exact_solvers_rounding_floor(dtype):
+    # at a minimum (gradient 0) the products' rounding floor eps ||g|| / h is 0, and the bound was the
+    # residual taken alone: float32 sharpness at tol=1e-7 converged with bounds 2.2e-8 .. 7.7e-8 for
+    # errors of 7.8e-9 .. 8.3e-8 (3.8x its bound), float64 at 1e-15 with 5.8e-17 .. 5.3e-16 (2.1x
+    # its bound); top_eigenpairs converged alike, where exact products say converged=False
+    eps = torch.finfo(dtype).eps
+    tol = 1e-7 if dtype == torch.float32 else 1e-15   # under 8 eps
+    for seed in range(4):
+        gen = torch.Generator().manual_seed(seed)
+        model = torch.nn.Linear(4, 1, bias=False).to(dtype)
+        torch.nn.init.zeros_(model.weight)
+        x = torch.randn(6, 4, generator=gen, dtype=dtype) * torch.tensor([30.0, 1.0, 0.3, 0.1], dtype=dtype)
+        batch, loss_fn = (x, torch.zeros(6, 1, dtype=dtype)), torch.nn.MSELoss()
+        truth = np.linalg.eigvalsh(dense_hessian(model, loss_fn, batch).numpy())
+        for memory in ("fast", "lean"):
+            est = catapult.sharpness(model, loss_fn, batch, tol=tol, hvp="finite_difference", memory=memory,
+                                     seed=seed)
+            assert np.abs(truth - est.value).min() <= est.error_bound * abs(est.value), (seed, memory, est)
+            assert est.error_bound >= 8 * eps and not est.converged, (seed, memory, est)
+        eig = catapult.top_eigenpairs(model, loss_fn, batch, k=2, tol=tol, hvp="finite_difference", seed=seed)
+        exact = catapult.top_eigenpairs(model, loss_fn, batch, k=2, tol=tol, seed=seed)
+        assert not exact.converged and not eig.converged, (seed, eig)
+        assert min(eig.residuals) >= 8 * eps, (seed, eig)
+        assert eig.values[0] == pytest.approx(truth[-1], rel=1e-5) and eig.values[1] == pytest.approx(truth[-2], rel=1e-3)

@@ -15,7 +15,8 @@ value ``theta``::
     e = ||D_2h y - D_h y|| / |theta|           (the products' own error along y)
 
 and reports ``residual = r``, ``error_bound = r + e`` and ``converged = r + e <= tol``, with
-``value = theta`` kept. Why ``r + e`` bounds the eigenvalue's error: ``||H y - theta y|| <=
+``value = theta`` kept (the bound never below the solver's own rounding floor,
+:func:`solver_floor`: at a stationary point the products' rounding ``eps ||g|| / h`` is 0). Why ``r + e`` bounds the eigenvalue's error: ``||H y - theta y|| <=
 ||D_h y - theta y|| + ||(D_h - H) y||``, and some eigenvalue of the symmetric ``H`` lies within
 that of ``theta`` (Bauer-Fike). The last term is estimated, not bounded: ``D_2h - D_h`` is three
 times ``D_h``'s truncation error (which grows as ``h^2``) and 1.1x its rounding error (which
@@ -81,11 +82,11 @@ import torch
 from catapult.curvature.difference import difference_operator, scaled_step
 from catapult.curvature.krylov import operator_chain, scaled_norm, unit_roundoff, vector_norm
 from catapult.curvature.lanczos import EigenEstimate
-from catapult.curvature.stopping import ERROR_FLOOR_ULPS
+from catapult.curvature.stopping import ERROR_FLOOR_ULPS, error_floor
 from catapult.curvature.top_k import Eigenpairs
 
 __all__ = ["RESTARTS", "CHECK_STEP_FACTOR", "MIDDLE_STEP_FACTOR", "EXTRAPOLATION_MARGIN", "ROUNDING_FLOOR",
-           "certified", "certified_pairs", "measured"]
+           "certified", "certified_pairs", "measured", "solver_floor"]
 
 #: Solves taken again from the last vector when its bound ``r + e``, taken, is above ``tol``.
 RESTARTS = 2
@@ -140,12 +141,16 @@ def certified(matvec, est: EigenEstimate, *, tol: float, max_iter: int,
     while True:
         # the solver's own vector, made unit in place (no copy: memory="lean" counts its vectors)
         y, theta = est.vector.div_(vector_norm(est.vector, reduce)), est.value
+        floor = solver_floor(matvec, est, y.dtype)
         residual, error, products = measured(matvec, fd, y, theta, reduce, tol)
         used += products
         if not math.isfinite(residual):   # a non-finite product (norms are the ranks' sums: all agree)
             return EigenEstimate(math.nan, y, used, False, math.nan, math.nan, est.coarse_matvecs, est.coarse_cost)
-        bound = residual + error
-        if bound <= tol or not error < tol or restarts == RESTARTS or used >= max_iter:
+        # not below the rounding the solver's own value keeps: at a stationary point (g = 0) the products'
+        # rounding floor eps ||g|| / h is 0, and float32 solves at tol=1e-7 (float64 at 1e-15) were called
+        # converged with bounds of 2e-8 (6e-17) for errors of 8e-8 (2e-16)
+        bound = max(residual + error, floor)
+        if bound <= tol or not error < tol or floor > tol or restarts == RESTARTS or used >= max_iter:
             return EigenEstimate(theta, y, used, bool(bound <= tol), residual, bound, est.coarse_matvecs,
                                  est.coarse_cost)
         # half of what e leaves of tol: the solve's own test is the recurrence's, not the residual
@@ -154,6 +159,20 @@ def certified(matvec, est: EigenEstimate, *, tol: float, max_iter: int,
         restarts += 1
         if not math.isfinite(est.value):
             return EigenEstimate(math.nan, y, used, False, math.nan, math.nan, est.coarse_matvecs, est.coarse_cost)
+
+
+def solver_floor(matvec, est: EigenEstimate, dtype: torch.dtype) -> float:
+    """The rounding floor under ``est.error_bound`` (:func:`~catapult.curvature.stopping.error_floor`):
+    ``ERROR_FLOOR_ULPS eps scale / |value|`` of the solver's spectrum scale where it reported that
+    floor (its bound above its residual), else of ``|value|``, the least that scale can be; ``eps``
+    the coarsest rounding ``matvec`` computes in (:func:`~catapult.curvature.krylov.unit_roundoff`).
+
+    >>> est = EigenEstimate(4.0, torch.ones(2, dtype=torch.float64), 3, True, 0.0, 0.0)
+    >>> solver_floor(lambda v: v, est, torch.float64) == 8 * 2.0 ** -52
+    True
+    """
+    floor = error_floor(est.value, abs(est.value), unit_roundoff(matvec, dtype))
+    return max(floor, est.error_bound) if est.error_bound > est.residual else floor
 
 
 def measured(matvec, fd, y: torch.Tensor, theta: float, reduce=None, tol: float = 0.0, *,
@@ -168,7 +187,8 @@ def measured(matvec, fd, y: torch.Tensor, theta: float, reduce=None, tol: float 
     the products' rounding along ``y`` (:data:`ROUNDING_FLOOR`): the floor by which
     :func:`~catapult.curvature.top_k.lanczos_top_k` judges an eigenvalue the arithmetic does not
     resolve (a zero of a rank-deficient Hessian), with what difference products resolve in place
-    of an exact product's ``eps spread``.
+    of an exact product's ``eps spread``; ``e`` is then at least that solver's rounding floor
+    ``ERROR_FLOOR_ULPS eps largest`` over the same.
 
     Example: ``2 I`` whose products are off by ``1e-3 (s h)^2`` along the other coordinate (pure
     truncation, ``s`` the step's multiple): the pair from two products says ``1e-3 + 3e-3``; the
@@ -189,6 +209,9 @@ def measured(matvec, fd, y: torch.Tensor, theta: float, reduce=None, tol: float 
     rounding = _rounding_floor(matvec, fd, y, reduce)   # before the products: one vector, freed
     over = theta if largest is None else max(abs(theta), _smallest(matvec, y.dtype, largest, rounding, tol))
     floor = _relative(rounding, over)
+    if largest is not None:   # and not below the exact solver's rounding floor over the same (lanczos_top_k's):
+        # at a stationary point rounding is 0, and float32 pairs at tol=1e-7 were converged with 3e-8
+        floor = max(floor, _relative(ERROR_FLOOR_ULPS * unit_roundoff(matvec, y.dtype) * largest, over))
     # in place, three vectors beside y (one more than memory="lean"'s solver keeps): each product returned is
     # the operator's own fresh tensor
     product = matvec(y)

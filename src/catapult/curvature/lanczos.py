@@ -49,7 +49,8 @@ class EigenEstimate:
             does a top eigenvalue within rounding of 0); what ``tol`` is compared with. After
             a solve on finite-difference products (``sharpness``,
             ``preconditioned_sharpness``), the residual taken plus the products' estimated
-            error, so ``lambda`` is the Hessian's (:mod:`~catapult.curvature.certify`).
+            error (not below that floor either), so ``lambda`` is the Hessian's
+            (:mod:`~catapult.curvature.certify`).
         coarse_matvecs: products on sub-batches or by finite differences spent on the start
             vector (:mod:`catapult.curvature.coarse`), not counted in ``matvecs``;
             ``coarse_cost`` weighs each by its sub-batch's share of the samples, or 1/2 for a
