@@ -145,6 +145,9 @@ class HessianOperator(DifferenceProducts):
         trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
         if not trainable:
             raise ValueError("model has no parameters with requires_grad=True")
+        if not any(p.numel() for p in trainable.values()):   # the solvers' "v0 must be non-empty" came out
+            raise ValueError(f"model's trainable parameters {sorted(trainable)} have 0 entries: there is no "
+                             f"Hessian to measure")
         # no values to measure: torch's raw "Can't access the shape of an uninitialized parameter" or
         # "Tensor on device meta is not on the expected device" came out
         for name, p in model.named_parameters():

@@ -113,7 +113,9 @@ def memory_setting(memory: str, batch, chunk_size, max_basis, model=None, loss_f
             if n == 0:   # (lean's sizing divided by the samples: ZeroDivisionError, on every rank)
                 raise ValueError(empty_batch_message(distributed))
             trainable = [p for p in model.parameters() if p.requires_grad]
-            param_bytes = sum(p.numel() for p in trainable) * trainable[0].element_size()
+            param_bytes = sum(p.numel() for p in trainable) * trainable[0].element_size() if trainable else 0
+            if param_bytes == 0:   # nothing to size: the operator's refusal names it (an IndexError, or
+                return 1, lean.LEAN_MAX_BASIS   # lean_sizes' ZeroDivisionError for empty ones, came out)
             act_bytes, largest = lean.activation_bytes(model, loss_fn, batch, seed=seed)
             chunks, basis, fits = lean.lean_sizes(param_bytes, act_bytes, largest, n)
             if not fits and not basis_free:
