@@ -493,6 +493,21 @@ def _short(mark: bool | None) -> str:
     return " (not converged)" if mark is False else ""
 
 
+def _critical_lr_text(summary: Mapping[str, Any], fmt) -> str:
+    """The summary's ``lr_critical`` as the search found it: a search capped at lr_trgt whose loss still
+    fell there (``lower == upper``) bounds the critical lr from below, and one whose loss rose at its
+    first trial (``lower == 0``) from above; either printed as the bare number read as a measured
+    lr_c (``lr_c 29.63`` for a search that never saw the loss rise)."""
+    lr, lower, upper = (summary.get(key) for key in ("lr_critical", "lr_critical_lower", "lr_critical_upper"))
+    if lr is None or lower is None or upper is None:
+        return fmt(lr)
+    if lower == upper:
+        return f">= {fmt(lr)} (no rise up to lr_trgt)"
+    if lower == 0.0:
+        return f"<= {fmt(lr)} (the loss rose at the search's first lr)"
+    return fmt(lr)
+
+
 def format_summary(summary: Mapping[str, Any]) -> str:
     """A few human-readable lines about a run; values from solves that did not converge say so."""
 
@@ -513,7 +528,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         if summary["best_test_accuracy"] is not None else "  test: none evaluated (no test set, or no evaluation step)",
     ]
     if summary.get("warmup") in ("catapult", "persistent"):
-        lines.append(f"  {summary['warmup']} warmup: lr_c {fmt(summary['lr_critical'])}  lr_trgt reached at step "
+        lines.append(f"  {summary['warmup']} warmup: lr_c {_critical_lr_text(summary, fmt)}  lr_trgt reached at step "
                      f"{fmt(summary['lr_target_reached_at'], 'd')}  searches {summary['searches']} "
                      f"({summary['search_forward_passes']} forward passes)")
     if summary["sharpness_measurements"]:
