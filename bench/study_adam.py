@@ -160,6 +160,17 @@ def table1(store: Store, out: Path) -> str:
 
 
 # -------------------------------------------------------------------------------------- fig5
+def _bound(summary: dict) -> str:
+    """``">= "`` where the run's critical-lr search saw the loss fall up to lr_trgt (``lower == upper``: its
+    lr_critical is lr_trgt, the critical lr lies above), ``"<= "`` where it rose at the first trial
+    (``lower == 0``), else ``""`` (a measured lr_c). Unmarked, a capped cell's lr_c * lambda_0 read as
+    a measurement: x itself at lr_trgt = 2^x / lambda_0."""
+    lower, upper = summary.get("lr_critical_lower"), summary.get("lr_critical_upper")
+    if lower is None or upper is None:
+        return ""
+    return ">= " if lower == upper else "<= " if lower == 0.0 else ""
+
+
 def fig5(store: Store, out: Path, target: float = 0.05) -> str:
     cells = store.cells()
     lines = [f"| lr_trgt | T_wrm | warmup | status | lr_c | lr_c * lambda_0 | lr_trgt reached at | search passes "
@@ -179,8 +190,9 @@ def fig5(store: Store, out: Path, target: float = 0.05) -> str:
         rule, T = cfg["schedule"]["warmup"], cfg["schedule"]["warmup_steps"]
         lam0 = s.get("lambda_0") or c.get("lambda_0")
         lrc = s.get("lr_critical")
-        lines.append(f"| {lr_label} | {T if rule != 'persistent' else '-'} | {rule} | {c['status']} | {_fmt(lrc)} "
-                     f"| {_fmt(lrc * lam0 if lrc and lam0 else None)} | {_fmt(s.get('lr_target_reached_at'), 'd') if s.get('lr_target_reached_at') is not None else 'never'} "
+        bound = _bound(s)   # a search that saw no rise up to lr_trgt (or rose at its first trial): a bound
+        lines.append(f"| {lr_label} | {T if rule != 'persistent' else '-'} | {rule} | {c['status']} | {bound}{_fmt(lrc)} "
+                     f"| {bound if lrc and lam0 else ''}{_fmt(lrc * lam0 if lrc and lam0 else None)} | {_fmt(s.get('lr_target_reached_at'), 'd') if s.get('lr_target_reached_at') is not None else 'never'} "
                      f"| {passes} | {hit if hit is not None else 'never'} | {_fmt(hit + passes / 2, '.1f') if hit is not None else '-'} |")
         curves[(lr_label, T)][rule] = m
     keys = sorted(curves)

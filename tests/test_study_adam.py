@@ -57,3 +57,20 @@ def test_study_script_turns_a_sweep_store_into_a_table_and_figure(tmp_path, caps
 
 def test_missing_store_exits_2(tmp_path):
     assert _study().main(["fig5", str(tmp_path / "none.db"), "--out", str(tmp_path / "f.png")]) == 2
+
+
+def test_fig5_marks_a_critical_lr_the_search_only_bounded(tmp_path, capsys):
+    # lr_trgt = 0.0625/lambda_0 lies far below the critical lr (~2/lambda_0 and above): both searches stop
+    # at lr_trgt with the loss still falling, so lr_c = lr_trgt is a lower bound and lr_c * lambda_0 = 0.0625
+    store = tmp_path / "s.db"
+    args = ["sweep", str(ROOT / "configs/warmup/fig5_steps_saved.yaml"), "--store", str(store), "--threads", "1",
+            "--progress", "none", "train.steps=3", "data.n_train=100", "data.n_test=20", "model.width=16",
+            "sweep.grid.schedule.warmup_steps=[4]", "sweep.grid.optimizer.lr=[0.0625/lambda0]",
+            "sweep.grid.schedule.warmup=[catapult,persistent]"]
+    assert main(args) == 0
+    capsys.readouterr()
+    cells = Store(store, create=False).cells()
+    assert all(c["summary"]["lr_critical_lower"] == c["summary"]["lr_critical_upper"] == c["lr_target"] for c in cells)
+    assert _study().main(["fig5", str(store), "--out", str(tmp_path / "f.png")]) == 0
+    rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if line.startswith("| 0.0625/lambda0")]
+    assert len(rows) == 2 and all(r[5].strip().startswith(">= ") and r[6].strip() == ">= 0.0625" for r in rows)
