@@ -188,7 +188,9 @@ def _check_catapult_warmup(config: dict) -> Problems:
                                           f"{_remove(ScheduleConfig, key, f'schedule.{key}')}")
     if rule == "persistent" and sched["decay"] != "constant":
         yield ("schedule.decay", "persistent warmup ends at lr_trgt and keeps it; use decay: constant")
-    if sched["lr_start"] is not None:
+    # (warmup: linear runs no search: a linear cell of a grid over schedule.warmup failed on the lr_start its
+    # catapult cells read, once the sweep resolved its c/lambda0, where `catapult train` of that cell ran)
+    if rule != "linear" and sched["lr_start"] is not None:
         try:
             lr = parse_lr(config["optimizer"]["lr"])
         except ValueError:
