@@ -117,7 +117,9 @@ def main(argv=None) -> None:
             safe = [x for x in xs if all(x in seeds.get(s, {}) and not rules["failure"](seeds[s][x]) for s in seeds_all)]
             if safe:
                 accs = [100 * seeds[s][safe[-1]][1] for s in seeds_all]
-                acc_text = f"{statistics.mean(accs):.1f} ± {statistics.stdev(accs):.1f} (x = {safe[-1]:g})"
+                # (one seed, a store swept with sweep.seeds=[0]: stdev raised StatisticsError)
+                spread = f" ± {statistics.stdev(accs):.1f}" if len(accs) > 1 else " (1 seed)"
+                acc_text = f"{statistics.mean(accs):.1f}{spread} (x = {safe[-1]:g})"
             else:
                 acc_text = "-"
             print(f"| {panel} | {decay} | {T} | {texts['divergence']} | {texts['failure']} | {acc_text} |")
