@@ -92,7 +92,11 @@ def main() -> None:
     for ax, (method, param) in zip(axes[0], groups):
         optima, fitted, paired = {}, {}, {}
         for density in sorted({k[2] for k in cells if k[:2] == (method, param)}, reverse=True):
-            lrs = sorted(k[3] for k in cells if k[:3] == (method, param, density) and len(cells[k]) >= 3)
+            # the lrs every seed of the group has run (a sweep still running leaves some short); a fixed
+            # 3 printed an empty table, silently, for a store of 2 seeds (sweep.seeds=[0,1])
+            group = [k for k in cells if k[:3] == (method, param, density)]
+            n_seeds = max(len(cells[k]) for k in group)
+            lrs = sorted(k[3] for k in group if len(cells[k]) == n_seeds)
             if not lrs:
                 continue
             vals = [np.array(cells[(method, param, density, lr)]) for lr in lrs]
