@@ -8,8 +8,10 @@ import copy
 
 import pytest
 import torch
+import yaml
 
 from catapult import config as C
+from catapult.cli import main
 from catapult.engine import build_run, train
 from catapult.engine.records import format_summary
 
@@ -52,3 +54,25 @@ def test_a_search_whose_first_trial_rose_prints_an_upper_bound():
     assert (summary["lr_critical"], summary["lr_critical_lower"]) == (300.0, 0.0)
     line = next(s for s in format_summary(summary).splitlines() if "warmup:" in s)
     assert "lr_c <= 300 " in line
+
+
+def _config_file(tmp_path, lr: float, **schedule) -> str:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"name": "bounds", "data": {"name": "digits", "n_train": 64, "n_test": 16},
+                                    "model": {"width": 8, "depth": 2}, "optimizer": {"name": "sgd", "lr": lr},
+                                    "schedule": {"warmup": "catapult", "warmup_steps": 4, **schedule}}))
+    return str(path)
+
+
+def test_catapult_critical_lr_prints_the_bounds_too(tmp_path, capsys):
+    loss0, loss1 = _loss_after_one_step(_setup("catapult", 0.01), 0.01)
+    assert loss1 < loss0                      # no rise up to the cap: lr_c lies above it
+    assert main(["critical-lr", _config_file(tmp_path, 0.01), "--cap"]) == 0
+    assert "lr_c >= 0.01  bracket [0.01, 0.01]" in capsys.readouterr().out
+    setup = _setup("catapult", 1000.0, lr_start=300.0)
+    loss0, loss1 = _loss_after_one_step(setup, 300.0)
+    assert loss1 > loss0                      # a rise at the first trial: lr_c lies at or below it
+    assert main(["critical-lr", _config_file(tmp_path, 1000.0, lr_start=300.0)]) == 0
+    assert "lr_c <= 300  bracket [0, 300]" in capsys.readouterr().out
+    assert main(["critical-lr", _config_file(tmp_path, 1000.0)]) == 0     # a measured bracket: '='
+    assert "lr_c = " in capsys.readouterr().out

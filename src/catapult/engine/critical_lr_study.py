@@ -83,8 +83,12 @@ def format_estimate(e: Mapping[str, Any]) -> str:
     def f(x):
         return "-" if x is None else f"{x:.4g}"
 
+    # a search that saw no rise up to the cap (lower == upper) or rose at its first trial (lower == 0) bounds
+    # lr_c: printed as 'lr_c = 0.01', read as a measured critical lr
+    lower, upper = e["lower"], e["upper"]
+    relation = ("=" if not math.isfinite(upper) or 0.0 < lower < upper else ">=" if lower == upper else "<=")
     lines = [
-        f"{e['name']} ({e['optimizer']}): lr_c = {f(e['lr_critical'])}  bracket [{f(e['lower'])}, {f(e['upper'])}]"
+        f"{e['name']} ({e['optimizer']}): lr_c {relation} {f(e['lr_critical'])}  bracket [{f(e['lower'])}, {f(e['upper'])}]"
         f"  forward passes {e['forward_passes']}  (delta {e['delta']:g}"
         + (f", rtol {e['rtol']:g}" if e.get("rtol") is not None else "") + f", lr_start {e['lr_start']:g}"
         + (f", capped at lr_trgt {e['lr_max']:.4g})" if e["lr_max"] is not None else ")"),
