@@ -100,3 +100,16 @@ def test_a_run_on_another_device_holds_its_copies_tensors_on_the_cpu_but_not_the
     monkeypatch.setattr(model_size, "_memory_bytes", lambda device: held - 1 if device.type == "cpu" else None)
     with pytest.raises(cfg.ConfigError, match=r"model\.width=8 and model\.depth=3 .*more than this machine's"):
         check_fits(config, 64, 10, torch.device("cuda"), torch.float32, **training_fit(config))
+
+
+def test_the_device_holds_the_weights_and_every_copy_a_run_trains(monkeypatch):
+    # (mutation pass 23) on the device: adam's run holds weights, gradients and two state copies,
+    # 4 x the float32 values; exactly that fits, one byte less is refused naming the device
+    config = cfg.validate({"data": {"name": "digits"}, "model": {"name": "mlp", "width": 8, "depth": 3},
+                           "optimizer": {"name": "adam", "lr": 0.001}})
+    values = 4 * sum(p.numel() for p in build_model(config, 64, 10).parameters())
+    monkeypatch.setattr(model_size, "_memory_bytes", lambda device: 4 * values if device.type == "cuda" else None)
+    check_fits(config, 64, 10, torch.device("cuda"), torch.float32, **training_fit(config))
+    monkeypatch.setattr(model_size, "_memory_bytes", lambda device: 4 * values - 1 if device.type == "cuda" else None)
+    with pytest.raises(cfg.ConfigError, match=r"with 3 more copies of its weights .*more than cuda's"):
+        check_fits(config, 64, 10, torch.device("cuda"), torch.float32, **training_fit(config))
