@@ -106,3 +106,19 @@ def test_public_functions_refuse_an_overridden_step_before_any_work():
     result = catapult.critical_lr(model, loss_fn, batch, Counted(model.parameters(), lr=0.1), lr_start=1 / 64,
                                   rtol=1e-3)
     assert result.lower <= 0.5 <= result.lr <= 0.5 * (1 + 1e-3)
+
+
+def test_an_adamw_subclass_is_judged_against_adamw_not_adam():
+    # (mutation pass 23) AdamW subclasses Adam in newer torch: the check takes the nearest table
+    # class, so a plain AdamW subclass is 'adamw' and an overridden step names AdamW's
+    class PlainW(torch.optim.AdamW):
+        pass
+
+    class StepW(torch.optim.AdamW):
+        def step(self, closure=None):
+            return super().step(closure)
+
+    w = [torch.nn.Parameter(torch.zeros(2))]
+    assert registry.spec_for(PlainW(w)).name == "adamw"
+    with pytest.raises(TypeError, match=r"StepW overrides the step of torch\.optim\.AdamW: .* are AdamW's update"):
+        registry.spec_for(StepW(w))
