@@ -122,3 +122,17 @@ def test_an_adamw_subclass_is_judged_against_adamw_not_adam():
     assert registry.spec_for(PlainW(w)).name == "adamw"
     with pytest.raises(TypeError, match=r"StepW overrides the step of torch\.optim\.AdamW: .* are AdamW's update"):
         registry.spec_for(StepW(w))
+
+
+@pytest.mark.skipif(not issubclass(torch.optim.AdamW, torch.optim.Adam), reason="AdamW subclasses Adam on newer torch only")
+def test_a_declared_entry_is_the_spec_even_where_the_class_is_another_table_classs():
+    # (mutation pass 23) an AdamW subclass declaring "adam" (its step Adam's update, coupled L2) is
+    # the adam entry, not the adamw of the table class it subclasses
+    class CoupledW(torch.optim.AdamW):
+        catapult_optimizer = "adam"
+
+        def step(self, closure=None):
+            return super().step(closure)
+
+    w = [torch.nn.Parameter(torch.zeros(2))]
+    assert registry.spec_for(CoupledW(w)).name == "adam"
