@@ -39,3 +39,17 @@ def test_a_ramp_that_has_not_reached_the_target_stays_below_it():
     # the other side: 0.25 + t / 10 is 0.95 at t = 7, below the target by far more than a rounding
     f = catapult_warmup(1.0, 10, 0.25)
     assert f.peak_step == 8 and f(7) == pytest.approx(0.95, rel=1e-15, abs=0) and f(8) == 1.0
+
+
+def test_a_ramp_short_of_the_target_by_more_than_peak_ulps_is_not_the_peak():
+    # (mutation pass 23) PEAK_ULPS bounds the rounding forgiven: lr_c = 2^-20 - 2^-48, T = 2^20: the
+    # ramp at T - 1 is 1 - 2^-48 exactly (16 ulps of 1.0 short, a true shortfall, no rounding), so the
+    # peak is T = ceil(T (1 - lr_c)) and step T - 1 keeps the ramp's value
+    from catapult.schedules.functions import PEAK_ULPS
+
+    T, critical = 2 ** 20, 2.0 ** -20 - 2.0 ** -48
+    assert PEAK_ULPS < 16
+    f = catapult_warmup(1.0, T, critical)
+    assert f.peak_step == math.ceil((1 - Fraction(critical)) * T) == T
+    assert f(T - 1) == 1 - 2.0 ** -48
+    assert f(T) == 1.0
