@@ -29,3 +29,20 @@ def test_lanczos_quadrature_takes_at_most_dimension_steps():
     nodes, weights = lanczos_quadrature(lambda v: A @ v, torch.ones(4, dtype=torch.float64), 4, dimension=2)
     assert nodes.tolist() == pytest.approx([2.5 - math.sqrt(1.25), 2.5 + math.sqrt(1.25)], rel=1e-14, abs=0)
     assert weights.tolist() == pytest.approx([0.5, 0.5], rel=1e-14, abs=0)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_a_half_precision_quadrature_runs_past_its_first_step(dtype):
+    # the invariance floor is at most sqrt(eps): 1e3 eps is 0.98 in float16 (7.8 in bfloat16), and
+    # every run ended after one step, one node at the Rayleigh quotient 2.5; diag(1, 2, 3, 4) from
+    # the ones vector has 4 nodes, the eigenvalues, within a few roundings of |A| = 4
+    import torch
+
+    from catapult.curvature.density import lanczos_quadrature
+
+    dt = getattr(torch, dtype)
+    A = torch.diag(torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=dt))
+    nodes, weights = lanczos_quadrature(lambda v: A @ v, torch.ones(4, dtype=dt), 4)
+    eps = torch.finfo(dt).eps
+    assert len(nodes) == 4
+    assert max(abs(nodes - [1.0, 2.0, 3.0, 4.0])) <= 4 * eps * 4
