@@ -46,3 +46,46 @@ def test_a_half_precision_quadrature_runs_past_its_first_step(dtype):
     eps = torch.finfo(dt).eps
     assert len(nodes) == 4
     assert max(abs(nodes - [1.0, 2.0, 3.0, 4.0])) <= 4 * eps * 4
+
+
+def _rotated(diag, coeffs):
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    Q = torch.linalg.qr(torch.randn(len(diag), len(diag), generator=g, dtype=torch.float64))[0]
+    A = Q @ torch.diag(torch.tensor(diag, dtype=torch.float64)) @ Q.T
+    return (lambda x: A @ x), Q @ torch.tensor(coeffs, dtype=torch.float64)
+
+
+def test_a_start_in_a_two_dimensional_invariant_subspace_gives_two_nodes():
+    # v = q1 + q2 of A = 1e6 I + diag(0, 1, 2, 3) (rotated, and as it is): after 2 steps the remainder
+    # is rounding, ~eps ||A q||, far below 1e3 eps ||A q_j|| (Pythagoras: alpha ~ 1e6, beta ~ 0.5), so
+    # the run ends: nodes 1e6 and 1e6 + 1 within a few roundings of |A|, weights 1/2
+    import torch
+
+    from catapult.curvature.density import lanczos_quadrature
+
+    diag = [1e6, 1e6 + 1, 1e6 + 2, 1e6 + 3]
+    eps = torch.finfo(torch.float64).eps
+    rotated = _rotated(diag, [1.0, 1.0, 0.0, 0.0])
+    A = torch.diag(torch.tensor(diag, dtype=torch.float64))
+    plain = (lambda x: A @ x), torch.tensor([1.0, 1.0, 0.0, 0.0], dtype=torch.float64)
+    for matvec, v in (rotated, plain):
+        nodes, weights = lanczos_quadrature(matvec, v, 4)
+        assert len(nodes) == 2
+        assert max(abs(nodes - [1e6, 1e6 + 1])) <= 16 * eps * 1e6
+        assert max(abs(weights - 0.5)) <= 1e-9
+
+
+def test_an_invariant_subspace_is_judged_against_the_products_size_not_against_one():
+    # v = 1e-8 q1 + q2 + q3 of diag(1e8, 1, ..., 5) (rotated): the 3-dimensional invariant subspace's
+    # remainder is rounding of 1e8-sized products (~1e-8), above 1e3 eps in absolute terms but not
+    # beside ||A q_j|| ~ 1e8: 3 nodes, 1, 2 and 1e8, not 6 with ghosts
+    import torch
+
+    from catapult.curvature.density import lanczos_quadrature
+
+    eps = torch.finfo(torch.float64).eps
+    nodes, weights = lanczos_quadrature(*_rotated([1e8, 1.0, 2.0, 3.0, 4.0, 5.0], [1e-8, 1.0, 1.0, 0.0, 0.0, 0.0]), 6)
+    assert len(nodes) == 3
+    assert max(abs(nodes - [1.0, 2.0, 1e8])) <= 16 * eps * 1e8
