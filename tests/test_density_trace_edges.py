@@ -89,3 +89,36 @@ def test_an_invariant_subspace_is_judged_against_the_products_size_not_against_o
     nodes, weights = lanczos_quadrature(*_rotated([1e8, 1.0, 2.0, 3.0, 4.0, 5.0], [1e-8, 1.0, 1.0, 0.0, 0.0, 0.0]), 6)
     assert len(nodes) == 3
     assert max(abs(nodes - [1.0, 2.0, 1e8])) <= 16 * eps * 1e8
+
+
+def test_a_run_that_ends_early_pads_with_its_last_node_so_the_grid_spans_the_eigenvalues():
+    # H = 2/3 diag(4, 1, 1) (MSE of a bias-free Linear(3, 1) on three rows): two distinct eigenvalues,
+    # so every run ends after 2 of its 3 steps and is padded; the pads are its own last node (weight
+    # 0), so every node is 8/3 or 2/3, the default sigma 1% of 2 and the grid starts at 2/3 - 3 sigma
+    # (padding with 0 put a node, and the grid, at 0)
+    import numpy as np
+    import torch
+
+    import catapult
+
+    model = torch.nn.Linear(3, 1, bias=False)
+    batch = (torch.diag(torch.tensor([2.0, 1.0, 1.0])), torch.zeros(3, 1))
+    dens = catapult.spectral_density(model, torch.nn.MSELoss(), batch, runs=2, steps=3)
+    assert dens.nodes.shape == (2, 3)
+    assert dens.weights[:, 2].tolist() == [0.0, 0.0]
+    assert np.all(np.isclose(dens.nodes, 8 / 3, rtol=1e-5) | np.isclose(dens.nodes, 2 / 3, rtol=1e-5))
+    assert dens.sigma == pytest.approx(0.02, rel=1e-5)
+    assert dens.grid[0] == pytest.approx(2 / 3 - 0.06, rel=1e-5)
+
+
+def test_the_default_sigma_of_a_single_eigenvalue_is_relative_to_it():
+    # H = (8) (MSE of a bias-free Linear(1, 1) on x = 2): no range, so sigma is the relative floor
+    # 1e-12 |lambda| = 8e-12, not the absolute 1e-12 kept for a zero operator
+    import torch
+
+    import catapult
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    dens = catapult.spectral_density(model, torch.nn.MSELoss(), (torch.tensor([[2.0]]), torch.zeros(1, 1)), runs=1, steps=1)
+    assert dens.nodes.ravel().tolist() == pytest.approx([8.0], rel=1e-6)
+    assert dens.sigma == pytest.approx(8e-12, rel=1e-6, abs=0)
