@@ -85,3 +85,26 @@ def _loaded_scheduler_first_keeps_the_factors():
     for t, row in enumerate(want):
         for lr, mult in zip(row, (1.0, 0.25)):
             assert abs(lr - F(t) * mult * 0.8 ** t) <= 1e-15 * F(t), (t, row)   # a few roundings of the product
+
+
+def test_the_schedulers_state_holds_nothing_of_the_optimizer():
+    # (mutation pass 23) as LambdaLR's: no group dict, no parameter; the groups it saw are its own
+    # bookkeeping (a saved state that held them pickled every parameter beside the schedule)
+    opt = _opt()
+    scheduler = attach(opt, F)
+    _lrs(opt, scheduler, 3)
+    state = scheduler.state_dict()
+    ours = lr_scheduler.LambdaLR(_opt(), lambda t: 1.0).state_dict()
+
+    def tensors(value):
+        if isinstance(value, torch.Tensor):
+            return 1
+        if isinstance(value, dict):
+            return sum(tensors(v) for v in value.values())
+        if isinstance(value, (list, tuple)):
+            return sum(tensors(v) for v in value)
+        return 0
+
+    assert tensors(state) == tensors(ours) == 0
+    assert not any(isinstance(v, (list, tuple)) and any(isinstance(g, dict) and "params" in g for g in v)
+                   for v in state.values())
