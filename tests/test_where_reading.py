@@ -73,3 +73,14 @@ def test_a_value_the_config_reads_selects_the_cells_of_that_value(store_path, tm
     grid = phase_grid(cells, axes, "test_loss", x="optimizer.lr", y="model.width", where=where)
     chosen = sorted(i for row in grid.members for m in row for i in m)
     assert chosen == sorted(c["id"] for c in cells if c["swept"]["seed"] == 10) and len(chosen) == 4
+
+
+@pytest.mark.parametrize("command", ["plot", "transfer"])
+def test_a_key_no_axis_sweeps_is_named_as_such_before_its_value_is_judged(store_path, tmp_path, capsys, command):
+    # (a67baf88 judged the value first: schedule.warmup_steps=09 was refused as "expected an integer", where the
+    # key is the mistake: the store sweeps no schedule.warmup_steps)
+    args = _args(command, store_path, tmp_path, "8")
+    args[args.index("seed=8")] = "schedule.warmup_steps=09"
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "'schedule.warmup_steps' is not a swept key" in err and "expected an integer" not in err, err

@@ -426,8 +426,8 @@ def where_values(items, axes=()) -> dict:
             key, value = parse_override(text)
         except ConfigError as err:
             raise ValueError("; ".join(f"--where {text}: {message}" for _, message in err.problems)) from None
-        if str(value) in written.get(key, ()) or value is None:
-            where[key] = value
+        if str(value) in written.get(key, ()) or value is None or (written and key not in written):
+            where[key] = value   # (a key no axis sweeps: the plots refuse it, naming the swept keys)
             continue
         try:
             option = C.get(key)
