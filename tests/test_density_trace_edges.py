@@ -122,3 +122,21 @@ def test_the_default_sigma_of_a_single_eigenvalue_is_relative_to_it():
     dens = catapult.spectral_density(model, torch.nn.MSELoss(), (torch.tensor([[2.0]]), torch.zeros(1, 1)), runs=1, steps=1)
     assert dens.nodes.ravel().tolist() == pytest.approx([8.0], rel=1e-6)
     assert dens.sigma == pytest.approx(8e-12, rel=1e-6, abs=0)
+
+
+def test_a_grid_cutting_off_more_than_one_percent_warns():
+    # a Gaussian of sigma 1 sampled finely on [-2, 2] integrates to erf(sqrt 2) = 0.9545: 4.6% short,
+    # beyond the 1% the density promises, so it warns with that integral
+    import math
+    import warnings
+
+    import numpy as np
+
+    from catapult.curvature.density import warn_coarse_grid
+
+    grid = np.linspace(-2.0, 2.0, 401)
+    assert math.erf(math.sqrt(2)) == pytest.approx(0.9545, abs=5e-5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warn_coarse_grid(grid, np.exp(-grid ** 2 / 2) / math.sqrt(2 * math.pi), 1.0)
+    assert [str(w.message)[:58] for w in caught] == ["spectral_density: the density integrates to 0.954 over its"]
