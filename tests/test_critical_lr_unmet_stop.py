@@ -75,3 +75,19 @@ def test_an_rtol_below_the_parameters_resolution_is_said():
         warnings.simplefilter("error")
         res = critical_lr(model, _loss, BATCH, opt, lr_start=1 / 64, rtol=1e-6)
     assert res.lower <= 0.5 <= res.upper and (res.upper - 0.5) / 0.5 <= 1e-6
+
+
+def test_the_resolution_is_the_coarsest_parameters():
+    # (mutation pass 23) a float64 x beside a float32 y that the step moves too: rtol = 1e-8 is below
+    # float32's eps (1.19e-07), so it is said naming float32 (the finest dtype, float64, holds it)
+    class Mixed(Quadratic):
+        def __init__(self):
+            super().__init__()
+            self.y = torch.nn.Parameter(torch.tensor(1.0, dtype=torch.float32))
+
+        def forward(self, inputs):
+            return super().forward(inputs) + 2.0 * self.y.double() ** 2
+
+    model = Mixed()
+    with pytest.warns(UserWarning, match=r"rtol = 1e-08 is below the resolution of float32 parameters \(eps 1\.19e-07\)"):
+        critical_lr(model, _loss, BATCH, torch.optim.SGD(model.parameters(), lr=0.1), lr_start=1 / 64, rtol=1e-8)
