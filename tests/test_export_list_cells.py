@@ -56,3 +56,11 @@ def test_parquet_writes_lists_as_lists_and_mixed_ones_as_the_csv_json(tmp_path):
         read = pq.read_table(path).column("k").to_pylist()
         assert [json.loads(v) if isinstance(v, str) and v[:1] == "[" else v for v in read] == \
             [v if isinstance(v, list) else str(v) for v in values]
+
+
+def test_parquet_writes_a_list_beside_a_string_as_the_csvs_json(tmp_path):
+    # (mutation pass 23) a column of a list and a string: each list as its JSON text (str gave
+    # "[True, None]", which no JSON reader takes)
+    pq = pytest.importorskip("pyarrow.parquet")
+    path = write_parquet(_Store("k", [[True, None], {"name": "adam"}, "adam"]), tmp_path / "s.parquet")
+    assert pq.read_table(path).column("k").to_pylist() == ["[true, null]", '{"name": "adam"}', "adam"]
