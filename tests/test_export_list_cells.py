@@ -64,3 +64,11 @@ def test_parquet_writes_a_list_beside_a_string_as_the_csvs_json(tmp_path):
     pq = pytest.importorskip("pyarrow.parquet")
     path = write_parquet(_Store("k", [[True, None], {"name": "adam"}, "adam"]), tmp_path / "s.parquet")
     assert pq.read_table(path).column("k").to_pylist() == ["[true, null]", '{"name": "adam"}', "adam"]
+
+
+def test_parquet_writes_a_column_of_ints_and_floats_as_floats_whatever_the_ints_size(tmp_path):
+    # (mutation pass 23) ints beside floats are written as float(v), as Python rounds them: pyarrow's
+    # own conversion refuses an int past 2**53 (ArrowInvalid: not exactly representable)
+    pq = pytest.importorskip("pyarrow.parquet")
+    path = write_parquet(_Store("k", [2 ** 53 + 1, 0.5, None]), tmp_path / "n.parquet")
+    assert pq.read_table(path).column("k").to_pylist() == [float(2 ** 53 + 1), 0.5, None] == [2.0 ** 53, 0.5, None]
