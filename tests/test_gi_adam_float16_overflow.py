@@ -136,3 +136,25 @@ def test_a_rigl_update_that_gi_adam_refuses_changes_no_mask_weight_or_state():
         grown = layer.mask & ~mask
         assert bool(grown.any()) and torch.equal(layer.weight.detach()[grown], torch.zeros(int(grown.sum())).half())
         assert torch.equal(opt.state[layer.weight]["exp_avg_sq"][grown], score[grown] ** 2)
+
+
+def test_a_rigl_update_checks_only_the_entries_it_grows():
+    # (mutation pass 23) a kept entry whose dense gradient's square overflows float16 (300^2) is no
+    # restarted entry: its state stays, so the update goes through; only grown entries start from grad
+    from catapult.sparsity import MaskUpdater, MaskedLinear
+
+    gen = torch.Generator().manual_seed(0)
+    a = MaskedLinear(8, 8, density=0.25, generator=gen)
+    net = torch.nn.Sequential(a).half()
+    updater = MaskUpdater(net, "rigl", update_every=1, end_step=10, drop_fraction=0.5)
+    opt = GIAdam(net.parameters(), lr=0.01)
+    net(torch.randn(4, 8, generator=gen).half()).pow(2).sum().backward()
+    opt.step()
+    score = torch.full((8, 8), 0.01, dtype=torch.float16)          # the dropped half does not grow back
+    score[~a.mask] = torch.linspace(0.5, 0.6, int((~a.mask).sum())).half()
+    largest = torch.where(a.mask, a.weight.detach().abs().float(), torch.tensor(-1.0)).argmax()
+    score.view(-1)[largest] = 300.0            # the active entry of largest |w|: RigL keeps it
+    a.dense_grad = score
+    before = a.mask.clone()
+    assert updater.step(1, opt)
+    assert bool(a.mask.view(-1)[largest]) and not torch.equal(a.mask, before)
