@@ -221,3 +221,12 @@ def test_mixup_names_labels_out_of_range():
     aug = Augment(mixup=0.4, num_classes=3, seed=0)
     with pytest.raises(ValueError, match="augment mixup: label 5 is out of range for 3 classes"):
         aug(torch.randn(4, 1, 4, 4), torch.tensor([0, 1, 2, 5]), step=0)
+
+
+def test_mixup_batch_refuses_a_negative_entry_of_a_lam_tensor():
+    # (mutation pass 23) the tensor path's range check has two ends: lam = -0.1 extrapolates past
+    # the sample away from its partner, as 1.1 does toward it
+    from catapult.data.augment import mixup_batch
+    x, t, partner = torch.tensor([[0.0], [4.0]]), torch.eye(2), torch.tensor([1, 0])
+    with pytest.raises(ValueError, match=r"lam must lie in \[0, 1\]; got values from -0\.1"):
+        mixup_batch(x, t, partner, torch.tensor([0.5, -0.1]))
