@@ -145,9 +145,6 @@ class HessianOperator(DifferenceProducts):
         trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
         if not trainable:
             raise ValueError("model has no parameters with requires_grad=True")
-        if not any(p.numel() for p in trainable.values()):   # the solvers' "v0 must be non-empty" came out
-            raise ValueError(f"model's trainable parameters {sorted(trainable)} have 0 entries: there is no "
-                             f"Hessian to measure")
         # no values to measure: torch's raw "Can't access the shape of an uninitialized parameter" or
         # "Tensor on device meta is not on the expected device" came out
         for name, p in model.named_parameters():
@@ -157,6 +154,9 @@ class HessianOperator(DifferenceProducts):
             if p.is_meta:
                 raise ValueError(f"parameter {name!r} is on the meta device (no values): materialize the model "
                                  f"first (model.to_empty(device=...) and its initialization, or load a state dict)")
+        if not any(p.numel() for p in trainable.values()):   # the solvers' "v0 must be non-empty" came out
+            raise ValueError(f"model's trainable parameters {sorted(trainable)} have 0 entries: there is no "
+                             f"Hessian to measure")
         first = next(iter(trainable.values()))
         if dtype is None and any(p.dtype in (torch.float16, torch.bfloat16) for p in trainable.values()):
             dtype = promoted = torch.float32  # half precision rounds at 1e-3 .. 8e-3, above any useful tol
