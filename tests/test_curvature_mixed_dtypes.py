@@ -208,3 +208,17 @@ def test_an_error_that_is_no_dtype_mix_is_not_named_one():
     torch.manual_seed(0)
     with pytest.raises(RuntimeError, match="is invalid for input of size 10"):
         catapult.sharpness(BadShape(3, 2), nn.MSELoss(), (torch.randn(5, 3), torch.randn(5, 2)), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("kind", ["lazy", "meta"])
+def test_lean_memory_refuses_lazy_and_meta_parameters_as_the_default_does(kind):
+    # before: memory='lean' sized the model first, and a lazy parameter's numel met torch's raw "Attempted to use
+    # an uninitialized parameter"; the operator's refusal (the default memory's) now names the parameter alike
+    batch = (torch.randn(8, 3), torch.randn(8, 2))
+    if kind == "lazy":
+        model, match = nn.Sequential(nn.LazyLinear(4), nn.Tanh(), nn.Linear(4, 2)), "'0.weight' is uninitialized"
+    else:
+        model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).to("meta")
+        match = "'0.weight' is on the meta device"
+    with pytest.raises(ValueError, match=match):
+        catapult.sharpness(model, nn.MSELoss(), batch, memory="lean")
