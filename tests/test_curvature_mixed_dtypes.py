@@ -2,6 +2,7 @@
 mode, micro-batches, the finite-difference coarse start and ``memory="lean"`` agree with the
 dense float64 Hessian, instead of failing inside the model or in autograd."""
 import copy
+import functools
 import warnings
 
 import numpy as np
@@ -104,11 +105,15 @@ def test_lazy_and_meta_parameters_are_refused_naming_the_way_out():
     # before: torch's raw "Can't access the shape of an uninitialized parameter" / "Tensor on device meta is
     # not on the expected device cpu!"
     batch = (torch.randn(8, 3), torch.randn(8, 2))
+    # (memory="lean" met them in its sizing first: torch's "Attempted to use an uninitialized parameter in
+    # <method 'numel'...>" and a RuntimeError "Tensor on device meta is not on the expected device cpu!")
     lazy = nn.Sequential(nn.LazyLinear(4), nn.Tanh(), nn.Linear(4, 2))
-    with pytest.raises(ValueError, match="parameter '0.weight' is uninitialized .*run one forward"):
-        catapult.sharpness(lazy, nn.MSELoss(), batch)
+    for memory in ("fast", "lean"):
+        with pytest.raises(ValueError, match="parameter '0.weight' is uninitialized .*run one forward"):
+            catapult.sharpness(lazy, nn.MSELoss(), batch, memory=memory)
     meta = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).to("meta")
-    for call in (catapult.sharpness, catapult.hessian_trace):
+    for call in (catapult.sharpness, catapult.hessian_trace, functools.partial(catapult.sharpness, memory="lean"),
+                 functools.partial(catapult.top_eigenpairs, memory="lean")):
         with pytest.raises(ValueError, match="parameter '0.weight' is on the meta device .*materialize"):
             call(meta, nn.MSELoss(), batch)
 
@@ -208,17 +213,3 @@ def test_an_error_that_is_no_dtype_mix_is_not_named_one():
     torch.manual_seed(0)
     with pytest.raises(RuntimeError, match="is invalid for input of size 10"):
         catapult.sharpness(BadShape(3, 2), nn.MSELoss(), (torch.randn(5, 3), torch.randn(5, 2)), dtype=torch.float64)
-
-
-@pytest.mark.parametrize("kind", ["lazy", "meta"])
-def test_lean_memory_refuses_lazy_and_meta_parameters_as_the_default_does(kind):
-    # before: memory='lean' sized the model first, and a lazy parameter's numel met torch's raw "Attempted to use
-    # an uninitialized parameter"; the operator's refusal (the default memory's) now names the parameter alike
-    batch = (torch.randn(8, 3), torch.randn(8, 2))
-    if kind == "lazy":
-        model, match = nn.Sequential(nn.LazyLinear(4), nn.Tanh(), nn.Linear(4, 2)), "'0.weight' is uninitialized"
-    else:
-        model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).to("meta")
-        match = "'0.weight' is on the meta device"
-    with pytest.raises(ValueError, match=match):
-        catapult.sharpness(model, nn.MSELoss(), batch, memory="lean")

@@ -154,6 +154,7 @@ class HessianOperator(DifferenceProducts):
             if p.is_meta:
                 raise ValueError(f"parameter {name!r} is on the meta device (no values): materialize the model "
                                  f"first (model.to_empty(device=...) and its initialization, or load a state dict)")
+        # (after the lazy and meta checks: numel() of an uninitialized parameter raises)
         if not any(p.numel() for p in trainable.values()):   # the solvers' "v0 must be non-empty" came out
             raise ValueError(f"model's trainable parameters {sorted(trainable)} have 0 entries: there is no "
                              f"Hessian to measure")

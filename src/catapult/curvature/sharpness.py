@@ -113,13 +113,12 @@ def memory_setting(memory: str, batch, chunk_size, max_basis, model=None, loss_f
             if n == 0:   # (lean's sizing divided by the samples: ZeroDivisionError, on every rank)
                 raise ValueError(empty_batch_message(distributed))
             trainable = [p for p in model.parameters() if p.requires_grad]
-            # nothing to size (none trainable, 0 entries, a lazy or meta parameter): the operator's refusal
-            # names it (an IndexError, lean_sizes' ZeroDivisionError, or torch's raw numel error came out)
-            if any(isinstance(p, torch.nn.parameter.UninitializedParameter) or p.is_meta for p in trainable):
-                return 1, lean.LEAN_MAX_BASIS
+            if any(isinstance(p, torch.nn.parameter.UninitializedParameter) or p.is_meta for p in model.parameters()):
+                return 1, lean.LEAN_MAX_BASIS   # no values: the operator's refusal names the parameter (torch's
+                # "uninitialized parameter in numel" / "Tensor on device meta" came out of this sizing)
             param_bytes = sum(p.numel() for p in trainable) * trainable[0].element_size() if trainable else 0
-            if param_bytes == 0:
-                return 1, lean.LEAN_MAX_BASIS
+            if param_bytes == 0:   # nothing to size: the operator's refusal names it (an IndexError, or
+                return 1, lean.LEAN_MAX_BASIS   # lean_sizes' ZeroDivisionError for empty ones, came out)
             act_bytes, largest = lean.activation_bytes(model, loss_fn, batch, seed=seed)
             chunks, basis, fits = lean.lean_sizes(param_bytes, act_bytes, largest, n)
             if not fits and not basis_free:
