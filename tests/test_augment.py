@@ -230,3 +230,14 @@ def test_mixup_batch_refuses_a_negative_entry_of_a_lam_tensor():
     x, t, partner = torch.tensor([[0.0], [4.0]]), torch.eye(2), torch.tensor([1, 0])
     with pytest.raises(ValueError, match=r"lam must lie in \[0, 1\]; got values from -0\.1"):
         mixup_batch(x, t, partner, torch.tensor([0.5, -0.1]))
+
+
+def test_augment_refuses_a_negative_crop_and_a_crop_as_wide_as_the_narrower_side():
+    # (mutation pass 23) crop -1 named (not a shift of -1..-2 pixels), and on 8x4 images the side
+    # that bounds the crop is the width: crop 4 leaves no pixel at the largest column shifts
+    from catapult.data.augment import Augment
+    with pytest.raises(ValueError, match=r"augment crop must be an integer >= 0; got -1"):
+        Augment(crop=-1)
+    Augment(crop=3).check_images((2, 1, 8, 4))
+    with pytest.raises(ValueError, match=r"augment crop 4 is not below the 8x4 image side"):
+        Augment(crop=4).check_images((2, 1, 8, 4))
