@@ -140,3 +140,25 @@ def test_a_grid_cutting_off_more_than_one_percent_warns():
         warnings.simplefilter("always")
         warn_coarse_grid(grid, np.exp(-grid ** 2 / 2) / math.sqrt(2 * math.pi), 1.0)
     assert [str(w.message)[:58] for w in caught] == ["spectral_density: the density integrates to 0.954 over its"]
+
+
+def test_the_split_orthonormalisation_drops_dependent_rows_and_is_orthonormal_to_rounding():
+    # Hutch++'s Q for vectors split over the ranks (reduce: the all-reduce; one rank's is the identity):
+    # rows of rank 2 give 2 orthonormal rows (an eigenvalue of the Gram matrix that is rounding, kept,
+    # was divided by its square root), and rows of singular values 1 .. 1e-7 (Gram eigenvalues down to
+    # 1e-14, above 6 eps) 6 rows orthonormal to rounding after the second pass
+    import torch
+
+    from catapult.curvature.trace import _orthonormal_rows
+
+    def gap(R):
+        return float((R @ R.T - torch.eye(R.shape[0], dtype=torch.float64)).abs().max())
+
+    for seed in range(40):
+        g = torch.Generator().manual_seed(seed)
+        a, b = torch.randn(2, 40, generator=g, dtype=torch.float64)
+        R = _orthonormal_rows(torch.stack([a, b, 3 * a - b, a + 0.5 * b]), lambda x: x)
+        assert R.shape == (2, 40) and gap(R) <= 1e-14, seed
+        B = torch.linalg.qr(torch.randn(40, 6, generator=g, dtype=torch.float64))[0].T
+        R = _orthonormal_rows(torch.diag(torch.logspace(0, -7, 6, dtype=torch.float64)) @ B, lambda x: x)
+        assert R.shape == (6, 40) and gap(R) <= 1e-14, seed
