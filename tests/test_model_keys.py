@@ -36,3 +36,14 @@ def test_model_keys_are_the_keys_from_config_reads(name, build):
     assert section.read | {"name", "sparsity"} == set(MODEL_KEYS[name])
     assert set(model_keys(section)) == set(MODEL_KEYS[name])
     assert not {"alpha_in", "alpha_out"} & set(model_keys({**section, "parametrization": "sp"}))
+
+
+def test_a_gpts_function_record_tells_its_final_norm():
+    # (mutation pass 23) final_norm (a LayerNorm before the head, or none) changes what the same weights
+    # compute: two records that differ in it are two functions
+    from catapult.config import ModelConfig
+    from catapult.models.options import function_record
+
+    on, off = (function_record(ModelConfig(name="gpt", final_norm=f, width=8, depth=1, n_heads=2)) for f in (True, False))
+    assert on["final_norm"] is True and off["final_norm"] is False
+    assert {k: v for k, v in on.items() if k != "final_norm"} == {k: v for k, v in off.items() if k != "final_norm"}
