@@ -29,6 +29,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from catapult.engine.records import critical_lr_relation
 from catapult.sweep.store import Store
 
 
@@ -168,7 +169,8 @@ def _bound(summary: dict) -> str:
     lower, upper = summary.get("lr_critical_lower"), summary.get("lr_critical_upper")
     if lower is None or upper is None:
         return ""
-    return ">= " if lower == upper else "<= " if lower == 0.0 else ""
+    relation = critical_lr_relation(lower, upper)
+    return "" if relation == "=" else relation + " "
 
 
 def fig5(store: Store, out: Path, target: float = 0.05) -> str:

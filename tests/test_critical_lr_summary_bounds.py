@@ -76,3 +76,30 @@ def test_catapult_critical_lr_prints_the_bounds_too(tmp_path, capsys):
     assert "lr_c <= 300  bracket [0, 300]" in capsys.readouterr().out
     assert main(["critical-lr", _config_file(tmp_path, 1000.0)]) == 0     # a measured bracket: '='
     assert "lr_c = " in capsys.readouterr().out
+
+
+def test_an_uncapped_search_that_never_saw_a_rise_prints_a_lower_bound():
+    # L(w) = exp(-w) falls along every gradient step w + lr exp(-w): without lr_max the search doubles
+    # lr_start 64 times and returns lr = lower = lr_start 2^64, upper = inf (not a critical lr); the CLI's
+    # line printed 'lr_c = 1.845e+11  bracket [1.845e+11, inf]' as a measurement
+    import math
+    import warnings
+
+    from catapult import critical_lr
+    from catapult.engine.critical_lr_study import format_estimate
+
+    model = torch.nn.Linear(1, 1, bias=False).double()
+    with torch.no_grad():
+        model.weight.fill_(0.5)
+    batch = (torch.ones(1, 1, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64))
+    loss_fn = lambda out, _y: torch.exp(-out).mean()   # noqa: E731
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = critical_lr(model, loss_fn, batch, torch.optim.SGD(model.parameters(), lr=1.0), lr_start=1e-8)
+    assert (res.lr, res.lower, res.upper) == (1e-8 * 2.0 ** 64, 1e-8 * 2.0 ** 64, math.inf)
+    assert math.exp(-(0.5 + res.lr * math.exp(-0.5))) <= math.exp(-0.5)   # its own step still lowers L
+    line = format_estimate(dict(name="exp", optimizer="sgd", lr_critical=res.lr, lower=res.lower, upper=res.upper,
+                                forward_passes=res.forward_passes, delta=0.1, rtol=None, lr_start=1e-8, lr_max=None,
+                                lambda_0=None, gd_estimate=None, lr_critical_times_lambda_0=None, lr_target=1.0,
+                                preconditioned_sharpness=None)).splitlines()[0]
+    assert f"lr_c >= {res.lr:.4g}  bracket [{res.lower:.4g}, inf]" in line

@@ -83,10 +83,11 @@ def format_estimate(e: Mapping[str, Any]) -> str:
     def f(x):
         return "-" if x is None else f"{x:.4g}"
 
-    # a search that saw no rise up to the cap (lower == upper) or rose at its first trial (lower == 0) bounds
-    # lr_c: printed as 'lr_c = 0.01', read as a measured critical lr
-    lower, upper = e["lower"], e["upper"]
-    relation = ("=" if not math.isfinite(upper) or 0.0 < lower < upper else ">=" if lower == upper else "<=")
+    # a search that saw no rise (up to the cap, or in 64 doublings) or rose at its first trial bounds lr_c:
+    # printed as 'lr_c = 0.01', read as a measured critical lr
+    from catapult.engine.records import critical_lr_relation   # here: records load with the output only
+
+    relation = critical_lr_relation(e["lower"], e["upper"])
     lines = [
         f"{e['name']} ({e['optimizer']}): lr_c {relation} {f(e['lr_critical'])}  bracket [{f(e['lower'])}, {f(e['upper'])}]"
         f"  forward passes {e['forward_passes']}  (delta {e['delta']:g}"

@@ -18,7 +18,7 @@ from catapult.arguments import check_real
 from catapult.writing import counted, csv_cell, csv_text, write_errors_named
 
 __all__ = ["METRIC_COLUMNS", "metric_columns", "is_spectrum_column", "spectrum_setting", "write_metrics", "read_metrics", "MetricsFile", "json_safe", "finite",
-           "summarize", "warmup_summary", "has_final_values", "threshold_label", "format_summary", "unconverged_advice", "lambda_0_note",
+           "summarize", "warmup_summary", "critical_lr_relation", "has_final_values", "threshold_label", "format_summary", "unconverged_advice", "lambda_0_note",
            "RADAM_KIND", "RADAM_LR_SCALED_KIND", "RADAM_KINDS", "STEP_KIND_COLUMN"]
 
 #: ``eval.sharpness_kind: auto``'s kind for RAdam whose groups step at one lr: ``hessian`` while its
@@ -493,17 +493,39 @@ def _short(mark: bool | None) -> str:
     return " (not converged)" if mark is False else ""
 
 
+def critical_lr_relation(lower: float, upper: float) -> str:
+    """How a critical-lr search's ``lr_c`` stands to the critical lr, read from its bracket ``[lower,
+    upper]`` (:class:`catapult.CriticalLR`): ``"="`` for a measured one (``0 < lower < upper < inf``, or
+    a zero step's ``lower = upper = inf``); ``">="`` where the loss never rose (``lower == upper``: it
+    still fell at ``lr_max``; ``upper = inf``: 64 doublings without ``lr_max``, ``lr_c = lower``);
+    ``"<="`` where it rose at the search's first trial (``lower == 0``). The one rule of the run
+    summary, ``catapult critical-lr`` and the bench tables.
+
+    Example:
+        >>> critical_lr_relation(0.25, 0.5), critical_lr_relation(0.01, 0.01), critical_lr_relation(0.0, 300.0)
+        ('=', '>=', '<=')
+        >>> critical_lr_relation(2.0 ** 50, math.inf), critical_lr_relation(math.inf, math.inf)
+        ('>=', '=')
+    """
+    if lower == 0.0:
+        return "<="
+    if lower < upper < math.inf or lower == upper == math.inf:
+        return "="
+    return ">="
+
+
 def _critical_lr_text(summary: Mapping[str, Any], fmt) -> str:
-    """The summary's ``lr_critical`` as the search found it: a search capped at lr_trgt whose loss still
-    fell there (``lower == upper``) bounds the critical lr from below, and one whose loss rose at its
-    first trial (``lower == 0``) from above; either printed as the bare number read as a measured
-    lr_c (``lr_c 29.63`` for a search that never saw the loss rise)."""
+    """The summary's ``lr_critical`` as the search found it (:func:`critical_lr_relation`): a search
+    capped at lr_trgt whose loss still fell there bounds the critical lr from below, one whose loss
+    rose at its first trial from above; either printed as the bare number read as a measured lr_c
+    (``lr_c 29.63`` for a search that never saw the loss rise)."""
     lr, lower, upper = (summary.get(key) for key in ("lr_critical", "lr_critical_lower", "lr_critical_upper"))
     if lr is None or lower is None or upper is None:
         return fmt(lr)
-    if lower == upper:
+    relation = critical_lr_relation(lower, upper)
+    if relation == ">=":
         return f">= {fmt(lr)} (no rise up to lr_trgt)"
-    if lower == 0.0:
+    if relation == "<=":
         return f"<= {fmt(lr)} (the loss rose at the search's first lr)"
     return fmt(lr)
 
