@@ -55,17 +55,22 @@ ACTIVATIONS = {
 POSITIONS = ("learned", "sinusoidal")
 
 
-def sinusoidal_positions(context: int, d_model: int) -> torch.Tensor:
-    """``P[t, 2i] = sin(t / 10000^(2i/d))``, ``P[t, 2i+1] = cos(t / 10000^(2i/d))``, shape (T, d)."""
+def sinusoidal_positions(context: int, d_model: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``P[t, 2i] = sin(t / 10000^(2i/d))``, ``P[t, 2i+1] = cos(t / 10000^(2i/d))``, shape (T, d),
+    computed in float64 and rounded once to ``dtype``.
+
+    >>> sinusoidal_positions(3, 4, torch.float64)[2, 0].item() == math.sin(2.0)
+    True
+    """
     if torch.empty(0).is_meta:  # built under torch.device("meta") (a model-size probe): the shape alone, as
-        return torch.empty(context, d_model)   # torch's meta arange/exp import torch._dynamo (seconds)
+        return torch.empty(context, d_model, dtype=dtype)   # torch's meta arange/exp import torch._dynamo (seconds)
     position = torch.arange(context, dtype=torch.float64).unsqueeze(1)
     frequency = torch.exp(-math.log(10000.0) * torch.arange(0, d_model, 2, dtype=torch.float64)
                           / d_model)
     table = torch.zeros(context, d_model, dtype=torch.float64)
     table[:, 0::2] = torch.sin(position * frequency)
     table[:, 1::2] = torch.cos(position * frequency[: d_model // 2])
-    return table.float()
+    return table.to(dtype)
 
 
 def _check_dropout(owner: str, dropout) -> float:
@@ -338,6 +343,16 @@ class GPT(nn.Module):
             kwargs["init_std"] = m["init_std"]
         return cls(vocab_size, d_model=m["width"], n_layers=m["depth"], n_heads=m["n_heads"], context=context,
                    **kwargs)
+
+    def _apply(self, fn, *args, **kwargs):
+        # .double() / .to(dtype) cast the float32 table: a float64 model read float32-rounded positions (up to
+        # 3e-8 off the formula); the table is drawn again from the formula in the buffer's new dtype
+        module = super()._apply(fn, *args, **kwargs)
+        table = getattr(self, "sinusoid", None)
+        if table is not None and table.is_floating_point() and not table.is_meta:
+            with torch.no_grad():  # in place: a shared-memory table (share_memory_) stays shared
+                table.copy_(sinusoidal_positions(self.context, self.d_model, torch.float64))
+        return module
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         if idx.ndim != 2:
