@@ -78,12 +78,31 @@ def _check_dropout(owner: str, dropout) -> float:
     return check_real(owner, "dropout", dropout, low=0.0, high=1.0, high_open=True)
 
 
+def check_heads(owner: str, d_model, n_heads) -> tuple[int, int]:
+    """``(d_model, n_heads)`` as ints once both are positive integers and ``n_heads`` divides ``d_model``;
+    a ValueError naming ``owner`` and both otherwise.
+
+    >>> check_heads("GPT", 12, 5)
+    Traceback (most recent call last):
+    ValueError: GPT d_model (12) must be divisible by n_heads (5)
+    """
+    for label, value in (("d_model", d_model), ("n_heads", n_heads)):
+        check_positive_int(owner, label, value)
+    d_model, n_heads = int(d_model), int(n_heads)
+    if d_model % n_heads:
+        raise ValueError(f"{owner} d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+    return d_model, n_heads
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with fused QKV: softmax(q k^T * scale + causal) v."""
 
     def __init__(self, d_model: int, n_heads: int, *, scale: float, bias: bool,
                  dropout: float) -> None:
         super().__init__()
+        # built alone (the class is public): n_heads 5 for d_model 12 was built and failed in its first forward in
+        # view()'s words (0: ZeroDivisionError), n_heads=True ran as one head
+        d_model, n_heads = check_heads("CausalSelfAttention", d_model, n_heads)
         self.n_heads = n_heads
         # built alone (the class is public): scale=nan gave nan attention, dropout=True dropped everything (p = 1)
         self.scale = check_real("CausalSelfAttention", "scale", scale, low=0.0, low_open=True)  # 1/sqrt(dh) or 1/dh
@@ -111,6 +130,10 @@ class FeedForward(nn.Module):
 
     def __init__(self, d_model: int, *, activation: str, bias: bool, dropout: float) -> None:
         super().__init__()
+        check_positive_int("FeedForward", "d_model", d_model)
+        d_model = int(d_model)
+        if activation not in ACTIVATIONS:  # a KeyError naming the value alone
+            raise ValueError(f"FeedForward activation must be one of {sorted(ACTIVATIONS)}; got {activation!r}")
         self.fc = MaskedLinear(d_model, 4 * d_model, bias=bias)
         self.act = ACTIVATIONS[activation]()
         self.proj = MaskedLinear(4 * d_model, d_model, bias=bias)
@@ -204,8 +227,7 @@ class GPT(nn.Module):
                              ("n_layers", n_layers), ("n_heads", n_heads), ("context", context)):
             check_positive_int("GPT", label, value)
         vocab_size, d_model, n_layers, n_heads, context = map(int, (vocab_size, d_model, n_layers, n_heads, context))
-        if d_model % n_heads:
-            raise ValueError(f"GPT d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+        check_heads("GPT", d_model, n_heads)
         if positions not in POSITIONS:
             raise ValueError(f"GPT positions must be one of {POSITIONS}; got {positions!r}")
         if activation not in ACTIVATIONS:
