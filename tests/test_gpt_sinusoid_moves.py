@@ -46,6 +46,13 @@ def test_to_empty_after_a_meta_build_gives_the_formula_and_the_same_function():
     assert max_error(model.sinusoid, formula(CONTEXT, D)) <= 2.0 ** -25
     idx = torch.randint(0, V, (2, CONTEXT))
     assert torch.equal(model.eval()(idx), twin.eval()(idx))   # the same float32 operations on the same numbers
+    # a move that keeps the values keeps the tensor: shared memory stays shared, and a model built under
+    # inference_mode moves outside it (an in-place refill of its inference tensor was refused)
+    table = twin.sinusoid
+    assert twin.share_memory().sinusoid is table and table.is_shared()
+    with torch.inference_mode():
+        frozen = build()
+    assert torch.equal(frozen.to("cpu").float().sinusoid, table)
 
 
 @pytest.mark.parametrize("move", ["double", "to_float64", "half_then_double"])

@@ -372,8 +372,9 @@ class GPT(nn.Module):
         module = super()._apply(fn, *args, **kwargs)
         table = getattr(self, "sinusoid", None)
         if table is not None and table.is_floating_point() and not table.is_meta:
-            with torch.no_grad():  # in place: a shared-memory table (share_memory_) stays shared
-                table.copy_(sinusoidal_positions(self.context, self.d_model, torch.float64))
+            fresh = sinusoidal_positions(self.context, self.d_model, torch.float64).to(table.device, table.dtype)
+            if not torch.equal(table, fresh):  # a move that keeps the values (share_memory_, .to(itself)) keeps the tensor
+                self.sinusoid = fresh
         return module
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
