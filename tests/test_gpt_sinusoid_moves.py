@@ -65,6 +65,19 @@ def test_a_float64_model_reads_float64_positions(move):
     assert max_error(model.sinusoid, formula(CONTEXT, D)) <= 1e-14
 
 
+def test_a_model_built_under_a_float64_default_dtype_reads_float64_positions():
+    # as the distributed tests' ranks build their models (torch.set_default_dtype): weights float64, the
+    # table was float32 whatever the default
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        model = build()
+    finally:
+        torch.set_default_dtype(before)
+    assert model.wte.weight.dtype == model.sinusoid.dtype == torch.float64
+    assert max_error(model.sinusoid, formula(CONTEXT, D)) <= 1e-14
+
+
 def _layer_norm(x, weight, bias, eps=1e-5):
     mean = x.mean(-1, keepdim=True)
     y = (x - mean) / torch.sqrt(((x - mean) ** 2).mean(-1, keepdim=True) + eps)

@@ -55,13 +55,15 @@ ACTIVATIONS = {
 POSITIONS = ("learned", "sinusoidal")
 
 
-def sinusoidal_positions(context: int, d_model: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def sinusoidal_positions(context: int, d_model: int, dtype: torch.dtype | None = None) -> torch.Tensor:
     """``P[t, 2i] = sin(t / 10000^(2i/d))``, ``P[t, 2i+1] = cos(t / 10000^(2i/d))``, shape (T, d),
-    computed in float64 and rounded once to ``dtype``.
+    computed in float64 and rounded once to ``dtype`` (None: torch's default dtype, that of the weights
+    a model built now gets).
 
     >>> sinusoidal_positions(3, 4, torch.float64)[2, 0].item() == math.sin(2.0)
     True
     """
+    dtype = dtype or torch.get_default_dtype()
     if torch.empty(0).is_meta:  # built under torch.device("meta") (a model-size probe): the shape alone, as
         return torch.empty(context, d_model, dtype=dtype)   # torch's meta arange/exp import torch._dynamo (seconds)
     position = torch.arange(context, dtype=torch.float64).unsqueeze(1)
