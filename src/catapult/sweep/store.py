@@ -270,7 +270,13 @@ class Store(DriverClaims, Lambda0Cache):
         return value
 
     def meta(self, key: str) -> str | None:
+        """The text of the meta row ``key`` (``None``: no such row); a value that is no text (a
+        BLOB, or a number in a forged table without TEXT affinity) is a :class:`StoreError` naming
+        it: its readers slice and escape it as a string (``report`` raised TypeError)."""
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        if row is not None and not isinstance(row[0], str):
+            raise StoreError(f"{self.path} is damaged: its meta {key} is a {type(row[0]).__name__} "
+                             f"({str(row[0])[:40]}), not text")
         return None if row is None else row[0]
 
     # ---- the sweep
