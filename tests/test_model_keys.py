@@ -47,3 +47,10 @@ def test_a_gpts_function_record_tells_its_final_norm():
     on, off = (function_record(ModelConfig(name="gpt", final_norm=f, width=8, depth=1, n_heads=2)) for f in (True, False))
     assert on["final_norm"] is True and off["final_norm"] is False
     assert {k: v for k, v in on.items() if k != "final_norm"} == {k: v for k, v in off.items() if k != "final_norm"}
+
+
+def test_a_model_name_of_yours_keeps_every_key():
+    # (mutation pass 23) model_keys of a name not in MODEL_KEYS: all of the section's keys, in order
+    from catapult.models.options import model_keys
+
+    assert model_keys({"name": "mine", "width": 3, "gain": 0.5}) == ("name", "width", "gain")
