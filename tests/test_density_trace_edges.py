@@ -162,3 +162,11 @@ def test_the_split_orthonormalisation_drops_dependent_rows_and_is_orthonormal_to
         B = torch.linalg.qr(torch.randn(40, 6, generator=g, dtype=torch.float64))[0].T
         R = _orthonormal_rows(torch.diag(torch.logspace(0, -7, 6, dtype=torch.float64)) @ B, lambda x: x)
         assert R.shape == (6, 40) and gap(R) <= 1e-14, seed
+
+
+def test_trace_matvecs_of_exactly_max_products_are_taken():
+    from catapult.curvature.trace import check_matvecs
+
+    assert check_matvecs(MAX_PRODUCTS, n=10 ** 7) == 10 ** 5
+    with pytest.raises(ValueError, match=r"got 100001 for dimension 10000000"):
+        check_matvecs(MAX_PRODUCTS + 1, n=10 ** 7)
