@@ -50,3 +50,12 @@ def test_the_random_v0_seed_range_is_torchs_half_open_one():
     assert float(v0.norm()) == pytest.approx(float((g * g).norm()), rel=1e-12)
     with pytest.raises(ValueError, match=r"seed 18446744073709551616 is beyond"):
         rules.initial_second_moment(g, "random", seed=2 ** 64)
+
+
+def test_init_makes_the_amsgrad_maximum_for_adamw_as_for_adam():
+    # "Adam / AdamW / RAdam: m = v = 0 (and v_max = 0 with amsgrad)" (init's docstring)
+    theta = [_t(2.0, -4.0)]
+    for rule in ("adam", "adamw"):
+        state = rules.init(rule, theta, {"amsgrad": True})
+        assert state.max_exp_avg_sq is not None and torch.equal(state.max_exp_avg_sq[0], _t(0.0, 0.0)), rule
+    assert rules.init("radam", theta, {"amsgrad": True}).max_exp_avg_sq is None   # RAdam has no amsgrad
