@@ -25,3 +25,17 @@ def test_a_trace_or_spectrum_logged_each_evaluation_is_sent_to_the_local_engine(
     for key, value in (("trace_matvecs", 30), ("spectrum_top_k", 2)):
         config = cfg.validate({**_BASE, "eval": {key: value}})
         assert batched_unsupported_reason(config) == f"eval.{key}={value} (batched: the top eigenvalue only)"
+
+
+def test_run_group_refuses_cells_that_differ_beyond_the_per_member_keys():
+    # two cells of another loss are two groups: one stack would train both with the first's loss
+    import pytest
+
+    from catapult.sweep.batched import run_group
+    from catapult.sweep.executors import Cell
+
+    base = {"data": {"name": "digits", "n_train": 16, "n_test": 8}, "model": {"name": "mlp", "width": 8, "depth": 3},
+            "dtype": "float64", "train": {"steps": 2}, "eval": {"sharpness_every": 0}}
+    cells = [Cell(0, cfg.validate({**base, "name": "a"})), Cell(1, cfg.validate({**base, "name": "b", "loss": "cross_entropy"}))]
+    with pytest.raises(ValueError, match=r"run_group: the cells differ beyond the per-member keys"):
+        list(run_group(cells))
