@@ -554,3 +554,17 @@ def test_paper_mup_biases_carry_their_multipliers_in_the_hand_derived_passes():
         grads = torch.autograd.grad(batch.losses(batch.forward(params, batch.masks, x), y).sum(), params)
     for a, b in zip(grads, batch.loss_grads(x, y, True)[2]):
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-14)
+
+
+def test_evaluation_in_several_chunks_sums_every_chunk(monkeypatch):
+    # (mutation pass 23) KernelStack.evaluate sums loss and accuracy over chunks of the test set
+    # (8192 rows each; the 80 test rows here fit in one): in chunks of 7 the summary is the local engine's
+    import inspect
+
+    from catapult.sweep.ensemble_run import KernelStack
+
+    monkeypatch.setattr(inspect.unwrap(KernelStack.evaluate), "__defaults__", (7,))
+    cells = [_cell(i, dtype="float64", optimizer={"name": "sgd", "lr": lr}) for i, lr in enumerate((0.05, 0.2))]
+    _, results = _run(cells)
+    for cell in cells:
+        _assert_same(train.run(cell.config, progress="none"), results[cell.id], rtol=1e-9)
