@@ -2,6 +2,7 @@
 worked by hand in binary-exact numbers, so each compare is exact."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from catapult.optim import rules
@@ -32,8 +33,6 @@ def test_sgds_l2_coefficient_is_its_weight_decay_even_where_decoupled_weight_dec
 
 def test_a_bool_v0_is_refused_not_read_as_the_number_one():
     # True is a numbers.Real: as a number it was v0 = 1.0 (v_0 = g^2, the "grad" rule) without a word
-    import pytest
-
     for v0 in (True, False):
         with pytest.raises(TypeError, match="v0 must be one of"):
             rules.check_v0(v0)
@@ -43,8 +42,6 @@ def test_a_bool_v0_is_refused_not_read_as_the_number_one():
 
 def test_the_random_v0_seed_range_is_torchs_half_open_one():
     # torch.Generator.manual_seed takes [-2**63, 2**64): 2**64 - 1 draws, 2**64 is refused by name
-    import pytest
-
     g = _t(1.0, -2.0)
     v0 = rules.initial_second_moment(g, "random", seed=2 ** 64 - 1)
     assert float(v0.norm()) == pytest.approx(float((g * g).norm()), rel=1e-12)
@@ -59,3 +56,25 @@ def test_init_makes_the_amsgrad_maximum_for_adamw_as_for_adam():
         state = rules.init(rule, theta, {"amsgrad": True})
         assert state.max_exp_avg_sq is not None and torch.equal(state.max_exp_avg_sq[0], _t(0.0, 0.0)), rule
     assert rules.init("radam", theta, {"amsgrad": True}).max_exp_avg_sq is None   # RAdam has no amsgrad
+
+
+def test_update_keeps_inits_state_layout_without_amsgrad():
+    # no amsgrad: init makes no max_exp_avg_sq, and a step makes none either (not a list of Nones)
+    theta, g = [_t(2.0, -4.0)], [_t(1.0, 1.0)]
+    state = rules.init("adam", theta, {})
+    assert state.max_exp_avg_sq is None
+    _, state = rules.update("adam", theta, g, state, {"lr": 0.5})
+    assert state.max_exp_avg_sq is None and state.step == 1
+
+
+def test_radams_preconditioner_adds_eps_before_the_v_correction():
+    # P = (1 - b1^(t+1)) (sqrt(v') + eps) / sqrt(1 - b2^(t+1)), RAdam's step (the docstring): with
+    # b1 = 1/2, b2 = 3/4, t = 9 (rho_inf = 7, rho_10 = 5.8: rectified), v = 4, g = 2: v' = 4, sqrt(v') = 2
+    import math
+
+    hp = {"betas": (0.5, 0.75), "eps": 0.5}
+    state = rules.State(step=9, exp_avg=[_t(0.0)], exp_avg_sq=[_t(4.0)])
+    P = rules.preconditioner("radam", [_t(2.0)], state, hp)
+    c1, c2 = 1 - 0.5 ** 10, 1 - 0.75 ** 10
+    assert P is not None
+    assert float(P[0]) == pytest.approx(c1 * (2.0 + 0.5) / math.sqrt(c2), rel=1e-15)
