@@ -78,3 +78,15 @@ def test_radams_preconditioner_adds_eps_before_the_v_correction():
     c1, c2 = 1 - 0.5 ** 10, 1 - 0.75 ** 10
     assert P is not None
     assert float(P[0]) == pytest.approx(c1 * (2.0 + 0.5) / math.sqrt(c2), rel=1e-15)
+
+
+def test_radams_preconditioner_refuses_members_that_disagree_on_rectification():
+    # per-member beta2 (N = 2 members stacked along dim 0): at step 10, b2 = 3/4 is rectified
+    # (rho_10 = 5.8 > 5), b2 = 1/2 never is (rho_inf = 3): one preconditioner cannot say both
+    b2 = _t(0.75, 0.5).view(2, 1)
+    state = rules.State(step=9, exp_avg=[torch.zeros(2, 3, dtype=torch.float64)],
+                        exp_avg_sq=[torch.ones(2, 3, dtype=torch.float64)])
+    grads = [torch.ones(2, 3, dtype=torch.float64)]
+    with pytest.raises(ValueError, match=r"RAdam's step 10 is rectified for some members only"):
+        rules.preconditioner("radam", grads, state, {"beta1": 0.5, "beta2": b2})
+    assert rules.preconditioner("radam", grads, state, {"beta1": 0.5, "beta2": _t(0.5, 0.5).view(2, 1)}) is None
