@@ -198,7 +198,7 @@ def test_the_ray_executor_keeps_its_counts_as_ints():
     (dict(max_iter=0), r"max_iter must be an integer in \[1, 100000\]; got 0"),            # one value for k=2
     (dict(max_iter=True), r"max_iter must be an integer in \[1, 100000\]; got True"),
     (dict(max_iter=3.5), r"max_iter must be an integer in \[1, 100000\]; got 3.5"),
-    (dict(tol=float("inf")), "tol must be a finite number > 0; got inf"),     # a wrong pair, "converged"
+    (dict(tol=float("inf")), r"tol must be a finite number in \(0, 1\); got inf"),     # a wrong pair, "converged"
     (dict(max_basis=8.0), "max_basis must be None or an integer >= 2; got 8.0"),
     (dict(seed=3.5, block_size=2), r"seed must be an integer in \[-2\*\*63, 2\*\*64\); got 3.5"),
     (dict(dimension="30"), "dimension must be an integer >= 1; got '30'"),

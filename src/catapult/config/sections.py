@@ -320,7 +320,7 @@ def _check_trace_matvecs(value: Any) -> int:
 class EvalConfig(Section):
     sharpness_every: Annotated[int, integer(low=0, high=MAX_STEPS)] = Field(
         10, description="measure sharpness every k steps (0 = never)", json_schema_extra=_per_member())
-    sharpness_tol: Annotated[float, number(low=0.0, low_open=True)] = Field(
+    sharpness_tol: Annotated[float, number(low=0.0, high=1.0, low_open=True, high_open=True)] = Field(
         1e-3, description="relative tolerance of the eigen-solver", json_schema_extra=_per_member())
     sharpness_max_iter: Annotated[int, integer(low=1, high=MAX_PRODUCTS)] = Field(
         100, description="most Hessian-vector products per measurement", json_schema_extra=_per_member())

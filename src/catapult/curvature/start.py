@@ -299,8 +299,8 @@ def solver_split(op) -> dict:
 
 
 def check_solver_args(tol, max_iter, max_basis=None, *, owner: str = "sharpness") -> tuple[float, int, int | None]:
-    """``(tol, max_iter, max_basis)`` as float, int and int-or-None once ``tol`` is finite and
-    > 0, ``max_iter`` an integer in ``[1, MAX_PRODUCTS]`` (10**5,
+    """``(tol, max_iter, max_basis)`` as float, int and int-or-None once ``tol`` is in ``(0, 1)``
+    (a relative error bound: at 1 or more it holds for any value, the sign's included), ``max_iter`` an integer in ``[1, MAX_PRODUCTS]`` (10**5,
     :data:`catapult.arguments.MAX_PRODUCTS`) and ``max_basis`` None or an integer >= 2
     (:func:`~catapult.arguments.check_integer`: NumPy integers and 0-d tensors are numbers too);
     a ValueError naming ``owner`` and the argument otherwise.
@@ -310,14 +310,15 @@ def check_solver_args(tol, max_iter, max_basis=None, *, owner: str = "sharpness"
     >>> check_solver_args(0.0, 10)
     Traceback (most recent call last):
     ...
-    ValueError: sharpness tol must be a finite number > 0; got 0.0
+    ValueError: sharpness tol must be a finite number in (0, 1); got 0.0
     >>> check_solver_args(1e-3, 10 ** 9)
     Traceback (most recent call last):
     ...
     ValueError: sharpness max_iter must be an integer in [1, 100000]; got 1000000000
     """
     # inf would stop after one matvec and call any start vector's Rayleigh quotient "converged"
-    real_tol = check_real(owner, "tol", tol, low=0.0, low_open=True)
+    # tol=1 (or 2) called a start converged whose value was off by its own size: a bound of 1 says nothing
+    real_tol = check_real(owner, "tol", tol, low=0.0, high=1.0, low_open=True, high_open=True)
     # max_iter=10**9 was taken: a solve that never converges ran until killed
     return (real_tol, check_integer(owner, "max_iter", max_iter, high=MAX_PRODUCTS),
             check_max_basis(max_basis, owner=owner))

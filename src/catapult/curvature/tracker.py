@@ -33,7 +33,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from catapult.arguments import MAX_STEPS, check_integer, check_module
+from catapult.arguments import MAX_STEPS, check_integer, check_module, check_real
 from catapult.curvature.sharpness import instability_threshold, preconditioned_sharpness, sharpness
 from catapult.optim import registry
 
@@ -265,6 +265,9 @@ class SharpnessTracker:
         if unknown:
             raise TypeError(f"SharpnessTracker: unknown solver option(s) {unknown}; known: "
                             f"{list(_SOLVER_OPTIONS)} (init is the tracker's warm start)")
+        if "tol" in options:    # as the solvers take it (check_solver_args), before any step is measured
+            options["tol"] = check_real("SharpnessTracker", "tol", options["tol"], low=0.0, high=1.0,
+                                        low_open=True, high_open=True)
         family = None
         if optimizer is not None:
             spec = registry.spec_for(optimizer)     # NotImplementedError naming an unsupported one
