@@ -118,7 +118,7 @@ from catapult.engine.run_dir import (DIGESTED_FILES, RUN_FILES, RUN_MARKERS, Run
                                      claim_run_directory, in_run_directory, make_out_dir, record_created, results_kept,
                                      start_manifest)
 
-__all__ = ["RunResult", "run", "train", "Processes", "evaluate", "eval_chunk_rows", "EVAL_CHUNK_ELEMENTS", "RUN_FILES", "RUN_MARKERS", "RunDirectoryError",
+__all__ = ["RunResult", "run", "train", "Processes", "evaluate", "counted_targets", "eval_chunk_rows", "EVAL_CHUNK_ELEMENTS", "RUN_FILES", "RUN_MARKERS", "RunDirectoryError",
            "check_out_dir", "make_out_dir", "in_run_directory", "RunClaim", "claim_run_directory"]
 
 
@@ -159,26 +159,61 @@ def eval_chunk_rows(per_row: int) -> int:
     return max(1, min(8192, EVAL_CHUNK_ELEMENTS // max(int(per_row), 1)))
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, chunk: int | None = None) -> tuple[float, float]:
     """``(loss, accuracy)`` of ``model`` on ``(x, y)`` in eval mode, in chunks of ``chunk`` rows
     (None: :func:`eval_chunk_rows` of a row's output size, measured on the first row).
 
-    Both losses are means over rows (MSE also over the equal-sized output dim), so chunk means
-    are combined weighted by their row counts. The model's train/eval mode is restored.
+    The loss is the mean the loss takes over the whole set: each chunk's mean is weighted by the
+    targets it counts (:func:`counted_targets`: integer labels other than -100, the ignore index
+    :func:`~catapult.losses.cross_entropy` drops; a chunk of float targets by its rows), so a
+    token mean with ignored targets is the sum of the counted tokens' losses over their count
+    (nan where none counts, as :func:`torch.nn.functional.cross_entropy` gives). The accuracy is
+    weighted by rows. The model's train/eval mode is restored.
+
+    >>> from catapult.losses import cross_entropy
+    >>> net = nn.Linear(2, 3)
+    >>> x, y = torch.randn(4, 2), torch.tensor([0, -100, -100, 2])
+    >>> loss, _ = evaluate(net, cross_entropy, x, y, chunk=2)
+    >>> abs(loss - cross_entropy(net(x), y).item()) < 1e-6
+    True
     """
+    loss, acc, _ = _evaluated(model, loss_fn, x, y, chunk)
+    return loss, acc
+
+
+def counted_targets(y: torch.Tensor) -> int:
+    """How many targets a loss's mean runs over in ``y``: for integer labels, those other than
+    -100 (torch's ``ignore_index``, which :func:`~catapult.losses.cross_entropy` drops); for float
+    targets (one per row), the rows.
+
+    >>> counted_targets(torch.tensor([[1, -100], [-100, -100]])), counted_targets(torch.zeros(3, 4))
+    (1, 3)
+    """
+    if y.is_floating_point() or y.is_complex():
+        return int(y.shape[0]) if y.dim() else 1
+    return int((y != -100).sum())
+
+
+@torch.no_grad()
+def _evaluated(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, chunk: int | None
+               ) -> tuple[float, float, int]:
+    """:func:`evaluate`'s ``(loss, accuracy)`` and the count of counted targets behind the loss."""
     was_training = model.training
     model.eval()
     try:
         if chunk is None:
             chunk = eval_chunk_rows(model(x[:1]).numel() if x.shape[0] else 1)
-        total_loss, total_correct, n = 0.0, 0.0, x.shape[0]
+        total_loss, total_correct, counted, n = 0.0, 0.0, 0, x.shape[0]
         for start in range(0, n, chunk):
             xb, yb = x[start:start + chunk], y[start:start + chunk]
             out = model(xb)
-            total_loss += loss_fn(out, yb).item() * xb.shape[0]
+            weight = counted_targets(yb)
+            loss = loss_fn(out, yb).item()
+            if weight:  # a chunk whose targets are all ignored has a 0/0 mean and adds nothing
+                total_loss += loss * weight
+                counted += weight
             total_correct += accuracy(out, yb) * xb.shape[0]
-        return total_loss / n, total_correct / n
+        return (total_loss / counted if counted else float("nan")), total_correct / n, counted
     finally:
         model.train(was_training)
 
@@ -223,7 +258,9 @@ class Processes:
         """:func:`evaluate` on this process's share ``(x, y)`` of the test set (possibly no rows),
         as the means over every process's rows."""
         rows = x.shape[0]
-        return self.mean(evaluate(model, loss_fn, x, y) if rows else (0.0, 0.0), rows=rows)
+        loss, acc, counted = _evaluated(model, loss_fn, x, y, None) if rows else (0.0, 0.0, 0)
+        # the loss is a mean over the counted targets of every process, the accuracy over the rows
+        return self.mean((loss,), rows=counted)[0], self.mean((acc,), rows=rows)[0]
 
     def before_mask_update(self, updater: Any, t: int) -> None:
         """Called before ``updater.step(t, ...)`` (dynamic sparsity): nothing to combine here."""

@@ -1,0 +1,58 @@
+"""engine.evaluate (public: catapult.engine.evaluate, and what train() runs on a Run's test_set,
+e.g. one given to assemble_run) with cross_entropy's ignored (-100) targets: the loss is the exact
+token mean over the counted tokens, recomputed here with F.cross_entropy(reduction='sum')."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from catapult.engine.loop import Processes, evaluate
+from catapult.losses import cross_entropy
+
+
+class Tokens(nn.Module):
+    """(B, T) integer tokens -> (B, T, K) logits."""
+
+    def __init__(self, vocab: int = 7):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, 5, dtype=torch.float64)
+        self.out = nn.Linear(5, vocab, dtype=torch.float64)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.emb(x)))
+
+
+def _case():
+    g = torch.Generator().manual_seed(0)
+    model = Tokens()
+    x = torch.randint(0, 7, (5, 4), generator=g)
+    y = torch.randint(0, 7, (5, 4), generator=g)
+    y[0, 1:] = -100          # row 0 counts 1 token, row 3 none, the others 4 or 3
+    y[2, 3] = -100
+    y[3, :] = -100
+    return model, x, y
+
+
+def _truth(model, x, y):
+    with torch.no_grad():
+        logits = model(x)
+    total = F.cross_entropy(logits.reshape(-1, 7), y.reshape(-1), reduction="sum", ignore_index=-100)
+    return float(total) / int((y != -100).sum())
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3])
+def test_evaluate_is_the_token_mean_over_counted_tokens(chunk):
+    model, x, y = _case()
+    loss, _ = evaluate(model, cross_entropy, x, y, chunk=chunk)
+    assert loss == pytest.approx(_truth(model, x, y), rel=1e-12, abs=0)
+
+
+def test_the_loops_processes_evaluate_is_the_token_mean(monkeypatch):
+    # chunks of one row (a GPT's full-size logits make such chunks): the loop's own evaluation
+    monkeypatch.setattr("catapult.engine.loop.EVAL_CHUNK_ELEMENTS", 4 * 7)
+    model, x, y = _case()
+    loss, acc = Processes().evaluate(model, cross_entropy, x, y)
+    assert loss == pytest.approx(_truth(model, x, y), rel=1e-12, abs=0)
+    with torch.no_grad():  # the accuracy stays the rows' own (hits over every target)
+        hits = int((model(x).argmax(-1) == y).sum())
+    assert acc == pytest.approx(hits / y.numel(), rel=1e-12, abs=0)
