@@ -112,7 +112,7 @@ from catapult.engine.step_lr import StepLRs, StepThresholds
 from catapult.engine.trajectories import plot_run
 from catapult.engine.step import (NON_FINITE_TEST_LOSS, diverged, evaluates_test, failure_of, measures_sharpness,
                                   new_row, output_collapsed, weights_finite)
-from catapult.engine.records import (SHARPNESS_CONVERGED_COLUMN, MetricsFile, metric_columns, json_safe, summarize, threshold_label,
+from catapult.engine.records import (vocabulary_record, SHARPNESS_CONVERGED_COLUMN, MetricsFile, metric_columns, json_safe, summarize, threshold_label,
                                      warmup_summary)
 from catapult.engine.run_dir import (DIGESTED_FILES, RUN_FILES, RUN_MARKERS, RunClaim, RunDirectoryError, check_out_dir,
                                      claim_run_directory, in_run_directory, make_out_dir, record_created, results_kept,
@@ -525,6 +525,7 @@ def _train(setup: Run, out_path: Path | None = None, *, progress: Any = None, st
     status = summary["status"]  # the paper's accuracy rule and the collapse rule (engine.step.final_status)
     reporter.close(status + (f" ({summary['failure']})" if summary.get("failure") else ""))
     summary.update(warmup_summary(config, metrics, lr_trgt, warmup_rule))
+    summary.update(vocabulary_record(setup.model))  # the built vocabulary (a BPE may stop short)
     weights = processes.state_dict(model)
 
     def write_files() -> None:

@@ -18,7 +18,7 @@ from catapult.arguments import check_real
 from catapult.writing import counted, csv_cell, csv_text, write_errors_named
 
 __all__ = ["METRIC_COLUMNS", "metric_columns", "is_spectrum_column", "spectrum_setting", "write_metrics", "read_metrics", "MetricsFile", "json_safe", "finite",
-           "summarize", "warmup_summary", "critical_lr_relation", "has_final_values", "threshold_label", "format_summary", "unconverged_advice", "lambda_0_note",
+           "summarize", "warmup_summary", "vocabulary_record", "critical_lr_relation", "has_final_values", "threshold_label", "format_summary", "unconverged_advice", "lambda_0_note",
            "RADAM_KIND", "RADAM_LR_SCALED_KIND", "RADAM_KINDS", "STEP_KIND_COLUMN"]
 
 #: ``eval.sharpness_kind: auto``'s kind for RAdam whose groups step at one lr: ``hessian`` while its
@@ -245,6 +245,19 @@ def has_final_values(status: str | None) -> bool:
     ['finished', 'collapsed']
     """
     return status in ("finished", "collapsed")
+
+
+def vocabulary_record(model: Any) -> dict:
+    """``{"vocab_size": V}`` for a summary, ``V`` the vocabulary ``model`` was built with (a GPT's
+    ``vocab_size``), else ``{}``. A BPE of a small corpus stops short of the requested
+    ``data.vocab_size``, which the run's ``config.yaml`` keeps (it names the tokenizer's cache).
+
+    >>> from catapult.models import GPT
+    >>> vocabulary_record(GPT(278, d_model=8, n_layers=1, n_heads=2, context=4)), vocabulary_record(object())
+    ({'vocab_size': 278}, {})
+    """
+    vocab = getattr(model, "vocab_size", None)
+    return {"vocab_size": vocab} if isinstance(vocab, int) and not isinstance(vocab, bool) else {}
 
 
 def warmup_summary(config, metrics, lr_trgt: float, warmup_rule) -> dict:

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 import torch
 
 from catapult import config as cfg
-from catapult.engine.records import SHARPNESS_CONVERGED_COLUMN
+from catapult.engine.records import SHARPNESS_CONVERGED_COLUMN, vocabulary_record
 from catapult.engine.sharpness_rule import STEP_KIND_COLUMN, step_kind
 from catapult.engine.step import NON_FINITE_TEST_LOSS, diverged, failure_of, new_row, output_collapsed
 from catapult.sweep.batched_optim import StackedOptimizer
@@ -154,6 +154,7 @@ def _start(group: Group, stack: Stack, keep_models: bool) -> list[int]:
             failed.append(i)
         mb.optimizer = engine.build_optimizer(mb.config, model, mb.lr_trgt)
         mb.lr_mult0 = float(mb.optimizer.param_groups[0].get("lr_mult", 1.0))
+        mb.vocabulary = vocabulary_record(model)
         if mb.status != "failed":  # catapult: the step-0 search on the member's own model
             mb.warmup = engine.build_warmup(mb.config, mb.lr_trgt, model, group.loss_fn, (x0, y0), mb.optimizer)
     stack.opt = StackedOptimizer(group.config["optimizer"]["name"], [mb.optimizer for mb in members],

@@ -50,6 +50,7 @@ class Member:
     unconverged: int = 0
     below_budget: int = 0  # unconverged solves that stopped below max_iter (summary: unconverged_below_budget)
     lambda0_converged: bool | None = None  # every solve its lambda_0 averages converged (summary: lambda_0_converged)
+    vocabulary: dict = field(default_factory=dict)  # its model's engine.records.vocabulary_record
 
     @classmethod
     def of(cls, cell: Cell, config: Mapping[str, Any]) -> "Member":
@@ -164,4 +165,5 @@ class Member:
             lambda_0_converged=self.lambda0_converged if self.needs_lambda0 else None)
         if self.warmup is not None:
             summary.update(warmup_summary(self.config, self.metrics, self.lr_trgt, self.warmup))
+        summary.update(self.vocabulary)
         return CellResult(summary["status"], self.metrics, summary, worker=worker)  # the paper's accuracy rule
