@@ -90,3 +90,13 @@ def test_radams_preconditioner_refuses_members_that_disagree_on_rectification():
     with pytest.raises(ValueError, match=r"RAdam's step 10 is rectified for some members only"):
         rules.preconditioner("radam", grads, state, {"beta1": 0.5, "beta2": b2})
     assert rules.preconditioner("radam", grads, state, {"beta1": 0.5, "beta2": _t(0.5, 0.5).view(2, 1)}) is None
+
+
+def test_gi_adams_random_v0_draws_from_seed_0_by_default():
+    # "GI-Adam: ... seed=0" (the module's keys and defaults): hp without a seed is seed 0's v_0
+    theta, g = [_t(2.0, -4.0, 1.0)], [_t(1.0, -2.0, 0.5)]
+    hp = {"lr": 0.1, "v0": "random"}
+    _, state = rules.update("gi-adam", theta, g, rules.init("gi-adam", theta, hp), hp)
+    v0 = rules.initial_second_moment(g[0], "random", seed=0)
+    assert torch.equal(state.exp_avg_sq[0], v0.mul(0.999).addcmul(g[0], g[0], value=1 - 0.999))
+    assert not torch.equal(v0, rules.initial_second_moment(g[0], "random", seed=1))
