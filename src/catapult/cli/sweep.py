@@ -22,6 +22,7 @@ holding a different sweep, not a store, missing optional dependency), with the p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import stat
@@ -471,19 +472,19 @@ def _plot_command(args: argparse.Namespace) -> int:
             # read before the heatmap is written too: a damaged row (extra_json) left the heatmap behind
             runs = {cell_label(known[i], axes): store.metrics(i) for i in ids}
             out = figure_path(args.out) if args.out else Path(f"{stem}_{args.metric}.png")
-            with output_folders(out):
+            traj = figure_path(args.trajectories_out) if args.trajectories_out else Path(f"{stem}_trajectories.png")
+            # both figures' folders are made before the heatmap is written: a --trajectories-out folder
+            # that cannot be made (under /proc, no permission) left the heatmap behind an exit 2
+            with output_folders(out), (output_folders(traj) if ids else contextlib.nullcontext()):
                 plot_phase_diagram(grid, out)
-            print(f"wrote {out}")
-            note = unfinished_note(grid)
-            if note:
-                print(f"catapult plot: warning: {note}", file=sys.stderr)
-            if ids:
-                statuses = {label: known[i]["status"] for label, i in zip(runs, ids)}
-                traj = (figure_path(args.trajectories_out) if args.trajectories_out
-                        else Path(f"{stem}_trajectories.png"))
-                with output_folders(traj):
+                print(f"wrote {out}")
+                note = unfinished_note(grid)
+                if note:
+                    print(f"catapult plot: warning: {note}", file=sys.stderr)
+                if ids:
+                    statuses = {label: known[i]["status"] for label, i in zip(runs, ids)}
                     plot_cell_trajectories(runs, traj, statuses=statuses)
-                print(f"wrote {traj}")
+                    print(f"wrote {traj}")
     except (StoreError, ValueError) as err:
         return _fail("plot", str(err))
     return 0
