@@ -1,6 +1,7 @@
 """``catapult spectrum CONFIG [key=value ...]``: see :mod:`catapult.engine.spectrum_study`."""
 from __future__ import annotations
 
+import contextlib
 import json
 
 from catapult.cli.common import (add_config_arguments, check_image_file, config_from_args, figure_path, output_folders,
@@ -63,6 +64,14 @@ def _command(args) -> int:
             raise ConfigError([("--plot", "draws the density, which --density-runs 0 skips")])
     if args.weights is not None and (problem := missing_file_problem(args.weights)) is not None:
         raise ConfigError([("--weights", problem)])
+    # the figure's folders are made before the measurement: one that cannot be made (under /proc, no
+    # permission) was an exit 2 after the whole measurement, its numbers printed; they go again if it fails
+    with output_folders(args.plot) if args.plot is not None else contextlib.nullcontext():
+        return _measure(args, config)
+
+
+def _measure(args, config: dict) -> int:
+    """Measure, print and draw (``_command``, after its checks)."""
     from catapult.engine.spectrum_study import format_spectrum, measure_spectrum  # torch: after the checks
 
     result = measure_spectrum(config, weights=args.weights,
@@ -86,9 +95,8 @@ def _command(args) -> int:
 
         what = "Gauss-Newton" if args.curvature == "ggn" else "Hessian"
         where = "trained weights" if args.weights else "initialisation"
-        with output_folders(args.plot):
-            plot_spectral_density(dens, args.plot, title=f"{result['name']}\n{what} spectrum at {where}, batch 0",
-                                  marks=result["eigenvalues"])
+        plot_spectral_density(dens, args.plot, title=f"{result['name']}\n{what} spectrum at {where}, batch 0",
+                              marks=result["eigenvalues"])
         if not args.json:
             print(f"wrote {figure_path(args.plot)}")
     return 0
