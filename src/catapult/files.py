@@ -13,11 +13,12 @@ import codecs
 import csv
 import hashlib
 import json
+import math
 from pathlib import Path
 
 from catapult.writing import PARTIAL_PREFIX, write_whole
 
-__all__ = ["MARK", "PARTIAL_PREFIX", "PNG_START", "UNMARKED_FIGURES", "figure_mark", "figure_path", "save_figure",
+__all__ = ["MARK", "PARTIAL_PREFIX", "PNG_START", "UNMARKED_FIGURES", "figure_mark", "figure_path", "save_figure", "fit_huge_limits",
            "written_by_catapult", "is_run_record", "run_output_of_ours", "partial_of_ours", "cut_off_mapping",
            "WRITTEN", "file_digest", "recorded_digests", "missing_file_problem"]
 
@@ -85,6 +86,41 @@ def figure_path(path) -> Path:
     return path if path.suffix else path.with_name(path.name + ".png")
 
 
+#: Beyond this magnitude a linear axis's margins (and its tick locator's span) overflow float64.
+_HUGE = 2.0**1020
+
+
+def fit_huge_limits(fig) -> None:
+    """Give each linear axis of ``fig`` whose data reach near float64's largest value (a
+    loss of 1e308 logged before it overflowed, or ±1e308 together) a symlog scale and explicit
+    limits: matplotlib's own margins and ticks overflowed there ("arange: cannot compute
+    length", "Axis limits cannot be NaN or Inf"). The values are drawn, not dropped; other axes
+    and colorbars are left as they are.
+
+    >>> import matplotlib; matplotlib.use("Agg")
+    >>> import matplotlib.pyplot as plt
+    >>> fig, ax = plt.subplots()
+    >>> _ = ax.plot([0, 1], [-1e308, 1e308])
+    >>> fit_huge_limits(fig)
+    >>> ax.get_yscale(), tuple(float(v) for v in ax.get_ylim())
+    ('symlog', (-1e+308, 1e+308))
+    >>> plt.close(fig)
+    """
+    for ax in fig.axes:
+        if ax.get_label() == "<colorbar>":
+            continue
+        for name, interval in (("y", ax.dataLim.intervaly), ("x", ax.dataLim.intervalx)):
+            lo, hi = (float(v) for v in interval)
+            if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:  # no data on this axis
+                continue
+            if getattr(ax, f"get_{name}scale")() != "linear" or max(abs(lo), abs(hi)) < _HUGE:
+                continue
+            if lo == hi:
+                lo, hi = min(lo, 0.0), max(hi, 0.0)
+            getattr(ax, f"set_{name}scale")("symlog")
+            getattr(ax, f"set_{name}lim")(lo, hi)
+
+
 def save_figure(fig, target, *, make_folder: bool = False, **savefig_kwargs) -> None:
     """``fig.savefig`` with catapult's mark, to a path or to an open binary file.
 
@@ -93,6 +129,7 @@ def save_figure(fig, target, *, make_folder: bool = False, **savefig_kwargs) -> 
     ``savefig_kwargs`` (default PNG)."""
     if not isinstance(make_folder, bool):  # make_folder="no" made the folder
         raise TypeError(f"save_figure: make_folder must be True or False, got {make_folder!r}")
+    fit_huge_limits(fig)
     if hasattr(target, "write"):
         fmt = savefig_kwargs.pop("format", None) or "png"
         fig.savefig(target, format=fmt, **figure_mark(f"figure.{fmt}"), **savefig_kwargs)

@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import yaml
 
-from catapult.files import MARK
+from catapult.files import MARK, fit_huge_limits
 from catapult.writing import counted, write_text_whole
 
 __all__ = ["build_report", "write_report", "figure_to_data_uri"]
@@ -48,6 +48,7 @@ def figure_to_data_uri(fig) -> str:
 
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
+    fit_huge_limits(fig)
     fig.savefig(buf, format="png", dpi=100)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 

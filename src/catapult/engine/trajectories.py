@@ -8,6 +8,7 @@ Input is one or more runs' metrics: sequences of per-step mappings with keys ``s
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, BinaryIO, Mapping, Sequence
 
@@ -246,7 +247,7 @@ def _clip_threshold_axis(ax, runs: Mapping[str, Metrics]) -> None:
     finals = [ys[-1] for metrics in runs.values() for ys in [_threshold_series(metrics)[1]] if ys]
     if finals:
         low, high = min(low, min(finals)), max(high, max(finals))
-    ax.set_ylim(low / 2.0, high * 8.0)
+    ax.set_ylim(low / 2.0, min(high * 8.0, sys.float_info.max))  # a sharpness near 1e308: inf
 
 
 def check_runs(owner: str, runs: Any) -> None:

@@ -10,7 +10,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from catapult.arguments import check_flag
-from catapult.files import save_figure
+from catapult.files import fit_huge_limits, save_figure
 
 __all__ = ["plot_spectral_density"]
 
@@ -32,6 +32,7 @@ def plot_spectral_density(density, path=None, *, title: str | None = None, log: 
         y = y + 1e-12 * max(float(y.max()), 1e-300)  # a log axis cannot show exact zeros
         ax.set_yscale("log")
     ax.plot(grid, y, lw=1.2, label="density (SLQ)")
+    fit_huge_limits(fig)  # a grid reaching 1e308: axvline's transform below was singular
     for i, value in enumerate(marks):
         ax.axvline(value, color="C3", ls="--", lw=0.8, label=marks_label if i == 0 else None)
     if marks:

@@ -315,7 +315,7 @@ def _loss_limits(values: Sequence[float]) -> tuple[float, float]:
     lo, hi = min(values), max(values)
     top = min(hi, lo + 3.0 * abs(lo)) if lo > 0 else hi
     span = (top - lo) or abs(lo) or 1.0
-    return lo - 0.05 * span, top + 0.05 * span
+    return lo - 0.05 * span, top + 0.05 * span  # inf near float64's max: the caller leaves them
 
 
 def _x_scale(ax, xs: Sequence[float]) -> None:
@@ -458,8 +458,9 @@ def plot_transfer(curves: TransferCurves, path: str | Path | None = None, *, tit
             if best is not None:
                 ax.plot([best[0]], [best[1]], marker="*", ms=11, color=color, markeredgecolor="black")
         _x_scale(ax, [xv for pts in curves.curves[p].values() for xv, _ in pts])
-        if finite and not curves.higher_is_better:
-            ax.set_ylim(*_loss_limits(finite))
+        limits = _loss_limits(finite) if finite and not curves.higher_is_better else None
+        if limits is not None and all(math.isfinite(v) for v in limits):  # else save_figure fits them
+            ax.set_ylim(*limits)
         ax.set_title(plain_text(_label(curves.panel_key, p) if curves.panel_key else (title or "")))
         ax.set_xlabel(f"{curves.x_key}: c in c/λ0" if curves.x_relative else curves.x_key)
         ax.set_ylabel(curves.metric)
