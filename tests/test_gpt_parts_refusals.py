@@ -55,3 +55,14 @@ def test_an_integral_float_head_count_is_that_many_heads():
     expected = torch.cat(heads, -1) @ attention.proj.weight.T + attention.proj.bias
     # float64, sums of 12 terms of size ~1: far below 1e-12
     assert float((attention(x) - expected).detach().abs().max()) <= 1e-12
+
+
+@pytest.mark.parametrize("d_model, n_heads", [(12, 5), (10, 4)])
+def test_the_gpt_names_itself_when_its_heads_do_not_divide_its_width(d_model, n_heads):
+    # Mutation pass 23b (GP5): without the GPT's own check_heads the refusal came from its first block,
+    # naming CausalSelfAttention, a class the caller never built
+    from catapult.models import GPT
+
+    assert d_model % n_heads != 0
+    with pytest.raises(ValueError, match=rf"^GPT d_model \({d_model}\) must be divisible by n_heads \({n_heads}\)$"):
+        GPT(50, d_model=d_model, n_layers=1, n_heads=n_heads, context=4)
