@@ -19,3 +19,18 @@ def test_a_key_given_twice_is_refused_naming_it_and_both_texts(items):
 
 def test_distinct_keys_are_each_kept_once():
     assert where_values(["seed=1", "model.width=8"]) == {"seed": 1, "model.width": 8}
+
+
+def test_an_integer_axis_value_written_as_its_label_is_kept_for_the_matcher():
+    # Mutation pass 23b (WV5): without the labels among the written forms, model.width=2^3 (the label the
+    # grid's {log2: [3, 4]} gives 8) went to the integer key's check and was refused as no integer
+    from catapult.plots.phase import value_selects, value_positions
+    from catapult.sweep import parse_sweep
+
+    (axis,) = parse_sweep({"grid": {"model.width": {"log2": [3, 4]}}}).axes
+    assert axis.values == (8, 16) and axis.labels == ("2^3", "2^4")   # 2^3 = 8: the grid's own label
+    axes = [{"key": axis.key, "values": list(axis.values), "labels": list(axis.labels)}]
+    assert where_values(["model.width=2^3"], axes) == {"model.width": "2^3"}
+    cells = [{"id": i, "swept": {"model.width": v}} for i, v in enumerate(axis.values)]
+    positions = value_positions(axes, "model.width", cells)
+    assert [value_selects(axes[0], positions, v, "2^3") for v in axis.values] == [True, False]
