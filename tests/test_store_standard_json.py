@@ -137,3 +137,22 @@ def test_an_old_form_store_loads_exports_and_resumes_as_the_new_form(stores, tmp
     for path in (new, old):   # the same sweep resumes on either: nothing to run, nothing refused
         outcome = _sweep(path)
         assert (outcome.mode, outcome.ran, outcome.reused) == ("resumed", 0, 8)
+
+
+@pytest.mark.parametrize("canonical", [False, True])
+def test_the_non_finite_words_inside_a_string_are_left_as_written(canonical):
+    # Mutation pass 23b (SJ4): without the string alternative in the token pattern, a name or path holding
+    # Infinity / NaN as text ("NaN-probe", "x/-Infinity") was rewritten to 1e999 / {"$float": "NaN"} inside its quotes
+    from catapult.sweep.store_rows import json_text, read_json
+
+    value = {"name": "NaN-probe \"Infinity\"", "path": "x/-Infinity", "f": float("inf"), "g": float("nan")}
+    text = json_text(value, canonical=canonical)
+    strict = json.loads(text, parse_constant=lambda word: pytest.fail(f"non-standard token {word}"))
+    assert strict["name"] == value["name"] and strict["path"] == value["path"] and strict["f"] == math.inf
+    assert strict["g"] == {"$float": "NaN"}
+    back = read_json(text)
+    assert back["name"] == value["name"] and back["path"] == value["path"] and back["f"] == math.inf
+    assert math.isnan(back["g"])
+    row = sqlite3.connect(":memory:").execute("SELECT json_extract(?, '$.name'), json_extract(?, '$.path')",
+                                              (text, text)).fetchone()
+    assert row == (value["name"], value["path"])
