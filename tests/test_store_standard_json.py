@@ -156,3 +156,15 @@ def test_the_non_finite_words_inside_a_string_are_left_as_written(canonical):
     row = sqlite3.connect(":memory:").execute("SELECT json_extract(?, '$.name'), json_extract(?, '$.path')",
                                               (text, text)).fetchone()
     assert row == (value["name"], value["path"])
+
+
+def test_the_canonical_form_writes_the_nan_marker_without_whitespace_too():
+    # Mutation pass 23b (SJ5): the canonical form (the spec document's: sorted keys, no whitespace) wrote its
+    # NaN marker with the default separators, '{"$float": "NaN"}', the one spaced part of the text
+    from catapult.sweep.store_rows import json_text
+
+    value = {"b": [float("nan"), -float("inf")], "a": {"z": float("nan"), "y": 1}}
+    text = json_text(value, canonical=True)
+    marker = {"$float": "NaN"}
+    truth = json.dumps({"a": {"y": 1, "z": marker}, "b": [marker, -1e999]}, sort_keys=True, separators=(",", ":"))
+    assert text == truth.replace("-Infinity", "-1e999") and " " not in text
