@@ -48,3 +48,12 @@ def test_the_config_names_model_base_width():
         validate(config)
     assert [key for key, _ in refused.value.problems] == ["model.base_width"]
     validate(dict(config, model=dict(config["model"], depth=2)))   # depth 2 has a width
+
+
+def test_the_config_takes_a_base_width_equal_to_the_width_at_depth_one():
+    # Mutation pass 23b (CK5): the check without "!= width" refused base_width == width (m_d = 1, the
+    # base shape itself), which MLP(depth=1, base_width=width) builds
+    model = dict(name="mlp", width=64, depth=1, parametrization="mup", base_width=64)
+    config = validate(dict(data=dict(name="digits", n_train=32, n_test=16), model=model, train=dict(steps=2)))
+    assert (config["model"]["depth"], config["model"]["base_width"], config["model"]["width"]) == (1, 64, 64)
+    assert MLP(4, 3, width=64, depth=1, parametrization="mup", base_width=64).depth == 1
