@@ -66,14 +66,14 @@ def _mlp(i: int) -> dict:
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf], ids=["nan", "inf"])   # (an overflowing loss is inf)
 def test_a_nan_test_loss_ends_a_local_run_as_diverged_at_that_step(monkeypatch, bad):
-    real, calls = loop.evaluate, []
+    real, calls = loop.Processes.evaluate, []   # (the loop's evaluation of the test set)
 
-    def spoiled(model, loss_fn, x, y):
+    def spoiled(self, model, loss_fn, x, y):
         calls.append(1)
-        loss, acc = real(model, loss_fn, x, y)
+        loss, acc = real(self, model, loss_fn, x, y)
         return (bad, acc) if len(calls) == 3 else (loss, acc)   # the step-2 evaluation
 
-    monkeypatch.setattr(loop, "evaluate", spoiled)
+    monkeypatch.setattr(loop.Processes, "evaluate", spoiled)
     result = engine.run(_mlp(0), progress="none")
     assert (result.status, result.summary["diverged_at"], result.summary["failure"]) == (
         "diverged", 2, "non_finite_test_loss")
