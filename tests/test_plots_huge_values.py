@@ -105,3 +105,16 @@ def test_a_spectrum_reaching_1e308_is_drawn(tmp_path, grid):
     _image(path)
     lo, hi = fig.axes[0].get_xlim()
     assert lo <= grid[0] and hi >= grid[-1] and math.isfinite(lo) and math.isfinite(hi)
+
+
+def test_a_run_s_figure_with_a_sharpness_of_1e308_is_drawn(tmp_path):
+    # the sharpness panel's top was 8x the largest sharpness: inf, "Axis limits cannot be NaN or Inf"
+    from catapult.engine.trajectories import plot_run
+
+    rows = [{"step": t, "train_loss": [1.0, 1e300, BIG][t], "sharpness": [1.0, 1e300, BIG][t], "lr": 0.1,
+             "threshold": 20.0} for t in range(3)]
+    path = tmp_path / "run.png"
+    fig = plot_run(rows, path, status="finished")
+    _image(path)
+    low, high = fig.axes[1].get_ylim()
+    assert low <= 1.0 and high >= BIG and math.isfinite(high)

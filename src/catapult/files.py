@@ -94,8 +94,9 @@ def fit_huge_limits(fig) -> None:
     """Give each linear axis of ``fig`` whose data reach near float64's largest value (a
     loss of 1e308 logged before it overflowed, or ±1e308 together) a symlog scale and explicit
     limits: matplotlib's own margins and ticks overflowed there ("arange: cannot compute
-    length", "Axis limits cannot be NaN or Inf"). The values are drawn, not dropped; other axes
-    and colorbars are left as they are.
+    length", "Axis limits cannot be NaN or Inf"). A log axis whose top passes 2^1020 (its ticks
+    reached 10^309 = inf) gets a symlog scale linear only below its bottom. The values are drawn,
+    not dropped; other axes and colorbars are left as they are.
 
     >>> import matplotlib; matplotlib.use("Agg")
     >>> import matplotlib.pyplot as plt
@@ -113,7 +114,14 @@ def fit_huge_limits(fig) -> None:
             lo, hi = (float(v) for v in interval)
             if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:  # no data on this axis
                 continue
-            if getattr(ax, f"get_{name}scale")() != "linear" or max(abs(lo), abs(hi)) < _HUGE:
+            scale = getattr(ax, f"get_{name}scale")()
+            if scale == "log":  # its ticks reached 10^309 = inf ("cannot convert float infinity")
+                low, high = getattr(ax, f"get_{name}lim")()
+                if math.isfinite(low) and low > 0 and _HUGE <= high < math.inf:
+                    getattr(ax, f"set_{name}scale")("symlog", linthresh=float(low))
+                    getattr(ax, f"set_{name}lim")(low, high)
+                continue
+            if scale != "linear" or max(abs(lo), abs(hi)) < _HUGE:
                 continue
             if lo == hi:
                 lo, hi = min(lo, 0.0), max(hi, 0.0)
