@@ -58,3 +58,21 @@ def test_the_loops_processes_evaluate_is_the_token_mean(monkeypatch):
     with torch.no_grad():  # the accuracy stays the rows' own (hits over every target)
         hits = int((model(x).argmax(-1) == y).sum())
     assert acc == pytest.approx(hits / y.numel(), rel=1e-12, abs=0)
+
+
+def test_evaluate_of_targets_all_ignored_is_nan_as_torchs_mean_is():
+    # Mutation pass 23b (EL5): with no counted target the loss read 0.0, a perfect loss, where
+    # torch's cross_entropy (the truth: 0/0) gives nan
+    import math
+    import torch
+    from torch import nn
+    from catapult.engine.loop import evaluate
+    from catapult.losses import cross_entropy
+
+    torch.manual_seed(0)
+    net = nn.Linear(2, 3)
+    x, y = torch.randn(4, 2), torch.full((4,), -100)
+    assert math.isnan(torch.nn.functional.cross_entropy(net(x), y).item())
+    for chunk in (None, 2):
+        loss, _ = evaluate(net, cross_entropy, x, y, chunk=chunk)
+        assert math.isnan(loss), (chunk, loss)
