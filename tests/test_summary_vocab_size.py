@@ -51,3 +51,12 @@ def test_a_batched_sweeps_gpt_cell_records_the_same(tmp_path):
     ((_, result),) = EnsembleExecutor(kernels=False, threads=1).run([Cell(0, _config(tmp_path))])
     assert result.summary["vocab_size"] == _tokenizer_size(tmp_path)
 
+
+
+def test_a_vocab_size_attribute_that_is_no_integer_is_not_recorded():
+    # Mutation pass 23b (RC1): any non-None vocab_size was recorded (True, a float, a string of a model of yours)
+    from catapult.engine.records import vocabulary_record
+
+    for value in (True, 278.0, "278", None):
+        assert vocabulary_record(type("M", (), {"vocab_size": value})()) == {}, value
+    assert vocabulary_record(type("M", (), {"vocab_size": 278})()) == {"vocab_size": 278}
