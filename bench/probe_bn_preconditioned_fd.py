@@ -52,11 +52,10 @@ def main():
         for bias in (True, False):
             model, loss_fn, batch, opt = problem(seed, bias)
             truth = catapult.preconditioned_sharpness(model, loss_fn, batch, opt, dtype=torch.float64).value
-            fd32 = catapult.preconditioned_sharpness(model, loss_fn, batch, opt, hvp="finite_difference",
-                                                     dtype=torch.float32)   # (not given: promoted to float64)
+            fd32 = catapult.preconditioned_sharpness(model, loss_fn, batch, opt, hvp="finite_difference")
             fd64 = catapult.preconditioned_sharpness(model, loss_fn, batch, opt, hvp="finite_difference",
                                                      dtype=torch.float64)
-            exact32 = catapult.preconditioned_sharpness(model, loss_fn, batch, opt, dtype=torch.float32)
+            exact32 = catapult.preconditioned_sharpness(model, loss_fn, batch, opt)
             # the pre-conditioner's largest P^-1/2 (step t + 1, as the next step applies it)
             b1, b2 = opt.param_groups[0]["betas"]
             eps = opt.param_groups[0]["eps"]
