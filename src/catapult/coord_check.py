@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from catapult.arguments import MAX_STEPS, check_batch, check_integer, check_real, check_seed
 from catapult.parametrize import param_groups
 from catapult.files import save_figure
-from catapult.losses import cross_entropy, label_range_error, mse
+from catapult.losses import IGNORE_INDEX, cross_entropy, label_range_error, mse
 
 __all__ = ["coord_check", "coord_slopes", "unfit_values", "activation_table", "block_order", "plot_coord_check",
            "find_blocks", "default_loss", "BLOCK_ORDER"]
@@ -159,7 +159,7 @@ def coord_check(
     # class labels indexed by a loss whose meaning is known: checked against the outputs' width on
     # the first run's batches (the later runs take the same ones), before that loss indexes with them
     # (a label >= width was a CUDA device-side assert, or torch's IndexError traceback on the CPU)
-    labelled = {default_loss: -100, cross_entropy: -100, mse: None}
+    labelled = {default_loss: IGNORE_INDEX, cross_entropy: IGNORE_INDEX, mse: None}
     unchecked = set(range(steps)) if loss_fn in labelled else set()
     rows: list[dict] = []
     # under fork_rng: the caller's RNG state is restored afterwards (it was left at the last

@@ -15,6 +15,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+#: The integer label :func:`cross_entropy` drops from its mean (torch's ``ignore_index``).
+IGNORE_INDEX = -100
+
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -115,7 +118,7 @@ def cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         try:
             return F.cross_entropy(logits, labels)
         except (IndexError, RuntimeError) as err:  # CPU: "Target 10 is out of bounds." (a CUDA device asserts)
-            problem = label_range_error("cross_entropy", labels, num_classes, ignore_index=-100)
+            problem = label_range_error("cross_entropy", labels, num_classes, ignore_index=IGNORE_INDEX)
             if problem is None:
                 raise
             raise problem from err

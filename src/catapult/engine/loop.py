@@ -100,7 +100,7 @@ from catapult.arguments import check_flag
 from catapult.files import WRITTEN, file_digest
 from catapult.writing import write_errors_named, write_text_whole, write_whole
 from catapult.run_root import data_root_record
-from catapult.losses import accuracy, loss_and_accuracy
+from catapult.losses import IGNORE_INDEX, accuracy, loss_and_accuracy
 from catapult.curvature.rng import fixed_rng
 from catapult.engine.build import Run, build_run, resolve_device, threshold
 from catapult.engine.seeds import forward_seed
@@ -191,7 +191,7 @@ def counted_targets(y: torch.Tensor) -> int:
     """
     if y.is_floating_point() or y.is_complex():
         return int(y.shape[0]) if y.dim() else 1
-    return int((y != -100).sum())
+    return int((y != IGNORE_INDEX).sum())
 
 
 @torch.no_grad()
@@ -216,8 +216,6 @@ def _evaluated(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, chun
         return (total_loss / counted if counted else float("nan")), total_correct / n, counted
     finally:
         model.train(was_training)
-
-
 
 
 class Processes:
