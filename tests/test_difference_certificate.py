@@ -299,3 +299,57 @@ def test_difference_solves_at_a_stationary_point_keep_the_exact_solvers_rounding
         assert not exact.converged and not eig.converged, (seed, eig)
         assert min(eig.residuals) >= 8 * eps, (seed, eig)
         assert eig.values[0] == pytest.approx(truth[-1], rel=1e-5) and eig.values[1] == pytest.approx(truth[-2], rel=1e-3)
+
+
+def test_the_exact_solvers_floor_of_a_negative_dominated_spectrum_is_kept(  # Mutation pass 24 (CT1)
+):
+    # the top eigenvalue 1e-3 of diag(1e-3, -10, 1e-4): the exact solver's rounding floor is of the
+    # spectrum's scale 10, 8 eps 10 / 1e-3 = 1.8e-11, above its residual, and it says converged=False at
+    # tol=1e-13. The difference certificate took the floor of |theta| alone (8 eps = 1.8e-15), solved
+    # again and called the pair converged with that bound
+    op = Differences([1e-3, -10.0, 1e-4])
+    v0 = torch.tensor([1.0, 0.5, 0.25], dtype=torch.float64)
+    exact = lanczos_top_eigenpair(op, v0.clone(), tol=1e-13, max_iter=10)
+    scale_floor = 8 * torch.finfo(torch.float64).eps * 10.0 / 1e-3   # the spectrum's, by hand
+    assert exact.value == pytest.approx(1e-3, rel=1e-10, abs=0) and not exact.converged   # within its floor
+    assert exact.error_bound == pytest.approx(scale_floor, rel=1e-6) and exact.residual < exact.error_bound
+    est = certified(op, exact, tol=1e-13, max_iter=30,
+                    solve=lambda v0, budget, tol: lanczos_top_eigenpair(op, v0, tol=tol, max_iter=budget))
+    assert not est.converged and est.error_bound >= exact.error_bound, est
+
+
+def test_a_recurrences_residual_is_not_the_floor_of_a_pair_its_products_certify():  # Mutation pass 24 (CT2)
+    # e1 is diag(4, 1, 0.5)'s top eigenvector exactly: ||A y - 4 y|| = 0. A recurrence that reported
+    # a residual of 0.05 for it (its bound no higher than that residual: no rounding floor) does not
+    # keep the certificate, which takes its own residual, at 0.05
+    op = Differences([4.0, 1.0, 0.5])
+    y = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+    assert torch.equal(op.diagonal * y, 4.0 * y)   # the truth: an exact eigenpair
+    said = EigenEstimate(4.0, y, 5, False, 0.05, 0.05)
+    est = certified(op, said, tol=1e-6, max_iter=30, solve=lambda *a: pytest.fail("solved again"))
+    assert est.converged and est.error_bound <= 1e-6 and est.value == 4.0, est
+
+
+class Differences32(Differences):
+    """:class:`Differences` computing in float32."""
+
+    def __init__(self, diagonal):
+        super().__init__(diagonal)
+        self.diagonal = self.diagonal.float()
+
+
+def test_float32_products_keep_float32s_floor_and_tol_below_it_is_not_solved_again():  # Mutation pass 24 (CT3, CT5)
+    # a float32 operator cannot certify a relative error below 8 eps (float32) = 9.5e-7: the exact
+    # float32 solver says so at tol=1e-7, and so must the certificate (it took float64's floor, 1.8e-15,
+    # and called exact products converged); and since no solve can bring the bound under a floor
+    # above tol, none is started (one was, and another, up to RESTARTS)
+    op = Differences32([4.0, 1.0, 0.5])
+    exact = lanczos_top_eigenpair(op, torch.tensor([1.0, 0.5, 0.25]), tol=1e-7, max_iter=10)
+    op.steps.clear()
+    eps32 = torch.finfo(torch.float32).eps
+    assert not exact.converged and exact.error_bound >= 8 * eps32
+    y = torch.tensor([1.0, 0.0, 0.0])
+    said = EigenEstimate(4.0, y, 3, False, 1e-3, 1e-3)   # a solve its budget stopped, recurrence residual 1e-3
+    est = certified(op, said, tol=1e-7, max_iter=30, solve=lambda *a: pytest.fail("solved again under the floor"))
+    assert not est.converged and est.error_bound >= 8 * eps32, est
+    assert est.matvecs == 3 + len(op.steps) == 3 + 2   # the certificate's two products, no solve
