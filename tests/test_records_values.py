@@ -26,6 +26,16 @@ def test_the_target_lr_is_reached_at_the_first_step_whose_lr_equals_it():
     assert warmup_summary(config, rows, 1.0, rule)["lr_target_reached_at"] is None
 
 
+
+def test_a_long_linear_warmups_last_ramp_step_is_not_read_as_reached():  # Mutation pass 24 (RC4)
+    # lr_t = t / 2048 (exact in binary) for t <= 2048: step 2047 runs at 1 - 4.9e-4 of the target, which
+    # a looser tolerance (1e-3) read as reached; the first step whose lr is the target is 2048
+    T = 2048
+    rows = [new_row(t, min(t, T) / T, 1.0) for t in range(T + 3)]
+    assert rows[T - 1]["lr"] == 1 - 1 / T and rows[T]["lr"] == 1.0
+    rule = SimpleNamespace(info={}, persistent=None)
+    assert warmup_summary(_config(), rows, 1.0, rule)["lr_target_reached_at"] == T
+
 def test_persistent_warmups_critical_lr_is_the_first_searchs_upper_bracket():
     history = [{"lower": 0.1, "upper": 0.125}, {"lower": 0.2, "upper": 0.3}]
     rule = SimpleNamespace(info={}, persistent=SimpleNamespace(searches=2, forward_passes=17, history=history))
