@@ -76,3 +76,28 @@ def test_evaluate_of_targets_all_ignored_is_nan_as_torchs_mean_is():
     for chunk in (None, 2):
         loss, _ = evaluate(net, cross_entropy, x, y, chunk=chunk)
         assert math.isnan(loss), (chunk, loss)
+
+
+def _evaluated_on_two_ranks(rank, world):
+    from catapult.engine.distributed import DataParallel
+
+    model, x, y = _case()
+    share = slice(0, 3) if rank == 0 else slice(3, 5)   # rank 0: 3 rows, 8 counted tokens; rank 1: 2 rows, 4
+    return DataParallel(rank, world).evaluate(model, cross_entropy, x[share], y[share])
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
+def test_the_ranks_evaluate_is_the_token_mean_over_every_ranks_counted_tokens():  # Mutation pass 24 (EL6)
+    # two gloo ranks whose shares hold 3 and 2 rows but 8 and 4 counted tokens: the loss is the token
+    # mean of the union (weighted by counted tokens), not the rows' (3 : 2) mean of the ranks' means
+    from gloo_ranks import on_ranks
+
+    model, x, y = _case()
+    truth = _truth(model, x, y)
+    rows_weighted = (3 * _truth(model, x[:3], y[:3]) + 2 * _truth(model, x[3:], y[3:])) / 5
+    assert abs(truth - rows_weighted) > 1e-3 * abs(truth)   # the case tells them apart
+    with torch.no_grad():
+        hits = int((model(x).argmax(-1) == y).sum())
+    for loss, acc in on_ranks(_evaluated_on_two_ranks):
+        assert loss == pytest.approx(truth, rel=1e-12, abs=0)
+        assert acc == pytest.approx(hits / y.numel(), rel=1e-12, abs=0)   # the rows' own, as one process
