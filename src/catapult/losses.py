@@ -145,61 +145,100 @@ def get_loss(name: str) -> LossFn:
 
 
 def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> float:
-    """Fraction of rows whose arg-max output is the target class.
+    """Fraction of the counted rows whose arg-max output is the target class.
 
-    ``accuracy = mean_i [argmax_k f_k(x_i) == y_i]``; float ``targets`` (one-hot or
-    probabilities) count their own arg-max as the class.
+    ``accuracy = mean_i [argmax_k f_k(x_i) == y_i]`` over the rows whose integer label is not
+    :data:`IGNORE_INDEX` (-100: the rows :func:`cross_entropy` drops from its mean, as Hugging Face's
+    and torchmetrics' ``ignore_index`` drop them; nan where none counts); float ``targets`` (one-hot
+    or probabilities) count their own arg-max as the class, every row counted.
 
     >>> accuracy(torch.tensor([[1., 3.], [2., 0.], [0., 0.]]), torch.tensor([1, 1, 0]))
     0.6666666666666666
+    >>> accuracy(torch.tensor([[1., 3.], [2., 0.], [0., 0.]]), torch.tensor([1, -100, 0]))
+    1.0
+    """
+    hits, counted = accuracy_counts(outputs, targets)
+    return hits / counted if counted else float("nan")
+
+
+def accuracy_counts(outputs: torch.Tensor, targets: torch.Tensor) -> tuple[int, int]:
+    """``(hits, counted)`` behind :func:`accuracy`: the counted rows (integer labels other than
+    :data:`IGNORE_INDEX`; every row of float targets) and those of them whose arg-max is the class.
+    A mean over several batches or processes is ``sum(hits) / sum(counted)``.
+
+    >>> accuracy_counts(torch.tensor([[1., 3.], [2., 0.], [0., 0.]]), torch.tensor([1, -100, 1]))
+    (1, 2)
     """
     n = targets.shape[0] if targets.dim() == 1 else 0
     if (n and targets.dtype == torch.int64 and outputs.dim() == 2 and outputs.shape[0] == n
             and outputs.numel() <= PLAIN_ARGMAX_ENTRIES and outputs.device == targets.device):
-        # a classifier's batch (every training step of the engine): argmax_hits' plain arg-max in
-        # four torch calls, without the fifteen and two no_grad contexts of the general path; a
-        # cold call inside a training step costs ~10x its hot time (RESULTS, "Engine overhead")
-        return int((outputs.argmax(dim=-1) == targets).sum()) / n
-    return _accuracy(outputs, targets)
+        # a classifier's batch: argmax_hits' plain arg-max in a few torch calls, without the
+        # fifteen and two no_grad contexts of the general path; a cold call inside a training
+        # step costs ~10x its hot time (RESULTS, "Engine overhead"). An ignored label (-100) is
+        # never an arg-max, so never a hit; the labels' minimum (~4 us) spares the count of
+        # ignored ones (~9 us) where none is negative
+        hits = int((outputs.argmax(dim=-1) == targets).sum())
+        return hits, (n if int(targets.min()) >= 0 else n - int((targets == IGNORE_INDEX).sum()))
+    return _accuracy_counts(outputs, targets)
 
 
 @torch.no_grad()
-def _accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> float:
-    """:func:`accuracy`'s general path: leading dimensions flattened, float targets' arg-max."""
+def _accuracy_counts(outputs: torch.Tensor, targets: torch.Tensor) -> tuple[int, int]:
+    """:func:`accuracy_counts`' general path: leading dimensions flattened, float targets' arg-max."""
     flat = outputs.detach().reshape(-1, outputs.shape[-1])
-    if _is_label_tensor(targets):
-        _check_label_shape("accuracy", outputs, targets)
-        labels = targets.reshape(-1)
-    else:
-        _check_soft_shape("accuracy", outputs, targets)
-        labels = targets.reshape(-1, targets.shape[-1]).argmax(dim=-1)
+    labels = _labels("accuracy", outputs, targets)
     if labels.numel() == 0:
-        return float("nan")
-    return argmax_hits(flat, labels.to(flat.device)) / labels.numel()
+        return 0, 0
+    counted = labels.numel() - (int((labels == IGNORE_INDEX).sum()) if _is_label_tensor(labels) else 0)
+    return argmax_hits(flat, labels.to(flat.device)), counted
+
+
+def _labels(who: str, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The flat class labels of ``targets`` (integer labels as given, float targets' arg-max)."""
+    if _is_label_tensor(targets):
+        _check_label_shape(who, outputs, targets)
+        return targets.reshape(-1)
+    _check_soft_shape(who, outputs, targets)
+    return targets.reshape(-1, targets.shape[-1]).argmax(dim=-1)
 
 
 def loss_and_accuracy(loss: torch.Tensor, outputs: torch.Tensor, targets: torch.Tensor,
                       one_sync: bool | None = None) -> tuple[float, float]:
-    """``(float(loss), accuracy(outputs, targets))`` with one device-to-host copy per call.
+    """``(float(loss), accuracy(outputs, targets))`` with one device-to-host copy per call
+    (:func:`loss_and_counts`' loss, and its hits over its counted rows; nan where none counts).
+
+    >>> loss_and_accuracy(torch.tensor(0.5), torch.tensor([[1., 3.], [2., 0.]]), torch.tensor([1, -100]))
+    (0.5, 1.0)
+    """
+    value, hits, counted = loss_and_counts(loss, outputs, targets, one_sync)
+    return value, (hits / counted if counted else float("nan"))
+
+
+def loss_and_counts(loss: torch.Tensor, outputs: torch.Tensor, targets: torch.Tensor,
+                    one_sync: bool | None = None) -> tuple[float, int, int]:
+    """``(float(loss), *accuracy_counts(outputs, targets))`` with one device-to-host copy per call.
 
     On the CPU (no copy to save) it is exactly those two calls. On an accelerator the arg-max
-    hits are counted on the device and read back with the loss in one ``tolist()`` (one
-    synchronisation per training step, not three); the values are the same (a float32 loss is
-    exact in float64, and the count is an integer). ``one_sync`` forces either way (None: by device).
+    hits and the counted rows are counted on the device and read back with the loss in one
+    ``tolist()`` (one synchronisation per training step, not three); the values are the same (a
+    float32 loss is exact in float64, and the counts are integers). ``one_sync`` forces either
+    way (None: by device).
+
+    >>> loss_and_counts(torch.tensor(0.5), torch.tensor([[1., 3.], [2., 0.]]), torch.tensor([1, -100]), one_sync=True)
+    (0.5, 1, 1)
     """
     if one_sync is None:
         one_sync = not outputs.is_cpu  # outputs.device.type != "cpu", without a device object (~7 us cold)
     if not one_sync:
-        return float(loss.item()), accuracy(outputs, targets)
-    (_check_label_shape if _is_label_tensor(targets) else _check_soft_shape)("accuracy", outputs, targets)
-    flat = outputs.detach().reshape(-1, outputs.shape[-1])
-    labels = targets.reshape(-1) if _is_label_tensor(targets) else \
-        targets.reshape(-1, targets.shape[-1]).argmax(dim=-1)
+        return (float(loss.item()), *accuracy_counts(outputs, targets))
+    labels = _labels("accuracy", outputs, targets)
     if labels.numel() == 0:
-        return float(loss.item()), float("nan")
+        return float(loss.item()), 0, 0
+    flat = outputs.detach().reshape(-1, outputs.shape[-1])
     hits = (flat.argmax(dim=-1) == labels).sum()
-    value, count = torch.stack([loss.detach().double(), hits.double()]).tolist()
-    return value, count / labels.numel()
+    ignored = (labels == IGNORE_INDEX).sum() if _is_label_tensor(labels) else torch.zeros((), device=hits.device)
+    value, count, skipped = torch.stack([loss.detach().double(), hits.double(), ignored.double()]).tolist()
+    return value, int(count), labels.numel() - int(skipped)
 
 
 #: Up to this many logits :func:`argmax_hits` takes the plain arg-max: on one CPU thread (torch 2.13)

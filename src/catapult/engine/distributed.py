@@ -329,16 +329,20 @@ class DataParallel(Processes):
         # in the next collective or the closing barrier for a rank that has gone
         return on_every_rank(work, True)
 
-    def mean(self, values: tuple[float, ...], rows: int | None = None) -> tuple[float, ...]:
-        if rows is None:  # every rank holds B / W rows: the global mean is the mean of the ranks' means
+    def mean(self, values: tuple[float, ...], rows: int | tuple[int | None, ...] | None = None) -> tuple[float, ...]:
+        counts = rows if isinstance(rows, tuple) else (rows,) * len(values)
+        if all(c is None for c in counts):  # every rank holds B / W rows: the mean of the ranks' means
             t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self._device())
             dist.all_reduce(t)
             return tuple(float(v) for v in (t / self.world).tolist())
-        # shares of different sizes (validation windows): each mean weighted by its rows
-        sums = [float(v) * rows if rows else 0.0 for v in values] + [float(rows)]
+        # shares of different sizes (validation windows, counted targets): each mean weighted by
+        # its count (a value whose count is None by 1: the ranks' means averaged), in one reduction
+        weights = [1.0 if c is None else float(c) for c in counts]
+        sums = [float(v) * w if w else 0.0 for v, w in zip(values, weights)] + weights
         t = torch.tensor(sums, dtype=torch.float64, device=self._device())
         dist.all_reduce(t)
-        return tuple(float(v) for v in (t[:-1] / t[-1]).tolist())
+        n = len(values)
+        return tuple(float(v) for v in (t[:n] / t[n:]).tolist())
 
     def all(self, flag: bool) -> bool:
         t = torch.tensor([int(bool(flag))], device=self._device())

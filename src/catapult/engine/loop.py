@@ -100,7 +100,7 @@ from catapult.arguments import check_flag
 from catapult.files import WRITTEN, file_digest
 from catapult.writing import write_errors_named, write_text_whole, write_whole
 from catapult.run_root import data_root_record
-from catapult.losses import IGNORE_INDEX, accuracy, loss_and_accuracy
+from catapult.losses import IGNORE_INDEX, accuracy_counts, loss_and_counts
 from catapult.curvature.rng import fixed_rng
 from catapult.engine.build import Run, build_run, resolve_device, threshold
 from catapult.engine.seeds import forward_seed
@@ -168,7 +168,8 @@ def evaluate(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, chunk:
     :func:`~catapult.losses.cross_entropy` drops; a chunk of float targets by its rows), so a
     token mean with ignored targets is the sum of the counted tokens' losses over their count
     (nan where none counts, as :func:`torch.nn.functional.cross_entropy` gives). The accuracy is
-    weighted by rows. The model's train/eval mode is restored.
+    the hits over the same counted targets (:func:`~catapult.losses.accuracy_counts`: an ignored
+    target is neither a hit nor a miss; nan where none counts). The model's train/eval mode is restored.
 
     >>> from catapult.losses import cross_entropy
     >>> net = nn.Linear(2, 3)
@@ -197,14 +198,14 @@ def counted_targets(y: torch.Tensor) -> int:
 @torch.no_grad()
 def _evaluated(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, chunk: int | None
                ) -> tuple[float, float, int]:
-    """:func:`evaluate`'s ``(loss, accuracy)`` and the count of counted targets behind the loss."""
+    """:func:`evaluate`'s ``(loss, accuracy)`` and the count of counted targets behind both."""
     was_training = model.training
     model.eval()
     try:
         if chunk is None:
             chunk = eval_chunk_rows(model(x[:1]).numel() if x.shape[0] else 1)
-        total_loss, total_correct, counted, n = 0.0, 0.0, 0, x.shape[0]
-        for start in range(0, n, chunk):
+        total_loss, counted, total_hits, labelled = 0.0, 0, 0, 0
+        for start in range(0, x.shape[0], chunk):
             xb, yb = x[start:start + chunk], y[start:start + chunk]
             out = model(xb)
             weight = counted_targets(yb)
@@ -212,8 +213,10 @@ def _evaluated(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, chun
             if weight:  # a chunk whose targets are all ignored has a 0/0 mean and adds nothing
                 total_loss += loss * weight
                 counted += weight
-            total_correct += accuracy(out, yb) * xb.shape[0]
-        return (total_loss / counted if counted else float("nan")), total_correct / n, counted
+            hits, kept = accuracy_counts(out, yb)
+            total_hits, labelled = total_hits + hits, labelled + kept
+        nan = float("nan")
+        return (total_loss / counted if counted else nan), (total_hits / labelled if labelled else nan), counted
     finally:
         model.train(was_training)
 
@@ -238,9 +241,9 @@ class Processes:
         """The module the training forward (and backward) goes through."""
         return model
 
-    def mean(self, values: tuple[float, ...], rows: int | None = None) -> tuple[float, ...]:
+    def mean(self, values: tuple[float, ...], rows: int | tuple[int | None, ...] | None = None) -> tuple[float, ...]:
         """The means ``values`` of this process's ``rows`` rows (None: every process holds as
-        many) as means over the rows of every process."""
+        many) as means over the rows of every process; a tuple gives each value its own count."""
         return values
 
     def all(self, flag: bool) -> bool:
@@ -257,8 +260,9 @@ class Processes:
         as the means over every process's rows."""
         rows = x.shape[0]
         loss, acc, counted = _evaluated(model, loss_fn, x, y, None) if rows else (0.0, 0.0, 0)
-        # the loss is a mean over the counted targets of every process, the accuracy over the rows
-        return self.mean((loss,), rows=counted)[0], self.mean((acc,), rows=rows)[0]
+        # the loss and the accuracy are means over the counted targets of every process
+        loss, acc = self.mean((loss, acc), rows=counted)
+        return loss, acc
 
     def before_mask_update(self, updater: Any, t: int) -> None:
         """Called before ``updater.step(t, ...)`` (dynamic sparsity): nothing to combine here."""
@@ -437,8 +441,10 @@ def _train(setup: Run, out_path: Path | None = None, *, progress: Any = None, st
             outputs = forward(x)
             loss = loss_fn(outputs, y)
             # one host sync; data-parallel: the whole batch's means, the same in every process
-            if accuracies is None:
-                loss_t, row["train_accuracy"] = processes.mean(loss_and_accuracy(loss, outputs, y))
+            if accuracies is None:  # the accuracy a mean over every process's counted targets (not -100)
+                loss_t, hits, counted = loss_and_counts(loss, outputs, y)
+                loss_t, row["train_accuracy"] = processes.mean(
+                    (loss_t, hits / counted if counted else float("nan")), rows=(None, counted))
             else:
                 loss_t = accuracies.add(row, loss, outputs, y)
             row["train_loss"] = loss_t

@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from catapult.losses import loss_and_accuracy
+from catapult.losses import IGNORE_INDEX, loss_and_accuracy
 
-__all__ = ["StepAccuracies", "classifier_batch", "stacked_hits", "MAX_ENTRIES"]
+__all__ = ["StepAccuracies", "classifier_batch", "stacked_hits", "stacked_counted", "MAX_ENTRIES"]
 
 #: Outputs of one batch that :class:`StepAccuracies` keeps for a later count, at most (with
 #: :attr:`StepAccuracies.CHUNK` batches: 4 MiB of float32 held). A memory cap, not
@@ -43,13 +43,24 @@ def classifier_batch(outputs: torch.Tensor, targets: torch.Tensor) -> bool:
 def stacked_hits(outputs: torch.Tensor, targets: torch.Tensor) -> list[int]:
     """Per batch ``s`` of classifier batches stacked as ``[S, N, C]`` outputs and ``[S, N]``
     labels: ``sum_i [argmax_k outputs[s, i, k] == targets[s, i]]`` (torch's arg-max: the first
-    maximum, a NaN counting as the maximum), which :func:`catapult.losses.accuracy` divides by N.
+    maximum, a NaN counting as the maximum), which :func:`catapult.losses.accuracy` divides by the
+    batch's counted labels (:func:`stacked_counted`).
 
     >>> logits = torch.tensor([[[1., 3.], [2., 0.]], [[0., 0.], [5., float("nan")]]])
     >>> stacked_hits(logits, torch.tensor([[1, 1], [0, 1]]))
     [1, 2]
     """
     return (outputs.argmax(dim=-1) == targets).sum(dim=-1).tolist()
+
+
+def stacked_counted(targets: torch.Tensor) -> list[int]:
+    """Per batch ``s`` of ``[S, N]`` stacked labels: the labels :func:`catapult.losses.accuracy`
+    counts (those other than :data:`~catapult.losses.IGNORE_INDEX`, -100).
+
+    >>> stacked_counted(torch.tensor([[1, -100], [0, 1]]))
+    [1, 2]
+    """
+    return (targets != IGNORE_INDEX).sum(dim=-1).tolist()
 
 
 class StepAccuracies:
@@ -105,7 +116,7 @@ class StepAccuracies:
         if not rows:
             return
         self._rows, self._outputs, self._targets = [], [], []
-        n = targets[0].shape[0]
-        hits = stacked_hits(torch.stack(outputs), torch.stack(targets))
-        for row, count in zip(rows, hits):
-            row["train_accuracy"] = count / n
+        labels = torch.stack(targets)
+        hits = stacked_hits(torch.stack(outputs), labels)
+        for row, count, counted in zip(rows, hits, stacked_counted(labels)):
+            row["train_accuracy"] = count / counted if counted else float("nan")
