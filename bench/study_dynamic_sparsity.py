@@ -54,6 +54,19 @@ def fitted_by_seed(lrs: list[float], by_seed: dict[int, dict[float, float]], win
     return out
 
 
+def spread(values, digits: int = 3) -> str:
+    """``mean ± sample std (n)`` of ``values``; one value as itself with ``(1 seed)`` (a sample std
+    of one value is nan, with a NumPy warning); values with a non-finite one (a diverged seed's
+    inf) as their mean and how many are not finite."""
+    v = np.asarray(values, dtype=float)
+    if v.size == 1:
+        return f"{v[0]:.{digits}f} (1 seed)"
+    bad = int((~np.isfinite(v)).sum())
+    if bad:
+        return f"{v.mean():.{digits}f} ({v.size}, {bad} not finite)"
+    return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f} ({v.size})"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("csv")
@@ -63,7 +76,9 @@ def main() -> None:
     args = ap.parse_args()
     cells = defaultdict(list)
     seeds = defaultdict(dict)
-    for row in csv.DictReader(open(args.csv)):
+    with open(args.csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
         if row["status"] not in ("finished", "diverged"):  # not run (yet)
             continue
         loss = float(row["test_loss"]) if row["status"] == "finished" and row["test_loss"] else math.inf
@@ -110,10 +125,12 @@ def main() -> None:
             for s in fit:
                 curve = {lr: by_seed[s][lr] for lr in lrs if lr in by_seed[s]}
                 paired.setdefault(density, {})[s] = (math.log2(min(curve, key=curve.get)), fit[s])
-            text = ", ".join(f"2^{math.log2(lr):g}: {v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0:.3f} "
-                             f"({len(v)})" for lr, v in zip(lrs, vals))
-            print(f"| {method} | {param} | {density:g} | {text} | 2^{math.log2(best):g}; fitted "
-                  f"{np.mean(fits):.2f} ± {np.std(fits, ddof=1) if len(fits) > 1 else 0:.2f} |")
+            text = ", ".join(f"2^{math.log2(lr):g}: {spread(v)}" for lr, v in zip(lrs, vals))
+            # a parabola needs 3 finite losses near the optimum: with fewer lrs run, say so (np.mean of
+            # no fit printed nan, with a NumPy warning)
+            fit_text = (f"fitted {spread(fits, 2)}" if fits else
+                        f"fitted: - (no seed has 3 finite losses within 2 log2 units of the optimum; {len(lrs)} lrs run)")
+            print(f"| {method} | {param} | {density:g} | {text} | 2^{math.log2(best):g}; {fit_text} |")
             x = np.log2(lrs)
             line, = ax.plot(x, mean, "o-", label=f"density {density:g}")
             ax.fill_between(x, [v.min() for v in vals], [v.max() for v in vals], color=line.get_color(), alpha=0.2)
@@ -121,11 +138,17 @@ def main() -> None:
             continue
         drift = max(math.log2(v) for v in optima.values()) - min(math.log2(v) for v in optima.values())
         fm = {d: np.mean(v) for d, v in fitted.items() if v}
-        fs = {d: (np.std(v, ddof=1) if len(v) > 1 else 0.0) for d, v in fitted.items() if v}
-        dense, sparse = max(fm), min(fm)
-        print(f"| {method} | {param} | drift of the optimum across densities | | argmin {drift:g} log2 units; "
-              f"fitted, density {sparse:g} minus {dense:g}: {fm[sparse] - fm[dense]:+.2f} ± "
-              f"{math.hypot(fs[sparse], fs[dense]):.2f} |")
+        fs = {d: (np.std(v, ddof=1) if len(v) > 1 else None) for d, v in fitted.items() if v}
+        dense = max(fm) if fm else max(optima)
+        if len(fm) < 2:  # max / min of no fitted optimum raised ValueError; one density has no drift
+            print(f"| {method} | {param} | drift of the optimum across densities | | argmin {drift:g} log2 units; "
+                  f"fitted: - (a fitted optimum at {len(fm)} of {len(optima)} densities; the drift needs two) |")
+        else:
+            sparse = min(fm)
+            err = (f"± {math.hypot(fs[sparse], fs[dense]):.2f}" if fs[sparse] is not None and fs[dense] is not None
+                   else "(1 seed)")
+            print(f"| {method} | {param} | drift of the optimum across densities | | argmin {drift:g} log2 units; "
+                  f"fitted, density {sparse:g} minus {dense:g}: {fm[sparse] - fm[dense]:+.2f} {err} |")
         for other in sorted((d for d in paired if d != dense), reverse=True):
             common = sorted(set(paired[other]) & set(paired.get(dense, {})))
             if len(common) < 2:

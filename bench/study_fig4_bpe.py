@@ -87,8 +87,20 @@ def table(unigram: float) -> None:
         peak = np.array([r["max_train_loss"] for r in cell])
         spiked = sum(r["max_train_loss"] > 1.2 * r["initial_loss"] for r in cell)
         above = int((test > unigram).sum())
-        print(f"| {fn} | {x} ({1e-4 * 2 ** (x / 2):.4g}) | {warm} | {opt} | {test.mean():.3f} ± {test.std(ddof=1):.3f} | "
-              f"{peak.mean():.2f} ± {peak.std(ddof=1):.2f} | {spiked}/{len(cell)} | {above}/{len(cell)} | {len(cell)} |")
+        print(f"| {fn} | {x} ({1e-4 * 2 ** (x / 2):.4g}) | {warm} | {opt} | {spread(test, 3)} | "
+              f"{spread(peak, 2)} | {spiked}/{len(cell)} | {above}/{len(cell)} | {len(cell)} |")
+
+
+def spread(values: np.ndarray, digits: int) -> str:
+    """``mean ± sample std`` of ``values``; one value as itself with ``(1 seed)`` (a sample std of one
+    value printed nan, with a NumPy warning); values with a non-finite one (a run without a final
+    test loss reads inf) as their mean and how many are not finite."""
+    if values.size == 1:
+        return f"{values[0]:.{digits}f} (1 seed)"
+    bad = int((~np.isfinite(values)).sum())
+    if bad:
+        return f"{values.mean():.{digits}f} ({bad} of {values.size} not finite)"
+    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
 
 
 def plot(unigram: float | None):
