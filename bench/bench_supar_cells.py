@@ -22,14 +22,38 @@ import time
 import torch
 
 from catapult import engine as train
+from catapult.cli.common import where_values
+from catapult.plots.phase import value_positions, value_selects
+from catapult.sweep.driver import axes_metadata
 from catapult.sweep.ensemble import run_batched
 from catapult.sweep.executors import Cell
 from catapult.sweep.spec import expand, load_sweep
 
 
-def _matches(cell, where: dict[str, str]) -> bool:
-    swept = {**cell.swept, "seed": cell.config["seed"]}
-    return all(str(swept.get(k)) == v for k, v in where.items())
+def select_cells(base, spec, items) -> list[Cell]:
+    """The cells of the grid that ``--where`` ``items`` select, read as ``catapult plot`` and
+    ``transfer`` read them (:func:`catapult.cli.common.where_values`: ``seed=1e1`` is seed 10,
+    ``model.density=1`` the grid's ``1.0``, an lr by its label ``2^-3/lambda0`` or ``0.125/λ0``;
+    as text, ``str(1.0) == "1"`` selected nothing). ``seed`` may be given unswept (the config's).
+    A ValueError names a key no axis sweeps, a value the config refuses, or a selection of no cell."""
+    axes = axes_metadata(spec)
+    where = where_values(items, axes)
+    swept = {a["key"]: a for a in axes}
+    unknown = [k for k in where if k not in swept and k != "seed"]
+    if unknown:
+        raise ValueError(f"--where {unknown[0]}: not a swept key; swept keys: {', '.join(swept) or '(none)'}, seed")
+    expanded = expand(base, spec)
+    records = [{"id": c.id, "swept": c.swept} for c in expanded]
+    positions = {k: value_positions(axes, k, records) for k in where if k in swept}
+
+    def selected(c) -> bool:
+        return all(value_selects(swept[k], positions[k], c.swept.get(k), v) if k in swept
+                   else c.config["seed"] == v for k, v in where.items())
+
+    cells = [Cell(c.id, c.config) for c in expanded if selected(c)]
+    if not cells:
+        raise ValueError(f"no cell matches --where {' '.join(items)}")
+    return cells
 
 
 def main() -> None:
@@ -42,10 +66,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     base, spec = load_sweep(args.config, args.overrides)
-    where = dict(w.split("=", 1) for w in args.where)
-    cells = [Cell(c.id, c.config) for c in expand(base, spec) if _matches(c, where)]
-    if not cells:
-        raise SystemExit("no cell matches --where")
+    try:
+        cells = select_cells(base, spec, args.where)
+    except ValueError as err:
+        parser.error(str(err))   # exit 2, before any training
     train.load_data(cells[0].config)  # data and imports warm for both engines
     dict(run_batched(cells[:2], threads=args.threads))
     rows = {"local": [], "batched": []}
