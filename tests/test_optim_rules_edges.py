@@ -100,3 +100,26 @@ def test_gi_adams_random_v0_draws_from_seed_0_by_default():
     v0 = rules.initial_second_moment(g[0], "random", seed=0)
     assert torch.equal(state.exp_avg_sq[0], v0.mul(0.999).addcmul(g[0], g[0], value=1 - 0.999))
     assert not torch.equal(v0, rules.initial_second_moment(g[0], "random", seed=1))
+
+
+@pytest.mark.parametrize("steps_before", [0, 3])
+def test_the_preconditioner_of_a_maximize_step_with_coupled_l2_is_torch_adams(steps_before):
+    # S: torch negates g before adding wd theta, and P took v' from (g + wd theta)^2: at theta = (1, -2),
+    # g = (0.5, 0.25), wd = 0.25 the first P was (1 - b1) (0.75, 0.25) for torch's (1 - b1) (0.25, 0.75).
+    # Truth: torch.optim.Adam's own next step, theta - theta' = lr m' / P (eps = 0)
+    theta = torch.nn.Parameter(_t(1.0, -2.0))
+    opt = torch.optim.Adam([theta], lr=0.125, weight_decay=0.25, maximize=True, eps=0.0)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(steps_before):
+        theta.grad = torch.randn(2, generator=gen, dtype=torch.float64)
+        opt.step()
+    g = _t(0.5, 0.25)
+    state = opt.state[theta]
+    before = None if not state else rules.State(step=int(state["step"]), exp_avg=[state["exp_avg"].clone()],
+                                                exp_avg_sq=[state["exp_avg_sq"].clone()])
+    (P,) = rules.preconditioner("adam", [g], before, opt.param_groups[0], params=[theta.detach().clone()])
+    old = theta.detach().clone()
+    theta.grad = g.clone()
+    opt.step()
+    truth = 0.125 * opt.state[theta]["exp_avg"] / (old - theta.detach())
+    torch.testing.assert_close(P, truth, rtol=1e-12, atol=0.0)

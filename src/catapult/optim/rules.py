@@ -436,8 +436,8 @@ def preconditioner(rule: str, grads: Sequence[Tensor], state: State | None, hp: 
     parameter; ``None`` for ``sgd``, and for ``radam`` while its next step is un-rectified
     (``rho_{t+1} <= 5``: EMA-momentum SGD, no preconditioner).
 
-    With ``t = state.step`` (0 with no state), ``g`` the gradient (``+ wd theta`` for Adam's
-    coupled L2 -- then ``params`` is required), ``v`` the state's second moment (before the
+    With ``t = state.step`` (0 with no state), ``g`` the gradient (``-g`` with ``maximize``, then
+    ``+ wd theta`` for Adam's coupled L2 -- then ``params`` is required), ``v`` the state's second moment (before the
     first step: 0, for GI-Adam the ``v_0`` its first step would create from ``g``)::
 
         v' = b2 v + (1 - b2) g^2               (amsgrad: max(v_max, v'))
@@ -471,7 +471,8 @@ def preconditioner(rule: str, grads: Sequence[Tensor], state: State | None, hp: 
         if _nonzero(wd) and not _decoupled(rule, hp, i):
             if params is None:
                 raise ValueError("preconditioner: coupled L2 weight decay needs params=")
-            g = g + wd * params[i]
+            # torch negates g before the L2 term: (g + wd theta)^2 was the v' of a maximize step
+            g = (-g if _hp(hp, "maximize", i, False) else g) + wd * params[i]
         v = None if first or state.exp_avg_sq is None else state.exp_avg_sq[i]
         if v is not None:
             v_next = b2 * v + (1.0 - b2) * g * g
