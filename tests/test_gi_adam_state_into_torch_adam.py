@@ -106,3 +106,22 @@ def test_a_torch_adam_state_continues_with_vs_bias_correction_as_adamw_would(cls
     other = GIAdam([torch.nn.Parameter(torch.ones(2))])
     other.load_state_dict(own.state_dict())
     assert other.param_groups[0]["v_bias_correction"] is False
+
+
+def test_a_parameter_the_torch_state_had_not_started_starts_by_this_optimizers_v0():
+    # S: a torch Adam/AdamW group has no v0, and the load set "grad" whatever GIAdam was built with: under
+    # GIAdam(v0=0.0) (Adam's start) the parameter AdamW had not stepped yet moved 0.1 sqrt(1 - b2) =
+    # 0.0032 at its first step for AdamW's 0.1. Truth: torch AdamW continuing (v0=0 is its arithmetic: bit-equal)
+    theirs = _params()
+    torch_opt = torch.optim.AdamW(theirs, lr=0.1, weight_decay=0.01)
+    for t in range(2):
+        _grads(theirs[:1], t)           # the second parameter gets no gradient: no state
+        torch_opt.step()
+    saved = _through_a_file(torch_opt.state_dict())
+    saved["param_groups"][0].setdefault("decoupled_weight_decay", True)    # (torch 2.2 writes no flag)
+    assert list(saved["state"]) == [0]
+    ours = [torch.nn.Parameter(p.detach().clone()) for p in theirs]
+    gi = GIAdam(ours, lr=0.5, v0=0.0)
+    gi.load_state_dict(saved)
+    assert gi.param_groups[0]["v0"] == 0.0
+    _continue_alike((gi, ours), (torch_opt, theirs))

@@ -231,7 +231,8 @@ class GIAdam(torch.optim.Optimizer):
             GI-Adam's rule from its moments) when these are off and its weight decay is 0 or
             decoupled (``decoupled_weight_decay=True``): Adam's coupled L2 is refused. Its groups
             take ``v_bias_correction=True`` (Adam's ``v`` starts at 0 and needs it), so it
-            continues as AdamW would.
+            continues as AdamW would; a parameter it had not started yet starts by this
+            optimizer's ``v0`` (``v0=0.0``: as AdamW would).
 
     ``g_1`` is the parameter's first gradient that is not ``None``, taken as it is: a first
     gradient of zeros (``zero_grad(set_to_none=False)`` before a step that does not reach the
@@ -288,7 +289,9 @@ class GIAdam(torch.optim.Optimizer):
         for group in self.param_groups:
             for key in ("v_bias_correction", "foreach", "maximize", "seed"):
                 group.setdefault(key, self.defaults.get(key))
-            group.setdefault("v0", "grad")
+            # a torch Adam/AdamW group has no v0: a parameter it had not started yet starts by this
+            # optimizer's (it started by "grad" whatever the constructor said: v0=0.0, Adam's start, too)
+            group.setdefault("v0", self.defaults.get("v0", "grad"))
             group.setdefault("decoupled_weight_decay", True)   # (a GIAdam state saved before the key)
             for p in group["params"]:
                 p_state = self.state.get(p, {})
