@@ -106,17 +106,29 @@ class CriticalLR:
 # --------------------------------------------------------------------------------------------
 # The next step's direction
 # --------------------------------------------------------------------------------------------
-def _rule_state(rule: str, state: dict) -> rules.State | None:
+def _rule_state(rule: str, state: dict, view: Callable[[Tensor], Tensor] = lambda x: x) -> rules.State | None:
     """One parameter's torch optimizer state as a :class:`catapult.optim.rules.State` (None
-    before its first step)."""
+    before its first step), its moments seen through ``view``."""
     if rule == "sgd":
         return rules.State(momentum_buffer=[state.get("momentum_buffer")])
     if state.get("exp_avg") is None:
         return None
+    v_max = state.get("max_exp_avg_sq")
     # rules' t = step + 1 is torch's own next count (a float32 count stops at 2**24: torch_next_step)
-    return rules.State(step=torch_next_step(state["step"]) - 1, exp_avg=[state["exp_avg"]],
-                       exp_avg_sq=[state["exp_avg_sq"]],
-                       max_exp_avg_sq=[state.get("max_exp_avg_sq")])
+    return rules.State(step=torch_next_step(state["step"]) - 1, exp_avg=[view(state["exp_avg"])],
+                       exp_avg_sq=[view(state["exp_avg_sq"])],
+                       max_exp_avg_sq=[None if v_max is None else view(v_max)])
+
+
+def _direction(rule: str, p: Tensor, g: Tensor, state: dict, hp: dict) -> Tensor:
+    """``rules.direction`` of one parameter. torch's Adam, AdamW and RAdam step a complex parameter
+    as its real and imaginary parts (``view_as_real``: a ``v`` of each part); the rules' ``g^2``
+    of the complex gradient was another direction (0.8 lr off after three Adam steps)."""
+    if not (p.is_complex() and rule != "sgd"):
+        return rules.direction(rule, [p], [g], _rule_state(rule, state), hp)[0]
+    real = torch.view_as_real
+    (u,) = rules.direction(rule, [real(p)], [real(g.resolve_conj())], _rule_state(rule, state, real), hp)
+    return torch.view_as_complex(u.contiguous())
 
 
 @torch.no_grad()
@@ -168,7 +180,7 @@ def next_step_direction(optimizer: torch.optim.Optimizer,
             state = optimizer.state.get(p, {})     # .get: never create state entries
             rule = registry.rule_for(optimizer, group)
             hp = registry.hyperparameters(group, optimizer=optimizer, param=p)
-            (u,) = rules.direction(rule, [p], [g], _rule_state(rule, state), hp)
+            u = _direction(rule, p, g, state, hp)
             out.append((p, u * lr_mult if lr_mult != 1.0 else u))
     return out
 
