@@ -93,6 +93,21 @@ def test_gi_adam_refuses_a_state_of_other_shapes_at_load():
     assert len(same.state) == 1
 
 
+def test_gi_adam_refuses_a_zero_dim_state_for_a_parameter_with_dims():
+    # the check skipped 0-dim moments (to pass the 0-dim step count): a scalar parameter's state loaded
+    # into a (3,) one, and the next step() moved the parameter, then raised "output with shape [] doesn't
+    # match the broadcast shape [3]" writing the moment back (the state left at the loaded scalar)
+    scalar, vector = nn.Parameter(torch.tensor(1.0)), nn.Parameter(torch.ones(3))
+    source = GIAdam([scalar], lr=0.1)
+    scalar.grad = torch.tensor(0.5)
+    source.step()
+    target = GIAdam([vector], lr=0.1)
+    with pytest.raises(ValueError, match=r"state_dict param group 0: \w+ of parameter 0 has shape \(\), the "
+                                         r"parameter it loads into \(3,\)"):
+        target.load_state_dict(source.state_dict())
+    assert not target.state and torch.equal(vector, torch.ones(3))
+
+
 # --- curvature, thresholds and schedules: counts, optimizers and call context (api audit) -------
 
 def _adam_after_a_step(model):

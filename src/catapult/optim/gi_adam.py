@@ -343,7 +343,7 @@ class GIAdam(torch.optim.Optimizer):
             for saved_id, param in zip(ids, group["params"]):
                 entry = state.get(saved_id)
                 for key, value in (entry.items() if isinstance(entry, dict) else ()):
-                    if isinstance(value, Tensor) and value.dim() > 0 and value.shape != param.shape:
+                    if isinstance(value, Tensor) and key != "step" and value.shape != param.shape:
                         raise ValueError(f"state_dict param group {i}: {key} of parameter {saved_id} has shape "
                                          f"{tuple(value.shape)}, the parameter it loads into {tuple(param.shape)}")
 
