@@ -123,3 +123,24 @@ def test_the_preconditioner_of_a_maximize_step_with_coupled_l2_is_torch_adams(st
     opt.step()
     truth = 0.125 * opt.state[theta]["exp_avg"] / (old - theta.detach())
     torch.testing.assert_close(P, truth, rtol=1e-12, atol=0.0)
+
+
+@pytest.mark.parametrize("rule", ["adam", "adamw", "radam", "gi-adam"])
+def test_a_complex_parameter_is_refused_by_the_adam_rules_and_its_real_view_is_torchs_step(rule):
+    # S: v' = b2 v + (1 - b2) g^2 took the complex square, where torch.optim steps the real and imaginary
+    # parts apart: from theta = 0 at g = (1 + 1j, -2 + 0.5j) Adam's first step came out (-0.1 - 5e-10j,
+    # 0.1 - 1.2e-10j) for torch's (-0.1 - 0.1j, 0.1 - 0.1j). Truth: torch.optim on the complex parameter
+    theta, g = [torch.zeros(2, dtype=torch.complex128)], [torch.tensor([1 + 1j, -2 + 0.5j], dtype=torch.complex128)]
+    hp = {"lr": 0.1, "v0": 0.0}
+    for call in (lambda: rules.update(rule, theta, g, rules.init(rule, theta, hp), hp),
+                 lambda: rules.direction(rule, theta, g, None, hp),
+                 lambda: rules.preconditioner(rule, g, None, hp)):
+        with pytest.raises(ValueError, match=f"the {rule} rule takes real tensors"):
+            call()
+    real, real_g = [torch.view_as_real(theta[0])], [torch.view_as_real(g[0])]
+    new, _ = rules.update(rule, real, real_g, rules.init(rule, real, hp), hp)
+    w = torch.nn.Parameter(theta[0].clone())
+    w.grad = g[0].clone()
+    torch.optim.AdamW([w], lr=0.1, weight_decay=0.0).step()   # the first step: RAdam's is m_hat, GI-Adam's with v0=0 Adam's
+    expected = torch.view_as_real(w.detach()) if rule != "radam" else -0.1 * real_g[0]
+    assert torch.equal(new[0], expected)

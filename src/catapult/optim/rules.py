@@ -150,9 +150,12 @@ def _where(cond: Tensor, a: Any, b: Any, like: Tensor) -> Tensor:
     return torch.where(cond, as_tensor(a), as_tensor(b))
 
 
-def _check_rule(rule: str) -> str:
+def _check_rule(rule: str, tensors: Sequence[Tensor] = ()) -> str:
     if rule not in RULES:
         raise ValueError(f"unknown optimizer rule {rule!r}; known: {', '.join(RULES)}")
+    if rule != "sgd" and any(torch.is_complex(x) for x in tensors):  # v from the complex g^2: not torch's
+        raise ValueError(f"rules: the {rule} rule takes real tensors; torch.optim steps a complex parameter as its "
+                         "real and imaginary parts: pass torch.view_as_real of it, its gradient and its state")
     return rule
 
 
@@ -374,7 +377,7 @@ def update(rule: str, params: Sequence[Tensor], grads: Sequence[Tensor], state: 
         ([tensor([0.9000, 2.1000])], [tensor([ 0.3000, -0.0500])])
     """
     hp = hp_mapping(hp)
-    _check_rule(rule)
+    _check_rule(rule, [*params, *grads])
     n = len(params)
     new_params: list[Tensor] = []
     if rule == "sgd":
@@ -458,7 +461,7 @@ def preconditioner(rule: str, grads: Sequence[Tensor], state: State | None, hp: 
         True
     """
     hp = hp_mapping(hp)
-    if _check_rule(rule) == "sgd":
+    if _check_rule(rule, grads) == "sgd":
         return None
     out = []
     first = state is None or state.step == 0
@@ -531,7 +534,7 @@ def direction(rule: str, params: Sequence[Tensor], grads: Sequence[Tensor], stat
         [tensor([1.9000, 0.9000])]
     """
     hp = hp_mapping(hp)
-    _check_rule(rule)
+    _check_rule(rule, [*params, *grads])
     out = []
     for i, (p, g) in enumerate(zip(params, grads)):
         if rule == "sgd":
