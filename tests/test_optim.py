@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import inspect
 import io
+import warnings
 
 import numpy as np
 import pytest
@@ -437,3 +438,23 @@ def test_torch_adam_flags_and_coupled_l2_are_refused_in_groups_and_loaded_states
                     {"params": [torch.nn.Parameter(torch.ones(1))], **group}])
     with pytest.raises(ValueError, match="param group 0: decoupled_weight_decay=False"):
         GIAdam([{"params": [w], "decoupled_weight_decay": False}], weight_decay=0.1)
+
+
+def test_gi_adam_updates_a_parameter_listed_twice_twice_as_torch_adamw_does():
+    # S: both entries were updated from the one old state (one update of the moments) and the count
+    # went up by 2: from w = 1 one step() gave 0.8990 (GIAdam(v0=0)) with step 2 where torch AdamW's two
+    # updates give 0.7981. torch warns of such a group and steps each entry in turn. Truth: torch AdamW,
+    # which GIAdam(v0=0) is bit for bit
+    gen = torch.Generator().manual_seed(0)
+    ours, theirs = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)        # "duplicate parameters": torch's own word
+        gi = GIAdam([ours, ours], lr=0.1, weight_decay=0.01, v0=0.0)
+        adamw = torch.optim.AdamW([theirs, theirs], lr=0.1, weight_decay=0.01)
+    for _ in range(3):
+        g = torch.randn(3, generator=gen)
+        ours.grad, theirs.grad = g.clone(), g.clone()
+        gi.step()
+        adamw.step()
+    assert torch.equal(ours, theirs)
+    assert float(gi.state[ours]["step"]) == float(adamw.state[theirs]["step"]) == 6.0

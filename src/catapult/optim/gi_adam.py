@@ -504,13 +504,23 @@ class GIAdam(torch.optim.Optimizer):
                     state["step"] = _step_count(0)
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 params.append(p)
-            # rules.State has one step count: parameters at different counts (one that missed
-            # a gradient earlier) are updated in separate calls
-            by_step: dict[int, list[Tensor]] = defaultdict(list)
+            # a parameter listed twice (torch warns) is updated twice, in turn, as torch Adam's loop
+            # does: both came from one old state, the count + 2 for one update of the moments
+            rounds: list[list[Tensor]] = []
+            listed: dict[int, int] = {}
             for p in params:
-                by_step[int(self.state[p]["step"].item())].append(p)
-            for step, ps in by_step.items():
-                self._update(group, step, ps)
+                k = listed[id(p)] = listed.get(id(p), -1) + 1
+                if k == len(rounds):
+                    rounds.append([])
+                rounds[k].append(p)
+            for ps_round in rounds:
+                # rules.State has one step count: parameters at different counts (one that missed
+                # a gradient earlier) are updated in separate calls
+                by_step: dict[int, list[Tensor]] = defaultdict(list)
+                for p in ps_round:
+                    by_step[int(self.state[p]["step"].item())].append(p)
+                for step, ps in by_step.items():
+                    self._update(group, step, ps)
         return loss
 
 
