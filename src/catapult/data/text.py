@@ -308,6 +308,8 @@ def _read(path: Path, encoding: str) -> str:
         # a UTF-8 byte-order mark is no text: it stayed in as U+FEFF, a token of the corpus
         with read_errors_named(path):
             # by the codec's own name: the aliases "u8", "utf", "UTF_8" kept the mark
+            # read_text's universal newlines: text_shards.one_newline's rule, by which a text shard's
+            # documents are read too (tests/test_text_newlines.py holds the two to one text)
             text = path.read_text(encoding="utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding)
     except UnicodeError as exc:  # UnicodeDecodeError, or a codec's own ("UTF-16 stream does not start with BOM")
         source = _source_encoding(exc.object) if isinstance(exc, UnicodeDecodeError) else "<its encoding>"
@@ -411,7 +413,9 @@ def load_text(path_or_dir: str | os.PathLike, *, val_fraction: float = 0.1,
     ``path_or_dir`` is one text file (split: last ``val_fraction`` is validation), or a
     directory with ``wiki.train.raw`` (+ ``wiki.valid.raw``, + ``wiki.test.raw``; their own
     split; without ``wiki.valid.raw`` the tail of train is held out), or else with ``*.txt``
-    files (concatenated in sorted name order, then split). The vocabulary is built from the
+    files (concatenated in sorted name order, then split). Line breaks are read by the rule of
+    :func:`~catapult.data.text_shards.one_newline` (``\\r\\n`` and a lone ``\\r`` as ``\\n``), as a
+    ``.jsonl`` / ``.parquet`` text shard's documents are. The vocabulary is built from the
     training text. Raises FileNotFoundError / ValueError naming a missing or empty file.
     """
     return _corpus(*text_splits(path_or_dir, val_fraction=val_fraction, encoding=encoding, name=name))

@@ -8,6 +8,10 @@
 * ``*.parquet``: a string column ``data.text_key`` (read with ``pyarrow``: ``pip install
   'catapult[parquet]'``).
 
+A document's line breaks are read as a ``.txt`` file's are (:func:`one_newline`: Python's
+universal newlines, ``\\r\\n`` and a lone ``\\r`` as ``\\n``), so the tokenizer sees the same text
+from a ``.txt`` and a ``.jsonl`` of one corpus.
+
 A directory that holds any text shard is read as text (its ``*.npy`` files are then not shards:
 they may be this module's own cache). Files whose name has the word ``valid``, ``validation``,
 ``val``, ``dev`` or ``test`` (words split at anything but letters and digits: ``wiki.valid.npy``,
@@ -23,7 +27,7 @@ document followed by the ids of a blank line
 uint16/uint32 array per shard. Tokenizer and arrays go to the token cache
 (:func:`catapult.data.token_cache.cache_dir`: ``data.cache_dir``, else beside the data if
 writable, else the user cache) under names holding a key of the shards' paths, sizes and
-times (:func:`~catapult.data.token_cache.file_stamp`), the text key and the vocabulary size: a
+times (:func:`~catapult.data.token_cache.file_stamp`), the text key, the line-break rule (:data:`NEWLINES`) and the vocabulary size: a
 later run only maps them.
 
 A bad file raises :class:`~catapult.config.ConfigError` on ``data.root`` naming the file and the
@@ -43,7 +47,7 @@ from catapult.config import ConfigError
 from catapult.data import token_cache
 from catapult.data.tokenize import BPEVocab, bpe_file_name, check_vocab_size, fingerprint, load_cached_vocab, save_new, train_bpe
 
-__all__ = ["TEXT_SUFFIXES", "VALIDATION", "HELD_OUT", "name_words", "is_held_out", "is_validation", "irregular_file", "text_shard_files",
+__all__ = ["one_newline", "NEWLINES", "TEXT_SUFFIXES", "VALIDATION", "HELD_OUT", "name_words", "is_held_out", "is_validation", "irregular_file", "text_shard_files",
            "iter_texts",
            "tokenize_text_shards", "DOCUMENT_SEPARATOR", "VOCAB_FILE", "stated_vocab_size", "MAX_VOCAB_FILE_BYTES",
            "MAX_JSONL_LINE_BYTES"]
@@ -212,10 +216,28 @@ def _parquet_texts(path: Path, key: str) -> Iterator[str]:
         row += len(values)
 
 
+#: The line-break rule of every text the corpora read (:func:`one_newline`), part of the text
+#: shards' cache key: a cache tokenised under another rule (jsonl's ``\r`` kept) is not reused.
+NEWLINES = "universal"
+
+
+def one_newline(text: str) -> str:
+    """``text`` with each ``\\r\\n`` and each lone ``\\r`` as ``\\n``: Python's universal newlines, as
+    ``open()`` reads a text file. The one rule of a ``.txt`` corpus (:func:`catapult.data.text.load_text`)
+    and of a text shard's documents (a JSON string keeps ``\\r``, which ``open()`` turned into ``\\n``
+    in the same corpus saved as ``.txt``).
+
+    >>> one_newline("a\\r\\nb\\rc\\n\\r\\n")
+    'a\\nb\\nc\\n\\n'
+    """
+    return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
+
+
 def iter_texts(path: str | os.PathLike, key: str = "text") -> Iterator[str]:
-    """The documents of one text shard, in file order (jsonl lines / parquet rows)."""
+    """The documents of one text shard, in file order (jsonl lines / parquet rows), line breaks
+    read as :func:`one_newline` reads them."""
     path = Path(path)
-    return _parquet_texts(path, key) if path.suffix == ".parquet" else _jsonl_texts(path, key)
+    return map(one_newline, _parquet_texts(path, key) if path.suffix == ".parquet" else _jsonl_texts(path, key))
 
 
 def _encode_shard(vocab: BPEVocab, path: Path, key: str) -> np.ndarray:
@@ -248,7 +270,7 @@ def tokenize_text_shards(root: str | os.PathLike, *, vocab_size: int, text_key: 
     if not files:
         raise ConfigError([("data.root", f"{root}: no {' / '.join('*' + s for s in TEXT_SUFFIXES)} text shards")])
     training = [f for f in files if not is_held_out(f)] or files
-    key = fingerprint("text-shards", text_key, *(token_cache.file_stamp(f) for f in files))
+    key = fingerprint("text-shards", text_key, *(token_cache.file_stamp(f) for f in files), f"newlines-{NEWLINES}")
     directory = token_cache.cache_dir(root, cache_dir)
     tokenizer_file = directory / bpe_file_name(vocab_size, key)
     if tokenizer_file.is_file():
