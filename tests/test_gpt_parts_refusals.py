@@ -33,6 +33,27 @@ def test_block_refuses_them_too():
         Block(12, 5, scale=0.5, activation="gelu", bias=True, dropout=0.0)
 
 
+@pytest.mark.parametrize("d_model, words", [
+    (12.5, r"^Block d_model must be a positive integer; got 12.5$"),
+    (True, r"^Block d_model must be a positive integer; got True$"),
+    ("12", r"^Block d_model must be a positive integer; got '12'$"),
+    (-4, r"^Block d_model must be a positive integer; got -4$"),
+])
+def test_block_refuses_a_width_that_is_no_positive_integer_naming_itself(d_model, words):
+    # before: LayerNorm's words ("'float' object is not iterable", "empty(): argument 'size' ..."),
+    # or for -4 the attention's, a class the caller never built
+    with pytest.raises(ValueError, match=words):
+        Block(d_model, 2, scale=0.5, activation="gelu", bias=True, dropout=0.0)
+
+
+def test_block_takes_an_integral_float_width_as_that_many_features():
+    # as GPT(d_model=12.0) and CausalSelfAttention(12.0, ...) take it: every layer 12 wide
+    block = Block(12.0, 2, scale=0.5, activation="gelu", bias=True, dropout=0.0)
+    assert block.ln_1.normalized_shape == block.ln_2.normalized_shape == (12,)
+    assert block.attn.qkv.weight.shape == (36, 12) and block.mlp.fc.weight.shape == (48, 12)
+    assert block(torch.zeros(1, 3, 12)).shape == (1, 3, 12)
+
+
 @pytest.mark.parametrize("d_model, activation, words", [
     (12, "swish", r"FeedForward activation must be one of \['gelu', 'gelu_tanh', 'relu'\]; got 'swish'"),
     (0, "gelu", r"FeedForward d_model must be a positive integer; got 0"),

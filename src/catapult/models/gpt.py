@@ -151,6 +151,9 @@ class Block(nn.Module):
     def __init__(self, d_model: int, n_heads: int, *, scale: float, activation: str,
                  bias: bool, dropout: float) -> None:
         super().__init__()
+        # built alone (the class is public): d_model 12.5 (or True, "12") failed in LayerNorm's words
+        # ("'float' object is not iterable"), and 12.0, which the GPT and the attention take as 12, too
+        d_model, n_heads = check_heads("Block", d_model, n_heads)
         self.ln_1 = nn.LayerNorm(d_model, bias=bias)
         self.attn = CausalSelfAttention(d_model, n_heads, scale=scale, bias=bias,
                                         dropout=dropout)
