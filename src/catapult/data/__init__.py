@@ -21,14 +21,15 @@ import os
 from pathlib import Path
 
 from catapult.data.augment import Augment
-from catapult.data.cifar import CorruptDataError, find_cifar, load_cifar10, load_cifar100
+from catapult.data.cifar import CorruptDataError, cifar_files, find_cifar, load_cifar10, load_cifar100
 from catapult.data.digits import load_digits
 from catapult.data.safe_pickle import CorruptPickleError, UnsafePickleError
 from catapult.data.split import Split, first_n, one_hot, standardize_per_sample
 from catapult.data import text, token_cache
 from catapult.data.tokenize import check_vocab_size
 
-__all__ = ["Split", "Augment", "load_digits", "load_cifar10", "load_cifar100", "find_cifar", "load_dataset", "DATASETS",
+__all__ = ["Split", "Augment", "load_digits", "load_cifar10", "load_cifar100", "find_cifar", "load_dataset", "data_files",
+           "DATASETS",
            "IMAGE_DATASETS", "TEXT_DATASETS",
            "standardize_per_sample", "first_n", "one_hot", "UnsafePickleError", "CorruptPickleError",
            "CorruptDataError", "text"]
@@ -88,6 +89,25 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, n_train: i
             vocab_size = check_vocab_size("load_dataset", vocab_size)
         return _corpus(name, root, val_fraction, tokenizer, vocab_size, cache_dir).windows(context, n_train, n_test)
     raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
+
+
+def data_files(name: str, root: str | os.PathLike | None = None) -> list[Path]:
+    """The files of yours that `load_dataset` reads for ``name`` at ``root``, found as it finds
+    them but opening none: the CIFAR archive or batch files (`cifar.cifar_files`; its
+    FileNotFoundError where they are not there), a text corpus' files (`text.source_files`); none
+    for the embedded digits and Shakespeare.
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / "a.txt").write_text("text"), (folder / "notes.md").write_text("not read")
+    >>> [f.name for f in data_files("text", folder)], data_files("digits")
+    (['a.txt'], [])
+    """
+    if name in ("cifar10", "cifar100"):
+        return cifar_files(name, root)
+    if name == "text" and root is not None:
+        return text.source_files(root)
+    return []
 
 
 def _corpus(name: str, root, val_fraction: float, tokenizer: str = "char", vocab_size: int = 4096,

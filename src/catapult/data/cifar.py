@@ -36,7 +36,7 @@ from catapult.data.reading import read_errors_named
 from catapult.data.safe_pickle import safe_loads
 from catapult.data.split import Split, check_count, standardize_per_sample
 
-__all__ = ["load_cifar10", "load_cifar100", "find_cifar", "CIFAR10_URL", "CIFAR100_URL", "DATA_ENV", "CorruptDataError"]
+__all__ = ["load_cifar10", "load_cifar100", "find_cifar", "cifar_files", "CIFAR10_URL", "CIFAR100_URL", "DATA_ENV", "CorruptDataError"]
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
@@ -279,24 +279,31 @@ def _not_found(fmt: _Format, looked: list[str]) -> FileNotFoundError:
     )
 
 
-def _open_source(fmt: _Format, root: str | os.PathLike | None) -> _DirSource | _TarSource:
-    """Find the dataset under `root`: the extracted dir, its parent, or the archive."""
+def _locate(fmt: _Format, root: str | os.PathLike | None) -> tuple[bool, Path]:
+    """Where the dataset under `root` is, opening nothing: ``(True, archive)`` or ``(False, the
+    extracted directory)``; its parent, the archive or a directory holding it are found too."""
     looked: list[str] = []
     for base in _candidate_roots(root):
         if base.is_file():
-            return _TarSource(base, fmt.dirname, fmt)
+            return True, base
         if not base.is_dir():
             looked.append(f"{base} (does not exist)")
             continue
         for directory in (base, base / fmt.dirname):
             if any((directory / f).is_file() for f in (*fmt.train_files, *fmt.test_files)):
-                return _DirSource(directory)
+                return False, directory
             looked.append(f"{directory / fmt.test_files[0]} (missing)")
         archive = base / fmt.archive
         if archive.is_file():
-            return _TarSource(archive, fmt.dirname, fmt)
+            return True, archive
         looked.append(f"{archive} (missing)")
     raise _not_found(fmt, looked)
+
+
+def _open_source(fmt: _Format, root: str | os.PathLike | None) -> _DirSource | _TarSource:
+    """Find the dataset under `root` (:func:`_locate`) and open it."""
+    archive, path = _locate(fmt, root)
+    return _TarSource(path, fmt.dirname, fmt) if archive else _DirSource(path)
 
 
 # -- what is in them ------------------------------------------------------------------------
@@ -437,10 +444,34 @@ def find_cifar(name: str, root: str | os.PathLike | None = None) -> None:
     """Check that the files of ``name`` (``"cifar10"`` or ``"cifar100"``) are found at ``root``
     as `load_cifar10` / `load_cifar100` look for them, without reading them: raises the
     FileNotFoundError those raise (every path looked at and the download URL)."""
+    _open_source(_format_named("find_cifar", name), root).close()
+
+
+def _format_named(owner: str, name: str) -> _Format:
     formats = {"cifar10": _CIFAR10, "cifar100": _CIFAR100}
     if name not in formats:
-        raise ValueError(f"find_cifar: name must be one of {', '.join(formats)}, got {name!r}")
-    _open_source(formats[name], root).close()
+        raise ValueError(f"{owner}: name must be one of {', '.join(formats)}, got {name!r}")
+    return formats[name]
+
+
+def cifar_files(name: str, root: str | os.PathLike | None = None) -> list[Path]:
+    """The files `load_cifar10` / `load_cifar100` would read for ``name`` (``"cifar10"`` or
+    ``"cifar100"``) at ``root``, found as they find them but opening none: the archive, or the
+    batch and meta files of the extracted directory that are there. Raises the FileNotFoundError
+    of `find_cifar`.
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> (folder / "cifar-10-batches-py").mkdir()
+    >>> _ = (folder / "cifar-10-batches-py" / "test_batch").write_bytes(b"")
+    >>> [f.name for f in cifar_files("cifar10", folder)]
+    ['test_batch']
+    """
+    fmt = _format_named("cifar_files", name)
+    archive, path = _locate(fmt, root)
+    if archive:
+        return [path]
+    return [path / f for f in (*fmt.train_files, *fmt.test_files, fmt.meta_file) if (path / f).is_file()]
 
 
 def load_cifar10(root: str | os.PathLike | None = None, n_train: int | None = None,

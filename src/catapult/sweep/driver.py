@@ -8,7 +8,8 @@
    memory with the data it trains on: nothing is written before this;
 2. open the store: a new sweep writes its spec and one ``pending`` row per cell; the same
    spec resumes; a different spec is refused (:class:`catapult.sweep.store.SpecChanged`
-   names what changed); this driver registers itself and keeps a heartbeat;
+   names what changed), as is a resume whose data files changed (:func:`check_data`); this
+   driver registers itself and keeps a heartbeat;
 3. for cells still to run (pending, interrupted, failed): lambda_0 for each distinct
    architecture/seed/data (:func:`catapult.sweep.lambda0.lambda0_key`), from the store's
    cache or measured once and cached; each cell's ``"2^x/lambda0"`` becomes an absolute lr;
@@ -43,7 +44,8 @@ from catapult import config as cfg
 from catapult.sweep.cell_refusals import refuse_impossible_cells, refuse_missing_data, refuse_sharded_cells
 from catapult.sweep.claims import HEARTBEAT_S, Heartbeat
 from catapult.sweep.progress import PROGRESS_MODES, SweepProgress
-from catapult.sweep.store import DONE_STATUSES, Store
+from catapult.sweep.store import DONE_STATUSES, SpecChanged, Store
+from catapult.sweep.store_rows import json_text
 from catapult.sweep.store_file import identify
 from catapult.sweep.executors import Cell, CellResult, Executor, get_executor, torch_threads, worker_name
 from catapult.sweep.lambda0 import lambda0_inputs, lambda0_key, lambda0_measurement, needs_lambda0, resolve_cell_lr
@@ -152,10 +154,12 @@ def run_sweep(
         engine = executor
     else:
         engine = get_executor(executor, run_fn=run_fn, **dict(executor_options or {}))
+    digests: list[dict] = []   # where the cells run elsewhere (ray), their data is not read here
     if engine.runs_here:
         try:
             refuse_impossible_cells(cells)
             refuse_missing_data(cells)
+            digests = data_digests(cells)
         except (cfg.ConfigError, FileNotFoundError):
             engine.close()
             raise
@@ -167,8 +171,10 @@ def run_sweep(
         if Path(store_path).is_file() and identify(store_path) != "foreign":
             with Store(store_path, create=False) as existing:
                 existing.check_spec(document)
+                check_data(existing, digests)
         with Store(store_path) as store:
             mode = store.open_sweep(document, cells, axes=axes_metadata(spec))
+            check_data(store, digests, record=True)
             driver_id = store.register_driver()
             since = time.time()  # failures recorded before this are retried, later ones are final
             heartbeat = Heartbeat(store.path, driver_id, heartbeat_s)
@@ -311,6 +317,65 @@ def run_sweep(
         ran_ids=ran_ids, fallbacks=fallbacks, unresolved=unresolved, same_runs=same_runs, copied=copied,
         notes=notes,
     )
+
+
+#: The meta row of a store that holds :func:`data_digests` of the sweep's data when it started.
+DATA_META = "data_json"
+
+
+def data_digests(cells) -> list[dict]:
+    """For each distinct ``(data.name, data.root)`` of ``cells`` whose files are yours (not the
+    embedded digits or Shakespeare: :func:`catapult.data.data_files`), ``{"name", "root",
+    "files": {file name: SHA-256 of its bytes}}``: what a resumed sweep's data must still be."""
+    from catapult.data import data_files
+    from catapult.files import file_digest
+
+    out, seen = [], set()
+    for cell in cells:
+        data = cell.config["data"]
+        key = (data["name"], data["root"])
+        if key in seen:
+            continue
+        seen.add(key)
+        files = {}
+        for path in data_files(*key):
+            try:
+                files[path.name] = file_digest(path)
+            except OSError:   # unreadable: the cells' loader says so, naming it
+                continue
+        if files:
+            out.append({"name": key[0], "root": key[1], "files": files})
+    return out
+
+
+def check_data(store: Store, digests: list[dict], *, record: bool = False) -> None:
+    """Raise :class:`catapult.sweep.store.SpecChanged` where a data file of ``digests``
+    (:func:`data_digests`) has other bytes than when ``store``'s sweep started, or a file came or
+    went: the cells run now would train on other data than the stored ones, under the same
+    lambda_0, cached from the first data (a corpus edited between an interrupted sweep and its
+    resume was mixed in without a word). ``record``: keep ``digests`` in a store without them."""
+    text = store.meta(DATA_META)
+    if text is None:
+        if record and digests:
+            with store.transaction() as conn:
+                conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES (?, ?)",
+                             (DATA_META, json_text(digests, canonical=True)))
+        return
+    stored = {(d.get("name"), d.get("root")): d.get("files") for d in store.json_field(text, f"meta {DATA_META}", list)
+              if isinstance(d, dict)}
+    changes = []
+    for entry in digests:
+        old = stored.get((entry["name"], entry["root"]))
+        if not isinstance(old, dict):
+            continue
+        where = f"data.root={entry['root']}" if entry["root"] is not None else f"data.name={entry['name']}"
+        new = entry["files"]
+        changes += [f"{where}: {name} {'is new' if name not in old else 'was removed' if name not in new else 'has other bytes'}"
+                    f" since the sweep started" for name in sorted(set(old) | set(new)) if old.get(name) != new.get(name)]
+    if changes:
+        raise SpecChanged(store.path, changes, advice=(
+            "Its stored cells trained on the data as it was (and the lr of '2^x/lambda0' cells is resolved by the "
+            "lambda_0 measured on it): put those files back to resume, or use a new --store path for the new data."))
 
 
 def _with_mark(measured: Any) -> tuple[float, bool | None]:

@@ -1,0 +1,109 @@
+"""A sweep resumed after its data files changed is refused (exit 2 from the CLI), before any cell
+runs: the cells stored so far trained on the data as it was, and a ``2^x/lambda0`` cell's lr comes
+from the lambda_0 the store cached on it. An interrupted sweep over a text corpus, resumed after
+the corpus was edited, trained its remaining cells on the new text at the lr of the old text's
+lambda_0 (21.4 where the new text's is 26.0), and stored both as one sweep without a word.
+Truth: the bytes each test writes, and the cells the run function is (not) called for."""
+from __future__ import annotations
+
+import pytest
+
+from catapult import config as cfg
+from catapult.sweep import parse_sweep, run_sweep
+from catapult.sweep.store import SpecChanged, Store
+
+from sweep_fakes import FakeRun
+
+GRID = {"grid": {"optimizer.lr": ["1/lambda0", "2/lambda0", "4/lambda0"]}}
+
+
+def _text_config(root) -> dict:
+    return cfg.validate({"name": "t", "data": {"name": "text", "root": str(root), "context": 8},
+                         "model": {"name": "gpt", "width": 8, "depth": 1, "n_heads": 1},
+                         "loss": "cross_entropy", "train": {"steps": 3, "batch_size": 4},
+                         "eval": {"sharpness_every": 0, "test_every": 0}})
+
+
+def _cifar_config(root) -> dict:
+    return cfg.validate({"name": "t", "data": {"name": "cifar10", "root": str(root)}, "train": {"steps": 3},
+                         "eval": {"sharpness_every": 0}})
+
+
+class _StopsAt:
+    """FakeRun that raises KeyboardInterrupt at its ``stop``-th call (Ctrl-C mid-sweep)."""
+
+    def __init__(self, stop: int) -> None:
+        self.stop, self.inner = stop, FakeRun()
+
+    def __call__(self, config, progress=None):
+        if len(self.inner.calls) + 1 == self.stop:
+            raise KeyboardInterrupt
+        return self.inner(config, progress)
+
+
+def _interrupted(config, store) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(config, parse_sweep(GRID), store, run_fn=_StopsAt(2), lambda0_fn=lambda c: 100.0, progress="none")
+    with Store(store, create=False) as s:
+        assert [c["status"] for c in s.cells()].count("finished") == 1
+
+
+def _text_folder(tmp_path):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "a.txt").write_text("the cat sat on the mat. " * 40)
+    return folder
+
+
+@pytest.mark.parametrize("change", ["edited", "added", "removed"])
+def test_a_text_corpus_changed_before_the_resume_is_refused(tmp_path, change):
+    folder = _text_folder(tmp_path)
+    (folder / "b.txt").write_text("a dog ran far away. " * 40)
+    store = tmp_path / "s.db"
+    _interrupted(_text_config(folder), store)
+    before, text = store.read_bytes(), {f.name: f.read_bytes() for f in folder.iterdir()}
+    if change == "edited":
+        (folder / "a.txt").write_text("the cat sat on the hat. " * 40)   # the same size, other bytes
+        name = "a.txt has other bytes"
+    elif change == "added":
+        (folder / "c.txt").write_text("more text. " * 40)
+        name = "c.txt is new"
+    else:
+        (folder / "b.txt").unlink()
+        name = "b.txt was removed"
+    run_fn = FakeRun()
+    with pytest.raises(SpecChanged, match=rf"data.root={folder}: {name} since the sweep started"):
+        run_sweep(_text_config(folder), parse_sweep(GRID), store, run_fn=run_fn, lambda0_fn=lambda c: 100.0,
+                  progress="none")
+    assert run_fn.calls == []
+    assert store.read_bytes() == before
+    # a new store takes the new data; the files put back as they were (new times, the same bytes) resume
+    run_sweep(_text_config(folder), parse_sweep(GRID), tmp_path / "new.db", run_fn=run_fn,
+              lambda0_fn=lambda c: 100.0, progress="none")
+    assert len(run_fn.calls) == 3
+    (folder / "c.txt").unlink(missing_ok=True)
+    for name, data in text.items():
+        (folder / name).write_bytes(data)
+    run_fn = FakeRun()
+    outcome = run_sweep(_text_config(folder), parse_sweep(GRID), store, run_fn=run_fn, lambda0_fn=lambda c: 100.0,
+                        progress="none")
+    assert outcome.mode == "resumed" and len(run_fn.calls) == 2
+
+
+def test_a_cifar_batch_replaced_before_the_resume_is_refused_by_the_cli(tmp_path, capsys):
+    from catapult.cli import main
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (folder / name).write_bytes(name.encode())   # never read: the run function is a fake
+    store = tmp_path / "s.db"
+    _interrupted(_cifar_config(tmp_path), store)
+    (folder / "data_batch_3").write_bytes(b"another download")
+    config = tmp_path / "sweep.yaml"
+    config.write_text(f"name: t\ndata: {{name: cifar10, root: {tmp_path}}}\ntrain: {{steps: 3}}\n"
+                      f"eval: {{sharpness_every: 0}}\nsweep: {{grid: {{optimizer.lr: [1/lambda0, 2/lambda0, 4/lambda0]}}}}\n")
+    assert main(["sweep", str(config), "--store", str(store), "--progress", "none"]) == 2
+    err = capsys.readouterr().err
+    assert f"data.root={tmp_path}: data_batch_3 has other bytes since the sweep started" in err
+    assert "data_batch_1" not in err
