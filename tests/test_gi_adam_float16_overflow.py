@@ -158,3 +158,25 @@ def test_a_rigl_update_checks_only_the_entries_it_grows():
     before = a.mask.clone()
     assert updater.step(1, opt)
     assert bool(a.mask.view(-1)[largest]) and not torch.equal(a.mask, before)
+
+
+def test_a_saved_v_beyond_float16_is_refused_when_it_loads_into_float16_parameters():
+    # S: torch's loader cast the float32 v = 300^2 = 90000 to float16, inf, and that entry never moved
+    # again (m / sqrt(inf) = 0) while the others trained. Truth: the float16 range (torch.finfo: 65504)
+    wide = torch.nn.Parameter(torch.zeros(3))
+    source = GIAdam([wide], lr=0.1)
+    wide.grad = torch.tensor([300.0, 1.0, -2.0])
+    source.step()
+    assert float(source.state[wide]["exp_avg_sq"].max()) > torch.finfo(torch.float16).max
+    half = torch.nn.Parameter(wide.detach().to(torch.float16))
+    target = GIAdam([half], lr=0.1)
+    with pytest.raises(ValueError, match=r"state_dict param group 0: exp_avg_sq of parameter 0 holds values up to "
+                                         r"90000, beyond torch.float16 \(max 65504\)"):
+        target.load_state_dict(source.state_dict())
+    assert not target.state
+    fits = GIAdam([torch.nn.Parameter(torch.zeros(3, dtype=torch.float16))], lr=0.1)
+    wide.grad = torch.tensor([0.5, 1.0, -2.0])
+    other = GIAdam([wide], lr=0.1)
+    other.step()
+    fits.load_state_dict(other.state_dict())
+    assert fits.state[fits.param_groups[0]["params"][0]]["exp_avg_sq"].dtype == torch.float16

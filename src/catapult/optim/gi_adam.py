@@ -329,7 +329,8 @@ class GIAdam(torch.optim.Optimizer):
 
     def _check_state_shapes(self, state_dict: dict[str, Any]) -> None:
         """A moment saved for a parameter of another shape is refused, naming both shapes (it
-        loaded, and the next ``step()`` failed inside the update). The saved groups' ``params``
+        loaded, and the next ``step()`` failed inside the update), and so is one beyond the range
+        of the float16 parameter it is cast to (inf there: the entries frozen). The saved groups' ``params``
         ids map to this optimizer's parameters in order, as in torch's own loader; where the
         groups do not line up, torch's loader says so."""
         saved_groups, state = state_dict.get("param_groups"), state_dict.get("state")
@@ -346,6 +347,14 @@ class GIAdam(torch.optim.Optimizer):
                     if isinstance(value, Tensor) and key != "step" and value.shape != param.shape:
                         raise ValueError(f"state_dict param group {i}: {key} of parameter {saved_id} has shape "
                                          f"{tuple(value.shape)}, the parameter it loads into {tuple(param.shape)}")
+                    # torch's loader casts a moment to the parameter's dtype: a float32 v above 65504 was
+                    # inf in float16, those entries never moving again (the first step's refusal, at load)
+                    if (isinstance(value, Tensor) and key != "step" and param.dtype in _NARROW_DTYPES
+                            and value.is_floating_point() and bool(torch.isfinite(value).all())
+                            and not bool(torch.isfinite(value.to(param.dtype)).all())):
+                        raise ValueError(f"state_dict param group {i}: {key} of parameter {saved_id} holds values "
+                                         f"up to {float(value.abs().max()):g}, beyond {param.dtype} (max "
+                                         f"{torch.finfo(param.dtype).max:g}) that it loads as: train it in float32")
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """torch.optim's ``add_param_group``, plus the constructor's checks of the options a
