@@ -223,7 +223,10 @@ class GIAdam(torch.optim.Optimizer):
             param groups) draws from ``torch.Generator().manual_seed(seed + i)``.
         decoupled_weight_decay: torch Adam's flag, ``True`` (``False`` only with no weight decay);
             every group carries it, so that a GIAdam ``state_dict`` loaded into ``torch.optim.Adam``
-            keeps the decay decoupled (without it torch Adam took it for its coupled L2).
+            keeps the decay decoupled (without it torch Adam took it for its coupled L2). A state of
+            ``v_bias_correction=False`` has no torch Adam counterpart: torch Adam continues it with
+            the ``v`` correction (its step ``sqrt(1 - b2^t)`` times GIAdam's), and ``v0`` matters to
+            torch only before a parameter's first step (it starts ``v`` at 0).
         amsgrad, capturable, differentiable, fused: torch Adam's flags, accepted at their off
             values (``False``; ``fused`` also ``None``) so that code written for torch Adam runs
             unchanged; any other value is refused (not implemented), in a param group and in a
