@@ -421,3 +421,19 @@ def test_a_runs_progress_typo_is_refused_before_any_work(tmp_path, monkeypatch):
     monkeypatch.setattr(engine.loop, "build_run", no_work)
     with pytest.raises(ValueError, match="progress must be None, 'auto', 'bar', 'lines', 'none' or a bool, got 'line'"):
         engine.run(validate({"train": {"steps": 1}}), progress="line")
+
+
+def test_gi_adam_refuses_a_seed_beyond_range_before_any_group_steps():
+    # S: the refusal came from inside the update of the group holding the parameter: the groups before it
+    # had stepped, and its own parameters kept a half-made state (step and exp_avg, no exp_avg_sq) that a
+    # GIAdam refuses to load from the state_dict saved after
+    import torch
+
+    from catapult.optim import GIAdam
+
+    first, second = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    opt = GIAdam([{"params": [first]}, {"params": [second]}], v0="random", seed=2 ** 64 - 1)
+    first.grad, second.grad = torch.ones(2), torch.ones(2)
+    with pytest.raises(ValueError, match=r"draws parameter 1 from seed \+ 1: seed 18446744073709551616 is beyond "):
+        opt.step()
+    assert len(opt.state) == 0 and not first.any() and not second.any()

@@ -506,6 +506,13 @@ class GIAdam(torch.optim.Optimizer):
                 raise RuntimeError("GIAdam does not support complex parameters")
             if p.grad is not None and not self.state.get(p) and p.dtype in _NARROW_DTYPES:
                 self._check_v0_fits(p, group, index)
+            # seed + i beyond manual_seed's range was refused inside the update: the groups before it
+            # stepped, and this group's parameters kept a half-made state (no exp_avg_sq)
+            if (p.grad is not None and not self.state.get(p) and group["v0"] == "random"
+                    and not rules.SEED_RANGE[0] <= group["seed"] + index < rules.SEED_RANGE[1]):
+                raise ValueError(f"GIAdam: v0='random' draws parameter {index} from seed + {index}: seed "
+                                 f"{group['seed'] + index} is beyond torch.Generator.manual_seed's range "
+                                 "[-2**63, 2**64) (use a smaller seed)")
         for group in self.param_groups:
             params = []
             for p in group["params"]:
