@@ -198,3 +198,18 @@ def test_the_demo_workers_end_with_a_killed_demo():
     if alive:
         os.kill(worker, 9)
     assert not alive
+
+
+def test_write_configs_judges_both_of_its_header_lines(tmp_path, capsys):  # Mutation pass 24 (DM6)
+    # a user's config that begins with the demo's first comment line (copied from one it wrote) but
+    # not its second is the user's: refused, and kept as it was
+    out = tmp_path / "cfgs"
+    assert cli.main(["demo", "--write-configs", str(out)]) == 0
+    ours = (out / "fig1_mup_T16.yaml").read_text()
+    first = ours.splitlines()[0]
+    assert first.startswith("# Fig. 1 in miniature (catapult demo): ")
+    mine = first + "\n# my own edit of it\nname: fig1_mup_T16\noptimizer: {name: sgd, lr: 4.0}\n"
+    (out / "fig1_mup_T16.yaml").write_text(mine)
+    assert cli.main(["demo", "--write-configs", str(out)]) == 2
+    assert "fig1_mup_T16.yaml" in capsys.readouterr().err
+    assert (out / "fig1_mup_T16.yaml").read_text() == mine
