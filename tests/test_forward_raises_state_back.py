@@ -131,9 +131,11 @@ def _caller(name: str, loss_fn=None):
 
 
 def _forwards(call, model, batch) -> int:
-    """How many forwards ``call`` runs on ``model`` (when nothing fails)."""
+    """How many forwards ``call`` runs to their end on ``model`` (when nothing fails): those that reach
+    ``count_down`` (preconditioned_sharpness's float64 check runs one more on Mixed, which torch stops
+    before its end: its float32 state meets the float64 parameters, and the check is left out)."""
     count = [0]
-    handle = model.register_forward_pre_hook(lambda *_: count.__setitem__(0, count[0] + 1))
+    handle = model.register_forward_hook(lambda *_: count.__setitem__(0, count[0] + 1))
     try:
         call(model, batch)
     finally:

@@ -71,6 +71,14 @@ the values 2.4e-7 apart (exact products: 3.3e-9), against bounds of 7.9e-4; on 2
 samples, 1-4 threads, spreads of 2.7e-7 .. 8.8e-7 against bounds of 2.6e-4 .. 7.5e-4, every value
 within its bound of the float64 truth (``bench/probe_fd_threads.py``,
 ``tests/test_fd_threads.py``). Seeds reproduce a run bit for bit at a fixed thread count only.
+
+A float32 pre-conditioned solve (:func:`~catapult.curvature.sharpness.preconditioned_sharpness`) ends
+with one more look, whatever its products: ``d = P^-1/2`` magnifies the rounding of ``H``'s products on
+the rows of small ``P``, and the gradient's rounding moves ``P`` there, so the recurrence's residual can
+be small for an operator ``P^-1/2 H P^-1/2`` that float32 does not hold. :func:`rounding_reach`
+estimates how far along the solve's vector; where that exceeds ``tol``, :func:`checked_in_float64`
+takes the residual of the same vector in float64 (``P`` and the product), which Bauer-Fike makes a
+bound on the float64 operator.
 """
 from __future__ import annotations
 
@@ -86,7 +94,8 @@ from catapult.curvature.stopping import ERROR_FLOOR_ULPS, error_floor
 from catapult.curvature.top_k import Eigenpairs
 
 __all__ = ["RESTARTS", "CHECK_STEP_FACTOR", "MIDDLE_STEP_FACTOR", "EXTRAPOLATION_MARGIN", "ROUNDING_FLOOR",
-           "certified", "certified_pairs", "measured", "solver_floor"]
+           "certified", "certified_pairs", "measured", "solver_floor", "rounding_reach",
+           "checked_in_float64"]
 
 #: Solves taken again from the last vector when its bound ``r + e``, taken, is above ``tol``.
 RESTARTS = 2
@@ -323,3 +332,56 @@ def certified_pairs(matvec, eig: Eigenpairs, *, tol: float, reduce=None) -> Eige
         extra += products
     converged = all(b <= tol for b in bounds)   # False for a nan bound
     return Eigenpairs(list(eig.values), eig.vectors, eig.matvecs + extra, converged, bounds, scale=eig.scale)
+
+
+def rounding_reach(d: torch.Tensor, y: torch.Tensor, gradient: torch.Tensor, reduce=None) -> float:
+    """How far float32 rounding can move the Ritz value of ``d * H(d * y)`` along the unit vector ``y``,
+    relative: ``ERROR_FLOOR_ULPS eps max P sum_i y_i^2 / P_i`` with ``P = d^-2`` (its largest over
+    ``d != 0``), the sum over the rows whose ``gradient`` entry is not 0: the rounding of ``H z`` is of
+    ``||H|| ||z||``, ``||H|| <= |theta| max P``, and ``d`` magnifies it on the rows of small ``P`` as far
+    as ``y`` lies there; where ``P`` is small by rounding of the gradient (``|g| ~ eps ||g||``), ``P`` itself
+    moves by up to ``eps max P / P`` of itself. A row whose gradient is exactly 0 (an input pixel that is
+    0 in every sample: its Hessian row is 0 too, and so is its rounding) does not count.
+
+    >>> g = torch.ones(3)
+    >>> f"{rounding_reach(torch.tensor([1.0, 10.0, 0.0]), torch.tensor([1.0, 0.0, 0.0]), g):.2e}"
+    '9.54e-07'
+    >>> d, y = torch.tensor([1.0, 10.0]), torch.tensor([0.6, 0.8])   # P = (1, 0.01): y's second row x 100
+    >>> f"{rounding_reach(d, y, torch.ones(2)):.2e}", f"{rounding_reach(d, y, torch.tensor([1.0, 0.0])):.2e}"
+    ('6.14e-05', '3.43e-07')
+    """
+    counted = d[d != 0]
+    if counted.numel() == 0:
+        return 0.0
+    d_min = float(counted.abs().min())
+    rows = (d * y).double().masked_fill_(gradient == 0, 0.0)
+    weighted = float(vector_norm(rows, reduce)) ** 2 / float(vector_norm(y.double(), reduce)) ** 2
+    return ERROR_FLOOR_ULPS * float(torch.finfo(torch.float32).eps) * weighted / d_min ** 2
+
+
+def checked_in_float64(est: EigenEstimate, product: Callable[[torch.Tensor], torch.Tensor], tol: float,
+                       reduce=None) -> EigenEstimate:
+    """``est`` (a float32 solve) with its certificate taken again in float64: ``product(y)`` applies
+    the operator in float64 (its ``P`` too) to the unit vector ``y`` (``est.vector`` in float64);
+    ``residual`` is ``||A y - theta y|| / |theta|`` and ``error_bound`` that, not below float64's
+    rounding floor (:func:`~catapult.curvature.stopping.error_floor`): some eigenvalue of the float64
+    operator lies within it of ``theta`` (Bauer-Fike). ``converged`` says whether that is within
+    ``tol``; ``value``, ``vector`` and ``matvecs`` are ``est``'s (the check is not counted there).
+
+    >>> A = torch.diag(torch.tensor([4.0, 1.0], dtype=torch.float64))
+    >>> est = EigenEstimate(4.001, torch.tensor([1.0, 0.0]), 3, True, 1e-7, 1e-7)
+    >>> out = checked_in_float64(est, lambda y: A @ y, tol=1e-3)
+    >>> round(out.error_bound, 8), out.converged, out.value, out.vector.dtype
+    (0.00024994, True, 4.001, torch.float32)
+    >>> checked_in_float64(est, lambda y: A @ y, tol=1e-4).converged
+    False
+    """
+    y = est.vector.to(torch.float64)
+    y = y / vector_norm(y, reduce)
+    theta = est.value
+    residual = _relative(scaled_norm(product(y).sub_(y, alpha=theta), reduce), theta)
+    bound = max(residual, error_floor(theta, abs(theta), float(torch.finfo(torch.float64).eps)))
+    if math.isnan(residual):
+        bound = math.nan
+    return EigenEstimate(theta, est.vector, est.matvecs, bool(bound <= tol), residual, bound,
+                         est.coarse_matvecs, est.coarse_cost)

@@ -18,7 +18,7 @@ import torch
 
 from catapult.curvature import distributed as dist_ops
 from catapult.curvature import coarse_ranks, lean, sharded
-from catapult.curvature.certify import certified
+from catapult.curvature.certify import certified, checked_in_float64, rounding_reach
 from catapult.curvature.coarse import coarse_levels, coarse_start_vector, kink_guess, kink_seen
 from catapult.curvature.forward_ad import refuse_sparse_products
 from catapult.curvature.ggn import CURVATURES, GaussNewtonOperator
@@ -430,12 +430,20 @@ def preconditioned_sharpness(model: torch.nn.Module, loss_fn, batch,
     but the rounding of ``H``'s products is magnified by ``P``'s spread (up to ``max P / min P``),
     and the gradient's own rounding moves ``P`` where ``|g|`` is near ``eps``. Where ``P`` has entries
     near ``(1 - b1) eps`` (rows of zero gradient: a bias before a train-mode BatchNorm, a dead
-    unit's weights), a float32 solve can say ``converged=True`` with an error beyond its bound (a
+    unit's weights), a float32 solve said ``converged=True`` with an error beyond its bound (a
     Linear-BatchNorm-tanh-Linear at Adam's first step: 1.2e-5 .. 3.2e-4 off the float64 dense value,
-    bounds 1.3e-6 .. 9.2e-6, 9 of 12 seeds at ``tol=1e-5``); pass ``dtype=torch.float64`` there
-    (the same solves: 2e-13 .. 6e-11 off, every one within its bound). A floor of ``max P / min P``
-    ulps would cover it, but on a fuzz of small models (tests-sized MLPs, Adam variants) it took 24
-    of 55 converged float32 solves to ``converged=False`` (bounds up to 3e6 times larger).
+    bounds 1.3e-6 .. 9.2e-6, 9 of 12 seeds at ``tol=1e-5``). So a float32 solve ends with the reach of
+    that rounding along its vector ``y``, ``8 eps max P sum y_i^2 / P_i`` over the rows of nonzero
+    gradient (:func:`~catapult.curvature.certify.rounding_reach`): where it is within ``tol`` it is
+    folded into ``error_bound``; where it exceeds ``tol``, the certificate is taken again in float64:
+    one gradient (``P``) and one product along ``y``, the model evaluated on float64 copies of its
+    parameters (:func:`~catapult.curvature.certify.checked_in_float64`), and ``error_bound`` is that
+    residual's, ``converged`` whether it is within ``tol``; ``value``, ``vector`` (float32) and
+    ``matvecs`` stay the float32 solve's. Those BatchNorm solves are then within their bounds, but the
+    bounds are of the float32 vector's float64 residual (1e-4 .. 1.5e-2 where the error was 1.6e-7 ..
+    2.7e-4): ``converged=False`` at ``tol=1e-5``. Pass ``dtype=torch.float64`` for a converged answer
+    there (the same solves: 2e-13 .. 6e-11 off, every one within its bound). (Not for a model
+    sharded by FSDP2; not in float64, whose rounding is 5e8 times smaller.)
 
     Keyword arguments are those of :func:`sharpness` (``distributed=True`` reduces the gradient
     too, so ``P`` is built from the union's gradient; no ``coarse`` start here;
@@ -466,12 +474,40 @@ def preconditioned_sharpness(model: torch.nn.Module, loss_fn, batch,
     op = build_operator(model, loss_fn, batch, curvature=curvature, dtype=dtype, hvp=hvp,
                         seed=seed, chunk_size=chunk_size, distributed=distributed,
                         retain_graph=not basis_free, sharded_vectors="local")
-    if distributed:
-        model = dist_ops.unwrap_ddp(model)
-    d, l2 = adam_preconditioner(model, optimizer, op, scale_by_group_lr)
+    inner = dist_ops.unwrap_ddp(model) if distributed else model
+    d, l2 = adam_preconditioner(inner, optimizer, op, scale_by_group_lr)
 
     matvec = PreconditionedOperator(op, d, l2)
     v0 = initial_vector(op, init, seed, distributed, tol=tol)
     solve = _solver(matvec, max_basis=max_basis, basis_free=basis_free, split_of=op)
-    return certified(matvec, solve(v0, max_iter, tol), tol=tol, max_iter=max_iter, solve=solve,
-                     reduce=solver_split(op)["reduce"])
+    reduce = solver_split(op)["reduce"]
+    est = certified(matvec, solve(v0, max_iter, tol), tol=tol, max_iter=max_iter, solve=solve, reduce=reduce)
+    if op.dtype != torch.float32 or sharded.is_sharded(model) or not math.isfinite(est.value):
+        return est
+    reach = rounding_reach(d, est.vector, op.gradient(), reduce)
+    # (the same decision on every rank: d is the union's; rank 0's)
+    checked = dist_ops.rank0_flag(reach > tol, op.device) if distributed else reach > tol
+    if not checked or op.device.type == "mps":   # (MPS holds no float64)
+        return _with_reach(est, reach, tol)
+    del matvec, op, solve   # (the float32 graph, before the float64 one)
+
+    def float64_product(y):
+        op64 = build_operator(model, loss_fn, batch, curvature=curvature, dtype=torch.float64, hvp=hvp,
+                              seed=seed, chunk_size=chunk_size, distributed=distributed,
+                              retain_graph=not basis_free, sharded_vectors="local")
+        return PreconditionedOperator(op64, *adam_preconditioner(inner, optimizer, op64, scale_by_group_lr))(y)
+
+    try:
+        return checked_in_float64(est, float64_product, tol, reduce)
+    except ValueError as err:   # a forward that makes float32 tensors itself (x.float(), a state it carries)
+        if "forward meets tensors of two dtypes" not in str(err):
+            raise
+        return _with_reach(est, reach, tol)
+
+
+def _with_reach(est: EigenEstimate, reach: float, tol: float) -> EigenEstimate:
+    """``est`` with ``error_bound`` at least ``reach`` (:func:`~catapult.curvature.certify.rounding_reach`)
+    and ``converged`` only where that is within ``tol``."""
+    bound = max(est.error_bound, reach)   # (nan stays nan)
+    est.converged, est.error_bound = bool(est.converged and bound <= tol), bound
+    return est
