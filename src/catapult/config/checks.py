@@ -71,9 +71,19 @@ def _check_decay(config: dict) -> Problems:
             and final > lr.value:  # a c/lambda0 lr: checked once lambda_0 is known (engine.build)
         yield ("schedule.lr_final", f"{final:g} exceeds optimizer.lr ({lr.value:g}); the {sched['decay']} decay "
                                     f"falls from optimizer.lr to schedule.lr_final")
-    if sched["decay"] != "constant" and steps <= sched["warmup_steps"]:
+    warm = sched["warmup_steps"]
+    if sched["decay"] != "constant" and sched["warmup"] == "catapult" and steps <= warm + 1:
+        # checked before lambda_0 and the search, so against the latest peak the search can give: the
+        # ramp lr_c + lr_trgt t / T reaches lr_trgt at ceil(T (1 - lr_c / lr_trgt)), from step 0 up to
+        # T itself (lr_c < lr_trgt / T), one step after a linear warmup's T - 1; with train.steps T + 1
+        # such a run's decay reached no update (steps 0..T all warmup, the last at the peak)
+        yield ("schedule.decay", f"{sched['decay']} decay needs train.steps ({steps}) > schedule.warmup_steps + 1 "
+                                 f"({warm + 1}) with schedule.warmup: catapult: the step-0 critical-lr search "
+                                 f"puts the peak at step ceil(warmup_steps x (1 - lr_c / lr_trgt)), as late as "
+                                 f"step {warm} itself, and the decay needs an update after it")
+    elif sched["decay"] != "constant" and steps <= warm:
         yield ("schedule.decay", f"{sched['decay']} decay needs train.steps ({steps}) > "
-                                 f"schedule.warmup_steps ({sched['warmup_steps']})")
+                                 f"schedule.warmup_steps ({warm})")
 
 
 def _check_lr_init(config: dict) -> Problems:
