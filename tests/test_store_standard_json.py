@@ -168,3 +168,20 @@ def test_the_canonical_form_writes_the_nan_marker_without_whitespace_too():
     marker = {"$float": "NaN"}
     truth = json.dumps({"a": {"y": 1, "z": marker}, "b": [marker, -1e999]}, sort_keys=True, separators=(",", ":"))
     assert text == truth.replace("-Infinity", "-1e999") and " " not in text
+
+
+def test_the_canonical_form_is_one_definition_that_the_store_reads_without_the_config():
+    # json_text(canonical=True) repeated spec.canonical_json's json.dumps: two definitions of the form spec
+    # hashes are of. One now, in store_rows, which loads no config package (a fresh interpreter checks it)
+    import subprocess
+    import sys
+
+    code = ("import sys, catapult.sweep.store_rows as rows\n"
+            "assert 'catapult.config' not in sys.modules, 'store_rows loaded the config'\n"
+            "from catapult.sweep import spec\n"
+            "assert spec.canonical_json is rows.canonical_json\n"
+            "value = {'b': (1, 2.5), 'a': {'z': 'x', 'y': None}}\n"
+            "assert rows.json_text(value, canonical=True) == rows.canonical_json(value) == "
+            "'{\"a\":{\"y\":null,\"z\":\"x\"},\"b\":[1,2.5]}'\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

@@ -46,7 +46,6 @@ from __future__ import annotations
 import copy
 import decimal
 import itertools
-import json
 import math
 import re
 import warnings
@@ -58,6 +57,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from catapult import config as cfg
 from catapult.config.io import located_problems, name_from_file, plain_data
 from catapult.sweep.dotted import get_dotted, set_dotted
+from catapult.sweep.store_rows import canonical_json   # one definition, where the store writes rows
 from catapult.sweep.variants import SweepNote, cell_mapping, grid_notes, swept_key_hint
 
 __all__ = [
@@ -86,11 +86,6 @@ MAX_CELLS = 100_000
 
 # --------------------------------------------------------------------------------------------
 # Small helpers
-
-
-def canonical_json(value: Any) -> str:
-    """Deterministic JSON: sorted keys, no whitespace, tuples as lists (what spec hashes are of)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=True, default=str)
 
 
 def _fmt_number(x: float) -> str:

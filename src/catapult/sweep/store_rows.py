@@ -10,7 +10,7 @@ from typing import Any, Mapping, Sequence
 from catapult.analysis import is_finite_number
 from catapult.sweep.store_schema import METRIC_COLUMNS
 
-__all__ = ["sql_real", "json_text", "read_json", "final_metrics", "best_metrics", "metric_row"]
+__all__ = ["sql_real", "canonical_json", "json_text", "read_json", "final_metrics", "best_metrics", "metric_row"]
 
 
 def sql_real(value: Any) -> float | None:
@@ -34,6 +34,19 @@ _TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|(-?Infinity|NaN)')
 NAN_MARK = {"$float": "NaN"}
 
 
+def canonical_json(value: Any) -> str:
+    """Deterministic JSON: sorted keys, no whitespace, tuples as lists (what spec hashes are of;
+    :func:`catapult.sweep.spec.canonical_json` is this one, defined here, where the store's rows are
+    written without loading the config package). Python's ``NaN`` / ``Infinity`` tokens are kept
+    (hashes of earlier stores stay the same); :func:`json_text` with ``canonical`` writes them as
+    standard JSON.
+
+    >>> canonical_json({"b": (1, 2), "a": float("inf")})
+    '{"a":Infinity,"b":[1,2]}'
+    """
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=True, default=str)
+
+
 def json_text(value: Any, *, canonical: bool = False) -> str:
     """``value`` as the store's JSON text (non-JSON values by ``str``): standard JSON (RFC 8259),
     which SQLite's ``json_extract`` reads. Python's ``allow_nan`` tokens were not: a store's
@@ -41,13 +54,13 @@ def json_text(value: Any, *, canonical: bool = False) -> str:
     ``SELECT json_extract(config_json, '$.seed') FROM cells`` failed with "malformed JSON" (SQLite
     before 3.42). ``inf`` is written ``1e999`` (a JSON number: SQLite and Python read it as inf), a
     NaN as :data:`NAN_MARK`; :func:`read_json` reads both forms, and the old tokens, to the same
-    values. ``canonical``: sorted keys, no whitespace (the spec document's form).
+    values. ``canonical``: :func:`canonical_json`'s form (sorted keys, no whitespace: the spec
+    document's form).
 
     >>> json_text({"lr": float("nan"), "f": -float("inf"), "path": __import__("pathlib").Path("a")})
     '{"lr": {"$float": "NaN"}, "f": -1e999, "path": "a"}'
     """
-    text = (json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=True, default=str) if canonical
-            else json.dumps(value, default=str, allow_nan=True))
+    text = canonical_json(value) if canonical else json.dumps(value, default=str, allow_nan=True)
     nan = json.dumps(NAN_MARK, separators=(",", ":") if canonical else None)
     words = {"Infinity": "1e999", "-Infinity": "-1e999", "NaN": nan}
     return _TOKENS.sub(lambda m: m.group(0) if m.group(1) is None else words[m.group(1)], text)
