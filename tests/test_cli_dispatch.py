@@ -116,7 +116,11 @@ KINDS = ["config", "option", "missing", "not found", "run dir", "kept", "pipe", 
 def test_each_known_error_is_its_exit_code_and_one_line(tmp_path, capsys, kind):
     # CI5-CI27: the exit codes of the module docstring, each with its line (no traceback)
     err, code, words = _errors(tmp_path)[kind]
-    assert cli.main(["probe", "c.yaml"], commands=[Probe(raises=err)]) == code
+    try:
+        got = cli.main(["probe", "c.yaml"], commands=[Probe(raises=err)])
+    except KeyboardInterrupt:   # (not let through to pytest, which would stop the session)
+        pytest.fail("Ctrl-C came out of catapult.cli.main as a KeyboardInterrupt, not exit code 130")
+    assert got == code
     text = capsys.readouterr().err
     assert words in text and "Traceback" not in text
     if code == 141:
