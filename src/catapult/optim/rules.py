@@ -16,8 +16,13 @@ state tensors) are only read, results are new tensors (the caller copies them ba
 Hyperparameters ``hp``: a mapping (a torch param group works as is; a dataclass is read through
 its fields) with the keys below. A value may be
 
-* a Python number/bool -- the arithmetic is then exactly torch.optim's (same operations, same
-  order), so results are bit-identical to the torch optimizer on the same device/dtype;
+* a Python number/bool -- the arithmetic is then exactly that of torch.optim's per-tensor path
+  (``foreach=False``: same operations, same order), so results are bit-identical to it on the
+  same device/dtype (measured 0.0 for adam/adamw/radam in float16/bfloat16/float32/float64 over
+  20 steps of lr 1e-2, weight_decay 0.1). torch's ``foreach=True`` path (its default on CUDA)
+  orders some operations differently and so differs by rounding, growing with the steps: max
+  ``|diff|`` after those 20 steps, adamw float16 8.8e-3; radam float16 2.4e-4, bfloat16 2.0e-3,
+  float32 7.5e-9, float64 2.8e-17; adam 0.0;
 * a tensor that broadcasts against every parameter tensor -- e.g. the batched engine stacks
   ``N`` members along a leading dim and passes ``lr`` of shape ``(N, 1, 1)`` for a ``(N, a, b)``
   parameter; conditions on such a value (``rho_t > 5`` in RAdam, ``v_bias_correction``) are
