@@ -163,6 +163,25 @@ _BoundedLoader.add_constructor("tag:yaml.org,2002:float", lambda loader, node: _
     loader, node, yaml.SafeLoader.construct_yaml_float))
 
 
+def _tagged_scalar(kind: str, construct):
+    """PyYAML's constructor of a tag that only an explicit tag reaches with text it does not match
+    (``seed: !!bool maybe``, ``!!timestamp x``), refused as a ``yaml.YAMLError`` at its line and
+    column: PyYAML raised KeyError and AttributeError, tracebacks from ``catapult train``."""
+    def build(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+        try:
+            return construct(loader, node)
+        except (KeyError, AttributeError):
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{str(loader.construct_scalar(node))[:60]!r} is not a YAML {kind}", node.start_mark) from None
+    return build
+
+
+_BoundedLoader.add_constructor("tag:yaml.org,2002:bool", _tagged_scalar(
+    "boolean (true or false)", yaml.SafeLoader.construct_yaml_bool))
+_BoundedLoader.add_constructor("tag:yaml.org,2002:timestamp", _tagged_scalar(
+    "timestamp (e.g. 2001-12-14)", yaml.SafeLoader.construct_yaml_timestamp))
+
+
 def safe_yaml(text: str) -> Any:
     """``yaml.safe_load(text)`` within :data:`MAX_YAML_DEPTH` and :data:`MAX_YAML_NODES`
     (``yaml.YAMLError`` beyond them)."""
