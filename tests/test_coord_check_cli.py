@@ -300,3 +300,17 @@ def test_a_rigl_config_is_checked_at_every_density_dense_included(tmp_path, caps
     rows = _csv_rows(out)
     assert {row["value"] for row in rows} == {0.125, 0.5, 1.0}
     _assert_supar_flat_sp_rising(rows)
+
+
+@pytest.mark.parametrize("text", ["a: !!bool maybe\n", "a: !!timestamp x\n", "[" * 3000 + "]" * 3000 + "\n"])
+def test_a_config_yaml_of_yours_it_cannot_read_is_judged_not_its_own(tmp_path, capsys, text):
+    # judging the --out folder's config.yaml raised PyYAML's KeyError / AttributeError, or a
+    # RecursionError for one nested 3,000 deep: a traceback, where the folder is refused as not its own
+    user = tmp_path / "my.yaml"
+    user.write_text(MLP_CHECK)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "config.yaml").write_text(text)
+    assert main(["coord-check", str(user), "--out", str(out), "--progress", "none"]) == 2
+    assert "out is not a directory `catapult coord-check` wrote (it holds config.yaml)" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["config.yaml"] and (out / "config.yaml").read_text() == text

@@ -105,6 +105,8 @@ def _owned_as(entry: Path, name: str) -> bool:
     """Whether the file ``entry`` holds what coord-check writes under ``name``."""
     import yaml  # here, not at the module's import: the parser's build (``--help``) reads no YAML
 
+    from catapult.config.io import safe_yaml
+
     if entry.is_symlink() or not entry.is_file():
         return False
     try:
@@ -117,10 +119,12 @@ def _owned_as(entry: Path, name: str) -> bool:
         if name == "config.yaml":
             if entry.stat().st_size > 1 << 20:
                 return False
-            text = yaml.safe_load(entry.read_text(encoding="utf-8"))
+            # bounded, and every PyYAML error a YAMLError: a user's config.yaml there nested 3,000 deep
+            # (RecursionError) or with `a: !!bool maybe` (KeyError) was a traceback, not "not ours"
+            text = safe_yaml(entry.read_text(encoding="utf-8"))
             return isinstance(text, dict) and isinstance(text.get("coord_check"), dict) and "model" in text
         return name.startswith("coord_check_") and name.endswith(".png") and written_by_catapult(entry)
-    except (OSError, ValueError, UnicodeDecodeError, yaml.YAMLError):
+    except (OSError, ValueError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
         return False
 
 
