@@ -103,6 +103,8 @@ def test_a_cifar_batch_replaced_before_the_resume_is_refused_by_the_cli(tmp_path
     config = tmp_path / "sweep.yaml"
     config.write_text(f"name: t\ndata: {{name: cifar10, root: {tmp_path}}}\ntrain: {{steps: 3}}\n"
                       f"eval: {{sharpness_every: 0}}\nsweep: {{grid: {{optimizer.lr: [1/lambda0, 2/lambda0, 4/lambda0]}}}}\n")
+    assert main(["sweep", str(config), "--store", str(store), "--dry-run"]) == 2   # it said "would resume"
+    assert f"data.root={tmp_path}: data_batch_3 has other bytes since the sweep started" in capsys.readouterr().err
     assert main(["sweep", str(config), "--store", str(store), "--progress", "none"]) == 2
     err = capsys.readouterr().err
     assert f"data.root={tmp_path}: data_batch_3 has other bytes since the sweep started" in err

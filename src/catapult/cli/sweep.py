@@ -199,7 +199,7 @@ def _sweep_command(args: argparse.Namespace) -> int:
             refuse_impossible_cells(cells)
             refuse_missing_data(cells)
         try:
-            plan = _dry_run_store(store, base, spec, cells)
+            plan = _dry_run_store(store, base, spec, cells, data=args.ray_address is None)
         except StoreError as err:
             return _fail("sweep", str(err))
         twins = sum(c.same_as is not None for c in cells)
@@ -266,10 +266,11 @@ def _collapsed_cells(store: Path) -> int:
         return sum(1 for cell in existing.cells() if cell["status"] == "collapsed")
 
 
-def _dry_run_store(store: Path, base, spec, cells) -> str:
+def _dry_run_store(store: Path, base, spec, cells, *, data: bool = False) -> str:
     """What a run would do with ``store``, read without writing: a new store, or a resume of
     the same sweep (with how many cells are done). Raises ``StoreError`` where the run would
-    refuse the store: another sweep's, cells numbered differently, not a store at all."""
+    refuse the store: another sweep's, cells numbered differently, not a store at all, or
+    (``data``: the cells' data is on this machine) data files changed since it started."""
     from catapult.sweep.spec_document import spec_document
     from catapult.sweep.store import Store, StoreError
 
@@ -283,6 +284,10 @@ def _dry_run_store(store: Path, base, spec, cells) -> str:
         if existing.check_spec(spec_document(base, spec)) is None:
             return f"{store} holds no sweep yet; this one would start there"
         existing.check_cells(cells)
+        if data:
+            from catapult.sweep.driver import check_data, data_digests
+
+            check_data(existing, data_digests(cells))
         counts = existing.counts()
     done = sum(counts.get(status, 0) for status in ("finished", "diverged"))
     return f"would resume the sweep in {store} ({done} of {counted(len(cells), 'cell')} already done)"
