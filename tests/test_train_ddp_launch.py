@@ -97,3 +97,17 @@ def test_the_command_on_ranks_whose_group_is_started_trains_on_it_and_rank_0_alo
     assert "train-ddp: 2 process(es)" in printed0 and printed1 == ""
     assert group0 and group1
     assert (out / "summary.json").exists() and (out / "model.pt").exists()
+
+
+def test_without_out_the_run_goes_to_runs_slash_its_name(tmp_path, monkeypatch, capsys):
+    # TD20: without --out the run's files went into runs/ itself, beside any other run's folder
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "shards").mkdir()
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump({**_config(_shards(tmp_path / "shards"), steps=1), "name": "ddp_named"}))
+    monkeypatch.chdir(tmp_path)
+    assert main(["train-ddp", str(path), "--progress", "none", "--threads", "1"]) == 0
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["ddp_named"]
+    assert (tmp_path / "runs" / "ddp_named" / "summary.json").exists()
+    assert "wrote runs/ddp_named/" in capsys.readouterr().out
