@@ -42,8 +42,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from catapult.curvature.forward_ad import jvp_of_gradient
 from catapult.curvature.hessian import math_attention, resolve_hvp
+from catapult.losses import IGNORE_INDEX
 
-__all__ = ["StackedModel", "StackedHessian", "accuracies"]
+__all__ = ["StackedModel", "StackedHessian", "accuracies", "accuracy_counts"]
 
 
 def _has_conv(module: torch.nn.Module) -> bool:
@@ -182,7 +183,7 @@ class StackedModel:
         logits). Members go through in groups of :meth:`members_per_pass`
         (a test set is often much larger than a training batch; a group's activations then stay
         near the cache)."""
-        from catapult.engine.loop import eval_chunk_rows
+        from catapult.engine.loop import counted_targets, eval_chunk_rows
 
         self.probe(x)
         was_training = self.module.training
@@ -191,12 +192,16 @@ class StackedModel:
             n = x.shape[0]
             if chunk is None:
                 chunk = eval_chunk_rows(self.widest_activation(x[:1]))
-            loss_tot = [0.0] * len(rows)
-            acc_tot = [0.0] * len(rows)
+            # as engine.evaluate: each chunk's loss weighted by its counted targets (a chunk of ignored
+            # (-100) targets only adds nothing), the accuracy hits over counted labels (nan: none)
+            loss_tot, counted = [0.0] * len(rows), 0
+            hits_tot, labelled = [0] * len(rows), 0
             with math_attention():
                 for start in range(0, n, chunk):
                     xb, yb = x[start:start + chunk], y[start:start + chunk]
-                    group = self.members_per_pass(xb)
+                    weight = counted_targets(yb)
+                    counted += weight
+                    group, kept = self.members_per_pass(xb), 0
                     for g in range(0, len(rows), group):
                         idx = torch.as_tensor(list(rows[g:g + group]), dtype=torch.long, device=x.device)
                         n_rows = idx.numel()
@@ -205,10 +210,15 @@ class StackedModel:
                         params, buffers = self._cast(self.params, idx, None), self._cast(self.buffers, idx, None)
                         losses, out = vmap(self._member_loss, in_dims=(0, 0, None, None))(params, buffers, xb, yb)
                         losses, out = losses[:n_rows], out[:n_rows]
-                        for i, (lv, av) in enumerate(zip(losses.tolist(), accuracies(out, yb)), start=g):
-                            loss_tot[i] += lv * xb.shape[0]
-                            acc_tot[i] += av * xb.shape[0]
-            return [(loss_tot[i] / n, acc_tot[i] / n) for i in range(len(rows))]
+                        hits, kept = accuracy_counts(out, yb)
+                        for i, (lv, h) in enumerate(zip(losses.tolist(), hits), start=g):
+                            if weight:
+                                loss_tot[i] += lv * weight
+                            hits_tot[i] += h
+                    labelled += kept
+            nan = float("nan")
+            return [(loss_tot[i] / counted if counted else nan, hits_tot[i] / labelled if labelled else nan)
+                    for i in range(len(rows))]
         finally:
             self.module.train(was_training)
 
@@ -277,16 +287,36 @@ class StackedModel:
 
 @torch.no_grad()
 def accuracies(out: torch.Tensor, y: torch.Tensor) -> list[float]:
-    """Per member (``out``: ``[M, ..., C]``) the :func:`catapult.losses.accuracy`."""
+    """Per member (``out``: ``[M, ..., C]``) the :func:`catapult.losses.accuracy`: hits over the
+    labels that count (not -100, the ignore index; every row of float targets), nan where none does.
+
+    >>> out = torch.tensor([[[1., 3.], [2., 0.]], [[0., 1.], [0., 2.]]])
+    >>> accuracies(out, torch.tensor([1, -100])), accuracies(out, torch.tensor([-100, -100]))
+    ([1.0, 1.0], [nan, nan])
+    """
+    hits, counted = accuracy_counts(out, y)
+    return [h / counted if counted else float("nan") for h in hits]
+
+
+@torch.no_grad()
+def accuracy_counts(out: torch.Tensor, y: torch.Tensor) -> tuple[list[int], int]:
+    """``(hits per member, counted labels)`` behind :func:`accuracies`, as
+    :func:`catapult.losses.accuracy_counts` counts them for one member.
+
+    >>> accuracy_counts(torch.tensor([[[1., 3.], [2., 0.]], [[0., 1.], [0., 2.]]]), torch.tensor([1, -100]))
+    ([1, 1], 1)
+    """
     M, C = out.shape[0], out.shape[-1]
     predicted = out.reshape(M, -1, C).argmax(dim=-1)
     if y.is_floating_point() or y.is_complex():
         labels = y.reshape(-1, y.shape[-1]).argmax(dim=-1)
+        counted = labels.numel()
     else:
         labels = y.reshape(-1)
+        counted = int((labels != IGNORE_INDEX).sum())   # an ignored label is never an arg-max: no hit
     if labels.numel() == 0:
-        return [float("nan")] * M
-    return (predicted == labels[None]).double().mean(dim=1).tolist()
+        return [0] * M, 0
+    return (predicted == labels[None]).sum(dim=1).tolist(), counted
 
 
 class StackedHessian:

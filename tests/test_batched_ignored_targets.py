@@ -1,0 +1,48 @@
+"""The batched engine's accuracy and evaluation with ignored (-100) targets, as the local engine's.
+
+Truth: each member's own outputs (a plain forward), NumPy's arg-max over the rows whose label is not
+-100, and F.cross_entropy's token mean over those rows.
+"""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from catapult.losses import get_loss
+from catapult.sweep.batched_model import StackedModel, accuracies
+
+
+def _members_and_data():
+    torch.manual_seed(0)
+    models = [torch.nn.Linear(4, 3) for _ in range(2)]
+    x = torch.randn(12, 4)
+    y = torch.tensor([0, 1, 2, -100, 1, -100, 0, 2, -100, -100, 1, 0])
+    return models, x, y
+
+
+def _truth(model, x, y):
+    with torch.no_grad():
+        out = model(x)
+    keep = y.numpy() != -100
+    hits = (out.numpy().argmax(axis=1) == y.numpy())[keep]
+    return float(F.cross_entropy(out.double(), y, ignore_index=-100)), hits.sum() / keep.sum()
+
+
+def test_accuracies_count_hits_over_the_labels_that_are_not_ignored():
+    models, x, y = _members_and_data()
+    with torch.no_grad():
+        out = torch.stack([m(x) for m in models])
+    got = accuracies(out, y)
+    for m, value in zip(models, got):
+        assert value == pytest.approx(_truth(m, x, y)[1], rel=1e-12)
+    assert all(np.isnan(v) for v in accuracies(out[:, :2], torch.tensor([-100, -100])))
+
+
+@pytest.mark.parametrize("chunk", [None, 5])
+def test_evaluate_weights_each_chunk_by_its_counted_targets(chunk):
+    models, x, y = _members_and_data()
+    stacked = StackedModel(models, get_loss("cross_entropy"))
+    for (loss, acc), m in zip(stacked.evaluate([0, 1], x, y, chunk=chunk), models):
+        true_loss, true_acc = _truth(m, x, y)
+        assert loss == pytest.approx(true_loss, rel=1e-5)   # float32 losses summed in float64
+        assert acc == pytest.approx(true_acc, rel=1e-12)
