@@ -28,3 +28,19 @@ def test_a_tag_on_text_it_cannot_read_is_a_config_error_at_its_place(tmp_path, t
         cfg.validate(cfg.apply_overrides({}, [f"seed={tagged}"]))
     # the tags still read what YAML gives them
     assert safe_yaml("[!!bool yes, !!bool off, !!timestamp 2001-12-14]") == [True, False, datetime.date(2001, 12, 14)]
+
+
+@pytest.mark.parametrize("tagged, kind", [("!!int ''", "integer"), ("!!int _", "integer"), ("!!float ''", "number"),
+                                          ("!!float '_'", "number")])
+def test_an_int_or_float_tag_on_empty_text_is_a_config_error_at_its_place(tmp_path, tagged, kind, capsys):
+    # PyYAML's int and float constructors read text[0]: empty text (or '_' only, its '_'s dropped) was
+    # an IndexError, a traceback and exit 1 from catapult train
+    path = tmp_path / "run.yaml"
+    path.write_text(f"name: a\nseed: {tagged}\n")
+    with pytest.raises(cfg.ConfigError, match=rf"run.yaml is not valid YAML: line 2, column 7: .* is not a YAML {kind}"):
+        cfg.load_config(path)
+    assert main(["train", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert f"is not a YAML {kind}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    # the tags still read what YAML gives them
+    assert safe_yaml("[!!int '1_0', !!float '2.5', !!int 0x1f, !!float .inf]") == [10, 2.5, 31, float("inf")]

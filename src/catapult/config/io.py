@@ -157,25 +157,24 @@ def _number_as_written(loader: yaml.SafeLoader, node: yaml.ScalarNode, construct
     return construct(loader, node)
 
 
-_BoundedLoader.add_constructor("tag:yaml.org,2002:int", lambda loader, node: _number_as_written(
-    loader, node, yaml.SafeLoader.construct_yaml_int))
-_BoundedLoader.add_constructor("tag:yaml.org,2002:float", lambda loader, node: _number_as_written(
-    loader, node, yaml.SafeLoader.construct_yaml_float))
-
-
 def _tagged_scalar(kind: str, construct):
     """PyYAML's constructor of a tag that only an explicit tag reaches with text it does not match
-    (``seed: !!bool maybe``, ``!!timestamp x``), refused as a ``yaml.YAMLError`` at its line and
-    column: PyYAML raised KeyError and AttributeError, tracebacks from ``catapult train``."""
+    (``seed: !!bool maybe``, ``!!timestamp x``, ``!!int ''``), refused as a ``yaml.YAMLError`` at its
+    line and column: PyYAML raised KeyError, AttributeError and (int and float of empty text, or of
+    ``_`` alone) IndexError, tracebacks from ``catapult train``."""
     def build(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
         try:
             return construct(loader, node)
-        except (KeyError, AttributeError):
+        except (KeyError, AttributeError, IndexError):
             raise yaml.constructor.ConstructorError(
                 None, None, f"{str(loader.construct_scalar(node))[:60]!r} is not a YAML {kind}", node.start_mark) from None
     return build
 
 
+_BoundedLoader.add_constructor("tag:yaml.org,2002:int", _tagged_scalar("integer", lambda loader, node: (
+    _number_as_written(loader, node, yaml.SafeLoader.construct_yaml_int))))
+_BoundedLoader.add_constructor("tag:yaml.org,2002:float", _tagged_scalar("number", lambda loader, node: (
+    _number_as_written(loader, node, yaml.SafeLoader.construct_yaml_float))))
 _BoundedLoader.add_constructor("tag:yaml.org,2002:bool", _tagged_scalar(
     "boolean (true or false)", yaml.SafeLoader.construct_yaml_bool))
 _BoundedLoader.add_constructor("tag:yaml.org,2002:timestamp", _tagged_scalar(
