@@ -111,8 +111,9 @@ def load_weights(model: nn.Module, path: str | Path, *, key: str = "weights",
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a text file, a foreign or hostile pickle, a truncated archive
         # torch's own message suggests weights_only=False, which would run the file's code: not quoted
+        # (a text file fails the same way: only a pickle or torch's zip archive is said to hold objects)
         why = (": it holds objects other than tensors, refused unread" if "Weights only load failed" in str(err)
-               else "")
+               and _head(path).startswith((b"\x80", b"PK\x03\x04")) else "")
         raise cfg.ConfigError([(key, f"{path} is not a state_dict written by torch.save{why}")]) from None
     if not (isinstance(state, Mapping) and state
             and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())):
@@ -154,6 +155,15 @@ def load_weights(model: nn.Module, path: str | Path, *, key: str = "weights",
         model.load_state_dict(state)
     except ParametrizationMismatch as err:  # saved under another parametrization or density: was a traceback
         raise cfg.ConfigError([(key, f"{path} does not fit the config's model: {err}")]) from None
+
+
+def _head(path: Path) -> bytes:
+    """The first 4 bytes of ``path`` (b"" where it cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4)
+    except OSError:
+        return b""
 
 
 def _check_vocabulary(model: nn.Module, own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],
