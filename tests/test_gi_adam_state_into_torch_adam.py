@@ -125,3 +125,21 @@ def test_a_parameter_the_torch_state_had_not_started_starts_by_this_optimizers_v
     gi.load_state_dict(saved)
     assert gi.param_groups[0]["v0"] == 0.0
     _continue_alike((gi, ours), (torch_opt, theirs))
+
+
+def test_a_parameter_the_torch_state_had_not_started_starts_by_its_own_groups_v0():
+    # the load took the constructor's default v0 for every torch group: a group built with v0=0.0 (Adam's
+    # start) under GIAdam(v0="grad") started its unstepped parameter by g^2. Truth: torch AdamW continuing
+    theirs = _params()
+    torch_opt = torch.optim.AdamW([{"params": theirs[:1]}, {"params": theirs[1:]}], lr=0.1, weight_decay=0.01)
+    for t in range(2):
+        _grads(theirs[:1], t)           # the second group's parameter gets no gradient: no state
+        torch_opt.step()
+    saved = _through_a_file(torch_opt.state_dict())
+    for group in saved["param_groups"]:
+        group.setdefault("decoupled_weight_decay", True)    # (torch 2.2 writes no flag)
+    ours = [torch.nn.Parameter(p.detach().clone()) for p in theirs]
+    gi = GIAdam([{"params": ours[:1]}, {"params": ours[1:], "v0": 0.0}], lr=0.5, v0="grad")
+    gi.load_state_dict(saved)
+    assert [g["v0"] for g in gi.param_groups] == ["grad", 0.0]
+    _continue_alike((gi, ours), (torch_opt, theirs))

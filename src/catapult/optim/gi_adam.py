@@ -325,9 +325,13 @@ class GIAdam(torch.optim.Optimizer):
             # v_bias_correction=True, as a saved group's other options are taken. It took this
             # optimizer's (GIAdam(v_bias_correction=False): the next step 1 / sqrt(1 - b2^t) times
             # AdamW's, 15.8x after 3 steps at b2 = 0.999)
+            # A parameter it had not started starts by v0, which a torch group lacks: this optimizer's
+            # group's own (the constructor's default for all took a group built with v0=0.0 for "grad")
+            own = [g.get("v0", self.defaults.get("v0", "grad")) for g in self.param_groups]
             state_dict = dict(state_dict, param_groups=[
-                dict(g, v_bias_correction=True) if _is_torch_adam_group(g) and "v_bias_correction" not in g
-                else g for g in groups])
+                dict(g, v_bias_correction=g.get("v_bias_correction", True),
+                     v0=g.get("v0", own[i] if i < len(own) else self.defaults.get("v0", "grad")))
+                if _is_torch_adam_group(g) else g for i, g in enumerate(groups)])
         super().load_state_dict(state_dict)
 
     def _check_state_shapes(self, state_dict: dict[str, Any]) -> None:
