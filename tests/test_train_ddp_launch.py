@@ -111,3 +111,19 @@ def test_without_out_the_run_goes_to_runs_slash_its_name(tmp_path, monkeypatch, 
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["ddp_named"]
     assert (tmp_path / "runs" / "ddp_named" / "summary.json").exists()
     assert "wrote runs/ddp_named/" in capsys.readouterr().out
+
+
+def test_a_config_distributed_training_refuses_is_named_before_the_launch_is_read(tmp_path, capsys, monkeypatch):
+    # TD22: without the command's own check, an mlp config under WORLD_SIZE=2 without a rendezvous
+    # address was refused for MASTER_ADDR; the config's problem (model.name) comes first, before torch
+    for name in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    path = tmp_path / "mlp.yaml"
+    path.write_text("model: {name: mlp, width: 8, depth: 2}\n")
+    out = tmp_path / "run"
+    assert main(["train-ddp", str(path), "--out", str(out), "--backend", "gloo"]) == 2
+    err = capsys.readouterr().err
+    assert "model.name" in err and "MASTER_ADDR" not in err and "Traceback" not in err
+    assert not out.exists()
